@@ -1,0 +1,43 @@
+"""`syncd [--config FILE] COMMAND`: one module per verb; a verb parses, loads the
+configuration, calls the core and prints. No replication logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from syncd import __version__
+from syncd.cli import common, init, report, resync, run, schema, status, uninstall, verify
+from syncd.config import ConfigError
+
+VERBS = (init, run, status, verify, report, schema, resync, uninstall)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="configuration file (default: $SYNCD_CONFIG, else ./syncd.toml)")
+    shared.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
+                        help="log line format (default: [log] format, else text)")
+    shared.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="syncd",
+        parents=[shared],
+        description="Stream every change in SQLite files into a live, verified PostgreSQL replica.",
+    )
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for verb in VERBS:
+        verb.register(sub, shared)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        return common.fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        return 130

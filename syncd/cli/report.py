@@ -1,0 +1,13 @@
+"""`syncd report`."""
+
+from __future__ import annotations
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser("report", parents=[parent], help="(not yet available)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    print("syncd report: not yet available")
+    return 3

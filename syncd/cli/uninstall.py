@@ -1,0 +1,79 @@
+"""`syncd uninstall`: remove syncd's triggers and changelog from the SQLite files.
+Application tables are untouched; Postgres is left as is."""
+
+from __future__ import annotations
+
+import asyncio
+
+from syncd.cli import common
+from syncd.config import Settings, SourceSettings
+from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, try_lock_source, unlock_source
+from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
+from syncd.sqlite import capture, reader
+from syncd.sqlite.connection import SourceFileError, open_connection
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser("uninstall", parents=[parent], help="remove syncd's triggers and changelog from SQLite",
+                       description="Remove the capture triggers, changelog and registry syncd installed in each "
+                                   "SQLite file. Refuses while a daemon runs the source or while changes are "
+                                   "still waiting to be applied, unless --force.")
+    common.add_source_option(p)
+    p.add_argument("--force", action="store_true",
+                   help="uninstall even with unapplied changes or Postgres unreachable")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    settings = common.load(args)
+    common.setup_logging(args, settings)
+    rc = 0
+    for source in common.selected_sources(settings, args.source):
+        try:
+            print(asyncio.run(_uninstall(settings, source, args.force)))
+        except (SourceFileError, SourceLocked, Refused) as e:
+            print(f"{source.name}: ERROR {e}")
+            rc = 1
+    return rc
+
+
+class Refused(Exception):
+    pass
+
+
+async def _uninstall(settings: Settings, source: SourceSettings, force: bool) -> str:
+    conn = open_connection(source.path, settings.sqlite.read_busy_timeout_ms)
+    try:
+        state = capture.read_state(conn)
+        if not state.installed and not state.triggers:
+            return f"{source.name}: no capture installed in {source.path}; nothing to do"
+        pg = None
+        try:
+            pg = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+            await try_lock_source(pg, source.name)
+            applied = 0
+            row = await Bookkeeping(settings.postgres.bookkeeping_schema, source.name).load_source(pg) \
+                if await _has_bookkeeping(pg, settings) else None
+            if row is not None and row.capture_id == state.capture_id:
+                applied = row.applied_seq
+            pending = conn.execute(f"SELECT count(*) FROM main.{reader.CL} WHERE seq > ?", (applied,)).fetchone()[0] \
+                if state.key_slots else 0
+            if pending and not force:
+                raise Refused(f"{pending} captured change(s) are not yet applied to Postgres; run the daemon "
+                              "until it catches up, or pass --force to discard them")
+            await unlock_source(pg, source.name)
+        except PostgresUnavailable as e:
+            if not force:
+                raise Refused(f"{e}; cannot check for unapplied changes or a running daemon (use --force)") from None
+        finally:
+            await close_quietly(pg)
+        dropped = capture.uninstall(conn, settings.sqlite.write_busy_timeout_ms)
+        return f"{source.name}: removed {dropped} trigger(s), the changelog and the registry from {source.path}"
+    finally:
+        conn.close()
+
+
+async def _has_bookkeeping(pg, settings: Settings) -> bool:
+    from syncd.postgres.bookkeeping import bookkeeping_exists
+
+    return await bookkeeping_exists(pg, settings.postgres.bookkeeping_schema)

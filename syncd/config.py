@@ -1,0 +1,315 @@
+"""Settings: the only module that knows the shape of the TOML file and the environment.
+
+Precedence, highest first: environment (`SYNCD_POSTGRES__DSN`, ...), credential files
+(`$CREDENTIALS_DIRECTORY/postgres__password`, as systemd's LoadCredential= provides),
+then the TOML file.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import fnmatch
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES
+from syncd.redact import redact_dsn
+from syncd.types import PgType, parse_override
+
+DEFAULT_CONFIG = Path("syncd.toml")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message is one line naming the key at fault."""
+
+    exit_code = 2
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_dsn(dsn: str) -> str:
+    try:
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 - raises on a non-numeric port
+    except ValueError as e:
+        raise ValueError(f"not a valid postgresql:// URL ({e})") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// URL, e.g. postgresql://syncd@127.0.0.1:5432/synapse")
+    if not parts.hostname and "host=" not in parts.query:
+        raise ValueError("names no host")
+    return dsn
+
+
+class PostgresSettings(_Strict):
+    dsn: str
+    password: SecretStr | None = None
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    statement_timeout_seconds: float = Field(60.0, gt=0)
+    bookkeeping_schema: str = "syncd"
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, v: str) -> str:
+        return check_dsn(v)
+
+
+class MetricsSettings(_Strict):
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v == "":
+            return v  # disabled
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464 (or \"\" to disable)")
+        return v
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class StreamSettings(_Strict):
+    batch_size: int = Field(5000, ge=1, le=1_000_000)
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    schema_check_interval_seconds: float = Field(5.0, gt=0)
+    snapshot_chunk_rows: int = Field(50_000, ge=100)
+    retry_max_backoff_seconds: float = Field(30.0, gt=0)
+    held_table_retry_seconds: float = Field(10.0, gt=0)
+
+
+class SqliteSettings(_Strict):
+    # How long syncd's own reads wait for an application writer before retrying.
+    read_busy_timeout_ms: int = Field(2000, ge=0)
+    # How long syncd's own write transactions (pruning, trigger install) may wait for a
+    # lock. Kept short: while syncd waits holding RESERVED, application writers wait too.
+    write_busy_timeout_ms: int = Field(100, ge=0)
+    prune_chunk_rows: int = Field(2000, ge=1)
+
+
+class StatusSettings(_Strict):
+    warn_lag_seconds: float = Field(30.0, ge=0)
+    crit_lag_seconds: float = Field(300.0, ge=0)
+    verify_max_age_seconds: float = Field(3600.0, gt=0)
+
+
+class VerifySettings(_Strict):
+    interval_seconds: float = Field(300.0, ge=0)  # 0 disables the daemon's periodic check
+    chunk_rows: int = Field(10_000, ge=16)
+
+
+class CutoverSettings(_Strict):
+    min_days: float = Field(14.0, ge=0)
+    backup_glob: str | None = None
+    backup_max_age_days: float = Field(30.0, gt=0)
+
+
+class LogSettings(_Strict):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class SourceSettings(_Strict):
+    name: str
+    path: Path
+    schema_: str | None = Field(None, alias="schema")
+    tables: list[str] = ["*"]
+    exclude: list[str] = []
+    dsn: str | None = None
+    keys: dict[str, list[str]] = {}
+    columns: dict[str, dict[str, str]] = {}
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", v):
+            raise ValueError("may only use letters, digits, '_', '.' and '-'")
+        return v
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, v: str | None) -> str | None:
+        return None if v is None else check_dsn(v)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for table, cols in v.items():
+            for col, type_name in cols.items():
+                try:
+                    parse_override(type_name)
+                except ValueError as e:
+                    raise ValueError(f"{table}.{col}: {e}") from None
+        return v
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for table, cols in v.items():
+            if not cols:
+                raise ValueError(f"{table}: needs at least one column")
+        return v
+
+    @property
+    def schema(self) -> str:
+        return self.schema_ or self.name
+
+    def column_override(self, table: str, column: str) -> PgType | None:
+        name = self.columns.get(table, {}).get(column)
+        return parse_override(name) if name else None
+
+    def wants_table(self, table: str) -> bool:
+        included = any(fnmatch.fnmatchcase(table, p) for p in self.tables)
+        return included and not any(fnmatch.fnmatchcase(table, p) for p in self.exclude)
+
+
+_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
+
+
+class Settings(BaseSettings):
+    postgres: PostgresSettings
+    metrics: MetricsSettings = MetricsSettings()
+    stream: StreamSettings = StreamSettings()
+    sqlite: SqliteSettings = SqliteSettings()
+    status: StatusSettings = StatusSettings()
+    verify: VerifySettings = VerifySettings()
+    cutover: CutoverSettings = CutoverSettings()
+    log: LogSettings = LogSettings()
+    sources: list[SourceSettings] = []
+
+    config_path: Path | None = Field(None, exclude=True)
+
+    model_config = SettingsConfigDict(
+        env_prefix="SYNCD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        secrets_dir_missing="ok",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if cred_dir:
+            sources.append(
+                NestedSecretsSettingsSource(
+                    SecretsSettingsSource(settings_cls, secrets_dir=cred_dir),
+                    secrets_prefix="",
+                    secrets_nested_delimiter="__",
+                )
+            )
+        toml = _toml_path.get()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> "Settings":
+        seen: set[str] = set()
+        for i, s in enumerate(self.sources):
+            if s.name in seen:
+                raise ValueError(f"sources[{i}].name: duplicate source name {s.name!r}")
+            seen.add(s.name)
+            if len(s.schema.encode()) > PG_MAX_IDENTIFIER_BYTES:
+                raise ValueError(f"sources[{i}].schema: longer than {PG_MAX_IDENTIFIER_BYTES} bytes")
+        return self
+
+    def source(self, name: str) -> SourceSettings:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no source named {name!r} in the configuration")
+
+    def dsn_for(self, source: SourceSettings) -> str:
+        return source.dsn or self.postgres.dsn
+
+    def password(self) -> str | None:
+        return self.postgres.password.get_secret_value() if self.postgres.password else None
+
+
+def resolve_config_path(cli_path: str | None) -> Path:
+    if cli_path:
+        return Path(cli_path)
+    env = os.environ.get("SYNCD_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def _error_line(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    msg = msg.removeprefix("Value error, ")
+    more = len(err.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    # Never echo the offending input: it may be a DSN with a password in it.
+    return f"config {path}: {loc}: {msg}{suffix}"
+
+
+def load_settings(path: Path) -> Settings:
+    """Load and validate the configuration, or raise ConfigError with one line."""
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist (use --config FILE or set SYNCD_CONFIG)")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file")
+    token = _toml_path.set(path)
+    try:
+        settings = Settings(config_path=path.resolve())
+    except ValidationError as e:
+        raise ConfigError(_error_line(e, path)) from None
+    except ValueError as e:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"config {path}: {redact_dsn(str(e))}") from None
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None
+    finally:
+        _toml_path.reset(token)
+    base = path.resolve().parent
+    sources = [
+        s if s.path.is_absolute() else s.model_copy(update={"path": (base / s.path)}) for s in settings.sources
+    ]
+    return settings.model_copy(update={"sources": sources})
+
+
+def dump_public(settings: Settings) -> dict[str, Any]:
+    """The settings as a dict fit to print: DSNs redacted, secrets hidden."""
+    data = settings.model_dump(mode="json", by_alias=True)
+    data["postgres"]["dsn"] = redact_dsn(settings.postgres.dsn)
+    data["postgres"]["password"] = "***" if settings.postgres.password else None
+    for s in data["sources"]:
+        if s.get("dsn"):
+            s["dsn"] = redact_dsn(s["dsn"])
+    return data

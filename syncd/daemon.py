@@ -1,0 +1,251 @@
+"""The long-running process: every source's pipeline, signals, metrics, sd_notify."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from syncd import metrics
+from syncd.config import ConfigError, Settings, SourceSettings, load_settings
+from syncd.endpoint import Endpoint
+from syncd.pipeline import STREAMING, Pipeline
+from syncd.postgres.bookkeeping import SourceLocked
+from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.sdnotify import Notifier
+from syncd.wakeup import FileWatcher
+
+log = logging.getLogger("syncd")
+
+SHUTDOWN_GRACE_SECONDS = 8.0  # systemd's default stop timeout is 90 s; the promise is 10 s
+HOUSEKEEPING_SECONDS = 1.0
+
+
+class StartupError(Exception):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Daemon:
+    def __init__(self, settings: Settings, config_path: Path | None):
+        self.settings = settings
+        self.config_path = config_path
+        self.pipelines: dict[str, Pipeline] = {}
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.stop_event = asyncio.Event()
+        self.notifier = Notifier()
+        self.endpoint: Endpoint | None = None
+        self.watcher: FileWatcher | None = None
+        self.status_cache: dict = {"sources": {}}
+        self.started_at = time.time()
+        self.ready_sent = False
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self._start_endpoint()
+        self.watcher = FileWatcher(loop)
+        self.watcher.start()
+        try:
+            for source in self.settings.sources:
+                self.pipelines[source.name] = self._make(source)
+            await self._check_locks()
+            for p in self.pipelines.values():
+                self._launch(p)
+            log.info(f"syncd running: {len(self.pipelines)} source(s)", extra={"event": "started"})
+            housekeeping = asyncio.create_task(self._housekeeping())
+            await self.stop_event.wait()
+            housekeeping.cancel()
+            await self._shutdown()
+            return 0
+        finally:
+            if self.watcher:
+                self.watcher.stop()
+            if self.endpoint:
+                self.endpoint.stop()
+
+    def request_stop(self) -> None:
+        if not self.stop_event.is_set():
+            log.info("stop requested: finishing the batch in flight", extra={"event": "stopping"})
+            self.notifier.stopping()
+            self.stop_event.set()
+
+    async def _shutdown(self) -> None:
+        for p in self.pipelines.values():
+            p.stop()
+        tasks = list(self.tasks.values())
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+            for t in pending:
+                t.cancel()  # a hung Postgres call: the server rolls the transaction back
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+        log.info("syncd stopped", extra={"event": "stopped"})
+
+    def _start_endpoint(self) -> None:
+        addr = self.settings.metrics.address
+        if addr is None:
+            return
+        try:
+            self.endpoint = Endpoint(addr[0], addr[1], lambda: self.status_cache)
+        except OSError as e:
+            raise StartupError(f"metrics.listen: cannot listen on {self.settings.metrics.listen}: {e.strerror}", 1)
+        self.endpoint.start()
+        log.info(f"metrics on http://{self.settings.metrics.listen}/metrics", extra={"event": "metrics"})
+
+    def _make(self, source: SourceSettings) -> Pipeline:
+        p = Pipeline(self.settings, source)
+        if self.watcher is not None:
+            self.watcher.add(source.path, p.wakeup)
+        return p
+
+    def _launch(self, p: Pipeline) -> None:
+        self.tasks[p.name] = asyncio.create_task(p.run(), name=f"pipeline-{p.name}")
+
+    async def _check_locks(self) -> None:
+        """Refuse to start if another syncd runs any of these sources. With Postgres
+        down this cannot be known yet; the pipelines check again when it is back."""
+        for p in self.pipelines.values():
+            try:
+                await p.session.connect_postgres(lock=True)
+            except SourceLocked as e:
+                for q in self.pipelines.values():
+                    await q.session.close()
+                raise StartupError(str(e), 1) from None
+            except PostgresUnavailable as e:
+                log.warning(f"{e}; starting anyway, capture continues and syncd retries",
+                            extra={"source": p.name, "event": "postgres_unreachable"})
+            except Exception as e:  # noqa: BLE001 - anything else is retried by the pipeline
+                log.warning(f"Postgres not ready: {describe(e)}", extra={"source": p.name})
+
+    # --- reload ----------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the configuration; start added sources, stop removed ones,
+        restart changed ones, leave the rest alone."""
+        self.notifier.reloading()
+        try:
+            new = load_settings(self.config_path) if self.config_path else self.settings
+        except ConfigError as e:
+            log.error(f"reload failed, keeping the running configuration: {e}", extra={"event": "reload_failed"})
+            self.notifier.ready(self._summary())
+            return
+        old_by_name = {s.name: s for s in self.settings.sources}
+        new_by_name = {s.name: s for s in new.sources}
+        shared_changed = _shared(self.settings) != _shared(new)
+        if new.metrics != self.settings.metrics:
+            log.warning("metrics settings changed; they take effect at the next restart")
+        stopped = []
+        for name in old_by_name:
+            if name not in new_by_name or new_by_name[name] != old_by_name[name] or shared_changed:
+                stopped.append(name)
+        for name in stopped:
+            await self._stop_pipeline(name)
+            if name not in new_by_name:
+                metrics.forget_source(name)
+                log.info("source removed from the configuration: stopped", extra={"source": name, "event": "reload"})
+        self.settings = new
+        for name, source in new_by_name.items():
+            if name not in self.pipelines:
+                p = self._make(source)
+                self.pipelines[name] = p
+                self._launch(p)
+                what = "restarted with new settings" if name in old_by_name else "added"
+                log.info(f"source {what}", extra={"source": name, "event": "reload"})
+        log.info(f"configuration reloaded: {len(self.pipelines)} source(s)", extra={"event": "reloaded"})
+        self.notifier.ready(self._summary())
+
+    async def _stop_pipeline(self, name: str) -> None:
+        p = self.pipelines.pop(name, None)
+        task = self.tasks.pop(name, None)
+        if p is None:
+            return
+        if self.watcher:
+            self.watcher.remove(p.wakeup)
+        p.stop()
+        if task is not None:
+            done, pending = await asyncio.wait([task], timeout=SHUTDOWN_GRACE_SECONDS)
+            for t in pending:
+                t.cancel()
+
+    # --- housekeeping: health, status, sd_notify ---------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        last_ping = 0.0
+        while True:
+            self._update_status()
+            up = [p.pg_ok for p in self.pipelines.values()]
+            metrics.postgres_up.set(1 if up and all(x is True for x in up) else 0)
+            if not self.ready_sent and all(p.ready.is_set() for p in self.pipelines.values()):
+                self.notifier.ready(self._summary())
+                self.ready_sent = True
+            elif self.ready_sent:
+                self.notifier.status(self._summary())
+            wd = self.notifier.watchdog_seconds
+            if wd and time.monotonic() - last_ping >= wd / 2 and self._alive(wd):
+                self.notifier.watchdog()
+                last_ping = time.monotonic()
+            for name, task in list(self.tasks.items()):
+                if task.done() and not self.stop_event.is_set():
+                    exc = task.exception() if not task.cancelled() else None
+                    log.error(f"pipeline ended unexpectedly ({exc!r}); restarting it",
+                              extra={"source": name, "event": "pipeline_restart"})
+                    self._launch(self.pipelines[name])
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+
+    def _alive(self, window: float) -> bool:
+        """Every pipeline finished a step (or a backoff sleep) within the watchdog window."""
+        now = time.monotonic()
+        return all(now - p.progress_at < window for p in self.pipelines.values())
+
+    def _summary(self) -> str:
+        if not self.pipelines:
+            return "no sources configured"
+        parts = []
+        for p in self.pipelines.values():
+            lag = p.lag.lag(time.time())
+            if p.health == STREAMING:
+                parts.append(f"{p.name}: streaming, lag {lag:.1f}s")
+            else:
+                parts.append(f"{p.name}: {p.health.replace('_', ' ')}")
+        return "; ".join(parts)[:400]
+
+    def _update_status(self) -> None:
+        sources = {}
+        now = time.time()
+        for p in self.pipelines.values():
+            s = p.session
+            sources[p.name] = {
+                "health": p.health,
+                "detail": p.detail or p._last_error or "",
+                "lag_seconds": round(p.lag.lag(now), 3),
+                "pending_changes": max(0, p.max_seq_seen - s.applied_seq),
+                "applied_seq": s.applied_seq,
+                "applied_at": s.applied_at,
+                "postgres_up": p.pg_ok,
+                "tables": {
+                    t.name: {
+                        "state": t.state,
+                        "reason": t.row.reason,
+                        "snapshot_rows": t.row.snapshot_rows,
+                        "snapshot_total": t.row.snapshot_total,
+                    }
+                    for t in list(s.tables.values())
+                },
+                "refused": dict(s.refused),
+                "skipped": dict(s.skipped),
+            }
+        self.status_cache = {"pid": os.getpid(), "started_at": self.started_at, "sources": sources}
+
+
+def _shared(settings: Settings) -> tuple:
+    """Settings every pipeline depends on besides its own source entry."""
+    return (settings.postgres, settings.stream, settings.sqlite)

@@ -1,0 +1,62 @@
+"""Logging: one line per event, human-readable or JSON, never a password."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+
+from syncd.redact import redact_dsn
+
+_CONTEXT_FIELDS = ("source", "table", "event")
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = dt.datetime.fromtimestamp(record.created, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        ctx = " ".join(
+            f"{k}={_fmt(getattr(record, k))}" for k in _CONTEXT_FIELDS if getattr(record, k, None) is not None
+        )
+        msg = redact_dsn(record.getMessage())
+        line = f"{ts} {record.levelname:<7} {ctx + ': ' if ctx else ''}{msg}"
+        if record.exc_info:
+            line += "\n" + redact_dsn(self.formatException(record.exc_info))
+        return line
+
+
+def _fmt(v: object) -> str:
+    s = str(v)
+    return json.dumps(s, ensure_ascii=False) if (not s or any(c in s for c in ' "=\n')) else s
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": redact_dsn(record.getMessage()),
+        }
+        for k in _CONTEXT_FIELDS:
+            v = getattr(record, k, None)
+            if v is not None:
+                out[k] = v
+        if record.exc_info:
+            out["exc"] = redact_dsn(self.formatException(record.exc_info))
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def setup(fmt: str = "text", level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("watchdog", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def ctx(source: str | None = None, table: str | None = None, event: str | None = None) -> dict:
+    """`extra=` for a log call: log.info("...", extra=ctx(source=..., table=...))."""
+    return {"source": source, "table": table, "event": event}

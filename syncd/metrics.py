@@ -1,0 +1,111 @@
+"""Every Prometheus metric syncd exports, defined in one place.
+
+Base units, `_total` counters, `_timestamp_seconds` for times; labels are only
+`source`, `table` and small enums, never keys or values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from syncd import __version__
+
+registry: CollectorRegistry = REGISTRY
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+replication_lag_seconds = Gauge(
+    "syncd_replication_lag_seconds",
+    "Age of the oldest change committed in SQLite and not yet applied in Postgres; 0 when caught up.",
+    ["source"],
+)
+pending_changes = Gauge("syncd_pending_changes", "Changelog entries not yet applied to Postgres.", ["source"])
+last_applied_timestamp_seconds = Gauge(
+    "syncd_last_applied_timestamp_seconds", "Unix time the last batch committed in Postgres.", ["source"]
+)
+last_check_timestamp_seconds = Gauge(
+    "syncd_last_check_timestamp_seconds",
+    "Unix time syncd last checked the source for changes (moves while idle).",
+    ["source"],
+)
+changes_applied_total = Counter(
+    "syncd_changes_applied", "Row changes applied to Postgres, after coalescing per key.", ["source", "table", "op"]
+)
+apply_duration_seconds = Histogram(
+    "syncd_apply_duration_seconds", "Time to apply one batch in Postgres.", ["source"], buckets=LATENCY_BUCKETS
+)
+commit_to_apply_seconds = Histogram(
+    "syncd_commit_to_apply_seconds",
+    "From a change's commit in SQLite (as first seen by syncd) to its commit in Postgres.",
+    ["source"],
+    buckets=LATENCY_BUCKETS,
+)
+postgres_up = Gauge("syncd_postgres_up", "1 when every target Postgres database is reachable.")
+source_up = Gauge("syncd_source_up", "1 when the source SQLite file is readable and captured.", ["source"])
+retries_total = Counter("syncd_retries", "Retries after transient Postgres or SQLite failures.", ["source"])
+errors_total = Counter("syncd_errors", "Errors by kind (postgres, sqlite, data, schema, lock).", ["source", "kind"])
+table_halted = Gauge(
+    "syncd_table_halted", "1 while a table is held (bad value) or paused (schema change).", ["source", "table"]
+)
+table_state = Gauge(
+    "syncd_table_state", "1 for the table's current replication state.", ["source", "table", "state"]
+)
+changelog_bytes = Gauge("syncd_changelog_bytes", "Bytes the changelog occupies in the SQLite file.", ["source"])
+snapshot_rows_loaded = Gauge(
+    "syncd_snapshot_rows_loaded", "Rows loaded so far by the current or last snapshot.", ["source", "table"]
+)
+rows = Gauge("syncd_rows", "Rows in the table at the last consistency check.", ["source", "table", "side"])
+consistency_mismatched_rows = Gauge(
+    "syncd_consistency_mismatched_rows", "Rows that differed at the last consistency check.", ["source", "table"]
+)
+consistency_last_check_timestamp_seconds = Gauge(
+    "syncd_consistency_last_check_timestamp_seconds",
+    "Unix time of the last completed consistency check.",
+    ["source", "table"],
+)
+build_info = Gauge("syncd_build_info", "Always 1; the version label says which syncd runs.", ["version"])
+build_info.labels(version=__version__).set(1)
+
+ALL_NAMES = (
+    "syncd_replication_lag_seconds",
+    "syncd_pending_changes",
+    "syncd_last_applied_timestamp_seconds",
+    "syncd_last_check_timestamp_seconds",
+    "syncd_changes_applied_total",
+    "syncd_apply_duration_seconds",
+    "syncd_commit_to_apply_seconds",
+    "syncd_postgres_up",
+    "syncd_source_up",
+    "syncd_retries_total",
+    "syncd_errors_total",
+    "syncd_table_halted",
+    "syncd_table_state",
+    "syncd_changelog_bytes",
+    "syncd_snapshot_rows_loaded",
+    "syncd_rows",
+    "syncd_consistency_mismatched_rows",
+    "syncd_consistency_last_check_timestamp_seconds",
+    "syncd_build_info",
+)
+
+
+def serve(host: str, port: int):
+    """Serve /metrics on host:port in a background thread; returns the server."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+def forget_source(source: str) -> None:
+    """Drop every series of a source removed from the configuration."""
+    for metric in (replication_lag_seconds, pending_changes, last_applied_timestamp_seconds,
+                   last_check_timestamp_seconds, apply_duration_seconds, commit_to_apply_seconds, source_up,
+                   retries_total, changelog_bytes):
+        try:
+            metric.remove(source)
+        except KeyError:
+            pass
+    for metric in (changes_applied_total, errors_total, table_halted, table_state, snapshot_rows_loaded, rows,
+                   consistency_mismatched_rows, consistency_last_check_timestamp_seconds):
+        for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public listing
+            if labels[0] == source:
+                metric.remove(*labels)

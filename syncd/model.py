@@ -1,0 +1,70 @@
+"""What a replicated table looks like: the shape both sides agree on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from syncd.types import PgType
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    declared: str  # the SQLite declared type, verbatim
+    pgtype: PgType
+    notnull: bool
+    default_sql: str | None  # SQLite's default expression text
+    type_note: str | None = None  # why the type was chosen, when it was not obvious
+
+
+@dataclass(frozen=True)
+class UniqueSet:
+    """A unique index other than the key: an INSERT OR REPLACE can delete rows through it."""
+
+    columns: tuple[str, ...]
+    collations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    without_rowid: bool
+    key_origin: str  # "primary key", "unique index <name>", "configured"
+    unique_sets: tuple[UniqueSet, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def key_indexes(self) -> tuple[int, ...]:
+        names = self.column_names
+        return tuple(names.index(k) for k in self.key)
+
+    def shape(self) -> tuple:
+        """What must match on the Postgres side: names, types, key."""
+        return (tuple((c.name, c.pgtype.value) for c in self.columns), self.key)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A table syncd cannot replicate, with the reason and what to do about it."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class SourceSchema:
+    tables: dict[str, TableSpec] = field(default_factory=dict)
+    refused: dict[str, Refusal] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # views, virtual tables: name -> why

@@ -1,0 +1,475 @@
+"""One source's life: capture, snapshot, then stream until told to stop.
+
+A single task does the work in small steps (one snapshot chunk, one catch-up page,
+one batch), so snapshot and stream interleave and shutdown waits for at most one
+step. A second task polls the file cheaply, which is the safety net under the
+file-system events and what keeps the lag figure honest while Postgres is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+
+from syncd import metrics
+from syncd.config import Settings, SourceSettings
+from syncd.lag import LagTracker
+from syncd.postgres import bookkeeping as bk
+from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked
+from syncd.postgres.connect import PostgresUnavailable, describe, is_transient
+from syncd.reconcile import install_capture, reconcile
+from syncd.rows import RowMisfit
+from syncd.session import SourceSession, TableRuntime, changed
+from syncd.snapshot import SnapshotRejected, TableLoad, audit, load_chunk, start
+from syncd.sqlite import reader
+from syncd.sqlite.capture import LockTimeout
+from syncd.sqlite.connection import SourceFileError
+from syncd.stream import apply, prune, read_and_convert
+
+STATS_EVERY_SECONDS = 15.0
+PRUNE_EVERY_SECONDS = 2.0
+PRUNE_MIN_ENTRIES = 1000
+
+# Health states, as status and sd_notify report them.
+STARTING = "starting"
+SNAPSHOTTING = "snapshotting"
+STREAMING = "streaming"
+POSTGRES_DOWN = "postgres_unreachable"
+SOURCE_MISSING = "source_missing"
+LOCKED = "locked_by_other"
+FAILING = "failing"
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, source: SourceSettings):
+        self.settings = settings
+        self.source = source
+        self.session = SourceSession(settings, source)
+        self.name = source.name
+        self.wake = asyncio.Event()
+        self.stop_event = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.lag = LagTracker()
+        self.health = STARTING
+        self.detail = ""
+        self.pg_ok: bool | None = None
+        self.progress_at = time.monotonic()
+        self.needs_reconcile = True
+        self.file_changed = False
+        self.load: TableLoad | None = None
+        self.max_seq_seen = 0
+        self.last_poll = None
+        self.pruned_upto = 0
+        self.last_prune = 0.0
+        self.last_stats = 0.0
+        self.captured_once = False
+        self._last_error: str | None = None
+
+    # --- control -------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    def wakeup(self) -> None:
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+
+    async def run(self) -> None:
+        poller = asyncio.create_task(self._poll_loop(), name=f"poll-{self.name}")
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: not isinstance(e, asyncio.CancelledError)),
+            wait=wait_exponential_jitter(initial=0.2, max=self.settings.stream.retry_max_backoff_seconds, jitter=0.5),
+            sleep=self._sleep,
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
+        try:
+            while not self.stopping:
+                did = await retrying(self._cycle)
+                self.progress_at = time.monotonic()
+                if not did and not self.stopping:
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), self.settings.stream.poll_interval_seconds)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+            await self._close_load()
+            await self.session.close()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Backoff sleep that a stop request cuts short."""
+        self.progress_at = time.monotonic()
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # --- failure handling ------------------------------------------------------------
+
+    def _before_retry(self, retry_state) -> None:
+        exc = retry_state.outcome.exception()
+        s = self.session
+        metrics.retries_total.labels(self.name).inc()
+        if isinstance(exc, SourceLocked):
+            self._enter(LOCKED, str(exc), kind="lock", level="error")
+        elif isinstance(exc, SourceFileError):
+            self._enter(SOURCE_MISSING, f"{exc}; waiting for it to come back", kind="sqlite", level="error")
+            metrics.source_up.labels(self.name).set(0)
+        elif is_transient(exc):
+            self._pg_down(exc)
+        elif isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
+            pass  # the application holds the file; just try again
+        elif isinstance(exc, CheckpointConflict):
+            self._enter(FAILING, str(exc), kind="lock", level="error")
+            asyncio.ensure_future(s.drop_postgres())
+        else:
+            self._enter(FAILING, f"unexpected error: {describe(exc)}", kind="internal", level="error",
+                        exc=exc)
+        self._mark_retry()
+
+    def _mark_retry(self) -> None:
+        self.ready.set()  # clearly reported as failing counts as "ready" for systemd
+        metrics.source_up.labels(self.name).set(1 if self.health not in (SOURCE_MISSING,) else 0)
+
+    def _pg_down(self, exc: BaseException) -> None:
+        self.pg_ok = False
+        asyncio.ensure_future(self.session.drop_postgres())
+        self._enter(
+            POSTGRES_DOWN,
+            f"Postgres unreachable: {describe(exc)}; retrying with backoff, changes stay captured in SQLite",
+            kind="postgres", level="warning",
+        )
+
+    def _enter(self, health: str, detail: str, kind: str, level: str, exc: BaseException | None = None) -> None:
+        """Log a state change once, not once per retry."""
+        metrics.errors_total.labels(self.name, kind).inc()
+        if self.health == health and self._last_error == detail:
+            return
+        self.health, self.detail, self._last_error = health, detail, detail
+        log = self.session.error if level == "error" else self.session.warning
+        log(detail, event=health, exc_info=exc is not None and level == "error" and health == FAILING)
+
+    def _recovered(self) -> None:
+        if self.health in (POSTGRES_DOWN, LOCKED, FAILING, SOURCE_MISSING):
+            self.session.info("recovered: Postgres and the source are reachable again", event="recovered")
+        if self.pg_ok is not True:
+            self.pg_ok = True
+        self._last_error = None
+
+    # --- one step --------------------------------------------------------------------
+
+    async def _cycle(self) -> bool:
+        if self.stopping:
+            return False
+        self.wake.clear()
+        s = self.session
+        if self.file_changed:
+            self.file_changed = False
+            await self._close_load()
+            await s.worker.close()
+            self.needs_reconcile = True
+            self.captured_once = False
+        if s.worker.conn is None:
+            await s.worker.open()
+            self.needs_reconcile = True
+            metrics.source_up.labels(self.name).set(1)
+        if not self.captured_once:
+            # Capture first, even with Postgres down: from here on nothing goes unrecorded.
+            await install_capture(s)
+            self.captured_once = True
+        if s.pg is None or s.pg.is_closed():
+            await s.connect_postgres(lock=True)
+            self.needs_reconcile = True
+        if self.needs_reconcile:
+            await self._close_load()
+            await reconcile(s)
+            self.needs_reconcile = False
+            self._after_reconcile()
+        self._recovered()
+
+        did = await self._snapshot_step()
+        did = await self._catchup_step() or did
+        did = await self._stream_step() or did
+        await self._maybe_prune()
+        await self._maybe_stats()
+        self._update_health()
+        self._update_gauges()
+        return did
+
+    def _after_reconcile(self) -> None:
+        s = self.session
+        since = s.applied_at or time.time()
+        max_seq = s.capture.max_seq if s.capture else 0
+        self.lag.seed(s.applied_seq, max_seq, since)
+        self.max_seq_seen = max(self.max_seq_seen, max_seq)
+        self.pruned_upto = min(self.pruned_upto, s.applied_seq)
+        for t in s.tables.values():
+            self._log_table_state(t)
+
+    # --- snapshot ------------------------------------------------------------------
+
+    def _due(self, t: TableRuntime) -> bool:
+        return time.monotonic() >= t.retry_at
+
+    def _pick_snapshot(self) -> TableRuntime | None:
+        tables = self.session.tables
+        if self.load is not None and self.load.t.name in tables and tables[self.load.t.name] is self.load.t:
+            if self.load.t.state == bk.LOADING:
+                return self.load.t
+        for t in tables.values():
+            if t.state in (bk.PENDING, bk.LOADING):
+                return t
+        for t in tables.values():
+            if t.state == bk.HELD and t.row.resume_to in (bk.PENDING, bk.LOADING) and self._due(t):
+                return t
+        return None
+
+    async def _snapshot_step(self) -> bool:
+        t = self._pick_snapshot()
+        if t is None:
+            await self._close_load()
+            return False
+        if self.load is not None and self.load.t is not t:
+            await self._close_load()
+        s = self.session
+        was_held = t.state == bk.HELD
+        try:
+            if t.state == bk.PENDING or (was_held and t.row.resume_to == bk.PENDING):
+                reason = await audit(s, t)
+                if reason is not None:
+                    await self._hold(t, reason, bk.PENDING, t.row.from_seq)
+                    return False
+                self.load = TableLoad(s, t)
+                await start(s, t, self.load)
+            elif self.load is None:
+                self.load = TableLoad(s, t)
+                await self.load.open()  # resuming: the position stays the one fixed at start
+                s.info(f"snapshot resuming after {t.row.snapshot_rows} rows", table=t.name, event="snapshot_resumed")
+            if t.state == bk.HELD:
+                t.row = changed(t.row, state=bk.LOADING)
+            done = await load_chunk(s, t, self.load)
+            if was_held:
+                self._resumed(t)
+            if done:
+                await self._close_load()
+        except (RowMisfit, SnapshotRejected) as e:
+            await self._close_load()
+            await self._hold(t, str(e), bk.LOADING, t.row.from_seq)
+            return False
+        return True
+
+    async def _close_load(self) -> None:
+        load, self.load = self.load, None
+        if load is not None:
+            await load.close()
+
+    # --- catch-up and holds -----------------------------------------------------------
+
+    def _pick_catchup(self) -> TableRuntime | None:
+        for t in self.session.tables.values():
+            if t.state == bk.CATCHUP:
+                return t
+        for t in self.session.tables.values():
+            if t.state == bk.HELD and t.row.resume_to == bk.CATCHUP and self._due(t):
+                return t
+        return None
+
+    async def _catchup_step(self) -> bool:
+        t = self._pick_catchup()
+        if t is None:
+            return False
+        s = self.session
+        was_held = t.state == bk.HELD
+        from_seq = t.row.from_seq or 0
+        batch, converted, misfits = await s.worker.run(
+            read_and_convert, from_seq, self.settings.stream.batch_size, {t.tid: t.spec}, s.by_tid(), t.tid
+        )
+        if batch.empty:
+            row = changed(t.row, state=bk.STREAMING, resume_to=None, from_seq=None, reason=None)
+            async with s.pg.transaction():
+                await s.save_row(s.pg, row)
+                if all(x.state in (bk.STREAMING, bk.REFUSED) or x is t for x in s.tables.values()):
+                    await s.bk.mark_streaming_since(s.pg)
+            t.row = row
+            if was_held:
+                self._resumed(t)
+            self._log_table_state(t)
+            return True
+        held = await apply(s, batch, converted, misfits, catchup=t)
+        if t.tid in held:
+            self._held_logged(t)
+            return False
+        if was_held:
+            self._resumed(t)
+        return True
+
+    async def _hold(self, t: TableRuntime, reason: str, resume_to: str, from_seq: int | None) -> None:
+        s = self.session
+        row = changed(t.row, state=bk.HELD, reason=reason, resume_to=resume_to, from_seq=from_seq)
+        async with s.pg.transaction():
+            await s.save_row(s.pg, row)
+        t.row = row
+        self._held_logged(t)
+
+    def _held_logged(self, t: TableRuntime) -> None:
+        t.retry_at = time.monotonic() + self.settings.stream.held_table_retry_seconds
+        if t.logged_reason != t.row.reason:
+            t.logged_reason = t.row.reason
+            metrics.errors_total.labels(self.name, "data").inc()
+            self.session.error(f"table held, its changes stay queued: {t.row.reason}", table=t.name,
+                               event="table_held")
+            asyncio.ensure_future(self._event(t.name, "held", t.row.reason))
+
+    def _resumed(self, t: TableRuntime) -> None:
+        if t.logged_reason is not None:
+            self.session.info("table resumed: the held value now fits", table=t.name, event="table_resumed")
+            asyncio.ensure_future(self._event(t.name, "resumed", None))
+        t.logged_reason = None
+        t.retry_at = 0.0
+
+    async def _event(self, table: str, kind: str, detail: str | None) -> None:
+        try:
+            if self.session.pg is not None:
+                await self.session.bk.event(self.session.pg, kind, table, detail)
+        except Exception:
+            pass  # history is best effort; the state itself is already saved
+
+    def _log_table_state(self, t: TableRuntime) -> None:
+        if t.state in (bk.PAUSED, bk.HELD) and t.logged_reason != t.row.reason:
+            t.logged_reason = t.row.reason
+            self.session.warning(f"table {t.state}: {t.row.reason}", table=t.name, event=f"table_{t.state}")
+
+    # --- stream --------------------------------------------------------------------
+
+    async def _stream_step(self) -> bool:
+        s = self.session
+        read_at = time.time()
+        batch, converted, misfits = await s.worker.run(
+            read_and_convert, s.applied_seq, self.settings.stream.batch_size, s.streaming_specs(), s.by_tid()
+        )
+        if batch.empty:
+            return False
+        self.lag.observe(batch.last_seq, read_at)
+        first_seen = self.lag.first_seen(batch.after_seq + 1) or read_at
+        held = await apply(s, batch, converted, misfits)
+        now = time.time()
+        self.lag.applied(s.applied_seq)
+        if batch.tables:
+            metrics.commit_to_apply_seconds.labels(self.name).observe(max(0.0, now - first_seen))
+        by_tid = s.by_tid()
+        for tid in held:
+            self._held_logged(by_tid[tid])
+        return True
+
+    async def _maybe_prune(self) -> None:
+        s = self.session
+        due = time.monotonic() - self.last_prune >= PRUNE_EVERY_SECONDS
+        if s.applied_seq <= self.pruned_upto or not (due or s.applied_seq - self.pruned_upto >= PRUNE_MIN_ENTRIES):
+            return
+        self.last_prune = time.monotonic()
+        upto = s.applied_seq
+        await s.worker.run(prune, upto, s.keep_map(), self.settings.sqlite.prune_chunk_rows,
+                           self.settings.sqlite.write_busy_timeout_ms)
+        self.pruned_upto = upto
+
+    async def _maybe_stats(self) -> None:
+        if time.monotonic() - self.last_stats < STATS_EVERY_SECONDS:
+            return
+        self.last_stats = time.monotonic()
+        s = self.session
+        _count, size = await s.worker.run(reader.pending_stats, s.applied_seq)
+        metrics.changelog_bytes.labels(self.name).set(size)
+        # Cheap check for operator requests (`syncd resync`) while running.
+        rows = await s.pg.fetch(
+            f"SELECT 1 FROM {s.bk.s}.tables WHERE source = $1 AND request IS NOT NULL LIMIT 1", s.name
+        )
+        if rows:
+            self.needs_reconcile = True
+            self.wake.set()
+
+    # --- health ----------------------------------------------------------------------
+
+    def _update_health(self) -> None:
+        states = {t.state for t in self.session.tables.values()}
+        if states & {bk.PENDING, bk.LOADING, bk.CATCHUP}:
+            health = SNAPSHOTTING
+        else:
+            health = STREAMING
+            self.ready.set()
+        if self.health != health:
+            if health == STREAMING and self.health == SNAPSHOTTING:
+                self.session.info("every table is streaming", event="streaming")
+            self.health = health
+        self.detail = ""
+
+    def _update_gauges(self) -> None:
+        s = self.session
+        metrics.pending_changes.labels(self.name).set(max(0, self.max_seq_seen - s.applied_seq))
+        metrics.replication_lag_seconds.labels(self.name).set(self.lag.lag(time.time()))
+        if s.applied_at:
+            metrics.last_applied_timestamp_seconds.labels(self.name).set(s.applied_at)
+        for t in s.tables.values():
+            halted = t.state in (bk.HELD, bk.PAUSED)
+            metrics.table_halted.labels(self.name, t.name).set(1 if halted else 0)
+            for state in bk.STATES:
+                metrics.table_state.labels(self.name, t.name, state).set(1 if t.state == state else 0)
+
+    # --- polling -------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        interval = self.settings.stream.poll_interval_seconds
+        s = self.session
+        while not self.stopping:
+            try:
+                if s.worker.conn is not None:
+                    info = await s.worker.run(reader.poll, str(self.source.path))
+                    self._on_poll(info)
+                elif self.health == SOURCE_MISSING and self.source.path.exists():
+                    self.wake.set()
+            except (sqlite3.Error, OSError):
+                self.file_changed = True
+                self.wake.set()
+            metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
+            metrics.replication_lag_seconds.labels(self.name).set(self.lag.lag(time.time()))
+            await asyncio.sleep(interval)
+
+    def _on_poll(self, info: reader.PollInfo) -> None:
+        s = self.session
+        last, self.last_poll = self.last_poll, info
+        if info.inode is None or info.inode != s.worker.inode:
+            self.file_changed = True
+            self.wake.set()
+            if info.inode is None:
+                metrics.source_up.labels(self.name).set(0)
+            return
+        if info.max_seq > self.max_seq_seen:
+            self.max_seq_seen = info.max_seq
+            self.lag.observe(info.max_seq, time.time())
+            self.wake.set()
+        if s.schema_version is not None and info.schema_version != s.schema_version:
+            self.needs_reconcile = True
+            self.wake.set()
+        if info.max_seq < 0:
+            self.needs_reconcile = True  # the changelog vanished
+            self.captured_once = False
+            self.wake.set()
+        if last is not None and last.data_version != info.data_version:
+            self.wake.set()
+        metrics.pending_changes.labels(self.name).set(max(0, self.max_seq_seen - s.applied_seq))
+
+
+def _sqlite_busy(exc: BaseException) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text or isinstance(exc, LockTimeout)
+
+
+__all__ = ["Pipeline", "PostgresUnavailable"]

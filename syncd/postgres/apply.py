@@ -1,0 +1,137 @@
+"""Write changes into Postgres: upserts and deletes by key, and snapshot COPY.
+
+Small batches go through one statement over unnest()ed arrays (one round trip);
+large ones are COPYed into a per-connection temp table and merged from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from syncd.identifiers import qualified, quote_pg_ident
+from syncd.model import TableSpec
+
+COPY_THRESHOLD = 2000  # rows; see bench/stream.py for where the crossover sits
+
+
+def _array_type(pgtype: str) -> str:
+    return f"{pgtype}[]"
+
+
+class TableWriter:
+    """Prepared SQL for one replicated table on one connection."""
+
+    def __init__(self, schema: str, spec: TableSpec, tid: int):
+        self.spec = spec
+        self.schema = schema
+        self.table = qualified(schema, spec.name)
+        self.stage = quote_pg_ident(f"_syncd_stage_{tid}")
+        cols = [quote_pg_ident(c) for c in spec.column_names]
+        types = [c.pgtype.value for c in spec.columns]
+        key = [quote_pg_ident(k) for k in spec.key]
+        non_key = [quote_pg_ident(c.name) for c in spec.columns if c.name not in spec.key]
+        if non_key:
+            conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET " + ", ".join(
+                f"{c} = EXCLUDED.{c}" for c in non_key
+            )
+        else:
+            conflict = f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
+        params = ", ".join(f"${i + 1}::{_array_type(t)}" for i, t in enumerate(types))
+        self.upsert_unnest = f"INSERT INTO {self.table} ({', '.join(cols)}) SELECT * FROM unnest({params}) {conflict}"
+        self.upsert_from_stage = (
+            f"INSERT INTO {self.table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM pg_temp.{self.stage} {conflict}"
+        )
+        key_types = [spec.column(k).pgtype.value for k in spec.key]
+        kparams = ", ".join(f"${i + 1}::{_array_type(t)}" for i, t in enumerate(key_types))
+        dcols = ", ".join(f"d{i}" for i in range(len(key)))
+        match = " AND ".join(f"t.{k} = d.d{i}" for i, k in enumerate(key))
+        self.delete_unnest = f"DELETE FROM {self.table} AS t USING unnest({kparams}) AS d({dcols}) WHERE {match}"
+        self.stage_ready = False
+
+    async def _ensure_stage(self, conn: asyncpg.Connection) -> None:
+        if self.stage_ready:
+            return
+        await conn.execute(f"DROP TABLE IF EXISTS pg_temp.{self.stage}")
+        await conn.execute(
+            f"CREATE TEMP TABLE {self.stage} (LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        self.stage_ready = True
+
+    async def delete(self, conn: asyncpg.Connection, keys: list[tuple]) -> None:
+        if not keys:
+            return
+        columns = [list(col) for col in zip(*keys)]
+        await conn.execute(self.delete_unnest, *columns)
+
+    async def upsert(self, conn: asyncpg.Connection, records: list[tuple]) -> None:
+        if not records:
+            return
+        if len(records) >= COPY_THRESHOLD:
+            await self._ensure_stage(conn)
+            await self._copy_stage(conn, records)
+            await conn.execute(self.upsert_from_stage)
+            return
+        columns = [list(col) for col in zip(*records)]
+        await conn.execute(self.upsert_unnest, *columns)
+
+    async def _copy_stage(self, conn: asyncpg.Connection, records: list[tuple]) -> None:
+        name = self.stage[1:-1].replace('""', '"')
+        # The stage is empty here: ON COMMIT DELETE ROWS, and a ROLLBACK discards the COPY.
+        await conn.copy_records_to_table(name, records=records, schema_name="pg_temp")
+
+    async def copy_in(self, conn: asyncpg.Connection, records: list[tuple]) -> None:
+        """Snapshot load: COPY straight into the (freshly truncated) table."""
+        await conn.copy_records_to_table(
+            self.spec.name, records=records, columns=list(self.spec.column_names), schema_name=self.schema
+        )
+
+
+@dataclass
+class BadRow:
+    key: tuple
+    message: str
+
+
+async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records: list[tuple],
+                         deletes: list[tuple]) -> BadRow | None:
+    """Find one record Postgres rejects, by bisection inside savepoints. Only used
+    after a statement failed, to name the row in the hold message."""
+    from syncd.postgres.connect import describe, is_data_error, is_shape_error
+
+    async def fails(part: list[tuple], is_delete: bool) -> BaseException | None:
+        try:
+            async with conn.transaction():  # savepoint
+                if is_delete:
+                    await writer.delete(conn, part)
+                else:
+                    await writer.upsert(conn, part)
+                raise _Rollback()
+        except _Rollback:
+            return None
+        except Exception as e:
+            if is_data_error(e) or is_shape_error(e):
+                return e
+            raise
+
+    for is_delete, rows in ((True, deletes), (False, records)):
+        err = await fails(rows, is_delete) if rows else None
+        if err is None:
+            continue
+        lo = rows
+        while len(lo) > 1:
+            half = lo[: len(lo) // 2]
+            e = await fails(half, is_delete)
+            if e is not None:
+                lo, err = half, e
+            else:
+                lo = lo[len(lo) // 2 :]
+        row = lo[0]
+        key = row if is_delete else tuple(row[i] for i in writer.spec.key_indexes)
+        return BadRow(key, describe(err))
+    return None
+
+
+class _Rollback(Exception):
+    pass

@@ -1,0 +1,330 @@
+"""syncd's own state in Postgres: per-source checkpoint, per-table state, history.
+
+The checkpoint is written in the same transaction as the data it covers, so Postgres
+alone says exactly which changes have been applied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from syncd.identifiers import quote_pg_ident
+
+BOOKKEEPING_VERSION = 1
+LOCK_CLASS = 0x53594E43  # "SYNC": first half of every advisory lock key syncd takes
+
+# Table states. A table streams only in STREAMING; in every other state its
+# changelog entries stay queued in SQLite.
+PENDING = "pending"  # needs a snapshot from scratch
+LOADING = "loading"  # snapshot in progress (resumable from snapshot_key)
+CATCHUP = "catchup"  # loaded; applying its own queued changes before joining the stream
+STREAMING = "streaming"
+HELD = "held"  # a value Postgres cannot take; retried until it fits (resume_to says where)
+PAUSED = "paused"  # a schema change needs an operator (dropped/renamed column or table)
+REFUSED = "refused"  # cannot be replicated (no usable key)
+
+STATES = (PENDING, LOADING, CATCHUP, STREAMING, HELD, PAUSED, REFUSED)
+
+
+def _ddl(bk: str) -> list[str]:
+    s = quote_pg_ident(bk)
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {s}",
+        f"""CREATE TABLE IF NOT EXISTS {s}.meta (
+            key text PRIMARY KEY,
+            value text NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.sources (
+            source text PRIMARY KEY,
+            capture_id text,
+            applied_seq bigint NOT NULL DEFAULT 0,
+            applied_at timestamptz,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            streaming_since timestamptz,
+            sqlite_path text,
+            target_schema text)""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.tables (
+            source text NOT NULL REFERENCES {s}.sources ON DELETE CASCADE,
+            table_name text NOT NULL,
+            tid integer,
+            state text NOT NULL,
+            resume_to text,
+            from_seq bigint,
+            snapshot_key text,
+            snapshot_rows bigint NOT NULL DEFAULT 0,
+            snapshot_total bigint,
+            snapshot_started_at timestamptz,
+            snapshot_finished_at timestamptz,
+            reason text,
+            request text,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (source, table_name))""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.events (
+            id bigserial PRIMARY KEY,
+            at timestamptz NOT NULL DEFAULT now(),
+            source text NOT NULL,
+            table_name text,
+            kind text NOT NULL,
+            detail text)""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.verify_runs (
+            id bigserial PRIMARY KEY,
+            source text NOT NULL,
+            table_name text NOT NULL,
+            started_at timestamptz NOT NULL,
+            finished_at timestamptz NOT NULL DEFAULT now(),
+            rows_sqlite bigint,
+            rows_postgres bigint,
+            missing bigint NOT NULL DEFAULT 0,
+            extra bigint NOT NULL DEFAULT 0,
+            different bigint NOT NULL DEFAULT 0,
+            pending bigint NOT NULL DEFAULT 0,
+            repaired bigint NOT NULL DEFAULT 0,
+            error text,
+            full_check boolean NOT NULL DEFAULT true)""",
+        f"CREATE INDEX IF NOT EXISTS verify_runs_by_table ON {s}.verify_runs (source, table_name, finished_at)",
+    ]
+
+
+async def ensure_bookkeeping(conn: asyncpg.Connection, bk: str) -> None:
+    """Create syncd's schema if missing. Serialized with an advisory lock because
+    several syncd processes may start against one database at the same time."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS)
+        exists = await conn.fetchval(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relname = 'verify_runs'",
+            bk,
+        )
+        if not exists:
+            for stmt in _ddl(bk):
+                await conn.execute(stmt)
+            await conn.execute(
+                f"INSERT INTO {quote_pg_ident(bk)}.meta(key, value) VALUES ('version', $1) ON CONFLICT DO NOTHING",
+                str(BOOKKEEPING_VERSION),
+            )
+
+
+async def bookkeeping_exists(conn: asyncpg.Connection, bk: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relname = 'tables'",
+            bk,
+        )
+    )
+
+
+@dataclass
+class SourceRow:
+    source: str
+    capture_id: str | None
+    applied_seq: int
+    applied_at: dt.datetime | None
+    created_at: dt.datetime
+    streaming_since: dt.datetime | None
+
+
+@dataclass
+class TableRow:
+    table_name: str
+    tid: int | None
+    state: str
+    resume_to: str | None
+    from_seq: int | None
+    snapshot_key: tuple | None
+    snapshot_rows: int
+    snapshot_total: int | None
+    snapshot_started_at: dt.datetime | None
+    snapshot_finished_at: dt.datetime | None
+    reason: str | None
+    updated_at: dt.datetime
+
+
+def encode_position(pos: tuple | None) -> str | None:
+    """A snapshot position (a rowid or key values) as JSON, keeping exact types."""
+    if pos is None:
+        return None
+    out = []
+    for v in pos:
+        if v is None:
+            out.append(["n", None])
+        elif isinstance(v, bool) or isinstance(v, int):
+            out.append(["i", str(int(v))])
+        elif isinstance(v, float):
+            out.append(["f", v.hex()])
+        elif isinstance(v, str):
+            out.append(["t", v.encode("utf-8", "surrogateescape").hex()])
+        elif isinstance(v, bytes):
+            out.append(["b", v.hex()])
+        else:
+            raise TypeError(type(v))
+    return json.dumps(out)
+
+
+def decode_position(text: str | None) -> tuple | None:
+    if text is None:
+        return None
+    out: list[Any] = []
+    for tag, v in json.loads(text):
+        if tag == "n":
+            out.append(None)
+        elif tag == "i":
+            out.append(int(v))
+        elif tag == "f":
+            out.append(float.fromhex(v))
+        elif tag == "t":
+            out.append(bytes.fromhex(v).decode("utf-8", "surrogateescape"))
+        elif tag == "b":
+            out.append(bytes.fromhex(v))
+        else:
+            raise ValueError(f"bad snapshot position tag {tag!r}")
+    return tuple(out)
+
+
+class Bookkeeping:
+    """Typed access to one source's rows in syncd's schema."""
+
+    def __init__(self, schema: str, source: str):
+        self.schema = schema
+        self.s = quote_pg_ident(schema)
+        self.source = source
+
+    async def load_source(self, conn: asyncpg.Connection) -> SourceRow | None:
+        r = await conn.fetchrow(
+            f"SELECT source, capture_id, applied_seq, applied_at, created_at, streaming_since "
+            f"FROM {self.s}.sources WHERE source = $1",
+            self.source,
+        )
+        return SourceRow(*r) if r else None
+
+    async def upsert_source(self, conn: asyncpg.Connection, capture_id: str, path: str, target_schema: str) -> None:
+        await conn.execute(
+            f"INSERT INTO {self.s}.sources(source, capture_id, sqlite_path, target_schema) VALUES ($1, $2, $3, $4) "
+            f"ON CONFLICT (source) DO UPDATE SET sqlite_path = EXCLUDED.sqlite_path, "
+            f"target_schema = EXCLUDED.target_schema",
+            self.source, capture_id, path, target_schema,
+        )
+
+    async def reset_source(self, conn: asyncpg.Connection, capture_id: str, applied_seq: int) -> None:
+        """A new capture generation: every table re-snapshots, the checkpoint restarts."""
+        await conn.execute(
+            f"UPDATE {self.s}.sources SET capture_id = $2, applied_seq = $3 WHERE source = $1",
+            self.source, capture_id, applied_seq,
+        )
+        await conn.execute(
+            f"UPDATE {self.s}.tables SET state = $2, resume_to = NULL, from_seq = NULL, snapshot_key = NULL, "
+            f"snapshot_rows = 0, reason = NULL, updated_at = now() WHERE source = $1 AND state <> $3",
+            self.source, PENDING, REFUSED,
+        )
+
+    async def load_tables(self, conn: asyncpg.Connection) -> dict[str, TableRow]:
+        rows = await conn.fetch(
+            f"SELECT table_name, tid, state, resume_to, from_seq, snapshot_key, snapshot_rows, snapshot_total, "
+            f"snapshot_started_at, snapshot_finished_at, reason, updated_at "
+            f"FROM {self.s}.tables WHERE source = $1",
+            self.source,
+        )
+        out = {}
+        for r in rows:
+            values = list(r)
+            values[5] = decode_position(values[5])
+            out[r[0]] = TableRow(*values)
+        return out
+
+    async def save_table(self, conn: asyncpg.Connection, row: TableRow) -> None:
+        await conn.execute(
+            f"""INSERT INTO {self.s}.tables(source, table_name, tid, state, resume_to, from_seq, snapshot_key,
+                    snapshot_rows, snapshot_total, snapshot_started_at, snapshot_finished_at, reason, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
+                ON CONFLICT (source, table_name) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state,
+                    resume_to = EXCLUDED.resume_to, from_seq = EXCLUDED.from_seq,
+                    snapshot_key = EXCLUDED.snapshot_key, snapshot_rows = EXCLUDED.snapshot_rows,
+                    snapshot_total = EXCLUDED.snapshot_total, snapshot_started_at = EXCLUDED.snapshot_started_at,
+                    snapshot_finished_at = EXCLUDED.snapshot_finished_at, reason = EXCLUDED.reason,
+                    updated_at = now()""",
+            self.source, row.table_name, row.tid, row.state, row.resume_to, row.from_seq,
+            encode_position(row.snapshot_key), row.snapshot_rows, row.snapshot_total,
+            row.snapshot_started_at, row.snapshot_finished_at, row.reason,
+        )
+
+    async def advance(self, conn: asyncpg.Connection, from_seq: int, to_seq: int) -> None:
+        """Move the checkpoint; the guard catches a second writer (lost lock)."""
+        status = await conn.execute(
+            f"UPDATE {self.s}.sources SET applied_seq = $3, applied_at = now() "
+            f"WHERE source = $1 AND applied_seq = $2",
+            self.source, from_seq, to_seq,
+        )
+        if status != "UPDATE 1":
+            raise CheckpointConflict(
+                f"source {self.source!r}: checkpoint moved under syncd (expected {from_seq}); "
+                "another process is writing this source"
+            )
+
+    async def touch_applied(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(f"UPDATE {self.s}.sources SET applied_at = now() WHERE source = $1", self.source)
+
+    async def mark_streaming_since(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            f"UPDATE {self.s}.sources SET streaming_since = now() WHERE source = $1 AND streaming_since IS NULL",
+            self.source,
+        )
+
+    async def event(self, conn: asyncpg.Connection, kind: str, table: str | None, detail: str | None) -> None:
+        await conn.execute(
+            f"INSERT INTO {self.s}.events(source, table_name, kind, detail) VALUES ($1, $2, $3, $4)",
+            self.source, table, kind, detail,
+        )
+
+
+class CheckpointConflict(Exception):
+    pass
+
+
+# --- one active instance per source --------------------------------------------------
+
+
+def application_name() -> str:
+    host = socket.gethostname()[:40]
+    return f"syncd {host} pid {os.getpid()}"
+
+
+def lock_key(source: str) -> int:
+    """Second half of the source's advisory lock key: a stable 31-bit hash of its name."""
+    h = 2166136261
+    for b in source.encode("utf-8"):
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    return h & 0x7FFFFFFF
+
+
+class SourceLocked(Exception):
+    exit_code = 1
+
+
+async def try_lock_source(conn: asyncpg.Connection, source: str) -> None:
+    """Take the session advisory lock for `source` or raise SourceLocked naming the holder."""
+    got = await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, lock_key(source))
+    if got:
+        return
+    holder = await conn.fetchrow(
+        """SELECT a.application_name, a.pid, host(a.client_addr), a.backend_start
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objid = $2::oid
+             AND l.objsubid = 2 AND l.granted""",
+        LOCK_CLASS, lock_key(source),
+    )
+    if holder is None:
+        who = "another session (it just released it; try again)"
+    else:
+        app, backend_pid, addr, since = holder
+        who = f"{app or 'an unnamed client'} (client {addr or 'local socket'}, Postgres backend {backend_pid}, since {since:%Y-%m-%d %H:%M:%S %Z})"
+    raise SourceLocked(f"source {source!r} is already being run by {who}")
+
+
+async def unlock_source(conn: asyncpg.Connection, source: str) -> None:
+    await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, lock_key(source))

@@ -1,0 +1,103 @@
+"""Connecting to Postgres, and telling transient failures from data problems."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import asyncpg
+
+from syncd.config import PostgresSettings
+from syncd.postgres.bookkeeping import application_name
+from syncd.redact import redact_dsn
+
+# SQLSTATEs worth retrying: the same statement can succeed later without anyone
+# changing data (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+_TRANSIENT_CLASSES = ("08", "53", "57", "58")  # connection, resources, operator intervention, system
+_TRANSIENT_CODES = {"40001", "40P01", "55P03", "55006", "25P03", "25P04"}  # serialization, deadlock, lock/idle timeouts
+# Class 22 (data exception) and 23 (integrity constraint): this row cannot go in as is.
+_DATA_CLASSES = ("22", "23")
+# The table or column is not what syncd expects: its shape drifted.
+_SHAPE_CODES = {"42P01", "42703", "42804", "42P10"}
+
+
+class PostgresUnavailable(Exception):
+    """Postgres could not be reached or dropped the connection; retried."""
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    return getattr(exc, "sqlstate", None)
+
+
+_CLIENT_DATA_ERROR = asyncpg.exceptions._base.DataError  # asyncpg refused to encode a value
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _CLIENT_DATA_ERROR):
+        return False
+    if isinstance(exc, (PostgresUnavailable, OSError, asyncio.TimeoutError, TimeoutError, ConnectionError,
+                        socket.gaierror)):
+        return True
+    if isinstance(exc, (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
+                        asyncpg.exceptions.ConnectionFailureError)):
+        # InterfaceError covers "connection is closed" and protocol-state errors after a drop.
+        return True
+    code = sqlstate(exc)
+    if code is None:
+        return False
+    return code in _TRANSIENT_CODES or code.startswith(_TRANSIENT_CLASSES)
+
+
+def is_data_error(exc: BaseException) -> bool:
+    if isinstance(exc, _CLIENT_DATA_ERROR):
+        return True
+    code = sqlstate(exc)
+    return code is not None and code.startswith(_DATA_CLASSES)
+
+
+def is_shape_error(exc: BaseException) -> bool:
+    return sqlstate(exc) in _SHAPE_CODES
+
+
+def describe(exc: BaseException) -> str:
+    """One line for logs and status, with no password in it."""
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        text = "timed out"
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    detail = getattr(exc, "detail", None)
+    if detail:
+        text = f"{text} ({detail})"
+    code = sqlstate(exc)
+    if code:
+        text = f"{text} [SQLSTATE {code}]"
+    return redact_dsn(" ".join(text.split()))
+
+
+async def connect(dsn: str, password: str | None, settings: PostgresSettings, **server_settings: str) -> asyncpg.Connection:
+    """Open a connection with bounded connect and statement times."""
+    kwargs: dict[str, Any] = {}
+    if password is not None:
+        kwargs["password"] = password
+    try:
+        return await asyncpg.connect(
+            dsn,
+            timeout=settings.connect_timeout_seconds,
+            command_timeout=settings.statement_timeout_seconds,
+            server_settings={"application_name": application_name(), **server_settings},
+            **kwargs,
+        )
+    except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
+        raise PostgresUnavailable(f"cannot connect to {redact_dsn(dsn)}: {describe(e)}") from None
+
+
+async def close_quietly(conn: asyncpg.Connection | None, timeout: float = 2.0) -> None:
+    if conn is None or conn.is_closed():
+        return
+    try:
+        await asyncio.wait_for(conn.close(), timeout)
+    except Exception:
+        conn.terminate()

@@ -1,0 +1,221 @@
+"""Initial load of a table: audit, then COPY in chunks, resumable, then catch up.
+
+Position: before the first row is read, the changelog's max seq P0 is fixed (in WAL
+mode inside the one read transaction the whole table is read in). Every change
+after P0 is replayed afterwards with current values, so rows read at any later
+moment still converge: no gap, and replaying a change twice is harmless.
+
+In rollback-journal mode a long read transaction would block application writers,
+so each chunk gets its own short read transaction instead; the replay from P0
+makes that equally correct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+import time
+
+from syncd import metrics
+from syncd.postgres import bookkeeping as bk
+from syncd.postgres import ddl
+from syncd.postgres.apply import locate_bad_row
+from syncd.postgres.connect import describe, is_data_error, is_shape_error
+from syncd.rows import RowConverter, RowMisfit
+from syncd.session import SourceSession, TableRuntime, changed
+from syncd.sqlite import reader
+from syncd.sqlite.audit import audit_table
+from syncd.sqlite.connection import SqliteWorker
+
+PROGRESS_EVERY_SECONDS = 5.0
+
+
+class TableLoad:
+    """The reading side of one table's load, on its own connection and thread."""
+
+    def __init__(self, session: SourceSession, t: TableRuntime):
+        self.session = session
+        self.t = t
+        self.worker = SqliteWorker(session.source.path, f"{session.name}-snapshot",
+                                   session.settings.sqlite.read_busy_timeout_ms)
+        self.single_txn = session.journal_mode == "wal"
+        self.started = time.monotonic()
+        self.rows_at_start = t.row.snapshot_rows
+        self.last_progress = self.started
+        self.prefetch: asyncio.Future | None = None
+        self.prefetch_after: tuple | None = None
+
+    async def open(self) -> int:
+        """Open the read side; returns the changelog position the read starts at."""
+
+        def begin(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN")
+            pos = reader.max_seq(conn)
+            if not self.single_txn:
+                conn.execute("COMMIT")
+            return pos
+
+        return await self.worker.run(begin)
+
+    async def count(self) -> int:
+        return await self.worker.run(reader.count_rows, self.t.name)
+
+    def _read(self, conn: sqlite3.Connection, after: tuple | None, limit: int, conv: RowConverter):
+        if not self.single_txn:
+            conn.execute("BEGIN")
+        try:
+            rows, pos = reader.read_snapshot_chunk(conn, self.t.spec, after, limit)
+        finally:
+            if not self.single_txn:
+                conn.execute("COMMIT")
+        # Convert on this thread too: keeps the event loop free while COPY runs.
+        try:
+            return conv.rows(rows), pos, None
+        except RowMisfit as m:
+            return None, pos, m
+
+    def read_ahead(self, after: tuple | None) -> None:
+        limit = self.session.settings.stream.snapshot_chunk_rows
+        self.prefetch_after = after
+        self.prefetch = asyncio.ensure_future(self.worker.run(self._read, after, limit, self.t.conv))
+
+    async def next_chunk(self, after: tuple | None):
+        if self.prefetch is not None and self.prefetch_after != after:
+            # The chunk before did not commit: what was read ahead starts at the wrong place.
+            stale, self.prefetch = self.prefetch, None
+            await asyncio.gather(stale, return_exceptions=True)
+        if self.prefetch is None:
+            self.read_ahead(after)
+        assert self.prefetch is not None
+        fut, self.prefetch = self.prefetch, None
+        return await fut
+
+    async def close(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.cancel()
+            try:
+                await self.prefetch
+            except (asyncio.CancelledError, Exception):
+                pass
+            self.prefetch = None
+        await self.worker.close()
+        self.worker.shutdown()
+
+
+async def audit(session: SourceSession, t: TableRuntime) -> str | None:
+    """Run the value audit; returns the hold reason, or None when every value fits."""
+
+    def run(conn: sqlite3.Connection):
+        conn.execute("BEGIN")
+        try:
+            return audit_table(conn, t.spec)
+        finally:
+            conn.execute("COMMIT")
+
+    misfits = await session.worker.run(run)
+    if not misfits:
+        return None
+    text = "; ".join(m.describe(t.name) for m in misfits[:3])
+    if len(misfits) > 3:
+        text += f"; and {len(misfits) - 3} more column(s)"
+    return "audit before load: " + text
+
+
+async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> None:
+    """PENDING -> LOADING: fix the position, empty and reshape the Postgres table."""
+    conn = session.pg
+    assert conn is not None
+    from_seq = await load.open()
+    total = await load.count()
+    async with conn.transaction():
+        pgt = (await ddl.read_tables(conn, session.target_schema)).get(t.name)
+        if pgt is None:
+            await conn.execute(ddl.create_table_sql(session.target_schema, t.spec))
+        await conn.execute(f"TRUNCATE {ddl.qualified(session.target_schema, t.name)}")
+        if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
+            await ddl.reshape_empty_table(conn, session.target_schema, t.spec, pgt)
+        row = changed(
+            t.row, state=bk.LOADING, resume_to=None, from_seq=from_seq, snapshot_key=None, snapshot_rows=0,
+            snapshot_total=total, snapshot_started_at=dt.datetime.now(dt.timezone.utc), snapshot_finished_at=None,
+            reason=None,
+        )
+        await session.save_row(conn, row)
+    t.row = row
+    t.writer = None
+    load.started = time.monotonic()
+    load.rows_at_start = 0
+    session.info(f"snapshot started: {total} rows, changelog position {from_seq}", table=t.name,
+                 event="snapshot_started")
+
+
+async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -> bool:
+    """Load the next chunk. Returns True when the table is fully loaded (now CATCHUP).
+    Raises RowMisfit or a Postgres data error for the caller to hold the table."""
+    conn = session.pg
+    assert conn is not None
+    records, pos, misfit = await load.next_chunk(t.row.snapshot_key)
+    if misfit is not None:
+        raise misfit
+    if not records:
+        return await _finish(session, t, load)
+    load.read_ahead(pos)
+    writer = session.writer(t)
+    try:
+        async with conn.transaction():
+            await writer.copy_in(conn, records)
+            row = changed(t.row, snapshot_key=pos, snapshot_rows=t.row.snapshot_rows + len(records), reason=None)
+            await session.save_row(conn, row)
+    except Exception as e:
+        if not (is_data_error(e) or is_shape_error(e)):
+            raise
+        async with conn.transaction():
+            bad = await locate_bad_row(conn, writer, records, [])
+        raise SnapshotRejected(t.name, bad.key if bad else None, bad.message if bad else describe(e)) from None
+    t.row = row
+    metrics.snapshot_rows_loaded.labels(session.name, t.name).set(row.snapshot_rows)
+    _progress(session, t, load)
+    return False
+
+
+def _progress(session: SourceSession, t: TableRuntime, load: TableLoad) -> None:
+    now = time.monotonic()
+    if now - load.last_progress < PROGRESS_EVERY_SECONDS:
+        return
+    load.last_progress = now
+    done = t.row.snapshot_rows
+    rate = (done - load.rows_at_start) / max(now - load.started, 1e-6)
+    total = t.row.snapshot_total or done
+    left = max(total - done, 0)
+    eta = f"{left / rate:.0f}s" if rate > 0 else "unknown"
+    pct = f" ({100 * done / total:.0f}%)" if total else ""
+    session.info(f"snapshot progress: {done}/{total} rows{pct}, {rate:.0f} rows/s, ETA {eta}", table=t.name,
+                 event="snapshot_progress")
+
+
+async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> bool:
+    conn = session.pg
+    assert conn is not None
+    row = changed(t.row, state=bk.CATCHUP, snapshot_finished_at=dt.datetime.now(dt.timezone.utc), reason=None)
+    async with conn.transaction():
+        await session.save_row(conn, row)
+        await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")
+    t.row = row
+    elapsed = time.monotonic() - load.started
+    loaded = row.snapshot_rows - load.rows_at_start
+    session.info(
+        f"snapshot finished: {row.snapshot_rows} rows in {elapsed:.1f}s ({loaded / max(elapsed, 1e-6):.0f} rows/s); "
+        f"catching up from changelog position {row.from_seq}",
+        table=t.name, event="snapshot_finished",
+    )
+    metrics.snapshot_rows_loaded.labels(session.name, t.name).set(row.snapshot_rows)
+    return True
+
+
+class SnapshotRejected(Exception):
+    def __init__(self, table: str, key: tuple | None, message: str):
+        from syncd.sqlite.audit import format_key
+
+        self.table, self.key, self.message = table, key, message
+        where = f" key {format_key(key)}" if key is not None else ""
+        super().__init__(f'table "{table}"{where}: Postgres rejected the row: {message}')

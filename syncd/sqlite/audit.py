@@ -1,0 +1,97 @@
+"""Audit stored values before loading: report every column whose values do not fit
+its Postgres type, instead of failing halfway through a load."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from syncd.identifiers import quote_ident
+from syncd.model import TableSpec
+from syncd.types import ValueMismatch, audit_prefilter, converter
+
+SAMPLE_KEYS = 5
+
+
+@dataclass
+class Misfit:
+    column: str
+    pgtype: str
+    count: int = 0
+    sample_keys: list[tuple] = field(default_factory=list)
+    example: str = ""
+
+    def describe(self, table: str) -> str:
+        keys = ", ".join(format_key(k) for k in self.sample_keys)
+        return (
+            f'table "{table}" column "{self.column}": {self.count} value(s) do not fit {self.pgtype} '
+            f"(e.g. {self.example}; keys: {keys}); fix the rows or set "
+            f'[sources.columns."{table}"] "{self.column}" = "<type>"'
+        )
+
+
+def format_key(key: tuple) -> str:
+    parts = []
+    for v in key:
+        if isinstance(v, bytes):
+            parts.append(f"x'{v.hex()}'")
+        else:
+            parts.append(repr(v))
+    return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
+
+
+def audit_table(conn: sqlite3.Connection, spec: TableSpec) -> list[Misfit]:
+    """Scan the table once and return the misfits, worst first. Caller owns the
+    read transaction (or none)."""
+    nkey = len(spec.key)
+    key_cols = [quote_ident(k) for k in spec.key]
+    checks: list[tuple[int, str, str | None]] = []
+    for i, col in enumerate(spec.columns):
+        pf = audit_prefilter(col.pgtype, quote_ident(col.name))
+        checks.append((i, col.name, pf))
+    conds = [pf if pf is not None else f"{quote_ident(n)} IS NOT NULL" for _, n, pf in checks]
+    conds += [f"{k} IS NULL" for k in key_cols]
+    cols = ", ".join(quote_ident(c.name) for c in spec.columns)
+    sql = (
+        f"SELECT {', '.join(key_cols)}, {cols} FROM main.{quote_ident(spec.name)} "
+        f"WHERE {' OR '.join('(' + c + ')' for c in conds)}"
+    )
+    convs = [converter(c.pgtype) for c in spec.columns]
+    misfits: dict[str, Misfit] = {}
+    old_factory = conn.text_factory
+    conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+    try:
+        for row in conn.execute(sql):
+            key = row[:nkey]
+            values = row[nkey:]
+            if any(v is None for v in key):
+                m = misfits.setdefault("\x00key", Misfit(", ".join(spec.key), "a primary key"))
+                m.count += 1
+                m.example = "NULL key"
+                if len(m.sample_keys) < SAMPLE_KEYS:
+                    m.sample_keys.append(("rows with NULL key",))
+                continue
+            for i, col in enumerate(spec.columns):
+                try:
+                    convs[i](values[i])
+                except ValueMismatch as e:
+                    m = misfits.setdefault(col.name, Misfit(col.name, col.pgtype.value))
+                    m.count += 1
+                    if not m.example:
+                        m.example = str(e)
+                    if len(m.sample_keys) < SAMPLE_KEYS:
+                        m.sample_keys.append(key)
+    finally:
+        conn.text_factory = old_factory
+    if spec.key_origin == "configured":
+        dup = conn.execute(
+            f"SELECT {', '.join(key_cols)}, count(*) FROM main.{quote_ident(spec.name)} "
+            f"GROUP BY {', '.join(key_cols)} HAVING count(*) > 1 LIMIT {SAMPLE_KEYS}"
+        ).fetchall()
+        if dup:
+            m = Misfit(", ".join(spec.key), "a unique key")
+            m.count = len(dup)
+            m.example = "duplicate key values"
+            m.sample_keys = [tuple(r[:nkey]) for r in dup]
+            misfits["\x00dup"] = m
+    return sorted(misfits.values(), key=lambda m: -m.count)

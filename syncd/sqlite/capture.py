@@ -1,0 +1,311 @@
+"""The capture objects syncd keeps inside a SQLite file: changelog, registry, triggers.
+
+The changelog records only *which* row changed (table id + key) with an increasing
+sequence; the reader fetches current values later, in the same read transaction.
+`seq` is a plain rowid alias (cheapest to write); it stays monotonic because the
+pruner never deletes the newest applied entry, so max(seq) never falls back.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from syncd.identifiers import quote_ident
+from syncd.model import TableSpec
+
+CHANGELOG = "_syncd_changelog"
+REGISTRY = "_syncd_tables"
+META = "_syncd_meta"
+TRIGGER_PREFIX = "_syncd_t"
+FORMAT_VERSION = "1"
+INITIAL_KEY_SLOTS = 4
+
+OP_INSERT, OP_UPDATE, OP_DELETE = 1, 2, 3
+
+
+class LockTimeout(Exception):
+    """syncd could not get a short write lock on the SQLite file in time."""
+
+
+def slot(i: int) -> str:
+    return f"k{i}"
+
+
+def trigger_names(tid: int) -> dict[str, str]:
+    return {
+        "ins": f"{TRIGGER_PREFIX}{tid}_ins",
+        "upd": f"{TRIGGER_PREFIX}{tid}_upd",
+        "del": f"{TRIGGER_PREFIX}{tid}_del",
+        "rep": f"{TRIGGER_PREFIX}{tid}_rep",
+        "repu": f"{TRIGGER_PREFIX}{tid}_repu",
+    }
+
+
+def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
+    """CREATE TRIGGER statements capturing every change to `spec`'s table."""
+    names = trigger_names(tid)
+    table = quote_ident(spec.name)
+    cl = quote_ident(CHANGELOG)
+    slots = ", ".join(slot(i) for i in range(len(spec.key)))
+    new = ", ".join(f"NEW.{quote_ident(k)}" for k in spec.key)
+    old = ", ".join(f"OLD.{quote_ident(k)}" for k in spec.key)
+    # COLLATE BINARY: under a NOCASE key, 'abc' -> 'ABC' is still a key change for Postgres.
+    key_changed = " OR ".join(f"OLD.{quote_ident(k)} IS NOT NEW.{quote_ident(k)} COLLATE BINARY" for k in spec.key)
+    out = {
+        "ins": (
+            f"CREATE TRIGGER {quote_ident(names['ins'])} AFTER INSERT ON {table} BEGIN "
+            f"INSERT INTO {cl}(tid, op, {slots}) VALUES ({tid}, {OP_INSERT}, {new}); END"
+        ),
+        "upd": (
+            f"CREATE TRIGGER {quote_ident(names['upd'])} AFTER UPDATE ON {table} BEGIN "
+            f"INSERT INTO {cl}(tid, op, {slots}) SELECT {tid}, {OP_DELETE}, {old} WHERE {key_changed}; "
+            f"INSERT INTO {cl}(tid, op, {slots}) VALUES ({tid}, {OP_UPDATE}, {new}); END"
+        ),
+        "del": (
+            f"CREATE TRIGGER {quote_ident(names['del'])} AFTER DELETE ON {table} BEGIN "
+            f"INSERT INTO {cl}(tid, op, {slots}) VALUES ({tid}, {OP_DELETE}, {old}); END"
+        ),
+    }
+    if spec.unique_sets:
+        # INSERT/UPDATE OR REPLACE deletes rows conflicting on another unique index
+        # without firing delete triggers (unless the app enables recursive_triggers).
+        # Record those rows' keys first; a key recorded needlessly is harmless.
+        key_cols = ", ".join(quote_ident(k) for k in spec.key)
+        not_self = " OR ".join(f"{quote_ident(k)} IS NOT NEW.{quote_ident(k)}" for k in spec.key)
+        conflicts = " OR ".join(
+            "("
+            + " AND ".join(
+                f"{quote_ident(c)} = NEW.{quote_ident(c)} COLLATE {quote_ident(coll)}"
+                for c, coll in zip(u.columns, u.collations)
+            )
+            + ")"
+            for u in spec.unique_sets
+        )
+        body = (
+            f"INSERT INTO {cl}(tid, op, {slots}) SELECT {tid}, {OP_DELETE}, {key_cols} "
+            f"FROM {table} WHERE ({conflicts}) AND ({not_self}); END"
+        )
+        out["rep"] = f"CREATE TRIGGER {quote_ident(names['rep'])} BEFORE INSERT ON {table} BEGIN {body}"
+        out["repu"] = f"CREATE TRIGGER {quote_ident(names['repu'])} BEFORE UPDATE ON {table} BEGIN {body}"
+    return out
+
+
+@dataclass
+class CaptureState:
+    """What capture currently looks like inside one SQLite file."""
+
+    capture_id: str | None = None
+    format_version: str | None = None
+    registry: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)  # name -> (tid, key)
+    rearmed: set[str] = field(default_factory=set)  # re-armed after a capture gap; Postgres must re-snapshot
+    triggers: dict[str, tuple[str, str]] = field(default_factory=dict)  # trigger name -> (table, sql)
+    key_slots: int = 0
+    max_seq: int = 0
+
+    @property
+    def installed(self) -> bool:
+        return self.capture_id is not None
+
+    def tid_of(self, table: str) -> int | None:
+        entry = self.registry.get(table)
+        return entry[0] if entry else None
+
+    def triggers_match(self, tid: int, spec: TableSpec) -> bool:
+        expected = trigger_sql(tid, spec)
+        names = trigger_names(tid)
+        for kind, name in names.items():
+            have = self.triggers.get(name)
+            want = expected.get(kind)
+            if want is None and have is None:
+                continue
+            if want is None or have is None or have[1] != want or have[0] != spec.name:
+                return False
+        return True
+
+
+def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return row is not None
+
+
+def read_state(conn: sqlite3.Connection) -> CaptureState:
+    state = CaptureState()
+    if not _table_exists(conn, META):
+        return state
+    meta = dict(conn.execute(f"SELECT key, value FROM main.{quote_ident(META)}").fetchall())
+    state.capture_id = meta.get("capture_id")
+    state.format_version = meta.get("format_version")
+    if _table_exists(conn, REGISTRY):
+        for tid, name, key, rearmed in conn.execute(
+            f"SELECT tid, name, key_columns, rearmed_at FROM main.{quote_ident(REGISTRY)}"
+        ):
+            state.registry[name] = (tid, tuple(json.loads(key)))
+            if rearmed is not None:
+                state.rearmed.add(name)
+    for name, tbl, sql in conn.execute(
+        "SELECT name, tbl_name, sql FROM main.sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
+        (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
+    ):
+        state.triggers[name] = (tbl, sql)
+    if _table_exists(conn, CHANGELOG):
+        cols = [r[1] for r in conn.execute(f"PRAGMA main.table_info({quote_ident(CHANGELOG)})")]
+        state.key_slots = sum(1 for c in cols if c.startswith("k") and c[1:].isdigit())
+        state.max_seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{quote_ident(CHANGELOG)}").fetchone()[0]
+    return state
+
+
+def write_transaction(conn: sqlite3.Connection, fn, *, busy_timeout_ms: int, deadline_seconds: float = 120.0):
+    """Run fn(conn) in a short BEGIN IMMEDIATE transaction.
+
+    The busy timeout is short so an application writer never queues behind syncd for
+    long; on SQLITE_BUSY syncd steps back, sleeps, and tries again until the deadline.
+    """
+    start = time.monotonic()
+    delay = 0.01
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            if time.monotonic() - start > deadline_seconds:
+                raise LockTimeout(
+                    f"could not get a write lock for {deadline_seconds:.0f} s: "
+                    "an application transaction keeps the database locked"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def _install_base(conn: sqlite3.Connection) -> None:
+    conn.execute(f"CREATE TABLE IF NOT EXISTS main.{quote_ident(META)} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS main.{quote_ident(REGISTRY)} "
+        "(tid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, key_columns TEXT NOT NULL, rearmed_at TEXT)"
+    )
+    slots = ", ".join(slot(i) for i in range(INITIAL_KEY_SLOTS))
+    # Key slots have no declared type, so values keep their exact storage class.
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS main.{quote_ident(CHANGELOG)} "
+        f"(seq INTEGER PRIMARY KEY, tid INTEGER NOT NULL, op INTEGER NOT NULL, {slots})"
+    )
+    meta = quote_ident(META)
+    conn.execute(
+        f"INSERT OR IGNORE INTO main.{meta}(key, value) VALUES ('capture_id', ?)", (str(uuid.uuid4()),)
+    )
+    conn.execute(f"INSERT OR IGNORE INTO main.{meta}(key, value) VALUES ('format_version', ?)", (FORMAT_VERSION,))
+    conn.execute(
+        f"INSERT OR IGNORE INTO main.{meta}(key, value) VALUES ('installed_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))"
+    )
+
+
+def install_base(conn: sqlite3.Connection, busy_timeout_ms: int) -> CaptureState:
+    """Create the changelog, registry and meta tables if missing; return the state."""
+    write_transaction(conn, _install_base, busy_timeout_ms=busy_timeout_ms)
+    return read_state(conn)
+
+
+def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, gap: bool = False) -> int:
+    """Register `spec`'s table and (re)create its triggers, in one short write
+    transaction. Returns the table id. Does nothing if everything already matches.
+
+    With `gap`, capture had a hole (triggers were missing): the registry remembers
+    it, durably and in the same transaction, until Postgres has scheduled a
+    re-snapshot (`clear_rearmed`), so a crash in between cannot lose the fact."""
+
+    def arm(c: sqlite3.Connection) -> int:
+        reg = quote_ident(REGISTRY)
+        row = c.execute(f"SELECT tid, key_columns FROM main.{reg} WHERE name = ?", (spec.name,)).fetchone()
+        key_json = json.dumps(list(spec.key))
+        if row is None:
+            tid = c.execute(f"INSERT INTO main.{reg}(name, key_columns) VALUES (?, ?) RETURNING tid",
+                            (spec.name, key_json)).fetchone()[0]
+        else:
+            tid = row[0]
+            if row[1] != key_json:
+                c.execute(f"UPDATE main.{reg} SET key_columns = ? WHERE tid = ?", (key_json, tid))
+        if gap:
+            c.execute(f"UPDATE main.{reg} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE tid = ?",
+                      (tid,))
+        cols = [r[1] for r in c.execute(f"PRAGMA main.table_info({quote_ident(CHANGELOG)})")]
+        have = sum(1 for n in cols if n.startswith("k") and n[1:].isdigit())
+        for i in range(have, len(spec.key)):
+            c.execute(f"ALTER TABLE main.{quote_ident(CHANGELOG)} ADD COLUMN {slot(i)}")
+        existing = {
+            name: sql
+            for name, sql in c.execute(
+                "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND name IN (?, ?, ?, ?, ?)",
+                tuple(trigger_names(tid).values()),
+            )
+        }
+        wanted = {trigger_names(tid)[k]: sql for k, sql in trigger_sql(tid, spec).items()}
+        for name, sql in existing.items():
+            if wanted.get(name) != sql:
+                c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
+        for name, sql in wanted.items():
+            if existing.get(name) != sql:
+                c.execute(sql)
+        return tid
+
+    return write_transaction(conn, arm, busy_timeout_ms=busy_timeout_ms)
+
+
+def clear_rearmed(conn: sqlite3.Connection, names: list[str], busy_timeout_ms: int) -> None:
+    def clear(c: sqlite3.Connection) -> None:
+        c.executemany(f"UPDATE main.{quote_ident(REGISTRY)} SET rearmed_at = NULL WHERE name = ?",
+                      [(n,) for n in names])
+
+    write_transaction(conn, clear, busy_timeout_ms=busy_timeout_ms)
+
+
+def disarm_table(conn: sqlite3.Connection, tid: int, busy_timeout_ms: int) -> None:
+    """Drop one table's triggers (the table left the configured set)."""
+
+    def disarm(c: sqlite3.Connection) -> None:
+        for name in trigger_names(tid).values():
+            c.execute(f"DROP TRIGGER IF EXISTS main.{quote_ident(name)}")
+
+    write_transaction(conn, disarm, busy_timeout_ms=busy_timeout_ms)
+
+
+def uninstall(conn: sqlite3.Connection, busy_timeout_ms: int) -> int:
+    """Remove every syncd object from the file; application tables are untouched.
+    Returns the number of triggers dropped."""
+
+    def drop(c: sqlite3.Connection) -> int:
+        names = [
+            r[0]
+            for r in c.execute(
+                "SELECT name FROM main.sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
+                (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
+            )
+        ]
+        for name in names:
+            c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
+        for table in (CHANGELOG, REGISTRY, META):
+            c.execute(f"DROP TABLE IF EXISTS main.{quote_ident(table)}")
+        return len(names)
+
+    return write_transaction(conn, drop, busy_timeout_ms=busy_timeout_ms)
+
+
+def describe_trigger_owner(state: CaptureState, tid: int) -> str | None:
+    """The table a tid's triggers are currently attached to (it moves on RENAME)."""
+    for name in trigger_names(tid).values():
+        if name in state.triggers:
+            return state.triggers[name][0]
+    return None
+

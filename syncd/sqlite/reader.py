@@ -1,0 +1,273 @@
+"""Read changes out of a SQLite file: changelog batches with current row values.
+
+A batch is read in one SQLite read transaction: the changelog range and the rows it
+points at come from the same snapshot of the file. Repeated changes to one key
+coalesce to that key's current state: present -> upsert, absent -> delete.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncd.identifiers import quote_ident
+from syncd.model import TableSpec
+from syncd.sqlite.capture import CHANGELOG, OP_INSERT, slot
+from syncd.sqlite.connection import fetchall_text_safe
+
+CL = quote_ident(CHANGELOG)
+
+
+@dataclass
+class TableChanges:
+    tid: int
+    spec: TableSpec
+    upserts: list[tuple] = field(default_factory=list)  # full SQLite rows, column order of spec
+    deletes: list[tuple] = field(default_factory=list)  # keys
+    ops: Counter = field(default_factory=Counter)  # insert / update / delete, per coalesced key
+    null_keys: int = 0  # changes whose key is NULL: Postgres cannot hold such a row
+
+    @property
+    def size(self) -> int:
+        return len(self.upserts) + len(self.deletes)
+
+
+@dataclass
+class ChangeBatch:
+    after_seq: int
+    last_seq: int
+    entries: int = 0
+    tables: dict[int, TableChanges] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)  # tid -> entries left queued (table not streaming)
+
+    @property
+    def empty(self) -> bool:
+        return self.entries == 0
+
+
+def _join_sql(spec: TableSpec) -> str:
+    nkey = len(spec.key)
+    slots = ", ".join(slot(i) for i in range(nkey))
+    c_slots = ", ".join(f"c.{slot(i)}" for i in range(nkey))
+    on = " AND ".join(f"t.{quote_ident(k)} = c.{slot(i)}" for i, k in enumerate(spec.key))
+    cols = ", ".join(f"t.{quote_ident(c)}" for c in spec.column_names)
+    first_key = quote_ident(spec.key[0])
+    # `op` is a bare column next to min(seq): SQLite takes it from the first change.
+    return (
+        f"SELECT {c_slots}, c.op, t.{first_key} IS NOT NULL, {cols} "
+        f"FROM (SELECT {slots}, op, min(seq) FROM main.{CL} "
+        f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {slots}) AS c "
+        f"LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on}"
+    )
+
+
+def _collect(changes: TableChanges, rows: list[tuple]) -> None:
+    spec = changes.spec
+    nkey = len(spec.key)
+    key_idx = spec.key_indexes
+    for r in rows:
+        key = r[:nkey]
+        op = r[nkey]
+        present = r[nkey + 1]
+        if any(v is None for v in key):
+            changes.null_keys += 1
+            continue
+        if present:
+            row = r[nkey + 2 :]
+            changes.upserts.append(row)
+            changes.ops["insert" if op == OP_INSERT else "update"] += 1
+            found_key = tuple(row[i] for i in key_idx)
+            if found_key != key or any(type(a) is not type(b) for a, b in zip(found_key, key)):
+                # A non-BINARY collation or affinity matched a different stored key:
+                # the recorded key itself is gone.
+                changes.deletes.append(key)
+        else:
+            changes.deletes.append(key)
+            changes.ops["delete"] += 1
+
+
+def read_changes(
+    conn: sqlite3.Connection,
+    after_seq: int,
+    limit: int,
+    streaming: dict[int, TableSpec],
+    only_tid: int | None = None,
+    upto_seq: int | None = None,
+) -> ChangeBatch:
+    """Read up to `limit` changelog entries after `after_seq` and the current rows
+    they point at, in one read transaction.
+
+    Entries of tables not in `streaming` are counted in `skipped` and left queued.
+    With `only_tid`, only that table's entries are read (a table catching up alone).
+    """
+    conn.execute("BEGIN")
+    try:
+        where = "seq > ?"
+        params: list[Any] = [after_seq]
+        if upto_seq is not None:
+            where += " AND seq <= ?"
+            params.append(upto_seq)
+        if only_tid is not None:
+            where += " AND tid = ?"
+            params.append(only_tid)
+        entries = conn.execute(
+            f"SELECT seq, tid FROM main.{CL} WHERE {where} ORDER BY seq LIMIT ?", (*params, limit)
+        ).fetchall()
+        if not entries:
+            return ChangeBatch(after_seq=after_seq, last_seq=after_seq)
+        batch = ChangeBatch(after_seq=after_seq, last_seq=entries[-1][0], entries=len(entries))
+        per_tid = Counter(tid for _, tid in entries)
+        for tid in sorted(per_tid):
+            spec = streaming.get(tid)
+            if spec is None:
+                batch.skipped[tid] += per_tid[tid]
+                continue
+            rows = fetchall_text_safe(conn, _join_sql(spec), (after_seq, batch.last_seq, tid))
+            changes = TableChanges(tid=tid, spec=spec)
+            _collect(changes, rows)
+            batch.tables[tid] = changes
+        return batch
+    finally:
+        conn.execute("COMMIT")
+
+
+def read_current_rows(conn: sqlite3.Connection, spec: TableSpec, keys: list[tuple]) -> dict[tuple, tuple | None]:
+    """Current rows for specific keys (used by verify's re-check and repair)."""
+    out: dict[tuple, tuple | None] = {k: None for k in keys}
+    if not keys:
+        return out
+    nkey = len(spec.key)
+    cols = ", ".join(quote_ident(c) for c in spec.column_names)
+    key_cols = ", ".join(quote_ident(k) for k in spec.key)
+    key_idx = spec.key_indexes
+    step = max(1, 30000 // nkey)
+    conn.execute("BEGIN")
+    try:
+        for i in range(0, len(keys), step):
+            chunk = keys[i : i + step]
+            values = ", ".join(["(" + ", ".join(["?"] * nkey) + ")"] * len(chunk))
+            sql = f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE ({key_cols}) IN (VALUES {values})"
+            for row in fetchall_text_safe(conn, sql, [v for k in chunk for v in k]):
+                key = tuple(row[j] for j in key_idx)
+                if key in out:
+                    out[key] = row
+    finally:
+        conn.execute("COMMIT")
+    return out
+
+
+@dataclass(frozen=True)
+class PollInfo:
+    data_version: int
+    schema_version: int
+    max_seq: int
+    inode: tuple[int, int] | None  # None: the file is gone
+
+
+def poll(conn: sqlite3.Connection, path: str) -> PollInfo:
+    """The cheap periodic check: has anything changed, and how far has the changelog got?"""
+    try:
+        st = os.stat(path)
+        inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except FileNotFoundError:
+        inode = None
+    dv = conn.execute("PRAGMA main.data_version").fetchone()[0]
+    sv = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+    try:
+        max_seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{CL}").fetchone()[0]
+    except sqlite3.OperationalError:
+        max_seq = -1  # changelog missing: capture was removed
+    return PollInfo(dv, sv, max_seq, inode)
+
+
+def pending_stats(conn: sqlite3.Connection, after_seq: int) -> tuple[int, int]:
+    """(entries after `after_seq`, bytes the changelog occupies on disk)."""
+    conn.execute("BEGIN")
+    try:
+        count = conn.execute(f"SELECT count(*) FROM main.{CL} WHERE seq > ?", (after_seq,)).fetchone()[0]
+        try:
+            size = conn.execute(
+                "SELECT coalesce(sum(pgsize), 0) FROM dbstat('main', 1) WHERE name = ?", (CHANGELOG,)
+            ).fetchone()[0]
+        except sqlite3.OperationalError:  # built without DBSTAT: estimate
+            total = conn.execute(f"SELECT count(*) FROM main.{CL}").fetchone()[0]
+            size = total * 32
+        return count, size
+    finally:
+        conn.execute("COMMIT")
+
+
+def pending_by_table(conn: sqlite3.Connection, after_seq: int) -> dict[int, int]:
+    rows = conn.execute(f"SELECT tid, count(*) FROM main.{CL} WHERE seq > ? GROUP BY tid", (after_seq,)).fetchall()
+    return dict(rows)
+
+
+def prune_chunk(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], limit: int) -> int:
+    """Delete up to `limit` applied changelog entries (seq < below_seq), except entries
+    of tables in `keep` (tid -> from_seq) newer than their from_seq. Call inside a
+    write transaction. The entry at below_seq itself stays: it keeps max(seq) from
+    ever moving backwards."""
+    where = ["seq < ?"]
+    params: list[Any] = [below_seq]
+    for tid, from_seq in sorted(keep.items()):
+        where.append("NOT (tid = ? AND seq > ?)")
+        params.extend([tid, from_seq])
+    cond = " AND ".join(where)
+    cur = conn.execute(
+        f"DELETE FROM main.{CL} WHERE seq IN (SELECT seq FROM main.{CL} WHERE {cond} ORDER BY seq LIMIT ?)",
+        (*params, limit),
+    )
+    return cur.rowcount
+
+
+def max_seq(conn: sqlite3.Connection) -> int:
+    return conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{CL}").fetchone()[0]
+
+
+def rowid_name(spec: TableSpec) -> str | None:
+    """A name reaching the rowid that no column shadows, or None (WITHOUT ROWID)."""
+    if spec.without_rowid:
+        return None
+    taken = {c.lower() for c in spec.column_names}
+    for name in ("_rowid_", "rowid", "oid"):
+        if name not in taken:
+            return name
+    return None
+
+
+def read_snapshot_chunk(
+    conn: sqlite3.Connection, spec: TableSpec, after: tuple | None, limit: int
+) -> tuple[list[tuple], tuple | None]:
+    """Up to `limit` rows in storage order after position `after`; returns the rows
+    and the position of the last one. The caller owns the read transaction."""
+    cols = ", ".join(quote_ident(c) for c in spec.column_names)
+    table = f"main.{quote_ident(spec.name)}"
+    rid = rowid_name(spec)
+    if rid is not None:
+        where = f"WHERE {rid} > ?" if after is not None else ""
+        params: list[Any] = [after[0]] if after is not None else []
+        sql = f"SELECT {rid}, {cols} FROM {table} {where} ORDER BY {rid} LIMIT ?"
+        rows = fetchall_text_safe(conn, sql, (*params, limit))
+        if not rows:
+            return [], after
+        return [r[1:] for r in rows], (rows[-1][0],)
+    key_cols = ", ".join(quote_ident(k) for k in spec.key)
+    if after is not None:
+        marks = ", ".join(["?"] * len(spec.key))
+        where = f"WHERE ({key_cols}) > ({marks})"
+        params = list(after)
+    else:
+        where, params = "", []
+    sql = f"SELECT {cols} FROM {table} {where} ORDER BY {key_cols} LIMIT ?"
+    rows = fetchall_text_safe(conn, sql, (*params, limit))
+    if not rows:
+        return [], after
+    idx = spec.key_indexes
+    return rows, tuple(rows[-1][i] for i in idx)
+
+
+def count_rows(conn: sqlite3.Connection, table: str) -> int:
+    return conn.execute(f"SELECT count(*) FROM main.{quote_ident(table)}").fetchone()[0]

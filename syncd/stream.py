@@ -1,0 +1,155 @@
+"""Apply changelog batches to Postgres, exactly once in effect.
+
+Data and checkpoint commit in one Postgres transaction; the SQLite changelog is
+pruned only after that commit. A table whose row Postgres (or the converter)
+rejects is held: its changes stay queued while every other table goes on.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from syncd import metrics
+from syncd.postgres import bookkeeping as bk
+from syncd.postgres.apply import locate_bad_row
+from syncd.postgres.bookkeeping import TableRow
+from syncd.postgres.connect import describe, is_data_error, is_shape_error
+from syncd.rows import RowMisfit
+from syncd.session import SourceSession, TableRuntime, changed
+from syncd.sqlite import capture, reader
+from syncd.sqlite.audit import format_key
+from syncd.sqlite.reader import ChangeBatch
+
+
+@dataclass
+class Converted:
+    t: TableRuntime
+    records: list[tuple]
+    deletes: list[tuple]
+
+
+def hold_row(t: TableRuntime, reason: str, from_seq: int | None, resume_to: str) -> TableRow:
+    return changed(t.row, state=bk.HELD, reason=reason, from_seq=from_seq, resume_to=resume_to)
+
+
+def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming: dict, tables: dict[int, TableRuntime],
+                     only_tid: int | None = None):
+    """Worker-thread half of a batch: read it and convert every value."""
+    batch = reader.read_changes(conn, after, limit, streaming, only_tid=only_tid)
+    converted: dict[int, Converted] = {}
+    misfits: dict[int, str] = {}
+    for tid, ch in batch.tables.items():
+        t = tables[tid]
+        if ch.null_keys:
+            misfits[tid] = (
+                f'table "{t.name}": {ch.null_keys} change(s) to rows whose key ({", ".join(t.spec.key)}) is NULL; '
+                "Postgres cannot hold a NULL key. Give those rows a key in SQLite"
+            )
+            continue
+        try:
+            converted[tid] = Converted(t, t.conv.rows(ch.upserts), [t.conv.key(k) for k in ch.deletes])
+        except RowMisfit as m:
+            misfits[tid] = str(m)
+    return batch, converted, misfits
+
+
+async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int, Converted],
+                misfits: dict[int, str], catchup: TableRuntime | None = None) -> dict[int, str]:
+    """Apply one batch. Main stream: advances the source checkpoint. Catch-up of one
+    table: advances that table's from_seq. Returns tid -> reason for tables held."""
+    conn = session.pg
+    assert conn is not None
+    started = time.monotonic()
+    held = dict(misfits)
+    try:
+        async with conn.transaction():
+            for c in converted.values():
+                w = session.writer(c.t)
+                await w.delete(conn, c.deletes)
+                await w.upsert(conn, c.records)
+            updates = await _bookkeep(session, batch, held, catchup)
+    except Exception as e:
+        session.reset_writers()
+        if not (is_data_error(e) or is_shape_error(e)):
+            raise
+        # Find which table(s) Postgres refuses, each in its own savepoint.
+        held = dict(misfits)
+        async with conn.transaction():
+            for tid, c in converted.items():
+                w = session.writer(c.t)
+                try:
+                    async with conn.transaction():
+                        await w.delete(conn, c.deletes)
+                        await w.upsert(conn, c.records)
+                except Exception as e2:
+                    if not (is_data_error(e2) or is_shape_error(e2)):
+                        raise
+                    bad = await locate_bad_row(conn, w, c.records, c.deletes)
+                    where = f" key {format_key(bad.key)}" if bad else ""
+                    msg = bad.message if bad else describe(e2)
+                    held[tid] = f'table "{c.t.name}"{where}: Postgres rejected the change: {msg}'
+            updates = await _bookkeep(session, batch, held, catchup)
+        session.reset_writers()  # a rolled-back savepoint may have taken a stage table with it
+    _adopt(session, batch, updates, catchup)
+    _count(session, batch, converted, held, time.monotonic() - started)
+    return held
+
+
+async def _bookkeep(session: SourceSession, batch: ChangeBatch, held: dict[int, str],
+                    catchup: TableRuntime | None) -> dict[int, TableRow]:
+    """Inside the batch transaction: holds, and the checkpoint or table position."""
+    conn = session.pg
+    assert conn is not None
+    by_tid = session.by_tid()
+    updates: dict[int, TableRow] = {}
+    for tid, reason in held.items():
+        t = by_tid[tid]
+        from_seq = batch.after_seq if catchup is None else t.row.from_seq
+        updates[tid] = hold_row(t, reason, from_seq, bk.CATCHUP)
+    if catchup is None:
+        await session.bk.advance(conn, batch.after_seq, batch.last_seq)
+    elif catchup.tid not in held:
+        updates[catchup.tid] = changed(catchup.row, state=bk.CATCHUP, from_seq=batch.last_seq, reason=None)
+    for row in updates.values():
+        await session.save_row(conn, row)
+    return updates
+
+
+def _adopt(session: SourceSession, batch: ChangeBatch, updates: dict[int, TableRow],
+           catchup: TableRuntime | None) -> None:
+    by_tid = session.by_tid()
+    for tid, row in updates.items():
+        by_tid[tid].row = row
+    if catchup is None:
+        session.applied_seq = batch.last_seq
+    session.applied_at = time.time()
+
+
+def _count(session: SourceSession, batch: ChangeBatch, converted: dict[int, Converted], held: dict[int, str],
+           elapsed: float) -> None:
+    metrics.apply_duration_seconds.labels(session.name).observe(elapsed)
+    metrics.last_applied_timestamp_seconds.labels(session.name).set(time.time())
+    for tid, ch in batch.tables.items():
+        if tid in held or tid not in converted:
+            continue
+        for op, n in ch.ops.items():
+            metrics.changes_applied_total.labels(session.name, ch.spec.name, op).inc(n)
+
+
+def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], chunk: int, busy_ms: int) -> int:
+    """Delete applied changelog entries in short write transactions. Stops early
+    (returns what it did) if the application keeps the file locked."""
+    total = 0
+    while True:
+        try:
+            n = capture.write_transaction(
+                conn, lambda c: reader.prune_chunk(c, below_seq, keep, chunk),
+                busy_timeout_ms=busy_ms, deadline_seconds=1.0,
+            )
+        except capture.LockTimeout:
+            return total
+        total += n
+        if n < chunk:
+            return total

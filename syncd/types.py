@@ -1,0 +1,541 @@
+"""SQLite declared types -> Postgres types, value conversion and canonical encoding.
+
+Pure functions, no I/O. The same converter is used by the snapshot, the stream and
+the audit, and the same canonical encoding by both sides of `syncd verify`, so a
+value is judged one way everywhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import struct
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from typing import Any, Callable
+
+
+class PgType(str, Enum):
+    BIGINT = "bigint"
+    DOUBLE = "double precision"
+    NUMERIC = "numeric"
+    TEXT = "text"
+    BYTEA = "bytea"
+    BOOLEAN = "boolean"
+    JSON = "json"
+    JSONB = "jsonb"
+    TIMESTAMP = "timestamp"
+    TIMESTAMPTZ = "timestamptz"
+    DATE = "date"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Names accepted in `[sources.columns]` overrides.
+OVERRIDE_NAMES: dict[str, PgType] = {
+    "bigint": PgType.BIGINT,
+    "int8": PgType.BIGINT,
+    "double precision": PgType.DOUBLE,
+    "float8": PgType.DOUBLE,
+    "numeric": PgType.NUMERIC,
+    "decimal": PgType.NUMERIC,
+    "text": PgType.TEXT,
+    "bytea": PgType.BYTEA,
+    "boolean": PgType.BOOLEAN,
+    "bool": PgType.BOOLEAN,
+    "json": PgType.JSON,
+    "jsonb": PgType.JSONB,
+    "timestamp": PgType.TIMESTAMP,
+    "timestamp without time zone": PgType.TIMESTAMP,
+    "timestamptz": PgType.TIMESTAMPTZ,
+    "timestamp with time zone": PgType.TIMESTAMPTZ,
+    "date": PgType.DATE,
+}
+
+
+def parse_override(name: str) -> PgType:
+    key = " ".join(name.lower().split())
+    try:
+        return OVERRIDE_NAMES[key]
+    except KeyError:
+        allowed = ", ".join(sorted(OVERRIDE_NAMES))
+        raise ValueError(f"unsupported Postgres type {name!r} (allowed: {allowed})") from None
+
+
+def map_declared_type(declared: str) -> PgType | None:
+    """Map a SQLite declared column type to a Postgres type.
+
+    Follows SQLite's own affinity rules (https://sqlite.org/datatype3.html 3.1) so
+    the mapping agrees with how SQLite stored the values, refined for the NUMERIC
+    affinity family. Returns None when the declared type says nothing useful
+    (no type, or an unknown name): the column's stored values then decide.
+    """
+    t = declared.upper()
+    if not t.strip():
+        return None
+    if "INT" in t:
+        return PgType.BIGINT
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return PgType.TEXT
+    if "BLOB" in t:
+        return PgType.BYTEA
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return PgType.DOUBLE
+    # NUMERIC affinity from here on.
+    if "BOOL" in t:
+        return PgType.BOOLEAN
+    if "DATE" in t or "TIME" in t:
+        # SQLite keeps dates as ISO text, julian-day reals or unix-epoch integers,
+        # whatever the app wrote; only text holds all of them exactly.
+        return PgType.TEXT
+    if "JSON" in t:
+        # Byte-exact by default; jsonb would reorder keys and drop duplicates.
+        return PgType.TEXT
+    if "NUMERIC" in t or "DECIMAL" in t or "NUMBER" in t or "MONEY" in t:
+        return PgType.NUMERIC
+    return None
+
+
+MAX_EXACT_DOUBLE_INT = 2**53
+
+
+def infer_from_values(classes: dict[str, int], int_min: int | None, int_max: int | None) -> tuple[PgType, str | None]:
+    """Choose a type for a column with no usable declared type, from what it stores.
+
+    `classes` maps SQLite storage classes (typeof()) to counts. Returns the type and,
+    when the choice merges storage classes, a note for the log.
+    """
+    present = {c for c, n in classes.items() if n and c != "null"}
+    if not present:
+        return PgType.TEXT, None
+    if present == {"integer"}:
+        return PgType.BIGINT, None
+    if present == {"real"}:
+        return PgType.DOUBLE, None
+    if present == {"integer", "real"}:
+        return PgType.NUMERIC, None
+    if present == {"text"}:
+        return PgType.TEXT, None
+    if present == {"blob"}:
+        return PgType.BYTEA, None
+    if "blob" not in present:
+        kinds = ", ".join(sorted(present))
+        return PgType.TEXT, f"holds mixed storage classes ({kinds}); mapped to text, numbers as their decimal text"
+    return PgType.BYTEA, None  # blobs mixed with others: the audit reports the non-blob values
+
+
+class ValueMismatch(ValueError):
+    """A stored SQLite value that does not fit the column's Postgres type."""
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bytes):
+        shown = value[:16].hex()
+        return f"blob x'{shown}{'…' if len(value) > 16 else ''}'"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        return f"text {shown!r}"
+    if isinstance(value, float):
+        return f"real {value!r}"
+    return f"integer {value!r}"
+
+
+def _misfit(value: Any, pgtype: PgType, why: str = "") -> ValueMismatch:
+    return ValueMismatch(f"{_describe(value)} does not fit {pgtype.value}{': ' + why if why else ''}")
+
+
+def _check_text(value: str, pgtype: PgType) -> str:
+    if "\x00" in value:
+        raise _misfit(value, pgtype, "Postgres text cannot hold a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _misfit(value, pgtype, "not valid UTF-8") from None
+    return value
+
+
+def _to_bigint(v: Any) -> Any:
+    if v is None or type(v) is int:
+        return v
+    raise _misfit(v, PgType.BIGINT)
+
+
+def _to_double(v: Any) -> Any:
+    t = type(v)
+    if v is None or t is float:
+        return v
+    if t is int:
+        f = float(v)
+        if abs(v) <= MAX_EXACT_DOUBLE_INT or int(f) == v:
+            return f
+        raise _misfit(v, PgType.DOUBLE, "integer beyond 2^53 would lose precision")
+    raise _misfit(v, PgType.DOUBLE)
+
+
+def _float_decimal(v: float) -> Decimal:
+    if math.isinf(v):
+        return Decimal("Infinity") if v > 0 else Decimal("-Infinity")
+    # repr() is the shortest text that reads back as the same double.
+    return Decimal(repr(v))
+
+
+def _to_numeric(v: Any) -> Any:
+    t = type(v)
+    if v is None:
+        return None
+    if t is int:
+        return Decimal(v)
+    if t is float:
+        return _float_decimal(v)
+    raise _misfit(v, PgType.NUMERIC)
+
+
+def _number_text(v: Any) -> str:
+    return str(v) if type(v) is int else repr(v)
+
+
+def _to_text(v: Any) -> Any:
+    t = type(v)
+    if v is None:
+        return None
+    if t is str:
+        if "\x00" in v:
+            raise _misfit(v, PgType.TEXT, "Postgres text cannot hold a NUL character")
+        return v
+    if t is int or t is float:
+        return _number_text(v)
+    raise _misfit(v, PgType.TEXT)
+
+
+def _to_bytea(v: Any) -> Any:
+    if v is None or type(v) is bytes:
+        return v
+    raise _misfit(v, PgType.BYTEA)
+
+
+def _to_boolean(v: Any) -> Any:
+    if v is None:
+        return None
+    if type(v) is int and v in (0, 1):
+        return v == 1
+    raise _misfit(v, PgType.BOOLEAN, "only 0 and 1 are booleans")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_converter(pgtype: PgType) -> Callable[[Any], Any]:
+    def convert(v: Any) -> Any:
+        if v is None:
+            return None
+        t = type(v)
+        if t is int or t is float:
+            v = _number_text(v)
+        elif t is not str:
+            raise _misfit(v, pgtype)
+        _check_text(v, pgtype)
+        try:
+            json.loads(v, parse_constant=_reject_constant)
+        except ValueError as e:
+            raise _misfit(v, pgtype, f"invalid JSON ({e})") from None
+        return v
+
+    return convert
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _parse_datetime(v: Any, pgtype: PgType) -> dt.datetime:
+    t = type(v)
+    if t is int or t is float:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise _misfit(v, pgtype)
+        try:
+            return _EPOCH + dt.timedelta(seconds=v)
+        except OverflowError:
+            raise _misfit(v, pgtype, "out of range as unix epoch seconds") from None
+    if t is not str:
+        raise _misfit(v, pgtype)
+    text = v.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise _misfit(v, pgtype, "not an ISO-8601 date/time") from None
+    return parsed
+
+
+def _to_timestamp(v: Any) -> Any:
+    if v is None:
+        return None
+    d = _parse_datetime(v, PgType.TIMESTAMP)
+    if d.tzinfo is not None:
+        d = d.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return d
+
+
+def _to_timestamptz(v: Any) -> Any:
+    if v is None:
+        return None
+    d = _parse_datetime(v, PgType.TIMESTAMPTZ)
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.timezone.utc)  # SQLite's date functions work in UTC
+    return d
+
+
+def _to_date(v: Any) -> Any:
+    if v is None:
+        return None
+    if type(v) is str and len(v.strip()) == 10:
+        try:
+            return dt.date.fromisoformat(v.strip())
+        except ValueError:
+            raise _misfit(v, PgType.DATE, "not an ISO-8601 date") from None
+    d = _parse_datetime(v, PgType.DATE)
+    if (d.hour, d.minute, d.second, d.microsecond) != (0, 0, 0, 0):
+        raise _misfit(v, PgType.DATE, "has a time of day; map it to timestamp instead")
+    return d.date()
+
+
+_CONVERTERS: dict[PgType, Callable[[Any], Any]] = {
+    PgType.BIGINT: _to_bigint,
+    PgType.DOUBLE: _to_double,
+    PgType.NUMERIC: _to_numeric,
+    PgType.TEXT: _to_text,
+    PgType.BYTEA: _to_bytea,
+    PgType.BOOLEAN: _to_boolean,
+    PgType.JSON: _json_converter(PgType.JSON),
+    PgType.JSONB: _json_converter(PgType.JSONB),
+    PgType.TIMESTAMP: _to_timestamp,
+    PgType.TIMESTAMPTZ: _to_timestamptz,
+    PgType.DATE: _to_date,
+}
+
+
+def converter(pgtype: PgType) -> Callable[[Any], Any]:
+    """The function turning a SQLite value into the Python value asyncpg sends as `pgtype`.
+
+    Raises ValueMismatch for a value that does not fit. NULL passes through.
+    """
+    return _CONVERTERS[pgtype]
+
+
+def audit_prefilter(pgtype: PgType, col: str) -> str | None:
+    """A SQLite boolean expression true for every value that *might* not fit `pgtype`.
+
+    The audit runs the real converter only on rows it selects, so the expression
+    may be generous but must never miss. `col` is an already-quoted column name.
+    None means every non-NULL value needs the converter.
+    """
+    nul = f"instr(CAST({col} AS BLOB), x'00') > 0"
+    if pgtype is PgType.BIGINT:
+        return f"typeof({col}) NOT IN ('integer', 'null')"
+    if pgtype is PgType.DOUBLE:
+        return (
+            f"(typeof({col}) NOT IN ('real', 'integer', 'null') OR "
+            f"(typeof({col}) = 'integer' AND abs({col}) > {MAX_EXACT_DOUBLE_INT}))"
+        )
+    if pgtype is PgType.NUMERIC:
+        return f"typeof({col}) NOT IN ('integer', 'real', 'null')"
+    if pgtype is PgType.TEXT:
+        return f"(typeof({col}) = 'blob' OR (typeof({col}) = 'text' AND {nul}))"
+    if pgtype is PgType.BYTEA:
+        return f"typeof({col}) NOT IN ('blob', 'null')"
+    if pgtype is PgType.BOOLEAN:
+        return f"({col} IS NOT NULL AND (typeof({col}) <> 'integer' OR {col} NOT IN (0, 1)))"
+    return f"{col} IS NOT NULL"
+
+
+# --- canonical encoding ------------------------------------------------------------
+#
+# A row's canonical form is the concatenation of one token per column, separated by
+# U+001F. Tokens are typed and text is length-prefixed, so no two different rows can
+# share a form. The Python side encodes the value *after* conversion; the Postgres
+# side builds the identical string in SQL from the stored value.
+
+SEP = "\x1f"
+
+
+def _numeric_text(d: Decimal) -> str:
+    """What Postgres's numeric_out prints for the numeric asyncpg sends for `d`."""
+    if d.is_infinite():
+        return "Infinity" if d > 0 else "-Infinity"
+    exp = d.as_tuple().exponent
+    assert isinstance(exp, int)
+    scale = max(0, -exp)
+    text = format(d, f".{scale}f")
+    if d.is_zero():
+        text = text.lstrip("-")  # Postgres numeric has no negative zero
+    return text
+
+
+def _jsonb_text(value: Any) -> str:
+    """What Postgres prints for `value::jsonb::text`, `value` being parsed JSON."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, Decimal):
+        return _numeric_text(value)
+    if isinstance(value, str):
+        return _jsonb_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_jsonb_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (len(k.encode("utf-8")), k.encode("utf-8")))
+        return "{" + ", ".join(f"{_jsonb_string(k)}: {_jsonb_text(value[k])}" for k in keys) + "}"
+    raise TypeError(type(value))
+
+
+_JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _jsonb_string(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in _JSON_ESCAPES:
+            out.append(_JSON_ESCAPES[ch])
+        elif ord(ch) < 0x20:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _normalize_json_numbers(text: str) -> Any:
+    return json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=_reject_constant)
+
+
+def _text_token(s: str) -> str:
+    return f"t{len(s)}:{s}"
+
+
+def canonical(pgtype: PgType, value: Any) -> str:
+    """The canonical token of a converted value (the output of `converter(pgtype)`)."""
+    if value is None:
+        return "N"
+    if pgtype is PgType.BIGINT:
+        return f"i{value}"
+    if pgtype is PgType.DOUBLE:
+        return "f" + struct.pack(">d", value).hex()
+    if pgtype is PgType.NUMERIC:
+        return "n" + _numeric_text(value)
+    if pgtype is PgType.TEXT or pgtype is PgType.JSON:
+        return _text_token(value)
+    if pgtype is PgType.BYTEA:
+        return "b" + value.hex()
+    if pgtype is PgType.BOOLEAN:
+        return "B1" if value else "B0"
+    if pgtype is PgType.JSONB:
+        return "j" + _text_token(_jsonb_text(_normalize_json_numbers(value)))
+    if pgtype is PgType.TIMESTAMP:
+        delta = value - dt.datetime(1970, 1, 1)
+        return f"T{(delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds}"
+    if pgtype is PgType.TIMESTAMPTZ:
+        delta = value - _EPOCH
+        return f"T{(delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds}"
+    if pgtype is PgType.DATE:
+        return f"D{(value - dt.date(1970, 1, 1)).days}"
+    raise TypeError(pgtype)
+
+
+def pg_canonical_expr(pgtype: PgType, col: str) -> str:
+    """SQL building, in Postgres, the same token `canonical` builds in Python.
+
+    `col` is an already-quoted column reference.
+    """
+    if pgtype is PgType.BIGINT:
+        body = f"'i' || {col}::text"
+    elif pgtype is PgType.DOUBLE:
+        body = f"'f' || encode(float8send({col}), 'hex')"
+    elif pgtype is PgType.NUMERIC:
+        body = f"'n' || {col}::text"
+    elif pgtype in (PgType.TEXT, PgType.JSON):
+        body = f"'t' || length({col}::text) || ':' || {col}::text"
+    elif pgtype is PgType.BYTEA:
+        body = f"'b' || encode({col}, 'hex')"
+    elif pgtype is PgType.BOOLEAN:
+        body = f"CASE WHEN {col} THEN 'B1' ELSE 'B0' END"
+    elif pgtype is PgType.JSONB:
+        body = f"'jt' || length({col}::text) || ':' || {col}::text"
+    elif pgtype is PgType.TIMESTAMP:
+        body = f"'T' || (extract(epoch FROM {col}) * 1000000)::bigint::text"
+    elif pgtype is PgType.TIMESTAMPTZ:
+        body = f"'T' || (extract(epoch FROM {col}) * 1000000)::bigint::text"
+    elif pgtype is PgType.DATE:
+        body = f"'D' || ({col} - DATE '1970-01-01')::text"
+    else:
+        raise TypeError(pgtype)
+    return f"COALESCE({body}, 'N')"
+
+
+_SQLITE_LITERAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def translate_default(default_sql: str | None, pgtype: PgType) -> str | None:
+    """Translate a SQLite column default into a Postgres expression, or None to omit it.
+
+    Only constants are carried; syncd always writes every column, so a default only
+    matters once the application writes to Postgres itself.
+    """
+    if default_sql is None:
+        return None
+    d = default_sql.strip()
+    while d.startswith("(") and d.endswith(")"):
+        d = d[1:-1].strip()
+    upper = d.upper()
+    if upper == "NULL":
+        return None
+    if pgtype is PgType.BOOLEAN:
+        if upper in ("0", "FALSE"):
+            return "false"
+        if upper in ("1", "TRUE"):
+            return "true"
+        return None
+    if _SQLITE_LITERAL.match(d):
+        if pgtype in (PgType.BIGINT,) and not re.match(r"^[+-]?\d+$", d):
+            return None
+        if pgtype in (PgType.BIGINT, PgType.DOUBLE, PgType.NUMERIC):
+            return d
+        if pgtype in (PgType.TEXT, PgType.JSON, PgType.JSONB):
+            return "'" + d.lstrip("+") + "'"
+        return None
+    if len(d) >= 2 and d[0] == "'" and d[-1] == "'":
+        inner = d[1:-1]
+        if pgtype is PgType.BYTEA:
+            return None
+        if pgtype in (PgType.BIGINT, PgType.DOUBLE, PgType.NUMERIC):
+            # SQLite applies the column's affinity to a quoted number; so can we.
+            inner_unq = inner.replace("''", "'")
+            if _SQLITE_LITERAL.match(inner_unq.strip()):
+                return translate_default(inner_unq.strip(), pgtype)
+            return None
+        return d  # SQLite and Postgres quote string literals the same way
+    if upper.startswith("X'") and pgtype is PgType.BYTEA:
+        return "'\\x" + d[2:-1] + "'::bytea"
+    if pgtype is PgType.TEXT:
+        # SQLite renders these as UTC text; mirror the exact format.
+        if upper == "CURRENT_TIMESTAMP":
+            return "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
+        if upper == "CURRENT_DATE":
+            return "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        if upper == "CURRENT_TIME":
+            return "to_char(now() AT TIME ZONE 'UTC', 'HH24:MI:SS')"
+    if pgtype in (PgType.TIMESTAMP, PgType.TIMESTAMPTZ) and upper == "CURRENT_TIMESTAMP":
+        return "(now() AT TIME ZONE 'UTC')" if pgtype is PgType.TIMESTAMP else "now()"
+    return None
+
+
+def decimal_or_none(text: str) -> Decimal | None:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return None
