@@ -156,7 +156,8 @@ class Pipeline:
             return
         self.health, self.detail, self._last_error = health, detail, detail
         log = self.session.error if level == "error" else self.session.warning
-        log(detail, event=health, exc_info=exc is not None and level == "error" and health == FAILING)
+        trace = (type(exc), exc, exc.__traceback__) if exc is not None and health == FAILING else None
+        log(detail, event=health, exc_info=trace)
 
     def _recovered(self) -> None:
         if self.health in (POSTGRES_DOWN, LOCKED, FAILING, SOURCE_MISSING):
@@ -194,13 +195,13 @@ class Pipeline:
             await reconcile(s)
             self.needs_reconcile = False
             self._after_reconcile()
-        self._recovered()
 
         did = await self._snapshot_step()
         did = await self._catchup_step() or did
         did = await self._stream_step() or did
         await self._maybe_prune()
         await self._maybe_stats()
+        self._recovered()
         self._update_health()
         self._update_gauges()
         return did
@@ -284,32 +285,38 @@ class Pipeline:
         return None
 
     async def _catchup_step(self) -> bool:
+        """Apply one page of a table's own queued changes. The table rejoins the main
+        stream once its position reaches the stream's checkpoint: the stream reads
+        everything after that, so chasing the newest change (which a busy application
+        keeps moving) is unnecessary."""
         t = self._pick_catchup()
         if t is None:
             return False
         s = self.session
         was_held = t.state == bk.HELD
         from_seq = t.row.from_seq or 0
-        batch, converted, misfits = await s.worker.run(
-            read_and_convert, from_seq, self.settings.stream.batch_size, {t.tid: t.spec}, s.by_tid(), t.tid
-        )
-        if batch.empty:
-            row = changed(t.row, state=bk.STREAMING, resume_to=None, from_seq=None, reason=None)
-            async with s.pg.transaction():
-                await s.save_row(s.pg, row)
-                if all(x.state in (bk.STREAMING, bk.REFUSED) or x is t for x in s.tables.values()):
-                    await s.bk.mark_streaming_since(s.pg)
-            t.row = row
-            if was_held:
-                self._resumed(t)
-            self._log_table_state(t)
-            return True
-        held = await apply(s, batch, converted, misfits, catchup=t)
-        if t.tid in held:
-            self._held_logged(t)
-            return False
+        if from_seq < s.applied_seq or was_held:
+            batch, converted, misfits = await s.worker.run(
+                read_and_convert, from_seq, self.settings.stream.batch_size, {t.tid: t.spec}, s.by_tid(), t.tid
+            )
+            if not batch.empty:
+                held = await apply(s, batch, converted, misfits, catchup=t)
+                if t.tid in held:
+                    self._held_logged(t)
+                    return False
+                if was_held:
+                    self._resumed(t)
+                return True
+        # Nothing of this table is queued at or below the stream's checkpoint.
+        row = changed(t.row, state=bk.STREAMING, resume_to=None, from_seq=None, reason=None)
+        async with s.pg.transaction():
+            await s.save_row(s.pg, row)
+            if all(x.state in (bk.STREAMING, bk.REFUSED) or x is t for x in s.tables.values()):
+                await s.bk.mark_streaming_since(s.pg)
+        t.row = row
         if was_held:
             self._resumed(t)
+        self._log_table_state(t)
         return True
 
     async def _hold(self, t: TableRuntime, reason: str, resume_to: str, from_seq: int | None) -> None:

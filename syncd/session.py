@@ -77,10 +77,10 @@ class SourceSession:
     def info(self, msg: str, table: str | None = None, event: str | None = None) -> None:
         log.info(msg, extra=ctx(self.name, table, event))
 
-    def warning(self, msg: str, table: str | None = None, event: str | None = None) -> None:
-        log.warning(msg, extra=ctx(self.name, table, event))
+    def warning(self, msg: str, table: str | None = None, event: str | None = None, exc_info=None) -> None:
+        log.warning(msg, extra=ctx(self.name, table, event), exc_info=exc_info)
 
-    def error(self, msg: str, table: str | None = None, event: str | None = None, exc_info: bool = False) -> None:
+    def error(self, msg: str, table: str | None = None, event: str | None = None, exc_info=None) -> None:
         log.error(msg, extra=ctx(self.name, table, event), exc_info=exc_info)
 
     # --- connections -----------------------------------------------------------------

@@ -15,7 +15,7 @@ from syncd import metrics
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.bookkeeping import TableRow
-from syncd.postgres.connect import describe, is_data_error, is_shape_error
+from syncd.postgres.connect import describe, is_data_error, is_shape_error, is_transient, sqlstate
 from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.sqlite import capture, reader
@@ -72,7 +72,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
             updates = await _bookkeep(session, batch, held, catchup)
     except Exception as e:
         session.reset_writers()
-        if not (is_data_error(e) or is_shape_error(e)):
+        if not _table_specific(e):
             raise
         # Find which table(s) Postgres refuses, each in its own savepoint.
         held = dict(misfits)
@@ -84,7 +84,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                         await w.delete(conn, c.deletes)
                         await w.upsert(conn, c.records)
                 except Exception as e2:
-                    if not (is_data_error(e2) or is_shape_error(e2)):
+                    if not _table_specific(e2):
                         raise
                     bad = await locate_bad_row(conn, w, c.records, c.deletes)
                     where = f" key {format_key(bad.key)}" if bad else ""
@@ -95,6 +95,15 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
     _adopt(session, batch, updates, catchup)
     _count(session, batch, converted, held, time.monotonic() - started)
     return held
+
+
+def _table_specific(exc: BaseException) -> bool:
+    """An error one table's statements caused: hold that table, let the rest go on.
+    Anything Postgres itself reported that is not transient counts, so an
+    unforeseen error in one table cannot stall every other table."""
+    if is_data_error(exc) or is_shape_error(exc):
+        return True
+    return sqlstate(exc) is not None and not is_transient(exc)
 
 
 async def _bookkeep(session: SourceSession, batch: ChangeBatch, held: dict[int, str],

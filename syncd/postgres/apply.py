@@ -98,7 +98,7 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
                          deletes: list[tuple]) -> BadRow | None:
     """Find one record Postgres rejects, by bisection inside savepoints. Only used
     after a statement failed, to name the row in the hold message."""
-    from syncd.postgres.connect import describe, is_data_error, is_shape_error
+    from syncd.postgres.connect import describe, is_data_error, is_shape_error, is_transient, sqlstate
 
     async def fails(part: list[tuple], is_delete: bool) -> BaseException | None:
         try:
@@ -111,7 +111,7 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
         except _Rollback:
             return None
         except Exception as e:
-            if is_data_error(e) or is_shape_error(e):
+            if is_data_error(e) or is_shape_error(e) or (sqlstate(e) is not None and not is_transient(e)):
                 return e
             raise
 

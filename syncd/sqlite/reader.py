@@ -68,6 +68,7 @@ def _collect(changes: TableChanges, rows: list[tuple]) -> None:
     spec = changes.spec
     nkey = len(spec.key)
     key_idx = spec.key_indexes
+    seen: set[tuple] = set()
     for r in rows:
         key = r[:nkey]
         op = r[nkey]
@@ -77,13 +78,18 @@ def _collect(changes: TableChanges, rows: list[tuple]) -> None:
             continue
         if present:
             row = r[nkey + 2 :]
+            found_key = tuple(row[i] for i in key_idx)
+            exact = found_key == key and all(type(a) is type(b) for a, b in zip(found_key, key))
+            if not exact:
+                # A non-BINARY collation (or affinity) matched a different stored key:
+                # the recorded key itself is gone, the row found is upserted once.
+                changes.deletes.append(key)
+                changes.ops["delete"] += 1
+            if found_key in seen:
+                continue
+            seen.add(found_key)
             changes.upserts.append(row)
             changes.ops["insert" if op == OP_INSERT else "update"] += 1
-            found_key = tuple(row[i] for i in key_idx)
-            if found_key != key or any(type(a) is not type(b) for a, b in zip(found_key, key)):
-                # A non-BINARY collation or affinity matched a different stored key:
-                # the recorded key itself is gone.
-                changes.deletes.append(key)
         else:
             changes.deletes.append(key)
             changes.ops["delete"] += 1

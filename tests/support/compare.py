@@ -1,0 +1,112 @@
+"""Decide whether SQLite and Postgres hold the same rows, reading both sides directly
+and independently of syncd's own code (no syncd import here)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import sqlite3
+import struct
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sqlite_rows(path: str, table: str, key: list[str] | None = None) -> tuple[list[str], dict[tuple, tuple]]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+    try:
+        info = conn.execute(f"PRAGMA table_xinfo({_q(table)})").fetchall()
+        cols = [r[1] for r in info if r[6] in (0, 2, 3)]
+        pk = key or [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5]]
+        idx = [cols.index(k) for k in pk]
+        out = {}
+        for row in conn.execute(f"SELECT {', '.join(_q(c) for c in cols)} FROM {_q(table)}"):
+            out[tuple(row[i] for i in idx)] = tuple(row)
+        return cols, out
+    finally:
+        conn.close()
+
+
+async def postgres_rows(dsn: str, schema: str, table: str, cols: list[str], key: list[str]) -> dict[tuple, tuple]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(f"SELECT {', '.join(_q(c) for c in cols)} FROM {_q(schema)}.{_q(table)}")
+    finally:
+        await conn.close()
+    idx = [cols.index(k) for k in key]
+    return {tuple(_norm_key(r[i]) for i in idx): tuple(r) for r in rows}
+
+
+def _norm_key(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    return v
+
+
+def same_value(sv: Any, pv: Any) -> bool:
+    """SQLite value vs the Postgres value syncd should have made of it."""
+    if sv is None or pv is None:
+        return sv is None and pv is None
+    if isinstance(pv, bool):
+        return sv in (0, 1) and bool(sv) == pv and not isinstance(sv, float)
+    if isinstance(pv, float):
+        if not isinstance(sv, (int, float)):
+            return False
+        return struct.pack(">d", float(sv)) == struct.pack(">d", pv)
+    if isinstance(pv, int):
+        return isinstance(sv, int) and sv == pv
+    if isinstance(pv, Decimal):
+        if isinstance(sv, int):
+            return pv == sv
+        if isinstance(sv, float):
+            return not math.isnan(sv) and pv == Decimal(repr(sv)) if math.isfinite(sv) else pv == Decimal(sv)
+        return False
+    if isinstance(pv, str):
+        if isinstance(sv, str):
+            return sv == pv
+        if isinstance(sv, int):
+            return str(sv) == pv
+        if isinstance(sv, float):
+            return float(pv) == sv and repr(sv) == pv
+        return False
+    if isinstance(pv, bytes):
+        return isinstance(sv, bytes) and sv == pv
+    if isinstance(pv, (dt.datetime, dt.date)):
+        return str(sv)[:10] == pv.isoformat()[:10]
+    return sv == pv
+
+
+async def compare_table(path: str, dsn: str, schema: str, table: str, key: list[str] | None = None) -> list[str]:
+    """Differences between the two sides as readable lines; empty when equal."""
+    cols, srows = sqlite_rows(path, table, key)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        info = conn.execute(f"PRAGMA table_xinfo({_q(table)})").fetchall()
+    finally:
+        conn.close()
+    pk = key or [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5]]
+    prows = await postgres_rows(dsn, schema, table, cols, pk)
+    problems = []
+    for k in srows.keys() - prows.keys():
+        problems.append(f"{table}: key {k!r} missing in Postgres")
+    for k in prows.keys() - srows.keys():
+        problems.append(f"{table}: key {k!r} extra in Postgres")
+    for k in srows.keys() & prows.keys():
+        s, p = srows[k], prows[k]
+        for c, sv, pv in zip(cols, s, p):
+            if not same_value(sv, pv):
+                problems.append(f"{table}: key {k!r} column {c!r}: SQLite {sv!r} vs Postgres {pv!r}")
+    return sorted(problems)
+
+
+async def compare_all(path: str, dsn: str, schema: str, tables: list[str]) -> list[str]:
+    out = []
+    for t in tables:
+        out.extend(await compare_table(path, dsn, schema, t))
+    return out

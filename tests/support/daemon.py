@@ -1,0 +1,87 @@
+"""Run syncd as a real subprocess, the way systemd would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def syncd_cmd(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "syncd", "--config", str(config), *args]
+
+
+def run_cli(config: Path, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(syncd_cmd(config, *args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=str(config.parent))
+
+
+class DaemonProcess:
+    def __init__(self, config: Path, log_path: Path, env: dict | None = None, args: tuple[str, ...] = ()):
+        self.config = config
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            syncd_cmd(config, *args, "run"),
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=str(config.parent),
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_log(self, text: str, timeout: float = 30) -> None:
+        wait_for(lambda: text in self.log(), timeout, f"log line {text!r}", self)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    def __enter__(self) -> "DaemonProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if not self._log.closed:
+            self._log.close()
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str, daemon: DaemonProcess | None = None,
+             interval: float = 0.1):
+    """Poll until cond() is truthy (liveness bound only; timing is for bench/)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if daemon is not None and not daemon.alive():
+            raise AssertionError(f"syncd exited ({daemon.proc.returncode}) while waiting for {what}:\n{daemon.log()[-4000:]}")
+        if time.monotonic() > deadline:
+            tail = daemon.log()[-4000:] if daemon else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+        time.sleep(interval)

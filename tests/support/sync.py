@@ -1,0 +1,71 @@
+"""Wait for syncd to catch up, judged from outside: SQLite's changelog vs the
+checkpoint and table states syncd keeps in Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import asyncpg
+
+
+def changelog_max(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute("SELECT coalesce(max(seq), 0) FROM _syncd_changelog").fetchone()[0]
+    except sqlite3.OperationalError:
+        return -1
+    finally:
+        conn.close()
+
+
+async def bookkeeping(dsn: str, source: str) -> tuple[int | None, dict[str, str]]:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except Exception:
+        return None, {}
+    try:
+        seq = await conn.fetchval("SELECT applied_seq FROM syncd.sources WHERE source = $1", source)
+        rows = await conn.fetch("SELECT table_name, state FROM syncd.tables WHERE source = $1", source)
+        return seq, {r[0]: r[1] for r in rows}
+    except asyncpg.UndefinedTableError:
+        return None, {}
+    finally:
+        await conn.close()
+
+
+async def caught_up(db: Path, dsn: str, source: str) -> bool:
+    seq, states = await bookkeeping(dsn, source)
+    if seq is None or not states:
+        return False
+    if any(s in ("pending", "loading", "catchup") for s in states.values()):
+        return False
+    return seq >= changelog_max(db)
+
+
+async def wait_caught_up(db: Path, dsn: str, source: str, timeout: float = 60, daemon=None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if await caught_up(db, dsn, source):
+            return
+        if daemon is not None and not daemon.alive():
+            raise AssertionError(f"syncd exited ({daemon.proc.returncode}):\n{daemon.log()[-4000:]}")
+        if time.monotonic() > deadline:
+            seq, states = await bookkeeping(dsn, source)
+            tail = daemon.log()[-3000:] if daemon else ""
+            raise AssertionError(
+                f"syncd did not catch up in {timeout}s: applied {seq}, changelog max {changelog_max(db)}, "
+                f"tables {states}\n{tail}"
+            )
+        await asyncio.sleep(0.1)
+
+
+async def table_states(dsn: str, source: str) -> dict[str, tuple[str, str | None]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT table_name, state, reason FROM syncd.tables WHERE source = $1", source)
+        return {r[0]: (r[1], r[2]) for r in rows}
+    finally:
+        await conn.close()

@@ -1,0 +1,41 @@
+"""The comparison helper itself must notice every kind of difference."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg
+
+from tests.support.compare import compare_table, same_value
+
+
+def test_same_value_is_strict():
+    assert same_value(None, None)
+    assert not same_value(None, "NULL")
+    assert not same_value("", None)
+    assert same_value(-0.0, -0.0) and not same_value(-0.0, 0.0)
+    assert same_value(1, True) and not same_value(2, True)
+    assert same_value(5, "5") and not same_value("5", 5)
+    assert same_value(b"", b"") and not same_value(b"", None)
+    assert not same_value(1.5, 1)
+
+
+async def test_compare_reports_missing_extra_and_changed(tmp_path, pg_dsn):
+    db = tmp_path / "c.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, r REAL)")
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(1, "a", 1.5), (2, "b", 2.5), (3, None, 0.1)])
+    conn.commit()
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        await pg.execute("CREATE SCHEMA s; CREATE TABLE s.t (id bigint PRIMARY KEY, v text, r double precision)")
+        await pg.execute("INSERT INTO s.t VALUES (1, 'a', 1.5), (3, 'NULL', 0.1), (4, 'x', 0)")
+        problems = await compare_table(str(db), pg_dsn, "s", "t")
+        assert any("(2,) missing" in p for p in problems)
+        assert any("(4,) extra" in p for p in problems)
+        assert any("(3,) column 'v'" in p for p in problems)
+        assert len(problems) == 3
+        await pg.execute("DELETE FROM s.t; INSERT INTO s.t VALUES (1, 'a', 1.5), (2, 'b', 2.5), (3, NULL, 0.1)")
+        assert await compare_table(str(db), pg_dsn, "s", "t") == []
+    finally:
+        await pg.close()

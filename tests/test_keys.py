@@ -1,0 +1,78 @@
+"""Keys: composite, TEXT, WITHOUT ROWID, keyless tables, key updates, delete+reinsert,
+INSERT OR REPLACE."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess
+from tests.support.sync import table_states, wait_caught_up
+
+SCHEMA = """
+CREATE TABLE composite (a INTEGER, b TEXT, v TEXT, PRIMARY KEY (a, b));
+CREATE TABLE textkey (k TEXT PRIMARY KEY, v INTEGER);
+CREATE TABLE nocase (k TEXT PRIMARY KEY COLLATE NOCASE, v INTEGER);
+CREATE TABLE wr (k1 TEXT, k2 BLOB, v REAL, PRIMARY KEY (k1, k2)) WITHOUT ROWID;
+CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);
+CREATE TABLE uniq_only (code TEXT NOT NULL UNIQUE, v INTEGER);
+CREATE TABLE keyless (a INTEGER, b TEXT);
+CREATE TABLE keyless_configured (a INTEGER, b TEXT);
+"""
+
+
+def seed(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+    conn.executemany("INSERT INTO composite VALUES (?, ?, ?)", [(i % 3, f"b{i}", f"v{i}") for i in range(20)])
+    conn.executemany("INSERT INTO textkey VALUES (?, ?)", [(f"key-{i}", i) for i in range(20)])
+    conn.executemany("INSERT INTO nocase VALUES (?, ?)", [("abc", 1), ("Def", 2)])
+    conn.executemany("INSERT INTO wr VALUES (?, ?, ?)", [(f"k{i}", bytes([i]), i / 7) for i in range(20)])
+    conn.executemany("INSERT INTO users VALUES (?, ?, ?)", [(i, f"u{i}@x", f"n{i}") for i in range(10)])
+    conn.executemany("INSERT INTO uniq_only VALUES (?, ?)", [(f"c{i}", i) for i in range(10)])
+    conn.executemany("INSERT INTO keyless VALUES (?, ?)", [(1, "dup"), (1, "dup")])
+    conn.executemany("INSERT INTO keyless_configured VALUES (?, ?)", [(i, f"x{i}") for i in range(5)])
+    conn.commit()
+
+
+def mutate(conn: sqlite3.Connection) -> None:
+    # key updates: the old key must disappear from Postgres
+    conn.execute("UPDATE composite SET b = b || '-moved' WHERE a = 1")
+    conn.execute("UPDATE textkey SET k = 'renamed-' || k WHERE v < 5")
+    conn.execute("UPDATE nocase SET k = 'ABC' WHERE k = 'abc'")  # same key under NOCASE, not for Postgres
+    conn.execute("UPDATE wr SET k2 = x'ff00' WHERE k1 = 'k3'")
+    # delete then reinsert the same key, within and across transactions
+    conn.execute("DELETE FROM textkey WHERE k = 'key-10'")
+    conn.execute("INSERT INTO textkey VALUES ('key-10', 1000)")
+    conn.commit()
+    conn.execute("DELETE FROM composite WHERE a = 2")
+    conn.commit()
+    conn.execute("INSERT INTO composite VALUES (2, 'b2', 'back')")
+    # INSERT OR REPLACE through the key and through another unique index, with the
+    # application's recursive_triggers off (the default in most builds): SQLite then
+    # deletes the conflicting row without firing delete triggers.
+    conn.execute("PRAGMA recursive_triggers = OFF")
+    conn.execute("INSERT OR REPLACE INTO users VALUES (3, 'u3@x', 'replaced by key')")
+    conn.execute("INSERT OR REPLACE INTO users VALUES (100, 'u4@x', 'took the email of 4')")
+    conn.execute("REPLACE INTO uniq_only VALUES ('c1', 111)")
+    conn.execute("UPDATE OR REPLACE users SET email = 'u5@x' WHERE id = 6")
+    conn.execute("INSERT INTO keyless_configured VALUES (9, 'x9')")
+    conn.execute("UPDATE keyless_configured SET b = 'changed' WHERE a = 2")
+    conn.commit()
+
+
+async def test_keys(app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db)
+    seed(conn)
+    cfg = make_config([{"name": "app", "path": str(app_db), "keys": {"keyless_configured": ["a"]}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        mutate(conn)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    for table in ("composite", "textkey", "nocase", "wr", "users", "uniq_only"):
+        assert await compare_table(str(app_db), pg_dsn, "app", table) == [], table
+    assert await compare_table(str(app_db), pg_dsn, "app", "keyless_configured", key=["a"]) == []
+    states = await table_states(pg_dsn, "app")
+    assert states["keyless"][0] == "refused"
+    assert "no primary key" in states["keyless"][1]
+    assert states["uniq_only"][0] == "streaming"
