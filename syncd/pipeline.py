@@ -152,8 +152,9 @@ class Pipeline:
     def _enter(self, health: str, detail: str, kind: str, level: str, exc: BaseException | None = None) -> None:
         """Log a state change once, not once per retry."""
         metrics.errors_total.labels(self.name, kind).inc()
-        if self.health == health and self._last_error == detail:
-            return
+        if self.health == health:
+            self.detail = self._last_error = detail
+            return  # same state, maybe another wording of the same failure: no new line
         self.health, self.detail, self._last_error = health, detail, detail
         log = self.session.error if level == "error" else self.session.warning
         trace = (type(exc), exc, exc.__traceback__) if exc is not None and health == FAILING else None

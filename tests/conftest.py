@@ -58,10 +58,22 @@ def app_db(tmp_path) -> Path:
     return path
 
 
-def write_config(path: Path, dsn: str, sources: list[dict], extra: str = "", metrics_listen: str = "") -> Path:
-    """Write a syncd.toml; `sources` are dicts of TOML-ready values."""
-    lines = ["[postgres]", f'dsn = "{dsn}"', "", "[metrics]", f'listen = "{metrics_listen}"', "",
-             "[stream]", "poll_interval_seconds = 0.2", "held_table_retry_seconds = 0.5", ""]
+FAST_FAILOVER = {"postgres": {"connect_timeout_seconds": 2, "statement_timeout_seconds": 3},
+                 "stream": {"retry_max_backoff_seconds": 1}}
+
+
+def write_config(path: Path, dsn: str, sources: list[dict], extra: str = "", metrics_listen: str = "",
+                 sections: dict[str, dict] | None = None) -> Path:
+    """Write a syncd.toml; `sources` are dicts of TOML-ready values, `sections` adds
+    keys to [postgres], [stream], ... (e.g. FAST_FAILOVER)."""
+    sections = {k: dict(v) for k, v in (sections or {}).items()}
+    pg = {"dsn": dsn, **sections.pop("postgres", {})}
+    stream = {"poll_interval_seconds": 0.2, "held_table_retry_seconds": 0.5, **sections.pop("stream", {})}
+    lines = ["[postgres]", *(f"{k} = {_toml(v)}" for k, v in pg.items()), "",
+             "[metrics]", f'listen = "{metrics_listen}"', "",
+             "[stream]", *(f"{k} = {_toml(v)}" for k, v in stream.items()), ""]
+    for name, values in sections.items():
+        lines += [f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in values.items()), ""]
     for s in sources:
         lines.append("[[sources]]")
         for k, v in s.items():
@@ -97,7 +109,8 @@ def _toml(v) -> str:
 
 @pytest.fixture
 def make_config(tmp_path, pg_dsn):
-    def make(sources: list[dict], extra: str = "", name: str = "syncd.toml", metrics_listen: str = "") -> Path:
-        return write_config(tmp_path / name, pg_dsn, sources, extra, metrics_listen)
+    def make(sources: list[dict], extra: str = "", name: str = "syncd.toml", metrics_listen: str = "",
+             sections: dict[str, dict] | None = None) -> Path:
+        return write_config(tmp_path / name, pg_dsn, sources, extra, metrics_listen, sections)
 
     return make

@@ -6,6 +6,7 @@ alone says exactly which changes have been applied.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import socket
@@ -306,23 +307,40 @@ class SourceLocked(Exception):
     exit_code = 1
 
 
-async def try_lock_source(conn: asyncpg.Connection, source: str) -> None:
-    """Take the session advisory lock for `source` or raise SourceLocked naming the holder."""
-    got = await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, lock_key(source))
-    if got:
-        return
-    holder = await conn.fetchrow(
+async def _holder(conn: asyncpg.Connection, source: str):
+    return await conn.fetchrow(
         """SELECT a.application_name, a.pid, host(a.client_addr), a.backend_start
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
            WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objid = $2::oid
-             AND l.objsubid = 2 AND l.granted""",
+             AND l.objsubid = 2 AND l.granted
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
         LOCK_CLASS, lock_key(source),
     )
+
+
+async def try_lock_source(conn: asyncpg.Connection, source: str, stale_wait: float = 5.0) -> None:
+    """Take the session advisory lock for `source` or raise SourceLocked naming the holder.
+
+    If the holder is this very process (a connection syncd gave up on, e.g. after a
+    network hang, that the server still thinks is alive), end that stale session."""
+    got = await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, lock_key(source))
+    if got:
+        return
+    holder = await _holder(conn, source)
+    if holder is not None and holder[0] == application_name() and holder[1] != conn.get_server_pid():
+        await conn.fetchval("SELECT pg_terminate_backend($1)", holder[1])
+        deadline = asyncio.get_running_loop().time() + stale_wait
+        while asyncio.get_running_loop().time() < deadline:
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, lock_key(source)):
+                return
+            await asyncio.sleep(0.1)
+        holder = await _holder(conn, source)
     if holder is None:
         who = "another session (it just released it; try again)"
     else:
         app, backend_pid, addr, since = holder
-        who = f"{app or 'an unnamed client'} (client {addr or 'local socket'}, Postgres backend {backend_pid}, since {since:%Y-%m-%d %H:%M:%S %Z})"
+        who = (f"{app or 'an unnamed client'} (client {addr or 'local socket'}, Postgres backend {backend_pid}, "
+               f"since {since.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC)")
     raise SourceLocked(f"source {source!r} is already being run by {who}")
 
 

@@ -82,12 +82,22 @@ async def connect(dsn: str, password: str | None, settings: PostgresSettings, **
     kwargs: dict[str, Any] = {}
     if password is not None:
         kwargs["password"] = password
+    statement_ms = int(settings.statement_timeout_seconds * 1000)
+    defaults = {
+        "application_name": application_name(),
+        # The server notices a vanished syncd (and frees its advisory lock) in ~30 s,
+        # not hours later, and never keeps a transaction of a hung syncd open.
+        "tcp_keepalives_idle": "15",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+        "idle_in_transaction_session_timeout": str(max(statement_ms * 2, 10_000)),
+    }
     try:
         return await asyncpg.connect(
             dsn,
             timeout=settings.connect_timeout_seconds,
             command_timeout=settings.statement_timeout_seconds,
-            server_settings={"application_name": application_name(), **server_settings},
+            server_settings={**defaults, **server_settings},
             **kwargs,
         )
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"

@@ -1,0 +1,129 @@
+"""The command line: init is idempotent, schema touches nothing, uninstall cleans up."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+import asyncpg
+
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import wait_caught_up
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_app(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT);
+        CREATE TABLE b (k TEXT PRIMARY KEY, n INTEGER);
+        INSERT INTO a VALUES (1, 'x'), (2, 'y');
+        INSERT INTO b VALUES ('k', 1);
+    """)
+    conn.commit()
+    conn.close()
+
+
+def sqlite_objects(db) -> set[tuple[str, str]]:
+    conn = sqlite3.connect(db)
+    try:
+        return set(conn.execute("SELECT type, name FROM sqlite_master"))
+    finally:
+        conn.close()
+
+
+def test_version_and_help(tmp_path):
+    r = run_cli(tmp_path / "x.toml", "--version")
+    assert r.returncode == 0 and r.stdout.startswith("syncd ")
+    r = run_cli(tmp_path / "x.toml", "--help")
+    for verb in ("init", "run", "schema", "uninstall", "status", "verify"):
+        assert verb in r.stdout
+
+
+async def test_schema_touches_nothing(app_db, make_config, pg_dsn):
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    before = digest(app_db)
+    r = run_cli(cfg, "schema")
+    assert r.returncode == 0, r.stderr
+    assert 'CREATE TABLE IF NOT EXISTS "app"."a"' in r.stdout and '"k" text' in r.stdout
+    assert digest(app_db) == before
+    assert not any(n.startswith("_syncd") for _, n in sqlite_objects(app_db))
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        assert await pg.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname IN ('app', 'syncd')") == 0
+    finally:
+        await pg.close()
+
+
+async def test_init_is_idempotent(app_db, make_config, pg_dsn):
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    first = run_cli(cfg, "init")
+    assert first.returncode == 0, first.stderr
+    objects = sqlite_objects(app_db)
+    assert ("trigger", "_syncd_t1_ins") in objects and ("table", "_syncd_changelog") in objects
+
+    async def pg_state():
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            tables = await pg.fetch("SELECT table_name, state, tid FROM syncd.tables ORDER BY 1")
+            cols = await pg.fetch("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                                  "WHERE table_schema = 'app' ORDER BY 1, 2")
+            return [tuple(r) for r in tables], [tuple(r) for r in cols]
+        finally:
+            await pg.close()
+
+    state = await pg_state()
+    assert [t[:2] for t in state[0]] == [("a", "pending"), ("b", "pending")]
+    second = run_cli(cfg, "init")
+    assert second.returncode == 0
+    assert second.stdout == first.stdout
+    assert sqlite_objects(app_db) == objects
+    assert await pg_state() == state
+
+
+def test_init_reports_a_missing_file_and_an_unreachable_postgres(tmp_path):
+    from tests.conftest import write_config
+    from tests.support.pgcluster import free_port
+
+    cfg = write_config(tmp_path / "syncd.toml", "postgresql://syncd:hunter2@127.0.0.1:1/db",
+                       [{"name": "gone", "path": str(tmp_path / "gone.db")}])
+    r = run_cli(cfg, "init")
+    assert r.returncode == 1
+    assert f"gone: ERROR SQLite file {tmp_path / 'gone.db'} does not exist" in r.stdout
+    assert not (tmp_path / "gone.db").exists()  # never created by syncd
+    db = tmp_path / "here.db"
+    make_app(db)
+    cfg = write_config(tmp_path / "syncd2.toml", f"postgresql://syncd:hunter2@127.0.0.1:{free_port()}/db",
+                       [{"name": "here", "path": str(db)}])
+    r = run_cli(cfg, "init")
+    assert r.returncode == 1
+    assert "here: ERROR cannot connect to postgresql://syncd:***@127.0.0.1" in r.stdout
+    assert "hunter2" not in r.stdout + r.stderr
+
+
+async def test_uninstall_removes_capture_and_keeps_app_tables(app_db, make_config, pg_dsn, tmp_path):
+    make_app(app_db)
+    original = sqlite_objects(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        r = run_cli(cfg, "uninstall")
+        assert r.returncode == 1 and "already being run by syncd" in r.stdout  # refuses while the daemon runs
+        assert d.stop() == 0
+    conn = sqlite3.connect(app_db)
+    conn.execute("INSERT INTO a VALUES (3, 'unapplied')")
+    conn.commit()
+    r = run_cli(cfg, "uninstall")
+    assert r.returncode == 1 and "1 captured change(s) are not yet applied" in r.stdout
+    r = run_cli(cfg, "uninstall", "--force")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "removed 6 trigger(s)" in r.stdout
+    assert sqlite_objects(app_db) == original
+    assert conn.execute("SELECT count(*) FROM a").fetchone()[0] == 3
+    r = run_cli(cfg, "uninstall")
+    assert r.returncode == 0 and "nothing to do" in r.stdout

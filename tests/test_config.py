@@ -1,0 +1,96 @@
+"""Configuration: TOML + environment + credential files; bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from syncd.config import ConfigError, load_settings
+from tests.support.daemon import run_cli
+
+GOOD = """
+[postgres]
+dsn = "postgresql://syncd@127.0.0.1:5432/synapse"
+[[sources]]
+name = "sales"
+path = "sales.db"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "syncd.toml"
+    p.write_text(text)
+    return p
+
+
+def test_loads_and_resolves_paths_relative_to_the_file(tmp_path):
+    s = load_settings(write(tmp_path, GOOD))
+    assert s.sources[0].path == tmp_path / "sales.db"
+    assert s.sources[0].schema == "sales"
+    assert s.metrics.listen == "127.0.0.1:9464"  # loopback by default
+
+
+def test_environment_overrides_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNCD_POSTGRES__DSN", "postgresql://other@db.internal:5433/x")
+    monkeypatch.setenv("SYNCD_STREAM__BATCH_SIZE", "123")
+    s = load_settings(write(tmp_path, GOOD))
+    assert s.postgres.dsn == "postgresql://other@db.internal:5433/x"
+    assert s.stream.batch_size == 123
+
+
+def test_password_from_a_credentials_directory(tmp_path, monkeypatch):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "postgres__password").write_text("s3cret")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    s = load_settings(write(tmp_path, GOOD))
+    assert s.password() == "s3cret"
+    assert "s3cret" not in repr(s) and "s3cret" not in str(s.model_dump())
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (GOOD + "\n[bogus]\nx = 1\n", "bogus: unknown key"),
+        (GOOD.replace('path = "sales.db"', 'path = "sales.db"\npaht = "x"'), "sources.0.paht: unknown key"),
+        (GOOD.replace("postgresql://syncd@", "mysql://syncd@"), "postgres.dsn: must be a postgresql:// URL"),
+        (GOOD.replace(":5432/", ":notaport/"), "postgres.dsn: not a valid postgresql:// URL"),
+        (GOOD + '\n[[sources]]\nname = "sales"\npath = "b.db"\n', "duplicate source name 'sales'"),
+        (GOOD + '\n[metrics]\nlisten = "nonsense"\n', "metrics.listen: must be HOST:PORT"),
+        (GOOD.replace('name = "sales"', 'name = "sales"\ncolumns = { t = { c = "varchar" } }'),
+         "unsupported Postgres type 'varchar'"),
+        ("[postgres\n", "config"),
+        ("[[sources]]\nname = 'a'\npath = 'a.db'\n", "postgres: required key is missing"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, text))
+    assert expected in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_exit_code_2_and_no_password_echoed(tmp_path):
+    cfg = write(tmp_path, GOOD.replace("syncd@", "syncd:hunter2@") + "\n[bogus]\n")
+    r = run_cli(cfg, "init")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "bogus: unknown key" in r.stderr
+    assert "hunter2" not in r.stderr + r.stdout
+
+
+def test_missing_config_file(tmp_path):
+    r = run_cli(tmp_path / "nope.toml", "init")
+    assert r.returncode == 2
+    assert "nope.toml does not exist" in r.stderr
+
+
+def test_config_from_environment_variable(tmp_path):
+    cfg = write(tmp_path, GOOD)
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "syncd", "schema"], capture_output=True, text=True, cwd=tmp_path.parent,
+                       env={"SYNCD_CONFIG": str(cfg), "PATH": "/usr/bin:/bin"})
+    # found the file named by SYNCD_CONFIG; the database it names does not exist yet
+    assert f"source sales: ERROR SQLite file {tmp_path / 'sales.db'} does not exist" in r.stdout
+    assert r.returncode == 1

@@ -1,0 +1,97 @@
+"""Postgres outages through a fault-injecting proxy: refused, reset and hanging
+connections. The daemon stays up, keeps capturing, reports the outage once, and
+catches up by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import FAST_FAILOVER, write_config
+from tests.support.app import Writer, create_items
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.pgcluster import free_port
+from tests.support.proxy import FaultProxy
+from tests.support.sync import changelog_max, wait_caught_up
+
+@pytest.fixture
+def proxied(tmp_path, pg_dsn):
+    parts = urlsplit(pg_dsn)
+    proxy = FaultProxy(parts.hostname, parts.port or 5432)
+    dsn = pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/")
+    port = free_port()
+    db = tmp_path / "app.db"
+    create_items(db, rows=500)
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
+                       metrics_listen=f"127.0.0.1:{port}", sections=FAST_FAILOVER)
+    yield proxy, cfg, db, port
+    proxy.close()
+
+
+def metric(port: int, name: str) -> float | None:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_refused_then_back(proxied, pg_dsn, tmp_path):
+    proxy, cfg, db, port = proxied
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        proxy.refuse()
+        writer = Writer(db, seconds=3, seed=1, rate=200)
+        wait_for(lambda: d.log().count("Postgres unreachable") >= 1, 30, "outage logged", d)
+        assert writer.result()["lock_errors"] == 0
+        wait_for(lambda: metric(port, "syncd_postgres_up") == 0, 30, "syncd_postgres_up 0", d)
+        wait_for(lambda: (metric(port, "syncd_pending_changes") or 0) > 0, 30, "pending changes visible", d)
+        time.sleep(3)  # several retries happen while it is down
+        assert d.alive()
+        proxy.heal()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        wait_for(lambda: metric(port, "syncd_postgres_up") == 1, 30, "syncd_postgres_up 1", d)
+        assert d.stop() == 0
+        log = d.log()
+    assert log.count("event=postgres_unreachable") == 1  # once per state change, not per retry
+    assert log.count("event=recovered") == 1
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_resets_while_writing(proxied, pg_dsn, tmp_path):
+    proxy, cfg, db, port = proxied
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        writer = Writer(db, seconds=5, seed=2)
+        for _ in range(10):
+            await asyncio.sleep(0.4)
+            proxy.reset()
+        writer.result()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_hanging_connection_is_bounded_and_never_blocks_shutdown(proxied, pg_dsn, tmp_path):
+    proxy, cfg, db, port = proxied
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        proxy.stall()
+        Writer(db, seconds=1, seed=3).result()
+        wait_for(lambda: "Postgres unreachable" in d.log(), 30, "the hang detected by a timeout", d)
+        proxy.heal()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        # now hang again and stop in the middle of it
+        proxy.stall()
+        Writer(db, seconds=0.5, seed=4).result()
+        await asyncio.sleep(1)
+        started = time.monotonic()
+        assert d.stop(timeout=20) == 0
+        assert time.monotonic() - started < 10
+    proxy.heal()
+    assert changelog_max(db) > 0
