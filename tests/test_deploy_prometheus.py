@@ -19,8 +19,7 @@ from tests.support.daemon import ROOT, DaemonProcess, wait_for
 from tests.support.pgcluster import free_port
 from tests.support.sync import wait_caught_up
 
-PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
-ALERTS = PROMETHEUS_DIR / "alerts.yml"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "syncd.json"
 METRIC_NAME = re.compile(r"\b(?:syncd|process)_[a-z_]+\b")
 
@@ -43,12 +42,12 @@ def tool(name: str) -> str:
 
 
 @pytest.mark.parametrize("args", [
-    ["check", "config", "prometheus.yml"],
-    ["check", "rules", "alerts.yml"],
-    ["test", "rules", "alerts.test.yml"],
+    ["check", "config", "deploy/prometheus/prometheus.yml"],
+    ["check", "rules", "deploy/prometheus/alerts.yml"],
+    ["test", "rules", "deploy/prometheus/alerts.test.yml"],
 ])
 def test_promtool_accepts(args):
-    r = subprocess.run([tool("promtool"), *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True)
+    r = subprocess.run([tool("promtool"), *args], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
