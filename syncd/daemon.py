@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from syncd import metrics
+from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
 from syncd.pipeline import STREAMING, Pipeline
@@ -50,6 +51,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        if early_signals.requested:
+            self.request_stop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         self._start_endpoint()
         self.watcher = FileWatcher(loop)
@@ -116,6 +119,7 @@ class Daemon:
         for p in self.pipelines.values():
             try:
                 await p.session.connect_postgres(lock=True)
+                p.pg_ok = True
             except SourceLocked as e:
                 for q in self.pipelines.values():
                     await q.session.close()
@@ -183,7 +187,7 @@ class Daemon:
         while True:
             self._update_status()
             up = [p.pg_ok for p in self.pipelines.values()]
-            metrics.postgres_up.set(1 if up and all(x is True for x in up) else 0)
+            metrics.postgres_up.set(1 if all(x is True for x in up) else 0)
             if not self.ready_sent and all(p.ready.is_set() for p in self.pipelines.values()):
                 self.notifier.ready(self._summary())
                 self.ready_sent = True

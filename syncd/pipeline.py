@@ -67,6 +67,14 @@ class Pipeline:
         self.last_stats = 0.0
         self.captured_once = False
         self._last_error: str | None = None
+        # Export every per-source series from the start, so dashboards show 0, not "no data".
+        metrics.retries_total.labels(self.name)
+        for kind in ("postgres", "sqlite", "data", "schema", "lock", "internal"):
+            metrics.errors_total.labels(self.name, kind)
+        metrics.apply_duration_seconds.labels(self.name)
+        metrics.commit_to_apply_seconds.labels(self.name)
+        metrics.replication_lag_seconds.labels(self.name).set(0)
+        metrics.pending_changes.labels(self.name).set(0)
 
     # --- control -------------------------------------------------------------------
 
@@ -191,6 +199,7 @@ class Pipeline:
         if s.pg is None or s.pg.is_closed():
             await s.connect_postgres(lock=True)
             self.needs_reconcile = True
+        self.pg_ok = True
         if self.needs_reconcile:
             await self._close_load()
             await reconcile(s)

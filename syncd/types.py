@@ -463,7 +463,8 @@ def pg_canonical_expr(pgtype: PgType, col: str) -> str:
     elif pgtype is PgType.BYTEA:
         body = f"'b' || encode({col}, 'hex')"
     elif pgtype is PgType.BOOLEAN:
-        body = f"CASE WHEN {col} THEN 'B1' ELSE 'B0' END"
+        # No ELSE: NULL must stay NULL so COALESCE below makes it 'N', not 'B0'.
+        body = f"CASE WHEN {col} THEN 'B1' WHEN NOT {col} THEN 'B0' END"
     elif pgtype is PgType.JSONB:
         body = f"'jt' || length({col}::text) || ':' || {col}::text"
     elif pgtype is PgType.TIMESTAMP:

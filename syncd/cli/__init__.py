@@ -6,14 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from syncd import __version__
-from syncd.cli import common, init, report, resync, run, schema, status, uninstall, verify
-from syncd.config import ConfigError
-
-VERBS = (init, run, status, verify, report, schema, resync, uninstall)
-
+from syncd.cli import early_signals
 
 def build_parser() -> argparse.ArgumentParser:
+    from syncd import __version__
+    from syncd.cli import init, report, resync, run, schema, status, uninstall, verify
+
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="configuration file (default: $SYNCD_CONFIG, else ./syncd.toml)")
@@ -27,12 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for verb in VERBS:
+    for verb in (init, run, status, verify, report, schema, resync, uninstall):
         verb.register(sub, shared)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "run" in (sys.argv[1:] if argv is None else argv):
+        early_signals.install()  # before the heavy imports below
+    from syncd.cli import common
+    from syncd.config import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

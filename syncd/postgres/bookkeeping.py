@@ -87,7 +87,9 @@ def _ddl(bk: str) -> list[str]:
             pending bigint NOT NULL DEFAULT 0,
             repaired bigint NOT NULL DEFAULT 0,
             error text,
-            full_check boolean NOT NULL DEFAULT true)""",
+            full_check boolean NOT NULL DEFAULT true,
+            table_state text,
+            detail text)""",
         f"CREATE INDEX IF NOT EXISTS verify_runs_by_table ON {s}.verify_runs (source, table_name, finished_at)",
     ]
 
@@ -109,6 +111,28 @@ async def ensure_bookkeeping(conn: asyncpg.Connection, bk: str) -> None:
                 f"INSERT INTO {quote_pg_ident(bk)}.meta(key, value) VALUES ('version', $1) ON CONFLICT DO NOTHING",
                 str(BOOKKEEPING_VERSION),
             )
+
+
+# Columns verify_runs gained after BOOKKEEPING_VERSION 1 shipped; older installs get
+# them from ensure_verify_runs_columns (ensure_bookkeeping skips an existing schema).
+VERIFY_RUNS_ADDED = (
+    ("table_state", "text"),  # the table's replication state when it was checked
+    ("detail", "text"),  # JSON: the first differences found, or why the table was not compared
+)
+
+
+async def ensure_verify_runs_columns(conn: asyncpg.Connection, bk: str) -> None:
+    table = f"{quote_pg_ident(bk)}.verify_runs"
+    have = {
+        r[0]
+        for r in await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+            table,
+        )
+    }
+    for name, type_ in VERIFY_RUNS_ADDED:
+        if name not in have:
+            await conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {type_}")
 
 
 async def bookkeeping_exists(conn: asyncpg.Connection, bk: str) -> bool:

@@ -49,6 +49,9 @@ class DaemonProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.proc.poll() is None:
+            # A signal during interpreter start-up (before Python runs syncd) kills by
+            # default; tests are about stopping a daemon that has started.
+            wait_for(lambda: "syncd running" in self.log() or not self.alive(), 30, "daemon start", None)
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)

@@ -1,0 +1,247 @@
+"""Key ranges that select the same rows in SQLite and in Postgres.
+
+A range is [lo, hi) over the key in order; either end may be open. Both sides must
+order keys the same way, so text compares byte-wise on both: SQLite BINARY (added
+explicitly where the key's own collation is another, e.g. NOCASE) and Postgres
+COLLATE "C" (added where the column's collation is not already C). A table whose
+key values SQLite may store in a class that orders differently from their Postgres
+type (numbers in a text key, dates as text or numbers, an override) is not split:
+it is compared as one range.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from syncd.identifiers import quote_ident, quote_pg_ident
+from syncd.model import TableSpec
+from syncd.types import PgType, converter
+
+# Key types whose SQLite order (for the storage classes the converter accepts) is
+# their Postgres order.
+_ORDERED = {PgType.BIGINT, PgType.DOUBLE, PgType.NUMERIC, PgType.TEXT, PgType.BYTEA, PgType.BOOLEAN}
+
+
+def sqlite_affinity(declared: str) -> str:
+    """SQLite's column affinity rules (https://sqlite.org/datatype3.html 3.1)."""
+    t = declared.upper()
+    if "INT" in t:
+        return "integer"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "text"
+    if "BLOB" in t or not t.strip():
+        return "blob"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "real"
+    return "numeric"
+
+
+def orderable(spec: TableSpec) -> bool:
+    for k in spec.key:
+        col = spec.column(k)
+        if col.pgtype not in _ORDERED:
+            return False
+        if col.pgtype is PgType.TEXT and sqlite_affinity(col.declared) != "text":
+            return False  # a number kept as a number sorts before all text in SQLite
+    return True
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One key value in both forms: as SQLite stores it and as Postgres holds it."""
+
+    raw: tuple
+    pg: tuple
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    lo: Bound | None  # inclusive; None: from the first key
+    hi: Bound | None  # exclusive; None: to the last key
+
+
+EVERYTHING = KeyRange(None, None)
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    spec: TableSpec
+    orderable: bool
+    sqlite_binary: tuple[bool, ...]  # key column needs COLLATE BINARY in SQLite
+    sqlite_indexed: bool  # SQLite can walk the key in BINARY order (rowid or an index)
+    pg_collate_c: tuple[bool, ...]  # key column needs COLLATE "C" in Postgres
+    pg_indexed: bool
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return self.spec.key
+
+    @property
+    def key_types(self) -> tuple[PgType, ...]:
+        return tuple(self.spec.column(k).pgtype for k in self.spec.key)
+
+    @property
+    def indexed(self) -> bool:
+        return self.sqlite_indexed and self.pg_indexed
+
+    # --- SQLite ----------------------------------------------------------------------
+
+    def sqlite_key(self) -> str:
+        parts = [quote_ident(k) + (" COLLATE BINARY" if b else "") for k, b in zip(self.key, self.sqlite_binary)]
+        return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
+
+    def sqlite_order(self) -> str:
+        return ", ".join(quote_ident(k) + (" COLLATE BINARY" if b else "") for k, b in zip(self.key, self.sqlite_binary))
+
+    def sqlite_marks(self) -> str:
+        n = len(self.key)
+        return "?" if n == 1 else "(" + ", ".join(["?"] * n) + ")"
+
+    def sqlite_where(self, r: KeyRange) -> tuple[str, list[Any]]:
+        conds, params = [], []
+        if r.lo is not None:
+            conds.append(f"{self.sqlite_key()} >= {self.sqlite_marks()}")
+            params += list(r.lo.raw)
+        if r.hi is not None:
+            conds.append(f"{self.sqlite_key()} < {self.sqlite_marks()}")
+            params += list(r.hi.raw)
+        return (" AND ".join(conds) or "1"), params
+
+    # --- Postgres --------------------------------------------------------------------
+
+    def pg_columns(self) -> list[str]:
+        return [quote_pg_ident(k) + (' COLLATE "C"' if c else "") for k, c in zip(self.key, self.pg_collate_c)]
+
+    def pg_key(self) -> str:
+        parts = self.pg_columns()
+        return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
+
+    def pg_order(self) -> str:
+        return ", ".join(self.pg_columns())
+
+    def pg_marks(self, first: int) -> str:
+        n = len(self.key)
+        marks = [f"${first + i}::{t.value}" for i, t in enumerate(self.key_types)]
+        return marks[0] if n == 1 else "(" + ", ".join(marks) + ")"
+
+    def pg_where(self, r: KeyRange, first: int = 1) -> tuple[str, list[Any]]:
+        conds, params = [], []
+        if r.lo is not None:
+            conds.append(f"{self.pg_key()} >= {self.pg_marks(first + len(params))}")
+            params += list(r.lo.pg)
+        if r.hi is not None:
+            conds.append(f"{self.pg_key()} < {self.pg_marks(first + len(params))}")
+            params += list(r.hi.pg)
+        return (" AND ".join(conds) or "true"), params
+
+    # --- one value, both forms -----------------------------------------------------------
+
+    def from_sqlite(self, raw: Sequence[Any]) -> Bound | None:
+        """A SQLite key as a bound, or None if a value does not fit its type."""
+        try:
+            pg = tuple(converter(t)(v) for t, v in zip(self.key_types, raw))
+        except ValueError:
+            return None
+        if any(v is None for v in pg):
+            return None
+        return Bound(tuple(raw), pg)
+
+    def from_postgres(self, pg: Sequence[Any]) -> Bound | None:
+        """A Postgres key as a bound, or None if its SQLite form cannot be known."""
+        raw = []
+        for t, v in zip(self.key_types, pg):
+            r = sqlite_value(t, v)
+            if r is _UNKNOWN:
+                return None
+            raw.append(r)
+        return Bound(tuple(raw), tuple(pg))
+
+
+_UNKNOWN = object()
+
+
+def sqlite_value(pgtype: PgType, v: Any) -> Any:
+    """The SQLite value a Postgres key value came from, for the ordered key types
+    (for the others the stored form is not unique: a date may be text or a number)."""
+    if v is None:
+        return None
+    if pgtype is PgType.BIGINT or pgtype is PgType.TEXT or pgtype is PgType.BYTEA:
+        return v
+    if pgtype is PgType.DOUBLE:
+        return float(v)
+    if pgtype is PgType.BOOLEAN:
+        return 1 if v else 0
+    if pgtype is PgType.NUMERIC and isinstance(v, Decimal):
+        if v.is_finite() and v == v.to_integral_value() and abs(v) < 2**63:
+            return int(v)  # NUMERIC affinity stores an integral value as an integer
+        f = float(v)
+        return f if not math.isnan(f) else _UNKNOWN
+    return _UNKNOWN
+
+
+# --- what each side can do with the key ------------------------------------------------
+
+
+def sqlite_key_access(conn: sqlite3.Connection, spec: TableSpec) -> tuple[tuple[bool, ...], bool]:
+    """(columns needing COLLATE BINARY, whether an index walks the key in BINARY order)."""
+    key = list(spec.key)
+    text = tuple(spec.column(k).pgtype is PgType.TEXT for k in key)
+    info = conn.execute(f"PRAGMA main.table_info({quote_ident(spec.name)})").fetchall()
+    pk = [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5]]
+    if (not spec.without_rowid and pk == key and len(key) == 1
+            and (next(r[2] for r in info if r[1] == key[0]) or "").upper() == "INTEGER"):
+        return (False,), True  # the rowid itself
+    for _seq, name, _unique, _origin, partial in conn.execute(f"PRAGMA main.index_list({quote_ident(spec.name)})"):
+        if partial:
+            continue
+        cols = [(r[2], (r[4] or "BINARY").upper()) for r in conn.execute(f"PRAGMA main.index_xinfo({quote_ident(name)})")
+                if r[5]]
+        if [c for c, _ in cols[: len(key)]] == key:
+            binary = tuple(is_text and coll != "BINARY" for is_text, (_, coll) in zip(text, cols))
+            return binary, not any(binary)
+    return text, False  # no index: the declared collation is unknown here, force BINARY
+
+
+async def pg_key_access(conn: asyncpg.Connection, schema: str, spec: TableSpec) -> tuple[bool, ...]:
+    """Key columns whose collation is not byte order (they need COLLATE "C" and then
+    cannot use the primary key index)."""
+    rows = await conn.fetch(
+        """SELECT a.attname, coalesce(co.collname, ''),
+                  (SELECT datcollate FROM pg_database WHERE datname = current_database())
+           FROM pg_attribute a
+           JOIN pg_class c ON c.oid = a.attrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           LEFT JOIN pg_collation co ON co.oid = a.attcollation
+           WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = ANY($3::text[]) AND a.attcollation <> 0""",
+        schema, spec.name, list(spec.key),
+    )
+    needs = {}
+    for name, coll, datcollate in rows:
+        effective = datcollate if coll == "default" else coll
+        needs[name] = effective not in ("C", "POSIX")
+    return tuple(needs.get(k, False) for k in spec.key)
+
+
+async def key_space(conn_sqlite_run, pg: asyncpg.Connection, schema: str, spec: TableSpec) -> KeySpace:
+    """Build the KeySpace; `conn_sqlite_run(fn, *args)` runs fn on the SQLite thread."""
+    binary, sqlite_indexed = await conn_sqlite_run(sqlite_key_access, spec)
+    collate_c = await pg_key_access(pg, schema, spec)
+    return KeySpace(
+        spec=spec,
+        orderable=orderable(spec),
+        sqlite_binary=binary,
+        sqlite_indexed=sqlite_indexed,
+        pg_collate_c=collate_c,
+        pg_indexed=not any(collate_c),
+    )
+
+
+def quoted_sqlite_table(spec: TableSpec) -> str:
+    return f"main.{quote_ident(spec.name)}"

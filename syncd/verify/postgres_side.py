@@ -1,0 +1,117 @@
+"""What `syncd verify` reads from Postgres: plain SELECTs on its own connection, so
+it never blocks the stream (MVCC) and takes no lock a writer would wait for."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+import asyncpg
+
+from syncd.identifiers import qualified, quote_pg_ident
+from syncd.postgres.bookkeeping import LOCK_CLASS, lock_key
+from syncd.verify.keyspace import Bound, KeyRange, KeySpace
+from syncd.verify.rowhash import pg_row_hash_sql, pg_token_exprs
+
+LOOKUP_BATCH = 5000
+
+
+@dataclass
+class PgRow:
+    key: tuple  # the key as Postgres returns it
+    tokens: tuple[str, ...]
+
+
+class PostgresTable:
+    def __init__(self, conn: asyncpg.Connection, schema: str, ks: KeySpace):
+        self.conn = conn
+        self.ks = ks
+        self.spec = ks.spec
+        self.table = qualified(schema, ks.spec.name)
+        self.hash = pg_row_hash_sql(ks.spec)
+        self.key_cols = ", ".join(quote_pg_ident(k) for k in ks.key)
+        self.tokens = f"ARRAY[{', '.join(pg_token_exprs(ks.spec))}]::text[]"
+
+    async def count(self) -> int:
+        return await self.conn.fetchval(f"SELECT count(*) FROM {self.table}")
+
+    async def cell_sums(self, r: KeyRange, bounds: Sequence[Bound]) -> list[tuple[int, int]]:
+        """(rows, hash sum) of each cell of `r` split at `bounds`, in one statement."""
+        where, params = self.ks.pg_where(r)
+        n = len(params)
+        if not bounds:
+            cell = "0"
+        elif len(self.ks.key) == 1:
+            cell = f"width_bucket({self.ks.pg_key()}, ${n + 1}::{self.ks.key_types[0].value}[])"
+            params.append([b.pg[0] for b in bounds])
+        else:
+            whens = []
+            for i, b in enumerate(bounds):
+                whens.append(f"WHEN {self.ks.pg_key()} < {self.ks.pg_marks(len(params) + 1)} THEN {i}")
+                params += list(b.pg)
+            cell = f"CASE {' '.join(whens)} ELSE {len(bounds)} END"
+        sql = f"SELECT {cell} AS cell, count(*), sum({self.hash}) FROM {self.table} WHERE {where} GROUP BY 1"
+        out = [(0, 0)] * (len(bounds) + 1)
+        for c, rows, total in await self.conn.fetch(sql, *params):
+            out[c] = (rows, int(total))
+        return out
+
+    async def sample(self, r: KeyRange, step: int) -> list[tuple[int, tuple]]:
+        """(position, key) of the rows at positions step+1, 2*step+1, ... of range `r`."""
+        where, params = self.ks.pg_where(r)
+        order = self.ks.pg_order()
+        sql = (f"SELECT rn, {self.key_cols} FROM (SELECT {self.key_cols}, row_number() OVER (ORDER BY {order}) AS rn "
+               f"FROM {self.table} WHERE {where}) s WHERE rn > 1 AND (rn - 1) % ${len(params) + 1} = 0 ORDER BY rn")
+        return [(row[0], tuple(row[1:])) for row in await self.conn.fetch(sql, *params, step)]
+
+    async def range_rows(self, r: KeyRange) -> list[PgRow]:
+        where, params = self.ks.pg_where(r)
+        rows = await self.conn.fetch(f"SELECT {self.key_cols}, {self.tokens} FROM {self.table} WHERE {where}", *params)
+        return [PgRow(tuple(row[:-1]), tuple(row[-1])) for row in rows]
+
+    async def rows_by_key(self, keys: Sequence[tuple]) -> list[PgRow]:
+        """Rows for keys given as Postgres values (exact match, one statement per batch)."""
+        nkey = len(self.ks.key)
+        types = [t.value for t in self.ks.key_types]
+        arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+        if nkey == 1:
+            cond = f"{quote_pg_ident(self.ks.key[0])} = ANY({arrays})"
+        else:
+            cond = f"({self.key_cols}) IN (SELECT * FROM unnest({arrays}))"
+        sql = f"SELECT {self.key_cols}, {self.tokens} FROM {self.table} WHERE {cond}"
+        out: list[PgRow] = []
+        for i in range(0, len(keys), LOOKUP_BATCH):
+            chunk = keys[i : i + LOOKUP_BATCH]
+            columns = [list(col) for col in zip(*chunk)]
+            for row in await self.conn.fetch(sql, *columns):
+                out.append(PgRow(tuple(row[:-1]), tuple(row[-1])))
+        return out
+
+
+async def checkpoint(conn: asyncpg.Connection, bk_schema: str, source: str) -> int | None:
+    return await conn.fetchval(
+        f"SELECT applied_seq FROM {quote_pg_ident(bk_schema)}.sources WHERE source = $1", source
+    )
+
+
+async def rows_at_checkpoint(pt: PostgresTable, bk_schema: str, source: str,
+                             keys: Sequence[tuple]) -> tuple[int, list[PgRow]]:
+    """The checkpoint and the rows for `keys` from one snapshot: the checkpoint commits
+    with the data it covers, so these rows are exactly what applying every change up
+    to it produced."""
+    async with pt.conn.transaction(isolation="repeatable_read", readonly=True):
+        seq = await checkpoint(pt.conn, bk_schema, source)
+        rows = await pt.rows_by_key(keys)
+    return seq or 0, rows
+
+
+async def lock_holder(conn: asyncpg.Connection, source: str) -> str | None:
+    """Who holds the source's advisory lock (a running daemon), without taking it."""
+    row = await conn.fetchrow(
+        """SELECT a.application_name, a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2
+             AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
+        LOCK_CLASS, lock_key(source),
+    )
+    if row is None:
+        return None
+    return f"{row[0] or 'an unnamed client'} (Postgres backend {row[1]})"

@@ -1,0 +1,172 @@
+"""What `syncd verify` reads from (and, repairing, writes to) a SQLite file.
+
+Every function runs on the verify connection's own thread. Reads are single
+statements in autocommit (each its own short read transaction, so in rollback-journal
+mode an application writer waits at most one cell's read) except where a consistent
+view is needed: a key's row together with the changelog entries that name it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from syncd.identifiers import quote_ident
+from syncd.model import TableSpec
+from syncd.sqlite import capture
+from syncd.sqlite.capture import CHANGELOG, slot
+from syncd.sqlite.connection import fetchall_text_safe
+from syncd.verify.keyspace import Bound, KeyRange, KeySpace, quoted_sqlite_table
+from syncd.verify.rowhash import SqliteRowHash
+
+CL = f"main.{quote_ident(CHANGELOG)}"
+LOOKUP_BATCH = 500  # keys per lookup statement
+MAX_CHANGED_KEYS = 200_000  # beyond this, every candidate counts as changed (in flight)
+
+
+def count_rows(conn: sqlite3.Connection, spec: TableSpec) -> int:
+    return conn.execute(f"SELECT count(*) FROM {quoted_sqlite_table(spec)}").fetchone()[0]
+
+
+def null_key_rows(conn: sqlite3.Connection, spec: TableSpec) -> int:
+    """Rows whose key has a NULL: Postgres cannot hold them (the stream holds the table)."""
+    cond = " OR ".join(f"{quote_ident(k)} IS NULL" for k in spec.key)
+    return conn.execute(f"SELECT count(*) FROM {quoted_sqlite_table(spec)} WHERE {cond}").fetchone()[0]
+
+
+def sample(conn: sqlite3.Connection, ks: KeySpace, r: KeyRange, limit: int | None, step: int) -> list[tuple[int, tuple]]:
+    """(position, key) of the rows at positions step+1, 2*step+1, ... (1-based, in key
+    order) among the first `limit` + 1 rows of range `r`."""
+    keys = ", ".join(quote_ident(k) for k in ks.key)
+    where, params = ks.sqlite_where(r)
+    lim = "LIMIT ?" if limit is not None else ""
+    if limit is not None:
+        params.append(limit + 1)
+    sql = (
+        f"SELECT _syncd_rn, {keys} FROM ("
+        f"SELECT {keys}, row_number() OVER (ORDER BY {ks.sqlite_order()}) AS _syncd_rn FROM ("
+        f"SELECT {keys} FROM {quoted_sqlite_table(ks.spec)} WHERE {where} ORDER BY {ks.sqlite_order()} {lim})"
+        f") WHERE _syncd_rn > 1 AND (_syncd_rn - 1) % ? = 0 ORDER BY _syncd_rn"
+    )
+    return [(row[0], tuple(row[1:])) for row in fetchall_text_safe(conn, sql, (*params, step))]
+
+
+def cell_sums(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, r: KeyRange,
+              bounds: Sequence[Bound]) -> list[tuple[int, int]]:
+    """(rows, hash sum) of each cell of `r` split at `bounds`.
+
+    With an index in key order each cell is its own short query; without one, one
+    scan of the range assigns rows to cells (a query per cell would scan each time)."""
+    table = quoted_sqlite_table(ks.spec)
+    if ks.sqlite_indexed or not bounds:
+        out = []
+        for cell in split(r, bounds):
+            where, params = ks.sqlite_where(cell)
+            out.append(tuple(conn.execute(f"SELECT count(*), {hasher.sql} FROM {table} WHERE {where}", params)
+                             .fetchone()))
+        return out
+    whens = " ".join(f"WHEN {ks.sqlite_key()} < {ks.sqlite_marks()} THEN {i}" for i in range(len(bounds)))
+    where, params = ks.sqlite_where(r)
+    sql = (f"SELECT CASE {whens} ELSE {len(bounds)} END AS _syncd_cell, count(*), {hasher.sql} "
+           f"FROM {table} WHERE {where} GROUP BY _syncd_cell")
+    cell_params = [v for b in bounds for v in b.raw]
+    out = [(0, 0)] * (len(bounds) + 1)
+    for cell, n, total in conn.execute(sql, (*cell_params, *params)):
+        out[cell] = (n, total)
+    return out
+
+
+def split(r: KeyRange, bounds: Sequence[Bound]) -> list[KeyRange]:
+    edges = [r.lo, *bounds, r.hi]
+    return [KeyRange(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+
+
+def range_rows(conn: sqlite3.Connection, ks: KeySpace, r: KeyRange) -> list[tuple]:
+    cols = ", ".join(quote_ident(c) for c in ks.spec.column_names)
+    where, params = ks.sqlite_where(r)
+    return fetchall_text_safe(conn, f"SELECT {cols} FROM {quoted_sqlite_table(ks.spec)} WHERE {where}", params)
+
+
+def _rows_by_key(conn: sqlite3.Connection, spec: TableSpec, keys: Sequence[tuple]) -> list[tuple]:
+    """Rows for raw keys, by the key's own comparison (so a NOCASE key also finds a
+    row whose case changed: the caller matches rows to keys exactly)."""
+    cols = ", ".join(quote_ident(c) for c in spec.column_names)
+    nkey = len(spec.key)
+    key_cols = quote_ident(spec.key[0]) if nkey == 1 else "(" + ", ".join(quote_ident(k) for k in spec.key) + ")"
+    row_marks = "?" if nkey == 1 else "(" + ", ".join(["?"] * nkey) + ")"
+    out: list[tuple] = []
+    for i in range(0, len(keys), LOOKUP_BATCH):
+        chunk = keys[i : i + LOOKUP_BATCH]
+        sql = (f"SELECT {cols} FROM {quoted_sqlite_table(spec)} "
+               f"WHERE {key_cols} IN (VALUES {', '.join([row_marks] * len(chunk))})")
+        out += fetchall_text_safe(conn, sql, [v for k in chunk for v in k])
+    return out
+
+
+@dataclass
+class KeyEvidence:
+    """Rows for some keys, read in one transaction with the changelog's state."""
+
+    rows: list[tuple]
+    max_seq: int
+    entries_after: int  # changelog entries with seq > the given checkpoint
+    changed_keys: list[tuple] | None  # raw keys of this table changed after it; None: too many to list
+
+
+def rows_with_evidence(conn: sqlite3.Connection, spec: TableSpec, tid: int, keys: Sequence[tuple],
+                       scan: bool, after_seq: int) -> KeyEvidence:
+    """Current rows for `keys` (every row when `scan`: some keys have no known SQLite
+    form) and, from the same snapshot, which of this table's keys changed after
+    `after_seq`."""
+    nkey = len(spec.key)
+    slots = ", ".join(slot(i) for i in range(nkey))
+    conn.execute("BEGIN")
+    try:
+        if scan:
+            cols = ", ".join(quote_ident(c) for c in spec.column_names)
+            rows = fetchall_text_safe(conn, f"SELECT {cols} FROM {quoted_sqlite_table(spec)}")
+        else:
+            rows = _rows_by_key(conn, spec, keys)
+        max_seq, after = conn.execute(
+            f"SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > ?) FROM {CL}", (after_seq,)
+        ).fetchone()
+        changed: list[tuple] | None = fetchall_text_safe(
+            conn, f"SELECT DISTINCT {slots} FROM {CL} WHERE tid = ? AND seq > ? LIMIT ?",
+            (tid, after_seq, MAX_CHANGED_KEYS + 1),
+        )
+        if changed is not None and len(changed) > MAX_CHANGED_KEYS:
+            changed = None
+        return KeyEvidence(rows, max_seq, after, changed)
+    finally:
+        conn.execute("COMMIT")
+
+
+def pending_entries(conn: sqlite3.Connection, after_seq: int) -> tuple[int, int]:
+    """(changelog max seq, entries after `after_seq`)."""
+    row = conn.execute(
+        f"SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > ?) FROM {CL}", (after_seq,)
+    ).fetchone()
+    return row[0], row[1]
+
+
+def enqueue(conn: sqlite3.Connection, tid: int, entries: Sequence[tuple[int, tuple[Any, ...]]],
+            busy_timeout_ms: int) -> int:
+    """Record (op, raw key) changelog entries for table `tid`, in short write
+    transactions, as if the application had touched those rows: the stream then
+    applies each key's *current* state. Returns the changelog's max seq after."""
+    last = 0
+    for i in range(0, len(entries), LOOKUP_BATCH):
+        chunk = entries[i : i + LOOKUP_BATCH]
+        nkey = len(chunk[0][1])
+        slots = ", ".join(slot(j) for j in range(nkey))
+        marks = ", ".join(["?"] * (nkey + 2))
+
+        def write(c: sqlite3.Connection, chunk=chunk) -> int:
+            c.executemany(f"INSERT INTO {CL}(tid, op, {slots}) VALUES ({marks})",
+                          [(tid, op, *key) for op, key in chunk])
+            return c.execute(f"SELECT max(seq) FROM {CL}").fetchone()[0]
+
+        last = capture.write_transaction(conn, write, busy_timeout_ms=busy_timeout_ms)
+    return last

@@ -1,0 +1,314 @@
+"""Compare one streaming table: find the keys that may differ cheaply, then decide
+each of them exactly.
+
+Finding (data-diff's approach): the key space is cut into chunks of `chunk_rows`
+rows, each into CELLS cells, with boundaries sampled from SQLite in key order. Both
+sides summarise every cell as (rows, sum of row hashes); only cells that disagree are
+bisected further, and small ones are read row by row and compared by key. Under
+concurrent writes this finds every real difference plus rows merely in flight.
+
+Deciding: a candidate key is read from Postgres together with the checkpoint (one
+snapshot: the checkpoint commits with the data it covers), then from SQLite together
+with the changelog entries after that checkpoint (one read transaction). If the rows
+match, the key is fine. If they differ and no change to the key was recorded after
+the checkpoint, Postgres holds a value the stream can no longer explain: a real
+difference. Otherwise the change is in flight: wait until the stream has applied it
+(the checkpoint passes the changelog's end as read) and look again. The inference
+needs every changelog entry after the checkpoint to still be there; pruning only
+removes applied entries, so the round counts as conclusive only if the checkpoint
+did not move meanwhile or no entry after it is missing (sequence numbers are dense).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from syncd.model import TableSpec
+from syncd.verify import sqlite_side
+from syncd.verify.keyspace import EVERYTHING, Bound, KeyRange, KeySpace, sqlite_value
+from syncd.verify.postgres_side import PgRow, PostgresTable, checkpoint, lock_holder, rows_at_checkpoint
+from syncd.verify.result import DIFFERENT, EXTRA, MISSING, PENDING, Difference, TableVerifyResult
+from syncd.verify.rowhash import MISFIT, RowTokens, SqliteRowHash, fold, misfit_reason
+
+CELLS = 16  # cells per chunk, and the bisection factor
+LEAF_ROWS = 1000  # a differing range this small is read row by row
+MAX_DEPTH = 12
+UNINDEXED_CHUNKS = 16  # without a usable index every chunk scans the table: few, large chunks
+MAX_CANDIDATES = 100_000  # beyond this, differences are counted as found, not re-checked one by one
+POLL_SECONDS = 0.1
+
+SqliteRun = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class Candidate:
+    ident: tuple  # the key's tokens (the same from either side)
+    kind: str  # what the range comparison saw
+    raw: tuple | None = None  # SQLite's form
+    pg: tuple | None = None  # Postgres's form
+
+
+@dataclass
+class SqliteRow:
+    row: tuple
+    raw_key: tuple
+    tokens: tuple[str, ...]
+
+
+class TableCheck:
+    def __init__(self, run: SqliteRun, pg: asyncpg.Connection, ks: KeySpace, tid: int, *, source: str,
+                 target_schema: str, bk_schema: str, chunk_rows: int):
+        self.run = run
+        self.pg = pg
+        self.ks = ks
+        self.spec: TableSpec = ks.spec
+        self.tid = tid
+        self.source = source
+        self.bk_schema = bk_schema
+        self.chunk_rows = chunk_rows
+        self.pt = PostgresTable(pg, target_schema, ks)
+        self.hasher = SqliteRowHash(self.spec, f"_syncd_verify_{tid}")
+        self.tokens = RowTokens(self.spec)
+        self.candidates: dict[tuple, Candidate] = {}
+        self.overflow: Counter = Counter()  # kind -> differences beyond MAX_CANDIDATES
+        self.rows_sqlite = 0
+        self.rows_postgres = 0
+
+    # --- finding ---------------------------------------------------------------------
+
+    async def find(self) -> None:
+        await self.run(self.hasher.register)
+        if not self.ks.orderable:
+            await self._cells(EVERYTHING, [], depth=0, top=True)
+            return
+        total = await self.run(sqlite_side.count_rows, self.spec)
+        chunk = self.chunk_rows if self.ks.indexed else max(self.chunk_rows, math.ceil(total / UNINDEXED_CHUNKS))
+        cell = max(1, math.ceil(chunk / CELLS))
+        chunk = cell * CELLS
+        lo: Bound | None = None
+        while True:
+            inner, hi, last = [], None, True
+            for pos, raw in await self.run(sqlite_side.sample, self.ks, KeyRange(lo, None), chunk, cell):
+                b = self.ks.from_sqlite(raw)
+                if pos == chunk + 1:
+                    if b is not None:  # else (a key that cannot exist in Postgres): run on to the end
+                        hi, last = b, False
+                elif b is not None:
+                    inner.append(b)
+            await self._cells(KeyRange(lo, hi), inner, depth=0, top=True)
+            if last:
+                return
+            lo = hi
+
+    async def _cells(self, r: KeyRange, bounds: list[Bound], depth: int, top: bool = False) -> None:
+        sq, pg = await asyncio.gather(
+            self.run(sqlite_side.cell_sums, self.ks, self.hasher, r, bounds),
+            self.pt.cell_sums(r, bounds),
+        )
+        for cell, (s_rows, s_sum), (p_rows, p_sum) in zip(sqlite_side.split(r, bounds), sq, pg):
+            if top:
+                self.rows_sqlite += s_rows
+                self.rows_postgres += p_rows
+            if s_rows != p_rows or fold(s_sum) != fold(p_sum):
+                await self._bisect(cell, s_rows, p_rows, depth)
+
+    async def _bisect(self, r: KeyRange, s_rows: int, p_rows: int, depth: int) -> None:
+        biggest = max(s_rows, p_rows)
+        if not self.ks.orderable or depth >= MAX_DEPTH or biggest <= LEAF_ROWS:
+            await self._leaf(r)
+            return
+        step = math.ceil(biggest / CELLS)
+        if s_rows >= p_rows:  # cut where the rows are
+            found = await self.run(sqlite_side.sample, self.ks, r, None, step)
+            bounds = [self.ks.from_sqlite(k) for _, k in found]
+        else:
+            bounds = [self.ks.from_postgres(k) for _, k in await self.pt.sample(r, step)]
+        usable = [b for b in bounds if b is not None]
+        if not usable:
+            await self._leaf(r)
+            return
+        await self._cells(r, usable, depth + 1)
+
+    async def _leaf(self, r: KeyRange) -> None:
+        srows, prows = await asyncio.gather(self.run(sqlite_side.range_rows, self.ks, r), self.pt.range_rows(r))
+        mine = {x.tokens_key: x for x in (self._sqlite_row(row) for row in srows)}
+        theirs = {self.tokens.key_of_row(p.tokens): p for p in prows}
+        for ident in mine.keys() | theirs.keys():
+            s, p = mine.get(ident), theirs.get(ident)
+            if s is not None and p is not None and s.row.tokens == p.tokens:
+                continue
+            kind = MISSING if p is None else EXTRA if s is None else DIFFERENT
+            self._candidate(ident, kind, s.row.raw_key if s else None, p.key if p else None)
+
+    def _candidate(self, ident: tuple, kind: str, raw: tuple | None, pg: tuple | None) -> None:
+        c = self.candidates.get(ident)
+        if c is None:
+            if len(self.candidates) >= MAX_CANDIDATES:
+                self.overflow[kind] += 1
+                return
+            self.candidates[ident] = c = Candidate(ident, kind)
+        c.raw = c.raw if raw is None else raw
+        c.pg = c.pg if pg is None else pg
+
+    def _sqlite_row(self, row: tuple) -> "_Keyed":
+        tokens = self.tokens.row(row)
+        raw_key = tuple(row[i] for i in self.tokens.key_idx)
+        return _Keyed(self.ident(self.tokens.key_of_row(tokens), raw_key), SqliteRow(row, raw_key, tokens))
+
+    def ident(self, key_tokens: tuple[str, ...] | None, raw_key: tuple) -> tuple:
+        """A key's identity: its tokens; a key that cannot exist in Postgres keeps its
+        SQLite values (two such keys must not collide)."""
+        if key_tokens is None or MISFIT in key_tokens:
+            return (MISFIT, *map(repr, raw_key))
+        return key_tokens
+
+    # --- deciding --------------------------------------------------------------------
+
+    async def decide(self, wait_seconds: float) -> tuple[list[Difference], list[Difference], str | None]:
+        """(differences, pending, why pending) for the candidates found."""
+        deadline = time.monotonic() + wait_seconds
+        open_ = dict(self.candidates)
+        found: list[Difference] = []
+        first_seq: int | None = None
+        seq = entries = 0
+        while open_:
+            seq, prows = await rows_at_checkpoint(self.pt, self.bk_schema, self.source, self._pg_keys(open_))
+            first_seq = seq if first_seq is None else first_seq
+            raws = [c.raw for c in open_.values() if c.raw is not None]
+            scan = any(c.raw is None for c in open_.values())
+            ev = await self.run(sqlite_side.rows_with_evidence, self.spec, self.tid, raws, scan, seq)
+            entries = ev.entries_after
+            seq_after = await checkpoint(self.pg, self.bk_schema, self.source)
+            complete = seq_after == seq or ev.entries_after == ev.max_seq - seq
+            conclusive = complete and ev.changed_keys is not None and ev.max_seq >= seq
+            changed = {self.ident(self.tokens.key(k), k) for k in (ev.changed_keys or [])}
+            mine = {x.tokens_key: x.row for x in (self._sqlite_row(row) for row in ev.rows)}
+            theirs = {self.tokens.key_of_row(p.tokens): p for p in prows}
+            still: dict[tuple, Candidate] = {}
+            for ident, c in open_.items():
+                s, p = mine.get(ident), theirs.get(ident)
+                if (s is None and p is None) or (s is not None and p is not None and s.tokens == p.tokens):
+                    continue  # equal now
+                if conclusive and ident not in changed:
+                    found.append(self._difference(c, s, p))
+                else:
+                    still[ident] = c
+            open_ = still
+            if not open_ or time.monotonic() >= deadline:
+                break
+            if not await self._wait_for(ev.max_seq, deadline):
+                break
+        if not open_:
+            return found, [], None
+        pending = [self._pending(c) for c in open_.values()]
+        return found, pending, await self._pending_reason(entries, first_seq, wait_seconds)
+
+    def _pg_keys(self, cands: dict[tuple, Candidate]) -> list[tuple]:
+        keys = []
+        for c in cands.values():
+            if c.pg is None and c.raw is not None:
+                b = self.ks.from_sqlite(c.raw)
+                c.pg = b.pg if b is not None else None
+            if c.pg is not None:
+                keys.append(c.pg)
+        return keys
+
+    async def _wait_for(self, seq: int, deadline: float) -> bool:
+        """Wait until the stream has applied everything up to `seq`."""
+        while time.monotonic() < deadline:
+            applied = await checkpoint(self.pg, self.bk_schema, self.source)
+            if applied is not None and applied >= seq:
+                return True
+            await asyncio.sleep(POLL_SECONDS)
+        return False
+
+    async def _pending_reason(self, entries: int, first_seq: int | None, wait_seconds: float) -> str:
+        now = await checkpoint(self.pg, self.bk_schema, self.source)
+        text = f"{entries} change(s) not yet applied"
+        if first_seq is not None and now == first_seq:
+            holder = await lock_holder(self.pg, self.source)
+            if holder is None:
+                text += f"; the checkpoint did not move in {wait_seconds:g} s: is the daemon running?"
+            else:
+                text += f"; the checkpoint did not move in {wait_seconds:g} s although {holder} runs the source"
+        else:
+            text += f"; still changing after {wait_seconds:g} s of waiting for the stream"
+        return text
+
+    def _display_key(self, c: Candidate) -> tuple:
+        if c.raw is not None:
+            return c.raw
+        assert c.pg is not None
+        out = []
+        for t, v in zip(self.ks.key_types, c.pg):
+            r = sqlite_value(t, v)
+            out.append(v if r is None and v is not None else r)
+        return tuple(out)
+
+    def _raw_key(self, c: Candidate) -> tuple | None:
+        if c.raw is not None:
+            return c.raw
+        b = self.ks.from_postgres(c.pg) if c.pg is not None else None
+        return b.raw if b is not None else None
+
+    def _difference(self, c: Candidate, s: SqliteRow | None, p: PgRow | None) -> Difference:
+        if s is not None:
+            c.raw = s.raw_key
+        if p is not None:
+            c.pg = p.key
+        key = self._display_key(c)
+        if p is None:
+            assert s is not None
+            return Difference(MISSING, key, note=self._misfits(s), raw_key=self._raw_key(c))
+        if s is None:
+            return Difference(EXTRA, key, raw_key=self._raw_key(c))
+        cols = tuple(name for name, a, b in zip(self.spec.column_names, s.tokens, p.tokens) if a != b)
+        return Difference(DIFFERENT, key, cols, note=self._misfits(s), raw_key=self._raw_key(c))
+
+    def _misfits(self, s: SqliteRow) -> str | None:
+        for col, value, tok in zip(self.spec.columns, s.row, s.tokens):
+            if tok == MISFIT:
+                why = misfit_reason(col.pgtype, value) or "does not fit"
+                return f'column "{col.name}": {why}; the stream holds the table until the row is fixed'
+        return None
+
+    def _pending(self, c: Candidate) -> Difference:
+        return Difference(PENDING, self._display_key(c), note=f"looked {c.kind}", raw_key=self._raw_key(c))
+
+    # --- the whole table -----------------------------------------------------------------
+
+    async def check(self, result: TableVerifyResult, wait_seconds: float) -> None:
+        await self.find()
+        result.rows_sqlite, result.rows_postgres = self.rows_sqlite, self.rows_postgres
+        if any(not self.spec.column(k).notnull for k in self.spec.key):
+            nulls = await self.run(sqlite_side.null_key_rows, self.spec)
+            for _ in range(nulls):
+                result.add(Difference(MISSING, tuple(None for _ in self.spec.key),
+                                      note="a row whose key is NULL: Postgres cannot hold it"))
+        found, pending, reason = await self.decide(wait_seconds)
+        for d in found + pending:
+            result.add(d)
+        if reason:
+            result.reason = reason
+        if self.overflow:
+            result.missing += self.overflow[MISSING]
+            result.extra += self.overflow[EXTRA]
+            result.different += self.overflow[DIFFERENT]
+            more = sum(self.overflow.values())
+            note = f"{more} further difference(s) counted as found, not re-checked one by one (over {MAX_CANDIDATES})"
+            result.reason = f"{result.reason}; {note}" if result.reason else note
+        result.compared = True
+
+
+@dataclass
+class _Keyed:
+    tokens_key: tuple
+    row: SqliteRow
