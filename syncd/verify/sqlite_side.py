@@ -95,7 +95,7 @@ def _rows_by_key(conn: sqlite3.Connection, spec: TableSpec, keys: Sequence[tuple
     cols = ", ".join(quote_ident(c) for c in spec.column_names)
     nkey = len(spec.key)
     key_cols = quote_ident(spec.key[0]) if nkey == 1 else "(" + ", ".join(quote_ident(k) for k in spec.key) + ")"
-    row_marks = "?" if nkey == 1 else "(" + ", ".join(["?"] * nkey) + ")"
+    row_marks = "(" + ", ".join(["?"] * nkey) + ")"
     out: list[tuple] = []
     for i in range(0, len(keys), LOOKUP_BATCH):
         chunk = keys[i : i + LOOKUP_BATCH]

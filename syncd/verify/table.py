@@ -182,8 +182,9 @@ class TableCheck:
         while open_:
             seq, prows = await rows_at_checkpoint(self.pt, self.bk_schema, self.source, self._pg_keys(open_))
             first_seq = seq if first_seq is None else first_seq
-            raws = [c.raw for c in open_.values() if c.raw is not None]
-            scan = any(c.raw is None for c in open_.values())
+            lookups = [self._raw_key(c) for c in open_.values()]
+            raws = [k for k in lookups if k is not None]
+            scan = len(raws) < len(lookups)  # a key whose SQLite form is unknown: read them all
             ev = await self.run(sqlite_side.rows_with_evidence, self.spec, self.tid, raws, scan, seq)
             entries = ev.entries_after
             seq_after = await checkpoint(self.pg, self.bk_schema, self.source)

@@ -1,0 +1,26 @@
+"""Set the consistency metrics from a verification result."""
+
+from __future__ import annotations
+
+from syncd import metrics
+from syncd.verify.result import SourceVerifyResult
+
+
+def publish_metrics(result: SourceVerifyResult) -> None:
+    """syncd_rows{side} for every table counted; for every table compared in full,
+    syncd_consistency_mismatched_rows and the check's time. A table that could not be
+    compared (held, paused, loading, refused, or the check failed) keeps its previous
+    check time, so `time() - syncd_consistency_last_check_timestamp_seconds` grows (the
+    halted-table alert covers held and paused ones); its mismatch gauge shows the
+    row-count gap, a lower bound of the rows that differ."""
+    for t in result.tables:
+        if t.rows_sqlite is not None:
+            metrics.rows.labels(t.source, t.table, "sqlite").set(t.rows_sqlite)
+        if t.rows_postgres is not None:
+            metrics.rows.labels(t.source, t.table, "postgres").set(t.rows_postgres)
+        if t.compared and t.error is None:
+            metrics.consistency_mismatched_rows.labels(t.source, t.table).set(t.mismatched)
+            metrics.consistency_last_check_timestamp_seconds.labels(t.source, t.table).set(t.finished_at)
+        elif t.rows_sqlite is not None and t.rows_postgres is not None:
+            gap = abs(t.rows_sqlite - t.rows_postgres)
+            metrics.consistency_mismatched_rows.labels(t.source, t.table).set(gap)

@@ -1,0 +1,106 @@
+"""Repair through the normal apply path: SQLite is the source of truth.
+
+Nothing is written to Postgres here. For every differing key, a changelog entry is
+recorded in SQLite, as if the application had touched the row; the stream then reads
+the key's current row and upserts it, or deletes the key when SQLite has no such row.
+So a repair can never write a stale value behind the daemon's back: whoever applies
+the entry reads the row at that moment, in order with every other change.
+
+Who applies: the daemon, if one runs the source (it holds the source's advisory
+lock); otherwise syncd's own pipeline, run here until the checkpoint passes the
+entries, holding the lock like the daemon would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from syncd.config import Settings, SourceSettings
+from syncd.postgres.bookkeeping import SourceLocked, try_lock_source, unlock_source
+from syncd.postgres.connect import close_quietly, connect
+from syncd.sqlite.capture import OP_DELETE, OP_UPDATE
+from syncd.verify import sqlite_side
+from syncd.verify.postgres_side import checkpoint, lock_holder
+from syncd.verify.result import EXTRA, Difference
+
+POLL_SECONDS = 0.1
+STOP_SECONDS = 15.0
+
+
+def changelog_entries(differences: list[Difference]) -> tuple[list[tuple[int, tuple]], list[Difference]]:
+    """(op, SQLite key) entries for the differences a replay can fix, and the rest:
+    keys whose SQLite form is unknown and rows whose value does not fit (replaying
+    those would hold the table; fixing the row in SQLite is the way)."""
+    entries, skipped = [], []
+    for d in differences:
+        if d.raw_key is None or any(v is None for v in d.raw_key) or (d.note and "does not fit" in d.note):
+            skipped.append(d)
+            continue
+        entries.append((OP_DELETE if d.kind == EXTRA else OP_UPDATE, d.raw_key))
+    return entries, skipped
+
+
+async def enqueue(run: Callable[..., Awaitable[Any]], settings: Settings, tid: int,
+                  entries: list[tuple[int, tuple]]) -> int:
+    """Record the entries; returns the changelog position the stream must pass."""
+    return await run(sqlite_side.enqueue, tid, entries, settings.sqlite.write_busy_timeout_ms)
+
+
+async def apply_through_stream(settings: Settings, source: SourceSettings, pg: asyncpg.Connection,
+                               target_seq: int, timeout: float) -> str:
+    """Make sure the stream applies everything up to `target_seq`; returns who did it.
+    Raises TimeoutError if the checkpoint does not get there in time."""
+    bk_schema = settings.postgres.bookkeeping_schema
+    holder = await lock_holder(pg, source.name)
+    if holder is None:
+        probe = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+        try:
+            await try_lock_source(probe, source.name)
+        except SourceLocked:
+            holder = "the daemon that just took the source"
+        else:
+            await unlock_source(probe, source.name)
+        finally:
+            await close_quietly(probe)
+    if holder is not None:
+        if not await _wait_checkpoint(pg, bk_schema, source.name, target_seq, timeout):
+            raise TimeoutError(f"the daemon ({holder}) did not apply the repair within {timeout:g} s")
+        return f"applied by the running daemon, {holder}"
+    await _run_pipeline_until(settings, source, pg, target_seq, timeout)
+    return "applied by syncd's pipeline run in this process (no daemon was running the source)"
+
+
+async def _wait_checkpoint(pg: asyncpg.Connection, bk_schema: str, source: str, target: int, timeout: float,
+                           task: asyncio.Task | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        applied = await checkpoint(pg, bk_schema, source)
+        if applied is not None and applied >= target:
+            return True
+        if task is not None and task.done():
+            return False
+        await asyncio.sleep(POLL_SECONDS)
+    return False
+
+
+async def _run_pipeline_until(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, target: int,
+                              timeout: float) -> None:
+    from syncd.pipeline import Pipeline  # the daemon's own apply path
+
+    pipeline = Pipeline(settings, source)
+    task = asyncio.create_task(pipeline.run(), name=f"repair-{source.name}")
+    try:
+        ok = await _wait_checkpoint(pg, settings.postgres.bookkeeping_schema, source.name, target, timeout, task)
+    finally:
+        pipeline.stop()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, STOP_SECONDS)
+    if not ok:
+        detail = f": {pipeline.detail}" if pipeline.detail else ""
+        raise TimeoutError(f"syncd's pipeline did not apply the repair within {timeout:g} s ({pipeline.health}{detail})")

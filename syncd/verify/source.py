@@ -1,0 +1,284 @@
+"""Verify one source: every table, on connections of its own (no advisory lock, so it
+runs beside the daemon's pipeline), with each table's result kept in the history."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from syncd.config import Settings, SourceSettings
+from syncd.identifiers import qualified
+from syncd.model import TableSpec
+from syncd.postgres import bookkeeping as bk
+from syncd.postgres import ddl
+from syncd.postgres.bookkeeping import Bookkeeping, SourceRow, TableRow, bookkeeping_exists
+from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
+from syncd.sqlite import capture
+from syncd.sqlite.capture import CaptureState, LockTimeout
+from syncd.sqlite.connection import SourceFileError, SqliteWorker
+from syncd.sqlite.introspect import introspect
+from syncd.verify import history, repair, sqlite_side
+from syncd.verify.keyspace import key_space
+from syncd.verify.result import SourceVerifyResult, TableVerifyResult
+from syncd.verify.table import TableCheck
+
+DEFAULT_WAIT_SECONDS = 30.0
+
+_STATE_TEXT = {
+    bk.PENDING: "waiting for its initial snapshot",
+    bk.LOADING: "its initial snapshot is in progress",
+    bk.CATCHUP: "snapshot done; applying the changes queued meanwhile",
+}
+
+
+class VerifyError(Exception):
+    """The source could not be checked; the message is one line."""
+
+
+@dataclass
+class TablePlan:
+    name: str
+    spec: TableSpec | None
+    tid: int | None
+    row: TableRow | None
+    reason: str | None  # None: compare it
+
+    @property
+    def state(self) -> str | None:
+        return self.row.state if self.row else None
+
+
+class _Session:
+    """The verifier's own handles on one source."""
+
+    def __init__(self, settings: Settings, source: SourceSettings):
+        self.settings = settings
+        self.source = source
+        self.bk = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
+        self.worker = SqliteWorker(source.path, f"{source.name}-verify", settings.sqlite.read_busy_timeout_ms)
+        self.pg: asyncpg.Connection | None = None
+        self.has_bookkeeping = False
+
+    async def open(self) -> None:
+        await self.worker.open()  # first: a missing file is the clearer message
+        self.pg = await connect(self.settings.dsn_for(self.source), self.settings.password(), self.settings.postgres)
+        self.has_bookkeeping = await bookkeeping_exists(self.pg, self.bk.schema)
+
+    async def close(self) -> None:
+        await close_quietly(self.pg)
+        await self.worker.close()
+        self.worker.shutdown()
+
+    async def run(self, fn, *args):
+        return await self.worker.run(fn, *args)
+
+
+async def verify_source(settings: Settings, source: SourceSettings, tables: list[str] | None = None, *,
+                        repair: bool = False, wait_seconds: float = DEFAULT_WAIT_SECONDS,
+                        record: bool = True) -> SourceVerifyResult:
+    """Compare every replicated table of `source` (or only `tables`) between SQLite
+    and Postgres, record each table's result in syncd.verify_runs, and return them.
+
+    With `repair`, differences found are replayed through the stream (see
+    verify/repair.py) and the affected tables verified again. Meant for the CLI: the
+    daemon calls this with repair=False. Never raises for an unreachable Postgres or
+    a missing file: the result's `error` says what went wrong, in one line."""
+    result = SourceVerifyResult(source=source.name, path=str(source.path), schema=source.schema)
+    s = _Session(settings, source)
+    try:
+        await s.open()
+        plans = await _plan(s, tables)
+        run_ids: dict[str, int] = {}
+        for plan in plans:
+            tr = await _check(s, plan, wait_seconds)
+            if record and s.has_bookkeeping:
+                run_ids[tr.table] = await history.record(s.pg, s.bk.schema, tr)
+            result.tables.append(tr)
+        if repair:
+            await _repair(s, result, plans, run_ids, wait_seconds, record)
+    except (SourceFileError, PostgresUnavailable, VerifyError) as e:
+        result.error = str(e)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+        result.error = f"Postgres: {describe(e)}"
+    except (sqlite3.Error, LockTimeout) as e:
+        result.error = f"SQLite file {source.path}: {e}"
+    finally:
+        await s.close()
+    return result
+
+
+# --- which tables, and can they be compared ---------------------------------------------
+
+
+async def _plan(s: _Session, only: list[str] | None) -> list[TablePlan]:
+    assert s.pg is not None
+    state: CaptureState = await s.run(capture.read_state)
+    pg_tables = await ddl.read_tables(s.pg, s.source.schema)
+    sticky = {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in pg_tables.items()}
+    schema = await s.run(introspect, s.source, sticky)
+    src: SourceRow | None = None
+    rows: dict[str, TableRow] = {}
+    if s.has_bookkeeping:
+        src = await s.bk.load_source(s.pg)
+        rows = await s.bk.load_tables(s.pg)
+    names = sorted(set(schema.tables) | set(schema.refused) | set(rows))
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise VerifyError(f"no table {unknown[0]!r} in source {s.source.name!r} "
+                              "(neither in the SQLite file nor in syncd's bookkeeping)")
+        names = [n for n in names if n in only]
+    plans = []
+    for name in names:
+        spec, row = schema.tables.get(name), rows.get(name)
+        tid = state.tid_of(name)
+        plans.append(TablePlan(name, spec, tid, row, _why_not(s, state, src, name, spec, tid, row, schema.refused,
+                                                               pg_tables)))
+    return plans
+
+
+def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str, spec: TableSpec | None,
+             tid: int | None, row: TableRow | None, refused: dict, pg_tables: dict[str, ddl.PgTable]) -> str | None:
+    """Why this table cannot be compared now, or None."""
+    if not s.has_bookkeeping or src is None:
+        return "syncd has not set this source up in Postgres yet; run `syncd init` or start the daemon"
+    if not state.installed:
+        return "no capture installed in the SQLite file; run `syncd init` or start the daemon"
+    if src.capture_id != state.capture_id:
+        return ("capture in the SQLite file was reinstalled (or the file replaced) since Postgres was loaded; "
+                "the daemon re-snapshots every table")
+    if row is None:
+        return "not registered in syncd's bookkeeping yet; run `syncd init` or start the daemon"
+    if row.state != bk.STREAMING:
+        return row.reason or _STATE_TEXT.get(row.state, row.state)
+    if spec is None:
+        if name in refused:
+            return refused[name].reason
+        return "the table no longer exists in SQLite"
+    pgt = pg_tables.get(name)
+    if pgt is None:
+        return f'the table does not exist in Postgres schema "{s.source.schema}"'
+    diff = ddl.diff_shape(spec, pgt)
+    if not diff.same:
+        what = [f"columns missing in Postgres: {', '.join(c.name for c in diff.missing_in_pg)}"] if diff.missing_in_pg else []
+        what += [f"columns only in Postgres: {', '.join(diff.extra_in_pg)}"] if diff.extra_in_pg else []
+        what += [f"{c}: {have} in Postgres, {want} expected" for c, have, want in diff.retyped]
+        what += ["primary key differs"] if diff.key_changed else []
+        return ("Postgres table does not match the SQLite schema (" + "; ".join(what) +
+                "); the daemon reconciles schema changes within seconds of seeing them")
+    if tid is None or not state.triggers_match(tid, spec):
+        return ("capture triggers are missing or outdated on this table, so changes may go unrecorded; "
+                "the daemon re-arms them and re-snapshots the table")
+    return None
+
+
+# --- one table ------------------------------------------------------------------------
+
+
+async def _check(s: _Session, plan: TablePlan, wait_seconds: float) -> TableVerifyResult:
+    assert s.pg is not None
+    tr = TableVerifyResult(source=s.source.name, table=plan.name, state=plan.state, started_at=time.time())
+    try:
+        if plan.reason is not None:
+            tr.reason = plan.reason
+            await _count_only(s, plan, tr)
+        else:
+            assert plan.spec is not None and plan.tid is not None and plan.row is not None
+            ks = await key_space(s.run, s.pg, s.source.schema, plan.spec)
+            check = TableCheck(s.run, s.pg, ks, plan.tid, source=s.source.name, target_schema=s.source.schema,
+                               bk_schema=s.bk.schema, chunk_rows=s.settings.verify.chunk_rows)
+            await check.check(tr, wait_seconds)
+            await _still_streaming(s, plan, tr)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+        if isinstance(e, (ConnectionError, asyncpg.InterfaceError)) or s.pg.is_closed():
+            raise
+        tr.error = f"Postgres: {describe(e)}"
+    except (sqlite3.Error, LockTimeout) as e:
+        tr.error = f"SQLite: {e}"
+    tr.finished_at = time.time()
+    return tr
+
+
+async def _count_only(s: _Session, plan: TablePlan, tr: TableVerifyResult) -> None:
+    """Row counts of a table that cannot be compared: still worth showing."""
+    assert s.pg is not None
+    if plan.spec is not None:
+        tr.rows_sqlite = await s.run(sqlite_side.count_rows, plan.spec)
+    exists = await s.pg.fetchval(
+        "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+        s.source.schema, plan.name,
+    )
+    if exists:
+        tr.rows_postgres = await s.pg.fetchval(f"SELECT count(*) FROM {qualified(s.source.schema, plan.name)}")
+
+
+async def _still_streaming(s: _Session, plan: TablePlan, tr: TableVerifyResult) -> None:
+    """A table that left streaming (held, paused, re-snapshot) while it was checked was
+    compared against a moving target: say so instead of reporting its differences."""
+    assert s.pg is not None and plan.row is not None
+    now = (await s.bk.load_tables(s.pg)).get(plan.name)
+    if now is not None and now.state == bk.STREAMING and now.updated_at == plan.row.updated_at:
+        return
+    tr.compared = False
+    tr.state = now.state if now else None
+    tr.missing = tr.extra = tr.different = tr.pending = 0
+    tr.differences = []
+    became = f"{now.state}: {now.reason}" if now and now.reason else (now.state if now else "unregistered")
+    tr.reason = f"the table left streaming while it was checked (now {became}); check it again later"
+
+
+# --- repair ---------------------------------------------------------------------------
+
+
+async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan], run_ids: dict[str, int],
+                  wait_seconds: float, record: bool) -> None:
+    assert s.pg is not None
+    by_name = {p.name: p for p in plans}
+    queued: dict[str, int] = {}
+    skipped_notes = []
+    target = 0
+    for tr in result.tables:
+        if not tr.compared or tr.equal or tr.error:
+            continue
+        if len(tr.differences) < tr.mismatched:
+            skipped_notes.append(f'"{tr.table}": too many differences to repair row by row; '
+                                 f"run `syncd resync` for it instead")
+            continue
+        entries, skipped = repair.changelog_entries(tr.differences)
+        for d in skipped:
+            skipped_notes.append(f'"{tr.table}" key {d.key!r} not repaired: {d.note or "its SQLite form is unknown"}')
+        if entries:
+            plan = by_name[tr.table]
+            assert plan.tid is not None
+            target = max(target, await repair.enqueue(s.run, s.settings, plan.tid, entries))
+            queued[tr.table] = len(entries)
+    if not queued:
+        result.repair_note = "; ".join(skipped_notes) or "nothing to repair"
+        return
+    try:
+        how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0))
+    except TimeoutError as e:
+        result.repair_note = "; ".join([f"{sum(queued.values())} row(s) queued for replay but not applied: {e}",
+                                        *skipped_notes])
+        return
+    note = f"{sum(queued.values())} row(s) replayed through the stream, {how}"
+    result.repair_note = "; ".join([note, *skipped_notes])
+    again = []
+    for tr in result.tables:
+        if tr.table not in queued:
+            again.append(tr)
+            continue
+        if record and tr.table in run_ids:
+            await history.mark_repaired(s.pg, s.bk.schema, run_ids[tr.table], queued[tr.table])
+        # The table's state row may have moved on (e.g. a hold); look at it afresh.
+        fresh = (await _plan(s, [tr.table]))[0]
+        tr2 = await _check(s, fresh, wait_seconds)
+        if record and s.has_bookkeeping:
+            await history.record(s.pg, s.bk.schema, tr2)  # the repair is on the run that found the rows
+        tr2.repaired = queued[tr.table]
+        again.append(tr2)
+    result.tables = again
