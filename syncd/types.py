@@ -467,12 +467,13 @@ def pg_canonical_expr(pgtype: PgType, col: str) -> str:
         body = f"CASE WHEN {col} THEN 'B1' WHEN NOT {col} THEN 'B0' END"
     elif pgtype is PgType.JSONB:
         body = f"'jt' || length({col}::text) || ':' || {col}::text"
-    elif pgtype is PgType.TIMESTAMP:
-        body = f"'T' || (extract(epoch FROM {col}) * 1000000)::bigint::text"
-    elif pgtype is PgType.TIMESTAMPTZ:
-        body = f"'T' || (extract(epoch FROM {col}) * 1000000)::bigint::text"
+    elif pgtype is PgType.TIMESTAMP or pgtype is PgType.TIMESTAMPTZ:
+        # asyncpg stores datetime.min/max as -infinity/infinity: 'T-infinity' / 'Tinfinity',
+        # tokens Python never builds, so such a row shows as different instead of failing.
+        body = (f"'T' || CASE WHEN isfinite({col}) THEN (extract(epoch FROM {col}) * 1000000)::bigint::text "
+                f"ELSE {col}::text END")
     elif pgtype is PgType.DATE:
-        body = f"'D' || ({col} - DATE '1970-01-01')::text"
+        body = f"'D' || CASE WHEN isfinite({col}) THEN ({col} - DATE '1970-01-01')::text ELSE {col}::text END"
     else:
         raise TypeError(pgtype)
     return f"COALESCE({body}, 'N')"
