@@ -1,0 +1,212 @@
+"""`syncd verify`: an exact replica passes, every kind of real difference is reported by
+key and column, tables that are not streaming count as differences, failures are one
+line with exit 2, and every run is kept in syncd.verify_runs."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from prometheus_client import REGISTRY
+
+from syncd.config import load_settings
+from syncd.verify import Difference, SourceVerifyResult, TableVerifyResult, publish_metrics, verify_source
+from tests.support.verifying import found, pg_execute, pg_fetch, sync_and_stop, tables, verify, verify_json
+
+SCHEMA = """
+CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, n INTEGER, r REAL, b BLOB, u);
+CREATE TABLE textkey (k TEXT PRIMARY KEY, v INTEGER);
+CREATE TABLE nocase (k TEXT PRIMARY KEY COLLATE NOCASE, v INTEGER);
+CREATE TABLE composite (a INTEGER, b TEXT, v TEXT, PRIMARY KEY (a, b));
+CREATE TABLE blobkey (k BLOB PRIMARY KEY, v REAL) WITHOUT ROWID;
+"""
+COMPARED = ["blobkey", "composite", "items", "nocase", "textkey"]
+
+TEXTS = [None, "NULL", "", "é", "quote ' \" back\\slash", "new\nline", "漢字 🚀"]
+INTS = [0, 2**63 - 1, -(2**63), None, 7]
+REALS = [0.0, -0.0, 1e308, 5e-324, 0.1, float("inf"), None]
+BLOBS = [b"", None, b"\x00\xff", bytes(range(256))]
+UNTYPED = [-0.0, 0.0, 1.5, 2.5]  # no declared type: -0.0 stays -0.0
+
+
+def seed(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.executescript(SCHEMA)
+    conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", [
+        (i, TEXTS[i % len(TEXTS)], INTS[i % len(INTS)], REALS[i % len(REALS)], BLOBS[i % len(BLOBS)],
+         UNTYPED[i % len(UNTYPED)]) for i in range(1, 201)])
+    conn.executemany("INSERT INTO textkey VALUES (?, ?)", [(f"key-{i}", i) for i in range(100)] + [("é", 1), ("", 2)])
+    conn.executemany("INSERT INTO nocase VALUES (?, ?)", [("abc", 1), ("Abd", 2), ("ABE", 3), ("b", 4)])
+    conn.executemany("INSERT INTO composite VALUES (?, ?, ?)", [(i % 3, f"b{i}", f"v{i}") for i in range(60)])
+    conn.executemany("INSERT INTO blobkey VALUES (?, ?)", [(bytes([i]), i / 7) for i in range(50)])
+    conn.commit()
+    conn.close()
+
+
+@pytest.fixture
+async def synced(app_db, make_config, pg_dsn, tmp_path):
+    seed(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    return cfg
+
+
+async def test_exact_replica_is_equal(synced, app_db, pg_dsn):
+    out = verify(synced)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for t in COMPARED:
+        assert f'app: "{t}" equal' in out.stdout
+    assert "app: 5 of 5 table(s) equal" in out.stdout
+
+    rc, doc = verify_json(synced)
+    assert rc == 0 and doc["exit_code"] == 0
+    got = tables(doc)
+    assert sorted(got) == COMPARED
+    assert got["items"]["rows_sqlite"] == got["items"]["rows_postgres"] == 200
+    assert got["textkey"]["rows_sqlite"] == 102
+    assert all(t["equal"] and t["compared"] and t["state"] == "streaming" for t in got.values())
+
+
+async def test_every_kind_of_difference_is_reported_by_key_and_column(synced, pg_dsn):
+    await pg_execute(pg_dsn, """
+        UPDATE app.items SET v = 'NULL' WHERE id = 7;         -- SQLite has NULL
+        UPDATE app.items SET u = 0.0 WHERE id = 24;           -- SQLite has -0.0
+        UPDATE app.items SET n = n - 1 WHERE id = 6;          -- 2^63-1 becomes 2^63-2
+        UPDATE app.items SET v = 'e' || chr(769) WHERE id = 24; -- 'é' decomposed
+        UPDATE app.items SET b = NULL WHERE id = 24;          -- SQLite has an empty blob
+        UPDATE app.items SET r = 0.30000000000000004 WHERE id = 5;
+        DELETE FROM app.items WHERE id = 100;
+        INSERT INTO app.items (id, v) VALUES (1000, 'extra');
+        UPDATE app.textkey SET v = -3 WHERE k = 'key-3';
+        DELETE FROM app.nocase WHERE k = 'Abd';
+        INSERT INTO app.nocase VALUES ('ABD', 2);             -- same key for SQLite's NOCASE, not for Postgres
+        UPDATE app.composite SET v = NULL WHERE a = 1 AND b = 'b1';
+        UPDATE app.blobkey SET v = -v WHERE k = '\\x05';
+    """)
+    rc, doc = verify_json(synced, "--wait", "2")
+    assert rc == 1
+    assert found(doc, "items") == {
+        ("different", (7,), ("v",)),
+        ("different", (24,), ("v", "b", "u")),
+        ("different", (6,), ("n",)),
+        ("different", (5,), ("r",)),
+        ("missing", (100,), ()),
+        ("extra", (1000,), ()),
+    }
+    assert found(doc, "textkey") == {("different", ("key-3",), ("v",))}
+    assert found(doc, "nocase") == {("missing", ("Abd",), ()), ("extra", ("ABD",), ())}
+    assert found(doc, "composite") == {("different", (1, "b1"), ("v",))}
+    assert found(doc, "blobkey") == {("different", (b"\x05",), ("v",))}
+    items = tables(doc)["items"]
+    assert (items["missing"], items["extra"], items["different"], items["pending"]) == (1, 1, 4, 0)
+
+    out = verify(synced, "--wait", "2")
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert 'app: "items" missing in Postgres: key 100' in lines
+    assert 'app: "items" extra in Postgres: key 1000' in lines
+    assert 'app: "items" different: key 24: columns "v", "b", "u"' in lines
+    assert 'app: "composite" different: key (1, \'b1\'): column "v"' in lines
+    assert any(line.startswith('app: "items" DIFFERS (200 rows in SQLite, 200 in Postgres') for line in lines)
+
+
+async def test_tables_not_streaming_count_as_differences(app_db, make_config, pg_dsn, tmp_path):
+    seed(app_db)
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE keyless (a INTEGER, b TEXT);
+        INSERT INTO keyless VALUES (1, 'x');
+        CREATE TABLE flags (id INTEGER PRIMARY KEY, ok BOOLEAN);
+        INSERT INTO flags VALUES (1, 0), (2, 1), (3, 2);
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    conn.execute("CREATE TABLE later (id INTEGER PRIMARY KEY)")  # the daemon has not seen it
+    conn.commit()
+
+    rc, doc = verify_json(cfg)
+    assert rc == 1
+    got = tables(doc)
+    assert got["keyless"]["state"] == "refused" and not got["keyless"]["compared"]
+    assert "no primary key" in got["keyless"]["reason"]
+    assert got["flags"]["state"] == "held" and not got["flags"]["equal"]
+    assert "does not fit boolean" in got["flags"]["reason"]
+    assert got["flags"]["rows_sqlite"] == 3
+    assert got["later"]["state"] is None and "not registered" in got["later"]["reason"]
+    assert all(got[t]["equal"] for t in COMPARED)
+
+    out = verify(cfg, "--table", "flags")
+    assert out.returncode == 1
+    assert out.stdout.startswith('app: "flags" not comparable (held) (3 rows in SQLite, 0 in Postgres')
+
+
+async def test_failures_are_one_line_without_secrets(app_db, make_config, tmp_path, pg_dsn):
+    missing = make_config([{"name": "app", "path": str(tmp_path / "nope.db")}], name="missing.toml")
+    out = verify(missing)
+    assert out.returncode == 2
+    assert out.stdout.strip() == f"app: ERROR SQLite file {tmp_path / 'nope.db'} does not exist"
+
+    seed(app_db)
+    toml = (tmp_path / "down.toml")
+    toml.write_text(f'[postgres]\ndsn = "postgresql://syncd:s3cret-pw@127.0.0.1:9/x"\nconnect_timeout_seconds = 2\n'
+                    f'[metrics]\nlisten = ""\n[[sources]]\nname = "app"\npath = "{app_db}"\n')
+    out = verify(toml)
+    assert out.returncode == 2
+    assert len(out.stdout.strip().splitlines()) == 1
+    assert out.stdout.startswith("app: ERROR cannot connect to postgresql://syncd:***@127.0.0.1:9/x")
+    assert "s3cret" not in out.stdout + out.stderr
+
+    good = make_config([{"name": "app", "path": str(app_db)}], name="good.toml")
+    await sync_and_stop(good, app_db, pg_dsn, tmp_path / "syncd.log")
+    out = verify(good, "--table", "nosuch")
+    assert out.returncode == 2
+    assert "no table 'nosuch' in source 'app'" in out.stdout
+
+
+async def test_every_run_is_kept_per_table(synced, pg_dsn):
+    assert verify(synced).returncode == 0
+    await pg_execute(pg_dsn, "DELETE FROM app.textkey WHERE k = 'key-7'; UPDATE app.items SET v = 'x' WHERE id = 9")
+    assert verify(synced, "--wait", "1").returncode == 1
+    runs = await pg_fetch(pg_dsn, "SELECT table_name, rows_sqlite, rows_postgres, missing, extra, different, pending, "
+                                  "error, full_check, table_state, detail FROM syncd.verify_runs ORDER BY id")
+    assert [r["table_name"] for r in runs] == COMPARED * 2
+    first, second = runs[:5], {r["table_name"]: r for r in runs[5:]}
+    assert all(r["full_check"] and r["error"] is None and r["missing"] + r["different"] == 0 for r in first)
+    assert (second["textkey"]["rows_sqlite"], second["textkey"]["rows_postgres"]) == (102, 101)
+    assert second["textkey"]["missing"] == 1 and '"key": ["key-7"]' in second["textkey"]["detail"]
+    assert second["items"]["different"] == 1 and second["items"]["table_state"] == "streaming"
+
+
+async def test_library_call_and_metrics(synced, pg_dsn):
+    settings = load_settings(synced)
+    await pg_execute(pg_dsn, "UPDATE app.items SET n = 1 WHERE id = 3")
+    result = await verify_source(settings, settings.sources[0], ["items", "textkey"], wait_seconds=1)
+    assert result.error is None and [t.table for t in result.tables] == ["items", "textkey"]
+    items, textkey = result.tables
+    assert items.different == 1 and items.differences[0].key == (3,) and items.differences[0].columns == ("n",)
+    assert textkey.equal
+    publish_metrics(result)
+    value = REGISTRY.get_sample_value
+    assert value("syncd_consistency_mismatched_rows", {"source": "app", "table": "items"}) == 1
+    assert value("syncd_consistency_mismatched_rows", {"source": "app", "table": "textkey"}) == 0
+    assert value("syncd_rows", {"source": "app", "table": "items", "side": "postgres"}) == 200
+    assert value("syncd_consistency_last_check_timestamp_seconds", {"source": "app", "table": "items"}) == \
+        pytest.approx(items.finished_at)
+
+
+def test_metrics_for_a_table_that_was_not_compared():
+    held = TableVerifyResult(source="m", table="held", state="held", rows_sqlite=100, rows_postgres=12,
+                             reason="a value does not fit", finished_at=123.0)
+    failed = TableVerifyResult(source="m", table="failed", state="streaming", error="SQLite: disk I/O error")
+    ok = TableVerifyResult(source="m", table="ok", state="streaming", compared=True, rows_sqlite=5, rows_postgres=5,
+                           finished_at=456.0)
+    ok.add(Difference("pending", (1,)))
+    publish_metrics(SourceVerifyResult(source="m", tables=[held, failed, ok]))
+    value = REGISTRY.get_sample_value
+    assert value("syncd_consistency_mismatched_rows", {"source": "m", "table": "held"}) == 88
+    assert value("syncd_consistency_last_check_timestamp_seconds", {"source": "m", "table": "held"}) is None
+    assert value("syncd_consistency_last_check_timestamp_seconds", {"source": "m", "table": "failed"}) is None
+    assert value("syncd_consistency_mismatched_rows", {"source": "m", "table": "ok"}) == 1
+    assert value("syncd_consistency_last_check_timestamp_seconds", {"source": "m", "table": "ok"}) == 456.0
+    assert value("syncd_rows", {"source": "m", "table": "held", "side": "sqlite"}) == 100

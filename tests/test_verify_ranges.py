@@ -1,0 +1,164 @@
+"""Chunks, cells and bisection: with chunks of 16 rows over thousands of rows, scattered
+differences are all found and nothing else is, for every shape of key: a rowid, text
+that Postgres sorts linguistically (ranges must still compare in byte order on both
+sides), a NOCASE key SQLite cannot walk in byte order, composite, blob, real, a key
+whose stored classes do not sort like its Postgres type (compared as one range), and
+a configured key with no index at all."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+
+import asyncpg
+import pytest
+
+from syncd.config import load_settings
+from syncd.verify.keyspace import pg_key_access, sqlite_key_access
+from syncd.sqlite.introspect import introspect
+from tests.support.verifying import found, pg_execute, pg_fetch, sync_and_stop, tables, verify_json
+
+SCHEMA = """
+CREATE TABLE ints (id INTEGER PRIMARY KEY, v TEXT);
+CREATE TABLE texts (k TEXT PRIMARY KEY, v INTEGER);
+CREATE TABLE nocase (k TEXT PRIMARY KEY COLLATE NOCASE, v INTEGER);
+CREATE TABLE pairs (a INTEGER, b TEXT, v REAL, PRIMARY KEY (a, b));
+CREATE TABLE blobs (k BLOB PRIMARY KEY, v INTEGER) WITHOUT ROWID;
+CREATE TABLE reals (k REAL PRIMARY KEY, v TEXT);
+CREATE TABLE dated (d DATE PRIMARY KEY, v INTEGER);
+CREATE TABLE configured (a TEXT NOT NULL, v INTEGER);
+"""
+WORDS = ["apple", "Banana", "cherry", "Ärger", "zebra", "漢字", "_x", "a b", "B", "a"]
+N = 2000
+
+
+def keys_of(table: str) -> list:
+    if table == "ints":
+        return list(range(1, 2 * N + 1))
+    if table in ("texts", "nocase", "configured"):
+        return [f"{WORDS[i % len(WORDS)]}{i}" for i in range(N)]
+    if table == "pairs":
+        return [(i % 9, f"{WORDS[i % len(WORDS)]}{i}") for i in range(N)]
+    if table == "blobs":
+        return [i.to_bytes(2, "big") + bytes([i % 7]) for i in range(N)]
+    if table == "reals":
+        return [i / 7 - 100 for i in range(N)]
+    if table == "dated":  # NUMERIC affinity: ISO text, and numbers kept as numbers
+        return [f"2024-{1 + i % 12:02d}-{1 + i % 28:02d} {i}" if i % 5 else 1706745599 + i for i in range(N)]
+    raise KeyError(table)
+
+
+def seed(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.executescript(SCHEMA)
+    for table in ("ints", "texts", "nocase", "blobs", "reals", "dated", "configured"):
+        conn.executemany(f"INSERT INTO {table} VALUES (?, ?)", [(k, i) for i, k in enumerate(keys_of(table))])
+    conn.executemany("INSERT INTO pairs VALUES (?, ?, ?)", [(a, b, i / 3) for i, (a, b) in enumerate(keys_of("pairs"))])
+    conn.commit()
+    conn.close()
+
+
+def plant(table: str, rnd: random.Random) -> tuple[list[str], set]:
+    """SQL changing Postgres behind syncd's back, and the differences it makes."""
+    keys = keys_of(table)
+    key_cols = {"ints": ["id"], "pairs": ["a", "b"], "dated": ["d"], "configured": ["a"]}.get(table, ["k"])
+    value_col = "v"
+    sql, want = [], set()
+    for n, i in enumerate(rnd.sample(range(len(keys)), 12)):
+        k = keys[i] if isinstance(keys[i], tuple) else (keys[i],)
+        pg_k = tuple(str(x) if table == "dated" else x for x in k)
+        where = " AND ".join(f"{c} = {lit(v)}" for c, v in zip(key_cols, pg_k))
+        kind = ("different", "missing", "extra")[n % 3]
+        if kind == "different":
+            value = "-1" if table != "reals" else "'changed'"
+            sql.append(f"UPDATE app.{table} SET {value_col} = {value} WHERE {where}")
+            want.add(("different", k, ("v",)))
+        elif kind == "missing":
+            sql.append(f"DELETE FROM app.{table} WHERE {where}")
+            want.add(("missing", k, ()))
+        else:  # a new key sorting right next to an existing one
+            extra = tuple(neighbour(x) for x in pg_k) if table != "pairs" else (pg_k[0], neighbour(pg_k[1]))
+            cols = ", ".join(key_cols)
+            sql.append(f"INSERT INTO app.{table} ({cols}) VALUES ({', '.join(lit(x) for x in extra)})")
+            want.add(("extra", extra, ()))
+    return sql, want
+
+
+def neighbour(v):
+    if isinstance(v, bytes):
+        return v + b"\x00"
+    if isinstance(v, float):
+        return v + 1 / 1024
+    if isinstance(v, int):
+        return v + 10 * N
+    return v + "~"
+
+
+def lit(v) -> str:
+    if isinstance(v, bytes):
+        return f"'\\x{v.hex()}'::bytea"
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    return repr(v)
+
+
+TABLES = ["blobs", "configured", "dated", "ints", "nocase", "pairs", "reals", "texts"]
+
+
+@pytest.mark.parametrize("chunk_rows", [16, 40_000], ids=["tiny-cells", "bisect"])
+async def test_scattered_differences_found_exactly(app_db, make_config, pg_dsn, tmp_path, chunk_rows):
+    """16: every cell is a row or a few. 40000: one chunk of 16 cells of ~250 rows
+    (2500 for `ints`), so differing cells are cut again by sampling, from Postgres
+    where it has more rows (a block of extra rows past SQLite's last key)."""
+    seed(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db), "keys": {"configured": ["a"]}}],
+                      extra=f"[verify]\nchunk_rows = {chunk_rows}\n")
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    # Postgres sorts this key linguistically ('a' < 'B'), SQLite byte-wise ('B' < 'a').
+    await pg_execute(pg_dsn, 'ALTER TABLE app.texts ALTER COLUMN k TYPE text COLLATE "und-x-icu"')
+
+    rc, doc = verify_json(cfg, "--wait", "1")
+    assert rc == 0, [(t["table"], t["differences"][:3], t["reason"]) for s in doc["sources"] for t in s["tables"]]
+
+    rnd = random.Random(5)
+    expected = {}
+    for table in TABLES:
+        sql, expected[table] = plant(table, rnd)
+        await pg_execute(pg_dsn, ";\n".join(sql))
+    block = range(100 * N, 100 * N + 1200)
+    await pg_execute(pg_dsn, f"INSERT INTO app.ints (id) SELECT generate_series({block.start}, {block.stop - 1})")
+    rc, doc = verify_json(cfg, "--wait", "1")
+    assert rc == 1
+    for table in TABLES:
+        if table != "ints":
+            assert found(doc, table) == expected[table], table
+    ints = tables(doc)["ints"]
+    assert (ints["missing"], ints["extra"], ints["different"], ints["pending"]) == (4, 4 + len(block), 4, 0)
+    assert found(doc, "ints") <= expected["ints"] | {("extra", (k,), ()) for k in block}
+    assert expected["ints"] <= found(doc, "ints")  # listed in key order: before the block
+
+
+async def test_how_each_key_is_walked(app_db, make_config, pg_dsn, tmp_path):
+    """The paths the test above relies on are the ones taken."""
+    seed(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db), "keys": {"configured": ["a"]}}])
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_execute(pg_dsn, 'ALTER TABLE app.texts ALTER COLUMN k TYPE text COLLATE "C"')
+    source = load_settings(cfg).sources[0]
+    conn = sqlite3.connect(app_db)
+    specs = introspect(conn, source).tables
+    sqlite_access = {t: sqlite_key_access(conn, specs[t]) for t in TABLES}
+    assert sqlite_access["ints"] == ((False,), True)  # the rowid
+    assert sqlite_access["texts"] == ((False,), True)  # its primary key index, BINARY
+    assert sqlite_access["nocase"] == ((True,), False)  # its index is NOCASE: COLLATE BINARY, no index
+    assert sqlite_access["configured"] == ((True,), False)  # no index at all
+    assert sqlite_access["pairs"] == ((False, False), True)
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        datcollate = (await pg_fetch(pg_dsn, "SELECT datcollate FROM pg_database WHERE datname = current_database()"))[0][0]
+        default_is_c = datcollate in ("C", "POSIX")
+        assert await pg_key_access(pg, "app", specs["texts"]) == (False,)  # explicitly "C"
+        assert await pg_key_access(pg, "app", specs["nocase"]) == (not default_is_c,)
+        assert await pg_key_access(pg, "app", specs["ints"]) == (False,)
+    finally:
+        await pg.close()
