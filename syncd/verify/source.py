@@ -3,6 +3,7 @@ runs beside the daemon's pipeline), with each table's result kept in the history
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from syncd.verify.result import SourceVerifyResult, TableVerifyResult
 from syncd.verify.table import TableCheck
 
 DEFAULT_WAIT_SECONDS = 30.0
+BUSY_RETRY_SECONDS = 120.0  # how long a read may be starved by application writers before verify gives up
 
 _STATE_TEXT = {
     bk.PENDING: "waiting for its initial snapshot",
@@ -73,7 +75,24 @@ class _Session:
         self.worker.shutdown()
 
     async def run(self, fn, *args):
-        return await self.worker.run(fn, *args)
+        """Run fn on the SQLite thread. Reads only: a busy file (in rollback-journal
+        mode a stream of application commits can starve a new reader past its busy
+        timeout) is waited out, as the daemon's pipeline does."""
+        deadline = time.monotonic() + BUSY_RETRY_SECONDS
+        delay = 0.02
+        while True:
+            try:
+                return await self.worker.run(fn, *args)
+            except sqlite3.OperationalError as e:
+                if not _busy(e) or time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def _busy(e: sqlite3.OperationalError) -> bool:
+    text = str(e)
+    return "database is locked" in text or "busy" in text
 
 
 async def verify_source(settings: Settings, source: SourceSettings, tables: list[str] | None = None, *,

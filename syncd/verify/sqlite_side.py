@@ -1,15 +1,16 @@
 """What `syncd verify` reads from (and, repairing, writes to) a SQLite file.
 
-Every function runs on the verify connection's own thread. Reads are single
-statements in autocommit (each its own short read transaction, so in rollback-journal
-mode an application writer waits at most one cell's read) except where a consistent
-view is needed: a key's row together with the changelog entries that name it.
+Every function runs on the verify connection's own thread and is one short read
+transaction: at most one chunk of rows (`[verify] chunk_rows`), so in rollback-journal
+mode an application writer waits at most that long. A key's row is read together
+with the changelog entries that name it, in one transaction.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,18 @@ from syncd.verify.rowhash import SqliteRowHash
 CL = f"main.{quote_ident(CHANGELOG)}"
 LOOKUP_BATCH = 500  # keys per lookup statement
 MAX_CHANGED_KEYS = 200_000  # beyond this, every candidate counts as changed (in flight)
+
+
+@contextmanager
+def read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction; ended with ROLLBACK, which for a reader only drops its
+    lock and cannot fail on a busy file the way COMMIT can."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
 
 def count_rows(conn: sqlite3.Connection, spec: TableSpec) -> int:
@@ -62,10 +75,11 @@ def cell_sums(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, r: 
     table = quoted_sqlite_table(ks.spec)
     if ks.sqlite_indexed or not bounds:
         out = []
-        for cell in split(r, bounds):
-            where, params = ks.sqlite_where(cell)
-            out.append(tuple(conn.execute(f"SELECT count(*), {hasher.sql} FROM {table} WHERE {where}", params)
-                             .fetchone()))
+        with read_transaction(conn):  # the chunk's cells under one lock, not one each
+            for cell in split(r, bounds):
+                where, params = ks.sqlite_where(cell)
+                out.append(tuple(conn.execute(f"SELECT count(*), {hasher.sql} FROM {table} WHERE {where}", params)
+                                 .fetchone()))
         return out
     whens = " ".join(f"WHEN {ks.sqlite_key()} < {ks.sqlite_marks()} THEN {i}" for i in range(len(bounds)))
     where, params = ks.sqlite_where(r)
@@ -122,8 +136,7 @@ def rows_with_evidence(conn: sqlite3.Connection, spec: TableSpec, tid: int, keys
     `after_seq`."""
     nkey = len(spec.key)
     slots = ", ".join(slot(i) for i in range(nkey))
-    conn.execute("BEGIN")
-    try:
+    with read_transaction(conn):
         if scan:
             cols = ", ".join(quote_ident(c) for c in spec.column_names)
             rows = fetchall_text_safe(conn, f"SELECT {cols} FROM {quoted_sqlite_table(spec)}")
@@ -139,8 +152,6 @@ def rows_with_evidence(conn: sqlite3.Connection, spec: TableSpec, tid: int, keys
         if changed is not None and len(changed) > MAX_CHANGED_KEYS:
             changed = None
         return KeyEvidence(rows, max_seq, after, changed)
-    finally:
-        conn.execute("COMMIT")
 
 
 def pending_entries(conn: sqlite3.Connection, after_seq: int) -> tuple[int, int]:

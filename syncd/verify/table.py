@@ -22,6 +22,7 @@ did not move meanwhile or no entry after it is missing (sequence numbers are den
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import Counter
@@ -46,6 +47,8 @@ MAX_CANDIDATES = 100_000  # beyond this, differences are counted as found, not r
 POLL_SECONDS = 0.1
 
 SqliteRun = Callable[..., Awaitable[Any]]
+
+log = logging.getLogger("syncd.verify")
 
 
 @dataclass
@@ -202,6 +205,8 @@ class TableCheck:
                     found.append(self._difference(c, s, p))
                 else:
                     still[ident] = c
+            log.debug("re-check %s: %d key(s) left of %d, checkpoint %d, changelog end %d, %s", self.spec.name,
+                      len(still), len(open_), seq, ev.max_seq, "conclusive" if conclusive else "inconclusive")
             open_ = still
             if not open_ or time.monotonic() >= deadline:
                 break
