@@ -148,10 +148,13 @@ def _count(session: SourceSession, batch: ChangeBatch, converted: dict[int, Conv
 
 
 def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], chunk: int, busy_ms: int) -> int:
-    """Delete applied changelog entries in short write transactions. Stops early
-    (returns what it did) if the application keeps the file locked."""
+    """Delete applied changelog entries in short write transactions. Between chunks
+    syncd steps aside for twice as long as it held the lock, so application writers
+    waiting in their busy handler get the lock first; it stops early (returning what
+    it did) if the application keeps the file locked."""
     total = 0
     while True:
+        started = time.monotonic()
         try:
             n = capture.write_transaction(
                 conn, lambda c: reader.prune_chunk(c, below_seq, keep, chunk),
@@ -162,3 +165,4 @@ def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], chunk:
         total += n
         if n < chunk:
             return total
+        time.sleep(max(0.02, 2 * (time.monotonic() - started)))

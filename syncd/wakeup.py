@@ -75,5 +75,7 @@ class FileWatcher:
         self.observer.start()
 
     def stop(self) -> None:
+        # watchdog logs an ERROR when an event races the stop; nothing is lost by it.
+        logging.getLogger("watchdog").setLevel(logging.CRITICAL)
         self.observer.stop()
         self.observer.join(timeout=2)

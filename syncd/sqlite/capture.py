@@ -213,7 +213,11 @@ def _install_base(conn: sqlite3.Connection) -> None:
 
 
 def install_base(conn: sqlite3.Connection, busy_timeout_ms: int) -> CaptureState:
-    """Create the changelog, registry and meta tables if missing; return the state."""
+    """Create the changelog, registry and meta tables if missing; return the state.
+    Takes no write lock when everything is already there."""
+    state = read_state(conn)
+    if state.installed and state.key_slots and _table_exists(conn, REGISTRY):
+        return state
     write_transaction(conn, _install_base, busy_timeout_ms=busy_timeout_ms)
     return read_state(conn)
 

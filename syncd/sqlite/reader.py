@@ -180,12 +180,16 @@ def poll(conn: sqlite3.Connection, path: str) -> PollInfo:
         inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
     except FileNotFoundError:
         inode = None
-    dv = conn.execute("PRAGMA main.data_version").fetchone()[0]
-    sv = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+    conn.execute("BEGIN")  # one shared lock for the three reads, not three
     try:
-        max_seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{CL}").fetchone()[0]
-    except sqlite3.OperationalError:
-        max_seq = -1  # changelog missing: capture was removed
+        dv = conn.execute("PRAGMA main.data_version").fetchone()[0]
+        sv = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+        try:
+            max_seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{CL}").fetchone()[0]
+        except sqlite3.OperationalError:
+            max_seq = -1  # changelog missing: capture was removed
+    finally:
+        conn.execute("COMMIT")
     return PollInfo(dv, sv, max_seq, inode)
 
 

@@ -39,6 +39,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     tx = locked = 0
+    errors: list[str] = []
     deadline = time.monotonic() + args.seconds
     next_at = time.monotonic()
     while not stop and time.monotonic() < deadline:
@@ -47,6 +48,8 @@ def main() -> int:
             delay = next_at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+        step = "BEGIN IMMEDIATE"
+        started = time.monotonic()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for _ in range(rnd.randint(1, 5)):
@@ -62,16 +65,18 @@ def main() -> int:
                 else:
                     j = rnd.randint(args.ids + 1, args.ids * 2)
                     conn.execute(f"UPDATE OR IGNORE {t} SET id = ? WHERE id = ?", (j, i))
+            step = "COMMIT"
             conn.execute("COMMIT")
             tx += 1
         except sqlite3.OperationalError as e:
             if "locked" in str(e) or "busy" in str(e):
                 locked += 1
+                errors.append(f"{step}: {e} after {time.monotonic() - started:.2f}s")
             else:
                 raise
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-    print(json.dumps({"transactions": tx, "lock_errors": locked}))
+    print(json.dumps({"transactions": tx, "lock_errors": locked, "errors": errors[:10]}))
     return 0
 
 
