@@ -339,6 +339,7 @@ class Pipeline:
 
     def _held_logged(self, t: TableRuntime) -> None:
         t.retry_at = time.monotonic() + self.settings.stream.held_table_retry_seconds
+        self._update_gauges()
         if t.logged_reason != t.row.reason:
             t.logged_reason = t.row.reason
             metrics.errors_total.labels(self.name, "data").inc()
@@ -347,6 +348,7 @@ class Pipeline:
             asyncio.ensure_future(self._event(t.name, "held", t.row.reason))
 
     def _resumed(self, t: TableRuntime) -> None:
+        self._update_gauges()
         if t.logged_reason is not None:
             self.session.info("table resumed: the held value now fits", table=t.name, event="table_resumed")
             asyncio.ensure_future(self._event(t.name, "resumed", None))

@@ -36,19 +36,25 @@ async def bookkeeping(dsn: str, source: str) -> tuple[int | None, dict[str, str]
         await conn.close()
 
 
-async def caught_up(db: Path, dsn: str, source: str) -> bool:
+SETTLED = ("streaming", "refused")
+
+
+async def caught_up(db: Path, dsn: str, source: str, settled: tuple[str, ...] = SETTLED) -> bool:
+    """Every table settled (by default: streaming or refused) and the checkpoint at
+    the end of the changelog."""
     seq, states = await bookkeeping(dsn, source)
     if seq is None or not states:
         return False
-    if any(s in ("pending", "loading", "catchup") for s in states.values()):
+    if any(s not in settled for s in states.values()):
         return False
     return seq >= changelog_max(db)
 
 
-async def wait_caught_up(db: Path, dsn: str, source: str, timeout: float = 60, daemon=None) -> None:
+async def wait_caught_up(db: Path, dsn: str, source: str, timeout: float = 60, daemon=None,
+                         settled: tuple[str, ...] = SETTLED) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        if await caught_up(db, dsn, source):
+        if await caught_up(db, dsn, source, settled):
             return
         if daemon is not None and not daemon.alive():
             raise AssertionError(f"syncd exited ({daemon.proc.returncode}):\n{daemon.log()[-4000:]}")
@@ -69,3 +75,14 @@ async def table_states(dsn: str, source: str) -> dict[str, tuple[str, str | None
         return {r[0]: (r[1], r[2]) for r in rows}
     finally:
         await conn.close()
+
+
+async def eventually(cond, timeout: float = 30, what: str = "condition", daemon=None) -> None:
+    """Await an async predicate until it holds (a liveness bound, not a timing check)."""
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        if daemon is not None and not daemon.alive():
+            raise AssertionError(f"syncd exited while waiting for {what}:\n{daemon.log()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)

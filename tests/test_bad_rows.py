@@ -1,0 +1,122 @@
+"""A value Postgres cannot take holds only its table: its changes stay queued while
+other tables and sources stream on, and it resumes by itself once the row is fixed
+or a column override is configured."""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.request
+
+import asyncpg
+
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.pgcluster import free_port
+from tests.support.sync import eventually, table_states, wait_caught_up
+
+
+def make_db(path, rows=3):
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE companies (rank INTEGER PRIMARY KEY, name TEXT, employees INTEGER);
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+    """)
+    conn.executemany("INSERT INTO companies VALUES (?, ?, ?)", [(i, f"co{i}", i * 10) for i in range(1, rows + 1)])
+    conn.commit()
+    return conn
+
+
+async def pg_rows(dsn, sql):
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [tuple(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+def halted(port, source, table) -> float | None:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith("syncd_table_halted{") and f'table="{table}"' in line and f'source="{source}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_bad_value_holds_one_table_until_fixed(tmp_path, make_config, pg_dsn):
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    ca, cb = make_db(a), make_db(b)
+    port = free_port()
+    cfg = make_config([{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}],
+                      metrics_listen=f"127.0.0.1:{port}")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        await wait_caught_up(b, pg_dsn, "b", daemon=d)
+        ca.execute("INSERT INTO companies VALUES (777777, 'Acme', 'lots of people')")  # SQLite accepts it
+        ca.execute("UPDATE companies SET name = 'queued behind the bad row' WHERE rank = 1")
+        ca.commit()
+        wait_for(lambda: "table held" in d.log(), 30, "the hold", d)
+        line = next(l for l in d.log().splitlines() if "table held" in l)
+        for part in ("source=a", "table=companies", "777777", '"employees"', "'lots of people'", "bigint"):
+            assert part in line, line
+        assert (await table_states(pg_dsn, "a"))["companies"][0] == "held"
+        assert halted(port, "a", "companies") == 1
+        # everything else keeps streaming
+        ca.execute("INSERT INTO notes VALUES (1, 'other table, same source')")
+        ca.commit()
+        cb.execute("INSERT INTO companies VALUES (50, 'other source', 5)")
+        cb.commit()
+        await wait_caught_up(b, pg_dsn, "b", daemon=d)
+        await eventually(lambda: _has_note(pg_dsn), 30, "the note to stream", d)
+        # nothing of the held table was applied, nothing skipped
+        assert await pg_rows(pg_dsn, "SELECT name FROM a.companies WHERE rank = 1") == [("co1",)]
+        # fix the row in SQLite: the table resumes by itself, queued changes included
+        ca.execute("UPDATE companies SET employees = 1200 WHERE rank = 777777")
+        ca.commit()
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        assert halted(port, "a", "companies") == 0
+        assert "table resumed" in d.log()
+        assert d.stop() == 0
+    for db, src in ((a, "a"), (b, "b")):
+        for t in ("companies", "notes"):
+            assert await compare_table(str(db), pg_dsn, src, t) == []
+
+
+async def _has_note(dsn) -> bool:
+    return await pg_rows(dsn, "SELECT body FROM a.notes") == [("other table, same source",)]
+
+
+async def test_column_override_and_restart_resumes(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "a.db"
+    conn = make_db(db)
+    cfg = make_config([{"name": "a", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "one.log") as d:
+        await wait_caught_up(db, pg_dsn, "a", daemon=d)
+        conn.execute("INSERT INTO companies VALUES (9, 'Acme', 'lots of people')")
+        conn.commit()
+        wait_for(lambda: "table held" in d.log(), 30, "the hold", d)
+        assert d.stop() == 0
+    cfg = make_config([{"name": "a", "path": str(db), "columns": {"companies": {"employees": "text"}}}])
+    with DaemonProcess(cfg, tmp_path / "two.log") as d:
+        await wait_caught_up(db, pg_dsn, "a", daemon=d)
+        assert d.stop() == 0
+    assert await pg_rows(pg_dsn, "SELECT employees FROM a.companies WHERE rank IN (1, 9) ORDER BY rank") == [
+        ("10",), ("lots of people",)]
+    assert await compare_table(str(db), pg_dsn, "a", "companies") == []
+
+
+async def test_postgres_side_rejection_is_held_with_postgres_message(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "a.db"
+    conn = make_db(db, rows=50)
+    cfg = make_config([{"name": "a", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "a", daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE a.companies ADD CONSTRAINT small CHECK (employees < 1000) NOT VALID")
+        conn.executemany("INSERT INTO companies VALUES (?, 'x', ?)", [(100 + i, i * 100) for i in range(20)])
+        conn.commit()
+        wait_for(lambda: "table held" in d.log(), 30, "the hold", d)
+        line = next(l for l in d.log().splitlines() if "table held" in l)
+        assert "key 110" in line and 'violates check constraint "small"' in line and "23514" in line
+        await pg_rows(pg_dsn, "ALTER TABLE a.companies DROP CONSTRAINT small")
+        await wait_caught_up(db, pg_dsn, "a", daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "a", "companies") == []
