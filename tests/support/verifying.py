@@ -13,10 +13,15 @@ from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import wait_caught_up
 
 
+# Tests here also make tables that end up held or refused on purpose.
+SETTLED = ("streaming", "refused", "held", "paused")
+
+
 async def sync_and_stop(cfg: Path, db: Path, dsn: str, log: Path, source: str = "app") -> None:
-    """Run the daemon until Postgres has caught up with `db`, then stop it."""
+    """Run the daemon until every table has settled and the checkpoint has reached the
+    end of `db`'s changelog, then stop it."""
     with DaemonProcess(cfg, log) as d:
-        await wait_caught_up(db, dsn, source, daemon=d)
+        await wait_caught_up(db, dsn, source, daemon=d, settled=SETTLED)
         assert d.stop() == 0
 
 

@@ -1,0 +1,119 @@
+"""`syncd verify --repair`: Postgres is made to match SQLite through the normal apply
+path, by the running daemon or, without one, by syncd's pipeline run in-process;
+never with stale values, even while the application writes to the same rows."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from syncd.sqlite.capture import OP_DELETE, OP_UPDATE
+from syncd.verify.repair import changelog_entries
+from syncd.verify.result import Difference
+from tests.support.app import Writer, create_items
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.sync import changelog_max, table_states, wait_caught_up
+from tests.support.verifying import pg_execute, pg_fetch, sync_and_stop, tables, verify, verify_json
+
+PLANT = """
+    UPDATE app.items SET n = -n, v = 'tampered' WHERE id IN (4100, 4101);
+    DELETE FROM app.items WHERE id IN (4200, 4201);
+    INSERT INTO app.items (id, v) VALUES (99999, 'extra'), (99998, 'extra');
+"""
+
+
+async def test_repair_through_the_running_daemon_while_the_application_writes(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    create_items(db, rows=5000, journal="wal")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        writer = Writer(db, seconds=40, seed=21, ids=1000, rate=300)
+        start = changelog_max(db)
+        wait_for(lambda: changelog_max(db) > start + 100, 30, "the writer")
+        # Rows nobody touches, and rows the application keeps changing: a repair that
+        # wrote the values it read would put stale ones back.
+        await pg_execute(pg_dsn, PLANT + "UPDATE app.items SET v = 'stale' WHERE id BETWEEN 1 AND 300")
+        out = verify(cfg, "--repair", "--wait", "20")
+        assert writer.proc.poll() is None, "the writer stopped before the repair finished: nothing was tested"
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert 'app: "items" equal' in out.stdout and "after repairing" in out.stdout
+        assert "applied by the running daemon, syncd" in out.stdout
+        writer.proc.terminate()
+        writer.result()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+    runs = await pg_fetch(pg_dsn, "SELECT missing, extra, different, pending, repaired FROM syncd.verify_runs "
+                                  "ORDER BY id")
+    first, after = runs[0], runs[-1]
+    assert first["missing"] == 2 and first["extra"] == 2 and first["different"] >= 2
+    assert first["repaired"] == first["missing"] + first["extra"] + first["different"] + first["pending"]
+    assert (after["missing"], after["extra"], after["different"], after["repaired"]) == (0, 0, 0, 0)
+
+
+async def test_repair_without_a_daemon_runs_the_pipeline_here(app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, n INTEGER, r REAL, b BLOB);
+        CREATE TABLE tags (name TEXT PRIMARY KEY COLLATE NOCASE, note TEXT);
+    """)
+    conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?)", [(i, f"v{i}", i, i / 3, b"\x00") for i in range(1, 5001)])
+    conn.executemany("INSERT INTO tags VALUES (?, ?)", [("Alpha", "a"), ("beta", "b"), ("Gamma", None)])
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_execute(pg_dsn, PLANT + """
+        UPDATE app.tags SET note = 'NULL' WHERE name = 'Gamma';
+        DELETE FROM app.tags WHERE name = 'beta';
+        INSERT INTO app.tags VALUES ('ALPHA', 'extra: same key for SQLite, not for Postgres');
+    """)
+    rc, doc = verify_json(cfg, "--wait", "2")
+    assert rc == 1 and tables(doc)["items"]["missing"] == 2 and tables(doc)["tags"]["extra"] == 1
+
+    out = verify(cfg, "--repair", "--wait", "20")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "applied by syncd's pipeline run in this process (no daemon was running the source)" in out.stdout
+    for table in ("items", "tags"):
+        assert await compare_table(str(app_db), pg_dsn, "app", table) == [], table
+    assert verify(cfg).returncode == 0
+    held = await pg_fetch(pg_dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+    assert held[0][0] == 0  # the pipeline let go of the source
+    with DaemonProcess(cfg, tmp_path / "after.log") as d:  # and a daemon can take it over
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+
+
+async def test_tables_not_streaming_are_not_repaired(app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO items VALUES (1, 'a'), (2, 'b');
+        CREATE TABLE flags (id INTEGER PRIMARY KEY, ok BOOLEAN);
+        INSERT INTO flags VALUES (1, 0), (2, 7);
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_execute(pg_dsn, "UPDATE app.items SET v = 'x' WHERE id = 1")
+    out = verify(cfg, "--repair", "--wait", "5")
+    assert out.returncode == 1
+    assert 'app: "items" equal' in out.stdout
+    assert 'app: "flags" not comparable (held)' in out.stdout
+    assert (await table_states(pg_dsn, "app"))["flags"][0] == "held"
+
+
+def test_only_what_a_replay_can_fix_is_queued():
+    diffs = [
+        Difference("different", (1,), ("v",), raw_key=(1,)),
+        Difference("missing", ("k",), raw_key=("k",)),
+        Difference("extra", (9,), raw_key=(9,)),
+        Difference("pending", (3,), raw_key=(3,)),
+        Difference("extra", ("2024-01-31",), raw_key=None),  # SQLite form unknown (a date key)
+        Difference("missing", (None,), note="a row whose key is NULL: Postgres cannot hold it", raw_key=(None,)),
+        Difference("different", (5,), ("n",), raw_key=(5,),
+                   note='column "n": text \'x\' does not fit bigint; the stream holds the table until the row is fixed'),
+    ]
+    entries, skipped = changelog_entries(diffs)
+    assert entries == [(OP_UPDATE, (1,)), (OP_UPDATE, ("k",)), (OP_DELETE, (9,)), (OP_UPDATE, (3,))]
+    assert [d.key for d in skipped] == [("2024-01-31",), (None,), (5,)]
