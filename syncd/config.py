@@ -92,7 +92,7 @@ class MetricsSettings(_Strict):
 class StreamSettings(_Strict):
     batch_size: int = Field(5000, ge=1, le=1_000_000)
     poll_interval_seconds: float = Field(1.0, gt=0)
-    schema_check_interval_seconds: float = Field(5.0, gt=0)
+    schema_check_interval_seconds: float = Field(60.0, gt=0)
     snapshot_chunk_rows: int = Field(50_000, ge=100)
     retry_max_backoff_seconds: float = Field(30.0, gt=0)
     held_table_retry_seconds: float = Field(10.0, gt=0)

@@ -23,7 +23,7 @@ from syncd.postgres.connect import PostgresUnavailable, describe, is_transient
 from syncd.reconcile import install_capture, reconcile
 from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
-from syncd.snapshot import SnapshotRejected, TableLoad, audit, load_chunk, start
+from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
 from syncd.sqlite import reader
 from syncd.sqlite.capture import LockTimeout
 from syncd.sqlite.connection import SourceFileError
@@ -65,6 +65,8 @@ class Pipeline:
         self.pruned_upto = 0
         self.last_prune = 0.0
         self.last_stats = 0.0
+        self.last_request_check = 0.0
+        self.last_full_check = time.monotonic()
         self.captured_once = False
         self._last_error: str | None = None
         # Export every per-source series from the start, so dashboards show 0, not "no data".
@@ -207,10 +209,13 @@ class Pipeline:
             self._after_reconcile()
 
         did = await self._snapshot_step()
-        did = await self._catchup_step() or did
-        did = await self._stream_step() or did
+        if not self.needs_reconcile:
+            did = await self._catchup_step() or did
+        if not self.needs_reconcile:
+            did = await self._stream_step() or did
         await self._maybe_prune()
         await self._maybe_stats()
+        await self._maybe_recheck()
         self._recovered()
         self._update_health()
         self._update_gauges()
@@ -276,6 +281,9 @@ class Pipeline:
             await self._close_load()
             await self._hold(t, str(e), bk.LOADING, t.row.from_seq)
             return False
+        except SchemaMoved:
+            await self._close_load()
+            self.needs_reconcile = True
         return True
 
     async def _close_load(self) -> None:
@@ -307,8 +315,12 @@ class Pipeline:
         from_seq = t.row.from_seq or 0
         if from_seq < s.applied_seq or was_held:
             batch, converted, misfits = await s.worker.run(
-                read_and_convert, from_seq, self.settings.stream.batch_size, {t.tid: t.spec}, s.by_tid(), t.tid
+                read_and_convert, from_seq, self.settings.stream.batch_size, {t.tid: t.spec}, s.by_tid(), t.tid,
+                s.schema_version,
             )
+            if batch.schema_changed:
+                self.needs_reconcile = True
+                return True
             if not batch.empty:
                 held = await apply(s, batch, converted, misfits, catchup=t)
                 if t.tid in held:
@@ -373,8 +385,12 @@ class Pipeline:
         s = self.session
         read_at = time.time()
         batch, converted, misfits = await s.worker.run(
-            read_and_convert, s.applied_seq, self.settings.stream.batch_size, s.streaming_specs(), s.by_tid()
+            read_and_convert, s.applied_seq, self.settings.stream.batch_size, s.streaming_specs(), s.by_tid(),
+            None, s.schema_version,
         )
+        if batch.schema_changed:
+            self.needs_reconcile = True
+            return True
         if batch.empty:
             return False
         self.lag.observe(batch.last_seq, read_at)
@@ -407,12 +423,26 @@ class Pipeline:
         s = self.session
         _count, size = await s.worker.run(reader.pending_stats, s.applied_seq)
         metrics.changelog_bytes.labels(self.name).set(size)
-        # Cheap check for operator requests (`syncd resync`) while running.
-        rows = await s.pg.fetch(
-            f"SELECT 1 FROM {s.bk.s}.tables WHERE source = $1 AND request IS NOT NULL LIMIT 1", s.name
-        )
-        if rows:
+
+    async def _maybe_recheck(self) -> None:
+        """Reconcile again when something outside SQLite may have changed: an operator
+        request (`syncd resync`), a paused table whose Postgres side may have been
+        fixed, and, rarely, just in case."""
+        now = time.monotonic()
+        s = self.session
+        if now - self.last_full_check >= self.settings.stream.schema_check_interval_seconds:
+            self.last_full_check = now
             self.needs_reconcile = True
+        if now - self.last_request_check < self.settings.stream.held_table_retry_seconds:
+            return
+        self.last_request_check = now
+        if any(t.state == bk.PAUSED for t in s.tables.values()):
+            self.needs_reconcile = True
+        elif await s.pg.fetchval(
+            f"SELECT 1 FROM {s.bk.s}.tables WHERE source = $1 AND request IS NOT NULL LIMIT 1", s.name
+        ):
+            self.needs_reconcile = True
+        if self.needs_reconcile:
             self.wake.set()
 
     # --- health ----------------------------------------------------------------------

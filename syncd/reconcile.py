@@ -204,7 +204,7 @@ async def reconcile(session: SourceSession) -> CaptureResult:
         if row.state != bk.PAUSED or row.reason != reason:
             row = _paused(row, reason, session.applied_seq)
             await session.save_row(conn, row)
-        session.warning(reason, table=name, event="table_paused")
+            session.warning(reason, table=name, event="table_paused")
 
     session.tables = runtimes
     if result.state.rearmed:

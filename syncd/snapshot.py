@@ -45,6 +45,7 @@ class TableLoad:
         self.last_progress = self.started
         self.prefetch: asyncio.Future | None = None
         self.prefetch_after: tuple | None = None
+        self.schema_version = session.schema_version
 
     async def open(self) -> int:
         """Open the read side; returns the changelog position the read starts at."""
@@ -65,6 +66,8 @@ class TableLoad:
         if not self.single_txn:
             conn.execute("BEGIN")
         try:
+            if conn.execute("PRAGMA main.schema_version").fetchone()[0] != self.schema_version:
+                return None, after, SchemaMoved()
             rows, pos = reader.read_snapshot_chunk(conn, self.t.spec, after, limit)
         finally:
             if not self.single_txn:
@@ -210,6 +213,10 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     )
     metrics.snapshot_rows_loaded.labels(session.name, t.name).set(row.snapshot_rows)
     return True
+
+
+class SchemaMoved(Exception):
+    """The table's schema changed under the load: reconcile, then load again."""
 
 
 class SnapshotRejected(Exception):

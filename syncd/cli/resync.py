@@ -1,13 +1,58 @@
-"""`syncd resync`."""
+"""`syncd resync --source NAME --table T`: rebuild one table in Postgres from SQLite.
+
+The request is recorded in Postgres; the running daemon (or the next `syncd run` or
+`syncd init`) drops the Postgres table, recreates it from SQLite's current schema
+and re-snapshots it. This is how a table paused by a dropped or renamed column
+resumes when the change should simply be followed."""
 
 from __future__ import annotations
 
+import asyncio
+
+from syncd.cli import common
+from syncd.config import Settings, SourceSettings
+from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists
+from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
+
 
 def register(sub, parent) -> None:
-    p = sub.add_parser("resync", parents=[parent], help="(not yet available)")
+    p = sub.add_parser("resync", parents=[parent], help="rebuild a table in Postgres from SQLite",
+                       description="Ask syncd to drop one table in Postgres, recreate it from SQLite's current "
+                                   "schema and snapshot it again. The running daemon acts within seconds; "
+                                   "otherwise the next `syncd run` or `syncd init` does.")
+    p.add_argument("--source", metavar="NAME", required=True)
+    p.add_argument("--table", metavar="TABLE", required=True, action="append",
+                   help="table to rebuild (repeat for several)")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    print("syncd resync: not yet available")
-    return 3
+    settings = common.load(args)
+    source = settings.source(args.source)
+    try:
+        return asyncio.run(_request(settings, source, args.table))
+    except PostgresUnavailable as e:
+        return common.fail(str(e), 1)
+
+
+async def _request(settings: Settings, source: SourceSettings, tables: list[str]) -> int:
+    conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+    try:
+        bk = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
+        if not await bookkeeping_exists(conn, bk.schema):
+            return common.fail(f"source {source.name!r} has not been initialized (run `syncd init`)", 1)
+        rc = 0
+        for table in tables:
+            status = await conn.execute(
+                f"UPDATE {bk.s}.tables SET request = 'resync' WHERE source = $1 AND table_name = $2",
+                source.name, table,
+            )
+            if status == "UPDATE 1":
+                print(f"{source.name}: resync of {table!r} requested; the running daemon rebuilds it "
+                      "(or the next `syncd run` / `syncd init` does)")
+            else:
+                print(f"{source.name}: no replicated table named {table!r}")
+                rc = 1
+        return rc
+    finally:
+        await close_quietly(conn)

@@ -42,6 +42,7 @@ class ChangeBatch:
     entries: int = 0
     tables: dict[int, TableChanges] = field(default_factory=dict)
     skipped: Counter = field(default_factory=Counter)  # tid -> entries left queued (table not streaming)
+    schema_changed: bool = False  # the file's schema moved since syncd last looked: reconcile first
 
     @property
     def empty(self) -> bool:
@@ -102,15 +103,21 @@ def read_changes(
     streaming: dict[int, TableSpec],
     only_tid: int | None = None,
     upto_seq: int | None = None,
+    schema_version: int | None = None,
 ) -> ChangeBatch:
     """Read up to `limit` changelog entries after `after_seq` and the current rows
     they point at, in one read transaction.
 
     Entries of tables not in `streaming` are counted in `skipped` and left queued.
     With `only_tid`, only that table's entries are read (a table catching up alone).
+    With `schema_version`, nothing is read if the schema moved since: rows read with
+    a stale column list would lose the new columns' values.
     """
     conn.execute("BEGIN")
     try:
+        if schema_version is not None:
+            if conn.execute("PRAGMA main.schema_version").fetchone()[0] != schema_version:
+                return ChangeBatch(after_seq=after_seq, last_seq=after_seq, schema_changed=True)
         where = "seq > ?"
         params: list[Any] = [after_seq]
         if upto_seq is not None:
