@@ -171,8 +171,14 @@ class Pipeline:
         log(detail, event=health, exc_info=trace)
 
     def _recovered(self) -> None:
-        if self.health in (POSTGRES_DOWN, LOCKED, FAILING, SOURCE_MISSING):
-            self.session.info("recovered: Postgres and the source are reachable again", event="recovered")
+        what = {
+            POSTGRES_DOWN: "Postgres is reachable again",
+            SOURCE_MISSING: "the SQLite file is back",
+            LOCKED: "the source lock is free again",
+            FAILING: "the failing step succeeded",
+        }.get(self.health)
+        if what:
+            self.session.info(f"recovered: {what}", event="recovered")
         if self.pg_ok is not True:
             self.pg_ok = True
         self._last_error = None
@@ -500,6 +506,10 @@ class Pipeline:
             if info.inode is None:
                 metrics.source_up.labels(self.name).set(0)
             return
+        if 0 <= info.max_seq < s.applied_seq:
+            # The changelog went backwards: the file's content was restored in place.
+            self.needs_reconcile = True
+            self.wake.set()
         if info.max_seq > self.max_seq_seen:
             self.max_seq_seen = info.max_seq
             self.lag.observe(info.max_seq, time.time())

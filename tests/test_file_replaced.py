@@ -1,0 +1,87 @@
+"""The SQLite file restored from a backup, replaced, or deleted under a running syncd."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import urllib.request
+
+from tests.support.app import Writer, create_items
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.pgcluster import free_port
+from tests.support.sync import wait_caught_up
+
+
+def backup(src, dst) -> None:
+    s, d = sqlite3.connect(src), sqlite3.connect(dst)
+    s.backup(d)
+    s.close()
+    d.close()
+
+
+def source_up(port: int, source: str) -> float | None:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(f'syncd_source_up{{source="{source}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_file_replaced_by_an_older_backup(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    create_items(db, rows=500, journal="delete")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        Writer(db, seconds=1, seed=1).result()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        backup(db, tmp_path / "backup.db")  # last night's backup...
+        Writer(db, seconds=1, seed=2).result()  # ...then a day of changes, all replicated
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        os.replace(tmp_path / "backup.db", db)  # restore: a new inode, an older history
+        wait_for(lambda: "re-snapshotting every table" in d.log(), 30, "the restore noticed", d)
+        Writer(db, seconds=1, seed=3).result()  # the application goes on from the backup
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_content_restored_in_place(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    create_items(db, rows=500, journal="wal")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        backup(db, tmp_path / "backup.db")
+        Writer(db, seconds=1, seed=4).result()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        backup(tmp_path / "backup.db", db)  # same inode, older content
+        wait_for(lambda: "re-snapshotting every table" in d.log(), 30, "the restore noticed", d)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_deleted_file_is_an_error_state_not_a_crash(tmp_path, make_config, pg_dsn):
+    db, other = tmp_path / "app.db", tmp_path / "other.db"
+    create_items(db, rows=100, journal="delete")
+    create_items(other, rows=100)
+    port = free_port()
+    cfg = make_config([{"name": "app", "path": str(db)}, {"name": "other", "path": str(other)}],
+                      metrics_listen=f"127.0.0.1:{port}")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        os.replace(db, tmp_path / "moved-away.db")
+        wait_for(lambda: source_up(port, "app") == 0, 30, "syncd_source_up 0", d)
+        wait_for(lambda: f"SQLite file {db} does not exist" in d.log(), 30, "the error logged", d)
+        Writer(other, seconds=1, seed=5).result()  # the other source is unaffected
+        await wait_caught_up(other, pg_dsn, "other", daemon=d)
+        assert d.alive()
+        os.replace(tmp_path / "moved-away.db", db)
+        wait_for(lambda: source_up(port, "app") == 1, 30, "syncd_source_up 1", d)
+        Writer(db, seconds=1, seed=6).result()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+    assert await compare_table(str(other), pg_dsn, "other", "items") == []
