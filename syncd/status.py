@@ -1,0 +1,264 @@
+"""Health of every source, gathered without the daemon's help.
+
+`gather` reads the SQLite changelogs, syncd's bookkeeping in Postgres and, when it
+answers, the daemon's /status endpoint; `evaluate` turns that into problems and a
+Nagios-style verdict (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN). `evaluate` is pure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sqlite3
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from urllib.parse import quote
+
+from syncd.config import Settings, SourceSettings, StatusSettings
+from syncd.postgres import bookkeeping as bk
+from syncd.postgres.connect import close_quietly, connect, describe
+from syncd.sqlite import capture
+from syncd.sqlite.capture import CHANGELOG
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+VERDICTS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+_RANK = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}  # what wins when verdicts combine
+
+
+def worse(a: int, b: int) -> int:
+    return a if _RANK[a] >= _RANK[b] else b
+
+HALTED = (bk.HELD, bk.PAUSED)
+
+
+@dataclass
+class TableStatus:
+    name: str
+    state: str
+    reason: str | None = None
+    snapshot_rows: int | None = None
+    snapshot_total: int | None = None
+    last_verify_at: str | None = None
+    last_verify_differences: int | None = None
+    last_verify_error: str | None = None
+
+
+@dataclass
+class Problem:
+    severity: str  # "warning" | "critical" | "unknown"
+    message: str
+
+
+@dataclass
+class SourceStatus:
+    name: str
+    path: str
+    state: str = "unknown"
+    daemon_running: bool | None = None
+    daemon_holder: str | None = None
+    sqlite_exists: bool = False
+    capture_installed: bool = False
+    sqlite_error: str | None = None
+    postgres_reachable: bool = False
+    postgres_error: str | None = None
+    initialized: bool = False
+    lag_seconds: float | None = None
+    pending_changes: int | None = None
+    changelog_bytes: int | None = None
+    last_applied_at: str | None = None
+    dual_write_since: str | None = None
+    tables: list[TableStatus] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds") if t else None
+
+
+def _read_sqlite(path: str, applied_seq: int) -> dict:
+    conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=2)
+    try:
+        state = capture.read_state(conn)
+        out = {"installed": state.installed, "max_seq": state.max_seq, "pending": 0, "bytes": 0,
+               "triggers": state}
+        if state.key_slots:
+            out["pending"] = conn.execute(
+                f'SELECT count(*) FROM main."{CHANGELOG}" WHERE seq > ?', (applied_seq,)).fetchone()[0]
+            try:
+                out["bytes"] = conn.execute(
+                    "SELECT coalesce(sum(pgsize), 0) FROM dbstat('main', 1) WHERE name = ?", (CHANGELOG,)
+                ).fetchone()[0]
+            except sqlite3.OperationalError:
+                out["bytes"] = None
+        return out
+    finally:
+        conn.close()
+
+
+def _endpoint(settings: Settings) -> dict | None:
+    addr = settings.metrics.address
+    if addr is None:
+        return None
+    host = addr[0] if addr[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    try:
+        with urllib.request.urlopen(f"http://{host}:{addr[1]}/status", timeout=1.5) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+async def gather_source(settings: Settings, source: SourceSettings, live: dict | None) -> SourceStatus:
+    st = SourceStatus(name=source.name, path=str(source.path))
+    st.sqlite_exists = source.path.exists()
+    applied_seq = 0
+    rows: dict[str, bk.TableRow] = {}
+    verify: dict[str, tuple] = {}
+    src = None
+    conn = None
+    try:
+        conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+        st.postgres_reachable = True
+        b = bk.Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
+        if await bk.bookkeeping_exists(conn, b.schema):
+            src = await b.load_source(conn)
+            if src is not None:
+                st.initialized = True
+                applied_seq = src.applied_seq
+                st.last_applied_at = _iso(src.applied_at)
+                st.dual_write_since = _iso(src.streaming_since)
+                rows = await b.load_tables(conn)
+                for r in await conn.fetch(
+                    f"""SELECT DISTINCT ON (table_name) table_name, finished_at,
+                               missing + extra + different, error
+                        FROM {b.s}.verify_runs WHERE source = $1 ORDER BY table_name, finished_at DESC""",
+                    source.name,
+                ):
+                    verify[r[0]] = (r[1], r[2], r[3])
+            holder = await bk._holder(conn, source.name)  # noqa: SLF001 - read-only look at the lock
+            st.daemon_running = holder is not None
+            st.daemon_holder = holder[0] if holder else None
+    except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable"
+        st.postgres_error = describe(e)
+    finally:
+        await close_quietly(conn)
+
+    if st.sqlite_exists:
+        try:
+            lite = await asyncio.to_thread(_read_sqlite, str(source.path), applied_seq)
+            st.capture_installed = lite["installed"]
+            if src is not None and lite["max_seq"] >= applied_seq:
+                st.pending_changes = lite["pending"]
+            elif lite["installed"]:
+                st.pending_changes = lite["pending"]
+            st.changelog_bytes = lite["bytes"]
+        except sqlite3.Error as e:
+            st.sqlite_error = f"cannot read {source.path}: {e}"
+
+    for name, r in sorted(rows.items()):
+        t = TableStatus(name=name, state=r.state, reason=r.reason)
+        if r.state in (bk.LOADING, bk.PENDING):
+            t.snapshot_rows, t.snapshot_total = r.snapshot_rows, r.snapshot_total
+        if name in verify:
+            at, diffs, err = verify[name]
+            t.last_verify_at, t.last_verify_differences, t.last_verify_error = _iso(at), diffs, err
+        st.tables.append(t)
+
+    mine = (live or {}).get("sources", {}).get(source.name)
+    if mine is not None:
+        st.lag_seconds = mine.get("lag_seconds")
+        if mine.get("health"):
+            st.state = mine["health"]
+    elif st.pending_changes is not None:
+        if st.pending_changes == 0:
+            st.lag_seconds = 0.0
+        elif src is not None and src.applied_at is not None:
+            # Without the daemon's observations the best bound is: not applied since then.
+            st.lag_seconds = max(0.0, time.time() - src.applied_at.timestamp())
+    if st.state == "unknown":
+        st.state = _derive_state(st)
+    return st
+
+
+def _derive_state(st: SourceStatus) -> str:
+    if not st.sqlite_exists:
+        return "source_missing"
+    if not st.postgres_reachable:
+        return "postgres_unreachable"
+    if not st.initialized:
+        return "not_initialized"
+    if st.daemon_running is False:
+        return "daemon_not_running"
+    states = {t.state for t in st.tables}
+    if states & {bk.PENDING, bk.LOADING, bk.CATCHUP}:
+        return "snapshotting"
+    return "streaming"
+
+
+def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None = None) -> int:
+    """Fill st.problems; return the worst verdict for the source."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    p = st.problems
+    if st.sqlite_error:
+        p.append(Problem("unknown", st.sqlite_error))
+    if not st.sqlite_exists:
+        p.append(Problem("critical", f"SQLite file {st.path} does not exist"))
+    if not st.postgres_reachable:
+        p.append(Problem("critical", f"Postgres unreachable: {st.postgres_error}"))
+    elif not st.initialized:
+        p.append(Problem("critical", "not initialized in Postgres (run `syncd init` or `syncd run`)"))
+    if st.sqlite_exists and not st.capture_installed and st.sqlite_error is None:
+        p.append(Problem("critical", "capture is not installed in the SQLite file"))
+    if st.state in ("postgres_unreachable", "source_missing", "locked_by_other", "failing") and st.daemon_running:
+        p.append(Problem("critical", f"the daemon reports {st.state.replace('_', ' ')}"))
+    if st.daemon_running is False and (st.pending_changes or 0) > 0:
+        p.append(Problem("critical", f"daemon not running and {st.pending_changes} change(s) wait to be applied"))
+    elif st.daemon_running is False:
+        p.append(Problem("warning", "daemon not running"))
+    for t in st.tables:
+        if t.state in HALTED:
+            p.append(Problem("critical", f'table "{t.name}" {t.state}: {t.reason}'))
+        elif t.state == bk.REFUSED:
+            p.append(Problem("warning", f'table "{t.name}" not replicated: {t.reason}'))
+        if t.state != bk.STREAMING:
+            continue
+        if t.last_verify_differences:
+            p.append(Problem("critical", f'table "{t.name}": {t.last_verify_differences} row(s) differed at the '
+                                         f"last consistency check ({t.last_verify_at})"))
+        elif t.last_verify_error:
+            p.append(Problem("warning", f'table "{t.name}": last consistency check failed: {t.last_verify_error}'))
+        elif t.last_verify_at is None:
+            p.append(Problem("warning", f'table "{t.name}": consistency not checked yet'))
+        else:
+            age = (now - dt.datetime.fromisoformat(t.last_verify_at)).total_seconds()
+            if age > limits.verify_max_age_seconds:
+                p.append(Problem("warning", f'table "{t.name}": last consistency check is {age / 3600:.1f} h old'))
+    if st.lag_seconds is not None:
+        if st.lag_seconds > limits.crit_lag_seconds:
+            p.append(Problem("critical", f"lag {st.lag_seconds:.0f}s above {limits.crit_lag_seconds:.0f}s"))
+        elif st.lag_seconds > limits.warn_lag_seconds:
+            p.append(Problem("warning", f"lag {st.lag_seconds:.0f}s above {limits.warn_lag_seconds:.0f}s"))
+    order = {"unknown": UNKNOWN, "critical": CRITICAL, "warning": WARNING}
+    worst = OK
+    for problem in p:
+        worst = worse(worst, order[problem.severity])
+    return worst
+
+
+async def gather(settings: Settings, sources: list[SourceSettings]) -> tuple[int, list[SourceStatus]]:
+    live = await asyncio.to_thread(_endpoint, settings)
+    statuses = await asyncio.gather(*(gather_source(settings, s, live) for s in sources))
+    verdict = OK
+    for st in statuses:
+        verdict = worse(verdict, evaluate(st, settings.status))
+    return verdict, list(statuses)
+
+
+def as_json(verdict: int, statuses: list[SourceStatus]) -> dict:
+    return {
+        "status": VERDICTS[verdict],
+        "exit_code": verdict,
+        "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "sources": [asdict(s) for s in statuses],
+    }

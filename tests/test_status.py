@@ -1,0 +1,124 @@
+"""`syncd status`: state, lag, pending changes and Nagios exit codes, with and without
+the daemon running."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+
+import asyncpg
+
+from syncd.config import StatusSettings
+from syncd.status import CRITICAL, OK, UNKNOWN, WARNING, SourceStatus, TableStatus, evaluate
+from tests.conftest import write_config
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.pgcluster import free_port
+from tests.support.sync import wait_caught_up
+
+LIMITS = StatusSettings(warn_lag_seconds=30, crit_lag_seconds=300, verify_max_age_seconds=3600)
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def healthy(**changes) -> SourceStatus:
+    st = SourceStatus(name="s", path="/x.db", state="streaming", daemon_running=True, sqlite_exists=True,
+                      capture_installed=True, postgres_reachable=True, initialized=True, lag_seconds=0.5,
+                      pending_changes=0,
+                      tables=[TableStatus("t", "streaming", last_verify_at=(NOW - dt.timedelta(minutes=5)).isoformat(),
+                                          last_verify_differences=0)])
+    for k, v in changes.items():
+        setattr(st, k, v)
+    return st
+
+
+def test_evaluate_verdicts():
+    assert evaluate(healthy(), LIMITS, NOW) == OK
+    assert evaluate(healthy(lag_seconds=31), LIMITS, NOW) == WARNING
+    assert evaluate(healthy(lag_seconds=301), LIMITS, NOW) == CRITICAL
+    assert evaluate(healthy(postgres_reachable=False, postgres_error="refused"), LIMITS, NOW) == CRITICAL
+    assert evaluate(healthy(daemon_running=False, pending_changes=3), LIMITS, NOW) == CRITICAL
+    assert evaluate(healthy(daemon_running=False, pending_changes=0), LIMITS, NOW) == WARNING
+    assert evaluate(healthy(tables=[TableStatus("t", "held", reason="bad value")]), LIMITS, NOW) == CRITICAL
+    assert evaluate(healthy(tables=[TableStatus("t", "streaming")]), LIMITS, NOW) == WARNING  # never verified
+    old = (NOW - dt.timedelta(hours=2)).isoformat()
+    assert evaluate(healthy(tables=[TableStatus("t", "streaming", last_verify_at=old, last_verify_differences=0)]),
+                    LIMITS, NOW) == WARNING
+    assert evaluate(healthy(tables=[TableStatus("t", "streaming", last_verify_at=NOW.isoformat(),
+                                                last_verify_differences=4)]), LIMITS, NOW) == CRITICAL
+    assert evaluate(healthy(sqlite_exists=False), LIMITS, NOW) == CRITICAL
+    assert evaluate(healthy(sqlite_error="cannot read"), LIMITS, NOW) == UNKNOWN
+
+
+def test_unreadable_config_is_unknown(tmp_path):
+    cfg = tmp_path / "syncd.toml"
+    cfg.write_text("[postgres\n")
+    r = run_cli(cfg, "status")
+    assert r.returncode == 3 and r.stdout.startswith("UNKNOWN: config")
+    r = run_cli(cfg, "status", "--json")
+    assert r.returncode == 3 and json.loads(r.stdout)["status"] == "UNKNOWN"
+
+
+async def mark_verified(dsn, source, tables) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for t in tables:
+            await conn.execute(
+                "INSERT INTO syncd.verify_runs (source, table_name, started_at, rows_sqlite, rows_postgres) "
+                "VALUES ($1, $2, now(), 1, 1)", source, t)
+    finally:
+        await conn.close()
+
+
+async def test_status_with_and_without_the_daemon(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.commit()
+    port = free_port()
+    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        await mark_verified(pg_dsn, "app", ["t"])
+        r = run_cli(cfg, "status", "--json")
+        doc = json.loads(r.stdout)
+        assert r.returncode == 0, r.stdout
+        src = doc["sources"][0]
+        assert (doc["status"], src["state"], src["daemon_running"], src["pending_changes"]) == (
+            "OK", "streaming", True, 0)
+        assert src["lag_seconds"] == 0 and src["tables"][0]["state"] == "streaming"
+        assert d.stop() == 0
+    # daemon gone, changes waiting: critical, and says why
+    conn.execute("INSERT INTO t VALUES (2, 'b')")
+    conn.commit()
+    r = run_cli(cfg, "status")
+    assert r.returncode == 2
+    assert "daemon not running and 1 change(s) wait to be applied" in r.stdout
+    assert r.stdout.splitlines()[0].split()[:2] == ["SOURCE", "STATE"]
+
+
+async def test_postgres_down_is_critical_and_redacted(tmp_path):
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    cfg = write_config(tmp_path / "syncd.toml", f"postgresql://syncd:hunter2@127.0.0.1:{free_port()}/x",
+                       [{"name": "app", "path": str(db)}])
+    r = run_cli(cfg, "status")
+    assert r.returncode == 2
+    assert "Postgres unreachable" in r.stdout and "syncd:***@" in r.stdout
+    assert "hunter2" not in r.stdout + r.stderr
+
+
+async def test_halted_table_is_critical_with_reason(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER); INSERT INTO t VALUES (1, 1);")
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO t VALUES (2, 'lots of people')")
+        conn.commit()
+        wait_for(lambda: "table held" in d.log(), 30, "hold", d)
+        r = run_cli(cfg, "status")
+        assert r.returncode == 2
+        assert 'CRITICAL: app: table "t" held: table "t" key 2 column "n"' in r.stdout
+        assert d.stop() == 0
