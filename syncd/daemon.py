@@ -13,7 +13,7 @@ from syncd import metrics
 from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
-from syncd.pipeline import STREAMING, Pipeline
+from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.sdnotify import Notifier
@@ -23,6 +23,8 @@ log = logging.getLogger("syncd")
 
 SHUTDOWN_GRACE_SECONDS = 8.0  # systemd's default stop timeout is 90 s; the promise is 10 s
 HOUSEKEEPING_SECONDS = 1.0
+EXTEND_WINDOW_SECONDS = 60.0
+EXTEND_EVERY_SECONDS = 10.0
 
 
 class StartupError(Exception):
@@ -183,7 +185,7 @@ class Daemon:
     # --- housekeeping: health, status, sd_notify ---------------------------------------------
 
     async def _housekeeping(self) -> None:
-        last_ping = 0.0
+        last_ping = last_extend = 0.0
         while True:
             self._update_status()
             up = [p.pg_ok for p in self.pipelines.values()]
@@ -193,6 +195,11 @@ class Daemon:
                 self.ready_sent = True
             elif self.ready_sent:
                 self.notifier.status(self._summary())
+            elif self._alive(EXTEND_WINDOW_SECONDS) and time.monotonic() - last_extend >= EXTEND_EVERY_SECONDS:
+                # Still snapshotting, and making progress: a long initial load is not a failed start.
+                self.notifier.status(self._summary())
+                self.notifier.extend_start_timeout(EXTEND_WINDOW_SECONDS)
+                last_extend = time.monotonic()
             wd = self.notifier.watchdog_seconds
             if wd and time.monotonic() - last_ping >= wd / 2 and self._alive(wd):
                 self.notifier.watchdog()
@@ -218,6 +225,11 @@ class Daemon:
             lag = p.lag.lag(time.time())
             if p.health == STREAMING:
                 parts.append(f"{p.name}: streaming, lag {lag:.1f}s")
+            elif p.health == SNAPSHOTTING:
+                rows = [t.row for t in list(p.session.tables.values()) if t.state == "loading"]
+                done = sum(r.snapshot_rows for r in rows)
+                total = sum(r.snapshot_total or 0 for r in rows)
+                parts.append(f"{p.name}: snapshotting {done}/{total} rows" if total else f"{p.name}: snapshotting")
             else:
                 parts.append(f"{p.name}: {p.health.replace('_', ' ')}")
         return "; ".join(parts)[:400]

@@ -44,6 +44,10 @@ class Notifier:
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
 
+    def extend_start_timeout(self, seconds: float) -> None:
+        """Ask for more start-up time (an initial snapshot still making progress)."""
+        self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
     def stopping(self, status: str = "stopping") -> None:
         self.send("STOPPING=1", f"STATUS={status}")
 

@@ -1,0 +1,60 @@
+"""SIGHUP reloads the configuration: sources added or removed without a restart,
+the others untouched."""
+
+from __future__ import annotations
+
+import signal
+
+import asyncpg
+
+from tests.conftest import write_config
+from tests.support.app import create_items
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.sync import eventually, wait_caught_up
+
+
+async def lock_holders(dsn) -> dict[int, int]:
+    """advisory lock objid -> Postgres backend pid holding it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT objid::bigint, pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        return {r[0]: r[1] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def test_sighup_adds_and_removes_sources(tmp_path, pg_dsn):
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    create_items(a, rows=100)
+    create_items(b, rows=100)
+    cfg = tmp_path / "syncd.toml"
+    write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        before = await lock_holders(pg_dsn)
+        assert len(before) == 1
+        write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}])
+        d.proc.send_signal(signal.SIGHUP)
+        await wait_caught_up(b, pg_dsn, "b", daemon=d)
+        after = await lock_holders(pg_dsn)
+        assert len(after) == 2 and all(after[k] == v for k, v in before.items())  # a's session untouched
+        assert "source added" in d.log()
+
+        cfg.write_text(cfg.read_text() + "\n[bogus]\n")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed, keeping the running configuration" in d.log(), 30, "reload error", d)
+        assert d.alive()
+
+        write_config(cfg, pg_dsn, [{"name": "b", "path": str(b)}])
+        d.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: _count_is(pg_dsn, 1), 30, "a's lock released", d)
+        assert d.stop() == 0
+        assert "source removed from the configuration" in d.log()
+    for db, name in ((a, "a"), (b, "b")):
+        assert await compare_table(str(db), pg_dsn, name, "items") == []
+
+
+async def _count_is(dsn, n) -> bool:
+    return len(await lock_holders(dsn)) == n
