@@ -129,10 +129,12 @@ async def test_row_hash_is_the_same_three_ways(pg_dsn, pgtype):
     try:
         await store(pg, spec, rows)
         in_pg = {r[0]: r[1] % MOD for r in await pg.fetch(f"SELECT id, {pg_row_hash_sql(spec)} FROM s.canon")}
+        in_utf8_pg = {r[0]: r[1] % MOD
+                      for r in await pg.fetch(f"SELECT id, {pg_row_hash_sql(spec, utf8_database=True)} FROM s.canon")}
         total = await pg.fetchval(f"SELECT sum({pg_row_hash_sql(spec)}) FROM s.canon")
     finally:
         await pg.close()
-    assert in_pg == reference
+    assert in_pg == in_utf8_pg == reference
     assert fold(int(total)) == fold(conn.execute(f"SELECT {hasher.sql} FROM canon").fetchone()[0])
 
 

@@ -22,12 +22,12 @@ class PgRow:
 
 
 class PostgresTable:
-    def __init__(self, conn: asyncpg.Connection, schema: str, ks: KeySpace):
+    def __init__(self, conn: asyncpg.Connection, schema: str, ks: KeySpace, utf8_database: bool = False):
         self.conn = conn
         self.ks = ks
         self.spec = ks.spec
         self.table = qualified(schema, ks.spec.name)
-        self.hash = pg_row_hash_sql(ks.spec)
+        self.hash = pg_row_hash_sql(ks.spec, utf8_database)
         self.key_cols = ", ".join(quote_pg_ident(k) for k in ks.key)
         self.tokens = f"ARRAY[{', '.join(pg_token_exprs(ks.spec))}]::text[]"
 
@@ -85,6 +85,10 @@ class PostgresTable:
             for row in await self.conn.fetch(sql, *columns):
                 out.append(PgRow(tuple(row[:-1]), tuple(row[-1])))
         return out
+
+
+async def is_utf8(conn: asyncpg.Connection) -> bool:
+    return (await conn.fetchval("SHOW server_encoding")).upper() in ("UTF8", "UTF-8")
 
 
 async def checkpoint(conn: asyncpg.Connection, bk_schema: str, source: str) -> int | None:

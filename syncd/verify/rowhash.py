@@ -140,7 +140,8 @@ def _step_source(types: Sequence[PgType]) -> str:
     args = [f"c{i}" for i in range(len(types))]
     body = _tokens_body(types, 0, args, "s")
     lines = [f"def step(self, {', '.join(args)}):", *("    " + b for b in body),
-             '    self.total += _fb(_md5(s.encode("utf-8", "surrogateescape")).digest()[:8], "big")']
+             # sqlite3 hands a function strictly decoded text: no surrogates to escape here
+             '    self.total += _fb(_md5(s.encode()).digest()[:8], "big")']
     return "\n".join(lines) + "\n"
 
 
@@ -211,8 +212,20 @@ def pg_token_exprs(spec: TableSpec) -> list[str]:
     return [pg_canonical_expr(c.pgtype, quote_pg_ident(c.name)) for c in spec.columns]
 
 
-def pg_row_hash_sql(spec: TableSpec) -> str:
-    """SQL for the row hash as a signed bigint (ARRAY[], unlike concat_ws, has no
-    100-argument limit; convert_to hashes UTF-8 whatever the database encoding)."""
-    row = f"array_to_string(ARRAY[{', '.join(pg_token_exprs(spec))}]::text[], chr(31))"
-    return f"('x' || left(md5(convert_to({row}, 'UTF8')), 16))::bit(64)::bigint"
+CONCAT_MAX_COLUMNS = 100  # beyond this, a chain of || nests too deep for comfort: ARRAY[] instead
+
+
+def pg_row_sql(spec: TableSpec) -> str:
+    """SQL for a row's canonical form, as text."""
+    tokens = pg_token_exprs(spec)
+    if len(tokens) <= CONCAT_MAX_COLUMNS:
+        return " || E'\\x1f' || ".join(tokens)  # a little cheaper per row than building an array
+    return f"array_to_string(ARRAY[{', '.join(tokens)}]::text[], E'\\x1f')"
+
+
+def pg_row_hash_sql(spec: TableSpec, utf8_database: bool = False) -> str:
+    """SQL for the row hash as a signed bigint. md5 hashes the text in the database's
+    encoding: unless that is UTF-8, convert_to makes it so (at a cost per row)."""
+    row = pg_row_sql(spec)
+    data = row if utf8_database else f"convert_to({row}, 'UTF8')"
+    return f"('x' || left(md5({data}), 16))::bit(64)::bigint"

@@ -23,6 +23,7 @@ from syncd.sqlite.connection import SourceFileError, SqliteWorker
 from syncd.sqlite.introspect import introspect
 from syncd.verify import history, repair, sqlite_side
 from syncd.verify.keyspace import key_space
+from syncd.verify.postgres_side import is_utf8
 from syncd.verify.result import SourceVerifyResult, TableVerifyResult
 from syncd.verify.table import TableCheck
 
@@ -63,11 +64,13 @@ class _Session:
         self.worker = SqliteWorker(source.path, f"{source.name}-verify", settings.sqlite.read_busy_timeout_ms)
         self.pg: asyncpg.Connection | None = None
         self.has_bookkeeping = False
+        self.utf8 = False
 
     async def open(self) -> None:
         await self.worker.open()  # first: a missing file is the clearer message
         self.pg = await connect(self.settings.dsn_for(self.source), self.settings.password(), self.settings.postgres)
         self.has_bookkeeping = await bookkeeping_exists(self.pg, self.bk.schema)
+        self.utf8 = await is_utf8(self.pg)
 
     async def close(self) -> None:
         await close_quietly(self.pg)
@@ -208,7 +211,7 @@ async def _check(s: _Session, plan: TablePlan, wait_seconds: float) -> TableVeri
             assert plan.spec is not None and plan.tid is not None and plan.row is not None
             ks = await key_space(s.run, s.pg, s.source.schema, plan.spec)
             check = TableCheck(s.run, s.pg, ks, plan.tid, source=s.source.name, target_schema=s.source.schema,
-                               bk_schema=s.bk.schema, chunk_rows=s.settings.verify.chunk_rows)
+                               bk_schema=s.bk.schema, chunk_rows=s.settings.verify.chunk_rows, utf8_database=s.utf8)
             await check.check(tr, wait_seconds)
             await _still_streaming(s, plan, tr)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:

@@ -66,6 +66,53 @@ def sample(conn: sqlite3.Connection, ks: KeySpace, r: KeyRange, limit: int | Non
     return [(row[0], tuple(row[1:])) for row in fetchall_text_safe(conn, sql, (*params, step))]
 
 
+MISFIT_STEPS = 64  # keys tried past a chunk end that cannot exist in Postgres
+
+
+def chunk_bounds(conn: sqlite3.Connection, ks: KeySpace, lo: Bound | None, cells: int,
+                 cell_rows: int) -> tuple[list[Bound], Bound | None]:
+    """Where the chunk starting at `lo` splits into `cells` cells of `cell_rows` rows:
+    (the inner boundaries, the next chunk's first key or None at the end).
+
+    With an index in key order each boundary is one short walk from the one before
+    (LIMIT 1 OFFSET n); without one, one sorted pass numbers the rows instead."""
+    if not ks.sqlite_indexed:
+        found = [k for _, k in sample(conn, ks, KeyRange(lo, None), cells * cell_rows, cell_rows)]
+    else:
+        keys = ", ".join(quote_ident(k) for k in ks.key)
+        table, order = quoted_sqlite_table(ks.spec), ks.sqlite_order()
+        first = f"SELECT {keys} FROM {table} ORDER BY {order} LIMIT 1 OFFSET ?"
+        after = (f"SELECT {keys} FROM {table} WHERE {ks.sqlite_key()} >= {ks.sqlite_marks()} "
+                 f"ORDER BY {order} LIMIT 1 OFFSET ?")
+        found = []
+        raw = lo.raw if lo is not None else None
+        with read_transaction(conn):
+            for _ in range(cells):
+                rows = fetchall_text_safe(conn, first if raw is None else after, (*(raw or ()), cell_rows))
+                if not rows:
+                    break
+                raw = tuple(rows[0])
+                found.append(raw)
+    inner = [b for b in (ks.from_sqlite(k) for k in found[: cells - 1]) if b is not None]
+    if len(found) < cells:
+        return inner + [b for b in (ks.from_sqlite(k) for k in found[cells - 1:]) if b is not None], None
+    hi = ks.from_sqlite(found[-1])
+    if hi is None:  # a key Postgres cannot hold: end the chunk at the next one that fits
+        hi = _next_fitting(conn, ks, found[-1])
+    return inner, hi
+
+
+def _next_fitting(conn: sqlite3.Connection, ks: KeySpace, raw: tuple) -> Bound | None:
+    keys = ", ".join(quote_ident(k) for k in ks.key)
+    sql = (f"SELECT {keys} FROM {quoted_sqlite_table(ks.spec)} WHERE {ks.sqlite_key()} > {ks.sqlite_marks()} "
+           f"ORDER BY {ks.sqlite_order()} LIMIT ?")
+    for row in fetchall_text_safe(conn, sql, (*raw, MISFIT_STEPS)):
+        b = ks.from_sqlite(tuple(row))
+        if b is not None:
+            return b
+    return None  # run on to the end of the table
+
+
 def cell_sums(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, r: KeyRange,
               bounds: Sequence[Bound]) -> list[tuple[int, int]]:
     """(rows, hash sum) of each cell of `r` split at `bounds`.

@@ -44,6 +44,7 @@ LEAF_ROWS = 1000  # a differing range this small is read row by row
 MAX_DEPTH = 12
 UNINDEXED_CHUNKS = 16  # without a usable index every chunk scans the table: few, large chunks
 MAX_CANDIDATES = 100_000  # beyond this, differences are counted as found, not re-checked one by one
+LOOKAHEAD = 2  # chunks the SQLite side may run ahead of Postgres
 POLL_SECONDS = 0.1
 
 SqliteRun = Callable[..., Awaitable[Any]]
@@ -68,7 +69,7 @@ class SqliteRow:
 
 class TableCheck:
     def __init__(self, run: SqliteRun, pg: asyncpg.Connection, ks: KeySpace, tid: int, *, source: str,
-                 target_schema: str, bk_schema: str, chunk_rows: int):
+                 target_schema: str, bk_schema: str, chunk_rows: int, utf8_database: bool = False):
         self.run = run
         self.pg = pg
         self.ks = ks
@@ -77,7 +78,7 @@ class TableCheck:
         self.source = source
         self.bk_schema = bk_schema
         self.chunk_rows = chunk_rows
-        self.pt = PostgresTable(pg, target_schema, ks)
+        self.pt = PostgresTable(pg, target_schema, ks, utf8_database)
         self.hasher = SqliteRowHash(self.spec, f"_syncd_verify_{tid}")
         self.tokens = RowTokens(self.spec)
         self.candidates: dict[tuple, Candidate] = {}
@@ -90,36 +91,66 @@ class TableCheck:
     async def find(self) -> None:
         await self.run(self.hasher.register)
         if not self.ks.orderable:
-            await self._cells(EVERYTHING, [], depth=0, top=True)
-            return
-        total = await self.run(sqlite_side.count_rows, self.spec)
-        chunk = self.chunk_rows if self.ks.indexed else max(self.chunk_rows, math.ceil(total / UNINDEXED_CHUNKS))
-        cell = max(1, math.ceil(chunk / CELLS))
-        chunk = cell * CELLS
-        lo: Bound | None = None
-        while True:
-            inner, hi, last = [], None, True
-            for pos, raw in await self.run(sqlite_side.sample, self.ks, KeyRange(lo, None), chunk, cell):
-                b = self.ks.from_sqlite(raw)
-                if pos == chunk + 1:
-                    if b is not None:  # else (a key that cannot exist in Postgres): run on to the end
-                        hi, last = b, False
-                elif b is not None:
-                    inner.append(b)
-            await self._cells(KeyRange(lo, hi), inner, depth=0, top=True)
-            if last:
-                return
-            lo = hi
+            differing = await self._scan_once(EVERYTHING)
+        else:
+            total = await self.run(sqlite_side.count_rows, self.spec)
+            chunk = self.chunk_rows if self.ks.indexed else max(self.chunk_rows, math.ceil(total / UNINDEXED_CHUNKS))
+            differing = await self._scan(max(1, math.ceil(chunk / CELLS)))
+        for r, s_rows, p_rows in differing:
+            await self._bisect(r, s_rows, p_rows, depth=0)
 
-    async def _cells(self, r: KeyRange, bounds: list[Bound], depth: int, top: bool = False) -> None:
+    async def _scan_once(self, r: KeyRange) -> list[tuple[KeyRange, int, int]]:
+        sq, pg = await asyncio.gather(self.run(sqlite_side.cell_sums, self.ks, self.hasher, r, []),
+                                      self.pt.cell_sums(r, []))
+        return self._tally([(r, [])], [sq], [pg])
+
+    async def _scan(self, cell_rows: int) -> list[tuple[KeyRange, int, int]]:
+        """Summarise every chunk on both sides; returns the cells that differ.
+
+        The two sides work through the chunks each at its own pace (the SQLite thread
+        and the Postgres connection are separate CPUs' worth of work), at most
+        LOOKAHEAD chunks apart so a chunk is read on both sides at nearly the same time."""
+        chunks: list[tuple[KeyRange, list[Bound]]] = []
+        sqlite_sums: list[list[tuple[int, int]]] = []
+        pg_sums: dict[int, list[tuple[int, int]]] = {}
+        ready: asyncio.Queue = asyncio.Queue(maxsize=LOOKAHEAD)
+
+        async def sqlite_side_() -> None:
+            lo: Bound | None = None
+            while True:
+                inner, hi = await self.run(sqlite_side.chunk_bounds, self.ks, lo, CELLS, cell_rows)
+                r = KeyRange(lo, hi)
+                chunks.append((r, inner))
+                await ready.put(len(chunks) - 1)
+                sqlite_sums.append(await self.run(sqlite_side.cell_sums, self.ks, self.hasher, r, inner))
+                if hi is None:
+                    break
+                lo = hi
+            await ready.put(None)  # on failure _together cancels the Postgres side instead
+
+        async def postgres_side() -> None:
+            while (i := await ready.get()) is not None:
+                pg_sums[i] = await self.pt.cell_sums(*chunks[i])
+
+        await _together(sqlite_side_(), postgres_side())
+        return self._tally(chunks, sqlite_sums, [pg_sums[i] for i in range(len(chunks))])
+
+    def _tally(self, chunks, sqlite_sums, pg_sums) -> list[tuple[KeyRange, int, int]]:
+        differing = []
+        for (r, inner), sq, pg in zip(chunks, sqlite_sums, pg_sums):
+            for cell, (s_rows, s_sum), (p_rows, p_sum) in zip(sqlite_side.split(r, inner), sq, pg):
+                self.rows_sqlite += s_rows
+                self.rows_postgres += p_rows
+                if s_rows != p_rows or fold(s_sum) != fold(p_sum):
+                    differing.append((cell, s_rows, p_rows))
+        return differing
+
+    async def _cells(self, r: KeyRange, bounds: list[Bound], depth: int) -> None:
         sq, pg = await asyncio.gather(
             self.run(sqlite_side.cell_sums, self.ks, self.hasher, r, bounds),
             self.pt.cell_sums(r, bounds),
         )
         for cell, (s_rows, s_sum), (p_rows, p_sum) in zip(sqlite_side.split(r, bounds), sq, pg):
-            if top:
-                self.rows_sqlite += s_rows
-                self.rows_postgres += p_rows
             if s_rows != p_rows or fold(s_sum) != fold(p_sum):
                 await self._bisect(cell, s_rows, p_rows, depth)
 
@@ -312,6 +343,20 @@ class TableCheck:
             note = f"{more} further difference(s) counted as found, not re-checked one by one (over {MAX_CANDIDATES})"
             result.reason = f"{result.reason}; {note}" if result.reason else note
         result.compared = True
+
+
+async def _together(*coros) -> None:
+    """Run coroutines concurrently; if one fails, cancel the others and raise its error."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass
