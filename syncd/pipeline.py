@@ -27,11 +27,10 @@ from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load
 from syncd.sqlite import reader
 from syncd.sqlite.capture import LockTimeout
 from syncd.sqlite.connection import SourceFileError
-from syncd.stream import apply, prune, read_and_convert
+from syncd.pruner import Pruner
+from syncd.stream import apply, read_and_convert
 
 STATS_EVERY_SECONDS = 15.0
-PRUNE_EVERY_SECONDS = 2.0
-PRUNE_MIN_ENTRIES = 1000
 
 # Health states, as status and sd_notify report them.
 STARTING = "starting"
@@ -62,8 +61,8 @@ class Pipeline:
         self.load: TableLoad | None = None
         self.max_seq_seen = 0
         self.last_poll = None
-        self.pruned_upto = 0
-        self.last_prune = 0.0
+        self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_chunk_rows,
+                             settings.sqlite.write_busy_timeout_ms, settings.sqlite.read_busy_timeout_ms)
         self.last_stats = 0.0
         self.last_request_check = 0.0
         self.last_full_check = time.monotonic()
@@ -113,6 +112,8 @@ class Pipeline:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
             await self._close_load()
+            await self.pruner.stop()
+            self.pruner.shutdown()
             await self.session.close()
 
     async def _sleep(self, seconds: float) -> None:
@@ -193,6 +194,7 @@ class Pipeline:
         if self.file_changed:
             self.file_changed = False
             await self._close_load()
+            await self.pruner.stop()
             await s.worker.close()
             self.needs_reconcile = True
             self.captured_once = False
@@ -210,6 +212,7 @@ class Pipeline:
         self.pg_ok = True
         if self.needs_reconcile:
             await self._close_load()
+            await self.pruner.stop()  # it must not work from a checkpoint reconcile may reset
             await reconcile(s)
             self.needs_reconcile = False
             self._after_reconcile()
@@ -219,7 +222,7 @@ class Pipeline:
             did = await self._catchup_step() or did
         if not self.needs_reconcile:
             did = await self._stream_step() or did
-        await self._maybe_prune()
+        self.pruner.maybe(s.applied_seq, s.keep_map())
         await self._maybe_stats()
         await self._maybe_recheck()
         self._recovered()
@@ -233,7 +236,7 @@ class Pipeline:
         max_seq = s.capture.max_seq if s.capture else 0
         self.lag.seed(s.applied_seq, max_seq, since)
         self.max_seq_seen = max(self.max_seq_seen, max_seq)
-        self.pruned_upto = min(self.pruned_upto, s.applied_seq)
+        self.pruner.rewind(s.applied_seq)
         for t in s.tables.values():
             self._log_table_state(t)
 
@@ -410,17 +413,6 @@ class Pipeline:
         for tid in held:
             self._held_logged(by_tid[tid])
         return True
-
-    async def _maybe_prune(self) -> None:
-        s = self.session
-        due = time.monotonic() - self.last_prune >= PRUNE_EVERY_SECONDS
-        if s.applied_seq <= self.pruned_upto or not (due or s.applied_seq - self.pruned_upto >= PRUNE_MIN_ENTRIES):
-            return
-        self.last_prune = time.monotonic()
-        upto = s.applied_seq
-        await s.worker.run(prune, upto, s.keep_map(), self.settings.sqlite.prune_chunk_rows,
-                           self.settings.sqlite.write_busy_timeout_ms)
-        self.pruned_upto = upto
 
     async def _maybe_stats(self) -> None:
         if time.monotonic() - self.last_stats < STATS_EVERY_SECONDS:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from syncd.model import TableSpec
 from syncd.sqlite.audit import format_key
-from syncd.types import ValueMismatch, converter
+from syncd.types import PgType, ValueMismatch, converter
+
+# Types whose converter returns these Python values unchanged: a row whose values
+# already have them needs no function call per value (the snapshot's hot loop).
+_PASSTHROUGH = {PgType.BIGINT: int, PgType.DOUBLE: float, PgType.TEXT: str, PgType.BYTEA: bytes}
 
 
 @dataclass
@@ -24,6 +28,31 @@ class RowMisfit(Exception):
         )
 
 
+def _compile_row_function(spec: TableSpec, convs: list[Callable[[Any], Any]]) -> Callable[[tuple], tuple]:
+    """Build `convert(row) -> tuple` with one inline expression per column.
+
+    Only generated names (v0, f0, ...) appear in the source; column names never do.
+    A value of the expected type passes straight through (text after a NUL check);
+    anything else goes through the full converter, which raises ValueMismatch.
+    """
+    env: dict[str, Any] = {}
+    parts = []
+    for i, col in enumerate(spec.columns):
+        env[f"f{i}"] = convs[i]
+        expected = _PASSTHROUGH.get(col.pgtype)
+        if expected is None:
+            parts.append(f"f{i}(v{i})")
+            continue
+        env[f"t{i}"] = expected
+        guard = f"type(v{i}) is t{i}" + (f" and '\\x00' not in v{i}" if expected is str else "")
+        parts.append(f"(v{i} if {guard} else f{i}(v{i}))")
+    names = ", ".join(f"v{i}" for i in range(len(spec.columns)))
+    args = ", ".join(f"{k}={k}" for k in env)
+    src = f"def convert(row, {args}):\n    {names}, = row\n    return ({', '.join(parts)},)\n"
+    exec(compile(src, f"<syncd row converter for {len(spec.columns)} columns>", "exec"), env)  # noqa: S102
+    return env["convert"]
+
+
 class RowConverter:
     """Converts full rows (spec column order) and keys to what asyncpg sends."""
 
@@ -32,23 +61,25 @@ class RowConverter:
         self._convs = [converter(c.pgtype) for c in spec.columns]
         self._key_idx = spec.key_indexes
         self._key_convs = [self._convs[i] for i in self._key_idx]
+        self._row = _compile_row_function(spec, self._convs)
 
     def row(self, row: tuple) -> tuple:
         try:
-            return tuple([f(v) for f, v in zip(self._convs, row)])
+            return self._row(row)
         except ValueMismatch:
             raise self._locate(row) from None
 
     def rows(self, rows: list[tuple]) -> list[tuple]:
-        convs = self._convs
-        out = []
-        append = out.append
+        convert = self._row
         try:
-            for r in rows:
-                append(tuple([f(v) for f, v in zip(convs, r)]))
+            return [convert(r) for r in rows]
         except ValueMismatch:
-            raise self._locate(r) from None
-        return out
+            for r in rows:
+                try:
+                    convert(r)
+                except ValueMismatch:
+                    raise self._locate(r) from None
+            raise
 
     def key(self, key: tuple) -> tuple:
         try:
@@ -64,11 +95,3 @@ class RowConverter:
             except ValueMismatch as e:
                 return RowMisfit(self.spec.name, key, col.name, str(e))
         raise AssertionError("row converted on second try")
-
-
-def raw_key(spec: TableSpec, row: tuple) -> tuple:
-    return tuple(row[i] for i in spec.key_indexes)
-
-
-def key_text(spec: TableSpec, key: tuple[Any, ...]) -> str:
-    return format_key(key)

@@ -18,7 +18,7 @@ from syncd.postgres.bookkeeping import TableRow
 from syncd.postgres.connect import describe, is_data_error, is_shape_error, is_transient, sqlstate
 from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
-from syncd.sqlite import capture, reader
+from syncd.sqlite import reader
 from syncd.sqlite.audit import format_key
 from syncd.sqlite.reader import ChangeBatch
 
@@ -145,24 +145,3 @@ def _count(session: SourceSession, batch: ChangeBatch, converted: dict[int, Conv
             continue
         for op, n in ch.ops.items():
             metrics.changes_applied_total.labels(session.name, ch.spec.name, op).inc(n)
-
-
-def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], chunk: int, busy_ms: int) -> int:
-    """Delete applied changelog entries in short write transactions. Between chunks
-    syncd steps aside for twice as long as it held the lock, so application writers
-    waiting in their busy handler get the lock first; it stops early (returning what
-    it did) if the application keeps the file locked."""
-    total = 0
-    while True:
-        started = time.monotonic()
-        try:
-            n = capture.write_transaction(
-                conn, lambda c: reader.prune_chunk(c, below_seq, keep, chunk),
-                busy_timeout_ms=busy_ms, deadline_seconds=1.0,
-            )
-        except capture.LockTimeout:
-            return total
-        total += n
-        if n < chunk:
-            return total
-        time.sleep(max(0.02, 2 * (time.monotonic() - started)))

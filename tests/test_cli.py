@@ -122,7 +122,7 @@ async def test_uninstall_removes_capture_and_keeps_app_tables(app_db, make_confi
     assert r.returncode == 1 and "1 captured change(s) are not yet applied" in r.stdout
     r = run_cli(cfg, "uninstall", "--force")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "removed 6 trigger(s)" in r.stdout
+    assert "removed 8 trigger(s)" in r.stdout  # insert, update, key change, delete per table
     assert sqlite_objects(app_db) == original
     assert conn.execute("SELECT count(*) FROM a").fetchone()[0] == 3
     r = run_cli(cfg, "uninstall")

@@ -71,6 +71,6 @@ async def test_daemon_started_while_postgres_is_down(cluster, tmp_path):
 def _has_triggers(db) -> bool:
     conn = sqlite3.connect(db)
     try:
-        return conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0] == 3
+        return conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0] == 4
     finally:
         conn.close()

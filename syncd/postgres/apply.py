@@ -13,7 +13,7 @@ import asyncpg
 from syncd.identifiers import qualified, quote_pg_ident
 from syncd.model import TableSpec
 
-COPY_THRESHOLD = 2000  # rows; see bench/stream.py for where the crossover sits
+COPY_THRESHOLD = 200  # rows; bench/stream.py measures COPY+merge ahead of unnest() from ~50-200 rows
 
 
 def _array_type(pgtype: str) -> str:

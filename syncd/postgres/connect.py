@@ -50,8 +50,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def is_data_error(exc: BaseException) -> bool:
-    if isinstance(exc, _CLIENT_DATA_ERROR):
-        return True
+    if isinstance(exc, (_CLIENT_DATA_ERROR, UnicodeEncodeError)):
+        return True  # refused before it left: a value asyncpg cannot encode (e.g. invalid UTF-8)
     code = sqlstate(exc)
     return code is not None and code.startswith(_DATA_CLASSES)
 
@@ -64,6 +64,8 @@ def describe(exc: BaseException) -> str:
     """One line for logs and status, with no password in it."""
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         text = "timed out"
+    elif isinstance(exc, UnicodeEncodeError):
+        text = "text is not valid UTF-8"
     elif isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
     else:

@@ -39,6 +39,7 @@ def trigger_names(tid: int) -> dict[str, str]:
     return {
         "ins": f"{TRIGGER_PREFIX}{tid}_ins",
         "upd": f"{TRIGGER_PREFIX}{tid}_upd",
+        "key": f"{TRIGGER_PREFIX}{tid}_key",
         "del": f"{TRIGGER_PREFIX}{tid}_del",
         "rep": f"{TRIGGER_PREFIX}{tid}_rep",
         "repu": f"{TRIGGER_PREFIX}{tid}_repu",
@@ -55,6 +56,10 @@ def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
     old = ", ".join(f"OLD.{quote_ident(k)}" for k in spec.key)
     # COLLATE BINARY: under a NOCASE key, 'abc' -> 'ABC' is still a key change for Postgres.
     key_changed = " OR ".join(f"OLD.{quote_ident(k)} IS NOT NEW.{quote_ident(k)} COLLATE BINARY" for k in spec.key)
+    # The old key is recorded by a trigger of its own, limited to UPDATEs that set a key
+    # column (or the rowid, which an INTEGER PRIMARY KEY aliases): SQLite skips it for
+    # every other UPDATE, which keeps bulk updates cheap.
+    of_columns = [quote_ident(k) for k in spec.key] + ([] if spec.without_rowid else ["rowid", "oid", "_rowid_"])
     out = {
         "ins": (
             f"CREATE TRIGGER {quote_ident(names['ins'])} AFTER INSERT ON {table} BEGIN "
@@ -62,8 +67,12 @@ def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
         ),
         "upd": (
             f"CREATE TRIGGER {quote_ident(names['upd'])} AFTER UPDATE ON {table} BEGIN "
-            f"INSERT INTO {cl}(tid, op, {slots}) SELECT {tid}, {OP_DELETE}, {old} WHERE {key_changed}; "
             f"INSERT INTO {cl}(tid, op, {slots}) VALUES ({tid}, {OP_UPDATE}, {new}); END"
+        ),
+        "key": (
+            f"CREATE TRIGGER {quote_ident(names['key'])} AFTER UPDATE OF {', '.join(of_columns)} ON {table} "
+            f"WHEN {key_changed} BEGIN "
+            f"INSERT INTO {cl}(tid, op, {slots}) VALUES ({tid}, {OP_DELETE}, {old}); END"
         ),
         "del": (
             f"CREATE TRIGGER {quote_ident(names['del'])} AFTER DELETE ON {table} BEGIN "
@@ -251,7 +260,7 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
         existing = {
             name: sql
             for name, sql in c.execute(
-                "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND name IN (?, ?, ?, ?, ?)",
+                "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND name IN (?, ?, ?, ?, ?, ?)",
                 tuple(trigger_names(tid).values()),
             )
         }

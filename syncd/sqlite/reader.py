@@ -50,15 +50,26 @@ class ChangeBatch:
 
 
 def _join_sql(spec: TableSpec) -> str:
+    """Per distinct key in the range: the key, its first op, flags, the current row.
+
+    Flags are worked out in SQL so the common case costs Python nothing: `nullkey`
+    (a NULL in the key), `present` (the row exists), `exact` (the row found has
+    exactly the recorded key: a non-BINARY collation or an affinity can match
+    another stored key)."""
     nkey = len(spec.key)
     slots = ", ".join(slot(i) for i in range(nkey))
     c_slots = ", ".join(f"c.{slot(i)}" for i in range(nkey))
     on = " AND ".join(f"t.{quote_ident(k)} = c.{slot(i)}" for i, k in enumerate(spec.key))
+    nullkey = " OR ".join(f"c.{slot(i)} IS NULL" for i in range(nkey))
+    exact = " AND ".join(
+        f"(t.{quote_ident(k)} = c.{slot(i)} COLLATE BINARY AND typeof(t.{quote_ident(k)}) = typeof(c.{slot(i)}))"
+        for i, k in enumerate(spec.key)
+    )
     cols = ", ".join(f"t.{quote_ident(c)}" for c in spec.column_names)
     first_key = quote_ident(spec.key[0])
     # `op` is a bare column next to min(seq): SQLite takes it from the first change.
     return (
-        f"SELECT {c_slots}, c.op, t.{first_key} IS NOT NULL, {cols} "
+        f"SELECT {c_slots}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {cols} "
         f"FROM (SELECT {slots}, op, min(seq) FROM main.{CL} "
         f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {slots}) AS c "
         f"LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on}"
@@ -68,32 +79,49 @@ def _join_sql(spec: TableSpec) -> str:
 def _collect(changes: TableChanges, rows: list[tuple]) -> None:
     spec = changes.spec
     nkey = len(spec.key)
+    first = nkey + 4  # where the row's columns start
     key_idx = spec.key_indexes
-    seen: set[tuple] = set()
+    upserts, deletes = changes.upserts, changes.deletes
+    inserted = updated = deleted = 0
+    merged: set[tuple] | None = None  # rows reached through a non-exact match, to upsert once
     for r in rows:
-        key = r[:nkey]
-        op = r[nkey]
-        present = r[nkey + 1]
-        if any(v is None for v in key):
+        if r[nkey + 1]:
             changes.null_keys += 1
             continue
-        if present:
-            row = r[nkey + 2 :]
-            found_key = tuple(row[i] for i in key_idx)
-            exact = found_key == key and all(type(a) is type(b) for a, b in zip(found_key, key))
-            if not exact:
+        if r[nkey + 2]:
+            if r[nkey + 3]:
+                upserts.append(r[first:])
+            else:
                 # A non-BINARY collation (or affinity) matched a different stored key:
-                # the recorded key itself is gone, the row found is upserted once.
-                changes.deletes.append(key)
-                changes.ops["delete"] += 1
-            if found_key in seen:
-                continue
-            seen.add(found_key)
-            changes.upserts.append(row)
-            changes.ops["insert" if op == OP_INSERT else "update"] += 1
+                # the recorded key itself is gone; the row found is upserted once.
+                deletes.append(r[:nkey])
+                deleted += 1
+                row = r[first:]
+                found = tuple(row[i] for i in key_idx)
+                merged = merged if merged is not None else set()
+                if found in merged:
+                    continue
+                merged.add(found)
+                upserts.append(row)
+            if r[nkey] == OP_INSERT:
+                inserted += 1
+            else:
+                updated += 1
         else:
-            changes.deletes.append(key)
-            changes.ops["delete"] += 1
+            deletes.append(r[:nkey])
+            deleted += 1
+    if merged:
+        exact_keys = {tuple(row[i] for i in key_idx) for row in upserts}
+        if len(exact_keys) < len(upserts):  # a merged row also matched exactly: keep one
+            seen: set[tuple] = set()
+            unique = []
+            for row in upserts:
+                k = tuple(row[i] for i in key_idx)
+                if k not in seen:
+                    seen.add(k)
+                    unique.append(row)
+            upserts[:] = unique
+    changes.ops.update(insert=inserted, update=updated, delete=deleted)
 
 
 def read_changes(

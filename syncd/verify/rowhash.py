@@ -76,9 +76,17 @@ class RowTokens:
         self.types = tuple(c.pgtype for c in spec.columns)
         self.key_idx = spec.key_indexes
         self.key_types = tuple(self.types[i] for i in self.key_idx)
+        self._fast: Callable | None = None
 
     def row(self, row: Sequence[Any]) -> tuple[str, ...]:
+        """The reference: every value through the converter."""
         return tuple(value_token(t, v) for t, v in zip(self.types, row))
+
+    def fast_row(self, row: Sequence[Any]) -> tuple[str, ...]:
+        """The same tokens, with the aggregate's fast cases (generated once per table)."""
+        if self._fast is None:
+            self._fast = _compile("tokens", _tokens_source(self.types), self.types)
+        return self._fast(*row)
 
     def key_of_row(self, tokens: Sequence[str]) -> tuple[str, ...]:
         return tuple(tokens[i] for i in self.key_idx)
@@ -149,6 +157,12 @@ def _group_source(types: Sequence[PgType], offset: int) -> str:
     args = [f"c{i}" for i in range(len(types))]
     body = _tokens_body(types, offset, args, "s")
     return "\n".join([f"def group({', '.join(args)}):", *("    " + b for b in body), "    return s"]) + "\n"
+
+
+def _tokens_source(types: Sequence[PgType]) -> str:
+    args = [f"c{i}" for i in range(len(types))]
+    parts = ", ".join(_column_expr(i, t, a) for i, (t, a) in enumerate(zip(types, args)))
+    return f"def tokens({', '.join(args)}):\n    return ({parts},)\n"
 
 
 def _joined_step(self, *groups: str) -> None:

@@ -192,8 +192,9 @@ def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str,
         return ("Postgres table does not match the SQLite schema (" + "; ".join(what) +
                 "); the daemon reconciles schema changes within seconds of seeing them")
     if tid is None or not state.triggers_match(tid, spec):
-        return ("capture triggers are missing or outdated on this table, so changes may go unrecorded; "
-                "the daemon re-arms them and re-snapshots the table")
+        return ("capture triggers on this table are missing or not the ones this syncd version installs "
+                "(after an upgrade: until the daemon restarts), so changes may go unrecorded; the daemon "
+                "re-arms them when it (re)starts, re-snapshotting the table if some were missing")
     return None
 
 

@@ -45,6 +45,7 @@ MAX_DEPTH = 12
 UNINDEXED_CHUNKS = 16  # without a usable index every chunk scans the table: few, large chunks
 MAX_CANDIDATES = 100_000  # beyond this, differences are counted as found, not re-checked one by one
 LOOKAHEAD = 2  # chunks the SQLite side may run ahead of Postgres
+LEAF_BATCH = 32  # ranges read row by row per batch (bounds the rows held at once)
 POLL_SECONDS = 0.1
 
 SqliteRun = Callable[..., Awaitable[Any]]
@@ -96,8 +97,19 @@ class TableCheck:
             total = await self.run(sqlite_side.count_rows, self.spec)
             chunk = self.chunk_rows if self.ks.indexed else max(self.chunk_rows, math.ceil(total / UNINDEXED_CHUNKS))
             differing = await self._scan(max(1, math.ceil(chunk / CELLS)))
+        await self._investigate(differing, depth=0)
+
+    async def _investigate(self, differing: list[tuple[KeyRange, int, int]], depth: int) -> None:
+        """Read small differing ranges row by row, in batches; cut the others again."""
+        small = [r for r, s_rows, p_rows in differing if self._is_leaf(s_rows, p_rows, depth)]
+        for i in range(0, len(small), LEAF_BATCH):
+            await self._leaves(small[i : i + LEAF_BATCH])
         for r, s_rows, p_rows in differing:
-            await self._bisect(r, s_rows, p_rows, depth=0)
+            if not self._is_leaf(s_rows, p_rows, depth):
+                await self._bisect(r, s_rows, p_rows, depth)
+
+    def _is_leaf(self, s_rows: int, p_rows: int, depth: int) -> bool:
+        return not self.ks.orderable or depth >= MAX_DEPTH or max(s_rows, p_rows) <= LEAF_ROWS
 
     async def _scan_once(self, r: KeyRange) -> list[tuple[KeyRange, int, int]]:
         sq, pg = await asyncio.gather(self.run(sqlite_side.cell_sums, self.ks, self.hasher, r, []),
@@ -150,15 +162,13 @@ class TableCheck:
             self.run(sqlite_side.cell_sums, self.ks, self.hasher, r, bounds),
             self.pt.cell_sums(r, bounds),
         )
-        for cell, (s_rows, s_sum), (p_rows, p_sum) in zip(sqlite_side.split(r, bounds), sq, pg):
-            if s_rows != p_rows or fold(s_sum) != fold(p_sum):
-                await self._bisect(cell, s_rows, p_rows, depth)
+        differing = [(cell, s_rows, p_rows)
+                     for cell, (s_rows, s_sum), (p_rows, p_sum) in zip(sqlite_side.split(r, bounds), sq, pg)
+                     if s_rows != p_rows or fold(s_sum) != fold(p_sum)]
+        await self._investigate(differing, depth)
 
     async def _bisect(self, r: KeyRange, s_rows: int, p_rows: int, depth: int) -> None:
         biggest = max(s_rows, p_rows)
-        if not self.ks.orderable or depth >= MAX_DEPTH or biggest <= LEAF_ROWS:
-            await self._leaf(r)
-            return
         step = math.ceil(biggest / CELLS)
         if s_rows >= p_rows:  # cut where the rows are
             found = await self.run(sqlite_side.sample, self.ks, r, None, step)
@@ -167,13 +177,24 @@ class TableCheck:
             bounds = [self.ks.from_postgres(k) for _, k in await self.pt.sample(r, step)]
         usable = [b for b in bounds if b is not None]
         if not usable:
-            await self._leaf(r)
+            await self._leaves([r])
             return
         await self._cells(r, usable, depth + 1)
 
-    async def _leaf(self, r: KeyRange) -> None:
-        srows, prows = await asyncio.gather(self.run(sqlite_side.range_rows, self.ks, r), self.pt.range_rows(r))
-        mine = {x.tokens_key: x for x in (self._sqlite_row(row) for row in srows)}
+    async def _leaves(self, ranges: list[KeyRange]) -> None:
+        """Read ranges row by row on both sides, each side through all of them at its
+        own pace, and note every key whose rows differ."""
+        if not ranges:
+            return
+
+        async def postgres() -> list:
+            return [await self.pt.range_rows(r) for r in ranges]
+
+        mine_all, theirs_all = await asyncio.gather(self.run(self._sqlite_leaves, ranges), postgres())
+        for mine, prows in zip(mine_all, theirs_all):
+            self._compare_leaf(mine, prows)
+
+    def _compare_leaf(self, mine: dict[tuple, "_Keyed"], prows: list[PgRow]) -> None:
         theirs = {self.tokens.key_of_row(p.tokens): p for p in prows}
         for ident in mine.keys() | theirs.keys():
             s, p = mine.get(ident), theirs.get(ident)
@@ -192,8 +213,14 @@ class TableCheck:
         c.raw = c.raw if raw is None else raw
         c.pg = c.pg if pg is None else pg
 
+    def _sqlite_leaves(self, conn, ranges: list[KeyRange]) -> list[dict[tuple, "_Keyed"]]:
+        """On the SQLite thread: each range's rows, keyed and tokenised there, so that
+        overlaps with Postgres reading its side."""
+        return [{x.tokens_key: x for x in (self._sqlite_row(row) for row in sqlite_side.range_rows(conn, self.ks, r))}
+                for r in ranges]
+
     def _sqlite_row(self, row: tuple) -> "_Keyed":
-        tokens = self.tokens.row(row)
+        tokens = self.tokens.fast_row(row)
         raw_key = tuple(row[i] for i in self.tokens.key_idx)
         return _Keyed(self.ident(self.tokens.key_of_row(tokens), raw_key), SqliteRow(row, raw_key, tokens))
 

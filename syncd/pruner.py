@@ -1,0 +1,88 @@
+"""Prune applied changelog entries, in the background, on a connection of its own.
+
+Only entries Postgres has committed are deleted, in short write transactions that
+yield the lock between chunks; running on its own thread keeps that politeness from
+slowing the batch reads down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+from syncd.sqlite import capture, reader
+from syncd.sqlite.connection import SqliteWorker
+
+PRUNE_EVERY_SECONDS = 2.0
+PRUNE_MIN_ENTRIES = 1000
+
+
+def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], chunk: int, busy_ms: int) -> int:
+    """Delete applied changelog entries (seq < below_seq, except `keep`'s) in short
+    write transactions. Between chunks syncd steps aside for twice as long as it held
+    the lock, so application writers waiting in their busy handler get it first; it
+    stops early (returning what it did) if the application keeps the file locked."""
+    total = 0
+    while True:
+        started = time.monotonic()
+        try:
+            n = capture.write_transaction(
+                conn, lambda c: reader.prune_chunk(c, below_seq, keep, chunk),
+                busy_timeout_ms=busy_ms, deadline_seconds=1.0,
+            )
+        except capture.LockTimeout:
+            return total
+        total += n
+        if n < chunk:
+            return total
+        time.sleep(max(0.02, 2 * (time.monotonic() - started)))
+
+
+class Pruner:
+    """At most one prune in flight per source; `maybe` starts one when it is worth it.
+
+    Safe to run alongside the stream: `below_seq` is the checkpoint when the prune
+    starts, and any table that stops streaming later gets a from_seq at or above the
+    checkpoint of that moment, so nothing it still needs lies below `below_seq`."""
+
+    def __init__(self, path: Path, name: str, chunk_rows: int, busy_ms: int, read_busy_ms: int):
+        self.worker = SqliteWorker(path, f"{name}-prune", read_busy_ms)
+        self.chunk_rows = chunk_rows
+        self.busy_ms = busy_ms
+        self.task: asyncio.Task | None = None
+        self.pruned_upto = 0
+        self.last_start = 0.0
+
+    def maybe(self, applied_seq: int, keep: dict[int, int]) -> None:
+        if self.task is not None:
+            if not self.task.done():
+                return
+            if not self.task.cancelled():
+                self.task.exception()  # a failed prune (file busy, file replaced) is simply retried later
+            self.task = None
+        behind = applied_seq - self.pruned_upto
+        due = time.monotonic() - self.last_start >= PRUNE_EVERY_SECONDS
+        if behind <= 0 or not (due or behind >= PRUNE_MIN_ENTRIES):
+            return
+        self.last_start = time.monotonic()
+        self.task = asyncio.ensure_future(self._run(applied_seq, dict(keep)))
+
+    async def _run(self, below_seq: int, keep: dict[int, int]) -> None:
+        await self.worker.run(prune, below_seq, keep, self.chunk_rows, self.busy_ms)
+        self.pruned_upto = below_seq
+
+    def rewind(self, applied_seq: int) -> None:
+        """The checkpoint moved back (a new capture generation): prune from there."""
+        self.pruned_upto = min(self.pruned_upto, applied_seq)
+
+    async def stop(self) -> None:
+        """Wait for the prune in flight (it is short) and close the connection."""
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+        await self.worker.close()
+
+    def shutdown(self) -> None:
+        self.worker.shutdown()
