@@ -91,48 +91,23 @@ def _ddl(bk: str) -> list[str]:
             table_state text,
             detail text)""",
         f"CREATE INDEX IF NOT EXISTS verify_runs_by_table ON {s}.verify_runs (source, table_name, finished_at)",
+        # Columns added after the first release: upgrades get them here.
+        f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS request text",
     ]
 
 
 async def ensure_bookkeeping(conn: asyncpg.Connection, bk: str) -> None:
-    """Create syncd's schema if missing. Serialized with an advisory lock because
-    several syncd processes may start against one database at the same time."""
+    """Create (or complete, after an upgrade) syncd's schema. Every statement is
+    idempotent; an advisory lock serializes syncd processes starting together."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS)
-        exists = await conn.fetchval(
-            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = $1 AND c.relname = 'verify_runs'",
-            bk,
+        for stmt in _ddl(bk):
+            await conn.execute(stmt)
+        await conn.execute(
+            f"INSERT INTO {quote_pg_ident(bk)}.meta(key, value) VALUES ('version', $1) "
+            f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            str(BOOKKEEPING_VERSION),
         )
-        if not exists:
-            for stmt in _ddl(bk):
-                await conn.execute(stmt)
-            await conn.execute(
-                f"INSERT INTO {quote_pg_ident(bk)}.meta(key, value) VALUES ('version', $1) ON CONFLICT DO NOTHING",
-                str(BOOKKEEPING_VERSION),
-            )
-
-
-# Columns verify_runs gained after BOOKKEEPING_VERSION 1 shipped; older installs get
-# them from ensure_verify_runs_columns (ensure_bookkeeping skips an existing schema).
-VERIFY_RUNS_ADDED = (
-    ("table_state", "text"),  # the table's replication state when it was checked
-    ("detail", "text"),  # JSON: the first differences found, or why the table was not compared
-)
-
-
-async def ensure_verify_runs_columns(conn: asyncpg.Connection, bk: str) -> None:
-    table = f"{quote_pg_ident(bk)}.verify_runs"
-    have = {
-        r[0]
-        for r in await conn.fetch(
-            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
-            table,
-        )
-    }
-    for name, type_ in VERIFY_RUNS_ADDED:
-        if name not in have:
-            await conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {type_}")
 
 
 async def bookkeeping_exists(conn: asyncpg.Connection, bk: str) -> bool:
