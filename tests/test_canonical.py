@@ -118,6 +118,7 @@ async def test_row_hash_is_the_same_three_ways(pg_dsn, pgtype):
     tokens = RowTokens(spec)
     reference = {i: row_hash(tokens.row(r)) for i, r in enumerate(rows)}
 
+    assert [tokens.fast_row(r) for r in rows] == [tokens.row(r) for r in rows]
     conn = sqlite_table(spec, rows)
     hasher = SqliteRowHash(spec, "h")
     hasher.register(conn)
@@ -188,6 +189,7 @@ def test_values_that_do_not_fit_never_match(pgtype):
     for i, row in enumerate(rows):
         got = fold(conn.execute(f"SELECT {hasher.sql} FROM canon WHERE id = ?", (i,)).fetchone()[0])
         assert got == row_hash(tokens.row(row))
+        assert tokens.fast_row(row) == tokens.row(row)
 
 
 async def test_tables_wider_than_sqlite_function_arguments(pg_dsn):

@@ -105,11 +105,11 @@ def lit(v) -> str:
 TABLES = ["blobs", "configured", "dated", "ints", "nocase", "pairs", "reals", "texts"]
 
 
-@pytest.mark.parametrize("chunk_rows", [16, 40_000], ids=["tiny-cells", "bisect"])
+@pytest.mark.parametrize("chunk_rows", [16, 200_000], ids=["tiny-cells", "bisect"])
 async def test_scattered_differences_found_exactly(app_db, make_config, pg_dsn, tmp_path, chunk_rows):
-    """16: every cell is a row or a few. 40000: one chunk of 16 cells of ~250 rows
-    (2500 for `ints`), so differing cells are cut again by sampling, from Postgres
-    where it has more rows (a block of extra rows past SQLite's last key)."""
+    """16: every cell is a row. 200000: cells of 3125 rows, more than a table here, so
+    differing cells are cut again by sampling, from Postgres where it has more rows
+    (a block of extra rows past SQLite's last key)."""
     seed(app_db)
     cfg = make_config([{"name": "app", "path": str(app_db), "keys": {"configured": ["a"]}}],
                       extra=f"[verify]\nchunk_rows = {chunk_rows}\n")

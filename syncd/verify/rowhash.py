@@ -77,6 +77,7 @@ class RowTokens:
         self.key_idx = spec.key_indexes
         self.key_types = tuple(self.types[i] for i in self.key_idx)
         self._fast: Callable | None = None
+        self._fast_key: Callable | None = None
 
     def row(self, row: Sequence[Any]) -> tuple[str, ...]:
         """The reference: every value through the converter."""
@@ -94,6 +95,13 @@ class RowTokens:
     def key(self, raw_key: Sequence[Any]) -> tuple[str, ...] | None:
         """The key's tokens, or None when a key value does not fit its type."""
         out = tuple(value_token(t, v) for t, v in zip(self.key_types, raw_key))
+        return None if MISFIT in out else out
+
+    def fast_key(self, raw_key: Sequence[Any]) -> tuple[str, ...] | None:
+        """The same as key(), with the fast cases."""
+        if self._fast_key is None:
+            self._fast_key = _compile("tokens", _tokens_source(self.key_types), self.key_types)
+        out = self._fast_key(*raw_key)
         return None if MISFIT in out else out
 
 
@@ -153,6 +161,15 @@ def _step_source(types: Sequence[PgType]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _row_hash_source(types: Sequence[PgType]) -> str:
+    """A scalar function: one row's hash, signed as SQLite integers are."""
+    args = [f"c{i}" for i in range(len(types))]
+    body = _tokens_body(types, 0, args, "s")
+    return "\n".join([f"def row_hash({', '.join(args)}):", *("    " + b for b in body),
+                      '    v = _fb(_md5(s.encode()).digest()[:8], "big")',
+                      "    return v - 18446744073709551616 if v >= 9223372036854775808 else v"]) + "\n"
+
+
 def _group_source(types: Sequence[PgType], offset: int) -> str:
     args = [f"c{i}" for i in range(len(types))]
     body = _tokens_body(types, offset, args, "s")
@@ -168,6 +185,11 @@ def _tokens_source(types: Sequence[PgType]) -> str:
 def _joined_step(self, *groups: str) -> None:
     data = SEP.join(groups).encode("utf-8", "surrogateescape")
     self.total += int.from_bytes(_md5(data).digest()[:8], "big")
+
+
+def _joined_row_hash(*groups: str) -> int:
+    v = int.from_bytes(_md5(SEP.join(groups).encode("utf-8", "surrogateescape")).digest()[:8], "big")
+    return v - MOD if v >= 1 << 63 else v
 
 
 def _finalize(self) -> int:
@@ -189,24 +211,27 @@ class SqliteRowHash:
         cols = [quote_ident(c) for c in spec.column_names]
         if len(cols) <= MAX_FUNCTION_ARGS:
             self.groups: list[tuple[int, int]] = []
-            self.sql = f"{name}({', '.join(cols)})"
+            args = ", ".join(cols)
         else:
             self.groups = [(i, min(i + MAX_FUNCTION_ARGS, len(cols))) for i in range(0, len(cols), MAX_FUNCTION_ARGS)]
             if len(self.groups) > MAX_FUNCTION_ARGS:
                 raise ValueError(f"table {spec.name!r} has too many columns to hash")
-            calls = [f"{name}_g{k}({', '.join(cols[a:b])})" for k, (a, b) in enumerate(self.groups)]
-            self.sql = f"{name}({', '.join(calls)})"
+            args = ", ".join(f"{name}_g{k}({', '.join(cols[a:b])})" for k, (a, b) in enumerate(self.groups))
+        self.sql = f"{name}({args})"  # aggregate: the sum of the rows' hashes
+        self.row_sql = f"{name}_row({args})"  # scalar: one row's hash
 
     def register(self, conn: sqlite3.Connection) -> None:
         if not self.groups:
             step = _compile("step", _step_source(self.types), self.types)
+            row_hash = _compile("row_hash", _row_hash_source(self.types), self.types)
             n_args = len(self.types)
         else:
             for k, (a, b) in enumerate(self.groups):
                 group = _compile("group", _group_source(self.types[a:b], a), self.types)
                 conn.create_function(f"{self.name}_g{k}", b - a, group, deterministic=True)
-            step = _joined_step
+            step, row_hash = _joined_step, _joined_row_hash
             n_args = len(self.groups)
+        conn.create_function(f"{self.name}_row", n_args, row_hash, deterministic=True)
 
         class RowHashSum:
             __slots__ = ("total",)
@@ -235,6 +260,10 @@ def pg_row_sql(spec: TableSpec) -> str:
     if len(tokens) <= CONCAT_MAX_COLUMNS:
         return " || E'\\x1f' || ".join(tokens)  # a little cheaper per row than building an array
     return f"array_to_string(ARRAY[{', '.join(tokens)}]::text[], E'\\x1f')"
+
+
+def pg_key_token_exprs(spec: TableSpec) -> list[str]:
+    return [pg_canonical_expr(spec.column(k).pgtype, quote_pg_ident(k)) for k in spec.key]
 
 
 def pg_row_hash_sql(spec: TableSpec, utf8_database: bool = False) -> str:

@@ -19,7 +19,7 @@ from syncd.model import TableSpec
 from syncd.sqlite import capture
 from syncd.sqlite.capture import CHANGELOG, slot
 from syncd.sqlite.connection import fetchall_text_safe
-from syncd.verify.keyspace import Bound, KeyRange, KeySpace, quoted_sqlite_table
+from syncd.verify.keyspace import Bound, KeyRange, KeySpace, cell_case, quoted_sqlite_table
 from syncd.verify.rowhash import SqliteRowHash
 
 CL = f"main.{quote_ident(CHANGELOG)}"
@@ -128,11 +128,16 @@ def cell_sums(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, r: 
                 out.append(tuple(conn.execute(f"SELECT count(*), {hasher.sql} FROM {table} WHERE {where}", params)
                                  .fetchone()))
         return out
-    whens = " ".join(f"WHEN {ks.sqlite_key()} < {ks.sqlite_marks()} THEN {i}" for i in range(len(bounds)))
+    cell_params: list[Any] = []
+
+    def mark(i: int) -> str:
+        cell_params.extend(bounds[i].raw)
+        return ks.sqlite_marks()
+
+    cell = cell_case(ks.sqlite_key(), len(bounds), mark)
     where, params = ks.sqlite_where(r)
-    sql = (f"SELECT CASE {whens} ELSE {len(bounds)} END AS _syncd_cell, count(*), {hasher.sql} "
+    sql = (f"SELECT {cell} AS _syncd_cell, count(*), {hasher.sql} "
            f"FROM {table} WHERE {where} GROUP BY _syncd_cell")
-    cell_params = [v for b in bounds for v in b.raw]
     out = [(0, 0)] * (len(bounds) + 1)
     for cell, n, total in conn.execute(sql, (*cell_params, *params)):
         out[cell] = (n, total)
@@ -144,10 +149,12 @@ def split(r: KeyRange, bounds: Sequence[Bound]) -> list[KeyRange]:
     return [KeyRange(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
 
 
-def range_rows(conn: sqlite3.Connection, ks: KeySpace, r: KeyRange) -> list[tuple]:
-    cols = ", ".join(quote_ident(c) for c in ks.spec.column_names)
+def range_hashes(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, r: KeyRange) -> list[tuple]:
+    """(key values..., row hash) of every row in range `r`."""
+    keys = ", ".join(quote_ident(k) for k in ks.key)
     where, params = ks.sqlite_where(r)
-    return fetchall_text_safe(conn, f"SELECT {cols} FROM {quoted_sqlite_table(ks.spec)} WHERE {where}", params)
+    return fetchall_text_safe(conn, f"SELECT {keys}, {hasher.row_sql} FROM {quoted_sqlite_table(ks.spec)} "
+                                    f"WHERE {where}", params)
 
 
 def _rows_by_key(conn: sqlite3.Connection, spec: TableSpec, keys: Sequence[tuple]) -> list[tuple]:

@@ -39,7 +39,8 @@ from syncd.verify.postgres_side import PgRow, PostgresTable, checkpoint, lock_ho
 from syncd.verify.result import DIFFERENT, EXTRA, MISSING, PENDING, Difference, TableVerifyResult
 from syncd.verify.rowhash import MISFIT, RowTokens, SqliteRowHash, fold, misfit_reason
 
-CELLS = 16  # cells per chunk, and the bisection factor
+CELLS = 64  # cells a chunk is summarised in: a differing row costs reading one cell (156 rows by default)
+SPLIT = 16  # how many parts a differing range too big to read is cut into
 LEAF_ROWS = 1000  # a differing range this small is read row by row
 MAX_DEPTH = 12
 UNINDEXED_CHUNKS = 16  # without a usable index every chunk scans the table: few, large chunks
@@ -169,7 +170,7 @@ class TableCheck:
 
     async def _bisect(self, r: KeyRange, s_rows: int, p_rows: int, depth: int) -> None:
         biggest = max(s_rows, p_rows)
-        step = math.ceil(biggest / CELLS)
+        step = math.ceil(biggest / SPLIT)
         if s_rows >= p_rows:  # cut where the rows are
             found = await self.run(sqlite_side.sample, self.ks, r, None, step)
             bounds = [self.ks.from_sqlite(k) for _, k in found]
@@ -182,26 +183,30 @@ class TableCheck:
         await self._cells(r, usable, depth + 1)
 
     async def _leaves(self, ranges: list[KeyRange]) -> None:
-        """Read ranges row by row on both sides, each side through all of them at its
-        own pace, and note every key whose rows differ."""
+        """Compare ranges key by key (by row hash; the rows themselves are read again,
+        in full, only for the keys that differ), each side going through all of them
+        at its own pace."""
         if not ranges:
             return
-
-        async def postgres() -> list:
-            return [await self.pt.range_rows(r) for r in ranges]
-
-        mine_all, theirs_all = await asyncio.gather(self.run(self._sqlite_leaves, ranges), postgres())
-        for mine, prows in zip(mine_all, theirs_all):
-            self._compare_leaf(mine, prows)
-
-    def _compare_leaf(self, mine: dict[tuple, "_Keyed"], prows: list[PgRow]) -> None:
-        theirs = {self.tokens.key_of_row(p.tokens): p for p in prows}
+        # The ranges are disjoint: one key space for the batch, no matter which range.
+        mine, prows = await asyncio.gather(self.run(self._sqlite_hashes, ranges), self.pt.range_hashes(ranges))
+        nkey = len(self.ks.key)
+        theirs = {tuple(p[nkey]): p for p in prows}
         for ident in mine.keys() | theirs.keys():
             s, p = mine.get(ident), theirs.get(ident)
-            if s is not None and p is not None and s.row.tokens == p.tokens:
+            if s is not None and p is not None and fold(s[1]) == fold(p[nkey + 1]):
                 continue
             kind = MISSING if p is None else EXTRA if s is None else DIFFERENT
-            self._candidate(ident, kind, s.row.raw_key if s else None, p.key if p else None)
+            self._candidate(ident, kind, s[0] if s else None, tuple(p[:nkey]) if p else None)
+
+    def _sqlite_hashes(self, conn, ranges: list[KeyRange]) -> dict[tuple, tuple[tuple, int]]:
+        """On the SQLite thread: ident -> (raw key, row hash) of the rows in `ranges`."""
+        keyed = {}
+        for r in ranges:
+            for row in sqlite_side.range_hashes(conn, self.ks, self.hasher, r):
+                raw = tuple(row[:-1])
+                keyed[self.ident(self.tokens.fast_key(raw), raw)] = (raw, row[-1])
+        return keyed
 
     def _candidate(self, ident: tuple, kind: str, raw: tuple | None, pg: tuple | None) -> None:
         c = self.candidates.get(ident)
@@ -212,12 +217,6 @@ class TableCheck:
             self.candidates[ident] = c = Candidate(ident, kind)
         c.raw = c.raw if raw is None else raw
         c.pg = c.pg if pg is None else pg
-
-    def _sqlite_leaves(self, conn, ranges: list[KeyRange]) -> list[dict[tuple, "_Keyed"]]:
-        """On the SQLite thread: each range's rows, keyed and tokenised there, so that
-        overlaps with Postgres reading its side."""
-        return [{x.tokens_key: x for x in (self._sqlite_row(row) for row in sqlite_side.range_rows(conn, self.ks, r))}
-                for r in ranges]
 
     def _sqlite_row(self, row: tuple) -> "_Keyed":
         tokens = self.tokens.fast_row(row)
@@ -358,7 +357,7 @@ class TableCheck:
                 result.add(Difference(MISSING, tuple(None for _ in self.spec.key),
                                       note="a row whose key is NULL: Postgres cannot hold it"))
         found, pending, reason = await self.decide(wait_seconds)
-        for d in found + pending:
+        for d in sorted(found + pending, key=key_order):  # listed (and cut at MAX_LISTED) in key order
             result.add(d)
         if reason:
             result.reason = reason
@@ -370,6 +369,22 @@ class TableCheck:
             note = f"{more} further difference(s) counted as found, not re-checked one by one (over {MAX_CANDIDATES})"
             result.reason = f"{result.reason}; {note}" if result.reason else note
         result.compared = True
+
+
+def key_order(d: Difference) -> tuple:
+    """Sort key for differences: by key, values of different kinds kept apart."""
+    def one(v: Any) -> tuple:
+        if v is None:
+            return (0, 0)
+        if isinstance(v, (int, float)):
+            return (1, v)
+        if isinstance(v, str):
+            return (2, v)
+        if isinstance(v, bytes):
+            return (3, v)
+        return (4, repr(v))
+
+    return tuple(one(v) for v in d.key)
 
 
 async def _together(*coros) -> None:
