@@ -17,6 +17,7 @@ from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.sdnotify import Notifier
+from syncd.verify import publish_metrics, verify_source
 from syncd.wakeup import FileWatcher
 
 log = logging.getLogger("syncd")
@@ -43,7 +44,6 @@ class Daemon:
         self.notifier = Notifier()
         self.endpoint: Endpoint | None = None
         self.watcher: FileWatcher | None = None
-        self.status_cache: dict = {"sources": {}}
         self.started_at = time.time()
         self.ready_sent = False
 
@@ -67,8 +67,11 @@ class Daemon:
                 self._launch(p)
             log.info(f"syncd running: {len(self.pipelines)} source(s)", extra={"event": "started"})
             housekeeping = asyncio.create_task(self._housekeeping())
+            verifier = asyncio.create_task(self._verify_loop())
             await self.stop_event.wait()
             housekeeping.cancel()
+            verifier.cancel()
+            await asyncio.gather(verifier, return_exceptions=True)
             await self._shutdown()
             return 0
         finally:
@@ -100,7 +103,7 @@ class Daemon:
         if addr is None:
             return
         try:
-            self.endpoint = Endpoint(addr[0], addr[1], lambda: self.status_cache)
+            self.endpoint = Endpoint(addr[0], addr[1], self.status_now)
         except OSError as e:
             raise StartupError(f"metrics.listen: cannot listen on {self.settings.metrics.listen}: {e.strerror}", 1)
         self.endpoint.start()
@@ -182,12 +185,37 @@ class Daemon:
             for t in pending:
                 t.cancel()
 
+    # --- periodic consistency check --------------------------------------------------
+
+    async def _verify_loop(self) -> None:
+        """Compare each streaming source in full every [verify] interval_seconds, one
+        source at a time, and export the results. A source is first checked as soon as
+        it streams, so consistency is known early."""
+        outcomes: dict[str, str] = {}  # source -> last outcome logged
+        last_run: dict[str, float] = {}
+        while True:
+            interval = self.settings.verify.interval_seconds
+            for name, p in list(self.pipelines.items()):
+                due = interval > 0 and time.monotonic() - last_run.get(name, -interval) >= interval
+                if not due or p.health != STREAMING or self.stop_event.is_set():
+                    continue
+                last_run[name] = time.monotonic()
+                result = await verify_source(self.settings, p.source, record=True)
+                publish_metrics(result)
+                outcome = _outcome(result)
+                if outcomes.get(name) != outcome:
+                    outcomes[name] = outcome
+                    level = logging.INFO if outcome == "equal" else logging.WARNING
+                    log.log(level, f"consistency check: {outcome}", extra={"source": name, "event": "verify"})
+                if result.error or any(t.mismatched for t in result.tables):
+                    metrics.errors_total.labels(name, "verify").inc()
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+
     # --- housekeeping: health, status, sd_notify ---------------------------------------------
 
     async def _housekeeping(self) -> None:
         last_ping = last_extend = 0.0
         while True:
-            self._update_status()
             up = [p.pg_ok for p in self.pipelines.values()]
             metrics.postgres_up.set(1 if all(x is True for x in up) else 0)
             if not self.ready_sent and all(p.ready.is_set() for p in self.pipelines.values()):
@@ -234,10 +262,12 @@ class Daemon:
                 parts.append(f"{p.name}: {p.health.replace('_', ' ')}")
         return "; ".join(parts)[:400]
 
-    def _update_status(self) -> None:
+    def status_now(self) -> dict:
+        """The live state for /status. Called on the endpoint's thread: it only reads,
+        and copies every collection before walking it."""
         sources = {}
         now = time.time()
-        for p in self.pipelines.values():
+        for p in list(self.pipelines.values()):
             s = p.session
             sources[p.name] = {
                 "health": p.health,
@@ -256,10 +286,19 @@ class Daemon:
                     }
                     for t in list(s.tables.values())
                 },
-                "refused": dict(s.refused),
-                "skipped": dict(s.skipped),
+                "refused": dict(list(s.refused.items())),
+                "skipped": dict(list(s.skipped.items())),
             }
-        self.status_cache = {"pid": os.getpid(), "started_at": self.started_at, "sources": sources}
+        return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources}
+
+
+def _outcome(result) -> str:
+    if result.error:
+        return f"failed: {result.error}"
+    differing = [t.table for t in result.tables if t.mismatched]
+    if differing:
+        return f"{len(differing)} table(s) differ ({', '.join(differing[:5])}); see `syncd verify`"
+    return "equal"
 
 
 def _shared(settings: Settings) -> tuple:

@@ -70,7 +70,7 @@ class Pipeline:
         self._last_error: str | None = None
         # Export every per-source series from the start, so dashboards show 0, not "no data".
         metrics.retries_total.labels(self.name)
-        for kind in ("postgres", "sqlite", "data", "schema", "lock", "internal"):
+        for kind in ("postgres", "sqlite", "data", "schema", "lock", "internal", "verify"):
             metrics.errors_total.labels(self.name, kind)
         metrics.apply_duration_seconds.labels(self.name)
         metrics.commit_to_apply_seconds.labels(self.name)

@@ -168,7 +168,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     mine = (live or {}).get("sources", {}).get(source.name)
     if mine is not None:
         st.lag_seconds = mine.get("lag_seconds")
-        if mine.get("health"):
+        if mine.get("health") not in (None, "starting"):
             st.state = mine["health"]
     elif st.pending_changes is not None:
         if st.pending_changes == 0:
