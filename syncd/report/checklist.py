@@ -1,0 +1,255 @@
+"""The cutover checklist, judged from measured facts (pure: no I/O).
+
+Each item passes only on evidence. What cannot be measured fails and says why: a
+table never verified, a lag nobody reported, a backup syncd cannot see.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts
+
+HALTED = ("held", "paused")
+
+
+@dataclass
+class CheckItem:
+    key: str  # stable name for machines
+    title: str
+    ok: bool
+    problems: list[str] = field(default_factory=list)  # what is not done, measured
+    evidence: list[str] = field(default_factory=list)  # what is done, measured
+
+
+def evaluate(f: MigrationFacts) -> list[CheckItem]:
+    return [migrated(f), dual_write(f), lag(f), halted(f), captured(f), backup(f)]
+
+
+def ready(items: list[CheckItem]) -> bool:
+    return all(i.ok for i in items)
+
+
+# --- the items ------------------------------------------------------------------------
+
+
+def migrated(f: MigrationFacts) -> CheckItem:
+    item = CheckItem("migrated", "All data migrated and validated (100% row-count match, last full verify clean)",
+                     True)
+    bad, good = [], []
+    for s in f.sources:
+        if _source_unusable(s, bad):
+            continue
+        if not s.tables:
+            bad.append(f"{s.name}: no tables to migrate")
+        for t in s.tables:
+            name = f"{s.name}.{t.name}"
+            problems = []
+            if t.state != "streaming":
+                problems.append(_state_text(t))
+            if not t.counts_match:
+                problems.append(f"{_n(t.rows_sqlite)} rows in SQLite, {_n(t.rows_postgres)} in Postgres"
+                                + _share(t.rows_sqlite, t.rows_postgres))
+            last = t.last_run
+            if t.state != "streaming":
+                pass  # it cannot have been compared: its state says why
+            elif last is None:
+                problems.append("never verified")
+            elif not last.clean:
+                problems.append(f"last verification {_when(last.finished_at, f.generated_at)}: {last.outcome()}")
+            elif _age_seconds(last.finished_at, f.generated_at) > f.verify_max_age_seconds:
+                problems.append(f"last verification is {_ago(last.finished_at, f.generated_at)} old, more than "
+                                f"[status] verify_max_age_seconds ({_duration(f.verify_max_age_seconds)})")
+            if problems:
+                bad.append(f"{name}: " + "; ".join(problems))
+            else:
+                good.append(f"{name}: {_n(t.rows_sqlite)} rows on both sides; verified equal "
+                            f"{_when(last.finished_at, f.generated_at)}")
+    item.ok = not bad and bool(good)
+    item.problems, item.evidence = bad, good
+    return item
+
+
+def dual_write(f: MigrationFacts) -> CheckItem:
+    item = CheckItem("dual_write", f"Dual-write running for at least {_days(f.min_days)} with zero consistency "
+                                   "errors in that window", True)
+    since = f.generated_at - dt.timedelta(days=f.min_days)
+    bad, good = [], []
+    for s in f.sources:
+        days = s.dual_write_days(f.generated_at)
+        if days is None:
+            bad.append(f"{s.name}: dual-write has not started (not every table has streamed yet)")
+        elif days < f.min_days:
+            bad.append(f"{s.name}: dual-write since {_ts(s.streaming_since)}, {_days(days)}; "
+                       f"{_days(f.min_days)} required ({_days(f.min_days - days)} to go)")
+        else:
+            good.append(f"{s.name}: dual-write since {_ts(s.streaming_since)}, {_days(days)}")
+        window = [r for t in s.tables for r in t.runs if r.finished_at >= since]
+        errors = sorted((r for r in window if not r.clean), key=lambda r: r.finished_at)
+        for r in errors[-10:]:
+            bad.append(f"{s.name}.{r.table_name}: consistency error {_when(r.finished_at, f.generated_at)}: "
+                       f"{r.outcome()}")
+        if len(errors) > 10:
+            bad.append(f"{s.name}: {len(errors) - 10} earlier consistency error(s) in the window")
+        unchecked = [t.name for t in s.tables if not any(r.finished_at >= since for r in t.runs)]
+        for name in unchecked:
+            bad.append(f"{s.name}.{name}: not verified once in the last {_days(f.min_days)}, so errors there "
+                       "would not show")
+        if not errors and window:
+            good.append(f"{s.name}: {len(window)} verification(s) in the last {_days(f.min_days)}, all clean")
+    item.ok = not bad and bool(f.sources)
+    item.problems, item.evidence = bad, good
+    return item
+
+
+def lag(f: MigrationFacts) -> CheckItem:
+    item = CheckItem("lag", f"Replication lag below {f.warn_lag_seconds:g} s now ([status] warn_lag_seconds)", True)
+    bad, good = [], []
+    for s in f.sources:
+        pending = "" if s.lag.pending_changes is None else f"; {s.lag.pending_changes} change(s) pending"
+        if s.lag.seconds is None:
+            bad.append(f"{s.name}: lag unknown, {s.lag.source}")
+        elif s.lag.seconds >= f.warn_lag_seconds:
+            bad.append(f"{s.name}: lag {s.lag.seconds:.1f} s, from {s.lag.source}{pending}")
+        else:
+            good.append(f"{s.name}: lag {s.lag.seconds:.1f} s, from {s.lag.source}{pending}")
+    item.ok = not bad and bool(f.sources)
+    item.problems, item.evidence = bad, good
+    return item
+
+
+def halted(f: MigrationFacts) -> CheckItem:
+    item = CheckItem("halted", "No halted tables (held by a value Postgres cannot take, or paused by a schema "
+                               "change)", True)
+    bad = [f"{s.name}.{t.name}: {t.state}: {t.reason or 'no reason recorded'}"
+           for s in f.sources for t in s.tables if t.state in HALTED]
+    n = sum(len(s.tables) for s in f.sources)
+    item.ok = not bad
+    item.problems, item.evidence = bad, ([] if bad else [f"none of the {n} table(s) is held or paused"])
+    return item
+
+
+def captured(f: MigrationFacts) -> CheckItem:
+    item = CheckItem("capture", "Capture installed on every table (syncd's triggers present in each SQLite file)",
+                     True)
+    bad, good = [], 0
+    for s in f.sources:
+        if s.error:
+            bad.append(f"{s.name}: {s.error}")
+            continue
+        for t in s.tables:
+            if t.captured:
+                good += 1
+            else:
+                bad.append(f"{s.name}.{t.name}: {t.capture_note}")
+    item.ok = not bad and good > 0
+    item.problems, item.evidence = bad, ([f"{good} table(s) captured"] if good else [])
+    return item
+
+
+def backup(f: MigrationFacts) -> CheckItem:
+    item = CheckItem("backup", f"A recent SQLite backup exists (newest younger than {_days(f.backup_max_age_days)}, "
+                               "[cutover] backup_max_age_days)", True)
+    if not f.backup_glob:
+        item.ok = False
+        item.problems = ["not evidenced: no [cutover] backup_glob is configured, so syncd cannot see a backup; "
+                         "set it to where your backups land (e.g. \"/var/backups/sqlite/{source}-*.db\")"]
+        return item
+    bad, good = [], []
+    for s in f.sources:
+        b = s.backup
+        if b is None or b.count == 0:
+            bad.append(f"{s.name}: no file matches {b.pattern if b else f.backup_glob}")
+            continue
+        what = (f"newest {b.newest} ({_size(b.newest_bytes)}), {_days(b.newest_age_days)} old; "
+                f"{b.count} file(s), oldest {_days(b.oldest_age_days)} old")
+        if b.newest_is_sqlite is False:
+            what += "; not a plain SQLite file (compressed?)"
+        if b.newest_age_days is not None and b.newest_age_days < f.backup_max_age_days:
+            good.append(f"{s.name}: {what}")
+        else:
+            bad.append(f"{s.name}: too old: {what}")
+    item.ok = not bad and bool(good)
+    item.problems, item.evidence = bad, good
+    return item
+
+
+# --- wording --------------------------------------------------------------------------
+
+
+def _source_unusable(s: SourceFacts, bad: list[str]) -> bool:
+    if s.error:
+        bad.append(f"{s.name}: {s.error}")
+        return True
+    if not s.registered:
+        bad.append(f"{s.name}: syncd has not set this source up in Postgres (run `syncd init` or the daemon)")
+        return True
+    return False
+
+
+def _state_text(t: TableFacts) -> str:
+    if t.state is None:
+        return "not registered by syncd yet"
+    return f"{t.state}" + (f" ({t.reason})" if t.reason else "")
+
+
+def _share(s: int | None, p: int | None) -> str:
+    if s and p is not None:
+        return f" ({100 * p / s:.1f}% in Postgres)"
+    return ""
+
+
+def _n(v: int | None) -> str:
+    return "?" if v is None else f"{v:,}"
+
+
+def _ts(t: dt.datetime | None) -> str:
+    return "never" if t is None else t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _age_seconds(t: dt.datetime, now: dt.datetime) -> float:
+    return (now - t).total_seconds()
+
+
+def _ago(t: dt.datetime, now: dt.datetime) -> str:
+    return _duration(_age_seconds(t, now))
+
+
+def _when(t: dt.datetime, now: dt.datetime) -> str:
+    return f"{_ts(t)} ({_ago(t, now)} ago)"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return _days(seconds / 86400)
+
+
+def _days(d: float | None) -> str:
+    if d is None:
+        return "?"
+    if d == 1:
+        return "1 day"
+    return f"{d:.0f} days" if d == round(d) else f"{d:.1f} days"
+
+
+def _size(b: int | None) -> str:
+    if b is None:
+        return "?"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if b < 1024 or unit == "GB":
+            return f"{b:.0f} {unit}" if unit == "bytes" else f"{b:.1f} {unit}"
+        b /= 1024
+    return f"{b} bytes"
+
+
+# Shared with the renderer.
+when = _when
+timestamp = _ts
+days = _days
+number = _n

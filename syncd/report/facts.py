@@ -1,0 +1,233 @@
+"""Measure the migration's state for `syncd report`: everything the checklist judges,
+read now from both sides, never taken on trust from an earlier run."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sqlite3
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
+
+from syncd.config import Settings, SourceSettings
+from syncd.identifiers import qualified, quote_ident
+from syncd.postgres import ddl
+from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists
+from syncd.postgres.connect import close_quietly, connect
+from syncd.report.backups import BackupFacts, find_backups
+from syncd.sqlite import capture
+from syncd.sqlite.introspect import introspect
+from syncd.verify.history import VerifyRun, load_runs
+
+ENDPOINT_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass
+class TableFacts:
+    name: str
+    state: str | None  # syncd's replication state; None: not registered
+    reason: str | None
+    rows_sqlite: int | None
+    rows_postgres: int | None
+    captured: bool  # capture triggers present and as this syncd installs them
+    capture_note: str
+    runs: list[VerifyRun] = field(default_factory=list)  # oldest first
+
+    @property
+    def last_run(self) -> VerifyRun | None:
+        return self.runs[-1] if self.runs else None
+
+    @property
+    def last_clean_run(self) -> VerifyRun | None:
+        return next((r for r in reversed(self.runs) if r.clean), None)
+
+    @property
+    def counts_match(self) -> bool:
+        return self.rows_sqlite is not None and self.rows_sqlite == self.rows_postgres
+
+
+@dataclass
+class Lag:
+    seconds: float | None  # None: unknown
+    source: str  # where the figure comes from
+    pending_changes: int | None
+
+
+@dataclass
+class SourceFacts:
+    name: str
+    path: str
+    schema: str
+    error: str | None = None  # the SQLite file could not be read
+    registered: bool = False  # syncd has this source in its bookkeeping
+    streaming_since: dt.datetime | None = None
+    applied_seq: int | None = None
+    applied_at: dt.datetime | None = None
+    lag: Lag = field(default_factory=lambda: Lag(None, "unknown", None))
+    tables: list[TableFacts] = field(default_factory=list)
+    backup: BackupFacts | None = None
+
+    def dual_write_days(self, now: dt.datetime) -> float | None:
+        if self.streaming_since is None:
+            return None
+        return (now - self.streaming_since).total_seconds() / 86400
+
+
+@dataclass
+class MigrationFacts:
+    generated_at: dt.datetime
+    config_path: str | None
+    sources: list[SourceFacts]
+    runs: list[VerifyRun]  # every verification recorded, oldest first
+    min_days: float
+    warn_lag_seconds: float
+    verify_max_age_seconds: float
+    backup_glob: str | None
+    backup_max_age_days: float
+
+
+class ReportError(Exception):
+    """The report cannot be made (Postgres unreachable); the message is one line."""
+
+
+async def gather(settings: Settings) -> MigrationFacts:
+    now = dt.datetime.now(dt.timezone.utc)
+    status = await asyncio.to_thread(_daemon_status, settings)
+    conns: dict[str, asyncpg.Connection] = {}
+    try:
+        sources = []
+        for source in settings.sources:
+            dsn = settings.dsn_for(source)
+            if dsn not in conns:
+                conns[dsn] = await connect(dsn, settings.password(), settings.postgres)
+            sources.append(await _source(settings, source, conns[dsn], status.get(source.name), now))
+        runs: list[VerifyRun] = []
+        for conn in conns.values():
+            if await bookkeeping_exists(conn, settings.postgres.bookkeeping_schema):
+                runs += await load_runs(conn, settings.postgres.bookkeeping_schema)
+    finally:
+        for conn in conns.values():
+            await close_quietly(conn)
+    names = {s.name for s in settings.sources}
+    runs = sorted((r for r in runs if r.source in names), key=lambda r: (r.finished_at, r.id))
+    for s in sources:
+        for t in s.tables:
+            t.runs = [r for r in runs if r.source == s.name and r.table_name == t.name]
+    c = settings.cutover
+    return MigrationFacts(
+        generated_at=now, config_path=str(settings.config_path) if settings.config_path else None,
+        sources=sources, runs=runs, min_days=c.min_days, warn_lag_seconds=settings.status.warn_lag_seconds,
+        verify_max_age_seconds=settings.status.verify_max_age_seconds, backup_glob=c.backup_glob,
+        backup_max_age_days=c.backup_max_age_days,
+    )
+
+
+async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, live: dict | None,
+                  now: dt.datetime) -> SourceFacts:
+    facts = SourceFacts(name=source.name, path=str(source.path), schema=source.schema)
+    bk_schema = settings.postgres.bookkeeping_schema
+    rows = {}
+    if await bookkeeping_exists(pg, bk_schema):
+        bk = Bookkeeping(bk_schema, source.name)
+        src = await bk.load_source(pg)
+        if src is not None:
+            facts.registered = True
+            facts.streaming_since, facts.applied_seq, facts.applied_at = \
+                src.streaming_since, src.applied_seq, src.applied_at
+        rows = await bk.load_tables(pg)
+    pg_tables = await ddl.read_tables(pg, source.schema)
+    sticky = {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in pg_tables.items()}
+    try:
+        side = await asyncio.to_thread(_sqlite_side, source, sticky, facts.applied_seq or 0)
+    except (sqlite3.Error, OSError) as e:
+        facts.error = f"cannot read SQLite file {source.path}: {e}"
+        side = None
+    names = sorted(set(rows) | (set(side.tables) if side else set()))
+    for name in names:
+        row = rows.get(name)
+        captured, note = side.capture[name] if side and name in side.capture else (False, "not in the SQLite file")
+        rows_pg = await pg.fetchval(f"SELECT count(*) FROM {qualified(source.schema, name)}") if name in pg_tables \
+            else None
+        facts.tables.append(TableFacts(
+            name=name, state=row.state if row else None, reason=row.reason if row else None,
+            rows_sqlite=side.tables.get(name) if side else None, rows_postgres=rows_pg,
+            captured=captured, capture_note=note,
+        ))
+    facts.lag = _lag(live, facts, side.pending if side else None, now)
+    if settings.cutover.backup_glob:
+        base = settings.config_path.parent if settings.config_path else Path.cwd()
+        facts.backup = find_backups(settings.cutover.backup_glob, source.name, base, now)
+    return facts
+
+
+@dataclass
+class _SqliteSide:
+    tables: dict[str, int]  # every table syncd is configured to replicate (refused too) -> rows
+    capture: dict[str, tuple[bool, str]]
+    pending: int | None  # changelog entries after the checkpoint
+
+
+def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int) -> _SqliteSide:
+    if not source.path.exists():
+        raise OSError(f"{source.path} does not exist")
+    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=5)
+    try:
+        schema = introspect(conn, source, sticky)
+        state = capture.read_state(conn)
+        tables, captured = {}, {}
+        for name in list(schema.tables) + list(schema.refused):
+            tables[name] = conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0]
+        for name, spec in schema.tables.items():
+            tid = state.tid_of(name)
+            if tid is None:
+                captured[name] = (False, "no capture triggers: the table is not registered in the SQLite file")
+            elif state.triggers_match(tid, spec):
+                captured[name] = (True, "capture triggers installed")
+            else:
+                captured[name] = (False, "capture triggers missing or not the ones this syncd version installs")
+        for name, refusal in schema.refused.items():
+            captured[name] = (False, f"not captured: refused ({refusal.reason})")
+        pending = None
+        if state.key_slots:
+            pending = conn.execute(f"SELECT count(*) FROM main.{quote_ident(capture.CHANGELOG)} WHERE seq > ?",
+                                   (applied_seq,)).fetchone()[0]
+        return _SqliteSide(tables, captured, pending)
+    finally:
+        conn.close()
+
+
+def _daemon_status(settings: Settings) -> dict[str, dict]:
+    """Per-source status from the running daemon's endpoint, or {} if none answers."""
+    if not settings.metrics.listen:
+        return {}
+    host, _, port = settings.metrics.listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=ENDPOINT_TIMEOUT_SECONDS) as resp:
+            return json.loads(resp.read()).get("sources", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.datetime) -> Lag:
+    if live is not None and live.get("lag_seconds") is not None:
+        return Lag(float(live["lag_seconds"]), f"the running daemon ({live.get('health', '?')})",
+                   live.get("pending_changes"))
+    if pending is None:
+        return Lag(None, "unknown (no changelog in the SQLite file)", None)
+    if pending == 0:
+        return Lag(0.0, "computed: every captured change is applied (no daemon endpoint answered)", 0)
+    if facts.applied_at is None:
+        return Lag(None, f"unknown: {pending} change(s) pending and nothing ever applied", pending)
+    # The oldest pending change was committed after the last batch was read, so the
+    # time since the last apply bounds its age from above.
+    return Lag((now - facts.applied_at).total_seconds(),
+               f"computed: at most the time since the last apply ({pending} change(s) pending; "
+               "no daemon endpoint answered)", pending)

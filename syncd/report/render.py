@@ -1,0 +1,173 @@
+"""The migration status document, as Markdown for people and JSON for machines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from syncd import __version__
+from syncd.report.checklist import CheckItem, days, number, ready, timestamp, when
+from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts
+from syncd.verify.history import VerifyRun
+
+HISTORY_SHOWN = 50  # consistency errors listed in Markdown (JSON has them all)
+
+
+def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
+    now = f.generated_at
+    failing = [i for i in items if not i.ok]
+    out = [
+        "# Migration status: SQLite to PostgreSQL",
+        "",
+        f"Generated {timestamp(now)} by syncd {__version__}"
+        + (f" from `{f.config_path}`" if f.config_path else "") + ". Every figure below was measured "
+        "when this document was generated (row counts on both sides, capture in each SQLite file) "
+        "or recorded by syncd as it happened (verifications, dual-write start).",
+        "",
+    ]
+    if ready(items):
+        out += ["**Verdict: READY for cutover.** Every checklist item is met, with its evidence below.", ""]
+    else:
+        out += [f"**Verdict: NOT READY for cutover: {len(failing)} of {len(items)} checklist items are not done.**",
+                "", "## Not done", ""]
+        for i in failing:
+            out.append(f"- ❌ **{i.title}**")
+            out += [f"  - {p}" for p in i.problems or ["nothing measured to show it is done"]]
+        out.append("")
+    out += ["## Cutover checklist", ""]
+    for i in items:
+        out.append(f"### {'✅' if i.ok else '❌'} {i.title}")
+        out.append("")
+        out += [f"- ❌ {p}" for p in i.problems] + [f"- {e}" for e in i.evidence]
+        out.append("")
+    for s in f.sources:
+        out += _source_section(s, now)
+    out += _history_section(f)
+    out += ["## How the checklist is judged", "",
+            "- *Migrated and validated*: every table streams, has the same row count on both sides now, and "
+            "its most recent verification compared it in full and found it equal, no longer ago than "
+            "`[status] verify_max_age_seconds`.",
+            f"- *Dual-write*: each source has streamed for at least `[cutover] min_days` ({days(f.min_days)}) and "
+            "every verification of every table in that window was clean (a difference, a pending row, a table "
+            "that could not be compared, or a failed check each count as an error); a table never verified in "
+            "the window fails it too.",
+            "- *Lag*: the daemon's live figure when its endpoint answers; otherwise computed from the checkpoint "
+            "(the time since the last apply when changes are pending, an upper bound).",
+            "- *Backup*: files matching `[cutover] backup_glob` (relative to the configuration file, `{source}` "
+            "for the source's name); the newest must be younger than `[cutover] backup_max_age_days`. Without "
+            "`backup_glob` there is no evidence of a backup, so the item is not met.",
+            ""]
+    return "\n".join(out)
+
+
+def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
+    out = [f"## Source `{s.name}`", "", f"- SQLite file: `{s.path}`; Postgres schema: `{s.schema}`"]
+    if s.error:
+        out.append(f"- **{s.error}**")
+    dual = s.dual_write_days(now)
+    out.append(f"- Dual-write since: {timestamp(s.streaming_since)}"
+               + (f" ({days(dual)})" if dual is not None else " (not every table has streamed yet)"))
+    lag = "unknown" if s.lag.seconds is None else f"{s.lag.seconds:.1f} s"
+    out.append(f"- Lag now: {lag}, from {s.lag.source}")
+    out.append(f"- Checkpoint: change {s.applied_seq if s.applied_seq is not None else '-'} applied "
+               f"{when(s.applied_at, now) if s.applied_at else 'never'}")
+    out += ["", "| Table | State | Rows in SQLite | Rows in Postgres | Capture | Last verification | Result |",
+            "|---|---|---:|---:|---|---|---|"]
+    for t in s.tables:
+        out.append(_table_row(t, now))
+    out.append("")
+    return out
+
+
+def _table_row(t: TableFacts, now: dt.datetime) -> str:
+    state = t.state or "not registered"
+    if t.reason and t.state != "streaming":
+        state += f": {t.reason}"
+    last = t.last_run
+    verified = when(last.finished_at, now) if last else "never"
+    result = last.outcome() if last else "-"
+    mark = "" if t.counts_match else " ❌"
+    return (f"| `{t.name}` | {_cell(state)} | {number(t.rows_sqlite)} | {number(t.rows_postgres)}{mark} | "
+            f"{'✅' if t.captured else '❌ ' + _cell(t.capture_note)} | {verified} | {_cell(result)} |")
+
+
+def _history_section(f: MigrationFacts) -> list[str]:
+    errors = [r for r in f.runs if not r.clean]
+    out = ["## Consistency-error history", ""]
+    if not f.runs:
+        return out + ["No verification has been recorded yet.", ""]
+    first = f.runs[0].finished_at
+    if not errors:
+        return out + [f"None: {len(f.runs)} verification(s) recorded since {timestamp(first)}, all clean.", ""]
+    out += [f"{len(errors)} of {len(f.runs)} verification(s) recorded since {timestamp(first)} were not clean"
+            + (f" (the latest {HISTORY_SHOWN} shown)" if len(errors) > HISTORY_SHOWN else "") + ":", "",
+            "| When | Table | Rows in SQLite | Rows in Postgres | Outcome | Example keys |",
+            "|---|---|---:|---:|---|---|"]
+    for r in reversed(errors[-HISTORY_SHOWN:]):
+        keys = ", ".join(_key(d) for d in r.detail.get("differences", [])[:3])
+        out.append(f"| {timestamp(r.finished_at)} | `{r.source}.{r.table_name}` | {number(r.rows_sqlite)} | "
+                   f"{number(r.rows_postgres)} | {_cell(r.outcome())} | {_cell(keys)} |")
+    out.append("")
+    return out
+
+
+def _key(d: dict) -> str:
+    key = d.get("key") or []
+    shown = ", ".join(json.dumps(v, ensure_ascii=False) for v in key)
+    return f"{d.get('kind', '?')} ({shown})"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+# --- JSON -----------------------------------------------------------------------------
+
+
+def as_json(f: MigrationFacts, items: list[CheckItem]) -> dict[str, Any]:
+    now = f.generated_at
+    return {
+        "generated_at": _iso(now),
+        "syncd_version": __version__,
+        "config": f.config_path,
+        "ready": ready(items),
+        "not_done": [i.key for i in items if not i.ok],
+        "checklist": [{"key": i.key, "title": i.title, "ok": i.ok, "problems": i.problems, "evidence": i.evidence}
+                      for i in items],
+        "settings": {"min_days": f.min_days, "warn_lag_seconds": f.warn_lag_seconds,
+                     "verify_max_age_seconds": f.verify_max_age_seconds, "backup_glob": f.backup_glob,
+                     "backup_max_age_days": f.backup_max_age_days},
+        "sources": [_source_json(s, now) for s in f.sources],
+        "consistency_errors": [_run_json(r) for r in f.runs if not r.clean],
+        "verifications": len(f.runs),
+    }
+
+
+def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "source": s.name, "path": s.path, "schema": s.schema, "error": s.error, "registered": s.registered,
+        "dual_write_since": _iso(s.streaming_since), "dual_write_days": s.dual_write_days(now),
+        "applied_seq": s.applied_seq, "applied_at": _iso(s.applied_at),
+        "lag": {"seconds": s.lag.seconds, "source": s.lag.source, "pending_changes": s.lag.pending_changes},
+        "backup": None if s.backup is None else vars(s.backup),
+        "tables": [{
+            "table": t.name, "state": t.state, "reason": t.reason, "rows_sqlite": t.rows_sqlite,
+            "rows_postgres": t.rows_postgres, "counts_match": t.counts_match, "captured": t.captured,
+            "capture_note": t.capture_note,
+            "last_verification": _run_json(t.last_run) if t.last_run else None,
+            "last_clean_verification_at": _iso(t.last_clean_run.finished_at) if t.last_clean_run else None,
+        } for t in s.tables],
+    }
+
+
+def _run_json(r: VerifyRun) -> dict[str, Any]:
+    return {"at": _iso(r.finished_at), "source": r.source, "table": r.table_name, "clean": r.clean,
+            "outcome": r.outcome(), "rows_sqlite": r.rows_sqlite, "rows_postgres": r.rows_postgres,
+            "missing": r.missing, "extra": r.extra, "different": r.different, "pending": r.pending,
+            "repaired": r.repaired, "error": r.error, "full_check": r.full_check, "table_state": r.table_state,
+            "detail": r.detail}
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return None if t is None else t.astimezone(dt.timezone.utc).isoformat(timespec="seconds")

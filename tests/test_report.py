@@ -1,0 +1,236 @@
+"""`syncd report`: the migration status document. A migration that meets every cutover
+item is reported ready, item by item with its evidence; each item, broken in turn,
+fails with the evidence that says why, in Markdown and in JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import wait_caught_up
+from tests.support.verifying import pg_execute, pg_fetch, sync_and_stop, verify
+
+ITEMS = ["migrated", "dual_write", "lag", "halted", "capture", "backup"]
+TITLES = {
+    "migrated": "All data migrated and validated",
+    "dual_write": "Dual-write running for at least 14 days",
+    "lag": "Replication lag below 30 s now",
+    "halted": "No halted tables",
+    "capture": "Capture installed on every table",
+    "backup": "A recent SQLite backup exists",
+}
+
+
+def report(cfg: Path) -> tuple[int, str, int, dict]:
+    """(exit code, Markdown, exit code, JSON) of `syncd report` in both formats."""
+    md = run_cli(cfg, "report")
+    js = run_cli(cfg, "report", "--format", "json")
+    assert md.returncode in (0, 1), md.stdout + md.stderr
+    return md.returncode, md.stdout, js.returncode, json.loads(js.stdout)
+
+
+def marks(md: str) -> dict[str, bool]:
+    """Checklist item -> ✅ (True) or ❌ (False), from the Markdown headings."""
+    found = {}
+    for ok, title in re.findall(r"^### (✅|❌) (.+)$", md, re.M):
+        for key, prefix in TITLES.items():
+            if title.startswith(prefix):
+                found[key] = ok == "✅"
+    assert sorted(found) == sorted(ITEMS), found
+    return found
+
+
+def section(md: str, key: str) -> str:
+    """The checklist section of one item."""
+    start = md.index(f" {TITLES[key]}", md.index("## Cutover checklist"))
+    end = md.find("\n### ", start)
+    return md[start: end if end > 0 else None]
+
+
+def item(doc: dict, key: str) -> dict:
+    return next(i for i in doc["checklist"] if i["key"] == key)
+
+
+def ago(**kw) -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc) - dt.timedelta(**kw)
+
+
+async def add_run(dsn: str, table: str, when: dt.datetime, rows: int, **counts) -> None:
+    cols = {"missing": 0, "extra": 0, "different": 0, "pending": 0, "repaired": 0, **counts}
+    await pg_execute(
+        dsn,
+        "INSERT INTO syncd.verify_runs (source, table_name, started_at, finished_at, rows_sqlite, rows_postgres, "
+        "missing, extra, different, pending, repaired, error, full_check, table_state, detail) "
+        "VALUES ('app', $1, $2, $2, $3, $3, $4, $5, $6, $7, $8, $9, $10, 'streaming', $11)",
+        table, when, rows, cols["missing"], cols["extra"], cols["different"], cols["pending"], cols["repaired"],
+        counts.get("error"), counts.get("error") is None,
+        json.dumps({"reason": None, "differences": counts.get("differences", [])}),
+    )
+
+
+@pytest.fixture
+async def ready(app_db, make_config, pg_dsn, tmp_path):
+    """A migration that meets every item: 20 days of clean daily checks, a fresh backup."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, r REAL);
+        CREATE TABLE notes (k TEXT PRIMARY KEY, body TEXT);
+    """)
+    conn.executemany("INSERT INTO items VALUES (?, ?, ?)", [(i, f"v{i}", i / 3) for i in range(1, 1001)])
+    conn.executemany("INSERT INTO notes VALUES (?, ?)", [(f"n{i}", "x" * i) for i in range(50)])
+    conn.commit()
+    conn.close()
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    (backups / "app-old.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    os.utime(backups / "app-old.db", (time.time() - 20 * 86400,) * 2)
+    (backups / "app-new.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    os.utime(backups / "app-new.db", (time.time() - 2 * 86400,) * 2)
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      extra='[cutover]\nbackup_glob = "backups/{source}-*.db"\n')
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_execute(pg_dsn, "UPDATE syncd.sources SET streaming_since = $1", ago(days=20))
+    for day in range(20, 0, -1):
+        await add_run(pg_dsn, "items", ago(days=day), 1000)
+        await add_run(pg_dsn, "notes", ago(days=day), 50)
+    assert verify(cfg).returncode == 0  # and today's real check
+    return cfg
+
+
+async def test_ready_migration_every_item_met(ready):
+    rc, md, rc_json, doc = report(ready)
+    assert rc == rc_json == 0
+    assert "**Verdict: READY for cutover.**" in md and "## Not done" not in md
+    assert marks(md) == {k: True for k in ITEMS}
+    assert "app.items: 1,000 rows on both sides; verified equal" in section(md, "migrated")
+    assert "app.notes: 50 rows on both sides; verified equal" in section(md, "migrated")
+    assert re.search(r"app: dual-write since \S+ \S+ UTC, 20\.0 days", section(md, "dual_write"))
+    # 13 daily checks per table within the last 14 days (day 14 is just outside), and today's real one
+    assert "app: 28 verification(s) in the last 14 days, all clean" in section(md, "dual_write")
+    assert "app: lag 0.0 s, from computed: every captured change is applied" in section(md, "lag")
+    assert "none of the 2 table(s) is held or paused" in section(md, "halted")
+    assert "2 table(s) captured" in section(md, "capture")
+    assert re.search(r"app: newest \S+app-new\.db \(116 bytes\), 2\.0 days old; 2 file\(s\), oldest 20\.0 days old",
+                     section(md, "backup"))
+    assert "None: " in md.split("## Consistency-error history")[1] and "all clean" in md
+    assert "| `items` | streaming | 1,000 | 1,000 | ✅ |" in md
+
+    assert doc["ready"] is True and doc["not_done"] == []
+    assert [i["key"] for i in doc["checklist"]] == ITEMS
+    assert all(i["ok"] and not i["problems"] and i["evidence"] for i in doc["checklist"])
+    src = doc["sources"][0]
+    assert round(src["dual_write_days"]) == 20 and src["lag"]["seconds"] == 0
+    tables = {t["table"]: t for t in src["tables"]}
+    assert tables["items"]["rows_sqlite"] == tables["items"]["rows_postgres"] == 1000
+    assert tables["items"]["last_verification"]["clean"] and tables["notes"]["captured"]
+    assert doc["consistency_errors"] == []
+
+
+async def test_too_short_and_a_consistency_error_in_the_window(ready, pg_dsn):
+    await pg_execute(pg_dsn, "UPDATE syncd.sources SET streaming_since = $1", ago(days=3))
+    await add_run(pg_dsn, "items", ago(days=2), 1000, different=2, repaired=2,
+                  differences=[{"kind": "different", "key": [17], "columns": ["v"], "note": None}])
+    await add_run(pg_dsn, "notes", ago(days=30), 50, missing=5)  # outside the 14-day window
+    rc, md, rc_json, doc = report(ready)
+    assert rc == rc_json == 1
+    assert marks(md) == {**{k: True for k in ITEMS}, "dual_write": False}
+    assert "**Verdict: NOT READY for cutover: 1 of 6 checklist items are not done.**" in md
+    not_done = md.split("## Not done")[1].split("## Cutover checklist")[0]
+    assert "❌ **Dual-write running for at least 14 days" in not_done
+    assert re.search(r"app: dual-write since \S+ \S+ UTC, 3\.0 days; 14 days required \(11\.0 days to go\)", not_done)
+    assert re.search(r"app\.items: consistency error \S+ \S+ UTC \(2\.0 days ago\): 2 different; 2 repaired", not_done)
+    assert "5 missing" not in section(md, "dual_write")
+    history = md.split("## Consistency-error history")[1]
+    assert "2 of " in history and "different (17)" in history and "5 missing in Postgres" in history
+
+    dw = item(doc, "dual_write")
+    assert not dw["ok"] and doc["not_done"] == ["dual_write"] and len(dw["problems"]) == 2
+    assert {(e["table"], e["different"], e["missing"]) for e in doc["consistency_errors"]} == \
+        {("items", 2, 0), ("notes", 0, 5)}
+
+
+async def test_rows_missing_in_postgres_and_a_stale_check(ready, pg_dsn):
+    await pg_execute(pg_dsn, "DELETE FROM app.items WHERE id > 880")  # 12% gone
+    await pg_execute(pg_dsn, "DELETE FROM syncd.verify_runs WHERE table_name = 'notes' AND finished_at > $1",
+                     ago(hours=2))
+    rc, md, _, doc = report(ready)
+    assert rc == 1
+    assert marks(md)["migrated"] is False
+    text = section(md, "migrated")
+    assert "❌ app.items: 1,000 rows in SQLite, 880 in Postgres (88.0% in Postgres)" in text
+    assert re.search(r"❌ app\.notes: last verification is 24\.0 h old, more than \[status\] "
+                     r"verify_max_age_seconds \(60 min\)", text)
+    assert "| `items` | streaming | 1,000 | 880 ❌ |" in md
+    tables = {t["table"]: t for t in doc["sources"][0]["tables"]}
+    assert tables["items"]["counts_match"] is False and tables["items"]["rows_postgres"] == 880
+    assert item(doc, "migrated")["ok"] is False
+
+
+async def test_lag_halted_table_and_capture(ready, app_db, pg_dsn):
+    conn = sqlite3.connect(app_db)
+    conn.execute("UPDATE items SET v = 'changed' WHERE id <= 3")  # captured, not applied: no daemon runs
+    tid = conn.execute("SELECT tid FROM _syncd_tables WHERE name = 'notes'").fetchone()[0]
+    conn.execute(f'DROP TRIGGER "_syncd_t{tid}_del"')  # notes: deletes would go unrecorded
+    conn.commit()
+    await pg_execute(pg_dsn, "UPDATE syncd.sources SET applied_at = now() - interval '5 minutes'")
+    await pg_execute(pg_dsn, "UPDATE syncd.tables SET state = 'held', reason = 'a value does not fit' "
+                             "WHERE table_name = 'notes'")
+    rc, md, _, doc = report(ready)
+    assert rc == 1
+    assert marks(md) == {"migrated": False, "dual_write": True, "lag": False, "halted": False, "capture": False,
+                         "backup": True}
+    assert re.search(r"❌ app: lag 30\d\.\d s, from computed: at most the time since the last apply "
+                     r"\(3 change\(s\) pending; no daemon endpoint answered\); 3 change\(s\) pending", section(md, "lag"))
+    assert "❌ app.notes: held: a value does not fit" in section(md, "halted")
+    assert "❌ app.notes: held (a value does not fit)" in section(md, "migrated")
+    assert "❌ app.notes: capture triggers missing or not the ones this syncd version installs" in \
+        section(md, "capture")
+    assert "1 table(s) captured" in section(md, "capture")
+    assert doc["not_done"] == ["migrated", "lag", "halted", "capture"]
+    assert doc["sources"][0]["lag"]["pending_changes"] == 3
+
+
+async def test_backup_too_old_or_not_configured(ready, tmp_path, make_config, app_db):
+    os.utime(tmp_path / "backups" / "app-new.db", (time.time() - 31 * 86400,) * 2)
+    os.utime(tmp_path / "backups" / "app-old.db", (time.time() - 45 * 86400,) * 2)
+    rc, md, _, doc = report(ready)
+    assert rc == 1 and doc["not_done"] == ["backup"]
+    assert re.search(r"❌ app: too old: newest \S+app-new\.db \(116 bytes\), 31\.0 days old; 2 file\(s\), "
+                     r"oldest 45\.0 days old", section(md, "backup"))
+
+    bare = make_config([{"name": "app", "path": str(app_db)}], name="nobackup.toml")
+    rc, md, _, doc = report(bare)
+    assert rc == 1 and doc["not_done"] == ["backup"]
+    assert "❌ not evidenced: no [cutover] backup_glob is configured" in section(md, "backup")
+
+
+async def test_lag_from_the_running_daemon(ready, app_db, make_config, pg_dsn, tmp_path):
+    port = 19000 + os.getpid() % 1000
+    cfg = make_config([{"name": "app", "path": str(app_db)}], name="live.toml", metrics_listen=f"127.0.0.1:{port}",
+                      extra='[cutover]\nbackup_glob = "backups/{source}-*.db"\n')
+    with DaemonProcess(cfg, tmp_path / "live.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        time.sleep(1.5)  # the endpoint's status refreshes every second
+        rc, md, _, doc = report(cfg)
+        assert d.stop() == 0
+    assert rc == 0, md
+    assert "from the running daemon (streaming)" in section(md, "lag")
+    assert doc["sources"][0]["lag"]["source"] == "the running daemon (streaming)"
+
+
+def test_postgres_unreachable_is_one_line(tmp_path, app_db):
+    toml = tmp_path / "down.toml"
+    toml.write_text(f'[postgres]\ndsn = "postgresql://syncd:s3cret-pw@127.0.0.1:9/x"\nconnect_timeout_seconds = 2\n'
+                    f'[metrics]\nlisten = ""\n[[sources]]\nname = "app"\npath = "{app_db}"\n')
+    out = run_cli(toml, "report")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("syncd: cannot connect to postgresql://syncd:***@127.0.0.1:9/x")
+    assert len(out.stderr.strip().splitlines()) == 1 and "s3cret" not in out.stderr
