@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import wait_caught_up
-from tests.support.verifying import pg_execute, pg_fetch, sync_and_stop, verify
+from tests.support.verifying import pg_execute, sync_and_stop, verify, verify_section
 
 ITEMS = ["migrated", "dual_write", "lag", "halted", "capture", "backup"]
 TITLES = {
@@ -95,7 +95,7 @@ async def ready(app_db, make_config, pg_dsn, tmp_path):
     (backups / "app-new.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
     os.utime(backups / "app-new.db", (time.time() - 2 * 86400,) * 2)
     cfg = make_config([{"name": "app", "path": str(app_db)}],
-                      extra='[cutover]\nbackup_glob = "backups/{source}-*.db"\n')
+                      extra=verify_section() + '[cutover]\nbackup_glob = "backups/{source}-*.db"\n')
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     await pg_execute(pg_dsn, "UPDATE syncd.sources SET streaming_since = $1", ago(days=20))
     for day in range(20, 0, -1):

@@ -11,7 +11,9 @@ from prometheus_client import REGISTRY
 
 from syncd.config import load_settings
 from syncd.verify import Difference, SourceVerifyResult, TableVerifyResult, publish_metrics, verify_source
-from tests.support.verifying import found, pg_execute, pg_fetch, sync_and_stop, tables, verify, verify_json
+from tests.support.verifying import (
+    found, pg_execute, pg_fetch, sync_and_stop, tables, verify, verify_json, verify_section,
+)
 
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, n INTEGER, r REAL, b BLOB, u);
@@ -46,7 +48,7 @@ def seed(db) -> None:
 @pytest.fixture
 async def synced(app_db, make_config, pg_dsn, tmp_path):
     seed(app_db)
-    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     return cfg
 
@@ -120,7 +122,7 @@ async def test_tables_not_streaming_count_as_differences(app_db, make_config, pg
         INSERT INTO flags VALUES (1, 0), (2, 1), (3, 2);
     """)
     conn.commit()
-    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     conn.execute("CREATE TABLE later (id INTEGER PRIMARY KEY)")  # the daemon has not seen it
     conn.commit()

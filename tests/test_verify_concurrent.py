@@ -11,7 +11,7 @@ import pytest
 from tests.support.app import Writer, create_items
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.sync import changelog_max, wait_caught_up
-from tests.support.verifying import found, pg_execute, sync_and_stop, tables, verify_json
+from tests.support.verifying import found, pg_execute, sync_and_stop, tables, verify_json, verify_section
 
 ROWS = 20_000
 WRITER_IDS = 1000  # the writer touches ids 1..2000 (key changes move rows up to 2*ids)
@@ -31,7 +31,7 @@ def writing(db, writer: Writer, entries: int = 100) -> None:
 async def test_no_false_differences_while_the_application_writes(tmp_path, make_config, pg_dsn, journal):
     db = tmp_path / "app.db"
     create_items(db, rows=ROWS, journal=journal)
-    cfg = make_config([{"name": "app", "path": str(db)}], extra="[verify]\nchunk_rows = 64\n")
+    cfg = make_config([{"name": "app", "path": str(db)}], extra=verify_section(chunk_rows=64))
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         writer = Writer(db, seconds=40, seed=11, ids=WRITER_IDS, rate=RATE[journal])
@@ -50,7 +50,7 @@ async def test_no_false_differences_while_the_application_writes(tmp_path, make_
 async def test_real_difference_found_while_the_application_writes(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     create_items(db, rows=ROWS, journal="wal")
-    cfg = make_config([{"name": "app", "path": str(db)}], extra="[verify]\nchunk_rows = 64\n")
+    cfg = make_config([{"name": "app", "path": str(db)}], extra=verify_section(chunk_rows=64))
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         writer = Writer(db, seconds=40, seed=12, ids=WRITER_IDS, rate=RATE["wal"])
@@ -73,7 +73,7 @@ async def test_real_difference_found_while_the_application_writes(tmp_path, make
 async def test_pending_when_the_daemon_is_not_running(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     create_items(db, rows=300)
-    cfg = make_config([{"name": "app", "path": str(db)}])
+    cfg = make_config([{"name": "app", "path": str(db)}], extra=verify_section())
     await sync_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
     conn = sqlite3.connect(db)
     conn.execute("UPDATE items SET v = 'changed while syncd was down' WHERE id IN (10, 20)")

@@ -16,7 +16,7 @@ import pytest
 from syncd.config import load_settings
 from syncd.verify.keyspace import pg_key_access, sqlite_key_access
 from syncd.sqlite.introspect import introspect
-from tests.support.verifying import found, pg_execute, pg_fetch, sync_and_stop, tables, verify_json
+from tests.support.verifying import found, pg_execute, pg_fetch, sync_and_stop, tables, verify_json, verify_section
 
 SCHEMA = """
 CREATE TABLE ints (id INTEGER PRIMARY KEY, v TEXT);
@@ -112,7 +112,7 @@ async def test_scattered_differences_found_exactly(app_db, make_config, pg_dsn, 
     (a block of extra rows past SQLite's last key)."""
     seed(app_db)
     cfg = make_config([{"name": "app", "path": str(app_db), "keys": {"configured": ["a"]}}],
-                      extra=f"[verify]\nchunk_rows = {chunk_rows}\n")
+                      extra=verify_section(chunk_rows=chunk_rows))
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     # Postgres sorts this key linguistically ('a' < 'B'), SQLite byte-wise ('B' < 'a').
     await pg_execute(pg_dsn, 'ALTER TABLE app.texts ALTER COLUMN k TYPE text COLLATE "und-x-icu"')

@@ -13,7 +13,7 @@ from tests.support.app import Writer, create_items
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.sync import changelog_max, table_states, wait_caught_up
-from tests.support.verifying import pg_execute, pg_fetch, sync_and_stop, tables, verify, verify_json
+from tests.support.verifying import pg_execute, pg_fetch, sync_and_stop, tables, verify, verify_json, verify_section
 
 PLANT = """
     UPDATE app.items SET n = -n, v = 'tampered' WHERE id IN (4100, 4101);
@@ -25,7 +25,7 @@ PLANT = """
 async def test_repair_through_the_running_daemon_while_the_application_writes(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     create_items(db, rows=5000, journal="wal")
-    cfg = make_config([{"name": "app", "path": str(db)}])
+    cfg = make_config([{"name": "app", "path": str(db)}], extra=verify_section())
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         writer = Writer(db, seconds=40, seed=21, ids=1000, rate=300)

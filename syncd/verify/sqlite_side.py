@@ -208,14 +208,6 @@ def rows_with_evidence(conn: sqlite3.Connection, spec: TableSpec, tid: int, keys
         return KeyEvidence(rows, max_seq, after, changed)
 
 
-def pending_entries(conn: sqlite3.Connection, after_seq: int) -> tuple[int, int]:
-    """(changelog max seq, entries after `after_seq`)."""
-    row = conn.execute(
-        f"SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > ?) FROM {CL}", (after_seq,)
-    ).fetchone()
-    return row[0], row[1]
-
-
 def enqueue(conn: sqlite3.Connection, tid: int, entries: Sequence[tuple[int, tuple[Any, ...]]],
             busy_timeout_ms: int) -> int:
     """Record (op, raw key) changelog entries for table `tid`, in short write

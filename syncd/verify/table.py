@@ -4,8 +4,10 @@ each of them exactly.
 Finding (data-diff's approach): the key space is cut into chunks of `chunk_rows`
 rows, each into CELLS cells, with boundaries sampled from SQLite in key order. Both
 sides summarise every cell as (rows, sum of row hashes); only cells that disagree are
-bisected further, and small ones are read row by row and compared by key. Under
-concurrent writes this finds every real difference plus rows merely in flight.
+cut further, and small ones are compared key by key (each row's hash). Under
+concurrent writes this finds every real difference plus rows merely in flight. A
+table whose key does not sort alike on both sides is one range, compared key by key
+when it differs (its keys and hashes are held in memory then).
 
 Deciding: a candidate key is read from Postgres together with the checkpoint (one
 snapshot: the checkpoint commits with the data it covers), then from SQLite together

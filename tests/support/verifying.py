@@ -13,6 +13,13 @@ from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import wait_caught_up
 
 
+def verify_section(**settings) -> str:
+    """A [verify] section for test configs: the daemon's periodic check is off (it would
+    add runs to syncd.verify_runs, and load, at moments the test does not choose)."""
+    lines = ["[verify]", "interval_seconds = 0"] + [f"{k} = {v}" for k, v in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
 # Tests here also make tables that end up held or refused on purpose.
 SETTLED = ("streaming", "refused", "held", "paused")
 
