@@ -214,6 +214,17 @@ def enqueue(conn: sqlite3.Connection, tid: int, entries: Sequence[tuple[int, tup
     transactions, as if the application had touched those rows: the stream then
     applies each key's *current* state. Returns the changelog's max seq after."""
     last = 0
+    read_timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]  # write_transaction shortens it
+    try:
+        last = _enqueue(conn, tid, entries, busy_timeout_ms)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(read_timeout)}")
+    return last
+
+
+def _enqueue(conn: sqlite3.Connection, tid: int, entries: Sequence[tuple[int, tuple[Any, ...]]],
+             busy_timeout_ms: int) -> int:
+    last = 0
     for i in range(0, len(entries), LOOKUP_BATCH):
         chunk = entries[i : i + LOOKUP_BATCH]
         nkey = len(chunk[0][1])
