@@ -12,7 +12,7 @@ import fnmatch
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -304,12 +304,3 @@ def load_settings(path: Path) -> Settings:
     return settings.model_copy(update={"sources": sources})
 
 
-def dump_public(settings: Settings) -> dict[str, Any]:
-    """The settings as a dict fit to print: DSNs redacted, secrets hidden."""
-    data = settings.model_dump(mode="json", by_alias=True)
-    data["postgres"]["dsn"] = redact_dsn(settings.postgres.dsn)
-    data["postgres"]["password"] = "***" if settings.postgres.password else None
-    for s in data["sources"]:
-        if s.get("dsn"):
-            s["dsn"] = redact_dsn(s["dsn"])
-    return data

@@ -6,7 +6,7 @@ Base units, `_total` counters, `_timestamp_seconds` for times; labels are only
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from syncd import __version__
 
@@ -65,35 +65,6 @@ consistency_last_check_timestamp_seconds = Gauge(
 )
 build_info = Gauge("syncd_build_info", "Always 1; the version label says which syncd runs.", ["version"])
 build_info.labels(version=__version__).set(1)
-
-ALL_NAMES = (
-    "syncd_replication_lag_seconds",
-    "syncd_pending_changes",
-    "syncd_last_applied_timestamp_seconds",
-    "syncd_last_check_timestamp_seconds",
-    "syncd_changes_applied_total",
-    "syncd_apply_duration_seconds",
-    "syncd_commit_to_apply_seconds",
-    "syncd_postgres_up",
-    "syncd_source_up",
-    "syncd_retries_total",
-    "syncd_errors_total",
-    "syncd_table_halted",
-    "syncd_table_state",
-    "syncd_changelog_bytes",
-    "syncd_snapshot_rows_loaded",
-    "syncd_rows",
-    "syncd_consistency_mismatched_rows",
-    "syncd_consistency_last_check_timestamp_seconds",
-    "syncd_build_info",
-)
-
-
-def serve(host: str, port: int):
-    """Serve /metrics on host:port in a background thread; returns the server."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server
-
 
 def forget_source(source: str) -> None:
     """Drop every series of a source removed from the configuration."""

@@ -50,10 +50,6 @@ class TableSpec:
         names = self.column_names
         return tuple(names.index(k) for k in self.key)
 
-    def shape(self) -> tuple:
-        """What must match on the Postgres side: names, types, key."""
-        return (tuple((c.name, c.pgtype.value) for c in self.columns), self.key)
-
 
 @dataclass(frozen=True)
 class Refusal:

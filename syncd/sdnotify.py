@@ -20,10 +20,6 @@ class Notifier:
         watched = usec is not None and (pid is None or pid == str(os.getpid()))
         self.watchdog_seconds: float | None = int(usec) / 1e6 if watched and usec and usec.isdigit() else None
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def send(self, *lines: str) -> bool:
         if self.address is None:
             return False

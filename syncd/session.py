@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -147,14 +146,7 @@ class SourceSession:
     async def save_row(self, conn: asyncpg.Connection, row: TableRow) -> None:
         await self.bk.save_table(conn, row)
 
-    def set_row(self, t: TableRuntime, row: TableRow) -> None:
-        """Adopt a row after the transaction that saved it committed."""
-        t.row = row
-
-
 def changed(row: TableRow, **updates) -> TableRow:
     return dataclasses.replace(row, **updates)
 
 
-def monotonic() -> float:
-    return time.monotonic()

@@ -12,7 +12,7 @@ import json
 import math
 import re
 import struct
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import Enum
 from typing import Any, Callable
 
@@ -102,7 +102,7 @@ def map_declared_type(declared: str) -> PgType | None:
 MAX_EXACT_DOUBLE_INT = 2**53
 
 
-def infer_from_values(classes: dict[str, int], int_min: int | None, int_max: int | None) -> tuple[PgType, str | None]:
+def infer_from_values(classes: dict[str, int]) -> tuple[PgType, str | None]:
     """Choose a type for a column with no usable declared type, from what it stores.
 
     `classes` maps SQLite storage classes (typeof()) to counts. Returns the type and,
@@ -536,8 +536,3 @@ def translate_default(default_sql: str | None, pgtype: PgType) -> str | None:
     return None
 
 
-def decimal_or_none(text: str) -> Decimal | None:
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        return None

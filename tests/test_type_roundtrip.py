@@ -6,7 +6,6 @@ import math
 import sqlite3
 
 import asyncpg
-import pytest
 
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess

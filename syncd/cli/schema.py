@@ -39,7 +39,7 @@ def main(args) -> int:
         print(f"-- source {source.name}: {source.path}")
         print(f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(source.schema)};\n")
         for spec in schema.tables.values():
-            print(ddl.describe_ddl(source.schema, spec, source.name) + "\n")
+            print(ddl.describe_ddl(source.schema, spec) + "\n")
         for name, refusal in schema.refused.items():
             print(f"-- refused {name!r}: {refusal.reason}")
         for name, why in schema.skipped.items():

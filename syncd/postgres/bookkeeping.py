@@ -266,9 +266,6 @@ class Bookkeeping:
                 "another process is writing this source"
             )
 
-    async def touch_applied(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(f"UPDATE {self.s}.sources SET applied_at = now() WHERE source = $1", self.source)
-
     async def mark_streaming_since(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
             f"UPDATE {self.s}.sources SET streaming_since = now() WHERE source = $1 AND streaming_since IS NULL",

@@ -51,7 +51,7 @@ def create_schema_sql(schema: str) -> str:
     return f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(schema)}"
 
 
-def describe_ddl(schema: str, spec: TableSpec, source_name: str) -> str:
+def describe_ddl(schema: str, spec: TableSpec) -> str:
     """The CREATE TABLE statement with comments explaining the choices, for `syncd schema`."""
     notes = [f"-- table {quote_literal(spec.name)}: key {', '.join(spec.key)} ({spec.key_origin})"]
     for c in spec.columns:

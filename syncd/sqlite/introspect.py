@@ -56,14 +56,12 @@ def _infer_types(conn: sqlite3.Connection, table: str, names: list[str]) -> dict
         q = quote_ident(n)
         for cls in ("integer", "real", "text", "blob"):
             parts.append(f"sum(typeof({q}) = '{cls}')")
-        parts.append(f"min(CASE WHEN typeof({q}) = 'integer' THEN {q} END)")
-        parts.append(f"max(CASE WHEN typeof({q}) = 'integer' THEN {q} END)")
     row = conn.execute(f"SELECT {', '.join(parts)} FROM main.{quote_ident(table)}").fetchone()
     result = {}
     for i, n in enumerate(names):
-        ints, reals, texts, blobs, lo, hi = row[i * 6 : i * 6 + 6]
+        ints, reals, texts, blobs = row[i * 4 : i * 4 + 4]
         classes = {"integer": ints or 0, "real": reals or 0, "text": texts or 0, "blob": blobs or 0}
-        result[n] = infer_from_values(classes, lo, hi)
+        result[n] = infer_from_values(classes)
     return result
 
 

@@ -175,31 +175,6 @@ def read_changes(
         conn.execute("COMMIT")
 
 
-def read_current_rows(conn: sqlite3.Connection, spec: TableSpec, keys: list[tuple]) -> dict[tuple, tuple | None]:
-    """Current rows for specific keys (used by verify's re-check and repair)."""
-    out: dict[tuple, tuple | None] = {k: None for k in keys}
-    if not keys:
-        return out
-    nkey = len(spec.key)
-    cols = ", ".join(quote_ident(c) for c in spec.column_names)
-    key_cols = ", ".join(quote_ident(k) for k in spec.key)
-    key_idx = spec.key_indexes
-    step = max(1, 30000 // nkey)
-    conn.execute("BEGIN")
-    try:
-        for i in range(0, len(keys), step):
-            chunk = keys[i : i + step]
-            values = ", ".join(["(" + ", ".join(["?"] * nkey) + ")"] * len(chunk))
-            sql = f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE ({key_cols}) IN (VALUES {values})"
-            for row in fetchall_text_safe(conn, sql, [v for k in chunk for v in k]):
-                key = tuple(row[j] for j in key_idx)
-                if key in out:
-                    out[key] = row
-    finally:
-        conn.execute("COMMIT")
-    return out
-
-
 @dataclass(frozen=True)
 class PollInfo:
     data_version: int
@@ -243,11 +218,6 @@ def pending_stats(conn: sqlite3.Connection, after_seq: int) -> tuple[int, int]:
         return count, size
     finally:
         conn.execute("COMMIT")
-
-
-def pending_by_table(conn: sqlite3.Connection, after_seq: int) -> dict[int, int]:
-    rows = conn.execute(f"SELECT tid, count(*) FROM main.{CL} WHERE seq > ? GROUP BY tid", (after_seq,)).fetchall()
-    return dict(rows)
 
 
 def prune_chunk(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], limit: int) -> int:
