@@ -77,6 +77,9 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
     session.capture = result.state
     session.schema_version = await w.run(schema_version)
     session.refused = {n: r.reason for n, r in schema.refused.items()}
+    for name, why in schema.skipped.items():
+        if name not in session.skipped:
+            session.info(f"not replicated: {why}", table=name, event="table_skipped")
     session.skipped = dict(schema.skipped)
     return result
 
