@@ -237,6 +237,10 @@ class Daemon:
                     exc = task.exception() if not task.cancelled() else None
                     log.error(f"pipeline ended unexpectedly ({exc!r}); restarting it",
                               extra={"source": name, "event": "pipeline_restart"})
+                    old = self.pipelines[name]
+                    if self.watcher:
+                        self.watcher.remove(old.wakeup)
+                    self.pipelines[name] = self._make(old.source)  # its threads were shut down with it
                     self._launch(self.pipelines[name])
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
 

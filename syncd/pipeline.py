@@ -20,6 +20,7 @@ from syncd.lag import LagTracker
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe, is_transient
+from syncd.pruner import Pruner
 from syncd.reconcile import install_capture, reconcile
 from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
@@ -27,7 +28,6 @@ from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load
 from syncd.sqlite import reader
 from syncd.sqlite.capture import LockTimeout
 from syncd.sqlite.connection import SourceFileError
-from syncd.pruner import Pruner
 from syncd.stream import apply, read_and_convert
 
 STATS_EVERY_SECONDS = 15.0
