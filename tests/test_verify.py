@@ -10,7 +10,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from syncd.config import load_settings
-from syncd.verify import Difference, SourceVerifyResult, TableVerifyResult, publish_metrics, verify_source
+from syncd.verify import Difference, SourceVerifyResult, TableVerifyResult, exit_code, publish_metrics, verify_source
+from syncd.verify.table import TableCheck
 from tests.support.verifying import (
     found, pg_execute, pg_fetch, sync_and_stop, tables, verify, verify_json, verify_section,
 )
@@ -212,3 +213,22 @@ def test_metrics_for_a_table_that_was_not_compared():
     assert value("syncd_consistency_mismatched_rows", {"source": "m", "table": "ok"}) == 1
     assert value("syncd_consistency_last_check_timestamp_seconds", {"source": "m", "table": "ok"}) == 456.0
     assert value("syncd_rows", {"source": "m", "table": "held", "side": "sqlite"}) == 100
+
+
+async def test_a_check_that_breaks_is_reported_not_raised(synced, monkeypatch):
+    """The daemon calls verify_source periodically: one table defeating the check must
+    show as that table's error (exit 2), not stop the other tables or the caller."""
+    settings = load_settings(synced)
+    find = TableCheck.find
+
+    async def broken(self):
+        if self.spec.name == "textkey":
+            raise ValueError("boom")
+        await find(self)
+
+    monkeypatch.setattr(TableCheck, "find", broken)
+    result = await verify_source(settings, settings.sources[0], wait_seconds=1, record=False)
+    by_name = {t.table: t for t in result.tables}
+    assert by_name["textkey"].error == "internal error: ValueError: boom" and not by_name["textkey"].equal
+    assert all(by_name[t].equal for t in COMPARED if t != "textkey")
+    assert result.error is None and exit_code([result]) == 2

@@ -4,6 +4,7 @@ runs beside the daemon's pipeline), with each table's result kept in the history
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from syncd.verify.keyspace import key_space
 from syncd.verify.postgres_side import is_utf8
 from syncd.verify.result import SourceVerifyResult, TableVerifyResult
 from syncd.verify.table import TableCheck
+
+log = logging.getLogger("syncd.verify")
 
 DEFAULT_WAIT_SECONDS = 30.0
 BUSY_RETRY_SECONDS = 120.0  # how long a read may be starved by application writers before verify gives up
@@ -127,6 +130,9 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
         result.error = f"Postgres: {describe(e)}"
     except (sqlite3.Error, LockTimeout) as e:
         result.error = f"SQLite file {source.path}: {e}"
+    except Exception as e:  # a check that failed must say so, not take its caller down
+        log.exception("verify failed", extra={"source": source.name, "event": "verify_failed"})
+        result.error = f"internal error: {type(e).__name__}: {e}"
     finally:
         await s.close()
     return result
@@ -221,6 +227,9 @@ async def _check(s: _Session, plan: TablePlan, wait_seconds: float) -> TableVeri
         tr.error = f"Postgres: {describe(e)}"
     except (sqlite3.Error, LockTimeout) as e:
         tr.error = f"SQLite: {e}"
+    except (ValueError, TypeError, KeyError, ArithmeticError) as e:  # this table's shape or data defeated the check
+        log.exception("verify failed", extra={"source": s.source.name, "table": plan.name, "event": "verify_failed"})
+        tr.error = f"internal error: {type(e).__name__}: {e}"
     tr.finished_at = time.time()
     return tr
 
