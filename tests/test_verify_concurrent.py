@@ -63,7 +63,7 @@ async def test_real_difference_found_while_the_application_writes(tmp_path, make
         writer.proc.terminate()
         writer.result()
         assert d.stop() == 0
-    assert rc == 1
+    assert rc == 1, (doc["sources"][0]["error"], tables(doc)["items"]["error"])
     assert found(doc, "items") == {("different", (4100,), ("n",)), ("missing", (4200,), ()),
                                    ("extra", (99999,), ())}
     items = tables(doc)["items"]
@@ -94,5 +94,5 @@ async def test_pending_when_the_daemon_is_not_running(tmp_path, make_config, pg_
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         rc, doc = verify_json(cfg, "--wait", "5")
         assert d.stop() == 0
-    assert rc == 1
+    assert rc == 1, (doc["sources"][0]["error"], tables(doc)["items"]["error"])
     assert found(doc, "items") == {("different", (40,), ("v",))}

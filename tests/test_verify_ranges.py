@@ -162,3 +162,24 @@ async def test_how_each_key_is_walked(app_db, make_config, pg_dsn, tmp_path):
         assert await pg_key_access(pg, "app", specs["ints"]) == (False,)
     finally:
         await pg.close()
+
+
+def test_an_empty_cell_sums_to_zero():
+    """Rows can vanish between sampling a chunk and summing it (the application deletes
+    them): an empty cell is (0 rows, 0), not a NULL from SQLite's aggregate."""
+    from syncd.model import Column, TableSpec
+    from syncd.types import PgType
+    from syncd.verify import sqlite_side
+    from syncd.verify.keyspace import Bound, KeyRange, KeySpace
+    from syncd.verify.rowhash import SqliteRowHash
+
+    spec = TableSpec("t", (Column("id", "INTEGER", PgType.BIGINT, False, None),), ("id",), False, "primary key")
+    conn = sqlite3.connect(":memory:", isolation_level=None)  # autocommit, as syncd's connections
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,), (9,)])
+    hasher = SqliteRowHash(spec, "h")
+    hasher.register(conn)
+    ks = KeySpace(spec, True, (False,), True, (False,), True)
+    at = lambda k: Bound((k,), (k,))  # noqa: E731
+    sums = sqlite_side.cell_sums(conn, ks, hasher, KeyRange(None, at(9)), [at(3), at(5)])
+    assert [n for n, _ in sums] == [2, 0, 0] and sums[1] == sums[2] == (0, 0)

@@ -125,8 +125,8 @@ def cell_sums(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, r: 
         with read_transaction(conn):  # the chunk's cells under one lock, not one each
             for cell in split(r, bounds):
                 where, params = ks.sqlite_where(cell)
-                out.append(tuple(conn.execute(f"SELECT count(*), {hasher.sql} FROM {table} WHERE {where}", params)
-                                 .fetchone()))
+                n, total = conn.execute(f"SELECT count(*), {hasher.sql} FROM {table} WHERE {where}", params).fetchone()
+                out.append((n, total or 0))  # over no rows SQLite never calls finalize: NULL
         return out
     cell_params: list[Any] = []
 
