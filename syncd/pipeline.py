@@ -453,7 +453,7 @@ class Pipeline:
             health = STREAMING
             self.ready.set()
         if self.health != health:
-            if health == STREAMING and self.health == SNAPSHOTTING:
+            if health == STREAMING:
                 self.session.info("every table is streaming", event="streaming")
             self.health = health
         self.detail = ""

@@ -36,7 +36,7 @@ async def test_restart_from_checkpoint(tmp_path, make_config, pg_dsn):
     writer = Writer(db, seconds=6, seed=3, rate=300)
     for i in range(4):  # stop and start the daemon while the application writes
         with DaemonProcess(cfg, tmp_path / f"syncd{i}.log") as d:
-            d.wait_log("every table is streaming" if i == 0 else "syncd running", timeout=30)
+            d.wait_log("every table is streaming" if i == 0 else "syncd running", timeout=60)
             await asyncio.sleep(0.7)
             assert d.stop() == 0
     writer.result()
