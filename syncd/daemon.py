@@ -207,7 +207,7 @@ class Daemon:
                     outcomes[name] = outcome
                     level = logging.INFO if outcome == "equal" else logging.WARNING
                     log.log(level, f"consistency check: {outcome}", extra={"source": name, "event": "verify"})
-                if result.error or any(t.mismatched for t in result.tables):
+                if result.error or any(t.mismatched or t.error for t in result.tables):
                     metrics.errors_total.labels(name, "verify").inc()
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
@@ -299,6 +299,9 @@ class Daemon:
 def _outcome(result) -> str:
     if result.error:
         return f"failed: {result.error}"
+    failed = [t for t in result.tables if t.error]
+    if failed:
+        return f"failed for {', '.join(t.table for t in failed[:5])}: {failed[0].error}"
     differing = [t.table for t in result.tables if t.mismatched]
     if differing:
         return f"{len(differing)} table(s) differ ({', '.join(differing[:5])}); see `syncd verify`"

@@ -68,6 +68,7 @@ class Pipeline:
         self.last_full_check = time.monotonic()
         self.captured_once = False
         self._last_error: str | None = None
+        self.events: list[tuple[str, str, str | None]] = []  # (table, kind, detail) for syncd.events
         # Export every per-source series from the start, so dashboards show 0, not "no data".
         metrics.retries_total.labels(self.name)
         for kind in ("postgres", "sqlite", "data", "schema", "lock", "internal", "verify"):
@@ -141,7 +142,7 @@ class Pipeline:
             pass  # the application holds the file; just try again
         elif isinstance(exc, CheckpointConflict):
             self._enter(FAILING, str(exc), kind="lock", level="error")
-            asyncio.ensure_future(s.drop_postgres())
+            s.drop_postgres()
         else:
             self._enter(FAILING, f"unexpected error: {describe(exc)}", kind="internal", level="error",
                         exc=exc)
@@ -153,7 +154,7 @@ class Pipeline:
 
     def _pg_down(self, exc: BaseException) -> None:
         self.pg_ok = False
-        asyncio.ensure_future(self.session.drop_postgres())
+        self.session.drop_postgres()
         self._enter(
             POSTGRES_DOWN,
             f"Postgres unreachable: {describe(exc)}; retrying with backoff, changes stay captured in SQLite",
@@ -223,6 +224,7 @@ class Pipeline:
         if not self.needs_reconcile:
             did = await self._stream_step() or did
         self.pruner.maybe(s.applied_seq, s.keep_map())
+        await self._flush_events()
         await self._maybe_stats()
         await self._maybe_recheck()
         self._recovered()
@@ -366,22 +368,23 @@ class Pipeline:
             metrics.errors_total.labels(self.name, "data").inc()
             self.session.error(f"table held, its changes stay queued: {t.row.reason}", table=t.name,
                                event="table_held")
-            asyncio.ensure_future(self._event(t.name, "held", t.row.reason))
+            self.events.append((t.name, "held", t.row.reason))
 
     def _resumed(self, t: TableRuntime) -> None:
         self._update_gauges()
         if t.logged_reason is not None:
             self.session.info("table resumed: the held value now fits", table=t.name, event="table_resumed")
-            asyncio.ensure_future(self._event(t.name, "resumed", None))
+            self.events.append((t.name, "resumed", None))
         t.logged_reason = None
         t.retry_at = 0.0
 
-    async def _event(self, table: str, kind: str, detail: str | None) -> None:
-        try:
-            if self.session.pg is not None:
-                await self.session.bk.event(self.session.pg, kind, table, detail)
-        except Exception:
-            pass  # history is best effort; the state itself is already saved
+    async def _flush_events(self) -> None:
+        """Record holds and resumes in syncd.events, in the pipeline's own flow: the
+        connection serves one operation at a time."""
+        while self.events:
+            table, kind, detail = self.events[0]
+            await self.session.bk.event(self.session.pg, kind, table, detail)
+            self.events.pop(0)
 
     def _log_table_state(self, t: TableRuntime) -> None:
         if t.state in (bk.PAUSED, bk.HELD) and t.logged_reason != t.row.reason:
@@ -481,6 +484,10 @@ class Pipeline:
                     info = await s.worker.run(reader.poll, str(self.source.path))
                     self._on_poll(info)
                 elif self.health == SOURCE_MISSING and self.source.path.exists():
+                    self.wake.set()
+            except sqlite3.OperationalError as e:
+                if not _sqlite_busy(e):  # busy: the application holds a lock; poll again later
+                    self.file_changed = True
                     self.wake.set()
             except (sqlite3.Error, OSError):
                 self.file_changed = True

@@ -105,7 +105,8 @@ class SourceSession:
             t.writer = None  # temp stage tables lived in the old session
         return conn
 
-    async def drop_postgres(self) -> None:
+    def drop_postgres(self) -> None:
+        """Abandon the connection without waiting on it (it may be the thing that hangs)."""
         conn, self.pg = self.pg, None
         if conn is not None:
             conn.terminate()

@@ -40,6 +40,10 @@ def open_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
                                timeout=busy_timeout_ms / 1000)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("SELECT count(*) FROM main.sqlite_master").fetchone()
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise  # the application holds a lock: a reason to wait, not a missing file
+        raise SourceFileError(f"cannot open SQLite file {path}: {e}") from None
     except sqlite3.DatabaseError as e:
         raise SourceFileError(f"cannot open SQLite file {path}: {e}") from None
     return conn
