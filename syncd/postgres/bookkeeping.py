@@ -93,6 +93,8 @@ def _ddl(bk: str) -> list[str]:
         f"CREATE INDEX IF NOT EXISTS verify_runs_by_table ON {s}.verify_runs (source, table_name, finished_at)",
         # Columns added after the first release: upgrades get them here.
         f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS request text",
+        f"ALTER TABLE {s}.verify_runs ADD COLUMN IF NOT EXISTS table_state text",
+        f"ALTER TABLE {s}.verify_runs ADD COLUMN IF NOT EXISTS detail text",
     ]
 
 

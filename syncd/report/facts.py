@@ -17,7 +17,7 @@ import asyncpg
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident
 from syncd.postgres import ddl
-from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists
+from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists, ensure_bookkeeping
 from syncd.postgres.connect import close_quietly, connect
 from syncd.report.backups import BackupFacts, find_backups
 from syncd.sqlite import capture
@@ -109,6 +109,7 @@ async def gather(settings: Settings) -> MigrationFacts:
         runs: list[VerifyRun] = []
         for conn in conns.values():
             if await bookkeeping_exists(conn, settings.postgres.bookkeeping_schema):
+                await ensure_bookkeeping(conn, settings.postgres.bookkeeping_schema)  # newer columns
                 runs += await load_runs(conn, settings.postgres.bookkeeping_schema)
     finally:
         for conn in conns.values():

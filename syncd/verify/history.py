@@ -15,30 +15,12 @@ from syncd.verify.result import TableVerifyResult
 DETAIL_DIFFERENCES = 20  # differences kept in the history per run
 
 
-# Columns verify_runs gained after the first release (bookkeeping.py creates them for a
-# new install); an older install gets them the first time a result is written or read.
-ADDED_COLUMNS = (
-    ("table_state", "text"),  # the table's replication state when it was checked
-    ("detail", "text"),  # JSON: the first differences found, or why the table was not compared
-)
-
-
-async def ensure_columns(conn: asyncpg.Connection, bk_schema: str) -> None:
-    table = f"{quote_pg_ident(bk_schema)}.verify_runs"
-    have = {r[0] for r in await conn.fetch(
-        "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped", table)}
-    for name, type_ in ADDED_COLUMNS:
-        if name not in have:
-            await conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {type_}")
-
-
 def _ts(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc)
 
 
 async def record(conn: asyncpg.Connection, bk_schema: str, r: TableVerifyResult) -> int:
     """Write one table's result; returns the row's id."""
-    await ensure_columns(conn, bk_schema)
     detail = {"reason": r.reason, "differences": [d.as_json() for d in r.differences[:DETAIL_DIFFERENCES]]}
     return await conn.fetchval(
         f"""INSERT INTO {quote_pg_ident(bk_schema)}.verify_runs(source, table_name, started_at, finished_at,
@@ -103,8 +85,8 @@ class VerifyRun:
 
 async def load_runs(conn: asyncpg.Connection, bk_schema: str, source: str | None = None,
                     since: dt.datetime | None = None) -> list[VerifyRun]:
-    """Runs in time order (oldest first)."""
-    await ensure_columns(conn, bk_schema)
+    """Runs in time order (oldest first). The bookkeeping must be current
+    (bookkeeping.ensure_bookkeeping)."""
     rows = await conn.fetch(
         f"""SELECT id, source, table_name, started_at, finished_at, rows_sqlite, rows_postgres, missing, extra,
                    different, pending, repaired, error, full_check, table_state, detail

@@ -16,7 +16,7 @@ from syncd.identifiers import qualified
 from syncd.model import TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl
-from syncd.postgres.bookkeeping import Bookkeeping, SourceRow, TableRow, bookkeeping_exists
+from syncd.postgres.bookkeeping import Bookkeeping, SourceRow, TableRow, bookkeeping_exists, ensure_bookkeeping
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
 from syncd.sqlite import capture
 from syncd.sqlite.capture import CaptureState, LockTimeout
@@ -73,6 +73,8 @@ class _Session:
         await self.worker.open()  # first: a missing file is the clearer message
         self.pg = await connect(self.settings.dsn_for(self.source), self.settings.password(), self.settings.postgres)
         self.has_bookkeeping = await bookkeeping_exists(self.pg, self.bk.schema)
+        if self.has_bookkeeping:
+            await ensure_bookkeeping(self.pg, self.bk.schema)  # an older install gains the newer columns
         self.utf8 = await is_utf8(self.pg)
 
     async def close(self) -> None:
