@@ -4,9 +4,11 @@ configuration, calls the core and prints. No replication logic lives here."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from syncd.cli import early_signals
+
 
 def build_parser() -> argparse.ArgumentParser:
     from syncd import __version__
@@ -44,3 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         return common.fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `syncd report | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
