@@ -127,3 +127,24 @@ async def test_uninstall_removes_capture_and_keeps_app_tables(app_db, make_confi
     assert conn.execute("SELECT count(*) FROM a").fetchone()[0] == 3
     r = run_cli(cfg, "uninstall")
     assert r.returncode == 0 and "nothing to do" in r.stdout
+
+
+async def test_init_audits_values_before_anything_is_loaded(app_db, make_config, pg_dsn):
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE companies (rank INTEGER PRIMARY KEY, name TEXT, employees INTEGER);
+        INSERT INTO companies VALUES (1, 'a', 10), (777777, 'b', 'lots of people'), (3, 'c', 'many');
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    r = run_cli(cfg, "init")
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.strip().startswith('held "companies"'))
+    assert 'table "companies" column "employees": 2 value(s) do not fit bigint' in line
+    assert "keys: 3, 777777" in line and "text 'many' does not fit bigint" in line
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        assert await pg.fetchval("SELECT count(*) FROM app.companies") == 0  # nothing loaded halfway
+        assert await pg.fetchval("SELECT state FROM syncd.tables WHERE table_name = 'companies'") == "held"
+    finally:
+        await pg.close()
