@@ -1,0 +1,50 @@
+"""Column type overrides end to end: the table lands with the chosen types, values
+convert, and `syncd verify` agrees both sides hold the same data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+
+import asyncpg
+
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import wait_caught_up
+
+
+async def test_overrides_to_jsonb_timestamptz_date_and_text(app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE events (id INTEGER PRIMARY KEY, payload JSON, at DATETIME, day DATE, size INTEGER);
+        INSERT INTO events VALUES (1, '{"b": 1, "a": [true, null, 1.50]}', '2026-11-23 10:00:00', '2026-11-23', 5);
+        INSERT INTO events VALUES (2, '[]', 1763892000, '2026-01-01', 'large');
+    """)
+    conn.commit()
+    overrides = {"events": {"payload": "jsonb", "at": "timestamptz", "day": "date", "size": "text"}}
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": overrides}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("""INSERT INTO events VALUES (3, '{"k": "v"}', '2026-11-24T08:30:00Z', '2026-11-24', 7)""")
+        conn.execute("UPDATE events SET payload = '{\"a\": 2}' WHERE id = 1")
+        conn.commit()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        r = run_cli(cfg, "verify")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert 'app: "events" equal (3 rows in SQLite, 3 in Postgres' in r.stdout
+        assert d.stop() == 0
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        types = dict(await pg.fetch("SELECT column_name, data_type FROM information_schema.columns "
+                                    "WHERE table_schema = 'app' AND table_name = 'events'"))
+        rows = await pg.fetch("SELECT id, payload::text, extract(epoch FROM at)::bigint, day::text, size "
+                              "FROM app.events ORDER BY id")
+    finally:
+        await pg.close()
+    assert types == {"id": "bigint", "payload": "jsonb", "at": "timestamp with time zone", "day": "date",
+                     "size": "text"}
+    utc = dt.timezone.utc
+    assert [tuple(r) for r in rows] == [
+        (1, '{"a": 2}', int(dt.datetime(2026, 11, 23, 10, tzinfo=utc).timestamp()), "2026-11-23", "5"),
+        (2, "[]", 1763892000, "2026-01-01", "large"),  # an epoch number read as UTC seconds
+        (3, '{"k": "v"}', int(dt.datetime(2026, 11, 24, 8, 30, tzinfo=utc).timestamp()), "2026-11-24", "7"),
+    ]
