@@ -9,6 +9,7 @@ file-system events and what keeps the lag figure honest while Postgres is down.
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import time
 
@@ -93,9 +94,19 @@ class Pipeline:
 
     async def run(self) -> None:
         poller = asyncio.create_task(self._poll_loop(), name=f"poll-{self.name}")
+        backoff = wait_exponential_jitter(initial=0.2, max=self.settings.stream.retry_max_backoff_seconds, jitter=0.5)
+
+        def wait(retry_state) -> float:
+            # A busy SQLite file is the application at work, not an outage: try again
+            # soon, or a busy rollback-journal database would starve syncd's reads.
+            exc = retry_state.outcome.exception()
+            if isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
+                return random.uniform(0.01, 0.1)
+            return backoff(retry_state)
+
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: not isinstance(e, asyncio.CancelledError)),
-            wait=wait_exponential_jitter(initial=0.2, max=self.settings.stream.retry_max_backoff_seconds, jitter=0.5),
+            wait=wait,
             sleep=self._sleep,
             before_sleep=self._before_retry,
             reraise=True,
