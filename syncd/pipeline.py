@@ -235,6 +235,9 @@ class Pipeline:
         if not self.needs_reconcile:
             did = await self._stream_step() or did
         self.pruner.maybe(s.applied_seq, s.keep_map())
+        confirmed = self.pruner.take_confirmed()
+        if confirmed:
+            await s.bk.confirm(s.pg, confirmed)
         await self._flush_events()
         await self._maybe_stats()
         await self._maybe_recheck()

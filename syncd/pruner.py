@@ -25,15 +25,22 @@ def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], chunk:
     the lock, so application writers waiting in their busy handler get it first; it
     stops early (returning what it did) if the application keeps the file locked."""
     total = 0
+    first = True
     while True:
         started = time.monotonic()
+
+        def chunk_of(c: sqlite3.Connection) -> int:
+            if first:
+                capture.record_pruned(c, below_seq)
+            return reader.prune_chunk(c, below_seq, keep, chunk)
+
         try:
-            n = capture.write_transaction(
-                conn, lambda c: reader.prune_chunk(c, below_seq, keep, chunk),
-                busy_timeout_ms=busy_ms, deadline_seconds=1.0,
-            )
+            n = capture.write_transaction(conn, chunk_of, busy_timeout_ms=busy_ms, deadline_seconds=1.0)
         except capture.LockTimeout:
+            if first:
+                raise  # nothing recorded: not confirmed
             return total
+        first = False
         total += n
         if n < chunk:
             return total
@@ -54,6 +61,7 @@ class Pruner:
         self.task: asyncio.Task | None = None
         self.pruned_upto = 0
         self.last_start = 0.0
+        self.confirmed: int | None = None
 
     def maybe(self, applied_seq: int, keep: dict[int, int]) -> None:
         if self.task is not None:
@@ -72,6 +80,12 @@ class Pruner:
     async def _run(self, below_seq: int, keep: dict[int, int]) -> None:
         await self.worker.run(prune, below_seq, keep, self.chunk_rows, self.busy_ms)
         self.pruned_upto = below_seq
+        self.confirmed = below_seq
+
+    def take_confirmed(self) -> int | None:
+        """The position a finished prune recorded in the file, once, for Postgres to note."""
+        seq, self.confirmed = self.confirmed, None
+        return seq
 
     def rewind(self, applied_seq: int) -> None:
         """The checkpoint moved back (a new capture generation): prune from there."""

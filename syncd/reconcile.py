@@ -125,6 +125,21 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     assert conn is not None
     sticky = await sticky_types(session)
     result = await install_capture(session, sticky)
+    async with conn.transaction():
+        runtimes = await _reconcile_postgres(session, result)
+    session.tables = runtimes
+    if result.state.rearmed:
+        # Postgres now has those tables scheduled for a re-snapshot (committed above).
+        await session.worker.run(capture.clear_rearmed, sorted(result.state.rearmed),
+                                 session.settings.sqlite.write_busy_timeout_ms)
+    return result
+
+
+async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> dict[str, TableRuntime]:
+    """The Postgres half of reconcile; the caller runs it in one transaction, so a
+    crash leaves either the old state or the new one, never half of a reset."""
+    conn = session.pg
+    assert conn is not None
     state, schema = result.state, result.schema
     assert state.capture_id is not None
     target = session.target_schema
@@ -135,23 +150,7 @@ async def reconcile(session: SourceSession) -> CaptureResult:
         await session.bk.upsert_source(conn, state.capture_id, str(session.source.path), target)
         session.applied_seq = 0
     else:
-        if src.capture_id != state.capture_id:
-            session.warning(
-                "capture in the SQLite file is a new installation (capture id changed): re-snapshotting every table",
-                event="capture_reset",
-            )
-            await session.bk.reset_source(conn, state.capture_id, 0)
-            session.applied_seq = 0
-        elif state.max_seq < src.applied_seq:
-            session.warning(
-                f"SQLite changelog ends at {state.max_seq} but Postgres has applied up to {src.applied_seq}: "
-                "the file was restored or replaced; re-snapshotting every table",
-                event="capture_reset",
-            )
-            await session.bk.reset_source(conn, state.capture_id, state.max_seq)
-            session.applied_seq = state.max_seq
-        else:
-            session.applied_seq = src.applied_seq
+        session.applied_seq = await _resume_position(session, src, state)
         await session.bk.upsert_source(conn, state.capture_id, str(session.source.path), target)
         if src.applied_at is not None:
             session.applied_at = src.applied_at.timestamp()
@@ -209,12 +208,40 @@ async def reconcile(session: SourceSession) -> CaptureResult:
             await session.save_row(conn, row)
             session.warning(reason, table=name, event="table_paused")
 
-    session.tables = runtimes
-    if result.state.rearmed:
-        # Postgres now has those tables scheduled for a re-snapshot (committed above).
-        await session.worker.run(capture.clear_rearmed, sorted(result.state.rearmed),
-                                 session.settings.sqlite.write_busy_timeout_ms)
-    return result
+    return runtimes
+
+
+async def _resume_position(session: SourceSession, src, state: CaptureState) -> int:
+    """Where the stream resumes, proven by the file itself.
+
+    The pruner notes in the SQLite file (`pruned_seq`) each position Postgres has
+    applied, and Postgres remembers the newest note it saw (`confirmed_seq`). In the
+    file's own lineage the note is at or behind Postgres's checkpoint and never behind
+    what Postgres saw; resuming from the note replays a few changes, harmlessly. A file
+    whose note is older than Postgres has seen was restored from a backup (possibly
+    written to since, reusing positions): every table is snapshotted again.
+    """
+    conn = session.pg
+    noted, seen, applied = state.pruned_seq, src.confirmed_seq, src.applied_seq
+    if src.capture_id != state.capture_id:
+        session.warning(
+            "capture in the SQLite file is a new installation (capture id changed): re-snapshotting every table",
+            event="capture_reset",
+        )
+        await session.bk.reset_source(conn, state.capture_id, 0)
+        return 0
+    if noted < seen or noted > applied or state.max_seq < noted:
+        session.warning(
+            f"the SQLite file's changelog (noted position {noted}, ending at {state.max_seq}) is not the one "
+            f"Postgres applied (up to {applied}, noted {seen}): the file was restored or replaced; "
+            "re-snapshotting every table",
+            event="capture_reset",
+        )
+        await session.bk.reset_source(conn, state.capture_id, state.max_seq)
+        return state.max_seq
+    if applied > noted:
+        await session.bk.rewind(conn, noted)
+    return noted
 
 
 def _runtime(session: SourceSession, spec: TableSpec, tid: int, row: TableRow) -> TableRuntime:

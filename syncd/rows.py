@@ -81,11 +81,16 @@ class RowConverter:
                     raise self._locate(r) from None
             raise
 
-    def key(self, key: tuple) -> tuple:
-        try:
-            return tuple(f(v) for f, v in zip(self._key_convs, key))
-        except ValueMismatch as e:
-            raise RowMisfit(self.spec.name, key, ", ".join(self.spec.key), str(e)) from None
+    def deleted_keys(self, keys: list[tuple]) -> list[tuple]:
+        """Keys of rows gone from SQLite, as Postgres holds them. A key that does not
+        fit its Postgres type cannot be in Postgres, so there is nothing to delete."""
+        out = []
+        for key in keys:
+            try:
+                out.append(tuple(f(v) for f, v in zip(self._key_convs, key)))
+            except ValueMismatch:
+                continue
+        return out
 
     def _locate(self, row: tuple) -> RowMisfit:
         key = tuple(row[i] for i in self._key_idx)

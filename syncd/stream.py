@@ -49,7 +49,7 @@ def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming
             )
             continue
         try:
-            converted[tid] = Converted(t, t.conv.rows(ch.upserts), [t.conv.key(k) for k in ch.deletes])
+            converted[tid] = Converted(t, t.conv.rows(ch.upserts), t.conv.deleted_keys(ch.deletes))
         except RowMisfit as m:
             misfits[tid] = str(m)
     return batch, converted, misfits

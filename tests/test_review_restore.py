@@ -77,9 +77,13 @@ async def test_kill9_inside_the_capture_reset(tmp_path, make_config, pg_dsn):
         os.replace(other, db)
 
         async def reset_started() -> bool:
-            return await pg.fetchval("SELECT capture_id FROM syncd.sources WHERE source = 'app'") != old_id
+            # syncd's reconcile transaction is queued behind the blocker's row locks
+            return bool(await pg.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name LIKE 'syncd%' AND wait_event_type = 'Lock'"))
 
         await eventually(reset_started, 30, "the capture reset to begin", d)
+        assert await pg.fetchval("SELECT capture_id FROM syncd.sources WHERE source = 'app'") == old_id
         d.kill9()
         # The process is gone; its backend waits on the lock and would run the second
         # statement once it is free. A kill -9 just before that statement was sent

@@ -93,6 +93,7 @@ def _ddl(bk: str) -> list[str]:
         f"CREATE INDEX IF NOT EXISTS verify_runs_by_table ON {s}.verify_runs (source, table_name, finished_at)",
         # Columns added after the first release: upgrades get them here.
         f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS request text",
+        f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS confirmed_seq bigint NOT NULL DEFAULT 0",
         f"ALTER TABLE {s}.verify_runs ADD COLUMN IF NOT EXISTS table_state text",
         f"ALTER TABLE {s}.verify_runs ADD COLUMN IF NOT EXISTS detail text",
     ]
@@ -130,6 +131,7 @@ class SourceRow:
     applied_at: dt.datetime | None
     created_at: dt.datetime
     streaming_since: dt.datetime | None
+    confirmed_seq: int = 0  # the newest position the SQLite file is known to have recorded
 
 
 @dataclass
@@ -199,7 +201,7 @@ class Bookkeeping:
 
     async def load_source(self, conn: asyncpg.Connection) -> SourceRow | None:
         r = await conn.fetchrow(
-            f"SELECT source, capture_id, applied_seq, applied_at, created_at, streaming_since "
+            f"SELECT source, capture_id, applied_seq, applied_at, created_at, streaming_since, confirmed_seq "
             f"FROM {self.s}.sources WHERE source = $1",
             self.source,
         )
@@ -214,9 +216,10 @@ class Bookkeeping:
         )
 
     async def reset_source(self, conn: asyncpg.Connection, capture_id: str, applied_seq: int) -> None:
-        """A new capture generation: every table re-snapshots, the checkpoint restarts."""
+        """A new capture generation: every table re-snapshots, the checkpoint restarts.
+        Call inside a transaction: half a reset would stream without the re-snapshot."""
         await conn.execute(
-            f"UPDATE {self.s}.sources SET capture_id = $2, applied_seq = $3 WHERE source = $1",
+            f"UPDATE {self.s}.sources SET capture_id = $2, applied_seq = $3, confirmed_seq = 0 WHERE source = $1",
             self.source, capture_id, applied_seq,
         )
         await conn.execute(
@@ -267,6 +270,17 @@ class Bookkeeping:
                 f"source {self.source!r}: checkpoint moved under syncd (expected {from_seq}); "
                 "another process is writing this source"
             )
+
+    async def rewind(self, conn: asyncpg.Connection, seq: int) -> None:
+        """Resume from `seq`, the position the file itself confirms; later changes are
+        applied again with current values, which is harmless."""
+        await conn.execute(f"UPDATE {self.s}.sources SET applied_seq = $2 WHERE source = $1", self.source, seq)
+
+    async def confirm(self, conn: asyncpg.Connection, seq: int) -> None:
+        await conn.execute(
+            f"UPDATE {self.s}.sources SET confirmed_seq = greatest(confirmed_seq, $2) WHERE source = $1",
+            self.source, seq,
+        )
 
     async def mark_streaming_since(self, conn: asyncpg.Connection) -> None:
         await conn.execute(

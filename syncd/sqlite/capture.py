@@ -84,7 +84,7 @@ def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
         # without firing delete triggers (unless the app enables recursive_triggers).
         # Record those rows' keys first; a key recorded needlessly is harmless.
         key_cols = ", ".join(quote_ident(k) for k in spec.key)
-        not_self = " OR ".join(f"{quote_ident(k)} IS NOT NEW.{quote_ident(k)}" for k in spec.key)
+        not_self = " OR ".join(f"{quote_ident(k)} IS NOT NEW.{quote_ident(k)} COLLATE BINARY" for k in spec.key)
         conflicts = " OR ".join(
             "("
             + " AND ".join(
@@ -114,6 +114,7 @@ class CaptureState:
     triggers: dict[str, tuple[str, str]] = field(default_factory=dict)  # trigger name -> (table, sql)
     key_slots: int = 0
     max_seq: int = 0
+    pruned_seq: int = 0  # the checkpoint the last prune in this file recorded (see record_pruned)
 
     @property
     def installed(self) -> bool:
@@ -148,6 +149,7 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
     meta = dict(conn.execute(f"SELECT key, value FROM main.{quote_ident(META)}").fetchall())
     state.capture_id = meta.get("capture_id")
     state.format_version = meta.get("format_version")
+    state.pruned_seq = int(meta.get("pruned_seq", 0))
     if _table_exists(conn, REGISTRY):
         for tid, name, key, rearmed in conn.execute(
             f"SELECT tid, name, key_columns, rearmed_at FROM main.{quote_ident(REGISTRY)}"
@@ -274,6 +276,14 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
         return tid
 
     return write_transaction(conn, arm, busy_timeout_ms=busy_timeout_ms)
+
+
+def record_pruned(conn: sqlite3.Connection, seq: int) -> None:
+    """Inside a prune's write transaction: note in the file itself that every change up
+    to `seq` reached Postgres. The file's lineage is then provable: a copy restored from
+    a backup carries an older note, and syncd resumes from the note, never from a
+    position only Postgres remembers."""
+    conn.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES ('pruned_seq', ?)", (str(seq),))
 
 
 def clear_rearmed(conn: sqlite3.Connection, names: list[str], busy_timeout_ms: int) -> None:

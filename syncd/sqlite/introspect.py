@@ -156,9 +156,12 @@ def describe_table(
                 )
             continue
         names_ = tuple(c[1] for c in cols)
-        if set(names_) == set(key):
+        collations = tuple(c[2] or "BINARY" for c in cols)
+        if set(names_) == set(key) and all(c.upper() == "BINARY" for c in collations):
+            # A REPLACE through the key itself reuses the same key: the insert records it.
+            # Under NOCASE or RTRIM it replaces a row whose key differs byte-wise: watch it.
             continue
-        unique_sets.append(UniqueSet(names_, tuple(c[2] or "BINARY" for c in cols)))
+        unique_sets.append(UniqueSet(names_, collations))
 
     return TableSpec(
         name=table,

@@ -124,6 +124,11 @@ def _collect(changes: TableChanges, rows: list[tuple]) -> None:
     changes.ops.update(insert=inserted, update=updated, delete=deleted)
 
 
+def _has_null_key(conn: sqlite3.Connection, spec: TableSpec) -> bool:
+    cond = " OR ".join(f"{quote_ident(k)} IS NULL" for k in spec.key)
+    return conn.execute(f"SELECT 1 FROM main.{quote_ident(spec.name)} WHERE {cond} LIMIT 1").fetchone() is not None
+
+
 def read_changes(
     conn: sqlite3.Connection,
     after_seq: int,
@@ -169,6 +174,8 @@ def read_changes(
             rows = fetchall_text_safe(conn, _join_sql(spec), (after_seq, batch.last_seq, tid))
             changes = TableChanges(tid=tid, spec=spec)
             _collect(changes, rows)
+            if changes.null_keys and not _has_null_key(conn, spec):
+                changes.null_keys = 0  # those rows got a key (or went): their changes are recorded too
             batch.tables[tid] = changes
         return batch
     finally:
