@@ -338,10 +338,12 @@ class Pipeline:
         s = self.session
         was_held = t.state == bk.HELD
         from_seq = t.row.from_seq or 0
-        if from_seq < s.applied_seq or was_held:
+        if from_seq < s.applied_seq:
+            # Never past the stream's checkpoint: every change applied then lies in a
+            # range Postgres has fingerprinted (see reconcile._resume_position).
             batch, converted, misfits = await s.worker.run(
                 read_and_convert, from_seq, self.settings.stream.batch_size, {t.tid: t.spec}, s.by_tid(), t.tid,
-                s.schema_version,
+                s.schema_version, s.applied_seq,
             )
             if batch.schema_changed:
                 self.needs_reconcile = True

@@ -16,7 +16,7 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import TableRow
 from syncd.session import SourceSession, TableRuntime, changed, new_row
-from syncd.sqlite import capture
+from syncd.sqlite import capture, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
 from syncd.sqlite.introspect import introspect, journal_mode, schema_version
 from syncd.types import PgType, translate_default
@@ -215,14 +215,16 @@ async def _resume_position(session: SourceSession, src, state: CaptureState) -> 
     """Where the stream resumes, proven by the file itself.
 
     The pruner notes in the SQLite file (`pruned_seq`) each position Postgres has
-    applied, and Postgres remembers the newest note it saw (`confirmed_seq`). In the
-    file's own lineage the note is at or behind Postgres's checkpoint and never behind
-    what Postgres saw; resuming from the note replays a few changes, harmlessly. A file
-    whose note is older than Postgres has seen was restored from a backup (possibly
-    written to since, reusing positions): every table is snapshotted again.
+    applied, and Postgres remembers the newest note it saw (`confirmed_seq`) plus a
+    fingerprint of every batch it applied since. In the file Postgres followed, the
+    note is never behind what Postgres saw and the entries of those batches are still
+    there, unchanged. A file restored from a backup fails one of these checks, even
+    when the application has written to it since (reusing positions): then every
+    table is snapshotted again. Without fingerprints for the whole tail (an older
+    syncd), the stream resumes from the note and replays the tail, which is harmless.
     """
     conn = session.pg
-    noted, seen, applied = state.pruned_seq, src.confirmed_seq, src.applied_seq
+    noted, seen, applied, top = state.pruned_seq, src.confirmed_seq, src.applied_seq, state.max_seq
     if src.capture_id != state.capture_id:
         session.warning(
             "capture in the SQLite file is a new installation (capture id changed): re-snapshotting every table",
@@ -230,18 +232,33 @@ async def _resume_position(session: SourceSession, src, state: CaptureState) -> 
         )
         await session.bk.reset_source(conn, state.capture_id, 0)
         return 0
-    if noted < seen or noted > applied or state.max_seq < noted:
+    diverged = noted < seen or noted > applied or top < applied
+    covered = False
+    if not diverged and applied > noted:
+        position = noted
+        for after, last, digest in await session.bk.applied_batches(conn):
+            if last <= noted:
+                continue
+            if after != position:
+                break  # a gap: the tail is not fully fingerprinted
+            if await session.worker.run(reader.fingerprint_range, after, last) != digest:
+                diverged = True
+                break
+            position = last
+        covered = position == applied
+    if diverged:
         session.warning(
-            f"the SQLite file's changelog (noted position {noted}, ending at {state.max_seq}) is not the one "
-            f"Postgres applied (up to {applied}, noted {seen}): the file was restored or replaced; "
+            f"the SQLite file's changelog (noted position {noted}, ending at {top}) is not the one Postgres "
+            f"applied (up to {applied}, noted {seen}): the file was restored or replaced; "
             "re-snapshotting every table",
             event="capture_reset",
         )
-        await session.bk.reset_source(conn, state.capture_id, state.max_seq)
-        return state.max_seq
-    if applied > noted:
+        await session.bk.reset_source(conn, state.capture_id, top)
+        return top
+    if applied > noted and not covered:
         await session.bk.rewind(conn, noted)
-    return noted
+        return noted
+    return applied
 
 
 def _runtime(session: SourceSession, spec: TableSpec, tid: int, row: TableRow) -> TableRuntime:

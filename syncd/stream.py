@@ -35,9 +35,10 @@ def hold_row(t: TableRuntime, reason: str, from_seq: int | None, resume_to: str)
 
 
 def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming: dict, tables: dict[int, TableRuntime],
-                     only_tid: int | None = None, schema_version: int | None = None):
+                     only_tid: int | None = None, schema_version: int | None = None, upto: int | None = None):
     """Worker-thread half of a batch: read it and convert every value."""
-    batch = reader.read_changes(conn, after, limit, streaming, only_tid=only_tid, schema_version=schema_version)
+    batch = reader.read_changes(conn, after, limit, streaming, only_tid=only_tid, upto_seq=upto,
+                                schema_version=schema_version)
     converted: dict[int, Converted] = {}
     misfits: dict[int, str] = {}
     for tid, ch in batch.tables.items():
@@ -118,7 +119,7 @@ async def _bookkeep(session: SourceSession, batch: ChangeBatch, held: dict[int, 
         from_seq = batch.after_seq if catchup is None else t.row.from_seq
         updates[tid] = hold_row(t, reason, from_seq, bk.CATCHUP)
     if catchup is None:
-        await session.bk.advance(conn, batch.after_seq, batch.last_seq)
+        await session.bk.advance(conn, batch.after_seq, batch.last_seq, batch.fingerprint)
     elif catchup.tid not in held:
         updates[catchup.tid] = changed(catchup.row, state=bk.CATCHUP, from_seq=batch.last_seq, reason=None)
     for row in updates.values():

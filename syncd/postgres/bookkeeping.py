@@ -66,6 +66,14 @@ def _ddl(bk: str) -> list[str]:
             request text,
             updated_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (source, table_name))""",
+        # One row per applied batch not yet confirmed by a prune note in the SQLite file:
+        # the fingerprint of the changelog entries the batch covered (see reconcile).
+        f"""CREATE TABLE IF NOT EXISTS {s}.applied_batches (
+            source text NOT NULL REFERENCES {s}.sources ON DELETE CASCADE,
+            after_seq bigint NOT NULL,
+            last_seq bigint NOT NULL,
+            fingerprint text NOT NULL,
+            PRIMARY KEY (source, last_seq))""",
         f"""CREATE TABLE IF NOT EXISTS {s}.events (
             id bigserial PRIMARY KEY,
             at timestamptz NOT NULL DEFAULT now(),
@@ -222,6 +230,7 @@ class Bookkeeping:
             f"UPDATE {self.s}.sources SET capture_id = $2, applied_seq = $3, confirmed_seq = 0 WHERE source = $1",
             self.source, capture_id, applied_seq,
         )
+        await conn.execute(f"DELETE FROM {self.s}.applied_batches WHERE source = $1", self.source)
         await conn.execute(
             f"UPDATE {self.s}.tables SET state = $2, resume_to = NULL, from_seq = NULL, snapshot_key = NULL, "
             f"snapshot_rows = 0, reason = NULL, updated_at = now() WHERE source = $1 AND state <> $3",
@@ -258,8 +267,9 @@ class Bookkeeping:
             row.snapshot_started_at, row.snapshot_finished_at, row.reason,
         )
 
-    async def advance(self, conn: asyncpg.Connection, from_seq: int, to_seq: int) -> None:
-        """Move the checkpoint; the guard catches a second writer (lost lock)."""
+    async def advance(self, conn: asyncpg.Connection, from_seq: int, to_seq: int, fingerprint: str) -> None:
+        """Move the checkpoint and keep the batch's fingerprint; the guard catches a
+        second writer (lost lock)."""
         status = await conn.execute(
             f"UPDATE {self.s}.sources SET applied_seq = $3, applied_at = now() "
             f"WHERE source = $1 AND applied_seq = $2",
@@ -270,16 +280,34 @@ class Bookkeeping:
                 f"source {self.source!r}: checkpoint moved under syncd (expected {from_seq}); "
                 "another process is writing this source"
             )
+        await conn.execute(
+            f"INSERT INTO {self.s}.applied_batches(source, after_seq, last_seq, fingerprint) VALUES ($1, $2, $3, $4) "
+            f"ON CONFLICT (source, last_seq) DO UPDATE SET after_seq = EXCLUDED.after_seq, "
+            f"fingerprint = EXCLUDED.fingerprint",
+            self.source, from_seq, to_seq, fingerprint,
+        )
+
+    async def applied_batches(self, conn: asyncpg.Connection) -> list[tuple[int, int, str]]:
+        rows = await conn.fetch(
+            f"SELECT after_seq, last_seq, fingerprint FROM {self.s}.applied_batches WHERE source = $1 "
+            f"ORDER BY last_seq", self.source,
+        )
+        return [tuple(r) for r in rows]
 
     async def rewind(self, conn: asyncpg.Connection, seq: int) -> None:
         """Resume from `seq`, the position the file itself confirms; later changes are
         applied again with current values, which is harmless."""
         await conn.execute(f"UPDATE {self.s}.sources SET applied_seq = $2 WHERE source = $1", self.source, seq)
+        await conn.execute(f"DELETE FROM {self.s}.applied_batches WHERE source = $1", self.source)
 
     async def confirm(self, conn: asyncpg.Connection, seq: int) -> None:
+        """The file notes everything up to `seq`: fingerprints up to there are done with."""
         await conn.execute(
             f"UPDATE {self.s}.sources SET confirmed_seq = greatest(confirmed_seq, $2) WHERE source = $1",
             self.source, seq,
+        )
+        await conn.execute(
+            f"DELETE FROM {self.s}.applied_batches WHERE source = $1 AND last_seq <= $2", self.source, seq
         )
 
     async def mark_streaming_since(self, conn: asyncpg.Connection) -> None:

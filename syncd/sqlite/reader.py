@@ -7,6 +7,7 @@ coalesce to that key's current state: present -> upsert, absent -> delete.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 from collections import Counter
@@ -43,6 +44,7 @@ class ChangeBatch:
     tables: dict[int, TableChanges] = field(default_factory=dict)
     skipped: Counter = field(default_factory=Counter)  # tid -> entries left queued (table not streaming)
     schema_changed: bool = False  # the file's schema moved since syncd last looked: reconcile first
+    fingerprint: str = ""  # of every entry in (after_seq, last_seq]: see fingerprint()
 
     @property
     def empty(self) -> bool:
@@ -124,6 +126,37 @@ def _collect(changes: TableChanges, rows: list[tuple]) -> None:
     changes.ops.update(insert=inserted, update=updated, delete=deleted)
 
 
+def fingerprint(entries: list[tuple]) -> str:
+    """A digest of changelog entries (seq, tid, op, key...) exactly as stored.
+
+    Postgres keeps one per applied batch; a file whose entries in an applied range
+    differ (restored from a backup, then written to) is told apart from the one
+    Postgres followed. Trailing NULL key slots are dropped so a changelog that gained
+    a slot since still digests the same."""
+    h = hashlib.blake2b(digest_size=16)
+    for e in entries:
+        e = tuple(e)
+        while len(e) > 3 and e[-1] is None:
+            e = e[:-1]
+        h.update(repr(e).encode("utf-8", "surrogateescape"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def fingerprint_range(conn: sqlite3.Connection, after_seq: int, last_seq: int) -> str | None:
+    """The fingerprint of the file's entries in (after_seq, last_seq], or None when the
+    range's last entry is not there."""
+    conn.execute("BEGIN")
+    try:
+        entries = fetchall_text_safe(conn, f"SELECT * FROM main.{CL} WHERE seq > ? AND seq <= ? ORDER BY seq",
+                                     (after_seq, last_seq))
+    finally:
+        conn.execute("COMMIT")
+    if not entries or entries[-1][0] != last_seq:
+        return None
+    return fingerprint(entries)
+
+
 def _has_null_key(conn: sqlite3.Connection, spec: TableSpec) -> bool:
     cond = " OR ".join(f"{quote_ident(k)} IS NULL" for k in spec.key)
     return conn.execute(f"SELECT 1 FROM main.{quote_ident(spec.name)} WHERE {cond} LIMIT 1").fetchone() is not None
@@ -159,13 +192,13 @@ def read_changes(
         if only_tid is not None:
             where += " AND tid = ?"
             params.append(only_tid)
-        entries = conn.execute(
-            f"SELECT seq, tid FROM main.{CL} WHERE {where} ORDER BY seq LIMIT ?", (*params, limit)
-        ).fetchall()
+        entries = fetchall_text_safe(conn, f"SELECT * FROM main.{CL} WHERE {where} ORDER BY seq LIMIT ?",
+                                     (*params, limit))
         if not entries:
             return ChangeBatch(after_seq=after_seq, last_seq=after_seq)
-        batch = ChangeBatch(after_seq=after_seq, last_seq=entries[-1][0], entries=len(entries))
-        per_tid = Counter(tid for _, tid in entries)
+        batch = ChangeBatch(after_seq=after_seq, last_seq=entries[-1][0], entries=len(entries),
+                            fingerprint=fingerprint(entries))
+        per_tid = Counter(e[1] for e in entries)
         for tid in sorted(per_tid):
             spec = streaming.get(tid)
             if spec is None:
