@@ -104,7 +104,8 @@ class SqliteSettings(_Strict):
     # How long syncd's own write transactions (pruning, trigger install) may wait for a
     # lock. Kept short: while syncd waits holding RESERVED, application writers wait too.
     write_busy_timeout_ms: int = Field(100, ge=0)
-    prune_chunk_rows: int = Field(2000, ge=1)
+    # Changelog positions one pruning transaction covers (kept entries included).
+    prune_window: int = Field(20_000, ge=1)
 
 
 class StatusSettings(_Strict):

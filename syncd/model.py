@@ -34,6 +34,7 @@ class TableSpec:
     key_origin: str  # "primary key", "unique index <name>", "configured"
     unique_sets: tuple[UniqueSet, ...] = ()
     notes: tuple[str, ...] = ()
+    rowid_alias: bool = False  # the key is an INTEGER PRIMARY KEY: the rowid itself, stable across VACUUM
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -61,6 +62,7 @@ class Refusal:
 
 @dataclass
 class SourceSchema:
+    version: int = 0  # SQLite's schema_version the PRAGMAs were read at
     tables: dict[str, TableSpec] = field(default_factory=dict)
     refused: dict[str, Refusal] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # views, virtual tables: name -> why

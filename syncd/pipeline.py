@@ -62,7 +62,7 @@ class Pipeline:
         self.load: TableLoad | None = None
         self.max_seq_seen = 0
         self.last_poll = None
-        self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_chunk_rows,
+        self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_window,
                              settings.sqlite.write_busy_timeout_ms, settings.sqlite.read_busy_timeout_ms)
         self.last_stats = 0.0
         self.last_request_check = 0.0
@@ -289,6 +289,11 @@ class Pipeline:
                 if reason is not None:
                     await self._hold(t, reason, bk.PENDING, t.row.from_seq)
                     return False
+                self.load = TableLoad(s, t)
+                await start(s, t, self.load)
+            elif self.load is None and reader.snapshot_position_kind(t.spec) == "rowid-unstable":
+                s.info("a table keyed by [sources.keys] cannot resume a load (VACUUM may renumber its rows): "
+                       "loading it again from the start", table=t.name, event="snapshot_restarted")
                 self.load = TableLoad(s, t)
                 await start(s, t, self.load)
             elif self.load is None:

@@ -19,32 +19,33 @@ PRUNE_EVERY_SECONDS = 2.0
 PRUNE_MIN_ENTRIES = 1000
 
 
-def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], chunk: int, busy_ms: int) -> int:
+def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], size: int, busy_ms: int) -> int:
     """Delete applied changelog entries (seq < below_seq, except `keep`'s) in short
-    write transactions. Between chunks syncd steps aside for twice as long as it held
+    write transactions over bounded windows of positions, noting below_seq in the file
+    in the first one. Between windows syncd steps aside for twice as long as it held
     the lock, so application writers waiting in their busy handler get it first; it
     stops early (returning what it did) if the application keeps the file locked."""
     total = 0
+    position = reader.min_seq(conn)
     first = True
-    while True:
+    while first or position < below_seq:
         started = time.monotonic()
 
-        def chunk_of(c: sqlite3.Connection) -> int:
+        def window(c: sqlite3.Connection) -> tuple[int, int]:
             if first:
                 capture.record_pruned(c, below_seq)
-            return reader.prune_chunk(c, below_seq, keep, chunk)
+            return reader.prune_window(c, position, size, below_seq, keep)
 
         try:
-            n = capture.write_transaction(conn, chunk_of, busy_timeout_ms=busy_ms, deadline_seconds=1.0)
+            n, position = capture.write_transaction(conn, window, busy_timeout_ms=busy_ms, deadline_seconds=1.0)
         except capture.LockTimeout:
             if first:
                 raise  # nothing recorded: not confirmed
             return total
         first = False
         total += n
-        if n < chunk:
-            return total
-        time.sleep(max(0.02, 2 * (time.monotonic() - started)))
+        time.sleep(max(0.005, 2 * (time.monotonic() - started)))
+    return total
 
 
 class Pruner:
@@ -54,9 +55,9 @@ class Pruner:
     starts, and any table that stops streaming later gets a from_seq at or above the
     checkpoint of that moment, so nothing it still needs lies below `below_seq`."""
 
-    def __init__(self, path: Path, name: str, chunk_rows: int, busy_ms: int, read_busy_ms: int):
+    def __init__(self, path: Path, name: str, window: int, busy_ms: int, read_busy_ms: int):
         self.worker = SqliteWorker(path, f"{name}-prune", read_busy_ms)
-        self.chunk_rows = chunk_rows
+        self.window = window
         self.busy_ms = busy_ms
         self.task: asyncio.Task | None = None
         self.pruned_upto = 0
@@ -78,7 +79,7 @@ class Pruner:
         self.task = asyncio.ensure_future(self._run(applied_seq, dict(keep)))
 
     async def _run(self, below_seq: int, keep: dict[int, int]) -> None:
-        await self.worker.run(prune, below_seq, keep, self.chunk_rows, self.busy_ms)
+        await self.worker.run(prune, below_seq, keep, self.window, self.busy_ms)
         self.pruned_upto = below_seq
         self.confirmed = below_seq
 

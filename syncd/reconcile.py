@@ -18,7 +18,7 @@ from syncd.postgres.bookkeeping import TableRow
 from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
-from syncd.sqlite.introspect import introspect, journal_mode, schema_version
+from syncd.sqlite.introspect import introspect, journal_mode
 from syncd.types import PgType, translate_default
 
 
@@ -42,40 +42,49 @@ def capture_gap(state: CaptureState, tid: int, spec: TableSpec) -> bool:
     return False
 
 
+ARM_ROUNDS = 5
+
+
 async def install_capture(session: SourceSession, sticky: dict[str, dict[str, PgType]] | None = None) -> CaptureResult:
     """SQLite side only: capture objects and triggers on every wanted table. Works
-    while Postgres is down, so changes are recorded from the first moment."""
+    while Postgres is down, so changes are recorded from the first moment.
+
+    Arming a trigger changes the schema, and so may the application while syncd waits
+    for the write lock: after arming, the schema is read again (with its version, in
+    one transaction) until a read needs no more arming. The specs returned are then
+    exactly those of the version syncd will compare batch reads against."""
     busy = session.settings.sqlite.write_busy_timeout_ms
     w = session.worker
     state = await w.run(capture.install_base, busy)
-    schema = await w.run(introspect, session.source, sticky)
     session.journal_mode = await w.run(journal_mode)
-    result = CaptureResult(schema=schema, state=state)
+    renamed: dict[str, str] = {}
+    for _round in range(ARM_ROUNDS):
+        schema = await w.run(introspect, session.source, sticky)
+        # Where do each registered table's triggers sit now? (They follow a RENAME.)
+        for name, (tid, _key) in state.registry.items():
+            owner = capture.describe_trigger_owner(state, tid)
+            if owner is not None and owner != name:
+                renamed[name] = owner
+        armed = False
+        for name, spec in schema.tables.items():
+            tid = state.tid_of(name)
+            if tid is not None and state.triggers_match(tid, spec):
+                continue
+            gap = tid is not None and capture_gap(state, tid, spec)
+            await w.run(capture.arm_table, spec, busy, gap)
+            armed = True
+        for name, (tid, _key) in state.registry.items():
+            if name not in schema.tables and any(n in state.triggers for n in trigger_names(tid).values()):
+                await w.run(capture.disarm_table, tid, busy)
+                armed = True
+        state = await w.run(capture.read_state)
+        if not armed:
+            break
 
-    # Where do each registered table's triggers sit now? (They follow a RENAME.)
-    for name, (tid, _key) in state.registry.items():
-        owner = capture.describe_trigger_owner(state, tid)
-        if owner is not None and owner != name:
-            result.renamed[name] = owner
-
-    wanted = schema.tables
-    for name, spec in wanted.items():
-        tid = state.tid_of(name)
-        if tid is not None and state.triggers_match(tid, spec):
-            continue
-        gap = tid is not None and capture_gap(state, tid, spec)
-        await w.run(capture.arm_table, spec, busy, gap)
-
-    for name, (tid, _key) in state.registry.items():
-        if name in wanted:
-            continue
-        if any(n in state.triggers for n in trigger_names(tid).values()):
-            await w.run(capture.disarm_table, tid, busy)
-
-    result.state = await w.run(capture.read_state)
-    result.gaps = {n for n in result.state.rearmed if n in wanted}
-    session.capture = result.state
-    session.schema_version = await w.run(schema_version)
+    result = CaptureResult(schema=schema, state=state, renamed=renamed)
+    result.gaps = {n for n in state.rearmed if n in schema.tables}
+    session.capture = state
+    session.schema_version = schema.version
     session.refused = {n: r.reason for n, r in schema.refused.items()}
     for name, why in schema.skipped.items():
         if name not in session.skipped:

@@ -138,12 +138,6 @@ class SourceSession:
             t.writer = TableWriter(self.target_schema, t.spec, t.tid)
         return t.writer
 
-    def reset_writers(self) -> None:
-        """After a rollback the temp stage tables created in it are gone."""
-        for t in self.tables.values():
-            if t.writer is not None:
-                t.writer.stage_ready = False
-
     async def save_row(self, conn: asyncpg.Connection, row: TableRow) -> None:
         await self.bk.save_table(conn, row)
 

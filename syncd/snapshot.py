@@ -109,14 +109,7 @@ class TableLoad:
 async def audit(session: SourceSession, t: TableRuntime) -> str | None:
     """Run the value audit; returns the hold reason, or None when every value fits."""
 
-    def run(conn: sqlite3.Connection):
-        conn.execute("BEGIN")
-        try:
-            return audit_table(conn, t.spec)
-        finally:
-            conn.execute("COMMIT")
-
-    misfits = await session.worker.run(run)
+    misfits = await session.worker.run(audit_table, t.spec)
     if not misfits:
         return None
     text = "; ".join(m.describe(t.name) for m in misfits[:3])

@@ -72,7 +72,6 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                 await w.upsert(conn, c.records)
             updates = await _bookkeep(session, batch, held, catchup)
     except Exception as e:
-        session.reset_writers()
         if not _table_specific(e):
             raise
         # Find which table(s) Postgres refuses, each in its own savepoint.
@@ -92,7 +91,6 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                     msg = bad.message if bad else describe(e2)
                     held[tid] = f'table "{c.t.name}"{where}: Postgres rejected the change: {msg}'
             updates = await _bookkeep(session, batch, held, catchup)
-        session.reset_writers()  # a rolled-back savepoint may have taken a stage table with it
     _adopt(session, batch, updates, catchup)
     _count(session, batch, converted, held, time.monotonic() - started)
     return held

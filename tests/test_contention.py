@@ -21,7 +21,7 @@ async def test_no_lock_errors_for_the_application(tmp_path, make_config, pg_dsn,
     db = tmp_path / "app.db"
     create_items(db, rows=50_000, journal=journal)
     cfg = make_config([{"name": "app", "path": str(db)}],
-                      sections={"stream": {"snapshot_chunk_rows": 2000}, "sqlite": {"prune_chunk_rows": 200}})
+                      sections={"stream": {"snapshot_chunk_rows": 2000}, "sqlite": {"prune_window": 200}})
     # A busy but not saturated application: rollback-journal commits cost several
     # fsyncs, and past saturation SQLite's busy handler starves writers by itself.
     writers = [Writer(db, seconds=8, seed=s, rate=40) for s in range(3)]

@@ -51,13 +51,15 @@ class TableWriter:
         self.stage_ready = False
 
     async def _ensure_stage(self, conn: asyncpg.Connection) -> None:
-        if self.stage_ready:
-            return
-        await conn.execute(f"DROP TABLE IF EXISTS pg_temp.{self.stage}")
+        """The first use replaces any stage an older shape of the table left in this
+        session; later uses re-create it only if a rolled-back savepoint took it along."""
+        if not self.stage_ready:
+            await conn.execute(f"DROP TABLE IF EXISTS pg_temp.{self.stage}")
+            self.stage_ready = True
         await conn.execute(
-            f"CREATE TEMP TABLE {self.stage} (LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} (LIKE {self.table} INCLUDING DEFAULTS) "
+            f"ON COMMIT DELETE ROWS"
         )
-        self.stage_ready = True
 
     async def delete(self, conn: asyncpg.Connection, keys: list[tuple]) -> None:
         if not keys:

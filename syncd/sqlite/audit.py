@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
+from syncd.sqlite import windows
 from syncd.types import ValueMismatch, audit_prefilter, converter
 
 SAMPLE_KEYS = 5
@@ -41,8 +42,8 @@ def format_key(key: tuple) -> str:
 
 
 def audit_table(conn: sqlite3.Connection, spec: TableSpec) -> list[Misfit]:
-    """Scan the table once and return the misfits, worst first. Caller owns the
-    read transaction (or none)."""
+    """Scan the table once and return the misfits, worst first. Call outside any
+    transaction: each window is a short statement of its own."""
     nkey = len(spec.key)
     key_cols = [quote_ident(k) for k in spec.key]
     checks: list[tuple[int, str, str | None]] = []
@@ -52,16 +53,17 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec) -> list[Misfit]:
     conds = [pf if pf is not None else f"{quote_ident(n)} IS NOT NULL" for _, n, pf in checks]
     conds += [f"{k} IS NULL" for k in key_cols]
     cols = ", ".join(quote_ident(c.name) for c in spec.columns)
-    sql = (
-        f"SELECT {', '.join(key_cols)}, {cols} FROM main.{quote_ident(spec.name)} "
-        f"WHERE {' OR '.join('(' + c + ')' for c in conds)}"
-    )
     convs = [converter(c.pgtype) for c in spec.columns]
     misfits: dict[str, Misfit] = {}
+    order = windows.ordering(list(spec.column_names), spec.without_rowid, spec.key)
     old_factory = conn.text_factory
     conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+    # Window by window, each its own statement, converting only once a window is read:
+    # the read lock is never held while Python works (rollback-journal writers wait on it).
+    candidates = (row for rows in windows.scan(conn, spec.name, order, f"{', '.join(key_cols)}, {cols}",
+                                               " OR ".join("(" + c + ")" for c in conds)) for row in rows)
     try:
-        for row in conn.execute(sql):
+        for row in candidates:
             key = row[:nkey]
             values = row[nkey:]
             if any(v is None for v in key):
@@ -83,15 +85,4 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec) -> list[Misfit]:
                         m.sample_keys.append(key)
     finally:
         conn.text_factory = old_factory
-    if spec.key_origin == "configured":
-        dup = conn.execute(
-            f"SELECT {', '.join(key_cols)}, count(*) FROM main.{quote_ident(spec.name)} "
-            f"GROUP BY {', '.join(key_cols)} HAVING count(*) > 1 LIMIT {SAMPLE_KEYS}"
-        ).fetchall()
-        if dup:
-            m = Misfit(", ".join(spec.key), "a unique key")
-            m.count = len(dup)
-            m.example = "duplicate key values"
-            m.sample_keys = [tuple(r[:nkey]) for r in dup]
-            misfits["\x00dup"] = m
     return sorted(misfits.values(), key=lambda m: -m.count)

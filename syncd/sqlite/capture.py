@@ -174,31 +174,36 @@ def write_transaction(conn: sqlite3.Connection, fn, *, busy_timeout_ms: int, dea
 
     The busy timeout is short so an application writer never queues behind syncd for
     long; on SQLITE_BUSY syncd steps back, sleeps, and tries again until the deadline.
+    The connection's own busy timeout (for its reads) is restored afterwards.
     """
     start = time.monotonic()
     delay = 0.01
+    read_timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    while True:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+    try:
+        while True:
             try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-                return result
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) and "busy" not in str(e):
-                raise
-            if time.monotonic() - start > deadline_seconds:
-                raise LockTimeout(
-                    f"could not get a write lock for {deadline_seconds:.0f} s: "
-                    "an application transaction keeps the database locked"
-                ) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                    return result
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if time.monotonic() - start > deadline_seconds:
+                    raise LockTimeout(
+                        f"could not get a write lock for {deadline_seconds:.0f} s: "
+                        "an application transaction keeps the database locked"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(read_timeout)}")
 
 
 def _install_base(conn: sqlite3.Connection) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from syncd.config import SourceSettings
 from syncd.identifiers import quote_ident
 from syncd.model import Column, Refusal, SourceSchema, TableSpec, UniqueSet
+from syncd.sqlite import windows
 from syncd.types import PgType, infer_from_values, map_declared_type
 
 log = logging.getLogger(__name__)
@@ -47,28 +49,44 @@ def _unique_indexes(conn: sqlite3.Connection, table: str) -> list[tuple[str, boo
     return sorted(out)
 
 
-def _infer_types(conn: sqlite3.Connection, table: str, names: list[str]) -> dict[str, tuple[PgType, str | None]]:
-    """One scan of the table to pick types for columns whose declared type says nothing."""
+def _infer_types(conn: sqlite3.Connection, raw: RawTable, names: list[str]) -> dict[str, tuple[PgType, str | None]]:
+    """Pick types for columns whose declared type says nothing, from what they store
+    (counted window by window: no statement holds the read lock for the whole table)."""
     if not names:
         return {}
     parts = []
     for n in names:
         q = quote_ident(n)
         for cls in ("integer", "real", "text", "blob"):
-            parts.append(f"sum(typeof({q}) = '{cls}')")
-    row = conn.execute(f"SELECT {', '.join(parts)} FROM main.{quote_ident(table)}").fetchone()
+            parts.append(f"coalesce(sum(typeof({q}) = '{cls}'), 0)")
+    totals = [0] * len(parts)
+    order = windows.ordering([c[1] for c in raw.columns], raw.without_rowid, raw.pk)
+    for rows in windows.scan(conn, raw.name, order, ", ".join(parts)):
+        totals = [a + b for a, b in zip(totals, rows[0])]
     result = {}
     for i, n in enumerate(names):
-        ints, reals, texts, blobs = row[i * 4 : i * 4 + 4]
-        classes = {"integer": ints or 0, "real": reals or 0, "text": texts or 0, "blob": blobs or 0}
-        result[n] = infer_from_values(classes)
+        ints, reals, texts, blobs = totals[i * 4 : i * 4 + 4]
+        result[n] = infer_from_values({"integer": ints, "real": reals, "text": texts, "blob": blobs})
     return result
+
+
+@dataclass
+class RawTable:
+    """A table's schema as PRAGMAs report it, read inside the schema's read transaction."""
+
+    name: str
+    without_rowid: bool
+    columns: list[tuple]  # table_xinfo rows: cid, name, type, notnull, dflt_value, pk, hidden
+    uniques: list[tuple[str, bool, list[tuple[int, str | None, str]]]]
+
+    @property
+    def pk(self) -> tuple[str, ...]:
+        return tuple(n for _, n in sorted((r[5], r[1]) for r in self.columns if r[5]))
 
 
 def describe_table(
     conn: sqlite3.Connection,
-    table: str,
-    without_rowid: bool,
+    raw_table: RawTable,
     source: SourceSettings,
     sticky_types: Mapping[str, PgType] | None = None,
 ) -> TableSpec | Refusal:
@@ -77,7 +95,7 @@ def describe_table(
     `sticky_types` holds the Postgres types already chosen for columns whose type was
     inferred from values, so a later, different mix of values does not flip the type.
     """
-    raw = _columns(conn, table)
+    table, without_rowid, raw = raw_table.name, raw_table.without_rowid, raw_table.columns
     if not raw:
         return Refusal(table, "has no columns syncd can read")
     sticky = sticky_types or {}
@@ -101,7 +119,7 @@ def describe_table(
             chosen[name] = (sticky[name], "type kept from the existing Postgres column")
         else:
             needs_inference.append(name)
-    for name, (pgtype, note) in _infer_types(conn, table, needs_inference).items():
+    for name, (pgtype, note) in _infer_types(conn, raw_table, needs_inference).items():
         chosen[name] = (pgtype, note or "chosen from the stored values (no usable declared type)")
 
     columns = tuple(
@@ -116,7 +134,7 @@ def describe_table(
         for r in raw
     )
     names = [c.name for c in columns]
-    uniques = _unique_indexes(conn, table)
+    uniques = raw_table.uniques
     notnull = {c.name for c in columns if c.notnull}
 
     configured = source.keys.get(table)
@@ -171,6 +189,8 @@ def describe_table(
         key_origin=origin,
         unique_sets=tuple(unique_sets),
         notes=tuple(notes),
+        rowid_alias=(not without_rowid and origin == "primary key" and len(key) == 1
+                     and next(c.declared for c in columns if c.name == key[0]).strip().upper() == "INTEGER"),
     )
 
 
@@ -179,25 +199,33 @@ def introspect(
     source: SourceSettings,
     sticky_types: Mapping[str, Mapping[str, PgType]] | None = None,
 ) -> SourceSchema:
+    """The source's schema. Its `version` is SQLite's schema_version read in the same
+    transaction as the PRAGMAs, so a batch read can tell whether its columns are current."""
     schema = SourceSchema()
     sticky_types = sticky_types or {}
-    for name, kind, without_rowid in list_tables(conn):
-        if is_internal(name) or not source.wants_table(name):
-            continue
-        if kind == "view":
-            schema.skipped[name] = "view (not stored data)"
-            continue
-        if kind in ("virtual", "shadow"):
-            schema.skipped[name] = f"{kind} table (not replicated; its content lives elsewhere)"
-            continue
-        if kind != "table":
-            schema.skipped[name] = f"{kind} object"
-            continue
-        spec = describe_table(conn, name, without_rowid, source, sticky_types.get(name))
+    raws = []
+    conn.execute("BEGIN")
+    try:
+        schema.version = schema_version(conn)
+        for name, kind, without_rowid in list_tables(conn):
+            if is_internal(name) or not source.wants_table(name):
+                continue
+            if kind == "view":
+                schema.skipped[name] = "view (not stored data)"
+            elif kind in ("virtual", "shadow"):
+                schema.skipped[name] = f"{kind} table (not replicated; its content lives elsewhere)"
+            elif kind != "table":
+                schema.skipped[name] = f"{kind} object"
+            else:
+                raws.append(RawTable(name, without_rowid, _columns(conn, name), _unique_indexes(conn, name)))
+    finally:
+        conn.execute("COMMIT")
+    for raw in raws:  # type inference scans data: outside the schema's transaction
+        spec = describe_table(conn, raw, source, sticky_types.get(raw.name))
         if isinstance(spec, Refusal):
-            schema.refused[name] = spec
+            schema.refused[raw.name] = spec
         else:
-            schema.tables[name] = spec
+            schema.tables[raw.name] = spec
     return schema
 
 

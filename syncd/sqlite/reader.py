@@ -260,22 +260,25 @@ def pending_stats(conn: sqlite3.Connection, after_seq: int) -> tuple[int, int]:
         conn.execute("COMMIT")
 
 
-def prune_chunk(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], limit: int) -> int:
-    """Delete up to `limit` applied changelog entries (seq < below_seq), except entries
-    of tables in `keep` (tid -> from_seq) newer than their from_seq. Call inside a
-    write transaction. The entry at below_seq itself stays: it keeps max(seq) from
-    ever moving backwards."""
-    where = ["seq < ?"]
-    params: list[Any] = [below_seq]
+def prune_window(conn: sqlite3.Connection, start: int, size: int, below_seq: int,
+                 keep: dict[int, int]) -> tuple[int, int]:
+    """Delete applied entries with start <= seq < min(start + window, below_seq), except
+    entries of tables in `keep` (tid -> from_seq) newer than their from_seq. Call inside
+    a write transaction. Looking at a bounded window keeps the transaction short however
+    many entries a held table keeps. The entry at below_seq itself stays: it keeps
+    max(seq) from ever moving backwards. Returns (deleted, where the next window starts)."""
+    end = min(start + size, below_seq)
+    where = ["seq >= ?", "seq < ?"]
+    params: list[Any] = [start, end]
     for tid, from_seq in sorted(keep.items()):
         where.append("NOT (tid = ? AND seq > ?)")
         params.extend([tid, from_seq])
-    cond = " AND ".join(where)
-    cur = conn.execute(
-        f"DELETE FROM main.{CL} WHERE seq IN (SELECT seq FROM main.{CL} WHERE {cond} ORDER BY seq LIMIT ?)",
-        (*params, limit),
-    )
-    return cur.rowcount
+    cur = conn.execute(f"DELETE FROM main.{CL} WHERE {' AND '.join(where)}", params)
+    return cur.rowcount, end
+
+
+def min_seq(conn: sqlite3.Connection) -> int:
+    return conn.execute(f"SELECT coalesce(min(seq), 0) FROM main.{CL}").fetchone()[0]
 
 
 def max_seq(conn: sqlite3.Connection) -> int:
@@ -293,6 +296,20 @@ def rowid_name(spec: TableSpec) -> str | None:
     return None
 
 
+def snapshot_position_kind(spec: TableSpec) -> str:
+    """How a load remembers where it is.
+
+    "rowid": an INTEGER PRIMARY KEY, stable forever. "key": the key's own index (a
+    primary key or unique index); slower to walk but stable. "rowid-unstable": a key
+    configured in [sources.keys] has no index to walk, and VACUUM may renumber the
+    rowid, so such a load restarts from the beginning instead of resuming."""
+    if spec.rowid_alias and rowid_name(spec):
+        return "rowid"
+    if spec.key_origin != "configured" or spec.without_rowid or rowid_name(spec) is None:
+        return "key"
+    return "rowid-unstable"
+
+
 def read_snapshot_chunk(
     conn: sqlite3.Connection, spec: TableSpec, after: tuple | None, limit: int
 ) -> tuple[list[tuple], tuple | None]:
@@ -300,7 +317,7 @@ def read_snapshot_chunk(
     and the position of the last one. The caller owns the read transaction."""
     cols = ", ".join(quote_ident(c) for c in spec.column_names)
     table = f"main.{quote_ident(spec.name)}"
-    rid = rowid_name(spec)
+    rid = rowid_name(spec) if snapshot_position_kind(spec) != "key" else None
     if rid is not None:
         where = f"WHERE {rid} > ?" if after is not None else ""
         params: list[Any] = [after[0]] if after is not None else []

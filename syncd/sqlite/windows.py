@@ -1,0 +1,53 @@
+"""Split a table scan into windows, one short statement each.
+
+In rollback-journal mode a reader blocks every writer's commit for as long as its
+statement runs, so a full-table scan (an audit, type inference) must not be one
+statement: each window is, and nothing runs while a window's lock is held but SQLite.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+from syncd.identifiers import quote_ident
+
+WINDOW_ROWS = 20_000
+
+
+def ordering(table_columns: list[str], without_rowid: bool, key: tuple[str, ...]) -> list[str]:
+    """Quoted columns giving a table a total order its storage can walk cheaply: the
+    rowid (under a name no column shadows) or, WITHOUT ROWID, the primary key."""
+    if not without_rowid:
+        taken = {c.lower() for c in table_columns}
+        for name in ("_rowid_", "rowid", "oid"):
+            if name not in taken:
+                return [name]
+    return [quote_ident(k) for k in key]
+
+
+def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int = WINDOW_ROWS) -> Iterator[tuple[str, tuple]]:
+    """(WHERE clause, parameters) for consecutive windows of about `size` rows."""
+    cols = ", ".join(order)
+    marks = ", ".join("?" * len(order))
+    after: tuple | None = None
+    while True:
+        where, params = ("1", ()) if after is None else (f"({cols}) > ({marks})", after)
+        boundary = conn.execute(
+            f"SELECT {cols} FROM main.{quote_ident(table)} WHERE {where} ORDER BY {cols} LIMIT 1 OFFSET ?",
+            (*params, size - 1),
+        ).fetchone()
+        if boundary is None:
+            yield where, params
+            return
+        yield f"{where} AND ({cols}) <= ({marks})", (*params, *boundary)
+        after = tuple(boundary)
+
+
+def scan(conn: sqlite3.Connection, table: str, order: list[str], select: str, where: str = "1",
+         params: tuple[Any, ...] = (), size: int = WINDOW_ROWS) -> Iterator[list[tuple]]:
+    """fetchall() of `SELECT select FROM table WHERE where`, window by window."""
+    for w, wp in windows(conn, table, order, size):
+        yield conn.execute(f"SELECT {select} FROM main.{quote_ident(table)} WHERE ({w}) AND ({where})",
+                           (*wp, *params)).fetchall()
