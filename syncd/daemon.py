@@ -190,15 +190,17 @@ class Daemon:
     async def _verify_loop(self) -> None:
         """Compare each streaming source in full every [verify] interval_seconds, one
         source at a time, and export the results. A source is first checked as soon as
-        it streams, so consistency is known early."""
+        it streams and has no backlog, so consistency is known early without slowing
+        a catch-up down."""
         outcomes: dict[str, str] = {}  # source -> last outcome logged
         last_run: dict[str, float] = {}
         while True:
             interval = self.settings.verify.interval_seconds
             for name, p in list(self.pipelines.items()):
                 due = interval > 0 and time.monotonic() - last_run.get(name, -interval) >= interval
-                if not due or p.health != STREAMING or self.stop_event.is_set():
-                    continue
+                backlog = p.max_seq_seen - p.session.applied_seq > self.settings.stream.batch_size
+                if not due or backlog or p.health != STREAMING or self.stop_event.is_set():
+                    continue  # a source working through a backlog is checked once it has caught up
                 last_run[name] = time.monotonic()
                 result = await verify_source(self.settings, p.source, record=True)
                 publish_metrics(result)
@@ -242,12 +244,13 @@ class Daemon:
                         self.watcher.remove(old.wakeup)
                     self.pipelines[name] = self._make(old.source)  # its threads were shut down with it
                     self._launch(self.pipelines[name])
-            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            # Look often enough that a ping is never late by a whole tick.
+            await asyncio.sleep(min(HOUSEKEEPING_SECONDS, wd / 4) if wd else HOUSEKEEPING_SECONDS)
 
     def _alive(self, window: float) -> bool:
-        """Every pipeline finished a step (or a backoff sleep) within the watchdog window."""
+        """No pipeline is stuck in one step for the whole window (a wedged loop)."""
         now = time.monotonic()
-        return all(now - p.progress_at < window for p in self.pipelines.values())
+        return all(p.busy_for(now) < window for p in self.pipelines.values())
 
     def _summary(self) -> str:
         if not self.pipelines:

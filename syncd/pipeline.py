@@ -56,7 +56,7 @@ class Pipeline:
         self.health = STARTING
         self.detail = ""
         self.pg_ok: bool | None = None
-        self.progress_at = time.monotonic()
+        self.step_started: float | None = None  # monotonic start of the step in progress, if any
         self.needs_reconcile = True
         self.file_changed = False
         self.load: TableLoad | None = None
@@ -113,8 +113,7 @@ class Pipeline:
         )
         try:
             while not self.stopping:
-                did = await retrying(self._cycle)
-                self.progress_at = time.monotonic()
+                did = await retrying(self._step)
                 if not did and not self.stopping:
                     try:
                         await asyncio.wait_for(self.wake.wait(), self.settings.stream.poll_interval_seconds)
@@ -128,9 +127,21 @@ class Pipeline:
             self.pruner.shutdown()
             await self.session.close()
 
+    def busy_for(self, now: float) -> float:
+        """How long the step in progress has been running; 0 between steps (waiting
+        for a change or in a backoff sleep is healthy, a step that never ends is not)."""
+        started = self.step_started
+        return 0.0 if started is None else now - started
+
+    async def _step(self) -> bool:
+        self.step_started = time.monotonic()
+        try:
+            return await self._cycle()
+        finally:
+            self.step_started = None
+
     async def _sleep(self, seconds: float) -> None:
         """Backoff sleep that a stop request cuts short."""
-        self.progress_at = time.monotonic()
         try:
             await asyncio.wait_for(self.stop_event.wait(), seconds)
         except asyncio.TimeoutError:
@@ -443,8 +454,7 @@ class Pipeline:
             return
         self.last_stats = time.monotonic()
         s = self.session
-        _count, size = await s.worker.run(reader.pending_stats, s.applied_seq)
-        metrics.changelog_bytes.labels(self.name).set(size)
+        metrics.changelog_bytes.labels(self.name).set(await s.worker.run(reader.changelog_bytes))
 
     async def _maybe_recheck(self) -> None:
         """Reconcile again when something outside SQLite may have changed: an operator

@@ -19,8 +19,7 @@ from urllib.parse import quote
 from syncd.config import Settings, SourceSettings, StatusSettings
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe
-from syncd.sqlite import capture
-from syncd.sqlite.capture import CHANGELOG
+from syncd.sqlite import capture, reader
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 VERDICTS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -84,14 +83,9 @@ def _read_sqlite(path: str, applied_seq: int) -> dict:
         out = {"installed": state.installed, "max_seq": state.max_seq, "pending": 0, "bytes": 0,
                "triggers": state}
         if state.key_slots:
-            out["pending"] = conn.execute(
-                f'SELECT count(*) FROM main."{CHANGELOG}" WHERE seq > ?', (applied_seq,)).fetchone()[0]
-            try:
-                out["bytes"] = conn.execute(
-                    "SELECT coalesce(sum(pgsize), 0) FROM dbstat('main', 1) WHERE name = ?", (CHANGELOG,)
-                ).fetchone()[0]
-            except sqlite3.OperationalError:
-                out["bytes"] = None
+            # Positions after the checkpoint are contiguous: no counting scan (and lock) needed.
+            out["pending"] = max(0, state.max_seq - applied_seq)
+            out["bytes"] = reader.changelog_bytes(conn)
         return out
     finally:
         conn.close()

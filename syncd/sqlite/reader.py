@@ -243,21 +243,27 @@ def poll(conn: sqlite3.Connection, path: str) -> PollInfo:
     return PollInfo(dv, sv, max_seq, inode)
 
 
-def pending_stats(conn: sqlite3.Connection, after_seq: int) -> tuple[int, int]:
-    """(entries after `after_seq`, bytes the changelog occupies on disk)."""
-    conn.execute("BEGIN")
+MEASURE_BELOW_ENTRIES = 200_000  # above this, the changelog's size is extrapolated, not walked
+_bytes_per_entry = 40.0  # refined whenever a small changelog is measured
+
+
+def changelog_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes the changelog occupies in the file. Walking its pages (dbstat) takes a
+    read lock for as long as the walk, so a large changelog (Postgres away for a
+    while) is sized from its entry count and the last measured bytes per entry."""
+    global _bytes_per_entry
+    low, high = conn.execute(f"SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM main.{CL}").fetchone()
+    entries = high - low + 1 if high else 0
+    if entries > MEASURE_BELOW_ENTRIES:
+        return int(entries * _bytes_per_entry)
     try:
-        count = conn.execute(f"SELECT count(*) FROM main.{CL} WHERE seq > ?", (after_seq,)).fetchone()[0]
-        try:
-            size = conn.execute(
-                "SELECT coalesce(sum(pgsize), 0) FROM dbstat('main', 1) WHERE name = ?", (CHANGELOG,)
-            ).fetchone()[0]
-        except sqlite3.OperationalError:  # built without DBSTAT: estimate
-            total = conn.execute(f"SELECT count(*) FROM main.{CL}").fetchone()[0]
-            size = total * 32
-        return count, size
-    finally:
-        conn.execute("COMMIT")
+        size = conn.execute("SELECT coalesce(sum(pgsize), 0) FROM dbstat('main', 1) WHERE name = ?",
+                            (CHANGELOG,)).fetchone()[0]
+    except sqlite3.OperationalError:  # built without DBSTAT
+        return int(entries * _bytes_per_entry)
+    if entries >= 1000:
+        _bytes_per_entry = size / entries
+    return size
 
 
 def prune_window(conn: sqlite3.Connection, start: int, size: int, below_seq: int,
