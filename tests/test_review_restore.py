@@ -19,7 +19,7 @@ import asyncpg
 
 from tests.support.app import create_items
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.daemon import DaemonProcess
 from tests.support.sync import eventually, wait_caught_up
 
 
