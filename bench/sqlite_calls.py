@@ -1,5 +1,5 @@
 """Why syncd runs sqlite3 on one dedicated worker thread (syncd.sqlite.connection.
-SqliteWorker: a unit of work per loop.run_in_executor hop) rather than aiosqlite.
+SqliteWorker: a unit of work per hop to its thread) rather than aiosqlite.
 
 Same file, same queries, from one asyncio loop, alternating, median of rounds:
 - small query: one primary-key lookup per await (aiosqlite at its best,
@@ -20,7 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import aiosqlite
+try:
+    import aiosqlite
+except ImportError:
+    sys.exit("bench/sqlite_calls.py needs aiosqlite: pip install '.[bench]'")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

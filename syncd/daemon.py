@@ -13,6 +13,7 @@ from syncd import metrics
 from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
+from syncd.log import loop_exception_handler
 from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
@@ -51,6 +52,7 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(loop_exception_handler)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         if early_signals.requested:

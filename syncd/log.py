@@ -60,3 +60,18 @@ def setup(fmt: str = "text", level: str = "info") -> None:
 def ctx(source: str | None = None, table: str | None = None, event: str | None = None) -> dict:
     """`extra=` for a log call: log.info("...", extra=ctx(source=..., table=...))."""
     return {"source": source, "table": table, "event": event}
+
+
+def loop_exception_handler(loop, context: dict) -> None:
+    """asyncio's reports of errors nobody awaited, as one line in syncd's log.
+
+    A network error on a future nobody waits for is asyncpg's: a connect cancelled
+    (by a timeout or by shutdown) just as its socket opened leaves the TLS probe's
+    future to fail alone. The connect itself was already handled, so that one is
+    logged at debug level; anything else is an error worth seeing."""
+    exc = context.get("exception")
+    message = context.get("message", "unhandled error in the event loop")
+    orphan = context.get("future") is not None and "never retrieved" in message
+    level = logging.DEBUG if orphan and isinstance(exc, OSError) else logging.ERROR
+    logging.getLogger("syncd").log(level, f"{message}: {exc!r}" if exc else message,
+                                   extra={"event": "asyncio"})

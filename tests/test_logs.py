@@ -32,3 +32,30 @@ async def test_json_log_lines(tmp_path, pg_dsn):
     assert "rows/s" in finished["msg"]
     assert events[("table_skipped", "v")]["msg"] == "not replicated: view (not stored data)"
     assert events[("stopped", None)]["level"] == "info"
+
+
+def test_unretrieved_errors_reach_the_log_as_one_line(caplog):
+    """asyncio's "never retrieved" reports go through syncd's log: a network error on
+    a future nobody awaits (asyncpg's cancelled-connect leftover) at debug level,
+    anything else as an error."""
+    import asyncio
+    import gc
+    import logging
+
+    from syncd.log import loop_exception_handler
+
+    async def orphan(exc: BaseException) -> None:
+        asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_exception(exc)
+        del fut
+        gc.collect()
+
+    with caplog.at_level(logging.DEBUG, logger="syncd"):
+        asyncio.run(orphan(ConnectionError("unexpected connection_lost() call")))
+        asyncio.run(orphan(ValueError("a bug")))
+    got = [(r.levelno, r.getMessage()) for r in caplog.records if getattr(r, "event", None) == "asyncio"]
+    assert got == [
+        (logging.DEBUG, "Future exception was never retrieved: ConnectionError('unexpected connection_lost() call')"),
+        (logging.ERROR, "Future exception was never retrieved: ValueError('a bug')"),
+    ]
