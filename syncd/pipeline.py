@@ -31,7 +31,7 @@ from syncd.sqlite.capture import LockTimeout
 from syncd.sqlite.connection import SourceFileError
 from syncd.stream import apply, read_and_convert
 
-STATS_EVERY_SECONDS = 15.0
+STATS_EVERY_SECONDS = 5.0
 
 # Health states, as status and sd_notify report them.
 STARTING = "starting"
@@ -250,7 +250,6 @@ class Pipeline:
         if confirmed:
             await s.bk.confirm(s.pg, confirmed)
         await self._flush_events()
-        await self._maybe_stats()
         await self._maybe_recheck()
         self._recovered()
         self._update_health()
@@ -450,11 +449,12 @@ class Pipeline:
         return True
 
     async def _maybe_stats(self) -> None:
+        """The changelog's size, from the poll loop: it must keep moving while Postgres
+        is away, which is when an operator watches it."""
         if time.monotonic() - self.last_stats < STATS_EVERY_SECONDS:
             return
         self.last_stats = time.monotonic()
-        s = self.session
-        metrics.changelog_bytes.labels(self.name).set(await s.worker.run(reader.changelog_bytes))
+        metrics.changelog_bytes.labels(self.name).set(await self.session.worker.run(reader.changelog_bytes))
 
     async def _maybe_recheck(self) -> None:
         """Reconcile again when something outside SQLite may have changed: an operator
@@ -514,6 +514,8 @@ class Pipeline:
                 if s.worker.conn is not None:
                     info = await s.worker.run(reader.poll, str(self.source.path))
                     self._on_poll(info)
+                    if s.worker.conn is not None and info.inode == s.worker.inode:
+                        await self._maybe_stats()
                 elif self.health == SOURCE_MISSING and self.source.path.exists():
                     self.wake.set()
             except sqlite3.OperationalError as e:
