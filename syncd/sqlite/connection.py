@@ -16,6 +16,7 @@ import os
 import queue
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote
@@ -80,8 +81,8 @@ class SqliteWorker:
         self.conn: sqlite3.Connection | None = None
         self.inode: tuple[int, int] | None = None
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = threading.Event()
         self._thread: threading.Thread | None = None
-        self._closed = False
 
     async def open(self) -> None:
         def _open() -> tuple[sqlite3.Connection, tuple[int, int]]:
@@ -98,29 +99,19 @@ class SqliteWorker:
         return await self._submit(fn, conn, *args)
 
     async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._closed:
+        if self._closed.is_set():
             raise RuntimeError(f"SQLite worker {self.name} is shut down")
         if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name=f"sqlite-{self.name}", daemon=True)
+            # The thread holds the queue, not the worker: a worker dropped without
+            # shutdown() is still collected, and its finalizer ends the thread.
+            self._thread = threading.Thread(target=_serve, args=(self._calls, self._closed),
+                                            name=f"sqlite-{self.name}", daemon=True)
             self._thread.start()
+            weakref.finalize(self, self._calls.put, None)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._calls.put((loop, future, fn, args))
         return await future
-
-    def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
-            loop, future, fn, args = call
-            if self._closed or future.cancelled():  # a racy read, as a pool's cancel() is
-                _hand_back(loop, future, None, None, cancel=True)
-                continue
-            try:
-                result = fn(*args)
-            except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
-                _hand_back(loop, future, None, e)
-            else:
-                _hand_back(loop, future, result, None)
-            del call, future, fn, args  # no references to results linger in the thread
 
     def interrupt(self) -> None:
         """Abort whatever query is running (used on shutdown); safe from any thread."""
@@ -142,8 +133,24 @@ class SqliteWorker:
 
     def shutdown(self) -> None:
         """Stop the thread once it finishes the call in hand; calls still queued are cancelled."""
-        self._closed = True
+        self._closed.set()
         self._calls.put(None)
+
+
+def _serve(calls: queue.SimpleQueue, closed: threading.Event) -> None:
+    while (call := calls.get()) is not None:
+        loop, future, fn, args = call
+        result = None
+        if closed.is_set() or future.cancelled():  # a racy read, as a pool's cancel() is
+            _hand_back(loop, future, None, None, cancel=True)
+            continue
+        try:
+            result = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            _hand_back(loop, future, None, e)
+        else:
+            _hand_back(loop, future, result, None)
+        del call, future, fn, args, result  # nothing a caller handed over lingers here
 
 
 def _hand_back(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result: Any,
