@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import time
@@ -196,14 +197,22 @@ class Daemon:
         a catch-up down."""
         outcomes: dict[str, str] = {}  # source -> last outcome logged
         last_run: dict[str, float] = {}
+        deferred: dict[str, float] = {}  # source -> when a due check was first put off
         while True:
             interval = self.settings.verify.interval_seconds
             for name, p in list(self.pipelines.items()):
-                due = interval > 0 and time.monotonic() - last_run.get(name, -interval) >= interval
-                backlog = p.max_seq_seen - p.session.applied_seq > self.settings.stream.batch_size
-                if not due or backlog or p.health != STREAMING or self.stop_event.is_set():
-                    continue  # a source working through a backlog is checked once it has caught up
-                last_run[name] = time.monotonic()
+                now = time.monotonic()
+                due = interval > 0 and now - last_run.get(name, -math.inf) >= interval
+                if not due or p.health != STREAMING or self.stop_event.is_set():
+                    continue
+                # A source working through a backlog is checked once it has caught up, or
+                # one interval later at the latest: a write load that never lets it catch
+                # up must not switch verification off.
+                if p.max_seq_seen - p.session.applied_seq > self.settings.stream.batch_size:
+                    if now - deferred.setdefault(name, now) < interval:
+                        continue
+                deferred.pop(name, None)
+                last_run[name] = now
                 result = await verify_source(self.settings, p.source, record=True)
                 publish_metrics(result)
                 outcome = _outcome(result)

@@ -62,16 +62,22 @@ def ctx(source: str | None = None, table: str | None = None, event: str | None =
     return {"source": source, "table": table, "event": event}
 
 
+ASYNCPG_CANCELLED_CONNECT = "unexpected connection_lost() call"
+
+
 def loop_exception_handler(loop, context: dict) -> None:
     """asyncio's reports of errors nobody awaited, as one line in syncd's log.
 
-    A network error on a future nobody waits for is asyncpg's: a connect cancelled
-    (by a timeout or by shutdown) just as its socket opened leaves the TLS probe's
-    future to fail alone. The connect itself was already handled, so that one is
-    logged at debug level; anything else is an error worth seeing."""
+    One of them is asyncpg's: a connect cancelled (by a timeout or by shutdown) just
+    as its socket opened leaves the TLS probe's future to fail alone with exactly
+    this ConnectionError. The connect itself was already handled, so that one is
+    logged at debug level; anything else is an error, with its traceback."""
     exc = context.get("exception")
     message = context.get("message", "unhandled error in the event loop")
-    orphan = context.get("future") is not None and "never retrieved" in message
-    level = logging.DEBUG if orphan and isinstance(exc, OSError) else logging.ERROR
-    logging.getLogger("syncd").log(level, f"{message}: {exc!r}" if exc else message,
-                                   extra={"event": "asyncio"})
+    if (context.get("future") is not None and "never retrieved" in message
+            and type(exc) is ConnectionError and str(exc) == ASYNCPG_CANCELLED_CONNECT):
+        logging.getLogger("syncd").debug(f"{message}: {exc!r}", extra={"event": "asyncio"})
+        return
+    trace = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    logging.getLogger("syncd").error(f"{message}: {exc!r}" if exc else message,
+                                     exc_info=trace, extra={"event": "asyncio"})

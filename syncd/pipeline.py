@@ -261,7 +261,7 @@ class Pipeline:
         since = s.applied_at or time.time()
         max_seq = s.capture.max_seq if s.capture else 0
         self.lag.seed(s.applied_seq, max_seq, since)
-        self.max_seq_seen = max(self.max_seq_seen, max_seq)
+        self.max_seq_seen = max_seq  # the file as it is now: a restore may have moved it back
         self.pruner.rewind(s.applied_seq)
         for t in s.tables.values():
             self._log_table_state(t)

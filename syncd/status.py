@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
 from syncd.config import Settings, SourceSettings, StatusSettings
+from syncd.identifiers import quote_ident
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe
 from syncd.sqlite import capture, reader
@@ -83,8 +84,11 @@ def _read_sqlite(path: str, applied_seq: int) -> dict:
         out = {"installed": state.installed, "max_seq": state.max_seq, "pending": 0, "bytes": 0,
                "triggers": state}
         if state.key_slots:
-            # Positions after the checkpoint are contiguous: no counting scan (and lock) needed.
-            out["pending"] = max(0, state.max_seq - applied_seq)
+            # Counted, not subtracted: without a checkpoint (Postgres away, never set up)
+            # max_seq would count every change ever captured, pruned ones included.
+            out["pending"] = conn.execute(
+                f"SELECT count(*) FROM main.{quote_ident(capture.CHANGELOG)} WHERE seq > ?", (applied_seq,)
+            ).fetchone()[0]
             out["bytes"] = reader.changelog_bytes(conn)
         return out
     finally:

@@ -35,9 +35,9 @@ async def test_json_log_lines(tmp_path, pg_dsn):
 
 
 def test_unretrieved_errors_reach_the_log_as_one_line(caplog):
-    """asyncio's "never retrieved" reports go through syncd's log: a network error on
-    a future nobody awaits (asyncpg's cancelled-connect leftover) at debug level,
-    anything else as an error."""
+    """asyncio's "never retrieved" reports go through syncd's log: asyncpg's
+    cancelled-connect leftover at debug level, anything else (other network errors
+    included) as an error."""
     import asyncio
     import gc
     import logging
@@ -54,8 +54,10 @@ def test_unretrieved_errors_reach_the_log_as_one_line(caplog):
     with caplog.at_level(logging.DEBUG, logger="syncd"):
         asyncio.run(orphan(ConnectionError("unexpected connection_lost() call")))
         asyncio.run(orphan(ValueError("a bug")))
+        asyncio.run(orphan(ConnectionResetError("reset by peer")))
     got = [(r.levelno, r.getMessage()) for r in caplog.records if getattr(r, "event", None) == "asyncio"]
     assert got == [
         (logging.DEBUG, "Future exception was never retrieved: ConnectionError('unexpected connection_lost() call')"),
         (logging.ERROR, "Future exception was never retrieved: ValueError('a bug')"),
+        (logging.ERROR, "Future exception was never retrieved: ConnectionResetError('reset by peer')"),
     ]

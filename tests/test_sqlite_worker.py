@@ -30,6 +30,9 @@ async def test_results_and_errors_come_back_in_order(tmp_path):
         seen = await asyncio.gather(*(w.run(lambda c, i=i: (i, threading.current_thread().name))
                                       for i in range(20)))
         assert seen == [(i, "sqlite-order") for i in range(20)]
+        # StopIteration cannot be set on a future: it arrives as a RuntimeError, never a hang
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await asyncio.wait_for(w.run(lambda c: next(iter(()))), 5)
     finally:
         await w.close()
         w.shutdown()

@@ -6,7 +6,7 @@ aiosqlite would hop to its thread for every statement and fetch. bench/sqlite_ca
 measures both: per hop the two cost the same within this machine's noise (aiosqlite
 0.90-1.05x of this thread), and a hop (~0.12 ms) is small beside a 5000-row batch read
 (~10 ms). The thread is kept because one hop carries a whole read transaction: its
-statements stay together, off the event loop, and one interrupt() stops it at shutdown.
+statements stay together and off the event loop.
 """
 
 from __future__ import annotations
@@ -146,6 +146,8 @@ def _serve(calls: queue.SimpleQueue, closed: threading.Event) -> None:
             continue
         try:
             result = fn(*args)
+        except StopIteration:  # a future refuses it and would never settle
+            _hand_back(loop, future, None, RuntimeError(f"StopIteration escaped {fn!r}"))
         except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
             _hand_back(loop, future, None, e)
         else:

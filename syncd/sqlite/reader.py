@@ -244,7 +244,8 @@ def poll(conn: sqlite3.Connection, path: str) -> PollInfo:
 
 
 MEASURE_BELOW_ENTRIES = 2_000_000  # in rollback-journal mode, larger changelogs are extrapolated
-_bytes_per_entry = 40.0  # refined whenever the changelog is measured (18 for an integer key)
+DEFAULT_BYTES_PER_ENTRY = 40.0  # until a file's changelog has been measured (18 for an integer key)
+_bytes_per_entry: dict[str, float] = {}  # file -> last measured bytes per entry
 
 
 def changelog_bytes(conn: sqlite3.Connection) -> int:
@@ -253,18 +254,26 @@ def changelog_bytes(conn: sqlite3.Connection) -> int:
     writer, so it is always measured. In rollback-journal mode it would hold back the
     application's commits, so a changelog above MEASURE_BELOW_ENTRIES (Postgres away
     for a while) is sized from its entry count and the last measured bytes per entry."""
-    global _bytes_per_entry
-    low, high = conn.execute(f"SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM main.{CL}").fetchone()
-    entries = high - low + 1 if high else 0
-    if entries > MEASURE_BELOW_ENTRIES and conn.execute("PRAGMA main.journal_mode").fetchone()[0].lower() != "wal":
-        return int(entries * _bytes_per_entry)
+    file = conn.execute("PRAGMA main.database_list").fetchone()[2]
+    try:
+        low, high = conn.execute(f"SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM main.{CL}").fetchone()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return 0  # capture not installed (yet, or any more)
+        raise
+    span = high - low + 1 if high else 0  # at least the entry count (a held table leaves gaps)
+    per_entry = _bytes_per_entry.get(file, DEFAULT_BYTES_PER_ENTRY)
+    if span > MEASURE_BELOW_ENTRIES and conn.execute("PRAGMA main.journal_mode").fetchone()[0].lower() != "wal":
+        return int(span * per_entry)
     try:
         size = conn.execute("SELECT coalesce(sum(pgsize), 0) FROM dbstat('main', 1) WHERE name = ?",
                             (CHANGELOG,)).fetchone()[0]
     except sqlite3.OperationalError:  # built without DBSTAT
-        return int(entries * _bytes_per_entry)
-    if entries >= 1000:
-        _bytes_per_entry = size / entries
+        return int(span * per_entry)
+    if span >= 1000:
+        entries = conn.execute(f"SELECT count(*) FROM main.{CL}").fetchone()[0]
+        if entries:
+            _bytes_per_entry[file] = size / entries
     return size
 
 
