@@ -160,6 +160,13 @@ def finish(args: argparse.Namespace, figures: list[Figure], started: float) -> N
         Path(args.report).write_text(json.dumps([asdict(f) for f in figures]))
 
 
+def main_async(doc: str | None, run) -> None:
+    """A benchmark's main(): parse the flags, run `run(args)` on an event loop, print."""
+    args = parse_args(doc)
+    started = time.monotonic()
+    finish(args, asyncio.run(run(args)), started)
+
+
 # --- scratch space ----------------------------------------------------------------------
 
 

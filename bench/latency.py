@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    Daemon, Figure, check_daemon, create_items, finish, median, parse_args, pg_connect, pg_database, print_problems,
+    Daemon, Figure, check_daemon, create_items, main_async, median, pg_connect, pg_database, print_problems,
     print_table, scratch_dir, spread, wait_streaming, write_config,
 )
 
@@ -124,9 +124,7 @@ async def run(args) -> list[Figure]:
 
 
 def main() -> None:
-    args = parse_args(__doc__)
-    started = time.monotonic()
-    finish(args, asyncio.run(run(args)), started)
+    main_async(__doc__, run)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Plain sqlite3 on the loop thread is shown as the floor.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import sys
 import time
@@ -28,7 +27,7 @@ except ImportError:
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    Figure, alternate, create_items, finish, median, parse_args, print_table, scratch_dir,
+    Figure, alternate, create_items, main_async, median, print_table, scratch_dir,
 )
 from syncd.sqlite.connection import SqliteWorker  # noqa: E402
 
@@ -149,9 +148,7 @@ async def run(args) -> list[Figure]:
 
 
 def main() -> None:
-    args = parse_args(__doc__)
-    started = time.monotonic()
-    finish(args, asyncio.run(run(args)), started)
+    main_async(__doc__, run)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,10 @@ from __future__ import annotations
 import sqlite3
 import urllib.request
 
-import asyncpg
-
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.pgcluster import free_port
-from tests.support.sync import eventually, table_states, wait_caught_up
+from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
 
 
 def make_db(path, rows=3):
@@ -24,14 +22,6 @@ def make_db(path, rows=3):
     conn.executemany("INSERT INTO companies VALUES (?, ?, ?)", [(i, f"co{i}", i * 10) for i in range(1, rows + 1)])
     conn.commit()
     return conn
-
-
-async def pg_rows(dsn, sql):
-    conn = await asyncpg.connect(dsn)
-    try:
-        return [tuple(r) for r in await conn.fetch(sql)]
-    finally:
-        await conn.close()
 
 
 def halted(port, source, table) -> float | None:

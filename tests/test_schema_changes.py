@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import sqlite3
 
-import asyncpg
-
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
-from tests.support.sync import eventually, table_states, wait_caught_up
+from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
 
 PAUSED_OK = ("streaming", "refused", "paused")
 
@@ -24,14 +22,6 @@ def app(path):
     conn.executemany("INSERT INTO deals VALUES (?, ?, ?)", [(i, f"deal {i}", i * 100.0) for i in range(1, 101)])
     conn.executemany("INSERT INTO contacts VALUES (?, ?, ?)", [(i, f"c{i}", f"555-{i}") for i in range(1, 51)])
     return conn
-
-
-async def pg(dsn, sql, *args):
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
 
 
 async def test_add_column_and_new_table_are_followed(tmp_path, make_config, pg_dsn):
@@ -53,7 +43,7 @@ async def test_add_column_and_new_table_are_followed(tmp_path, make_config, pg_d
         assert "column(s) added in SQLite, added in Postgres too: stage, probability" in d.log()
     for t in ("deals", "products", "contacts"):
         assert await compare_table(str(db), pg_dsn, "crm", t) == [], t
-    rows = await pg(pg_dsn, "SELECT stage FROM crm.deals WHERE id IN (1, 50, 1000) ORDER BY id")
+    rows = await pg_rows(pg_dsn, "SELECT stage FROM crm.deals WHERE id IN (1, 50, 1000) ORDER BY id")
     assert [r[0] for r in rows] == ["won", "lead", "lead"]
 
 
@@ -71,10 +61,10 @@ async def test_dropped_column_pauses_then_resumes_when_postgres_follows(tmp_path
         state, reason = (await table_states(pg_dsn, "crm"))["contacts"]
         assert '"phone" exist in Postgres but no longer in SQLite' in reason
         assert "syncd resync" in reason
-        assert (await pg(pg_dsn, "SELECT name FROM crm.contacts WHERE id = 1"))[0][0] == "c1"
+        assert (await pg_rows(pg_dsn, "SELECT name FROM crm.contacts WHERE id = 1"))[0][0] == "c1"
         assert await compare_table(str(db), pg_dsn, "crm", "deals") == []
         # the operator makes the same change in Postgres: the table resumes, queued changes included
-        await pg(pg_dsn, "ALTER TABLE crm.contacts DROP COLUMN phone")
+        await pg_rows(pg_dsn, "ALTER TABLE crm.contacts DROP COLUMN phone")
         conn.execute("UPDATE contacts SET name = 'nudge' WHERE id = 2")  # any schema check will do; so will time
         await wait_caught_up(db, pg_dsn, "crm", timeout=60, daemon=d)
         assert d.stop() == 0
@@ -116,7 +106,7 @@ async def test_dropped_and_renamed_tables_pause(tmp_path, make_config, pg_dsn):
         await wait_caught_up(db, pg_dsn, "crm", daemon=d, settled=PAUSED_OK)
         assert d.stop() == 0
     assert await compare_table(str(db), pg_dsn, "crm", "opportunities") == []
-    assert len(await pg(pg_dsn, "SELECT 1 FROM crm.deals")) == 100  # the old copy is kept
+    assert len(await pg_rows(pg_dsn, "SELECT 1 FROM crm.deals")) == 100  # the old copy is kept
 
 
 async def test_rebuilt_table_is_rearmed_and_resnapshotted(tmp_path, make_config, pg_dsn):

@@ -86,3 +86,12 @@ async def eventually(cond, timeout: float = 30, what: str = "condition", daemon=
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+async def pg_rows(dsn: str, sql: str, *args) -> list[tuple]:
+    """Run one query on its own connection; rows as plain tuples."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [tuple(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
