@@ -208,7 +208,6 @@ class Settings(BaseSettings):
         env_prefix="SYNCD_",
         env_nested_delimiter="__",
         extra="forbid",
-        secrets_dir_missing="ok",
     )
 
     @classmethod
@@ -226,6 +225,7 @@ class Settings(BaseSettings):
             sources.append(
                 NestedSecretsSettingsSource(
                     SecretsSettingsSource(settings_cls, secrets_dir=cred_dir),
+                    secrets_dir_missing="ok",
                     secrets_prefix="",
                     secrets_nested_delimiter="__",
                 )
