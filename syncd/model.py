@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from syncd.identifiers import quote_ident
 from syncd.types import PgType
+
+# The Postgres column that carries a keyless table's SQLite rowid (its key there). The
+# `_syncd_` prefix is syncd's own; a table that already has a column of this name gets
+# the first free `_syncd_rowid_<n>` instead (see introspect.rowid_column_name).
+ROWID_COLUMN = "_syncd_rowid"
 
 
 @dataclass(frozen=True)
@@ -15,6 +21,9 @@ class Column:
     notnull: bool
     default_sql: str | None  # SQLite's default expression text
     type_note: str | None = None  # why the type was chosen, when it was not obvious
+    # How SQLite SQL reads a column that is not stored under its name: for syncd's rowid
+    # column of a keyless table, the rowid alias no column shadows ("_rowid_", ...).
+    sqlite_expr: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,24 @@ class TableSpec:
             if c.name == name:
                 return c
         raise KeyError(name)
+
+    @property
+    def rowid_keyed(self) -> bool:
+        """A keyless table: its key is syncd's rowid column (renumbered by VACUUM)."""
+        return any(c.sqlite_expr is not None for c in self.columns)
+
+    def sqlite_ref(self, name: str) -> str:
+        """Column `name` as SQLite SQL reaches it (quoted; the rowid alias for syncd's
+        rowid column). Qualify as `t.` + sqlite_ref(name) or `NEW.` + ... as needed."""
+        for c in self.columns:
+            if c.name == name:
+                return c.sqlite_expr or quote_ident(name)
+        raise KeyError(name)
+
+    @property
+    def stored_columns(self) -> tuple[Column, ...]:
+        """The columns the SQLite table itself declares (not syncd's rowid column)."""
+        return tuple(c for c in self.columns if c.sqlite_expr is None)
 
     @property
     def key_indexes(self) -> tuple[int, ...]:
