@@ -265,6 +265,11 @@ class Pipeline:
         self.pruner.rewind(s.applied_seq)
         for t in s.tables.values():
             self._log_table_state(t)
+            # Every table's series from the first scrape: 0 changes, not "no data".
+            for op in ("insert", "update", "delete"):
+                metrics.changes_applied_total.labels(self.name, t.name, op)
+            metrics.snapshot_rows_loaded.labels(self.name, t.name).set(t.row.snapshot_rows)
+        self._update_gauges()
 
     # --- snapshot ------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from syncd.types import PgType, translate_default
 class CaptureResult:
     schema: SourceSchema
     state: CaptureState
-    gaps: set[str] = field(default_factory=set)  # tables whose capture had a gap: re-snapshot
+    gaps: dict[str, str] = field(default_factory=dict)  # tables to re-snapshot -> why (a capture gap, ...)
     renamed: dict[str, str] = field(default_factory=dict)  # old name -> table its triggers now sit on
 
 
@@ -80,9 +80,12 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
         state = await w.run(capture.read_state)
         if not armed:
             break
+    keyless = sorted(n for n, spec in schema.tables.items() if spec.rowid_keyed)
+    if await w.run(capture.note_schema, keyless, busy):
+        state = await w.run(capture.read_state)
 
     result = CaptureResult(schema=schema, state=state, renamed=renamed)
-    result.gaps = {n for n in state.rearmed if n in schema.tables}
+    result.gaps = {n: why for n, why in state.rearmed.items() if n in schema.tables}
     session.capture = state
     session.schema_version = schema.version
     session.refused = {n: r.reason for n, r in schema.refused.items()}
@@ -116,7 +119,7 @@ def _paused(row: TableRow, reason: str, applied_seq: int, force_reload: bool = F
 
 def _pending(row: TableRow, reason: str | None) -> TableRow:
     return changed(row, state=bk.PENDING, resume_to=None, from_seq=None, snapshot_key=None, snapshot_rows=0,
-                   reason=reason)
+                   reason=reason, load_aside=False)
 
 
 async def sticky_types(session: SourceSession) -> dict[str, dict[str, PgType]]:
@@ -176,11 +179,12 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
         pgt = pg_tables.get(name)
         if name in requests and pgt is not None:
             await conn.execute(f"DROP TABLE IF EXISTS {qualified(target, name)}")
+            await conn.execute(f"DROP TABLE IF EXISTS {qualified(session.bk.schema, session.bk.aside_table(tid))}")
             session.info("resync requested: Postgres table dropped, rebuilding it from SQLite", table=name,
                          event="resync")
             pgt = None
             row = _pending(row or new_row(name, tid), "resync requested")
-        new = await _reconcile_table(session, spec, tid, row, pgt, name in result.gaps)
+        new = await _reconcile_table(session, spec, tid, row, pgt, result.gaps.get(name))
         if new != row:
             await session.save_row(conn, new)
         runtimes[name] = _runtime(session, spec, tid, new)
@@ -295,8 +299,10 @@ async def _resync_requests(session: SourceSession) -> set[str]:
 
 
 async def _reconcile_table(
-    session: SourceSession, spec: TableSpec, tid: int, row: TableRow | None, pgt: ddl.PgTable | None, gap: bool
+    session: SourceSession, spec: TableSpec, tid: int, row: TableRow | None, pgt: ddl.PgTable | None,
+    gap: str | None
 ) -> TableRow:
+    """The table's next state. `gap` says why it must be re-snapshotted, if it must."""
     conn = session.pg
     assert conn is not None
     target = session.target_schema
@@ -317,15 +323,12 @@ async def _reconcile_table(
     if diff.extra_in_pg:
         reason = _extra_reason(diff.extra_in_pg)
         if gap and row.state != bk.PAUSED:
-            session.warning("capture triggers were missing (table rebuilt?): re-armed them", table=name,
-                            event="capture_rearmed")
-        return _paused(row, reason, session.applied_seq, force_reload=gap)
+            session.warning(gap, table=name, event="capture_rearmed")
+        return _paused(row, reason, session.applied_seq, force_reload=gap is not None)
     if gap:
-        session.warning(
-            "capture triggers were missing (table rebuilt?): re-armed them and re-snapshotting the table so "
-            "changes made in between are not lost",
-            table=name, event="capture_rearmed",
-        )
+        if row.state != bk.PENDING:
+            session.warning(gap, table=name,
+                            event="capture_rearmed" if gap == capture.GAP_REASON else "table_reloading")
         return _pending(row, None)
     if diff.retyped or diff.key_changed:
         what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in diff.retyped) or "primary key changed"

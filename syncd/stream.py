@@ -120,6 +120,7 @@ async def _bookkeep(session: SourceSession, batch: ChangeBatch, held: dict[int, 
         await session.bk.advance(conn, batch.after_seq, batch.last_seq, batch.fingerprint)
     elif catchup.tid not in held:
         updates[catchup.tid] = changed(catchup.row, state=bk.CATCHUP, from_seq=batch.last_seq, reason=None)
+        await session.bk.touch_applied(conn)
     for row in updates.values():
         await session.save_row(conn, row)
     return updates

@@ -43,6 +43,28 @@ def create_table_sql(schema: str, spec: TableSpec) -> str:
     return f"CREATE TABLE IF NOT EXISTS {qualified(schema, spec.name)} (\n" + ",\n".join(lines) + "\n)"
 
 
+def create_aside_sql(schema: str, name: str, spec: TableSpec) -> str:
+    """The table a reload fills before it replaces the live rows: the same columns and
+    types, no constraints (the live table checks them when the rows move in)."""
+    cols = ", ".join(f"{quote_pg_ident(c.name)} {c.pgtype.value}" for c in spec.columns)
+    return f"CREATE TABLE {qualified(schema, name)} ({cols})"
+
+
+async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, aside_schema: str,
+                       aside: str) -> None:
+    """Inside the caller's transaction: the live table's rows become the aside table's,
+    reshaped first if the shape moved. Readers see the old rows until the commit, then
+    the new ones, never an empty or half-filled table."""
+    table = qualified(schema, spec.name)
+    await conn.execute(f"DELETE FROM {table}")
+    pgt = (await read_tables(conn, schema)).get(spec.name)
+    if pgt is not None and not diff_shape(spec, pgt).same:
+        await reshape_empty_table(conn, schema, spec, pgt)
+    cols = ", ".join(quote_pg_ident(c) for c in spec.column_names)
+    await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {qualified(aside_schema, aside)}")
+    await conn.execute(f"DROP TABLE {qualified(aside_schema, aside)}")
+
+
 def add_column_sql(schema: str, spec: TableSpec, col: Column) -> str:
     return f"ALTER TABLE {qualified(schema, spec.name)} ADD COLUMN IF NOT EXISTS {column_sql(col, False)}"
 
