@@ -89,9 +89,10 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
     session.capture = state
     session.schema_version = schema.version
     session.refused = {n: r.reason for n, r in schema.refused.items()}
-    for name, why in schema.skipped.items():
+    for name, lo in schema.left_out.items():
         if name not in session.skipped:
-            session.info(f"not replicated: {why}", table=name, event="table_skipped")
+            log = session.warning if lo.holds_data else session.info
+            log(f"not replicated: {lo.describe()}", table=name, event="table_skipped")
     session.skipped = dict(schema.skipped)
     return result
 

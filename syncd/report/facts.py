@@ -22,6 +22,7 @@ from syncd.postgres.connect import close_quietly, connect
 from syncd.report.backups import BackupFacts, find_backups
 from syncd.sqlite import capture
 from syncd.sqlite.introspect import introspect
+from syncd.sqlite.leftout import LeftOut
 from syncd.verify.history import VerifyRun, load_runs
 
 ENDPOINT_TIMEOUT_SECONDS = 2.0
@@ -70,6 +71,7 @@ class SourceFacts:
     applied_at: dt.datetime | None = None
     lag: Lag = field(default_factory=lambda: Lag(None, "unknown", None))
     tables: list[TableFacts] = field(default_factory=list)
+    left_out: list[LeftOut] = field(default_factory=list)  # views, virtual and shadow tables not migrated
     backup: BackupFacts | None = None
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
@@ -159,6 +161,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             rows_sqlite=side.tables.get(name) if side else None, rows_postgres=rows_pg,
             captured=captured, capture_note=note,
         ))
+    facts.left_out = side.left_out if side else []
     facts.lag = _lag(live, facts, side.pending if side else None, now)
     if settings.cutover.backup_glob:
         base = settings.config_path.parent if settings.config_path else Path.cwd()
@@ -171,6 +174,7 @@ class _SqliteSide:
     tables: dict[str, int]  # every table syncd is configured to replicate (refused too) -> rows
     capture: dict[str, tuple[bool, str]]
     pending: int | None  # changelog entries after the checkpoint
+    left_out: list[LeftOut]
 
 
 def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int) -> _SqliteSide:
@@ -197,7 +201,7 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int) -> _Sql
         if state.key_slots:
             pending = conn.execute(f"SELECT count(*) FROM main.{quote_ident(capture.CHANGELOG)} WHERE seq > ?",
                                    (applied_seq,)).fetchone()[0]
-        return _SqliteSide(tables, captured, pending)
+        return _SqliteSide(tables, captured, pending, sorted(schema.left_out.values(), key=lambda lo: lo.name))
     finally:
         conn.close()
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from syncd.config import SourceSettings
 from syncd.identifiers import quote_ident
 from syncd.model import ROWID_COLUMN, Column, Refusal, SourceSchema, TableSpec, UniqueSet
-from syncd.sqlite import windows
+from syncd.sqlite import leftout, windows
 from syncd.types import PgType, infer_from_values, map_declared_type
 
 log = logging.getLogger(__name__)
@@ -240,15 +240,14 @@ def introspect(
     conn.execute("BEGIN")
     try:
         schema.version = schema_version(conn)
+        virtual = leftout.virtual_tables(conn)
         for name, kind, without_rowid in list_tables(conn):
             if is_internal(name) or not source.wants_table(name):
                 continue
-            if kind == "view":
-                schema.skipped[name] = "view (not stored data)"
-            elif kind in ("virtual", "shadow"):
-                schema.skipped[name] = f"{kind} table (not replicated; its content lives elsewhere)"
+            if kind in ("view", "virtual", "shadow"):
+                schema.left_out[name] = leftout.classify(conn, name, kind, virtual)
             elif kind != "table":
-                schema.skipped[name] = f"{kind} object"
+                schema.left_out[name] = leftout.LeftOut(name, kind, f"a {kind} object", "nothing syncd can carry")
             else:
                 raws.append(RawTable(name, without_rowid, _columns(conn, name), _unique_indexes(conn, name)))
     finally:
