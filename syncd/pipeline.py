@@ -13,7 +13,7 @@ import random
 import sqlite3
 import time
 
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_random
 
 from syncd import metrics
 from syncd.config import Settings, SourceSettings
@@ -94,7 +94,10 @@ class Pipeline:
 
     async def run(self) -> None:
         poller = asyncio.create_task(self._poll_loop(), name=f"poll-{self.name}")
-        backoff = wait_exponential_jitter(initial=0.2, max=self.settings.stream.retry_max_backoff_seconds, jitter=0.5)
+        # Exponential from 0.2 s up to the configured maximum, plus up to 0.5 s of jitter
+        # (spelled so every tenacity release in the supported range takes it silently).
+        backoff = wait_exponential(multiplier=0.2, max=self.settings.stream.retry_max_backoff_seconds) \
+            + wait_random(0, 0.5)
 
         def wait(retry_state) -> float:
             # A busy SQLite file is the application at work, not an outage: try again
