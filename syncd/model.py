@@ -17,6 +17,15 @@ if TYPE_CHECKING:
 ROWID_COLUMN = "_syncd_rowid"
 
 
+ROWID_ALIASES = ("_rowid_", "rowid", "oid")
+
+
+def unshadowed_rowid_name(column_names) -> str | None:
+    """A name reaching a table's rowid that none of its columns shadows, or None."""
+    taken = {c.lower() for c in column_names}
+    return next((a for a in ROWID_ALIASES if a not in taken), None)
+
+
 @dataclass(frozen=True)
 class Column:
     name: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from syncd import collisions
 from syncd.identifiers import qualified
 from syncd.model import SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
@@ -188,6 +189,8 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
         new = await _reconcile_table(session, spec, tid, row, pgt, result.gaps.get(name))
         if new != row:
             await session.save_row(conn, new)
+        if new.state != bk.PAUSED:
+            await collisions.ensure_indexes(conn, target, spec)
         runtimes[name] = _runtime(session, spec, tid, new)
     if requests:
         await conn.execute(

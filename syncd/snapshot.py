@@ -31,7 +31,7 @@ from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.connect import describe, is_data_error, is_shape_error
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
-from syncd.sqlite import reader
+from syncd.sqlite import key_identity, reader
 from syncd.sqlite.audit import audit_table
 from syncd.sqlite.connection import SqliteWorker
 
@@ -118,7 +118,8 @@ async def audit(session: SourceSession, t: TableRuntime) -> str | None:
 
     misfits = await session.worker.run(audit_table, t.spec)
     if not misfits:
-        return None
+        clash = await session.worker.run(key_identity.audit_collisions, t.spec)
+        return None if clash is None else "audit before load: " + clash
     text = "; ".join(m.describe(t.name) for m in misfits[:3])
     if len(misfits) > 3:
         text += f"; and {len(misfits) - 3} more column(s)"

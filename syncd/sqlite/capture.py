@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from syncd.identifiers import quote_ident
-from syncd.model import TableSpec
+from syncd.model import TableSpec, unshadowed_rowid_name
 
 CHANGELOG = "_syncd_changelog"
 REGISTRY = "_syncd_tables"
@@ -41,6 +41,10 @@ def trigger_names(tid: int) -> dict[str, str]:
         "upd": f"{TRIGGER_PREFIX}{tid}_upd",
         "key": f"{TRIGGER_PREFIX}{tid}_key",
         "del": f"{TRIGGER_PREFIX}{tid}_del",
+        "rid": f"{TRIGGER_PREFIX}{tid}_rid",
+        "ridu": f"{TRIGGER_PREFIX}{tid}_ridu",
+        # Older syncd versions looked up REPLACE victims in triggers naming non-key
+        # columns; listed so re-arming drops them (collisions.py does that job now).
         "rep": f"{TRIGGER_PREFIX}{tid}_rep",
         "repu": f"{TRIGGER_PREFIX}{tid}_repu",
     }
@@ -56,7 +60,9 @@ def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
     new = ", ".join(f"NEW.{ref(k)}" for k in spec.key)
     old = ", ".join(f"OLD.{ref(k)}" for k in spec.key)
     # COLLATE BINARY: under a NOCASE key, 'abc' -> 'ABC' is still a key change for Postgres.
-    key_changed = " OR ".join(f"OLD.{ref(k)} IS NOT NEW.{ref(k)} COLLATE BINARY" for k in spec.key)
+    # typeof: in a column without a type, 1 and 1.0 are one key to SQLite but two to Postgres.
+    key_changed = " OR ".join(f"OLD.{ref(k)} IS NOT NEW.{ref(k)} COLLATE BINARY OR "
+                              f"typeof(OLD.{ref(k)}) IS NOT typeof(NEW.{ref(k)})" for k in spec.key)
     # The old key is recorded by a trigger of its own, limited to UPDATEs that set a key
     # column (or the rowid, which an INTEGER PRIMARY KEY aliases): SQLite skips it for
     # every other UPDATE, which keeps bulk updates cheap.
@@ -82,27 +88,19 @@ def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
             f"INSERT INTO {cl}(tid, op, {slots}) VALUES ({tid}, {OP_DELETE}, {old}); END"
         ),
     }
-    if spec.unique_sets:
-        # INSERT/UPDATE OR REPLACE deletes rows conflicting on another unique index
-        # without firing delete triggers (unless the app enables recursive_triggers).
-        # Record those rows' keys first; a key recorded needlessly is harmless.
+    rid = None if spec.without_rowid else unshadowed_rowid_name(c.name for c in spec.stored_columns)
+    if rid is not None and not spec.rowid_alias and not spec.rowid_keyed:
+        # The rowid is a unique constraint of its own: INSERT OR REPLACE with an explicit
+        # rowid, or UPDATE OR REPLACE setting one, deletes the row holding it without a
+        # delete trigger. Look that row up by its rowid (an index lookup) and record its
+        # key. Only the key and the rowid are named, so no application DDL trips on it.
         key_cols = ", ".join(ref(k) for k in spec.key)
         not_self = " OR ".join(f"{ref(k)} IS NOT NEW.{ref(k)} COLLATE BINARY" for k in spec.key)
-        conflicts = " OR ".join(
-            "("
-            + " AND ".join(
-                f"{quote_ident(c)} = NEW.{quote_ident(c)} COLLATE {quote_ident(coll)}"
-                for c, coll in zip(u.columns, u.collations)
-            )
-            + ")"
-            for u in spec.unique_sets
-        )
-        body = (
-            f"INSERT INTO {cl}(tid, op, {slots}) SELECT {tid}, {OP_DELETE}, {key_cols} "
-            f"FROM {table} WHERE ({conflicts}) AND ({not_self}); END"
-        )
-        out["rep"] = f"CREATE TRIGGER {quote_ident(names['rep'])} BEFORE INSERT ON {table} BEGIN {body}"
-        out["repu"] = f"CREATE TRIGGER {quote_ident(names['repu'])} BEFORE UPDATE ON {table} BEGIN {body}"
+        body = (f"INSERT INTO {cl}(tid, op, {slots}) SELECT {tid}, {OP_DELETE}, {key_cols} FROM {table} "
+                f"WHERE {rid} = NEW.{rid} AND ({not_self}); END")
+        out["rid"] = f"CREATE TRIGGER {quote_ident(names['rid'])} BEFORE INSERT ON {table} BEGIN {body}"
+        out["ridu"] = (f"CREATE TRIGGER {quote_ident(names['ridu'])} BEFORE UPDATE OF rowid, oid, _rowid_ ON {table} "
+                       f"WHEN NEW.{rid} IS NOT OLD.{rid} BEGIN {body}")
     return out
 
 
@@ -336,7 +334,8 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
         existing = {
             name: sql
             for name, sql in c.execute(
-                "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND name IN (?, ?, ?, ?, ?, ?)",
+                "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND name IN "
+                f"({', '.join('?' * len(trigger_names(tid)))})",
                 tuple(trigger_names(tid).values()),
             )
         }

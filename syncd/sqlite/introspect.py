@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from syncd.config import SourceSettings
 from syncd.identifiers import quote_ident
-from syncd.model import ROWID_COLUMN, Column, Refusal, SourceSchema, TableSpec, UniqueSet
+from syncd.model import (ROWID_COLUMN, Column, Refusal, SourceSchema, TableSpec, UniqueSet,
+                         unshadowed_rowid_name)
 from syncd.sqlite import leftout, windows
 from syncd.types import PgType, infer_from_values, map_declared_type
 
@@ -47,15 +48,6 @@ def _unique_indexes(conn: sqlite3.Connection, table: str) -> list[tuple[str, boo
         ]
         out.append((name, bool(partial), cols))
     return sorted(out)
-
-
-ROWID_ALIASES = ("_rowid_", "rowid", "oid")
-
-
-def rowid_alias(column_names: list[str] | tuple[str, ...]) -> str | None:
-    """A name reaching the rowid that no column shadows, or None."""
-    taken = {c.lower() for c in column_names}
-    return next((a for a in ROWID_ALIASES if a not in taken), None)
 
 
 def rowid_column_name(column_names: list[str] | tuple[str, ...]) -> str:
@@ -179,7 +171,7 @@ def describe_table(
                 # Keyless: rows are told apart by their rowid, carried into Postgres in a
                 # column of syncd's own. VACUUM may renumber it: reconcile reloads such a
                 # table whenever the schema moved without syncd (see capture.note_schema).
-                alias = rowid_alias(names)
+                alias = unshadowed_rowid_name(names)
                 if alias is None:
                     return Refusal(
                         table,
@@ -203,7 +195,7 @@ def describe_table(
             if any(c[0] == -2 for c in cols):
                 notes.append(
                     f"unique expression index {idx!r}: rows an INSERT OR REPLACE removes through it "
-                    "are caught by the periodic verify, not by capture"
+                    "are caught by the periodic verify (and repaired), not when the batch is applied"
                 )
             continue
         names_ = tuple(c[1] for c in cols)

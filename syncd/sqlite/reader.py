@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncd.identifiers import quote_ident
-from syncd.model import TableSpec
+from syncd.model import TableSpec, unshadowed_rowid_name
 from syncd.sqlite.capture import CHANGELOG, OP_INSERT, slot
 from syncd.sqlite.connection import fetchall_text_safe
 
@@ -70,11 +70,13 @@ def _join_sql(spec: TableSpec) -> str:
     )
     cols = ", ".join(f"t.{ref(c)}" for c in spec.column_names)
     first_key = ref(spec.key[0])
+    # typeof: integer 1 and real 1.0 are one group to SQLite but two keys to Postgres.
+    groups = ", ".join(f"{slot(i)}, typeof({slot(i)})" for i in range(nkey))
     # `op` is a bare column next to min(seq): SQLite takes it from the first change.
     return (
         f"SELECT {c_slots}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {cols} "
         f"FROM (SELECT {slots}, op, min(seq) FROM main.{CL} "
-        f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {slots}) AS c "
+        f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {groups}) AS c "
         f"LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on}"
     )
 
@@ -305,13 +307,7 @@ def max_seq(conn: sqlite3.Connection) -> int:
 
 def rowid_name(spec: TableSpec) -> str | None:
     """A name reaching the rowid that no column shadows, or None (WITHOUT ROWID)."""
-    if spec.without_rowid:
-        return None
-    taken = {c.name.lower() for c in spec.stored_columns}
-    for name in ("_rowid_", "rowid", "oid"):
-        if name not in taken:
-            return name
-    return None
+    return None if spec.without_rowid else unshadowed_rowid_name(c.name for c in spec.stored_columns)
 
 
 def snapshot_position_kind(spec: TableSpec) -> str:
