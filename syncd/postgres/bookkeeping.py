@@ -107,6 +107,8 @@ def _ddl(bk: str) -> list[str]:
         # A reload of a table Postgres readers already use goes into a table of its own
         # and replaces the rows in one transaction at the end (see snapshot.py).
         f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS load_aside boolean NOT NULL DEFAULT false",
+        # The SQLite schema version the table states were last reconciled with.
+        f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS schema_version bigint",
     ]
 
 
@@ -226,6 +228,9 @@ class Bookkeeping:
             f"target_schema = EXCLUDED.target_schema",
             self.source, capture_id, path, target_schema,
         )
+
+    async def followed_schema(self, conn: asyncpg.Connection, version: int) -> None:
+        await conn.execute(f"UPDATE {self.s}.sources SET schema_version = $2 WHERE source = $1", self.source, version)
 
     async def reset_source(self, conn: asyncpg.Connection, capture_id: str, applied_seq: int) -> None:
         """A new capture generation: every table re-snapshots, the checkpoint restarts.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import asyncpg
 
-from syncd.identifiers import qualified, quote_literal, quote_pg_ident
+from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_literal, quote_pg_ident
 from syncd.model import Column, TableSpec
 from syncd.types import PgType, translate_default
 
@@ -134,6 +135,63 @@ async def read_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTabl
     return {name: PgTable(tuple(cols), tuple(n for _, n in sorted(key))) for name, (cols, key) in tables.items()}
 
 
+ASIDE_MARK = "__dropped_"  # <name>__dropped_<UTC time>: what a drop in SQLite leaves in Postgres
+
+
+def aside_name(name: str, when: dt.datetime) -> str:
+    """The name a table or column dropped in SQLite is kept under in Postgres."""
+    suffix = ASIDE_MARK + when.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    room = PG_MAX_IDENTIFIER_BYTES - len(suffix.encode())
+    head = name.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return head + suffix
+
+
+def is_aside(name: str) -> bool:
+    head, mark, stamp = name.rpartition(ASIDE_MARK)
+    return bool(mark) and len(stamp) == 15 and stamp[8] == "T" and (stamp[:8] + stamp[9:]).isdigit()
+
+
+@dataclass
+class ColumnPlan:
+    """How the Postgres table follows SQLite's columns: by name, and by position for
+    what a RENAME COLUMN (which keeps a column's place) or a DROP COLUMN changed."""
+
+    renames: list[tuple[str, str]]  # (Postgres name now, SQLite name)
+    drops: list[str]  # Postgres columns SQLite dropped: moved aside
+    reload: bool  # the rename could also be a drop and an add: reload to be exact
+
+
+def plan_columns(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[str, PgType | None]]) -> ColumnPlan | None:
+    """Match SQLite's columns to Postgres's (its aside columns excluded); None when the
+    change cannot be told for sure (common columns out of order, a type that moved)."""
+    s_names = [n for n, _ in sqlite_cols]
+    p_names = [n for n, _ in pg_cols]
+    s_types, p_types = dict(sqlite_cols), dict(pg_cols)
+    common = [n for n in p_names if n in s_types]
+    if common != [n for n in s_names if n in p_types]:
+        return None
+    renames, drops = [], []
+    i = j = 0
+    while i < len(p_names) and j < len(s_names):
+        p, s = p_names[i], s_names[j]
+        if p == s:
+            i, j = i + 1, j + 1
+        elif p not in s_types and s not in p_types:
+            if p_types[p] is not None and p_types[p] is not s_types[s]:
+                return None  # renamed and retyped at once, or dropped and added: not sure which
+            renames.append((p, s))
+            i, j = i + 1, j + 1
+        elif p not in s_types:
+            drops.append(p)
+            i += 1
+        else:
+            j += 1  # a SQLite column Postgres lacks: added by the caller
+    drops += [p for p in p_names[i:] if p not in s_types]
+    # A rename of the last column looks exactly like dropping it and adding another.
+    reload = bool(renames) and renames[-1] == (p_names[-1], s_names[-1]) if p_names and s_names else False
+    return ColumnPlan(renames, drops, reload)
+
+
 @dataclass
 class ShapeDiff:
     missing_in_pg: list[Column]  # new SQLite columns: add them
@@ -147,10 +205,11 @@ class ShapeDiff:
 
 
 def diff_shape(spec: TableSpec, pg: PgTable) -> ShapeDiff:
+    """How Postgres differs from `spec`; columns kept aside after a drop do not count."""
     have = {c.name: c for c in pg.columns}
     wanted = {c.name for c in spec.columns}
     missing = [c for c in spec.columns if c.name not in have]
-    extra = [c.name for c in pg.columns if c.name not in wanted]
+    extra = [c.name for c in pg.columns if c.name not in wanted and not is_aside(c.name)]
     retyped = [
         (c.name, have[c.name].type_name, _FORMAT_TYPE[c.pgtype])
         for c in spec.columns

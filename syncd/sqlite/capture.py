@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from syncd.identifiers import quote_ident
-from syncd.model import TableSpec, unshadowed_rowid_name
+from syncd.model import TableSpec
 
 CHANGELOG = "_syncd_changelog"
 REGISTRY = "_syncd_tables"
@@ -41,8 +41,6 @@ def trigger_names(tid: int) -> dict[str, str]:
         "upd": f"{TRIGGER_PREFIX}{tid}_upd",
         "key": f"{TRIGGER_PREFIX}{tid}_key",
         "del": f"{TRIGGER_PREFIX}{tid}_del",
-        "rid": f"{TRIGGER_PREFIX}{tid}_rid",
-        "ridu": f"{TRIGGER_PREFIX}{tid}_ridu",
         # Older syncd versions looked up REPLACE victims in triggers naming non-key
         # columns; listed so re-arming drops them (collisions.py does that job now).
         "rep": f"{TRIGGER_PREFIX}{tid}_rep",
@@ -88,19 +86,12 @@ def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
             f"INSERT INTO {cl}(tid, op, {slots}) VALUES ({tid}, {OP_DELETE}, {old}); END"
         ),
     }
-    rid = None if spec.without_rowid else unshadowed_rowid_name(c.name for c in spec.stored_columns)
-    if rid is not None and not spec.rowid_alias and not spec.rowid_keyed:
-        # The rowid is a unique constraint of its own: INSERT OR REPLACE with an explicit
-        # rowid, or UPDATE OR REPLACE setting one, deletes the row holding it without a
-        # delete trigger. Look that row up by its rowid (an index lookup) and record its
-        # key. Only the key and the rowid are named, so no application DDL trips on it.
-        key_cols = ", ".join(ref(k) for k in spec.key)
-        not_self = " OR ".join(f"{ref(k)} IS NOT NEW.{ref(k)} COLLATE BINARY" for k in spec.key)
-        body = (f"INSERT INTO {cl}(tid, op, {slots}) SELECT {tid}, {OP_DELETE}, {key_cols} FROM {table} "
-                f"WHERE {rid} = NEW.{rid} AND ({not_self}); END")
-        out["rid"] = f"CREATE TRIGGER {quote_ident(names['rid'])} BEFORE INSERT ON {table} BEGIN {body}"
-        out["ridu"] = (f"CREATE TRIGGER {quote_ident(names['ridu'])} BEFORE UPDATE OF rowid, oid, _rowid_ ON {table} "
-                       f"WHEN NEW.{rid} IS NOT OLD.{rid} BEGIN {body}")
+    # Not captured: INSERT OR REPLACE with an explicit rowid (or UPDATE OR REPLACE setting
+    # one) on a table keyed by something else deletes the row at that rowid without a
+    # trigger. Finding that row in a trigger means naming the table in the trigger's
+    # body, which SQLite does not rewrite on ALTER TABLE RENAME under legacy_alter_table:
+    # the application's next write would fail. The periodic verification finds such a
+    # row and repairs it (docs/operations.md).
     return out
 
 
@@ -349,6 +340,13 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
         return tid
 
     return write_transaction(conn, lambda c: _own_schema_change(c, arm), busy_timeout_ms=busy_timeout_ms)
+
+
+def rename_registered(conn: sqlite3.Connection, tid: int, name: str, busy_timeout_ms: int) -> None:
+    """The table `tid` was renamed to `name` (its triggers moved with it): so does its
+    registry entry, which keeps its id and its queued changes."""
+    write_transaction(conn, lambda c: c.execute(f"UPDATE main.{quote_ident(REGISTRY)} SET name = ? WHERE tid = ?",
+                                                (name, tid)), busy_timeout_ms=busy_timeout_ms)
 
 
 def record_pruned(conn: sqlite3.Connection, seq: int) -> None:
