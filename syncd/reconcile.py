@@ -378,7 +378,8 @@ async def _reconcile_table(
         pgt = (await ddl.read_tables(conn, target))[name]
         diff = ddl.diff_shape(spec, pgt)
         if followed and not gap:
-            gap = "a column rename at the last position looks exactly like a drop and an add: reloading the table"
+            gap = ("the columns changed at the end of the table, where a rename and a drop followed by an add "
+                   "look alike: reloading the table so every value is exact either way")
     if gap:
         if row.state != bk.PENDING:
             session.warning(gap, table=name,

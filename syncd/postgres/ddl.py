@@ -157,38 +157,55 @@ class ColumnPlan:
     what a RENAME COLUMN (which keeps a column's place) or a DROP COLUMN changed."""
 
     renames: list[tuple[str, str]]  # (Postgres name now, SQLite name)
-    drops: list[str]  # Postgres columns SQLite dropped: moved aside
-    reload: bool  # the rename could also be a drop and an add: reload to be exact
+    drops: list[str]  # Postgres columns SQLite no longer has: kept aside
+    reload: bool  # the change could be read two ways: reload so the values are exact either way
 
 
 def plan_columns(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[str, PgType | None]]) -> ColumnPlan | None:
-    """Match SQLite's columns to Postgres's (its aside columns excluded); None when the
-    change cannot be told for sure (common columns out of order, a type that moved)."""
-    s_names = [n for n, _ in sqlite_cols]
-    p_names = [n for n, _ in pg_cols]
+    """Match SQLite's columns to Postgres's (aside columns excluded), or None when the
+    change cannot be told (common columns out of order, a column appearing mid-table
+    with no same-typed column gone from its place).
+
+    Between two columns both sides share, a column only SQLite has cannot have been
+    added (ADD COLUMN appends): it is a rename of a column only Postgres has there, of
+    the same type. After the last shared column, renames and drop-then-add look alike:
+    same-typed columns pairwise are taken as renames, anything else as columns dropped
+    (kept aside) and added, and either way the table is reloaded to be exact."""
     s_types, p_types = dict(sqlite_cols), dict(pg_cols)
-    common = [n for n in p_names if n in s_types]
-    if common != [n for n in s_names if n in p_types]:
+    common = [n for n, _ in pg_cols if n in s_types]
+    if common != [n for n, _ in sqlite_cols if n in p_types]:
         return None
-    renames, drops = [], []
-    i = j = 0
-    while i < len(p_names) and j < len(s_names):
-        p, s = p_names[i], s_names[j]
-        if p == s:
-            i, j = i + 1, j + 1
-        elif p not in s_types and s not in p_types:
-            if p_types[p] is not None and p_types[p] is not s_types[s]:
-                return None  # renamed and retyped at once, or dropped and added: not sure which
-            renames.append((p, s))
-            i, j = i + 1, j + 1
-        elif p not in s_types:
-            drops.append(p)
-            i += 1
-        else:
-            j += 1  # a SQLite column Postgres lacks: added by the caller
-    drops += [p for p in p_names[i:] if p not in s_types]
-    # A rename of the last column looks exactly like dropping it and adding another.
-    reload = bool(renames) and renames[-1] == (p_names[-1], s_names[-1]) if p_names and s_names else False
+
+    def gaps(cols: list[tuple[str, PgType | None]], other: dict) -> list[list[tuple[str, PgType | None]]]:
+        out: list[list] = [[]]
+        for name, t in cols:
+            if name in other:
+                out.append([])
+            else:
+                out[-1].append((name, t))
+        return out
+
+    p_gaps, s_gaps = gaps(pg_cols, s_types), gaps(sqlite_cols, p_types)
+    renames: list[tuple[str, str]] = []
+    drops: list[str] = []
+    reload = False
+    for k, (pg_gap, s_gap) in enumerate(zip(p_gaps, s_gaps)):
+        tail = k == len(p_gaps) - 1
+        if not tail:
+            if not s_gap:
+                drops += [n for n, _ in pg_gap]
+                continue
+            if len(s_gap) != len(pg_gap) or any(pt is not None and pt is not st
+                                                for (_, pt), (_, st) in zip(pg_gap, s_gap)):
+                return None
+            renames += [(pn, sn) for (pn, _), (sn, _) in zip(pg_gap, s_gap)]
+            continue
+        if pg_gap and s_gap:
+            reload = True
+            if len(pg_gap) == len(s_gap) and all(pt is None or pt is st for (_, pt), (_, st) in zip(pg_gap, s_gap)):
+                renames += [(pn, sn) for (pn, _), (sn, _) in zip(pg_gap, s_gap)]
+                continue
+        drops += [n for n, _ in pg_gap]  # what SQLite added after them, the caller adds
     return ColumnPlan(renames, drops, reload)
 
 
