@@ -37,7 +37,7 @@ def capture_gap(state: CaptureState, tid: int, spec: TableSpec) -> bool:
     table): changes may have gone unrecorded. A trigger whose text merely differs
     (an older syncd, a renamed column) recorded everything; it is re-armed in place."""
     names = trigger_names(tid)
-    for kind in ("ins", "upd", "del"):
+    for kind in ("ins", "upd", "key", "del"):
         have = state.triggers.get(names[kind])
         if have is None or have[0] != spec.name:
             return True

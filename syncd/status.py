@@ -20,7 +20,7 @@ from syncd.config import Settings, SourceSettings, StatusSettings
 from syncd.identifiers import quote_ident
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe
-from syncd.sqlite import capture, leftout, reader
+from syncd.sqlite import capture, disk_guard, leftout, reader
 from syncd.sqlite.introspect import is_internal, list_tables
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -72,6 +72,7 @@ class SourceStatus:
     dual_write_since: str | None = None
     tables: list[TableStatus] = field(default_factory=list)
     not_migrated: list[str] = field(default_factory=list)  # virtual tables holding data syncd cannot carry
+    capture_suspended: str | None = None  # "<since> <why>" while capture is off to protect the disk
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -84,7 +85,8 @@ def _read_sqlite(source: SourceSettings, applied_seq: int) -> dict:
     try:
         state = capture.read_state(conn)
         out = {"installed": state.installed, "max_seq": state.max_seq, "pending": 0, "bytes": 0,
-               "triggers": state, "not_migrated": _holding_data(conn, source)}
+               "triggers": state, "not_migrated": _holding_data(conn, source),
+               "suspended": disk_guard.suspended(conn)}
         if state.key_slots:
             # Counted, not subtracted: without a checkpoint (Postgres away, never set up)
             # max_seq would count every change ever captured, pruned ones included.
@@ -161,6 +163,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
             lite = await asyncio.to_thread(_read_sqlite, source, applied_seq)
             st.capture_installed = lite["installed"]
             st.not_migrated = lite["not_migrated"]
+            st.capture_suspended = lite["suspended"]
             if src is not None and lite["max_seq"] >= applied_seq:
                 st.pending_changes = lite["pending"]
             elif lite["installed"]:
@@ -229,6 +232,10 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
         p.append(Problem("critical", f"daemon not running and {st.pending_changes} change(s) wait to be applied"))
     elif st.daemon_running is False:
         p.append(Problem("warning", "daemon not running"))
+    if st.capture_suspended:
+        since, _, why = st.capture_suspended.partition(" ")
+        p.append(Problem("critical", f"capture suspended since {since} to protect the disk: {why}; changes are "
+                                     "not recorded until Postgres answers, then every table is snapshotted again"))
     for text in st.not_migrated:
         p.append(Problem("warning", f"not migrated: {text}"))
     for t in st.tables:
