@@ -25,6 +25,7 @@ from syncd.sqlite.introspect import introspect
 from syncd.verify.history import VerifyRun, load_runs
 
 ENDPOINT_TIMEOUT_SECONDS = 2.0
+TO_POSTGRES, TO_SQLITE = "to_postgres", "to_sqlite"  # which way a source replicates (SQLite -> Postgres until cutover)
 
 
 @dataclass
@@ -71,6 +72,8 @@ class SourceFacts:
     lag: Lag = field(default_factory=lambda: Lag(None, "unknown", None))
     tables: list[TableFacts] = field(default_factory=list)
     backup: BackupFacts | None = None
+    direction: str = TO_POSTGRES  # the cutover sets TO_SQLITE (the daemon's /status reports it)
+    skipped: dict[str, str] = field(default_factory=dict)  # views, virtual tables: name -> why not migrated
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
         if self.streaming_since is None:
@@ -95,9 +98,14 @@ class ReportError(Exception):
     """The report cannot be made (Postgres unreachable); the message is one line."""
 
 
-async def gather(settings: Settings) -> MigrationFacts:
+async def gather(settings: Settings, live: dict[str, dict] | None = None,
+                 upgrade_bookkeeping: bool = True) -> MigrationFacts:
+    """Measure every source now. `live` is the daemon's per-source /status (the daemon
+    passes its own); None asks the daemon's endpoint, if one answers. The daemon passes
+    upgrade_bookkeeping=False: it completed the bookkeeping when it started, and the
+    DDL's table locks would queue its own writes behind each page refresh."""
     now = dt.datetime.now(dt.timezone.utc)
-    status = await asyncio.to_thread(_daemon_status, settings)
+    status = live if live is not None else await asyncio.to_thread(_daemon_status, settings)
     conns: dict[str, asyncpg.Connection] = {}
     try:
         sources = []
@@ -109,7 +117,8 @@ async def gather(settings: Settings) -> MigrationFacts:
         runs: list[VerifyRun] = []
         for conn in conns.values():
             if await bookkeeping_exists(conn, settings.postgres.bookkeeping_schema):
-                await ensure_bookkeeping(conn, settings.postgres.bookkeeping_schema)  # newer columns
+                if upgrade_bookkeeping:
+                    await ensure_bookkeeping(conn, settings.postgres.bookkeeping_schema)  # newer columns
                 runs += await load_runs(conn, settings.postgres.bookkeeping_schema)
     finally:
         for conn in conns.values():
@@ -130,7 +139,8 @@ async def gather(settings: Settings) -> MigrationFacts:
 
 async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, live: dict | None,
                   now: dt.datetime) -> SourceFacts:
-    facts = SourceFacts(name=source.name, path=str(source.path), schema=source.schema)
+    facts = SourceFacts(name=source.name, path=str(source.path), schema=source.schema,
+                        direction=(live or {}).get("direction") or TO_POSTGRES)
     bk_schema = settings.postgres.bookkeeping_schema
     rows = {}
     if await bookkeeping_exists(pg, bk_schema):
@@ -148,6 +158,8 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     except (sqlite3.Error, OSError) as e:
         facts.error = f"cannot read SQLite file {source.path}: {e}"
         side = None
+    if side:
+        facts.skipped = side.skipped
     names = sorted(set(rows) | (set(side.tables) if side else set()))
     for name in names:
         row = rows.get(name)
@@ -171,6 +183,7 @@ class _SqliteSide:
     tables: dict[str, int]  # every table syncd is configured to replicate (refused too) -> rows
     capture: dict[str, tuple[bool, str]]
     pending: int | None  # changelog entries after the checkpoint
+    skipped: dict[str, str]
 
 
 def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int) -> _SqliteSide:
@@ -197,7 +210,7 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int) -> _Sql
         if state.key_slots:
             pending = conn.execute(f"SELECT count(*) FROM main.{quote_ident(capture.CHANGELOG)} WHERE seq > ?",
                                    (applied_seq,)).fetchone()[0]
-        return _SqliteSide(tables, captured, pending)
+        return _SqliteSide(tables, captured, pending, dict(schema.skipped))
     finally:
         conn.close()
 
@@ -219,8 +232,9 @@ def _daemon_status(settings: Settings) -> dict[str, dict]:
 
 def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.datetime) -> Lag:
     if live is not None and live.get("lag_seconds") is not None:
+        # Pending as counted in the file now (as `syncd status` counts it), else the daemon's figure.
         return Lag(float(live["lag_seconds"]), f"the running daemon ({live.get('health', '?')})",
-                   live.get("pending_changes"))
+                   pending if pending is not None else live.get("pending_changes"))
     if pending is None:
         return Lag(None, "unknown (no changelog in the SQLite file)", None)
     if pending == 0:
