@@ -21,14 +21,14 @@ import pytest
 
 from syncd.demo.data import SOURCES
 from tests.support.daemon import ROOT, wait_for
-from tests.support.pgcluster import free_port
+from tests.support.pgcluster import Cluster, free_port
 from tests.test_status_page import Page, get
 
 
 class DemoProcess:
-    def __init__(self, tmp_path: Path, *args: str):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
-        self.stderr = open(tmp_path / "demo.err", "wb")
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}, **(env or {})}
+        self.stderr = open(tmp_path / f"demo-{time.monotonic_ns()}.err", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "syncd", "demo", *args], stdout=subprocess.PIPE,
                                      stderr=self.stderr, text=True, env=env, cwd=str(tmp_path))
         self.lines: list[str] = []
@@ -119,3 +119,59 @@ def test_readme_first_command_is_the_demo():
     text = (ROOT / "README.md").read_text()
     first = re.search(r"```sh\n(.*?)```", text, re.S).group(1).strip()
     assert first == "pip install -c constraints.txt . && syncd demo"
+
+
+async def databases(dsn: str) -> set[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {r[0] for r in await conn.fetch("SELECT datname FROM pg_database")}
+    finally:
+        await conn.close()
+
+
+def test_demo_uses_the_server_it_is_given_and_only_databases_it_makes(tmp_path):
+    cluster = Cluster.create()
+    cluster.start()
+    try:
+        given = cluster.dsn.replace("postgres@", "postgres:s3cret-pw@")  # trust auth: never used, never shown
+        port = free_port()
+        demo = DemoProcess(tmp_path, "--listen", f"127.0.0.1:{port}", env={"SYNCD_POSTGRES__DSN": given})
+        try:
+            assert demo.line(r"PostgreSQL: the server SYNCD_POSTGRES__DSN names at postgresql://postgres@127.0.0.1:")
+            url = demo.line(r"status page: (http://\S+)/$").group(1)
+            assert {"synapse_core", "synapse_business", "synapse_analytics"} <= asyncio.run(databases(cluster.dsn))
+            wait_for(lambda: "epic7_sales_automation" in Page(get(url + "/")[0]).sources, 60, "the page", interval=1)
+            demo.proc.send_signal(signal.SIGTERM)
+            assert demo.proc.wait(60) == 0
+            time.sleep(0.5)
+            out = "\n".join(demo.lines) + Path(demo.stderr.name).read_text()
+            assert "dropped databases synapse_core, synapse_business, synapse_analytics" in out
+            assert "s3cret-pw" not in out
+        finally:
+            demo.close()
+        assert not {"synapse_core", "synapse_business", "synapse_analytics"} & asyncio.run(databases(cluster.dsn))
+
+        # a database of that name that the demo did not make is left alone, and said so
+        asyncio.run(_create(cluster.dsn, "synapse_business"))
+        refused = DemoProcess(tmp_path, "--listen", f"127.0.0.1:{port}", "--local-server", cluster.dsn)
+        try:
+            assert refused.proc.wait(60) == 2
+            err = Path(refused.stderr.name).read_text().strip()
+            assert err.startswith("syncd: database synapse_business already exists on 127.0.0.1:")
+            assert len(err.splitlines()) == 1
+            workdir = Path(refused.line(r"demo files: .* in (\S+)$").group(1))
+            assert not workdir.exists()
+        finally:
+            refused.close()
+        assert "synapse_business" in asyncio.run(databases(cluster.dsn))
+        assert "synapse_core" not in asyncio.run(databases(cluster.dsn))
+    finally:
+        cluster.destroy()
+
+
+async def _create(dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from html.parser import HTMLParser
 
+import asyncpg
 import pytest
 
 from syncd.page.history import HistoryView, SourceSeries
@@ -287,3 +288,46 @@ async def test_page_in_a_real_browser(daemon_with_page, pg_dsn, tmp_path):
         shot = b.screenshot(tmp_path / "status-page.png")
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
         assert b.errors() == []
+
+
+async def test_a_stuck_measurement_never_stalls_the_page_or_the_daemon(tmp_path, make_config, pg_dsn):
+    """Measuring waits on Postgres (here: a table another session holds locked); the
+    page answers within its wait with the earlier measurement, and replication goes on."""
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    for db in (a, b):
+        c = sqlite3.connect(db)
+        c.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'x');")
+        c.commit()
+        c.close()
+    port = free_port()
+    cfg = make_config([{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}],
+                      metrics_listen=f"127.0.0.1:{port}", extra=verify_section())
+    url = f"http://127.0.0.1:{port}"
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        await wait_caught_up(b, pg_dsn, "b", daemon=d)
+        first = fresh_page(url, time.time())[0]
+        measured = re.search(r'data-measured-at="([^"]+)"', first).group(1)
+        locker = await asyncpg.connect(pg_dsn)
+        try:
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute('LOCK TABLE "a"."t" IN ACCESS EXCLUSIVE MODE')  # count(*) on it now waits
+            time.sleep(6)  # the cached measurement is now stale: the next request asks for a new one
+            started = time.monotonic()
+            text, _ = get(url + "/")
+            assert time.monotonic() - started < 6  # waited its 3 s at most, plus rendering
+            assert f'data-measured-at="{measured}"' in text  # the earlier measurement, with its age
+            started = time.monotonic()
+            get(url + "/status")
+            assert time.monotonic() - started < 2
+            c = sqlite3.connect(b)
+            c.execute("INSERT INTO t VALUES (2, 'streams on')")
+            c.commit()
+            c.close()
+            await wait_caught_up(b, pg_dsn, "b", daemon=d, timeout=30)
+            await tx.rollback()
+        finally:
+            await locker.close()
+        fresh_page(url, time.time())  # measured again once the lock is gone
+        assert d.stop() == 0

@@ -39,7 +39,7 @@ def listen_address(wanted: str) -> str:
     return f"{host}:{free_port()}"
 
 
-def demo_config(directory: Path, dsns: dict[str, str], listen: str) -> str:
+def demo_config(dsns: dict[str, str], listen: str) -> str:
     """The demo's syncd.toml: the ten sources, each landing in its target database."""
     q = json.dumps  # a JSON string is a valid TOML basic string
     lines = ["# Written by `syncd demo` for this session; removed when it stops.", "",
@@ -80,7 +80,7 @@ class Demo:
         dsns = {db: with_database(self.admin_dsn, db) for db in TARGET_DATABASES}
         listen = listen_address(self.listen)
         self.config = self.directory / "syncd.toml"
-        self.config.write_text(demo_config(self.directory, dsns, listen))
+        self.config.write_text(demo_config(dsns, listen))
 
     def _server(self) -> None:
         given = os.environ.get(ENV_DSN)
@@ -122,6 +122,7 @@ class Demo:
             return task.result()  # a StartupError says why
         app = DemoApplication(self.directory, self.writes_per_second)
         app.start()
+        await daemon.page.measure()  # someone opens the page right away: have a measurement ready
         host, port = settings.metrics.address[0], daemon.endpoint.port
         self.say(f"status page: http://{host}:{port}/")
         self.say("an application writes to the files now; Ctrl-C stops everything and removes what the demo made")

@@ -56,7 +56,8 @@ class LivePage:
         self._cond = threading.Condition()
         self._overview: Overview | None = None
         self._measured = 0.0  # monotonic time of the cached overview
-        self._error: str | None = None  # the last measurement failed: why
+        self._error: str | None = None  # the last measurement failed: when and why
+        self._error_reason: str | None = None
 
     # --- the loop side ---------------------------------------------------------------
 
@@ -82,16 +83,17 @@ class LivePage:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the page says so and keeps the last measurement
-            error = f"could not measure at {time.strftime('%H:%M:%S')}: {describe(e)}"
-            if error.split(": ", 1)[1] != (self._error or "").split(": ", 1)[-1]:
-                log.warning(f"status page: {error}", extra={"event": "page"})
+            reason = describe(e)
+            if reason != self._error_reason:
+                log.warning(f"status page: could not measure: {reason}", extra={"event": "page"})
             with self._cond:
-                self._error = error
+                self._error = f"measurement failed at {time.strftime('%H:%M:%S UTC', time.gmtime())}: {reason}"
+                self._error_reason = reason
                 self._measured = time.monotonic()  # do not retry on every request
                 self._cond.notify_all()
             return
         with self._cond:
-            self._overview, self._error, self._measured = ov, None, time.monotonic()
+            self._overview, self._error, self._error_reason, self._measured = ov, None, None, time.monotonic()
             self._cond.notify_all()
 
     # --- the HTTP side (the endpoint's threads) --------------------------------------
@@ -101,16 +103,19 @@ class LivePage:
             asked = time.monotonic()
             if self._overview is None or asked - self._measured > max_age:
                 loop, wanted = self._loop, self._wanted
-                if loop is not None and wanted is not None and not loop.is_closed():
-                    loop.call_soon_threadsafe(wanted.set)
-                    self._cond.wait_for(lambda: self._measured >= asked, timeout=wait)
+                try:
+                    if loop is not None and wanted is not None:
+                        loop.call_soon_threadsafe(wanted.set)
+                        self._cond.wait_for(lambda: self._measured >= asked, timeout=wait)
+                except RuntimeError:
+                    pass  # the loop has closed: the daemon is stopping, serve what there is
             return self._overview, self._error
 
     def html(self) -> tuple[bytes, str]:
         ov, error = self._fresh(MAX_AGE_SECONDS, WAIT_SECONDS)
         notice = None
         if error:
-            notice = f"Showing the last measurement: the latest {error}" if ov else error.capitalize()
+            notice = f"Showing an earlier measurement: the {error}" if ov else error[0].upper() + error[1:]
         return page(ov, self.history.view(), live=True, refresh_seconds=REFRESH_SECONDS,
                     notice=notice).encode(), HTML
 

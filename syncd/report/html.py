@@ -31,7 +31,12 @@ PROBLEMS_SHOWN = 5  # per checklist item before "and N more" (every one is on th
 
 
 def e(text: object) -> str:
-    """Escape for HTML text and attribute values, with any password taken out."""
+    """Escape for HTML text and attribute values: names appear exactly as they are."""
+    return escape(str(text), quote=True)
+
+
+def m(text: object) -> str:
+    """A message (a problem, a reason, an error): escaped, with any password taken out."""
     return escape(redact_dsn(str(text)), quote=True)
 
 
@@ -58,7 +63,7 @@ def page(ov: Overview | None, history: HistoryView | None, *, live: bool, refres
         head.append(f'<noscript><meta http-equiv="refresh" content="{refresh_seconds}"></noscript>')
     head += ["</head>", "<body>", '<p id="offline" class="offline" role="status" hidden></p>', "<main>"]
     if notice:
-        body.insert(1, f'<p class="notice" role="status">{e(notice)}</p>')
+        body.insert(1, f'<p class="notice" role="status">{m(notice)}</p>')
     return "\n".join(head + body + ["</main>", f"<script>{JS}</script>", "</body>", "</html>"]) + "\n"
 
 
@@ -129,7 +134,7 @@ def _body(ov: Overview, history: HistoryView | None, live: bool) -> list[str]:
 def _verdict(ov: Overview) -> str:
     if ov.facts is None:
         return (f'<p class="verdict unknown" id="verdict" data-ready="unknown">Cutover readiness unknown: the '
-                f"facts could not be measured ({e(ov.facts_error)}).</p>")
+                f"facts could not be measured ({m(ov.facts_error)}).</p>")
     failing = [i for i in ov.items if not i.ok]
     if not failing:
         return ('<p class="verdict ready" id="verdict" data-ready="true">READY for cutover: every checklist item '
@@ -147,7 +152,7 @@ def _health(ov: Overview) -> str:
     if problems:
         out.append('<details id="health-problems"' + (" open" if len(problems) <= 6 else "") +
                    f"><summary>{len(problems)} problem(s)</summary><ul class=\"problems\">")
-        out += [f'<li class="sev-{e(sev)}">{e(sev.upper())}: <code>{e(src)}</code>: {e(msg)}</li>'
+        out += [f'<li class="sev-{e(sev)}">{e(sev.upper())}: <code>{e(src)}</code>: {m(msg)}</li>'
                 for sev, src, msg in problems]
         out.append("</ul></details>")
     return "".join(out)
@@ -156,7 +161,7 @@ def _health(ov: Overview) -> str:
 def _checklist(ov: Overview) -> list[str]:
     out = ['<section id="checklist">', "<h2>Cutover checklist</h2>"]
     if ov.facts is None:
-        return out + [f"<p>Not judged: {e(ov.facts_error)}</p>", "</section>"]
+        return out + [f"<p>Not judged: {m(ov.facts_error)}</p>", "</section>"]
     out.append('<ol class="checklist">')
     for item in ov.items:
         out.append(_item(item))
@@ -173,15 +178,15 @@ def _item(i: CheckItem) -> str:
         shown, rest = i.problems[:PROBLEMS_SHOWN], i.problems[PROBLEMS_SHOWN:]
         if len(rest) == 1:
             shown, rest = i.problems, []
-        parts.append('<ul class="problems">' + "".join(f"<li>{e(p)}</li>" for p in shown) + "</ul>")
+        parts.append('<ul class="problems">' + "".join(f"<li>{m(p)}</li>" for p in shown) + "</ul>")
         if rest:
             parts.append(f'<details id="more-{e(i.key)}"><summary>and {len(rest)} more</summary>'
-                         '<ul class="problems">' + "".join(f"<li>{e(p)}</li>" for p in rest) + "</ul></details>")
+                         '<ul class="problems">' + "".join(f"<li>{m(p)}</li>" for p in rest) + "</ul></details>")
     elif not i.ok:
         parts.append('<ul class="problems"><li>nothing measured shows it is done</li></ul>')
     if i.evidence:
         parts.append(f'<details id="evidence-{e(i.key)}"><summary>Evidence ({len(i.evidence)})</summary><ul>'
-                     + "".join(f"<li>{e(x)}</li>" for x in i.evidence) + "</ul></details>")
+                     + "".join(f"<li>{m(x)}</li>" for x in i.evidence) + "</ul></details>")
     parts.append("</li>")
     return "".join(parts)
 
@@ -236,12 +241,12 @@ def _source(i: int, name: str, f: SourceFacts | None, st: SourceStatus | None, o
     out.append(_where(f, st))
     if st and st.problems:
         out.append('<ul class="problems">' + "".join(
-            f'<li class="sev-{e(p.severity)}">{e(p.severity.upper())}: {e(p.message)}</li>' for p in st.problems)
+            f'<li class="sev-{e(p.severity)}">{e(p.severity.upper())}: {m(p.message)}</li>' for p in st.problems)
             + "</ul>")
     halted = _halted(f, st)
     if halted:
         out.append('<div class="halted-list"><strong>Held or paused:</strong><ul>' + "".join(
-            f'<li data-halted="{e(t)}"><code>{e(t)}</code> {e(s)}: {e(r or "no reason recorded")}</li>'
+            f'<li data-halted="{e(t)}"><code>{e(t)}</code> {e(s)}: {m(r or "no reason recorded")}</li>'
             for t, s, r in halted) + "</ul></div>")
     out += _charts(name, history)
     out += _tables(f, st, ov)
@@ -250,7 +255,7 @@ def _source(i: int, name: str, f: SourceFacts | None, st: SourceStatus | None, o
                    "needs it): " + "; ".join(f"<code>{e(n)}</code>: {e(w)}" for n, w in sorted(f.skipped.items()))
                    + "</p>")
     if f and f.error:
-        out.append(f'<p class="sev-critical">{e(f.error)}</p>')
+        out.append(f'<p class="sev-critical">{m(f.error)}</p>')
     out.append("</article>")
     return out
 
@@ -370,7 +375,7 @@ def _window(f: SourceFacts, facts: MigrationFacts) -> tuple[dt.datetime, dt.date
 def _table_row(t: TableFacts, start: dt.datetime, end: dt.datetime) -> str:
     state = t.state or "not registered"
     halted = t.state in HALTED
-    shown = e(state) + (f": {e(t.reason)}" if t.reason and t.state != "streaming" else "")
+    shown = e(state) + (f": {m(t.reason)}" if t.reason and t.state != "streaming" else "")
     last = t.last_run
     pg_cls = "num" if t.counts_match else "num mismatch"
     window = [r for r in t.runs if r.finished_at >= start]
@@ -381,11 +386,11 @@ def _table_row(t: TableFacts, start: dt.datetime, end: dt.datetime) -> str:
             f'<td class="num" data-field="rows_sqlite">{e(number(t.rows_sqlite))}</td>'
             f'<td class="{pg_cls}" data-field="rows_postgres">{e(number(t.rows_postgres))}</td>'
             f"<td>{_time(last.finished_at) if last else 'never'}</td>"
-            f"<td>{e(last.outcome()) if last else '-'}</td><td>{strip}</td></tr>")
+            f"<td>{m(last.outcome()) if last else '-'}</td><td>{strip}</td></tr>")
 
 
 def _status_row(t: TableStatus) -> str:
-    shown = e(t.state) + (f": {e(t.reason)}" if t.reason and t.state != "streaming" else "")
+    shown = e(t.state) + (f": {m(t.reason)}" if t.reason and t.state != "streaming" else "")
     return (f'<tr data-table="{e(t.name)}" data-state="{e(t.state)}"'
             + (' class="halted"' if t.state in HALTED else "") + f"><td><code>{e(t.name)}</code></td>"
             f"<td>{shown}</td><td>{_iso_time(t.last_verify_at)}</td></tr>")
@@ -410,7 +415,7 @@ def _errors(f: MigrationFacts) -> list[str]:
     for r in reversed(errors[-ERRORS_SHOWN:]):
         out.append(f"<tr><td>{e(timestamp(r.finished_at))}</td><td><code>{e(r.source)}</code>.<code>"
                    f"{e(r.table_name)}</code></td><td class=\"num\">{e(number(r.rows_sqlite))}</td>"
-                   f'<td class="num">{e(number(r.rows_postgres))}</td><td>{e(r.outcome())}</td></tr>')
+                   f'<td class="num">{e(number(r.rows_postgres))}</td><td>{m(r.outcome())}</td></tr>')
     out += ["</tbody></table></div>", "</section>"]
     return out
 

@@ -15,6 +15,8 @@ from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.report.checklist import CheckItem, evaluate
 from syncd.report.facts import MigrationFacts, gather
 
+CONCURRENT_SOURCES = 8  # each source's health check holds a Postgres connection while it runs
+
 
 @dataclass
 class Overview:
@@ -35,7 +37,13 @@ async def gather_overview(settings: Settings, live: dict | None = None) -> Overv
     in_daemon = live is not None
     if live is None:
         live = await asyncio.to_thread(health.endpoint_status, settings)
-    statuses = asyncio.gather(*(health.gather_source(settings, s, live) for s in settings.sources))
+    limit = asyncio.Semaphore(CONCURRENT_SOURCES)
+
+    async def one(source):
+        async with limit:
+            return await health.gather_source(settings, source, live)
+
+    statuses = asyncio.gather(*(one(s) for s in settings.sources))
     facts, items, error = None, [], None
     try:
         facts = await gather(settings, live=(live or {}).get("sources", {}), upgrade_bookkeeping=not in_daemon)

@@ -55,7 +55,7 @@ svg.strip { width: 100%; min-width: 150px; max-width: 260px; height: 14px; displ
 svg.strip .clean { fill: var(--ok); } svg.strip .error { fill: var(--bad); } svg.strip .none { fill: var(--none); }
 .scroll { overflow-x: auto; }
 .where { margin: 0 0 6px; font-size: 0.85rem; }
-table.glance td { white-space: nowrap; } table.glance a { color: inherit; }
+table.glance td:first-child { white-space: nowrap; } table.glance a { color: inherit; }
 table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { color: var(--muted); font-weight: 600; font-size: 0.8rem; }
