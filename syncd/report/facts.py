@@ -26,7 +26,7 @@ from syncd.sqlite.leftout import LeftOut
 from syncd.verify.history import VerifyRun, load_runs
 
 ENDPOINT_TIMEOUT_SECONDS = 2.0
-TO_POSTGRES, TO_SQLITE = "to_postgres", "to_sqlite"  # which way a source replicates (SQLite -> Postgres until cutover)
+from syncd.model import TO_POSTGRES, TO_SQLITE  # noqa: E402,F401 - which way a source replicates
 
 
 @dataclass
