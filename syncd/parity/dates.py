@@ -1,0 +1,395 @@
+"""Date and time columns: which SQLite spelling a column uses, whether every value
+survives the trip to a typed Postgres column and back, and the SQL for both ways.
+
+SQLite has no date type: an application stores text ('2024-05-01 10:00:00'), or
+numbers. A column declared DATE, DATETIME or TIMESTAMP is replicated as text (lossless)
+and becomes `date`, `timestamp` or `timestamptz` at cutover when every stored value
+parses in the one spelling the column uses and renders back to exactly the stored
+value. That spelling is recorded (bookkeeping `columns.sqlite_format`), so the way back
+writes values as the application wrote them.
+
+The spelling, as recorded (`FORMAT.spec`):
+    %Y-%m-%d                          a date
+    %Y-%m-%d %H:%M:%S                 SQLite's datetime() (T instead of the space: ISO 8601)
+    %Y-%m-%d %H:%M                    no seconds
+    %Y-%m-%d %H:%M:%S.%3f             fixed fraction digits (%3f: SQLite's strftime('%f'), %6f: microseconds)
+    %Y-%m-%d %H:%M:%S[.%6f]           Python's isoformat(): six digits unless the microseconds are 0
+    ...Z / ...+02:00                  one fixed UTC offset after any of the above
+    unixepoch                         integer seconds since 1970-01-01 UTC
+
+Which Postgres type: naive text -> `timestamp` (the wall-clock value, exactly as stored;
+reading it as UTC would be a guess), text with a UTC offset -> `timestamptz` (it names
+an instant), integer epochs -> `timestamptz` (an instant too; the application gets an
+aware datetime in UTC), dates -> `date`. `[cutover] timestamps` overrides the flavour.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncd.identifiers import pg_string_literal, quote_pg_ident
+from syncd.types import PgType
+
+UTC = dt.timezone.utc
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+SAMPLE_KEYS = 5
+
+
+@dataclass(frozen=True)
+class Format:
+    kind: str  # "date", "datetime", "epoch"
+    sep: str = " "
+    seconds: bool = True
+    frac: int = 0  # fixed fraction digits
+    optional_frac: bool = False  # six digits when the microseconds are not 0, else none
+    zone: str | None = None  # "Z" or "+HH:MM": one fixed offset
+
+    @property
+    def spec(self) -> str:
+        if self.kind == "epoch":
+            return "unixepoch"
+        if self.kind == "date":
+            return "%Y-%m-%d"
+        s = f"%Y-%m-%d{self.sep}%H:%M" + (":%S" if self.seconds else "")
+        if self.optional_frac:
+            s += "[.%6f]"
+        elif self.frac:
+            s += f".%{self.frac}f"
+        return s + (self.zone or "")
+
+    @property
+    def offset(self) -> dt.timezone | None:
+        if self.zone is None:
+            return None
+        if self.zone == "Z":
+            return UTC
+        sign = -1 if self.zone[0] == "-" else 1
+        return dt.timezone(sign * dt.timedelta(hours=int(self.zone[1:3]), minutes=int(self.zone[4:6])))
+
+    def default_type(self) -> PgType:
+        if self.kind == "date":
+            return PgType.DATE
+        if self.kind == "epoch" or self.zone is not None:
+            return PgType.TIMESTAMPTZ
+        return PgType.TIMESTAMP
+
+
+_SPEC = re.compile(r"%Y-%m-%d(?:([ T])%H:%M(:%S)?(?:\[\.%6f\]|\.%([1-6])f)?(Z|[+-]\d\d:\d\d)?)?")
+
+
+def parse_spec(spec: str) -> Format:
+    """The Format a recorded `sqlite_format` names; ValueError for anything else."""
+    if spec == "unixepoch":
+        return Format("epoch")
+    m = _SPEC.fullmatch(spec)
+    if m is None:
+        raise ValueError(f"unknown date format {spec!r}")
+    if m.group(1) is None:
+        return Format("date")
+    return Format("datetime", m.group(1), m.group(2) is not None, int(m.group(3) or 0), "[.%6f]" in spec,
+                  m.group(4))
+
+
+_VALUE = re.compile(r"(\d{4})-(\d\d)-(\d\d)(?:([ T])(\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)?(Z|[+-]\d\d:\d\d)?)?")
+
+
+def shape(value: Any) -> Format | str:
+    """The spelling one stored value has, or why it has none ("real", "other")."""
+    if type(value) is int:
+        return Format("epoch")
+    if type(value) is float:
+        return "a real number (a julian day or a fractional epoch is not carried)"
+    if type(value) is not str:
+        return "not text"
+    m = _VALUE.fullmatch(value)
+    if m is None:
+        return "not a date in an ISO 8601 spelling"
+    if m.group(4) is None:
+        return Format("date")
+    frac = m.group(8)
+    return Format("datetime", m.group(4), m.group(7) is not None, len(frac) if frac else 0, False, m.group(9))
+
+
+def parse(value: Any, fmt: Format) -> dt.date | dt.datetime:
+    """The date or datetime `value` (as SQLite stores it) means in `fmt`: naive for a
+    naive spelling, aware (in its offset) for a zoned one or an epoch. ValueError if
+    it is not spelled that way or names no real date."""
+    if fmt.kind == "epoch":
+        if type(value) is not int:
+            raise ValueError("not an integer")
+        try:
+            return EPOCH + dt.timedelta(seconds=value)
+        except OverflowError:
+            raise ValueError("out of range") from None
+    if type(value) is not str:
+        raise ValueError("not text")
+    got = shape(value)
+    if not isinstance(got, Format):
+        raise ValueError(got)
+    if got.kind != fmt.kind or (fmt.kind == "datetime" and (got.sep, got.seconds, got.zone) != (
+            fmt.sep, fmt.seconds, fmt.zone)):
+        raise ValueError(f"spelled {got.spec}, not {fmt.spec}")
+    if fmt.kind == "datetime" and not fmt.optional_frac and got.frac != fmt.frac:
+        raise ValueError(f"spelled {got.spec}, not {fmt.spec}")
+    if fmt.optional_frac and got.frac not in (0, 6):
+        raise ValueError(f"spelled {got.spec}, not {fmt.spec}")
+    m = _VALUE.fullmatch(value)
+    assert m is not None
+    y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    if fmt.kind == "date":
+        return dt.date(y, mo, d)
+    frac = (m.group(8) or "").ljust(6, "0")
+    out = dt.datetime(y, mo, d, int(m.group(5)), int(m.group(6)), int(m.group(7) or 0), int(frac or 0),
+                      tzinfo=fmt.offset)
+    return out
+
+
+def render(value: dt.date | dt.datetime, fmt: Format) -> str | int:
+    """`value` spelled as `fmt` says (the inverse of parse). A naive datetime given for a
+    zoned spelling or an epoch is UTC; an aware one for a naive spelling is turned to UTC
+    (how syncd reads a timestamptz column holding naive text)."""
+    if fmt.kind == "date":
+        if isinstance(value, dt.datetime):
+            raise ValueError("a datetime for a date column")
+        return f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+    if not isinstance(value, dt.datetime):
+        raise ValueError("a date for a datetime column")
+    if fmt.kind == "epoch":
+        v = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        delta = v - EPOCH
+        if delta.microseconds:
+            raise ValueError("has a fraction of a second")
+        return delta.days * 86400 + delta.seconds
+    offset = fmt.offset
+    if offset is not None:
+        value = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(offset)
+    elif value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    s = f"{value.year:04d}-{value.month:02d}-{value.day:02d}{fmt.sep}{value.hour:02d}:{value.minute:02d}"
+    if fmt.seconds:
+        s += f":{value.second:02d}"
+    elif value.second or value.microsecond:
+        raise ValueError("has seconds the spelling drops")
+    us = f"{value.microsecond:06d}"
+    if fmt.optional_frac:
+        s += f".{us}" if value.microsecond else ""
+    elif fmt.frac:
+        if us[fmt.frac:].strip("0"):
+            raise ValueError("has more fraction digits than the spelling keeps")
+        s += "." + us[:fmt.frac]
+    elif value.microsecond:
+        raise ValueError("has a fraction of a second the spelling drops")
+    return s + (fmt.zone or "")
+
+
+def python_value(value: Any, fmt: Format, pgtype: PgType) -> dt.date | dt.datetime:
+    """What asyncpg sends for stored `value` in a column of `pgtype` (raises ValueError)."""
+    v = parse(value, fmt)
+    if pgtype is PgType.DATE:
+        return v
+    assert isinstance(v, dt.datetime)
+    if pgtype is PgType.TIMESTAMP:
+        return v if v.tzinfo is None else v.astimezone(UTC).replace(tzinfo=None)
+    return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+
+
+def round_trips(value: Any, fmt: Format, pgtype: PgType) -> str | None:
+    """None when `value` parses in `fmt`, fits `pgtype` and renders back to itself
+    exactly; otherwise why not."""
+    try:
+        v = python_value(value, fmt, pgtype)
+        if isinstance(v, dt.datetime) and v.replace(tzinfo=None) in (dt.datetime.max, dt.datetime.min):
+            return "the largest or smallest datetime (sent as infinity)"
+        back = render(v, fmt)
+    except (ValueError, OverflowError) as e:
+        return str(e) or "not a date"
+    if back != value or type(back) is not type(value):
+        return f"comes back as {back!r}"
+    return None
+
+
+# --- one column, all its values -------------------------------------------------------
+
+
+@dataclass
+class ColumnAudit:
+    """Every stored value of one column against the spelling most of them use."""
+
+    table: str
+    column: str
+    declared: str
+    values: int = 0  # non-NULL values seen
+    shapes: Counter = field(default_factory=Counter)  # spec or reason -> count
+    samples: dict[str, list[tuple]] = field(default_factory=dict)  # spec or reason -> first keys
+    examples: dict[str, Any] = field(default_factory=dict)  # spec or reason -> first value
+    zero_fraction: list[tuple] = field(default_factory=list)  # keys of six zero digits (not isoformat)
+    failed: dict[str, list[tuple]] = field(default_factory=dict)  # spec -> keys that name no real date
+    failed_count: Counter = field(default_factory=Counter)
+    failed_example: dict[str, tuple[Any, str]] = field(default_factory=dict)
+
+    def add(self, key: tuple, value: Any) -> None:
+        if value is None:
+            return
+        self.values += 1
+        got = shape(value)
+        name = got.spec if isinstance(got, Format) else got
+        self.shapes[name] += 1
+        keys = self.samples.setdefault(name, [])
+        if len(keys) < SAMPLE_KEYS:
+            keys.append(key)
+        self.examples.setdefault(name, value)
+        if isinstance(got, Format):
+            if got.frac == 6 and value[20:26] == "000000":
+                if len(self.zero_fraction) < SAMPLE_KEYS:
+                    self.zero_fraction.append(key)
+                self.shapes["zero-fraction"] += 1
+            why = round_trips(value, got, got.default_type())
+            if why is not None:
+                self.failed_count[name] += 1
+                self.failed_example.setdefault(name, (value, why))
+                failed = self.failed.setdefault(name, [])
+                if len(failed) < SAMPLE_KEYS:
+                    failed.append(key)
+
+    def verdict(self, override: PgType | None = None) -> "Verdict":
+        """The type and spelling the column can take, or why it stays text."""
+        formats = [s for s in self.shapes if s != "zero-fraction"]
+        if not self.values:
+            fmt = Format("date") if "DATE" in self.declared.upper() and "TIME" not in self.declared.upper() \
+                else Format("datetime")
+            return Verdict(self, fmt, _flavour(fmt, override), misfits=0, note="no values yet: SQLite's own "
+                           f"spelling ({fmt.spec}) is assumed")
+        fmt = _choose(self.shapes)
+        if fmt is None:
+            top = self.shapes.most_common(1)[0][0]
+            return Verdict(self, None, None, self.values, why=top, keys=self.samples[top][:SAMPLE_KEYS],
+                           example=self.examples.get(top))
+        ok_specs = {fmt.spec}
+        if fmt.optional_frac:
+            base = Format("datetime", fmt.sep, fmt.seconds, 0, False, fmt.zone).spec
+            six = Format("datetime", fmt.sep, fmt.seconds, 6, False, fmt.zone).spec
+            ok_specs = {base, six}
+        misfit_keys: list[tuple] = []
+        count = 0
+        why = None
+        example = None
+        for s in formats:
+            if s in ok_specs:
+                continue
+            count += self.shapes[s]
+            misfit_keys += self.samples[s]
+            why = why or (f"spelled {s}, not {fmt.spec}" if s.startswith("%") or s == "unixepoch" else s)
+            example = example if example is not None else self.examples.get(s)
+        for s in ok_specs:
+            if self.failed_count[s]:
+                count += self.failed_count[s]
+                misfit_keys += self.failed[s]
+                value, reason = self.failed_example[s]
+                why = why or reason
+                example = example if example is not None else value
+        if fmt.optional_frac and self.shapes["zero-fraction"]:
+            count += self.shapes["zero-fraction"]
+            misfit_keys += self.zero_fraction
+            why = why or "six zero fraction digits (the spelling drops a zero fraction)"
+        if count:
+            return Verdict(self, fmt, None, count, why=why, keys=misfit_keys[:SAMPLE_KEYS], example=example)
+        return Verdict(self, fmt, _flavour(fmt, override), 0)
+
+
+def _flavour(fmt: Format, override: PgType | None) -> PgType:
+    if fmt.kind == "date":
+        return PgType.DATE
+    return override or fmt.default_type()
+
+
+def _choose(shapes: Counter) -> Format | None:
+    """The spelling most values use (a mix of none and six fraction digits is Python's
+    isoformat()), or None when the most common is no date at all."""
+    specs = [(n, s) for s, n in shapes.most_common() if s != "zero-fraction"]
+    for _n, s in specs:
+        try:
+            fmt = parse_spec(s)
+        except ValueError:
+            return None
+        if fmt.kind == "datetime" and fmt.frac in (0, 6):
+            other = Format("datetime", fmt.sep, fmt.seconds, 6 - fmt.frac, False, fmt.zone).spec
+            if shapes.get(other):
+                return Format("datetime", fmt.sep, fmt.seconds, 0, True, fmt.zone)
+        return fmt
+    return None
+
+
+@dataclass
+class Verdict:
+    audit: ColumnAudit
+    format: Format | None
+    pgtype: PgType | None  # None: stays text
+    misfits: int  # values that do not round-trip
+    why: str | None = None
+    keys: list[tuple] = field(default_factory=list)
+    example: Any = None
+    note: str | None = None
+
+    @property
+    def typed(self) -> bool:
+        return self.pgtype is not None
+
+
+def is_candidate(declared: str) -> bool:
+    """A declared type naming a date or timestamp (DATE, DATETIME, TIMESTAMP...)."""
+    t = declared.upper()
+    return "DATE" in t or "TIMESTAMP" in t
+
+
+# --- the same, in Postgres: the conversion and its proof -------------------------------
+
+
+def _at_offset(expr: str, fmt: Format) -> str:
+    """A timestamptz `expr` as the wall-clock time in the spelling's offset."""
+    if fmt.zone in (None, "Z"):
+        return f"({expr} AT TIME ZONE 'UTC')"
+    return f"({expr} AT TIME ZONE INTERVAL {pg_string_literal(fmt.zone)})"
+
+
+def pg_using(column: str, fmt: Format, pgtype: PgType) -> str:
+    """The USING expression turning the text column into `pgtype` (PG parses exactly
+    the ISO spellings syncd accepts, whatever its DateStyle)."""
+    c = quote_pg_ident(column)
+    if fmt.kind == "date":
+        return f"{c}::date"
+    if fmt.kind == "epoch":
+        tz = f"to_timestamp({c}::bigint)"
+        return tz if pgtype is PgType.TIMESTAMPTZ else f"({tz} AT TIME ZONE 'UTC')"
+    if fmt.zone is None:
+        naive = f"{c}::timestamp"
+        return naive if pgtype is PgType.TIMESTAMP else f"({naive} AT TIME ZONE 'UTC')"
+    tz = f"{c}::timestamptz"
+    return tz if pgtype is PgType.TIMESTAMPTZ else f"({tz} AT TIME ZONE 'UTC')"
+
+
+def pg_render(expr: str, fmt: Format, pgtype: PgType) -> str:
+    """SQL spelling a value of `pgtype` as `fmt` does (the inverse of pg_using), text."""
+    if fmt.kind == "date":
+        return f"to_char({expr}, 'YYYY-MM-DD')"
+    if fmt.kind == "epoch":
+        return f"(extract(epoch FROM {expr}))::bigint::text"
+    if pgtype is PgType.TIMESTAMPTZ:
+        wall = _at_offset(expr, fmt)
+    elif fmt.zone is not None:
+        wall = _at_offset(f"({expr} AT TIME ZONE 'UTC')", fmt)
+    else:
+        wall = expr
+    sep = '"T"' if fmt.sep == "T" else " "
+    body = f"to_char({wall}, 'YYYY-MM-DD{sep}HH24:MI" + (":SS" if fmt.seconds else "") + "')"
+    if fmt.optional_frac:
+        body += f" || CASE WHEN extract(microseconds FROM {wall})::bigint % 1000000 <> 0 " \
+                f"THEN to_char({wall}, '.US') ELSE '' END"
+    elif fmt.frac:
+        body += f" || substr(to_char({wall}, '.US'), 1, {fmt.frac + 1})"
+    if fmt.zone:
+        body += f" || {pg_string_literal(fmt.zone)}"
+    return f"({body})"
