@@ -127,6 +127,17 @@ class CutoverSettings(_Strict):
     min_days: float = Field(14.0, ge=0)
     backup_glob: str | None = None
     backup_max_age_days: float = Field(30.0, gt=0)
+    # Schema parity (docs/cutover.md, "What syncd creates in Postgres"): how COLLATE NOCASE
+    # columns ignore case in Postgres, which timestamp type date columns get and when.
+    nocase: Literal["icu", "citext", "none"] = "icu"
+    timestamps: Literal["auto", "timestamp", "timestamptz"] = "auto"
+    typed_columns: Literal["cutover", "dual-write", "never"] = "cutover"
+    # "PostgreSQL performance meets targets": lookups slower than this fail the item;
+    # at most speed_max_lookups lookups are timed per report (sampled keys, every table).
+    max_query_ms: float = Field(50.0, gt=0)
+    speed_max_lookups: int = Field(200, ge=1, le=100_000)
+    # How often the daemon counts foreign-key orphans (0: never; the report counts anyway).
+    orphan_check_interval_seconds: float = Field(300.0, ge=0)
 
 
 class LogSettings(_Strict):

@@ -15,7 +15,7 @@ import time
 
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_random
 
-from syncd import metrics
+from syncd import metrics, parity
 from syncd.config import Settings, SourceSettings
 from syncd.lag import LagTracker
 from syncd.postgres import bookkeeping as bk
@@ -400,6 +400,7 @@ class Pipeline:
             if all(x.state in (bk.STREAMING, bk.REFUSED) or x is t for x in s.tables.values()):
                 await s.bk.mark_streaming_since(s.pg)
         t.row = row
+        await parity.table_streaming(s, t)  # its deferrable UNIQUE constraints, now that it is loaded
         if was_held:
             self._resumed(t)
         self._log_table_state(t)

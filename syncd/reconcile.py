@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from syncd import collisions
+from syncd import collisions, parity
 from syncd.identifiers import qualified, quote_pg_ident
 from syncd.model import SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
@@ -48,7 +48,8 @@ def capture_gap(state: CaptureState, tid: int, spec: TableSpec) -> bool:
 ARM_ROUNDS = 5
 
 
-async def install_capture(session: SourceSession, sticky: dict[str, dict[str, PgType]] | None = None) -> CaptureResult:
+async def install_capture(session: SourceSession, sticky: dict[str, dict[str, PgType]] | None = None,
+                          retyped: dict[str, dict[str, PgType]] | None = None) -> CaptureResult:
     """SQLite side only: capture objects and triggers on every wanted table. Works
     while Postgres is down, so changes are recorded from the first moment.
 
@@ -62,7 +63,7 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
     session.journal_mode = await w.run(journal_mode)
     renamed: dict[str, str] = {}
     for _round in range(ARM_ROUNDS):
-        schema = await w.run(introspect, session.source, sticky)
+        schema = await w.run(introspect, session.source, sticky, retyped)
         # Where do each registered table's triggers sit now? They follow an ALTER TABLE
         # RENAME: the registry follows too, so the table keeps its id and its queued
         # changes, and Postgres renames its copy (see _follow_renames).
@@ -153,7 +154,8 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     conn = session.pg
     assert conn is not None
     sticky = await sticky_types(session)
-    result = await install_capture(session, sticky)
+    retyped = await parity.retyped_columns(conn, session.bk.schema, session.name)
+    result = await install_capture(session, sticky, retyped)
     async with conn.transaction():
         runtimes = await _reconcile_postgres(session, result)
     session.tables = runtimes
@@ -161,6 +163,9 @@ async def reconcile(session: SourceSession) -> CaptureResult:
         # Postgres now has those tables scheduled for a re-snapshot (committed above).
         await session.worker.run(capture.clear_rearmed, sorted(result.state.rearmed),
                                  session.settings.sqlite.write_busy_timeout_ms)
+    # Indexes and constraints the application's schema has, in their dual-write form.
+    if await parity.ensure(session, result.schema):
+        return await reconcile(session)  # columns were retyped: read them with their new types
     return result
 
 

@@ -11,7 +11,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from syncd import collisions, metrics
+from syncd import collisions, metrics, parity
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.bookkeeping import TableRow
@@ -80,6 +80,9 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                 w = session.writer(c.t)
                 await w.delete(conn, c.deletes)
                 await w.upsert(conn, c.records)
+            # Deferred UNIQUE constraints (schema parity) are checked here, not at COMMIT,
+            # so a violation is this batch's and is narrowed to its table below.
+            await parity.check_deferred(conn, session, [c.t.name for c in converted.values()])
             updates = await _bookkeep(session, batch, held, catchup)
     except Exception as e:
         if not _table_specific(e):
@@ -89,17 +92,24 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
         async with conn.transaction():
             for tid, c in converted.items():
                 w = session.writer(c.t)
-                try:
-                    async with conn.transaction():
-                        await w.delete(conn, c.deletes)
-                        await w.upsert(conn, c.records)
-                except Exception as e2:
-                    if not _table_specific(e2):
-                        raise
-                    bad = await locate_bad_row(conn, w, c.records, c.deletes)
-                    where = f" key {format_key(bad.key)}" if bad else ""
-                    msg = bad.message if bad else describe(e2)
-                    held[tid] = f'table "{c.t.name}"{where}: Postgres rejected the change: {msg}'
+                for attempt in (1, 2):
+                    try:
+                        async with conn.transaction():
+                            await parity.defer(conn, session, c.t.name)
+                            await w.delete(conn, c.deletes)
+                            await w.upsert(conn, c.records)
+                            await parity.check_deferred(conn, session, [c.t.name])
+                        break
+                    except Exception as e2:
+                        if not _table_specific(e2):
+                            raise
+                        if attempt == 1 and await parity.release_violated(conn, session, c.t.spec, e2):
+                            continue  # a parity constraint SQLite's data cannot meet: dropped, try again
+                        bad = await locate_bad_row(conn, w, c.records, c.deletes)
+                        where = f" key {format_key(bad.key)}" if bad else ""
+                        msg = bad.message if bad else describe(e2)
+                        held[tid] = f'table "{c.t.name}"{where}: Postgres rejected the change: {msg}'
+                        break
             updates = await _bookkeep(session, batch, held, catchup)
     _adopt(session, batch, updates, catchup)
     _count(session, batch, converted, held, time.monotonic() - started)

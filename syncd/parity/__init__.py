@@ -1,0 +1,186 @@
+"""Schema parity: a Postgres the application can switch to, not only a copy of its data.
+
+Modules: objects (what the SQLite file holds), expressions and translate (SQLite SQL
+read into a tree, Postgres SQL written from it through a whitelist), dates (typed date
+columns, proven value by value), plan (what is created when, and why), apply (doing
+it), orphans (foreign-key orphans, counted all along), speed (lookups timed on both
+sides), summary (the facts report, status page and `syncd schema` show).
+
+The hooks the rest of syncd calls:
+
+    retyped = await parity.ensure(session, schema)      # reconcile, after the tables exist
+    await parity.table_streaming(session, t)            # a table joined the stream
+    await parity.check_deferred(conn, session, names)   # a batch, before its bookkeeping
+    await parity.release_violated(conn, session, spec, exc)  # a batch a parity constraint refused
+    result = await parity.finalize(conn, settings, source, specs, allow_orphans)  # the cutover
+    types = await parity.retyped_columns(conn, bk_schema, source_name)  # introspection
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from syncd.parity.apply import (FinalizeResult, OrphanRows, Outcome, ParityRefused, Retyped, ensure_dual_write,
+                                finalize, read_sqlite, retype, retyped_columns)
+from syncd.parity.orphans import OrphanCount
+from syncd.parity.plan import Options, SourcePlan, plan_source
+
+__all__ = ["FinalizeResult", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused", "Retyped", "check_deferred",
+           "ensure", "finalize", "release_violated", "retyped_columns", "table_streaming"]
+
+log = logging.getLogger("syncd")
+
+TO_SQLITE = "to_sqlite"
+
+
+@dataclass
+class _State:
+    plan: SourcePlan | None = None
+    deferred: set[str] = field(default_factory=set)  # tables that may hold deferrable parity constraints
+    logged: set[str] = field(default_factory=set)  # failure lines already logged
+
+
+_sessions: "weakref.WeakKeyDictionary[object, _State]" = weakref.WeakKeyDictionary()
+
+
+def _state(session) -> _State:
+    st = _sessions.get(session)
+    if st is None:
+        st = _sessions[session] = _State()
+    return st
+
+
+async def _direction(session) -> str | None:
+    try:
+        return await session.pg.fetchval(f"SELECT direction FROM {session.bk.s}.sources WHERE source = $1",
+                                         session.name)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+        return None
+
+
+async def ensure(session, schema) -> bool:
+    """Reconcile's hook, run after its transaction committed: create the dual-write
+    objects of every table (indexes now; deferrable UNIQUE constraints on streaming
+    tables), drop those syncd made that are no longer wanted, and, with [cutover]
+    typed_columns = "dual-write", retype the date columns that qualify. Returns True
+    when a column was retyped: the caller reconciles again so its specs carry the type.
+    Never fails reconcile: what Postgres refuses is logged, and tried again later."""
+    st = _state(session)
+    if await _direction(session) == TO_SQLITE:
+        return False  # cut over: Postgres is the application's now
+    options = Options.from_settings(session.settings)
+    specs = {n: t.spec for n, t in session.tables.items()}
+    states = {n: t.state for n, t in session.tables.items()}
+    views = [n for n, lo in schema.left_out.items() if lo.kind == "view"]
+    early = options.typed_columns == "dual-write"
+    try:
+        objects, verdicts = await session.worker.run(read_sqlite, specs, views, options, early)
+    except sqlite3.Error as e:
+        session.warning(f"schema parity: cannot read the file's indexes and constraints now ({e}); trying again "
+                        "at the next check", event="parity_unreadable")
+        return False
+    plan = plan_source(session.target_schema, specs, objects, options, verdicts if early else None)
+    st.plan = plan
+    st.deferred = {i.table for i in plan.items if i.needs_streaming and not i.left_out and i.table}
+    retyped = False
+    if early:
+        retyped = await _retype_early(session, plan, specs, states)
+    report = await ensure_dual_write(session.pg, session.name, plan, specs, states)
+    _log(session, st, report)
+    return retyped
+
+
+async def table_streaming(session, t) -> None:
+    """The pipeline's hook when table `t` starts streaming: its deferrable UNIQUE
+    constraints are created now (they wait for the load to be over)."""
+    st = _state(session)
+    if st.plan is None or t.name not in st.deferred:
+        return
+    plan = SourcePlan(st.plan.schema, [i for i in st.plan.items if i.table == t.name])
+    report = await ensure_dual_write(session.pg, session.name, plan, {t.name: t.spec}, {t.name: "streaming"})
+    _log(session, st, report)
+
+
+async def check_deferred(conn: asyncpg.Connection, session, tables) -> None:
+    """Inside a batch's transaction, after its rows: check the deferred constraints now,
+    so a violation is an error of this batch's statements (and of one table, in the
+    per-table retry) rather than of the COMMIT."""
+    st = _sessions.get(session)
+    if st is not None and st.deferred and any(name in st.deferred for name in tables):
+        await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+
+async def defer(conn: asyncpg.Connection, session, table: str) -> None:
+    """Back to deferred checking, for the next table of a per-table retry."""
+    st = _sessions.get(session)
+    if st is not None and table in st.deferred:
+        await conn.execute("SET CONSTRAINTS ALL DEFERRED")
+
+
+async def release_violated(conn: asyncpg.Connection, session, spec, exc: BaseException) -> bool:
+    """A batch broke a UNIQUE constraint syncd added for parity (SQLite holds values
+    distinct that Postgres calls equal): drop that constraint, so replication goes on,
+    and say so; the constraint is tried again later and listed as not carried while it
+    cannot be. Returns True when it dropped one (the caller retries the table)."""
+    if not isinstance(exc, asyncpg.UniqueViolationError):
+        return False
+    name = getattr(exc, "constraint_name", None)
+    if not name:
+        return False
+    comment = await conn.fetchval(
+        "SELECT obj_description(con.oid, 'pg_constraint') FROM pg_constraint con JOIN pg_class t ON t.oid = "
+        "con.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relname = $2 "
+        "AND con.conname = $3", session.target_schema, spec.name, name)
+    from syncd.parity.apply import PgObject, _drop_sql, _failed, run
+    obj = PgObject("constraint", name, spec.name, comment)
+    if not obj.owned_by(session.name):
+        return False
+    await run(conn, _drop_sql(session.target_schema, obj))
+    _failed[(session.name, name, comment or "")] = time.monotonic()
+    session.warning(f'schema parity: UNIQUE constraint "{name}" dropped: the application\'s rows hold values '
+                    f"SQLite keeps distinct and Postgres calls equal ({getattr(exc, 'detail', '') or exc}); "
+                    "replication goes on, the constraint is tried again later and reported as not carried",
+                    table=spec.name, event="parity_released")
+    return True
+
+
+async def _retype_early(session, plan: SourcePlan, specs, states) -> bool:
+    done_any = False
+    for name, spec in specs.items():
+        if states.get(name) != "streaming":
+            continue  # a table being loaded is retyped once its rows are all there
+        items = [i for i in plan.for_table(name) if i.kind == "type" and not i.left_out and i.dual_write]
+        if not items:
+            continue
+        async with session.pg.transaction():
+            done, refused = await retype(session.pg, session.name, session.bk.schema, plan.schema, spec, items)
+        for r in done:
+            session.info(f'schema parity: column "{r.column}" is {r.pgtype.value} now (SQLite spelling '
+                         f"{r.sqlite_format}; [cutover] typed_columns = \"dual-write\")", table=name,
+                         event="parity_retyped")
+            done_any = True
+        for item, why in refused:
+            session.warning(f'schema parity: column "{item.column}" stays text: {why}', table=name,
+                            event="parity_not_retyped")
+    return done_any
+
+
+def _log(session, st: _State, report) -> None:
+    for what in report.created:
+        session.info(f"schema parity: created {what}", event="parity_created")
+    for what in report.dropped:
+        session.info(f"schema parity: dropped {what} (no longer in SQLite, or back to its dual-write form)",
+                     event="parity_dropped")
+    for what, why in report.failed:
+        line = f"{what}: {why}"
+        if line in st.logged:
+            continue
+        st.logged.add(line)
+        session.warning(f"schema parity: not created: {line}", event="parity_failed")
+

@@ -393,3 +393,33 @@ def pg_render(expr: str, fmt: Format, pgtype: PgType) -> str:
     if fmt.zone:
         body += f" || {pg_string_literal(fmt.zone)}"
     return f"({body})"
+
+
+# --- reading the values ------------------------------------------------------------------
+
+
+def audit(conn, spec, columns: list[str]) -> dict[str, ColumnAudit]:
+    """Every stored value of `columns` of table `spec`, window by window (no statement
+    holds the read lock for the whole table). Call outside any transaction."""
+    from syncd.sqlite import windows
+
+    if not columns:
+        return {}
+    declared = {c.name: c.declared for c in spec.columns}
+    audits = {c: ColumnAudit(spec.name, c, declared.get(c, "")) for c in columns}
+    keys = [spec.sqlite_ref(k) for k in spec.key]
+    cols = [spec.sqlite_ref(c) for c in columns]
+    order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key)
+    nkey = len(keys)
+    old = conn.text_factory
+    conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+    try:
+        where = " OR ".join(f"{c} IS NOT NULL" for c in cols)
+        for rows in windows.scan(conn, spec.name, order, ", ".join(keys + cols), where):
+            for row in rows:
+                key = tuple(row[:nkey])
+                for name, value in zip(columns, row[nkey:]):
+                    audits[name].add(key, value)
+    finally:
+        conn.text_factory = old
+    return audits

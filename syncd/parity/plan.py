@@ -72,6 +72,8 @@ class Item:
     column: str | None = None  # nocase / type items
     verdict: dates.Verdict | None = None  # type items
     fk: ForeignKey | None = None  # foreign key items: finalize counts their orphans first
+    fk_parent: str | None = None  # the parent table as replicated (its exact name)
+    check_sql: str | None = None  # a CHECK's condition, to find the rows failing it
     parent_key: tuple[str, ...] = ()
     stage_note: str = ""  # a note on what happens when (for `syncd schema`)
 
@@ -83,12 +85,12 @@ class Item:
             return DUAL_WRITE
         return CUTOVER
 
-    def marker(self, stage: str) -> str:
-        """The COMMENT syncd writes on the object: tells its own objects from the
-        application's, and whether the definition is still the planned one."""
+    def marker(self, stage: str, source: str) -> str:
+        """The COMMENT syncd writes on the object: tells its own objects (and which
+        source's) from the application's, and whether the definition is the planned one."""
         stmts = self.dual_write if stage == DUAL_WRITE else self.cutover
         digest = hashlib.blake2b("\n".join((stage, *stmts)).encode(), digest_size=6).hexdigest()
-        return f"{MARK} {digest}: {self.kind} {self.what}"[:1000]
+        return f"{MARK} {stage} {digest} [{source}]: {self.kind} {self.what}"[:1000]
 
 
 @dataclass
@@ -398,6 +400,7 @@ def _plan_check(schema: str, spec: TableSpec, check, collations: dict[str, str],
         return item
     base = check.name or (f"{spec.name}_{check.column}_check" if check.column else f"{spec.name}_check")
     item.name = names.claim(base)
+    item.check_sql = cond
     item.cutover = (f"ALTER TABLE {qualified(schema, spec.name)} ADD CONSTRAINT {quote_pg_ident(item.name)} "
                     f"CHECK ({cond})",)
     item.why = ("at cutover, validated against every row (SQLite does not re-check rows a CHECK was added after, "
@@ -451,6 +454,7 @@ def _plan_fk(schema: str, spec: TableSpec, fk: ForeignKey, specs: dict[str, Tabl
     item.name = names.claim(fk.name or f"{spec.name}_{'_'.join(fk.columns)}_fkey")
     defer = " DEFERRABLE INITIALLY DEFERRED" if fk.deferrable else ""
     item.parent_key = pkey
+    item.fk_parent = parent.name
     item.cutover = (
         f"ALTER TABLE {qualified(schema, spec.name)} ADD CONSTRAINT {quote_pg_ident(item.name)} FOREIGN KEY "
         f"({', '.join(quote_pg_ident(c) for c in fk.columns)}) REFERENCES {qualified(schema, parent.name)} "

@@ -28,6 +28,15 @@ _FORMAT_TYPE = {
 _FROM_FORMAT_TYPE = {v: k for k, v in _FORMAT_TYPE.items()}
 
 
+def _streamed_as(type_name: str) -> str:
+    """The format_type() spelling syncd streams a column of `type_name` as: a COLLATE
+    NOCASE column schema parity made citext at cutover (format_type qualifies it when its
+    schema is not on the search path) is still text to syncd."""
+    if type_name == "citext" or type_name.endswith(".citext"):
+        return "text"
+    return type_name
+
+
 def column_sql(col: Column, in_key: bool) -> str:
     parts = [quote_pg_ident(col.name), col.pgtype.value]
     if col.notnull and not in_key:
@@ -106,7 +115,7 @@ class PgColumn:
 
     @property
     def pgtype(self) -> PgType | None:
-        return _FROM_FORMAT_TYPE.get(self.type_name)
+        return _FROM_FORMAT_TYPE.get(_streamed_as(self.type_name))
 
 
 @dataclass(frozen=True)
@@ -244,7 +253,7 @@ def diff_shape(spec: TableSpec, pg: PgTable) -> ShapeDiff:
     retyped = [
         (c.name, have[c.name].type_name, _FORMAT_TYPE[c.pgtype])
         for c in spec.columns
-        if c.name in have and have[c.name].type_name != _FORMAT_TYPE[c.pgtype]
+        if c.name in have and _streamed_as(have[c.name].type_name) != _FORMAT_TYPE[c.pgtype]
     ]
     return ShapeDiff(missing, extra, retyped, tuple(pg.key) != tuple(spec.key))
 

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import asyncpg
 
+from syncd import parity
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident
 from syncd.postgres import ddl
@@ -159,8 +160,9 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             source.name)]
     pg_tables = await ddl.read_tables(pg, source.schema)
     sticky = {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in pg_tables.items()}
+    retyped = await parity.retyped_columns(pg, bk_schema, source.name)
     try:
-        side = await asyncio.to_thread(_sqlite_side, source, sticky, facts.applied_seq or 0)
+        side = await asyncio.to_thread(_sqlite_side, source, sticky, facts.applied_seq or 0, retyped)
     except (sqlite3.Error, OSError) as e:
         facts.error = f"cannot read SQLite file {source.path}: {e}"
         side = None
@@ -193,12 +195,12 @@ class _SqliteSide:
     suspended: str | None
 
 
-def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int) -> _SqliteSide:
+def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped: dict | None = None) -> _SqliteSide:
     if not source.path.exists():
         raise OSError(f"{source.path} does not exist")
     conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=5)
     try:
-        schema = introspect(conn, source, sticky)
+        schema = introspect(conn, source, sticky, retyped)
         state = capture.read_state(conn)
         tables, captured = {}, {}
         for name in list(schema.tables) + list(schema.refused):

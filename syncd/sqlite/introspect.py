@@ -100,16 +100,20 @@ def describe_table(
     raw_table: RawTable,
     source: SourceSettings,
     sticky_types: Mapping[str, PgType] | None = None,
+    retyped: Mapping[str, PgType] | None = None,
 ) -> TableSpec | Refusal:
     """Build the TableSpec for one table, or a Refusal saying why it cannot be replicated.
 
     `sticky_types` holds the Postgres types already chosen for columns whose type was
     inferred from values, so a later, different mix of values does not flip the type.
+    `retyped` holds the types schema parity gave columns (bookkeeping `columns`): they
+    stay, so values keep converting to them; a configured override still wins.
     """
     table, without_rowid, raw = raw_table.name, raw_table.without_rowid, raw_table.columns
     if not raw:
         return Refusal(table, "has no columns syncd can read")
     sticky = sticky_types or {}
+    typed = retyped or {}
     overrides = source.columns.get(table, {})
     unknown = set(overrides) - {r[1] for r in raw}
     if unknown:
@@ -122,6 +126,10 @@ def describe_table(
         override = source.column_override(table, name)
         if override is not None:
             chosen[name] = (override, f"configured override ({overrides[name]})")
+            continue
+        if name in typed:
+            chosen[name] = (typed[name], f"{typed[name].value}: typed by schema parity (every value converted "
+                                         "exactly and back)")
             continue
         mapped = map_declared_type(declared)
         if mapped is not None:
@@ -223,6 +231,7 @@ def introspect(
     conn: sqlite3.Connection,
     source: SourceSettings,
     sticky_types: Mapping[str, Mapping[str, PgType]] | None = None,
+    retyped: Mapping[str, Mapping[str, PgType]] | None = None,
 ) -> SourceSchema:
     """The source's schema. Its `version` is SQLite's schema_version read in the same
     transaction as the PRAGMAs, so a batch read can tell whether its columns are current."""
@@ -245,7 +254,7 @@ def introspect(
     finally:
         conn.execute("COMMIT")
     for raw in raws:  # type inference scans data: outside the schema's transaction
-        spec = describe_table(conn, raw, source, sticky_types.get(raw.name))
+        spec = describe_table(conn, raw, source, sticky_types.get(raw.name), (retyped or {}).get(raw.name))
         if isinstance(spec, Refusal):
             schema.refused[raw.name] = spec
         else:

@@ -21,6 +21,7 @@ from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, 
 from syncd.sqlite import capture
 from syncd.sqlite.capture import CaptureState, LockTimeout
 from syncd.sqlite.connection import SourceFileError, SqliteWorker
+from syncd.parity.apply import retyped_columns
 from syncd.sqlite.introspect import introspect
 from syncd.verify import history, repair, sqlite_side
 from syncd.verify.keyspace import key_space
@@ -148,7 +149,8 @@ async def _plan(s: _Session, only: list[str] | None) -> list[TablePlan]:
     state: CaptureState = await s.run(capture.read_state)
     pg_tables = await ddl.read_tables(s.pg, s.source.schema)
     sticky = {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in pg_tables.items()}
-    schema = await s.run(introspect, s.source, sticky)
+    retyped = await retyped_columns(s.pg, s.settings.postgres.bookkeeping_schema, s.source.name)
+    schema = await s.run(introspect, s.source, sticky, retyped)
     src: SourceRow | None = None
     rows: dict[str, TableRow] = {}
     if s.has_bookkeeping:

@@ -1,0 +1,521 @@
+"""Making Postgres hold what the plan says: during dual-write (ensure_dual_write, from
+reconcile and when a table starts streaming) and at cutover (finalize, inside the
+cutover's final transaction).
+
+Every statement is syncd's own (plan.py wrote it from names and translated trees) and
+runs alone through the extended protocol, which refuses a second statement. Every
+object carries a COMMENT naming syncd, the stage, a hash of its definition and the
+source: syncd changes and drops only objects so marked, never the application's own.
+Each object is created in its own savepoint: one Postgres refuses is reported with
+Postgres's reason and the rest go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import asyncpg
+
+from syncd.identifiers import pg_string_literal, qualified, quote_pg_ident
+from syncd.model import TableSpec
+from syncd.parity import dates, orphans
+from syncd.parity.objects import SourceObjects, read_objects
+from syncd.parity.plan import (CUTOVER, DUAL_WRITE, ICU_LOCALE, MARK, NOCASE_COLLATION, Item, Options, SourcePlan,
+                               plan_source)
+from syncd.postgres.connect import describe
+from syncd.types import PgType, translate_default
+
+log = logging.getLogger("syncd")
+
+STREAMING = "streaming"
+LOADING_STATES = ("pending", "loading")
+RETRY_FAILED_SECONDS = 3600.0  # an object Postgres refused is tried again after this, or when it changes
+_failed: dict[tuple[str, str, str], float] = {}  # (source, name, marker) -> monotonic time it failed
+
+
+async def run(conn: asyncpg.Connection, sql: str) -> None:
+    """One statement through the extended protocol: a second one in `sql` is refused."""
+    stmt = await conn.prepare(sql)
+    await stmt.fetch()
+
+
+# --- what Postgres holds ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PgObject:
+    kind: str  # "index", "constraint", "view", "table", ...
+    name: str
+    table: str | None
+    comment: str | None
+    contype: str | None = None  # for constraints: u, f, c, p
+
+    def owned_by(self, source: str) -> bool:
+        return bool(self.comment) and self.comment.startswith(MARK + " ") and f" [{source}]: " in self.comment
+
+    @property
+    def stage(self) -> str | None:
+        parts = (self.comment or "").split(" ")
+        return parts[2] if len(parts) > 3 else None
+
+
+async def read_pg_objects(conn: asyncpg.Connection, schema: str) -> dict[tuple[str, str | None, str], PgObject]:
+    """Indexes, views and other relations by ("relation", None, name); constraints by
+    ("constraint", table, name)."""
+    out: dict[tuple[str, str | None, str], PgObject] = {}
+    for r in await conn.fetch(
+            "SELECT c.relname, c.relkind, t.relname, obj_description(c.oid, 'pg_class') FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_index x ON x.indexrelid = c.oid "
+            "LEFT JOIN pg_class t ON t.oid = x.indrelid WHERE n.nspname = $1", schema):
+        kind = {"i": "index", "v": "view", "r": "table", "p": "table"}.get(r[1], "relation")
+        out[("relation", None, r[0])] = PgObject(kind, r[0], r[2], r[3])
+    for r in await conn.fetch(
+            "SELECT con.conname, t.relname, con.contype::text, obj_description(con.oid, 'pg_constraint') "
+            "FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid "
+            "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1", schema):
+        out[("constraint", r[1], r[0])] = PgObject("constraint", r[0], r[1], r[3], r[2])
+    return out
+
+
+def _key(item: Item) -> tuple[str, str | None, str]:
+    assert item.name is not None
+    if item.object_kind == "constraint":
+        return ("constraint", item.table, item.name)
+    return ("relation", None, item.name)
+
+
+def _object_kind(item: Item, stage: str) -> str:
+    """A unique item is a constraint while its statements make one, else an index."""
+    stmts = item.dual_write if stage == DUAL_WRITE else item.cutover
+    if item.kind == "unique":
+        return "constraint" if any("ADD CONSTRAINT" in s for s in stmts) else "index"
+    return item.object_kind
+
+
+def _drop_sql(schema: str, obj: PgObject) -> str:
+    if obj.kind == "constraint":
+        return f"ALTER TABLE {qualified(schema, obj.table or '')} DROP CONSTRAINT IF EXISTS {quote_pg_ident(obj.name)}"
+    if obj.kind == "view":
+        return f"DROP VIEW IF EXISTS {qualified(schema, obj.name)}"
+    return f"DROP INDEX IF EXISTS {qualified(schema, obj.name)}"
+
+
+def _comment_sql(schema: str, item: Item, kind: str, marker: str) -> str:
+    assert item.name is not None
+    if kind == "constraint":
+        return (f"COMMENT ON CONSTRAINT {quote_pg_ident(item.name)} ON {qualified(schema, item.table or '')} "
+                f"IS {pg_string_literal(marker)}")
+    if kind == "view":
+        return f"COMMENT ON VIEW {qualified(schema, item.name)} IS {pg_string_literal(marker)}"
+    return f"COMMENT ON INDEX {qualified(schema, item.name)} IS {pg_string_literal(marker)}"
+
+
+# --- dual-write ----------------------------------------------------------------------------
+
+
+@dataclass
+class EnsureReport:
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (what, Postgres's reason)
+    retyped: list[str] = field(default_factory=list)
+
+
+async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourcePlan, specs: dict[str, TableSpec],
+                            states: dict[str, str]) -> EnsureReport:
+    """Bring the source's objects to their dual-write shape: what the plan creates
+    during dual-write exists (deferrable UNIQUE constraints only on tables in
+    `states` streaming), and every other object syncd made for this source is gone
+    (the cutover's, after a rollback; an index SQLite dropped). Typed columns opted
+    into dual-write are not retyped here (see retype_dual_write)."""
+    report = EnsureReport()
+    schema = plan.schema
+    have = await read_pg_objects(conn, schema)
+    wanted: dict[tuple[str, str | None, str], tuple[Item, str]] = {}
+    keep: set[tuple[str, str | None, str]] = set()  # deferrable uniques of a held or paused table: left as they are
+    for item in plan.items:
+        if item.left_out or not item.dual_write or item.kind == "type" or item.name is None:
+            continue
+        if item.table not in specs:
+            continue
+        kind = _object_kind(item, DUAL_WRITE)
+        key = ("constraint", item.table, item.name) if kind == "constraint" else ("relation", None, item.name)
+        if item.needs_streaming:
+            # Rows of a table being loaded come from several moments: a unique constraint
+            # could trip between chunks. It exists from the moment the table streams.
+            state = states.get(item.table or "")
+            if state is None or state in LOADING_STATES:
+                continue
+            if state != STREAMING:
+                keep.add(key)
+                continue
+        wanted[key] = (item, item.marker(DUAL_WRITE, source))
+    # Drop what is ours and not wanted as it is: views, then foreign keys and checks
+    # (they may depend on a unique constraint), then the rest.
+    stale = [obj for key, obj in have.items() if obj.owned_by(source) and (obj.table in specs or obj.kind == "view")
+             and key not in keep and (key not in wanted or wanted[key][1] != obj.comment)]
+    stale.sort(key=lambda o: (o.kind != "view", o.contype not in ("f", "c"), o.kind != "constraint"))
+    for obj in stale:
+        try:
+            async with conn.transaction():
+                await run(conn, _drop_sql(schema, obj))
+            report.dropped.append(f"{obj.kind} {obj.name}")
+            have.pop(("constraint", obj.table, obj.name), None)
+            have.pop(("relation", None, obj.name), None)
+        except asyncpg.PostgresError as e:
+            report.failed.append((f"dropping {obj.kind} {obj.name}", describe(e)))
+    now = time.monotonic()
+    for key, (item, marker) in wanted.items():
+        existing = have.get(key) or have.get(("relation", None, key[2]))
+        if existing is not None:
+            if not existing.owned_by(source):
+                report.failed.append((f"{item.table}: {item.what}",
+                                      f'the name "{item.name}" is taken in Postgres by an object syncd did not '
+                                      "create"))
+            continue
+        memo = (source, item.name or "", marker)
+        if now - _failed.get(memo, -RETRY_FAILED_SECONDS) < RETRY_FAILED_SECONDS:
+            continue
+        try:
+            async with conn.transaction():
+                for sql in item.dual_write:
+                    await run(conn, sql)
+                await run(conn, _comment_sql(schema, item, key[0] if key[0] == "constraint" else "index", marker))
+            report.created.append(f"{item.table}: {item.what}")
+            _failed.pop(memo, None)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            _failed[memo] = now
+            report.failed.append((f"{item.table}: {item.what}", describe(e)))
+    return report
+
+
+# --- typed columns ---------------------------------------------------------------------------
+
+
+@dataclass
+class Retyped:
+    table: str
+    column: str
+    pgtype: PgType
+    sqlite_format: str
+
+
+async def retype(conn: asyncpg.Connection, source: str, bk_schema: str, schema: str, spec: TableSpec,
+                 items: list[Item]) -> tuple[list[Retyped], list[tuple[Item, str]]]:
+    """Retype the table's columns the plan types, after proving in Postgres that each
+    stored text parses and renders back to itself (the same proof the audit made on
+    the SQLite values in Python). One ALTER TABLE for all of them (one rewrite), in a
+    savepoint; the bookkeeping records each column's type and SQLite spelling."""
+    table = qualified(schema, spec.name)
+    ready: list[tuple[Item, dates.Format, PgType]] = []
+    refused: list[tuple[Item, str]] = []
+    for item in items:
+        v = item.verdict
+        assert v is not None and v.format is not None and v.pgtype is not None and item.column is not None
+        col = quote_pg_ident(item.column)
+        check = (f"SELECT count(*) FROM {table} WHERE {col} IS NOT NULL AND "
+                 f"{dates.pg_render(dates.pg_using(item.column, v.format, v.pgtype), v.format, v.pgtype)} "
+                 f"IS DISTINCT FROM {col}")
+        try:
+            async with conn.transaction():
+                bad = await conn.fetchval(check)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            refused.append((item, f"Postgres cannot convert every value: {describe(e)}"))
+            continue
+        if bad:
+            refused.append((item, f"{bad} value(s) Postgres would not convert back to their text exactly"))
+            continue
+        ready.append((item, v.format, v.pgtype))
+    if not ready:
+        return [], refused
+    parts = []
+    for item, fmt, pgtype in ready:
+        col = quote_pg_ident(item.column or "")
+        parts.append(f"ALTER COLUMN {col} DROP DEFAULT")
+        parts.append(f"ALTER COLUMN {col} TYPE {pgtype.value} USING {dates.pg_using(item.column or '', fmt, pgtype)}")
+        default = translate_default(spec.column(item.column or "").default_sql, pgtype)
+        if default is not None:
+            parts.append(f"ALTER COLUMN {col} SET DEFAULT {default}")
+    done: list[Retyped] = []
+    try:
+        async with conn.transaction():
+            await run(conn, f"ALTER TABLE {table} " + ", ".join(parts))
+            for item, fmt, pgtype in ready:
+                await _record_column(conn, bk_schema, source, spec.name, item.column or "", pgtype, fmt.spec)
+                done.append(Retyped(spec.name, item.column or "", pgtype, fmt.spec))
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        refused += [(item, f"Postgres refused the new type: {describe(e)}") for item, _f, _t in ready]
+        done = []
+    return done, refused
+
+
+async def _record_column(conn: asyncpg.Connection, bk_schema: str, source: str, table: str, column: str,
+                         pgtype: PgType, fmt: str | None) -> None:
+    await conn.execute(
+        f"INSERT INTO {quote_pg_ident(bk_schema)}.columns(source, table_name, column_name, pgtype, sqlite_format) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (source, table_name, column_name) DO UPDATE SET "
+        "pgtype = EXCLUDED.pgtype, sqlite_format = EXCLUDED.sqlite_format",
+        source, table, column, pgtype.value, fmt)
+
+
+async def retyped_columns(conn: asyncpg.Connection, bk_schema: str, source: str) -> dict[str, dict[str, PgType]]:
+    """The columns schema parity gave a type (table -> column -> type), from bookkeeping:
+    introspection keeps using these types, so a forward stream after a rollback converts
+    each value to the column's type. {} before bookkeeping exists."""
+    try:
+        rows = await conn.fetch(
+            f"SELECT table_name, column_name, pgtype FROM {quote_pg_ident(bk_schema)}.columns WHERE source = $1",
+            source)
+    except asyncpg.UndefinedTableError:
+        return {}
+    out: dict[str, dict[str, PgType]] = {}
+    for table, column, pgtype in rows:
+        try:
+            out.setdefault(table, {})[column] = PgType(pgtype)
+        except ValueError:
+            continue  # a type this syncd does not know: introspection decides as usual
+    return out
+
+
+# --- reading the SQLite side ------------------------------------------------------------------
+
+
+def read_sqlite(conn: sqlite3.Connection, specs: dict[str, TableSpec], views: list[str],
+                options: Options, audit_types: bool) -> tuple[SourceObjects, dict[tuple[str, str], dates.Verdict]]:
+    """The file's objects and, with `audit_types`, every date candidate's verdict."""
+    objects = read_objects(conn, list(specs), views)
+    verdicts: dict[tuple[str, str], dates.Verdict] = {}
+    if audit_types and options.typed_columns != "never":
+        for name, spec in specs.items():
+            cols = [c.name for c in spec.stored_columns if c.pgtype is PgType.TEXT and dates.is_candidate(c.declared)
+                    and c.name not in objects.table(name).collations]
+            for col, a in dates.audit(conn, spec, cols).items():
+                verdicts[(name, col)] = a.verdict(options.timestamp_override)
+    return objects, verdicts
+
+
+def open_readonly(path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=10, isolation_level=None,
+                           check_same_thread=False)
+    return conn
+
+
+# --- cutover -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    kind: str
+    table: str | None
+    what: str
+    name: str | None
+    detail: str  # why it is carried this way, or why it is not
+
+    def line(self) -> str:
+        where = f"{self.table}: " if self.table else ""
+        named = f' as "{self.name}"' if self.name else ""
+        return f"{where}{self.what}{named}: {self.detail}"
+
+
+@dataclass
+class FinalizeResult:
+    """What finalize created in Postgres and what it did not, each with the reason."""
+
+    created: list[Outcome] = field(default_factory=list)
+    not_created: list[Outcome] = field(default_factory=list)
+    orphans: list[orphans.OrphanCount] = field(default_factory=list)
+    not_valid: list[str] = field(default_factory=list)  # foreign keys left NOT VALID (--allow-orphans)
+    retyped: list[Retyped] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"created: {o.line()}" for o in self.created]
+        out += [f"NOT created: {o.line()}" for o in self.not_created]
+        return out
+
+
+class ParityRefused(Exception):
+    """The cutover must not go on (the caller's transaction rolls back); one line per reason."""
+
+    def __init__(self, reasons: list[str]):
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+class OrphanRows(ParityRefused):
+    pass
+
+
+async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, TableSpec],
+                   allow_orphans: bool = False, sqlite_path=None) -> FinalizeResult:
+    """Turn the replica into the application's database, inside the caller's final
+    transaction (opened here if there is none): case-insensitive NOCASE columns, typed
+    date columns (bookkeeping records their SQLite spelling), immediate UNIQUE
+    constraints and unique indexes, CHECKs, FOREIGN KEYs (validated; NOT VALID with
+    `allow_orphans`), views. Everything Postgres refuses is listed in the result with
+    its reason; nothing is silently dropped. Raises OrphanRows (nothing created) when a
+    foreign key has orphans and `allow_orphans` is false.
+
+    `source` is the SourceSettings; `specs` the replicated tables (name -> TableSpec,
+    as the cutover's final introspection read them); the SQLite file (frozen by then)
+    is read at `sqlite_path` or the source's path."""
+    if not conn.is_in_transaction():
+        async with conn.transaction():
+            return await finalize(conn, settings, source, specs, allow_orphans, sqlite_path)
+    started = time.monotonic()
+    options = Options.from_settings(settings)
+    bk_schema = settings.postgres.bookkeeping_schema
+    schema = source.schema
+    path = sqlite_path or source.path
+    views = await asyncio.to_thread(_view_names, path, source)
+
+    def read() -> tuple[SourceObjects, dict]:
+        c = open_readonly(path)
+        try:
+            return read_sqlite(c, specs, views, options, audit_types=True)
+        finally:
+            c.close()
+
+    objects, verdicts = await asyncio.to_thread(read)
+    plan = plan_source(schema, specs, objects, options, verdicts)
+    result = FinalizeResult()
+    result.orphans = await orphans.count(conn, schema, plan.items, specs)
+    with_orphans = [o for o in result.orphans if o.orphans]
+    if with_orphans and not allow_orphans:
+        raise OrphanRows([o.describe() for o in with_orphans])
+    orphaned = {o.constraint for o in with_orphans}
+
+    for item in plan.items:
+        if item.left_out:
+            result.not_created.append(Outcome(item.kind, item.table, item.what, item.name, item.left_out))
+    await _nocase(conn, source.name, schema, plan, options, result)
+    for tname, spec in specs.items():
+        items = [i for i in plan.for_table(tname) if i.kind == "type" and not i.left_out and i.verdict is not None
+                 and (i.cutover or i.dual_write)]
+        if not items:
+            continue
+        done, refused = await retype(conn, source.name, bk_schema, schema, spec, items)
+        result.retyped += done
+        for r in done:
+            item = next(i for i in items if i.column == r.column)
+            result.created.append(Outcome("type", tname, item.what, r.column,
+                                          f"{r.pgtype.value}, SQLite spelling {r.sqlite_format}: {item.why}"))
+        for item, why in refused:
+            result.not_created.append(Outcome("type", tname, item.what, item.column, f"kept as text: {why}"))
+    for kind in ("unique", "check", "foreign key", "view"):
+        for item in plan.items:
+            if item.kind != kind or item.left_out or not item.cutover:
+                continue
+            stmts = list(item.cutover)
+            detail = item.why
+            if kind == "foreign key" and item.name in orphaned:
+                stmts[-1] += " NOT VALID"
+                count = next(o.orphans for o in with_orphans if o.constraint == item.name)
+                detail = (f"NOT VALID: {count} orphan row(s) stay (--allow-orphans); Postgres checks new and "
+                          "changed rows only")
+                result.not_valid.append(f"{item.table}: {item.what}: {count} orphan row(s)")
+            await _create(conn, source.name, schema, item, stmts, detail, result)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+async def _create(conn: asyncpg.Connection, source: str, schema: str, item: Item, stmts: list[str], detail: str,
+                  result: FinalizeResult) -> None:
+    kind = _object_kind(item, CUTOVER)
+    try:
+        async with conn.transaction():
+            for sql in stmts:
+                await run(conn, sql)
+            await run(conn, _comment_sql(schema, item, kind, item.marker(CUTOVER, source)))
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        why = describe(e)
+        if item.kind == "check" and item.check_sql and isinstance(e, asyncpg.CheckViolationError):
+            why = await _failing_rows(conn, schema, item) or why
+        result.not_created.append(Outcome(item.kind, item.table, item.what, item.name, f"Postgres refused it: {why}"))
+        return
+    result.created.append(Outcome(item.kind, item.table, item.what, item.name, detail))
+
+
+async def _failing_rows(conn: asyncpg.Connection, schema: str, item: Item) -> str | None:
+    try:
+        async with conn.transaction():
+            pk = await conn.fetch(
+                "SELECT a.attname FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid "
+                "AND a.attnum = ANY (x.indkey::int2[]) WHERE x.indrelid = $1::regclass AND x.indisprimary",
+                qualified(schema, item.table or ""))
+            keys = ", ".join(quote_pg_ident(r[0]) for r in pk) or "ctid"
+            rows = await conn.fetch(f"SELECT {keys} FROM {qualified(schema, item.table or '')} "
+                                    f"WHERE NOT ({item.check_sql}) LIMIT {orphans.SAMPLE_KEYS}")
+            n = await conn.fetchval(f"SELECT count(*) FROM {qualified(schema, item.table or '')} "
+                                    f"WHERE NOT ({item.check_sql})")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError):
+        return None
+    shown = ", ".join(repr(r[0]) if len(r) == 1 else repr(tuple(r)) for r in rows)
+    return f"{n} row(s) fail it (SQLite holds them as they are; keys {shown})"
+
+
+async def _nocase(conn: asyncpg.Connection, source: str, schema: str, plan: SourcePlan, options: Options,
+                  result: FinalizeResult) -> None:
+    items = [i for i in plan.items if i.kind == "nocase" and not i.left_out and i.cutover]
+    if not items:
+        return
+    if options.nocase == "citext":
+        type_sql, problem = await _citext(conn, schema)
+    else:
+        type_sql, problem = f"text COLLATE {qualified(schema, NOCASE_COLLATION)}", None
+        try:
+            async with conn.transaction():
+                await run(conn, f"CREATE COLLATION IF NOT EXISTS {qualified(schema, NOCASE_COLLATION)} "
+                                f"(provider = icu, locale = {pg_string_literal(ICU_LOCALE)}, deterministic = false)")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            problem = (f"the ICU collation could not be created ({describe(e)}); set [cutover] nocase = \"citext\" "
+                       "or \"none\"")
+    for item in items:
+        if problem:
+            result.not_created.append(Outcome("nocase", item.table, item.what, item.column, problem))
+            continue
+        try:
+            async with conn.transaction():
+                await run(conn, f"ALTER TABLE {qualified(schema, item.table or '')} ALTER COLUMN "
+                                f"{quote_pg_ident(item.column or '')} TYPE {type_sql}")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            result.not_created.append(Outcome("nocase", item.table, item.what, item.column,
+                                              f"Postgres refused it: {describe(e)} (equality stays case-sensitive)"))
+            continue
+        result.created.append(Outcome("nocase", item.table, item.what, item.column, item.why))
+
+
+async def _citext(conn: asyncpg.Connection, schema: str) -> tuple[str, str | None]:
+    """The citext type's qualified name, installing the extension into `schema` when
+    the database lacks it (a trusted extension: CREATE on the database suffices)."""
+    where = await conn.fetchval("SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+                                "WHERE t.typname = 'citext' LIMIT 1")
+    if where is None:
+        try:
+            async with conn.transaction():
+                await run(conn, f"CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA {quote_pg_ident(schema)}")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            return "", (f"the citext extension could not be installed ({describe(e)}); a database owner can run "
+                        "CREATE EXTENSION citext, or set [cutover] nocase = \"icu\"")
+        where = schema
+    return qualified(where, "citext"), None
+
+
+def _view_names(path, source) -> list[str]:
+    """Views of the file the source's configuration wants."""
+    c = open_readonly(path)
+    try:
+        names = [r[0] for r in c.execute("SELECT name FROM main.sqlite_master WHERE type = 'view'")]
+    finally:
+        c.close()
+    return [n for n in names if source.wants_table(n)]
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)

@@ -1,0 +1,84 @@
+"""Orphan rows: child rows whose foreign key names no parent row.
+
+SQLite enforces foreign keys only where the application turns `PRAGMA foreign_keys`
+on, so its data may hold orphans. Postgres gets the foreign keys at cutover, validated:
+they are counted all along (per foreign key, in Postgres, where the validation will
+run), shown by `syncd report`, the status page and the metric
+syncd_foreign_key_orphans{source,table,constraint}, and the cutover refuses while any
+remain (unless --allow-orphans: those foreign keys are then NOT VALID and listed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from syncd.identifiers import qualified, quote_pg_ident
+from syncd.model import TableSpec
+from syncd.parity.plan import Item
+from syncd.postgres.connect import describe
+
+SAMPLE_KEYS = 5
+
+
+@dataclass
+class OrphanCount:
+    table: str
+    constraint: str  # the Postgres name the foreign key gets at cutover
+    parent: str
+    what: str  # the SQLite foreign key, for people
+    orphans: int | None = None  # None: could not be counted (error says why)
+    sample_keys: list[tuple] = field(default_factory=list)
+    error: str | None = None
+
+    def describe(self) -> str:
+        if self.orphans is None:
+            return f'{self.table}: {self.what}: orphans not counted ({self.error})'
+        keys = ", ".join(repr(k[0]) if len(k) == 1 else repr(k) for k in self.sample_keys)
+        return (f"{self.table}: {self.what}: {self.orphans} orphan row(s)"
+                + (f" (keys {keys})" if keys else ""))
+
+
+def orphan_sql(schema: str, item: Item, child: TableSpec, count: bool) -> str:
+    fk = item.fk
+    assert fk is not None and item.parent_key
+    c = "c"
+    notnull = " AND ".join(f"{c}.{quote_pg_ident(col)} IS NOT NULL" for col in fk.columns)
+    match = " AND ".join(f"p.{quote_pg_ident(p)} = {c}.{quote_pg_ident(col)}"
+                         for col, p in zip(fk.columns, item.parent_key))
+    where = (f"{notnull} AND NOT EXISTS (SELECT 1 FROM {qualified(schema, _parent_name(item))} AS p "
+             f"WHERE {match})")
+    table = qualified(schema, child.name)
+    if count:
+        return f"SELECT count(*) FROM {table} AS {c} WHERE {where}"
+    keys = ", ".join(f"{c}.{quote_pg_ident(k)}" for k in child.key)
+    return f"SELECT {keys} FROM {table} AS {c} WHERE {where} ORDER BY {keys} LIMIT {SAMPLE_KEYS}"
+
+
+def _parent_name(item: Item) -> str:
+    # plan._plan_fk resolved the parent (case-insensitively) into the REFERENCES clause;
+    # keep the spelling it resolved to.
+    assert item.fk is not None
+    return item.fk_parent or item.fk.parent
+
+
+async def count(conn: asyncpg.Connection, schema: str, items: list[Item], specs: dict[str, TableSpec],
+                samples: bool = True) -> list[OrphanCount]:
+    """One count per carried foreign key, each in its own savepoint when `conn` is in a
+    transaction (a table missing in Postgres is an error for that one)."""
+    out = []
+    for item in items:
+        if item.kind != "foreign key" or item.left_out or item.fk is None or item.table not in specs:
+            continue
+        oc = OrphanCount(item.table, item.name or "", _parent_name(item), item.what)
+        child = specs[item.table]
+        try:
+            async with conn.transaction():
+                oc.orphans = int(await conn.fetchval(orphan_sql(schema, item, child, True)))
+                if oc.orphans and samples:
+                    oc.sample_keys = [tuple(r) for r in await conn.fetch(orphan_sql(schema, item, child, False))]
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            oc.error = describe(e)
+        out.append(oc)
+    return out
