@@ -297,6 +297,7 @@ class Daemon:
             s = p.session
             sources[p.name] = {
                 "health": p.health,
+                "direction": s.direction,
                 "detail": p.detail or p._last_error or "",
                 "lag_seconds": round(p.lag.lag(now), 3),
                 "pending_changes": max(0, p.max_seq_seen - s.applied_seq),

@@ -18,6 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_r
 from syncd import metrics
 from syncd.config import Settings, SourceSettings
 from syncd.lag import LagTracker
+from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe, is_transient
@@ -26,7 +27,7 @@ from syncd.reconcile import install_capture, reconcile
 from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
-from syncd.sqlite import disk_guard, reader
+from syncd.sqlite import disk_guard, freeze, reader
 from syncd.sqlite.capture import LockTimeout
 from syncd.sqlite.connection import SourceFileError
 from syncd.stream import apply, read_and_convert
@@ -41,6 +42,7 @@ POSTGRES_DOWN = "postgres_unreachable"
 SOURCE_MISSING = "source_missing"
 LOCKED = "locked_by_other"
 FAILING = "failing"
+CUT_OVER = "cut_over"  # the application writes Postgres now; nothing flows this way
 
 
 class Pipeline:
@@ -257,6 +259,16 @@ class Pipeline:
             self.needs_reconcile = False
             self._after_reconcile()
 
+        if s.direction != TO_POSTGRES:
+            # Cut over: the file is frozen for the application and Postgres is the truth.
+            # The way back is the reverse stream's; this pipeline only keeps watch.
+            self._recovered()
+            if self.health != CUT_OVER:
+                self.health, self.detail = CUT_OVER, "cut over to Postgres; the SQLite file is frozen"
+                s.info("cut over to Postgres: the forward stream stops", event="cut_over")
+            self.ready.set()
+            await self._maybe_recheck()
+            return False
         did = await self._snapshot_step()
         if not self.needs_reconcile:
             did = await self._catchup_step() or did
@@ -520,6 +532,7 @@ class Pipeline:
         if now - self.last_request_check < self.settings.stream.held_table_retry_seconds:
             return
         self.last_request_check = now
+        await self._undo_abandoned_freeze()
         if any(t.state == bk.PAUSED for t in s.tables.values()):
             self.needs_reconcile = True
         elif await s.pg.fetchval(
@@ -528,6 +541,22 @@ class Pipeline:
             self.needs_reconcile = True
         if self.needs_reconcile:
             self.wake.set()
+
+    async def _undo_abandoned_freeze(self) -> None:
+        """A cutover that froze the file and died leaves it frozen with nobody holding the
+        switch: the application must not stay locked out, so syncd unfreezes it."""
+        from syncd import cutover
+
+        s = self.session
+        if s.direction != TO_POSTGRES or not await s.worker.run(freeze.frozen):
+            return
+        if not await cutover.take_switch_lock(s.pg, s.name):
+            return  # a cutover is running: it holds the file
+        try:
+            await cutover.undo_abandoned(self.settings, self.source, s.pg, s.worker)
+            self.needs_reconcile = True
+        finally:
+            await cutover.release_switch_lock(s.pg, s.name)
 
     # --- health ----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import asyncpg
 
 from syncd.config import Settings, SourceSettings
 from syncd.log import ctx
-from syncd.model import TableSpec
+from syncd.model import TO_POSTGRES, TableSpec
 from syncd.postgres import bookkeeping as bkmod
 from syncd.postgres.apply import TableWriter
 from syncd.postgres.bookkeeping import Bookkeeping, TableRow
@@ -71,6 +71,7 @@ class SourceSession:
         self.applied_at: float | None = None
         self.journal_mode = "delete"
         self.schema_version: int | None = None
+        self.direction = TO_POSTGRES  # from bookkeeping at each reconcile (the cutover flips it)
 
     # --- logging -------------------------------------------------------------------
 
