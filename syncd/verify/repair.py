@@ -39,7 +39,8 @@ def changelog_entries(differences: list[Difference]) -> tuple[list[tuple[int, tu
     those would hold the table; fixing the row in SQLite is the way)."""
     entries, skipped = [], []
     for d in differences:
-        if d.raw_key is None or any(v is None for v in d.raw_key) or (d.note and "does not fit" in d.note):
+        if (not d.repairable or d.raw_key is None or any(v is None for v in d.raw_key)
+                or (d.note and "does not fit" in d.note)):
             skipped.append(d)
             continue
         entries.append((OP_DELETE if d.kind == EXTRA else OP_UPDATE, d.raw_key))

@@ -32,6 +32,7 @@ class Difference:
     columns: tuple[str, ...] = ()
     note: str | None = None
     raw_key: tuple | None = field(default=None, repr=False, compare=False)  # SQLite form, for repair
+    repairable: bool = field(default=True, repr=False, compare=False)  # False: a replay cannot fix it
 
     def text(self) -> str:
         out = f"{KIND_TEXT[self.kind]}: key {format_key(self.key)}"

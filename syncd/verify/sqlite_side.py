@@ -208,6 +208,42 @@ def rows_with_evidence(conn: sqlite3.Connection, spec: TableSpec, tid: int, keys
         return KeyEvidence(rows, max_seq, after, changed)
 
 
+@dataclass
+class ChangeCounts:
+    """Row totals read in one transaction with the changelog's state."""
+
+    rows: int  # every row of the table
+    changed_rows: int  # rows whose key has a changelog entry after the checkpoint
+    max_seq: int
+    entries_after: int
+    changed_keys: list[tuple] | None  # None: too many to list
+
+
+def counts_with_changes(conn: sqlite3.Connection, spec: TableSpec, tid: int, after_seq: int) -> ChangeCounts:
+    """The table's row count and, from the same snapshot, how many of its rows have
+    a key changed after `after_seq` (compared byte for byte, as Postgres compares)."""
+    nkey = len(spec.key)
+    slots = ", ".join(slot(i) for i in range(nkey))
+    refs = [f"{spec.sqlite_ref(k)} COLLATE BINARY" for k in spec.key]
+    key = refs[0] if nkey == 1 else "(" + ", ".join(refs) + ")"
+    table = quoted_sqlite_table(spec)
+    with read_transaction(conn):
+        rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        changed_rows = conn.execute(
+            f"SELECT count(*) FROM {table} WHERE {key} IN (SELECT {slots} FROM {CL} WHERE tid = ? AND seq > ?)",
+            (tid, after_seq)).fetchone()[0]
+        max_seq, after = conn.execute(
+            f"SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > ?) FROM {CL}", (after_seq,)
+        ).fetchone()
+        changed: list[tuple] | None = fetchall_text_safe(
+            conn, f"SELECT DISTINCT {slots} FROM {CL} WHERE tid = ? AND seq > ? LIMIT ?",
+            (tid, after_seq, MAX_CHANGED_KEYS + 1),
+        )
+    if changed is not None and len(changed) > MAX_CHANGED_KEYS:
+        changed = None
+    return ChangeCounts(rows, changed_rows, max_seq, after, changed)
+
+
 def enqueue(conn: sqlite3.Connection, tid: int, entries: Sequence[tuple[int, tuple[Any, ...]]],
             busy_timeout_ms: int) -> int:
     """Record (op, raw key) changelog entries for table `tid`, in short write
