@@ -18,6 +18,7 @@ from syncd.log import loop_exception_handler
 from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.postgres.target import UnsupportedTarget
 from syncd.sdnotify import Notifier
 from syncd.verify import publish_metrics, verify_source
 from syncd.wakeup import FileWatcher
@@ -128,7 +129,7 @@ class Daemon:
             try:
                 await p.session.connect_postgres(lock=True)
                 p.pg_ok = True
-            except SourceLocked as e:
+            except (SourceLocked, UnsupportedTarget) as e:
                 for q in self.pipelines.values():
                     await q.session.close()
                 raise StartupError(str(e), 1) from None

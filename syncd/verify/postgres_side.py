@@ -113,8 +113,10 @@ class PostgresTable:
         return total
 
 
-async def is_utf8(conn: asyncpg.Connection) -> bool:
-    return (await conn.fetchval("SHOW server_encoding")).upper() in ("UTF8", "UTF-8")
+async def stores_utf8(conn: asyncpg.Connection) -> bool:
+    """Whether text is stored as UTF-8 bytes, so md5() of it is md5 of UTF-8 (SQL_ASCII
+    stores the bytes syncd sends, which are UTF-8)."""
+    return (await conn.fetchval("SHOW server_encoding")).upper() in ("UTF8", "UTF-8", "SQL_ASCII")
 
 
 async def checkpoint(conn: asyncpg.Connection, bk_schema: str, source: str) -> int | None:

@@ -112,7 +112,8 @@ class RowTokens:
 _FAST: dict[PgType, tuple[str, str]] = {
     PgType.BIGINT: ("{a}.__class__ is int", "i{{{a}}}"),
     PgType.NUMERIC: ("{a}.__class__ is int", "n{{{a}}}"),
-    PgType.TEXT: ('{a}.__class__ is str and "\\0" not in {a}', "t{{len({a})}}:{{{a}}}"),
+    PgType.TEXT: ('{a}.__class__ is str and "\\0" not in {a}',
+                  "t{{len({a}) if {a}.isascii() else len({a}.encode())}}:{{{a}}}"),
     PgType.BYTEA: ("{a}.__class__ is bytes", "b{{{a}.hex()}}"),
     PgType.DOUBLE: ("{a}.__class__ is float", "f{{_pack({a}).hex()}}"),
     PgType.BOOLEAN: ("{a}.__class__ is int and ({a} == 0 or {a} == 1)", "B{{{a}}}"),

@@ -18,13 +18,14 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import Bookkeeping, SourceRow, TableRow, bookkeeping_exists, ensure_bookkeeping
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
+from syncd.postgres.target import UnsupportedTarget, check_target
 from syncd.sqlite import capture
 from syncd.sqlite.capture import CaptureState, LockTimeout
 from syncd.sqlite.connection import SourceFileError, SqliteWorker
 from syncd.sqlite.introspect import introspect
 from syncd.verify import history, repair, sqlite_side
 from syncd.verify.keyspace import key_space
-from syncd.verify.postgres_side import is_utf8
+from syncd.verify.postgres_side import stores_utf8
 from syncd.verify.result import SourceVerifyResult, TableVerifyResult
 from syncd.verify.table import TableCheck
 
@@ -72,10 +73,11 @@ class _Session:
     async def open(self) -> None:
         await self.worker.open()  # first: a missing file is the clearer message
         self.pg = await connect(self.settings.dsn_for(self.source), self.settings.password(), self.settings.postgres)
+        await check_target(self.pg)
         self.has_bookkeeping = await bookkeeping_exists(self.pg, self.bk.schema)
         if self.has_bookkeeping:
             await ensure_bookkeeping(self.pg, self.bk.schema)  # an older install gains the newer columns
-        self.utf8 = await is_utf8(self.pg)
+        self.utf8 = await stores_utf8(self.pg)
 
     async def close(self) -> None:
         await close_quietly(self.pg)
@@ -126,7 +128,7 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
             result.tables.append(tr)
         if repair:
             await _repair(s, result, plans, run_ids, wait_seconds, record)
-    except (SourceFileError, PostgresUnavailable, VerifyError) as e:
+    except (SourceFileError, PostgresUnavailable, UnsupportedTarget, VerifyError) as e:
         result.error = str(e)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
         result.error = f"Postgres: {describe(e)}"
