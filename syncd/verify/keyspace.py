@@ -94,12 +94,17 @@ class KeySpace:
 
     # --- SQLite ----------------------------------------------------------------------
 
-    def sqlite_key(self) -> str:
-        parts = [quote_ident(k) + (" COLLATE BINARY" if b else "") for k, b in zip(self.key, self.sqlite_binary)]
+    def sqlite_refs(self) -> list[str]:
+        """The key columns as SQLite SQL reaches them (a keyless table's: its rowid)."""
+        return [self.spec.sqlite_ref(k) for k in self.key]
+
+    def sqlite_key(self, refs: list[str] | None = None) -> str:
+        parts = [r + (" COLLATE BINARY" if b else "") for r, b in zip(refs or self.sqlite_refs(), self.sqlite_binary)]
         return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
 
-    def sqlite_order(self) -> str:
-        return ", ".join(quote_ident(k) + (" COLLATE BINARY" if b else "") for k, b in zip(self.key, self.sqlite_binary))
+    def sqlite_order(self, refs: list[str] | None = None) -> str:
+        return ", ".join(r + (" COLLATE BINARY" if b else "")
+                         for r, b in zip(refs or self.sqlite_refs(), self.sqlite_binary))
 
     def sqlite_marks(self) -> str:
         n = len(self.key)
@@ -193,6 +198,8 @@ def sqlite_value(pgtype: PgType, v: Any) -> Any:
 def sqlite_key_access(conn: sqlite3.Connection, spec: TableSpec) -> tuple[tuple[bool, ...], bool]:
     """(columns needing COLLATE BINARY, whether an index walks the key in BINARY order)."""
     key = list(spec.key)
+    if len(key) == 1 and spec.column(key[0]).sqlite_expr is not None:
+        return (False,), True  # a keyless table's rowid: the table's own order
     text = tuple(spec.column(k).pgtype is PgType.TEXT for k in key)
     info = conn.execute(f"PRAGMA main.table_info({quote_ident(spec.name)})").fetchall()
     pk = [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5]]

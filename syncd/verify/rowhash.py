@@ -26,7 +26,7 @@ try:  # CPython's own md5 costs a third of OpenSSL's per call on inputs this sho
 except ImportError:  # pragma: no cover - interpreters built without it
     _md5 = hashlib.md5
 
-from syncd.identifiers import quote_ident, quote_pg_ident
+from syncd.identifiers import quote_pg_ident
 from syncd.model import TableSpec
 from syncd.types import SEP, PgType, ValueMismatch, canonical, converter, pg_canonical_expr
 
@@ -209,7 +209,7 @@ class SqliteRowHash:
         self.spec = spec
         self.name = name
         self.types = tuple(c.pgtype for c in spec.columns)
-        cols = [quote_ident(c) for c in spec.column_names]
+        cols = [spec.sqlite_ref(c) for c in spec.column_names]
         if len(cols) <= MAX_FUNCTION_ARGS:
             self.groups: list[tuple[int, int]] = []
             args = ", ".join(cols)
