@@ -60,6 +60,7 @@ class TableVerifyResult:
     different: int = 0
     pending: int = 0
     repaired: int = 0
+    replayed: list[Difference] = field(default_factory=list)  # what the repair replayed (this result checks after it)
     reason: str | None = None  # why the table was not compared, or why rows are pending
     error: str | None = None  # the check itself failed
     differences: list[Difference] = field(default_factory=list)

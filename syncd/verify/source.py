@@ -26,7 +26,7 @@ from syncd.sqlite.introspect import introspect
 from syncd.verify import history, repair, sqlite_side
 from syncd.verify.keyspace import key_space
 from syncd.verify.postgres_side import stores_utf8
-from syncd.verify.result import SourceVerifyResult, TableVerifyResult
+from syncd.verify.result import Difference, SourceVerifyResult, TableVerifyResult
 from syncd.verify.table import TableCheck
 
 log = logging.getLogger("syncd.verify")
@@ -107,14 +107,16 @@ def _busy(e: sqlite3.OperationalError) -> bool:
 
 async def verify_source(settings: Settings, source: SourceSettings, tables: list[str] | None = None, *,
                         repair: bool = False, wait_seconds: float = DEFAULT_WAIT_SECONDS,
-                        record: bool = True) -> SourceVerifyResult:
+                        record: bool = True, in_daemon: bool = False) -> SourceVerifyResult:
     """Compare every replicated table of `source` (or only `tables`) between SQLite
     and Postgres, record each table's result in syncd.verify_runs, and return them.
 
     With `repair`, differences found are replayed through the stream (see
-    verify/repair.py) and the affected tables verified again. Meant for the CLI: the
-    daemon calls this with repair=False. Never raises for an unreachable Postgres or
-    a missing file: the result's `error` says what went wrong, in one line."""
+    verify/repair.py) and the affected tables verified again; the run that found them
+    keeps its counts and records how many rows were repaired. `in_daemon`: the caller
+    is the daemon running this source, whose own pipeline applies the replay (none is
+    started here). Never raises for an unreachable Postgres or a missing file: the
+    result's `error` says what went wrong, in one line."""
     result = SourceVerifyResult(source=source.name, path=str(source.path), schema=source.schema)
     s = _Session(settings, source)
     try:
@@ -127,7 +129,7 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
                 run_ids[tr.table] = await history.record(s.pg, s.bk.schema, tr)
             result.tables.append(tr)
         if repair:
-            await _repair(s, result, plans, run_ids, wait_seconds, record)
+            await _repair(s, result, plans, run_ids, wait_seconds, record, in_daemon)
     except (SourceFileError, PostgresUnavailable, UnsupportedTarget, VerifyError) as e:
         result.error = str(e)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
@@ -271,10 +273,11 @@ async def _still_streaming(s: _Session, plan: TablePlan, tr: TableVerifyResult) 
 
 
 async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan], run_ids: dict[str, int],
-                  wait_seconds: float, record: bool) -> None:
+                  wait_seconds: float, record: bool, in_daemon: bool) -> None:
     assert s.pg is not None
     by_name = {p.name: p for p in plans}
     queued: dict[str, int] = {}
+    replayed: dict[str, list[Difference]] = {}
     skipped_notes = []
     target = 0
     for tr in result.tables:
@@ -292,11 +295,14 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
             assert plan.tid is not None
             target = max(target, await repair.enqueue(s.run, s.settings, plan.tid, entries))
             queued[tr.table] = len(entries)
+            left_out = {id(d) for d in skipped}
+            replayed[tr.table] = [d for d in tr.differences if id(d) not in left_out]
     if not queued:
         result.repair_note = "; ".join(skipped_notes) or "nothing to repair"
         return
     try:
-        how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0))
+        how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0),
+                                                own_pipeline=not in_daemon)
     except TimeoutError as e:
         result.repair_note = "; ".join([f"{sum(queued.values())} row(s) queued for replay but not applied: {e}",
                                         *skipped_notes])
@@ -316,5 +322,6 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         if record and s.has_bookkeeping:
             await history.record(s.pg, s.bk.schema, tr2)  # the repair is on the run that found the rows
         tr2.repaired = queued[tr.table]
+        tr2.replayed = replayed[tr.table]
         again.append(tr2)
     result.tables = again
