@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import asyncpg
 
-from syncd.identifiers import qualified, quote_literal, quote_pg_ident
+from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_literal, quote_pg_ident
 from syncd.model import Column, TableSpec
 from syncd.types import PgType, translate_default
 
@@ -41,6 +42,28 @@ def create_table_sql(schema: str, spec: TableSpec) -> str:
     lines = [f"    {column_sql(c, c.name in spec.key)}" for c in spec.columns]
     lines.append(f"    PRIMARY KEY ({', '.join(quote_pg_ident(k) for k in spec.key)})")
     return f"CREATE TABLE IF NOT EXISTS {qualified(schema, spec.name)} (\n" + ",\n".join(lines) + "\n)"
+
+
+def create_aside_sql(schema: str, name: str, spec: TableSpec) -> str:
+    """The table a reload fills before it replaces the live rows: the same columns and
+    types, no constraints (the live table checks them when the rows move in)."""
+    cols = ", ".join(f"{quote_pg_ident(c.name)} {c.pgtype.value}" for c in spec.columns)
+    return f"CREATE TABLE {qualified(schema, name)} ({cols})"
+
+
+async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, aside_schema: str,
+                       aside: str) -> None:
+    """Inside the caller's transaction: the live table's rows become the aside table's,
+    reshaped first if the shape moved. Readers see the old rows until the commit, then
+    the new ones, never an empty or half-filled table."""
+    table = qualified(schema, spec.name)
+    await conn.execute(f"DELETE FROM {table}")
+    pgt = (await read_tables(conn, schema)).get(spec.name)
+    if pgt is not None and not diff_shape(spec, pgt).same:
+        await reshape_empty_table(conn, schema, spec, pgt)
+    cols = ", ".join(quote_pg_ident(c) for c in spec.column_names)
+    await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {qualified(aside_schema, aside)}")
+    await conn.execute(f"DROP TABLE {qualified(aside_schema, aside)}")
 
 
 def add_column_sql(schema: str, spec: TableSpec, col: Column) -> str:
@@ -112,6 +135,80 @@ async def read_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTabl
     return {name: PgTable(tuple(cols), tuple(n for _, n in sorted(key))) for name, (cols, key) in tables.items()}
 
 
+ASIDE_MARK = "__dropped_"  # <name>__dropped_<UTC time>: what a drop in SQLite leaves in Postgres
+
+
+def aside_name(name: str, when: dt.datetime) -> str:
+    """The name a table or column dropped in SQLite is kept under in Postgres."""
+    suffix = ASIDE_MARK + when.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    room = PG_MAX_IDENTIFIER_BYTES - len(suffix.encode())
+    head = name.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return head + suffix
+
+
+def is_aside(name: str) -> bool:
+    head, mark, stamp = name.rpartition(ASIDE_MARK)
+    return bool(mark) and len(stamp) == 15 and stamp[8] == "T" and (stamp[:8] + stamp[9:]).isdigit()
+
+
+@dataclass
+class ColumnPlan:
+    """How the Postgres table follows SQLite's columns: by name, and by position for
+    what a RENAME COLUMN (which keeps a column's place) or a DROP COLUMN changed."""
+
+    renames: list[tuple[str, str]]  # (Postgres name now, SQLite name)
+    drops: list[str]  # Postgres columns SQLite no longer has: kept aside
+    reload: bool  # the change could be read two ways: reload so the values are exact either way
+
+
+def plan_columns(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[str, PgType | None]]) -> ColumnPlan | None:
+    """Match SQLite's columns to Postgres's (aside columns excluded), or None when the
+    change cannot be told (common columns out of order, a column appearing mid-table
+    with no same-typed column gone from its place).
+
+    Between two columns both sides share, a column only SQLite has cannot have been
+    added (ADD COLUMN appends): it is a rename of a column only Postgres has there, of
+    the same type. After the last shared column, renames and drop-then-add look alike:
+    same-typed columns pairwise are taken as renames, anything else as columns dropped
+    (kept aside) and added, and either way the table is reloaded to be exact."""
+    s_types, p_types = dict(sqlite_cols), dict(pg_cols)
+    common = [n for n, _ in pg_cols if n in s_types]
+    if common != [n for n, _ in sqlite_cols if n in p_types]:
+        return None
+
+    def gaps(cols: list[tuple[str, PgType | None]], other: dict) -> list[list[tuple[str, PgType | None]]]:
+        out: list[list] = [[]]
+        for name, t in cols:
+            if name in other:
+                out.append([])
+            else:
+                out[-1].append((name, t))
+        return out
+
+    p_gaps, s_gaps = gaps(pg_cols, s_types), gaps(sqlite_cols, p_types)
+    renames: list[tuple[str, str]] = []
+    drops: list[str] = []
+    reload = False
+    for k, (pg_gap, s_gap) in enumerate(zip(p_gaps, s_gaps)):
+        tail = k == len(p_gaps) - 1
+        if not tail:
+            if not s_gap:
+                drops += [n for n, _ in pg_gap]
+                continue
+            if len(s_gap) != len(pg_gap) or any(pt is not None and pt is not st
+                                                for (_, pt), (_, st) in zip(pg_gap, s_gap)):
+                return None
+            renames += [(pn, sn) for (pn, _), (sn, _) in zip(pg_gap, s_gap)]
+            continue
+        if pg_gap and s_gap:
+            reload = True
+            if len(pg_gap) == len(s_gap) and all(pt is None or pt is st for (_, pt), (_, st) in zip(pg_gap, s_gap)):
+                renames += [(pn, sn) for (pn, _), (sn, _) in zip(pg_gap, s_gap)]
+                continue
+        drops += [n for n, _ in pg_gap]  # what SQLite added after them, the caller adds
+    return ColumnPlan(renames, drops, reload)
+
+
 @dataclass
 class ShapeDiff:
     missing_in_pg: list[Column]  # new SQLite columns: add them
@@ -125,10 +222,11 @@ class ShapeDiff:
 
 
 def diff_shape(spec: TableSpec, pg: PgTable) -> ShapeDiff:
+    """How Postgres differs from `spec`; columns kept aside after a drop do not count."""
     have = {c.name: c for c in pg.columns}
     wanted = {c.name for c in spec.columns}
     missing = [c for c in spec.columns if c.name not in have]
-    extra = [c.name for c in pg.columns if c.name not in wanted]
+    extra = [c.name for c in pg.columns if c.name not in wanted and not is_aside(c.name)]
     retyped = [
         (c.name, have[c.name].type_name, _FORMAT_TYPE[c.pgtype])
         for c in spec.columns
