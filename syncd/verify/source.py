@@ -22,7 +22,7 @@ from syncd.postgres.target import UnsupportedTarget, check_target
 from syncd.sqlite import capture
 from syncd.sqlite.capture import CaptureState, LockTimeout
 from syncd.sqlite.connection import SourceFileError, SqliteWorker
-from syncd.sqlite.introspect import introspect
+from syncd.sqlite.introspect import introspect, schema_version
 from syncd.verify import history, repair, sqlite_side
 from syncd.verify.keyspace import key_space
 from syncd.verify.postgres_side import stores_utf8
@@ -52,6 +52,7 @@ class TablePlan:
     tid: int | None
     row: TableRow | None
     reason: str | None  # None: compare it
+    schema_version: int = 0  # SQLite's, when the table's shape was read
 
     @property
     def state(self) -> str | None:
@@ -170,7 +171,7 @@ async def _plan(s: _Session, only: list[str] | None) -> list[TablePlan]:
         spec, row = schema.tables.get(name), rows.get(name)
         tid = state.tid_of(name)
         plans.append(TablePlan(name, spec, tid, row, _why_not(s, state, src, name, spec, tid, row, schema.refused,
-                                                               pg_tables)))
+                                                               pg_tables), schema.version))
     return plans
 
 
@@ -257,14 +258,20 @@ async def _count_only(s: _Session, plan: TablePlan, tr: TableVerifyResult) -> No
 async def _still_streaming(s: _Session, plan: TablePlan, tr: TableVerifyResult) -> None:
     """A table that left streaming (held, paused, re-snapshot) while it was checked was
     compared against a moving target: say so instead of reporting its differences."""
-    assert s.pg is not None and plan.row is not None
+    assert s.pg is not None and plan.row is not None and plan.spec is not None
     now = (await s.bk.load_tables(s.pg)).get(plan.name)
-    if now is not None and now.state == bk.STREAMING and now.updated_at == plan.row.updated_at:
+    renumbered = plan.spec.rowid_keyed and await s.run(schema_version) != plan.schema_version
+    if now is not None and now.state == bk.STREAMING and now.updated_at == plan.row.updated_at and not renumbered:
         return
     tr.compared = False
     tr.state = now.state if now else None
     tr.missing = tr.extra = tr.different = tr.pending = 0
     tr.differences = []
+    if renumbered and now is not None and now.state == bk.STREAMING:
+        # A keyless table's key is its rowid, which a VACUUM renumbers (moving the schema
+        # version): rows compared across it are not the same rows.
+        tr.reason = "SQLite's schema moved while the table was checked (a VACUUM renumbers its rowids); check it again later"
+        return
     became = f"{now.state}: {now.reason}" if now and now.reason else (now.state if now else "unregistered")
     tr.reason = f"the table left streaming while it was checked (now {became}); check it again later"
 
