@@ -17,6 +17,7 @@ from syncd.model import SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import TableRow
+from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
@@ -76,17 +77,22 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
         if moved:
             state = await w.run(capture.read_state)
         armed = False
+        version: int | None = schema.version
         for name, spec in schema.tables.items():
             tid = state.tid_of(name)
             if tid is not None and state.triggers_match(tid, spec):
                 continue
             gap = tid is not None and capture_gap(state, tid, spec)
-            await w.run(capture.arm_table, spec, busy, gap)
             armed = True
+            version = await w.run(capture.arm_table, spec, busy, gap, version)
+            if version is None:
+                break  # the application changed the schema meanwhile: read it again
         for name, (tid, _key) in state.registry.items():
+            if version is None:
+                break
             if name not in schema.tables and any(n in state.triggers for n in trigger_names(tid).values()):
-                await w.run(capture.disarm_table, tid, busy)
                 armed = True
+                version = await w.run(capture.disarm_table, tid, busy, version)
         state = await w.run(capture.read_state)
         if not armed:
             break
@@ -377,9 +383,6 @@ async def _reconcile_table(
             return _paused(row, reason, session.applied_seq, force_reload=gap is not None)
         pgt = (await ddl.read_tables(conn, target))[name]
         diff = ddl.diff_shape(spec, pgt)
-        if followed and not gap:
-            gap = ("the columns changed at the end of the table, where a rename and a drop followed by an add "
-                   "look alike: reloading the table so every value is exact either way")
     if gap:
         if row.state != bk.PENDING:
             session.warning(gap, table=name,
@@ -414,10 +417,11 @@ async def _reconcile_table(
 
 
 async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable) -> bool | None:
-    """Make Postgres follow SQLite's RENAME COLUMN (a column keeps its place) and DROP
-    COLUMN (the Postgres column is kept aside under a new name, its values intact).
-    Returns whether a reload must make it exact, or None when the change cannot be
-    told for sure (the table then pauses)."""
+    """Make Postgres follow SQLite's RENAME COLUMN (a column keeps its place; at the end
+    of the table, where a rename and a drop followed by an add look alike, the data
+    decides) and DROP COLUMN (the Postgres column is kept aside under a new name, its
+    values intact). Returns True, or None when the change cannot be told for sure (the
+    table then pauses)."""
     conn = session.pg
     assert conn is not None
     plan = ddl.plan_columns([(c.name, c.pgtype) for c in spec.stored_columns],
@@ -425,6 +429,13 @@ async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTa
                              if not ddl.is_aside(c.name) and not _synthetic(spec, c.name)])
     if plan is None:
         return None
+    for old, new, must in plan.guesses:
+        if await _looks_renamed(session, spec, old, new):
+            plan.renames.append((old, new))
+        elif must:
+            return None  # mid-table it can only be a rename, yet the data says otherwise
+        else:
+            plan.drops.append(old)  # dropped, and `new` added at the end: the caller adds it
     table = qualified(session.target_schema, spec.name)
     for old, new in plan.renames:
         await conn.execute(f"ALTER TABLE {table} RENAME COLUMN {quote_pg_ident(old)} TO {quote_pg_ident(new)}")
@@ -438,7 +449,45 @@ async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTa
                         "it had (new rows leave it empty); drop it there once nothing needs it", table=spec.name,
                         event="column_dropped")
         await session.bk.event(conn, "column_dropped", spec.name, f'"{col}" kept aside as "{aside}"')
-    return plan.reload
+    return True
+
+
+EVIDENCE_ROWS = 200
+
+
+async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new: str) -> bool:
+    """At the end of a table a rename and a drop followed by an add look alike; the data
+    tells them apart: after a rename, SQLite's `new` holds what Postgres's `old` holds
+    for the same keys (bar the few rows changed since). An empty table has nothing to lose."""
+    conn = session.pg
+    assert conn is not None
+    if any(k not in {c.name for c in spec.stored_columns} for k in spec.key) and not spec.rowid_keyed:
+        return True
+    keys = ", ".join(quote_pg_ident(k) for k in spec.key)
+    pg_rows = await conn.fetch(f"SELECT {keys}, {quote_pg_ident(old)} FROM {qualified(session.target_schema, spec.name)} "
+                               f"ORDER BY {keys} LIMIT {EVIDENCE_ROWS}")
+    if not pg_rows:
+        return True
+    current, _gone = await session.worker.run(collisions.read_current, spec, [tuple(r)[:-1] for r in pg_rows])
+    tid = session.capture.tid_of(spec.name) if session.capture else None
+    moving = set() if tid is None else await session.worker.run(reader.changed_keys, tid, len(spec.key),
+                                                                 session.applied_seq)
+    conv = RowConverter(spec)
+    idx = spec.column_names.index(new)
+    mine = {}
+    for row in current:
+        if tuple(row[i] for i in spec.key_indexes) in moving:
+            continue  # changed since Postgres last saw it: no evidence either way
+        try:
+            converted = conv.row(row)
+        except RowMisfit:
+            continue
+        mine[tuple(converted[i] for i in spec.key_indexes)] = converted[idx]
+    pairs = [(mine[tuple(r)[:-1]], r[-1]) for r in pg_rows if tuple(r)[:-1] in mine]
+    if not pairs:
+        return True
+    same = sum(1 for a, b in pairs if a == b or (a is not None and b is not None and str(a) == str(b)))
+    return same >= 0.9 * len(pairs)
 
 
 def _synthetic(spec: TableSpec, name: str) -> bool:

@@ -57,12 +57,23 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
     reshaped first if the shape moved. Readers see the old rows until the commit, then
     the new ones, never an empty or half-filled table."""
     table = qualified(schema, spec.name)
-    await conn.execute(f"DELETE FROM {table}")
     pgt = (await read_tables(conn, schema)).get(spec.name)
+    # Columns kept aside after a drop in SQLite keep their values, row by row.
+    kept = [c.name for c in pgt.columns if is_aside(c.name)] if pgt is not None else []
+    key = ", ".join(quote_pg_ident(k) for k in spec.key)
+    if kept:
+        await conn.execute("DROP TABLE IF EXISTS pg_temp._syncd_kept")
+        await conn.execute(f"CREATE TEMP TABLE _syncd_kept ON COMMIT DROP AS SELECT {key}, "
+                           f"{', '.join(quote_pg_ident(c) for c in kept)} FROM {table}")
+    await conn.execute(f"DELETE FROM {table}")
     if pgt is not None and not diff_shape(spec, pgt).same:
         await reshape_empty_table(conn, schema, spec, pgt)
     cols = ", ".join(quote_pg_ident(c) for c in spec.column_names)
     await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {qualified(aside_schema, aside)}")
+    if kept:
+        sets = ", ".join(f"{quote_pg_ident(c)} = k.{quote_pg_ident(c)}" for c in kept)
+        match = " AND ".join(f"t.{quote_pg_ident(k)} = k.{quote_pg_ident(k)}" for k in spec.key)
+        await conn.execute(f"UPDATE {table} AS t SET {sets} FROM pg_temp._syncd_kept AS k WHERE {match}")
     await conn.execute(f"DROP TABLE {qualified(aside_schema, aside)}")
 
 
@@ -156,9 +167,12 @@ class ColumnPlan:
     """How the Postgres table follows SQLite's columns: by name, and by position for
     what a RENAME COLUMN (which keeps a column's place) or a DROP COLUMN changed."""
 
-    renames: list[tuple[str, str]]  # (Postgres name now, SQLite name)
+    renames: list[tuple[str, str]]  # (Postgres name now, SQLite name): certain
+    # Renames read where a drop could also explain the change: (Postgres name, SQLite
+    # name, whether the SQLite column must be a rename: it sits before a shared column,
+    # where ADD COLUMN cannot put it). The caller checks each against the data.
+    guesses: list[tuple[str, str, bool]]
     drops: list[str]  # Postgres columns SQLite no longer has: kept aside
-    reload: bool  # the change could be read two ways: reload so the values are exact either way
 
 
 def plan_columns(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[str, PgType | None]]) -> ColumnPlan | None:
@@ -168,9 +182,9 @@ def plan_columns(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[str,
 
     Between two columns both sides share, a column only SQLite has cannot have been
     added (ADD COLUMN appends): it is a rename of a column only Postgres has there, of
-    the same type. After the last shared column, renames and drop-then-add look alike:
-    same-typed columns pairwise are taken as renames, anything else as columns dropped
-    (kept aside) and added, and either way the table is reloaded to be exact."""
+    the same type (certain when the two sides' columns there pair up one to one, a guess
+    when some were also dropped). After the last shared column, a rename and a drop
+    followed by an add look alike: guesses again, and what is not renamed is added."""
     s_types, p_types = dict(sqlite_cols), dict(pg_cols)
     common = [n for n, _ in pg_cols if n in s_types]
     if common != [n for n, _ in sqlite_cols if n in p_types]:
@@ -185,28 +199,28 @@ def plan_columns(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[str,
                 out[-1].append((name, t))
         return out
 
+    def fits(pt: PgType | None, st: PgType) -> bool:
+        return pt is None or pt is st
+
     p_gaps, s_gaps = gaps(pg_cols, s_types), gaps(sqlite_cols, p_types)
-    renames: list[tuple[str, str]] = []
-    drops: list[str] = []
-    reload = False
+    plan = ColumnPlan([], [], [])
     for k, (pg_gap, s_gap) in enumerate(zip(p_gaps, s_gaps)):
-        tail = k == len(p_gaps) - 1
-        if not tail:
-            if not s_gap:
-                drops += [n for n, _ in pg_gap]
-                continue
-            if len(s_gap) != len(pg_gap) or any(pt is not None and pt is not st
-                                                for (_, pt), (_, st) in zip(pg_gap, s_gap)):
-                return None
-            renames += [(pn, sn) for (pn, _), (sn, _) in zip(pg_gap, s_gap)]
+        inner = k < len(p_gaps) - 1
+        if inner and len(s_gap) == len(pg_gap) and all(fits(pt, st) for (_, pt), (_, st) in zip(pg_gap, s_gap)):
+            plan.renames += [(pn, sn) for (pn, _), (sn, _) in zip(pg_gap, s_gap)]
             continue
-        if pg_gap and s_gap:
-            reload = True
-            if len(pg_gap) == len(s_gap) and all(pt is None or pt is st for (_, pt), (_, st) in zip(pg_gap, s_gap)):
-                renames += [(pn, sn) for (pn, _), (sn, _) in zip(pg_gap, s_gap)]
-                continue
-        drops += [n for n, _ in pg_gap]  # what SQLite added after them, the caller adds
-    return ColumnPlan(renames, drops, reload)
+        rest = list(pg_gap)
+        for sn, st in s_gap:
+            match = next((i for i, (_, pt) in enumerate(rest) if fits(pt, st)), None)
+            if match is None:
+                if inner:
+                    return None  # mid-table, yet no column it could have been renamed from
+                continue  # added at the end: the caller adds it
+            plan.drops += [n for n, _ in rest[:match]]
+            plan.guesses.append((rest[match][0], sn, inner))
+            rest = rest[match + 1:]
+        plan.drops += [n for n, _ in rest]
+    return plan
 
 
 @dataclass

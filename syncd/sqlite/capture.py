@@ -296,15 +296,21 @@ def note_schema(conn: sqlite3.Connection, keyless: list[str], busy_timeout_ms: i
     return write_transaction(conn, note, busy_timeout_ms=busy_timeout_ms)
 
 
-def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, gap: bool = False) -> int:
+def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, gap: bool,
+              expected_version: int) -> int | None:
     """Register `spec`'s table and (re)create its triggers, in one short write
-    transaction. Returns the table id. Does nothing if everything already matches.
+    transaction, if the schema is still at `expected_version` (the one `spec` was read
+    at, plus syncd's own arming since): triggers built from a stale column list would
+    name a column the application has just renamed, and fail its writes. Returns the
+    schema version after arming, or None when the schema moved (nothing was changed).
 
     With `gap`, capture had a hole (triggers were missing): the registry remembers
     it, durably and in the same transaction, until Postgres has scheduled a
     re-snapshot (`clear_rearmed`), so a crash in between cannot lose the fact."""
 
-    def arm(c: sqlite3.Connection) -> int:
+    def arm(c: sqlite3.Connection) -> int | None:
+        if _schema_version(c) != expected_version:
+            return None
         reg = quote_ident(REGISTRY)
         row = c.execute(f"SELECT tid, key_columns FROM main.{reg} WHERE name = ?", (spec.name,)).fetchone()
         key_json = json.dumps(list(spec.key))
@@ -337,7 +343,7 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
         for name, sql in wanted.items():
             if existing.get(name) != sql:
                 c.execute(sql)
-        return tid
+        return _schema_version(c)
 
     return write_transaction(conn, lambda c: _own_schema_change(c, arm), busy_timeout_ms=busy_timeout_ms)
 
@@ -365,14 +371,18 @@ def clear_rearmed(conn: sqlite3.Connection, names: list[str], busy_timeout_ms: i
     write_transaction(conn, clear, busy_timeout_ms=busy_timeout_ms)
 
 
-def disarm_table(conn: sqlite3.Connection, tid: int, busy_timeout_ms: int) -> None:
-    """Drop one table's triggers (the table left the configured set)."""
+def disarm_table(conn: sqlite3.Connection, tid: int, busy_timeout_ms: int, expected_version: int) -> int | None:
+    """Drop one table's triggers (the table left the configured set), if the schema is
+    still at `expected_version`; returns the version after, or None when it moved."""
 
-    def disarm(c: sqlite3.Connection) -> None:
+    def disarm(c: sqlite3.Connection) -> int | None:
+        if _schema_version(c) != expected_version:
+            return None
         for name in trigger_names(tid).values():
             c.execute(f"DROP TRIGGER IF EXISTS main.{quote_ident(name)}")
+        return _schema_version(c)
 
-    write_transaction(conn, lambda c: _own_schema_change(c, disarm), busy_timeout_ms=busy_timeout_ms)
+    return write_transaction(conn, lambda c: _own_schema_change(c, disarm), busy_timeout_ms=busy_timeout_ms)
 
 
 def uninstall(conn: sqlite3.Connection, busy_timeout_ms: int) -> int:

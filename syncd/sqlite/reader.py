@@ -297,6 +297,14 @@ def prune_window(conn: sqlite3.Connection, start: int, size: int, below_seq: int
     return cur.rowcount, end
 
 
+def changed_keys(conn: sqlite3.Connection, tid: int, nkey: int, after_seq: int, limit: int = 100_000) -> set[tuple]:
+    """Keys (SQLite form) of table `tid` with changes after `after_seq`, at most `limit`."""
+    slots = ", ".join(slot(i) for i in range(nkey))
+    rows = fetchall_text_safe(conn, f"SELECT DISTINCT {slots} FROM main.{CL} WHERE tid = ? AND seq > ? LIMIT ?",
+                              (tid, after_seq, limit))
+    return {tuple(r) for r in rows}
+
+
 def min_seq(conn: sqlite3.Connection) -> int:
     return conn.execute(f"SELECT coalesce(min(seq), 0) FROM main.{CL}").fetchone()[0]
 
