@@ -290,9 +290,9 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
     for tr in result.tables:
         if not tr.compared or tr.equal or tr.error:
             continue
-        if len(tr.differences) < tr.mismatched:
-            skipped_notes.append(f'"{tr.table}": too many differences to repair row by row; '
-                                 f"run `syncd resync` for it instead")
+        if len(tr.differences) < tr.mismatched:  # beyond MAX_LISTED, or rows the totals miss with no key
+            skipped_notes.append(f'"{tr.table}": not every differing row is known by key (too many, or only '
+                                 f"the row totals show them); run `syncd resync` for it instead")
             continue
         entries, skipped = repair.changelog_entries(tr.differences)
         for d in skipped:
