@@ -15,6 +15,7 @@ from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
 from syncd.log import loop_exception_handler
+from syncd.page.live import LivePage
 from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
@@ -51,6 +52,7 @@ class Daemon:
         self.watcher: FileWatcher | None = None
         self.started_at = time.time()
         self.ready_sent = False
+        self.page = LivePage(lambda: self.settings, self.status_now)  # GET /, and the lag/apply-rate ring
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -74,10 +76,12 @@ class Daemon:
             log.info(f"syncd running: {len(self.pipelines)} source(s)", extra={"event": "started"})
             housekeeping = asyncio.create_task(self._housekeeping())
             verifier = asyncio.create_task(self._verify_loop())
+            page = asyncio.create_task(self.page.run())
             await self.stop_event.wait()
             housekeeping.cancel()
             verifier.cancel()
-            await asyncio.gather(verifier, return_exceptions=True)
+            page.cancel()
+            await asyncio.gather(verifier, page, return_exceptions=True)
             await self._shutdown()
             return 0
         finally:
@@ -109,11 +113,12 @@ class Daemon:
         if addr is None:
             return
         try:
-            self.endpoint = Endpoint(addr[0], addr[1], self.status_now)
+            self.endpoint = Endpoint(addr[0], addr[1], self.status_now, routes=self.page.routes())
         except OSError as e:
             raise StartupError(f"metrics.listen: cannot listen on {self.settings.metrics.listen}: {e.strerror}", 1)
         self.endpoint.start()
-        log.info(f"metrics on http://{self.settings.metrics.listen}/metrics", extra={"event": "metrics"})
+        log.info(f"status page on http://{self.settings.metrics.listen}/ (metrics at /metrics)",
+                 extra={"event": "metrics"})
 
     def _make(self, source: SourceSettings) -> Pipeline:
         p = Pipeline(self.settings, source)
@@ -166,6 +171,7 @@ class Daemon:
             await self._stop_pipeline(name)
             if name not in new_by_name:
                 metrics.forget_source(name)
+                self.page.history.forget(name)
                 log.info("source removed from the configuration: stopped", extra={"source": name, "event": "reload"})
         self.settings = new
         for name, source in new_by_name.items():
@@ -236,6 +242,8 @@ class Daemon:
     async def _housekeeping(self) -> None:
         last_ping = last_extend = 0.0
         while True:
+            now = time.time()
+            self.page.sample(now, {p.name: p.lag.lag(now) for p in list(self.pipelines.values())})
             up = [p.pg_ok for p in self.pipelines.values()]
             metrics.postgres_up.set(1 if all(x is True for x in up) else 0)
             if not self.ready_sent and all(p.ready.is_set() for p in self.pipelines.values()):

@@ -1,4 +1,5 @@
-"""The daemon's HTTP endpoint: /metrics for Prometheus, /status for `syncd status`."""
+"""The daemon's HTTP endpoint: /metrics for Prometheus, /status for `syncd status`, and
+the routes the daemon adds (the status page at /)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from syncd.metrics import registry
 
 
 class Endpoint:
-    def __init__(self, host: str, port: int, status: Callable[[], dict]):
+    def __init__(self, host: str, port: int, status: Callable[[], dict],
+                 routes: dict[str, Callable[[], tuple[bytes, str]]] | None = None):
         self._status = status
+        self._routes = dict(routes or {})  # path -> () -> (body, content type)
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -25,6 +28,8 @@ class Endpoint:
                 elif path == "/status":
                     body = json.dumps(endpoint._status(), default=str).encode()
                     ctype = "application/json"
+                elif path in endpoint._routes:
+                    body, ctype = endpoint._routes[path]()
                 elif path == "/":
                     body, ctype = b"syncd: see /metrics and /status\n", "text/plain"
                 else:
@@ -33,6 +38,8 @@ class Endpoint:
                 self.send_response(200)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
                 self.end_headers()
                 self.wfile.write(body)
 

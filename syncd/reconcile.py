@@ -208,6 +208,9 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
             await session.save_row(conn, new)
         if new.state != bk.PAUSED:
             await collisions.ensure_indexes(conn, target, spec)
+            pgt = pg_tables.get(name) or (await ddl.read_tables(conn, target)).get(name)
+            if pgt is not None:
+                await ddl.ensure_identity(conn, target, spec, pgt)
         runtimes[name] = _runtime(session, spec, tid, new)
     if requests:
         await conn.execute(

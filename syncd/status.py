@@ -111,7 +111,8 @@ def _holding_data(conn: sqlite3.Connection, source: SourceSettings) -> list[str]
     return out
 
 
-def _endpoint(settings: Settings) -> dict | None:
+def endpoint_status(settings: Settings) -> dict | None:
+    """The running daemon's /status document, or None if no endpoint answers."""
     addr = settings.metrics.address
     if addr is None:
         return None
@@ -269,7 +270,7 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
 
 
 async def gather(settings: Settings, sources: list[SourceSettings]) -> tuple[int, list[SourceStatus]]:
-    live = await asyncio.to_thread(_endpoint, settings)
+    live = await asyncio.to_thread(endpoint_status, settings)
     statuses = await asyncio.gather(*(gather_source(settings, s, live) for s in sources))
     verdict = OK
     for st in statuses:

@@ -109,6 +109,29 @@ def _ddl(bk: str) -> list[str]:
         f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS load_aside boolean NOT NULL DEFAULT false",
         # The SQLite schema version the table states were last reconciled with.
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS schema_version bigint",
+        # Which way the source replicates (model.TO_POSTGRES / TO_SQLITE), set by cutover and rollback.
+        f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS direction text NOT NULL DEFAULT 'to_postgres'",
+        # Every cutover and rollback, step by step: a crashed one is finished or undone from here.
+        f"""CREATE TABLE IF NOT EXISTS {s}.switches (
+            id bigserial PRIMARY KEY,
+            source text NOT NULL,
+            kind text NOT NULL,
+            state text NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            frozen_at timestamptz,
+            finished_at timestamptz,
+            downtime_seconds double precision,
+            who text,
+            detail jsonb)""",
+        # Columns schema parity gave a type other than the lossless one (a DATETIME that
+        # became timestamp, say), with the SQLite spelling its values had, to write them back.
+        f"""CREATE TABLE IF NOT EXISTS {s}.columns (
+            source text NOT NULL,
+            table_name text NOT NULL,
+            column_name text NOT NULL,
+            pgtype text NOT NULL,
+            sqlite_format text,
+            PRIMARY KEY (source, table_name, column_name))""",
     ]
 
 
