@@ -21,6 +21,7 @@ from syncd.lag import LagTracker
 from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked
+from syncd.postgres.target import UnsupportedTarget
 from syncd.postgres.connect import PostgresUnavailable, describe, is_transient
 from syncd.pruner import Pruner
 from syncd.reconcile import install_capture, reconcile
@@ -161,6 +162,8 @@ class Pipeline:
         metrics.retries_total.labels(self.name).inc()
         if isinstance(exc, SourceLocked):
             self._enter(LOCKED, str(exc), kind="lock", level="error")
+        elif isinstance(exc, UnsupportedTarget):
+            self._enter(FAILING, str(exc), kind="postgres", level="error")
         elif isinstance(exc, SourceFileError):
             self._enter(SOURCE_MISSING, f"{exc}; waiting for it to come back", kind="sqlite", level="error")
             metrics.source_up.labels(self.name).set(0)
