@@ -28,12 +28,15 @@ def register(sub, parent) -> None:
                     "file (with the last hour's lag and apply-rate charts when the daemon answers).",
     )
     p.add_argument("--format", choices=["markdown", "json", "html"], default="markdown", help="output format")
+    common.add_source_option(p)
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
+    if args.source:
+        settings = settings.model_copy(update={"sources": common.selected_sources(settings, args.source)})
     if args.format == "html":
         return _html(settings)
     try:
