@@ -1,4 +1,6 @@
-"""`syncd schema`: print the Postgres DDL syncd would create, per source. Touches nothing."""
+"""`syncd schema`: print the Postgres DDL syncd would create, per source, and what
+schema parity adds during dual-write and at cutover, each with its reason, and every
+object left out with why. Touches nothing."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ from urllib.parse import quote
 
 from syncd.cli import common
 from syncd.identifiers import quote_pg_ident
+from syncd.parity.apply import read_sqlite
+from syncd.parity.plan import Options, plan_source
+from syncd.parity.summary import explain_source, explain_table
 from syncd.postgres import ddl
 from syncd.sqlite.introspect import introspect
 
@@ -14,7 +19,11 @@ from syncd.sqlite.introspect import introspect
 def register(sub, parent) -> None:
     p = sub.add_parser("schema", parents=[parent], help="print the Postgres DDL for each source (read-only)",
                        description="Print the Postgres schema syncd would create for each source, with the "
-                                   "type chosen for every column and why. Opens the SQLite files read-only.")
+                                   "type chosen for every column and why; the indexes, UNIQUE constraints, "
+                                   "CHECKs, foreign keys, case-insensitive and typed columns and views it adds "
+                                   "during dual-write or at cutover, with why; and every object it leaves out, "
+                                   "with why. Opens the SQLite files read-only (date columns are read in full "
+                                   "to decide their type).")
     common.add_source_option(p)
     p.set_defaults(func=main)
 
@@ -27,22 +36,31 @@ def main(args) -> int:
             print(f"-- source {source.name}: ERROR SQLite file {source.path} does not exist\n")
             rc = 1
             continue
-        conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, isolation_level=None)
         try:
             schema = introspect(conn, source)
+            views = [n for n, lo in schema.left_out.items() if lo.kind == "view"]
+            options = Options.from_settings(settings)
+            objects, verdicts = read_sqlite(conn, schema.tables, views, options, audit_types=True)
         except sqlite3.DatabaseError as e:
             print(f"-- source {source.name}: ERROR cannot read {source.path}: {e}\n")
             rc = 1
             continue
         finally:
             conn.close()
+        plan = plan_source(source.schema, schema.tables, objects, options, verdicts)
         print(f"-- source {source.name}: {source.path}")
         print(f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(source.schema)};\n")
         for spec in schema.tables.values():
-            print(ddl.describe_ddl(source.schema, spec) + "\n")
+            print(ddl.describe_ddl(source.schema, spec))
+            print("\n".join(explain_table(plan.for_table(spec.name))) + "\n")
+        lines = explain_source(plan.items)
+        if lines:
+            print("\n".join(lines) + "\n")
         for name, refusal in schema.refused.items():
             print(f"-- refused {name!r}: {refusal.reason}")
         for name, why in schema.skipped.items():
-            print(f"-- skipped {name!r}: {why}")
+            if name not in views:  # views are in the plan above
+                print(f"-- skipped {name!r}: {why}")
         print()
     return rc

@@ -74,6 +74,11 @@ class Item:
     fk: ForeignKey | None = None  # foreign key items: finalize counts their orphans first
     fk_parent: str | None = None  # the parent table as replicated (its exact name)
     check_sql: str | None = None  # a CHECK's condition, to find the rows failing it
+    # An index's lookup (speed.py): its leading plain columns, else its first expression
+    # (Postgres SQL), and a partial index's predicate (Postgres SQL).
+    lookup_columns: tuple[str, ...] = ()
+    lookup_expr: str | None = None
+    predicate: str | None = None
     parent_key: tuple[str, ...] = ()
     stage_note: str = ""  # a note on what happens when (for `syncd schema`)
 
@@ -344,6 +349,8 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
             parts.append(sql)
             if note:
                 notes.append(note)
+            if i == 0 and index.columns[0].name is None:
+                item.lookup_expr = sql.removesuffix(" DESC")
         pred = None
         if index.where:
             pred = translate.condition(index.where, columns_info(spec, collations))
@@ -352,6 +359,13 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
         return item
     table = qualified(schema, spec.name)
     body = f"ON {table} ({', '.join(parts)})" + (f" WHERE {pred}" if pred else "")
+    item.predicate = pred
+    lead = []
+    for c in index.columns:
+        if c.name is None:
+            break
+        lead.append(c.name)
+    item.lookup_columns = tuple(lead)
     base = index.name if index.origin == "c" else f"{spec.name}_{'_'.join(plain_cols) or 'expr'}_key"
     item.name = names.claim(base)
     qname = quote_pg_ident(item.name)

@@ -43,7 +43,7 @@ class UnknownRelation(Untranslatable):
     """A SELECT reads a table or view Postgres does not have (yet)."""
 
     def __init__(self, name: str):
-        super().__init__(f"reads {name}, which is not in Postgres")
+        super().__init__(f"reads {name}, which Postgres will not have (not replicated, or a view not carried)")
         self.name = name
 
 

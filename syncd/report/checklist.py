@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from syncd.parity.speed import RUNS
 from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts
 
 HALTED = ("held", "paused")
@@ -24,7 +25,7 @@ class CheckItem:
 
 
 def evaluate(f: MigrationFacts) -> list[CheckItem]:
-    return [migrated(f), dual_write(f), lag(f), halted(f), captured(f), backup(f)]
+    return [migrated(f), dual_write(f), lag(f), halted(f), captured(f), backup(f), performance(f), foreign_keys(f)]
 
 
 def ready(items: list[CheckItem]) -> bool:
@@ -190,6 +191,68 @@ def backup(f: MigrationFacts) -> CheckItem:
             bad.append(f"{s.name}: too old: {what}")
     item.ok = not bad and bool(good)
     item.problems, item.evidence = bad, good
+    return item
+
+
+def performance(f: MigrationFacts) -> CheckItem:
+    limit = f.max_query_ms
+    item = CheckItem("performance", f"PostgreSQL performance meets targets (primary-key and index lookups under "
+                                    f"{limit:g} ms, [cutover] max_query_ms)", True)
+    bad, good = [], []
+    timed = 0
+    for s in f.sources:
+        p = s.parity
+        if p is None:
+            if not s.error:
+                bad.append(f"{s.name}: lookups not timed")
+            continue
+        if p.error:
+            bad.append(f"{s.name}: lookups not timed: {p.error}")
+            continue
+        sp = p.speed
+        if sp is None:
+            continue
+        for lk in sp.lookups:
+            if lk.postgres_ms is None:
+                if lk.note and lk.note.startswith(("Postgres:", "SQLite:")):
+                    bad.append(f"{s.name}.{lk.describe()}")
+                continue
+            timed += 1
+            if lk.postgres_ms > limit:
+                bad.append(f"{s.name}.{lk.describe()}: over {limit:g} ms")
+            else:
+                good.append(f"{s.name}.{lk.describe()}")
+        bad += [f"{s.name}: {e}" for e in sp.errors]
+        if sp.empty:
+            good.append(f"{s.name}: {len(sp.empty)} empty table(s), nothing to look up: {', '.join(sp.empty[:10])}")
+        if sp.not_timed:
+            good.append(f"{s.name}: {sp.not_timed} further lookup(s) not timed ([cutover] speed_max_lookups)")
+    item.ok = not bad
+    item.problems, item.evidence = bad, ([f"{timed} lookup(s) timed (median of {RUNS} runs on sampled rows)"]
+                                         if timed else []) + good
+    return item
+
+
+def foreign_keys(f: MigrationFacts) -> CheckItem:
+    item = CheckItem("foreign_keys", "Foreign keys hold in the data: no orphan rows (or `syncd cutover "
+                                     "--allow-orphans`, which creates those foreign keys NOT VALID)", True)
+    bad, good = [], []
+    for s in f.sources:
+        p = s.parity
+        if p is None or p.error:
+            if p is not None:
+                bad.append(f"{s.name}: foreign keys not checked: {p.error}")
+            continue
+        counted = 0
+        for o in p.orphans:
+            if o.orphans is None or o.orphans:
+                bad.append(f"{s.name}.{o.describe()}")
+            else:
+                counted += 1
+        if counted:
+            good.append(f"{s.name}: {counted} foreign key(s), no orphan rows")
+    item.ok = not bad
+    item.problems, item.evidence = bad, good or ["no foreign keys to check"]
     return item
 
 

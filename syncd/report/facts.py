@@ -15,6 +15,9 @@ from urllib.parse import quote
 import asyncpg
 
 from syncd import parity
+from syncd.model import TableSpec
+from syncd.parity import summary
+from syncd.parity.summary import ParityFacts
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident
 from syncd.postgres import ddl
@@ -77,6 +80,7 @@ class SourceFacts:
     capture_suspended: str | None = None  # "<since> <why>" while capture is off to protect the disk
     suspensions: list[tuple[dt.datetime, str]] = field(default_factory=list)  # (resumed at, "<since> <why>")
     backup: BackupFacts | None = None
+    parity: ParityFacts | None = None  # indexes, constraints, types, views in Postgres; orphans; lookup timings
     direction: str = TO_POSTGRES  # the cutover sets TO_SQLITE (the daemon's /status reports it)
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
@@ -96,6 +100,7 @@ class MigrationFacts:
     verify_max_age_seconds: float
     backup_glob: str | None
     backup_max_age_days: float
+    max_query_ms: float = 50.0
 
 
 class ReportError(Exception):
@@ -117,7 +122,8 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
             dsn = settings.dsn_for(source)
             if dsn not in conns:
                 conns[dsn] = await connect(dsn, settings.password(), settings.postgres)
-            sources.append(await _source(settings, source, conns[dsn], status.get(source.name), now))
+            sources.append(await _source(settings, source, conns[dsn], status.get(source.name), now,
+                                         parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS))
         runs: list[VerifyRun] = []
         for conn in conns.values():
             if await bookkeeping_exists(conn, settings.postgres.bookkeeping_schema):
@@ -137,12 +143,12 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
         generated_at=now, config_path=str(settings.config_path) if settings.config_path else None,
         sources=sources, runs=runs, min_days=c.min_days, warn_lag_seconds=settings.status.warn_lag_seconds,
         verify_max_age_seconds=settings.status.verify_max_age_seconds, backup_glob=c.backup_glob,
-        backup_max_age_days=c.backup_max_age_days,
+        backup_max_age_days=c.backup_max_age_days, max_query_ms=c.max_query_ms,
     )
 
 
 async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, live: dict | None,
-                  now: dt.datetime) -> SourceFacts:
+                  now: dt.datetime, parity_max_age: float = 0.0) -> SourceFacts:
     facts = SourceFacts(name=source.name, path=str(source.path), schema=source.schema,
                         direction=(live or {}).get("direction") or TO_POSTGRES)
     bk_schema = settings.postgres.bookkeeping_schema
@@ -181,6 +187,12 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             captured=captured, capture_note=note,
         ))
     facts.left_out = side.left_out if side else []
+    if side is not None:
+        # The daemon's page measures at most every CACHE_SECONDS; the report every time.
+        facts.parity = await summary.gather(settings, source, pg, side.specs, side.views, max_age=parity_max_age)
+        if facts.parity.error is None:  # views are in the plan: carried at cutover, or listed with why not
+            facts.left_out = [lo for lo in facts.left_out if lo.kind != "view"] + \
+                summary.left_out_entries(facts.parity.items)
     facts.capture_suspended = side.suspended if side else None
     facts.lag = _lag(live, facts, side.pending if side else None, now)
     if settings.cutover.backup_glob:
@@ -201,6 +213,8 @@ class _SqliteSide:
     pending: int | None  # changelog entries after the checkpoint
     left_out: list[LeftOut]
     suspended: str | None
+    specs: dict[str, TableSpec] = field(default_factory=dict)  # the replicated tables
+    views: list[str] = field(default_factory=list)  # the views the source's configuration wants
 
 
 def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped: dict | None = None) -> _SqliteSide:
@@ -228,7 +242,8 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
             pending = conn.execute(f"SELECT count(*) FROM main.{quote_ident(capture.CHANGELOG)} WHERE seq > ?",
                                    (applied_seq,)).fetchone()[0]
         return _SqliteSide(tables, captured, pending, sorted(schema.left_out.values(), key=lambda lo: lo.name),
-                           disk_guard.suspended(conn))
+                           disk_guard.suspended(conn), dict(schema.tables),
+                           [n for n, lo in schema.left_out.items() if lo.kind == "view"])
     finally:
         conn.close()
 

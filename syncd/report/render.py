@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from syncd import __version__
+from syncd.parity.speed import RUNS
 from syncd.report.checklist import CheckItem, days, number, ready, timestamp, when
 from syncd.report.facts import TO_POSTGRES, TO_SQLITE, MigrationFacts, SourceFacts, TableFacts
 from syncd.verify.history import VerifyRun
@@ -54,6 +55,11 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
             "the window fails it too.",
             "- *Lag*: the daemon's live figure when its endpoint answers; otherwise computed from the checkpoint "
             "(the time since the last apply when changes are pending, an upper bound).",
+            f"- *Performance*: per table, a primary-key lookup and a lookup through each index syncd created, "
+            f"on rows sampled from SQLite, timed in both (the median of {RUNS} runs, at most 100 rows fetched); "
+            f"a lookup slower in Postgres than `[cutover] max_query_ms` ({f.max_query_ms:g} ms) fails the item.",
+            "- *Foreign keys*: rows whose foreign key names no parent row, counted in Postgres per foreign key "
+            "SQLite declares (SQLite enforces them only when the application turns them on).",
             "- *Backup*: files matching `[cutover] backup_glob` (relative to the configuration file, `{source}` "
             "for the source's name); the newest must be younger than `[cutover] backup_max_age_days`. Without "
             "`backup_glob` there is no evidence of a backup, so the item is not met.",
@@ -85,6 +91,16 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
             holds = ("❌ yes, " + (f"{lo.rows} row(s)" if lo.rows is not None else "rows")) if lo.holds_data else "no"
             out.append(f"| `{_cell(lo.name)}` | {_cell(lo.why)} | {holds} | {_cell(lo.todo)} |")
         out.append("")
+    p = s.parity
+    if p is not None and p.carried:
+        out += ["Schema in Postgres (`syncd schema` says why each is built the way it is):", "",
+                "| Table | SQLite object | Postgres name | Now |", "|---|---|---|---|"]
+        for i in p.carried:
+            out.append(f"| `{_cell(i.table or '-')}` | {_cell(i.what)} | {_cell(i.name or i.column or '-')} | "
+                       f"{_cell(p.status(i))} |")
+        out.append("")
+    if p is not None and p.error:
+        out += [f"- **Schema parity not measured: {_cell(p.error)}**", ""]
     return out
 
 
@@ -167,6 +183,7 @@ def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
         "backup": None if s.backup is None else vars(s.backup),
         "not_migrated": [{"name": lo.name, "kind": lo.kind, "why": lo.why, "todo": lo.todo,
                           "holds_data": lo.holds_data, "rows": lo.rows} for lo in s.left_out],
+        "schema": _parity_json(s),
         "tables": [{
             "table": t.name, "state": t.state, "reason": t.reason, "rows_sqlite": t.rows_sqlite,
             "rows_postgres": t.rows_postgres, "counts_match": t.counts_match, "captured": t.captured,
@@ -174,6 +191,24 @@ def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
             "last_verification": _run_json(t.last_run) if t.last_run else None,
             "last_clean_verification_at": _iso(t.last_clean_run.finished_at) if t.last_clean_run else None,
         } for t in s.tables],
+    }
+
+
+def _parity_json(s: SourceFacts) -> dict[str, Any] | None:
+    p = s.parity
+    if p is None:
+        return None
+    return {
+        "error": p.error,
+        "objects": [{"table": i.table, "kind": i.kind, "sqlite": i.what, "postgres_name": i.name,
+                     "column": i.column, "stage": i.stage, "now": p.status(i), "why": i.left_out or i.why}
+                    for i in p.items],
+        "orphans": [{"table": o.table, "constraint": o.constraint, "parent": o.parent, "foreign_key": o.what,
+                     "orphans": o.orphans, "sample_keys": [list(k) for k in o.sample_keys], "error": o.error}
+                    for o in p.orphans],
+        "lookups": None if p.speed is None else [
+            {"table": lk.table, "lookup": lk.what, "postgres_ms": lk.postgres_ms, "sqlite_ms": lk.sqlite_ms,
+             "plan": lk.plan, "note": lk.note} for lk in p.speed.lookups],
     }
 
 
