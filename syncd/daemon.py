@@ -22,6 +22,7 @@ from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.postgres.target import UnsupportedTarget
 from syncd.sdnotify import Notifier
 from syncd.sqlite.audit import format_key
+from syncd.parity import orphans
 from syncd.verify import publish_metrics, verify_source
 from syncd.verify.result import KIND_TEXT
 from syncd.wakeup import FileWatcher
@@ -77,11 +78,13 @@ class Daemon:
             housekeeping = asyncio.create_task(self._housekeeping())
             verifier = asyncio.create_task(self._verify_loop())
             page = asyncio.create_task(self.page.run())
+            orphan_counts = asyncio.create_task(orphans.watch(lambda: self.settings, lambda: self.pipelines))
             await self.stop_event.wait()
             housekeeping.cancel()
             verifier.cancel()
             page.cancel()
-            await asyncio.gather(verifier, page, return_exceptions=True)
+            orphan_counts.cancel()
+            await asyncio.gather(verifier, page, orphan_counts, return_exceptions=True)
             await self._shutdown()
             return 0
         finally:

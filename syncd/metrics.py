@@ -73,6 +73,12 @@ repaired_rows_total = Counter(
     "Rows the daemon's consistency check found different and replayed through the stream ([verify] repair).",
     ["source", "table"],
 )
+foreign_key_orphans = Gauge(
+    "syncd_foreign_key_orphans",
+    "Rows whose foreign key names no parent row, per foreign key SQLite declares (counted in Postgres); the cutover "
+    "refuses while any remain, unless --allow-orphans.",
+    ["source", "table", "constraint"],
+)
 build_info = Gauge("syncd_build_info", "Always 1; the version label says which syncd runs.", ["version"])
 build_info.labels(version=__version__).set(1)
 
@@ -86,7 +92,8 @@ def forget_source(source: str) -> None:
         except KeyError:
             pass
     for metric in (changes_applied_total, errors_total, table_halted, table_state, snapshot_rows_loaded, rows,
-                   consistency_mismatched_rows, consistency_last_check_timestamp_seconds, repaired_rows_total):
+                   consistency_mismatched_rows, consistency_last_check_timestamp_seconds, repaired_rows_total,
+                   foreign_key_orphans):
         for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public listing
             if labels[0] == source:
                 metric.remove(*labels)

@@ -503,6 +503,8 @@ class Translator:
     # --- SELECT ---
 
     def subquery(self, sel: ex.Select) -> tuple[str, list[str]]:
+        if not self.relations:
+            raise Untranslatable("a subquery cannot appear here (only in a view)")
         inner = Translator(Scope([], self.scope), self.aggregates, self.relations)
         inner.aggregates = True
         sql, kinds, _names = inner.select(sel, None)
