@@ -92,7 +92,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
         async with conn.transaction():
             for tid, c in converted.items():
                 w = session.writer(c.t)
-                for attempt in (1, 2):
+                for attempt in (1, 2, 3):
                     try:
                         async with conn.transaction():
                             await parity.defer(conn, session, c.t.name)
@@ -103,8 +103,15 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                     except Exception as e2:
                         if not _table_specific(e2):
                             raise
-                        if attempt == 1 and await parity.release_violated(conn, session, c.t.spec, e2):
-                            continue  # a parity constraint SQLite's data cannot meet: dropped, try again
+                        violated = await parity.violated(conn, session, c.t.spec, e2) if attempt < 3 else None
+                        # A UNIQUE constraint of schema parity: the batch's rows and those read
+                        # again were read at different moments of a busy file; read them all
+                        # again at one moment. Still broken: SQLite's rows cannot meet it.
+                        if violated and attempt == 1 and await _reread_together(session, c):
+                            continue
+                        if violated:
+                            await parity.release(conn, session, c.t.spec, violated, e2)
+                            continue
                         bad = await locate_bad_row(conn, w, c.records, c.deletes)
                         where = f" key {format_key(bad.key)}" if bad else ""
                         msg = bad.message if bad else describe(e2)
@@ -116,6 +123,12 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
     return held
 
 
+# Values moved along a chain of later transactions (a permutation of unique values, say)
+# make a chain of collisions as long as the chain; a batch following more links than
+# this are read again together when the batch breaks a deferred constraint (_reread_together).
+COLLISION_LINKS = 64
+
+
 async def _add_replaced(session: SourceSession, converted: dict[int, Converted], misfits: dict[int, str]) -> None:
     """Rows a REPLACE removed through a unique index (no trigger tells of them): found
     by their collision with an upserted row, read again from SQLite, and added to the
@@ -125,17 +138,47 @@ async def _add_replaced(session: SourceSession, converted: dict[int, Converted],
         spec = c.t.spec
         if not spec.unique_sets or not c.records:
             continue
-        stale = await collisions.stale_keys(session.pg, session.target_schema, spec, c.records)
-        if not stale:
-            continue
-        rows, gone = await session.worker.run(collisions.read_current, spec, sorted(stale, key=repr))
+        # A row read again may collide in turn with another stale one (values that moved
+        # along a chain of later transactions): follow the chain.
+        key_idx = spec.key_indexes
+        seen = {tuple(r[i] for i in key_idx) for r in c.records}
+        fresh = c.records
+        for _link in range(COLLISION_LINKS):
+            stale = await collisions.stale_keys(session.pg, session.target_schema, spec, fresh) - seen
+            if not stale:
+                break
+            seen |= stale
+            rows, gone = await session.worker.run(collisions.read_current, spec, sorted(stale, key=repr))
+            try:
+                fresh = c.t.conv.rows(rows)
+            except RowMisfit as m:
+                misfits[tid] = str(m)
+                del converted[tid]
+                break
+            c.records.extend(fresh)
+            c.deletes.extend(gone)
+
+
+async def _reread_together(session: SourceSession, c: Converted) -> bool:
+    """Read the table's rows of the batch, and every row they collide with in Postgres,
+    again in one SQLite read transaction each round, until no new collision appears: the
+    rows then all come from one moment. False when that does not settle."""
+    assert session.pg is not None
+    spec = c.t.spec
+    key_idx = spec.key_indexes
+    keys = {tuple(r[i] for i in key_idx) for r in c.records} | set(c.deletes)
+    for _link in range(COLLISION_LINKS):
+        rows, gone = await session.worker.run(collisions.read_current, spec, sorted(keys, key=repr))
         try:
-            c.records.extend(c.t.conv.rows(rows))
-        except RowMisfit as m:
-            misfits[tid] = str(m)
-            del converted[tid]
-            continue
-        c.deletes.extend(gone)
+            records = c.t.conv.rows(rows)
+        except RowMisfit:
+            return False
+        stale = await collisions.stale_keys(session.pg, session.target_schema, spec, records) - keys
+        if not stale:
+            c.records, c.deletes = records, gone
+            return True
+        keys |= stale
+    return False
 
 
 def _table_specific(exc: BaseException) -> bool:

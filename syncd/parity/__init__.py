@@ -11,7 +11,8 @@ The hooks the rest of syncd calls:
     retyped = await parity.ensure(session, schema)      # reconcile, after the tables exist
     await parity.table_streaming(session, t)            # a table joined the stream
     await parity.check_deferred(conn, session, names)   # a batch, before its bookkeeping
-    await parity.release_violated(conn, session, spec, exc)  # a batch a parity constraint refused
+    name = await parity.violated(conn, session, spec, exc)  # a batch broke a parity constraint...
+    await parity.release(conn, session, spec, name, exc)     # ...that SQLite's rows cannot meet
     result = await parity.finalize(conn, settings, source, specs, allow_orphans)  # the cutover
     types = await parity.retyped_columns(conn, bk_schema, source_name)  # introspection
 """
@@ -20,19 +21,18 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 import weakref
 from dataclasses import dataclass, field
 
 import asyncpg
 
-from syncd.parity.apply import (FinalizeResult, OrphanRows, Outcome, ParityRefused, Retyped, ensure_dual_write,
-                                finalize, read_sqlite, retype, retyped_columns)
+from syncd.parity.apply import (FinalizeResult, OrphanRows, Outcome, ParityRefused, PgObject, Retyped, _drop_sql,
+                                ensure_dual_write, finalize, read_sqlite, retype, retyped_columns, run)
 from syncd.parity.orphans import OrphanCount
 from syncd.parity.plan import Options, SourcePlan, plan_source
 
 __all__ = ["FinalizeResult", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused", "Retyped", "check_deferred",
-           "ensure", "finalize", "release_violated", "retyped_columns", "table_streaming"]
+           "ensure", "finalize", "release", "retyped_columns", "table_streaming", "violated"]
 
 log = logging.getLogger("syncd")
 
@@ -93,6 +93,11 @@ async def ensure(session, schema) -> bool:
         retyped = await _retype_early(session, plan, specs, states)
     report = await ensure_dual_write(session.pg, session.name, plan, specs, states)
     _log(session, st, report)
+    for item in plan.left_out:
+        line = f"{item.table + ': ' if item.table else ''}{item.what}: {item.left_out}"
+        if line not in st.logged:
+            st.logged.add(line)
+            session.info(f"schema parity: not carried: {line}", table=item.table, event="parity_not_carried")
     return retyped
 
 
@@ -123,31 +128,29 @@ async def defer(conn: asyncpg.Connection, session, table: str) -> None:
         await conn.execute("SET CONSTRAINTS ALL DEFERRED")
 
 
-async def release_violated(conn: asyncpg.Connection, session, spec, exc: BaseException) -> bool:
-    """A batch broke a UNIQUE constraint syncd added for parity (SQLite holds values
-    distinct that Postgres calls equal): drop that constraint, so replication goes on,
-    and say so; the constraint is tried again later and listed as not carried while it
-    cannot be. Returns True when it dropped one (the caller retries the table)."""
+async def violated(conn: asyncpg.Connection, session, spec, exc: BaseException) -> str | None:
+    """The name of the UNIQUE constraint of schema parity `exc` reports broken, or None
+    (another error, or a constraint syncd did not make for this source)."""
     if not isinstance(exc, asyncpg.UniqueViolationError):
-        return False
+        return None
     name = getattr(exc, "constraint_name", None)
     if not name:
-        return False
+        return None
     comment = await conn.fetchval(
         "SELECT obj_description(con.oid, 'pg_constraint') FROM pg_constraint con JOIN pg_class t ON t.oid = "
         "con.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relname = $2 "
         "AND con.conname = $3", session.target_schema, spec.name, name)
-    from syncd.parity.apply import PgObject, _drop_sql, _failed, run
-    obj = PgObject("constraint", name, spec.name, comment)
-    if not obj.owned_by(session.name):
-        return False
-    await run(conn, _drop_sql(session.target_schema, obj))
-    _failed[(session.name, name, comment or "")] = time.monotonic()
-    session.warning(f'schema parity: UNIQUE constraint "{name}" dropped: the application\'s rows hold values '
-                    f"SQLite keeps distinct and Postgres calls equal ({getattr(exc, 'detail', '') or exc}); "
-                    "replication goes on, the constraint is tried again later and reported as not carried",
-                    table=spec.name, event="parity_released")
-    return True
+    return name if PgObject("constraint", name, spec.name, comment).owned_by(session.name) else None
+
+
+async def release(conn: asyncpg.Connection, session, spec, name: str, exc: BaseException) -> None:
+    """Drop UNIQUE constraint `name` of schema parity a batch cannot meet (SQLite holds
+    values apart that Postgres calls equal), so replication goes on; it is created again
+    at the next schema check if the rows allow, and reported as not carried while not."""
+    await run(conn, _drop_sql(session.target_schema, PgObject("constraint", name, spec.name, None)))
+    session.warning(f'schema parity: UNIQUE constraint "{name}" dropped for now: a batch breaks it '
+                    f"({getattr(exc, 'detail', '') or exc}); replication goes on, and the constraint is created "
+                    "again at the next schema check if the rows allow", table=spec.name, event="parity_released")
 
 
 async def _retype_early(session, plan: SourcePlan, specs, states) -> bool:
