@@ -393,7 +393,8 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
 
     for item in plan.items:
         if item.left_out:
-            result.not_created.append(Outcome(item.kind, item.table, item.what, item.name, item.left_out))
+            result.not_created.append(Outcome(item.kind, item.table, item.what, item.name or item.column,
+                                              item.left_out))
     await _nocase(conn, source.name, schema, plan, options, result)
     for tname, spec in specs.items():
         items = [i for i in plan.for_table(tname) if i.kind == "type" and not i.left_out and i.verdict is not None

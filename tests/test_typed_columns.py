@@ -1,0 +1,156 @@
+"""Date columns become typed in Postgres (date, timestamp, timestamptz) only when every
+stored value converts exactly and back in the one spelling the column uses, proven
+value by value; the spelling is recorded for the way back, and syncd keeps using the
+type afterwards. A column with values that do not fit stays text, named with sample
+keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+
+import asyncpg
+import pytest
+
+from syncd import parity
+from syncd.config import load_settings
+from syncd.parity import dates
+from syncd.sqlite.introspect import introspect
+from syncd.types import PgType
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import pg_rows, wait_caught_up
+
+
+def verdict(values, declared="DATETIME", override=None):
+    audit = dates.ColumnAudit("t", "c", declared)
+    for i, v in enumerate(values, start=1):
+        audit.add((i,), v)
+    return audit.verdict(override)
+
+
+@pytest.mark.parametrize("values, spec, pgtype", [
+    (["2024-01-02 10:00:00", "2024-02-29 23:59:59"], "%Y-%m-%d %H:%M:%S", PgType.TIMESTAMP),
+    (["2024-01-02T10:00:00", "2024-01-02T10:00:01"], "%Y-%m-%dT%H:%M:%S", PgType.TIMESTAMP),
+    (["2024-01-02 10:00", None], "%Y-%m-%d %H:%M", PgType.TIMESTAMP),
+    (["2024-01-02 10:00:00.123", "2024-01-02 10:00:00.120"], "%Y-%m-%d %H:%M:%S.%3f", PgType.TIMESTAMP),
+    # Python's sqlite3 adapter writes isoformat(" "): microseconds only when not zero
+    (["2024-01-02 10:00:00", "2024-01-02 10:00:00.000001"], "%Y-%m-%d %H:%M:%S[.%6f]", PgType.TIMESTAMP),
+    (["2024-01-02T10:00:00Z", "2024-01-02T11:00:00Z"], "%Y-%m-%dT%H:%M:%SZ", PgType.TIMESTAMPTZ),
+    (["2024-01-02 10:00:00+02:00"], "%Y-%m-%d %H:%M:%S+02:00", PgType.TIMESTAMPTZ),
+    ([1700000000, 0, -86400], "unixepoch", PgType.TIMESTAMPTZ),
+    (["2024-01-02", "1999-12-31"], "%Y-%m-%d", PgType.DATE),
+])
+def test_a_column_in_one_spelling_gets_the_type_its_values_name(values, spec, pgtype):
+    v = verdict(values)
+    assert (v.format.spec, v.pgtype, v.misfits) == (spec, pgtype, 0)
+    for value in values:
+        if value is not None:
+            assert dates.render(dates.python_value(value, v.format, pgtype), v.format) == value
+
+
+@pytest.mark.parametrize("values, why, keys", [
+    (["2024-01-02 10:00:00", "2024-01-02T10:00:00", "2024-01-03 10:00:00"], "spelled %Y-%m-%dT%H:%M:%S", [(2,)]),
+    (["2024-02-30 10:00:00", "2024-01-02 10:00:00"], "day is out of range", [(1,)]),
+    (["2024-01-02 10:00:00", "yesterday", "2024-01-03 10:00:00"], "not a date", [(2,)]),
+    (["2024-01-02T10:00:00Z", "2024-01-02T10:00:00+02:00", "2024-01-02T10:00:00Z"], "+02:00", [(2,)]),
+    (["2024-01-02 10:00:00", 2460000.5, "2024-01-03 10:00:00"], "julian", [(2,)]),
+    (["2024-01-02 10:00:00.1234567", "2024-01-02 10:00:00", "2024-01-02 10:00:00"], "not a date", [(1,)]),
+    (["2024-01-02 24:00:00", "2024-01-02 10:00:00"], "hour", [(1,)]),
+])
+def test_a_value_that_does_not_come_back_exactly_keeps_the_column_text(values, why, keys):
+    v = verdict(values)
+    assert v.pgtype is None and v.misfits == len(keys)
+    assert why in v.why or why in repr(v.example), (v.why, v.example)
+    assert v.keys == keys
+
+
+def test_the_timestamp_flavour_can_be_overridden():
+    assert verdict(["2024-01-02 10:00:00"], override=PgType.TIMESTAMPTZ).pgtype is PgType.TIMESTAMPTZ
+    assert verdict(["2024-01-02T10:00:00Z"], override=PgType.TIMESTAMP).pgtype is PgType.TIMESTAMP
+    assert verdict(["2024-01-02"], override=PgType.TIMESTAMP).pgtype is PgType.DATE
+    # naive text read as UTC, and back
+    f = dates.parse_spec("%Y-%m-%d %H:%M:%S")
+    v = dates.python_value("2024-01-02 10:00:00", f, PgType.TIMESTAMPTZ)
+    assert v == dt.datetime(2024, 1, 2, 10, tzinfo=dt.timezone.utc) and dates.render(v, f) == "2024-01-02 10:00:00"
+
+
+SCHEMA = """
+CREATE TABLE event (id INTEGER PRIMARY KEY, at DATETIME, day DATE, stamp TIMESTAMP, epoch DATETIME,
+                    messy DATETIME, note TEXT, at_default DATETIME DEFAULT CURRENT_TIMESTAMP);
+INSERT INTO event (id, at, day, stamp, epoch, messy, note) VALUES
+  (1, '2024-01-02 10:00:00', '2024-01-02', '2024-01-02T10:00:00Z', 1700000000, '2024-01-02 10:00:00', 'a'),
+  (2, '2024-03-04 05:06:07.250000', '2024-03-04', '2024-03-04T05:06:07Z', 1700000060, 'soon', 'b'),
+  (3, NULL, NULL, NULL, NULL, '2024-01-02 10:00:00', 'c');
+"""
+
+
+async def test_the_cutover_types_date_columns_and_records_their_spelling(app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript(SCHEMA)
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"stream": {"schema_check_interval_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    settings = load_settings(cfg)
+    source = settings.sources[0]
+    ro = sqlite3.connect(f"file:{app_db}?mode=ro", uri=True, isolation_level=None)
+    specs = introspect(ro, source).tables
+    ro.close()
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        async with pg.transaction():
+            result = await parity.finalize(pg, settings, source, specs)
+        types = dict(await pg.fetch("SELECT column_name, data_type FROM information_schema.columns "
+                                    "WHERE table_schema = 'app' AND table_name = 'event'"))
+        assert types == {"id": "bigint", "at": "timestamp without time zone", "day": "date",
+                         "stamp": "timestamp with time zone", "epoch": "timestamp with time zone", "messy": "text",
+                         "note": "text", "at_default": "timestamp without time zone"}
+        recorded = {r[0]: (r[1], r[2]) for r in await pg.fetch(
+            "SELECT column_name, pgtype, sqlite_format FROM syncd.columns WHERE source = 'app'")}
+        assert recorded == {"at": ("timestamp", "%Y-%m-%d %H:%M:%S[.%6f]"), "day": ("date", "%Y-%m-%d"),
+                            "stamp": ("timestamptz", "%Y-%m-%dT%H:%M:%SZ"), "epoch": ("timestamptz", "unixepoch"),
+                            "at_default": ("timestamp", "%Y-%m-%d %H:%M:%S")}
+        messy = next(o.detail for o in result.not_created if o.name == "messy")
+        assert "1 of 3 value(s) do not convert exactly and back" in messy and "keys 2" in messy
+        row = await pg.fetchrow("SELECT at, day, stamp, epoch FROM app.event WHERE id = 2")
+        assert row["at"] == dt.datetime(2024, 3, 4, 5, 6, 7, 250000)
+        assert row["day"] == dt.date(2024, 3, 4)
+        assert row["epoch"] == dt.datetime(2023, 11, 14, 22, 14, 20, tzinfo=dt.timezone.utc)
+        # SQLite's CURRENT_TIMESTAMP default follows the type
+        await pg.execute("INSERT INTO app.event (id, note) VALUES (100, 'x')")
+        assert isinstance(await pg.fetchval("SELECT at_default FROM app.event WHERE id = 100"), dt.datetime)
+        await pg.execute("DELETE FROM app.event WHERE id = 100")
+    finally:
+        await pg.close()
+    # The forward stream again (after a rollback): syncd keeps the typed columns as they
+    # are, converts new SQLite values to them, and verification agrees.
+    conn.execute("INSERT INTO event (id, at, day, stamp, epoch, messy) VALUES "
+                 "(4, '2025-06-07 08:09:10', '2025-06-07', '2025-06-07T08:09:10Z', 1750000000, 'x')")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert "reloading" not in d.log() and "retyped" not in d.log()
+        assert await pg_rows(pg_dsn, "SELECT at, day FROM app.event WHERE id = 4") == [
+            (dt.datetime(2025, 6, 7, 8, 9, 10), dt.date(2025, 6, 7))]
+        assert d.stop() == 0
+    out = run_cli(cfg, "verify")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_typed_columns_during_dual_write_when_asked(app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript(SCHEMA)
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      sections={"cutover": {"typed_columns": "dual-write", "timestamps": "timestamptz"},
+                                "stream": {"schema_check_interval_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log('column "at" is timestamptz now')
+        conn.execute("INSERT INTO event (id, at, day) VALUES (5, '2025-01-01 00:00:00', '2025-01-01')")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT at, day FROM app.event WHERE id = 5") == [
+            (dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc), dt.date(2025, 1, 1))]
+        assert await pg_rows(pg_dsn, "SELECT data_type FROM information_schema.columns WHERE table_schema = 'app' "
+                                     "AND table_name = 'event' AND column_name = 'messy'") == [("text",)]
+        assert d.stop() == 0
+    out = run_cli(cfg, "verify")
+    assert out.returncode == 0, out.stdout + out.stderr
