@@ -89,17 +89,17 @@ async def count(conn: asyncpg.Connection, schema: str, items: list[Item], specs:
 WATCH_TICK_SECONDS = 5.0
 
 
-async def watch(settings_fn, pipelines_fn) -> None:
+async def watch(settings_fn, pipelines_fn, targets) -> None:
     """Count each streaming source's orphans every [cutover] orphan_check_interval_seconds
-    into syncd_foreign_key_orphans, on a connection of its own (never the pipeline's).
-    The foreign keys are those of the pipeline's last reconcile (its parity plan)."""
+    into syncd_foreign_key_orphans, on a connection borrowed from the source's target
+    pool for the count only. The foreign keys are those of the pipeline's last
+    reconcile (its parity plan)."""
     import asyncio
     import logging
     import time
 
     from syncd import metrics
     from syncd.parity import _sessions
-    from syncd.postgres.connect import close_quietly, connect
 
     log = logging.getLogger("syncd")
     last: dict[str, float] = {}
@@ -115,16 +115,13 @@ async def watch(settings_fn, pipelines_fn) -> None:
                 continue
             last[name] = time.monotonic()
             specs = {n: t.spec for n, t in p.session.tables.items()}
-            conn = None
             try:
-                conn = await connect(settings.dsn_for(p.source), settings.password(), settings.postgres)
-                counts = await count(conn, p.session.target_schema, st.plan.items, specs, samples=False)
+                async with targets.for_source(p.source).connection() as conn:
+                    counts = await count(conn, p.session.target_schema, st.plan.items, specs, samples=False)
             except Exception as e:  # noqa: BLE001 - a count that fails is tried again next interval
                 log.info(f"foreign-key orphans not counted: {describe(e)}", extra={"source": name,
                                                                                   "event": "orphans_unknown"})
                 continue
-            finally:
-                await close_quietly(conn)
             now = {(o.table, o.constraint) for o in counts if o.orphans is not None}
             for table, constraint in shown.get(name, set()) - now:
                 try:
