@@ -1,0 +1,53 @@
+"""Foreign-key orphans are counted all along, before the cutover needs them: the daemon
+exports syncd_foreign_key_orphans{source,table,constraint}, and `syncd report` and the
+status page fail "Foreign keys hold" naming each foreign key with its orphan count and
+sample keys, until the rows are fixed."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.pgcluster import free_port
+from tests.support.sync import wait_caught_up
+from tests.test_metrics import scrape
+
+SERIES = 'syncd_foreign_key_orphans{constraint="%s",source="app",table="%s"}'
+
+
+async def test_orphans_are_counted_in_the_metric_and_the_report(app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE org (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE person (id INTEGER PRIMARY KEY, org_id INTEGER REFERENCES org(id), boss INTEGER,
+                             FOREIGN KEY (boss) REFERENCES person(id));
+        INSERT INTO org VALUES (1, 'a');
+        INSERT INTO person VALUES (1, 1, NULL), (2, 7, 1), (3, 8, 99), (4, NULL, NULL);
+    """)
+    port = free_port()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], metrics_listen=f"127.0.0.1:{port}",
+                      sections={"cutover": {"orphan_check_interval_seconds": 0.5}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        org, boss = SERIES % ("person_org_id_fkey", "person"), SERIES % ("person_boss_fkey", "person")
+        wait_for(lambda: scrape(port).get(org) == 2 and scrape(port).get(boss) == 1, 30, "orphan counts", d)
+        doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+        fk = next(i for i in doc["checklist"] if i["key"] == "foreign_keys")
+        assert fk["ok"] is False
+        assert "app.person: FOREIGN KEY (org_id) REFERENCES org (id): 2 orphan row(s) (keys 2, 3)" in \
+            fk["problems"]
+        assert "app.person: FOREIGN KEY (boss) REFERENCES person (id): 1 orphan row(s) (keys 3)" in \
+            fk["problems"]
+        orphans = doc["sources"][0]["schema"]["orphans"]
+        assert {(o["constraint"], o["orphans"]) for o in orphans} == {("person_org_id_fkey", 2),
+                                                                      ("person_boss_fkey", 1)}
+        # the application fixes its rows: the counts follow
+        conn.execute("UPDATE person SET org_id = 1 WHERE id IN (2, 3)")
+        conn.execute("UPDATE person SET boss = 1 WHERE id = 3")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        wait_for(lambda: scrape(port).get(org) == 0 and scrape(port).get(boss) == 0, 30, "orphans fixed", d)
+        doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+        fk = next(i for i in doc["checklist"] if i["key"] == "foreign_keys")
+        assert fk["ok"] is True and fk["evidence"] == ["app: 2 foreign key(s), no orphan rows"]
+        assert d.stop() == 0

@@ -1,0 +1,66 @@
+"""The report's "PostgreSQL performance meets targets": per table, a primary-key lookup
+and a lookup through each index syncd created, timed in SQLite and in Postgres on
+sampled rows (median of a few), with the plan Postgres chose; a lookup over [cutover]
+max_query_ms fails the item, naming it. Bounded: [cutover] speed_max_lookups."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import wait_caught_up
+
+
+def item(doc: dict, key: str) -> dict:
+    return next(i for i in doc["checklist"] if i["key"] == key)
+
+
+async def synced(app_db, make_config, pg_dsn, tmp_path, **cutover):
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE person (id INTEGER PRIMARY KEY, email TEXT UNIQUE, city TEXT, age INTEGER);
+        CREATE INDEX person_city ON person(city, age);
+        CREATE INDEX person_email_len ON person(length(email));
+        CREATE TABLE empty (k TEXT PRIMARY KEY);
+    """)
+    conn.executemany("INSERT INTO person VALUES (?, ?, ?, ?)",
+                     [(i, f"p{i}@x", f"city{i % 50}", i % 90) for i in range(1, 3001)])
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"cutover": dict(cutover)})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log("created person: UNIQUE constraint on (email)")
+        assert d.stop() == 0
+    return cfg
+
+
+async def test_lookups_are_timed_on_both_sides_with_postgres_plan(app_db, make_config, pg_dsn, tmp_path):
+    cfg = await synced(app_db, make_config, pg_dsn, tmp_path)
+    out = run_cli(cfg, "report", "--format", "json")
+    doc = json.loads(out.stdout)
+    perf = item(doc, "performance")
+    assert perf["ok"] is True, perf
+    lookups = {lk["lookup"]: lk for lk in doc["sources"][0]["schema"]["lookups"]}
+    pk = lookups["primary key (id)"]
+    assert pk["plan"] == "Index Scan using person_pkey" and pk["postgres_ms"] > 0 and pk["sqlite_ms"] > 0
+    city = next(v for k, v in lookups.items() if k.startswith('index "person_city"'))
+    assert city["plan"].startswith(("Index Scan using person_city", "Bitmap Heap Scan")) and city["sqlite_ms"] > 0
+    email = next(v for k, v in lookups.items() if k.startswith('unique index "person_email_key"'))
+    assert "person_email_key" in email["plan"]
+    expr = next(v for k, v in lookups.items() if k.startswith('index "person_email_len"'))
+    assert expr["postgres_ms"] > 0 and "expression" in expr["note"]
+    assert any("empty" in e and "empty" in e for e in perf["evidence"])
+    md = run_cli(cfg, "report").stdout
+    assert "PostgreSQL performance meets targets (primary-key and index lookups under 50 ms" in md
+
+
+async def test_a_lookup_over_the_target_fails_the_item_and_the_cap_holds(app_db, make_config, pg_dsn, tmp_path):
+    cfg = await synced(app_db, make_config, pg_dsn, tmp_path, max_query_ms=0.000001, speed_max_lookups=2)
+    out = run_cli(cfg, "report", "--format", "json")
+    assert out.returncode == 1
+    doc = json.loads(out.stdout)
+    perf = item(doc, "performance")
+    assert perf["ok"] is False
+    assert any(p.startswith("app.person: primary key (id):") and "over 1e-06 ms" in p for p in perf["problems"])
+    assert len(doc["sources"][0]["schema"]["lookups"]) == 2
+    assert any("2 further lookup(s) not timed" in e for e in perf["evidence"])
