@@ -137,7 +137,7 @@ async def test_page_serves_html_with_every_name_escaped_and_no_password(daemon_w
     assert set(p.tables) == {f"abm/{WEIRD}", "abm/landing", "sales/deals"}
     assert "weird &quot;name&quot;; DROP TABLE x;--" in text
     assert text.count("<script") == 1  # the page's own script, nothing a name smuggled in
-    assert "v_landing" in p.all_text  # a view is named as not migrated
+    assert "v_landing" in p.all_text  # a view is named (created in Postgres at cutover)
     assert p.outside_references() == []  # self-contained: nothing is fetched from anywhere
     csp = next(a["content"] for t, a in p.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
     assert csp.startswith("default-src 'none'; ") and "'unsafe-inline'" not in csp
@@ -273,7 +273,8 @@ async def test_page_in_a_real_browser(daemon_with_page, pg_dsn, tmp_path):
             weird: [...document.querySelectorAll('code')].some(c => c.textContent === %s),
             held: document.querySelector('tr[data-table="landing"]').textContent,
         }))()""" % json.dumps(WEIRD))
-        assert dom["items"] == ["migrated", "dual_write", "lag", "halted", "capture", "backup"]
+        assert dom["items"] == ["migrated", "dual_write", "lag", "halted", "capture", "backup", "performance",
+                                 "foreign_keys"]
         assert dom["verdict"].startswith("NOT READY for cutover")
         assert dom["sources"] == ["abm", "sales"] and set(dom["tables"]) == {WEIRD, "landing", "deals"}
         assert dom["charts"] == 4 and len(dom["strips"]) == 3 and all(n >= 1 for n in dom["strips"])

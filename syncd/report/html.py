@@ -261,6 +261,13 @@ def _source(i: int, name: str, f: SourceFacts | None, st: SourceStatus | None, o
                 items.append(f"<li><code>{e(lo.name)}</code>: {e(lo.why)}; {e(lo.todo)}</li>")
         out.append('<div class="not-migrated"><strong>Not migrated</strong> (the application will miss these after '
                    "the switch):<ul>" + "".join(items) + "</ul></div>")
+    if f and f.parity and f.parity.carried:
+        p = f.parity
+        later = sum(1 for i in p.carried if p.status(i) != "in Postgres now")
+        out.append(f'<details class="schema"><summary>Schema in Postgres: {len(p.carried)} object(s) carried, '
+                   f"{later} of them at cutover or once the table streams</summary><ul>" + "".join(
+                       f"<li><code>{e(i.table or '')}</code> {e(i.what)}: {e(p.status(i))}</li>" for i in p.carried)
+                   + "</ul></details>")
     if f and f.error:
         out.append(f'<p class="sev-critical">{m(f.error)}</p>')
     out.append("</article>")
