@@ -169,7 +169,8 @@ class CutoverSettings(_Strict):
     timestamps: Literal["auto", "timestamp", "timestamptz"] = "auto"
     typed_columns: Literal["cutover", "dual-write", "never"] = "cutover"
     # "PostgreSQL performance meets targets": lookups slower than this fail the item;
-    # at most speed_max_lookups lookups are timed per report (sampled keys, every table).
+    # at most speed_max_lookups lookups are timed per report, all sources together
+    # (sampled rows; every table's primary key first, then its indexes).
     max_query_ms: float = Field(50.0, gt=0)
     speed_max_lookups: int = Field(200, ge=1, le=100_000)
     # How often the daemon counts foreign-key orphans (0: never; the report counts anyway).

@@ -242,3 +242,29 @@ async def test_syncd_schema_prints_each_object_with_when_and_why(app_db, make_co
     assert '-- NOT CARRIED: view "crazy": not translated exactly: the function printf()' in text
     assert '-- NOT CARRIED: trigger "person_touch" on "person": an application trigger is never copied' in text
     assert 'CREATE VIEW "app"."adults" AS SELECT' in text
+
+
+async def test_streaming_towards_postgres_again_returns_the_schema_to_its_dual_write_form(
+        app_db, make_config, pg_dsn, tmp_path):
+    conn = app_file(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log('created org: UNIQUE constraint on (code)')
+        assert d.stop() == 0
+    await finalize(cfg, pg_dsn)
+    assert {v[0] for v in (await constraints(pg_dsn)).values()} == {"p", "u", "c", "f"}
+    # The way back: SQLite takes the application's writes again and syncd streams them.
+    conn.execute("INSERT INTO person (id, email, org_id, age, status) VALUES (50, 'z@x', 99, 30, 'active')")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        cons = await constraints(pg_dsn)
+        # no CHECK or foreign key can hold the table; UNIQUE constraints deferrable again
+        assert {v[0] for v in cons.values()} == {"p", "u"}
+        assert all(v[1] for k, v in cons.items() if v[0] == "u")
+        assert (await indexes(pg_dsn))["person_nick_lower"].startswith("CREATE INDEX")
+        assert not await pg_rows(pg_dsn, "SELECT 1 FROM pg_views WHERE schemaname = 'app'")
+        assert await pg_rows(pg_dsn, "SELECT email, org_id FROM app.person WHERE id = 50") == [("z@x", 99)]
+        # the case-insensitive column stays so
+        assert await pg_rows(pg_dsn, "SELECT id FROM app.person WHERE email = 'Z@X'") == [(50,)]
+        assert d.stop() == 0

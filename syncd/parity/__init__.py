@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 import weakref
 from dataclasses import dataclass, field
 
@@ -39,9 +40,13 @@ log = logging.getLogger("syncd")
 TO_SQLITE = "to_sqlite"
 
 
+AUDIT_EVERY_SECONDS = 3600.0  # typed_columns = "dual-write": date columns read again this often
+
+
 @dataclass
 class _State:
     plan: SourcePlan | None = None
+    audited: tuple[int, float] | None = None  # (schema version, monotonic time) of the last date audit
     deferred: set[str] = field(default_factory=set)  # tables that may hold deferrable parity constraints
     logged: set[str] = field(default_factory=set)  # failure lines already logged
 
@@ -79,12 +84,17 @@ async def ensure(session, schema) -> bool:
     states = {n: t.state for n, t in session.tables.items()}
     views = [n for n, lo in schema.left_out.items() if lo.kind == "view"]
     early = options.typed_columns == "dual-write"
+    if early and st.audited is not None and st.audited[0] == schema.version and \
+            time.monotonic() - st.audited[1] < AUDIT_EVERY_SECONDS:
+        early = False  # the date columns were read in full lately, and the schema has not moved
     try:
         objects, verdicts = await session.worker.run(read_sqlite, specs, views, options, early)
     except sqlite3.Error as e:
         session.warning(f"schema parity: cannot read the file's indexes and constraints now ({e}); trying again "
                         "at the next check", event="parity_unreadable")
         return False
+    if early and all(state == "streaming" for state in states.values()):
+        st.audited = (schema.version, time.monotonic())  # every table could be retyped on this reading
     plan = plan_source(session.target_schema, specs, objects, options, verdicts if early else None)
     st.plan = plan
     st.deferred = {i.table for i in plan.items if i.needs_streaming and not i.left_out and i.table}

@@ -70,7 +70,7 @@ async def read_pg_objects(conn: asyncpg.Connection, schema: str) -> dict[tuple[s
     ("constraint", table, name)."""
     out: dict[tuple[str, str | None, str], PgObject] = {}
     for r in await conn.fetch(
-            "SELECT c.relname, c.relkind, t.relname, obj_description(c.oid, 'pg_class') FROM pg_class c "
+            "SELECT c.relname, c.relkind::text, t.relname, obj_description(c.oid, 'pg_class') FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_index x ON x.indexrelid = c.oid "
             "LEFT JOIN pg_class t ON t.oid = x.indrelid WHERE n.nspname = $1", schema):
         kind = {"i": "index", "v": "view", "r": "table", "p": "table"}.get(r[1], "relation")

@@ -19,7 +19,7 @@ from syncd.parity.plan import CUTOVER, DUAL_WRITE, Item, Options, plan_source
 from syncd.postgres.connect import describe
 from syncd.sqlite.leftout import LeftOut
 
-CACHE_SECONDS = 120.0  # the daemon's status page measures at most this often (the report: every time)
+CACHE_SECONDS = 600.0  # the daemon's status page measures at most this often (the report: every time)
 _cache: dict[tuple, tuple[float, "ParityFacts"]] = {}
 
 
@@ -80,7 +80,7 @@ async def gather(settings: Settings, source: SourceSettings, pg: asyncpg.Connect
                  specs: dict[str, TableSpec], views: list[str], *, timings: bool = True,
                  max_age: float = 0.0, budget: int | None = None) -> ParityFacts:
     """Measure one source now (or reuse a measurement at most `max_age` seconds old)."""
-    key = (settings.config_path, source.name, timings)
+    key = (settings.config_path, source.name, timings, budget)
     hit = _cache.get(key)
     if max_age > 0 and hit is not None and time.monotonic() - hit[0] < max_age:
         return hit[1]

@@ -116,6 +116,7 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
     now = dt.datetime.now(dt.timezone.utc)
     status = live if live is not None else await asyncio.to_thread(_daemon_status, settings)
     conns: dict[str, asyncpg.Connection] = {}
+    lookups = [settings.cutover.speed_max_lookups]  # lookups left to time, for the whole report
     try:
         sources = []
         for source in settings.sources:
@@ -123,7 +124,8 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
             if dsn not in conns:
                 conns[dsn] = await connect(dsn, settings.password(), settings.postgres)
             sources.append(await _source(settings, source, conns[dsn], status.get(source.name), now,
-                                         parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS))
+                                         parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
+                                         lookups=lookups))
         runs: list[VerifyRun] = []
         for conn in conns.values():
             if await bookkeeping_exists(conn, settings.postgres.bookkeeping_schema):
@@ -148,7 +150,7 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
 
 
 async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, live: dict | None,
-                  now: dt.datetime, parity_max_age: float = 0.0) -> SourceFacts:
+                  now: dt.datetime, parity_max_age: float = 0.0, lookups: list[int] | None = None) -> SourceFacts:
     facts = SourceFacts(name=source.name, path=str(source.path), schema=source.schema,
                         direction=(live or {}).get("direction") or TO_POSTGRES)
     bk_schema = settings.postgres.bookkeeping_schema
@@ -189,7 +191,11 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     facts.left_out = side.left_out if side else []
     if side is not None:
         # The daemon's page measures at most every CACHE_SECONDS; the report every time.
-        facts.parity = await summary.gather(settings, source, pg, side.specs, side.views, max_age=parity_max_age)
+        budget = lookups[0] if lookups is not None else None
+        facts.parity = await summary.gather(settings, source, pg, side.specs, side.views, max_age=parity_max_age,
+                                            budget=budget)
+        if lookups is not None and facts.parity.speed is not None:
+            lookups[0] = max(0, lookups[0] - len(facts.parity.speed.lookups))
         if facts.parity.error is None:  # views are in the plan: carried at cutover, or listed with why not
             facts.left_out = [lo for lo in facts.left_out if lo.kind != "view"] + \
                 summary.left_out_entries(facts.parity.items)
