@@ -268,3 +268,15 @@ async def test_streaming_towards_postgres_again_returns_the_schema_to_its_dual_w
         # the case-insensitive column stays so
         assert await pg_rows(pg_dsn, "SELECT id FROM app.person WHERE email = 'Z@X'") == [(50,)]
         assert d.stop() == 0
+    # ... and a second cutover makes it the application's database again (the row SQLite
+    # took meanwhile is an orphan: refused, then allowed).
+    with pytest.raises(parity.OrphanRows):
+        await finalize(cfg, pg_dsn)
+    again = await finalize(cfg, pg_dsn, allow_orphans=True)
+    assert again.not_valid == ["person: FOREIGN KEY (org_id) REFERENCES org (id): 1 orphan row(s)"]
+    assert {v[0] for v in (await constraints(pg_dsn)).values()} == {"p", "u", "c", "f"}
+    assert sorted(o.what for o in again.not_created) == [
+        'index "person_hex" on ((hex(nick)))', 'trigger "person_touch" on "person"', 'view "crazy"']
+    twice = await finalize(cfg, pg_dsn, allow_orphans=True)  # finalize is safe to repeat
+    assert [o.what for o in twice.not_created] == [o.what for o in again.not_created]
+    assert sorted(o.what for o in twice.created) == sorted(o.what for o in again.created)

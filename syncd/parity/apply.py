@@ -13,6 +13,7 @@ Postgres's reason and the rest go on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import sqlite3
@@ -373,6 +374,7 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
     bk_schema = settings.postgres.bookkeeping_schema
     schema = source.schema
     path = sqlite_path or source.path
+    specs = _with_types(specs, await retyped_columns(conn, bk_schema, source.name))
     views = await asyncio.to_thread(_view_names, path, source)
 
     def read() -> tuple[SourceObjects, dict]:
@@ -395,6 +397,7 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
         if item.left_out:
             result.not_created.append(Outcome(item.kind, item.table, item.what, item.name or item.column,
                                               item.left_out))
+    await _drop_earlier_cutover(conn, source.name, schema, specs)
     await _nocase(conn, source.name, schema, plan, options, result)
     for tname, spec in specs.items():
         items = [i for i in plan.for_table(tname) if i.kind == "type" and not i.left_out and i.verdict is not None
@@ -426,9 +429,44 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
     return result
 
 
+async def _drop_earlier_cutover(conn: asyncpg.Connection, source: str, schema: str,
+                                specs: dict[str, TableSpec]) -> None:
+    """An earlier cutover's views, foreign keys and CHECKs (finalize run again): dropped
+    first, views before the constraints they read, so that the columns and UNIQUE
+    constraints they depend on can change; they are created again below."""
+    have = await read_pg_objects(conn, schema)
+    mine = [o for o in have.values() if o.owned_by(source) and o.stage == CUTOVER
+            and (o.kind == "view" or (o.kind == "constraint" and o.contype in ("f", "c") and o.table in specs))]
+    for obj in sorted(mine, key=lambda o: o.kind != "view"):
+        await run(conn, _drop_sql(schema, obj))
+
+
+def _with_types(specs: dict[str, TableSpec], retyped: dict[str, dict[str, PgType]]) -> dict[str, TableSpec]:
+    """`specs` with the types schema parity gave columns earlier (typed during dual-write,
+    or a cutover finished before a rollback): those columns are typed already."""
+    out = {}
+    for name, spec in specs.items():
+        types = retyped.get(name, {})
+        cols = tuple(dataclasses.replace(c, pgtype=types[c.name]) if c.name in types and not c.type_note else c
+                     for c in spec.columns)
+        out[name] = dataclasses.replace(spec, columns=cols) if cols != spec.columns else spec
+    return out
+
+
 async def _create(conn: asyncpg.Connection, source: str, schema: str, item: Item, stmts: list[str], detail: str,
                   result: FinalizeResult) -> None:
     kind = _object_kind(item, CUTOVER)
+    if item.kind in ("check", "foreign key", "view") and item.name:
+        # One of an earlier cutover's (rolled back since, say) is replaced; anyone else's is not touched.
+        key = ("constraint", item.table, item.name) if kind == "constraint" else ("relation", None, item.name)
+        existing = (await read_pg_objects(conn, schema)).get(key)
+        if existing is not None:
+            if not existing.owned_by(source):
+                result.not_created.append(Outcome(item.kind, item.table, item.what, item.name,
+                                                  f'the name "{item.name}" is taken in Postgres by an object syncd '
+                                                  "did not create"))
+                return
+            stmts = [_drop_sql(schema, existing), *stmts]
     try:
         async with conn.transaction():
             for sql in stmts:
