@@ -288,14 +288,21 @@ async def retyped_columns(conn: asyncpg.Connection, bk_schema: str, source: str)
 
 
 def read_sqlite(conn: sqlite3.Connection, specs: dict[str, TableSpec], views: list[str],
-                options: Options, audit_types: bool) -> tuple[SourceObjects, dict[tuple[str, str], dates.Verdict]]:
-    """The file's objects and, with `audit_types`, every date candidate's verdict."""
+                options: Options, audit_types: bool, quick: bool = False
+                ) -> tuple[SourceObjects, dict[tuple[str, str], dates.Verdict]]:
+    """The file's objects and, with `audit_types`, every date candidate's verdict: each
+    value read in Python (window by window), or `quick`: checked in SQL against the
+    spelling a sample shows (the cutover's frozen file; Postgres proves each value)."""
     objects = read_objects(conn, list(specs), views)
     verdicts: dict[tuple[str, str], dates.Verdict] = {}
     if audit_types and options.typed_columns != "never":
         for name, spec in specs.items():
             cols = [c.name for c in spec.stored_columns if c.pgtype is PgType.TEXT and dates.is_candidate(c.declared)
                     and c.name not in objects.table(name).collations]
+            if quick:
+                for col, v in dates.audit_quick(conn, spec, cols, options.timestamp_override).items():
+                    verdicts[(name, col)] = v
+                continue
             for col, a in dates.audit(conn, spec, cols).items():
                 verdicts[(name, col)] = a.verdict(options.timestamp_override)
     return objects, verdicts
@@ -334,6 +341,7 @@ class FinalizeResult:
     not_valid: list[str] = field(default_factory=list)  # foreign keys left NOT VALID (--allow-orphans)
     retyped: list[Retyped] = field(default_factory=list)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for the downtime's account
 
     def lines(self) -> list[str]:
         out = [f"created: {o.line()}" for o in self.created]
@@ -380,14 +388,17 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
     def read() -> tuple[SourceObjects, dict]:
         c = open_readonly(path)
         try:
-            return read_sqlite(c, specs, views, options, audit_types=True)
+            return read_sqlite(c, specs, views, options, audit_types=True, quick=True)
         finally:
             c.close()
 
     objects, verdicts = await asyncio.to_thread(read)
     plan = plan_source(schema, specs, objects, options, verdicts)
     result = FinalizeResult()
+    lap = _Lap(result, started)
+    lap("read SQLite")
     result.orphans = await orphans.count(conn, schema, plan.items, specs)
+    lap("count orphans")
     with_orphans = [o for o in result.orphans if o.orphans]
     if with_orphans and not allow_orphans:
         raise OrphanRows([o.describe() for o in with_orphans])
@@ -398,7 +409,22 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
             result.not_created.append(Outcome(item.kind, item.table, item.what, item.name or item.column,
                                               item.left_out))
     await _drop_earlier_cutover(conn, source.name, schema, specs)
+    # A UNIQUE constraint or index is built once, in its final form, after the columns
+    # it covers changed (a collation or a type change would rebuild it first).
+    uniques = []
+    for item in plan.items:
+        if item.kind != "unique" or item.left_out or len(item.cutover) < 2:
+            continue
+        try:
+            async with conn.transaction():
+                await run(conn, item.cutover[0])
+            uniques.append(item)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            result.not_created.append(Outcome(item.kind, item.table, item.what, item.name,
+                                              f"Postgres refused to change it: {describe(e)}"))
+    lap("UNIQUE constraints set aside")
     await _nocase(conn, source.name, schema, plan, options, result)
+    lap("NOCASE columns")
     for tname, spec in specs.items():
         items = [i for i in plan.for_table(tname) if i.kind == "type" and not i.left_out and i.verdict is not None
                  and (i.cutover or i.dual_write)]
@@ -412,11 +438,14 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
                                           f"{r.pgtype.value}, SQLite spelling {r.sqlite_format}: {item.why}"))
         for item, why in refused:
             result.not_created.append(Outcome("type", tname, item.what, item.column, f"kept as text: {why}"))
+    lap("typed columns")
     for kind in ("unique", "check", "foreign key", "view"):
         for item in plan.items:
             if item.kind != kind or item.left_out or not item.cutover:
                 continue
-            stmts = list(item.cutover)
+            if kind == "unique" and item not in uniques:
+                continue
+            stmts = list(item.cutover[1:] if kind == "unique" else item.cutover)
             detail = item.why
             if kind == "foreign key" and item.name in orphaned:
                 stmts[-1] += " NOT VALID"
@@ -425,8 +454,19 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
                           "changed rows only")
                 result.not_valid.append(f"{item.table}: {item.what}: {count} orphan row(s)")
             await _create(conn, source.name, schema, item, stmts, detail, result)
+        lap(kind)
     result.seconds = time.monotonic() - started
     return result
+
+
+class _Lap:
+    def __init__(self, result: FinalizeResult, started: float):
+        self.result, self.last = result, started
+
+    def __call__(self, what: str) -> None:
+        now = time.monotonic()
+        self.result.phases[what] = self.result.phases.get(what, 0.0) + now - self.last
+        self.last = now
 
 
 async def _drop_earlier_cutover(conn: asyncpg.Connection, source: str, schema: str,

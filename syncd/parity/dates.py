@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncd.identifiers import pg_string_literal, quote_pg_ident
+from syncd.identifiers import pg_string_literal, quote_literal, quote_pg_ident
 from syncd.types import PgType
 
 UTC = dt.timezone.utc
@@ -423,3 +423,72 @@ def audit(conn, spec, columns: list[str]) -> dict[str, ColumnAudit]:
     finally:
         conn.text_factory = old
     return audits
+
+
+# --- the cutover's quick reading ------------------------------------------------------------
+
+QUICK_SAMPLE = 10_000
+
+
+def sqlite_match(col: str, fmt: Format) -> str:
+    """A SQLite condition true for the values spelled as `fmt` (digits where digits go;
+    whether they name a real date, and come back exactly, Postgres proves)."""
+    if fmt.kind == "epoch":
+        return f"typeof({col}) = 'integer'"
+    date = "[0-9][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]"
+    if fmt.kind == "date":
+        pats = [date]
+    else:
+        base = f"{date}{fmt.sep}[0-2][0-9]:[0-5][0-9]" + (":[0-5][0-9]" if fmt.seconds else "")
+        if fmt.optional_frac:
+            pats = [base, base + "." + "[0-9]" * 6]
+        else:
+            pats = [base + ("." + "[0-9]" * fmt.frac if fmt.frac else "")]
+        pats = [p + (fmt.zone or "") for p in pats]
+    cond = " OR ".join(f"{col} GLOB {quote_literal(p)}" for p in pats)
+    out = f"(typeof({col}) = 'text' AND ({cond}))"
+    if fmt.optional_frac:
+        out += f" AND {col} NOT GLOB {quote_literal('*.000000' + (fmt.zone or ''))}"
+    return out
+
+
+def audit_quick(conn, spec, columns: list[str], override: PgType | None = None) -> dict[str, Verdict]:
+    """The cutover's reading, in a frozen file: the spelling from a sample, then every
+    value checked against it in SQL (SQLite's own speed, not Python's). Values spelled
+    right that name no real date are left to Postgres's proof before the column changes."""
+    from syncd.identifiers import quote_ident
+
+    out: dict[str, Verdict] = {}
+    table = f"main.{quote_ident(spec.name)}"
+    keys = ", ".join(spec.sqlite_ref(k) for k in spec.key)
+    declared = {c.name: c.declared for c in spec.columns}
+    old = conn.text_factory
+    conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+    try:
+        for name in columns:
+            col = spec.sqlite_ref(name)
+            sample = ColumnAudit(spec.name, name, declared.get(name, ""))
+            for row in conn.execute(f"SELECT {keys}, {col} FROM {table} WHERE {col} IS NOT NULL LIMIT ?",
+                                    (QUICK_SAMPLE,)):
+                sample.add(tuple(row[:-1]), row[-1])
+            first = sample.verdict(override)
+            if first.format is None or sample.values < QUICK_SAMPLE:
+                out[name] = first  # the sample is every value, or no spelling: its verdict stands
+                continue
+            fmt = first.format
+            match = sqlite_match(col, fmt)
+            total, bad = conn.execute(f"SELECT count({col}), count({col}) - coalesce(sum({match}), 0) "
+                                      f"FROM {table}").fetchone()
+            audit = ColumnAudit(spec.name, name, declared.get(name, ""), values=total)
+            if not bad:
+                out[name] = Verdict(audit, fmt, _flavour(fmt, override), 0)
+                continue
+            rows = conn.execute(f"SELECT {keys}, {col} FROM {table} WHERE {col} IS NOT NULL AND NOT ({match}) "
+                                f"LIMIT {SAMPLE_KEYS}").fetchall()
+            example = rows[0][-1] if rows else None
+            got = shape(example) if rows else None
+            why = (f"spelled {got.spec}, not {fmt.spec}" if isinstance(got, Format) else got) or "not spelled so"
+            out[name] = Verdict(audit, fmt, None, bad, why=why, keys=[tuple(r[:-1]) for r in rows], example=example)
+    finally:
+        conn.text_factory = old
+    return out

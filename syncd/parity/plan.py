@@ -64,7 +64,7 @@ class Item:
     what: str  # the SQLite object, for people
     name: str | None = None  # its Postgres name
     dual_write: tuple[str, ...] = ()  # statements run during dual-write
-    cutover: tuple[str, ...] = ()  # statements run at cutover
+    cutover: tuple[str, ...] = ()  # statements run at cutover (a unique's: its dual-write form dropped, then made)
     why: str = ""  # why it is carried the way it is
     left_out: str | None = None  # why it is not carried at all
     needs_streaming: bool = False  # its dual-write statements wait until the table streams
@@ -381,8 +381,8 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
         item.needs_streaming = True
         item.dual_write = (f"ALTER TABLE {table} ADD CONSTRAINT {qname} UNIQUE ({cols_sql}) "
                            "DEFERRABLE INITIALLY DEFERRED",)
-        item.cutover = (f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {qname}, ADD CONSTRAINT {qname} "
-                        f"UNIQUE ({cols_sql})",)
+        item.cutover = (f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {qname}",
+                        f"ALTER TABLE {table} ADD CONSTRAINT {qname} UNIQUE ({cols_sql})")
         item.why = ("UNIQUE DEFERRABLE INITIALLY DEFERRED once the table streams (a batch applying rows that "
                     "swapped values must not trip it), made immediate at cutover (ON CONFLICT and foreign keys "
                     "need that)")
