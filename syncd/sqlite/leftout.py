@@ -68,7 +68,8 @@ def classify(conn: sqlite3.Connection, name: str, kind: str, virtual: dict[str, 
     every virtual table of the file to its CREATE statement (to find a shadow's owner)."""
     if kind == "view":
         return LeftOut(name, "view", "a view (no stored data)",
-                       "recreate it in Postgres from its SQL, rewriting SQLite-only functions")
+                       "syncd creates it in Postgres at cutover if its SELECT translates exactly (`syncd schema` "
+                       "says); otherwise recreate it from its SQL, rewriting SQLite-only functions")
     if kind == "shadow":
         owner = max((v for v in virtual if name.startswith(v + "_")), key=len, default=None)
         of = f' of virtual table "{owner}"' if owner else ""
