@@ -23,6 +23,7 @@ from syncd.postgres.pool import Targets
 from syncd.postgres.target import UnsupportedTarget
 from syncd.sdnotify import Notifier
 from syncd.sqlite.audit import format_key
+from syncd import parity
 from syncd.parity import orphans
 from syncd.sqlite.connection import THREADS
 from syncd.verify import publish_metrics, verify_source
@@ -374,6 +375,7 @@ class Daemon:
                 },
                 "refused": dict(list(s.refused.items())),
                 "skipped": dict(list(s.skipped.items())),
+                "foreign_key_orphans": parity.orphan_counts(s),
             }
         return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources}
 

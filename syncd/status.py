@@ -75,6 +75,8 @@ class SourceStatus:
     not_migrated: list[str] = field(default_factory=list)  # virtual tables holding data syncd cannot carry
     capture_suspended: str | None = None  # "<since> <why>" while capture is off to protect the disk
     direction: str = TO_POSTGRES  # TO_SQLITE once cut over (model.py)
+    # "<table>: <foreign key> -> orphan rows", as the daemon last counted them (schema parity)
+    foreign_key_orphans: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -231,6 +233,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     mine = (live or {}).get("sources", {}).get(source.name)
     if mine is not None:
         st.lag_seconds = mine.get("lag_seconds")
+        st.foreign_key_orphans = dict(mine.get("foreign_key_orphans") or {})
         if mine.get("health") not in (None, "starting"):
             st.state = mine["health"]
     elif st.pending_changes is not None:
@@ -287,6 +290,10 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                                      "not recorded until Postgres answers, then every table is snapshotted again"))
     for text in st.not_migrated:
         p.append(Problem("warning", f"not migrated: {text}"))
+    for fk, n in sorted(st.foreign_key_orphans.items()):
+        if n and st.direction != TO_SQLITE:
+            p.append(Problem("warning", f"{fk}: {n} orphan row(s) (their foreign key names no parent row); the "
+                                        "cutover refuses them unless --allow-orphans, `syncd report` lists keys"))
     for t in st.tables:
         if t.state in HALTED:
             p.append(Problem("critical", f'table "{t.name}" {t.state}: {t.reason}'))

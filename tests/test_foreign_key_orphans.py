@@ -39,6 +39,9 @@ async def test_orphans_are_counted_in_the_metric_and_the_report(app_db, make_con
             fk["problems"]
         assert "app.person: FOREIGN KEY (boss) REFERENCES person (id): 1 orphan row(s) (keys 3)" in \
             fk["problems"]
+        status = run_cli(cfg, "status")
+        assert ("WARNING: app: person: FOREIGN KEY (org_id) REFERENCES org (id): 2 orphan row(s) (their foreign key "
+                "names no parent row)") in status.stdout
         orphans = doc["sources"][0]["schema"]["orphans"]
         assert {(o["constraint"], o["orphans"]) for o in orphans} == {("person_org_id_fkey", 2),
                                                                       ("person_boss_fkey", 1)}

@@ -49,6 +49,7 @@ class _State:
     audited: tuple[int, float] | None = None  # (schema version, monotonic time) of the last date audit
     deferred: set[str] = field(default_factory=set)  # tables that may hold deferrable parity constraints
     logged: set[str] = field(default_factory=set)  # failure lines already logged
+    orphans: dict[str, int] = field(default_factory=dict)  # "<table>: <foreign key>" -> orphan rows, last counted
 
 
 _sessions: "weakref.WeakKeyDictionary[object, _State]" = weakref.WeakKeyDictionary()
@@ -59,6 +60,13 @@ def _state(session) -> _State:
     if st is None:
         st = _sessions[session] = _State()
     return st
+
+
+def orphan_counts(session) -> dict[str, int]:
+    """The orphan rows the daemon last counted per foreign key of `session`'s source
+    ("<table>: <foreign key>" -> rows), for /status and `syncd status`."""
+    st = _sessions.get(session)
+    return dict(st.orphans) if st is not None else {}
 
 
 async def _direction(session) -> str | None:

@@ -131,5 +131,6 @@ async def watch(settings_fn, pipelines_fn, targets) -> None:
             for o in counts:
                 if o.orphans is not None:
                     metrics.foreign_key_orphans.labels(name, o.table, o.constraint).set(o.orphans)
+            st.orphans = {f"{o.table}: {o.what}": o.orphans for o in counts if o.orphans is not None}
             shown[name] = now
         await asyncio.sleep(WATCH_TICK_SECONDS)
