@@ -46,6 +46,8 @@ async def test_schema_changes_during_an_outage_are_captured_at_once(outage, tmp_
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         proxy.refuse()
+        # An idle pipeline asks nothing of Postgres: a change makes it notice the outage.
+        conn.execute("INSERT INTO items VALUES (2, 'b')")
         d.wait_log("Postgres unreachable")
         conn.executescript("""
             CREATE TABLE late (id INTEGER PRIMARY KEY, v TEXT);
@@ -83,6 +85,7 @@ async def test_a_changelog_over_its_cap_is_compacted_then_capture_suspended(outa
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         proxy.refuse()
+        conn.execute("UPDATE hot SET n = -1 WHERE id = 1")  # work, so the idle pipeline asks Postgres
         d.wait_log("Postgres unreachable")
         # One key changed over and over: compaction alone brings it back under the cap.
         for i in range(20_000):
