@@ -280,3 +280,17 @@ async def test_streaming_towards_postgres_again_returns_the_schema_to_its_dual_w
     twice = await finalize(cfg, pg_dsn, allow_orphans=True)  # finalize is safe to repeat
     assert [o.what for o in twice.not_created] == [o.what for o in again.not_created]
     assert sorted(o.what for o in twice.created) == sorted(o.what for o in again.created)
+
+
+def test_the_cutover_preview_lists_what_finalize_would_do(app_db, make_config):
+    app_file(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    settings = load_settings(cfg)
+    source = settings.sources[0]
+    ro = sqlite3.connect(f"file:{app_db}?mode=ro", uri=True, isolation_level=None)
+    specs = introspect(ro, source).tables
+    ro.close()
+    lines = parity.preview(settings, source, specs)
+    assert 'schema: will create person: CHECK "adult" on age (age >= 18) as "adult"' in lines
+    assert 'schema: will create view "adults" as "adults"' in lines
+    assert any(line.startswith('schema: will not carry view "crazy": not translated exactly') for line in lines)

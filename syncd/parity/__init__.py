@@ -33,7 +33,7 @@ from syncd.parity.orphans import OrphanCount
 from syncd.parity.plan import Options, SourcePlan, plan_source
 
 __all__ = ["FinalizeResult", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused", "Retyped", "check_deferred",
-           "ensure", "finalize", "release", "retyped_columns", "table_streaming", "violated"]
+           "ensure", "finalize", "preview", "release", "retyped_columns", "table_streaming", "violated"]
 
 log = logging.getLogger("syncd")
 
@@ -205,3 +205,28 @@ def _log(session, st: _State, report) -> None:
         st.logged.add(line)
         session.warning(f"schema parity: not created: {line}", event="parity_failed")
 
+
+
+def preview(settings, source, specs) -> list[str]:
+    """What finalize would create and leave out for `source` now, one line each, for
+    `syncd cutover --dry-run` (reads the SQLite file read-only, every date value in full;
+    touches nothing). Orphans are the report's (`foreign_keys` item)."""
+    from syncd.parity.apply import open_readonly
+
+    options = Options.from_settings(settings)
+    conn = open_readonly(source.path)
+    try:
+        views = [r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'view'")
+                 if source.wants_table(r[0])]
+        objects, verdicts = read_sqlite(conn, specs, views, options, audit_types=True)
+    finally:
+        conn.close()
+    plan = plan_source(source.schema, specs, objects, options, verdicts)
+    out = []
+    for i in plan.items:
+        where = f"{i.table}: " if i.table else ""
+        if i.left_out:
+            out.append(f"schema: will not carry {where}{i.what}: {i.left_out}")
+        elif i.cutover:
+            out.append(f"schema: will create {where}{i.what}" + (f' as "{i.name}"' if i.name else ""))
+    return out
