@@ -94,6 +94,7 @@ async def test_replace_through_a_unique_index_made_during_an_outage(app_db, make
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
             await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
             proxy.refuse()
+            conn.execute("UPDATE t SET v = 'two' WHERE id = 2")  # work, so the idle pipeline asks Postgres
             d.wait_log("Postgres unreachable")
             conn.execute("BEGIN")
             conn.execute("CREATE UNIQUE INDEX ux ON t(email)")

@@ -114,6 +114,9 @@ async def watch(settings_fn, pipelines_fn, targets) -> None:
             if time.monotonic() - last.get(name, -interval) < interval:
                 continue
             last[name] = time.monotonic()
+            if not any(i.kind == "foreign key" and not i.left_out for i in st.plan.items):
+                st.orphans = {}
+                continue  # nothing to count: no connection borrowed
             specs = {n: t.spec for n, t in p.session.tables.items()}
             try:
                 async with targets.for_source(p.source).connection() as conn:
