@@ -373,7 +373,8 @@ class Daemon:
                 "refused": dict(list(s.refused.items())),
                 "skipped": dict(list(s.skipped.items())),
             }
-        return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources}
+        return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources,
+                "verify_behind_seconds": round(self.verifier.behind_seconds, 1)}
 
 
 def _raise_open_files_limit() -> None:
