@@ -96,7 +96,7 @@ def _on_postgres(conn) -> None:
                   balance=Decimal("5.00"))
     s.add(new)
     s.flush()
-    assert new.id == 13  # continues after SQLite's ids (12 handed out, one deleted)
+    assert new.id == 12  # where SQLite would go on: after the highest id it holds (12 was deleted)
     c3 = s.scalars(select(Contact).where(Contact.email == "c3@acme.example")).one()
     assert c3.created_at == dt.datetime(2026, 11, 1, 9, 3, 30, 250000)
     assert c3.first_call is None and isinstance(c3.balance, Decimal) and c3.balance == Decimal("99.99")
