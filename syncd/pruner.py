@@ -82,7 +82,12 @@ class Pruner:
             self.task.add_done_callback(lambda _t: self.on_done())  # the note goes to Postgres next
 
     async def _run(self, below_seq: int, keep: dict[int, int]) -> None:
-        await self.worker.run(prune, below_seq, keep, self.window, self.busy_ms)
+        try:
+            await self.worker.run(prune, below_seq, keep, self.window, self.busy_ms)
+        finally:
+            # Open only while pruning: a SQLite connection costs ~120 KB, and a fleet of
+            # idle sources should not keep a second one each.
+            await self.worker.close()
         self.pruned_upto = below_seq
         self.confirmed = below_seq
 
