@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from syncd.identifiers import qualified
 from syncd.model import SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres import ddl
+from syncd.postgres import ddl, ownership
 from syncd.postgres.bookkeeping import TableRow
 from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
 from syncd.sqlite.introspect import introspect, journal_mode
-from syncd.types import PgType, translate_default
+from syncd.types import PgType
 
 
 @dataclass
@@ -153,7 +153,7 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
     assert state.capture_id is not None
     target = session.target_schema
 
-    await conn.execute(ddl.create_schema_sql(target))
+    await bk.ensure_schema(conn, target)
     src = await session.bk.load_source(conn)
     if src is None:
         await session.bk.upsert_source(conn, state.capture_id, str(session.source.path), target)
@@ -168,8 +168,12 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
     requests = await _resync_requests(session)
     pg_tables = await ddl.read_tables(conn, target)
     runtimes: dict[str, TableRuntime] = {}
+    # A Postgres relation of the same name that syncd did not create is left alone.
+    session.refused.update(await ownership.not_ours(conn, session.bk, target, schema.tables))
 
     for name, spec in schema.tables.items():
+        if name in session.refused:
+            continue
         tid = state.tid_of(name)
         assert tid is not None
         row = rows.get(name)
@@ -302,7 +306,9 @@ async def _reconcile_table(
     target = session.target_schema
     name = spec.name
     if pgt is None:
-        await conn.execute(ddl.create_table_sql(target, spec))
+        await ddl.run_ddl(conn, ddl.create_table_sql(target, spec))
+        await session.bk.record_created(conn, target, name)
+        _log_default_notes(session, spec, spec.columns)
         if row is not None and row.state not in (bk.PENDING,):
             session.warning("Postgres table was missing: created it again, re-snapshotting", table=name,
                             event="table_recreated")
@@ -334,9 +340,10 @@ async def _reconcile_table(
     if diff.missing_in_pg:
         exact = True
         for col in diff.missing_in_pg:
-            await conn.execute(ddl.add_column_sql(target, spec, col))
-            if col.default_sql is not None and translate_default(col.default_sql, col.pgtype) is None:
+            await ddl.run_ddl(conn, ddl.add_column_sql(target, spec, col))
+            if ddl.column_default(col).not_carried is not None:
                 exact = False
+        _log_default_notes(session, spec, diff.missing_in_pg)
         added = ", ".join(c.name for c in diff.missing_in_pg)
         session.info(f"column(s) added in SQLite, added in Postgres too: {added}", table=name, event="column_added")
         if not exact and row.state not in (bk.PENDING, bk.LOADING):
@@ -353,6 +360,13 @@ async def _reconcile_table(
     if row.state == bk.REFUSED:
         return _pending(row, None)
     return row
+
+
+def _log_default_notes(session: SourceSession, spec: TableSpec, columns) -> None:
+    for col in columns:
+        note = ddl.default_note(col)
+        if note is not None:
+            session.info(f'column "{col.name}": {note}', table=spec.name, event="default_not_carried")
 
 
 def _extra_reason(extra: list[str]) -> str:

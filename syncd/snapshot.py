@@ -19,7 +19,7 @@ import time
 
 from syncd import metrics
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres import ddl
+from syncd.postgres import ddl, ownership
 from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.connect import describe, is_data_error, is_shape_error
 from syncd.rows import RowConverter, RowMisfit
@@ -127,7 +127,10 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
     async with conn.transaction():
         pgt = (await ddl.read_tables(conn, session.target_schema)).get(t.name)
         if pgt is None:
-            await conn.execute(ddl.create_table_sql(session.target_schema, t.spec))
+            await ddl.run_ddl(conn, ddl.create_table_sql(session.target_schema, t.spec))
+            await session.bk.record_created(conn, session.target_schema, t.name)
+        elif not await ownership.owns(conn, session.bk, session.target_schema, t.name):
+            raise SchemaMoved()  # not syncd's table (any more): reconcile refuses it
         await conn.execute(f"TRUNCATE {ddl.qualified(session.target_schema, t.name)}")
         if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
             await ddl.reshape_empty_table(conn, session.target_schema, t.spec, pgt)

@@ -8,7 +8,8 @@ import asyncpg
 
 from syncd.identifiers import qualified, quote_literal, quote_pg_ident
 from syncd.model import Column, TableSpec
-from syncd.types import PgType, translate_default
+from syncd.printable import escape_controls, shorten
+from syncd.types import PgDefault, PgType, pg_default
 
 # format_type() spellings of the types syncd creates.
 _FORMAT_TYPE = {
@@ -27,14 +28,35 @@ _FORMAT_TYPE = {
 _FROM_FORMAT_TYPE = {v: k for k, v in _FORMAT_TYPE.items()}
 
 
+def column_default(col: Column) -> PgDefault:
+    """The DEFAULT syncd writes for `col` (built by syncd from the literal's value, never
+    SQLite's text), or why SQLite's default is not carried."""
+    return pg_default(col.default_sql, col.pgtype, col.declared)
+
+
+def default_note(col: Column) -> str | None:
+    """One printable line saying that `col`'s SQLite default is not carried, and why."""
+    why = column_default(col).not_carried
+    if why is None:
+        return None
+    return f"default {shorten(col.default_sql or '', 80)} not carried: {why}"
+
+
 def column_sql(col: Column, in_key: bool) -> str:
     parts = [quote_pg_ident(col.name), col.pgtype.value]
     if col.notnull and not in_key:
         parts.append("NOT NULL")
-    default = translate_default(col.default_sql, col.pgtype)
+    default = column_default(col).sql
     if default is not None:
         parts.append(f"DEFAULT {default}")
     return " ".join(parts)
+
+
+async def run_ddl(conn: asyncpg.Connection, sql: str) -> None:
+    """Run one DDL statement through the extended protocol, which refuses a second
+    statement: even a quoting bug could not smuggle one in."""
+    stmt = await conn.prepare(sql)
+    await stmt.fetch()
 
 
 def create_table_sql(schema: str, spec: TableSpec) -> str:
@@ -53,14 +75,17 @@ def create_schema_sql(schema: str) -> str:
 
 def describe_ddl(schema: str, spec: TableSpec) -> str:
     """The CREATE TABLE statement with comments explaining the choices, for `syncd schema`."""
-    notes = [f"-- table {quote_literal(spec.name)}: key {', '.join(spec.key)} ({spec.key_origin})"]
+    # Names and SQLite text are shown escaped: each comment stays one line.
+    key = ", ".join(escape_controls(k) for k in spec.key)
+    notes = [f"-- table {escape_controls(quote_literal(spec.name))}: key {key} ({escape_controls(spec.key_origin)})"]
     for c in spec.columns:
         why = c.type_note or f"declared {c.declared or '(none)'}"
-        notes.append(f"--   {c.name}: {c.pgtype.value} <- {why}")
-        if c.default_sql is not None and translate_default(c.default_sql, c.pgtype) is None:
-            notes.append(f"--   {c.name}: default {c.default_sql} not carried (no exact Postgres equivalent)")
+        notes.append(f"--   {escape_controls(c.name)}: {c.pgtype.value} <- {escape_controls(why)}")
+        note = default_note(c)
+        if note is not None:
+            notes.append(f"--   {escape_controls(c.name)}: {note}")
     for n in spec.notes:
-        notes.append(f"--   note: {n}")
+        notes.append(f"--   note: {escape_controls(n)}")
     return "\n".join(notes) + "\n" + create_table_sql(schema, spec) + ";"
 
 
@@ -143,7 +168,7 @@ async def reshape_empty_table(conn: asyncpg.Connection, schema: str, spec: Table
     table = qualified(schema, spec.name)
     diff = diff_shape(spec, pg)
     for col in diff.missing_in_pg:
-        await conn.execute(add_column_sql(schema, spec, col))
+        await run_ddl(conn, add_column_sql(schema, spec, col))
     for name, _have, _want in diff.retyped:
         col = spec.column(name)
         q = quote_pg_ident(name)
@@ -151,9 +176,9 @@ async def reshape_empty_table(conn: asyncpg.Connection, schema: str, spec: Table
         await conn.execute(
             f"ALTER TABLE {table} ALTER COLUMN {q} TYPE {col.pgtype.value} USING NULL::{col.pgtype.value}"
         )
-        default = translate_default(col.default_sql, col.pgtype)
+        default = column_default(col).sql
         if default is not None:
-            await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {q} SET DEFAULT {default}")
+            await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} SET DEFAULT {default}")
     if diff.key_changed:
         conname = await conn.fetchval(
             "SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'", table
