@@ -244,6 +244,13 @@ class Settings(BaseSettings):
             seen.add(s.name)
             if len(s.schema.encode()) > PG_MAX_IDENTIFIER_BYTES:
                 raise ValueError(f"sources[{i}].schema: longer than {PG_MAX_IDENTIFIER_BYTES} bytes")
+            if s.schema == self.postgres.bookkeeping_schema:
+                raise ValueError(
+                    f"sources[{i}].schema: {s.schema!r} is syncd's own bookkeeping schema "
+                    "([postgres] bookkeeping_schema); replicate this source into another schema "
+                    '(schema = "...")')
+            if s.schema.startswith("pg_") or s.schema == "information_schema":
+                raise ValueError(f"sources[{i}].schema: {s.schema!r} is reserved by Postgres; choose another schema")
         return self
 
     def source(self, name: str) -> SourceSettings:

@@ -24,7 +24,7 @@ async def relations(conn: asyncpg.Connection, schema: str) -> dict[str, str]:
     """Every relation in `schema` (tables, views, indexes, sequences share one namespace)
     -> what it is."""
     rows = await conn.fetch(
-        "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "SELECT c.relname, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = $1", schema)
     return {r[0]: _KINDS.get(r[1], "relation") for r in rows}
 
