@@ -26,7 +26,7 @@ from pydantic_settings import (
 )
 
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES
-from syncd.redact import redact_dsn
+from syncd.redact import redact_dsn, register_dsn, register_secret
 from syncd.types import PgType, parse_override
 
 DEFAULT_CONFIG = Path("syncd.toml")
@@ -43,13 +43,26 @@ class _Strict(BaseModel):
 
 
 def check_dsn(dsn: str) -> str:
+    """A postgresql:// URL every client reads the same way. The messages never quote
+    the DSN: it may hold a password."""
+    scheme = re.match(r"(?:postgresql|postgres)://", dsn)
+    if not scheme:
+        raise ValueError("must be a postgresql:// URL, e.g. postgresql://syncd@127.0.0.1:5432/synapse")
+    rest = dsn[scheme.end():]
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    authority = rest[:min(ends, default=len(rest))]
+    if authority.count("@") > 1 or ("@" not in authority and "@" in rest.split("?", 1)[0]):
+        # asyncpg and libpq split at the first '@' or '/': the password would be cut short.
+        raise ValueError("the user name or password holds a character a URL must percent-encode "
+                         "('@' as %40, '/' as %2F, '?' as %3F, '#' as %23, ':' in a user name as %3A); "
+                         "or leave the password out and set SYNCD_POSTGRES__PASSWORD")
+    if any(c in dsn for c in "\r\n\t"):
+        raise ValueError("holds a line break or tab; percent-encode it (%0A, %0D, %09)")
     try:
         parts = urlsplit(dsn)
         parts.port  # noqa: B018 - raises on a non-numeric port
-    except ValueError as e:
-        raise ValueError(f"not a valid postgresql:// URL ({e})") from None
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError("must be a postgresql:// URL, e.g. postgresql://syncd@127.0.0.1:5432/synapse")
+    except ValueError:
+        raise ValueError("not a valid postgresql:// URL (check the host and port)") from None
     if not parts.hostname and "host=" not in parts.query:
         raise ValueError("names no host")
     return dsn
@@ -266,6 +279,15 @@ class Settings(BaseSettings):
         return self.postgres.password.get_secret_value() if self.postgres.password else None
 
 
+def register_secrets(settings: Settings) -> None:
+    """Make every secret the settings hold known to redact.scrub, so no error text
+    that quotes one is printed, logged or served."""
+    register_secret(settings.password())
+    register_secret(os.environ.get("PGPASSWORD"))
+    for dsn in [settings.postgres.dsn] + [s.dsn for s in settings.sources if s.dsn]:
+        register_dsn(dsn)
+
+
 def resolve_config_path(cli_path: str | None) -> Path:
     if cli_path:
         return Path(cli_path)
@@ -305,6 +327,7 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None
     finally:
         _toml_path.reset(token)
+    register_secrets(settings)
     base = path.resolve().parent
     sources = [
         s if s.path.is_absolute() else s.model_copy(update={"path": (base / s.path)}) for s in settings.sources

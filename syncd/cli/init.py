@@ -37,13 +37,13 @@ async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
         try:
             lines = await init_source(settings, source)
         except SourceLocked as e:
-            print(f"{source.name}: {e}; nothing to do, the running daemon keeps it initialized")
+            common.say(f"{source.name}: {e}; nothing to do, the running daemon keeps it initialized")
             continue
         except (SourceFileError, PostgresUnavailable) as e:
-            print(f"{source.name}: ERROR {e}")
+            common.say(f"{source.name}: ERROR {e}")
             rc = 1
             continue
-        print("\n".join(lines))
+        common.say(*lines)
     return rc
 
 

@@ -5,9 +5,9 @@ Exit 0 ready for cutover, 1 not ready (the document says what is not done), 2 er
 from __future__ import annotations
 
 import asyncio
-import json
 
 from syncd.cli import common
+from syncd.redact import scrub
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.report import as_json, evaluate, gather, markdown, ready
 
@@ -34,7 +34,7 @@ def main(args) -> int:
         return common.fail(f"Postgres: {describe(e)}", 2)
     items = evaluate(facts)
     if args.format == "json":
-        print(json.dumps(as_json(facts, items), indent=2, ensure_ascii=False, default=str))
+        common.say_json(as_json(facts, items), indent=2, ensure_ascii=False, default=str)
     else:
-        print(markdown(facts, items))
+        print(scrub(markdown(facts, items)))
     return 0 if ready(items) else 1
