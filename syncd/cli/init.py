@@ -13,6 +13,7 @@ from syncd.postgres.connect import PostgresUnavailable
 from syncd.reconcile import reconcile
 from syncd.session import SourceSession, changed
 from syncd.snapshot import audit
+from syncd.sqlite.capture import CaptureStateError
 from syncd.sqlite.connection import SourceFileError
 
 
@@ -39,7 +40,7 @@ async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
         except SourceLocked as e:
             common.say(f"{source.name}: {e}; nothing to do, the running daemon keeps it initialized")
             continue
-        except (SourceFileError, PostgresUnavailable) as e:
+        except (SourceFileError, PostgresUnavailable, CaptureStateError) as e:
             common.say(f"{source.name}: ERROR {e}")
             rc = 1
             continue

@@ -31,7 +31,7 @@ def main(args) -> int:
     for source in common.selected_sources(settings, args.source):
         try:
             common.say(asyncio.run(_uninstall(settings, source, args.force)))
-        except (SourceFileError, SourceLocked, Refused) as e:
+        except (SourceFileError, SourceLocked, Refused, capture.CaptureStateError) as e:
             common.say(f"{source.name}: ERROR {e}")
             rc = 1
     return rc

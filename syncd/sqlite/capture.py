@@ -31,6 +31,26 @@ class LockTimeout(Exception):
     """syncd could not get a short write lock on the SQLite file in time."""
 
 
+class CaptureStateError(sqlite3.DatabaseError):
+    """syncd's own bookkeeping inside the SQLite file holds a value it cannot read."""
+
+
+def _file_of(conn: sqlite3.Connection) -> str:
+    row = conn.execute("PRAGMA main.database_list").fetchone()
+    return (row[2] if row else "") or "(in memory)"
+
+
+def _meta_position(conn: sqlite3.Connection, meta: dict, key: str) -> int:
+    value = meta.get(key, 0)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise CaptureStateError(
+            f"SQLite file {_file_of(conn)}: {META} key {key!r} holds {str(value)[:40]!r}, not a changelog "
+            f"position; set it to 0 (syncd then replays from Postgres's checkpoint) or run `syncd uninstall` "
+            "and `syncd init`") from None
+
+
 def slot(i: int) -> str:
     return f"k{i}"
 
@@ -149,12 +169,17 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
     meta = dict(conn.execute(f"SELECT key, value FROM main.{quote_ident(META)}").fetchall())
     state.capture_id = meta.get("capture_id")
     state.format_version = meta.get("format_version")
-    state.pruned_seq = int(meta.get("pruned_seq", 0))
+    state.pruned_seq = _meta_position(conn, meta, "pruned_seq")
     if _table_exists(conn, REGISTRY):
         for tid, name, key, rearmed in conn.execute(
             f"SELECT tid, name, key_columns, rearmed_at FROM main.{quote_ident(REGISTRY)}"
         ):
-            state.registry[name] = (tid, tuple(json.loads(key)))
+            try:
+                state.registry[name] = (tid, tuple(json.loads(key)))
+            except (TypeError, ValueError):
+                raise CaptureStateError(
+                    f"SQLite file {_file_of(conn)}: {REGISTRY} row for table {name!r} holds key_columns "
+                    f"{str(key)[:40]!r}, not a JSON list; run `syncd uninstall` and `syncd init`") from None
             if rearmed is not None:
                 state.rearmed.add(name)
     for name, tbl, sql in conn.execute(

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from syncd.config import SourceSettings
-from syncd.identifiers import quote_ident
+from syncd.identifiers import pg_name_problem, quote_ident
 from syncd.model import Column, Refusal, SourceSchema, TableSpec, UniqueSet
 from syncd.sqlite import windows
+from syncd.sqlite.capture import CHANGELOG, META, REGISTRY
 from syncd.types import PgType, infer_from_values, map_declared_type
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,13 @@ log = logging.getLogger(__name__)
 SYNCD_PREFIX = "_syncd_"
 
 
+# syncd's own tables in the application's file; any other `_syncd_` table is the user's
+# and is refused by name, never silently ignored.
+OWN_TABLES = frozenset({CHANGELOG, META, REGISTRY})
+
+
 def is_internal(name: str) -> bool:
-    return name.startswith("sqlite_") or name.startswith(SYNCD_PREFIX)
+    return name.startswith("sqlite_") or name in OWN_TABLES
 
 
 def list_tables(conn: sqlite3.Connection) -> list[tuple[str, str, bool]]:
@@ -96,6 +102,10 @@ def describe_table(
     inferred from values, so a later, different mix of values does not flip the type.
     """
     table, without_rowid, raw = raw_table.name, raw_table.without_rowid, raw_table.columns
+    too_long = pg_name_problem(table, "its name") or next(
+        (p for r in raw if (p := pg_name_problem(r[1], f"column {r[1][:40]!r}{'…' if len(r[1]) > 40 else ''}"))), None)
+    if too_long:
+        return Refusal(table, too_long)
     if not raw:
         return Refusal(table, "has no columns syncd can read")
     sticky = sticky_types or {}
@@ -208,7 +218,11 @@ def introspect(
     try:
         schema.version = schema_version(conn)
         for name, kind, without_rowid in list_tables(conn):
-            if is_internal(name) or not source.wants_table(name):
+            if name in OWN_TABLES or name.startswith("sqlite_") or not source.wants_table(name):
+                continue
+            if name.startswith(SYNCD_PREFIX) and kind == "table":
+                schema.refused[name] = Refusal(name, f"its name starts with {SYNCD_PREFIX}, which syncd reserves for "
+                                                     "its own tables; rename it to replicate it")
                 continue
             if kind == "view":
                 schema.skipped[name] = "view (not stored data)"
