@@ -83,6 +83,14 @@ class PostgresSettings(_Strict):
 
 class MetricsSettings(_Strict):
     listen: str = "127.0.0.1:9464"
+    # Credentials for every page of the endpoint (bearer token and/or basic auth). Like the
+    # Postgres password: from SYNCD_METRICS__AUTH_TOKEN / SYNCD_METRICS__BASIC_AUTH_PASSWORD
+    # or the credential files metrics__auth_token / metrics__basic_auth_password.
+    auth_token: SecretStr | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password: SecretStr | None = None
+    max_connections: int = Field(16, ge=1, le=1024)
+    read_timeout_seconds: float = Field(5.0, gt=0, le=300)
 
     @field_validator("listen")
     @classmethod
@@ -93,6 +101,20 @@ class MetricsSettings(_Strict):
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464 (or \"\" to disable)")
         return v
+
+    @model_validator(mode="after")
+    def _basic_pair(self) -> "MetricsSettings":
+        if (self.basic_auth_password is None) != (self.basic_auth_user is None):
+            raise ValueError("basic_auth_user and basic_auth_password go together")
+        return self
+
+    def access(self):
+        from syncd.endpoint import Access
+
+        def secret(v: SecretStr | None) -> str | None:
+            return v.get_secret_value() if v is not None else None
+
+        return Access(secret(self.auth_token), self.basic_auth_user, secret(self.basic_auth_password))
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -283,6 +305,8 @@ def register_secrets(settings: Settings) -> None:
     """Make every secret the settings hold known to redact.scrub, so no error text
     that quotes one is printed, logged or served."""
     register_secret(settings.password())
+    for secret in (settings.metrics.auth_token, settings.metrics.basic_auth_password):
+        register_secret(secret.get_secret_value() if secret is not None else None)
     register_secret(os.environ.get("PGPASSWORD"))
     for dsn in [settings.postgres.dsn] + [s.dsn for s in settings.sources if s.dsn]:
         register_dsn(dsn)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import sqlite3
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
 from syncd.config import Settings, SourceSettings, StatusSettings
+from syncd.endpoint import fetch_status
 from syncd.identifiers import quote_ident
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe
@@ -96,15 +95,7 @@ def _read_sqlite(path: str, applied_seq: int) -> dict:
 
 
 def _endpoint(settings: Settings) -> dict | None:
-    addr = settings.metrics.address
-    if addr is None:
-        return None
-    host = addr[0] if addr[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    try:
-        with urllib.request.urlopen(f"http://{host}:{addr[1]}/status", timeout=1.5) as r:
-            return json.loads(r.read())
-    except (OSError, ValueError):
-        return None
+    return fetch_status(settings.metrics)
 
 
 async def gather_source(settings: Settings, source: SourceSettings, live: dict | None) -> SourceStatus:
