@@ -5,6 +5,7 @@ with the reason."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 import asyncpg
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncd.identifiers import pg_string_literal, quote_literal
-from syncd.sqlite_sql import (Affinity, Constant, ConstKind, Kind, NotAConstant, SqlSyntaxError, affinity,
+from syncd.sqlite_sql import (Constant, ConstKind, NotAConstant, SqlSyntaxError, affinity,
                               parse_constant, significant, stored_value, tokenize)
 from syncd.types import PgType, converter, pg_default
 from tests.conftest import write_config
@@ -143,6 +144,8 @@ async def test_carried_defaults_mean_in_postgres_what_they_mean_in_sqlite(tmp_pa
     cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
     r = run_cli(cfg, "init")
     assert r.returncode == 0, r.stdout + r.stderr
+    logged = [line for line in r.stderr.splitlines() if "event=default_not_carried" in line]
+    assert [re.search(r'column "(\w+)"', line).group(1) for line in logged] == sorted(NOT_CARRIED)
     pg = await asyncpg.connect(pg_dsn)
     try:
         types = {r[0]: r[1] for r in await pg.fetch(
