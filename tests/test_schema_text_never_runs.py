@@ -192,3 +192,21 @@ async def test_hostile_schema_text_never_runs_in_postgres(tmp_path, pg_dsn):
         line for line in r.stdout.splitlines() if not line.startswith("--") and "DEFAULT" not in line)
     not_carried = [t for t, col in HOSTILE_TABLES.items() if t not in CARRIED and "DEFAULT" in col]
     assert sum("not carried" in line for line in r.stdout.splitlines()) == 2 * len(not_carried)
+
+
+async def test_ddl_runs_one_statement_or_none(pg_dsn):
+    """The second line of defence: even a statement built wrongly cannot carry another."""
+    from syncd.postgres.ddl import run_ddl
+
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        await pg.execute("CREATE TABLE public.victim (id int)")
+        try:
+            await run_ddl(pg, "CREATE TABLE public.a (x int); DROP TABLE public.victim")
+        except asyncpg.PostgresSyntaxError as e:
+            assert "multiple commands" in str(e)
+        else:
+            raise AssertionError("two statements ran")
+        assert await pg.fetchval("SELECT to_regclass('public.victim') IS NOT NULL AND to_regclass('public.a') IS NULL")
+    finally:
+        await pg.close()

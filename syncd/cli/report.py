@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 
 from syncd.cli import common
-from syncd.redact import scrub
 from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.redact import scrub
 from syncd.report import as_json, evaluate, gather, markdown, ready
 
 

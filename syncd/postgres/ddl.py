@@ -172,10 +172,9 @@ async def reshape_empty_table(conn: asyncpg.Connection, schema: str, spec: Table
     for name, _have, _want in diff.retyped:
         col = spec.column(name)
         q = quote_pg_ident(name)
-        await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {q} DROP DEFAULT")
-        await conn.execute(
-            f"ALTER TABLE {table} ALTER COLUMN {q} TYPE {col.pgtype.value} USING NULL::{col.pgtype.value}"
-        )
+        await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} DROP DEFAULT")
+        await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} TYPE {col.pgtype.value} "
+                            f"USING NULL::{col.pgtype.value}")
         default = column_default(col).sql
         if default is not None:
             await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} SET DEFAULT {default}")
@@ -184,5 +183,5 @@ async def reshape_empty_table(conn: asyncpg.Connection, schema: str, spec: Table
             "SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'", table
         )
         if conname is not None:
-            await conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {quote_pg_ident(conname)}")
-        await conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(quote_pg_ident(k) for k in spec.key)})")
+            await run_ddl(conn, f"ALTER TABLE {table} DROP CONSTRAINT {quote_pg_ident(conname)}")
+        await run_ddl(conn, f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(quote_pg_ident(k) for k in spec.key)})")

@@ -76,6 +76,15 @@ def _infer_types(conn: sqlite3.Connection, raw: RawTable, names: list[str]) -> d
     return result
 
 
+def _pg_name_problem(raw_table: "RawTable") -> str | None:
+    """Why the table's name or a column's cannot be a Postgres name (too long)."""
+    problem = pg_name_problem(raw_table.name, "its name")
+    for r in raw_table.columns:
+        shown = r[1] if len(r[1]) <= 40 else r[1][:40] + "…"
+        problem = problem or pg_name_problem(r[1], f"column {shown!r}")
+    return problem
+
+
 @dataclass
 class RawTable:
     """A table's schema as PRAGMAs report it, read inside the schema's read transaction."""
@@ -102,10 +111,9 @@ def describe_table(
     inferred from values, so a later, different mix of values does not flip the type.
     """
     table, without_rowid, raw = raw_table.name, raw_table.without_rowid, raw_table.columns
-    too_long = pg_name_problem(table, "its name") or next(
-        (p for r in raw if (p := pg_name_problem(r[1], f"column {r[1][:40]!r}{'…' if len(r[1]) > 40 else ''}"))), None)
-    if too_long:
-        return Refusal(table, too_long)
+    unfit = _pg_name_problem(raw_table)
+    if unfit:
+        return Refusal(table, unfit)
     if not raw:
         return Refusal(table, "has no columns syncd can read")
     sticky = sticky_types or {}
@@ -218,7 +226,7 @@ def introspect(
     try:
         schema.version = schema_version(conn)
         for name, kind, without_rowid in list_tables(conn):
-            if name in OWN_TABLES or name.startswith("sqlite_") or not source.wants_table(name):
+            if is_internal(name) or not source.wants_table(name):
                 continue
             if name.startswith(SYNCD_PREFIX) and kind == "table":
                 schema.refused[name] = Refusal(name, f"its name starts with {SYNCD_PREFIX}, which syncd reserves for "
