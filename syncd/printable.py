@@ -24,10 +24,6 @@ def escape_controls(text: str) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
-def has_controls(text: str) -> bool:
-    return _UNSAFE.search(text) is not None
-
-
 def shorten(text: str, limit: int = 120) -> str:
     """One printable line of at most `limit` characters."""
     line = escape_controls(text)

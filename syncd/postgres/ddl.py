@@ -69,10 +69,6 @@ def add_column_sql(schema: str, spec: TableSpec, col: Column) -> str:
     return f"ALTER TABLE {qualified(schema, spec.name)} ADD COLUMN IF NOT EXISTS {column_sql(col, False)}"
 
 
-def create_schema_sql(schema: str) -> str:
-    return f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(schema)}"
-
-
 def describe_ddl(schema: str, spec: TableSpec) -> str:
     """The CREATE TABLE statement with comments explaining the choices, for `syncd schema`."""
     # Names and SQLite text are shown escaped: each comment stays one line.
