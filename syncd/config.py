@@ -141,6 +141,10 @@ class SqliteSettings(_Strict):
     write_busy_timeout_ms: int = Field(100, ge=0)
     # Changelog positions one pruning transaction covers (kept entries included).
     prune_window: int = Field(20_000, ge=1)
+    # The most disk a source's changelog may take while Postgres is away. Over it, syncd
+    # keeps one entry per key; still over, it suspends capture for that source (the
+    # application's writes come first) and re-snapshots when Postgres is back.
+    max_changelog_mb: float = Field(1024.0, gt=0)
 
 
 class StatusSettings(_Strict):

@@ -51,6 +51,11 @@ table_state = Gauge(
     "syncd_table_state", "1 for the table's current replication state.", ["source", "table", "state"]
 )
 changelog_bytes = Gauge("syncd_changelog_bytes", "Bytes the changelog occupies in the SQLite file.", ["source"])
+capture_suspended = Gauge(
+    "syncd_capture_suspended",
+    "1 while capture is suspended in the source's file to protect its disk ([sqlite] max_changelog_mb).",
+    ["source"],
+)
 snapshot_rows_loaded = Gauge(
     "syncd_snapshot_rows_loaded", "Rows loaded so far by the current or last snapshot.", ["source", "table"]
 )
@@ -70,7 +75,7 @@ def forget_source(source: str) -> None:
     """Drop every series of a source removed from the configuration."""
     for metric in (replication_lag_seconds, pending_changes, last_applied_timestamp_seconds,
                    last_check_timestamp_seconds, apply_duration_seconds, commit_to_apply_seconds, source_up,
-                   retries_total, changelog_bytes):
+                   retries_total, changelog_bytes, capture_suspended):
         try:
             metric.remove(source)
         except KeyError:

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from syncd.identifiers import quote_ident
 from syncd.types import PgType
+
+if TYPE_CHECKING:
+    from syncd.sqlite.leftout import LeftOut
 
 # The Postgres column that carries a keyless table's SQLite rowid (its key there). The
 # `_syncd_` prefix is syncd's own; a table that already has a column of this name gets
 # the first free `_syncd_rowid_<n>` instead (see introspect.rowid_column_name).
 ROWID_COLUMN = "_syncd_rowid"
+
+
+ROWID_ALIASES = ("_rowid_", "rowid", "oid")
+
+
+def unshadowed_rowid_name(column_names) -> str | None:
+    """A name reaching a table's rowid that none of its columns shadows, or None."""
+    taken = {c.lower() for c in column_names}
+    return next((a for a in ROWID_ALIASES if a not in taken), None)
 
 
 @dataclass(frozen=True)
@@ -92,4 +105,9 @@ class SourceSchema:
     version: int = 0  # SQLite's schema_version the PRAGMAs were read at
     tables: dict[str, TableSpec] = field(default_factory=dict)
     refused: dict[str, Refusal] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)  # views, virtual tables: name -> why
+    left_out: dict[str, "LeftOut"] = field(default_factory=dict)  # views, virtual and shadow tables
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """What is left out, name -> why and what to do instead, as one line each."""
+        return {name: lo.describe() for name, lo in self.left_out.items()}

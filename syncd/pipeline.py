@@ -13,7 +13,7 @@ import random
 import sqlite3
 import time
 
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_random
 
 from syncd import metrics
 from syncd.config import Settings, SourceSettings
@@ -26,7 +26,7 @@ from syncd.reconcile import install_capture, reconcile
 from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
-from syncd.sqlite import reader
+from syncd.sqlite import disk_guard, reader
 from syncd.sqlite.capture import CaptureStateError, LockTimeout
 from syncd.sqlite.connection import SourceFileError
 from syncd.stream import apply, read_and_convert
@@ -78,6 +78,7 @@ class Pipeline:
         metrics.commit_to_apply_seconds.labels(self.name)
         metrics.replication_lag_seconds.labels(self.name).set(0)
         metrics.pending_changes.labels(self.name).set(0)
+        metrics.capture_suspended.labels(self.name).set(0)
 
     # --- control -------------------------------------------------------------------
 
@@ -94,7 +95,10 @@ class Pipeline:
 
     async def run(self) -> None:
         poller = asyncio.create_task(self._poll_loop(), name=f"poll-{self.name}")
-        backoff = wait_exponential_jitter(initial=0.2, max=self.settings.stream.retry_max_backoff_seconds, jitter=0.5)
+        # Exponential from 0.2 s up to the configured maximum, plus up to 0.5 s of jitter
+        # (spelled so every tenacity release in the supported range takes it silently).
+        backoff = wait_exponential(multiplier=0.2, max=self.settings.stream.retry_max_backoff_seconds) \
+            + wait_random(0, 0.5)
 
         def wait(retry_state) -> float:
             # A busy SQLite file is the application at work, not an outage: try again
@@ -228,8 +232,21 @@ class Pipeline:
             self.needs_reconcile = True
             metrics.source_up.labels(self.name).set(1)
         if not self.captured_once:
-            # Capture first, even with Postgres down: from here on nothing goes unrecorded.
-            await install_capture(s)
+            suspended = await s.worker.run(disk_guard.suspended)
+            if suspended:
+                # Capture stays off while Postgres is away (that is what filled the disk);
+                # with Postgres back it is installed again and every table re-snapshotted.
+                await s.connect_postgres(lock=True)
+                await install_capture(s)
+                await s.bk.event(s.pg, "capture_suspended", None, suspended)  # for the report's history
+                await s.worker.run(disk_guard.resume, self.settings.sqlite.write_busy_timeout_ms)
+                metrics.capture_suspended.labels(self.name).set(0)
+                s.warning(f"capture resumed (it was suspended since {suspended}); re-snapshotting every table",
+                          event="capture_resumed")
+                self.needs_reconcile = True
+            else:
+                # Capture first, even with Postgres down: from here on nothing goes unrecorded.
+                await install_capture(s)
             self.captured_once = True
         if s.pg is None or s.pg.is_closed():
             await s.connect_postgres(lock=True)
@@ -267,6 +284,11 @@ class Pipeline:
         self.pruner.rewind(s.applied_seq)
         for t in s.tables.values():
             self._log_table_state(t)
+            # Every table's series from the first scrape: 0 changes, not "no data".
+            for op in ("insert", "update", "delete"):
+                metrics.changes_applied_total.labels(self.name, t.name, op)
+            metrics.snapshot_rows_loaded.labels(self.name, t.name).set(t.row.snapshot_rows)
+        self._update_gauges()
 
     # --- snapshot ------------------------------------------------------------------
 
@@ -456,7 +478,37 @@ class Pipeline:
         if time.monotonic() - self.last_stats < STATS_EVERY_SECONDS:
             return
         self.last_stats = time.monotonic()
-        metrics.changelog_bytes.labels(self.name).set(await self.session.worker.run(reader.changelog_bytes))
+        s = self.session
+        size = await s.worker.run(reader.changelog_bytes)
+        metrics.changelog_bytes.labels(self.name).set(size)
+        cap = self.settings.sqlite.max_changelog_mb * 1024 * 1024
+        # Only while Postgres is away: with it up, the stream drains the changelog, and
+        # compacting entries a batch in flight has read would break its fingerprint.
+        if size > cap and self.captured_once and self.pg_ok is False:
+            await self._protect_disk(size, cap)
+
+    async def _protect_disk(self, size: int, cap: float) -> None:
+        """The changelog outgrew [sqlite] max_changelog_mb: compact it, and if that is not
+        enough, suspend capture for this source (see sqlite/disk_guard.py)."""
+        s = self.session
+        busy = self.settings.sqlite.write_busy_timeout_ms
+        dropped = await s.worker.run(disk_guard.compact, s.applied_seq, busy)
+        after = await s.worker.run(reader.changelog_bytes)
+        metrics.changelog_bytes.labels(self.name).set(after)
+        s.warning(f"changelog at {size / 1048576:.1f} MB, over [sqlite] max_changelog_mb "
+                  f"({cap / 1048576:g} MB): kept one entry per key, {dropped} dropped, now {after / 1048576:.1f} MB",
+                  event="changelog_compacted")
+        if after <= cap:
+            return
+        reason = (f"the changelog reached {after / 1048576:.1f} MB, over [sqlite] max_changelog_mb "
+                  f"({cap / 1048576:g} MB), while Postgres could not take its changes")
+        await s.worker.run(disk_guard.suspend, s.applied_seq, reason, busy)
+        self.captured_once = False  # stays off until Postgres answers (see _cycle)
+        self.needs_reconcile = True
+        metrics.capture_suspended.labels(self.name).set(1)
+        metrics.errors_total.labels(self.name, "sqlite").inc()
+        s.error(f"CAPTURE SUSPENDED: {reason}. The application's writes are no longer recorded; when Postgres "
+                "answers again syncd installs capture and snapshots every table again", event="capture_suspended")
 
     async def _maybe_recheck(self) -> None:
         """Reconcile again when something outside SQLite may have changed: an operator
@@ -515,7 +567,10 @@ class Pipeline:
             try:
                 if s.worker.conn is not None:
                     info = await s.worker.run(reader.poll, str(self.source.path))
+                    moved = s.schema_version is not None and info.schema_version != s.schema_version
                     self._on_poll(info)
+                    if moved and self.pg_ok is False and self.step_started is None:
+                        await self._rearm_while_away()
                     if s.worker.conn is not None and info.inode == s.worker.inode:
                         await self._maybe_stats()
                 elif self.health == SOURCE_MISSING and self.source.path.exists():
@@ -530,6 +585,17 @@ class Pipeline:
             metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
             metrics.replication_lag_seconds.labels(self.name).set(self.lag.lag(time.time()))
             await asyncio.sleep(interval)
+
+    async def _rearm_while_away(self) -> None:
+        """The schema moved while Postgres is away (a table rebuilt, a new one): capture
+        is brought in line now, from the SQLite side alone, so the outage is no window
+        of unrecorded changes; reconcile aligns Postgres when it answers again."""
+        s = self.session
+        if await s.worker.run(disk_guard.suspended):
+            return
+        await install_capture(s)
+        s.info("the SQLite schema changed while Postgres is away: capture brought in line with it",
+               event="capture_rearmed")
 
     def _on_poll(self, info: reader.PollInfo) -> None:
         s = self.session

@@ -8,13 +8,16 @@ on syncd's own initiative, and when capture had a gap, re-snapshot.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
-from syncd.identifiers import qualified
+from syncd import collisions
+from syncd.identifiers import qualified, quote_pg_ident
 from syncd.model import SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl, ownership
 from syncd.postgres.bookkeeping import TableRow
+from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
@@ -26,7 +29,7 @@ from syncd.types import PgType
 class CaptureResult:
     schema: SourceSchema
     state: CaptureState
-    gaps: set[str] = field(default_factory=set)  # tables whose capture had a gap: re-snapshot
+    gaps: dict[str, str] = field(default_factory=dict)  # tables to re-snapshot -> why (a capture gap, ...)
     renamed: dict[str, str] = field(default_factory=dict)  # old name -> table its triggers now sit on
 
 
@@ -35,7 +38,7 @@ def capture_gap(state: CaptureState, tid: int, spec: TableSpec) -> bool:
     table): changes may have gone unrecorded. A trigger whose text merely differs
     (an older syncd, a renamed column) recorded everything; it is re-armed in place."""
     names = trigger_names(tid)
-    for kind in ("ins", "upd", "del"):
+    for kind in ("ins", "upd", "key", "del"):
         have = state.triggers.get(names[kind])
         if have is None or have[0] != spec.name:
             return True
@@ -60,35 +63,52 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
     renamed: dict[str, str] = {}
     for _round in range(ARM_ROUNDS):
         schema = await w.run(introspect, session.source, sticky)
-        # Where do each registered table's triggers sit now? (They follow a RENAME.)
-        for name, (tid, _key) in state.registry.items():
+        # Where do each registered table's triggers sit now? They follow an ALTER TABLE
+        # RENAME: the registry follows too, so the table keeps its id and its queued
+        # changes, and Postgres renames its copy (see _follow_renames).
+        moved = False
+        for name, (tid, _key) in list(state.registry.items()):
             owner = capture.describe_trigger_owner(state, tid)
-            if owner is not None and owner != name:
+            if (owner is not None and owner != name and name not in schema.tables and owner in schema.tables
+                    and owner not in state.registry):
+                await w.run(capture.rename_registered, tid, owner, busy)
                 renamed[name] = owner
+                moved = True
+        if moved:
+            state = await w.run(capture.read_state)
         armed = False
+        version: int | None = schema.version
         for name, spec in schema.tables.items():
             tid = state.tid_of(name)
             if tid is not None and state.triggers_match(tid, spec):
                 continue
             gap = tid is not None and capture_gap(state, tid, spec)
-            await w.run(capture.arm_table, spec, busy, gap)
             armed = True
+            version = await w.run(capture.arm_table, spec, busy, gap, version)
+            if version is None:
+                break  # the application changed the schema meanwhile: read it again
         for name, (tid, _key) in state.registry.items():
+            if version is None:
+                break
             if name not in schema.tables and any(n in state.triggers for n in trigger_names(tid).values()):
-                await w.run(capture.disarm_table, tid, busy)
                 armed = True
+                version = await w.run(capture.disarm_table, tid, busy, version)
         state = await w.run(capture.read_state)
         if not armed:
             break
+    keyless = sorted(n for n, spec in schema.tables.items() if spec.rowid_keyed)
+    if await w.run(capture.note_schema, keyless, busy):
+        state = await w.run(capture.read_state)
 
     result = CaptureResult(schema=schema, state=state, renamed=renamed)
-    result.gaps = {n for n in state.rearmed if n in schema.tables}
+    result.gaps = {n: why for n, why in state.rearmed.items() if n in schema.tables}
     session.capture = state
     session.schema_version = schema.version
     session.refused = {n: r.reason for n, r in schema.refused.items()}
-    for name, why in schema.skipped.items():
+    for name, lo in schema.left_out.items():
         if name not in session.skipped:
-            session.info(f"not replicated: {why}", table=name, event="table_skipped")
+            log = session.warning if lo.holds_data else session.info
+            log(f"not replicated: {lo.describe()}", table=name, event="table_skipped")
     session.skipped = dict(schema.skipped)
     return result
 
@@ -116,7 +136,7 @@ def _paused(row: TableRow, reason: str, applied_seq: int, force_reload: bool = F
 
 def _pending(row: TableRow, reason: str | None) -> TableRow:
     return changed(row, state=bk.PENDING, resume_to=None, from_seq=None, snapshot_key=None, snapshot_rows=0,
-                   reason=reason)
+                   reason=reason, load_aside=False)
 
 
 async def sticky_types(session: SourceSession) -> dict[str, dict[str, PgType]]:
@@ -167,6 +187,8 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
     rows = await session.bk.load_tables(conn)
     requests = await _resync_requests(session)
     pg_tables = await ddl.read_tables(conn, target)
+    await _follow_renames(session, state, schema, rows, pg_tables)
+    await session.bk.followed_schema(conn, schema.version)
     runtimes: dict[str, TableRuntime] = {}
     # A Postgres relation of the same name that syncd did not create is left alone.
     session.refused.update(await ownership.not_ours(conn, session.bk, target, schema.tables))
@@ -180,13 +202,16 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
         pgt = pg_tables.get(name)
         if name in requests and pgt is not None:
             await conn.execute(f"DROP TABLE IF EXISTS {qualified(target, name)}")
+            await conn.execute(f"DROP TABLE IF EXISTS {qualified(session.bk.schema, session.bk.aside_table(tid))}")
             session.info("resync requested: Postgres table dropped, rebuilding it from SQLite", table=name,
                          event="resync")
             pgt = None
             row = _pending(row or new_row(name, tid), "resync requested")
-        new = await _reconcile_table(session, spec, tid, row, pgt, name in result.gaps)
+        new = await _reconcile_table(session, spec, tid, row, pgt, result.gaps.get(name))
         if new != row:
             await session.save_row(conn, new)
+        if new.state != bk.PAUSED:
+            await collisions.ensure_indexes(conn, target, spec)
         runtimes[name] = _runtime(session, spec, tid, new)
     if requests:
         await conn.execute(
@@ -211,17 +236,54 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
             session.info("table is no longer configured for replication; its Postgres copy is left as is",
                          table=name, event="table_removed")
             continue
-        where = result.renamed.get(name)
-        reason = (
-            f'table was renamed to "{where}" in SQLite' if where else "table no longer exists in SQLite (dropped)"
-        ) + "; its Postgres copy is kept and its queued changes stay queued. Recreate it, or remove the " \
-            "Postgres table if it is gone for good"
-        if row.state != bk.PAUSED or row.reason != reason:
-            row = _paused(row, reason, session.applied_seq)
-            await session.save_row(conn, row)
-            session.warning(reason, table=name, event="table_paused")
+        # Only a copy syncd made is moved: a refused table never had one.
+        ours = (await session.bk.owners(conn, target)).get(name) == session.name
+        await _keep_dropped_aside(session, name, name in pg_tables and row.state != bk.REFUSED and ours)
 
     return runtimes
+
+
+async def _follow_renames(session: SourceSession, state: CaptureState, schema: SourceSchema,
+                          rows: dict[str, TableRow], pg_tables: dict[str, ddl.PgTable]) -> None:
+    """A table renamed in SQLite keeps its id in the registry (install_capture moves
+    it), so a bookkeeping row under the old name with that id is the same table:
+    rename the Postgres copy and the row, and it streams on without a reload. Derived
+    from what both sides hold durably, so a crash in between is simply redone."""
+    conn = session.pg
+    assert conn is not None
+    by_tid = {row.tid: name for name, row in rows.items() if row.tid is not None}
+    owners = await session.bk.owners(conn, session.target_schema)
+    for name in schema.tables:
+        old = by_tid.get(state.tid_of(name))
+        if old is None or old == name or name in rows or old in schema.tables:
+            continue
+        if name in pg_tables or old not in pg_tables or owners.get(old) != session.name:
+            continue  # something else already holds the new name: the old copy is kept aside below
+        await conn.execute(f"ALTER TABLE {qualified(session.target_schema, old)} RENAME TO {quote_pg_ident(name)}")
+        await session.bk.record_renamed(conn, session.target_schema, old, name)
+        await conn.execute(f"UPDATE {session.bk.s}.tables SET table_name = $3 WHERE source = $1 AND table_name = $2",
+                           session.name, old, name)
+        await session.bk.event(conn, "table_renamed", name, f'renamed from "{old}" in SQLite')
+        rows[name] = changed(rows.pop(old), table_name=name)
+        pg_tables[name] = pg_tables.pop(old)
+        session.info(f'table "{old}" was renamed to "{name}" in SQLite: renamed in Postgres too, streaming on',
+                     table=name, event="table_renamed")
+
+
+async def _keep_dropped_aside(session: SourceSession, name: str, in_postgres: bool) -> None:
+    """A table dropped in SQLite: its Postgres copy is kept under another name, never
+    destroyed, and syncd stops tracking it."""
+    conn = session.pg
+    assert conn is not None
+    where = ""
+    if in_postgres:
+        aside = ddl.aside_name(name, dt.datetime.now(dt.timezone.utc))
+        await conn.execute(f"ALTER TABLE {qualified(session.target_schema, name)} RENAME TO {quote_pg_ident(aside)}")
+        await session.bk.record_renamed(conn, session.target_schema, name, aside)
+        where = f'; its Postgres copy is kept as "{aside}" (drop it there once nothing needs it)'
+    await conn.execute(f"DELETE FROM {session.bk.s}.tables WHERE source = $1 AND table_name = $2", session.name, name)
+    await session.bk.event(conn, "table_dropped", name, f"dropped in SQLite{where}")
+    session.warning(f"table was dropped in SQLite{where}", table=name, event="table_dropped")
 
 
 async def _resume_position(session: SourceSession, src, state: CaptureState) -> int:
@@ -299,8 +361,10 @@ async def _resync_requests(session: SourceSession) -> set[str]:
 
 
 async def _reconcile_table(
-    session: SourceSession, spec: TableSpec, tid: int, row: TableRow | None, pgt: ddl.PgTable | None, gap: bool
+    session: SourceSession, spec: TableSpec, tid: int, row: TableRow | None, pgt: ddl.PgTable | None,
+    gap: str | None
 ) -> TableRow:
+    """The table's next state. `gap` says why it must be re-snapshotted, if it must."""
     conn = session.pg
     assert conn is not None
     target = session.target_schema
@@ -321,17 +385,18 @@ async def _reconcile_table(
         return row  # PENDING; the load reshapes the empty table
     row = changed(row, tid=tid)
     if diff.extra_in_pg:
-        reason = _extra_reason(diff.extra_in_pg)
-        if gap and row.state != bk.PAUSED:
-            session.warning("capture triggers were missing (table rebuilt?): re-armed them", table=name,
-                            event="capture_rearmed")
-        return _paused(row, reason, session.applied_seq, force_reload=gap)
+        followed = await _follow_columns(session, spec, pgt)
+        if followed is None:
+            reason = _extra_reason(diff.extra_in_pg)
+            if gap and row.state != bk.PAUSED:
+                session.warning(gap, table=name, event="capture_rearmed")
+            return _paused(row, reason, session.applied_seq, force_reload=gap is not None)
+        pgt = (await ddl.read_tables(conn, target))[name]
+        diff = ddl.diff_shape(spec, pgt)
     if gap:
-        session.warning(
-            "capture triggers were missing (table rebuilt?): re-armed them and re-snapshotting the table so "
-            "changes made in between are not lost",
-            table=name, event="capture_rearmed",
-        )
+        if row.state != bk.PENDING:
+            session.warning(gap, table=name,
+                            event="capture_rearmed" if gap == capture.GAP_REASON else "table_reloading")
         return _pending(row, None)
     if diff.retyped or diff.key_changed:
         what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in diff.retyped) or "primary key changed"
@@ -367,6 +432,84 @@ def _log_default_notes(session: SourceSession, spec: TableSpec, columns) -> None
         note = ddl.default_note(col)
         if note is not None:
             session.info(f'column "{col.name}": {note}', table=spec.name, event="default_not_carried")
+
+
+async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable) -> bool | None:
+    """Make Postgres follow SQLite's RENAME COLUMN (a column keeps its place; at the end
+    of the table, where a rename and a drop followed by an add look alike, the data
+    decides) and DROP COLUMN (the Postgres column is kept aside under a new name, its
+    values intact). Returns True, or None when the change cannot be told for sure (the
+    table then pauses)."""
+    conn = session.pg
+    assert conn is not None
+    plan = ddl.plan_columns([(c.name, c.pgtype) for c in spec.stored_columns],
+                            [(c.name, c.pgtype) for c in pgt.columns
+                             if not ddl.is_aside(c.name) and not _synthetic(spec, c.name)])
+    if plan is None:
+        return None
+    for old, new, must in plan.guesses:
+        if await _looks_renamed(session, spec, old, new):
+            plan.renames.append((old, new))
+        elif must:
+            return None  # mid-table it can only be a rename, yet the data says otherwise
+        else:
+            plan.drops.append(old)  # dropped, and `new` added at the end: the caller adds it
+    table = qualified(session.target_schema, spec.name)
+    for old, new in plan.renames:
+        await conn.execute(f"ALTER TABLE {table} RENAME COLUMN {quote_pg_ident(old)} TO {quote_pg_ident(new)}")
+        session.info(f'column "{old}" was renamed to "{new}" in SQLite: renamed in Postgres too', table=spec.name,
+                     event="column_renamed")
+    for col in plan.drops:
+        aside = ddl.aside_name(col, dt.datetime.now(dt.timezone.utc))
+        await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col)} DROP NOT NULL")
+        await conn.execute(f"ALTER TABLE {table} RENAME COLUMN {quote_pg_ident(col)} TO {quote_pg_ident(aside)}")
+        session.warning(f'column "{col}" was dropped in SQLite: kept aside in Postgres as "{aside}" with the values '
+                        "it had (new rows leave it empty); drop it there once nothing needs it", table=spec.name,
+                        event="column_dropped")
+        await session.bk.event(conn, "column_dropped", spec.name, f'"{col}" kept aside as "{aside}"')
+    return True
+
+
+EVIDENCE_ROWS = 200
+
+
+async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new: str) -> bool:
+    """At the end of a table a rename and a drop followed by an add look alike; the data
+    tells them apart: after a rename, SQLite's `new` holds what Postgres's `old` holds
+    for the same keys (bar the few rows changed since). An empty table has nothing to lose."""
+    conn = session.pg
+    assert conn is not None
+    if any(k not in {c.name for c in spec.stored_columns} for k in spec.key) and not spec.rowid_keyed:
+        return True
+    keys = ", ".join(quote_pg_ident(k) for k in spec.key)
+    pg_rows = await conn.fetch(f"SELECT {keys}, {quote_pg_ident(old)} FROM {qualified(session.target_schema, spec.name)} "
+                               f"ORDER BY {keys} LIMIT {EVIDENCE_ROWS}")
+    if not pg_rows:
+        return True
+    current, _gone = await session.worker.run(collisions.read_current, spec, [tuple(r)[:-1] for r in pg_rows])
+    tid = session.capture.tid_of(spec.name) if session.capture else None
+    moving = set() if tid is None else await session.worker.run(reader.changed_keys, tid, len(spec.key),
+                                                                 session.applied_seq)
+    conv = RowConverter(spec)
+    idx = spec.column_names.index(new)
+    mine = {}
+    for row in current:
+        if tuple(row[i] for i in spec.key_indexes) in moving:
+            continue  # changed since Postgres last saw it: no evidence either way
+        try:
+            converted = conv.row(row)
+        except RowMisfit:
+            continue
+        mine[tuple(converted[i] for i in spec.key_indexes)] = converted[idx]
+    pairs = [(mine[tuple(r)[:-1]], r[-1]) for r in pg_rows if tuple(r)[:-1] in mine]
+    if not pairs:
+        return True
+    same = sum(1 for a, b in pairs if a == b or (a is not None and b is not None and str(a) == str(b)))
+    return same >= 0.9 * len(pairs)
+
+
+def _synthetic(spec: TableSpec, name: str) -> bool:
+    return any(c.name == name and c.sqlite_expr is not None for c in spec.columns)
 
 
 def _extra_reason(extra: list[str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -140,6 +141,10 @@ class SourceSession:
 
     async def save_row(self, conn: asyncpg.Connection, row: TableRow) -> None:
         await self.bk.save_table(conn, row)
+
+    def loaded(self, table: str) -> None:
+        """Snapshot rows of `table` just committed in Postgres: that is an apply too."""
+        self.applied_at = time.time()
 
 def changed(row: TableRow, **updates) -> TableRow:
     return dataclasses.replace(row, **updates)

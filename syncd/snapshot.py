@@ -1,5 +1,12 @@
 """Initial load of a table: audit, then COPY in chunks, resumable, then catch up.
 
+A first load COPYs straight into the new, empty Postgres table. A reload of a table
+Postgres already holds rows of (a re-snapshot after a capture gap, a keyless table
+whose rowids VACUUM may have renumbered, a retyped column) fills an aside table in
+the bookkeeping schema instead and replaces the live rows with it in one transaction
+at the end: a Postgres reader sees the old rows, then the new ones, never an empty or
+half-loaded table.
+
 Position: before the first row is read, the changelog's max seq P0 is fixed (in WAL
 mode inside the one read transaction the whole table is read in). Every change
 after P0 is replayed afterwards with current values, so rows read at any later
@@ -24,7 +31,7 @@ from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.connect import describe, is_data_error, is_shape_error
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
-from syncd.sqlite import reader
+from syncd.sqlite import key_identity, reader
 from syncd.sqlite.audit import audit_table
 from syncd.sqlite.connection import SqliteWorker
 
@@ -111,7 +118,8 @@ async def audit(session: SourceSession, t: TableRuntime) -> str | None:
 
     misfits = await session.worker.run(audit_table, t.spec)
     if not misfits:
-        return None
+        clash = await session.worker.run(key_identity.audit_collisions, t.spec)
+        return None if clash is None else "audit before load: " + clash
     text = "; ".join(m.describe(t.name) for m in misfits[:3])
     if len(misfits) > 3:
         text += f"; and {len(misfits) - 3} more column(s)"
@@ -124,27 +132,36 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
     assert conn is not None
     from_seq = await load.open()
     total = await load.count()
+    target = session.target_schema
     async with conn.transaction():
-        pgt = (await ddl.read_tables(conn, session.target_schema)).get(t.name)
+        pgt = (await ddl.read_tables(conn, target)).get(t.name)
         if pgt is None:
-            await ddl.run_ddl(conn, ddl.create_table_sql(session.target_schema, t.spec))
-            await session.bk.record_created(conn, session.target_schema, t.name)
-        elif not await ownership.owns(conn, session.bk, session.target_schema, t.name):
+            await ddl.run_ddl(conn, ddl.create_table_sql(target, t.spec))
+            await session.bk.record_created(conn, target, t.name)
+        elif not await ownership.owns(conn, session.bk, target, t.name):
             raise SchemaMoved()  # not syncd's table (any more): reconcile refuses it
-        await conn.execute(f"TRUNCATE {ddl.qualified(session.target_schema, t.name)}")
-        if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
-            await ddl.reshape_empty_table(conn, session.target_schema, t.spec, pgt)
+        aside = pgt is not None and bool(
+            await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {ddl.qualified(target, t.name)})"))
+        name = session.bk.aside_table(t.tid)
+        await conn.execute(f"DROP TABLE IF EXISTS {ddl.qualified(session.bk.schema, name)}")  # an earlier try's
+        if aside:
+            await ddl.run_ddl(conn, ddl.create_aside_sql(session.bk.schema, name, t.spec))
+        else:
+            await conn.execute(f"TRUNCATE {ddl.qualified(target, t.name)}")
+            if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
+                await ddl.reshape_empty_table(conn, target, t.spec, pgt)
         row = changed(
             t.row, state=bk.LOADING, resume_to=None, from_seq=from_seq, snapshot_key=None, snapshot_rows=0,
             snapshot_total=total, snapshot_started_at=dt.datetime.now(dt.timezone.utc), snapshot_finished_at=None,
-            reason=None,
+            reason=None, load_aside=aside,
         )
         await session.save_row(conn, row)
     t.row = row
     t.writer = None
     load.started = time.monotonic()
     load.rows_at_start = 0
-    session.info(f"snapshot started: {total} rows, changelog position {from_seq}", table=t.name,
+    where = " into a table aside; the rows Postgres holds stay until it is done" if aside else ""
+    session.info(f"snapshot started: {total} rows, changelog position {from_seq}{where}", table=t.name,
                  event="snapshot_started")
 
 
@@ -160,11 +177,14 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
         return await _finish(session, t, load)
     load.read_ahead(pos)
     writer = session.writer(t)
+    into = (session.bk.schema, session.bk.aside_table(t.tid)) if t.row.load_aside else None
     try:
         async with conn.transaction():
-            await writer.copy_in(conn, records)
+            await writer.copy_in(conn, records, into)
             row = changed(t.row, snapshot_key=pos, snapshot_rows=t.row.snapshot_rows + len(records), reason=None)
             await session.save_row(conn, row)
+            if into is None:
+                await session.bk.touch_applied(conn)
     except Exception as e:
         if not (is_data_error(e) or is_shape_error(e)):
             raise
@@ -172,6 +192,8 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
             bad = await locate_bad_row(conn, writer, records, [])
         raise SnapshotRejected(t.name, bad.key if bad else None, bad.message if bad else describe(e)) from None
     t.row = row
+    if into is None:
+        session.loaded(t.name)
     metrics.snapshot_rows_loaded.labels(session.name, t.name).set(row.snapshot_rows)
     _progress(session, t, load)
     return False
@@ -195,11 +217,26 @@ def _progress(session: SourceSession, t: TableRuntime, load: TableLoad) -> None:
 async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> bool:
     conn = session.pg
     assert conn is not None
-    row = changed(t.row, state=bk.CATCHUP, snapshot_finished_at=dt.datetime.now(dt.timezone.utc), reason=None)
-    async with conn.transaction():
-        await session.save_row(conn, row)
-        await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")
+    row = changed(t.row, state=bk.CATCHUP, snapshot_finished_at=dt.datetime.now(dt.timezone.utc), reason=None,
+                  load_aside=False)
+    try:
+        async with conn.transaction():
+            if t.row.load_aside:
+                await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,
+                                       session.bk.aside_table(t.tid))
+                session.writer(t).stage_ready = False  # the live table may have been reshaped
+            await session.save_row(conn, row)
+            await session.bk.touch_applied(conn)
+            await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")
+    except Exception as e:
+        if not (is_data_error(e) or is_shape_error(e)):
+            raise
+        # The reloaded rows do not fit the live table (a key Postgres holds once that
+        # SQLite holds twice, say): the old rows stay, the table is held until it fits.
+        raise SnapshotRejected(t.name, None, f"the reloaded rows could not replace the live ones: {describe(e)}") \
+            from None
     t.row = row
+    session.loaded(t.name)
     elapsed = time.monotonic() - load.started
     loaded = row.snapshot_rows - load.rows_at_start
     session.info(

@@ -19,7 +19,8 @@ from syncd.endpoint import fetch_status
 from syncd.identifiers import quote_ident
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe
-from syncd.sqlite import capture, reader
+from syncd.sqlite import capture, disk_guard, leftout, reader
+from syncd.sqlite.introspect import is_internal, list_tables
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 VERDICTS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -69,6 +70,8 @@ class SourceStatus:
     last_applied_at: str | None = None
     dual_write_since: str | None = None
     tables: list[TableStatus] = field(default_factory=list)
+    not_migrated: list[str] = field(default_factory=list)  # virtual tables holding data syncd cannot carry
+    capture_suspended: str | None = None  # "<since> <why>" while capture is off to protect the disk
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -76,12 +79,13 @@ def _iso(t: dt.datetime | None) -> str | None:
     return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds") if t else None
 
 
-def _read_sqlite(path: str, applied_seq: int) -> dict:
-    conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=2)
+def _read_sqlite(source: SourceSettings, applied_seq: int) -> dict:
+    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=2)
     try:
         state = capture.read_state(conn)
         out = {"installed": state.installed, "max_seq": state.max_seq, "pending": 0, "bytes": 0,
-               "triggers": state}
+               "triggers": state, "not_migrated": _holding_data(conn, source),
+               "suspended": disk_guard.suspended(conn)}
         if state.key_slots:
             # Counted, not subtracted: without a checkpoint (Postgres away, never set up)
             # max_seq would count every change ever captured, pruned ones included.
@@ -92,6 +96,18 @@ def _read_sqlite(path: str, applied_seq: int) -> dict:
         return out
     finally:
         conn.close()
+
+
+def _holding_data(conn: sqlite3.Connection, source: SourceSettings) -> list[str]:
+    """Virtual tables with application data of their own that syncd cannot carry."""
+    virtual = leftout.virtual_tables(conn)
+    out = []
+    for name, kind, _ in list_tables(conn):
+        if kind == "virtual" and not is_internal(name) and source.wants_table(name):
+            lo = leftout.classify(conn, name, kind, virtual)
+            if lo.holds_data:
+                out.append(f'"{name}" {lo.describe()}')
+    return out
 
 
 def _endpoint(settings: Settings) -> dict | None:
@@ -135,8 +151,10 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
 
     if st.sqlite_exists:
         try:
-            lite = await asyncio.to_thread(_read_sqlite, str(source.path), applied_seq)
+            lite = await asyncio.to_thread(_read_sqlite, source, applied_seq)
             st.capture_installed = lite["installed"]
+            st.not_migrated = lite["not_migrated"]
+            st.capture_suspended = lite["suspended"]
             if src is not None and lite["max_seq"] >= applied_seq:
                 st.pending_changes = lite["pending"]
             elif lite["installed"]:
@@ -205,6 +223,12 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
         p.append(Problem("critical", f"daemon not running and {st.pending_changes} change(s) wait to be applied"))
     elif st.daemon_running is False:
         p.append(Problem("warning", "daemon not running"))
+    if st.capture_suspended:
+        since, _, why = st.capture_suspended.partition(" ")
+        p.append(Problem("critical", f"capture suspended since {since} to protect the disk: {why}; changes are "
+                                     "not recorded until Postgres answers, then every table is snapshotted again"))
+    for text in st.not_migrated:
+        p.append(Problem("warning", f"not migrated: {text}"))
     for t in st.tables:
         if t.state in HALTED:
             p.append(Problem("critical", f'table "{t.name}" {t.state}: {t.reason}'))

@@ -11,14 +11,14 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from syncd import metrics
+from syncd import collisions, metrics
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.bookkeeping import TableRow
 from syncd.postgres.connect import describe, is_data_error, is_shape_error, is_transient, sqlstate
 from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
-from syncd.sqlite import reader
+from syncd.sqlite import key_identity, reader
 from syncd.sqlite.audit import format_key
 from syncd.sqlite.reader import ChangeBatch
 
@@ -49,10 +49,19 @@ def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming
                 "Postgres cannot hold a NULL key. Give those rows a key in SQLite"
             )
             continue
+        kept, gone = key_identity.survivors(conn, t.spec, ch.deletes)
+        if kept:
+            ch.upserts.extend(kept)
+            ch.deletes = gone
         try:
             converted[tid] = Converted(t, t.conv.rows(ch.upserts), t.conv.deleted_keys(ch.deletes))
         except RowMisfit as m:
             misfits[tid] = str(m)
+            continue
+        clash = key_identity.stream_collision(conn, t.spec, ch.upserts)
+        if clash is not None:
+            misfits[tid] = clash
+            del converted[tid]
     return batch, converted, misfits
 
 
@@ -63,6 +72,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
     conn = session.pg
     assert conn is not None
     started = time.monotonic()
+    await _add_replaced(session, converted, misfits)
     held = dict(misfits)
     try:
         async with conn.transaction():
@@ -96,6 +106,28 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
     return held
 
 
+async def _add_replaced(session: SourceSession, converted: dict[int, Converted], misfits: dict[int, str]) -> None:
+    """Rows a REPLACE removed through a unique index (no trigger tells of them): found
+    by their collision with an upserted row, read again from SQLite, and added to the
+    batch as the upserts or deletes they now are (see collisions.py)."""
+    assert session.pg is not None
+    for tid, c in list(converted.items()):
+        spec = c.t.spec
+        if not spec.unique_sets or not c.records:
+            continue
+        stale = await collisions.stale_keys(session.pg, session.target_schema, spec, c.records)
+        if not stale:
+            continue
+        rows, gone = await session.worker.run(collisions.read_current, spec, sorted(stale, key=repr))
+        try:
+            c.records.extend(c.t.conv.rows(rows))
+        except RowMisfit as m:
+            misfits[tid] = str(m)
+            del converted[tid]
+            continue
+        c.deletes.extend(gone)
+
+
 def _table_specific(exc: BaseException) -> bool:
     """An error one table's statements caused: hold that table, let the rest go on.
     Anything Postgres itself reported that is not transient counts, so an
@@ -120,6 +152,7 @@ async def _bookkeep(session: SourceSession, batch: ChangeBatch, held: dict[int, 
         await session.bk.advance(conn, batch.after_seq, batch.last_seq, batch.fingerprint)
     elif catchup.tid not in held:
         updates[catchup.tid] = changed(catchup.row, state=bk.CATCHUP, from_seq=batch.last_seq, reason=None)
+        await session.bk.touch_applied(conn)
     for row in updates.values():
         await session.save_row(conn, row)
     return updates

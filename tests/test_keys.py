@@ -1,11 +1,11 @@
-"""Keys: composite, TEXT, WITHOUT ROWID, keyless tables, key updates, delete+reinsert,
-INSERT OR REPLACE."""
+"""Keys: composite, TEXT, WITHOUT ROWID, keyless tables (configured keys, and the rowid),
+key updates, delete+reinsert, INSERT OR REPLACE."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from tests.support.compare import compare_table
+from tests.support.compare import compare_keyless, compare_table
 from tests.support.daemon import DaemonProcess
 from tests.support.sync import table_states, wait_caught_up
 
@@ -56,6 +56,8 @@ def mutate(conn: sqlite3.Connection) -> None:
     conn.execute("REPLACE INTO uniq_only VALUES ('c1', 111)")
     conn.execute("UPDATE OR REPLACE users SET email = 'u5@x' WHERE id = 6")
     conn.execute("INSERT INTO keyless_configured VALUES (9, 'x9')")
+    conn.execute("INSERT INTO keyless VALUES (1, 'dup')")
+    conn.execute("UPDATE keyless SET b = 'one of three' WHERE rowid = 2")
     conn.execute("UPDATE keyless_configured SET b = 'changed' WHERE a = 2")
     conn.commit()
 
@@ -72,7 +74,6 @@ async def test_keys(app_db, make_config, pg_dsn, tmp_path):
     for table in ("composite", "textkey", "nocase", "wr", "users", "uniq_only"):
         assert await compare_table(str(app_db), pg_dsn, "app", table) == [], table
     assert await compare_table(str(app_db), pg_dsn, "app", "keyless_configured", key=["a"]) == []
+    assert await compare_keyless(str(app_db), pg_dsn, "app", "keyless") == []
     states = await table_states(pg_dsn, "app")
-    assert states["keyless"][0] == "refused"
-    assert "no primary key" in states["keyless"][1]
-    assert states["uniq_only"][0] == "streaming"
+    assert states["keyless"][0] == states["uniq_only"][0] == "streaming"

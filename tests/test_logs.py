@@ -30,7 +30,8 @@ async def test_json_log_lines(tmp_path, pg_dsn):
     assert started["source"] == "app" and "1 rows" in started["msg"]
     finished = events[("snapshot_finished", "t")]
     assert "rows/s" in finished["msg"]
-    assert events[("table_skipped", "v")]["msg"] == "not replicated: view (not stored data)"
+    assert events[("table_skipped", "v")]["msg"] == ("not replicated: a view (no stored data); recreate it in "
+                                                     "Postgres from its SQL, rewriting SQLite-only functions")
     assert events[("stopped", None)]["level"] == "info"
 
 

@@ -88,7 +88,7 @@ async def test_a_malformed_meta_value_is_a_clear_error(tmp_path, pg_dsn):
     conn.execute("INSERT OR REPLACE INTO _syncd_meta(key, value) VALUES ('pruned_seq', 'not a number')")
     conn.commit()
     conn.close()
-    expected = f"SQLite file {db}: _syncd_meta key 'pruned_seq' holds 'not a number', not a changelog position"
+    expected = f"SQLite file {db}: _syncd_meta key 'pruned_seq' holds 'not a number', not a number"
 
     r = run_cli(cfg, "status")
     assert r.returncode == 3 and expected in r.stdout and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr

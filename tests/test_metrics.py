@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.request
 from urllib.parse import urlsplit
@@ -112,3 +114,43 @@ def test_metrics_listen_on_loopback_by_default():
     from syncd.config import MetricsSettings
 
     assert MetricsSettings().address == ("127.0.0.1", 9464)
+
+
+async def test_every_series_exists_on_the_first_scrape_after_a_snapshot(tmp_path, pg_dsn):
+    """Dashboards show 0 and alerts on "nothing applied for N minutes" can fire for a
+    source that was only ever snapshotted: no series appears only after a first change."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=50)
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE log (line TEXT)")  # keyless: replicated too
+    conn.execute("INSERT INTO log VALUES ('a'), ('a')")
+    conn.commit()
+    conn.close()
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}],
+                       metrics_listen=f"127.0.0.1:{port}", sections={"verify": {"interval_seconds": 0}})
+    started = time.time()
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        d.wait_log("every table is streaming")
+        m = scrape(port)
+        for table in ("items", "log"):
+            for op in ("insert", "update", "delete"):
+                assert m[f'syncd_changes_applied_total{{op="{op}",source="app",table="{table}"}}'] == 0
+        loaded_at = m['syncd_last_applied_timestamp_seconds{source="app"}']
+        assert started <= loaded_at <= time.time()
+        assert d.stop() == 0
+
+    pg = await asyncpg.connect(pg_dsn)
+    recorded = (await pg.fetchval("SELECT applied_at FROM syncd.sources WHERE source = 'app'")).timestamp()
+    await pg.close()
+    assert abs(recorded - loaded_at) < 2
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        d.wait_log("every table is streaming")
+        m = scrape(port)  # restored from bookkeeping, not "no data" until the next change
+        assert abs(m['syncd_last_applied_timestamp_seconds{source="app"}'] - recorded) < 0.01
+        assert m['syncd_changes_applied_total{op="insert",source="app",table="log"}'] == 0
+        status = subprocess.run([sys.executable, "-m", "syncd", "--config", str(cfg), "status"], capture_output=True,
+                                text=True, timeout=60)
+        assert "never" not in status.stdout.splitlines()[1], status.stdout
+        assert d.stop() == 0

@@ -117,8 +117,8 @@ async def test_tables_not_streaming_count_as_differences(app_db, make_config, pg
     seed(app_db)
     conn = sqlite3.connect(app_db)
     conn.executescript("""
-        CREATE TABLE keyless (a INTEGER, b TEXT);
-        INSERT INTO keyless VALUES (1, 'x');
+        CREATE TABLE keyless (rowid INTEGER, oid TEXT, _rowid_ TEXT);  -- no key, and its rowid hidden
+        INSERT INTO keyless VALUES (1, 'x', 'y');
         CREATE TABLE flags (id INTEGER PRIMARY KEY, ok BOOLEAN);
         INSERT INTO flags VALUES (1, 0), (2, 1), (3, 2);
     """)

@@ -77,7 +77,8 @@ async def test_repair_without_a_daemon_runs_the_pipeline_here(app_db, make_confi
     for table in ("items", "tags"):
         assert await compare_table(str(app_db), pg_dsn, "app", table) == [], table
     assert verify(cfg).returncode == 0
-    held = await pg_fetch(pg_dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+    held = await pg_fetch(pg_dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                  "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
     assert held[0][0] == 0  # the pipeline let go of the source
     with DaemonProcess(cfg, tmp_path / "after.log") as d:  # and a daemon can take it over
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)

@@ -58,6 +58,11 @@ def _ago(iso: str | None) -> str:
 
 def _consistency(st: SourceStatus) -> str:
     streaming = [t for t in st.tables if t.state == "streaming"]
+    left_out = [t for t in st.tables if t.state in ("refused", "held", "paused")]
+    if left_out or st.not_migrated:
+        # A table (or a virtual table's data) Postgres does not have is never "ok".
+        n = len(left_out) + len(st.not_migrated)
+        return f"{n} not replicated"
     if not streaming:
         return "-"
     checked = [t for t in streaming if t.last_verify_at]

@@ -83,11 +83,13 @@ class TableWriter:
         # The stage is empty here: ON COMMIT DELETE ROWS, and a ROLLBACK discards the COPY.
         await conn.copy_records_to_table(name, records=records, schema_name="pg_temp")
 
-    async def copy_in(self, conn: asyncpg.Connection, records: list[tuple]) -> None:
-        """Snapshot load: COPY straight into the (freshly truncated) table."""
-        await conn.copy_records_to_table(
-            self.spec.name, records=records, columns=list(self.spec.column_names), schema_name=self.schema
-        )
+    async def copy_in(self, conn: asyncpg.Connection, records: list[tuple],
+                      into: tuple[str, str] | None = None) -> None:
+        """Snapshot load: COPY straight into the (freshly truncated) table, or into
+        `into` = (schema, table), the aside table of a reload."""
+        schema, name = into or (self.schema, self.spec.name)
+        await conn.copy_records_to_table(name, records=records, columns=list(self.spec.column_names),
+                                         schema_name=schema)
 
 
 @dataclass

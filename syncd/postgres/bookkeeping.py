@@ -111,6 +111,11 @@ def _ddl(bk: str) -> list[str]:
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS confirmed_seq bigint NOT NULL DEFAULT 0",
         f"ALTER TABLE {s}.verify_runs ADD COLUMN IF NOT EXISTS table_state text",
         f"ALTER TABLE {s}.verify_runs ADD COLUMN IF NOT EXISTS detail text",
+        # A reload of a table Postgres readers already use goes into a table of its own
+        # and replaces the rows in one transaction at the end (see snapshot.py).
+        f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS load_aside boolean NOT NULL DEFAULT false",
+        # The SQLite schema version the table states were last reconciled with.
+        f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS schema_version bigint",
     ]
 
 
@@ -190,6 +195,7 @@ class TableRow:
     snapshot_finished_at: dt.datetime | None
     reason: str | None
     updated_at: dt.datetime
+    load_aside: bool = False  # the load in progress fills aside_table(), swapped in at the end
 
 
 def encode_position(pos: tuple | None) -> str | None:
@@ -257,6 +263,9 @@ class Bookkeeping:
             self.source, capture_id, path, target_schema,
         )
 
+    async def followed_schema(self, conn: asyncpg.Connection, version: int) -> None:
+        await conn.execute(f"UPDATE {self.s}.sources SET schema_version = $2 WHERE source = $1", self.source, version)
+
     async def reset_source(self, conn: asyncpg.Connection, capture_id: str, applied_seq: int) -> None:
         """A new capture generation: every table re-snapshots, the checkpoint restarts.
         Call inside a transaction: half a reset would stream without the re-snapshot."""
@@ -274,7 +283,7 @@ class Bookkeeping:
     async def load_tables(self, conn: asyncpg.Connection) -> dict[str, TableRow]:
         rows = await conn.fetch(
             f"SELECT table_name, tid, state, resume_to, from_seq, snapshot_key, snapshot_rows, snapshot_total, "
-            f"snapshot_started_at, snapshot_finished_at, reason, updated_at "
+            f"snapshot_started_at, snapshot_finished_at, reason, updated_at, load_aside "
             f"FROM {self.s}.tables WHERE source = $1",
             self.source,
         )
@@ -288,18 +297,28 @@ class Bookkeeping:
     async def save_table(self, conn: asyncpg.Connection, row: TableRow) -> None:
         await conn.execute(
             f"""INSERT INTO {self.s}.tables(source, table_name, tid, state, resume_to, from_seq, snapshot_key,
-                    snapshot_rows, snapshot_total, snapshot_started_at, snapshot_finished_at, reason, updated_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
+                    snapshot_rows, snapshot_total, snapshot_started_at, snapshot_finished_at, reason, updated_at,
+                    load_aside)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), $13)
                 ON CONFLICT (source, table_name) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state,
                     resume_to = EXCLUDED.resume_to, from_seq = EXCLUDED.from_seq,
                     snapshot_key = EXCLUDED.snapshot_key, snapshot_rows = EXCLUDED.snapshot_rows,
                     snapshot_total = EXCLUDED.snapshot_total, snapshot_started_at = EXCLUDED.snapshot_started_at,
                     snapshot_finished_at = EXCLUDED.snapshot_finished_at, reason = EXCLUDED.reason,
-                    updated_at = now()""",
+                    updated_at = now(), load_aside = EXCLUDED.load_aside""",
             self.source, row.table_name, row.tid, row.state, row.resume_to, row.from_seq,
             encode_position(row.snapshot_key), row.snapshot_rows, row.snapshot_total,
-            row.snapshot_started_at, row.snapshot_finished_at, row.reason,
+            row.snapshot_started_at, row.snapshot_finished_at, row.reason, row.load_aside,
         )
+
+    def aside_table(self, tid: int) -> str:
+        """The table (in the bookkeeping schema) a reload of table `tid` fills."""
+        return f"load_{lock_key(self.source):08x}_{tid}"
+
+    async def touch_applied(self, conn: asyncpg.Connection) -> None:
+        """Rows reached Postgres (a snapshot chunk, a catch-up page): the source's last
+        apply, as status, metrics and the report show it, moves like a streamed batch."""
+        await conn.execute(f"UPDATE {self.s}.sources SET applied_at = now() WHERE source = $1", self.source)
 
     async def advance(self, conn: asyncpg.Connection, from_seq: int, to_seq: int, fingerprint: str) -> None:
         """Move the checkpoint and keep the batch's fingerprint; the guard catches a
@@ -364,6 +383,13 @@ class Bookkeeping:
         rows = await conn.fetch(f"SELECT table_name, source FROM {self.s}.{OWNED_TABLES} WHERE schema_name = $1",
                                 schema)
         return {r[0]: r[1] for r in rows}
+
+    async def record_renamed(self, conn: asyncpg.Connection, schema: str, old: str, new: str) -> None:
+        """syncd has just renamed its table `old` to `new` (same transaction)."""
+        await conn.execute(
+            f"UPDATE {self.s}.{OWNED_TABLES} SET table_name = $3 WHERE schema_name = $1 AND table_name = $2 "
+            f"AND source = $4", schema, old, new, self.source,
+        )
 
     async def record_created(self, conn: asyncpg.Connection, schema: str, table: str) -> None:
         """syncd has just created `schema`.`table` for this source (same transaction)."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import asyncpg
 
-from syncd.identifiers import qualified, quote_literal, quote_pg_ident
+from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_literal, quote_pg_ident
 from syncd.model import Column, TableSpec
 from syncd.printable import escape_controls, shorten
 from syncd.types import PgDefault, PgType, pg_default
@@ -63,6 +64,39 @@ def create_table_sql(schema: str, spec: TableSpec) -> str:
     lines = [f"    {column_sql(c, c.name in spec.key)}" for c in spec.columns]
     lines.append(f"    PRIMARY KEY ({', '.join(quote_pg_ident(k) for k in spec.key)})")
     return f"CREATE TABLE IF NOT EXISTS {qualified(schema, spec.name)} (\n" + ",\n".join(lines) + "\n)"
+
+
+def create_aside_sql(schema: str, name: str, spec: TableSpec) -> str:
+    """The table a reload fills before it replaces the live rows: the same columns and
+    types, no constraints (the live table checks them when the rows move in)."""
+    cols = ", ".join(f"{quote_pg_ident(c.name)} {c.pgtype.value}" for c in spec.columns)
+    return f"CREATE TABLE {qualified(schema, name)} ({cols})"
+
+
+async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, aside_schema: str,
+                       aside: str) -> None:
+    """Inside the caller's transaction: the live table's rows become the aside table's,
+    reshaped first if the shape moved. Readers see the old rows until the commit, then
+    the new ones, never an empty or half-filled table."""
+    table = qualified(schema, spec.name)
+    pgt = (await read_tables(conn, schema)).get(spec.name)
+    # Columns kept aside after a drop in SQLite keep their values, row by row.
+    kept = [c.name for c in pgt.columns if is_aside(c.name)] if pgt is not None else []
+    key = ", ".join(quote_pg_ident(k) for k in spec.key)
+    if kept:
+        await conn.execute("DROP TABLE IF EXISTS pg_temp._syncd_kept")
+        await conn.execute(f"CREATE TEMP TABLE _syncd_kept ON COMMIT DROP AS SELECT {key}, "
+                           f"{', '.join(quote_pg_ident(c) for c in kept)} FROM {table}")
+    await conn.execute(f"DELETE FROM {table}")
+    if pgt is not None and not diff_shape(spec, pgt).same:
+        await reshape_empty_table(conn, schema, spec, pgt)
+    cols = ", ".join(quote_pg_ident(c) for c in spec.column_names)
+    await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {qualified(aside_schema, aside)}")
+    if kept:
+        sets = ", ".join(f"{quote_pg_ident(c)} = k.{quote_pg_ident(c)}" for c in kept)
+        match = " AND ".join(f"t.{quote_pg_ident(k)} = k.{quote_pg_ident(k)}" for k in spec.key)
+        await conn.execute(f"UPDATE {table} AS t SET {sets} FROM pg_temp._syncd_kept AS k WHERE {match}")
+    await conn.execute(f"DROP TABLE {qualified(aside_schema, aside)}")
 
 
 def add_column_sql(schema: str, spec: TableSpec, col: Column) -> str:
@@ -133,6 +167,83 @@ async def read_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTabl
     return {name: PgTable(tuple(cols), tuple(n for _, n in sorted(key))) for name, (cols, key) in tables.items()}
 
 
+ASIDE_MARK = "__dropped_"  # <name>__dropped_<UTC time>: what a drop in SQLite leaves in Postgres
+
+
+def aside_name(name: str, when: dt.datetime) -> str:
+    """The name a table or column dropped in SQLite is kept under in Postgres."""
+    suffix = ASIDE_MARK + when.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    room = PG_MAX_IDENTIFIER_BYTES - len(suffix.encode())
+    head = name.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return head + suffix
+
+
+def is_aside(name: str) -> bool:
+    head, mark, stamp = name.rpartition(ASIDE_MARK)
+    return bool(mark) and len(stamp) == 15 and stamp[8] == "T" and (stamp[:8] + stamp[9:]).isdigit()
+
+
+@dataclass
+class ColumnPlan:
+    """How the Postgres table follows SQLite's columns: by name, and by position for
+    what a RENAME COLUMN (which keeps a column's place) or a DROP COLUMN changed."""
+
+    renames: list[tuple[str, str]]  # (Postgres name now, SQLite name): certain
+    # Renames read where a drop could also explain the change: (Postgres name, SQLite
+    # name, whether the SQLite column must be a rename: it sits before a shared column,
+    # where ADD COLUMN cannot put it). The caller checks each against the data.
+    guesses: list[tuple[str, str, bool]]
+    drops: list[str]  # Postgres columns SQLite no longer has: kept aside
+
+
+def plan_columns(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[str, PgType | None]]) -> ColumnPlan | None:
+    """Match SQLite's columns to Postgres's (aside columns excluded), or None when the
+    change cannot be told (common columns out of order, a column appearing mid-table
+    with no same-typed column gone from its place).
+
+    Between two columns both sides share, a column only SQLite has cannot have been
+    added (ADD COLUMN appends): it is a rename of a column only Postgres has there, of
+    the same type (certain when the two sides' columns there pair up one to one, a guess
+    when some were also dropped). After the last shared column, a rename and a drop
+    followed by an add look alike: guesses again, and what is not renamed is added."""
+    s_types, p_types = dict(sqlite_cols), dict(pg_cols)
+    common = [n for n, _ in pg_cols if n in s_types]
+    if common != [n for n, _ in sqlite_cols if n in p_types]:
+        return None
+
+    def gaps(cols: list[tuple[str, PgType | None]], other: dict) -> list[list[tuple[str, PgType | None]]]:
+        out: list[list] = [[]]
+        for name, t in cols:
+            if name in other:
+                out.append([])
+            else:
+                out[-1].append((name, t))
+        return out
+
+    def fits(pt: PgType | None, st: PgType) -> bool:
+        return pt is None or pt is st
+
+    p_gaps, s_gaps = gaps(pg_cols, s_types), gaps(sqlite_cols, p_types)
+    plan = ColumnPlan([], [], [])
+    for k, (pg_gap, s_gap) in enumerate(zip(p_gaps, s_gaps)):
+        inner = k < len(p_gaps) - 1
+        if inner and len(s_gap) == len(pg_gap) and all(fits(pt, st) for (_, pt), (_, st) in zip(pg_gap, s_gap)):
+            plan.renames += [(pn, sn) for (pn, _), (sn, _) in zip(pg_gap, s_gap)]
+            continue
+        rest = list(pg_gap)
+        for sn, st in s_gap:
+            match = next((i for i, (_, pt) in enumerate(rest) if fits(pt, st)), None)
+            if match is None:
+                if inner:
+                    return None  # mid-table, yet no column it could have been renamed from
+                continue  # added at the end: the caller adds it
+            plan.drops += [n for n, _ in rest[:match]]
+            plan.guesses.append((rest[match][0], sn, inner))
+            rest = rest[match + 1:]
+        plan.drops += [n for n, _ in rest]
+    return plan
+
+
 @dataclass
 class ShapeDiff:
     missing_in_pg: list[Column]  # new SQLite columns: add them
@@ -146,10 +257,11 @@ class ShapeDiff:
 
 
 def diff_shape(spec: TableSpec, pg: PgTable) -> ShapeDiff:
+    """How Postgres differs from `spec`; columns kept aside after a drop do not count."""
     have = {c.name: c for c in pg.columns}
     wanted = {c.name for c in spec.columns}
     missing = [c for c in spec.columns if c.name not in have]
-    extra = [c.name for c in pg.columns if c.name not in wanted]
+    extra = [c.name for c in pg.columns if c.name not in wanted and not is_aside(c.name)]
     retyped = [
         (c.name, have[c.name].type_name, _FORMAT_TYPE[c.pgtype])
         for c in spec.columns

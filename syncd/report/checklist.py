@@ -66,6 +66,11 @@ def migrated(f: MigrationFacts) -> CheckItem:
             else:
                 good.append(f"{name}: {_n(t.rows_sqlite)} rows on both sides; verified equal "
                             f"{_when(last.finished_at, f.generated_at)}")
+        for lo in s.left_out:
+            if lo.holds_data:
+                rows = f"{lo.rows} row(s)" if lo.rows is not None else "rows"
+                bad.append(f"{s.name}.{lo.name}: {rows} of application data in {lo.why}, not migrated: {lo.todo} "
+                           "(or list it in the source's `exclude` once handled)")
     item.ok = not bad and bool(good)
     item.problems, item.evidence = bad, good
     return item
@@ -92,6 +97,12 @@ def dual_write(f: MigrationFacts) -> CheckItem:
                        f"{r.outcome()}")
         if len(errors) > 10:
             bad.append(f"{s.name}: {len(errors) - 10} earlier consistency error(s) in the window")
+        for at, detail in s.suspensions:
+            if at >= since:
+                bad.append(f"{s.name}: capture was suspended to protect the disk ({detail}) until "
+                           f"{_ts(at)}: changes went unrecorded, and every table was snapshotted again")
+        if s.capture_suspended:
+            bad.append(f"{s.name}: capture is suspended now ({s.capture_suspended})")
         unchecked = [t.name for t in s.tables if not any(r.finished_at >= since for r in t.runs)]
         for name in unchecked:
             bad.append(f"{s.name}.{name}: not verified once in the last {_days(f.min_days)}, so errors there "
@@ -138,6 +149,10 @@ def captured(f: MigrationFacts) -> CheckItem:
         if s.error:
             bad.append(f"{s.name}: {s.error}")
             continue
+        if s.capture_suspended:
+            since, _, why = s.capture_suspended.partition(" ")
+            bad.append(f"{s.name}: capture SUSPENDED since {since} to protect the disk ({why}); changes made "
+                       "since are not recorded until Postgres answers and every table is snapshotted again")
         for t in s.tables:
             if t.captured:
                 good += 1

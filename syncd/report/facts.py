@@ -19,8 +19,9 @@ from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists, ensure_bookkeeping
 from syncd.postgres.connect import close_quietly, connect
 from syncd.report.backups import BackupFacts, find_backups
-from syncd.sqlite import capture
+from syncd.sqlite import capture, disk_guard
 from syncd.sqlite.introspect import introspect
+from syncd.sqlite.leftout import LeftOut
 from syncd.verify.history import VerifyRun, load_runs
 
 ENDPOINT_TIMEOUT_SECONDS = 2.0
@@ -69,6 +70,9 @@ class SourceFacts:
     applied_at: dt.datetime | None = None
     lag: Lag = field(default_factory=lambda: Lag(None, "unknown", None))
     tables: list[TableFacts] = field(default_factory=list)
+    left_out: list[LeftOut] = field(default_factory=list)  # views, virtual and shadow tables not migrated
+    capture_suspended: str | None = None  # "<since> <why>" while capture is off to protect the disk
+    suspensions: list[tuple[dt.datetime, str]] = field(default_factory=list)  # (resumed at, "<since> <why>")
     backup: BackupFacts | None = None
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
@@ -140,6 +144,9 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.streaming_since, facts.applied_seq, facts.applied_at = \
                 src.streaming_since, src.applied_seq, src.applied_at
         rows = await bk.load_tables(pg)
+        facts.suspensions = [(r[0], r[1] or "") for r in await pg.fetch(
+            f"SELECT at, detail FROM {bk.s}.events WHERE source = $1 AND kind = 'capture_suspended' ORDER BY at",
+            source.name)]
     pg_tables = await ddl.read_tables(pg, source.schema)
     sticky = {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in pg_tables.items()}
     try:
@@ -158,6 +165,8 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             rows_sqlite=side.tables.get(name) if side else None, rows_postgres=rows_pg,
             captured=captured, capture_note=note,
         ))
+    facts.left_out = side.left_out if side else []
+    facts.capture_suspended = side.suspended if side else None
     facts.lag = _lag(live, facts, side.pending if side else None, now)
     if settings.cutover.backup_glob:
         base = settings.config_path.parent if settings.config_path else Path.cwd()
@@ -170,6 +179,8 @@ class _SqliteSide:
     tables: dict[str, int]  # every table syncd is configured to replicate (refused too) -> rows
     capture: dict[str, tuple[bool, str]]
     pending: int | None  # changelog entries after the checkpoint
+    left_out: list[LeftOut]
+    suspended: str | None
 
 
 def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int) -> _SqliteSide:
@@ -196,7 +207,8 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int) -> _Sql
         if state.key_slots:
             pending = conn.execute(f"SELECT count(*) FROM main.{quote_ident(capture.CHANGELOG)} WHERE seq > ?",
                                    (applied_seq,)).fetchone()[0]
-        return _SqliteSide(tables, captured, pending)
+        return _SqliteSide(tables, captured, pending, sorted(schema.left_out.values(), key=lambda lo: lo.name),
+                           disk_guard.suspended(conn))
     finally:
         conn.close()
 

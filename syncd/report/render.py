@@ -79,6 +79,13 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
     for t in s.tables:
         out.append(_table_row(t, now))
     out.append("")
+    if s.left_out:
+        out += ["Not migrated (the application will miss these after the switch):", "",
+                "| Object | What it is | Holds data | What to do in Postgres |", "|---|---|---|---|"]
+        for lo in s.left_out:
+            holds = ("❌ yes, " + (f"{lo.rows} row(s)" if lo.rows is not None else "rows")) if lo.holds_data else "no"
+            out.append(f"| `{_cell(lo.name)}` | {_cell(lo.why)} | {holds} | {_cell(lo.todo)} |")
+        out.append("")
     return out
 
 
@@ -153,6 +160,8 @@ def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
         "applied_seq": s.applied_seq, "applied_at": _iso(s.applied_at),
         "lag": {"seconds": s.lag.seconds, "source": s.lag.source, "pending_changes": s.lag.pending_changes},
         "backup": None if s.backup is None else vars(s.backup),
+        "not_migrated": [{"name": lo.name, "kind": lo.kind, "why": lo.why, "todo": lo.todo,
+                          "holds_data": lo.holds_data, "rows": lo.rows} for lo in s.left_out],
         "tables": [{
             "table": t.name, "state": t.state, "reason": t.reason, "rows_sqlite": t.rows_sqlite,
             "rows_postgres": t.rows_postgres, "counts_match": t.counts_match, "captured": t.captured,

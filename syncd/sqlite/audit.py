@@ -45,17 +45,17 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec) -> list[Misfit]:
     """Scan the table once and return the misfits, worst first. Call outside any
     transaction: each window is a short statement of its own."""
     nkey = len(spec.key)
-    key_cols = [quote_ident(k) for k in spec.key]
+    key_cols = [spec.sqlite_ref(k) for k in spec.key]
     checks: list[tuple[int, str, str | None]] = []
     for i, col in enumerate(spec.columns):
-        pf = audit_prefilter(col.pgtype, quote_ident(col.name))
+        pf = audit_prefilter(col.pgtype, spec.sqlite_ref(col.name))
         checks.append((i, col.name, pf))
-    conds = [pf if pf is not None else f"{quote_ident(n)} IS NOT NULL" for _, n, pf in checks]
+    conds = [pf if pf is not None else f"{spec.sqlite_ref(n)} IS NOT NULL" for _, n, pf in checks]
     conds += [f"{k} IS NULL" for k in key_cols]
-    cols = ", ".join(quote_ident(c.name) for c in spec.columns)
+    cols = ", ".join(spec.sqlite_ref(c.name) for c in spec.columns)
     convs = [converter(c.pgtype) for c in spec.columns]
     misfits: dict[str, Misfit] = {}
-    order = windows.ordering(list(spec.column_names), spec.without_rowid, spec.key)
+    order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key)
     old_factory = conn.text_factory
     conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
     # Window by window, each its own statement, converting only once a window is read:

@@ -46,9 +46,8 @@ def _meta_position(conn: sqlite3.Connection, meta: dict, key: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise CaptureStateError(
-            f"SQLite file {_file_of(conn)}: {META} key {key!r} holds {str(value)[:40]!r}, not a changelog "
-            f"position; set it to 0 (syncd then replays from Postgres's checkpoint) or run `syncd uninstall` "
-            "and `syncd init`") from None
+            f"SQLite file {_file_of(conn)}: {META} key {key!r} holds {str(value)[:40]!r}, not a number; "
+            f"delete that row (DELETE FROM {META} WHERE key = '{key}') and syncd writes it anew") from None
 
 
 def slot(i: int) -> str:
@@ -61,6 +60,8 @@ def trigger_names(tid: int) -> dict[str, str]:
         "upd": f"{TRIGGER_PREFIX}{tid}_upd",
         "key": f"{TRIGGER_PREFIX}{tid}_key",
         "del": f"{TRIGGER_PREFIX}{tid}_del",
+        # Older syncd versions looked up REPLACE victims in triggers naming non-key
+        # columns; listed so re-arming drops them (collisions.py does that job now).
         "rep": f"{TRIGGER_PREFIX}{tid}_rep",
         "repu": f"{TRIGGER_PREFIX}{tid}_repu",
     }
@@ -72,14 +73,19 @@ def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
     table = quote_ident(spec.name)
     cl = quote_ident(CHANGELOG)
     slots = ", ".join(slot(i) for i in range(len(spec.key)))
-    new = ", ".join(f"NEW.{quote_ident(k)}" for k in spec.key)
-    old = ", ".join(f"OLD.{quote_ident(k)}" for k in spec.key)
+    ref = spec.sqlite_ref
+    new = ", ".join(f"NEW.{ref(k)}" for k in spec.key)
+    old = ", ".join(f"OLD.{ref(k)}" for k in spec.key)
     # COLLATE BINARY: under a NOCASE key, 'abc' -> 'ABC' is still a key change for Postgres.
-    key_changed = " OR ".join(f"OLD.{quote_ident(k)} IS NOT NEW.{quote_ident(k)} COLLATE BINARY" for k in spec.key)
+    # typeof: in a column without a type, 1 and 1.0 are one key to SQLite but two to Postgres.
+    key_changed = " OR ".join(f"OLD.{ref(k)} IS NOT NEW.{ref(k)} COLLATE BINARY OR "
+                              f"typeof(OLD.{ref(k)}) IS NOT typeof(NEW.{ref(k)})" for k in spec.key)
     # The old key is recorded by a trigger of its own, limited to UPDATEs that set a key
     # column (or the rowid, which an INTEGER PRIMARY KEY aliases): SQLite skips it for
     # every other UPDATE, which keeps bulk updates cheap.
-    of_columns = [quote_ident(k) for k in spec.key] + ([] if spec.without_rowid else ["rowid", "oid", "_rowid_"])
+    stored = {c.name for c in spec.stored_columns}
+    of_columns = [quote_ident(k) for k in spec.key if k in stored] + (
+        [] if spec.without_rowid else ["rowid", "oid", "_rowid_"])
     out = {
         "ins": (
             f"CREATE TRIGGER {quote_ident(names['ins'])} AFTER INSERT ON {table} BEGIN "
@@ -99,27 +105,12 @@ def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
             f"INSERT INTO {cl}(tid, op, {slots}) VALUES ({tid}, {OP_DELETE}, {old}); END"
         ),
     }
-    if spec.unique_sets:
-        # INSERT/UPDATE OR REPLACE deletes rows conflicting on another unique index
-        # without firing delete triggers (unless the app enables recursive_triggers).
-        # Record those rows' keys first; a key recorded needlessly is harmless.
-        key_cols = ", ".join(quote_ident(k) for k in spec.key)
-        not_self = " OR ".join(f"{quote_ident(k)} IS NOT NEW.{quote_ident(k)} COLLATE BINARY" for k in spec.key)
-        conflicts = " OR ".join(
-            "("
-            + " AND ".join(
-                f"{quote_ident(c)} = NEW.{quote_ident(c)} COLLATE {quote_ident(coll)}"
-                for c, coll in zip(u.columns, u.collations)
-            )
-            + ")"
-            for u in spec.unique_sets
-        )
-        body = (
-            f"INSERT INTO {cl}(tid, op, {slots}) SELECT {tid}, {OP_DELETE}, {key_cols} "
-            f"FROM {table} WHERE ({conflicts}) AND ({not_self}); END"
-        )
-        out["rep"] = f"CREATE TRIGGER {quote_ident(names['rep'])} BEFORE INSERT ON {table} BEGIN {body}"
-        out["repu"] = f"CREATE TRIGGER {quote_ident(names['repu'])} BEFORE UPDATE ON {table} BEGIN {body}"
+    # Not captured: INSERT OR REPLACE with an explicit rowid (or UPDATE OR REPLACE setting
+    # one) on a table keyed by something else deletes the row at that rowid without a
+    # trigger. Finding that row in a trigger means naming the table in the trigger's
+    # body, which SQLite does not rewrite on ALTER TABLE RENAME under legacy_alter_table:
+    # the application's next write would fail. The periodic verification finds such a
+    # row and repairs it (docs/operations.md).
     return out
 
 
@@ -130,7 +121,10 @@ class CaptureState:
     capture_id: str | None = None
     format_version: str | None = None
     registry: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)  # name -> (tid, key)
-    rearmed: set[str] = field(default_factory=set)  # re-armed after a capture gap; Postgres must re-snapshot
+    # Tables Postgres must re-snapshot, with why: capture had a gap (triggers were missing)
+    # or a keyless table's rowids may have moved (the schema moved without syncd).
+    rearmed: dict[str, str] = field(default_factory=dict)
+    schema_seen: int | None = None  # the schema_version syncd last accounted for (see note_schema)
     triggers: dict[str, tuple[str, str]] = field(default_factory=dict)  # trigger name -> (table, sql)
     key_slots: int = 0
     max_seq: int = 0
@@ -157,6 +151,34 @@ class CaptureState:
         return True
 
 
+GAP_REASON = ("capture triggers were missing (table rebuilt?): re-armed them and re-snapshotting the table so "
+              "changes made in between are not lost")
+ROWIDS_MOVED_REASON = ("the SQLite file's schema changed without syncd (the application's DDL, or a VACUUM, "
+                       "which renumbers the rowids this keyless table is keyed by; SQLite cannot tell the two "
+                       "apart): reloading the table aside")
+
+
+def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(r[1] == column for r in conn.execute(f"PRAGMA main.table_info({quote_ident(table)})"))
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA main.schema_version").fetchone()[0]
+
+
+def _own_schema_change(conn: sqlite3.Connection, fn):
+    """Inside a write transaction: run fn, which changes the schema, and account for
+    the version it moves, so note_schema later tells syncd's own changes from the
+    application's. If the version had already moved without syncd, it stays unaccounted."""
+    before = _schema_version(conn)
+    result = fn(conn)
+    seen = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = 'schema_version'").fetchone()
+    if seen is None or seen[0] == str(before):
+        conn.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES ('schema_version', ?)",
+                     (str(_schema_version(conn)),))
+    return result
+
+
 def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
     row = conn.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
     return row is not None
@@ -170,9 +192,12 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
     state.capture_id = meta.get("capture_id")
     state.format_version = meta.get("format_version")
     state.pruned_seq = _meta_position(conn, meta, "pruned_seq")
+    state.schema_seen = _meta_position(conn, meta, "schema_version") if "schema_version" in meta else None
     if _table_exists(conn, REGISTRY):
-        for tid, name, key, rearmed in conn.execute(
-            f"SELECT tid, name, key_columns, rearmed_at FROM main.{quote_ident(REGISTRY)}"
+        has_reason = _has_column(conn, REGISTRY, "reload_reason")
+        reason_col = "reload_reason" if has_reason else "NULL"
+        for tid, name, key, rearmed, reason in conn.execute(
+            f"SELECT tid, name, key_columns, rearmed_at, {reason_col} FROM main.{quote_ident(REGISTRY)}"
         ):
             try:
                 state.registry[name] = (tid, tuple(json.loads(key)))
@@ -181,7 +206,7 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
                     f"SQLite file {_file_of(conn)}: {REGISTRY} row for table {name!r} holds key_columns "
                     f"{str(key)[:40]!r}, not a JSON list; run `syncd uninstall` and `syncd init`") from None
             if rearmed is not None:
-                state.rearmed.add(name)
+                state.rearmed[name] = reason or GAP_REASON
     for name, tbl, sql in conn.execute(
         "SELECT name, tbl_name, sql FROM main.sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
         (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
@@ -235,8 +260,11 @@ def _install_base(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE TABLE IF NOT EXISTS main.{quote_ident(META)} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS main.{quote_ident(REGISTRY)} "
-        "(tid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, key_columns TEXT NOT NULL, rearmed_at TEXT)"
+        "(tid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, key_columns TEXT NOT NULL, rearmed_at TEXT, "
+        "reload_reason TEXT)"
     )
+    if not _has_column(conn, REGISTRY, "reload_reason"):  # installed by an older syncd
+        conn.execute(f"ALTER TABLE main.{quote_ident(REGISTRY)} ADD COLUMN reload_reason TEXT")
     slots = ", ".join(slot(i) for i in range(INITIAL_KEY_SLOTS))
     # Key slots have no declared type, so values keep their exact storage class.
     conn.execute(
@@ -257,21 +285,55 @@ def install_base(conn: sqlite3.Connection, busy_timeout_ms: int) -> CaptureState
     """Create the changelog, registry and meta tables if missing; return the state.
     Takes no write lock when everything is already there."""
     state = read_state(conn)
-    if state.installed and state.key_slots and _table_exists(conn, REGISTRY):
+    if (state.installed and state.key_slots and _table_exists(conn, REGISTRY)
+            and _has_column(conn, REGISTRY, "reload_reason")):
         return state
-    write_transaction(conn, _install_base, busy_timeout_ms=busy_timeout_ms)
+    write_transaction(conn, lambda c: _own_schema_change(c, _install_base), busy_timeout_ms=busy_timeout_ms)
     return read_state(conn)
 
 
-def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, gap: bool = False) -> int:
+def note_schema(conn: sqlite3.Connection, keyless: list[str], busy_timeout_ms: int) -> bool:
+    """Account for the file's schema version. When it moved without syncd (the
+    application's DDL, or a VACUUM, which moves the version and nothing else), the
+    keyless tables named are marked for a reload, durably and in the same transaction,
+    until Postgres has scheduled it (clear_rearmed): a VACUUM may have renumbered the
+    rowids they are keyed by, and SQLite offers no surer way to tell it happened.
+    Returns True when it marked tables. Takes no write lock when nothing moved."""
+    state = read_state(conn)
+    if state.schema_seen is not None and state.schema_seen == _schema_version(conn):
+        return False
+
+    def note(c: sqlite3.Connection) -> bool:
+        seen = c.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = 'schema_version'").fetchone()
+        now = _schema_version(c)
+        marked = False
+        if seen is not None and seen[0] != str(now):
+            for name in keyless:
+                c.execute(f"UPDATE main.{quote_ident(REGISTRY)} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', "
+                          "'now'), reload_reason = ? WHERE name = ?", (ROWIDS_MOVED_REASON, name))
+                marked = True
+        c.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES ('schema_version', ?)",
+                  (str(now),))
+        return marked
+
+    return write_transaction(conn, note, busy_timeout_ms=busy_timeout_ms)
+
+
+def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, gap: bool,
+              expected_version: int) -> int | None:
     """Register `spec`'s table and (re)create its triggers, in one short write
-    transaction. Returns the table id. Does nothing if everything already matches.
+    transaction, if the schema is still at `expected_version` (the one `spec` was read
+    at, plus syncd's own arming since): triggers built from a stale column list would
+    name a column the application has just renamed, and fail its writes. Returns the
+    schema version after arming, or None when the schema moved (nothing was changed).
 
     With `gap`, capture had a hole (triggers were missing): the registry remembers
     it, durably and in the same transaction, until Postgres has scheduled a
     re-snapshot (`clear_rearmed`), so a crash in between cannot lose the fact."""
 
-    def arm(c: sqlite3.Connection) -> int:
+    def arm(c: sqlite3.Connection) -> int | None:
+        if _schema_version(c) != expected_version:
+            return None
         reg = quote_ident(REGISTRY)
         row = c.execute(f"SELECT tid, key_columns FROM main.{reg} WHERE name = ?", (spec.name,)).fetchone()
         key_json = json.dumps(list(spec.key))
@@ -283,8 +345,8 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
             if row[1] != key_json:
                 c.execute(f"UPDATE main.{reg} SET key_columns = ? WHERE tid = ?", (key_json, tid))
         if gap:
-            c.execute(f"UPDATE main.{reg} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE tid = ?",
-                      (tid,))
+            c.execute(f"UPDATE main.{reg} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), "
+                      "reload_reason = NULL WHERE tid = ?", (tid,))
         cols = [r[1] for r in c.execute(f"PRAGMA main.table_info({quote_ident(CHANGELOG)})")]
         have = sum(1 for n in cols if n.startswith("k") and n[1:].isdigit())
         for i in range(have, len(spec.key)):
@@ -292,7 +354,8 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
         existing = {
             name: sql
             for name, sql in c.execute(
-                "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND name IN (?, ?, ?, ?, ?, ?)",
+                "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND name IN "
+                f"({', '.join('?' * len(trigger_names(tid)))})",
                 tuple(trigger_names(tid).values()),
             )
         }
@@ -303,9 +366,16 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
         for name, sql in wanted.items():
             if existing.get(name) != sql:
                 c.execute(sql)
-        return tid
+        return _schema_version(c)
 
-    return write_transaction(conn, arm, busy_timeout_ms=busy_timeout_ms)
+    return write_transaction(conn, lambda c: _own_schema_change(c, arm), busy_timeout_ms=busy_timeout_ms)
+
+
+def rename_registered(conn: sqlite3.Connection, tid: int, name: str, busy_timeout_ms: int) -> None:
+    """The table `tid` was renamed to `name` (its triggers moved with it): so does its
+    registry entry, which keeps its id and its queued changes."""
+    write_transaction(conn, lambda c: c.execute(f"UPDATE main.{quote_ident(REGISTRY)} SET name = ? WHERE tid = ?",
+                                                (name, tid)), busy_timeout_ms=busy_timeout_ms)
 
 
 def record_pruned(conn: sqlite3.Connection, seq: int) -> None:
@@ -318,20 +388,24 @@ def record_pruned(conn: sqlite3.Connection, seq: int) -> None:
 
 def clear_rearmed(conn: sqlite3.Connection, names: list[str], busy_timeout_ms: int) -> None:
     def clear(c: sqlite3.Connection) -> None:
-        c.executemany(f"UPDATE main.{quote_ident(REGISTRY)} SET rearmed_at = NULL WHERE name = ?",
+        c.executemany(f"UPDATE main.{quote_ident(REGISTRY)} SET rearmed_at = NULL, reload_reason = NULL WHERE name = ?",
                       [(n,) for n in names])
 
     write_transaction(conn, clear, busy_timeout_ms=busy_timeout_ms)
 
 
-def disarm_table(conn: sqlite3.Connection, tid: int, busy_timeout_ms: int) -> None:
-    """Drop one table's triggers (the table left the configured set)."""
+def disarm_table(conn: sqlite3.Connection, tid: int, busy_timeout_ms: int, expected_version: int) -> int | None:
+    """Drop one table's triggers (the table left the configured set), if the schema is
+    still at `expected_version`; returns the version after, or None when it moved."""
 
-    def disarm(c: sqlite3.Connection) -> None:
+    def disarm(c: sqlite3.Connection) -> int | None:
+        if _schema_version(c) != expected_version:
+            return None
         for name in trigger_names(tid).values():
             c.execute(f"DROP TRIGGER IF EXISTS main.{quote_ident(name)}")
+        return _schema_version(c)
 
-    write_transaction(conn, disarm, busy_timeout_ms=busy_timeout_ms)
+    return write_transaction(conn, lambda c: _own_schema_change(c, disarm), busy_timeout_ms=busy_timeout_ms)
 
 
 def uninstall(conn: sqlite3.Connection, busy_timeout_ms: int) -> int:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from syncd.config import SourceSettings
 from syncd.identifiers import pg_name_problem, quote_ident
-from syncd.model import Column, Refusal, SourceSchema, TableSpec, UniqueSet
-from syncd.sqlite import windows
+from syncd.model import (ROWID_COLUMN, Column, Refusal, SourceSchema, TableSpec, UniqueSet,
+                         unshadowed_rowid_name)
+from syncd.sqlite import leftout, windows
 from syncd.sqlite.capture import CHANGELOG, META, REGISTRY
 from syncd.types import PgType, infer_from_values, map_declared_type
 
@@ -53,6 +54,16 @@ def _unique_indexes(conn: sqlite3.Connection, table: str) -> list[tuple[str, boo
         ]
         out.append((name, bool(partial), cols))
     return sorted(out)
+
+
+def rowid_column_name(column_names: list[str] | tuple[str, ...]) -> str:
+    """The Postgres name of a keyless table's rowid column: `_syncd_rowid`, or the first
+    free `_syncd_rowid_<n>` should the table have a column of that name."""
+    taken = {c.lower() for c in column_names}
+    name, n = ROWID_COLUMN, 1
+    while name.lower() in taken:
+        name, n = f"{ROWID_COLUMN}_{n}", n + 1
+    return name
 
 
 def _infer_types(conn: sqlite3.Connection, raw: RawTable, names: list[str]) -> dict[str, tuple[PgType, str | None]]:
@@ -171,24 +182,38 @@ def describe_table(
                 for idx, partial, cols in uniques
                 if not partial and all(c[0] >= 0 and c[1] in notnull for c in cols)
             ]
-            if not candidates:
-                return Refusal(
-                    table,
-                    "has no primary key and no unique index on NOT NULL columns; its rowid can change "
-                    "on VACUUM, so rows cannot be tracked reliably. Add a key, or name key columns in "
-                    f'[sources.keys] "{table}" = ["col", ...]',
-                )
-            idx, cols = candidates[0]
-            key, origin = tuple(c[1] for c in cols), f"unique index {idx}"
+            if candidates:
+                idx, cols = candidates[0]
+                key, origin = tuple(c[1] for c in cols), f"unique index {idx}"
+            else:
+                # Keyless: rows are told apart by their rowid, carried into Postgres in a
+                # column of syncd's own. VACUUM may renumber it: reconcile reloads such a
+                # table whenever the schema moved without syncd (see capture.note_schema).
+                alias = unshadowed_rowid_name(names)
+                if alias is None:
+                    return Refusal(
+                        table,
+                        "has no primary key and its columns named rowid, oid and _rowid_ hide the rowid that "
+                        f'would tell its rows apart; name key columns in [sources.keys] "{table}" = ["col", ...]',
+                    )
+                rid = Column(name=rowid_column_name(names), declared="", pgtype=PgType.BIGINT, notnull=True,
+                             default_sql=None, sqlite_expr=alias,
+                             type_note="the SQLite rowid (the table has no key; syncd keys it on the rowid)")
+                columns = (*columns, rid)
+                key, origin = (rid.name,), "rowid (no primary key)"
 
     notes = []
+    if origin.startswith("rowid"):
+        notes.append(f'no primary key: rows are told apart by their SQLite rowid, kept in Postgres column "{key[0]}"; '
+                     "VACUUM may renumber rowids, so the table is reloaded (aside, swapped in one transaction) "
+                     "whenever the file's schema changes without syncd")
     unique_sets = []
     for idx, _partial, cols in uniques:
         if any(c[0] < 0 for c in cols):
             if any(c[0] == -2 for c in cols):
                 notes.append(
                     f"unique expression index {idx!r}: rows an INSERT OR REPLACE removes through it "
-                    "are caught by the periodic verify, not by capture"
+                    "are caught by the periodic verify (and repaired), not when the batch is applied"
                 )
             continue
         names_ = tuple(c[1] for c in cols)
@@ -225,6 +250,7 @@ def introspect(
     conn.execute("BEGIN")
     try:
         schema.version = schema_version(conn)
+        virtual = leftout.virtual_tables(conn)
         for name, kind, without_rowid in list_tables(conn):
             if is_internal(name) or not source.wants_table(name):
                 continue
@@ -232,12 +258,10 @@ def introspect(
                 schema.refused[name] = Refusal(name, f"its name starts with {SYNCD_PREFIX}, which syncd reserves for "
                                                      "its own tables; rename it to replicate it")
                 continue
-            if kind == "view":
-                schema.skipped[name] = "view (not stored data)"
-            elif kind in ("virtual", "shadow"):
-                schema.skipped[name] = f"{kind} table (not replicated; its content lives elsewhere)"
+            if kind in ("view", "virtual", "shadow"):
+                schema.left_out[name] = leftout.classify(conn, name, kind, virtual)
             elif kind != "table":
-                schema.skipped[name] = f"{kind} object"
+                schema.left_out[name] = leftout.LeftOut(name, kind, f"a {kind} object", "nothing syncd can carry")
             else:
                 raws.append(RawTable(name, without_rowid, _columns(conn, name), _unique_indexes(conn, name)))
     finally:

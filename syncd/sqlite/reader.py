@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncd.identifiers import quote_ident
-from syncd.model import TableSpec
+from syncd.model import TableSpec, unshadowed_rowid_name
 from syncd.sqlite.capture import CHANGELOG, OP_INSERT, slot
 from syncd.sqlite.connection import fetchall_text_safe
 
@@ -61,19 +61,22 @@ def _join_sql(spec: TableSpec) -> str:
     nkey = len(spec.key)
     slots = ", ".join(slot(i) for i in range(nkey))
     c_slots = ", ".join(f"c.{slot(i)}" for i in range(nkey))
-    on = " AND ".join(f"t.{quote_ident(k)} = c.{slot(i)}" for i, k in enumerate(spec.key))
+    ref = spec.sqlite_ref
+    on = " AND ".join(f"t.{ref(k)} = c.{slot(i)}" for i, k in enumerate(spec.key))
     nullkey = " OR ".join(f"c.{slot(i)} IS NULL" for i in range(nkey))
     exact = " AND ".join(
-        f"(t.{quote_ident(k)} = c.{slot(i)} COLLATE BINARY AND typeof(t.{quote_ident(k)}) = typeof(c.{slot(i)}))"
+        f"(t.{ref(k)} = c.{slot(i)} COLLATE BINARY AND typeof(t.{ref(k)}) = typeof(c.{slot(i)}))"
         for i, k in enumerate(spec.key)
     )
-    cols = ", ".join(f"t.{quote_ident(c)}" for c in spec.column_names)
-    first_key = quote_ident(spec.key[0])
+    cols = ", ".join(f"t.{ref(c)}" for c in spec.column_names)
+    first_key = ref(spec.key[0])
+    # typeof: integer 1 and real 1.0 are one group to SQLite but two keys to Postgres.
+    groups = ", ".join(f"{slot(i)}, typeof({slot(i)})" for i in range(nkey))
     # `op` is a bare column next to min(seq): SQLite takes it from the first change.
     return (
         f"SELECT {c_slots}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {cols} "
         f"FROM (SELECT {slots}, op, min(seq) FROM main.{CL} "
-        f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {slots}) AS c "
+        f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {groups}) AS c "
         f"LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on}"
     )
 
@@ -158,7 +161,7 @@ def fingerprint_range(conn: sqlite3.Connection, after_seq: int, last_seq: int) -
 
 
 def _has_null_key(conn: sqlite3.Connection, spec: TableSpec) -> bool:
-    cond = " OR ".join(f"{quote_ident(k)} IS NULL" for k in spec.key)
+    cond = " OR ".join(f"{spec.sqlite_ref(k)} IS NULL" for k in spec.key)
     return conn.execute(f"SELECT 1 FROM main.{quote_ident(spec.name)} WHERE {cond} LIMIT 1").fetchone() is not None
 
 
@@ -294,6 +297,14 @@ def prune_window(conn: sqlite3.Connection, start: int, size: int, below_seq: int
     return cur.rowcount, end
 
 
+def changed_keys(conn: sqlite3.Connection, tid: int, nkey: int, after_seq: int, limit: int = 100_000) -> set[tuple]:
+    """Keys (SQLite form) of table `tid` with changes after `after_seq`, at most `limit`."""
+    slots = ", ".join(slot(i) for i in range(nkey))
+    rows = fetchall_text_safe(conn, f"SELECT DISTINCT {slots} FROM main.{CL} WHERE tid = ? AND seq > ? LIMIT ?",
+                              (tid, after_seq, limit))
+    return {tuple(r) for r in rows}
+
+
 def min_seq(conn: sqlite3.Connection) -> int:
     return conn.execute(f"SELECT coalesce(min(seq), 0) FROM main.{CL}").fetchone()[0]
 
@@ -304,23 +315,19 @@ def max_seq(conn: sqlite3.Connection) -> int:
 
 def rowid_name(spec: TableSpec) -> str | None:
     """A name reaching the rowid that no column shadows, or None (WITHOUT ROWID)."""
-    if spec.without_rowid:
-        return None
-    taken = {c.lower() for c in spec.column_names}
-    for name in ("_rowid_", "rowid", "oid"):
-        if name not in taken:
-            return name
-    return None
+    return None if spec.without_rowid else unshadowed_rowid_name(c.name for c in spec.stored_columns)
 
 
 def snapshot_position_kind(spec: TableSpec) -> str:
     """How a load remembers where it is.
 
-    "rowid": an INTEGER PRIMARY KEY, stable forever. "key": the key's own index (a
+    "rowid": an INTEGER PRIMARY KEY, stable forever, or the rowid a keyless table is
+    keyed by (a VACUUM renumbering it moves the schema version, which stops the load
+    and reloads the table from the start). "key": the key's own index (a
     primary key or unique index); slower to walk but stable. "rowid-unstable": a key
     configured in [sources.keys] has no index to walk, and VACUUM may renumber the
     rowid, so such a load restarts from the beginning instead of resuming."""
-    if spec.rowid_alias and rowid_name(spec):
+    if (spec.rowid_alias or spec.rowid_keyed) and rowid_name(spec):
         return "rowid"
     if spec.key_origin != "configured" or spec.without_rowid or rowid_name(spec) is None:
         return "key"
@@ -332,7 +339,7 @@ def read_snapshot_chunk(
 ) -> tuple[list[tuple], tuple | None]:
     """Up to `limit` rows in storage order after position `after`; returns the rows
     and the position of the last one. The caller owns the read transaction."""
-    cols = ", ".join(quote_ident(c) for c in spec.column_names)
+    cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
     table = f"main.{quote_ident(spec.name)}"
     rid = rowid_name(spec) if snapshot_position_kind(spec) != "key" else None
     if rid is not None:
@@ -343,7 +350,7 @@ def read_snapshot_chunk(
         if not rows:
             return [], after
         return [r[1:] for r in rows], (rows[-1][0],)
-    key_cols = ", ".join(quote_ident(k) for k in spec.key)
+    key_cols = ", ".join(spec.sqlite_ref(k) for k in spec.key)
     if after is not None:
         marks = ", ".join(["?"] * len(spec.key))
         where = f"WHERE ({key_cols}) > ({marks})"

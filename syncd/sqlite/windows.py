@@ -28,7 +28,12 @@ def ordering(table_columns: list[str], without_rowid: bool, key: tuple[str, ...]
 
 
 def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int = WINDOW_ROWS) -> Iterator[tuple[str, tuple]]:
-    """(WHERE clause, parameters) for consecutive windows of about `size` rows."""
+    """(WHERE clause, parameters) for consecutive windows of about `size` rows. A table
+    with nothing to order by (no key, every rowid alias shadowed by a column) is one
+    window: rare enough, and there is no other way to read it."""
+    if not order:
+        yield "1", ()
+        return
     cols = ", ".join(order)
     marks = ", ".join("?" * len(order))
     after: tuple | None = None

@@ -110,3 +110,38 @@ async def compare_all(path: str, dsn: str, schema: str, tables: list[str]) -> li
     for t in tables:
         out.extend(await compare_table(path, dsn, schema, t))
     return out
+
+
+async def compare_keyless(path: str, dsn: str, schema: str, table: str, rowid_column: str = "_syncd_rowid",
+                          by_rowid: bool = True) -> list[str]:
+    """A table without a key: the rows as a multiset (duplicates counted), and, with
+    `by_rowid`, each SQLite rowid holding the same row in Postgres's rowid column."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        cols = [r[1] for r in conn.execute(f"PRAGMA table_xinfo({_q(table)})") if r[6] in (0, 2, 3)]
+        srows = {r[0]: tuple(r[1:]) for r in conn.execute(f"SELECT _rowid_, {', '.join(_q(c) for c in cols)} "
+                                                         f"FROM {_q(table)}")}
+    finally:
+        conn.close()
+    pconn = await asyncpg.connect(dsn)
+    try:
+        prows = {r[0]: tuple(r[1:]) for r in await pconn.fetch(
+            f"SELECT {_q(rowid_column)}, {', '.join(_q(c) for c in cols)} FROM {_q(schema)}.{_q(table)}")}
+    finally:
+        await pconn.close()
+    problems = []
+    unmatched = list(prows.values())
+    for srow in srows.values():
+        for i, prow in enumerate(unmatched):
+            if all(same_value(a, b) for a, b in zip(srow, prow)):
+                del unmatched[i]
+                break
+        else:
+            problems.append(f"{table}: row {srow!r} missing in Postgres (or there once too few)")
+    problems += [f"{table}: row {p!r} extra in Postgres" for p in unmatched]
+    if by_rowid:
+        for rid in srows.keys() | prows.keys():
+            s, p = srows.get(rid), prows.get(rid)
+            if s is None or p is None or not all(same_value(a, b) for a, b in zip(s, p)):
+                problems.append(f"{table}: rowid {rid}: SQLite {s!r} vs Postgres {p!r}")
+    return sorted(problems)

@@ -21,13 +21,26 @@ def changelog_max(db: Path) -> int:
         conn.close()
 
 
-async def bookkeeping(dsn: str, source: str) -> tuple[int | None, dict[str, str]]:
+def schema_version(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute("PRAGMA schema_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
+async def bookkeeping(dsn: str, source: str, db: Path | None = None) -> tuple[int | None, dict[str, str]]:
+    """(checkpoint, table states); with `db`, (None, {}) until syncd has reconciled the
+    file's current schema version (an application's DDL is followed first)."""
     try:
         conn = await asyncpg.connect(dsn, timeout=5)
     except Exception:
         return None, {}
     try:
-        seq = await conn.fetchval("SELECT applied_seq FROM syncd.sources WHERE source = $1", source)
+        seq, followed = await conn.fetchrow(
+            "SELECT applied_seq, schema_version FROM syncd.sources WHERE source = $1", source) or (None, None)
+        if db is not None and followed is not None and followed != schema_version(db):
+            return None, {}
         rows = await conn.fetch("SELECT table_name, state FROM syncd.tables WHERE source = $1", source)
         return seq, {r[0]: r[1] for r in rows}
     except asyncpg.UndefinedTableError:
@@ -42,7 +55,7 @@ SETTLED = ("streaming", "refused")
 async def caught_up(db: Path, dsn: str, source: str, settled: tuple[str, ...] = SETTLED) -> bool:
     """Every table settled (by default: streaming or refused) and the checkpoint at
     the end of the changelog."""
-    seq, states = await bookkeeping(dsn, source)
+    seq, states = await bookkeeping(dsn, source, db)
     if seq is None or not states:
         return False
     if any(s not in settled for s in states.values()):

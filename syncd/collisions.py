@@ -1,0 +1,168 @@
+"""Rows an INSERT/UPDATE OR REPLACE removed through a unique index, found at apply time.
+
+SQLite deletes the row a REPLACE collides with without firing delete triggers (unless
+the application turns recursive_triggers on), so capture never hears of it. Looking
+for that row in a trigger would name non-key columns (the application's DROP COLUMN
+then fails on syncd's trigger) and, under a partial index, scan the table inside the
+application's write. So syncd asks Postgres instead, when it applies a batch: which
+rows collide with a row being upserted, on a column set SQLite holds unique (its
+collation widened, its partial predicate ignored: a superset is harmless)? Each such
+row is read again from SQLite, where uniqueness is enforced: present, it is upserted
+as it is now; gone, it is deleted. Nothing is deleted on Postgres's word alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from syncd.identifiers import qualified, quote_ident, quote_pg_ident
+from syncd.model import TableSpec, UniqueSet
+from syncd.sqlite.connection import fetchall_text_safe
+from syncd.types import PgType, ValueMismatch, converter
+
+LOOKUP_BATCH = 500
+
+
+def _widen(spec: TableSpec, column: str, collation: str, ref: str) -> str:
+    """How Postgres compares one column of a unique set: `ref` widened to SQLite's
+    collation (NOCASE, RTRIM), so every row SQLite would call equal is found."""
+    if spec.column(column).pgtype is not PgType.TEXT:
+        return ref
+    coll = collation.upper()
+    return f"lower({ref})" if coll == "NOCASE" else f"rtrim({ref})" if coll == "RTRIM" else ref
+
+
+def index_name(spec: TableSpec, u: UniqueSet) -> str:
+    digest = hashlib.blake2b(repr((spec.name, u.columns, u.collations)).encode(), digest_size=6).hexdigest()
+    return f"_syncd_uq_{digest}"
+
+
+def index_sql(schema: str, spec: TableSpec, u: UniqueSet) -> str:
+    """An index making the collision lookup cheap (not unique: Postgres may briefly hold
+    a stale duplicate, which is exactly what the lookup finds)."""
+    exprs = ", ".join(f"({_widen(spec, c, coll, quote_pg_ident(c))})" for c, coll in zip(u.columns, u.collations))
+    return f"CREATE INDEX IF NOT EXISTS {quote_pg_ident(index_name(spec, u))} ON {qualified(schema, spec.name)} ({exprs})"
+
+
+async def ensure_indexes(conn: asyncpg.Connection, schema: str, spec: TableSpec) -> None:
+    """The lookup indexes `spec`'s unique column sets need, and none it no longer has."""
+    wanted = {index_name(spec, u): u for u in spec.unique_sets}
+    have = {r[0] for r in await conn.fetch(
+        "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
+        "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relname = $2 "
+        "AND starts_with(i.relname, '_syncd_uq_')", schema, spec.name)}
+    for name in have - set(wanted):
+        await conn.execute(f"DROP INDEX IF EXISTS {qualified(schema, name)}")
+    for name, u in wanted.items():
+        if name not in have:
+            await conn.execute(index_sql(schema, spec, u))
+
+
+def candidates_sql(schema: str, spec: TableSpec, u: UniqueSet) -> str:
+    cols = list(u.columns) + list(spec.key)
+    types = [spec.column(c).pgtype.value for c in cols]
+    params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+    names = [f"u{i}" for i in range(len(u.columns))] + [f"k{i}" for i in range(len(spec.key))]
+    on = " AND ".join(
+        f"{_widen(spec, c, coll, 't.' + quote_pg_ident(c))} = {_widen(spec, c, coll, f'n.u{i}')}"
+        for i, (c, coll) in enumerate(zip(u.columns, u.collations))
+    )
+    tkey = ", ".join(f"t.{quote_pg_ident(k)}" for k in spec.key)
+    nkey = ", ".join(f"n.k{i}" for i in range(len(spec.key)))
+    return (f"SELECT DISTINCT {tkey} FROM {qualified(schema, spec.name)} AS t "
+            f"JOIN unnest({params}) AS n({', '.join(names)}) ON {on} WHERE ({tkey}) IS DISTINCT FROM ({nkey})")
+
+
+async def stale_keys(conn: asyncpg.Connection, schema: str, spec: TableSpec, records: list[tuple]) -> set[tuple]:
+    """Postgres keys of rows colliding with `records` (converted rows about to be
+    upserted) on one of the table's unique column sets, other than those rows themselves."""
+    if not spec.unique_sets or not records:
+        return set()
+    names = spec.column_names
+    key_idx = spec.key_indexes
+    upserted = {tuple(r[i] for i in key_idx) for r in records}
+    found: set[tuple] = set()
+    for u in spec.unique_sets:
+        idx = [names.index(c) for c in u.columns] + list(key_idx)
+        columns = [[r[i] for r in records] for i in idx]
+        for row in await conn.fetch(candidates_sql(schema, spec, u), *columns):
+            key = tuple(row)
+            if key not in upserted:
+                found.add(key)
+    return found
+
+
+def _raw_forms(pgtype: PgType, v: Any) -> list[Any] | None:
+    """Every SQLite value that converts to Postgres value `v` (None: not knowable)."""
+    if v is None:
+        return [None]
+    if pgtype in (PgType.BIGINT, PgType.BYTEA):
+        return [v]
+    if pgtype is PgType.TEXT:
+        out: list[Any] = [v]
+        try:
+            if str(int(v)) == v:
+                out.append(int(v))
+        except ValueError:
+            pass
+        try:
+            f = float(v)
+            if repr(f) == v:
+                out.append(f)
+        except ValueError:
+            pass
+        return out
+    if pgtype is PgType.DOUBLE:
+        return [float(v)] + ([int(v)] if float(v).is_integer() else [])
+    if pgtype is PgType.NUMERIC and isinstance(v, Decimal) and v.is_finite():
+        return [int(v)] if v == v.to_integral_value() else [float(v)]
+    if pgtype is PgType.BOOLEAN:
+        return [1 if v else 0]
+    return None
+
+
+def read_current(conn: sqlite3.Connection, spec: TableSpec, pg_keys: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """On the SQLite thread, in one read transaction: the current rows of `pg_keys`
+    (SQLite rows, spec column order) and the keys SQLite no longer holds. A key whose
+    SQLite form cannot be known is left alone (the periodic verify sees it)."""
+    types = [spec.column(k).pgtype for k in spec.key]
+    convs = [converter(t) for t in types]
+    cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
+    table = f"main.{quote_ident(spec.name)}"
+    key_idx = spec.key_indexes
+    rows: list[tuple] = []
+    gone: list[tuple] = []
+    conn.execute("BEGIN")
+    try:
+        for pg_key in pg_keys:
+            forms = [_raw_forms(t, v) for t, v in zip(types, pg_key)]
+            if any(f is None for f in forms):
+                continue
+            combos: list[tuple] = [()]
+            for f in forms:
+                combos = [c + (x,) for c in combos for x in f]  # type: ignore[union-attr]
+            hit = None
+            # The key's own index answers `=` (under the column's collation and affinity);
+            # which row it found is then decided on the converted key, exactly.
+            where = " AND ".join(f"{spec.sqlite_ref(k)} = ?" for k in spec.key)
+            for raw in combos:
+                for row in fetchall_text_safe(conn, f"SELECT {cols} FROM {table} WHERE {where}", list(raw)):
+                    try:
+                        if tuple(f(row[i]) for f, i in zip(convs, key_idx)) == pg_key:
+                            hit = row
+                    except ValueMismatch:
+                        continue
+                if hit is not None:
+                    break
+            if hit is None:
+                gone.append(pg_key)
+            else:
+                rows.append(hit)
+    finally:
+        conn.execute("COMMIT")
+    return rows, gone

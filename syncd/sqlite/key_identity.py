@@ -1,0 +1,215 @@
+"""Key identity: distinct SQLite keys that Postgres would hold as one.
+
+A key column without a declared type can hold integer 1 and text '1' as two rows; as
+Postgres text both are '1'. A `timestamp` override on a TEXT key turns
+'2024-01-01 00:00:00' and '2024-01-01T00:00:00' into one instant. Merging them would
+lose a row in silence, so a table where it happens is held, naming the keys, until
+the rows are fixed: the audit finds them before a load (a full scan), the stream
+before each apply (a lookup of the other spellings of each upserted key).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from typing import Any
+
+from syncd.identifiers import quote_ident
+from syncd.model import TableSpec
+from syncd.sqlite import windows
+from syncd.sqlite.audit import format_key
+from syncd.types import PgType, ValueMismatch, converter
+
+_DATES = (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE)
+
+
+def affinity(declared: str) -> str:
+    """SQLite's column affinity rules (https://sqlite.org/datatype3.html 3.1)."""
+    t = declared.upper()
+    if "INT" in t:
+        return "integer"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "text"
+    if "BLOB" in t or not t.strip():
+        return "blob"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "real"
+    return "numeric"
+
+
+def lossy_key_columns(spec: TableSpec) -> list[str]:
+    """Key columns whose conversion can send two SQLite values to one Postgres value."""
+    out = []
+    for k in spec.key:
+        col = spec.column(k)
+        if col.sqlite_expr is not None:
+            continue  # the rowid: always an integer
+        if col.pgtype is PgType.TEXT and affinity(col.declared) != "text":
+            out.append(k)  # numbers stay numbers in such a column; as text they meet their spelling
+        elif col.pgtype in _DATES or col.pgtype is PgType.JSONB:
+            out.append(k)
+    return out
+
+
+def _date_spellings(pgtype: PgType, value: Any) -> list[Any]:
+    """The usual spellings of the instant `value` (a converted date/time) stands for."""
+    if pgtype is PgType.DATE:
+        return [value.isoformat()]
+    moment = value
+    if pgtype is PgType.TIMESTAMPTZ:
+        moment = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    out = []
+    base = moment.strftime("%Y-%m-%d{}%H:%M:%S")
+    fractions = [""]
+    if moment.microsecond % 1000 == 0:
+        fractions.append(f".{moment.microsecond // 1000:03d}")
+    fractions.append(f".{moment.microsecond:06d}")
+    if moment.microsecond == 0:
+        fractions.append(".0")
+    zones = ["", "Z", "+00:00"]
+    for sep in (" ", "T"):
+        for frac in fractions:
+            for zone in zones:
+                out.append(base.format(sep) + frac + zone)
+    epoch = (moment - dt.datetime(1970, 1, 1)).total_seconds()
+    out.append(epoch)
+    if epoch.is_integer():
+        out.append(int(epoch))
+    return out
+
+
+def other_spellings(pgtype: PgType, raw: Any, converted: Any) -> list[Any]:
+    """SQLite values other than `raw` that convert to the same Postgres value."""
+    if converted is None:
+        return []
+    if pgtype is PgType.TEXT:
+        forms: list[Any] = [converted]
+        try:
+            if str(int(converted)) == converted:
+                forms.append(int(converted))
+        except ValueError:
+            pass
+        try:
+            f = float(converted)
+            if repr(f) == converted:
+                forms.append(f)
+        except ValueError:
+            pass
+    elif pgtype in _DATES:
+        forms = _date_spellings(pgtype, converted)
+    else:
+        return []
+    return [f for f in forms if not (type(f) is type(raw) and f == raw)]
+
+
+def _describe(v: Any) -> str:
+    kind = {int: "integer", float: "real", str: "text", bytes: "blob"}.get(type(v), type(v).__name__)
+    return f"{format_key((v,))} ({kind})"
+
+
+def collision_reason(spec: TableSpec, a: tuple, b: tuple) -> str:
+    return (f'table "{spec.name}": SQLite holds keys {", ".join(_describe(v) for v in a)} and '
+            f'{", ".join(_describe(v) for v in b)} as two rows, which Postgres would hold as one '
+            f"({', '.join(spec.column(k).pgtype.value for k in spec.key)}); nothing is merged: fix one of the rows "
+            "in SQLite (or give the key column a type that tells them apart) and the table resumes")
+
+
+def stream_collision(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple]) -> str | None:
+    """Before an apply: does any upserted row (SQLite form) share its Postgres key with
+    another row? Checked within the batch, then by looking up the key's other spellings
+    (index lookups on the key). Returns the hold reason, or None."""
+    lossy = lossy_key_columns(spec)
+    if not lossy or not rows:
+        return None
+    key_idx = spec.key_indexes
+    convs = [converter(spec.column(k).pgtype) for k in spec.key]
+    seen: dict[tuple, tuple] = {}
+    where = " AND ".join(f"{spec.sqlite_ref(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
+    sql = f"SELECT {', '.join(spec.sqlite_ref(k) for k in spec.key)} FROM main.{quote_ident(spec.name)} WHERE {where}"
+    for row in rows:
+        raw = tuple(row[i] for i in key_idx)
+        try:
+            pg = tuple(f(v) for f, v in zip(convs, raw))
+        except ValueMismatch:
+            continue  # the converter holds the table with its own message
+        other = seen.setdefault(pg, raw)
+        if _differs(other, raw):
+            return collision_reason(spec, other, raw)
+        for i, k in enumerate(spec.key):
+            if k not in lossy:
+                continue
+            for alt in other_spellings(spec.column(k).pgtype, raw[i], pg[i]):
+                probe = list(raw)
+                probe[i] = alt
+                params = [p for v in probe for p in (v, _typeof(v))]
+                found = conn.execute(sql, params).fetchone()
+                if found is not None:
+                    return collision_reason(spec, raw, tuple(found))
+    return None
+
+
+def survivors(conn: sqlite3.Connection, spec: TableSpec, deletes: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """Deleted SQLite keys whose Postgres key another spelling still holds in SQLite
+    (integer 1 deleted, text '1' still there): that row is upserted instead of the key
+    deleted. Returns (rows to upsert, keys really gone)."""
+    lossy = lossy_key_columns(spec)
+    if not lossy or not deletes:
+        return [], deletes
+    convs = [converter(spec.column(k).pgtype) for k in spec.key]
+    cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
+    where = " AND ".join(f"{spec.sqlite_ref(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
+    sql = f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE {where}"
+    rows, gone = [], []
+    for raw in deletes:
+        try:
+            pg = tuple(f(v) for f, v in zip(convs, raw))
+        except ValueMismatch:
+            gone.append(raw)
+            continue
+        found = None
+        for i, k in enumerate(spec.key):
+            if k not in lossy or found is not None:
+                continue
+            for alt in other_spellings(spec.column(k).pgtype, raw[i], pg[i]):
+                probe = list(raw)
+                probe[i] = alt
+                found = conn.execute(sql, [p for v in probe for p in (v, _typeof(v))]).fetchone()
+                if found is not None:
+                    break
+        if found is None:
+            gone.append(raw)
+        else:
+            rows.append(tuple(found))
+    return rows, gone
+
+
+def _typeof(v: Any) -> str:
+    return {int: "integer", float: "real", str: "text", bytes: "blob"}.get(type(v), "null")
+
+
+def audit_collisions(conn: sqlite3.Connection, spec: TableSpec) -> str | None:
+    """Before a load: every key converted, window by window; the first two rows that
+    share a Postgres key, or None."""
+    if not lossy_key_columns(spec):
+        return None
+    key_cols = ", ".join(spec.sqlite_ref(k) for k in spec.key)
+    convs = [converter(spec.column(k).pgtype) for k in spec.key]
+    order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key)
+    seen: dict[tuple, tuple] = {}
+    for rows in windows.scan(conn, spec.name, order, key_cols):
+        for raw in rows:
+            try:
+                pg = tuple(f(v) for f, v in zip(convs, raw))
+            except ValueMismatch:
+                continue  # reported by the value audit
+            if any(v is None for v in pg):
+                continue
+            other = seen.setdefault(pg, tuple(raw))
+            if _differs(other, tuple(raw)):
+                return collision_reason(spec, other, tuple(raw))
+    return None
+
+
+def _differs(a: tuple, b: tuple) -> bool:
+    """Two SQLite keys are the same only with the same values of the same storage classes."""
+    return any(type(x) is not type(y) or x != y for x, y in zip(a, b))

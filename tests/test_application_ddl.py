@@ -1,0 +1,100 @@
+"""The application's own schema changes are followed without an operator: renamed
+columns and tables are renamed in Postgres (a column keeps its place; a table's
+triggers move with it), dropped ones are kept aside there, never destroyed, and the
+table streams on. With legacy_alter_table on and off."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess
+from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
+
+
+async def pg_columns(dsn: str, table: str) -> list[str]:
+    return [r[0] for r in await pg_rows(dsn, "SELECT column_name FROM information_schema.columns WHERE "
+                                             "table_schema = 'app' AND table_name = $1 ORDER BY ordinal_position",
+                                        table)]
+
+
+async def pg_tables(dsn: str) -> set[str]:
+    return {r[0] for r in await pg_rows(dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'app'")}
+
+
+@pytest.mark.parametrize("legacy", ["OFF", "ON"])
+async def test_renames_and_drops_are_followed(app_db, make_config, pg_dsn, tmp_path, legacy):
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, nick TEXT, age INTEGER);
+        CREATE TABLE orders (ref TEXT PRIMARY KEY, total REAL, note TEXT);
+        CREATE TABLE scratch (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO people VALUES (1, 'Ada', 'a', 36), (2, 'Grace', 'g', 45);
+        INSERT INTO orders VALUES ('o1', 9.5, 'first'), ('o2', 20.0, 'second');
+        INSERT INTO scratch VALUES (1, 'temporary');
+    """)
+    conn.execute(f"PRAGMA legacy_alter_table = {legacy}")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("ALTER TABLE people RENAME COLUMN nick TO nickname")
+        conn.execute("ALTER TABLE people DROP COLUMN age")
+        conn.execute("UPDATE people SET nickname = 'ada!' WHERE id = 1")
+        conn.execute("ALTER TABLE orders RENAME TO purchases")
+        conn.execute("ALTER TABLE purchases RENAME COLUMN ref TO code")  # the key itself
+        conn.execute("INSERT INTO purchases VALUES ('o3', 1.0, 'after the rename')")
+        conn.execute("DROP TABLE scratch")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        states = await table_states(pg_dsn, "app")
+        assert states == {"people": ("streaming", None), "purchases": ("streaming", None)}, states
+        assert await compare_table(str(app_db), pg_dsn, "app", "people") == []
+        assert await compare_table(str(app_db), pg_dsn, "app", "purchases") == []
+        cols = await pg_columns(pg_dsn, "people")
+        assert cols[:3] == ["id", "name", "nickname"] and cols[3].startswith("age__dropped_"), cols
+        # the dropped column's values are kept aside, not destroyed
+        assert await pg_rows(pg_dsn, f'SELECT id, "{cols[3]}" FROM app.people ORDER BY id') == [(1, 36), (2, 45)]
+        tables = await pg_tables(pg_dsn)
+        assert "purchases" in tables and "orders" not in tables
+        kept = [t for t in tables if t.startswith("scratch__dropped_")]
+        assert len(kept) == 1 and await pg_rows(pg_dsn, f'SELECT v FROM app."{kept[0]}"') == [("temporary",)]
+        log = d.log()
+        assert "renamed to \"purchases\" in SQLite: renamed in Postgres too" in log
+        assert "snapshot started" not in log.split("renamed to \"purchases\"")[1]  # followed, not reloaded
+        # the new name is free for a new table
+        conn.execute("CREATE TABLE scratch (id INTEGER PRIMARY KEY, w TEXT)")
+        conn.execute("INSERT INTO scratch VALUES (7, 'new')")
+
+        async def registered() -> bool:
+            return (await table_states(pg_dsn, "app")).get("scratch", ("",))[0] == "streaming"
+
+        await eventually(registered, 30, "the new table streaming", d)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(app_db), pg_dsn, "app", "scratch") == []
+        assert d.stop() == 0
+
+
+async def test_a_twelve_step_rebuild_is_reloaded(app_db, make_config, pg_dsn, tmp_path):
+    """The documented way to change a column's type: create, copy, drop, rename."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, qty TEXT, label TEXT);"
+                       "INSERT INTO items VALUES (1, '5', 'a'), (2, '7', 'b');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.executescript("""
+            PRAGMA foreign_keys = OFF;
+            BEGIN;
+            CREATE TABLE new_items (id INTEGER PRIMARY KEY, qty INTEGER, label TEXT, extra TEXT DEFAULT 'x');
+            INSERT INTO new_items (id, qty, label) SELECT id, CAST(qty AS INTEGER), label FROM items;
+            DROP TABLE items;
+            ALTER TABLE new_items RENAME TO items;
+            COMMIT;
+        """)
+        conn.execute("INSERT INTO items (id, qty, label) VALUES (3, 9, 'c')")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(app_db), pg_dsn, "app", "items") == []
+        assert (await pg_rows(pg_dsn, "SELECT data_type FROM information_schema.columns WHERE table_schema = 'app' "
+                                      "AND table_name = 'items' AND column_name = 'qty'")) == [("bigint",)]
+        assert d.stop() == 0

@@ -1,0 +1,126 @@
+"""Capture never waits for Postgres: a schema change during an outage is met with
+capture from the SQLite side at once, and a changelog that outgrows
+[sqlite] max_changelog_mb is compacted, then capture suspended, so the application's
+writes never fail because of syncd; once Postgres answers everything is made whole."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import FAST_FAILOVER, write_config
+from tests.test_metrics import scrape
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.pgcluster import free_port
+from tests.support.proxy import FaultProxy
+from tests.support.sync import changelog_max, wait_caught_up
+
+
+@pytest.fixture
+def outage(tmp_path, pg_dsn):
+    parts = urlsplit(pg_dsn)
+    proxy = FaultProxy(parts.hostname, parts.port or 5432)
+    yield proxy, pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/")
+    proxy.close()
+
+
+def triggers_on(db, table: str) -> set[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
+                                           "AND name LIKE '\\_syncd\\_%' ESCAPE '\\'", (table,))}
+    finally:
+        conn.close()
+
+
+async def test_schema_changes_during_an_outage_are_captured_at_once(outage, tmp_path, pg_dsn):
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO items VALUES (1, 'a');")
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}], sections=FAST_FAILOVER)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        proxy.refuse()
+        d.wait_log("Postgres unreachable")
+        conn.executescript("""
+            CREATE TABLE late (id INTEGER PRIMARY KEY, v TEXT);
+            BEGIN;
+            CREATE TABLE new_items (id INTEGER PRIMARY KEY, v TEXT, extra TEXT);
+            INSERT INTO new_items (id, v) SELECT id, v FROM items;
+            DROP TABLE items;
+            ALTER TABLE new_items RENAME TO items;
+            COMMIT;
+        """)
+        wait_for(lambda: len(triggers_on(db, "late")) >= 4 and len(triggers_on(db, "items")) >= 4, 30,
+                 "capture on the new and the rebuilt table while Postgres is away", d)
+        conn.execute("INSERT INTO late VALUES (1, 'written during the outage')")
+        conn.execute("UPDATE items SET extra = 'also during the outage'")
+        assert changelog_max(db) > 0
+        proxy.heal()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        for table in ("late", "items"):
+            assert await compare_table(str(db), pg_dsn, "app", table) == [], table
+        assert d.stop() == 0
+
+
+async def test_a_changelog_over_its_cap_is_compacted_then_capture_suspended(outage, tmp_path, pg_dsn):
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("CREATE TABLE hot (id INTEGER PRIMARY KEY, n INTEGER);"
+                       "CREATE TABLE wide (id INTEGER PRIMARY KEY, v TEXT);"
+                       "INSERT INTO hot VALUES (1, 0);")
+    cap_mb = 0.25
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
+                       metrics_listen=f"127.0.0.1:{port}",
+                       sections={**FAST_FAILOVER, "sqlite": {"max_changelog_mb": cap_mb}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        proxy.refuse()
+        d.wait_log("Postgres unreachable")
+        # One key changed over and over: compaction alone brings it back under the cap.
+        for i in range(20_000):
+            conn.execute("UPDATE hot SET n = ? WHERE id = 1", (i,))
+        d.wait_log("kept one entry per key", timeout=60)
+        assert "CAPTURE SUSPENDED" not in d.log()
+        assert changelog_max(db) > 0
+        # Many distinct keys: nothing to compact, so capture is suspended; the
+        # application's writes go on, none fails.
+        failures = 0
+        deadline = time.monotonic() + 60
+        i = 0
+        while "CAPTURE SUSPENDED" not in d.log():
+            assert time.monotonic() < deadline, d.log()[-3000:]
+            try:
+                conn.execute("BEGIN")
+                conn.executemany("INSERT INTO wide VALUES (?, ?)", [(i + j, "x" * 20) for j in range(500)])
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                failures += 1
+                conn.execute("ROLLBACK")
+            i += 500
+        for _ in range(20):  # after the suspension the application writes as if syncd were not there
+            conn.execute("INSERT INTO wide VALUES (?, 'after')", (i,))
+            i += 1
+        assert failures == 0
+        assert triggers_on(db, "wide") == set()
+        status = run_cli(cfg, "status")
+        assert status.returncode == 2 and "capture suspended since" in status.stdout, status.stdout
+        assert scrape(port)['syncd_capture_suspended{source="app"}'] == 1
+        proxy.heal()
+        d.wait_log("capture resumed")
+        assert scrape(port)['syncd_capture_suspended{source="app"}'] == 0
+        report = run_cli(cfg, "report")  # the suspension stays in the dual-write window's history
+        assert "capture was suspended to protect the disk" in report.stdout
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        for table in ("hot", "wide"):
+            assert await compare_table(str(db), pg_dsn, "app", table) == [], table
+        assert len(triggers_on(db, "wide")) >= 4
+        assert run_cli(cfg, "status").returncode in (0, 1)
+        assert d.stop() == 0

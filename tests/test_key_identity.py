@@ -1,0 +1,83 @@
+"""Key identity: two rows SQLite tells apart are never merged into one Postgres row.
+A key column without a declared type holds integer 1 and text '1' as two keys; a
+`timestamp` override makes two spellings of one instant one key. syncd holds such a
+table naming both keys, and resumes once the rows are fixed; 1 becoming 1.0 (one key
+to SQLite, two spellings to Postgres) is followed."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tests.support.daemon import DaemonProcess
+from tests.support.sync import pg_rows, table_states, wait_caught_up
+
+
+async def wait_state(pg_dsn, table: str, state: str, d) -> tuple[str, str | None]:
+    from tests.support.sync import eventually
+
+    async def reached() -> bool:
+        return (await table_states(pg_dsn, "app")).get(table, ("", None))[0] == state
+
+    await eventually(reached, 30, f"{table} {state}", d)
+    return (await table_states(pg_dsn, "app"))[table]
+
+
+async def test_integer_and_text_keys_are_never_merged(app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE kv (key PRIMARY KEY, value TEXT);"
+                       "INSERT INTO kv VALUES ('1', 'text one'), ('a', 'letter');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO kv VALUES (1, 'int one')")  # a second row to SQLite
+        state, reason = await wait_state(pg_dsn, "kv", "held", d)
+        assert "'1' (text) and 1 (integer) as two rows" in reason or "1 (integer) and '1' (text)" in reason
+        assert await pg_rows(pg_dsn, "SELECT key, value FROM app.kv ORDER BY key") == [
+            ("1", "text one"), ("a", "letter")]  # nothing merged, nothing lost
+        conn.execute("DELETE FROM kv WHERE key = 1")  # the integer one goes; the text '1' stays
+        await wait_state(pg_dsn, "kv", "streaming", d)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT key, value FROM app.kv ORDER BY key") == [
+            ("1", "text one"), ("a", "letter")]
+        assert d.stop() == 0
+
+
+async def test_a_key_becoming_the_same_number_in_another_class_moves(app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE k (id PRIMARY KEY, v TEXT);"  # mixed classes: text in Postgres
+                       "INSERT INTO k VALUES (1, 'one'), ('x', 'ex');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("UPDATE k SET id = 1.0 WHERE id = 1")  # the same key to SQLite, stored as real now
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.k ORDER BY v") == [("x", "ex"), ("1.0", "one")]
+        assert d.stop() == 0
+
+
+async def test_spellings_of_one_instant_hold_the_table(app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ticks (at TEXT PRIMARY KEY, n INTEGER);"
+                       "INSERT INTO ticks VALUES ('2024-01-01 00:00:00', 1), ('2024-01-02 00:00:00', 2);")
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"ticks": {"at": "timestamp"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO ticks VALUES ('2024-01-01T00:00:00', 3)")
+        conn.execute("INSERT INTO ticks VALUES ('2024-01-01 00:00:00Z', 4)")
+        state, reason = await wait_state(pg_dsn, "ticks", "held", d)
+        assert "'2024-01-01T00:00:00' (text)" in reason and "as two rows" in reason
+        assert len(await pg_rows(pg_dsn, "SELECT * FROM app.ticks")) == 2
+        assert d.stop() == 0
+
+    # Before a load, the audit finds them all at once.
+    other = tmp_path / "other.db"
+    c2 = sqlite3.connect(other, isolation_level=None)
+    c2.executescript("CREATE TABLE ticks (at TEXT PRIMARY KEY, n INTEGER);"
+                     "INSERT INTO ticks VALUES ('2024-01-01 00:00:00', 1), ('2024-01-01T00:00:00', 2);")
+    cfg = make_config([{"name": "other", "path": str(other), "columns": {"ticks": {"at": "timestamp"}}}],
+                      name="other.toml")
+    with DaemonProcess(cfg, tmp_path / "other.log") as d:
+        d.wait_log("audit before load")
+        states = await table_states(pg_dsn, "other")
+        assert states["ticks"][0] == "held" and "as two rows" in states["ticks"][1]
+        assert d.stop() == 0

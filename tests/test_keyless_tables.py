@@ -1,0 +1,161 @@
+"""Tables without a key replicate by default, every row of them, duplicates included:
+syncd keys them on the SQLite rowid, kept in Postgres column `_syncd_rowid`. The rowid
+is not stable (VACUUM renumbers it), so a schema change syncd did not make reloads
+such a table aside, and Postgres readers never see it empty or half-loaded."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import asyncpg
+import pytest
+
+from tests.support.compare import compare_keyless
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import pg_rows, table_states, wait_caught_up
+
+SCHEMA = """
+CREATE TABLE metrics_log (host TEXT, metric TEXT, value REAL, at TEXT);
+CREATE TABLE touches (contact_id INTEGER, channel TEXT, at TEXT);
+"""
+DUPLICATE = ("db1", "cpu", 0.5, "2026-11-30 10:00:00")
+
+
+def seed(db, journal: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute(f"PRAGMA journal_mode={journal}")
+    conn.executescript(SCHEMA)
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO metrics_log VALUES (?, ?, ?, ?)", [DUPLICATE] * 3 + [
+        (f"db{i % 4}", "mem", i / 8, f"2026-11-30 10:{i % 60:02d}:00") for i in range(40)])
+    conn.executemany("INSERT INTO touches VALUES (?, ?, ?)", [(7, "email", "2026-11-29")] * 2 + [
+        (i, "call", f"2026-11-{i % 28 + 1:02d}") for i in range(20)])
+    conn.execute("COMMIT")
+    return conn
+
+
+def churn(conn: sqlite3.Connection, round_: int) -> None:
+    """Every kind of write a keyless table sees, rowid tricks included."""
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO metrics_log VALUES (?, ?, ?, ?)", [DUPLICATE] * 2)  # more exact duplicates
+    conn.execute("UPDATE metrics_log SET value = value + 1 WHERE metric = 'mem' AND rowid % 5 = 0")
+    conn.execute("DELETE FROM metrics_log WHERE rowid % 7 = ?", (round_ % 7,))  # gaps for VACUUM to close
+    conn.execute("INSERT INTO metrics_log (rowid, host, metric, value, at) VALUES (?, 'db9', 'disk', 1, 'x')",
+                 (50_000 + 1000 * round_,))  # an explicit rowid
+    conn.execute("COMMIT")
+    top = conn.execute("SELECT max(rowid) FROM touches").fetchone()[0]
+    conn.execute("DELETE FROM touches WHERE rowid = ?", (top,))
+    conn.execute("INSERT INTO touches VALUES (99, 'reused', 'rowid')")  # takes the deleted max rowid again
+    conn.execute("UPDATE touches SET rowid = rowid + 500 WHERE contact_id = 3")  # a row moves to another rowid
+    conn.execute("REPLACE INTO touches (rowid, contact_id, channel, at) VALUES (1, 1, 'replaced', 'r')")
+
+
+async def assert_equal(db, pg_dsn) -> None:
+    for table in ("metrics_log", "touches"):
+        assert await compare_keyless(str(db), pg_dsn, "app", table) == [], table
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+async def test_keyless_tables_replicate_through_every_write_and_vacuum(tmp_path, make_config, pg_dsn, journal):
+    db = tmp_path / "app.db"
+    conn = seed(db, journal)
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        await assert_equal(db, pg_dsn)
+        for round_ in range(3):
+            churn(conn, round_)
+            await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        await assert_equal(db, pg_dsn)
+        conn.execute("VACUUM")  # renumbers the rowids of both tables (they have gaps)
+        # The reload is done when Postgres holds the renumbered rowids again.
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        for _ in range(100):
+            if not await compare_keyless(str(db), pg_dsn, "app", "metrics_log"):
+                break
+            await asyncio.sleep(0.1)
+        await assert_equal(db, pg_dsn)
+        assert "reloading the table aside" in d.log()
+        churn(conn, 4)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        await assert_equal(db, pg_dsn)
+        assert d.stop() == 0
+
+    # While syncd is stopped: more writes, gaps, and a VACUUM it can only infer.
+    churn(conn, 5)
+    conn.execute("DELETE FROM touches WHERE rowid % 2 = 0")
+    conn.execute("VACUUM")
+    conn.execute("INSERT INTO touches VALUES (1000, 'after', 'vacuum')")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        await assert_equal(db, pg_dsn)
+        assert d.stop() == 0
+    states = await table_states(pg_dsn, "app")
+    assert states["metrics_log"][0] == states["touches"][0] == "streaming"
+    r = run_cli(cfg, "verify")
+    assert r.returncode == 0, r.stdout + r.stderr
+    conn.close()
+
+
+async def test_a_reload_never_shows_postgres_readers_a_partial_table(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE events (kind TEXT, payload TEXT)")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO events VALUES (?, ?)", [(f"k{i % 10}", "x" * 50) for i in range(30_000)])
+    conn.execute("COMMIT")
+    conn.execute("DELETE FROM events WHERE rowid % 3 = 0")  # gaps: VACUUM will renumber
+    expected = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"stream": {"snapshot_chunk_rows": 500}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        seen: list[int] = []
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            pg = await asyncpg.connect(pg_dsn)
+            try:
+                while not stop.is_set():
+                    seen.append(await pg.fetchval('SELECT count(*) FROM app.events'))
+                    await asyncio.sleep(0.005)
+            finally:
+                await pg.close()
+
+        watcher = asyncio.create_task(watch())
+        conn.execute("VACUUM")
+        for _ in range(600):
+            if not await compare_keyless(str(db), pg_dsn, "app", "events"):
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await watcher
+        assert await compare_keyless(str(db), pg_dsn, "app", "events") == []
+        assert d.log().count("into a table aside") == 1
+        assert d.stop() == 0
+    assert len(seen) > 20 and set(seen) == {expected}, sorted(set(seen))[:10]
+
+
+async def test_schema_names_the_rowid_column(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE plain (a TEXT);
+        CREATE TABLE clash (_syncd_rowid TEXT, b INTEGER);
+        CREATE TABLE hidden (rowid TEXT, oid TEXT, _rowid_ TEXT);
+    """)
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    r = run_cli(cfg, "schema")
+    assert r.returncode == 0, r.stderr
+    assert '"_syncd_rowid" bigint,\n    PRIMARY KEY ("_syncd_rowid")' in r.stdout
+    assert 'kept in Postgres column "_syncd_rowid"' in r.stdout and "VACUUM" in r.stdout
+    # a column of that name already: the next free name, never a clash
+    assert '"_syncd_rowid" text' in r.stdout and 'PRIMARY KEY ("_syncd_rowid_1")' in r.stdout
+    # every rowid alias shadowed: refused with what to do, never silently skipped
+    assert "refused 'hidden'" in r.stdout and "[sources.keys]" in r.stdout
+    r = run_cli(cfg, "init")
+    assert r.returncode == 0, r.stdout + r.stderr
+    cols = await pg_rows(pg_dsn, "SELECT column_name FROM information_schema.columns "
+                                 "WHERE table_schema = 'app' AND table_name = 'clash' ORDER BY ordinal_position")
+    assert [c[0] for c in cols] == ["_syncd_rowid", "b", "_syncd_rowid_1"]

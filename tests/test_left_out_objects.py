@@ -1,0 +1,78 @@
+"""What syncd does not carry (views, virtual tables and their shadow tables) is named
+where a user looks: `syncd schema`, the log, `syncd status` and the migration report,
+each with why and what to do in Postgres. A virtual table holding application data of
+its own keeps the report from saying the data is migrated."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import wait_caught_up
+
+SCHEMA = """
+CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT, body TEXT);
+CREATE VIEW recent_notes AS SELECT * FROM notes WHERE id > 1;
+CREATE VIRTUAL TABLE notes_search USING fts5(title, body);
+CREATE VIRTUAL TABLE notes_index USING fts5(title, body, content='notes', content_rowid='id');
+CREATE VIRTUAL TABLE notes_terms USING fts5(body, content='');
+CREATE VIRTUAL TABLE places USING rtree(id, min_x, max_x, min_y, max_y);
+INSERT INTO notes VALUES (1, 'a', 'first'), (2, 'b', 'second');
+INSERT INTO notes_search VALUES ('kept only here', 'this text is nowhere else'), ('two', 'rows');
+INSERT INTO places VALUES (1, 0, 1, 0, 1);
+"""
+
+
+def make_app(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.executescript(SCHEMA)
+    conn.commit()
+    conn.close()
+
+
+def test_schema_names_each_object_left_out_and_what_to_do(app_db, make_config):
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    r = run_cli(cfg, "schema")
+    assert r.returncode == 0, r.stderr
+    lines = {line.split("'")[1]: line for line in r.stdout.splitlines() if line.startswith("-- skipped")}
+    assert "recreate it in Postgres" in lines["recent_notes"]
+    assert lines["notes_search"].startswith("-- skipped 'notes_search': HOLDS 2 row(s) OF APPLICATION DATA")
+    assert "GIN index on to_tsvector()" in lines["notes_search"]
+    assert 'full-text index over table "notes"' in lines["notes_index"] and "HOLDS" not in lines["notes_index"]
+    assert "contentless" in lines["notes_terms"]
+    assert "HOLDS 1 row(s)" in lines["places"] and "GiST" in lines["places"]
+    assert 'shadow table of virtual table "notes_search"' in lines["notes_search_content"]
+    assert 'shadow table of virtual table "places"' in lines["places_node"]
+
+
+async def test_report_and_status_name_data_left_behind(app_db, make_config, pg_dsn, tmp_path):
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log("HOLDS 2 row(s) OF APPLICATION DATA")
+        assert d.stop() == 0
+
+    r = run_cli(cfg, "report")
+    assert r.returncode == 1
+    assert "Not migrated (the application will miss these after the switch)" in r.stdout
+    assert "| `notes_search` | an FTS5 full-text table that stores its own text | ❌ yes, 2 row(s) |" in r.stdout
+    doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+    migrated = next(i for i in doc["checklist"] if i["key"] == "migrated")
+    assert not migrated["ok"]
+    assert any(p.startswith("app.notes_search: 2 row(s) of application data") for p in migrated["problems"])
+    assert any(p.startswith("app.places: 1 row(s)") for p in migrated["problems"])
+    kinds = {o["name"]: o["kind"] for o in doc["sources"][0]["not_migrated"]}
+    assert kinds["recent_notes"] == "view" and kinds["notes_index"] == "fts5" and kinds["places"] == "rtree"
+
+    status = run_cli(cfg, "status")
+    assert "2 not replicated" in status.stdout
+    assert 'WARNING: app: not migrated: "notes_search" HOLDS 2 row(s)' in status.stdout
+
+    # Once the user has dealt with them, excluding them is a decision the report accepts.
+    cfg = make_config([{"name": "app", "path": str(app_db), "exclude": ["notes_search", "places"]}])
+    doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+    migrated = next(i for i in doc["checklist"] if i["key"] == "migrated")
+    assert not any("application data" in p for p in migrated["problems"])
