@@ -156,6 +156,12 @@ class StatusSettings(_Strict):
 class VerifySettings(_Strict):
     interval_seconds: float = Field(300.0, ge=0)  # 0 disables the daemon's periodic check
     chunk_rows: int = Field(10_000, ge=16)
+    # The periodic check replays the differences it finds through the stream, as
+    # `syncd verify --repair` does. On by default: SQLite is the source of truth, a
+    # difference confirmed after in-flight changes is never right, and the replay
+    # reads SQLite's current row, so it cannot write a stale value. Every repair stays
+    # an error in the history the cutover report judges.
+    repair: bool = True
 
 
 class CutoverSettings(_Strict):

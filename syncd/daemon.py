@@ -15,11 +15,15 @@ from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
 from syncd.log import loop_exception_handler
+from syncd.page.live import LivePage
 from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.postgres.target import UnsupportedTarget
 from syncd.sdnotify import Notifier
+from syncd.sqlite.audit import format_key
 from syncd.verify import publish_metrics, verify_source
+from syncd.verify.result import KIND_TEXT
 from syncd.wakeup import FileWatcher
 
 log = logging.getLogger("syncd")
@@ -48,6 +52,7 @@ class Daemon:
         self.watcher: FileWatcher | None = None
         self.started_at = time.time()
         self.ready_sent = False
+        self.page = LivePage(lambda: self.settings, self.status_now)  # GET /, and the lag/apply-rate ring
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -71,10 +76,12 @@ class Daemon:
             log.info(f"syncd running: {len(self.pipelines)} source(s)", extra={"event": "started"})
             housekeeping = asyncio.create_task(self._housekeeping())
             verifier = asyncio.create_task(self._verify_loop())
+            page = asyncio.create_task(self.page.run())
             await self.stop_event.wait()
             housekeeping.cancel()
             verifier.cancel()
-            await asyncio.gather(verifier, return_exceptions=True)
+            page.cancel()
+            await asyncio.gather(verifier, page, return_exceptions=True)
             await self._shutdown()
             return 0
         finally:
@@ -106,11 +113,12 @@ class Daemon:
         if addr is None:
             return
         try:
-            self.endpoint = Endpoint.from_settings(self.settings.metrics, self.status_now)
+            self.endpoint = Endpoint.from_settings(self.settings.metrics, self.status_now, routes=self.page.routes())
         except OSError as e:
             raise StartupError(f"metrics.listen: cannot listen on {self.settings.metrics.listen}: {e.strerror}", 1)
         self.endpoint.start()
-        log.info(f"metrics on http://{self.settings.metrics.listen}/metrics", extra={"event": "metrics"})
+        log.info(f"status page on http://{self.settings.metrics.listen}/ (metrics at /metrics)",
+                 extra={"event": "metrics"})
 
     def _make(self, source: SourceSettings) -> Pipeline:
         p = Pipeline(self.settings, source)
@@ -128,7 +136,7 @@ class Daemon:
             try:
                 await p.session.connect_postgres(lock=True)
                 p.pg_ok = True
-            except SourceLocked as e:
+            except (SourceLocked, UnsupportedTarget) as e:
                 for q in self.pipelines.values():
                     await q.session.close()
                 raise StartupError(str(e), 1) from None
@@ -163,6 +171,7 @@ class Daemon:
             await self._stop_pipeline(name)
             if name not in new_by_name:
                 metrics.forget_source(name)
+                self.page.history.forget(name)
                 log.info("source removed from the configuration: stopped", extra={"source": name, "event": "reload"})
         self.settings = new
         for name, source in new_by_name.items():
@@ -192,9 +201,11 @@ class Daemon:
 
     async def _verify_loop(self) -> None:
         """Compare each streaming source in full every [verify] interval_seconds, one
-        source at a time, and export the results. A source is first checked as soon as
-        it streams and has no backlog, so consistency is known early without slowing
-        a catch-up down."""
+        source at a time, and export the results; with [verify] repair, replay the
+        differences found through the stream, as `syncd verify --repair` does (each
+        repair is logged, counted and kept in the history as an error). A source is
+        first checked as soon as it streams and has no backlog, so consistency is known
+        early without slowing a catch-up down."""
         outcomes: dict[str, str] = {}  # source -> last outcome logged
         last_run: dict[str, float] = {}
         deferred: dict[str, float] = {}  # source -> when a due check was first put off
@@ -213,14 +224,16 @@ class Daemon:
                         continue
                 deferred.pop(name, None)
                 last_run[name] = now
-                result = await verify_source(self.settings, p.source, record=True)
+                result = await verify_source(self.settings, p.source, record=True,
+                                             repair=self.settings.verify.repair, in_daemon=True)
                 publish_metrics(result)
+                _log_repairs(name, result)
                 outcome = _outcome(result)
                 if outcomes.get(name) != outcome:
                     outcomes[name] = outcome
                     level = logging.INFO if outcome == "equal" else logging.WARNING
                     log.log(level, f"consistency check: {outcome}", extra={"source": name, "event": "verify"})
-                if result.error or any(t.mismatched or t.error for t in result.tables):
+                if result.error or any(t.mismatched or t.error or t.repaired for t in result.tables):
                     metrics.errors_total.labels(name, "verify").inc()
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
@@ -229,6 +242,8 @@ class Daemon:
     async def _housekeeping(self) -> None:
         last_ping = last_extend = 0.0
         while True:
+            now = time.time()
+            self.page.sample(now, {p.name: p.lag.lag(now) for p in list(self.pipelines.values())})
             up = [p.pg_ok for p in self.pipelines.values()]
             metrics.postgres_up.set(1 if all(x is True for x in up) else 0)
             if not self.ready_sent and all(p.ready.is_set() for p in self.pipelines.values()):
@@ -289,6 +304,7 @@ class Daemon:
             s = p.session
             sources[p.name] = {
                 "health": p.health,
+                "direction": s.direction,
                 "detail": p.detail or p._last_error or "",
                 "lag_seconds": round(p.lag.lag(now), 3),
                 "pending_changes": max(0, p.max_seq_seen - s.applied_seq),
@@ -318,8 +334,28 @@ def _outcome(result) -> str:
         return f"failed for {', '.join(t.table for t in failed[:5])}: {failed[0].error}"
     differing = [t.table for t in result.tables if t.mismatched]
     if differing:
-        return f"{len(differing)} table(s) differ ({', '.join(differing[:5])}); see `syncd verify`"
+        note = f"; repair: {result.repair_note}" if result.repair_note else ""
+        return f"{len(differing)} table(s) differ ({', '.join(differing[:5])}); see `syncd verify`{note}"
+    if any(t.repaired for t in result.tables):
+        return "equal after repair"
     return "equal"
+
+
+LOGGED_KEYS = 10  # keys named in a repair's log line
+
+
+def _log_repairs(source: str, result) -> None:
+    """One line per repaired table: how many rows, of which kind, and which keys."""
+    for t in result.tables:
+        if not t.repaired:
+            continue
+        counts = [(sum(1 for d in t.replayed if d.kind == kind), text) for kind, text in KIND_TEXT.items()]
+        what = ", ".join(f"{n} {text}" for n, text in counts if n)
+        keys = ", ".join(format_key(d.key) for d in t.replayed[:LOGGED_KEYS])
+        more = f" and {len(t.replayed) - LOGGED_KEYS} more" if len(t.replayed) > LOGGED_KEYS else ""
+        state = "now equal" if t.equal else f"{t.mismatched} row(s) still differ"
+        log.warning(f'consistency check repaired {t.repaired} row(s) of "{t.table}" ({what}): keys {keys}{more}; '
+                    f"{state}", extra={"source": source, "table": t.table, "event": "verify_repaired"})
 
 
 def _shared(settings: Settings) -> tuple:

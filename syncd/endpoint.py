@@ -1,4 +1,5 @@
-"""The daemon's HTTP endpoint: /metrics for Prometheus, /status for `syncd status`.
+"""The daemon's HTTP endpoint: /metrics for Prometheus, /status for `syncd status`, and
+the routes the daemon adds (the status page at /).
 
 Hardened around every route, so a route added later inherits it:
 - GET and HEAD only, exact paths, no keep-alive, a 16 KiB request head;
@@ -12,7 +13,8 @@ Hardened around every route, so a route added later inherits it:
 - it runs on its own threads and only reads the daemon's state: it never blocks it.
 
 Routes are a dict of path -> handler; a handler takes the Request and returns a
-Response. `Endpoint.route(path, handler)` adds one.
+Response. `Endpoint.route(path, handler)` adds one; `routes=` takes simpler ones,
+path -> () -> (body, content type).
 """
 
 from __future__ import annotations
@@ -177,7 +179,8 @@ class _DeadlineReader:
 
 
 class Endpoint:
-    def __init__(self, host: str, port: int, status: Callable[[], dict], *, access: Access | None = None,
+    def __init__(self, host: str, port: int, status: Callable[[], dict],
+                 routes: dict[str, Callable[[], tuple[bytes, str]]] | None = None, *, access: Access | None = None,
                  max_connections: int = 16, read_timeout_seconds: float = 5.0):
         self._status = status
         self.access = access or Access()
@@ -188,6 +191,8 @@ class Endpoint:
             "/status": self._status_json,
             "/": lambda req: Response(b"syncd: see /metrics and /status\n"),
         }
+        for path, page in (routes or {}).items():
+            self.route(path, lambda req, page=page: Response(*page()))
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -242,10 +247,11 @@ class Endpoint:
         self.thread = threading.Thread(target=self.server.serve_forever, name="endpoint", daemon=True)
 
     @classmethod
-    def from_settings(cls, metrics, status: Callable[[], dict]) -> "Endpoint":
+    def from_settings(cls, metrics, status: Callable[[], dict],
+                      routes: dict[str, Callable[[], tuple[bytes, str]]] | None = None) -> "Endpoint":
         """The endpoint `[metrics]` describes (syncd.config.MetricsSettings)."""
         host, port = metrics.address
-        return cls(host, port, status, access=metrics.access(), max_connections=metrics.max_connections,
+        return cls(host, port, status, routes, access=metrics.access(), max_connections=metrics.max_connections,
                    read_timeout_seconds=metrics.read_timeout_seconds)
 
     def route(self, path: str, handler: Handler) -> None:
@@ -299,16 +305,23 @@ class Endpoint:
         self.server.server_close()
 
 
-def fetch_status(metrics, timeout: float = 1.5) -> dict | None:
-    """The running daemon's /status (with the configured credentials), or None."""
+def fetch_json(metrics, path: str, timeout: float = 1.5):
+    """A JSON document from the running daemon's endpoint (asked with the configured
+    credentials), or None when none answers."""
     addr = metrics.address
     if addr is None:
         return None
     host = addr[0] if addr[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
     url_host = f"[{host}]" if ":" in host else host
-    req = urllib.request.Request(f"http://{url_host}:{addr[1]}/status", headers=metrics.access().header())
+    req = urllib.request.Request(f"http://{url_host}:{addr[1]}{path}", headers=metrics.access().header())
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
     except (OSError, ValueError):
         return None
+
+
+def fetch_status(metrics, timeout: float = 1.5) -> dict | None:
+    """The running daemon's /status, or None."""
+    status = fetch_json(metrics, "/status", timeout)
+    return status if isinstance(status, dict) else None

@@ -68,6 +68,11 @@ consistency_last_check_timestamp_seconds = Gauge(
     "Unix time of the last completed consistency check.",
     ["source", "table"],
 )
+repaired_rows_total = Counter(
+    "syncd_repaired_rows",
+    "Rows the daemon's consistency check found different and replayed through the stream ([verify] repair).",
+    ["source", "table"],
+)
 build_info = Gauge("syncd_build_info", "Always 1; the version label says which syncd runs.", ["version"])
 build_info.labels(version=__version__).set(1)
 
@@ -81,7 +86,7 @@ def forget_source(source: str) -> None:
         except KeyError:
             pass
     for metric in (changes_applied_total, errors_total, table_halted, table_state, snapshot_rows_loaded, rows,
-                   consistency_mismatched_rows, consistency_last_check_timestamp_seconds):
+                   consistency_mismatched_rows, consistency_last_check_timestamp_seconds, repaired_rows_total):
         for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public listing
             if labels[0] == source:
                 metric.remove(*labels)

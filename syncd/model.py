@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 ROWID_COLUMN = "_syncd_rowid"
 
 
+# Which way a source replicates: SQLite -> Postgres until `syncd cutover`, then back from
+# Postgres into the (frozen) SQLite file until `syncd rollback` turns it around again.
+TO_POSTGRES, TO_SQLITE = "to_postgres", "to_sqlite"
+
 ROWID_ALIASES = ("_rowid_", "rowid", "oid")
 
 

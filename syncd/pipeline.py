@@ -18,15 +18,17 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_r
 from syncd import metrics
 from syncd.config import Settings, SourceSettings
 from syncd.lag import LagTracker
+from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked
+from syncd.postgres.target import UnsupportedTarget
 from syncd.postgres.connect import PostgresUnavailable, describe, is_transient
 from syncd.pruner import Pruner
 from syncd.reconcile import install_capture, reconcile
 from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
-from syncd.sqlite import disk_guard, reader
+from syncd.sqlite import disk_guard, freeze, reader
 from syncd.sqlite.capture import CaptureStateError, LockTimeout
 from syncd.sqlite.connection import SourceFileError
 from syncd.stream import apply, read_and_convert
@@ -41,6 +43,7 @@ POSTGRES_DOWN = "postgres_unreachable"
 SOURCE_MISSING = "source_missing"
 LOCKED = "locked_by_other"
 FAILING = "failing"
+CUT_OVER = "cut_over"  # the application writes Postgres now; nothing flows this way
 
 
 class Pipeline:
@@ -159,6 +162,8 @@ class Pipeline:
         metrics.retries_total.labels(self.name).inc()
         if isinstance(exc, SourceLocked):
             self._enter(LOCKED, str(exc), kind="lock", level="error")
+        elif isinstance(exc, UnsupportedTarget):
+            self._enter(FAILING, str(exc), kind="postgres", level="error")
         elif isinstance(exc, SourceFileError):
             self._enter(SOURCE_MISSING, f"{exc}; waiting for it to come back", kind="sqlite", level="error")
             metrics.source_up.labels(self.name).set(0)
@@ -259,6 +264,16 @@ class Pipeline:
             self.needs_reconcile = False
             self._after_reconcile()
 
+        if s.direction != TO_POSTGRES:
+            # Cut over: the file is frozen for the application and Postgres is the truth.
+            # The way back is the reverse stream's; this pipeline only keeps watch.
+            self._recovered()
+            if self.health != CUT_OVER:
+                self.health, self.detail = CUT_OVER, "cut over to Postgres; the SQLite file is frozen"
+                s.info("cut over to Postgres: the forward stream stops", event="cut_over")
+            self.ready.set()
+            await self._maybe_recheck()
+            return False
         did = await self._snapshot_step()
         if not self.needs_reconcile:
             did = await self._catchup_step() or did
@@ -522,14 +537,33 @@ class Pipeline:
         if now - self.last_request_check < self.settings.stream.held_table_retry_seconds:
             return
         self.last_request_check = now
-        if any(t.state == bk.PAUSED for t in s.tables.values()):
-            self.needs_reconcile = True
-        elif await s.pg.fetchval(
-            f"SELECT 1 FROM {s.bk.s}.tables WHERE source = $1 AND request IS NOT NULL LIMIT 1", s.name
-        ):
-            self.needs_reconcile = True
+        requested, direction, open_switch = await s.pg.fetchrow(
+            f"SELECT EXISTS (SELECT 1 FROM {s.bk.s}.tables WHERE source = $1 AND request IS NOT NULL), "
+            f"(SELECT direction FROM {s.bk.s}.sources WHERE source = $1), "
+            f"EXISTS (SELECT 1 FROM {s.bk.s}.switches WHERE source = $1 AND state IN ('started', 'frozen'))",
+            s.name)
+        await self._undo_abandoned_freeze(open_switch)
+        if any(t.state == bk.PAUSED for t in s.tables.values()) or requested or direction != s.direction:
+            self.needs_reconcile = True  # paused tables, a resync request, a cutover or rollback
         if self.needs_reconcile:
             self.wake.set()
+
+    async def _undo_abandoned_freeze(self, open_switch: bool) -> None:
+        """A cutover that froze the file and died leaves it frozen with nobody holding the
+        switch: the application must not stay locked out, so syncd unfreezes it (and
+        closes the record of one that died before freezing)."""
+        from syncd import cutover
+
+        s = self.session
+        if s.direction != TO_POSTGRES or not (open_switch or await s.worker.run(freeze.frozen)):
+            return
+        if not await cutover.take_switch_lock(s.pg, s.name):
+            return  # a cutover is running: it holds the file
+        try:
+            await cutover.undo_abandoned(self.settings, self.source, s.pg, s.worker)
+            self.needs_reconcile = True
+        finally:
+            await cutover.release_switch_lock(s.pg, s.name)
 
     # --- health ----------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from syncd import collisions
 from syncd.identifiers import qualified, quote_pg_ident
-from syncd.model import SourceSchema, TableSpec
+from syncd.model import TO_POSTGRES, SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl, ownership
 from syncd.postgres.bookkeeping import TableRow
@@ -175,6 +175,8 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
 
     await bk.ensure_schema(conn, target)
     src = await session.bk.load_source(conn)
+    session.direction = await conn.fetchval(
+        f"SELECT direction FROM {session.bk.s}.sources WHERE source = $1", session.name) or TO_POSTGRES
     if src is None:
         await session.bk.upsert_source(conn, state.capture_id, str(session.source.path), target)
         session.applied_seq = 0
@@ -212,6 +214,9 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
             await session.save_row(conn, new)
         if new.state != bk.PAUSED:
             await collisions.ensure_indexes(conn, target, spec)
+            pgt = pg_tables.get(name) or (await ddl.read_tables(conn, target)).get(name)
+            if pgt is not None:
+                await ddl.ensure_identity(conn, target, spec, pgt)
         runtimes[name] = _runtime(session, spec, tid, new)
     if requests:
         await conn.execute(

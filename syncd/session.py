@@ -12,11 +12,12 @@ import asyncpg
 
 from syncd.config import Settings, SourceSettings
 from syncd.log import ctx
-from syncd.model import TableSpec
+from syncd.model import TO_POSTGRES, TableSpec
 from syncd.postgres import bookkeeping as bkmod
 from syncd.postgres.apply import TableWriter
 from syncd.postgres.bookkeeping import Bookkeeping, TableRow
 from syncd.postgres.connect import close_quietly, connect
+from syncd.postgres.target import check_target
 from syncd.rows import RowConverter
 from syncd.sqlite.capture import CaptureState
 from syncd.sqlite.connection import SqliteWorker
@@ -71,6 +72,7 @@ class SourceSession:
         self.applied_at: float | None = None
         self.journal_mode = "delete"
         self.schema_version: int | None = None
+        self.direction = TO_POSTGRES  # from bookkeeping at each reconcile (the cutover flips it)
 
     # --- logging -------------------------------------------------------------------
 
@@ -95,6 +97,7 @@ class SourceSession:
             return self.pg
         conn = await connect(self.dsn, self.settings.password(), self.settings.postgres)
         try:
+            await check_target(conn)
             if lock:
                 await bkmod.try_lock_source(conn, self.name)
             await bkmod.ensure_bookkeeping(conn, self.bk.schema)

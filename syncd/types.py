@@ -376,7 +376,9 @@ def audit_prefilter(pgtype: PgType, col: str) -> str | None:
 # A row's canonical form is the concatenation of one token per column, separated by
 # U+001F. Tokens are typed and text is length-prefixed, so no two different rows can
 # share a form. The Python side encodes the value *after* conversion; the Postgres
-# side builds the identical string in SQL from the stored value.
+# side builds the identical string in SQL from the stored value. Text lengths count
+# UTF-8 bytes: octet_length is the one length Postgres gives alike in a UTF8 and in a
+# SQL_ASCII database (where length() counts bytes too), the encodings syncd accepts.
 
 SEP = "\x1f"
 
@@ -433,8 +435,13 @@ def _normalize_json_numbers(text: str) -> Any:
     return json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=_reject_constant)
 
 
+def utf8_length(s: str) -> int:
+    """Bytes of `s` in UTF-8 (text read from SQLite that is not UTF-8 keeps its bytes)."""
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogateescape"))
+
+
 def _text_token(s: str) -> str:
-    return f"t{len(s)}:{s}"
+    return f"t{utf8_length(s)}:{s}"
 
 
 def canonical(pgtype: PgType, value: Any) -> str:
@@ -478,14 +485,14 @@ def pg_canonical_expr(pgtype: PgType, col: str) -> str:
     elif pgtype is PgType.NUMERIC:
         body = f"'n' || {col}::text"
     elif pgtype in (PgType.TEXT, PgType.JSON):
-        body = f"'t' || length({col}::text) || ':' || {col}::text"
+        body = f"'t' || octet_length({col}::text) || ':' || {col}::text"
     elif pgtype is PgType.BYTEA:
         body = f"'b' || encode({col}, 'hex')"
     elif pgtype is PgType.BOOLEAN:
         # No ELSE: NULL must stay NULL so COALESCE below makes it 'N', not 'B0'.
         body = f"CASE WHEN {col} THEN 'B1' WHEN NOT {col} THEN 'B0' END"
     elif pgtype is PgType.JSONB:
-        body = f"'jt' || length({col}::text) || ':' || {col}::text"
+        body = f"'jt' || octet_length({col}::text) || ':' || {col}::text"
     elif pgtype is PgType.TIMESTAMP or pgtype is PgType.TIMESTAMPTZ:
         # asyncpg stores datetime.min/max as -infinity/infinity: 'T-infinity' / 'Tinfinity',
         # tokens Python never builds, so such a row shows as different instead of failing.

@@ -9,6 +9,7 @@ import re
 import asyncpg
 import yaml
 
+from syncd.demo.data import TARGET_DATABASES
 from tests.support.daemon import ROOT
 from tests.support.pgcluster import with_database
 
@@ -39,7 +40,7 @@ def test_services_and_mounts_exist():
 async def test_init_script_creates_the_three_target_databases(pg_dsn):
     sql = (DEPLOY / "postgres" / "init.sql").read_text()
     names = re.findall(r"CREATE DATABASE (\w+);", sql)
-    assert names == ["core", "business", "analytics"]
+    assert names == list(TARGET_DATABASES) == ["synapse_core", "synapse_business", "synapse_analytics"]
     # run it, renamed into this test's namespace so it cannot clash with real databases
     suffix = pg_dsn.rsplit("/", 1)[1]
     admin = await asyncpg.connect(pg_dsn)

@@ -32,6 +32,7 @@ AFTER_EVENT = {
     "syncd_rows",
     "syncd_consistency_mismatched_rows",
     "syncd_consistency_last_check_timestamp_seconds",
+    "syncd_repaired_rows_total",
 }
 
 

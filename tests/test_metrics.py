@@ -39,7 +39,7 @@ async def test_idle_source_is_not_stalled_and_checks_run(tmp_path, pg_dsn):
     port = free_port()
     cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace("postgres@", "postgres:s3cret@"),
                        [{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}",
-                       sections={"verify": {"interval_seconds": 1}})
+                       sections={"verify": {"interval_seconds": 1, "repair": False}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         check = 'syncd_consistency_last_check_timestamp_seconds{source="app",table="items"}'

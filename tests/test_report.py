@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonProcess, run_cli
+from tests.test_status_page import Page
 from tests.support.sync import wait_caught_up
 from tests.support.verifying import pg_execute, sync_and_stop, verify, verify_section
 
@@ -220,7 +221,10 @@ async def test_lag_from_the_running_daemon(ready, app_db, make_config, pg_dsn, t
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         time.sleep(1.5)  # the endpoint's status refreshes every second
         rc, md, _, doc = report(cfg)
+        _, text, page = html_report(cfg)
         assert d.stop() == 0
+    # the file carries the running daemon's charts too
+    assert text.count('<figure data-chart="') == 2 and "No lag or apply-rate history" not in page.all_text
     assert rc == 0, md
     assert "from the running daemon (streaming)" in section(md, "lag")
     assert doc["sources"][0]["lag"]["source"] == "the running daemon (streaming)"
@@ -231,6 +235,55 @@ def test_postgres_unreachable_is_one_line(tmp_path, app_db):
     toml.write_text(f'[postgres]\ndsn = "postgresql://syncd:s3cret-pw@127.0.0.1:9/x"\nconnect_timeout_seconds = 2\n'
                     f'[metrics]\nlisten = ""\n[[sources]]\nname = "app"\npath = "{app_db}"\n')
     out = run_cli(toml, "report")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("syncd: cannot connect to postgresql://syncd:***@127.0.0.1:9/x")
+    assert len(out.stderr.strip().splitlines()) == 1 and "s3cret" not in out.stderr
+
+
+def html_report(cfg: Path) -> tuple[int, str, Page]:
+    r = run_cli(cfg, "report", "--format", "html")
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    return r.returncode, r.stdout, Page(r.stdout)
+
+
+def _no_ages(text: str) -> str:
+    return re.sub(r" \(\d+(?:\.\d+)? (?:s|min|h|days?) ago\)", "", text)
+
+
+async def test_html_report_is_the_status_page_and_agrees_with_the_report(ready, pg_dsn):
+    rc, text, page = html_report(ready)
+    md_rc, md, _, doc = report(ready)
+    assert rc == md_rc == 0
+    assert page.items == {i["key"]: i["ok"] for i in doc["checklist"]} == {k: True for k in ITEMS}
+    assert 'id="verdict" data-ready="true"' in text and "READY for cutover" in page.all_text
+    assert '<html lang="en" data-refresh="0"' in text  # a file does not ask for itself again
+    assert "No lag or apply-rate history" in page.all_text  # no daemon answered
+    assert page.outside_references() == []  # one self-contained file
+    shown = _no_ages(page.all_text)
+    for i in doc["checklist"]:
+        for line in i["evidence"]:
+            assert _no_ages(line) in shown, line
+    assert page.tables == {"app/items": "streaming", "app/notes": "streaming"}
+
+    await pg_execute(pg_dsn, "UPDATE syncd.sources SET streaming_since = $1", ago(days=3))
+    await add_run(pg_dsn, "items", ago(days=2), 1000, different=2, repaired=2)
+    rc, text, page = html_report(ready)
+    md_rc, md, _, doc = report(ready)
+    assert rc == md_rc == 1
+    assert page.items == {i["key"]: i["ok"] for i in doc["checklist"]} == {**{k: True for k in ITEMS},
+                                                                           "dual_write": False}
+    assert "NOT READY for cutover: 1 of 6 checklist items are not done." in page.all_text
+    shown = _no_ages(page.all_text)
+    for line in item(doc, "dual_write")["problems"]:
+        assert _no_ages(line) in shown, line
+    assert 'data-errors="1"' in text  # the items table's verification history shows the error
+
+
+def test_html_report_postgres_unreachable_is_one_line(tmp_path, app_db):
+    toml = tmp_path / "down.toml"
+    toml.write_text(f'[postgres]\ndsn = "postgresql://syncd:s3cret-pw@127.0.0.1:9/x"\nconnect_timeout_seconds = 2\n'
+                    f'[metrics]\nlisten = ""\n[[sources]]\nname = "app"\npath = "{app_db}"\n')
+    out = run_cli(toml, "report", "--format", "html")
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith("syncd: cannot connect to postgresql://syncd:***@127.0.0.1:9/x")
     assert len(out.stderr.strip().splitlines()) == 1 and "s3cret" not in out.stderr

@@ -115,7 +115,7 @@ async def test_an_upgraded_install_keeps_the_tables_it_already_replicates(tmp_pa
     # What an older syncd left: no record of the tables it created.
     pg = await asyncpg.connect(pg_dsn)
     try:
-        await pg.execute("DROP TABLE syncd.owned_tables")
+        await pg.execute("DROP TABLE syncd.owned_tables; UPDATE syncd.meta SET value = '1' WHERE key = 'version'")
     finally:
         await pg.close()
     conn = sqlite3.connect(db)

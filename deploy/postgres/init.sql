@@ -1,5 +1,5 @@
 -- The three target databases from the migration plan; config.example.toml maps the
--- 11 SQLite sources onto them.
-CREATE DATABASE core;
-CREATE DATABASE business;
-CREATE DATABASE analytics;
+-- Synapse SQLite sources onto them.
+CREATE DATABASE synapse_core;
+CREATE DATABASE synapse_business;
+CREATE DATABASE synapse_analytics;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 from typing import Any
@@ -40,14 +41,24 @@ def fail(message: str, code: int) -> int:
     return code
 
 
-def selected_sources(settings: Settings, name: str | None) -> list[SourceSettings]:
+def selected_sources(settings: Settings, name: str | list[str] | None) -> list[SourceSettings]:
+    """The sources named (each a name or a glob such as "tenant_*"), in configuration
+    order; every source without any. A name or glob matching none is a ConfigError."""
     if name is None:
         return list(settings.sources)
-    return [settings.source(name)]
+    patterns = [name] if isinstance(name, str) else list(name)
+    chosen = []
+    for pattern in patterns:
+        hits = [s for s in settings.sources if fnmatch.fnmatchcase(s.name, pattern)]
+        if not hits:
+            raise ConfigError(f"no source named {pattern!r} in the configuration")
+        chosen += [s for s in hits if s not in chosen]
+    return [s for s in settings.sources if s in chosen]
 
 
 def add_source_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", metavar="NAME", help="only this source (default: all)")
+    p.add_argument("--source", metavar="NAME", action="append",
+                   help="only this source (repeatable; globs such as 'tenant_*' allowed; default: all)")
 
 
 __all__ = ["ConfigError", "add_source_option", "fail", "load", "say", "say_json", "selected_sources",

@@ -10,6 +10,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable
+from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import reconcile
 from syncd.session import SourceSession, changed
 from syncd.snapshot import audit
@@ -40,7 +41,7 @@ async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
         except SourceLocked as e:
             common.say(f"{source.name}: {e}; nothing to do, the running daemon keeps it initialized")
             continue
-        except (SourceFileError, PostgresUnavailable, CaptureStateError) as e:
+        except (SourceFileError, PostgresUnavailable, UnsupportedTarget, CaptureStateError) as e:
             common.say(f"{source.name}: ERROR {e}")
             rc = 1
             continue

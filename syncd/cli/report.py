@@ -7,9 +7,16 @@ from __future__ import annotations
 import asyncio
 
 from syncd.cli import common
+from syncd.endpoint import fetch_json
+from syncd.config import Settings
+from syncd.page.history import HistoryView
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.redact import scrub
 from syncd.report import as_json, evaluate, gather, markdown, ready
+from syncd.report.html import page
+from syncd.report.overview import gather_overview
+
+HISTORY_TIMEOUT_SECONDS = 2.0
 
 
 def register(sub, parent) -> None:
@@ -17,15 +24,21 @@ def register(sub, parent) -> None:
         "report", parents=[parent], help="write the migration status document (exit 0 ready, 1 not ready)",
         description="Measure every source and table now (row counts on both sides, capture, lag), read the "
                     "verification history, and judge the cutover checklist on that evidence. Says plainly "
-                    "what is not done.",
+                    "what is not done. --format html writes the daemon's status page as one self-contained "
+                    "file (with the last hour's lag and apply-rate charts when the daemon answers).",
     )
-    p.add_argument("--format", choices=["markdown", "json"], default="markdown", help="output format")
+    p.add_argument("--format", choices=["markdown", "json", "html"], default="markdown", help="output format")
+    common.add_source_option(p)
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
+    if args.source:
+        settings = settings.model_copy(update={"sources": common.selected_sources(settings, args.source)})
+    if args.format == "html":
+        return _html(settings)
     try:
         facts = asyncio.run(gather(settings))
     except PostgresUnavailable as e:
@@ -38,3 +51,20 @@ def main(args) -> int:
     else:
         print(scrub(markdown(facts, items)))
     return 0 if ready(items) else 1
+
+
+def _html(settings: Settings) -> int:
+    ov = asyncio.run(gather_overview(settings))
+    if ov.facts is None:
+        return common.fail(ov.facts_error or "the facts could not be measured", 2)
+    print(page(ov, _daemon_history(settings), live=False), end="")
+    return 0 if ready(ov.items) else 1
+
+
+def _daemon_history(settings: Settings) -> HistoryView | None:
+    """The running daemon's in-memory lag and apply-rate history, if it answers."""
+    data = fetch_json(settings.metrics, "/history", HISTORY_TIMEOUT_SECONDS)
+    try:
+        return None if data is None else HistoryView.from_json(data)
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import socket
 import os
@@ -116,6 +117,29 @@ def _ddl(bk: str) -> list[str]:
         f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS load_aside boolean NOT NULL DEFAULT false",
         # The SQLite schema version the table states were last reconciled with.
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS schema_version bigint",
+        # Which way the source replicates (model.TO_POSTGRES / TO_SQLITE), set by cutover and rollback.
+        f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS direction text NOT NULL DEFAULT 'to_postgres'",
+        # Every cutover and rollback, step by step: a crashed one is finished or undone from here.
+        f"""CREATE TABLE IF NOT EXISTS {s}.switches (
+            id bigserial PRIMARY KEY,
+            source text NOT NULL,
+            kind text NOT NULL,
+            state text NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            frozen_at timestamptz,
+            finished_at timestamptz,
+            downtime_seconds double precision,
+            who text,
+            detail jsonb)""",
+        # Columns schema parity gave a type other than the lossless one (a DATETIME that
+        # became timestamp, say), with the SQLite spelling its values had, to write them back.
+        f"""CREATE TABLE IF NOT EXISTS {s}.columns (
+            source text NOT NULL,
+            table_name text NOT NULL,
+            column_name text NOT NULL,
+            pgtype text NOT NULL,
+            sqlite_format text,
+            PRIMARY KEY (source, table_name, column_name))""",
     ]
 
 
@@ -135,9 +159,23 @@ async def ensure_schema(conn: asyncpg.Connection, schema: str) -> None:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(schema)}")
 
 
+def _ddl_version(bk: str) -> str:
+    """What the bookkeeping DDL is, as a short digest: any statement added changes it."""
+    return f"{BOOKKEEPING_VERSION}:" + hashlib.sha256("\n".join(_ddl(bk)).encode()).hexdigest()[:16]
+
+
 async def ensure_bookkeeping(conn: asyncpg.Connection, bk: str) -> None:
     """Create (or complete, after an upgrade) syncd's schema. Every statement is
-    idempotent; an advisory lock serializes syncd processes starting together."""
+    idempotent; an advisory lock serializes syncd processes starting together. When
+    the schema is already this version's, nothing runs: its ALTER TABLEs take
+    exclusive locks, which a running daemon's transactions would otherwise deadlock on."""
+    version = _ddl_version(bk)
+    try:
+        have = await conn.fetchval(f"SELECT value FROM {quote_pg_ident(bk)}.meta WHERE key = 'version'")
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+        have = None
+    if have == version:
+        return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS)
         await ensure_schema(conn, bk)
@@ -156,7 +194,7 @@ async def ensure_bookkeeping(conn: asyncpg.Connection, bk: str) -> None:
         await conn.execute(
             f"INSERT INTO {quote_pg_ident(bk)}.meta(key, value) VALUES ('version', $1) "
             f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-            str(BOOKKEEPING_VERSION),
+            version,
         )
 
 

@@ -25,6 +25,7 @@ from syncd.sqlite.leftout import LeftOut
 from syncd.verify.history import VerifyRun, load_runs
 
 ENDPOINT_TIMEOUT_SECONDS = 2.0
+from syncd.model import TO_POSTGRES, TO_SQLITE  # noqa: E402,F401 - which way a source replicates
 
 
 @dataclass
@@ -74,6 +75,7 @@ class SourceFacts:
     capture_suspended: str | None = None  # "<since> <why>" while capture is off to protect the disk
     suspensions: list[tuple[dt.datetime, str]] = field(default_factory=list)  # (resumed at, "<since> <why>")
     backup: BackupFacts | None = None
+    direction: str = TO_POSTGRES  # the cutover sets TO_SQLITE (the daemon's /status reports it)
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
         if self.streaming_since is None:
@@ -98,9 +100,14 @@ class ReportError(Exception):
     """The report cannot be made (Postgres unreachable); the message is one line."""
 
 
-async def gather(settings: Settings) -> MigrationFacts:
+async def gather(settings: Settings, live: dict[str, dict] | None = None,
+                 upgrade_bookkeeping: bool = True) -> MigrationFacts:
+    """Measure every source now. `live` is the daemon's per-source /status (the daemon
+    passes its own); None asks the daemon's endpoint, if one answers. The daemon passes
+    upgrade_bookkeeping=False: it completed the bookkeeping when it started, and the
+    DDL's table locks would queue its own writes behind each page refresh."""
     now = dt.datetime.now(dt.timezone.utc)
-    status = await asyncio.to_thread(_daemon_status, settings)
+    status = live if live is not None else await asyncio.to_thread(_daemon_status, settings)
     conns: dict[str, asyncpg.Connection] = {}
     try:
         sources = []
@@ -112,7 +119,8 @@ async def gather(settings: Settings) -> MigrationFacts:
         runs: list[VerifyRun] = []
         for conn in conns.values():
             if await bookkeeping_exists(conn, settings.postgres.bookkeeping_schema):
-                await ensure_bookkeeping(conn, settings.postgres.bookkeeping_schema)  # newer columns
+                if upgrade_bookkeeping:
+                    await ensure_bookkeeping(conn, settings.postgres.bookkeeping_schema)  # newer columns
                 runs += await load_runs(conn, settings.postgres.bookkeeping_schema)
     finally:
         for conn in conns.values():
@@ -133,7 +141,8 @@ async def gather(settings: Settings) -> MigrationFacts:
 
 async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, live: dict | None,
                   now: dt.datetime) -> SourceFacts:
-    facts = SourceFacts(name=source.name, path=str(source.path), schema=source.schema)
+    facts = SourceFacts(name=source.name, path=str(source.path), schema=source.schema,
+                        direction=(live or {}).get("direction") or TO_POSTGRES)
     bk_schema = settings.postgres.bookkeeping_schema
     rows = {}
     if await bookkeeping_exists(pg, bk_schema):
@@ -143,6 +152,9 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.registered = True
             facts.streaming_since, facts.applied_seq, facts.applied_at = \
                 src.streaming_since, src.applied_seq, src.applied_at
+            if await _has_column(pg, bk_schema, "sources", "direction"):  # older bookkeeping: to Postgres
+                facts.direction = await pg.fetchval(f"SELECT direction FROM {bk.s}.sources WHERE source = $1",
+                                                    source.name) or facts.direction
         rows = await bk.load_tables(pg)
         facts.suspensions = [(r[0], r[1] or "") for r in await pg.fetch(
             f"SELECT at, detail FROM {bk.s}.events WHERE source = $1 AND kind = 'capture_suspended' ORDER BY at",
@@ -172,6 +184,11 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         base = settings.config_path.parent if settings.config_path else Path.cwd()
         facts.backup = find_backups(settings.cutover.backup_glob, source.name, base, now)
     return facts
+
+
+async def _has_column(pg: asyncpg.Connection, schema: str, table: str, column: str) -> bool:
+    return bool(await pg.fetchval("SELECT 1 FROM information_schema.columns WHERE table_schema = $1 "
+                                  "AND table_name = $2 AND column_name = $3", schema, table, column))
 
 
 @dataclass
@@ -221,8 +238,9 @@ def _daemon_status(settings: Settings) -> dict[str, dict]:
 
 def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.datetime) -> Lag:
     if live is not None and live.get("lag_seconds") is not None:
+        # Pending as counted in the file now (as `syncd status` counts it), else the daemon's figure.
         return Lag(float(live["lag_seconds"]), f"the running daemon ({live.get('health', '?')})",
-                   live.get("pending_changes"))
+                   pending if pending is not None else live.get("pending_changes"))
     if pending is None:
         return Lag(None, "unknown (no changelog in the SQLite file)", None)
     if pending == 0:

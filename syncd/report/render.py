@@ -9,7 +9,7 @@ from typing import Any
 from syncd import __version__
 from syncd.printable import escape_controls
 from syncd.report.checklist import CheckItem, days, number, ready, timestamp, when
-from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts
+from syncd.report.facts import TO_POSTGRES, TO_SQLITE, MigrationFacts, SourceFacts, TableFacts
 from syncd.verify.history import VerifyRun
 
 HISTORY_SHOWN = 50  # consistency errors listed in Markdown (JSON has them all)
@@ -64,7 +64,8 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
 
 
 def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
-    out = [f"## Source `{s.name}`", "", f"- SQLite file: `{s.path}`; Postgres schema: `{s.schema}`"]
+    out = [f"## Source `{s.name}`", "", f"- SQLite file: `{s.path}`; Postgres schema: `{s.schema}`",
+           f"- Direction: {direction_text(s.direction)}"]
     if s.error:
         out.append(f"- **{s.error}**")
     dual = s.dual_write_days(now)
@@ -87,6 +88,11 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
             out.append(f"| `{_cell(lo.name)}` | {_cell(lo.why)} | {holds} | {_cell(lo.todo)} |")
         out.append("")
     return out
+
+
+def direction_text(direction: str) -> str:
+    return {TO_POSTGRES: "SQLite → PostgreSQL", TO_SQLITE: "PostgreSQL → SQLite (after cutover)"}.get(direction,
+                                                                                                      direction)
 
 
 def _table_row(t: TableFacts, now: dt.datetime) -> str:
@@ -156,6 +162,7 @@ def as_json(f: MigrationFacts, items: list[CheckItem]) -> dict[str, Any]:
 def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
     return {
         "source": s.name, "path": s.path, "schema": s.schema, "error": s.error, "registered": s.registered,
+        "direction": s.direction,
         "dual_write_since": _iso(s.streaming_since), "dual_write_days": s.dual_write_days(now),
         "applied_seq": s.applied_seq, "applied_at": _iso(s.applied_at),
         "lag": {"seconds": s.lag.seconds, "source": s.lag.source, "pending_changes": s.lag.pending_changes},

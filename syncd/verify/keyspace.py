@@ -11,6 +11,7 @@ it is compared as one range.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -93,12 +94,17 @@ class KeySpace:
 
     # --- SQLite ----------------------------------------------------------------------
 
-    def sqlite_key(self) -> str:
-        parts = [quote_ident(k) + (" COLLATE BINARY" if b else "") for k, b in zip(self.key, self.sqlite_binary)]
+    def sqlite_refs(self) -> list[str]:
+        """The key columns as SQLite SQL reaches them (a keyless table's: its rowid)."""
+        return [self.spec.sqlite_ref(k) for k in self.key]
+
+    def sqlite_key(self, refs: list[str] | None = None) -> str:
+        parts = [r + (" COLLATE BINARY" if b else "") for r, b in zip(refs or self.sqlite_refs(), self.sqlite_binary)]
         return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
 
-    def sqlite_order(self) -> str:
-        return ", ".join(quote_ident(k) + (" COLLATE BINARY" if b else "") for k, b in zip(self.key, self.sqlite_binary))
+    def sqlite_order(self, refs: list[str] | None = None) -> str:
+        return ", ".join(r + (" COLLATE BINARY" if b else "")
+                         for r, b in zip(refs or self.sqlite_refs(), self.sqlite_binary))
 
     def sqlite_marks(self) -> str:
         n = len(self.key)
@@ -192,6 +198,8 @@ def sqlite_value(pgtype: PgType, v: Any) -> Any:
 def sqlite_key_access(conn: sqlite3.Connection, spec: TableSpec) -> tuple[tuple[bool, ...], bool]:
     """(columns needing COLLATE BINARY, whether an index walks the key in BINARY order)."""
     key = list(spec.key)
+    if len(key) == 1 and spec.column(key[0]).sqlite_expr is not None:
+        return (False,), True  # a keyless table's rowid: the table's own order
     text = tuple(spec.column(k).pgtype is PgType.TEXT for k in key)
     info = conn.execute(f"PRAGMA main.table_info({quote_ident(spec.name)})").fetchall()
     pk = [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5]]
@@ -211,10 +219,11 @@ def sqlite_key_access(conn: sqlite3.Connection, spec: TableSpec) -> tuple[tuple[
 
 async def pg_key_access(conn: asyncpg.Connection, schema: str, spec: TableSpec) -> tuple[bool, ...]:
     """Key columns whose collation is not byte order (they need COLLATE "C" and then
-    cannot use the primary key index)."""
+    cannot use the primary key index). Judged from the collation's provider and
+    locale, not from datcollate alone: a database whose default collation comes from
+    ICU reports datcollate 'C' all the same."""
     rows = await conn.fetch(
-        """SELECT a.attname, coalesce(co.collname, ''),
-                  (SELECT datcollate FROM pg_database WHERE datname = current_database())
+        """SELECT a.attname, to_jsonb(co)::text
            FROM pg_attribute a
            JOIN pg_class c ON c.oid = a.attrelid
            JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -222,11 +231,34 @@ async def pg_key_access(conn: asyncpg.Connection, schema: str, spec: TableSpec) 
            WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = ANY($3::text[]) AND a.attcollation <> 0""",
         schema, spec.name, list(spec.key),
     )
-    needs = {}
-    for name, coll, datcollate in rows:
-        effective = datcollate if coll == "default" else coll
-        needs[name] = effective not in ("C", "POSIX")
+    if not rows:
+        return tuple(False for _ in spec.key)
+    # to_jsonb: the catalog columns differ between versions (datlocprovider from 15, datlocale from 17).
+    db = json.loads(await conn.fetchval("SELECT to_jsonb(d)::text FROM pg_database d WHERE datname = current_database()"))
+    needs = {name: not byte_order(json.loads(coll) if coll else {}, db) for name, coll in rows}
     return tuple(needs.get(k, False) for k in spec.key)
+
+
+# Collations that order text as memcmp does on its bytes (UTF-8 byte order is code point order).
+_LIBC_BYTE_ORDER = {"C", "POSIX"}
+_BUILTIN_BYTE_ORDER = {"C", "C.UTF-8"}
+
+
+def byte_order(coll: dict, db: dict) -> bool:
+    """Whether a collation (a pg_collation row as JSON; {} for none) orders text byte
+    by byte in the database `db` (its pg_database row as JSON). Unknown providers
+    do not: COLLATE "C" is then added, which is always correct, only slower."""
+    provider = coll.get("collprovider", "d")
+    if provider == "d":  # the database's default collation
+        provider = db.get("datlocprovider", "c")  # before PostgreSQL 15 always libc
+        locale = db.get("datcollate") if provider == "c" else (db.get("datlocale") or db.get("daticulocale"))
+    else:
+        locale = coll.get("collcollate") if provider == "c" else (coll.get("colllocale") or coll.get("colliculocale"))
+    if provider == "c":
+        return locale in _LIBC_BYTE_ORDER
+    if provider == "b":
+        return locale in _BUILTIN_BYTE_ORDER
+    return False  # ICU orders linguistically, whatever its locale is called ("C" included)
 
 
 async def key_space(conn_sqlite_run, pg: asyncpg.Connection, schema: str, spec: TableSpec) -> KeySpace:

@@ -3,8 +3,9 @@ it never blocks the stream (MVCC) and takes no lock a writer would wait for."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+
 import asyncpg
 
 from syncd.identifiers import qualified, quote_pg_ident
@@ -95,9 +96,27 @@ class PostgresTable:
                 out.append(PgRow(tuple(row[:-1]), tuple(row[-1])))
         return out
 
+    async def count_by_key(self, keys: Sequence[tuple]) -> int:
+        """How many rows have one of `keys` (Postgres values; each counted once)."""
+        nkey = len(self.ks.key)
+        types = [t.value for t in self.ks.key_types]
+        arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+        if nkey == 1:
+            cond = f"{quote_pg_ident(self.ks.key[0])} = ANY({arrays})"
+        else:
+            cond = f"({self.key_cols}) IN (SELECT * FROM unnest({arrays}))"
+        unique = list(dict.fromkeys(tuple(k) for k in keys))
+        total = 0
+        for i in range(0, len(unique), LOOKUP_BATCH):
+            columns = [list(col) for col in zip(*unique[i : i + LOOKUP_BATCH])]
+            total += await self.conn.fetchval(f"SELECT count(*) FROM {self.table} WHERE {cond}", *columns)
+        return total
 
-async def is_utf8(conn: asyncpg.Connection) -> bool:
-    return (await conn.fetchval("SHOW server_encoding")).upper() in ("UTF8", "UTF-8")
+
+async def stores_utf8(conn: asyncpg.Connection) -> bool:
+    """Whether text is stored as UTF-8 bytes, so md5() of it is md5 of UTF-8 (SQL_ASCII
+    stores the bytes syncd sends, which are UTF-8)."""
+    return (await conn.fetchval("SHOW server_encoding")).upper() in ("UTF8", "UTF-8", "SQL_ASCII")
 
 
 async def checkpoint(conn: asyncpg.Connection, bk_schema: str, source: str) -> int | None:
@@ -115,6 +134,37 @@ async def rows_at_checkpoint(pt: PostgresTable, bk_schema: str, source: str,
         seq = await checkpoint(pt.conn, bk_schema, source)
         rows = await pt.rows_by_key(keys)
     return seq or 0, rows
+
+
+@dataclass
+class Totals:
+    """Both sides' row counts at one checkpoint, and the counts without the rows whose
+    key changed after it (in flight: they may rightly differ)."""
+
+    seq: int
+    sqlite_rows: int
+    postgres_rows: int
+    sqlite_settled: int
+    postgres_settled: int
+
+
+async def counts_at_checkpoint(pt: PostgresTable, bk_schema: str, source: str,
+                               sqlite_counts: Callable[[int], Awaitable]) -> Totals | None:
+    """Totals of both sides at the checkpoint; None when they cannot be known exactly
+    this time (the changelog after the checkpoint was pruned meanwhile, or too many
+    keys changed to list). `sqlite_counts(seq)` returns sqlite_side.ChangeCounts."""
+    async with pt.conn.transaction(isolation="repeatable_read", readonly=True):
+        seq = await checkpoint(pt.conn, bk_schema, source) or 0
+        pg_rows = await pt.count()
+        sq = await sqlite_counts(seq)
+        if sq.changed_keys is None or sq.max_seq < seq:
+            return None
+        pg_keys = [b.pg for b in (pt.ks.from_sqlite(k) for k in sq.changed_keys) if b is not None]
+        pg_changed = await pt.count_by_key(pg_keys) if pg_keys else 0
+    seq_after = await checkpoint(pt.conn, bk_schema, source) or 0
+    if seq_after != seq and sq.entries_after != sq.max_seq - seq:
+        return None  # entries after the checkpoint may have been pruned before they were read
+    return Totals(seq, sq.rows, pg_rows, sq.rows - sq.changed_rows, pg_rows - pg_changed)
 
 
 async def lock_holder(conn: asyncpg.Connection, source: str) -> str | None:

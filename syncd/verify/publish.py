@@ -12,8 +12,12 @@ def publish_metrics(result: SourceVerifyResult) -> None:
     compared (held, paused, loading, refused, or the check failed) keeps its previous
     check time, so `time() - syncd_consistency_last_check_timestamp_seconds` grows (the
     halted-table alert covers held and paused ones); its mismatch gauge shows the
-    row-count gap, a lower bound of the rows that differ."""
+    row-count gap, a lower bound of the rows that differ. Rows replayed by a repair
+    count in syncd_repaired_rows_total."""
     for t in result.tables:
+        repaired = metrics.repaired_rows_total.labels(t.source, t.table)  # from 0, so increase() sees the first
+        if t.repaired:
+            repaired.inc(t.repaired)
         if t.rows_sqlite is not None:
             metrics.rows.labels(t.source, t.table, "sqlite").set(t.rows_sqlite)
         if t.rows_postgres is not None:

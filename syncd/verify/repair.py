@@ -39,7 +39,8 @@ def changelog_entries(differences: list[Difference]) -> tuple[list[tuple[int, tu
     those would hold the table; fixing the row in SQLite is the way)."""
     entries, skipped = [], []
     for d in differences:
-        if d.raw_key is None or any(v is None for v in d.raw_key) or (d.note and "does not fit" in d.note):
+        if (not d.repairable or d.raw_key is None or any(v is None for v in d.raw_key)
+                or (d.note and "does not fit" in d.note)):
             skipped.append(d)
             continue
         entries.append((OP_DELETE if d.kind == EXTRA else OP_UPDATE, d.raw_key))
@@ -53,10 +54,16 @@ async def enqueue(run: Callable[..., Awaitable[Any]], settings: Settings, tid: i
 
 
 async def apply_through_stream(settings: Settings, source: SourceSettings, pg: asyncpg.Connection,
-                               target_seq: int, timeout: float) -> str:
+                               target_seq: int, timeout: float, own_pipeline: bool = True) -> str:
     """Make sure the stream applies everything up to `target_seq`; returns who did it.
-    Raises TimeoutError if the checkpoint does not get there in time."""
+    Raises TimeoutError if the checkpoint does not get there in time. Without
+    `own_pipeline` (the caller is the daemon running the source) only wait for it."""
     bk_schema = settings.postgres.bookkeeping_schema
+    if not own_pipeline:
+        if not await _wait_checkpoint(pg, bk_schema, source.name, target_seq, timeout):
+            raise TimeoutError(f"the daemon's stream did not apply the repair within {timeout:g} s; "
+                               "it stays queued in the changelog and is applied when the stream moves again")
+        return "applied by this daemon's stream"
     holder = await lock_holder(pg, source.name)
     if holder is None:
         probe = await connect(settings.dsn_for(source), settings.password(), settings.postgres)

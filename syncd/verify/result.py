@@ -32,6 +32,7 @@ class Difference:
     columns: tuple[str, ...] = ()
     note: str | None = None
     raw_key: tuple | None = field(default=None, repr=False, compare=False)  # SQLite form, for repair
+    repairable: bool = field(default=True, repr=False, compare=False)  # False: a replay cannot fix it
 
     def text(self) -> str:
         out = f"{KIND_TEXT[self.kind]}: key {format_key(self.key)}"
@@ -59,6 +60,7 @@ class TableVerifyResult:
     different: int = 0
     pending: int = 0
     repaired: int = 0
+    replayed: list[Difference] = field(default_factory=list)  # what the repair replayed (this result checks after it)
     reason: str | None = None  # why the table was not compared, or why rows are pending
     error: str | None = None  # the check itself failed
     differences: list[Difference] = field(default_factory=list)

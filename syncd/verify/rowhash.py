@@ -26,7 +26,7 @@ try:  # CPython's own md5 costs a third of OpenSSL's per call on inputs this sho
 except ImportError:  # pragma: no cover - interpreters built without it
     _md5 = hashlib.md5
 
-from syncd.identifiers import quote_ident, quote_pg_ident
+from syncd.identifiers import quote_pg_ident
 from syncd.model import TableSpec
 from syncd.types import SEP, PgType, ValueMismatch, canonical, converter, pg_canonical_expr
 
@@ -112,7 +112,8 @@ class RowTokens:
 _FAST: dict[PgType, tuple[str, str]] = {
     PgType.BIGINT: ("{a}.__class__ is int", "i{{{a}}}"),
     PgType.NUMERIC: ("{a}.__class__ is int", "n{{{a}}}"),
-    PgType.TEXT: ('{a}.__class__ is str and "\\0" not in {a}', "t{{len({a})}}:{{{a}}}"),
+    PgType.TEXT: ('{a}.__class__ is str and "\\0" not in {a}',
+                  "t{{len({a}) if {a}.isascii() else len({a}.encode())}}:{{{a}}}"),
     PgType.BYTEA: ("{a}.__class__ is bytes", "b{{{a}.hex()}}"),
     PgType.DOUBLE: ("{a}.__class__ is float", "f{{_pack({a}).hex()}}"),
     PgType.BOOLEAN: ("{a}.__class__ is int and ({a} == 0 or {a} == 1)", "B{{{a}}}"),
@@ -208,7 +209,7 @@ class SqliteRowHash:
         self.spec = spec
         self.name = name
         self.types = tuple(c.pgtype for c in spec.columns)
-        cols = [quote_ident(c) for c in spec.column_names]
+        cols = [spec.sqlite_ref(c) for c in spec.column_names]
         if len(cols) <= MAX_FUNCTION_ARGS:
             self.groups: list[tuple[int, int]] = []
             args = ", ".join(cols)

@@ -18,14 +18,15 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import Bookkeeping, SourceRow, TableRow, bookkeeping_exists, ensure_bookkeeping
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
+from syncd.postgres.target import UnsupportedTarget, check_target
 from syncd.sqlite import capture
 from syncd.sqlite.capture import CaptureState, LockTimeout
 from syncd.sqlite.connection import SourceFileError, SqliteWorker
-from syncd.sqlite.introspect import introspect
+from syncd.sqlite.introspect import introspect, schema_version
 from syncd.verify import history, repair, sqlite_side
 from syncd.verify.keyspace import key_space
-from syncd.verify.postgres_side import is_utf8
-from syncd.verify.result import SourceVerifyResult, TableVerifyResult
+from syncd.verify.postgres_side import stores_utf8
+from syncd.verify.result import Difference, SourceVerifyResult, TableVerifyResult
 from syncd.verify.table import TableCheck
 
 log = logging.getLogger("syncd.verify")
@@ -51,6 +52,7 @@ class TablePlan:
     tid: int | None
     row: TableRow | None
     reason: str | None  # None: compare it
+    schema_version: int = 0  # SQLite's, when the table's shape was read
 
     @property
     def state(self) -> str | None:
@@ -72,10 +74,11 @@ class _Session:
     async def open(self) -> None:
         await self.worker.open()  # first: a missing file is the clearer message
         self.pg = await connect(self.settings.dsn_for(self.source), self.settings.password(), self.settings.postgres)
+        await check_target(self.pg)
         self.has_bookkeeping = await bookkeeping_exists(self.pg, self.bk.schema)
         if self.has_bookkeeping:
             await ensure_bookkeeping(self.pg, self.bk.schema)  # an older install gains the newer columns
-        self.utf8 = await is_utf8(self.pg)
+        self.utf8 = await stores_utf8(self.pg)
 
     async def close(self) -> None:
         await close_quietly(self.pg)
@@ -105,14 +108,16 @@ def _busy(e: sqlite3.OperationalError) -> bool:
 
 async def verify_source(settings: Settings, source: SourceSettings, tables: list[str] | None = None, *,
                         repair: bool = False, wait_seconds: float = DEFAULT_WAIT_SECONDS,
-                        record: bool = True) -> SourceVerifyResult:
+                        record: bool = True, in_daemon: bool = False) -> SourceVerifyResult:
     """Compare every replicated table of `source` (or only `tables`) between SQLite
     and Postgres, record each table's result in syncd.verify_runs, and return them.
 
     With `repair`, differences found are replayed through the stream (see
-    verify/repair.py) and the affected tables verified again. Meant for the CLI: the
-    daemon calls this with repair=False. Never raises for an unreachable Postgres or
-    a missing file: the result's `error` says what went wrong, in one line."""
+    verify/repair.py) and the affected tables verified again; the run that found them
+    keeps its counts and records how many rows were repaired. `in_daemon`: the caller
+    is the daemon running this source, whose own pipeline applies the replay (none is
+    started here). Never raises for an unreachable Postgres or a missing file: the
+    result's `error` says what went wrong, in one line."""
     result = SourceVerifyResult(source=source.name, path=str(source.path), schema=source.schema)
     s = _Session(settings, source)
     try:
@@ -125,8 +130,8 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
                 run_ids[tr.table] = await history.record(s.pg, s.bk.schema, tr)
             result.tables.append(tr)
         if repair:
-            await _repair(s, result, plans, run_ids, wait_seconds, record)
-    except (SourceFileError, PostgresUnavailable, VerifyError) as e:
+            await _repair(s, result, plans, run_ids, wait_seconds, record, in_daemon)
+    except (SourceFileError, PostgresUnavailable, UnsupportedTarget, VerifyError) as e:
         result.error = str(e)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
         result.error = f"Postgres: {describe(e)}"
@@ -166,7 +171,7 @@ async def _plan(s: _Session, only: list[str] | None) -> list[TablePlan]:
         spec, row = schema.tables.get(name), rows.get(name)
         tid = state.tid_of(name)
         plans.append(TablePlan(name, spec, tid, row, _why_not(s, state, src, name, spec, tid, row, schema.refused,
-                                                               pg_tables)))
+                                                               pg_tables), schema.version))
     return plans
 
 
@@ -253,14 +258,20 @@ async def _count_only(s: _Session, plan: TablePlan, tr: TableVerifyResult) -> No
 async def _still_streaming(s: _Session, plan: TablePlan, tr: TableVerifyResult) -> None:
     """A table that left streaming (held, paused, re-snapshot) while it was checked was
     compared against a moving target: say so instead of reporting its differences."""
-    assert s.pg is not None and plan.row is not None
+    assert s.pg is not None and plan.row is not None and plan.spec is not None
     now = (await s.bk.load_tables(s.pg)).get(plan.name)
-    if now is not None and now.state == bk.STREAMING and now.updated_at == plan.row.updated_at:
+    renumbered = plan.spec.rowid_keyed and await s.run(schema_version) != plan.schema_version
+    if now is not None and now.state == bk.STREAMING and now.updated_at == plan.row.updated_at and not renumbered:
         return
     tr.compared = False
     tr.state = now.state if now else None
     tr.missing = tr.extra = tr.different = tr.pending = 0
     tr.differences = []
+    if renumbered and now is not None and now.state == bk.STREAMING:
+        # A keyless table's key is its rowid, which a VACUUM renumbers (moving the schema
+        # version): rows compared across it are not the same rows.
+        tr.reason = "SQLite's schema moved while the table was checked (a VACUUM renumbers its rowids); check it again later"
+        return
     became = f"{now.state}: {now.reason}" if now and now.reason else (now.state if now else "unregistered")
     tr.reason = f"the table left streaming while it was checked (now {became}); check it again later"
 
@@ -269,18 +280,19 @@ async def _still_streaming(s: _Session, plan: TablePlan, tr: TableVerifyResult) 
 
 
 async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan], run_ids: dict[str, int],
-                  wait_seconds: float, record: bool) -> None:
+                  wait_seconds: float, record: bool, in_daemon: bool) -> None:
     assert s.pg is not None
     by_name = {p.name: p for p in plans}
     queued: dict[str, int] = {}
+    replayed: dict[str, list[Difference]] = {}
     skipped_notes = []
     target = 0
     for tr in result.tables:
         if not tr.compared or tr.equal or tr.error:
             continue
-        if len(tr.differences) < tr.mismatched:
-            skipped_notes.append(f'"{tr.table}": too many differences to repair row by row; '
-                                 f"run `syncd resync` for it instead")
+        if len(tr.differences) < tr.mismatched:  # beyond MAX_LISTED, or rows the totals miss with no key
+            skipped_notes.append(f'"{tr.table}": not every differing row is known by key (too many, or only '
+                                 f"the row totals show them); run `syncd resync` for it instead")
             continue
         entries, skipped = repair.changelog_entries(tr.differences)
         for d in skipped:
@@ -290,11 +302,14 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
             assert plan.tid is not None
             target = max(target, await repair.enqueue(s.run, s.settings, plan.tid, entries))
             queued[tr.table] = len(entries)
+            left_out = {id(d) for d in skipped}
+            replayed[tr.table] = [d for d in tr.differences if id(d) not in left_out]
     if not queued:
         result.repair_note = "; ".join(skipped_notes) or "nothing to repair"
         return
     try:
-        how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0))
+        how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0),
+                                                own_pipeline=not in_daemon)
     except TimeoutError as e:
         result.repair_note = "; ".join([f"{sum(queued.values())} row(s) queued for replay but not applied: {e}",
                                         *skipped_notes])
@@ -314,5 +329,6 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         if record and s.has_bookkeeping:
             await history.record(s.pg, s.bk.schema, tr2)  # the repair is on the run that found the rows
         tr2.repaired = queued[tr.table]
+        tr2.replayed = replayed[tr.table]
         again.append(tr2)
     result.tables = again

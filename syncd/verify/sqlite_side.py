@@ -45,22 +45,25 @@ def count_rows(conn: sqlite3.Connection, spec: TableSpec) -> int:
 
 def null_key_rows(conn: sqlite3.Connection, spec: TableSpec) -> int:
     """Rows whose key has a NULL: Postgres cannot hold them (the stream holds the table)."""
-    cond = " OR ".join(f"{quote_ident(k)} IS NULL" for k in spec.key)
+    cond = " OR ".join(f"{spec.sqlite_ref(k)} IS NULL" for k in spec.key)
     return conn.execute(f"SELECT count(*) FROM {quoted_sqlite_table(spec)} WHERE {cond}").fetchone()[0]
 
 
 def sample(conn: sqlite3.Connection, ks: KeySpace, r: KeyRange, limit: int | None, step: int) -> list[tuple[int, tuple]]:
     """(position, key) of the rows at positions step+1, 2*step+1, ... (1-based, in key
     order) among the first `limit` + 1 rows of range `r`."""
-    keys = ", ".join(quote_ident(k) for k in ks.key)
+    # The subqueries' columns get names of their own: a rowid alias is no column name there.
+    aliases = [f"_syncd_k{i}" for i in range(len(ks.key))]
+    keys = ", ".join(aliases)
+    named = ", ".join(f"{ref} AS {a}" for ref, a in zip(ks.sqlite_refs(), aliases))
     where, params = ks.sqlite_where(r)
     lim = "LIMIT ?" if limit is not None else ""
     if limit is not None:
         params.append(limit + 1)
     sql = (
         f"SELECT _syncd_rn, {keys} FROM ("
-        f"SELECT {keys}, row_number() OVER (ORDER BY {ks.sqlite_order()}) AS _syncd_rn FROM ("
-        f"SELECT {keys} FROM {quoted_sqlite_table(ks.spec)} WHERE {where} ORDER BY {ks.sqlite_order()} {lim})"
+        f"SELECT {keys}, row_number() OVER (ORDER BY {ks.sqlite_order(aliases)}) AS _syncd_rn FROM ("
+        f"SELECT {named} FROM {quoted_sqlite_table(ks.spec)} WHERE {where} ORDER BY {ks.sqlite_order()} {lim})"
         f") WHERE _syncd_rn > 1 AND (_syncd_rn - 1) % ? = 0 ORDER BY _syncd_rn"
     )
     return [(row[0], tuple(row[1:])) for row in fetchall_text_safe(conn, sql, (*params, step))]
@@ -79,7 +82,7 @@ def chunk_bounds(conn: sqlite3.Connection, ks: KeySpace, lo: Bound | None, cells
     if not ks.sqlite_indexed:
         found = [k for _, k in sample(conn, ks, KeyRange(lo, None), cells * cell_rows, cell_rows)]
     else:
-        keys = ", ".join(quote_ident(k) for k in ks.key)
+        keys = ", ".join(ks.sqlite_refs())
         table, order = quoted_sqlite_table(ks.spec), ks.sqlite_order()
         first = f"SELECT {keys} FROM {table} ORDER BY {order} LIMIT 1 OFFSET ?"
         after = (f"SELECT {keys} FROM {table} WHERE {ks.sqlite_key()} >= {ks.sqlite_marks()} "
@@ -103,7 +106,7 @@ def chunk_bounds(conn: sqlite3.Connection, ks: KeySpace, lo: Bound | None, cells
 
 
 def _next_fitting(conn: sqlite3.Connection, ks: KeySpace, raw: tuple) -> Bound | None:
-    keys = ", ".join(quote_ident(k) for k in ks.key)
+    keys = ", ".join(ks.sqlite_refs())
     sql = (f"SELECT {keys} FROM {quoted_sqlite_table(ks.spec)} WHERE {ks.sqlite_key()} > {ks.sqlite_marks()} "
            f"ORDER BY {ks.sqlite_order()} LIMIT ?")
     for row in fetchall_text_safe(conn, sql, (*raw, MISFIT_STEPS)):
@@ -151,7 +154,7 @@ def split(r: KeyRange, bounds: Sequence[Bound]) -> list[KeyRange]:
 
 def range_hashes(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, r: KeyRange) -> list[tuple]:
     """(key values..., row hash) of every row in range `r`."""
-    keys = ", ".join(quote_ident(k) for k in ks.key)
+    keys = ", ".join(ks.sqlite_refs())
     where, params = ks.sqlite_where(r)
     return fetchall_text_safe(conn, f"SELECT {keys}, {hasher.row_sql} FROM {quoted_sqlite_table(ks.spec)} "
                                     f"WHERE {where}", params)
@@ -160,9 +163,10 @@ def range_hashes(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, 
 def _rows_by_key(conn: sqlite3.Connection, spec: TableSpec, keys: Sequence[tuple]) -> list[tuple]:
     """Rows for raw keys, by the key's own comparison (so a NOCASE key also finds a
     row whose case changed: the caller matches rows to keys exactly)."""
-    cols = ", ".join(quote_ident(c) for c in spec.column_names)
+    cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
     nkey = len(spec.key)
-    key_cols = quote_ident(spec.key[0]) if nkey == 1 else "(" + ", ".join(quote_ident(k) for k in spec.key) + ")"
+    refs = [spec.sqlite_ref(k) for k in spec.key]
+    key_cols = refs[0] if nkey == 1 else "(" + ", ".join(refs) + ")"
     row_marks = "(" + ", ".join(["?"] * nkey) + ")"
     out: list[tuple] = []
     for i in range(0, len(keys), LOOKUP_BATCH):
@@ -192,7 +196,7 @@ def rows_with_evidence(conn: sqlite3.Connection, spec: TableSpec, tid: int, keys
     slots = ", ".join(slot(i) for i in range(nkey))
     with read_transaction(conn):
         if scan:
-            cols = ", ".join(quote_ident(c) for c in spec.column_names)
+            cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
             rows = fetchall_text_safe(conn, f"SELECT {cols} FROM {quoted_sqlite_table(spec)}")
         else:
             rows = _rows_by_key(conn, spec, keys)
@@ -206,6 +210,42 @@ def rows_with_evidence(conn: sqlite3.Connection, spec: TableSpec, tid: int, keys
         if changed is not None and len(changed) > MAX_CHANGED_KEYS:
             changed = None
         return KeyEvidence(rows, max_seq, after, changed)
+
+
+@dataclass
+class ChangeCounts:
+    """Row totals read in one transaction with the changelog's state."""
+
+    rows: int  # every row of the table
+    changed_rows: int  # rows whose key has a changelog entry after the checkpoint
+    max_seq: int
+    entries_after: int
+    changed_keys: list[tuple] | None  # None: too many to list
+
+
+def counts_with_changes(conn: sqlite3.Connection, spec: TableSpec, tid: int, after_seq: int) -> ChangeCounts:
+    """The table's row count and, from the same snapshot, how many of its rows have
+    a key changed after `after_seq` (compared byte for byte, as Postgres compares)."""
+    nkey = len(spec.key)
+    slots = ", ".join(slot(i) for i in range(nkey))
+    refs = [f"{spec.sqlite_ref(k)} COLLATE BINARY" for k in spec.key]
+    key = refs[0] if nkey == 1 else "(" + ", ".join(refs) + ")"
+    table = quoted_sqlite_table(spec)
+    with read_transaction(conn):
+        rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        changed_rows = conn.execute(
+            f"SELECT count(*) FROM {table} WHERE {key} IN (SELECT {slots} FROM {CL} WHERE tid = ? AND seq > ?)",
+            (tid, after_seq)).fetchone()[0]
+        max_seq, after = conn.execute(
+            f"SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > ?) FROM {CL}", (after_seq,)
+        ).fetchone()
+        changed: list[tuple] | None = fetchall_text_safe(
+            conn, f"SELECT DISTINCT {slots} FROM {CL} WHERE tid = ? AND seq > ? LIMIT ?",
+            (tid, after_seq, MAX_CHANGED_KEYS + 1),
+        )
+    if changed is not None and len(changed) > MAX_CHANGED_KEYS:
+        changed = None
+    return ChangeCounts(rows, changed_rows, max_seq, after, changed)
 
 
 def enqueue(conn: sqlite3.Connection, tid: int, entries: Sequence[tuple[int, tuple[Any, ...]]],

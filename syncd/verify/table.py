@@ -19,6 +19,13 @@ difference. Otherwise the change is in flight: wait until the stream has applied
 needs every changelog entry after the checkpoint to still be there; pruning only
 removes applied entries, so the round counts as conclusive only if the checkpoint
 did not move meanwhile or no entry after it is missing (sequence numbers are dense).
+
+Counting: rows are compared as multisets, never merged. Two SQLite rows whose keys
+are distinct in SQLite but one key in Postgres (integer 1 and text '1' in a column
+with no declared type, two spellings of one instant under a `timestamp` override)
+are reported by key, each counted as missing: Postgres can hold only one of them.
+Last, the row totals of both sides are taken at one checkpoint (the keys changed
+after it set aside); a table is equal only if they agree too.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -37,7 +44,8 @@ import asyncpg
 from syncd.model import TableSpec
 from syncd.verify import sqlite_side
 from syncd.verify.keyspace import EVERYTHING, Bound, KeyRange, KeySpace, sqlite_value
-from syncd.verify.postgres_side import PgRow, PostgresTable, checkpoint, lock_holder, rows_at_checkpoint
+from syncd.sqlite.audit import format_key
+from syncd.verify.postgres_side import PgRow, PostgresTable, checkpoint, counts_at_checkpoint, lock_holder, rows_at_checkpoint
 from syncd.verify.result import DIFFERENT, EXTRA, MISSING, PENDING, Difference, TableVerifyResult
 from syncd.verify.rowhash import MISFIT, RowTokens, SqliteRowHash, fold, misfit_reason
 
@@ -60,8 +68,12 @@ log = logging.getLogger("syncd.verify")
 class Candidate:
     ident: tuple  # the key's tokens (the same from either side)
     kind: str  # what the range comparison saw
-    raw: tuple | None = None  # SQLite's form
+    raws: list[tuple] = field(default_factory=list)  # SQLite's forms (more than one: they share the Postgres key)
     pg: tuple | None = None  # Postgres's form
+
+    @property
+    def raw(self) -> tuple | None:
+        return self.raws[0] if self.raws else None
 
 
 @dataclass
@@ -187,37 +199,43 @@ class TableCheck:
     async def _leaves(self, ranges: list[KeyRange]) -> None:
         """Compare ranges key by key (by row hash; the rows themselves are read again,
         in full, only for the keys that differ), each side going through all of them
-        at its own pace."""
+        at its own pace. Rows are grouped by key, never merged: a key with other than
+        one row on each side is a candidate whatever the hashes say."""
         if not ranges:
             return
         # The ranges are disjoint: one key space for the batch, no matter which range.
         mine, prows = await asyncio.gather(self.run(self._sqlite_hashes, ranges), self.pt.range_hashes(ranges))
         nkey = len(self.ks.key)
-        theirs = {tuple(p[nkey]): p for p in prows}
+        theirs: dict[tuple, list] = {}
+        for p in prows:
+            theirs.setdefault(tuple(p[nkey]), []).append(p)
         for ident in mine.keys() | theirs.keys():
-            s, p = mine.get(ident), theirs.get(ident)
-            if s is not None and p is not None and fold(s[1]) == fold(p[nkey + 1]):
+            ss, ps = mine.get(ident, []), theirs.get(ident, [])
+            if len(ss) == 1 and len(ps) == 1 and fold(ss[0][1]) == fold(ps[0][nkey + 1]):
                 continue
-            kind = MISSING if p is None else EXTRA if s is None else DIFFERENT
-            self._candidate(ident, kind, s[0] if s else None, tuple(p[:nkey]) if p else None)
+            kind = MISSING if not ps else EXTRA if not ss else DIFFERENT
+            self._candidate(ident, kind, [raw for raw, _ in ss], tuple(ps[0][:nkey]) if ps else None)
 
-    def _sqlite_hashes(self, conn, ranges: list[KeyRange]) -> dict[tuple, tuple[tuple, int]]:
-        """On the SQLite thread: ident -> (raw key, row hash) of the rows in `ranges`."""
-        keyed = {}
+    def _sqlite_hashes(self, conn, ranges: list[KeyRange]) -> dict[tuple, list[tuple[tuple, int]]]:
+        """On the SQLite thread: ident -> [(raw key, row hash), ...] of the rows in
+        `ranges` (a row whose key has a NULL is counted by null_key_rows instead)."""
+        keyed: dict[tuple, list[tuple[tuple, int]]] = {}
         for r in ranges:
             for row in sqlite_side.range_hashes(conn, self.ks, self.hasher, r):
                 raw = tuple(row[:-1])
-                keyed[self.ident(self.tokens.fast_key(raw), raw)] = (raw, row[-1])
+                if None in raw:
+                    continue
+                keyed.setdefault(self.ident(self.tokens.fast_key(raw), raw), []).append((raw, row[-1]))
         return keyed
 
-    def _candidate(self, ident: tuple, kind: str, raw: tuple | None, pg: tuple | None) -> None:
+    def _candidate(self, ident: tuple, kind: str, raws: list[tuple], pg: tuple | None) -> None:
         c = self.candidates.get(ident)
         if c is None:
             if len(self.candidates) >= MAX_CANDIDATES:
-                self.overflow[kind] += 1
+                self.overflow[kind] += max(1, len(raws))
                 return
             self.candidates[ident] = c = Candidate(ident, kind)
-        c.raw = c.raw if raw is None else raw
+        c.raws += [r for r in raws if r not in c.raws]
         c.pg = c.pg if pg is None else pg
 
     def _sqlite_row(self, row: tuple) -> "_Keyed":
@@ -244,20 +262,34 @@ class TableCheck:
         while open_:
             seq, prows = await rows_at_checkpoint(self.pt, self.bk_schema, self.source, self._pg_keys(open_))
             first_seq = seq if first_seq is None else first_seq
-            lookups = [self._raw_key(c) for c in open_.values()]
-            raws = [k for k in lookups if k is not None]
-            scan = len(raws) < len(lookups)  # a key whose SQLite form is unknown: read them all
+            lookups = [c.raws or self._raws_from_pg(c) for c in open_.values()]
+            raws = [k for ks in lookups for k in ks]
+            scan = any(not ks for ks in lookups)  # a key whose SQLite form is unknown: read them all
             ev = await self.run(sqlite_side.rows_with_evidence, self.spec, self.tid, raws, scan, seq)
             entries = ev.entries_after
             seq_after = await checkpoint(self.pg, self.bk_schema, self.source)
             complete = seq_after == seq or ev.entries_after == ev.max_seq - seq
             conclusive = complete and ev.changed_keys is not None and ev.max_seq >= seq
             changed = {self.ident(self.tokens.key(k), k) for k in (ev.changed_keys or [])}
-            mine = {x.tokens_key: x.row for x in (self._sqlite_row(row) for row in ev.rows)}
-            theirs = {self.tokens.key_of_row(p.tokens): p for p in prows}
+            mine: dict[tuple, list[SqliteRow]] = {}
+            for row in ev.rows:
+                x = self._sqlite_row(row)
+                if None not in x.row.raw_key:
+                    mine.setdefault(x.tokens_key, []).append(x.row)
+            theirs: dict[tuple, list[PgRow]] = {}
+            for p in prows:
+                theirs.setdefault(self.tokens.key_of_row(p.tokens), []).append(p)
             still: dict[tuple, Candidate] = {}
             for ident, c in open_.items():
-                s, p = mine.get(ident), theirs.get(ident)
+                ss, ps = mine.get(ident, []), theirs.get(ident, [])
+                if len(ss) > 1:  # SQLite alone decides this: no change in flight makes room for both
+                    found += self._shared_key(c, ss)
+                    continue
+                if len(ps) > 1:
+                    found.append(Difference(EXTRA, self._display_key(c), raw_key=None, repairable=False,
+                                            note=f"{len(ps)} rows in Postgres have this key"))
+                    continue
+                s, p = (ss[0] if ss else None), (ps[0] if ps else None)
                 if (s is None and p is None) or (s is not None and p is not None and s.tokens == p.tokens):
                     continue  # equal now
                 if conclusive and ident not in changed:
@@ -324,9 +356,23 @@ class TableCheck:
         b = self.ks.from_postgres(c.pg) if c.pg is not None else None
         return b.raw if b is not None else None
 
+    def _raws_from_pg(self, c: Candidate) -> list[tuple]:
+        raw = self._raw_key(c)
+        return [] if raw is None else [raw]
+
+    def _shared_key(self, c: Candidate, rows: list[SqliteRow]) -> list[Difference]:
+        """Distinct SQLite rows that are one key in Postgres: each is missing there
+        (Postgres holds at most one of them), and a replay cannot fix that."""
+        keys = [r.raw_key for r in rows]
+        listed = ", ".join(format_key(k) for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        note = (f"{len(keys)} SQLite rows, keys {listed}, are one key in Postgres, which can hold only one of them; "
+                "a replay cannot fix this: keep one spelling per key in SQLite")
+        c.raws = keys
+        return [Difference(MISSING, k, note=note, raw_key=k, repairable=False) for k in keys]
+
     def _difference(self, c: Candidate, s: SqliteRow | None, p: PgRow | None) -> Difference:
         if s is not None:
-            c.raw = s.raw_key
+            c.raws = [s.raw_key]
         if p is not None:
             c.pg = p.key
         key = self._display_key(c)
@@ -363,6 +409,7 @@ class TableCheck:
             result.add(d)
         if reason:
             result.reason = reason
+        await self._totals(result, wait_seconds)
         if self.overflow:
             result.missing += self.overflow[MISSING]
             result.extra += self.overflow[EXTRA]
@@ -371,6 +418,42 @@ class TableCheck:
             note = f"{more} further difference(s) counted as found, not re-checked one by one (over {MAX_CANDIDATES})"
             result.reason = f"{result.reason}; {note}" if result.reason else note
         result.compared = True
+
+
+    async def _totals(self, result: TableVerifyResult, wait_seconds: float) -> None:
+        """Row totals at one checkpoint, into the result and into the verdict.
+
+        The range scan's totals add up chunks read at different moments; these are
+        read at one checkpoint, with the keys changed after it counted apart on both
+        sides (their rows are in flight). If no key was found to differ, the rest
+        must count the same: otherwise rows went missing in a way no key showed, and
+        the table is not equal."""
+        deadline = time.monotonic() + max(1.0, wait_seconds)
+        while True:
+            t = await counts_at_checkpoint(self.pt, self.bk_schema, self.source,
+                                           lambda seq: self.run(sqlite_side.counts_with_changes, self.spec, self.tid, seq))
+            if t is not None or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        if t is None:  # the changelog moved under every attempt
+            if result.mismatched == 0 and self.rows_sqlite != self.rows_postgres:
+                result.pending += abs(self.rows_sqlite - self.rows_postgres)
+                note = (f"row totals differ ({self.rows_sqlite} in SQLite, {self.rows_postgres} in Postgres) and "
+                        f"could not be taken at one checkpoint in {max(1.0, wait_seconds):g} s")
+                result.reason = f"{result.reason}; {note}" if result.reason else note
+            return
+        result.rows_sqlite, result.rows_postgres = t.sqlite_rows, t.postgres_rows
+        gap = t.sqlite_settled - t.postgres_settled
+        if gap == 0 or result.mismatched:
+            return
+        if gap > 0:
+            result.missing += gap
+        else:
+            result.extra += -gap
+        note = (f"at checkpoint {t.seq}, {t.sqlite_settled} row(s) in SQLite and {t.postgres_settled} in Postgres "
+                f"(keys changed since set aside), yet no key was found to differ; run `syncd resync` for the table")
+        result.reason = f"{result.reason}; {note}" if result.reason else note
+        log.warning("%s: %s", self.spec.name, note)
 
 
 def key_order(d: Difference) -> tuple:

@@ -1,0 +1,65 @@
+"""`syncd cutover [--source NAME ...] [--dry-run] [--allow-orphans]`: switch sources'
+applications from SQLite to Postgres. Scriptable, asks nothing: exit 0 when every
+source is switched (or already was), 1 when one is refused or undone (every reason
+printed), 2 configuration error."""
+
+from __future__ import annotations
+
+import asyncio
+
+from syncd.cli import common
+from syncd.config import Settings, SourceSettings
+from syncd.cutover import CutoverResult, cutover
+from syncd.postgres.connect import PostgresUnavailable
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser(
+        "cutover", parents=[parent], help="switch the application to Postgres (exit 0 done, 1 refused)",
+        description="Per source: check the report's checklist, freeze the SQLite file for the application (its "
+                    "writes fail with a message, readers are unaffected), drain the last changes, verify every "
+                    "row, set Postgres's identities past SQLite's high marks, try an INSERT without an id per "
+                    "table, and record the switch. Anything failing undoes the freeze. Works with the daemon "
+                    "running or stopped; prints the measured write downtime.",
+    )
+    common.add_source_option(p)
+    p.add_argument("--dry-run", action="store_true", help="check everything, change nothing; print the plan")
+    p.add_argument("--allow-orphans", action="store_true",
+                   help="create foreign keys with orphan rows as NOT VALID instead of refusing")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    settings = common.load(args)
+    common.setup_logging(args, settings)
+    sources = common.selected_sources(settings, args.source)
+    if not sources:
+        return common.fail("no sources configured", 2)
+    results = asyncio.run(_all(settings, sources, args.dry_run, args.allow_orphans))
+    for r in results:
+        print("\n".join(render(r)))
+    return 0 if all(r.ok for r in results) else 1
+
+
+async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool,
+               allow_orphans: bool) -> list[CutoverResult]:
+    out = []
+    for s in sources:  # one after another: each freezes its own file for as short as it can
+        try:
+            out.append(await cutover(settings, s, dry_run=dry_run, allow_orphans=allow_orphans))
+        except PostgresUnavailable as e:
+            out.append(CutoverResult(source=s.name, problems=[str(e)]))
+    return out
+
+
+def render(r: CutoverResult) -> list[str]:
+    if r.already:
+        return [f"{r.source}: already cut over ({r.already}); nothing to do"]
+    if r.problems:
+        head = "UNDONE" if r.undone else "REFUSED"
+        return [f"{r.source}: {head}: {r.problems[0]}", *(f"  - {p}" for p in r.problems[1:]),
+                *(f"  . {p}" for p in r.plan)]
+    if r.dry_run:
+        return [f"{r.source}: ready to cut over (dry run, nothing changed)", *(f"  . {p}" for p in r.plan)]
+    return [f"{r.source}: cut over to Postgres; write downtime {r.downtime_seconds:.2f} s (freeze to done)",
+            *(f"  . {p}" for p in r.plan)]

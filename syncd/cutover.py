@@ -1,0 +1,383 @@
+"""`syncd cutover`: switch a source's application from SQLite to Postgres, safely.
+
+The order online-migration tools share, for SQLite: check everything the report's
+checklist demands, freeze the SQLite file for the application (its writes fail at once
+with a message saying where the data went; readers are untouched), drain the stream to
+the last change, verify every row, then in one Postgres transaction set every identity
+past SQLite's high mark, finish schema parity, try an INSERT without an id per table
+(rolled back), and record the switch. Anything failing after the freeze undoes it: the
+file is unfrozen and everything is as before.
+
+Crash safety: the command holds a per-source switch lock for its whole run, and every
+step is recorded in `<bookkeeping>.switches` before it is taken. A file left frozen
+with nobody holding the lock (the command was killed) is unfrozen again by the next
+`syncd cutover` of that source, and by the daemon within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import asyncpg
+
+from syncd.config import Settings, SourceSettings
+from syncd.identifiers import qualified, quote_ident, quote_pg_ident
+from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
+from syncd.postgres import bookkeeping as bk
+from syncd.postgres import ddl
+from syncd.postgres.bookkeeping import Bookkeeping, ensure_bookkeeping, lock_key
+from syncd.postgres.connect import close_quietly, connect, describe
+from syncd.sqlite import freeze
+from syncd.sqlite.connection import SqliteWorker
+from syncd.sqlite.introspect import introspect
+
+log = logging.getLogger("syncd")
+
+SWITCH_CLASS = 0x53594E44  # advisory lock class of a cutover or rollback in progress ("SYND")
+DRAIN_SECONDS = 120.0
+VERIFY_WAIT_SECONDS = 30.0
+HOLD_AT = os.environ.get("SYNCD_CUTOVER_HOLD_AT")  # crash tests: stop at this step and wait to be killed
+
+
+class Refused(Exception):
+    """The cutover cannot go ahead (or had to be undone); the message says why."""
+
+
+@dataclass
+class CutoverResult:
+    source: str
+    done: bool = False
+    already: str | None = None  # cut over earlier: when
+    dry_run: bool = False
+    problems: list[str] = field(default_factory=list)  # why it was refused or undone
+    undone: bool = False
+    downtime_seconds: float | None = None
+    plan: list[str] = field(default_factory=list)  # what it did (or, dry run, would do)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
+
+
+def _hold(step: str) -> None:
+    if HOLD_AT == step:
+        print(f"holding at {step}", flush=True)
+        while True:
+            time.sleep(1)
+
+
+# --- the switch lock and record ------------------------------------------------------
+
+
+async def take_switch_lock(conn: asyncpg.Connection, source: str) -> bool:
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", SWITCH_CLASS, lock_key(source)))
+
+
+async def release_switch_lock(conn: asyncpg.Connection, source: str) -> None:
+    await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", SWITCH_CLASS, lock_key(source))
+
+
+async def switch_holder(conn: asyncpg.Connection, source: str) -> str | None:
+    row = await conn.fetchrow(
+        """SELECT a.application_name, a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objid = $2::oid AND l.granted
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
+        SWITCH_CLASS, lock_key(source))
+    return None if row is None else f"{row[0] or 'a client'} (Postgres backend {row[1]})"
+
+
+async def direction(conn: asyncpg.Connection, b: Bookkeeping) -> str:
+    return await conn.fetchval(f"SELECT direction FROM {b.s}.sources WHERE source = $1", b.source) or TO_POSTGRES
+
+
+async def record_step(conn: asyncpg.Connection, b: Bookkeeping, switch_id: int, state: str, **fields) -> None:
+    sets = ["state = $2"] + [f"{k} = ${i + 3}" for i, k in enumerate(fields)]
+    await conn.execute(f"UPDATE {b.s}.switches SET {', '.join(sets)} WHERE id = $1", switch_id, state,
+                       *fields.values())
+
+
+async def undo_abandoned(settings: Settings, source: SourceSettings, conn: asyncpg.Connection,
+                         worker: SqliteWorker) -> str | None:
+    """With the switch lock held: a cutover that froze the file and died is undone
+    (the file unfrozen, its record closed). Returns what was done, or None."""
+    b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
+    if await direction(conn, b) != TO_POSTGRES:
+        return None
+    message = await worker.run(freeze.frozen)
+    left = await conn.fetch(f"SELECT id, kind FROM {b.s}.switches WHERE source = $1 AND state IN ('started', 'frozen')",
+                            source.name)
+    if message is None and not left:
+        return None
+    if message is not None:
+        await worker.run(freeze.unfreeze, settings.sqlite.write_busy_timeout_ms)
+    for r in left:
+        await record_step(conn, b, r[0], "undone", finished_at=dt.datetime.now(dt.timezone.utc),
+                          detail=json.dumps({"reason": f"the {r[1]} stopped before finishing; undone"}))
+    what = "unfroze the SQLite file a cutover left frozen when it stopped before finishing" if message \
+        else "closed the record of a cutover that stopped before freezing"
+    log.warning(what, extra={"source": source.name, "event": "cutover_undone"})
+    return what
+
+
+# --- pre-flight -----------------------------------------------------------------------
+
+
+async def preflight(settings: Settings, source: SourceSettings) -> list[str]:
+    """Every reason the report's checklist gives not to switch this source now."""
+    from syncd.report import evaluate, gather
+
+    one = settings.model_copy(update={"sources": [source]})
+    facts = await gather(one)
+    problems = []
+    for item in evaluate(facts):
+        if not item.ok:
+            problems += [f"{item.title}: {p}" for p in (item.problems or ["not met"])]
+    return problems
+
+
+# --- the steps after the freeze -------------------------------------------------------
+
+
+def _specs(source: SourceSettings) -> dict[str, TableSpec]:
+    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=10)
+    try:
+        return introspect(conn, source).tables
+    finally:
+        conn.close()
+
+
+def high_marks(conn: sqlite3.Connection, specs: dict[str, TableSpec]) -> dict[str, int]:
+    """The highest number SQLite has handed out per identity table: the largest rowid,
+    and for AUTOINCREMENT the sqlite_sequence entry (it never reuses a deleted high id)."""
+    seq: dict[str, int] = {}
+    if conn.execute("SELECT 1 FROM main.sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+        seq = dict(conn.execute("SELECT name, seq FROM main.sqlite_sequence").fetchall())
+    out = {}
+    for name, spec in specs.items():
+        col = ddl.identity_column(spec)
+        if col is None:
+            continue
+        top = conn.execute(f"SELECT max({spec.sqlite_ref(col)}) FROM main.{quote_ident(name)}").fetchone()[0] or 0
+        out[name] = max(int(top), int(seq.get(name) or 0))
+    return out
+
+
+async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, target: int) -> str:
+    """Until the forward checkpoint covers every change up to `target` (the frozen
+    file's last one): by the daemon if it runs the source, else by a pipeline here."""
+    from syncd.verify import repair
+
+    try:
+        return await repair.apply_through_stream(settings, source, conn, target, DRAIN_SECONDS)
+    except TimeoutError as e:
+        raise Refused(f"the last changes did not reach Postgres within {DRAIN_SECONDS:g} s "
+                      f"({str(e).replace('the repair', 'them')})") from None
+
+
+async def set_identities(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec],
+                         marks: dict[str, int]) -> list[str]:
+    done = []
+    for name, top in sorted(marks.items()):
+        col = ddl.identity_column(specs[name])
+        table = qualified(schema, name)
+        pg_top = await conn.fetchval(f"SELECT max({quote_pg_ident(col)}) FROM {table}") or 0
+        high = max(top, int(pg_top))
+        seq = await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, col)
+        if seq is None:
+            raise Refused(f'table "{name}": column "{col}" is not an identity column in Postgres; start the '
+                          "daemon once (it adds it) and run the cutover again")
+        if high > 0:
+            await conn.fetchval("SELECT setval($1::regclass, $2, true)", seq, high)
+        else:
+            await conn.fetchval("SELECT setval($1::regclass, 1, false)", seq)
+        done.append(f"{name}.{col} continues after {high}")
+    return done
+
+
+async def trial_inserts(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec],
+                        marks: dict[str, int]) -> list[str]:
+    """An INSERT without an id per identity table, as the application will run it, each
+    rolled back: it must get a number above SQLite's high mark. Raises Refused if not."""
+    notes = []
+    await conn.execute("SET CONSTRAINTS ALL DEFERRED")
+    for name in sorted(marks):
+        spec = specs[name]
+        col = ddl.identity_column(spec)
+        table = qualified(schema, name)
+        others = [quote_pg_ident(c) for c in spec.column_names if c != col]
+        if others:
+            sql = (f"INSERT INTO {table} ({', '.join(others)}) SELECT {', '.join(others)} FROM {table} "
+                   f"ORDER BY {quote_pg_ident(col)} DESC LIMIT 1 RETURNING {quote_pg_ident(col)}")
+        else:
+            sql = f"INSERT INTO {table} DEFAULT VALUES RETURNING {quote_pg_ident(col)}"
+        try:
+            async with conn.transaction():  # a savepoint, always rolled back
+                got = await conn.fetchval(sql)
+                raise _RollBack(got)
+        except _RollBack as r:
+            if r.value is None:
+                notes.append(f"{name}: empty, nothing to copy for a trial INSERT")
+            elif r.value <= marks[name]:
+                raise Refused(f'table "{name}": an INSERT without "{col}" got {r.value}, not above SQLite\'s '
+                              f"{marks[name]}") from None
+        except asyncpg.UniqueViolationError as e:
+            notes.append(f"{name}: trial INSERT met unique index {e.constraint_name} (expected for a copied row)")
+        except asyncpg.PostgresError as e:
+            raise Refused(f'table "{name}": an INSERT without "{col}" fails in Postgres: {describe(e)}') from None
+    return notes
+
+
+class _RollBack(Exception):
+    def __init__(self, value):
+        self.value = value
+
+
+# --- the command ----------------------------------------------------------------------
+
+
+async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool = False,
+                  allow_orphans: bool = False) -> CutoverResult:
+    res = CutoverResult(source=source.name, dry_run=dry_run)
+    b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
+    conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+    worker = SqliteWorker(source.path, f"{source.name}-cutover", settings.sqlite.read_busy_timeout_ms)
+    locked = False
+    try:
+        await worker.open()
+        await ensure_bookkeeping(conn, b.schema)
+        if await b.load_source(conn) is None:
+            raise Refused("syncd has not set this source up in Postgres yet; run `syncd init` or start the daemon")
+        if await direction(conn, b) == TO_SQLITE:
+            at = await conn.fetchval(f"SELECT max(finished_at) FROM {b.s}.switches WHERE source = $1 "
+                                     f"AND kind = 'cutover' AND state = 'done'", source.name)
+            res.already = f"{at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if at else "earlier"
+            return res
+        if not await take_switch_lock(conn, source.name):
+            raise Refused(f"a cutover or rollback of this source is already running: "
+                          f"{await switch_holder(conn, source.name) or 'another session'}")
+        locked = True
+        undone = await undo_abandoned(settings, source, conn, worker)
+        if undone:
+            res.plan.append(undone)
+        problems = await preflight(settings, source)
+        if problems:
+            res.problems = problems
+            return res
+        specs = await asyncio.to_thread(_specs, source)
+        marks = await worker.run(high_marks, specs)
+        pending = await worker.run(_pending, (await b.load_source(conn)).applied_seq)
+        rows = await worker.run(_row_count, list(specs))
+        res.plan.append(f"{len(specs)} table(s), {rows} row(s) to verify, {pending} change(s) to drain")
+        res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} set to continue after {top}"
+                     for name, top in sorted(marks.items())]
+        if dry_run:
+            res.plan.append(f"expected write downtime: about {_estimate(rows, pending):.1f} s "
+                            "(drain, a full verification, then one Postgres transaction)")
+            return res
+        await _run(settings, source, conn, worker, b, specs, res)
+        return res
+    except Refused as e:
+        res.problems.append(str(e))
+        return res
+    finally:
+        if locked and not conn.is_closed():
+            await release_switch_lock(conn, source.name)
+        await close_quietly(conn)
+        await worker.close()
+        worker.shutdown()
+
+
+def _pending(conn: sqlite3.Connection, applied: int) -> int:
+    return conn.execute("SELECT count(*) FROM main._syncd_changelog WHERE seq > ?", (applied,)).fetchone()[0]
+
+
+def _row_count(conn: sqlite3.Connection, tables: list[str]) -> int:
+    return sum(conn.execute(f"SELECT count(*) FROM main.{quote_ident(t)}").fetchone()[0] for t in tables)
+
+
+def _estimate(rows: int, pending: int) -> float:
+    # Measured on the 2-core development machine (bench/cutover_downtime.py): verify
+    # reads ~300k rows/s per side, the stream applies ~20k changes/s; plus fixed costs.
+    return 0.5 + rows / 300_000 + pending / 20_000
+
+
+async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, worker: SqliteWorker,
+               b: Bookkeeping, specs: dict[str, TableSpec], res: CutoverResult) -> None:
+    from syncd.verify import verify_source
+
+    busy = settings.sqlite.write_busy_timeout_ms
+    switch_id = await conn.fetchval(f"INSERT INTO {b.s}.switches (source, kind, state, who) "
+                                    f"VALUES ($1, 'cutover', 'started', $2) RETURNING id", source.name, who())
+    _hold("started")
+    stamp = dt.datetime.now(dt.timezone.utc)
+    message = (f"this database was moved to PostgreSQL by syncd at {stamp:%Y-%m-%d %H:%M:%S} UTC; "
+               f'write to PostgreSQL (schema "{source.schema}") instead')
+    frozen_at = time.monotonic()
+    await worker.run(freeze.freeze, message, busy)
+    await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
+    _hold("frozen")
+    try:
+        target = await worker.run(lambda c: c.execute("SELECT coalesce(max(seq), 0) FROM main._syncd_changelog")
+                                  .fetchone()[0])
+        how = await drain(settings, source, conn, target)
+        res.plan.append(f"drained to change {target} ({how})")
+        _hold("drained")
+        checked = await verify_source(settings, source, record=True, wait_seconds=VERIFY_WAIT_SECONDS)
+        _judge(checked)
+        res.plan.append(f"verified equal: {sum(t.rows_sqlite or 0 for t in checked.tables)} row(s) in "
+                        f"{len(checked.tables)} table(s)")
+        _hold("verified")
+        specs = await asyncio.to_thread(_specs, source)
+        marks = await worker.run(high_marks, specs)
+        async with conn.transaction():
+            res.plan += await set_identities(conn, source.schema, specs, marks)
+            res.plan += await trial_inserts(conn, source.schema, specs, marks)
+            await set_identities(conn, source.schema, specs, marks)  # the trials took a number each
+            _hold("finishing")
+            await conn.execute(f"UPDATE {b.s}.sources SET direction = $2 WHERE source = $1", source.name, TO_SQLITE)
+            res.downtime_seconds = time.monotonic() - frozen_at
+            await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
+                              downtime_seconds=res.downtime_seconds, detail=json.dumps({"steps": res.plan}))
+        res.done = True
+        log.info(f"cut over to Postgres: write downtime {res.downtime_seconds:.2f} s",
+                 extra={"source": source.name, "event": "cutover_done"})
+    except BaseException as e:
+        reason = str(e) if isinstance(e, Refused) else f"{type(e).__name__}: {describe(e)}"
+        try:
+            await worker.run(freeze.unfreeze, busy)
+            await record_step(conn, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),
+                              detail=json.dumps({"reason": reason}))
+        finally:
+            res.undone = True
+        if isinstance(e, (Refused, asyncpg.PostgresError, OSError, sqlite3.Error, TimeoutError)):
+            res.problems.append(f"{reason}; undone: the SQLite file takes the application's writes again")
+            return
+        raise
+
+
+def _judge(checked) -> None:
+    if checked.error:
+        raise Refused(f"the final verification could not run: {checked.error}")
+    bad = [t for t in checked.tables if not (t.compared and t.equal) or t.error]
+    if bad:
+        first = bad[0]
+        what = first.error or first.reason or f"{first.missing} missing, {first.extra} extra, {first.different} different"
+        raise Refused(f"the final verification found {len(bad)} table(s) not equal (first: \"{first.table}\": {what})")

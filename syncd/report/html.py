@@ -1,0 +1,441 @@
+"""The status page: the verdict, the cutover checklist and every source at a glance,
+as one self-contained HTML document (inline CSS, SVG and a few lines of script; no
+outside assets). The daemon serves it at GET /; `syncd report --format html` writes it.
+
+Judged from an Overview (the report's facts and checklist, `syncd status`'s health),
+so the page, the report and `syncd status` show the same figures. It shows no DSN and
+no row values or keys beyond what `syncd status` shows (a held table's reason); every
+name is escaped."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from html import escape
+
+from syncd import __version__
+from syncd.page.history import HistoryView
+from syncd.redact import scrub
+from syncd.report.checklist import CheckItem, days, number, ready, timestamp
+from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts
+from syncd.report.overview import Overview
+from syncd.report.page_assets import CONTENT_SECURITY_POLICY, CSS, JS
+from syncd.report.render import direction_text
+from syncd.report.svg import line_chart, verification_slots, verification_strip
+from syncd.status import VERDICTS, SourceStatus, TableStatus
+
+HALTED = ("held", "paused")
+STRIP_SLOTS = 48
+ERRORS_SHOWN = 20
+PROBLEMS_SHOWN = 5  # per checklist item before "and N more" (every one is on the page)
+
+
+def e(text: object) -> str:
+    """Escape for HTML text and attribute values: names appear exactly as they are."""
+    return escape(str(text), quote=True)
+
+
+def m(text: object) -> str:
+    """A message (a problem, a reason, an error): escaped, with any password taken out."""
+    return escape(scrub(str(text)), quote=True)
+
+
+def page(ov: Overview | None, history: HistoryView | None, *, live: bool, refresh_seconds: int = 10,
+         notice: str | None = None) -> str:
+    """The whole document. `live`: served by the daemon (refreshes itself); otherwise a
+    file written by `syncd report --format html`. `ov` None: nothing measured yet."""
+    if ov is None:
+        title, body = "syncd: measuring…", [_header_measuring()]
+    else:
+        title, body = _title(ov), _body(ov, history, live)
+    head = [
+        "<!DOCTYPE html>",
+        f'<html lang="en" data-refresh="{refresh_seconds if live else 0}" data-refreshes="0">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{e(CONTENT_SECURITY_POLICY)}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<meta name="referrer" content="no-referrer">',
+        f"<title>{e(title)}</title>",
+        f"<style>{CSS}</style>",
+    ]
+    if live:  # without script, the browser reloads the page itself
+        head.append(f'<noscript><meta http-equiv="refresh" content="{refresh_seconds}"></noscript>')
+    head += ["</head>", "<body>", '<p id="offline" class="offline" role="status" hidden></p>', "<main>"]
+    if notice:
+        body.insert(1, f'<p class="notice" role="status">{m(notice)}</p>')
+    return "\n".join(head + body + ["</main>", f"<script>{JS}</script>", "</body>", "</html>"]) + "\n"
+
+
+def _title(ov: Overview) -> str:
+    if ov.facts is None:
+        return "syncd: migration status unknown"
+    return f"syncd: {'READY' if ready(ov.items) else 'NOT READY'} for cutover"
+
+
+def _header_measuring() -> str:
+    return ('<h1>Migration status: SQLite to PostgreSQL</h1>'
+            '<p class="verdict unknown" id="verdict">Measuring both sides for the first time; '
+            "this page refreshes itself.</p>")
+
+
+def _time(t: dt.datetime | None, never: str = "never") -> str:
+    """An absolute UTC time and, in a <time> the script keeps current, how long ago."""
+    if t is None:
+        return e(never)
+    iso = t.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+    ago = _ago((dt.datetime.now(dt.timezone.utc) - t).total_seconds())
+    return f'{e(timestamp(t))} (<time datetime="{e(iso)}" data-since>{e(ago)}</time>)'
+
+
+def _iso_time(iso: str | None) -> str:
+    return _time(dt.datetime.fromisoformat(iso) if iso else None)
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} days ago"
+
+
+# --- the body -------------------------------------------------------------------------
+
+
+def _body(ov: Overview, history: HistoryView | None, live: bool) -> list[str]:
+    out = ["<header>", "<h1>Migration status: SQLite to PostgreSQL</h1>"]
+    out.append(_verdict(ov))
+    where = f" from <code>{e(ov.config_path)}</code>" if ov.config_path else ""
+    how = "served live by the daemon; refreshes itself" if live else "written by <code>syncd report --format html</code>"
+    iso = ov.measured_at.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+    out.append(f'<p class="measured" id="measured" data-measured-at="{e(iso)}">Measured {_time(ov.measured_at)}{where}'
+               f" by syncd {e(__version__)}; {how}. Every figure was measured then, or recorded by syncd as it "
+               "happened.</p>")
+    out.append(_health(ov))
+    out.append("</header>")
+    out += _checklist(ov)
+    facts = {s.name: s for s in ov.facts.sources} if ov.facts else {}
+    statuses = {s.name: s for s in ov.statuses}
+    out += _glance(ov, facts, statuses)
+    out += ['<section id="sources">', f"<h2>Sources ({len(ov.sources)})</h2>", '<div class="sources">']
+    for i, name in enumerate(ov.sources):
+        out += _source(i, name, facts.get(name), statuses.get(name), ov, history)
+    out += ["</div>", "</section>"]
+    if ov.facts:
+        out += _errors(ov.facts)
+    out += _footer(ov)
+    return out
+
+
+def _verdict(ov: Overview) -> str:
+    if ov.facts is None:
+        return (f'<p class="verdict unknown" id="verdict" data-ready="unknown">Cutover readiness unknown: the '
+                f"facts could not be measured ({m(ov.facts_error)}).</p>")
+    failing = [i for i in ov.items if not i.ok]
+    if not failing:
+        return ('<p class="verdict ready" id="verdict" data-ready="true">READY for cutover: every checklist item '
+                "is met, with its evidence below.</p>")
+    return (f'<p class="verdict" id="verdict" data-ready="false">NOT READY for cutover: {len(failing)} of '
+            f"{len(ov.items)} checklist items are not done.</p>")
+
+
+def _health(ov: Overview) -> str:
+    name = VERDICTS[ov.verdict]
+    problems = [(p.severity, st.name, p.message) for st in ov.statuses for p in st.problems]
+    out = [f'<p class="health" id="health" data-verdict="{e(name)}">Health now (as <code>syncd status</code> '
+           f'judges it): <strong class="sev-{e(name.lower())}">{e(name)}</strong>, {len(ov.statuses)} source(s), '
+           f"{len(problems)} problem(s).</p>"]
+    if problems:
+        out.append('<details id="health-problems"' + (" open" if len(problems) <= 6 else "") +
+                   f"><summary>{len(problems)} problem(s)</summary><ul class=\"problems\">")
+        out += [f'<li class="sev-{e(sev)}">{e(sev.upper())}: <code>{e(src)}</code>: {m(msg)}</li>'
+                for sev, src, msg in problems]
+        out.append("</ul></details>")
+    return "".join(out)
+
+
+def _checklist(ov: Overview) -> list[str]:
+    out = ['<section id="checklist">', "<h2>Cutover checklist</h2>"]
+    if ov.facts is None:
+        return out + [f"<p>Not judged: {m(ov.facts_error)}</p>", "</section>"]
+    out.append('<ol class="checklist">')
+    for item in ov.items:
+        out.append(_item(item))
+    out += ["</ol>", "</section>"]
+    return out
+
+
+def _item(i: CheckItem) -> str:
+    cls, mark = ("ok", "✓") if i.ok else ("not-ok", "✗")
+    parts = [f'<li class="{cls}" data-key="{e(i.key)}" data-ok="{str(i.ok).lower()}">',
+             f'<span class="mark" aria-label="{"done" if i.ok else "not done"}">{mark}</span>',
+             f"<strong>{e(i.title)}</strong>"]
+    if i.problems:
+        shown, rest = i.problems[:PROBLEMS_SHOWN], i.problems[PROBLEMS_SHOWN:]
+        if len(rest) == 1:
+            shown, rest = i.problems, []
+        parts.append('<ul class="problems">' + "".join(f"<li>{m(p)}</li>" for p in shown) + "</ul>")
+        if rest:
+            parts.append(f'<details id="more-{e(i.key)}"><summary>and {len(rest)} more</summary>'
+                         '<ul class="problems">' + "".join(f"<li>{m(p)}</li>" for p in rest) + "</ul></details>")
+    elif not i.ok:
+        parts.append('<ul class="problems"><li>nothing measured shows it is done</li></ul>')
+    if i.evidence:
+        parts.append(f'<details id="evidence-{e(i.key)}"><summary>Evidence ({len(i.evidence)})</summary><ul>'
+                     + "".join(f"<li>{m(x)}</li>" for x in i.evidence) + "</ul></details>")
+    parts.append("</li>")
+    return "".join(parts)
+
+
+def _glance(ov: Overview, facts: dict[str, SourceFacts], statuses: dict[str, SourceStatus]) -> list[str]:
+    """One line per source, linking to its section."""
+    out = ['<section id="glance">', "<h2>At a glance</h2>", '<div class="scroll"><table class="glance"><thead><tr>'
+           '<th>Source</th><th>Direction</th><th>State</th><th class="num">Lag</th><th class="num">Pending</th>'
+           '<th>Last apply</th><th class="num">Rows SQLite / Postgres</th><th>Tables</th></tr></thead><tbody>']
+    for i, name in enumerate(ov.sources):
+        f, st = facts.get(name), statuses.get(name)
+        state = st.state if st else "unknown"
+        lag = "-" if st is None or st.lag_seconds is None else f"{st.lag_seconds:.1f} s"
+        pending = "-" if st is None or st.pending_changes is None else f"{st.pending_changes:,}"
+        rows = "-"
+        if f is not None:
+            rows_s, rows_p = _sum(t.rows_sqlite for t in f.tables), _sum(t.rows_postgres for t in f.tables)
+            rows = f"{number(rows_s)} / {number(rows_p)}"
+            rows = f'<span class="mismatch">{e(rows)}</span>' if rows_s != rows_p or rows_s is None else e(rows)
+        counts: dict[str, int] = {}
+        for t in (f.tables if f else st.tables if st else []):
+            counts[t.state or "not registered"] = counts.get(t.state or "not registered", 0) + 1
+        tables = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "-"
+        bad = state != "streaming" or any(k in HALTED or k == "refused" for k in counts)
+        out.append(f'<tr data-source="{e(name)}"><td><a href="#source-{i}"><code>{e(name)}</code></a></td>'
+                   f"<td>{e(direction_text(f.direction if f else 'to_postgres'))}</td>"
+                   f'<td class="{"sev-critical" if state != "streaming" else "sev-ok"}">{e(state.replace("_", " "))}'
+                   f'</td><td class="num">{e(lag)}</td><td class="num">{e(pending)}</td>'
+                   f"<td>{_iso_time(st.last_applied_at) if st else '-'}</td><td class=\"num\">{rows}</td>"
+                   f'<td class="{"sev-warning" if bad else ""}">{e(tables)}</td></tr>')
+    out += ["</tbody></table></div>", "</section>"]
+    return out
+
+
+# --- a source -------------------------------------------------------------------------
+
+
+def _source(i: int, name: str, f: SourceFacts | None, st: SourceStatus | None, ov: Overview,
+            history: HistoryView | None) -> list[str]:
+    state = st.state if st else "unknown"
+    direction = f.direction if f else "to_postgres"
+    good = state == "streaming"
+    out = [f'<article class="source" id="source-{i}" data-source="{e(name)}">', "<header>",
+           f"<h3><code>{e(name)}</code></h3>",
+           f'<span class="badge direction" data-field="direction" data-value="{e(direction)}">'
+           f"{e(direction_text(direction))}</span>",
+           f'<span class="badge {"good" if good else "bad"}" data-field="state" data-value="{e(state)}">'
+           f"{e(state.replace('_', ' '))}</span>", "</header>"]
+    out.append('<dl class="figures">')
+    out += _figures(f, st)
+    out.append("</dl>")
+    out.append(_where(f, st))
+    if st and st.problems:
+        out.append('<ul class="problems">' + "".join(
+            f'<li class="sev-{e(p.severity)}">{e(p.severity.upper())}: {m(p.message)}</li>' for p in st.problems)
+            + "</ul>")
+    halted = _halted(f, st)
+    if halted:
+        out.append('<div class="halted-list"><strong>Held or paused:</strong><ul>' + "".join(
+            f'<li data-halted="{e(t)}"><code>{e(t)}</code> {e(s)}: {m(r or "no reason recorded")}</li>'
+            for t, s, r in halted) + "</ul></div>")
+    out += _charts(name, history)
+    out += _tables(f, st, ov)
+    if f and f.left_out:
+        items = []
+        for lo in f.left_out:
+            if lo.holds_data:
+                rows = f"{lo.rows} row(s)" if lo.rows is not None else "rows"
+                items.append(f'<li class="sev-critical"><code>{e(lo.name)}</code>: holds {e(rows)} of application '
+                             f"data that is not migrated: {e(lo.why)}; {e(lo.todo)}</li>")
+            else:
+                items.append(f"<li><code>{e(lo.name)}</code>: {e(lo.why)}; {e(lo.todo)}</li>")
+        out.append('<div class="not-migrated"><strong>Not migrated</strong> (the application will miss these after '
+                   "the switch):<ul>" + "".join(items) + "</ul></div>")
+    if f and f.error:
+        out.append(f'<p class="sev-critical">{m(f.error)}</p>')
+    out.append("</article>")
+    return out
+
+
+def _figure(label: str, field: str | None, value: object, shown: str) -> str:
+    attrs = f' data-field="{e(field)}" data-value="{e("" if value is None else value)}"' if field else ""
+    return f"<div><dt>{e(label)}</dt><dd{attrs}>{shown}</dd></div>"
+
+
+def _figures(f: SourceFacts | None, st: SourceStatus | None) -> list[str]:
+    out = []
+    if st is not None:
+        lag = "unknown" if st.lag_seconds is None else f"{st.lag_seconds:.1f} s"
+        pending = "unknown" if st.pending_changes is None else f"{st.pending_changes:,}"
+        out += [_figure("Lag", "lag_seconds", st.lag_seconds, e(lag)),
+                _figure("Pending changes", "pending_changes", st.pending_changes, e(pending)),
+                _figure("Last apply", "last_applied_at", st.last_applied_at, _iso_time(st.last_applied_at)),
+                _figure("Dual-write since", "dual_write_since", st.dual_write_since, _iso_time(st.dual_write_since))]
+    if f is not None:
+        rows_s = _sum(t.rows_sqlite for t in f.tables)
+        rows_p = _sum(t.rows_postgres for t in f.tables)
+        cls = "" if rows_s == rows_p and rows_s is not None else ' class="mismatch"'
+        out.append(_figure("Rows (SQLite / Postgres)", None, None,
+                           f"<span{cls}>{e(number(rows_s))} / {e(number(rows_p))}</span>"))
+        runs = [t.last_run for t in f.tables if t.last_run]
+        if runs:
+            latest = max(r.finished_at for r in runs)
+            bad = [t.name for t in f.tables if t.last_run and not t.last_run.clean]
+            never = len(f.tables) - len(runs)
+            result = (f"{len(bad)} of {len(f.tables)} table(s) not clean" if bad else
+                      f"equal ({len(runs)} table(s))" + (f"; {never} never verified" if never else ""))
+            out.append(_figure("Last verification", None, None,
+                               f"{_time(latest)}: <span class=\"{'sev-critical' if bad else 'sev-ok'}\">"
+                               f"{e(result)}</span>"))
+        else:
+            out.append(_figure("Last verification", None, None, "never"))
+    return out
+
+
+def _where(f: SourceFacts | None, st: SourceStatus | None) -> str:
+    if f is not None:
+        return f'<p class="muted where">SQLite file <code>{e(f.path)}</code> → Postgres schema <code>{e(f.schema)}</code></p>'
+    return f'<p class="muted where">SQLite file <code>{e(st.path)}</code></p>' if st else ""
+
+
+def _sum(values) -> int | None:
+    total = 0
+    for v in values:
+        if v is None:
+            return None
+        total += v
+    return total
+
+
+def _halted(f: SourceFacts | None, st: SourceStatus | None) -> list[tuple[str, str, str | None]]:
+    tables = f.tables if f else (st.tables if st else [])
+    return [(t.name, t.state, t.reason) for t in tables if t.state in HALTED]
+
+
+def _charts(name: str, history: HistoryView | None) -> list[str]:
+    if history is None:
+        return ['<p class="muted charts-missing">No lag or apply-rate history: it is kept in memory by the running '
+                "daemon, and none answered.</p>"]
+    series = history.sources.get(name)
+    times = history.times
+    end = times[-1] if times else time.time()
+    # The last hour, or since the daemon started if that is shorter: a young daemon's
+    # few minutes are drawn across the chart, not squeezed into its right edge.
+    span = min(history.window_seconds, max(60.0, end - times[0])) if times else history.window_seconds
+    what = "last hour" if span >= 3600 else f"last {span / 60:.0f} min"
+    lag = series.lag_seconds if series else []
+    rate = series.applied_per_second if series else []
+    t = times if series else []
+    return ['<div class="charts">',
+            f'<figure data-chart="lag"><figcaption>Lag, {what}</figcaption>'
+            + line_chart(t, lag, end, span, label="Lag", unit="s", keep="max") + "</figure>",
+            f'<figure data-chart="apply-rate"><figcaption>Changes applied per second, {what}</figcaption>'
+            + line_chart(t, rate, end, span, label="Apply rate", unit="changes/s", keep="mean")
+            + "</figure>", "</div>"]
+
+
+def _tables(f: SourceFacts | None, st: SourceStatus | None, ov: Overview) -> list[str]:
+    if f is None:
+        if st is None or not st.tables:
+            return []
+        rows = "".join(_status_row(t) for t in st.tables)
+        return ['<div class="scroll"><table class="tables"><thead><tr><th>Table</th><th>State</th>'
+                "<th>Last verification</th></tr></thead><tbody>", rows, "</tbody></table></div>"]
+    facts = ov.facts
+    start, end = _window(f, facts)
+    head = (f'<div class="scroll"><table class="tables"><thead><tr><th>Table</th><th>State</th>'
+            f'<th class="num">Rows in SQLite</th><th class="num">Rows in Postgres</th><th>Last verification</th>'
+            f"<th>Result</th><th>Verifications since {e(timestamp(start))}</th></tr></thead><tbody>")
+    rows = [head]
+    for t in f.tables:
+        rows.append(_table_row(t, start, end))
+    rows.append("</tbody></table></div>")
+    rows.append('<p class="legend muted"><span class="clean"></span>all equal<span class="error"></span>'
+                'a consistency error (or not compared)<span class="none"></span>no check</p>')
+    return rows
+
+
+def _window(f: SourceFacts, facts: MigrationFacts) -> tuple[dt.datetime, dt.datetime]:
+    """The dual-write window the checklist judges ([cutover] min_days back), cut to
+    when this source began to stream (or was first verified)."""
+    end = facts.generated_at
+    start = end - dt.timedelta(days=facts.min_days)
+    firsts = [r.finished_at for t in f.tables for r in t.runs[:1]]
+    began = f.streaming_since or (min(firsts) if firsts else None)
+    if began is not None and began > start:
+        start = began
+    if (end - start).total_seconds() < 60:
+        start = end - dt.timedelta(seconds=60)
+    return start, end
+
+
+def _table_row(t: TableFacts, start: dt.datetime, end: dt.datetime) -> str:
+    state = t.state or "not registered"
+    halted = t.state in HALTED
+    shown = e(state) + (f": {m(t.reason)}" if t.reason and t.state != "streaming" else "")
+    last = t.last_run
+    pg_cls = "num" if t.counts_match else "num mismatch"
+    window = [r for r in t.runs if r.finished_at >= start]
+    strip = verification_strip(verification_slots(window, start, end, STRIP_SLOTS), f"{t.name}, since "
+                               f"{timestamp(start)}")
+    return (f'<tr data-table="{e(t.name)}" data-state="{e(state)}"' + (' class="halted"' if halted else "") + ">"
+            f"<td><code>{e(t.name)}</code></td><td>{shown}</td>"
+            f'<td class="num" data-field="rows_sqlite">{e(number(t.rows_sqlite))}</td>'
+            f'<td class="{pg_cls}" data-field="rows_postgres">{e(number(t.rows_postgres))}</td>'
+            f"<td>{_time(last.finished_at) if last else 'never'}</td>"
+            f"<td>{m(last.outcome()) if last else '-'}</td><td>{strip}</td></tr>")
+
+
+def _status_row(t: TableStatus) -> str:
+    shown = e(t.state) + (f": {m(t.reason)}" if t.reason and t.state != "streaming" else "")
+    return (f'<tr data-table="{e(t.name)}" data-state="{e(t.state)}"'
+            + (' class="halted"' if t.state in HALTED else "") + f"><td><code>{e(t.name)}</code></td>"
+            f"<td>{shown}</td><td>{_iso_time(t.last_verify_at)}</td></tr>")
+
+
+# --- history and footer ---------------------------------------------------------------
+
+
+def _errors(f: MigrationFacts) -> list[str]:
+    errors = [r for r in f.runs if not r.clean]
+    out = ['<section id="consistency">', "<h2>Consistency-error history</h2>"]
+    if not f.runs:
+        return out + ["<p>No verification has been recorded yet.</p>", "</section>"]
+    first = f.runs[0].finished_at
+    if not errors:
+        return out + [f"<p>None: {len(f.runs):,} verification(s) recorded since {e(timestamp(first))}, all clean."
+                      "</p>", "</section>"]
+    out.append(f"<p>{len(errors):,} of {len(f.runs):,} verification(s) recorded since {e(timestamp(first))} were "
+               "not clean" + (f" (the latest {ERRORS_SHOWN} shown)" if len(errors) > ERRORS_SHOWN else "") + ".</p>")
+    out.append('<div class="scroll"><table><thead><tr><th>When</th><th>Table</th><th class="num">Rows in SQLite'
+               '</th><th class="num">Rows in Postgres</th><th>Outcome</th></tr></thead><tbody>')
+    for r in reversed(errors[-ERRORS_SHOWN:]):
+        out.append(f"<tr><td>{e(timestamp(r.finished_at))}</td><td><code>{e(r.source)}</code>.<code>"
+                   f"{e(r.table_name)}</code></td><td class=\"num\">{e(number(r.rows_sqlite))}</td>"
+                   f'<td class="num">{e(number(r.rows_postgres))}</td><td>{m(r.outcome())}</td></tr>')
+    out += ["</tbody></table></div>", "</section>"]
+    return out
+
+
+def _footer(ov: Overview) -> list[str]:
+    f = ov.facts
+    judged = ""
+    if f is not None:
+        judged = (f"Dual-write needs {e(days(f.min_days))} ([cutover] min_days) of clean verifications of every "
+                  f"table; lag must stay below {f.warn_lag_seconds:g} s; a verification older than "
+                  f"{f.verify_max_age_seconds / 3600:g} h is stale. ")
+    return ['<footer class="muted">',
+            f"<p>{judged}The same facts and checklist as <code>syncd report</code>; health as "
+            "<code>syncd status</code> judges it. Lag and apply-rate charts come from the daemon's memory (the last "
+            "hour); verification history from syncd's bookkeeping in Postgres.</p>",
+            "</footer>"]

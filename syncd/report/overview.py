@@ -1,0 +1,61 @@
+"""Everything the status page shows, measured at one moment: the report's facts and
+cutover checklist (the same gather and evaluate as `syncd report`) and each source's
+health (the same gather and evaluate as `syncd status`). The page and the report judge
+from one source of truth, so they cannot disagree."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass, field
+
+from syncd import status as health
+from syncd.config import Settings
+from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.report.checklist import CheckItem, evaluate
+from syncd.report.facts import MigrationFacts, gather
+
+CONCURRENT_SOURCES = 8  # each source's health check holds a Postgres connection while it runs
+
+
+@dataclass
+class Overview:
+    measured_at: dt.datetime
+    facts: MigrationFacts | None  # None: could not be measured (facts_error says why)
+    items: list[CheckItem]
+    verdict: int  # `syncd status`'s: OK, WARNING, CRITICAL, UNKNOWN
+    statuses: list[health.SourceStatus]
+    facts_error: str | None = None
+    config_path: str | None = None
+    sources: list[str] = field(default_factory=list)  # configured source names, in order
+
+
+async def gather_overview(settings: Settings, live: dict | None = None) -> Overview:
+    """Measure now. `live` is the daemon's own /status document (the daemon passes it);
+    None asks the daemon's endpoint, as `syncd status` and `syncd report` do."""
+    now = dt.datetime.now(dt.timezone.utc)
+    in_daemon = live is not None
+    if live is None:
+        live = await asyncio.to_thread(health.endpoint_status, settings)
+    limit = asyncio.Semaphore(CONCURRENT_SOURCES)
+
+    async def one(source):
+        async with limit:
+            return await health.gather_source(settings, source, live)
+
+    statuses = asyncio.gather(*(one(s) for s in settings.sources))
+    facts, items, error = None, [], None
+    try:
+        facts = await gather(settings, live=(live or {}).get("sources", {}), upgrade_bookkeeping=not in_daemon)
+        items = evaluate(facts)
+    except PostgresUnavailable as e:
+        error = str(e)
+    except Exception as e:  # noqa: BLE001 - the page shows what it could not measure, and why
+        error = f"Postgres: {describe(e)}"
+    done = await statuses
+    verdict = health.OK
+    for st in done:
+        verdict = health.worse(verdict, health.evaluate(st, settings.status))
+    return Overview(measured_at=now, facts=facts, items=items, verdict=verdict, statuses=list(done),
+                    facts_error=error, config_path=str(settings.config_path) if settings.config_path else None,
+                    sources=[s.name for s in settings.sources])

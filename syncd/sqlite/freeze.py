@@ -1,0 +1,100 @@
+"""Freezing a SQLite file for the application, after a cutover to Postgres.
+
+A frozen file refuses the application's writes at once, with a message saying where
+the data went, while readers are untouched and syncd's own writes still pass (the
+reverse stream keeps the file current from Postgres, for the way back).
+
+Each user table gets BEFORE INSERT/UPDATE/DELETE triggers that raise unless a marker
+row sits in syncd's `_syncd_meta`. syncd writes that row at the start of its own write
+transaction and deletes it before committing (see `syncd_writes`), so no other
+connection ever sees it: the write lock keeps other writers out meanwhile, and readers
+see the committed state without it. The triggers name only `_syncd_meta` (never a user
+table, which an application's RENAME under legacy_alter_table would leave dangling),
+and need no virtual table (refused where the application sets trusted_schema=OFF).
+Virtual tables cannot carry triggers: writes to an FTS or R*Tree table stay possible
+and are listed where syncd reports the freeze.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from syncd.identifiers import quote_ident, quote_literal
+from syncd.sqlite.capture import META, _own_schema_change, write_transaction
+
+FREEZE_PREFIX = "_syncd_freeze_"
+FROZEN_KEY = "frozen"  # _syncd_meta: the message, while the file is frozen
+WRITING_KEY = "syncd_writing"  # _syncd_meta: present only inside syncd's own write transactions
+
+
+def _user_tables(conn: sqlite3.Connection) -> list[str]:
+    """Ordinary tables (not virtual or shadow ones, not SQLite's or syncd's own)."""
+    return sorted(r[1] for r in conn.execute("PRAGMA main.table_list")
+                  if r[0] == "main" and r[2] == "table" and not r[1].startswith(("sqlite_", "_syncd_")))
+
+
+def freeze_triggers(conn: sqlite3.Connection, message: str) -> list[str]:
+    """The CREATE TRIGGER statements that freeze every user table of the file."""
+    out = []
+    msg = quote_literal(message)
+    guard = f"WHEN NOT EXISTS (SELECT 1 FROM {quote_ident(META)} WHERE key = {quote_literal(WRITING_KEY)})"
+    for i, table in enumerate(_user_tables(conn)):
+        for op in ("INSERT", "UPDATE", "DELETE"):
+            name = quote_ident(f"{FREEZE_PREFIX}{i}_{op.lower()}")
+            out.append(f"CREATE TRIGGER {name} BEFORE {op} ON {quote_ident(table)} {guard} "
+                       f"BEGIN SELECT RAISE(ABORT, {msg}); END")
+    return out
+
+
+def freeze(conn: sqlite3.Connection, message: str, busy_timeout_ms: int) -> int:
+    """Freeze the file in one short write transaction; returns the tables frozen. Safe to
+    repeat: an earlier freeze's triggers are replaced (a table added since included)."""
+
+    def apply(c: sqlite3.Connection) -> int:
+        _drop(c)
+        statements = freeze_triggers(c, message)
+        for sql in statements:
+            c.execute(sql)
+        c.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES (?, ?)", (FROZEN_KEY, message))
+        return len(statements) // 3
+
+    return write_transaction(conn, lambda c: _own_schema_change(c, apply), busy_timeout_ms=busy_timeout_ms)
+
+
+def unfreeze(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """The application may write again (a cutover undone, or a rollback finished)."""
+
+    def apply(c: sqlite3.Connection) -> None:
+        _drop(c)
+        c.execute(f"DELETE FROM main.{quote_ident(META)} WHERE key = ?", (FROZEN_KEY,))
+
+    write_transaction(conn, lambda c: _own_schema_change(c, apply), busy_timeout_ms=busy_timeout_ms)
+
+
+def _drop(c: sqlite3.Connection) -> None:
+    for (name,) in c.execute("SELECT name FROM main.sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
+                             (len(FREEZE_PREFIX), FREEZE_PREFIX)).fetchall():
+        c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
+
+
+def frozen(conn: sqlite3.Connection) -> str | None:
+    """The freeze message while the file is frozen, else None."""
+    try:
+        row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = ?", (FROZEN_KEY,)).fetchone()
+    except sqlite3.OperationalError:
+        return None  # no capture installed
+    return row[0] if row else None
+
+
+@contextmanager
+def syncd_writes(conn: sqlite3.Connection) -> Iterator[None]:
+    """Inside the caller's write transaction (BEGIN IMMEDIATE already run): let syncd's
+    own writes through a frozen file. The marker never outlives the block, and the
+    block must not commit: the caller commits after it."""
+    conn.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES (?, '1')", (WRITING_KEY,))
+    try:
+        yield
+    finally:
+        conn.execute(f"DELETE FROM main.{quote_ident(META)} WHERE key = ?", (WRITING_KEY,))

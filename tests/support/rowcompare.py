@@ -1,0 +1,118 @@
+"""Whether SQLite and Postgres hold the same rows, decided row by row, independently of
+syncd (no syncd import: no converter, no canonical form, no hashing).
+
+Two sides are equal when their rows pair off one to one, each SQLite row with a
+Postgres row holding the same value in every column, as Postgres should hold it.
+Nothing is keyed: two SQLite rows that one Postgres row could stand for still need two
+Postgres rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import struct
+from decimal import Decimal
+from typing import Any
+
+
+def same_value(sv: Any, pv: Any) -> bool:
+    """SQLite value `sv` vs `pv`, the value in Postgres as asyncpg returns it: equal
+    when `pv` is what the SQLite value should have become in a column of pv's type
+    (numbers in a text column as Python writes them, reals in numeric with the digits
+    of their shortest form, `timestamp` from ISO text or unix seconds)."""
+    if sv is None or pv is None:
+        return sv is None and pv is None
+    if isinstance(sv, bool):
+        raise TypeError("sqlite3 never returns a bool")
+    if isinstance(pv, bool):
+        return type(sv) is int and sv in (0, 1) and bool(sv) is pv
+    if isinstance(pv, int):
+        return type(sv) is int and sv == pv
+    if isinstance(pv, float):
+        if type(sv) is int:
+            return math.isfinite(pv) and float(sv) == pv and int(pv) == sv
+        return type(sv) is float and _bits(sv) == _bits(pv)
+    if isinstance(pv, Decimal):
+        if type(sv) is int:
+            want = Decimal(sv)
+        elif type(sv) is float:
+            want = Decimal(repr(sv))
+        else:
+            return False
+        if not pv.is_finite() or not want.is_finite():
+            return pv == want
+        return pv == want and _scale(pv) == _scale(want)
+    if isinstance(pv, str):
+        if type(sv) is str:
+            return sv == pv
+        if type(sv) is int:
+            return str(sv) == pv
+        if type(sv) is float:
+            return repr(sv) == pv
+        return False
+    if isinstance(pv, bytes):
+        return type(sv) is bytes and sv == pv
+    if isinstance(pv, dt.datetime):
+        return _instant(sv) == pv
+    raise TypeError(f"no comparison for Postgres value {pv!r}")
+
+
+def _bits(f: float) -> bytes:
+    return struct.pack(">d", f)
+
+
+def _scale(d: Decimal) -> int:
+    """Digits after the point, as Postgres keeps them for a numeric."""
+    exp = d.as_tuple().exponent
+    return max(0, -exp) if isinstance(exp, int) else 0
+
+
+def _instant(sv: Any) -> dt.datetime | None:
+    """A `timestamp` column's reading of a SQLite value: ISO text (a trailing Z or an
+    offset is converted to UTC) or unix seconds."""
+    if isinstance(sv, (int, float)) and not isinstance(sv, bool):
+        return dt.datetime(1970, 1, 1) + dt.timedelta(seconds=sv)
+    if not isinstance(sv, str):
+        return None
+    text = sv.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        d = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if d.tzinfo is not None:
+        d = d.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return d
+
+
+def same_row(s: tuple, p: tuple) -> bool:
+    return len(s) == len(p) and all(same_value(a, b) for a, b in zip(s, p))
+
+
+def pair_off(sqlite_rows: list[tuple], pg_rows: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """(SQLite rows, Postgres rows) left without a partner in a largest one-to-one
+    pairing of equal rows (Kuhn's augmenting paths: the inputs are small)."""
+    options = [[j for j, p in enumerate(pg_rows) if same_row(s, p)] for s in sqlite_rows]
+    partner: dict[int, int] = {}  # Postgres row -> SQLite row
+
+    def take(i: int, seen: set[int]) -> bool:
+        for j in options[i]:
+            if j in seen:
+                continue
+            seen.add(j)
+            if j not in partner or take(partner[j], seen):
+                partner[j] = i
+                return True
+        return False
+
+    for i in range(len(sqlite_rows)):
+        take(i, set())
+    paired = set(partner.values())  # a row once paired stays paired (to another partner, maybe)
+    return ([s for i, s in enumerate(sqlite_rows) if i not in paired],
+            [p for j, p in enumerate(pg_rows) if j not in partner])
+
+
+def same_rows(sqlite_rows: list[tuple], pg_rows: list[tuple]) -> bool:
+    lone_s, lone_p = pair_off(sqlite_rows, pg_rows)
+    return not lone_s and not lone_p

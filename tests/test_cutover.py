@@ -1,0 +1,208 @@
+"""`syncd cutover`: the checklist is checked, the SQLite file frozen for the application,
+the last changes drained, every row verified, identities set past SQLite's high marks
+and the switch recorded; anything failing undoes the freeze, and a cutover killed at
+any step is undone (by the daemon within seconds, or by the next run), never leaving
+the file frozen with nobody holding the switch."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+
+import asyncpg
+import pytest
+
+from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd, wait_for
+from tests.support.sync import eventually, pg_rows, wait_caught_up
+
+SCHEMA = """
+CREATE TABLE deals (id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT, amount REAL);
+CREATE TABLE contacts (id INTEGER PRIMARY KEY, email TEXT);
+CREATE TABLE touches (contact_id INTEGER, at TEXT);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def make_app(db) -> sqlite3.Connection:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript(SCHEMA)
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO deals (title, amount) VALUES (?, ?)", [(f"deal {i}", 24125.0) for i in range(50)])
+    conn.executemany("INSERT INTO contacts VALUES (?, ?)", [(i, f"c{i}@x") for i in range(1, 17)])
+    conn.executemany("INSERT INTO touches VALUES (?, ?)", [(1, "2026-11-01")] * 3)
+    conn.execute("INSERT INTO settings VALUES ('theme', 'dark')")
+    conn.execute("COMMIT")
+    conn.execute("DELETE FROM deals WHERE id > 45")  # AUTOINCREMENT never hands out 46..50 again
+    return conn
+
+
+def ready_config(make_config, tmp_path, db, **verify):
+    backups = tmp_path / "backups"
+    backups.mkdir(exist_ok=True)
+    src = sqlite3.connect(db)
+    dst = sqlite3.connect(backups / "app-latest.db")
+    src.backup(dst)
+    src.close()
+    dst.close()
+    return make_config([{"name": "app", "path": str(db)}], sections={
+        "cutover": {"min_days": 0, "backup_glob": str(backups / "*.db")},
+        "verify": {"interval_seconds": 0, **verify}})
+
+
+def writable(db) -> bool:
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("UPDATE settings SET value = value WHERE key = 'theme'")
+        return True
+    except sqlite3.IntegrityError as e:
+        assert "moved to PostgreSQL by syncd" in str(e)
+        return False
+    finally:
+        conn.close()
+
+
+async def direction(dsn: str) -> str:
+    return (await pg_rows(dsn, "SELECT direction FROM syncd.sources WHERE source = 'app'"))[0][0]
+
+
+async def test_cutover_switches_and_the_application_moves(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = make_app(db)
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert "ready to cut over (dry run" in dry.stdout and "expected write downtime" in dry.stdout
+        assert writable(db)
+        conn.execute("INSERT INTO settings VALUES ('late', 'written just before the switch')")
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 0, r.stdout + r.stderr
+        downtime = float(re.search(r"write downtime ([0-9.]+) s", r.stdout).group(1))
+        assert 0 < downtime < 60
+        assert "deals.id continues after 50" in r.stdout  # AUTOINCREMENT's high mark, not max(id) = 45
+        assert not writable(db)
+        assert conn.execute("SELECT count(*) FROM deals").fetchone()[0] == 45  # readers unaffected
+        assert await direction(pg_dsn) == "to_sqlite"
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            assert await pg.fetchval("SELECT value FROM app.settings WHERE key = 'late'") is not None
+            assert await pg.fetchval("INSERT INTO app.deals (title, amount) VALUES ('first in Postgres', 1) "
+                                     "RETURNING id") == 51
+            assert await pg.fetchval("INSERT INTO app.contacts (email) VALUES ('new@x') RETURNING id") == 17
+            assert await pg.fetchval("INSERT INTO app.touches (contact_id, at) VALUES (2, 'now') "
+                                     "RETURNING _syncd_rowid") == 4
+        finally:
+            await pg.close()
+        again = run_cli(cfg, "cutover")
+        assert again.returncode == 0 and "already cut over" in again.stdout
+        wait_for(lambda: '"state": "cut_over"' in run_cli(cfg, "status", "--json").stdout, 30,
+                 "the daemon sees the cutover", d)
+        assert d.stop() == 0
+    report = run_cli(cfg, "report", "--format", "json")
+    assert '"direction": "to_sqlite"' in report.stdout
+
+
+async def test_cutover_is_refused_with_every_reason_and_changes_nothing(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 1
+        assert "app: REFUSED" in r.stdout
+        assert "backup_glob" in r.stdout and "never verified" in r.stdout and "14 days" in r.stdout
+        assert writable(db) and await direction(pg_dsn) == "to_postgres"
+        assert d.stop() == 0
+
+
+async def test_a_difference_found_after_the_freeze_undoes_the_cutover(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = make_app(db)
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        await pg_rows(pg_dsn, "UPDATE app.contacts SET email = 'tampered' WHERE id = 3")  # behind syncd's back
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 1, r.stdout
+        assert "app: UNDONE" in r.stdout and "final verification found 1 table(s) not equal" in r.stdout
+        assert writable(db) and await direction(pg_dsn) == "to_postgres"
+        conn.execute("INSERT INTO contacts VALUES (99, 'streaming goes on')")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert (await pg_rows(pg_dsn, "SELECT email FROM app.contacts WHERE id = 99")) == [("streaming goes on",)]
+        assert d.stop() == 0
+
+
+async def test_cutover_with_the_daemon_stopped(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = make_app(db)
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        assert d.stop() == 0
+    conn.execute("UPDATE settings SET value = 'light' WHERE key = 'theme'")  # while nothing streams
+    r = run_cli(cfg, "cutover")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "applied by syncd's pipeline run in this process" in r.stdout
+    assert (await pg_rows(pg_dsn, "SELECT value FROM app.settings WHERE key = 'theme'")) == [("light",)]
+    assert not writable(db)
+
+
+@pytest.mark.parametrize("step", ["started", "frozen", "drained", "verified", "finishing"])
+async def test_a_cutover_killed_at_any_step_never_leaves_the_file_frozen(tmp_path, make_config, pg_dsn, step):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                                env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": step})
+        try:
+            assert proc.stdout.readline().strip() == f"holding at {step}"
+            if step != "started":
+                assert not writable(db)  # the kill really lands while the file is frozen
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        # the daemon sees a frozen file nobody holds and gives it back to the application
+        wait_for(lambda: writable(db), 30, "the file unfrozen", d)
+        assert await direction(pg_dsn) == "to_postgres"
+        async def closed() -> bool:
+            return await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE source = 'app'") == [("undone",)]
+
+        await eventually(closed, 30, "the killed cutover's record closed", d)
+        r = run_cli(cfg, "cutover")  # and a new run goes through
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert not writable(db)
+        assert d.stop() == 0
+
+
+async def test_a_rerun_undoes_a_killed_cutover_when_no_daemon_runs(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        assert d.stop() == 0
+    proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                            env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified"})
+    assert proc.stdout.readline().strip() == "holding at verified"
+    proc.kill()
+    proc.wait(10)
+    assert not writable(db)
+    r = run_cli(cfg, "cutover", "--dry-run")
+    assert r.returncode == 0, r.stdout
+    assert "unfroze the SQLite file a cutover left frozen" in r.stdout
+    assert writable(db)

@@ -1,0 +1,333 @@
+"""The daemon's status page at GET /: one self-contained HTML document with the verdict,
+the cutover checklist (the same as `syncd report`'s) and every source's figures (the
+same as `syncd status --json`'s), every name escaped, no password, no outside asset."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sqlite3
+import time
+import urllib.request
+from html.parser import HTMLParser
+
+import asyncpg
+import pytest
+
+from syncd.page.history import HistoryView, SourceSeries
+from syncd.report.checklist import CheckItem
+from syncd.report.facts import Lag, MigrationFacts, SourceFacts, TableFacts
+from syncd.report.html import page
+from syncd.report.overview import Overview
+from syncd.status import OK, SourceStatus
+from tests.support.browser import Browser
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.pgcluster import free_port
+from tests.support.sync import wait_caught_up
+from tests.support.verifying import verify_section
+
+WEIRD = 'weird "name"; DROP TABLE x;--'
+SCRIPT = "<script>"
+PASSWORD = "s3cret-pw"
+
+
+class Page(HTMLParser):
+    """The page as a test reads it: data-* attributes (unescaped by the parser) and text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.sources: dict[str, dict[str, str]] = {}  # source -> data-field -> data-value
+        self.tables: dict[str, dict[str, str]] = {}  # "source/table" -> data-state
+        self.items: dict[str, bool] = {}
+        self.text: list[str] = []
+        self.tags: list[tuple[str, dict]] = []
+        self._source: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "article" and "data-source" in a:
+            self._source = a["data-source"]
+            self.sources[self._source] = {}
+        if "data-field" in a and "data-value" in a and self._source:
+            self.sources[self._source][a["data-field"]] = a["data-value"]
+        if tag == "tr" and "data-table" in a and self._source:
+            self.tables[f"{self._source}/{a['data-table']}"] = a["data-state"]
+        if tag == "li" and "data-key" in a:
+            self.items[a["data-key"]] = a["data-ok"] == "true"
+
+    def handle_endtag(self, tag):
+        if tag == "article":
+            self._source = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def outside_references(self) -> list[str]:
+        """Every src/href that leaves the page (in-page #anchors are fine)."""
+        return [v for _, a in self.tags for k, v in a.items() if k in ("src", "href") and v and not v.startswith("#")]
+
+    @property
+    def all_text(self) -> str:
+        return " ".join(self.text)
+
+
+def get(url: str) -> tuple[str, dict[str, str]]:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read().decode(), {k.lower(): v for k, v in r.headers.items()}
+
+
+def make_sources(tmp_path):
+    """Two files: `abm` with a table named like an injection and a column named
+    `<script>` (which will hold a value Postgres rejects), and `sales`."""
+    abm, sales = tmp_path / "abm.db", tmp_path / "sales.db"
+    c = sqlite3.connect(abm)
+    c.execute("PRAGMA journal_mode=wal")
+    c.executescript(f"""
+        CREATE TABLE "{WEIRD.replace('"', '""')}" (k TEXT PRIMARY KEY, v);
+        CREATE TABLE landing ("id" INTEGER PRIMARY KEY, "{SCRIPT}" INTEGER);
+        CREATE VIEW v_landing AS SELECT * FROM landing;
+        INSERT INTO "{WEIRD.replace('"', '""')}" VALUES ('a', 1), ('b', 2);
+        INSERT INTO landing VALUES (1, 10), (2, 20);
+    """)
+    c.commit()
+    s = sqlite3.connect(sales)
+    s.executescript("CREATE TABLE deals (id INTEGER PRIMARY KEY, amount REAL);"
+                    "INSERT INTO deals VALUES (1, 24125.0), (2, 50000.0), (3, 1.5);")
+    s.commit()
+    return abm, sales, c
+
+
+@pytest.fixture
+def daemon_with_page(tmp_path, make_config, pg_dsn):
+    abm, sales, conn = make_sources(tmp_path)
+    port = free_port()
+    dsn = pg_dsn.replace("postgres@", f"postgres:{PASSWORD}@")  # trust auth: the password is only shown, never used
+    cfg = make_config([{"name": "abm", "path": str(abm), "dsn": dsn}, {"name": "sales", "path": str(sales)}],
+                      metrics_listen=f"127.0.0.1:{port}", extra=verify_section())
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        yield cfg, f"http://127.0.0.1:{port}", abm, sales, conn, d
+        assert d.stop() == 0
+
+
+def fresh_page(url: str, after: float) -> tuple[str, dict, Page]:
+    """The page as measured after `after` (a request finding the cache older than a few
+    seconds makes the daemon measure again)."""
+    def attempt():
+        text, headers = get(url + "/")
+        at = re.search(r'data-measured-at="([^"]+)"', text)
+        if at and dt.datetime.fromisoformat(at.group(1)).timestamp() >= int(after):
+            return text, headers, Page(text)
+        return None
+    return wait_for(attempt, 60, "a page measured after the change", interval=1)
+
+
+async def test_page_serves_html_with_every_name_escaped_and_no_password(daemon_with_page, pg_dsn):
+    cfg, url, abm, sales, conn, d = daemon_with_page
+    await wait_caught_up(abm, pg_dsn, "abm", daemon=d)
+    await wait_caught_up(sales, pg_dsn, "sales", daemon=d)
+    text, headers, p = fresh_page(url, time.time())
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["x-content-type-options"] == "nosniff" and headers["cache-control"] == "no-store"
+    assert text.startswith("<!DOCTYPE html>")
+    # every source and table, exactly as named, and escaped in the markup
+    assert set(p.sources) == {"abm", "sales"}
+    assert set(p.tables) == {f"abm/{WEIRD}", "abm/landing", "sales/deals"}
+    assert "weird &quot;name&quot;; DROP TABLE x;--" in text
+    assert text.count("<script") == 1  # the page's own script, nothing a name smuggled in
+    assert "v_landing" in p.all_text  # a view is named as not migrated
+    assert p.outside_references() == []  # self-contained: nothing is fetched from anywhere
+    csp = next(a["content"] for t, a in p.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
+    assert csp.startswith("default-src 'none'; ") and "'unsafe-inline'" not in csp
+    assert PASSWORD not in text
+    # /status still serves the JSON `syncd status` reads
+    doc = json.loads(get(url + "/status")[0])
+    assert set(doc["sources"]) == {"abm", "sales"} and "pid" in doc
+
+
+async def test_page_figures_equal_syncd_status_and_a_held_table_shows_its_reason(daemon_with_page, pg_dsn):
+    cfg, url, abm, sales, conn, d = daemon_with_page
+    await wait_caught_up(abm, pg_dsn, "abm", daemon=d)
+    await wait_caught_up(sales, pg_dsn, "sales", daemon=d)
+    conn.execute(f'INSERT INTO landing VALUES (3, \'lots of people\')')  # SQLite keeps it; bigint cannot
+    conn.commit()
+    wait_for(lambda: "table held" in d.log(), 30, "the hold", d)
+    run_cli(cfg, "verify")  # a verification on record for the page's history
+    time.sleep(1.5)  # the daemon's live figures settle (it refreshes them every second)
+    asked = time.time()
+    text, _, p = fresh_page(url, asked)
+    status = json.loads(run_cli(cfg, "status", "--json").stdout)
+
+    for src in status["sources"]:
+        shown = p.sources[src["name"]]
+        assert shown["state"] == src["state"]
+        assert shown["pending_changes"] == str(src["pending_changes"])
+        assert shown["last_applied_at"] == (src["last_applied_at"] or "")
+        assert shown["dual_write_since"] == (src["dual_write_since"] or "")
+        assert shown["direction"] == "to_postgres"
+        if src["name"] == "sales":
+            assert float(shown["lag_seconds"]) == src["lag_seconds"] == 0
+        else:  # a held table's change waits: its age grows between the two looks
+            elapsed = time.time() - asked + 1
+            assert abs(float(shown["lag_seconds"]) - src["lag_seconds"]) <= elapsed
+        for t in src["tables"]:
+            assert p.tables[f"{src['name']}/{t['name']}"] == t["state"]
+    assert p.tables["abm/landing"] == "held"
+
+    held = next(t for t in status["sources"][0]["tables"] if t["name"] == "landing")
+    assert held["state"] == "held" and "<script>" in held["reason"] and "lots of people" in held["reason"]
+    assert held["reason"] in p.all_text  # the reason, as `syncd status` gives it
+    assert "&lt;script&gt;" in text
+    assert p.items["halted"] is False and p.items["lag"] is True
+    assert 'id="verdict" data-ready="false"' in text
+    # the page's checklist is the report's
+    report = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+    assert p.items == {i["key"]: i["ok"] for i in report["checklist"]}
+
+
+async def test_unreachable_postgres_is_shown_redacted(tmp_path, make_config, pg_dsn):
+    abm, sales, _ = make_sources(tmp_path)
+    port = free_port()
+    dead = f"postgresql://syncd:{PASSWORD}@127.0.0.1:{free_port()}/x"
+    cfg = make_config([{"name": "sales", "path": str(sales)}, {"name": "abm", "path": str(abm), "dsn": dead}],
+                      metrics_listen=f"127.0.0.1:{port}", extra=verify_section(),
+                      sections={"postgres": {"connect_timeout_seconds": 2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(sales, pg_dsn, "sales", daemon=d)
+        text, _, p = fresh_page(f"http://127.0.0.1:{port}", time.time())
+        assert 'data-ready="unknown"' in text and "syncd:***@127.0.0.1" in text
+        assert p.sources["abm"]["state"] == "postgres_unreachable" and p.sources["sales"]["state"] == "streaming"
+        assert PASSWORD not in text
+        assert d.stop() == 0
+
+
+def overview(direction: str) -> Overview:
+    now = dt.datetime.now(dt.timezone.utc)
+    table = TableFacts("t", "streaming", None, 5, 5, True, "capture triggers installed")
+    facts = MigrationFacts(now, None, [SourceFacts("app", "/x.db", "app", registered=True, lag=Lag(0, "x", 0),
+                                                   tables=[table], direction=direction)], [], 14, 30, 3600, None, 30)
+    st = SourceStatus(name="app", path="/x.db", state="streaming", lag_seconds=0.0, pending_changes=0)
+    return Overview(now, facts, [CheckItem("lag", "Lag", True)], OK, [st], sources=["app"])
+
+
+def test_a_cut_over_source_shows_its_direction():
+    to_pg, to_sqlite = Page(page(overview("to_postgres"), None, live=True)), Page(page(overview("to_sqlite"), None,
+                                                                                       live=True))
+    assert to_pg.sources["app"]["direction"] == "to_postgres" and "SQLite → PostgreSQL" in to_pg.all_text
+    assert to_sqlite.sources["app"]["direction"] == "to_sqlite"
+    assert "PostgreSQL → SQLite (after cutover)" in to_sqlite.all_text
+
+
+def test_charts_draw_the_daemon_history():
+    now = time.time()
+    times = [now - 300 + i * 5 for i in range(61)]
+    hist = HistoryView(3600, 5, times, {"app": SourceSeries([0.5] * 61, [float("nan")] + [12.0] * 60)})
+    text = page(overview("to_postgres"), hist, live=True)
+    lag = re.search(r'<figure data-chart="lag">.*?</figure>', text, re.S).group(0)
+    rate = re.search(r'<figure data-chart="apply-rate">.*?</figure>', text, re.S).group(0)
+    assert 'data-points="61"' in lag and "now 0.5 s" in lag
+    assert 'data-points="60"' in rate and "now 12 changes/s" in rate
+    assert "lag and apply-rate history" not in text
+    assert "No lag or apply-rate history" in page(overview("to_postgres"), None, live=False)
+
+
+# --- in a real browser ----------------------------------------------------------------------
+
+
+def test_browser_harness_reports_javascript_errors(tmp_path):
+    """The check the page test relies on: an exception, a console error and a script the
+    Content-Security-Policy blocks are each reported."""
+    bad = ("data:text/html,<meta http-equiv='Content-Security-Policy' content=\"script-src 'none'\">"
+           "<p>x</p><script>1</script>")
+    with Browser(tmp_path) as b:
+        b.open("data:text/html,<p>x</p><script>console.error('boom'); notDefined();</script>")
+        b.pump(0.5)
+        found = b.errors()
+        assert any("boom" in x for x in found) and any("notDefined" in x for x in found)
+        b.events.clear()
+        b.open(bad)
+        b.pump(0.5)
+        assert any("Content Security Policy" in x for x in b.errors()), b.errors()
+
+
+async def test_page_in_a_real_browser(daemon_with_page, pg_dsn, tmp_path):
+    cfg, url, abm, sales, conn, d = daemon_with_page
+    await wait_caught_up(abm, pg_dsn, "abm", daemon=d)
+    await wait_caught_up(sales, pg_dsn, "sales", daemon=d)
+    conn.execute("INSERT INTO landing VALUES (3, 'lots of people')")
+    conn.commit()
+    wait_for(lambda: "table held" in d.log(), 30, "the hold", d)
+    run_cli(cfg, "verify")
+    with Browser(tmp_path, width=1280, height=1600) as b:
+        b.open(url + "/")
+        dom = b.evaluate("""(() => ({
+            items: [...document.querySelectorAll('#checklist li[data-key]')].map(li => li.dataset.key),
+            verdict: document.getElementById('verdict').textContent,
+            sources: [...document.querySelectorAll('article[data-source]')].map(a => a.dataset.source),
+            tables: [...document.querySelectorAll('tr[data-table]')].map(t => t.dataset.table),
+            charts: document.querySelectorAll('figure[data-chart] svg.chart').length,
+            strips: [...document.querySelectorAll('svg.strip')].map(s => Number(s.dataset.checks)),
+            scripts: document.scripts.length,
+            weird: [...document.querySelectorAll('code')].some(c => c.textContent === %s),
+            held: document.querySelector('tr[data-table="landing"]').textContent,
+        }))()""" % json.dumps(WEIRD))
+        assert dom["items"] == ["migrated", "dual_write", "lag", "halted", "capture", "backup"]
+        assert dom["verdict"].startswith("NOT READY for cutover")
+        assert dom["sources"] == ["abm", "sales"] and set(dom["tables"]) == {WEIRD, "landing", "deals"}
+        assert dom["charts"] == 4 and len(dom["strips"]) == 3 and all(n >= 1 for n in dom["strips"])
+        assert dom["scripts"] == 1 and dom["weird"]
+        assert "held" in dom["held"] and "lots of people" in dom["held"]
+        # it refreshes itself, in place, and the charts fill from the daemon's ring
+        wait_for(lambda: int(b.evaluate("document.documentElement.dataset.refreshes")) >= 1, 40,
+                 "the page's own refresh")
+        points = b.evaluate("[...document.querySelectorAll('svg.chart')].map(s => Number(s.dataset.points))")
+        assert len(points) == 4 and min(points) >= 1
+        assert b.evaluate("document.querySelectorAll('svg.chart polyline, svg.chart circle').length") >= 4
+        shot = b.screenshot(tmp_path / "status-page.png")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+        assert b.errors() == []
+
+
+async def test_a_stuck_measurement_never_stalls_the_page_or_the_daemon(tmp_path, make_config, pg_dsn):
+    """Measuring waits on Postgres (here: a table another session holds locked); the
+    page answers within its wait with the earlier measurement, and replication goes on."""
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    for db in (a, b):
+        c = sqlite3.connect(db)
+        c.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'x');")
+        c.commit()
+        c.close()
+    port = free_port()
+    cfg = make_config([{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}],
+                      metrics_listen=f"127.0.0.1:{port}", extra=verify_section())
+    url = f"http://127.0.0.1:{port}"
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        await wait_caught_up(b, pg_dsn, "b", daemon=d)
+        first = fresh_page(url, time.time())[0]
+        measured = re.search(r'data-measured-at="([^"]+)"', first).group(1)
+        locker = await asyncpg.connect(pg_dsn)
+        try:
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute('LOCK TABLE "a"."t" IN ACCESS EXCLUSIVE MODE')  # count(*) on it now waits
+            time.sleep(6)  # the cached measurement is now stale: the next request asks for a new one
+            started = time.monotonic()
+            text, _ = get(url + "/")
+            assert time.monotonic() - started < 6  # waited its 3 s at most, plus rendering
+            assert f'data-measured-at="{measured}"' in text  # the earlier measurement, with its age
+            started = time.monotonic()
+            get(url + "/status")
+            assert time.monotonic() - started < 2
+            c = sqlite3.connect(b)
+            c.execute("INSERT INTO t VALUES (2, 'streams on')")
+            c.commit()
+            c.close()
+            await wait_caught_up(b, pg_dsn, "b", daemon=d, timeout=30)
+            await tx.rollback()
+        finally:
+            await locker.close()
+        fresh_page(url, time.time())  # measured again once the lock is gone
+        assert d.stop() == 0
