@@ -168,3 +168,22 @@ async def test_carried_defaults_mean_in_postgres_what_they_mean_in_sqlite(tmp_pa
     notes = [line for line in r.stdout.splitlines() if "not carried" in line]
     assert [n.split(":")[0].strip("- ") for n in notes] == sorted(NOT_CARRIED)
     assert "an expression, not one literal" in notes[0] and "does not fit bigint" in notes[1]
+
+
+async def test_a_key_syncd_numbers_as_identity_keeps_no_default(tmp_path, pg_dsn):
+    """Postgres takes no DEFAULT beside an identity column: the identity wins."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE numbered (id INTEGER PRIMARY KEY DEFAULT 5, v TEXT DEFAULT 'x')")
+    conn.commit()
+    conn.close()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
+    r = run_cli(cfg, "init")
+    assert r.returncode == 0, r.stdout + r.stderr
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await pg.fetch("SELECT column_name, is_identity, column_default FROM information_schema.columns "
+                              "WHERE table_schema = 'app' AND table_name = 'numbered' ORDER BY ordinal_position")
+    finally:
+        await pg.close()
+    assert [tuple(r) for r in rows] == [("id", "YES", None), ("v", "NO", "'x'::text")]
