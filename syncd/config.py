@@ -74,6 +74,9 @@ class PostgresSettings(_Strict):
     connect_timeout_seconds: float = Field(10.0, gt=0)
     statement_timeout_seconds: float = Field(60.0, gt=0)
     bookkeeping_schema: str = "syncd"
+    # Connections the daemon opens to each target database, whatever the number of
+    # sources in it: one holds every source's lock, the others serve the sources' steps.
+    max_connections: int = Field(8, ge=2, le=1000)
 
     @field_validator("dsn")
     @classmethod
@@ -131,6 +134,9 @@ class StreamSettings(_Strict):
     snapshot_chunk_rows: int = Field(50_000, ge=100)
     retry_max_backoff_seconds: float = Field(30.0, gt=0)
     held_table_retry_seconds: float = Field(10.0, gt=0)
+    # The daemon's periodic checks of every source together never exceed this rate (a
+    # thousand sources are then each checked every 5 s; file events wake them at once).
+    max_polls_per_second: float = Field(200.0, gt=0)
 
 
 class SqliteSettings(_Strict):
@@ -155,6 +161,7 @@ class StatusSettings(_Strict):
 
 class VerifySettings(_Strict):
     interval_seconds: float = Field(300.0, ge=0)  # 0 disables the daemon's periodic check
+    concurrency: int = Field(2, ge=1, le=64)  # sources checked at once by the daemon
     chunk_rows: int = Field(10_000, ge=16)
     # The periodic check replays the differences it finds through the stream, as
     # `syncd verify --repair` does. On by default: SQLite is the source of truth, a

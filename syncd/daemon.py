@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import signal
 import time
@@ -14,11 +13,13 @@ from syncd import metrics
 from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
+from syncd.fleet import FleetPoller, FleetRechecker, VerifyScheduler
 from syncd.log import loop_exception_handler
 from syncd.page.live import LivePage
 from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.postgres.pool import Targets
 from syncd.postgres.target import UnsupportedTarget
 from syncd.sdnotify import Notifier
 from syncd.sqlite.audit import format_key
@@ -53,6 +54,9 @@ class Daemon:
         self.started_at = time.time()
         self.ready_sent = False
         self.page = LivePage(lambda: self.settings, self.status_now)  # GET /, and the lag/apply-rate ring
+        self.targets = Targets(settings)  # per target database: a bounded pool and the lock holder
+        self.verifier = VerifyScheduler(self)
+        self._outcomes: dict[str, str] = {}  # source -> last consistency outcome logged
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -74,17 +78,18 @@ class Daemon:
             for p in self.pipelines.values():
                 self._launch(p)
             log.info(f"syncd running: {len(self.pipelines)} source(s)", extra={"event": "started"})
-            housekeeping = asyncio.create_task(self._housekeeping())
-            verifier = asyncio.create_task(self._verify_loop())
-            page = asyncio.create_task(self.page.run())
+            loops = [asyncio.create_task(c) for c in (
+                self._housekeeping(), self.verifier.run(), self.page.run(),
+                FleetPoller(self.settings, lambda: self.pipelines).run(),
+                FleetRechecker(self.settings, self.targets, lambda: self.pipelines).run())]
             await self.stop_event.wait()
-            housekeeping.cancel()
-            verifier.cancel()
-            page.cancel()
-            await asyncio.gather(verifier, page, return_exceptions=True)
+            for t in loops:
+                t.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await self._shutdown()
             return 0
         finally:
+            await self.targets.close()
             if self.watcher:
                 self.watcher.stop()
             if self.endpoint:
@@ -121,7 +126,12 @@ class Daemon:
                  extra={"event": "metrics"})
 
     def _make(self, source: SourceSettings) -> Pipeline:
-        p = Pipeline(self.settings, source)
+        p = Pipeline(self.settings, source, self.targets.for_source(source))
+        p.own_poller = False  # FleetPoller polls every source at a bounded rate
+        p.fleet_rechecks = True  # FleetRechecker asks Postgres for every source at once
+        # The rare just-in-case full reconcile, spread so a big fleet does not do a
+        # reconcile every few milliseconds.
+        p.recheck_every = max(self.settings.stream.schema_check_interval_seconds, 0.5 * len(self.settings.sources))
         if self.watcher is not None:
             self.watcher.add(source.path, p.wakeup)
         return p
@@ -130,21 +140,32 @@ class Daemon:
         self.tasks[p.name] = asyncio.create_task(p.run(), name=f"pipeline-{p.name}")
 
     async def _check_locks(self) -> None:
-        """Refuse to start if another syncd runs any of these sources. With Postgres
-        down this cannot be known yet; the pipelines check again when it is back."""
+        """Refuse to start if another syncd runs any of these sources: every source's lock
+        is tried at once per target database. With Postgres down this cannot be known
+        yet; the pipelines check again when it is back."""
+        groups: dict[int, list[Pipeline]] = {}
         for p in self.pipelines.values():
+            groups.setdefault(id(p.session.target), []).append(p)
+        for pipes in groups.values():
+            target = pipes[0].session.target
             try:
-                await p.session.connect_postgres(lock=True)
-                p.pg_ok = True
+                taken = await target.lock_many([p.name for p in pipes])
+                for p in pipes:
+                    if not taken[p.name]:
+                        await target.lock(p.name)  # raises SourceLocked naming the holder
+                await pipes[0].session.connect_postgres(lock=False)  # the target is fit, bookkeeping exists
+                for p in pipes:
+                    p.pg_ok = True
             except (SourceLocked, UnsupportedTarget) as e:
+                await self.targets.close()
                 for q in self.pipelines.values():
                     await q.session.close()
                 raise StartupError(str(e), 1) from None
             except PostgresUnavailable as e:
                 log.warning(f"{e}; starting anyway, capture continues and syncd retries",
-                            extra={"source": p.name, "event": "postgres_unreachable"})
-            except Exception as e:  # noqa: BLE001 - anything else is retried by the pipeline
-                log.warning(f"Postgres not ready: {describe(e)}", extra={"source": p.name})
+                            extra={"event": "postgres_unreachable"})
+            except Exception as e:  # noqa: BLE001 - anything else is retried by the pipelines
+                log.warning(f"Postgres not ready: {describe(e)}")
 
     # --- reload ----------------------------------------------------------------------
 
@@ -199,43 +220,27 @@ class Daemon:
 
     # --- periodic consistency check --------------------------------------------------
 
-    async def _verify_loop(self) -> None:
-        """Compare each streaming source in full every [verify] interval_seconds, one
-        source at a time, and export the results; with [verify] repair, replay the
-        differences found through the stream, as `syncd verify --repair` does (each
-        repair is logged, counted and kept in the history as an error). A source is
-        first checked as soon as it streams and has no backlog, so consistency is known
-        early without slowing a catch-up down."""
-        outcomes: dict[str, str] = {}  # source -> last outcome logged
-        last_run: dict[str, float] = {}
-        deferred: dict[str, float] = {}  # source -> when a due check was first put off
-        while True:
-            interval = self.settings.verify.interval_seconds
-            for name, p in list(self.pipelines.items()):
-                now = time.monotonic()
-                due = interval > 0 and now - last_run.get(name, -math.inf) >= interval
-                if not due or p.health != STREAMING or self.stop_event.is_set():
-                    continue
-                # A source working through a backlog is checked once it has caught up, or
-                # one interval later at the latest: a write load that never lets it catch
-                # up must not switch verification off.
-                if p.max_seq_seen - p.session.applied_seq > self.settings.stream.batch_size:
-                    if now - deferred.setdefault(name, now) < interval:
-                        continue
-                deferred.pop(name, None)
-                last_run[name] = now
+    async def verify_one(self, p: Pipeline) -> None:
+        """One source's periodic full check (VerifyScheduler decides when), on a connection
+        of its target's pool; with [verify] repair, the differences found are replayed
+        through the stream, as `syncd verify --repair` does (each repair is logged,
+        counted and kept in the history as an error)."""
+        name = p.name
+        try:
+            async with p.session.target.connection() as conn:
                 result = await verify_source(self.settings, p.source, record=True,
-                                             repair=self.settings.verify.repair, in_daemon=True)
-                publish_metrics(result)
-                _log_repairs(name, result)
-                outcome = _outcome(result)
-                if outcomes.get(name) != outcome:
-                    outcomes[name] = outcome
-                    level = logging.INFO if outcome == "equal" else logging.WARNING
-                    log.log(level, f"consistency check: {outcome}", extra={"source": name, "event": "verify"})
-                if result.error or any(t.mismatched or t.error or t.repaired for t in result.tables):
-                    metrics.errors_total.labels(name, "verify").inc()
-            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+                                             repair=self.settings.verify.repair, in_daemon=True, connection=conn)
+        except PostgresUnavailable:
+            return  # the pipeline says so; the check runs again next interval
+        publish_metrics(result)
+        _log_repairs(name, result)
+        outcome = _outcome(result)
+        if self._outcomes.get(name) != outcome:
+            self._outcomes[name] = outcome
+            level = logging.INFO if outcome == "equal" else logging.WARNING
+            log.log(level, f"consistency check: {outcome}", extra={"source": name, "event": "verify"})
+        if result.error or any(t.mismatched or t.error or t.repaired for t in result.tables):
+            metrics.errors_total.labels(name, "verify").inc()
 
     # --- housekeeping: health, status, sd_notify ---------------------------------------------
 

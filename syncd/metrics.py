@@ -73,6 +73,13 @@ repaired_rows_total = Counter(
     "Rows the daemon's consistency check found different and replayed through the stream ([verify] repair).",
     ["source", "table"],
 )
+verify_behind_seconds = Gauge(
+    "syncd_verify_behind_seconds",
+    "How far the oldest periodic consistency check is past [verify] interval_seconds; 0 when the fleet keeps up.",
+)
+postgres_connections = Gauge(
+    "syncd_postgres_connections", "Connections the daemon holds open to a target database.", ["target"]
+)
 build_info = Gauge("syncd_build_info", "Always 1; the version label says which syncd runs.", ["version"])
 build_info.labels(version=__version__).set(1)
 
