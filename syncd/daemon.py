@@ -23,6 +23,7 @@ from syncd.postgres.pool import Targets
 from syncd.postgres.target import UnsupportedTarget
 from syncd.sdnotify import Notifier
 from syncd.sqlite.audit import format_key
+from syncd.sqlite.connection import THREADS
 from syncd.verify import publish_metrics, verify_source
 from syncd.verify.result import KIND_TEXT
 from syncd.wakeup import FileWatcher
@@ -69,6 +70,9 @@ class Daemon:
             self.request_stop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         self._start_endpoint()
+        THREADS.resize(self.settings.sqlite.threads)
+        metrics.PER_TABLE = self.settings.metrics.per_table
+        _raise_open_files_limit()
         self.watcher = FileWatcher(loop)
         self.watcher.start()
         try:
@@ -78,8 +82,10 @@ class Daemon:
             for p in self.pipelines.values():
                 self._launch(p)
             log.info(f"syncd running: {len(self.pipelines)} source(s)", extra={"event": "started"})
+            for problem in self.settings.discovery_problems:
+                log.warning(problem, extra={"event": "discovery"})
             loops = [asyncio.create_task(c) for c in (
-                self._housekeeping(), self.verifier.run(), self.page.run(),
+                self._housekeeping(), self.verifier.run(), self.page.run(), self._discover(),
                 FleetPoller(self.settings, lambda: self.pipelines).run(),
                 FleetRechecker(self.settings, self.targets, lambda: self.pipelines).run())]
             await self.stop_event.wait()
@@ -166,6 +172,45 @@ class Daemon:
                             extra={"event": "postgres_unreachable"})
             except Exception as e:  # noqa: BLE001 - anything else is retried by the pipelines
                 log.warning(f"Postgres not ready: {describe(e)}")
+
+    # --- discovery ---------------------------------------------------------------------
+
+    async def _discover(self) -> None:
+        """Files a source's path glob matches now, picked up without a restart; sources
+        whose file is gone (from bookkeeping, after a restart) kept, shown as missing."""
+        from syncd import discovery
+
+        told = set(self.settings.discovery_problems)
+        first = True
+        while True:
+            if not first:
+                await asyncio.sleep(self.settings.stream.discover_interval_seconds)
+            if not self.settings.patterns:
+                return
+            found = discovery.expand(self.settings)
+            for problem in found.discovery_problems:
+                if problem not in told:
+                    told.add(problem)
+                    log.warning(problem, extra={"event": "discovery"})
+            added = [s for s in found.sources if s.name not in self.pipelines]
+            if first:
+                for target in self.targets.all:
+                    try:
+                        async with target.connection() as conn:
+                            added += [s for s in await discovery.remembered(
+                                found, conn, self.settings.postgres.bookkeeping_schema, target.dsn)
+                                      if s.name not in self.pipelines and s not in added]
+                    except Exception:  # noqa: BLE001 - Postgres away: the next start remembers
+                        pass
+            first = False
+            for source in added:
+                self.settings = self.settings.model_copy(update={"sources": [*self.settings.sources, source]})
+                p = self._make(source)
+                self.pipelines[source.name] = p
+                self._launch(p)
+                log.info(f"source found at {source.path}" if source.path.exists() else
+                         f"source's file {source.path} is gone: kept, shown as missing",
+                         extra={"source": source.name, "event": "discovered"})
 
     # --- reload ----------------------------------------------------------------------
 
@@ -328,7 +373,21 @@ class Daemon:
                 "refused": dict(list(s.refused.items())),
                 "skipped": dict(list(s.skipped.items())),
             }
-        return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources}
+        return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources,
+                "verify_behind_seconds": round(self.verifier.behind_seconds, 1)}
+
+
+def _raise_open_files_limit() -> None:
+    """Each source keeps a SQLite file open (three descriptors in WAL mode): a fleet needs
+    more than the usual soft limit of 1024. Raised to the hard limit the service allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def _outcome(result) -> str:

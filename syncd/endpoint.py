@@ -32,9 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from syncd.metrics import registry
+from syncd import metrics
 from syncd.redact import scrub, scrub_obj
 
 log = logging.getLogger("syncd")
@@ -274,7 +274,7 @@ class Endpoint:
             return Response(b"Internal Server Error\n", status=500)
 
     def _metrics(self, req: Request) -> Response:
-        return Response(generate_latest(registry), CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), CONTENT_TYPE_LATEST)
 
     def _status_json(self, req: Request) -> Response:
         body = scrub(json.dumps(scrub_obj(self._status()), default=str))

@@ -69,6 +69,8 @@ class Pipeline:
         self.last_poll = None
         self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_window,
                              settings.sqlite.write_busy_timeout_ms, settings.sqlite.read_busy_timeout_ms)
+        self.pruner.on_done = self.wakeup
+        self.check_postgres = False  # the fleet's recheck could not reach Postgres: see for ourselves
         self.last_stats = 0.0
         self.last_request_check = 0.0
         self.last_full_check = time.monotonic()
@@ -278,6 +280,10 @@ class Pipeline:
         """Anything for this step to do in Postgres? Asked of SQLite alone (one cheap
         read), so that a thousand idle sources cost Postgres nothing."""
         s = self.session
+        self.pruner.maybe(s.applied_seq, s.keep_map())  # SQLite only; its note reaches Postgres next step
+        if self.check_postgres:
+            self.check_postgres = False
+            return True
         if self.needs_reconcile or self.load is not None or self.events or self.pruner.confirmed is not None:
             return True
         if self.recheck_flags is not None or time.monotonic() - self.last_full_check >= self.recheck_every:

@@ -66,7 +66,8 @@ class SourceSession:
         self.worker = SqliteWorker(source.path, source.name, settings.sqlite.read_busy_timeout_ms)
         # The daemon shares one Target (pool and lock holder) between every source of a
         # database; a command running one source alone gets a small one of its own.
-        self.target = target or Target(settings, settings.dsn_for(source), max_connections=3)
+        self.target = target or Target(settings, settings.dsn_for(source), max_connections=3,
+                                       lock_dsn=settings.direct_dsn_for(source))
         self._own_target = target is None
         self.pg: asyncpg.Connection | None = None  # the connection of the step in progress
         self.bk = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)

@@ -95,6 +95,8 @@ def connect_kwargs(password: str | None, settings: PostgresSettings, **server_se
         "tcp_keepalives_count": "3",
         "idle_in_transaction_session_timeout": str(max(statement_ms * 2, 10_000)),
     }
+    if settings.pooler == "transaction":
+        kwargs["statement_cache_size"] = 0  # a named statement would not survive the pooler's switching
     return {"timeout": settings.connect_timeout_seconds, "command_timeout": settings.statement_timeout_seconds,
             "server_settings": {**defaults, **server_settings}, **kwargs}
 

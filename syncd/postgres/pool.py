@@ -33,9 +33,10 @@ RELEASE_SECONDS = 5.0
 class Target:
     """One target database: its pool and its lock holder."""
 
-    def __init__(self, settings: Settings, dsn: str, max_connections: int):
+    def __init__(self, settings: Settings, dsn: str, max_connections: int, lock_dsn: str | None = None):
         self.settings = settings
         self.dsn = dsn
+        self.lock_dsn = lock_dsn or dsn  # session-level locks need a direct connection (past a pooler)
         self.size = max(1, max_connections - 1)  # one more holds the locks
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
@@ -148,7 +149,7 @@ class Target:
         if self._holder is not None and not self._holder.is_closed():
             return
         self._locked.clear()  # a new session holds nothing
-        self._holder = await connect(self.dsn, self.settings.password(), self.settings.postgres)
+        self._holder = await connect(self.lock_dsn, self.settings.password(), self.settings.postgres)
         self._holder.add_termination_listener(lambda _conn: self._locked.clear())
 
     def _drop_holder(self) -> None:
@@ -180,7 +181,8 @@ class Targets:
         dsn = self.settings.dsn_for(source)
         target = self._by_dsn.get(dsn)
         if target is None:
-            target = self._by_dsn[dsn] = Target(self.settings, dsn, self.settings.postgres.max_connections)
+            target = self._by_dsn[dsn] = Target(self.settings, dsn, self.settings.postgres.max_connections,
+                                                self.settings.direct_dsn_for(source))
         return target
 
     @property
