@@ -33,7 +33,7 @@ def main(args) -> int:
     rc = 0
     for source in common.selected_sources(settings, args.source):
         if not source.path.exists():
-            print(f"-- source {source.name}: ERROR SQLite file {source.path} does not exist\n")
+            common.say(f"-- source {source.name}: ERROR SQLite file {source.path} does not exist", "")
             rc = 1
             continue
         conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, isolation_level=None)
@@ -43,13 +43,13 @@ def main(args) -> int:
             options = Options.from_settings(settings)
             objects, verdicts = read_sqlite(conn, schema.tables, views, options, audit_types=True)
         except sqlite3.DatabaseError as e:
-            print(f"-- source {source.name}: ERROR cannot read {source.path}: {e}\n")
+            common.say(f"-- source {source.name}: ERROR cannot read {source.path}: {e}", "")
             rc = 1
             continue
         finally:
             conn.close()
         plan = plan_source(source.schema, schema.tables, objects, options, verdicts)
-        print(f"-- source {source.name}: {source.path}")
+        common.say(f"-- source {source.name}: {source.path}")
         print(f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(source.schema)};\n")
         for spec in schema.tables.values():
             print(ddl.describe_ddl(source.schema, spec))
@@ -58,9 +58,9 @@ def main(args) -> int:
         if lines:
             print("\n".join(lines) + "\n")
         for name, refusal in schema.refused.items():
-            print(f"-- refused {name!r}: {refusal.reason}")
+            common.say(f"-- refused {name!r}: {refusal.reason}")
         for name, why in schema.skipped.items():
             if name not in views:  # views are in the plan above
-                print(f"-- skipped {name!r}: {why}")
+                common.say(f"-- skipped {name!r}: {why}")
         print()
     return rc
