@@ -30,6 +30,7 @@ from syncd.parity.objects import SourceObjects, read_objects
 from syncd.parity.plan import (CUTOVER, DUAL_WRITE, ICU_LOCALE, MARK, NOCASE_COLLATION, Item, Options, SourcePlan,
                                plan_source)
 from syncd.postgres.connect import describe
+from syncd.postgres.ddl import run_ddl
 from syncd.types import PgType, translate_default
 
 log = logging.getLogger("syncd")
@@ -42,8 +43,7 @@ _failed: dict[tuple[str, str, str], float] = {}  # (source, name, marker) -> mon
 
 async def run(conn: asyncpg.Connection, sql: str) -> None:
     """One statement through the extended protocol: a second one in `sql` is refused."""
-    stmt = await conn.prepare(sql)
-    await stmt.fetch()
+    await run_ddl(conn, sql)
 
 
 # --- what Postgres holds ---------------------------------------------------------------
