@@ -122,4 +122,6 @@ def test_config_example_names_the_demo_world(demo, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert 'CREATE TABLE IF NOT EXISTS "epic16_abm_campaigns"."weird ""name""; DROP TABLE x;--"' in out.stdout
     assert '"<script>" text' in out.stdout
-    assert "-- skipped 'articles_fts'" in out.stdout and "-- skipped 'kpi_monthly'" in out.stdout
+    assert "-- skipped 'articles_fts'" in out.stdout
+    # a view summing reals is not carried (a floating-point sum's rounding depends on its order)
+    assert '-- NOT CARRIED: view "kpi_monthly": not translated exactly: sum() of anything but integers' in out.stdout
