@@ -31,7 +31,7 @@ from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load
 from syncd.sqlite import disk_guard, freeze, reader
 from syncd.sqlite.capture import LockTimeout
 from syncd.sqlite.connection import SourceFileError
-from syncd.stream import apply, read_and_convert
+from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
 
 STATS_EVERY_SECONDS = 5.0
 
@@ -63,6 +63,7 @@ class Pipeline:
         self.needs_reconcile = True
         self.file_changed = False
         self.load: TableLoad | None = None
+        self.ahead = ReadAhead()  # the next stream batch, read while this one applies
         self.max_seq_seen = 0
         self.last_poll = None
         self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_window,
@@ -129,6 +130,7 @@ class Pipeline:
         finally:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
+            await self.ahead.drop()
             await self._close_load()
             await self.pruner.stop()
             self.pruner.shutdown()
@@ -159,6 +161,7 @@ class Pipeline:
     def _before_retry(self, retry_state) -> None:
         exc = retry_state.outcome.exception()
         s = self.session
+        self.ahead.discard()  # read before the failure: read again once it is over
         metrics.retries_total.labels(self.name).inc()
         if isinstance(exc, SourceLocked):
             self._enter(LOCKED, str(exc), kind="lock", level="error")
@@ -225,6 +228,7 @@ class Pipeline:
         s = self.session
         if self.file_changed:
             self.file_changed = False
+            await self.ahead.drop()
             await self._close_load()
             await self.pruner.stop()
             await s.worker.close()
@@ -256,6 +260,7 @@ class Pipeline:
             self.needs_reconcile = True
         self.pg_ok = True
         if self.needs_reconcile:
+            await self.ahead.drop()
             await self._close_load()
             await self.pruner.stop()  # it must not work from a checkpoint reconcile may reset
             await reconcile(s)
@@ -464,16 +469,29 @@ class Pipeline:
     async def _stream_step(self) -> bool:
         s = self.session
         read_at = time.time()
-        batch, converted, misfits = await s.worker.run(
-            read_and_convert, s.applied_seq, self.settings.stream.batch_size, s.streaming_specs(), s.by_tid(),
-            None, s.schema_version,
-        )
+        streaming, by_tid = s.streaming_specs(), s.by_tid()
+        limit = batch_limit(self.max_seq_seen - s.applied_seq, self.settings.stream.batch_size)
+        got = await self.ahead.take(ReadAhead.key_for(s.applied_seq, by_tid, streaming, s.schema_version))
+        if got is None:
+            got = await s.worker.run(read_and_convert, s.applied_seq, limit, streaming, by_tid, None,
+                                     s.schema_version)
+        batch, converted, misfits = got
         if batch.schema_changed:
             self.needs_reconcile = True
             return True
         if batch.empty:
             return False
         self.lag.observe(batch.last_seq, read_at)
+        if batch.max_seq > self.max_seq_seen:
+            self.max_seq_seen = batch.max_seq
+            self.lag.observe(batch.max_seq, read_at)
+        if batch.max_seq > batch.last_seq:
+            # More is queued: read the next batch on the SQLite thread while this one
+            # is applied. It is used only if this apply leaves the tables as they are.
+            limit = batch_limit(batch.max_seq - batch.last_seq, self.settings.stream.batch_size)
+            self.ahead.start(s.worker.run(read_and_convert, batch.last_seq, limit, streaming, by_tid, None,
+                                          s.schema_version),
+                             ReadAhead.key_for(batch.last_seq, by_tid, streaming, s.schema_version))
         first_seen = self.lag.first_seen(batch.after_seq + 1) or read_at
         held = await apply(s, batch, converted, misfits)
         now = time.time()
@@ -505,6 +523,7 @@ class Pipeline:
         enough, suspend capture for this source (see sqlite/disk_guard.py)."""
         s = self.session
         busy = self.settings.sqlite.write_busy_timeout_ms
+        self.ahead.discard()  # it may hold entries the compaction removes
         dropped = await s.worker.run(disk_guard.compact, s.applied_seq, busy)
         after = await s.worker.run(reader.changelog_bytes)
         metrics.changelog_bytes.labels(self.name).set(after)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class ChangeBatch:
     skipped: Counter = field(default_factory=Counter)  # tid -> entries left queued (table not streaming)
     schema_changed: bool = False  # the file's schema moved since syncd last looked: reconcile first
     fingerprint: str = ""  # of every entry in (after_seq, last_seq]: see fingerprint()
+    max_seq: int = 0  # the changelog's newest entry when the batch was read: what is still queued
 
     @property
     def empty(self) -> bool:
@@ -52,14 +54,16 @@ class ChangeBatch:
 
 
 def _join_sql(spec: TableSpec) -> str:
-    """Per distinct key in the range: the key, its first op, flags, the current row.
+    """Per changelog entry of one table in the range, in seq order: the key, the op,
+    flags, the current row. Repeated keys are coalesced in Python (_collect): a
+    GROUP BY here sorts every entry through a temporary b-tree, which cost SQLite
+    twice the join itself (bench/change_drain.py prints both plans).
 
     Flags are worked out in SQL so the common case costs Python nothing: `nullkey`
     (a NULL in the key), `present` (the row exists), `exact` (the row found has
     exactly the recorded key: a non-BINARY collation or an affinity can match
     another stored key)."""
     nkey = len(spec.key)
-    slots = ", ".join(slot(i) for i in range(nkey))
     c_slots = ", ".join(f"c.{slot(i)}" for i in range(nkey))
     ref = spec.sqlite_ref
     on = " AND ".join(f"t.{ref(k)} = c.{slot(i)}" for i, k in enumerate(spec.key))
@@ -70,15 +74,34 @@ def _join_sql(spec: TableSpec) -> str:
     )
     cols = ", ".join(f"t.{ref(c)}" for c in spec.column_names)
     first_key = ref(spec.key[0])
-    # typeof: integer 1 and real 1.0 are one group to SQLite but two keys to Postgres.
-    groups = ", ".join(f"{slot(i)}, typeof({slot(i)})" for i in range(nkey))
-    # `op` is a bare column next to min(seq): SQLite takes it from the first change.
     return (
         f"SELECT {c_slots}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {cols} "
-        f"FROM (SELECT {slots}, op, min(seq) FROM main.{CL} "
-        f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {groups}) AS c "
-        f"LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on}"
+        f"FROM main.{CL} AS c LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on} "
+        f"WHERE c.seq > ? AND c.seq <= ? AND c.tid = ? ORDER BY c.seq"
     )
+
+
+def _distinct_keys(rows: list[tuple], nkey: int) -> list[tuple]:
+    """The first entry of each distinct recorded key, in seq order. Keys are told
+    apart by storage class too: integer 1 and real 1.0 are one value to Python and
+    to SQLite's `=`, but two keys to Postgres."""
+    seen: set = set()
+    out = []
+    add = seen.add
+    if nkey == 1:
+        for r in rows:
+            k = r[0]
+            ident = (type(k), k)
+            if ident not in seen:
+                add(ident)
+                out.append(r)
+        return out
+    for r in rows:
+        ident = tuple((type(v), v) for v in r[:nkey])
+        if ident not in seen:
+            add(ident)
+            out.append(r)
+    return out
 
 
 def _collect(changes: TableChanges, rows: list[tuple]) -> None:
@@ -89,7 +112,7 @@ def _collect(changes: TableChanges, rows: list[tuple]) -> None:
     upserts, deletes = changes.upserts, changes.deletes
     inserted = updated = deleted = 0
     merged: set[tuple] | None = None  # rows reached through a non-exact match, to upsert once
-    for r in rows:
+    for r in _distinct_keys(rows, nkey):
         if r[nkey + 1]:
             changes.null_keys += 1
             continue
@@ -129,21 +152,25 @@ def _collect(changes: TableChanges, rows: list[tuple]) -> None:
     changes.ops.update(insert=inserted, update=updated, delete=deleted)
 
 
+_TRAILING_NULLS = re.compile(r"(?:, None)+\)\n")
+
+
 def fingerprint(entries: list[tuple]) -> str:
     """A digest of changelog entries (seq, tid, op, key...) exactly as stored.
 
     Postgres keeps one per applied batch; a file whose entries in an applied range
     differ (restored from a backup, then written to) is told apart from the one
     Postgres followed. Trailing NULL key slots are dropped so a changelog that gained
-    a slot since still digests the same."""
-    h = hashlib.blake2b(digest_size=16)
-    for e in entries:
-        e = tuple(e)
-        while len(e) > 3 and e[-1] is None:
-            e = e[:-1]
-        h.update(repr(e).encode("utf-8", "surrogateescape"))
-        h.update(b"\n")
-    return h.hexdigest()
+    a slot since still digests the same.
+
+    The digest is of each entry's repr() and a newline. It is built as one text:
+    repr() escapes every newline inside a value, so ", None)" right before a newline
+    can only be a trailing NULL slot (seq, tid and op are never NULL)."""
+    if not entries:
+        return hashlib.blake2b(digest_size=16).hexdigest()
+    text = "\n".join(map(repr, map(tuple, entries))) + "\n"
+    text = _TRAILING_NULLS.sub(")\n", text)
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
 def fingerprint_range(conn: sqlite3.Connection, after_seq: int, last_seq: int) -> str | None:
@@ -200,7 +227,7 @@ def read_changes(
         if not entries:
             return ChangeBatch(after_seq=after_seq, last_seq=after_seq)
         batch = ChangeBatch(after_seq=after_seq, last_seq=entries[-1][0], entries=len(entries),
-                            fingerprint=fingerprint(entries))
+                            fingerprint=fingerprint(entries), max_seq=max_seq(conn))
         per_tid = Counter(e[1] for e in entries)
         for tid in sorted(per_tid):
             spec = streaming.get(tid)
