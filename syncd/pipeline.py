@@ -470,7 +470,7 @@ class Pipeline:
         s = self.session
         read_at = time.time()
         streaming, by_tid = s.streaming_specs(), s.by_tid()
-        limit = batch_limit(self.max_seq_seen - s.applied_seq, self.settings.stream.batch_size)
+        limit = batch_limit(self.max_seq_seen - s.applied_seq, self.settings.stream.batch_size, s.journal_mode)
         got = await self.ahead.take(ReadAhead.key_for(s.applied_seq, by_tid, streaming, s.schema_version))
         if got is None:
             got = await s.worker.run(read_and_convert, s.applied_seq, limit, streaming, by_tid, None,
@@ -485,12 +485,13 @@ class Pipeline:
         if batch.max_seq > self.max_seq_seen:
             self.max_seq_seen = batch.max_seq
             self.lag.observe(batch.max_seq, read_at)
-        if batch.max_seq > batch.last_seq:
+        if batch.max_seq > batch.last_seq and s.journal_mode == "wal":
             # More is queued: read the next batch on the SQLite thread while this one
             # is applied. It is used only if this apply leaves the tables as they are.
-            limit = batch_limit(batch.max_seq - batch.last_seq, self.settings.stream.batch_size)
-            self.ahead.start(s.worker.run(read_and_convert, batch.last_seq, limit, streaming, by_tid, None,
-                                          s.schema_version),
+            # Only in WAL mode: in rollback-journal mode a read holds back the
+            # application's commits, so syncd reads only between applies there.
+            limit = batch_limit(batch.max_seq - batch.last_seq, self.settings.stream.batch_size, s.journal_mode)
+            self.ahead.start(self._read_ahead(batch.last_seq, limit, streaming, by_tid),
                              ReadAhead.key_for(batch.last_seq, by_tid, streaming, s.schema_version))
         first_seen = self.lag.first_seen(batch.after_seq + 1) or read_at
         held = await apply(s, batch, converted, misfits)
@@ -502,6 +503,14 @@ class Pipeline:
         for tid in held:
             self._held_logged(by_tid[tid])
         return True
+
+    async def _read_ahead(self, after: int, limit: int, streaming: dict, by_tid: dict):
+        s = self.session
+        got = await s.worker.run(read_and_convert, after, limit, streaming, by_tid, None, s.schema_version)
+        if not got[0].empty:
+            s.debug(f"batch read ahead: changelog entries {after + 1}..{got[0].last_seq}, "
+                    f"while the batch up to {after} is applied", event="batch_read_ahead")
+        return got
 
     async def _maybe_stats(self) -> None:
         """The changelog's size, from the poll loop: it must keep moving while Postgres

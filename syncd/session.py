@@ -76,6 +76,9 @@ class SourceSession:
 
     # --- logging -------------------------------------------------------------------
 
+    def debug(self, msg: str, table: str | None = None, event: str | None = None) -> None:
+        log.debug(msg, extra=ctx(self.name, table, event))
+
     def info(self, msg: str, table: str | None = None, event: str | None = None) -> None:
         log.info(msg, extra=ctx(self.name, table, event))
 

@@ -35,11 +35,13 @@ class Converted:
 LARGE_BATCH_FACTOR = 4  # a backlog is read in batches this many times [stream] batch_size
 
 
-def batch_limit(backlog: int, batch_size: int) -> int:
-    """Changelog entries to read next. A backlog larger than one batch is read in
-    larger ones, so the fixed costs of a batch (bookkeeping, stage merge, round trips)
-    are paid less often; bounded, because two batches may be in memory at once."""
-    if backlog <= batch_size:
+def batch_limit(backlog: int, batch_size: int, journal_mode: str = "wal") -> int:
+    """Changelog entries to read next. In WAL mode a backlog larger than one batch is
+    read in larger ones, so the fixed costs of a batch (bookkeeping, stage merge,
+    round trips) are paid less often; bounded, because two batches may be in memory
+    at once. In rollback-journal mode a read transaction holds back the application's
+    commits, so it stays as short as [stream] batch_size makes it."""
+    if backlog <= batch_size or journal_mode != "wal":
         return batch_size
     return min(backlog, LARGE_BATCH_FACTOR * batch_size)
 

@@ -372,6 +372,12 @@ def read_snapshot_chunk(
     if rid is not None:
         where = f"WHERE {rid} > ?" if after is not None else ""
         params: list[Any] = [after[0]] if after is not None else []
+        if spec.rowid_alias or spec.rowid_keyed:
+            # The key is the rowid (an INTEGER PRIMARY KEY, or syncd's rowid column of a
+            # keyless table): the last row's key is the position, no copy of each row.
+            sql = f"SELECT {cols} FROM {table} {where} ORDER BY {rid} LIMIT ?"
+            rows = fetchall_text_safe(conn, sql, (*params, limit))
+            return (rows, (rows[-1][spec.key_indexes[0]],)) if rows else ([], after)
         sql = f"SELECT {rid}, {cols} FROM {table} {where} ORDER BY {rid} LIMIT ?"
         rows = fetchall_text_safe(conn, sql, (*params, limit))
         if not rows:
