@@ -13,6 +13,7 @@ import re
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from syncd.identifiers import quote_ident
@@ -97,7 +98,8 @@ def _distinct_keys(rows: list[tuple], nkey: int) -> list[tuple]:
                 out.append(r)
         return out
     for r in rows:
-        ident = tuple((type(v), v) for v in r[:nkey])
+        k = r[:nkey]
+        ident = (k, tuple(map(type, k)))
         if ident not in seen:
             add(ident)
             out.append(r)
@@ -228,7 +230,7 @@ def read_changes(
             return ChangeBatch(after_seq=after_seq, last_seq=after_seq)
         batch = ChangeBatch(after_seq=after_seq, last_seq=entries[-1][0], entries=len(entries),
                             fingerprint=fingerprint(entries), max_seq=max_seq(conn))
-        per_tid = Counter(e[1] for e in entries)
+        per_tid = Counter(map(itemgetter(1), entries))
         for tid in sorted(per_tid):
             spec = streaming.get(tid)
             if spec is None:
