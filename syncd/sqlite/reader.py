@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -75,31 +74,26 @@ def _join_sql(spec: TableSpec) -> str:
     )
     cols = ", ".join(f"t.{ref(c)}" for c in spec.column_names)
     first_key = ref(spec.key[0])
+    # 1 and 1.0 are one value to Python and to SQLite's `=`, but two keys to Postgres:
+    # which slots hold a real makes (key..., mask) tell them apart (_distinct_keys).
+    reals = " + ".join(f"{1 << i} * (typeof(c.{slot(i)}) = 'real')" for i in range(nkey))
     return (
-        f"SELECT {c_slots}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {cols} "
+        f"SELECT {c_slots}, {reals}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {cols} "
         f"FROM main.{CL} AS c LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on} "
         f"WHERE c.seq > ? AND c.seq <= ? AND c.tid = ? ORDER BY c.seq"
     )
 
 
 def _distinct_keys(rows: list[tuple], nkey: int) -> list[tuple]:
-    """The first entry of each distinct recorded key, in seq order. Keys are told
-    apart by storage class too: integer 1 and real 1.0 are one value to Python and
-    to SQLite's `=`, but two keys to Postgres."""
+    """The first entry of each distinct recorded key, in seq order. A row starts with
+    the key and the mask of its slots holding a real (see _join_sql): integer 1 and
+    real 1.0 are equal in Python, but two keys to Postgres."""
     seen: set = set()
-    out = []
     add = seen.add
-    if nkey == 1:
-        for r in rows:
-            k = r[0]
-            ident = (type(k), k)
-            if ident not in seen:
-                add(ident)
-                out.append(r)
-        return out
+    out = []
+    width = nkey + 1
     for r in rows:
-        k = r[:nkey]
-        ident = (k, tuple(map(type, k)))
+        ident = r[:width]
         if ident not in seen:
             add(ident)
             out.append(r)
@@ -109,17 +103,17 @@ def _distinct_keys(rows: list[tuple], nkey: int) -> list[tuple]:
 def _collect(changes: TableChanges, rows: list[tuple]) -> None:
     spec = changes.spec
     nkey = len(spec.key)
-    first = nkey + 4  # where the row's columns start
+    first = nkey + 5  # where the row's columns start: key, mask, op, nullkey, present, exact
     key_idx = spec.key_indexes
     upserts, deletes = changes.upserts, changes.deletes
     inserted = updated = deleted = 0
     merged: set[tuple] | None = None  # rows reached through a non-exact match, to upsert once
     for r in _distinct_keys(rows, nkey):
-        if r[nkey + 1]:
+        if r[nkey + 2]:
             changes.null_keys += 1
             continue
-        if r[nkey + 2]:
-            if r[nkey + 3]:
+        if r[nkey + 3]:
+            if r[nkey + 4]:
                 upserts.append(r[first:])
             else:
                 # A non-BINARY collation (or affinity) matched a different stored key:
@@ -133,7 +127,7 @@ def _collect(changes: TableChanges, rows: list[tuple]) -> None:
                     continue
                 merged.add(found)
                 upserts.append(row)
-            if r[nkey] == OP_INSERT:
+            if r[nkey + 1] == OP_INSERT:
                 inserted += 1
             else:
                 updated += 1
@@ -154,9 +148,6 @@ def _collect(changes: TableChanges, rows: list[tuple]) -> None:
     changes.ops.update(insert=inserted, update=updated, delete=deleted)
 
 
-_TRAILING_NULLS = re.compile(r"(?:, None)+\)\n")
-
-
 def fingerprint(entries: list[tuple]) -> str:
     """A digest of changelog entries (seq, tid, op, key...) exactly as stored.
 
@@ -171,7 +162,8 @@ def fingerprint(entries: list[tuple]) -> str:
     if not entries:
         return hashlib.blake2b(digest_size=16).hexdigest()
     text = "\n".join(map(repr, map(tuple, entries))) + "\n"
-    text = _TRAILING_NULLS.sub(")\n", text)
+    while ", None)\n" in text:  # one trailing NULL slot fewer per pass, in every entry at once
+        text = text.replace(", None)\n", ")\n")
     return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
