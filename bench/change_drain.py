@@ -64,6 +64,7 @@ class Case:
     change: Callable[[sqlite3.Connection, int], int]  # runs the transaction (round r); returns rows changed
     changed_rows_sql: str  # SELECT of the changed rows' current values, for the \copy anchor
     target: str | None = RATIO_TARGET
+    key: tuple[str, ...] = ("id",)  # the Postgres key, for the merge anchor
 
 
 def fill_metrics(conn: sqlite3.Connection, n: int) -> None:
