@@ -119,8 +119,8 @@ class StreamSettings(_Strict):
     retry_max_backoff_seconds: float = Field(30.0, gt=0)
     held_table_retry_seconds: float = Field(10.0, gt=0)
     # The daemon's periodic checks of every source together never exceed this rate (a
-    # thousand sources are then each checked every 5 s; file events wake them at once).
-    max_polls_per_second: float = Field(200.0, gt=0)
+    # thousand sources are then each checked every 10 s; file events wake them at once).
+    max_polls_per_second: float = Field(100.0, gt=0)
     # How often the daemon looks for new files a source's path glob matches.
     discover_interval_seconds: float = Field(10.0, gt=0)
 
@@ -135,6 +135,9 @@ class SqliteSettings(_Strict):
     prune_window: int = Field(20_000, ge=1)
     # Threads every source's SQLite work runs on, however many sources there are.
     threads: int = Field(4, ge=1, le=256)
+    # A source with nothing to do for this long closes its SQLite connection until a
+    # change shows in the file's size or time (a fleet of idle files then costs little).
+    idle_close_seconds: float = Field(10.0, gt=0)
     # The most disk a source's changelog may take while Postgres is away. Over it, syncd
     # keeps one entry per key; still over, it suspends capture for that source (the
     # application's writes come first) and re-snapshots when Postgres is back.

@@ -317,13 +317,14 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
     return worst
 
 
-async def gather(settings: Settings, sources: list[SourceSettings]) -> tuple[int, list[SourceStatus]]:
+async def gather(settings: Settings, sources: list[SourceSettings], with_live: bool = False):
+    """(verdict, statuses), and with `with_live` the daemon's /status document too."""
     live = await asyncio.to_thread(endpoint_status, settings)
     statuses = await gather_statuses(settings, sources, live)
     verdict = OK
     for st in statuses:
         verdict = worse(verdict, evaluate(st, settings.status))
-    return verdict, list(statuses)
+    return (verdict, list(statuses), live) if with_live else (verdict, list(statuses))
 
 
 async def gather_statuses(settings: Settings, sources: list[SourceSettings], live: dict | None) -> list[SourceStatus]:

@@ -41,16 +41,22 @@ def main(args) -> int:
         else:
             print(f"UNKNOWN: {e}")
         return UNKNOWN
-    verdict, statuses = asyncio.run(gather(settings, sources))
-    if settings.discovery_problems:
-        verdict = worse(verdict, WARNING)  # a file a glob matches but syncd cannot pick up
+    verdict, statuses, live = asyncio.run(gather(settings, sources, with_live=True))
+    notes = list(settings.discovery_problems)
+    behind = (live or {}).get("verify_behind_seconds") or 0
+    if behind > 0:
+        notes.append(f"the daemon's consistency checks are {behind:.0f} s behind [verify] interval_seconds "
+                     f"({settings.verify.interval_seconds:g} s): raise [verify] concurrency or the interval")
+    if notes:
+        verdict = worse(verdict, WARNING)  # a file a glob matches but syncd cannot pick up, checks behind
     if args.json:
         doc = as_json(verdict, statuses)
         doc["not_picked_up"] = list(settings.discovery_problems)
+        doc["verify_behind_seconds"] = behind
         print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
         print(render(verdict, statuses, every=args.all or len(statuses) <= LIST_ALL_UP_TO,
-                     not_picked_up=settings.discovery_problems))
+                     not_picked_up=notes))
     return verdict
 
 
@@ -120,7 +126,7 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
                 pct = 100 * (t.snapshot_rows or 0) / t.snapshot_total
                 lines.append(f"  {st.name}/{t.name}: snapshot {t.snapshot_rows}/{t.snapshot_total} rows ({pct:.0f}%)")
     problems = [(p.severity, st.name, p.message) for st in statuses for p in st.problems]
-    problems += [("warning", "discovery", text) for text in not_picked_up]
+    problems += [("warning", "fleet", text) for text in not_picked_up]
     if problems:
         lines.append("")
         for sev, name, msg in problems:
