@@ -572,11 +572,12 @@ class Pipeline:
         s = self.session
         read_at = time.time()
         streaming, by_tid = s.streaming_specs(), s.by_tid()
-        limit = batch_limit(self.max_seq_seen - s.applied_seq, self.settings.stream.batch_size, s.journal_mode)
         got = await self.ahead.take(ReadAhead.key_for(s.applied_seq, by_tid, streaming, s.schema_version))
         if got is None:
-            got = await s.worker.run(read_and_convert, s.applied_seq, limit, streaming, by_tid, None,
-                                     s.schema_version)
+            # Nothing read ahead: a batch of the configured size gets Postgres busy soonest;
+            # the larger ones follow, each read while the one before it applies.
+            got = await s.worker.run(read_and_convert, s.applied_seq, self.settings.stream.batch_size, streaming,
+                                     by_tid, None, s.schema_version)
         batch, converted, misfits = got
         if batch.schema_changed:
             self.needs_reconcile = True
