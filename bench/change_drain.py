@@ -280,9 +280,22 @@ async def run_case(case: Case, rounds: int, tmp: Path, problems: list[str]) -> d
                       f"({got['syncd'][-1]:,.0f}/s); \\copy {took['copy']:.2f} s ({got['copy'][-1]:,.0f} rows/s); "
                       f"{got['ratio'][-1]:.2f}x; Postgres alone merging them {took['merge']:.2f} s", flush=True)
             await pg.close()
+            got["hwm_mb"] = peak_rss_kb(d.proc.pid) / 1024  # type: ignore[assignment]
             check_daemon(d, d.stop(), problems)
     got["plan"] = query_plan(db, case.table)  # type: ignore[assignment]
     return got
+
+
+def peak_rss_kb(pid: int) -> int:
+    """The process's peak RSS so far (VmHWM), its initial load included."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0
 
 
 def rss_kb(pid: int) -> int:
@@ -363,10 +376,10 @@ async def run(args) -> list[Figure]:
         merge_ratio = median([m / c for m, c in zip(got["merge"], got["copy"])])
         rows.append([case.name, f"{median(got['syncd']):,.0f}/s", f"{median(got['copy']):,.0f} rows/s",
                      f"{median(got['ratio']):.2f}x", spread(got["ratio"]), case.target or "(informative)",
-                     f"{median(got['merge']):,.0f} rows/s ({merge_ratio:.2f}x)"])
+                     f"{median(got['merge']):,.0f} rows/s ({merge_ratio:.2f}x)", f"{got['hwm_mb']:.0f} MB"])
     print_table(f"One large transaction, COMMIT to last row visible in Postgres (median of {rounds} rounds)",
                 ["case", "syncd changes/s", "psql \\copy same rows", "ratio", "ratio range", "target",
-                 "Postgres alone: stage + merge (/ \\copy)"], rows)
+                 "Postgres alone: stage + merge (/ \\copy)", "daemon peak RSS"], rows)
     print("  Postgres alone: psql COPYing the same rows into a temporary stage and merging them with INSERT ...\n"
           "  ON CONFLICT DO UPDATE into the table holding their old versions, as syncd applies them: the floor\n"
           "  of the Postgres side, with no SQLite read and no Python.")
