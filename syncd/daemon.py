@@ -128,7 +128,7 @@ class Daemon:
         if addr is None:
             return
         try:
-            self.endpoint = Endpoint(addr[0], addr[1], self.status_now, routes=self.page.routes())
+            self.endpoint = Endpoint.from_settings(self.settings.metrics, self.status_now, routes=self.page.routes())
         except OSError as e:
             raise StartupError(f"metrics.listen: cannot listen on {self.settings.metrics.listen}: {e.strerror}", 1)
         self.endpoint.start()

@@ -31,7 +31,7 @@ from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
 from syncd.sqlite import disk_guard, freeze, reader
-from syncd.sqlite.capture import LockTimeout
+from syncd.sqlite.capture import CaptureStateError, LockTimeout
 from syncd.sqlite.connection import SourceFileError
 from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
 
@@ -205,6 +205,8 @@ class Pipeline:
             self._pg_down(exc)
         elif isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
             pass  # the application holds the file; just try again
+        elif isinstance(exc, CaptureStateError):
+            self._enter(FAILING, str(exc), kind="sqlite", level="error")
         elif isinstance(exc, CheckpointConflict):
             self._enter(FAILING, str(exc), kind="lock", level="error")
             s.drop_postgres()

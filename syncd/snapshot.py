@@ -26,7 +26,7 @@ import time
 
 from syncd import metrics
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres import ddl
+from syncd.postgres import ddl, ownership
 from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.connect import describe, is_data_error, is_shape_error
 from syncd.rows import RowConverter, RowMisfit
@@ -159,13 +159,16 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
     async with conn.transaction():
         pgt = (await ddl.read_tables(conn, target)).get(t.name)
         if pgt is None:
-            await conn.execute(ddl.create_table_sql(target, t.spec))
+            await ddl.run_ddl(conn, ddl.create_table_sql(target, t.spec))
+            await session.bk.record_created(conn, target, t.name)
+        elif not await ownership.owns(conn, session.bk, target, t.name):
+            raise SchemaMoved()  # not syncd's table (any more): reconcile refuses it
         aside = pgt is not None and bool(
             await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {ddl.qualified(target, t.name)})"))
         name = session.bk.aside_table(t.tid)
         await conn.execute(f"DROP TABLE IF EXISTS {ddl.qualified(session.bk.schema, name)}")  # an earlier try's
         if aside:
-            await conn.execute(ddl.create_aside_sql(session.bk.schema, name, t.spec))
+            await ddl.run_ddl(conn, ddl.create_aside_sql(session.bk.schema, name, t.spec))
         else:
             await conn.execute(f"TRUNCATE {ddl.qualified(target, t.name)}")
             if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import sqlite3
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
 from syncd.config import Settings, SourceSettings, StatusSettings
+from syncd.endpoint import fetch_status
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
@@ -114,16 +113,9 @@ def _holding_data(conn: sqlite3.Connection, source: SourceSettings) -> list[str]
 
 
 def endpoint_status(settings: Settings) -> dict | None:
-    """The running daemon's /status document, or None if no endpoint answers."""
-    addr = settings.metrics.address
-    if addr is None:
-        return None
-    host = addr[0] if addr[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    try:
-        with urllib.request.urlopen(f"http://{host}:{addr[1]}/status", timeout=1.5) as r:
-            return json.loads(r.read())
-    except (OSError, ValueError):
-        return None
+    """The running daemon's /status document (asked with the configured credentials),
+    or None if no endpoint answers."""
+    return fetch_status(settings.metrics)
 
 
 @dataclass

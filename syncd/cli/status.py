@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 
 from syncd.cli import common
 from syncd.config import ConfigError
+from syncd.printable import escape_controls
 from syncd.status import UNKNOWN, VERDICTS, WARNING, SourceStatus, as_json, gather, worse
 
 
@@ -37,9 +37,9 @@ def main(args) -> int:
         sources = common.selected_sources(settings, args.source)
     except ConfigError as e:
         if args.json:
-            print(json.dumps({"status": "UNKNOWN", "exit_code": UNKNOWN, "error": str(e), "sources": []}))
+            common.say_json({"status": "UNKNOWN", "exit_code": UNKNOWN, "error": str(e), "sources": []})
         else:
-            print(f"UNKNOWN: {e}")
+            common.say(f"UNKNOWN: {e}")
         return UNKNOWN
     verdict, statuses, live = asyncio.run(gather(settings, sources, with_live=True))
     notes = list(settings.discovery_problems)
@@ -53,10 +53,10 @@ def main(args) -> int:
         doc = as_json(verdict, statuses)
         doc["not_picked_up"] = list(settings.discovery_problems)
         doc["verify_behind_seconds"] = behind
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        common.say_json(doc, indent=2, ensure_ascii=False)
     else:
-        print(render(verdict, statuses, every=args.all or len(statuses) <= LIST_ALL_UP_TO,
-                     not_picked_up=notes))
+        common.say(*render(verdict, statuses, every=args.all or len(statuses) <= LIST_ALL_UP_TO,
+                           not_picked_up=notes).split("\n"))
     return verdict
 
 
@@ -118,19 +118,21 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
         pending = "-" if st.pending_changes is None else str(st.pending_changes)
         rows.append((st.name, st.state.replace("_", " "), lag, pending, _ago(st.last_applied_at), tables,
                      _consistency(st)))
+    rows = [tuple(escape_controls(c) for c in r) for r in rows]  # one table row, one line
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = summary + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     for st in statuses:
         for t in st.tables:
             if t.state == "loading" and t.snapshot_total:
                 pct = 100 * (t.snapshot_rows or 0) / t.snapshot_total
-                lines.append(f"  {st.name}/{t.name}: snapshot {t.snapshot_rows}/{t.snapshot_total} rows ({pct:.0f}%)")
+                lines.append(escape_controls(f"  {st.name}/{t.name}: snapshot {t.snapshot_rows}/{t.snapshot_total} "
+                                             f"rows ({pct:.0f}%)"))
     problems = [(p.severity, st.name, p.message) for st in statuses for p in st.problems]
     problems += [("warning", "fleet", text) for text in not_picked_up]
     if problems:
         lines.append("")
         for sev, name, msg in problems:
-            lines.append(f"{sev.upper()}: {name}: {msg}")
+            lines.append(escape_controls(f"{sev.upper()}: {name}: {msg}"))
     lines.append("")
     lines.append(f"{VERDICTS[verdict]}: {len(statuses)} source(s), {len(problems)} problem(s)")
     return "\n".join(lines)
