@@ -186,9 +186,10 @@ async def _add_replaced(session: SourceSession, converted: dict[int, Converted],
     assert session.pg is not None
     for tid, c in list(converted.items()):
         spec = c.t.spec
-        if not spec.unique_sets or not c.records:
+        sets = spec.unique_sets + tuple(u for u, until in c.t.retired_unique if session.applied_seq < until)
+        if not sets or not c.records:
             continue
-        stale = await collisions.stale_keys(session.pg, session.target_schema, spec, c.records)
+        stale = await collisions.stale_keys(session.pg, session.target_schema, spec, c.records, sets)
         if not stale:
             continue
         rows, gone = await session.worker.run(collisions.read_current, spec, sorted(stale, key=repr))
