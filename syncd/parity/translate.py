@@ -215,6 +215,8 @@ class Translator:
         if n.op == "NOT":
             return Typed(f"(NOT {self._truth(self.expr(n.operand))})", BOOL)
         inner = self.expr(n.operand)
+        if inner.kind == NULL:
+            return inner
         if inner.kind not in (INT, REAL, NULL) and not (n.op == "-" and inner.kind == NUMERIC):
             raise Untranslatable(f"unary {n.op} on {inner.kind}: SQLite converts it to a number first")
         if n.op == "+":
@@ -232,6 +234,9 @@ class Translator:
         left, right = self.expr(n.left), self.expr(n.right)
         if op in ("=", "<>", "<", "<=", ">", ">=", "IS", "ISNOT"):
             return self._compare(op, left, right)
+        if op in ("+", "-", "*", "/", "%", "||", "&", "|") and NULL in (left.kind, right.kind) and \
+                {left.kind, right.kind} <= {NULL, INT, REAL, TEXT}:
+            return Typed("NULL", NULL)  # NULL in, NULL out, in both (a NULL divisor included)
         if op in ("+", "-", "*", "/", "%"):
             return self._arithmetic(op, left, right, n.right)
         if op == "||":
@@ -334,10 +339,15 @@ class Translator:
         x = self.expr(n.operand)
         items = []
         needs_c = False
+        compared = []
         for item in n.items:
             xi, it = self._comparable("IN", x, self.expr(item))
+            if xi.sql != x.sql:  # the left side would have to be spelled two ways at once
+                raise Untranslatable("IN compares its value with items of different types")
             needs_c = needs_c or self._needs_c(xi, it)
             items.append(it.sql)
+            compared.append(it)
+        _common_kind(compared, "IN")  # Postgres types the list as one
         xs = f'{x.sql} COLLATE "C"' if needs_c else x.sql
         return Typed(f"({xs} {'NOT ' if n.negated else ''}IN ({', '.join(items)}))", BOOL)
 
@@ -440,7 +450,11 @@ class Translator:
             raise Untranslatable(f"the function {n.name}() is not one syncd translates")
         if n.star or n.distinct:
             raise Untranslatable(f"{n.name}() takes no * or DISTINCT")
-        return handler(self, [self.expr(a) for a in n.args], n)
+        args = [self.expr(a) for a in n.args]
+        out = handler(self, args, n)
+        if n.name not in _NOT_STRICT and any(a.kind == NULL for a in args):
+            return Typed("NULL", NULL)  # NULL in, NULL out, in both (and Postgres cannot type a bare NULL here)
+        return out
 
     def _aggregate(self, n: ex.Function) -> Typed:
         if not self.aggregates:
@@ -882,6 +896,7 @@ _FUNCTIONS = {
     "typeof": _f_typeof,
 }
 _AGGREGATES = {"count", "sum", "min", "max"}
+_NOT_STRICT = {"coalesce", "ifnull", "nullif", "typeof"}  # the others give NULL for a NULL argument
 
 
 # --- entry points ------------------------------------------------------------------------------
