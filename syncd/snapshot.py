@@ -37,6 +37,8 @@ from syncd.sqlite.connection import SqliteWorker
 
 PROGRESS_EVERY_SECONDS = 5.0
 
+CHUNK_COLUMNS = 8  # a chunk of snapshot_chunk_rows rows is sized for tables this wide
+
 
 class TableLoad:
     """The reading side of one table's load. A table of more than one chunk in a WAL file
@@ -58,10 +60,19 @@ class TableLoad:
         self.prefetch_after: tuple | None = None
         self.schema_version = session.schema_version
 
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per chunk: [stream] snapshot_chunk_rows, fewer for a table wider than
+        CHUNK_COLUMNS columns, so a chunk (and the one read ahead) holds about as many
+        values whatever the width."""
+        configured = self.session.settings.stream.snapshot_chunk_rows
+        width = max(1, len(self.t.spec.columns))
+        return max(min(configured, 100), min(configured, configured * CHUNK_COLUMNS // width))
+
     async def open(self) -> int:
         """Open the read side; returns the changelog position the read starts at."""
         self.total = await self.session.worker.run(reader.count_rows, self.t.name)
-        if self.session.journal_mode == "wal" and self.total > self.session.settings.stream.snapshot_chunk_rows:
+        if self.session.journal_mode == "wal" and self.total > self.chunk_rows:
             self.worker = SqliteWorker(self.session.source.path, f"{self.session.name}-snapshot",
                                        self.session.settings.sqlite.read_busy_timeout_ms)
             self.own_worker = self.single_txn = True
@@ -97,7 +108,7 @@ class TableLoad:
             return None, pos, m
 
     def read_ahead(self, after: tuple | None) -> None:
-        limit = self.session.settings.stream.snapshot_chunk_rows
+        limit = self.chunk_rows
         self.prefetch_after = after
         self.prefetch = asyncio.ensure_future(self.worker.run(self._read, after, limit, self.t.conv))
 
