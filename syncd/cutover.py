@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 import asyncpg
 
+from syncd import parity
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
@@ -140,14 +141,17 @@ async def undo_abandoned(settings: Settings, source: SourceSettings, conn: async
 # --- pre-flight -----------------------------------------------------------------------
 
 
-async def preflight(settings: Settings, source: SourceSettings) -> list[str]:
-    """Every reason the report's checklist gives not to switch this source now."""
+async def preflight(settings: Settings, source: SourceSettings, allow_orphans: bool = False) -> list[str]:
+    """Every reason the report's checklist gives not to switch this source now (orphan
+    rows are no reason with `allow_orphans`: their foreign keys are made NOT VALID)."""
     from syncd.report import evaluate, gather
 
     one = settings.model_copy(update={"sources": [source]})
     facts = await gather(one)
     problems = []
     for item in evaluate(facts):
+        if allow_orphans and item.key == "foreign_keys":
+            continue
         if not item.ok:
             problems += [f"{item.title}: {p}" for p in (item.problems or ["not met"])]
     return problems
@@ -278,7 +282,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         undone = await undo_abandoned(settings, source, conn, worker)
         if undone:
             res.plan.append(undone)
-        problems = await preflight(settings, source)
+        problems = await preflight(settings, source, allow_orphans)
         if problems:
             res.problems = problems
             return res
@@ -290,10 +294,12 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} set to continue after {top}"
                      for name, top in sorted(marks.items())]
         if dry_run:
+            res.plan += await asyncio.to_thread(parity.preview, settings, source, specs)
             res.plan.append(f"expected write downtime: about {_estimate(rows, pending):.1f} s "
-                            "(drain, a full verification, then one Postgres transaction)")
+                            "(drain, a full verification, then one Postgres transaction that also creates "
+                            "the constraints and types listed above)")
             return res
-        await _run(settings, source, conn, worker, b, specs, res)
+        await _run(settings, source, conn, worker, b, specs, res, allow_orphans)
         return res
     except Refused as e:
         res.problems.append(str(e))
@@ -321,7 +327,7 @@ def _estimate(rows: int, pending: int) -> float:
 
 
 async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, worker: SqliteWorker,
-               b: Bookkeeping, specs: dict[str, TableSpec], res: CutoverResult) -> None:
+               b: Bookkeeping, specs: dict[str, TableSpec], res: CutoverResult, allow_orphans: bool) -> None:
     from syncd.verify import verify_source
 
     busy = settings.sqlite.write_busy_timeout_ms
@@ -349,6 +355,17 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         specs = await asyncio.to_thread(_specs, source)
         marks = await worker.run(high_marks, specs)
         async with conn.transaction():
+            # The application's constraints, indexes, views and typed columns first, so
+            # the trial inserts face the database the application will write to.
+            try:
+                parity_done = await parity.finalize(conn, settings, source, specs, allow_orphans)
+            except parity.ParityRefused as e:
+                raise Refused(str(e)) from None
+            res.plan += parity_done.lines()
+            res.plan += [f"foreign key left NOT VALID (orphan rows, --allow-orphans): {fk}"
+                         for fk in parity_done.not_valid]
+            res.plan.append(f"schema parity in {parity_done.seconds:.2f} s")
+            _hold("finalized")
             res.plan += await set_identities(conn, source.schema, specs, marks)
             res.plan += await trial_inserts(conn, source.schema, specs, marks)
             await set_identities(conn, source.schema, specs, marks)  # the trials took a number each

@@ -206,3 +206,49 @@ async def test_a_rerun_undoes_a_killed_cutover_when_no_daemon_runs(tmp_path, mak
     assert r.returncode == 0, r.stdout
     assert "unfroze the SQLite file a cutover left frozen" in r.stdout
     assert writable(db)
+
+
+async def test_cutover_creates_the_schema_and_refuses_orphans_unless_allowed(tmp_path, make_config, pg_dsn):
+    """The dry run lists what the cutover will create in Postgres; rows pointing at a
+    parent that does not exist refuse the cutover (the file stays writable) until
+    --allow-orphans, which makes that foreign key NOT VALID; the rest is created."""
+    db = tmp_path / "app.db"
+    conn = make_app(db)
+    conn.executescript("""
+        CREATE TABLE companies (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+        CREATE TABLE people (id INTEGER PRIMARY KEY, company_id INTEGER REFERENCES companies(id),
+                             email TEXT CHECK (email LIKE '%@%'));
+        CREATE UNIQUE INDEX people_email ON people(email);
+        INSERT INTO companies VALUES (1, 'Acme');
+        INSERT INTO people VALUES (1, 1, 'a@acme.example'), (2, 7, 'b@gone.example');
+    """)  # foreign_keys is off (SQLite's default): company 7 never existed
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 1 and "orphan row(s) (keys 2)" in dry.stdout, dry.stdout
+        dry = run_cli(cfg, "cutover", "--dry-run", "--allow-orphans")
+        assert dry.returncode == 0, dry.stdout
+        assert "schema: will create people: foreign key" in dry.stdout.lower(), dry.stdout
+        assert "schema: will create people: check" in dry.stdout.lower(), dry.stdout
+        refused = run_cli(cfg, "cutover")
+        assert refused.returncode == 1 and "REFUSED" in refused.stdout, refused.stdout
+        assert "orphan" in refused.stdout.lower(), refused.stdout
+        assert writable(db) and await direction(pg_dsn) == "to_postgres"
+        r = run_cli(cfg, "cutover", "--allow-orphans")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "NOT VALID" in r.stdout, r.stdout
+        assert d.stop() == 0
+    assert not writable(db) and await direction(pg_dsn) == "to_sqlite"
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        await pg.execute("INSERT INTO app.people (company_id, email) VALUES (1, 'c@acme.example')")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await pg.execute("INSERT INTO app.people (company_id, email) VALUES (1, 'a@acme.example')")
+        with pytest.raises(asyncpg.ForeignKeyViolationError):  # NOT VALID still checks new rows
+            await pg.execute("INSERT INTO app.people (company_id, email) VALUES (8, 'd@acme.example')")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await pg.execute("INSERT INTO app.people (company_id, email) VALUES (1, 'no at sign')")
+    finally:
+        await pg.close()

@@ -101,8 +101,8 @@ def _on_postgres(conn) -> None:
     assert c3.created_at == dt.datetime(2026, 11, 1, 9, 3, 30, 250000)
     assert c3.first_call is None and isinstance(c3.balance, Decimal) and c3.balance == Decimal("99.99")
     assert c3.active is False
-    c4 = s.scalars(select(Contact).where(Contact.email == "c4@acme.example")).one()
-    assert c4.first_call == dt.date(2026, 11, 6) and c4.active is True
+    c5 = s.scalars(select(Contact).where(Contact.email == "c5@acme.example")).one()
+    assert c5.first_call == dt.date(2026, 11, 7) and c5.active is True
     acme = s.scalars(select(Company).where(Company.name == "Acme").options(selectinload(Company.contacts))).one()
     assert sorted(c.email for c in acme.contacts)[:2] == ["c1@acme.example", "c3@acme.example"]
     assert s.get(Contact, c3.id).company.name == "Acme"  # follows the foreign key
