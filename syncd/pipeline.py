@@ -535,23 +535,25 @@ class Pipeline:
         if now - self.last_request_check < self.settings.stream.held_table_retry_seconds:
             return
         self.last_request_check = now
-        await self._undo_abandoned_freeze()
-        if any(t.state == bk.PAUSED for t in s.tables.values()):
-            self.needs_reconcile = True
-        elif await s.pg.fetchval(
-            f"SELECT 1 FROM {s.bk.s}.tables WHERE source = $1 AND request IS NOT NULL LIMIT 1", s.name
-        ):
-            self.needs_reconcile = True
+        requested, direction, open_switch = await s.pg.fetchrow(
+            f"SELECT EXISTS (SELECT 1 FROM {s.bk.s}.tables WHERE source = $1 AND request IS NOT NULL), "
+            f"(SELECT direction FROM {s.bk.s}.sources WHERE source = $1), "
+            f"EXISTS (SELECT 1 FROM {s.bk.s}.switches WHERE source = $1 AND state IN ('started', 'frozen'))",
+            s.name)
+        await self._undo_abandoned_freeze(open_switch)
+        if any(t.state == bk.PAUSED for t in s.tables.values()) or requested or direction != s.direction:
+            self.needs_reconcile = True  # paused tables, a resync request, a cutover or rollback
         if self.needs_reconcile:
             self.wake.set()
 
-    async def _undo_abandoned_freeze(self) -> None:
+    async def _undo_abandoned_freeze(self, open_switch: bool) -> None:
         """A cutover that froze the file and died leaves it frozen with nobody holding the
-        switch: the application must not stay locked out, so syncd unfreezes it."""
+        switch: the application must not stay locked out, so syncd unfreezes it (and
+        closes the record of one that died before freezing)."""
         from syncd import cutover
 
         s = self.session
-        if s.direction != TO_POSTGRES or not await s.worker.run(freeze.frozen):
+        if s.direction != TO_POSTGRES or not (open_switch or await s.worker.run(freeze.frozen)):
             return
         if not await cutover.take_switch_lock(s.pg, s.name):
             return  # a cutover is running: it holds the file

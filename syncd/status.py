@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from syncd.config import Settings, SourceSettings, StatusSettings
 from syncd.identifiers import quote_ident
+from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe
 from syncd.sqlite import capture, disk_guard, leftout, reader
@@ -73,6 +74,7 @@ class SourceStatus:
     tables: list[TableStatus] = field(default_factory=list)
     not_migrated: list[str] = field(default_factory=list)  # virtual tables holding data syncd cannot carry
     capture_suspended: str | None = None  # "<since> <why>" while capture is off to protect the disk
+    direction: str = TO_POSTGRES  # TO_SQLITE once cut over (model.py)
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -139,6 +141,8 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         if await bk.bookkeeping_exists(conn, b.schema):
             src = await b.load_source(conn)
             if src is not None:
+                st.direction = await conn.fetchval(f"SELECT direction FROM {b.s}.sources WHERE source = $1",
+                                                   source.name) or TO_POSTGRES
                 st.initialized = True
                 applied_seq = src.applied_seq
                 st.last_applied_at = _iso(src.applied_at)
@@ -205,6 +209,8 @@ def _derive_state(st: SourceStatus) -> str:
         return "postgres_unreachable"
     if not st.initialized:
         return "not_initialized"
+    if st.direction == TO_SQLITE:
+        return "cut_over"
     if st.daemon_running is False:
         return "daemon_not_running"
     states = {t.state for t in st.tables}

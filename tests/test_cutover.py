@@ -6,6 +6,7 @@ the file frozen with nobody holding the switch."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sqlite3
@@ -15,7 +16,7 @@ import asyncpg
 import pytest
 
 from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd, wait_for
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.sync import eventually, pg_rows, wait_caught_up
 
 SCHEMA = """
 CREATE TABLE deals (id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT, amount REAL);
@@ -100,8 +101,8 @@ async def test_cutover_switches_and_the_application_moves(tmp_path, make_config,
             await pg.close()
         again = run_cli(cfg, "cutover")
         assert again.returncode == 0 and "already cut over" in again.stdout
-        status = run_cli(cfg, "status", "--json")
-        assert '"state": "cut_over"' in status.stdout
+        wait_for(lambda: '"state": "cut_over"' in run_cli(cfg, "status", "--json").stdout, 30,
+                 "the daemon sees the cutover", d)
         assert d.stop() == 0
     report = run_cli(cfg, "report", "--format", "json")
     assert '"direction": "to_sqlite"' in report.stdout
@@ -164,7 +165,7 @@ async def test_a_cutover_killed_at_any_step_never_leaves_the_file_frozen(tmp_pat
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert run_cli(cfg, "verify").returncode == 0
         proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
-                                env={**__import__("os").environ, "SYNCD_CUTOVER_HOLD_AT": step})
+                                env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": step})
         try:
             assert proc.stdout.readline().strip() == f"holding at {step}"
             if step != "started":
@@ -177,8 +178,10 @@ async def test_a_cutover_killed_at_any_step_never_leaves_the_file_frozen(tmp_pat
         # the daemon sees a frozen file nobody holds and gives it back to the application
         wait_for(lambda: writable(db), 30, "the file unfrozen", d)
         assert await direction(pg_dsn) == "to_postgres"
-        states = await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE source = 'app'")
-        assert states == [("undone",)], states
+        async def closed() -> bool:
+            return await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE source = 'app'") == [("undone",)]
+
+        await eventually(closed, 30, "the killed cutover's record closed", d)
         r = run_cli(cfg, "cutover")  # and a new run goes through
         assert r.returncode == 0, r.stdout + r.stderr
         assert not writable(db)
@@ -194,7 +197,7 @@ async def test_a_rerun_undoes_a_killed_cutover_when_no_daemon_runs(tmp_path, mak
         assert run_cli(cfg, "verify").returncode == 0
         assert d.stop() == 0
     proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
-                            env={**__import__("os").environ, "SYNCD_CUTOVER_HOLD_AT": "verified"})
+                            env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified"})
     assert proc.stdout.readline().strip() == "holding at verified"
     proc.kill()
     proc.wait(10)

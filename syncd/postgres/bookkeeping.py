@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import socket
 import os
@@ -135,9 +136,23 @@ def _ddl(bk: str) -> list[str]:
     ]
 
 
+def _ddl_version(bk: str) -> str:
+    """What the bookkeeping DDL is, as a short digest: any statement added changes it."""
+    return f"{BOOKKEEPING_VERSION}:" + hashlib.sha256("\n".join(_ddl(bk)).encode()).hexdigest()[:16]
+
+
 async def ensure_bookkeeping(conn: asyncpg.Connection, bk: str) -> None:
     """Create (or complete, after an upgrade) syncd's schema. Every statement is
-    idempotent; an advisory lock serializes syncd processes starting together."""
+    idempotent; an advisory lock serializes syncd processes starting together. When
+    the schema is already this version's, nothing runs: its ALTER TABLEs take
+    exclusive locks, which a running daemon's transactions would otherwise deadlock on."""
+    version = _ddl_version(bk)
+    try:
+        have = await conn.fetchval(f"SELECT value FROM {quote_pg_ident(bk)}.meta WHERE key = 'version'")
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+        have = None
+    if have == version:
+        return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS)
         for stmt in _ddl(bk):
@@ -145,7 +160,7 @@ async def ensure_bookkeeping(conn: asyncpg.Connection, bk: str) -> None:
         await conn.execute(
             f"INSERT INTO {quote_pg_ident(bk)}.meta(key, value) VALUES ('version', $1) "
             f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-            str(BOOKKEEPING_VERSION),
+            version,
         )
 
 

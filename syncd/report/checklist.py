@@ -79,9 +79,13 @@ def migrated(f: MigrationFacts) -> CheckItem:
 def dual_write(f: MigrationFacts) -> CheckItem:
     item = CheckItem("dual_write", f"Dual-write running for at least {_days(f.min_days)} with zero consistency "
                                    "errors in that window", True)
-    since = f.generated_at - dt.timedelta(days=f.min_days)
     bad, good = [], []
     for s in f.sources:
+        # The window is the last min_days; with min_days = 0 (no minimum), all of dual-write.
+        if f.min_days > 0 or s.streaming_since is None:
+            since, span = f.generated_at - dt.timedelta(days=f.min_days), f"the last {_days(f.min_days)}"
+        else:
+            since, span = s.streaming_since, "dual-write so far"
         days = s.dual_write_days(f.generated_at)
         if days is None:
             bad.append(f"{s.name}: dual-write has not started (not every table has streamed yet)")
@@ -105,10 +109,9 @@ def dual_write(f: MigrationFacts) -> CheckItem:
             bad.append(f"{s.name}: capture is suspended now ({s.capture_suspended})")
         unchecked = [t.name for t in s.tables if not any(r.finished_at >= since for r in t.runs)]
         for name in unchecked:
-            bad.append(f"{s.name}.{name}: not verified once in the last {_days(f.min_days)}, so errors there "
-                       "would not show")
+            bad.append(f"{s.name}.{name}: not verified once in {span}, so errors there would not show")
         if not errors and window:
-            good.append(f"{s.name}: {len(window)} verification(s) in the last {_days(f.min_days)}, all clean")
+            good.append(f"{s.name}: {len(window)} verification(s) in {span}, all clean")
     item.ok = not bad and bool(f.sources)
     item.problems, item.evidence = bad, good
     return item

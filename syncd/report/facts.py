@@ -153,6 +153,9 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.registered = True
             facts.streaming_since, facts.applied_seq, facts.applied_at = \
                 src.streaming_since, src.applied_seq, src.applied_at
+            if await _has_column(pg, bk_schema, "sources", "direction"):  # older bookkeeping: to Postgres
+                facts.direction = await pg.fetchval(f"SELECT direction FROM {bk.s}.sources WHERE source = $1",
+                                                    source.name) or facts.direction
         rows = await bk.load_tables(pg)
         facts.suspensions = [(r[0], r[1] or "") for r in await pg.fetch(
             f"SELECT at, detail FROM {bk.s}.events WHERE source = $1 AND kind = 'capture_suspended' ORDER BY at",
@@ -182,6 +185,11 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         base = settings.config_path.parent if settings.config_path else Path.cwd()
         facts.backup = find_backups(settings.cutover.backup_glob, source.name, base, now)
     return facts
+
+
+async def _has_column(pg: asyncpg.Connection, schema: str, table: str, column: str) -> bool:
+    return bool(await pg.fetchval("SELECT 1 FROM information_schema.columns WHERE table_schema = $1 "
+                                  "AND table_name = $2 AND column_name = $3", schema, table, column))
 
 
 @dataclass
