@@ -133,6 +133,9 @@ class CutoverSettings(_Strict):
     min_days: float = Field(14.0, ge=0)
     backup_glob: str | None = None
     backup_max_age_days: float = Field(30.0, gt=0)
+    # After a cutover SQLite follows Postgres for this long, so `syncd rollback` stays
+    # possible; then the way back stops (the file is kept as it is, never deleted).
+    keep_sqlite_days: float = Field(30.0, gt=0)
 
 
 class LogSettings(_Strict):

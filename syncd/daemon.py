@@ -16,10 +16,12 @@ from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
 from syncd.log import loop_exception_handler
 from syncd.page.live import LivePage
+from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.postgres.target import UnsupportedTarget
+from syncd.reverse.pipeline import ReversePipeline
 from syncd.sdnotify import Notifier
 from syncd.sqlite.audit import format_key
 from syncd.verify import publish_metrics, verify_source
@@ -52,6 +54,7 @@ class Daemon:
         self.watcher: FileWatcher | None = None
         self.started_at = time.time()
         self.ready_sent = False
+        self.switching: set[str] = set()  # sources whose pipeline is being replaced (direction switched)
         self.page = LivePage(lambda: self.settings, self.status_now)  # GET /, and the lag/apply-rate ring
 
     # --- lifecycle -------------------------------------------------------------------
@@ -120,8 +123,10 @@ class Daemon:
         log.info(f"status page on http://{self.settings.metrics.listen}/ (metrics at /metrics)",
                  extra={"event": "metrics"})
 
-    def _make(self, source: SourceSettings) -> Pipeline:
-        p = Pipeline(self.settings, source)
+    def _make(self, source: SourceSettings, direction: str = TO_POSTGRES) -> Pipeline | ReversePipeline:
+        """The pipeline for the way the source flows: SQLite -> Postgres, or, after a
+        cutover, Postgres -> SQLite (the way back)."""
+        p = ReversePipeline(self.settings, source) if direction == TO_SQLITE else Pipeline(self.settings, source)
         if self.watcher is not None:
             self.watcher.add(source.path, p.wakeup)
         return p
@@ -132,10 +137,15 @@ class Daemon:
     async def _check_locks(self) -> None:
         """Refuse to start if another syncd runs any of these sources. With Postgres
         down this cannot be known yet; the pipelines check again when it is back."""
-        for p in self.pipelines.values():
+        for name, p in list(self.pipelines.items()):
             try:
                 await p.session.connect_postgres(lock=True)
                 p.pg_ok = True
+                if await _direction(p) == TO_SQLITE:
+                    await p.session.close()  # the reverse pipeline takes the lock on its own connection
+                    if self.watcher is not None:
+                        self.watcher.remove(p.wakeup)
+                    self.pipelines[name] = self._make(p.source, TO_SQLITE)
             except (SourceLocked, UnsupportedTarget) as e:
                 for q in self.pipelines.values():
                     await q.session.close()
@@ -163,6 +173,7 @@ class Daemon:
         shared_changed = _shared(self.settings) != _shared(new)
         if new.metrics != self.settings.metrics:
             log.warning("metrics settings changed; they take effect at the next restart")
+        directions = {name: p.direction for name, p in self.pipelines.items()}
         stopped = []
         for name in old_by_name:
             if name not in new_by_name or new_by_name[name] != old_by_name[name] or shared_changed:
@@ -176,7 +187,7 @@ class Daemon:
         self.settings = new
         for name, source in new_by_name.items():
             if name not in self.pipelines:
-                p = self._make(source)
+                p = self._make(source, directions.get(name, TO_POSTGRES))
                 self.pipelines[name] = p
                 self._launch(p)
                 what = "restarted with new settings" if name in old_by_name else "added"
@@ -219,7 +230,7 @@ class Daemon:
                 # A source working through a backlog is checked once it has caught up, or
                 # one interval later at the latest: a write load that never lets it catch
                 # up must not switch verification off.
-                if p.max_seq_seen - p.session.applied_seq > self.settings.stream.batch_size:
+                if p.pending > self.settings.stream.batch_size:
                     if now - deferred.setdefault(name, now) < interval:
                         continue
                 deferred.pop(name, None)
@@ -268,10 +279,38 @@ class Daemon:
                     old = self.pipelines[name]
                     if self.watcher:
                         self.watcher.remove(old.wakeup)
-                    self.pipelines[name] = self._make(old.source)  # its threads were shut down with it
+                    self.pipelines[name] = self._make(old.source, old.direction)  # its threads were shut down with it
                     self._launch(self.pipelines[name])
+            for name, p in list(self.pipelines.items()):
+                if p.session.direction != p.direction and name not in self.switching and not self.stop_event.is_set():
+                    self.switching.add(name)
+                    asyncio.ensure_future(self._switch(name, p.session.direction))
             # Look often enough that a ping is never late by a whole tick.
             await asyncio.sleep(min(HOUSEKEEPING_SECONDS, wd / 4) if wd else HOUSEKEEPING_SECONDS)
+
+    async def _switch(self, name: str, direction: str) -> None:
+        """A cutover or rollback turned the source around: the pipeline for the other
+        way takes over (the old one finishes its step and lets the source lock go)."""
+        try:
+            old = self.pipelines.get(name)
+            if old is None:
+                return
+            await self._stop_pipeline(name)
+            metrics.replication_lag_seconds.labels(name, direction=old.direction).set(0)
+            metrics.pending_changes.labels(name, direction=old.direction).set(0)
+            way = "Postgres -> SQLite (the way back, after a cutover)" if direction == TO_SQLITE \
+                else "SQLite -> Postgres (after a rollback)"
+            log.info(f"the source now flows {way}", extra={"source": name, "event": "direction_switched"})
+            if self.stop_event.is_set() or not any(s.name == name for s in self.settings.sources):
+                return
+            p = self._make(old.source, direction)
+            self.pipelines[name] = p
+            self._launch(p)
+        except Exception as e:  # noqa: BLE001 - housekeeping tries again next tick
+            log.error(f"switching the pipeline's direction failed: {describe(e)}", exc_info=True,
+                      extra={"source": name, "event": "direction_switch_failed"})
+        finally:
+            self.switching.discard(name)
 
     def _alive(self, window: float) -> bool:
         """No pipeline is stuck in one step for the whole window (a wedged loop)."""
@@ -285,7 +324,8 @@ class Daemon:
         for p in self.pipelines.values():
             lag = p.lag.lag(time.time())
             if p.health == STREAMING:
-                parts.append(f"{p.name}: streaming, lag {lag:.1f}s")
+                way = " back from Postgres" if p.direction == TO_SQLITE else ""
+                parts.append(f"{p.name}: streaming{way}, lag {lag:.1f}s")
             elif p.health == SNAPSHOTTING:
                 rows = [t.row for t in list(p.session.tables.values()) if t.state == "loading"]
                 done = sum(r.snapshot_rows for r in rows)
@@ -307,7 +347,7 @@ class Daemon:
                 "direction": s.direction,
                 "detail": p.detail or p._last_error or "",
                 "lag_seconds": round(p.lag.lag(now), 3),
-                "pending_changes": max(0, p.max_seq_seen - s.applied_seq),
+                "pending_changes": p.pending,
                 "applied_seq": s.applied_seq,
                 "applied_at": s.applied_at,
                 "postgres_up": p.pg_ok,
@@ -356,6 +396,14 @@ def _log_repairs(source: str, result) -> None:
         state = "now equal" if t.equal else f"{t.mismatched} row(s) still differ"
         log.warning(f'consistency check repaired {t.repaired} row(s) of "{t.table}" ({what}): keys {keys}{more}; '
                     f"{state}", extra={"source": source, "table": t.table, "event": "verify_repaired"})
+
+
+async def _direction(p: Pipeline) -> str:
+    s = p.session
+    try:
+        return await s.pg.fetchval(f"SELECT direction FROM {s.bk.s}.sources WHERE source = $1", s.name) or TO_POSTGRES
+    except Exception:  # noqa: BLE001 - an older bookkeeping, or a hiccup: the pipeline finds out later
+        return TO_POSTGRES
 
 
 def _shared(settings: Settings) -> tuple:

@@ -35,9 +35,8 @@ class Directional:
     def remove(self, *values: str) -> None:
         self.metric.remove(*values)
 
-    @property
-    def _metrics(self):  # noqa: D401 - the wrapped metric's series, for forget_source
-        return self.metric._metrics  # noqa: SLF001
+    def __getattr__(self, name: str):  # collect(), _metrics, ...: the wrapped metric's
+        return getattr(self.metric, name)
 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)

@@ -47,6 +47,8 @@ CUT_OVER = "cut_over"  # the application writes Postgres now; nothing flows this
 
 
 class Pipeline:
+    direction = TO_POSTGRES  # which way this pipeline carries changes (the way back: reverse/pipeline.py)
+
     def __init__(self, settings: Settings, source: SourceSettings):
         self.settings = settings
         self.source = source
@@ -133,6 +135,11 @@ class Pipeline:
             await self.pruner.stop()
             self.pruner.shutdown()
             await self.session.close()
+
+    @property
+    def pending(self) -> int:
+        """Changelog entries seen and not yet applied."""
+        return max(0, self.max_seq_seen - self.session.applied_seq)
 
     def busy_for(self, now: float) -> float:
         """How long the step in progress has been running; 0 between steps (waiting

@@ -12,7 +12,7 @@ from syncd.cli import early_signals
 
 def build_parser() -> argparse.ArgumentParser:
     from syncd import __version__
-    from syncd.cli import cutover, demo, init, report, resync, run, schema, status, uninstall, verify
+    from syncd.cli import cutover, demo, init, report, resync, rollback, run, schema, status, uninstall, verify
 
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for verb in (demo, init, run, status, verify, report, schema, resync, cutover, uninstall):
+    for verb in (demo, init, run, status, verify, report, schema, resync, cutover, rollback, uninstall):
         verb.register(sub, shared)
     return parser
 

@@ -93,6 +93,9 @@ async def connect(dsn: str, password: str | None, settings: PostgresSettings, **
         "tcp_keepalives_interval": "5",
         "tcp_keepalives_count": "3",
         "idle_in_transaction_session_timeout": str(max(statement_ms * 2, 10_000)),
+        # Marks syncd's own sessions: a Postgres frozen by `syncd rollback` refuses every
+        # other session's writes (syncd/reverse/capture.py).
+        "syncd.writer": "on",
     }
     try:
         return await asyncpg.connect(

@@ -99,9 +99,9 @@ async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables
         after = cp.after or (0, 0)
         entries = await conn.fetch(
             f"SELECT txid, seq, tid, op, key, extract(epoch FROM at) FROM {names.changelog} "
-            "WHERE txid >= txid_snapshot_xmin($1::txid_snapshot) AND txid < txid_snapshot_xmax($2::txid_snapshot) "
-            "AND NOT txid_visible_in_snapshot(txid, $1::txid_snapshot) "
-            "AND txid_visible_in_snapshot(txid, $2::txid_snapshot) AND (txid, seq) > ($3, $4) "
+            "WHERE txid >= txid_snapshot_xmin($1::text::txid_snapshot) AND txid < txid_snapshot_xmax($2::text::txid_snapshot) "
+            "AND NOT txid_visible_in_snapshot(txid, $1::text::txid_snapshot) "
+            "AND txid_visible_in_snapshot(txid, $2::text::txid_snapshot) AND (txid, seq) > ($3, $4) "
             "ORDER BY txid, seq LIMIT $5",
             cp.done, target, after[0], after[1], limit)
         complete = len(entries) < limit
@@ -150,7 +150,7 @@ async def pending(conn: asyncpg.Connection, names: Names, done: str) -> tuple[in
     """(entries not yet applied, seconds since the oldest of them was written; 0 when none)."""
     row = await conn.fetchrow(
         f"SELECT count(*), extract(epoch FROM clock_timestamp() - min(at)) FROM {names.changelog} "
-        "WHERE txid >= txid_snapshot_xmin($1::txid_snapshot) AND NOT txid_visible_in_snapshot(txid, $1::txid_snapshot)",
+        "WHERE txid >= txid_snapshot_xmin($1::text::txid_snapshot) AND NOT txid_visible_in_snapshot(txid, $1::text::txid_snapshot)",
         done)
     return int(row[0]), max(0.0, float(row[1] or 0.0))
 
@@ -158,8 +158,8 @@ async def pending(conn: asyncpg.Connection, names: Names, done: str) -> tuple[in
 async def prune(conn: asyncpg.Connection, names: Names, done: str) -> int:
     """Delete the entries SQLite has applied (visible in its checkpoint's `done`)."""
     status = await conn.execute(
-        f"DELETE FROM {names.changelog} WHERE txid < txid_snapshot_xmax($1::txid_snapshot) "
-        "AND txid_visible_in_snapshot(txid, $1::txid_snapshot)", done)
+        f"DELETE FROM {names.changelog} WHERE txid < txid_snapshot_xmax($1::text::txid_snapshot) "
+        "AND txid_visible_in_snapshot(txid, $1::text::txid_snapshot)", done)
     return int(status.split()[-1])
 
 
