@@ -11,6 +11,7 @@ import json
 
 from syncd.cli import common
 from syncd.config import ConfigError
+from syncd.model import TO_SQLITE
 from syncd.status import UNKNOWN, VERDICTS, SourceStatus, as_json, gather
 
 
@@ -76,7 +77,7 @@ def _consistency(st: SourceStatus) -> str:
 
 
 def render(verdict: int, statuses: list[SourceStatus]) -> str:
-    head = ("SOURCE", "STATE", "LAG", "PENDING", "LAST APPLIED", "TABLES", "CONSISTENCY")
+    head = ("SOURCE", "STATE", "FLOW", "LAG", "PENDING", "LAST APPLIED", "TABLES", "CONSISTENCY")
     rows = [head]
     for st in statuses:
         counts: dict[str, int] = {}
@@ -85,7 +86,8 @@ def render(verdict: int, statuses: list[SourceStatus]) -> str:
         tables = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-"
         lag = "-" if st.lag_seconds is None else f"{st.lag_seconds:.1f}s"
         pending = "-" if st.pending_changes is None else str(st.pending_changes)
-        rows.append((st.name, st.state.replace("_", " "), lag, pending, _ago(st.last_applied_at), tables,
+        flow = "to sqlite" if st.direction == TO_SQLITE else "to postgres"
+        rows.append((st.name, st.state.replace("_", " "), flow, lag, pending, _ago(st.last_applied_at), tables,
                      _consistency(st)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -94,6 +96,9 @@ def render(verdict: int, statuses: list[SourceStatus]) -> str:
             if t.state == "loading" and t.snapshot_total:
                 pct = 100 * (t.snapshot_rows or 0) / t.snapshot_total
                 lines.append(f"  {st.name}/{t.name}: snapshot {t.snapshot_rows}/{t.snapshot_total} rows ({pct:.0f}%)")
+    for st in statuses:
+        if st.rollback_until and not st.way_back_ended:
+            lines.append(f"  {st.name}: SQLite follows Postgres; `syncd rollback` possible until {st.rollback_until}")
     problems = [(p.severity, st.name, p.message) for st in statuses for p in st.problems]
     if problems:
         lines.append("")

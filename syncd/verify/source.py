@@ -28,6 +28,10 @@ from syncd.verify.keyspace import key_space
 from syncd.verify.postgres_side import stores_utf8
 from syncd.verify.result import Difference, SourceVerifyResult, TableVerifyResult
 from syncd.verify.table import TableCheck
+from syncd.model import TO_POSTGRES, TO_SQLITE
+from syncd.reverse import capture as reverse_capture
+from syncd.reverse import evidence as way_back
+from syncd.reverse.capture import Names
 
 log = logging.getLogger("syncd.verify")
 
@@ -70,6 +74,7 @@ class _Session:
         self.pg: asyncpg.Connection | None = None
         self.has_bookkeeping = False
         self.utf8 = False
+        self.direction = TO_POSTGRES  # TO_SQLITE once cut over: SQLite follows Postgres then
 
     async def open(self) -> None:
         await self.worker.open()  # first: a missing file is the clearer message
@@ -78,6 +83,8 @@ class _Session:
         self.has_bookkeeping = await bookkeeping_exists(self.pg, self.bk.schema)
         if self.has_bookkeeping:
             await ensure_bookkeeping(self.pg, self.bk.schema)  # an older install gains the newer columns
+            self.direction = await self.pg.fetchval(f"SELECT direction FROM {self.bk.s}.sources WHERE source = $1",
+                                                    self.source.name) or TO_POSTGRES
         self.utf8 = await stores_utf8(self.pg)
 
     async def close(self) -> None:
@@ -226,6 +233,8 @@ async def _check(s: _Session, plan: TablePlan, wait_seconds: float) -> TableVeri
             ks = await key_space(s.run, s.pg, s.source.schema, plan.spec)
             check = TableCheck(s.run, s.pg, ks, plan.tid, source=s.source.name, target_schema=s.source.schema,
                                bk_schema=s.bk.schema, chunk_rows=s.settings.verify.chunk_rows, utf8_database=s.utf8)
+            if s.direction == TO_SQLITE:
+                check.reverse = await way_back.for_table(s.pg, _names(s), s.source.schema, plan.spec)
             await check.check(tr, wait_seconds)
             await _still_streaming(s, plan, tr)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
@@ -279,6 +288,15 @@ async def _still_streaming(s: _Session, plan: TablePlan, tr: TableVerifyResult) 
 # --- repair ---------------------------------------------------------------------------
 
 
+def _names(s: _Session):
+    return Names(s.bk.schema, s.source.name)
+
+
+async def way_back_generation(s: _Session) -> str | None:
+    gen = await reverse_capture.generation(s.pg, _names(s))
+    return gen.id if gen else None
+
+
 async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan], run_ids: dict[str, int],
                   wait_seconds: float, record: bool, in_daemon: bool) -> None:
     assert s.pg is not None
@@ -300,7 +318,12 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         if entries:
             plan = by_name[tr.table]
             assert plan.tid is not None
-            target = max(target, await repair.enqueue(s.run, s.settings, plan.tid, entries))
+            if s.direction == TO_SQLITE:  # SQLite follows Postgres: the way back replays the keys
+                ev = await way_back.for_table(s.pg, _names(s), s.source.schema, plan.spec)
+                target = max(target, await way_back.enqueue(s.pg, _names(s), ev, plan.spec, plan.tid,
+                                                            [k for _op, k in entries]))
+            else:
+                target = max(target, await repair.enqueue(s.run, s.settings, plan.tid, entries))
             queued[tr.table] = len(entries)
             left_out = {id(d) for d in skipped}
             replayed[tr.table] = [d for d in tr.differences if id(d) not in left_out]
@@ -308,8 +331,13 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         result.repair_note = "; ".join(skipped_notes) or "nothing to repair"
         return
     try:
-        how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0),
-                                                own_pipeline=not in_daemon)
+        if s.direction == TO_SQLITE:
+            how = await way_back.apply_through_way_back(
+                s.settings, s.source, s.pg, s.run, _names(s),
+                (await way_back_generation(s)), target, max(wait_seconds, 5.0), in_daemon)
+        else:
+            how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0),
+                                                    own_pipeline=not in_daemon)
     except TimeoutError as e:
         result.repair_note = "; ".join([f"{sum(queued.values())} row(s) queued for replay but not applied: {e}",
                                         *skipped_notes])
