@@ -169,7 +169,10 @@ def stored(aff: str, value: Any) -> Any:
     if (t is int and aff in (INTEGER, NUMERIC)) or (t is str and aff == TEXT) or (t is float and aff == REAL):
         return value
     col = _PROBE_COLUMN[aff]
-    return _probe_conn().execute(f"UPDATE p SET {col} = ? RETURNING {col}", (value,)).fetchone()[0]
+    conn = _probe_conn()
+    conn.execute(f"UPDATE p SET {col} = ?", (value,))
+    # Read back, not RETURNING: that hands back a REAL column's integral value as an integer.
+    return conn.execute(f"SELECT {col} FROM p").fetchone()[0]
 
 
 # --- tokens: what syncd's comparison sees -------------------------------------------------
