@@ -230,10 +230,10 @@ def _derive_state(st: SourceStatus) -> str:
         return "postgres_unreachable"
     if not st.initialized:
         return "not_initialized"
-    if st.direction == TO_SQLITE:
-        return "cut_over"
     if st.daemon_running is False:
         return "daemon_not_running"
+    if st.direction == TO_SQLITE and st.way_back_ended:
+        return "cut_over"  # SQLite no longer follows: nothing flows any more
     states = {t.state for t in st.tables}
     if states & {bk.PENDING, bk.LOADING, bk.CATCHUP}:
         return "snapshotting"
