@@ -20,7 +20,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.lag import LagTracker
 from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked
+from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
 from syncd.postgres.connect import PostgresUnavailable, describe, is_transient
 from syncd.pruner import Pruner
@@ -178,6 +178,8 @@ class Pipeline:
             self._pg_down(exc)
         elif isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
             pass  # the application holds the file; just try again
+        elif isinstance(exc, DirectionChanged):
+            self.needs_reconcile = True  # reconcile reads the new direction; the daemon switches pipelines
         elif isinstance(exc, CheckpointConflict):
             self._enter(FAILING, str(exc), kind="lock", level="error")
             s.drop_postgres()

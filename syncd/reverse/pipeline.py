@@ -712,7 +712,9 @@ class ReversePipeline:
         from syncd import rollback
 
         s = self.session
-        if not await capture.frozen_tables(s.pg, self.names, self.source.schema):
+        open_switch = await s.pg.fetchval(f"SELECT EXISTS (SELECT 1 FROM {s.bk.s}.switches WHERE source = $1 "
+                                          "AND kind = 'rollback' AND state IN ('started', 'frozen'))", s.name)
+        if not open_switch and not await capture.frozen_tables(s.pg, self.names, self.source.schema):
             return
         from syncd import cutover
         if not await cutover.take_switch_lock(s.pg, s.name):
