@@ -94,20 +94,27 @@ class _Reload:
 
 class ReverseLag:
     """The age of the oldest change Postgres holds and SQLite does not, measured in
-    Postgres each cycle; while Postgres is unreachable it keeps growing."""
+    Postgres each cycle. While Postgres cannot be asked (`unreachable`), what it holds
+    is unknown: the lag is then the time since it last could be, at least, an upper
+    bound on how far behind SQLite may be."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.measured_at: float | None = None
+        self.started_at = time.time()
         self.pending = 0
+        self.unreachable = False
 
     def set(self, pending: int, seconds: float, now: float) -> None:
-        self.pending, self.seconds, self.measured_at = pending, seconds, now
+        self.pending, self.seconds, self.measured_at, self.unreachable = pending, seconds, now, False
 
     def lag(self, now: float) -> float:
-        if not self.pending or self.measured_at is None:
-            return 0.0
-        return self.seconds + max(0.0, now - self.measured_at)
+        if self.measured_at is None:
+            return max(0.0, now - self.started_at) if self.unreachable else 0.0
+        since = max(0.0, now - self.measured_at)
+        if self.unreachable:
+            return (self.seconds if self.pending else 0.0) + since
+        return self.seconds + since if self.pending else 0.0
 
 
 class ReversePipeline:
@@ -193,6 +200,7 @@ class ReversePipeline:
             retry=retry_if_exception(lambda e: not isinstance(e, asyncio.CancelledError)),
             wait=wait, sleep=self._sleep, before_sleep=self._before_retry, reraise=True,
         )
+        gauges = asyncio.create_task(self._gauge_loop(), name=f"gauges-{self.name}")
         try:
             while not self.stopping:
                 did = await retrying(self._step)
@@ -202,10 +210,20 @@ class ReversePipeline:
                     except asyncio.TimeoutError:
                         pass
         finally:
+            gauges.cancel()
+            await asyncio.gather(gauges, return_exceptions=True)
             metrics.replication_lag_seconds.labels(self.name, direction=TO_SQLITE).set(0)
             metrics.pending_changes.labels(self.name, direction=TO_SQLITE).set(0)
             await self.session.close()
             self.session.worker.shutdown()
+
+    async def _gauge_loop(self) -> None:
+        """Lag keeps its meaning between cycles, and while Postgres is away."""
+        while True:
+            now = time.time()
+            metrics.replication_lag_seconds.labels(self.name, direction=TO_SQLITE).set(self.lag.lag(now))
+            metrics.last_check_timestamp_seconds.labels(self.name).set(now)
+            await asyncio.sleep(self.settings.stream.poll_interval_seconds)
 
     async def _step(self) -> bool:
         self.step_started = time.monotonic()
@@ -235,6 +253,7 @@ class ReversePipeline:
             self.needs_reconcile = True
         elif is_transient(exc):
             self.pg_ok = False
+            self.lag.unreachable = True
             self.session.drop_postgres()
             self.listening = None
             self._enter(POSTGRES_DOWN, f"Postgres unreachable: {describe(exc)}; retrying with backoff, the "

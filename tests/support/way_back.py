@@ -82,3 +82,42 @@ def typeof(db: Path, sql: str, *args) -> list[tuple]:
         return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
+
+
+class PgWriter:
+    """The application writing Postgres, in a process of its own (tests/support/pg_writer.py)."""
+
+    def __init__(self, dsn: str, seconds: float, seed: int, table: str = "items", rate: float = 50, ids: int = 2000):
+        import subprocess
+        import sys
+
+        from tests.support.daemon import ROOT
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.pg_writer", dsn, "--seconds", str(seconds), "--seed", str(seed),
+             "--table", table, "--rate", str(rate), "--ids", str(ids)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
+        )
+
+    def result(self, timeout: float = 120) -> dict:
+        out, err = self.proc.communicate(timeout=timeout)
+        assert self.proc.returncode == 0, err
+        return json.loads(out)
+
+
+async def applied_but_unpruned(db: Path, dsn: str, source: str = "app") -> int:
+    """Entries of Postgres's changelog SQLite's checkpoint already covers: a kill landed
+    between the SQLite commit and the prune in Postgres."""
+    from syncd.postgres.bookkeeping import lock_key
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = conn.execute("SELECT value FROM _syncd_meta WHERE key = 'reverse_checkpoint'").fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return 0
+    done = json.loads(row[0])["done"]
+    table = f"syncd.rlog_{lock_key(source):08x}"
+    return (await pg_rows(dsn, f"SELECT count(*) FROM {table} WHERE txid < txid_snapshot_xmax($1::text::txid_snapshot) "
+                               "AND txid_visible_in_snapshot(txid, $1::text::txid_snapshot)", done))[0][0]
