@@ -747,7 +747,8 @@ class ReversePipeline:
         """[cutover] keep_sqlite_days after the cutover the way back ends: capture in
         Postgres is removed and SQLite stays as it is (never deleted)."""
         now = time.monotonic()
-        if now - self.last_retention_check < RETENTION_CHECK_SECONDS or self.generation is None:
+        every = min(RETENTION_CHECK_SECONDS, self.settings.stream.schema_check_interval_seconds)
+        if now - self.last_retention_check < every or self.generation is None:
             return False
         self.last_retention_check = now
         days = self.settings.cutover.keep_sqlite_days

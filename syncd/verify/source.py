@@ -31,6 +31,7 @@ from syncd.verify.table import TableCheck
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.reverse import capture as reverse_capture
 from syncd.reverse import evidence as way_back
+from syncd.reverse import values as reverse_values
 from syncd.reverse.capture import Names
 
 log = logging.getLogger("syncd.verify")
@@ -204,6 +205,10 @@ def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str,
     if pgt is None:
         return f'the table does not exist in Postgres schema "{s.source.schema}"'
     diff = ddl.diff_shape(spec, pgt)
+    if s.direction == TO_SQLITE:
+        # Cut over: the application shapes Postgres now (varchar(20), integer, numeric(10,2), ...).
+        # A type of the same value family compares alike (reverse/values.family).
+        diff.retyped = [r for r in diff.retyped if reverse_values.family(r[1]) is not spec.column(r[0]).pgtype]
     if not diff.same:
         what = [f"columns missing in Postgres: {', '.join(c.name for c in diff.missing_in_pg)}"] if diff.missing_in_pg else []
         what += [f"columns only in Postgres: {', '.join(diff.extra_in_pg)}"] if diff.extra_in_pg else []
