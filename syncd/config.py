@@ -61,6 +61,25 @@ class PostgresSettings(_Strict):
     connect_timeout_seconds: float = Field(10.0, gt=0)
     statement_timeout_seconds: float = Field(60.0, gt=0)
     bookkeeping_schema: str = "syncd"
+    # Connections the daemon opens to each target database, whatever the number of
+    # sources in it: one holds every source's lock, the others serve the sources' steps.
+    max_connections: int = Field(8, ge=2, le=1000)
+    # "transaction" when `dsn` goes through PgBouncer (or another pooler) in transaction
+    # mode: syncd then prepares no named statements, and takes its session-level locks
+    # on `lock_dsn`, a direct connection to the same database.
+    pooler: Literal["none", "transaction"] = "none"
+    lock_dsn: str | None = None
+
+    @field_validator("lock_dsn")
+    @classmethod
+    def _lock_dsn(cls, v: str | None) -> str | None:
+        return None if v is None else check_dsn(v)
+
+    @model_validator(mode="after")
+    def _pooler(self) -> "PostgresSettings":
+        if self.pooler == "transaction" and self.lock_dsn is None:
+            raise ValueError("pooler: \"transaction\" needs lock_dsn, a direct connection for syncd's locks")
+        return self
 
     @field_validator("dsn")
     @classmethod
@@ -70,6 +89,9 @@ class PostgresSettings(_Strict):
 
 class MetricsSettings(_Strict):
     listen: str = "127.0.0.1:9464"
+    # Series per table (applied changes, state, rows, consistency); false keeps only the
+    # per-source ones, for fleets of thousands of tables (docs/operations.md, Fleets).
+    per_table: bool = True
 
     @field_validator("listen")
     @classmethod
@@ -96,6 +118,11 @@ class StreamSettings(_Strict):
     snapshot_chunk_rows: int = Field(50_000, ge=100)
     retry_max_backoff_seconds: float = Field(30.0, gt=0)
     held_table_retry_seconds: float = Field(10.0, gt=0)
+    # The daemon's periodic checks of every source together never exceed this rate (a
+    # thousand sources are then each checked every 5 s; file events wake them at once).
+    max_polls_per_second: float = Field(200.0, gt=0)
+    # How often the daemon looks for new files a source's path glob matches.
+    discover_interval_seconds: float = Field(10.0, gt=0)
 
 
 class SqliteSettings(_Strict):
@@ -106,6 +133,8 @@ class SqliteSettings(_Strict):
     write_busy_timeout_ms: int = Field(100, ge=0)
     # Changelog positions one pruning transaction covers (kept entries included).
     prune_window: int = Field(20_000, ge=1)
+    # Threads every source's SQLite work runs on, however many sources there are.
+    threads: int = Field(4, ge=1, le=256)
     # The most disk a source's changelog may take while Postgres is away. Over it, syncd
     # keeps one entry per key; still over, it suspends capture for that source (the
     # application's writes come first) and re-snapshots when Postgres is back.
@@ -120,6 +149,7 @@ class StatusSettings(_Strict):
 
 class VerifySettings(_Strict):
     interval_seconds: float = Field(300.0, ge=0)  # 0 disables the daemon's periodic check
+    concurrency: int = Field(2, ge=1, le=64)  # sources checked at once by the daemon
     chunk_rows: int = Field(10_000, ge=16)
     # The periodic check replays the differences it finds through the stream, as
     # `syncd verify --repair` does. On by default: SQLite is the source of truth, a
@@ -160,9 +190,20 @@ class SourceSettings(_Strict):
     def _name(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", v):
-            raise ValueError("may only use letters, digits, '_', '.' and '-'")
+        # {stem}, {name} and {parent} stand for each file a `path` glob finds (discovery.py).
+        if not re.fullmatch(r"([A-Za-z0-9_.\-]|\{(stem|name|parent)\})+", v):
+            raise ValueError("may only use letters, digits, '_', '.' and '-' (and {stem}, {name} or {parent} "
+                             "with a path glob)")
         return v
+
+    @model_validator(mode="after")
+    def _template(self) -> "SourceSettings":
+        templated = "{" in self.name or "{" in (self.schema_ or "")
+        if templated and not is_glob(self.path):
+            raise ValueError("name: {stem}, {name} and {parent} need a path glob such as \"/srv/tenants/*.db\"")
+        if is_glob(self.path) and "{" not in self.name:
+            raise ValueError("name: a path glob needs a name template naming each file, e.g. \"tenant_{stem}\"")
+        return self
 
     @field_validator("dsn")
     @classmethod
@@ -201,6 +242,10 @@ class SourceSettings(_Strict):
         return included and not any(fnmatch.fnmatchcase(table, p) for p in self.exclude)
 
 
+def is_glob(path: Path) -> bool:
+    return any(c in str(path) for c in "*?[")
+
+
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
 
 
@@ -216,6 +261,11 @@ class Settings(BaseSettings):
     sources: list[SourceSettings] = []
 
     config_path: Path | None = Field(None, exclude=True)
+    # [[sources]] entries whose path is a glob: the templates discovery expands (the
+    # expanded sources are in `sources`), and what it could not pick up, per file.
+    patterns: list[SourceSettings] = Field([], exclude=True)
+    configured: list[SourceSettings] = Field([], exclude=True)  # the [[sources]] naming one file each
+    discovery_problems: list[str] = Field([], exclude=True)
 
     model_config = SettingsConfigDict(
         env_prefix="SYNCD_",
@@ -268,6 +318,12 @@ class Settings(BaseSettings):
     def dsn_for(self, source: SourceSettings) -> str:
         return source.dsn or self.postgres.dsn
 
+    def direct_dsn_for(self, source: SourceSettings) -> str:
+        """Where session-level state (advisory locks) must live: past any pooler."""
+        if source.dsn is None and self.postgres.lock_dsn is not None:
+            return self.postgres.lock_dsn
+        return self.dsn_for(source)
+
     def password(self) -> str | None:
         return self.postgres.password.get_secret_value() if self.postgres.password else None
 
@@ -315,6 +371,10 @@ def load_settings(path: Path) -> Settings:
     sources = [
         s if s.path.is_absolute() else s.model_copy(update={"path": (base / s.path)}) for s in settings.sources
     ]
-    return settings.model_copy(update={"sources": sources})
+    settings = settings.model_copy(update={"configured": [s for s in sources if not is_glob(s.path)],
+                                           "patterns": [s for s in sources if is_glob(s.path)]})
+    from syncd.discovery import expand  # config -> discovery -> config: imported late
+
+    return expand(settings)
 
 

@@ -257,7 +257,8 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
                   allow_orphans: bool = False) -> CutoverResult:
     res = CutoverResult(source=source.name, dry_run=dry_run)
     b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
-    conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+    # Direct (past any pooler): the switch lock is held by this session for the whole run.
+    conn = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
     worker = SqliteWorker(source.path, f"{source.name}-cutover", settings.sqlite.read_busy_timeout_ms)
     locked = False
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import signal
 import time
@@ -14,16 +13,20 @@ from syncd import metrics
 from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
+from syncd.fleet import FleetPoller, FleetRechecker, VerifyScheduler
+from syncd.identifiers import quote_pg_ident
 from syncd.log import loop_exception_handler
 from syncd.page.live import LivePage
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.postgres.pool import Targets
 from syncd.postgres.target import UnsupportedTarget
 from syncd.reverse.pipeline import ReversePipeline
 from syncd.sdnotify import Notifier
 from syncd.sqlite.audit import format_key
+from syncd.sqlite.connection import THREADS
 from syncd.verify import publish_metrics, verify_source
 from syncd.verify.result import KIND_TEXT
 from syncd.wakeup import FileWatcher
@@ -56,6 +59,9 @@ class Daemon:
         self.ready_sent = False
         self.switching: set[str] = set()  # sources whose pipeline is being replaced (direction switched)
         self.page = LivePage(lambda: self.settings, self.status_now)  # GET /, and the lag/apply-rate ring
+        self.targets = Targets(settings)  # per target database: a bounded pool and the lock holder
+        self.verifier = VerifyScheduler(self)
+        self._outcomes: dict[str, str] = {}  # source -> last consistency outcome logged
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -68,6 +74,9 @@ class Daemon:
             self.request_stop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         self._start_endpoint()
+        THREADS.resize(self.settings.sqlite.threads)
+        metrics.PER_TABLE = self.settings.metrics.per_table
+        _raise_open_files_limit()
         self.watcher = FileWatcher(loop)
         self.watcher.start()
         try:
@@ -77,17 +86,20 @@ class Daemon:
             for p in self.pipelines.values():
                 self._launch(p)
             log.info(f"syncd running: {len(self.pipelines)} source(s)", extra={"event": "started"})
-            housekeeping = asyncio.create_task(self._housekeeping())
-            verifier = asyncio.create_task(self._verify_loop())
-            page = asyncio.create_task(self.page.run())
+            for problem in self.settings.discovery_problems:
+                log.warning(problem, extra={"event": "discovery"})
+            loops = [asyncio.create_task(c) for c in (
+                self._housekeeping(), self.verifier.run(), self.page.run(), self._discover(),
+                FleetPoller(self.settings, lambda: self.pipelines).run(),
+                FleetRechecker(self.settings, self.targets, lambda: self.pipelines).run())]
             await self.stop_event.wait()
-            housekeeping.cancel()
-            verifier.cancel()
-            page.cancel()
-            await asyncio.gather(verifier, page, return_exceptions=True)
+            for t in loops:
+                t.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await self._shutdown()
             return 0
         finally:
+            await self.targets.close()
             if self.watcher:
                 self.watcher.stop()
             if self.endpoint:
@@ -125,8 +137,14 @@ class Daemon:
 
     def _make(self, source: SourceSettings, direction: str = TO_POSTGRES) -> Pipeline | ReversePipeline:
         """The pipeline for the way the source flows: SQLite -> Postgres, or, after a
-        cutover, Postgres -> SQLite (the way back)."""
-        p = ReversePipeline(self.settings, source) if direction == TO_SQLITE else Pipeline(self.settings, source)
+        cutover, Postgres -> SQLite (the way back; reverse/pipeline.py)."""
+        kind = ReversePipeline if direction == TO_SQLITE else Pipeline
+        p = kind(self.settings, source, self.targets.for_source(source))
+        p.own_poller = False  # FleetPoller polls every source at a bounded rate
+        p.fleet_rechecks = True  # FleetRechecker asks Postgres for every source at once
+        # The rare just-in-case full reconcile, spread so a big fleet does not do a
+        # reconcile every few milliseconds.
+        p.recheck_every = max(self.settings.stream.schema_check_interval_seconds, 0.5 * len(self.settings.sources))
         if self.watcher is not None:
             self.watcher.add(source.path, p.wakeup)
         return p
@@ -135,26 +153,85 @@ class Daemon:
         self.tasks[p.name] = asyncio.create_task(p.run(), name=f"pipeline-{p.name}")
 
     async def _check_locks(self) -> None:
-        """Refuse to start if another syncd runs any of these sources. With Postgres
-        down this cannot be known yet; the pipelines check again when it is back."""
-        for name, p in list(self.pipelines.items()):
+        """Refuse to start if another syncd runs any of these sources: every source's lock
+        is tried at once per target database. With Postgres down this cannot be known
+        yet; the pipelines check again when it is back."""
+        groups: dict[int, list[Pipeline]] = {}
+        for p in self.pipelines.values():
+            groups.setdefault(id(p.session.target), []).append(p)
+        for pipes in groups.values():
+            target = pipes[0].session.target
             try:
-                await p.session.connect_postgres(lock=True)
-                p.pg_ok = True
-                if await _direction(p) == TO_SQLITE:
-                    await p.session.close()  # the reverse pipeline takes the lock on its own connection
-                    if self.watcher is not None:
-                        self.watcher.remove(p.wakeup)
-                    self.pipelines[name] = self._make(p.source, TO_SQLITE)
+                taken = await target.lock_many([p.name for p in pipes])
+                for p in pipes:
+                    if not taken[p.name]:
+                        await target.lock(p.name)  # raises SourceLocked naming the holder
+                await pipes[0].session.connect_postgres(lock=False)  # the target is fit, bookkeeping exists
+                for p in pipes:
+                    p.pg_ok = True
+                await self._start_each_way(target, pipes)
             except (SourceLocked, UnsupportedTarget) as e:
+                await self.targets.close()
                 for q in self.pipelines.values():
                     await q.session.close()
                 raise StartupError(str(e), 1) from None
             except PostgresUnavailable as e:
                 log.warning(f"{e}; starting anyway, capture continues and syncd retries",
-                            extra={"source": p.name, "event": "postgres_unreachable"})
-            except Exception as e:  # noqa: BLE001 - anything else is retried by the pipeline
-                log.warning(f"Postgres not ready: {describe(e)}", extra={"source": p.name})
+                            extra={"event": "postgres_unreachable"})
+            except Exception as e:  # noqa: BLE001 - anything else is retried by the pipelines
+                log.warning(f"Postgres not ready: {describe(e)}")
+
+    async def _start_each_way(self, target, pipes: list[Pipeline]) -> None:
+        """A source cut over to Postgres starts with the way back (its lock stays held)."""
+        q = quote_pg_ident(self.settings.postgres.bookkeeping_schema)
+        async with target.connection() as conn:
+            rows = await conn.fetch(f"SELECT source, direction FROM {q}.sources WHERE source = ANY($1::text[])",
+                                    [p.name for p in pipes])
+        for name, direction in rows:
+            p = self.pipelines.get(name)
+            if p is not None and direction != p.direction:
+                if self.watcher is not None:
+                    self.watcher.remove(p.wakeup)
+                self.pipelines[name] = self._make(p.source, direction)
+
+    # --- discovery ---------------------------------------------------------------------
+
+    async def _discover(self) -> None:
+        """Files a source's path glob matches now, picked up without a restart; sources
+        whose file is gone (from bookkeeping, after a restart) kept, shown as missing."""
+        from syncd import discovery
+
+        told = set(self.settings.discovery_problems)
+        first = True
+        while True:
+            if not first:
+                await asyncio.sleep(self.settings.stream.discover_interval_seconds)
+            if not self.settings.patterns:
+                return
+            found = discovery.expand(self.settings)
+            for problem in found.discovery_problems:
+                if problem not in told:
+                    told.add(problem)
+                    log.warning(problem, extra={"event": "discovery"})
+            added = [s for s in found.sources if s.name not in self.pipelines]
+            if first:
+                for target in self.targets.all:
+                    try:
+                        async with target.connection() as conn:
+                            added += [s for s in await discovery.remembered(
+                                found, conn, self.settings.postgres.bookkeeping_schema, target.dsn)
+                                      if s.name not in self.pipelines and s not in added]
+                    except Exception:  # noqa: BLE001 - Postgres away: the next start remembers
+                        pass
+            first = False
+            for source in added:
+                self.settings = self.settings.model_copy(update={"sources": [*self.settings.sources, source]})
+                p = self._make(source)
+                self.pipelines[source.name] = p
+                self._launch(p)
+                log.info(f"source found at {source.path}" if source.path.exists() else
+                         f"source's file {source.path} is gone: kept, shown as missing",
+                         extra={"source": source.name, "event": "discovered"})
 
     # --- reload ----------------------------------------------------------------------
 
@@ -210,43 +287,27 @@ class Daemon:
 
     # --- periodic consistency check --------------------------------------------------
 
-    async def _verify_loop(self) -> None:
-        """Compare each streaming source in full every [verify] interval_seconds, one
-        source at a time, and export the results; with [verify] repair, replay the
-        differences found through the stream, as `syncd verify --repair` does (each
-        repair is logged, counted and kept in the history as an error). A source is
-        first checked as soon as it streams and has no backlog, so consistency is known
-        early without slowing a catch-up down."""
-        outcomes: dict[str, str] = {}  # source -> last outcome logged
-        last_run: dict[str, float] = {}
-        deferred: dict[str, float] = {}  # source -> when a due check was first put off
-        while True:
-            interval = self.settings.verify.interval_seconds
-            for name, p in list(self.pipelines.items()):
-                now = time.monotonic()
-                due = interval > 0 and now - last_run.get(name, -math.inf) >= interval
-                if not due or p.health != STREAMING or self.stop_event.is_set():
-                    continue
-                # A source working through a backlog is checked once it has caught up, or
-                # one interval later at the latest: a write load that never lets it catch
-                # up must not switch verification off.
-                if p.pending > self.settings.stream.batch_size:
-                    if now - deferred.setdefault(name, now) < interval:
-                        continue
-                deferred.pop(name, None)
-                last_run[name] = now
+    async def verify_one(self, p: Pipeline) -> None:
+        """One source's periodic full check (VerifyScheduler decides when), on a connection
+        of its target's pool; with [verify] repair, the differences found are replayed
+        through the stream, as `syncd verify --repair` does (each repair is logged,
+        counted and kept in the history as an error)."""
+        name = p.name
+        try:
+            async with p.session.target.connection() as conn:
                 result = await verify_source(self.settings, p.source, record=True,
-                                             repair=self.settings.verify.repair, in_daemon=True)
-                publish_metrics(result)
-                _log_repairs(name, result)
-                outcome = _outcome(result)
-                if outcomes.get(name) != outcome:
-                    outcomes[name] = outcome
-                    level = logging.INFO if outcome == "equal" else logging.WARNING
-                    log.log(level, f"consistency check: {outcome}", extra={"source": name, "event": "verify"})
-                if result.error or any(t.mismatched or t.error or t.repaired for t in result.tables):
-                    metrics.errors_total.labels(name, "verify").inc()
-            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+                                             repair=self.settings.verify.repair, in_daemon=True, connection=conn)
+        except PostgresUnavailable:
+            return  # the pipeline says so; the check runs again next interval
+        publish_metrics(result)
+        _log_repairs(name, result)
+        outcome = _outcome(result)
+        if self._outcomes.get(name) != outcome:
+            self._outcomes[name] = outcome
+            level = logging.INFO if outcome == "equal" else logging.WARNING
+            log.log(level, f"consistency check: {outcome}", extra={"source": name, "event": "verify"})
+        if result.error or any(t.mismatched or t.error or t.repaired for t in result.tables):
+            metrics.errors_total.labels(name, "verify").inc()
 
     # --- housekeeping: health, status, sd_notify ---------------------------------------------
 
@@ -279,7 +340,7 @@ class Daemon:
                     old = self.pipelines[name]
                     if self.watcher:
                         self.watcher.remove(old.wakeup)
-                    self.pipelines[name] = self._make(old.source, old.direction)  # its threads were shut down with it
+                    self.pipelines[name] = self._make(old.source, old.direction)  # its threads were shut down
                     self._launch(self.pipelines[name])
             for name, p in list(self.pipelines.items()):
                 if p.session.direction != p.direction and name not in self.switching and not self.stop_event.is_set():
@@ -366,6 +427,19 @@ class Daemon:
         return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources}
 
 
+def _raise_open_files_limit() -> None:
+    """Each source keeps a SQLite file open (three descriptors in WAL mode): a fleet needs
+    more than the usual soft limit of 1024. Raised to the hard limit the service allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def _outcome(result) -> str:
     if result.error:
         return f"failed: {result.error}"
@@ -396,14 +470,6 @@ def _log_repairs(source: str, result) -> None:
         state = "now equal" if t.equal else f"{t.mismatched} row(s) still differ"
         log.warning(f'consistency check repaired {t.repaired} row(s) of "{t.table}" ({what}): keys {keys}{more}; '
                     f"{state}", extra={"source": source, "table": t.table, "event": "verify_repaired"})
-
-
-async def _direction(p: Pipeline) -> str:
-    s = p.session
-    try:
-        return await s.pg.fetchval(f"SELECT direction FROM {s.bk.s}.sources WHERE source = $1", s.name) or TO_POSTGRES
-    except Exception:  # noqa: BLE001 - an older bookkeeping, or a hiccup: the pipeline finds out later
-        return TO_POSTGRES
 
 
 def _shared(settings: Settings) -> tuple:

@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from syncd.metrics import registry
+from syncd import metrics
 
 
 class Endpoint:
@@ -24,7 +24,7 @@ class Endpoint:
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    body, ctype = generate_latest(registry), CONTENT_TYPE_LATEST
+                    body, ctype = metrics.exposition(), CONTENT_TYPE_LATEST
                 elif path == "/status":
                     body = json.dumps(endpoint._status(), default=str).encode()
                     ctype = "application/json"

@@ -14,7 +14,8 @@ sites read as before.
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.registry import Collector
 
 from syncd import __version__
 
@@ -108,6 +109,13 @@ repaired_rows_total = Counter(
     "Rows the daemon's consistency check found different and replayed through the stream ([verify] repair).",
     ["source", "table"],
 )
+verify_behind_seconds = Gauge(
+    "syncd_verify_behind_seconds",
+    "How far the oldest periodic consistency check is past [verify] interval_seconds; 0 when the fleet keeps up.",
+)
+postgres_connections = Gauge(
+    "syncd_postgres_connections", "Connections the daemon holds open to a target database.", ["target"]
+)
 build_info = Gauge("syncd_build_info", "Always 1; the version label says which syncd runs.", ["version"])
 build_info.labels(version=__version__).set(1)
 
@@ -126,3 +134,26 @@ def forget_source(source: str) -> None:
         for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public listing
             if labels[0] == source:
                 metric.remove(*labels)
+
+
+class _SourceLevel(Collector):
+    """The registry's series without those labelled by table: [metrics] per_table = false
+    keeps a fleet of thousands of tables from costing Prometheus a series per table."""
+
+    def collect(self):
+        for family in registry.collect():
+            family.samples = [s for s in family.samples if "table" not in s.labels]
+            if family.samples or not family.name:
+                yield family
+
+
+_source_level_registry = CollectorRegistry(auto_describe=False)
+_source_level_registry.register(_SourceLevel())
+
+# Set by the daemon from [metrics] per_table.
+PER_TABLE = True
+
+
+def exposition() -> bytes:
+    """/metrics: every series, or with [metrics] per_table = false the source-level ones."""
+    return generate_latest(registry if PER_TABLE else _source_level_registry)

@@ -12,6 +12,7 @@ import asyncio
 import random
 import sqlite3
 import time
+from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_random
 
@@ -23,6 +24,7 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
 from syncd.postgres.connect import PostgresUnavailable, describe, is_transient
+from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
 from syncd.reconcile import install_capture, reconcile
 from syncd.rows import RowMisfit
@@ -49,10 +51,10 @@ CUT_OVER = "cut_over"  # the application writes Postgres now; nothing flows this
 class Pipeline:
     direction = TO_POSTGRES  # which way this pipeline carries changes (the way back: reverse/pipeline.py)
 
-    def __init__(self, settings: Settings, source: SourceSettings):
+    def __init__(self, settings: Settings, source: SourceSettings, target: Target | None = None):
         self.settings = settings
         self.source = source
-        self.session = SourceSession(settings, source)
+        self.session = SourceSession(settings, source, target)
         self.name = source.name
         self.wake = asyncio.Event()
         self.stop_event = asyncio.Event()
@@ -73,6 +75,10 @@ class Pipeline:
         self.last_request_check = 0.0
         self.last_full_check = time.monotonic()
         self.captured_once = False
+        self.own_poller = True  # the daemon turns it off and polls from its FleetPoller
+        self.fleet_rechecks = False  # the daemon turns it on and fills recheck_flags (FleetRechecker)
+        self.recheck_flags: RecheckFlags | None = None
+        self.recheck_every = settings.stream.schema_check_interval_seconds
         self._last_error: str | None = None
         self.events: list[tuple[str, str, str | None]] = []  # (table, kind, detail) for syncd.events
         # Export every per-source series from the start, so dashboards show 0, not "no data".
@@ -99,7 +105,9 @@ class Pipeline:
         self.wake.set()
 
     async def run(self) -> None:
-        poller = asyncio.create_task(self._poll_loop(), name=f"poll-{self.name}")
+        # The daemon polls every source from one task at a bounded rate (FleetPoller);
+        # a pipeline run on its own (init, repair, a cutover's drain) polls itself.
+        poller = asyncio.create_task(self._poll_loop(), name=f"poll-{self.name}") if self.own_poller else None
         # Exponential from 0.2 s up to the configured maximum, plus up to 0.5 s of jitter
         # (spelled so every tenacity release in the supported range takes it silently).
         backoff = wait_exponential(multiplier=0.2, max=self.settings.stream.retry_max_backoff_seconds) \
@@ -124,13 +132,16 @@ class Pipeline:
             while not self.stopping:
                 did = await retrying(self._step)
                 if not did and not self.stopping:
+                    # Woken by a file event, the poller, a recheck that is due, or stop.
+                    timeout = None if not self.own_poller else self.settings.stream.poll_interval_seconds
                     try:
-                        await asyncio.wait_for(self.wake.wait(), self.settings.stream.poll_interval_seconds)
+                        await asyncio.wait_for(self.wake.wait(), self._recheck_due_in(timeout))
                     except asyncio.TimeoutError:
                         pass
         finally:
-            poller.cancel()
-            await asyncio.gather(poller, return_exceptions=True)
+            if poller is not None:
+                poller.cancel()
+                await asyncio.gather(poller, return_exceptions=True)
             await self._close_load()
             await self.pruner.stop()
             self.pruner.shutdown()
@@ -250,7 +261,8 @@ class Pipeline:
                 # with Postgres back it is installed again and every table re-snapshotted.
                 await s.connect_postgres(lock=True)
                 await install_capture(s)
-                await s.bk.event(s.pg, "capture_suspended", None, suspended)  # for the report's history
+                async with s.step():
+                    await s.bk.event(s.pg, "capture_suspended", None, suspended)  # for the report's history
                 await s.worker.run(disk_guard.resume, self.settings.sqlite.write_busy_timeout_ms)
                 metrics.capture_suspended.labels(self.name).set(0)
                 s.warning(f"capture resumed (it was suspended since {suspended}); re-snapshotting every table",
@@ -260,10 +272,48 @@ class Pipeline:
                 # Capture first, even with Postgres down: from here on nothing goes unrecorded.
                 await install_capture(s)
             self.captured_once = True
-        if s.pg is None or s.pg.is_closed():
-            await s.connect_postgres(lock=True)
+        if await s.connect_postgres(lock=True):
             self.needs_reconcile = True
-        self.pg_ok = True
+        if not await self._postgres_work_due():
+            self.pg_ok = True
+            return False  # idle: no connection borrowed, no query sent
+        async with s.step():
+            self.pg_ok = True
+            return await self._postgres_steps()
+
+    async def _postgres_work_due(self) -> bool:
+        """Anything for this step to do in Postgres? Asked of SQLite alone (one cheap
+        read), so that a thousand idle sources cost Postgres nothing."""
+        s = self.session
+        if self.needs_reconcile or self.load is not None or self.events or self.pruner.confirmed is not None:
+            return True
+        if self.recheck_flags is not None or time.monotonic() - self.last_full_check >= self.recheck_every:
+            return True
+        if not self.fleet_rechecks and (time.monotonic() - self.last_request_check
+                                        >= self.settings.stream.held_table_retry_seconds):
+            return True
+        for t in s.tables.values():
+            if t.state in (bk.PENDING, bk.LOADING, bk.CATCHUP) or (t.state == bk.HELD and self._due(t)):
+                return True
+        if s.direction != TO_POSTGRES:
+            return False
+        top = await s.worker.run(reader.max_seq)
+        self.max_seq_seen = max(self.max_seq_seen, top)
+        return top > s.applied_seq
+
+    def _recheck_due_in(self, wait: float | None) -> float | None:
+        """How long an idle pipeline may sleep before something is due: a held table's
+        retry, its own recheck (run alone), the rare full check."""
+        now = time.monotonic()
+        dues = [self.last_full_check + self.recheck_every]
+        if not self.fleet_rechecks:
+            dues.append(self.last_request_check + self.settings.stream.held_table_retry_seconds)
+        dues += [t.retry_at for t in self.session.tables.values() if t.state == bk.HELD and t.retry_at]
+        due = max(0.05, min(dues) - now)
+        return due if wait is None else min(wait, due)
+
+    async def _postgres_steps(self) -> bool:
+        s = self.session
         if self.needs_reconcile:
             await self._close_load()
             await self.pruner.stop()  # it must not work from a checkpoint reconcile may reset
@@ -534,23 +584,27 @@ class Pipeline:
 
     async def _maybe_recheck(self) -> None:
         """Reconcile again when something outside SQLite may have changed: an operator
-        request (`syncd resync`), a paused table whose Postgres side may have been
-        fixed, and, rarely, just in case."""
+        request (`syncd resync`), a cutover or rollback, a paused table whose Postgres
+        side may have been fixed, and, rarely, just in case. In the daemon the facts come
+        from one query per target database for every source (FleetRechecker); a pipeline
+        run alone asks for its own."""
         now = time.monotonic()
         s = self.session
-        if now - self.last_full_check >= self.settings.stream.schema_check_interval_seconds:
+        if now - self.last_full_check >= self.recheck_every:
             self.last_full_check = now
             self.needs_reconcile = True
-        if now - self.last_request_check < self.settings.stream.held_table_retry_seconds:
-            return
-        self.last_request_check = now
-        requested, direction, open_switch = await s.pg.fetchrow(
-            f"SELECT EXISTS (SELECT 1 FROM {s.bk.s}.tables WHERE source = $1 AND request IS NOT NULL), "
-            f"(SELECT direction FROM {s.bk.s}.sources WHERE source = $1), "
-            f"EXISTS (SELECT 1 FROM {s.bk.s}.switches WHERE source = $1 AND state IN ('started', 'frozen'))",
-            s.name)
-        await self._undo_abandoned_freeze(open_switch)
-        if any(t.state == bk.PAUSED for t in s.tables.values()) or requested or direction != s.direction:
+        if self.fleet_rechecks:
+            flags, self.recheck_flags = self.recheck_flags, None
+            if flags is None:
+                return
+        else:
+            if now - self.last_request_check < self.settings.stream.held_table_retry_seconds:
+                return
+            self.last_request_check = now
+            flags = await fetch_recheck_flags(s.pg, s.bk.s, [s.name])
+            flags = flags.get(s.name, RecheckFlags(False, s.direction, False))
+        await self._undo_abandoned_freeze(flags.open_switch)
+        if any(t.state == bk.PAUSED for t in s.tables.values()) or flags.requested or flags.direction != s.direction:
             self.needs_reconcile = True  # paused tables, a resync request, a cutover or rollback
         if self.needs_reconcile:
             self.wake.set()
@@ -602,30 +656,34 @@ class Pipeline:
     # --- polling -------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
-        interval = self.settings.stream.poll_interval_seconds
-        s = self.session
         while not self.stopping:
-            try:
-                if s.worker.conn is not None:
-                    info = await s.worker.run(reader.poll, str(self.source.path))
-                    moved = s.schema_version is not None and info.schema_version != s.schema_version
-                    self._on_poll(info)
-                    if moved and self.pg_ok is False and self.step_started is None:
-                        await self._rearm_while_away()
-                    if s.worker.conn is not None and info.inode == s.worker.inode:
-                        await self._maybe_stats()
-                elif self.health == SOURCE_MISSING and self.source.path.exists():
-                    self.wake.set()
-            except sqlite3.OperationalError as e:
-                if not _sqlite_busy(e):  # busy: the application holds a lock; poll again later
-                    self.file_changed = True
-                    self.wake.set()
-            except (sqlite3.Error, OSError):
+            await self.poll_once()
+            await asyncio.sleep(self.settings.stream.poll_interval_seconds)
+
+    async def poll_once(self) -> None:
+        """The cheap check: has anything changed, and how far has the changelog got?
+        Run by the pipeline's own loop, or in the daemon by the FleetPoller."""
+        s = self.session
+        try:
+            if s.worker.conn is not None:
+                info = await s.worker.run(reader.poll, str(self.source.path))
+                moved = s.schema_version is not None and info.schema_version != s.schema_version
+                self._on_poll(info)
+                if moved and self.pg_ok is False and self.step_started is None:
+                    await self._rearm_while_away()
+                if s.worker.conn is not None and info.inode == s.worker.inode:
+                    await self._maybe_stats()
+            elif self.health == SOURCE_MISSING and self.source.path.exists():
+                self.wake.set()
+        except sqlite3.OperationalError as e:
+            if not _sqlite_busy(e):  # busy: the application holds a lock; poll again later
                 self.file_changed = True
                 self.wake.set()
-            metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
-            metrics.replication_lag_seconds.labels(self.name).set(self.lag.lag(time.time()))
-            await asyncio.sleep(interval)
+        except (sqlite3.Error, OSError, RuntimeError):  # RuntimeError: the worker was shut down
+            self.file_changed = True
+            self.wake.set()
+        metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
+        metrics.replication_lag_seconds.labels(self.name).set(self.lag.lag(time.time()))
 
     async def _rearm_while_away(self) -> None:
         """The schema moved while Postgres is away (a table rebuilt, a new one): capture
@@ -665,6 +723,24 @@ class Pipeline:
         if last is not None and last.data_version != info.data_version:
             self.wake.set()
         metrics.pending_changes.labels(self.name).set(max(0, self.max_seq_seen - s.applied_seq))
+
+
+@dataclass(frozen=True)
+class RecheckFlags:
+    requested: bool  # a `syncd resync` waits
+    direction: str  # as bookkeeping has it now
+    open_switch: bool  # a cutover or rollback started and not finished
+
+
+async def fetch_recheck_flags(conn, bk_schema: str, sources: list[str]) -> dict[str, RecheckFlags]:
+    """One query for every source of a target database."""
+    rows = await conn.fetch(
+        f"SELECT s.source, s.direction, "
+        f"EXISTS (SELECT 1 FROM {bk_schema}.tables t WHERE t.source = s.source AND t.request IS NOT NULL), "
+        f"EXISTS (SELECT 1 FROM {bk_schema}.switches w WHERE w.source = s.source "
+        f"AND w.state IN ('started', 'frozen')) FROM {bk_schema}.sources s WHERE s.source = ANY($1::text[])",
+        sources)
+    return {r[0]: RecheckFlags(r[2], r[1] or TO_POSTGRES, r[3]) for r in rows}
 
 
 def _sqlite_busy(exc: BaseException) -> bool:

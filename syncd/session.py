@@ -3,9 +3,11 @@ in-memory mirror of its tables' bookkeeping."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -16,7 +18,7 @@ from syncd.model import TO_POSTGRES, TableSpec
 from syncd.postgres import bookkeeping as bkmod
 from syncd.postgres.apply import TableWriter
 from syncd.postgres.bookkeeping import Bookkeeping, TableRow
-from syncd.postgres.connect import close_quietly, connect
+from syncd.postgres.pool import Target
 from syncd.postgres.target import check_target
 from syncd.rows import RowConverter
 from syncd.sqlite.capture import CaptureState
@@ -56,13 +58,18 @@ def new_row(name: str, tid: int | None, state: str = bkmod.PENDING, reason: str 
 
 
 class SourceSession:
-    def __init__(self, settings: Settings, source: SourceSettings):
+    def __init__(self, settings: Settings, source: SourceSettings, target: Target | None = None):
         self.settings = settings
         self.source = source
         self.name = source.name
         self.target_schema = source.schema
         self.worker = SqliteWorker(source.path, source.name, settings.sqlite.read_busy_timeout_ms)
-        self.pg: asyncpg.Connection | None = None
+        # The daemon shares one Target (pool and lock holder) between every source of a
+        # database; a command running one source alone gets a small one of its own.
+        self.target = target or Target(settings, settings.dsn_for(source), max_connections=3,
+                                       lock_dsn=settings.direct_dsn_for(source))
+        self._own_target = target is None
+        self.pg: asyncpg.Connection | None = None  # the connection of the step in progress
         self.bk = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
         self.tables: dict[str, TableRuntime] = {}
         self.refused: dict[str, str] = {}
@@ -91,33 +98,41 @@ class SourceSession:
     def dsn(self) -> str:
         return self.settings.dsn_for(self.source)
 
-    async def connect_postgres(self, lock: bool = True) -> asyncpg.Connection:
-        """Connect, take the source's advisory lock, make sure bookkeeping exists."""
-        if self.pg is not None and not self.pg.is_closed():
-            return self.pg
-        conn = await connect(self.dsn, self.settings.password(), self.settings.postgres)
-        try:
-            await check_target(conn)
-            if lock:
-                await bkmod.try_lock_source(conn, self.name)
-            await bkmod.ensure_bookkeeping(conn, self.bk.schema)
-        except BaseException:
-            await close_quietly(conn)
-            raise
-        self.pg = conn
-        for t in self.tables.values():
-            t.writer = None  # temp stage tables lived in the old session
-        return conn
+    async def connect_postgres(self, lock: bool = True) -> bool:
+        """Make sure this source's advisory lock is held (one active syncd per source) and
+        the target is fit and has bookkeeping. Returns True when the lock was (re)taken:
+        whatever syncd knew about the source may have changed meanwhile."""
+        fresh = False
+        if lock and not self.target.holds(self.name):
+            await self.target.lock(self.name)
+            fresh = True
+        if not self.target.prepared:
+            async with self.target.connection() as conn:
+                await check_target(conn)
+                await bkmod.ensure_bookkeeping(conn, self.bk.schema)
+            self.target.prepared = True
+        return fresh
+
+    @contextlib.asynccontextmanager
+    async def step(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection borrowed for one step (`self.pg` meanwhile), given back after."""
+        async with self.target.connection() as conn:
+            self.pg = conn
+            try:
+                yield conn
+            finally:
+                self.pg = None
 
     def drop_postgres(self) -> None:
-        """Abandon the connection without waiting on it (it may be the thing that hangs)."""
-        conn, self.pg = self.pg, None
-        if conn is not None:
-            conn.terminate()
+        """After a failure that may mean the lock is gone (or held by another process):
+        take it again before the next step. The step's connection ends with the step."""
+        self.target.forget(self.name)
 
     async def close(self) -> None:
-        await close_quietly(self.pg)
-        self.pg = None
+        if self._own_target:
+            await self.target.close()
+        else:
+            await self.target.unlock(self.name)
         await self.worker.close()
         self.worker.shutdown()
 

@@ -221,7 +221,6 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
             if t.row.load_aside:
                 await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,
                                        session.bk.aside_table(t.tid))
-                session.writer(t).stage_ready = False  # the live table may have been reshaped
             await session.save_row(conn, row)
             await session.bk.touch_applied(conn)
             await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")

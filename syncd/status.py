@@ -128,46 +128,88 @@ def endpoint_status(settings: Settings) -> dict | None:
         return None
 
 
-async def gather_source(settings: Settings, source: SourceSettings, live: dict | None) -> SourceStatus:
-    st = SourceStatus(name=source.name, path=str(source.path))
-    st.sqlite_exists = source.path.exists()
-    applied_seq = 0
-    rows: dict[str, bk.TableRow] = {}
-    verify: dict[str, tuple] = {}
-    src = None
+@dataclass
+class _PgSide:
+    """What Postgres says about one source (gathered for every source of a target at once)."""
+
+    error: str | None = None
+    bookkeeping: bool = False
+    src: tuple | None = None  # applied_seq, applied_at, streaming_since, direction
+    tables: list[tuple] = field(default_factory=list)  # name, state, reason, snapshot_rows, snapshot_total
+    verify: dict[str, tuple] = field(default_factory=dict)  # table -> finished_at, differences, error
+    holder: str | None = None
+
+
+async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict[str, _PgSide]:
+    """Every source of one target database in a handful of queries on one connection:
+    `syncd status` answers quickly for a thousand sources, and opens one connection per
+    database, not per source."""
+    out = {n: _PgSide() for n in names}
     conn = None
     try:
-        conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
-        st.postgres_reachable = True
-        b = bk.Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
-        if await bk.bookkeeping_exists(conn, b.schema):
-            src = await b.load_source(conn)
-            if src is not None:
-                st.direction = await conn.fetchval(f"SELECT direction FROM {b.s}.sources WHERE source = $1",
-                                                   source.name) or TO_POSTGRES
-                st.initialized = True
-                applied_seq = src.applied_seq
-                st.last_applied_at = _iso(src.applied_at)
-                st.dual_write_since = _iso(src.streaming_since)
-                rows = await b.load_tables(conn)
-                for r in await conn.fetch(
-                    f"""SELECT DISTINCT ON (table_name) table_name, finished_at,
-                               missing + extra + different, error
-                        FROM {b.s}.verify_runs WHERE source = $1 ORDER BY table_name, finished_at DESC""",
-                    source.name,
-                ):
-                    verify[r[0]] = (r[1], r[2], r[3])
-            holder = await bk._holder(conn, source.name)  # noqa: SLF001 - read-only look at the lock
-            st.daemon_running = holder is not None
-            st.daemon_holder = holder[0] if holder else None
+        conn = await connect(dsn, settings.password(), settings.postgres)
+        schema = settings.postgres.bookkeeping_schema
+        keys = {bk.lock_key(n): n for n in names}
+        for r in await conn.fetch(
+                """SELECT l.objid::bigint, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                   WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objsubid = 2 AND l.granted
+                     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
+                bk.LOCK_CLASS):
+            if r[0] in keys:
+                out[keys[r[0]]].holder = r[1] or "a client"
+        if not await bk.bookkeeping_exists(conn, schema):
+            return out
+        q = bk.quote_pg_ident(schema)
+        for side in out.values():
+            side.bookkeeping = True
+        for r in await conn.fetch(f"SELECT source, applied_seq, applied_at, streaming_since, direction "
+                                  f"FROM {q}.sources WHERE source = ANY($1::text[])", names):
+            out[r[0]].src = tuple(r[1:])
+        for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total "
+                                  f"FROM {q}.tables WHERE source = ANY($1::text[])", names):
+            out[r[0]].tables.append(tuple(r[1:]))
+        for r in await conn.fetch(
+                f"""SELECT t.source, t.table_name, v.finished_at, v.missing + v.extra + v.different, v.error
+                    FROM {q}.tables t CROSS JOIN LATERAL (
+                        SELECT finished_at, missing, extra, different, error FROM {q}.verify_runs r
+                        WHERE r.source = t.source AND r.table_name = t.table_name
+                        ORDER BY finished_at DESC LIMIT 1) v
+                    WHERE t.source = ANY($1::text[])""", names):
+            out[r[0]].verify[r[1]] = (r[2], r[3], r[4])
     except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable"
-        st.postgres_error = describe(e)
+        for side in out.values():
+            side.error = describe(e)
     finally:
         await close_quietly(conn)
+    return out
+
+
+async def gather_source(settings: Settings, source: SourceSettings, live: dict | None,
+                        pg: _PgSide | None = None, lite_slots: asyncio.Semaphore | None = None) -> SourceStatus:
+    st = SourceStatus(name=source.name, path=str(source.path))
+    st.sqlite_exists = source.path.exists()
+    if pg is None:
+        pg = (await _postgres_side(settings, settings.dsn_for(source), [source.name]))[source.name]
+    applied_seq = 0
+    src = pg.src
+    if pg.error is not None:
+        st.postgres_error = pg.error
+    else:
+        st.postgres_reachable = True
+        if pg.bookkeeping:
+            st.daemon_running = pg.holder is not None
+            st.daemon_holder = pg.holder
+        if src is not None:
+            st.initialized = True
+            applied_seq, applied_at, streaming_since, direction = src
+            st.direction = direction or TO_POSTGRES
+            st.last_applied_at = _iso(applied_at)
+            st.dual_write_since = _iso(streaming_since)
 
     if st.sqlite_exists:
         try:
-            lite = await asyncio.to_thread(_read_sqlite, source, applied_seq)
+            async with (lite_slots or asyncio.Semaphore(1)):
+                lite = await asyncio.to_thread(_read_sqlite, source, applied_seq)
             st.capture_installed = lite["installed"]
             st.not_migrated = lite["not_migrated"]
             st.capture_suspended = lite["suspended"]
@@ -182,12 +224,12 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     if st.direction == TO_SQLITE and st.postgres_reachable:
         await _way_back(settings, source, st)
 
-    for name, r in sorted(rows.items()):
-        t = TableStatus(name=name, state=r.state, reason=r.reason)
-        if r.state in (bk.LOADING, bk.PENDING):
-            t.snapshot_rows, t.snapshot_total = r.snapshot_rows, r.snapshot_total
-        if name in verify:
-            at, diffs, err = verify[name]
+    for name, state, reason, snap_rows, snap_total in sorted(pg.tables):
+        t = TableStatus(name=name, state=state, reason=reason)
+        if state in (bk.LOADING, bk.PENDING):
+            t.snapshot_rows, t.snapshot_total = snap_rows, snap_total
+        if name in pg.verify:
+            at, diffs, err = pg.verify[name]
             t.last_verify_at, t.last_verify_differences, t.last_verify_error = _iso(at), diffs, err
         st.tables.append(t)
 
@@ -199,9 +241,9 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     elif st.pending_changes is not None:
         if st.pending_changes == 0:
             st.lag_seconds = 0.0
-        elif src is not None and src.applied_at is not None:
+        elif src is not None and src[1] is not None:
             # Without the daemon's observations the best bound is: not applied since then.
-            st.lag_seconds = max(0.0, time.time() - src.applied_at.timestamp())
+            st.lag_seconds = max(0.0, time.time() - src[1].timestamp())
     if st.state == "unknown":
         st.state = _derive_state(st)
     return st
@@ -301,11 +343,24 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
 
 async def gather(settings: Settings, sources: list[SourceSettings]) -> tuple[int, list[SourceStatus]]:
     live = await asyncio.to_thread(endpoint_status, settings)
-    statuses = await asyncio.gather(*(gather_source(settings, s, live) for s in sources))
+    statuses = await gather_statuses(settings, sources, live)
     verdict = OK
     for st in statuses:
         verdict = worse(verdict, evaluate(st, settings.status))
     return verdict, list(statuses)
+
+
+async def gather_statuses(settings: Settings, sources: list[SourceSettings], live: dict | None) -> list[SourceStatus]:
+    """Every source's status: one connection per target database, SQLite files read a
+    few at a time."""
+    by_dsn: dict[str, list[str]] = {}
+    for s in sources:
+        by_dsn.setdefault(settings.dsn_for(s), []).append(s.name)
+    sides: dict[str, _PgSide] = {}
+    for got in await asyncio.gather(*(_postgres_side(settings, dsn, names) for dsn, names in by_dsn.items())):
+        sides.update(got)
+    slots = asyncio.Semaphore(8)
+    return list(await asyncio.gather(*(gather_source(settings, s, live, sides[s.name], slots) for s in sources)))
 
 
 def as_json(verdict: int, statuses: list[SourceStatus]) -> dict:

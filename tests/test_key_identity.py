@@ -65,7 +65,7 @@ async def test_spellings_of_one_instant_hold_the_table(app_db, make_config, pg_d
         conn.execute("INSERT INTO ticks VALUES ('2024-01-01T00:00:00', 3)")
         conn.execute("INSERT INTO ticks VALUES ('2024-01-01 00:00:00Z', 4)")
         state, reason = await wait_state(pg_dsn, "ticks", "held", d)
-        assert "'2024-01-01T00:00:00' (text)" in reason and "as two rows" in reason
+        assert "as two rows" in reason and reason.count("'2024-01-01") == 2, reason  # two of the three spellings
         assert len(await pg_rows(pg_dsn, "SELECT * FROM app.ticks")) == 2
         assert d.stop() == 0
 

@@ -1,21 +1,21 @@
-"""syncd's SQLite thread: one connection, one thread, results and errors handed back
-to the awaiting task, nothing left running once it is shut down or dropped."""
+"""syncd's SQLite workers: each a connection whose calls run one at a time and in order,
+results and errors handed back to the awaiting task, on a few threads every worker
+shares, so a thousand files need a handful of threads, not a thousand."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import sqlite3
 import threading
 import time
 
 import pytest
 
-from syncd.sqlite.connection import SourceFileError, SqliteWorker
+from syncd.sqlite.connection import THREADS, SourceFileError, SqliteWorker
 
 
-def _threads(name: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == f"sqlite-{name}"]
+def _pool_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("sqlite-")]
 
 
 async def test_results_and_errors_come_back_in_order(tmp_path):
@@ -26,10 +26,17 @@ async def test_results_and_errors_come_back_in_order(tmp_path):
         assert await w.run(lambda c: c.execute("SELECT 41 + 1").fetchone()) == (42,)
         with pytest.raises(sqlite3.OperationalError, match="no such column: nope"):
             await w.run(lambda c: c.execute("SELECT nope FROM t").fetchall())
-        # the thread survives an error, and calls run one after another on it
-        seen = await asyncio.gather(*(w.run(lambda c, i=i: (i, threading.current_thread().name))
-                                      for i in range(20)))
-        assert seen == [(i, "sqlite-order") for i in range(20)]
+        # the worker survives an error, and its calls run one after another, in order
+        running = []
+
+        def call(c, i):
+            running.append(i)
+            assert len(running) == 1, "two calls of one worker at once"
+            time.sleep(0.001)
+            running.pop()
+            return i
+
+        assert await asyncio.gather(*(w.run(call, i) for i in range(20))) == list(range(20))
         # StopIteration cannot be set on a future: it arrives as a RuntimeError, never a hang
         with pytest.raises(RuntimeError, match="StopIteration"):
             await asyncio.wait_for(w.run(lambda c: next(iter(()))), 5)
@@ -46,7 +53,7 @@ async def test_missing_file_is_a_clear_error(tmp_path):
     w.shutdown()
 
 
-async def test_shutdown_cancels_queued_calls_and_ends_the_thread(tmp_path):
+async def test_shutdown_cancels_queued_calls(tmp_path):
     db = tmp_path / "app.db"
     sqlite3.connect(db).close()
     w = SqliteWorker(db, "shut", 1000)
@@ -68,21 +75,27 @@ async def test_shutdown_cancels_queued_calls_and_ends_the_thread(tmp_path):
         await queued
     with pytest.raises(RuntimeError, match="shut down"):
         await w.run(lambda c: None)
-    deadline = time.monotonic() + 5
-    while _threads("shut") and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert _threads("shut") == []
 
 
-async def test_a_dropped_worker_ends_its_thread(tmp_path):
-    db = tmp_path / "app.db"
-    sqlite3.connect(db).close()
-    w = SqliteWorker(db, "dropped", 1000)
-    await w.run(lambda c: c.execute("SELECT 1").fetchone())
-    assert len(_threads("dropped")) == 1
-    del w
-    gc.collect()
-    deadline = time.monotonic() + 5
-    while _threads("dropped") and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert _threads("dropped") == []
+async def test_a_thousand_workers_share_a_few_threads(tmp_path):
+    workers = []
+    for i in range(1000):
+        db = tmp_path / f"t{i}.db"
+        sqlite3.connect(db).execute("CREATE TABLE t (v)").connection.commit()
+        workers.append(SqliteWorker(db, f"w{i}", 1000))
+    try:
+        got = await asyncio.gather(*(w.run(lambda c, i=i: c.execute("SELECT ?", (i,)).fetchone()[0])
+                                     for i, w in enumerate(workers)))
+        assert got == list(range(1000))
+        assert 1 <= len(_pool_threads()) <= THREADS.size
+        # one slow worker does not hold the others up while threads are free
+        blocker = asyncio.ensure_future(workers[0].run(lambda c: time.sleep(1.0)))
+        await asyncio.sleep(0.05)
+        t = time.monotonic()
+        await asyncio.gather(*(w.run(lambda c: c.execute("SELECT 1").fetchone()) for w in workers[1:100]))
+        assert time.monotonic() - t < 0.9
+        await blocker
+    finally:
+        for w in workers:
+            await w.close()
+            w.shutdown()

@@ -53,14 +53,15 @@ async def init_source(settings: Settings, source: SourceSettings) -> list[str]:
     try:
         await session.worker.open()  # first: a missing file must not leave half an install
         await session.connect_postgres(lock=True)
-        await reconcile(session)
-        for t in session.tables.values():
-            if t.state == bk.PENDING:
-                reason = await audit(session, t)
-                if reason is not None:
-                    row = changed(t.row, state=bk.HELD, reason=reason, resume_to=bk.PENDING)
-                    await session.save_row(session.pg, row)
-                    t.row = row
+        async with session.step():
+            await reconcile(session)
+            for t in session.tables.values():
+                if t.state == bk.PENDING:
+                    reason = await audit(session, t)
+                    if reason is not None:
+                        row = changed(t.row, state=bk.HELD, reason=reason, resume_to=bk.PENDING)
+                        await session.save_row(session.pg, row)
+                        t.row = row
         return _summary(session)
     finally:
         await session.close()

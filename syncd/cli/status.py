@@ -12,7 +12,7 @@ import json
 from syncd.cli import common
 from syncd.config import ConfigError
 from syncd.model import TO_SQLITE
-from syncd.status import UNKNOWN, VERDICTS, SourceStatus, as_json, gather
+from syncd.status import UNKNOWN, VERDICTS, WARNING, SourceStatus, as_json, gather, worse
 
 
 def register(sub, parent) -> None:
@@ -23,7 +23,13 @@ def register(sub, parent) -> None:
                                    "1 WARNING, 2 CRITICAL, 3 UNKNOWN.")
     common.add_source_option(p)
     p.add_argument("--json", action="store_true", help="print the documented JSON object instead of a table")
+    p.add_argument("--all", action="store_true",
+                   help=f"one line per source even for a fleet (more than {LIST_ALL_UP_TO} sources are summarised)")
     p.set_defaults(func=main)
+
+
+LIST_ALL_UP_TO = 20  # more sources than this: counts per state, the worst by lag, every one with a problem
+WORST_SHOWN = 10
 
 
 def main(args) -> int:
@@ -37,10 +43,15 @@ def main(args) -> int:
             print(f"UNKNOWN: {e}")
         return UNKNOWN
     verdict, statuses = asyncio.run(gather(settings, sources))
+    if settings.discovery_problems:
+        verdict = worse(verdict, WARNING)  # a file a glob matches but syncd cannot pick up
     if args.json:
-        print(json.dumps(as_json(verdict, statuses), indent=2, ensure_ascii=False))
+        doc = as_json(verdict, statuses)
+        doc["not_picked_up"] = list(settings.discovery_problems)
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
-        print(render(verdict, statuses))
+        print(render(verdict, statuses, every=args.all or len(statuses) <= LIST_ALL_UP_TO,
+                     not_picked_up=settings.discovery_problems))
     return verdict
 
 
@@ -76,10 +87,24 @@ def _consistency(st: SourceStatus) -> str:
     return f"ok ({_ago(oldest)})"
 
 
-def render(verdict: int, statuses: list[SourceStatus]) -> str:
+def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_picked_up: list[str] = ()) -> str:
     head = ("SOURCE", "STATE", "FLOW", "LAG", "PENDING", "LAST APPLIED", "TABLES", "CONSISTENCY")
     rows = [head]
-    for st in statuses:
+    shown = statuses
+    summary: list[str] = []
+    if not every:
+        # A fleet: counts per state, the sources furthest behind, and every one with a problem.
+        counts: dict[str, int] = {}
+        for st in statuses:
+            counts[st.state] = counts.get(st.state, 0) + 1
+        summary.append(f"{len(statuses)} sources: " + ", ".join(
+            f"{n} {state.replace('_', ' ')}" for state, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+        worst = sorted((st for st in statuses if st.lag_seconds), key=lambda st: -(st.lag_seconds or 0))[:WORST_SHOWN]
+        troubled = [st for st in statuses if st.problems]
+        shown = list({id(st): st for st in [*worst, *troubled]}.values())
+        summary.append(f"shown: the {len(worst)} furthest behind and the {len(troubled)} with a problem "
+                       "(--all lists every source)")
+    for st in shown:
         counts: dict[str, int] = {}
         for t in st.tables:
             counts[t.state] = counts.get(t.state, 0) + 1
@@ -90,7 +115,7 @@ def render(verdict: int, statuses: list[SourceStatus]) -> str:
         rows.append((st.name, st.state.replace("_", " "), flow, lag, pending, _ago(st.last_applied_at), tables,
                      _consistency(st)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = summary + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     for st in statuses:
         for t in st.tables:
             if t.state == "loading" and t.snapshot_total:
@@ -100,6 +125,7 @@ def render(verdict: int, statuses: list[SourceStatus]) -> str:
         if st.rollback_until and not st.way_back_ended:
             lines.append(f"  {st.name}: SQLite follows Postgres; `syncd rollback` possible until {st.rollback_until}")
     problems = [(p.severity, st.name, p.message) for st in statuses for p in st.problems]
+    problems += [("warning", "discovery", text) for text in not_picked_up]
     if problems:
         lines.append("")
         for sev, name, msg in problems:

@@ -6,6 +6,7 @@ large ones are COPYed into a per-connection temp table and merged from there.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import asyncpg
@@ -27,9 +28,13 @@ class TableWriter:
         self.spec = spec
         self.schema = schema
         self.table = qualified(schema, spec.name)
-        self.stage = quote_pg_ident(f"_syncd_stage_{tid}")
         cols = [quote_pg_ident(c) for c in spec.column_names]
         types = [c.pgtype.value for c in spec.columns]
+        # Connections are borrowed from a pool, each with temp tables of its own: a stage
+        # named for its shape is always the right one on whichever connection a batch gets.
+        shape = hashlib.blake2b(repr((cols, types)).encode(), digest_size=6).hexdigest()
+        self.stage = quote_pg_ident(f"_syncd_stage_{tid}_{shape}")
+        self.stage_columns = ", ".join(f"{c} {t}" for c, t in zip(cols, types))
         key = [quote_pg_ident(k) for k in spec.key]
         non_key = [quote_pg_ident(c.name) for c in spec.columns if c.name not in spec.key]
         if non_key:
@@ -48,18 +53,11 @@ class TableWriter:
         dcols = ", ".join(f"d{i}" for i in range(len(key)))
         match = " AND ".join(f"t.{k} = d.d{i}" for i, k in enumerate(key))
         self.delete_unnest = f"DELETE FROM {self.table} AS t USING unnest({kparams}) AS d({dcols}) WHERE {match}"
-        self.stage_ready = False
 
     async def _ensure_stage(self, conn: asyncpg.Connection) -> None:
-        """The first use replaces any stage an older shape of the table left in this
-        session; later uses re-create it only if a rolled-back savepoint took it along."""
-        if not self.stage_ready:
-            await conn.execute(f"DROP TABLE IF EXISTS pg_temp.{self.stage}")
-            self.stage_ready = True
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} (LIKE {self.table} INCLUDING DEFAULTS) "
-            f"ON COMMIT DELETE ROWS"
-        )
+        """Made on first use on each connection (and again if a rolled-back savepoint
+        took it along); empty after every commit."""
+        await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} ({self.stage_columns}) ON COMMIT DELETE ROWS")
 
     async def delete(self, conn: asyncpg.Connection, keys: list[tuple]) -> None:
         if not keys:

@@ -79,8 +79,8 @@ def describe(exc: BaseException) -> str:
     return redact_dsn(" ".join(text.split()))
 
 
-async def connect(dsn: str, password: str | None, settings: PostgresSettings, **server_settings: str) -> asyncpg.Connection:
-    """Open a connection with bounded connect and statement times."""
+def connect_kwargs(password: str | None, settings: PostgresSettings, **server_settings: str) -> dict[str, Any]:
+    """What every syncd connection is opened with (single ones and pooled ones alike)."""
     kwargs: dict[str, Any] = {}
     if password is not None:
         kwargs["password"] = password
@@ -97,14 +97,16 @@ async def connect(dsn: str, password: str | None, settings: PostgresSettings, **
         # other session's writes (syncd/reverse/capture.py).
         "syncd.writer": "on",
     }
+    if settings.pooler == "transaction":
+        kwargs["statement_cache_size"] = 0  # a named statement would not survive the pooler's switching
+    return {"timeout": settings.connect_timeout_seconds, "command_timeout": settings.statement_timeout_seconds,
+            "server_settings": {**defaults, **server_settings}, **kwargs}
+
+
+async def connect(dsn: str, password: str | None, settings: PostgresSettings, **server_settings: str) -> asyncpg.Connection:
+    """Open a connection with bounded connect and statement times."""
     try:
-        return await asyncpg.connect(
-            dsn,
-            timeout=settings.connect_timeout_seconds,
-            command_timeout=settings.statement_timeout_seconds,
-            server_settings={**defaults, **server_settings},
-            **kwargs,
-        )
+        return await asyncpg.connect(dsn, **connect_kwargs(password, settings, **server_settings))
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
         raise PostgresUnavailable(f"cannot connect to {redact_dsn(dsn)}: {describe(e)}") from None
 

@@ -15,7 +15,6 @@ from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.report.checklist import CheckItem, evaluate
 from syncd.report.facts import MigrationFacts, gather
 
-CONCURRENT_SOURCES = 8  # each source's health check holds a Postgres connection while it runs
 
 
 @dataclass
@@ -37,13 +36,7 @@ async def gather_overview(settings: Settings, live: dict | None = None) -> Overv
     in_daemon = live is not None
     if live is None:
         live = await asyncio.to_thread(health.endpoint_status, settings)
-    limit = asyncio.Semaphore(CONCURRENT_SOURCES)
-
-    async def one(source):
-        async with limit:
-            return await health.gather_source(settings, source, live)
-
-    statuses = asyncio.gather(*(one(s) for s in settings.sources))
+    statuses = asyncio.ensure_future(health.gather_statuses(settings, list(settings.sources), live))
     facts, items, error = None, [], None
     try:
         facts = await gather(settings, live=(live or {}).get("sources", {}), upgrade_bookkeeping=not in_daemon)

@@ -11,8 +11,8 @@ triggers); the poll interval is the safety net.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-import json
 import os
 import random
 import sqlite3
@@ -27,6 +27,7 @@ from syncd.model import TO_SQLITE, TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
 from syncd.postgres.connect import describe, is_transient
+from syncd.postgres.pool import Target
 from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import install_capture, sticky_types
 from syncd.reverse import applier, capture, reader, tables
@@ -120,10 +121,10 @@ class ReverseLag:
 class ReversePipeline:
     direction = TO_SQLITE
 
-    def __init__(self, settings: Settings, source: SourceSettings):
+    def __init__(self, settings: Settings, source: SourceSettings, target: Target | None = None):
         self.settings = settings
         self.source = source
-        self.session = SourceSession(settings, source)
+        self.session = SourceSession(settings, source, target)
         self.session.direction = TO_SQLITE
         self.name = source.name
         self.names = Names(settings.postgres.bookkeeping_schema, source.name)
@@ -147,7 +148,12 @@ class ReversePipeline:
         self.last_retention_check = 0.0
         self.last_request_check = 0.0
         self.last_full_check = time.monotonic()
-        self.listening: object | None = None
+        self.listening = False  # NOTIFY from the capture triggers wakes this pipeline
+        # Set by the daemon like the forward pipeline's (fleet.py): who polls, who rechecks.
+        self.own_poller = True
+        self.fleet_rechecks = False
+        self.recheck_flags = None
+        self.recheck_every = settings.stream.schema_check_interval_seconds
         self.inode: tuple[int, int] | None = None
         self._last_error: str | None = None
         self.events: list[tuple[str | None, str, str | None]] = []
@@ -178,6 +184,10 @@ class ReversePipeline:
     def wakeup(self) -> None:
         self.wake.set()
 
+    async def poll_once(self) -> None:
+        """The daemon's FleetPoller: the safety net under NOTIFY is a cycle now and then."""
+        self.wake.set()
+
     def stop(self) -> None:
         self.stop_event.set()
         self.wake.set()
@@ -205,8 +215,9 @@ class ReversePipeline:
             while not self.stopping:
                 did = await retrying(self._step)
                 if not did and not self.stopping:
+                    timeout = self.settings.stream.poll_interval_seconds if self.own_poller else None
                     try:
-                        await asyncio.wait_for(self.wake.wait(), self.settings.stream.poll_interval_seconds)
+                        await asyncio.wait_for(self.wake.wait(), timeout)
                     except asyncio.TimeoutError:
                         pass
         finally:
@@ -214,8 +225,9 @@ class ReversePipeline:
             await asyncio.gather(gauges, return_exceptions=True)
             metrics.replication_lag_seconds.labels(self.name, direction=TO_SQLITE).set(0)
             metrics.pending_changes.labels(self.name, direction=TO_SQLITE).set(0)
+            with contextlib.suppress(Exception):
+                await self.session.target.unlisten(self.names.channel)
             await self.session.close()
-            self.session.worker.shutdown()
 
     async def _gauge_loop(self) -> None:
         """Lag keeps its meaning between cycles, and while Postgres is away."""
@@ -255,7 +267,6 @@ class ReversePipeline:
             self.pg_ok = False
             self.lag.unreachable = True
             self.session.drop_postgres()
-            self.listening = None
             self._enter(POSTGRES_DOWN, f"Postgres unreachable: {describe(exc)}; retrying with backoff, the "
                                        "application's changes wait in Postgres's changelog", kind="postgres",
                         level="warning")
@@ -303,14 +314,15 @@ class ReversePipeline:
             await s.worker.close()
             self.needs_reconcile = True
             return True
-        if s.pg is None or s.pg.is_closed():
-            self.listening = None
-            await s.connect_postgres(lock=True)
-            await reader.prepare_session(s.pg)
-            self.needs_reconcile = True
-        if self.listening is not s.pg:
-            await s.pg.add_listener(self.names.channel, self._notified)
-            self.listening = s.pg
+        if await s.connect_postgres(lock=True):
+            self.needs_reconcile = True  # the lock was (re)taken: anything may have changed meanwhile
+        if not self.listening:
+            await s.target.listen(self.names.channel, self._notified)
+            self.listening = True
+        async with s.step():  # one connection of the target's pool for the whole cycle
+            return await self._cycle_on_connection()
+
+    async def _cycle_on_connection(self) -> bool:
         self.pg_ok = True
         if await self._direction_moved():
             return False
@@ -344,6 +356,9 @@ class ReversePipeline:
     async def _direction_moved(self) -> bool:
         """A rollback turned the source around: stop applying; the daemon replaces this
         pipeline with the forward one."""
+        flags, self.recheck_flags = self.recheck_flags, None
+        if flags is not None and flags.direction != self.session.direction:
+            self.session.direction = flags.direction  # FleetRechecker saw it for every source at once
         now = time.monotonic()
         if now - self.last_direction_check < DIRECTION_CHECK_SECONDS:
             return self.session.direction != TO_SQLITE
@@ -808,4 +823,4 @@ def _sqlite_busy(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text or isinstance(exc, LockTimeout)
 
 
-__all__ = ["ReversePipeline", "json"]
+__all__ = ["ReversePipeline"]

@@ -29,9 +29,7 @@ SESSION_SETTINGS = (
 )
 
 
-async def prepare_session(conn: asyncpg.Connection) -> None:
-    for sql in SESSION_SETTINGS:
-        await conn.execute(sql)
+LOCAL_SETTINGS = "; ".join(s.replace("SET ", "SET LOCAL ", 1) for s in SESSION_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -92,6 +90,7 @@ def _rows_sql(schema: str, st: SourceTable) -> str:
 async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables: dict[int, SourceTable],
                      cp: ReverseCheckpoint, limit: int) -> ReverseBatch:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute(LOCAL_SETTINGS)  # the key text compared below is spelled as the triggers spell it
         now_snap, pg_now = await conn.fetchrow(
             "SELECT txid_current_snapshot()::text, extract(epoch FROM clock_timestamp())::float8")
         offset = pg_now - time.time()

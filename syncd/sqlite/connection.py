@@ -1,22 +1,22 @@
-"""One SQLite connection living on its own thread.
+"""SQLite connections, and the few threads every one of them runs its calls on.
 
 syncd hands sqlite3 whole units of work (a batch read with its joins and value
-conversion, a prune) to one dedicated thread per connection, one hop each, where
-aiosqlite would hop to its thread for every statement and fetch. bench/sqlite_calls.py
-measures both: per hop the two cost the same within this machine's noise (aiosqlite
-0.90-1.05x of this thread), and a hop (~0.12 ms) is small beside a 5000-row batch read
-(~10 ms). The thread is kept because one hop carries a whole read transaction: its
-statements stay together and off the event loop.
+conversion, a prune) to a thread, one hop each, where aiosqlite would hop to its
+thread for every statement and fetch. bench/sqlite_calls.py measures both: per hop the
+two cost the same within this machine's noise, and a hop (~0.12 ms) is small beside a
+5000-row batch read (~10 ms). One hop carries a whole read transaction: its statements
+stay together and off the event loop. The threads are shared and bounded ([sqlite]
+threads): a daemon with a thousand files runs a handful, not a thousand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import queue
 import sqlite3
 import threading
-import weakref
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote
@@ -67,12 +67,47 @@ def fetchall_text_safe(conn: sqlite3.Connection, sql: str, params: Any = ()) -> 
         conn.text_factory = old
 
 
-class SqliteWorker:
-    """A connection plus the single thread allowed to use it.
+class SqliteThreads:
+    """The threads every SqliteWorker's calls run on, shared and bounded: a daemon with a
+    thousand files needs a few threads, not a thousand. Each worker's calls still run
+    one at a time and in order (its connection is never used by two threads at once);
+    results are handed back with call_soon_threadsafe, one hop each way."""
 
-    The thread takes calls from a queue and hands each result back with
-    call_soon_threadsafe: one hop each way, cheaper than run_in_executor's
-    concurrent.futures round trip (bench/sqlite_calls.py)."""
+    def __init__(self, size: int):
+        self.size = size
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def resize(self, size: int) -> None:
+        with self._lock:
+            self.size = max(1, size)
+
+    def put(self, worker: "SqliteWorker") -> None:
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            if len(self._threads) < self.size:
+                t = threading.Thread(target=self._serve, name=f"sqlite-{len(self._threads)}", daemon=True)
+                self._threads.append(t)
+                t.start()
+        self._calls.put(worker)
+
+    @property
+    def threads(self) -> int:
+        return sum(1 for t in self._threads if t.is_alive())
+
+    def _serve(self) -> None:
+        while True:
+            worker = self._calls.get()
+            worker._run_next()  # noqa: SLF001 - the pool and its workers are one mechanism
+
+
+DEFAULT_THREADS = 4
+THREADS = SqliteThreads(DEFAULT_THREADS)
+
+
+class SqliteWorker:
+    """A connection whose calls run one at a time, in order, on the shared threads."""
 
     def __init__(self, path: Path, name: str, busy_timeout_ms: int):
         self.path = path
@@ -80,9 +115,10 @@ class SqliteWorker:
         self.busy_timeout_ms = busy_timeout_ms
         self.conn: sqlite3.Connection | None = None
         self.inode: tuple[int, int] | None = None
-        self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        self._closed = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._pending: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._scheduled = False  # a call of this worker is queued on or running on a thread
+        self._closed = False
 
     async def open(self) -> None:
         def _open() -> tuple[sqlite3.Connection, tuple[int, int]]:
@@ -99,19 +135,43 @@ class SqliteWorker:
         return await self._submit(fn, conn, *args)
 
     async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._closed.is_set():
+        if self._closed:
             raise RuntimeError(f"SQLite worker {self.name} is shut down")
-        if self._thread is None:
-            # The thread holds the queue, not the worker: a worker dropped without
-            # shutdown() is still collected, and its finalizer ends the thread.
-            self._thread = threading.Thread(target=_serve, args=(self._calls, self._closed),
-                                            name=f"sqlite-{self.name}", daemon=True)
-            self._thread.start()
-            weakref.finalize(self, self._calls.put, None)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._calls.put((loop, future, fn, args))
+        with self._lock:
+            self._pending.append((loop, future, fn, args))
+            start = not self._scheduled
+            self._scheduled = True
+        if start:
+            THREADS.put(self)
         return await future
+
+    def _run_next(self) -> None:
+        """On a pool thread: run this worker's oldest call, then hand the worker back to
+        the pool if more calls wait (others' calls interleave meanwhile)."""
+        with self._lock:
+            call = self._pending.popleft()
+        loop, future, fn, args = call
+        result = None
+        if self._closed or future.cancelled():  # a racy read, as a pool's cancel() is
+            _hand_back(loop, future, None, None, cancel=True)
+        else:
+            try:
+                result = fn(*args)
+            except StopIteration:  # a future refuses it and would never settle
+                _hand_back(loop, future, None, RuntimeError(f"StopIteration escaped {fn!r}"))
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+                _hand_back(loop, future, None, e)
+            else:
+                _hand_back(loop, future, result, None)
+            del result
+        del call, future, fn, args  # nothing a caller handed over lingers here
+        with self._lock:
+            more = bool(self._pending)
+            self._scheduled = more
+        if more:
+            THREADS.put(self)
 
     def interrupt(self) -> None:
         """Abort whatever query is running (used on shutdown); safe from any thread."""
@@ -132,27 +192,8 @@ class SqliteWorker:
                 pass
 
     def shutdown(self) -> None:
-        """Stop the thread once it finishes the call in hand; calls still queued are cancelled."""
-        self._closed.set()
-        self._calls.put(None)
-
-
-def _serve(calls: queue.SimpleQueue, closed: threading.Event) -> None:
-    while (call := calls.get()) is not None:
-        loop, future, fn, args = call
-        result = None
-        if closed.is_set() or future.cancelled():  # a racy read, as a pool's cancel() is
-            _hand_back(loop, future, None, None, cancel=True)
-            continue
-        try:
-            result = fn(*args)
-        except StopIteration:  # a future refuses it and would never settle
-            _hand_back(loop, future, None, RuntimeError(f"StopIteration escaped {fn!r}"))
-        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
-            _hand_back(loop, future, None, e)
-        else:
-            _hand_back(loop, future, result, None)
-        del call, future, fn, args, result  # nothing a caller handed over lingers here
+        """No more calls; those still queued are cancelled, the one in hand finishes."""
+        self._closed = True
 
 
 def _hand_back(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result: Any,

@@ -66,7 +66,7 @@ async def apply_through_stream(settings: Settings, source: SourceSettings, pg: a
         return "applied by this daemon's stream"
     holder = await lock_holder(pg, source.name)
     if holder is None:
-        probe = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+        probe = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
         try:
             await try_lock_source(probe, source.name)
         except SourceLocked:

@@ -67,19 +67,22 @@ class TablePlan:
 class _Session:
     """The verifier's own handles on one source."""
 
-    def __init__(self, settings: Settings, source: SourceSettings):
+    def __init__(self, settings: Settings, source: SourceSettings, connection: asyncpg.Connection | None = None):
         self.settings = settings
         self.source = source
         self.bk = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
         self.worker = SqliteWorker(source.path, f"{source.name}-verify", settings.sqlite.read_busy_timeout_ms)
-        self.pg: asyncpg.Connection | None = None
+        self.pg: asyncpg.Connection | None = connection
+        self._own_connection = connection is None  # the daemon lends one of its pool's
         self.has_bookkeeping = False
         self.utf8 = False
         self.direction = TO_POSTGRES  # TO_SQLITE once cut over: SQLite follows Postgres then
 
     async def open(self) -> None:
         await self.worker.open()  # first: a missing file is the clearer message
-        self.pg = await connect(self.settings.dsn_for(self.source), self.settings.password(), self.settings.postgres)
+        if self.pg is None:
+            self.pg = await connect(self.settings.dsn_for(self.source), self.settings.password(),
+                                    self.settings.postgres)
         await check_target(self.pg)
         self.has_bookkeeping = await bookkeeping_exists(self.pg, self.bk.schema)
         if self.has_bookkeeping:
@@ -89,7 +92,8 @@ class _Session:
         self.utf8 = await stores_utf8(self.pg)
 
     async def close(self) -> None:
-        await close_quietly(self.pg)
+        if self._own_connection:
+            await close_quietly(self.pg)
         await self.worker.close()
         self.worker.shutdown()
 
@@ -116,7 +120,8 @@ def _busy(e: sqlite3.OperationalError) -> bool:
 
 async def verify_source(settings: Settings, source: SourceSettings, tables: list[str] | None = None, *,
                         repair: bool = False, wait_seconds: float = DEFAULT_WAIT_SECONDS,
-                        record: bool = True, in_daemon: bool = False) -> SourceVerifyResult:
+                        record: bool = True, in_daemon: bool = False,
+                        connection: asyncpg.Connection | None = None) -> SourceVerifyResult:
     """Compare every replicated table of `source` (or only `tables`) between SQLite
     and Postgres, record each table's result in syncd.verify_runs, and return them.
 
@@ -127,7 +132,7 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
     started here). Never raises for an unreachable Postgres or a missing file: the
     result's `error` says what went wrong, in one line."""
     result = SourceVerifyResult(source=source.name, path=str(source.path), schema=source.schema)
-    s = _Session(settings, source)
+    s = _Session(settings, source, connection)
     try:
         await s.open()
         plans = await _plan(s, tables)

@@ -29,6 +29,17 @@ def schema_version(db: Path) -> int:
         conn.close()
 
 
+def capture_id(db: Path) -> str | None:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = conn.execute("SELECT value FROM _syncd_meta WHERE key = 'capture_id'").fetchone()
+        return row[0] if row else None
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+
+
 async def bookkeeping(dsn: str, source: str, db: Path | None = None) -> tuple[int | None, dict[str, str]]:
     """(checkpoint, table states); with `db`, (None, {}) until syncd has reconciled the
     file's current schema version (an application's DDL is followed first)."""
@@ -37,10 +48,11 @@ async def bookkeeping(dsn: str, source: str, db: Path | None = None) -> tuple[in
     except Exception:
         return None, {}
     try:
-        seq, followed = await conn.fetchrow(
-            "SELECT applied_seq, schema_version FROM syncd.sources WHERE source = $1", source) or (None, None)
-        if db is not None and followed is not None and followed != schema_version(db):
-            return None, {}
+        seq, followed, cid = await conn.fetchrow(
+            "SELECT applied_seq, schema_version, capture_id FROM syncd.sources WHERE source = $1",
+            source) or (None, None, None)
+        if db is not None and (followed is not None and followed != schema_version(db) or cid != capture_id(db)):
+            return None, {}  # syncd has not reconciled this file as it is now
         rows = await conn.fetch("SELECT table_name, state FROM syncd.tables WHERE source = $1", source)
         return seq, {r[0]: r[1] for r in rows}
     except asyncpg.UndefinedTableError:

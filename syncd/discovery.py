@@ -1,0 +1,87 @@
+"""Sources found by a glob: `path = "/srv/tenants/*.db"` with `name = "tenant_{stem}"`
+(schema likewise) stands for one source per file, now and later.
+
+Each file matched becomes an ordinary source: {stem} is the file name without its
+extension, {name} the file name, {parent} its directory's name. A file whose name
+would make an invalid or duplicate source name is not picked up, and says so (the
+daemon logs it, `syncd status` lists it): nothing is skipped in silence. The daemon
+expands the globs again every [stream] discover_interval_seconds, so files that appear
+are snapshotted and streamed without a restart; a file that disappears keeps its
+source, shown as missing.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from pathlib import Path
+
+from syncd.config import Settings, SourceSettings, is_glob
+from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES
+
+NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def _fill(template: str, file: Path) -> str:
+    return template.replace("{stem}", file.stem).replace("{name}", file.name).replace("{parent}", file.parent.name)
+
+
+def matches(pattern: SourceSettings) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(str(pattern.path)) if Path(p).is_file()
+                  and not p.endswith(("-wal", "-shm", "-journal")))
+
+
+def expand(settings: Settings) -> Settings:
+    """`settings` with every glob source replaced by one source per file it matches now."""
+    fixed = list(settings.configured) if settings.configured or settings.patterns else \
+        [s for s in settings.sources if not is_glob(s.path)]
+    taken = {s.name for s in fixed}
+    taken_paths = {s.path.resolve() for s in fixed}
+    found: list[SourceSettings] = []
+    problems: list[str] = []
+    for pattern in settings.patterns:
+        for file in matches(pattern):
+            if file.resolve() in taken_paths:
+                continue  # configured by itself, or found by an earlier glob
+            taken_paths.add(file.resolve())
+            name = _fill(pattern.name, file)
+            schema = _fill(pattern.schema_, file) if pattern.schema_ else name
+            why = None
+            if not NAME.fullmatch(name):
+                why = f"its source name {name!r} may only use letters, digits, '_', '.' and '-'"
+            elif name in taken:
+                why = f"its source name {name!r} is already taken"
+            elif len(schema.encode()) > PG_MAX_IDENTIFIER_BYTES:
+                why = f"its schema {schema!r} is longer than {PG_MAX_IDENTIFIER_BYTES} bytes"
+            if why:
+                problems.append(f"{file} (from {pattern.path}) is not picked up: {why}")
+                continue
+            taken.add(name)
+            found.append(pattern.model_copy(update={"name": name, "path": file, "schema_": schema}))
+    return settings.model_copy(update={"sources": fixed + found, "discovery_problems": problems})
+
+
+async def remembered(settings: Settings, conn, bk_schema: str, dsn: str) -> list[SourceSettings]:
+    """Sources syncd ran from a glob whose file is gone now: still shown (as missing),
+    never dropped in silence. Read from the bookkeeping of one target database."""
+    import fnmatch
+
+    from syncd.identifiers import quote_pg_ident
+
+    if not settings.patterns:
+        return []
+    try:
+        rows = await conn.fetch(f"SELECT source, sqlite_path, target_schema FROM {quote_pg_ident(bk_schema)}.sources")
+    except Exception:  # noqa: BLE001 - no bookkeeping yet: nothing remembered
+        return []
+    known = {s.name for s in settings.sources}
+    out = []
+    for name, path, schema in rows:
+        if name in known or not path or Path(path).exists():
+            continue
+        for pattern in settings.patterns:
+            if fnmatch.fnmatch(path, str(pattern.path)) and settings.dsn_for(pattern) == dsn:
+                out.append(pattern.model_copy(update={"name": name, "path": Path(path),
+                                                      "schema_": schema or name}))
+                break
+    return out

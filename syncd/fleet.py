@@ -1,0 +1,150 @@
+"""Daemon-wide loops that keep a thousand sources cheap: each does for every source, at a
+bounded rate or in one query, what each source would otherwise do on its own timer.
+
+- FleetPoller: the safety net under file-system events (PRAGMA data_version and the
+  changelog's end), round robin over every source, at most [stream]
+  max_polls_per_second; with few sources each is still polled every
+  poll_interval_seconds.
+- FleetRechecker: per target database, one query for every source's resync requests,
+  direction (a cutover or rollback) and unfinished switches, every
+  held_table_retry_seconds; only the sources concerned are woken.
+- VerifyScheduler: full consistency checks, the source checked longest ago first, at
+  most [verify] concurrency at once, each on a connection borrowed from its target's
+  pool; says when the fleet's checks fall behind [verify] interval_seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from syncd import metrics
+from syncd.config import Settings
+from syncd.postgres.pool import Targets
+
+if TYPE_CHECKING:
+    from syncd.pipeline import Pipeline
+
+log = logging.getLogger("syncd")
+
+TICK_SECONDS = 0.1
+
+
+class FleetPoller:
+    def __init__(self, settings: Settings, pipelines: Callable[[], dict[str, "Pipeline"]]):
+        self.settings = settings
+        self.pipelines = pipelines
+        self._next = 0
+
+    def period(self, n: int) -> float:
+        """How often each of `n` sources is polled."""
+        s = self.settings.stream
+        return max(s.poll_interval_seconds, n / s.max_polls_per_second)
+
+    async def run(self) -> None:
+        credit = 0.0
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            pipes = list(self.pipelines().values())
+            if not pipes:
+                continue
+            credit += len(pipes) * TICK_SECONDS / self.period(len(pipes))
+            for _ in range(int(credit)):
+                p = pipes[self._next % len(pipes)]
+                self._next += 1
+                if not p.stopping:
+                    await p.poll_once()
+            credit -= int(credit)
+
+
+class FleetRechecker:
+    def __init__(self, settings: Settings, targets: Targets, pipelines: Callable[[], dict[str, "Pipeline"]]):
+        self.settings = settings
+        self.targets = targets
+        self.pipelines = pipelines
+
+    async def run(self) -> None:
+        from syncd.pipeline import RecheckFlags, fetch_recheck_flags
+
+        bk = self.settings.postgres.bookkeeping_schema
+        while True:
+            await asyncio.sleep(self.settings.stream.held_table_retry_seconds)
+            by_target: dict[int, list["Pipeline"]] = {}
+            for p in self.pipelines().values():
+                by_target.setdefault(id(p.session.target), []).append(p)
+            for pipes in by_target.values():
+                target = pipes[0].session.target
+                try:
+                    async with target.connection() as conn:
+                        from syncd.identifiers import quote_pg_ident
+                        flags = await fetch_recheck_flags(conn, quote_pg_ident(bk), [p.name for p in pipes])
+                except Exception:  # noqa: BLE001 - Postgres away: the pipelines notice and say so
+                    continue
+                for p in pipes:
+                    f = flags.get(p.name, RecheckFlags(False, p.session.direction, False))
+                    paused = any(t.state == "paused" for t in p.session.tables.values())
+                    if f.requested or f.open_switch or paused or f.direction != p.session.direction:
+                        p.recheck_flags = f
+                        p.wakeup()
+
+
+class VerifyScheduler:
+    """The periodic full check of every streaming source (see the module docstring)."""
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+        self.last_run: dict[str, float] = {}
+        self.deferred: dict[str, float] = {}
+        self.running: set[str] = set()
+        self.behind_seconds = 0.0  # how far the oldest check is past its interval
+
+    def due(self, now: float) -> list["Pipeline"]:
+        from syncd.pipeline import STREAMING
+
+        d = self.daemon
+        interval = d.settings.verify.interval_seconds
+        out = []
+        for name, p in list(d.pipelines.items()):
+            if name in self.running or p.health != STREAMING:
+                continue
+            if now - self.last_run.get(name, -math.inf) < interval:
+                continue
+            # A source working through a backlog is checked once it has caught up, or one
+            # interval later at the latest: a write load that never lets it catch up must
+            # not switch verification off.
+            if p.max_seq_seen - p.session.applied_seq > d.settings.stream.batch_size:
+                if now - self.deferred.setdefault(name, now) < interval:
+                    continue
+            out.append(p)
+        out.sort(key=lambda p: self.last_run.get(p.name, -math.inf))
+        return out
+
+    async def run(self) -> None:
+        d = self.daemon
+        while True:
+            interval = d.settings.verify.interval_seconds
+            if interval > 0 and not d.stop_event.is_set():
+                now = time.monotonic()
+                oldest = min((self.last_run.get(n, now) for n in d.pipelines), default=now)
+                self.behind_seconds = max(0.0, now - oldest - interval) if self.last_run else 0.0
+                metrics.verify_behind_seconds.set(self.behind_seconds)
+                for p in self.due(now)[: max(0, d.settings.verify.concurrency - len(self.running))]:
+                    self.running.add(p.name)
+                    self.deferred.pop(p.name, None)
+                    self.last_run[p.name] = now
+                    asyncio.create_task(self._one(p), name=f"verify-{p.name}")
+            await asyncio.sleep(1.0)
+
+    async def _one(self, p: "Pipeline") -> None:
+        try:
+            await self.daemon.verify_one(p)
+        finally:
+            self.running.discard(p.name)
+
+    def forget(self, name: str) -> None:
+        self.last_run.pop(name, None)
+        self.deferred.pop(name, None)

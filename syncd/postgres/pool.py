@@ -1,0 +1,224 @@
+"""Postgres connections shared by every source of one target database, within a bound.
+
+One daemon may run a thousand sources against one Postgres whose `max_connections` is
+100, beside the application. So per target database (DSN) syncd keeps:
+
+- a pool of at most `[postgres] max_connections - 1` connections, from which each
+  pipeline step (a batch with its checkpoint, a snapshot chunk, a reconcile) borrows
+  one for its own transaction, and gives it back: a slow or held source occupies one
+  connection at most, never the others';
+- one more connection that holds every source's advisory lock (one active syncd per
+  source; session-level locks need a session that lives as long as the daemon). If it
+  drops, the locks go with it: every source on it takes its lock again before its next
+  step, and the checkpoint guard catches a second writer meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from syncd.config import Settings, SourceSettings
+from syncd.postgres.bookkeeping import LOCK_CLASS, SourceLocked, lock_key, try_lock_source
+from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, connect_kwargs, describe, is_transient
+from syncd.redact import redact_dsn
+
+RELEASE_SECONDS = 5.0
+
+
+class Target:
+    """One target database: its pool and its lock holder."""
+
+    def __init__(self, settings: Settings, dsn: str, max_connections: int, lock_dsn: str | None = None):
+        self.settings = settings
+        self.dsn = dsn
+        self.lock_dsn = lock_dsn or dsn  # session-level locks need a direct connection (past a pooler)
+        self.size = max(1, max_connections - 1)  # one more holds the locks
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._holder: asyncpg.Connection | None = None
+        self._holder_lock = asyncio.Lock()
+        self._locked: set[str] = set()  # sources whose lock the holder has
+        self.prepared = False  # the target checked and its bookkeeping made sure of, once
+        self._listeners: dict[str, object] = {}  # channel -> callback, LISTENed on the holder (the way back's wake-ups)
+        self._suspect: set[str] = set()  # forgotten: maybe still held by the holder's session
+
+    # --- borrowing a connection ---------------------------------------------------------
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        async with self._pool_lock:
+            if self._pool is None:
+                try:
+                    self._pool = await asyncpg.create_pool(
+                        self.dsn, min_size=0, max_size=self.size, max_inactive_connection_lifetime=60.0,
+                        **connect_kwargs(self.settings.password(), self.settings.postgres))
+                except Exception as e:
+                    raise PostgresUnavailable(f"cannot connect to {redact_dsn(self.dsn)}: {describe(e)}") from None
+            return self._pool
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for one step, given back afterwards. A connection that failed
+        (dropped, hung) is ended, never handed to the next step."""
+        pool = await self._get_pool()
+        try:
+            conn = await pool.acquire(timeout=self.settings.postgres.connect_timeout_seconds
+                                      + self.settings.postgres.statement_timeout_seconds)
+        except Exception as e:
+            raise PostgresUnavailable(f"cannot connect to {redact_dsn(self.dsn)}: {describe(e)}") from None
+        broken = False
+        try:
+            yield conn
+        except BaseException as e:
+            broken = is_transient(e) or isinstance(e, asyncio.CancelledError) or conn.is_in_transaction()
+            raise
+        finally:
+            if broken or conn.is_closed():
+                conn.terminate()
+            try:
+                await pool.release(conn, timeout=RELEASE_SECONDS)
+            except Exception:  # noqa: BLE001 - a connection that cannot be reset is simply dropped
+                conn.terminate()
+
+    @property
+    def in_use(self) -> int:
+        """Connections open to this database: the pool's and the lock holder."""
+        pool = self._pool
+        n = 0 if pool is None else sum(1 for h in pool._holders if h._con is not None)  # noqa: SLF001
+        return n + (1 if self._holder is not None and not self._holder.is_closed() else 0)
+
+    # --- the sources' advisory locks ------------------------------------------------------
+
+    def holds(self, source: str) -> bool:
+        return source in self._locked and self._holder is not None and not self._holder.is_closed()
+
+    async def lock(self, source: str) -> None:
+        """Take `source`'s advisory lock on the holder connection, or raise SourceLocked
+        naming whoever holds it (PostgresUnavailable if the server cannot be reached)."""
+        async with self._holder_lock:
+            await self._ensure_holder()
+            assert self._holder is not None
+            if source in self._suspect:
+                self._suspect.discard(source)
+                if await self._holder.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                        "AND pid = pg_backend_pid() AND classid = $1::oid AND objid = $2::oid AND objsubid = 2)",
+                        LOCK_CLASS, lock_key(source)):
+                    self._locked.add(source)  # still ours: taking it again would only count it twice
+                    return
+            try:
+                await try_lock_source(self._holder, source)
+            except SourceLocked:
+                raise
+            except Exception as e:
+                self._drop_holder()
+                if is_transient(e):
+                    raise PostgresUnavailable(f"cannot lock source {source!r}: {describe(e)}") from None
+                raise
+            self._locked.add(source)
+
+    async def lock_many(self, sources: list[str]) -> dict[str, bool]:
+        """Try every lock in one round trip (start-up of a big fleet); name -> taken."""
+        async with self._holder_lock:
+            await self._ensure_holder()
+            assert self._holder is not None
+            keys = [lock_key(s) for s in sources]
+            rows = await self._holder.fetch(
+                "SELECT k, pg_try_advisory_lock($1, k) FROM unnest($2::int[]) AS k", LOCK_CLASS, keys)
+            got = {r[0]: r[1] for r in rows}
+            out = {s: bool(got.get(k)) for s, k in zip(sources, keys)}
+            self._locked |= {s for s, ok in out.items() if ok}
+            return out
+
+    def forget(self, source: str) -> None:
+        """Make sure of the lock again before the next step (the holder may have lost it)."""
+        self._locked.discard(source)
+        self._suspect.add(source)
+
+    async def unlock(self, source: str) -> None:
+        async with self._holder_lock:
+            if source in self._locked and self._holder is not None and not self._holder.is_closed():
+                with contextlib.suppress(Exception):
+                    await self._holder.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, lock_key(source))
+            self._locked.discard(source)
+
+    async def _ensure_holder(self) -> None:
+        if self._holder is not None and not self._holder.is_closed():
+            return
+        self._locked.clear()  # a new session holds nothing
+        self._holder = await connect(self.lock_dsn, self.settings.password(), self.settings.postgres)
+        self._holder.add_termination_listener(lambda _conn: self._locked.clear())
+        for channel, callback in self._listeners.items():
+            await self._holder.add_listener(channel, callback)
+
+    async def listen(self, channel: str, callback) -> None:
+        """Call `callback` on each NOTIFY of `channel`, on the long-lived holder session (a
+        pooled connection would be given back); kept across the holder's reconnects."""
+        async with self._holder_lock:
+            if self._listeners.get(channel) is callback and self._holder is not None and not self._holder.is_closed():
+                return
+            old = self._listeners.get(channel)
+            self._listeners[channel] = callback
+            await self._ensure_holder()
+            assert self._holder is not None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await self._holder.remove_listener(channel, old)
+            await self._holder.add_listener(channel, callback)
+
+    async def unlisten(self, channel: str) -> None:
+        async with self._holder_lock:
+            callback = self._listeners.pop(channel, None)
+            if callback is not None and self._holder is not None and not self._holder.is_closed():
+                with contextlib.suppress(Exception):
+                    await self._holder.remove_listener(channel, callback)
+
+    def _drop_holder(self) -> None:
+        holder, self._holder = self._holder, None
+        self._locked.clear()
+        if holder is not None:
+            holder.terminate()
+
+    async def close(self) -> None:
+        holder, self._holder = self._holder, None
+        self._locked.clear()
+        await close_quietly(holder)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), RELEASE_SECONDS)
+            except Exception:  # noqa: BLE001
+                pool.terminate()
+
+
+class Targets:
+    """Every target database of the daemon, by DSN."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._by_dsn: dict[str, Target] = {}
+
+    def for_source(self, source: SourceSettings) -> Target:
+        dsn = self.settings.dsn_for(source)
+        target = self._by_dsn.get(dsn)
+        if target is None:
+            target = self._by_dsn[dsn] = Target(self.settings, dsn, self.settings.postgres.max_connections,
+                                                self.settings.direct_dsn_for(source))
+        return target
+
+    @property
+    def all(self) -> list[Target]:
+        return list(self._by_dsn.values())
+
+    async def close(self) -> None:
+        for t in list(self._by_dsn.values()):
+            await t.close()
+        self._by_dsn.clear()
+
+
+def stats(targets: Targets) -> dict[str, Any]:
+    return {redact_dsn(t.dsn): t.in_use for t in targets.all}
