@@ -133,8 +133,9 @@ async def reverse_position(worker: SqliteWorker, conn: asyncpg.Connection, names
     """(entries SQLite has not applied, tables waiting to be copied again)."""
     cp = ReverseCheckpoint.decode(await worker.run(applier.read_meta, META_KEY))
     gen = await capture.generation(conn, names)
-    done = cp.done if (cp is not None and gen is not None and cp.generation == gen.id) else "1:1:"
-    pending, _age = await reader.pending(conn, names, done)
+    if cp is None or gen is None or cp.generation != gen.id:
+        cp = ReverseCheckpoint(gen.id if gen else "", "1:1:")
+    pending, _age = await reader.pending(conn, names, cp)
     reload = await worker.run(applier.read_reload)
     return pending, len(reload)
 

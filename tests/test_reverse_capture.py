@@ -62,7 +62,7 @@ async def test_a_transaction_committing_late_with_a_smaller_number_is_taken(pg_d
         assert [r[0] for r in second.tables[1].rows] == [1]
         third = await reader.read_batch(pg, NAMES, "app", TABLES, second.after, 100)
         assert third.empty
-        assert await reader.pending(pg, NAMES, third.after.done) == (0, 0.0)
+        assert await reader.pending(pg, NAMES, third.after) == (0, 0.0)
     finally:
         for c in (pg, early, late):
             await c.close()
@@ -125,7 +125,7 @@ async def test_many_writers_committing_out_of_order_lose_nothing(pg_dsn):
         truth = {r[0]: r[1] for r in await pg.fetch(f"SELECT id, v FROM {TABLE}")}
         assert mirror == truth
         assert truth  # the writers left rows behind
-        assert (await reader.pending(pg, NAMES, cp.done))[0] == 0
+        assert (await reader.pending(pg, NAMES, cp))[0] == 0
         assert await reader.prune(pg, NAMES, cp.done) > 0
         assert await pg.fetchval(f"SELECT count(*) FROM {NAMES.changelog}") == 0
     finally:

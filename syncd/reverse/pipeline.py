@@ -702,7 +702,7 @@ class ReversePipeline:
     async def _measure(self) -> None:
         if self.checkpoint is None:
             return
-        count, age = await reader.pending(self.session.pg, self.names, self.checkpoint.done)
+        count, age = await reader.pending(self.session.pg, self.names, self.checkpoint)
         self.lag.set(count, age, time.time())
         self.max_seq_seen = count
 

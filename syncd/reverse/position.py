@@ -54,8 +54,8 @@ async def position(settings: Settings, source: SourceSettings, conn=None) -> Way
             cp = ReverseCheckpoint.decode(await asyncio.to_thread(_checkpoint_text, source))
         except (sqlite3.Error, ValueError):
             return out
-        done = cp.done if cp is not None and cp.generation == gen.id else NOTHING
-        out.pending, out.lag_seconds = await reader.pending(conn, names, done)
+        cp = cp if cp is not None and cp.generation == gen.id else ReverseCheckpoint(gen.id, NOTHING)
+        out.pending, out.lag_seconds = await reader.pending(conn, names, cp)
         return out
     finally:
         if own:

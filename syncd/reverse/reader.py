@@ -145,12 +145,20 @@ async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables
         return batch
 
 
-async def pending(conn: asyncpg.Connection, names: Names, done: str) -> tuple[int, float]:
-    """(entries not yet applied, seconds since the oldest of them was written; 0 when none)."""
+UNCOVERED = ("txid >= txid_snapshot_xmin($1::text::txid_snapshot) "
+             "AND NOT txid_visible_in_snapshot(txid, $1::text::txid_snapshot) "
+             "AND NOT ($2::text IS NOT NULL AND txid_visible_in_snapshot(txid, $2::text::txid_snapshot) "
+             "AND (txid, seq) <= ($3, $4))")
+
+
+async def pending(conn: asyncpg.Connection, names: Names, cp: ReverseCheckpoint) -> tuple[int, float]:
+    """(entries the checkpoint does not cover, seconds since the oldest of them was
+    written; 0 when none). A batch split over several SQLite transactions counts down
+    as its parts are applied."""
+    after = cp.after or (0, 0)
     row = await conn.fetchrow(
-        f"SELECT count(*), extract(epoch FROM clock_timestamp() - min(at)) FROM {names.changelog} "
-        "WHERE txid >= txid_snapshot_xmin($1::text::txid_snapshot) AND NOT txid_visible_in_snapshot(txid, $1::text::txid_snapshot)",
-        done)
+        f"SELECT count(*), extract(epoch FROM clock_timestamp() - min(at)) FROM {names.changelog} WHERE {UNCOVERED}",
+        cp.done, cp.target, after[0], after[1])
     return int(row[0]), max(0.0, float(row[1] or 0.0))
 
 
