@@ -99,6 +99,23 @@ async def open_way_back(conn: asyncpg.Connection, settings: Settings, source: So
     await capture.unfreeze(conn, names, source.schema)
 
 
+async def end_way_back(conn: asyncpg.Connection, settings: Settings, source: SourceSettings, reason: str) -> int:
+    """Stop capturing the source's tables in Postgres for good (the rollback window is
+    over, or capture is uninstalled): triggers and recorded entries go, the SQLite file
+    stays as it is. Returns the tables that were captured. In one transaction."""
+    names = Names(settings.postgres.bookkeeping_schema, source.name)
+    gen = await capture.generation(conn, names)
+    if gen is None or gen.retired_at is not None:
+        return 0
+    async with conn.transaction():
+        n = await capture.disarm_all(conn, names, source.schema)
+        await conn.execute(f"TRUNCATE {names.changelog}")
+        await capture.retire(conn, names, reason)
+        await conn.execute(f"INSERT INTO {Bookkeeping(names.bk, source.name).s}.events (source, kind, detail) "
+                           "VALUES ($1, 'reverse_retired', $2)", source.name, reason)
+    return n
+
+
 # --- an abandoned rollback --------------------------------------------------------------------
 
 

@@ -121,3 +121,21 @@ async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_p
         status = run_cli(cfg, "status")
         assert "a rollback is no longer possible" in status.stdout
         assert "Rollback no longer possible" in run_cli(cfg, "report").stdout
+
+
+async def test_uninstall_after_a_cutover_removes_the_way_backs_capture_too(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    create_items(db, rows=10, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    triggers = "SELECT count(*) FROM pg_trigger WHERE tgname LIKE '_syncd_rcap_%'"
+    assert (await pg_rows(pg_dsn, triggers))[0][0] == 4
+    r = run_cli(cfg, "uninstall")
+    assert r.returncode == 0, r.stdout
+    assert "removed the way back's capture from 1 Postgres table(s): a rollback is no longer possible" in r.stdout
+    assert (await pg_rows(pg_dsn, triggers))[0][0] == 0
+    await pg_rows(pg_dsn, "UPDATE app.items SET n = 1")  # the application goes on, nothing recorded
+    assert (await pg_rows(pg_dsn, "SELECT retired_reason FROM syncd.reverse"))[0][0] == \
+        "capture uninstalled (syncd uninstall)"

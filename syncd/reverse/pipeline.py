@@ -773,10 +773,9 @@ class ReversePipeline:
         s = self.session
         reason = (f"the rollback window ([cutover] keep_sqlite_days = {days:g}) ended at "
                   f"{until.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; the SQLite file is kept as it was then")
-        async with s.pg.transaction():
-            await capture.disarm_all(s.pg, self.names, self.source.schema)
-            await capture.retire(s.pg, self.names, reason)
-            await s.bk.event(s.pg, "reverse_retired", None, reason)
+        from syncd.rollback import end_way_back
+
+        await end_way_back(s.pg, self.settings, self.source, reason)
         self.retired = reason
         s.warning(f"the way back ends: {reason}; a rollback is no longer possible", event="reverse_retired")
         return True
