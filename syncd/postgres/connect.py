@@ -93,9 +93,6 @@ def connect_kwargs(password: str | None, settings: PostgresSettings, **server_se
         "tcp_keepalives_interval": "5",
         "tcp_keepalives_count": "3",
         "idle_in_transaction_session_timeout": str(max(statement_ms * 2, 10_000)),
-        # Marks syncd's own sessions: a Postgres frozen by `syncd rollback` refuses every
-        # other session's writes (syncd/reverse/capture.py).
-        "syncd.writer": "on",
     }
     if settings.pooler == "transaction":
         kwargs["statement_cache_size"] = 0  # a named statement would not survive the pooler's switching

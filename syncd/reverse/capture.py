@@ -16,10 +16,11 @@ application's session set, and casts back to the very value.
 
 The freeze (a rollback, while the last changes drain to SQLite) is a BEFORE
 statement trigger on every table that raises unless the session is syncd's own:
-syncd's connections set `syncd.writer = on` (postgres/connect.py). Privileges alone
-would not stop a superuser, which small deployments often connect as. (It guards
-against the application's writes, not an adversary: any session may set that
-parameter, and a superuser may also disable triggers.)
+every syncd connection names itself `syncd <host> pid <pid>` (application_name, which
+poolers such as PgBouncer pass on, where a custom startup parameter would be refused).
+Privileges alone would not stop a superuser, which small deployments often connect as.
+(It guards against the application's writes, not an adversary: any session may name
+itself so, and a superuser may also disable triggers.)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from syncd.postgres.bookkeeping import lock_key
 OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE = 1, 2, 3, 4
 CAPTURE_TRIGGERS = ("_syncd_rcap_ins", "_syncd_rcap_upd", "_syncd_rcap_del", "_syncd_rcap_trunc")
 FREEZE_TRIGGER = "_syncd_freeze"
-WRITER_SETTING = "syncd.writer"  # "on" in every session syncd opens
+WRITER_PREFIX = "syncd "  # application_name of every session syncd opens (bookkeeping.application_name)
 LOCK_TIMEOUT = "2s"  # CREATE/DROP TRIGGER waits for the table's writers; never queue them long
 
 # Output settings the key text is produced under (the reader casts it back).
@@ -276,7 +277,7 @@ async def disarm_all(conn: asyncpg.Connection, names: Names, schema: str) -> int
 def freeze_function_sql(names: Names, message: str) -> str:
     body = f"""
 BEGIN
-  IF current_setting({quote_literal(WRITER_SETTING)}, true) IS DISTINCT FROM 'on' THEN
+  IF left(current_setting('application_name'), {len(WRITER_PREFIX)}) IS DISTINCT FROM {quote_literal(WRITER_PREFIX)} THEN
     RAISE EXCEPTION USING ERRCODE = '25006',
       MESSAGE = format('table %I.%I: %s', TG_TABLE_SCHEMA, TG_TABLE_NAME, {quote_literal(message)});
   END IF;
