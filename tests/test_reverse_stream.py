@@ -128,6 +128,7 @@ async def test_writes_in_postgres_reach_sqlite_in_its_own_shape(tmp_path, make_c
         assert status.stdout.splitlines()[1].split()[:2] == ["app", "streaming"]
         verify = run_cli(cfg, "verify")
         assert verify.returncode == 0, verify.stdout
+        assert "8 of 8 table(s) equal (cut over: SQLite follows Postgres)" in verify.stdout
 
 
 async def test_concurrent_writers_committing_out_of_order_all_arrive(tmp_path, make_config, pg_dsn):

@@ -6,10 +6,14 @@ printed), 2 configuration error."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+
+import asyncpg
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
-from syncd.postgres.connect import PostgresUnavailable
+from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.sqlite.capture import LockTimeout
 from syncd.rollback import RollbackResult, rollback
 
 
@@ -46,6 +50,11 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool)
             out.append(await rollback(settings, s, dry_run=dry_run))
         except PostgresUnavailable as e:
             out.append(RollbackResult(source=s.name, problems=[str(e)]))
+        except (asyncpg.PostgresError, OSError, sqlite3.Error, LockTimeout) as e:
+            # Whatever froze stays recorded: the daemon (or the next run) undoes it.
+            out.append(RollbackResult(source=s.name, problems=[
+                f"{describe(e)}; anything left frozen is undone by the daemon within seconds, or by the next "
+                "`syncd rollback`"]))
     return out
 
 

@@ -135,6 +135,7 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
     s = _Session(settings, source, connection)
     try:
         await s.open()
+        result.direction = s.direction
         plans = await _plan(s, tables)
         run_ids: dict[str, int] = {}
         for plan in plans:
