@@ -26,7 +26,7 @@ from pydantic_settings import (
 )
 
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES
-from syncd.redact import redact_dsn
+from syncd.redact import redact_dsn, register_dsn, register_secret
 from syncd.types import PgType, parse_override
 
 DEFAULT_CONFIG = Path("syncd.toml")
@@ -43,13 +43,26 @@ class _Strict(BaseModel):
 
 
 def check_dsn(dsn: str) -> str:
+    """A postgresql:// URL every client reads the same way. The messages never quote
+    the DSN: it may hold a password."""
+    scheme = re.match(r"(?:postgresql|postgres)://", dsn)
+    if not scheme:
+        raise ValueError("must be a postgresql:// URL, e.g. postgresql://syncd@127.0.0.1:5432/synapse")
+    rest = dsn[scheme.end():]
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    authority = rest[:min(ends, default=len(rest))]
+    if authority.count("@") > 1 or ("@" not in authority and "@" in rest.split("?", 1)[0]):
+        # asyncpg and libpq split at the first '@' or '/': the password would be cut short.
+        raise ValueError("the user name or password holds a character a URL must percent-encode "
+                         "('@' as %40, '/' as %2F, '?' as %3F, '#' as %23, ':' in a user name as %3A); "
+                         "or leave the password out and set SYNCD_POSTGRES__PASSWORD")
+    if any(c in dsn for c in "\r\n\t"):
+        raise ValueError("holds a line break or tab; percent-encode it (%0A, %0D, %09)")
     try:
         parts = urlsplit(dsn)
         parts.port  # noqa: B018 - raises on a non-numeric port
-    except ValueError as e:
-        raise ValueError(f"not a valid postgresql:// URL ({e})") from None
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError("must be a postgresql:// URL, e.g. postgresql://syncd@127.0.0.1:5432/synapse")
+    except ValueError:
+        raise ValueError("not a valid postgresql:// URL (check the host and port)") from None
     if not parts.hostname and "host=" not in parts.query:
         raise ValueError("names no host")
     return dsn
@@ -89,6 +102,14 @@ class PostgresSettings(_Strict):
 
 class MetricsSettings(_Strict):
     listen: str = "127.0.0.1:9464"
+    # Credentials for every page of the endpoint (bearer token and/or basic auth). Like the
+    # Postgres password: from SYNCD_METRICS__AUTH_TOKEN / SYNCD_METRICS__BASIC_AUTH_PASSWORD
+    # or the credential files metrics__auth_token / metrics__basic_auth_password.
+    auth_token: SecretStr | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password: SecretStr | None = None
+    max_connections: int = Field(16, ge=1, le=1024)
+    read_timeout_seconds: float = Field(5.0, gt=0, le=300)
     # Series per table (applied changes, state, rows, consistency); false keeps only the
     # per-source ones, for fleets of thousands of tables (docs/operations.md, Fleets).
     per_table: bool = True
@@ -102,6 +123,20 @@ class MetricsSettings(_Strict):
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464 (or \"\" to disable)")
         return v
+
+    @model_validator(mode="after")
+    def _basic_pair(self) -> "MetricsSettings":
+        if (self.basic_auth_password is None) != (self.basic_auth_user is None):
+            raise ValueError("basic_auth_user and basic_auth_password go together")
+        return self
+
+    def access(self):
+        from syncd.endpoint import Access
+
+        def secret(v: SecretStr | None) -> str | None:
+            return v.get_secret_value() if v is not None else None
+
+        return Access(secret(self.auth_token), self.basic_auth_user, secret(self.basic_auth_password))
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -119,8 +154,8 @@ class StreamSettings(_Strict):
     retry_max_backoff_seconds: float = Field(30.0, gt=0)
     held_table_retry_seconds: float = Field(10.0, gt=0)
     # The daemon's periodic checks of every source together never exceed this rate (a
-    # thousand sources are then each checked every 5 s; file events wake them at once).
-    max_polls_per_second: float = Field(200.0, gt=0)
+    # thousand sources are then each checked every 10 s; file events wake them at once).
+    max_polls_per_second: float = Field(100.0, gt=0)
     # How often the daemon looks for new files a source's path glob matches.
     discover_interval_seconds: float = Field(10.0, gt=0)
 
@@ -135,6 +170,9 @@ class SqliteSettings(_Strict):
     prune_window: int = Field(20_000, ge=1)
     # Threads every source's SQLite work runs on, however many sources there are.
     threads: int = Field(4, ge=1, le=256)
+    # A source with nothing to do for this long closes its SQLite connection until a
+    # change shows in the file's size or time (a fleet of idle files then costs little).
+    idle_close_seconds: float = Field(10.0, gt=0)
     # The most disk a source's changelog may take while Postgres is away. Over it, syncd
     # keeps one entry per key; still over, it suspends capture for that source (the
     # application's writes come first) and re-snapshots when Postgres is back.
@@ -307,6 +345,13 @@ class Settings(BaseSettings):
             seen.add(s.name)
             if len(s.schema.encode()) > PG_MAX_IDENTIFIER_BYTES:
                 raise ValueError(f"sources[{i}].schema: longer than {PG_MAX_IDENTIFIER_BYTES} bytes")
+            if s.schema == self.postgres.bookkeeping_schema:
+                raise ValueError(
+                    f"sources[{i}].schema: {s.schema!r} is syncd's own bookkeeping schema "
+                    "([postgres] bookkeeping_schema); replicate this source into another schema "
+                    '(schema = "...")')
+            if s.schema.startswith("pg_") or s.schema == "information_schema":
+                raise ValueError(f"sources[{i}].schema: {s.schema!r} is reserved by Postgres; choose another schema")
         return self
 
     def source(self, name: str) -> SourceSettings:
@@ -326,6 +371,17 @@ class Settings(BaseSettings):
 
     def password(self) -> str | None:
         return self.postgres.password.get_secret_value() if self.postgres.password else None
+
+
+def register_secrets(settings: Settings) -> None:
+    """Make every secret the settings hold known to redact.scrub, so no error text
+    that quotes one is printed, logged or served."""
+    register_secret(settings.password())
+    for secret in (settings.metrics.auth_token, settings.metrics.basic_auth_password):
+        register_secret(secret.get_secret_value() if secret is not None else None)
+    register_secret(os.environ.get("PGPASSWORD"))
+    for dsn in [settings.postgres.dsn] + [s.dsn for s in settings.sources if s.dsn]:
+        register_dsn(dsn)
 
 
 def resolve_config_path(cli_path: str | None) -> Path:
@@ -367,6 +423,7 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None
     finally:
         _toml_path.reset(token)
+    register_secrets(settings)
     base = path.resolve().parent
     sources = [
         s if s.path.is_absolute() else s.model_copy(update={"path": (base / s.path)}) for s in settings.sources

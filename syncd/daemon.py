@@ -33,6 +33,7 @@ from syncd.wakeup import FileWatcher
 
 log = logging.getLogger("syncd")
 
+STARTING_AT_ONCE = 32
 SHUTDOWN_GRACE_SECONDS = 8.0  # systemd's default stop timeout is 90 s; the promise is 10 s
 HOUSEKEEPING_SECONDS = 1.0
 EXTEND_WINDOW_SECONDS = 60.0
@@ -60,6 +61,9 @@ class Daemon:
         self.switching: set[str] = set()  # sources whose pipeline is being replaced (direction switched)
         self.page = LivePage(lambda: self.settings, self.status_now)  # GET /, and the lag/apply-rate ring
         self.targets = Targets(settings)  # per target database: a bounded pool and the lock holder
+        # Sources starting at once (capture, reconcile, first snapshot): a fleet of a
+        # thousand comes up in waves instead of opening everything together.
+        self.admission = asyncio.Semaphore(STARTING_AT_ONCE)
         self.verifier = VerifyScheduler(self)
         self._outcomes: dict[str, str] = {}  # source -> last consistency outcome logged
 
@@ -128,7 +132,7 @@ class Daemon:
         if addr is None:
             return
         try:
-            self.endpoint = Endpoint(addr[0], addr[1], self.status_now, routes=self.page.routes())
+            self.endpoint = Endpoint.from_settings(self.settings.metrics, self.status_now, routes=self.page.routes())
         except OSError as e:
             raise StartupError(f"metrics.listen: cannot listen on {self.settings.metrics.listen}: {e.strerror}", 1)
         self.endpoint.start()
@@ -141,6 +145,7 @@ class Daemon:
         kind = ReversePipeline if direction == TO_SQLITE else Pipeline
         p = kind(self.settings, source, self.targets.for_source(source))
         p.own_poller = False  # FleetPoller polls every source at a bounded rate
+        p.admission = self.admission
         p.fleet_rechecks = True  # FleetRechecker asks Postgres for every source at once
         # The rare just-in-case full reconcile, spread so a big fleet does not do a
         # reconcile every few milliseconds.
@@ -203,11 +208,16 @@ class Daemon:
 
         told = set(self.settings.discovery_problems)
         first = True
+        seen = None
         while True:
             if not first:
                 await asyncio.sleep(self.settings.stream.discover_interval_seconds)
             if not self.settings.patterns:
                 return
+            now = discovery.signature(self.settings)
+            if now == seen:
+                continue  # no file added or removed in the globs' directories
+            seen = now
             found = discovery.expand(self.settings)
             for problem in found.discovery_problems:
                 if problem not in told:
@@ -315,7 +325,8 @@ class Daemon:
         last_ping = last_extend = 0.0
         while True:
             now = time.time()
-            self.page.sample(now, {p.name: p.lag.lag(now) for p in list(self.pipelines.values())})
+            if self.page.history.due(now):
+                self.page.sample(now, {p.name: p.lag.lag(now) for p in list(self.pipelines.values())})
             up = [p.pg_ok for p in self.pipelines.values()]
             metrics.postgres_up.set(1 if all(x is True for x in up) else 0)
             if not self.ready_sent and all(p.ready.is_set() for p in self.pipelines.values()):
@@ -424,7 +435,8 @@ class Daemon:
                 "refused": dict(list(s.refused.items())),
                 "skipped": dict(list(s.skipped.items())),
             }
-        return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources}
+        return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources,
+                "verify_behind_seconds": round(self.verifier.behind_seconds, 1)}
 
 
 def _raise_open_files_limit() -> None:

@@ -26,6 +26,19 @@ def _fill(template: str, file: Path) -> str:
     return template.replace("{stem}", file.stem).replace("{name}", file.name).replace("{parent}", file.parent.name)
 
 
+def signature(settings: Settings) -> tuple:
+    """Changes whenever a file is added to or removed from a directory a glob looks in
+    (its modification time moves): the daemon expands the globs again only then."""
+    out = []
+    for pattern in settings.patterns:
+        for d in sorted({Path(p) for p in glob.glob(str(pattern.path.parent))} or {pattern.path.parent}):
+            try:
+                out.append((str(d), d.stat().st_mtime_ns))
+            except OSError:
+                out.append((str(d), None))
+    return tuple(out)
+
+
 def matches(pattern: SourceSettings) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(str(pattern.path)) if Path(p).is_file()
                   and not p.endswith(("-wal", "-shm", "-journal")))

@@ -82,7 +82,11 @@ class FleetRechecker:
                     async with target.connection() as conn:
                         from syncd.identifiers import quote_pg_ident
                         flags = await fetch_recheck_flags(conn, quote_pg_ident(bk), [p.name for p in pipes])
-                except Exception:  # noqa: BLE001 - Postgres away: the pipelines notice and say so
+                except Exception:  # noqa: BLE001 - Postgres away: each pipeline finds out and says so
+                    for p in pipes:
+                        if p.pg_ok is not False:
+                            p.check_postgres = True
+                            p.wakeup()
                     continue
                 for p in pipes:
                     f = flags.get(p.name, RecheckFlags(False, p.session.direction, False))

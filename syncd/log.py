@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 
-from syncd.redact import redact_dsn
+from syncd.printable import escape_controls
+from syncd.redact import scrub
 
 _CONTEXT_FIELDS = ("source", "table", "event")
 
@@ -18,16 +19,22 @@ class _TextFormatter(logging.Formatter):
         ctx = " ".join(
             f"{k}={_fmt(getattr(record, k))}" for k in _CONTEXT_FIELDS if getattr(record, k, None) is not None
         )
-        msg = redact_dsn(record.getMessage())
+        # One event, one line: a name or message holding a line break is escaped, so
+        # it cannot forge a line of its own.
+        msg = escape_controls(scrub(record.getMessage()))
         line = f"{ts} {record.levelname:<7} {ctx + ': ' if ctx else ''}{msg}"
         if record.exc_info:
-            line += "\n" + redact_dsn(self.formatException(record.exc_info))
+            # The traceback keeps its lines, each indented: none can pass for a log line.
+            trace = scrub(self.formatException(record.exc_info))
+            line += "".join("\n    " + escape_controls(t) for t in trace.splitlines())
         return line
 
 
 def _fmt(v: object) -> str:
-    s = str(v)
-    return json.dumps(s, ensure_ascii=False) if (not s or any(c in s for c in ' "=\n')) else s
+    s = scrub(str(v))
+    if not s or any(c in s for c in ' "=') or escape_controls(s) != s:
+        return escape_controls(json.dumps(s, ensure_ascii=False))
+    return s
 
 
 class _JsonFormatter(logging.Formatter):
@@ -36,14 +43,14 @@ class _JsonFormatter(logging.Formatter):
             "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": redact_dsn(record.getMessage()),
+            "msg": scrub(record.getMessage()),
         }
         for k in _CONTEXT_FIELDS:
             v = getattr(record, k, None)
             if v is not None:
-                out[k] = v
+                out[k] = scrub(v) if isinstance(v, str) else v
         if record.exc_info:
-            out["exc"] = redact_dsn(self.formatException(record.exc_info))
+            out["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(out, ensure_ascii=False, default=str)
 
 

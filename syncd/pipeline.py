@@ -31,11 +31,12 @@ from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
 from syncd.sqlite import disk_guard, freeze, reader
-from syncd.sqlite.capture import LockTimeout
+from syncd.sqlite.capture import CaptureStateError, LockTimeout
 from syncd.sqlite.connection import SourceFileError
 from syncd.stream import apply, read_and_convert
 
 STATS_EVERY_SECONDS = 5.0
+STATS_IDLE_SECONDS = 60.0
 
 # Health states, as status and sd_notify report them.
 STARTING = "starting"
@@ -71,11 +72,20 @@ class Pipeline:
         self.last_poll = None
         self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_window,
                              settings.sqlite.write_busy_timeout_ms, settings.sqlite.read_busy_timeout_ms)
+        self.pruner.on_done = self.wakeup
+        self.check_postgres = False  # the fleet's recheck could not reach Postgres: see for ourselves
         self.last_stats = 0.0
+        self.stats_seq = -1  # the changelog position the last size was measured at
+        self.idle_since = time.monotonic()  # last step with work to do
+        self.idle_closed = False  # the SQLite connection was given back for idleness
+        self.closed_stat: tuple | None = None
+        self.closed_at = 0.0
         self.last_request_check = 0.0
         self.last_full_check = time.monotonic()
         self.captured_once = False
         self.own_poller = True  # the daemon turns it off and polls from its FleetPoller
+        self.admission: asyncio.Semaphore | None = None  # the daemon's: at most so many sources starting at once
+        self._admitted = False
         self.fleet_rechecks = False  # the daemon turns it on and fills recheck_flags (FleetRechecker)
         self.recheck_flags: RecheckFlags | None = None
         self.recheck_every = settings.stream.schema_check_interval_seconds
@@ -128,6 +138,9 @@ class Pipeline:
             before_sleep=self._before_retry,
             reraise=True,
         )
+        if self.admission is not None:
+            await self.admission.acquire()  # a big fleet starts a few sources at a time
+            self._admitted = True
         try:
             while not self.stopping:
                 did = await retrying(self._step)
@@ -139,6 +152,7 @@ class Pipeline:
                     except asyncio.TimeoutError:
                         pass
         finally:
+            self._leave_admission()
             if poller is not None:
                 poller.cancel()
                 await asyncio.gather(poller, return_exceptions=True)
@@ -146,6 +160,12 @@ class Pipeline:
             await self.pruner.stop()
             self.pruner.shutdown()
             await self.session.close()
+
+    def _leave_admission(self) -> None:
+        """Started (streaming, or clearly failing): the next source may start."""
+        if self._admitted:
+            self._admitted = False
+            self.admission.release()
 
     @property
     def pending(self) -> int:
@@ -191,6 +211,8 @@ class Pipeline:
             pass  # the application holds the file; just try again
         elif isinstance(exc, DirectionChanged):
             self.needs_reconcile = True  # reconcile reads the new direction; the daemon switches pipelines
+        elif isinstance(exc, CaptureStateError):
+            self._enter(FAILING, str(exc), kind="sqlite", level="error")
         elif isinstance(exc, CheckpointConflict):
             self._enter(FAILING, str(exc), kind="lock", level="error")
             s.drop_postgres()
@@ -201,6 +223,7 @@ class Pipeline:
 
     def _mark_retry(self) -> None:
         self.ready.set()  # clearly reported as failing counts as "ready" for systemd
+        self._leave_admission()
         metrics.source_up.labels(self.name).set(1 if self.health not in (SOURCE_MISSING,) else 0)
 
     def _pg_down(self, exc: BaseException) -> None:
@@ -250,9 +273,16 @@ class Pipeline:
             await s.worker.close()
             self.needs_reconcile = True
             self.captured_once = False
+        if (self.idle_closed and not self.needs_reconcile and self.recheck_flags is None and not self.check_postgres
+                and reader.file_signature(str(self.source.path)) == self.closed_stat
+                and time.monotonic() - self.closed_at < STATS_IDLE_SECONDS):
+            return False  # woken for nothing the files show (syncd's own close, say): stay closed
         if s.worker.conn is None:
+            inode = s.worker.inode
             await s.worker.open()
-            self.needs_reconcile = True
+            if not self.idle_closed or s.worker.inode != inode:
+                self.needs_reconcile = True  # a new or replaced file: everything is looked at again
+            self.idle_closed = False
             metrics.source_up.labels(self.name).set(1)
         if not self.captured_once:
             suspended = await s.worker.run(disk_guard.suspended)
@@ -276,7 +306,9 @@ class Pipeline:
             self.needs_reconcile = True
         if not await self._postgres_work_due():
             self.pg_ok = True
+            await self._maybe_close_idle()
             return False  # idle: no connection borrowed, no query sent
+        self.idle_since = time.monotonic()
         async with s.step():
             self.pg_ok = True
             return await self._postgres_steps()
@@ -285,6 +317,10 @@ class Pipeline:
         """Anything for this step to do in Postgres? Asked of SQLite alone (one cheap
         read), so that a thousand idle sources cost Postgres nothing."""
         s = self.session
+        self.pruner.maybe(s.applied_seq, s.keep_map())  # SQLite only; its note reaches Postgres next step
+        if self.check_postgres:
+            self.check_postgres = False
+            return True
         if self.needs_reconcile or self.load is not None or self.events or self.pruner.confirmed is not None:
             return True
         if self.recheck_flags is not None or time.monotonic() - self.last_full_check >= self.recheck_every:
@@ -301,11 +337,28 @@ class Pipeline:
         self.max_seq_seen = max(self.max_seq_seen, top)
         return top > s.applied_seq
 
+    async def _maybe_close_idle(self) -> None:
+        """A source idle for [sqlite] idle_close_seconds gives its SQLite connection back
+        (each costs ~150 KB; a fleet is mostly idle). Until it is needed again, the
+        poll looks at the files' size and times instead, which any commit moves."""
+        if (time.monotonic() - self.idle_since < self.settings.sqlite.idle_close_seconds or self.load is not None
+                or self.pruner.task is not None and not self.pruner.task.done()):
+            return
+        s = self.session
+        await s.worker.close()
+        # Taken after closing: the last connection's close checkpoints a WAL file and
+        # removes it, which must not look like the application writing.
+        self.closed_stat = reader.file_signature(str(self.source.path))
+        self.idle_closed = True
+        self.closed_at = time.monotonic()
+
     def _recheck_due_in(self, wait: float | None) -> float | None:
         """How long an idle pipeline may sleep before something is due: a held table's
         retry, its own recheck (run alone), the rare full check."""
         now = time.monotonic()
         dues = [self.last_full_check + self.recheck_every]
+        if not self.idle_closed:
+            dues.append(self.idle_since + self.settings.sqlite.idle_close_seconds)  # to give the connection back
         if not self.fleet_rechecks:
             dues.append(self.last_request_check + self.settings.stream.held_table_retry_seconds)
         dues += [t.retry_at for t in self.session.tables.values() if t.state == bk.HELD and t.retry_at]
@@ -329,6 +382,7 @@ class Pipeline:
                 self.health, self.detail = CUT_OVER, "cut over to Postgres; the SQLite file is frozen"
                 s.info("cut over to Postgres: the forward stream stops", event="cut_over")
             self.ready.set()
+            self._leave_admission()
             await self._maybe_recheck()
             return False
         did = await self._snapshot_step()
@@ -547,9 +601,13 @@ class Pipeline:
     async def _maybe_stats(self) -> None:
         """The changelog's size, from the poll loop: it must keep moving while Postgres
         is away, which is when an operator watches it."""
-        if time.monotonic() - self.last_stats < STATS_EVERY_SECONDS:
+        # Measured when the changelog moved (and once a minute regardless): an idle
+        # fleet should not walk a thousand changelogs' pages every few seconds.
+        since = time.monotonic() - self.last_stats
+        moved = self.max_seq_seen != self.stats_seq
+        if since < STATS_EVERY_SECONDS or (not moved and since < STATS_IDLE_SECONDS):
             return
-        self.last_stats = time.monotonic()
+        self.last_stats, self.stats_seq = time.monotonic(), self.max_seq_seen
         s = self.session
         size = await s.worker.run(reader.changelog_bytes)
         metrics.changelog_bytes.labels(self.name).set(size)
@@ -635,6 +693,7 @@ class Pipeline:
         else:
             health = STREAMING
             self.ready.set()
+            self._leave_admission()
         if self.health != health:
             if health == STREAMING:
                 self.session.info("every table is streaming", event="streaming")
@@ -664,6 +723,15 @@ class Pipeline:
         """The cheap check: has anything changed, and how far has the changelog got?
         Run by the pipeline's own loop, or in the daemon by the FleetPoller."""
         s = self.session
+        if self.idle_closed:
+            # Closed for idleness: a commit moves a file's size or time; look again with
+            # a connection when one did, and once a minute regardless.
+            if (reader.file_signature(str(self.source.path)) != self.closed_stat
+                    or time.monotonic() - self.closed_at >= STATS_IDLE_SECONDS):
+                self.wake.set()
+            metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
+            metrics.replication_lag_seconds.labels(self.name).set(self.lag.lag(time.time()))
+            return
         try:
             if s.worker.conn is not None:
                 info = await s.worker.run(reader.poll, str(self.source.path))

@@ -63,6 +63,7 @@ class Pruner:
         self.pruned_upto = 0
         self.last_start = 0.0
         self.confirmed: int | None = None
+        self.on_done = None  # called when a prune finishes (the pipeline wakes to record its note)
 
     def maybe(self, applied_seq: int, keep: dict[int, int]) -> None:
         if self.task is not None:
@@ -77,9 +78,16 @@ class Pruner:
             return
         self.last_start = time.monotonic()
         self.task = asyncio.ensure_future(self._run(applied_seq, dict(keep)))
+        if self.on_done is not None:
+            self.task.add_done_callback(lambda _t: self.on_done())  # the note goes to Postgres next
 
     async def _run(self, below_seq: int, keep: dict[int, int]) -> None:
-        await self.worker.run(prune, below_seq, keep, self.window, self.busy_ms)
+        try:
+            await self.worker.run(prune, below_seq, keep, self.window, self.busy_ms)
+        finally:
+            # Open only while pruning: a SQLite connection costs ~120 KB, and a fleet of
+            # idle sources should not keep a second one each.
+            await self.worker.close()
         self.pruned_upto = below_seq
         self.confirmed = below_seq
 

@@ -15,14 +15,14 @@ from syncd import collisions
 from syncd.identifiers import qualified, quote_pg_ident
 from syncd.model import TO_POSTGRES, SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres import ddl
+from syncd.postgres import ddl, ownership
 from syncd.postgres.bookkeeping import TableRow
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
 from syncd.sqlite.introspect import introspect, journal_mode
-from syncd.types import PgType, translate_default
+from syncd.types import PgType
 
 
 @dataclass
@@ -173,7 +173,7 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
     assert state.capture_id is not None
     target = session.target_schema
 
-    await conn.execute(ddl.create_schema_sql(target))
+    await bk.ensure_schema(conn, target)
     src = await session.bk.load_source(conn)
     session.direction = await conn.fetchval(
         f"SELECT direction FROM {session.bk.s}.sources WHERE source = $1", session.name) or TO_POSTGRES
@@ -196,8 +196,12 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
     await _follow_renames(session, state, schema, rows, pg_tables)
     await session.bk.followed_schema(conn, schema.version)
     runtimes: dict[str, TableRuntime] = {}
+    # A Postgres relation of the same name that syncd did not create is left alone.
+    session.refused.update(await ownership.not_ours(conn, session.bk, target, schema.tables))
 
     for name, spec in schema.tables.items():
+        if name in session.refused:
+            continue
         tid = state.tid_of(name)
         assert tid is not None
         row = rows.get(name)
@@ -242,7 +246,8 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
                          table=name, event="table_removed")
             continue
         # Only a copy syncd made is moved: a refused table never had one.
-        await _keep_dropped_aside(session, name, name in pg_tables and row.state != bk.REFUSED)
+        ours = (await session.bk.owners(conn, target)).get(name) == session.name
+        await _keep_dropped_aside(session, name, name in pg_tables and row.state != bk.REFUSED and ours)
 
     return runtimes
 
@@ -256,13 +261,15 @@ async def _follow_renames(session: SourceSession, state: CaptureState, schema: S
     conn = session.pg
     assert conn is not None
     by_tid = {row.tid: name for name, row in rows.items() if row.tid is not None}
+    owners = await session.bk.owners(conn, session.target_schema)
     for name in schema.tables:
         old = by_tid.get(state.tid_of(name))
         if old is None or old == name or name in rows or old in schema.tables:
             continue
-        if name in pg_tables or old not in pg_tables:
+        if name in pg_tables or old not in pg_tables or owners.get(old) != session.name:
             continue  # something else already holds the new name: the old copy is kept aside below
         await conn.execute(f"ALTER TABLE {qualified(session.target_schema, old)} RENAME TO {quote_pg_ident(name)}")
+        await session.bk.record_renamed(conn, session.target_schema, old, name)
         await conn.execute(f"UPDATE {session.bk.s}.tables SET table_name = $3 WHERE source = $1 AND table_name = $2",
                            session.name, old, name)
         await session.bk.event(conn, "table_renamed", name, f'renamed from "{old}" in SQLite')
@@ -281,6 +288,7 @@ async def _keep_dropped_aside(session: SourceSession, name: str, in_postgres: bo
     if in_postgres:
         aside = ddl.aside_name(name, dt.datetime.now(dt.timezone.utc))
         await conn.execute(f"ALTER TABLE {qualified(session.target_schema, name)} RENAME TO {quote_pg_ident(aside)}")
+        await session.bk.record_renamed(conn, session.target_schema, name, aside)
         where = f'; its Postgres copy is kept as "{aside}" (drop it there once nothing needs it)'
     await conn.execute(f"DELETE FROM {session.bk.s}.tables WHERE source = $1 AND table_name = $2", session.name, name)
     await session.bk.event(conn, "table_dropped", name, f"dropped in SQLite{where}")
@@ -371,7 +379,9 @@ async def _reconcile_table(
     target = session.target_schema
     name = spec.name
     if pgt is None:
-        await conn.execute(ddl.create_table_sql(target, spec))
+        await ddl.run_ddl(conn, ddl.create_table_sql(target, spec))
+        await session.bk.record_created(conn, target, name)
+        _log_default_notes(session, spec, spec.columns)
         if row is not None and row.state not in (bk.PENDING,):
             session.warning("Postgres table was missing: created it again, re-snapshotting", table=name,
                             event="table_recreated")
@@ -404,9 +414,10 @@ async def _reconcile_table(
     if diff.missing_in_pg:
         exact = True
         for col in diff.missing_in_pg:
-            await conn.execute(ddl.add_column_sql(target, spec, col))
-            if col.default_sql is not None and translate_default(col.default_sql, col.pgtype) is None:
+            await ddl.run_ddl(conn, ddl.add_column_sql(target, spec, col))
+            if ddl.column_default(col).not_carried is not None:
                 exact = False
+        _log_default_notes(session, spec, diff.missing_in_pg)
         added = ", ".join(c.name for c in diff.missing_in_pg)
         session.info(f"column(s) added in SQLite, added in Postgres too: {added}", table=name, event="column_added")
         if not exact and row.state not in (bk.PENDING, bk.LOADING):
@@ -423,6 +434,13 @@ async def _reconcile_table(
     if row.state == bk.REFUSED:
         return _pending(row, None)
     return row
+
+
+def _log_default_notes(session: SourceSession, spec: TableSpec, columns) -> None:
+    for col in columns:
+        note = ddl.default_note(col)
+        if note is not None:
+            session.info(f'column "{col.name}": {note}', table=spec.name, event="default_not_carried")
 
 
 async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable) -> bool | None:

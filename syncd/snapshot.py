@@ -26,7 +26,7 @@ import time
 
 from syncd import metrics
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres import ddl
+from syncd.postgres import ddl, ownership
 from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.connect import describe, is_data_error, is_shape_error
 from syncd.rows import RowConverter, RowMisfit
@@ -39,14 +39,18 @@ PROGRESS_EVERY_SECONDS = 5.0
 
 
 class TableLoad:
-    """The reading side of one table's load, on its own connection and thread."""
+    """The reading side of one table's load. A table of more than one chunk in a WAL file
+    is read in one read transaction on a connection of its own; anything else on the
+    source's own connection, a short transaction per chunk (a fleet of small files then
+    opens no second connection per table)."""
 
     def __init__(self, session: SourceSession, t: TableRuntime):
         self.session = session
         self.t = t
-        self.worker = SqliteWorker(session.source.path, f"{session.name}-snapshot",
-                                   session.settings.sqlite.read_busy_timeout_ms)
-        self.single_txn = session.journal_mode == "wal"
+        self.worker = session.worker
+        self.own_worker = False
+        self.single_txn = False
+        self.total: int | None = None
         self.started = time.monotonic()
         self.rows_at_start = t.row.snapshot_rows
         self.last_progress = self.started
@@ -56,6 +60,11 @@ class TableLoad:
 
     async def open(self) -> int:
         """Open the read side; returns the changelog position the read starts at."""
+        self.total = await self.session.worker.run(reader.count_rows, self.t.name)
+        if self.session.journal_mode == "wal" and self.total > self.session.settings.stream.snapshot_chunk_rows:
+            self.worker = SqliteWorker(self.session.source.path, f"{self.session.name}-snapshot",
+                                       self.session.settings.sqlite.read_busy_timeout_ms)
+            self.own_worker = self.single_txn = True
 
         def begin(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN")
@@ -67,7 +76,9 @@ class TableLoad:
         return await self.worker.run(begin)
 
     async def count(self) -> int:
-        return await self.worker.run(reader.count_rows, self.t.name)
+        if self.total is None:
+            self.total = await self.worker.run(reader.count_rows, self.t.name)
+        return self.total
 
     def _read(self, conn: sqlite3.Connection, after: tuple | None, limit: int, conv: RowConverter):
         if not self.single_txn:
@@ -109,8 +120,9 @@ class TableLoad:
             except (asyncio.CancelledError, Exception):
                 pass
             self.prefetch = None
-        await self.worker.close()
-        self.worker.shutdown()
+        if self.own_worker:
+            await self.worker.close()
+            self.worker.shutdown()
 
 
 async def audit(session: SourceSession, t: TableRuntime) -> str | None:
@@ -136,13 +148,16 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
     async with conn.transaction():
         pgt = (await ddl.read_tables(conn, target)).get(t.name)
         if pgt is None:
-            await conn.execute(ddl.create_table_sql(target, t.spec))
+            await ddl.run_ddl(conn, ddl.create_table_sql(target, t.spec))
+            await session.bk.record_created(conn, target, t.name)
+        elif not await ownership.owns(conn, session.bk, target, t.name):
+            raise SchemaMoved()  # not syncd's table (any more): reconcile refuses it
         aside = pgt is not None and bool(
             await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {ddl.qualified(target, t.name)})"))
         name = session.bk.aside_table(t.tid)
         await conn.execute(f"DROP TABLE IF EXISTS {ddl.qualified(session.bk.schema, name)}")  # an earlier try's
         if aside:
-            await conn.execute(ddl.create_aside_sql(session.bk.schema, name, t.spec))
+            await ddl.run_ddl(conn, ddl.create_aside_sql(session.bk.schema, name, t.spec))
         else:
             await conn.execute(f"TRUNCATE {ddl.qualified(target, t.name)}")
             if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:

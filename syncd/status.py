@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import sqlite3
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
 from syncd.config import Settings, SourceSettings, StatusSettings
+from syncd.endpoint import fetch_status
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
@@ -116,16 +115,9 @@ def _holding_data(conn: sqlite3.Connection, source: SourceSettings) -> list[str]
 
 
 def endpoint_status(settings: Settings) -> dict | None:
-    """The running daemon's /status document, or None if no endpoint answers."""
-    addr = settings.metrics.address
-    if addr is None:
-        return None
-    host = addr[0] if addr[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    try:
-        with urllib.request.urlopen(f"http://{host}:{addr[1]}/status", timeout=1.5) as r:
-            return json.loads(r.read())
-    except (OSError, ValueError):
-        return None
+    """The running daemon's /status document (asked with the configured credentials),
+    or None if no endpoint answers."""
+    return fetch_status(settings.metrics)
 
 
 @dataclass
@@ -341,13 +333,14 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
     return worst
 
 
-async def gather(settings: Settings, sources: list[SourceSettings]) -> tuple[int, list[SourceStatus]]:
+async def gather(settings: Settings, sources: list[SourceSettings], with_live: bool = False):
+    """(verdict, statuses), and with `with_live` the daemon's /status document too."""
     live = await asyncio.to_thread(endpoint_status, settings)
     statuses = await gather_statuses(settings, sources, live)
     verdict = OK
     for st in statuses:
         verdict = worse(verdict, evaluate(st, settings.status))
-    return verdict, list(statuses)
+    return (verdict, list(statuses), live) if with_live else (verdict, list(statuses))
 
 
 async def gather_statuses(settings: Settings, sources: list[SourceSettings], live: dict | None) -> list[SourceStatus]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import re
 import struct
+from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 from typing import Any, Callable
+
+from syncd import sqlite_sql
+from syncd.identifiers import pg_string_literal
 
 
 class PgType(str, Enum):
@@ -512,60 +515,103 @@ def pg_canonical_expr(pgtype: PgType, col: str) -> str:
     return f"COALESCE({body}, 'N')"
 
 
-_SQLITE_LITERAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+# --- column defaults ------------------------------------------------------------------
+#
+# A SQLite default is carried only when it is one literal (or CURRENT_TIMESTAMP and
+# friends): syncd reads its value with a SQLite tokenizer, computes what SQLite stores
+# for it in the column, converts that as it converts any row, and writes the Postgres
+# literal itself. No text of the SQLite schema reaches Postgres.
 
 
-def translate_default(default_sql: str | None, pgtype: PgType) -> str | None:
-    """Translate a SQLite column default into a Postgres expression, or None to omit it.
+@dataclass(frozen=True)
+class PgDefault:
+    sql: str | None  # the DEFAULT expression syncd writes, or None (Postgres's default: NULL)
+    not_carried: str | None = None  # why SQLite's default has no Postgres counterpart, or None
 
-    Only constants are carried; syncd always writes every column, so a default only
-    matters once the application writes to Postgres itself.
-    """
-    if default_sql is None:
-        return None
-    d = default_sql.strip()
-    while d.startswith("(") and d.endswith(")"):
-        d = d[1:-1].strip()
-    upper = d.upper()
-    if upper == "NULL":
-        return None
+
+_PG_TYPE_NAMES = {
+    PgType.BIGINT: "bigint", PgType.DOUBLE: "double precision", PgType.NUMERIC: "numeric", PgType.TEXT: "text",
+    PgType.BYTEA: "bytea", PgType.JSON: "json", PgType.JSONB: "jsonb", PgType.TIMESTAMP: "timestamp",
+    PgType.TIMESTAMPTZ: "timestamptz", PgType.DATE: "date",
+}
+
+
+def pg_literal(value: Any, pgtype: PgType) -> str:
+    """A Postgres constant of `pgtype` for `value`, a value as `converter(pgtype)` returns
+    it. Built from the value alone; every string goes through pg_string_literal."""
+    if value is None:
+        return "NULL"
     if pgtype is PgType.BOOLEAN:
-        if upper in ("0", "FALSE"):
-            return "false"
-        if upper in ("1", "TRUE"):
-            return "true"
-        return None
-    if _SQLITE_LITERAL.match(d):
-        if pgtype in (PgType.BIGINT,) and not re.match(r"^[+-]?\d+$", d):
-            return None
-        if pgtype in (PgType.BIGINT, PgType.DOUBLE, PgType.NUMERIC):
-            return d
-        if pgtype in (PgType.TEXT, PgType.JSON, PgType.JSONB):
-            return "'" + d.lstrip("+") + "'"
-        return None
-    if len(d) >= 2 and d[0] == "'" and d[-1] == "'":
-        inner = d[1:-1]
-        if pgtype is PgType.BYTEA:
-            return None
-        if pgtype in (PgType.BIGINT, PgType.DOUBLE, PgType.NUMERIC):
-            # SQLite applies the column's affinity to a quoted number; so can we.
-            inner_unq = inner.replace("''", "'")
-            if _SQLITE_LITERAL.match(inner_unq.strip()):
-                return translate_default(inner_unq.strip(), pgtype)
-            return None
-        return d  # SQLite and Postgres quote string literals the same way
-    if upper.startswith("X'") and pgtype is PgType.BYTEA:
-        return "'\\x" + d[2:-1] + "'::bytea"
-    if pgtype is PgType.TEXT:
-        # SQLite renders these as UTC text; mirror the exact format.
-        if upper == "CURRENT_TIMESTAMP":
-            return "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
-        if upper == "CURRENT_DATE":
-            return "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-        if upper == "CURRENT_TIME":
-            return "to_char(now() AT TIME ZONE 'UTC', 'HH24:MI:SS')"
-    if pgtype in (PgType.TIMESTAMP, PgType.TIMESTAMPTZ) and upper == "CURRENT_TIMESTAMP":
-        return "(now() AT TIME ZONE 'UTC')" if pgtype is PgType.TIMESTAMP else "now()"
-    return None
+        return "true" if value else "false"
+    if pgtype is PgType.BIGINT:
+        text = str(int(value))
+    elif pgtype is PgType.DOUBLE:
+        text = ("Infinity" if value > 0 else "-Infinity") if math.isinf(value) else repr(float(value))
+    elif pgtype is PgType.NUMERIC:
+        text = _numeric_text(value)
+    elif pgtype is PgType.BYTEA:
+        text = "\\x" + bytes(value).hex()
+    elif pgtype in (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE):
+        text = value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value.isoformat()
+    else:
+        text = str(value)
+    return f"{pg_string_literal(text)}::{_PG_TYPE_NAMES[pgtype]}"
 
 
+# SQLite's CURRENT_* write UTC text at second precision; these are the same in Postgres.
+_NOW_UTC = "(now() AT TIME ZONE 'UTC')"
+_CURRENT_TIME_DEFAULTS = {
+    ("current_timestamp", PgType.TEXT): f"to_char({_NOW_UTC}, 'YYYY-MM-DD HH24:MI:SS')",
+    ("current_date", PgType.TEXT): f"to_char({_NOW_UTC}, 'YYYY-MM-DD')",
+    ("current_time", PgType.TEXT): f"to_char({_NOW_UTC}, 'HH24:MI:SS')",
+    ("current_timestamp", PgType.TIMESTAMP): f"date_trunc('second', {_NOW_UTC})",
+    ("current_timestamp", PgType.TIMESTAMPTZ): f"(date_trunc('second', {_NOW_UTC}) AT TIME ZONE 'UTC')",
+    ("current_date", PgType.DATE): f"{_NOW_UTC}::date",
+}
+
+
+def pg_default(default_sql: str | None, pgtype: PgType, declared: str | None = None) -> PgDefault:
+    """The Postgres DEFAULT for a SQLite column default (its text as PRAGMA table_xinfo
+    gives it), for a column of `pgtype` declared `declared` in SQLite. `declared` decides
+    the affinity SQLite applies to the value; None takes the one `pgtype` implies."""
+    q = sqlite_sql
+    if default_sql is None:
+        return PgDefault(None)
+    try:
+        const = q.parse_constant(default_sql)
+    except q.SqlSyntaxError as e:
+        return PgDefault(None, f"not valid SQLite ({e})")
+    except q.NotAConstant as e:
+        return PgDefault(None, str(e))
+    if const.kind is q.ConstKind.NULL:
+        return PgDefault(None)
+    if const.kind.value.startswith("current_"):
+        expr = _CURRENT_TIME_DEFAULTS.get((const.kind.value, pgtype))
+        if expr is None:
+            return PgDefault(None, f"{const.kind.value.upper()} has no exact form in a {pgtype.value} column")
+        return PgDefault(expr)
+    col_affinity = q.affinity(declared) if declared is not None else _AFFINITY_OF.get(pgtype, q.Affinity.BLOB)
+    try:
+        stored = q.stored_value(const, col_affinity)
+        value = converter(pgtype)(stored)
+    except q.NotAConstant as e:
+        return PgDefault(None, str(e))
+    except ValueMismatch as e:
+        return PgDefault(None, f"the value does not fit the column: {e}")
+    if value is None:
+        return PgDefault(None)
+    return PgDefault(pg_literal(value, pgtype))
+
+
+# The affinity a column of each type has when its declared type is not known.
+_AFFINITY_OF = {
+    PgType.BIGINT: sqlite_sql.Affinity.INTEGER, PgType.DOUBLE: sqlite_sql.Affinity.REAL,
+    PgType.NUMERIC: sqlite_sql.Affinity.NUMERIC, PgType.BOOLEAN: sqlite_sql.Affinity.NUMERIC,
+    PgType.TEXT: sqlite_sql.Affinity.TEXT, PgType.BYTEA: sqlite_sql.Affinity.BLOB,
+}
+
+
+def translate_default(default_sql: str | None, pgtype: PgType, declared: str | None = None) -> str | None:
+    """The Postgres DEFAULT expression for a SQLite column default, or None to omit it
+    (see pg_default for why one is not carried)."""
+    return pg_default(default_sql, pgtype, declared).sql

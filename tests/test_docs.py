@@ -11,7 +11,7 @@ import pytest
 from syncd.cli import build_parser
 from tests.support.daemon import ROOT
 
-DOCS = [ROOT / "README.md", ROOT / "docs" / "operations.md", ROOT / "docs" / "cutover.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "operations.md", ROOT / "docs" / "cutover.md", ROOT / "docs" / "security.md"]
 
 
 def shell_lines(path):

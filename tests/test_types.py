@@ -10,7 +10,7 @@ import pytest
 from syncd.identifiers import IdentifierError, quote_ident, quote_pg_ident
 from syncd.model import Column, TableSpec
 from syncd.rows import RowConverter, RowMisfit
-from syncd.types import PgType, ValueMismatch, converter, infer_from_values, map_declared_type, translate_default
+from syncd.types import PgType, ValueMismatch, converter, infer_from_values, map_declared_type
 
 
 @pytest.mark.parametrize("declared, expected", [
@@ -85,16 +85,6 @@ def test_misfits_say_why(pgtype, value, why):
     with pytest.raises(ValueMismatch) as e:
         converter(pgtype)(value)
     assert why in str(e.value)
-
-
-@pytest.mark.parametrize("default, pgtype, expected", [
-    ("0", PgType.BIGINT, "0"), ("'lead'", PgType.TEXT, "'lead'"), ("'it''s'", PgType.TEXT, "'it''s'"),
-    ("1.5", PgType.DOUBLE, "1.5"), ("NULL", PgType.TEXT, None), ("1", PgType.BOOLEAN, "true"),
-    ("CURRENT_TIMESTAMP", PgType.TEXT, "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"),
-    ("(random())", PgType.BIGINT, None), ("1.5", PgType.BIGINT, None), ("'7'", PgType.BIGINT, "7"),
-])
-def test_defaults(default, pgtype, expected):
-    assert translate_default(default, pgtype) == expected
 
 
 def test_identifiers():

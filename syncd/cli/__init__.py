@@ -49,3 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `syncd report | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception:  # a bug: show the traceback, but never a secret it may quote
+        import traceback
+
+        from syncd.redact import scrub
+
+        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+        return 1

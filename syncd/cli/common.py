@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import sys
+from typing import Any
 
 from syncd import log
 from syncd.config import Settings, SourceSettings, load_settings, resolve_config_path, ConfigError
+from syncd.printable import escape_controls
+from syncd.redact import scrub, scrub_obj
 
 
 def load(args: argparse.Namespace) -> Settings:
@@ -21,8 +25,19 @@ def setup_logging(args: argparse.Namespace, settings: Settings | None) -> None:
     log.setup(fmt, level)
 
 
+def say(*lines: str, file=None) -> None:
+    """Print lines for people: no secret in them, and each argument exactly one line
+    (a name holding a line break is shown escaped, it cannot forge a line)."""
+    print("\n".join(escape_controls(scrub(line)) for line in lines), file=file or sys.stdout)
+
+
+def say_json(obj: Any, **dumps_args: Any) -> None:
+    """Print a JSON document with every secret scrubbed from its strings."""
+    print(scrub(json.dumps(scrub_obj(obj), **dumps_args)))
+
+
 def fail(message: str, code: int) -> int:
-    print(f"syncd: {message}", file=sys.stderr)
+    say(f"syncd: {message}", file=sys.stderr)
     return code
 
 
@@ -46,4 +61,5 @@ def add_source_option(p: argparse.ArgumentParser) -> None:
                    help="only this source (repeatable; globs such as 'tenant_*' allowed; default: all)")
 
 
-__all__ = ["ConfigError", "add_source_option", "fail", "load", "selected_sources", "setup_logging"]
+__all__ = ["ConfigError", "add_source_option", "fail", "load", "say", "say_json", "selected_sources",
+           "setup_logging"]

@@ -14,6 +14,7 @@ from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import reconcile
 from syncd.session import SourceSession, changed
 from syncd.snapshot import audit
+from syncd.sqlite.capture import CaptureStateError
 from syncd.sqlite.connection import SourceFileError
 
 
@@ -38,13 +39,13 @@ async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
         try:
             lines = await init_source(settings, source)
         except SourceLocked as e:
-            print(f"{source.name}: {e}; nothing to do, the running daemon keeps it initialized")
+            common.say(f"{source.name}: {e}; nothing to do, the running daemon keeps it initialized")
             continue
-        except (SourceFileError, PostgresUnavailable, UnsupportedTarget) as e:
-            print(f"{source.name}: ERROR {e}")
+        except (SourceFileError, PostgresUnavailable, UnsupportedTarget, CaptureStateError) as e:
+            common.say(f"{source.name}: ERROR {e}")
             rc = 1
             continue
-        print("\n".join(lines))
+        common.say(*lines)
     return rc
 
 

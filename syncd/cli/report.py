@@ -5,13 +5,13 @@ Exit 0 ready for cutover, 1 not ready (the document says what is not done), 2 er
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 
 from syncd.cli import common
+from syncd.endpoint import fetch_json
 from syncd.config import Settings
 from syncd.page.history import HistoryView
 from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.redact import scrub
 from syncd.report import as_json, evaluate, gather, markdown, ready
 from syncd.report.html import page
 from syncd.report.overview import gather_overview
@@ -47,9 +47,9 @@ def main(args) -> int:
         return common.fail(f"Postgres: {describe(e)}", 2)
     items = evaluate(facts)
     if args.format == "json":
-        print(json.dumps(as_json(facts, items), indent=2, ensure_ascii=False, default=str))
+        common.say_json(as_json(facts, items), indent=2, ensure_ascii=False, default=str)
     else:
-        print(markdown(facts, items))
+        print(scrub(markdown(facts, items)))
     return 0 if ready(items) else 1
 
 
@@ -63,12 +63,8 @@ def _html(settings: Settings) -> int:
 
 def _daemon_history(settings: Settings) -> HistoryView | None:
     """The running daemon's in-memory lag and apply-rate history, if it answers."""
-    addr = settings.metrics.address
-    if addr is None:
-        return None
-    host = addr[0] if addr[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    data = fetch_json(settings.metrics, "/history", HISTORY_TIMEOUT_SECONDS)
     try:
-        with urllib.request.urlopen(f"http://{host}:{addr[1]}/history", timeout=HISTORY_TIMEOUT_SECONDS) as r:
-            return HistoryView.from_json(json.loads(r.read()))
-    except (OSError, ValueError, KeyError, TypeError):
+        return None if data is None else HistoryView.from_json(data)
+    except (ValueError, KeyError, TypeError):
         return None

@@ -48,10 +48,10 @@ async def _request(settings: Settings, source: SourceSettings, tables: list[str]
                 source.name, table,
             )
             if status == "UPDATE 1":
-                print(f"{source.name}: resync of {table!r} requested; the running daemon rebuilds it "
-                      "(or the next `syncd run` / `syncd init` does)")
+                common.say(f"{source.name}: resync of {table!r} requested; the running daemon rebuilds it "
+                           "(or the next `syncd run` / `syncd init` does)")
             else:
-                print(f"{source.name}: no replicated table named {table!r}")
+                common.say(f"{source.name}: no replicated table named {table!r}")
                 rc = 1
         return rc
     finally:

@@ -24,25 +24,25 @@ def main(args) -> int:
     rc = 0
     for source in common.selected_sources(settings, args.source):
         if not source.path.exists():
-            print(f"-- source {source.name}: ERROR SQLite file {source.path} does not exist\n")
+            common.say(f"-- source {source.name}: ERROR SQLite file {source.path} does not exist", "")
             rc = 1
             continue
         conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True)
         try:
             schema = introspect(conn, source)
         except sqlite3.DatabaseError as e:
-            print(f"-- source {source.name}: ERROR cannot read {source.path}: {e}\n")
+            common.say(f"-- source {source.name}: ERROR cannot read {source.path}: {e}", "")
             rc = 1
             continue
         finally:
             conn.close()
-        print(f"-- source {source.name}: {source.path}")
+        common.say(f"-- source {source.name}: {source.path}")
         print(f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(source.schema)};\n")
         for spec in schema.tables.values():
             print(ddl.describe_ddl(source.schema, spec) + "\n")
         for name, refusal in schema.refused.items():
-            print(f"-- refused {name!r}: {refusal.reason}")
+            common.say(f"-- refused {name!r}: {refusal.reason}")
         for name, why in schema.skipped.items():
-            print(f"-- skipped {name!r}: {why}")
+            common.say(f"-- skipped {name!r}: {why}")
         print()
     return rc

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 
 from syncd.cli import common
 from syncd.config import ConfigError
 from syncd.model import TO_SQLITE
+from syncd.printable import escape_controls
 from syncd.status import UNKNOWN, VERDICTS, WARNING, SourceStatus, as_json, gather, worse
 
 
@@ -38,20 +38,26 @@ def main(args) -> int:
         sources = common.selected_sources(settings, args.source)
     except ConfigError as e:
         if args.json:
-            print(json.dumps({"status": "UNKNOWN", "exit_code": UNKNOWN, "error": str(e), "sources": []}))
+            common.say_json({"status": "UNKNOWN", "exit_code": UNKNOWN, "error": str(e), "sources": []})
         else:
-            print(f"UNKNOWN: {e}")
+            common.say(f"UNKNOWN: {e}")
         return UNKNOWN
-    verdict, statuses = asyncio.run(gather(settings, sources))
-    if settings.discovery_problems:
-        verdict = worse(verdict, WARNING)  # a file a glob matches but syncd cannot pick up
+    verdict, statuses, live = asyncio.run(gather(settings, sources, with_live=True))
+    notes = list(settings.discovery_problems)
+    behind = (live or {}).get("verify_behind_seconds") or 0
+    if behind > 0:
+        notes.append(f"the daemon's consistency checks are {behind:.0f} s behind [verify] interval_seconds "
+                     f"({settings.verify.interval_seconds:g} s): raise [verify] concurrency or the interval")
+    if notes:
+        verdict = worse(verdict, WARNING)  # a file a glob matches but syncd cannot pick up, checks behind
     if args.json:
         doc = as_json(verdict, statuses)
         doc["not_picked_up"] = list(settings.discovery_problems)
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        doc["verify_behind_seconds"] = behind
+        common.say_json(doc, indent=2, ensure_ascii=False)
     else:
-        print(render(verdict, statuses, every=args.all or len(statuses) <= LIST_ALL_UP_TO,
-                     not_picked_up=settings.discovery_problems))
+        common.say(*render(verdict, statuses, every=args.all or len(statuses) <= LIST_ALL_UP_TO,
+                           not_picked_up=notes).split("\n"))
     return verdict
 
 
@@ -114,22 +120,25 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
         flow = "to sqlite" if st.direction == TO_SQLITE else "to postgres"
         rows.append((st.name, st.state.replace("_", " "), flow, lag, pending, _ago(st.last_applied_at), tables,
                      _consistency(st)))
+    rows = [tuple(escape_controls(c) for c in r) for r in rows]  # one table row, one line
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = summary + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     for st in statuses:
         for t in st.tables:
             if t.state == "loading" and t.snapshot_total:
                 pct = 100 * (t.snapshot_rows or 0) / t.snapshot_total
-                lines.append(f"  {st.name}/{t.name}: snapshot {t.snapshot_rows}/{t.snapshot_total} rows ({pct:.0f}%)")
+                lines.append(escape_controls(f"  {st.name}/{t.name}: snapshot {t.snapshot_rows}/{t.snapshot_total} "
+                                             f"rows ({pct:.0f}%)"))
     for st in statuses:
         if st.rollback_until and not st.way_back_ended:
-            lines.append(f"  {st.name}: SQLite follows Postgres; `syncd rollback` possible until {st.rollback_until}")
+            lines.append(escape_controls(f"  {st.name}: SQLite follows Postgres; `syncd rollback` possible until "
+                                         f"{st.rollback_until}"))
     problems = [(p.severity, st.name, p.message) for st in statuses for p in st.problems]
-    problems += [("warning", "discovery", text) for text in not_picked_up]
+    problems += [("warning", "fleet", text) for text in not_picked_up]
     if problems:
         lines.append("")
         for sev, name, msg in problems:
-            lines.append(f"{sev.upper()}: {name}: {msg}")
+            lines.append(escape_controls(f"{sev.upper()}: {name}: {msg}"))
     lines.append("")
     lines.append(f"{VERDICTS[verdict]}: {len(statuses)} source(s), {len(problems)} problem(s)")
     return "\n".join(lines)

@@ -31,9 +31,9 @@ def main(args) -> int:
     rc = 0
     for source in common.selected_sources(settings, args.source):
         try:
-            print(asyncio.run(_uninstall(settings, source, args.force)))
-        except (SourceFileError, SourceLocked, Refused) as e:
-            print(f"{source.name}: ERROR {e}")
+            common.say(asyncio.run(_uninstall(settings, source, args.force)))
+        except (SourceFileError, SourceLocked, Refused, capture.CaptureStateError) as e:
+            common.say(f"{source.name}: ERROR {e}")
             rc = 1
     return rc
 

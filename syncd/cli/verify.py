@@ -4,7 +4,6 @@ content, and say which keys differ. Exit 0 equal, 1 differences, 2 the check fai
 from __future__ import annotations
 
 import asyncio
-import json
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
@@ -40,10 +39,10 @@ def main(args) -> int:
         return common.fail("no sources configured", 2)
     results = asyncio.run(_verify(settings, sources, args.table, args.repair, args.wait))
     if args.json:
-        print(json.dumps({"exit_code": exit_code(results), "sources": [r.as_json() for r in results]}, indent=2))
+        common.say_json({"exit_code": exit_code(results), "sources": [r.as_json() for r in results]}, indent=2)
     else:
         for r in results:
-            print("\n".join(render(r)))
+            common.say(*render(r))
     return exit_code(results)
 
 

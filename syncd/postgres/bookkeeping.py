@@ -38,7 +38,6 @@ STATES = (PENDING, LOADING, CATCHUP, STREAMING, HELD, PAUSED, REFUSED)
 def _ddl(bk: str) -> list[str]:
     s = quote_pg_ident(bk)
     return [
-        f"CREATE SCHEMA IF NOT EXISTS {s}",
         f"""CREATE TABLE IF NOT EXISTS {s}.meta (
             key text PRIMARY KEY,
             value text NOT NULL)""",
@@ -100,6 +99,14 @@ def _ddl(bk: str) -> list[str]:
             table_state text,
             detail text)""",
         f"CREATE INDEX IF NOT EXISTS verify_runs_by_table ON {s}.verify_runs (source, table_name, finished_at)",
+        # Every replica table syncd created: it never empties, reshapes or writes a table
+        # that is not listed here (someone else's table of the same name is refused).
+        f"""CREATE TABLE IF NOT EXISTS {s}.{OWNED_TABLES} (
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            source text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (schema_name, table_name))""",
         # Columns added after the first release: upgrades get them here.
         f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS request text",
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS confirmed_seq bigint NOT NULL DEFAULT 0",
@@ -136,6 +143,22 @@ def _ddl(bk: str) -> list[str]:
     ]
 
 
+OWNED_TABLES = "owned_tables"
+
+
+async def _relation_exists(conn: asyncpg.Connection, schema: str, name: str) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 "
+        "AND c.relname = $2", schema, name))
+
+
+async def ensure_schema(conn: asyncpg.Connection, schema: str) -> None:
+    """CREATE SCHEMA unless it exists: a schema created beforehand for syncd's role
+    then needs no CREATE right on the database."""
+    if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(schema)}")
+
+
 def _ddl_version(bk: str) -> str:
     """What the bookkeeping DDL is, as a short digest: any statement added changes it."""
     return f"{BOOKKEEPING_VERSION}:" + hashlib.sha256("\n".join(_ddl(bk)).encode()).hexdigest()[:16]
@@ -155,8 +178,19 @@ async def ensure_bookkeeping(conn: asyncpg.Connection, bk: str) -> None:
         return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS)
+        await ensure_schema(conn, bk)
+        adopt = await _relation_exists(conn, bk, "tables") and not await _relation_exists(conn, bk, OWNED_TABLES)
         for stmt in _ddl(bk):
             await conn.execute(stmt)
+        if adopt:
+            # Upgrade from a syncd that did not record what it created: the tables its
+            # bookkeeping already tracks are its own.
+            s = quote_pg_ident(bk)
+            await conn.execute(
+                f"INSERT INTO {s}.{OWNED_TABLES}(schema_name, table_name, source) "
+                f"SELECT coalesce(src.target_schema, src.source), t.table_name, t.source "
+                f"FROM {s}.tables t JOIN {s}.sources src USING (source) WHERE t.state <> $1 "
+                f"ON CONFLICT DO NOTHING", REFUSED)
         await conn.execute(
             f"INSERT INTO {quote_pg_ident(bk)}.meta(key, value) VALUES ('version', $1) "
             f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -381,6 +415,30 @@ class Bookkeeping:
         await conn.execute(
             f"INSERT INTO {self.s}.events(source, table_name, kind, detail) VALUES ($1, $2, $3, $4)",
             self.source, table, kind, detail,
+        )
+
+
+    # --- which replica tables are syncd's ----------------------------------------------
+
+    async def owners(self, conn: asyncpg.Connection, schema: str) -> dict[str, str]:
+        """table -> the source that created it, for every table syncd created in `schema`."""
+        rows = await conn.fetch(f"SELECT table_name, source FROM {self.s}.{OWNED_TABLES} WHERE schema_name = $1",
+                                schema)
+        return {r[0]: r[1] for r in rows}
+
+    async def record_renamed(self, conn: asyncpg.Connection, schema: str, old: str, new: str) -> None:
+        """syncd has just renamed its table `old` to `new` (same transaction)."""
+        await conn.execute(
+            f"UPDATE {self.s}.{OWNED_TABLES} SET table_name = $3 WHERE schema_name = $1 AND table_name = $2 "
+            f"AND source = $4", schema, old, new, self.source,
+        )
+
+    async def record_created(self, conn: asyncpg.Connection, schema: str, table: str) -> None:
+        """syncd has just created `schema`.`table` for this source (same transaction)."""
+        await conn.execute(
+            f"INSERT INTO {self.s}.{OWNED_TABLES}(schema_name, table_name, source) VALUES ($1, $2, $3) "
+            f"ON CONFLICT (schema_name, table_name) DO UPDATE SET source = EXCLUDED.source, created_at = now()",
+            schema, table, self.source,
         )
 
 

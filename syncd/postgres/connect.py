@@ -10,7 +10,7 @@ import asyncpg
 
 from syncd.config import PostgresSettings
 from syncd.postgres.bookkeeping import application_name
-from syncd.redact import redact_dsn
+from syncd.redact import redact_dsn, scrub
 
 # SQLSTATEs worth retrying: the same statement can succeed later without anyone
 # changing data (https://www.postgresql.org/docs/current/errcodes-appendix.html).
@@ -76,7 +76,8 @@ def describe(exc: BaseException) -> str:
     code = sqlstate(exc)
     if code:
         text = f"{text} [SQLSTATE {code}]"
-    return redact_dsn(" ".join(text.split()))
+    # Scrub before folding whitespace: a password holding a line break must still match.
+    return " ".join(scrub(text).split())
 
 
 def connect_kwargs(password: str | None, settings: PostgresSettings, **server_settings: str) -> dict[str, Any]:
@@ -105,7 +106,7 @@ async def connect(dsn: str, password: str | None, settings: PostgresSettings, **
     try:
         return await asyncpg.connect(dsn, **connect_kwargs(password, settings, **server_settings))
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
-        raise PostgresUnavailable(f"cannot connect to {redact_dsn(dsn)}: {describe(e)}") from None
+        raise PostgresUnavailable(f"cannot connect to {scrub(redact_dsn(dsn))}: {describe(e)}") from None
 
 
 async def close_quietly(conn: asyncpg.Connection | None, timeout: float = 2.0) -> None:

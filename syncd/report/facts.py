@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import sqlite3
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -15,6 +13,7 @@ from urllib.parse import quote
 import asyncpg
 
 from syncd.config import Settings, SourceSettings
+from syncd.endpoint import fetch_status
 from syncd.identifiers import qualified, quote_ident
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists, ensure_bookkeeping
@@ -240,17 +239,8 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int) -> _Sql
 
 def _daemon_status(settings: Settings) -> dict[str, dict]:
     """Per-source status from the running daemon's endpoint, or {} if none answers."""
-    if not settings.metrics.listen:
-        return {}
-    host, _, port = settings.metrics.listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=ENDPOINT_TIMEOUT_SECONDS) as resp:
-            return json.loads(resp.read()).get("sources", {})
-    except (OSError, ValueError):
-        return {}
+    status = fetch_status(settings.metrics, ENDPOINT_TIMEOUT_SECONDS)
+    return status.get("sources", {}) if isinstance(status, dict) else {}
 
 
 def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.datetime) -> Lag:

@@ -15,7 +15,7 @@ from html import escape
 
 from syncd import __version__
 from syncd.page.history import HistoryView
-from syncd.redact import redact_dsn
+from syncd.redact import scrub
 from syncd.report.checklist import CheckItem, days, number, ready, timestamp
 from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts
 from syncd.report.overview import Overview
@@ -37,7 +37,7 @@ def e(text: object) -> str:
 
 def m(text: object) -> str:
     """A message (a problem, a reason, an error): escaped, with any password taken out."""
-    return escape(redact_dsn(str(text)), quote=True)
+    return escape(scrub(str(text)), quote=True)
 
 
 def page(ov: Overview | None, history: HistoryView | None, *, live: bool, refresh_seconds: int = 10,

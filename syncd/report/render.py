@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from syncd import __version__
+from syncd.printable import escape_controls
 from syncd.report.checklist import CheckItem, days, number, ready, timestamp, when
 from syncd.report.facts import TO_POSTGRES, TO_SQLITE, MigrationFacts, SourceFacts, TableFacts
 from syncd.verify.history import VerifyRun
@@ -58,7 +59,8 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
             "for the source's name); the newest must be younger than `[cutover] backup_max_age_days`. Without "
             "`backup_glob` there is no evidence of a backup, so the item is not met.",
             ""]
-    return "\n".join(out)
+    # Each entry is one line; a name or reason holding a line break must not add one.
+    return "\n".join(escape_controls(line) for line in out)
 
 
 def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:

@@ -31,6 +31,25 @@ class LockTimeout(Exception):
     """syncd could not get a short write lock on the SQLite file in time."""
 
 
+class CaptureStateError(sqlite3.DatabaseError):
+    """syncd's own bookkeeping inside the SQLite file holds a value it cannot read."""
+
+
+def _file_of(conn: sqlite3.Connection) -> str:
+    row = conn.execute("PRAGMA main.database_list").fetchone()
+    return (row[2] if row else "") or "(in memory)"
+
+
+def _meta_position(conn: sqlite3.Connection, meta: dict, key: str) -> int:
+    value = meta.get(key, 0)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise CaptureStateError(
+            f"SQLite file {_file_of(conn)}: {META} key {key!r} holds {str(value)[:40]!r}, not a number; "
+            f"delete that row (DELETE FROM {META} WHERE key = '{key}') and syncd writes it anew") from None
+
+
 def slot(i: int) -> str:
     return f"k{i}"
 
@@ -172,16 +191,20 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
     meta = dict(conn.execute(f"SELECT key, value FROM main.{quote_ident(META)}").fetchall())
     state.capture_id = meta.get("capture_id")
     state.format_version = meta.get("format_version")
-    state.pruned_seq = int(meta.get("pruned_seq", 0))
-    seen = meta.get("schema_version")
-    state.schema_seen = int(seen) if seen is not None else None
+    state.pruned_seq = _meta_position(conn, meta, "pruned_seq")
+    state.schema_seen = _meta_position(conn, meta, "schema_version") if "schema_version" in meta else None
     if _table_exists(conn, REGISTRY):
         has_reason = _has_column(conn, REGISTRY, "reload_reason")
         reason_col = "reload_reason" if has_reason else "NULL"
         for tid, name, key, rearmed, reason in conn.execute(
             f"SELECT tid, name, key_columns, rearmed_at, {reason_col} FROM main.{quote_ident(REGISTRY)}"
         ):
-            state.registry[name] = (tid, tuple(json.loads(key)))
+            try:
+                state.registry[name] = (tid, tuple(json.loads(key)))
+            except (TypeError, ValueError):
+                raise CaptureStateError(
+                    f"SQLite file {_file_of(conn)}: {REGISTRY} row for table {name!r} holds key_columns "
+                    f"{str(key)[:40]!r}, not a JSON list; run `syncd uninstall` and `syncd init`") from None
             if rearmed is not None:
                 state.rearmed[name] = reason or GAP_REASON
     for name, tbl, sql in conn.execute(

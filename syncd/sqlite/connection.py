@@ -33,6 +33,13 @@ def _surrogate_text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+# Prepared statements kept per connection. Each costs a few KB of SQLite memory, and
+# Python's default keeps 128: with a connection per source that was most of a fleet
+# daemon's memory. syncd's hot statements per connection (a batch's reads, the poll)
+# are few; the rest (introspection) runs rarely and is cheap to prepare again.
+STATEMENT_CACHE = 8
+
+
 def open_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     """Open an existing SQLite file read-write without ever creating it."""
     if not path.exists():
@@ -40,7 +47,7 @@ def open_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     uri = f"file:{quote(str(path))}?mode=rw"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
-                               timeout=busy_timeout_ms / 1000)
+                               timeout=busy_timeout_ms / 1000, cached_statements=STATEMENT_CACHE)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("SELECT count(*) FROM main.sqlite_master").fetchone()
     except sqlite3.OperationalError as e:

@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from syncd.config import SourceSettings
-from syncd.identifiers import quote_ident
+from syncd.identifiers import pg_name_problem, quote_ident
 from syncd.model import (ROWID_COLUMN, Column, Refusal, SourceSchema, TableSpec, UniqueSet,
                          unshadowed_rowid_name)
 from syncd.sqlite import leftout, windows
+from syncd.sqlite.capture import CHANGELOG, META, REGISTRY
 from syncd.types import PgType, infer_from_values, map_declared_type
 
 log = logging.getLogger(__name__)
@@ -19,8 +20,13 @@ log = logging.getLogger(__name__)
 SYNCD_PREFIX = "_syncd_"
 
 
+# syncd's own tables in the application's file; any other `_syncd_` table is the user's
+# and is refused by name, never silently ignored.
+OWN_TABLES = frozenset({CHANGELOG, META, REGISTRY})
+
+
 def is_internal(name: str) -> bool:
-    return name.startswith("sqlite_") or name.startswith(SYNCD_PREFIX)
+    return name.startswith("sqlite_") or name in OWN_TABLES
 
 
 def list_tables(conn: sqlite3.Connection) -> list[tuple[str, str, bool]]:
@@ -81,6 +87,15 @@ def _infer_types(conn: sqlite3.Connection, raw: RawTable, names: list[str]) -> d
     return result
 
 
+def _pg_name_problem(raw_table: "RawTable") -> str | None:
+    """Why the table's name or a column's cannot be a Postgres name (too long)."""
+    problem = pg_name_problem(raw_table.name, "its name")
+    for r in raw_table.columns:
+        shown = r[1] if len(r[1]) <= 40 else r[1][:40] + "…"
+        problem = problem or pg_name_problem(r[1], f"column {shown!r}")
+    return problem
+
+
 @dataclass
 class RawTable:
     """A table's schema as PRAGMAs report it, read inside the schema's read transaction."""
@@ -107,6 +122,9 @@ def describe_table(
     inferred from values, so a later, different mix of values does not flip the type.
     """
     table, without_rowid, raw = raw_table.name, raw_table.without_rowid, raw_table.columns
+    unfit = _pg_name_problem(raw_table)
+    if unfit:
+        return Refusal(table, unfit)
     if not raw:
         return Refusal(table, "has no columns syncd can read")
     sticky = sticky_types or {}
@@ -235,6 +253,10 @@ def introspect(
         virtual = leftout.virtual_tables(conn)
         for name, kind, without_rowid in list_tables(conn):
             if is_internal(name) or not source.wants_table(name):
+                continue
+            if name.startswith(SYNCD_PREFIX) and kind == "table":
+                schema.refused[name] = Refusal(name, f"its name starts with {SYNCD_PREFIX}, which syncd reserves for "
+                                                     "its own tables; rename it to replicate it")
                 continue
             if kind in ("view", "virtual", "shadow"):
                 schema.left_out[name] = leftout.classify(conn, name, kind, virtual)

@@ -226,6 +226,19 @@ class PollInfo:
     inode: tuple[int, int] | None  # None: the file is gone
 
 
+def file_signature(path: str) -> tuple:
+    """Inode, size and modification time of the database and its -wal file: any commit
+    moves one of them (a check that needs no connection)."""
+    out = []
+    for p in (path, path + "-wal"):
+        try:
+            st = os.stat(p)
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def poll(conn: sqlite3.Connection, path: str) -> PollInfo:
     """The cheap periodic check: has anything changed, and how far has the changelog got?"""
     try:

@@ -63,9 +63,17 @@ def _key(v):
 
 
 async def pg_execute(dsn: str, sql: str, *args) -> None:
+    """Tamper with Postgres behind syncd's back. A running daemon may be applying to the
+    same rows: a deadlock Postgres resolves against this statement is tried again."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(sql, *args)
+        for attempt in range(5):
+            try:
+                await conn.execute(sql, *args)
+                return
+            except asyncpg.DeadlockDetectedError:
+                if attempt == 4:
+                    raise
     finally:
         await conn.close()
 

@@ -1,0 +1,321 @@
+"""Reading SQL text out of a SQLite schema, by SQLite's own rules. Pure, no I/O.
+
+A SQLite file's schema is written by whoever can write the file, so its text is
+untrusted. syncd never passes it on: it tokenizes the text the way SQLite does
+(https://sqlite.org/lang_expr.html, tokenize.c), accepts only a single constant,
+and hands back a Python value. What reaches Postgres is then written by syncd
+(types.pg_literal) from that value.
+
+    tokenize("('a' /* x */)")        -> [Token(PUNCT, '('), Token(STRING, "'a'"), ...]
+    parse_constant("(-0x10)")        -> Constant(INTEGER, -16)
+    parse_constant("1 + 1")          -> raises NotAConstant("an expression, not one literal")
+    affinity("VARCHAR(20)")          -> TEXT
+    stored_value(Constant(TEXT, '5'), INTEGER) -> 5   (what SQLite stores in the column)
+
+Differences from Postgres that matter here: SQLite's /* */ comments do not nest and
+may run to the end of the text; backslash is an ordinary character in a string;
+"x" is an identifier (SQLite may read it as a string, Postgres never does).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class SqlSyntaxError(ValueError):
+    """Text SQLite itself would not tokenize."""
+
+
+class NotAConstant(ValueError):
+    """Valid SQL, but not exactly one literal; the message says what it is instead."""
+
+
+class Kind(str, Enum):
+    SPACE = "space"
+    COMMENT = "comment"
+    STRING = "string"  # '...'
+    BLOB = "blob"  # x'..'
+    NUMBER = "number"
+    WORD = "word"  # keyword or bare identifier
+    QUOTED_ID = "quoted identifier"  # "..", [..], `..`
+    VARIABLE = "variable"  # ?, ?1, :a, @a, $a
+    PUNCT = "operator"
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: Kind
+    text: str
+    start: int
+
+
+_SPACE = " \t\n\f\r"
+_IDENT_START = re.compile(r"[A-Za-z_\x80-\U0010ffff]")
+_IDENT_CHAR = re.compile(r"[A-Za-z0-9_$\x80-\U0010ffff]*")
+# SQLite 3.46 accepts '_' between digits; older versions reject such a file's schema anyway.
+_DIGITS = r"[0-9](?:_?[0-9])*"
+_NUMBER = re.compile(rf"(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][+-]?{_DIGITS})?")
+_HEX = re.compile(r"0[xX][0-9A-Fa-f](?:_?[0-9A-Fa-f])*")
+_OPERATORS = ("->>", "->", "||", "<=", ">=", "==", "!=", "<>", "<<", ">>",
+              "-", "(", ")", ";", "+", "*", "/", "%", "=", "<", ">", ",", "&", "~", "|", ".")
+
+
+def tokenize(sql: str) -> list[Token]:
+    """Split `sql` into tokens exactly as SQLite's tokenizer does; raises SqlSyntaxError
+    for text SQLite would refuse (an unterminated string, a stray character)."""
+    out: list[Token] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        start = i
+        if c in _SPACE:
+            while i < n and sql[i] in _SPACE:
+                i += 1
+            out.append(Token(Kind.SPACE, sql[start:i], start))
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+            out.append(Token(Kind.COMMENT, sql[start:i], start))
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)  # no nesting; an unclosed comment runs to the end
+            i = n if end < 0 else end + 2
+            out.append(Token(Kind.COMMENT, sql[start:i], start))
+        elif c in "xX" and i + 1 < n and sql[i + 1] == "'":
+            end = sql.find("'", i + 2)
+            if end < 0:
+                raise SqlSyntaxError(f"unterminated blob literal at offset {start}")
+            digits = sql[i + 2:end]
+            if len(digits) % 2 or not re.fullmatch(r"[0-9A-Fa-f]*", digits):
+                raise SqlSyntaxError(f"malformed blob literal at offset {start}")
+            i = end + 1
+            out.append(Token(Kind.BLOB, sql[start:i], start))
+        elif c == "'":
+            i = _quoted_end(sql, i, "'")
+            out.append(Token(Kind.STRING, sql[start:i], start))
+        elif c in "\"`":
+            i = _quoted_end(sql, i, c)
+            out.append(Token(Kind.QUOTED_ID, sql[start:i], start))
+        elif c == "[":
+            end = sql.find("]", i)
+            if end < 0:
+                raise SqlSyntaxError(f"unterminated [identifier] at offset {start}")
+            i = end + 1
+            out.append(Token(Kind.QUOTED_ID, sql[start:i], start))
+        elif c.isascii() and (c.isdigit() or (c == "." and i + 1 < n and sql[i + 1].isdigit())):
+            m = _HEX.match(sql, i) or _NUMBER.match(sql, i)
+            assert m is not None
+            i = m.end()
+            if i < n and (_IDENT_START.match(sql[i]) or sql[i].isdigit()):
+                raise SqlSyntaxError(f"malformed number at offset {start}")
+            out.append(Token(Kind.NUMBER, sql[start:i], start))
+        elif _IDENT_START.match(c):
+            i = _IDENT_CHAR.match(sql, i + 1).end()  # type: ignore[union-attr]
+            out.append(Token(Kind.WORD, sql[start:i], start))
+        elif c == "?":
+            i += 1
+            while i < n and sql[i].isascii() and sql[i].isdigit():
+                i += 1
+            out.append(Token(Kind.VARIABLE, sql[start:i], start))
+        elif c in ":@$" and i + 1 < n and (_IDENT_START.match(sql[i + 1]) or sql[i + 1].isdigit()):
+            i = _IDENT_CHAR.match(sql, i + 1).end()  # type: ignore[union-attr]
+            out.append(Token(Kind.VARIABLE, sql[start:i], start))
+        else:
+            op = next((o for o in _OPERATORS if sql.startswith(o, i)), None)
+            if op is None:
+                raise SqlSyntaxError(f"unexpected character {c!r} at offset {start}")
+            i += len(op)
+            out.append(Token(Kind.PUNCT, op, start))
+    return out
+
+
+def _quoted_end(sql: str, i: int, quote: str) -> int:
+    """End (exclusive) of the quoted token opening at i; a doubled quote is one character."""
+    j = i + 1
+    while True:
+        end = sql.find(quote, j)
+        if end < 0:
+            raise SqlSyntaxError(f"unterminated {'string' if quote == chr(39) else 'identifier'} at offset {i}")
+        if sql.startswith(quote * 2, end):
+            j = end + 2
+            continue
+        return end + 1
+
+
+def significant(tokens: list[Token]) -> list[Token]:
+    """The tokens SQLite's parser sees: whitespace and comments dropped."""
+    return [t for t in tokens if t.kind not in (Kind.SPACE, Kind.COMMENT)]
+
+
+def unquote_string(token_text: str) -> str:
+    """The value of a '...' token."""
+    return token_text[1:-1].replace("''", "'")
+
+
+# --- constants ------------------------------------------------------------------------
+
+
+class ConstKind(str, Enum):
+    NULL = "null"
+    INTEGER = "integer"
+    REAL = "real"
+    TEXT = "text"
+    BLOB = "blob"
+    CURRENT_TIMESTAMP = "current_timestamp"
+    CURRENT_DATE = "current_date"
+    CURRENT_TIME = "current_time"
+
+
+@dataclass(frozen=True)
+class Constant:
+    """One literal, as SQLite evaluates it. `value` is None, int, float, str or bytes;
+    for the CURRENT_* keywords it is None (the time of the insert)."""
+
+    kind: ConstKind
+    value: Any = None
+
+
+_TIME_KEYWORDS = {
+    "CURRENT_TIMESTAMP": ConstKind.CURRENT_TIMESTAMP,
+    "CURRENT_DATE": ConstKind.CURRENT_DATE,
+    "CURRENT_TIME": ConstKind.CURRENT_TIME,
+}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# A double holds 15 significant decimal digits exactly; with more, SQLite's and
+# Postgres's decimal-to-binary conversions could round the last bit differently.
+MAX_REAL_DIGITS = 15
+
+
+def parse_constant(sql: str) -> Constant:
+    """The single literal `sql` consists of, in any parentheses, with any comments, and
+    with one sign before a number. Raises NotAConstant (or SqlSyntaxError) otherwise."""
+    tokens = significant(tokenize(sql))
+    while len(tokens) >= 2 and tokens[0].text == "(" and tokens[-1].text == ")":
+        tokens = tokens[1:-1]
+    if not tokens:
+        raise NotAConstant("empty")
+    sign = 1
+    if tokens[0].kind is Kind.PUNCT and tokens[0].text in "+-" and len(tokens) == 2:
+        if tokens[1].kind is not Kind.NUMBER:
+            raise NotAConstant("a sign before something other than a number: an expression")
+        sign = -1 if tokens[0].text == "-" else 1
+        tokens = tokens[1:]
+    if len(tokens) != 1:
+        raise NotAConstant("an expression, not one literal")
+    tok = tokens[0]
+    if tok.kind is Kind.STRING:
+        return Constant(ConstKind.TEXT, unquote_string(tok.text))
+    if tok.kind is Kind.BLOB:
+        return Constant(ConstKind.BLOB, bytes.fromhex(tok.text[2:-1]))
+    if tok.kind is Kind.NUMBER:
+        return _number(tok.text.replace("_", ""), sign)
+    if tok.kind is Kind.WORD:
+        word = tok.text.upper()
+        if word == "NULL":
+            return Constant(ConstKind.NULL)
+        if word in ("TRUE", "FALSE"):
+            return Constant(ConstKind.INTEGER, 1 if word == "TRUE" else 0)
+        if word in _TIME_KEYWORDS:
+            return Constant(_TIME_KEYWORDS[word])
+        raise NotAConstant("a name, not a literal")
+    if tok.kind is Kind.QUOTED_ID:
+        raise NotAConstant("a quoted identifier (SQLite may read it as text, Postgres would not)")
+    raise NotAConstant(f"a {tok.kind.value}, not a literal")
+
+
+def _number(text: str, sign: int) -> Constant:
+    if text[:2].lower() == "0x":
+        digits = text[2:].lstrip("0")
+        if len(digits) > 16:
+            raise NotAConstant("a hexadecimal literal wider than 64 bits")
+        value = int(text, 16)
+        if value > INT64_MAX:
+            value -= 2**64  # SQLite reads hex literals as two's complement
+        return Constant(ConstKind.INTEGER, sign * value)
+    if re.fullmatch(r"[0-9]+", text):
+        value = sign * int(text)
+        if INT64_MIN <= value <= INT64_MAX:
+            return Constant(ConstKind.INTEGER, value)
+        return _real(text, sign)  # SQLite turns an integer literal too large for 64 bits into a real
+    return _real(text, sign)
+
+
+def _real(text: str, sign: int) -> Constant:
+    mantissa = re.split(r"[eE]", text)[0].replace(".", "").lstrip("0").rstrip("0")
+    if len(mantissa) > MAX_REAL_DIGITS:
+        raise NotAConstant(f"a real number with more than {MAX_REAL_DIGITS} significant digits")
+    return Constant(ConstKind.REAL, sign * float(text))
+
+
+# --- affinity: what SQLite stores for a value in a column --------------------------------
+
+
+class Affinity(str, Enum):
+    INTEGER = "INTEGER"
+    TEXT = "TEXT"
+    BLOB = "BLOB"
+    REAL = "REAL"
+    NUMERIC = "NUMERIC"
+
+
+def affinity(declared: str) -> Affinity:
+    """A column's affinity from its declared type (https://sqlite.org/datatype3.html 3.1)."""
+    t = declared.upper()
+    if "INT" in t:
+        return Affinity.INTEGER
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return Affinity.TEXT
+    if "BLOB" in t or not t.strip():
+        return Affinity.BLOB
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return Affinity.REAL
+    return Affinity.NUMERIC
+
+
+_WELL_FORMED_INT = re.compile(r"[+-]?[0-9]+")
+_WELL_FORMED_REAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def stored_value(const: Constant, column_affinity: Affinity) -> Any:
+    """The value SQLite stores when `const` is inserted into a column of that affinity
+    (datatype3.html 3.0). Raises NotAConstant where the exact result would depend on
+    SQLite internals syncd does not reproduce (the text form of a real number)."""
+    v = const.value
+    if const.kind in (ConstKind.NULL, ConstKind.BLOB):
+        return v
+    if const.kind in (ConstKind.CURRENT_TIMESTAMP, ConstKind.CURRENT_DATE, ConstKind.CURRENT_TIME):
+        raise NotAConstant("the time of the insert, not a stored constant")
+    if column_affinity is Affinity.BLOB:
+        return v
+    if column_affinity is Affinity.TEXT:
+        if const.kind is ConstKind.INTEGER:
+            return str(v)
+        if const.kind is ConstKind.REAL:
+            raise NotAConstant("a real number stored as text (SQLite's own number formatting)")
+        return v
+    # INTEGER, REAL, NUMERIC
+    if const.kind is ConstKind.TEXT:
+        if v != v.strip():
+            if _WELL_FORMED_REAL.fullmatch(v.strip()):
+                raise NotAConstant("a number in text with surrounding spaces")
+            return v
+        if _WELL_FORMED_INT.fullmatch(v):
+            n = int(v)
+            v = n if INT64_MIN <= n <= INT64_MAX else float(n)
+        elif _WELL_FORMED_REAL.fullmatch(v):
+            mantissa = re.split(r"[eE]", v.lstrip("+-"))[0].replace(".", "").lstrip("0").rstrip("0")
+            if len(mantissa) > MAX_REAL_DIGITS:
+                raise NotAConstant(f"a real number with more than {MAX_REAL_DIGITS} significant digits")
+            v = float(v)
+        else:
+            return v  # text that is not a number stays text
+    if isinstance(v, float):
+        if column_affinity is not Affinity.REAL and v.is_integer() and INT64_MIN <= v <= INT64_MAX \
+                and abs(v) < 2**63:
+            return int(v)  # NUMERIC and INTEGER store a whole real as an integer
+        return v
+    if isinstance(v, int) and column_affinity is Affinity.REAL:
+        return float(v)
+    return v

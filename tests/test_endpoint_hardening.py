@@ -1,0 +1,162 @@
+"""The daemon's HTTP endpoint cannot be turned against the daemon or read by strangers.
+
+Every route sits behind the same checks: optional bearer token / basic auth, loopback
+Host names when bound to loopback, GET and HEAD only, a deadline for reading a request
+and a cap on connections served at once. Bound beyond loopback, the daemon says so
+loudly in its log. Idle or half-sent requests never exhaust the daemon's threads or
+file descriptors: it keeps replicating while they hang.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import resource
+import socket
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from syncd.config import MetricsSettings
+from syncd.endpoint import Access, Endpoint, fetch_status
+from tests.conftest import write_config
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.sync import wait_caught_up
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str = "/status", headers: dict | None = None, host: str = "127.0.0.1",
+        method: str = "GET") -> tuple[int, bytes]:
+    req = urllib.request.Request(f"http://{host}:{port}{path}", headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture
+def endpoint():
+    started = []
+
+    def make(**kwargs) -> Endpoint:
+        ep = Endpoint("127.0.0.1", 0, lambda: {"sources": {"app": {"health": "streaming"}}}, **kwargs)
+        ep.start()
+        started.append(ep)
+        return ep
+
+    yield make
+    for ep in started:
+        ep.stop()
+
+
+def test_without_credentials_configured_every_route_answers(endpoint):
+    ep = endpoint()
+    assert get(ep.port)[0] == 200
+    assert get(ep.port, "/metrics")[0] == 200
+    assert get(ep.port, "/nothing")[0] == 404
+    assert get(ep.port, "/status", method="POST")[0] == 501
+    assert get(ep.port, "/status", method="HEAD") == (200, b"")
+
+
+def test_a_token_or_basic_auth_guards_every_route(endpoint):
+    ep = endpoint(access=Access(token="t0k3n-Secret", basic_user="prom", basic_password="b4sic pw"))
+    basic = "Basic " + base64.b64encode(b"prom:b4sic pw").decode()
+    wrong = "Basic " + base64.b64encode(b"prom:guess").decode()
+    for path in ("/status", "/metrics", "/", "/nothing"):
+        code, _ = get(ep.port, path)
+        assert code == 401, path
+        assert get(ep.port, path, {"Authorization": "Bearer nope"})[0] == 401
+        assert get(ep.port, path, {"Authorization": wrong})[0] == 401
+    assert get(ep.port, "/status", {"Authorization": "Bearer t0k3n-Secret"})[0] == 200
+    assert get(ep.port, "/metrics", {"Authorization": basic})[0] == 200
+
+
+def test_syncd_status_reads_the_endpoint_with_the_configured_credentials(endpoint):
+    ep = endpoint(access=Access(token="t0k3n-Secret"))
+    with_token = MetricsSettings(listen=f"127.0.0.1:{ep.port}", auth_token="t0k3n-Secret")
+    without = MetricsSettings(listen=f"127.0.0.1:{ep.port}")
+    assert fetch_status(with_token) == {"sources": {"app": {"health": "streaming"}}}
+    assert fetch_status(without) is None
+
+
+def test_on_loopback_only_loopback_host_names_are_served(endpoint):
+    """A web page cannot read it by rebinding its own name to 127.0.0.1."""
+    ep = endpoint()
+    assert get(ep.port, headers={"Host": "attacker.example"})[0] == 421
+    assert get(ep.port, headers={"Host": f"localhost:{ep.port}"})[0] == 200
+
+
+def test_half_sent_requests_are_dropped_and_capped(endpoint):
+    ep = endpoint(max_connections=4, read_timeout_seconds=1.5)
+    idle = []
+    for _ in range(40):
+        s = socket.create_connection(("127.0.0.1", ep.port))
+        s.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+        idle.append(s)
+    time.sleep(0.5)
+    assert threading.active_count() < 4 + 10  # no thread per idle connection
+    # Past the cap, a connection is answered 503 at once; the others are closed at the deadline.
+    started = time.monotonic()
+    answers = []
+    for s in idle:
+        s.settimeout(10)
+        try:
+            answers.append(s.recv(100))
+        except ConnectionResetError:
+            answers.append(b"reset")
+        s.close()
+    assert time.monotonic() - started < 6
+    assert sum(a.startswith(b"HTTP/1.0 503") or a == b"reset" for a in answers) >= 40 - 4
+    assert get(ep.port)[0] == 200
+
+
+async def test_the_daemon_warns_beyond_loopback_and_survives_idle_connections(tmp_path, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO items VALUES (1, 'a')")
+    conn.commit()
+    port = _free_port()
+    token = "Tk-9f8e7d6c5b4a"
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}],
+                       metrics_listen=f"0.0.0.0:{port}")
+    with DaemonProcess(cfg, tmp_path / "syncd.log", env={"SYNCD_METRICS__AUTH_TOKEN": token}) as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert "beyond loopback" in d.log() and "WARNING" in d.log()
+        assert get(port)[0] == 401
+        assert get(port, headers={"Authorization": f"Bearer {token}"})[0] == 200
+        # The descriptor limit that idle connections used to exhaust.
+        resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (128, 128))
+        idle = []
+        for _ in range(150):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /status HTTP/1.1\r\n")
+            idle.append(s)
+        # Meanwhile the application adds a table: loading it needs new descriptors.
+        conn.execute("CREATE TABLE later (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.executemany("INSERT INTO later VALUES (?, ?)", [(i, str(i)) for i in range(100)])
+        conn.execute("UPDATE items SET v = 'b'")
+        conn.commit()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
+        assert len(os.listdir(f"/proc/{d.pid}/fd")) < 100
+        for s in idle:
+            s.close()
+        wait_for(lambda: get(port, headers={"Authorization": f"Bearer {token}"})[0] == 200, 30, "endpoint", d)
+        assert d.stop() == 0
+        log = d.log()
+    assert token not in log
+    assert await compare_table(str(db), pg_dsn, "app", "later") == []
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+    conn.close()

@@ -1,0 +1,101 @@
+"""Names Postgres cannot hold, names syncd reserves, and names built to forge output.
+
+A table or column name over Postgres's 63-byte limit is a refusal of that one table,
+said in one line; the source and its other tables go on. A user table named
+`_syncd_...` is refused by name, not silently skipped. A name holding a line break is
+shown escaped in the text log, `syncd status` and the markdown report, so it cannot
+pass for a line of its own. A malformed value in syncd's `_syncd_meta` is a clear
+error naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+from tests.conftest import write_config
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.sync import table_states, wait_caught_up
+
+LONG_TABLE = "t" * 64
+LONG_COLUMN = "c" * 40 + "é" * 12  # 64 bytes in UTF-8, 52 characters
+FORGED = "nokey\n2026-01-01T00:00:00.000Z ERROR   source=app: forged line"
+LINE_START = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) ")
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _app(path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE good (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute(f"CREATE TABLE {q(LONG_TABLE)} (id INTEGER PRIMARY KEY)")
+    conn.execute(f"CREATE TABLE wide (id INTEGER PRIMARY KEY, {q(LONG_COLUMN)} TEXT)")
+    conn.execute("CREATE TABLE _syncd_mine (id INTEGER PRIMARY KEY)")
+    conn.execute(f"CREATE TABLE {q(FORGED)} (id INTEGER PRIMARY KEY, v TEXT)")
+    for t in ("good", FORGED):
+        conn.executemany(f"INSERT INTO {q(t)} VALUES (?, ?)", [(i, str(i)) for i in range(10)])
+    conn.commit()
+    conn.close()
+
+
+async def test_odd_names_are_refused_or_escaped_and_the_rest_replicates(tmp_path, pg_dsn):
+    db = tmp_path / "app.db"
+    _app(db)
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    states = await table_states(pg_dsn, "app")
+    assert states["good"][0] == states[FORGED][0] == "streaming"
+    assert states[LONG_TABLE] == ("refused", "its name is 64 bytes long; Postgres names hold at most 63 bytes "
+                                             "(it would cut the name short), so rename it to replicate it")
+    assert states["wide"][0] == "refused" and "column 'cccc" in states["wide"][1] and "64 bytes" in states["wide"][1]
+    assert states["_syncd_mine"][0] == "refused" and "reserves for its own tables" in states["_syncd_mine"][1]
+    for t in ("good", FORGED):
+        assert await compare_table(str(db), pg_dsn, "app", t) == []
+
+    # Every line of the text log is a line syncd wrote: none begins with the forged text.
+    lines = log.splitlines()
+    assert all(LINE_START.match(line) or line.startswith("    ") for line in lines), log
+    assert "forged line" in log and not any(line.startswith("2026-01-01") for line in lines)
+    assert "Traceback" not in log and "FAILING" not in log.upper().replace("_", " ")
+
+    status = run_cli(cfg, "status")
+    assert f"{LONG_TABLE}\" not replicated: its name is 64 bytes long" in status.stdout
+    assert 'table "_syncd_mine" not replicated' in status.stdout
+    assert not any(line.startswith("2026-01-01") for line in status.stdout.splitlines())
+    report = run_cli(cfg, "report")
+    assert "nokey\\n2026-01-01" in report.stdout, report.stdout
+    assert not any(line.startswith("2026-01-01") for line in report.stdout.splitlines())
+    schema = run_cli(cfg, "schema")
+    assert "-- refused '_syncd_mine': its name starts with _syncd_" in schema.stdout
+
+
+async def test_a_malformed_meta_value_is_a_clear_error(tmp_path, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE good (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
+    assert run_cli(cfg, "init").returncode == 0
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT OR REPLACE INTO _syncd_meta(key, value) VALUES ('pruned_seq', 'not a number')")
+    conn.commit()
+    conn.close()
+    expected = f"SQLite file {db}: _syncd_meta key 'pruned_seq' holds 'not a number', not a number"
+
+    r = run_cli(cfg, "status")
+    assert r.returncode == 3 and expected in r.stdout and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    r = run_cli(cfg, "init")
+    assert expected in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        wait_for(lambda: expected in d.log(), 30, "the error line", d)
+        assert d.alive()
+        assert d.stop() == 0
+        assert "Traceback" not in d.log()

@@ -1,0 +1,110 @@
+"""syncd runs with exactly the Postgres privileges docs/operations.md grants it.
+
+The GRANTs are read from the document itself, given to a fresh role with no
+attributes (no superuser, no CREATEDB), and every verb and the daemon run as that role.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sqlite3
+
+import asyncpg
+
+from tests.conftest import write_config
+from tests.support.compare import compare_table
+from tests.support.daemon import ROOT, DaemonProcess, run_cli
+from tests.support.sync import wait_caught_up
+
+DOC = ROOT / "docs" / "operations.md"
+
+
+def documented_grants() -> list[str]:
+    section = DOC.read_text().split("## The Postgres role", 1)[1]
+    block = re.search(r"```sql\n(.*?)```", section, re.S).group(1)
+    return [s.strip() for s in re.sub(r"--[^\n]*", "", block).split(";") if s.strip()]
+
+
+def for_test(stmt: str, role: str, database: str, schema: str) -> str:
+    stmt = re.sub(r"\bsynapse_core\b", database, stmt)
+    stmt = re.sub(r"\b(ROLE|TO|AUTHORIZATION) syncd\b", rf"\1 {role}", stmt)
+    return re.sub(r"\bepic7_sales\b", schema, stmt)
+
+
+async def _as_superuser(dsn: str, *sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for s in sql:
+            await conn.execute(s)
+    finally:
+        await conn.close()
+
+
+async def test_syncd_needs_only_the_documented_privileges(tmp_path, pg_dsn):
+    grants = documented_grants()
+    assert any(g.startswith("CREATE ROLE syncd LOGIN") for g in grants) and not any(
+        w in " ".join(grants).upper() for w in ("SUPERUSER ", "CREATEDB ", "CREATEROLE ", "GRANT ALL"))
+    role = f"syncd_role_{secrets.token_hex(4)}"
+    database = pg_dsn.rsplit("/", 1)[1]
+    await _as_superuser(pg_dsn, *(for_test(g, role, database, "app") for g in grants))
+    role_dsn = pg_dsn.replace("postgres@", f"{role}@")
+    try:
+        db = tmp_path / "app.db"
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA journal_mode=wal")
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, n REAL)")
+        conn.executemany("INSERT INTO items VALUES (?, ?, ?)", [(i, str(i), i / 2) for i in range(500)])
+        conn.commit()
+        cfg = write_config(tmp_path / "syncd.toml", role_dsn, [{"name": "app", "path": str(db)}])
+        r = run_cli(cfg, "init")
+        assert r.returncode == 0, r.stdout + r.stderr
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(db, role_dsn, "app", daemon=d)
+            conn.execute("UPDATE items SET v = 'changed' WHERE id < 50")
+            conn.execute("DELETE FROM items WHERE id >= 450")
+            conn.commit()
+            await wait_caught_up(db, role_dsn, "app", daemon=d)
+            outputs = {verb: run_cli(cfg, *verb.split()) for verb in ("verify", "status", "report", "schema")}
+            assert outputs["verify"].returncode == 0, outputs["verify"].stdout + outputs["verify"].stderr
+            assert d.stop() == 0
+            log = d.log()
+        for verb, out in outputs.items():
+            assert "permission denied" not in (out.stdout + out.stderr).lower(), (verb, out.stdout + out.stderr)
+        assert "permission denied" not in log.lower() and "ERROR" not in log, log
+        assert await compare_table(str(db), pg_dsn, "app", "items") == []
+        owners = await _owners(pg_dsn)
+        assert owners == {("app", "items"): role, ("syncd", "tables"): role}
+    finally:
+        await _as_superuser(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
+        conn.close()
+
+
+async def _owners(dsn: str) -> dict[tuple[str, str], str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT schemaname, tablename, tableowner FROM pg_tables "
+                                "WHERE (schemaname, tablename) IN (('app', 'items'), ('syncd', 'tables'))")
+        return {(r[0], r[1]): r[2] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def test_create_on_the_database_lets_syncd_make_its_schemas(tmp_path, pg_dsn):
+    role = f"syncd_role_{secrets.token_hex(4)}"
+    database = pg_dsn.rsplit("/", 1)[1]
+    await _as_superuser(pg_dsn, f"CREATE ROLE {role} LOGIN",
+                        f"GRANT CONNECT, TEMPORARY, CREATE ON DATABASE {database} TO {role}")
+    try:
+        db = tmp_path / "app.db"
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+        conn.commit()
+        conn.close()
+        cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace("postgres@", f"{role}@"),
+                           [{"name": "app", "path": str(db)}])
+        r = run_cli(cfg, "init")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "1 pending" in r.stdout
+    finally:
+        await _as_superuser(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')

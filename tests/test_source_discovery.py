@@ -1,0 +1,63 @@
+"""Sources found by a path glob with a name template: every file is a source of its
+own, a file whose name makes no valid source name is named (never skipped in silence),
+per-source commands take globs, and a fleet can drop its per-table metric series."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from tests.conftest import write_config
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.pgcluster import free_port
+from tests.test_metrics import scrape
+
+
+def tenant(path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("INSERT INTO notes VALUES (1, ?)", (path.stem,))
+    conn.commit()
+    conn.close()
+
+
+def test_a_glob_names_every_file_and_says_which_it_cannot_take(tmp_path, pg_dsn):
+    (tmp_path / "tenants").mkdir()
+    for stem in ("acme", "globex", "bad name"):
+        tenant(tmp_path / "tenants" / f"{stem}.db")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn,
+                       [{"name": "t_{stem}", "path": str(tmp_path / "tenants" / "*.db"), "schema": "tenant_{stem}"}])
+    r = run_cli(cfg, "schema")
+    assert '-- source t_acme:' in r.stdout and 'CREATE SCHEMA IF NOT EXISTS "tenant_globex"' in r.stdout
+    r = run_cli(cfg, "init", "--source", "t_*")
+    assert r.returncode == 0, r.stdout + r.stderr
+    status = run_cli(cfg, "status", "--json")
+    doc = json.loads(status.stdout)
+    assert sorted(s["name"] for s in doc["sources"]) == ["t_acme", "t_globex"]
+    assert any("bad name.db" in p and "is not picked up" in p for p in doc["not_picked_up"])
+    assert status.returncode >= 1  # at least WARNING while a file is not picked up
+    assert run_cli(cfg, "verify", "--source", "t_nobody*").returncode == 2  # a glob matching nothing
+
+
+def test_templates_need_a_glob_and_a_glob_needs_a_template(tmp_path, pg_dsn):
+    cfg = write_config(tmp_path / "a.toml", pg_dsn, [{"name": "t_{stem}", "path": str(tmp_path / "one.db")}])
+    r = run_cli(cfg, "status")
+    assert r.returncode == 3 and "need a path glob" in r.stdout
+    cfg = write_config(tmp_path / "b.toml", pg_dsn, [{"name": "t", "path": str(tmp_path / "*.db")}])
+    r = run_cli(cfg, "status")
+    assert r.returncode == 3 and "needs a name template" in r.stdout
+
+
+async def test_a_fleet_can_keep_only_per_source_series(tmp_path, pg_dsn):
+    (tmp_path / "tenants").mkdir()
+    tenant(tmp_path / "tenants" / "acme.db")
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(tmp_path / "tenants/*.db")}],
+                       metrics_listen=f"127.0.0.1:{port}", extra="")
+    text = cfg.read_text().replace('[metrics]\n', '[metrics]\nper_table = false\n')
+    cfg.write_text(text)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("every table is streaming")
+        wait_for(lambda: 'syncd_pending_changes{source="t_acme"}' in scrape(port), 30, "per-source series", d)
+        assert not any('table="' in name for name in scrape(port))
+        assert d.stop() == 0
