@@ -416,6 +416,8 @@ class ReversePipeline:
                 self.events.append((name, "column_added", f"added in SQLite: {added}"))
                 ddl_done = True
             elif d.kind == tables.CREATE:
+                if not await tables.adopt(s.pg, s.bk, self.source.schema, name):
+                    continue  # another source adopted it first (a shared schema): it is that one's
                 await s.worker.run(tables.create_table, pg_tables[name], busy)
                 s.info("table created in Postgres after the cutover: created in SQLite too, copying its rows",
                        table=name, event="table_created")
@@ -484,11 +486,16 @@ class ReversePipeline:
         pg_tables = await tables.read_pg_tables(pg, self.source.schema)
         rows = await s.bk.load_tables(pg)
         decisions: dict[str, tables.Decision] = {}
+        owners = await s.bk.owners(pg, self.source.schema)
         candidates = set(schema.tables) | {n for n, r in rows.items() if r.state != bk.REFUSED}
-        candidates |= {n for n in pg_tables if self.source.wants_table(n) and not _internal(n)}
+        # Tables the application created in Postgres after the cutover (no source's replica).
+        candidates |= {n for n in pg_tables if self.source.wants_table(n) and not _internal(n)
+                       and owners.get(n) in (None, s.name)}
         for name in candidates:
             if name in schema.refused or name in schema.left_out:
                 continue
+            if owners.get(name) not in (None, s.name):
+                continue  # another source's replica in a shared schema
             d = tables.judge(schema.tables.get(name), pg_tables.get(name), known=name in rows)
             if d.kind != tables.IGNORE:
                 decisions[name] = d

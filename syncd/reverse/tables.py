@@ -83,6 +83,18 @@ async def record_format(conn: asyncpg.Connection, bk_schema: str, source: str, t
                        source, table, column, pgtype, fmt)
 
 
+async def adopt(conn: asyncpg.Connection, b, schema: str, table: str) -> bool:
+    """A table the application created in Postgres after the cutover becomes this
+    source's (recorded as syncd's, like one syncd created): the way back follows it into
+    SQLite, and after a rollback the stream from SQLite writes it. False when another
+    source already has it."""
+    from syncd.postgres.bookkeeping import OWNED_TABLES
+
+    await conn.execute(f"INSERT INTO {b.s}.{OWNED_TABLES}(schema_name, table_name, source) VALUES ($1, $2, $3) "
+                       "ON CONFLICT (schema_name, table_name) DO NOTHING", schema, table, b.source)
+    return (await b.owners(conn, schema)).get(table) == b.source
+
+
 # --- judging a table ----------------------------------------------------------------------
 
 
