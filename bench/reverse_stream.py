@@ -91,7 +91,8 @@ async def pending(conn, source: str, db: Path) -> int:
     cp = json.loads(row[0]) if row else {"done": "1:1:", "target": None, "after": None}
     after = cp["after"] or (0, 0)
     return await conn.fetchval(
-        f"SELECT count(*) FROM syncd.rlog_{lock_key(source):08x} WHERE txid >= txid_snapshot_xmin($1::text::txid_snapshot) "
+        f"SELECT count(*) FROM syncd.rlog_{lock_key(source):08x} "
+        "WHERE txid >= txid_snapshot_xmin($1::text::txid_snapshot) "
         "AND NOT txid_visible_in_snapshot(txid, $1::text::txid_snapshot) AND NOT ($2::text IS NOT NULL AND "
         "txid_visible_in_snapshot(txid, $2::text::txid_snapshot) AND (txid, seq) <= ($3, $4))",
         cp["done"], cp["target"], after[0], after[1])

@@ -9,7 +9,7 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
-from tests.conftest import FAST_FAILOVER
+from tests.conftest import FAST_FAILOVER, write_config
 from tests.support.app import create_items
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, wait_for
@@ -37,9 +37,11 @@ async def test_the_way_back_rides_out_a_postgres_outage(tmp_path, make_config, p
         port = free_port()
         db = tmp_path / "app.db"
         create_items(db, rows=500, journal="wal")
-        make = lambda sources, sections: __import__("tests.conftest", fromlist=["write_config"]).write_config(  # noqa: E731
-            tmp_path / "syncd.toml", proxied, sources, metrics_listen=f"127.0.0.1:{port}", sections=sections)
-        cfg = backup_and_config(lambda s, sections: make(s, {**sections, **FAST_FAILOVER}), tmp_path, db)
+        def make(sources, sections):
+            return write_config(tmp_path / "syncd.toml", proxied, sources, metrics_listen=f"127.0.0.1:{port}",
+                                sections={**sections, **FAST_FAILOVER})
+
+        cfg = backup_and_config(make, tmp_path, db)
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
             await cut_over(cfg, db, pg_dsn, daemon=d)
             d.wait_log("SQLite follows Postgres")

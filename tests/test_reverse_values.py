@@ -179,8 +179,9 @@ def test_values_sqlite_cannot_hold_are_refused_with_the_reason(shape, value, why
 
 
 def test_affinity_follows_sqlites_rules():
-    assert [affinity(d) for d in ("INTEGER", "BIGINT", "VARCHAR(20)", "CLOB", "BLOB", "", "REAL", "DOUBLE PRECISION",
-                                  "FLOAT", "NUMERIC", "DECIMAL(10,2)", "BOOLEAN", "DATETIME", "JSON", "STRING", "POINT")] == \
+    declared = ("INTEGER", "BIGINT", "VARCHAR(20)", "CLOB", "BLOB", "", "REAL", "DOUBLE PRECISION", "FLOAT",
+                "NUMERIC", "DECIMAL(10,2)", "BOOLEAN", "DATETIME", "JSON", "STRING", "POINT")
+    assert [affinity(d) for d in declared] == \
         [INTEGER, INTEGER, TEXT, TEXT, BLOB, BLOB, REAL, REAL, REAL, NUMERIC, NUMERIC, NUMERIC, NUMERIC, NUMERIC,
          NUMERIC, INTEGER]  # SQLite: "STRING" is NUMERIC, "POINT" holds INT
 

@@ -275,9 +275,10 @@ async def disarm_all(conn: asyncpg.Connection, names: Names, schema: str) -> int
 
 
 def freeze_function_sql(names: Names, message: str) -> str:
+    mine = f"left(current_setting('application_name'), {len(WRITER_PREFIX)}) = {quote_literal(WRITER_PREFIX)}"
     body = f"""
 BEGIN
-  IF left(current_setting('application_name'), {len(WRITER_PREFIX)}) IS DISTINCT FROM {quote_literal(WRITER_PREFIX)} THEN
+  IF {mine} IS NOT TRUE THEN
     RAISE EXCEPTION USING ERRCODE = '25006',
       MESSAGE = format('table %I.%I: %s', TG_TABLE_SCHEMA, TG_TABLE_NAME, {quote_literal(message)});
   END IF;

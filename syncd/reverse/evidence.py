@@ -144,7 +144,8 @@ class ReverseEvidence:
                     found += check._shared_key(c, ss)  # noqa: SLF001
                     continue
                 if len(ps) > 1:
-                    found.append(Difference(EXTRA, check._display_key(c), raw_key=None, repairable=False,  # noqa: SLF001
+                    key = check._display_key(c)  # noqa: SLF001
+                    found.append(Difference(EXTRA, key, raw_key=None, repairable=False,
                                             note=f"{len(ps)} rows in Postgres have this key"))
                     continue
                 s, p = (ss[0] if ss else None), (ps[0] if ps else None)

@@ -98,7 +98,8 @@ async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables
         after = cp.after or (0, 0)
         entries = await conn.fetch(
             f"SELECT txid, seq, tid, op, key, extract(epoch FROM at) FROM {names.changelog} "
-            "WHERE txid >= txid_snapshot_xmin($1::text::txid_snapshot) AND txid < txid_snapshot_xmax($2::text::txid_snapshot) "
+            "WHERE txid >= txid_snapshot_xmin($1::text::txid_snapshot) "
+            "AND txid < txid_snapshot_xmax($2::text::txid_snapshot) "
             "AND NOT txid_visible_in_snapshot(txid, $1::text::txid_snapshot) "
             "AND txid_visible_in_snapshot(txid, $2::text::txid_snapshot) AND (txid, seq) > ($3, $4) "
             "ORDER BY txid, seq LIMIT $5",
