@@ -14,6 +14,7 @@ as it is now; gone, it is deleted. Nothing is deleted on Postgres's word alone.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from decimal import Decimal
 from typing import Any
@@ -49,18 +50,63 @@ def index_sql(schema: str, spec: TableSpec, u: UniqueSet) -> str:
     return f"CREATE INDEX IF NOT EXISTS {quote_pg_ident(index_name(spec, u))} ON {qualified(schema, spec.name)} ({exprs})"
 
 
-async def ensure_indexes(conn: asyncpg.Connection, schema: str, spec: TableSpec) -> None:
-    """The lookup indexes `spec`'s unique column sets need, and none it no longer has."""
+def _describe(u: UniqueSet, until: int | None = None) -> str:
+    """The index's comment: the unique set it serves, so a set SQLite no longer has can
+    still be looked up (see ensure_indexes), and until which changelog position."""
+    d: dict[str, Any] = {"columns": list(u.columns), "collations": list(u.collations)}
+    if until is not None:
+        d["until"] = until
+    return json.dumps(d)
+
+
+def _comment_sql(schema: str, name: str, text: str) -> str:
+    return f"COMMENT ON INDEX {qualified(schema, name)} IS '" + text.replace("'", "''") + "'"
+
+
+def _retired_set(spec: TableSpec, comment: str | None) -> tuple[UniqueSet, int | None] | None:
+    try:
+        d = json.loads(comment or "")
+        u = UniqueSet(tuple(str(c) for c in d["columns"]), tuple(str(c) for c in d["collations"]))
+        until = d.get("until")
+        until = int(until) if until is not None else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    names = set(spec.column_names)
+    if u in spec.unique_sets or not u.columns or not all(c in names for c in u.columns):
+        return None
+    return u, until
+
+
+async def ensure_indexes(conn: asyncpg.Connection, schema: str, spec: TableSpec, applied_seq: int,
+                         top_seq: int) -> tuple[tuple[UniqueSet, int], ...]:
+    """The lookup indexes `spec`'s unique column sets need. A set SQLite no longer has
+    (the application dropped the index) is kept, with its index, until the stream has
+    applied every change captured before the drop (up to `top_seq`, the changelog's end
+    when the drop was noticed): a REPLACE made while the index stood removed rows
+    through it. Returns those retired sets with their end positions."""
     wanted = {index_name(spec, u): u for u in spec.unique_sets}
-    have = {r[0] for r in await conn.fetch(
-        "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
+    have = {r[0]: r[1] for r in await conn.fetch(
+        "SELECT i.relname, obj_description(i.oid, 'pg_class') FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "JOIN pg_class t ON t.oid = x.indrelid "
         "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relname = $2 "
         "AND starts_with(i.relname, '_syncd_uq_')", schema, spec.name)}
-    for name in have - set(wanted):
+    retired: list[tuple[UniqueSet, int]] = []
+    for name in set(have) - set(wanted):
+        found = _retired_set(spec, have[name])
+        if found is not None and (found[1] is None or applied_seq < found[1]):
+            u, until = found
+            if until is None:
+                until = top_seq
+                await conn.execute(_comment_sql(schema, name, _describe(u, until)))
+            retired.append((u, until))
+            continue
         await conn.execute(f"DROP INDEX IF EXISTS {qualified(schema, name)}")
     for name, u in wanted.items():
         if name not in have:
             await conn.execute(index_sql(schema, spec, u))
+        if have.get(name) != _describe(u):
+            await conn.execute(_comment_sql(schema, name, _describe(u)))
+    return tuple(retired)
 
 
 def candidates_sql(schema: str, spec: TableSpec, u: UniqueSet) -> str:
@@ -78,16 +124,17 @@ def candidates_sql(schema: str, spec: TableSpec, u: UniqueSet) -> str:
             f"JOIN unnest({params}) AS n({', '.join(names)}) ON {on} WHERE ({tkey}) IS DISTINCT FROM ({nkey})")
 
 
-async def stale_keys(conn: asyncpg.Connection, schema: str, spec: TableSpec, records: list[tuple]) -> set[tuple]:
+async def stale_keys(conn: asyncpg.Connection, schema: str, spec: TableSpec, records: list[tuple],
+                     sets: tuple[UniqueSet, ...]) -> set[tuple]:
     """Postgres keys of rows colliding with `records` (converted rows about to be
-    upserted) on one of the table's unique column sets, other than those rows themselves."""
-    if not spec.unique_sets or not records:
+    upserted) on one of `sets` (unique column sets), other than those rows themselves."""
+    if not sets or not records:
         return set()
     names = spec.column_names
     key_idx = spec.key_indexes
     upserted = {tuple(r[i] for i in key_idx) for r in records}
     found: set[tuple] = set()
-    for u in spec.unique_sets:
+    for u in sets:
         idx = [names.index(c) for c in u.columns] + list(key_idx)
         columns = [[r[i] for r in records] for i in idx]
         for row in await conn.fetch(candidates_sql(schema, spec, u), *columns):

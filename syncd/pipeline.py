@@ -33,7 +33,7 @@ from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load
 from syncd.sqlite import disk_guard, freeze, reader
 from syncd.sqlite.capture import CaptureStateError, LockTimeout
 from syncd.sqlite.connection import SourceFileError
-from syncd.stream import apply, read_and_convert
+from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
 
 STATS_EVERY_SECONDS = 5.0
 STATS_IDLE_SECONDS = 60.0
@@ -68,6 +68,7 @@ class Pipeline:
         self.needs_reconcile = True
         self.file_changed = False
         self.load: TableLoad | None = None
+        self.ahead = ReadAhead()  # the next stream batch, read while this one applies
         self.max_seq_seen = 0
         self.last_poll = None
         self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_window,
@@ -156,6 +157,7 @@ class Pipeline:
             if poller is not None:
                 poller.cancel()
                 await asyncio.gather(poller, return_exceptions=True)
+            await self.ahead.drop()
             await self._close_load()
             await self.pruner.stop()
             self.pruner.shutdown()
@@ -197,6 +199,7 @@ class Pipeline:
     def _before_retry(self, retry_state) -> None:
         exc = retry_state.outcome.exception()
         s = self.session
+        self.ahead.discard()  # read before the failure: read again once it is over
         metrics.retries_total.labels(self.name).inc()
         if isinstance(exc, SourceLocked):
             self._enter(LOCKED, str(exc), kind="lock", level="error")
@@ -268,6 +271,7 @@ class Pipeline:
         s = self.session
         if self.file_changed:
             self.file_changed = False
+            await self.ahead.drop()
             await self._close_load()
             await self.pruner.stop()
             await s.worker.close()
@@ -368,6 +372,7 @@ class Pipeline:
     async def _postgres_steps(self) -> bool:
         s = self.session
         if self.needs_reconcile:
+            await self.ahead.drop()
             await self._close_load()
             await self.pruner.stop()  # it must not work from a checkpoint reconcile may reset
             await reconcile(s)
@@ -577,16 +582,31 @@ class Pipeline:
     async def _stream_step(self) -> bool:
         s = self.session
         read_at = time.time()
-        batch, converted, misfits = await s.worker.run(
-            read_and_convert, s.applied_seq, self.settings.stream.batch_size, s.streaming_specs(), s.by_tid(),
-            None, s.schema_version,
-        )
+        streaming, by_tid = s.streaming_specs(), s.by_tid()
+        got = await self.ahead.take(ReadAhead.key_for(s.applied_seq, by_tid, streaming, s.schema_version))
+        if got is None:
+            # Nothing read ahead: a batch of the configured size gets Postgres busy soonest;
+            # the larger ones follow, each read while the one before it applies.
+            got = await s.worker.run(read_and_convert, s.applied_seq, self.settings.stream.batch_size, streaming,
+                                     by_tid, None, s.schema_version)
+        batch, converted, misfits = got
         if batch.schema_changed:
             self.needs_reconcile = True
             return True
         if batch.empty:
             return False
         self.lag.observe(batch.last_seq, read_at)
+        if batch.max_seq > self.max_seq_seen:
+            self.max_seq_seen = batch.max_seq
+            self.lag.observe(batch.max_seq, read_at)
+        if batch.max_seq > batch.last_seq and s.journal_mode == "wal":
+            # More is queued: read the next batch on the SQLite thread while this one
+            # is applied. It is used only if this apply leaves the tables as they are.
+            # Only in WAL mode: in rollback-journal mode a read holds back the
+            # application's commits, so syncd reads only between applies there.
+            limit = batch_limit(batch.max_seq - batch.last_seq, self.settings.stream.batch_size, s.journal_mode)
+            self.ahead.start(self._read_ahead(batch.last_seq, limit, streaming, by_tid),
+                             ReadAhead.key_for(batch.last_seq, by_tid, streaming, s.schema_version))
         first_seen = self.lag.first_seen(batch.after_seq + 1) or read_at
         held = await apply(s, batch, converted, misfits)
         now = time.time()
@@ -597,6 +617,14 @@ class Pipeline:
         for tid in held:
             self._held_logged(by_tid[tid])
         return True
+
+    async def _read_ahead(self, after: int, limit: int, streaming: dict, by_tid: dict):
+        s = self.session
+        got = await s.worker.run(read_and_convert, after, limit, streaming, by_tid, None, s.schema_version)
+        if not got[0].empty:
+            s.debug(f"batch read ahead: changelog entries {after + 1}..{got[0].last_seq}, "
+                    f"while the batch up to {after} is applied", event="batch_read_ahead")
+        return got
 
     async def _maybe_stats(self) -> None:
         """The changelog's size, from the poll loop: it must keep moving while Postgres
@@ -622,6 +650,7 @@ class Pipeline:
         enough, suspend capture for this source (see sqlite/disk_guard.py)."""
         s = self.session
         busy = self.settings.sqlite.write_busy_timeout_ms
+        self.ahead.discard()  # it may hold entries the compaction removes
         dropped = await s.worker.run(disk_guard.compact, s.applied_seq, busy)
         after = await s.worker.run(reader.changelog_bytes)
         metrics.changelog_bytes.labels(self.name).set(after)

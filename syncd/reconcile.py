@@ -216,12 +216,14 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
         new = await _reconcile_table(session, spec, tid, row, pgt, result.gaps.get(name))
         if new != row:
             await session.save_row(conn, new)
+        retired: tuple = ()
         if new.state != bk.PAUSED:
-            await collisions.ensure_indexes(conn, target, spec)
+            retired = await collisions.ensure_indexes(conn, target, spec, session.applied_seq, state.max_seq)
             pgt = pg_tables.get(name) or (await ddl.read_tables(conn, target)).get(name)
             if pgt is not None:
                 await ddl.ensure_identity(conn, target, spec, pgt)
         runtimes[name] = _runtime(session, spec, tid, new)
+        runtimes[name].retired_unique = retired
     if requests:
         await conn.execute(
             f"UPDATE {session.bk.s}.tables SET request = NULL WHERE source = $1 AND table_name = ANY($2::text[])",

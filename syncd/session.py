@@ -14,7 +14,7 @@ import asyncpg
 
 from syncd.config import Settings, SourceSettings
 from syncd.log import ctx
-from syncd.model import TO_POSTGRES, TableSpec
+from syncd.model import TO_POSTGRES, TableSpec, UniqueSet
 from syncd.postgres import bookkeeping as bkmod
 from syncd.postgres.apply import TableWriter
 from syncd.postgres.bookkeeping import Bookkeeping, TableRow
@@ -36,6 +36,9 @@ class TableRuntime:
     writer: TableWriter | None = None
     retry_at: float = 0.0  # monotonic time a held table is tried again
     logged_reason: str | None = None  # the hold/pause reason last logged, to log each once
+    # Unique sets SQLite no longer has, looked up until the stream passes the position
+    # (see collisions.ensure_indexes).
+    retired_unique: tuple[tuple[UniqueSet, int], ...] = ()
 
     def __post_init__(self) -> None:
         self.conv = RowConverter(self.spec)
@@ -82,6 +85,9 @@ class SourceSession:
         self.direction = TO_POSTGRES  # from bookkeeping at each reconcile (the cutover flips it)
 
     # --- logging -------------------------------------------------------------------
+
+    def debug(self, msg: str, table: str | None = None, event: str | None = None) -> None:
+        log.debug(msg, extra=ctx(self.name, table, event))
 
     def info(self, msg: str, table: str | None = None, event: str | None = None) -> None:
         log.info(msg, extra=ctx(self.name, table, event))

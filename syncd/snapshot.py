@@ -32,10 +32,12 @@ from syncd.postgres.connect import describe, is_data_error, is_shape_error
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.sqlite import key_identity, reader
-from syncd.sqlite.audit import audit_table
+from syncd.sqlite.audit import audit_position, audit_still_holds, audit_table, note_audit_passed
 from syncd.sqlite.connection import SqliteWorker
 
 PROGRESS_EVERY_SECONDS = 5.0
+
+CHUNK_COLUMNS = 8  # a chunk of snapshot_chunk_rows rows is sized for tables this wide
 
 
 class TableLoad:
@@ -58,10 +60,19 @@ class TableLoad:
         self.prefetch_after: tuple | None = None
         self.schema_version = session.schema_version
 
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per chunk: [stream] snapshot_chunk_rows, fewer for a table wider than
+        CHUNK_COLUMNS columns, so a chunk (and the one read ahead) holds about as many
+        values whatever the width."""
+        configured = self.session.settings.stream.snapshot_chunk_rows
+        width = max(1, len(self.t.spec.columns))
+        return max(min(configured, 100), min(configured, configured * CHUNK_COLUMNS // width))
+
     async def open(self) -> int:
         """Open the read side; returns the changelog position the read starts at."""
         self.total = await self.session.worker.run(reader.count_rows, self.t.name)
-        if self.session.journal_mode == "wal" and self.total > self.session.settings.stream.snapshot_chunk_rows:
+        if self.session.journal_mode == "wal" and self.total > self.chunk_rows:
             self.worker = SqliteWorker(self.session.source.path, f"{self.session.name}-snapshot",
                                        self.session.settings.sqlite.read_busy_timeout_ms)
             self.own_worker = self.single_txn = True
@@ -97,7 +108,7 @@ class TableLoad:
             return None, pos, m
 
     def read_ahead(self, after: tuple | None) -> None:
-        limit = self.session.settings.stream.snapshot_chunk_rows
+        limit = self.chunk_rows
         self.prefetch_after = after
         self.prefetch = asyncio.ensure_future(self.worker.run(self._read, after, limit, self.t.conv))
 
@@ -125,13 +136,24 @@ class TableLoad:
             self.worker.shutdown()
 
 
-async def audit(session: SourceSession, t: TableRuntime) -> str | None:
-    """Run the value audit; returns the hold reason, or None when every value fits."""
-
-    misfits = await session.worker.run(audit_table, t.spec)
+async def audit(session: SourceSession, t: TableRuntime, note: bool = False) -> str | None:
+    """Run the value audit; returns the hold reason, or None when every value fits.
+    With `note`, a pass is noted in the file, and the next audit of the table (the
+    daemon's, after `syncd init`) is skipped while nothing it checked has changed."""
+    w = session.worker
+    if not note and await w.run(audit_still_holds, t.tid, t.spec):
+        session.debug("audit skipped: the table was audited as it is now (by syncd init)", table=t.name,
+                      event="audit_skipped")
+        return None
+    position = await w.run(audit_position)
+    misfits = await w.run(audit_table, t.spec)
     if not misfits:
-        clash = await session.worker.run(key_identity.audit_collisions, t.spec)
-        return None if clash is None else "audit before load: " + clash
+        clash = await w.run(key_identity.audit_collisions, t.spec)
+        if clash is not None:
+            return "audit before load: " + clash
+        if note:
+            await w.run(note_audit_passed, t.tid, t.spec, position, session.settings.sqlite.write_busy_timeout_ms)
+        return None
     text = "; ".join(m.describe(t.name) for m in misfits[:3])
     if len(misfits) > 3:
         text += f"; and {len(misfits) - 3} more column(s)"

@@ -7,9 +7,11 @@ rejects is held: its changes stay queued while every other table goes on.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from syncd import collisions, metrics
 from syncd.postgres import bookkeeping as bk
@@ -28,6 +30,77 @@ class Converted:
     t: TableRuntime
     records: list[tuple]
     deletes: list[tuple]
+
+
+LARGE_BATCH_FACTOR = 4  # a backlog is read in batches this many times [stream] batch_size
+
+
+def batch_limit(backlog: int, batch_size: int, journal_mode: str = "wal") -> int:
+    """Changelog entries to read next. In WAL mode a backlog larger than one batch is
+    read in larger ones, so the fixed costs of a batch (bookkeeping, stage merge,
+    round trips) are paid less often; bounded, because two batches may be in memory
+    at once. In rollback-journal mode a read transaction holds back the application's
+    commits, so it stays as short as [stream] batch_size makes it."""
+    if backlog <= batch_size or journal_mode != "wal":
+        return batch_size
+    return min(backlog, LARGE_BATCH_FACTOR * batch_size)
+
+
+class ReadAhead:
+    """The next stream batch, read and converted on the SQLite thread while the
+    current one is applied in Postgres. It is used only if it starts exactly where
+    the checkpoint now stands and was read for the same tables, specs and schema;
+    anything else (a table held, a reconcile, a failed apply) discards it, and the
+    batch is read again. Order and the checkpoint-in-the-same-transaction rule are
+    unchanged: batches are still applied one at a time, in seq order."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future | None = None
+        self.key: Any = None
+
+    @staticmethod
+    def key_for(after: int, tables: dict[int, TableRuntime], streaming: dict, schema_version: int | None) -> Any:
+        return (after, schema_version, tuple(sorted((tid, id(spec), id(tables[tid])) for tid, spec in streaming.items())))
+
+    def start(self, coro, key: Any) -> None:
+        self.discard()
+        self.future = asyncio.ensure_future(coro)
+        self.key = key
+
+    async def take(self, key: Any):
+        """The batch read ahead for `key`, or None (a stale one is discarded)."""
+        fut, self.future = self.future, None
+        if fut is None:
+            return None
+        if key != self.key:
+            fut.cancel()
+            await asyncio.gather(fut, return_exceptions=True)
+            return None
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+            return None
+
+    def discard(self) -> None:
+        """Forget the batch read ahead; callable from synchronous code (a read still
+        running on the SQLite thread finishes there and is dropped)."""
+        fut, self.future = self.future, None
+        if fut is not None:
+            fut.cancel()
+            fut.add_done_callback(_consume)
+
+    async def drop(self) -> None:
+        fut, self.future = self.future, None
+        if fut is not None:
+            fut.cancel()
+            await asyncio.gather(fut, return_exceptions=True)
+
+
+def _consume(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 def hold_row(t: TableRuntime, reason: str, from_seq: int | None, resume_to: str) -> TableRow:
@@ -113,9 +186,10 @@ async def _add_replaced(session: SourceSession, converted: dict[int, Converted],
     assert session.pg is not None
     for tid, c in list(converted.items()):
         spec = c.t.spec
-        if not spec.unique_sets or not c.records:
+        sets = spec.unique_sets + tuple(u for u, until in c.t.retired_unique if session.applied_seq < until)
+        if not sets or not c.records:
             continue
-        stale = await collisions.stale_keys(session.pg, session.target_schema, spec, c.records)
+        stale = await collisions.stale_keys(session.pg, session.target_schema, spec, c.records, sets)
         if not stale:
             continue
         rows, gone = await session.worker.run(collisions.read_current, spec, sorted(stale, key=repr))

@@ -3,6 +3,7 @@ nothing applied twice, and a snapshot resumes instead of starting over."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 import time
@@ -34,6 +35,26 @@ async def applied_but_unpruned(db, dsn) -> bool:
         lite.close()
 
 
+async def wait_loading(dsn, table, d, timeout: float = 60) -> None:
+    """Until `table`'s snapshot has committed a chunk but not finished."""
+    deadline = time.monotonic() + timeout
+    conn = await asyncpg.connect(dsn)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                row = await conn.fetchrow("SELECT state, snapshot_rows FROM syncd.tables WHERE source = 'app' "
+                                          "AND table_name = $1", table)
+            except asyncpg.UndefinedTableError:
+                row = None
+            if row is not None and row["state"] == "loading" and row["snapshot_rows"] > 0:
+                return
+            assert d.proc.poll() is None, d.log()[-2000:]
+            await asyncio.sleep(0.002)
+    finally:
+        await conn.close()
+    raise AssertionError(f"{table} never seen mid-snapshot")
+
+
 async def test_kill9_at_random_points(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     create_items(db, rows=2000)
@@ -44,12 +65,19 @@ async def test_kill9_at_random_points(tmp_path, make_config, pg_dsn):
     writers = [Writer(db, seconds=40, seed=1, rate=150),
                Writer(db, seconds=40, seed=2, table="bulk", rate=100, ids=200_000)]
     windows = resumed = 0
-    for i in range(KILLS):
+    i = 0
+    # Killed at random instants; the first kill lands mid-snapshot for certain, and kills
+    # go on (while the application writes) until one lands between a commit and a prune.
+    while i < KILLS or (windows == 0 and any(w.proc.poll() is None for w in writers) and i < 3 * KILLS):
         d = DaemonProcess(cfg, tmp_path / f"run{i}.log")
         with d:
             d.wait_log("syncd running", timeout=30)
-            time.sleep(rnd.uniform(0.05, 1.5))
+            if i == 0:
+                await wait_loading(pg_dsn, "bulk", d)
+            else:
+                time.sleep(rnd.uniform(0.05, 1.5))
             d.kill9()
+        i += 1
         log = d.log()
         resumed += "snapshot resuming" in log
         windows += await applied_but_unpruned(db, pg_dsn)

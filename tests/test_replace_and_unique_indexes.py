@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlite3
 from urllib.parse import urlsplit
 
+import asyncpg
+
 from tests.conftest import FAST_FAILOVER, write_config
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli
@@ -105,6 +107,44 @@ async def test_replace_through_a_unique_index_made_during_an_outage(app_db, make
             assert d.stop() == 0
     finally:
         proxy.close()
+
+
+async def test_replace_through_a_unique_index_dropped_before_the_change_is_applied(app_db, make_config, pg_dsn,
+                                                                                   tmp_path):
+    """The application replaces through a unique index, then drops the index, all
+    before syncd applies the change (here: while syncd is stopped). The row the
+    REPLACE removed is still found, through the set syncd kept for changes captured
+    before the drop, and the set is let go once they are applied."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE acct (code TEXT PRIMARY KEY, email TEXT, deleted_at TEXT);
+        CREATE UNIQUE INDEX acct_email_live ON acct(email) WHERE deleted_at IS NULL;
+        INSERT INTO acct VALUES ('c1', 'a@x', NULL), ('c2', 'a@x', '2026-01-01');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn.execute("INSERT OR REPLACE INTO acct VALUES ('c9', 'a@x', NULL)")  # c1 goes, c2 stays
+    conn.execute("DROP INDEX acct_email_live")
+    conn.execute("INSERT INTO acct VALUES ('c10', 'a@x', NULL)")  # no longer unique
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(app_db), pg_dsn, "app", "acct") == []
+        conn.execute("INSERT INTO acct VALUES ('c11', 'a@x', NULL)")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(app_db), pg_dsn, "app", "acct") == []
+        assert d.stop() == 0
+    with DaemonProcess(cfg, tmp_path / "syncd3.log") as d:  # every change applied: the set is let go
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        left = await pg.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'acct' "
+                                 "AND indexname LIKE '\\_syncd\\_uq\\_%'")
+    finally:
+        await pg.close()
+    assert left == 0
 
 
 async def test_replace_through_the_rowid_of_a_table_keyed_otherwise_is_repaired(app_db, make_config, pg_dsn,

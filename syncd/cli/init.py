@@ -58,7 +58,7 @@ async def init_source(settings: Settings, source: SourceSettings) -> list[str]:
             await reconcile(session)
             for t in session.tables.values():
                 if t.state == bk.PENDING:
-                    reason = await audit(session, t)
+                    reason = await audit(session, t, note=True)
                     if reason is not None:
                         row = changed(t.row, state=bk.HELD, reason=reason, resume_to=bk.PENDING)
                         await session.save_row(session.pg, row)

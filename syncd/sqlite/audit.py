@@ -3,6 +3,7 @@ its Postgres type, instead of failing halfway through a load."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass, field
 
@@ -86,3 +87,64 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec) -> list[Misfit]:
     finally:
         conn.text_factory = old_factory
     return sorted(misfits.values(), key=lambda m: -m.count)
+
+
+# --- an audit already done ---------------------------------------------------------
+#
+# `syncd init` audits every table it is about to load; the daemon, started right after,
+# would scan the same rows again. A passed audit is noted in the file's own bookkeeping
+# (META), with what it was done against, and trusted only while that still holds: the
+# same schema version, the same column types, and no captured change to the table since
+# (every change is in the changelog, and nothing after the noted position was pruned).
+
+
+def _audit_key(tid: int) -> str:
+    return f"audited_{tid}"
+
+
+def _types_mark(spec: TableSpec) -> str:
+    return json.dumps([spec.name, list(spec.key), [[c.name, c.pgtype.value] for c in spec.columns]])
+
+
+def audit_position(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(schema version, changelog max seq) to note with an audit about to start."""
+    from syncd.sqlite import capture
+
+    version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+    seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{quote_ident(capture.CHANGELOG)}").fetchone()[0]
+    return version, seq
+
+
+def note_audit_passed(conn: sqlite3.Connection, tid: int, spec: TableSpec, position: tuple[int, int],
+                      busy_timeout_ms: int) -> None:
+    from syncd.sqlite import capture
+
+    value = json.dumps({"schema": position[0], "seq": position[1], "types": _types_mark(spec)})
+    capture.write_transaction(
+        conn, lambda c: c.execute(f"INSERT OR REPLACE INTO main.{quote_ident(capture.META)}(key, value) VALUES (?, ?)",
+                                  (_audit_key(tid), value)), busy_timeout_ms=busy_timeout_ms)
+
+
+def audit_still_holds(conn: sqlite3.Connection, tid: int, spec: TableSpec) -> bool:
+    """True if a passed audit of table `tid` was noted and nothing it depends on moved."""
+    from syncd.sqlite import capture
+
+    meta, cl = quote_ident(capture.META), quote_ident(capture.CHANGELOG)
+    conn.execute("BEGIN")
+    try:
+        row = conn.execute(f"SELECT value FROM main.{meta} WHERE key = ?", (_audit_key(tid),)).fetchone()
+        if row is None:
+            return False
+        noted = json.loads(row[0])
+        pruned = conn.execute(f"SELECT value FROM main.{meta} WHERE key = 'pruned_seq'").fetchone()
+        if (noted.get("schema") != conn.execute("PRAGMA main.schema_version").fetchone()[0]
+                or noted.get("types") != _types_mark(spec)
+                or (pruned is not None and int(pruned[0]) > noted.get("seq", -1))):
+            return False
+        changed = conn.execute(f"SELECT 1 FROM main.{cl} WHERE seq > ? AND tid = ? LIMIT 1",
+                               (noted["seq"], tid)).fetchone()
+        return changed is None
+    except (sqlite3.OperationalError, ValueError, KeyError, TypeError):
+        return False  # no bookkeeping yet, or a note this version cannot read: audit again
+    finally:
+        conn.execute("COMMIT")

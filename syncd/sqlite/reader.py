@@ -12,6 +12,7 @@ import os
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from syncd.identifiers import quote_ident
@@ -45,6 +46,7 @@ class ChangeBatch:
     skipped: Counter = field(default_factory=Counter)  # tid -> entries left queued (table not streaming)
     schema_changed: bool = False  # the file's schema moved since syncd last looked: reconcile first
     fingerprint: str = ""  # of every entry in (after_seq, last_seq]: see fingerprint()
+    max_seq: int = 0  # the changelog's newest entry when the batch was read: what is still queued
 
     @property
     def empty(self) -> bool:
@@ -52,14 +54,16 @@ class ChangeBatch:
 
 
 def _join_sql(spec: TableSpec) -> str:
-    """Per distinct key in the range: the key, its first op, flags, the current row.
+    """Per changelog entry of one table in the range, in seq order: the key, the op,
+    flags, the current row. Repeated keys are coalesced in Python (_collect): a
+    GROUP BY here sorts every entry through a temporary b-tree, which cost SQLite
+    twice the join itself (bench/change_drain.py prints both plans).
 
     Flags are worked out in SQL so the common case costs Python nothing: `nullkey`
     (a NULL in the key), `present` (the row exists), `exact` (the row found has
     exactly the recorded key: a non-BINARY collation or an affinity can match
     another stored key)."""
     nkey = len(spec.key)
-    slots = ", ".join(slot(i) for i in range(nkey))
     c_slots = ", ".join(f"c.{slot(i)}" for i in range(nkey))
     ref = spec.sqlite_ref
     on = " AND ".join(f"t.{ref(k)} = c.{slot(i)}" for i, k in enumerate(spec.key))
@@ -70,31 +74,46 @@ def _join_sql(spec: TableSpec) -> str:
     )
     cols = ", ".join(f"t.{ref(c)}" for c in spec.column_names)
     first_key = ref(spec.key[0])
-    # typeof: integer 1 and real 1.0 are one group to SQLite but two keys to Postgres.
-    groups = ", ".join(f"{slot(i)}, typeof({slot(i)})" for i in range(nkey))
-    # `op` is a bare column next to min(seq): SQLite takes it from the first change.
+    # 1 and 1.0 are one value to Python and to SQLite's `=`, but two keys to Postgres:
+    # which slots hold a real makes (key..., mask) tell them apart (_distinct_keys).
+    reals = " + ".join(f"{1 << i} * (typeof(c.{slot(i)}) = 'real')" for i in range(nkey))
     return (
-        f"SELECT {c_slots}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {cols} "
-        f"FROM (SELECT {slots}, op, min(seq) FROM main.{CL} "
-        f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {groups}) AS c "
-        f"LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on}"
+        f"SELECT {c_slots}, {reals}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {cols} "
+        f"FROM main.{CL} AS c LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on} "
+        f"WHERE c.seq > ? AND c.seq <= ? AND c.tid = ? ORDER BY c.seq"
     )
+
+
+def _distinct_keys(rows: list[tuple], nkey: int) -> list[tuple]:
+    """The first entry of each distinct recorded key, in seq order. A row starts with
+    the key and the mask of its slots holding a real (see _join_sql): integer 1 and
+    real 1.0 are equal in Python, but two keys to Postgres."""
+    seen: set = set()
+    add = seen.add
+    out = []
+    width = nkey + 1
+    for r in rows:
+        ident = r[:width]
+        if ident not in seen:
+            add(ident)
+            out.append(r)
+    return out
 
 
 def _collect(changes: TableChanges, rows: list[tuple]) -> None:
     spec = changes.spec
     nkey = len(spec.key)
-    first = nkey + 4  # where the row's columns start
+    first = nkey + 5  # where the row's columns start: key, mask, op, nullkey, present, exact
     key_idx = spec.key_indexes
     upserts, deletes = changes.upserts, changes.deletes
     inserted = updated = deleted = 0
     merged: set[tuple] | None = None  # rows reached through a non-exact match, to upsert once
-    for r in rows:
-        if r[nkey + 1]:
+    for r in _distinct_keys(rows, nkey):
+        if r[nkey + 2]:
             changes.null_keys += 1
             continue
-        if r[nkey + 2]:
-            if r[nkey + 3]:
+        if r[nkey + 3]:
+            if r[nkey + 4]:
                 upserts.append(r[first:])
             else:
                 # A non-BINARY collation (or affinity) matched a different stored key:
@@ -108,7 +127,7 @@ def _collect(changes: TableChanges, rows: list[tuple]) -> None:
                     continue
                 merged.add(found)
                 upserts.append(row)
-            if r[nkey] == OP_INSERT:
+            if r[nkey + 1] == OP_INSERT:
                 inserted += 1
             else:
                 updated += 1
@@ -135,15 +154,17 @@ def fingerprint(entries: list[tuple]) -> str:
     Postgres keeps one per applied batch; a file whose entries in an applied range
     differ (restored from a backup, then written to) is told apart from the one
     Postgres followed. Trailing NULL key slots are dropped so a changelog that gained
-    a slot since still digests the same."""
-    h = hashlib.blake2b(digest_size=16)
-    for e in entries:
-        e = tuple(e)
-        while len(e) > 3 and e[-1] is None:
-            e = e[:-1]
-        h.update(repr(e).encode("utf-8", "surrogateescape"))
-        h.update(b"\n")
-    return h.hexdigest()
+    a slot since still digests the same.
+
+    The digest is of each entry's repr() and a newline. It is built as one text:
+    repr() escapes every newline inside a value, so ", None)" right before a newline
+    can only be a trailing NULL slot (seq, tid and op are never NULL)."""
+    if not entries:
+        return hashlib.blake2b(digest_size=16).hexdigest()
+    text = "\n".join(map(repr, map(tuple, entries))) + "\n"
+    while ", None)\n" in text:  # one trailing NULL slot fewer per pass, in every entry at once
+        text = text.replace(", None)\n", ")\n")
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
 def fingerprint_range(conn: sqlite3.Connection, after_seq: int, last_seq: int) -> str | None:
@@ -200,8 +221,8 @@ def read_changes(
         if not entries:
             return ChangeBatch(after_seq=after_seq, last_seq=after_seq)
         batch = ChangeBatch(after_seq=after_seq, last_seq=entries[-1][0], entries=len(entries),
-                            fingerprint=fingerprint(entries))
-        per_tid = Counter(e[1] for e in entries)
+                            fingerprint=fingerprint(entries), max_seq=max_seq(conn))
+        per_tid = Counter(map(itemgetter(1), entries))
         for tid in sorted(per_tid):
             spec = streaming.get(tid)
             if spec is None:
@@ -358,6 +379,12 @@ def read_snapshot_chunk(
     if rid is not None:
         where = f"WHERE {rid} > ?" if after is not None else ""
         params: list[Any] = [after[0]] if after is not None else []
+        if spec.rowid_alias or spec.rowid_keyed:
+            # The key is the rowid (an INTEGER PRIMARY KEY, or syncd's rowid column of a
+            # keyless table): the last row's key is the position, no copy of each row.
+            sql = f"SELECT {cols} FROM {table} {where} ORDER BY {rid} LIMIT ?"
+            rows = fetchall_text_safe(conn, sql, (*params, limit))
+            return (rows, (rows[-1][spec.key_indexes[0]],)) if rows else ([], after)
         sql = f"SELECT {rid}, {cols} FROM {table} {where} ORDER BY {rid} LIMIT ?"
         rows = fetchall_text_safe(conn, sql, (*params, limit))
         if not rows:
