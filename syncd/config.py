@@ -213,6 +213,9 @@ class CutoverSettings(_Strict):
     speed_max_lookups: int = Field(200, ge=1, le=100_000)
     # How often the daemon counts foreign-key orphans (0: never; the report counts anyway).
     orphan_check_interval_seconds: float = Field(300.0, ge=0)
+    # After a cutover SQLite follows Postgres for this long, so `syncd rollback` stays
+    # possible; then the way back stops (the file is kept as it is, never deleted).
+    keep_sqlite_days: float = Field(30.0, gt=0)
 
 
 class LogSettings(_Strict):

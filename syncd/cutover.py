@@ -370,6 +370,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             res.plan += await trial_inserts(conn, source.schema, specs, marks)
             await set_identities(conn, source.schema, specs, marks)  # the trials took a number each
             _hold("finishing")
+            await _open_way_back(settings, source, conn, worker, specs)
             await conn.execute(f"UPDATE {b.s}.sources SET direction = $2 WHERE source = $1", source.name, TO_SQLITE)
             res.downtime_seconds = time.monotonic() - frozen_at
             await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
@@ -389,6 +390,18 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             res.problems.append(f"{reason}; undone: the SQLite file takes the application's writes again")
             return
         raise
+
+
+async def _open_way_back(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, worker: SqliteWorker,
+                         specs: dict[str, TableSpec]) -> None:
+    """In the switch's transaction: Postgres captures every change from here on (the
+    way back, for `syncd rollback`), and a freeze a rollback left on it is lifted."""
+    from syncd.rollback import open_way_back
+    from syncd.sqlite.capture import read_state
+
+    registry = await worker.run(read_state)
+    await open_way_back(conn, settings, source, {name: (registry.tid_of(name), list(spec.key))
+                                                 for name, spec in specs.items() if registry.tid_of(name) is not None})
 
 
 def _judge(checked) -> None:

@@ -14,13 +14,16 @@ from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
 from syncd.fleet import FleetPoller, FleetRechecker, VerifyScheduler
+from syncd.identifiers import quote_pg_ident
 from syncd.log import loop_exception_handler
 from syncd.page.live import LivePage
+from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.postgres.pool import Targets
 from syncd.postgres.target import UnsupportedTarget
+from syncd.reverse.pipeline import ReversePipeline
 from syncd.sdnotify import Notifier
 from syncd.sqlite.audit import format_key
 from syncd import parity
@@ -57,6 +60,7 @@ class Daemon:
         self.watcher: FileWatcher | None = None
         self.started_at = time.time()
         self.ready_sent = False
+        self.switching: set[str] = set()  # sources whose pipeline is being replaced (direction switched)
         self.page = LivePage(lambda: self.settings, self.status_now)  # GET /, and the lag/apply-rate ring
         self.targets = Targets(settings)  # per target database: a bounded pool and the lock holder
         # Sources starting at once (capture, reconcile, first snapshot): a fleet of a
@@ -138,8 +142,11 @@ class Daemon:
         log.info(f"status page on http://{self.settings.metrics.listen}/ (metrics at /metrics)",
                  extra={"event": "metrics"})
 
-    def _make(self, source: SourceSettings) -> Pipeline:
-        p = Pipeline(self.settings, source, self.targets.for_source(source))
+    def _make(self, source: SourceSettings, direction: str = TO_POSTGRES) -> Pipeline | ReversePipeline:
+        """The pipeline for the way the source flows: SQLite -> Postgres, or, after a
+        cutover, Postgres -> SQLite (the way back; reverse/pipeline.py)."""
+        kind = ReversePipeline if direction == TO_SQLITE else Pipeline
+        p = kind(self.settings, source, self.targets.for_source(source))
         p.own_poller = False  # FleetPoller polls every source at a bounded rate
         p.admission = self.admission
         p.fleet_rechecks = True  # FleetRechecker asks Postgres for every source at once
@@ -170,6 +177,7 @@ class Daemon:
                 await pipes[0].session.connect_postgres(lock=False)  # the target is fit, bookkeeping exists
                 for p in pipes:
                     p.pg_ok = True
+                await self._start_each_way(target, pipes)
             except (SourceLocked, UnsupportedTarget) as e:
                 await self.targets.close()
                 for q in self.pipelines.values():
@@ -180,6 +188,19 @@ class Daemon:
                             extra={"event": "postgres_unreachable"})
             except Exception as e:  # noqa: BLE001 - anything else is retried by the pipelines
                 log.warning(f"Postgres not ready: {describe(e)}")
+
+    async def _start_each_way(self, target, pipes: list[Pipeline]) -> None:
+        """A source cut over to Postgres starts with the way back (its lock stays held)."""
+        q = quote_pg_ident(self.settings.postgres.bookkeeping_schema)
+        async with target.connection() as conn:
+            rows = await conn.fetch(f"SELECT source, direction FROM {q}.sources WHERE source = ANY($1::text[])",
+                                    [p.name for p in pipes])
+        for name, direction in rows:
+            p = self.pipelines.get(name)
+            if p is not None and direction != p.direction:
+                if self.watcher is not None:
+                    self.watcher.remove(p.wakeup)
+                self.pipelines[name] = self._make(p.source, direction)
 
     # --- discovery ---------------------------------------------------------------------
 
@@ -242,6 +263,7 @@ class Daemon:
         shared_changed = _shared(self.settings) != _shared(new)
         if new.metrics != self.settings.metrics:
             log.warning("metrics settings changed; they take effect at the next restart")
+        directions = {name: p.direction for name, p in self.pipelines.items()}
         stopped = []
         for name in old_by_name:
             if name not in new_by_name or new_by_name[name] != old_by_name[name] or shared_changed:
@@ -255,7 +277,7 @@ class Daemon:
         self.settings = new
         for name, source in new_by_name.items():
             if name not in self.pipelines:
-                p = self._make(source)
+                p = self._make(source, directions.get(name, TO_POSTGRES))
                 self.pipelines[name] = p
                 self._launch(p)
                 what = "restarted with new settings" if name in old_by_name else "added"
@@ -332,10 +354,38 @@ class Daemon:
                     old = self.pipelines[name]
                     if self.watcher:
                         self.watcher.remove(old.wakeup)
-                    self.pipelines[name] = self._make(old.source)  # its threads were shut down with it
+                    self.pipelines[name] = self._make(old.source, old.direction)  # its threads were shut down
                     self._launch(self.pipelines[name])
+            for name, p in list(self.pipelines.items()):
+                if p.session.direction != p.direction and name not in self.switching and not self.stop_event.is_set():
+                    self.switching.add(name)
+                    asyncio.ensure_future(self._switch(name, p.session.direction))
             # Look often enough that a ping is never late by a whole tick.
             await asyncio.sleep(min(HOUSEKEEPING_SECONDS, wd / 4) if wd else HOUSEKEEPING_SECONDS)
+
+    async def _switch(self, name: str, direction: str) -> None:
+        """A cutover or rollback turned the source around: the pipeline for the other
+        way takes over (the old one finishes its step and lets the source lock go)."""
+        try:
+            old = self.pipelines.get(name)
+            if old is None:
+                return
+            await self._stop_pipeline(name)
+            metrics.replication_lag_seconds.labels(name, direction=old.direction).set(0)
+            metrics.pending_changes.labels(name, direction=old.direction).set(0)
+            way = "Postgres -> SQLite (the way back, after a cutover)" if direction == TO_SQLITE \
+                else "SQLite -> Postgres (after a rollback)"
+            log.info(f"the source now flows {way}", extra={"source": name, "event": "direction_switched"})
+            if self.stop_event.is_set() or not any(s.name == name for s in self.settings.sources):
+                return
+            p = self._make(old.source, direction)
+            self.pipelines[name] = p
+            self._launch(p)
+        except Exception as e:  # noqa: BLE001 - housekeeping tries again next tick
+            log.error(f"switching the pipeline's direction failed: {describe(e)}", exc_info=True,
+                      extra={"source": name, "event": "direction_switch_failed"})
+        finally:
+            self.switching.discard(name)
 
     def _alive(self, window: float) -> bool:
         """No pipeline is stuck in one step for the whole window (a wedged loop)."""
@@ -349,7 +399,8 @@ class Daemon:
         for p in self.pipelines.values():
             lag = p.lag.lag(time.time())
             if p.health == STREAMING:
-                parts.append(f"{p.name}: streaming, lag {lag:.1f}s")
+                way = " back from Postgres" if p.direction == TO_SQLITE else ""
+                parts.append(f"{p.name}: streaming{way}, lag {lag:.1f}s")
             elif p.health == SNAPSHOTTING:
                 rows = [t.row for t in list(p.session.tables.values()) if t.state == "loading"]
                 done = sum(r.snapshot_rows for r in rows)
@@ -371,7 +422,7 @@ class Daemon:
                 "direction": s.direction,
                 "detail": p.detail or p._last_error or "",
                 "lag_seconds": round(p.lag.lag(now), 3),
-                "pending_changes": max(0, p.max_seq_seen - s.applied_seq),
+                "pending_changes": p.pending,
                 "applied_seq": s.applied_seq,
                 "applied_at": s.applied_at,
                 "postgres_up": p.pg_ok,

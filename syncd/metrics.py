@@ -2,6 +2,14 @@
 
 Base units, `_total` counters, `_timestamp_seconds` for times; labels are only
 `source`, `table` and small enums, never keys or values.
+
+Which way changes flow: the series of lag, pending changes, applied changes, apply
+times and errors carry a `direction` label, `to_postgres` (the stream from SQLite) or
+`to_sqlite` (the way back after a cutover). The label was added to these series,
+with the same names: queries, alerts and dashboards that select by `source` (or
+aggregate `by (source)`) keep working and now see either direction. Code that names
+no direction means `to_postgres` (see Directional), so the forward stream's call
+sites read as before.
 """
 
 from __future__ import annotations
@@ -11,40 +19,67 @@ from prometheus_client.registry import Collector
 
 from syncd import __version__
 
+TO_POSTGRES, TO_SQLITE = "to_postgres", "to_sqlite"  # as syncd.model names them
+
 registry: CollectorRegistry = REGISTRY
+
+
+class Directional:
+    """A metric whose last label is `direction`; `labels(...)` without one is to_postgres."""
+
+    def __init__(self, metric):
+        self.metric = metric
+
+    def labels(self, *values: str, direction: str = TO_POSTGRES):
+        return self.metric.labels(*values, direction)
+
+    def remove(self, *values: str) -> None:
+        self.metric.remove(*values)
+
+    def __getattr__(self, name: str):  # collect(), _metrics, ...: the wrapped metric's
+        return getattr(self.metric, name)
+
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
-replication_lag_seconds = Gauge(
+replication_lag_seconds = Directional(Gauge(
     "syncd_replication_lag_seconds",
-    "Age of the oldest change committed in SQLite and not yet applied in Postgres; 0 when caught up.",
-    ["source"],
-)
-pending_changes = Gauge("syncd_pending_changes", "Changelog entries not yet applied to Postgres.", ["source"])
-last_applied_timestamp_seconds = Gauge(
-    "syncd_last_applied_timestamp_seconds", "Unix time the last batch committed in Postgres.", ["source"]
-)
+    "Age of the oldest change committed on the sending side (SQLite, or Postgres after a cutover) and not yet "
+    "applied on the other; 0 when caught up.",
+    ["source", "direction"],
+))
+pending_changes = Directional(Gauge(
+    "syncd_pending_changes", "Changelog entries not yet applied on the receiving side.", ["source", "direction"]
+))
+last_applied_timestamp_seconds = Directional(Gauge(
+    "syncd_last_applied_timestamp_seconds", "Unix time the last batch committed on the receiving side.",
+    ["source", "direction"],
+))
 last_check_timestamp_seconds = Gauge(
     "syncd_last_check_timestamp_seconds",
     "Unix time syncd last checked the source for changes (moves while idle).",
     ["source"],
 )
-changes_applied_total = Counter(
-    "syncd_changes_applied", "Row changes applied to Postgres, after coalescing per key.", ["source", "table", "op"]
-)
-apply_duration_seconds = Histogram(
-    "syncd_apply_duration_seconds", "Time to apply one batch in Postgres.", ["source"], buckets=LATENCY_BUCKETS
-)
-commit_to_apply_seconds = Histogram(
-    "syncd_commit_to_apply_seconds",
-    "From a change's commit in SQLite (as first seen by syncd) to its commit in Postgres.",
-    ["source"],
+changes_applied_total = Directional(Counter(
+    "syncd_changes_applied", "Row changes applied on the receiving side, after coalescing per key.",
+    ["source", "table", "op", "direction"],
+))
+apply_duration_seconds = Directional(Histogram(
+    "syncd_apply_duration_seconds", "Time to apply one batch on the receiving side.", ["source", "direction"],
     buckets=LATENCY_BUCKETS,
-)
+))
+commit_to_apply_seconds = Directional(Histogram(
+    "syncd_commit_to_apply_seconds",
+    "From a change's commit on the sending side (as first seen by syncd) to its commit on the receiving side.",
+    ["source", "direction"],
+    buckets=LATENCY_BUCKETS,
+))
 postgres_up = Gauge("syncd_postgres_up", "1 when every target Postgres database is reachable.")
 source_up = Gauge("syncd_source_up", "1 when the source SQLite file is readable and captured.", ["source"])
 retries_total = Counter("syncd_retries", "Retries after transient Postgres or SQLite failures.", ["source"])
-errors_total = Counter("syncd_errors", "Errors by kind (postgres, sqlite, data, schema, lock).", ["source", "kind"])
+errors_total = Directional(Counter(
+    "syncd_errors", "Errors by kind (postgres, sqlite, data, schema, lock).", ["source", "kind", "direction"]
+))
 table_halted = Gauge(
     "syncd_table_halted", "1 while a table is held (bad value) or paused (schema change).", ["source", "table"]
 )
@@ -90,18 +125,18 @@ postgres_connections = Gauge(
 build_info = Gauge("syncd_build_info", "Always 1; the version label says which syncd runs.", ["version"])
 build_info.labels(version=__version__).set(1)
 
+
 def forget_source(source: str) -> None:
     """Drop every series of a source removed from the configuration."""
-    for metric in (replication_lag_seconds, pending_changes, last_applied_timestamp_seconds,
-                   last_check_timestamp_seconds, apply_duration_seconds, commit_to_apply_seconds, source_up,
-                   retries_total, changelog_bytes, capture_suspended):
+    for metric in (last_check_timestamp_seconds, source_up, retries_total, changelog_bytes, capture_suspended):
         try:
             metric.remove(source)
         except KeyError:
             pass
-    for metric in (changes_applied_total, errors_total, table_halted, table_state, snapshot_rows_loaded, rows,
-                   consistency_mismatched_rows, consistency_last_check_timestamp_seconds, repaired_rows_total,
-                   foreign_key_orphans):
+    for metric in (replication_lag_seconds, pending_changes, last_applied_timestamp_seconds, apply_duration_seconds,
+                   commit_to_apply_seconds, changes_applied_total, errors_total, table_halted, table_state,
+                   snapshot_rows_loaded, rows, consistency_mismatched_rows, consistency_last_check_timestamp_seconds,
+                   repaired_rows_total, foreign_key_orphans):
         for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public listing
             if labels[0] == source:
                 metric.remove(*labels)

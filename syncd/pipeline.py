@@ -21,7 +21,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.lag import LagTracker
 from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked
+from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
 from syncd.postgres.connect import PostgresUnavailable, describe, is_transient
 from syncd.postgres.pool import Target
@@ -50,6 +50,8 @@ CUT_OVER = "cut_over"  # the application writes Postgres now; nothing flows this
 
 
 class Pipeline:
+    direction = TO_POSTGRES  # which way this pipeline carries changes (the way back: reverse/pipeline.py)
+
     def __init__(self, settings: Settings, source: SourceSettings, target: Target | None = None):
         self.settings = settings
         self.source = source
@@ -167,6 +169,11 @@ class Pipeline:
             self._admitted = False
             self.admission.release()
 
+    @property
+    def pending(self) -> int:
+        """Changelog entries seen and not yet applied."""
+        return max(0, self.max_seq_seen - self.session.applied_seq)
+
     def busy_for(self, now: float) -> float:
         """How long the step in progress has been running; 0 between steps (waiting
         for a change or in a backoff sleep is healthy, a step that never ends is not)."""
@@ -205,6 +212,8 @@ class Pipeline:
             self._pg_down(exc)
         elif isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
             pass  # the application holds the file; just try again
+        elif isinstance(exc, DirectionChanged):
+            self.needs_reconcile = True  # reconcile reads the new direction; the daemon switches pipelines
         elif isinstance(exc, CaptureStateError):
             self._enter(FAILING, str(exc), kind="sqlite", level="error")
         elif isinstance(exc, CheckpointConflict):

@@ -182,6 +182,10 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
     src = await session.bk.load_source(conn)
     session.direction = await conn.fetchval(
         f"SELECT direction FROM {session.bk.s}.sources WHERE source = $1", session.name) or TO_POSTGRES
+    if session.direction != TO_POSTGRES:
+        # Cut over: the application owns Postgres's tables now and the way back follows
+        # them (syncd/reverse); nothing here may reshape, pause or reset them.
+        return dict(session.tables)
     if src is None:
         await session.bk.upsert_source(conn, state.capture_id, str(session.source.path), target)
         session.applied_seq = 0

@@ -76,6 +76,8 @@ class SourceStatus:
     direction: str = TO_POSTGRES  # TO_SQLITE once cut over (model.py)
     # "<table>: <foreign key> -> orphan rows", as the daemon last counted them (schema parity)
     foreign_key_orphans: dict[str, int] = field(default_factory=dict)
+    rollback_until: str | None = None  # cut over: until when `syncd rollback` stays possible
+    way_back_ended: str | None = None  # cut over: why SQLite no longer follows Postgres, once it does not
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -213,6 +215,9 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         except sqlite3.Error as e:
             st.sqlite_error = f"cannot read {source.path}: {e}"
 
+    if st.direction == TO_SQLITE and st.postgres_reachable:
+        await _way_back(settings, source, st)
+
     for name, state, reason, snap_rows, snap_total in sorted(pg.tables):
         t = TableStatus(name=name, state=state, reason=reason)
         if state in (bk.LOADING, bk.PENDING):
@@ -239,6 +244,22 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     return st
 
 
+async def _way_back(settings: Settings, source: SourceSettings, st: SourceStatus) -> None:
+    """After a cutover, pending changes and lag are the way back's (Postgres -> SQLite)."""
+    from syncd.reverse.position import position
+
+    try:
+        wb = await position(settings, source)
+    except Exception as e:  # noqa: BLE001 - shown, not fatal
+        st.postgres_error = describe(e)
+        return
+    st.pending_changes = wb.pending
+    st.rollback_until = _iso(wb.rollback_until)
+    st.way_back_ended = wb.retired
+    if wb.lag_seconds is not None:
+        st.lag_seconds = wb.lag_seconds
+
+
 def _derive_state(st: SourceStatus) -> str:
     if not st.sqlite_exists:
         return "source_missing"
@@ -246,10 +267,10 @@ def _derive_state(st: SourceStatus) -> str:
         return "postgres_unreachable"
     if not st.initialized:
         return "not_initialized"
-    if st.direction == TO_SQLITE:
-        return "cut_over"
     if st.daemon_running is False:
         return "daemon_not_running"
+    if st.direction == TO_SQLITE and st.way_back_ended:
+        return "cut_over"  # SQLite no longer follows: nothing flows any more
     states = {t.state for t in st.tables}
     if states & {bk.PENDING, bk.LOADING, bk.CATCHUP}:
         return "snapshotting"
@@ -276,6 +297,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
         p.append(Problem("critical", f"daemon not running and {st.pending_changes} change(s) wait to be applied"))
     elif st.daemon_running is False:
         p.append(Problem("warning", "daemon not running"))
+    if st.way_back_ended:
+        p.append(Problem("warning", f"SQLite no longer follows Postgres: {st.way_back_ended}; a rollback is no "
+                                    "longer possible"))
     if st.capture_suspended:
         since, _, why = st.capture_suspended.partition(" ")
         p.append(Problem("critical", f"capture suspended since {since} to protect the disk: {why}; changes are "

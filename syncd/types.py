@@ -396,6 +396,16 @@ def _numeric_text(d: Decimal) -> str:
     return text
 
 
+def _numeric_value_text(d: Decimal) -> str:
+    """The numeric's value without trailing fractional zeros (Postgres's trim_scale):
+    19.90 and 19.9 are one value, and SQLite's REAL, which has no scale, can only hold
+    it one way, so a comparison must not tell them apart."""
+    text = _numeric_text(d)
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
 def _jsonb_text(value: Any) -> str:
     """What Postgres prints for `value::jsonb::text`, `value` being parsed JSON."""
     if value is None:
@@ -453,7 +463,7 @@ def canonical(pgtype: PgType, value: Any) -> str:
     if pgtype is PgType.DOUBLE:
         return "f" + struct.pack(">d", value).hex()
     if pgtype is PgType.NUMERIC:
-        return "n" + _numeric_text(value)
+        return "n" + _numeric_value_text(value)
     if pgtype is PgType.TEXT or pgtype is PgType.JSON:
         return _text_token(value)
     if pgtype is PgType.BYTEA:
@@ -483,7 +493,7 @@ def pg_canonical_expr(pgtype: PgType, col: str) -> str:
     elif pgtype is PgType.DOUBLE:
         body = f"'f' || encode(float8send({col}), 'hex')"
     elif pgtype is PgType.NUMERIC:
-        body = f"'n' || {col}::text"
+        body = f"'n' || trim_scale({col})::text"
     elif pgtype in (PgType.TEXT, PgType.JSON):
         body = f"'t' || octet_length({col}::text) || ':' || {col}::text"
     elif pgtype is PgType.BYTEA:

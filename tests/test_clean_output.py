@@ -55,6 +55,7 @@ def test_every_verb_writes_only_its_own_lines_to_stderr(app_db, make_config, tmp
         check("report")
         check("resync", "--source", "app", "--table", "t")
         check("cutover", "--dry-run")
+        check("rollback", "--dry-run")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:

@@ -101,8 +101,9 @@ async def test_cutover_switches_and_the_application_moves(tmp_path, make_config,
             await pg.close()
         again = run_cli(cfg, "cutover")
         assert again.returncode == 0 and "already cut over" in again.stdout
-        wait_for(lambda: '"state": "cut_over"' in run_cli(cfg, "status", "--json").stdout, 30,
+        wait_for(lambda: '"direction": "to_sqlite"' in run_cli(cfg, "status", "--json").stdout, 30,
                  "the daemon sees the cutover", d)
+        d.wait_log("the source now flows Postgres -> SQLite")  # the way back takes over
         assert d.stop() == 0
     report = run_cli(cfg, "report", "--format", "json")
     assert '"direction": "to_sqlite"' in report.stdout

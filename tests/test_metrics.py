@@ -46,8 +46,8 @@ async def test_idle_source_is_not_stalled_and_checks_run(tmp_path, pg_dsn):
         first = wait_for(lambda: value(port, check), 30, "a consistency check", d)
         wait_for(lambda: value(port, check) > first, 30, "the next check", d)  # moves while idle
         m = scrape(port)
-        assert m['syncd_replication_lag_seconds{source="app"}'] == 0
-        assert m['syncd_pending_changes{source="app"}'] == 0
+        assert m['syncd_replication_lag_seconds{direction="to_postgres",source="app"}'] == 0
+        assert m['syncd_pending_changes{direction="to_postgres",source="app"}'] == 0
         assert m['syncd_consistency_mismatched_rows{source="app",table="items"}'] == 0
         assert m['syncd_rows{side="sqlite",source="app",table="items"}'] == 200
         assert m['syncd_rows{side="postgres",source="app",table="items"}'] == 200
@@ -84,27 +84,27 @@ async def test_lag_stays_truthful_while_falling_behind(tmp_path, pg_dsn):
             lite = sqlite3.connect(db)
             lite.execute("UPDATE items SET n = n + 1")
             lite.commit()
-            lag = 'syncd_replication_lag_seconds{source="app"}'
+            lag = 'syncd_replication_lag_seconds{direction="to_postgres",source="app"}'
             wait_for(lambda: (value(port, lag) or 0) >= 3, 30, "lag to grow", d)
             seen = value(port, lag)
             time.sleep(2)
             assert value(port, lag) >= seen + 1  # keeps growing while nothing applies
-            assert value(port, 'syncd_pending_changes{source="app"}') == 10
+            assert value(port, 'syncd_pending_changes{direction="to_postgres",source="app"}') == 10
             # the changelog's size keeps being measured while Postgres is away
             size = 'syncd_changelog_bytes{source="app"}'
             before = value(port, size)
             lite.executemany("INSERT INTO items (id, n) VALUES (?, 0)", [(i,) for i in range(1000, 21_000)])
             lite.commit()
             wait_for(lambda: value(port, size) > before + 100_000, 30, "changelog bytes to grow", d)
-            assert value(port, 'syncd_pending_changes{source="app"}') == 20_010
+            assert value(port, 'syncd_pending_changes{direction="to_postgres",source="app"}') == 20_010
             proxy.heal()
             await wait_caught_up(db, pg_dsn, "app", daemon=d)
             wait_for(lambda: value(port, lag) == 0, 30, "lag back to 0", d)
             m = scrape(port)
-            assert m['syncd_changes_applied_total{op="update",source="app",table="items"}'] == 10
+            assert m['syncd_changes_applied_total{direction="to_postgres",op="update",source="app",table="items"}'] == 10
             assert m['syncd_retries_total{source="app"}'] > 0
-            assert m['syncd_errors_total{kind="postgres",source="app"}'] > 0
-            assert m['syncd_commit_to_apply_seconds_count{source="app"}'] >= 1
+            assert m['syncd_errors_total{direction="to_postgres",kind="postgres",source="app"}'] > 0
+            assert m['syncd_commit_to_apply_seconds_count{direction="to_postgres",source="app"}'] >= 1
             assert d.stop() == 0
     finally:
         proxy.close()
@@ -136,8 +136,8 @@ async def test_every_series_exists_on_the_first_scrape_after_a_snapshot(tmp_path
         m = scrape(port)
         for table in ("items", "log"):
             for op in ("insert", "update", "delete"):
-                assert m[f'syncd_changes_applied_total{{op="{op}",source="app",table="{table}"}}'] == 0
-        loaded_at = m['syncd_last_applied_timestamp_seconds{source="app"}']
+                assert m[f'syncd_changes_applied_total{{direction="to_postgres",op="{op}",source="app",table="{table}"}}'] == 0
+        loaded_at = m['syncd_last_applied_timestamp_seconds{direction="to_postgres",source="app"}']
         assert started <= loaded_at <= time.time()
         assert d.stop() == 0
 
@@ -148,8 +148,8 @@ async def test_every_series_exists_on_the_first_scrape_after_a_snapshot(tmp_path
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
         d.wait_log("every table is streaming")
         m = scrape(port)  # restored from bookkeeping, not "no data" until the next change
-        assert abs(m['syncd_last_applied_timestamp_seconds{source="app"}'] - recorded) < 0.01
-        assert m['syncd_changes_applied_total{op="insert",source="app",table="log"}'] == 0
+        assert abs(m['syncd_last_applied_timestamp_seconds{direction="to_postgres",source="app"}'] - recorded) < 0.01
+        assert m['syncd_changes_applied_total{direction="to_postgres",op="insert",source="app",table="log"}'] == 0
         status = subprocess.run([sys.executable, "-m", "syncd", "--config", str(cfg), "status"], capture_output=True,
                                 text=True, timeout=60)
         assert "never" not in status.stdout.splitlines()[1], status.stdout

@@ -58,6 +58,7 @@ async def test_a_fleet_can_keep_only_per_source_series(tmp_path, pg_dsn):
     cfg.write_text(text)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         d.wait_log("every table is streaming")
-        wait_for(lambda: 'syncd_pending_changes{source="t_acme"}' in scrape(port), 30, "per-source series", d)
+        wait_for(lambda: 'syncd_pending_changes{direction="to_postgres",source="t_acme"}' in scrape(port), 30,
+                 "per-source series", d)
         assert not any('table="' in name for name in scrape(port))
         assert d.stop() == 0

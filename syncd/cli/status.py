@@ -10,6 +10,7 @@ import datetime as dt
 
 from syncd.cli import common
 from syncd.config import ConfigError
+from syncd.model import TO_SQLITE
 from syncd.printable import escape_controls
 from syncd.status import UNKNOWN, VERDICTS, WARNING, SourceStatus, as_json, gather, worse
 
@@ -93,7 +94,7 @@ def _consistency(st: SourceStatus) -> str:
 
 
 def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_picked_up: list[str] = ()) -> str:
-    head = ("SOURCE", "STATE", "LAG", "PENDING", "LAST APPLIED", "TABLES", "CONSISTENCY")
+    head = ("SOURCE", "STATE", "FLOW", "LAG", "PENDING", "LAST APPLIED", "TABLES", "CONSISTENCY")
     rows = [head]
     shown = statuses
     summary: list[str] = []
@@ -116,7 +117,8 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
         tables = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-"
         lag = "-" if st.lag_seconds is None else f"{st.lag_seconds:.1f}s"
         pending = "-" if st.pending_changes is None else str(st.pending_changes)
-        rows.append((st.name, st.state.replace("_", " "), lag, pending, _ago(st.last_applied_at), tables,
+        flow = "to sqlite" if st.direction == TO_SQLITE else "to postgres"
+        rows.append((st.name, st.state.replace("_", " "), flow, lag, pending, _ago(st.last_applied_at), tables,
                      _consistency(st)))
     rows = [tuple(escape_controls(c) for c in r) for r in rows]  # one table row, one line
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -127,6 +129,10 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
                 pct = 100 * (t.snapshot_rows or 0) / t.snapshot_total
                 lines.append(escape_controls(f"  {st.name}/{t.name}: snapshot {t.snapshot_rows}/{t.snapshot_total} "
                                              f"rows ({pct:.0f}%)"))
+    for st in statuses:
+        if st.rollback_until and not st.way_back_ended:
+            lines.append(escape_controls(f"  {st.name}: SQLite follows Postgres; `syncd rollback` possible until "
+                                         f"{st.rollback_until}"))
     problems = [(p.severity, st.name, p.message) for st in statuses for p in st.problems]
     problems += [("warning", "fleet", text) for text in not_picked_up]
     if problems:

@@ -1,5 +1,6 @@
 """`syncd uninstall`: remove syncd's triggers and changelog from the SQLite files.
-Application tables are untouched; Postgres is left as is."""
+Application tables are untouched; Postgres's tables too (for a source cut over to
+Postgres, the way back's capture there is removed: nothing would read it any more)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
         if not state.installed and not state.triggers:
             return f"{source.name}: no capture installed in {source.path}; nothing to do"
         pg = None
+        note = ""
         try:
             pg = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
             await try_lock_source(pg, source.name)
@@ -61,6 +63,12 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
             if pending and not force:
                 raise Refused(f"{pending} captured change(s) are not yet applied to Postgres; run the daemon "
                               "until it catches up, or pass --force to discard them")
+            from syncd.rollback import end_way_back
+
+            ended = await end_way_back(pg, settings, source, "capture uninstalled (syncd uninstall)")
+            if ended:
+                note = (f"; removed the way back's capture from {ended} Postgres table(s): a rollback is no "
+                        "longer possible")
             await unlock_source(pg, source.name)
         except PostgresUnavailable as e:
             if not force:
@@ -68,7 +76,7 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
         finally:
             await close_quietly(pg)
         dropped = capture.uninstall(conn, settings.sqlite.write_busy_timeout_ms)
-        return f"{source.name}: removed {dropped} trigger(s), the changelog and the registry from {source.path}"
+        return f"{source.name}: removed {dropped} trigger(s), the changelog and the registry from {source.path}{note}"
     finally:
         conn.close()
 

@@ -67,5 +67,6 @@ def render(r: SourceVerifyResult) -> list[str]:
     if not r.tables:
         lines.append(f"{r.source}: no tables to verify")
     equal = sum(1 for t in r.tables if t.equal)
-    lines.append(f"{r.source}: {equal} of {len(r.tables)} table(s) equal")
+    way = " (cut over: SQLite follows Postgres)" if r.direction == "to_sqlite" else ""
+    lines.append(f"{r.source}: {equal} of {len(r.tables)} table(s) equal{way}")
     return lines

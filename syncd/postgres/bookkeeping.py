@@ -363,10 +363,14 @@ class Bookkeeping:
         second writer (lost lock)."""
         status = await conn.execute(
             f"UPDATE {self.s}.sources SET applied_seq = $3, applied_at = now() "
-            f"WHERE source = $1 AND applied_seq = $2",
+            f"WHERE source = $1 AND applied_seq = $2 AND direction = 'to_postgres'",
             self.source, from_seq, to_seq,
         )
         if status != "UPDATE 1":
+            if await conn.fetchval(f"SELECT direction FROM {self.s}.sources WHERE source = $1",
+                                   self.source) not in (None, "to_postgres"):
+                # Cut over meanwhile: Postgres is the application's now; the batch rolls back.
+                raise DirectionChanged(f"source {self.source!r} was cut over to Postgres")
             raise CheckpointConflict(
                 f"source {self.source!r}: checkpoint moved under syncd (expected {from_seq}); "
                 "another process is writing this source"
@@ -440,6 +444,10 @@ class Bookkeeping:
 
 class CheckpointConflict(Exception):
     pass
+
+
+class DirectionChanged(Exception):
+    """The source was switched (cutover or rollback) while a batch was in flight."""
 
 
 # --- one active instance per source --------------------------------------------------

@@ -44,6 +44,7 @@ class Target:
         self._holder_lock = asyncio.Lock()
         self._locked: set[str] = set()  # sources whose lock the holder has
         self.prepared = False  # the target checked and its bookkeeping made sure of, once
+        self._listeners: dict[str, object] = {}  # channel -> callback, LISTENed on the holder (the way back's wake-ups)
         self._suspect: set[str] = set()  # forgotten: maybe still held by the holder's session
 
     # --- borrowing a connection ---------------------------------------------------------
@@ -151,6 +152,30 @@ class Target:
         self._locked.clear()  # a new session holds nothing
         self._holder = await connect(self.lock_dsn, self.settings.password(), self.settings.postgres)
         self._holder.add_termination_listener(lambda _conn: self._locked.clear())
+        for channel, callback in self._listeners.items():
+            await self._holder.add_listener(channel, callback)
+
+    async def listen(self, channel: str, callback) -> None:
+        """Call `callback` on each NOTIFY of `channel`, on the long-lived holder session (a
+        pooled connection would be given back); kept across the holder's reconnects."""
+        async with self._holder_lock:
+            if self._listeners.get(channel) is callback and self._holder is not None and not self._holder.is_closed():
+                return
+            old = self._listeners.get(channel)
+            self._listeners[channel] = callback
+            await self._ensure_holder()
+            assert self._holder is not None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await self._holder.remove_listener(channel, old)
+            await self._holder.add_listener(channel, callback)
+
+    async def unlisten(self, channel: str) -> None:
+        async with self._holder_lock:
+            callback = self._listeners.pop(channel, None)
+            if callback is not None and self._holder is not None and not self._holder.is_closed():
+                with contextlib.suppress(Exception):
+                    await self._holder.remove_listener(channel, callback)
 
     def _drop_holder(self) -> None:
         holder, self._holder = self._holder, None

@@ -81,6 +81,8 @@ class SourceFacts:
     backup: BackupFacts | None = None
     parity: ParityFacts | None = None  # indexes, constraints, types, views in Postgres; orphans; lookup timings
     direction: str = TO_POSTGRES  # the cutover sets TO_SQLITE (the daemon's /status reports it)
+    rollback_until: dt.datetime | None = None  # cut over: [cutover] keep_sqlite_days after the cutover
+    way_back_ended: str | None = None  # cut over: why SQLite stopped following Postgres, once it has
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
         if self.streaming_since is None:
@@ -164,6 +166,11 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             if await _has_column(pg, bk_schema, "sources", "direction"):  # older bookkeeping: to Postgres
                 facts.direction = await pg.fetchval(f"SELECT direction FROM {bk.s}.sources WHERE source = $1",
                                                     source.name) or facts.direction
+            if facts.direction == TO_SQLITE:
+                from syncd.reverse.position import position
+
+                wb = await position(settings, source, pg)
+                facts.rollback_until, facts.way_back_ended = wb.rollback_until, wb.retired
         rows = await bk.load_tables(pg)
         facts.suspensions = [(r[0], r[1] or "") for r in await pg.fetch(
             f"SELECT at, detail FROM {bk.s}.events WHERE source = $1 AND kind = 'capture_suspended' ORDER BY at",

@@ -288,6 +288,11 @@ def _figures(f: SourceFacts | None, st: SourceStatus | None) -> list[str]:
                 _figure("Pending changes", "pending_changes", st.pending_changes, e(pending)),
                 _figure("Last apply", "last_applied_at", st.last_applied_at, _iso_time(st.last_applied_at)),
                 _figure("Dual-write since", "dual_write_since", st.dual_write_since, _iso_time(st.dual_write_since))]
+    if f is not None and f.direction == "to_sqlite":
+        until = "no longer possible" if f.way_back_ended else (
+            f.rollback_until.strftime("%Y-%m-%d %H:%M UTC") if f.rollback_until else "unknown")
+        out.append(_figure("Rollback possible until", "rollback_until",
+                           f.rollback_until.isoformat() if f.rollback_until else None, e(until)))
     if f is not None:
         rows_s = _sum(t.rows_sqlite for t in f.tables)
         rows_p = _sum(t.rows_postgres for t in f.tables)

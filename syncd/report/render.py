@@ -72,6 +72,11 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
 def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
     out = [f"## Source `{s.name}`", "", f"- SQLite file: `{s.path}`; Postgres schema: `{s.schema}`",
            f"- Direction: {direction_text(s.direction)}"]
+    if s.way_back_ended:
+        out.append(f"- **Rollback no longer possible**: SQLite no longer follows Postgres ({s.way_back_ended})")
+    elif s.rollback_until is not None:
+        out.append(f"- Rollback possible until: {timestamp(s.rollback_until)} (SQLite follows Postgres for "
+                   "`[cutover] keep_sqlite_days` after the cutover; `syncd rollback` switches back)")
     if s.error:
         out.append(f"- **{s.error}**")
     dual = s.dual_write_days(now)
@@ -178,7 +183,7 @@ def as_json(f: MigrationFacts, items: list[CheckItem]) -> dict[str, Any]:
 def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
     return {
         "source": s.name, "path": s.path, "schema": s.schema, "error": s.error, "registered": s.registered,
-        "direction": s.direction,
+        "direction": s.direction, "rollback_until": _iso(s.rollback_until), "way_back_ended": s.way_back_ended,
         "dual_write_since": _iso(s.streaming_since), "dual_write_days": s.dual_write_days(now),
         "applied_seq": s.applied_seq, "applied_at": _iso(s.applied_at),
         "lag": {"seconds": s.lag.seconds, "source": s.lag.source, "pending_changes": s.lag.pending_changes},

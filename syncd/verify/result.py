@@ -137,6 +137,7 @@ class SourceVerifyResult:
     tables: list[TableVerifyResult] = field(default_factory=list)
     error: str | None = None  # the source could not be checked at all
     repair_note: str | None = None
+    direction: str = "to_postgres"  # "to_sqlite" once cut over: SQLite follows Postgres, repairs go that way
 
     @property
     def equal(self) -> bool:
@@ -147,7 +148,8 @@ class SourceVerifyResult:
         return self.error is not None or any(t.error is not None for t in self.tables)
 
     def as_json(self) -> dict:
-        return {"source": self.source, "path": self.path, "schema": self.schema, "equal": self.equal,
+        return {"source": self.source, "path": self.path, "schema": self.schema, "direction": self.direction,
+                "equal": self.equal,
                 "error": self.error, "repair": self.repair_note, "tables": [t.as_json() for t in self.tables]}
 
 

@@ -29,6 +29,11 @@ from syncd.verify.keyspace import key_space
 from syncd.verify.postgres_side import stores_utf8
 from syncd.verify.result import Difference, SourceVerifyResult, TableVerifyResult
 from syncd.verify.table import TableCheck
+from syncd.model import TO_POSTGRES, TO_SQLITE
+from syncd.reverse import capture as reverse_capture
+from syncd.reverse import evidence as way_back
+from syncd.reverse import values as reverse_values
+from syncd.reverse.capture import Names
 
 log = logging.getLogger("syncd.verify")
 
@@ -72,6 +77,7 @@ class _Session:
         self._own_connection = connection is None  # the daemon lends one of its pool's
         self.has_bookkeeping = False
         self.utf8 = False
+        self.direction = TO_POSTGRES  # TO_SQLITE once cut over: SQLite follows Postgres then
 
     async def open(self) -> None:
         await self.worker.open()  # first: a missing file is the clearer message
@@ -82,6 +88,8 @@ class _Session:
         self.has_bookkeeping = await bookkeeping_exists(self.pg, self.bk.schema)
         if self.has_bookkeeping:
             await ensure_bookkeeping(self.pg, self.bk.schema)  # an older install gains the newer columns
+            self.direction = await self.pg.fetchval(f"SELECT direction FROM {self.bk.s}.sources WHERE source = $1",
+                                                    self.source.name) or TO_POSTGRES
         self.utf8 = await stores_utf8(self.pg)
 
     async def close(self) -> None:
@@ -128,6 +136,7 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
     s = _Session(settings, source, connection)
     try:
         await s.open()
+        result.direction = s.direction
         plans = await _plan(s, tables)
         run_ids: dict[str, int] = {}
         for plan in plans:
@@ -204,6 +213,10 @@ def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str,
     if pgt is None:
         return f'the table does not exist in Postgres schema "{s.source.schema}"'
     diff = ddl.diff_shape(spec, pgt)
+    if s.direction == TO_SQLITE:
+        # Cut over: the application shapes Postgres now (varchar(20), integer, numeric(10,2), ...).
+        # A type of the same value family compares alike (reverse/values.family).
+        diff.retyped = [r for r in diff.retyped if reverse_values.family(r[1]) is not spec.column(r[0]).pgtype]
     if not diff.same:
         what = [f"columns missing in Postgres: {', '.join(c.name for c in diff.missing_in_pg)}"] if diff.missing_in_pg else []
         what += [f"columns only in Postgres: {', '.join(diff.extra_in_pg)}"] if diff.extra_in_pg else []
@@ -233,6 +246,8 @@ async def _check(s: _Session, plan: TablePlan, wait_seconds: float) -> TableVeri
             ks = await key_space(s.run, s.pg, s.source.schema, plan.spec)
             check = TableCheck(s.run, s.pg, ks, plan.tid, source=s.source.name, target_schema=s.source.schema,
                                bk_schema=s.bk.schema, chunk_rows=s.settings.verify.chunk_rows, utf8_database=s.utf8)
+            if s.direction == TO_SQLITE:
+                check.reverse = await way_back.for_table(s.pg, _names(s), s.source.schema, plan.spec)
             await check.check(tr, wait_seconds)
             await _still_streaming(s, plan, tr)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
@@ -286,6 +301,15 @@ async def _still_streaming(s: _Session, plan: TablePlan, tr: TableVerifyResult) 
 # --- repair ---------------------------------------------------------------------------
 
 
+def _names(s: _Session):
+    return Names(s.bk.schema, s.source.name)
+
+
+async def way_back_generation(s: _Session) -> str | None:
+    gen = await reverse_capture.generation(s.pg, _names(s))
+    return gen.id if gen else None
+
+
 async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan], run_ids: dict[str, int],
                   wait_seconds: float, record: bool, in_daemon: bool) -> None:
     assert s.pg is not None
@@ -307,7 +331,12 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         if entries:
             plan = by_name[tr.table]
             assert plan.tid is not None
-            target = max(target, await repair.enqueue(s.run, s.settings, plan.tid, entries))
+            if s.direction == TO_SQLITE:  # SQLite follows Postgres: the way back replays the keys
+                ev = await way_back.for_table(s.pg, _names(s), s.source.schema, plan.spec)
+                target = max(target, await way_back.enqueue(s.pg, _names(s), ev, plan.spec, plan.tid,
+                                                            [k for _op, k in entries]))
+            else:
+                target = max(target, await repair.enqueue(s.run, s.settings, plan.tid, entries))
             queued[tr.table] = len(entries)
             left_out = {id(d) for d in skipped}
             replayed[tr.table] = [d for d in tr.differences if id(d) not in left_out]
@@ -315,8 +344,13 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         result.repair_note = "; ".join(skipped_notes) or "nothing to repair"
         return
     try:
-        how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0),
-                                                own_pipeline=not in_daemon)
+        if s.direction == TO_SQLITE:
+            how = await way_back.apply_through_way_back(
+                s.settings, s.source, s.pg, s.run, _names(s),
+                (await way_back_generation(s)), target, max(wait_seconds, 5.0), in_daemon)
+        else:
+            how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0),
+                                                    own_pipeline=not in_daemon)
     except TimeoutError as e:
         result.repair_note = "; ".join([f"{sum(queued.values())} row(s) queued for replay but not applied: {e}",
                                         *skipped_notes])

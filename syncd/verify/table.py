@@ -101,6 +101,7 @@ class TableCheck:
         self.overflow: Counter = Counter()  # kind -> differences beyond MAX_CANDIDATES
         self.rows_sqlite = 0
         self.rows_postgres = 0
+        self.reverse = None  # after a cutover: what is in flight comes from the way back (reverse/evidence.py)
 
     # --- finding ---------------------------------------------------------------------
 
@@ -254,6 +255,8 @@ class TableCheck:
 
     async def decide(self, wait_seconds: float) -> tuple[list[Difference], list[Difference], str | None]:
         """(differences, pending, why pending) for the candidates found."""
+        if self.reverse is not None:  # cut over: changes travel from Postgres (reverse/evidence.py)
+            return await self.reverse.decide(self, wait_seconds)
         deadline = time.monotonic() + wait_seconds
         open_ = dict(self.candidates)
         found: list[Difference] = []
@@ -428,6 +431,9 @@ class TableCheck:
         sides (their rows are in flight). If no key was found to differ, the rest
         must count the same: otherwise rows went missing in a way no key showed, and
         the table is not equal."""
+        if self.reverse is not None:
+            await self.reverse.totals(self, result, wait_seconds)
+            return
         deadline = time.monotonic() + max(1.0, wait_seconds)
         while True:
             t = await counts_at_checkpoint(self.pt, self.bk_schema, self.source,

@@ -1,0 +1,70 @@
+"""`syncd rollback [--source NAME ...] [--dry-run]`: switch cut-over sources' applications
+back from Postgres to SQLite. Scriptable, asks nothing: exit 0 when every source is
+switched back (or never was cut over), 1 when one is refused or undone (every reason
+printed), 2 configuration error."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import asyncpg
+
+from syncd.cli import common
+from syncd.config import Settings, SourceSettings
+from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.sqlite.capture import LockTimeout
+from syncd.rollback import RollbackResult, rollback
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser(
+        "rollback", parents=[parent], help="switch the application back to SQLite (exit 0 done, 1 refused)",
+        description="Per cut-over source: check that SQLite follows Postgres, freeze Postgres for the application "
+                    "(its writes fail with a message; syncd's own pass), bring SQLite up to the last change, "
+                    "verify every row, turn the direction around (the forward stream resumes from SQLite) and "
+                    "unfreeze SQLite. Anything failing undoes the freeze. Works with the daemon running or "
+                    "stopped; prints the measured write downtime. A later `syncd cutover` switches again.",
+    )
+    common.add_source_option(p)
+    p.add_argument("--dry-run", action="store_true", help="check everything, change nothing; print the plan")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    settings = common.load(args)
+    common.setup_logging(args, settings)
+    sources = common.selected_sources(settings, args.source)
+    if not sources:
+        return common.fail("no sources configured", 2)
+    results = asyncio.run(_all(settings, sources, args.dry_run))
+    for r in results:
+        print("\n".join(render(r)))
+    return 0 if all(r.ok for r in results) else 1
+
+
+async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool) -> list[RollbackResult]:
+    out = []
+    for s in sources:  # one after another: each freezes Postgres for as short as it can
+        try:
+            out.append(await rollback(settings, s, dry_run=dry_run))
+        except PostgresUnavailable as e:
+            out.append(RollbackResult(source=s.name, problems=[str(e)]))
+        except (asyncpg.PostgresError, OSError, sqlite3.Error, LockTimeout) as e:
+            # Whatever froze stays recorded: the daemon (or the next run) undoes it.
+            out.append(RollbackResult(source=s.name, problems=[
+                f"{describe(e)}; anything left frozen is undone by the daemon within seconds, or by the next "
+                "`syncd rollback`"]))
+    return out
+
+
+def render(r: RollbackResult) -> list[str]:
+    notes = [f"  . {p}" for p in r.plan]
+    if r.already:
+        return [f"{r.source}: not cut over ({r.already}); nothing to do", *notes]
+    if r.problems:
+        head = "UNDONE" if r.undone else "REFUSED"
+        return [f"{r.source}: {head}: {r.problems[0]}", *(f"  - {p}" for p in r.problems[1:]), *notes]
+    if r.dry_run:
+        return [f"{r.source}: ready to roll back (dry run, nothing changed)", *notes]
+    return [f"{r.source}: rolled back to SQLite; write downtime {r.downtime_seconds:.2f} s (freeze to done)", *notes]

@@ -1,0 +1,508 @@
+"""Apply the reverse stream's batches to the (frozen) SQLite file.
+
+Runs on the SQLite worker thread. One short BEGIN IMMEDIATE transaction per batch,
+through the freeze (freeze.syncd_writes), holding:
+
+  * the rows: each key's current Postgres row upserted, or the key deleted; a value
+    SQLite already holds as that very value is left as stored (values.keeps);
+  * the reverse checkpoint, in `_syncd_meta`, so the file alone says what it holds;
+  * the removal of the forward changelog entries these writes made (capture's
+    triggers stay installed in the frozen file): a later rollback must not stream
+    syncd's own copies back to Postgres.
+
+The application's own triggers on a table are dropped for the length of the
+transaction and created again before it commits: Postgres already holds what they
+would produce (an audit row, a touched timestamp), and running them again would make
+SQLite differ from it.
+
+A table SQLite cannot take a batch for (a value with no exact SQLite form, a
+constraint SQLite enforces and Postgres does not) is held: its part of the batch is
+dropped and the table is marked, in the same transaction, to be copied again in full
+once it fits (reload); the other tables go on.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncd.identifiers import quote_ident
+from syncd.model import TableSpec
+from syncd.reverse import values
+from syncd.reverse.checkpoint import META_KEY, RELOAD_KEY
+from syncd.reverse.values import ColumnShape, NotExpressible
+from syncd.sqlite import freeze
+from syncd.sqlite.capture import CHANGELOG, META, _own_schema_change, write_transaction
+from syncd.sqlite.connection import fetchall_text_safe
+from syncd.sqlite.reader import rowid_name
+from syncd.types import PgType
+
+LOOKUP_BATCH = 400  # keys per lookup statement (bound parameters stay well under SQLite's limit)
+
+
+class SchemaMoved(Exception):
+    """The file's schema changed since the tables were read: reconcile, then apply."""
+
+
+class NeedKeys(Exception):
+    """Rows outside the batch stand in the way (a unique value moved between rows in
+    Postgres): their current Postgres rows are needed too. Nothing was written."""
+
+    def __init__(self, tid: int, keys: list[tuple], why: str):
+        super().__init__(why)
+        self.tid, self.keys, self.why = tid, keys, why
+
+
+@dataclass
+class TableApply:
+    tid: int
+    spec: TableSpec
+    shapes: tuple[ColumnShape, ...]  # one per spec column
+    rows: list[tuple] = field(default_factory=list)  # Postgres rows, spec column order
+    deletes: list[tuple] = field(default_factory=list)  # Postgres keys whose row is gone
+    raw_deletes: list[tuple] = field(default_factory=list)  # stored SQLite keys no Postgres key can be
+
+
+@dataclass
+class ApplyPlan:
+    tables: list[TableApply]
+    checkpoint: str | None = None  # encoded ReverseCheckpoint to store; None: leave it
+    schema_version: int | None = None  # the version the specs were read at
+    reload_add: dict[str, str] = field(default_factory=dict)  # table -> why it is copied again
+    reload_done: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ApplyOutcome:
+    held: dict[int, str] = field(default_factory=dict)
+    written: int = 0  # rows inserted, updated or deleted
+    kept: int = 0  # rows SQLite already held as Postgres does
+    schema_version: int = 0
+
+
+# --- reading what is stored -------------------------------------------------------------
+
+
+def read_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    try:
+        row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = ?", (key,)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return row[0] if row else None
+
+
+def read_reload(conn: sqlite3.Connection) -> dict[str, str]:
+    text = read_meta(conn, RELOAD_KEY)
+    return dict(json.loads(text)) if text else {}
+
+
+def _key_shapes(t: TableApply) -> list[ColumnShape]:
+    return [t.shapes[i] for i in t.spec.key_indexes]
+
+
+def _tokens_pg(shapes: list[ColumnShape], key: tuple) -> tuple:
+    return tuple(values.pg_token(s.family, v) for s, v in zip(shapes, key))
+
+
+def _tokens_sqlite(shapes: list[ColumnShape], raw: tuple) -> tuple:
+    return tuple(values.sqlite_token(s.family, v) for s, v in zip(shapes, raw))
+
+
+# One value, many stored spellings; and families a column without affinity may hold
+# in several storage classes (integer 5 and text '5' are one text value to Postgres).
+SPELLED = (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE, PgType.JSONB)
+AMBIGUOUS = (PgType.TEXT, PgType.NUMERIC, PgType.JSON)
+
+
+def simple_keys(spec: TableSpec, shapes: tuple[ColumnShape, ...]) -> bool:
+    """Whether each key value has one stored form, so a lookup by the converted value
+    finds the row (else a key index maps Postgres keys to the stored spellings)."""
+    for i in spec.key_indexes:
+        s = shapes[i]
+        if s.family in SPELLED or (s.affinity == values.BLOB and s.family in AMBIGUOUS):
+            return False
+    return True
+
+
+@dataclass
+class _Found:
+    handle: tuple  # ("rowid", n) or ("key", raw key values)
+    row: tuple  # stored values, spec column order
+
+
+class KeyIndex:
+    """Postgres key tokens -> stored key of every row, for tables whose keys SQLite may
+    spell in more than one way. Built by one scan, then kept current by the applier
+    (syncd is the file's only writer while it is frozen); rebuilt when another
+    connection wrote (data_version moved)."""
+
+    def __init__(self) -> None:
+        self.by_table: dict[str, dict[tuple, tuple]] = {}
+        self.data_version: int | None = None
+
+    def check(self, conn: sqlite3.Connection, own_writes: bool) -> None:
+        dv = conn.execute("PRAGMA main.data_version").fetchone()[0]
+        if self.data_version is not None and dv != self.data_version and not own_writes:
+            self.by_table.clear()
+        self.data_version = dv
+
+    def get(self, conn: sqlite3.Connection, spec: TableSpec, shapes: list[ColumnShape]) -> dict[tuple, tuple]:
+        idx = self.by_table.get(spec.name)
+        if idx is None:
+            cols = ", ".join(spec.sqlite_ref(k) for k in spec.key)
+            idx = {}
+            for raw in fetchall_text_safe(conn, f"SELECT {cols} FROM main.{quote_ident(spec.name)}"):
+                idx[_tokens_sqlite(shapes, tuple(raw))] = tuple(raw)
+            self.by_table[spec.name] = idx
+        return idx
+
+    def forget(self, name: str | None = None) -> None:
+        if name is None:
+            self.by_table.clear()
+        else:
+            self.by_table.pop(name, None)
+
+
+def _handle_sql(spec: TableSpec) -> tuple[str, str]:
+    """(how a row is selected, the WHERE that reaches one handle)."""
+    rid = rowid_name(spec)
+    if rid is not None:
+        return rid, f"{rid} = ?"
+    return ", ".join(spec.sqlite_ref(k) for k in spec.key), " AND ".join(f"{spec.sqlite_ref(k)} = ?" for k in spec.key)
+
+
+def find_existing(conn: sqlite3.Connection, t: TableApply, keys: list[tuple], index: KeyIndex) -> dict[tuple, _Found]:
+    """Stored rows for Postgres keys, by their tokens."""
+    spec = t.spec
+    kshapes = _key_shapes(t)
+    wanted = {_tokens_pg(kshapes, k): k for k in keys}
+    raw_keys: list[tuple] = []
+    if simple_keys(spec, t.shapes):
+        for k in wanted.values():
+            try:
+                raw_keys.append(tuple(values.to_sqlite(s, v) for s, v in zip(kshapes, k)))
+            except NotExpressible:
+                continue  # no stored key can be this one
+    else:
+        idx = index.get(conn, spec, kshapes)
+        raw_keys = [idx[tok] for tok in wanted if tok in idx]
+    if not raw_keys:
+        return {}
+    select, _ = _handle_sql(spec)
+    rid = rowid_name(spec)
+    nh = 1 if rid is not None else len(spec.key)
+    cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
+    refs = [spec.sqlite_ref(k) for k in spec.key]
+    target = refs[0] if len(refs) == 1 else "(" + ", ".join(refs) + ")"
+    marks = "(" + ", ".join("?" * len(refs)) + ")" if len(refs) > 1 else "?"
+    out: dict[tuple, _Found] = {}
+    key_idx = spec.key_indexes
+    for i in range(0, len(raw_keys), LOOKUP_BATCH):
+        chunk = raw_keys[i:i + LOOKUP_BATCH]
+        if len(refs) == 1:
+            where = f"{target} IN ({', '.join('?' * len(chunk))})"
+        else:
+            where = f"{target} IN (VALUES {', '.join([marks] * len(chunk))})"
+        sql = f"SELECT {select}, {cols} FROM main.{quote_ident(spec.name)} WHERE {where}"
+        for r in fetchall_text_safe(conn, sql, [v for k in chunk for v in k]):
+            row = tuple(r[nh:])
+            tok = _tokens_sqlite(kshapes, tuple(row[j] for j in key_idx))
+            if tok in wanted:  # a NOCASE or affinity match of another spelling is not this key
+                kind = "rowid" if rid is not None else "key"
+                out[tok] = _Found((kind, *r[:nh]), row)
+    return out
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+class _Held(Exception):
+    pass
+
+
+def _app_triggers(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
+    return conn.execute(
+        "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
+        "AND substr(name, 1, 7) <> '_syncd_' ORDER BY rowid", (table,)).fetchall()
+
+
+def _unique_sets(conn: sqlite3.Connection, table: str) -> list[list[str]]:
+    """Column lists of every unique index (the primary key's included)."""
+    out = []
+    for _seq, name, unique, _origin, _partial in conn.execute(f"PRAGMA main.index_list({quote_ident(table)})"):
+        if not unique:
+            continue
+        cols = [r[2] for r in conn.execute(f"PRAGMA main.index_xinfo({quote_ident(name)})") if r[5]]
+        if all(c is not None for c in cols):
+            out.append(cols)
+    return out
+
+
+class TableWriter:
+    """Statements for one table, on the applier's connection."""
+
+    def __init__(self, conn: sqlite3.Connection, t: TableApply, index: KeyIndex):
+        self.conn = conn
+        self.t = t
+        self.spec = t.spec
+        self.index = index
+        self.table = f"main.{quote_ident(t.spec.name)}"
+        spec = t.spec
+        # INSERT names every column, the rowid alias of a keyless table included.
+        self.insert_cols = [spec.sqlite_ref(c) for c in spec.column_names]
+        self.insert_sql = (f"INSERT INTO {self.table} ({', '.join(self.insert_cols)}) "
+                           f"VALUES ({', '.join('?' * len(self.insert_cols))})")
+        _select, self.handle_where = _handle_sql(spec)
+        self.kshapes = _key_shapes(t)
+        self.indexed = not simple_keys(spec, t.shapes)
+        self.written = self.kept = 0
+
+    def convert(self, pg_row: tuple, existing: _Found | None) -> tuple[list[Any], list[int]]:
+        """The SQLite values for a Postgres row, and which columns change."""
+        out, changed = [], []
+        for i, (shape, v) in enumerate(zip(self.t.shapes, pg_row)):
+            if existing is not None and values.keeps(shape, existing.row[i], v):
+                out.append(existing.row[i])
+                continue
+            try:
+                out.append(values.to_sqlite(shape, v))
+            except NotExpressible as e:
+                key = tuple(pg_row[j] for j in self.spec.key_indexes)
+                raise _Held(f'table "{self.spec.name}" key {_show(key)} column "{shape.name}": {e}; '
+                            "fix the value in Postgres (the table is copied again once it fits)") from None
+            changed.append(i)
+        return out, changed
+
+    def delete(self, found: _Found) -> None:
+        self.conn.execute(f"DELETE FROM {self.table} WHERE {self.handle_where}", found.handle[1:])
+        self._forget(found.row)
+        self.written += 1
+
+    def update(self, found: _Found, new: list[Any], changed: list[int]) -> None:
+        names = [self.insert_cols[i] for i in changed]
+        sets = ", ".join(f"{n} = ?" for n in names)
+        self.conn.execute(f"UPDATE {self.table} SET {sets} WHERE {self.handle_where}",
+                          (*(new[i] for i in changed), *found.handle[1:]))
+        if any(i in self.spec.key_indexes for i in changed):
+            self._forget(found.row)
+            self._remember(new)
+        self.written += 1
+
+    def insert(self, new: list[Any]) -> None:
+        self.conn.execute(self.insert_sql, new)
+        self._remember(new)
+        self.written += 1
+
+    def _remember(self, row: list[Any] | tuple) -> None:
+        if self.indexed and self.spec.name in self.index.by_table:
+            raw = tuple(row[i] for i in self.spec.key_indexes)
+            self.index.by_table[self.spec.name][_tokens_sqlite(self.kshapes, raw)] = raw
+
+    def _forget(self, row: tuple) -> None:
+        if self.indexed and self.spec.name in self.index.by_table:
+            raw = tuple(row[i] for i in self.spec.key_indexes)
+            self.index.by_table[self.spec.name].pop(_tokens_sqlite(self.kshapes, raw), None)
+
+    def apply(self, swap: bool) -> None:
+        """Deletes, then upserts. With `swap`, every batch row that exists is deleted
+        first and inserted again: unique values moving between the batch's rows (a
+        swap in one Postgres transaction) then never meet half way."""
+        t = self.t
+        existing = find_existing(self.conn, t, [tuple(r[i] for i in self.spec.key_indexes) for r in t.rows]
+                                 + list(t.deletes), self.index)
+        for key in t.deletes:
+            found = existing.get(_tokens_pg(self.kshapes, key))
+            if found is not None:
+                self.delete(found)
+        for raw in t.raw_deletes:
+            where = " AND ".join(f"{self.spec.sqlite_ref(k)} = ?" for k in self.spec.key)
+            self.written += self.conn.execute(f"DELETE FROM {self.table} WHERE {where}", raw).rowcount
+            self.index.forget(self.spec.name)
+        plans = []
+        for pg_row in t.rows:
+            tok = _tokens_pg(self.kshapes, tuple(pg_row[i] for i in self.spec.key_indexes))
+            found = existing.get(tok)
+            new, changed = self.convert(pg_row, found)
+            plans.append((found, new, changed))
+        if swap:
+            for found, new, changed in plans:
+                if found is not None and changed:
+                    self.delete(found)
+            for found, new, changed in plans:
+                if found is None or changed:
+                    self.insert(new)
+                else:
+                    self.kept += 1
+            return
+        for found, new, changed in plans:
+            if found is None:
+                self.insert(new)
+            elif changed:
+                self.update(found, new, changed)
+            else:
+                self.kept += 1
+
+    def blockers(self) -> list[tuple]:
+        """Rows outside the batch holding a unique value a batch row needs: their
+        stored keys (found after a swap-mode apply failed)."""
+        spec, t = self.spec, self.t
+        batch = {_tokens_pg(self.kshapes, tuple(r[i] for i in spec.key_indexes)) for r in t.rows}
+        out: dict[tuple, tuple] = {}
+        names = spec.column_names
+        for cols in _unique_sets(self.conn, spec.name):
+            if not all(c in names for c in cols):
+                continue
+            idx = [names.index(c) for c in cols]
+            where = " AND ".join(f"{quote_ident(c)} = ?" for c in cols)
+            keys = ", ".join(spec.sqlite_ref(k) for k in spec.key)
+            for pg_row in t.rows:
+                try:
+                    vals, _ = self.convert(pg_row, None)
+                except _Held:
+                    continue
+                probe = [vals[i] for i in idx]
+                if any(v is None for v in probe):
+                    continue
+                for raw in fetchall_text_safe(self.conn, f"SELECT {keys} FROM {self.table} WHERE {where}", probe):
+                    tok = _tokens_sqlite(self.kshapes, tuple(raw))
+                    if tok not in batch:
+                        out[tok] = tuple(raw)
+        return list(out.values())
+
+
+def _show(key: tuple) -> str:
+    from syncd.sqlite.audit import format_key
+    return format_key(key)
+
+
+def _apply_table(conn: sqlite3.Connection, t: TableApply, index: KeyIndex) -> tuple[int, int]:
+    """Apply one table inside a savepoint. Returns (written, kept). Raises _Held (the
+    table's part is rolled back) or NeedKeys."""
+    conn.execute("SAVEPOINT syncd_table")
+    try:
+        w = TableWriter(conn, t, index)
+        try:
+            w.apply(swap=False)
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK TO syncd_table")
+            index.forget(t.spec.name)
+            w = TableWriter(conn, t, index)
+            try:
+                w.apply(swap=True)
+            except sqlite3.IntegrityError as e:
+                conn.execute("ROLLBACK TO syncd_table")
+                index.forget(t.spec.name)
+                if "UNIQUE" not in str(e).upper():
+                    raise _Held(f'table "{t.spec.name}": SQLite refuses a row Postgres holds ({e}); make the '
+                                "row valid for SQLite in Postgres, or relax the SQLite constraint "
+                                "(the table is copied again once it fits)") from None
+                blockers = TableWriter(conn, t, index).blockers()
+                if blockers:
+                    raise NeedKeys(t.tid, blockers, str(e)) from None
+                raise _Held(f'table "{t.spec.name}": SQLite refuses a row Postgres holds ({e}): Postgres holds '
+                            "rows a unique index of SQLite forbids (it lacks that constraint); fix the rows in "
+                            "Postgres (the table is copied again once it fits)") from None
+        conn.execute("RELEASE syncd_table")
+        return w.written, w.kept
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK TO syncd_table")
+            conn.execute("RELEASE syncd_table")
+        raise
+
+
+def keys_not_in(conn: sqlite3.Connection, spec: TableSpec, shapes: tuple[ColumnShape, ...],
+                keep: set[tuple]) -> list[tuple]:
+    """Stored keys whose Postgres tokens are not in `keep` (a reload's last step)."""
+    kshapes = [shapes[i] for i in spec.key_indexes]
+    keys = ", ".join(spec.sqlite_ref(k) for k in spec.key)
+    out = []
+    for raw in fetchall_text_safe(conn, f"SELECT {keys} FROM main.{quote_ident(spec.name)}"):
+        if _tokens_sqlite(kshapes, tuple(raw)) not in keep:
+            out.append(tuple(raw))
+    return out
+
+
+class SqliteSink:
+    """The reverse stream's writer for one file; lives on that file's worker thread."""
+
+    def __init__(self, busy_timeout_ms: int):
+        self.busy_timeout_ms = busy_timeout_ms
+        self.index = KeyIndex()
+
+    def apply(self, conn: sqlite3.Connection, plan: ApplyPlan) -> ApplyOutcome:
+        return write_transaction(conn, lambda c: self._apply(c, plan), busy_timeout_ms=self.busy_timeout_ms)
+
+    def _apply(self, conn: sqlite3.Connection, plan: ApplyPlan) -> ApplyOutcome:
+        version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+        if plan.schema_version is not None and version != plan.schema_version:
+            raise SchemaMoved(f"the SQLite schema moved (version {version}, expected {plan.schema_version})")
+        self.index.check(conn, own_writes=False)
+        out = ApplyOutcome()
+        begin_max = _changelog_max(conn)
+        reload = read_reload(conn)
+        with freeze.syncd_writes(conn):
+            for t in plan.tables:
+                if not t.rows and not t.deletes and not t.raw_deletes:
+                    continue
+                triggers = _app_triggers(conn, t.spec.name)
+                if triggers:
+                    _own_schema_change(conn, lambda c: [c.execute(f"DROP TRIGGER main.{quote_ident(n)}")
+                                                        for n, _ in triggers])
+                try:
+                    written, kept = _apply_table(conn, t, self.index)
+                    out.written += written
+                    out.kept += kept
+                except _Held as e:
+                    out.held[t.tid] = str(e)
+                    reload[t.spec.name] = str(e)
+                finally:
+                    if triggers:
+                        _own_schema_change(conn, lambda c: [c.execute(sql) for _, sql in triggers])
+            for name, why in plan.reload_add.items():
+                reload[name] = why
+            for name in plan.reload_done:
+                if not any(t.spec.name == name for t in plan.tables if t.tid in out.held):
+                    reload.pop(name, None)
+            _write_meta(conn, RELOAD_KEY, json.dumps(sorted(reload.items())) if reload else None)
+            if plan.checkpoint is not None:
+                _write_meta(conn, META_KEY, plan.checkpoint)
+        if begin_max is not None:
+            conn.execute(f"DELETE FROM main.{quote_ident(CHANGELOG)} WHERE seq > ?", (begin_max,))
+        out.schema_version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+        self.index.check(conn, own_writes=True)
+        return out
+
+    def mark(self, conn: sqlite3.Connection, add: dict[str, str], done: list[str]) -> dict[str, str]:
+        """Change the reload set alone (a table paused, a reload finished)."""
+        def change(c: sqlite3.Connection) -> dict[str, str]:
+            reload = read_reload(c)
+            reload.update(add)
+            for name in done:
+                reload.pop(name, None)
+            _write_meta(c, RELOAD_KEY, json.dumps(sorted(reload.items())) if reload else None)
+            return reload
+
+        return write_transaction(conn, change, busy_timeout_ms=self.busy_timeout_ms)
+
+
+def _changelog_max(conn: sqlite3.Connection) -> int | None:
+    try:
+        return conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{quote_ident(CHANGELOG)}").fetchone()[0]
+    except sqlite3.OperationalError:
+        return None
+
+
+def _write_meta(conn: sqlite3.Connection, key: str, value: str | None) -> None:
+    if value is None:
+        conn.execute(f"DELETE FROM main.{quote_ident(META)} WHERE key = ?", (key,))
+    else:
+        conn.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES (?, ?)", (key, value))
+
+
+def run_on(sink: SqliteSink, method: str) -> Callable:
+    """A function for SqliteWorker.run that calls one of the sink's methods."""
+    return lambda conn, *args: getattr(sink, method)(conn, *args)

@@ -1,0 +1,323 @@
+"""What syncd keeps in Postgres for the way back: a changelog per source, statement
+triggers recording which keys changed, and the freeze a rollback puts on the tables.
+
+No server configuration is needed (no wal_level, no replication slot): AFTER
+statement triggers with transition tables write one INSERT ... SELECT per statement
+into `<bookkeeping>.rlog_<source hash>`, each entry stamped with the writing
+transaction's id (txid_current()). Sequence numbers are taken at insert time, not at
+commit time, so "everything after N" would skip a transaction that commits later
+with a smaller number; the reader (reader.py) instead takes what became visible
+between two snapshots (PgQ's technique), which cannot miss a late committer.
+
+The trigger functions run SECURITY DEFINER, so the application's role needs no
+privilege on syncd's schema, with fixed output settings (extra_float_digits,
+bytea_output, DateStyle, TimeZone), so a key's text is the same whatever the
+application's session set, and casts back to the very value.
+
+The freeze (a rollback, while the last changes drain to SQLite) is a BEFORE
+statement trigger on every table that raises unless the session is syncd's own:
+every syncd connection names itself `syncd <host> pid <pid>` (application_name, which
+poolers such as PgBouncer pass on, where a custom startup parameter would be refused).
+Privileges alone would not stop a superuser, which small deployments often connect as.
+(It guards against the application's writes, not an adversary: any session may name
+itself so, and a superuser may also disable triggers.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from syncd.identifiers import qualified, quote_literal, quote_pg_ident
+from syncd.postgres.bookkeeping import lock_key
+
+OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE = 1, 2, 3, 4
+CAPTURE_TRIGGERS = ("_syncd_rcap_ins", "_syncd_rcap_upd", "_syncd_rcap_del", "_syncd_rcap_trunc")
+FREEZE_TRIGGER = "_syncd_freeze"
+WRITER_PREFIX = "syncd "  # application_name of every session syncd opens (bookkeeping.application_name)
+LOCK_TIMEOUT = "2s"  # CREATE/DROP TRIGGER waits for the table's writers; never queue them long
+
+# Output settings the key text is produced under (the reader casts it back).
+_FIXED_OUTPUT = ("SET search_path = pg_catalog, pg_temp SET extra_float_digits = 3 SET bytea_output = 'hex' "
+                 "SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET timezone = 'UTC'")
+
+
+def source_hash(source: str) -> str:
+    return f"{lock_key(source):08x}"
+
+
+@dataclass(frozen=True)
+class Names:
+    """The objects one source's way back uses in the bookkeeping schema."""
+
+    bk: str
+    source: str
+
+    @property
+    def h(self) -> str:
+        return source_hash(self.source)
+
+    @property
+    def changelog(self) -> str:
+        return qualified(self.bk, f"rlog_{self.h}")
+
+    @property
+    def changelog_name(self) -> str:
+        return f"rlog_{self.h}"
+
+    def capture_function(self, tid: int) -> str:
+        return qualified(self.bk, f"rcap_{self.h}_{tid}")
+
+    @property
+    def freeze_function(self) -> str:
+        return qualified(self.bk, f"rfreeze_{self.h}")
+
+    @property
+    def channel(self) -> str:
+        return f"syncd_{self.h}"
+
+    @property
+    def registry(self) -> str:
+        return qualified(self.bk, "reverse")
+
+
+def _dollar(body: str) -> str:
+    """A dollar-quote tag that does not occur in `body` (names may hold anything)."""
+    while True:
+        tag = f"$syncd_{secrets.token_hex(4)}$"
+        if tag not in body:
+            return tag
+
+
+# --- the registry: one row per source that ever went to Postgres ------------------------------
+
+
+async def ensure_registry(conn: asyncpg.Connection, names: Names) -> None:
+    """The bookkeeping table of the way back and the source's changelog (idempotent)."""
+    await conn.execute(f"""CREATE TABLE IF NOT EXISTS {names.registry} (
+        source text PRIMARY KEY,
+        generation text NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        retired_at timestamptz,
+        retired_reason text)""")
+    await conn.execute(f"""CREATE TABLE IF NOT EXISTS {names.changelog} (
+        txid bigint NOT NULL DEFAULT txid_current(),
+        seq bigint GENERATED ALWAYS AS IDENTITY,
+        tid integer NOT NULL,
+        op smallint NOT NULL,
+        key text[],
+        at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (txid, seq))""")
+
+
+@dataclass
+class Generation:
+    id: str
+    started_at: dt.datetime
+    retired_at: dt.datetime | None
+    retired_reason: str | None
+
+
+async def generation(conn: asyncpg.Connection, names: Names) -> Generation | None:
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", names.registry)
+    if not exists:
+        return None
+    r = await conn.fetchrow(f"SELECT generation, started_at, retired_at, retired_reason FROM {names.registry} "
+                            f"WHERE source = $1", names.source)
+    return Generation(*r) if r else None
+
+
+async def start_generation(conn: asyncpg.Connection, names: Names) -> str:
+    """Inside the cutover's last transaction: a fresh, empty changelog for a new stretch
+    of the way back. Entries exist only from here on, and SQLite equals Postgres here."""
+    await ensure_registry(conn, names)
+    await conn.execute(f"TRUNCATE {names.changelog}")
+    gen = str(uuid.uuid4())
+    await conn.execute(
+        f"INSERT INTO {names.registry} (source, generation) VALUES ($1, $2) ON CONFLICT (source) DO UPDATE "
+        f"SET generation = EXCLUDED.generation, started_at = now(), retired_at = NULL, retired_reason = NULL",
+        names.source, gen)
+    return gen
+
+
+async def retire(conn: asyncpg.Connection, names: Names, reason: str) -> None:
+    await conn.execute(f"UPDATE {names.registry} SET retired_at = now(), retired_reason = $2 WHERE source = $1",
+                       names.source, reason)
+
+
+# --- capture triggers --------------------------------------------------------------------------
+
+
+def capture_function_sql(names: Names, tid: int, key: list[str]) -> str:
+    cl = names.changelog
+
+    def arr(alias: str) -> str:
+        return "ARRAY[" + ", ".join(f"{alias}.{quote_pg_ident(k)}::text" for k in key) + "]"
+
+    body = f"""
+DECLARE n bigint := 0; m bigint := 0;
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO {cl} (tid, op, key) SELECT {tid}, {OP_INSERT}, {arr('n')} FROM syncd_new n;
+    GET DIAGNOSTICS n = ROW_COUNT;
+  ELSIF TG_OP = 'UPDATE' THEN
+    INSERT INTO {cl} (tid, op, key) SELECT {tid}, {OP_UPDATE}, {arr('n')} FROM syncd_new n;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO {cl} (tid, op, key) SELECT {tid}, {OP_DELETE}, k
+      FROM (SELECT {arr('o')} AS k FROM syncd_old o EXCEPT SELECT {arr('n')} FROM syncd_new n) AS gone;
+    GET DIAGNOSTICS m = ROW_COUNT;
+  ELSIF TG_OP = 'DELETE' THEN
+    INSERT INTO {cl} (tid, op, key) SELECT {tid}, {OP_DELETE}, {arr('o')} FROM syncd_old o;
+    GET DIAGNOSTICS n = ROW_COUNT;
+  ELSE
+    INSERT INTO {cl} (tid, op, key) VALUES ({tid}, {OP_TRUNCATE}, NULL);
+    n := 1;
+  END IF;
+  IF n + m > 0 THEN
+    PERFORM pg_notify({quote_literal(names.channel)}, '');
+  END IF;
+  RETURN NULL;
+END
+"""
+    tag = _dollar(body)
+    return (f"CREATE OR REPLACE FUNCTION {names.capture_function(tid)}() RETURNS trigger LANGUAGE plpgsql "
+            f"SECURITY DEFINER {_FIXED_OUTPUT} AS {tag}{body}{tag}")
+
+
+def capture_trigger_sql(names: Names, schema: str, table: str, tid: int) -> list[str]:
+    t = qualified(schema, table)
+    fn = names.capture_function(tid)
+    return [
+        f"CREATE TRIGGER {quote_pg_ident(CAPTURE_TRIGGERS[0])} AFTER INSERT ON {t} "
+        f"REFERENCING NEW TABLE AS syncd_new FOR EACH STATEMENT EXECUTE FUNCTION {fn}()",
+        f"CREATE TRIGGER {quote_pg_ident(CAPTURE_TRIGGERS[1])} AFTER UPDATE ON {t} "
+        f"REFERENCING OLD TABLE AS syncd_old NEW TABLE AS syncd_new FOR EACH STATEMENT EXECUTE FUNCTION {fn}()",
+        f"CREATE TRIGGER {quote_pg_ident(CAPTURE_TRIGGERS[2])} AFTER DELETE ON {t} "
+        f"REFERENCING OLD TABLE AS syncd_old FOR EACH STATEMENT EXECUTE FUNCTION {fn}()",
+        f"CREATE TRIGGER {quote_pg_ident(CAPTURE_TRIGGERS[3])} AFTER TRUNCATE ON {t} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {fn}()",
+    ]
+
+
+async def _triggers_on(conn: asyncpg.Connection, schema: str, table: str) -> dict[str, str]:
+    """name -> the function each trigger of the table calls (qualified, as regproc prints)."""
+    rows = await conn.fetch(
+        "SELECT t.tgname, t.tgfoid::regproc::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND NOT t.tgisinternal",
+        schema, table)
+    return {r[0]: r[1] for r in rows}
+
+
+async def arm(conn: asyncpg.Connection, names: Names, schema: str, table: str, tid: int, key: list[str]) -> bool:
+    """Capture every change to one table (idempotent; re-creates the function, whose
+    key columns may have changed). Inside the caller's transaction. Returns whether
+    triggers were created."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    await conn.execute(capture_function_sql(names, tid, key))
+    have = await _triggers_on(conn, schema, table)
+    want_fn = names.capture_function(tid)
+    if all(have.get(n) is not None and _same_function(have[n], want_fn) for n in CAPTURE_TRIGGERS):
+        return False
+    for n in CAPTURE_TRIGGERS:
+        if n in have:
+            await conn.execute(f"DROP TRIGGER {quote_pg_ident(n)} ON {qualified(schema, table)}")
+    for sql in capture_trigger_sql(names, schema, table, tid):
+        await conn.execute(sql)
+    return True
+
+
+def _same_function(shown: str, qualified_name: str) -> bool:
+    # regproc prints the schema only when it is not on the search path; compare the tail.
+    return shown.split(".")[-1].strip('"') == qualified_name.split(".")[-1].strip('"')
+
+
+async def armed(conn: asyncpg.Connection, names: Names, schema: str, table: str, tid: int) -> bool:
+    have = await _triggers_on(conn, schema, table)
+    return all(n in have and _same_function(have[n], names.capture_function(tid)) for n in CAPTURE_TRIGGERS)
+
+
+async def disarm(conn: asyncpg.Connection, names: Names, schema: str, table: str, tid: int | None) -> None:
+    """Stop capturing one table (inside the caller's transaction)."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified(schema, table))
+    if exists:
+        for n in CAPTURE_TRIGGERS:
+            await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(n)} ON {qualified(schema, table)}")
+    if tid is not None:
+        await conn.execute(f"DROP FUNCTION IF EXISTS {names.capture_function(tid)}()")
+
+
+async def disarm_all(conn: asyncpg.Connection, names: Names, schema: str) -> int:
+    """Every capture trigger of this source's tables (and the functions), inside the
+    caller's transaction; returns how many tables had them."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    prefix = f"rcap_{names.h}_"
+    rows = await conn.fetch(
+        "SELECT DISTINCT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_proc p ON p.oid = t.tgfoid "
+        "WHERE n.nspname = $1 AND t.tgname = ANY($2::text[]) AND substr(p.proname, 1, $4) = $3",
+        schema, list(CAPTURE_TRIGGERS), prefix, len(prefix))
+    for (table,) in rows:
+        for n in CAPTURE_TRIGGERS:
+            await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(n)} ON {qualified(schema, table)}")
+    for (fn,) in await conn.fetch(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = $1 AND substr(p.proname, 1, $3) = $2", names.bk, prefix, len(prefix)):
+        await conn.execute(f"DROP FUNCTION IF EXISTS {qualified(names.bk, fn)}()")
+    return len(rows)
+
+
+# --- the freeze ---------------------------------------------------------------------------------
+
+
+def freeze_function_sql(names: Names, message: str) -> str:
+    mine = f"left(current_setting('application_name'), {len(WRITER_PREFIX)}) = {quote_literal(WRITER_PREFIX)}"
+    body = f"""
+BEGIN
+  IF {mine} IS NOT TRUE THEN
+    RAISE EXCEPTION USING ERRCODE = '25006',
+      MESSAGE = format('table %I.%I: %s', TG_TABLE_SCHEMA, TG_TABLE_NAME, {quote_literal(message)});
+  END IF;
+  RETURN NULL;
+END
+"""
+    tag = _dollar(body)
+    return (f"CREATE OR REPLACE FUNCTION {names.freeze_function}() RETURNS trigger LANGUAGE plpgsql "
+            f"SET search_path = pg_catalog, pg_temp AS {tag}{body}{tag}")
+
+
+async def freeze(conn: asyncpg.Connection, names: Names, schema: str, tables: list[str], message: str) -> None:
+    """Refuse the application's writes to `tables` (inside the caller's transaction).
+    CREATE TRIGGER waits for the writers already in a table: once this commits, every
+    write that reached those tables has committed, and no other can start."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    await conn.execute(freeze_function_sql(names, message))
+    for table in tables:
+        t = qualified(schema, table)
+        await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(FREEZE_TRIGGER)} ON {t}")
+        await conn.execute(f"CREATE TRIGGER {quote_pg_ident(FREEZE_TRIGGER)} BEFORE INSERT OR UPDATE OR DELETE "
+                           f"OR TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {names.freeze_function}()")
+
+
+async def frozen_tables(conn: asyncpg.Connection, names: Names, schema: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_proc p ON p.oid = t.tgfoid "
+        "JOIN pg_namespace pn ON pn.oid = p.pronamespace "
+        "WHERE n.nspname = $1 AND t.tgname = $2 AND pn.nspname = $3 AND p.proname = $4 ORDER BY 1",
+        schema, FREEZE_TRIGGER, names.bk, f"rfreeze_{names.h}")
+    return [r[0] for r in rows]
+
+
+async def unfreeze(conn: asyncpg.Connection, names: Names, schema: str) -> int:
+    """The application may write Postgres again (inside the caller's transaction);
+    returns how many tables were frozen."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    tables = await frozen_tables(conn, names, schema)
+    for table in tables:
+        await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(FREEZE_TRIGGER)} ON {qualified(schema, table)}")
+    return len(tables)

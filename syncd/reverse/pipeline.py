@@ -1,0 +1,832 @@
+"""One source's way back: after a cutover, SQLite follows Postgres until a rollback.
+
+The mirror of syncd/pipeline.py, with the same control surface (run, stop, wakeup,
+health, lag, ready, busy_for, pending), so the daemon runs either per source by the
+direction in bookkeeping. One task works in small steps: a batch from Postgres's
+changelog applied to SQLite with its checkpoint, one chunk of a table being copied
+again, a schema change followed. Postgres wakes it (LISTEN/NOTIFY from the capture
+triggers); the poll interval is the safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import random
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_random
+
+from syncd import metrics
+from syncd.config import Settings, SourceSettings
+from syncd.model import TO_SQLITE, TableSpec
+from syncd.postgres import bookkeeping as bk
+from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
+from syncd.postgres.connect import describe, is_transient
+from syncd.postgres.pool import Target
+from syncd.postgres.target import UnsupportedTarget
+from syncd.reconcile import install_capture, sticky_types
+from syncd.reverse import applier, capture, reader, tables
+from syncd.reverse.applier import ApplyOutcome, ApplyPlan, NeedKeys, SchemaMoved, SqliteSink, TableApply, run_on
+from syncd.reverse.capture import Names
+from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint, start
+from syncd.reverse.reader import SourceTable
+from syncd.reverse.values import ColumnShape
+from syncd.session import SourceSession, changed, new_row
+from syncd.sqlite import freeze
+from syncd.sqlite.capture import LockTimeout
+from syncd.sqlite.connection import SourceFileError
+from syncd.types import ValueMismatch, converter
+
+# Health states (the forward pipeline's names where they mean the same).
+STARTING = "starting"
+SNAPSHOTTING = "snapshotting"  # a table is being copied again from Postgres
+STREAMING = "streaming"
+POSTGRES_DOWN = "postgres_unreachable"
+SOURCE_MISSING = "source_missing"
+LOCKED = "locked_by_other"
+FAILING = "failing"
+RETIRED = "rollback_window_over"  # [cutover] keep_sqlite_days passed: SQLite no longer follows
+
+DIRECTION_CHECK_SECONDS = 2.0
+RETENTION_CHECK_SECONDS = 60.0
+COLLISION_ROUNDS = 4
+RELOAD_CHUNK_ROWS = 5000
+FROZEN_MESSAGE = ("this database was moved to PostgreSQL by syncd; write to PostgreSQL "
+                  '(schema "{schema}") instead')
+
+
+@dataclass
+class ReverseTable:
+    """A followed (or paused) table, as status and the daemon read it."""
+
+    name: str
+    tid: int | None
+    spec: TableSpec | None
+    row: TableRow
+    shapes: tuple[ColumnShape, ...] = ()
+    key_types: tuple[str, ...] = ()
+    retry_at: float = 0.0
+    logged_reason: str | None = None
+
+    @property
+    def state(self) -> str:
+        return self.row.state
+
+    def source_table(self) -> SourceTable:
+        assert self.tid is not None and self.spec is not None
+        return SourceTable(self.tid, self.spec, self.key_types)
+
+
+@dataclass
+class _Reload:
+    """A table being copied again from Postgres, chunk by chunk (each chunk read in its
+    own snapshot; changes between chunks reach SQLite through the stream)."""
+
+    name: str
+    after: tuple | None = None  # the last key copied (Postgres values)
+    keep: set = field(default_factory=set)  # key tokens Postgres had
+    rows: int = 0
+
+
+class ReverseLag:
+    """The age of the oldest change Postgres holds and SQLite does not, measured in
+    Postgres each cycle. While Postgres cannot be asked (`unreachable`), what it holds
+    is unknown: the lag is then the time since it last could be, at least, an upper
+    bound on how far behind SQLite may be."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.measured_at: float | None = None
+        self.started_at = time.time()
+        self.pending = 0
+        self.unreachable = False
+
+    def set(self, pending: int, seconds: float, now: float) -> None:
+        self.pending, self.seconds, self.measured_at, self.unreachable = pending, seconds, now, False
+
+    def lag(self, now: float) -> float:
+        if self.measured_at is None:
+            return max(0.0, now - self.started_at) if self.unreachable else 0.0
+        since = max(0.0, now - self.measured_at)
+        if self.unreachable:
+            return (self.seconds if self.pending else 0.0) + since
+        return self.seconds + since if self.pending else 0.0
+
+
+class ReversePipeline:
+    direction = TO_SQLITE
+
+    def __init__(self, settings: Settings, source: SourceSettings, target: Target | None = None):
+        self.settings = settings
+        self.source = source
+        self.session = SourceSession(settings, source, target)
+        self.session.direction = TO_SQLITE
+        self.name = source.name
+        self.names = Names(settings.postgres.bookkeeping_schema, source.name)
+        self.wake = asyncio.Event()
+        self.stop_event = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.lag = ReverseLag()
+        self.health = STARTING
+        self.detail = ""
+        self.pg_ok: bool | None = None
+        self.step_started: float | None = None
+        self.needs_reconcile = True
+        self.checkpoint: ReverseCheckpoint | None = None
+        self.pruned: str | None = None
+        self.reload: dict[str, str] = {}
+        self.loading: _Reload | None = None
+        self.generation: capture.Generation | None = None
+        self.retired: str | None = None
+        self.sink = SqliteSink(settings.sqlite.write_busy_timeout_ms)
+        self.last_direction_check = 0.0
+        self.last_retention_check = 0.0
+        self.last_request_check = 0.0
+        self.last_full_check = time.monotonic()
+        self.listening = False  # NOTIFY from the capture triggers wakes this pipeline
+        # Set by the daemon like the forward pipeline's (fleet.py): who polls, who rechecks.
+        self.own_poller = True
+        self.fleet_rechecks = False
+        self.recheck_flags = None
+        self.recheck_every = settings.stream.schema_check_interval_seconds
+        self.inode: tuple[int, int] | None = None
+        self._last_error: str | None = None
+        self.events: list[tuple[str | None, str, str | None]] = []
+        self.max_seq_seen = 0  # the daemon's status reads these two from either pipeline
+        d = TO_SQLITE
+        metrics.retries_total.labels(self.name)
+        for kind in ("postgres", "sqlite", "data", "schema", "lock", "internal", "verify"):
+            metrics.errors_total.labels(self.name, kind, direction=d)
+        metrics.apply_duration_seconds.labels(self.name, direction=d)
+        metrics.commit_to_apply_seconds.labels(self.name, direction=d)
+        metrics.replication_lag_seconds.labels(self.name, direction=d).set(0)
+        metrics.pending_changes.labels(self.name, direction=d).set(0)
+
+    # --- control -------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    @property
+    def pending(self) -> int:
+        return self.lag.pending
+
+    @property
+    def tables(self) -> dict[str, ReverseTable]:
+        return self.session.tables  # type: ignore[return-value]
+
+    def wakeup(self) -> None:
+        self.wake.set()
+
+    async def poll_once(self) -> None:
+        """The daemon's FleetPoller: the safety net under NOTIFY is a cycle now and then."""
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+
+    def busy_for(self, now: float) -> float:
+        started = self.step_started
+        return 0.0 if started is None else now - started
+
+    async def run(self) -> None:
+        backoff = wait_exponential(multiplier=0.2, max=self.settings.stream.retry_max_backoff_seconds) \
+            + wait_random(0, 0.5)
+
+        def wait(retry_state) -> float:
+            exc = retry_state.outcome.exception()
+            if isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
+                return random.uniform(0.01, 0.1)
+            return backoff(retry_state)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: not isinstance(e, asyncio.CancelledError)),
+            wait=wait, sleep=self._sleep, before_sleep=self._before_retry, reraise=True,
+        )
+        gauges = asyncio.create_task(self._gauge_loop(), name=f"gauges-{self.name}")
+        try:
+            while not self.stopping:
+                did = await retrying(self._step)
+                if not did and not self.stopping:
+                    timeout = self.settings.stream.poll_interval_seconds if self.own_poller else None
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), timeout)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            gauges.cancel()
+            await asyncio.gather(gauges, return_exceptions=True)
+            metrics.replication_lag_seconds.labels(self.name, direction=TO_SQLITE).set(0)
+            metrics.pending_changes.labels(self.name, direction=TO_SQLITE).set(0)
+            with contextlib.suppress(Exception):
+                await self.session.target.unlisten(self.names.channel)
+            await self.session.close()
+
+    async def _gauge_loop(self) -> None:
+        """Lag keeps its meaning between cycles, and while Postgres is away."""
+        while True:
+            now = time.time()
+            metrics.replication_lag_seconds.labels(self.name, direction=TO_SQLITE).set(self.lag.lag(now))
+            metrics.last_check_timestamp_seconds.labels(self.name).set(now)
+            await asyncio.sleep(self.settings.stream.poll_interval_seconds)
+
+    async def _step(self) -> bool:
+        self.step_started = time.monotonic()
+        try:
+            return await self._cycle()
+        finally:
+            self.step_started = None
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # --- failure handling --------------------------------------------------------------
+
+    def _before_retry(self, retry_state) -> None:
+        exc = retry_state.outcome.exception()
+        metrics.retries_total.labels(self.name).inc()
+        if isinstance(exc, SourceLocked):
+            self._enter(LOCKED, str(exc), kind="lock", level="error")
+        elif isinstance(exc, UnsupportedTarget):
+            self._enter(FAILING, str(exc), kind="postgres", level="error")
+        elif isinstance(exc, SourceFileError):
+            self._enter(SOURCE_MISSING, f"{exc}; waiting for it to come back", kind="sqlite", level="error")
+            metrics.source_up.labels(self.name).set(0)
+            self.needs_reconcile = True
+        elif is_transient(exc):
+            self.pg_ok = False
+            self.lag.unreachable = True
+            self.session.drop_postgres()
+            self._enter(POSTGRES_DOWN, f"Postgres unreachable: {describe(exc)}; retrying with backoff, the "
+                                       "application's changes wait in Postgres's changelog", kind="postgres",
+                        level="warning")
+        elif isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
+            pass
+        elif isinstance(exc, CheckpointConflict):
+            self._enter(FAILING, str(exc), kind="lock", level="error")
+            self.session.drop_postgres()
+        else:
+            self._enter(FAILING, f"unexpected error: {describe(exc)}", kind="internal", level="error", exc=exc)
+            self.needs_reconcile = True
+        self.ready.set()
+
+    def _enter(self, health: str, detail: str, kind: str, level: str, exc: BaseException | None = None) -> None:
+        metrics.errors_total.labels(self.name, kind, direction=TO_SQLITE).inc()
+        if self.health == health:
+            self.detail = self._last_error = detail
+            return
+        self.health, self.detail, self._last_error = health, detail, detail
+        log = self.session.error if level == "error" else self.session.warning
+        trace = (type(exc), exc, exc.__traceback__) if exc is not None and health == FAILING else None
+        log(detail, event=health, exc_info=trace)
+
+    def _recovered(self) -> None:
+        what = {POSTGRES_DOWN: "Postgres is reachable again", SOURCE_MISSING: "the SQLite file is back",
+                LOCKED: "the source lock is free again", FAILING: "the failing step succeeded"}.get(self.health)
+        if what:
+            self.session.info(f"recovered: {what}", event="recovered")
+        self.pg_ok = True
+        self._last_error = None
+
+    # --- one step ------------------------------------------------------------------------
+
+    async def _cycle(self) -> bool:
+        if self.stopping:
+            return False
+        self.wake.clear()
+        s = self.session
+        if s.worker.conn is None:
+            await s.worker.open()
+            self.inode = s.worker.inode
+            self.needs_reconcile = True
+            metrics.source_up.labels(self.name).set(1)
+        elif self._file_replaced():
+            await s.worker.close()
+            self.needs_reconcile = True
+            return True
+        if await s.connect_postgres(lock=True):
+            self.needs_reconcile = True  # the lock was (re)taken: anything may have changed meanwhile
+        if not self.listening:
+            await s.target.listen(self.names.channel, self._notified)
+            self.listening = True
+        async with s.step():  # one connection of the target's pool for the whole cycle
+            return await self._cycle_on_connection()
+
+    async def _cycle_on_connection(self) -> bool:
+        self.pg_ok = True
+        if await self._direction_moved():
+            return False
+        if self.needs_reconcile:
+            await self._reconcile()
+            self.needs_reconcile = False
+        if self.retired is not None or await self._retention_over():
+            self._retired_health()
+            return False
+        did = await self._stream_step()
+        if not self.needs_reconcile:
+            did = await self._reload_step() or did
+        await self._measure()
+        await self._flush_events()
+        await self._maybe_recheck()
+        self._recovered()
+        self._update_health()
+        self._update_gauges()
+        return did
+
+    def _notified(self, *_args) -> None:
+        self.wake.set()
+
+    def _file_replaced(self) -> bool:
+        try:
+            st = os.stat(self.source.path)
+        except FileNotFoundError:
+            raise SourceFileError(f"SQLite file {self.source.path} does not exist") from None
+        return (st.st_dev, st.st_ino) != self.inode
+
+    async def _direction_moved(self) -> bool:
+        """A rollback turned the source around: stop applying; the daemon replaces this
+        pipeline with the forward one."""
+        flags, self.recheck_flags = self.recheck_flags, None
+        if flags is not None and flags.direction != self.session.direction:
+            self.session.direction = flags.direction  # FleetRechecker saw it for every source at once
+        now = time.monotonic()
+        if now - self.last_direction_check < DIRECTION_CHECK_SECONDS:
+            return self.session.direction != TO_SQLITE
+        self.last_direction_check = now
+        s = self.session
+        d = await s.pg.fetchval(f"SELECT direction FROM {s.bk.s}.sources WHERE source = $1", s.name)
+        if d is not None:
+            s.direction = d
+        return s.direction != TO_SQLITE
+
+    # --- reconcile: which tables, how, and from where ----------------------------------
+
+    async def _reconcile(self) -> None:
+        s = self.session
+        pg = s.pg
+        assert pg is not None
+        busy = self.settings.sqlite.write_busy_timeout_ms
+        await capture.ensure_registry(pg, self.names)
+        gen = await capture.generation(pg, self.names)
+        copy_all = False
+        if gen is None:
+            # No record of capture starting with the cutover: what changed since is
+            # unknown, so every table is copied again from Postgres.
+            async with pg.transaction():
+                await capture.start_generation(pg, self.names)
+            gen = await capture.generation(pg, self.names)
+            copy_all = True
+            s.warning("no record of Postgres capture for the way back (cut over by an older syncd?): capture "
+                      "installed now, and every table is copied again from Postgres", event="reverse_reset")
+        assert gen is not None
+        self.generation = gen
+        if gen.retired_at is not None:
+            self.retired = gen.retired_reason or "the rollback window is over"
+            return
+        cp = ReverseCheckpoint.decode(await s.worker.run(applier.read_meta, META_KEY))
+        if cp is None or cp.generation != gen.id:
+            cp = start(gen.id)
+        self.checkpoint = cp
+
+        message = await s.worker.run(freeze.frozen)
+        if message is None:
+            message = FROZEN_MESSAGE.format(schema=self.source.schema)
+            await s.worker.run(freeze.freeze, message, busy)
+            s.warning("the SQLite file was not frozen although the application writes Postgres: frozen again "
+                      "(writes made to it meanwhile are overwritten by Postgres's rows)", event="refrozen")
+
+        schema, pg_tables, rows, decisions = await self._judge_all()
+        ddl_done = False
+        for name, d in decisions.items():
+            if d.kind == tables.ADD_COLUMNS:
+                await s.worker.run(tables.add_columns, name, d.add, busy)
+                added = ", ".join(f'"{c.name}" ({c.type_name})' for c in d.add)
+                s.info(f"column(s) added in Postgres, added in SQLite too: {added}; copying their values",
+                       table=name, event="column_added")
+                self.events.append((name, "column_added", f"added in SQLite: {added}"))
+                ddl_done = True
+            elif d.kind == tables.CREATE:
+                if not await tables.adopt(s.pg, s.bk, self.source.schema, name):
+                    continue  # another source adopted it first (a shared schema): it is that one's
+                await s.worker.run(tables.create_table, pg_tables[name], busy)
+                s.info("table created in Postgres after the cutover: created in SQLite too, copying its rows",
+                       table=name, event="table_created")
+                self.events.append((name, "table_created", "created in SQLite"))
+                ddl_done = True
+        if ddl_done:
+            await s.worker.run(freeze.freeze, message, busy)  # the new tables refuse the application too
+            schema, pg_tables, rows, decisions = await self._judge_all()
+        if copy_all:
+            await s.worker.run(run_on(self.sink, "mark"), {n: "copied again: capture started late"
+                                                          for n in schema.tables}, [])
+        self.reload = await s.worker.run(applier.read_reload)
+        formats = await tables.read_formats(pg, self.names.bk, s.name)
+        runtimes: dict[str, ReverseTable] = {}
+        for name, d in sorted(decisions.items()):
+            spec = schema.tables.get(name)
+            tid = s.capture.tid_of(name) if (s.capture and spec is not None) else None
+            row = rows.get(name) or new_row(name, tid)
+            row = changed(row, tid=tid) if tid is not None else row
+            if d.kind == tables.PAUSE:
+                if row.state != bk.PAUSED and spec is not None:
+                    # Its changes are not applied while it waits: copied in full when it resumes.
+                    await s.worker.run(run_on(self.sink, "mark"), {name: "resumed after a pause"}, [])
+                new = changed(row, state=bk.PAUSED, reason=d.reason, resume_to=None, from_seq=None)
+                runtimes[name] = ReverseTable(name, tid, spec, new)
+            else:
+                assert spec is not None and tid is not None
+                pgt = pg_tables[name]
+                await self._arm(name, tid, list(spec.key))
+                samples = {}
+                for c in spec.columns:
+                    pgc = pgt.column(c.name)
+                    fam = tables.values.family(pgc.type_name) if pgc else None
+                    if fam in tables.SPELLED and (name, c.name) not in formats:
+                        samples[c.name] = await s.worker.run(tables.sample_values, spec, c.name)
+                shapes = tables.shapes_for(spec, pgt, {c: f for (t, c), f in formats.items() if t == name}, samples)
+                key_types = tuple(pgt.column(k).type_name for k in spec.key)
+                if row.state in (bk.PAUSED,):
+                    s.info("table matches again: resuming (copying it again from Postgres)", table=name,
+                           event="table_resumed")
+                    self.reload = await s.worker.run(applier.read_reload)
+                state = bk.HELD if (row.state == bk.HELD and name in self.reload) else \
+                    (bk.LOADING if name in self.reload else bk.STREAMING)
+                new = changed(row, state=state, reason=row.reason if state == bk.HELD else None,
+                              resume_to=None, from_seq=None)
+                runtimes[name] = ReverseTable(name, tid, spec, new, shapes, key_types)
+            old = s.tables.get(name)
+            if old is not None:
+                runtimes[name].retry_at, runtimes[name].logged_reason = old.retry_at, old.logged_reason
+            if rows.get(name) != new:
+                await s.bk.save_table(pg, new)
+                runtimes[name].row = (await s.bk.load_tables(pg))[name]
+            self._log_state(runtimes[name])
+        s.tables = runtimes  # type: ignore[assignment]
+        if self.loading is not None and self.loading.name not in self.reload:
+            self.loading = None
+        for t in runtimes.values():
+            for op in ("insert", "update", "delete"):
+                metrics.changes_applied_total.labels(self.name, t.name, op, direction=TO_SQLITE)
+
+    async def _judge_all(self):
+        s = self.session
+        pg = s.pg
+        result = await install_capture(s, await sticky_types(s))  # keeps forward capture in line too
+        schema = result.schema
+        pg_tables = await tables.read_pg_tables(pg, self.source.schema)
+        rows = await s.bk.load_tables(pg)
+        decisions: dict[str, tables.Decision] = {}
+        owners = await s.bk.owners(pg, self.source.schema)
+        candidates = set(schema.tables) | {n for n, r in rows.items() if r.state != bk.REFUSED}
+        # Tables the application created in Postgres after the cutover (no source's replica).
+        candidates |= {n for n in pg_tables if self.source.wants_table(n) and not _internal(n)
+                       and owners.get(n) in (None, s.name)}
+        for name in candidates:
+            if name in schema.refused or name in schema.left_out:
+                continue
+            if owners.get(name) not in (None, s.name):
+                continue  # another source's replica in a shared schema
+            d = tables.judge(schema.tables.get(name), pg_tables.get(name), known=name in rows)
+            if d.kind != tables.IGNORE:
+                decisions[name] = d
+        return schema, pg_tables, rows, decisions
+
+    async def _arm(self, name: str, tid: int, key: list[str]) -> None:
+        pg = self.session.pg
+        if await capture.armed(pg, self.names, self.source.schema, name, tid):
+            return
+        async with pg.transaction():
+            await capture.arm(pg, self.names, self.source.schema, name, tid, key)
+
+    def _log_state(self, t: ReverseTable) -> None:
+        if t.state in (bk.PAUSED, bk.HELD) and t.logged_reason != t.row.reason:
+            t.logged_reason = t.row.reason
+            metrics.errors_total.labels(self.name, "schema" if t.state == bk.PAUSED else "data",
+                                        direction=TO_SQLITE).inc()
+            self.session.warning(f"table {t.state} on the way back: {t.row.reason}", table=t.name,
+                                 event=f"table_{t.state}")
+            self.events.append((t.name, t.state, t.row.reason))
+        elif t.state == bk.STREAMING:
+            t.logged_reason = None
+
+    # --- the stream ------------------------------------------------------------------------
+
+    def _followed(self, include_loading: bool = True) -> dict[int, SourceTable]:
+        ok = (bk.STREAMING, bk.LOADING) if include_loading else (bk.STREAMING,)
+        return {t.tid: t.source_table() for t in self.tables.values()
+                if t.state in ok and t.tid is not None and t.spec is not None}
+
+    async def _stream_step(self) -> bool:
+        s = self.session
+        assert self.checkpoint is not None
+        followed = self._followed()
+        batch = await reader.read_batch(s.pg, self.names, self.source.schema, followed, self.checkpoint,
+                                        self.settings.stream.batch_size)
+        if batch.empty and batch.before.target is None:
+            return False  # nothing new: the checkpoint need not be written
+        by_tid = {t.tid: t for t in self.tables.values() if t.tid is not None}
+        plan = ApplyPlan([], checkpoint=batch.after.encode(), schema_version=s.schema_version)
+        for tid, tb in batch.tables.items():
+            t = by_tid[tid]
+            if tb.truncated:
+                plan.reload_add[t.name] = "emptied in Postgres (TRUNCATE): copied again"
+                continue
+            plan.tables.append(TableApply(tid, t.spec, t.shapes, tb.rows, tb.deletes))
+        started = time.monotonic()
+        try:
+            outcome = await self._apply(plan)
+        except SchemaMoved:
+            self.needs_reconcile = True
+            return True
+        self.checkpoint = batch.after
+        elapsed = time.monotonic() - started
+        self.session.applied_at = time.time()
+        self.reload.update(plan.reload_add)
+        await self._held(outcome)
+        self._count(batch, outcome, elapsed)
+        if batch.after.done != self.pruned and batch.after.target is None:
+            await reader.prune(s.pg, self.names, batch.after.done)
+            self.pruned = batch.after.done
+        return True
+
+    async def _apply(self, plan: ApplyPlan) -> ApplyOutcome:
+        """Apply, fetching rows that stand in a unique value's way from Postgres (a value
+        moved between rows there); a table still blocked after a few rounds is held."""
+        s = self.session
+        by_tid = {t.tid: t for t in self.tables.values() if t.tid is not None}
+        held: dict[int, str] = {}
+        for _round in range(COLLISION_ROUNDS):
+            try:
+                out = await s.worker.run(run_on(self.sink, "apply"), plan)
+                out.held.update(held)
+                s.schema_version = out.schema_version
+                return out
+            except NeedKeys as nk:
+                t = by_tid[nk.tid]
+                ta = next(x for x in plan.tables if x.tid == nk.tid)
+                keys = []
+                for raw in nk.keys:
+                    try:
+                        keys.append(tuple(converter(sh.family)(v) for sh, v in
+                                          zip((t.shapes[i] for i in t.spec.key_indexes), raw)))
+                    except (ValueMismatch, ValueError):
+                        ta.raw_deletes.append(raw)  # no Postgres key can be this one
+                if keys:
+                    rows, missing = await reader.read_keys(s.pg, self.source.schema, t.source_table(), keys)
+                    ta.rows.extend(rows)
+                    ta.deletes.extend(missing)
+                last = nk
+        why = (f'table "{by_tid[last.tid].name}": rows keep standing in the way of a unique value after '
+               f"{COLLISION_ROUNDS} rounds ({last.why}); Postgres holds rows a unique index of SQLite forbids")
+        plan.tables = [x for x in plan.tables if x.tid != last.tid]
+        plan.reload_add[by_tid[last.tid].name] = why
+        out = await s.worker.run(run_on(self.sink, "apply"), plan)
+        out.held[last.tid] = why
+        s.schema_version = out.schema_version
+        return out
+
+    async def _held(self, outcome: ApplyOutcome) -> None:
+        s = self.session
+        by_tid = {t.tid: t for t in self.tables.values() if t.tid is not None}
+        for tid, reason in outcome.held.items():
+            t = by_tid[tid]
+            self.reload[t.name] = reason
+            t.row = changed(t.row, state=bk.HELD, reason=reason)
+            t.retry_at = time.monotonic() + self.settings.stream.held_table_retry_seconds
+            await s.bk.save_table(s.pg, t.row)
+            self._log_state(t)
+            if self.loading is not None and self.loading.name == t.name:
+                self.loading = None
+
+    def _count(self, batch: reader.ReverseBatch, outcome: ApplyOutcome, elapsed: float) -> None:
+        d = TO_SQLITE
+        metrics.apply_duration_seconds.labels(self.name, direction=d).observe(elapsed)
+        metrics.last_applied_timestamp_seconds.labels(self.name, direction=d).set(time.time())
+        by_tid = {t.tid: t for t in self.tables.values()}
+        for tid, tb in batch.tables.items():
+            if tid in outcome.held or tb.truncated:
+                continue
+            for op, n in tb.ops.items():
+                metrics.changes_applied_total.labels(self.name, by_tid[tid].name, op, direction=d).inc(n)
+        if batch.oldest_at is not None:
+            seen = time.time() + batch.clock_offset
+            metrics.commit_to_apply_seconds.labels(self.name, direction=d).observe(max(0.0, seen - batch.oldest_at))
+
+    # --- copying a table again ---------------------------------------------------------------
+
+    async def _reload_step(self) -> bool:
+        s = self.session
+        if self.loading is None:
+            now = time.monotonic()
+            pick = next((t for t in self.tables.values() if t.name in self.reload and t.spec is not None
+                         and t.state in (bk.LOADING, bk.STREAMING, bk.HELD) and now >= t.retry_at), None)
+            if pick is None:
+                return False
+            self.loading = _Reload(pick.name)
+            pick.row = changed(pick.row, state=bk.LOADING, snapshot_rows=0, snapshot_key=None,
+                               snapshot_started_at=dt.datetime.now(dt.timezone.utc),
+                               reason=pick.row.reason if pick.state == bk.HELD else None)
+            await s.bk.save_table(s.pg, pick.row)
+            s.info(f"copying the table again from Postgres: {self.reload[pick.name]}", table=pick.name,
+                   event="reload_started")
+        load = self.loading
+        t = self.tables.get(load.name)
+        if t is None or t.spec is None or t.state not in (bk.LOADING, bk.STREAMING, bk.HELD):
+            self.loading = None
+            return False
+        st = t.source_table()
+        chunk = await reader.read_chunk(s.pg, self.source.schema, st, load.after, RELOAD_CHUNK_ROWS)
+        kshapes = [t.shapes[i] for i in t.spec.key_indexes]
+        for r in chunk:
+            load.keep.add(tuple(tables.values.pg_token(sh.family, r[i]) for sh, i in zip(kshapes, t.spec.key_indexes)))
+        ta = TableApply(t.tid, t.spec, t.shapes, chunk)
+        last = len(chunk) < RELOAD_CHUNK_ROWS
+        plan = ApplyPlan([ta], schema_version=s.schema_version)
+        if last:
+            await self._gone_rows(t, ta, load.keep)
+            plan.reload_done = [t.name]
+        try:
+            outcome = await self._apply(plan)
+        except SchemaMoved:
+            self.needs_reconcile = True
+            self.loading = None
+            return True
+        if t.tid in outcome.held:
+            await self._held(outcome)
+            return True
+        load.rows += len(chunk)
+        if chunk:
+            load.after = tuple(chunk[-1][i] for i in t.spec.key_indexes)
+        if last:
+            self.reload.pop(t.name, None)
+            self.loading = None
+            t.row = changed(t.row, state=bk.STREAMING, reason=None, snapshot_rows=load.rows,
+                            snapshot_total=load.rows, snapshot_finished_at=dt.datetime.now(dt.timezone.utc))
+            await s.bk.save_table(s.pg, t.row)
+            s.info(f"table copied again from Postgres: {load.rows} row(s); following it", table=t.name,
+                   event="reload_done")
+            if t.logged_reason is not None:
+                self.events.append((t.name, "resumed", None))
+            t.logged_reason = None
+        else:
+            t.row = changed(t.row, snapshot_rows=load.rows)
+        metrics.snapshot_rows_loaded.labels(self.name, t.name).set(load.rows)
+        return True
+
+    async def _gone_rows(self, t: ReverseTable, ta: TableApply, keep: set) -> None:
+        """A reload's last chunk also deletes the SQLite rows Postgres does not have,
+        asking Postgres about each now (rows it gained since their range was read
+        came through the stream and stay)."""
+        s = self.session
+        stale = await s.worker.run(applier.keys_not_in, t.spec, t.shapes, keep)
+        if not stale:
+            return
+        keys = []
+        kshapes = [t.shapes[i] for i in t.spec.key_indexes]
+        for raw in stale:
+            try:
+                keys.append(tuple(converter(sh.family)(v) for sh, v in zip(kshapes, raw)))
+            except (ValueMismatch, ValueError):
+                ta.raw_deletes.append(raw)
+        for i in range(0, len(keys), RELOAD_CHUNK_ROWS):
+            rows, missing = await reader.read_keys(s.pg, self.source.schema, t.source_table(),
+                                                   keys[i:i + RELOAD_CHUNK_ROWS])
+            ta.rows.extend(rows)
+            ta.deletes.extend(missing)
+
+    # --- measuring, housekeeping -----------------------------------------------------------------
+
+    async def _measure(self) -> None:
+        if self.checkpoint is None:
+            return
+        count, age = await reader.pending(self.session.pg, self.names, self.checkpoint)
+        self.lag.set(count, age, time.time())
+        self.max_seq_seen = count
+
+    async def _flush_events(self) -> None:
+        while self.events:
+            table, kind, detail = self.events[0]
+            await self.session.bk.event(self.session.pg, kind, table, detail)
+            self.events.pop(0)
+
+    async def _maybe_recheck(self) -> None:
+        now = time.monotonic()
+        if now - self.last_full_check >= self.settings.stream.schema_check_interval_seconds:
+            self.last_full_check = now
+            self.needs_reconcile = True
+        if now - self.last_request_check < self.settings.stream.held_table_retry_seconds:
+            return
+        self.last_request_check = now
+        await self._undo_abandoned_rollback()
+        if await self._schema_moved_in_postgres():
+            self.needs_reconcile = True
+        if any(t.state == bk.PAUSED for t in self.tables.values()):
+            self.needs_reconcile = True
+        if self.needs_reconcile:
+            self.wake.set()
+
+    async def _schema_moved_in_postgres(self) -> bool:
+        """Tables or columns of the target schema changed (the application's DDL in Postgres)."""
+        pg = self.session.pg
+        fingerprint = await pg.fetchval(
+            "SELECT md5(coalesce(string_agg(c.relname || '.' || a.attname || ':' || format_type(a.atttypid, "
+            "a.atttypmod), ',' ORDER BY c.relname, a.attnum), '')) FROM pg_class c JOIN pg_namespace n ON "
+            "n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT "
+            "a.attisdropped WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')", self.source.schema)
+        moved = getattr(self, "_pg_shape", None) not in (None, fingerprint)
+        self._pg_shape = fingerprint
+        return moved
+
+    async def _undo_abandoned_rollback(self) -> None:
+        """A rollback that froze Postgres and died leaves the application locked out of
+        the database it writes: with nobody holding the switch, syncd lifts the freeze."""
+        from syncd import rollback
+
+        s = self.session
+        open_switch = await s.pg.fetchval(f"SELECT EXISTS (SELECT 1 FROM {s.bk.s}.switches WHERE source = $1 "
+                                          "AND kind = 'rollback' AND state IN ('started', 'frozen'))", s.name)
+        if not open_switch and not await capture.frozen_tables(s.pg, self.names, self.source.schema):
+            return
+        from syncd import cutover
+        if not await cutover.take_switch_lock(s.pg, s.name):
+            return
+        try:
+            await rollback.undo_abandoned(self.settings, self.source, s.pg)
+        finally:
+            await cutover.release_switch_lock(s.pg, s.name)
+
+    async def _retention_over(self) -> bool:
+        """[cutover] keep_sqlite_days after the cutover the way back ends: capture in
+        Postgres is removed and SQLite stays as it is (never deleted)."""
+        now = time.monotonic()
+        every = min(RETENTION_CHECK_SECONDS, self.settings.stream.schema_check_interval_seconds)
+        if now - self.last_retention_check < every or self.generation is None:
+            return False
+        self.last_retention_check = now
+        days = self.settings.cutover.keep_sqlite_days
+        until = self.generation.started_at + dt.timedelta(days=days)
+        if dt.datetime.now(dt.timezone.utc) < until:
+            return False
+        s = self.session
+        reason = (f"the rollback window ([cutover] keep_sqlite_days = {days:g}) ended at "
+                  f"{until.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; the SQLite file is kept as it was then")
+        from syncd.rollback import end_way_back
+
+        await end_way_back(s.pg, self.settings, self.source, reason)
+        self.retired = reason
+        s.warning(f"the way back ends: {reason}; a rollback is no longer possible", event="reverse_retired")
+        return True
+
+    def _retired_health(self) -> None:
+        if self.health != RETIRED:
+            self.health, self.detail = RETIRED, self.retired or ""
+        self._recovered()
+        self.ready.set()
+        self.lag.set(0, 0.0, time.time())
+        self._update_gauges()
+
+    # --- health ----------------------------------------------------------------------------------
+
+    def _update_health(self) -> None:
+        states = {t.state for t in self.tables.values()}
+        health = SNAPSHOTTING if bk.LOADING in states else STREAMING
+        if health == STREAMING:
+            self.ready.set()
+        if self.health != health:
+            if health == STREAMING:
+                self.session.info("SQLite follows Postgres: every table is streaming back", event="streaming")
+            self.health = health
+        self.detail = ""
+
+    def _update_gauges(self) -> None:
+        d = TO_SQLITE
+        metrics.pending_changes.labels(self.name, direction=d).set(self.lag.pending)
+        metrics.replication_lag_seconds.labels(self.name, direction=d).set(self.lag.lag(time.time()))
+        metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
+        for t in self.tables.values():
+            halted = t.state in (bk.HELD, bk.PAUSED)
+            metrics.table_halted.labels(self.name, t.name).set(1 if halted else 0)
+            for state in bk.STATES:
+                metrics.table_state.labels(self.name, t.name, state).set(1 if t.state == state else 0)
+
+
+def _internal(name: str) -> bool:
+    return name.startswith(("_syncd_", "sqlite_"))
+
+
+def _sqlite_busy(exc: BaseException) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text or isinstance(exc, LockTimeout)
+
+
+__all__ = ["ReversePipeline"]

@@ -1,0 +1,62 @@
+"""Where the way back stands, read from both sides without the daemon: for `syncd
+status` and the report (what is pending, since when, and until when a rollback stays
+possible)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from syncd.config import Settings, SourceSettings
+from syncd.postgres.connect import close_quietly, connect
+from syncd.reverse import applier, capture, reader
+from syncd.reverse.capture import Names
+from syncd.reverse.checkpoint import META_KEY, NOTHING, ReverseCheckpoint
+
+
+@dataclass
+class WayBack:
+    pending: int | None = None  # changes Postgres holds and SQLite does not
+    lag_seconds: float | None = None  # age of the oldest of them (0 when none)
+    started_at: dt.datetime | None = None  # the cutover this way back began with
+    rollback_until: dt.datetime | None = None  # [cutover] keep_sqlite_days after it
+    retired: str | None = None  # why the way back has ended, once it has
+
+
+def _checkpoint_text(source: SourceSettings) -> str | None:
+    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=5)
+    try:
+        return applier.read_meta(conn, META_KEY)
+    finally:
+        conn.close()
+
+
+async def position(settings: Settings, source: SourceSettings, conn=None) -> WayBack:
+    """The way back's figures for a cut-over source (empty where unknown)."""
+    out = WayBack()
+    names = Names(settings.postgres.bookkeeping_schema, source.name)
+    own = conn is None
+    if own:
+        conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+    try:
+        gen = await capture.generation(conn, names)
+        if gen is None:
+            return out
+        out.started_at = gen.started_at
+        out.rollback_until = gen.started_at + dt.timedelta(days=settings.cutover.keep_sqlite_days)
+        out.retired = gen.retired_reason if gen.retired_at else None
+        if out.retired:
+            return out
+        try:
+            cp = ReverseCheckpoint.decode(await asyncio.to_thread(_checkpoint_text, source))
+        except (sqlite3.Error, ValueError):
+            return out
+        cp = cp if cp is not None and cp.generation == gen.id else ReverseCheckpoint(gen.id, NOTHING)
+        out.pending, out.lag_seconds = await reader.pending(conn, names, cp)
+        return out
+    finally:
+        if own:
+            await close_quietly(conn)

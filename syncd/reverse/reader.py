@@ -1,0 +1,206 @@
+"""Read the reverse stream's batches out of Postgres: changelog entries that certainly
+committed, and the current rows they point at, from one snapshot.
+
+One REPEATABLE READ, READ ONLY transaction per batch. Its snapshot S bounds what the
+batch may take: entries visible in S and not in the checkpoint's `done` snapshot,
+in (txid, seq) order (see checkpoint.py). The rows are read in S as well, so each
+key's row is at least as new as every entry taken for it: applying a key's current
+row covers all its changes so far (present -> upsert, absent -> delete), and the
+changes of transactions still running are taken later, when they are visible.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from syncd.identifiers import qualified, quote_pg_ident
+from syncd.model import TableSpec
+from syncd.reverse.capture import OP_INSERT, OP_TRUNCATE, Names
+from syncd.reverse.checkpoint import ReverseCheckpoint
+
+# Output settings a session reading keys back needs (the capture functions use the same).
+SESSION_SETTINGS = (
+    "SET extra_float_digits = 3", "SET bytea_output = 'hex'", "SET datestyle = 'ISO, YMD'",
+    "SET intervalstyle = 'postgres'", "SET timezone = 'UTC'",
+)
+
+
+LOCAL_SETTINGS = "; ".join(s.replace("SET ", "SET LOCAL ", 1) for s in SESSION_SETTINGS)
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """One table as the reader reaches it in Postgres."""
+
+    tid: int
+    spec: TableSpec
+    key_types: tuple[str, ...]  # format_type() of each key column in Postgres
+
+
+@dataclass
+class TableBatch:
+    tid: int
+    name: str
+    rows: list[tuple] = field(default_factory=list)  # current Postgres rows, spec column order
+    deletes: list[tuple] = field(default_factory=list)  # keys (Postgres values) with no row now
+    truncated: bool = False  # a TRUNCATE in the batch: the table is copied again instead
+    ops: Counter = field(default_factory=Counter)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) + len(self.deletes)
+
+
+@dataclass
+class ReverseBatch:
+    before: ReverseCheckpoint
+    after: ReverseCheckpoint
+    entries: int = 0
+    tables: dict[int, TableBatch] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)  # tid -> entries of tables not followed now
+    oldest_at: float | None = None  # when the oldest entry taken was written (Postgres clock)
+    newest_at: float | None = None
+    clock_offset: float = 0.0  # Postgres clock minus this host's, when the batch was read
+
+    @property
+    def empty(self) -> bool:
+        return self.entries == 0
+
+
+def _rows_sql(schema: str, st: SourceTable) -> str:
+    spec = st.spec
+    nkey = len(spec.key)
+    cols = ", ".join(f"k{i}" for i in range(nkey))
+    arrays = ", ".join(f"${i + 1}::text[]" for i in range(nkey))
+    typed = ", ".join(f"c.k{i}::{t}" for i, t in enumerate(st.key_types))
+    on = " AND ".join(f"t.{quote_pg_ident(k)} = c.k{i}::{st.key_types[i]}" for i, k in enumerate(spec.key))
+    # A non-deterministic collation (or citext) can match a row whose key is spelled
+    # otherwise: that key is gone; the row found has an entry of its own.
+    exact = " AND ".join(f"t.{quote_pg_ident(k)}::text = c.k{i}" for i, k in enumerate(spec.key))
+    values = ", ".join(f"t.{quote_pg_ident(c)}" for c in spec.column_names)
+    return (f"SELECT c.ord, coalesce({exact}, false), {typed}, {values} "
+            f"FROM unnest({arrays}) WITH ORDINALITY AS c({cols}, ord) "
+            f"LEFT JOIN {qualified(schema, spec.name)} AS t ON {on} ORDER BY c.ord")
+
+
+async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables: dict[int, SourceTable],
+                     cp: ReverseCheckpoint, limit: int) -> ReverseBatch:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute(LOCAL_SETTINGS)  # the key text compared below is spelled as the triggers spell it
+        now_snap, pg_now = await conn.fetchrow(
+            "SELECT txid_current_snapshot()::text, extract(epoch FROM clock_timestamp())::float8")
+        offset = pg_now - time.time()
+        target = cp.target or now_snap
+        after = cp.after or (0, 0)
+        entries = await conn.fetch(
+            f"SELECT txid, seq, tid, op, key, extract(epoch FROM at) FROM {names.changelog} "
+            "WHERE txid >= txid_snapshot_xmin($1::text::txid_snapshot) "
+            "AND txid < txid_snapshot_xmax($2::text::txid_snapshot) "
+            "AND NOT txid_visible_in_snapshot(txid, $1::text::txid_snapshot) "
+            "AND txid_visible_in_snapshot(txid, $2::text::txid_snapshot) AND (txid, seq) > ($3, $4) "
+            "ORDER BY txid, seq LIMIT $5",
+            cp.done, target, after[0], after[1], limit)
+        complete = len(entries) < limit
+        last = (entries[-1][0], entries[-1][1]) if entries else cp.after
+        batch = ReverseBatch(before=cp, after=cp.advanced(target, last, complete), entries=len(entries),
+                             clock_offset=offset)
+        if not entries:
+            return batch
+        stamps = [float(e[5]) for e in entries]
+        batch.oldest_at, batch.newest_at = min(stamps), max(stamps)
+        keys: dict[int, dict[tuple, int]] = {}
+        for _txid, _seq, tid, op, key, _at in entries:
+            st = tables.get(tid)
+            if st is None:
+                batch.skipped[tid] += 1
+                continue
+            tb = batch.tables.get(tid)
+            if tb is None:
+                tb = batch.tables[tid] = TableBatch(tid, st.spec.name)
+            if op == OP_TRUNCATE:
+                tb.truncated = True
+                continue
+            keys.setdefault(tid, {}).setdefault(tuple(key), op)  # the first op says insert or not
+        for tid, tb in batch.tables.items():
+            if tb.truncated:
+                continue  # copied again in full: its rows and keys are not needed
+            st = tables[tid]
+            wanted = keys.get(tid, {})
+            if not wanted:
+                continue
+            ordered = list(wanted.items())
+            columns = [list(col) for col in zip(*(k for k, _ in ordered))]
+            nkey = len(st.spec.key)
+            for r in await conn.fetch(_rows_sql(schema, st), *columns):
+                first_op = ordered[r[0] - 1][1]
+                if r[1]:
+                    tb.rows.append(tuple(r[2 + nkey:]))
+                    tb.ops["insert" if first_op == OP_INSERT else "update"] += 1
+                else:
+                    tb.deletes.append(tuple(r[2:2 + nkey]))
+                    tb.ops["delete"] += 1
+        return batch
+
+
+UNCOVERED = ("txid >= txid_snapshot_xmin($1::text::txid_snapshot) "
+             "AND NOT txid_visible_in_snapshot(txid, $1::text::txid_snapshot) "
+             "AND NOT ($2::text IS NOT NULL AND txid_visible_in_snapshot(txid, $2::text::txid_snapshot) "
+             "AND (txid, seq) <= ($3, $4))")
+
+
+async def pending(conn: asyncpg.Connection, names: Names, cp: ReverseCheckpoint) -> tuple[int, float]:
+    """(entries the checkpoint does not cover, seconds since the oldest of them was
+    written; 0 when none). A batch split over several SQLite transactions counts down
+    as its parts are applied."""
+    after = cp.after or (0, 0)
+    row = await conn.fetchrow(
+        f"SELECT count(*), extract(epoch FROM clock_timestamp() - min(at)) FROM {names.changelog} WHERE {UNCOVERED}",
+        cp.done, cp.target, after[0], after[1])
+    return int(row[0]), max(0.0, float(row[1] or 0.0))
+
+
+async def prune(conn: asyncpg.Connection, names: Names, done: str) -> int:
+    """Delete the entries SQLite has applied (visible in its checkpoint's `done`)."""
+    status = await conn.execute(
+        f"DELETE FROM {names.changelog} WHERE txid < txid_snapshot_xmax($1::text::txid_snapshot) "
+        "AND txid_visible_in_snapshot(txid, $1::text::txid_snapshot)", done)
+    return int(status.split()[-1])
+
+
+async def read_keys(conn: asyncpg.Connection, schema: str, st: SourceTable,
+                    keys: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """Current rows for keys given as Postgres values: (rows found, keys with no row)."""
+    spec = st.spec
+    arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(st.key_types))
+    cols = ", ".join(f"k{i}" for i in range(len(spec.key)))
+    on = " AND ".join(f"t.{quote_pg_ident(k)} = c.k{i}" for i, k in enumerate(spec.key))
+    values = ", ".join(f"t.{quote_pg_ident(c)}" for c in spec.column_names)
+    sql = (f"SELECT t.ctid IS NOT NULL, {', '.join(f'c.k{i}' for i in range(len(spec.key)))}, {values} "
+           f"FROM unnest({arrays}) AS c({cols}) LEFT JOIN {qualified(schema, spec.name)} AS t ON {on}")
+    rows, missing = [], []
+    nkey = len(spec.key)
+    for r in await conn.fetch(sql, *[list(col) for col in zip(*keys)]):
+        if r[0]:
+            rows.append(tuple(r[1 + nkey:]))
+        else:
+            missing.append(tuple(r[1:1 + nkey]))
+    return rows, missing
+
+
+async def read_chunk(conn: asyncpg.Connection, schema: str, st: SourceTable, after: tuple | None,
+                     limit: int) -> list[tuple]:
+    """Up to `limit` rows in key order after key `after` (a reload's next chunk)."""
+    spec = st.spec
+    keys = ", ".join(quote_pg_ident(k) for k in spec.key)
+    values = ", ".join(quote_pg_ident(c) for c in spec.column_names)
+    if after is None:
+        return [tuple(r) for r in await conn.fetch(
+            f"SELECT {values} FROM {qualified(schema, spec.name)} ORDER BY {keys} LIMIT $1", limit)]
+    marks = ", ".join(f"${i + 1}::{t}" for i, t in enumerate(st.key_types))
+    return [tuple(r) for r in await conn.fetch(
+        f"SELECT {values} FROM {qualified(schema, spec.name)} WHERE ({keys}) > ({marks}) ORDER BY {keys} "
+        f"LIMIT ${len(spec.key) + 1}", *after, limit)]

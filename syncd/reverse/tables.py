@@ -1,0 +1,258 @@
+"""Which tables the way back follows, and the schema changes it carries into SQLite.
+
+After a cutover the application changes Postgres's schema, not SQLite's. Per table:
+
+  * a column Postgres gained (ADD COLUMN) is added to SQLite, with a declared type
+    whose affinity keeps the values as they come back, and the table is copied again
+    (its existing rows get their values for it);
+  * a table Postgres gained is created in SQLite (columns, primary key), captured and
+    frozen like the others, and copied;
+  * what SQLite cannot express (a type with no exact SQLite form, a table without a
+    primary key) or what would lose data (a column or table dropped, a key changed)
+    pauses the table with a message saying what to do: never skipped in silence. A
+    rollback is refused while a table is paused.
+
+Everything here is idempotent and derived from what both sides hold durably, so a
+crash halfway is simply redone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from syncd.identifiers import quote_ident, quote_pg_ident
+from syncd.model import TableSpec
+from syncd.postgres import ddl
+from syncd.reverse import values
+from syncd.reverse.applier import _write_meta, read_reload
+from syncd.reverse.checkpoint import RELOAD_KEY
+from syncd.reverse.values import ColumnShape
+from syncd.sqlite.capture import _own_schema_change, write_transaction
+from syncd.types import PgType
+
+SPELLED = (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE)
+FORMAT_SAMPLE = 50
+
+
+@dataclass
+class PgColumnInfo:
+    name: str
+    type_name: str
+    notnull: bool
+    default: str | None  # pg_get_expr of the default, if any
+
+
+@dataclass
+class PgTableInfo:
+    name: str
+    columns: list[PgColumnInfo]
+    key: tuple[str, ...]
+
+    def column(self, name: str) -> PgColumnInfo | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+async def read_pg_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTableInfo]:
+    """Every ordinary table of `schema` with its columns (type, NOT NULL, default) and key."""
+    base = await ddl.read_tables(conn, schema)
+    defaults = {(r[0], r[1]): r[2] for r in await conn.fetch(
+        "SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
+        "JOIN pg_class c ON c.oid = d.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE n.nspname = $1", schema)}
+    return {name: PgTableInfo(name, [PgColumnInfo(c.name, c.type_name, c.notnull, defaults.get((name, c.name)))
+                                     for c in t.columns], tuple(t.key))
+            for name, t in base.items()}
+
+
+async def read_formats(conn: asyncpg.Connection, bk_schema: str, source: str) -> dict[tuple[str, str], str]:
+    """(table, column) -> the SQLite spelling schema parity recorded for a retyped column."""
+    rows = await conn.fetch(f"SELECT table_name, column_name, sqlite_format FROM {quote_pg_ident(bk_schema)}.columns "
+                            "WHERE source = $1 AND sqlite_format IS NOT NULL", source)
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+async def record_format(conn: asyncpg.Connection, bk_schema: str, source: str, table: str, column: str,
+                        pgtype: str, fmt: str) -> None:
+    await conn.execute(f"INSERT INTO {quote_pg_ident(bk_schema)}.columns (source, table_name, column_name, pgtype, "
+                       "sqlite_format) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                       source, table, column, pgtype, fmt)
+
+
+async def adopt(conn: asyncpg.Connection, b, schema: str, table: str) -> bool:
+    """A table the application created in Postgres after the cutover becomes this
+    source's (recorded as syncd's, like one syncd created): the way back follows it into
+    SQLite, and after a rollback the stream from SQLite writes it. False when another
+    source already has it."""
+    from syncd.postgres.bookkeeping import OWNED_TABLES
+
+    await conn.execute(f"INSERT INTO {b.s}.{OWNED_TABLES}(schema_name, table_name, source) VALUES ($1, $2, $3) "
+                       "ON CONFLICT (schema_name, table_name) DO NOTHING", schema, table, b.source)
+    return (await b.owners(conn, schema)).get(table) == b.source
+
+
+# --- judging a table ----------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    kind: str  # "follow" | "add_columns" | "create" | "pause" | "ignore"
+    reason: str | None = None
+    add: list[PgColumnInfo] = field(default_factory=list)
+
+
+FOLLOW, ADD_COLUMNS, CREATE, PAUSE, IGNORE = "follow", "add_columns", "create", "pause", "ignore"
+
+
+def _not_expressible(pgt: PgTableInfo, names: list[str]) -> str | None:
+    bad = [(c.name, c.type_name) for c in pgt.columns if c.name in names and values.family(c.type_name) is None]
+    if not bad:
+        return None
+    what = ", ".join(f'"{n}" ({t})' for n, t in bad)
+    return (f"column(s) {what} have a Postgres type SQLite has no exact form for; change the type in Postgres "
+            "(integer, numeric, text, bytea, boolean, json, timestamp or date types come back exactly)")
+
+
+def judge(spec: TableSpec | None, pgt: PgTableInfo | None, known: bool) -> Decision:
+    """What the way back does with one table. `known`: syncd's bookkeeping has it."""
+    if spec is not None and pgt is not None:
+        if tuple(pgt.key) != tuple(spec.key):
+            return Decision(PAUSE, f"the primary key differs between Postgres ({', '.join(pgt.key) or 'none'}) "
+                                   f"and SQLite ({', '.join(spec.key)}); give Postgres SQLite's key again")
+        pg_names = [c.name for c in pgt.columns]
+        gone = [c for c in spec.column_names if c not in pg_names]
+        if gone:
+            cols = ", ".join(f'"{c}"' for c in gone)
+            return Decision(PAUSE, f"column(s) {cols} exist in SQLite but no longer in Postgres (dropped or renamed "
+                                   "there after the cutover); SQLite keeps them with their values. Add them back "
+                                   "in Postgres (or drop them in SQLite yourself) to resume")
+        why = _not_expressible(pgt, pg_names)
+        if why:
+            return Decision(PAUSE, why)
+        extra = [c for c in pgt.columns if c.name not in spec.column_names and not ddl.is_aside(c.name)]
+        if extra:
+            return Decision(ADD_COLUMNS, add=extra)
+        return Decision(FOLLOW)
+    if pgt is not None:
+        if not pgt.key:
+            return Decision(PAUSE, "a table created in Postgres after the cutover without a primary key: SQLite "
+                                   "could not tell its rows apart; give it a primary key in Postgres")
+        why = _not_expressible(pgt, [c.name for c in pgt.columns])
+        if why:
+            return Decision(PAUSE, f"a table created in Postgres after the cutover: {why}")
+        return Decision(CREATE)
+    if spec is not None and known:
+        return Decision(PAUSE, "the table was dropped in Postgres after the cutover; SQLite keeps its rows. Create it "
+                               "again in Postgres (or drop it in SQLite yourself) to resume")
+    return Decision(IGNORE)
+
+
+# --- SQLite DDL ---------------------------------------------------------------------------
+
+
+_LITERAL = re.compile(r"^'((?:[^']|'')*)'(?:::[\w\s]+)?$|^(-?\d+(?:\.\d+)?)(?:::[\w\s]+)?$")
+
+
+def default_sql(c: PgColumnInfo) -> str | None:
+    """A Postgres column default SQLite can state exactly (a constant), or None."""
+    if c.default is None:
+        return None
+    d = c.default.strip()
+    if d.lower() in ("true", "false"):
+        return "1" if d.lower() == "true" else "0"
+    m = _LITERAL.match(d)
+    if m is None:
+        return None
+    if m.group(2) is not None:
+        return m.group(2)
+    return "'" + m.group(1) + "'"
+
+
+def column_ddl(c: PgColumnInfo, in_key: bool) -> str:
+    declared = values.declared_for(c.type_name)
+    assert declared is not None
+    parts = [quote_ident(c.name)]
+    if declared:
+        parts.append(declared)
+    default = default_sql(c)
+    if default is not None:
+        parts.append(f"DEFAULT {default}")
+    # ADD COLUMN cannot add NOT NULL without a default; a key column is NOT NULL anyway.
+    if c.notnull and (default is not None or in_key):
+        parts.insert(2 if declared else 1, "NOT NULL")
+    return " ".join(parts)
+
+
+def create_table_sql(pgt: PgTableInfo) -> str:
+    cols = [column_ddl(c, c.name in pgt.key) for c in pgt.columns]
+    if len(pgt.key) == 1 and values.family(pgt.column(pgt.key[0]).type_name) is PgType.BIGINT:
+        # An integer key becomes SQLite's INTEGER PRIMARY KEY (the rowid): new rows get ids as before.
+        i = [c.name for c in pgt.columns].index(pgt.key[0])
+        cols[i] = f"{quote_ident(pgt.key[0])} INTEGER PRIMARY KEY"
+    else:
+        cols.append(f"PRIMARY KEY ({', '.join(quote_ident(k) for k in pgt.key)})")
+    return f"CREATE TABLE main.{quote_ident(pgt.name)} ({', '.join(cols)})"
+
+
+def add_columns(conn: sqlite3.Connection, table: str, cols: list[PgColumnInfo], busy_timeout_ms: int) -> None:
+    """ADD COLUMN each, and mark the table to be copied again, in one transaction."""
+
+    def change(c: sqlite3.Connection) -> None:
+        have = {r[1] for r in c.execute(f"PRAGMA main.table_xinfo({quote_ident(table)})")}
+        for col in cols:
+            if col.name not in have:
+                c.execute(f"ALTER TABLE main.{quote_ident(table)} ADD COLUMN {column_ddl(col, False)}")
+        _mark(c, table, "column(s) added in Postgres: their values are copied")
+
+    write_transaction(conn, lambda c: _own_schema_change(c, change), busy_timeout_ms=busy_timeout_ms)
+
+
+def create_table(conn: sqlite3.Connection, pgt: PgTableInfo, busy_timeout_ms: int) -> None:
+    def change(c: sqlite3.Connection) -> None:
+        if c.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?", (pgt.name,)).fetchone():
+            return
+        c.execute(create_table_sql(pgt))
+        _mark(c, pgt.name, "table created in Postgres: its rows are copied")
+
+    write_transaction(conn, lambda c: _own_schema_change(c, change), busy_timeout_ms=busy_timeout_ms)
+
+
+def _mark(c: sqlite3.Connection, table: str, why: str) -> None:
+    reload = read_reload(c)
+    reload[table] = why
+    _write_meta(c, RELOAD_KEY, _dumps(reload))
+
+
+def _dumps(reload: dict[str, str]) -> str:
+    return json.dumps(sorted(reload.items()))
+
+
+# --- shapes ---------------------------------------------------------------------------------
+
+
+def sample_values(conn: sqlite3.Connection, spec: TableSpec, column: str) -> list:
+    ref = spec.sqlite_ref(column)
+    return [r[0] for r in conn.execute(
+        f"SELECT {ref} FROM main.{quote_ident(spec.name)} WHERE {ref} IS NOT NULL LIMIT {FORMAT_SAMPLE}")]
+
+
+def shapes_for(spec: TableSpec, pgt: PgTableInfo, formats: dict[str, str],
+               samples: dict[str, list]) -> tuple[ColumnShape, ...]:
+    """How each of the table's columns comes back (spec column order). `formats`: the
+    recorded spelling per column; `samples`: stored values of instant columns without one."""
+    out = []
+    for c in spec.columns:
+        pgc = pgt.column(c.name)
+        fam = values.family(pgc.type_name) if pgc is not None else None
+        if fam is None:
+            fam = c.pgtype  # judge() pauses such a table before any value is converted
+        aff = values.INTEGER if c.sqlite_expr is not None else values.affinity(c.declared)  # the rowid
+        fmt = formats.get(c.name)
+        if fmt is None and fam in SPELLED:
+            fmt = values.most_common_format(samples.get(c.name, []))
+        out.append(ColumnShape(c.name, fam, aff, fmt))
+    return tuple(out)

@@ -1,0 +1,378 @@
+"""`syncd rollback`: switch a cut-over source's application back from Postgres to SQLite.
+
+The mirror of `syncd cutover` (syncd/cutover.py): check that SQLite follows Postgres
+(every table streaming back, the rollback window open), freeze Postgres for the
+application (its writes to the source's tables fail at once with a message, a
+superuser's too; syncd's own sessions pass), drain the way back to the last change,
+verify every row, then in one Postgres transaction turn the direction around (the
+forward checkpoint set to the end of SQLite's changelog: both sides are equal there),
+stop capturing in Postgres and record the switch, and last unfreeze SQLite. Anything
+failing before the turn undoes the freeze: Postgres takes the application's writes
+again and SQLite keeps following it, exit 1.
+
+Postgres stays frozen for the application afterwards, as SQLite stays frozen after a
+cutover: a forgotten application instance still pointed at Postgres gets an error
+instead of writing data nobody reads. The forward stream writes through it (its
+sessions are syncd's), and the next `syncd cutover` lifts it.
+
+Crash safety: the command holds the source's switch lock (cutover.SWITCH_CLASS) for
+its whole run and records each step in `<bookkeeping>.switches` first. A Postgres left
+frozen with the direction still to SQLite and nobody holding the lock (the command was
+killed) is unfrozen by the daemon's reverse stream within seconds, or by the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from syncd.config import Settings, SourceSettings
+from syncd.cutover import Refused, direction, record_step, release_switch_lock, switch_holder, take_switch_lock, who
+from syncd.identifiers import quote_ident
+from syncd.model import TO_POSTGRES, TO_SQLITE
+from syncd.postgres import bookkeeping as bk
+from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, ensure_bookkeeping, try_lock_source, unlock_source
+from syncd.postgres.connect import close_quietly, connect, describe
+from syncd.reverse import applier, capture, reader
+from syncd.reverse.capture import Names
+from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint
+from syncd.sqlite import freeze
+from syncd.sqlite.capture import CHANGELOG
+from syncd.sqlite.connection import SqliteWorker
+from syncd.verify.postgres_side import lock_holder
+
+log = logging.getLogger("syncd")
+
+DRAIN_SECONDS = 120.0
+VERIFY_WAIT_SECONDS = 30.0
+POLL_SECONDS = 0.05
+STOP_SECONDS = 15.0
+
+
+@dataclass
+class RollbackResult:
+    source: str
+    done: bool = False
+    already: str | None = None  # not cut over: SQLite already is the application's database
+    dry_run: bool = False
+    problems: list[str] = field(default_factory=list)
+    undone: bool = False
+    downtime_seconds: float | None = None
+    plan: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+HOLD_AT = os.environ.get("SYNCD_ROLLBACK_HOLD_AT")  # crash tests: stop at this step and wait to be killed
+
+
+def _hold(step: str) -> None:
+    if HOLD_AT == step:
+        print(f"holding at {step}", flush=True)
+        while True:
+            time.sleep(1)
+
+
+# --- the way back's start, at a cutover --------------------------------------------------------
+
+
+async def open_way_back(conn: asyncpg.Connection, settings: Settings, source: SourceSettings,
+                        tables: dict[str, tuple[int, list[str]]]) -> None:
+    """Inside the cutover's last transaction: capture every table in Postgres from this
+    moment (a fresh changelog; SQLite equals Postgres here, as just verified), and lift
+    the freeze a rollback left on Postgres. `tables`: name -> (tid, key columns)."""
+    names = Names(settings.postgres.bookkeeping_schema, source.name)
+    await capture.start_generation(conn, names)
+    for name, (tid, key) in sorted(tables.items()):
+        await capture.arm(conn, names, source.schema, name, tid, key)
+    await capture.unfreeze(conn, names, source.schema)
+
+
+async def end_way_back(conn: asyncpg.Connection, settings: Settings, source: SourceSettings, reason: str) -> int:
+    """Stop capturing the source's tables in Postgres for good (the rollback window is
+    over, or capture is uninstalled): triggers and recorded entries go, the SQLite file
+    stays as it is. Returns the tables that were captured. In one transaction."""
+    names = Names(settings.postgres.bookkeeping_schema, source.name)
+    gen = await capture.generation(conn, names)
+    if gen is None or gen.retired_at is not None:
+        return 0
+    async with conn.transaction():
+        n = await capture.disarm_all(conn, names, source.schema)
+        await conn.execute(f"TRUNCATE {names.changelog}")
+        await capture.retire(conn, names, reason)
+        await conn.execute(f"INSERT INTO {Bookkeeping(names.bk, source.name).s}.events (source, kind, detail) "
+                           "VALUES ($1, 'reverse_retired', $2)", source.name, reason)
+    return n
+
+
+# --- an abandoned rollback --------------------------------------------------------------------
+
+
+async def undo_abandoned(settings: Settings, source: SourceSettings, conn: asyncpg.Connection) -> str | None:
+    """With the switch lock held: a rollback that froze Postgres and died (the direction
+    still to SQLite) is undone: Postgres unfrozen, its record closed."""
+    b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
+    names = Names(b.schema, source.name)
+    if await direction(conn, b) != TO_SQLITE:
+        return None
+    left = await conn.fetch(f"SELECT id FROM {b.s}.switches WHERE source = $1 AND kind = 'rollback' "
+                            "AND state IN ('started', 'frozen')", source.name)
+    frozen = await capture.frozen_tables(conn, names, source.schema)
+    if not frozen and not left:
+        return None
+    async with conn.transaction():
+        if frozen:
+            await capture.unfreeze(conn, names, source.schema)
+        for r in left:
+            await record_step(conn, b, r[0], "undone", finished_at=dt.datetime.now(dt.timezone.utc),
+                              detail=json.dumps({"reason": "the rollback stopped before finishing; undone"}))
+    what = ("unfroze Postgres, which a rollback left frozen when it stopped before finishing" if frozen
+            else "closed the record of a rollback that stopped before freezing")
+    log.warning(what, extra={"source": source.name, "event": "rollback_undone"})
+    return what
+
+
+# --- draining --------------------------------------------------------------------------------
+
+
+async def reverse_position(worker: SqliteWorker, conn: asyncpg.Connection, names: Names) -> tuple[int, int]:
+    """(entries SQLite has not applied, tables waiting to be copied again)."""
+    cp = ReverseCheckpoint.decode(await worker.run(applier.read_meta, META_KEY))
+    gen = await capture.generation(conn, names)
+    if cp is None or gen is None or cp.generation != gen.id:
+        cp = ReverseCheckpoint(gen.id if gen else "", "1:1:")
+    pending, _age = await reader.pending(conn, names, cp)
+    reload = await worker.run(applier.read_reload)
+    return pending, len(reload)
+
+
+async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, worker: SqliteWorker,
+                timeout: float, until=None) -> str:
+    """Until SQLite has applied every change Postgres's changelog holds (and copied
+    every table marked for it): by the daemon if it runs the source, else by a reverse
+    pipeline run here. `until(conn, worker)` replaces the condition when given."""
+    names = Names(settings.postgres.bookkeeping_schema, source.name)
+
+    async def drained() -> bool:
+        if until is not None:
+            return await until(conn, worker)
+        pending, reloads = await reverse_position(worker, conn, names)
+        return pending == 0 and reloads == 0
+
+    holder = await lock_holder(conn, source.name)
+    if holder is None:
+        probe = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+        try:
+            await try_lock_source(probe, source.name)
+        except SourceLocked:
+            holder = "the daemon that just took the source"
+        else:
+            await unlock_source(probe, source.name)
+        finally:
+            await close_quietly(probe)
+    if holder is not None:
+        if not await _wait(drained, timeout):
+            raise TimeoutError(f"the daemon ({holder}) did not bring SQLite up to date within {timeout:g} s")
+        return f"by the running daemon, {holder}"
+    from syncd.reverse.pipeline import ReversePipeline
+
+    pipeline = ReversePipeline(settings, source)
+    task = asyncio.create_task(pipeline.run(), name=f"drain-{source.name}")
+    try:
+        ok = await _wait(drained, timeout, task)
+    finally:
+        pipeline.stop()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, STOP_SECONDS)
+    if not ok:
+        detail = f": {pipeline.detail}" if pipeline.detail else ""
+        raise TimeoutError(f"syncd's reverse stream did not bring SQLite up to date within {timeout:g} s "
+                           f"({pipeline.health}{detail})")
+    return "by syncd's reverse stream run in this process (no daemon was running the source)"
+
+
+async def _wait(cond, timeout: float, task: asyncio.Task | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await cond():
+            return True
+        if task is not None and task.done():
+            return False
+        await asyncio.sleep(POLL_SECONDS)
+    return False
+
+
+# --- pre-flight ---------------------------------------------------------------------------------
+
+
+async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, worker: SqliteWorker,
+                    b: Bookkeeping) -> list[str]:
+    """Every reason not to switch this source back now."""
+    names = Names(b.schema, source.name)
+    problems = []
+    gen = await capture.generation(conn, names)
+    if gen is None:
+        problems.append("Postgres has no capture for the way back (the cutover predates it); start the daemon "
+                        "once so SQLite catches up from Postgres, then run the rollback again")
+    elif gen.retired_at is not None:
+        problems.append(f"the rollback window is over: {gen.retired_reason}")
+    if await worker.run(freeze.frozen) is None:
+        problems.append("the SQLite file is not frozen: something else writes it (it must only follow Postgres "
+                        "after a cutover); find that writer first")
+    for name, row in sorted((await b.load_tables(conn)).items()):
+        if row.state in (bk.REFUSED,):
+            continue
+        if row.state != bk.STREAMING:
+            what = row.reason or {bk.LOADING: "being copied again from Postgres"}.get(row.state, row.state)
+            problems.append(f'table "{name}" does not follow Postgres ({row.state}): {what}')
+    return problems
+
+
+def _row_count(conn: sqlite3.Connection, tables: list[str]) -> int:
+    return sum(conn.execute(f"SELECT count(*) FROM main.{quote_ident(t)}").fetchone()[0] for t in tables)
+
+
+def _changelog_top(conn: sqlite3.Connection) -> int:
+    return conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{quote_ident(CHANGELOG)}").fetchone()[0]
+
+
+def _estimate(rows: int, pending: int) -> float:
+    # Like cutover._estimate: verify reads ~300k rows/s per side; the way back applies
+    # several thousand changes/s (bench/reverse_stream.py); plus fixed costs.
+    return 0.5 + rows / 300_000 + pending / 5_000
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool = False) -> RollbackResult:
+    res = RollbackResult(source=source.name, dry_run=dry_run)
+    b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
+    conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+    worker = SqliteWorker(source.path, f"{source.name}-rollback", settings.sqlite.read_busy_timeout_ms)
+    locked = False
+    try:
+        await worker.open()
+        await ensure_bookkeeping(conn, b.schema)
+        await capture.ensure_registry(conn, Names(b.schema, source.name))
+        if await b.load_source(conn) is None:
+            raise Refused("syncd has not set this source up in Postgres yet; there is nothing to roll back")
+        if not await take_switch_lock(conn, source.name):
+            raise Refused(f"a cutover or rollback of this source is already running: "
+                          f"{await switch_holder(conn, source.name) or 'another session'}")
+        locked = True
+        if await direction(conn, b) == TO_POSTGRES:
+            from syncd import cutover
+            undone = await cutover.undo_abandoned(settings, source, conn, worker)  # SQLite left frozen
+            at = await conn.fetchval(f"SELECT max(finished_at) FROM {b.s}.switches WHERE source = $1 "
+                                     f"AND kind = 'rollback' AND state = 'done'", source.name)
+            res.already = (f"rolled back {at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if at
+                           else "never cut over")
+            if undone:
+                res.plan.append(undone)
+            return res
+        undone = await undo_abandoned(settings, source, conn)
+        if undone:
+            res.plan.append(undone)
+        problems = await preflight(settings, source, conn, worker, b)
+        if problems:
+            res.problems = problems
+            return res
+        tables = [n for n, r in (await b.load_tables(conn)).items() if r.state == bk.STREAMING]
+        rows = await worker.run(_row_count, tables)
+        pending, _ = await reverse_position(worker, conn, Names(b.schema, source.name))
+        res.plan.append(f"{len(tables)} table(s), {rows} row(s) to verify, {pending} change(s) to bring back")
+        if dry_run:
+            res.plan.append(f"expected write downtime: about {_estimate(rows, pending):.1f} s "
+                            "(drain, a full verification, then one Postgres and one SQLite transaction)")
+            return res
+        await _run(settings, source, conn, worker, b, tables, res)
+        return res
+    except Refused as e:
+        res.problems.append(str(e))
+        return res
+    finally:
+        if locked and not conn.is_closed():
+            await release_switch_lock(conn, source.name)
+        await close_quietly(conn)
+        await worker.close()
+        worker.shutdown()
+
+
+async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, worker: SqliteWorker,
+               b: Bookkeeping, tables: list[str], res: RollbackResult) -> None:
+    from syncd.verify import verify_source
+    from syncd.cutover import _judge
+
+    names = Names(b.schema, source.name)
+    busy = settings.sqlite.write_busy_timeout_ms
+    switch_id = await conn.fetchval(f"INSERT INTO {b.s}.switches (source, kind, state, who) "
+                                    f"VALUES ($1, 'rollback', 'started', $2) RETURNING id", source.name, who())
+    _hold("started")
+    stamp = dt.datetime.now(dt.timezone.utc)
+    message = (f"moved back to SQLite by syncd at {stamp:%Y-%m-%d %H:%M:%S} UTC (syncd rollback); the application "
+               "writes its SQLite file again")
+    async with conn.transaction():
+        await capture.freeze(conn, names, source.schema, tables, message)
+    frozen_at = time.monotonic()
+    await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
+    _hold("frozen")
+    turned = False
+    try:
+        how = await drain(settings, source, conn, worker, DRAIN_SECONDS)
+        res.plan.append(f"drained: SQLite holds every change Postgres recorded ({how})")
+        _hold("drained")
+        checked = await verify_source(settings, source, record=True, wait_seconds=VERIFY_WAIT_SECONDS)
+        _judge(checked)
+        res.plan.append(f"verified equal: {sum(t.rows_sqlite or 0 for t in checked.tables)} row(s) in "
+                        f"{len(checked.tables)} table(s)")
+        _hold("verified")
+        top = await worker.run(_changelog_top)
+        async with conn.transaction():
+            await conn.execute(f"UPDATE {b.s}.sources SET direction = $2, applied_seq = $3 WHERE source = $1",
+                               source.name, TO_POSTGRES, top)
+            await conn.execute(f"DELETE FROM {b.s}.applied_batches WHERE source = $1", source.name)
+            await capture.disarm_all(conn, names, source.schema)
+            _hold("finishing")
+            await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
+                              downtime_seconds=time.monotonic() - frozen_at, detail=json.dumps({"steps": res.plan}))
+        turned = True
+        res.plan.append(f"the forward stream resumes after change {top} of SQLite's changelog")
+        await worker.run(freeze.unfreeze, busy)
+        res.downtime_seconds = time.monotonic() - frozen_at
+        await conn.execute(f"UPDATE {b.s}.switches SET downtime_seconds = $2 WHERE id = $1", switch_id,
+                           res.downtime_seconds)
+        res.done = True
+        log.info(f"rolled back to SQLite: write downtime {res.downtime_seconds:.2f} s",
+                 extra={"source": source.name, "event": "rollback_done"})
+    except BaseException as e:
+        if turned:
+            # Past the turn there is no way back to undo to: the daemon (or the next run)
+            # unfreezes SQLite, whose freeze nobody holds any more.
+            raise
+        reason = str(e) if isinstance(e, Refused) else f"{type(e).__name__}: {describe(e)}"
+        try:
+            if conn.is_closed():
+                conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+            async with conn.transaction():
+                await capture.unfreeze(conn, names, source.schema)
+                await record_step(conn, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),
+                                  detail=json.dumps({"reason": reason}))
+        finally:
+            res.undone = True
+        if isinstance(e, (Refused, asyncpg.PostgresError, OSError, sqlite3.Error, TimeoutError)):
+            res.problems.append(f"{reason}; undone: Postgres takes the application's writes again and SQLite "
+                                "keeps following it")
+            return
+        raise

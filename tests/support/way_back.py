@@ -1,0 +1,123 @@
+"""Helpers for the way back (Postgres -> SQLite after a cutover): a source ready to be cut
+over, the cutover itself, and waiting until SQLite holds everything Postgres does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from syncd.config import load_settings
+from syncd.reverse.position import position
+from tests.support.daemon import run_cli
+from tests.support.sync import pg_rows, wait_caught_up
+
+
+def backup_and_config(make_config, tmp_path: Path, db: Path, sources: list[dict] | None = None,
+                      **sections) -> Path:
+    """A configuration whose checklist lets `syncd cutover` through (min_days 0, a fresh backup)."""
+    backups = tmp_path / "backups"
+    backups.mkdir(exist_ok=True)
+    src = sqlite3.connect(db)
+    dst = sqlite3.connect(backups / f"{db.stem}-latest.db")
+    src.backup(dst)
+    src.close()
+    dst.close()
+    cutover = {"min_days": 0, "backup_glob": str(backups / "*.db"), **sections.pop("cutover", {})}
+    return make_config(sources or [{"name": "app", "path": str(db)}],
+                       sections={"cutover": cutover, "verify": {"interval_seconds": 0}, **sections})
+
+
+async def cut_over(cfg: Path, db: Path, dsn: str, source: str = "app", daemon=None) -> str:
+    await wait_caught_up(db, dsn, source, daemon=daemon)
+    v = run_cli(cfg, "verify", "--source", source)  # the checklist wants a clean verification
+    assert v.returncode == 0, v.stdout + v.stderr
+    r = run_cli(cfg, "cutover", "--source", source)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def reload_pending(db: Path) -> dict:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = conn.execute("SELECT value FROM _syncd_meta WHERE key = 'reverse_reload'").fetchone()
+        return dict(json.loads(row[0])) if row else {}
+    finally:
+        conn.close()
+
+
+async def caught_up_back(cfg: Path, db: Path, dsn: str, source: str = "app") -> bool:
+    """Nothing in Postgres's changelog SQLite lacks, nothing waiting to be copied again,
+    and every table followed (streaming)."""
+    settings = load_settings(cfg)
+    wb = await position(settings, settings.source(source))
+    if wb.pending is None or wb.pending:
+        return False
+    if reload_pending(db):
+        return False
+    states = await pg_rows(dsn, "SELECT state FROM syncd.tables WHERE source = $1", source)
+    return bool(states) and all(s == "streaming" or s == "refused" for (s,) in states)
+
+
+async def wait_back(cfg: Path, db: Path, dsn: str, source: str = "app", timeout: float = 60, daemon=None) -> None:
+    deadline = time.monotonic() + timeout
+    while not await caught_up_back(cfg, db, dsn, source):
+        if daemon is not None and not daemon.alive():
+            raise AssertionError(f"syncd exited ({daemon.proc.returncode}):\n{daemon.log()[-4000:]}")
+        if time.monotonic() > deadline:
+            states = await pg_rows(dsn, "SELECT table_name, state, reason FROM syncd.tables WHERE source = $1", source)
+            settings = load_settings(cfg)
+            wb = await position(settings, settings.source(source))
+            tail = daemon.log()[-4000:] if daemon else ""
+            raise AssertionError(f"SQLite did not catch up with Postgres in {timeout}s: pending {wb.pending}, "
+                                 f"reloads {reload_pending(db)}, tables {states}\n{tail}")
+        await asyncio.sleep(0.1)
+
+
+def typeof(db: Path, sql: str, *args) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+class PgWriter:
+    """The application writing Postgres, in a process of its own (tests/support/pg_writer.py)."""
+
+    def __init__(self, dsn: str, seconds: float, seed: int, table: str = "items", rate: float = 50, ids: int = 2000):
+        import subprocess
+        import sys
+
+        from tests.support.daemon import ROOT
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.pg_writer", dsn, "--seconds", str(seconds), "--seed", str(seed),
+             "--table", table, "--rate", str(rate), "--ids", str(ids)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
+        )
+
+    def result(self, timeout: float = 120) -> dict:
+        out, err = self.proc.communicate(timeout=timeout)
+        assert self.proc.returncode == 0, err
+        return json.loads(out)
+
+
+async def applied_but_unpruned(db: Path, dsn: str, source: str = "app") -> int:
+    """Entries of Postgres's changelog SQLite's checkpoint already covers: a kill landed
+    between the SQLite commit and the prune in Postgres."""
+    from syncd.postgres.bookkeeping import lock_key
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = conn.execute("SELECT value FROM _syncd_meta WHERE key = 'reverse_checkpoint'").fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return 0
+    done = json.loads(row[0])["done"]
+    table = f"syncd.rlog_{lock_key(source):08x}"
+    return (await pg_rows(dsn, f"SELECT count(*) FROM {table} WHERE txid < txid_snapshot_xmax($1::text::txid_snapshot) "
+                               "AND txid_visible_in_snapshot(txid, $1::text::txid_snapshot)", done))[0][0]

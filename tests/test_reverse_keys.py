@@ -1,0 +1,95 @@
+"""Keys and unique values on the way back: a unique value moving between rows (in one
+Postgres transaction, or across transactions applied in another order), a key SQLite
+spells its own way (a DATETIME under a timestamp override, a NOCASE text), and rows
+Postgres holds that SQLite's unique index forbids (held, named, resumed once fixed)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg
+
+from tests.support.compare import compare_all
+from tests.support.daemon import DaemonProcess
+from tests.support.sync import eventually, pg_rows, table_states
+from tests.support.way_back import backup_and_config, cut_over, typeof, wait_back
+
+
+def make_app(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE contacts (id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);
+        CREATE TABLE visits (at DATETIME PRIMARY KEY, page TEXT);
+        CREATE TABLE tags (name TEXT COLLATE NOCASE PRIMARY KEY, uses INTEGER);
+    """)
+    conn.executemany("INSERT INTO contacts VALUES (?, ?, ?)", [(i, f"c{i}@x", f"n{i}") for i in range(1, 9)])
+    conn.executemany("INSERT INTO visits VALUES (?, ?)", [("2026-11-01T10:00:00Z", "/a"),
+                                                          ("2026-11-02T11:30:00Z", "/b")])
+    conn.executemany("INSERT INTO tags VALUES (?, ?)", [("Sales", 1), ("crm", 2)])
+    conn.commit()
+    conn.close()
+
+
+async def test_unique_values_moving_between_rows_and_keys_spelled_by_sqlite(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, sources=[{
+        "name": "app", "path": str(db), "columns": {"visits": {"at": "timestamp"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            await pg.execute("ALTER TABLE app.contacts ADD CONSTRAINT contacts_email UNIQUE (email) "
+                             "DEFERRABLE INITIALLY DEFERRED")
+            async with pg.transaction():  # a swap inside one transaction
+                await pg.execute("UPDATE app.contacts SET email = 'c2@x' WHERE id = 1")
+                await pg.execute("UPDATE app.contacts SET email = 'c1@x' WHERE id = 2")
+            # a chain across transactions: 3 frees its value, 4 takes it, 3 takes 4's old one
+            await pg.execute("UPDATE app.contacts SET email = 'tmp@x' WHERE id = 3")
+            await pg.execute("UPDATE app.contacts SET email = 'c3@x' WHERE id = 4")
+            await pg.execute("UPDATE app.contacts SET email = 'c4@x' WHERE id = 3")
+            await pg.execute("UPDATE app.visits SET page = '/a2' WHERE at = '2026-11-01 10:00:00'")
+            await pg.execute("INSERT INTO app.visits VALUES ('2026-11-03 09:15:00.5', '/c')")
+            await pg.execute("DELETE FROM app.visits WHERE at = '2026-11-02 11:30:00'")
+            await pg.execute("UPDATE app.tags SET name = 'SALES', uses = 5 WHERE name = 'Sales'")
+            await pg.execute("UPDATE app.tags SET uses = 3 WHERE name = 'crm'")
+        finally:
+            await pg.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT id, email FROM contacts WHERE id <= 4 ORDER BY id") == \
+            [(1, "c2@x"), (2, "c1@x"), (3, "c4@x"), (4, "c3@x")]
+        # the row SQLite spelled its own way is updated in place, a new one takes that spelling
+        assert typeof(db, "SELECT at, page FROM visits ORDER BY at") == \
+            [("2026-11-01T10:00:00Z", "/a2"), ("2026-11-03T09:15:00.500000Z", "/c")]
+        assert typeof(db, "SELECT name, uses FROM tags ORDER BY name COLLATE BINARY") == [("SALES", 5), ("crm", 3)]
+        assert await compare_all(str(db), pg_dsn, "app", ["contacts", "tags"]) == []
+        assert (await table_states(pg_dsn, "app"))["contacts"][0] == "streaming"
+
+
+async def test_rows_sqlites_unique_index_forbids_hold_the_table_until_fixed(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        # Postgres has no unique constraint on email: the application stores a duplicate
+        await pg_rows(pg_dsn, "UPDATE app.contacts SET email = 'c1@x' WHERE id = 2")
+        await pg_rows(pg_dsn, "UPDATE app.contacts SET name = 'other table goes on' WHERE id = 5")
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app"))["contacts"][0] == "held"
+
+        await eventually(held, 30, "contacts held", d)
+        reason = (await table_states(pg_dsn, "app"))["contacts"][1]
+        assert "UNIQUE constraint failed: contacts.email" in reason and "fix the rows in Postgres" in reason
+        await pg_rows(pg_dsn, "UPDATE app.tags SET uses = 9 WHERE name = 'crm'")
+        await eventually(lambda: _uses(db), 30, "the other tables going on", d)
+        await pg_rows(pg_dsn, "UPDATE app.contacts SET email = 'c2-fixed@x' WHERE id = 2")  # fixed in Postgres
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert await compare_all(str(db), pg_dsn, "app", ["contacts", "tags"]) == []
+        assert typeof(db, "SELECT name FROM contacts WHERE id = 5") == [("other table goes on",)]
+
+
+async def _uses(db) -> bool:
+    return typeof(db, "SELECT uses FROM tags WHERE name = 'crm'") == [(9,)]

@@ -1,0 +1,73 @@
+"""A Postgres outage while SQLite follows Postgres (through a fault-injecting proxy):
+the daemon stays up, says so once, shows the lag growing with the direction label, and
+brings SQLite up to date by itself once Postgres answers again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from urllib.parse import urlsplit
+
+from tests.conftest import FAST_FAILOVER, write_config
+from tests.support.app import create_items
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.pgcluster import free_port
+from tests.support.proxy import FaultProxy
+from tests.support.way_back import PgWriter, backup_and_config, cut_over, wait_back
+
+LAG = 'syncd_replication_lag_seconds{direction="to_sqlite",source="app"}'
+APPLIED = 'syncd_changes_applied_total{direction="to_sqlite",op="update",source="app",table="items"}'
+
+
+def metric(port: int, series: str) -> float | None:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_the_way_back_rides_out_a_postgres_outage(tmp_path, make_config, pg_dsn):
+    parts = urlsplit(pg_dsn)
+    proxy = FaultProxy(parts.hostname, parts.port or 5432)
+    try:
+        proxied = pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/")
+        port = free_port()
+        db = tmp_path / "app.db"
+        create_items(db, rows=500, journal="wal")
+        def make(sources, sections):
+            return write_config(tmp_path / "syncd.toml", proxied, sources, metrics_listen=f"127.0.0.1:{port}",
+                                sections={**sections, **FAST_FAILOVER})
+
+        cfg = backup_and_config(make, tmp_path, db)
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await cut_over(cfg, db, pg_dsn, daemon=d)
+            d.wait_log("SQLite follows Postgres")
+            await wait_back(cfg, db, pg_dsn, daemon=d)
+            proxy.refuse()
+            writer = PgWriter(pg_dsn, seconds=4, seed=3, rate=100)  # the application, straight to Postgres
+            wait_for(lambda: "Postgres unreachable" in d.log(), 30, "outage logged", d)
+            first = metric(port, LAG)
+            time.sleep(2)
+            assert metric(port, LAG) > first  # SQLite may be that far behind, and it is said
+            assert writer.result()["transactions"] > 100
+            assert d.alive()
+            proxy.heal()
+            await wait_back(cfg, db, pg_dsn, daemon=d)
+            for _ in range(8):  # and connections reset in the middle of batches
+                writer = PgWriter(pg_dsn, seconds=0.6, seed=4, rate=200)
+                await asyncio.sleep(0.3)
+                proxy.reset()
+                writer.result()
+            await wait_back(cfg, db, pg_dsn, daemon=d)
+            wait_for(lambda: metric(port, LAG) == 0, 30, "lag back to 0", d)
+            assert metric(port, APPLIED) > 0
+            assert d.stop() == 0
+            log = d.log()
+        assert log.count("event=postgres_unreachable") >= 1
+        assert "event=recovered" in log
+        assert await compare_table(str(db), pg_dsn, "app", "items") == []
+    finally:
+        proxy.close()

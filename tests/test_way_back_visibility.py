@@ -1,0 +1,141 @@
+"""Which way each source flows, and how the way back is doing, is shown everywhere an
+operator looks: metrics carry a `direction` label, /status, `syncd status` and the
+report name the direction, the daemon's continuous verification keeps comparing (and
+repairs through the way back), and the report says until when a rollback stays
+possible; after `[cutover] keep_sqlite_days` the way back ends and the file stays."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import urllib.request
+
+from tests.support.app import create_items
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.pgcluster import free_port
+from tests.support.sync import eventually, pg_rows
+from tests.support.way_back import PgWriter, backup_and_config, cut_over, typeof, wait_back
+
+
+def scrape(port: int) -> dict[str, float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines() if line and not line.startswith("#")}
+
+
+def live(port: int) -> dict:
+    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read())
+
+
+async def test_every_view_shows_which_way_the_source_flows(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    create_items(db, rows=300, journal="wal")
+    port = free_port()
+    cfg = backup_and_config(lambda sources, sections: make_config(sources, sections=sections,
+                                                                  metrics_listen=f"127.0.0.1:{port}"),
+                            tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        wait_for(lambda: live(port)["sources"]["app"]["direction"] == "to_sqlite", 30, "the way back running", d)
+        PgWriter(pg_dsn, seconds=1, seed=1, rate=100, ids=300).result()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        wait_for(lambda: scrape(port).get('syncd_pending_changes{direction="to_sqlite",source="app"}') == 0, 30,
+                 "pending back to 0", d)
+        m = scrape(port)
+        applied = sum(v for k, v in m.items()
+                      if k.startswith('syncd_changes_applied_total{direction="to_sqlite",') and 'table="items"' in k)
+        assert applied > 0
+        assert m['syncd_replication_lag_seconds{direction="to_sqlite",source="app"}'] == 0
+        assert 'syncd_errors_total{direction="to_sqlite",kind="postgres",source="app"}' in m
+        assert m['syncd_commit_to_apply_seconds_count{direction="to_sqlite",source="app"}'] >= 1
+        # the forward direction's series stay, at rest
+        assert m['syncd_pending_changes{direction="to_postgres",source="app"}'] == 0
+        state = live(port)["sources"]["app"]
+        assert state["health"] == "streaming" and state["pending_changes"] == 0
+        status = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
+        assert status["direction"] == "to_sqlite" and status["state"] == "streaming"
+        assert status["rollback_until"] is not None and status["pending_changes"] == 0
+        report = run_cli(cfg, "report")
+        assert "PostgreSQL → SQLite (after cutover)" in report.stdout and "Rollback possible until" in report.stdout
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read().decode()
+        assert 'data-field="rollback_until"' in page and 'data-value="to_sqlite"' in page
+
+
+async def test_continuous_verification_after_the_cutover_compares_and_repairs(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    create_items(db, rows=500, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "cutover.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    cfg = backup_and_config(make_config, tmp_path, db, verify={"interval_seconds": 1, "repair": True})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        writer = PgWriter(pg_dsn, seconds=8, seed=5, rate=80, ids=500)
+        time.sleep(8)
+        writer.result()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+
+        async def checked() -> bool:
+            return (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.verify_runs WHERE table_name = 'items' "
+                                          "AND finished_at > now() - interval '20 seconds'"))[0][0] >= 3
+
+        await eventually(checked, 60, "verifications during the writes", d)
+        # changes in flight from Postgres are not differences
+        bad = await pg_rows(pg_dsn, "SELECT missing, extra, different, detail FROM syncd.verify_runs "
+                                    "WHERE missing + extra + different > 0")
+        assert bad == [], bad
+        # SQLite changed behind syncd's back: found and repaired from Postgres, through the way back
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO _syncd_meta VALUES ('syncd_writing', '1')")
+        conn.execute("UPDATE items SET v = 'tampered' WHERE id = (SELECT min(id) FROM items)")
+        conn.execute("DELETE FROM _syncd_meta WHERE key = 'syncd_writing'")
+        conn.execute("COMMIT")
+        conn.close()
+        wait_for(lambda: typeof(db, "SELECT count(*) FROM items WHERE v = 'tampered'") == [(0,)], 60,
+                 "the tampered row repaired", d)
+        d.wait_log("consistency check repaired 1 row(s)")
+        assert run_cli(cfg, "verify").returncode == 0
+
+
+async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    create_items(db, rows=50, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 8 / 86400},
+                            stream={"schema_check_interval_seconds": 1})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        report = run_cli(cfg, "report").stdout
+        assert "Rollback possible until" in report
+        d.wait_log("the way back ends", timeout=60)
+        before = db.stat().st_size, typeof(db, "SELECT count(*), sum(n) FROM items")
+        await pg_rows(pg_dsn, "UPDATE app.items SET n = n + 1")  # no longer followed, and not recorded
+        time.sleep(1)
+        assert (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.rlog_"
+                                      + format(__import__("syncd.postgres.bookkeeping", fromlist=["x"]).lock_key("app"),
+                                               "08x")))[0][0] == 0
+        assert (db.stat().st_size, typeof(db, "SELECT count(*), sum(n) FROM items")) == before
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 1 and "the rollback window is over" in r.stdout
+        status = run_cli(cfg, "status")
+        assert "a rollback is no longer possible" in status.stdout
+        assert "Rollback no longer possible" in run_cli(cfg, "report").stdout
+
+
+async def test_uninstall_after_a_cutover_removes_the_way_backs_capture_too(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    create_items(db, rows=10, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    triggers = "SELECT count(*) FROM pg_trigger WHERE tgname LIKE '_syncd_rcap_%'"
+    assert (await pg_rows(pg_dsn, triggers))[0][0] == 4
+    r = run_cli(cfg, "uninstall")
+    assert r.returncode == 0, r.stdout
+    assert "removed the way back's capture from 1 Postgres table(s): a rollback is no longer possible" in r.stdout
+    assert (await pg_rows(pg_dsn, triggers))[0][0] == 0
+    await pg_rows(pg_dsn, "UPDATE app.items SET n = 1")  # the application goes on, nothing recorded
+    assert (await pg_rows(pg_dsn, "SELECT retired_reason FROM syncd.reverse"))[0][0] == \
+        "capture uninstalled (syncd uninstall)"
