@@ -355,6 +355,9 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         specs = await asyncio.to_thread(_specs, source)
         marks = await worker.run(high_marks, specs)
         async with conn.transaction():
+            # The source's row first: a daemon's schema-parity pass (which locks it too)
+            # then either finished before or sees the new direction after (parity._direction).
+            await conn.execute(f"SELECT 1 FROM {b.s}.sources WHERE source = $1 FOR UPDATE", source.name)
             # The application's constraints, indexes, views and typed columns first, so
             # the trial inserts face the database the application will write to.
             try:

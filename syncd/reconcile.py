@@ -178,10 +178,13 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
     assert state.capture_id is not None
     target = session.target_schema
 
+    # The direction first, its row locked until this transaction ends: `syncd cutover`
+    # locks it before reshaping Postgres, so a reconcile either finishes before the
+    # cutover's transaction or sees its new direction (and never reloads over its types).
+    session.direction = await conn.fetchval(
+        f"SELECT direction FROM {session.bk.s}.sources WHERE source = $1 FOR SHARE", session.name) or TO_POSTGRES
     await bk.ensure_schema(conn, target)
     src = await session.bk.load_source(conn)
-    session.direction = await conn.fetchval(
-        f"SELECT direction FROM {session.bk.s}.sources WHERE source = $1", session.name) or TO_POSTGRES
     if session.direction != TO_POSTGRES:
         # Cut over: the application owns Postgres's tables now and the way back follows
         # them (syncd/reverse); nothing here may reshape, pause or reset them.

@@ -253,3 +253,38 @@ async def test_cutover_creates_the_schema_and_refuses_orphans_unless_allowed(tmp
             await pg.execute("INSERT INTO app.people (company_id, email) VALUES (1, 'no at sign')")
     finally:
         await pg.close()
+
+
+async def test_a_running_daemon_keeps_what_the_cutover_typed_and_carried(tmp_path, make_config, pg_dsn):
+    """The freeze changes the file's schema, so the daemon reconciles while the cutover
+    runs: its reconcile must not undo what the cutover's transaction created (a DATETIME
+    typed as timestamptz, a case-insensitive key, a UNIQUE)."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE visits (at DATETIME PRIMARY KEY, page TEXT);
+        CREATE TABLE tags (name TEXT COLLATE NOCASE PRIMARY KEY, uses INTEGER);
+        CREATE TABLE contacts (id INTEGER PRIMARY KEY, email TEXT UNIQUE);
+        INSERT INTO visits VALUES ('2026-11-01 10:00:00', '/a'), ('2026-11-02 11:30:00', '/b');
+        INSERT INTO tags VALUES ('Sales', 1), ('crm', 2);
+        INSERT INTO contacts VALUES (1, 'a@x'), (2, 'b@x');
+    """)
+    conn.close()
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 0, r.stdout + r.stderr
+        d.wait_log("the source now flows Postgres -> SQLite")
+        types = dict(await pg_rows(pg_dsn, "SELECT table_name || '.' || column_name, "
+                                           "coalesce(collation_name, data_type) FROM information_schema.columns "
+                                           "WHERE table_schema = 'app' AND column_name IN ('at', 'name')"))
+        assert types == {"visits.at": "timestamp without time zone", "tags.name": "syncd_nocase"}
+        uniques = await pg_rows(pg_dsn, "SELECT conname FROM pg_constraint WHERE conrelid = 'app.contacts'::regclass "
+                                        "AND contype = 'u'")
+        assert uniques, "the cutover's UNIQUE on contacts.email is gone"
+        assert "table_retyped" not in d.log() and "parity_dropped" not in d.log()
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await pg_rows(pg_dsn, "INSERT INTO app.tags VALUES ('SALES', 3)")

@@ -40,8 +40,9 @@ async def test_unique_values_moving_between_rows_and_keys_spelled_by_sqlite(tmp_
         await cut_over(cfg, db, pg_dsn, daemon=d)
         pg = await asyncpg.connect(pg_dsn)
         try:
-            await pg.execute("ALTER TABLE app.contacts ADD CONSTRAINT contacts_email UNIQUE (email) "
-                             "DEFERRABLE INITIALLY DEFERRED")
+            # the cutover carried SQLite's UNIQUE; the application's DBA makes it deferrable
+            await pg.execute("ALTER TABLE app.contacts DROP CONSTRAINT contacts_email_key, "
+                             "ADD CONSTRAINT contacts_email UNIQUE (email) DEFERRABLE INITIALLY DEFERRED")
             async with pg.transaction():  # a swap inside one transaction
                 await pg.execute("UPDATE app.contacts SET email = 'c2@x' WHERE id = 1")
                 await pg.execute("UPDATE app.contacts SET email = 'c1@x' WHERE id = 2")
@@ -73,7 +74,8 @@ async def test_rows_sqlites_unique_index_forbids_hold_the_table_until_fixed(tmp_
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
-        # Postgres has no unique constraint on email: the application stores a duplicate
+        # the application's DBA drops the UNIQUE the cutover carried; the application stores a duplicate
+        await pg_rows(pg_dsn, "ALTER TABLE app.contacts DROP CONSTRAINT contacts_email_key")
         await pg_rows(pg_dsn, "UPDATE app.contacts SET email = 'c1@x' WHERE id = 2")
         await pg_rows(pg_dsn, "UPDATE app.contacts SET name = 'other table goes on' WHERE id = 5")
 

@@ -69,10 +69,14 @@ def orphan_counts(session) -> dict[str, int]:
     return dict(st.orphans) if st is not None else {}
 
 
-async def _direction(session) -> str | None:
+async def _direction(session, lock: bool = False) -> str | None:
+    """The source's direction; with `lock` (inside a transaction), held until it ends:
+    `syncd cutover` locks the same row before it creates the cutover's objects and
+    flips the direction, so dual-write objects are never set up (nor the cutover's
+    dropped) by a reconcile that read the direction just before a cutover committed."""
     try:
-        return await session.pg.fetchval(f"SELECT direction FROM {session.bk.s}.sources WHERE source = $1",
-                                         session.name)
+        return await session.pg.fetchval(f"SELECT direction FROM {session.bk.s}.sources WHERE source = $1"
+                                         + (" FOR SHARE" if lock else ""), session.name)
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
         return None
 
@@ -107,9 +111,12 @@ async def ensure(session, schema) -> bool:
     st.plan = plan
     st.deferred = {i.table for i in plan.items if i.needs_streaming and not i.left_out and i.table}
     retyped = False
-    if early:
-        retyped = await _retype_early(session, plan, specs, states)
-    report = await ensure_dual_write(session.pg, session.name, plan, specs, states)
+    async with session.pg.transaction():
+        if await _direction(session, lock=True) == TO_SQLITE:
+            return False
+        if early:
+            retyped = await _retype_early(session, plan, specs, states)
+        report = await ensure_dual_write(session.pg, session.name, plan, specs, states)
     _log(session, st, report)
     for item in plan.left_out:
         line = f"{item.table + ': ' if item.table else ''}{item.what}: {item.left_out}"
@@ -126,7 +133,10 @@ async def table_streaming(session, t) -> None:
     if st.plan is None or t.name not in st.deferred:
         return
     plan = SourcePlan(st.plan.schema, [i for i in st.plan.items if i.table == t.name])
-    report = await ensure_dual_write(session.pg, session.name, plan, {t.name: t.spec}, {t.name: "streaming"})
+    async with session.pg.transaction():
+        if await _direction(session, lock=True) == TO_SQLITE:
+            return
+        report = await ensure_dual_write(session.pg, session.name, plan, {t.name: t.spec}, {t.name: "streaming"})
     _log(session, st, report)
 
 

@@ -156,7 +156,9 @@ def capture_function_sql(names: Names, tid: int, key: list[str]) -> str:
     cl = names.changelog
 
     def arr(alias: str) -> str:
-        return "ARRAY[" + ", ".join(f"{alias}.{quote_pg_ident(k)}::text" for k in key) + "]"
+        # Byte-wise text: under a column's case-insensitive collation (a cutover's NOCASE)
+        # 'Sales' -> 'SALES' would otherwise look like no key change (no delete of 'Sales').
+        return "ARRAY[" + ", ".join(f'({alias}.{quote_pg_ident(k)}::text COLLATE "C")' for k in key) + "]"
 
     body = f"""
 DECLARE n bigint := 0; m bigint := 0;

@@ -79,8 +79,9 @@ def _rows_sql(schema: str, st: SourceTable) -> str:
     typed = ", ".join(f"c.k{i}::{t}" for i, t in enumerate(st.key_types))
     on = " AND ".join(f"t.{quote_pg_ident(k)} = c.k{i}::{st.key_types[i]}" for i, k in enumerate(spec.key))
     # A non-deterministic collation (or citext) can match a row whose key is spelled
-    # otherwise: that key is gone; the row found has an entry of its own.
-    exact = " AND ".join(f"t.{quote_pg_ident(k)}::text = c.k{i}" for i, k in enumerate(spec.key))
+    # otherwise: that key is gone; the row found has an entry of its own. The spelling is
+    # compared byte for byte: a column's collation (a cutover's NOCASE) survives ::text.
+    exact = " AND ".join(f'(t.{quote_pg_ident(k)}::text COLLATE "C") = c.k{i}' for i, k in enumerate(spec.key))
     values = ", ".join(f"t.{quote_pg_ident(c)}" for c in spec.column_names)
     return (f"SELECT c.ord, coalesce({exact}, false), {typed}, {values} "
             f"FROM unnest({arrays}) WITH ORDINALITY AS c({cols}, ord) "
