@@ -154,3 +154,51 @@ async def test_typed_columns_during_dual_write_when_asked(app_db, make_config, p
         assert d.stop() == 0
     out = run_cli(cfg, "verify")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_the_way_back_writes_typed_dates_in_the_applications_spelling(tmp_path, make_config, pg_dsn):
+    """After the cutover the application writes typed dates in Postgres; SQLite receives
+    them spelled as the application spelled them (a fixed offset, a 'T', an optional
+    fraction, an epoch), and after a rollback both sides verify equal."""
+    from tests.support.way_back import backup_and_config, cut_over, typeof, wait_back
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE visit (id INTEGER PRIMARY KEY, local DATETIME, zoned DATETIME, iso DATETIME, epoch DATETIME,
+                            day DATE);
+        INSERT INTO visit VALUES (1, '2026-11-01 10:00:00', '2026-11-01 10:00:00+02:00', '2026-11-01T10:00:00',
+                                  1793520000, '2026-11-01'),
+                                 (2, '2026-11-02 11:30:00.250000', '2026-11-02 11:30:00+02:00',
+                                  '2026-11-02T11:30:00.000001', 1793610000, '2026-11-02');
+    """)
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        formats = dict(await pg_rows(pg_dsn, "SELECT column_name, sqlite_format FROM syncd.columns "
+                                             "WHERE source = 'app' AND table_name = 'visit'"))
+        assert formats == {"local": "%Y-%m-%d %H:%M:%S[.%6f]", "zoned": "%Y-%m-%d %H:%M:%S+02:00",
+                           "iso": "%Y-%m-%dT%H:%M:%S[.%6f]", "epoch": "unixepoch", "day": "%Y-%m-%d"}
+        utc = dt.timezone.utc
+        await pg_rows(pg_dsn, "INSERT INTO app.visit VALUES (3, $1, $2, $3, $4, $5)",
+                      dt.datetime(2026, 12, 1, 9, 15), dt.datetime(2026, 12, 1, 7, 15, tzinfo=utc),
+                      dt.datetime(2026, 12, 1, 9, 15, 0, 500), dt.datetime(2026, 12, 1, tzinfo=utc),
+                      dt.date(2026, 12, 1))
+        # a fraction the zoned spelling never had: kept, in the same offset
+        await pg_rows(pg_dsn, "UPDATE app.visit SET zoned = $1 WHERE id = 1",
+                      dt.datetime(2026, 11, 1, 8, 0, 0, 750000, tzinfo=utc))
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT id, local, zoned, iso, epoch, day FROM visit ORDER BY id") == [
+            (1, "2026-11-01 10:00:00", "2026-11-01 10:00:00.750000+02:00", "2026-11-01T10:00:00", 1793520000,
+             "2026-11-01"),
+            (2, "2026-11-02 11:30:00.250000", "2026-11-02 11:30:00+02:00", "2026-11-02T11:30:00.000001",
+             1793610000, "2026-11-02"),
+            (3, "2026-12-01 09:15:00", "2026-12-01 09:15:00+02:00", "2026-12-01T09:15:00.000500", 1796083200,
+             "2026-12-01")]
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0 and "verified equal" in r.stdout, r.stdout + r.stderr
+        assert d.stop() == 0
+    out = run_cli(cfg, "verify")
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -35,10 +35,12 @@ import re
 import sqlite3
 import threading
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
+from syncd.parity import dates
 from syncd.types import PgType, ValueMismatch, canonical, converter
 
 INTEGER, TEXT, BLOB, REAL, NUMERIC = "INTEGER", "TEXT", "BLOB", "REAL", "NUMERIC"
@@ -276,14 +278,36 @@ def _instant(shape: ColumnShape, value: dt.date) -> Any:
         raise NotExpressible("infinity has no SQLite spelling syncd reads back")
     want = canonical(fam, value)
     fmt = shape.fmt or (SQLITE_DATE if fam is PgType.DATE else SQLITE_DATETIME)
-    for candidate in _fallbacks(fmt):
-        try:
-            out = stored(shape.affinity, format_instant(value, candidate))
-        except (ValueError, OverflowError):
-            continue
+    for spelled in _spellings(value, fmt):
+        out = stored(shape.affinity, spelled)
         if sqlite_token(fam, out) == want:
             return out
     raise NotExpressible(f"{fam.value} {value!r} has no SQLite spelling that reads back the same")
+
+
+def _spellings(value: dt.date, fmt: str) -> Iterator[str | int | float]:
+    """`value` in the column's spelling, then in the nearest ones that keep all of it.
+    A spelling schema parity recorded at cutover (syncd/parity/dates.py: a fixed UTC
+    offset, '[.%6f]') is written as parity reads it, its offset and fraction kept."""
+    try:
+        parity_fmt = dates.parse_spec(fmt)
+    except ValueError:
+        parity_fmt = None
+    if parity_fmt is not None:
+        nearer = [parity_fmt]
+        if parity_fmt.kind == "datetime":
+            nearer.append(replace(parity_fmt, seconds=True, frac=0, optional_frac=True))
+        for f in nearer:
+            try:
+                yield dates.render(value, f)
+            except (ValueError, OverflowError):
+                continue
+        fmt = fmt.replace("[.%6f]", "")
+    for candidate in _fallbacks(fmt):
+        try:
+            yield format_instant(value, candidate)
+        except (ValueError, OverflowError):
+            continue
 
 
 def _fallbacks(fmt: str) -> list[str]:
