@@ -196,14 +196,35 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
                       f"({str(e).replace('the repair', 'them')})") from None
 
 
+async def sequence_tops(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec]) -> dict[str, int]:
+    """Per identity table, the highest number Postgres's sequence has handed out (rows
+    deleted since and transactions rolled back included); tables whose sequence has
+    handed out none are left out."""
+    out = {}
+    for name, spec in specs.items():
+        col = ddl.identity_column(spec)
+        if col is None:
+            continue
+        seq = await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", qualified(schema, name), col)
+        if seq is None:
+            continue
+        last, called = await conn.fetchrow(f"SELECT last_value, is_called FROM {seq}")
+        if called:
+            out[name] = int(last)
+    return out
+
+
 async def set_identities(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec],
-                         marks: dict[str, int]) -> list[str]:
+                         marks: dict[str, int], handed_out: dict[str, int]) -> list[str]:
+    """Each identity past SQLite's high mark, Postgres's rows, and `handed_out` (what
+    `sequence_tops` read before the trial inserts, whose numbers are taken back)."""
     done = []
     for name, top in sorted(marks.items()):
         col = ddl.identity_column(specs[name])
         table = qualified(schema, name)
         pg_top = await conn.fetchval(f"SELECT max({quote_pg_ident(col)}) FROM {table}") or 0
-        high = max(top, int(pg_top))
+        # Never backwards: a number Postgres handed out before (an earlier cutover) stays used.
+        high = max(top, int(pg_top), handed_out.get(name, 0))
         seq = await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, col)
         if seq is None:
             raise Refused(f'table "{name}": column "{col}" is not an identity column in Postgres; start the '
@@ -369,9 +390,10 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                          for fk in parity_done.not_valid]
             res.plan.append(f"schema parity in {parity_done.seconds:.2f} s")
             _hold("finalized")
-            res.plan += await set_identities(conn, source.schema, specs, marks)
+            handed_out = await sequence_tops(conn, source.schema, {name: specs[name] for name in marks})
+            res.plan += await set_identities(conn, source.schema, specs, marks, handed_out)
             res.plan += await trial_inserts(conn, source.schema, specs, marks)
-            await set_identities(conn, source.schema, specs, marks)  # the trials took a number each
+            await set_identities(conn, source.schema, specs, marks, handed_out)  # the trials took a number each
             _hold("finishing")
             await _open_way_back(settings, source, conn, worker, specs)
             await conn.execute(f"UPDATE {b.s}.sources SET direction = $2 WHERE source = $1", source.name, TO_SQLITE)

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from syncd.config import Settings, SourceSettings
-from syncd.cutover import Refused, direction, record_step, release_switch_lock, switch_holder, take_switch_lock, who
+from syncd.cutover import (Refused, _specs, direction, record_step, release_switch_lock, sequence_tops, switch_holder,
+                           take_switch_lock, who)
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
@@ -46,7 +47,7 @@ from syncd.reverse import applier, capture, reader
 from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint
 from syncd.sqlite import freeze
-from syncd.sqlite.capture import CHANGELOG
+from syncd.sqlite.capture import CHANGELOG, write_transaction
 from syncd.sqlite.connection import SqliteWorker
 from syncd.verify.postgres_side import lock_holder
 
@@ -172,7 +173,7 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
 
     holder = await lock_holder(conn, source.name)
     if holder is None:
-        probe = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+        probe = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
         try:
             await try_lock_source(probe, source.name)
         except SourceLocked:
@@ -239,6 +240,34 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
     return problems
 
 
+def keep_autoincrement_past(conn: sqlite3.Connection, tops: dict[str, int], busy_timeout_ms: int) -> dict[str, int]:
+    """An AUTOINCREMENT table never hands out a number twice: its sqlite_sequence entry
+    goes past every number Postgres handed out while the application wrote there (a
+    row deleted since, or a transaction rolled back, left no row to carry it back)."""
+    def autoincrement(name: str) -> bool:
+        sql = conn.execute("SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?",
+                           (name,)).fetchone()
+        return bool(sql and sql[0] and "AUTOINCREMENT" in sql[0].upper())
+
+    have = {}
+    if conn.execute("SELECT 1 FROM main.sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+        have = dict(conn.execute("SELECT name, seq FROM main.sqlite_sequence").fetchall())
+    raise_to = {name: top for name, top in tops.items()
+                if top > int(have.get(name) or 0) and (name in have or autoincrement(name))}
+    if not raise_to:
+        return {}
+
+    def write(c: sqlite3.Connection) -> None:
+        for name, top in raise_to.items():
+            if name in have:
+                c.execute("UPDATE main.sqlite_sequence SET seq = ? WHERE name = ?", (top, name))
+            else:
+                c.execute("INSERT INTO main.sqlite_sequence(name, seq) VALUES (?, ?)", (name, top))
+
+    write_transaction(conn, write, busy_timeout_ms=busy_timeout_ms)
+    return raise_to
+
+
 def _row_count(conn: sqlite3.Connection, tables: list[str]) -> int:
     return sum(conn.execute(f"SELECT count(*) FROM main.{quote_ident(t)}").fetchone()[0] for t in tables)
 
@@ -259,7 +288,7 @@ def _estimate(rows: int, pending: int) -> float:
 async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool = False) -> RollbackResult:
     res = RollbackResult(source=source.name, dry_run=dry_run)
     b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
-    conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+    conn = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
     worker = SqliteWorker(source.path, f"{source.name}-rollback", settings.sqlite.read_busy_timeout_ms)
     locked = False
     try:
@@ -338,6 +367,10 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         res.plan.append(f"verified equal: {sum(t.rows_sqlite or 0 for t in checked.tables)} row(s) in "
                         f"{len(checked.tables)} table(s)")
         _hold("verified")
+        specs = await asyncio.to_thread(_specs, source)
+        raised = await worker.run(keep_autoincrement_past, await sequence_tops(conn, source.schema, specs), busy)
+        res.plan += [f"{name}: AUTOINCREMENT continues after {n}, the highest id Postgres handed out"
+                     for name, n in sorted(raised.items())]
         top = await worker.run(_changelog_top)
         async with conn.transaction():
             await conn.execute(f"UPDATE {b.s}.sources SET direction = $2, applied_seq = $3 WHERE source = $1",
@@ -364,7 +397,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         reason = str(e) if isinstance(e, Refused) else f"{type(e).__name__}: {describe(e)}"
         try:
             if conn.is_closed():
-                conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+                conn = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
             async with conn.transaction():
                 await capture.unfreeze(conn, names, source.schema)
                 await record_step(conn, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),

@@ -225,3 +225,36 @@ async def test_a_rollback_killed_at_any_step_never_leaves_postgres_frozen(tmp_pa
         assert r.returncode == 0, r.stdout + r.stderr
         assert sqlite_writable(db)
         wait_for(lambda: "the source now flows SQLite -> Postgres" in d.log(), 30, "the forward stream back", d)
+
+
+async def test_no_id_is_handed_out_twice_across_a_rollback(tmp_path, make_config, pg_dsn):
+    """Ids Postgres handed out and that left no row (deleted, or rolled back) are never
+    handed out again: not by SQLite's AUTOINCREMENT after the rollback, nor by Postgres
+    after the next cutover."""
+    db = tmp_path / "app.db"
+    app = make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            gone = await pg.fetchval("INSERT INTO app.deals (title, amount) VALUES ('short-lived', 1) RETURNING id")
+            await pg.execute("DELETE FROM app.deals WHERE id = $1", gone)
+            with pytest.raises(asyncpg.PostgresError):
+                async with pg.transaction():
+                    await pg.execute("INSERT INTO app.deals (title, amount) VALUES ('rolled back', 1)")
+                    await pg.execute("SELECT 1 / 0")
+        finally:
+            await pg.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert app.execute("SELECT max(id) FROM deals").fetchone()[0] < gone
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"deals: AUTOINCREMENT continues after {gone + 1}" in r.stdout
+        new_id = app.execute("INSERT INTO deals (title, amount) VALUES ('back on SQLite', 2) RETURNING id").fetchone()[0]
+        assert new_id == gone + 2
+        app.execute("DELETE FROM deals WHERE id = ?", (new_id,))
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert await pg_rows(pg_dsn, "INSERT INTO app.deals (title, amount) VALUES ('Postgres again', 3) "
+                                     "RETURNING id") == [(new_id + 1,)]
+        assert d.stop() == 0

@@ -39,7 +39,7 @@ def main(args) -> int:
         return common.fail("no sources configured", 2)
     results = asyncio.run(_all(settings, sources, args.dry_run))
     for r in results:
-        print("\n".join(render(r)))
+        common.say(*render(r))
     return 0 if all(r.ok for r in results) else 1
 
 
