@@ -1,12 +1,15 @@
 """Foreign-key orphans are counted all along, before the cutover needs them: the daemon
 exports syncd_foreign_key_orphans{source,table,constraint}, and `syncd report` and the
-status page fail "Foreign keys hold" naming each foreign key with its orphan count and
-sample keys, until the rows are fixed."""
+status page fail "Foreign keys hold" naming each foreign key with its orphan count (the
+report with sample keys; the served page, like `syncd status`, without), until the rows
+are fixed."""
 
 from __future__ import annotations
 
+import html
 import json
 import sqlite3
+import urllib.request
 
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
@@ -42,6 +45,10 @@ async def test_orphans_are_counted_in_the_metric_and_the_report(app_db, make_con
         status = run_cli(cfg, "status")
         assert ("WARNING: app: person: FOREIGN KEY (org_id) REFERENCES org (id): 2 orphan row(s) (their foreign key "
                 "names no parent row)") in status.stdout
+        # the served page counts them too, but shows no row's key (as `syncd status`)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            page = html.unescape(r.read().decode())
+        assert "REFERENCES org (id): 2 orphan row(s)" in page and "(keys 2, 3)" not in page
         orphans = doc["sources"][0]["schema"]["orphans"]
         assert {(o["constraint"], o["orphans"]) for o in orphans} == {("person_org_id_fkey", 2),
                                                                       ("person_boss_fkey", 1)}

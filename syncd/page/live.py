@@ -79,7 +79,7 @@ class LivePage:
     async def measure(self) -> None:
         try:
             live = self._status()
-            ov = await asyncio.wait_for(gather_overview(self._settings(), live=live), MEASURE_TIMEOUT_SECONDS)
+            ov = await asyncio.wait_for(gather_overview(self._settings(), live=live, row_keys=False), MEASURE_TIMEOUT_SECONDS)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the page says so and keeps the last measurement

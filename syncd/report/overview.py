@@ -29,9 +29,10 @@ class Overview:
     sources: list[str] = field(default_factory=list)  # configured source names, in order
 
 
-async def gather_overview(settings: Settings, live: dict | None = None) -> Overview:
+async def gather_overview(settings: Settings, live: dict | None = None, row_keys: bool = True) -> Overview:
     """Measure now. `live` is the daemon's own /status document (the daemon passes it);
-    None asks the daemon's endpoint, as `syncd status` and `syncd report` do."""
+    None asks the daemon's endpoint, as `syncd status` and `syncd report` do. Without
+    `row_keys` (the served page) no row's key appears, as in `syncd status`."""
     now = dt.datetime.now(dt.timezone.utc)
     in_daemon = live is not None
     if live is None:
@@ -40,6 +41,10 @@ async def gather_overview(settings: Settings, live: dict | None = None) -> Overv
     facts, items, error = None, [], None
     try:
         facts = await gather(settings, live=(live or {}).get("sources", {}), upgrade_bookkeeping=not in_daemon)
+        if not row_keys:
+            for s in facts.sources:
+                for o in (s.parity.orphans if s.parity is not None else []):
+                    o.sample_keys = []
         items = evaluate(facts)
     except PostgresUnavailable as e:
         error = str(e)
