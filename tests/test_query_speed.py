@@ -64,3 +64,32 @@ async def test_a_lookup_over_the_target_fails_the_item_and_the_cap_holds(app_db,
     assert any(p.startswith("app.person: primary key (id):") and "over 1e-06 ms" in p for p in perf["problems"])
     assert len(doc["sources"][0]["schema"]["lookups"]) == 2
     assert any("2 further lookup(s) not timed" in e for e in perf["evidence"])
+
+
+async def test_the_pages_cached_measurement_never_keeps_a_table_not_yet_in_postgres(app_db, make_config, pg_dsn,
+                                                                                     tmp_path):
+    """The daemon's page reuses a measurement for minutes; one taken before the snapshot
+    created the tables (lookups failing, orphans not counted) is measured again."""
+    import asyncpg
+
+    from syncd.config import load_settings
+    from syncd.parity import summary
+    from syncd.sqlite.introspect import introspect
+
+    cfg = await synced(app_db, make_config, pg_dsn, tmp_path)
+    settings = load_settings(cfg)
+    source = settings.sources[0]
+    ro = sqlite3.connect(f"file:{app_db}?mode=ro", uri=True)
+    specs = introspect(ro, source).tables
+    ro.close()
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        await pg.execute("ALTER TABLE app.person RENAME TO person_away")
+        early = await summary.gather(settings, source, pg, specs, [], max_age=600)
+        assert any(lk.table == "person" and lk.postgres_ms is None for lk in early.speed.lookups)
+        await pg.execute("ALTER TABLE app.person_away RENAME TO person")
+        later = await summary.gather(settings, source, pg, specs, [], max_age=600)
+        assert all(lk.postgres_ms is not None for lk in later.speed.lookups if lk.table == "person")
+        assert await summary.gather(settings, source, pg, specs, [], max_age=600) is later  # settled: kept
+    finally:
+        await pg.close()

@@ -110,8 +110,20 @@ async def gather(settings: Settings, source: SourceSettings, pg: asyncpg.Connect
                                               budget if budget is not None else settings.cutover.speed_max_lookups)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
         facts.error = f"Postgres: {describe(e)}"
-    _cache[key] = (time.monotonic(), facts)
+    if _settled(facts):
+        _cache[key] = (time.monotonic(), facts)
+    else:
+        _cache.pop(key, None)  # measured again next time: a table may be created by then
     return facts
+
+
+def _settled(facts: ParityFacts) -> bool:
+    """Worth keeping for CACHE_SECONDS: nothing failed or was missing (a measurement
+    taken before the snapshot created the tables must not stand for ten minutes)."""
+    if facts.error or any(o.orphans is None for o in facts.orphans):
+        return False
+    sp = facts.speed
+    return sp is None or (not sp.errors and all(lk.postgres_ms is not None for lk in sp.lookups))
 
 
 __all__ = ["CUTOVER", "DUAL_WRITE", "ParityFacts", "gather", "left_out_entries"]
