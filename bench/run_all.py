@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import Figure, print_table  # noqa: E402
 
 BENCHES = ["capture_overhead", "unique_index_writes", "initial_load", "change_drain", "stream", "latency", "sqlite_calls",
-           "verify", "cutover_downtime", "reverse_stream"]
+           "verify", "parity_finalize", "cutover_downtime", "reverse_stream", "fleet"]
 
 
 def main() -> int:

@@ -258,16 +258,35 @@ async def trial_inserts(conn: asyncpg.Connection, schema: str, specs: dict[str, 
                 got = await conn.fetchval(sql)
                 raise _RollBack(got)
         except _RollBack as r:
-            if r.value is None:
-                notes.append(f"{name}: empty, nothing to copy for a trial INSERT")
-            elif r.value <= marks[name]:
-                raise Refused(f'table "{name}": an INSERT without "{col}" got {r.value}, not above SQLite\'s '
-                              f"{marks[name]}") from None
+            got = r.value
+            if got is None:
+                got = await _next_identity(conn, table, col)
+                notes.append(f"{name}: empty, nothing to copy for a trial INSERT; its identity gives {got} next")
         except asyncpg.UniqueViolationError as e:
-            notes.append(f"{name}: trial INSERT met unique index {e.constraint_name} (expected for a copied row)")
+            got = await _next_identity(conn, table, col, taken=True)
+            notes.append(f"{name}: trial INSERT met unique index {e.constraint_name} (expected for a copied row) "
+                         f"after its identity gave it {got}")
         except asyncpg.PostgresError as e:
             raise Refused(f'table "{name}": an INSERT without "{col}" fails in Postgres: {describe(e)}') from None
+        if got <= marks[name]:
+            raise Refused(f'table "{name}": an INSERT without "{col}" got {got}, not above SQLite\'s '
+                          f"{marks[name]}")
     return notes
+
+
+async def _next_identity(conn: asyncpg.Connection, table: str, col: str, taken: bool = False) -> int:
+    """The number an INSERT without `col` takes next (`taken`: the one it just took),
+    read from its identity's sequence where a trial INSERT cannot show it (an empty
+    table; a unique column copied, refused after the number was drawn)."""
+    seq = await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, col)
+    if seq is None:
+        return 0
+    last, called, step = await conn.fetchrow(
+        f"SELECT s.last_value, s.is_called, q.seqincrement FROM {seq} AS s, pg_sequence AS q "
+        "WHERE q.seqrelid = $1::regclass", seq)
+    if taken and called:
+        return int(last)
+    return int(last) + int(step) if called else int(last)
 
 
 class _RollBack(Exception):

@@ -277,6 +277,8 @@ async def test_a_running_daemon_keeps_what_the_cutover_typed_and_carried(tmp_pat
         assert run_cli(cfg, "verify").returncode == 0
         r = run_cli(cfg, "cutover")
         assert r.returncode == 0, r.stdout + r.stderr
+        # the trial INSERT copies contacts' last row, so its UNIQUE refuses it: the identity is read instead
+        assert re.search(r"contacts: trial INSERT met unique index \S+ .* its identity gave it 3", r.stdout), r.stdout
         d.wait_log("the source now flows Postgres -> SQLite")
         types = dict(await pg_rows(pg_dsn, "SELECT table_name || '.' || column_name, "
                                            "coalesce(collation_name, data_type) FROM information_schema.columns "
