@@ -110,7 +110,9 @@ def _source_files(tmp_path, n: int) -> list:
 
 
 VERBS = [("init",), ("status",), ("status", "--json"), ("verify",), ("verify", "--json"), ("report",),
-         ("report", "--format", "json"), ("schema",), ("resync", "--source", "s0", "--table", "t"), ("uninstall",)]
+         ("report", "--format", "json"), ("report", "--format", "html"), ("schema",),
+         ("resync", "--source", "s0", "--table", "t"), ("cutover", "--dry-run"), ("cutover",),
+         ("rollback", "--dry-run"), ("rollback",), ("uninstall",)]
 
 
 def _every_verb(cfg, env=None) -> dict[str, str]:
@@ -174,6 +176,8 @@ def test_a_configured_password_never_shows_even_where_postgres_quotes_it(tmp_pat
     env = {"SYNCD_POSTGRES__PASSWORD": password}
     outputs = _every_verb(cfg, env)
     assert 'database "***" does not exist' in outputs["status"], outputs["status"]
+    for verb in ("cutover", "rollback"):  # the switches quote Postgres's refusal too
+        assert 'database "***" does not exist' in outputs[verb], outputs[verb]
     outputs.update(_daemon(cfg, tmp_path, port, "daemon-json", env=env, args=("--log-format", "json")))
     for where, text in outputs.items():
         assert_no_secret(text or "", HOSTILE + [password], where)
