@@ -37,6 +37,12 @@ def test_a_glob_names_every_file_and_says_which_it_cannot_take(tmp_path, pg_dsn)
     assert any("bad name.db" in p and "is not picked up" in p for p in doc["not_picked_up"])
     assert status.returncode >= 1  # at least WARNING while a file is not picked up
     assert run_cli(cfg, "verify", "--source", "t_nobody*").returncode == 2  # a glob matching nothing
+    # a file syncd ran is gone: the glob no longer matches it, status still shows it
+    (tmp_path / "tenants" / "globex.db").unlink()
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+    states = {s["name"]: s["state"] for s in doc["sources"]}
+    assert sorted(states) == ["t_acme", "t_globex"] and states["t_globex"] == "source_missing"
+    assert doc["status"] == "CRITICAL"
 
 
 def test_templates_need_a_glob_and_a_glob_needs_a_template(tmp_path, pg_dsn):

@@ -42,7 +42,8 @@ def main(args) -> int:
         else:
             common.say(f"UNKNOWN: {e}")
         return UNKNOWN
-    verdict, statuses, live = asyncio.run(gather(settings, sources, with_live=True))
+    gone = asyncio.run(_gone(settings, args.source))
+    verdict, statuses, live = asyncio.run(gather(settings, sources + gone, with_live=True))
     notes = list(settings.discovery_problems)
     behind = (live or {}).get("verify_behind_seconds") or 0
     if behind > 0:
@@ -59,6 +60,32 @@ def main(args) -> int:
         common.say(*render(verdict, statuses, every=args.all or len(statuses) <= LIST_ALL_UP_TO,
                            not_picked_up=notes).split("\n"))
     return verdict
+
+
+async def _gone(settings, selected) -> list:
+    """Sources syncd ran from a glob whose file is gone: the glob no longer matches them,
+    but they are shown (as source_missing), never dropped from view in silence."""
+    import fnmatch
+
+    from syncd.discovery import remembered
+    from syncd.postgres.connect import close_quietly, connect
+
+    if not settings.patterns:
+        return []
+    out = []
+    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
+        try:
+            conn = await connect(dsn, settings.password(), settings.postgres)
+        except Exception:  # noqa: BLE001 - Postgres away: each source's line says so
+            continue
+        try:
+            out += await remembered(settings, conn, settings.postgres.bookkeeping_schema, dsn)
+        finally:
+            await close_quietly(conn)
+    if selected:
+        names = [selected] if isinstance(selected, str) else list(selected)
+        out = [s for s in out if any(fnmatch.fnmatchcase(s.name, n) for n in names)]
+    return out
 
 
 def _ago(iso: str | None) -> str:
