@@ -52,8 +52,10 @@ def sqlite_writable(db) -> bool:
 
 
 async def postgres_refusal(dsn: str) -> str | None:
-    """The error a superuser session gets writing Postgres, or None if it may write."""
-    conn = await asyncpg.connect(dsn)  # user postgres: a superuser
+    """The error a superuser session gets writing Postgres, or None if it may write. A
+    write that waits 5 s for a lock (a switch's open transaction holds the tables) is
+    refused too, with the lock timeout's message."""
+    conn = await asyncpg.connect(dsn, server_settings={"lock_timeout": "5s"})  # user postgres: a superuser
     try:
         async with conn.transaction():
             await conn.execute("UPDATE app.settings SET value = value WHERE key = 'theme'")
