@@ -41,6 +41,7 @@ class Column:
     # How SQLite SQL reads a column that is not stored under its name: for syncd's rowid
     # column of a keyless table, the rowid alias no column shadows ("_rowid_", ...).
     sqlite_expr: str | None = None
+    generated: bool = False  # GENERATED ALWAYS AS (...) in SQLite: carried as the values it computed
 
 
 @dataclass(frozen=True)

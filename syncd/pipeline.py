@@ -37,6 +37,12 @@ from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
 
 STATS_EVERY_SECONDS = 5.0
 STATS_IDLE_SECONDS = 60.0
+# A source closed for idleness is looked at with a connection when its files' signature
+# moves (any commit moves the size or time of the file or its -wal), and this often
+# regardless: the net for a commit landing in the same clock tick as the last look and
+# leaving every size as it was. A thousand idle files re-opened once a minute each cost
+# the daemon 3% of a core (bench/fleet.py); every five minutes, a fifth of that.
+IDLE_RELOOK_SECONDS = 300.0
 
 # Health states, as status and sd_notify report them.
 STARTING = "starting"
@@ -279,7 +285,7 @@ class Pipeline:
             self.captured_once = False
         if (self.idle_closed and not self.needs_reconcile and self.recheck_flags is None and not self.check_postgres
                 and reader.file_signature(str(self.source.path)) == self.closed_stat
-                and time.monotonic() - self.closed_at < STATS_IDLE_SECONDS):
+                and time.monotonic() - self.closed_at < IDLE_RELOOK_SECONDS):
             return False  # woken for nothing the files show (syncd's own close, say): stay closed
         if s.worker.conn is None:
             inode = s.worker.inode
@@ -755,9 +761,9 @@ class Pipeline:
         s = self.session
         if self.idle_closed:
             # Closed for idleness: a commit moves a file's size or time; look again with
-            # a connection when one did, and once a minute regardless.
+            # a connection when one did, and every IDLE_RELOOK_SECONDS regardless.
             if (reader.file_signature(str(self.source.path)) != self.closed_stat
-                    or time.monotonic() - self.closed_at >= STATS_IDLE_SECONDS):
+                    or time.monotonic() - self.closed_at >= IDLE_RELOOK_SECONDS):
                 self.wake.set()
             metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
             metrics.replication_lag_seconds.labels(self.name).set(self.lag.lag(time.time()))

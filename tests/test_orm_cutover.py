@@ -43,7 +43,7 @@ class Contact(Base):
     company: Mapped[Company] = relationship(back_populates="contacts")
 
 
-def dual_write(db) -> None:
+def create_and_fill(db) -> None:
     engine = create_engine(f"sqlite:///{db}")
     Base.metadata.create_all(engine)  # the application's own migration
     with Session(engine) as s:
@@ -55,7 +55,15 @@ def dual_write(db) -> None:
                           first_call=dt.date(2026, 11, 2 + i) if i % 3 else None,
                           balance=Decimal("1000.50") + i, active=bool(i % 4)))
         s.commit()
-    with Session(engine) as s:  # the application keeps working during dual-write
+    engine.dispose()
+
+
+def keep_working(db) -> None:
+    """The application writing while the daemon streams (dual-write)."""
+    engine = create_engine(f"sqlite:///{db}")
+    with Session(engine) as s:
+        s.add(Contact(email="c12@acme.example", company_id=2, created_at=dt.datetime(2026, 11, 20, 8, 0, 0, 5),
+                      first_call=dt.date(2026, 11, 21), balance=Decimal("12.34"), active=True))
         c = s.scalars(select(Contact).where(Contact.email == "c3@acme.example")).one()
         c.balance = Decimal("99.99")
         c.active = False
@@ -67,13 +75,15 @@ def dual_write(db) -> None:
 @pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")  # SQLite has no native Decimal
 async def test_an_orm_application_moves_to_postgres_with_only_its_connection_changed(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
-    dual_write(db)
+    create_and_fill(db)
     backups = tmp_path / "backups"
     backups.mkdir()
     sqlite3.connect(db).backup(sqlite3.connect(backups / "app.db"))
     cfg = make_config([{"name": "crm", "path": str(db), "schema": "crm"}], sections={
         "cutover": {"min_days": 0, "backup_glob": str(backups / "*.db")}, "verify": {"interval_seconds": 0}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        keep_working(db)  # streamed, not loaded
         await wait_caught_up(db, pg_dsn, "crm", daemon=d)
         assert run_cli(cfg, "verify").returncode == 0
         r = run_cli(cfg, "cutover")
@@ -96,11 +106,14 @@ def _on_postgres(conn) -> None:
                   balance=Decimal("5.00"))
     s.add(new)
     s.flush()
-    assert new.id == 12  # where SQLite would go on: after the highest id it holds (12 was deleted)
+    assert new.id == 14  # where SQLite would go on: after the highest id it holds (13; 12 was deleted)
     c3 = s.scalars(select(Contact).where(Contact.email == "c3@acme.example")).one()
     assert c3.created_at == dt.datetime(2026, 11, 1, 9, 3, 30, 250000)
     assert c3.first_call is None and isinstance(c3.balance, Decimal) and c3.balance == Decimal("99.99")
     assert c3.active is False
+    c12 = s.scalars(select(Contact).where(Contact.email == "c12@acme.example")).one()
+    assert c12.created_at == dt.datetime(2026, 11, 20, 8, 0, 0, 5) and c12.first_call == dt.date(2026, 11, 21)
+    assert c12.balance == Decimal("12.34") and c12.active is True
     c5 = s.scalars(select(Contact).where(Contact.email == "c5@acme.example")).one()
     assert c5.first_call == dt.date(2026, 11, 7) and c5.active is True
     acme = s.scalars(select(Company).where(Company.name == "Acme").options(selectinload(Company.contacts))).one()

@@ -1,7 +1,8 @@
 """syncd runs with exactly the Postgres privileges docs/operations.md grants it.
 
 The GRANTs are read from the document itself, given to a fresh role with no
-attributes (no superuser, no CREATEDB), and every verb and the daemon run as that role.
+attributes (no superuser, no CREATEDB), and every verb and the daemon run as that role,
+through a cutover (the application's schema, the way back's triggers) and a rollback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tests.conftest import write_config
 from tests.support.compare import compare_table
 from tests.support.daemon import ROOT, DaemonProcess, run_cli
 from tests.support.sync import wait_caught_up
+from tests.support.way_back import wait_back
 
 DOC = ROOT / "docs" / "operations.md"
 
@@ -56,7 +58,18 @@ async def test_syncd_needs_only_the_documented_privileges(tmp_path, pg_dsn):
         conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, n REAL)")
         conn.executemany("INSERT INTO items VALUES (?, ?, ?)", [(i, str(i), i / 2) for i in range(500)])
         conn.commit()
-        cfg = write_config(tmp_path / "syncd.toml", role_dsn, [{"name": "app", "path": str(db)}])
+        conn.execute("CREATE TABLE contacts (id INTEGER PRIMARY KEY, email TEXT UNIQUE, tag TEXT COLLATE NOCASE, "
+                     "seen DATETIME)")
+        conn.executemany("INSERT INTO contacts VALUES (?, ?, ?, ?)",
+                         [(i, f"c{i}@x", f"T{i % 3}", f"2026-11-0{1 + i % 9} 10:00:00") for i in range(1, 30)])
+        conn.commit()
+        (tmp_path / "backups").mkdir()
+        backup = sqlite3.connect(tmp_path / "backups" / "app.db")
+        conn.backup(backup)
+        backup.close()
+        cfg = write_config(tmp_path / "syncd.toml", role_dsn, [{"name": "app", "path": str(db)}], sections={
+            "cutover": {"min_days": 0, "backup_glob": str(tmp_path / "backups" / "*.db")},
+            "verify": {"interval_seconds": 0}})
         r = run_cli(cfg, "init")
         assert r.returncode == 0, r.stdout + r.stderr
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
@@ -65,14 +78,27 @@ async def test_syncd_needs_only_the_documented_privileges(tmp_path, pg_dsn):
             conn.execute("DELETE FROM items WHERE id >= 450")
             conn.commit()
             await wait_caught_up(db, role_dsn, "app", daemon=d)
-            outputs = {verb: run_cli(cfg, *verb.split()) for verb in ("verify", "status", "report", "schema")}
+            outputs = {verb: run_cli(cfg, *verb.split()) for verb in ("verify", "status", "report", "schema",
+                                                                        "cutover")}
             assert outputs["verify"].returncode == 0, outputs["verify"].stdout + outputs["verify"].stderr
+            assert outputs["cutover"].returncode == 0, outputs["cutover"].stdout + outputs["cutover"].stderr
+            app = await asyncpg.connect(role_dsn)  # the application, as syncd's role here
+            try:
+                await app.execute("INSERT INTO app.contacts (email, tag, seen) VALUES ('new@x', 't1', now())")
+                await app.execute("UPDATE app.items SET v = 'from Postgres' WHERE id = 1")
+            finally:
+                await app.close()
+            await wait_back(cfg, db, role_dsn, daemon=d)
+            outputs["rollback"] = run_cli(cfg, "rollback")
+            assert outputs["rollback"].returncode == 0, outputs["rollback"].stdout + outputs["rollback"].stderr
+            assert conn.execute("SELECT v FROM items WHERE id = 1").fetchone() == ("from Postgres",)
             assert d.stop() == 0
             log = d.log()
         for verb, out in outputs.items():
             assert "permission denied" not in (out.stdout + out.stderr).lower(), (verb, out.stdout + out.stderr)
         assert "permission denied" not in log.lower() and "ERROR" not in log, log
         assert await compare_table(str(db), pg_dsn, "app", "items") == []
+        assert await compare_table(str(db), pg_dsn, "app", "contacts") == []
         owners = await _owners(pg_dsn)
         assert owners == {("app", "items"): role, ("syncd", "tables"): role}
     finally:

@@ -59,7 +59,7 @@ class Options:
 
 @dataclass
 class Item:
-    kind: str  # index, unique, foreign key, check, nocase, type, view, trigger
+    kind: str  # index, unique, foreign key, check, nocase, type, view, trigger, generated
     table: str | None  # the table it belongs to (None: a view)
     what: str  # the SQLite object, for people
     name: str | None = None  # its Postgres name
@@ -181,6 +181,13 @@ def plan_source(schema: str, specs: dict[str, TableSpec], objects: SourceObjects
         for fk in objects.table(tname).foreign_keys:
             plan.items.append(_plan_fk(schema, spec, fk, specs, objects, plan, names))
     _plan_views(plan, specs, objects, names)
+    for tname, spec in specs.items():
+        for c in spec.columns:
+            if c.generated:
+                plan.items.append(Item(
+                    "generated", tname, f'generated column "{c.name}"', column=c.name,
+                    left_out="its expression is not carried: the column holds the values SQLite computed, and "
+                             "after a cutover Postgres does not compute it for the application's writes"))
     for trig in objects.triggers:
         plan.items.append(Item("trigger", trig.table, f'trigger "{trig.name}" on "{trig.table}"',
                                left_out="an application trigger is never copied: its body is SQLite SQL that runs "

@@ -73,6 +73,8 @@ def _todo(i: Item) -> str:
         "trigger": "write it as a Postgres trigger function if the application relies on it",
         "type": "the application reads this column as text after the switch; fix the listed rows to have it typed",
         "nocase": "compare with lower() on both sides, or choose [cutover] nocase",
+        "generated": "make it a GENERATED ALWAYS AS (...) STORED column in Postgres after the cutover, or have "
+                     "the application write its value",
     }.get(i.kind, "see `syncd schema`")
 
 

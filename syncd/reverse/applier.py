@@ -251,10 +251,13 @@ class TableWriter:
         self.index = index
         self.table = f"main.{quote_ident(t.spec.name)}"
         spec = t.spec
-        # INSERT names every column, the rowid alias of a keyless table included.
+        # INSERT names every column, the rowid alias of a keyless table included, but a
+        # generated one: SQLite computes it (and refuses a value for it).
+        self.generated = {i for i, c in enumerate(spec.columns) if c.generated}
         self.insert_cols = [spec.sqlite_ref(c) for c in spec.column_names]
-        self.insert_sql = (f"INSERT INTO {self.table} ({', '.join(self.insert_cols)}) "
-                           f"VALUES ({', '.join('?' * len(self.insert_cols))})")
+        self.writable = [i for i in range(len(self.insert_cols)) if i not in self.generated]
+        cols = [self.insert_cols[i] for i in self.writable]
+        self.insert_sql = (f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})")
         _select, self.handle_where = _handle_sql(spec)
         self.kshapes = _key_shapes(t)
         self.indexed = not simple_keys(spec, t.shapes)
@@ -264,6 +267,9 @@ class TableWriter:
         """The SQLite values for a Postgres row, and which columns change."""
         out, changed = [], []
         for i, (shape, v) in enumerate(zip(self.t.shapes, pg_row)):
+            if i in self.generated:  # SQLite's own value: never written
+                out.append(existing.row[i] if existing is not None else None)
+                continue
             if existing is not None and values.keeps(shape, existing.row[i], v):
                 out.append(existing.row[i])
                 continue
@@ -292,7 +298,7 @@ class TableWriter:
         self.written += 1
 
     def insert(self, new: list[Any]) -> None:
-        self.conn.execute(self.insert_sql, new)
+        self.conn.execute(self.insert_sql, [new[i] for i in self.writable])
         self._remember(new)
         self.written += 1
 

@@ -167,6 +167,7 @@ def describe_table(
             notnull=bool(r[3]),
             default_sql=r[4],
             type_note=chosen[r[1]][1],
+            generated=r[6] in (2, 3),
         )
         for r in raw
     )
