@@ -88,8 +88,11 @@ async def test_a_changelog_over_its_cap_is_compacted_then_capture_suspended(outa
         conn.execute("UPDATE hot SET n = -1 WHERE id = 1")  # work, so the idle pipeline asks Postgres
         d.wait_log("Postgres unreachable")
         # One key changed over and over: compaction alone brings it back under the cap.
-        for i in range(20_000):
-            conn.execute("UPDATE hot SET n = ? WHERE id = 1", (i,))
+        for start in range(0, 20_000, 100):  # 100 single-row UPDATEs per transaction: 20,000 entries
+            conn.execute("BEGIN")
+            for i in range(start, start + 100):
+                conn.execute("UPDATE hot SET n = ? WHERE id = 1", (i,))
+            conn.execute("COMMIT")
         d.wait_log("kept one entry per key", timeout=60)
         assert "CAPTURE SUSPENDED" not in d.log()
         assert changelog_max(db) > 0

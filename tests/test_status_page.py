@@ -289,6 +289,19 @@ async def test_page_in_a_real_browser(daemon_with_page, pg_dsn, tmp_path):
         shot = b.screenshot(tmp_path / "status-page.png")
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
         assert b.errors() == []
+    with Browser(tmp_path / "phone", width=390, height=844) as phone:  # readable on a phone
+        phone.open(url + "/")
+        fits = phone.evaluate("""(() => ({
+            page: document.documentElement.scrollWidth, screen: window.innerWidth,
+            verdict: document.getElementById('verdict').getBoundingClientRect().width,
+            wider: [...document.querySelectorAll('body *')].filter(e => !e.closest('.scroll')
+                       && e.getBoundingClientRect().right > window.innerWidth + 1)
+                     .filter(e => ![...e.children].some(c => c.getBoundingClientRect().right > window.innerWidth + 1))
+                     .slice(0, 5).map(e => e.tagName + '.' + e.className + ': ' + e.textContent.slice(0, 40)),
+        }))()""")
+        assert fits["page"] <= fits["screen"] and 0 < fits["verdict"] <= fits["screen"], fits
+        phone.screenshot(tmp_path / "status-page-phone.png")
+        assert phone.errors() == []
 
 
 async def test_a_stuck_measurement_never_stalls_the_page_or_the_daemon(tmp_path, make_config, pg_dsn):

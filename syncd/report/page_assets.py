@@ -54,6 +54,7 @@ svg .tick, svg .empty { fill: var(--muted); font-size: 10px; }
 svg.strip { width: 100%; min-width: 150px; max-width: 260px; height: 14px; display: block; }
 svg.strip .clean { fill: var(--ok); } svg.strip .error { fill: var(--bad); } svg.strip .none { fill: var(--none); }
 .scroll { overflow-x: auto; }
+.sources > *, .charts > *, .figures > * { min-width: 0; }  /* a wide table scrolls in its box, not the page */
 .where { margin: 0 0 6px; font-size: 0.85rem; }
 table.glance td:first-child { white-space: nowrap; } table.glance a { color: inherit; }
 table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
