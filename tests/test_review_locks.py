@@ -32,7 +32,7 @@ async def test_audit_of_a_large_table_locks_out_application_writers(tmp_path, ma
     make_events(db)
     cfg = make_config([{"name": "app", "path": str(db), "columns": {"events": {"at": "timestamptz"}}}],
                       sections={"verify": {"interval_seconds": 0}})
-    writer = Writer(db, seconds=25, seed=1, rate=20)
+    writer = Writer(db, seconds=15, seed=1, rate=20)  # the audit and the load of 800k rows run meanwhile
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         result = writer.result()
         await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=180)
