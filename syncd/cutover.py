@@ -160,7 +160,8 @@ async def preflight(settings: Settings, source: SourceSettings, allow_orphans: b
 # --- the steps after the freeze -------------------------------------------------------
 
 
-def _specs(source: SourceSettings) -> dict[str, TableSpec]:
+def read_specs(source: SourceSettings) -> dict[str, TableSpec]:
+    """The source's tables as SQLite describes them now, read through a read-only connection."""
     conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=10)
     try:
         return introspect(conn, source).tables
@@ -326,7 +327,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         if problems:
             res.problems = problems
             return res
-        specs = await asyncio.to_thread(_specs, source)
+        specs = await asyncio.to_thread(read_specs, source)
         marks = await worker.run(high_marks, specs)
         pending = await worker.run(_pending, (await b.load_source(conn)).applied_seq)
         rows = await worker.run(_row_count, list(specs))
@@ -392,7 +393,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         res.plan.append(f"verified equal: {sum(t.rows_sqlite or 0 for t in checked.tables)} row(s) in "
                         f"{len(checked.tables)} table(s)")
         _hold("verified")
-        specs = await asyncio.to_thread(_specs, source)
+        specs = await asyncio.to_thread(read_specs, source)
         marks = await worker.run(high_marks, specs)
         async with conn.transaction():
             # The source's row first: a daemon's schema-parity pass (which locks it too)

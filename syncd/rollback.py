@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from syncd.config import Settings, SourceSettings
-from syncd.cutover import (Refused, _specs, direction, record_step, release_switch_lock, sequence_tops, switch_holder,
-                           take_switch_lock, who)
+from syncd.cutover import (Refused, direction, read_specs, record_step, release_switch_lock, sequence_tops,
+                           switch_holder, take_switch_lock, who)
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
@@ -367,7 +367,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         res.plan.append(f"verified equal: {sum(t.rows_sqlite or 0 for t in checked.tables)} row(s) in "
                         f"{len(checked.tables)} table(s)")
         _hold("verified")
-        specs = await asyncio.to_thread(_specs, source)
+        specs = await asyncio.to_thread(read_specs, source)
         raised = await worker.run(keep_autoincrement_past, await sequence_tops(conn, source.schema, specs), busy)
         res.plan += [f"{name}: AUTOINCREMENT continues after {n}, the highest id Postgres handed out"
                      for name, n in sorted(raised.items())]
