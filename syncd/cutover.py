@@ -34,7 +34,6 @@ from syncd import parity
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
-from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import Bookkeeping, ensure_bookkeeping, lock_key
 from syncd.postgres.connect import close_quietly, connect, describe

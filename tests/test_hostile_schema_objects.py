@@ -13,10 +13,9 @@ import sqlite3
 import asyncpg
 
 from syncd import parity
-from syncd.config import load_settings
-from syncd.sqlite.introspect import introspect
 from tests.support.daemon import DaemonProcess
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.pg_audit import AUDIT_SQL
+from tests.support.sync import first_source, pg_rows, wait_caught_up
 
 DROP = "DROP TABLE IF EXISTS public.victim"
 HOSTILE_SCHEMA = f"""
@@ -53,36 +52,6 @@ WRITTEN_IN = [
     ("function_view", "CREATE VIEW function_view AS SELECT id FROM t WHERE pg_read_file('/etc/passwd') IS NOT NULL"),
 ]
 
-AUDIT_SQL = """
-CREATE TABLE public.victim (id int PRIMARY KEY, v text);
-INSERT INTO public.victim VALUES (1, 'one'), (2, 'two');
-CREATE TABLE public.audit (id serial PRIMARY KEY, kind text, tag text, identity text, schema_name text);
-CREATE FUNCTION public.audit_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$
-DECLARE r record;
-BEGIN
-  FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
-    INSERT INTO public.audit(kind, tag, identity, schema_name)
-    VALUES ('ddl', r.command_tag, r.object_identity, r.schema_name);
-  END LOOP;
-END $f$;
-CREATE FUNCTION public.audit_drop() RETURNS event_trigger LANGUAGE plpgsql AS $f$
-DECLARE r record;
-BEGIN
-  FOR r IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
-    INSERT INTO public.audit(kind, tag, identity, schema_name)
-    VALUES ('drop', r.object_type, r.object_identity, r.schema_name);
-  END LOOP;
-END $f$;
-CREATE FUNCTION public.audit_victim() RETURNS trigger LANGUAGE plpgsql AS $f$
-BEGIN
-  INSERT INTO public.audit(kind, tag, identity) VALUES ('dml', TG_OP, 'public.victim');
-  RETURN NULL;
-END $f$;
-CREATE TRIGGER victim_writes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.victim
-  FOR EACH STATEMENT EXECUTE FUNCTION public.audit_victim();
-CREATE EVENT TRIGGER audit_ddl ON ddl_command_end EXECUTE FUNCTION public.audit_ddl();
-CREATE EVENT TRIGGER audit_drop ON sql_drop EXECUTE FUNCTION public.audit_drop();
-"""
 
 # What syncd itself does: its bookkeeping, its tables, their identity sequences, its
 # stage tables, and the objects of schema parity, every one in its own schemas.
@@ -106,11 +75,7 @@ async def test_hostile_schema_objects_run_nothing_in_postgres(app_db, make_confi
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         d.wait_log('not carried: view "function_view"')
         assert d.stop() == 0
-    settings = load_settings(cfg)
-    source = settings.sources[0]
-    ro = sqlite3.connect(f"file:{app_db}?mode=ro", uri=True, isolation_level=None)
-    specs = introspect(ro, source).tables
-    ro.close()
+    settings, source, specs = first_source(cfg)
     pg = await asyncpg.connect(pg_dsn)
     try:
         async with pg.transaction():

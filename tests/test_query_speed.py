@@ -9,7 +9,7 @@ import json
 import sqlite3
 
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import wait_caught_up
+from tests.support.sync import first_source, wait_caught_up
 
 
 def item(doc: dict, key: str) -> dict:
@@ -72,16 +72,10 @@ async def test_the_pages_cached_measurement_never_keeps_a_table_not_yet_in_postg
     created the tables (lookups failing, orphans not counted) is measured again."""
     import asyncpg
 
-    from syncd.config import load_settings
     from syncd.parity import summary
-    from syncd.sqlite.introspect import introspect
 
     cfg = await synced(app_db, make_config, pg_dsn, tmp_path)
-    settings = load_settings(cfg)
-    source = settings.sources[0]
-    ro = sqlite3.connect(f"file:{app_db}?mode=ro", uri=True)
-    specs = introspect(ro, source).tables
-    ro.close()
+    settings, source, specs = first_source(cfg)
     pg = await asyncpg.connect(pg_dsn)
     try:
         await pg.execute("ALTER TABLE app.person RENAME TO person_away")

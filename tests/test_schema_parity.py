@@ -11,10 +11,8 @@ import asyncpg
 import pytest
 
 from syncd import parity
-from syncd.config import load_settings
-from syncd.sqlite.introspect import introspect
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.sync import first_source, pg_rows, wait_caught_up
 
 SCHEMA = """
 CREATE TABLE org (id INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, name TEXT);
@@ -66,13 +64,7 @@ def app_file(path, schema=SCHEMA):
 
 
 async def finalize(cfg, pg_dsn, allow_orphans=False):
-    settings = load_settings(cfg)
-    source = settings.sources[0]
-    ro = sqlite3.connect(f"file:{source.path}?mode=ro", uri=True, isolation_level=None)
-    try:
-        specs = introspect(ro, source).tables
-    finally:
-        ro.close()
+    settings, source, specs = first_source(cfg)
     pg = await asyncpg.connect(pg_dsn)
     try:
         async with pg.transaction():
@@ -285,11 +277,7 @@ async def test_streaming_towards_postgres_again_returns_the_schema_to_its_dual_w
 def test_the_cutover_preview_lists_what_finalize_would_do(app_db, make_config):
     app_file(app_db)
     cfg = make_config([{"name": "app", "path": str(app_db)}])
-    settings = load_settings(cfg)
-    source = settings.sources[0]
-    ro = sqlite3.connect(f"file:{app_db}?mode=ro", uri=True, isolation_level=None)
-    specs = introspect(ro, source).tables
-    ro.close()
+    settings, source, specs = first_source(cfg)
     lines = parity.preview(settings, source, specs)
     assert 'schema: will create person: CHECK "adult" on age (age >= 18) as "adult"' in lines
     assert 'schema: will create view "adults" as "adults"' in lines

@@ -13,12 +13,10 @@ import asyncpg
 import pytest
 
 from syncd import parity
-from syncd.config import load_settings
 from syncd.parity import dates
-from syncd.sqlite.introspect import introspect
 from syncd.types import PgType
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.sync import first_source, pg_rows, wait_caught_up
 
 
 def verdict(values, declared="DATETIME", override=None):
@@ -91,11 +89,7 @@ async def test_the_cutover_types_date_columns_and_records_their_spelling(app_db,
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         assert d.stop() == 0
-    settings = load_settings(cfg)
-    source = settings.sources[0]
-    ro = sqlite3.connect(f"file:{app_db}?mode=ro", uri=True, isolation_level=None)
-    specs = introspect(ro, source).tables
-    ro.close()
+    settings, source, specs = first_source(cfg)
     pg = await asyncpg.connect(pg_dsn)
     try:
         async with pg.transaction():

@@ -120,3 +120,14 @@ async def pg_rows(dsn: str, sql: str, *args) -> list[tuple]:
         return [tuple(r) for r in await conn.fetch(sql, *args)]
     finally:
         await conn.close()
+
+
+def first_source(cfg: Path):
+    """The configuration's first source: its settings, the source, and its tables as
+    SQLite describes them now (syncd.cutover.read_specs)."""
+    from syncd.config import load_settings
+    from syncd.cutover import read_specs
+
+    settings = load_settings(cfg)
+    source = settings.sources[0]
+    return settings, source, read_specs(source)
