@@ -17,6 +17,15 @@ from tests.support.sync import bookkeeping, changelog_max, wait_caught_up
 LOG_TABLE = "CREATE TABLE readings (sensor TEXT, value REAL, at TEXT)"  # keyless: a duplicate would show
 
 
+def make_app(db):
+    create_items(db, rows=6000, journal="wal")
+    conn = sqlite3.connect(db)
+    conn.execute(LOG_TABLE)
+    conn.commit()
+    conn.close()
+    return db
+
+
 def app_writes(db, start: int, n: int) -> None:
     """One UPDATE of every items row (a counter that must end exactly right), new
     rows, deletes and log lines, in a few transactions."""
@@ -60,12 +69,7 @@ def sqlite_count(db, table: str) -> int:
 
 
 async def test_kill9_with_two_batches_in_flight(tmp_path, make_config, pg_dsn):
-    db = tmp_path / "app.db"
-    create_items(db, rows=6000, journal="wal")
-    conn = sqlite3.connect(db)
-    conn.execute(LOG_TABLE)
-    conn.commit()
-    conn.close()
+    db = make_app(tmp_path / "app.db")
     cfg = make_config([{"name": "app", "path": str(db)}], sections={"stream": {"batch_size": 500}})
 
     with DaemonProcess(cfg, tmp_path / "first.log") as d:
@@ -107,12 +111,7 @@ async def test_kill9_with_two_batches_in_flight(tmp_path, make_config, pg_dsn):
 async def test_read_ahead_is_used_while_a_backlog_drains(tmp_path, make_config, pg_dsn):
     """Without faults the batches read ahead are the ones applied: the backlog drains
     in order and the result is exact."""
-    db = tmp_path / "app.db"
-    create_items(db, rows=6000, journal="wal")
-    conn = sqlite3.connect(db)
-    conn.execute(LOG_TABLE)
-    conn.commit()
-    conn.close()
+    db = make_app(tmp_path / "app.db")
     cfg = make_config([{"name": "app", "path": str(db)}], sections={"stream": {"batch_size": 300}})
     with DaemonProcess(cfg, tmp_path / "run.log", args=("--log-level", "debug")) as d:
         d.wait_log("syncd running")
