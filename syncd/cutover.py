@@ -196,6 +196,11 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
                       f"({str(e).replace('the repair', 'them')})") from None
 
 
+async def identity_sequence(conn: asyncpg.Connection, table: str, col: str) -> str | None:
+    """The sequence behind `table`.`col`'s identity (a quoted regclass text), or None."""
+    return await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, col)
+
+
 async def sequence_tops(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec]) -> dict[str, int]:
     """Per identity table, the highest number Postgres's sequence has handed out (rows
     deleted since and transactions rolled back included); tables whose sequence has
@@ -205,7 +210,7 @@ async def sequence_tops(conn: asyncpg.Connection, schema: str, specs: dict[str, 
         col = ddl.identity_column(spec)
         if col is None:
             continue
-        seq = await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", qualified(schema, name), col)
+        seq = await identity_sequence(conn, qualified(schema, name), col)
         if seq is None:
             continue
         last, called = await conn.fetchrow(f"SELECT last_value, is_called FROM {seq}")
@@ -225,7 +230,7 @@ async def set_identities(conn: asyncpg.Connection, schema: str, specs: dict[str,
         pg_top = await conn.fetchval(f"SELECT max({quote_pg_ident(col)}) FROM {table}") or 0
         # Never backwards: a number Postgres handed out before (an earlier cutover) stays used.
         high = max(top, int(pg_top), handed_out.get(name, 0))
-        seq = await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, col)
+        seq = await identity_sequence(conn, table, col)
         if seq is None:
             raise Refused(f'table "{name}": column "{col}" is not an identity column in Postgres; start the '
                           "daemon once (it adds it) and run the cutover again")
@@ -278,7 +283,7 @@ async def _next_identity(conn: asyncpg.Connection, table: str, col: str, taken: 
     """The number an INSERT without `col` takes next (`taken`: the one it just took),
     read from its identity's sequence where a trial INSERT cannot show it (an empty
     table; a unique column copied, refused after the number was drawn)."""
-    seq = await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, col)
+    seq = await identity_sequence(conn, table, col)
     if seq is None:
         return 0
     last, called, step = await conn.fetchrow(
