@@ -27,8 +27,8 @@ async def test_kill9_during_the_way_back_at_random_points(tmp_path, make_config,
         assert d.stop() == 0
     forward_end = changelog_max(db)
     rnd = random.Random(20261201)
-    writers = [PgWriter(pg_dsn, seconds=40, seed=1, rate=120),
-               PgWriter(pg_dsn, seconds=40, seed=2, table="second", rate=60, ids=500)]
+    writers = [PgWriter(pg_dsn, seconds=50, seed=1, rate=120),
+               PgWriter(pg_dsn, seconds=50, seed=2, table="second", rate=60, ids=500)]
     windows = 0
     for i in range(KILLS):
         d = DaemonProcess(cfg, tmp_path / f"run{i}.log")
