@@ -13,7 +13,9 @@ source, shown as missing.
 from __future__ import annotations
 
 import glob
+import os
 import re
+import stat
 from pathlib import Path
 
 from syncd.config import Settings, SourceSettings, is_glob
@@ -39,9 +41,32 @@ def signature(settings: Settings) -> tuple:
     return tuple(out)
 
 
-def matches(pattern: SourceSettings) -> list[Path]:
-    return sorted(Path(p) for p in glob.glob(str(pattern.path)) if Path(p).is_file()
-                  and not p.endswith(("-wal", "-shm", "-journal")))
+def matches(pattern: SourceSettings) -> list[tuple[Path, Path]]:
+    """(file, its real path) for every regular file the glob matches, SQLite's own
+    -wal/-shm/-journal files aside. A fleet's directory holds thousands: each file costs
+    one lstat, its directory's real path is looked up once."""
+    out = []
+    real_dirs: dict[str, str] = {}
+    for p in glob.glob(str(pattern.path)):
+        if p.endswith(("-wal", "-shm", "-journal")):
+            continue
+        try:
+            mode = os.lstat(p).st_mode
+        except OSError:
+            continue  # gone since the glob saw it
+        if stat.S_ISLNK(mode):
+            real = os.path.realpath(p)
+            if not os.path.isfile(real):
+                continue
+        elif stat.S_ISREG(mode):
+            head, tail = os.path.split(p)
+            if head not in real_dirs:
+                real_dirs[head] = os.path.realpath(head or ".")
+            real = os.path.join(real_dirs[head], tail)
+        else:
+            continue
+        out.append((Path(p), Path(real)))
+    return sorted(out)
 
 
 def expand(settings: Settings) -> Settings:
@@ -53,10 +78,10 @@ def expand(settings: Settings) -> Settings:
     found: list[SourceSettings] = []
     problems: list[str] = []
     for pattern in settings.patterns:
-        for file in matches(pattern):
-            if file.resolve() in taken_paths:
+        for file, real in matches(pattern):
+            if real in taken_paths:
                 continue  # configured by itself, or found by an earlier glob
-            taken_paths.add(file.resolve())
+            taken_paths.add(real)
             name = _fill(pattern.name, file)
             schema = _fill(pattern.schema_, file) if pattern.schema_ else name
             why = None

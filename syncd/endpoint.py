@@ -32,9 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
-from syncd import metrics
 from syncd.redact import scrub, scrub_obj
 
 log = logging.getLogger("syncd")
@@ -274,6 +271,12 @@ class Endpoint:
             return Response(b"Internal Server Error\n", status=500)
 
     def _metrics(self, req: Request) -> Response:
+        # Imported here: `syncd status` and `syncd report` use this module's client
+        # functions only, and need not load the metrics library.
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from syncd import metrics
+
         return Response(metrics.exposition(), CONTENT_TYPE_LATEST)
 
     def _status_json(self, req: Request) -> Response:

@@ -42,8 +42,7 @@ def main(args) -> int:
         else:
             common.say(f"UNKNOWN: {e}")
         return UNKNOWN
-    gone = asyncio.run(_gone(settings, args.source))
-    verdict, statuses, live = asyncio.run(gather(settings, sources + gone, with_live=True))
+    verdict, statuses, live = asyncio.run(_collect(settings, sources, args.source))
     notes = list(settings.discovery_problems)
     behind = (live or {}).get("verify_behind_seconds") or 0
     if behind > 0:
@@ -60,6 +59,11 @@ def main(args) -> int:
         common.say(*render(verdict, statuses, every=args.all or len(statuses) <= LIST_ALL_UP_TO,
                            not_picked_up=notes).split("\n"))
     return verdict
+
+
+async def _collect(settings, sources: list, selected):
+    gone = await _gone(settings, selected)
+    return await gather(settings, sources + gone, with_live=True)
 
 
 async def _gone(settings, selected) -> list:

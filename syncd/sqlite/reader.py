@@ -291,13 +291,15 @@ def changelog_bytes(conn: sqlite3.Connection) -> int:
     writer, so it is always measured. In rollback-journal mode it would hold back the
     application's commits, so a changelog above MEASURE_BELOW_ENTRIES (Postgres away
     for a while) is sized from its entry count and the last measured bytes per entry."""
-    file = conn.execute("PRAGMA main.database_list").fetchone()[2]
     try:
         low, high = conn.execute(f"SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM main.{CL}").fetchone()
     except sqlite3.OperationalError as e:
         if "no such table" in str(e):
             return 0  # capture not installed (yet, or any more)
         raise
+    if not high:
+        return conn.execute("PRAGMA main.page_size").fetchone()[0]  # empty: its root page, all it occupies
+    file = conn.execute("PRAGMA main.database_list").fetchone()[2]
     span = high - low + 1 if high else 0  # at least the entry count (a held table leaves gaps)
     per_entry = _bytes_per_entry.get(file, DEFAULT_BYTES_PER_ENTRY)
     if span > MEASURE_BELOW_ENTRIES and conn.execute("PRAGMA main.journal_mode").fetchone()[0].lower() != "wal":
