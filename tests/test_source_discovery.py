@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from syncd.config import load_settings
 from tests.conftest import write_config
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
@@ -43,6 +44,26 @@ def test_a_glob_names_every_file_and_says_which_it_cannot_take(tmp_path, pg_dsn)
     states = {s["name"]: s["state"] for s in doc["sources"]}
     assert sorted(states) == ["t_acme", "t_globex"] and states["t_globex"] == "source_missing"
     assert doc["status"] == "CRITICAL"
+
+
+def test_a_file_is_one_source_however_many_ways_it_is_named(tmp_path, pg_dsn):
+    """A file configured by itself and matched by a glob, or reached through a symlink,
+    is one source; a directory or a dangling link the glob matches is no source."""
+    d = tmp_path / "tenants"
+    d.mkdir()
+    for stem in ("acme", "globex"):
+        tenant(d / f"{stem}.db")
+    (d / "alias.db").symlink_to(d / "globex.db")
+    (d / "dangling.db").symlink_to(d / "gone.db")
+    (d / "folder.db").mkdir()
+    (d / "acme.db-journal").write_bytes(b"")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [
+        {"name": "main", "path": str(d / "acme.db")},
+        {"name": "t_{stem}", "path": str(d / "*.db")}])
+    settings = load_settings(cfg)
+    assert sorted((s.name, s.path.name) for s in settings.sources) == [
+        ("main", "acme.db"), ("t_alias", "alias.db")]  # alias.db sorts before globex.db, the file it names
+    assert settings.discovery_problems == []
 
 
 def test_templates_need_a_glob_and_a_glob_needs_a_template(tmp_path, pg_dsn):

@@ -96,6 +96,34 @@ async def test_status_with_and_without_the_daemon(tmp_path, make_config, pg_dsn)
     assert r.stdout.splitlines()[0].split()[:2] == ["SOURCE", "STATE"]
 
 
+async def test_status_reads_each_file_for_pending_changes_and_changelog_size(tmp_path, pg_dsn):
+    """What status reads from a file itself, without the daemon: whether capture is
+    installed, the changes past the checkpoint, and the changelog's size on disk."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.commit()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
+
+    def facts() -> dict:
+        return json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
+
+    before = facts()
+    assert (before["capture_installed"], before["pending_changes"]) == (False, None)
+    assert "capture is not installed in the SQLite file" in run_cli(cfg, "status").stdout
+    assert run_cli(cfg, "init").returncode == 0
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    idle = facts()
+    assert (idle["capture_installed"], idle["pending_changes"], idle["changelog_bytes"]) == (True, 0, page)
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, "x" * 50) for i in range(2, 2002)])
+    conn.commit()
+    busy = facts()
+    assert busy["pending_changes"] == 2000
+    measured = conn.execute("SELECT sum(pgsize) FROM dbstat WHERE name = '_syncd_changelog'").fetchone()[0]
+    assert busy["changelog_bytes"] == measured > page
+    conn.close()
+
+
 async def test_postgres_down_is_critical_and_redacted(tmp_path):
     db = tmp_path / "app.db"
     sqlite3.connect(db).execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
