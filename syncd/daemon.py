@@ -38,6 +38,7 @@ log = logging.getLogger("syncd")
 STARTING_AT_ONCE = 32
 SHUTDOWN_GRACE_SECONDS = 8.0  # systemd's default stop timeout is 90 s; the promise is 10 s
 HOUSEKEEPING_SECONDS = 1.0
+SUMMARY_CHARS = 400  # systemd's STATUS= line (`systemctl status`)
 EXTEND_WINDOW_SECONDS = 60.0
 EXTEND_EVERY_SECONDS = 10.0
 
@@ -395,8 +396,11 @@ class Daemon:
     def _summary(self) -> str:
         if not self.pipelines:
             return "no sources configured"
-        parts = []
-        for p in self.pipelines.values():
+        parts: list[str] = []
+        length = 0
+        for p in list(self.pipelines.values()):
+            if length > SUMMARY_CHARS:
+                break  # a fleet: the first sources fill it, the rest is not looked at every second
             lag = p.lag.lag(time.time())
             if p.health == STREAMING:
                 way = " back from Postgres" if p.direction == TO_SQLITE else ""
@@ -408,7 +412,8 @@ class Daemon:
                 parts.append(f"{p.name}: snapshotting {done}/{total} rows" if total else f"{p.name}: snapshotting")
             else:
                 parts.append(f"{p.name}: {p.health.replace('_', ' ')}")
-        return "; ".join(parts)[:400]
+            length += len(parts[-1]) + 2
+        return "; ".join(parts)[:SUMMARY_CHARS]
 
     def status_now(self) -> dict:
         """The live state for /status. Called on the endpoint's thread: it only reads,

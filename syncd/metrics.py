@@ -126,8 +126,20 @@ build_info = Gauge("syncd_build_info", "Always 1; the version label says which s
 build_info.labels(version=__version__).set(1)
 
 
+# Changes applied per source (every table, op and direction), kept beside the counter:
+# the status page samples a fleet's rates every few seconds, and collecting every
+# per-table series for that (6,000 at 1,000 two-table files) was half an idle fleet's CPU.
+applied_by_source: dict[str, float] = {}
+
+
+def count_applied(source: str, table: str, op: str, n: int, direction: str = TO_POSTGRES) -> None:
+    changes_applied_total.labels(source, table, op, direction=direction).inc(n)
+    applied_by_source[source] = applied_by_source.get(source, 0.0) + n
+
+
 def forget_source(source: str) -> None:
     """Drop every series of a source removed from the configuration."""
+    applied_by_source.pop(source, None)
     for metric in (last_check_timestamp_seconds, source_up, retries_total, changelog_bytes, capture_suspended):
         try:
             metric.remove(source)

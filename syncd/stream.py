@@ -304,4 +304,4 @@ def _count(session: SourceSession, batch: ChangeBatch, converted: dict[int, Conv
         if tid in held or tid not in converted:
             continue
         for op, n in ch.ops.items():
-            metrics.changes_applied_total.labels(session.name, ch.spec.name, op).inc(n)
+            metrics.count_applied(session.name, ch.spec.name, op, n)

@@ -36,13 +36,7 @@ JSON = "application/json"
 
 def applied_totals() -> dict[str, float]:
     """Changes applied per source since the daemon started (syncd_changes_applied_total)."""
-    totals: dict[str, float] = {}
-    for family in metrics.changes_applied_total.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                source = sample.labels["source"]
-                totals[source] = totals.get(source, 0.0) + sample.value
-    return totals
+    return dict(metrics.applied_by_source)
 
 
 class LivePage:

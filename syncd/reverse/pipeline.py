@@ -617,7 +617,7 @@ class ReversePipeline:
             if tid in outcome.held or tb.truncated:
                 continue
             for op, n in tb.ops.items():
-                metrics.changes_applied_total.labels(self.name, by_tid[tid].name, op, direction=d).inc(n)
+                metrics.count_applied(self.name, by_tid[tid].name, op, n, direction=d)
         if batch.oldest_at is not None:
             seen = time.time() + batch.clock_offset
             metrics.commit_to_apply_seconds.labels(self.name, direction=d).observe(max(0.0, seen - batch.oldest_at))
