@@ -284,9 +284,12 @@ class Pipeline:
             self.needs_reconcile = True
             self.captured_once = False
         if (self.idle_closed and not self.needs_reconcile and self.recheck_flags is None and not self.check_postgres
+                and time.monotonic() < self._next_due()
                 and reader.file_signature(str(self.source.path)) == self.closed_stat
                 and time.monotonic() - self.closed_at < IDLE_RELOOK_SECONDS):
-            return False  # woken for nothing the files show (syncd's own close, say): stay closed
+            # Woken for nothing the files show (syncd's own close, say) and nothing due
+            # (staying closed past a due check would wake this loop again at once, for ever).
+            return False
         if s.worker.conn is None:
             inode = s.worker.inode
             await s.worker.open()
@@ -362,17 +365,21 @@ class Pipeline:
         self.idle_closed = True
         self.closed_at = time.monotonic()
 
-    def _recheck_due_in(self, wait: float | None) -> float | None:
-        """How long an idle pipeline may sleep before something is due: a held table's
-        retry, its own recheck (run alone), the rare full check."""
-        now = time.monotonic()
+    def _next_due(self) -> float:
+        """When (monotonic) an idle pipeline next has something to do: a held table's
+        retry, its own recheck (run alone), the rare full check, giving an idle
+        connection back."""
         dues = [self.last_full_check + self.recheck_every]
         if not self.idle_closed:
             dues.append(self.idle_since + self.settings.sqlite.idle_close_seconds)  # to give the connection back
         if not self.fleet_rechecks:
             dues.append(self.last_request_check + self.settings.stream.held_table_retry_seconds)
         dues += [t.retry_at for t in self.session.tables.values() if t.state == bk.HELD and t.retry_at]
-        due = max(0.05, min(dues) - now)
+        return min(dues)
+
+    def _recheck_due_in(self, wait: float | None) -> float | None:
+        """How long an idle pipeline may sleep before something is due."""
+        due = max(0.05, self._next_due() - time.monotonic())
         return due if wait is None else min(wait, due)
 
     async def _postgres_steps(self) -> bool:
