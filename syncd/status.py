@@ -88,12 +88,15 @@ def _iso(t: dt.datetime | None) -> str | None:
 def _read_sqlite(source: SourceSettings, applied_seq: int) -> dict:
     """What `syncd status` needs from one SQLite file, in as few statements as the file
     allows (a fleet's status reads a thousand of them): one look at the schema, syncd's
-    meta rows, the changelog's count past the checkpoint and its size."""
+    meta rows and registry (checked, as the daemon checks them), the changelog's count
+    past the checkpoint and its size."""
     conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=2)
     try:
         tables = dict(conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'table'").fetchall())
-        meta = dict(conn.execute(f"SELECT key, value FROM main.{quote_ident(capture.META)}").fetchall()) \
-            if capture.META in tables else {}
+        meta = capture.read_meta(conn) if capture.META in tables else {}
+        if capture.REGISTRY in tables:  # a damaged row is UNKNOWN here, as it stops the daemon
+            for name, key in conn.execute(f"SELECT name, key_columns FROM main.{quote_ident(capture.REGISTRY)}"):
+                capture.registry_key(conn, name, key)
         out = {"installed": meta.get("capture_id") is not None, "max_seq": 0, "pending": 0, "bytes": 0,
                "not_migrated": [], "suspended": meta.get(disk_guard.SUSPENDED_KEY)}
         if any((sql or "").upper().startswith("CREATE VIRTUAL TABLE") for sql in tables.values()):

@@ -184,11 +184,31 @@ def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
     return row is not None
 
 
+def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
+    """syncd's meta rows (the table must exist), the positions kept there checked to be
+    numbers: a damaged value is a clear error, never a silent 0."""
+    meta = dict(conn.execute(f"SELECT key, value FROM main.{quote_ident(META)}").fetchall())
+    for key in ("pruned_seq", "schema_version"):
+        if key in meta:
+            _meta_position(conn, meta, key)
+    return meta
+
+
+def registry_key(conn: sqlite3.Connection, name: str, key: str) -> tuple:
+    """A registry row's key columns, or CaptureStateError naming the damaged row."""
+    try:
+        return tuple(json.loads(key))
+    except (TypeError, ValueError):
+        raise CaptureStateError(
+            f"SQLite file {_file_of(conn)}: {REGISTRY} row for table {name!r} holds key_columns "
+            f"{str(key)[:40]!r}, not a JSON list; run `syncd uninstall` and `syncd init`") from None
+
+
 def read_state(conn: sqlite3.Connection) -> CaptureState:
     state = CaptureState()
     if not _table_exists(conn, META):
         return state
-    meta = dict(conn.execute(f"SELECT key, value FROM main.{quote_ident(META)}").fetchall())
+    meta = read_meta(conn)
     state.capture_id = meta.get("capture_id")
     state.format_version = meta.get("format_version")
     state.pruned_seq = _meta_position(conn, meta, "pruned_seq")
@@ -199,12 +219,7 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
         for tid, name, key, rearmed, reason in conn.execute(
             f"SELECT tid, name, key_columns, rearmed_at, {reason_col} FROM main.{quote_ident(REGISTRY)}"
         ):
-            try:
-                state.registry[name] = (tid, tuple(json.loads(key)))
-            except (TypeError, ValueError):
-                raise CaptureStateError(
-                    f"SQLite file {_file_of(conn)}: {REGISTRY} row for table {name!r} holds key_columns "
-                    f"{str(key)[:40]!r}, not a JSON list; run `syncd uninstall` and `syncd init`") from None
+            state.registry[name] = (tid, registry_key(conn, name, key))
             if rearmed is not None:
                 state.rearmed[name] = reason or GAP_REASON
     for name, tbl, sql in conn.execute(
