@@ -154,11 +154,12 @@ class Daemon:
         p.admission = self.admission
         p.fleet_rechecks = True  # FleetRechecker asks Postgres for every source at once
         # The rare just-in-case full reconcile: at most one source a second across the
-        # fleet (each costs ~15 ms of CPU), and their first ones spread over a whole
-        # interval so sources that caught up together do not all fall due together.
-        p.recheck_every = max(self.settings.stream.schema_check_interval_seconds,
-                              FULL_CHECK_SPACING_SECONDS * len(self.settings.sources))
-        p.last_full_check -= random.uniform(0, p.recheck_every)
+        # fleet (each costs ~15 ms of CPU). A fleet's first ones are spread between the
+        # configured interval and its own, so sources that caught up together do not
+        # all fall due in the same second; a few sources keep the interval exactly.
+        interval = self.settings.stream.schema_check_interval_seconds
+        p.recheck_every = max(interval, FULL_CHECK_SPACING_SECONDS * len(self.settings.sources))
+        p.last_full_check -= random.uniform(0, p.recheck_every - interval)
         if self.watcher is not None:
             self.watcher.add(source.path, p.wakeup)
         return p
