@@ -300,7 +300,7 @@ def changelog_bytes(conn: sqlite3.Connection) -> int:
     if not high:
         return conn.execute("PRAGMA main.page_size").fetchone()[0]  # empty: its root page, all it occupies
     file = conn.execute("PRAGMA main.database_list").fetchone()[2]
-    span = high - low + 1 if high else 0  # at least the entry count (a held table leaves gaps)
+    span = high - low + 1  # at least the entry count (a held table leaves gaps)
     per_entry = _bytes_per_entry.get(file, DEFAULT_BYTES_PER_ENTRY)
     if span > MEASURE_BELOW_ENTRIES and conn.execute("PRAGMA main.journal_mode").fetchone()[0].lower() != "wal":
         return int(span * per_entry)
