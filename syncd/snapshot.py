@@ -98,9 +98,12 @@ class TableLoad:
             if conn.execute("PRAGMA main.schema_version").fetchone()[0] != self.schema_version:
                 return None, after, SchemaMoved()
             rows, pos = reader.read_snapshot_chunk(conn, self.t.spec, after, limit)
+            unchanged = bool(rows) and not reader.snapshot_chunk_needs_conversion(conn, self.t.spec, after, limit)
         finally:
             if not self.single_txn:
                 conn.execute("COMMIT")
+        if unchanged:
+            return rows, pos, None
         # Convert on this thread too: keeps the event loop free while COPY runs.
         try:
             return conv.rows(rows), pos, None

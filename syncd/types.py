@@ -345,6 +345,24 @@ def converter(pgtype: PgType) -> Callable[[Any], Any]:
     return _CONVERTERS[pgtype]
 
 
+# The storage class whose values a type's converter returns unchanged (None stays
+# None). rows._PASSTHROUGH lets the same values skip the converter call in Python.
+_UNCHANGED_CLASS = {PgType.BIGINT: "integer", PgType.DOUBLE: "real", PgType.TEXT: "text", PgType.BYTEA: "blob"}
+
+
+def needs_conversion_filter(pgtype: PgType, col: str) -> str | None:
+    """A SQLite boolean expression true for a value `converter(pgtype)` would change or
+    refuse; None when the type converts every value (it never passes one unchanged).
+    `col` is an already-quoted column or alias."""
+    cls = _UNCHANGED_CLASS.get(pgtype)
+    if cls is None:
+        return None
+    expr = f"typeof({col}) NOT IN ('{cls}', 'null')"
+    if pgtype is PgType.TEXT:
+        expr = f"({expr} OR instr(CAST({col} AS BLOB), x'00') > 0)"
+    return expr
+
+
 def audit_prefilter(pgtype: PgType, col: str) -> str | None:
     """A SQLite boolean expression true for every value that *might* not fit `pgtype`.
 

@@ -19,6 +19,7 @@ from syncd.identifiers import quote_ident
 from syncd.model import TableSpec, unshadowed_rowid_name
 from syncd.sqlite.capture import CHANGELOG, OP_INSERT, slot
 from syncd.sqlite.connection import fetchall_text_safe
+from syncd.types import needs_conversion_filter
 
 CL = quote_ident(CHANGELOG)
 
@@ -370,12 +371,10 @@ def snapshot_position_kind(spec: TableSpec) -> str:
     return "rowid-unstable"
 
 
-def read_snapshot_chunk(
-    conn: sqlite3.Connection, spec: TableSpec, after: tuple | None, limit: int
-) -> tuple[list[tuple], tuple | None]:
-    """Up to `limit` rows in storage order after position `after`; returns the rows
-    and the position of the last one. The caller owns the read transaction."""
-    cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
+def _chunk_query(spec: TableSpec, after: tuple | None, limit: int, columns: str) -> tuple[str, list[Any], str]:
+    """`SELECT ... FROM table WHERE ... ORDER BY ... LIMIT ?` for the chunk after `after`,
+    with how its position is kept: "alias" (the key is the rowid: the last row's key),
+    "rowid" (the rowid, selected first) or "key" (the key's columns)."""
     table = f"main.{quote_ident(spec.name)}"
     rid = rowid_name(spec) if snapshot_position_kind(spec) != "key" else None
     if rid is not None:
@@ -384,14 +383,8 @@ def read_snapshot_chunk(
         if spec.rowid_alias or spec.rowid_keyed:
             # The key is the rowid (an INTEGER PRIMARY KEY, or syncd's rowid column of a
             # keyless table): the last row's key is the position, no copy of each row.
-            sql = f"SELECT {cols} FROM {table} {where} ORDER BY {rid} LIMIT ?"
-            rows = fetchall_text_safe(conn, sql, (*params, limit))
-            return (rows, (rows[-1][spec.key_indexes[0]],)) if rows else ([], after)
-        sql = f"SELECT {rid}, {cols} FROM {table} {where} ORDER BY {rid} LIMIT ?"
-        rows = fetchall_text_safe(conn, sql, (*params, limit))
-        if not rows:
-            return [], after
-        return [r[1:] for r in rows], (rows[-1][0],)
+            return f"SELECT {columns} FROM {table} {where} ORDER BY {rid} LIMIT ?", [*params, limit], "alias"
+        return f"SELECT {rid}, {columns} FROM {table} {where} ORDER BY {rid} LIMIT ?", [*params, limit], "rowid"
     key_cols = ", ".join(spec.sqlite_ref(k) for k in spec.key)
     if after is not None:
         marks = ", ".join(["?"] * len(spec.key))
@@ -399,12 +392,42 @@ def read_snapshot_chunk(
         params = list(after)
     else:
         where, params = "", []
-    sql = f"SELECT {cols} FROM {table} {where} ORDER BY {key_cols} LIMIT ?"
-    rows = fetchall_text_safe(conn, sql, (*params, limit))
+    return f"SELECT {columns} FROM {table} {where} ORDER BY {key_cols} LIMIT ?", [*params, limit], "key"
+
+
+def read_snapshot_chunk(
+    conn: sqlite3.Connection, spec: TableSpec, after: tuple | None, limit: int
+) -> tuple[list[tuple], tuple | None]:
+    """Up to `limit` rows in storage order after position `after`; returns the rows
+    and the position of the last one. The caller owns the read transaction."""
+    cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
+    sql, params, kind = _chunk_query(spec, after, limit, cols)
+    rows = fetchall_text_safe(conn, sql, params)
     if not rows:
         return [], after
+    if kind == "alias":
+        return rows, (rows[-1][spec.key_indexes[0]],)
+    if kind == "rowid":
+        return [r[1:] for r in rows], (rows[-1][0],)
     idx = spec.key_indexes
     return rows, tuple(rows[-1][i] for i in idx)
+
+
+def snapshot_chunk_needs_conversion(conn: sqlite3.Connection, spec: TableSpec, after: tuple | None,
+                                    limit: int) -> bool:
+    """Whether any value of the chunk read_snapshot_chunk reads (same arguments, same
+    read transaction) is not already what asyncpg is sent for its column: an integer
+    in a REAL column, a NUL in a text, any value of a type always converted (a date,
+    numeric, boolean...). SQLite answers this without Python's GIL, so a chunk of
+    values that need nothing skips the per-row conversion, the load's costliest
+    Python work."""
+    conds = [needs_conversion_filter(c.pgtype, f"c{i}") for i, c in enumerate(spec.columns)]
+    if not conds or any(c is None for c in conds):
+        return True
+    cols = ", ".join(f"{spec.sqlite_ref(c.name)} AS c{i}" for i, c in enumerate(spec.columns))
+    sql, params, _ = _chunk_query(spec, after, limit, cols)
+    hit = conn.execute(f"SELECT 1 FROM ({sql}) WHERE {' OR '.join(conds)} LIMIT 1", params).fetchone()
+    return hit is not None
 
 
 def count_rows(conn: sqlite3.Connection, table: str) -> int:
