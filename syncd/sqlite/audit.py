@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite import windows
+from syncd.sqlite.connection import open_connection
 from syncd.types import ValueMismatch, audit_prefilter, converter
 
 SAMPLE_KEYS = 5
@@ -58,11 +60,15 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec) -> list[Misfit]:
     misfits: dict[str, Misfit] = {}
     order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key)
     old_factory = conn.text_factory
-    conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+    conn.text_factory = _surrogate_text
     # Window by window, each its own statement, converting only once a window is read:
     # the read lock is never held while Python works (rollback-journal writers wait on it).
-    candidates = (row for rows in windows.scan(conn, spec.name, order, f"{', '.join(key_cols)}, {cols}",
-                                               " OR ".join("(" + c + ")" for c in conds)) for row in rows)
+    # A large table's windows are read two at a time, on two connections.
+    select, where = f"{', '.join(key_cols)}, {cols}", " OR ".join("(" + c + ")" for c in conds)
+    helper = _helper_connection(conn, spec)
+    scanned = (windows.scan(conn, spec.name, order, select, where) if helper is None
+               else windows.scan_two(conn, helper, spec.name, order, select, where))
+    candidates = (row for rows in scanned for row in rows)
     try:
         for row in candidates:
             key = row[:nkey]
@@ -86,7 +92,33 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec) -> list[Misfit]:
                         m.sample_keys.append(key)
     finally:
         conn.text_factory = old_factory
+        if helper is not None:
+            scanned.close()
+            helper.close()
     return sorted(misfits.values(), key=lambda m: -m.count)
+
+
+# A table with more rows than this is audited on two connections at once.
+TWO_CONNECTIONS_ROWS = 100_000
+
+
+def _surrogate_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _helper_connection(conn: sqlite3.Connection, spec: TableSpec) -> sqlite3.Connection | None:
+    """A second connection to `conn`'s file for a table large enough to be worth it;
+    None for a small table (a fleet's files stay at one connection each)."""
+    table = f"main.{quote_ident(spec.name)}"
+    if conn.execute(f"SELECT 1 FROM {table} LIMIT 1 OFFSET ?", (TWO_CONNECTIONS_ROWS,)).fetchone() is None:
+        return None
+    path = next((r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"), "")
+    if not path:
+        return None
+    timeout_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    helper = open_connection(Path(path), timeout_ms)
+    helper.text_factory = _surrogate_text
+    return helper
 
 
 # --- an audit already done ---------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from syncd.identifiers import quote_ident
@@ -56,3 +57,32 @@ def scan(conn: sqlite3.Connection, table: str, order: list[str], select: str, wh
     for w, wp in windows(conn, table, order, size):
         yield conn.execute(f"SELECT {select} FROM main.{quote_ident(table)} WHERE ({w}) AND ({where})",
                            (*wp, *params)).fetchall()
+
+
+def _read(conn: sqlite3.Connection, table: str, select: str, where: str, params: tuple[Any, ...],
+          window: tuple[str, tuple]) -> list[tuple]:
+    w, wp = window
+    return conn.execute(f"SELECT {select} FROM main.{quote_ident(table)} WHERE ({w}) AND ({where})",
+                        (*wp, *params)).fetchall()
+
+
+def scan_two(conn: sqlite3.Connection, helper: sqlite3.Connection, table: str, order: list[str], select: str,
+             where: str = "1", params: tuple[Any, ...] = (), size: int = WINDOW_ROWS) -> Iterator[list[tuple]]:
+    """scan() with every other window read on `helper`, a second connection to the same
+    file, on a thread of its own. SQLite steps through both windows at once (it runs
+    without Python's GIL); the windows still come back in order, at most two read
+    ahead of the caller."""
+    wins = windows(conn, table, order, size)
+    with ThreadPoolExecutor(1, thread_name_prefix="syncd-scan") as pool:
+        while True:
+            first = next(wins, None)
+            if first is None:
+                return
+            second = next(wins, None)
+            later = pool.submit(_read, helper, table, select, where, params, second) if second else None
+            try:
+                yield _read(conn, table, select, where, params, first)
+            finally:
+                rows = later.result() if later else None
+            if rows is not None:
+                yield rows
