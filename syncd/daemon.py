@@ -20,6 +20,7 @@ from syncd.log import loop_exception_handler
 from syncd.page.live import LivePage
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
+from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.postgres.pool import Targets
@@ -324,7 +325,7 @@ class Daemon:
         outcome = _outcome(result)
         if self._outcomes.get(name) != outcome:
             self._outcomes[name] = outcome
-            level = logging.INFO if outcome == "equal" else logging.WARNING
+            level = logging.INFO if _calm(result) else logging.WARNING
             log.log(level, f"consistency check: {outcome}", extra={"source": name, "event": "verify"})
         if result.error or any(t.mismatched or t.error or t.repaired for t in result.tables):
             metrics.errors_total.labels(name, "verify").inc()
@@ -477,9 +478,24 @@ def _outcome(result) -> str:
     if differing:
         note = f"; repair: {result.repair_note}" if result.repair_note else ""
         return f"{len(differing)} table(s) differ ({', '.join(differing[:5])}); see `syncd verify`{note}"
+    uncompared = [t for t in result.tables if not t.compared]
+    if uncompared:
+        # A table not compared (held, still loading) is never reported equal.
+        names = ", ".join(f'"{t.table}" ({t.state or "not registered"})' for t in uncompared[:5])
+        more = f" and {len(uncompared) - 5} more" if len(uncompared) > 5 else ""
+        rest = len(result.tables) - len(uncompared)
+        return f"{len(uncompared)} table(s) not compared: {names}{more}; {rest} equal"
     if any(t.repaired for t in result.tables):
         return "equal after repair"
     return "equal"
+
+
+def _calm(result) -> bool:
+    """Nothing in a check's result to warn about: no failure, no difference, and any
+    table not compared is only still on its way (pending, loading or catching up)."""
+    if result.error or any(t.error or t.mismatched for t in result.tables):
+        return False
+    return all(t.compared or t.state in (bk.PENDING, bk.LOADING, bk.CATCHUP) for t in result.tables)
 
 
 LOGGED_KEYS = 10  # keys named in a repair's log line

@@ -738,8 +738,13 @@ class Pipeline:
             self.ready.set()
             self._leave_admission()
         if self.health != health:
-            if health == STREAMING:
+            held = [t.name for t in self.session.tables.values() if t.state == bk.HELD]
+            if health == STREAMING and not held:
                 self.session.info("every table is streaming", event="streaming")
+            elif health == STREAMING:
+                names = ", ".join(f'"{n}"' for n in held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+                self.session.info(f"streaming; {len(held)} table(s) held, their changes queued: {names}",
+                                  event="streaming")
             self.health = health
         self.detail = ""
 
