@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import subprocess
+import sys
 
 import asyncpg
 
@@ -38,6 +40,11 @@ def sqlite_objects(db) -> set[tuple[str, str]]:
 def test_version_and_help(tmp_path):
     r = run_cli(tmp_path / "x.toml", "--version")
     assert r.returncode == 0 and r.stdout.startswith("syncd ")
+    # --version answers without loading the configuration or any command (they cost a second)
+    r = subprocess.run([sys.executable, "-c", "import sys; from syncd.cli import VERBS, main; main(['--version']); "
+                        "print(sorted(m for m in sys.modules if m in {'syncd.config', *('syncd.cli.' + v for v in VERBS)}))"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.splitlines() == [r.stdout.splitlines()[0], "[]"], r.stdout + r.stderr
     r = run_cli(tmp_path / "x.toml", "--help")
     for verb in ("init", "run", "schema", "uninstall", "status", "verify"):
         assert verb in r.stdout

@@ -64,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     if "run" in (sys.argv[1:] if argv is None else argv):
         early_signals.install()  # before the heavy imports below
+    args_in = sys.argv[1:] if argv is None else argv
+    verb = invoked_verb(args_in)
+    if verb is None and "--version" in args_in:  # without loading the configuration or any verb
+        from syncd import __version__
+
+        print(f"syncd {__version__}")
+        return 0
     from syncd.cli import common
     from syncd.config import ConfigError
 
-    args_in = sys.argv[1:] if argv is None else argv
-    parser = build_parser(invoked_verb(args_in))
+    parser = build_parser(verb)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
