@@ -210,7 +210,8 @@ async def run(args) -> list[Figure]:
 
     names = {"syncd": "syncd init + run, until every row is visible", "syncd-run": "syncd run alone, the same",
              "copy": "psql \\copy from CSV (copy only)", "pgloader": "pgloader (whole run)",
-             "floor": "floor: init's and run's process starts + \\copy", "floor-run": "floor: run's process start + \\copy"}
+             "floor": "floor: init's and run's process starts + \\copy",
+             "floor-run": "floor: run's process start + \\copy"}
     figures = []
     for table, res in results.items():
         rows, times, details = shapes[table], res["times"], res["details"]
@@ -237,7 +238,8 @@ async def run(args) -> list[Figure]:
                                        f"floor {median(ratios['floor-pgl']):.2f}x"))
             figures.append(Figure("initial_load", f"{table}: syncd run alone / pgloader time",
                                   median(ratios["run-pgl"]), "x",
-                                  note=f"{median(times['syncd-run']):.2f} s; floor {median(ratios['floor-run-pgl']):.2f}x"))
+                                  note=f"{median(times['syncd-run']):.2f} s; "
+                                       f"floor {median(ratios['floor-run-pgl']):.2f}x"))
         figures.append(Figure("initial_load", f"{table}: syncd time / psql \\copy time", median(ratios["copy"]), "x",
                               note="informative: \\copy is the floor"))
     if not have_pgloader:

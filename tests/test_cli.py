@@ -41,8 +41,9 @@ def test_version_and_help(tmp_path):
     r = run_cli(tmp_path / "x.toml", "--version")
     assert r.returncode == 0 and r.stdout.startswith("syncd ")
     # --version answers without loading the configuration or any command (they cost a second)
-    r = subprocess.run([sys.executable, "-c", "import sys; from syncd.cli import VERBS, main; main(['--version']); "
-                        "print(sorted(m for m in sys.modules if m in {'syncd.config', *('syncd.cli.' + v for v in VERBS)}))"],
+    probe = ("import sys; from syncd.cli import VERBS, main; main(['--version']); "
+             "print(sorted(m for m in sys.modules if m in {'syncd.config', *('syncd.cli.' + v for v in VERBS)}))")
+    r = subprocess.run([sys.executable, "-c", probe],
                        capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.splitlines() == [r.stdout.splitlines()[0], "[]"], r.stdout + r.stderr
     r = run_cli(tmp_path / "x.toml", "--help")
