@@ -58,6 +58,23 @@ SHAPES = {
 }
 
 
+def test_the_check_reads_the_chunks_rows_whatever_the_columns_are_named(tmp_path):
+    """The check names the chunk's values c0, c1, ...: a table walked by its key whose
+    columns are named so must still be checked over the rows the chunk read."""
+    conn = sqlite3.connect(tmp_path / "n.db", isolation_level=None)
+    conn.execute('CREATE TABLE t ("c1" TEXT, "c0" TEXT PRIMARY KEY)')
+    # ordered by "c1" the rows would come d, b, c, a; by the key "c0" they come a, b, c, d
+    conn.execute("INSERT INTO t VALUES ('z NUL ' || char(0), 'a'), ('m', 'b'), ('n', 'c'), ('b', 'd')")
+    spec = introspect(conn, SourceSettings(name="app", path=str(tmp_path / "n.db"))).tables["t"]
+    conn.execute("BEGIN")
+    rows, _ = reader.read_snapshot_chunk(conn, spec, None, 1)
+    assert [r[spec.key_indexes[0]] for r in rows] == ["a"]
+    assert reader.snapshot_chunk_needs_conversion(conn, spec, None, 1)
+    rows, _ = reader.read_snapshot_chunk(conn, spec, ("a",), 2)
+    assert not reader.snapshot_chunk_needs_conversion(conn, spec, ("a",), 2)
+    conn.execute("COMMIT")
+
+
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_the_check_agrees_with_the_converter_chunk_by_chunk(tmp_path, shape):
     ddl, keys = SHAPES[shape]

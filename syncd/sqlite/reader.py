@@ -381,20 +381,23 @@ def snapshot_position_kind(spec: TableSpec) -> str:
 
 
 def _chunk_query(spec: TableSpec, after: tuple | None, limit: int, columns: str) -> tuple[str, list[Any], str]:
-    """`SELECT ... FROM table WHERE ... ORDER BY ... LIMIT ?` for the chunk after `after`,
-    with how its position is kept: "alias" (the key is the rowid: the last row's key),
-    "rowid" (the rowid, selected first) or "key" (the key's columns)."""
-    table = f"main.{quote_ident(spec.name)}"
+    """`SELECT ... FROM table AS s WHERE ... ORDER BY ... LIMIT ?` for the chunk after
+    `after`, with how its position is kept: "alias" (the key is the rowid: the last
+    row's key), "rowid" (the rowid, selected first) or "key" (the key's columns). The
+    WHERE and ORDER BY terms name the table's columns as `s.<column>`: a result column
+    the caller names alike (an alias) can then never be what a chunk is ordered by."""
+    table = f"main.{quote_ident(spec.name)} AS s"
     rid = rowid_name(spec) if snapshot_position_kind(spec) != "key" else None
     if rid is not None:
-        where = f"WHERE {rid} > ?" if after is not None else ""
+        where = f"WHERE s.{rid} > ?" if after is not None else ""
         params: list[Any] = [after[0]] if after is not None else []
         if spec.rowid_alias or spec.rowid_keyed:
             # The key is the rowid (an INTEGER PRIMARY KEY, or syncd's rowid column of a
             # keyless table): the last row's key is the position, no copy of each row.
-            return f"SELECT {columns} FROM {table} {where} ORDER BY {rid} LIMIT ?", [*params, limit], "alias"
-        return f"SELECT {rid}, {columns} FROM {table} {where} ORDER BY {rid} LIMIT ?", [*params, limit], "rowid"
-    key_cols = ", ".join(spec.sqlite_ref(k) for k in spec.key)
+            return f"SELECT {columns} FROM {table} {where} ORDER BY s.{rid} LIMIT ?", [*params, limit], "alias"
+        return (f"SELECT s.{rid}, {columns} FROM {table} {where} ORDER BY s.{rid} LIMIT ?", [*params, limit],
+                "rowid")
+    key_cols = ", ".join(f"s.{spec.sqlite_ref(k)}" for k in spec.key)
     if after is not None:
         marks = ", ".join(["?"] * len(spec.key))
         where = f"WHERE ({key_cols}) > ({marks})"
@@ -409,7 +412,7 @@ def read_snapshot_chunk(
 ) -> tuple[list[tuple], tuple | None]:
     """Up to `limit` rows in storage order after position `after`; returns the rows
     and the position of the last one. The caller owns the read transaction."""
-    cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
+    cols = ", ".join(f"s.{spec.sqlite_ref(c)}" for c in spec.column_names)
     sql, params, kind = _chunk_query(spec, after, limit, cols)
     rows = fetchall_text_safe(conn, sql, params)
     if not rows:
@@ -433,7 +436,7 @@ def snapshot_chunk_needs_conversion(conn: sqlite3.Connection, spec: TableSpec, a
     conds = [needs_conversion_filter(c.pgtype, f"c{i}") for i, c in enumerate(spec.columns)]
     if not conds or any(c is None for c in conds):
         return True
-    cols = ", ".join(f"{spec.sqlite_ref(c.name)} AS c{i}" for i, c in enumerate(spec.columns))
+    cols = ", ".join(f"s.{spec.sqlite_ref(c.name)} AS c{i}" for i, c in enumerate(spec.columns))
     sql, params, _ = _chunk_query(spec, after, limit, cols)
     hit = conn.execute(f"SELECT 1 FROM ({sql}) WHERE {' OR '.join(conds)} LIMIT 1", params).fetchone()
     return hit is not None
