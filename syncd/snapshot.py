@@ -149,7 +149,7 @@ async def audit(session: SourceSession, t: TableRuntime, note: bool = False) -> 
                       event="audit_skipped")
         return None
     position = await w.run(audit_position)
-    misfits = await w.run(audit_table, t.spec)
+    misfits = await w.run(audit_table, t.spec, w.inode)
     if not misfits:
         clash = await w.run(key_identity.audit_collisions, t.spec)
         if clash is not None:

@@ -4,6 +4,8 @@ and its sample keys in the table's order, whichever connection read their window
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 
 from syncd.config import SourceSettings
@@ -33,14 +35,15 @@ def test_two_connections_find_what_one_finds(tmp_path, monkeypatch):
     for i in (40_001, 125_000):
         conn.execute("UPDATE orders SET note = 'a NUL ' || char(0) || ' inside' WHERE id = ?", (i,))
     spec = introspect(conn, SourceSettings(name="app", path=str(db))).tables["orders"]
+    inode = file_id(db)
 
-    helper = audit._helper_connection(conn, spec)
+    helper = audit._helper_connection(conn, spec, inode)
     assert helper is not None, "a table this large is audited on two connections"
     helper.close()
-    two = audit.audit_table(conn, spec)
+    two = audit.audit_table(conn, spec, inode)
     monkeypatch.setattr(audit, "TWO_CONNECTIONS_ROWS", 10**9)
-    assert audit._helper_connection(conn, spec) is None
-    one = audit.audit_table(conn, spec)
+    assert audit._helper_connection(conn, spec, inode) is None
+    one = audit.audit_table(conn, spec, inode)
 
     assert [m.describe("orders") for m in two] == [m.describe("orders") for m in one]
     by_column = {m.column: m for m in two}
@@ -50,10 +53,35 @@ def test_two_connections_find_what_one_finds(tmp_path, monkeypatch):
     assert by_column["note"].sample_keys == [(40_001,), (125_000,)]
 
 
+def file_id(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def test_a_small_table_keeps_one_connection(tmp_path):
     db = tmp_path / "app.db"
     make_table(db, 1_000)
     conn = sqlite3.connect(db, isolation_level=None)
     spec = introspect(conn, SourceSettings(name="app", path=str(db))).tables["orders"]
-    assert audit._helper_connection(conn, spec) is None
-    assert audit.audit_table(conn, spec) == []
+    assert audit._helper_connection(conn, spec, file_id(db)) is None
+    assert audit.audit_table(conn, spec, file_id(db)) == []
+
+
+def test_a_replaced_file_is_audited_on_its_own_connection_only(tmp_path):
+    """The second connection opens the file by its path: once another file is there, it
+    would read that one, so the audit stays on the connection it was given."""
+    db = tmp_path / "app.db"
+    make_table(db, ROWS)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("UPDATE orders SET qty = 'many' WHERE id = 99999")
+    spec = introspect(conn, SourceSettings(name="app", path=str(db))).tables["orders"]
+    opened_on = file_id(db)
+    shutil.copyfile(db, tmp_path / "copy.db")
+    other = sqlite3.connect(tmp_path / "copy.db")
+    other.execute("UPDATE orders SET qty = 'lots' WHERE id = 25000")  # a window the helper would read
+    other.commit()
+    other.close()
+    os.replace(tmp_path / "copy.db", db)  # conn still reads the file it opened
+    assert audit._helper_connection(conn, spec, opened_on) is None
+    (misfit,) = audit.audit_table(conn, spec, opened_on)
+    assert misfit.sample_keys == [(99999,)] and misfit.count == 1

@@ -4,6 +4,7 @@ its Postgres type, instead of failing halfway through a load."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite import windows
-from syncd.sqlite.connection import open_connection
+from syncd.sqlite.connection import SourceFileError, open_connection
 from syncd.types import ValueMismatch, audit_prefilter, converter
 
 SAMPLE_KEYS = 5
@@ -44,9 +45,11 @@ def format_key(key: tuple) -> str:
     return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
 
 
-def audit_table(conn: sqlite3.Connection, spec: TableSpec) -> list[Misfit]:
+def audit_table(conn: sqlite3.Connection, spec: TableSpec, inode: tuple[int, int] | None = None) -> list[Misfit]:
     """Scan the table once and return the misfits, worst first. Call outside any
-    transaction: each window is a short statement of its own."""
+    transaction: each window is a short statement of its own. `inode` is the file
+    `conn` was opened on (device, inode): with it, a large table is read on a second
+    connection too, while the file at that path is still that one."""
     nkey = len(spec.key)
     key_cols = [spec.sqlite_ref(k) for k in spec.key]
     checks: list[tuple[int, str, str | None]] = []
@@ -65,12 +68,13 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec) -> list[Misfit]:
     # the read lock is never held while Python works (rollback-journal writers wait on it).
     # A large table's windows are read two at a time, on two connections.
     select, where = f"{', '.join(key_cols)}, {cols}", " OR ".join("(" + c + ")" for c in conds)
-    helper = _helper_connection(conn, spec)
-    scanned = (windows.scan(conn, spec.name, order, select, where) if helper is None
-               else windows.scan_two(conn, helper, spec.name, order, select, where))
-    candidates = (row for rows in scanned for row in rows)
+    helper: sqlite3.Connection | None = None
+    scanned = None
     try:
-        for row in candidates:
+        helper = _helper_connection(conn, spec, inode)
+        scanned = (windows.scan(conn, spec.name, order, select, where) if helper is None
+                   else windows.scan_two(conn, helper, spec.name, order, select, where))
+        for row in (row for rows in scanned for row in rows):
             key = row[:nkey]
             values = row[nkey:]
             if any(v is None for v in key):
@@ -92,9 +96,12 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec) -> list[Misfit]:
                         m.sample_keys.append(key)
     finally:
         conn.text_factory = old_factory
-        if helper is not None:
-            scanned.close()
-            helper.close()
+        try:
+            if scanned is not None:
+                scanned.close()  # waits for a window the helper is still reading
+        finally:
+            if helper is not None:
+                helper.close()
     return sorted(misfits.values(), key=lambda m: -m.count)
 
 
@@ -106,9 +113,13 @@ def _surrogate_text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _helper_connection(conn: sqlite3.Connection, spec: TableSpec) -> sqlite3.Connection | None:
+def _helper_connection(conn: sqlite3.Connection, spec: TableSpec,
+                       inode: tuple[int, int] | None) -> sqlite3.Connection | None:
     """A second connection to `conn`'s file for a table large enough to be worth it;
-    None for a small table (a fleet's files stay at one connection each)."""
+    None for a small table (a fleet's files stay at one connection each), or when the
+    file at `conn`'s path is not (or no longer) the `inode` it was opened on."""
+    if inode is None:
+        return None
     table = f"main.{quote_ident(spec.name)}"
     if conn.execute(f"SELECT 1 FROM {table} LIMIT 1 OFFSET ?", (TWO_CONNECTIONS_ROWS,)).fetchone() is None:
         return None
@@ -116,7 +127,17 @@ def _helper_connection(conn: sqlite3.Connection, spec: TableSpec) -> sqlite3.Con
     if not path:
         return None
     timeout_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
-    helper = open_connection(Path(path), timeout_ms)
+    try:
+        helper = open_connection(Path(path), timeout_ms)
+    except (sqlite3.Error, SourceFileError):
+        return None  # the audit reads on one connection, as for a small table
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is None or (st.st_dev, st.st_ino) != inode:  # replaced since: the helper would read another file
+        helper.close()
+        return None
     helper.text_factory = _surrogate_text
     return helper
 

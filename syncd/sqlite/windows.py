@@ -80,9 +80,8 @@ def scan_two(conn: sqlite3.Connection, helper: sqlite3.Connection, table: str, o
                 return
             second = next(wins, None)
             later = pool.submit(_read, helper, table, select, where, params, second) if second else None
-            try:
-                yield _read(conn, table, select, where, params, first)
-            finally:
-                rows = later.result() if later else None
-            if rows is not None:
-                yield rows
+            # Should this read fail, or the caller stop here, leaving the `with` waits for
+            # the helper's read: its connection is never closed under it.
+            yield _read(conn, table, select, where, params, first)
+            if later is not None:
+                yield later.result()
