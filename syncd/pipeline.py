@@ -738,13 +738,14 @@ class Pipeline:
             self.ready.set()
             self._leave_admission()
         if self.health != health:
-            held = [t.name for t in self.session.tables.values() if t.state == bk.HELD]
-            if health == STREAMING and not held:
+            stopped = [t for t in self.session.tables.values() if t.state in (bk.HELD, bk.PAUSED)]
+            if health == STREAMING and not stopped:
                 self.session.info("every table is streaming", event="streaming")
             elif health == STREAMING:
-                names = ", ".join(f'"{n}"' for n in held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
-                self.session.info(f"streaming; {len(held)} table(s) held, their changes queued: {names}",
-                                  event="streaming")
+                names = ", ".join(f'"{t.name}" ({t.state})' for t in stopped[:5])
+                more = f" and {len(stopped) - 5} more" if len(stopped) > 5 else ""
+                self.session.info(f"streaming; {len(stopped)} table(s) held or paused, their changes queued: "
+                                  f"{names}{more}", event="streaming")
             self.health = health
         self.detail = ""
 
