@@ -126,11 +126,8 @@ def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming
         if kept:
             ch.upserts.extend(kept)
             ch.deletes = gone
-            ch.plain = False  # rows read apart from the batch's join: not checked
         try:
-            # A batch whose values SQLite found need nothing is sent as read.
-            records = ch.upserts if ch.plain else t.conv.rows(ch.upserts)
-            converted[tid] = Converted(t, records, t.conv.deleted_keys(ch.deletes))
+            converted[tid] = Converted(t, t.conv.rows(ch.upserts), t.conv.deleted_keys(ch.deletes))
         except RowMisfit as m:
             misfits[tid] = str(m)
             continue

@@ -32,7 +32,6 @@ class TableChanges:
     deletes: list[tuple] = field(default_factory=list)  # keys
     ops: Counter = field(default_factory=Counter)  # insert / update / delete, per coalesced key
     null_keys: int = 0  # changes whose key is NULL: Postgres cannot hold such a row
-    plain: bool = True  # no value of any upsert needs converting: the rows are sent as read
 
     @property
     def size(self) -> int:
@@ -64,7 +63,7 @@ def _join_sql(spec: TableSpec) -> str:
     Flags are worked out in SQL so the common case costs Python nothing: `nullkey`
     (a NULL in the key), `present` (the row exists), `exact` (the row found has
     exactly the recorded key: a non-BINARY collation or an affinity can match
-    another stored key), `plain` (every value of the row is sent as read)."""
+    another stored key)."""
     nkey = len(spec.key)
     c_slots = ", ".join(f"c.{slot(i)}" for i in range(nkey))
     ref = spec.sqlite_ref
@@ -76,15 +75,11 @@ def _join_sql(spec: TableSpec) -> str:
     )
     cols = ", ".join(f"t.{ref(c)}" for c in spec.column_names)
     first_key = ref(spec.key[0])
-    # `plain`: no value of the row found needs converting (see needs_conversion_filter)
-    needs = [needs_conversion_filter(c.pgtype, f"t.{ref(c.name)}") for c in spec.columns]
-    plain = "0" if any(n is None for n in needs) else f"NOT coalesce({' OR '.join(needs)}, 0)"
     # 1 and 1.0 are one value to Python and to SQLite's `=`, but two keys to Postgres:
     # which slots hold a real makes (key..., mask) tell them apart (_distinct_keys).
     reals = " + ".join(f"{1 << i} * (typeof(c.{slot(i)}) = 'real')" for i in range(nkey))
     return (
-        f"SELECT {c_slots}, {reals}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {plain}, "
-        f"{cols} "
+        f"SELECT {c_slots}, {reals}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {cols} "
         f"FROM main.{CL} AS c LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on} "
         f"WHERE c.seq > ? AND c.seq <= ? AND c.tid = ? ORDER BY c.seq"
     )
@@ -109,19 +104,16 @@ def _distinct_keys(rows: list[tuple], nkey: int) -> list[tuple]:
 def _collect(changes: TableChanges, rows: list[tuple]) -> None:
     spec = changes.spec
     nkey = len(spec.key)
-    first = nkey + 6  # where the row's columns start: key, mask, op, nullkey, present, exact, plain
+    first = nkey + 5  # where the row's columns start: key, mask, op, nullkey, present, exact
     key_idx = spec.key_indexes
     upserts, deletes = changes.upserts, changes.deletes
     inserted = updated = deleted = 0
     merged: set[tuple] | None = None  # rows reached through a non-exact match, to upsert once
-    plain = changes.plain
     for r in _distinct_keys(rows, nkey):
         if r[nkey + 2]:
             changes.null_keys += 1
             continue
         if r[nkey + 3]:
-            if plain and not r[nkey + 5]:
-                plain = False
             if r[nkey + 4]:
                 upserts.append(r[first:])
             else:
@@ -155,7 +147,6 @@ def _collect(changes: TableChanges, rows: list[tuple]) -> None:
                     unique.append(row)
             upserts[:] = unique
     changes.ops.update(insert=inserted, update=updated, delete=deleted)
-    changes.plain = plain
 
 
 def fingerprint(entries: list[tuple]) -> str:
