@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from syncd import metrics
+from syncd.printable import listed
 from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
@@ -481,10 +482,9 @@ def _outcome(result) -> str:
     uncompared = [t for t in result.tables if not t.compared]
     if uncompared:
         # A table not compared (held, still loading) is never reported equal.
-        names = ", ".join(f'"{t.table}" ({t.state or "not registered"})' for t in uncompared[:5])
-        more = f" and {len(uncompared) - 5} more" if len(uncompared) > 5 else ""
+        names = listed([f'"{t.table}" ({t.state or "not registered"})' for t in uncompared])
         rest = len(result.tables) - len(uncompared)
-        return f"{len(uncompared)} table(s) not compared: {names}{more}; {rest} equal"
+        return f"{len(uncompared)} table(s) not compared: {names}; {rest} equal"
     if any(t.repaired for t in result.tables):
         return "equal after repair"
     return "equal"
@@ -495,7 +495,7 @@ def _calm(result) -> bool:
     table not compared is only still on its way (pending, loading or catching up)."""
     if result.error or any(t.error or t.mismatched for t in result.tables):
         return False
-    return all(t.compared or t.state in (bk.PENDING, bk.LOADING, bk.CATCHUP) for t in result.tables)
+    return all(t.compared or t.state in bk.ON_THE_WAY for t in result.tables)
 
 
 LOGGED_KEYS = 10  # keys named in a repair's log line

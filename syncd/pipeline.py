@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_random
 
 from syncd import metrics, parity
+from syncd.printable import listed
 from syncd.config import Settings, SourceSettings
 from syncd.lag import LagTracker
 from syncd.model import TO_POSTGRES
@@ -342,7 +343,7 @@ class Pipeline:
                                         >= self.settings.stream.held_table_retry_seconds):
             return True
         for t in s.tables.values():
-            if t.state in (bk.PENDING, bk.LOADING, bk.CATCHUP) or (t.state == bk.HELD and self._due(t)):
+            if t.state in bk.ON_THE_WAY or (t.state == bk.HELD and self._due(t)):
                 return True
         if s.direction != TO_POSTGRES:
             return False
@@ -731,7 +732,7 @@ class Pipeline:
 
     def _update_health(self) -> None:
         states = {t.state for t in self.session.tables.values()}
-        if states & {bk.PENDING, bk.LOADING, bk.CATCHUP}:
+        if states & bk.ON_THE_WAY:
             health = SNAPSHOTTING
         else:
             health = STREAMING
@@ -742,10 +743,9 @@ class Pipeline:
             if health == STREAMING and not stopped:
                 self.session.info("every table is streaming", event="streaming")
             elif health == STREAMING:
-                names = ", ".join(f'"{t.name}" ({t.state})' for t in stopped[:5])
-                more = f" and {len(stopped) - 5} more" if len(stopped) > 5 else ""
+                names = listed([f'"{t.name}" ({t.state})' for t in stopped])
                 self.session.info(f"streaming; {len(stopped)} table(s) held or paused, their changes queued: "
-                                  f"{names}{more}", event="streaming")
+                                  f"{names}", event="streaming")
             self.health = health
         self.detail = ""
 

@@ -28,3 +28,9 @@ def shorten(text: str, limit: int = 120) -> str:
     """One printable line of at most `limit` characters."""
     line = escape_controls(text)
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def listed(items: list[str], limit: int = 5) -> str:
+    """The first `limit` items, comma-separated, then "and N more" for the rest."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

@@ -299,7 +299,7 @@ def _derive_state(st: SourceStatus) -> str:
     if st.direction == TO_SQLITE and st.way_back_ended:
         return "cut_over"  # SQLite no longer follows: nothing flows any more
     states = {t.state for t in st.tables}
-    if states & {bk.PENDING, bk.LOADING, bk.CATCHUP}:
+    if states & bk.ON_THE_WAY:
         return "snapshotting"
     return "streaming"
 

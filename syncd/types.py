@@ -359,8 +359,13 @@ def needs_conversion_filter(pgtype: PgType, col: str) -> str | None:
         return None
     expr = f"typeof({col}) NOT IN ('{cls}', 'null')"
     if pgtype is PgType.TEXT:
-        expr = f"({expr} OR instr(CAST({col} AS BLOB), x'00') > 0)"
+        expr = f"({expr} OR {_holds_nul(col)})"
     return expr
+
+
+def _holds_nul(col: str) -> str:
+    """A SQLite expression true for a text or blob holding a NUL byte (Postgres text cannot)."""
+    return f"instr(CAST({col} AS BLOB), x'00') > 0"
 
 
 def audit_prefilter(pgtype: PgType, col: str) -> str | None:
@@ -370,7 +375,7 @@ def audit_prefilter(pgtype: PgType, col: str) -> str | None:
     may be generous but must never miss. `col` is an already-quoted column name.
     None means every non-NULL value needs the converter.
     """
-    nul = f"instr(CAST({col} AS BLOB), x'00') > 0"
+    nul = _holds_nul(col)
     if pgtype is PgType.BIGINT:
         return f"typeof({col}) NOT IN ('integer', 'null')"
     if pgtype is PgType.DOUBLE:

@@ -33,6 +33,7 @@ PAUSED = "paused"  # a schema change needs an operator (dropped/renamed column o
 REFUSED = "refused"  # cannot be replicated (no usable key)
 
 STATES = (PENDING, LOADING, CATCHUP, STREAMING, HELD, PAUSED, REFUSED)
+ON_THE_WAY = frozenset((PENDING, LOADING, CATCHUP))  # not streaming yet, nothing wrong
 
 
 def _ddl(bk: str) -> list[str]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite import windows
-from syncd.sqlite.connection import SourceFileError, open_connection
+from syncd.sqlite.connection import SourceFileError, open_connection, surrogate_text
 from syncd.types import ValueMismatch, audit_prefilter, converter
 
 SAMPLE_KEYS = 5
@@ -63,7 +63,7 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec, inode: tuple[int, int
     misfits: dict[str, Misfit] = {}
     order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key)
     old_factory = conn.text_factory
-    conn.text_factory = _surrogate_text
+    conn.text_factory = surrogate_text
     # Window by window, each its own statement, converting only once a window is read:
     # the read lock is never held while Python works (rollback-journal writers wait on it).
     # A large table's windows are read two at a time, on two connections.
@@ -109,10 +109,6 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec, inode: tuple[int, int
 TWO_CONNECTIONS_ROWS = 100_000
 
 
-def _surrogate_text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
 def _helper_connection(conn: sqlite3.Connection, spec: TableSpec,
                        inode: tuple[int, int] | None) -> sqlite3.Connection | None:
     """A second connection to `conn`'s file for a table large enough to be worth it;
@@ -138,7 +134,7 @@ def _helper_connection(conn: sqlite3.Connection, spec: TableSpec,
     if st is None or (st.st_dev, st.st_ino) != inode:  # replaced since: the helper would read another file
         helper.close()
         return None
-    helper.text_factory = _surrogate_text
+    helper.text_factory = surrogate_text
     return helper
 
 

@@ -28,7 +28,7 @@ class SourceFileError(Exception):
     """The SQLite file is missing, unreadable or not a database."""
 
 
-def _surrogate_text(raw: bytes) -> str:
+def surrogate_text(raw: bytes) -> str:
     # Invalid UTF-8 survives as surrogates; the type converter then reports it.
     return raw.decode("utf-8", "surrogateescape")
 
@@ -67,7 +67,7 @@ def fetchall_text_safe(conn: sqlite3.Connection, sql: str, params: Any = ()) -> 
         if "decode" not in str(e):
             raise
     old = conn.text_factory
-    conn.text_factory = _surrogate_text
+    conn.text_factory = surrogate_text
     try:
         return conn.execute(sql, params).fetchall()
     finally:

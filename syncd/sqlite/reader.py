@@ -425,7 +425,7 @@ def snapshot_chunk_needs_conversion(conn: sqlite3.Connection, spec: TableSpec, a
     values that need nothing skips the per-row conversion, the load's costliest
     Python work."""
     conds = [needs_conversion_filter(c.pgtype, f"c{i}") for i, c in enumerate(spec.columns)]
-    if not conds or any(c is None for c in conds):
+    if any(c is None for c in conds):
         return True
     cols = ", ".join(f"s.{spec.sqlite_ref(c.name)} AS c{i}" for i, c in enumerate(spec.columns))
     sql, params, _ = _chunk_query(spec, after, limit, cols)

@@ -54,9 +54,8 @@ def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int = 
 def scan(conn: sqlite3.Connection, table: str, order: list[str], select: str, where: str = "1",
          params: tuple[Any, ...] = (), size: int = WINDOW_ROWS) -> Iterator[list[tuple]]:
     """fetchall() of `SELECT select FROM table WHERE where`, window by window."""
-    for w, wp in windows(conn, table, order, size):
-        yield conn.execute(f"SELECT {select} FROM main.{quote_ident(table)} WHERE ({w}) AND ({where})",
-                           (*wp, *params)).fetchall()
+    for window in windows(conn, table, order, size):
+        yield _read(conn, table, select, where, params, window)
 
 
 def _read(conn: sqlite3.Connection, table: str, select: str, where: str, params: tuple[Any, ...],

@@ -42,6 +42,7 @@ from typing import Any
 import asyncpg
 
 from syncd.model import TableSpec
+from syncd.printable import listed
 from syncd.verify import sqlite_side
 from syncd.verify.keyspace import EVERYTHING, Bound, KeyRange, KeySpace, sqlite_value
 from syncd.sqlite.audit import format_key
@@ -367,9 +368,9 @@ class TableCheck:
         """Distinct SQLite rows that are one key in Postgres: each is missing there
         (Postgres holds at most one of them), and a replay cannot fix that."""
         keys = [r.raw_key for r in rows]
-        listed = ", ".join(format_key(k) for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-        note = (f"{len(keys)} SQLite rows, keys {listed}, are one key in Postgres, which can hold only one of them; "
-                "a replay cannot fix this: keep one spelling per key in SQLite")
+        keys_listed = listed([format_key(k) for k in keys])
+        note = (f"{len(keys)} SQLite rows, keys {keys_listed}, are one key in Postgres, "
+                "which can hold only one of them; a replay cannot fix this: keep one spelling per key in SQLite")
         c.raws = keys
         return [Difference(MISSING, k, note=note, raw_key=k, repairable=False) for k in keys]
 
