@@ -41,8 +41,9 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    ROOT, Daemon, Figure, alternate, changelog_max, check_daemon, main_async, median, pg_connect, pg_database,
-    print_problems, print_table, psql, scratch_dir, spread, wait_streaming, write_config,
+    ROOT, Daemon, Figure, alternate, busy_share, changelog_max, check_daemon, cpu_seconds, machine_cpu, main_async,
+    median, pg_connect, pg_database, print_problems, print_table, psql, scratch_dir, spread, wait_streaming,
+    write_config,
 )
 from syncd.config import SourceSettings  # noqa: E402
 from syncd.sqlite import reader  # noqa: E402
@@ -245,7 +246,8 @@ async def run_case(case: Case, rounds: int, tmp: Path, problems: list[str]) -> d
     case.fill(conn, case.rows)
     conn.execute("COMMIT")
     conn.close()
-    got: dict[str, list[float]] = {"syncd": [], "copy": [], "merge": [], "ratio": [], "rows": []}
+    got: dict[str, list[float]] = {"syncd": [], "copy": [], "merge": [], "ratio": [], "rows": [], "cpu": [],
+                                   "busy": []}
     with pg_database("drain") as dsn:
         cfg = write_config(tmp / f"{case.table}.toml", dsn, db)
         init(cfg, problems)
@@ -262,8 +264,11 @@ async def run_case(case: Case, rounds: int, tmp: Path, problems: list[str]) -> d
                         n = case.change(app, r)
                         app.execute("COMMIT")
                         committed = time.perf_counter()
+                        cpu0, machine0 = cpu_seconds(d.proc.pid), machine_cpu()
                         app.close()
                         took["syncd"] = await wait_applied(pg, changelog_max(db), d) - committed
+                        got["cpu"].append(cpu_seconds(d.proc.pid) - cpu0)
+                        got["busy"].append(busy_share(machine0, machine_cpu()))
                         got["rows"].append(n)
                     else:
                         csv_path = tmp / f"{case.table}.csv"
@@ -278,7 +283,8 @@ async def run_case(case: Case, rounds: int, tmp: Path, problems: list[str]) -> d
                 got["ratio"].append(got["syncd"][-1] / got["copy"][-1])
                 print(f"  {case.table} round {r + 1}: {n:,} changes visible after {took['syncd']:.2f} s "
                       f"({got['syncd'][-1]:,.0f}/s); \\copy {took['copy']:.2f} s ({got['copy'][-1]:,.0f} rows/s); "
-                      f"{got['ratio'][-1]:.2f}x; Postgres alone merging them {took['merge']:.2f} s", flush=True)
+                      f"{got['ratio'][-1]:.2f}x; Postgres alone merging them {took['merge']:.2f} s; daemon CPU "
+                      f"{got['cpu'][-1]:.2f} s, machine busy {100 * got['busy'][-1]:.0f}%", flush=True)
             await pg.close()
             got["hwm_mb"] = peak_rss_kb(d.proc.pid) / 1024  # type: ignore[assignment]
             check_daemon(d, d.stop(), problems)
@@ -376,13 +382,19 @@ async def run(args) -> list[Figure]:
         merge_ratio = median([m / c for m, c in zip(got["merge"], got["copy"])])
         rows.append([case.name, f"{median(got['syncd']):,.0f}/s", f"{median(got['copy']):,.0f} rows/s",
                      f"{median(got['ratio']):.2f}x", spread(got["ratio"]), case.target or "(informative)",
-                     f"{median(got['merge']):,.0f} rows/s ({merge_ratio:.2f}x)", f"{got['hwm_mb']:.0f} MB"])
+                     f"{median(got['merge']):,.0f} rows/s ({merge_ratio:.2f}x)",
+                     f"{median([c / (n / r) for c, n, r in zip(got['cpu'], got['rows'], got['syncd'])]):.2f}",
+                     f"{100 * median(got['busy']):.0f}%", f"{got['hwm_mb']:.0f} MB"])
     print_table(f"One large transaction, COMMIT to last row visible in Postgres (median of {rounds} rounds)",
                 ["case", "syncd changes/s", "psql \\copy same rows", "ratio", "ratio range", "target",
-                 "Postgres alone: stage + merge (/ \\copy)", "daemon peak RSS"], rows)
+                 "Postgres alone: stage + merge (/ \\copy)", "daemon CPU s per wall s", "machine busy",
+                 "daemon peak RSS"], rows)
     print("  Postgres alone: psql COPYing the same rows into a temporary stage and merging them with INSERT ...\n"
           "  ON CONFLICT DO UPDATE into the table holding their old versions, as syncd applies them: the floor\n"
-          "  of the Postgres side, with no SQLite read and no Python.")
+          "  of the Postgres side, with no SQLite read and no Python.\n"
+          "  Daemon CPU per wall second and machine busy (both cores), from COMMIT to visible: a daemon near\n"
+          "  1.0 on a machine near 100% busy is bound by its own Python work (one core, the GIL) beside\n"
+          "  Postgres on the other core; only less CPU per change moves that figure.")
     for case, got in results:
         print(f"  reader query plan, {case.table}: " + " | ".join(got["plan"]))
     print_table("Backlog written while the daemon was stopped, then `syncd run` until caught up",
@@ -395,7 +407,9 @@ async def run(args) -> list[Figure]:
         figures.append(Figure("change_drain", f"{case.table}: syncd changes/s / \\copy rows/s",
                               median(got["ratio"]), "x", case.target,
                               note=f"{median(got['syncd']):,.0f} vs {median(got['copy']):,.0f}/s; Postgres alone "
-                                   f"merging them {median([m / c for m, c in zip(got['merge'], got['copy'])]):.2f}x"))
+                                   f"merging them {median([m / c for m, c in zip(got['merge'], got['copy'])]):.2f}x; "
+                                   f"daemon CPU {median([c / (n / r) for c, n, r in zip(got['cpu'], got['rows'], got['syncd'])]):.2f} "
+                                   f"s per wall s, machine {100 * median(got['busy']):.0f}% busy"))
     figures.append(Figure("change_drain", f"daemon peak RSS draining a {back['changes'] // 1000}k backlog",
                           back["rss_mb"], "MB", RSS_TARGET,
                           note=f"{back['changes'] / back['took']:,.0f} changes/s from `syncd run`"))

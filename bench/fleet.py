@@ -13,7 +13,6 @@ peak RSS under 300 MB, idle CPU under 5% of one core, connections within
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    Daemon, Figure, main_async, median, pg_connect, pg_database, print_table, scratch_dir, spread,
+    Daemon, Figure, cpu_seconds, main_async, median, pg_connect, pg_database, print_table, scratch_dir, spread,
 )
 
 BOUND = 8
@@ -53,11 +52,6 @@ def config(path: Path, dsn: str, tenants: Path) -> Path:
         "[metrics]", 'listen = ""', "", "[verify]", "interval_seconds = 0", "",
         "[[sources]]", 'name = "t{stem}"', f'path = "{tenants}/*.db"', ""]))
     return path
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:
