@@ -39,6 +39,10 @@ class TableRuntime:
     # Unique sets SQLite no longer has, looked up until the stream passes the position
     # (see collisions.ensure_indexes).
     retired_unique: tuple[tuple[UniqueSet, int], ...] = ()
+    # The note of the last passed audit when it found every value already sent as stored
+    # (audit.passed_note): a load reading the table unchanged since skips the per-chunk
+    # conversion check (snapshot.TableLoad).
+    plain_audit: dict | None = None
 
     def __post_init__(self) -> None:
         self.conv = RowConverter(self.spec)

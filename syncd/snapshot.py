@@ -32,7 +32,8 @@ from syncd.postgres.connect import describe, is_data_error, is_shape_error
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.sqlite import key_identity, reader
-from syncd.sqlite.audit import audit_position, audit_still_holds, audit_table, note_audit_passed
+from syncd.sqlite.audit import (audit_position, audit_scan, audit_still_holds, note_audit_passed, passed_note,
+                                unchanged_since)
 from syncd.sqlite.connection import SqliteWorker
 
 PROGRESS_EVERY_SECONDS = 5.0
@@ -59,6 +60,7 @@ class TableLoad:
         self.prefetch: asyncio.Future | None = None
         self.prefetch_after: tuple | None = None
         self.schema_version = session.schema_version
+        self.plain = False  # every row is sent as read, without the per-chunk check (see open)
 
     @property
     def chunk_rows(self) -> int:
@@ -80,6 +82,12 @@ class TableLoad:
         def begin(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN")
             pos = reader.max_seq(conn)
+            # Read in one transaction, a table the audit found holding only values sent as
+            # stored, with no change since, holds only such values in this snapshot too.
+            noted = self.t.plain_audit
+            self.plain = (self.single_txn and noted is not None
+                          and unchanged_since(conn, self.t.tid, self.t.spec, noted["schema"], noted["seq"],
+                                              noted["types"]))
             if not self.single_txn:
                 conn.execute("COMMIT")
             return pos
@@ -98,7 +106,8 @@ class TableLoad:
             if conn.execute("PRAGMA main.schema_version").fetchone()[0] != self.schema_version:
                 return None, after, SchemaMoved()
             rows, pos = reader.read_snapshot_chunk(conn, self.t.spec, after, limit)
-            unchanged = bool(rows) and not reader.snapshot_chunk_needs_conversion(conn, self.t.spec, after, limit)
+            unchanged = bool(rows) and (self.plain or
+                                        not reader.snapshot_chunk_needs_conversion(conn, self.t.spec, after, limit))
         finally:
             if not self.single_txn:
                 conn.execute("COMMIT")
@@ -144,18 +153,24 @@ async def audit(session: SourceSession, t: TableRuntime, note: bool = False) -> 
     With `note`, a pass is noted in the file, and the next audit of the table (the
     daemon's, after `syncd init`) is skipped while nothing it checked has changed."""
     w = session.worker
-    if not note and await w.run(audit_still_holds, t.tid, t.spec):
-        session.debug("audit skipped: the table was audited as it is now (by syncd init)", table=t.name,
-                      event="audit_skipped")
-        return None
+    t.plain_audit = None
+    if not note:
+        noted = await w.run(audit_still_holds, t.tid, t.spec)
+        if noted is not None:
+            t.plain_audit = noted if noted.get("plain") else None
+            session.debug("audit skipped: the table was audited as it is now (by syncd init)", table=t.name,
+                          event="audit_skipped")
+            return None
     position = await w.run(audit_position)
-    misfits = await w.run(audit_table, t.spec, w.inode)
+    misfits, plain = await w.run(audit_scan, t.spec, w.inode)
     if not misfits:
         clash = await w.run(key_identity.audit_collisions, t.spec)
         if clash is not None:
             return "audit before load: " + clash
+        t.plain_audit = passed_note(t.spec, position, plain) if plain else None
         if note:
-            await w.run(note_audit_passed, t.tid, t.spec, position, session.settings.sqlite.write_busy_timeout_ms)
+            await w.run(note_audit_passed, t.tid, t.spec, position, session.settings.sqlite.write_busy_timeout_ms,
+                        plain)
         return None
     text = "; ".join(m.describe(t.name) for m in misfits[:3])
     if len(misfits) > 3:
@@ -168,6 +183,9 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
     conn = session.pg
     assert conn is not None
     from_seq = await load.open()
+    if load.plain:
+        session.debug("loading rows as read: the table is as its audit found it, every value already of its "
+                      "column's storage class", table=t.name, event="load_as_read")
     total = await load.count()
     target = session.target_schema
     async with conn.transaction():

@@ -357,10 +357,17 @@ def needs_conversion_filter(pgtype: PgType, col: str) -> str | None:
     cls = _UNCHANGED_CLASS.get(pgtype)
     if cls is None:
         return None
-    expr = f"typeof({col}) NOT IN ('{cls}', 'null')"
+    expr = _class_not(col, cls, "null")
     if pgtype is PgType.TEXT:
         expr = f"({expr} OR {_holds_nul(col)})"
     return expr
+
+
+def _class_not(col: str, *classes: str) -> str:
+    """A SQLite expression true when `col`'s storage class is none of `classes`. Written
+    as comparisons, not NOT IN: SQLite runs a NOT IN list slower, and far slower on two
+    connections at once (the audit's scan_two); the answer is the same."""
+    return "(" + " AND ".join(f"typeof({col}) <> '{c}'" for c in classes) + ")"
 
 
 def _holds_nul(col: str) -> str:
@@ -377,18 +384,18 @@ def audit_prefilter(pgtype: PgType, col: str) -> str | None:
     """
     nul = _holds_nul(col)
     if pgtype is PgType.BIGINT:
-        return f"typeof({col}) NOT IN ('integer', 'null')"
+        return _class_not(col, "integer", "null")
     if pgtype is PgType.DOUBLE:
         return (
-            f"(typeof({col}) NOT IN ('real', 'integer', 'null') OR "
+            f"({_class_not(col, 'real', 'integer', 'null')} OR "
             f"(typeof({col}) = 'integer' AND abs({col}) > {MAX_EXACT_DOUBLE_INT}))"
         )
     if pgtype is PgType.NUMERIC:
-        return f"typeof({col}) NOT IN ('integer', 'real', 'null')"
+        return _class_not(col, "integer", "real", "null")
     if pgtype is PgType.TEXT:
         return f"(typeof({col}) = 'blob' OR (typeof({col}) = 'text' AND {nul}))"
     if pgtype is PgType.BYTEA:
-        return f"typeof({col}) NOT IN ('blob', 'null')"
+        return _class_not(col, "blob", "null")
     if pgtype is PgType.BOOLEAN:
         return f"({col} IS NOT NULL AND (typeof({col}) <> 'integer' OR {col} NOT IN (0, 1)))"
     return f"{col} IS NOT NULL"

@@ -13,7 +13,7 @@ from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite import windows
 from syncd.sqlite.connection import SourceFileError, open_connection, surrogate_text
-from syncd.types import ValueMismatch, audit_prefilter, converter
+from syncd.types import ValueMismatch, audit_prefilter, converter, needs_conversion_filter
 
 SAMPLE_KEYS = 5
 
@@ -50,6 +50,18 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec, inode: tuple[int, int
     transaction: each window is a short statement of its own. `inode` is the file
     `conn` was opened on (device, inode): with it, a large table is read on a second
     connection too, while the file at that path is still that one."""
+    return audit_scan(conn, spec, inode)[0]
+
+
+def audit_scan(conn: sqlite3.Connection, spec: TableSpec,
+               inode: tuple[int, int] | None = None) -> tuple[list[Misfit], bool]:
+    """audit_table(), and whether the scan saw only values already sent as they are
+    stored (`plain`: each of its column's storage class or NULL, no NUL in a text; see
+    types.needs_conversion_filter). While no such value has shown up, each window also
+    selects the rows that need conversion (in SQLite, without the GIL); the first one
+    found settles it, and the windows after it select misfit candidates only. The
+    candidates are a subset of those rows for every type that has the filter, so a
+    plain table's scan returns no row at all."""
     nkey = len(spec.key)
     key_cols = [spec.sqlite_ref(k) for k in spec.key]
     checks: list[tuple[int, str, str | None]] = []
@@ -67,7 +79,16 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec, inode: tuple[int, int
     # Window by window, each its own statement, converting only once a window is read:
     # the read lock is never held while Python works (rollback-journal writers wait on it).
     # A large table's windows are read two at a time, on two connections.
-    select, where = f"{', '.join(key_cols)}, {cols}", " OR ".join("(" + c + ")" for c in conds)
+    select, candidates = f"{', '.join(key_cols)}, {cols}", " OR ".join("(" + c + ")" for c in conds)
+    needs = [needs_conversion_filter(c.pgtype, spec.sqlite_ref(c.name)) for c in spec.columns]
+    plain = all(n is not None for n in needs)
+    # Every type with the filter has its misfit candidates among the values it selects,
+    # so while `plain` holds the filters (and NULL keys) alone select every candidate.
+    either = " OR ".join("(" + c + ")" for c in [n for n in needs if n is not None] + [f"{k} IS NULL" for k in key_cols])
+
+    def where() -> str:
+        return either if plain else candidates
+
     helper: sqlite3.Connection | None = None
     scanned = None
     try:
@@ -75,6 +96,7 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec, inode: tuple[int, int
         scanned = (windows.scan(conn, spec.name, order, select, where) if helper is None
                    else windows.scan_two(conn, helper, spec.name, order, select, where))
         for row in (row for rows in scanned for row in rows):
+            plain = False
             key = row[:nkey]
             values = row[nkey:]
             if any(v is None for v in key):
@@ -102,7 +124,7 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec, inode: tuple[int, int
         finally:
             if helper is not None:
                 helper.close()
-    return sorted(misfits.values(), key=lambda m: -m.count)
+    return sorted(misfits.values(), key=lambda m: -m.count), plain
 
 
 # A table with more rows than this is audited on two connections at once.
@@ -164,36 +186,57 @@ def audit_position(conn: sqlite3.Connection) -> tuple[int, int]:
     return version, seq
 
 
+def passed_note(spec: TableSpec, position: tuple[int, int], plain: bool) -> dict:
+    """What a passed audit is noted as: where it started (schema version, changelog
+    position), the column types it checked against, and whether every value was
+    already sent as stored (audit_scan's `plain`)."""
+    return {"schema": position[0], "seq": position[1], "types": _types_mark(spec), "plain": plain}
+
+
 def note_audit_passed(conn: sqlite3.Connection, tid: int, spec: TableSpec, position: tuple[int, int],
-                      busy_timeout_ms: int) -> None:
+                      busy_timeout_ms: int, plain: bool = False) -> None:
     from syncd.sqlite import capture
 
-    value = json.dumps({"schema": position[0], "seq": position[1], "types": _types_mark(spec)})
+    value = json.dumps(passed_note(spec, position, plain))
     capture.write_transaction(
         conn, lambda c: c.execute(f"INSERT OR REPLACE INTO main.{quote_ident(capture.META)}(key, value) VALUES (?, ?)",
                                   (_audit_key(tid), value)), busy_timeout_ms=busy_timeout_ms)
 
 
-def audit_still_holds(conn: sqlite3.Connection, tid: int, spec: TableSpec) -> bool:
-    """True if a passed audit of table `tid` was noted and nothing it depends on moved."""
+def audit_still_holds(conn: sqlite3.Connection, tid: int, spec: TableSpec) -> dict | None:
+    """The note of a passed audit of table `tid` ({"schema", "seq", "types", "plain"}), if
+    one was noted and nothing it depends on moved; else None."""
     from syncd.sqlite import capture
 
-    meta, cl = quote_ident(capture.META), quote_ident(capture.CHANGELOG)
+    meta = quote_ident(capture.META)
     conn.execute("BEGIN")
     try:
         row = conn.execute(f"SELECT value FROM main.{meta} WHERE key = ?", (_audit_key(tid),)).fetchone()
         if row is None:
-            return False
+            return None
         noted = json.loads(row[0])
-        pruned = conn.execute(f"SELECT value FROM main.{meta} WHERE key = 'pruned_seq'").fetchone()
-        if (noted.get("schema") != conn.execute("PRAGMA main.schema_version").fetchone()[0]
-                or noted.get("types") != _types_mark(spec)
-                or (pruned is not None and int(pruned[0]) > noted.get("seq", -1))):
-            return False
-        changed = conn.execute(f"SELECT 1 FROM main.{cl} WHERE seq > ? AND tid = ? LIMIT 1",
-                               (noted["seq"], tid)).fetchone()
-        return changed is None
+        if not unchanged_since(conn, tid, spec, noted["schema"], noted["seq"], noted.get("types")):
+            return None
+        return noted
     except (sqlite3.OperationalError, ValueError, KeyError, TypeError):
-        return False  # no bookkeeping yet, or a note this version cannot read: audit again
+        return None  # no bookkeeping yet, or a note this version cannot read: audit again
     finally:
         conn.execute("COMMIT")
+
+
+def unchanged_since(conn: sqlite3.Connection, tid: int, spec: TableSpec, schema: int, seq: int,
+                    types: str | None) -> bool:
+    """Whether table `tid` holds, as `conn` reads it now, exactly the rows it held at
+    changelog position `seq` under schema version `schema` and column types `types`
+    (a _types_mark): the schema and the types are the same, and no change to the table
+    was captured after `seq` (nothing after it pruned either, so none can be missing).
+    Call inside the read transaction that the answer is about."""
+    from syncd.sqlite import capture
+
+    meta, cl = quote_ident(capture.META), quote_ident(capture.CHANGELOG)
+    pruned = conn.execute(f"SELECT value FROM main.{meta} WHERE key = 'pruned_seq'").fetchone()
+    if (schema != conn.execute("PRAGMA main.schema_version").fetchone()[0] or types != _types_mark(spec)
+            or (pruned is not None and int(pruned[0]) > seq)):
+        return False
+    return conn.execute(f"SELECT 1 FROM main.{cl} WHERE seq > ? AND tid = ? LIMIT 1", (seq, tid)).fetchone() is None
+

@@ -8,7 +8,7 @@ statement: each window is, and nothing runs while a window's lock is held but SQ
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -51,22 +51,26 @@ def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int = 
         after = tuple(boundary)
 
 
-def scan(conn: sqlite3.Connection, table: str, order: list[str], select: str, where: str = "1",
+Where = str | Callable[[], str]  # a callable is asked again for each window
+
+
+def scan(conn: sqlite3.Connection, table: str, order: list[str], select: str, where: Where = "1",
          params: tuple[Any, ...] = (), size: int = WINDOW_ROWS) -> Iterator[list[tuple]]:
     """fetchall() of `SELECT select FROM table WHERE where`, window by window."""
     for window in windows(conn, table, order, size):
         yield _read(conn, table, select, where, params, window)
 
 
-def _read(conn: sqlite3.Connection, table: str, select: str, where: str, params: tuple[Any, ...],
+def _read(conn: sqlite3.Connection, table: str, select: str, where: Where, params: tuple[Any, ...],
           window: tuple[str, tuple]) -> list[tuple]:
     w, wp = window
+    where = where() if callable(where) else where
     return conn.execute(f"SELECT {select} FROM main.{quote_ident(table)} WHERE ({w}) AND ({where})",
                         (*wp, *params)).fetchall()
 
 
 def scan_two(conn: sqlite3.Connection, helper: sqlite3.Connection, table: str, order: list[str], select: str,
-             where: str = "1", params: tuple[Any, ...] = (), size: int = WINDOW_ROWS) -> Iterator[list[tuple]]:
+             where: Where = "1", params: tuple[Any, ...] = (), size: int = WINDOW_ROWS) -> Iterator[list[tuple]]:
     """scan() with every other window read on `helper`, a second connection to the same
     file, on a thread of its own. SQLite steps through both windows at once (it runs
     without Python's GIL); the windows still come back in order, at most two read
