@@ -18,7 +18,7 @@ from typing import Any
 def same_value(sv: Any, pv: Any) -> bool:
     """SQLite value `sv` vs `pv`, the value in Postgres as asyncpg returns it: equal
     when `pv` is what the SQLite value should have become in a column of pv's type
-    (numbers in a text column as Python writes them, reals in numeric with the digits
+    (numbers in a text column as Python writes them, reals in numeric by the value
     of their shortest form, `timestamp` from ISO text or unix seconds)."""
     if sv is None or pv is None:
         return sv is None and pv is None
@@ -39,9 +39,9 @@ def same_value(sv: Any, pv: Any) -> bool:
             want = Decimal(repr(sv))
         else:
             return False
-        if not pv.is_finite() or not want.is_finite():
-            return pv == want
-        return pv == want and _scale(pv) == _scale(want)
+        # By value, not by scale: 19.9 and 19.90 are one REAL in SQLite, which keeps no
+        # scale, so after a cutover Postgres may hold either for the same SQLite value.
+        return pv == want
     if isinstance(pv, str):
         if type(sv) is str:
             return sv == pv
@@ -59,12 +59,6 @@ def same_value(sv: Any, pv: Any) -> bool:
 
 def _bits(f: float) -> bytes:
     return struct.pack(">d", f)
-
-
-def _scale(d: Decimal) -> int:
-    """Digits after the point, as Postgres keeps them for a numeric."""
-    exp = d.as_tuple().exponent
-    return max(0, -exp) if isinstance(exp, int) else 0
 
 
 def _instant(sv: Any) -> dt.datetime | None:
