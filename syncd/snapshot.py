@@ -86,8 +86,7 @@ class TableLoad:
             # stored, with no change since, holds only such values in this snapshot too.
             noted = self.t.plain_audit
             self.plain = (self.single_txn and noted is not None
-                          and unchanged_since(conn, self.t.tid, self.t.spec, noted["schema"], noted["seq"],
-                                              noted["types"]))
+                          and unchanged_since(conn, self.t.tid, self.t.spec, noted))
             if not self.single_txn:
                 conn.execute("COMMIT")
             return pos

@@ -101,7 +101,7 @@ def test_the_audited_state_holds_only_while_the_table_is_unchanged(tmp_path, mak
     def holds(spec=spec) -> bool:
         conn.execute("BEGIN")
         try:
-            return audit.unchanged_since(conn, tid, spec, note["schema"], note["seq"], note["types"])
+            return audit.unchanged_since(conn, tid, spec, note)
         finally:
             conn.execute("COMMIT")
 
@@ -115,12 +115,18 @@ def test_the_audited_state_holds_only_while_the_table_is_unchanged(tmp_path, mak
     assert not holds()
 
 
-async def test_init_then_run_loads_as_read_and_the_rows_arrive_equal(tmp_path, make_config, pg_dsn):
+def initialized(tmp_path, make_config):
+    """The app's file with many load chunks, prepared by `syncd init` (audited, noted)."""
     db = tmp_path / "app.db"
     make_app(db)
     cfg = make_config([{"name": "a", "path": str(db)}], sections=SMALL_CHUNKS)
     out = run_cli(cfg, "init")
     assert out.returncode == 0, out.stdout + out.stderr
+    return db, cfg
+
+
+async def test_init_then_run_loads_as_read_and_the_rows_arrive_equal(tmp_path, make_config, pg_dsn):
+    db, cfg = initialized(tmp_path, make_config)
     with DaemonProcess(cfg, tmp_path / "run.log", args=("--log-level", "debug")) as d:
         await wait_caught_up(db, pg_dsn, "a", timeout=60, daemon=d)
         assert "loading rows as read" in d.log()
@@ -129,11 +135,7 @@ async def test_init_then_run_loads_as_read_and_the_rows_arrive_equal(tmp_path, m
 
 
 async def test_a_value_written_after_init_is_converted_in_the_load(tmp_path, make_config, pg_dsn):
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = make_config([{"name": "a", "path": str(db)}], sections=SMALL_CHUNKS)
-    out = run_cli(cfg, "init")
-    assert out.returncode == 0, out.stdout + out.stderr
+    db, cfg = initialized(tmp_path, make_config)
     conn = sqlite3.connect(db)
     conn.execute("UPDATE readings SET reading = 41 WHERE id = 2600")  # an integer: converted to a double
     conn.commit()

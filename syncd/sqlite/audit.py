@@ -81,10 +81,10 @@ def audit_scan(conn: sqlite3.Connection, spec: TableSpec,
     # A large table's windows are read two at a time, on two connections.
     select, candidates = f"{', '.join(key_cols)}, {cols}", " OR ".join("(" + c + ")" for c in conds)
     needs = [needs_conversion_filter(c.pgtype, spec.sqlite_ref(c.name)) for c in spec.columns]
-    plain = all(n is not None for n in needs)
+    plain = None not in needs
     # Every type with the filter has its misfit candidates among the values it selects,
     # so while `plain` holds the filters (and NULL keys) alone select every candidate.
-    either = " OR ".join("(" + c + ")" for c in [n for n in needs if n is not None] + [f"{k} IS NULL" for k in key_cols])
+    either = " OR ".join(f"({c})" for c in needs + [f"{k} IS NULL" for k in key_cols]) if plain else candidates
 
     def where() -> str:
         return either if plain else candidates
@@ -215,28 +215,24 @@ def audit_still_holds(conn: sqlite3.Connection, tid: int, spec: TableSpec) -> di
         if row is None:
             return None
         noted = json.loads(row[0])
-        if not unchanged_since(conn, tid, spec, noted["schema"], noted["seq"], noted.get("types")):
-            return None
-        return noted
+        return noted if unchanged_since(conn, tid, spec, noted) else None
     except (sqlite3.OperationalError, ValueError, KeyError, TypeError):
         return None  # no bookkeeping yet, or a note this version cannot read: audit again
     finally:
         conn.execute("COMMIT")
 
 
-def unchanged_since(conn: sqlite3.Connection, tid: int, spec: TableSpec, schema: int, seq: int,
-                    types: str | None) -> bool:
-    """Whether table `tid` holds, as `conn` reads it now, exactly the rows it held at
-    changelog position `seq` under schema version `schema` and column types `types`
-    (a _types_mark): the schema and the types are the same, and no change to the table
-    was captured after `seq` (nothing after it pruned either, so none can be missing).
-    Call inside the read transaction that the answer is about."""
+def unchanged_since(conn: sqlite3.Connection, tid: int, spec: TableSpec, note: dict) -> bool:
+    """Whether table `tid` holds, as `conn` reads it now, exactly the rows it held when
+    the audit `note` (passed_note) was taken: the same schema version and column types,
+    and no change to the table captured after its position (nothing after it pruned
+    either, so none can be missing). Call inside the read transaction the answer is about."""
     from syncd.sqlite import capture
 
     meta, cl = quote_ident(capture.META), quote_ident(capture.CHANGELOG)
+    seq = note["seq"]
     pruned = conn.execute(f"SELECT value FROM main.{meta} WHERE key = 'pruned_seq'").fetchone()
-    if (schema != conn.execute("PRAGMA main.schema_version").fetchone()[0] or types != _types_mark(spec)
-            or (pruned is not None and int(pruned[0]) > seq)):
+    if (note["schema"] != conn.execute("PRAGMA main.schema_version").fetchone()[0]
+            or note.get("types") != _types_mark(spec) or (pruned is not None and int(pruned[0]) > seq)):
         return False
     return conn.execute(f"SELECT 1 FROM main.{cl} WHERE seq > ? AND tid = ? LIMIT 1", (seq, tid)).fetchone() is None
-
