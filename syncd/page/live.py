@@ -15,13 +15,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from syncd import metrics
 from syncd.config import Settings
 from syncd.page.history import LiveHistory
 from syncd.postgres.connect import describe
-from syncd.report.html import page
-from syncd.report.overview import Overview, gather_overview
+
+if TYPE_CHECKING:
+    from syncd.report.overview import Overview
 
 log = logging.getLogger("syncd")
 
@@ -73,6 +75,8 @@ class LivePage:
     async def measure(self) -> None:
         try:
             live = self._status()
+            from syncd.report.overview import gather_overview  # imported once a page is asked for
+
             ov = await asyncio.wait_for(gather_overview(self._settings(), live=live, row_keys=False), MEASURE_TIMEOUT_SECONDS)
         except asyncio.CancelledError:
             raise
@@ -110,6 +114,8 @@ class LivePage:
         notice = None
         if error:
             notice = f"Showing an earlier measurement: the {error}" if ov else error[0].upper() + error[1:]
+        from syncd.report.html import page
+
         return page(ov, self.history.view(), live=True, refresh_seconds=REFRESH_SECONDS,
                     notice=notice).encode(), HTML
 
