@@ -97,9 +97,11 @@ class BadRow:
 
 
 async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records: list[tuple],
-                         deletes: list[tuple]) -> BadRow | None:
+                         deletes: list[tuple], copy_into: tuple[str, str] | None = None) -> BadRow | None:
     """Find one record Postgres rejects, by bisection inside savepoints. Only used
-    after a statement failed, to name the row in the hold message."""
+    after a statement failed, to name the row in the hold message. With `copy_into`
+    (schema, table), records are tried as a load sends them, by COPY into that table
+    (which may have no key yet: ddl.defer_primary_key)."""
     from syncd.postgres.connect import describe, is_data_error, is_shape_error, is_transient, sqlstate
 
     async def fails(part: list[tuple], is_delete: bool) -> BaseException | None:
@@ -107,6 +109,8 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
             async with conn.transaction():  # savepoint
                 if is_delete:
                     await writer.delete(conn, part)
+                elif copy_into is not None:
+                    await writer.copy_in(conn, part, copy_into)
                 else:
                     await writer.upsert(conn, part)
                 raise _Rollback()

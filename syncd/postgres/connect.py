@@ -71,7 +71,7 @@ def describe(exc: BaseException) -> str:
     else:
         text = str(exc) or type(exc).__name__
     detail = getattr(exc, "detail", None)
-    if detail:
+    if detail and detail not in text:  # a COPY's error text carries its DETAIL already
         text = f"{text} ({detail})"
     code = sqlstate(exc)
     if code:
