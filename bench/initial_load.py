@@ -17,7 +17,7 @@ TEXT, at TEXT)`, 1M rows (the target), and a wider `items` table with a blob
 - psql \\copy: the rows exported to CSV beforehand; only the \\copy is timed, into a
   table of the same shape syncd creates, primary key in place.
 - psql \\copy, key after: the same \\copy into the table without its primary key, then
-  the key added (one index build), as syncd's first load does it (and pgloader).
+  the key added (one index build), as pgloader does it.
 
 The contenders alternate within each round; figures are medians of per-round ratios.
 Target (ledger): syncd <= 0.5x pgloader's time.

@@ -417,7 +417,7 @@ async def _reconcile_table(
             session.warning(gap, table=name,
                             event="capture_rearmed" if gap == capture.GAP_REASON else "table_reloading")
         return _pending(row, None)
-    if diff.retyped or (diff.key_changed and not ddl.key_deferred(pgt, row.state == bk.LOADING, row.load_aside)):
+    if diff.retyped or diff.key_changed:
         what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in diff.retyped) or "primary key changed"
         session.info(f"column types changed ({what}): reloading the table", table=name, event="table_retyped")
         return _pending(row, None)

@@ -1,8 +1,6 @@
 """Initial load of a table: audit, then COPY in chunks, resumable, then catch up.
 
-A first load COPYs straight into the new, empty Postgres table, without its primary
-key: Postgres builds the key's index once, when the last chunk is in (see
-ddl.defer_primary_key), instead of row by row. A reload of a table
+A first load COPYs straight into the new, empty Postgres table. A reload of a table
 Postgres already holds rows of (a re-snapshot after a capture gap, a keyless table
 whose rowids VACUUM may have renumbered, a retyped column) fills an aside table in
 the bookkeeping schema instead and replaces the live rows with it in one transaction
@@ -206,7 +204,6 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
             await conn.execute(f"TRUNCATE {ddl.qualified(target, t.name)}")
             if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
                 await ddl.reshape_empty_table(conn, target, t.spec, pgt)
-            await ddl.defer_primary_key(conn, target, t.spec)
         row = changed(
             t.row, state=bk.LOADING, resume_to=None, from_seq=from_seq, snapshot_key=None, snapshot_rows=0,
             snapshot_total=total, snapshot_started_at=dt.datetime.now(dt.timezone.utc), snapshot_finished_at=None,
@@ -276,27 +273,21 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     assert conn is not None
     row = changed(t.row, state=bk.CATCHUP, snapshot_finished_at=dt.datetime.now(dt.timezone.utc), reason=None,
                   load_aside=False)
-    table = ddl.qualified(session.target_schema, t.name)
     try:
         async with conn.transaction():
             if t.row.load_aside:
                 await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,
                                        session.bk.aside_table(t.tid))
-            elif await ddl.primary_key_name(conn, table) is None:  # ddl.defer_primary_key
-                await ddl.add_primary_key(conn, session.target_schema, t.spec, key_build_seconds(
-                    session.settings.postgres.statement_timeout_seconds, row.snapshot_rows))
             await session.save_row(conn, row)
             await session.bk.touch_applied(conn)
             await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")
     except Exception as e:
         if not (is_data_error(e) or is_shape_error(e)):
             raise
-        # The rows do not fit: a reload's do not fit the live table, a first load's do
-        # not take the key (a key Postgres holds once that SQLite holds twice, say). The
-        # table is held until it fits; a reload leaves the old rows as they were.
-        what = ("the reloaded rows could not replace the live ones" if t.row.load_aside
-                else "the loaded rows could not take the table's primary key")
-        raise SnapshotRejected(t.name, None, f"{what}: {describe(e)}") from None
+        # The reloaded rows do not fit the live table (a key Postgres holds once that
+        # SQLite holds twice, say): the old rows stay, the table is held until it fits.
+        raise SnapshotRejected(t.name, None, f"the reloaded rows could not replace the live ones: {describe(e)}") \
+            from None
     t.row = row
     session.loaded(t.name)
     elapsed = time.monotonic() - load.started
@@ -308,14 +299,6 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     )
     metrics.snapshot_rows_loaded.labels(session.name, t.name).set(row.snapshot_rows)
     return True
-
-
-def key_build_seconds(statement_timeout: float, rows: int) -> float:
-    """How long building a loaded table's primary key may take: [postgres]
-    statement_timeout_seconds per million rows (at least once). The build takes about a
-    second per million narrow rows here; a table of 100M rows must not fail on a limit
-    meant for one statement of a batch."""
-    return statement_timeout * max(1.0, rows / 1_000_000)
 
 
 class SchemaMoved(Exception):

@@ -64,12 +64,11 @@ def column_sql(col: Column, in_key: bool, identity: bool = False) -> str:
     return " ".join(parts)
 
 
-async def run_ddl(conn: asyncpg.Connection, sql: str, timeout: float | None = None) -> None:
+async def run_ddl(conn: asyncpg.Connection, sql: str) -> None:
     """Run one DDL statement through the extended protocol, which refuses a second
-    statement: even a quoting bug could not smuggle one in. `timeout`: seconds the
-    client waits, instead of [postgres] statement_timeout_seconds."""
-    stmt = await conn.prepare(sql, timeout=timeout)
-    await stmt.fetch(timeout=timeout)
+    statement: even a quoting bug could not smuggle one in."""
+    stmt = await conn.prepare(sql)
+    await stmt.fetch()
 
 
 def identity_column(spec: TableSpec) -> str | None:
@@ -325,48 +324,9 @@ async def reshape_empty_table(conn: asyncpg.Connection, schema: str, spec: Table
         if default is not None:
             await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} SET DEFAULT {default}")
     if diff.key_changed:
-        conname = await primary_key_name(conn, table)
+        conname = await conn.fetchval(
+            "SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'", table
+        )
         if conname is not None:
             await run_ddl(conn, f"ALTER TABLE {table} DROP CONSTRAINT {quote_pg_ident(conname)}")
-        await add_primary_key(conn, schema, spec)
-
-
-async def primary_key_name(conn: asyncpg.Connection, table: str) -> str | None:
-    """The primary key constraint's name of `table` (already qualified), or None."""
-    return await conn.fetchval("SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'",
-                               table)
-
-
-async def add_primary_key(conn: asyncpg.Connection, schema: str, spec: TableSpec,
-                          timeout: float | None = None) -> None:
-    """The key create_table_sql gives a table, under the name Postgres gives it there.
-    With `timeout` (seconds), inside the caller's transaction: the index build of a
-    large table may take longer than one statement is otherwise allowed to."""
-    if timeout is not None:
-        await conn.execute(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
-    keys = ", ".join(quote_pg_ident(k) for k in spec.key)
-    await run_ddl(conn, f"ALTER TABLE {qualified(schema, spec.name)} ADD PRIMARY KEY ({keys})",
-                  None if timeout is None else timeout + 10)
-
-
-async def defer_primary_key(conn: asyncpg.Connection, schema: str, spec: TableSpec) -> bool:
-    """Before a first load into an empty table, inside the caller's transaction: drop
-    its primary key, for the load to add back once every row is in (snapshot._finish).
-    COPY into a table without the index and then one index build cost Postgres about
-    three quarters of a COPY maintaining the index row by row (1M narrow rows, as
-    pgloader does it too). Returns whether it was dropped: a key a foreign key refers
-    to stays."""
-    table = qualified(schema, spec.name)
-    conname = await primary_key_name(conn, table)
-    if conname is None:
-        return False
-    if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE confrelid = $1::regclass)", table):
-        return False
-    await run_ddl(conn, f"ALTER TABLE {table} DROP CONSTRAINT {quote_pg_ident(conname)}")
-    return True
-
-
-def key_deferred(pg: PgTable, loading: bool, aside: bool) -> bool:
-    """Whether a table without its primary key in Postgres is a first load's, which
-    adds the key when it finishes (defer_primary_key): not a changed key."""
-    return loading and not aside and not pg.key
+        await run_ddl(conn, f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(quote_pg_ident(k) for k in spec.key)})")
