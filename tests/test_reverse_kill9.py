@@ -13,7 +13,8 @@ from tests.support.daemon import DaemonProcess
 from tests.support.sync import changelog_max
 from tests.support.way_back import PgWriter, applied_but_unpruned, backup_and_config, cut_over, wait_back
 
-KILLS = 22
+KILLS = 22  # at least, while the application writes
+MAX_KILLS = 60  # more, until one lands between a SQLite commit and the prune in Postgres
 
 
 async def test_kill9_during_the_way_back_at_random_points(tmp_path, make_config, pg_dsn):
@@ -27,10 +28,13 @@ async def test_kill9_during_the_way_back_at_random_points(tmp_path, make_config,
         assert d.stop() == 0
     forward_end = changelog_max(db)
     rnd = random.Random(20261201)
-    writers = [PgWriter(pg_dsn, seconds=50, seed=1, rate=120),
-               PgWriter(pg_dsn, seconds=50, seed=2, table="second", rate=60, ids=500)]
-    windows = 0
-    for i in range(KILLS):
+    writers = [PgWriter(pg_dsn, seconds=70, seed=1, rate=120),
+               PgWriter(pg_dsn, seconds=70, seed=2, table="second", rate=60, ids=500)]
+    windows = i = 0
+    # Where a kill lands is chance (on a busy machine each start takes longer): kill again
+    # while the application still writes until one has landed in that window.
+    while i < KILLS or (windows == 0 and i < MAX_KILLS and any(w.proc.poll() is None for w in writers)):
+        i += 1
         d = DaemonProcess(cfg, tmp_path / f"run{i}.log")
         with d:
             d.wait_log("syncd running", timeout=30)
