@@ -100,8 +100,8 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
                          deletes: list[tuple], copy_into: tuple[str, str] | None = None) -> BadRow | None:
     """Find one record Postgres rejects, by bisection inside savepoints. Only used
     after a statement failed, to name the row in the hold message. With `copy_into`
-    (schema, table), records are tried as a load sends them, by COPY into that table
-    (which may have no key yet: ddl.defer_primary_key)."""
+    (schema, table), records are tried as a load sent them, by COPY into that table
+    (a reload's aside table has no key to upsert on)."""
     from syncd.postgres.connect import describe, is_data_error, is_shape_error, is_transient, sqlstate
 
     async def fails(part: list[tuple], is_delete: bool) -> BaseException | None:
