@@ -98,7 +98,7 @@ class BadRow:
 
 async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records: list[tuple],
                          deletes: list[tuple], copy_into: tuple[str, str] | None = None) -> BadRow | None:
-    """Find one record Postgres rejects, by bisection inside savepoints. Only used
+    """Find the first record Postgres rejects, by bisection inside savepoints. Only used
     after a statement failed, to name the row in the hold message. With `copy_into`
     (schema, table), records are tried as a load sent them, by COPY into that table
     (a reload's aside table has no key to upsert on)."""
@@ -125,15 +125,18 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
         err = await fails(rows, is_delete) if rows else None
         if err is None:
             continue
-        lo = rows
-        while len(lo) > 1:
-            half = lo[: len(lo) // 2]
-            e = await fails(half, is_delete)
+        # The shortest failing prefix ends at the row to name. Halving would not do: two
+        # rows that only fail together (a key twice) can sit in different halves, each
+        # of which passes alone.
+        lo, hi = 1, len(rows)  # rows[:hi] fails
+        while lo < hi:
+            mid = (lo + hi) // 2
+            e = await fails(rows[:mid], is_delete)
             if e is not None:
-                lo, err = half, e
+                hi, err = mid, e
             else:
-                lo = lo[len(lo) // 2 :]
-        row = lo[0]
+                lo = mid + 1
+        row = rows[hi - 1]
         key = row if is_delete else tuple(row[i] for i in writer.spec.key_indexes)
         return BadRow(key, describe(err))
     return None

@@ -1,0 +1,132 @@
+"""When a first load resumes where it stopped and when it starts over: a load held by a
+row Postgres refuses resumes after a restart from the chunk it stopped at; a key that
+SQLite changes mid-load starts the load over under the new key (resuming from a
+position of the old key would skip rows); rows a configured key cannot tell apart hold
+the table with Postgres's words naming the key."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg
+
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import eventually, pg_rows, wait_caught_up
+
+ROWS = 30_000
+SLOW_LOAD = {"stream": {"snapshot_chunk_rows": 100}, "verify": {"interval_seconds": 0}}
+
+
+def make_file(path, schema: str, rows: int = ROWS) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(schema)
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO t (a, b, v) VALUES (?, ?, ?)",
+                     ((i, f"b{ROWS - i:06d}", f"row {i}") for i in range(1, rows + 1)))
+    conn.execute("COMMIT")
+    return conn
+
+
+async def load_row(dsn) -> dict:
+    try:
+        rows = await pg_rows(dsn, "SELECT state, snapshot_rows, reason FROM syncd.tables WHERE table_name = 't'")
+    except asyncpg.UndefinedTableError:
+        return {}
+    return dict(zip(("state", "rows", "reason"), rows[0])) if rows else {}
+
+
+async def pg_key(dsn) -> list[str]:
+    rows = await pg_rows(dsn, "SELECT a.attname FROM pg_constraint c JOIN unnest(c.conkey) WITH ORDINALITY AS k(n, i) "
+                              "ON true JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n "
+                              "WHERE c.conrelid = 'app.t'::regclass AND c.contype = 'p' ORDER BY k.i")
+    return [r[0] for r in rows]
+
+
+def loading_past(dsn, n: int):
+    async def cond() -> bool:
+        r = await load_row(dsn)
+        return r.get("state") == "loading" and r["rows"] >= n
+    return cond
+
+
+async def test_a_key_sqlite_changes_mid_load_starts_the_load_over(tmp_path, make_config, pg_dsn):
+    # No primary key: syncd keys the table on the unique index whose name sorts first;
+    # one made mid-load under a name sorting before the other becomes the key. The rows
+    # loaded so far were read in the order of the old key: resuming from that position
+    # would skip rows.
+    db = tmp_path / "app.db"
+    app = make_file(db, "CREATE TABLE t (a INTEGER NOT NULL, b TEXT NOT NULL, v TEXT);"
+                        "CREATE UNIQUE INDEX t_by_a ON t (a);")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections=SLOW_LOAD)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await eventually(loading_past(pg_dsn, 5_000), 120, "the load to pass 5,000 rows", d)
+        app.execute("CREATE UNIQUE INDEX t_0_by_b ON t (b)")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=300)
+        assert d.log().count("snapshot started") == 2, d.log()[-3000:]
+        assert d.stop() == 0
+    app.close()
+    assert await pg_key(pg_dsn) == ["b"]
+    assert await compare_table(str(db), pg_dsn, "app", "t", key=["b"]) == []
+
+
+async def test_a_held_load_resumes_after_a_restart(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    app = make_file(db, "CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT, v TEXT);")
+    app.execute("UPDATE t SET v = 'refused' WHERE a = 20000")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections=SLOW_LOAD)
+    out = run_cli(cfg, "init")
+    assert out.returncode == 0, out.stdout + out.stderr
+    conn = await asyncpg.connect(pg_dsn)
+    try:  # a constraint of the user's own, which row 20000 breaks
+        await conn.execute("ALTER TABLE app.t ADD CONSTRAINT no_refused CHECK (v <> 'refused')")
+    finally:
+        await conn.close()
+
+    async def held() -> bool:
+        return (await load_row(pg_dsn)).get("state") == "held"
+
+    with DaemonProcess(cfg, tmp_path / "one.log") as d:
+        await eventually(held, 300, "the table to be held", d)
+        r = await load_row(pg_dsn)
+        assert "key 20000" in r["reason"] and "no_refused" in r["reason"], r
+        assert d.stop() == 0
+    before = (await load_row(pg_dsn))["rows"]
+    assert 0 < before < 20000
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("ALTER TABLE app.t DROP CONSTRAINT no_refused")
+    finally:
+        await conn.close()
+    with DaemonProcess(cfg, tmp_path / "two.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=300)
+        assert f"snapshot resuming after {before} rows" in d.log()
+        assert "snapshot started" not in d.log()
+        assert d.stop() == 0
+    app.close()
+    assert await pg_key(pg_dsn) == ["a"]
+    assert await compare_table(str(db), pg_dsn, "app", "t") == []
+
+
+async def test_rows_that_cannot_take_the_key_are_named(tmp_path, make_config, pg_dsn):
+    # A key named in [sources.keys] that SQLite does not hold unique: the chunk holding
+    # the second row is refused, and the hold names that row (the two rows fail only
+    # together, far apart in the chunk) with Postgres's words.
+    db = tmp_path / "app.db"
+    app = make_file(db, "CREATE TABLE t (a INTEGER NOT NULL, b TEXT, v TEXT);", rows=3_000)
+    app.execute("UPDATE t SET a = 7 WHERE a = 2500")
+    app.close()
+    cfg = make_config([{"name": "app", "path": str(db), "keys": {"t": ["a"]}}],
+                      sections={"verify": {"interval_seconds": 0}})
+
+    async def held() -> bool:
+        return (await load_row(pg_dsn)).get("state") == "held"
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await eventually(held, 120, "the table to be held", d)
+        r = await load_row(pg_dsn)
+        assert r["reason"].startswith('table "t" key 7: '), r
+        assert "Key (a)=(7) already exists" in r["reason"], r
+        assert d.stop() == 0
+    assert await pg_key(pg_dsn) == ["a"]
