@@ -19,6 +19,11 @@ TEXT, at TEXT)`, 1M rows (the target), and a wider `items` table with a blob
 - psql \\copy, key after: the same \\copy into the table without its primary key, then
   the key added (one index build), as pgloader does it.
 
+- a plain Python load (bench/plain_loader.py): the standard sqlite3 module reading the
+  table in chunks, one thread reading ahead, asyncpg COPYing each chunk in a transaction
+  of its own into the table with its primary key; only the load timed. The least any
+  load on syncd's stack (Python, sqlite3, asyncpg) does, with none of what syncd adds.
+
 The contenders alternate within each round; figures are medians of per-round ratios.
 Target (ledger): syncd <= 0.5x pgloader's time.
 
@@ -26,7 +31,8 @@ The floor, measured in each round: Python starting and importing what `syncd ini
 `syncd run` need (nothing else: no config, no file, no connection), plus the round's
 faster `psql \\copy` (with the key, or key after). No syncd load can take less; where
 the floor is above the target itself, the target is out of reach on that machine, and
-the bench says so.
+the bench says so. The Python floor: the same process starts plus the plain Python
+load, the least a load on this stack takes.
 
     python bench/initial_load.py [--quick]
 """
@@ -56,6 +62,7 @@ COPY_DDL = {
              "score double precision, qty bigint, created_at text, payload bytea)",
 }
 KINDS = ["sale", "refund", "fee", "payout", "adjustment"]
+FLOORS = ["floor", "floor-run", "python-floor"]
 
 
 def create_ledger(db: Path, rows: int) -> None:
@@ -147,6 +154,15 @@ def load_copy(csv_path: Path, table: str, rows: int, problems: list[str], key_af
     return elapsed
 
 
+def load_plain_python(pristine: Path, table: str, rows: int, problems: list[str]) -> float:
+    with pg_database("plain") as dsn:
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "plain_loader.py"), str(pristine), table, dsn,
+                              COPY_DDL[table]], capture_output=True, text=True, check=True)
+        if pg_count(dsn, table) != rows:
+            problems.append("the plain Python load loaded the wrong number of rows")
+    return float(out.stdout.strip())
+
+
 def load_pgloader(tmp: Path, pristine: Path, table: str, rows: int, problems: list[str]) -> float:
     db = tmp / "pgloader.db"
     remove_db(db)
@@ -173,10 +189,12 @@ async def load_shape(table: str, rows: int, rounds: int, have_pgloader: bool, pr
         export_csv(pristine, table, csv_path)
         print(f"{table}: {rows:,} rows; SQLite file {pristine.stat().st_size / 2**20:.0f} MiB, CSV "
               f"{csv_path.stat().st_size / 2**20:.0f} MiB", flush=True)
-        contenders = ["syncd", "syncd-run", "copy", "copy-key-after"] + (["pgloader"] if have_pgloader else [])
-        times: dict[str, list[float]] = {c: [] for c in contenders + ["floor", "floor-run"]}
+        contenders = ["syncd", "syncd-run", "copy", "copy-key-after", "python"]
+        contenders += ["pgloader"] if have_pgloader else []
+        times: dict[str, list[float]] = {c: [] for c in contenders + FLOORS}
         details: list[dict] = []
-        ratios: dict[str, list[float]] = {k: [] for k in ("pgl", "copy", "run-pgl", "floor-pgl", "floor-run-pgl")}
+        ratios: dict[str, list[float]] = {k: [] for k in ("pgl", "copy", "run-pgl", "floor-pgl", "floor-run-pgl",
+                                                           "python-floor-pgl")}
         for r in range(rounds):
             got = {}
             for c in alternate(r, contenders):
@@ -188,6 +206,8 @@ async def load_shape(table: str, rows: int, rounds: int, have_pgloader: bool, pr
                     got[c] = (await load_syncd(tmp, pristine, table, rows, problems, with_init=False))["load"]
                 elif c in ("copy", "copy-key-after"):
                     got[c] = load_copy(csv_path, table, rows, problems, key_after=c == "copy-key-after")
+                elif c == "python":
+                    got[c] = load_plain_python(pristine, table, rows, problems)
                 else:
                     got[c] = load_pgloader(tmp, pristine, table, rows, problems)
                 times[c].append(got[c])
@@ -195,12 +215,13 @@ async def load_shape(table: str, rows: int, rounds: int, have_pgloader: bool, pr
             fastest_copy = min(got["copy"], got["copy-key-after"])
             got["floor"] = start_init + start_run + fastest_copy
             got["floor-run"] = start_run + fastest_copy
-            times["floor"].append(got["floor"])
-            times["floor-run"].append(got["floor-run"])
+            got["python-floor"] = start_init + start_run + got["python"]
+            for f in FLOORS:
+                times[f].append(got[f])
             ratios["copy"].append(got["syncd"] / got["copy"])
             if have_pgloader:
                 for key, c in (("pgl", "syncd"), ("run-pgl", "syncd-run"), ("floor-pgl", "floor"),
-                               ("floor-run-pgl", "floor-run")):
+                               ("floor-run-pgl", "floor-run"), ("python-floor-pgl", "python-floor")):
                     ratios[key].append(got[c] / got["pgloader"])
             print(f"  round {r + 1}: " + ", ".join(f"{c} {got[c]:.2f} s" for c in contenders)
                   + f"; process starts: init {start_init:.2f} s, run {start_run:.2f} s", flush=True)
@@ -219,12 +240,14 @@ async def run(args) -> list[Figure]:
              "copy-key-after": "psql \\copy, then the primary key added",
              "pgloader": "pgloader (whole run)",
              "floor": "floor: init's and run's process starts + faster \\copy",
-             "floor-run": "floor: run's process start + faster \\copy"}
+             "floor-run": "floor: run's process start + faster \\copy",
+             "python": "plain Python load: sqlite3 -> asyncpg COPY (load only)",
+             "python-floor": "Python floor: init's and run's process starts + plain Python load"}
     figures = []
     for table, res in results.items():
         rows, times, details = shapes[table], res["times"], res["details"]
         table_rows = [[names[c], f"{median(times[c]):.2f} s", f"{rows / median(times[c]):,.0f}", spread(times[c])]
-                      for c in res["contenders"] + ["floor", "floor-run"]]
+                      for c in res["contenders"] + FLOORS]
         print_table(f"Initial load of {table}, {rows:,} rows (median of {rounds})",
                     ["method", "time", "rows/s", "range (s)"], table_rows)
         print(f"  syncd phases (median): init {median([d['init'] for d in details]):.2f} s, "
@@ -237,13 +260,16 @@ async def run(args) -> list[Figure]:
             print(f"  / pgloader: syncd init + run {median(ratios['pgl']):.2f}x, its floor "
                   f"{median(ratios['floor-pgl']):.2f}x; syncd run alone {median(ratios['run-pgl']):.2f}x, its floor "
                   f"{median(ratios['floor-run-pgl']):.2f}x")
+            print(f"  the Python floor of init + run (process starts + the plain Python load): "
+                  f"{median(ratios['python-floor-pgl']):.2f}x pgloader")
             if table == "ledger" and median(ratios["floor-pgl"]) > 0.5:
                 print("  the floor of init + run is above 0.5x pgloader here: that target is out of reach on this "
                       "machine whatever the load does")
             figures.append(Figure("initial_load", f"{table}: syncd time / pgloader time", median(ratios["pgl"]), "x",
                                   "<= 0.5" if table == "ledger" else None,
                                   note=f"{median(times['syncd']):.2f} s vs {median(times['pgloader']):.2f} s; "
-                                       f"floor {median(ratios['floor-pgl']):.2f}x"))
+                                       f"floor {median(ratios['floor-pgl']):.2f}x, Python floor "
+                                       f"{median(ratios['python-floor-pgl']):.2f}x"))
             figures.append(Figure("initial_load", f"{table}: syncd run alone / pgloader time",
                                   median(ratios["run-pgl"]), "x",
                                   note=f"{median(times['syncd-run']):.2f} s; "

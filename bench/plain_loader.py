@@ -1,0 +1,65 @@
+"""The least a Python load on syncd's stack can do: read a SQLite table with the
+standard sqlite3 module in chunks (one thread reading the next chunk while the last
+one is sent) and COPY each chunk into Postgres with asyncpg, one transaction per chunk.
+No audit, no conversion, no bookkeeping, no capture: nothing of what syncd adds. The
+table's first column is its INTEGER PRIMARY KEY (both of initial_load.py's are).
+
+    python bench/plain_loader.py FILE TABLE DSN "CREATE TABLE ..." [--key-after KEY]
+
+Prints the seconds from the first read to the last commit (process start excluded:
+initial_load.py adds syncd's own). With --key-after, the table is created without its
+primary key and KEY is added once every row is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import asyncpg
+
+CHUNK_ROWS = 50_000  # syncd's [stream] snapshot_chunk_rows default
+
+
+async def load(path: str, table: str, dsn: str, ddl: str, key_after: str | None) -> float:
+    src = sqlite3.connect(path, check_same_thread=False)
+    columns = [r[1] for r in src.execute(f'PRAGMA table_info("{table}")')]
+    key = columns[0]
+    select = f'SELECT {", ".join(columns)} FROM "{table}" WHERE {key} > ? ORDER BY {key} LIMIT {CHUNK_ROWS}'
+    pg = await asyncpg.connect(dsn)
+    await pg.execute(ddl)
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(1) as reader:
+        src.execute("BEGIN")
+
+        def read(after: int) -> list[tuple]:
+            return src.execute(select, (after,)).fetchall()
+
+        ahead = loop.run_in_executor(reader, read, -2**63)
+        while True:
+            rows = await ahead
+            if not rows:
+                break
+            ahead = loop.run_in_executor(reader, read, rows[-1][0])
+            async with pg.transaction():
+                await pg.copy_records_to_table(table, records=rows, columns=columns)
+        src.execute("COMMIT")
+    if key_after:
+        await pg.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({key_after})")
+    elapsed = time.perf_counter() - started
+    await pg.close()
+    return elapsed
+
+
+def main() -> None:
+    path, table, dsn, ddl = sys.argv[1:5]
+    key_after = sys.argv[6] if len(sys.argv) > 6 and sys.argv[5] == "--key-after" else None
+    print(f"{asyncio.run(load(path, table, dsn, ddl, key_after)):.4f}")
+
+
+if __name__ == "__main__":
+    main()
