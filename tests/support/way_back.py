@@ -104,6 +104,11 @@ class PgWriter:
         assert self.proc.returncode == 0, err
         return json.loads(out)
 
+    def stop(self) -> dict:
+        """Stop writing now (SIGTERM ends the current transaction's loop); its summary."""
+        self.proc.terminate()
+        return self.result()
+
 
 async def applied_but_unpruned(db: Path, dsn: str, source: str = "app") -> int:
     """Entries of Postgres's changelog SQLite's checkpoint already covers: a kill landed
