@@ -31,6 +31,7 @@ from syncd.parity.apply import (FinalizeResult, OrphanRows, Outcome, ParityRefus
                                 ensure_dual_write, finalize, read_sqlite, retype, retyped_columns, run)
 from syncd.parity.orphans import OrphanCount
 from syncd.parity.plan import Options, SourcePlan, plan_source
+from syncd.sqlite import reader
 
 __all__ = ["FinalizeResult", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused", "Retyped", "check_deferred",
            "ensure", "finalize", "preview", "release", "retyped_columns", "table_streaming", "violated"]
@@ -42,12 +43,19 @@ TO_SQLITE = "to_sqlite"
 
 AUDIT_EVERY_SECONDS = 3600.0  # typed_columns = "dual-write": date columns read again this often
 
+# A table's indexes wait for its load to be over (plan.Item.after_load) up to this many
+# rows: building them then is one step of the pipeline, and must stay far inside
+# [postgres] statement_timeout_seconds and the watchdog (5M rows: a few seconds an index).
+# A larger table gets them before its load, kept up row by row.
+INDEX_AFTER_LOAD_MAX_ROWS = 5_000_000
+
 
 @dataclass
 class _State:
     plan: SourcePlan | None = None
     audited: tuple[int, float] | None = None  # (schema version, monotonic time) of the last date audit
     deferred: set[str] = field(default_factory=set)  # tables that may hold deferrable parity constraints
+    after_load: set[str] = field(default_factory=set)  # tables with indexes made once they stream
     logged: set[str] = field(default_factory=set)  # failure lines already logged
     orphans: dict[str, int] = field(default_factory=dict)  # "<table>: <foreign key>" -> orphan rows, last counted
 
@@ -110,13 +118,15 @@ async def ensure(session, schema) -> bool:
     plan = plan_source(session.target_schema, specs, objects, options, verdicts if early else None)
     st.plan = plan
     st.deferred = {i.table for i in plan.items if i.needs_streaming and not i.left_out and i.table}
+    st.after_load = {i.table for i in plan.items if i.after_load and not i.left_out and i.table}
+    index_now = await _too_large_to_wait(session, st.after_load)
     retyped = False
     async with session.pg.transaction():
         if await _direction(session, lock=True) == TO_SQLITE:
             return False
         if early:
             retyped = await _retype_early(session, plan, specs, states)
-        report = await ensure_dual_write(session.pg, session.name, plan, specs, states)
+        report = await ensure_dual_write(session.pg, session.name, plan, specs, states, index_now)
     _log(session, st, report)
     for item in plan.left_out:
         line = f"{item.table + ': ' if item.table else ''}{item.what}: {item.left_out}"
@@ -126,11 +136,31 @@ async def ensure(session, schema) -> bool:
     return retyped
 
 
+async def _too_large_to_wait(session, tables: set[str]) -> frozenset[str]:
+    """Which of `tables`, not streaming yet, hold too many rows for their indexes to wait
+    for the load (INDEX_AFTER_LOAD_MAX_ROWS): the load's count where it has one, else
+    SQLite's."""
+    out = set()
+    for name in tables:
+        t = session.tables.get(name)
+        if t is None or t.state == "streaming":
+            continue
+        rows = t.row.snapshot_total if t.state != "pending" else None
+        if rows is None:
+            try:
+                rows = await session.worker.run(reader.count_rows, name)
+            except sqlite3.Error:
+                continue  # unreadable now: the load says why; its indexes wait
+        if rows > INDEX_AFTER_LOAD_MAX_ROWS:
+            out.add(name)
+    return frozenset(out)
+
+
 async def table_streaming(session, t) -> None:
     """The pipeline's hook when table `t` starts streaming: its deferrable UNIQUE
-    constraints are created now (they wait for the load to be over)."""
+    constraints and its indexes are created now (they wait for the load to be over)."""
     st = _state(session)
-    if st.plan is None or t.name not in st.deferred:
+    if st.plan is None or (t.name not in st.deferred and t.name not in st.after_load):
         return
     plan = SourcePlan(st.plan.schema, [i for i in st.plan.items if i.table == t.name])
     async with session.pg.transaction():

@@ -129,17 +129,19 @@ class EnsureReport:
 
 
 async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourcePlan, specs: dict[str, TableSpec],
-                            states: dict[str, str]) -> EnsureReport:
+                            states: dict[str, str], index_now: frozenset[str] = frozenset()) -> EnsureReport:
     """Bring the source's objects to their dual-write shape: what the plan creates
     during dual-write exists (deferrable UNIQUE constraints only on tables in
-    `states` streaming), and every other object syncd made for this source is gone
-    (the cutover's, after a rollback; an index SQLite dropped). Typed columns opted
-    into dual-write are not retyped here (see retype_dual_write)."""
+    `states` streaming; indexes on those too, or on any table named in `index_now`),
+    and every other object syncd made for this source is gone (the cutover's, after a
+    rollback; an index SQLite dropped). Typed columns opted into dual-write are not
+    retyped here (see retype_dual_write)."""
     report = EnsureReport()
     schema = plan.schema
     have = await read_pg_objects(conn, schema)
     wanted: dict[tuple[str, str | None, str], tuple[Item, str]] = {}
-    keep: set[tuple[str, str | None, str]] = set()  # deferrable uniques of a held or paused table: left as they are
+    # Deferrable uniques of a held or paused table, indexes of a table not streaming yet: left as they are.
+    keep: set[tuple[str, str | None, str]] = set()
     for item in plan.items:
         if item.left_out or not item.dual_write or item.kind == "type" or item.name is None:
             continue
@@ -147,6 +149,9 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
             continue
         kind = _object_kind(item, DUAL_WRITE)
         key = ("constraint", item.table, item.name) if kind == "constraint" else ("relation", None, item.name)
+        if item.after_load and item.table not in index_now and states.get(item.table or "") != STREAMING:
+            keep.add(key)  # made once the table streams; one that exists stays as it is meanwhile
+            continue
         if item.needs_streaming:
             # Rows of a table being loaded come from several moments: a unique constraint
             # could trip between chunks. It exists from the moment the table streams.

@@ -68,6 +68,9 @@ class Item:
     why: str = ""  # why it is carried the way it is
     left_out: str | None = None  # why it is not carried at all
     needs_streaming: bool = False  # its dual-write statements wait until the table streams
+    # An index: built once the table's first load is over (one build costs Postgres far less
+    # than keeping it up row by row through the COPY); one that exists stays through a load.
+    after_load: bool = False
     object_kind: str = ""  # "index", "constraint", "view": what COMMENT ON names
     column: str | None = None  # nocase / type items
     verdict: dates.Verdict | None = None  # type items
@@ -381,7 +384,9 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
                        and all(c.collation == collations.get(c.name or "", "BINARY") for c in index.columns))
     if not index.unique:
         item.dual_write = (f"CREATE INDEX {qname} {body}",)
-        item.why = "created during dual-write (query speed can be measured before the switch)" + note
+        item.after_load = True
+        item.why = ("created during dual-write, once the table is loaded (query speed can be measured before the "
+                    "switch)") + note
     elif constraint_able:
         cols_sql = ", ".join(quote_pg_ident(c) for c in plain_cols)
         item.object_kind = "constraint"
@@ -400,9 +405,10 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
         item.parent_key = plain_cols
     else:
         item.dual_write = (f"CREATE INDEX {qname} {body}",)
+        item.after_load = True
         item.cutover = (f"DROP INDEX IF EXISTS {qualified(schema, item.name)}", f"CREATE UNIQUE INDEX {qname} {body}")
-        item.why = ("a plain index during dual-write (Postgres cannot defer a unique index, and a batch may hold "
-                    "rows that swapped values), made unique at cutover") + note
+        item.why = ("a plain index during dual-write, once the table is loaded (Postgres cannot defer a unique "
+                    "index, and a batch may hold rows that swapped values), made unique at cutover") + note
         if index.plain:
             item.parent_key = plain_cols if all(
                 c.collation == collations.get(c.name or "", "BINARY") for c in index.columns) else ()

@@ -48,7 +48,7 @@ class ParityFacts:
         if item.name and item.name in self.present:
             return "in Postgres now"
         if item.dual_write:
-            return "waits for the table to stream" if item.needs_streaming else "not yet created"
+            return "waits for the table to stream" if item.needs_streaming or item.after_load else "not yet created"
         return "at cutover"
 
 

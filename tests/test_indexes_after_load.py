@@ -1,0 +1,102 @@
+"""A table's indexes (schema parity) are built once its first load is over, not kept up
+row by row through the COPY; a table that already has them keeps them through a
+reload, so queries on the live table stay fast while the rows are replaced."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg
+
+from tests.support.compare import compare_keyless, compare_table
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import eventually, pg_rows, wait_caught_up
+
+ROWS = 30_000
+SLOW_LOAD = {"stream": {"snapshot_chunk_rows": 100}, "verify": {"interval_seconds": 0}}
+
+
+async def indexes(dsn, table: str) -> set[str]:
+    rows = await pg_rows(dsn, "SELECT indexname FROM pg_indexes WHERE schemaname = 'app' AND tablename = $1", table)
+    return {r[0] for r in rows}
+
+
+async def state(dsn, table: str) -> str | None:
+    try:
+        rows = await pg_rows(dsn, "SELECT state FROM syncd.tables WHERE table_name = $1", table)
+    except asyncpg.UndefinedTableError:
+        return None
+    return rows[0][0] if rows else None
+
+
+async def test_a_first_load_builds_the_indexes_once_every_row_is_in(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("PRAGMA journal_mode=WAL")
+    app.executescript("""
+        CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, placed_at TEXT, ref TEXT);
+        CREATE INDEX orders_by_customer ON orders (customer, placed_at);
+        CREATE UNIQUE INDEX orders_ref ON orders (lower(ref));
+    """)
+    app.execute("BEGIN")
+    app.executemany("INSERT INTO orders VALUES (?, ?, ?, ?)",
+                    ((i, f"c{i % 97}", f"2026-11-{i % 28 + 1:02d}", f"R{i}") for i in range(1, ROWS + 1)))
+    app.execute("COMMIT")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections=SLOW_LOAD)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        async def loading() -> bool:
+            return await state(pg_dsn, "orders") == "loading"
+
+        await eventually(loading, 120, "the load", d)
+        assert await indexes(pg_dsn, "orders") == {"orders_pkey"}  # nothing but the key while rows go in
+        schema = run_cli(cfg, "schema")
+        assert schema.returncode == 0, schema.stdout + schema.stderr
+        assert schema.stdout.count("during dual-write, once the table is loaded") == 2, schema.stdout
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=300)
+
+        async def built() -> bool:
+            return await indexes(pg_dsn, "orders") == {"orders_pkey", "orders_by_customer", "orders_ref"}
+
+        await eventually(built, 60, "the indexes", d)
+        app.execute("INSERT INTO orders VALUES (0, 'late', '2026-12-01', 'R0')")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    app.close()
+    assert await compare_table(str(db), pg_dsn, "app", "orders") == []
+    plan = await pg_rows(pg_dsn, "EXPLAIN SELECT * FROM app.orders WHERE customer = 'c5' AND placed_at = '2026-11-06'")
+    assert "orders_by_customer" in " ".join(r[0] for r in plan)
+
+
+async def test_indexes_stay_on_the_live_table_through_a_reload(tmp_path, make_config, pg_dsn):
+    # A keyless table is keyed on its rowid; a VACUUM that renumbers rowids reloads it
+    # into a table aside, the live rows in place until the new ones replace them.
+    db = tmp_path / "app.db"
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("PRAGMA journal_mode=WAL")
+    app.executescript("CREATE TABLE log (at TEXT, host TEXT, msg TEXT); CREATE INDEX log_by_host ON log (host, at);")
+    app.execute("BEGIN")
+    app.executemany("INSERT INTO log VALUES (?, ?, ?)",
+                    ((f"2026-11-{i % 28 + 1:02d}", f"h{i % 13}", f"line {i}") for i in range(ROWS)))
+    app.execute("COMMIT")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections=SLOW_LOAD)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=300)
+
+        async def built() -> bool:
+            return "log_by_host" in await indexes(pg_dsn, "log")
+
+        await eventually(built, 60, "the index", d)
+        app.execute("DELETE FROM log WHERE rowid % 3 = 0")
+        app.execute("VACUUM")  # renumbers the rowids: a reload
+
+        async def reloading() -> bool:
+            return await state(pg_dsn, "log") == "loading"
+
+        await eventually(reloading, 60, "the reload", d)
+        assert "log_by_host" in await indexes(pg_dsn, "log")  # still there while the reload runs
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=300)
+        assert "reloading the table aside" in d.log()
+        assert "log_by_host" in await indexes(pg_dsn, "log")
+        assert d.stop() == 0
+    app.close()
+    assert await compare_keyless(str(db), pg_dsn, "app", "log") == []
