@@ -130,6 +130,7 @@ async def test_ready_migration_every_item_met(ready):
     assert [i["key"] for i in doc["checklist"]] == ITEMS
     assert all(i["ok"] and not i["problems"] and i["evidence"] for i in doc["checklist"])
     src = doc["sources"][0]
+    assert src["postgres_schema"] == "app" and "objects" in src["schema"]  # the schema's name, its parity
     assert round(src["dual_write_days"]) == 20 and src["lag"]["seconds"] == 0
     tables = {t["table"]: t for t in src["tables"]}
     assert tables["items"]["rows_sqlite"] == tables["items"]["rows_postgres"] == 1000

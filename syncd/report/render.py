@@ -182,7 +182,7 @@ def as_json(f: MigrationFacts, items: list[CheckItem]) -> dict[str, Any]:
 
 def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
     return {
-        "source": s.name, "path": s.path, "schema": s.schema, "error": s.error, "registered": s.registered,
+        "source": s.name, "path": s.path, "postgres_schema": s.schema, "error": s.error, "registered": s.registered,
         "direction": s.direction, "rollback_until": _iso(s.rollback_until), "way_back_ended": s.way_back_ended,
         "dual_write_since": _iso(s.streaming_since), "dual_write_days": s.dual_write_days(now),
         "applied_seq": s.applied_seq, "applied_at": _iso(s.applied_at),
