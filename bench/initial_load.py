@@ -2,7 +2,8 @@
 pgloader reading the same file vs `psql \\copy` of the same rows from CSV (the floor).
 
 Shapes: the user's narrow `ledger (id INTEGER PRIMARY KEY, kind TEXT, amount REAL, note
-TEXT, at TEXT)`, 1M rows (the target), and a wider `items` table with a blob
+TEXT, at TEXT)`, 1M rows (the target), a wider `items` table with a blob, and the same
+ledger with two indexes (on kind, on at), timed until every index is built too
 (informative).
 
 - syncd: `syncd init`, then `syncd run`, timed from the moment `init` is started until
@@ -47,6 +48,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -63,6 +65,24 @@ COPY_DDL = {
 }
 KINDS = ["sale", "refund", "fee", "payout", "adjustment"]
 FLOORS = ["floor", "floor-run", "python-floor"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    table: str
+    indexes: tuple[str, ...] = ()  # CREATE INDEX statements, the same in SQLite and Postgres
+
+    def index_count(self) -> int:
+        return 1 + len(self.indexes)  # and the primary key's
+
+
+SHAPES = [
+    Shape("ledger", "ledger"),
+    Shape("items", "items"),
+    Shape("ledger, two indexes", "ledger", ("CREATE INDEX ledger_kind ON ledger (kind)",
+                                            "CREATE INDEX ledger_at ON ledger (at)")),
+]
 
 
 def create_ledger(db: Path, rows: int) -> None:
@@ -100,8 +120,10 @@ def process_start(verb: str) -> float:
     return time.perf_counter() - t
 
 
-async def load_syncd(tmp: Path, pristine: Path, table: str, rows: int, problems: list[str],
+async def load_syncd(tmp: Path, pristine: Path, shape: Shape, rows: int, problems: list[str],
                      with_init: bool = True) -> dict:
+    """Until every row is visible and, for a shape with indexes, every index is built."""
+    table = shape.table
     db = tmp / "syncd.db"
     remove_db(db)
     shutil.copyfile(pristine, db)
@@ -122,9 +144,13 @@ async def load_syncd(tmp: Path, pristine: Path, table: str, rows: int, problems:
                 try:
                     conn = conn or await pg_connect(dsn)
                     state = await conn.fetchval("SELECT state FROM syncd.tables WHERE table_name = $1", table)
+                    if shape.indexes and state == "streaming":
+                        built = await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE schemaname = 'app' "
+                                                    "AND tablename = $1", table)
+                        state = "indexed" if built >= shape.index_count() else state
                 except Exception:  # bookkeeping not created yet
                     state = None
-                if state in ("catchup", "streaming"):
+                if state in (("indexed",) if shape.indexes else ("catchup", "streaming")):
                     done = time.time()
                     break
                 await asyncio.sleep(0.01)
@@ -141,29 +167,40 @@ async def load_syncd(tmp: Path, pristine: Path, table: str, rows: int, problems:
             "before_copy": float(phases["s"]) - running, "copy": float(phases["f"]) - float(phases["s"])}
 
 
-def load_copy(csv_path: Path, table: str, rows: int, problems: list[str], key_after: bool = False) -> float:
+def load_copy(csv_path: Path, shape: Shape, rows: int, problems: list[str], key_after: bool = False) -> float:
+    """\\copy into the table with its key and indexes, or (key_after) without them and
+    then each built."""
+    table = shape.table
     with pg_database("copy") as dsn:
         psql(dsn, COPY_DDL[table].replace(" PRIMARY KEY", " NOT NULL") if key_after else COPY_DDL[table])
+        if not key_after:
+            for sql in shape.indexes:
+                psql(dsn, sql)
         t = time.perf_counter()
         psql(dsn, f"\\copy {table} FROM '{csv_path}' WITH (FORMAT csv)")
         if key_after:
             psql(dsn, f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
+            for sql in shape.indexes:
+                psql(dsn, sql)
         elapsed = time.perf_counter() - t
         if pg_count(dsn, table) != rows:
             problems.append("psql \\copy loaded the wrong number of rows")
     return elapsed
 
 
-def load_plain_python(pristine: Path, table: str, rows: int, problems: list[str]) -> float:
+def load_plain_python(pristine: Path, shape: Shape, rows: int, problems: list[str]) -> float:
+    table = shape.table
     with pg_database("plain") as dsn:
+        after = [a for sql in shape.indexes for a in ("--after", sql)]
         out = subprocess.run([sys.executable, str(ROOT / "bench" / "plain_loader.py"), str(pristine), table, dsn,
-                              COPY_DDL[table]], capture_output=True, text=True, check=True)
+                              COPY_DDL[table], *after], capture_output=True, text=True, check=True)
         if pg_count(dsn, table) != rows:
             problems.append("the plain Python load loaded the wrong number of rows")
     return float(out.stdout.strip())
 
 
-def load_pgloader(tmp: Path, pristine: Path, table: str, rows: int, problems: list[str]) -> float:
+def load_pgloader(tmp: Path, pristine: Path, shape: Shape, rows: int, problems: list[str]) -> float:
+    table = shape.table
     db = tmp / "pgloader.db"
     remove_db(db)
     shutil.copyfile(pristine, db)
@@ -179,15 +216,21 @@ def load_pgloader(tmp: Path, pristine: Path, table: str, rows: int, problems: li
     return elapsed
 
 
-async def load_shape(table: str, rows: int, rounds: int, have_pgloader: bool, problems: list[str]) -> dict:
+async def load_shape(shape: Shape, rows: int, rounds: int, have_pgloader: bool, problems: list[str]) -> dict:
+    table = shape.table
     with scratch_dir("load") as tmp:
         pristine, csv_path = tmp / "pristine.db", tmp / f"{table}.csv"
         if table == "ledger":
             create_ledger(pristine, rows)
         else:
             create_items(pristine, rows)
+        if shape.indexes:
+            conn = sqlite3.connect(pristine)
+            for sql in shape.indexes:
+                conn.execute(sql)
+            conn.close()
         export_csv(pristine, table, csv_path)
-        print(f"{table}: {rows:,} rows; SQLite file {pristine.stat().st_size / 2**20:.0f} MiB, CSV "
+        print(f"{shape.name}: {rows:,} rows; SQLite file {pristine.stat().st_size / 2**20:.0f} MiB, CSV "
               f"{csv_path.stat().st_size / 2**20:.0f} MiB", flush=True)
         contenders = ["syncd", "syncd-run", "copy", "copy-key-after", "python"]
         contenders += ["pgloader"] if have_pgloader else []
@@ -199,17 +242,17 @@ async def load_shape(table: str, rows: int, rounds: int, have_pgloader: bool, pr
             got = {}
             for c in alternate(r, contenders):
                 if c == "syncd":
-                    info = await load_syncd(tmp, pristine, table, rows, problems)
+                    info = await load_syncd(tmp, pristine, shape, rows, problems)
                     details.append(info)
                     got[c] = info["load"]
                 elif c == "syncd-run":
-                    got[c] = (await load_syncd(tmp, pristine, table, rows, problems, with_init=False))["load"]
+                    got[c] = (await load_syncd(tmp, pristine, shape, rows, problems, with_init=False))["load"]
                 elif c in ("copy", "copy-key-after"):
-                    got[c] = load_copy(csv_path, table, rows, problems, key_after=c == "copy-key-after")
+                    got[c] = load_copy(csv_path, shape, rows, problems, key_after=c == "copy-key-after")
                 elif c == "python":
-                    got[c] = load_plain_python(pristine, table, rows, problems)
+                    got[c] = load_plain_python(pristine, shape, rows, problems)
                 else:
-                    got[c] = load_pgloader(tmp, pristine, table, rows, problems)
+                    got[c] = load_pgloader(tmp, pristine, shape, rows, problems)
                 times[c].append(got[c])
             start_init, start_run = process_start("init"), process_start("run")
             fastest_copy = min(got["copy"], got["copy-key-after"])
@@ -232,8 +275,9 @@ async def run(args) -> list[Figure]:
     rounds = 1 if args.quick else 3
     have_pgloader = shutil.which("pgloader") is not None
     problems: list[str] = []
-    shapes = {"ledger": 200_000 if args.quick else 1_000_000, "items": 100_000 if args.quick else 500_000}
-    results = {t: await load_shape(t, n, rounds, have_pgloader, problems) for t, n in shapes.items()}
+    sizes = {"ledger": 200_000 if args.quick else 1_000_000, "items": 100_000 if args.quick else 500_000}
+    shapes = {s.name: sizes[s.table] for s in SHAPES}
+    results = {s.name: await load_shape(s, sizes[s.table], rounds, have_pgloader, problems) for s in SHAPES}
 
     names = {"syncd": "syncd init + run, until every row is visible", "syncd-run": "syncd run alone, the same",
              "copy": "psql \\copy from CSV (copy only)",
@@ -250,6 +294,9 @@ async def run(args) -> list[Figure]:
                       for c in res["contenders"] + FLOORS]
         print_table(f"Initial load of {table}, {rows:,} rows (median of {rounds})",
                     ["method", "time", "rows/s", "range (s)"], table_rows)
+        if "index" in table:
+            print("  with indexes: syncd timed until every index is built too; \\copy with the key and indexes in "
+                  "place, or each built after; the plain Python load builds them after; pgloader builds them too")
         print(f"  syncd phases (median): init {median([d['init'] for d in details]):.2f} s, "
               f"run: process start {median([d['startup'] for d in details]):.2f} s, "
               f"capture+reconcile+count {median([d['before_copy'] for d in details]):.2f} s, "
@@ -275,7 +322,8 @@ async def run(args) -> list[Figure]:
                                   note=f"{median(times['syncd-run']):.2f} s; "
                                        f"floor {median(ratios['floor-run-pgl']):.2f}x"))
         figures.append(Figure("initial_load", f"{table}: syncd time / psql \\copy time", median(ratios["copy"]), "x",
-                              note="informative: \\copy with the key in place"))
+                              note="informative: \\copy with the key" + (" and indexes" if "index" in table else "")
+                              + " in place"))
     if not have_pgloader:
         print("pgloader is not installed (apt-get install pgloader): that comparison is skipped")
     print_problems(problems)

@@ -4,11 +4,11 @@ one is sent) and COPY each chunk into Postgres with asyncpg, one transaction per
 No audit, no conversion, no bookkeeping, no capture: nothing of what syncd adds. The
 table's first column is its INTEGER PRIMARY KEY (both of initial_load.py's are).
 
-    python bench/plain_loader.py FILE TABLE DSN "CREATE TABLE ..." [--key-after KEY]
+    python bench/plain_loader.py FILE TABLE DSN "CREATE TABLE ..." [--after "CREATE INDEX ..."]...
 
-Prints the seconds from the first read to the last commit (process start excluded:
-initial_load.py adds syncd's own). With --key-after, the table is created without its
-primary key and KEY is added once every row is in.
+Prints the seconds from the first read to the last commit of the statements given with
+--after (indexes built once every row is in), process start excluded: initial_load.py
+adds syncd's own.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import asyncpg
 CHUNK_ROWS = 50_000  # syncd's [stream] snapshot_chunk_rows default
 
 
-async def load(path: str, table: str, dsn: str, ddl: str, key_after: str | None) -> float:
+async def load(path: str, table: str, dsn: str, ddl: str, after: list[str]) -> float:
     src = sqlite3.connect(path, check_same_thread=False)
     columns = [r[1] for r in src.execute(f'PRAGMA table_info("{table}")')]
     key = columns[0]
@@ -48,8 +48,8 @@ async def load(path: str, table: str, dsn: str, ddl: str, key_after: str | None)
             async with pg.transaction():
                 await pg.copy_records_to_table(table, records=rows, columns=columns)
         src.execute("COMMIT")
-    if key_after:
-        await pg.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({key_after})")
+    for sql in after:
+        await pg.execute(sql)
     elapsed = time.perf_counter() - started
     await pg.close()
     return elapsed
@@ -57,8 +57,9 @@ async def load(path: str, table: str, dsn: str, ddl: str, key_after: str | None)
 
 def main() -> None:
     path, table, dsn, ddl = sys.argv[1:5]
-    key_after = sys.argv[6] if len(sys.argv) > 6 and sys.argv[5] == "--key-after" else None
-    print(f"{asyncio.run(load(path, table, dsn, ddl, key_after)):.4f}")
+    rest = sys.argv[5:]
+    after = [rest[i + 1] for i in range(0, len(rest) - 1, 2) if rest[i] == "--after"]
+    print(f"{asyncio.run(load(path, table, dsn, ddl, after)):.4f}")
 
 
 if __name__ == "__main__":
