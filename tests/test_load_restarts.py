@@ -44,27 +44,59 @@ async def pg_key(dsn) -> list[str]:
     return [r[0] for r in rows]
 
 
-def loading_past(dsn, n: int):
-    async def cond() -> bool:
+async def refuse(dsn, value: str) -> None:
+    """A constraint of the user's own on syncd's table, which the row with v = value breaks."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"ALTER TABLE app.t ADD CONSTRAINT no_refused CHECK (v <> '{value}')")
+    finally:
+        await conn.close()
+
+
+async def allow(dsn) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("ALTER TABLE app.t DROP CONSTRAINT no_refused")
+    finally:
+        await conn.close()
+
+
+async def held_midway(cfg, dsn, log) -> int:
+    """Run the daemon until the load is held by the refused row; the rows loaded then."""
+    async def held() -> bool:
+        return (await load_row(dsn)).get("state") == "held"
+
+    with DaemonProcess(cfg, log) as d:
+        await eventually(held, 300, "the table to be held", d)
         r = await load_row(dsn)
-        return r.get("state") == "loading" and r["rows"] >= n
-    return cond
+        assert "key 20000" in r["reason"] and "no_refused" in r["reason"], r
+        assert d.stop() == 0
+    rows = (await load_row(dsn))["rows"]
+    assert 0 < rows < 20000
+    return rows
 
 
 async def test_a_key_sqlite_changes_mid_load_starts_the_load_over(tmp_path, make_config, pg_dsn):
-    # No primary key: syncd keys the table on the unique index whose name sorts first;
-    # one made mid-load under a name sorting before the other becomes the key. The rows
-    # loaded so far were read in the order of the old key: resuming from that position
-    # would skip rows.
+    # No primary key: syncd keys the table on the unique index whose name sorts first.
+    # The load stops midway (held by a row the user's own constraint refuses); meanwhile
+    # a unique index whose name sorts first becomes the key. The rows loaded so far were
+    # read in the order of the old key: resuming from that position would skip rows.
     db = tmp_path / "app.db"
     app = make_file(db, "CREATE TABLE t (a INTEGER NOT NULL, b TEXT NOT NULL, v TEXT);"
                         "CREATE UNIQUE INDEX t_by_a ON t (a);")
+    app.execute("UPDATE t SET v = 'refused' WHERE a = 20000")
     cfg = make_config([{"name": "app", "path": str(db)}], sections=SLOW_LOAD)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await eventually(loading_past(pg_dsn, 5_000), 120, "the load to pass 5,000 rows", d)
-        app.execute("CREATE UNIQUE INDEX t_0_by_b ON t (b)")
+    out = run_cli(cfg, "init")
+    assert out.returncode == 0, out.stdout + out.stderr
+    await refuse(pg_dsn, "refused")
+    await held_midway(cfg, pg_dsn, tmp_path / "one.log")
+    await allow(pg_dsn)
+    app.execute("CREATE UNIQUE INDEX t_0_by_b ON t (b)")
+    with DaemonProcess(cfg, tmp_path / "two.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=300)
-        assert d.log().count("snapshot started") == 2, d.log()[-3000:]
+        log = d.log()
+        assert "primary key changed" in log and "snapshot resuming" not in log, log[-3000:]
+        assert log.count("snapshot started") == log.count("snapshot finished") == 1, log[-3000:]
         assert d.stop() == 0
     app.close()
     assert await pg_key(pg_dsn) == ["b"]
@@ -78,27 +110,9 @@ async def test_a_held_load_resumes_after_a_restart(tmp_path, make_config, pg_dsn
     cfg = make_config([{"name": "app", "path": str(db)}], sections=SLOW_LOAD)
     out = run_cli(cfg, "init")
     assert out.returncode == 0, out.stdout + out.stderr
-    conn = await asyncpg.connect(pg_dsn)
-    try:  # a constraint of the user's own, which row 20000 breaks
-        await conn.execute("ALTER TABLE app.t ADD CONSTRAINT no_refused CHECK (v <> 'refused')")
-    finally:
-        await conn.close()
-
-    async def held() -> bool:
-        return (await load_row(pg_dsn)).get("state") == "held"
-
-    with DaemonProcess(cfg, tmp_path / "one.log") as d:
-        await eventually(held, 300, "the table to be held", d)
-        r = await load_row(pg_dsn)
-        assert "key 20000" in r["reason"] and "no_refused" in r["reason"], r
-        assert d.stop() == 0
-    before = (await load_row(pg_dsn))["rows"]
-    assert 0 < before < 20000
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute("ALTER TABLE app.t DROP CONSTRAINT no_refused")
-    finally:
-        await conn.close()
+    await refuse(pg_dsn, "refused")
+    before = await held_midway(cfg, pg_dsn, tmp_path / "one.log")
+    await allow(pg_dsn)
     with DaemonProcess(cfg, tmp_path / "two.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=300)
         assert f"snapshot resuming after {before} rows" in d.log()
@@ -117,8 +131,8 @@ async def test_rows_that_cannot_take_the_key_are_named(tmp_path, make_config, pg
     app = make_file(db, "CREATE TABLE t (a INTEGER NOT NULL, b TEXT, v TEXT);", rows=3_000)
     app.execute("UPDATE t SET a = 7 WHERE a = 2500")
     app.close()
-    cfg = make_config([{"name": "app", "path": str(db), "keys": {"t": ["a"]}}],
-                      sections={"verify": {"interval_seconds": 0}})
+    cfg = make_config([{"name": "app", "path": str(db), "keys": {"t": ["a"]}}],  # both rows in one chunk
+                      sections={"stream": {"snapshot_chunk_rows": 5000}, "verify": {"interval_seconds": 0}})
 
     async def held() -> bool:
         return (await load_row(pg_dsn)).get("state") == "held"

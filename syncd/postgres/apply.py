@@ -121,13 +121,9 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
                 return e
             raise
 
-    for is_delete, rows in ((True, deletes), (False, records)):
-        err = await fails(rows, is_delete) if rows else None
-        if err is None:
-            continue
-        # The shortest failing prefix ends at the row to name. Halving would not do: two
-        # rows that only fail together (a key twice) can sit in different halves, each
-        # of which passes alone.
+    async def shortest_failing_prefix(rows: list[tuple], err: BaseException,
+                                      is_delete: bool) -> tuple[tuple, BaseException]:
+        """The row ending the shortest prefix of `rows` (which fail) that fails."""
         lo, hi = 1, len(rows)  # rows[:hi] fails
         while lo < hi:
             mid = (lo + hi) // 2
@@ -136,7 +132,30 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
                 hi, err = mid, e
             else:
                 lo = mid + 1
-        row = rows[hi - 1]
+        return rows[hi - 1], err
+
+    for is_delete, rows in ((True, deletes), (False, records)):
+        err = await fails(rows, is_delete) if rows else None
+        if err is None:
+            continue
+        # Halve while a half fails alone (a row Postgres refuses by itself: about as many
+        # rows sent again as the batch holds). Two rows that fail only together (a key
+        # twice) can sit in different halves, each passing alone: then the shortest
+        # failing prefix ends at the second of them.
+        while len(rows) > 1:
+            half = len(rows) // 2
+            e = await fails(rows[:half], is_delete)
+            if e is not None:
+                rows, err = rows[:half], e
+                continue
+            e = await fails(rows[half:], is_delete)
+            if e is not None:
+                rows, err = rows[half:], e
+                continue
+            row, err = await shortest_failing_prefix(rows, err, is_delete)
+            break
+        else:
+            row = rows[0]
         key = row if is_delete else tuple(row[i] for i in writer.spec.key_indexes)
         return BadRow(key, describe(err))
     return None
