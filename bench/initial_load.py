@@ -193,7 +193,9 @@ def load_plain_python(pristine: Path, shape: Shape, rows: int, problems: list[st
     with pg_database("plain") as dsn:
         after = [a for sql in shape.indexes for a in ("--after", sql)]
         out = subprocess.run([sys.executable, str(ROOT / "bench" / "plain_loader.py"), str(pristine), table, dsn,
-                              COPY_DDL[table], *after], capture_output=True, text=True, check=True)
+                              COPY_DDL[table], *after], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"the plain Python load failed: {out.stderr[-2000:]}")
         if pg_count(dsn, table) != rows:
             problems.append("the plain Python load loaded the wrong number of rows")
     return float(out.stdout.strip())

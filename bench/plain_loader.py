@@ -28,6 +28,7 @@ async def load(path: str, table: str, dsn: str, ddl: str, after: list[str]) -> f
     src = sqlite3.connect(path, check_same_thread=False)
     columns = [r[1] for r in src.execute(f'PRAGMA table_info("{table}")')]
     key = columns[0]
+    first = f'SELECT {", ".join(columns)} FROM "{table}" ORDER BY {key} LIMIT {CHUNK_ROWS}'
     select = f'SELECT {", ".join(columns)} FROM "{table}" WHERE {key} > ? ORDER BY {key} LIMIT {CHUNK_ROWS}'
     pg = await asyncpg.connect(dsn)
     await pg.execute(ddl)
@@ -36,10 +37,10 @@ async def load(path: str, table: str, dsn: str, ddl: str, after: list[str]) -> f
     with ThreadPoolExecutor(1) as reader:
         src.execute("BEGIN")
 
-        def read(after: int) -> list[tuple]:
-            return src.execute(select, (after,)).fetchall()
+        def read(after: int | None) -> list[tuple]:
+            return (src.execute(first) if after is None else src.execute(select, (after,))).fetchall()
 
-        ahead = loop.run_in_executor(reader, read, -2**63)
+        ahead = loop.run_in_executor(reader, read, None)
         while True:
             rows = await ahead
             if not rows:

@@ -32,18 +32,20 @@ async def test_kill9_during_the_way_back_at_random_points(tmp_path, make_config,
     writers = [PgWriter(pg_dsn, seconds=600, seed=1, rate=120),
                PgWriter(pg_dsn, seconds=600, seed=2, table="second", rate=60, ids=500)]
     windows = i = 0
-    # Where a kill lands is chance (on a busy machine each start takes longer): kill again
-    # until one has landed in that window.
-    while i < KILLS or (windows == 0 and i < MAX_KILLS):
-        i += 1
-        d = DaemonProcess(cfg, tmp_path / f"run{i}.log")
-        with d:
-            d.wait_log("syncd running", timeout=30)
-            time.sleep(rnd.uniform(0.1, 1.5))
-            d.kill9()
-        windows += await applied_but_unpruned(db, pg_dsn) > 0
-    for w in writers:
-        assert w.stop()["transactions"] > 100
+    try:
+        # Where a kill lands is chance (on a busy machine each start takes longer): kill
+        # again until one has landed in that window.
+        while i < KILLS or (windows == 0 and i < MAX_KILLS):
+            i += 1
+            d = DaemonProcess(cfg, tmp_path / f"run{i}.log")
+            with d:
+                d.wait_log("syncd running", timeout=30)
+                time.sleep(rnd.uniform(0.1, 1.5))
+                d.kill9()
+            windows += await applied_but_unpruned(db, pg_dsn) > 0
+    finally:
+        summaries = [w.stop() for w in writers]
+    assert all(s["transactions"] > 100 for s in summaries), summaries
     with DaemonProcess(cfg, tmp_path / "final.log") as d:
         d.wait_log("syncd running")
         await wait_back(cfg, db, pg_dsn, timeout=120, daemon=d)
