@@ -22,8 +22,9 @@ ledger with two indexes (on kind, on at), timed until every index is built too
 
 - a plain Python load (bench/plain_loader.py): the standard sqlite3 module reading the
   table in chunks, one thread reading ahead, asyncpg COPYing each chunk in a transaction
-  of its own into the table with its primary key; only the load timed. The least any
-  load on syncd's stack (Python, sqlite3, asyncpg) does, with none of what syncd adds.
+  of its own into the table with its primary key; only the load timed. One
+  straightforward load on syncd's stack (Python, sqlite3, asyncpg), with none of what
+  syncd adds.
 
 The contenders alternate within each round; figures are medians of per-round ratios.
 Target (ledger): syncd <= 0.5x pgloader's time.
@@ -32,8 +33,9 @@ The floor, measured in each round: Python starting and importing what `syncd ini
 `syncd run` need (nothing else: no config, no file, no connection), plus the round's
 faster `psql \\copy` (with the key, or key after). No syncd load can take less; where
 the floor is above the target itself, the target is out of reach on that machine, and
-the bench says so. The Python floor: the same process starts plus the plain Python
-load, the least a load on this stack takes.
+the bench says so. The plain-Python anchor: the same process starts plus the plain
+Python load, what one straightforward load on syncd's stack takes (not a proven
+minimum).
 
     python bench/initial_load.py [--quick]
 """
@@ -288,7 +290,7 @@ async def run(args) -> list[Figure]:
              "floor": "floor: init's and run's process starts + faster \\copy",
              "floor-run": "floor: run's process start + faster \\copy",
              "python": "plain Python load: sqlite3 -> asyncpg COPY (load only)",
-             "python-floor": "Python floor: init's and run's process starts + plain Python load"}
+             "python-floor": "plain-Python anchor: init's and run's process starts + plain Python load"}
     figures = []
     for table, res in results.items():
         rows, times, details = shapes[table], res["times"], res["details"]
@@ -309,7 +311,7 @@ async def run(args) -> list[Figure]:
             print(f"  / pgloader: syncd init + run {median(ratios['pgl']):.2f}x, its floor "
                   f"{median(ratios['floor-pgl']):.2f}x; syncd run alone {median(ratios['run-pgl']):.2f}x, its floor "
                   f"{median(ratios['floor-run-pgl']):.2f}x")
-            print(f"  the Python floor of init + run (process starts + the plain Python load): "
+            print(f"  the plain-Python anchor of init + run (process starts + the plain Python load): "
                   f"{median(ratios['python-floor-pgl']):.2f}x pgloader")
             if table == "ledger" and median(ratios["floor-pgl"]) > 0.5:
                 print("  the floor of init + run is above 0.5x pgloader here: that target is out of reach on this "
@@ -317,7 +319,7 @@ async def run(args) -> list[Figure]:
             figures.append(Figure("initial_load", f"{table}: syncd time / pgloader time", median(ratios["pgl"]), "x",
                                   "<= 0.5" if table == "ledger" else None,
                                   note=f"{median(times['syncd']):.2f} s vs {median(times['pgloader']):.2f} s; "
-                                       f"floor {median(ratios['floor-pgl']):.2f}x, Python floor "
+                                       f"floor {median(ratios['floor-pgl']):.2f}x, plain-Python anchor "
                                        f"{median(ratios['python-floor-pgl']):.2f}x"))
             figures.append(Figure("initial_load", f"{table}: syncd run alone / pgloader time",
                                   median(ratios["run-pgl"]), "x",

@@ -1,4 +1,4 @@
-"""The least a Python load on syncd's stack can do: read a SQLite table with the
+"""One straightforward Python load on syncd's stack: read a SQLite table with the
 standard sqlite3 module in chunks (one thread reading the next chunk while the last
 one is sent) and COPY each chunk into Postgres with asyncpg, one transaction per chunk.
 No audit, no conversion, no bookkeeping, no capture: nothing of what syncd adds. The
