@@ -13,7 +13,9 @@ from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import eventually, pg_rows, wait_caught_up
 
 ROWS = 30_000
-SLOW_LOAD = {"stream": {"snapshot_chunk_rows": 100}, "verify": {"interval_seconds": 0}}
+# No periodic schema check within a test: the indexes come from the table starting to stream.
+SLOW_LOAD = {"stream": {"snapshot_chunk_rows": 100, "schema_check_interval_seconds": 3600},
+             "verify": {"interval_seconds": 0}}
 
 
 async def indexes(dsn, table: str) -> set[str]:
@@ -100,3 +102,83 @@ async def test_indexes_stay_on_the_live_table_through_a_reload(tmp_path, make_co
         assert d.stop() == 0
     app.close()
     assert await compare_keyless(str(db), pg_dsn, "app", "log") == []
+
+
+async def test_an_index_sqlite_changed_goes_before_a_reload_reshapes_the_table(tmp_path, make_config, pg_dsn):
+    # The application rebuilds a table (new table, copy, drop, rename) with a column
+    # retyped and its index changed: the old index (an expression Postgres can only
+    # apply to text) must not stay on the live table while the reload retypes it.
+    db = tmp_path / "app.db"
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("PRAGMA journal_mode=WAL")
+    app.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT); CREATE INDEX t_a ON t (lower(a));")
+    app.executemany("INSERT INTO t VALUES (?, ?)", ((i, str(i)) for i in range(1, 2001)))
+    cfg = make_config([{"name": "app", "path": str(db)}], sections=SLOW_LOAD)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=120)
+
+        async def built() -> bool:
+            return "t_a" in await indexes(pg_dsn, "t")
+
+        await eventually(built, 60, "the index", d)
+        app.executescript("""
+            BEGIN;
+            CREATE TABLE t_new (id INTEGER PRIMARY KEY, a INTEGER);
+            INSERT INTO t_new SELECT id, CAST(a AS INTEGER) FROM t;
+            DROP TABLE t;
+            ALTER TABLE t_new RENAME TO t;
+            CREATE INDEX t_a ON t (a);
+            COMMIT;
+        """)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=120)
+
+        async def rebuilt() -> bool:
+            rows = await pg_rows(pg_dsn, "SELECT indexdef FROM pg_indexes WHERE schemaname = 'app' "
+                                         "AND indexname = 't_a'")
+            return bool(rows) and "lower" not in rows[0][0] and "translate" not in rows[0][0]
+
+        await eventually(rebuilt, 60, "the new index", d)
+        assert d.stop() == 0
+    app.close()
+    assert await pg_rows(pg_dsn, "SELECT data_type FROM information_schema.columns WHERE table_schema = 'app' "
+                                 "AND table_name = 't' AND column_name = 'a'") == [("bigint",)]
+    assert await compare_table(str(db), pg_dsn, "app", "t") == []
+
+
+async def test_an_index_build_over_the_statement_timeout_never_stops_replication(tmp_path, make_config, pg_dsn):
+    # An index Postgres cannot build within [postgres] statement_timeout_seconds (here: a
+    # session of someone else's holds a lock on the table that CREATE INDEX waits for) is
+    # cancelled, reported, and tried again later; the source goes on streaming.
+    db = tmp_path / "app.db"
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("PRAGMA journal_mode=WAL")
+    app.executescript("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT);"
+                      "CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);")
+    app.executemany("INSERT INTO docs VALUES (?, ?)", ((i, f"doc {i}") for i in range(1000)))
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={
+        "postgres": {"statement_timeout_seconds": 1},
+        "stream": {"schema_check_interval_seconds": 3600},
+        "verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "one.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=120)
+        assert d.stop() == 0
+    app.execute("CREATE INDEX docs_body ON docs (body)")
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("LOCK TABLE app.docs IN ROW EXCLUSIVE MODE")  # CREATE INDEX waits for it
+        with DaemonProcess(cfg, tmp_path / "two.log") as d:
+            d.wait_log("schema parity: not created: docs", timeout=60)
+            assert "timed out" in d.log(), d.log()[-3000:]
+            for i in range(5):
+                app.execute("INSERT INTO other VALUES (?, 'while the index could not be built')", (i,))
+            app.execute("UPDATE docs SET body = 'changed' WHERE id = 7")
+            await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
+            assert d.stop() == 0
+        await tx.rollback()
+    finally:
+        await holder.close()
+    app.close()
+    assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.other") == [(5,)]
+    assert await compare_table(str(db), pg_dsn, "app", "docs") == []

@@ -23,6 +23,7 @@ import logging
 import sqlite3
 import time
 import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -43,10 +44,11 @@ TO_SQLITE = "to_sqlite"
 
 AUDIT_EVERY_SECONDS = 3600.0  # typed_columns = "dual-write": date columns read again this often
 
-# A table's indexes wait for its load to be over (plan.Item.after_load) up to this many
-# rows: building them then is one step of the pipeline, and must stay far inside
-# [postgres] statement_timeout_seconds and the watchdog (5M rows: a few seconds an index).
-# A larger table gets them before its load, kept up row by row.
+# A table's indexes wait for its load to be over (plan.Item.after_load) while its rows
+# times the number of those indexes stay under this: building them all is then one step
+# of the pipeline, and must stay far inside [postgres] statement_timeout_seconds and the
+# watchdog (an index of 1M short text values builds in 0.5 s here). A larger table gets
+# them before its load, kept up row by row.
 INDEX_AFTER_LOAD_MAX_ROWS = 5_000_000
 
 
@@ -56,6 +58,7 @@ class _State:
     audited: tuple[int, float] | None = None  # (schema version, monotonic time) of the last date audit
     deferred: set[str] = field(default_factory=set)  # tables that may hold deferrable parity constraints
     after_load: set[str] = field(default_factory=set)  # tables with indexes made once they stream
+    counted: dict[tuple[str, int | None], int] = field(default_factory=dict)  # (table, schema version) -> rows
     logged: set[str] = field(default_factory=set)  # failure lines already logged
     orphans: dict[str, int] = field(default_factory=dict)  # "<table>: <foreign key>" -> orphan rows, last counted
 
@@ -119,7 +122,8 @@ async def ensure(session, schema) -> bool:
     st.plan = plan
     st.deferred = {i.table for i in plan.items if i.needs_streaming and not i.left_out and i.table}
     st.after_load = {i.table for i in plan.items if i.after_load and not i.left_out and i.table}
-    index_now = await _too_large_to_wait(session, st.after_load)
+    waiting = Counter(i.table for i in plan.items if i.after_load and not i.left_out and i.table)
+    index_now = await _too_large_to_wait(session, st, waiting)
     retyped = False
     async with session.pg.transaction():
         if await _direction(session, lock=True) == TO_SQLITE:
@@ -136,22 +140,27 @@ async def ensure(session, schema) -> bool:
     return retyped
 
 
-async def _too_large_to_wait(session, tables: set[str]) -> frozenset[str]:
-    """Which of `tables`, not streaming yet, hold too many rows for their indexes to wait
-    for the load (INDEX_AFTER_LOAD_MAX_ROWS): the load's count where it has one, else
-    SQLite's."""
+async def _too_large_to_wait(session, st: _State, indexes: Counter) -> frozenset[str]:
+    """Which tables, not streaming yet, are too large for their `indexes[table]` indexes
+    to wait for the load (INDEX_AFTER_LOAD_MAX_ROWS): by the load's count where it has
+    one, else SQLite's, counted once per table and schema version."""
     out = set()
-    for name in tables:
+    for name, n in indexes.items():
         t = session.tables.get(name)
         if t is None or t.state == "streaming":
             continue
         rows = t.row.snapshot_total if t.state != "pending" else None
         if rows is None:
-            try:
-                rows = await session.worker.run(reader.count_rows, name)
-            except sqlite3.Error:
-                continue  # unreadable now: the load says why; its indexes wait
-        if rows > INDEX_AFTER_LOAD_MAX_ROWS:
+            memo = (name, session.schema_version)
+            rows = st.counted.get(memo)
+            if rows is None:
+                try:
+                    rows = await session.worker.run(reader.count_rows, name)
+                except sqlite3.Error:
+                    out.add(name)  # not countable now: built before the load, as for a large table
+                    continue
+                st.counted[memo] = rows
+        if rows * n > INDEX_AFTER_LOAD_MAX_ROWS:
             out.add(name)
     return frozenset(out)
 

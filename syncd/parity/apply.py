@@ -150,7 +150,12 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
         kind = _object_kind(item, DUAL_WRITE)
         key = ("constraint", item.table, item.name) if kind == "constraint" else ("relation", None, item.name)
         if item.after_load and item.table not in index_now and states.get(item.table or "") != STREAMING:
-            keep.add(key)  # made once the table streams; one that exists stays as it is meanwhile
+            # Made once the table streams. One that exists as the plan has it stays
+            # meanwhile (a reload keeps the live table's); one that differs (SQLite's index
+            # changed, or it is the cutover's unique one) goes now, as any stale object.
+            existing = have.get(key) or have.get(("relation", None, item.name))
+            if existing is None or existing.comment == item.marker(DUAL_WRITE, source):
+                keep.add(key)
             continue
         if item.needs_streaming:
             # Rows of a table being loaded come from several moments: a unique constraint
@@ -195,7 +200,9 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
                 await run(conn, _comment_sql(schema, item, key[0] if key[0] == "constraint" else "index", marker))
             report.created.append(f"{item.table}: {item.what}")
             _failed.pop(memo, None)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            # TimeoutError: [postgres] statement_timeout_seconds ran out (an index build on
+            # a large table); asyncpg cancelled the statement, the savepoint undid it.
             _failed[memo] = now
             report.failed.append((f"{item.table}: {item.what}", describe(e)))
     return report
