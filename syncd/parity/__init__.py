@@ -145,6 +145,9 @@ async def _too_large_to_wait(session, st: _State, indexes: Counter) -> frozenset
     to wait for the load (INDEX_AFTER_LOAD_MAX_ROWS): by the load's count where it has
     one, else SQLite's, counted once per table and schema version."""
     out = set()
+    # A count holds for one pending spell: a table pending again later is counted again.
+    st.counted = {k: v for k, v in st.counted.items()
+                  if (t := session.tables.get(k[0])) is not None and t.state == "pending"}
     for name, n in indexes.items():
         t = session.tables.get(name)
         if t is None or t.state == "streaming":

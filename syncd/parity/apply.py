@@ -38,6 +38,10 @@ log = logging.getLogger("syncd")
 STREAMING = "streaming"
 LOADING_STATES = ("pending", "loading")
 RETRY_FAILED_SECONDS = 3600.0  # an object Postgres refused is tried again after this, or when it changes
+# How long creating or dropping an object waits for a lock on its table (a long reader of
+# the application's, someone's open transaction) before it gives up until a later try: a
+# step of the daemon never waits on someone else's lock for a whole statement timeout.
+LOCK_WAIT = "5s"
 _failed: dict[tuple[str, str, str], float] = {}  # (source, name, marker) -> monotonic time it failed
 
 
@@ -138,6 +142,7 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
     retyped here (see retype_dual_write)."""
     report = EnsureReport()
     schema = plan.schema
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")  # the caller's transaction, to its end
     have = await read_pg_objects(conn, schema)
     wanted: dict[tuple[str, str | None, str], tuple[Item, str]] = {}
     # Deferrable uniques of a held or paused table, indexes of a table not streaming yet: left as they are.
@@ -179,7 +184,9 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
             report.dropped.append(f"{obj.kind} {obj.name}")
             have.pop(("constraint", obj.table, obj.name), None)
             have.pop(("relation", None, obj.name), None)
-        except asyncpg.PostgresError as e:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            if conn.is_closed():
+                raise
             report.failed.append((f"dropping {obj.kind} {obj.name}", describe(e)))
     now = time.monotonic()
     for key, (item, marker) in wanted.items():
@@ -201,10 +208,15 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
             report.created.append(f"{item.table}: {item.what}")
             _failed.pop(memo, None)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-            # TimeoutError: [postgres] statement_timeout_seconds ran out (an index build on
-            # a large table); asyncpg cancelled the statement, the savepoint undid it.
+            if conn.is_closed():
+                raise  # the connection went (a cancel not acknowledged): an outage, not this object's fault
             _failed[memo] = now
             report.failed.append((f"{item.table}: {item.what}", describe(e)))
+            if isinstance(e, TimeoutError):
+                # [postgres] statement_timeout_seconds ran out (an index build on a large
+                # table): asyncpg cancelled it, the savepoint undid it. The rest waits for a
+                # later call, so that one step of the daemon spends one timeout at most.
+                break
     return report
 
 
