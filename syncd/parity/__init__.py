@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from syncd.parity.apply import (FinalizeResult, OrphanRows, Outcome, ParityRefused, PgObject, Retyped, _drop_sql,
-                                ensure_dual_write, finalize, read_sqlite, retype, retyped_columns, run)
+from syncd.parity.apply import (LOCK_WAIT, FinalizeResult, OrphanRows, Outcome, ParityRefused, PgObject, Retyped,
+                                _drop_sql, ensure_dual_write, finalize, read_sqlite, retype, retyped_columns, run)
 from syncd.parity.orphans import OrphanCount
 from syncd.parity.plan import Options, SourcePlan, plan_source
 from syncd.sqlite import reader
@@ -128,6 +128,7 @@ async def ensure(session, schema) -> bool:
     async with session.pg.transaction():
         if await _direction(session, lock=True) == TO_SQLITE:
             return False
+        await session.pg.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")  # the retype's ALTERs too
         if early:
             retyped = await _retype_early(session, plan, specs, states)
         report = await ensure_dual_write(session.pg, session.name, plan, specs, states, index_now)
@@ -145,9 +146,11 @@ async def _too_large_to_wait(session, st: _State, indexes: Counter) -> frozenset
     to wait for the load (INDEX_AFTER_LOAD_MAX_ROWS): by the load's count where it has
     one, else SQLite's, counted once per table and schema version."""
     out = set()
-    # A count holds for one pending spell: a table pending again later is counted again.
+    # A count holds until the table's load counts it (a table pending again later is
+    # counted again); a table held or refused before any load keeps its count.
     st.counted = {k: v for k, v in st.counted.items()
-                  if (t := session.tables.get(k[0])) is not None and t.state == "pending"}
+                  if (t := session.tables.get(k[0])) is not None
+                  and (t.state == "pending" or t.row.snapshot_total is None)}
     for name, n in indexes.items():
         t = session.tables.get(name)
         if t is None or t.state == "streaming":

@@ -189,7 +189,10 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
                 raise
             report.failed.append((f"dropping {obj.kind} {obj.name}", describe(e)))
     now = time.monotonic()
+    locked: set[str | None] = set()  # tables whose lock an object could not get: the rest wait too
     for key, (item, marker) in wanted.items():
+        if item.table in locked:
+            continue
         existing = have.get(key) or have.get(("relation", None, key[2]))
         if existing is not None:
             if not existing.owned_by(source):
@@ -208,10 +211,12 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
             report.created.append(f"{item.table}: {item.what}")
             _failed.pop(memo, None)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-            if conn.is_closed():
-                raise  # the connection went (a cancel not acknowledged): an outage, not this object's fault
             _failed[memo] = now
+            if conn.is_closed():
+                raise  # the connection went (a cancel not acknowledged): the pass ends, the object waits
             report.failed.append((f"{item.table}: {item.what}", describe(e)))
+            if isinstance(e, asyncpg.LockNotAvailableError):
+                locked.add(item.table)
             if isinstance(e, TimeoutError):
                 # [postgres] statement_timeout_seconds ran out (an index build on a large
                 # table): asyncpg cancelled it, the savepoint undid it. The rest waits for a
