@@ -144,7 +144,7 @@ async def ensure(session, schema) -> bool:
 async def _too_large_to_wait(session, st: _State, indexes: Counter) -> frozenset[str]:
     """Which tables, not streaming yet, are too large for their `indexes[table]` indexes
     to wait for the load (INDEX_AFTER_LOAD_MAX_ROWS): by the load's count where it has
-    one, else SQLite's, counted once per table and schema version."""
+    one, else SQLite's, counted once per pending spell and schema version."""
     out = set()
     # A count holds until the table's load counts it (a table pending again later is
     # counted again); a table held or refused before any load keeps its count.

@@ -98,10 +98,11 @@ class BadRow:
 
 async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records: list[tuple],
                          deletes: list[tuple], copy_into: tuple[str, str] | None = None) -> BadRow | None:
-    """Find the first record Postgres rejects, by bisection inside savepoints. Only used
-    after a statement failed, to name the row in the hold message. With `copy_into`
-    (schema, table), records are tried as a load sent them, by COPY into that table
-    (a reload's aside table has no key to upsert on)."""
+    """Find a record Postgres rejects (one that fails by itself, or the second of two
+    that fail only together), by bisection inside savepoints. Only used after a
+    statement failed, to name the row in the hold message. With `copy_into` (schema,
+    table), records are tried as a load sent them, by COPY into that table (a reload's
+    aside table has no key to upsert on)."""
     from syncd.postgres.connect import describe, is_data_error, is_shape_error, is_transient, sqlstate
 
     async def fails(part: list[tuple], is_delete: bool) -> BaseException | None:
