@@ -4,6 +4,7 @@ reload, so queries on the live table stay fast while the rows are replaced."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 import asyncpg
@@ -29,6 +30,35 @@ async def state(dsn, table: str) -> str | None:
     except asyncpg.UndefinedTableError:
         return None
     return rows[0][0] if rows else None
+
+
+def docs_and_other(db) -> sqlite3.Connection:
+    """A file of two tables, `docs` with 1,000 rows and an empty `other`; the
+    application's connection to it."""
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("PRAGMA journal_mode=WAL")
+    app.executescript("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT);"
+                      "CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);")
+    app.executemany("INSERT INTO docs VALUES (?, ?)", ((i, f"doc {i}") for i in range(1000)))
+    return app
+
+
+@contextlib.asynccontextmanager
+async def docs_locked(dsn):
+    """Someone else's open transaction holding a lock on app.docs that CREATE INDEX waits for."""
+    holder = await asyncpg.connect(dsn)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("LOCK TABLE app.docs IN ROW EXCLUSIVE MODE")
+        yield
+        await tx.rollback()
+    finally:
+        await holder.close()
+
+
+def not_created_line(log: str, table: str) -> str:
+    return next(ln for ln in log.splitlines() if f"not created: {table}" in ln)
 
 
 async def test_a_first_load_builds_the_indexes_once_every_row_is_in(tmp_path, make_config, pg_dsn):
@@ -150,11 +180,7 @@ async def test_an_index_build_over_the_statement_timeout_never_stops_replication
     # session of someone else's holds a lock on the table that CREATE INDEX waits for) is
     # cancelled, reported, and tried again later; the source goes on streaming.
     db = tmp_path / "app.db"
-    app = sqlite3.connect(db, isolation_level=None)
-    app.execute("PRAGMA journal_mode=WAL")
-    app.executescript("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT);"
-                      "CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);")
-    app.executemany("INSERT INTO docs VALUES (?, ?)", ((i, f"doc {i}") for i in range(1000)))
+    app = docs_and_other(db)
     cfg = make_config([{"name": "app", "path": str(db)}], sections={
         "postgres": {"statement_timeout_seconds": 1},
         "stream": {"schema_check_interval_seconds": 3600},
@@ -163,23 +189,16 @@ async def test_an_index_build_over_the_statement_timeout_never_stops_replication
         await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=120)
         assert d.stop() == 0
     app.execute("CREATE INDEX docs_body ON docs (body)")
-    holder = await asyncpg.connect(pg_dsn)
-    try:
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute("LOCK TABLE app.docs IN ROW EXCLUSIVE MODE")  # CREATE INDEX waits for it
+    async with docs_locked(pg_dsn):
         with DaemonProcess(cfg, tmp_path / "two.log") as d:
             d.wait_log("schema parity: not created: docs", timeout=60)
-            line = next(ln for ln in d.log().splitlines() if "not created: docs" in ln)
+            line = not_created_line(d.log(), "docs")
             assert line.endswith("timed out"), line
             for i in range(5):
                 app.execute("INSERT INTO other VALUES (?, 'while the index could not be built')", (i,))
             app.execute("UPDATE docs SET body = 'changed' WHERE id = 7")
             await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
             assert d.stop() == 0
-        await tx.rollback()
-    finally:
-        await holder.close()
     app.close()
     assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.other") == [(5,)]
     assert await compare_table(str(db), pg_dsn, "app", "docs") == []
@@ -190,11 +209,7 @@ async def test_an_index_waiting_on_someone_elses_lock_gives_up_and_the_rest_are_
     # give up after a few seconds (lock_timeout), not a whole statement timeout; the
     # other table's index is built in the same pass and replication goes on.
     db = tmp_path / "app.db"
-    app = sqlite3.connect(db, isolation_level=None)
-    app.execute("PRAGMA journal_mode=WAL")
-    app.executescript("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT);"
-                      "CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);")
-    app.executemany("INSERT INTO docs VALUES (?, ?)", ((i, f"doc {i}") for i in range(1000)))
+    app = docs_and_other(db)
     cfg = make_config([{"name": "app", "path": str(db)}], sections={
         "stream": {"schema_check_interval_seconds": 3600}, "verify": {"interval_seconds": 0}})
     with DaemonProcess(cfg, tmp_path / "one.log") as d:
@@ -202,21 +217,14 @@ async def test_an_index_waiting_on_someone_elses_lock_gives_up_and_the_rest_are_
         assert d.stop() == 0
     app.execute("CREATE INDEX docs_body ON docs (body)")
     app.execute("CREATE INDEX other_v ON other (v)")
-    holder = await asyncpg.connect(pg_dsn)
-    try:
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute("LOCK TABLE app.docs IN ROW EXCLUSIVE MODE")  # CREATE INDEX waits for it
+    async with docs_locked(pg_dsn):
         with DaemonProcess(cfg, tmp_path / "two.log") as d:
             d.wait_log("schema parity: not created: docs", timeout=60)
-            line = next(ln for ln in d.log().splitlines() if "not created: docs" in ln)
+            line = not_created_line(d.log(), "docs")
             assert "lock timeout" in line, line
             assert "other_v" in await indexes(pg_dsn, "other")
             app.execute("INSERT INTO other VALUES (1, 'while docs is locked')")
             await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
             assert d.stop() == 0
-        await tx.rollback()
-    finally:
-        await holder.close()
     app.close()
     assert await pg_rows(pg_dsn, "SELECT v FROM app.other") == [("while docs is locked",)]

@@ -121,15 +121,16 @@ async def ensure(session, schema) -> bool:
     plan = plan_source(session.target_schema, specs, objects, options, verdicts if early else None)
     st.plan = plan
     st.deferred = {i.table for i in plan.items if i.needs_streaming and not i.left_out and i.table}
-    st.after_load = {i.table for i in plan.items if i.after_load and not i.left_out and i.table}
     waiting = Counter(i.table for i in plan.items if i.after_load and not i.left_out and i.table)
+    st.after_load = set(waiting)
     index_now = await _too_large_to_wait(session, st, waiting)
     retyped = False
     async with session.pg.transaction():
         if await _direction(session, lock=True) == TO_SQLITE:
             return False
-        await session.pg.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")  # the retype's ALTERs too
         if early:
+            # Its ALTERs wait for a lock no longer than ensure_dual_write's objects do.
+            await session.pg.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
             retyped = await _retype_early(session, plan, specs, states)
         report = await ensure_dual_write(session.pg, session.name, plan, specs, states, index_now)
     _log(session, st, report)
