@@ -339,7 +339,8 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} set to continue after {top}"
                      for name, top in sorted(marks.items())]
         if dry_run:
-            res.plan += await asyncio.to_thread(parity.preview, settings, source, specs)
+            present = {key[2] for key in await parity.read_pg_objects(conn, source.schema)}
+            res.plan += await asyncio.to_thread(parity.preview, settings, source, specs, present)
             res.plan.append(f"expected write downtime: about {_estimate(rows, pending):.1f} s "
                             "(drain, a full verification, then one Postgres transaction that also creates "
                             "the constraints and types listed above)")

@@ -19,6 +19,7 @@ The hooks the rest of syncd calls:
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -29,17 +30,20 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from syncd.parity.apply import (LOCK_WAIT, FinalizeResult, OrphanRows, Outcome, ParityRefused, PgObject, Retyped,
-                                _drop_sql, ensure_dual_write, finalize, read_sqlite, retype, retyped_columns, run)
+                                _drop_sql, ensure_dual_write, finalize, read_pg_objects, read_sqlite, retype,
+                                retyped_columns, run)
 from syncd.parity.orphans import OrphanCount
 from syncd.parity.plan import Options, SourcePlan, plan_source
 from syncd.sqlite import reader
 
 __all__ = ["FinalizeResult", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused", "Retyped", "check_deferred",
-           "ensure", "finalize", "preview", "release", "retyped_columns", "table_streaming", "violated"]
+           "ensure", "finalize", "preview", "read_pg_objects", "release", "retyped_columns", "table_streaming",
+           "violated"]
 
 log = logging.getLogger("syncd")
 
 TO_SQLITE = "to_sqlite"
+FAILED_EVENT = "parity_failed"  # bookkeeping event: {"object": Postgres name, "why": Postgres's reason}
 
 
 AUDIT_EVERY_SECONDS = 3600.0  # typed_columns = "dual-write": date columns read again this often
@@ -133,7 +137,7 @@ async def ensure(session, schema) -> bool:
             await session.pg.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
             retyped = await _retype_early(session, plan, specs, states)
         report = await ensure_dual_write(session.pg, session.name, plan, specs, states, index_now)
-    _log(session, st, report)
+    await _log(session, st, report)
     for item in plan.left_out:
         line = f"{item.table + ': ' if item.table else ''}{item.what}: {item.left_out}"
         if line not in st.logged:
@@ -183,7 +187,7 @@ async def table_streaming(session, t) -> None:
         if await _direction(session, lock=True) == TO_SQLITE:
             return
         report = await ensure_dual_write(session.pg, session.name, plan, {t.name: t.spec}, {t.name: "streaming"})
-    _log(session, st, report)
+    await _log(session, st, report)
 
 
 async def check_deferred(conn: asyncpg.Connection, session, tables) -> None:
@@ -248,25 +252,33 @@ async def _retype_early(session, plan: SourcePlan, specs, states) -> bool:
     return done_any
 
 
-def _log(session, st: _State, report) -> None:
+async def _log(session, st: _State, report) -> None:
     for what in report.created:
         session.info(f"schema parity: created {what}", event="parity_created")
     for what in report.dropped:
         session.info(f"schema parity: dropped {what} (no longer in SQLite, or back to its dual-write form)",
                      event="parity_dropped")
-    for what, why in report.failed:
+    for what, why, name in report.failed:
         line = f"{what}: {why}"
         if line in st.logged:
             continue
         st.logged.add(line)
         session.warning(f"schema parity: not created: {line}", event="parity_failed")
+        if name is not None:
+            # For the report, which names why an object the plan wants is not in Postgres.
+            try:
+                await session.bk.event(session.pg, FAILED_EVENT, None, json.dumps({"object": name, "why": why}))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                pass  # Postgres away: the log line above says it; the report says "see the log"
 
 
 
-def preview(settings, source, specs) -> list[str]:
+def preview(settings, source, specs, present: set[str] | None = None) -> list[str]:
     """What finalize would create and leave out for `source` now, one line each, for
     `syncd cutover --dry-run` (reads the SQLite file read-only, every date value in full;
-    touches nothing). Orphans are the report's (`foreign_keys` item)."""
+    touches nothing). `present`: the names of the objects Postgres holds in the source's
+    schema now (a dual-write index missing there is built by finalize). Orphans are the
+    report's (`foreign_keys` item)."""
     from syncd.parity.apply import open_readonly
 
     options = Options.from_settings(settings)
@@ -285,4 +297,7 @@ def preview(settings, source, specs) -> list[str]:
             out.append(f"schema: will not carry {where}{i.what}: {i.left_out}")
         elif i.cutover:
             out.append(f"schema: will create {where}{i.what}" + (f' as "{i.name}"' if i.name else ""))
+        elif i.kind == "index" and i.dual_write and present is not None and i.name not in present:
+            out.append(f'schema: will build {where}{i.what} as "{i.name}": not in Postgres now (the daemon\'s log '
+                       "says why), built in the final transaction")
     return out

@@ -128,7 +128,8 @@ def _comment_sql(schema: str, item: Item, kind: str, marker: str) -> str:
 class EnsureReport:
     created: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (what, Postgres's reason)
+    # (what, Postgres's reason, the object's Postgres name; None for a drop)
+    failed: list[tuple[str, str, str | None]] = field(default_factory=list)
     retyped: list[str] = field(default_factory=list)
 
 
@@ -187,7 +188,7 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
         except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             if conn.is_closed():
                 raise
-            report.failed.append((f"dropping {obj.kind} {obj.name}", describe(e)))
+            report.failed.append((f"dropping {obj.kind} {obj.name}", describe(e), None))
     now = time.monotonic()
     locked: set[str | None] = set()  # tables whose lock an object could not get: the rest wait too
     for key, (item, marker) in wanted.items():
@@ -198,7 +199,7 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
             if not existing.owned_by(source):
                 report.failed.append((f"{item.table}: {item.what}",
                                       f'the name "{item.name}" is taken in Postgres by an object syncd did not '
-                                      "create"))
+                                      "create", None))
             continue
         memo = (source, item.name or "", marker)
         if now - _failed.get(memo, -RETRY_FAILED_SECONDS) < RETRY_FAILED_SECONDS:
@@ -214,7 +215,7 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
             _failed[memo] = now
             if conn.is_closed():
                 raise  # the connection went (a cancel not acknowledged): the pass ends, the object waits
-            report.failed.append((f"{item.table}: {item.what}", describe(e)))
+            report.failed.append((f"{item.table}: {item.what}", describe(e), item.name))
             if isinstance(e, asyncpg.LockNotAvailableError):
                 locked.add(item.table)
             if isinstance(e, TimeoutError):
@@ -468,6 +469,8 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
         for item, why in refused:
             result.not_created.append(Outcome("type", tname, item.what, item.column, f"kept as text: {why}"))
     lap("typed columns")
+    await _missing_indexes(conn, source.name, schema, plan, specs, result)
+    lap("indexes not built before")
     for kind in ("unique", "check", "foreign key", "view"):
         for item in plan.items:
             if item.kind != kind or item.left_out or not item.cutover:
@@ -520,6 +523,44 @@ def _with_types(specs: dict[str, TableSpec], retyped: dict[str, dict[str, PgType
                      for c in spec.columns)
         out[name] = dataclasses.replace(spec, columns=cols) if cols != spec.columns else spec
     return out
+
+
+async def _missing_indexes(conn: asyncpg.Connection, source: str, schema: str, plan: SourcePlan,
+                           specs: dict[str, TableSpec], result: FinalizeResult) -> None:
+    """The plain indexes of the dual-write plan are there by now, built once their table
+    streamed; one that is not (Postgres refused its build, and the daemon's log said why;
+    or SQLite's index changed since the daemon's last schema check) is built here, after
+    the column types changed, so that the application does not switch to a Postgres
+    without an index its queries use. Listed either way: built, or refused with why."""
+    have = await read_pg_objects(conn, schema)
+    for item in plan.items:
+        if item.kind != "index" or item.left_out or not item.dual_write or item.name is None \
+                or item.table not in specs:
+            continue
+        marker = item.marker(DUAL_WRITE, source)
+        existing = have.get(("relation", None, item.name))
+        if existing is not None and existing.comment == marker:
+            continue
+        if existing is not None and not existing.owned_by(source):
+            result.not_created.append(Outcome(item.kind, item.table, item.what, item.name,
+                                              f'the name "{item.name}" is taken in Postgres by an object syncd '
+                                              "did not create"))
+            continue
+        stmts = ([_drop_sql(schema, existing)] if existing is not None else []) + list(item.dual_write)
+        try:
+            async with conn.transaction():
+                for sql in stmts:
+                    await run(conn, sql)
+                await run(conn, _comment_sql(schema, item, "index", marker))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            if conn.is_closed():
+                raise
+            result.not_created.append(Outcome(item.kind, item.table, item.what, item.name,
+                                              f"Postgres refused it: {describe(e)}"))
+            continue
+        why = "it was not in Postgres" if existing is None else "SQLite's index changed"
+        result.created.append(Outcome(item.kind, item.table, item.what, item.name,
+                                      f"built in the cutover's transaction ({why})"))
 
 
 async def _create(conn: asyncpg.Connection, source: str, schema: str, item: Item, stmts: list[str], detail: str,

@@ -30,6 +30,8 @@ class ParityFacts:
     orphans: list[orphans.OrphanCount] = field(default_factory=list)
     speed: speed.SpeedFacts | None = None
     error: str | None = None
+    streaming: frozenset[str] | None = None  # the tables streaming now, when the caller knows them
+    refused: dict[str, str] = field(default_factory=dict)  # object name -> why Postgres refused it last
 
     @property
     def carried(self) -> list[Item]:
@@ -47,9 +49,32 @@ class ParityFacts:
             return "at cutover" if (item.cutover or item.dual_write) else "as is"
         if item.name and item.name in self.present:
             return "in Postgres now"
+        if self.missing(item):
+            return f"not in Postgres: {self.why_missing(item)}"
         if item.dual_write:
             return "waits for the table to stream" if item.needs_streaming or item.after_load else "not yet created"
         return "at cutover"
+
+
+    def missing(self, item: Item) -> bool:
+        """A dual-write object whose table streams and which Postgres does not hold:
+        the daemon's attempt failed (queries through it are slow until it exists)."""
+        return (not item.left_out and bool(item.dual_write) and item.kind in ("index", "unique")
+                and item.name is not None and item.name not in self.present
+                and self.streaming is not None and item.table in self.streaming)
+
+
+    def why_missing(self, item: Item) -> str:
+        why = self.refused.get(item.name or "")
+        return f"Postgres refused it: {why}" if why else "not built yet, or refused (the daemon's log says why)"
+
+    def missing_entries(self) -> list[LeftOut]:
+        """Objects the daemon could not create, in the report's "not migrated" list
+        while they are missing (the cutover tries once more, and says how it went)."""
+        return [LeftOut(f"{i.table}: {i.what}", i.kind, f"not in Postgres: {self.why_missing(i)}",
+                        "the daemon tries again hourly and when it restarts, `syncd cutover` in its final "
+                        "transaction: fix what Postgres names (a row, a value), or create an equivalent index by "
+                        "hand after the switch") for i in self.carried if self.missing(i)]
 
 
 def left_out_entries(items: list[Item]) -> list[LeftOut]:

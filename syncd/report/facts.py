@@ -4,7 +4,9 @@ read now from both sides, never taken on trust from an earlier run."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.endpoint import fetch_status
 from syncd.identifiers import qualified, quote_ident
 from syncd.postgres import ddl
-from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists, ensure_bookkeeping
+from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping
 from syncd.postgres.connect import close_quietly, connect
 from syncd.report.backups import BackupFacts, find_backups
 from syncd.sqlite import capture, disk_guard
@@ -156,6 +158,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                         direction=(live or {}).get("direction") or TO_POSTGRES)
     bk_schema = settings.postgres.bookkeeping_schema
     rows = {}
+    refused: dict[str, str] = {}  # schema parity objects Postgres refused: name -> why
     if await bookkeeping_exists(pg, bk_schema):
         bk = Bookkeeping(bk_schema, source.name)
         src = await bk.load_source(pg)
@@ -172,6 +175,13 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                 wb = await position(settings, source, pg)
                 facts.rollback_until, facts.way_back_ended = wb.rollback_until, wb.retired
         rows = await bk.load_tables(pg)
+        for r in await pg.fetch(f"SELECT detail FROM {bk.s}.events WHERE source = $1 AND kind = $2 ORDER BY id",
+                                source.name, parity.FAILED_EVENT):
+            try:
+                d = json.loads(r[0])
+                refused[str(d["object"])] = str(d["why"])  # the latest reason per object
+            except (ValueError, KeyError, TypeError):
+                continue
         facts.suspensions = [(r[0], r[1] or "") for r in await pg.fetch(
             f"SELECT at, detail FROM {bk.s}.events WHERE source = $1 AND kind = 'capture_suspended' ORDER BY at",
             source.name)]
@@ -200,11 +210,13 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         budget = lookups[0] if lookups is not None else None
         facts.parity = await summary.gather(settings, source, pg, side.specs, side.views, max_age=parity_max_age,
                                             budget=budget)
+        facts.parity = dataclasses.replace(  # not the cached measurement's own object
+            facts.parity, streaming=frozenset(t.name for t in facts.tables if t.state == STREAMING), refused=refused)
         if lookups is not None and facts.parity.speed is not None:
             lookups[0] = max(0, lookups[0] - len(facts.parity.speed.lookups))
         if facts.parity.error is None:  # views are in the plan: carried at cutover, or listed with why not
             facts.left_out = [lo for lo in facts.left_out if lo.kind != "view"] + \
-                summary.left_out_entries(facts.parity.items)
+                summary.left_out_entries(facts.parity.items) + facts.parity.missing_entries()
     facts.capture_suspended = side.suspended if side else None
     facts.lag = _lag(live, facts, side.pending if side else None, now)
     if settings.cutover.backup_glob:
