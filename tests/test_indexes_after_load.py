@@ -4,6 +4,7 @@ reload, so queries on the live table stay fast while the rows are replaced."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 
@@ -228,3 +229,63 @@ async def test_an_index_waiting_on_someone_elses_lock_gives_up_and_the_rest_are_
             assert d.stop() == 0
     app.close()
     assert await pg_rows(pg_dsn, "SELECT v FROM app.other") == [("while docs is locked",)]
+
+
+async def test_a_pass_starts_no_build_past_its_budget_and_the_next_check_builds_the_rest(
+        tmp_path, make_config, pg_dsn):
+    # Twelve indexes added at once to a streaming table: one schema check builds for a
+    # sixth of the statement timeout (here 0.5 s) and leaves the rest to the next check,
+    # so that one step of the daemon never outlasts the watchdog.
+    db = tmp_path / "app.db"
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("PRAGMA journal_mode=WAL")
+    app.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT)")
+    app.execute("BEGIN")
+    app.executemany("INSERT INTO docs VALUES (?, ?)", ((i, f"doc {i * 7919 % 300_000}") for i in range(300_000)))
+    app.execute("COMMIT")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={
+        "postgres": {"statement_timeout_seconds": 3}, "stream": {"schema_check_interval_seconds": 1},
+        "verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=120)
+        for k in range(12):
+            app.execute(f"CREATE INDEX docs_body_{k} ON docs (body, id)")
+        d.wait_log("object(s) wait for the next schema check (this one spent its 0.5 s of builds)", timeout=60)
+
+        async def all_built() -> bool:
+            return {f"docs_body_{k}" for k in range(12)} <= await indexes(pg_dsn, "docs")
+
+        await eventually(all_built, timeout=120, what="every index built over later checks")
+        app.execute("INSERT INTO docs VALUES (300000, 'after the builds')")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
+        assert d.stop() == 0
+    app.close()
+
+
+async def test_a_drop_blocked_by_someone_elses_lock_waits_minutes_before_it_is_tried_again(
+        tmp_path, make_config, pg_dsn):
+    # SQLite's index changed; the old one in Postgres must go, but a long transaction holds
+    # its table. The drop gives up after its 5 s lock wait and is not tried at every schema
+    # check (each would stall the daemon's step another 5 s): none waits again for minutes.
+    db = tmp_path / "app.db"
+    app = docs_and_other(db)
+    app.execute("CREATE INDEX docs_body ON docs (body)")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={
+        "stream": {"schema_check_interval_seconds": 1}, "verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=120)
+        d.wait_log("created docs: index")
+        async with docs_locked(pg_dsn):
+            app.executescript("DROP INDEX docs_body; CREATE INDEX docs_body ON docs (body, id);")
+            d.wait_log("not created: dropping index docs_body", timeout=60)
+            waiting = 0
+            for _ in range(40):  # 8 s: a check every second, each would wait 5 s on the lock
+                rows = await pg_rows(pg_dsn, "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
+                                             "relation = 'app.docs'::regclass")
+                waiting += rows[0][0]
+                await asyncio.sleep(0.2)
+            assert waiting == 0
+            app.execute("INSERT INTO other VALUES (1, 'replication goes on')")
+            await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
+        assert d.stop() == 0
+    app.close()

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from syncd.parity.apply import (LOCK_WAIT, FinalizeResult, OrphanRows, Outcome, ParityRefused, PgObject, Retyped,
-                                _drop_sql, ensure_dual_write, finalize, read_pg_objects, read_sqlite, retype,
-                                retyped_columns, run)
+from syncd.parity.apply import (BUILD_BUDGET_SHARE, LOCK_WAIT, FinalizeResult, OrphanRows, Outcome,
+                                ParityRefused, PgObject, Retyped, _drop_sql, ensure_dual_write, finalize,
+                                read_pg_objects, read_sqlite, retype, retyped_columns, run)
 from syncd.parity.orphans import OrphanCount
 from syncd.parity.plan import Options, SourcePlan, plan_source
 from syncd.sqlite import reader
@@ -136,7 +136,7 @@ async def ensure(session, schema) -> bool:
             # Its ALTERs wait for a lock no longer than ensure_dual_write's objects do.
             await session.pg.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
             retyped = await _retype_early(session, plan, specs, states)
-        report = await ensure_dual_write(session.pg, session.name, plan, specs, states, index_now)
+        report = await ensure_dual_write(session.pg, session.name, plan, specs, states, index_now, _budget(session))
     await _log(session, st, report)
     for item in plan.left_out:
         line = f"{item.table + ': ' if item.table else ''}{item.what}: {item.left_out}"
@@ -186,7 +186,8 @@ async def table_streaming(session, t) -> None:
     async with session.pg.transaction():
         if await _direction(session, lock=True) == TO_SQLITE:
             return
-        report = await ensure_dual_write(session.pg, session.name, plan, {t.name: t.spec}, {t.name: "streaming"})
+        report = await ensure_dual_write(session.pg, session.name, plan, {t.name: t.spec}, {t.name: "streaming"},
+                                         budget=_budget(session))
     await _log(session, st, report)
 
 
@@ -252,12 +253,20 @@ async def _retype_early(session, plan: SourcePlan, specs, states) -> bool:
     return done_any
 
 
+def _budget(session) -> float:
+    return session.settings.postgres.statement_timeout_seconds * BUILD_BUDGET_SHARE
+
+
 async def _log(session, st: _State, report) -> None:
     for what in report.created:
         session.info(f"schema parity: created {what}", event="parity_created")
     for what in report.dropped:
         session.info(f"schema parity: dropped {what} (no longer in SQLite, or back to its dual-write form)",
                      event="parity_dropped")
+    if report.waiting:
+        session.info(f"schema parity: {len(report.waiting)} object(s) wait for the next schema check (this one spent "
+                     f"its {_budget(session):.3g} s of builds): {', '.join(report.waiting[:5])}"
+                     + (", ..." if len(report.waiting) > 5 else ""), event="parity_waiting")
     for what, why, name in report.failed:
         line = f"{what}: {why}"
         if line in st.logged:

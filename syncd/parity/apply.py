@@ -38,11 +38,17 @@ log = logging.getLogger("syncd")
 STREAMING = "streaming"
 LOADING_STATES = ("pending", "loading")
 RETRY_FAILED_SECONDS = 3600.0  # an object Postgres refused is tried again after this, or when it changes
+RETRY_LOCKED_SECONDS = 300.0  # one whose table's lock it could not get (a transient wait): sooner
+# A pass of ensure_dual_write starts no further build once it has spent this share of
+# [postgres] statement_timeout_seconds (10 s of the default 60 s; several large indexes
+# added at once): the rest wait for the next schema check, so that one step of the daemon
+# lasts 7/6 of a statement timeout at most, inside WatchdogSec as operations.md asks.
+BUILD_BUDGET_SHARE = 1 / 6
 # How long creating or dropping an object waits for a lock on its table (a long reader of
 # the application's, someone's open transaction) before it gives up until a later try: a
 # step of the daemon never waits on someone else's lock for a whole statement timeout.
 LOCK_WAIT = "5s"
-_failed: dict[tuple[str, str, str], float] = {}  # (source, name, marker) -> monotonic time it failed
+_retry_at: dict[tuple[str, str, str], float] = {}  # (source, name, marker or comment) -> monotonic time
 
 
 async def run(conn: asyncpg.Connection, sql: str) -> None:
@@ -130,19 +136,23 @@ class EnsureReport:
     dropped: list[str] = field(default_factory=list)
     # (what, Postgres's reason, the object's Postgres name; None for a drop)
     failed: list[tuple[str, str, str | None]] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # not started: the pass spent its build budget
     retyped: list[str] = field(default_factory=list)
 
 
 async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourcePlan, specs: dict[str, TableSpec],
-                            states: dict[str, str], index_now: frozenset[str] = frozenset()) -> EnsureReport:
+                            states: dict[str, str], index_now: frozenset[str] = frozenset(),
+                            budget: float = 10.0) -> EnsureReport:
     """Bring the source's objects to their dual-write shape: what the plan creates
     during dual-write exists (deferrable UNIQUE constraints only on tables in
     `states` streaming; indexes on those too, or on any table named in `index_now`),
     and every other object syncd made for this source is gone (the cutover's, after a
     rollback; an index SQLite dropped). Typed columns opted into dual-write are not
-    retyped here (see retype_dual_write)."""
+    retyped here (see retype_dual_write). No build starts once the call has spent
+    `budget` seconds (BUILD_BUDGET_SHARE): those wait for a later call."""
     report = EnsureReport()
     schema = plan.schema
+    started = time.monotonic()
     await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")  # the caller's transaction, to its end
     have = await read_pg_objects(conn, schema)
     wanted: dict[tuple[str, str | None, str], tuple[Item, str]] = {}
@@ -178,7 +188,11 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
     stale = [obj for key, obj in have.items() if obj.owned_by(source) and (obj.table in specs or obj.kind == "view")
              and key not in keep and (key not in wanted or wanted[key][1] != obj.comment)]
     stale.sort(key=lambda o: (o.kind != "view", o.contype not in ("f", "c"), o.kind != "constraint"))
+    locked: set[str | None] = set()  # tables whose lock an object could not get: the rest wait too
     for obj in stale:
+        memo = (source, obj.name, obj.comment or "")
+        if obj.table in locked or _retry_at.get(memo, 0.0) > time.monotonic():
+            continue
         try:
             async with conn.transaction():
                 await run(conn, _drop_sql(schema, obj))
@@ -186,11 +200,12 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
             have.pop(("constraint", obj.table, obj.name), None)
             have.pop(("relation", None, obj.name), None)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            _failed(memo, e)
             if conn.is_closed():
                 raise
             report.failed.append((f"dropping {obj.kind} {obj.name}", describe(e), None))
-    now = time.monotonic()
-    locked: set[str | None] = set()  # tables whose lock an object could not get: the rest wait too
+            if isinstance(e, asyncpg.LockNotAvailableError) and obj.table is not None:
+                locked.add(obj.table)
     for key, (item, marker) in wanted.items():
         if item.table in locked:
             continue
@@ -202,7 +217,10 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
                                       "create", None))
             continue
         memo = (source, item.name or "", marker)
-        if now - _failed.get(memo, -RETRY_FAILED_SECONDS) < RETRY_FAILED_SECONDS:
+        if _retry_at.get(memo, 0.0) > time.monotonic():
+            continue
+        if time.monotonic() - started > budget:
+            report.waiting.append(f"{item.table}: {item.what}")
             continue
         try:
             async with conn.transaction():
@@ -210,9 +228,9 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
                     await run(conn, sql)
                 await run(conn, _comment_sql(schema, item, key[0] if key[0] == "constraint" else "index", marker))
             report.created.append(f"{item.table}: {item.what}")
-            _failed.pop(memo, None)
+            _retry_at.pop(memo, None)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-            _failed[memo] = now
+            _failed(memo, e)
             if conn.is_closed():
                 raise  # the connection went (a cancel not acknowledged): the pass ends, the object waits
             report.failed.append((f"{item.table}: {item.what}", describe(e), item.name))
@@ -224,6 +242,12 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
                 # later call, so that one step of the daemon spends one timeout at most.
                 break
     return report
+
+
+def _failed(memo: tuple[str, str, str], e: BaseException) -> None:
+    """When the object of `memo` is tried again: a lock not had soon, a refusal later."""
+    wait = RETRY_LOCKED_SECONDS if isinstance(e, asyncpg.LockNotAvailableError) else RETRY_FAILED_SECONDS
+    _retry_at[memo] = time.monotonic() + wait
 
 
 # --- typed columns ---------------------------------------------------------------------------
