@@ -215,6 +215,8 @@ class Pipeline:
         elif isinstance(exc, SourceFileError):
             self._enter(SOURCE_MISSING, f"{exc}; waiting for it to come back", kind="sqlite", level="error")
             metrics.source_up.labels(self.name).set(0)
+        elif isinstance(exc, parity.LockNotHad):
+            self._enter(FAILING, str(exc), kind="lock", level="warning")
         elif is_transient(exc):
             self._pg_down(exc)
         elif isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):

@@ -150,6 +150,41 @@ async def test_typed_columns_during_dual_write_when_asked(app_db, make_config, p
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+async def test_a_retype_past_the_statement_timeout_leaves_the_columns_text_and_streaming_goes_on(
+        app_db, make_config, pg_dsn, tmp_path):
+    # Someone's long transaction holds the table: the ALTER waits, and the statement
+    # timeout (2 s, before the 5 s lock bound) cancels it. The columns stay text, said in
+    # the log as what it is (not as Postgres unreachable), and the source streams on.
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(SCHEMA)
+    conn.execute("CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT)")
+    plain = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(plain, tmp_path / "one.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      sections={"cutover": {"typed_columns": "dual-write"}, "postgres": {"statement_timeout_seconds": 2},
+                                "stream": {"schema_check_interval_seconds": 1}})
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("LOCK TABLE app.event IN ROW EXCLUSIVE MODE")
+        with DaemonProcess(cfg, tmp_path / "two.log") as d:
+            d.wait_log("the date columns of this table stay text for now: retyping them ran over", timeout=60)
+            conn.execute("INSERT INTO other VALUES (1, 'while event is locked')")
+            await wait_caught_up(app_db, pg_dsn, "app", daemon=d, timeout=60)
+            assert await pg_rows(pg_dsn, "SELECT v FROM app.other") == [("while event is locked",)]
+            assert "unreachable" not in d.log() and "Traceback" not in d.log()
+            assert d.stop() == 0
+        await tx.rollback()
+    finally:
+        await holder.close()
+    assert await pg_rows(pg_dsn, "SELECT data_type FROM information_schema.columns WHERE table_schema = 'app' "
+                                 "AND table_name = 'event' AND column_name = 'day'") == [("text",)]
+
+
 async def test_the_way_back_writes_typed_dates_in_the_applications_spelling(tmp_path, make_config, pg_dsn):
     """After the cutover the application writes typed dates in Postgres; SQLite receives
     them spelled as the application spelled them (a fixed offset, a 'T', an optional

@@ -11,6 +11,8 @@ import random
 import sqlite3
 import threading
 
+import asyncpg
+
 from tests.support.daemon import DaemonProcess
 from tests.support.sync import pg_rows, table_states, wait_caught_up
 
@@ -94,4 +96,40 @@ async def test_a_unique_constraint_the_data_cannot_meet_is_dropped_not_holding_t
                                                                                (4, "b")]
         assert (await table_states(pg_dsn, "app"))["tag"] == ("streaming", None)
         assert await unique_constraints(pg_dsn) == {}
+        assert d.stop() == 0
+
+
+async def test_a_constraint_to_drop_waits_for_a_long_reader_a_few_seconds_at_a_time(
+        app_db, make_config, pg_dsn, tmp_path):
+    # Dropping the constraint needs the table to itself; queries queue behind a waiting
+    # DROP. With someone's long read open on the table, the drop gives up after 5 s and
+    # is tried again with backoff (said in the log), so other queries on the table wait
+    # seconds, not a whole statement timeout; once the reader is done, the drop goes through.
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE tag (id INTEGER PRIMARY KEY, v UNIQUE); "
+                       "INSERT INTO tag VALUES (1, 'a'), (2, 2);")
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={
+        "postgres": {"statement_timeout_seconds": 120}, "stream": {"retry_max_backoff_seconds": 2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log("created tag: UNIQUE constraint on (v)")
+        reader = await asyncpg.connect(pg_dsn)
+        other = await asyncpg.connect(pg_dsn)
+        try:
+            tx = reader.transaction()
+            await tx.start()
+            await reader.fetch("SELECT * FROM app.tag")  # holds the table until its transaction ends
+            conn.execute("INSERT INTO tag VALUES (3, '2')")
+            d.wait_log('another Postgres session holds the table', timeout=60)
+            for _ in range(3):  # a liveness bound: each wait behind the DROP is 5 s at most
+                assert await other.fetchval("SELECT count(*) FROM app.tag", timeout=30) == 2
+                await asyncio.sleep(1)
+            await tx.rollback()
+        finally:
+            await reader.close()
+            await other.close()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log('UNIQUE constraint "tag_v_key" dropped')
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.tag ORDER BY id") == [(1, "a"), (2, "2"), (3, "2")]
+        assert (await table_states(pg_dsn, "app"))["tag"] == ("streaming", None)
         assert d.stop() == 0

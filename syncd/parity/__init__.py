@@ -36,7 +36,7 @@ from syncd.parity.orphans import OrphanCount
 from syncd.parity.plan import Options, SourcePlan, plan_source
 from syncd.sqlite import reader
 
-__all__ = ["FinalizeResult", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused", "Retyped", "check_deferred",
+__all__ = ["FinalizeResult", "LockNotHad", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused", "Retyped", "check_deferred",
            "ensure", "finalize", "preview", "read_pg_objects", "release", "retyped_columns", "table_streaming",
            "violated"]
 
@@ -222,11 +222,30 @@ async def violated(conn: asyncpg.Connection, session, spec, exc: BaseException) 
     return name if PgObject("constraint", name, spec.name, comment).owned_by(session.name) else None
 
 
+class LockNotHad(Exception):
+    """A step must change a Postgres table that another session holds (a long query or
+    transaction): the step gives up after LOCK_WAIT and is tried again with backoff."""
+
+
 async def release(conn: asyncpg.Connection, session, spec, name: str, exc: BaseException) -> None:
     """Drop UNIQUE constraint `name` of schema parity a batch cannot meet (SQLite holds
     values apart that Postgres calls equal), so replication goes on; it is created again
-    at the next schema check if the rows allow, and reported as not carried while not."""
-    await run(conn, _drop_sql(session.target_schema, PgObject("constraint", name, spec.name, None)))
+    at the next schema check if the rows allow, and reported as not carried while not.
+    The drop waits LOCK_WAIT at most for the table: queries queue behind a waiting DROP,
+    so a long reader must not make every other query on the table wait a whole
+    statement timeout (LockNotHad then, and the batch is tried again)."""
+    prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
+    try:
+        async with conn.transaction():
+            await run(conn, _drop_sql(session.target_schema, PgObject("constraint", name, spec.name, None)))
+    except asyncpg.LockNotAvailableError:
+        raise LockNotHad(f'table "{spec.name}": UNIQUE constraint "{name}" of schema parity must go (a batch breaks '
+                         f"it: {getattr(exc, 'detail', '') or exc}) and another Postgres session holds the table "
+                         f"(a long query or transaction) past {LOCK_WAIT}; trying again with backoff, changes stay "
+                         "captured in SQLite") from None
+    finally:
+        await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
     session.warning(f'schema parity: UNIQUE constraint "{name}" dropped for now: a batch breaks it '
                     f"({getattr(exc, 'detail', '') or exc}); replication goes on, and the constraint is created "
                     "again at the next schema check if the rows allow", table=spec.name, event="parity_released")
@@ -240,8 +259,20 @@ async def _retype_early(session, plan: SourcePlan, specs, states) -> bool:
         items = [i for i in plan.for_table(name) if i.kind == "type" and not i.left_out and i.dual_write]
         if not items:
             continue
-        async with session.pg.transaction():
-            done, refused = await retype(session.pg, session.name, session.bk.schema, plan.schema, spec, items)
+        try:
+            async with session.pg.transaction():
+                done, refused = await retype(session.pg, session.name, session.bk.schema, plan.schema, spec, items)
+        except TimeoutError:
+            if session.pg.is_closed():
+                raise  # an outage: the step ends and is retried
+            # The rewrite (or its wait for the table's lock) ran over the statement
+            # timeout; the savepoint undid it. Streaming goes on; the columns wait.
+            session.warning("schema parity: the date columns of this table stay text for now: retyping them ran over "
+                            f"[postgres] statement_timeout_seconds "
+                            f"({session.settings.postgres.statement_timeout_seconds:g} s); tried again when the date "
+                            "columns are read again (hourly, or after a restart)", table=name,
+                            event="parity_not_retyped")
+            continue
         for r in done:
             session.info(f'schema parity: column "{r.column}" is {r.pgtype.value} now (SQLite spelling '
                          f"{r.sqlite_format}; [cutover] typed_columns = \"dual-write\")", table=name,
