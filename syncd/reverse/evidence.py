@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.reverse import applier
 from syncd.reverse.capture import OP_TRUNCATE, Names
