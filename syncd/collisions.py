@@ -109,6 +109,20 @@ async def ensure_indexes(conn: asyncpg.Connection, schema: str, spec: TableSpec,
     return tuple(retired)
 
 
+async def drop_indexes(conn: asyncpg.Connection, schema: str, tables: list[str]) -> int:
+    """At cutover, in its final transaction: the lookup indexes of `tables` go. They
+    serve only the stream from SQLite (its REPLACEs), which ends there; the application
+    writing Postgres would keep them up for nothing. A rollback's forward stream makes
+    them again (reconcile). Returns how many went."""
+    names = [r[0] for r in await conn.fetch(
+        "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
+        "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) "
+        "AND starts_with(i.relname, '_syncd_uq_')", schema, tables)]
+    for name in names:
+        await conn.execute(f"DROP INDEX IF EXISTS {qualified(schema, name)}")
+    return len(names)
+
+
 def candidates_sql(schema: str, spec: TableSpec, u: UniqueSet) -> str:
     cols = list(u.columns) + list(spec.key)
     types = [spec.column(c).pgtype.value for c in cols]

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import asyncpg
 
-from syncd import parity
+from syncd import collisions, parity
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
@@ -414,6 +414,10 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             res.plan += [f"foreign key left NOT VALID (orphan rows, --allow-orphans): {fk}"
                          for fk in parity_done.not_valid]
             res.plan.append(f"schema parity in {parity_done.seconds:.2f} s")
+            lookups = await collisions.drop_indexes(conn, source.schema, list(specs))
+            if lookups:
+                res.plan.append(f"dropped {lookups} index(es) syncd kept only to apply SQLite's REPLACEs "
+                                "(_syncd_uq_*): the application's writes to Postgres do not keep them up")
             _hold("finalized")
             handed_out = await sequence_tops(conn, source.schema, {name: specs[name] for name in marks})
             res.plan += await set_identities(conn, source.schema, specs, marks, handed_out)

@@ -76,6 +76,12 @@ async def direction(dsn: str) -> str:
     return (await pg_rows(dsn, "SELECT direction FROM syncd.sources WHERE source = 'app'"))[0][0]
 
 
+async def lookup_indexes(dsn: str) -> list[str]:
+    """The tables holding syncd's REPLACE lookup indexes (contacts, for its UNIQUE email)."""
+    return [r[0] for r in await pg_rows(dsn, "SELECT tablename FROM pg_indexes WHERE schemaname = 'app' AND "
+                                             "starts_with(indexname, '_syncd_uq_')")]
+
+
 def downtime(stdout: str) -> float:
     return float(re.search(r"write downtime ([0-9.]+) s", stdout).group(1))
 
@@ -86,7 +92,11 @@ async def test_rollback_and_cutover_again_twice_with_writes_in_between(tmp_path,
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         for cycle in (1, 2):
-            await cut_over(cfg, db, pg_dsn, daemon=d)
+            await wait_caught_up(db, pg_dsn, "app", daemon=d)
+            assert await lookup_indexes(pg_dsn) == ["contacts"]
+            out = await cut_over(cfg, db, pg_dsn, daemon=d)
+            assert "dropped 1 index(es) syncd kept only to apply SQLite's REPLACEs" in out
+            assert await lookup_indexes(pg_dsn) == []  # the application's writes do not keep it up
             assert not sqlite_writable(db) and await postgres_refusal(pg_dsn) is None
             pg = await asyncpg.connect(pg_dsn)
             try:
