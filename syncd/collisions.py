@@ -109,18 +109,27 @@ async def ensure_indexes(conn: asyncpg.Connection, schema: str, spec: TableSpec,
     return tuple(retired)
 
 
-async def drop_indexes(conn: asyncpg.Connection, schema: str, tables: list[str]) -> int:
-    """At cutover, in its final transaction: the lookup indexes of `tables` go. They
-    serve only the stream from SQLite (its REPLACEs), which ends there; the application
-    writing Postgres would keep them up for nothing. A rollback's forward stream makes
-    them again (reconcile). Returns how many went."""
+async def drop_indexes(conn: asyncpg.Connection, schema: str, tables: list[str],
+                       lock_wait: str = "5s") -> tuple[int, list[str]]:
+    """When the way back ends (no rollback any more, no stream from SQLite again): the
+    lookup indexes of `tables` go, each in a transaction of its own waiting `lock_wait`
+    at most for its table (the application's queries queue behind a waiting DROP).
+    Kept until then: a rollback's forward stream needs them, and building them again on
+    full tables would be a long step. Returns (dropped, [index: why not])."""
     names = [r[0] for r in await conn.fetch(
         "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
         "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) "
         "AND starts_with(i.relname, '_syncd_uq_')", schema, tables)]
+    dropped, failed = 0, []
     for name in names:
-        await conn.execute(f"DROP INDEX IF EXISTS {qualified(schema, name)}")
-    return len(names)
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{lock_wait}'")
+                await conn.execute(f"DROP INDEX IF EXISTS {qualified(schema, name)}")
+            dropped += 1
+        except asyncpg.PostgresError as e:
+            failed.append(f"{name}: {e}")
+    return dropped, failed
 
 
 def candidates_sql(schema: str, spec: TableSpec, u: UniqueSet) -> str:

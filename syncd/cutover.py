@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import asyncpg
 
-from syncd import collisions, parity
+from syncd import parity
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
@@ -339,7 +339,8 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} set to continue after {top}"
                      for name, top in sorted(marks.items())]
         if dry_run:
-            present = {key[2] for key in await parity.read_pg_objects(conn, source.schema)}
+            present = {key[2]: obj.comment for key, obj in (await parity.read_pg_objects(conn, source.schema)).items()
+                       if key[0] == "relation"}
             res.plan += await asyncio.to_thread(parity.preview, settings, source, specs, present)
             res.plan.append(f"expected write downtime: about {_estimate(rows, pending):.1f} s "
                             "(drain, a full verification, then one Postgres transaction that also creates "
@@ -414,10 +415,6 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             res.plan += [f"foreign key left NOT VALID (orphan rows, --allow-orphans): {fk}"
                          for fk in parity_done.not_valid]
             res.plan.append(f"schema parity in {parity_done.seconds:.2f} s")
-            lookups = await collisions.drop_indexes(conn, source.schema, list(specs))
-            if lookups:
-                res.plan.append(f"dropped {lookups} index(es) syncd kept only to apply SQLite's REPLACEs "
-                                "(_syncd_uq_*): the application's writes to Postgres do not keep them up")
             _hold("finalized")
             handed_out = await sequence_tops(conn, source.schema, {name: specs[name] for name in marks})
             res.plan += await set_identities(conn, source.schema, specs, marks, handed_out)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from syncd import collisions
 from syncd.config import Settings, SourceSettings
 from syncd.cutover import (Refused, direction, read_specs, record_step, release_switch_lock, sequence_tops,
                            switch_holder, take_switch_lock, who)
@@ -114,6 +115,17 @@ async def end_way_back(conn: asyncpg.Connection, settings: Settings, source: Sou
         await capture.retire(conn, names, reason)
         await conn.execute(f"INSERT INTO {Bookkeeping(names.bk, source.name).s}.events (source, kind, detail) "
                            "VALUES ($1, 'reverse_retired', $2)", source.name, reason)
+    # syncd's REPLACE lookup indexes served the stream from SQLite, which cannot come back now.
+    owners = await Bookkeeping(names.bk, source.name).owners(conn, source.schema)
+    dropped, failed = await collisions.drop_indexes(conn, source.schema,
+                                                    [t for t, owner in owners.items() if owner == source.name])
+    extra = {"source": source.name, "event": "lookup_indexes_dropped"}
+    if dropped:
+        log.info(f"dropped {dropped} index(es) syncd kept to apply SQLite's REPLACEs (_syncd_uq_*): the way back "
+                 "ended", extra=extra)
+    for line in failed:
+        log.warning(f"could not drop syncd's lookup index {line}; drop it by hand when the table is free "
+                    "(DROP INDEX)", extra=extra)
     return n
 
 

@@ -111,3 +111,18 @@ async def test_an_index_in_postgres_is_not_built_again_at_cutover(tmp_path, make
         out = await cut_over(cfg, db, pg_dsn, daemon=d)
     assert "notes_title" not in out
     assert await pg_rows(pg_dsn, "SELECT 'app.notes_title'::regclass::oid") == before  # the same index
+
+
+async def test_an_index_postgres_still_refuses_is_listed_by_the_cutover_and_the_report_after_it(
+        tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    notes_file(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log(f"not created: {INDEX}: index row size", timeout=60)
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)  # the switch goes on, the index named with why
+        assert f'NOT created: {INDEX} as "notes_title": Postgres refused it: index row size' in out
+    assert await title_index(pg_dsn) is None
+    entry = next(lo for lo in report(cfg)["not_migrated"] if lo["name"] == INDEX)
+    assert entry["why"].startswith("not in Postgres: Postgres refused it: index row size")
+    assert entry["todo"].startswith("create it by hand in Postgres")  # nothing of syncd's builds it now

@@ -102,13 +102,20 @@ async def test_continuous_verification_after_the_cutover_compares_and_repairs(tm
 async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     create_items(db, rows=50, journal="wal")
+    app = sqlite3.connect(db)
+    app.executescript("CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT UNIQUE); INSERT INTO tags VALUES (1, 'a');")
+    app.close()
+    lookup = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'app' AND starts_with(indexname, '_syncd_uq_')"
     cfg = backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 8 / 86400},
                             stream={"schema_check_interval_seconds": 1})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         report = run_cli(cfg, "report").stdout
         assert "Rollback possible until" in report
+        assert (await pg_rows(pg_dsn, lookup))[0][0] == 1  # tags.name's, kept while a rollback may come
         d.wait_log("the way back ends", timeout=60)
+        d.wait_log("dropped 1 index(es) syncd kept to apply SQLite's REPLACEs")
+        assert (await pg_rows(pg_dsn, lookup))[0][0] == 0
         before = db.stat().st_size, typeof(db, "SELECT count(*), sum(n) FROM items")
         await pg_rows(pg_dsn, "UPDATE app.items SET n = n + 1")  # no longer followed, and not recorded
         time.sleep(1)

@@ -33,7 +33,7 @@ from syncd.parity.apply import (BUILD_BUDGET_SHARE, LOCK_WAIT, FinalizeResult, O
                                 ParityRefused, PgObject, Retyped, _drop_sql, ensure_dual_write, finalize,
                                 read_pg_objects, read_sqlite, retype, retyped_columns, run)
 from syncd.parity.orphans import OrphanCount
-from syncd.parity.plan import Options, SourcePlan, plan_source
+from syncd.parity.plan import DUAL_WRITE, Options, SourcePlan, plan_source
 from syncd.sqlite import reader
 
 __all__ = ["FinalizeResult", "LockNotHad", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused", "Retyped", "check_deferred",
@@ -43,7 +43,8 @@ __all__ = ["FinalizeResult", "LockNotHad", "OrphanCount", "OrphanRows", "Outcome
 log = logging.getLogger("syncd")
 
 TO_SQLITE = "to_sqlite"
-FAILED_EVENT = "parity_failed"  # bookkeeping event: {"object": Postgres name, "why": Postgres's reason}
+# Bookkeeping event: {"object": Postgres name, "marker": its planned definition's marker, "why": Postgres's reason}
+FAILED_EVENT = "parity_failed"
 
 
 AUDIT_EVERY_SECONDS = 3600.0  # typed_columns = "dual-write": date columns read again this often
@@ -64,6 +65,7 @@ class _State:
     after_load: set[str] = field(default_factory=set)  # tables with indexes made once they stream
     counted: dict[tuple[str, int | None], int] = field(default_factory=dict)  # (table, schema version) -> rows
     logged: set[str] = field(default_factory=set)  # failure lines already logged
+    recorded: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # name -> (marker, why) in events
     orphans: dict[str, int] = field(default_factory=dict)  # "<table>: <foreign key>" -> orphan rows, last counted
 
 
@@ -129,14 +131,19 @@ async def ensure(session, schema) -> bool:
     st.after_load = set(waiting)
     index_now = await _too_large_to_wait(session, st, waiting)
     retyped = False
+    started = time.monotonic()
     async with session.pg.transaction():
         if await _direction(session, lock=True) == TO_SQLITE:
             return False
         if early:
             # Its ALTERs wait for a lock no longer than ensure_dual_write's objects do.
             await session.pg.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
-            retyped = await _retype_early(session, plan, specs, states)
-        report = await ensure_dual_write(session.pg, session.name, plan, specs, states, index_now, _budget(session))
+            retyped, finished = await _retype_early(session, plan, specs, states)
+            if not finished:
+                st.audited = None  # the tables left over are read and retyped at the next check
+        # The builds get what the retype left of the step's budget.
+        budget = _budget(session) - (time.monotonic() - started)
+        report = await ensure_dual_write(session.pg, session.name, plan, specs, states, index_now, budget)
     await _log(session, st, report)
     for item in plan.left_out:
         line = f"{item.table + ': ' if item.table else ''}{item.what}: {item.left_out}"
@@ -224,25 +231,28 @@ async def violated(conn: asyncpg.Connection, session, spec, exc: BaseException) 
 
 class LockNotHad(Exception):
     """A step must change a Postgres table that another session holds (a long query or
-    transaction): the step gives up after LOCK_WAIT and is tried again with backoff."""
+    transaction): the step gives up after a few seconds and is tried again with backoff."""
 
 
 async def release(conn: asyncpg.Connection, session, spec, name: str, exc: BaseException) -> None:
     """Drop UNIQUE constraint `name` of schema parity a batch cannot meet (SQLite holds
     values apart that Postgres calls equal), so replication goes on; it is created again
     at the next schema check if the rows allow, and reported as not carried while not.
-    The drop waits LOCK_WAIT at most for the table: queries queue behind a waiting DROP,
-    so a long reader must not make every other query on the table wait a whole
-    statement timeout (LockNotHad then, and the batch is tried again)."""
+    The drop waits 5 s at most for the table (half the statement timeout if that is
+    shorter): queries queue behind a waiting DROP, so a long reader must not make every
+    other query on the table wait a whole statement timeout (LockNotHad then, and the
+    batch is tried again)."""
     prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
-    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
+    # Under the statement timeout too, which would otherwise cut the wait short as an outage.
+    wait_ms = int(min(5.0, session.settings.postgres.statement_timeout_seconds / 2) * 1000)
+    await conn.execute(f"SET LOCAL lock_timeout = '{wait_ms}ms'")
     try:
         async with conn.transaction():
             await run(conn, _drop_sql(session.target_schema, PgObject("constraint", name, spec.name, None)))
     except asyncpg.LockNotAvailableError:
         raise LockNotHad(f'table "{spec.name}": UNIQUE constraint "{name}" of schema parity must go (a batch breaks '
                          f"it: {getattr(exc, 'detail', '') or exc}) and another Postgres session holds the table "
-                         f"(a long query or transaction) past {LOCK_WAIT}; trying again with backoff, changes stay "
+                         f"(a long query or transaction) past {wait_ms} ms; trying again with backoff, changes stay "
                          "captured in SQLite") from None
     finally:
         await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
@@ -251,14 +261,22 @@ async def release(conn: asyncpg.Connection, session, spec, name: str, exc: BaseE
                     "again at the next schema check if the rows allow", table=spec.name, event="parity_released")
 
 
-async def _retype_early(session, plan: SourcePlan, specs, states) -> bool:
+async def _retype_early(session, plan: SourcePlan, specs, states) -> tuple[bool, bool]:
+    """Retype the streaming tables' date columns the plan types during dual-write.
+    Returns (a column was retyped, every table was gone through). One call spends the
+    build budget at most (_budget) plus one statement timeout: it stops at its first
+    rewrite over the timeout (the rest waits an hour) and starts no table past the
+    budget (the rest waits for the next check), so that no step outlasts the watchdog."""
     done_any = False
+    started = time.monotonic()
     for name, spec in specs.items():
         if states.get(name) != "streaming":
             continue  # a table being loaded is retyped once its rows are all there
         items = [i for i in plan.for_table(name) if i.kind == "type" and not i.left_out and i.dual_write]
         if not items:
             continue
+        if time.monotonic() - started > _budget(session):
+            return done_any, False
         try:
             async with session.pg.transaction():
                 done, refused = await retype(session.pg, session.name, session.bk.schema, plan.schema, spec, items)
@@ -267,12 +285,12 @@ async def _retype_early(session, plan: SourcePlan, specs, states) -> bool:
                 raise  # an outage: the step ends and is retried
             # The rewrite (or its wait for the table's lock) ran over the statement
             # timeout; the savepoint undid it. Streaming goes on; the columns wait.
-            session.warning("schema parity: the date columns of this table stay text for now: retyping them ran over "
-                            f"[postgres] statement_timeout_seconds "
+            session.warning("schema parity: the date columns of this table (and of any table after it) stay text "
+                            "for now: retyping them ran over [postgres] statement_timeout_seconds "
                             f"({session.settings.postgres.statement_timeout_seconds:g} s); tried again when the date "
                             "columns are read again (hourly, or after a restart)", table=name,
                             event="parity_not_retyped")
-            continue
+            break
         for r in done:
             session.info(f'schema parity: column "{r.column}" is {r.pgtype.value} now (SQLite spelling '
                          f"{r.sqlite_format}; [cutover] typed_columns = \"dual-write\")", table=name,
@@ -281,7 +299,7 @@ async def _retype_early(session, plan: SourcePlan, specs, states) -> bool:
         for item, why in refused:
             session.warning(f'schema parity: column "{item.column}" stays text: {why}', table=name,
                             event="parity_not_retyped")
-    return done_any
+    return done_any, True
 
 
 def _budget(session) -> float:
@@ -298,27 +316,29 @@ async def _log(session, st: _State, report) -> None:
         session.info(f"schema parity: {len(report.waiting)} object(s) wait for the next schema check (this one spent "
                      f"its {_budget(session):.3g} s of builds): {', '.join(report.waiting[:5])}"
                      + (", ..." if len(report.waiting) > 5 else ""), event="parity_waiting")
-    for what, why, name in report.failed:
+    for what, why, name, marker in report.failed:
         line = f"{what}: {why}"
-        if line in st.logged:
-            continue
-        st.logged.add(line)
-        session.warning(f"schema parity: not created: {line}", event="parity_failed")
-        if name is not None:
-            # For the report, which names why an object the plan wants is not in Postgres.
+        if line not in st.logged:
+            st.logged.add(line)
+            session.warning(f"schema parity: not created: {line}", event="parity_failed")
+        if name is not None and st.recorded.get(name) != (marker, why):
+            # For the report, which names why an object the plan wants is not in Postgres:
+            # written whenever the reason changes, for the definition it was given for.
             try:
-                await session.bk.event(session.pg, FAILED_EVENT, None, json.dumps({"object": name, "why": why}))
+                await session.bk.event(session.pg, FAILED_EVENT, None,
+                                       json.dumps({"object": name, "marker": marker, "why": why}))
+                st.recorded[name] = (marker, why)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                pass  # Postgres away: the log line above says it; the report says "see the log"
+                pass  # Postgres away: the log line above says it; tried again at the next failure
 
 
 
-def preview(settings, source, specs, present: set[str] | None = None) -> list[str]:
+def preview(settings, source, specs, present: dict[str, str | None] | None = None) -> list[str]:
     """What finalize would create and leave out for `source` now, one line each, for
     `syncd cutover --dry-run` (reads the SQLite file read-only, every date value in full;
-    touches nothing). `present`: the names of the objects Postgres holds in the source's
-    schema now (a dual-write index missing there is built by finalize). Orphans are the
-    report's (`foreign_keys` item)."""
+    touches nothing). `present`: the objects Postgres holds in the source's schema now,
+    name -> comment (a dual-write index missing there, or not as planned, is built by
+    finalize). Orphans are the report's (`foreign_keys` item)."""
     from syncd.parity.apply import open_readonly
 
     options = Options.from_settings(settings)
@@ -337,7 +357,9 @@ def preview(settings, source, specs, present: set[str] | None = None) -> list[st
             out.append(f"schema: will not carry {where}{i.what}: {i.left_out}")
         elif i.cutover:
             out.append(f"schema: will create {where}{i.what}" + (f' as "{i.name}"' if i.name else ""))
-        elif i.kind == "index" and i.dual_write and present is not None and i.name not in present:
-            out.append(f'schema: will build {where}{i.what} as "{i.name}": not in Postgres now (the daemon\'s log '
-                       "says why), built in the final transaction")
+        elif i.kind == "index" and i.dual_write and present is not None and \
+                present.get(i.name or "", "") != i.marker(DUAL_WRITE, source.name):
+            now = "not in Postgres now (the report says why)" if i.name not in present else "changed in SQLite"
+            out.append(f'schema: will build {where}{i.what} as "{i.name}": {now}; built in the final transaction, '
+                       "its build time adds to the write downtime")
     return out

@@ -49,6 +49,9 @@ BUILD_BUDGET_SHARE = 1 / 6
 # step of the daemon never waits on someone else's lock for a whole statement timeout.
 LOCK_WAIT = "5s"
 _retry_at: dict[tuple[str, str, str], float] = {}  # (source, name, marker or comment) -> monotonic time
+# (source, table) -> monotonic time: a table whose lock an object could not get; none of
+# its objects is tried before then (each try would queue the application's queries again).
+_locked_until: dict[tuple[str, str], float] = {}
 
 
 async def run(conn: asyncpg.Connection, sql: str) -> None:
@@ -134,8 +137,8 @@ def _comment_sql(schema: str, item: Item, kind: str, marker: str) -> str:
 class EnsureReport:
     created: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
-    # (what, Postgres's reason, the object's Postgres name; None for a drop)
-    failed: list[tuple[str, str, str | None]] = field(default_factory=list)
+    # (what, Postgres's reason, the object's Postgres name and marker; None for a drop)
+    failed: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # not started: the pass spent its build budget
     retyped: list[str] = field(default_factory=list)
 
@@ -188,7 +191,8 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
     stale = [obj for key, obj in have.items() if obj.owned_by(source) and (obj.table in specs or obj.kind == "view")
              and key not in keep and (key not in wanted or wanted[key][1] != obj.comment)]
     stale.sort(key=lambda o: (o.kind != "view", o.contype not in ("f", "c"), o.kind != "constraint"))
-    locked: set[str | None] = set()  # tables whose lock an object could not get: the rest wait too
+    now = time.monotonic()
+    locked: set[str | None] = {t for (src, t), until in _locked_until.items() if src == source and until > now}
     for obj in stale:
         memo = (source, obj.name, obj.comment or "")
         if obj.table in locked or _retry_at.get(memo, 0.0) > time.monotonic():
@@ -203,9 +207,10 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
             _failed(memo, e)
             if conn.is_closed():
                 raise
-            report.failed.append((f"dropping {obj.kind} {obj.name}", describe(e), None))
+            report.failed.append((f"dropping {obj.kind} {obj.name}", describe(e), None, None))
             if isinstance(e, asyncpg.LockNotAvailableError) and obj.table is not None:
                 locked.add(obj.table)
+                _locked_until[(source, obj.table)] = time.monotonic() + RETRY_LOCKED_SECONDS
     for key, (item, marker) in wanted.items():
         if item.table in locked:
             continue
@@ -214,7 +219,7 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
             if not existing.owned_by(source):
                 report.failed.append((f"{item.table}: {item.what}",
                                       f'the name "{item.name}" is taken in Postgres by an object syncd did not '
-                                      "create", None))
+                                      "create", None, None))
             continue
         memo = (source, item.name or "", marker)
         if _retry_at.get(memo, 0.0) > time.monotonic():
@@ -233,9 +238,11 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
             _failed(memo, e)
             if conn.is_closed():
                 raise  # the connection went (a cancel not acknowledged): the pass ends, the object waits
-            report.failed.append((f"{item.table}: {item.what}", describe(e), item.name))
+            report.failed.append((f"{item.table}: {item.what}", describe(e), item.name, marker))
             if isinstance(e, asyncpg.LockNotAvailableError):
                 locked.add(item.table)
+                if item.table is not None:
+                    _locked_until[(source, item.table)] = time.monotonic() + RETRY_LOCKED_SECONDS
             if isinstance(e, TimeoutError):
                 # [postgres] statement_timeout_seconds ran out (an index build on a large
                 # table): asyncpg cancelled it, the savepoint undid it. The rest waits for a

@@ -32,6 +32,7 @@ class ParityFacts:
     error: str | None = None
     streaming: frozenset[str] | None = None  # the tables streaming now, when the caller knows them
     refused: dict[str, str] = field(default_factory=dict)  # object name -> why Postgres refused it last
+    cut_over: bool = False  # Postgres is the application's: nothing builds a missing object any more
 
     @property
     def carried(self) -> list[Item]:
@@ -71,10 +72,13 @@ class ParityFacts:
     def missing_entries(self) -> list[LeftOut]:
         """Objects the daemon could not create, in the report's "not migrated" list
         while they are missing (the cutover tries once more, and says how it went)."""
-        return [LeftOut(f"{i.table}: {i.what}", i.kind, f"not in Postgres: {self.why_missing(i)}",
-                        "the daemon tries again hourly and when it restarts, `syncd cutover` in its final "
-                        "transaction: fix what Postgres names (a row, a value), or create an equivalent index by "
-                        "hand after the switch") for i in self.carried if self.missing(i)]
+        todo = ("create it by hand in Postgres (the application's database now: syncd no longer builds it)"
+                if self.cut_over else
+                "the daemon tries again hourly (five minutes after a lock wait) and when it restarts, `syncd cutover` "
+                "in its final transaction: fix what Postgres names (a row, a value), or create an equivalent index "
+                "by hand after the switch")
+        return [LeftOut(f"{i.table}: {i.what}", i.kind, f"not in Postgres: {self.why_missing(i)}", todo)
+                for i in self.carried if self.missing(i)]
 
 
 def left_out_entries(items: list[Item]) -> list[LeftOut]:

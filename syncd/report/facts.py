@@ -17,6 +17,7 @@ import asyncpg
 from syncd import parity
 from syncd.model import TableSpec
 from syncd.parity import summary
+from syncd.parity.plan import DUAL_WRITE
 from syncd.parity.summary import ParityFacts
 from syncd.config import Settings, SourceSettings
 from syncd.endpoint import fetch_status
@@ -158,7 +159,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                         direction=(live or {}).get("direction") or TO_POSTGRES)
     bk_schema = settings.postgres.bookkeeping_schema
     rows = {}
-    refused: dict[str, str] = {}  # schema parity objects Postgres refused: name -> why
+    refused: dict[str, tuple[str | None, str]] = {}  # schema parity objects Postgres refused: name -> (marker, why)
     if await bookkeeping_exists(pg, bk_schema):
         bk = Bookkeeping(bk_schema, source.name)
         src = await bk.load_source(pg)
@@ -179,7 +180,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                                 source.name, parity.FAILED_EVENT):
             try:
                 d = json.loads(r[0])
-                refused[str(d["object"])] = str(d["why"])  # the latest reason per object
+                refused[str(d["object"])] = (d.get("marker"), str(d["why"]))  # the latest reason per object
             except (ValueError, KeyError, TypeError):
                 continue
         facts.suspensions = [(r[0], r[1] or "") for r in await pg.fetch(
@@ -210,8 +211,12 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         budget = lookups[0] if lookups is not None else None
         facts.parity = await summary.gather(settings, source, pg, side.specs, side.views, max_age=parity_max_age,
                                             budget=budget)
+        # The reasons given for the definition planned now (not for one SQLite has since changed).
+        why = {i.name: refused[i.name][1] for i in facts.parity.items
+               if i.name in refused and refused[i.name][0] in (None, i.marker(DUAL_WRITE, source.name))}
         facts.parity = dataclasses.replace(  # not the cached measurement's own object
-            facts.parity, streaming=frozenset(t.name for t in facts.tables if t.state == STREAMING), refused=refused)
+            facts.parity, streaming=frozenset(t.name for t in facts.tables if t.state == STREAMING), refused=why,
+            cut_over=facts.direction == TO_SQLITE)
         if lookups is not None and facts.parity.speed is not None:
             lookups[0] = max(0, lookups[0] - len(facts.parity.speed.lookups))
         if facts.parity.error is None:  # views are in the plan: carried at cutover, or listed with why not
