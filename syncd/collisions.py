@@ -38,6 +38,11 @@ def _widen(spec: TableSpec, column: str, collation: str, ref: str) -> str:
     return f"lower({ref})" if coll == "NOCASE" else f"rtrim({ref})" if coll == "RTRIM" else ref
 
 
+class LookupIndexTooSlow(Exception):
+    """A lookup index could not be built within the statement timeout: reconcile (whose
+    transaction builds it) is tried again; said as what it is, not as an outage."""
+
+
 def index_name(spec: TableSpec, u: UniqueSet) -> str:
     digest = hashlib.blake2b(repr((spec.name, u.columns, u.collations)).encode(), digest_size=6).hexdigest()
     return f"_syncd_uq_{digest}"
@@ -103,7 +108,16 @@ async def ensure_indexes(conn: asyncpg.Connection, schema: str, spec: TableSpec,
         await conn.execute(f"DROP INDEX IF EXISTS {qualified(schema, name)}")
     for name, u in wanted.items():
         if name not in have:
-            await conn.execute(index_sql(schema, spec, u))
+            try:
+                await conn.execute(index_sql(schema, spec, u))
+            except TimeoutError:
+                if conn.is_closed():
+                    raise
+                raise LookupIndexTooSlow(
+                    f'table "{spec.name}": building syncd\'s lookup index for its UNIQUE ({", ".join(u.columns)}) ran '
+                    "over [postgres] statement_timeout_seconds (a large table, or another session holding the table); "
+                    "trying again with backoff, changes stay captured in SQLite: raise the timeout if the table is "
+                    "large") from None
         if have.get(name) != _describe(u):
             await conn.execute(_comment_sql(schema, name, _describe(u)))
     return tuple(retired)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_random
 
 from syncd import metrics, parity
+from syncd.collisions import LookupIndexTooSlow
 from syncd.printable import listed
 from syncd.config import Settings, SourceSettings
 from syncd.lag import LagTracker
@@ -217,6 +218,8 @@ class Pipeline:
             metrics.source_up.labels(self.name).set(0)
         elif isinstance(exc, parity.LockNotHad):
             self._enter(FAILING, str(exc), kind="lock", level="warning")
+        elif isinstance(exc, LookupIndexTooSlow):
+            self._enter(FAILING, str(exc), kind="postgres", level="error")
         elif is_transient(exc):
             self._pg_down(exc)
         elif isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):

@@ -191,6 +191,37 @@ def vm_steps(db, statements: list[tuple[str, tuple]]) -> int:
     return steps
 
 
+async def test_a_lookup_index_not_built_within_the_statement_timeout_is_named_and_built_later(
+        app_db, make_config, pg_dsn, tmp_path):
+    # The application adds a UNIQUE index; syncd's lookup index for it is built at the next
+    # schema check, which another session's open transaction on the table holds up past
+    # the statement timeout: said as what it is (not as Postgres unreachable), and built
+    # once the table is free, the stream resuming with every change.
+    app = sqlite3.connect(app_db, isolation_level=None)
+    app.execute("PRAGMA journal_mode=WAL")
+    app.executescript("CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO tags VALUES (1, 'a');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={
+        "postgres": {"statement_timeout_seconds": 2},
+        "stream": {"schema_check_interval_seconds": 1, "retry_max_backoff_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        holder = await asyncpg.connect(pg_dsn)
+        try:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("LOCK TABLE app.tags IN ROW EXCLUSIVE MODE")
+            app.execute("CREATE UNIQUE INDEX tags_name ON tags (name)")
+            app.execute("INSERT OR REPLACE INTO tags VALUES (2, 'a')")  # removes row 1 through the new index
+            d.wait_log('building syncd\'s lookup index for its UNIQUE (name) ran over', timeout=60)
+            await tx.rollback()
+        finally:
+            await holder.close()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(app_db), pg_dsn, "app", "tags") == []
+        assert "unreachable" not in d.log()
+        assert d.stop() == 0
+
+
 def test_application_writes_with_capture_never_scan_a_table(tmp_path, make_config):
     """Under partial and expression unique indexes, every statement syncd's triggers
     add is an index lookup or an append: the application's single-row writes cost a
