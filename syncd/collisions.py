@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -123,27 +124,33 @@ async def ensure_indexes(conn: asyncpg.Connection, schema: str, spec: TableSpec,
     return tuple(retired)
 
 
-async def drop_indexes(conn: asyncpg.Connection, schema: str, tables: list[str],
-                       lock_wait: str = "5s") -> tuple[int, list[str]]:
+async def drop_indexes(conn: asyncpg.Connection, schema: str, tables: list[str], lock_wait_ms: int,
+                       budget: float) -> tuple[int, list[str], int]:
     """When the way back ends (no rollback any more, no stream from SQLite again): the
-    lookup indexes of `tables` go, each in a transaction of its own waiting `lock_wait`
-    at most for its table (the application's queries queue behind a waiting DROP).
-    Kept until then: a rollback's forward stream needs them, and building them again on
-    full tables would be a long step. Returns (dropped, [index: why not])."""
+    lookup indexes of `tables` go, each in a transaction of its own waiting `lock_wait_ms`
+    at most for its table (the application's queries queue behind a waiting DROP), none
+    started after `budget` seconds. Kept until then: a rollback's forward stream needs
+    them, and building them again on full tables would be a long step. Returns (dropped,
+    [index: why not], left for a later call)."""
     names = [r[0] for r in await conn.fetch(
         "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
         "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) "
         "AND starts_with(i.relname, '_syncd_uq_')", schema, tables)]
+    started = time.monotonic()
     dropped, failed = 0, []
     for name in names:
+        if time.monotonic() - started > budget:
+            break
         try:
             async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{lock_wait}'")
+                await conn.execute(f"SET LOCAL lock_timeout = '{max(1, lock_wait_ms)}ms'")
                 await conn.execute(f"DROP INDEX IF EXISTS {qualified(schema, name)}")
             dropped += 1
-        except asyncpg.PostgresError as e:
-            failed.append(f"{name}: {e}")
-    return dropped, failed
+        except (asyncpg.PostgresError, TimeoutError) as e:
+            if conn.is_closed():
+                raise
+            failed.append(f"{name}: {e or type(e).__name__}")
+    return dropped, failed, len(names) - dropped
 
 
 def candidates_sql(schema: str, spec: TableSpec, u: UniqueSet) -> str:

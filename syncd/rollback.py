@@ -115,18 +115,28 @@ async def end_way_back(conn: asyncpg.Connection, settings: Settings, source: Sou
         await capture.retire(conn, names, reason)
         await conn.execute(f"INSERT INTO {Bookkeeping(names.bk, source.name).s}.events (source, kind, detail) "
                            "VALUES ($1, 'reverse_retired', $2)", source.name, reason)
-    # syncd's REPLACE lookup indexes served the stream from SQLite, which cannot come back now.
-    owners = await Bookkeeping(names.bk, source.name).owners(conn, source.schema)
-    dropped, failed = await collisions.drop_indexes(conn, source.schema,
-                                                    [t for t, owner in owners.items() if owner == source.name])
+    await drop_lookup_indexes(conn, settings, source)
+    return n
+
+
+async def drop_lookup_indexes(conn: asyncpg.Connection, settings: Settings, source: SourceSettings) -> bool:
+    """Once the way back has ended: syncd's REPLACE lookup indexes (_syncd_uq_*) served
+    the stream from SQLite, which cannot come back now; they go, a few seconds at most
+    each, within a sixth of the statement timeout. Returns True when none is left (the
+    retired way back's pipeline calls this again until then)."""
+    owners = await Bookkeeping(settings.postgres.bookkeeping_schema, source.name).owners(conn, source.schema)
+    timeout = settings.postgres.statement_timeout_seconds
+    dropped, failed, left = await collisions.drop_indexes(
+        conn, source.schema, [t for t, owner in owners.items() if owner == source.name],
+        int(min(5.0, timeout / 2) * 1000), timeout / 6)
     extra = {"source": source.name, "event": "lookup_indexes_dropped"}
     if dropped:
         log.info(f"dropped {dropped} index(es) syncd kept to apply SQLite's REPLACEs (_syncd_uq_*): the way back "
                  "ended", extra=extra)
     for line in failed:
-        log.warning(f"could not drop syncd's lookup index {line}; drop it by hand when the table is free "
-                    "(DROP INDEX)", extra=extra)
-    return n
+        log.warning(f"could not drop syncd's lookup index {line}; tried again at the next schema check (every "
+                    "five minutes at most)", extra=extra)
+    return left == 0
 
 
 # --- an abandoned rollback --------------------------------------------------------------------

@@ -174,13 +174,13 @@ async def test_a_retype_past_the_statement_timeout_leaves_the_columns_text_and_s
         await tx.start()
         await holder.execute("LOCK TABLE app.event, app.visit IN ROW EXCLUSIVE MODE")
         with DaemonProcess(cfg, tmp_path / "two.log") as d:
-            d.wait_log("stay text for now: retyping them ran over", timeout=60)
+            d.wait_log("stay text: retyping them ran over", timeout=60)
             conn.execute("INSERT INTO other VALUES (1, 'while event is locked')")
             await wait_caught_up(app_db, pg_dsn, "app", daemon=d, timeout=60)
             assert await pg_rows(pg_dsn, "SELECT v FROM app.other") == [("while event is locked",)]
             assert "unreachable" not in d.log() and "Traceback" not in d.log()
             # the first rewrite over the timeout ends the pass: one step spends one timeout at most
-            assert d.log().count("stay text for now") == 1
+            assert d.log().count("stay text: retyping them ran over") == 1
             assert d.stop() == 0
         await tx.rollback()
     finally:

@@ -11,10 +11,15 @@ import sqlite3
 import time
 import urllib.request
 
+import asyncpg
+
+from syncd.config import load_settings
+from syncd.rollback import drop_lookup_indexes
+
 from tests.support.app import create_items
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
-from tests.support.sync import eventually, pg_rows
+from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.way_back import PgWriter, backup_and_config, cut_over, typeof, wait_back
 
 
@@ -146,3 +151,33 @@ async def test_uninstall_after_a_cutover_removes_the_way_backs_capture_too(tmp_p
     await pg_rows(pg_dsn, "UPDATE app.items SET n = 1")  # the application goes on, nothing recorded
     assert (await pg_rows(pg_dsn, "SELECT retired_reason FROM syncd.reverse"))[0][0] == \
         "capture uninstalled (syncd uninstall)"
+
+
+async def test_a_lookup_index_a_long_reader_holds_is_dropped_once_the_table_is_free(tmp_path, make_config, pg_dsn):
+    # Dropping it waits a few seconds at most for its table (the application's queries
+    # queue behind a waiting DROP); not dropped, it is said so and tried again later.
+    db = tmp_path / "app.db"
+    app = sqlite3.connect(db)
+    app.executescript("CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT UNIQUE); INSERT INTO tags VALUES (1, 'a');")
+    app.close()
+    lookup = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'app' AND starts_with(indexname, '_syncd_uq_')"
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"postgres": {"statement_timeout_seconds": 2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    settings = load_settings(cfg)
+    source = settings.source("app")
+    pg = await asyncpg.connect(pg_dsn)
+    reader = await asyncpg.connect(pg_dsn)
+    try:
+        tx = reader.transaction()
+        await tx.start()
+        await reader.fetch("SELECT * FROM app.tags")  # holds the table until its transaction ends
+        assert await drop_lookup_indexes(pg, settings, source) is False  # gave up after 1 s, not the timeout
+        assert (await pg_rows(pg_dsn, lookup))[0][0] == 1
+        await tx.rollback()
+        assert await drop_lookup_indexes(pg, settings, source) is True
+        assert (await pg_rows(pg_dsn, lookup))[0][0] == 0
+    finally:
+        await reader.close()
+        await pg.close()

@@ -66,6 +66,7 @@ class _State:
     counted: dict[tuple[str, int | None], int] = field(default_factory=dict)  # (table, schema version) -> rows
     logged: set[str] = field(default_factory=set)  # failure lines already logged
     recorded: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # name -> (marker, why) in events
+    retype_timed_out: set[str] = field(default_factory=set)  # tables whose early retype ran over the timeout
     orphans: dict[str, int] = field(default_factory=dict)  # "<table>: <foreign key>" -> orphan rows, last counted
 
 
@@ -131,19 +132,14 @@ async def ensure(session, schema) -> bool:
     st.after_load = set(waiting)
     index_now = await _too_large_to_wait(session, st, waiting)
     retyped = False
-    started = time.monotonic()
     async with session.pg.transaction():
         if await _direction(session, lock=True) == TO_SQLITE:
             return False
         if early:
             # Its ALTERs wait for a lock no longer than ensure_dual_write's objects do.
             await session.pg.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
-            retyped, finished = await _retype_early(session, plan, specs, states)
-            if not finished:
-                st.audited = None  # the tables left over are read and retyped at the next check
-        # The builds get what the retype left of the step's budget.
-        budget = _budget(session) - (time.monotonic() - started)
-        report = await ensure_dual_write(session.pg, session.name, plan, specs, states, index_now, budget)
+            retyped = await _retype_early(session, st, plan, specs, states)
+        report = await ensure_dual_write(session.pg, session.name, plan, specs, states, index_now, _budget(session))
     await _log(session, st, report)
     for item in plan.left_out:
         line = f"{item.table + ': ' if item.table else ''}{item.what}: {item.left_out}"
@@ -244,7 +240,7 @@ async def release(conn: asyncpg.Connection, session, spec, name: str, exc: BaseE
     batch is tried again)."""
     prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
     # Under the statement timeout too, which would otherwise cut the wait short as an outage.
-    wait_ms = int(min(5.0, session.settings.postgres.statement_timeout_seconds / 2) * 1000)
+    wait_ms = max(1, int(min(5.0, session.settings.postgres.statement_timeout_seconds / 2) * 1000))
     await conn.execute(f"SET LOCAL lock_timeout = '{wait_ms}ms'")
     try:
         async with conn.transaction():
@@ -261,22 +257,19 @@ async def release(conn: asyncpg.Connection, session, spec, name: str, exc: BaseE
                     "again at the next schema check if the rows allow", table=spec.name, event="parity_released")
 
 
-async def _retype_early(session, plan: SourcePlan, specs, states) -> tuple[bool, bool]:
+async def _retype_early(session, st: _State, plan: SourcePlan, specs, states) -> bool:
     """Retype the streaming tables' date columns the plan types during dual-write.
-    Returns (a column was retyped, every table was gone through). One call spends the
-    build budget at most (_budget) plus one statement timeout: it stops at its first
-    rewrite over the timeout (the rest waits an hour) and starts no table past the
-    budget (the rest waits for the next check), so that no step outlasts the watchdog."""
+    Returns True when a column was retyped. A pass stops at its first rewrite over the
+    statement timeout (one step spends one timeout at most), and that table is left out
+    of later passes until the daemon restarts (its rewrite needs a longer timeout), so
+    that it never holds back the tables after it."""
     done_any = False
-    started = time.monotonic()
     for name, spec in specs.items():
-        if states.get(name) != "streaming":
+        if states.get(name) != "streaming" or name in st.retype_timed_out:
             continue  # a table being loaded is retyped once its rows are all there
         items = [i for i in plan.for_table(name) if i.kind == "type" and not i.left_out and i.dual_write]
         if not items:
             continue
-        if time.monotonic() - started > _budget(session):
-            return done_any, False
         try:
             async with session.pg.transaction():
                 done, refused = await retype(session.pg, session.name, session.bk.schema, plan.schema, spec, items)
@@ -285,11 +278,12 @@ async def _retype_early(session, plan: SourcePlan, specs, states) -> tuple[bool,
                 raise  # an outage: the step ends and is retried
             # The rewrite (or its wait for the table's lock) ran over the statement
             # timeout; the savepoint undid it. Streaming goes on; the columns wait.
-            session.warning("schema parity: the date columns of this table (and of any table after it) stay text "
-                            "for now: retyping them ran over [postgres] statement_timeout_seconds "
-                            f"({session.settings.postgres.statement_timeout_seconds:g} s); tried again when the date "
-                            "columns are read again (hourly, or after a restart)", table=name,
-                            event="parity_not_retyped")
+            st.retype_timed_out.add(name)
+            session.warning("schema parity: the date columns of this table stay text: retyping them ran over "
+                            "[postgres] statement_timeout_seconds "
+                            f"({session.settings.postgres.statement_timeout_seconds:g} s); tried again after a "
+                            "restart of the daemon (with a longer timeout for a large table), the other tables at "
+                            "the next reading of the date columns", table=name, event="parity_not_retyped")
             break
         for r in done:
             session.info(f'schema parity: column "{r.column}" is {r.pgtype.value} now (SQLite spelling '
@@ -299,7 +293,7 @@ async def _retype_early(session, plan: SourcePlan, specs, states) -> tuple[bool,
         for item, why in refused:
             session.warning(f'schema parity: column "{item.column}" stays text: {why}', table=name,
                             event="parity_not_retyped")
-    return done_any, True
+    return done_any
 
 
 def _budget(session) -> float:

@@ -159,7 +159,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                         direction=(live or {}).get("direction") or TO_POSTGRES)
     bk_schema = settings.postgres.bookkeeping_schema
     rows = {}
-    refused: dict[str, tuple[str | None, str]] = {}  # schema parity objects Postgres refused: name -> (marker, why)
+    refused: dict[tuple[str, str | None], str] = {}  # schema parity objects Postgres refused: (name, marker) -> why
     if await bookkeeping_exists(pg, bk_schema):
         bk = Bookkeeping(bk_schema, source.name)
         src = await bk.load_source(pg)
@@ -180,7 +180,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                                 source.name, parity.FAILED_EVENT):
             try:
                 d = json.loads(r[0])
-                refused[str(d["object"])] = (d.get("marker"), str(d["why"]))  # the latest reason per object
+                refused[(str(d["object"]), d.get("marker"))] = str(d["why"])  # the latest reason per definition
             except (ValueError, KeyError, TypeError):
                 continue
         facts.suspensions = [(r[0], r[1] or "") for r in await pg.fetch(
@@ -212,8 +212,13 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         facts.parity = await summary.gather(settings, source, pg, side.specs, side.views, max_age=parity_max_age,
                                             budget=budget)
         # The reasons given for the definition planned now (not for one SQLite has since changed).
-        why = {i.name: refused[i.name][1] for i in facts.parity.items
-               if i.name in refused and refused[i.name][0] in (None, i.marker(DUAL_WRITE, source.name))}
+        why: dict[str, str] = {}
+        for i in facts.parity.items:
+            if i.name is None:
+                continue
+            reason = refused.get((i.name, i.marker(DUAL_WRITE, source.name))) or refused.get((i.name, None))
+            if reason is not None:
+                why[i.name] = reason
         facts.parity = dataclasses.replace(  # not the cached measurement's own object
             facts.parity, streaming=frozenset(t.name for t in facts.tables if t.state == STREAMING), refused=why,
             cut_over=facts.direction == TO_SQLITE)

@@ -54,6 +54,7 @@ RETIRED = "rollback_window_over"  # [cutover] keep_sqlite_days passed: SQLite no
 
 DIRECTION_CHECK_SECONDS = 2.0
 RETENTION_CHECK_SECONDS = 60.0
+LOOKUP_DROP_RETRY_SECONDS = 300.0  # retired: a lookup index not dropped (its table busy) is tried again then
 COLLISION_ROUNDS = 4
 RELOAD_CHUNK_ROWS = 5000
 FROZEN_MESSAGE = ("this database was moved to PostgreSQL by syncd; write to PostgreSQL "
@@ -143,6 +144,7 @@ class ReversePipeline:
         self.loading: _Reload | None = None
         self.generation: capture.Generation | None = None
         self.retired: str | None = None
+        self.lookups_due = 0.0  # retired: when syncd's lookup indexes are (next) dropped
         self.sink = SqliteSink(settings.sqlite.write_busy_timeout_ms)
         self.last_direction_check = 0.0
         self.last_retention_check = 0.0
@@ -331,6 +333,12 @@ class ReversePipeline:
             self.needs_reconcile = False
         if self.retired is not None or await self._retention_over():
             self._retired_health()
+            if time.monotonic() >= self.lookups_due:
+                from syncd.rollback import drop_lookup_indexes
+
+                gone = await drop_lookup_indexes(self.session.pg, self.settings, self.source)
+                again = min(LOOKUP_DROP_RETRY_SECONDS, self.settings.stream.schema_check_interval_seconds)
+                self.lookups_due = float("inf") if gone else time.monotonic() + again
             return False
         did = await self._stream_step()
         if not self.needs_reconcile:
