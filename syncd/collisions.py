@@ -133,8 +133,9 @@ async def drop_indexes(conn: asyncpg.Connection, schema: str, tables: list[str],
     them, and building them again on full tables would be a long step. Returns (dropped,
     [index: why not], left for a later call)."""
     names = [r[0] for r in await conn.fetch(
-        "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
-        "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) "
+        "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) "
         "AND starts_with(i.relname, '_syncd_uq_')", schema, tables)]
     started = time.monotonic()
     dropped, failed = 0, []

@@ -36,9 +36,9 @@ from syncd.parity.orphans import OrphanCount
 from syncd.parity.plan import DUAL_WRITE, Options, SourcePlan, plan_source
 from syncd.sqlite import reader
 
-__all__ = ["FinalizeResult", "LockNotHad", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused", "Retyped", "check_deferred",
-           "ensure", "finalize", "preview", "read_pg_objects", "release", "retyped_columns", "table_streaming",
-           "violated"]
+__all__ = ["FinalizeResult", "LockNotHad", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused", "Retyped",
+           "check_deferred", "ensure", "finalize", "preview", "read_pg_objects", "release", "retyped_columns",
+           "table_streaming", "violated"]
 
 log = logging.getLogger("syncd")
 

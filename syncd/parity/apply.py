@@ -41,8 +41,8 @@ RETRY_FAILED_SECONDS = 3600.0  # an object Postgres refused is tried again after
 RETRY_LOCKED_SECONDS = 300.0  # one whose table's lock it could not get (a transient wait): sooner
 # A pass of ensure_dual_write starts no further build once it has spent this share of
 # [postgres] statement_timeout_seconds (10 s of the default 60 s; several large indexes
-# added at once): the rest wait for the next schema check, so that one step of the daemon
-# lasts 7/6 of a statement timeout at most, inside WatchdogSec as operations.md asks.
+# added at once): the rest wait for the next schema check, so that the builds of one step
+# last 7/6 of a statement timeout at most, inside WatchdogSec as operations.md asks.
 BUILD_BUDGET_SHARE = 1 / 6
 # How long creating or dropping an object waits for a lock on its table (a long reader of
 # the application's, someone's open transaction) before it gives up until a later try: a
