@@ -10,7 +10,7 @@ import sys
 import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import wait_caught_up
+from tests.support.sync import pg_rows, wait_caught_up
 
 
 def digest(path) -> str:
@@ -116,10 +116,14 @@ def test_init_reports_a_missing_file_and_an_unreachable_postgres(tmp_path):
 
 async def test_uninstall_removes_capture_and_keeps_app_tables(app_db, make_config, pg_dsn, tmp_path):
     make_app(app_db)
+    with sqlite3.connect(app_db) as conn:
+        conn.execute("CREATE UNIQUE INDEX a_v ON a (v)")
     original = sqlite_objects(app_db)
+    lookup = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'app' AND starts_with(indexname, '_syncd_uq_')"
     cfg = make_config([{"name": "app", "path": str(app_db)}])
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert (await pg_rows(pg_dsn, lookup))[0][0] >= 1  # syncd's REPLACE lookup index for a_v
         r = run_cli(cfg, "uninstall")
         assert r.returncode == 1 and "already being run by syncd" in r.stdout  # refuses while the daemon runs
         assert d.stop() == 0
@@ -133,6 +137,8 @@ async def test_uninstall_removes_capture_and_keeps_app_tables(app_db, make_confi
     assert "removed 8 trigger(s)" in r.stdout  # insert, update, key change, delete per table
     assert sqlite_objects(app_db) == original
     assert conn.execute("SELECT count(*) FROM a").fetchone()[0] == 3
+    assert (await pg_rows(pg_dsn, lookup))[0][0] == 0  # nothing streams from the file any more
+    assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.a") == [(2,)]  # the replica stays
     r = run_cli(cfg, "uninstall")
     assert r.returncode == 0 and "nothing to do" in r.stdout
 

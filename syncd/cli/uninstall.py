@@ -69,6 +69,10 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
             if ended:
                 note = (f"; removed the way back's capture from {ended} Postgres table(s): a rollback is no "
                         "longer possible")
+            if row is not None:  # no stream from this file any more: syncd's lookup indexes on the replica go
+                from syncd.rollback import drop_lookup_indexes
+
+                await drop_lookup_indexes(pg, settings, source)
             await unlock_source(pg, source.name)
         except PostgresUnavailable as e:
             if not force:
