@@ -241,22 +241,22 @@ async def test_a_pass_starts_no_build_past_its_budget_and_the_next_check_builds_
     app.execute("PRAGMA journal_mode=WAL")
     app.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT)")
     app.execute("BEGIN")
-    app.executemany("INSERT INTO docs VALUES (?, ?)", ((i, f"doc {i * 7919 % 300_000}") for i in range(300_000)))
+    app.executemany("INSERT INTO docs VALUES (?, ?)", ((i, f"doc {i * 7919 % 150_000}") for i in range(150_000)))
     app.execute("COMMIT")
     cfg = make_config([{"name": "app", "path": str(db)}], sections={
         "postgres": {"statement_timeout_seconds": 3}, "stream": {"schema_check_interval_seconds": 1},
         "verify": {"interval_seconds": 0}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=120)
-        for k in range(12):
-            app.execute(f"CREATE INDEX docs_body_{k} ON docs (body, id)")
+        app.executescript("BEGIN;" + "".join(f"CREATE INDEX docs_body_{k} ON docs (body, id);" for k in range(12))
+                          + "COMMIT;")  # one schema check sees all twelve
         d.wait_log("object(s) wait for the next schema check (this one spent its 0.5 s of builds)", timeout=60)
 
         async def all_built() -> bool:
             return {f"docs_body_{k}" for k in range(12)} <= await indexes(pg_dsn, "docs")
 
         await eventually(all_built, timeout=120, what="every index built over later checks")
-        app.execute("INSERT INTO docs VALUES (300000, 'after the builds')")
+        app.execute("INSERT INTO docs VALUES (150000, 'after the builds')")
         await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
         assert d.stop() == 0
     app.close()
@@ -283,7 +283,7 @@ async def test_a_drop_blocked_by_someone_elses_lock_waits_minutes_before_it_is_t
                               "DROP INDEX docs_body_id; CREATE INDEX docs_body_id ON docs (body DESC, id);")
             d.wait_log("not created: dropping index docs_", timeout=60)
             waiting = 0
-            for _ in range(40):  # 8 s: a check every second, each would wait 5 s on the lock
+            for _ in range(25):  # 5 s: a check every second, each would wait 5 s on the lock
                 rows = await pg_rows(pg_dsn, "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
                                              "relation = 'app.docs'::regclass")
                 waiting += rows[0][0]
