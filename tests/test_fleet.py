@@ -14,7 +14,7 @@ import urllib.request
 
 import asyncpg
 
-from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
 
 FILES = 1000
@@ -126,8 +126,12 @@ async def test_a_thousand_files_on_a_bounded_number_of_connections(tmp_path, mak
 
             # The removed files are no longer matched by the glob; the running daemon and
             # `syncd status` still show them, as missing.
-            live = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30).read())
-            assert all(live["sources"][f"tenant_{p.stem}"]["health"] == "source_missing" for p in paths[:5])
+            # (each as the poller next looks at its files: a thousand idle sources at a bounded rate)
+            def all_missing() -> bool:
+                live = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30).read())
+                return all(live["sources"][f"tenant_{p.stem}"]["health"] == "source_missing" for p in paths[:5])
+
+            wait_for(all_missing, 120, "the removed files reported missing", d, interval=1.0)
             t = time.monotonic()
             status = run_cli(cfg, "status", timeout=120)
             took = time.monotonic() - t
