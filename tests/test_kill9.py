@@ -82,7 +82,8 @@ async def test_kill9_at_random_points(tmp_path, make_config, pg_dsn):
         resumed += "snapshot resuming" in log
         windows += await applied_but_unpruned(db, pg_dsn)
     for w in writers:
-        assert w.result()["lock_errors"] == 0
+        summary = w.result()
+        assert summary["lock_errors"] == 0, summary["errors"]  # each: the step, the error, how long it waited
     with DaemonProcess(cfg, tmp_path / "final.log") as d:
         d.wait_log("syncd running")
         await wait_caught_up(db, pg_dsn, "app", timeout=120, daemon=d)
