@@ -144,7 +144,7 @@ async def drop_indexes(conn: asyncpg.Connection, schema: str, tables: list[str],
             break
         try:
             async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{max(1, lock_wait_ms)}ms'")
+                await conn.execute(f"SET LOCAL lock_timeout = '{lock_wait_ms}ms'")
                 await conn.execute(f"DROP INDEX IF EXISTS {qualified(schema, name)}")
             dropped += 1
         except (asyncpg.PostgresError, TimeoutError) as e:

@@ -41,6 +41,7 @@ from syncd.cutover import (Refused, direction, read_specs, record_step, release_
                            switch_holder, take_switch_lock, who)
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
+from syncd.parity.apply import lock_wait_ms
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, ensure_bookkeeping, try_lock_source, unlock_source
 from syncd.postgres.connect import close_quietly, connect, describe
@@ -128,7 +129,7 @@ async def drop_lookup_indexes(conn: asyncpg.Connection, settings: Settings, sour
     timeout = settings.postgres.statement_timeout_seconds
     dropped, failed, left = await collisions.drop_indexes(
         conn, source.schema, [t for t, owner in owners.items() if owner == source.name],
-        int(min(5.0, timeout / 2) * 1000), timeout / 6)
+        lock_wait_ms(timeout), timeout / 6)
     extra = {"source": source.name, "event": "lookup_indexes_dropped"}
     if dropped:
         log.info(f"dropped {dropped} index(es) syncd kept to apply SQLite's REPLACEs (_syncd_uq_*): the way back "

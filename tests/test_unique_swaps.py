@@ -14,7 +14,7 @@ import threading
 import asyncpg
 
 from tests.support.daemon import DaemonProcess
-from tests.support.sync import pg_rows, table_states, wait_caught_up
+from tests.support.sync import long_read, pg_rows, table_states, wait_caught_up
 
 
 async def unique_constraints(dsn: str) -> dict[str, bool]:
@@ -113,20 +113,15 @@ async def test_a_constraint_to_drop_waits_for_a_long_reader_a_few_seconds_at_a_t
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         d.wait_log("created tag: UNIQUE constraint on (v)")
-        reader = await asyncpg.connect(pg_dsn)
         other = await asyncpg.connect(pg_dsn)
         try:
-            tx = reader.transaction()
-            await tx.start()
-            await reader.fetch("SELECT * FROM app.tag")  # holds the table until its transaction ends
-            conn.execute("INSERT INTO tag VALUES (3, '2')")
-            d.wait_log('another Postgres session holds the table', timeout=60)
-            for _ in range(3):  # a liveness bound: each wait behind the DROP is 5 s at most
-                assert await other.fetchval("SELECT count(*) FROM app.tag", timeout=30) == 2
-                await asyncio.sleep(1)
-            await tx.rollback()
+            async with long_read(pg_dsn, "app.tag"):
+                conn.execute("INSERT INTO tag VALUES (3, '2')")
+                d.wait_log('another Postgres session holds the table', timeout=60)
+                for _ in range(3):  # a liveness bound: each wait behind the DROP is 5 s at most
+                    assert await other.fetchval("SELECT count(*) FROM app.tag", timeout=30) == 2
+                    await asyncio.sleep(1)
         finally:
-            await reader.close()
             await other.close()
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         d.wait_log('UNIQUE constraint "tag_v_key" dropped')

@@ -19,7 +19,7 @@ from syncd.rollback import drop_lookup_indexes
 from tests.support.app import create_items
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
-from tests.support.sync import eventually, pg_rows, wait_caught_up
+from tests.support.sync import eventually, long_read, pg_rows, wait_caught_up
 from tests.support.way_back import PgWriter, backup_and_config, cut_over, typeof, wait_back
 
 
@@ -168,16 +168,11 @@ async def test_a_lookup_index_a_long_reader_holds_is_dropped_once_the_table_is_f
     settings = load_settings(cfg)
     source = settings.source("app")
     pg = await asyncpg.connect(pg_dsn)
-    reader = await asyncpg.connect(pg_dsn)
     try:
-        tx = reader.transaction()
-        await tx.start()
-        await reader.fetch("SELECT * FROM app.tags")  # holds the table until its transaction ends
-        assert await drop_lookup_indexes(pg, settings, source) is False  # gave up after 1 s, not the timeout
-        assert (await pg_rows(pg_dsn, lookup))[0][0] == 1
-        await tx.rollback()
+        async with long_read(pg_dsn, "app.tags"):
+            assert await drop_lookup_indexes(pg, settings, source) is False  # gave up after 1 s, not the timeout
+            assert (await pg_rows(pg_dsn, lookup))[0][0] == 1
         assert await drop_lookup_indexes(pg, settings, source) is True
         assert (await pg_rows(pg_dsn, lookup))[0][0] == 0
     finally:
-        await reader.close()
         await pg.close()

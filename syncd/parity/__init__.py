@@ -31,7 +31,8 @@ import asyncpg
 
 from syncd.parity.apply import (BUILD_BUDGET_SHARE, LOCK_WAIT, FinalizeResult, OrphanRows, Outcome,
                                 ParityRefused, PgObject, Retyped, _drop_sql, ensure_dual_write, finalize,
-                                read_pg_objects, read_sqlite, retype, retyped_columns, run)
+                                lock_wait_ms, read_pg_objects, read_sqlite, retype, retyped_columns,
+                                run)
 from syncd.parity.orphans import OrphanCount
 from syncd.parity.plan import DUAL_WRITE, Options, SourcePlan, plan_source
 from syncd.sqlite import reader
@@ -239,8 +240,7 @@ async def release(conn: asyncpg.Connection, session, spec, name: str, exc: BaseE
     other query on the table wait a whole statement timeout (LockNotHad then, and the
     batch is tried again)."""
     prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
-    # Under the statement timeout too, which would otherwise cut the wait short as an outage.
-    wait_ms = max(1, int(min(5.0, session.settings.postgres.statement_timeout_seconds / 2) * 1000))
+    wait_ms = lock_wait_ms(session.settings.postgres.statement_timeout_seconds)
     await conn.execute(f"SET LOCAL lock_timeout = '{wait_ms}ms'")
     try:
         async with conn.transaction():

@@ -4,6 +4,7 @@ checkpoint and table states syncd keeps in Postgres."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -131,3 +132,16 @@ def first_source(cfg: Path):
     settings = load_settings(cfg)
     source = settings.sources[0]
     return settings, source, read_specs(source)
+
+
+@contextlib.asynccontextmanager
+async def long_read(dsn: str, table: str):
+    """Someone's long read of `table` ("schema.name", quoted as needed): the lock a SELECT
+    takes, held until the block ends, which anything needing the table to itself waits for."""
+    reader = await asyncpg.connect(dsn)
+    try:
+        async with reader.transaction():
+            await reader.fetch(f"SELECT * FROM {table}")
+            yield
+    finally:
+        await reader.close()
