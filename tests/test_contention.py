@@ -61,3 +61,25 @@ async def test_long_application_transaction_makes_syncd_wait(tmp_path, make_conf
         assert d.stop() == 0
         assert "event=failing" not in d.log()
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+def test_a_write_lock_held_long_is_logged(tmp_path, caplog):
+    """Should syncd ever hold a file's write lock past a second, its log says for how
+    long and doing what: the first thing to read when an application saw a lock error."""
+    from syncd.sqlite import capture
+
+    db = tmp_path / "app.db"
+    create_items(db, rows=10)
+    conn = sqlite3.connect(db, isolation_level=None)
+
+    def slow_work(c):
+        c.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+        time.sleep(capture.SLOW_WRITE_SECONDS + 0.2)
+
+    with caplog.at_level("WARNING", logger="syncd.sqlite.capture"):
+        capture.write_transaction(conn, lambda c: c.execute("SELECT 1"), busy_timeout_ms=100)
+        assert caplog.records == []
+        capture.write_transaction(conn, slow_work, busy_timeout_ms=100)
+    [record] = caplog.records
+    assert str(db) in record.getMessage() and "slow_work" in record.getMessage()
+    assert "held the write lock" in record.getMessage()

@@ -83,7 +83,11 @@ async def test_kill9_at_random_points(tmp_path, make_config, pg_dsn):
         windows += await applied_but_unpruned(db, pg_dsn)
     for w in writers:
         summary = w.result()
-        assert summary["lock_errors"] == 0, summary["errors"]  # each: the step, the error, how long it waited
+        # Each error: the step, the error, how long it waited; beside them, every write
+        # lock syncd held for long (its log names the work), and the kills' instants.
+        held = [line for p in sorted(tmp_path.glob("run*.log")) for line in p.read_text().splitlines()
+                if "held the write lock" in line]
+        assert summary["lock_errors"] == 0, (summary["errors"], held)
     with DaemonProcess(cfg, tmp_path / "final.log") as d:
         d.wait_log("syncd running")
         await wait_caught_up(db, pg_dsn, "app", timeout=120, daemon=d)

@@ -9,6 +9,7 @@ pruner never deletes the newest applied entry, so max(seq) never falls back.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -25,6 +26,9 @@ FORMAT_VERSION = "1"
 INITIAL_KEY_SLOTS = 4
 
 OP_INSERT, OP_UPDATE, OP_DELETE = 1, 2, 3
+SLOW_WRITE_SECONDS = 1.0  # a write lock held longer is logged: application writers queue behind it
+
+log = logging.getLogger(__name__)
 
 
 class LockTimeout(Exception):
@@ -249,9 +253,11 @@ def write_transaction(conn: sqlite3.Connection, fn, *, busy_timeout_ms: int, dea
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                locked_at = time.monotonic()
                 try:
                     result = fn(conn)
                     conn.execute("COMMIT")
+                    _note_hold(conn, fn, time.monotonic() - locked_at)
                     return result
                 except BaseException:
                     if conn.in_transaction:
@@ -269,6 +275,13 @@ def write_transaction(conn: sqlite3.Connection, fn, *, busy_timeout_ms: int, dea
                 delay = min(delay * 2, 0.5)
     finally:
         conn.execute(f"PRAGMA busy_timeout = {int(read_timeout)}")
+
+
+def _note_hold(conn: sqlite3.Connection, fn, held: float) -> None:
+    if held > SLOW_WRITE_SECONDS:
+        what = getattr(fn, "__qualname__", None) or type(fn).__name__
+        log.warning("syncd held the write lock of %s for %.1f s (%s); application writers waited behind it",
+                    _file_of(conn), held, what)
 
 
 def _install_base(conn: sqlite3.Connection) -> None:
