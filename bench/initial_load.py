@@ -24,7 +24,10 @@ ledger with two indexes (on kind, on at), timed until every index is built too
   table in chunks, one thread reading ahead, asyncpg COPYing each chunk in a transaction
   of its own into the table with its primary key; only the load timed. One
   straightforward load on syncd's stack (Python, sqlite3, asyncpg), with none of what
-  syncd adds.
+  syncd adds. Its process's CPU time is shown as a share of one core, and the same load
+  on two Postgres connections at once (two COPYs, commits in chunk order) beside it:
+  when two connections gain nothing and the share is near one core, the one Python
+  process bounds the load, not Postgres.
 
 The contenders alternate within each round; figures are medians of per-round ratios.
 Target (ledger): syncd <= 0.5x pgloader's time.
@@ -190,17 +193,21 @@ def load_copy(csv_path: Path, shape: Shape, rows: int, problems: list[str], key_
     return elapsed
 
 
-def load_plain_python(pristine: Path, shape: Shape, rows: int, problems: list[str]) -> float:
+def load_plain_python(pristine: Path, shape: Shape, rows: int, problems: list[str],
+                      connections: int = 1) -> tuple[float, float]:
+    """(seconds, CPU seconds of the loading process meanwhile)."""
     table = shape.table
     with pg_database("plain") as dsn:
         after = [a for sql in shape.indexes for a in ("--after", sql)]
         out = subprocess.run([sys.executable, str(ROOT / "bench" / "plain_loader.py"), str(pristine), table, dsn,
-                              COPY_DDL[table], *after], capture_output=True, text=True)
+                              COPY_DDL[table], *after, "--connections", str(connections)],
+                             capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"the plain Python load failed: {out.stderr[-2000:]}")
         if pg_count(dsn, table) != rows:
             problems.append("the plain Python load loaded the wrong number of rows")
-    return float(out.stdout.strip())
+    elapsed, cpu = map(float, out.stdout.split())
+    return elapsed, cpu
 
 
 def load_pgloader(tmp: Path, pristine: Path, shape: Shape, rows: int, problems: list[str]) -> float:
@@ -236,10 +243,11 @@ async def load_shape(shape: Shape, rows: int, rounds: int, have_pgloader: bool, 
         export_csv(pristine, table, csv_path)
         print(f"{shape.name}: {rows:,} rows; SQLite file {pristine.stat().st_size / 2**20:.0f} MiB, CSV "
               f"{csv_path.stat().st_size / 2**20:.0f} MiB", flush=True)
-        contenders = ["syncd", "syncd-run", "copy", "copy-key-after", "python"]
+        contenders = ["syncd", "syncd-run", "copy", "copy-key-after", "python", "python-2"]
         contenders += ["pgloader"] if have_pgloader else []
         times: dict[str, list[float]] = {c: [] for c in contenders + FLOORS}
         details: list[dict] = []
+        python_cpu: list[float] = []  # the plain load's CPU share of one core
         ratios: dict[str, list[float]] = {k: [] for k in ("pgl", "copy", "run-pgl", "floor-pgl", "floor-run-pgl",
                                                            "python-floor-pgl")}
         for r in range(rounds):
@@ -253,8 +261,10 @@ async def load_shape(shape: Shape, rows: int, rounds: int, have_pgloader: bool, 
                     got[c] = (await load_syncd(tmp, pristine, shape, rows, problems, with_init=False))["load"]
                 elif c in ("copy", "copy-key-after"):
                     got[c] = load_copy(csv_path, shape, rows, problems, key_after=c == "copy-key-after")
-                elif c == "python":
-                    got[c] = load_plain_python(pristine, shape, rows, problems)
+                elif c in ("python", "python-2"):
+                    got[c], cpu = load_plain_python(pristine, shape, rows, problems, 2 if c == "python-2" else 1)
+                    if c == "python":
+                        python_cpu.append(cpu / got[c])
                 else:
                     got[c] = load_pgloader(tmp, pristine, shape, rows, problems)
                 times[c].append(got[c])
@@ -272,7 +282,8 @@ async def load_shape(shape: Shape, rows: int, rounds: int, have_pgloader: bool, 
                     ratios[key].append(got[c] / got["pgloader"])
             print(f"  round {r + 1}: " + ", ".join(f"{c} {got[c]:.2f} s" for c in contenders)
                   + f"; process starts: init {start_init:.2f} s, run {start_run:.2f} s", flush=True)
-    return {"times": times, "details": details, "ratios": ratios, "contenders": contenders}
+    return {"times": times, "details": details, "ratios": ratios, "contenders": contenders,
+            "python_cpu": python_cpu}
 
 
 async def run(args) -> list[Figure]:
@@ -290,6 +301,7 @@ async def run(args) -> list[Figure]:
              "floor": "floor: init's and run's process starts + faster \\copy",
              "floor-run": "floor: run's process start + faster \\copy",
              "python": "plain Python load: sqlite3 -> asyncpg COPY (load only)",
+             "python-2": "the same plain load on two Postgres connections (two COPYs at once)",
              "python-floor": "plain-Python anchor: init's and run's process starts + plain Python load"}
     figures = []
     for table, res in results.items():
@@ -305,6 +317,11 @@ async def run(args) -> list[Figure]:
               f"run: process start {median([d['startup'] for d in details]):.2f} s, "
               f"capture+reconcile+count {median([d['before_copy'] for d in details]):.2f} s, "
               f"COPY {median([d['copy'] for d in details]):.2f} s")
+        share, two = median(res["python_cpu"]), median(times["python-2"]) / median(times["python"])
+        print(f"  the plain Python load's own process used {share:.0%} of one core while it ran; on two Postgres "
+              f"connections it took {two:.2f}x its time on one"
+              + (": the one Python process (one GIL), not Postgres, bounds a load on this stack"
+                 if share >= 0.8 and two >= 0.9 else ""))
         ratios = res["ratios"]
         print(f"  syncd / \\copy: {median(ratios['copy']):.2f}x")
         if have_pgloader:

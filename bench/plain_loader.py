@@ -5,10 +5,17 @@ No audit, no conversion, no bookkeeping, no capture: nothing of what syncd adds.
 table's first column is its INTEGER PRIMARY KEY (both of initial_load.py's are).
 
     python bench/plain_loader.py FILE TABLE DSN "CREATE TABLE ..." [--after "CREATE INDEX ..."]...
+        [--connections N]
 
 Prints the seconds from the first read to the last commit of the statements given with
---after (indexes built once every row is in), process start excluded: initial_load.py
-adds syncd's own.
+--after (indexes built once every row is in), process start excluded (initial_load.py
+adds syncd's own), and the CPU seconds this process used meanwhile (all its threads):
+near the wall time, the one Python process is what bounds the load.
+
+With --connections N, chunks are dealt to N Postgres connections in turn: N COPYs run
+at once, each chunk's transaction commits only after the one before it (as a resumable
+load must). Postgres then works on several cores; if the load is no faster, Postgres
+was not what held it back.
 """
 
 from __future__ import annotations
@@ -24,16 +31,24 @@ import asyncpg
 CHUNK_ROWS = 50_000  # syncd's [stream] snapshot_chunk_rows default
 
 
-async def load(path: str, table: str, dsn: str, ddl: str, after: list[str]) -> float:
+async def load(path: str, table: str, dsn: str, ddl: str, after: list[str], connections: int = 1) -> tuple[float, float]:
     src = sqlite3.connect(path, check_same_thread=False)
     columns = [r[1] for r in src.execute(f'PRAGMA table_info("{table}")')]
     key = columns[0]
     first = f'SELECT {", ".join(columns)} FROM "{table}" ORDER BY {key} LIMIT {CHUNK_ROWS}'
     select = f'SELECT {", ".join(columns)} FROM "{table}" WHERE {key} > ? ORDER BY {key} LIMIT {CHUNK_ROWS}'
-    pg = await asyncpg.connect(dsn)
+    pgs = [await asyncpg.connect(dsn) for _ in range(connections)]
+    pg = pgs[0]
     await pg.execute(ddl)
     loop = asyncio.get_running_loop()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
+
+    async def copy(conn: asyncpg.Connection, rows: list[tuple], before: asyncio.Future | None) -> None:
+        async with conn.transaction():
+            await conn.copy_records_to_table(table, records=rows, columns=columns)
+            if before is not None:
+                await before  # commits in chunk order
+
     with ThreadPoolExecutor(1) as reader:
         src.execute("BEGIN")
 
@@ -41,26 +56,38 @@ async def load(path: str, table: str, dsn: str, ddl: str, after: list[str]) -> f
             return (src.execute(first) if after is None else src.execute(select, (after,))).fetchall()
 
         ahead = loop.run_in_executor(reader, read, None)
+        inflight: list[asyncio.Future | None] = [None] * connections
+        last: asyncio.Future | None = None
+        chunk = 0
         while True:
             rows = await ahead
             if not rows:
                 break
             ahead = loop.run_in_executor(reader, read, rows[-1][0])
-            async with pg.transaction():
-                await pg.copy_records_to_table(table, records=rows, columns=columns)
+            slot = chunk % connections
+            if inflight[slot] is not None:
+                await inflight[slot]
+            inflight[slot] = last = asyncio.ensure_future(copy(pgs[slot], rows, last))
+            chunk += 1
+        for f in inflight:
+            if f is not None:
+                await f
         src.execute("COMMIT")
     for sql in after:
         await pg.execute(sql)
-    elapsed = time.perf_counter() - started
-    await pg.close()
-    return elapsed
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    for conn in pgs:
+        await conn.close()
+    return elapsed, cpu
 
 
 def main() -> None:
     path, table, dsn, ddl = sys.argv[1:5]
     rest = sys.argv[5:]
     after = [rest[i + 1] for i in range(0, len(rest) - 1, 2) if rest[i] == "--after"]
-    print(f"{asyncio.run(load(path, table, dsn, ddl, after)):.4f}")
+    connections = next((int(rest[i + 1]) for i in range(0, len(rest) - 1, 2) if rest[i] == "--connections"), 1)
+    elapsed, cpu = asyncio.run(load(path, table, dsn, ddl, after, connections))
+    print(f"{elapsed:.4f} {cpu:.4f}")
 
 
 if __name__ == "__main__":
