@@ -95,3 +95,18 @@ async def test_hanging_connection_is_bounded_and_never_blocks_shutdown(proxied, 
         assert time.monotonic() - started < 10
     proxy.heal()
     assert changelog_max(db) > 0
+
+
+def test_a_connection_asyncpg_lost_track_of_counts_as_an_outage():
+    """When the server goes away mid-operation, asyncpg can leave the connection in a
+    state it cannot leave ("cannot switch to state 15; another operation (2) is in
+    progress"): syncd treats that as an outage (drop the connection, reconnect with
+    backoff, say Postgres was unreachable), not as an internal error to retry on the
+    same broken connection."""
+    import asyncpg
+
+    from syncd.postgres.connect import is_data_error, is_transient
+
+    confused = asyncpg.exceptions._base.InternalClientError("cannot switch to state 15; another operation (2) is "
+                                                            "in progress")
+    assert is_transient(confused) and not is_data_error(confused)

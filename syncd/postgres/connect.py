@@ -40,8 +40,11 @@ def is_transient(exc: BaseException) -> bool:
                         socket.gaierror)):
         return True
     if isinstance(exc, (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
-                        asyncpg.exceptions.ConnectionFailureError)):
-        # InterfaceError covers "connection is closed" and protocol-state errors after a drop.
+                        asyncpg.exceptions.ConnectionFailureError, asyncpg.exceptions._base.InternalClientError)):
+        # InterfaceError covers "connection is closed" and protocol-state errors after a drop;
+        # InternalClientError ("cannot switch to state 15; another operation is in progress")
+        # is what asyncpg raises on a connection whose server went away mid-operation
+        # (MagicStack/asyncpg#784): that connection is unusable, a new one is the remedy.
         return True
     code = sqlstate(exc)
     if code is None:
