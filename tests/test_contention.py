@@ -83,3 +83,14 @@ def test_a_write_lock_held_long_is_logged(tmp_path, caplog):
     [record] = caplog.records
     assert str(db) in record.getMessage() and "slow_work" in record.getMessage()
     assert "held the write lock" in record.getMessage()
+
+    def slow_and_failing(c):  # rolled back: the writers waited all the same
+        slow_work(c)
+        raise ValueError("no")
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="syncd.sqlite.capture"), pytest.raises(ValueError):
+        capture.write_transaction(conn, slow_and_failing, busy_timeout_ms=100)
+    [record] = caplog.records
+    assert "slow_and_failing" in record.getMessage()
+    assert conn.execute("SELECT n FROM items WHERE id = 1").fetchone()[0] == 2  # the first one's, not the second's

@@ -97,12 +97,13 @@ async def test_hanging_connection_is_bounded_and_never_blocks_shutdown(proxied, 
     assert changelog_max(db) > 0
 
 
-def test_a_connection_asyncpg_lost_track_of_counts_as_an_outage():
+async def test_a_connection_asyncpg_lost_track_of_counts_as_an_outage_and_nothing_else_does(pg_dsn):
     """When the server goes away mid-operation, asyncpg can leave the connection in a
     state it cannot leave ("cannot switch to state 15; another operation (2) is in
     progress"): syncd treats that as an outage (drop the connection, reconnect with
-    backoff, say Postgres was unreachable), not as an internal error to retry on the
-    same broken connection."""
+    backoff). asyncpg's other faults of the same class are not outages: a COPY into a
+    column type asyncpg has no binary encoder for fails the same way on every new
+    connection, and is reported as the error it is."""
     import asyncpg
 
     from syncd.postgres.connect import is_data_error, is_transient
@@ -110,3 +111,11 @@ def test_a_connection_asyncpg_lost_track_of_counts_as_an_outage():
     confused = asyncpg.exceptions._base.InternalClientError("cannot switch to state 15; another operation (2) is "
                                                             "in progress")
     assert is_transient(confused) and not is_data_error(confused)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("CREATE TEMP TABLE words (v tsvector)")
+        with pytest.raises(asyncpg.exceptions._base.InternalClientError) as no_encoder:
+            await conn.copy_records_to_table("words", records=[("a b",)])
+    finally:
+        await conn.close()
+    assert not is_transient(no_encoder.value)

@@ -40,16 +40,24 @@ def is_transient(exc: BaseException) -> bool:
                         socket.gaierror)):
         return True
     if isinstance(exc, (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
-                        asyncpg.exceptions.ConnectionFailureError, asyncpg.exceptions._base.InternalClientError)):
-        # InterfaceError covers "connection is closed" and protocol-state errors after a drop;
-        # InternalClientError ("cannot switch to state 15; another operation is in progress")
-        # is what asyncpg raises on a connection whose server went away mid-operation
-        # (MagicStack/asyncpg#784): that connection is unusable, a new one is the remedy.
+                        asyncpg.exceptions.ConnectionFailureError)):
+        # InterfaceError covers "connection is closed" and protocol-state errors after a drop.
+        return True
+    if lost_track(exc):
         return True
     code = sqlstate(exc)
     if code is None:
         return False
     return code in _TRANSIENT_CODES or code.startswith(_TRANSIENT_CLASSES)
+
+
+def lost_track(exc: BaseException) -> bool:
+    """asyncpg lost track of the connection's protocol state, as it does when the server
+    goes away mid-operation (MagicStack/asyncpg#784): that connection is unusable and a
+    new one is the remedy. Only this message: InternalClientError also covers faults a
+    new connection does not cure (a type with no binary encoder for COPY, say)."""
+    return isinstance(exc, asyncpg.exceptions._base.InternalClientError) and \
+        str(exc).startswith("cannot switch to state")
 
 
 def is_data_error(exc: BaseException) -> bool:

@@ -27,6 +27,8 @@ from syncd.postgres.bookkeeping import LOCK_CLASS, SourceLocked, lock_key, try_l
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, connect_kwargs, describe, is_transient
 from syncd.redact import redact_dsn
 
+_ASYNCPG_FAULT = asyncpg.exceptions._base.InternalClientError
+
 RELEASE_SECONDS = 5.0
 
 
@@ -74,7 +76,10 @@ class Target:
         try:
             yield conn
         except BaseException as e:
-            broken = is_transient(e) or isinstance(e, asyncio.CancelledError) or conn.is_in_transaction()
+            # asyncpg's own faults (InternalClientError) may leave it unsure of the
+            # connection's state: never handed out again either.
+            broken = (is_transient(e) or isinstance(e, (asyncio.CancelledError, _ASYNCPG_FAULT))
+                      or conn.is_in_transaction())
             raise
         finally:
             if broken or conn.is_closed():

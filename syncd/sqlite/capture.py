@@ -257,12 +257,13 @@ def write_transaction(conn: sqlite3.Connection, fn, *, busy_timeout_ms: int, dea
                 try:
                     result = fn(conn)
                     conn.execute("COMMIT")
-                    _note_hold(conn, fn, time.monotonic() - locked_at)
                     return result
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
+                finally:  # committed or not: the application's writers waited all the same
+                    _note_hold(conn, fn, time.monotonic() - locked_at)
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) and "busy" not in str(e):
                     raise
@@ -278,10 +279,16 @@ def write_transaction(conn: sqlite3.Connection, fn, *, busy_timeout_ms: int, dea
 
 
 def _note_hold(conn: sqlite3.Connection, fn, held: float) -> None:
-    if held > SLOW_WRITE_SECONDS:
-        what = getattr(fn, "__qualname__", None) or type(fn).__name__
-        log.warning("syncd held the write lock of %s for %.1f s (%s); application writers waited behind it",
-                    _file_of(conn), held, what)
+    """Log a write lock held past SLOW_WRITE_SECONDS; never raises."""
+    if held <= SLOW_WRITE_SECONDS:
+        return
+    what = getattr(fn, "__qualname__", None) or type(fn).__name__
+    try:
+        path = _file_of(conn)
+    except sqlite3.Error:
+        path = "a SQLite file"
+    log.warning("syncd held the write lock of %s for %.1f s (%s); application writers waited behind it",
+                path, held, what)
 
 
 def _install_base(conn: sqlite3.Connection) -> None:
