@@ -31,7 +31,8 @@ import asyncpg
 CHUNK_ROWS = 50_000  # syncd's [stream] snapshot_chunk_rows default
 
 
-async def load(path: str, table: str, dsn: str, ddl: str, after: list[str], connections: int = 1) -> tuple[float, float]:
+async def load(path: str, table: str, dsn: str, ddl: str, after: list[str],
+               connections: int = 1) -> tuple[float, float]:
     src = sqlite3.connect(path, check_same_thread=False)
     columns = [r[1] for r in src.execute(f'PRAGMA table_info("{table}")')]
     key = columns[0]

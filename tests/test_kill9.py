@@ -84,7 +84,7 @@ async def test_kill9_at_random_points(tmp_path, make_config, pg_dsn):
     for w in writers:
         summary = w.result()
         # Each error: the step, the error, how long it waited; beside them, every write
-        # lock syncd held for long (its log names the work), and the kills' instants.
+        # lock syncd held for long (its log names the work).
         held = [line for p in sorted(tmp_path.glob("run*.log")) for line in p.read_text().splitlines()
                 if "held the write lock" in line]
         assert summary["lock_errors"] == 0, (summary["errors"], held)

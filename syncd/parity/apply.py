@@ -47,13 +47,16 @@ BUILD_BUDGET_SHARE = 1 / 6
 # How long creating or dropping an object waits for a lock on its table (a long reader of
 # the application's, someone's open transaction) before it gives up until a later try: a
 # step of the daemon never waits on someone else's lock for a whole statement timeout.
-LOCK_WAIT = "5s"
+LOCK_WAIT_SECONDS = 5.0
+LOCK_WAIT = f"{LOCK_WAIT_SECONDS:g}s"
 
 
 def lock_wait_ms(statement_timeout_seconds: float) -> int:
     """LOCK_WAIT, or half the statement timeout if that is shorter (the client-side
     timeout would otherwise cut the wait short, as an outage); never 0 (no limit)."""
-    return max(1, int(min(5.0, statement_timeout_seconds / 2) * 1000))
+    return max(1, int(min(LOCK_WAIT_SECONDS, statement_timeout_seconds / 2) * 1000))
+
+
 _retry_at: dict[tuple[str, str, str], float] = {}  # (source, name, marker or comment) -> monotonic time
 # (source, table) -> monotonic time: a table whose lock an object could not get; none of
 # its objects is tried before then (each try would queue the application's queries again).

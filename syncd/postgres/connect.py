@@ -31,6 +31,7 @@ def sqlstate(exc: BaseException) -> str | None:
 
 
 _CLIENT_DATA_ERROR = asyncpg.exceptions._base.DataError  # asyncpg refused to encode a value
+ASYNCPG_FAULT = asyncpg.exceptions._base.InternalClientError  # asyncpg's own fault, whatever the server did
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -56,8 +57,7 @@ def lost_track(exc: BaseException) -> bool:
     goes away mid-operation (MagicStack/asyncpg#784): that connection is unusable and a
     new one is the remedy. Only this message: InternalClientError also covers faults a
     new connection does not cure (a type with no binary encoder for COPY, say)."""
-    return isinstance(exc, asyncpg.exceptions._base.InternalClientError) and \
-        str(exc).startswith("cannot switch to state")
+    return isinstance(exc, ASYNCPG_FAULT) and str(exc).startswith("cannot switch to state")
 
 
 def is_data_error(exc: BaseException) -> bool:

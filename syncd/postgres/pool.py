@@ -24,10 +24,9 @@ import asyncpg
 
 from syncd.config import Settings, SourceSettings
 from syncd.postgres.bookkeeping import LOCK_CLASS, SourceLocked, lock_key, try_lock_source
-from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, connect_kwargs, describe, is_transient
+from syncd.postgres.connect import (ASYNCPG_FAULT, PostgresUnavailable, close_quietly, connect, connect_kwargs,
+                                    describe, is_transient)
 from syncd.redact import redact_dsn
-
-_ASYNCPG_FAULT = asyncpg.exceptions._base.InternalClientError
 
 RELEASE_SECONDS = 5.0
 
@@ -78,7 +77,7 @@ class Target:
         except BaseException as e:
             # asyncpg's own faults (InternalClientError) may leave it unsure of the
             # connection's state: never handed out again either.
-            broken = (is_transient(e) or isinstance(e, (asyncio.CancelledError, _ASYNCPG_FAULT))
+            broken = (is_transient(e) or isinstance(e, (asyncio.CancelledError, ASYNCPG_FAULT))
                       or conn.is_in_transaction())
             raise
         finally:
