@@ -36,14 +36,19 @@ CHUNK_ROWS = 50_000  # syncd's [stream] snapshot_chunk_rows default
 
 
 def backend_cpu(pids: list[int]) -> float:
-    """CPU seconds (user + system) the Postgres backends with these pids have used."""
+    """CPU seconds (user + system) the Postgres backends with these pids have used; nan
+    when a pid is not a Postgres process here (a server on another machine, or in a
+    container whose pids are not this machine's)."""
     total = 0.0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+                name, rest = f.read().split(" (", 1)[1].rsplit(")", 1)
+        except (OSError, ValueError):
             return float("nan")
+        if not name.startswith("postgres"):
+            return float("nan")
+        fields = rest.split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
     return total
 
