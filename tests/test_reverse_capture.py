@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 
 import asyncpg
 
@@ -135,12 +136,13 @@ async def test_many_writers_committing_out_of_order_lose_nothing(pg_dsn):
 async def test_capture_needs_no_privilege_and_ignores_the_sessions_settings(pg_dsn):
     """The application's role may not touch syncd's schema, and its session may print
     numbers and dates its own way: the key recorded is the same."""
+    role = f"syncd_test_app_{secrets.token_hex(4)}"  # roles are the whole server's: a name of its own
     pg = await _setup(pg_dsn)
     try:
         gen = (await capture.generation(pg, NAMES)).id
-        await pg.execute("CREATE ROLE syncd_test_app LOGIN")
-        await pg.execute(f"GRANT USAGE ON SCHEMA app TO syncd_test_app; GRANT ALL ON {TABLE} TO syncd_test_app")
-        app = await asyncpg.connect(pg_dsn, user="syncd_test_app",
+        await pg.execute(f"CREATE ROLE {role} LOGIN")
+        await pg.execute(f"GRANT USAGE ON SCHEMA app TO {role}; GRANT ALL ON {TABLE} TO {role}")
+        app = await asyncpg.connect(pg_dsn, user=role,
                                     server_settings={"extra_float_digits": "-15", "datestyle": "SQL, DMY"})
         try:
             await app.execute(f"INSERT INTO {TABLE} VALUES (9007199254740993, 'big')")
@@ -150,6 +152,7 @@ async def test_capture_needs_no_privilege_and_ignores_the_sessions_settings(pg_d
         batch = await reader.read_batch(pg, NAMES, "app", TABLES, start(gen), 10)
         assert batch.tables[1].rows == [(9007199254740993, "big")]
     finally:
-        await pg.execute("DROP OWNED BY syncd_test_app")
-        await pg.execute("DROP ROLE syncd_test_app")
+        if await pg.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            await pg.execute(f"DROP OWNED BY {role}")
+            await pg.execute(f"DROP ROLE {role}")
         await pg.close()
