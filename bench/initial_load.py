@@ -28,9 +28,9 @@ ledger with two indexes (on kind, on at), timed until every index is built too
   on two Postgres connections at once (two COPYs, commits in chunk order) beside it:
   when two connections gain nothing and the share is near one core, the one Python
   process bounds the load, not Postgres. Its Postgres backend's CPU time is added to
-  its own and shown as a share of all the machine's cores: near 100%, the load keeps
-  the whole machine busy, and no split of it across processes or connections could
-  make it much faster here.
+  its own and shown as a share of all the cores it may run on, beside how busy the whole
+  machine was meanwhile (every process): near 100%, no split of the load across
+  processes or connections could make it much faster here.
 
 The contenders alternate within each round; figures are medians of per-round ratios.
 Target (ledger): syncd <= 0.5x pgloader's time.
@@ -75,6 +75,7 @@ COPY_DDL = {
 }
 KINDS = ["sale", "refund", "fee", "payout", "adjustment"]
 FLOORS = ["floor", "floor-run", "python-floor"]
+CORES = len(os.sched_getaffinity(0))  # the cores this process (and its children) may run on
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,10 @@ def load_copy(csv_path: Path, shape: Shape, rows: int, problems: list[str], key_
 
 
 def load_plain_python(pristine: Path, shape: Shape, rows: int, problems: list[str],
-                      connections: int = 1) -> tuple[float, float, float]:
+                      connections: int = 1) -> tuple[float, float, float, float]:
     """(seconds, CPU seconds of the loading process meanwhile, of its Postgres backends
-    meanwhile: nan where the server's processes cannot be read)."""
+    meanwhile: nan where the server's processes cannot be read, the machine's busy share
+    meanwhile)."""
     table = shape.table
     with pg_database("plain") as dsn:
         after = [a for sql in shape.indexes for a in ("--after", sql)]
@@ -212,8 +214,8 @@ def load_plain_python(pristine: Path, shape: Shape, rows: int, problems: list[st
             raise RuntimeError(f"the plain Python load failed: {out.stderr[-2000:]}")
         if pg_count(dsn, table) != rows:
             problems.append("the plain Python load loaded the wrong number of rows")
-    elapsed, cpu, pg_cpu = map(float, out.stdout.split())
-    return elapsed, cpu, pg_cpu
+    elapsed, cpu, pg_cpu, busy = map(float, out.stdout.split())
+    return elapsed, cpu, pg_cpu, busy
 
 
 def load_pgloader(tmp: Path, pristine: Path, shape: Shape, rows: int, problems: list[str]) -> float:
@@ -254,7 +256,8 @@ async def load_shape(shape: Shape, rows: int, rounds: int, have_pgloader: bool, 
         times: dict[str, list[float]] = {c: [] for c in contenders + FLOORS}
         details: list[dict] = []
         python_cpu: list[float] = []  # the plain load's CPU share of one core
-        machine_busy: list[float] = []  # its and its backend's CPU share of every core
+        load_share: list[float] = []  # its and its backend's CPU share of every core it may use
+        machine_busy: list[float] = []  # the whole machine's busy share meanwhile
         ratios: dict[str, list[float]] = {k: [] for k in ("pgl", "copy", "run-pgl", "floor-pgl", "floor-run-pgl",
                                                            "python-floor-pgl")}
         for r in range(rounds):
@@ -269,11 +272,12 @@ async def load_shape(shape: Shape, rows: int, rounds: int, have_pgloader: bool, 
                 elif c in ("copy", "copy-key-after"):
                     got[c] = load_copy(csv_path, shape, rows, problems, key_after=c == "copy-key-after")
                 elif c in ("python", "python-2"):
-                    got[c], cpu, pg_cpu = load_plain_python(pristine, shape, rows, problems,
-                                                            2 if c == "python-2" else 1)
+                    got[c], cpu, pg_cpu, busy = load_plain_python(pristine, shape, rows, problems,
+                                                                  2 if c == "python-2" else 1)
                     if c == "python":
                         python_cpu.append(cpu / got[c])
-                        machine_busy.append((cpu + pg_cpu) / (got[c] * (os.cpu_count() or 1)))
+                        load_share.append((cpu + pg_cpu) / (got[c] * CORES))
+                        machine_busy.append(busy)
                 else:
                     got[c] = load_pgloader(tmp, pristine, shape, rows, problems)
                 times[c].append(got[c])
@@ -292,7 +296,7 @@ async def load_shape(shape: Shape, rows: int, rounds: int, have_pgloader: bool, 
             print(f"  round {r + 1}: " + ", ".join(f"{c} {got[c]:.2f} s" for c in contenders)
                   + f"; process starts: init {start_init:.2f} s, run {start_run:.2f} s", flush=True)
     return {"times": times, "details": details, "ratios": ratios, "contenders": contenders,
-            "python_cpu": python_cpu, "machine_busy": machine_busy}
+            "python_cpu": python_cpu, "load_share": load_share, "machine_busy": machine_busy}
 
 
 async def run(args) -> list[Figure]:
@@ -331,13 +335,12 @@ async def run(args) -> list[Figure]:
               f"connections it took {two:.2f}x its time on one"
               + (": the one Python process (one GIL), not Postgres, bounds a load on this stack"
                  if share >= 0.8 and two >= 0.9 else ""))
-        busy = [b for b in res["machine_busy"] if not math.isnan(b)]
-        if busy:
-            print(f"  that process and its Postgres backend together kept {median(busy):.0%} of this machine's "
-                  f"{os.cpu_count()} cores busy: no split of the load across processes or connections could make it "
-                  f"more than {1 / median(busy):.2f}x faster here")
-        else:
-            print("  the Postgres backend's CPU time could not be read (a server on another machine)")
+        own = [b for b in res["load_share"] if not math.isnan(b)]
+        busy = median(res["machine_busy"])
+        print("  that process and its Postgres backend together used "
+              + (f"{median(own):.0%}" if own else "an unknown share (the backend's processes are not on this machine)")
+              + f" of the {CORES} cores; the whole machine was {busy:.0%} busy meanwhile: no split of the load across "
+              f"processes or connections could make it more than {1 / max(busy, 1e-6):.2f}x faster here")
         ratios = res["ratios"]
         print(f"  syncd / \\copy: {median(ratios['copy']):.2f}x")
         if have_pgloader:

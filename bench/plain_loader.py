@@ -12,8 +12,9 @@ Prints the seconds from the first read to the last commit of the statements give
 adds syncd's own), the CPU seconds this process used meanwhile (all its threads): near
 the wall time, the one Python process is what bounds the load; and the CPU seconds the
 Postgres backends serving it used ("nan" when the server's processes cannot be read
-here, a server on another machine). Both together, over the machine's cores, are the
-least time any load doing this work can take on this machine.
+here, a server on another machine); and the share of the whole machine's CPU (every
+core, every process: Postgres's parallel index builds and WAL writer too) that was busy
+meanwhile: near 100%, no split of the load could make it much faster on this machine.
 
 With --connections N, chunks are dealt to N Postgres connections in turn: N COPYs run
 at once, each chunk's transaction commits only after the one before it (as a resumable
@@ -29,8 +30,13 @@ import sqlite3
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import busy_share, machine_cpu  # noqa: E402
 
 CHUNK_ROWS = 50_000  # syncd's [stream] snapshot_chunk_rows default
 
@@ -54,7 +60,7 @@ def backend_cpu(pids: list[int]) -> float:
 
 
 async def load(path: str, table: str, dsn: str, ddl: str, after: list[str],
-               connections: int = 1) -> tuple[float, float, float]:
+               connections: int = 1) -> tuple[float, float, float, float]:
     src = sqlite3.connect(path, check_same_thread=False)
     columns = [r[1] for r in src.execute(f'PRAGMA table_info("{table}")')]
     key = columns[0]
@@ -65,7 +71,7 @@ async def load(path: str, table: str, dsn: str, ddl: str, after: list[str],
     await pg.execute(ddl)
     backends = [await conn.fetchval("SELECT pg_backend_pid()") for conn in pgs]
     loop = asyncio.get_running_loop()
-    started, cpu, pg_cpu = time.perf_counter(), time.process_time(), backend_cpu(backends)
+    started, cpu, pg_cpu, machine = time.perf_counter(), time.process_time(), backend_cpu(backends), machine_cpu()
 
     async def copy(conn: asyncpg.Connection, rows: list[tuple], before: asyncio.Future | None) -> None:
         async with conn.transaction():
@@ -100,9 +106,10 @@ async def load(path: str, table: str, dsn: str, ddl: str, after: list[str],
     for sql in after:
         await pg.execute(sql)
     elapsed, cpu, pg_cpu = time.perf_counter() - started, time.process_time() - cpu, backend_cpu(backends) - pg_cpu
+    busy = busy_share(machine, machine_cpu())
     for conn in pgs:
         await conn.close()
-    return elapsed, cpu, pg_cpu
+    return elapsed, cpu, pg_cpu, busy
 
 
 def main() -> None:
@@ -110,8 +117,8 @@ def main() -> None:
     rest = sys.argv[5:]
     after = [rest[i + 1] for i in range(0, len(rest) - 1, 2) if rest[i] == "--after"]
     connections = next((int(rest[i + 1]) for i in range(0, len(rest) - 1, 2) if rest[i] == "--connections"), 1)
-    elapsed, cpu, pg_cpu = asyncio.run(load(path, table, dsn, ddl, after, connections))
-    print(f"{elapsed:.4f} {cpu:.4f} {pg_cpu:.4f}")
+    elapsed, cpu, pg_cpu, busy = asyncio.run(load(path, table, dsn, ddl, after, connections))
+    print(f"{elapsed:.4f} {cpu:.4f} {pg_cpu:.4f} {busy:.4f}")
 
 
 if __name__ == "__main__":
