@@ -66,6 +66,11 @@ class Case:
     changed_rows_sql: str  # SELECT of the changed rows' current values, for the \copy anchor
     target: str | None = RATIO_TARGET
     key: tuple[str, ...] = ("id",)  # the Postgres key, for the merge anchor
+    # Every row of the table, for the merge anchor's table: Postgres merges into a table
+    # of the whole table's size, as syncd does. A case that INSERTs has its changed rows
+    # taken out of it again, so they arrive as new rows.
+    all_rows_sql: str = ""
+    inserts: bool = False
 
 
 def fill_metrics(conn: sqlite3.Connection, n: int) -> None:
@@ -131,22 +136,24 @@ def cases(quick: bool) -> list[Case]:
              "CREATE TABLE system_metrics (host text, ts double precision, cpu double precision, mem_mb bigint, "
              "disk_pct double precision, PRIMARY KEY (host, ts))",
              m, fill_metrics, lambda c, r: c.execute("UPDATE system_metrics SET cpu = cpu + 1").rowcount,
-             "SELECT * FROM system_metrics", key=("host", "ts")),
+             "SELECT * FROM system_metrics", key=("host", "ts"), all_rows_sql="SELECT * FROM system_metrics"),
         Case(f"integer key, {big // 1000}k-row table: UPDATE of {upd // 1000}k rows", "ledger",
              "CREATE TABLE ledger (id INTEGER PRIMARY KEY, kind TEXT, amount REAL, note TEXT, at TEXT)",
              "CREATE TABLE ledger (id bigint PRIMARY KEY, kind text, amount double precision, note text, at text)",
              big, fill_ledger,
              lambda c, r: c.execute(f"UPDATE ledger SET amount = amount + 1 WHERE id % {big // upd} = 0").rowcount,
-             f"SELECT * FROM ledger WHERE id % {big // upd} = 0", RATIO_TARGET),
+             f"SELECT * FROM ledger WHERE id % {big // upd} = 0", RATIO_TARGET, all_rows_sql="SELECT * FROM ledger"),
         Case(f"keyless log: INSERT of {log_n // 1000}k rows", "metrics_log",
              "CREATE TABLE metrics_log (host TEXT, metric TEXT, value REAL, logged_at TEXT)",
              "CREATE TABLE metrics_log (_syncd_rowid bigint PRIMARY KEY, host text, metric text, "
              "value double precision, logged_at text)",
              0, lambda c, n: None, lambda c, r: log_insert(c, r, log_n),
-             f"SELECT rowid, * FROM metrics_log ORDER BY rowid DESC LIMIT {log_n}", None, key=("_syncd_rowid",)),
+             f"SELECT rowid, * FROM metrics_log ORDER BY rowid DESC LIMIT {log_n}", None, key=("_syncd_rowid",),
+             all_rows_sql="SELECT rowid, * FROM metrics_log", inserts=True),
         Case(f"wide rows ({WIDE_COLS + 1} columns): UPDATE of {wide_n // 1000}k rows", "wide",
              wide_ddl(False), wide_ddl(True), wide_n, fill_wide,
-             lambda c, r: c.execute("UPDATE wide SET c1 = c1 + 1").rowcount, "SELECT * FROM wide", None),
+             lambda c, r: c.execute("UPDATE wide SET c1 = c1 + 1").rowcount, "SELECT * FROM wide", None,
+             all_rows_sql="SELECT * FROM wide"),
     ]
 
 
@@ -170,13 +177,20 @@ def copy_anchor(case: Case, csv_path: Path) -> float:
         return time.perf_counter() - t
 
 
-def merge_anchor(case: Case, csv_path: Path, tmp: Path) -> float:
+def merge_anchor(case: Case, csv_path: Path, all_path: Path, tmp: Path) -> float:
     """Postgres alone applying the same rows the way syncd does (COPY into a temporary
-    stage, then INSERT ... ON CONFLICT DO UPDATE into the table holding their old
-    versions), by psql from the CSV: the floor of any apply through a stage."""
+    stage, then INSERT ... ON CONFLICT DO UPDATE into a table of every row of the
+    SQLite table, the changed ones in it already unless the case inserts them), by psql
+    from the CSV: the floor of any apply through a stage, on the table's real size."""
     with pg_database("merge") as dsn:
         psql(dsn, case.pg_ddl)
-        psql(dsn, f"\\copy {case.table} FROM '{csv_path}' WITH (FORMAT csv)")
+        psql(dsn, f"\\copy {case.table} FROM '{all_path}' WITH (FORMAT csv)")
+        keys = ", ".join(case.key)
+        if case.inserts:
+            psql(dsn, f"CREATE TABLE changed (LIKE {case.table})")
+            psql(dsn, f"\\copy changed FROM '{csv_path}' WITH (FORMAT csv)")
+            psql(dsn, f"DELETE FROM {case.table} WHERE ({keys}) IN (SELECT {keys} FROM changed)")
+            psql(dsn, "DROP TABLE changed")
         psql(dsn, f"VACUUM ANALYZE {case.table}")
         cols = [line.split()[0] for line in case.pg_ddl.split("(", 1)[1].rsplit(")", 1)[0].split(", ")
                 if not line.startswith("PRIMARY KEY") and line.split()[0].isidentifier()]
@@ -274,8 +288,12 @@ async def run_case(case: Case, rounds: int, tmp: Path, problems: list[str]) -> d
                         csv_path = tmp / f"{case.table}.csv"
                         if not csv_path.exists():
                             export_csv(db, case.changed_rows_sql, csv_path)
-                        took[who] = copy_anchor(case, csv_path) if who == "copy" else \
-                            merge_anchor(case, csv_path, tmp)
+                        if who == "copy":
+                            took[who] = copy_anchor(case, csv_path)
+                        else:
+                            all_path = tmp / f"{case.table}.all.csv"
+                            export_csv(db, case.all_rows_sql, all_path)
+                            took[who] = merge_anchor(case, csv_path, all_path, tmp)
                 n = got["rows"][-1]
                 got["syncd"].append(n / took["syncd"])
                 got["copy"].append(n / took["copy"])
@@ -390,8 +408,10 @@ async def run(args) -> list[Figure]:
                  "Postgres alone: stage + merge (/ \\copy)", "daemon CPU s per wall s", "machine busy",
                  "daemon peak RSS"], rows)
     print("  Postgres alone: psql COPYing the same rows into a temporary stage and merging them with INSERT ...\n"
-          "  ON CONFLICT DO UPDATE into the table holding their old versions, as syncd applies them: the floor\n"
-          "  of the Postgres side, with no SQLite read and no Python.\n"
+          "  ON CONFLICT DO UPDATE into a table holding every row of the SQLite table (the keyless log's new\n"
+          "  rows left out, so they arrive as inserts), as syncd applies them: the floor of the Postgres side\n"
+          "  on the table's real size, with no SQLite read and no Python. A ratio at that floor is where any\n"
+          "  apply through a stage and a merge must stop.\n"
           "  Daemon CPU per wall second and machine busy (both cores), from COMMIT to visible: a daemon near\n"
           "  1.0 on a machine near 100% busy is bound by its own Python work (one core, the GIL) beside\n"
           "  Postgres on the other core; only less CPU per change moves that figure.")
