@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import sqlite3
 import urllib.request
 from urllib.parse import quote, quote_plus
@@ -23,6 +22,7 @@ from syncd import redact
 from syncd.redact import dsn_passwords, redact_dsn, register_secret, scrub
 from tests.conftest import write_config
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.ports import free_port
 
 HOSTILE = ["k1 X9qa", "k2@Y8rb@Z7sc", "k3:W6td", "k4/V5ue", "k5%2FU4vf%", "k6'T3wg\"", "k7üñï€Hhq", "k8\nS2xi"]
 
@@ -87,12 +87,6 @@ def test_registered_secrets_are_scrubbed_in_every_spelling():
 
 
 # --- everything syncd prints ---------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _source_files(tmp_path, n: int) -> list:

@@ -26,13 +26,8 @@ from syncd.endpoint import Access, Endpoint, fetch_status
 from tests.conftest import write_config
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.ports import free_port
 from tests.support.sync import wait_caught_up
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str = "/status", headers: dict | None = None, host: str = "127.0.0.1",
@@ -128,7 +123,7 @@ async def test_the_daemon_warns_beyond_loopback_and_survives_idle_connections(tm
     conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
     conn.execute("INSERT INTO items VALUES (1, 'a')")
     conn.commit()
-    port = _free_port()
+    port = free_port()
     token = "Tk-9f8e7d6c5b4a"
     cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}],
                        metrics_listen=f"0.0.0.0:{port}")
