@@ -59,6 +59,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PORT_TRIES = 3  # ports a private cluster tries on its first start
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def with_database(dsn: str, database: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
@@ -85,6 +97,7 @@ class Cluster:
     port: int
     owner: str | None  # OS user to run as (when we are root)
     logfile: Path
+    started_once: bool = False
 
     @property
     def base(self) -> Path:
@@ -130,14 +143,25 @@ class Cluster:
         return c
 
     def start(self, timeout: float = 30) -> None:
-        # A session of its own: a Ctrl-C meant for the caller must not stop the server
-        # under it while it shuts down.
-        r = subprocess.run(self._cmd(find_bin("pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-w",
-                                     "-t", str(int(timeout)), "start"),
-                           capture_output=True, text=True, start_new_session=True)
-        if r.returncode != 0:
-            raise ServerError(f"the private PostgreSQL cluster in {self.datadir} did not start "
-                              f"(see {self.logfile})")
+        for _ in range(PORT_TRIES):
+            # A session of its own: a Ctrl-C meant for the caller must not stop the server
+            # under it while it shuts down.
+            r = subprocess.run(self._cmd(find_bin("pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-w",
+                                         "-t", str(int(timeout)), "start"),
+                               capture_output=True, text=True, start_new_session=True)
+            if r.returncode == 0:
+                self.started_once = True
+                return
+            if self.started_once or not _port_taken(self.port):
+                break
+            # The port was free when the cluster was made, and something took it before its
+            # first start (initdb takes seconds): any program, or the local end of any
+            # outgoing connection. Nothing connects to a cluster never started: another port.
+            self.port = free_port()
+            with open(self.datadir / "postgresql.conf", "a") as f:
+                f.write(f"port = {self.port}\n")  # the last setting of a name is the one used
+        raise ServerError(f"the private PostgreSQL cluster in {self.datadir} did not start "
+                          f"(see {self.logfile})")
 
     def stop(self, mode: str = "fast") -> None:
         subprocess.run(self._cmd(find_bin("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"),
