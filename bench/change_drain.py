@@ -67,10 +67,10 @@ class Case:
     changed_rows_sql: str  # SELECT of the changed rows' current values, for the \copy anchor
     target: str | None = RATIO_TARGET
     key: tuple[str, ...] = ("id",)  # the Postgres key, for the merge anchor
-    # Every row of the table, for the merge anchor's table: Postgres merges into a table
-    # of the whole table's size, as syncd does. A case that INSERTs has its changed rows
-    # taken out of it again, so they arrive as new rows.
-    all_rows_sql: str = ""
+    # The rows the merge anchor's table holds before the merge: every row of the table
+    # (Postgres merges into a table of the whole table's size, as syncd does), less a
+    # case's new rows when it INSERTs (it is timed after syncd's leg of the round).
+    base_rows_sql: str = ""
     inserts: bool = False
 
 
@@ -137,13 +137,13 @@ def cases(quick: bool) -> list[Case]:
              "CREATE TABLE system_metrics (host text, ts double precision, cpu double precision, mem_mb bigint, "
              "disk_pct double precision, PRIMARY KEY (host, ts))",
              m, fill_metrics, lambda c, r: c.execute("UPDATE system_metrics SET cpu = cpu + 1").rowcount,
-             "SELECT * FROM system_metrics", key=("host", "ts"), all_rows_sql="SELECT * FROM system_metrics"),
+             "SELECT * FROM system_metrics", key=("host", "ts"), base_rows_sql="SELECT * FROM system_metrics"),
         Case(f"integer key, {big // 1000}k-row table: UPDATE of {upd // 1000}k rows", "ledger",
              "CREATE TABLE ledger (id INTEGER PRIMARY KEY, kind TEXT, amount REAL, note TEXT, at TEXT)",
              "CREATE TABLE ledger (id bigint PRIMARY KEY, kind text, amount double precision, note text, at text)",
              big, fill_ledger,
              lambda c, r: c.execute(f"UPDATE ledger SET amount = amount + 1 WHERE id % {big // upd} = 0").rowcount,
-             f"SELECT * FROM ledger WHERE id % {big // upd} = 0", RATIO_TARGET, all_rows_sql="SELECT * FROM ledger"),
+             f"SELECT * FROM ledger WHERE id % {big // upd} = 0", RATIO_TARGET, base_rows_sql="SELECT * FROM ledger"),
         Case(f"keyless log: INSERT of {log_n // 1000}k rows", "metrics_log",
              "CREATE TABLE metrics_log (host TEXT, metric TEXT, value REAL, logged_at TEXT)",
              "CREATE TABLE metrics_log (_syncd_rowid bigint PRIMARY KEY, host text, metric text, "
@@ -151,11 +151,12 @@ def cases(quick: bool) -> list[Case]:
              0, lambda c, n: None, lambda c, r: log_insert(c, r, log_n),
              f"SELECT rowid, * FROM metrics_log WHERE rowid > (SELECT max(rowid) FROM metrics_log) - {log_n} "
              "ORDER BY rowid", None, key=("_syncd_rowid",),
-             all_rows_sql="SELECT rowid, * FROM metrics_log", inserts=True),
+             base_rows_sql=f"SELECT rowid, * FROM metrics_log WHERE rowid <= (SELECT max(rowid) FROM metrics_log) "
+                           f"- {log_n}", inserts=True),
         Case(f"wide rows ({WIDE_COLS + 1} columns): UPDATE of {wide_n // 1000}k rows", "wide",
              wide_ddl(False), wide_ddl(True), wide_n, fill_wide,
              lambda c, r: c.execute("UPDATE wide SET c1 = c1 + 1").rowcount, "SELECT * FROM wide", None,
-             all_rows_sql="SELECT * FROM wide"),
+             base_rows_sql="SELECT * FROM wide"),
     ]
 
 
@@ -177,7 +178,7 @@ def copy_anchor(case: Case, csv_path: Path) -> float:
         return psql_timed(dsn, f"\\copy {case.table} FROM '{csv_path}' WITH (FORMAT csv)\n")
 
 
-def merge_anchor(case: Case, csv_path: Path, all_path: Path) -> float:
+def merge_anchor(case: Case, csv_path: Path, base_path: Path) -> float:
     """Postgres alone applying the same rows the way syncd does (COPY into a temporary
     stage, then INSERT ... ON CONFLICT DO UPDATE into a table of every row of the
     SQLite table, the changed ones in it already unless the case inserts them), by psql
@@ -185,13 +186,7 @@ def merge_anchor(case: Case, csv_path: Path, all_path: Path) -> float:
     real size, with no SQLite read and no Python (text COPY, where syncd sends binary)."""
     with pg_database("merge") as dsn:
         psql(dsn, case.pg_ddl)
-        psql(dsn, f"\\copy {case.table} FROM '{all_path}' WITH (FORMAT csv)")
-        keys = ", ".join(case.key)
-        if case.inserts:
-            psql(dsn, f"CREATE TABLE changed (LIKE {case.table})")
-            psql(dsn, f"\\copy changed FROM '{csv_path}' WITH (FORMAT csv)")
-            psql(dsn, f"DELETE FROM {case.table} WHERE ({keys}) IN (SELECT {keys} FROM changed)")
-            psql(dsn, "DROP TABLE changed")
+        psql(dsn, f"\\copy {case.table} FROM '{base_path}' WITH (FORMAT csv)")
         psql(dsn, f"VACUUM ANALYZE {case.table}")
         cols = [line.split()[0] for line in case.pg_ddl.split("(", 1)[1].rsplit(")", 1)[0].split(", ")
                 if not line.startswith("PRIMARY KEY") and line.split()[0].isidentifier()]
@@ -287,10 +282,10 @@ async def run_case(case: Case, rounds: int, tmp: Path, problems: list[str]) -> d
                         if who == "copy":
                             took[who] = copy_anchor(case, csv_path)
                         else:
-                            all_path = tmp / f"{case.table}.all.csv"
-                            if case.inserts or not all_path.exists():  # an UPDATE keeps the table's size
-                                export_csv(db, case.all_rows_sql, all_path)
-                            took[who] = merge_anchor(case, csv_path, all_path)
+                            base_path = tmp / f"{case.table}.base.csv"
+                            if case.inserts or not base_path.exists():  # an UPDATE keeps the table's size
+                                export_csv(db, case.base_rows_sql, base_path)
+                            took[who] = merge_anchor(case, csv_path, base_path)
                 n = got["rows"][-1]
                 got["syncd"].append(n / took["syncd"])
                 got["copy"].append(n / took["copy"])

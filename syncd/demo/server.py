@@ -62,7 +62,8 @@ def free_port() -> int:
 PORT_TRIES = 3  # ports a private cluster tries on its first start
 
 
-def _port_taken(port: int) -> bool:
+def port_taken(port: int) -> bool:
+    """Something holds `port` on 127.0.0.1 (a listener, or a connection's local end)."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -152,7 +153,7 @@ class Cluster:
             if r.returncode == 0:
                 self.started_once = True
                 return
-            if self.started_once or not _port_taken(self.port):
+            if self.started_once or not port_taken(self.port):
                 break
             # The port was free when the cluster was made, and something took it before its
             # first start (initdb takes seconds): any program, or the local end of any

@@ -11,7 +11,8 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import socket
+
+from syncd.demo.server import port_taken
 
 BLOCK = 1500  # ports per worker
 
@@ -46,7 +47,7 @@ _PORTS = _block()
 # Each test process starts at its own place in its block: two sessions on one machine
 # (a local run beside CI) do not walk the same ports in step.
 _OFFSET = random.SystemRandom().randrange(BLOCK)
-_NEXT = itertools.cycle([*_PORTS[_OFFSET:], *_PORTS[:_OFFSET]])
+_NEXT = itertools.islice(itertools.cycle(_PORTS), _OFFSET, None)
 
 
 def free_port() -> int:
@@ -54,10 +55,6 @@ def free_port() -> int:
     outside the other workers' blocks."""
     for _ in range(BLOCK):
         port = next(_NEXT)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # in use (or in TIME_WAIT): the next one
+        if not port_taken(port):  # in use (or in TIME_WAIT): the next one
             return port
     raise RuntimeError(f"no free port in {_PORTS.start}..{_PORTS.stop - 1}")
