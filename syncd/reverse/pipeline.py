@@ -80,7 +80,7 @@ class ReverseTable:
 
     def source_table(self) -> SourceTable:
         assert self.tid is not None and self.spec is not None
-        return SourceTable(self.tid, self.spec, self.key_types)
+        return SourceTable(self.tid, self.spec, self.key_types, tuple(sh.family for sh in self.shapes))
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -21,6 +22,8 @@ from syncd.identifiers import qualified, quote_pg_ident
 from syncd.model import TableSpec
 from syncd.reverse.capture import OP_INSERT, OP_TRUNCATE, Names
 from syncd.reverse.checkpoint import ReverseCheckpoint
+from syncd.reverse.values import OutOfRange
+from syncd.types import PgType
 
 # Output settings a session reading keys back needs (the capture functions use the same).
 SESSION_SETTINGS = (
@@ -39,6 +42,56 @@ class SourceTable:
     tid: int
     spec: TableSpec
     key_types: tuple[str, ...]  # format_type() of each key column in Postgres
+    families: tuple[PgType | None, ...] = ()  # each column's value family in Postgres (spec order)
+
+    def key_families(self) -> tuple[PgType | None, ...]:
+        return tuple(self.families[i] for i in self.spec.key_indexes) if self.families else ()
+
+
+# asyncpg makes Python dates and datetimes of date and timestamp values, which hold the
+# years 1 to 9999 (and Postgres's infinities, as their min and max); one value outside
+# them (a BC date, the year 10000) would fail the whole statement, every time it is
+# read. Such a value is selected as NULL and its text beside the others, and reaches
+# the applier as values.OutOfRange: its table is held, naming the key and the column.
+_YEARS_1_TO_9999 = {
+    PgType.DATE: "DATE '0001-01-01' AND DATE '9999-12-31'",
+    PgType.TIMESTAMP: "TIMESTAMP '0001-01-01' AND TIMESTAMP '9999-12-31 23:59:59.999999'",
+    PgType.TIMESTAMPTZ: "TIMESTAMPTZ '0001-01-01 00:00+00' AND TIMESTAMPTZ '9999-12-31 23:59:59.999999+00'",
+}
+
+
+@dataclass(frozen=True)
+class Selected:
+    """A select list whose dates and timestamps are guarded (see _YEARS_1_TO_9999)."""
+
+    sql: str
+    guarded: tuple[int, ...]  # positions in the list whose text, if out of range, follows it
+
+    def values(self, r: Sequence) -> tuple:
+        """The list's values out of a record slice starting at its first expression."""
+        if not self.guarded:
+            return tuple(r)
+        n = len(r) - len(self.guarded)
+        out = list(r[:n])
+        for pos, text in zip(self.guarded, r[n:]):
+            if text is not None:
+                out[pos] = OutOfRange(text)
+        return tuple(out)
+
+
+def select_list(exprs: Sequence[str], families: Sequence[PgType | None]) -> Selected:
+    """`exprs` (Postgres values of `families`; none known: nothing guarded)."""
+    cols, texts, guarded = [], [], []
+    for i, (e, fam) in enumerate(zip(exprs, families or [None] * len(exprs))):
+        years = _YEARS_1_TO_9999.get(fam) if fam is not None else None
+        if years is None:
+            cols.append(e)
+            continue
+        fits = f"(NOT isfinite({e}) OR {e} BETWEEN {years})"
+        cols.append(f"CASE WHEN {fits} THEN {e} END")
+        texts.append(f"CASE WHEN NOT {fits} THEN ({e})::text END")
+        guarded.append(i)
+    return Selected(", ".join(cols + texts), tuple(guarded))
 
 
 @dataclass
@@ -71,21 +124,22 @@ class ReverseBatch:
         return self.entries == 0
 
 
-def _rows_sql(schema: str, st: SourceTable) -> str:
+def _rows_sql(schema: str, st: SourceTable) -> tuple[str, Selected]:
     spec = st.spec
     nkey = len(spec.key)
     cols = ", ".join(f"k{i}" for i in range(nkey))
     arrays = ", ".join(f"${i + 1}::text[]" for i in range(nkey))
-    typed = ", ".join(f"c.k{i}::{t}" for i, t in enumerate(st.key_types))
+    typed = [f"c.k{i}::{t}" for i, t in enumerate(st.key_types)]
     on = " AND ".join(f"t.{quote_pg_ident(k)} = c.k{i}::{st.key_types[i]}" for i, k in enumerate(spec.key))
     # A non-deterministic collation (or citext) can match a row whose key is spelled
     # otherwise: that key is gone; the row found has an entry of its own. The spelling is
     # compared byte for byte: a column's collation (a cutover's NOCASE) survives ::text.
     exact = " AND ".join(f'(t.{quote_pg_ident(k)}::text COLLATE "C") = c.k{i}' for i, k in enumerate(spec.key))
-    values = ", ".join(f"t.{quote_pg_ident(c)}" for c in spec.column_names)
-    return (f"SELECT c.ord, coalesce({exact}, false), {typed}, {values} "
+    values = [f"t.{quote_pg_ident(c)}" for c in spec.column_names]
+    sel = select_list(typed + values, st.key_families() + st.families if st.families else ())
+    return (f"SELECT c.ord, coalesce({exact}, false), {sel.sql} "
             f"FROM unnest({arrays}) WITH ORDINALITY AS c({cols}, ord) "
-            f"LEFT JOIN {qualified(schema, spec.name)} AS t ON {on} ORDER BY c.ord")
+            f"LEFT JOIN {qualified(schema, spec.name)} AS t ON {on} ORDER BY c.ord"), sel
 
 
 async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables: dict[int, SourceTable],
@@ -136,13 +190,15 @@ async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables
             ordered = list(wanted.items())
             columns = [list(col) for col in zip(*(k for k, _ in ordered))]
             nkey = len(st.spec.key)
-            for r in await conn.fetch(_rows_sql(schema, st), *columns):
+            sql, sel = _rows_sql(schema, st)
+            for r in await conn.fetch(sql, *columns):
                 first_op = ordered[r[0] - 1][1]
+                got = sel.values(r[2:])
                 if r[1]:
-                    tb.rows.append(tuple(r[2 + nkey:]))
+                    tb.rows.append(got[nkey:])
                     tb.ops["insert" if first_op == OP_INSERT else "update"] += 1
                 else:
-                    tb.deletes.append(tuple(r[2:2 + nkey]))
+                    tb.deletes.append(got[:nkey])
                     tb.ops["delete"] += 1
         return batch
 
@@ -179,14 +235,14 @@ async def read_keys(conn: asyncpg.Connection, schema: str, st: SourceTable,
     arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(st.key_types))
     cols = ", ".join(f"k{i}" for i in range(len(spec.key)))
     on = " AND ".join(f"t.{quote_pg_ident(k)} = c.k{i}" for i, k in enumerate(spec.key))
-    values = ", ".join(f"t.{quote_pg_ident(c)}" for c in spec.column_names)
-    sql = (f"SELECT t.ctid IS NOT NULL, {', '.join(f'c.k{i}' for i in range(len(spec.key)))}, {values} "
+    sel = select_list([f"t.{quote_pg_ident(c)}" for c in spec.column_names], st.families)
+    sql = (f"SELECT t.ctid IS NOT NULL, {', '.join(f'c.k{i}' for i in range(len(spec.key)))}, {sel.sql} "
            f"FROM unnest({arrays}) AS c({cols}) LEFT JOIN {qualified(schema, spec.name)} AS t ON {on}")
     rows, missing = [], []
     nkey = len(spec.key)
     for r in await conn.fetch(sql, *[list(col) for col in zip(*keys)]):
         if r[0]:
-            rows.append(tuple(r[1 + nkey:]))
+            rows.append(sel.values(r[1 + nkey:]))
         else:
             missing.append(tuple(r[1:1 + nkey]))
     return rows, missing
@@ -197,11 +253,11 @@ async def read_chunk(conn: asyncpg.Connection, schema: str, st: SourceTable, aft
     """Up to `limit` rows in key order after key `after` (a reload's next chunk)."""
     spec = st.spec
     keys = ", ".join(quote_pg_ident(k) for k in spec.key)
-    values = ", ".join(quote_pg_ident(c) for c in spec.column_names)
+    sel = select_list([quote_pg_ident(c) for c in spec.column_names], st.families)
     if after is None:
-        return [tuple(r) for r in await conn.fetch(
-            f"SELECT {values} FROM {qualified(schema, spec.name)} ORDER BY {keys} LIMIT $1", limit)]
+        return [sel.values(r) for r in await conn.fetch(
+            f"SELECT {sel.sql} FROM {qualified(schema, spec.name)} ORDER BY {keys} LIMIT $1", limit)]
     marks = ", ".join(f"${i + 1}::{t}" for i, t in enumerate(st.key_types))
-    return [tuple(r) for r in await conn.fetch(
-        f"SELECT {values} FROM {qualified(schema, spec.name)} WHERE ({keys}) > ({marks}) ORDER BY {keys} "
+    return [sel.values(r) for r in await conn.fetch(
+        f"SELECT {sel.sql} FROM {qualified(schema, spec.name)} WHERE ({keys}) > ({marks}) ORDER BY {keys} "
         f"LIMIT ${len(spec.key) + 1}", *after, limit)]

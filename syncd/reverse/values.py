@@ -69,6 +69,18 @@ class NotExpressible(ValueError):
 
 
 @dataclass(frozen=True)
+class OutOfRange:
+    """A date or timestamp outside the years 1 to 9999 (a BC date, year 10000 on): Python,
+    so asyncpg and syncd's converters, has no value for it. The reader brings it as
+    Postgres spells it; it has no SQLite spelling syncd reads back."""
+
+    text: str
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
 class ColumnShape:
     """How one column's values go back: the Postgres value family, SQLite's affinity
     for the column, and for instants the spelling SQLite holds them in."""
@@ -190,6 +202,8 @@ def normalize(fam: PgType, value: Any) -> Any:
 
 
 def pg_token(fam: PgType, value: Any) -> str:
+    if isinstance(value, OutOfRange):
+        return f"!{value.text}"  # no SQLite value's token starts with "!"
     return canonical(fam, normalize(fam, value))
 
 
@@ -268,8 +282,11 @@ def _why(shape: ColumnShape, value: Any, out: Any) -> str:
 # --- instants -------------------------------------------------------------------------------
 
 
-def _instant(shape: ColumnShape, value: dt.date) -> Any:
+def _instant(shape: ColumnShape, value: dt.date | OutOfRange) -> Any:
     fam = shape.family
+    if isinstance(value, OutOfRange):
+        raise NotExpressible(f"{fam.value} {value.text} lies outside the years 1 to 9999 that syncd reads back "
+                             "from SQLite")
     if isinstance(value, dt.datetime):
         naive = value.astimezone(_UTC).replace(tzinfo=None) if value.tzinfo else value
         if naive in (dt.datetime.max, dt.datetime.min):
