@@ -260,6 +260,8 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         st.foreign_key_orphans = dict(mine.get("foreign_key_orphans") or {})
         if mine.get("health") not in (None, "starting"):
             st.state = mine["health"]
+    elif st.direction == TO_SQLITE:
+        pass  # the way back measured its lag in Postgres (_way_back): its oldest pending change's age
     elif st.pending_changes is not None:
         if st.pending_changes == 0:
             st.lag_seconds = 0.0

@@ -159,6 +159,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                         direction=(live or {}).get("direction") or TO_POSTGRES)
     bk_schema = settings.postgres.bookkeeping_schema
     rows = {}
+    way_back = None  # after a cutover: reverse.position's measurement
     refused: dict[tuple[str, str | None], str] = {}  # schema parity objects Postgres refused: (name, marker) -> why
     if await bookkeeping_exists(pg, bk_schema):
         bk = Bookkeeping(bk_schema, source.name)
@@ -175,6 +176,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
 
                 wb = await position(settings, source, pg)
                 facts.rollback_until, facts.way_back_ended = wb.rollback_until, wb.retired
+                way_back = wb
         rows = await bk.load_tables(pg)
         for r in await pg.fetch(f"SELECT detail FROM {bk.s}.events WHERE source = $1 AND kind = $2 ORDER BY id",
                                 source.name, parity.FAILED_EVENT):
@@ -228,7 +230,11 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.left_out = [lo for lo in facts.left_out if lo.kind != "view"] + \
                 summary.left_out_entries(facts.parity.items) + facts.parity.missing_entries()
     facts.capture_suspended = side.suspended if side else None
-    facts.lag = _lag(live, facts, side.pending if side else None, now)
+    if way_back is not None and (live is None or live.get("lag_seconds") is None):
+        facts.lag = Lag(way_back.lag_seconds, "computed in Postgres: the age of the oldest change SQLite has not "
+                        "applied yet (no daemon endpoint answered)", way_back.pending)
+    else:
+        facts.lag = _lag(live, facts, side.pending if side else None, now)
     if settings.cutover.backup_glob:
         base = settings.config_path.parent if settings.config_path else Path.cwd()
         facts.backup = find_backups(settings.cutover.backup_glob, source.name, base, now)

@@ -57,6 +57,7 @@ RETENTION_CHECK_SECONDS = 60.0
 LOOKUP_DROP_RETRY_SECONDS = 300.0  # retired: a lookup index not dropped (its table busy) is tried again then
 COLLISION_ROUNDS = 4
 RELOAD_CHUNK_ROWS = 5000
+APPLIED_AT_EVERY = 1.0  # seconds: how often applying writes the source's last apply time into Postgres
 FROZEN_MESSAGE = ("this database was moved to PostgreSQL by syncd; write to PostgreSQL "
                   '(schema "{schema}") instead')
 
@@ -133,6 +134,7 @@ class ReversePipeline:
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()
         self.lag = ReverseLag()
+        self.applied_written = float("-inf")  # when touch_applied last ran (monotonic)
         self.health = STARTING
         self.detail = ""
         self.pg_ok: bool | None = None
@@ -558,6 +560,9 @@ class ReversePipeline:
             return True
         self.checkpoint = batch.after
         elapsed = time.monotonic() - started
+        if not batch.empty and time.monotonic() - self.applied_written >= APPLIED_AT_EVERY:
+            await s.bk.touch_applied(s.pg)  # the source's last apply, as status and the report show it
+            self.applied_written = time.monotonic()
         self.session.applied_at = time.time()
         self.reload.update(plan.reload_add)
         await self._held(outcome)

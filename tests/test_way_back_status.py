@@ -1,0 +1,67 @@
+"""What `syncd status` and `syncd report` say about the way back (Postgres -> SQLite,
+after a cutover) when they have only the database to ask: the last apply is the way
+back's own, and the lag is the age of the oldest change SQLite has not applied,
+measured in Postgres, not the time since the last change that flowed the other way."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sqlite3
+import time
+
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import pg_rows
+from tests.support.way_back import backup_and_config, cut_over, wait_back
+
+
+def make_app(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE deals (id INTEGER PRIMARY KEY, stage TEXT);"
+                       "INSERT INTO deals VALUES (1, 'lead'), (2, 'won');")
+    conn.commit()
+    conn.close()
+
+
+def status(cfg) -> dict:
+    r = run_cli(cfg, "status", "--json")
+    return json.loads(r.stdout)["sources"][0]
+
+
+def report_lag(cfg) -> dict:
+    r = run_cli(cfg, "report", "--format", "json")
+    assert r.returncode in (0, 1, 2), r.stdout + r.stderr
+    return json.loads(r.stdout)["sources"][0]["lag"]
+
+
+async def test_status_and_report_measure_the_way_back(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)  # no metrics listener: status asks the database
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await asyncio.sleep(2.5)  # the cutover's last apply (to Postgres) is now visibly older
+        written = dt.datetime.now(dt.timezone.utc)
+        await pg_rows(pg_dsn, "UPDATE app.deals SET stage = 'proposal' WHERE id = 1")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await asyncio.sleep(1.2)  # the last apply is written at most once a second
+        src = status(cfg)
+        assert src["direction"] == "to_sqlite"
+        assert dt.datetime.fromisoformat(src["last_applied_at"]) >= written - dt.timedelta(seconds=1), src  # shown to the second
+        assert src["pending_changes"] == 0 and src["lag_seconds"] == 0, src
+        assert d.stop() == 0
+
+    # The daemon is away long after the last apply; one change waits, just written.
+    await asyncio.sleep(3)
+    await pg_rows(pg_dsn, "UPDATE app.deals SET stage = 'lost' WHERE id = 2")
+    written = time.monotonic()
+    src = status(cfg)
+    waited = time.monotonic() - written
+    assert src["pending_changes"] == 1, src
+    assert src["lag_seconds"] is not None and src["lag_seconds"] <= waited + 0.5, (src, waited)
+    lag = report_lag(cfg)
+    waited = time.monotonic() - written
+    assert lag["pending_changes"] == 1 and lag["seconds"] <= waited + 0.5, (lag, waited)
+    assert "Postgres" in lag["source"]
