@@ -361,9 +361,12 @@ class Pipeline:
         (each costs ~150 KB; a fleet is mostly idle). Until it is needed again, the
         poll looks at the files' size and times instead, which any commit moves."""
         if (time.monotonic() - self.idle_since < self.settings.sqlite.idle_close_seconds or self.load is not None
-                or self.pruner.task is not None and not self.pruner.task.done()):
+                or self.pruner.busy()):
             return
         s = self.session
+        if self.pruner.owed(s.applied_seq):
+            self.pruner.maybe(s.applied_seq, s.keep_map(), now=True)  # the last entries, before closing
+            return
         await s.worker.close()
         # Taken after closing: the last connection's close checkpoints a WAL file and
         # removes it, which must not look like the application writing.

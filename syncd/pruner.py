@@ -15,8 +15,14 @@ from pathlib import Path
 from syncd.sqlite import capture, reader
 from syncd.sqlite.connection import SqliteWorker
 
-PRUNE_EVERY_SECONDS = 2.0
-PRUNE_MIN_ENTRIES = 1000
+# Each prune is a commit into the application's file, and an application transaction
+# that read before it and writes after it fails at once with SQLITE_BUSY, whatever its
+# busy_timeout (SQLite cannot move a read snapshot forward into a write). So pruning is
+# rare: every 10 s at most, sooner only when 10,000 entries wait (a busy file, whose
+# changelog would otherwise grow by that much).
+PRUNE_EVERY_SECONDS = 10.0
+PRUNE_MIN_ENTRIES = 10_000
+IDLE_PRUNE_SECONDS = 2.0  # an idle source prunes what is left (again after a failed try) at this pace
 
 
 def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], size: int, busy_ms: int) -> int:
@@ -65,7 +71,14 @@ class Pruner:
         self.confirmed: int | None = None
         self.on_done = None  # called when a prune finishes (the pipeline wakes to record its note)
 
-    def maybe(self, applied_seq: int, keep: dict[int, int]) -> None:
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def owed(self, applied_seq: int) -> bool:
+        return applied_seq > self.pruned_upto
+
+    def maybe(self, applied_seq: int, keep: dict[int, int], now: bool = False) -> None:
+        """`now`: whatever the pace (the source has gone idle: nobody writes to collide with)."""
         if self.task is not None:
             if not self.task.done():
                 return
@@ -73,7 +86,7 @@ class Pruner:
                 self.task.exception()  # a failed prune (file busy, file replaced) is simply retried later
             self.task = None
         behind = applied_seq - self.pruned_upto
-        due = time.monotonic() - self.last_start >= PRUNE_EVERY_SECONDS
+        due = time.monotonic() - self.last_start >= (IDLE_PRUNE_SECONDS if now else PRUNE_EVERY_SECONDS)
         if behind <= 0 or not (due or behind >= PRUNE_MIN_ENTRIES):
             return
         self.last_start = time.monotonic()
