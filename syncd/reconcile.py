@@ -422,16 +422,18 @@ async def _reconcile_table(
         session.info(f"column types changed ({what}): reloading the table", table=name, event="table_retyped")
         return _pending(row, None)
     if diff.missing_in_pg:
-        exact = True
+        inexact = []
         for col in diff.missing_in_pg:
             await ddl.run_ddl(conn, ddl.add_column_sql(target, spec, col))
-            if ddl.column_default(col).not_carried is not None:
-                exact = False
+            why = ddl.added_rows_note(col)
+            if why is not None:
+                inexact.append(f'"{col.name}": {why}')
         _log_default_notes(session, spec, diff.missing_in_pg)
         added = ", ".join(c.name for c in diff.missing_in_pg)
         session.info(f"column(s) added in SQLite, added in Postgres too: {added}", table=name, event="column_added")
-        if not exact and row.state not in (bk.PENDING, bk.LOADING):
-            session.info("an added column's default has no exact Postgres form: reloading the table", table=name)
+        if inexact and row.state not in (bk.PENDING, bk.LOADING):
+            session.info("the rows already in the table cannot take an added column's value from its Postgres "
+                         f"default ({'; '.join(inexact)}): reloading the table", table=name, event="table_reloading")
             return _pending(row, None)
         if row.state == bk.LOADING:
             return _pending(row, None)  # chunks already loaded lack the new column

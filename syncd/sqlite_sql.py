@@ -188,9 +188,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_REAL_DIGITS = 15
 
 
-def parse_constant(sql: str) -> Constant:
-    """The single literal `sql` consists of, in any parentheses, with any comments, and
-    with one sign before a number. Raises NotAConstant (or SqlSyntaxError) otherwise."""
+def _literal(sql: str) -> tuple[int, Token]:
+    """(sign, token) of the single literal `sql` consists of (see parse_constant)."""
     tokens = significant(tokenize(sql))
     while len(tokens) >= 2 and tokens[0].text == "(" and tokens[-1].text == ")":
         tokens = tokens[1:-1]
@@ -204,7 +203,13 @@ def parse_constant(sql: str) -> Constant:
         tokens = tokens[1:]
     if len(tokens) != 1:
         raise NotAConstant("an expression, not one literal")
-    tok = tokens[0]
+    return sign, tokens[0]
+
+
+def parse_constant(sql: str) -> Constant:
+    """The single literal `sql` consists of, in any parentheses, with any comments, and
+    with one sign before a number. Raises NotAConstant (or SqlSyntaxError) otherwise."""
+    sign, tok = _literal(sql)
     if tok.kind is Kind.STRING:
         return Constant(ConstKind.TEXT, unquote_string(tok.text))
     if tok.kind is Kind.BLOB:
@@ -315,7 +320,38 @@ def stored_value(const: Constant, column_affinity: Affinity) -> Any:
         if column_affinity is not Affinity.REAL and v.is_integer() and INT64_MIN <= v <= INT64_MAX \
                 and abs(v) < 2**63:
             return int(v)  # NUMERIC and INTEGER store a whole real as an integer
-        return v
+        # REAL stores one as an integer too, and reads it back as a real: -0.0 comes back 0.0
+        return 0.0 if v == 0.0 else v
     if isinstance(v, int) and column_affinity is Affinity.REAL:
         return float(v)
     return v
+
+
+INT32_MAX = 2**31 - 1
+
+
+def added_column_value(sql: str, column_affinity: Affinity) -> Any:
+    """What the rows already in a table read for a column ALTER TABLE ADD COLUMN gave
+    DEFAULT `sql`. SQLite stores nothing in them: every read computes the value from the
+    literal (valueFromExpr, SQLite's vdbemem.c), from its text (a minus sign before it)
+    unless it is an integer of at most 32 bits, with the column's affinity applied
+    (NUMERIC for a number in a column without one). A row inserted since stores what
+    the literal evaluates to (stored_value), which can differ: 0x80000000 stays text
+    '0x80000000' in the old rows and is 2147483648 in the new; 1e2 in a column without
+    a type is 100 in the old and 100.0 in the new. Raises NotAConstant as parse_constant."""
+    const = parse_constant(sql)
+    if const.kind not in (ConstKind.INTEGER, ConstKind.REAL):
+        return stored_value(const, column_affinity)
+    sign, tok = _literal(sql)
+    text = tok.text.replace("_", "")
+    if text.upper() in ("TRUE", "FALSE"):
+        # 1 or 0 without the affinity applied (a TEXT column reads the integer), but a REAL
+        # column's integers are read as reals
+        return float(const.value) if column_affinity is Affinity.REAL else const.value
+    is_int = re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]+", text) is not None
+    if is_int and int(text, 16 if text[:2].lower() == "0x" else 10) <= INT32_MAX:
+        return stored_value(const, column_affinity)  # an integer the parser kept as one
+    spelled = Constant(ConstKind.TEXT, ("-" if sign < 0 else "") + text)
+    if _WELL_FORMED_REAL.fullmatch(spelled.value) is None:  # hexadecimal: not a number as text
+        return spelled.value
+    return stored_value(spelled, Affinity.NUMERIC if column_affinity is Affinity.BLOB else column_affinity)

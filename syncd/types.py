@@ -633,6 +633,28 @@ def pg_default(default_sql: str | None, pgtype: PgType, declared: str | None = N
     return PgDefault(pg_literal(value, pgtype))
 
 
+def added_rows_differ(default_sql: str | None, pgtype: PgType, declared: str | None = None) -> str | None:
+    """For a column ALTER TABLE ADD COLUMN gave DEFAULT `default_sql`: why the rows
+    already in the table hold another value in Postgres, filled by pg_default's DEFAULT,
+    than SQLite reads for them (sqlite_sql.added_column_value), or None when they agree."""
+    q = sqlite_sql
+    carried = pg_default(default_sql, pgtype, declared)
+    if carried.sql is None:
+        return carried.not_carried  # None: both NULL
+    col_affinity = q.affinity(declared) if declared is not None else _AFFINITY_OF.get(pgtype, q.Affinity.BLOB)
+    assert default_sql is not None
+    old = new = None
+    try:
+        old = q.added_column_value(default_sql, col_affinity)
+        new = q.stored_value(q.parse_constant(default_sql), col_affinity)
+        if canonical(pgtype, converter(pgtype)(old)) == canonical(pgtype, converter(pgtype)(new)):
+            return None
+    except (q.NotAConstant, ValueMismatch):
+        pass
+    return (f"SQLite reads {old!r} in the rows the column was added to and stores {new!r} in rows inserted "
+            "since; Postgres's DEFAULT gives every row the latter")
+
+
 # The affinity a column of each type has when its declared type is not known.
 _AFFINITY_OF = {
     PgType.BIGINT: sqlite_sql.Affinity.INTEGER, PgType.DOUBLE: sqlite_sql.Affinity.REAL,

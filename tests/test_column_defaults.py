@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncd.identifiers import pg_string_literal, quote_literal
-from syncd.sqlite_sql import (Constant, ConstKind, NotAConstant, SqlSyntaxError, affinity,
+from syncd.sqlite_sql import (Constant, ConstKind, NotAConstant, SqlSyntaxError, added_column_value, affinity,
                               parse_constant, significant, stored_value, tokenize)
 from syncd.types import PgType, converter, pg_default
 from tests.conftest import write_config
@@ -99,6 +99,35 @@ def test_stored_value_is_what_sqlite_stores(text, declared):
     except NotAConstant:
         return  # syncd declines to guess; the default is then not carried
     assert type(mine) is type(stored) and mine == stored
+
+
+ADDED_DEFAULTS = ["0x7fffffffffffffff", "0xffffffffffffffff", "0x7fffffff", "0x80000000", "-0x10", "0x10", "1.50",
+                  "1e2", "2.5e-3", "007", "+5", "-5", "-0", "-0.0", "0.0", "1.0", "3000000000", "2147483647",
+                  "2147483648", "-2147483648", "9223372036854775807", "-9223372036854775808", "'abc'", "' 5'",
+                  "'1e2'", "X'00'", "TRUE", "FALSE", "NULL", "(-(1))", "1e400"]
+
+
+@pytest.mark.parametrize("declared", ["TEXT", "REAL", "FLOAT", "INTEGER", "NUMERIC", "BOOLEAN", "DATETIME", ""])
+def test_rows_a_column_was_added_to_read_what_sqlite_reads(declared):
+    """ALTER TABLE ADD COLUMN: SQLite computes the old rows' value from the literal's
+    text, which is not always what a row inserted since stores; both against SQLite."""
+    conn = sqlite3.connect(":memory:")
+    checked = 0
+    for default in ADDED_DEFAULTS:
+        conn.execute("DROP TABLE IF EXISTS t")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.execute(f"ALTER TABLE t ADD COLUMN v {declared} DEFAULT {default}")
+        conn.execute("INSERT INTO t (id) VALUES (2)")
+        old, new = [r[0] for r in conn.execute("SELECT v FROM t ORDER BY id")]
+        for got, model in ((old, added_column_value), (new, lambda d, a: stored_value(parse_constant(d), a))):
+            try:
+                mine = model(default, affinity(declared))
+            except NotAConstant:
+                continue  # syncd declines to guess; the default is then not carried
+            assert (type(mine), repr(mine)) == (type(got), repr(got)), (default, declared)
+            checked += 1
+    assert checked >= len(ADDED_DEFAULTS)
 
 
 @pytest.mark.parametrize("value", ["plain", "it's", "back\\slash", "new\nline", "tab\t", "\u2028 sep",

@@ -48,6 +48,31 @@ async def test_add_column_and_new_table_are_followed(tmp_path, make_config, pg_d
     assert [r[0] for r in rows] == ["won", "lead", "lead"]
 
 
+async def test_added_columns_give_old_rows_what_sqlite_reads(tmp_path, make_config, pg_dsn):
+    """Rows a column was added to read a value SQLite computes from the default's text,
+    which for some literals is not what rows inserted since store: then Postgres's
+    DEFAULT cannot fill them, and the table is copied again instead."""
+    db = tmp_path / "app.db"
+    conn = app(db)
+    cfg = make_config([{"name": "crm", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        conn.execute("ALTER TABLE deals ADD COLUMN code TEXT DEFAULT 0x7fffffffffffffff")  # old rows: its text
+        conn.execute("ALTER TABLE contacts ADD COLUMN score REAL DEFAULT -0.0")  # every row: 0.0
+        conn.execute("ALTER TABLE contacts ADD COLUMN tier INTEGER DEFAULT 3")
+        conn.execute("INSERT INTO deals (id, title) VALUES (1000, 'after the change')")
+        conn.execute("INSERT INTO contacts (id, name) VALUES (1000, 'after the change')")
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        assert d.stop() == 0
+        assert 'reloading the table' in d.log() and "'0x7fffffffffffffff'" in d.log()
+    for t in ("deals", "contacts"):
+        assert await compare_table(str(db), pg_dsn, "crm", t) == [], t
+    rows = await pg_rows(pg_dsn, "SELECT code FROM crm.deals WHERE id IN (1, 1000) ORDER BY id")
+    assert [r[0] for r in rows] == ["0x7fffffffffffffff", "9223372036854775807"]
+    rows = await pg_rows(pg_dsn, "SELECT float8send(score), tier FROM crm.contacts WHERE id IN (1, 1000) ORDER BY id")
+    assert [(bytes(r[0]).hex(), r[1]) for r in rows] == [("0000000000000000", 3)] * 2  # +0.0, never -0
+
+
 async def test_a_change_syncd_cannot_read_pauses_until_resync(tmp_path, make_config, pg_dsn):
     """A rebuild that reorders the columns could be renames or drops and adds: syncd
     cannot tell, so the table pauses (its changes stay queued, other tables go on)

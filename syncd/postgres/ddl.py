@@ -10,7 +10,7 @@ import asyncpg
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_literal, quote_pg_ident
 from syncd.model import Column, TableSpec
 from syncd.printable import escape_controls, shorten
-from syncd.types import PgDefault, PgType, pg_default
+from syncd.types import PgDefault, PgType, added_rows_differ, pg_default
 
 # format_type() spellings of the types syncd creates.
 _FORMAT_TYPE = {
@@ -50,6 +50,12 @@ def default_note(col: Column) -> str | None:
     if why is None:
         return None
     return f"default {shorten(col.default_sql or '', 80)} not carried: {why}"
+
+
+def added_rows_note(col: Column) -> str | None:
+    """Why the rows a column was added to (ALTER TABLE ADD COLUMN) hold another value in
+    Postgres than in SQLite once Postgres adds it too, or None when they agree."""
+    return added_rows_differ(col.default_sql, col.pgtype, col.declared)
 
 
 def column_sql(col: Column, in_key: bool, identity: bool = False) -> str:
