@@ -75,6 +75,8 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
                 await w.run(capture.rename_registered, tid, owner, busy)
                 renamed[name] = owner
                 moved = True
+        if _round == 0 and await w.run(capture.note_rebuilt, busy):
+            moved = True  # rebuilt tables are marked for a re-snapshot, as a capture gap is
         if moved:
             state = await w.run(capture.read_state)
         armed = False

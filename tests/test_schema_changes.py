@@ -5,6 +5,7 @@ its capture re-armed and is re-snapshotted."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 from tests.support.compare import compare_table
@@ -132,6 +133,79 @@ async def test_rebuilt_table_is_rearmed_and_resnapshotted(tmp_path, make_config,
     assert await compare_table(str(db), pg_dsn, "crm", "deals") == []
     triggers = {r[0] for r in sqlite3.connect(db).execute("SELECT tbl_name FROM sqlite_master WHERE type='trigger'")}
     assert triggers == {"deals", "contacts"}
+
+
+def rebuild_copying_triggers(conn, *, transform: bool, commit_between: bool = False, between=None) -> None:
+    """The 12-step rebuild by a tool that copies every trigger of the table, syncd's
+    included, from sqlite_master onto the new table."""
+    triggers = [r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' "
+                                           "AND tbl_name = 'deals'")]
+    assert triggers  # syncd's own
+    copy = ("INSERT INTO deals_new SELECT id, upper(title), amount * 2 FROM deals WHERE id % 10 <> 0" if transform
+            else "INSERT INTO deals_new SELECT * FROM deals")
+    conn.execute("BEGIN")
+    conn.execute("CREATE TABLE deals_new (id INTEGER PRIMARY KEY, title TEXT, amount REAL)")
+    conn.execute(copy)
+    conn.execute("DROP TABLE deals")
+    conn.execute("ALTER TABLE deals_new RENAME TO deals")
+    if commit_between:
+        conn.execute("COMMIT")
+        between()
+        conn.execute("BEGIN")
+    for sql in triggers:
+        conn.execute(sql)
+    conn.execute("COMMIT")
+
+
+async def test_a_rebuild_that_copies_syncds_triggers_is_resnapshotted(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = app(db)
+    cfg = make_config([{"name": "crm", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        rebuild_copying_triggers(conn, transform=True)  # 90 rows of 100 kept, every one changed
+        wait_for(lambda: "the table was rebuilt" in d.log(), 30, "the rebuild seen", d)
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "crm", "deals") == []
+    assert (await pg_rows(pg_dsn, "SELECT count(*), min(title) FROM crm.deals"))[0] == (90, "DEAL 1")
+
+    # syncd stopped: the rebuild commits, the application writes to the table while it has
+    # no triggers, then the tool puts the copied triggers back
+    def writes() -> None:
+        conn.execute("UPDATE deals SET title = 'while no trigger' WHERE id = 11")
+        conn.execute("DELETE FROM deals WHERE id = 12")
+        conn.execute("INSERT INTO deals VALUES (5000, 'new while no trigger', 1.0)")
+
+    rebuild_copying_triggers(conn, transform=False, commit_between=True, between=writes)
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        assert "the table was rebuilt" in d.log()
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "crm", "deals") == []
+
+
+async def test_vacuum_reloads_no_keyed_table(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).execute("CREATE TABLE scratch (x)")
+    conn = app(db)
+    conn.execute("DROP TABLE scratch")  # a gap in sqlite_master: VACUUM renumbers the rows after it
+    before = dict(conn.execute("SELECT name, rowid FROM sqlite_master WHERE type = 'table'").fetchall())
+    cfg = make_config([{"name": "crm", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        seen = len(d.log())
+        conn.execute("VACUUM")
+        after = dict(conn.execute("SELECT name, rowid FROM sqlite_master WHERE type = 'table'").fetchall())
+        assert (after["deals"], after["contacts"]) < (before["deals"], before["contacts"])  # renumbered
+        conn.execute("UPDATE deals SET title = 'after vacuum' WHERE id = 3")
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        await asyncio.sleep(1)  # a schema check after the VACUUM has run
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        assert d.stop() == 0
+        since = d.log()[seen:]
+        assert "rebuilt" not in since and "snapshot started" not in since, since
+    assert await compare_table(str(db), pg_dsn, "crm", "deals") == []
 
 
 async def _state_is(dsn, source, table, state) -> bool:

@@ -157,6 +157,8 @@ class CaptureState:
 
 GAP_REASON = ("capture triggers were missing (table rebuilt?): re-armed them and re-snapshotting the table so "
               "changes made in between are not lost")
+REBUILT_REASON = ("the table was rebuilt (a new table took its name, with syncd's capture triggers copied onto it): "
+                  "re-snapshotting the table so changes made in between are not lost")
 ROWIDS_MOVED_REASON = ("the SQLite file's schema changed without syncd (the application's DDL, or a VACUUM, "
                        "which renumbers the rowids this keyless table is keyed by; SQLite cannot tell the two "
                        "apart): reloading the table aside")
@@ -362,6 +364,62 @@ def note_schema(conn: sqlite3.Connection, keyless: list[str], busy_timeout_ms: i
     return write_transaction(conn, note, busy_timeout_ms=busy_timeout_ms)
 
 
+# Which sqlite_master row each registered table is (meta 'table_rowids', a JSON object).
+# A rebuild (CREATE the new table, copy, DROP the old, RENAME the new) gives the table a
+# new, higher row; nothing else does (RENAME, ADD and DROP COLUMN update the row in
+# place; VACUUM renumbers rows downwards, never up). A rebuild whose tool also copies
+# syncd's triggers onto the new table leaves no trigger missing (capture_gap), but the
+# rows it copied or changed, and every change before the triggers were back, went
+# unrecorded: the higher row tells.
+ROWIDS_KEY = "table_rowids"
+
+
+def _schema_rowids(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT name, rowid FROM main.sqlite_master WHERE type = 'table'").fetchall())
+
+
+def _remembered_rowids(conn: sqlite3.Connection) -> dict[str, int]:
+    row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = ?", (ROWIDS_KEY,)).fetchone()
+    try:
+        got = json.loads(row[0]) if row else {}
+        return {str(k): int(v) for k, v in got.items()} if isinstance(got, dict) else {}
+    except (TypeError, ValueError):
+        return {}  # damaged: remembered again from now on
+
+
+def _remember_rowids(conn: sqlite3.Connection, rowids: dict[str, int]) -> None:
+    conn.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES (?, ?)",
+                 (ROWIDS_KEY, json.dumps(rowids, sort_keys=True)))
+
+
+def note_rebuilt(conn: sqlite3.Connection, busy_timeout_ms: int) -> bool:
+    """Mark every registered table whose sqlite_master row is newer than the one
+    remembered (rebuilt, see ROWIDS_KEY) for a re-snapshot, durably, as capture_gap's
+    tables are, and remember the rows as they are now. Returns True when it marked
+    tables. Takes no write lock when nothing moved."""
+    if not (_table_exists(conn, META) and _table_exists(conn, REGISTRY)):
+        return False
+
+    def current(c: sqlite3.Connection) -> dict[str, int]:
+        rowids = _schema_rowids(c)
+        names = [r[0] for r in c.execute(f"SELECT name FROM main.{quote_ident(REGISTRY)}")]
+        return {n: rowids[n] for n in names if n in rowids}
+
+    if current(conn) == _remembered_rowids(conn):
+        return False
+
+    def note(c: sqlite3.Connection) -> bool:
+        now, before = current(c), _remembered_rowids(c)
+        rebuilt = [n for n, rowid in now.items() if n in before and rowid > before[n]]
+        for name in rebuilt:
+            c.execute(f"UPDATE main.{quote_ident(REGISTRY)} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), "
+                      "reload_reason = ? WHERE name = ?", (REBUILT_REASON, name))
+        _remember_rowids(c, now)
+        return bool(rebuilt)
+
+    return write_transaction(conn, note, busy_timeout_ms=busy_timeout_ms)
+
+
 def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, gap: bool,
               expected_version: int) -> int | None:
     """Register `spec`'s table and (re)create its triggers, in one short write
@@ -383,6 +441,9 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
         if row is None:
             tid = c.execute(f"INSERT INTO main.{reg}(name, key_columns) VALUES (?, ?) RETURNING tid",
                             (spec.name, key_json)).fetchone()[0]
+            rowids = _remembered_rowids(c)
+            if spec.name not in rowids and spec.name in (now := _schema_rowids(c)):
+                _remember_rowids(c, {**rowids, spec.name: now[spec.name]})  # a rebuild from now on is seen
         else:
             tid = row[0]
             if row[1] != key_json:
