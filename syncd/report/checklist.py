@@ -65,8 +65,10 @@ def migrated(f: MigrationFacts) -> CheckItem:
             if problems:
                 bad.append(f"{name}: " + "; ".join(problems))
             else:
-                good.append(f"{name}: {_n(t.rows_sqlite)} rows on both sides; verified equal "
-                            f"{_when(last.finished_at, f.generated_at)}")
+                counts = f"{_n(t.rows_sqlite)} rows on both sides" if t.rows_sqlite == t.rows_postgres else (
+                    f"{_n(t.rows_sqlite)} rows in SQLite, {_n(t.rows_postgres)} in Postgres when counted, "
+                    f"{_n(t.in_flight)} change(s) to it on their way")
+                good.append(f"{name}: {counts}; verified equal {_when(last.finished_at, f.generated_at)}")
         for lo in s.left_out:
             if lo.holds_data:
                 rows = f"{lo.rows} row(s)" if lo.rows is not None else "rows"

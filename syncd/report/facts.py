@@ -21,7 +21,7 @@ from syncd.parity.plan import DUAL_WRITE
 from syncd.parity.summary import ParityFacts
 from syncd.config import Settings, SourceSettings
 from syncd.endpoint import fetch_status
-from syncd.identifiers import qualified, quote_ident
+from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping
 from syncd.postgres.connect import close_quietly, connect
@@ -45,6 +45,10 @@ class TableFacts:
     captured: bool  # capture triggers present and as this syncd installs them
     capture_note: str
     runs: list[VerifyRun] = field(default_factory=list)  # oldest first
+    # Changes to the table captured in SQLite and not applied in Postgres when both were
+    # counted (Postgres first, then SQLite): each moves the count by one at most. None:
+    # unknown (the changelog was pruned past Postgres's position meanwhile).
+    in_flight: int | None = 0
 
     @property
     def last_run(self) -> VerifyRun | None:
@@ -56,7 +60,11 @@ class TableFacts:
 
     @property
     def counts_match(self) -> bool:
-        return self.rows_sqlite is not None and self.rows_sqlite == self.rows_postgres
+        """The same count, or one the changes on their way account for (an application
+        writing while the counts are taken, one side after the other)."""
+        if self.rows_sqlite is None or self.rows_postgres is None:
+            return False
+        return abs(self.rows_sqlite - self.rows_postgres) <= (self.in_flight or 0)
 
 
 @dataclass
@@ -191,21 +199,30 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     pg_tables = await ddl.read_tables(pg, source.schema)
     sticky = {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in pg_tables.items()}
     retyped = await parity.retyped_columns(pg, bk_schema, source.name)
-    try:
-        side = await asyncio.to_thread(_sqlite_side, source, sticky, facts.applied_seq or 0, retyped)
-    except (sqlite3.Error, OSError) as e:
-        facts.error = f"cannot read SQLite file {source.path}: {e}"
-        side = None
+    # Postgres counted first, in one snapshot with its checkpoint; then SQLite, in one
+    # snapshot with the changes it holds past that checkpoint (see TableFacts.in_flight).
+    side = None
+    for _try in range(COUNT_TRIES):  # again if syncd pruned past Postgres's count meanwhile (seldom)
+        counted_at, pg_counts = await _pg_counts(pg, bk_schema, source, sorted(pg_tables), facts.registered)
+        try:
+            side = await asyncio.to_thread(_sqlite_side, source, sticky, counted_at, retyped)
+        except (sqlite3.Error, OSError) as e:
+            facts.error = f"cannot read SQLite file {source.path}: {e}"
+            side = None
+            break
+        if side.in_flight is not None:
+            break
     names = sorted(set(rows) | (set(side.tables) if side else set()))
     for name in names:
         row = rows.get(name)
         captured, note = side.capture[name] if side and name in side.capture else (False, "not in the SQLite file")
-        rows_pg = await pg.fetchval(f"SELECT count(*) FROM {qualified(source.schema, name)}") if name in pg_tables \
-            else None
+        in_flight = None
+        if side is not None and side.in_flight is not None:
+            in_flight = side.in_flight.get(name, 0)
         facts.tables.append(TableFacts(
             name=name, state=row.state if row else None, reason=row.reason if row else None,
-            rows_sqlite=side.tables.get(name) if side else None, rows_postgres=rows_pg,
-            captured=captured, capture_note=note,
+            rows_sqlite=side.tables.get(name) if side else None, rows_postgres=pg_counts.get(name),
+            captured=captured, capture_note=note, in_flight=in_flight,
         ))
     facts.left_out = side.left_out if side else []
     if side is not None:
@@ -255,18 +272,40 @@ class _SqliteSide:
     suspended: str | None
     specs: dict[str, TableSpec] = field(default_factory=dict)  # the replicated tables
     views: list[str] = field(default_factory=list)  # the views the source's configuration wants
+    in_flight: dict[str, int] | None = None  # table -> its entries after the checkpoint; None: some pruned
+
+
+COUNT_TRIES = 3
+
+
+async def _pg_counts(pg: asyncpg.Connection, bk_schema: str, source: SourceSettings, tables: list[str],
+                     registered: bool) -> tuple[int, dict[str, int]]:
+    """(the forward checkpoint, each table's row count), from one Postgres snapshot."""
+    async with pg.transaction(isolation="repeatable_read", readonly=True):
+        applied = 0
+        if registered:
+            applied = await pg.fetchval(f"SELECT applied_seq FROM {quote_pg_ident(bk_schema)}.sources "
+                                        "WHERE source = $1", source.name) or 0
+        counts = {n: await pg.fetchval(f"SELECT count(*) FROM {qualified(source.schema, n)}") for n in tables}
+    return applied, counts
 
 
 def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped: dict | None = None) -> _SqliteSide:
     if not source.path.exists():
         raise OSError(f"{source.path} does not exist")
-    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=5)
+    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=5, isolation_level=None)
     try:
         schema = introspect(conn, source, sticky, retyped)
+        conn.execute("BEGIN")  # the counts and the changes in flight from one snapshot
         state = capture.read_state(conn)
         tables, captured = {}, {}
         for name in list(schema.tables) + list(schema.refused):
             tables[name] = conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0]
+        in_flight = None
+        if state.key_slots and (state.pruned_seq or 0) <= applied_seq + 1:  # none of them pruned yet
+            by_tid = dict(conn.execute(f"SELECT tid, count(*) FROM main.{quote_ident(capture.CHANGELOG)} "
+                                       "WHERE seq > ? GROUP BY tid", (applied_seq,)).fetchall())
+            in_flight = {name: by_tid.get(tid, 0) for name, (tid, _key) in state.registry.items()}
         for name, spec in schema.tables.items():
             tid = state.tid_of(name)
             if tid is None:
@@ -283,9 +322,9 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
                                    (applied_seq,)).fetchone()[0]
         return _SqliteSide(tables, captured, pending, sorted(schema.left_out.values(), key=lambda lo: lo.name),
                            disk_guard.suspended(conn), dict(schema.tables),
-                           [n for n, lo in schema.left_out.items() if lo.kind == "view"])
+                           [n for n, lo in schema.left_out.items() if lo.kind == "view"], in_flight)
     finally:
-        conn.close()
+        conn.close()  # ends the read transaction
 
 
 def _daemon_status(settings: Settings) -> dict[str, dict]:
