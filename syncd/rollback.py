@@ -49,13 +49,14 @@ from syncd.reverse import applier, capture, reader
 from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint
 from syncd.sqlite import freeze
-from syncd.sqlite.capture import CHANGELOG, write_transaction
+from syncd.sqlite.capture import CHANGELOG, META, LockTimeout, write_transaction
 from syncd.sqlite.connection import SqliteWorker
 from syncd.verify.postgres_side import lock_holder
 
 log = logging.getLogger("syncd")
 
 DRAIN_SECONDS = 120.0
+WRITABLE_WAIT_SECONDS = 5.0  # the pre-flight's wait for a write lock on the SQLite file
 VERIFY_WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.05
 STOP_SECONDS = 15.0
@@ -260,7 +261,25 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
         if row.state != bk.STREAMING:
             what = row.reason or {bk.LOADING: "being copied again from Postgres"}.get(row.state, row.state)
             problems.append(f'table "{name}" does not follow Postgres ({row.state}): {what}')
+    if not problems:
+        try:
+            await worker.run(probe_write, settings.sqlite.write_busy_timeout_ms)
+        except LockTimeout:
+            problems.append(
+                f"the SQLite file {source.path} stayed locked by another connection for {WRITABLE_WAIT_SECONDS:g} s "
+                "(in a rollback-journal file an open read transaction holds off every write): the rollback must "
+                "write it while Postgres is frozen for the application, so it would freeze Postgres that long; "
+                "try again once the file is free")
     return problems
+
+
+def probe_write(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Whether syncd can write the file now: one short write transaction that changes
+    nothing of the application's (syncd's own meta row rewritten as it is), tried
+    politely (short lock waits, stepping aside between tries) for WRITABLE_WAIT_SECONDS."""
+    write_transaction(conn, lambda c: c.execute(f"UPDATE main.{quote_ident(META)} SET value = value "
+                                                "WHERE key = 'capture_id'"),
+                      busy_timeout_ms=busy_timeout_ms, deadline_seconds=WRITABLE_WAIT_SECONDS)
 
 
 def keep_autoincrement_past(conn: sqlite3.Connection, tops: dict[str, int], busy_timeout_ms: int) -> dict[str, int]:

@@ -11,6 +11,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import time
 
 import asyncpg
 import pytest
@@ -188,6 +189,37 @@ async def test_rollback_is_refused_with_every_reason_and_changes_nothing(tmp_pat
 async def _state(dsn: str, table: str, state: str) -> bool:
     rows = await pg_rows(dsn, "SELECT state FROM syncd.tables WHERE table_name = $1", table)
     return rows == [(state,)]
+
+
+async def test_a_reader_holding_a_rollback_journal_file_refuses_the_rollback_before_any_freeze(
+        tmp_path, make_config, pg_dsn):
+    """The rollback must write SQLite while Postgres is frozen for the application; in a
+    rollback-journal file an open read transaction holds every write off, so a rollback
+    started under one would freeze Postgres as long as the reader reads."""
+    db = tmp_path / "app.db"
+    make_app(db).execute("PRAGMA journal_mode=delete")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "UPDATE app.deals SET title = 'written in Postgres' WHERE id = 1")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        reader = sqlite3.connect(db, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM deals").fetchone()  # holds the file's shared lock
+        try:
+            started = time.monotonic()
+            r = run_cli(cfg, "rollback")
+            took = time.monotonic() - started
+        finally:
+            reader.execute("COMMIT")
+            reader.close()
+        assert r.returncode == 1 and "stayed locked by another connection" in r.stdout, r.stdout + r.stderr
+        assert took < 60, took  # refused within its wait, never frozen for as long as the reader
+        assert await postgres_refusal(pg_dsn) is None and await direction(pg_dsn) == "to_sqlite"
+        assert await pg_rows(pg_dsn, "SELECT kind, state FROM syncd.switches ORDER BY id") == [("cutover", "done")]
+        r = run_cli(cfg, "rollback")  # the reader is gone
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert await compare_all(str(db), pg_dsn, "app", TABLES) == []
 
 
 async def test_rollback_with_the_daemon_stopped(tmp_path, make_config, pg_dsn):
