@@ -77,11 +77,11 @@ def who() -> str:
     return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
 
 
-def _hold(step: str) -> None:
+async def _hold(step: str) -> None:
     if HOLD_AT == step:
         print(f"holding at {step}", flush=True)
-        while True:
-            time.sleep(1)
+        while True:  # until killed, or interrupted (Ctrl-C cancels the command's task here)
+            await asyncio.sleep(1)
 
 
 # --- the switch lock and record ------------------------------------------------------
@@ -380,25 +380,25 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     busy = settings.sqlite.write_busy_timeout_ms
     switch_id = await conn.fetchval(f"INSERT INTO {b.s}.switches (source, kind, state, who) "
                                     f"VALUES ($1, 'cutover', 'started', $2) RETURNING id", source.name, who())
-    _hold("started")
+    await _hold("started")
     stamp = dt.datetime.now(dt.timezone.utc)
     message = (f"this database was moved to PostgreSQL by syncd at {stamp:%Y-%m-%d %H:%M:%S} UTC; "
                f'write to PostgreSQL (schema "{source.schema}") instead')
     frozen_at = time.monotonic()
     await worker.run(freeze.freeze, message, busy)
-    await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
-    _hold("frozen")
-    try:
+    try:  # from the freeze on, anything stopping the switch (an error, Ctrl-C) undoes it
+        await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
+        await _hold("frozen")
         target = await worker.run(lambda c: c.execute("SELECT coalesce(max(seq), 0) FROM main._syncd_changelog")
                                   .fetchone()[0])
         how = await drain(settings, source, conn, target)
         res.plan.append(f"drained to change {target} ({how})")
-        _hold("drained")
+        await _hold("drained")
         checked = await verify_source(settings, source, record=True, wait_seconds=VERIFY_WAIT_SECONDS)
         _judge(checked)
         res.plan.append(f"verified equal: {sum(t.rows_sqlite or 0 for t in checked.tables)} row(s) in "
                         f"{len(checked.tables)} table(s)")
-        _hold("verified")
+        await _hold("verified")
         specs = await asyncio.to_thread(read_specs, source)
         marks = await worker.run(high_marks, specs)
         async with conn.transaction():
@@ -415,12 +415,12 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             res.plan += [f"foreign key left NOT VALID (orphan rows, --allow-orphans): {fk}"
                          for fk in parity_done.not_valid]
             res.plan.append(f"schema parity in {parity_done.seconds:.2f} s")
-            _hold("finalized")
+            await _hold("finalized")
             handed_out = await sequence_tops(conn, source.schema, {name: specs[name] for name in marks})
             res.plan += await set_identities(conn, source.schema, specs, marks, handed_out)
             res.plan += await trial_inserts(conn, source.schema, specs, marks)
             await set_identities(conn, source.schema, specs, marks, handed_out)  # the trials took a number each
-            _hold("finishing")
+            await _hold("finishing")
             await _open_way_back(settings, source, conn, worker, specs)
             await conn.execute(f"UPDATE {b.s}.sources SET direction = $2 WHERE source = $1", source.name, TO_SQLITE)
             res.downtime_seconds = time.monotonic() - frozen_at
@@ -431,6 +431,8 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                  extra={"source": source.name, "event": "cutover_done"})
     except BaseException as e:
         reason = str(e) if isinstance(e, Refused) else f"{type(e).__name__}: {describe(e)}"
+        if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
+            reason = "interrupted (Ctrl-C or a stop signal) before the switch was done"
         try:
             await worker.run(freeze.unfreeze, busy)
             await record_step(conn, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),

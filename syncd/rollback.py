@@ -81,11 +81,11 @@ class RollbackResult:
 HOLD_AT = os.environ.get("SYNCD_ROLLBACK_HOLD_AT")  # crash tests: stop at this step and wait to be killed
 
 
-def _hold(step: str) -> None:
+async def _hold(step: str) -> None:
     if HOLD_AT == step:
         print(f"holding at {step}", flush=True)
-        while True:
-            time.sleep(1)
+        while True:  # until killed, or interrupted (Ctrl-C cancels the command's task here)
+            await asyncio.sleep(1)
 
 
 # --- the way back's start, at a cutover --------------------------------------------------------
@@ -390,25 +390,25 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     busy = settings.sqlite.write_busy_timeout_ms
     switch_id = await conn.fetchval(f"INSERT INTO {b.s}.switches (source, kind, state, who) "
                                     f"VALUES ($1, 'rollback', 'started', $2) RETURNING id", source.name, who())
-    _hold("started")
+    await _hold("started")
     stamp = dt.datetime.now(dt.timezone.utc)
     message = (f"moved back to SQLite by syncd at {stamp:%Y-%m-%d %H:%M:%S} UTC (syncd rollback); the application "
                "writes its SQLite file again")
     async with conn.transaction():
         await capture.freeze(conn, names, source.schema, tables, message)
     frozen_at = time.monotonic()
-    await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
-    _hold("frozen")
     turned = False
-    try:
+    try:  # from the freeze on, anything stopping the switch (an error, Ctrl-C) undoes it
+        await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
+        await _hold("frozen")
         how = await drain(settings, source, conn, worker, DRAIN_SECONDS)
         res.plan.append(f"drained: SQLite holds every change Postgres recorded ({how})")
-        _hold("drained")
+        await _hold("drained")
         checked = await verify_source(settings, source, record=True, wait_seconds=VERIFY_WAIT_SECONDS)
         _judge(checked)
         res.plan.append(f"verified equal: {sum(t.rows_sqlite or 0 for t in checked.tables)} row(s) in "
                         f"{len(checked.tables)} table(s)")
-        _hold("verified")
+        await _hold("verified")
         specs = await asyncio.to_thread(read_specs, source)
         raised = await worker.run(keep_autoincrement_past, await sequence_tops(conn, source.schema, specs), busy)
         res.plan += [f"{name}: AUTOINCREMENT continues after {n}, the highest id Postgres handed out"
@@ -419,7 +419,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                                source.name, TO_POSTGRES, top)
             await conn.execute(f"DELETE FROM {b.s}.applied_batches WHERE source = $1", source.name)
             await capture.disarm_all(conn, names, source.schema)
-            _hold("finishing")
+            await _hold("finishing")
             await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
                               downtime_seconds=time.monotonic() - frozen_at, detail=json.dumps({"steps": res.plan}))
         turned = True
@@ -437,6 +437,8 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             # unfreezes SQLite, whose freeze nobody holds any more.
             raise
         reason = str(e) if isinstance(e, Refused) else f"{type(e).__name__}: {describe(e)}"
+        if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
+            reason = "interrupted (Ctrl-C or a stop signal) before the switch was done"
         try:
             if conn.is_closed():
                 conn = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)

@@ -189,6 +189,31 @@ async def test_a_cutover_killed_at_any_step_never_leaves_the_file_frozen(tmp_pat
         assert d.stop() == 0
 
 
+@pytest.mark.parametrize("step", ["frozen", "finalized"])
+async def test_an_interrupted_cutover_undoes_itself_and_says_so(tmp_path, make_config, pg_dsn, step):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                                env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": step})
+        try:
+            assert proc.stdout.readline().strip() == f"holding at {step}"
+            assert not writable(db)
+            proc.send_signal(signal.SIGINT)  # Ctrl-C
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130
+        assert "syncd cutover: interrupted" in out and "app: UNDONE: interrupted" in out, out
+        assert writable(db) and await direction(pg_dsn) == "to_postgres"  # undone before it stopped
+        assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE source = 'app'") == [("undone",)]
+        assert d.stop() == 0
+
+
 async def test_a_rerun_undoes_a_killed_cutover_when_no_daemon_runs(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     make_app(db)

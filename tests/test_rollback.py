@@ -222,6 +222,28 @@ async def test_a_reader_holding_a_rollback_journal_file_refuses_the_rollback_bef
         assert await compare_all(str(db), pg_dsn, "app", TABLES) == []
 
 
+async def test_an_interrupted_rollback_undoes_itself_and_says_so(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        proc = subprocess.Popen(syncd_cmd(cfg, "rollback"), stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                                env={**os.environ, "SYNCD_ROLLBACK_HOLD_AT": "verified"})
+        try:
+            assert proc.stdout.readline().strip() == "holding at verified"
+            assert await postgres_refusal(pg_dsn) is not None  # frozen while it runs
+            proc.send_signal(signal.SIGINT)  # Ctrl-C
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130
+        assert "syncd rollback: interrupted" in out and "app: UNDONE: interrupted" in out, out
+        assert await postgres_refusal(pg_dsn) is None and await direction(pg_dsn) == "to_sqlite"
+        assert not sqlite_writable(db)
+
+
 async def test_rollback_with_the_daemon_stopped(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     make_app(db)

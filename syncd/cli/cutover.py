@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from syncd.cli import common
+from syncd.cli import common, interrupted
 from syncd.config import Settings, SourceSettings
 from syncd.cutover import CutoverResult, cutover
 from syncd.postgres.connect import PostgresUnavailable
@@ -35,7 +35,10 @@ def main(args) -> int:
     sources = common.selected_sources(settings, args.source)
     if not sources:
         return common.fail("no sources configured", 2)
-    results = asyncio.run(_all(settings, sources, args.dry_run, args.allow_orphans))
+    try:
+        results = asyncio.run(_all(settings, sources, args.dry_run, args.allow_orphans))
+    except KeyboardInterrupt:
+        return interrupted.report(settings, sources, "cutover")
     for r in results:
         common.say(*render(r))
     return 0 if all(r.ok for r in results) else 1

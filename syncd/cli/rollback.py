@@ -10,7 +10,7 @@ import sqlite3
 
 import asyncpg
 
-from syncd.cli import common
+from syncd.cli import common, interrupted
 from syncd.config import Settings, SourceSettings
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.sqlite.capture import LockTimeout
@@ -37,7 +37,10 @@ def main(args) -> int:
     sources = common.selected_sources(settings, args.source)
     if not sources:
         return common.fail("no sources configured", 2)
-    results = asyncio.run(_all(settings, sources, args.dry_run))
+    try:
+        results = asyncio.run(_all(settings, sources, args.dry_run))
+    except KeyboardInterrupt:
+        return interrupted.report(settings, sources, "rollback")
     for r in results:
         common.say(*render(r))
     return 0 if all(r.ok for r in results) else 1

@@ -1,0 +1,53 @@
+"""What Ctrl-C left of `syncd cutover` or `syncd rollback`: a switch the command had
+started undoes itself before the command stops (or, killed, is undone by the daemon or
+the next run); this says, per source, what Postgres recorded of this run's switch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from syncd.cli import common
+from syncd.config import Settings, SourceSettings
+from syncd.cutover import who
+from syncd.identifiers import quote_pg_ident
+from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
+
+DONE = {"cutover": "cut over to Postgres before the interrupt", "rollback": "rolled back to SQLite before the interrupt"}
+
+
+def report(settings: Settings, sources: list[SourceSettings], kind: str) -> int:
+    """Print each source's outcome; exit code 130, as for any Ctrl-C."""
+    lines = asyncio.run(_outcomes(settings, sources, kind, who()))
+    common.say(f"syncd {kind}: interrupted", *lines)
+    return 130
+
+
+async def _outcomes(settings: Settings, sources: list[SourceSettings], kind: str, me: str) -> list[str]:
+    table = f"{quote_pg_ident(settings.postgres.bookkeeping_schema)}.switches"
+    lines = []
+    for s in sources:
+        conn = None
+        try:
+            conn = await connect(settings.direct_dsn_for(s), settings.password(), settings.postgres)
+            row = await conn.fetchrow(f"SELECT state, detail->>'reason' FROM {table} WHERE source = $1 AND kind = $2 "
+                                      "AND who = $3 ORDER BY id DESC LIMIT 1", s.name, kind, me)
+        except asyncpg.UndefinedTableError:
+            row = None
+        except (PostgresUnavailable, asyncpg.PostgresError, OSError) as e:
+            lines.append(f"{s.name}: cannot tell what became of it: {describe(e)}; `syncd status` shows its direction")
+            continue
+        finally:
+            await close_quietly(conn)
+        if row is None:
+            continue  # not reached before the interrupt: nothing changed
+        state, reason = row
+        if state == "done":
+            lines.append(f"{s.name}: {DONE[kind]}")
+        elif state == "undone":
+            lines.append(f"{s.name}: UNDONE: {reason or 'interrupted'}; nothing changed")
+        else:
+            lines.append(f"{s.name}: interrupted at step {state!r}: the daemon, or the next `syncd {kind}`, undoes "
+                         "it within seconds")
+    return lines
