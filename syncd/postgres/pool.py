@@ -86,7 +86,10 @@ class Target:
             try:
                 await pool.release(conn, timeout=RELEASE_SECONDS)
             except Exception:  # noqa: BLE001 - a connection that cannot be reset is simply dropped
-                conn.terminate()
+                # (asyncpg may have taken it back already: then terminate() raises its own
+                # complaint, which must not replace the step's real error)
+                with contextlib.suppress(Exception):
+                    conn.terminate()
 
     @property
     def in_use(self) -> int:
