@@ -6,16 +6,14 @@ the file frozen with nobody holding the switch."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sqlite3
-import subprocess
 
 import asyncpg
 import pytest
 
-from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd, wait_for
+from tests.support.daemon import DaemonProcess, held_at, run_cli, wait_for
 from tests.support.sync import eventually, pg_rows, wait_caught_up
 
 SCHEMA = """
@@ -165,17 +163,11 @@ async def test_a_cutover_killed_at_any_step_never_leaves_the_file_frozen(tmp_pat
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert run_cli(cfg, "verify").returncode == 0
-        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
-                                env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": step})
-        try:
-            assert proc.stdout.readline().strip() == f"holding at {step}"
+        with held_at(cfg, "cutover", step) as proc:
             if step != "started":
                 assert not writable(db)  # the kill really lands while the file is frozen
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         # the daemon sees a frozen file nobody holds and gives it back to the application
         wait_for(lambda: writable(db), 30, "the file unfrozen", d)
         assert await direction(pg_dsn) == "to_postgres"
@@ -197,16 +189,10 @@ async def test_an_interrupted_cutover_undoes_itself_and_says_so(tmp_path, make_c
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert run_cli(cfg, "verify").returncode == 0
-        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
-                                env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": step})
-        try:
-            assert proc.stdout.readline().strip() == f"holding at {step}"
+        with held_at(cfg, "cutover", step) as proc:
             assert not writable(db)
             proc.send_signal(signal.SIGINT)  # Ctrl-C
             out, _ = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert proc.returncode == 130
         assert "syncd cutover: interrupted" in out and "app: UNDONE: interrupted" in out, out
         assert writable(db) and await direction(pg_dsn) == "to_postgres"  # undone before it stopped
@@ -222,11 +208,9 @@ async def test_a_rerun_undoes_a_killed_cutover_when_no_daemon_runs(tmp_path, mak
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert run_cli(cfg, "verify").returncode == 0
         assert d.stop() == 0
-    proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
-                            env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified"})
-    assert proc.stdout.readline().strip() == "holding at verified"
-    proc.kill()
-    proc.wait(10)
+    with held_at(cfg, "cutover", "verified") as proc:
+        proc.kill()
+        proc.wait(10)
     assert not writable(db)
     r = run_cli(cfg, "cutover", "--dry-run")
     assert r.returncode == 0, r.stdout

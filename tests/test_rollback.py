@@ -6,18 +6,16 @@ again while the forward stream resumes; anything failing undoes it all. A later
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sqlite3
-import subprocess
 import time
 
 import asyncpg
 import pytest
 
 from tests.support.compare import compare_all
-from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd, wait_for
+from tests.support.daemon import DaemonProcess, held_at, run_cli, wait_for
 from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.way_back import backup_and_config, cut_over, wait_back
 
@@ -228,16 +226,10 @@ async def test_an_interrupted_rollback_undoes_itself_and_says_so(tmp_path, make_
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
-        proc = subprocess.Popen(syncd_cmd(cfg, "rollback"), stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
-                                env={**os.environ, "SYNCD_ROLLBACK_HOLD_AT": "verified"})
-        try:
-            assert proc.stdout.readline().strip() == "holding at verified"
+        with held_at(cfg, "rollback", "verified") as proc:
             assert await postgres_refusal(pg_dsn) is not None  # frozen while it runs
             proc.send_signal(signal.SIGINT)  # Ctrl-C
             out, _ = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert proc.returncode == 130
         assert "syncd rollback: interrupted" in out and "app: UNDONE: interrupted" in out, out
         assert await postgres_refusal(pg_dsn) is None and await direction(pg_dsn) == "to_sqlite"
@@ -268,15 +260,13 @@ async def test_a_rollback_killed_at_any_step_never_leaves_postgres_frozen(tmp_pa
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
-        proc = subprocess.Popen(syncd_cmd(cfg, "rollback"), stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
-                                env={**os.environ, "SYNCD_ROLLBACK_HOLD_AT": step})
-        try:
-            assert proc.stdout.readline().strip() == f"holding at {step}"
-            if step not in ("started",):
-                assert await postgres_refusal(pg_dsn) is not None  # frozen while it runs
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
+        with held_at(cfg, "rollback", step) as proc:
+            try:
+                if step not in ("started",):
+                    assert await postgres_refusal(pg_dsn) is not None  # frozen while it runs
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
         # the daemon's way back sees a frozen Postgres nobody holds and gives it back to the application
         async def open_again() -> bool:
             return await postgres_refusal(pg_dsn) is None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +22,23 @@ def syncd_cmd(config: Path, *args: str) -> list[str]:
 def run_cli(config: Path, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(syncd_cmd(config, *args), capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=str(config.parent))
+
+
+@contextlib.contextmanager
+def held_at(config: Path, verb: str, step: str) -> Iterator[subprocess.Popen]:
+    """`syncd <verb>` (cutover or rollback) started and paused at `step` by its test hook
+    (SYNCD_<VERB>_HOLD_AT), for a test to kill or interrupt there; killed on the way out
+    if still running."""
+    proc = subprocess.Popen(syncd_cmd(config, verb), stdout=subprocess.PIPE, text=True, cwd=str(config.parent),
+                            env={**os.environ, f"SYNCD_{verb.upper()}_HOLD_AT": step})
+    try:
+        line = proc.stdout.readline().strip()
+        assert line == f"holding at {step}", line
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 class DaemonProcess:
