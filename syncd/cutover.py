@@ -77,6 +77,11 @@ def who() -> str:
     return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
 
 
+# The switches this process started (`syncd cutover`, `syncd rollback`): what a Ctrl-C
+# report looks up (cli/interrupted.py).
+STARTED_SWITCHES: list[int] = []
+
+
 async def _hold(step: str) -> None:
     if HOLD_AT == step:
         print(f"holding at {step}", flush=True)
@@ -380,13 +385,14 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     busy = settings.sqlite.write_busy_timeout_ms
     switch_id = await conn.fetchval(f"INSERT INTO {b.s}.switches (source, kind, state, who) "
                                     f"VALUES ($1, 'cutover', 'started', $2) RETURNING id", source.name, who())
+    STARTED_SWITCHES.append(switch_id)
     await _hold("started")
     stamp = dt.datetime.now(dt.timezone.utc)
     message = (f"this database was moved to PostgreSQL by syncd at {stamp:%Y-%m-%d %H:%M:%S} UTC; "
                f'write to PostgreSQL (schema "{source.schema}") instead')
     frozen_at = time.monotonic()
-    await worker.run(freeze.freeze, message, busy)
-    try:  # from the freeze on, anything stopping the switch (an error, Ctrl-C) undoes it
+    try:  # from the freeze on (it may be waiting for the file), anything stopping the switch undoes it
+        await worker.run(freeze.freeze, message, busy)
         await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
         await _hold("frozen")
         target = await worker.run(lambda c: c.execute("SELECT coalesce(max(seq), 0) FROM main._syncd_changelog")

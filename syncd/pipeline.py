@@ -86,6 +86,7 @@ class Pipeline:
         self.last_stats = 0.0
         self.stats_seq = -1  # the changelog position the last size was measured at
         self.idle_since = time.monotonic()  # last step with work to do
+        self.idle_pruned_after: float | None = None  # the idle spell whose last entries a prune was started for
         self.idle_closed = False  # the SQLite connection was given back for idleness
         self.closed_stat: tuple | None = None
         self.closed_at = 0.0
@@ -364,8 +365,11 @@ class Pipeline:
                 or self.pruner.busy()):
             return
         s = self.session
-        if self.pruner.owed(s.applied_seq):
-            self.pruner.maybe(s.applied_seq, s.keep_map(), now=True)  # the last entries, before closing
+        if self.pruner.owed(s.applied_seq) and self.idle_pruned_after != self.idle_since:
+            # The last entries, before closing: one try per idle spell (a failed one is
+            # retried at the next, never in a loop while the file stays idle).
+            self.idle_pruned_after = self.idle_since
+            self.pruner.maybe(s.applied_seq, s.keep_map(), now=True)
             return
         await s.worker.close()
         # Taken after closing: the last connection's close checkpoints a WAL file and

@@ -22,7 +22,6 @@ from syncd.sqlite.connection import SqliteWorker
 # changelog would otherwise grow by that much).
 PRUNE_EVERY_SECONDS = 10.0
 PRUNE_MIN_ENTRIES = 10_000
-IDLE_PRUNE_SECONDS = 2.0  # an idle source prunes what is left (again after a failed try) at this pace
 
 
 def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], size: int, busy_ms: int) -> int:
@@ -86,7 +85,7 @@ class Pruner:
                 self.task.exception()  # a failed prune (file busy, file replaced) is simply retried later
             self.task = None
         behind = applied_seq - self.pruned_upto
-        due = time.monotonic() - self.last_start >= (IDLE_PRUNE_SECONDS if now else PRUNE_EVERY_SECONDS)
+        due = now or time.monotonic() - self.last_start >= PRUNE_EVERY_SECONDS
         if behind <= 0 or not (due or behind >= PRUNE_MIN_ENTRIES):
             return
         self.last_start = time.monotonic()

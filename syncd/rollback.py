@@ -37,8 +37,8 @@ import asyncpg
 
 from syncd import collisions
 from syncd.config import Settings, SourceSettings
-from syncd.cutover import (Refused, direction, read_specs, record_step, release_switch_lock, sequence_tops,
-                           switch_holder, take_switch_lock, who)
+from syncd.cutover import (STARTED_SWITCHES, Refused, direction, read_specs, record_step, release_switch_lock,
+                           sequence_tops, switch_holder, take_switch_lock, who)
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.parity.apply import lock_wait_ms
@@ -390,6 +390,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     busy = settings.sqlite.write_busy_timeout_ms
     switch_id = await conn.fetchval(f"INSERT INTO {b.s}.switches (source, kind, state, who) "
                                     f"VALUES ($1, 'rollback', 'started', $2) RETURNING id", source.name, who())
+    STARTED_SWITCHES.append(switch_id)
     await _hold("started")
     stamp = dt.datetime.now(dt.timezone.utc)
     message = (f"moved back to SQLite by syncd at {stamp:%Y-%m-%d %H:%M:%S} UTC (syncd rollback); the application "

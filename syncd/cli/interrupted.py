@@ -10,7 +10,7 @@ import asyncpg
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
-from syncd.cutover import who
+from syncd.cutover import STARTED_SWITCHES
 from syncd.identifiers import quote_pg_ident
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
 
@@ -19,12 +19,12 @@ DONE = {"cutover": "cut over to Postgres before the interrupt", "rollback": "rol
 
 def report(settings: Settings, sources: list[SourceSettings], kind: str) -> int:
     """Print each source's outcome; exit code 130, as for any Ctrl-C."""
-    lines = asyncio.run(_outcomes(settings, sources, kind, who()))
-    common.say(f"syncd {kind}: interrupted", *lines)
+    lines = asyncio.run(_outcomes(settings, sources, kind, list(STARTED_SWITCHES)))
+    common.say(f"syncd {kind}: interrupted", *(lines or ["no switch had started: nothing changed"]))
     return 130
 
 
-async def _outcomes(settings: Settings, sources: list[SourceSettings], kind: str, me: str) -> list[str]:
+async def _outcomes(settings: Settings, sources: list[SourceSettings], kind: str, ids: list[int]) -> list[str]:
     table = f"{quote_pg_ident(settings.postgres.bookkeeping_schema)}.switches"
     lines = []
     for s in sources:
@@ -32,7 +32,7 @@ async def _outcomes(settings: Settings, sources: list[SourceSettings], kind: str
         try:
             conn = await connect(settings.direct_dsn_for(s), settings.password(), settings.postgres)
             row = await conn.fetchrow(f"SELECT state, detail->>'reason' FROM {table} WHERE source = $1 AND kind = $2 "
-                                      "AND who = $3 ORDER BY id DESC LIMIT 1", s.name, kind, me)
+                                      "AND id = ANY($3::bigint[]) ORDER BY id DESC LIMIT 1", s.name, kind, ids)
         except asyncpg.UndefinedTableError:
             row = None
         except (PostgresUnavailable, asyncpg.PostgresError, OSError) as e:
@@ -48,6 +48,6 @@ async def _outcomes(settings: Settings, sources: list[SourceSettings], kind: str
         elif state == "undone":
             lines.append(f"{s.name}: UNDONE: {reason or 'interrupted'}; nothing changed")
         else:
-            lines.append(f"{s.name}: interrupted at step {state!r}: the daemon, or the next `syncd {kind}`, undoes "
-                         "it within seconds")
+            lines.append(f"{s.name}: interrupted at step {state!r}: a running daemon undoes it within seconds; "
+                         f"without one, the next `syncd {kind}` does")
     return lines

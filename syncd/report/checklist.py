@@ -67,7 +67,7 @@ def migrated(f: MigrationFacts) -> CheckItem:
             else:
                 counts = f"{_n(t.rows_sqlite)} rows on both sides" if t.rows_sqlite == t.rows_postgres else (
                     f"{_n(t.rows_sqlite)} rows in SQLite, {_n(t.rows_postgres)} in Postgres when counted, "
-                    f"{_n(t.in_flight)} change(s) to it on their way")
+                    f"{_n(sum(t.in_flight or (0, 0)))} key(s) of it changing on their way")
                 good.append(f"{name}: {counts}; verified equal {_when(last.finished_at, f.generated_at)}")
         for lo in s.left_out:
             if lo.holds_data:

@@ -46,9 +46,10 @@ class TableFacts:
     capture_note: str
     runs: list[VerifyRun] = field(default_factory=list)  # oldest first
     # Changes to the table captured in SQLite and not applied in Postgres when both were
-    # counted (Postgres first, then SQLite): each moves the count by one at most. None:
-    # unknown (the changelog was pruned past Postgres's position meanwhile).
-    in_flight: int | None = 0
+    # counted (Postgres first, then SQLite), as (rows they may add to SQLite's count, rows
+    # they may take from it): distinct keys inserted (and keys moved to, as many as keys
+    # moved from), distinct keys deleted. An UPDATE in place moves no count. None: unknown.
+    in_flight: tuple[int, int] | None = (0, 0)
 
     @property
     def last_run(self) -> VerifyRun | None:
@@ -64,7 +65,8 @@ class TableFacts:
         writing while the counts are taken, one side after the other)."""
         if self.rows_sqlite is None or self.rows_postgres is None:
             return False
-        return abs(self.rows_sqlite - self.rows_postgres) <= (self.in_flight or 0)
+        may_add, may_remove = self.in_flight or (0, 0)
+        return -may_remove <= self.rows_sqlite - self.rows_postgres <= may_add
 
 
 @dataclass
@@ -210,15 +212,13 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.error = f"cannot read SQLite file {source.path}: {e}"
             side = None
             break
-        if side.in_flight is not None:
+        if not side.pruned_past:
             break
     names = sorted(set(rows) | (set(side.tables) if side else set()))
     for name in names:
         row = rows.get(name)
         captured, note = side.capture[name] if side and name in side.capture else (False, "not in the SQLite file")
-        in_flight = None
-        if side is not None and side.in_flight is not None:
-            in_flight = side.in_flight.get(name, 0)
+        in_flight = None if side is None or side.pruned_past else side.in_flight.get(name, (0, 0))
         facts.tables.append(TableFacts(
             name=name, state=row.state if row else None, reason=row.reason if row else None,
             rows_sqlite=side.tables.get(name) if side else None, rows_postgres=pg_counts.get(name),
@@ -272,7 +272,8 @@ class _SqliteSide:
     suspended: str | None
     specs: dict[str, TableSpec] = field(default_factory=dict)  # the replicated tables
     views: list[str] = field(default_factory=list)  # the views the source's configuration wants
-    in_flight: dict[str, int] | None = None  # table -> its entries after the checkpoint; None: some pruned
+    in_flight: dict[str, tuple[int, int]] = field(default_factory=dict)  # see TableFacts.in_flight
+    pruned_past: bool = False  # entries after the checkpoint were pruned meanwhile: in_flight unknown
 
 
 COUNT_TRIES = 3
@@ -296,16 +297,19 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
     conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=5, isolation_level=None)
     try:
         schema = introspect(conn, source, sticky, retyped)
-        conn.execute("BEGIN")  # the counts and the changes in flight from one snapshot
         state = capture.read_state(conn)
-        tables, captured = {}, {}
+        tables, captured, in_flight = {}, {}, {}
+        pruned_past = bool(state.key_slots) and (state.pruned_seq or 0) > applied_seq + 1
         for name in list(schema.tables) + list(schema.refused):
-            tables[name] = conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0]
-        in_flight = None
-        if state.key_slots and (state.pruned_seq or 0) <= applied_seq + 1:  # none of them pruned yet
-            by_tid = dict(conn.execute(f"SELECT tid, count(*) FROM main.{quote_ident(capture.CHANGELOG)} "
-                                       "WHERE seq > ? GROUP BY tid", (applied_seq,)).fetchall())
-            in_flight = {name: by_tid.get(tid, 0) for name, (tid, _key) in state.registry.items()}
+            # Its count and its changes in flight from one snapshot, one short read
+            # transaction per table (in rollback-journal mode a read holds writers off).
+            conn.execute("BEGIN")
+            try:
+                tables[name] = conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0]
+                if name in state.registry and state.key_slots and not pruned_past:
+                    in_flight[name] = _in_flight(conn, *state.registry[name], applied_seq)
+            finally:
+                conn.execute("COMMIT")
         for name, spec in schema.tables.items():
             tid = state.tid_of(name)
             if tid is None:
@@ -322,9 +326,19 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
                                    (applied_seq,)).fetchone()[0]
         return _SqliteSide(tables, captured, pending, sorted(schema.left_out.values(), key=lambda lo: lo.name),
                            disk_guard.suspended(conn), dict(schema.tables),
-                           [n for n, lo in schema.left_out.items() if lo.kind == "view"], in_flight)
+                           [n for n, lo in schema.left_out.items() if lo.kind == "view"], in_flight, pruned_past)
     finally:
-        conn.close()  # ends the read transaction
+        conn.close()
+
+
+def _in_flight(conn: sqlite3.Connection, tid: int, key: tuple, applied_seq: int) -> tuple[int, int]:
+    """TableFacts.in_flight of the table `tid` from its changelog entries after `applied_seq`."""
+    slots = ", ".join(capture.slot(i) for i in range(max(1, len(key))))
+    by_op = dict(conn.execute(
+        f"SELECT op, count(*) FROM (SELECT DISTINCT op, {slots} FROM main.{quote_ident(capture.CHANGELOG)} "
+        "WHERE tid = ? AND seq > ?) GROUP BY op", (tid, applied_seq)).fetchall())
+    inserted, updated, deleted = (by_op.get(op, 0) for op in (capture.OP_INSERT, capture.OP_UPDATE, capture.OP_DELETE))
+    return inserted + min(updated, deleted), deleted
 
 
 def _daemon_status(settings: Settings) -> dict[str, dict]:

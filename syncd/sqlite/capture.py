@@ -405,7 +405,8 @@ def note_rebuilt(conn: sqlite3.Connection, busy_timeout_ms: int) -> bool:
         names = [r[0] for r in c.execute(f"SELECT name FROM main.{quote_ident(REGISTRY)}")]
         return {n: rowids[n] for n in names if n in rowids}
 
-    if current(conn) == _remembered_rowids(conn):
+    now, before = current(conn), _remembered_rowids(conn)
+    if all(before.get(n) == r for n, r in now.items()):
         return False
 
     def note(c: sqlite3.Connection) -> bool:
@@ -414,7 +415,10 @@ def note_rebuilt(conn: sqlite3.Connection, busy_timeout_ms: int) -> bool:
         for name in rebuilt:
             c.execute(f"UPDATE main.{quote_ident(REGISTRY)} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), "
                       "reload_reason = ? WHERE name = ?", (REBUILT_REASON, name))
-        _remember_rowids(c, now)
+        # A registered table missing for now (dropped, its replacement not yet renamed in
+        # by a rebuild spread over transactions) keeps its row remembered until it is back.
+        registered = {r[0] for r in c.execute(f"SELECT name FROM main.{quote_ident(REGISTRY)}")}
+        _remember_rowids(c, {**{n: r for n, r in before.items() if n in registered}, **now})
         return bool(rebuilt)
 
     return write_transaction(conn, note, busy_timeout_ms=busy_timeout_ms)
