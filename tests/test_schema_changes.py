@@ -61,6 +61,7 @@ async def test_added_columns_give_old_rows_what_sqlite_reads(tmp_path, make_conf
         conn.execute("ALTER TABLE deals ADD COLUMN code TEXT DEFAULT 0x7fffffffffffffff")  # old rows: its text
         conn.execute("ALTER TABLE contacts ADD COLUMN score REAL DEFAULT -0.0")  # every row: 0.0
         conn.execute("ALTER TABLE contacts ADD COLUMN tier INTEGER DEFAULT 3")
+        conn.execute("ALTER TABLE contacts ADD COLUMN tag TEXT AS ('c-' || id)")  # computed in the old rows too
         conn.execute("INSERT INTO deals (id, title) VALUES (1000, 'after the change')")
         conn.execute("INSERT INTO contacts (id, name) VALUES (1000, 'after the change')")
         await wait_caught_up(db, pg_dsn, "crm", daemon=d)
@@ -70,8 +71,10 @@ async def test_added_columns_give_old_rows_what_sqlite_reads(tmp_path, make_conf
         assert await compare_table(str(db), pg_dsn, "crm", t) == [], t
     rows = await pg_rows(pg_dsn, "SELECT code FROM crm.deals WHERE id IN (1, 1000) ORDER BY id")
     assert [r[0] for r in rows] == ["0x7fffffffffffffff", "9223372036854775807"]
-    rows = await pg_rows(pg_dsn, "SELECT float8send(score), tier FROM crm.contacts WHERE id IN (1, 1000) ORDER BY id")
-    assert [(bytes(r[0]).hex(), r[1]) for r in rows] == [("0000000000000000", 3)] * 2  # +0.0, never -0
+    rows = await pg_rows(pg_dsn, "SELECT float8send(score), tier, tag FROM crm.contacts WHERE id IN (1, 1000) "
+                                 "ORDER BY id")
+    assert [(bytes(r[0]).hex(), r[1], r[2]) for r in rows] == [("0000000000000000", 3, "c-1"),
+                                                               ("0000000000000000", 3, "c-1000")]  # +0.0, never -0
 
 
 async def test_a_change_syncd_cannot_read_pauses_until_resync(tmp_path, make_config, pg_dsn):

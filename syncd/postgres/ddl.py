@@ -55,6 +55,8 @@ def default_note(col: Column) -> str | None:
 def added_rows_note(col: Column) -> str | None:
     """Why the rows a column was added to (ALTER TABLE ADD COLUMN) hold another value in
     Postgres than in SQLite once Postgres adds it too, or None when they agree."""
+    if col.generated:
+        return "a generated column: SQLite computes its value in the rows already there, Postgres adds it empty"
     return added_rows_differ(col.default_sql, col.pgtype, col.declared)
 
 
