@@ -89,6 +89,15 @@ async def _hold(step: str) -> None:
             await asyncio.sleep(1)
 
 
+def undo_reason(e: BaseException) -> str:
+    """Why a switch (cutover or rollback) was undone, for its record and the operator."""
+    if isinstance(e, Refused):
+        return str(e)
+    if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
+        return "interrupted (Ctrl-C or a stop signal) before the switch was done"
+    return f"{type(e).__name__}: {describe(e)}"
+
+
 # --- the switch lock and record ------------------------------------------------------
 
 
@@ -436,9 +445,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         log.info(f"cut over to Postgres: write downtime {res.downtime_seconds:.2f} s",
                  extra={"source": source.name, "event": "cutover_done"})
     except BaseException as e:
-        reason = str(e) if isinstance(e, Refused) else f"{type(e).__name__}: {describe(e)}"
-        if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
-            reason = "interrupted (Ctrl-C or a stop signal) before the switch was done"
+        reason = undo_reason(e)
         try:
             await worker.run(freeze.unfreeze, busy)
             await record_step(conn, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),

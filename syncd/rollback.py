@@ -38,13 +38,13 @@ import asyncpg
 from syncd import collisions
 from syncd.config import Settings, SourceSettings
 from syncd.cutover import (STARTED_SWITCHES, Refused, direction, read_specs, record_step, release_switch_lock,
-                           sequence_tops, switch_holder, take_switch_lock, who)
+                           sequence_tops, switch_holder, take_switch_lock, undo_reason, who)
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.parity.apply import lock_wait_ms
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, ensure_bookkeeping, try_lock_source, unlock_source
-from syncd.postgres.connect import close_quietly, connect, describe
+from syncd.postgres.connect import close_quietly, connect
 from syncd.reverse import applier, capture, reader
 from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint
@@ -437,9 +437,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             # Past the turn there is no way back to undo to: the daemon (or the next run)
             # unfreezes SQLite, whose freeze nobody holds any more.
             raise
-        reason = str(e) if isinstance(e, Refused) else f"{type(e).__name__}: {describe(e)}"
-        if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
-            reason = "interrupted (Ctrl-C or a stop signal) before the switch was done"
+        reason = undo_reason(e)
         try:
             if conn.is_closed():
                 conn = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)

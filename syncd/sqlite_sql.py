@@ -209,7 +209,10 @@ def _literal(sql: str) -> tuple[int, Token]:
 def parse_constant(sql: str) -> Constant:
     """The single literal `sql` consists of, in any parentheses, with any comments, and
     with one sign before a number. Raises NotAConstant (or SqlSyntaxError) otherwise."""
-    sign, tok = _literal(sql)
+    return _constant(*_literal(sql))
+
+
+def _constant(sign: int, tok: Token) -> Constant:
     if tok.kind is Kind.STRING:
         return Constant(ConstKind.TEXT, unquote_string(tok.text))
     if tok.kind is Kind.BLOB:
@@ -339,10 +342,10 @@ def added_column_value(sql: str, column_affinity: Affinity) -> Any:
     the literal evaluates to (stored_value), which can differ: 0x80000000 stays text
     '0x80000000' in the old rows and is 2147483648 in the new; 1e2 in a column without
     a type is 100 in the old and 100.0 in the new. Raises NotAConstant as parse_constant."""
-    const = parse_constant(sql)
+    sign, tok = _literal(sql)
+    const = _constant(sign, tok)
     if const.kind not in (ConstKind.INTEGER, ConstKind.REAL):
         return stored_value(const, column_affinity)
-    sign, tok = _literal(sql)
     text = tok.text.replace("_", "")
     if text.upper() in ("TRUE", "FALSE"):
         # 1 or 0 without the affinity applied (a TEXT column reads the integer), but a REAL

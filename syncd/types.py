@@ -620,7 +620,7 @@ def pg_default(default_sql: str | None, pgtype: PgType, declared: str | None = N
         if expr is None:
             return PgDefault(None, f"{const.kind.value.upper()} has no exact form in a {pgtype.value} column")
         return PgDefault(expr)
-    col_affinity = q.affinity(declared) if declared is not None else _AFFINITY_OF.get(pgtype, q.Affinity.BLOB)
+    col_affinity = _column_affinity(pgtype, declared)
     try:
         stored = q.stored_value(const, col_affinity)
         value = converter(pgtype)(stored)
@@ -641,7 +641,7 @@ def added_rows_differ(default_sql: str | None, pgtype: PgType, declared: str | N
     carried = pg_default(default_sql, pgtype, declared)
     if carried.sql is None:
         return carried.not_carried  # None: both NULL
-    col_affinity = q.affinity(declared) if declared is not None else _AFFINITY_OF.get(pgtype, q.Affinity.BLOB)
+    col_affinity = _column_affinity(pgtype, declared)
     assert default_sql is not None
     old = new = None
     try:
@@ -653,6 +653,13 @@ def added_rows_differ(default_sql: str | None, pgtype: PgType, declared: str | N
         pass
     return (f"SQLite reads {old!r} in the rows the column was added to and stores {new!r} in rows inserted "
             "since; Postgres's DEFAULT gives every row the latter")
+
+
+def _column_affinity(pgtype: PgType, declared: str | None) -> sqlite_sql.Affinity:
+    """The column's affinity from its declared type, else the one `pgtype` implies."""
+    if declared is not None:
+        return sqlite_sql.affinity(declared)
+    return _AFFINITY_OF.get(pgtype, sqlite_sql.Affinity.BLOB)
 
 
 # The affinity a column of each type has when its declared type is not known.

@@ -21,7 +21,7 @@ from syncd.parity.plan import DUAL_WRITE
 from syncd.parity.summary import ParityFacts
 from syncd.config import Settings, SourceSettings
 from syncd.endpoint import fetch_status
-from syncd.identifiers import qualified, quote_ident, quote_pg_ident
+from syncd.identifiers import qualified, quote_ident
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping
 from syncd.postgres.connect import close_quietly, connect
@@ -170,6 +170,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     bk_schema = settings.postgres.bookkeeping_schema
     rows = {}
     way_back = None  # after a cutover: reverse.position's measurement
+    bk: Bookkeeping | None = None
     refused: dict[tuple[str, str | None], str] = {}  # schema parity objects Postgres refused: (name, marker) -> why
     if await bookkeeping_exists(pg, bk_schema):
         bk = Bookkeeping(bk_schema, source.name)
@@ -205,7 +206,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     # snapshot with the changes it holds past that checkpoint (see TableFacts.in_flight).
     side = None
     for _try in range(COUNT_TRIES):  # again if syncd pruned past Postgres's count meanwhile (seldom)
-        counted_at, pg_counts = await _pg_counts(pg, bk_schema, source, sorted(pg_tables), facts.registered)
+        counted_at, pg_counts = await _pg_counts(pg, bk, source, sorted(pg_tables))
         try:
             side = await asyncio.to_thread(_sqlite_side, source, sticky, counted_at, retyped)
         except (sqlite3.Error, OSError) as e:
@@ -247,11 +248,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.left_out = [lo for lo in facts.left_out if lo.kind != "view"] + \
                 summary.left_out_entries(facts.parity.items) + facts.parity.missing_entries()
     facts.capture_suspended = side.suspended if side else None
-    if way_back is not None and (live is None or live.get("lag_seconds") is None):
-        facts.lag = Lag(way_back.lag_seconds, "computed in Postgres: the age of the oldest change SQLite has not "
-                        "applied yet (no daemon endpoint answered)", way_back.pending)
-    else:
-        facts.lag = _lag(live, facts, side.pending if side else None, now)
+    facts.lag = _lag(live, facts, side.pending if side else None, now, way_back)
     if settings.cutover.backup_glob:
         base = settings.config_path.parent if settings.config_path else Path.cwd()
         facts.backup = find_backups(settings.cutover.backup_glob, source.name, base, now)
@@ -279,14 +276,12 @@ class _SqliteSide:
 COUNT_TRIES = 3
 
 
-async def _pg_counts(pg: asyncpg.Connection, bk_schema: str, source: SourceSettings, tables: list[str],
-                     registered: bool) -> tuple[int, dict[str, int]]:
+async def _pg_counts(pg: asyncpg.Connection, bk: Bookkeeping | None, source: SourceSettings,
+                     tables: list[str]) -> tuple[int, dict[str, int]]:
     """(the forward checkpoint, each table's row count), from one Postgres snapshot."""
     async with pg.transaction(isolation="repeatable_read", readonly=True):
-        applied = 0
-        if registered:
-            applied = await pg.fetchval(f"SELECT applied_seq FROM {quote_pg_ident(bk_schema)}.sources "
-                                        "WHERE source = $1", source.name) or 0
+        src = await bk.load_source(pg) if bk is not None else None
+        applied = src.applied_seq if src is not None else 0
         counts = {n: await pg.fetchval(f"SELECT count(*) FROM {qualified(source.schema, n)}") for n in tables}
     return applied, counts
 
@@ -347,11 +342,14 @@ def _daemon_status(settings: Settings) -> dict[str, dict]:
     return status.get("sources", {}) if isinstance(status, dict) else {}
 
 
-def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.datetime) -> Lag:
+def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.datetime, way_back=None) -> Lag:
     if live is not None and live.get("lag_seconds") is not None:
         # Pending as counted in the file now (as `syncd status` counts it), else the daemon's figure.
         return Lag(float(live["lag_seconds"]), f"the running daemon ({live.get('health', '?')})",
                    pending if pending is not None else live.get("pending_changes"))
+    if way_back is not None:  # cut over: the way back's own measurement (reverse.position)
+        return Lag(way_back.lag_seconds, "computed in Postgres: the age of the oldest change SQLite has not "
+                   "applied yet (no daemon endpoint answered)", way_back.pending)
     if pending is None:
         return Lag(None, "unknown (no changelog in the SQLite file)", None)
     if pending == 0:

@@ -400,25 +400,26 @@ def note_rebuilt(conn: sqlite3.Connection, busy_timeout_ms: int) -> bool:
     if not (_table_exists(conn, META) and _table_exists(conn, REGISTRY)):
         return False
 
-    def current(c: sqlite3.Connection) -> dict[str, int]:
+    def compare(c: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int]]:
+        """(what to remember now, the registered tables' rows remembered before). A
+        registered table missing for now (dropped, its replacement not yet renamed in by
+        a rebuild spread over transactions) keeps its row remembered until it is back."""
         rowids = _schema_rowids(c)
-        names = [r[0] for r in c.execute(f"SELECT name FROM main.{quote_ident(REGISTRY)}")]
-        return {n: rowids[n] for n in names if n in rowids}
+        registered = [r[0] for r in c.execute(f"SELECT name FROM main.{quote_ident(REGISTRY)}")]
+        before = {n: r for n, r in _remembered_rowids(c).items() if n in registered}
+        return {**before, **{n: rowids[n] for n in registered if n in rowids}}, before
 
-    now, before = current(conn), _remembered_rowids(conn)
-    if all(before.get(n) == r for n, r in now.items()):
+    now, before = compare(conn)
+    if now == before:
         return False
 
     def note(c: sqlite3.Connection) -> bool:
-        now, before = current(c), _remembered_rowids(c)
+        now, before = compare(c)
         rebuilt = [n for n, rowid in now.items() if n in before and rowid > before[n]]
         for name in rebuilt:
             c.execute(f"UPDATE main.{quote_ident(REGISTRY)} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), "
                       "reload_reason = ? WHERE name = ?", (REBUILT_REASON, name))
-        # A registered table missing for now (dropped, its replacement not yet renamed in
-        # by a rebuild spread over transactions) keeps its row remembered until it is back.
-        registered = {r[0] for r in c.execute(f"SELECT name FROM main.{quote_ident(REGISTRY)}")}
-        _remember_rowids(c, {**{n: r for n, r in before.items() if n in registered}, **now})
+        _remember_rowids(c, now)
         return bool(rebuilt)
 
     return write_transaction(conn, note, busy_timeout_ms=busy_timeout_ms)
