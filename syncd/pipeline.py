@@ -20,6 +20,7 @@ from syncd import metrics, parity
 from syncd.collisions import LookupIndexTooSlow
 from syncd.printable import listed
 from syncd.config import Settings, SourceSettings
+from syncd.health_note import FailingNote
 from syncd.lag import LagTracker
 from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
@@ -70,6 +71,7 @@ class Pipeline:
         self.ready = asyncio.Event()
         self.lag = LagTracker()
         self.health = STARTING
+        self.failing_note = FailingNote()  # FAILING, told to Postgres for `syncd status` (health_note.py)
         self.detail = ""
         self.pg_ok: bool | None = None
         self.step_started: float | None = None  # monotonic start of the step in progress, if any
@@ -192,7 +194,10 @@ class Pipeline:
     async def _step(self) -> bool:
         self.step_started = time.monotonic()
         try:
-            return await self._cycle()
+            await self.failing_note.publish(self.health, self.detail, self.session)  # a failure of the last step
+            did = await self._cycle()
+            await self.failing_note.publish(self.health, self.detail, self.session)  # recovered
+            return did
         finally:
             self.step_started = None
 

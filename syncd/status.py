@@ -76,6 +76,7 @@ class SourceStatus:
     direction: str = TO_POSTGRES  # TO_SQLITE once cut over (model.py)
     # "<table>: <foreign key> -> orphan rows", as the daemon last counted them (schema parity)
     foreign_key_orphans: dict[str, int] = field(default_factory=dict)
+    daemon_detail: str | None = None  # why the daemon reports itself failing, and since when
     rollback_until: str | None = None  # cut over: until when `syncd rollback` stays possible
     way_back_ended: str | None = None  # cut over: why SQLite no longer follows Postgres, once it does not
     problems: list[Problem] = field(default_factory=list)
@@ -143,6 +144,8 @@ class _PgSide:
     tables: list[tuple] = field(default_factory=list)  # name, state, reason, snapshot_rows, snapshot_total
     verify: dict[str, tuple] = field(default_factory=dict)  # table -> finished_at, differences, error
     holder: str | None = None
+    holder_since: dt.datetime | None = None  # when the lock holder's connection began
+    failing: tuple | None = None  # the daemon's note (health_note.py): detail, since, confirmed at
 
 
 async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict[str, _PgSide]:
@@ -156,20 +159,23 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
         schema = settings.postgres.bookkeeping_schema
         keys = {bk.lock_key(n): n for n in names}
         for r in await conn.fetch(
-                """SELECT l.objid::bigint, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                """SELECT l.objid::bigint, a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                    WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objsubid = 2 AND l.granted
                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
                 bk.LOCK_CLASS):
             if r[0] in keys:
                 out[keys[r[0]]].holder = r[1] or "a client"
+                out[keys[r[0]]].holder_since = r[2]
         if not await bk.bookkeeping_exists(conn, schema):
             return out
         q = bk.quote_pg_ident(schema)
         for side in out.values():
             side.bookkeeping = True
-        for r in await conn.fetch(f"SELECT source, applied_seq, applied_at, streaming_since, direction "
+        for r in await conn.fetch(f"SELECT source, applied_seq, applied_at, streaming_since, direction, "
+                                  f"failing, failing_since, failing_at "
                                   f"FROM {q}.sources WHERE source = ANY($1::text[])", names):
-            out[r[0]].src = tuple(r[1:])
+            out[r[0]].src = tuple(r[1:5])
+            out[r[0]].failing = tuple(r[5:]) if r[5] is not None else None
         for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total "
                                   f"FROM {q}.tables WHERE source = ANY($1::text[])", names):
             out[r[0]].tables.append(tuple(r[1:]))
@@ -260,17 +266,31 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         st.foreign_key_orphans = dict(mine.get("foreign_key_orphans") or {})
         if mine.get("health") not in (None, "starting"):
             st.state = mine["health"]
-    elif st.direction == TO_SQLITE:
-        pass  # the way back measured its lag in Postgres (_way_back): its oldest pending change's age
-    elif st.pending_changes is not None:
-        if st.pending_changes == 0:
-            st.lag_seconds = 0.0
-        elif src is not None and src[1] is not None:
-            # Without the daemon's observations the best bound is: not applied since then.
-            st.lag_seconds = max(0.0, time.time() - src[1].timestamp())
+        if st.state == "failing":
+            st.daemon_detail = mine.get("detail") or None
+    else:
+        if _failing_now(pg):
+            detail, since, _ = pg.failing
+            st.state, st.daemon_detail = "failing", f"{detail} (since {_iso(since)})"
+        # After a cutover the way back measured its lag in Postgres (_way_back): its
+        # oldest pending change's age.
+        if st.direction != TO_SQLITE and st.pending_changes is not None:
+            if st.pending_changes == 0:
+                st.lag_seconds = 0.0
+            elif src is not None and src[1] is not None:
+                # Without the daemon's observations the best bound is: not applied since then.
+                st.lag_seconds = max(0.0, time.time() - src[1].timestamp())
     if st.state == "unknown":
         st.state = _derive_state(st)
     return st
+
+
+def _failing_now(pg: _PgSide) -> bool:
+    """The daemon's failing note, if the daemon that wrote it holds the lock now: written
+    since the lock's connection began (a note left by a daemon gone is not today's)."""
+    if pg.failing is None or pg.holder is None or pg.holder_since is None:
+        return False
+    return pg.failing[2] is not None and pg.failing[2] >= pg.holder_since
 
 
 async def _way_back(settings: Settings, source: SourceSettings, st: SourceStatus) -> None:
@@ -321,7 +341,8 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
     if st.sqlite_exists and not st.capture_installed and st.sqlite_error is None:
         p.append(Problem("critical", "capture is not installed in the SQLite file"))
     if st.state in ("postgres_unreachable", "source_missing", "locked_by_other", "failing") and st.daemon_running:
-        p.append(Problem("critical", f"the daemon reports {st.state.replace('_', ' ')}"))
+        why = f": {st.daemon_detail}" if st.daemon_detail else ""
+        p.append(Problem("critical", f"the daemon reports {st.state.replace('_', ' ')}{why}"))
     if st.daemon_running is False and (st.pending_changes or 0) > 0:
         p.append(Problem("critical", f"daemon not running and {st.pending_changes} change(s) wait to be applied"))
     elif st.daemon_running is False:

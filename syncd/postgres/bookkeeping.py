@@ -120,6 +120,11 @@ def _ddl(bk: str) -> list[str]:
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS schema_version bigint",
         # Which way the source replicates (model.TO_POSTGRES / TO_SQLITE), set by cutover and rollback.
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS direction text NOT NULL DEFAULT 'to_postgres'",
+        # The daemon's FAILING state (its reason, since when, last confirmed when), for
+        # `syncd status` without the daemon's endpoint (health_note.py).
+        f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS failing text",
+        f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS failing_since timestamptz",
+        f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS failing_at timestamptz",
         # Every cutover and rollback, step by step: a crashed one is finished or undone from here.
         f"""CREATE TABLE IF NOT EXISTS {s}.switches (
             id bigserial PRIMARY KEY,
@@ -410,6 +415,15 @@ class Bookkeeping:
         await conn.execute(
             f"UPDATE {self.s}.sources SET streaming_since = now() WHERE source = $1 AND streaming_since IS NULL",
             self.source,
+        )
+
+    async def note_failing(self, conn: asyncpg.Connection, detail: str | None) -> None:
+        """The daemon is failing for `detail` (confirmed now), or no longer (None)."""
+        await conn.execute(
+            f"UPDATE {self.s}.sources SET failing = $2::text, "
+            f"failing_since = CASE WHEN $2::text IS NULL THEN NULL ELSE coalesce(failing_since, now()) END, "
+            f"failing_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END WHERE source = $1",
+            self.source, detail,
         )
 
     async def event(self, conn: asyncpg.Connection, kind: str, table: str | None, detail: str | None) -> None:

@@ -23,6 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_r
 
 from syncd import metrics
 from syncd.config import Settings, SourceSettings
+from syncd.health_note import FailingNote
 from syncd.model import TO_SQLITE, TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
@@ -136,6 +137,7 @@ class ReversePipeline:
         self.lag = ReverseLag()
         self.applied_written = float("-inf")  # when touch_applied last ran (monotonic)
         self.health = STARTING
+        self.failing_note = FailingNote()  # FAILING, told to Postgres for `syncd status` (health_note.py)
         self.detail = ""
         self.pg_ok: bool | None = None
         self.step_started: float | None = None
@@ -244,7 +246,10 @@ class ReversePipeline:
     async def _step(self) -> bool:
         self.step_started = time.monotonic()
         try:
-            return await self._cycle()
+            await self.failing_note.publish(self.health, self.detail, self.session)  # a failure of the last step
+            did = await self._cycle()
+            await self.failing_note.publish(self.health, self.detail, self.session)  # recovered
+            return did
         finally:
             self.step_started = None
 

@@ -1,0 +1,47 @@
+"""A failing daemon, told to Postgres: `syncd status` reads it when the daemon's endpoint
+does not answer (disabled, or unreachable from where status runs).
+
+The daemon's other states need no note: status sees an unreachable Postgres, a missing
+file and another lock holder for itself, and held or paused tables are in bookkeeping.
+A note is trusted only while the daemon that wrote it holds the source's lock, and only
+if written since that lock's connection began (status compares the two): a note left by
+a daemon killed while failing is never shown as today's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from syncd.postgres.connect import describe
+
+FAILING = "failing"
+POSTGRES_DOWN = "postgres_unreachable"
+REFRESH_SECONDS = 30.0  # a failing note is confirmed this often (a new lock connection needs a newer one)
+WRITE_TIMEOUT_SECONDS = 5.0
+
+
+class FailingNote:
+    def __init__(self) -> None:
+        self.published: str | None = None
+        self.at = 0.0
+
+    async def publish(self, health: str, detail: str, session) -> None:
+        """Write the note when it changed, or every REFRESH_SECONDS while failing. Best
+        effort: a note not written is tried again at the next step, and never fails one."""
+        if health == POSTGRES_DOWN:
+            return  # nothing to write to; status sees the outage itself
+        want = (detail or "failing") if health == FAILING else None
+        now = time.monotonic()
+        if want == self.published and (want is None or now - self.at < REFRESH_SECONDS):
+            return
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
+                async with session.target.connection() as conn:
+                    await session.bk.note_failing(conn, want)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the note is a courtesy to status
+            session.debug(f"could not note the health in Postgres: {describe(e)}")
+            return
+        self.published, self.at = want, now
