@@ -274,23 +274,12 @@ def _parse_datetime(v: Any, pgtype: PgType) -> dt.datetime:
     return parsed
 
 
-_INFINITE = "asyncpg sends this extreme value as infinity; keep the column as text to store it exactly"
-
-
-def _finite(v: Any, naive: dt.datetime, pgtype: PgType) -> None:
-    """asyncpg encodes the largest and smallest datetime as +-infinity: refuse them
-    rather than store something else than SQLite holds."""
-    if naive in (dt.datetime.max, dt.datetime.min):
-        raise _misfit(v, pgtype, _INFINITE)
-
-
 def _to_timestamp(v: Any) -> Any:
     if v is None:
         return None
     d = _parse_datetime(v, PgType.TIMESTAMP)
     if d.tzinfo is not None:
         d = d.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    _finite(v, d, PgType.TIMESTAMP)
     return d
 
 
@@ -300,7 +289,6 @@ def _to_timestamptz(v: Any) -> Any:
     d = _parse_datetime(v, PgType.TIMESTAMPTZ)
     if d.tzinfo is None:
         d = d.replace(tzinfo=dt.timezone.utc)  # SQLite's date functions work in UTC
-    _finite(v, d.astimezone(dt.timezone.utc).replace(tzinfo=None), PgType.TIMESTAMPTZ)
     return d
 
 
@@ -317,8 +305,6 @@ def _to_date(v: Any) -> Any:
         if (d.hour, d.minute, d.second, d.microsecond) != (0, 0, 0, 0):
             raise _misfit(v, PgType.DATE, "has a time of day; map it to timestamp instead")
         day = d.date()
-    if day in (dt.date.max, dt.date.min):
-        raise _misfit(v, PgType.DATE, _INFINITE)
     return day
 
 

@@ -12,14 +12,15 @@ import pytest
 
 from syncd.model import Column, TableSpec
 from syncd.postgres.apply import TableWriter
-from syncd.types import ValueMismatch, PgType, canonical, converter, pg_canonical_expr
+from syncd.postgres.connect import exact_instants
+from syncd.types import PgType, canonical, converter, pg_canonical_expr
 from syncd.verify.rowhash import MISFIT, MOD, RowTokens, SqliteRowHash, fold, pg_row_hash_sql, row_hash, value_token
 
 TEXTS = ["", "plain", "NULL", "N", "quote ' and \" double", "back\\slash", "new\nline\r\ttab\x1f", "é ü 漢字 🚀",
          "\u2028", "e\u0301", "t3:abc"]
 TIMES = [None, "2024-01-31", "2024-01-31 23:59:59", "2024-01-31T23:59:59.123Z", "2024-01-31T12:00:00+05:30",
          "1969-12-31 23:59:59.999999", "0001-01-01 00:00:01", "9999-12-31 23:59:59.999998", 1706745599,
-         1706745599.5, 0, -1.5]
+         1706745599.5, 0, -1.5, "0001-01-01 00:00:00", "9999-12-31 23:59:59.999999"]
 
 # SQLite values (as the application stored them) that the converter accepts, per type.
 VALUES: dict[PgType, list] = {
@@ -39,10 +40,12 @@ VALUES: dict[PgType, list] = {
                    "[1.0e-10, 1E+3, 1e400]", "null", "true", '"\\ud83d\\ude80 \u2028"', '{"a": {}, "b": []}'],
     PgType.TIMESTAMP: TIMES,
     PgType.TIMESTAMPTZ: [*TIMES, "1900-01-01T00:00:00-03:00"],
-    PgType.DATE: [None, "2024-01-31", "1969-12-31", 1706659200, "2024-01-31 00:00:00", "0001-01-02", "9999-12-30"],
+    PgType.DATE: [None, "2024-01-31", "1969-12-31", 1706659200, "2024-01-31 00:00:00", "0001-01-02", "9999-12-30",
+                   "0001-01-01", "9999-12-31"],
 }
 
-# Python's date/datetime min and max, which asyncpg sends as -infinity / infinity.
+# Python's date/datetime min and max: asyncpg's own encoding sends them as -infinity /
+# infinity, syncd's connections as the first and last day or instant they are.
 EXTREMES: dict[PgType, list] = {
     PgType.TIMESTAMP: ["0001-01-01 00:00:00", "9999-12-31 23:59:59.999999"],
     PgType.TIMESTAMPTZ: ["0001-01-01T00:00:00Z", "9999-12-31 23:59:59.999999"],
@@ -63,6 +66,13 @@ MISFITS: dict[PgType, list] = {
     PgType.TIMESTAMPTZ: ["31/01/2024"],
     PgType.DATE: ["2024-01-31 10:00:00", "2024-02-30", 1706745599],
 }
+
+
+async def syncd_connection(dsn: str) -> asyncpg.Connection:
+    """A connection that encodes values as every syncd connection does."""
+    pg = await asyncpg.connect(dsn)
+    await exact_instants(pg)
+    return pg
 
 
 def spec_for(types: list[PgType]) -> TableSpec:
@@ -98,7 +108,7 @@ async def test_python_token_equals_postgres_token(pg_dsn, pgtype):
     values = VALUES[pgtype]
     spec = spec_for([pgtype])
     rows = [(i, v) for i, v in enumerate(values)]
-    pg = await asyncpg.connect(pg_dsn)
+    pg = await syncd_connection(pg_dsn)
     try:
         await store(pg, spec, rows)
         got = dict(await pg.fetch(f'SELECT id, {pg_canonical_expr(pgtype, "c0")} FROM s.canon'))
@@ -126,7 +136,7 @@ async def test_row_hash_is_the_same_three_ways(pg_dsn, pgtype):
                  for i in range(len(rows))}
     assert in_sqlite == reference
 
-    pg = await asyncpg.connect(pg_dsn)
+    pg = await syncd_connection(pg_dsn)
     try:
         await store(pg, spec, rows)
         in_pg = {r[0]: r[1] % MOD for r in await pg.fetch(f"SELECT id, {pg_row_hash_sql(spec)} FROM s.canon")}
@@ -140,23 +150,25 @@ async def test_row_hash_is_the_same_three_ways(pg_dsn, pgtype):
 
 
 @pytest.mark.parametrize("pgtype", list(EXTREMES), ids=lambda t: t.name)
-async def test_extreme_dates_are_refused_and_infinity_never_looks_equal(pg_dsn, pgtype):
-    """asyncpg sends date/datetime min and max as +/-infinity, so the converter refuses
-    them (the table is held with that reason instead of storing something else); and
-    an infinity already in Postgres (written by an older syncd, or by hand) gets a
-    token no finite value has, so verify reports it instead of failing."""
-    for v in EXTREMES[pgtype]:
-        with pytest.raises(ValueMismatch, match="infinity"):
-            converter(pgtype)(v)
-    pg = await asyncpg.connect(pg_dsn)
+async def test_extreme_dates_are_stored_as_themselves_and_infinity_never_looks_equal(pg_dsn, pgtype):
+    """The first and last day (or instant) Python holds reach Postgres as those dates,
+    not as the infinities asyncpg's own encoding makes of them (a "valid until
+    9999-12-31" stays that date); and an infinity in Postgres (written by hand, or by an
+    older syncd) gets a token no finite value has, so verify reports it as different."""
+    pg = await syncd_connection(pg_dsn)
     try:
         await pg.execute(f"CREATE TEMP TABLE inf (c0 {pgtype.value})")
-        await pg.execute("INSERT INTO inf VALUES ('infinity'), ('-infinity')")
+        await pg.executemany("INSERT INTO inf VALUES ($1)", [(converter(pgtype)(v),) for v in EXTREMES[pgtype]])
+        assert await pg.fetchval("SELECT count(*) FROM inf WHERE isfinite(c0)") == 2
+        finite = {r[0] for r in await pg.fetch(f'SELECT {pg_canonical_expr(pgtype, "c0")} FROM inf')}
+        assert finite == {canonical(pgtype, converter(pgtype)(v)) for v in EXTREMES[pgtype]}
+        await pg.execute("TRUNCATE inf; INSERT INTO inf VALUES ('infinity'), ('-infinity')")
         tokens = [r[0] for r in await pg.fetch(f'SELECT {pg_canonical_expr(pgtype, "c0")} FROM inf')]
     finally:
         await pg.close()
     letter = pgtype_letter(pgtype)
     assert sorted(tokens) == sorted([letter + "infinity", letter + "-infinity"])
+    assert not finite & set(tokens)
 
 
 def pgtype_letter(pgtype: PgType) -> str:
@@ -207,7 +219,7 @@ async def test_tables_wider_than_sqlite_function_arguments(pg_dsn):
     tokens = RowTokens(spec)
     want = sum(row_hash(tokens.row(r)) for r in rows) % MOD
     assert fold(conn.execute(f"SELECT {hasher.sql} FROM canon").fetchone()[0]) == want
-    pg = await asyncpg.connect(pg_dsn)
+    pg = await syncd_connection(pg_dsn)
     try:
         await store(pg, spec, rows)
         assert fold(int(await pg.fetchval(f"SELECT sum({pg_row_hash_sql(spec)}) FROM s.canon"))) == want

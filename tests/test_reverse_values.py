@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from syncd.reverse import values
 from syncd.reverse.values import (BLOB, EPOCH_INT, EPOCH_REAL, INTEGER, NUMERIC, REAL, TEXT, ColumnShape,
-                                  NotExpressible, affinity, detect_format, format_instant, stored, to_sqlite)
+                                  NotExpressible, OutOfRange, affinity, detect_format, format_instant, stored,
+                                  to_sqlite)
 from syncd.types import PgType, ValueMismatch, converter
 
 rnd = random.Random(14)
@@ -171,12 +172,25 @@ def test_a_spelling_that_cannot_hold_the_instant_gains_the_fraction():
     (ColumnShape("n", PgType.NUMERIC, NUMERIC), Decimal("0.12345678901234567890123"), "more precision"),
     (ColumnShape("t", PgType.TEXT, NUMERIC), "1.0", "NUMERIC affinity"),
     (ColumnShape("t", PgType.TEXT, INTEGER), "007", "INTEGER affinity"),
-    (ColumnShape("t", PgType.TIMESTAMP, NUMERIC), dt.datetime.max, "infinity"),
-    (ColumnShape("t", PgType.TIMESTAMP, NUMERIC), dt.datetime.min, "infinity"),
+    (ColumnShape("t", PgType.TIMESTAMP, NUMERIC), OutOfRange("infinity"), "infinity has no SQLite spelling"),
+    (ColumnShape("d", PgType.DATE, TEXT), OutOfRange("-infinity"), "-infinity has no SQLite spelling"),
+    (ColumnShape("d", PgType.DATE, TEXT), OutOfRange("0044-03-15 BC"), "outside the years 1 to 9999"),
 ])
 def test_values_sqlite_cannot_hold_are_refused_with_the_reason(shape, value, why):
     with pytest.raises(NotExpressible, match=why):
         to_sqlite(shape, value)
+
+
+@pytest.mark.parametrize("shape, value, out", [
+    (ColumnShape("d", PgType.DATE, NUMERIC), dt.date.max, "9999-12-31"),
+    (ColumnShape("d", PgType.DATE, TEXT), dt.date.min, "0001-01-01"),
+    (ColumnShape("t", PgType.TIMESTAMP, NUMERIC), dt.datetime.max, "9999-12-31 23:59:59.999999"),
+    (ColumnShape("t", PgType.TIMESTAMP, TEXT, "%Y-%m-%d %H:%M:%S"), dt.datetime.min, "0001-01-01 00:00:00"),
+])
+def test_the_first_and_last_day_go_back_as_themselves(shape, value, out):
+    """A date or instant read as a value is finite (the reader sends infinities apart):
+    a "valid until 9999-12-31" goes back to SQLite as that day."""
+    assert to_sqlite(shape, value) == out
 
 
 def test_affinity_follows_sqlites_rules():
@@ -206,8 +220,7 @@ def test_spellings_are_recognised(text, fmt):
 
 
 @settings(max_examples=300, deadline=None)
-# datetime.min and .max are how asyncpg hands over -infinity and infinity: refused, tested apart
-@given(moment=st.datetimes(min_value=dt.datetime(1, 1, 1, 0, 0, 1), max_value=dt.datetime(9999, 12, 31, 23, 59, 59)),
+@given(moment=st.datetimes(min_value=dt.datetime.min, max_value=dt.datetime.max),
        fmt=st.sampled_from(["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%S.%3f%z",
                             "%Y-%m-%d %H:%M", EPOCH_INT, EPOCH_REAL]))
 def test_every_instant_goes_back_exactly_whatever_the_spelling(moment, fmt):

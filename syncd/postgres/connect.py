@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import socket
 from typing import Any
 
@@ -115,9 +116,80 @@ def connect_kwargs(password: str | None, settings: PostgresSettings, **server_se
 async def connect(dsn: str, password: str | None, settings: PostgresSettings, **server_settings: str) -> asyncpg.Connection:
     """Open a connection with bounded connect and statement times."""
     try:
-        return await asyncpg.connect(dsn, **connect_kwargs(password, settings, **server_settings))
+        conn = await asyncpg.connect(dsn, **connect_kwargs(password, settings, **server_settings))
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
         raise PostgresUnavailable(f"cannot connect to {scrub(redact_dsn(dsn))}: {describe(e)}") from None
+    try:
+        await exact_instants(conn)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
+# --- dates and timestamps as they are -------------------------------------------------
+#
+# asyncpg encodes Python's last day and instant (date.max, datetime.max) as Postgres's
+# infinity, and its first as -infinity: a "valid until 9999-12-31" in SQLite would become
+# infinity in Postgres. syncd's connections encode them as the dates they are, through
+# asyncpg's binary tuple format (days or microseconds since 2000-01-01); decoding keeps
+# asyncpg's behaviour (infinities arrive as the extremes; the way back reads them as
+# text instead, reverse/reader.select_list, and verify compares them in SQL).
+
+_DAY0 = dt.date(2000, 1, 1).toordinal()
+_TS0 = dt.datetime(2000, 1, 1)
+_TSTZ0 = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+_MICRO = dt.timedelta(microseconds=1)
+_INT32_MAX, _INT32_MIN = 2**31 - 1, -(2**31)
+_INT64_MAX, _INT64_MIN = 2**63 - 1, -(2**63)
+
+
+def _date_out(d: dt.date) -> tuple[int]:
+    return (d.toordinal() - _DAY0,)
+
+
+def _date_in(t: tuple[int]) -> dt.date:
+    n = t[0]
+    if n == _INT32_MAX:
+        return dt.date.max
+    if n == _INT32_MIN:
+        return dt.date.min
+    return dt.date.fromordinal(n + _DAY0)
+
+
+def _ts_out(d: dt.datetime) -> tuple[int]:
+    return ((d - _TS0) // _MICRO,)
+
+
+def _ts_in(t: tuple[int]) -> dt.datetime:
+    n = t[0]
+    if n == _INT64_MAX:
+        return dt.datetime.max
+    if n == _INT64_MIN:
+        return dt.datetime.min
+    return _TS0 + dt.timedelta(microseconds=n)
+
+
+def _tstz_out(d: dt.datetime) -> tuple[int]:
+    if d.tzinfo is None:
+        d = d.astimezone()  # asyncpg's own reading of a naive instant: local time
+    return ((d - _TSTZ0) // _MICRO,)
+
+
+def _tstz_in(t: tuple[int]) -> dt.datetime:
+    n = t[0]
+    if n == _INT64_MAX:
+        return dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+    if n == _INT64_MIN:
+        return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    return _TSTZ0 + dt.timedelta(microseconds=n)
+
+
+async def exact_instants(conn: asyncpg.Connection) -> None:
+    """Encode dates and timestamps exactly on `conn` (every syncd connection gets it)."""
+    for name, out, back in (("date", _date_out, _date_in), ("timestamp", _ts_out, _ts_in),
+                            ("timestamptz", _tstz_out, _tstz_in)):
+        await conn.set_type_codec(name, schema="pg_catalog", encoder=out, decoder=back, format="tuple")
 
 
 async def close_quietly(conn: asyncpg.Connection | None, timeout: float = 2.0) -> None:

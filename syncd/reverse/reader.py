@@ -49,10 +49,13 @@ class SourceTable:
 
 
 # asyncpg makes Python dates and datetimes of date and timestamp values, which hold the
-# years 1 to 9999 (and Postgres's infinities, as their min and max); one value outside
-# them (a BC date, the year 10000) would fail the whole statement, every time it is
-# read. Such a value is selected as NULL and its text beside the others, and reaches
-# the applier as values.OutOfRange: its table is held, naming the key and the column.
+# years 1 to 9999; one value outside them (a BC date, the year 10000) would fail the
+# whole statement, every time it is read. And it decodes Postgres's infinities as those
+# years' first and last day (or instant), the very values a "valid until 9999-12-31"
+# holds. So only finite values in the years 1 to 9999 are selected as they are: any
+# other is selected as NULL and its text beside the others, and reaches the applier as
+# values.OutOfRange (its table is held, naming the key and the column), and a last day
+# that arrives as a value is that day, never an infinity.
 _YEARS_1_TO_9999 = {
     PgType.DATE: "DATE '0001-01-01' AND DATE '9999-12-31'",
     PgType.TIMESTAMP: "TIMESTAMP '0001-01-01' AND TIMESTAMP '9999-12-31 23:59:59.999999'",
@@ -87,7 +90,7 @@ def select_list(exprs: Sequence[str], families: Sequence[PgType | None]) -> Sele
         if years is None:
             cols.append(e)
             continue
-        fits = f"(NOT isfinite({e}) OR {e} BETWEEN {years})"
+        fits = f"(isfinite({e}) AND {e} BETWEEN {years})"
         cols.append(f"CASE WHEN {fits} THEN {e} END")
         texts.append(f"CASE WHEN NOT {fits} THEN ({e})::text END")
         guarded.append(i)
