@@ -6,6 +6,7 @@ again and both sides compare equal."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 from tests.support.compare import compare_all
@@ -69,3 +70,37 @@ async def test_a_date_python_cannot_hold_holds_its_table_and_names_it(tmp_path, 
 
 async def _body(db) -> bool:
     return typeof(db, "SELECT body FROM notes WHERE id = 1") == [("the other tables go on",)]
+
+
+async def test_a_held_table_is_not_copied_again_while_its_value_still_does_not_fit(tmp_path, make_config, pg_dsn):
+    """Each retry of a table held for one row's value reads that row, not the whole
+    table: the application's Postgres is not scanned end to end every few seconds
+    until someone fixes the value. Once it fits, the table is copied again."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"held_table_retry_seconds": 0.2})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "UPDATE app.events SET day = 'infinity' WHERE id = 3")
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app"))["events"][0] == "held"
+
+        await eventually(held, 30, "events held", d)
+        d.wait_log("table held on the way back")
+        before = d.log().count("reload_started")
+        await pg_rows(pg_dsn, "UPDATE app.notes SET body = 'marker one' WHERE id = 2")
+        await eventually(lambda: _marker(db, "marker one"), 30, "the way back going on", d)
+        await asyncio.sleep(5)  # 25 retry periods: each reads the held row alone
+        assert d.log().count("reload_started") == before, d.log()[-3000:]
+        assert (await table_states(pg_dsn, "app"))["events"][0] == "held"
+
+        await pg_rows(pg_dsn, "UPDATE app.events SET day = '2026-12-03' WHERE id = 3")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.log().count("reload_started") == before + 1
+        assert typeof(db, "SELECT day FROM events WHERE id = 3") == [("2026-12-03",)]
+        assert await compare_all(str(db), pg_dsn, "app", ["events", "notes"]) == []
+
+
+async def _marker(db, text: str) -> bool:
+    return typeof(db, "SELECT body FROM notes WHERE id = 2") == [(text,)]

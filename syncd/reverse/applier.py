@@ -78,6 +78,7 @@ class ApplyPlan:
 @dataclass
 class ApplyOutcome:
     held: dict[int, str] = field(default_factory=dict)
+    held_keys: dict[int, tuple] = field(default_factory=dict)  # tid -> the key of the row whose value does not fit
     written: int = 0  # rows inserted, updated or deleted
     kept: int = 0  # rows SQLite already held as Postgres does
     schema_version: int = 0
@@ -220,7 +221,9 @@ def find_existing(conn: sqlite3.Connection, t: TableApply, keys: list[tuple], in
 
 
 class _Held(Exception):
-    pass
+    def __init__(self, reason: str, key: tuple | None = None):
+        super().__init__(reason)
+        self.key = key  # the Postgres key of the row whose value does not fit, when one does not
 
 
 def _app_triggers(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
@@ -278,7 +281,7 @@ class TableWriter:
             except NotExpressible as e:
                 key = tuple(pg_row[j] for j in self.spec.key_indexes)
                 raise _Held(f'table "{self.spec.name}" key {_show(key)} column "{shape.name}": {e}; '
-                            "fix the value in Postgres (the table is copied again once it fits)") from None
+                            "fix the value in Postgres (the table is copied again once it fits)", key) from None
             changed.append(i)
         return out, changed
 
@@ -464,6 +467,8 @@ class SqliteSink:
                     out.kept += kept
                 except _Held as e:
                     out.held[t.tid] = str(e)
+                    if e.key is not None:
+                        out.held_keys[t.tid] = e.key
                     reload[t.spec.name] = str(e)
                 finally:
                     if triggers:

@@ -36,7 +36,7 @@ from syncd.reverse.applier import ApplyOutcome, ApplyPlan, NeedKeys, SchemaMoved
 from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint, start
 from syncd.reverse.reader import SourceTable
-from syncd.reverse.values import ColumnShape
+from syncd.reverse.values import ColumnShape, NotExpressible, OutOfRange, to_sqlite
 from syncd.session import SourceSession, changed, new_row
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import LockTimeout
@@ -75,6 +75,7 @@ class ReverseTable:
     key_types: tuple[str, ...] = ()
     retry_at: float = 0.0
     logged_reason: str | None = None
+    held_key: tuple | None = None  # held for this row's value: looked at before copying the table again
 
     @property
     def state(self) -> str:
@@ -482,6 +483,7 @@ class ReversePipeline:
             old = s.tables.get(name)
             if old is not None:
                 runtimes[name].retry_at, runtimes[name].logged_reason = old.retry_at, old.logged_reason
+                runtimes[name].held_key = old.held_key
             if rows.get(name) != new:
                 await s.bk.save_table(pg, new)
                 runtimes[name].row = (await s.bk.load_tables(pg))[name]
@@ -621,6 +623,8 @@ class ReversePipeline:
             self.reload[t.name] = reason
             t.row = changed(t.row, state=bk.HELD, reason=reason)
             t.retry_at = time.monotonic() + self.settings.stream.held_table_retry_seconds
+            key = outcome.held_keys.get(tid)
+            t.held_key = key if key is not None and not any(isinstance(k, OutOfRange) for k in key) else None
             await s.bk.save_table(s.pg, t.row)
             self._log_state(t)
             if self.loading is not None and self.loading.name == t.name:
@@ -646,8 +650,15 @@ class ReversePipeline:
         s = self.session
         if self.loading is None:
             now = time.monotonic()
-            pick = next((t for t in self.tables.values() if t.name in self.reload and t.spec is not None
-                         and t.state in (bk.LOADING, bk.STREAMING, bk.HELD) and now >= t.retry_at), None)
+            pick = None
+            for t in list(self.tables.values()):
+                if (t.name in self.reload and t.spec is not None and t.state in (bk.LOADING, bk.STREAMING, bk.HELD)
+                        and now >= t.retry_at):
+                    if t.state == bk.HELD and await self._still_unfit(t):
+                        t.retry_at = now + self.settings.stream.held_table_retry_seconds
+                        continue
+                    pick = t
+                    break
             if pick is None:
                 return False
             self.loading = _Reload(pick.name)
@@ -700,6 +711,26 @@ class ReversePipeline:
             t.row = changed(t.row, snapshot_rows=load.rows)
         metrics.snapshot_rows_loaded.labels(self.name, t.name).set(load.rows)
         return True
+
+    async def _still_unfit(self, t: ReverseTable) -> bool:
+        """A table held for one row's value stays held while that row's value still does
+        not fit SQLite: one row read, not the whole table copied again every retry (a
+        large table in the application's Postgres would be read end to end every few
+        seconds until someone fixed the value)."""
+        if t.held_key is None:
+            return False
+        rows, _ = await reader.read_keys(self.session.pg, self.source.schema, t.source_table(), [t.held_key])
+        if not rows:
+            return False  # the row is gone: copy the table again
+        for c, shape, v in zip(t.spec.columns, t.shapes, rows[0]):
+            if c.generated:
+                continue
+            try:
+                to_sqlite(shape, v)
+            except NotExpressible:
+                return True
+        t.held_key = None
+        return False
 
     async def _gone_rows(self, t: ReverseTable, ta: TableApply, keep: set) -> None:
         """A reload's last chunk also deletes the SQLite rows Postgres does not have,
