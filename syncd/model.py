@@ -42,6 +42,9 @@ class Column:
     # column of a keyless table, the rowid alias no column shadows ("_rowid_", ...).
     sqlite_expr: str | None = None
     generated: bool = False  # GENERATED ALWAYS AS (...) in SQLite: carried as the values it computed
+    # The SQLite spelling of a date column schema parity typed (bookkeeping `columns`):
+    # only values in it convert (types.column_converter); any other holds the table.
+    sqlite_format: str | None = None
 
 
 @dataclass(frozen=True)

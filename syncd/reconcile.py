@@ -49,7 +49,7 @@ ARM_ROUNDS = 5
 
 
 async def install_capture(session: SourceSession, sticky: dict[str, dict[str, PgType]] | None = None,
-                          retyped: dict[str, dict[str, PgType]] | None = None) -> CaptureResult:
+                          retyped: dict[str, dict[str, tuple[PgType, str | None]]] | None = None) -> CaptureResult:
     """SQLite side only: capture objects and triggers on every wanted table. Works
     while Postgres is down, so changes are recorded from the first moment.
 

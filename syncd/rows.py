@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from syncd.model import TableSpec
 from syncd.sqlite.audit import format_key
-from syncd.types import PgType, ValueMismatch, converter
+from syncd.types import PgType, ValueMismatch, converter_of
 
 # Types whose converter returns these Python values unchanged: a row whose values
 # already have them needs no function call per value (the snapshot's hot loop).
@@ -58,7 +58,7 @@ class RowConverter:
 
     def __init__(self, spec: TableSpec):
         self.spec = spec
-        self._convs = [converter(c.pgtype) for c in spec.columns]
+        self._convs = [converter_of(c) for c in spec.columns]
         self._key_idx = spec.key_indexes
         self._key_convs = [self._convs[i] for i in self._key_idx]
         self._row = _compile_row_function(spec, self._convs)

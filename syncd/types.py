@@ -331,6 +331,31 @@ def converter(pgtype: PgType) -> Callable[[Any], Any]:
     return _CONVERTERS[pgtype]
 
 
+def converter_of(col: Any) -> Callable[[Any], Any]:
+    """The converter of a model.Column (column_converter with its type, spelling and
+    declared type)."""
+    return column_converter(col.pgtype, col.sqlite_format, col.declared)
+
+
+_INSTANTS = (PgType.DATE, PgType.TIMESTAMP, PgType.TIMESTAMPTZ)
+_STRICT: dict[tuple[PgType, str, str], Callable[[Any], Any]] = {}
+
+
+def column_converter(pgtype: PgType, sqlite_format: str | None = None, declared: str = "") -> Callable[[Any], Any]:
+    """converter(pgtype), or for a date column schema parity typed (Column.sqlite_format)
+    one that takes only values in the column's SQLite spelling: any other would be
+    stored as some other instant (a julian day read as epoch seconds, an offset folded
+    away), and the comparison, which converts the same way, would call it equal."""
+    if sqlite_format is None or pgtype not in _INSTANTS:
+        return _CONVERTERS[pgtype]
+    conv = _STRICT.get((pgtype, sqlite_format, declared))
+    if conv is None:
+        from syncd.parity.dates import strict_converter  # parity builds on this module
+
+        conv = _STRICT[(pgtype, sqlite_format, declared)] = strict_converter(pgtype, sqlite_format, declared)
+    return conv
+
+
 # The storage class whose values a type's converter returns unchanged (None stays
 # None). rows._PASSTHROUGH lets the same values skip the converter call in Python.
 _UNCHANGED_CLASS = {PgType.BIGINT: "integer", PgType.DOUBLE: "real", PgType.TEXT: "text", PgType.BYTEA: "blob"}

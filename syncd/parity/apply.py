@@ -335,20 +335,22 @@ async def _record_column(conn: asyncpg.Connection, bk_schema: str, source: str, 
         source, table, column, pgtype.value, fmt)
 
 
-async def retyped_columns(conn: asyncpg.Connection, bk_schema: str, source: str) -> dict[str, dict[str, PgType]]:
-    """The columns schema parity gave a type (table -> column -> type), from bookkeeping:
-    introspection keeps using these types, so a forward stream after a rollback converts
-    each value to the column's type. {} before bookkeeping exists."""
+async def retyped_columns(conn: asyncpg.Connection, bk_schema: str,
+                          source: str) -> dict[str, dict[str, tuple[PgType, str | None]]]:
+    """The columns schema parity gave a type (table -> column -> (type, SQLite spelling)),
+    from bookkeeping: introspection keeps using these types, so a forward stream after a
+    rollback converts each value to the column's type, and only a value in the column's
+    spelling. {} before bookkeeping exists."""
     try:
         rows = await conn.fetch(
-            f"SELECT table_name, column_name, pgtype FROM {quote_pg_ident(bk_schema)}.columns WHERE source = $1",
-            source)
+            f"SELECT table_name, column_name, pgtype, sqlite_format FROM {quote_pg_ident(bk_schema)}.columns "
+            "WHERE source = $1", source)
     except asyncpg.UndefinedTableError:
         return {}
-    out: dict[str, dict[str, PgType]] = {}
-    for table, column, pgtype in rows:
+    out: dict[str, dict[str, tuple[PgType, str | None]]] = {}
+    for table, column, pgtype, fmt in rows:
         try:
-            out.setdefault(table, {})[column] = PgType(pgtype)
+            out.setdefault(table, {})[column] = (PgType(pgtype), fmt)
         except ValueError:
             continue  # a type this syncd does not know: introspection decides as usual
     return out
@@ -553,14 +555,15 @@ async def _drop_earlier_cutover(conn: asyncpg.Connection, source: str, schema: s
         await run(conn, _drop_sql(schema, obj))
 
 
-def _with_types(specs: dict[str, TableSpec], retyped: dict[str, dict[str, PgType]]) -> dict[str, TableSpec]:
+def _with_types(specs: dict[str, TableSpec],
+                retyped: dict[str, dict[str, tuple[PgType, str | None]]]) -> dict[str, TableSpec]:
     """`specs` with the types schema parity gave columns earlier (typed during dual-write,
     or a cutover finished before a rollback): those columns are typed already."""
     out = {}
     for name, spec in specs.items():
         types = retyped.get(name, {})
-        cols = tuple(dataclasses.replace(c, pgtype=types[c.name]) if c.name in types and not c.type_note else c
-                     for c in spec.columns)
+        cols = tuple(dataclasses.replace(c, pgtype=types[c.name][0], sqlite_format=types[c.name][1])
+                     if c.name in types and not c.type_note else c for c in spec.columns)
         out[name] = dataclasses.replace(spec, columns=cols) if cols != spec.columns else spec
     return out
 

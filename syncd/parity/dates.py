@@ -29,10 +29,10 @@ import datetime as dt
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from syncd.identifiers import pg_string_literal, quote_literal, quote_pg_ident
-from syncd.types import PgType
+from syncd.types import PgType, ValueMismatch, converter
 
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -208,6 +208,38 @@ def round_trips(value: Any, fmt: Format, pgtype: PgType) -> str | None:
     if back != value or type(back) is not type(value):
         return f"comes back as {back!r}"
     return None
+
+
+def strict_converter(pgtype: PgType, spec: str, declared: str = "") -> Callable[[Any], Any]:
+    """types.converter(pgtype) for the values a column spelled `spec` (declared
+    `declared` in SQLite) holds exactly: those in its spelling, and those the way back
+    writes for an instant the spelling cannot hold (a fraction of a second, say); a
+    ValueMismatch for any other (see types.column_converter)."""
+    from syncd.reverse.values import ColumnShape, NotExpressible, affinity, to_sqlite  # built on this module
+
+    fmt = parse_spec(spec)
+    base = converter(pgtype)
+    shape = ColumnShape("", pgtype, affinity(declared), spec)
+
+    def convert(value: Any) -> Any:
+        if value is None:
+            return None
+        why = round_trips(value, fmt, pgtype)
+        if why is None:
+            return base(value)
+        out = base(value)
+        try:
+            back = to_sqlite(shape, out)
+        except NotExpressible:
+            back = None
+        if back == value and type(back) is type(value):
+            return out  # as the way back writes this instant
+        raise ValueMismatch(
+            f"{value!r} is not spelled {spec} as this column's values are since schema parity made it "
+            f"{pgtype.value} ({why}): write it in that spelling, or carry the column as text again with "
+            '[sources.columns."<table>"] "<column>" = "text"')
+
+    return convert
 
 
 # --- one column, all its values -------------------------------------------------------

@@ -13,7 +13,7 @@ from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite import windows
 from syncd.sqlite.connection import SourceFileError, open_connection, surrogate_text
-from syncd.types import ValueMismatch, audit_prefilter, converter, needs_conversion_filter
+from syncd.types import ValueMismatch, audit_prefilter, converter_of, needs_conversion_filter
 
 SAMPLE_KEYS = 5
 
@@ -66,12 +66,13 @@ def audit_scan(conn: sqlite3.Connection, spec: TableSpec,
     key_cols = [spec.sqlite_ref(k) for k in spec.key]
     checks: list[tuple[int, str, str | None]] = []
     for i, col in enumerate(spec.columns):
-        pf = audit_prefilter(col.pgtype, spec.sqlite_ref(col.name))
+        # A column typed in a spelling (Column.sqlite_format) checks every value.
+        pf = audit_prefilter(col.pgtype, spec.sqlite_ref(col.name)) if col.sqlite_format is None else None
         checks.append((i, col.name, pf))
     conds = [pf if pf is not None else f"{spec.sqlite_ref(n)} IS NOT NULL" for _, n, pf in checks]
     conds += [f"{k} IS NULL" for k in key_cols]
     cols = ", ".join(spec.sqlite_ref(c.name) for c in spec.columns)
-    convs = [converter(c.pgtype) for c in spec.columns]
+    convs = [converter_of(c) for c in spec.columns]
     misfits: dict[str, Misfit] = {}
     order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key)
     old_factory = conn.text_factory

@@ -115,14 +115,15 @@ def describe_table(
     raw_table: RawTable,
     source: SourceSettings,
     sticky_types: Mapping[str, PgType] | None = None,
-    retyped: Mapping[str, PgType] | None = None,
+    retyped: Mapping[str, tuple[PgType, str | None]] | None = None,
 ) -> TableSpec | Refusal:
     """Build the TableSpec for one table, or a Refusal saying why it cannot be replicated.
 
     `sticky_types` holds the Postgres types already chosen for columns whose type was
     inferred from values, so a later, different mix of values does not flip the type.
-    `retyped` holds the types schema parity gave columns (bookkeeping `columns`): they
-    stay, so values keep converting to them; a configured override still wins.
+    `retyped` holds the types schema parity gave columns, with their SQLite spelling
+    (bookkeeping `columns`): they stay, so values keep converting to them (only values
+    in that spelling: types.column_converter); a configured override still wins.
     """
     table, without_rowid, raw = raw_table.name, raw_table.without_rowid, raw_table.columns
     unfit = _pg_name_problem(raw_table)
@@ -138,6 +139,7 @@ def describe_table(
         return Refusal(table, f"[sources.columns] names unknown column(s) {sorted(unknown)}")
 
     chosen: dict[str, tuple[PgType, str | None]] = {}
+    formats: dict[str, str | None] = {}
     needs_inference = []
     for r in raw:
         name, declared = r[1], r[2] or ""
@@ -146,8 +148,9 @@ def describe_table(
             chosen[name] = (override, f"configured override ({overrides[name]})")
             continue
         if name in typed:
-            chosen[name] = (typed[name], f"{typed[name].value}: typed by schema parity (every value converted "
-                                         "exactly and back)")
+            pgtype, formats[name] = typed[name]
+            chosen[name] = (pgtype, f"{pgtype.value}: typed by schema parity (every value converted exactly and "
+                                    f"back; spelled {formats[name]} in SQLite)")
             continue
         mapped = map_declared_type(declared)
         if mapped is not None:
@@ -168,6 +171,7 @@ def describe_table(
             default_sql=r[4],
             type_note=chosen[r[1]][1],
             generated=r[6] in (2, 3),
+            sqlite_format=formats.get(r[1]),
         )
         for r in raw
     )
@@ -250,7 +254,7 @@ def introspect(
     conn: sqlite3.Connection,
     source: SourceSettings,
     sticky_types: Mapping[str, Mapping[str, PgType]] | None = None,
-    retyped: Mapping[str, Mapping[str, PgType]] | None = None,
+    retyped: Mapping[str, Mapping[str, tuple[PgType, str | None]]] | None = None,
 ) -> SourceSchema:
     """The source's schema. Its `version` is SQLite's schema_version read in the same
     transaction as the PRAGMAs, so a batch read can tell whether its columns are current."""

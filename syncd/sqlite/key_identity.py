@@ -18,7 +18,7 @@ from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite import windows
 from syncd.sqlite.audit import format_key
-from syncd.types import PgType, ValueMismatch, converter
+from syncd.types import PgType, ValueMismatch, converter_of
 
 _DATES = (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE)
 
@@ -122,7 +122,7 @@ def stream_collision(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple
     if not lossy or not rows:
         return None
     key_idx = spec.key_indexes
-    convs = [converter(spec.column(k).pgtype) for k in spec.key]
+    convs = [converter_of(spec.column(k)) for k in spec.key]
     seen: dict[tuple, tuple] = {}
     where = " AND ".join(f"{spec.sqlite_ref(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
     sql = f"SELECT {', '.join(spec.sqlite_ref(k) for k in spec.key)} FROM main.{quote_ident(spec.name)} WHERE {where}"
@@ -155,7 +155,7 @@ def survivors(conn: sqlite3.Connection, spec: TableSpec, deletes: list[tuple]) -
     lossy = lossy_key_columns(spec)
     if not lossy or not deletes:
         return [], deletes
-    convs = [converter(spec.column(k).pgtype) for k in spec.key]
+    convs = [converter_of(spec.column(k)) for k in spec.key]
     cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
     where = " AND ".join(f"{spec.sqlite_ref(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
     sql = f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE {where}"
@@ -193,7 +193,7 @@ def audit_collisions(conn: sqlite3.Connection, spec: TableSpec) -> str | None:
     if not lossy_key_columns(spec):
         return None
     key_cols = ", ".join(spec.sqlite_ref(k) for k in spec.key)
-    convs = [converter(spec.column(k).pgtype) for k in spec.key]
+    convs = [converter_of(spec.column(k)) for k in spec.key]
     order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key)
     seen: dict[tuple, tuple] = {}
     for rows in windows.scan(conn, spec.name, order, key_cols):

@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - interpreters built without it
 
 from syncd.identifiers import quote_pg_ident
 from syncd.model import TableSpec
-from syncd.types import SEP, PgType, ValueMismatch, canonical, converter, pg_canonical_expr
+from syncd.types import SEP, PgType, ValueMismatch, canonical, converter, converter_of, pg_canonical_expr
 
 MOD = 1 << 64
 # The token of a value syncd's converter rejects. No Postgres token starts with "!",
@@ -41,17 +41,19 @@ MAX_FUNCTION_ARGS = 127
 # --- the reference: converter, then canonical ------------------------------------------
 
 
-def value_token(pgtype: PgType, value: Any) -> str:
+def value_token(pgtype: PgType, value: Any, conv: Callable[[Any], Any] | None = None) -> str:
+    """The token of a SQLite value; `conv` is the column's converter when it is not
+    converter(pgtype) (types.column_converter)."""
     try:
-        return canonical(pgtype, converter(pgtype)(value))
+        return canonical(pgtype, (conv or converter(pgtype))(value))
     except (ValueMismatch, ValueError, OverflowError, TypeError):
         return MISFIT
 
 
-def misfit_reason(pgtype: PgType, value: Any) -> str | None:
+def misfit_reason(pgtype: PgType, value: Any, conv: Callable[[Any], Any] | None = None) -> str | None:
     """Why the converter rejects `value`, or None when it fits."""
     try:
-        converter(pgtype)(value)
+        (conv or converter(pgtype))(value)
     except ValueMismatch as e:
         return str(e)
     return None
@@ -74,19 +76,21 @@ class RowTokens:
     def __init__(self, spec: TableSpec):
         self.spec = spec
         self.types = tuple(c.pgtype for c in spec.columns)
+        self.convs = tuple(converter_of(c) for c in spec.columns)
         self.key_idx = spec.key_indexes
         self.key_types = tuple(self.types[i] for i in self.key_idx)
+        self.key_convs = tuple(self.convs[i] for i in self.key_idx)
         self._fast: Callable | None = None
         self._fast_key: Callable | None = None
 
     def row(self, row: Sequence[Any]) -> tuple[str, ...]:
         """The reference: every value through the converter."""
-        return tuple(value_token(t, v) for t, v in zip(self.types, row))
+        return tuple(value_token(t, v, f) for t, v, f in zip(self.types, row, self.convs))
 
     def fast_row(self, row: Sequence[Any]) -> tuple[str, ...]:
         """The same tokens, with the aggregate's fast cases (generated once per table)."""
         if self._fast is None:
-            self._fast = _compile("tokens", _tokens_source(self.types), self.types)
+            self._fast = _compile("tokens", _tokens_source(self.types), self.types, self.convs)
         return self._fast(*row)
 
     def key_of_row(self, tokens: Sequence[str]) -> tuple[str, ...]:
@@ -94,13 +98,13 @@ class RowTokens:
 
     def key(self, raw_key: Sequence[Any]) -> tuple[str, ...] | None:
         """The key's tokens, or None when a key value does not fit its type."""
-        out = tuple(value_token(t, v) for t, v in zip(self.key_types, raw_key))
+        out = tuple(value_token(t, v, f) for t, v, f in zip(self.key_types, raw_key, self.key_convs))
         return None if MISFIT in out else out
 
     def fast_key(self, raw_key: Sequence[Any]) -> tuple[str, ...] | None:
         """The same as key(), with the fast cases."""
         if self._fast_key is None:
-            self._fast_key = _compile("tokens", _tokens_source(self.key_types), self.key_types)
+            self._fast_key = _compile("tokens", _tokens_source(self.key_types), self.key_types, self.key_convs)
         out = self._fast_key(*raw_key)
         return None if MISFIT in out else out
 
@@ -144,9 +148,9 @@ def _tokens_body(types: Sequence[PgType], offset: int, args: Sequence[str], targ
     return lines
 
 
-def _compile(name: str, source: str, types: Sequence[PgType]) -> Callable:
+def _compile(name: str, source: str, types: Sequence[PgType], convs: Sequence[Callable[[Any], Any]]) -> Callable:
     def slow(i: int, value: Any) -> str:
-        return value_token(types[i], value)
+        return value_token(types[i], value, convs[i])
 
     scope = {"_slow": slow, "_pack": struct.Struct(">d").pack, "_md5": _md5, "_fb": int.from_bytes}
     exec(compile(source, f"<syncd verify {name}>", "exec"), scope)  # noqa: S102 - generated from types only
@@ -209,6 +213,7 @@ class SqliteRowHash:
         self.spec = spec
         self.name = name
         self.types = tuple(c.pgtype for c in spec.columns)
+        self.convs = tuple(converter_of(c) for c in spec.columns)
         cols = [spec.sqlite_ref(c) for c in spec.column_names]
         if len(cols) <= MAX_FUNCTION_ARGS:
             self.groups: list[tuple[int, int]] = []
@@ -223,12 +228,12 @@ class SqliteRowHash:
 
     def register(self, conn: sqlite3.Connection) -> None:
         if not self.groups:
-            step = _compile("step", _step_source(self.types), self.types)
-            row_hash = _compile("row_hash", _row_hash_source(self.types), self.types)
+            step = _compile("step", _step_source(self.types), self.types, self.convs)
+            row_hash = _compile("row_hash", _row_hash_source(self.types), self.types, self.convs)
             n_args = len(self.types)
         else:
             for k, (a, b) in enumerate(self.groups):
-                group = _compile("group", _group_source(self.types[a:b], a), self.types)
+                group = _compile("group", _group_source(self.types[a:b], a), self.types, self.convs)
                 conn.create_function(f"{self.name}_g{k}", b - a, group, deterministic=True)
             step, row_hash = _joined_step, _joined_row_hash
             n_args = len(self.groups)

@@ -49,6 +49,7 @@ from syncd.sqlite.audit import format_key
 from syncd.verify.postgres_side import PgRow, PostgresTable, checkpoint, counts_at_checkpoint, lock_holder, rows_at_checkpoint
 from syncd.verify.result import DIFFERENT, EXTRA, MISSING, PENDING, Difference, TableVerifyResult
 from syncd.verify.rowhash import MISFIT, RowTokens, SqliteRowHash, fold, misfit_reason
+from syncd.types import converter_of
 
 CELLS = 64  # cells a chunk is summarised in: a differing row costs reading one cell (156 rows by default)
 SPLIT = 16  # how many parts a differing range too big to read is cut into
@@ -391,7 +392,7 @@ class TableCheck:
     def _misfits(self, s: SqliteRow) -> str | None:
         for col, value, tok in zip(self.spec.columns, s.row, s.tokens):
             if tok == MISFIT:
-                why = misfit_reason(col.pgtype, value) or "does not fit"
+                why = misfit_reason(col.pgtype, value, converter_of(col)) or "does not fit"
                 return f'column "{col.name}": {why}; the stream holds the table until the row is fixed'
         return None
 
