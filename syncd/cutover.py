@@ -17,6 +17,7 @@ with nobody holding the lock (the command was killed) is unfrozen again by the n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import getpass
 import json
@@ -61,6 +62,7 @@ class CutoverResult:
     dry_run: bool = False
     problems: list[str] = field(default_factory=list)  # why it was refused or undone
     undone: bool = False
+    unknown: bool = False  # Postgres could not be asked whether its last transaction committed
     downtime_seconds: float | None = None
     plan: list[str] = field(default_factory=list)  # what it did (or, dry run, would do)
 
@@ -120,6 +122,39 @@ async def switch_holder(conn: asyncpg.Connection, source: str) -> str | None:
 
 async def direction(conn: asyncpg.Connection, b: Bookkeeping) -> str:
     return await conn.fetchval(f"SELECT direction FROM {b.s}.sources WHERE source = $1", b.source) or TO_POSTGRES
+
+
+ASK_SECONDS = 5.0  # how long a switch that failed waits for Postgres to say what it recorded
+
+
+async def answering(settings: Settings, source: SourceSettings,
+                    conn: asyncpg.Connection) -> tuple[asyncpg.Connection | None, bool]:
+    """A connection that answers after a switch failed: `conn` while it does, else a new
+    one (then True: the caller closes it); None when Postgres cannot be reached."""
+    if not conn.is_closed():
+        try:
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), ASK_SECONDS)
+            return conn, False
+        except Exception:  # noqa: BLE001 - dropped, hung: a new connection is the answer
+            conn.terminate()
+    try:
+        return await asyncio.wait_for(connect(settings.direct_dsn_for(source), settings.password(),
+                                              settings.postgres), ASK_SECONDS * 2), True
+    except Exception:  # noqa: BLE001 - Postgres cannot be asked now
+        return None, False
+
+
+async def recorded_direction(conn: asyncpg.Connection | None, b: Bookkeeping) -> str | None:
+    """Which way Postgres says the source goes; None when it cannot be asked. After a
+    switch's last transaction failed, its COMMIT may have taken place all the same (the
+    connection dropped before the reply came back): this, not the error, says whether
+    the switch happened."""
+    if conn is None:
+        return None
+    try:
+        return await asyncio.wait_for(direction(conn, b), ASK_SECONDS)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 async def record_step(conn: asyncpg.Connection, b: Bookkeeping, switch_id: int, state: str, **fields) -> None:
@@ -400,6 +435,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     message = (f"this database was moved to PostgreSQL by syncd at {stamp:%Y-%m-%d %H:%M:%S} UTC; "
                f'write to PostgreSQL (schema "{source.schema}") instead')
     frozen_at = time.monotonic()
+    committing = False  # the switch's transaction is being committed: its outcome is Postgres's to tell
     try:  # from the freeze on (it may be waiting for the file), anything stopping the switch undoes it
         await worker.run(freeze.freeze, message, busy)
         await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
@@ -441,21 +477,50 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             res.downtime_seconds = time.monotonic() - frozen_at
             await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
                               downtime_seconds=res.downtime_seconds, detail=json.dumps({"steps": res.plan}))
+            committing = True
         res.done = True
         log.info(f"cut over to Postgres: write downtime {res.downtime_seconds:.2f} s",
                  extra={"source": source.name, "event": "cutover_done"})
     except BaseException as e:
         reason = undo_reason(e)
+        pg, own = await answering(settings, source, conn)
         try:
-            await worker.run(freeze.unfreeze, busy)
-            await record_step(conn, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),
-                              detail=json.dumps({"reason": reason}))
+            went = await recorded_direction(pg, b) if committing else TO_POSTGRES
+            if went == TO_SQLITE:  # committed: only the reply was lost
+                res.done = True
+                res.downtime_seconds = res.downtime_seconds or time.monotonic() - frozen_at
+                res.plan.append(f"Postgres recorded the cutover; its confirmation did not reach syncd ({reason})")
+                log.info("cut over to Postgres (the commit's reply was lost; Postgres recorded it)",
+                         extra={"source": source.name, "event": "cutover_done"})
+            elif went is None:
+                res.unknown = True
+                res.problems.append(
+                    f"{reason}; whether Postgres recorded the cutover is unknown (it cannot be asked now), so the "
+                    "SQLite file stays frozen and no write can be lost either way: once Postgres answers, the daemon "
+                    "unfreezes the file if the cutover did not happen (`syncd cutover` again settles it too)")
+            else:
+                await worker.run(freeze.unfreeze, busy)
+                res.undone = True
+                await _record_undone(pg, b, switch_id, reason)
         finally:
-            res.undone = True
-        if isinstance(e, (Refused, asyncpg.PostgresError, OSError, sqlite3.Error, TimeoutError)):
+            if own:
+                await close_quietly(pg)
+        if res.undone:
             res.problems.append(f"{reason}; undone: the SQLite file takes the application's writes again")
+        if isinstance(e, (Refused, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error,
+                          TimeoutError)):
             return
         raise
+
+
+async def _record_undone(pg: asyncpg.Connection | None, b: Bookkeeping, switch_id: int, reason: str) -> None:
+    """Close the switch's record as undone; one that cannot be written now (Postgres
+    away) is closed by the daemon, or the next switch, when they find it open."""
+    if pg is None:
+        return
+    with contextlib.suppress(Exception):
+        await record_step(pg, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),
+                          detail=json.dumps({"reason": reason}))
 
 
 async def _open_way_back(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, worker: SqliteWorker,

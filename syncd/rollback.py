@@ -37,8 +37,9 @@ import asyncpg
 
 from syncd import collisions
 from syncd.config import Settings, SourceSettings
-from syncd.cutover import (STARTED_SWITCHES, Refused, direction, read_specs, record_step, release_switch_lock,
-                           sequence_tops, switch_holder, take_switch_lock, undo_reason, who)
+from syncd.cutover import (STARTED_SWITCHES, Refused, answering, direction, read_specs, record_step,
+                           recorded_direction, release_switch_lock, sequence_tops, switch_holder, take_switch_lock,
+                           undo_reason, who)
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.parity.apply import lock_wait_ms
@@ -70,6 +71,7 @@ class RollbackResult:
     dry_run: bool = False
     problems: list[str] = field(default_factory=list)
     undone: bool = False
+    unknown: bool = False  # Postgres could not be asked whether its last transaction committed
     downtime_seconds: float | None = None
     plan: list[str] = field(default_factory=list)
 
@@ -399,6 +401,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         await capture.freeze(conn, names, source.schema, tables, message)
     frozen_at = time.monotonic()
     turned = False
+    committing = False  # the turn's transaction is being committed: its outcome is Postgres's to tell
     try:  # from the freeze on, anything stopping the switch (an error, Ctrl-C) undoes it
         await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
         await _hold("frozen")
@@ -423,6 +426,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             await _hold("finishing")
             await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
                               downtime_seconds=time.monotonic() - frozen_at, detail=json.dumps({"steps": res.plan}))
+            committing = True
         turned = True
         res.plan.append(f"the forward stream resumes after change {top} of SQLite's changelog")
         await worker.run(freeze.unfreeze, busy)
@@ -438,17 +442,40 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             # unfreezes SQLite, whose freeze nobody holds any more.
             raise
         reason = undo_reason(e)
+        pg, own = await answering(settings, source, conn)
         try:
-            if conn.is_closed():
-                conn = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
-            async with conn.transaction():
-                await capture.unfreeze(conn, names, source.schema)
-                await record_step(conn, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),
-                                  detail=json.dumps({"reason": reason}))
+            went = await recorded_direction(pg, b) if committing else TO_SQLITE
+            if went == TO_POSTGRES:  # the turn committed: only its reply was lost; finish
+                await worker.run(freeze.unfreeze, busy)
+                res.downtime_seconds = time.monotonic() - frozen_at
+                res.done = True
+                res.plan.append(f"Postgres recorded the rollback; its confirmation did not reach syncd ({reason})")
+                log.info("rolled back to SQLite (the commit's reply was lost; Postgres recorded it)",
+                         extra={"source": source.name, "event": "rollback_done"})
+            elif went is None:
+                res.unknown = True
+                res.problems.append(
+                    f"{reason}; whether Postgres recorded the rollback is unknown (it cannot be asked now), so both "
+                    "sides stay frozen for the application and no write can be lost either way: once Postgres "
+                    "answers, the daemon finishes the rollback or undoes it, whichever Postgres recorded "
+                    "(`syncd rollback` again settles it too)")
+            elif pg is not None:
+                async with pg.transaction():
+                    await capture.unfreeze(pg, names, source.schema)
+                    await record_step(pg, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),
+                                      detail=json.dumps({"reason": reason}))
+                res.undone = True
+                res.problems.append(f"{reason}; undone: Postgres takes the application's writes again and SQLite "
+                                    "keeps following it")
+            else:
+                res.undone = True
+                res.problems.append(f"{reason}; undone: SQLite keeps following Postgres, which cannot be reached "
+                                    "now: the daemon unfreezes it for the application once it answers (or the next "
+                                    "`syncd rollback` does)")
         finally:
-            res.undone = True
-        if isinstance(e, (Refused, asyncpg.PostgresError, OSError, sqlite3.Error, TimeoutError)):
-            res.problems.append(f"{reason}; undone: Postgres takes the application's writes again and SQLite "
-                                "keeps following it")
+            if own:
+                await close_quietly(pg)
+        if isinstance(e, (Refused, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error,
+                          TimeoutError)):
             return
         raise

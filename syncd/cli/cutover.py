@@ -6,11 +6,14 @@ printed), 2 configuration error."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+
+import asyncpg
 
 from syncd.cli import common, interrupted
 from syncd.config import Settings, SourceSettings
 from syncd.cutover import CutoverResult, cutover
-from syncd.postgres.connect import PostgresUnavailable
+from syncd.postgres.connect import PostgresUnavailable, describe
 
 
 def register(sub, parent) -> None:
@@ -52,6 +55,11 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool,
             out.append(await cutover(settings, s, dry_run=dry_run, allow_orphans=allow_orphans))
         except PostgresUnavailable as e:
             out.append(CutoverResult(source=s.name, problems=[str(e)]))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error) as e:
+            # Before the freeze nothing changed; after it, _run settles the switch itself.
+            out.append(CutoverResult(source=s.name, problems=[
+                f"{describe(e)}; anything left frozen is undone by the daemon within seconds, or by the next "
+                "`syncd cutover`"]))
     return out
 
 
@@ -59,7 +67,7 @@ def render(r: CutoverResult) -> list[str]:
     if r.already:
         return [f"{r.source}: already cut over ({r.already}); nothing to do"]
     if r.problems:
-        head = "UNDONE" if r.undone else "REFUSED"
+        head = "UNDONE" if r.undone else "OUTCOME UNKNOWN" if r.unknown else "REFUSED"
         return [f"{r.source}: {head}: {r.problems[0]}", *(f"  - {p}" for p in r.problems[1:]),
                 *(f"  . {p}" for p in r.plan)]
     if r.dry_run:

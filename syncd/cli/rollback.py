@@ -53,7 +53,7 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool)
             out.append(await rollback(settings, s, dry_run=dry_run))
         except PostgresUnavailable as e:
             out.append(RollbackResult(source=s.name, problems=[str(e)]))
-        except (asyncpg.PostgresError, OSError, sqlite3.Error, LockTimeout) as e:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error, LockTimeout) as e:
             # Whatever froze stays recorded: the daemon (or the next run) undoes it.
             out.append(RollbackResult(source=s.name, problems=[
                 f"{describe(e)}; anything left frozen is undone by the daemon within seconds, or by the next "
@@ -66,7 +66,7 @@ def render(r: RollbackResult) -> list[str]:
     if r.already:
         return [f"{r.source}: not cut over ({r.already}); nothing to do", *notes]
     if r.problems:
-        head = "UNDONE" if r.undone else "REFUSED"
+        head = "UNDONE" if r.undone else "OUTCOME UNKNOWN" if r.unknown else "REFUSED"
         return [f"{r.source}: {head}: {r.problems[0]}", *(f"  - {p}" for p in r.problems[1:]), *notes]
     if r.dry_run:
         return [f"{r.source}: ready to roll back (dry run, nothing changed)", *notes]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from contextlib import suppress
 
 
@@ -23,6 +24,8 @@ class FaultProxy:
         self._stalled = threading.Event()
         self._stalled.set()  # set = flowing
         self._closed = False
+        self._lose: tuple[bytes, bytes, bool] | None = None
+        self.reply_lost = threading.Event()
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
     # --- control -------------------------------------------------------------------
@@ -47,6 +50,13 @@ class FaultProxy:
         self.mode = "refuse"
         self._stalled.set()
         self.reset()
+
+    def lose_reply_after(self, trigger: bytes, then: bytes = b"COMMIT", refuse_after: bool = False) -> None:
+        """On the first connection that sends `trigger`: pass its next message holding
+        `then` on to Postgres, let Postgres act on it, and reset the connection before
+        the reply comes back (a commit whose reply is lost). With `refuse_after`, new
+        connections are refused from then on. `reply_lost` is set once it happened."""
+        self._lose = (trigger, then, refuse_after)
 
     def heal(self) -> None:
         self.mode = "pass"
@@ -90,16 +100,34 @@ class FaultProxy:
             return
         with self._lock:
             self._conns.append((client, upstream))
-        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-        self._pump(upstream, client)
+        state = {"armed": False, "cut": False}
+        threading.Thread(target=self._pump, args=(client, upstream, state, True), daemon=True).start()
+        self._pump(upstream, client, state, False)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, state: dict, upward: bool) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
                 self._stalled.wait()
+                if state["cut"]:
+                    break  # the reply that is lost
+                if upward and self._lose is not None and not self.reply_lost.is_set():
+                    trigger, then, refuse_after = self._lose
+                    state["armed"] = state["armed"] or trigger in data
+                    if state["armed"] and then in data:
+                        state["cut"] = True  # the other direction passes nothing from now on
+                        if refuse_after:
+                            self.mode = "refuse"
+                        self.reply_lost.set()
+                        dst.sendall(data)
+                        time.sleep(0.5)  # Postgres acts on it meanwhile
+                        for s in (src, dst):
+                            with suppress(OSError):
+                                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                                s.close()
+                        return
                 dst.sendall(data)
         except OSError:
             pass
