@@ -166,6 +166,13 @@ class ConstKind(str, Enum):
     CURRENT_TIMESTAMP = "current_timestamp"
     CURRENT_DATE = "current_date"
     CURRENT_TIME = "current_time"
+    UNIXEPOCH = "unixepoch"  # whole seconds since 1970 at the insert, an integer (unixepoch())
+    UNIXEPOCH_TEXT = "unixepoch_text"  # the same as text (strftime('%s', 'now'))
+
+
+# Evaluated at each insert, like the CURRENT_* keywords: no stored constant.
+AT_INSERT = frozenset((ConstKind.CURRENT_TIMESTAMP, ConstKind.CURRENT_DATE, ConstKind.CURRENT_TIME,
+                       ConstKind.UNIXEPOCH, ConstKind.UNIXEPOCH_TEXT))
 
 
 @dataclass(frozen=True)
@@ -208,8 +215,54 @@ def _literal(sql: str) -> tuple[int, Token]:
 
 def parse_constant(sql: str) -> Constant:
     """The single literal `sql` consists of, in any parentheses, with any comments, and
-    with one sign before a number. Raises NotAConstant (or SqlSyntaxError) otherwise."""
-    return _constant(*_literal(sql))
+    with one sign before a number; or one of the calls SQLite applications spell the
+    time of the insert with (_NOW_CALLS). Raises NotAConstant (or SqlSyntaxError) otherwise."""
+    try:
+        return _constant(*_literal(sql))
+    except NotAConstant:
+        now = _now_call(sql)
+        if now is None:
+            raise
+        return Constant(now)
+
+
+# The time of the insert as SQLite's date functions spell it, the same values as the
+# CURRENT_* keywords (UTC, whole seconds): (function, its string arguments) -> kind.
+_NOW_CALLS = {
+    ("datetime", ("now",)): ConstKind.CURRENT_TIMESTAMP,
+    ("date", ("now",)): ConstKind.CURRENT_DATE,
+    ("time", ("now",)): ConstKind.CURRENT_TIME,
+    ("strftime", ("%Y-%m-%d %H:%M:%S", "now")): ConstKind.CURRENT_TIMESTAMP,
+    ("strftime", ("%Y-%m-%d", "now")): ConstKind.CURRENT_DATE,
+    ("strftime", ("%H:%M:%S", "now")): ConstKind.CURRENT_TIME,
+    ("strftime", ("%s", "now")): ConstKind.UNIXEPOCH_TEXT,
+    ("unixepoch", ()): ConstKind.UNIXEPOCH,
+    ("unixepoch", ("now",)): ConstKind.UNIXEPOCH,
+}
+
+
+def _now_call(sql: str) -> ConstKind | None:
+    """The kind of a call in _NOW_CALLS `sql` consists of (in any parentheses), or None."""
+    tokens = significant(tokenize(sql))
+    while len(tokens) >= 2 and tokens[0].text == "(" and tokens[-1].text == ")":
+        tokens = tokens[1:-1]
+        if len(tokens) >= 3 and tokens[0].kind is Kind.WORD and tokens[1].text == "(":
+            break  # name(...): its own parentheses stay
+    if len(tokens) < 3 or tokens[0].kind is not Kind.WORD or tokens[1].text != "(" or tokens[-1].text != ")":
+        return None
+    args, expect_arg = [], True
+    for tok in tokens[2:-1]:
+        if expect_arg and tok.kind is Kind.STRING:
+            args.append(unquote_string(tok.text))
+        elif not expect_arg and tok.text == ",":
+            pass
+        else:
+            return None
+        expect_arg = not expect_arg
+    if args and expect_arg:
+        return None  # a trailing comma
+    args = [a.lower() if a.lower() == "now" else a for a in args]
+    return _NOW_CALLS.get((tokens[0].text.lower(), tuple(args)))
 
 
 def _constant(sign: int, tok: Token) -> Constant:
@@ -293,7 +346,7 @@ def stored_value(const: Constant, column_affinity: Affinity) -> Any:
     v = const.value
     if const.kind in (ConstKind.NULL, ConstKind.BLOB):
         return v
-    if const.kind in (ConstKind.CURRENT_TIMESTAMP, ConstKind.CURRENT_DATE, ConstKind.CURRENT_TIME):
+    if const.kind in AT_INSERT:
         raise NotAConstant("the time of the insert, not a stored constant")
     if column_affinity is Affinity.BLOB:
         return v

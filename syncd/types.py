@@ -611,6 +611,24 @@ _CURRENT_TIME_DEFAULTS = {
 }
 
 
+_EPOCH_NOW = "floor(extract(epoch FROM now()))"
+
+
+def _now_default(kind: sqlite_sql.ConstKind, pgtype: PgType, col_affinity: sqlite_sql.Affinity) -> str | None:
+    """The Postgres DEFAULT for the time of the insert SQLite stores in a column of that
+    affinity, or None when Postgres has no exact form of it."""
+    if kind in (sqlite_sql.ConstKind.UNIXEPOCH, sqlite_sql.ConstKind.UNIXEPOCH_TEXT):
+        text = kind is sqlite_sql.ConstKind.UNIXEPOCH_TEXT
+        A = sqlite_sql.Affinity
+        stored = ("real" if col_affinity is A.REAL else "integer" if col_affinity in (A.INTEGER, A.NUMERIC)
+                  else "text" if col_affinity is A.TEXT or text else "integer")
+        return {("integer", PgType.BIGINT): f"{_EPOCH_NOW}::bigint",
+                ("integer", PgType.NUMERIC): f"{_EPOCH_NOW}::numeric",
+                ("real", PgType.DOUBLE): f"{_EPOCH_NOW}::double precision",
+                ("text", PgType.TEXT): f"{_EPOCH_NOW}::bigint::text"}.get((stored, pgtype))
+    return _CURRENT_TIME_DEFAULTS.get((kind.value, pgtype))
+
+
 def pg_default(default_sql: str | None, pgtype: PgType, declared: str | None = None) -> PgDefault:
     """The Postgres DEFAULT for a SQLite column default (its text as PRAGMA table_xinfo
     gives it), for a column of `pgtype` declared `declared` in SQLite. `declared` decides
@@ -626,12 +644,13 @@ def pg_default(default_sql: str | None, pgtype: PgType, declared: str | None = N
         return PgDefault(None, str(e))
     if const.kind is q.ConstKind.NULL:
         return PgDefault(None)
-    if const.kind.value.startswith("current_"):
-        expr = _CURRENT_TIME_DEFAULTS.get((const.kind.value, pgtype))
-        if expr is None:
-            return PgDefault(None, f"{const.kind.value.upper()} has no exact form in a {pgtype.value} column")
-        return PgDefault(expr)
     col_affinity = _column_affinity(pgtype, declared)
+    if const.kind in q.AT_INSERT:
+        expr = _now_default(const.kind, pgtype, col_affinity)
+        if expr is None:
+            what = default_sql.strip() if const.kind.value.startswith("unixepoch") else const.kind.value.upper()
+            return PgDefault(None, f"{what} has no exact form in a {pgtype.value} column")
+        return PgDefault(expr)
     try:
         stored = q.stored_value(const, col_affinity)
         value = converter(pgtype)(stored)

@@ -286,6 +286,20 @@ async def _pg_counts(pg: asyncpg.Connection, bk: Bookkeeping | None, source: Sou
     return applied, counts
 
 
+def _defaults_left_out(specs: dict[str, TableSpec]) -> list[LeftOut]:
+    """Column defaults syncd does not carry: after the switch the application's INSERTs
+    that leave such a column out store NULL in Postgres where SQLite filled a value."""
+    out = []
+    for name, spec in sorted(specs.items()):
+        for col in spec.columns:
+            note = ddl.default_note(col)
+            if note is not None:
+                out.append(LeftOut(f"{name}.{col.name}", "default", f"the column's {note}",
+                                   "set the column's DEFAULT in Postgres yourself, or have the application write "
+                                   "the value: an INSERT leaving it out stores NULL"))
+    return out
+
+
 def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped: dict | None = None) -> _SqliteSide:
     if not source.path.exists():
         raise OSError(f"{source.path} does not exist")
@@ -319,7 +333,8 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
         if state.key_slots:
             pending = conn.execute(f"SELECT count(*) FROM main.{quote_ident(capture.CHANGELOG)} WHERE seq > ?",
                                    (applied_seq,)).fetchone()[0]
-        return _SqliteSide(tables, captured, pending, sorted(schema.left_out.values(), key=lambda lo: lo.name),
+        left_out = sorted(schema.left_out.values(), key=lambda lo: lo.name) + _defaults_left_out(schema.tables)
+        return _SqliteSide(tables, captured, pending, left_out,
                            disk_guard.suspended(conn), dict(schema.tables),
                            [n for n, lo in schema.left_out.items() if lo.kind == "view"], in_flight, pruned_past)
     finally:
