@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+import asyncpg
+
 from syncd import collisions, parity
 from syncd.identifiers import qualified, quote_pg_ident
 from syncd.model import TO_POSTGRES, SourceSchema, TableSpec
@@ -169,6 +171,36 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     if await parity.ensure(session, result.schema):
         return await reconcile(session)  # columns were retyped: read them with their new types
     return result
+
+
+async def _widen_in_place(session: SourceSession, target: str, name: str,
+                          retyped: list[tuple[str, str, str]]) -> bool:
+    """A column type the application narrowed in Postgres after a cutover (varchar(10),
+    numeric(12,2)) turned back into syncd's own in place, when Postgres does that without
+    rewriting anything and every value stays as it is (ddl.widens_in_place): no reload,
+    which would replace rows the application's own foreign keys may point at. False
+    (reload as for any other type change) when a column is not such a case, or the table
+    stays busy past the lock wait."""
+    if not all(ddl.widens_in_place(have, want) for _c, have, want in retyped):
+        return False
+    conn = session.pg
+    assert conn is not None
+    table = qualified(target, name)
+    prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
+    wait_ms = parity.lock_wait_ms(session.settings.postgres.statement_timeout_seconds)
+    await conn.execute(f"SET LOCAL lock_timeout = '{wait_ms}ms'")
+    try:
+        async with conn.transaction():
+            for c, _have, want in retyped:
+                await ddl.run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(c)} TYPE {want}")
+    except asyncpg.LockNotAvailableError:
+        return False
+    finally:
+        await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
+    what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in retyped)
+    session.info(f"column types changed in Postgres ({what}): turned back in place, every value as it was",
+                 table=name, event="table_retyped")
+    return True
 
 
 async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> dict[str, TableRuntime]:
@@ -419,6 +451,9 @@ async def _reconcile_table(
             session.warning(gap, table=name,
                             event="capture_rearmed" if gap == capture.GAP_REASON else "table_reloading")
         return _pending(row, None)
+    if diff.retyped and not diff.key_changed and await _widen_in_place(session, target, name, diff.retyped):
+        pgt = (await ddl.read_tables(conn, target))[name]
+        diff = ddl.diff_shape(spec, pgt)
     if diff.retyped or diff.key_changed:
         what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in diff.retyped) or "primary key changed"
         session.info(f"column types changed ({what}): reloading the table", table=name, event="table_retyped")

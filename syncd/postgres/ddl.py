@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 import asyncpg
@@ -36,6 +37,23 @@ def _streamed_as(type_name: str) -> str:
     if type_name == "citext" or type_name.endswith(".citext"):
         return "text"
     return type_name
+
+
+_IN_PLACE = {
+    "text": re.compile(r"character varying(\(\d+\))?"),
+    "numeric": re.compile(r"numeric\(\d+(,\d+)?\)"),
+    "timestamp without time zone": re.compile(r"timestamp\(\d\) without time zone"),
+    "timestamp with time zone": re.compile(r"timestamp\(\d\) with time zone"),
+}
+
+
+def widens_in_place(have: str, want: str) -> bool:
+    """Whether Postgres retypes a column of `have` (format_type) to `want` without
+    rewriting the table or its indexes, every value staying as it is: a length, scale
+    or precision limit dropped (varchar(n) to text, numeric(p,s) to numeric, timestamp(p)
+    to timestamp), as an application may set on a column after the cutover."""
+    pattern = _IN_PLACE.get(want)
+    return pattern is not None and pattern.fullmatch(have) is not None
 
 
 def column_default(col: Column) -> PgDefault:

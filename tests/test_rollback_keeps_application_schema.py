@@ -1,0 +1,65 @@
+"""What the application built in Postgres after the cutover survives a rollback: a
+column it narrowed (varchar(n), numeric(p,s)) is turned back into syncd's type in place,
+not by reloading the table, which would replace rows the application's own foreign keys
+point at (the reload failed on them and held the table for good)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import pg_rows, table_states, wait_caught_up
+from tests.support.way_back import backup_and_config, cut_over, wait_back
+
+
+def make_app(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE companies (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, revenue NUMERIC);
+        INSERT INTO companies (name, revenue) VALUES ('Acme', 12.5), ('Globex', 1000);
+    """)
+    conn.commit()
+    conn.close()
+
+
+async def column_types(dsn: str, table: str) -> dict[str, str]:
+    return dict(await pg_rows(dsn, "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                                   "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped", table))
+
+
+async def test_columns_narrowed_in_postgres_are_widened_in_place_after_a_rollback(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        # The application's migration, on Postgres now.
+        await pg_rows(pg_dsn, "ALTER TABLE app.companies ALTER COLUMN name TYPE varchar(50), "
+                              "ALTER COLUMN revenue TYPE numeric(12,2)")
+        await pg_rows(pg_dsn, "CREATE TABLE app.notes (id bigserial PRIMARY KEY, "
+                              "company_id bigint REFERENCES app.companies (id), body text)")
+        await pg_rows(pg_dsn, "INSERT INTO app.notes (company_id, body) VALUES (1, 'call back')")
+        await pg_rows(pg_dsn, "INSERT INTO app.companies (name, revenue) VALUES ('Initech', 7.25)")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO companies (name, revenue) VALUES ('Umbrella', 3.5)")
+        conn.execute("UPDATE companies SET revenue = 13.75 WHERE id = 1")
+        conn.commit()
+        conn.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        d.wait_log("turned back in place, every value as it was")
+        types = await column_types(pg_dsn, "app.companies")
+        assert (types["name"], types["revenue"]) == ("text", "numeric")
+        after_rollback = d.log().split("(after a rollback)")[-1]
+        assert "reloading the table" not in after_rollback and "reload_started" not in after_rollback
+        states = await table_states(pg_dsn, "app")
+        assert all(state == "streaming" for state, _ in states.values()), states
+        assert await pg_rows(pg_dsn, "SELECT id, name, revenue::text FROM app.companies ORDER BY id") == [
+            (1, "Acme", "13.75"), (2, "Globex", "1000.00"), (3, "Initech", "7.25"), (4, "Umbrella", "3.5")]
+        assert await pg_rows(pg_dsn, "SELECT company_id, body FROM app.notes") == [(1, "call back")]
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
