@@ -275,6 +275,27 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
     return problems
 
 
+async def stricter_in_postgres(conn: asyncpg.Connection, schema: str, specs: dict) -> list[str]:
+    """NOT NULL columns of Postgres whose SQLite column takes NULL (the application made
+    them so in Postgres after the cutover): after the rollback, the first row SQLite
+    stores without a value there holds its table. Said before the switch, not refused:
+    a rollback may be the way out of an emergency."""
+    rows = await conn.fetch(
+        "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') "
+        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull ORDER BY 1, 2", schema)
+    out = []
+    for table, column in rows:
+        spec = specs.get(table)
+        if spec is None or column in spec.key or column not in spec.column_names or spec.column(column).notnull:
+            continue
+        out.append(f'warning: Postgres refuses NULL in "{table}"."{column}" (NOT NULL, set in Postgres) and SQLite '
+                   "does not: after the rollback a row the application writes without a value there holds the "
+                   f'table; drop it in Postgres (ALTER TABLE ... ALTER COLUMN "{column}" DROP NOT NULL) or have the '
+                   "application always write the column")
+    return out
+
+
 def probe_write(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
     """Whether syncd can write the file now: one short write transaction that changes
     nothing of the application's (syncd's own meta row rewritten as it is), tried
@@ -363,9 +384,11 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
             res.problems = problems
             return res
         tables = [n for n, r in (await b.load_tables(conn)).items() if r.state == bk.STREAMING]
+        stricter = await stricter_in_postgres(conn, source.schema, await asyncio.to_thread(read_specs, source))
         rows = await worker.run(_row_count, tables)
         pending, _ = await reverse_position(worker, conn, Names(b.schema, source.name))
         res.plan.append(f"{len(tables)} table(s), {rows} row(s) to verify, {pending} change(s) to bring back")
+        res.plan += stricter
         if dry_run:
             res.plan.append(f"expected write downtime: about {_estimate(rows, pending):.1f} s "
                             "(drain, a full verification, then one Postgres and one SQLite transaction)")

@@ -1,7 +1,8 @@
 """What the application built in Postgres after the cutover survives a rollback: a
 column it narrowed (varchar(n), numeric(p,s)) is turned back into syncd's type in place,
 not by reloading the table, which would replace rows the application's own foreign keys
-point at (the reload failed on them and held the table for good)."""
+point at (the reload failed on them and held the table for good); a NOT NULL it set that
+SQLite's column does not have is named before the rollback switches."""
 
 from __future__ import annotations
 
@@ -63,3 +64,19 @@ async def test_columns_narrowed_in_postgres_are_widened_in_place_after_a_rollbac
         assert await pg_rows(pg_dsn, "SELECT company_id, body FROM app.notes") == [(1, "call back")]
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_a_not_null_postgres_enforces_and_sqlite_does_not_is_named_before_the_rollback(tmp_path, make_config,
+                                                                                              pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.companies ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now()")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        for args in (("rollback", "--dry-run"), ("rollback",)):
+            r = run_cli(cfg, *args)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert 'warning: Postgres refuses NULL in "companies"."updated_at"' in r.stdout, r.stdout
+            assert '"name"' not in r.stdout  # NOT NULL on both sides: nothing to say
