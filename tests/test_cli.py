@@ -162,3 +162,27 @@ async def test_init_audits_values_before_anything_is_loaded(app_db, make_config,
         assert await pg.fetchval("SELECT state FROM syncd.tables WHERE table_name = 'companies'") == "held"
     finally:
         await pg.close()
+
+
+async def test_schema_shows_the_types_postgres_has(app_db, make_config, pg_dsn):
+    """A typeless column's type is chosen from the values there at the first load and
+    kept: `syncd schema` shows the type Postgres has, not one chosen from today's values."""
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE kv (k PRIMARY KEY, v)")
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    r = run_cli(cfg, "schema")
+    assert "-- no table in Postgres yet: types as syncd would create them" in r.stdout, r.stdout
+    assert run_cli(cfg, "init").returncode == 0
+    conn.executemany("INSERT INTO kv VALUES (?, ?)", [(1, 42), (2, 7)])
+    conn.commit()
+    conn.close()
+    r = run_cli(cfg, "schema")
+    assert "-- types as the tables already in Postgres have them" in r.stdout, r.stdout
+    assert "--   v: text <- type kept from the existing Postgres column" in r.stdout, r.stdout
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        assert await pg.fetchval("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                                 "WHERE attrelid = 'app.kv'::regclass AND attname = 'v'") == "text"
+    finally:
+        await pg.close()

@@ -4,15 +4,17 @@ object left out with why. Touches nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from urllib.parse import quote
 
 from syncd.cli import common
 from syncd.identifiers import quote_pg_ident
-from syncd.parity.apply import read_sqlite
+from syncd.parity.apply import read_sqlite, retyped_columns
 from syncd.parity.plan import Options, plan_source
 from syncd.parity.summary import explain_source, explain_table
 from syncd.postgres import ddl
+from syncd.postgres.connect import close_quietly, connect, describe
 from syncd.sqlite.introspect import introspect
 
 
@@ -36,9 +38,10 @@ def main(args) -> int:
             common.say(f"-- source {source.name}: ERROR SQLite file {source.path} does not exist", "")
             rc = 1
             continue
+        sticky, retyped, where = asyncio.run(_types_in_postgres(settings, source))
         conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, isolation_level=None)
         try:
-            schema = introspect(conn, source)
+            schema = introspect(conn, source, sticky, retyped)
             views = [n for n, lo in schema.left_out.items() if lo.kind == "view"]
             options = Options.from_settings(settings)
             objects, verdicts = read_sqlite(conn, schema.tables, views, options, audit_types=True)
@@ -49,7 +52,7 @@ def main(args) -> int:
         finally:
             conn.close()
         plan = plan_source(source.schema, schema.tables, objects, options, verdicts)
-        common.say(f"-- source {source.name}: {source.path}")
+        common.say(f"-- source {source.name}: {source.path}", f"-- {where}")
         print(f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(source.schema)};\n")
         for spec in schema.tables.values():
             print(ddl.describe_ddl(source.schema, spec))
@@ -64,3 +67,21 @@ def main(args) -> int:
                 common.say(f"-- skipped {name!r}: {why}")
         print()
     return rc
+
+
+async def _types_in_postgres(settings, source) -> tuple[dict, dict, str]:
+    """The column types Postgres already has for the source's tables (syncd keeps them,
+    as it keeps the ones schema parity gave), so the DDL shown is what is there; and a
+    line saying where the types come from. Postgres unreachable: the SQLite file alone."""
+    conn = None
+    try:
+        conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+        tables = await ddl.read_tables(conn, source.schema)
+        sticky = {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in tables.items()}
+        retyped = await retyped_columns(conn, settings.postgres.bookkeeping_schema, source.name)
+        return sticky, retyped, ("types as the tables already in Postgres have them" if tables
+                                 else "no table in Postgres yet: types as syncd would create them")
+    except Exception as e:  # noqa: BLE001 - the SQLite file alone still answers
+        return {}, {}, f"Postgres not reached ({describe(e)}): types chosen from the SQLite file alone"
+    finally:
+        await close_quietly(conn)
