@@ -439,6 +439,7 @@ class Daemon:
                 "applied_seq": s.applied_seq,
                 "applied_at": s.applied_at,
                 "postgres_up": p.pg_ok,
+                "step_seconds": round(p.busy_for(time.monotonic()), 1),
                 "tables": {
                     t.name: {
                         "state": t.state,

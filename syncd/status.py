@@ -32,6 +32,7 @@ def worse(a: int, b: int) -> int:
     return a if _RANK[a] >= _RANK[b] else b
 
 HALTED = (bk.HELD, bk.PAUSED)
+LONG_STEP_SECONDS = 30.0  # a step of the daemon running longer is worth a look (one is a batch, a chunk)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class SourceStatus:
     # "<table>: <foreign key> -> orphan rows", as the daemon last counted them (schema parity)
     foreign_key_orphans: dict[str, int] = field(default_factory=dict)
     daemon_detail: str | None = None  # why the daemon reports itself failing, and since when
+    step_seconds: float | None = None  # how long the daemon's step in progress has run (0 between steps)
     rollback_until: str | None = None  # cut over: until when `syncd rollback` stays possible
     way_back_ended: str | None = None  # cut over: why SQLite no longer follows Postgres, once it does not
     problems: list[Problem] = field(default_factory=list)
@@ -263,6 +265,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     mine = (live or {}).get("sources", {}).get(source.name)
     if mine is not None:
         st.lag_seconds = mine.get("lag_seconds")
+        st.step_seconds = mine.get("step_seconds")
         st.foreign_key_orphans = dict(mine.get("foreign_key_orphans") or {})
         if mine.get("health") not in (None, "starting"):
             st.state = mine["health"]
@@ -343,6 +346,10 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
     if st.state in ("postgres_unreachable", "source_missing", "locked_by_other", "failing") and st.daemon_running:
         why = f": {st.daemon_detail}" if st.daemon_detail else ""
         p.append(Problem("critical", f"the daemon reports {st.state.replace('_', ' ')}{why}"))
+    if (st.step_seconds or 0) > LONG_STEP_SECONDS:
+        p.append(Problem("warning", f"the daemon's current step has run for {st.step_seconds:.0f} s (it waits on "
+                                    "Postgres or the SQLite file; a server gone without a word is given up on "
+                                    "within about 30 s, a statement at [postgres] statement_timeout_seconds)"))
     if st.daemon_running is False and (st.pending_changes or 0) > 0:
         p.append(Problem("critical", f"daemon not running and {st.pending_changes} change(s) wait to be applied"))
     elif st.daemon_running is False:

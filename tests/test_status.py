@@ -47,6 +47,9 @@ def test_evaluate_verdicts():
                                                 last_verify_differences=4)]), LIMITS, NOW) == CRITICAL
     assert evaluate(healthy(sqlite_exists=False), LIMITS, NOW) == CRITICAL
     assert evaluate(healthy(sqlite_error="cannot read"), LIMITS, NOW) == UNKNOWN
+    assert evaluate(healthy(step_seconds=2.5), LIMITS, NOW) == OK
+    st = healthy(step_seconds=95)  # a step waiting on a server that does not answer
+    assert evaluate(st, LIMITS, NOW) == WARNING and "current step has run for 95 s" in st.problems[0].message
 
 
 def test_unreadable_config_is_unknown(tmp_path):
@@ -86,6 +89,7 @@ async def test_status_with_and_without_the_daemon(tmp_path, make_config, pg_dsn)
         assert (doc["status"], src["state"], src["daemon_running"], src["pending_changes"]) == (
             "OK", "streaming", True, 0)
         assert src["lag_seconds"] == 0 and src["tables"][0]["state"] == "streaming"
+        assert 0 <= src["step_seconds"] < 30  # the daemon's own figure: its step in progress
         assert d.stop() == 0
     # daemon gone, changes waiting: critical, and says why
     conn.execute("INSERT INTO t VALUES (2, 'b')")

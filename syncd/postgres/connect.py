@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import socket
 from typing import Any
@@ -120,11 +121,52 @@ async def connect(dsn: str, password: str | None, settings: PostgresSettings, **
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
         raise PostgresUnavailable(f"cannot connect to {scrub(redact_dsn(dsn))}: {describe(e)}") from None
     try:
-        await exact_instants(conn)
+        await prepare(conn)
     except BaseException:
         conn.terminate()
         raise
     return conn
+
+
+async def prepare(conn: asyncpg.Connection) -> None:
+    """What every syncd connection gets, pooled or single, before its first use."""
+    await exact_instants(conn)
+    wake_copy_on_loss(conn)
+    notice_dead_peer(conn)
+
+
+# A server gone without a word (a network partition, a host that died) is noticed by the
+# kernel after this long, instead of when a statement times out (and its ROLLBACK after it).
+PEER_IDLE_SECONDS, PEER_PROBE_SECONDS, PEER_PROBES = 10, 5, 3
+PEER_UNACKED_MS = 30_000
+
+
+def notice_dead_peer(conn: asyncpg.Connection) -> None:
+    """TCP keepalive and a bound on unacknowledged data on the connection's socket: a
+    step waiting on a server that vanished fails in about 30 s, and is retried on a new
+    connection, while a slow statement of a server that answers is not cut short."""
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket: the server's host is this one
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, PEER_IDLE_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, PEER_PROBE_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, PEER_PROBES)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, PEER_UNACKED_MS)
+
+
+def wake_copy_on_loss(conn: asyncpg.Connection) -> None:
+    """A COPY that waits for the socket to take more data (asyncpg's flow control) is not
+    woken when the connection is lost meanwhile: it waited for its whole command timeout,
+    then its ROLLBACK another, while the stream stood still and nothing was logged (a
+    dropped connection mid-COPY). Wake it when the connection ends: it then fails at once
+    with the connection's own error, and the step is retried on a new connection."""
+    protocol = conn._protocol  # noqa: SLF001 - asyncpg offers no other handle on it
+    allowed = getattr(protocol, "writing_allowed", None)
+    if allowed is not None:
+        conn.add_termination_listener(lambda _conn: allowed.set())
 
 
 # --- dates and timestamps as they are -------------------------------------------------

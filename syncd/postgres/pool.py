@@ -25,7 +25,7 @@ import asyncpg
 from syncd.config import Settings, SourceSettings
 from syncd.postgres.bookkeeping import LOCK_CLASS, SourceLocked, lock_key, try_lock_source
 from syncd.postgres.connect import (ASYNCPG_FAULT, PostgresUnavailable, close_quietly, connect, connect_kwargs,
-                                    describe, exact_instants, is_transient)
+                                    describe, is_transient, prepare)
 from syncd.redact import redact_dsn
 
 RELEASE_SECONDS = 5.0
@@ -56,7 +56,7 @@ class Target:
                 try:
                     self._pool = await asyncpg.create_pool(
                         self.dsn, min_size=0, max_size=self.size, max_inactive_connection_lifetime=60.0,
-                        init=exact_instants, **connect_kwargs(self.settings.password(), self.settings.postgres))
+                        init=prepare, **connect_kwargs(self.settings.password(), self.settings.postgres))
                 except Exception as e:
                     raise PostgresUnavailable(f"cannot connect to {redact_dsn(self.dsn)}: {describe(e)}") from None
             return self._pool

@@ -16,6 +16,7 @@ from syncd.sqlite.connection import SourceFileError, open_connection, surrogate_
 from syncd.types import ValueMismatch, audit_prefilter, converter_of, needs_conversion_filter
 
 SAMPLE_KEYS = 5
+NULL_KEY = "a primary key"  # Misfit.pgtype of the rows whose key holds a NULL
 
 
 @dataclass
@@ -28,6 +29,10 @@ class Misfit:
 
     def describe(self, table: str) -> str:
         keys = ", ".join(format_key(k) for k in self.sample_keys)
+        if self.pgtype == NULL_KEY:
+            return (f'table "{table}": {self.count} row(s) with a NULL in the key ({self.column}), which Postgres '
+                    "cannot store: give those rows a key value in SQLite, or key the table by other columns with "
+                    f'[sources.keys] "{table}" = [...]')
         return (
             f'table "{table}" column "{self.column}": {self.count} value(s) do not fit {self.pgtype} '
             f"(e.g. {self.example}; keys: {keys}); fix the rows or set "
@@ -101,7 +106,7 @@ def audit_scan(conn: sqlite3.Connection, spec: TableSpec,
             key = row[:nkey]
             values = row[nkey:]
             if any(v is None for v in key):
-                m = misfits.setdefault("\x00key", Misfit(", ".join(spec.key), "a primary key"))
+                m = misfits.setdefault("\x00key", Misfit(", ".join(spec.key), NULL_KEY))
                 m.count += 1
                 m.example = "NULL key"
                 if len(m.sample_keys) < SAMPLE_KEYS:

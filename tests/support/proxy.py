@@ -26,6 +26,7 @@ class FaultProxy:
         self._closed = False
         self._lose: tuple[bytes, bytes, bool] | None = None
         self.reply_lost = threading.Event()
+        self.bytes_up = 0  # bytes passed on towards Postgres, every connection together
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
     # --- control -------------------------------------------------------------------
@@ -129,6 +130,8 @@ class FaultProxy:
                                 s.close()
                         return
                 dst.sendall(data)
+                if upward:
+                    self.bytes_up += len(data)
         except OSError:
             pass
         finally:
