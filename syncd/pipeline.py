@@ -26,7 +26,7 @@ from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
-from syncd.postgres.connect import PostgresUnavailable, describe, is_transient
+from syncd.postgres.connect import PostgresUnavailable, describe, is_transient, sqlstate
 from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
 from syncd.reconcile import install_capture, reconcile
@@ -35,7 +35,7 @@ from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
 from syncd.sqlite import disk_guard, freeze, reader
 from syncd.sqlite.capture import CaptureStateError, LockTimeout
-from syncd.sqlite.connection import SourceFileError
+from syncd.sqlite.connection import SourceFileError, is_sqlite_file_error
 from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
 
 STATS_EVERY_SECONDS = 5.0
@@ -56,6 +56,7 @@ SOURCE_MISSING = "source_missing"
 LOCKED = "locked_by_other"
 FAILING = "failing"
 CUT_OVER = "cut_over"  # the application writes Postgres now; nothing flows this way
+READ_ONLY = "25006"  # read_only_sql_transaction: a standby, or default_transaction_read_only
 
 
 class Pipeline:
@@ -72,6 +73,7 @@ class Pipeline:
         self.lag = LagTracker()
         self.health = STARTING
         self.failing_note = FailingNote()  # FAILING, told to Postgres for `syncd status` (health_note.py)
+        self.renew_connections = False  # the next step first replaces the pooled connections
         self.detail = ""
         self.pg_ok: bool | None = None
         self.step_started: float | None = None  # monotonic start of the step in progress, if any
@@ -194,6 +196,9 @@ class Pipeline:
     async def _step(self) -> bool:
         self.step_started = time.monotonic()
         try:
+            if self.renew_connections:
+                self.renew_connections = False
+                await self.session.target.renew()
             await self.failing_note.publish(self.health, self.detail, self.session)  # a failure of the last step
             did = await self._cycle()
             await self.failing_note.publish(self.health, self.detail, self.session)  # recovered
@@ -226,6 +231,19 @@ class Pipeline:
             self._enter(FAILING, str(exc), kind="lock", level="warning")
         elif isinstance(exc, LookupIndexTooSlow):
             self._enter(FAILING, str(exc), kind="postgres", level="error")
+        elif sqlstate(exc) == READ_ONLY:
+            self._enter(FAILING, f"Postgres takes no writes in this database ({describe(exc)}): a standby, or "
+                        "default_transaction_read_only; tried again on new connections until it does",
+                        kind="postgres", level="error")
+            self.renew_connections = True
+        elif is_sqlite_file_error(exc, self.source.path):
+            self._enter(SOURCE_MISSING, f"cannot read the SQLite file {self.source.path}: {describe(exc)}; "
+                        "waiting for it to be readable again", kind="sqlite", level="error")
+            metrics.source_up.labels(self.name).set(0)
+        elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            self._pg_down(exc, f"a statement ran over [postgres] statement_timeout_seconds "
+                               f"({self.settings.postgres.statement_timeout_seconds:g} s): Postgres is slow or busy, a "
+                               "lock holds the table, or the server is gone")
         elif is_transient(exc):
             self._pg_down(exc)
         elif isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
@@ -247,12 +265,12 @@ class Pipeline:
         self._leave_admission()
         metrics.source_up.labels(self.name).set(1 if self.health not in (SOURCE_MISSING,) else 0)
 
-    def _pg_down(self, exc: BaseException) -> None:
+    def _pg_down(self, exc: BaseException, why: str | None = None) -> None:
         self.pg_ok = False
         self.session.drop_postgres()
         self._enter(
             POSTGRES_DOWN,
-            f"Postgres unreachable: {describe(exc)}; retrying with backoff, changes stay captured in SQLite",
+            f"Postgres unreachable: {why or describe(exc)}; retrying with backoff, changes stay captured in SQLite",
             kind="postgres", level="warning",
         )
 

@@ -206,12 +206,12 @@ def _read_files(jobs: list[tuple[SourceSettings, int]]) -> list[dict | str | Non
     that does not exist, the error's text for one that cannot be read."""
     out: list[dict | str | None] = []
     for source, applied_seq in jobs:
-        if not source.path.exists():
-            out.append(None)
-            continue
         try:
+            if not source.path.exists():
+                out.append(None)
+                continue
             out.append(_read_sqlite(source, applied_seq))
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:  # OSError: its directory unreadable, say
             out.append(f"cannot read {source.path}: {e}")
     return out
 

@@ -184,6 +184,13 @@ class Target:
                 with contextlib.suppress(Exception):
                     await self._holder.remove_listener(channel, callback)
 
+    async def renew(self) -> None:
+        """Every pooled connection is replaced at its next use: one opened with a session
+        default that has changed since (a database made read-only, then writable again)
+        would fail the same way for ever."""
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
     def _drop_holder(self) -> None:
         holder, self._holder = self._holder, None
         self._locked.clear()

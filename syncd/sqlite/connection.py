@@ -28,6 +28,16 @@ class SourceFileError(Exception):
     """The SQLite file is missing, unreadable or not a database."""
 
 
+def is_sqlite_file_error(exc: BaseException, path: Path) -> bool:
+    """An OS error about the SQLite file, its -wal/-shm/-journal or its directory (denied
+    permission, a directory gone), not about a network connection."""
+    if not isinstance(exc, OSError) or isinstance(exc, ConnectionError) or not getattr(exc, "filename", None):
+        return False
+    name = os.path.abspath(os.fsdecode(exc.filename))
+    folder = os.path.abspath(os.path.dirname(path))
+    return name == folder or os.path.dirname(name) == folder
+
+
 def surrogate_text(raw: bytes) -> str:
     # Invalid UTF-8 survives as surrogates; the type converter then reports it.
     return raw.decode("utf-8", "surrogateescape")

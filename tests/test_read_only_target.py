@@ -1,0 +1,61 @@
+"""A target database that takes no writes (a standby, default_transaction_read_only) is
+named as such, and syncd carries on by itself once it takes writes again: its pooled
+connections, opened read-only, are replaced rather than failing for ever. An OS error
+about the SQLite file or its directory is the file's, not a Postgres outage."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+
+from syncd.sqlite.connection import is_sqlite_file_error
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.pgcluster import free_port
+from tests.support.sync import pg_rows, wait_caught_up
+
+
+def state(cfg) -> tuple[str, str]:
+    src = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
+    return src["state"], src["daemon_detail"] or ""
+
+
+async def test_a_read_only_target_is_named_and_left_behind_once_writable(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.commit()
+    name = pg_dsn.rsplit("/", 1)[1]
+    # With the endpoint: a read-only database cannot hold the daemon's own note either.
+    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{free_port()}")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        await pg_rows(pg_dsn, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        # The daemon's sessions end; the new ones open read-only.
+        await pg_rows(pg_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        conn.execute("INSERT INTO t VALUES (2, 'b')")
+        conn.commit()
+        wait_for(lambda: state(cfg)[0] == "failing", 60, "the daemon failing on a read-only target", daemon=d)
+        assert "Postgres takes no writes in this database" in state(cfg)[1]
+        admin = await asyncpg.connect(pg_dsn.rsplit("/", 1)[0] + "/postgres")
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        finally:
+            await admin.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=90)
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.t ORDER BY id") == [(1, "a"), (2, "b")]
+        wait_for(lambda: state(cfg)[0] == "streaming", 60, "the daemon streaming again", daemon=d)
+    conn.close()
+
+
+def test_os_errors_about_the_file_or_its_directory_are_the_files():
+    db = Path("/srv/app/data/app.db")
+    assert is_sqlite_file_error(PermissionError(13, "Permission denied", "/srv/app/data/app.db"), db)
+    assert is_sqlite_file_error(PermissionError(13, "Permission denied", "/srv/app/data/app.db-wal"), db)
+    assert is_sqlite_file_error(PermissionError(13, "Permission denied", "/srv/app/data"), db)
+    assert not is_sqlite_file_error(ConnectionRefusedError(111, "Connection refused"), db)
+    assert not is_sqlite_file_error(OSError(113, "No route to host"), db)
+    assert not is_sqlite_file_error(PermissionError(13, "Permission denied", "/etc/ssl/key.pem"), db)
