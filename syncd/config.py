@@ -415,6 +415,9 @@ def _error_line(err: ValidationError, path: Path) -> str:
     more = len(err.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     # Never echo the offending input: it may be a DSN with a password in it.
+    env = "SYNCD_" + "__".join(str(p) for p in first["loc"]).upper()
+    if first["loc"] and any(k.upper() == env for k in os.environ):
+        return f"environment variable {env} (over config {path}): {msg}{suffix}"
     return f"config {path}: {loc}: {msg}{suffix}"
 
 

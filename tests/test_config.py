@@ -39,6 +39,18 @@ def test_environment_overrides_the_file(tmp_path, monkeypatch):
     assert s.stream.batch_size == 123
 
 
+def test_a_bad_environment_variable_is_named_not_blamed_on_the_file(tmp_path, monkeypatch):
+    cfg = write(tmp_path, GOOD)
+    monkeypatch.setenv("SYNCD_STREAM__BATCH_SIZE", "abc")
+    with pytest.raises(ConfigError, match=r"^environment variable SYNCD_STREAM__BATCH_SIZE \(over config .*\): "
+                                          r"Input should be a valid integer"):
+        load_settings(cfg)
+    monkeypatch.delenv("SYNCD_STREAM__BATCH_SIZE")
+    monkeypatch.setenv("SYNCD_STREAM__BATCHSIZE", "10")
+    with pytest.raises(ConfigError, match=r"^environment variable SYNCD_STREAM__BATCHSIZE .*: unknown key$"):
+        load_settings(cfg)
+
+
 def test_password_from_a_credentials_directory(tmp_path, monkeypatch):
     creds = tmp_path / "creds"
     creds.mkdir()
