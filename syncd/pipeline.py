@@ -74,6 +74,7 @@ class Pipeline:
         self.health = STARTING
         self.failing_note = FailingNote()  # FAILING, told to Postgres for `syncd status` (health_note.py)
         self.renew_connections = False  # the next step first replaces the pooled connections
+        self.chunk_divisors: dict[str, int] = {}  # table -> how much smaller its load's chunks are (timeouts)
         self.detail = ""
         self.pg_ok: bool | None = None
         self.step_started: float | None = None  # monotonic start of the step in progress, if any
@@ -241,6 +242,7 @@ class Pipeline:
                         "waiting for it to be readable again", kind="sqlite", level="error")
             metrics.source_up.labels(self.name).set(0)
         elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            self._smaller_chunks()
             self._pg_down(exc, f"a statement ran over [postgres] statement_timeout_seconds "
                                f"({self.settings.postgres.statement_timeout_seconds:g} s): Postgres is slow or busy, a "
                                "lock holds the table, or the server is gone")
@@ -259,6 +261,21 @@ class Pipeline:
             self._enter(FAILING, f"unexpected error: {describe(exc)}", kind="internal", level="error",
                         exc=exc)
         self._mark_retry()
+
+    def _smaller_chunks(self) -> None:
+        """A load in progress when a statement ran over the timeout goes on in chunks half
+        as large (down to snapshot.MIN_CHUNK_ROWS): the same chunk would time out again,
+        for ever, on a slow server or with wide rows."""
+        load = self.load
+        if load is None:
+            return
+        before = load.chunk_rows
+        divisor = min(1024, self.chunk_divisors.get(load.t.name, 1) * 2)
+        self.chunk_divisors[load.t.name] = load.divisor = divisor
+        if load.chunk_rows < before:
+            self.session.warning(f"a snapshot chunk ran over [postgres] statement_timeout_seconds: chunks of "
+                                 f"{load.chunk_rows} rows from now on (were {before})", table=load.t.name,
+                                 event="snapshot_chunks_smaller")
 
     def _mark_retry(self) -> None:
         self.ready.set()  # clearly reported as failing counts as "ready" for systemd
@@ -504,14 +521,17 @@ class Pipeline:
                     await self._hold(t, reason, bk.PENDING, t.row.from_seq)
                     return False
                 self.load = TableLoad(s, t)
+                self.load.divisor = self.chunk_divisors.get(t.name, 1)
                 await start(s, t, self.load)
             elif self.load is None and reader.snapshot_position_kind(t.spec) == "rowid-unstable":
                 s.info("a table keyed by [sources.keys] cannot resume a load (VACUUM may renumber its rows): "
                        "loading it again from the start", table=t.name, event="snapshot_restarted")
                 self.load = TableLoad(s, t)
+                self.load.divisor = self.chunk_divisors.get(t.name, 1)
                 await start(s, t, self.load)
             elif self.load is None:
                 self.load = TableLoad(s, t)
+                self.load.divisor = self.chunk_divisors.get(t.name, 1)
                 await self.load.open()  # resuming: the position stays the one fixed at start
                 s.info(f"snapshot resuming after {t.row.snapshot_rows} rows", table=t.name, event="snapshot_resumed")
             if t.state == bk.HELD:

@@ -39,6 +39,7 @@ from syncd.sqlite.connection import SqliteWorker
 PROGRESS_EVERY_SECONDS = 5.0
 
 CHUNK_COLUMNS = 8  # a chunk of snapshot_chunk_rows rows is sized for tables this wide
+MIN_CHUNK_ROWS = 100  # chunks made smaller after a statement timeout stop here
 
 
 class TableLoad:
@@ -61,6 +62,7 @@ class TableLoad:
         self.prefetch_after: tuple | None = None
         self.schema_version = session.schema_version
         self.plain = False  # every row is sent as read, without the per-chunk check (see open)
+        self.divisor = 1  # chunks this many times smaller: one ran over the statement timeout
 
     @property
     def chunk_rows(self) -> int:
@@ -69,7 +71,8 @@ class TableLoad:
         values whatever the width."""
         configured = self.session.settings.stream.snapshot_chunk_rows
         width = max(1, len(self.t.spec.columns))
-        return max(min(configured, 100), min(configured, configured * CHUNK_COLUMNS // width))
+        rows = max(min(configured, 100), min(configured, configured * CHUNK_COLUMNS // width))
+        return max(min(rows, MIN_CHUNK_ROWS), rows // self.divisor)
 
     async def open(self) -> int:
         """Open the read side; returns the changelog position the read starts at."""
