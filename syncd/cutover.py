@@ -37,7 +37,7 @@ from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import Bookkeeping, ensure_bookkeeping, lock_key
-from syncd.postgres.connect import close_quietly, connect, describe
+from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
 from syncd.sqlite import freeze
 from syncd.sqlite.connection import SqliteWorker
 from syncd.sqlite.introspect import introspect
@@ -152,8 +152,13 @@ async def recorded_direction(conn: asyncpg.Connection | None, b: Bookkeeping) ->
     if conn is None:
         return None
     try:
-        return await asyncio.wait_for(direction(conn, b), ASK_SECONDS)
-    except Exception:  # noqa: BLE001
+        # FOR SHARE waits for a transaction still holding the row (a COMMIT the server is
+        # still writing, its session cut off from syncd): its outcome, not the row before it.
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{int(ASK_SECONDS * 1000)}ms'")
+            return await asyncio.wait_for(conn.fetchval(
+                f"SELECT direction FROM {b.s}.sources WHERE source = $1 FOR SHARE", b.source), ASK_SECONDS * 2)
+    except Exception:  # noqa: BLE001 - not known: the caller keeps what is frozen frozen
         return None
 
 
@@ -507,8 +512,8 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                 await close_quietly(pg)
         if res.undone:
             res.problems.append(f"{reason}; undone: the SQLite file takes the application's writes again")
-        if isinstance(e, (Refused, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error,
-                          TimeoutError)):
+        if isinstance(e, (Refused, asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError,
+                          sqlite3.Error, TimeoutError)):
             return
         raise
 

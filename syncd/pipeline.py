@@ -540,6 +540,7 @@ class Pipeline:
             if was_held:
                 self._resumed(t)
             if done:
+                self.chunk_divisors.pop(t.name, None)  # the next load starts at full size again
                 await self._close_load()
         except (RowMisfit, SnapshotRejected) as e:
             await self._close_load()

@@ -179,8 +179,8 @@ async def _widen_in_place(session: SourceSession, target: str, name: str,
     numeric(12,2)) turned back into syncd's own in place, when Postgres does that without
     rewriting anything and every value stays as it is (ddl.widens_in_place): no reload,
     which would replace rows the application's own foreign keys may point at. False
-    (reload as for any other type change) when a column is not such a case, or the table
-    stays busy past the lock wait."""
+    (reload as for any other type change) when a column is not such a case, the table
+    stays busy past the lock wait, or Postgres refuses (a view uses the column)."""
     if not all(ddl.widens_in_place(have, want) for _c, have, want in retyped):
         return False
     conn = session.pg
@@ -193,7 +193,7 @@ async def _widen_in_place(session: SourceSession, target: str, name: str,
         async with conn.transaction():
             for c, _have, want in retyped:
                 await ddl.run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(c)} TYPE {want}")
-    except asyncpg.LockNotAvailableError:
+    except asyncpg.PostgresError:  # busy past the lock wait, or refused (a view uses the column, say)
         return False
     finally:
         await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)

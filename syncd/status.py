@@ -349,7 +349,7 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
     if (st.step_seconds or 0) > LONG_STEP_SECONDS:
         p.append(Problem("warning", f"the daemon's current step has run for {st.step_seconds:.0f} s (it waits on "
                                     "Postgres or the SQLite file; a server gone without a word is given up on "
-                                    "within about 30 s, a statement at [postgres] statement_timeout_seconds)"))
+                                    "within about 25 s, a statement at [postgres] statement_timeout_seconds)"))
     if st.daemon_running is False and (st.pending_changes or 0) > 0:
         p.append(Problem("critical", f"daemon not running and {st.pending_changes} change(s) wait to be applied"))
     elif st.daemon_running is False:

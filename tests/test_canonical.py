@@ -225,3 +225,24 @@ async def test_tables_wider_than_sqlite_function_arguments(pg_dsn):
         assert fold(int(await pg.fetchval(f"SELECT sum({pg_row_hash_sql(spec)}) FROM s.canon"))) == want
     finally:
         await pg.close()
+
+
+async def test_syncd_connections_take_what_asyncpg_takes_and_refuse_what_cannot_come_back(pg_dsn):
+    """A plain date for a timestamp is its midnight, as asyncpg has it; an aware instant
+    outside the years 1 to 9999 in UTC is refused before it reaches Postgres (it could be
+    stored there, and never read back)."""
+    import datetime as dt
+
+    pg = await syncd_connection(pg_dsn)
+    try:
+        assert await pg.fetchval("SELECT $1::timestamp::text", dt.date(2024, 5, 1)) == "2024-05-01 00:00:00"
+        late = dt.datetime(9999, 12, 31, 23, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+        with pytest.raises(asyncpg.DataError):
+            await pg.fetchval("SELECT $1::timestamptz", late)
+        early = dt.datetime(1, 1, 1, 0, 30, tzinfo=dt.timezone(dt.timedelta(hours=5)))
+        with pytest.raises(asyncpg.DataError):
+            await pg.fetchval("SELECT $1::timestamptz", early)
+        fine = dt.datetime(9999, 12, 31, 18, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+        assert await pg.fetchval("SELECT $1::timestamptz", fine) == fine
+    finally:
+        await pg.close()

@@ -210,6 +210,19 @@ def round_trips(value: Any, fmt: Format, pgtype: PgType) -> str | None:
     return None
 
 
+def _exact_spelling(fmt: Format, pgtype: PgType) -> re.Pattern | None:
+    """A pattern the text a value in `fmt` is spelled as matches exactly when rendering
+    the value it parses to gives that text back (round_trips' answer, without parsing
+    twice), for a format of the column's own type; None where only round_trips can tell."""
+    if fmt.kind == "date":
+        return re.compile(r"\d{4}-\d\d-\d\d") if pgtype is PgType.DATE else None
+    if fmt.kind != "datetime" or (fmt.zone is None) != (pgtype is PgType.TIMESTAMP):
+        return None
+    frac = r"(?:\.(?!0{6})\d{6})?" if fmt.optional_frac else rf"\.\d{{{fmt.frac}}}" if fmt.frac else ""
+    return re.compile(r"\d{4}-\d\d-\d\d" + re.escape(fmt.sep) + r"\d\d:\d\d" + (r":\d\d" if fmt.seconds else "")
+                      + frac + re.escape(fmt.zone or ""))
+
+
 def strict_converter(pgtype: PgType, spec: str, declared: str = "") -> Callable[[Any], Any]:
     """types.converter(pgtype) for the values a column spelled `spec` (declared
     `declared` in SQLite) holds exactly: those in its spelling, and those the way back
@@ -220,10 +233,15 @@ def strict_converter(pgtype: PgType, spec: str, declared: str = "") -> Callable[
     fmt = parse_spec(spec)
     base = converter(pgtype)
     shape = ColumnShape("", pgtype, affinity(declared), spec)
+    exact = _exact_spelling(fmt, pgtype)
 
     def convert(value: Any) -> Any:
         if value is None:
             return None
+        if exact is not None and type(value) is str and exact.fullmatch(value):
+            return base(value)  # the column's own spelling, digit for digit: one parse
+        if fmt.kind == "epoch" and type(value) is int and pgtype is not PgType.DATE:
+            return base(value)
         why = round_trips(value, fmt, pgtype)
         if why is None:
             return base(value)

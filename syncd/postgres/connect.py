@@ -135,16 +135,17 @@ async def prepare(conn: asyncpg.Connection) -> None:
     notice_dead_peer(conn)
 
 
-# A server gone without a word (a network partition, a host that died) is noticed by the
-# kernel after this long, instead of when a statement times out (and its ROLLBACK after it).
+# A server gone without a word (a network partition, a host that died) while syncd waits
+# for its answer is noticed by the kernel after this long (10 s idle, then 3 probes 5 s
+# apart), instead of when the statement times out (and its ROLLBACK after it).
 PEER_IDLE_SECONDS, PEER_PROBE_SECONDS, PEER_PROBES = 10, 5, 3
-PEER_UNACKED_MS = 30_000
 
 
 def notice_dead_peer(conn: asyncpg.Connection) -> None:
-    """TCP keepalive and a bound on unacknowledged data on the connection's socket: a
-    step waiting on a server that vanished fails in about 30 s, and is retried on a new
-    connection, while a slow statement of a server that answers is not cut short."""
+    """TCP keepalive on the connection's socket: a step waiting on a server that vanished
+    fails in about 25 s and is retried on a new connection, while a slow statement of a
+    server that is there is never cut short (its kernel answers the probes; no bound is
+    set on unacknowledged data, which a server blocked mid-statement would trip)."""
     transport = getattr(conn, "_transport", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
@@ -154,7 +155,6 @@ def notice_dead_peer(conn: asyncpg.Connection) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, PEER_IDLE_SECONDS)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, PEER_PROBE_SECONDS)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, PEER_PROBES)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, PEER_UNACKED_MS)
 
 
 def wake_copy_on_loss(conn: asyncpg.Connection) -> None:
@@ -200,6 +200,8 @@ def _date_in(t: tuple[int]) -> dt.date:
 
 
 def _ts_out(d: dt.datetime) -> tuple[int]:
+    if type(d) is dt.date:
+        d = dt.datetime.combine(d, dt.time())  # midnight, as asyncpg takes a date
     return ((d - _TS0) // _MICRO,)
 
 
@@ -213,8 +215,12 @@ def _ts_in(t: tuple[int]) -> dt.datetime:
 
 
 def _tstz_out(d: dt.datetime) -> tuple[int]:
-    if d.tzinfo is None:
-        d = d.astimezone()  # asyncpg's own reading of a naive instant: local time
+    if type(d) is dt.date:
+        d = dt.datetime.combine(d, dt.time())
+    # A naive instant is local time, as asyncpg reads it; one that is outside the years 1
+    # to 9999 in UTC raises OverflowError here (asyncpg refused it too), so nothing goes
+    # in that could not be read back.
+    d = d.astimezone(dt.timezone.utc)
     return ((d - _TSTZ0) // _MICRO,)
 
 
