@@ -185,5 +185,5 @@ def test_a_dsn_clients_would_misread_is_refused_without_quoting_it(tmp_path, pg_
     for verb in (("status",), ("status", "--json"), ("init",), ("run",)):
         r = run_cli(cfg, *verb, env=env)
         assert r.returncode in (2, 3), r.stdout + r.stderr
-        assert "postgres.dsn" in r.stdout + r.stderr
+        assert "environment variable SYNCD_POSTGRES__DSN" in r.stdout + r.stderr  # where the DSN came from
         assert_no_secret(r.stdout + r.stderr, [userinfo.split(":", 1)[1]], " ".join(verb))
