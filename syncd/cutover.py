@@ -390,9 +390,10 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         pending = await worker.run(_pending, (await b.load_source(conn)).applied_seq)
         rows = await worker.run(_row_count, list(specs))
         res.plan.append(f"{len(specs)} table(s), {rows} row(s) to verify, {pending} change(s) to drain")
-        res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} set to continue after {top}"
-                     for name, top in sorted(marks.items())]
         if dry_run:
+            # The run itself says where each identity continues, from the high marks after the drain.
+            res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} would continue after {top} "
+                         "(today's high mark; the drain may raise it)" for name, top in sorted(marks.items())]
             present = {key[2]: obj.comment for key, obj in (await parity.read_pg_objects(conn, source.schema)).items()
                        if key[0] == "relation"}
             res.plan += await asyncio.to_thread(parity.preview, settings, source, specs, present)

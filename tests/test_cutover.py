@@ -77,6 +77,7 @@ async def test_cutover_switches_and_the_application_moves(tmp_path, make_config,
         dry = run_cli(cfg, "cutover", "--dry-run")
         assert dry.returncode == 0, dry.stdout + dry.stderr
         assert "ready to cut over (dry run" in dry.stdout and "expected write downtime" in dry.stdout
+        assert "identity deals.id would continue after 50 (today's high mark" in dry.stdout
         assert writable(db)
         conn.execute("INSERT INTO settings VALUES ('late', 'written just before the switch')")
         r = run_cli(cfg, "cutover")
@@ -84,6 +85,7 @@ async def test_cutover_switches_and_the_application_moves(tmp_path, make_config,
         downtime = float(re.search(r"write downtime ([0-9.]+) s", r.stdout).group(1))
         assert 0 < downtime < 60
         assert "deals.id continues after 50" in r.stdout  # AUTOINCREMENT's high mark, not max(id) = 45
+        assert "set to continue after" not in r.stdout  # one figure per identity: the one after the drain
         assert not writable(db)
         assert conn.execute("SELECT count(*) FROM deals").fetchone()[0] == 45  # readers unaffected
         assert await direction(pg_dsn) == "to_sqlite"
