@@ -125,6 +125,10 @@ async def direction(conn: asyncpg.Connection, b: Bookkeeping) -> str:
 
 
 ASK_SECONDS = 5.0  # how long a switch that failed waits for Postgres to say what it recorded
+# Failures a switch reports in its result (settled: done, undone or unknown, said in one
+# line); anything else (Ctrl-C, a bug) is raised after the switch is settled.
+SETTLED = (Refused, asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError, sqlite3.Error,
+           TimeoutError)
 
 
 async def answering(settings: Settings, source: SourceSettings,
@@ -513,8 +517,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                 await close_quietly(pg)
         if res.undone:
             res.problems.append(f"{reason}; undone: the SQLite file takes the application's writes again")
-        if isinstance(e, (Refused, asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError,
-                          sqlite3.Error, TimeoutError)):
+        if isinstance(e, SETTLED):
             return
         raise
 

@@ -520,18 +520,15 @@ class Pipeline:
                 if reason is not None:
                     await self._hold(t, reason, bk.PENDING, t.row.from_seq)
                     return False
-                self.load = TableLoad(s, t)
-                self.load.divisor = self.chunk_divisors.get(t.name, 1)
+                self.load = self._table_load(t)
                 await start(s, t, self.load)
             elif self.load is None and reader.snapshot_position_kind(t.spec) == "rowid-unstable":
                 s.info("a table keyed by [sources.keys] cannot resume a load (VACUUM may renumber its rows): "
                        "loading it again from the start", table=t.name, event="snapshot_restarted")
-                self.load = TableLoad(s, t)
-                self.load.divisor = self.chunk_divisors.get(t.name, 1)
+                self.load = self._table_load(t)
                 await start(s, t, self.load)
             elif self.load is None:
-                self.load = TableLoad(s, t)
-                self.load.divisor = self.chunk_divisors.get(t.name, 1)
+                self.load = self._table_load(t)
                 await self.load.open()  # resuming: the position stays the one fixed at start
                 s.info(f"snapshot resuming after {t.row.snapshot_rows} rows", table=t.name, event="snapshot_resumed")
             if t.state == bk.HELD:
@@ -550,6 +547,11 @@ class Pipeline:
             await self._close_load()
             self.needs_reconcile = True
         return True
+
+    def _table_load(self, t: TableRuntime) -> TableLoad:
+        load = TableLoad(self.session, t)
+        load.divisor = self.chunk_divisors.get(t.name, 1)  # smaller chunks after a statement timeout
+        return load
 
     async def _close_load(self) -> None:
         load, self.load = self.load, None

@@ -147,10 +147,7 @@ def _pending(row: TableRow, reason: str | None) -> TableRow:
 async def sticky_types(session: SourceSession) -> dict[str, dict[str, PgType]]:
     """Postgres column types already chosen, so value-inferred types do not flip."""
     assert session.pg is not None
-    out: dict[str, dict[str, PgType]] = {}
-    for name, table in (await ddl.read_tables(session.pg, session.target_schema)).items():
-        out[name] = {c.name: c.pgtype for c in table.columns if c.pgtype is not None}
-    return out
+    return ddl.kept_types(await ddl.read_tables(session.pg, session.target_schema))
 
 
 async def reconcile(session: SourceSession) -> CaptureResult:

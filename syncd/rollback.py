@@ -37,7 +37,7 @@ import asyncpg
 
 from syncd import collisions
 from syncd.config import Settings, SourceSettings
-from syncd.cutover import (STARTED_SWITCHES, Refused, answering, direction, read_specs, record_step,
+from syncd.cutover import (SETTLED, STARTED_SWITCHES, Refused, answering, direction, read_specs, record_step,
                            recorded_direction, release_switch_lock, sequence_tops, switch_holder, take_switch_lock,
                            undo_reason, who)
 from syncd.identifiers import quote_ident
@@ -45,7 +45,7 @@ from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.parity.apply import lock_wait_ms
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, ensure_bookkeeping, try_lock_source, unlock_source
-from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect
+from syncd.postgres.connect import close_quietly, connect
 from syncd.reverse import applier, capture, reader
 from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint
@@ -498,7 +498,6 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         finally:
             if own:
                 await close_quietly(pg)
-        if isinstance(e, (Refused, asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError,
-                          sqlite3.Error, TimeoutError)):
+        if isinstance(e, SETTLED):
             return
         raise

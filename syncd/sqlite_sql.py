@@ -195,11 +195,17 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_REAL_DIGITS = 15
 
 
-def _literal(sql: str) -> tuple[int, Token]:
-    """(sign, token) of the single literal `sql` consists of (see parse_constant)."""
+def _unwrapped(sql: str) -> list[Token]:
+    """The significant tokens of `sql` without the parentheses around all of it."""
     tokens = significant(tokenize(sql))
     while len(tokens) >= 2 and tokens[0].text == "(" and tokens[-1].text == ")":
         tokens = tokens[1:-1]
+    return tokens
+
+
+def _literal(sql: str) -> tuple[int, Token]:
+    """(sign, token) of the single literal `sql` consists of (see parse_constant)."""
+    tokens = _unwrapped(sql)
     if not tokens:
         raise NotAConstant("empty")
     sign = 1
@@ -243,11 +249,7 @@ _NOW_CALLS = {
 
 def _now_call(sql: str) -> ConstKind | None:
     """The kind of a call in _NOW_CALLS `sql` consists of (in any parentheses), or None."""
-    tokens = significant(tokenize(sql))
-    while len(tokens) >= 2 and tokens[0].text == "(" and tokens[-1].text == ")":
-        tokens = tokens[1:-1]
-        if len(tokens) >= 3 and tokens[0].kind is Kind.WORD and tokens[1].text == "(":
-            break  # name(...): its own parentheses stay
+    tokens = _unwrapped(sql)  # a call starts with its name: its own parentheses stay
     if len(tokens) < 3 or tokens[0].kind is not Kind.WORD or tokens[1].text != "(" or tokens[-1].text != ")":
         return None
     args, expect_arg = [], True

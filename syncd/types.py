@@ -617,15 +617,15 @@ _EPOCH_NOW = "floor(extract(epoch FROM now()))"
 def _now_default(kind: sqlite_sql.ConstKind, pgtype: PgType, col_affinity: sqlite_sql.Affinity) -> str | None:
     """The Postgres DEFAULT for the time of the insert SQLite stores in a column of that
     affinity, or None when Postgres has no exact form of it."""
-    if kind in (sqlite_sql.ConstKind.UNIXEPOCH, sqlite_sql.ConstKind.UNIXEPOCH_TEXT):
-        text = kind is sqlite_sql.ConstKind.UNIXEPOCH_TEXT
-        A = sqlite_sql.Affinity
-        stored = ("real" if col_affinity is A.REAL else "integer" if col_affinity in (A.INTEGER, A.NUMERIC)
-                  else "text" if col_affinity is A.TEXT or text else "integer")
-        return {("integer", PgType.BIGINT): f"{_EPOCH_NOW}::bigint",
-                ("integer", PgType.NUMERIC): f"{_EPOCH_NOW}::numeric",
-                ("real", PgType.DOUBLE): f"{_EPOCH_NOW}::double precision",
-                ("text", PgType.TEXT): f"{_EPOCH_NOW}::bigint::text"}.get((stored, pgtype))
+    q = sqlite_sql
+    if kind in (q.ConstKind.UNIXEPOCH, q.ConstKind.UNIXEPOCH_TEXT):
+        # The storage class SQLite gives such a value (an integer, or its text) in the column.
+        sample = (q.Constant(q.ConstKind.INTEGER, 0) if kind is q.ConstKind.UNIXEPOCH
+                  else q.Constant(q.ConstKind.TEXT, "0"))
+        stored = type(q.stored_value(sample, col_affinity))
+        return {(int, PgType.BIGINT): f"{_EPOCH_NOW}::bigint", (int, PgType.NUMERIC): f"{_EPOCH_NOW}::numeric",
+                (float, PgType.DOUBLE): f"{_EPOCH_NOW}::double precision",
+                (str, PgType.TEXT): f"{_EPOCH_NOW}::bigint::text"}.get((stored, pgtype))
     return _CURRENT_TIME_DEFAULTS.get((kind.value, pgtype))
 
 

@@ -76,10 +76,9 @@ async def _types_in_postgres(settings, source) -> tuple[dict, dict, str]:
     conn = None
     try:
         conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
-        tables = await ddl.read_tables(conn, source.schema)
-        sticky = {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in tables.items()}
+        sticky = ddl.kept_types(await ddl.read_tables(conn, source.schema))
         retyped = await retyped_columns(conn, settings.postgres.bookkeeping_schema, source.name)
-        return sticky, retyped, ("types as the tables already in Postgres have them" if tables
+        return sticky, retyped, ("types as the tables already in Postgres have them" if sticky
                                  else "no table in Postgres yet: types as syncd would create them")
     except Exception as e:  # noqa: BLE001 - the SQLite file alone still answers
         return {}, {}, f"Postgres not reached ({describe(e)}): types chosen from the SQLite file alone"

@@ -180,7 +180,6 @@ def wake_copy_on_loss(conn: asyncpg.Connection) -> None:
 
 _DAY0 = dt.date(2000, 1, 1).toordinal()
 _TS0 = dt.datetime(2000, 1, 1)
-_TSTZ0 = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 _MICRO = dt.timedelta(microseconds=1)
 _INT32_MAX, _INT32_MIN = 2**31 - 1, -(2**31)
 _INT64_MAX, _INT64_MIN = 2**63 - 1, -(2**63)
@@ -220,17 +219,11 @@ def _tstz_out(d: dt.datetime) -> tuple[int]:
     # A naive instant is local time, as asyncpg reads it; one that is outside the years 1
     # to 9999 in UTC raises OverflowError here (asyncpg refused it too), so nothing goes
     # in that could not be read back.
-    d = d.astimezone(dt.timezone.utc)
-    return ((d - _TSTZ0) // _MICRO,)
+    return _ts_out(d.astimezone(dt.timezone.utc).replace(tzinfo=None))
 
 
 def _tstz_in(t: tuple[int]) -> dt.datetime:
-    n = t[0]
-    if n == _INT64_MAX:
-        return dt.datetime.max.replace(tzinfo=dt.timezone.utc)
-    if n == _INT64_MIN:
-        return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
-    return _TSTZ0 + dt.timedelta(microseconds=n)
+    return _ts_in(t).replace(tzinfo=dt.timezone.utc)
 
 
 async def exact_instants(conn: asyncpg.Connection) -> None:

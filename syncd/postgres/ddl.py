@@ -205,6 +205,12 @@ class PgTable:
         return None
 
 
+def kept_types(tables: dict[str, PgTable]) -> dict[str, dict[str, PgType]]:
+    """table -> column -> the type Postgres has for it, where syncd knows the type: what
+    introspection keeps (`sticky_types`), so a type inferred from values does not flip."""
+    return {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in tables.items()}
+
+
 async def read_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTable]:
     """Every table in `schema` with its columns and primary key."""
     rows = await conn.fetch(

@@ -200,7 +200,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             f"SELECT at, detail FROM {bk.s}.events WHERE source = $1 AND kind = 'capture_suspended' ORDER BY at",
             source.name)]
     pg_tables = await ddl.read_tables(pg, source.schema)
-    sticky = {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in pg_tables.items()}
+    sticky = ddl.kept_types(pg_tables)
     retyped = await parity.retyped_columns(pg, bk_schema, source.name)
     # Postgres counted first, in one snapshot with its checkpoint; then SQLite, in one
     # snapshot with the changes it holds past that checkpoint (see TableFacts.in_flight).

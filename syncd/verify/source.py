@@ -167,7 +167,7 @@ async def _plan(s: _Session, only: list[str] | None) -> list[TablePlan]:
     assert s.pg is not None
     state: CaptureState = await s.run(capture.read_state)
     pg_tables = await ddl.read_tables(s.pg, s.source.schema)
-    sticky = {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in pg_tables.items()}
+    sticky = ddl.kept_types(pg_tables)
     retyped = await retyped_columns(s.pg, s.settings.postgres.bookkeeping_schema, s.source.name)
     schema = await s.run(introspect, s.source, sticky, retyped)
     src: SourceRow | None = None
