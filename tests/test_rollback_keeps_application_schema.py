@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import pg_rows, table_states, wait_caught_up
+from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
 from tests.support.way_back import backup_and_config, cut_over, wait_back
 
 
@@ -74,6 +74,11 @@ async def test_a_not_null_postgres_enforces_and_sqlite_does_not_is_named_before_
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         await pg_rows(pg_dsn, "ALTER TABLE app.companies ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now()")
+
+        async def followed() -> bool:  # a schema change alone leaves no change for wait_back to see
+            return any(r[1] == "updated_at" for r in sqlite3.connect(db).execute("PRAGMA table_info(companies)"))
+
+        await eventually(followed, 60, "the column added in SQLite too", d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
         for args in (("rollback", "--dry-run"), ("rollback",)):
             r = run_cli(cfg, *args)
