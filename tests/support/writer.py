@@ -1,6 +1,8 @@
 """An application writer in its own process: random inserts, updates, deletes and key
-changes in short transactions, with a normal busy_timeout. Prints a JSON summary
-(transactions, lock errors) when done.
+changes in short transactions, with a normal busy_timeout. Prints a JSON summary when
+done: transactions, lock errors, and apart from them the lock errors that waited behind
+another such writer committing (the application's writers contending with each other,
+which a busy disk's fsync can stretch past any busy_timeout; see behind_other_writer).
 
     python -m tests.support.writer DB --seconds 5 --seed 1 [--table items] [--rate 0]
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import sqlite3
@@ -16,6 +19,56 @@ import sys
 import time
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS {t} (id INTEGER PRIMARY KEY, v TEXT, n INTEGER, r REAL, b BLOB)"
+
+
+# Locks SQLite takes (os_unix.c): in WAL mode a writer holds byte 120 of the -shm file
+# from BEGIN to COMMIT; in rollback-journal mode it holds the database file's RESERVED
+# byte (1073741825) from its first write on, and PENDING (1073741824) through its SHARED
+# range (EXCLUSIVE) while it commits.
+WAL_WRITE_BYTE = ("120", "120")
+WRITER_BYTES = ("1073741824", "1073741825")
+
+
+def lock_holders(db: str) -> list[dict]:
+    """The POSIX locks other processes hold on the database and its -shm file right now
+    (from /proc/locks): who a lock error waited behind, if it still holds on."""
+    try:
+        lines = open("/proc/locks").read().splitlines()
+    except OSError:
+        return []
+    held = []
+    for path in (db, db + "-shm"):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for parts in (line.split() for line in lines):
+            if "->" in parts or len(parts) < 8 or parts[5] != inode or int(parts[4]) == os.getpid():
+                continue  # "->": a waiter, not a holder
+            try:
+                cmd = open(f"/proc/{parts[4]}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                cmd = "?"
+            held.append({"file": os.path.basename(path), "mode": parts[3], "range": (parts[6], parts[7]),
+                         "pid": int(parts[4]), "cmd": " ".join(cmd.split())[:120]})
+    return held
+
+
+def behind_other_writer(held: list[dict]) -> bool:
+    """True if the lock was another writer of this kind's, with nothing else in its way:
+    in WAL mode it holds the write lock (no reader can hold up a WAL commit); in
+    rollback-journal mode it holds a write lock on the database file and no other process
+    (syncd's reader among them) holds any lock there. Such a writer outlasting a
+    busy_timeout (its fsyncs on a busy disk) is the application's contention with itself,
+    not syncd's. Anything else, nobody found included, counts against syncd."""
+    ours = [h for h in held if "tests.support.writer" in h["cmd"]]
+    others = [h for h in held if h not in ours]
+    if any(h["file"].endswith("-shm") and h["mode"] == "WRITE" and h["range"] == WAL_WRITE_BYTE for h in ours):
+        return True
+    writing = any(not h["file"].endswith("-shm") and h["mode"] == "WRITE" and h["range"][0] in WRITER_BYTES
+                  for h in ours)
+    return writing and not any(not h["file"].endswith("-shm") for h in others)
 
 
 def main() -> int:
@@ -38,8 +91,9 @@ def main() -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    tx = locked = 0
+    tx = locked = behind_app = 0
     errors: list[str] = []
+    app_errors: list[str] = []
     deadline = time.monotonic() + args.seconds
     next_at = time.monotonic()
     while not stop and time.monotonic() < deadline:
@@ -70,13 +124,22 @@ def main() -> int:
             tx += 1
         except sqlite3.OperationalError as e:
             if "locked" in str(e) or "busy" in str(e):
-                locked += 1
-                errors.append(f"{step}: {e} after {time.monotonic() - started:.2f}s")
+                held = lock_holders(args.db)
+                where = "; ".join(f"{h['file']} {h['mode']} {'-'.join(h['range'])} pid {h['pid']} ({h['cmd']})"
+                                  for h in held) or "none"
+                entry = f"{step}: {e} after {time.monotonic() - started:.2f}s; locks held then: {where}"
+                if behind_other_writer(held):
+                    behind_app += 1
+                    app_errors.append(entry)
+                else:
+                    locked += 1
+                    errors.append(entry)
             else:
                 raise
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-    print(json.dumps({"transactions": tx, "lock_errors": locked, "errors": errors[:10]}))
+    print(json.dumps({"transactions": tx, "lock_errors": locked, "errors": errors[:10],
+                      "behind_application": behind_app, "application_errors": app_errors[:10]}))
     return 0
 
 
