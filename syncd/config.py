@@ -41,6 +41,15 @@ class ConfigError(Exception):
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value, info):
+        """`batch_size = true` is a mistake, not 1 (pydantic takes a bool as a number)."""
+        field = cls.model_fields.get(info.field_name)
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError("must be a number, not true or false")
+        return value
+
 
 def check_dsn(dsn: str) -> str:
     """A postgresql:// URL every client reads the same way. The messages never quote

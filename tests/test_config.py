@@ -72,6 +72,8 @@ def test_password_from_a_credentials_directory(tmp_path, monkeypatch):
         (GOOD + '\n[metrics]\nlisten = "nonsense"\n', "metrics.listen: must be HOST:PORT"),
         (GOOD.replace('name = "sales"', 'name = "sales"\ncolumns = { t = { c = "varchar" } }'),
          "unsupported Postgres type 'varchar'"),
+        (GOOD + "\n[stream]\nbatch_size = true\n", "stream.batch_size: must be a number, not true or false"),
+        (GOOD + "\n[verify]\ninterval_seconds = false\n", "verify.interval_seconds: must be a number"),
         ("[postgres\n", "config"),
         ("[[sources]]\nname = 'a'\npath = 'a.db'\n", "postgres: required key is missing"),
     ],
