@@ -122,6 +122,14 @@ def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming
                 "Postgres cannot hold a NULL key. Give those rows a key in SQLite"
             )
             continue
+        if ch.duplicate is not None:
+            key, n = ch.duplicate
+            misfits[tid] = (
+                f'table "{t.name}": its [sources.keys] columns ({", ".join(t.spec.key)}) are not unique in SQLite: '
+                f"{n} rows have the key {format_key(key)}, and Postgres holds one row per key. Make the key unique "
+                "in SQLite, or name columns that are"
+            )
+            continue
         kept, gone = key_identity.survivors(conn, t.spec, ch.deletes)
         if kept:
             ch.upserts.extend(kept)

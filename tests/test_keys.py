@@ -7,7 +7,7 @@ import sqlite3
 
 from tests.support.compare import compare_keyless, compare_table
 from tests.support.daemon import DaemonProcess
-from tests.support.sync import table_states, wait_caught_up
+from tests.support.sync import eventually, table_states, wait_caught_up
 
 SCHEMA = """
 CREATE TABLE composite (a INTEGER, b TEXT, v TEXT, PRIMARY KEY (a, b));
@@ -77,3 +77,31 @@ async def test_keys(app_db, make_config, pg_dsn, tmp_path):
     assert await compare_keyless(str(app_db), pg_dsn, "app", "keyless") == []
     states = await table_states(pg_dsn, "app")
     assert states["keyless"][0] == states["uniq_only"][0] == "streaming"
+
+
+async def test_a_configured_key_two_rows_share_holds_the_table(app_db, make_config, pg_dsn, tmp_path):
+    """[sources.keys] is not a constraint in SQLite: a second row under a key already
+    replicated holds the table, naming the key, instead of one of the two rows being
+    dropped unseen; with the duplicate gone, the table resumes and ends equal."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE log (code TEXT, v INTEGER); INSERT INTO log VALUES ('a', 1), ('b', 2);")
+    cfg = make_config([{"name": "app", "path": str(app_db), "keys": {"log": ["code"]}}],
+                      sections={"stream": {"held_table_retry_seconds": 0.5}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO log VALUES ('b', 3)")
+        conn.execute("INSERT INTO log VALUES ('c', 4)")
+        conn.commit()
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app"))["log"][0] == "held"
+
+        await eventually(held, what="log held", daemon=d)
+        reason = (await table_states(pg_dsn, "app"))["log"][1]
+        assert "[sources.keys] columns (code) are not unique" in reason and "2 rows have the key 'b'" in reason
+        conn.execute("DELETE FROM log WHERE code = 'b' AND v = 2")
+        conn.commit()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert (await table_states(pg_dsn, "app"))["log"][0] == "streaming"
+    assert await compare_table(str(app_db), pg_dsn, "app", "log", key=["code"]) == []

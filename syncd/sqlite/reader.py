@@ -32,6 +32,9 @@ class TableChanges:
     deletes: list[tuple] = field(default_factory=list)  # keys
     ops: Counter = field(default_factory=Counter)  # insert / update / delete, per coalesced key
     null_keys: int = 0  # changes whose key is NULL: Postgres cannot hold such a row
+    # A [sources.keys] key more than one SQLite row holds, exactly: (key, rows). Postgres
+    # can hold one of them; the coalescing below would keep one and drop the rest unseen.
+    duplicate: tuple[tuple, int] | None = None
 
     @property
     def size(self) -> int:
@@ -215,6 +218,21 @@ def fingerprint_range(conn: sqlite3.Connection, after_seq: int, last_seq: int) -
     return fingerprint(entries)
 
 
+def duplicated_key(conn: sqlite3.Connection, spec: TableSpec, after_seq: int, last_seq: int,
+                   tid: int) -> tuple[tuple, int] | None:
+    """A key of the range's entries that more than one row holds byte for byte (a
+    [sources.keys] key is not a constraint in SQLite), with how many rows hold it."""
+    ref = spec.sqlite_ref
+    keys = ", ".join(ref(k) for k in spec.key)
+    slots = ", ".join(slot(i) for i in range(len(spec.key)))
+    exact = ", ".join(f"{ref(k)} COLLATE BINARY, typeof({ref(k)})" for k in spec.key)
+    row = conn.execute(
+        f"SELECT {keys}, count(*) FROM main.{quote_ident(spec.name)} "
+        f"WHERE ({keys}) IN (SELECT {slots} FROM main.{CL} WHERE seq > ? AND seq <= ? AND tid = ?) "
+        f"GROUP BY {exact} HAVING count(*) > 1 LIMIT 1", (after_seq, last_seq, tid)).fetchone()
+    return None if row is None else (tuple(row[:-1]), row[-1])
+
+
 def _has_null_key(conn: sqlite3.Connection, spec: TableSpec) -> bool:
     cond = " OR ".join(f"{spec.sqlite_ref(k)} IS NULL" for k in spec.key)
     return conn.execute(f"SELECT 1 FROM main.{quote_ident(spec.name)} WHERE {cond} LIMIT 1").fetchone() is not None
@@ -263,6 +281,8 @@ def read_changes(
                 continue
             rows = fetchall_text_safe(conn, _join_sql(spec), (after_seq, batch.last_seq, tid))
             changes = TableChanges(tid=tid, spec=spec)
+            if spec.key_origin == "configured" and len(rows) > per_tid[tid]:  # an entry matched two rows
+                changes.duplicate = duplicated_key(conn, spec, after_seq, batch.last_seq, tid)
             _collect(changes, rows)
             if changes.null_keys and not _has_null_key(conn, spec):
                 changes.null_keys = 0  # those rows got a key (or went): their changes are recorded too
