@@ -43,6 +43,7 @@ from syncd.cutover import (SETTLED, STARTED_SWITCHES, Refused, answering, direct
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.parity.apply import lock_wait_ms
+from syncd.parity.plan import MARK
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, ensure_bookkeeping, try_lock_source, unlock_source
 from syncd.postgres.connect import close_quietly, connect
@@ -276,10 +277,11 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
 
 
 async def stricter_in_postgres(conn: asyncpg.Connection, schema: str, specs: dict) -> list[str]:
-    """NOT NULL columns of Postgres whose SQLite column takes NULL (the application made
-    them so in Postgres after the cutover): after the rollback, the first row SQLite
-    stores without a value there holds its table. Said before the switch, not refused:
-    a rollback may be the way out of an emergency."""
+    """NOT NULL columns of Postgres whose SQLite column takes NULL, and constraints and
+    unique indexes syncd did not make (the application's, made in Postgres after the
+    cutover): after the rollback, the first row SQLite stores that breaks one holds its
+    table. Said before the switch, not refused: a rollback may be the way out of an
+    emergency."""
     rows = await conn.fetch(
         "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') "
@@ -293,6 +295,28 @@ async def stricter_in_postgres(conn: asyncpg.Connection, schema: str, specs: dic
                    "does not: after the rollback a row the application writes without a value there holds the "
                    f'table; drop it in Postgres (ALTER TABLE ... ALTER COLUMN "{column}" DROP NOT NULL) or have the '
                    "application always write the column")
+    # CHECK, UNIQUE, FOREIGN KEY and EXCLUDE constraints, and unique indexes, that syncd did
+    # not make (each of its own carries the parity comment): the application's, in Postgres
+    # only. A row SQLite takes that breaks one holds its table after the rollback.
+    made = await conn.fetch(
+        "SELECT c.relname, con.conname, pg_get_constraintdef(con.oid) FROM pg_constraint con "
+        "JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND con.contype IN ('c', 'u', 'f', 'x') "
+        "AND coalesce(obj_description(con.oid, 'pg_constraint'), '') NOT LIKE $2 "
+        "UNION ALL "
+        "SELECT c.relname, i.relname, pg_get_indexdef(i.oid) FROM pg_index x "
+        "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND x.indisunique AND NOT x.indisprimary "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.oid) "
+        "AND coalesce(obj_description(i.oid, 'pg_class'), '') NOT LIKE $2 ORDER BY 1, 2",
+        schema, MARK + "%")
+    for table, name, definition in made:
+        if table not in specs:
+            continue
+        out.append(f'warning: Postgres holds "{name}" on "{table}" ({definition}), which SQLite does not: '
+                   "after the rollback a row the application writes to SQLite that breaks it holds the table; "
+                   "drop it in Postgres or keep the application within it")
     return out
 
 

@@ -1,8 +1,9 @@
 """What the application built in Postgres after the cutover survives a rollback: a
 column it narrowed (varchar(n), numeric(p,s)) is turned back into syncd's type in place,
 not by reloading the table, which would replace rows the application's own foreign keys
-point at (the reload failed on them and held the table for good); a NOT NULL it set that
-SQLite's column does not have is named before the rollback switches."""
+point at (the reload failed on them and held the table for good); a NOT NULL, a
+constraint or a unique index it made there that SQLite does not have is named before the
+rollback switches."""
 
 from __future__ import annotations
 
@@ -85,3 +86,38 @@ async def test_a_not_null_postgres_enforces_and_sqlite_does_not_is_named_before_
             assert r.returncode == 0, r.stdout + r.stderr
             assert 'warning: Postgres refuses NULL in "companies"."updated_at"' in r.stdout, r.stdout
             assert '"name"' not in r.stdout  # NOT NULL on both sides: nothing to say
+
+
+async def test_constraints_made_in_postgres_only_are_named_before_the_rollback(tmp_path, make_config, pg_dsn):
+    """The application's CHECK and unique index, made in Postgres after the cutover, are
+    named; what syncd carried from SQLite (a CHECK, a UNIQUE, a foreign key, an index) is
+    not."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE companies (id INTEGER PRIMARY KEY, name TEXT NOT NULL, revenue NUMERIC);
+        CREATE TABLE contacts (id INTEGER PRIMARY KEY, company_id INTEGER REFERENCES companies(id),
+                               email TEXT UNIQUE CHECK (length(email) > 3));
+        CREATE INDEX contacts_company ON contacts(company_id);
+        INSERT INTO companies VALUES (1, 'Acme', 12.5), (2, 'Globex', 1000);
+        INSERT INTO contacts VALUES (1, 1, 'a@acme.example');
+    """)
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        carried = await pg_rows(pg_dsn, "SELECT contype::text FROM pg_constraint "
+                                        "WHERE conrelid = 'app.contacts'::regclass ORDER BY 1")
+        assert {"c", "f", "u"} <= {c for (c,) in carried}, carried
+        before = run_cli(cfg, "rollback", "--dry-run")
+        assert before.returncode == 0 and "warning" not in before.stdout, before.stdout + before.stderr
+        await pg_rows(pg_dsn, "ALTER TABLE app.companies ADD CONSTRAINT revenue_positive CHECK (revenue >= 0)")
+        await pg_rows(pg_dsn, "CREATE UNIQUE INDEX companies_name ON app.companies (name)")
+        r = run_cli(cfg, "rollback", "--dry-run")
+        assert r.returncode == 0, r.stdout + r.stderr
+        warnings = [line for line in r.stdout.splitlines() if "warning" in line]
+        assert len(warnings) == 2, r.stdout
+        assert 'Postgres holds "companies_name" on "companies"' in warnings[0]
+        assert 'Postgres holds "revenue_positive" on "companies" (CHECK ((revenue >= ' in warnings[1]
