@@ -233,6 +233,9 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
     requests = await _resync_requests(session)
     pg_tables = await ddl.read_tables(conn, target)
     await _follow_renames(session, state, schema, rows, pg_tables)
+    followed = await conn.fetchval(f"SELECT schema_version FROM {session.bk.s}.sources WHERE source = $1",
+                                   session.name)
+    moved = followed is not None and followed != schema.version  # the application changed the schema
     await session.bk.followed_schema(conn, schema.version)
     runtimes: dict[str, TableRuntime] = {}
     # A Postgres relation of the same name that syncd did not create is left alone.
@@ -252,7 +255,7 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
                          event="resync")
             pgt = None
             row = _pending(row or new_row(name, tid), "resync requested")
-        new = await _reconcile_table(session, spec, tid, row, pgt, result.gaps.get(name))
+        new = await _reconcile_table(session, spec, tid, row, pgt, result.gaps.get(name), moved)
         if new != row:
             await session.save_row(conn, new)
         retired: tuple = ()
@@ -412,9 +415,10 @@ async def _resync_requests(session: SourceSession) -> set[str]:
 
 async def _reconcile_table(
     session: SourceSession, spec: TableSpec, tid: int, row: TableRow | None, pgt: ddl.PgTable | None,
-    gap: str | None
+    gap: str | None, moved: bool = False
 ) -> TableRow:
-    """The table's next state. `gap` says why it must be re-snapshotted, if it must."""
+    """The table's next state. `gap` says why it must be re-snapshotted, if it must;
+    `moved`: the application changed the file's schema since syncd last followed it."""
     conn = session.pg
     assert conn is not None
     target = session.target_schema
@@ -455,6 +459,14 @@ async def _reconcile_table(
         what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in diff.retyped) or "primary key changed"
         session.info(f"column types changed ({what}): reloading the table", table=name, event="table_retyped")
         return _pending(row, None)
+    if moved and row.state in (bk.STREAMING, bk.HELD):
+        strangers = await _columns_changed_meaning(session, spec, pgt)
+        if strangers:
+            cols = ", ".join(f'"{c}"' for c in strangers)
+            session.warning(f"column(s) {cols} no longer hold what Postgres holds for the same rows (renamed, "
+                            "swapped, or dropped and added again in SQLite): reloading the table", table=name,
+                            event="table_reloading")
+            return _pending(row, None)
     if diff.missing_in_pg:
         inexact = []
         for col in diff.missing_in_pg:
@@ -528,25 +540,27 @@ async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTa
 EVIDENCE_ROWS = 200
 
 
-async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new: str) -> bool:
-    """At the end of a table a rename and a drop followed by an add look alike; the data
-    tells them apart: after a rename, SQLite's `new` holds what Postgres's `old` holds
-    for the same keys (bar the few rows changed since). An empty table has nothing to lose."""
+async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[str, str]]) -> list[float] | None:
+    """For each (Postgres column, SQLite column) pair, the share of up to EVIDENCE_ROWS
+    rows (by key, rows changed since Postgres last saw them left out) where the two hold
+    the same value; None when there is no evidence (no such row, or a key SQLite does
+    not store)."""
     conn = session.pg
     assert conn is not None
     if any(k not in {c.name for c in spec.stored_columns} for k in spec.key) and not spec.rowid_keyed:
-        return True
+        return None
     keys = ", ".join(quote_pg_ident(k) for k in spec.key)
-    pg_rows = await conn.fetch(f"SELECT {keys}, {quote_pg_ident(old)} FROM {qualified(session.target_schema, spec.name)} "
+    wanted = ", ".join(quote_pg_ident(p) for p, _ in pairs)
+    nkey = len(spec.key)
+    pg_rows = await conn.fetch(f"SELECT {keys}, {wanted} FROM {qualified(session.target_schema, spec.name)} "
                                f"ORDER BY {keys} LIMIT {EVIDENCE_ROWS}")
     if not pg_rows:
-        return True
-    current, _gone = await session.worker.run(collisions.read_current, spec, [tuple(r)[:-1] for r in pg_rows])
+        return None
+    current, _gone = await session.worker.run(collisions.read_current, spec, [tuple(r)[:nkey] for r in pg_rows])
     tid = session.capture.tid_of(spec.name) if session.capture else None
-    moving = set() if tid is None else await session.worker.run(reader.changed_keys, tid, len(spec.key),
-                                                                 session.applied_seq)
+    moving = set() if tid is None else await session.worker.run(reader.changed_keys, tid, nkey, session.applied_seq)
     conv = RowConverter(spec)
-    idx = spec.column_names.index(new)
+    idx = [spec.column_names.index(sq) for _, sq in pairs]
     mine = {}
     for row in current:
         if tuple(row[i] for i in spec.key_indexes) in moving:
@@ -555,12 +569,37 @@ async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new:
             converted = conv.row(row)
         except RowMisfit:
             continue
-        mine[tuple(converted[i] for i in spec.key_indexes)] = converted[idx]
-    pairs = [(mine[tuple(r)[:-1]], r[-1]) for r in pg_rows if tuple(r)[:-1] in mine]
-    if not pairs:
-        return True
-    same = sum(1 for a, b in pairs if a == b or (a is not None and b is not None and str(a) == str(b)))
-    return same >= 0.9 * len(pairs)
+        mine[tuple(converted[i] for i in spec.key_indexes)] = [converted[i] for i in idx]
+    seen = [(mine[tuple(r)[:nkey]], tuple(r)[nkey:]) for r in pg_rows if tuple(r)[:nkey] in mine]
+    if not seen:
+        return None
+    return [sum(1 for ours, theirs in seen if _same(ours[j], theirs[j])) / len(seen) for j in range(len(pairs))]
+
+
+def _same(a, b) -> bool:
+    return a == b or (a is not None and b is not None and str(a) == str(b))
+
+
+async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new: str) -> bool:
+    """At the end of a table a rename and a drop followed by an add look alike; the data
+    tells them apart: after a rename, SQLite's `new` holds what Postgres's `old` holds
+    for the same keys (bar the few rows changed since). An empty table has nothing to lose."""
+    share = await _evidence(session, spec, [(old, new)])
+    return share is None or share[0] >= 0.9
+
+
+async def _columns_changed_meaning(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable) -> list[str]:
+    """Columns both sides name alike whose values no longer agree: a name alone does not
+    say a column is the one Postgres copied (renamed away and added again, two names
+    swapped, dropped and added back: the shapes can look unchanged). The data says."""
+    have = {c.name for c in pgt.columns}
+    shared = [c.name for c in spec.stored_columns if c.name in have and c.name not in spec.key]
+    if not shared:
+        return []
+    share = await _evidence(session, spec, [(c, c) for c in shared])
+    if share is None:
+        return []
+    return [c for c, s in zip(shared, share) if s < 0.9]
 
 
 def _synthetic(spec: TableSpec, name: str) -> bool:

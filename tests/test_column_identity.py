@@ -1,0 +1,70 @@
+"""A column is not the one Postgres copied just because it has the same name: renamed
+away and added again, two names swapped, dropped and added back, or dropped with
+another renamed into its name, the shapes can look unchanged (or like a plain add or
+drop). syncd compares the values both sides hold for the same rows after the
+application changes the schema and reloads a table whose columns no longer agree, so
+every value ends equal; a schema change that keeps the meaning reloads nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess
+from tests.support.sync import wait_caught_up
+
+N = 500
+MIGRATIONS = {
+    "rename_readd": "ALTER TABLE rename_readd RENAME COLUMN c TO c_old; "
+                    "ALTER TABLE rename_readd ADD COLUMN c TEXT NOT NULL DEFAULT 'fresh';",
+    "drop_readd": "ALTER TABLE drop_readd DROP COLUMN c; ALTER TABLE drop_readd ADD COLUMN c TEXT;",
+    "swap": "BEGIN; ALTER TABLE swap RENAME COLUMN a TO tmp; ALTER TABLE swap RENAME COLUMN b TO a; "
+            "ALTER TABLE swap RENAME COLUMN tmp TO b; COMMIT;",
+    "drop_then_rename": "BEGIN; ALTER TABLE drop_then_rename DROP COLUMN b; "
+                        "ALTER TABLE drop_then_rename RENAME COLUMN c TO b; COMMIT;",
+}
+
+
+def make_tables(db) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    for t in [*MIGRATIONS, "untouched", "added"]:
+        conn.execute(f"CREATE TABLE {t} (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c TEXT)")
+        conn.executemany(f"INSERT INTO {t} VALUES (?, ?, ?, ?)", [(i, f"a{i}", f"b{i}", f"c{i}") for i in range(N)])
+    conn.close()
+
+
+def migrate(db) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    for sql in MIGRATIONS.values():
+        conn.executescript(sql)
+    conn.execute("ALTER TABLE added ADD COLUMN d TEXT DEFAULT 'x'")  # a plain add: the meaning stays
+    conn.execute("UPDATE untouched SET a = 'changed' WHERE id < 10")
+    conn.close()
+
+
+@pytest.mark.parametrize("daemon_down", [False, True], ids=["daemon_running", "daemon_down"])
+async def test_columns_that_changed_meaning_are_reloaded(app_db, make_config, pg_dsn, tmp_path, daemon_down):
+    make_tables(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "first.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        if not daemon_down:
+            migrate(app_db)
+            await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    if daemon_down:
+        migrate(app_db)
+        with DaemonProcess(cfg, tmp_path / "second.log") as d:
+            await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+            assert d.stop() == 0
+            log = d.log()
+    for t in [*MIGRATIONS, "untouched", "added"]:
+        assert await compare_table(str(app_db), pg_dsn, "app", t) == [], t
+    reloaded = {line.split("table=", 1)[1].split()[0] for line in log.splitlines()
+                if "event=table_reloading" in line and "no longer hold what Postgres holds" in line}
+    assert reloaded == set(MIGRATIONS), log[-4000:]
+    assert "table=untouched event=table_reloading" not in log and "table=added event=table_reloading" not in log
