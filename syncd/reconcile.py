@@ -9,13 +9,14 @@ on syncd's own initiative, and when capture had a gap, re-snapshot.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from syncd import collisions, parity
 from syncd.identifiers import qualified, quote_pg_ident
-from syncd.model import TO_POSTGRES, SourceSchema, TableSpec
+from syncd.model import ROWID_COLUMN, TO_POSTGRES, SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl, ownership
 from syncd.postgres.bookkeeping import TableRow
@@ -438,6 +439,13 @@ async def _reconcile_table(
             return _paused(row, _extra_reason(diff.extra_in_pg), session.applied_seq, force_reload=True)
         return row  # PENDING; the load reshapes the empty table
     row = changed(row, tid=tid)
+    if diff.key_changed and spec.rowid_keyed != _keyed_on_rowid(spec, pgt):
+        # A keyless table given a key, or a keyed one that lost it: rows are told apart
+        # another way now, and nothing of Postgres's copy can be followed column by column.
+        if row.state != bk.PENDING:
+            session.info(f"the table's key changed in SQLite ({', '.join(pgt.key) or 'none'} -> "
+                         f"{', '.join(spec.key)}): reloading the table", table=name, event="table_retyped")
+        return _pending(row, None)
     if diff.extra_in_pg:
         followed = await _follow_columns(session, spec, pgt)
         if followed is None:
@@ -514,8 +522,11 @@ async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTa
                              if not ddl.is_aside(c.name) and not _synthetic(spec, c.name)])
     if plan is None:
         return None
+    pg_names = {c.name for c in pgt.columns}
     for old, new, must in plan.guesses:
-        if await _looks_renamed(session, spec, old, new):
+        # Postgres's name for each key column, should the key be among the renamed
+        renamed = {**{n: o for o, n in plan.renames}, new: old}
+        if await _looks_renamed(session, spec, old, new, tuple(renamed.get(k, k) for k in spec.key), pg_names):
             plan.renames.append((old, new))
         elif must:
             return None  # mid-table it can only be a rename, yet the data says otherwise
@@ -540,16 +551,19 @@ async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTa
 EVIDENCE_ROWS = 200
 
 
-async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[str, str]]) -> list[float] | None:
+async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[str, str]],
+                    pg_key: tuple[str, ...], pg_names: set[str]) -> list[float] | None:
     """For each (Postgres column, SQLite column) pair, the share of up to EVIDENCE_ROWS
     rows (by key, rows changed since Postgres last saw them left out) where the two hold
     the same value; None when there is no evidence (no such row, or a key SQLite does
-    not store)."""
+    not store or Postgres does not have). `pg_key`: Postgres's names of spec.key."""
     conn = session.pg
     assert conn is not None
     if any(k not in {c.name for c in spec.stored_columns} for k in spec.key) and not spec.rowid_keyed:
         return None
-    keys = ", ".join(quote_pg_ident(k) for k in spec.key)
+    if any(k not in pg_names for k in pg_key):
+        return None
+    keys = ", ".join(quote_pg_ident(k) for k in pg_key)
     wanted = ", ".join(quote_pg_ident(p) for p, _ in pairs)
     nkey = len(spec.key)
     pg_rows = await conn.fetch(f"SELECT {keys}, {wanted} FROM {qualified(session.target_schema, spec.name)} "
@@ -580,11 +594,12 @@ def _same(a, b) -> bool:
     return a == b or (a is not None and b is not None and str(a) == str(b))
 
 
-async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new: str) -> bool:
+async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new: str, pg_key: tuple[str, ...],
+                         pg_names: set[str]) -> bool:
     """At the end of a table a rename and a drop followed by an add look alike; the data
     tells them apart: after a rename, SQLite's `new` holds what Postgres's `old` holds
     for the same keys (bar the few rows changed since). An empty table has nothing to lose."""
-    share = await _evidence(session, spec, [(old, new)])
+    share = await _evidence(session, spec, [(old, new)], pg_key, pg_names)
     return share is None or share[0] >= 0.9
 
 
@@ -596,10 +611,16 @@ async def _columns_changed_meaning(session: SourceSession, spec: TableSpec, pgt:
     shared = [c.name for c in spec.stored_columns if c.name in have and c.name not in spec.key]
     if not shared:
         return []
-    share = await _evidence(session, spec, [(c, c) for c in shared])
+    share = await _evidence(session, spec, [(c, c) for c in shared], spec.key, have)
     if share is None:
         return []
     return [c for c, s in zip(shared, share) if s < 0.9]
+
+
+def _keyed_on_rowid(spec: TableSpec, pgt: ddl.PgTable) -> bool:
+    """Postgres's copy is keyed on syncd's rowid column (the table was keyless)."""
+    return (len(pgt.key) == 1 and re.fullmatch(re.escape(ROWID_COLUMN) + r"(_\d+)?", pgt.key[0]) is not None
+            and pgt.key[0] not in {c.name for c in spec.stored_columns})
 
 
 def _synthetic(spec: TableSpec, name: str) -> bool:

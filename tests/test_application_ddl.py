@@ -98,3 +98,28 @@ async def test_a_twelve_step_rebuild_is_reloaded(app_db, make_config, pg_dsn, tm
         assert (await pg_rows(pg_dsn, "SELECT data_type FROM information_schema.columns WHERE table_schema = 'app' "
                                       "AND table_name = 'items' AND column_name = 'qty'")) == [("bigint",)]
         assert d.stop() == 0
+
+
+async def test_a_key_column_renamed_at_the_end_of_the_table_is_followed(app_db, make_config, pg_dsn, tmp_path):
+    """At the end of a table a rename is told from a drop and an add by the data, read
+    through the key; when the key itself is what was renamed, Postgres still has it under
+    the old name (the whole source once failed on it, every table)."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE tail (v TEXT, k TEXT PRIMARY KEY);
+        CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO tail VALUES ('a', 'k1'), ('b', 'k2');
+        INSERT INTO other VALUES (1, 'before');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("ALTER TABLE tail RENAME COLUMN k TO code")
+        conn.execute("INSERT INTO tail VALUES ('c', 'k3')")
+        conn.execute("UPDATE other SET v = 'after'")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        assert 'column "k" was renamed to "code"' in d.log()
+    assert await pg_columns(pg_dsn, "tail") == ["v", "code"]
+    assert await compare_table(str(app_db), pg_dsn, "app", "tail") == []
+    assert await compare_table(str(app_db), pg_dsn, "app", "other") == []

@@ -11,7 +11,7 @@ import sqlite3
 import asyncpg
 import pytest
 
-from tests.support.compare import compare_keyless
+from tests.support.compare import compare_keyless, compare_table
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import pg_rows, table_states, wait_caught_up
 
@@ -159,3 +159,46 @@ async def test_schema_names_the_rowid_column(tmp_path, make_config, pg_dsn):
     cols = await pg_rows(pg_dsn, "SELECT column_name FROM information_schema.columns "
                                  "WHERE table_schema = 'app' AND table_name = 'clash' ORDER BY ordinal_position")
     assert [c[0] for c in cols] == ["_syncd_rowid", "b", "_syncd_rowid_1"]
+
+
+@pytest.mark.parametrize("how", ["rebuilt_key_last", "rebuilt_key_first", "unique_index"])
+async def test_a_keyless_table_given_a_key_is_reloaded_on_it(tmp_path, make_config, pg_dsn, how):
+    """The application gives a keyless table a key: a 12-step rebuild adding an INTEGER
+    PRIMARY KEY (last or first), or a UNIQUE index on a NOT NULL column. The table is
+    reloaded keyed on it; the file's other tables stream on meanwhile."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("""
+        PRAGMA journal_mode=wal;
+        CREATE TABLE users (email TEXT NOT NULL, name TEXT);
+        CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO users VALUES ('a@x', 'ada'), ('b@x', 'bob');
+        INSERT INTO other VALUES (1, 'before');
+    """)
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        if how == "unique_index":
+            conn.execute("CREATE UNIQUE INDEX users_email ON users (email)")
+        else:
+            cols = "email TEXT NOT NULL, name TEXT, id INTEGER PRIMARY KEY" if how == "rebuilt_key_last" else \
+                "id INTEGER PRIMARY KEY, email TEXT NOT NULL, name TEXT"
+            conn.executescript(f"""
+                BEGIN;
+                CREATE TABLE users_new ({cols});
+                INSERT INTO users_new (email, name) SELECT email, name FROM users;
+                DROP TABLE users;
+                ALTER TABLE users_new RENAME TO users;
+                COMMIT;
+            """)
+        conn.execute("INSERT INTO users (email, name) VALUES ('c@x', 'cy')")
+        conn.execute("UPDATE other SET v = 'after'")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    assert "ERROR" not in log, log[-3000:]
+    states = await table_states(pg_dsn, "app")
+    assert states["users"][0] == states["other"][0] == "streaming", states
+    key = ["email"] if how == "unique_index" else ["id"]
+    assert await compare_table(str(db), pg_dsn, "app", "users", key=key) == []
+    assert await compare_table(str(db), pg_dsn, "app", "other") == []
