@@ -20,6 +20,7 @@ from syncd.model import ROWID_COLUMN, TO_POSTGRES, SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl, ownership
 from syncd.postgres.bookkeeping import TableRow
+from syncd.postgres.connect import describe, is_transient
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
@@ -256,15 +257,26 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
                          event="resync")
             pgt = None
             row = _pending(row or new_row(name, tid), "resync requested")
-        new = await _reconcile_table(session, spec, tid, row, pgt, result.gaps.get(name), moved)
-        if new != row:
-            await session.save_row(conn, new)
         retired: tuple = ()
-        if new.state != bk.PAUSED:
-            retired = await collisions.ensure_indexes(conn, target, spec, session.applied_seq, state.max_seq)
-            pgt = pg_tables.get(name) or (await ddl.read_tables(conn, target)).get(name)
-            if pgt is not None:
-                await ddl.ensure_identity(conn, target, spec, pgt)
+        try:
+            async with conn.transaction():  # a savepoint: one table that cannot follow stops only itself
+                new = await _reconcile_table(session, spec, tid, row, pgt, result.gaps.get(name), moved)
+                if new != row:
+                    await session.save_row(conn, new)
+                if new.state != bk.PAUSED:
+                    retired = await collisions.ensure_indexes(conn, target, spec, session.applied_seq,
+                                                              state.max_seq)
+                    pgt = pg_tables.get(name) or (await ddl.read_tables(conn, target)).get(name)
+                    if pgt is not None:
+                        await ddl.ensure_identity(conn, target, spec, pgt)
+        except asyncpg.PostgresError as e:
+            if is_transient(e):
+                raise
+            reason = (f"could not follow the table's schema in Postgres ({describe(e)}); its changes stay queued: "
+                      "`syncd resync` rebuilds it from SQLite")
+            session.error(f"table paused: {reason}", table=name, event="table_paused")
+            new = _paused(row or new_row(name, tid), reason, session.applied_seq)
+            await session.save_row(conn, new)
         runtimes[name] = _runtime(session, spec, tid, new)
         runtimes[name].retired_unique = retired
     if requests:

@@ -123,3 +123,43 @@ async def test_a_key_column_renamed_at_the_end_of_the_table_is_followed(app_db, 
     assert await pg_columns(pg_dsn, "tail") == ["v", "code"]
     assert await compare_table(str(app_db), pg_dsn, "app", "tail") == []
     assert await compare_table(str(app_db), pg_dsn, "app", "other") == []
+
+
+async def test_a_table_postgres_will_not_reshape_pauses_alone(app_db, make_config, pg_dsn, tmp_path):
+    """When Postgres refuses the change that follows the application's (here a policy of
+    the database's own, an event trigger, refuses ALTER TABLE on one table), that table
+    pauses with Postgres's reason and the file's other tables stream on."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE guarded (id INTEGER PRIMARY KEY, v TEXT);
+        CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO guarded VALUES (1, 'a');
+        INSERT INTO other VALUES (1, 'before');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        await pg_rows(pg_dsn, """
+            CREATE FUNCTION no_alter_guarded() RETURNS event_trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() WHERE object_identity = 'app.guarded') THEN
+                RAISE EXCEPTION 'app.guarded is frozen by policy';
+              END IF;
+            END $$""")
+        await pg_rows(pg_dsn, "CREATE EVENT TRIGGER no_alter_guarded ON ddl_command_end WHEN TAG IN ('ALTER TABLE') "
+                              "EXECUTE FUNCTION no_alter_guarded()")
+        try:
+            conn.execute("ALTER TABLE guarded ADD COLUMN w TEXT")
+            conn.execute("INSERT INTO guarded VALUES (2, 'b', 'x')")
+            conn.execute("UPDATE other SET v = 'after'")
+
+            async def other_followed() -> bool:
+                return await pg_rows(pg_dsn, "SELECT v FROM app.other") == [("after",)]
+
+            await eventually(other_followed, 30, "the other table streaming on", d)
+            state, reason = (await table_states(pg_dsn, "app"))["guarded"]
+            assert state == "paused" and "app.guarded is frozen by policy" in reason, (state, reason)
+            assert (await table_states(pg_dsn, "app"))["other"][0] == "streaming"
+        finally:
+            await pg_rows(pg_dsn, "DROP EVENT TRIGGER no_alter_guarded")
+        assert d.stop() == 0
