@@ -228,6 +228,7 @@ class Pipeline:
         elif isinstance(exc, SourceFileError):
             self._enter(SOURCE_MISSING, f"{exc}; waiting for it to come back", kind="sqlite", level="error")
             metrics.source_up.labels(self.name).set(0)
+            self.file_changed = True  # whatever comes back is opened afresh and looked at again
         elif isinstance(exc, parity.LockNotHad):
             self._enter(FAILING, str(exc), kind="lock", level="warning")
         elif isinstance(exc, LookupIndexTooSlow):

@@ -85,3 +85,29 @@ async def test_deleted_file_is_an_error_state_not_a_crash(tmp_path, make_config,
         assert d.stop() == 0
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
     assert await compare_table(str(other), pg_dsn, "other", "items") == []
+
+
+async def test_a_file_emptied_to_zero_bytes_waits_and_keeps_postgres(tmp_path, make_config, pg_dsn):
+    """A truncating restore (`cp backup.db app.db`) leaves the file empty for a moment:
+    syncd neither writes its tables into it nor moves Postgres's copies aside; the
+    source is down (named) until the database is back, then streams on."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=100, journal="delete")
+    port = free_port()
+    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        backup(db, tmp_path / "backup.db")
+        with open(db, "wb"):
+            pass  # truncated in place, same inode
+        wait_for(lambda: source_up(port, "app") == 0, 30, "syncd_source_up 0", d)
+        wait_for(lambda: "is empty (0 bytes)" in d.log(), 30, "the error logged", d)
+        assert os.path.getsize(db) == 0  # nothing of syncd's written into it
+        with open(tmp_path / "backup.db", "rb") as src, open(db, "r+b") as dst:
+            dst.write(src.read())  # the copy completes
+        wait_for(lambda: source_up(port, "app") == 1, 30, "syncd_source_up 1", d)
+        Writer(db, seconds=1, seed=7).result()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        assert "__dropped_" not in d.log()
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []

@@ -50,10 +50,25 @@ def surrogate_text(raw: bytes) -> str:
 STATEMENT_CACHE = 8
 
 
+def empty_file(path) -> SourceFileError:
+    """A 0-byte file: not a database yet, or one being replaced (a truncating copy).
+    Opened, it would read as a file without tables, and syncd would write its own."""
+    return SourceFileError(f"SQLite file {path} is empty (0 bytes): not a database yet, or being replaced")
+
+
+def _emptied(path: Path) -> bool:
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False
+
+
 def open_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     """Open an existing SQLite file read-write without ever creating it."""
     if not path.exists():
         raise SourceFileError(f"SQLite file {path} does not exist")
+    if path.is_file() and path.stat().st_size == 0:
+        raise empty_file(path)
     uri = f"file:{quote(str(path))}?mode=rw"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
@@ -178,6 +193,9 @@ class SqliteWorker:
                 result = fn(*args)
             except StopIteration:  # a future refuses it and would never settle
                 _hand_back(loop, future, None, RuntimeError(f"StopIteration escaped {fn!r}"))
+            except sqlite3.Error as e:
+                # A file emptied under an open connection reads as one without tables.
+                _hand_back(loop, future, None, empty_file(self.path) if _emptied(self.path) else e)
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
                 _hand_back(loop, future, None, e)
             else:

@@ -18,7 +18,7 @@ from typing import Any
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec, unshadowed_rowid_name
 from syncd.sqlite.capture import CHANGELOG, OP_INSERT, slot
-from syncd.sqlite.connection import fetchall_text_safe
+from syncd.sqlite.connection import empty_file, fetchall_text_safe
 from syncd.types import needs_conversion_filter
 
 CL = quote_ident(CHANGELOG)
@@ -320,6 +320,9 @@ def poll(conn: sqlite3.Connection, path: str) -> PollInfo:
         inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
     except FileNotFoundError:
         inode = None
+    else:
+        if st.st_size == 0:
+            raise empty_file(path)
     conn.execute("BEGIN")  # one shared lock for the three reads, not three
     try:
         dv = conn.execute("PRAGMA main.data_version").fetchone()[0]
