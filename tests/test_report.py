@@ -216,6 +216,23 @@ async def test_backup_too_old_or_not_configured(ready, tmp_path, make_config, ap
     assert "❌ not evidenced: no [cutover] backup_glob is configured" in section(md, "backup")
 
 
+async def test_an_empty_file_or_the_live_database_is_no_backup(ready, tmp_path, make_config, app_db):
+    os.utime(tmp_path / "backups" / "app-new.db", (time.time() - 31 * 86400,) * 2)
+    os.utime(tmp_path / "backups" / "app-old.db", (time.time() - 45 * 86400,) * 2)
+    (tmp_path / "backups" / "app-today.db").write_bytes(b"")  # a backup job that failed half-way
+    rc, md, _, doc = report(ready)
+    assert rc == 1 and doc["not_done"] == ["backup"]
+    assert re.search(r"❌ app: too old: newest \S+app-new\.db .*not counted: \S+app-today\.db \(empty\)",
+                     section(md, "backup"))
+
+    itself = make_config([{"name": "app", "path": str(app_db)}], name="itself.toml",
+                         extra=verify_section() + '[cutover]\nbackup_glob = "*.db*"\n')
+    rc, md, _, doc = report(itself)
+    assert rc == 1 and "backup" in doc["not_done"]
+    assert re.search(r"❌ app: no backup matches \S+; not counted: \S+app\.db \(the live database\)",
+                     section(md, "backup")), section(md, "backup")
+
+
 async def test_lag_from_the_running_daemon(ready, app_db, make_config, pg_dsn, tmp_path):
     port = 19000 + os.getpid() % 1000
     cfg = make_config([{"name": "app", "path": str(app_db)}], name="live.toml", metrics_listen=f"127.0.0.1:{port}",

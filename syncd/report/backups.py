@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -28,25 +28,36 @@ class BackupFacts:
     newest_bytes: int | None
     newest_is_sqlite: bool | None  # False: compressed or not a database (still counted)
     oldest_age_days: float | None
+    not_counted: list[str] = field(default_factory=list)  # matched, yet no backup: empty, or the live file
 
 
-def find_backups(pattern: str, source: str, base: Path, now: dt.datetime) -> BackupFacts:
+def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: Path | None = None) -> BackupFacts:
+    """The backups of `source`; `live`, its database file, is never one (nor its -wal,
+    -shm or -journal), however the pattern reads, and an empty file (a backup job that
+    failed half-way) is no backup either."""
     expanded = pattern.replace("{source}", source)
     full = expanded if os.path.isabs(expanded) else str(base / expanded)
-    files = []
+    itself = set() if live is None else {os.path.realpath(str(live) + s) for s in ("", "-wal", "-shm", "-journal")}
+    files, not_counted = [], []
     for p in glob.glob(full, recursive=True):
         try:
             st = os.stat(p)
         except OSError:
             continue
-        if os.path.isfile(p):
+        if not os.path.isfile(p):
+            continue
+        if os.path.realpath(p) in itself:
+            not_counted.append(f"{p} (the live database)")
+        elif st.st_size == 0:
+            not_counted.append(f"{p} (empty)")
+        else:
             files.append((st.st_mtime, st.st_size, p))
     if not files:
-        return BackupFacts(full, 0, None, None, None, None, None)
+        return BackupFacts(full, 0, None, None, None, None, None, not_counted)
     files.sort()
     mtime, size, newest = files[-1]
     age = lambda t: (now.timestamp() - t) / 86400  # noqa: E731
-    return BackupFacts(full, len(files), newest, age(mtime), size, _is_sqlite(newest), age(files[0][0]))
+    return BackupFacts(full, len(files), newest, age(mtime), size, _is_sqlite(newest), age(files[0][0]), not_counted)
 
 
 def _is_sqlite(path: str) -> bool | None:

@@ -180,13 +180,15 @@ def backup(f: MigrationFacts) -> CheckItem:
     bad, good = [], []
     for s in f.sources:
         b = s.backup
+        skipped = f"; not counted: {', '.join(b.not_counted)}" if b is not None and b.not_counted else ""
         if b is None or b.count == 0:
-            bad.append(f"{s.name}: no file matches {b.pattern if b else f.backup_glob}")
+            bad.append(f"{s.name}: no backup matches {b.pattern if b else f.backup_glob}{skipped}")
             continue
         what = (f"newest {b.newest} ({_size(b.newest_bytes)}), {_days(b.newest_age_days)} old; "
                 f"{b.count} file(s), oldest {_days(b.oldest_age_days)} old")
         if b.newest_is_sqlite is False:
             what += "; not a plain SQLite file (compressed?)"
+        what += skipped
         if b.newest_age_days is not None and b.newest_age_days < f.backup_max_age_days:
             good.append(f"{s.name}: {what}")
         else:

@@ -251,7 +251,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     facts.lag = _lag(live, facts, side.pending if side else None, now, way_back)
     if settings.cutover.backup_glob:
         base = settings.config_path.parent if settings.config_path else Path.cwd()
-        facts.backup = find_backups(settings.cutover.backup_glob, source.name, base, now)
+        facts.backup = find_backups(settings.cutover.backup_glob, source.name, base, now, source.path)
     return facts
 
 
