@@ -63,7 +63,16 @@ async def test_a_lookup_over_the_target_fails_the_item_and_the_cap_holds(app_db,
     assert perf["ok"] is False
     assert any(p.startswith("app.person: primary key (id):") and "over 1e-06 ms" in p for p in perf["problems"])
     assert len(doc["sources"][0]["schema"]["lookups"]) == 2
-    assert any("2 further lookup(s) not timed" in e for e in perf["evidence"])
+    assert any("2 further lookup(s) not timed" in p and "speed_max_lookups" in p for p in perf["problems"])
+
+
+async def test_lookups_left_untimed_by_the_cap_fail_the_item(app_db, make_config, pg_dsn, tmp_path):
+    """Every lookup timed is fast, but the cap left others out: a sample is no evidence."""
+    cfg = await synced(app_db, make_config, pg_dsn, tmp_path, speed_max_lookups=1)
+    out = run_cli(cfg, "report", "--format", "json")
+    assert out.returncode == 1
+    perf = item(json.loads(out.stdout), "performance")
+    assert perf["ok"] is False and any("not timed" in p for p in perf["problems"]), perf
 
 
 async def test_the_pages_cached_measurement_never_keeps_a_table_not_yet_in_postgres(app_db, make_config, pg_dsn,
