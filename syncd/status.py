@@ -45,6 +45,8 @@ class TableStatus:
     last_verify_at: str | None = None
     last_verify_differences: int | None = None
     last_verify_error: str | None = None
+    last_verify_uncompared: str | None = None  # the last check compared nothing: why
+    last_compared_at: str | None = None  # the last check that compared the table (and did not fail)
 
 
 @dataclass
@@ -181,14 +183,21 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
         for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total "
                                   f"FROM {q}.tables WHERE source = ANY($1::text[])", names):
             out[r[0]].tables.append(tuple(r[1:]))
+        # The last run, and the last that compared (a run that compared nothing, a table
+        # not streaming when it ran, is no check: its time does not make one recent).
         for r in await conn.fetch(
-                f"""SELECT t.source, t.table_name, v.finished_at, v.missing + v.extra + v.different, v.error
+                f"""SELECT t.source, t.table_name, v.finished_at, v.missing + v.extra + v.different, v.error,
+                           CASE WHEN v.full_check THEN NULL
+                                ELSE coalesce(v.detail::json->>'reason', 'no reason recorded') END,
+                           (SELECT max(c.finished_at) FROM {q}.verify_runs c WHERE c.source = t.source
+                            AND c.table_name = t.table_name AND c.full_check AND c.error IS NULL)
                     FROM {q}.tables t CROSS JOIN LATERAL (
-                        SELECT finished_at, missing, extra, different, error FROM {q}.verify_runs r
+                        SELECT finished_at, missing, extra, different, error, full_check, detail
+                        FROM {q}.verify_runs r
                         WHERE r.source = t.source AND r.table_name = t.table_name
                         ORDER BY finished_at DESC LIMIT 1) v
                     WHERE t.source = ANY($1::text[])""", names):
-            out[r[0]].verify[r[1]] = (r[2], r[3], r[4])
+            out[r[0]].verify[r[1]] = tuple(r[2:])
     except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable"
         for side in out.values():
             side.error = describe(e)
@@ -258,8 +267,9 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         if state in (bk.LOADING, bk.PENDING):
             t.snapshot_rows, t.snapshot_total = snap_rows, snap_total
         if name in pg.verify:
-            at, diffs, err = pg.verify[name]
+            at, diffs, err, uncompared, compared_at = pg.verify[name]
             t.last_verify_at, t.last_verify_differences, t.last_verify_error = _iso(at), diffs, err
+            t.last_verify_uncompared, t.last_compared_at = uncompared, _iso(compared_at)
         st.tables.append(t)
 
     mine = (live or {}).get("sources", {}).get(source.name)
@@ -379,10 +389,13 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                                          f"last consistency check ({t.last_verify_at})"))
         elif t.last_verify_error:
             p.append(Problem("warning", f'table "{t.name}": last consistency check failed: {t.last_verify_error}'))
-        elif t.last_verify_at is None:
+        elif t.last_verify_uncompared:
+            p.append(Problem("warning", f'table "{t.name}": last consistency check compared nothing: '
+                                        f"{t.last_verify_uncompared}"))
+        elif t.last_compared_at is None:
             p.append(Problem("warning", f'table "{t.name}": consistency not checked yet'))
         else:
-            age = (now - dt.datetime.fromisoformat(t.last_verify_at)).total_seconds()
+            age = (now - dt.datetime.fromisoformat(t.last_compared_at)).total_seconds()
             if age > limits.verify_max_age_seconds:
                 p.append(Problem("warning", f'table "{t.name}": last consistency check is {age / 3600:.1f} h old'))
     if st.lag_seconds is not None:

@@ -3,6 +3,7 @@ the daemon running."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import sqlite3
@@ -20,12 +21,17 @@ LIMITS = StatusSettings(warn_lag_seconds=30, crit_lag_seconds=300, verify_max_ag
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
 
 
+def checked(name: str, at: dt.datetime, **changes) -> TableStatus:
+    """A streaming table whose last consistency check, at `at`, compared it."""
+    return TableStatus(name, "streaming", last_verify_at=at.isoformat(), last_verify_differences=0,
+                       last_compared_at=at.isoformat(), **changes)
+
+
 def healthy(**changes) -> SourceStatus:
     st = SourceStatus(name="s", path="/x.db", state="streaming", daemon_running=True, sqlite_exists=True,
                       capture_installed=True, postgres_reachable=True, initialized=True, lag_seconds=0.5,
                       pending_changes=0,
-                      tables=[TableStatus("t", "streaming", last_verify_at=(NOW - dt.timedelta(minutes=5)).isoformat(),
-                                          last_verify_differences=0)])
+                      tables=[checked("t", NOW - dt.timedelta(minutes=5))])
     for k, v in changes.items():
         setattr(st, k, v)
     return st
@@ -40,9 +46,15 @@ def test_evaluate_verdicts():
     assert evaluate(healthy(daemon_running=False, pending_changes=0), LIMITS, NOW) == WARNING
     assert evaluate(healthy(tables=[TableStatus("t", "held", reason="bad value")]), LIMITS, NOW) == CRITICAL
     assert evaluate(healthy(tables=[TableStatus("t", "streaming")]), LIMITS, NOW) == WARNING  # never verified
-    old = (NOW - dt.timedelta(hours=2)).isoformat()
-    assert evaluate(healthy(tables=[TableStatus("t", "streaming", last_verify_at=old, last_verify_differences=0)]),
-                    LIMITS, NOW) == WARNING
+    assert evaluate(healthy(tables=[checked("t", NOW - dt.timedelta(hours=2))]), LIMITS, NOW) == WARNING
+    # Checked a minute ago, yet compared nothing (or failed): no evidence, and the last
+    # comparison (two hours ago) is what ages.
+    for why in ({"last_verify_uncompared": "the Postgres copy has columns SQLite lacks"},
+                {"last_verify_error": "Postgres: timed out"}):
+        st = healthy(tables=[checked("t", NOW - dt.timedelta(minutes=1), **why)])
+        st.tables[0].last_compared_at = (NOW - dt.timedelta(hours=2)).isoformat()
+        assert evaluate(st, LIMITS, NOW) == WARNING, why
+        assert "compared nothing" in st.problems[0].message or "failed" in st.problems[0].message
     assert evaluate(healthy(tables=[TableStatus("t", "streaming", last_verify_at=NOW.isoformat(),
                                                 last_verify_differences=4)]), LIMITS, NOW) == CRITICAL
     assert evaluate(healthy(sqlite_exists=False), LIMITS, NOW) == CRITICAL
@@ -153,4 +165,39 @@ async def test_halted_table_is_critical_with_reason(tmp_path, make_config, pg_ds
         r = run_cli(cfg, "status")
         assert r.returncode == 2
         assert 'CRITICAL: app: table "t" held: table "t" key 2 column "n"' in r.stdout
+        assert d.stop() == 0
+
+
+async def test_checks_that_compare_nothing_are_no_evidence_of_consistency(tmp_path, make_config, pg_dsn):
+    """Someone adds a column to the Postgres copy: the periodic checks are recorded but
+    compare nothing. Status says so (not "ok", not exit 0) instead of taking each such
+    run as a fresh check."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            await pg.execute("ALTER TABLE app.t ADD COLUMN note text")
+            await pg.execute("UPDATE app.t SET v = 'drift'")
+            seen = await pg.fetchval("SELECT max(id) FROM syncd.verify_runs")
+
+            async def uncompared_run() -> bool:
+                return await pg.fetchval("SELECT count(*) FROM syncd.verify_runs WHERE id > $1 AND NOT full_check",
+                                         seen or 0) > 0
+
+            for _ in range(300):
+                if await uncompared_run():
+                    break
+                await asyncio.sleep(0.1)
+            assert await uncompared_run(), d.log()[-3000:]
+        finally:
+            await pg.close()
+        r = run_cli(cfg, "status")
+        assert r.returncode != 0, r.stdout
+        assert 'table "t": last consistency check compared nothing' in r.stdout, r.stdout
+        assert "1 not compared" in r.stdout and "ok (" not in r.stdout, r.stdout
         assert d.stop() == 0

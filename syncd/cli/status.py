@@ -114,13 +114,19 @@ def _consistency(st: SourceStatus) -> str:
         return f"{n} not replicated"
     if not streaming:
         return "-"
-    checked = [t for t in streaming if t.last_verify_at]
     bad = sum(1 for t in streaming if t.last_verify_differences)
     if bad:
         return f"{bad} table(s) differ"
+    failed = sum(1 for t in streaming if t.last_verify_error)
+    if failed:
+        return f"{failed} check(s) failed"
+    uncompared = sum(1 for t in streaming if t.last_verify_uncompared)
+    if uncompared:
+        return f"{uncompared} not compared"
+    checked = [t for t in streaming if t.last_compared_at]
     if len(checked) < len(streaming):
         return f"{len(streaming) - len(checked)} unchecked"
-    oldest = min(t.last_verify_at for t in checked)
+    oldest = min(t.last_compared_at for t in checked)
     return f"ok ({_ago(oldest)})"
 
 
