@@ -123,3 +123,29 @@ async def remembered(settings: Settings, conn, bk_schema: str, dsn: str) -> list
                                                       "schema_": schema or name}))
                 break
     return out
+
+
+async def gone_sources(settings: Settings, selected: str | list[str] | None = None) -> list[SourceSettings]:
+    """Sources syncd ran from a glob whose file is gone, from every target database's
+    bookkeeping (`remembered`), those `selected` names (glob patterns) only. Postgres
+    away: none (each source's own line says Postgres is unreachable)."""
+    import fnmatch
+
+    from syncd.postgres.connect import close_quietly, connect
+
+    if not settings.patterns:
+        return []
+    out = []
+    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
+        try:
+            conn = await connect(dsn, settings.password(), settings.postgres)
+        except Exception:  # noqa: BLE001 - Postgres away: each source's line says so
+            continue
+        try:
+            out += await remembered(settings, conn, settings.postgres.bookkeeping_schema, dsn)
+        finally:
+            await close_quietly(conn)
+    if selected:
+        names = [selected] if isinstance(selected, str) else list(selected)
+        out = [s for s in out if any(fnmatch.fnmatchcase(s.name, n) for n in names)]
+    return out

@@ -44,6 +44,12 @@ def test_a_glob_names_every_file_and_says_which_it_cannot_take(tmp_path, pg_dsn)
     states = {s["name"]: s["state"] for s in doc["sources"]}
     assert sorted(states) == ["t_acme", "t_globex"] and states["t_globex"] == "source_missing"
     assert doc["status"] == "CRITICAL"
+    # ...and so does the report, which judges it instead of leaving it out
+    r = run_cli(cfg, "report", "--format", "json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and not doc["ready"], r.stdout[-2000:]
+    gone = next(s for s in doc["sources"] if s["source"] == "t_globex")
+    assert "globex.db does not exist" in gone["error"]
 
 
 def test_a_file_is_one_source_however_many_ways_it_is_named(tmp_path, pg_dsn):

@@ -10,6 +10,7 @@ import datetime as dt
 
 from syncd.cli import common
 from syncd.config import ConfigError
+from syncd.discovery import gone_sources
 from syncd.model import TO_SQLITE
 from syncd.printable import escape_controls
 from syncd.status import UNKNOWN, VERDICTS, WARNING, SourceStatus, as_json, gather, worse
@@ -62,34 +63,8 @@ def main(args) -> int:
 
 
 async def _collect(settings, sources: list, selected):
-    gone = await _gone(settings, selected)
+    gone = await gone_sources(settings, selected)
     return await gather(settings, sources + gone, with_live=True)
-
-
-async def _gone(settings, selected) -> list:
-    """Sources syncd ran from a glob whose file is gone: the glob no longer matches them,
-    but they are shown (as source_missing), never dropped from view in silence."""
-    import fnmatch
-
-    from syncd.discovery import remembered
-    from syncd.postgres.connect import close_quietly, connect
-
-    if not settings.patterns:
-        return []
-    out = []
-    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
-        try:
-            conn = await connect(dsn, settings.password(), settings.postgres)
-        except Exception:  # noqa: BLE001 - Postgres away: each source's line says so
-            continue
-        try:
-            out += await remembered(settings, conn, settings.postgres.bookkeeping_schema, dsn)
-        finally:
-            await close_quietly(conn)
-    if selected:
-        names = [selected] if isinstance(selected, str) else list(selected)
-        out = [s for s in out if any(fnmatch.fnmatchcase(s.name, n) for n in names)]
-    return out
 
 
 def _ago(iso: str | None) -> str:
