@@ -284,6 +284,7 @@ class Daemon:
                 self.page.history.forget(name)
                 log.info("source removed from the configuration: stopped", extra={"source": name, "event": "reload"})
         self.settings = new
+        await self.targets.renew(new)  # a changed DSN or [postgres] setting is used from now on
         for name, source in new_by_name.items():
             if name not in self.pipelines:
                 p = self._make(source, directions.get(name, TO_POSTGRES))

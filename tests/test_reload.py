@@ -3,11 +3,12 @@ the others untouched."""
 
 from __future__ import annotations
 
+import secrets
 import signal
 
 import asyncpg
 
-from tests.conftest import write_config
+from tests.conftest import _admin, with_database, write_config
 from tests.support.app import create_items
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, wait_for
@@ -58,3 +59,27 @@ async def test_sighup_adds_and_removes_sources(tmp_path, pg_dsn):
 
 async def _count_is(dsn, n) -> bool:
     return len(await lock_holders(dsn)) == n
+
+
+async def test_sighup_with_a_new_postgres_dsn_moves_to_it(tmp_path, pg_dsn, pg_server):
+    """The log said "restarted with new settings" while the daemon kept writing to the
+    database it started with: a reloaded DSN is the one used from then on."""
+    a = tmp_path / "a.db"
+    create_items(a, rows=100)
+    cfg = tmp_path / "syncd.toml"
+    write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}])
+    other = f"syncd_test_{secrets.token_hex(6)}"
+    await _admin(pg_server, f'CREATE DATABASE "{other}"')
+    other_dsn = with_database(pg_server, other)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            write_config(cfg, other_dsn, [{"name": "a", "path": str(a)}])
+            d.proc.send_signal(signal.SIGHUP)
+            await wait_caught_up(a, other_dsn, "a", daemon=d)
+            assert await compare_table(str(a), other_dsn, "a", "items") == []
+            await eventually(lambda: _count_is(pg_dsn, 0), 30, "the first database's lock released", d)
+            assert len(await lock_holders(other_dsn)) == 1
+            assert d.stop() == 0
+    finally:
+        await _admin(pg_server, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')

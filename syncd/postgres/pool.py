@@ -228,6 +228,18 @@ class Targets:
     def all(self) -> list[Target]:
         return list(self._by_dsn.values())
 
+    async def renew(self, settings: Settings) -> None:
+        """A reloaded configuration: new targets are made with it. With other [postgres]
+        settings every target is closed (its pipelines are stopped first): they connect
+        again with the new ones; otherwise only targets no source names any more go."""
+        if settings.postgres != self.settings.postgres:
+            await self.close()
+        else:
+            wanted = {settings.dsn_for(s) for s in settings.sources}
+            for dsn in [d for d in self._by_dsn if d not in wanted]:
+                await self._by_dsn.pop(dsn).close()
+        self.settings = settings
+
     async def close(self) -> None:
         for t in list(self._by_dsn.values()):
             await t.close()
