@@ -90,7 +90,7 @@ def _iso(t: dt.datetime | None) -> str | None:
     return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds") if t else None
 
 
-def _read_sqlite(source: SourceSettings, applied_seq: int) -> dict:
+def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] | None = None) -> dict:
     """What `syncd status` needs from one SQLite file, in as few statements as the file
     allows (a fleet's status reads a thousand of them): one look at the schema, syncd's
     meta rows and registry (checked, as the daemon checks them), the changelog's count
@@ -113,6 +113,12 @@ def _read_sqlite(source: SourceSettings, applied_seq: int) -> dict:
             out["pending"], out["max_seq"], page = conn.execute(
                 f"SELECT (SELECT count(*) FROM {cl} WHERE seq > ?), (SELECT coalesce(max(seq), 0) FROM {cl}), "
                 f"(SELECT page_size FROM pragma_page_size())", (applied_seq,)).fetchone()
+            if held and capture.REGISTRY in tables:
+                tids = dict(conn.execute(f"SELECT name, tid FROM main.{quote_ident(capture.REGISTRY)}"))
+                for name, after in held.items():
+                    if name in tids:  # queued behind the checkpoint: pending all the same
+                        out["pending"] += conn.execute(f"SELECT count(*) FROM {cl} WHERE seq > ? AND seq <= ? "
+                                                       "AND tid = ?", (after, applied_seq, tids[name])).fetchone()[0]
             # An empty changelog is its root page; one with entries is measured.
             out["bytes"] = reader.changelog_bytes(conn) if out["max_seq"] else page
         return out
@@ -180,7 +186,7 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
                                   f"FROM {q}.sources WHERE source = ANY($1::text[])", names):
             out[r[0]].src = tuple(r[1:5])
             out[r[0]].failing = tuple(r[5:]) if r[5] is not None else None
-        for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total "
+        for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total, from_seq "
                                   f"FROM {q}.tables WHERE source = ANY($1::text[])", names):
             out[r[0]].tables.append(tuple(r[1:]))
         # The last run, and the last that compared (a run that compared nothing, a table
@@ -210,16 +216,22 @@ def _applied_seq(pg: _PgSide) -> int:
     return pg.src[0] if pg.error is None and pg.src is not None else 0
 
 
-def _read_files(jobs: list[tuple[SourceSettings, int]]) -> list[dict | str | None]:
-    """_read_sqlite for each (source, applied_seq), one after the other: None for a file
-    that does not exist, the error's text for one that cannot be read."""
+def _held_from(pg: _PgSide) -> dict[str, int]:
+    """Tables held or paused, each with the position its queued changes start after:
+    the checkpoint moves past them, their changes wait in the changelog all the same."""
+    return {r[0]: r[5] or 0 for r in pg.tables if r[1] in HALTED}
+
+
+def _read_files(jobs: list[tuple[SourceSettings, int, dict[str, int]]]) -> list[dict | str | None]:
+    """_read_sqlite for each (source, applied_seq, held tables), one after the other:
+    None for a file that does not exist, the error's text for one that cannot be read."""
     out: list[dict | str | None] = []
-    for source, applied_seq in jobs:
+    for source, applied_seq, held in jobs:
         try:
             if not source.path.exists():
                 out.append(None)
                 continue
-            out.append(_read_sqlite(source, applied_seq))
+            out.append(_read_sqlite(source, applied_seq, held))
         except (sqlite3.Error, OSError) as e:  # OSError: its directory unreadable, say
             out.append(f"cannot read {source.path}: {e}")
     return out
@@ -262,7 +274,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     if st.direction == TO_SQLITE and st.postgres_reachable:
         await _way_back(settings, source, st)
 
-    for name, state, reason, snap_rows, snap_total in sorted(pg.tables):
+    for name, state, reason, snap_rows, snap_total, _from in sorted(pg.tables):
         t = TableStatus(name=name, state=state, reason=reason)
         if state in (bk.LOADING, bk.PENDING):
             t.snapshot_rows, t.snapshot_total = snap_rows, snap_total
@@ -430,7 +442,8 @@ async def gather_statuses(settings: Settings, sources: list[SourceSettings], liv
     sides: dict[str, _PgSide] = {}
     for got in await asyncio.gather(*(_postgres_side(settings, dsn, names) for dsn, names in by_dsn.items())):
         sides.update(got)
-    lite = await asyncio.to_thread(_read_files, [(s, _applied_seq(sides[s.name])) for s in sources])
+    lite = await asyncio.to_thread(_read_files, [(s, _applied_seq(sides[s.name]), _held_from(sides[s.name]))
+                                                 for s in sources])
     return list(await asyncio.gather(*(gather_source(settings, s, live, sides[s.name], got)
                                        for s, got in zip(sources, lite))))
 

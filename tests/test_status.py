@@ -165,6 +165,11 @@ async def test_halted_table_is_critical_with_reason(tmp_path, make_config, pg_ds
         r = run_cli(cfg, "status")
         assert r.returncode == 2
         assert 'CRITICAL: app: table "t" held: table "t" key 2 column "n"' in r.stdout
+        # The held table's changes queue behind the checkpoint, which moves on: pending all the same.
+        conn.executemany("UPDATE t SET n = n + 1 WHERE id = ?", [(1,)] * 5)
+        conn.commit()
+        doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+        assert doc["sources"][0]["pending_changes"] >= 6, doc["sources"][0]
         assert d.stop() == 0
 
 
