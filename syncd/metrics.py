@@ -140,6 +140,7 @@ def count_applied(source: str, table: str, op: str, n: int, direction: str = TO_
 def forget_source(source: str) -> None:
     """Drop every series of a source removed from the configuration."""
     applied_by_source.pop(source, None)
+    _tables_shown.pop(source, None)
     for metric in (last_check_timestamp_seconds, source_up, retries_total, changelog_bytes, capture_suspended):
         try:
             metric.remove(source)
@@ -152,6 +153,27 @@ def forget_source(source: str) -> None:
         for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public listing
             if labels[0] == source:
                 metric.remove(*labels)
+
+
+def table_gauges(source: str, tables: dict[str, str], states: tuple[str, ...], halted: tuple[str, ...]) -> None:
+    """Each table's halted flag and state, from {name: state}; the series of a table
+    no longer there (dropped, renamed) go, so no alert fires for it for ever."""
+    for name, state in tables.items():
+        table_halted.labels(source, name).set(1 if state in halted else 0)
+        for s in states:
+            table_state.labels(source, name, s).set(1 if state == s else 0)
+    gone = _tables_shown.get(source, set()) - set(tables)
+    _tables_shown[source] = set(tables)
+    if not gone:
+        return
+    for metric in (table_halted, table_state, consistency_mismatched_rows, consistency_last_check_timestamp_seconds,
+                   rows, snapshot_rows_loaded, foreign_key_orphans, changes_applied_total, repaired_rows_total):
+        for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public listing
+            if labels[0] == source and labels[1] in gone:
+                metric.remove(*labels)
+
+
+_tables_shown: dict[str, set[str]] = {}  # per source, the tables table_gauges showed last
 
 
 class _SourceLevel(Collector):

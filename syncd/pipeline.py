@@ -814,11 +814,7 @@ class Pipeline:
         metrics.replication_lag_seconds.labels(self.name).set(self.lag.lag(time.time()))
         if s.applied_at:
             metrics.last_applied_timestamp_seconds.labels(self.name).set(s.applied_at)
-        for t in s.tables.values():
-            halted = t.state in (bk.HELD, bk.PAUSED)
-            metrics.table_halted.labels(self.name, t.name).set(1 if halted else 0)
-            for state in bk.STATES:
-                metrics.table_state.labels(self.name, t.name, state).set(1 if t.state == state else 0)
+        metrics.table_gauges(self.name, {t.name: t.state for t in s.tables.values()}, bk.STATES, (bk.HELD, bk.PAUSED))
 
     # --- polling -------------------------------------------------------------------
 

@@ -154,3 +154,30 @@ async def test_every_series_exists_on_the_first_scrape_after_a_snapshot(tmp_path
                                 text=True, timeout=60)
         assert "never" not in status.stdout.splitlines()[1], status.stdout
         assert d.stop() == 0
+
+
+async def test_a_dropped_or_renamed_table_leaves_no_series_behind(tmp_path, pg_dsn):
+    """A held table the application drops, and a table it renames: their series go (an
+    alert on syncd_table_halted would fire for ever for a table that is no more)."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE bad (id INTEGER PRIMARY KEY, n REAL); INSERT INTO bad VALUES (1, 1);
+        CREATE TABLE old_name (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO old_name VALUES (1, 'a');
+    """)
+    conn.commit()
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}],
+                       metrics_listen=f"127.0.0.1:{port}")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO bad VALUES (2, 'not a number')")
+        conn.commit()
+        wait_for(lambda: value(port, 'syncd_table_halted{source="app",table="bad"}') == 1, 30, "bad halted", d)
+        conn.execute("DROP TABLE bad")
+        conn.execute("ALTER TABLE old_name RENAME TO new_name")
+        conn.commit()
+        wait_for(lambda: value(port, 'syncd_table_halted{source="app",table="new_name"}') == 0, 30, "renamed", d)
+        left = lambda: [k for k in scrape(port) if 'table="bad"' in k or 'table="old_name"' in k]  # noqa: E731
+        wait_for(lambda: not left(), 30, "the old series gone", d)
+        assert d.stop() == 0

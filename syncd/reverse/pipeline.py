@@ -862,11 +862,7 @@ class ReversePipeline:
         metrics.pending_changes.labels(self.name, direction=d).set(self.lag.pending)
         metrics.replication_lag_seconds.labels(self.name, direction=d).set(self.lag.lag(time.time()))
         metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
-        for t in self.tables.values():
-            halted = t.state in (bk.HELD, bk.PAUSED)
-            metrics.table_halted.labels(self.name, t.name).set(1 if halted else 0)
-            for state in bk.STATES:
-                metrics.table_state.labels(self.name, t.name, state).set(1 if t.state == state else 0)
+        metrics.table_gauges(self.name, {t.name: t.state for t in self.tables.values()}, bk.STATES, (bk.HELD, bk.PAUSED))
 
 
 def _internal(name: str) -> bool:
