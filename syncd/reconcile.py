@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 
@@ -459,7 +459,19 @@ async def _reconcile_table(
                          f"{', '.join(spec.key)}): reloading the table", table=name, event="table_retyped")
         return _pending(row, None)
     if diff.extra_in_pg:
-        followed = await _follow_columns(session, spec, pgt)
+        try:
+            async with conn.transaction():  # a savepoint
+                followed = await _follow_columns(session, spec, pgt)
+        except asyncpg.PostgresError as e:
+            if is_transient(e) or not diff.key_changed:
+                raise
+            # Its key changed as well (a rebuild on another key): rows are told apart
+            # another way, and Postgres would not follow column by column (an identity
+            # column kept aside, say): SQLite's table is loaded again instead.
+            session.info(f"the table's key changed in SQLite ({', '.join(pgt.key)} -> {', '.join(spec.key)}) "
+                         f"and its columns cannot be followed ({describe(e)}): reloading the table", table=name,
+                         event="table_retyped")
+            return _pending(row, None)
         if followed is None:
             reason = _extra_reason(diff.extra_in_pg)
             if gap and row.state != bk.PAUSED:
@@ -490,8 +502,12 @@ async def _reconcile_table(
     if diff.missing_in_pg:
         inexact = []
         for col in diff.missing_in_pg:
-            await ddl.run_ddl(conn, ddl.add_column_sql(target, spec, col))
             why = ddl.added_rows_note(col)
+            # A NOT NULL column whose rows cannot take their value from the Postgres
+            # default is added nullable: the reload below fills it (Postgres would refuse
+            # NOT NULL over the rows already there).
+            loose = why is not None and col.notnull and row.state not in (bk.PENDING, bk.LOADING)
+            await ddl.run_ddl(conn, ddl.add_column_sql(target, spec, replace(col, notnull=False) if loose else col))
             if why is not None:
                 inexact.append(f'"{col.name}": {why}')
         _log_default_notes(session, spec, diff.missing_in_pg)

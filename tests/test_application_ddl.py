@@ -163,3 +163,65 @@ async def test_a_table_postgres_will_not_reshape_pauses_alone(app_db, make_confi
         finally:
             await pg_rows(pg_dsn, "DROP EVENT TRIGGER no_alter_guarded")
         assert d.stop() == 0
+
+
+REBUILDS = {
+    "integer_key_to_text_key": """
+        CREATE TABLE products_new (code TEXT PRIMARY KEY, name TEXT);
+        INSERT INTO products_new SELECT code, name FROM products;""",
+    "integer_key_retyped_text": """
+        CREATE TABLE products_new (id TEXT PRIMARY KEY, code TEXT NOT NULL, name TEXT);
+        INSERT INTO products_new SELECT CAST(id AS TEXT), code, name FROM products;""",
+}
+
+
+@pytest.mark.parametrize("rebuild", REBUILDS)
+async def test_a_rebuild_off_an_integer_primary_key_is_reloaded(app_db, make_config, pg_dsn, tmp_path, rebuild):
+    """The INTEGER PRIMARY KEY is an identity column in Postgres, which Postgres will not
+    keep aside nor retype: a rebuild dropping it or retyping it reloads the table."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE products (id INTEGER PRIMARY KEY, code TEXT NOT NULL, name TEXT);
+        INSERT INTO products VALUES (1, 'p1', 'one'), (2, 'p2', 'two');
+        CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO other VALUES (1, 'before');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.executescript(f"BEGIN; {REBUILDS[rebuild]} DROP TABLE products; "
+                           "ALTER TABLE products_new RENAME TO products; COMMIT;")
+        conn.execute("UPDATE other SET v = 'after'")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    states = await table_states(pg_dsn, "app")
+    assert states["products"][0] == states["other"][0] == "streaming", states
+    key = ["code"] if rebuild == "integer_key_to_text_key" else ["id"]
+    assert await compare_table(str(app_db), pg_dsn, "app", "products", key=key) == []
+    assert await compare_table(str(app_db), pg_dsn, "app", "other") == []
+
+
+async def test_a_not_null_column_added_with_a_default_postgres_cannot_give_is_reloaded(app_db, make_config, pg_dsn,
+                                                                                         tmp_path):
+    """ADD COLUMN ... NOT NULL DEFAULT x, where x is not carried exactly: SQLite's rows
+    read x, Postgres would refuse NOT NULL over its rows without a value; the table is
+    reloaded, its own table only."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO t VALUES (1, 'a'), (2, 'b');
+        CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO other VALUES (1, 'before');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("ALTER TABLE t ADD COLUMN price TEXT NOT NULL DEFAULT 1.50")
+        conn.execute("INSERT INTO t (id, v) VALUES (3, 'c')")
+        conn.execute("UPDATE other SET v = 'after'")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    states = await table_states(pg_dsn, "app")
+    assert states["t"][0] == states["other"][0] == "streaming", states
+    assert await compare_table(str(app_db), pg_dsn, "app", "t") == []
+    assert await compare_table(str(app_db), pg_dsn, "app", "other") == []

@@ -349,6 +349,8 @@ async def reshape_empty_table(conn: asyncpg.Connection, schema: str, spec: Table
     for name, _have, _want in diff.retyped:
         col = spec.column(name)
         q = quote_pg_ident(name)
+        if getattr(pg.column(name), "identity", False):  # Postgres retypes no identity column
+            await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} DROP IDENTITY IF EXISTS")
         await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} DROP DEFAULT")
         await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} TYPE {col.pgtype.value} "
                             f"USING NULL::{col.pgtype.value}")
