@@ -343,7 +343,10 @@ async def _keep_dropped_aside(session: SourceSession, name: str, in_postgres: bo
     assert conn is not None
     where = ""
     if in_postgres:
-        aside = ddl.aside_name(name, dt.datetime.now(dt.timezone.utc))
+        taken = {r[0] for r in await conn.fetch("SELECT c.relname FROM pg_class c JOIN pg_namespace n "
+                                               "ON n.oid = c.relnamespace WHERE n.nspname = $1",
+                                               session.target_schema)}
+        aside = ddl.aside_name(name, dt.datetime.now(dt.timezone.utc), taken)
         await conn.execute(f"ALTER TABLE {qualified(session.target_schema, name)} RENAME TO {quote_pg_ident(aside)}")
         await session.bk.record_renamed(conn, session.target_schema, name, aside)
         where = f'; its Postgres copy is kept as "{aside}" (drop it there once nothing needs it)'
@@ -565,8 +568,10 @@ async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTa
         await conn.execute(f"ALTER TABLE {table} RENAME COLUMN {quote_pg_ident(old)} TO {quote_pg_ident(new)}")
         session.info(f'column "{old}" was renamed to "{new}" in SQLite: renamed in Postgres too', table=spec.name,
                      event="column_renamed")
+    taken = {c.name for c in pgt.columns}
     for col in plan.drops:
-        aside = ddl.aside_name(col, dt.datetime.now(dt.timezone.utc))
+        aside = ddl.aside_name(col, dt.datetime.now(dt.timezone.utc), taken)
+        taken.add(aside)
         await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col)} DROP NOT NULL")
         await conn.execute(f"ALTER TABLE {table} RENAME COLUMN {quote_pg_ident(col)} TO {quote_pg_ident(aside)}")
         session.warning(f'column "{col}" was dropped in SQLite: kept aside in Postgres as "{aside}" with the values '

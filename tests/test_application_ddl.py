@@ -225,3 +225,35 @@ async def test_a_not_null_column_added_with_a_default_postgres_cannot_give_is_re
     assert states["t"][0] == states["other"][0] == "streaming", states
     assert await compare_table(str(app_db), pg_dsn, "app", "t") == []
     assert await compare_table(str(app_db), pg_dsn, "app", "other") == []
+
+
+async def test_long_names_dropped_together_are_kept_aside_under_names_of_their_own(app_db, make_config, pg_dsn,
+                                                                                   tmp_path):
+    """Aside names keep the first bytes of the name: two long names alike there, dropped
+    in one migration, each get a name of their own (the second failed for ever)."""
+    long = "customer_lifetime_value_estimate_for_quarter_"
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript(f"""
+        CREATE TABLE t (id INTEGER PRIMARY KEY, {long}one TEXT, {long}two TEXT, keep TEXT);
+        INSERT INTO t VALUES (1, 'a', 'b', 'k');
+        CREATE TABLE {long}x (id INTEGER PRIMARY KEY);
+        CREATE TABLE {long}y (id INTEGER PRIMARY KEY);
+        CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO other VALUES (1, 'before');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.executescript(f"""
+            BEGIN;
+            ALTER TABLE t DROP COLUMN {long}one; ALTER TABLE t DROP COLUMN {long}two;
+            DROP TABLE {long}x; DROP TABLE {long}y;
+            UPDATE other SET v = 'after';
+            COMMIT;
+        """)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    cols = await pg_columns(pg_dsn, "t")
+    assert len([c for c in cols if "__dropped_" in c]) == 2, cols
+    assert len([t for t in await pg_tables(pg_dsn) if "__dropped_" in t]) == 2
+    assert await compare_table(str(app_db), pg_dsn, "app", "other") == []

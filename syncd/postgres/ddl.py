@@ -239,12 +239,19 @@ async def read_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTabl
 ASIDE_MARK = "__dropped_"  # <name>__dropped_<UTC time>: what a drop in SQLite leaves in Postgres
 
 
-def aside_name(name: str, when: dt.datetime) -> str:
-    """The name a table or column dropped in SQLite is kept under in Postgres."""
+def aside_name(name: str, when: dt.datetime, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """The name a table or column dropped in SQLite is kept under in Postgres: not one
+    of `taken` (two long names alike in their first bytes, dropped in the same second,
+    get _2, _3, ... before the mark)."""
     suffix = ASIDE_MARK + when.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    room = PG_MAX_IDENTIFIER_BYTES - len(suffix.encode())
-    head = name.encode("utf-8")[:room].decode("utf-8", "ignore")
-    return head + suffix
+    n = 1
+    while True:
+        extra = "" if n == 1 else f"_{n}"
+        room = PG_MAX_IDENTIFIER_BYTES - len(suffix.encode()) - len(extra)
+        candidate = name.encode("utf-8")[:room].decode("utf-8", "ignore") + extra + suffix
+        if candidate not in taken:
+            return candidate
+        n += 1
 
 
 def is_aside(name: str) -> bool:
