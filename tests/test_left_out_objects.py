@@ -86,3 +86,34 @@ async def test_report_and_status_name_data_left_behind(app_db, make_config, pg_d
     doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
     migrated = next(i for i in doc["checklist"] if i["key"] == "migrated")
     assert not any("application data" in p for p in migrated["problems"])
+
+
+async def test_an_application_table_named_like_a_shadow_table_is_replicated(app_db, make_config, pg_dsn, tmp_path):
+    """SQLite calls any table named <fts5 table>_content a shadow table by its name, but
+    an FTS5 table with content= keeps none: a table of that name is the application's,
+    replicated and verified like any other (it was left out, and verify said equal)."""
+    from tests.support.compare import compare_table
+
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE comments_fts_content (id INTEGER PRIMARY KEY, body TEXT);
+        INSERT INTO comments_fts_content VALUES (1, 'first'), (2, 'second');
+        CREATE VIRTUAL TABLE comments_fts USING fts5(body, content='comments_fts_content', content_rowid='id');
+        CREATE VIRTUAL TABLE notes_fts USING fts5(body);
+    """)
+    conn.commit()
+    kinds = {r[1]: r[2] for r in conn.execute("PRAGMA table_list")}
+    assert kinds["comments_fts_content"] == kinds["notes_fts_content"] == "shadow"  # as SQLite sees them
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO comments_fts_content VALUES (3, 'third')")
+        conn.commit()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(app_db), pg_dsn, "app", "comments_fts_content") == []
+    schema = run_cli(cfg, "schema").stdout
+    assert "skipped 'notes_fts_content': a shadow table" in schema  # the real one stays left out
+    assert "skipped 'comments_fts_content'" not in schema
+    v = run_cli(cfg, "verify")
+    assert v.returncode == 0 and '"comments_fts_content" equal' in v.stdout, v.stdout

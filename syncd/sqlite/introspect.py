@@ -31,9 +31,12 @@ def is_internal(name: str) -> bool:
 
 def list_tables(conn: sqlite3.Connection) -> list[tuple[str, str, bool]]:
     """(name, kind, without_rowid) for every object in the main schema; kind is
-    table, view, virtual or shadow as PRAGMA table_list reports it."""
-    rows = conn.execute("PRAGMA main.table_list").fetchall()
-    return [(r[1], r[2], bool(r[4])) for r in rows if r[0] == "main"]
+    table, view, virtual or shadow as PRAGMA table_list reports it, bar an application
+    table SQLite takes for a shadow by its name (leftout.really_a_shadow)."""
+    rows = [r for r in conn.execute("PRAGMA main.table_list").fetchall() if r[0] == "main"]
+    virtual = leftout.virtual_tables(conn) if any(r[2] == "shadow" for r in rows) else {}
+    return [(r[1], "table" if r[2] == "shadow" and not leftout.really_a_shadow(r[1], virtual) else r[2], bool(r[4]))
+            for r in rows]
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[tuple]:

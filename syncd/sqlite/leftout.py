@@ -97,6 +97,17 @@ def classify(conn: sqlite3.Connection, name: str, kind: str, virtual: dict[str, 
                    "recreate the equivalent in Postgres (an extension, a foreign table or a regular table)")
 
 
+def really_a_shadow(name: str, virtual: dict[str, str | None]) -> bool:
+    """Whether a table SQLite calls a shadow (by its name alone) is one: an FTS4/FTS5
+    table with a content= option (external content, contentless) keeps no _content
+    table, so a table of that name is the application's own, with its own rows."""
+    owner = max((v for v in virtual if name.startswith(v + "_")), key=len, default=None)
+    if owner is None or name != owner + "_content":
+        return True
+    module, args = _module(virtual[owner])
+    return not (module in ("fts4", "fts5") and _content_option(args) is not None)
+
+
 def virtual_tables(conn: sqlite3.Connection) -> dict[str, str | None]:
     return dict(conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'table' "
                              "AND sql LIKE 'CREATE VIRTUAL TABLE%'").fetchall())
