@@ -587,9 +587,10 @@ EVIDENCE_ROWS = 200
 async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[str, str]],
                     pg_key: tuple[str, ...], pg_names: set[str]) -> list[float] | None:
     """For each (Postgres column, SQLite column) pair, the share of up to EVIDENCE_ROWS
-    rows (by key, rows changed since Postgres last saw them left out) where the two hold
-    the same value; None when there is no evidence (no such row, or a key SQLite does
-    not store or Postgres does not have). `pg_key`: Postgres's names of spec.key."""
+    rows (sampled across the table, rows changed since Postgres last saw them left out)
+    where the two hold the same value; None when there is no evidence (no such row, or
+    a key SQLite does not store or Postgres does not have). `pg_key`: Postgres's names
+    of spec.key."""
     conn = session.pg
     assert conn is not None
     if any(k not in {c.name for c in spec.stored_columns} for k in spec.key) and not spec.rowid_keyed:
@@ -599,8 +600,16 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
     keys = ", ".join(quote_pg_ident(k) for k in pg_key)
     wanted = ", ".join(quote_pg_ident(p) for p, _ in pairs)
     nkey = len(spec.key)
-    pg_rows = await conn.fetch(f"SELECT {keys}, {wanted} FROM {qualified(session.target_schema, spec.name)} "
-                               f"ORDER BY {keys} LIMIT {EVIDENCE_ROWS}")
+    table = qualified(session.target_schema, spec.name)
+    # Rows from all over the table, not its first ones by key: a column dropped and
+    # another added can agree on a run of rows (an old default) and nowhere else.
+    estimate = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = $1::regclass", table) or 0
+    pg_rows = []
+    if estimate > 4 * EVIDENCE_ROWS:
+        pg_rows = await conn.fetch(f"SELECT {keys}, {wanted} FROM {table} TABLESAMPLE SYSTEM ($1) "
+                                   f"LIMIT {EVIDENCE_ROWS}", min(100.0, 400.0 * EVIDENCE_ROWS / estimate))
+    if len(pg_rows) < EVIDENCE_ROWS // 4:
+        pg_rows = await conn.fetch(f"SELECT {keys}, {wanted} FROM {table} ORDER BY {keys} LIMIT {EVIDENCE_ROWS}")
     if not pg_rows:
         return None
     current, _gone = await session.worker.run(collisions.read_current, spec, [tuple(r)[:nkey] for r in pg_rows])
