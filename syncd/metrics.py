@@ -15,6 +15,7 @@ sites read as before.
 from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from syncd import __version__
@@ -176,12 +177,36 @@ def table_gauges(source: str, tables: dict[str, str], states: tuple[str, ...], h
 _tables_shown: dict[str, set[str]] = {}  # per source, the tables table_gauges showed last
 
 
+# [metrics] per_table = false: what the per-table series said, per source, so the
+# halted, mismatch and stale-check alerts still have something to fire on.
+ROLLUPS = {
+    "syncd_table_halted": ("syncd_source_tables_halted", sum,
+                           "Tables of the source held or paused (per_table = false: syncd_table_halted summed)."),
+    "syncd_consistency_mismatched_rows": ("syncd_source_consistency_mismatched_rows", sum,
+                                          "Rows that differed at the last consistency check, all tables of the source."),
+    "syncd_consistency_last_check_timestamp_seconds": (
+        "syncd_source_consistency_oldest_check_timestamp_seconds", min,
+        "Unix time of the oldest of the source's tables' last completed consistency checks."),
+}
+
+
 class _SourceLevel(Collector):
     """The registry's series without those labelled by table: [metrics] per_table = false
-    keeps a fleet of thousands of tables from costing Prometheus a series per table."""
+    keeps a fleet of thousands of tables from costing Prometheus a series per table. The
+    halted flags, mismatches and check times are rolled up per source instead."""
 
     def collect(self):
         for family in registry.collect():
+            rollup = ROLLUPS.get(family.name)
+            if rollup is not None:
+                by_source: dict[str, list[float]] = {}
+                for sample in family.samples:
+                    by_source.setdefault(sample.labels.get("source", ""), []).append(sample.value)
+                name, fold, doc = rollup
+                out = GaugeMetricFamily(name, doc, labels=["source"])
+                for source, values in sorted(by_source.items()):
+                    out.add_metric([source], fold(values))
+                yield out
             family.samples = [s for s in family.samples if "table" not in s.labels]
             if family.samples or not family.name:
                 yield family

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import urllib.request
 
 from syncd.config import load_settings
+from syncd.metrics import ROLLUPS
 from tests.conftest import write_config
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
@@ -94,4 +96,13 @@ async def test_a_fleet_can_keep_only_per_source_series(tmp_path, pg_dsn):
         wait_for(lambda: 'syncd_pending_changes{direction="to_postgres",source="t_acme"}' in scrape(port), 30,
                  "per-source series", d)
         assert not any('table="' in name for name in scrape(port))
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert all(f"# TYPE {name} gauge" in page for name, _fold, _doc in ROLLUPS.values())
+        # A held table still shows, rolled up per source (the halted alert fires on it).
+        conn = sqlite3.connect(tmp_path / "tenants" / "acme.db")
+        conn.execute("INSERT INTO notes VALUES (2, x'00ff')")  # a BLOB where Postgres has text
+        conn.commit()
+        conn.close()
+        wait_for(lambda: scrape(port).get('syncd_source_tables_halted{source="t_acme"}') == 1, 30,
+                 "the held table counted", d)
         assert d.stop() == 0
