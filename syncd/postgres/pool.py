@@ -82,12 +82,13 @@ class Target:
             raise
         finally:
             if broken or conn.is_closed():
-                conn.terminate()
+                # asyncpg may have taken a lost connection back already: then terminate()
+                # raises its own complaint, which must not replace the step's real error.
+                with contextlib.suppress(Exception):
+                    conn.terminate()
             try:
                 await pool.release(conn, timeout=RELEASE_SECONDS)
             except Exception:  # noqa: BLE001 - a connection that cannot be reset is simply dropped
-                # (asyncpg may have taken it back already: then terminate() raises its own
-                # complaint, which must not replace the step's real error)
                 with contextlib.suppress(Exception):
                     conn.terminate()
 
