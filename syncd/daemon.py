@@ -432,6 +432,7 @@ class Daemon:
         for p in list(self.pipelines.values()):
             s = p.session
             sources[p.name] = {
+                "path": str(p.source.path),  # which file: another daemon may run a source of the same name
                 "health": p.health,
                 "direction": s.direction,
                 "detail": p.detail or p._last_error or "",

@@ -23,6 +23,7 @@ import base64
 import hmac
 import ipaddress
 import json
+import os
 import logging
 import socket
 import threading
@@ -328,3 +329,14 @@ def fetch_status(metrics, timeout: float = 1.5) -> dict | None:
     """The running daemon's /status, or None."""
     status = fetch_json(metrics, "/status", timeout)
     return status if isinstance(status, dict) else None
+
+
+def own_sources(sources: dict, configured) -> dict:
+    """The entries of a daemon's /status "sources" that are `configured`'s sources: the
+    same name and the same SQLite file. The daemon answering on the configured address
+    may run another configuration (two on one host, the default port): its source of
+    the same name is not ours, and its figures are not our source's."""
+    paths = {s.name: os.path.realpath(s.path) for s in configured}
+    return {name: entry for name, entry in sources.items()
+            if name in paths and isinstance(entry, dict)
+            and (entry.get("path") is None or os.path.realpath(entry["path"]) == paths[name])}

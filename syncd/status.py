@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
 from syncd.config import Settings, SourceSettings, StatusSettings
-from syncd.endpoint import fetch_status
+from syncd.endpoint import fetch_status, own_sources
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
@@ -140,8 +140,11 @@ def _holding_data(conn: sqlite3.Connection, source: SourceSettings) -> list[str]
 
 def endpoint_status(settings: Settings) -> dict | None:
     """The running daemon's /status document (asked with the configured credentials),
-    or None if no endpoint answers."""
-    return fetch_status(settings.metrics)
+    or None if no endpoint answers; only its entries for this configuration's sources."""
+    status = fetch_status(settings.metrics)
+    if status is not None:
+        status["sources"] = own_sources(status.get("sources") or {}, settings.sources)
+    return status
 
 
 @dataclass

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import secrets
 import sqlite3
 
 import asyncpg
 
 from syncd.config import StatusSettings
 from syncd.status import CRITICAL, OK, UNKNOWN, WARNING, SourceStatus, TableStatus, evaluate
-from tests.conftest import write_config
+from tests.conftest import _admin, with_database, write_config
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
 from tests.support.sync import wait_caught_up
@@ -206,3 +207,39 @@ async def test_checks_that_compare_nothing_are_no_evidence_of_consistency(tmp_pa
         assert 'table "t": last consistency check compared nothing' in r.stdout, r.stdout
         assert "1 not compared" in r.stdout and "ok (" not in r.stdout, r.stdout
         assert d.stop() == 0
+
+
+async def test_another_configurations_daemon_on_the_port_is_not_taken_for_ours(tmp_path, pg_dsn, pg_server):
+    """Two configurations on one host, one [metrics] listen: B's daemon is stopped and A's
+    answers on the port, with a source of the same name. B's status takes nothing from
+    A's daemon: its source's daemon is not running, with B's changes waiting."""
+    port = free_port()
+    dbs = {}
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        dbs[side] = tmp_path / side / "app.db"
+        conn = sqlite3.connect(dbs[side])
+        conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+        conn.commit()
+        conn.close()
+    cfg_a = write_config(tmp_path / "a" / "syncd.toml", pg_dsn, [{"name": "app", "path": str(dbs["a"]),
+                                                                   "schema": "side_a"}],
+                         metrics_listen=f"127.0.0.1:{port}")
+    other = f"syncd_test_{secrets.token_hex(6)}"  # B's own database, as a second application's
+    await _admin(pg_server, f'CREATE DATABASE "{other}"')
+    cfg_b = write_config(tmp_path / "b" / "syncd.toml", with_database(pg_server, other),
+                         [{"name": "app", "path": str(dbs["b"]), "schema": "side_b"}],
+                         metrics_listen=f"127.0.0.1:{port}")
+    assert run_cli(cfg_b, "init").returncode == 0
+    with DaemonProcess(cfg_a, tmp_path / "a.log") as d:
+        await wait_caught_up(dbs["a"], pg_dsn, "app", daemon=d)
+        conn = sqlite3.connect(dbs["b"])
+        conn.execute("INSERT INTO t VALUES (2, 'waiting')")
+        conn.commit()
+        conn.close()
+        mine = json.loads(run_cli(cfg_a, "status", "--json").stdout)["sources"][0]
+        assert mine["daemon_running"] is True and mine["state"] == "streaming"
+        theirs = json.loads(run_cli(cfg_b, "status", "--json").stdout)["sources"][0]
+        assert theirs["state"] != "streaming" and theirs["pending_changes"] >= 1, theirs
+        assert d.stop() == 0
+    await _admin(pg_server, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')

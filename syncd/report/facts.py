@@ -20,7 +20,7 @@ from syncd.parity import summary
 from syncd.parity.plan import DUAL_WRITE
 from syncd.parity.summary import ParityFacts
 from syncd.config import Settings, SourceSettings
-from syncd.endpoint import fetch_status
+from syncd.endpoint import fetch_status, own_sources
 from syncd.identifiers import qualified, quote_ident
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping
@@ -354,7 +354,7 @@ def _in_flight(conn: sqlite3.Connection, tid: int, key: tuple, applied_seq: int)
 def _daemon_status(settings: Settings) -> dict[str, dict]:
     """Per-source status from the running daemon's endpoint, or {} if none answers."""
     status = fetch_status(settings.metrics, ENDPOINT_TIMEOUT_SECONDS)
-    return status.get("sources", {}) if isinstance(status, dict) else {}
+    return own_sources(status.get("sources") or {}, settings.sources) if isinstance(status, dict) else {}
 
 
 def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.datetime, way_back=None) -> Lag:
