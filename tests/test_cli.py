@@ -141,6 +141,14 @@ async def test_uninstall_removes_capture_and_keeps_app_tables(app_db, make_confi
     assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.a") == [(2,)]  # the replica stays
     r = run_cli(cfg, "uninstall")
     assert r.returncode == 0 and "nothing to do" in r.stdout
+    # Installed again: writes went unrecorded meanwhile, so the dual-write period starts
+    # over (the report's "running at least N days" counted it from the first start).
+    await pg_rows(pg_dsn, "UPDATE syncd.sources SET streaming_since = now() - interval '20 days'")
+    with DaemonProcess(cfg, tmp_path / "again.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    [(since,)] = await pg_rows(pg_dsn, "SELECT now() - streaming_since < interval '1 hour' FROM syncd.sources")
+    assert since is True
 
 
 async def test_init_audits_values_before_anything_is_loaded(app_db, make_config, pg_dsn):

@@ -311,10 +311,13 @@ class Bookkeeping:
         await conn.execute(f"UPDATE {self.s}.sources SET schema_version = $2 WHERE source = $1", self.source, version)
 
     async def reset_source(self, conn: asyncpg.Connection, capture_id: str, applied_seq: int) -> None:
-        """A new capture generation: every table re-snapshots, the checkpoint restarts.
-        Call inside a transaction: half a reset would stream without the re-snapshot."""
+        """A new capture generation: every table re-snapshots, the checkpoint restarts,
+        and so does the dual-write period (writes went unrecorded, or the file is another
+        history: the days before prove nothing of this one). Call inside a transaction:
+        half a reset would stream without the re-snapshot."""
         await conn.execute(
-            f"UPDATE {self.s}.sources SET capture_id = $2, applied_seq = $3, confirmed_seq = 0 WHERE source = $1",
+            f"UPDATE {self.s}.sources SET capture_id = $2, applied_seq = $3, confirmed_seq = 0, "
+            f"streaming_since = NULL WHERE source = $1",
             self.source, capture_id, applied_seq,
         )
         await conn.execute(f"DELETE FROM {self.s}.applied_batches WHERE source = $1", self.source)
