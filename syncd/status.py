@@ -291,6 +291,8 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     if mine is not None:
         st.lag_seconds = mine.get("lag_seconds")
         st.step_seconds = mine.get("step_seconds")
+        if st.last_applied_at is None and mine.get("applied_at"):  # Postgres away: the daemon knows
+            st.last_applied_at = _iso(dt.datetime.fromtimestamp(mine["applied_at"], dt.timezone.utc))
         st.foreign_key_orphans = dict(mine.get("foreign_key_orphans") or {})
         if mine.get("health") not in (None, "starting"):
             st.state = mine["health"]

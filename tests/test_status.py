@@ -150,6 +150,8 @@ async def test_postgres_down_is_critical_and_redacted(tmp_path):
     assert r.returncode == 2
     assert "Postgres unreachable" in r.stdout and "syncd:***@" in r.stdout
     assert "hunter2" not in r.stdout + r.stderr
+    [row] = [line for line in r.stdout.splitlines() if line.startswith("app ")]
+    assert "unknown" in row and "never" not in row, row  # Postgres away: when it last applied is unknown
 
 
 async def test_halted_table_is_critical_with_reason(tmp_path, make_config, pg_dsn):
