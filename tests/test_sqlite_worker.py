@@ -55,7 +55,9 @@ async def test_missing_file_is_a_clear_error(tmp_path):
 
 async def test_shutdown_cancels_queued_calls(tmp_path):
     db = tmp_path / "app.db"
-    sqlite3.connect(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (x)")  # a database, not an empty file
+    conn.close()
     w = SqliteWorker(db, "shut", 1000)
     await w.open()
     started = threading.Event()
@@ -99,3 +101,14 @@ async def test_a_thousand_workers_share_a_few_threads(tmp_path):
         for w in workers:
             await w.close()
             w.shutdown()
+
+
+async def test_an_empty_file_is_no_database(tmp_path):
+    """A 0-byte file (a database not made yet, or one a truncating copy is replacing)
+    is refused, named, and left as it is."""
+    db = tmp_path / "app.db"
+    db.write_bytes(b"")
+    w = SqliteWorker(db, "empty", 1000)
+    with pytest.raises(SourceFileError, match=r"is empty \(0 bytes\)"):
+        await w.open()
+    assert db.stat().st_size == 0
