@@ -182,8 +182,9 @@ _tables_shown: dict[str, set[str]] = {}  # per source, the tables table_gauges s
 ROLLUPS = {
     "syncd_table_halted": ("syncd_source_tables_halted", sum,
                            "Tables of the source held or paused (per_table = false: syncd_table_halted summed)."),
-    "syncd_consistency_mismatched_rows": ("syncd_source_consistency_mismatched_rows", sum,
-                                          "Rows that differed at the last consistency check, all tables of the source."),
+    "syncd_consistency_mismatched_rows": (
+        "syncd_source_consistency_mismatched_rows", sum,
+        "Rows that differed at the last consistency check, all tables of the source."),
     "syncd_consistency_last_check_timestamp_seconds": (
         "syncd_source_consistency_oldest_check_timestamp_seconds", min,
         "Unix time of the oldest of the source's tables' last completed consistency checks."),

@@ -100,29 +100,40 @@ async def test_a_twelve_step_rebuild_is_reloaded(app_db, make_config, pg_dsn, tm
         assert d.stop() == 0
 
 
+OTHER = "CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO other VALUES (1, 'before');"
+
+
+async def migrated(app_db, make_config, pg_dsn, tmp_path, setup: str, migration: str) -> str:
+    """The tables of `setup` and a table "other" stream; the application runs `migration`
+    and writes "other". Returns the daemon's log once all is caught up, with "other"
+    streaming on and equal (one table's change never stops the file's others)."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript(setup + OTHER)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.executescript(migration)
+        conn.execute("UPDATE other SET v = 'after'")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    conn.close()
+    assert (await table_states(pg_dsn, "app"))["other"][0] == "streaming"
+    assert await compare_table(str(app_db), pg_dsn, "app", "other") == []
+    return log
+
+
 async def test_a_key_column_renamed_at_the_end_of_the_table_is_followed(app_db, make_config, pg_dsn, tmp_path):
     """At the end of a table a rename is told from a drop and an add by the data, read
     through the key; when the key itself is what was renamed, Postgres still has it under
     the old name (the whole source once failed on it, every table)."""
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.executescript("""
-        CREATE TABLE tail (v TEXT, k TEXT PRIMARY KEY);
-        CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);
-        INSERT INTO tail VALUES ('a', 'k1'), ('b', 'k2');
-        INSERT INTO other VALUES (1, 'before');
-    """)
-    cfg = make_config([{"name": "app", "path": str(app_db)}])
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        conn.execute("ALTER TABLE tail RENAME COLUMN k TO code")
-        conn.execute("INSERT INTO tail VALUES ('c', 'k3')")
-        conn.execute("UPDATE other SET v = 'after'")
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
-        assert 'column "k" was renamed to "code"' in d.log()
+    log = await migrated(app_db, make_config, pg_dsn, tmp_path,
+                         "CREATE TABLE tail (v TEXT, k TEXT PRIMARY KEY); "
+                         "INSERT INTO tail VALUES ('a', 'k1'), ('b', 'k2');",
+                         "ALTER TABLE tail RENAME COLUMN k TO code; INSERT INTO tail VALUES ('c', 'k3');")
+    assert 'column "k" was renamed to "code"' in log
     assert await pg_columns(pg_dsn, "tail") == ["v", "code"]
     assert await compare_table(str(app_db), pg_dsn, "app", "tail") == []
-    assert await compare_table(str(app_db), pg_dsn, "app", "other") == []
 
 
 async def test_a_table_postgres_will_not_reshape_pauses_alone(app_db, make_config, pg_dsn, tmp_path):
@@ -179,26 +190,14 @@ REBUILDS = {
 async def test_a_rebuild_off_an_integer_primary_key_is_reloaded(app_db, make_config, pg_dsn, tmp_path, rebuild):
     """The INTEGER PRIMARY KEY is an identity column in Postgres, which Postgres will not
     keep aside nor retype: a rebuild dropping it or retyping it reloads the table."""
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.executescript("""
-        CREATE TABLE products (id INTEGER PRIMARY KEY, code TEXT NOT NULL, name TEXT);
-        INSERT INTO products VALUES (1, 'p1', 'one'), (2, 'p2', 'two');
-        CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);
-        INSERT INTO other VALUES (1, 'before');
-    """)
-    cfg = make_config([{"name": "app", "path": str(app_db)}])
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        conn.executescript(f"BEGIN; {REBUILDS[rebuild]} DROP TABLE products; "
-                           "ALTER TABLE products_new RENAME TO products; COMMIT;")
-        conn.execute("UPDATE other SET v = 'after'")
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
-    states = await table_states(pg_dsn, "app")
-    assert states["products"][0] == states["other"][0] == "streaming", states
+    await migrated(app_db, make_config, pg_dsn, tmp_path,
+                   "CREATE TABLE products (id INTEGER PRIMARY KEY, code TEXT NOT NULL, name TEXT); "
+                   "INSERT INTO products VALUES (1, 'p1', 'one'), (2, 'p2', 'two');",
+                   f"BEGIN; {REBUILDS[rebuild]} DROP TABLE products; ALTER TABLE products_new RENAME TO products; "
+                   "COMMIT;")
+    assert (await table_states(pg_dsn, "app"))["products"][0] == "streaming"
     key = ["code"] if rebuild == "integer_key_to_text_key" else ["id"]
     assert await compare_table(str(app_db), pg_dsn, "app", "products", key=key) == []
-    assert await compare_table(str(app_db), pg_dsn, "app", "other") == []
 
 
 async def test_a_not_null_column_added_with_a_default_postgres_cannot_give_is_reloaded(app_db, make_config, pg_dsn,
@@ -206,25 +205,11 @@ async def test_a_not_null_column_added_with_a_default_postgres_cannot_give_is_re
     """ADD COLUMN ... NOT NULL DEFAULT x, where x is not carried exactly: SQLite's rows
     read x, Postgres would refuse NOT NULL over its rows without a value; the table is
     reloaded, its own table only."""
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.executescript("""
-        CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
-        INSERT INTO t VALUES (1, 'a'), (2, 'b');
-        CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);
-        INSERT INTO other VALUES (1, 'before');
-    """)
-    cfg = make_config([{"name": "app", "path": str(app_db)}])
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        conn.execute("ALTER TABLE t ADD COLUMN price TEXT NOT NULL DEFAULT 1.50")
-        conn.execute("INSERT INTO t (id, v) VALUES (3, 'c')")
-        conn.execute("UPDATE other SET v = 'after'")
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
-    states = await table_states(pg_dsn, "app")
-    assert states["t"][0] == states["other"][0] == "streaming", states
+    await migrated(app_db, make_config, pg_dsn, tmp_path,
+                   "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+                   "ALTER TABLE t ADD COLUMN price TEXT NOT NULL DEFAULT 1.50; INSERT INTO t (id, v) VALUES (3, 'c');")
+    assert (await table_states(pg_dsn, "app"))["t"][0] == "streaming"
     assert await compare_table(str(app_db), pg_dsn, "app", "t") == []
-    assert await compare_table(str(app_db), pg_dsn, "app", "other") == []
 
 
 async def test_long_names_dropped_together_are_kept_aside_under_names_of_their_own(app_db, make_config, pg_dsn,
@@ -232,28 +217,12 @@ async def test_long_names_dropped_together_are_kept_aside_under_names_of_their_o
     """Aside names keep the first bytes of the name: two long names alike there, dropped
     in one migration, each get a name of their own (the second failed for ever)."""
     long = "customer_lifetime_value_estimate_for_quarter_"
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.executescript(f"""
-        CREATE TABLE t (id INTEGER PRIMARY KEY, {long}one TEXT, {long}two TEXT, keep TEXT);
-        INSERT INTO t VALUES (1, 'a', 'b', 'k');
-        CREATE TABLE {long}x (id INTEGER PRIMARY KEY);
-        CREATE TABLE {long}y (id INTEGER PRIMARY KEY);
-        CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);
-        INSERT INTO other VALUES (1, 'before');
-    """)
-    cfg = make_config([{"name": "app", "path": str(app_db)}])
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        conn.executescript(f"""
-            BEGIN;
-            ALTER TABLE t DROP COLUMN {long}one; ALTER TABLE t DROP COLUMN {long}two;
-            DROP TABLE {long}x; DROP TABLE {long}y;
-            UPDATE other SET v = 'after';
-            COMMIT;
-        """)
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
+    await migrated(app_db, make_config, pg_dsn, tmp_path,
+                   f"CREATE TABLE t (id INTEGER PRIMARY KEY, {long}one TEXT, {long}two TEXT, keep TEXT); "
+                   f"INSERT INTO t VALUES (1, 'a', 'b', 'k'); "
+                   f"CREATE TABLE {long}x (id INTEGER PRIMARY KEY); CREATE TABLE {long}y (id INTEGER PRIMARY KEY);",
+                   f"BEGIN; ALTER TABLE t DROP COLUMN {long}one; ALTER TABLE t DROP COLUMN {long}two; "
+                   f"DROP TABLE {long}x; DROP TABLE {long}y; COMMIT;")
     cols = await pg_columns(pg_dsn, "t")
     assert len([c for c in cols if "__dropped_" in c]) == 2, cols
     assert len([t for t in await pg_tables(pg_dsn) if "__dropped_" in t]) == 2
-    assert await compare_table(str(app_db), pg_dsn, "app", "other") == []

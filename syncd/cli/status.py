@@ -130,7 +130,8 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
         lag = "-" if st.lag_seconds is None else f"{st.lag_seconds:.1f}s"
         pending = "-" if st.pending_changes is None else str(st.pending_changes)
         flow = "to sqlite" if st.direction == TO_SQLITE else "to postgres"
-        rows.append((st.name, st.state.replace("_", " "), flow, lag, pending, _ago(st.last_applied_at) if st.last_applied_at or st.postgres_reachable else "unknown", tables,
+        applied = _ago(st.last_applied_at) if st.last_applied_at or st.postgres_reachable else "unknown"
+        rows.append((st.name, st.state.replace("_", " "), flow, lag, pending, applied, tables,
                      _consistency(st)))
     rows = [tuple(escape_controls(c) for c in r) for r in rows]  # one table row, one line
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
