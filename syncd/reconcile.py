@@ -9,6 +9,7 @@ on syncd's own initiative, and when capture had a gap, re-snapshot.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from dataclasses import dataclass, field, replace
 
@@ -274,7 +275,8 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
                 raise
             reason = (f"could not follow the table's schema in Postgres ({describe(e)}); its changes stay queued: "
                       "`syncd resync` rebuilds it from SQLite")
-            session.error(f"table paused: {reason}", table=name, event="table_paused")
+            if row is None or row.state != bk.PAUSED or row.reason != reason:  # once, not every recheck
+                session.error(f"table paused: {reason}", table=name, event="table_paused")
             new = _paused(row or new_row(name, tid), reason, session.applied_seq)
             await session.save_row(conn, new)
         runtimes[name] = _runtime(session, spec, tid, new)
@@ -494,7 +496,7 @@ async def _reconcile_table(
         what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in diff.retyped) or "primary key changed"
         session.info(f"column types changed ({what}): reloading the table", table=name, event="table_retyped")
         return _pending(row, None)
-    if moved and row.state in (bk.STREAMING, bk.HELD):
+    if moved and row.state == bk.STREAMING:  # a held table's rows changed since its hold would look moved
         strangers = await _columns_changed_meaning(session, spec, pgt)
         if strangers:
             cols = ", ".join(f'"{c}"' for c in strangers)
@@ -606,8 +608,10 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
     estimate = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = $1::regclass", table) or 0
     pg_rows = []
     if estimate > 4 * EVIDENCE_ROWS:
-        pg_rows = await conn.fetch(f"SELECT {keys}, {wanted} FROM {table} TABLESAMPLE SYSTEM ($1) "
-                                   f"LIMIT {EVIDENCE_ROWS}", min(100.0, 400.0 * EVIDENCE_ROWS / estimate))
+        # BERNOULLI picks rows, not pages (SYSTEM's few pages sit together): about
+        # 1.5 x EVIDENCE_ROWS of them, spread over the whole table.
+        pg_rows = await conn.fetch(f"SELECT {keys}, {wanted} FROM {table} TABLESAMPLE BERNOULLI ($1) "
+                                   f"LIMIT {2 * EVIDENCE_ROWS}", min(100.0, 150.0 * EVIDENCE_ROWS / estimate))
     if len(pg_rows) < EVIDENCE_ROWS // 4:
         pg_rows = await conn.fetch(f"SELECT {keys}, {wanted} FROM {table} ORDER BY {keys} LIMIT {EVIDENCE_ROWS}")
     if not pg_rows:
@@ -633,7 +637,14 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
 
 
 def _same(a, b) -> bool:
-    return a == b or (a is not None and b is not None and str(a) == str(b))
+    if a == b or (a is not None and b is not None and str(a) == str(b)):
+        return True
+    if isinstance(a, str) and isinstance(b, str):  # jsonb: Postgres gives its own spelling back
+        try:
+            return json.loads(a) == json.loads(b)
+        except ValueError:
+            return False
+    return False
 
 
 async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new: str, pg_key: tuple[str, ...],

@@ -308,7 +308,7 @@ async def stricter_in_postgres(conn: asyncpg.Connection, schema: str, specs: dic
         "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = $1 AND x.indisunique AND NOT x.indisprimary "
-        "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.oid) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.oid AND k.contype IN ('p', 'u', 'x')) "
         "AND coalesce(obj_description(i.oid, 'pg_class'), '') NOT LIKE $2 ORDER BY 1, 2",
         schema, MARK + "%")
     for table, name, definition in made:

@@ -138,12 +138,14 @@ def _holding_data(conn: sqlite3.Connection, source: SourceSettings) -> list[str]
     return out
 
 
-def endpoint_status(settings: Settings) -> dict | None:
+def endpoint_status(settings: Settings, sources: list[SourceSettings] | None = None) -> dict | None:
     """The running daemon's /status document (asked with the configured credentials),
-    or None if no endpoint answers; only its entries for this configuration's sources."""
+    or None if no endpoint answers; only its entries for `sources` (the configuration's,
+    by default: a glob source whose file is gone is passed in besides)."""
     status = fetch_status(settings.metrics)
     if status is not None:
-        status["sources"] = own_sources(status.get("sources") or {}, settings.sources)
+        status["sources"] = own_sources(status.get("sources") or {},
+                                        settings.sources if sources is None else sources)
     return status
 
 
@@ -429,7 +431,7 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
 
 async def gather(settings: Settings, sources: list[SourceSettings], with_live: bool = False):
     """(verdict, statuses), and with `with_live` the daemon's /status document too."""
-    live = await asyncio.to_thread(endpoint_status, settings)
+    live = await asyncio.to_thread(endpoint_status, settings, [*settings.sources, *sources])
     statuses = await gather_statuses(settings, sources, live)
     verdict = OK
     for st in statuses:

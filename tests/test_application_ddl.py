@@ -210,6 +210,9 @@ async def test_a_not_null_column_added_with_a_default_postgres_cannot_give_is_re
                    "ALTER TABLE t ADD COLUMN price TEXT NOT NULL DEFAULT 1.50; INSERT INTO t (id, v) VALUES (3, 'c');")
     assert (await table_states(pg_dsn, "app"))["t"][0] == "streaming"
     assert await compare_table(str(app_db), pg_dsn, "app", "t") == []
+    # NOT NULL in Postgres too once the reload gave every row its value, as a fresh load makes it
+    assert await pg_rows(pg_dsn, "SELECT is_nullable FROM information_schema.columns WHERE table_schema = 'app' "
+                                 "AND table_name = 't' AND column_name = 'price'") == [("NO",)]
 
 
 async def test_long_names_dropped_together_are_kept_aside_under_names_of_their_own(app_db, make_config, pg_dsn,

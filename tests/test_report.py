@@ -309,3 +309,21 @@ def test_html_report_postgres_unreachable_is_one_line(tmp_path, app_db):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith("syncd: cannot connect to postgresql://syncd:***@127.0.0.1:9/x")
     assert len(out.stderr.strip().splitlines()) == 1 and "s3cret" not in out.stderr
+
+
+async def test_a_table_name_cannot_forge_cells_of_the_markdown_tables(app_db, make_config, pg_dsn, tmp_path):
+    """A name holding '|' and '`' stays in its one cell: GitHub splits table rows on '|'
+    even in code, so such a name could render a held table as 'streaming | ... | ✅'."""
+    name = "t` | streaming | 5 | 5 | ✅ | today | equal | `x"
+    q = '"' + name.replace('"', '""') + '"'
+    conn = sqlite3.connect(app_db)
+    conn.executescript(f"CREATE TABLE {q} (id INTEGER PRIMARY KEY, n REAL); INSERT INTO {q} VALUES (1, 1);")
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    _, md, _, _ = report(cfg)
+    cells = lambda line: len(re.split(r"(?<!\\)\|", line.strip().strip("|")))  # noqa: E731
+    header = next(line for line in md.splitlines() if line.startswith("| Table | State |"))
+    rows = [line for line in md.splitlines() if line.startswith("| ``t`")]
+    assert len(rows) == 1, md
+    assert cells(rows[0]) == cells(header), (header, rows[0])

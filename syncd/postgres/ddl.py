@@ -131,6 +131,8 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
     pgt = (await read_tables(conn, schema)).get(spec.name)
     # Columns kept aside after a drop in SQLite keep their values, row by row.
     kept = [c.name for c in pgt.columns if is_aside(c.name)] if pgt is not None else []
+    if pgt is not None and any(pgt.column(k) is None for k in spec.key):
+        kept = []  # keyed anew: no row of the new load can be matched to its kept values
     key = ", ".join(quote_pg_ident(k) for k in spec.key)
     if kept:
         await conn.execute("DROP TABLE IF EXISTS pg_temp._syncd_kept")
@@ -141,6 +143,12 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
         await reshape_empty_table(conn, schema, spec, pgt)
     cols = ", ".join(quote_pg_ident(c) for c in spec.column_names)
     await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {qualified(aside_schema, aside)}")
+    # A NOT NULL column added while the table held rows went in nullable (its rows had no
+    # value yet): now that each has one, it is NOT NULL as a fresh load would make it.
+    now = {c.name: c for c in (await read_tables(conn, schema))[spec.name].columns}
+    for col in spec.columns:
+        if col.notnull and col.name not in spec.key and col.name in now and not now[col.name].notnull:
+            await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col.name)} SET NOT NULL")
     if kept:
         sets = ", ".join(f"{quote_pg_ident(c)} = k.{quote_pg_ident(c)}" for c in kept)
         match = " AND ".join(f"t.{quote_pg_ident(k)} = k.{quote_pg_ident(k)}" for k in spec.key)

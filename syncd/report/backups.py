@@ -37,7 +37,8 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
     failed half-way) is no backup either."""
     expanded = pattern.replace("{source}", source)
     full = expanded if os.path.isabs(expanded) else str(base / expanded)
-    itself = set() if live is None else {os.path.realpath(str(live) + s) for s in ("", "-wal", "-shm", "-journal")}
+    # SQLite keeps -wal, -shm and -journal beside the file a symlink leads to
+    itself = set() if live is None else {os.path.realpath(live) + s for s in ("", "-wal", "-shm", "-journal")}
     files, not_counted = [], []
     for p in glob.glob(full, recursive=True):
         try:

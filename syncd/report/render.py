@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 from syncd import __version__
@@ -70,7 +71,7 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
 
 
 def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
-    out = [f"## Source `{s.name}`", "", f"- SQLite file: `{s.path}`; Postgres schema: `{s.schema}`",
+    out = [f"## Source {_code(s.name)}", "", f"- SQLite file: {_code(str(s.path))}; Postgres schema: {_code(s.schema)}",
            f"- Direction: {direction_text(s.direction)}"]
     if s.way_back_ended:
         out.append(f"- **Rollback no longer possible**: SQLite no longer follows Postgres ({s.way_back_ended})")
@@ -96,14 +97,14 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
                 "| Object | What it is | Holds data | What to do in Postgres |", "|---|---|---|---|"]
         for lo in s.left_out:
             holds = ("❌ yes, " + (f"{lo.rows} row(s)" if lo.rows is not None else "rows")) if lo.holds_data else "no"
-            out.append(f"| `{_cell(lo.name)}` | {_cell(lo.why)} | {holds} | {_cell(lo.todo)} |")
+            out.append(f"| {_code(lo.name)} | {_cell(lo.why)} | {holds} | {_cell(lo.todo)} |")
         out.append("")
     p = s.parity
     if p is not None and p.carried:
         out += ["Schema in Postgres (`syncd schema` says why each is built the way it is):", "",
                 "| Table | SQLite object | Postgres name | Now |", "|---|---|---|---|"]
         for i in p.carried:
-            out.append(f"| `{_cell(i.table or '-')}` | {_cell(i.what)} | {_cell(i.name or i.column or '-')} | "
+            out.append(f"| {_code(i.table or '-')} | {_cell(i.what)} | {_cell(i.name or i.column or '-')} | "
                        f"{_cell(p.status(i))} |")
         out.append("")
     if p is not None and p.error:
@@ -124,7 +125,7 @@ def _table_row(t: TableFacts, now: dt.datetime) -> str:
     verified = when(last.finished_at, now) if last else "never"
     result = last.outcome() if last else "-"
     mark = "" if t.counts_match else " ❌"
-    return (f"| `{t.name}` | {_cell(state)} | {number(t.rows_sqlite)} | {number(t.rows_postgres)}{mark} | "
+    return (f"| {_code(t.name)} | {_cell(state)} | {number(t.rows_sqlite)} | {number(t.rows_postgres)}{mark} | "
             f"{'✅' if t.captured else '❌ ' + _cell(t.capture_note)} | {verified} | {_cell(result)} |")
 
 
@@ -142,7 +143,7 @@ def _history_section(f: MigrationFacts) -> list[str]:
             "|---|---|---:|---:|---|---|"]
     for r in reversed(errors[-HISTORY_SHOWN:]):
         keys = ", ".join(_key(d) for d in r.detail.get("differences", [])[:3])
-        out.append(f"| {timestamp(r.finished_at)} | `{r.source}.{r.table_name}` | {number(r.rows_sqlite)} | "
+        out.append(f"| {timestamp(r.finished_at)} | {_code(f'{r.source}.{r.table_name}')} | {number(r.rows_sqlite)} | "
                    f"{number(r.rows_postgres)} | {_cell(r.outcome())} | {_cell(keys)} |")
     out.append("")
     return out
@@ -156,6 +157,16 @@ def _key(d: dict) -> str:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _code(name: str) -> str:
+    """`name` as a code span that holds whatever it contains, in a table cell too: a
+    fence longer than its longest run of backticks, and its '|' escaped (GitHub splits
+    table rows on '|' even inside code)."""
+    runs = [len(r) for r in re.findall("`+", name)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if name.startswith("`") or name.endswith("`") else ""
+    return f"{fence}{pad}{_cell(name)}{pad}{fence}"
 
 
 # --- JSON -----------------------------------------------------------------------------
