@@ -100,6 +100,9 @@ async def test_an_application_table_named_like_a_shadow_table_is_replicated(app_
         INSERT INTO comments_fts_content VALUES (1, 'first'), (2, 'second');
         CREATE VIRTUAL TABLE comments_fts USING fts5(body, content='comments_fts_content', content_rowid='id');
         CREATE VIRTUAL TABLE notes_fts USING fts5(body);
+        CREATE TABLE mixed_fts_content (id INTEGER PRIMARY KEY, body TEXT);
+        INSERT INTO mixed_fts_content VALUES (1, 'case');
+        CREATE VIRTUAL TABLE Mixed_FTS USING fts5(body, content='mixed_fts_content', content_rowid='id');
     """)
     conn.commit()
     kinds = {r[1]: r[2] for r in conn.execute("PRAGMA table_list")}
@@ -112,6 +115,7 @@ async def test_an_application_table_named_like_a_shadow_table_is_replicated(app_
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         assert d.stop() == 0
     assert await compare_table(str(app_db), pg_dsn, "app", "comments_fts_content") == []
+    assert await compare_table(str(app_db), pg_dsn, "app", "mixed_fts_content") == []  # names match without case
     schema = run_cli(cfg, "schema").stdout
     assert "skipped 'notes_fts_content': a shadow table" in schema  # the real one stays left out
     assert "skipped 'comments_fts_content'" not in schema

@@ -101,8 +101,9 @@ def really_a_shadow(name: str, virtual: dict[str, str | None]) -> bool:
     """Whether a table SQLite calls a shadow (by its name alone) is one: an FTS4/FTS5
     table with a content= option (external content, contentless) keeps no _content
     table, so a table of that name is the application's own, with its own rows."""
-    owner = max((v for v in virtual if name.startswith(v + "_")), key=len, default=None)
-    if owner is None or name != owner + "_content":
+    low = name.lower()  # SQLite matches shadow names without regard to case
+    owner = max((v for v in virtual if low.startswith(v.lower() + "_")), key=len, default=None)
+    if owner is None or low != owner.lower() + "_content":
         return True
     module, args = _module(virtual[owner])
     return not (module in ("fts4", "fts5") and _content_option(args) is not None)
