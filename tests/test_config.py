@@ -31,6 +31,13 @@ def test_loads_and_resolves_paths_relative_to_the_file(tmp_path):
     assert s.metrics.listen == "127.0.0.1:9464"  # loopback by default
 
 
+def test_every_lookup_of_a_large_fleet_can_be_timed(tmp_path):
+    """The performance item fails while any lookup is left untimed, so the cap on lookups
+    timed has no ceiling a large fleet could not get past."""
+    s = load_settings(write(tmp_path, GOOD + "[cutover]\nspeed_max_lookups = 5000000\n"))
+    assert s.cutover.speed_max_lookups == 5_000_000
+
+
 def test_environment_overrides_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNCD_POSTGRES__DSN", "postgresql://other@db.internal:5433/x")
     monkeypatch.setenv("SYNCD_STREAM__BATCH_SIZE", "123")
