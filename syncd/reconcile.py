@@ -9,8 +9,8 @@ on syncd's own initiative, and when capture had a gap, re-snapshot.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
+import struct
 from dataclasses import dataclass, field, replace
 
 import asyncpg
@@ -27,7 +27,7 @@ from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
 from syncd.sqlite.introspect import introspect, journal_mode
-from syncd.types import PgType
+from syncd.types import PgType, canonical
 
 
 @dataclass
@@ -621,6 +621,7 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
     moving = set() if tid is None else await session.worker.run(reader.changed_keys, tid, nkey, session.applied_seq)
     conv = RowConverter(spec)
     idx = [spec.column_names.index(sq) for _, sq in pairs]
+    types = [spec.column(sq).pgtype for _, sq in pairs]
     mine = {}
     for row in current:
         if tuple(row[i] for i in spec.key_indexes) in moving:
@@ -633,18 +634,18 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
     seen = [(mine[tuple(r)[:nkey]], tuple(r)[nkey:]) for r in pg_rows if tuple(r)[:nkey] in mine]
     if not seen:
         return None
-    return [sum(1 for ours, theirs in seen if _same(ours[j], theirs[j])) / len(seen) for j in range(len(pairs))]
+    return [sum(1 for ours, theirs in seen if _same(types[j], ours[j], theirs[j])) / len(seen)
+            for j in range(len(pairs))]
 
 
-def _same(a, b) -> bool:
-    if a == b or (a is not None and b is not None and str(a) == str(b)):
-        return True
-    if isinstance(a, str) and isinstance(b, str):  # jsonb: Postgres gives its own spelling back
-        try:
-            return json.loads(a) == json.loads(b)
-        except ValueError:
-            return False
-    return False
+def _same(pgtype: PgType, ours, theirs) -> bool:
+    """One value, as verify tells values apart (types.canonical: jsonb by its value, a
+    numeric without its trailing zeros); plain equality where the two do not take the
+    column's type's shape (a column renamed onto another type)."""
+    try:
+        return canonical(pgtype, ours) == canonical(pgtype, theirs)
+    except (TypeError, ValueError, AttributeError, struct.error):
+        return ours == theirs
 
 
 async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new: str, pg_key: tuple[str, ...],
