@@ -145,9 +145,10 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
     await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {qualified(aside_schema, aside)}")
     # A NOT NULL column added while the table held rows went in nullable (its rows had no
     # value yet): now that each has one, it is NOT NULL as a fresh load would make it.
-    now = {c.name: c for c in (await read_tables(conn, schema))[spec.name].columns}
+    # (Columns the reshape added are made as spec says already.)
     for col in spec.columns:
-        if col.notnull and col.name not in spec.key and col.name in now and not now[col.name].notnull:
+        had = pgt.column(col.name) if pgt is not None else None
+        if col.notnull and col.name not in spec.key and had is not None and not had.notnull:
             await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col.name)} SET NOT NULL")
     if kept:
         sets = ", ".join(f"{quote_pg_ident(c)} = k.{quote_pg_ident(c)}" for c in kept)

@@ -67,7 +67,7 @@ def open_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     """Open an existing SQLite file read-write without ever creating it."""
     if not path.exists():
         raise SourceFileError(f"SQLite file {path} does not exist")
-    if path.is_file() and path.stat().st_size == 0:
+    if _emptied(path):
         raise empty_file(path)
     uri = f"file:{quote(str(path))}?mode=rw"
     try:
