@@ -23,8 +23,8 @@ import base64
 import hmac
 import ipaddress
 import json
-import os
 import logging
+import os
 import socket
 import threading
 import time

@@ -71,7 +71,8 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
 
 
 def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
-    out = [f"## Source {_code(s.name)}", "", f"- SQLite file: {_code(str(s.path))}; Postgres schema: {_code(s.schema)}",
+    out = [f"## Source {_code(s.name)}", "",
+           f"- SQLite file: {_code(str(s.path))}; Postgres schema: {_code(s.schema)}",
            f"- Direction: {direction_text(s.direction)}"]
     if s.way_back_ended:
         out.append(f"- **Rollback no longer possible**: SQLite no longer follows Postgres ({s.way_back_ended})")
