@@ -6,6 +6,7 @@ the file frozen with nobody holding the switch."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import sqlite3
@@ -107,6 +108,10 @@ async def test_cutover_switches_and_the_application_moves(tmp_path, make_config,
         assert d.stop() == 0
     report = run_cli(cfg, "report", "--format", "json")
     assert '"direction": "to_sqlite"' in report.stdout
+    doc = json.loads(report.stdout)
+    assert doc["cut_over"] == ["app"] and doc["verdict"].startswith("CUT OVER: PostgreSQL is the source of truth")
+    verdict = next(line for line in run_cli(cfg, "report").stdout.splitlines() if line.startswith("**Verdict"))
+    assert "CUT OVER" in verdict and "rollback possible until" in verdict and "for cutover" not in verdict
 
 
 async def test_cutover_is_refused_with_every_reason_and_changes_nothing(tmp_path, make_config, pg_dsn):

@@ -111,7 +111,7 @@ async def ready(app_db, make_config, pg_dsn, tmp_path):
 async def test_ready_migration_every_item_met(ready):
     rc, md, rc_json, doc = report(ready)
     assert rc == rc_json == 0, md
-    assert "**Verdict: READY for cutover.**" in md and "## Not done" not in md
+    assert "**Verdict: READY for cutover: every checklist item is met.**" in md and "## Not done" not in md
     assert marks(md) == {k: True for k in ITEMS}
     assert "app.items: 1,000 rows on both sides; verified equal" in section(md, "migrated")
     assert "app.notes: 50 rows on both sides; verified equal" in section(md, "migrated")

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from syncd.parity.speed import RUNS
-from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts
+from syncd.report.facts import TO_SQLITE, MigrationFacts, SourceFacts, TableFacts
 
 HALTED = ("held", "paused")
 
@@ -30,6 +30,30 @@ def evaluate(f: MigrationFacts) -> list[CheckItem]:
 
 def ready(items: list[CheckItem]) -> bool:
     return all(i.ok for i in items)
+
+
+def cut_over(f: MigrationFacts) -> list[SourceFacts]:
+    """Sources already cut over: Postgres is their source of truth, SQLite follows it."""
+    return [s for s in f.sources if s.direction == TO_SQLITE]
+
+
+def headline(f: MigrationFacts, items: list[CheckItem]) -> str:
+    """The verdict in one sentence. Once sources are cut over, "READY for cutover" or
+    not is no longer the news: which side the application writes to is."""
+    failing = sum(1 for i in items if not i.ok)
+    judged = "every checklist item is met" if not failing else \
+        f"{failing} of {len(items)} checklist items are not done"
+    done = cut_over(f)
+    if not done:
+        return f"READY for cutover: {judged}" if not failing else f"NOT READY for cutover: {judged}"
+    back = [s for s in done if s.rollback_until is not None and not s.way_back_ended]
+    way_back = (f"SQLite follows it, rollback possible until {timestamp(min(s.rollback_until for s in back))}"
+                if back else "SQLite no longer follows it, rollback no longer possible")
+    if len(done) == len(f.sources):
+        return (f"CUT OVER: PostgreSQL is the source of truth for {'the' if len(done) == 1 else 'all'} "
+                f"{len(done)} source(s), {way_back}; as measured now, {judged}")
+    return (f"PARTLY CUT OVER: PostgreSQL is the source of truth for {len(done)} of {len(f.sources)} sources "
+            f"({', '.join(s.name for s in done)}), {way_back}; as measured now, {judged}")
 
 
 # --- the items ------------------------------------------------------------------------

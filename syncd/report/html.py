@@ -16,7 +16,7 @@ from html import escape
 from syncd import __version__
 from syncd.page.history import HistoryView
 from syncd.redact import scrub
-from syncd.report.checklist import CheckItem, days, number, ready, timestamp
+from syncd.report.checklist import CheckItem, cut_over, days, headline, number, ready, timestamp
 from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts
 from syncd.report.overview import Overview
 from syncd.report.page_assets import CONTENT_SECURITY_POLICY, CSS, JS
@@ -70,7 +70,7 @@ def page(ov: Overview | None, history: HistoryView | None, *, live: bool, refres
 def _title(ov: Overview) -> str:
     if ov.facts is None:
         return "syncd: migration status unknown"
-    return f"syncd: {'READY' if ready(ov.items) else 'NOT READY'} for cutover"
+    return f"syncd: {headline(ov.facts, ov.items).split(':')[0]}" + ("" if cut_over(ov.facts) else " for cutover")
 
 
 def _header_measuring() -> str:
@@ -135,12 +135,11 @@ def _verdict(ov: Overview) -> str:
     if ov.facts is None:
         return (f'<p class="verdict unknown" id="verdict" data-ready="unknown">Cutover readiness unknown: the '
                 f"facts could not be measured ({m(ov.facts_error)}).</p>")
-    failing = [i for i in ov.items if not i.ok]
-    if not failing:
-        return ('<p class="verdict ready" id="verdict" data-ready="true">READY for cutover: every checklist item '
-                "is met, with its evidence below.</p>")
-    return (f'<p class="verdict" id="verdict" data-ready="false">NOT READY for cutover: {len(failing)} of '
-            f"{len(ov.items)} checklist items are not done.</p>")
+    ok = ready(ov.items)
+    done = len(cut_over(ov.facts))
+    return (f'<p class="verdict{" ready" if ok else ""}" id="verdict" data-ready="{"true" if ok else "false"}" '
+            f'data-cut-over="{done}">{e(headline(ov.facts, ov.items))}'
+            f'{", with its evidence below" if ok else ""}.</p>')
 
 
 def _health(ov: Overview) -> str:

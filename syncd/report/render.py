@@ -10,7 +10,7 @@ from typing import Any
 from syncd import __version__
 from syncd.parity.speed import RUNS
 from syncd.printable import escape_controls
-from syncd.report.checklist import CheckItem, days, number, ready, timestamp, when
+from syncd.report.checklist import CheckItem, cut_over, days, headline, number, ready, timestamp, when
 from syncd.report.facts import TO_POSTGRES, TO_SQLITE, MigrationFacts, SourceFacts, TableFacts
 from syncd.verify.history import VerifyRun
 
@@ -29,11 +29,9 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
         "or recorded by syncd as it happened (verifications, dual-write start).",
         "",
     ]
-    if ready(items):
-        out += ["**Verdict: READY for cutover.** Every checklist item is met, with its evidence below.", ""]
-    else:
-        out += [f"**Verdict: NOT READY for cutover: {len(failing)} of {len(items)} checklist items are not done.**",
-                "", "## Not done", ""]
+    out += [f"**Verdict: {headline(f, items)}.**" + (" The evidence for each is below." if ready(items) else ""), ""]
+    if not ready(items):
+        out += ["## Not done", ""]
         for i in failing:
             out.append(f"- ❌ **{i.title}**")
             out += [f"  - {p}" for p in i.problems or ["nothing measured to show it is done"]]
@@ -180,6 +178,8 @@ def as_json(f: MigrationFacts, items: list[CheckItem]) -> dict[str, Any]:
         "syncd_version": __version__,
         "config": f.config_path,
         "ready": ready(items),
+        "verdict": headline(f, items),
+        "cut_over": [s.name for s in cut_over(f)],
         "not_done": [i.key for i in items if not i.ok],
         "checklist": [{"key": i.key, "title": i.title, "ok": i.ok, "problems": i.problems, "evidence": i.evidence}
                       for i in items],
