@@ -28,6 +28,7 @@ import os
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -309,20 +310,37 @@ class Endpoint:
         self.server.server_close()
 
 
+_unanswered: dict[tuple, str] = {}  # address -> why the last fetch from it got nothing
+
+
 def fetch_json(metrics, path: str, timeout: float = 1.5):
     """A JSON document from the running daemon's endpoint (asked with the configured
-    credentials), or None when none answers."""
+    credentials), or None when none answers (`unanswered` then says why)."""
     addr = metrics.address
     if addr is None:
         return None
     host = addr[0] if addr[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
     url_host = f"[{host}]" if ":" in host else host
     req = urllib.request.Request(f"http://{url_host}:{addr[1]}{path}", headers=metrics.access().header())
+    _unanswered.pop(addr, None)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
-    except (OSError, ValueError):
-        return None
+    except urllib.error.HTTPError as e:  # something answers, and says no
+        refused = " (it refused the credentials in this configuration's [metrics])" if e.code in (401, 403) else ""
+        _unanswered[addr] = f"the endpoint at {url_host}:{addr[1]} answered HTTP {e.code}{refused}"
+    except ValueError:
+        _unanswered[addr] = f"the endpoint at {url_host}:{addr[1]} answered with something other than syncd's JSON"
+    except OSError:
+        _unanswered[addr] = "no daemon endpoint answered"
+    return None
+
+
+def unanswered(metrics) -> str:
+    """Why the last fetch from the configured endpoint returned nothing, in a few words."""
+    if metrics.address is None:
+        return "no daemon endpoint is configured"
+    return _unanswered.get(metrics.address, "no daemon endpoint answered")
 
 
 def fetch_status(metrics, timeout: float = 1.5) -> dict | None:

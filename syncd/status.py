@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
 from syncd.config import Settings, SourceSettings, StatusSettings
-from syncd.endpoint import fetch_status, own_sources
+from syncd.endpoint import fetch_status, own_sources, unanswered
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
@@ -83,6 +83,7 @@ class SourceStatus:
     step_seconds: float | None = None  # how long the daemon's step in progress has run (0 between steps)
     rollback_until: str | None = None  # cut over: until when `syncd rollback` stays possible
     way_back_ended: str | None = None  # cut over: why SQLite no longer follows Postgres, once it does not
+    endpoint_refused: str | None = None  # the daemon runs, its endpoint answered but gave no figures: why
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -301,6 +302,9 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         if st.state == "failing":
             st.daemon_detail = mine.get("detail") or None
     else:
+        silent = unanswered(settings.metrics)
+        if live is None and st.daemon_running and silent.startswith("the endpoint"):
+            st.endpoint_refused = silent
         if _failing_now(pg):
             detail, since, _ = pg.failing
             st.state, st.daemon_detail = "failing", f"{detail} (since {_iso(since)})"
@@ -383,6 +387,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
         p.append(Problem("critical", f"daemon not running and {st.pending_changes} change(s) wait to be applied"))
     elif st.daemon_running is False:
         p.append(Problem("warning", "daemon not running"))
+    if st.endpoint_refused:
+        p.append(Problem("warning", f"the daemon runs, but {st.endpoint_refused}: lag and pending are computed "
+                                    "from the checkpoint instead of the daemon's own figures"))
     if st.way_back_ended:
         p.append(Problem("warning", f"SQLite no longer follows Postgres: {st.way_back_ended}; a rollback is no "
                                     "longer possible"))

@@ -10,6 +10,7 @@ file descriptors: it keeps replicating while they hang.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import resource
 import socket
@@ -25,7 +26,7 @@ from syncd.config import MetricsSettings
 from syncd.endpoint import Access, Endpoint, fetch_status
 from tests.conftest import write_config
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.ports import free_port
 from tests.support.sync import wait_caught_up
 
@@ -132,6 +133,14 @@ async def test_the_daemon_warns_beyond_loopback_and_survives_idle_connections(tm
         assert "beyond loopback" in d.log() and "WARNING" in d.log()
         assert get(port)[0] == 401
         assert get(port, headers={"Authorization": f"Bearer {token}"})[0] == 200
+        # A shell without the daemon's token: status and report say the endpoint refused
+        # it, not that no daemon runs.
+        refused = run_cli(cfg, "status")
+        assert "WARNING" in refused.stdout and "answered HTTP 401" in refused.stdout, refused.stdout
+        assert "refused the credentials" in refused.stdout and "daemon not running" not in refused.stdout
+        lag = json.loads(run_cli(cfg, "report", "--format", "json").stdout)["sources"][0]["lag"]
+        assert "answered HTTP 401" in json.dumps(lag), lag
+        assert "HTTP 401" not in run_cli(cfg, "status", env={"SYNCD_METRICS__AUTH_TOKEN": token}).stdout
         # The descriptor limit that idle connections used to exhaust.
         resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (128, 128))
         idle = []

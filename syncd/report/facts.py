@@ -20,7 +20,7 @@ from syncd.parity import summary
 from syncd.parity.plan import DUAL_WRITE
 from syncd.parity.summary import ParityFacts
 from syncd.config import Settings, SourceSettings
-from syncd.endpoint import fetch_status, own_sources
+from syncd.endpoint import fetch_status, own_sources, unanswered
 from syncd.identifiers import qualified, quote_ident
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping
@@ -248,7 +248,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.left_out = [lo for lo in facts.left_out if lo.kind != "view"] + \
                 summary.left_out_entries(facts.parity.items) + facts.parity.missing_entries()
     facts.capture_suspended = side.suspended if side else None
-    facts.lag = _lag(live, facts, side.pending if side else None, now, way_back)
+    facts.lag = _lag(live, facts, side.pending if side else None, now, way_back, unanswered(settings.metrics))
     if settings.cutover.backup_glob:
         base = settings.config_path.parent if settings.config_path else Path.cwd()
         facts.backup = find_backups(settings.cutover.backup_glob, source.name, base, now, source.path)
@@ -357,22 +357,23 @@ def _daemon_status(settings: Settings) -> dict[str, dict]:
     return own_sources(status.get("sources") or {}, settings.sources) if isinstance(status, dict) else {}
 
 
-def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.datetime, way_back=None) -> Lag:
+def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.datetime, way_back=None,
+         silent: str = "no daemon endpoint answered") -> Lag:
     if live is not None and live.get("lag_seconds") is not None:
         # Pending as counted in the file now (as `syncd status` counts it), else the daemon's figure.
         return Lag(float(live["lag_seconds"]), f"the running daemon ({live.get('health', '?')})",
                    pending if pending is not None else live.get("pending_changes"))
     if way_back is not None:  # cut over: the way back's own measurement (reverse.position)
         return Lag(way_back.lag_seconds, "computed in Postgres: the age of the oldest change SQLite has not "
-                   "applied yet (no daemon endpoint answered)", way_back.pending)
+                   f"applied yet ({silent})", way_back.pending)
     if pending is None:
         return Lag(None, "unknown (no changelog in the SQLite file)", None)
     if pending == 0:
-        return Lag(0.0, "computed: every captured change is applied (no daemon endpoint answered)", 0)
+        return Lag(0.0, f"computed: every captured change is applied ({silent})", 0)
     if facts.applied_at is None:
         return Lag(None, f"unknown: {pending} change(s) pending and nothing ever applied", pending)
     # The oldest pending change was committed after the last batch was read, so the
     # time since the last apply bounds its age from above.
     return Lag((now - facts.applied_at).total_seconds(),
                f"computed: at most the time since the last apply ({pending} change(s) pending; "
-               "no daemon endpoint answered)", pending)
+               f"{silent})", pending)
