@@ -339,7 +339,7 @@ class Daemon:
         while True:
             now = time.time()
             if self.page.history.due(now):
-                self.page.sample(now, {p.name: p.lag.lag(now) for p in list(self.pipelines.values())})
+                self.page.sample(now, {p.name: p.lag_seconds(now) for p in list(self.pipelines.values())})
             up = [p.pg_ok for p in self.pipelines.values()]
             metrics.postgres_up.set(1 if all(x is True for x in up) else 0)
             if not self.ready_sent and all(p.ready.is_set() for p in self.pipelines.values()):
@@ -410,7 +410,7 @@ class Daemon:
         for p in list(self.pipelines.values()):
             if length > SUMMARY_CHARS:
                 break  # a fleet: the first sources fill it, the rest is not looked at every second
-            lag = p.lag.lag(time.time())
+            lag = p.lag_seconds(time.time())
             if p.health == STREAMING:
                 way = " back from Postgres" if p.direction == TO_SQLITE else ""
                 parts.append(f"{p.name}: streaming{way}, lag {lag:.1f}s")
@@ -436,7 +436,7 @@ class Daemon:
                 "health": p.health,
                 "direction": s.direction,
                 "detail": p.detail or p._last_error or "",
-                "lag_seconds": round(p.lag.lag(now), 3),
+                "lag_seconds": round(p.lag_seconds(now), 3),
                 "pending_changes": p.pending,
                 "applied_seq": s.applied_seq,
                 "applied_at": s.applied_at,

@@ -83,6 +83,8 @@ class Pipeline:
         self.load: TableLoad | None = None
         self.ahead = ReadAhead()  # the next stream batch, read while this one applies
         self.max_seq_seen = 0
+        self.halted_counted: tuple[dict[int, int], int, float] = ({}, 0, 0.0)  # positions, checkpoint, when
+        self.lag_seed_time = time.time()
         self.last_poll = None
         self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_window,
                              settings.sqlite.write_busy_timeout_ms, settings.sqlite.read_busy_timeout_ms)
@@ -185,8 +187,42 @@ class Pipeline:
 
     @property
     def pending(self) -> int:
-        """Changelog entries seen and not yet applied."""
-        return max(0, self.max_seq_seen - self.session.applied_seq)
+        """Changelog entries seen and not yet applied: past the checkpoint, and held or
+        paused tables' entries the checkpoint moved past (as last counted)."""
+        return max(0, self.max_seq_seen - self.session.applied_seq) + sum(t.queued for t in self._halted())
+
+    def lag_seconds(self, now: float) -> float:
+        """The age of the oldest change not applied: the stream's, or a held or paused
+        table's oldest queued change."""
+        ages = [now - t.queued_since for t in self._halted() if t.queued and t.queued_since is not None]
+        return max([self.lag.lag(now), *ages])
+
+    def _halted(self) -> list[TableRuntime]:
+        return [t for t in list(self.session.tables.values()) if t.state in (bk.HELD, bk.PAUSED)]
+
+    async def _count_halted(self) -> None:
+        """Count the changes held and paused tables keep queued: at once when the set of
+        such tables or their positions change, otherwise every held-table retry period
+        (a scan of the changelog from the oldest hold to the checkpoint)."""
+        halted = self._halted()
+        s = self.session
+        positions = {t.tid: t.row.from_seq or 0 for t in halted}
+        if not halted:
+            self.halted_counted = ({}, 0, 0.0)
+            return
+        known, applied, at = self.halted_counted
+        if known == positions and (applied == s.applied_seq or time.monotonic() - at
+                                   < self.settings.stream.held_table_retry_seconds):
+            return
+        counts = await s.worker.run(reader.queued_behind, positions, s.applied_seq)
+        self.halted_counted = (positions, s.applied_seq, time.monotonic())
+        for t in halted:
+            t.queued = counts.get(t.tid, 0)
+            if t.queued and t.queued_since is None:
+                # Held before this daemon started: the table's row was last saved then or
+                # later, so its oldest queued change is at least that old.
+                t.queued_since = min(self.lag_seed_time, t.row.updated_at.timestamp()) \
+                    if t.row.updated_at is not None else self.lag_seed_time
 
     def busy_for(self, now: float) -> float:
         """How long the step in progress has been running; 0 between steps (waiting
@@ -468,6 +504,7 @@ class Pipeline:
             await s.bk.confirm(s.pg, confirmed)
         await self._flush_events()
         await self._maybe_recheck()
+        await self._count_halted()
         self._recovered()
         self._update_health()
         self._update_gauges()
@@ -478,6 +515,8 @@ class Pipeline:
         since = s.applied_at or time.time()
         max_seq = s.capture.max_seq if s.capture else 0
         self.lag.seed(s.applied_seq, max_seq, since)
+        self.lag_seed_time = since
+        self.halted_counted = ({}, 0, 0.0)
         self.max_seq_seen = max_seq  # the file as it is now: a restore may have moved it back
         self.pruner.rewind(s.applied_seq)
         for t in s.tables.values():
@@ -622,6 +661,8 @@ class Pipeline:
 
     def _held_logged(self, t: TableRuntime) -> None:
         t.retry_at = time.monotonic() + self.settings.stream.held_table_retry_seconds
+        if t.queued_since is None:
+            t.queued_since = self.lag.first_seen((t.row.from_seq or 0) + 1) or time.time()
         self._update_gauges()
         if t.logged_reason != t.row.reason:
             t.logged_reason = t.row.reason
@@ -631,6 +672,7 @@ class Pipeline:
             self.events.append((t.name, "held", t.row.reason))
 
     def _resumed(self, t: TableRuntime) -> None:
+        t.queued, t.queued_since = 0, None
         self._update_gauges()
         if t.logged_reason is not None:
             self.session.info("table resumed: the held value now fits", table=t.name, event="table_resumed")
@@ -689,6 +731,8 @@ class Pipeline:
             metrics.commit_to_apply_seconds.labels(self.name).observe(max(0.0, now - first_seen))
         by_tid = s.by_tid()
         for tid in held:
+            if by_tid[tid].queued_since is None:
+                by_tid[tid].queued_since = first_seen  # the held change was in this batch
             self._held_logged(by_tid[tid])
         return True
 
@@ -810,8 +854,8 @@ class Pipeline:
 
     def _update_gauges(self) -> None:
         s = self.session
-        metrics.pending_changes.labels(self.name).set(max(0, self.max_seq_seen - s.applied_seq))
-        metrics.replication_lag_seconds.labels(self.name).set(self.lag.lag(time.time()))
+        metrics.pending_changes.labels(self.name).set(self.pending)
+        metrics.replication_lag_seconds.labels(self.name).set(self.lag_seconds(time.time()))
         if s.applied_at:
             metrics.last_applied_timestamp_seconds.labels(self.name).set(s.applied_at)
         metrics.table_gauges(self.name, {t.name: t.state for t in s.tables.values()}, bk.STATES, (bk.HELD, bk.PAUSED))
@@ -894,7 +938,7 @@ class Pipeline:
             self.wake.set()
         if last is not None and last.data_version != info.data_version:
             self.wake.set()
-        metrics.pending_changes.labels(self.name).set(max(0, self.max_seq_seen - s.applied_seq))
+        metrics.pending_changes.labels(self.name).set(self.pending)
 
 
 @dataclass(frozen=True)

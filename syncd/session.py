@@ -43,6 +43,10 @@ class TableRuntime:
     # (audit.passed_note): a load reading the table unchanged since skips the per-chunk
     # conversion check (snapshot.TableLoad).
     plain_audit: dict | None = None
+    # Held or paused: its changes the checkpoint moved past (counted now and then), and
+    # when the oldest of them was first seen (a lower bound after a restart).
+    queued: int = 0
+    queued_since: float | None = None
 
     def __post_init__(self) -> None:
         self.conv = RowConverter(self.spec)

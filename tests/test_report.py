@@ -192,7 +192,7 @@ async def test_lag_halted_table_and_capture(ready, app_db, pg_dsn):
     assert marks(md) == {"migrated": False, "dual_write": True, "lag": False, "halted": False, "capture": False,
                          "backup": True, "performance": True, "foreign_keys": True}
     assert re.search(r"❌ app: lag 30\d\.\d s, from computed: at most the time since the last apply "
-                     r"\(3 change\(s\) pending; no daemon endpoint answered\); 3 change\(s\) pending", section(md, "lag"))
+                     r"\(3 change\(s\) pending; no daemon endpoint is configured\); 3 change\(s\) pending", section(md, "lag"))
     assert "❌ app.notes: held: a value does not fit" in section(md, "halted")
     assert "❌ app.notes: held (a value does not fit)" in section(md, "migrated")
     assert "❌ app.notes: capture triggers missing or not the ones this syncd version installs" in \

@@ -8,6 +8,8 @@ import datetime as dt
 import json
 import secrets
 import sqlite3
+import time
+import urllib.request
 
 import asyncpg
 
@@ -17,6 +19,11 @@ from tests.conftest import _admin, with_database, write_config
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
 from tests.support.sync import wait_caught_up
+
+
+def metric(port: int, series: str) -> float | None:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return next((float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(series + " ")), None)
 
 LIMITS = StatusSettings(warn_lag_seconds=30, crit_lag_seconds=300, verify_max_age_seconds=3600)
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
@@ -159,11 +166,13 @@ async def test_halted_table_is_critical_with_reason(tmp_path, make_config, pg_ds
     conn = sqlite3.connect(db)
     conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER); INSERT INTO t VALUES (1, 1);")
     conn.commit()
-    cfg = make_config([{"name": "app", "path": str(db)}])
+    port = free_port()
+    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}")
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         conn.execute("INSERT INTO t VALUES (2, 'lots of people')")
         conn.commit()
+        written = time.time()
         wait_for(lambda: "table held" in d.log(), 30, "hold", d)
         r = run_cli(cfg, "status")
         assert r.returncode == 2
@@ -173,6 +182,15 @@ async def test_halted_table_is_critical_with_reason(tmp_path, make_config, pg_ds
         conn.commit()
         doc = json.loads(run_cli(cfg, "status", "--json").stdout)
         assert doc["sources"][0]["pending_changes"] >= 6, doc["sources"][0]
+        # The daemon's own figures (its metrics, its /status the report reads) count them
+        # too, and its lag is the held change's age, not the stream's.
+        wait_for(lambda: metric(port, 'syncd_pending_changes{direction="to_postgres",source="app"}') == 6, 30,
+                 "the daemon counting the held table's queue", d)
+        time.sleep(1.5)
+        live = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read())
+        assert live["sources"]["app"]["pending_changes"] == 6, live
+        assert live["sources"]["app"]["lag_seconds"] >= 1.5, live
+        assert live["sources"]["app"]["lag_seconds"] <= time.time() - written + 2, live
         assert d.stop() == 0
 
 

@@ -180,6 +180,9 @@ class ReversePipeline:
     def stopping(self) -> bool:
         return self.stop_event.is_set()
 
+    def lag_seconds(self, now: float) -> float:
+        return self.lag.lag(now)
+
     @property
     def pending(self) -> int:
         return self.lag.pending

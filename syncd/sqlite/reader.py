@@ -405,6 +405,14 @@ def max_seq(conn: sqlite3.Connection) -> int:
     return conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{CL}").fetchone()[0]
 
 
+def queued_behind(conn: sqlite3.Connection, tables: dict[int, int], applied_seq: int) -> dict[int, int]:
+    """Changelog entries of held or paused tables (tid -> the position their queue starts
+    after) that the checkpoint has moved past: they wait all the same."""
+    return {tid: conn.execute(f"SELECT count(*) FROM main.{CL} WHERE seq > ? AND seq <= ? AND tid = ?",
+                              (after, applied_seq, tid)).fetchone()[0] if after < applied_seq else 0
+            for tid, after in tables.items()}
+
+
 def rowid_name(spec: TableSpec) -> str | None:
     """A name reaching the rowid that no column shadows, or None (WITHOUT ROWID)."""
     return None if spec.without_rowid else unshadowed_rowid_name(c.name for c in spec.stored_columns)
