@@ -327,3 +327,10 @@ async def test_a_table_name_cannot_forge_cells_of_the_markdown_tables(app_db, ma
     rows = [line for line in md.splitlines() if line.startswith("| ``t`")]
     assert len(rows) == 1, md
     assert cells(rows[0]) == cells(header), (header, rows[0])
+
+
+def test_short_spans_are_not_rounded_to_zero_days():
+    """`[cutover] min_days = 0.001` (a trial run) must not read as "0.0 days" required."""
+    from syncd.report.checklist import days
+    assert days(0.001) == "1.4 min" and days(0.05) == "1.2 h"
+    assert days(0) == "0 days" and days(1) == "1 day" and days(14) == "14 days" and days(2.5) == "2.5 days"

@@ -346,6 +346,8 @@ def _days(d: float | None) -> str:
         return "?"
     if d == 1:
         return "1 day"
+    if 0 < d < 0.1:  # "0.0 days" would read as none at all
+        return f"{d * 1440:.1f} min" if d < 1 / 24 else f"{d * 24:.1f} h"
     return f"{d:.0f} days" if d == round(d) else f"{d:.1f} days"
 
 
