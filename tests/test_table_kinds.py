@@ -21,8 +21,13 @@ CREATE TABLE strict (id INTEGER PRIMARY KEY, name TEXT NOT NULL, amount REAL, ra
 CREATE TABLE computed (id INTEGER PRIMARY KEY, price REAL, qty INTEGER,
                        total REAL GENERATED ALWAYS AS (price * qty) VIRTUAL,
                        label TEXT GENERATED ALWAYS AS (upper(name)) STORED, name TEXT);
+CREATE TABLE coded (a INTEGER NOT NULL, code TEXT GENERATED ALWAYS AS ('C' || a) STORED NOT NULL UNIQUE, v TEXT);
+CREATE TABLE doubled (a INTEGER NOT NULL, d INTEGER GENERATED ALWAYS AS (a * 2) VIRTUAL NOT NULL, v TEXT);
+CREATE UNIQUE INDEX doubled_d ON doubled(d);
 """
-TABLES = ["plain", "named", "compact", "strict", "computed"]
+# coded and doubled are keyed by a unique generated column: setting the column it is
+# computed from moves the key.
+TABLES = ["plain", "named", "compact", "strict", "computed", ("coded", ["code"]), ("doubled", ["d"])]
 
 
 def write(conn: sqlite3.Connection, start: int, n: int) -> None:
@@ -33,6 +38,8 @@ def write(conn: sqlite3.Connection, start: int, n: int) -> None:
         conn.execute("INSERT INTO compact VALUES (?, ?)", (f"k{i}", i))
         conn.execute("INSERT INTO strict VALUES (?, ?, ?, ?, ?)", (i, f"n{i}", i * 1.5, bytes([i % 256]), i))
         conn.execute("INSERT INTO computed (id, price, qty, name) VALUES (?, ?, ?, ?)", (i, i * 0.5, i % 4, f"n{i}"))
+        conn.execute("INSERT INTO coded (a, v) VALUES (?, ?)", (i, f"v{i}"))
+        conn.execute("INSERT INTO doubled (a, v) VALUES (?, ?)", (i, f"v{i}"))
     conn.execute("COMMIT")
 
 
@@ -54,6 +61,8 @@ async def test_every_kind_of_table_streams_and_compares_equal(app_db, make_confi
         conn.execute("UPDATE strict SET any_ = any_ * 1000, raw = NULL WHERE id = 3")
         conn.execute("DELETE FROM compact WHERE v % 7 = 0")
         conn.execute("UPDATE named SET cpu = -1 WHERE host = 'host1'")
+        conn.execute("UPDATE coded SET a = a + 1000 WHERE a % 3 = 0")
+        conn.execute("UPDATE doubled SET a = a + 1000 WHERE a % 3 = 0")
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         assert await compare_all(str(app_db), pg_dsn, "app", TABLES) == []
         assert d.stop() == 0

@@ -90,6 +90,10 @@ def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
     stored = {c.name for c in spec.stored_columns}
     of_columns = [quote_ident(k) for k in spec.key if k in stored] + (
         [] if spec.without_rowid else ["rowid", "oid", "_rowid_"])
+    # A generated key column changes when a column it is computed from is set, and
+    # SQLite fires UPDATE OF only for the columns the UPDATE names: such a key's trigger
+    # looks at every UPDATE.
+    of = "" if any(spec.column(k).generated for k in spec.key) else f" OF {', '.join(of_columns)}"
     out = {
         "ins": (
             f"CREATE TRIGGER {quote_ident(names['ins'])} AFTER INSERT ON {table} BEGIN "
@@ -100,7 +104,7 @@ def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
             f"INSERT INTO {cl}(tid, op, {slots}) VALUES ({tid}, {OP_UPDATE}, {new}); END"
         ),
         "key": (
-            f"CREATE TRIGGER {quote_ident(names['key'])} AFTER UPDATE OF {', '.join(of_columns)} ON {table} "
+            f"CREATE TRIGGER {quote_ident(names['key'])} AFTER UPDATE{of} ON {table} "
             f"WHEN {key_changed} BEGIN "
             f"INSERT INTO {cl}(tid, op, {slots}) VALUES ({tid}, {OP_DELETE}, {old}); END"
         ),

@@ -24,6 +24,8 @@ def sqlite_rows(path: str, table: str, key: list[str] | None = None) -> tuple[li
         info = conn.execute(f"PRAGMA table_xinfo({_q(table)})").fetchall()
         cols = [r[1] for r in info if r[6] in (0, 2, 3)]
         pk = key or [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5]]
+        if not pk:  # every row would fall under one empty key, and one row be compared
+            raise ValueError(f"table {table!r} has no primary key: pass its key, or use compare_keyless")
         idx = [cols.index(k) for k in pk]
         out = {}
         for row in conn.execute(f"SELECT {', '.join(_q(c) for c in cols)} FROM {_q(table)}"):
@@ -105,10 +107,12 @@ async def compare_table(path: str, dsn: str, schema: str, table: str, key: list[
     return sorted(problems)
 
 
-async def compare_all(path: str, dsn: str, schema: str, tables: list[str]) -> list[str]:
+async def compare_all(path: str, dsn: str, schema: str, tables: list[str | tuple[str, list[str]]]) -> list[str]:
+    """Each table, named alone (keyed by its primary key) or as (name, key columns)."""
     out = []
     for t in tables:
-        out.extend(await compare_table(path, dsn, schema, t))
+        name, key = (t, None) if isinstance(t, str) else t
+        out.extend(await compare_table(path, dsn, schema, name, key))
     return out
 
 
