@@ -9,7 +9,6 @@ on syncd's own initiative, and when capture had a gap, re-snapshot.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import struct
 from dataclasses import dataclass, field, replace
 
@@ -17,7 +16,7 @@ import asyncpg
 
 from syncd import collisions, parity
 from syncd.identifiers import qualified, quote_pg_ident
-from syncd.model import ROWID_COLUMN, TO_POSTGRES, SourceSchema, TableSpec
+from syncd.model import TO_POSTGRES, SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl, ownership
 from syncd.postgres.bookkeeping import TableRow
@@ -456,7 +455,7 @@ async def _reconcile_table(
             return _paused(row, _extra_reason(diff.extra_in_pg), session.applied_seq, force_reload=True)
         return row  # PENDING; the load reshapes the empty table
     row = changed(row, tid=tid)
-    if diff.key_changed and spec.rowid_keyed != _keyed_on_rowid(spec, pgt):
+    if diff.key_changed and spec.rowid_keyed != (ddl.rowid_key(spec, pgt) is not None):
         # A keyless table given a key, or a keyed one that lost it: rows are told apart
         # another way now, and nothing of Postgres's copy can be followed column by column.
         if row.state != bk.PENDING:
@@ -669,12 +668,6 @@ async def _columns_changed_meaning(session: SourceSession, spec: TableSpec, pgt:
     if share is None:
         return []
     return [c for c, s in zip(shared, share) if s < 0.9]
-
-
-def _keyed_on_rowid(spec: TableSpec, pgt: ddl.PgTable) -> bool:
-    """Postgres's copy is keyed on syncd's rowid column (the table was keyless)."""
-    return (len(pgt.key) == 1 and re.fullmatch(re.escape(ROWID_COLUMN) + r"(_\d+)?", pgt.key[0]) is not None
-            and pgt.key[0] not in {c.name for c in spec.stored_columns})
 
 
 def _synthetic(spec: TableSpec, name: str) -> bool:

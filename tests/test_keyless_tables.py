@@ -202,3 +202,16 @@ async def test_a_keyless_table_given_a_key_is_reloaded_on_it(tmp_path, make_conf
     key = ["email"] if how == "unique_index" else ["id"]
     assert await compare_table(str(db), pg_dsn, "app", "users", key=key) == []
     assert await compare_table(str(db), pg_dsn, "app", "other") == []
+    # syncd's rowid column went with the key it was: the columns are SQLite's, the
+    # table is compared, and a restarted daemon streams it on.
+    cols = await pg_rows(pg_dsn, "SELECT column_name FROM information_schema.columns "
+                                 "WHERE table_schema = 'app' AND table_name = 'users'")
+    assert sorted(c[0] for c in cols) == sorted(r[1] for r in conn.execute("PRAGMA table_info(users)"))
+    v = run_cli(cfg, "verify")
+    assert v.returncode == 0 and 'app: "users" equal' in v.stdout, v.stdout + v.stderr
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        conn.execute("INSERT INTO users (email, name) VALUES ('d@x', 'di')")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert (await table_states(pg_dsn, "app"))["users"][0] == "streaming"
+    assert await compare_table(str(db), pg_dsn, "app", "users", key=key) == []

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_literal, quote_pg_ident
-from syncd.model import Column, TableSpec
+from syncd.model import ROWID_COLUMN, Column, TableSpec
 from syncd.printable import escape_controls, shorten
 from syncd.types import PgDefault, PgType, added_rows_differ, pg_default
 
@@ -355,11 +355,25 @@ def diff_shape(spec: TableSpec, pg: PgTable) -> ShapeDiff:
     return ShapeDiff(missing, extra, retyped, tuple(pg.key) != tuple(spec.key))
 
 
+def rowid_key(spec: TableSpec, pg: PgTable) -> str | None:
+    """The column Postgres's copy is keyed on when it was made for a keyless table:
+    syncd's rowid column, no column of SQLite's table."""
+    if len(pg.key) == 1 and re.fullmatch(re.escape(ROWID_COLUMN) + r"(_\d+)?", pg.key[0]) \
+            and pg.key[0] not in {c.name for c in spec.stored_columns}:
+        return pg.key[0]
+    return None
+
+
 async def reshape_empty_table(conn: asyncpg.Connection, schema: str, spec: TableSpec, pg: PgTable) -> None:
     """Turn an *empty* Postgres table into `spec`'s shape: types, key and new
-    columns. Never drops a column. Run inside the caller's transaction."""
+    columns. Drops no column of the application's; syncd's rowid column of a table
+    that was keyless goes once the table is keyed otherwise. Run inside the caller's
+    transaction."""
     table = qualified(schema, spec.name)
     diff = diff_shape(spec, pg)
+    stale = rowid_key(spec, pg)
+    if stale is not None and stale not in spec.column_names:  # its primary key goes with it
+        await run_ddl(conn, f"ALTER TABLE {table} DROP COLUMN {quote_pg_ident(stale)}")
     for col in diff.missing_in_pg:
         await run_ddl(conn, add_column_sql(schema, spec, col))
     for name, _have, _want in diff.retyped:
