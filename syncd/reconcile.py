@@ -90,8 +90,14 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
             if tid is not None and state.triggers_match(tid, spec):
                 continue
             gap = tid is not None and capture_gap(state, tid, spec)
+            # An application trigger that can end a change's triggers (RAISE(IGNORE)) fired
+            # before syncd's: syncd's are made anew to fire first, and the table is loaded
+            # again (changes it ended until now may not have been recorded).
+            outrun = tid is not None and name in state.outrun
+            if outrun:
+                gap = capture.outrun_reason(state.outrun[name])
             armed = True
-            version = await w.run(capture.arm_table, spec, busy, gap, version)
+            version = await w.run(capture.arm_table, spec, busy, gap, version, outrun)
             if version is None:
                 break  # the application changed the schema meanwhile: read it again
         for name, (tid, _key) in state.registry.items():

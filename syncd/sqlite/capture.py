@@ -135,6 +135,9 @@ class CaptureState:
     schema_seen: int | None = None  # the schema_version syncd last accounted for (see note_schema)
     triggers: dict[str, tuple[str, str]] = field(default_factory=dict)  # trigger name -> (table, sql)
     key_slots: int = 0
+    # Tables with an application trigger that can end the row's trigger programs
+    # (RAISE(IGNORE)) created after syncd's: it fires first, and syncd's would not run.
+    outrun: dict[str, str] = field(default_factory=dict)  # table -> the application's trigger
     max_seq: int = 0
     pruned_seq: int = 0  # the checkpoint the last prune in this file recorded (see record_pruned)
 
@@ -147,6 +150,8 @@ class CaptureState:
         return entry[0] if entry else None
 
     def triggers_match(self, tid: int, spec: TableSpec) -> bool:
+        if spec.name in self.outrun:
+            return False
         expected = trigger_sql(tid, spec)
         names = trigger_names(tid)
         for kind, name in names.items():
@@ -161,6 +166,12 @@ class CaptureState:
 
 GAP_REASON = ("capture triggers were missing (table rebuilt?): re-armed them and re-snapshotting the table so "
               "changes made in between are not lost")
+def outrun_reason(trigger: str) -> str:
+    return (f"the application's trigger {quote_ident(trigger)} (RAISE(IGNORE)) fired before syncd's capture "
+            "triggers, which may not have recorded the changes it ended: created syncd's again to fire first, "
+            "and re-snapshotting the table")
+
+
 REBUILT_REASON = ("the table was rebuilt (a new table took its name, with syncd's capture triggers copied onto it): "
                   "re-snapshotting the table so changes made in between are not lost")
 ROWIDS_MOVED_REASON = ("the SQLite file's schema changed without syncd (the application's DDL, or a VACUUM, "
@@ -237,6 +248,15 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
         (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
     ):
         state.triggers[name] = (tbl, sql)
+    # SQLite fires a table's triggers newest first (by their place in sqlite_master).
+    for tbl, app in conn.execute(
+        "SELECT s.tbl_name, max(a.name) FROM main.sqlite_master s JOIN main.sqlite_master a "
+        "ON a.type = 'trigger' AND a.tbl_name = s.tbl_name COLLATE NOCASE AND a.rowid > s.rowid "
+        "AND substr(a.name, 1, ?1) <> ?2 AND a.sql LIKE '%raise%(%ignore%' "
+        "WHERE s.type = 'trigger' AND substr(s.name, 1, ?1) = ?2 GROUP BY s.tbl_name",
+        (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
+    ):
+        state.outrun[tbl] = app
     if _table_exists(conn, CHANGELOG):
         cols = [r[1] for r in conn.execute(f"PRAGMA main.table_info({quote_ident(CHANGELOG)})")]
         state.key_slots = sum(1 for c in cols if c.startswith("k") and c[1:].isdigit())
@@ -429,17 +449,20 @@ def note_rebuilt(conn: sqlite3.Connection, busy_timeout_ms: int) -> bool:
     return write_transaction(conn, note, busy_timeout_ms=busy_timeout_ms)
 
 
-def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, gap: bool,
-              expected_version: int) -> int | None:
+def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, gap: bool | str,
+              expected_version: int, anew: bool = False) -> int | None:
     """Register `spec`'s table and (re)create its triggers, in one short write
     transaction, if the schema is still at `expected_version` (the one `spec` was read
     at, plus syncd's own arming since): triggers built from a stale column list would
     name a column the application has just renamed, and fail its writes. Returns the
     schema version after arming, or None when the schema moved (nothing was changed).
 
-    With `gap`, capture had a hole (triggers were missing): the registry remembers
+    With `gap`, capture had a hole (triggers were missing; a text says why else): the registry remembers
     it, durably and in the same transaction, until Postgres has scheduled a
-    re-snapshot (`clear_rearmed`), so a crash in between cannot lose the fact."""
+    re-snapshot (`clear_rearmed`), so a crash in between cannot lose the fact.
+
+    With `anew`, every trigger is dropped and created again, even one as it should be:
+    the newest triggers fire first, so syncd's then run before any of the application's."""
 
     def arm(c: sqlite3.Connection) -> int | None:
         if _schema_version(c) != expected_version:
@@ -459,7 +482,7 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
                 c.execute(f"UPDATE main.{reg} SET key_columns = ? WHERE tid = ?", (key_json, tid))
         if gap:
             c.execute(f"UPDATE main.{reg} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), "
-                      "reload_reason = NULL WHERE tid = ?", (tid,))
+                      "reload_reason = ? WHERE tid = ?", (gap if isinstance(gap, str) else None, tid))
         cols = [r[1] for r in c.execute(f"PRAGMA main.table_info({quote_ident(CHANGELOG)})")]
         have = sum(1 for n in cols if n.startswith("k") and n[1:].isdigit())
         for i in range(have, len(spec.key)):
@@ -474,10 +497,10 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
         }
         wanted = {trigger_names(tid)[k]: sql for k, sql in trigger_sql(tid, spec).items()}
         for name, sql in existing.items():
-            if wanted.get(name) != sql:
+            if anew or wanted.get(name) != sql:
                 c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
         for name, sql in wanted.items():
-            if existing.get(name) != sql:
+            if anew or existing.get(name) != sql:
                 c.execute(sql)
         return _schema_version(c)
 

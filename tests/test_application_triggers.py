@@ -1,0 +1,62 @@
+"""The application's own triggers cannot keep a change from being captured. SQLite fires
+a table's triggers newest first, and RAISE(IGNORE) in one ends the row's remaining
+trigger programs while the change itself stays: an application trigger created after
+syncd's would silence them. syncd makes its triggers anew so they fire first, and
+loads the table again, since changes ended until then may not have been recorded."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.sync import table_states, wait_caught_up
+
+AUDIT = """
+CREATE TABLE audit (at INTEGER PRIMARY KEY, what TEXT);
+CREATE TRIGGER audit_ins AFTER INSERT ON items BEGIN
+    SELECT RAISE(IGNORE) WHERE NEW.v NOT LIKE 'audited%';
+    INSERT INTO audit (what) VALUES ('insert ' || NEW.id);
+END;
+CREATE TRIGGER audit_upd AFTER UPDATE ON items BEGIN SELECT RAISE(IGNORE); END;
+CREATE TRIGGER audit_del AFTER DELETE ON items BEGIN SELECT RAISE(IGNORE); END;
+"""
+
+
+def trigger_order(conn: sqlite3.Connection) -> list[str]:
+    """The triggers on items, as SQLite fires them (newest place in sqlite_master first)."""
+    return [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' "
+                                       "AND tbl_name = 'items' ORDER BY rowid DESC")]
+
+
+async def test_an_application_trigger_ending_with_raise_ignore_cannot_silence_capture(
+        app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        PRAGMA journal_mode=wal;
+        CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO items VALUES (1, 'one'), (2, 'two');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.executescript(AUDIT)
+        # At once, before syncd can have looked: these are ended before syncd's triggers run.
+        conn.execute("UPDATE items SET v = 'changed' WHERE id = 1")
+        conn.execute("INSERT INTO items VALUES (3, 'three')")
+        conn.execute("DELETE FROM items WHERE id = 2")
+        d.wait_log('the application\'s trigger "audit_', timeout=30)
+        wait_for(lambda: trigger_order(conn)[0].startswith("_syncd"), 30, "syncd's triggers firing first", d)
+        # From now on, captured as they happen.
+        conn.execute("INSERT INTO items VALUES (4, 'four'), (5, 'audited five')")
+        conn.execute("UPDATE items SET v = 'again' WHERE id = 3")
+        conn.execute("DELETE FROM items WHERE id = 4")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert (await table_states(pg_dsn, "app"))["items"][0] == "streaming"
+        assert await compare_table(str(app_db), pg_dsn, "app", "items") == []
+        assert conn.execute("SELECT what FROM audit").fetchall() == [("insert 5",)]  # the application's own work
+        assert d.stop() == 0
+        log = d.log()
+    assert "re-snapshotting the table" in log
+    # Steady: one re-creation, not one per look.
+    assert log.count('the application\'s trigger "audit_') == 1, log
