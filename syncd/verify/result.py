@@ -62,6 +62,7 @@ class TableVerifyResult:
     repaired: int = 0
     replayed: list[Difference] = field(default_factory=list)  # what the repair replayed (this result checks after it)
     reason: str | None = None  # why the table was not compared, or why rows are pending
+    in_flight: str | None = None  # why unequal totals can go with "equal" (rows the stream had yet to apply)
     error: str | None = None  # the check itself failed
     differences: list[Difference] = field(default_factory=list)
     started_at: float = 0.0
@@ -114,14 +115,15 @@ class TableVerifyResult:
             return ""
         s = "?" if self.rows_sqlite is None else f"{self.rows_sqlite}"
         p = "?" if self.rows_postgres is None else f"{self.rows_postgres}"
-        return f" ({s} rows in SQLite, {p} in Postgres; {self.seconds:.1f} s)"
+        flight = f"; {self.in_flight}" if self.in_flight and self.rows_sqlite != self.rows_postgres else ""
+        return f" ({s} rows in SQLite, {p} in Postgres{flight}; {self.seconds:.1f} s)"
 
     def as_json(self) -> dict:
         return {
             "source": self.source, "table": self.table, "state": self.state, "compared": self.compared,
             "equal": self.equal, "rows_sqlite": self.rows_sqlite, "rows_postgres": self.rows_postgres,
             "missing": self.missing, "extra": self.extra, "different": self.different, "pending": self.pending,
-            "repaired": self.repaired, "reason": self.reason, "error": self.error,
+            "repaired": self.repaired, "reason": self.reason, "in_flight": self.in_flight, "error": self.error,
             "seconds": round(self.seconds, 3),
             "differences": [d.as_json() for d in self.differences],
             "differences_listed": len(self.differences),

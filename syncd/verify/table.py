@@ -452,6 +452,9 @@ class TableCheck:
             return
         result.rows_sqlite, result.rows_postgres = t.sqlite_rows, t.postgres_rows
         gap = t.sqlite_settled - t.postgres_settled
+        if gap == 0 and t.sqlite_rows != t.postgres_rows:
+            result.in_flight = (f"the totals differ by rows in flight: the {t.sqlite_settled} not changed since "
+                                f"checkpoint {t.seq} count alike on both sides")
         if gap == 0 or result.mismatched:
             return
         if gap > 0:
