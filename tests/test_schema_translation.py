@@ -172,6 +172,7 @@ CONDITIONS = [
     "flag", "NOT flag", "flag = 1", "flag IS 0", "qty IS NOT 5", "typeof(qty) = 'integer'",
     "CASE WHEN qty > 10 THEN 'big' ELSE 'small' END = 'big'", "name || 'x' = 'abcx'", "abs(qty) = 3",
     "nullif(qty, 5) IS NULL", "qty & 1 = 1", "name COLLATE BINARY < 'b'", "ifnull(name, 'none') = 'none'",
+    "CASE WHEN qty THEN NULL ELSE NULL END IN (qty, qty)",  # NULL in every branch: no type of its own
 ]
 
 

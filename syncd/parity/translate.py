@@ -424,7 +424,10 @@ class Translator:
             kinds.append(r)
             parts.append(f"ELSE {r.sql}")
         parts.append("END")
-        return Typed("(" + " ".join(parts) + ")", _common_kind(kinds, "CASE"))
+        kind = _common_kind(kinds, "CASE")
+        if kind == NULL:  # NULL whatever the branch; Postgres would type the CASE text, not unknown
+            return Typed("NULL", NULL)
+        return Typed("(" + " ".join(parts) + ")", kind)
 
     def _cast(self, n: ex.Cast) -> Typed:
         inner = self.expr(n.operand)
