@@ -102,6 +102,11 @@ async def test_cutover_switches_and_the_application_moves(tmp_path, make_config,
             await pg.close()
         again = run_cli(cfg, "cutover")
         assert again.returncode == 0 and "already cut over" in again.stdout
+        # Rebuilding a table from the frozen file would undo the application's writes
+        # (at once, or after a rollback): refused, and nothing recorded.
+        resync = run_cli(cfg, "resync", "--source", "app", "--table", "deals")
+        assert resync.returncode == 1 and "is cut over" in resync.stderr + resync.stdout, resync
+        assert await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.tables WHERE request IS NOT NULL") == [(0,)]
         wait_for(lambda: '"direction": "to_sqlite"' in run_cli(cfg, "status", "--json").stdout, 30,
                  "the daemon sees the cutover", d)
         d.wait_log("the source now flows Postgres -> SQLite")  # the way back takes over

@@ -11,6 +11,7 @@ import asyncio
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
+from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
 
@@ -41,11 +42,19 @@ async def _request(settings: Settings, source: SourceSettings, tables: list[str]
         bk = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
         if not await bookkeeping_exists(conn, bk.schema):
             return common.fail(f"source {source.name!r} has not been initialized (run `syncd init`)", 1)
+        if await conn.fetchval(f"SELECT direction FROM {bk.s}.sources WHERE source = $1", source.name) == TO_SQLITE:
+            return common.fail(
+                f"source {source.name!r} is cut over: Postgres is the source of truth, and a resync would rebuild "
+                "its tables from the frozen SQLite file, losing what the application wrote since (and the indexes "
+                "and constraints it built). `syncd verify --repair` mends SQLite from Postgres instead", 1)
         rc = 0
         for table in tables:
+            # Not acted on after a cutover (the forward stream stops), so never recorded then:
+            # it would fire after a rollback.
             status = await conn.execute(
-                f"UPDATE {bk.s}.tables SET request = 'resync' WHERE source = $1 AND table_name = $2",
-                source.name, table,
+                f"UPDATE {bk.s}.tables SET request = 'resync' WHERE source = $1 AND table_name = $2 "
+                f"AND (SELECT direction FROM {bk.s}.sources WHERE source = $1) = $3",
+                source.name, table, TO_POSTGRES,
             )
             if status == "UPDATE 1":
                 common.say(f"{source.name}: resync of {table!r} requested; the running daemon rebuilds it "
