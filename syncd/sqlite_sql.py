@@ -322,6 +322,11 @@ class Affinity(str, Enum):
     REAL = "REAL"
     NUMERIC = "NUMERIC"
 
+    def __str__(self) -> str:  # its name in messages, as SQLite's documentation spells it
+        return self.value
+
+    __format__ = str.__format__
+
 
 def affinity(declared: str) -> Affinity:
     """A column's affinity from its declared type (https://sqlite.org/datatype3.html 3.1)."""

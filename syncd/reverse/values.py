@@ -41,6 +41,7 @@ from decimal import Decimal
 from typing import Any
 
 from syncd.parity import dates
+from syncd.sqlite_sql import affinity  # noqa: F401 - the column affinity, as this module names it too
 from syncd.types import PgType, ValueMismatch, canonical, converter
 
 INTEGER, TEXT, BLOB, REAL, NUMERIC = "INTEGER", "TEXT", "BLOB", "REAL", "NUMERIC"
@@ -89,20 +90,6 @@ class ColumnShape:
     family: PgType
     affinity: str
     fmt: str | None = None
-
-
-def affinity(declared: str) -> str:
-    """SQLite's type affinity for a declared type (https://sqlite.org/datatype3.html 3.1)."""
-    t = declared.upper()
-    if "INT" in t:
-        return INTEGER
-    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
-        return TEXT
-    if "BLOB" in t or not t.strip():
-        return BLOB
-    if "REAL" in t or "FLOA" in t or "DOUB" in t:
-        return REAL
-    return NUMERIC
 
 
 def family(type_name: str) -> PgType | None:

@@ -18,23 +18,10 @@ from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite import windows
 from syncd.sqlite.audit import format_key
+from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import PgType, ValueMismatch, converter_of
 
 _DATES = (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE)
-
-
-def affinity(declared: str) -> str:
-    """SQLite's column affinity rules (https://sqlite.org/datatype3.html 3.1)."""
-    t = declared.upper()
-    if "INT" in t:
-        return "integer"
-    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
-        return "text"
-    if "BLOB" in t or not t.strip():
-        return "blob"
-    if "REAL" in t or "FLOA" in t or "DOUB" in t:
-        return "real"
-    return "numeric"
 
 
 def lossy_key_columns(spec: TableSpec) -> list[str]:
@@ -44,7 +31,7 @@ def lossy_key_columns(spec: TableSpec) -> list[str]:
         col = spec.column(k)
         if col.sqlite_expr is not None:
             continue  # the rowid: always an integer
-        if col.pgtype is PgType.TEXT and affinity(col.declared) != "text":
+        if col.pgtype is PgType.TEXT and affinity(col.declared) is not Affinity.TEXT:
             out.append(k)  # numbers stay numbers in such a column; as text they meet their spelling
         elif col.pgtype in _DATES or col.pgtype is PgType.JSONB:
             out.append(k)

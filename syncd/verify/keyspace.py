@@ -23,6 +23,7 @@ import asyncpg
 
 from syncd.identifiers import quote_ident, quote_pg_ident
 from syncd.model import TableSpec
+from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import PgType, converter
 
 # Key types whose SQLite order (for the storage classes the converter accepts) is
@@ -30,26 +31,12 @@ from syncd.types import PgType, converter
 _ORDERED = {PgType.BIGINT, PgType.DOUBLE, PgType.NUMERIC, PgType.TEXT, PgType.BYTEA, PgType.BOOLEAN}
 
 
-def sqlite_affinity(declared: str) -> str:
-    """SQLite's column affinity rules (https://sqlite.org/datatype3.html 3.1)."""
-    t = declared.upper()
-    if "INT" in t:
-        return "integer"
-    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
-        return "text"
-    if "BLOB" in t or not t.strip():
-        return "blob"
-    if "REAL" in t or "FLOA" in t or "DOUB" in t:
-        return "real"
-    return "numeric"
-
-
 def orderable(spec: TableSpec) -> bool:
     for k in spec.key:
         col = spec.column(k)
         if col.pgtype not in _ORDERED:
             return False
-        if col.pgtype is PgType.TEXT and sqlite_affinity(col.declared) != "text":
+        if col.pgtype is PgType.TEXT and affinity(col.declared) is not Affinity.TEXT:
             return False  # a number kept as a number sorts before all text in SQLite
     return True
 
