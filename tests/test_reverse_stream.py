@@ -70,6 +70,8 @@ async def test_writes_in_postgres_reach_sqlite_in_its_own_shape(tmp_path, make_c
                              "('from pg', 3.25, 9, 19.90, '2026-03-01 10:00:00', true, '\\x00ff', '{\"a\": 1}')")
             await pg.execute("UPDATE app.deals SET title = 'renamed', price = 20.00 WHERE id = 1")
             await pg.execute("UPDATE app.deals SET qty = qty + 1 WHERE id = 3")  # created stays 1767225600
+            # -0.0, which a REAL column of SQLite stores as 0.0: the same number, verified equal
+            await pg.execute("UPDATE app.deals SET amount = -1 * 0.0::float8 WHERE id = 3")
             await pg.execute("UPDATE app.deals SET id = 105 WHERE id = 5")  # a key update
             await pg.execute("DELETE FROM app.deals WHERE id = 2")
             await pg.execute(f"INSERT INTO app.{Q} VALUES ('new;--', 'x') ")

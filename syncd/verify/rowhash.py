@@ -27,7 +27,8 @@ except ImportError:  # pragma: no cover - interpreters built without it
     _md5 = hashlib.md5
 
 from syncd.identifiers import quote_pg_ident
-from syncd.model import TableSpec
+from syncd.model import Column, TableSpec
+from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import SEP, PgType, ValueMismatch, canonical, converter, converter_of, pg_canonical_expr
 
 MOD = 1 << 64
@@ -253,8 +254,17 @@ class SqliteRowHash:
 # --- the Postgres side ------------------------------------------------------------------
 
 
+def _pg_token(c: Column) -> str:
+    col = quote_pg_ident(c.name)
+    if c.pgtype is PgType.DOUBLE and c.sqlite_expr is None and affinity(c.declared) is Affinity.REAL:
+        # A REAL column of SQLite stores -0.0 as 0.0: Postgres's -0.0 (written there after
+        # a cutover, say) is the value SQLite holds. Columns without a type keep -0.0.
+        col = f"({col} + 0::float8)"
+    return pg_canonical_expr(c.pgtype, col)
+
+
 def pg_token_exprs(spec: TableSpec) -> list[str]:
-    return [pg_canonical_expr(c.pgtype, quote_pg_ident(c.name)) for c in spec.columns]
+    return [_pg_token(c) for c in spec.columns]
 
 
 CONCAT_MAX_COLUMNS = 100  # beyond this, a chain of || nests too deep for comfort: ARRAY[] instead
@@ -269,7 +279,7 @@ def pg_row_sql(spec: TableSpec) -> str:
 
 
 def pg_key_token_exprs(spec: TableSpec) -> list[str]:
-    return [pg_canonical_expr(spec.column(k).pgtype, quote_pg_ident(k)) for k in spec.key]
+    return [_pg_token(spec.column(k)) for k in spec.key]
 
 
 def pg_row_hash_sql(spec: TableSpec, utf8_database: bool = False) -> str:
