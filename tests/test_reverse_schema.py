@@ -42,8 +42,10 @@ async def test_columns_and_tables_added_in_postgres_are_followed(tmp_path, make_
         pg = await asyncpg.connect(pg_dsn)
         try:
             await pg.execute("ALTER TABLE app.contacts ADD COLUMN score numeric DEFAULT 1.5, "
-                             "ADD COLUMN vip boolean NOT NULL DEFAULT false, ADD COLUMN seen timestamp")
-            await pg.execute("UPDATE app.contacts SET vip = true, seen = '2026-12-24 18:00:00' WHERE id = 2")
+                             "ADD COLUMN vip boolean NOT NULL DEFAULT false, ADD COLUMN seen timestamp, "
+                             "ADD COLUMN stamped timestamp(0)")  # a precision: still a timestamp
+            await pg.execute("UPDATE app.contacts SET vip = true, seen = '2026-12-24 18:00:00', "
+                             "stamped = '2026-12-24 18:00:00.4' WHERE id = 2")
             await pg.execute('CREATE TABLE app."new; table" (id bigint PRIMARY KEY, label varchar(20), '
                              "amount numeric(10, 2), data jsonb)")
             await pg.execute('INSERT INTO app."new; table" VALUES (1, \'one\', 10.50, \'{"k": [1]}\'), '
@@ -51,14 +53,15 @@ async def test_columns_and_tables_added_in_postgres_are_followed(tmp_path, make_
         finally:
             await pg.close()
         async def followed() -> bool:  # a schema change alone leaves no change for wait_back to see
-            return len(typeof(db, "PRAGMA table_info(contacts)")) == 5
+            return len(typeof(db, "PRAGMA table_info(contacts)")) == 6
 
         await eventually(followed, 60, "the columns added in SQLite too", d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
         cols = [r[1:3] for r in typeof(db, "PRAGMA table_info(contacts)")]
-        assert cols == [("id", "INTEGER"), ("email", "TEXT"), ("score", "NUMERIC"), ("vip", "BOOLEAN"), ("seen", "")]
-        assert typeof(db, "SELECT score, typeof(score), vip, seen FROM contacts WHERE id = 2") == \
-            [(1.5, "real", 1, "2026-12-24 18:00:00")]
+        assert cols == [("id", "INTEGER"), ("email", "TEXT"), ("score", "NUMERIC"), ("vip", "BOOLEAN"), ("seen", ""),
+                        ("stamped", "")]
+        assert typeof(db, "SELECT score, typeof(score), vip, seen, stamped FROM contacts WHERE id = 2") == \
+            [(1.5, "real", 1, "2026-12-24 18:00:00", "2026-12-24 18:00:00")]
         assert typeof(db, "SELECT count(*) FROM contacts WHERE score = 1.5 AND vip = 0") == [(9,)]
         assert typeof(db, 'SELECT id, label, amount, data FROM "new; table" ORDER BY id') == \
             [(1, "one", 10.5, '{"k": [1]}'), (2, "two", 3, None)]

@@ -217,7 +217,19 @@ class PgTable:
 def kept_types(tables: dict[str, PgTable]) -> dict[str, dict[str, PgType]]:
     """table -> column -> the type Postgres has for it, where syncd knows the type: what
     introspection keeps (`sticky_types`), so a type inferred from values does not flip."""
-    return {n: {c.name: c.pgtype for c in t.columns if c.pgtype is not None} for n, t in tables.items()}
+    out: dict[str, dict[str, PgType]] = {}
+    for n, t in tables.items():
+        out[n] = {}
+        for c in t.columns:
+            # timestamp(p), as an application may add it after the cutover, is a timestamp;
+            # a reload or the stream after a rollback widens it (widens_in_place).
+            pgtype = c.pgtype or _FROM_FORMAT_TYPE.get(_TYPMOD.sub("", c.type_name))
+            if pgtype is not None:
+                out[n][c.name] = pgtype
+    return out
+
+
+_TYPMOD = re.compile(r"(?<=^timestamp)\(\d\)(?= with(out)? time zone$)")
 
 
 async def read_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTable]:
