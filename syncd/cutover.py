@@ -38,6 +38,7 @@ from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import Bookkeeping, ensure_bookkeeping, lock_key
 from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
+from syncd.printable import listed
 from syncd.sqlite import freeze
 from syncd.sqlite.connection import SqliteWorker
 from syncd.sqlite.introspect import introspect
@@ -394,6 +395,10 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         pending = await worker.run(_pending, (await b.load_source(conn)).applied_seq)
         rows = await worker.run(_row_count, list(specs))
         res.plan.append(f"{len(specs)} table(s), {rows} row(s) to verify, {pending} change(s) to drain")
+        left = await worker.run(freeze.left_writable, source.wants_table)
+        if left:
+            res.plan.append(f"left writable in SQLite, not frozen: {listed([repr(t) for t in left])} (not replicated "
+                            "by this source's tables/exclude, so not in Postgres)")
         if dry_run:
             # The run itself says where each identity continues, from the high marks after the drain.
             res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} would continue after {top} "
@@ -447,7 +452,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     frozen_at = time.monotonic()
     committing = False  # the switch's transaction is being committed: its outcome is Postgres's to tell
     try:  # from the freeze on (it may be waiting for the file), anything stopping the switch undoes it
-        await worker.run(freeze.freeze, message, busy)
+        await worker.run(freeze.freeze, message, busy, source.wants_table)
         await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
         await _hold("frozen")
         target = await worker.run(lambda c: c.execute("SELECT coalesce(max(seq), 0) FROM main._syncd_changelog")

@@ -311,3 +311,27 @@ async def test_a_running_daemon_keeps_what_the_cutover_typed_and_carried(tmp_pat
         assert "table_retyped" not in d.log() and "parity_dropped" not in d.log()
         with pytest.raises(asyncpg.UniqueViolationError):
             await pg_rows(pg_dsn, "INSERT INTO app.tags VALUES ('SALES', 3)")
+
+
+async def test_a_table_the_source_leaves_out_stays_writable_and_is_named(tmp_path, make_config, pg_dsn):
+    """`exclude` keeps a table out of Postgres: after the cutover the application still
+    has only SQLite for it, so the freeze leaves it alone, and the cutover says so."""
+    db = tmp_path / "app.db"
+    conn = make_app(db)
+    conn.execute("CREATE TABLE local_cache (k TEXT PRIMARY KEY, v TEXT)")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    sqlite3.connect(db).backup(sqlite3.connect(backups / "app-latest.db"))
+    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["local_cache"]}], sections={
+        "cutover": {"min_days": 0, "backup_glob": str(backups / "*.db")}, "verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert "left writable in SQLite, not frozen: 'local_cache'" in dry.stdout, dry.stdout
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "left writable in SQLite, not frozen: 'local_cache'" in r.stdout
+        assert not writable(db)
+        conn.execute("INSERT INTO local_cache VALUES ('k', 'written after the cutover')")
+        assert d.stop() == 0

@@ -13,6 +13,10 @@ from syncd.sqlite import capture, freeze
 MESSAGE = "moved to PostgreSQL by syncd at 2026-12-01 10:00 UTC; write to Postgres"
 
 
+def every_table(_table: str) -> bool:
+    return True
+
+
 def make(db) -> sqlite3.Connection:
     conn = sqlite3.connect(db, isolation_level=None)
     conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');"
@@ -25,7 +29,7 @@ def make(db) -> sqlite3.Connection:
 def test_frozen_file_refuses_the_application_and_lets_syncd_write(tmp_path, trusted_schema):
     db = tmp_path / "app.db"
     syncd = make(db)
-    assert freeze.freeze(syncd, MESSAGE, 100) == 2  # t and log; the FTS table cannot carry triggers
+    assert freeze.freeze(syncd, MESSAGE, 100, every_table) == 2  # t and log; the FTS table cannot carry triggers
     assert freeze.frozen(syncd) == MESSAGE
     app = sqlite3.connect(db, isolation_level=None)
     app.execute(f"PRAGMA trusted_schema = {trusted_schema}")
@@ -51,7 +55,7 @@ def test_frozen_file_refuses_the_application_and_lets_syncd_write(tmp_path, trus
 def test_freeze_survives_the_applications_renames(tmp_path, legacy):
     db = tmp_path / "app.db"
     syncd = make(db)
-    freeze.freeze(syncd, MESSAGE, 100)
+    freeze.freeze(syncd, MESSAGE, 100, every_table)
     app = sqlite3.connect(db, isolation_level=None)
     app.execute(f"PRAGMA legacy_alter_table = {legacy}")
     app.execute("ALTER TABLE t RENAME TO t2")  # DDL is not a write the triggers see
@@ -63,3 +67,16 @@ def test_freeze_survives_the_applications_renames(tmp_path, legacy):
     syncd.execute("COMMIT")
     freeze.unfreeze(syncd, 100)
     app.execute("INSERT INTO t2 VALUES (7, 'g')")
+
+
+def test_tables_the_source_does_not_replicate_stay_writable(tmp_path):
+    """A table left out by `tables`/`exclude` is not in Postgres: the application has
+    nowhere else to write it, so the freeze leaves it alone."""
+    db = tmp_path / "app.db"
+    syncd = make(db)
+    assert freeze.left_writable(syncd, lambda t: t != "log") == ["log"]
+    assert freeze.freeze(syncd, MESSAGE, 100, lambda t: t != "log") == 1
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("INSERT INTO log VALUES ('written after the freeze')")
+    with pytest.raises(sqlite3.IntegrityError, match="moved to PostgreSQL by syncd"):
+        app.execute("INSERT INTO t VALUES (2, 'b')")

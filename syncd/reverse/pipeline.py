@@ -420,7 +420,7 @@ class ReversePipeline:
         message = await s.worker.run(freeze.frozen)
         if message is None:
             message = FROZEN_MESSAGE.format(schema=self.source.schema)
-            await s.worker.run(freeze.freeze, message, busy)
+            await s.worker.run(freeze.freeze, message, busy, self.source.wants_table)
             s.warning("the SQLite file was not frozen although the application writes Postgres: frozen again "
                       "(writes made to it meanwhile are overwritten by Postgres's rows)", event="refrozen")
 
@@ -443,7 +443,8 @@ class ReversePipeline:
                 self.events.append((name, "table_created", "created in SQLite"))
                 ddl_done = True
         if ddl_done:
-            await s.worker.run(freeze.freeze, message, busy)  # the new tables refuse the application too
+            # the new tables refuse the application too
+            await s.worker.run(freeze.freeze, message, busy, self.source.wants_table)
             schema, pg_tables, rows, decisions = await self._judge_all()
         if copy_all:
             await s.worker.run(run_on(self.sink, "mark"), {n: "copied again: capture started late"

@@ -18,7 +18,7 @@ and are listed where syncd reports the freeze.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from syncd.identifiers import quote_ident, quote_literal
@@ -35,12 +35,19 @@ def _user_tables(conn: sqlite3.Connection) -> list[str]:
                   if r[0] == "main" and r[2] == "table" and not r[1].startswith(("sqlite_", "_syncd_")))
 
 
-def freeze_triggers(conn: sqlite3.Connection, message: str) -> list[str]:
-    """The CREATE TRIGGER statements that freeze every user table of the file."""
+def left_writable(conn: sqlite3.Connection, wanted: Callable[[str], bool]) -> list[str]:
+    """The file's tables a freeze leaves alone: those the source does not replicate
+    (`[[sources]] tables`/`exclude`). They are not in Postgres, so the application has
+    nowhere else to write them."""
+    return [t for t in _user_tables(conn) if not wanted(t)]
+
+
+def freeze_triggers(conn: sqlite3.Connection, message: str, wanted: Callable[[str], bool]) -> list[str]:
+    """The CREATE TRIGGER statements that freeze every replicated table of the file."""
     out = []
     msg = quote_literal(message)
     guard = f"WHEN NOT EXISTS (SELECT 1 FROM {quote_ident(META)} WHERE key = {quote_literal(WRITING_KEY)})"
-    for i, table in enumerate(_user_tables(conn)):
+    for i, table in enumerate(t for t in _user_tables(conn) if wanted(t)):
         for op in ("INSERT", "UPDATE", "DELETE"):
             name = quote_ident(f"{FREEZE_PREFIX}{i}_{op.lower()}")
             out.append(f"CREATE TRIGGER {name} BEFORE {op} ON {quote_ident(table)} {guard} "
@@ -48,13 +55,14 @@ def freeze_triggers(conn: sqlite3.Connection, message: str) -> list[str]:
     return out
 
 
-def freeze(conn: sqlite3.Connection, message: str, busy_timeout_ms: int) -> int:
-    """Freeze the file in one short write transaction; returns the tables frozen. Safe to
-    repeat: an earlier freeze's triggers are replaced (a table added since included)."""
+def freeze(conn: sqlite3.Connection, message: str, busy_timeout_ms: int, wanted: Callable[[str], bool]) -> int:
+    """Freeze the file's tables the source replicates (`wanted`) in one short write
+    transaction; returns the tables frozen. Safe to repeat: an earlier freeze's triggers
+    are replaced (a table added since included)."""
 
     def apply(c: sqlite3.Connection) -> int:
         _drop(c)
-        statements = freeze_triggers(c, message)
+        statements = freeze_triggers(c, message, wanted)
         for sql in statements:
             c.execute(sql)
         c.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES (?, ?)", (FROZEN_KEY, message))
