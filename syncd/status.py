@@ -20,7 +20,7 @@ from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe
-from syncd.sqlite import capture, disk_guard, leftout, reader
+from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
 from syncd.sqlite.introspect import is_internal, list_tables
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -104,7 +104,8 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
             for name, key in conn.execute(f"SELECT name, key_columns FROM main.{quote_ident(capture.REGISTRY)}"):
                 capture.registry_key(conn, name, key)
         out = {"installed": meta.get("capture_id") is not None, "max_seq": 0, "pending": 0, "bytes": 0,
-               "not_migrated": [], "suspended": meta.get(disk_guard.SUSPENDED_KEY)}
+               "not_migrated": [], "suspended": meta.get(disk_guard.SUSPENDED_KEY),
+               "frozen": meta.get(freeze.FROZEN_KEY) is not None}
         if any((sql or "").upper().startswith("CREATE VIRTUAL TABLE") for sql in tables.values()):
             out["not_migrated"] = _holding_data(conn, source)
         if capture.CHANGELOG in tables:
@@ -276,6 +277,10 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         elif lite["installed"]:
             st.pending_changes = lite["pending"]
         st.changelog_bytes = lite["bytes"]
+        if pg.error is not None and lite["frozen"]:
+            # Postgres cannot say, the file can: frozen for the application, so cut over (or
+            # being cut over). Its changelog is the forward one: what waits is in Postgres.
+            st.direction, st.pending_changes = TO_SQLITE, None
 
     if st.direction == TO_SQLITE and st.postgres_reachable:
         await _way_back(settings, source, st)

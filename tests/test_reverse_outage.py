@@ -5,6 +5,7 @@ brings SQLite up to date by itself once Postgres answers again."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.request
 from urllib.parse import urlsplit
@@ -12,7 +13,7 @@ from urllib.parse import urlsplit
 from tests.conftest import FAST_FAILOVER, write_config
 from tests.support.app import create_items
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
 from tests.support.proxy import FaultProxy
 from tests.support.way_back import PgWriter, backup_and_config, cut_over, wait_back
@@ -54,6 +55,10 @@ async def test_the_way_back_rides_out_a_postgres_outage(tmp_path, make_config, p
             assert metric(port, LAG) > first  # SQLite may be that far behind, and it is said
             assert writer.result()["transactions"] > 100
             assert d.alive()
+            # status, with Postgres unreachable, still knows from the frozen file which way
+            # the source flows, and does not count the forward changelog as pending
+            doc = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
+            assert doc["direction"] == "to_sqlite" and doc["pending_changes"] is None, doc
             proxy.heal()
             await wait_back(cfg, db, pg_dsn, daemon=d)
             for _ in range(8):  # and connections reset in the middle of batches

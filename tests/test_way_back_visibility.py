@@ -132,6 +132,7 @@ async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_p
         assert r.returncode == 1 and "the rollback window is over" in r.stdout
         status = run_cli(cfg, "status")
         assert "a rollback is no longer possible" in status.stdout
+        assert status.stdout.splitlines()[1].split()[:4] == ["app", "cut", "over", "none"], status.stdout  # FLOW
         assert "Rollback no longer possible" in run_cli(cfg, "report").stdout
 
 

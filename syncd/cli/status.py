@@ -129,7 +129,7 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
         tables = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-"
         lag = "-" if st.lag_seconds is None else f"{st.lag_seconds:.1f}s"
         pending = "-" if st.pending_changes is None else str(st.pending_changes)
-        flow = "to sqlite" if st.direction == TO_SQLITE else "to postgres"
+        flow = ("none" if st.way_back_ended else "to sqlite") if st.direction == TO_SQLITE else "to postgres"
         applied = _ago(st.last_applied_at) if st.last_applied_at or st.postgres_reachable else "unknown"
         rows.append((st.name, st.state.replace("_", " "), flow, lag, pending, applied, tables,
                      _consistency(st)))
