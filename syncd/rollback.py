@@ -320,6 +320,27 @@ async def stricter_in_postgres(conn: asyncpg.Connection, schema: str, specs: dic
     return out
 
 
+async def not_computed_in_postgres(conn: asyncpg.Connection, schema: str, specs: dict) -> list[str]:
+    """Generated columns of SQLite that Postgres holds as plain columns (the expression
+    is not carried at the cutover): rows the application wrote in Postgres since hold
+    what it wrote there, and the rollback's verification refuses any that differ from
+    what SQLite computes."""
+    rows = await conn.fetch(
+        "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') "
+        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY 1, 2", schema)
+    out = []
+    for table, column in rows:
+        spec = specs.get(table)
+        if spec is None or column not in spec.column_names or not spec.column(column).generated:
+            continue
+        out.append(f'warning: "{table}"."{column}" is computed by SQLite (GENERATED) and not by Postgres: a row the '
+                   "application wrote in Postgres holds the value it wrote there (NULL if none), and the rollback's "
+                   "verification refuses the switch where that differs from SQLite's; set it in Postgres to what "
+                   "SQLite computes first (or make it GENERATED ALWAYS AS (...) STORED there)")
+    return out
+
+
 def probe_write(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
     """Whether syncd can write the file now: one short write transaction that changes
     nothing of the application's (syncd's own meta row rewritten as it is), tried
@@ -408,7 +429,9 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
             res.problems = problems
             return res
         tables = [n for n, r in (await b.load_tables(conn)).items() if r.state == bk.STREAMING]
-        stricter = await stricter_in_postgres(conn, source.schema, await asyncio.to_thread(read_specs, source))
+        specs = await asyncio.to_thread(read_specs, source)
+        stricter = await stricter_in_postgres(conn, source.schema, specs)
+        stricter += await not_computed_in_postgres(conn, source.schema, specs)
         rows = await worker.run(_row_count, tables)
         pending, _ = await reverse_position(worker, conn, Names(b.schema, source.name))
         res.plan.append(f"{len(tables)} table(s), {rows} row(s) to verify, {pending} change(s) to bring back")

@@ -93,4 +93,8 @@ async def test_on_the_way_back_sqlite_computes_its_generated_columns(tmp_path, m
             (2, 10.0, "N2"), (6, 9.0, "FROM POSTGRES")]
         assert (await table_states(pg_dsn, "app"))["computed"][0] == "streaming"
         assert "Traceback" not in d.log()
+        # Postgres holds 999 and NULL where SQLite computes 10.0 and 9.0: the rollback says so before
+        dry = run_cli(cfg, "rollback", "--dry-run")
+        for col in ("total", "label"):
+            assert f'warning: "computed"."{col}" is computed by SQLite (GENERATED) and not by Postgres' in dry.stdout
         assert d.stop() == 0
