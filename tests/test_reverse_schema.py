@@ -125,3 +125,21 @@ async def _streaming(dsn: str, table: str) -> bool:
 
 async def _email(db) -> bool:
     return typeof(db, "SELECT email FROM contacts WHERE id = 1") == [("changed while paused",)]
+
+
+async def test_a_type_changed_to_another_kind_of_value_says_how_to_compare_again(tmp_path, make_config, pg_dsn):
+    """email becomes a boolean in Postgres (every value rewritten, no row trigger fires):
+    verify cannot compare the table and says what would let it, instead of promising a
+    reconciliation that does not come."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.contacts ALTER COLUMN email TYPE boolean USING email IS NOT NULL")
+        v = run_cli(cfg, "verify")
+        assert v.returncode != 0 and 'app: "contacts" not comparable' in v.stdout, v.stdout
+        assert "email: boolean in Postgres, text expected" in v.stdout
+        assert "give it its old type again to compare the table (and to roll back)" in v.stdout
+        assert "within seconds" not in v.stdout.split('"contacts"')[1].splitlines()[0]
+        assert d.stop() == 0

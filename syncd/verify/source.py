@@ -222,6 +222,10 @@ def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str,
         what += [f"columns only in Postgres: {', '.join(diff.extra_in_pg)}"] if diff.extra_in_pg else []
         what += [f"{c}: {have} in Postgres, {want} expected" for c, have, want in diff.retyped]
         what += ["primary key differs"] if diff.key_changed else []
+        if s.direction == TO_SQLITE and diff.retyped and not (diff.missing_in_pg or diff.extra_in_pg):
+            return ("Postgres table does not match the SQLite schema (" + "; ".join(what) + "): a column's type "
+                    "was changed in Postgres after the cutover to another kind of value, which the way back does "
+                    "not follow; give it its old type again to compare the table (and to roll back)")
         return ("Postgres table does not match the SQLite schema (" + "; ".join(what) +
                 "); the daemon reconciles schema changes within seconds of seeing them")
     if tid is None or not state.triggers_match(tid, spec):
