@@ -276,16 +276,21 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
     return problems
 
 
+async def _columns(conn: asyncpg.Connection, schema: str, condition: str) -> list:
+    """(table, column) of the schema's tables whose pg_attribute row `a` meets `condition`."""
+    return await conn.fetch(
+        "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') "
+        f"AND a.attnum > 0 AND NOT a.attisdropped AND {condition} ORDER BY 1, 2", schema)
+
+
 async def stricter_in_postgres(conn: asyncpg.Connection, schema: str, specs: dict) -> list[str]:
     """NOT NULL columns of Postgres whose SQLite column takes NULL, and constraints and
     unique indexes syncd did not make (the application's, made in Postgres after the
     cutover): after the rollback, the first row SQLite stores that breaks one holds its
     table. Said before the switch, not refused: a rollback may be the way out of an
     emergency."""
-    rows = await conn.fetch(
-        "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') "
-        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull ORDER BY 1, 2", schema)
+    rows = await _columns(conn, schema, "a.attnotnull")
     out = []
     for table, column in rows:
         spec = specs.get(table)
@@ -325,10 +330,7 @@ async def not_computed_in_postgres(conn: asyncpg.Connection, schema: str, specs:
     is not carried at the cutover): rows the application wrote in Postgres since hold
     what it wrote there, and the rollback's verification refuses any that differ from
     what SQLite computes."""
-    rows = await conn.fetch(
-        "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') "
-        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY 1, 2", schema)
+    rows = await _columns(conn, schema, "a.attgenerated = ''")
     out = []
     for table, column in rows:
         spec = specs.get(table)
