@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import time
 import uuid
@@ -225,6 +226,13 @@ def registry_key(conn: sqlite3.Connection, name: str, key: str) -> tuple:
             f"{str(key)[:40]!r}, not a JSON list; run `syncd uninstall` and `syncd init`") from None
 
 
+_NAME = r'(?:"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`|[^\s.("\[`]+)'
+# A trigger that clearly fires before the change (BEFORE, or no timing: SQLite's default);
+# anything else, a header this does not read included, counts as firing after it.
+_BEFORE_TRIGGER = re.compile(rf"\s*CREATE\s+(?:TEMP(?:ORARY)?\s+)?TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+                             rf"(?:{_NAME}\s*\.\s*)?{_NAME}\s*(?:BEFORE|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+
+
 def read_state(conn: sqlite3.Connection) -> CaptureState:
     state = CaptureState()
     if not _table_exists(conn, META):
@@ -248,15 +256,17 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
         (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
     ):
         state.triggers[name] = (tbl, sql)
-    # SQLite fires a table's triggers newest first (by their place in sqlite_master).
-    for tbl, app in conn.execute(
-        "SELECT s.tbl_name, max(a.name) FROM main.sqlite_master s JOIN main.sqlite_master a "
+    # SQLite fires a table's triggers newest first (by their place in sqlite_master). Only
+    # an AFTER trigger matters: RAISE(IGNORE) in a BEFORE trigger skips the change itself.
+    for tbl, app, sql in conn.execute(
+        "SELECT DISTINCT s.tbl_name, a.name, a.sql FROM main.sqlite_master s JOIN main.sqlite_master a "
         "ON a.type = 'trigger' AND a.tbl_name = s.tbl_name COLLATE NOCASE AND a.rowid > s.rowid "
         "AND substr(a.name, 1, ?1) <> ?2 AND a.sql LIKE '%raise%(%ignore%' "
-        "WHERE s.type = 'trigger' AND substr(s.name, 1, ?1) = ?2 GROUP BY s.tbl_name",
+        "WHERE s.type = 'trigger' AND substr(s.name, 1, ?1) = ?2 ORDER BY a.name",
         (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
     ):
-        state.outrun[tbl] = app
+        if not _BEFORE_TRIGGER.match(sql or ""):
+            state.outrun.setdefault(tbl, app)
     if _table_exists(conn, CHANGELOG):
         cols = [r[1] for r in conn.execute(f"PRAGMA main.table_info({quote_ident(CHANGELOG)})")]
         state.key_slots = sum(1 for c in cols if c.startswith("k") and c[1:].isdigit())
