@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, wait_for
-from tests.support.sync import table_states, wait_caught_up
+from tests.support.sync import eventually, table_states, wait_caught_up
 
 AUDIT = """
 CREATE TABLE audit (at INTEGER PRIMARY KEY, what TEXT);
-CREATE TRIGGER audit_ins AFTER INSERT ON items BEGIN
+CREATE TRIGGER audit_insert AFTER INSERT ON items BEGIN
     SELECT RAISE(IGNORE) WHERE NEW.v NOT LIKE 'audited%';
     INSERT INTO audit (what) VALUES ('insert ' || NEW.id);
 END;
-CREATE TRIGGER audit_upd AFTER UPDATE ON items BEGIN SELECT RAISE(IGNORE); END;
-CREATE TRIGGER audit_del AFTER DELETE ON items BEGIN SELECT RAISE(IGNORE); END;
+CREATE TRIGGER audit_update AFTER UPDATE ON items BEGIN SELECT RAISE(IGNORE); END;
+CREATE TRIGGER audit_delete AFTER DELETE ON items BEGIN SELECT RAISE(IGNORE); END;
 """
 
 
@@ -61,8 +63,21 @@ async def test_an_application_trigger_ending_with_raise_ignore_cannot_silence_ca
         assert (await table_states(pg_dsn, "app"))["items"][0] == "streaming"
         assert await compare_table(str(app_db), pg_dsn, "app", "items") == []
         assert conn.execute("SELECT what FROM audit").fetchall() == [("insert 5",)]  # the application's own work
+        # RAISE(FAIL) ends the statement and keeps the row it changed: the same danger.
+        conn.execute("CREATE TRIGGER limit_update AFTER UPDATE ON items BEGIN "
+                     "SELECT RAISE(FAIL, 'too long') WHERE length(NEW.v) > 20; END")
+        with pytest.raises(sqlite3.IntegrityError, match="too long"):
+            conn.execute("UPDATE items SET v = 'longer than twenty characters' WHERE id = 1")
+        assert conn.execute("SELECT v FROM items WHERE id = 1").fetchone()[0] == "longer than twenty characters"
+        d.wait_log('the application\'s trigger "limit_update"', timeout=30)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        await eventually(lambda: _equal(app_db, pg_dsn), 60, "the table loaded again", d)
         assert d.stop() == 0
         log = d.log()
     assert "re-snapshotting the table" in log
-    # Steady: one re-creation, not one per look.
+    # Steady: one re-creation each, not one per look.
     assert log.count('the application\'s trigger "audit_') == 1, log
+
+
+async def _equal(db, dsn) -> bool:
+    return await compare_table(str(db), dsn, "app", "items") == []

@@ -226,11 +226,14 @@ def registry_key(conn: sqlite3.Connection, name: str, key: str) -> tuple:
             f"{str(key)[:40]!r}, not a JSON list; run `syncd uninstall` and `syncd init`") from None
 
 
-_NAME = r'(?:"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`|[^\s.("\[`]+)'
+_QUOTED = r'(?:"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`)'
+_BARE = r'[^\s.("\[`]+'
 # A trigger that clearly fires before the change (BEFORE, or no timing: SQLite's default);
-# anything else, a header this does not read included, counts as firing after it.
-_BEFORE_TRIGGER = re.compile(rf"\s*CREATE\s+(?:TEMP(?:ORARY)?\s+)?TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-                             rf"(?:{_NAME}\s*\.\s*)?{_NAME}\s*(?:BEFORE|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+# anything else, a header this does not read included, counts as firing after it. A bare
+# name ends at whitespace: "trg_delete AFTER" is not "trg_" + "DELETE".
+_BEFORE_TRIGGER = re.compile(
+    rf"\s*CREATE\s+TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:(?:{_QUOTED}|{_BARE})\s*\.\s*)?"
+    rf"(?:{_QUOTED}\s*|{_BARE}\s+)(?:BEFORE|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 
 
 def read_state(conn: sqlite3.Connection) -> CaptureState:
@@ -258,10 +261,12 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
         state.triggers[name] = (tbl, sql)
     # SQLite fires a table's triggers newest first (by their place in sqlite_master). Only
     # an AFTER trigger matters: RAISE(IGNORE) in a BEFORE trigger skips the change itself.
+    # RAISE(FAIL) ends the statement keeping the rows it changed before; ABORT and
+    # ROLLBACK undo the change, capture included.
     for tbl, app, sql in conn.execute(
         "SELECT DISTINCT s.tbl_name, a.name, a.sql FROM main.sqlite_master s JOIN main.sqlite_master a "
         "ON a.type = 'trigger' AND a.tbl_name = s.tbl_name COLLATE NOCASE AND a.rowid > s.rowid "
-        "AND substr(a.name, 1, ?1) <> ?2 AND a.sql LIKE '%raise%(%ignore%' "
+        "AND substr(a.name, 1, ?1) <> ?2 AND (a.sql LIKE '%raise%(%ignore%' OR a.sql LIKE '%raise%(%fail%') "
         "WHERE s.type = 'trigger' AND substr(s.name, 1, ?1) = ?2 ORDER BY a.name",
         (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
     ):
