@@ -278,6 +278,7 @@ async def test_html_report_is_the_status_page_and_agrees_with_the_report(ready, 
     assert rc == md_rc == 0
     assert page.items == {i["key"]: i["ok"] for i in doc["checklist"]} == {k: True for k in ITEMS}
     assert 'id="verdict" data-ready="true"' in text and "READY for cutover" in page.all_text
+    assert "<title>syncd: READY for cutover</title>" in text
     assert '<html lang="en" data-refresh="0"' in text  # a file does not ask for itself again
     assert "No lag or apply-rate history" in page.all_text  # no daemon answered
     assert page.outside_references() == []  # one self-contained file
@@ -295,6 +296,7 @@ async def test_html_report_is_the_status_page_and_agrees_with_the_report(ready, 
     assert page.items == {i["key"]: i["ok"] for i in doc["checklist"]} == {**{k: True for k in ITEMS},
                                                                            "dual_write": False}
     assert "NOT READY for cutover: 1 of 8 checklist items are not done." in page.all_text
+    assert "<title>syncd: NOT READY for cutover</title>" in text
     shown = _no_ages(page.all_text)
     for line in item(doc, "dual_write")["problems"]:
         assert _no_ages(line) in shown, line

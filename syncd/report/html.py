@@ -70,7 +70,7 @@ def page(ov: Overview | None, history: HistoryView | None, *, live: bool, refres
 def _title(ov: Overview) -> str:
     if ov.facts is None:
         return "syncd: migration status unknown"
-    return f"syncd: {headline(ov.facts, ov.items).split(':')[0]}" + ("" if cut_over(ov.facts) else " for cutover")
+    return f"syncd: {headline(ov.facts, ov.items).split(':')[0]}"  # "READY for cutover", "CUT OVER", ...
 
 
 def _header_measuring() -> str:
