@@ -47,8 +47,13 @@ def headline(f: MigrationFacts, items: list[CheckItem]) -> str:
     if not done:
         return f"READY for cutover: {judged}" if not failing else f"NOT READY for cutover: {judged}"
     back = [s for s in done if s.rollback_until is not None and not s.way_back_ended]
-    way_back = (f"SQLite follows it, rollback possible until {timestamp(min(s.rollback_until for s in back))}"
-                if back else "SQLite no longer follows it, rollback no longer possible")
+    until = f"rollback possible until {timestamp(min(s.rollback_until for s in back))}" if back else ""
+    if not back:
+        way_back = "SQLite no longer follows it, rollback no longer possible"
+    elif len(back) == len(done):
+        way_back = f"SQLite follows it, {until}"
+    else:
+        way_back = f"SQLite follows it for {len(back)} of them ({until}), no longer for {len(done) - len(back)}"
     if len(done) == len(f.sources):
         return (f"CUT OVER: PostgreSQL is the source of truth for {'the' if len(done) == 1 else 'all'} "
                 f"{len(done)} source(s), {way_back}; as measured now, {judged}")
