@@ -336,3 +336,26 @@ def test_short_spans_are_not_rounded_to_zero_days():
     from syncd.report.checklist import days
     assert days(0.001) == "1.4 min" and days(0.05) == "1.2 h"
     assert days(0) == "0 days" and days(1) == "1 day" and days(14) == "14 days" and days(2.5) == "2.5 days"
+
+
+def test_the_headline_after_cutovers_says_where_sqlite_still_follows():
+    from syncd.report.checklist import headline
+    from syncd.report.facts import TO_SQLITE, MigrationFacts, SourceFacts
+    now = dt.datetime(2026, 12, 3, tzinfo=dt.timezone.utc)
+
+    def facts(*sources):
+        return MigrationFacts(now, None, list(sources), [], 14, 30, 3600, None, 7)
+
+    until = now + dt.timedelta(days=30)
+    a = SourceFacts("a", "a.db", "a", direction=TO_SQLITE, rollback_until=until)
+    b = SourceFacts("b", "b.db", "b", direction=TO_SQLITE, rollback_until=until, way_back_ended="the window is over")
+    c = SourceFacts("c", "c.db", "c")
+    assert headline(facts(c), []) == "READY for cutover: every checklist item is met"
+    assert headline(facts(a), []).startswith("CUT OVER: PostgreSQL is the source of truth for the 1 source(s), "
+                                             "SQLite follows it, rollback possible until 2027-01-02")
+    assert "SQLite follows it for 1 of them (rollback possible until 2027-01-02" in headline(facts(a, b), [])
+    assert "no longer for 1" in headline(facts(a, b), [])
+    assert headline(facts(b), []).startswith("CUT OVER: PostgreSQL is the source of truth for the 1 source(s), "
+                                             "SQLite no longer follows it")
+    assert headline(facts(a, c), []).startswith("PARTLY CUT OVER: PostgreSQL is the source of truth for 1 of 2 "
+                                                "sources (a)")
