@@ -70,8 +70,6 @@ async def test_writes_in_postgres_reach_sqlite_in_its_own_shape(tmp_path, make_c
                              "('from pg', 3.25, 9, 19.90, '2026-03-01 10:00:00', true, '\\x00ff', '{\"a\": 1}')")
             await pg.execute("UPDATE app.deals SET title = 'renamed', price = 20.00 WHERE id = 1")
             await pg.execute("UPDATE app.deals SET qty = qty + 1 WHERE id = 3")  # created stays 1767225600
-            # -0.0, which a REAL column of SQLite stores as 0.0: the same number, verified equal
-            await pg.execute("UPDATE app.deals SET amount = -1 * 0.0::float8 WHERE id = 3")
             await pg.execute("UPDATE app.deals SET id = 105 WHERE id = 5")  # a key update
             await pg.execute("DELETE FROM app.deals WHERE id = 2")
             await pg.execute(f"INSERT INTO app.{Q} VALUES ('new;--', 'x') ")
@@ -128,6 +126,10 @@ async def test_writes_in_postgres_reach_sqlite_in_its_own_shape(tmp_path, make_c
         status = run_cli(cfg, "status")
         assert "to sqlite" in status.stdout and "`syncd rollback` possible until" in status.stdout, status.stdout
         assert status.stdout.splitlines()[1].split()[:2] == ["app", "streaming"]
+        # -0.0, which a REAL column of SQLite stores as 0.0: the same number, verified equal
+        await pg_rows(pg_dsn, "UPDATE app.deals SET amount = -1 * 0.0::float8 WHERE id = 3")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT amount, typeof(amount) FROM deals WHERE id = 3") == [(0.0, "real")]
         verify = run_cli(cfg, "verify")
         assert verify.returncode == 0, verify.stdout
         assert "8 of 8 table(s) equal (cut over: SQLite follows Postgres)" in verify.stdout

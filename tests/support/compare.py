@@ -60,8 +60,6 @@ def same_value(sv: Any, pv: Any) -> bool:
     if isinstance(pv, float):
         if not isinstance(sv, (int, float)):
             return False
-        if sv == 0 and pv == 0:  # -0.0 is 0.0: a REAL column of SQLite stores -0.0 as 0.0
-            return True
         return struct.pack(">d", float(sv)) == struct.pack(">d", pv)
     if isinstance(pv, int):
         return isinstance(sv, int) and sv == pv
