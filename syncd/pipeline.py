@@ -83,8 +83,7 @@ class Pipeline:
         self.load: TableLoad | None = None
         self.ahead = ReadAhead()  # the next stream batch, read while this one applies
         self.max_seq_seen = 0
-        self.halted_counted: tuple[dict[int, int], int, float] = ({}, 0, 0.0)  # positions, checkpoint, when
-        self.lag_seed_time = time.time()
+        self.halted_counted: tuple[dict[int, int], int] = ({}, 0)  # positions, checkpoint counted at
         self.last_poll = None
         self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_window,
                              settings.sqlite.write_busy_timeout_ms, settings.sqlite.read_busy_timeout_ms)
@@ -201,28 +200,32 @@ class Pipeline:
         return [t for t in list(self.session.tables.values()) if t.state in (bk.HELD, bk.PAUSED)]
 
     async def _count_halted(self) -> None:
-        """Count the changes held and paused tables keep queued: at once when the set of
-        such tables or their positions change, otherwise every held-table retry period
-        (a scan of the changelog from the oldest hold to the checkpoint)."""
-        halted = self._halted()
+        """Count the changes held and paused tables keep queued: in full when the set of
+        such tables or their positions change, otherwise only the changelog range the
+        checkpoint passed since the last count."""
+        # A table to be loaded again (no position) has no queue that matters.
+        halted = [t for t in self._halted() if t.row.from_seq is not None]
         s = self.session
         positions = {t.tid: t.row.from_seq or 0 for t in halted}
         if not halted:
-            self.halted_counted = ({}, 0, 0.0)
+            self.halted_counted = ({}, 0)
             return
-        known, applied, at = self.halted_counted
-        if known == positions and (applied == s.applied_seq or time.monotonic() - at
-                                   < self.settings.stream.held_table_retry_seconds):
+        known, applied = self.halted_counted
+        if known == positions and applied == s.applied_seq:
             return
-        counts = await s.worker.run(reader.queued_behind, positions, s.applied_seq)
-        self.halted_counted = (positions, s.applied_seq, time.monotonic())
+        if known == positions and applied < s.applied_seq:
+            # Only the checkpoint moved: count what it passed since, and add.
+            more = await s.worker.run(reader.queued_behind, dict.fromkeys(positions, applied), s.applied_seq)
+            for t in halted:
+                t.queued += more.get(t.tid, 0)
+        else:
+            counts = await s.worker.run(reader.queued_behind, positions, s.applied_seq)
+            for t in halted:
+                t.queued = counts.get(t.tid, 0)
+        self.halted_counted = (positions, s.applied_seq)
         for t in halted:
-            t.queued = counts.get(t.tid, 0)
             if t.queued and t.queued_since is None:
-                # Held before this daemon started: the table's row was last saved then or
-                # later, so its oldest queued change is at least that old.
-                t.queued_since = min(self.lag_seed_time, t.row.updated_at.timestamp()) \
-                    if t.row.updated_at is not None else self.lag_seed_time
+                t.queued_since = time.time()
 
     def busy_for(self, now: float) -> float:
         """How long the step in progress has been running; 0 between steps (waiting
@@ -515,8 +518,13 @@ class Pipeline:
         since = s.applied_at or time.time()
         max_seq = s.capture.max_seq if s.capture else 0
         self.lag.seed(s.applied_seq, max_seq, since)
-        self.lag_seed_time = since
-        self.halted_counted = ({}, 0, 0.0)
+        self.halted_counted = ({}, 0)
+        for t in self._halted():
+            if t.queued_since is None:
+                # Held or paused before (this daemon started, or this reconcile): its queue
+                # is at least as old as the last apply and the row's last save, whichever
+                # came first. A lower bound: when the hold began is not recorded.
+                t.queued_since = min(since, t.row.updated_at.timestamp())
         self.max_seq_seen = max_seq  # the file as it is now: a restore may have moved it back
         self.pruner.rewind(s.applied_seq)
         for t in s.tables.values():
