@@ -96,6 +96,8 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
             outrun = tid is not None and name in state.outrun
             if outrun:
                 gap = capture.outrun_reason(state.outrun[name])
+            elif tid is not None and capture.missed_generated_key(state, tid, spec):
+                gap = capture.GENERATED_KEY_REASON
             armed = True
             version = await w.run(capture.arm_table, spec, busy, gap, version, outrun)
             if version is None:

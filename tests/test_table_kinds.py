@@ -98,3 +98,31 @@ async def test_on_the_way_back_sqlite_computes_its_generated_columns(tmp_path, m
         for col in ("total", "label"):
             assert f'warning: "computed"."{col}" is computed by SQLite (GENERATED) and not by Postgres' in dry.stdout
         assert d.stop() == 0
+
+
+async def test_a_generated_key_trigger_of_an_older_syncd_is_replaced_and_the_table_reloaded(
+        app_db, make_config, pg_dsn, tmp_path):
+    """An older syncd's key trigger fired only for UPDATEs naming the key column, so
+    setting the column a generated key is computed from left the old row in Postgres.
+    Upgraded, syncd replaces the trigger and loads the table again, ghost rows gone."""
+    from tests.support.sync import pg_rows
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript(SCHEMA)
+    write(conn, 1, 5)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    name, sql = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'coded' "
+                             "AND name LIKE '%\\_key' ESCAPE '\\'").fetchone()
+    conn.execute(f'DROP TRIGGER "{name}"')
+    conn.execute(sql.replace("AFTER UPDATE ON", 'AFTER UPDATE OF "code", rowid, oid, _rowid_ ON'))  # the old text
+    conn.execute("UPDATE coded SET a = a + 100 WHERE a = 2")  # unseen by the old trigger: 'C2' stays in Postgres
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log("keyed on a generated column, whose changes an older syncd's key trigger missed", timeout=30)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await compare_all(str(app_db), pg_dsn, "app", [("coded", ["code"])]) == []
+        assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.coded WHERE code = 'C2'") == [(0,)]
+        assert d.stop() == 0

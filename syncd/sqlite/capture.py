@@ -167,6 +167,19 @@ class CaptureState:
 
 GAP_REASON = ("capture triggers were missing (table rebuilt?): re-armed them and re-snapshotting the table so "
               "changes made in between are not lost")
+GENERATED_KEY_REASON = ("the table is keyed on a generated column, whose changes an older syncd's key trigger "
+                        "missed (rows under an old key may have stayed in Postgres): re-armed it and "
+                        "re-snapshotting the table")
+
+
+def missed_generated_key(state: CaptureState, tid: int, spec: TableSpec) -> bool:
+    """An older syncd's key trigger on a table keyed on a generated column: it fired only
+    for UPDATEs naming a key column, never for one setting a column the key is computed from."""
+    have = state.triggers.get(trigger_names(tid)["key"])
+    return (have is not None and any(spec.column(k).generated for k in spec.key)
+            and " UPDATE OF " in have[1].upper())
+
+
 def outrun_reason(trigger: str) -> str:
     return (f"the application's trigger {quote_ident(trigger)} (RAISE(IGNORE)) fired before syncd's capture "
             "triggers, which may not have recorded the changes it ended: created syncd's again to fire first, "
