@@ -22,9 +22,9 @@ from syncd.model import TableSpec
 from syncd.reverse import applier
 from syncd.reverse.capture import OP_TRUNCATE, Names
 from syncd.reverse.checkpoint import META_KEY, NOTHING, ReverseCheckpoint
-from syncd.types import pg_canonical_expr
 from syncd.verify import sqlite_side
 from syncd.verify.result import EXTRA, Difference, TableVerifyResult
+from syncd.verify.rowhash import pg_token
 from syncd.verify.sqlite_side import quoted_sqlite_table, read_transaction
 
 POLL_SECONDS = 0.1
@@ -95,7 +95,7 @@ class ReverseEvidence:
         every key in doubt; the count of uncovered entries; their keys as Postgres values)."""
         spec = check.spec
         casts = [f"(c.key[{i + 1}])::{t}" for i, t in enumerate(self.key_types)]
-        tokens = ", ".join(pg_canonical_expr(spec.column(k).pgtype, casts[i]) for i, k in enumerate(spec.key))
+        tokens = ", ".join(pg_token(spec.column(k), casts[i]) for i, k in enumerate(spec.key))
         after = cp.after or (0, 0)
         args = (check.tid, cp.done, cp.target, after[0], after[1])
         n, truncated = await check.pg.fetchrow(

@@ -254,8 +254,9 @@ class SqliteRowHash:
 # --- the Postgres side ------------------------------------------------------------------
 
 
-def _pg_token(c: Column) -> str:
-    col = quote_pg_ident(c.name)
+def pg_token(c: Column, col: str | None = None) -> str:
+    """SQL for column `c`'s token in Postgres; `col` reads it (default: the column itself)."""
+    col = col or quote_pg_ident(c.name)
     if c.pgtype is PgType.DOUBLE and c.sqlite_expr is None and affinity(c.declared) is Affinity.REAL:
         # A REAL column of SQLite stores -0.0 as 0.0: Postgres's -0.0 (written there after
         # a cutover, say) is the value SQLite holds. Columns without a type keep -0.0.
@@ -264,7 +265,7 @@ def _pg_token(c: Column) -> str:
 
 
 def pg_token_exprs(spec: TableSpec) -> list[str]:
-    return [_pg_token(c) for c in spec.columns]
+    return [pg_token(c) for c in spec.columns]
 
 
 CONCAT_MAX_COLUMNS = 100  # beyond this, a chain of || nests too deep for comfort: ARRAY[] instead
@@ -279,7 +280,7 @@ def pg_row_sql(spec: TableSpec) -> str:
 
 
 def pg_key_token_exprs(spec: TableSpec) -> list[str]:
-    return [_pg_token(spec.column(k)) for k in spec.key]
+    return [pg_token(spec.column(k)) for k in spec.key]
 
 
 def pg_row_hash_sql(spec: TableSpec, utf8_database: bool = False) -> str:
