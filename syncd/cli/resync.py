@@ -42,11 +42,12 @@ async def _request(settings: Settings, source: SourceSettings, tables: list[str]
         bk = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
         if not await bookkeeping_exists(conn, bk.schema):
             return common.fail(f"source {source.name!r} has not been initialized (run `syncd init`)", 1)
+        cut_over = (
+            f"source {source.name!r} is cut over: Postgres is the source of truth, and a resync would rebuild "
+            "its tables from the frozen SQLite file, losing what the application wrote since (and the indexes "
+            "and constraints it built). `syncd verify --repair` mends SQLite from Postgres instead")
         if await conn.fetchval(f"SELECT direction FROM {bk.s}.sources WHERE source = $1", source.name) == TO_SQLITE:
-            return common.fail(
-                f"source {source.name!r} is cut over: Postgres is the source of truth, and a resync would rebuild "
-                "its tables from the frozen SQLite file, losing what the application wrote since (and the indexes "
-                "and constraints it built). `syncd verify --repair` mends SQLite from Postgres instead", 1)
+            return common.fail(cut_over, 1)
         rc = 0
         for table in tables:
             # Not acted on after a cutover (the forward stream stops), so never recorded then:
@@ -59,6 +60,9 @@ async def _request(settings: Settings, source: SourceSettings, tables: list[str]
             if status == "UPDATE 1":
                 common.say(f"{source.name}: resync of {table!r} requested; the running daemon rebuilds it "
                            "(or the next `syncd run` / `syncd init` does)")
+            elif await conn.fetchval(f"SELECT direction FROM {bk.s}.sources WHERE source = $1",
+                                     source.name) == TO_SQLITE:
+                return common.fail(cut_over, 1)  # cut over meanwhile
             else:
                 common.say(f"{source.name}: no replicated table named {table!r}")
                 rc = 1
