@@ -43,11 +43,16 @@ async def test_an_application_trigger_ending_with_raise_ignore_cannot_silence_ca
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         # In a BEFORE trigger RAISE(IGNORE) skips the change itself: nothing to re-arm or reload.
+        # Nor in one whose RAISE(ABORT) undoes the change, its message saying "failed" or not.
         conn.execute("CREATE TRIGGER skip_drafts BEFORE INSERT ON items BEGIN "
                      "SELECT RAISE(IGNORE) WHERE NEW.v = 'draft'; END")
+        conn.execute("CREATE TRIGGER check_v AFTER INSERT ON items BEGIN "
+                     "SELECT RAISE(ABORT, 'failed check, ignored row') WHERE NEW.v = 'bad'; END")
         conn.execute("INSERT INTO items VALUES (10, 'draft'), (11, 'kept')")
+        with pytest.raises(sqlite3.IntegrityError, match="failed check"):
+            conn.execute("INSERT INTO items VALUES (12, 'bad')")
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        assert "re-snapshotting" not in d.log() and trigger_order(conn)[0] == "skip_drafts"
+        assert "re-snapshotting" not in d.log() and trigger_order(conn)[:2] == ["check_v", "skip_drafts"]
         conn.executescript(AUDIT)
         # At once, before syncd can have looked: these are ended before syncd's triggers run.
         conn.execute("UPDATE items SET v = 'changed' WHERE id = 1")

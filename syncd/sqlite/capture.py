@@ -239,6 +239,7 @@ def registry_key(conn: sqlite3.Connection, name: str, key: str) -> tuple:
             f"{str(key)[:40]!r}, not a JSON list; run `syncd uninstall` and `syncd init`") from None
 
 
+_ENDS_TRIGGERS = re.compile(r"\bRAISE\s*\(\s*(?:IGNORE|FAIL)\b", re.IGNORECASE)  # not RAISE(ABORT, 'failed')
 _QUOTED = r'(?:"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`)'
 _BARE = r'[^\s.("\[`]+'
 # A trigger that clearly fires before the change (BEFORE, or no timing: SQLite's default);
@@ -283,7 +284,7 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
         "WHERE s.type = 'trigger' AND substr(s.name, 1, ?1) = ?2 ORDER BY a.name",
         (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
     ):
-        if not _BEFORE_TRIGGER.match(sql or ""):
+        if _ENDS_TRIGGERS.search(sql or "") and not _BEFORE_TRIGGER.match(sql or ""):
             state.outrun.setdefault(tbl, app)
     if _table_exists(conn, CHANGELOG):
         cols = [r[1] for r in conn.execute(f"PRAGMA main.table_info({quote_ident(CHANGELOG)})")]
