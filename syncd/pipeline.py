@@ -380,8 +380,11 @@ class Pipeline:
         if s.worker.conn is None:
             inode = s.worker.inode
             await s.worker.open()
-            if not self.idle_closed or s.worker.inode != inode:
-                self.needs_reconcile = True  # a new or replaced file: everything is looked at again
+            if (not self.idle_closed or s.worker.inode != inode
+                    or self._other_capture(await s.worker.run(reader.current_capture_id))):
+                # A new or replaced file (in place, while closed for idleness, too):
+                # everything is looked at again.
+                self.needs_reconcile = True
             self.idle_closed = False
             metrics.source_up.labels(self.name).set(1)
         if not self.captured_once:
@@ -920,6 +923,11 @@ class Pipeline:
         s.info("the SQLite schema changed while Postgres is away: capture brought in line with it",
                event="capture_rearmed")
 
+    def _other_capture(self, capture_id: str | None) -> bool:
+        """The file holds another capture than the one this source streams from."""
+        known = self.session.capture.capture_id if self.session.capture is not None else None
+        return known is not None and capture_id is not None and capture_id != known
+
     def _on_poll(self, info: reader.PollInfo) -> None:
         s = self.session
         last, self.last_poll = self.last_poll, info
@@ -929,8 +937,9 @@ class Pipeline:
             if info.inode is None:
                 metrics.source_up.labels(self.name).set(0)
             return
-        if 0 <= info.max_seq < s.applied_seq:
-            # The changelog went backwards: the file's content was restored in place.
+        if 0 <= info.max_seq < s.applied_seq or self._other_capture(info.capture_id):
+            # The changelog went backwards, or another file's capture is in it: the file's
+            # content was restored or replaced in place.
             self.needs_reconcile = True
             self.wake.set()
         if info.max_seq > self.max_seq_seen:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 import urllib.request
+
+import pytest
 
 from tests.support.app import Writer, create_items
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.pgcluster import free_port
-from tests.support.sync import wait_caught_up
+from tests.support.sync import eventually, wait_caught_up
 
 
 def backup(src, dst) -> None:
@@ -111,3 +114,40 @@ async def test_a_file_emptied_to_zero_bytes_waits_and_keeps_postgres(tmp_path, m
         assert d.stop() == 0
         assert "__dropped_" not in d.log()
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+@pytest.mark.parametrize("idle_close", [1, 3600], ids=["closed_for_idleness", "open"])
+async def test_another_file_copied_over_in_place_is_loaded_again(tmp_path, make_config, pg_dsn, idle_close):
+    """`cp other.db app.db` (same inode: a tenant restored from the wrong backup) brings
+    another capture's changelog: streaming it on would mix both files' rows in Postgres.
+    The file is taken for the new one it is and loaded again."""
+    import shutil
+
+    db, other = tmp_path / "app.db", tmp_path / "other.db"
+    for path in (db, other):
+        create_items(path, rows=200, journal="delete")  # no -wal file beside the copy
+    conn = sqlite3.connect(other)
+    conn.execute("UPDATE items SET v = 'the other file ' || id")
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db)}, {"name": "other", "path": str(other)}],
+                      sections={"sqlite": {"idle_close_seconds": idle_close}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        await wait_caught_up(other, pg_dsn, "other", daemon=d)
+        Writer(other, seconds=1, seed=5).result()  # its changelog runs past app's checkpoint
+        time.sleep(idle_close + 2 if idle_close < 60 else 0)
+        inode = db.stat().st_ino
+        shutil.copyfile(other, db)
+        assert db.stat().st_ino == inode
+        conn = sqlite3.connect(db)
+        conn.execute("UPDATE items SET v = 'after the copy' WHERE id = 1")
+        conn.commit()
+        conn.close()
+
+        async def equal() -> bool:
+            return await compare_table(str(db), pg_dsn, "app", "items") == []
+
+        await eventually(equal, 30, "app's schema holding the copied file's rows, and only them", d)
+        assert "re-snapshotting every table" in d.log()
+        assert d.stop() == 0

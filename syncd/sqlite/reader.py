@@ -17,7 +17,7 @@ from typing import Any
 
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec, unshadowed_rowid_name
-from syncd.sqlite.capture import CHANGELOG, OP_INSERT, slot
+from syncd.sqlite.capture import CHANGELOG, META, OP_INSERT, slot
 from syncd.sqlite.connection import empty_file, fetchall_text_safe
 from syncd.types import needs_conversion_filter
 
@@ -298,6 +298,7 @@ class PollInfo:
     schema_version: int
     max_seq: int
     inode: tuple[int, int] | None  # None: the file is gone
+    capture_id: str | None = None  # the file's, from syncd's meta table (None: not installed)
 
 
 def file_signature(path: str) -> tuple:
@@ -331,9 +332,20 @@ def poll(conn: sqlite3.Connection, path: str) -> PollInfo:
             max_seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{CL}").fetchone()[0]
         except sqlite3.OperationalError:
             max_seq = -1  # changelog missing: capture was removed
+        capture_id = current_capture_id(conn)
     finally:
         conn.execute("COMMIT")
-    return PollInfo(dv, sv, max_seq, inode)
+    return PollInfo(dv, sv, max_seq, inode, capture_id)
+
+
+def current_capture_id(conn: sqlite3.Connection) -> str | None:
+    """The capture id the file holds now: another file copied over this one in place
+    (same inode) brings its own."""
+    try:
+        row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = 'capture_id'").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return row[0] if row else None
 
 
 MEASURE_BELOW_ENTRIES = 2_000_000  # in rollback-journal mode, larger changelogs are extrapolated
