@@ -40,6 +40,12 @@ def test_a_glob_names_every_file_and_says_which_it_cannot_take(tmp_path, pg_dsn)
     assert any("bad name.db" in p and "is not picked up" in p for p in doc["not_picked_up"])
     assert status.returncode >= 1  # at least WARNING while a file is not picked up
     assert run_cli(cfg, "verify", "--source", "t_nobody*").returncode == 2  # a glob matching nothing
+    # the file not picked up holds rows Postgres does not have: verify and the report say so
+    v = run_cli(cfg, "verify")
+    assert v.returncode == 1 and "NOT REPLICATED:" in v.stdout and "bad name.db" in v.stdout, v.stdout
+    migrated = next(i for i in json.loads(run_cli(cfg, "report", "--format", "json").stdout)["checklist"]
+                    if i["key"] == "migrated")
+    assert not migrated["ok"] and any("bad name.db" in p and "not replicated" in p for p in migrated["problems"])
     # a file syncd ran is gone: the glob no longer matches it, status still shows it
     (tmp_path / "tenants" / "globex.db").unlink()
     doc = json.loads(run_cli(cfg, "status", "--json").stdout)
@@ -52,6 +58,10 @@ def test_a_glob_names_every_file_and_says_which_it_cannot_take(tmp_path, pg_dsn)
     assert r.returncode == 1 and not doc["ready"], r.stdout[-2000:]
     gone = next(s for s in doc["sources"] if s["source"] == "t_globex")
     assert "globex.db does not exist" in gone["error"]
+    # ...and so does verify, fleet-wide or for that source alone
+    for args in ((), ("--source", "t_globex")):
+        v = run_cli(cfg, "verify", *args)
+        assert v.returncode == 2 and "t_globex: ERROR" in v.stdout and "globex.db" in v.stdout, v.stdout + v.stderr
 
 
 def test_a_file_is_one_source_however_many_ways_it_is_named(tmp_path, pg_dsn):

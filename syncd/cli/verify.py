@@ -7,6 +7,7 @@ import asyncio
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
+from syncd.discovery import gone_sources
 from syncd.verify import DEFAULT_WAIT_SECONDS, SourceVerifyResult, exit_code, verify_source
 
 LISTED = 20  # differences printed per table; --json has up to 1000
@@ -34,16 +35,24 @@ def register(sub, parent) -> None:
 def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
+    # A glob source whose file is gone is checked (and fails), never left out in silence.
+    settings = settings.model_copy(update={"sources": [*settings.sources, *asyncio.run(gone_sources(settings))]})
     sources = common.selected_sources(settings, args.source)
     if not sources:
         return common.fail("no sources configured", 2)
     results = asyncio.run(_verify(settings, sources, args.table, args.repair, args.wait))
+    # Files a glob matches and syncd does not replicate: their rows are nowhere in Postgres.
+    left = list(settings.discovery_problems) if args.source is None else []
+    code = max(exit_code(results), 1 if left else 0)
     if args.json:
-        common.say_json({"exit_code": exit_code(results), "sources": [r.as_json() for r in results]}, indent=2)
+        common.say_json({"exit_code": code, "sources": [r.as_json() for r in results], "not_picked_up": left},
+                        indent=2)
     else:
         for r in results:
             common.say(*render(r))
-    return exit_code(results)
+        for why in left:
+            common.say(f"NOT REPLICATED: {why}")
+    return code
 
 
 async def _verify(settings: Settings, sources: list[SourceSettings], tables: list[str] | None, repair: bool,

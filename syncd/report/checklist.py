@@ -103,6 +103,8 @@ def migrated(f: MigrationFacts) -> CheckItem:
                 rows = f"{lo.rows} row(s)" if lo.rows is not None else "rows"
                 bad.append(f"{s.name}.{lo.name}: {rows} of application data in {lo.why}, not migrated: {lo.todo} "
                            "(or list it in the source's `exclude` once handled)")
+    # A file the glob matches and syncd does not replicate holds data that would be left behind.
+    bad += [f"matched by a glob and not replicated: {why}" for why in f.not_picked_up]
     item.ok = not bad and bool(good)
     item.problems, item.evidence = bad, good
     return item

@@ -115,6 +115,8 @@ class MigrationFacts:
     backup_glob: str | None
     backup_max_age_days: float
     max_query_ms: float = 50.0
+    # Files a glob source matches that syncd does not replicate (discovery says why).
+    not_picked_up: list[str] = field(default_factory=list)
 
 
 class ReportError(Exception):
@@ -160,6 +162,7 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
         sources=sources, runs=runs, min_days=c.min_days, warn_lag_seconds=settings.status.warn_lag_seconds,
         verify_max_age_seconds=settings.status.verify_max_age_seconds, backup_glob=c.backup_glob,
         backup_max_age_days=c.backup_max_age_days, max_query_ms=c.max_query_ms,
+        not_picked_up=list(settings.discovery_problems),
     )
 
 
