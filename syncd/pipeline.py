@@ -205,11 +205,11 @@ class Pipeline:
         checkpoint passed since the last count."""
         # A table to be loaded again (no position) has no queue that matters.
         halted = [t for t in self._halted() if t.row.from_seq is not None]
-        s = self.session
-        positions = {t.tid: t.row.from_seq or 0 for t in halted}
         if not halted:
             self.halted_counted = ({}, 0)
             return
+        s = self.session
+        positions = {t.tid: t.row.from_seq for t in halted}
         known, applied = self.halted_counted
         if known == positions and applied == s.applied_seq:
             return

@@ -117,10 +117,9 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
                 f"(SELECT page_size FROM pragma_page_size())", (applied_seq,)).fetchone()
             if held and capture.REGISTRY in tables:
                 tids = dict(conn.execute(f"SELECT name, tid FROM main.{quote_ident(capture.REGISTRY)}"))
-                for name, after in held.items():
-                    if name in tids:  # queued behind the checkpoint: pending all the same
-                        out["pending"] += conn.execute(f"SELECT count(*) FROM {cl} WHERE seq > ? AND seq <= ? "
-                                                       "AND tid = ?", (after, applied_seq, tids[name])).fetchone()[0]
+                # queued behind the checkpoint: pending all the same
+                out["pending"] += sum(reader.queued_behind(
+                    conn, {tids[name]: after for name, after in held.items() if name in tids}, applied_seq).values())
             # An empty changelog is its root page; one with entries is measured.
             out["bytes"] = reader.changelog_bytes(conn) if out["max_seq"] else page
         return out

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from syncd.reverse import values
 from syncd.reverse.values import (BLOB, EPOCH_INT, EPOCH_REAL, INTEGER, NUMERIC, REAL, TEXT, ColumnShape,
-                                  NotExpressible, OutOfRange, affinity, detect_format, format_instant, stored,
-                                  to_sqlite)
+                                  NotExpressible, OutOfRange, detect_format, format_instant, stored, to_sqlite)
+from syncd.sqlite_sql import affinity
 from syncd.types import PgType, ValueMismatch, converter
 
 rnd = random.Random(14)

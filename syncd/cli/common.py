@@ -56,10 +56,20 @@ def selected_sources(settings: Settings, name: str | list[str] | None) -> list[S
     return [s for s in settings.sources if s in chosen]
 
 
+def with_gone_sources(settings: Settings) -> Settings:
+    """`settings` with the glob sources syncd ran whose file is gone now added back
+    (discovery.gone_sources), for a command that must not leave them out in silence."""
+    import asyncio
+
+    from syncd.discovery import gone_sources
+
+    return settings.model_copy(update={"sources": [*settings.sources, *asyncio.run(gone_sources(settings))]})
+
+
 def add_source_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", metavar="NAME", action="append",
                    help="only this source (repeatable; globs such as 'tenant_*' allowed; default: all)")
 
 
 __all__ = ["ConfigError", "add_source_option", "fail", "load", "say", "say_json", "selected_sources",
-           "setup_logging"]
+           "setup_logging", "with_gone_sources"]

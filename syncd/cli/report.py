@@ -12,7 +12,6 @@ from syncd.config import Settings
 from syncd.page.history import HistoryView
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.redact import scrub
-from syncd.discovery import gone_sources
 from syncd.report import as_json, evaluate, gather, markdown, ready
 from syncd.report.html import page
 from syncd.report.overview import gather_overview
@@ -36,9 +35,7 @@ def register(sub, parent) -> None:
 def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
-    # A glob source whose file is gone is judged (missing), never left out in silence.
-    settings = settings.model_copy(update={"sources": [*settings.sources,
-                                                       *asyncio.run(gone_sources(settings))]})
+    settings = common.with_gone_sources(settings)  # judged (missing), never left out in silence
     if args.source:
         settings = settings.model_copy(update={"sources": common.selected_sources(settings, args.source)})
     if args.format == "html":

@@ -7,7 +7,6 @@ import asyncio
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
-from syncd.discovery import gone_sources
 from syncd.verify import DEFAULT_WAIT_SECONDS, SourceVerifyResult, exit_code, verify_source
 
 LISTED = 20  # differences printed per table; --json has up to 1000
@@ -35,8 +34,7 @@ def register(sub, parent) -> None:
 def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
-    # A glob source whose file is gone is checked (and fails), never left out in silence.
-    settings = settings.model_copy(update={"sources": [*settings.sources, *asyncio.run(gone_sources(settings))]})
+    settings = common.with_gone_sources(settings)  # checked (and failing), never left out in silence
     sources = common.selected_sources(settings, args.source)
     if not sources:
         return common.fail("no sources configured", 2)

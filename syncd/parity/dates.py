@@ -228,7 +228,8 @@ def strict_converter(pgtype: PgType, spec: str, declared: str = "") -> Callable[
     `declared` in SQLite) holds exactly: those in its spelling, and those the way back
     writes for an instant the spelling cannot hold (a fraction of a second, say); a
     ValueMismatch for any other (see types.column_converter)."""
-    from syncd.reverse.values import ColumnShape, NotExpressible, affinity, to_sqlite  # built on this module
+    from syncd.reverse.values import ColumnShape, NotExpressible, to_sqlite  # built on this module
+    from syncd.sqlite_sql import affinity
 
     fmt = parse_spec(spec)
     base = converter(pgtype)

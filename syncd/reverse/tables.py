@@ -33,6 +33,7 @@ from syncd.reverse.applier import _write_meta, read_reload
 from syncd.reverse.checkpoint import RELOAD_KEY
 from syncd.reverse.values import ColumnShape
 from syncd.sqlite.capture import _own_schema_change, write_transaction
+from syncd.sqlite_sql import affinity
 from syncd.types import PgType
 
 SPELLED = (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE)
@@ -250,7 +251,7 @@ def shapes_for(spec: TableSpec, pgt: PgTableInfo, formats: dict[str, str],
         fam = values.family(pgc.type_name) if pgc is not None else None
         if fam is None:
             fam = c.pgtype  # judge() pauses such a table before any value is converted
-        aff = values.INTEGER if c.sqlite_expr is not None else values.affinity(c.declared)  # the rowid
+        aff = values.INTEGER if c.sqlite_expr is not None else affinity(c.declared)  # the rowid
         fmt = formats.get(c.name)
         if fmt is None and fam in SPELLED:
             fmt = values.most_common_format(samples.get(c.name, []))

@@ -41,7 +41,6 @@ from decimal import Decimal
 from typing import Any
 
 from syncd.parity import dates
-from syncd.sqlite_sql import affinity  # noqa: F401 - the column affinity, as this module names it too
 from syncd.types import PgType, ValueMismatch, canonical, converter
 
 INTEGER, TEXT, BLOB, REAL, NUMERIC = "INTEGER", "TEXT", "BLOB", "REAL", "NUMERIC"
