@@ -177,7 +177,8 @@ class SqliteSettings(_Strict):
     write_busy_timeout_ms: int = Field(100, ge=0)
     # Changelog positions one pruning transaction covers (kept entries included).
     prune_window: int = Field(20_000, ge=1)
-    # Threads every source's SQLite work runs on, however many sources there are.
+    # Threads every source's SQLite work runs on, however many sources there are (more
+    # are started while every one waits on a file its application keeps locked).
     threads: int = Field(4, ge=1, le=256)
     # A source with nothing to do for this long closes its SQLite connection until a
     # change shows in the file's size or time (a fleet of idle files then costs little).

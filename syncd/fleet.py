@@ -39,6 +39,9 @@ class FleetPoller:
         self.settings = settings
         self.pipelines = pipelines
         self._next = 0
+        # Polls run side by side: one of a file its application keeps locked waits out
+        # its busy timeout without holding up the others' (one poll per source at a time).
+        self._polling: dict[str, asyncio.Task] = {}
 
     def period(self, n: int) -> float:
         """How often each of `n` sources is polled."""
@@ -46,6 +49,15 @@ class FleetPoller:
         return max(s.poll_interval_seconds, n / s.max_polls_per_second)
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            polls = list(self._polling.values())
+            for t in polls:
+                t.cancel()
+            await asyncio.gather(*polls, return_exceptions=True)
+
+    async def _run(self) -> None:
         credit = 0.0
         while True:
             await asyncio.sleep(TICK_SECONDS)
@@ -56,9 +68,17 @@ class FleetPoller:
             for _ in range(int(credit)):
                 p = pipes[self._next % len(pipes)]
                 self._next += 1
-                if not p.stopping:
-                    await p.poll_once()
+                if not p.stopping and p.name not in self._polling:
+                    task = asyncio.create_task(p.poll_once(), name=f"poll-{p.name}")
+                    self._polling[p.name] = task
+                    task.add_done_callback(lambda t, name=p.name: self._done(name, t))
             credit -= int(credit)
+
+    def _done(self, name: str, task: asyncio.Task) -> None:
+        if self._polling.get(name) is task:
+            del self._polling[name]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("polling source %s failed: %s", name, task.exception())
 
 
 class FleetRechecker:

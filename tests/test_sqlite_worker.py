@@ -112,3 +112,50 @@ async def test_an_empty_file_is_no_database(tmp_path):
     with pytest.raises(SourceFileError, match=r"is empty \(0 bytes\)"):
         await w.open()
     assert db.stat().st_size == 0
+
+
+async def test_files_kept_locked_do_not_hold_up_the_others(tmp_path, monkeypatch):
+    """Every thread waiting on a file its application keeps locked (the busy timeout):
+    the pool starts more threads, so another file's call still runs at once; they end
+    once idle."""
+    from syncd.sqlite import connection
+
+    monkeypatch.setattr(connection, "EXTRA_IDLE_SECONDS", 0.5)
+    locked = []
+    holders = []
+    for i in range(THREADS.size + 2):
+        db = tmp_path / f"locked{i}.db"
+        setup = sqlite3.connect(db)
+        setup.execute("CREATE TABLE t (v)")
+        setup.commit()
+        setup.close()
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: no reader gets in
+        holders.append(holder)
+        locked.append(SqliteWorker(db, f"locked{i}", 2500))
+    free_db = tmp_path / "free.db"
+    sqlite3.connect(free_db).execute("CREATE TABLE t (v)").connection.commit()
+    free = SqliteWorker(free_db, "free", 1000)
+    try:
+        waiting = [asyncio.ensure_future(w.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()))
+                   for w in locked]
+        await asyncio.sleep(0.5)  # every thread is now in a busy handler
+        t = time.monotonic()
+        assert await asyncio.wait_for(free.run(lambda c: c.execute("SELECT 7").fetchone()[0]), 10) == 7
+        took = time.monotonic() - t
+        assert took < 1.5, f"a free file's call waited {took:.2f} s behind locked ones"
+        assert not any(f.done() for f in waiting), "a lock ended early: the test proves nothing"
+        for h in holders:
+            h.execute("COMMIT")
+        assert [r for r in await asyncio.gather(*waiting)] == [(0,)] * len(locked)
+        # the threads started for the stuck ones end once idle
+        deadline = time.monotonic() + 10
+        while THREADS.threads > THREADS.size and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert THREADS.threads <= THREADS.size
+    finally:
+        for h in holders:
+            h.close()
+        for w in [*locked, free]:
+            await w.close()
+            w.shutdown()

@@ -7,6 +7,12 @@ two cost the same within this machine's noise, and a hop (~0.12 ms) is small bes
 5000-row batch read (~10 ms). One hop carries a whole read transaction: its statements
 stay together and off the event loop. The threads are shared and bounded ([sqlite]
 threads): a daemon with a thousand files runs a handful, not a thousand.
+
+A call can wait a long time without working: its file's application holds a lock (the
+busy timeout), or a write lock is tried again and again. So when every thread has been
+on its call for STUCK_SECONDS while other calls queue, the pool starts another thread,
+up to EXTRA_THREADS more; they end once idle. Files their applications keep locked then
+do not stall the rest of a fleet.
 """
 
 from __future__ import annotations
@@ -17,11 +23,24 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote
 
 T = TypeVar("T")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLite's "database is locked" or "busy": the application holds a lock."""
+    text = str(exc)
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def no_such_table(exc: BaseException) -> bool:
+    """An OperationalError saying the table is not there (capture not installed). A busy
+    file must never read as one without syncd's tables."""
+    return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
 
 
 class SourceFileError(Exception):
@@ -70,13 +89,16 @@ def open_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     if _emptied(path):
         raise empty_file(path)
     uri = f"file:{quote(str(path))}?mode=rw"
+    conn = None
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                                timeout=busy_timeout_ms / 1000, cached_statements=STATEMENT_CACHE)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("SELECT count(*) FROM main.sqlite_master").fetchone()
     except sqlite3.OperationalError as e:
-        if "locked" in str(e) or "busy" in str(e):
+        if is_busy(e):
+            if conn is not None:
+                conn.close()
             raise  # the application holds a lock: a reason to wait, not a missing file
         raise SourceFileError(f"cannot open SQLite file {path}: {e}") from None
     except sqlite3.DatabaseError as e:
@@ -103,13 +125,17 @@ class SqliteThreads:
     """The threads every SqliteWorker's calls run on, shared and bounded: a daemon with a
     thousand files needs a few threads, not a thousand. Each worker's calls still run
     one at a time and in order (its connection is never used by two threads at once);
-    results are handed back with call_soon_threadsafe, one hop each way."""
+    results are handed back with call_soon_threadsafe, one hop each way. Threads stuck
+    on long waits get company (see the module docstring)."""
 
     def __init__(self, size: int):
         self.size = size
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[threading.Thread, float | None] = {}  # each thread: since when on a call
         self._lock = threading.Lock()
+        self._queued = threading.Event()  # calls wait for a thread: the watch is on
+        self._watch: threading.Thread | None = None
+        self.extra_started = 0  # threads started for stuck ones, ever (tests and metrics read it)
 
     def resize(self, size: int) -> None:
         with self._lock:
@@ -117,22 +143,71 @@ class SqliteThreads:
 
     def put(self, worker: "SqliteWorker") -> None:
         with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            if len(self._threads) < self.size:
-                t = threading.Thread(target=self._serve, name=f"sqlite-{len(self._threads)}", daemon=True)
-                self._threads.append(t)
-                t.start()
+            if not any(since is None for since in self._threads.values()) and len(self._threads) < self.size:
+                self._start(extra=False)
+            if self._watch is None or not self._watch.is_alive():
+                self._watch = threading.Thread(target=self._watch_stuck, name="watch-sqlite-threads", daemon=True)
+                self._watch.start()
         self._calls.put(worker)
+        self._queued.set()
 
     @property
     def threads(self) -> int:
-        return sum(1 for t in self._threads if t.is_alive())
+        with self._lock:
+            return len(self._threads)
 
-    def _serve(self) -> None:
+    def _start(self, extra: bool) -> None:
+        """Under the lock."""
+        t = threading.Thread(target=self._serve, args=(extra,), name=f"sqlite-{len(self._threads)}", daemon=True)
+        self._threads[t] = None
+        t.start()
+
+    def _serve(self, extra: bool) -> None:
+        me = threading.current_thread()
         while True:
-            worker = self._calls.get()
-            worker._run_next()  # noqa: SLF001 - the pool and its workers are one mechanism
+            try:
+                worker = self._calls.get(timeout=EXTRA_IDLE_SECONDS if extra else None)
+            except queue.Empty:
+                with self._lock:
+                    if len(self._threads) > self.size:
+                        del self._threads[me]
+                        return
+                continue
+            with self._lock:
+                self._threads[me] = time.monotonic()
+            try:
+                worker._run_next()  # noqa: SLF001 - the pool and its workers are one mechanism
+            except Exception:  # noqa: BLE001 - a call's own errors go to its caller; the thread must live on
+                pass
+            finally:
+                with self._lock:
+                    self._threads[me] = None
 
+    def _watch_stuck(self) -> None:
+        """While calls queue, start a thread when every one has been on its call for
+        STUCK_SECONDS (waiting on a locked file, mostly)."""
+        while True:
+            self._queued.wait()
+            time.sleep(STUCK_SECONDS / 4)
+            if self._calls.empty():
+                self._queued.clear()
+                if self._calls.empty():
+                    continue
+                self._queued.set()  # a call came in between: keep watching
+            now = time.monotonic()
+            with self._lock:
+                busy = list(self._threads.values())
+                if (busy and all(since is not None and now - since >= STUCK_SECONDS for since in busy)
+                        and len(busy) < self.size + EXTRA_THREADS):
+                    self._start(extra=True)
+                    self.extra_started += 1
+
+
+# A thread on one call this long, while others wait, counts as stuck; at most this many
+# threads are started besides [sqlite] threads; one idle this long ends.
+STUCK_SECONDS = 0.2
+EXTRA_THREADS = 60
+EXTRA_IDLE_SECONDS = 10.0
 
 DEFAULT_THREADS = 4
 THREADS = SqliteThreads(DEFAULT_THREADS)
