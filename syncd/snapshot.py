@@ -84,12 +84,16 @@ class TableLoad:
 
         def begin(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN")
-            pos = reader.max_seq(conn)
-            # Read in one transaction, a table the audit found holding only values sent as
-            # stored, with no change since, holds only such values in this snapshot too.
-            noted = self.t.plain_audit
-            self.plain = (self.single_txn and noted is not None
-                          and unchanged_since(conn, self.t.tid, self.t.spec, noted))
+            try:
+                pos = reader.max_seq(conn)
+                # Read in one transaction, a table the audit found holding only values sent as
+                # stored, with no change since, holds only such values in this snapshot too.
+                noted = self.t.plain_audit
+                self.plain = (self.single_txn and noted is not None
+                              and unchanged_since(conn, self.t.tid, self.t.spec, noted))
+            except BaseException:
+                conn.execute("ROLLBACK")  # a busy file: tried again from BEGIN
+                raise
             if not self.single_txn:
                 conn.execute("COMMIT")
             return pos

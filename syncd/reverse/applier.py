@@ -36,7 +36,7 @@ from syncd.reverse.checkpoint import META_KEY, RELOAD_KEY
 from syncd.reverse.values import ColumnShape, NotExpressible
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import CHANGELOG, META, _own_schema_change, write_transaction
-from syncd.sqlite.connection import fetchall_text_safe
+from syncd.sqlite.connection import fetchall_text_safe, no_such_table
 from syncd.sqlite.reader import rowid_name
 from syncd.types import PgType
 
@@ -90,7 +90,9 @@ class ApplyOutcome:
 def read_meta(conn: sqlite3.Connection, key: str) -> str | None:
     try:
         row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = ?", (key,)).fetchone()
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as e:
+        if not no_such_table(e):
+            raise  # a busy file: its checkpoint is there, just not readable this moment
         return None
     return row[0] if row else None
 
@@ -503,7 +505,9 @@ class SqliteSink:
 def _changelog_max(conn: sqlite3.Connection) -> int | None:
     try:
         return conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{quote_ident(CHANGELOG)}").fetchone()[0]
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as e:
+        if not no_such_table(e):
+            raise
         return None
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite import windows
-from syncd.sqlite.connection import SourceFileError, open_connection, surrogate_text
+from syncd.sqlite.connection import SourceFileError, no_such_table, open_connection, surrogate_text
 from syncd.types import ValueMismatch, audit_prefilter, converter_of, needs_conversion_filter
 
 SAMPLE_KEYS = 5
@@ -222,8 +222,12 @@ def audit_still_holds(conn: sqlite3.Connection, tid: int, spec: TableSpec) -> di
             return None
         noted = json.loads(row[0])
         return noted if unchanged_since(conn, tid, spec, noted) else None
-    except (sqlite3.OperationalError, ValueError, KeyError, TypeError):
-        return None  # no bookkeeping yet, or a note this version cannot read: audit again
+    except sqlite3.OperationalError as e:
+        if not no_such_table(e):
+            raise  # a busy file: the note is there, just not readable this moment
+        return None  # no bookkeeping yet: audit
+    except (ValueError, KeyError, TypeError):
+        return None  # a note this version cannot read: audit again
     finally:
         conn.execute("COMMIT")
 

@@ -19,6 +19,7 @@ import time
 
 from syncd.identifiers import quote_ident
 from syncd.sqlite.capture import CHANGELOG, META, REGISTRY, TRIGGER_PREFIX, _own_schema_change, write_transaction
+from syncd.sqlite.connection import no_such_table
 
 CL = f"main.{quote_ident(CHANGELOG)}"
 WINDOW = 20_000  # entries a compaction transaction looks at
@@ -77,7 +78,9 @@ def suspended(conn: sqlite3.Connection) -> str | None:
     """'<time> <reason>' while capture is suspended in this file, else None."""
     try:
         row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = ?", (SUSPENDED_KEY,)).fetchone()
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as e:
+        if not no_such_table(e):
+            raise
         return None  # no capture installed at all
     return row[0] if row else None
 

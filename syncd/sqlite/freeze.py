@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 from syncd.identifiers import quote_ident, quote_literal
 from syncd.sqlite.capture import META, _own_schema_change, write_transaction
+from syncd.sqlite.connection import no_such_table
 
 FREEZE_PREFIX = "_syncd_freeze_"
 FROZEN_KEY = "frozen"  # _syncd_meta: the message, while the file is frozen
@@ -91,7 +92,9 @@ def frozen(conn: sqlite3.Connection) -> str | None:
     """The freeze message while the file is frozen, else None."""
     try:
         row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = ?", (FROZEN_KEY,)).fetchone()
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as e:
+        if not no_such_table(e):
+            raise  # a busy file is not an unfrozen one
         return None  # no capture installed
     return row[0] if row else None
 

@@ -18,7 +18,7 @@ from typing import Any
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec, unshadowed_rowid_name
 from syncd.sqlite.capture import CHANGELOG, META, OP_INSERT, slot
-from syncd.sqlite.connection import empty_file, fetchall_text_safe
+from syncd.sqlite.connection import empty_file, fetchall_text_safe, no_such_table
 from syncd.types import needs_conversion_filter
 
 CL = quote_ident(CHANGELOG)
@@ -330,7 +330,9 @@ def poll(conn: sqlite3.Connection, path: str) -> PollInfo:
         sv = conn.execute("PRAGMA main.schema_version").fetchone()[0]
         try:
             max_seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{CL}").fetchone()[0]
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as e:
+            if not no_such_table(e):
+                raise
             max_seq = -1  # changelog missing: capture was removed
         capture_id = current_capture_id(conn)
     finally:
@@ -343,7 +345,9 @@ def current_capture_id(conn: sqlite3.Connection) -> str | None:
     (same inode) brings its own."""
     try:
         row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = 'capture_id'").fetchone()
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as e:
+        if not no_such_table(e):
+            raise
         return None
     return row[0] if row else None
 
