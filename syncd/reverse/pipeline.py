@@ -76,6 +76,18 @@ class ReverseTable:
     retry_at: float = 0.0
     logged_reason: str | None = None
     held_key: tuple | None = None  # held for this row's value: looked at before copying the table again
+    behind_since: float | None = None  # held or paused (then copied again) since: SQLite's copy is that old
+
+    def behind(self, row: TableRow, old: "ReverseTable | None") -> None:
+        """Carry or start the time this table stopped following Postgres, for its new
+        bookkeeping row: kept while it is held, paused or being copied again."""
+        if row.state not in (bk.HELD, bk.PAUSED, bk.LOADING):
+            self.behind_since = None
+        elif old is not None and old.behind_since is not None:
+            self.behind_since = old.behind_since
+        elif row.state != bk.LOADING:
+            # Held or paused before this reconcile: since its row's last save at the latest.
+            self.behind_since = row.updated_at.timestamp() if row.updated_at is not None else time.time()
 
     @property
     def state(self) -> str:
@@ -181,7 +193,10 @@ class ReversePipeline:
         return self.stop_event.is_set()
 
     def lag_seconds(self, now: float) -> float:
-        return self.lag.lag(now)
+        """The stream's lag, or a held or paused table's age, whichever is older: such a
+        table's changes are not applied until it is copied again."""
+        return max([self.lag.lag(now), *(now - t.behind_since for t in list(self.tables.values())
+                                          if t.behind_since is not None)])
 
     @property
     def pending(self) -> int:
@@ -491,6 +506,7 @@ class ReversePipeline:
             if rows.get(name) != new:
                 await s.bk.save_table(pg, new)
                 runtimes[name].row = (await s.bk.load_tables(pg))[name]
+            runtimes[name].behind(runtimes[name].row, old)
             self._log_state(runtimes[name])
         s.tables = runtimes  # type: ignore[assignment]
         if self.loading is not None and self.loading.name not in self.reload:
@@ -626,6 +642,7 @@ class ReversePipeline:
             t = by_tid[tid]
             self.reload[t.name] = reason
             t.row = changed(t.row, state=bk.HELD, reason=reason)
+            t.behind_since = t.behind_since or time.time()
             t.retry_at = time.monotonic() + self.settings.stream.held_table_retry_seconds
             key = outcome.held_keys.get(tid)
             t.held_key = key if key is not None and not any(isinstance(k, OutOfRange) for k in key) else None
@@ -703,6 +720,7 @@ class ReversePipeline:
         if last:
             self.reload.pop(t.name, None)
             self.loading = None
+            t.behind_since = None
             t.row = changed(t.row, state=bk.STREAMING, reason=None, snapshot_rows=load.rows,
                             snapshot_total=load.rows, snapshot_finished_at=dt.datetime.now(dt.timezone.utc))
             await s.bk.save_table(s.pg, t.row)

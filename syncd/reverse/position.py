@@ -56,6 +56,8 @@ async def position(settings: Settings, source: SourceSettings, conn=None) -> Way
             return out
         cp = cp if cp is not None and cp.generation == gen.id else ReverseCheckpoint(gen.id, NOTHING)
         out.pending, out.lag_seconds = await reader.pending(conn, names, cp)
+        # A held or paused table's changes wait for it to be copied again, uncounted.
+        out.lag_seconds = max(out.lag_seconds, await reader.behind_seconds(conn, names))
         return out
     finally:
         if own:

@@ -223,6 +223,15 @@ async def pending(conn: asyncpg.Connection, names: Names, cp: ReverseCheckpoint)
     return int(row[0]), max(0.0, float(row[1] or 0.0))
 
 
+async def behind_seconds(conn: asyncpg.Connection, names: Names) -> float:
+    """Seconds since the oldest of the source's held or paused tables stopped following
+    Postgres (their bookkeeping rows' last save); 0 when none is."""
+    age = await conn.fetchval(
+        f"SELECT extract(epoch FROM clock_timestamp() - min(updated_at)) FROM {quote_pg_ident(names.bk)}.tables "
+        "WHERE source = $1 AND state IN ('held', 'paused')", names.source)
+    return max(0.0, float(age or 0.0))
+
+
 async def prune(conn: asyncpg.Connection, names: Names, done: str) -> int:
     """Delete the entries SQLite has applied (visible in its checkpoint's `done`)."""
     status = await conn.execute(
