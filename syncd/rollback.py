@@ -100,7 +100,7 @@ async def open_way_back(conn: asyncpg.Connection, settings: Settings, source: So
     moment (a fresh changelog; SQLite equals Postgres here, as just verified), and lift
     the freeze a rollback left on Postgres. `tables`: name -> (tid, key columns)."""
     names = Names(settings.postgres.bookkeeping_schema, source.name)
-    await capture.start_generation(conn, names)
+    await capture.start_generation(conn, names, source.schema)
     for name, (tid, key) in sorted(tables.items()):
         await capture.arm(conn, names, source.schema, name, tid, key)
     await capture.unfreeze(conn, names, source.schema)

@@ -37,7 +37,7 @@ async def _setup(dsn: str) -> asyncpg.Connection:
     await pg.execute("CREATE SCHEMA app")
     await pg.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, v text)")
     async with pg.transaction():
-        await capture.start_generation(pg, NAMES)
+        await capture.start_generation(pg, NAMES, "app")
         await capture.arm(pg, NAMES, "app", SPEC.name, 1, ["id"])
     return pg
 

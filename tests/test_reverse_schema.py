@@ -143,3 +143,37 @@ async def test_a_type_changed_to_another_kind_of_value_says_how_to_compare_again
         assert "give it its old type again to compare the table (and to roll back)" in v.stdout
         assert "within seconds" not in v.stdout.split('"contacts"')[1].splitlines()[0]
         assert d.stop() == 0
+
+
+async def test_a_table_rewritten_in_postgres_is_copied_again(tmp_path, make_config, pg_dsn):
+    """ALTER COLUMN ... TYPE ... USING rewrites every row of the table and fires no row
+    trigger: SQLite gets the new values all the same (the table is copied again), and
+    follows the changes after it."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.contacts ALTER COLUMN email TYPE text USING upper(email)")
+        await eventually(lambda: _upper(db), 30, "the rewritten values in SQLite", d)
+        d.wait_log("rewritten in Postgres")
+        await pg_rows(pg_dsn, "UPDATE app.contacts SET email = 'after@x' WHERE id = 2")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert await compare_all(str(db), pg_dsn, "app", ["contacts", "notes"]) == []
+        assert typeof(db, "SELECT email FROM contacts WHERE id IN (1, 2) ORDER BY id") == [("C1@X",), ("after@x",)]
+        assert d.stop() == 0
+    # While no daemon runs: seen at the next start.
+    await pg_rows(pg_dsn, "ALTER TABLE app.contacts ALTER COLUMN email TYPE varchar(40) USING lower(email) || '!'")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await eventually(lambda: _email_is(db, 10, "c10@x!"), 30, "the values rewritten while away", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert await compare_all(str(db), pg_dsn, "app", ["contacts", "notes"]) == []
+        assert d.stop() == 0
+
+
+async def _upper(db) -> bool:
+    return await _email_is(db, 10, "C10@X")
+
+
+async def _email_is(db, key: int, value: str) -> bool:
+    return typeof(db, "SELECT email FROM contacts WHERE id = ?", key) == [(value,)]

@@ -26,6 +26,7 @@ itself so, and a superuser may also disable triggers.)
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -103,7 +104,10 @@ async def ensure_registry(conn: asyncpg.Connection, names: Names) -> None:
         generation text NOT NULL,
         started_at timestamptz NOT NULL DEFAULT now(),
         retired_at timestamptz,
-        retired_reason text)""")
+        retired_reason text,
+        files jsonb)""")
+    # Registries made by a syncd before the table rewrites were followed.
+    await conn.execute(f"ALTER TABLE {names.registry} ADD COLUMN IF NOT EXISTS files jsonb")
     await conn.execute(f"""CREATE TABLE IF NOT EXISTS {names.changelog} (
         txid bigint NOT NULL DEFAULT txid_current(),
         seq bigint GENERATED ALWAYS AS IDENTITY,
@@ -131,7 +135,7 @@ async def generation(conn: asyncpg.Connection, names: Names) -> Generation | Non
     return Generation(*r) if r else None
 
 
-async def start_generation(conn: asyncpg.Connection, names: Names) -> str:
+async def start_generation(conn: asyncpg.Connection, names: Names, schema: str) -> str:
     """Inside the cutover's last transaction: a fresh, empty changelog for a new stretch
     of the way back. Entries exist only from here on, and SQLite equals Postgres here."""
     await ensure_registry(conn, names)
@@ -141,7 +145,41 @@ async def start_generation(conn: asyncpg.Connection, names: Names) -> str:
         f"INSERT INTO {names.registry} (source, generation) VALUES ($1, $2) ON CONFLICT (source) DO UPDATE "
         f"SET generation = EXCLUDED.generation, started_at = now(), retired_at = NULL, retired_reason = NULL",
         names.source, gen)
+    await note_files(conn, names, await table_files(conn, schema))
     return gen
+
+
+# --- tables Postgres rewrote ---------------------------------------------------------------------
+#
+# ALTER TABLE ... ALTER COLUMN ... TYPE ... USING (and VACUUM FULL, CLUSTER) rewrites a table
+# without firing a row trigger. Each rewrite gives the table a new storage file
+# (relfilenode): the way back compares them with those noted when it began, or last
+# looked, and copies a rewritten table again.
+
+
+async def table_files(conn: asyncpg.Connection, schema: str) -> dict[str, list]:
+    """Each table of `schema`: [its storage file, {column: format_type()}]."""
+    rows = await conn.fetch(
+        "SELECT c.relname, c.relfilenode, array_agg(a.attname ORDER BY a.attnum), "
+        "array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid "
+        "AND a.attnum > 0 AND NOT a.attisdropped WHERE n.nspname = $1 AND c.relkind = 'r' "
+        "GROUP BY c.relname, c.relfilenode", schema)
+    return {r[0]: [int(r[1]), dict(zip(r[2], r[3]))] for r in rows}
+
+
+async def noted_files(conn: asyncpg.Connection, names: Names) -> dict[str, list] | None:
+    raw = await conn.fetchval(f"SELECT files::text FROM {names.registry} WHERE source = $1", names.source)
+    files = None if raw is None else json.loads(raw)
+    # A note in another shape (none is known) is taken as no note: looked at afresh.
+    if not isinstance(files, dict) or not all(isinstance(v, list) and len(v) == 2 for v in files.values()):
+        return None
+    return files
+
+
+async def note_files(conn: asyncpg.Connection, names: Names, files: dict[str, list]) -> None:
+    await conn.execute(f"UPDATE {names.registry} SET files = $2::text::jsonb WHERE source = $1",
+                       names.source, json.dumps(files))
 
 
 async def retire(conn: asyncpg.Connection, names: Names, reason: str) -> None:

@@ -417,7 +417,7 @@ class ReversePipeline:
             # No record of capture starting with the cutover: what changed since is
             # unknown, so every table is copied again from Postgres.
             async with pg.transaction():
-                await capture.start_generation(pg, self.names)
+                await capture.start_generation(pg, self.names, self.source.schema)
             gen = await capture.generation(pg, self.names)
             copy_all = True
             s.warning("no record of Postgres capture for the way back (cut over by an older syncd?): capture "
@@ -799,6 +799,7 @@ class ReversePipeline:
             return
         self.last_request_check = now
         await self._undo_abandoned_rollback()
+        await self._reload_rewritten()
         if await self._schema_moved_in_postgres():
             self.needs_reconcile = True
         if any(t.state == bk.PAUSED for t in self.tables.values()):
@@ -817,6 +818,33 @@ class ReversePipeline:
         moved = getattr(self, "_pg_shape", None) not in (None, fingerprint)
         self._pg_shape = fingerprint
         return moved
+
+    async def _reload_rewritten(self) -> None:
+        """Copy again a table Postgres rewrote without a row trigger firing (see
+        capture.table_files), also while no daemon ran. A column that changed to another
+        kind of value (timestamp to timestamptz) is not followed this way: verify names
+        it, and its old type given back lets the table be compared again."""
+        s = self.session
+        now = await capture.table_files(s.pg, self.source.schema)
+        before = await capture.noted_files(s.pg, self.names)
+        if before == now:
+            return
+        rewritten = {}
+        family = tables.values.family
+        for name, (file, types) in now.items():
+            t = self.tables.get(name)
+            old = (before or {}).get(name)
+            if old is None or old[0] == file or t is None or t.state not in (bk.STREAMING, bk.LOADING):
+                continue
+            if any(c in old[1] and family(old[1][c]) != family(x) for c, x in types.items()):
+                continue
+            rewritten[name] = "rewritten in Postgres (ALTER TABLE ... TYPE ... USING, VACUUM FULL, CLUSTER)"
+        if rewritten:
+            for name, why in rewritten.items():
+                s.info(f"table {why}: copying it again", table=name, event="table_rewritten")
+            self.reload = await s.worker.run(run_on(self.sink, "mark"), rewritten, [])
+            self.needs_reconcile = True
+        await capture.note_files(s.pg, self.names, now)  # after the reload is noted in SQLite
 
     async def _undo_abandoned_rollback(self) -> None:
         """A rollback that froze Postgres and died leaves the application locked out of
