@@ -359,3 +359,61 @@ def test_the_headline_after_cutovers_says_where_sqlite_still_follows():
                                              "SQLite no longer follows it")
     assert headline(facts(a, c), []).startswith("PARTLY CUT OVER: PostgreSQL is the source of truth for 1 of 2 "
                                                 "sources (a)")
+
+
+async def test_a_month_of_checks_every_five_minutes(ready, pg_dsn, tmp_path):
+    """The daemon checks every table every 5 minutes: a month of it is 8,640 runs a
+    table (here the history of 40 tables). The report counts every run and names every
+    error, while loading the history in stretches of time (runs alike in one stretch
+    are one line), so it stays small in memory however long dual-write runs."""
+    tables = [f"t{i}" for i in range(40)]
+    await pg_execute(pg_dsn, """
+        INSERT INTO syncd.verify_runs (source, table_name, started_at, finished_at, rows_sqlite, rows_postgres,
+                                       full_check, table_state, detail)
+        SELECT 'app', t, now() - n * interval '300 s' - interval '1 s', now() - n * interval '300 s', 1, 1,
+               true, 'streaming', '{"reason": null, "differences": []}'
+        FROM unnest($1::text[]) t, generate_series(1, 8640) n""", tables)
+    # Two errors three days ago, and a table held for 50 checks (not compared) on day 20.
+    for minutes in (0, 5):
+        await add_run(pg_dsn, "items", ago(days=3, minutes=minutes), 1000, missing=3)
+    await pg_execute(pg_dsn, """
+        INSERT INTO syncd.verify_runs (source, table_name, started_at, finished_at, rows_sqlite, rows_postgres,
+                                       full_check, table_state, detail)
+        SELECT 'app', 'notes', now() - interval '20 days' - n * interval '300 s', now() - interval '20 days'
+               - n * interval '300 s', 50, 50, false, 'held', '{"reason": "a value Postgres refuses"}'
+        FROM generate_series(1, 50) n""")
+    recorded = await pg_rows_count(pg_dsn)
+    # The report's whole process, as an operator runs it, measured by a parent of its own.
+    rss = run_cli_rss(ready, "report", "--format", "json")
+    rc, md, rc_json, doc = report(ready)
+    assert doc["verifications"] == recorded
+    errors = doc["consistency_errors"]
+    assert sum(e["runs"] for e in errors) == 2 + 50
+    assert {(e["table"], e["missing"], e["full_check"]) for e in errors} == {("items", 3, True), ("notes", 0, False)}
+    assert len(errors) <= 2 + 5  # the held stretch is a few lines, not fifty
+    dw = item(doc, "dual_write")
+    assert not dw["ok"] and any("app.items: consistency error" in p and "3 missing in Postgres" in p
+                                for p in dw["problems"]), dw
+    history = md.split("## Consistency-error history")[1]
+    assert f"52 of {recorded:,} verification(s)" in history, history[:300]
+    assert "alike since" in history
+    assert rss < 300 * 1024, f"syncd report peaked at {rss // 1024} MB"
+
+
+async def pg_rows_count(dsn: str) -> int:
+    from tests.support.verifying import pg_fetch
+    return (await pg_fetch(dsn, "SELECT count(*) FROM syncd.verify_runs"))[0][0]
+
+
+def run_cli_rss(cfg: Path, *args: str) -> int:
+    """Peak RSS (KB) of one syncd command, read by a parent process that runs nothing else."""
+    import subprocess
+    import sys
+    from tests.support.daemon import syncd_cmd
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True); "
+             "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", probe, *syncd_cmd(cfg, *args)], capture_output=True, text=True,
+                         timeout=300, cwd=str(cfg.parent))
+    rc, rss = out.stdout.split()
+    assert rc in ("0", "1"), out.stdout + out.stderr
+    return int(rss)

@@ -131,10 +131,12 @@ def dual_write(f: MigrationFacts) -> CheckItem:
         window = [r for t in s.tables for r in t.runs if r.finished_at >= since]
         errors = sorted((r for r in window if not r.clean), key=lambda r: r.finished_at)
         for r in errors[-10:]:
+            more = f" (and {r.count - 1} more like it since {_ts(r.began)})" if r.count > 1 else ""
             bad.append(f"{s.name}.{r.table_name}: consistency error {_when(r.finished_at, f.generated_at)}: "
-                       f"{r.outcome()}")
-        if len(errors) > 10:
-            bad.append(f"{s.name}: {len(errors) - 10} earlier consistency error(s) in the window")
+                       f"{r.outcome()}{more}")
+        earlier = sum(r.count for r in errors[:-10])
+        if earlier:
+            bad.append(f"{s.name}: {earlier} earlier consistency error(s) in the window")
         for at, detail in s.suspensions:
             if at >= since:
                 bad.append(f"{s.name}: capture was suspended to protect the disk ({detail}) until "
@@ -145,7 +147,7 @@ def dual_write(f: MigrationFacts) -> CheckItem:
         for name in unchecked:
             bad.append(f"{s.name}.{name}: not verified once in {span}, so errors there would not show")
         if not errors and window:
-            good.append(f"{s.name}: {len(window)} verification(s) in {span}, all clean")
+            good.append(f"{s.name}: {sum(r.count for r in window)} verification(s) in {span}, all clean")
     item.ok = not bad and bool(f.sources)
     item.problems, item.evidence = bad, good
     return item

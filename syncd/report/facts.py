@@ -29,7 +29,7 @@ from syncd.report.backups import BackupFacts, find_backups
 from syncd.sqlite import capture, disk_guard
 from syncd.sqlite.introspect import introspect
 from syncd.sqlite.leftout import LeftOut
-from syncd.verify.history import VerifyRun, load_runs
+from syncd.verify.history import VerifyRun, load_history
 
 ENDPOINT_TIMEOUT_SECONDS = 2.0
 from syncd.model import TO_POSTGRES, TO_SQLITE  # noqa: E402,F401 - which way a source replicates
@@ -44,7 +44,7 @@ class TableFacts:
     rows_postgres: int | None
     captured: bool  # capture triggers present and as this syncd installs them
     capture_note: str
-    runs: list[VerifyRun] = field(default_factory=list)  # oldest first
+    runs: list[VerifyRun] = field(default_factory=list)  # oldest first, in stretches (VerifyRun.count)
     # Changes to the table captured in SQLite and not applied in Postgres when both were
     # counted (Postgres first, then SQLite), as (rows they may add to SQLite's count, rows
     # they may take from it): distinct keys inserted (and keys moved to, as many as keys
@@ -108,7 +108,7 @@ class MigrationFacts:
     generated_at: dt.datetime
     config_path: str | None
     sources: list[SourceFacts]
-    runs: list[VerifyRun]  # every verification recorded, oldest first
+    runs: list[VerifyRun]  # every verification recorded, oldest first, in stretches (VerifyRun.count)
     min_days: float
     warn_lag_seconds: float
     verify_max_age_seconds: float
@@ -117,6 +117,20 @@ class MigrationFacts:
     max_query_ms: float = 50.0
     # Files a glob source matches that syncd does not replicate (discovery says why).
     not_picked_up: list[str] = field(default_factory=list)
+
+
+def history_totals(runs: list[VerifyRun]) -> tuple[dt.datetime, int, int]:
+    """(when the first run finished, runs, runs not clean) of a history in stretches."""
+    return (min(r.began for r in runs), sum(r.count for r in runs), sum(r.count for r in runs if not r.clean))
+
+
+def history_window(sources: list["SourceFacts"], now: dt.datetime, min_days: float) -> dt.datetime:
+    """Where the dual-write window the checklist judges begins, at the earliest: [cutover]
+    min_days back, or (no minimum) when the first source began to stream."""
+    if min_days > 0:
+        return now - dt.timedelta(days=min_days)
+    return min((s.streaming_since for s in sources if s.streaming_since is not None),
+               default=now - dt.timedelta(days=1))
 
 
 class ReportError(Exception):
@@ -142,21 +156,25 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
             sources.append(await _source(settings, source, conns[dsn], status.get(source.name), now,
                                          parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
                                          lookups=lookups))
+        c = settings.cutover
+        window_start = history_window(sources, now, c.min_days)
         runs: list[VerifyRun] = []
-        for conn in conns.values():
+        for dsn, conn in conns.items():
             if await bookkeeping_exists(conn, settings.postgres.bookkeeping_schema):
                 if upgrade_bookkeeping:
                     await ensure_bookkeeping(conn, settings.postgres.bookkeeping_schema)  # newer columns
-                runs += await load_runs(conn, settings.postgres.bookkeeping_schema)
+                names = [s.name for s in settings.sources if settings.dsn_for(s) == dsn]
+                runs += await load_history(conn, settings.postgres.bookkeeping_schema, names, window_start, now)
     finally:
         for conn in conns.values():
             await close_quietly(conn)
-    names = {s.name for s in settings.sources}
-    runs = sorted((r for r in runs if r.source in names), key=lambda r: (r.finished_at, r.id))
+    runs.sort(key=lambda r: (r.finished_at, r.id))
+    by_table: dict[tuple[str, str], list[VerifyRun]] = {}
+    for r in runs:
+        by_table.setdefault((r.source, r.table_name), []).append(r)
     for s in sources:
         for t in s.tables:
-            t.runs = [r for r in runs if r.source == s.name and r.table_name == t.name]
-    c = settings.cutover
+            t.runs = by_table.get((s.name, t.name), [])
     return MigrationFacts(
         generated_at=now, config_path=str(settings.config_path) if settings.config_path else None,
         sources=sources, runs=runs, min_days=c.min_days, warn_lag_seconds=settings.status.warn_lag_seconds,

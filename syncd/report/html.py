@@ -17,10 +17,10 @@ from syncd import __version__
 from syncd.page.history import HistoryView
 from syncd.redact import scrub
 from syncd.report.checklist import CheckItem, cut_over, days, headline, number, ready, timestamp
-from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts
+from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts, history_totals
 from syncd.report.overview import Overview
 from syncd.report.page_assets import CONTENT_SECURITY_POLICY, CSS, JS
-from syncd.report.render import direction_text
+from syncd.report.render import alike, direction_text
 from syncd.report.svg import line_chart, verification_slots, verification_strip
 from syncd.status import VERDICTS, SourceStatus, TableStatus
 
@@ -381,7 +381,7 @@ def _window(f: SourceFacts, facts: MigrationFacts) -> tuple[dt.datetime, dt.date
     when this source began to stream (or was first verified)."""
     end = facts.generated_at
     start = end - dt.timedelta(days=facts.min_days)
-    firsts = [r.finished_at for t in f.tables for r in t.runs[:1]]
+    firsts = [r.began for t in f.tables for r in t.runs[:1]]
     began = f.streaming_since or (min(firsts) if firsts else None)
     if began is not None and began > start:
         start = began
@@ -422,18 +422,19 @@ def _errors(f: MigrationFacts) -> list[str]:
     out = ['<section id="consistency">', "<h2>Consistency-error history</h2>"]
     if not f.runs:
         return out + ["<p>No verification has been recorded yet.</p>", "</section>"]
-    first = f.runs[0].finished_at
+    first, total, failed = history_totals(f.runs)
     if not errors:
-        return out + [f"<p>None: {len(f.runs):,} verification(s) recorded since {e(timestamp(first))}, all clean."
+        return out + [f"<p>None: {total:,} verification(s) recorded since {e(timestamp(first))}, all clean."
                       "</p>", "</section>"]
-    out.append(f"<p>{len(errors):,} of {len(f.runs):,} verification(s) recorded since {e(timestamp(first))} were "
-               "not clean" + (f" (the latest {ERRORS_SHOWN} shown)" if len(errors) > ERRORS_SHOWN else "") + ".</p>")
+    out.append(f"<p>{failed:,} of {total:,} verification(s) recorded since {e(timestamp(first))} were "
+               "not clean" + (" (the latest shown; runs alike in one stretch of time are one line)"
+                              if len(errors) > ERRORS_SHOWN or failed > len(errors) else "") + ".</p>")
     out.append('<div class="scroll"><table><thead><tr><th>When</th><th>Table</th><th class="num">Rows in SQLite'
                '</th><th class="num">Rows in Postgres</th><th>Outcome</th></tr></thead><tbody>')
     for r in reversed(errors[-ERRORS_SHOWN:]):
         out.append(f"<tr><td>{e(timestamp(r.finished_at))}</td><td><code>{e(r.source)}</code>.<code>"
                    f"{e(r.table_name)}</code></td><td class=\"num\">{e(number(r.rows_sqlite))}</td>"
-                   f'<td class="num">{e(number(r.rows_postgres))}</td><td>{m(r.outcome())}</td></tr>')
+                   f'<td class="num">{e(number(r.rows_postgres))}</td><td>{m(r.outcome() + alike(r))}</td></tr>')
     out += ["</tbody></table></div>", "</section>"]
     return out
 

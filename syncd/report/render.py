@@ -11,7 +11,7 @@ from syncd import __version__
 from syncd.parity.speed import RUNS
 from syncd.printable import escape_controls
 from syncd.report.checklist import CheckItem, cut_over, days, headline, number, ready, timestamp, when
-from syncd.report.facts import TO_POSTGRES, TO_SQLITE, MigrationFacts, SourceFacts, TableFacts
+from syncd.report.facts import TO_POSTGRES, TO_SQLITE, MigrationFacts, SourceFacts, TableFacts, history_totals
 from syncd.verify.history import VerifyRun
 
 HISTORY_SHOWN = 50  # consistency errors listed in Markdown (JSON has them all)
@@ -133,17 +133,18 @@ def _history_section(f: MigrationFacts) -> list[str]:
     out = ["## Consistency-error history", ""]
     if not f.runs:
         return out + ["No verification has been recorded yet.", ""]
-    first = f.runs[0].finished_at
+    first, total, failed = history_totals(f.runs)
     if not errors:
-        return out + [f"None: {len(f.runs)} verification(s) recorded since {timestamp(first)}, all clean.", ""]
-    out += [f"{len(errors)} of {len(f.runs)} verification(s) recorded since {timestamp(first)} were not clean"
-            + (f" (the latest {HISTORY_SHOWN} shown)" if len(errors) > HISTORY_SHOWN else "") + ":", "",
+        return out + [f"None: {number(total)} verification(s) recorded since {timestamp(first)}, all clean.", ""]
+    out += [f"{number(failed)} of {number(total)} verification(s) recorded since {timestamp(first)} were not clean"
+            + (" (the latest shown; runs alike in one stretch of time are one line)" if len(errors) > HISTORY_SHOWN
+               or failed > len(errors) else "") + ":", "",
             "| When | Table | Rows in SQLite | Rows in Postgres | Outcome | Example keys |",
             "|---|---|---:|---:|---|---|"]
     for r in reversed(errors[-HISTORY_SHOWN:]):
         keys = ", ".join(_key(d) for d in r.detail.get("differences", [])[:3])
         out.append(f"| {timestamp(r.finished_at)} | {_code(f'{r.source}.{r.table_name}')} | {number(r.rows_sqlite)} | "
-                   f"{number(r.rows_postgres)} | {_cell(r.outcome())} | {_cell(keys)} |")
+                   f"{number(r.rows_postgres)} | {_cell(r.outcome() + alike(r))} | {_cell(keys)} |")
     out.append("")
     return out
 
@@ -187,8 +188,9 @@ def as_json(f: MigrationFacts, items: list[CheckItem]) -> dict[str, Any]:
                      "verify_max_age_seconds": f.verify_max_age_seconds, "backup_glob": f.backup_glob,
                      "backup_max_age_days": f.backup_max_age_days},
         "sources": [_source_json(s, now) for s in f.sources],
-        "consistency_errors": [_run_json(r) for r in f.runs if not r.clean],
-        "verifications": len(f.runs),
+        "consistency_errors": [{**_run_json(r), "runs": r.count, "first_at": _iso(r.began)}
+                               for r in f.runs if not r.clean],
+        "verifications": sum(r.count for r in f.runs),
     }
 
 
@@ -229,6 +231,11 @@ def _parity_json(s: SourceFacts) -> dict[str, Any] | None:
             {"table": lk.table, "lookup": lk.what, "postgres_ms": lk.postgres_ms, "sqlite_ms": lk.sqlite_ms,
              "plan": lk.plan, "note": lk.note} for lk in p.speed.lookups],
     }
+
+
+def alike(r: VerifyRun) -> str:
+    """What a line of the history stands for besides itself."""
+    return f" (the last of {r.count} alike since {timestamp(r.began)})" if r.count > 1 else ""
 
 
 def _run_json(r: VerifyRun) -> dict[str, Any]:

@@ -127,10 +127,11 @@ def verification_slots(runs: list, start: dt.datetime, end: dt.datetime, slots: 
         if offset < 0 or offset > span:
             continue
         s = out[min(slots - 1, int(offset / span * slots))]
-        s.checks += 1
+        n = getattr(r, "count", 1)  # a row loaded in stretches stands for that many runs
+        s.checks += n
         if not r.clean:
-            s.errors += 1
-            s.not_compared += not r.full_check and r.error is None
+            s.errors += n
+            s.not_compared += n if not r.full_check and r.error is None else 0
     return out
 
 

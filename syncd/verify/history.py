@@ -56,6 +56,15 @@ class VerifyRun:
     full_check: bool
     table_state: str | None
     detail: dict
+    # Loaded for a report (load_history), a row stands for `count` runs of its table
+    # alike (clean or not) in one stretch of time, the first finished at `first_at`:
+    # it is the latest of them.
+    count: int = 1
+    first_at: dt.datetime | None = None
+
+    @property
+    def began(self) -> dt.datetime:
+        return self.first_at or self.finished_at
 
     @property
     def mismatched(self) -> int:
@@ -83,24 +92,58 @@ class VerifyRun:
         return text + (f"; {self.repaired} repaired" if self.repaired else "")
 
 
-async def load_runs(conn: asyncpg.Connection, bk_schema: str, source: str | None = None,
-                    since: dt.datetime | None = None) -> list[VerifyRun]:
-    """Runs in time order (oldest first). The bookkeeping must be current
-    (bookkeeping.ensure_bookkeeping)."""
-    rows = await conn.fetch(
-        f"""SELECT id, source, table_name, started_at, finished_at, rows_sqlite, rows_postgres, missing, extra,
-                   different, pending, repaired, error, full_check, table_state, detail
-            FROM {quote_pg_ident(bk_schema)}.verify_runs
-            WHERE ($1::text IS NULL OR source = $1) AND ($2::timestamptz IS NULL OR finished_at >= $2)
-            ORDER BY finished_at, id""",
-        source, since,
-    )
+_COLUMNS = ("id, source, table_name, started_at, finished_at, rows_sqlite, rows_postgres, missing, extra, "
+            "different, pending, repaired, error, full_check, table_state, detail")
+_CLEAN = "(full_check AND error IS NULL AND missing + extra + different + pending = 0)"
+
+
+def _runs(rows) -> list[VerifyRun]:
     out = []
     for r in rows:
         values = list(r)
         try:
-            values[-1] = json.loads(values[-1]) if values[-1] else {}
+            values[15] = json.loads(values[15]) if values[15] else {}
         except ValueError:
-            values[-1] = {"reason": values[-1]}
+            values[15] = {"reason": values[15]}
         out.append(VerifyRun(*values))
     return out
+
+
+async def load_runs(conn: asyncpg.Connection, bk_schema: str, source: str | None = None,
+                    since: dt.datetime | None = None) -> list[VerifyRun]:
+    """Runs in time order (oldest first), each its own. The bookkeeping must be current
+    (bookkeeping.ensure_bookkeeping)."""
+    return _runs(await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM {quote_pg_ident(bk_schema)}.verify_runs
+            WHERE ($1::text IS NULL OR source = $1) AND ($2::timestamptz IS NULL OR finished_at >= $2)
+            ORDER BY finished_at, id""",
+        source, since,
+    ))
+
+
+# A report over weeks of checks every few minutes would load hundreds of thousands of
+# runs: the history is loaded in stretches instead, each table's runs alike (clean or
+# not) in one stretch as one row (the latest, counting the others). From `window_start`
+# on, a stretch is the window's length / HISTORY_STRETCHES, between a minute and an hour
+# (finer than the report's strips); before it, a day.
+HISTORY_STRETCHES = 96
+
+
+async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[str], window_start: dt.datetime,
+                       now: dt.datetime) -> list[VerifyRun]:
+    """The verification history of `sources` in stretches (see above), oldest first."""
+    width = min(3600.0, max(60.0, (now - window_start).total_seconds() / HISTORY_STRETCHES))
+    bk = quote_pg_ident(bk_schema)
+    groups = await conn.fetch(
+        f"""SELECT max(id), count(*), min(finished_at) FROM {bk}.verify_runs WHERE source = ANY($1::text[])
+            GROUP BY source, table_name, {_CLEAN},
+                CASE WHEN finished_at >= $2 THEN floor(extract(epoch FROM finished_at - $2) / $3)
+                     ELSE -1 - floor(extract(epoch FROM $2 - finished_at) / 86400) END""",
+        sources, window_start, width)
+    stretch = {g[0]: (g[1], g[2]) for g in groups}
+    runs = _runs(await conn.fetch(
+        f"SELECT {_COLUMNS} FROM {bk}.verify_runs WHERE id = ANY($1::bigint[]) ORDER BY finished_at, id",
+        list(stretch)))
+    for r in runs:
+        r.count, r.first_at = stretch[r.id]
+    return runs
