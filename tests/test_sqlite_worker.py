@@ -159,3 +159,53 @@ async def test_files_kept_locked_do_not_hold_up_the_others(tmp_path, monkeypatch
         for w in [*locked, free]:
             await w.close()
             w.shutdown()
+
+
+async def test_threads_started_for_locked_files_end_while_other_files_keep_working(tmp_path, monkeypatch):
+    """Once the locks are gone, the pool shrinks back to [sqlite] threads, also while
+    the daemon keeps working (other files' polls and batches, about 50 calls a second,
+    spread over every thread)."""
+    from syncd.sqlite import connection
+
+    monkeypatch.setattr(connection, "EXTRA_IDLE_SECONDS", 0.5)
+
+    def new_file(path):
+        sqlite3.connect(path).execute("CREATE TABLE t (v)").connection.commit()
+        return path
+
+    holders, locked = [], []
+    for i in range(THREADS.size + 6):
+        db = new_file(tmp_path / f"locked{i}.db")
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: no reader gets in
+        holders.append(holder)
+        locked.append(SqliteWorker(db, f"locked{i}", 2000))
+    busy = [SqliteWorker(new_file(tmp_path / f"busy{i}.db"), f"busy{i}", 1000) for i in range(10)]
+
+    async def steady_work():
+        i = 0
+        while True:
+            await busy[i % len(busy)].run(lambda c: c.execute("SELECT count(*) FROM t").fetchone())
+            i += 1
+            await asyncio.sleep(0.02)
+
+    work = asyncio.ensure_future(steady_work())
+    try:
+        waiting = [asyncio.ensure_future(w.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()))
+                   for w in locked]
+        await asyncio.sleep(1.5)
+        assert THREADS.threads > THREADS.size  # the pool grew for the stuck calls
+        for h in holders:
+            h.execute("COMMIT")
+        await asyncio.gather(*waiting)
+        deadline = time.monotonic() + 10
+        while THREADS.threads > THREADS.size and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert THREADS.threads <= THREADS.size, f"{THREADS.threads} threads, [sqlite] threads {THREADS.size}"
+    finally:
+        work.cancel()
+        for h in holders:
+            h.close()
+        for w in [*locked, *busy]:
+            await w.close()
+            w.shutdown()

@@ -11,8 +11,9 @@ threads): a daemon with a thousand files runs a handful, not a thousand.
 A call can wait a long time without working: its file's application holds a lock (the
 busy timeout), or a write lock is tried again and again. So when every thread has been
 on its call for STUCK_SECONDS while other calls queue, the pool starts another thread,
-up to EXTRA_THREADS more; they end once idle. Files their applications keep locked then
-do not stall the rest of a fleet.
+up to EXTRA_THREADS more; they end once the pool has held more threads than [sqlite]
+threads plus the stuck ones for EXTRA_IDLE_SECONDS. Files their applications keep locked
+then do not stall the rest of a fleet.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class SqliteThreads:
         self._queued = threading.Event()  # calls wait for a thread: the watch is on
         self._watch: threading.Thread | None = None
         self.extra_started = 0  # threads started for stuck ones, ever (tests and metrics read it)
+        self._needed_at = 0.0  # when the extra threads were last all needed
 
     def resize(self, size: int) -> None:
         with self._lock:
@@ -165,13 +167,11 @@ class SqliteThreads:
     def _serve(self, extra: bool) -> None:
         me = threading.current_thread()
         while True:
+            if extra and self._surplus(me):
+                return
             try:
-                worker = self._calls.get(timeout=EXTRA_IDLE_SECONDS if extra else None)
+                worker = self._calls.get(timeout=1.0 if extra else None)
             except queue.Empty:
-                with self._lock:
-                    if len(self._threads) > self.size:
-                        del self._threads[me]
-                        return
                 continue
             with self._lock:
                 self._threads[me] = time.monotonic()
@@ -182,6 +182,22 @@ class SqliteThreads:
             finally:
                 with self._lock:
                     self._threads[me] = None
+
+    def _surplus(self, me: threading.Thread) -> bool:
+        """Whether thread `me`, started for stuck ones, may end (and leaves the pool if
+        so): there are more threads than [sqlite] threads plus those stuck now, and have
+        been for EXTRA_IDLE_SECONDS. Asked between calls: a pool kept busy by healthy
+        files shrinks too once the locks are gone."""
+        now = time.monotonic()
+        with self._lock:
+            stuck = sum(1 for since in self._threads.values() if since is not None and now - since >= STUCK_SECONDS)
+            if len(self._threads) <= self.size + stuck:
+                self._needed_at = now
+                return False
+            if now - self._needed_at < EXTRA_IDLE_SECONDS:
+                return False
+            del self._threads[me]
+            return True
 
     def _watch_stuck(self) -> None:
         """While calls queue, start a thread when every one has been on its call for
@@ -201,10 +217,11 @@ class SqliteThreads:
                         and len(busy) < self.size + EXTRA_THREADS):
                     self._start(extra=True)
                     self.extra_started += 1
+                    self._needed_at = now
 
 
 # A thread on one call this long, while others wait, counts as stuck; at most this many
-# threads are started besides [sqlite] threads; one idle this long ends.
+# threads are started besides [sqlite] threads; they end once not needed for this long.
 STUCK_SECONDS = 0.2
 EXTRA_THREADS = 60
 EXTRA_IDLE_SECONDS = 10.0
