@@ -52,7 +52,7 @@ from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import CHANGELOG, META, LockTimeout, write_transaction
-from syncd.sqlite.connection import SqliteWorker
+from syncd.sqlite.connection import SqliteWorker, is_busy
 from syncd.verify.postgres_side import lock_holder
 
 log = logging.getLogger("syncd")
@@ -233,8 +233,12 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
 async def _wait(cond, timeout: float, task: asyncio.Task | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await cond():
-            return True
+        try:
+            if await cond():
+                return True
+        except sqlite3.OperationalError as e:
+            if not is_busy(e):
+                raise  # busy: the application holds the file a moment; not drained yet, look again
         if task is not None and task.done():
             return False
         await asyncio.sleep(POLL_SECONDS)

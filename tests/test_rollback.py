@@ -316,3 +316,45 @@ async def test_no_id_is_handed_out_twice_across_a_rollback(tmp_path, make_config
         assert await pg_rows(pg_dsn, "INSERT INTO app.deals (title, amount) VALUES ('Postgres again', 3) "
                                      "RETURNING id") == [(new_id + 1,)]
         assert d.stop() == 0
+
+
+async def test_a_lock_of_a_few_seconds_while_the_rollback_drains_only_delays_it(tmp_path, make_config, pg_dsn):
+    """The application holds its rollback-journal file for 3 s (past syncd's 2 s busy
+    timeout) while `syncd rollback` drains the last changes: the drain waits for it,
+    as for the changes themselves, instead of undoing the rollback."""
+    import asyncio
+    import subprocess
+
+    from tests.support.daemon import syncd_cmd
+
+    db = tmp_path / "app.db"
+    make_app(db).execute("PRAGMA journal_mode=delete")  # rollback-journal: a lock keeps readers out
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    # Changes SQLite has yet to apply: the rollback drains them with a stream of its own.
+    await pg_rows(pg_dsn, "INSERT INTO app.contacts SELECT g, 'n' || g || '@x' FROM generate_series(100, 5099) g")
+    proc = subprocess.Popen(syncd_cmd(cfg, "rollback"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=str(cfg.parent))
+    pg = await asyncpg.connect(pg_dsn)
+    holder = sqlite3.connect(db, isolation_level=None, timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while not await pg.fetchval("SELECT count(*) FROM syncd.switches WHERE kind = 'rollback' "
+                                    "AND state = 'frozen'"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            await asyncio.sleep(0.005)
+        holder.execute("BEGIN EXCLUSIVE")
+        await asyncio.sleep(3)
+        holder.execute("COMMIT")
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        holder.close()
+        await pg.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "rolled back to SQLite" in out, out
+    assert await compare_all(str(db), pg_dsn, "app", TABLES) == []
