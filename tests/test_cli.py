@@ -194,3 +194,21 @@ async def test_schema_shows_the_types_postgres_has(app_db, make_config, pg_dsn):
                                  "WHERE attrelid = 'app.kv'::regclass AND attname = 'v'") == "text"
     finally:
         await pg.close()
+
+
+async def test_uninstall_on_a_file_its_application_holds_locked_says_so(app_db, make_config, pg_dsn, tmp_path):
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"sqlite": {"read_busy_timeout_ms": 200}})
+    assert run_cli(cfg, "init").returncode == 0
+    holder = sqlite3.connect(app_db, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = delete")
+    holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: no reader gets in
+    try:
+        r = run_cli(cfg, "uninstall")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"app: ERROR {app_db} is locked by another connection" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    assert "removed" in run_cli(cfg, "uninstall").stdout  # once free, it goes through

@@ -5,13 +5,14 @@ Postgres, the way back's capture there is removed: nothing would read it any mor
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
 from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, try_lock_source, unlock_source
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
 from syncd.sqlite import capture, reader
-from syncd.sqlite.connection import SourceFileError, open_connection
+from syncd.sqlite.connection import SourceFileError, is_busy, open_connection
 
 
 def register(sub, parent) -> None:
@@ -34,6 +35,12 @@ def main(args) -> int:
             common.say(asyncio.run(_uninstall(settings, source, args.force)))
         except (SourceFileError, SourceLocked, Refused, capture.CaptureStateError) as e:
             common.say(f"{source.name}: ERROR {e}")
+            rc = 1
+        except (sqlite3.OperationalError, capture.LockTimeout) as e:
+            if isinstance(e, sqlite3.OperationalError) and not is_busy(e):
+                raise
+            common.say(f"{source.name}: ERROR {source.path} is locked by another connection ({e}); "
+                       "try again once it is free")
             rc = 1
     return rc
 
