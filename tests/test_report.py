@@ -417,3 +417,19 @@ def run_cli_rss(cfg: Path, *args: str) -> int:
     rc, rss = out.stdout.split()
     assert rc in ("0", "1"), out.stdout + out.stderr
     return int(rss)
+
+
+async def test_a_file_its_application_holds_locked_is_named_not_called_uncaptured(ready, app_db):
+    holder = sqlite3.connect(app_db, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = delete")
+    holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: no reader gets in
+    try:
+        rc, md, rc_json, doc = report(ready)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert rc == rc_json == 1
+    src = doc["sources"][0]
+    assert "database is locked" in src["error"], src["error"]
+    assert {t["capture_note"] for t in src["tables"]} == {"unknown: the SQLite file could not be read"}
+    assert "not in the SQLite file" not in md

@@ -239,7 +239,10 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     names = sorted(set(rows) | (set(side.tables) if side else set()))
     for name in names:
         row = rows.get(name)
-        captured, note = side.capture[name] if side and name in side.capture else (False, "not in the SQLite file")
+        if side is None:
+            captured, note = False, "unknown: the SQLite file could not be read"  # facts.error says why
+        else:
+            captured, note = side.capture.get(name, (False, "not in the SQLite file"))
         in_flight = None if side is None or side.pruned_past else side.in_flight.get(name, (0, 0))
         facts.tables.append(TableFacts(
             name=name, state=row.state if row else None, reason=row.reason if row else None,
