@@ -34,7 +34,7 @@ from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
 from syncd.sqlite import disk_guard, freeze, reader
-from syncd.sqlite.capture import CaptureStateError, LockTimeout
+from syncd.sqlite.capture import CaptureStateError, contended
 from syncd.sqlite.connection import SourceFileError, is_sqlite_file_error
 from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
 
@@ -143,7 +143,7 @@ class Pipeline:
             # A busy SQLite file is the application at work, not an outage: try again
             # soon, or a busy rollback-journal database would starve syncd's reads.
             exc = retry_state.outcome.exception()
-            if isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
+            if contended(exc):
                 return random.uniform(0.01, 0.1)
             return backoff(retry_state)
 
@@ -288,7 +288,7 @@ class Pipeline:
                                "lock holds the table, or the server is gone")
         elif is_transient(exc):
             self._pg_down(exc)
-        elif isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
+        elif contended(exc):
             pass  # the application holds the file; just try again
         elif isinstance(exc, DirectionChanged):
             self.needs_reconcile = True  # reconcile reads the new direction; the daemon switches pipelines
@@ -903,7 +903,7 @@ class Pipeline:
             elif self.health == SOURCE_MISSING and self.source.path.exists():
                 self.wake.set()
         except sqlite3.OperationalError as e:
-            if not _sqlite_busy(e):  # busy: the application holds a lock; poll again later
+            if not contended(e):  # busy: the application holds a lock; poll again later
                 self.file_changed = True
                 self.wake.set()
         except (sqlite3.Error, OSError, RuntimeError):  # RuntimeError: the worker was shut down
@@ -975,10 +975,6 @@ async def fetch_recheck_flags(conn, bk_schema: str, sources: list[str]) -> dict[
         sources)
     return {r[0]: RecheckFlags(r[2], r[1] or TO_POSTGRES, r[3]) for r in rows}
 
-
-def _sqlite_busy(exc: BaseException) -> bool:
-    text = str(exc)
-    return "locked" in text or "busy" in text or isinstance(exc, LockTimeout)
 
 
 __all__ = ["Pipeline", "PostgresUnavailable"]

@@ -12,7 +12,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, try_lock_source, unlock_source
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
 from syncd.sqlite import capture, reader
-from syncd.sqlite.connection import SourceFileError, is_busy, open_connection
+from syncd.sqlite.connection import SourceFileError, open_connection
 
 
 def register(sub, parent) -> None:
@@ -37,7 +37,7 @@ def main(args) -> int:
             common.say(f"{source.name}: ERROR {e}")
             rc = 1
         except (sqlite3.OperationalError, capture.LockTimeout) as e:
-            if isinstance(e, sqlite3.OperationalError) and not is_busy(e):
+            if not capture.contended(e):
                 raise
             common.say(f"{source.name}: ERROR {source.path} is locked by another connection ({e}); "
                        "try again once it is free")

@@ -158,12 +158,13 @@ async def start_generation(conn: asyncpg.Connection, names: Names, schema: str) 
 
 
 async def table_files(conn: asyncpg.Connection, schema: str) -> dict[str, list]:
-    """Each table of `schema`: [its storage file, {column: format_type()}]."""
+    """Each table of `schema` (partitioned ones too, with no file: 0): [its storage file,
+    {column: format_type()} in column order]."""
     rows = await conn.fetch(
         "SELECT c.relname, c.relfilenode, array_agg(a.attname ORDER BY a.attnum), "
         "array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid "
-        "AND a.attnum > 0 AND NOT a.attisdropped WHERE n.nspname = $1 AND c.relkind = 'r' "
+        "AND a.attnum > 0 AND NOT a.attisdropped WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') "
         "GROUP BY c.relname, c.relfilenode", schema)
     return {r[0]: [int(r[1]), dict(zip(r[2], r[3]))] for r in rows}
 

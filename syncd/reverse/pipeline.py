@@ -15,7 +15,6 @@ import contextlib
 import datetime as dt
 import os
 import random
-import sqlite3
 import time
 from dataclasses import dataclass, field
 
@@ -39,7 +38,7 @@ from syncd.reverse.reader import SourceTable
 from syncd.reverse.values import ColumnShape, NotExpressible, OutOfRange, to_sqlite
 from syncd.session import SourceSession, changed, new_row
 from syncd.sqlite import freeze
-from syncd.sqlite.capture import LockTimeout
+from syncd.sqlite.capture import contended
 from syncd.sqlite.connection import SourceFileError
 from syncd.types import ValueMismatch, converter
 
@@ -227,7 +226,7 @@ class ReversePipeline:
 
         def wait(retry_state) -> float:
             exc = retry_state.outcome.exception()
-            if isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
+            if contended(exc):
                 return random.uniform(0.01, 0.1)
             return backoff(retry_state)
 
@@ -298,7 +297,7 @@ class ReversePipeline:
             self._enter(POSTGRES_DOWN, f"Postgres unreachable: {describe(exc)}; retrying with backoff, the "
                                        "application's changes wait in Postgres's changelog", kind="postgres",
                         level="warning")
-        elif isinstance(exc, (sqlite3.OperationalError, LockTimeout)) and _sqlite_busy(exc):
+        elif contended(exc):
             pass
         elif isinstance(exc, CheckpointConflict):
             self._enter(FAILING, str(exc), kind="lock", level="error")
@@ -799,33 +798,29 @@ class ReversePipeline:
             return
         self.last_request_check = now
         await self._undo_abandoned_rollback()
-        await self._reload_rewritten()
-        if await self._schema_moved_in_postgres():
+        files = await capture.table_files(self.session.pg, self.source.schema)
+        await self._reload_rewritten(files)
+        if self._schema_moved_in_postgres(files):
             self.needs_reconcile = True
         if any(t.state == bk.PAUSED for t in self.tables.values()):
             self.needs_reconcile = True
         if self.needs_reconcile:
             self.wake.set()
 
-    async def _schema_moved_in_postgres(self) -> bool:
-        """Tables or columns of the target schema changed (the application's DDL in Postgres)."""
-        pg = self.session.pg
-        fingerprint = await pg.fetchval(
-            "SELECT md5(coalesce(string_agg(c.relname || '.' || a.attname || ':' || format_type(a.atttypid, "
-            "a.atttypmod), ',' ORDER BY c.relname, a.attnum), '')) FROM pg_class c JOIN pg_namespace n ON "
-            "n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT "
-            "a.attisdropped WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')", self.source.schema)
-        moved = getattr(self, "_pg_shape", None) not in (None, fingerprint)
-        self._pg_shape = fingerprint
+    def _schema_moved_in_postgres(self, files: dict[str, list]) -> bool:
+        """Tables or columns of the target schema changed (the application's DDL in
+        Postgres), as capture.table_files reads them: names and types, in column order."""
+        shape = {name: list(types.items()) for name, (_file, types) in files.items()}
+        moved = getattr(self, "_pg_shape", None) not in (None, shape)
+        self._pg_shape = shape
         return moved
 
-    async def _reload_rewritten(self) -> None:
+    async def _reload_rewritten(self, now: dict[str, list]) -> None:
         """Copy again a table Postgres rewrote without a row trigger firing (see
         capture.table_files), also while no daemon ran. A column that changed to another
         kind of value (timestamp to timestamptz) is not followed this way: verify names
         it, and its old type given back lets the table be compared again."""
         s = self.session
-        now = await capture.table_files(s.pg, self.source.schema)
         before = await capture.noted_files(s.pg, self.names)
         if before == now:
             return
@@ -918,10 +913,6 @@ class ReversePipeline:
 def _internal(name: str) -> bool:
     return name.startswith(("_syncd_", "sqlite_"))
 
-
-def _sqlite_busy(exc: BaseException) -> bool:
-    text = str(exc)
-    return "locked" in text or "busy" in text or isinstance(exc, LockTimeout)
 
 
 __all__ = ["ReversePipeline"]

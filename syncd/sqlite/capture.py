@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
+from syncd.sqlite.connection import is_busy
 
 CHANGELOG = "_syncd_changelog"
 REGISTRY = "_syncd_tables"
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 
 class LockTimeout(Exception):
     """syncd could not get a short write lock on the SQLite file in time."""
+
+
+def contended(exc: BaseException) -> bool:
+    """The application holds the file: SQLite said busy or locked, or a write lock was
+    not had in time. A reason to try again soon, not a failure."""
+    return isinstance(exc, LockTimeout) or is_busy(exc)
 
 
 class CaptureStateError(sqlite3.DatabaseError):

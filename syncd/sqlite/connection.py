@@ -136,7 +136,6 @@ class SqliteThreads:
         self._lock = threading.Lock()
         self._queued = threading.Event()  # calls wait for a thread: the watch is on
         self._watch: threading.Thread | None = None
-        self.extra_started = 0  # threads started for stuck ones, ever (tests and metrics read it)
         self._needed_at = 0.0  # when the extra threads were last all needed
 
     def resize(self, size: int) -> None:
@@ -216,7 +215,6 @@ class SqliteThreads:
                 if (busy and all(since is not None and now - since >= STUCK_SECONDS for since in busy)
                         and len(busy) < self.size + EXTRA_THREADS):
                     self._start(extra=True)
-                    self.extra_started += 1
                     self._needed_at = now
 
 

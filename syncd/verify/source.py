@@ -21,7 +21,7 @@ from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, 
 from syncd.postgres.target import UnsupportedTarget, check_target
 from syncd.sqlite import capture
 from syncd.sqlite.capture import CaptureState, LockTimeout
-from syncd.sqlite.connection import SourceFileError, SqliteWorker
+from syncd.sqlite.connection import SourceFileError, SqliteWorker, is_busy
 from syncd.parity.apply import retyped_columns
 from syncd.sqlite.introspect import introspect, schema_version
 from syncd.verify import history, repair, sqlite_side
@@ -108,15 +108,11 @@ class _Session:
             try:
                 return await self.worker.run(fn, *args)
             except sqlite3.OperationalError as e:
-                if not _busy(e) or time.monotonic() + delay > deadline:
+                if not is_busy(e) or time.monotonic() + delay > deadline:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-
-def _busy(e: sqlite3.OperationalError) -> bool:
-    text = str(e)
-    return "database is locked" in text or "busy" in text
 
 
 async def verify_source(settings: Settings, source: SourceSettings, tables: list[str] | None = None, *,
