@@ -205,6 +205,9 @@ class VerifySettings(_Strict):
     # reads SQLite's current row, so it cannot write a stale value. Every repair stays
     # an error in the history the cutover report judges.
     repair: bool = True
+    # Clean runs older than this are merged in the history, by table and hour (by day
+    # before the report's window), still counted; runs that found anything never are.
+    keep_every_run_days: float = Field(2.0, gt=0)
 
 
 class CutoverSettings(_Strict):

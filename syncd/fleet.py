@@ -16,6 +16,7 @@ bounded rate or in one query, what each source would otherwise do on its own tim
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import math
 import time
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING
 from syncd import metrics
 from syncd.config import Settings
 from syncd.postgres.pool import Targets
+from syncd.postgres.connect import describe
+from syncd.verify.history import THIN_EVERY_SECONDS, thin
 
 if TYPE_CHECKING:
     from syncd.pipeline import Pipeline
@@ -125,6 +128,8 @@ class VerifyScheduler:
         self.deferred: dict[str, float] = {}
         self.running: set[str] = set()
         self.behind_seconds = 0.0  # how far the oldest check is past its interval
+        self.thinned_at = -math.inf
+        self._thinning: asyncio.Task | None = None
 
     def due(self, now: float) -> list["Pipeline"]:
         from syncd.pipeline import STREAMING
@@ -148,6 +153,13 @@ class VerifyScheduler:
         return out
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._thinning is not None:
+                self._thinning.cancel()
+
+    async def _run(self) -> None:
         d = self.daemon
         while True:
             interval = d.settings.verify.interval_seconds
@@ -161,7 +173,32 @@ class VerifyScheduler:
                     self.deferred.pop(p.name, None)
                     self.last_run[p.name] = now
                     asyncio.create_task(self._one(p), name=f"verify-{p.name}")
+            if time.monotonic() - self.thinned_at >= THIN_EVERY_SECONDS and not d.stop_event.is_set():
+                self.thinned_at = time.monotonic()  # beside the checks: a first thinning of months takes a while
+                self._thinning = asyncio.create_task(self._thin(), name="verify-history-thinning")
             await asyncio.sleep(1.0)
+
+    async def _thin(self) -> None:
+        """Merge old clean runs in each target's verification history (verify/history.py)."""
+        s = self.daemon.settings
+        now = dt.datetime.now(dt.timezone.utc)
+        hourly = now - dt.timedelta(days=s.verify.keep_every_run_days)
+        daily = hourly - dt.timedelta(days=s.cutover.min_days + 1)
+        by_target: dict[int, list["Pipeline"]] = {}
+        for p in self.daemon.pipelines.values():
+            by_target.setdefault(id(p.session.target), []).append(p)
+        for pipes in by_target.values():
+            try:
+                async with pipes[0].session.target.connection() as conn:
+                    merged = await thin(conn, s.postgres.bookkeeping_schema, [p.name for p in pipes], hourly, daily)
+            except Exception as e:  # noqa: BLE001 - Postgres away or busy: the next hour tries again
+                log.warning(f"thinning the verification history failed: {describe(e)}",
+                            extra={"event": "verify_history_thinned"})
+                continue
+            if merged:
+                log.info(f"verification history: {merged} clean run(s) older than {s.verify.keep_every_run_days:g} "
+                         "day(s) merged into the runs they were alike with (still counted)",
+                         extra={"event": "verify_history_thinned"})
 
     async def _one(self, p: "Pipeline") -> None:
         try:

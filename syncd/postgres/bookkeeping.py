@@ -113,6 +113,10 @@ def _ddl(bk: str) -> list[str]:
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS confirmed_seq bigint NOT NULL DEFAULT 0",
         f"ALTER TABLE {s}.verify_runs ADD COLUMN IF NOT EXISTS table_state text",
         f"ALTER TABLE {s}.verify_runs ADD COLUMN IF NOT EXISTS detail text",
+        # A row merged by thinning (verify/history.py) stands for `runs` clean runs of its
+        # table, the first finished at first_finished_at.
+        f"ALTER TABLE {s}.verify_runs ADD COLUMN IF NOT EXISTS runs bigint NOT NULL DEFAULT 1",
+        f"ALTER TABLE {s}.verify_runs ADD COLUMN IF NOT EXISTS first_finished_at timestamptz",
         # A reload of a table Postgres readers already use goes into a table of its own
         # and replaces the rows in one transaction at the end (see snapshot.py).
         f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS load_aside boolean NOT NULL DEFAULT false",

@@ -134,16 +134,61 @@ async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[s
     """The verification history of `sources` in stretches (see above), oldest first."""
     width = min(3600.0, max(60.0, (now - window_start).total_seconds() / HISTORY_STRETCHES))
     bk = quote_pg_ident(bk_schema)
-    groups = await conn.fetch(
-        f"""SELECT max(id), count(*), min(finished_at) FROM {bk}.verify_runs WHERE source = ANY($1::text[])
-            GROUP BY source, table_name, {_CLEAN},
-                CASE WHEN finished_at >= $2 THEN floor(extract(epoch FROM finished_at - $2) / $3)
-                     ELSE -1 - floor(extract(epoch FROM $2 - finished_at) / 86400) END""",
-        sources, window_start, width)
-    stretch = {g[0]: (g[1], g[2]) for g in groups}
-    runs = _runs(await conn.fetch(
-        f"SELECT {_COLUMNS} FROM {bk}.verify_runs WHERE id = ANY($1::bigint[]) ORDER BY finished_at, id",
-        list(stretch)))
+    async with conn.transaction(isolation="repeatable_read", readonly=True):  # one view, whatever thins meanwhile
+        groups = await conn.fetch(
+            f"""SELECT max(id), sum(runs)::bigint, min(coalesce(first_finished_at, finished_at))
+                FROM {bk}.verify_runs WHERE source = ANY($1::text[])
+                GROUP BY source, table_name, {_CLEAN},
+                    CASE WHEN finished_at >= $2 THEN floor(extract(epoch FROM finished_at - $2) / $3)
+                         ELSE -1 - floor(extract(epoch FROM $2 - finished_at) / 86400) END""",
+            sources, window_start, width)
+        stretch = {g[0]: (g[1], g[2]) for g in groups}
+        runs = _runs(await conn.fetch(
+            f"SELECT {_COLUMNS} FROM {bk}.verify_runs WHERE id = ANY($1::bigint[]) ORDER BY finished_at, id",
+            list(stretch)))
     for r in runs:
         r.count, r.first_at = stretch[r.id]
     return runs
+
+
+# Thinning, by the daemon every THIN_EVERY_SECONDS: a clean run older than [verify]
+# keep_every_run_days merges into the latest clean run of its table in the same hour,
+# which then counts it (runs) and keeps when the first of them finished
+# (first_finished_at); before the report's window, into the same day. A fleet checked
+# every few minutes writes millions of runs a month; thinned, the report and the status
+# page read about a row per table per hour, and every run is still counted. A run that
+# found anything, failed or compared nothing is never merged: it stays as written.
+THIN_EVERY_SECONDS = 3600.0
+THIN_IDS_AT_ONCE = 200_000  # rows considered per statement: a first thinning of months stays in short statements
+
+
+async def thin(conn: asyncpg.Connection, bk_schema: str, sources: list[str], hourly_before: dt.datetime,
+               daily_before: dt.datetime) -> int:
+    """Merge `sources`' clean runs finished before `hourly_before` by table and hour,
+    and before `daily_before` by table and day; returns the number of rows merged away."""
+    bk = quote_pg_ident(bk_schema)
+    merged = 0
+    for unit, before in (("day", min(daily_before, hourly_before)), ("hour", hourly_before)):
+        low, high = await conn.fetchrow(
+            f"SELECT min(id), max(id) FROM {bk}.verify_runs WHERE source = ANY($1::text[]) AND finished_at < $2",
+            sources, before)
+        if low is None:
+            continue
+        for start in range(low, high + 1, THIN_IDS_AT_ONCE):
+            merged += int((await conn.execute(
+                f"""WITH alike AS (
+                        SELECT id, source, table_name, runs, coalesce(first_finished_at, finished_at) AS first,
+                               date_trunc('{unit}', finished_at) AS stretch
+                        FROM {bk}.verify_runs
+                        WHERE id >= $3 AND id < $4 AND source = ANY($1::text[]) AND finished_at < $2
+                              AND {_CLEAN} AND repaired = 0),
+                    stretches AS (
+                        SELECT source, table_name, stretch, max(id) AS kept, sum(runs) AS runs, min(first) AS first
+                        FROM alike GROUP BY source, table_name, stretch HAVING count(*) > 1),
+                    counted AS (
+                        UPDATE {bk}.verify_runs v SET runs = s.runs, first_finished_at = s.first
+                        FROM stretches s WHERE v.id = s.kept)
+                    DELETE FROM {bk}.verify_runs v USING alike a JOIN stretches s USING (source, table_name, stretch)
+                    WHERE v.id = a.id AND a.id <> s.kept""",
+                sources, before, start, start + THIN_IDS_AT_ONCE)).split()[-1])
+    return merged

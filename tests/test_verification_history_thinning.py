@@ -1,0 +1,105 @@
+"""The verification history stays small however long dual-write runs: the daemon merges
+clean runs older than [verify] keep_every_run_days by table and hour (by day before the
+cutover window), and the merged row counts them. Every run stays counted in the report,
+and a run that found anything or failed is kept as written."""
+
+from __future__ import annotations
+
+import json
+
+from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.verifying import pg_execute, pg_fetch
+from tests.test_report import add_run, ago, item, ready, report  # noqa: F401 - `ready` is a fixture
+
+CLEAN = "full_check AND error IS NULL AND missing + extra + different + pending = 0"
+
+
+async def history(dsn: str) -> dict:
+    rows = await pg_fetch(dsn, f"""
+        SELECT count(*), sum(runs),
+               count(*) FILTER (WHERE table_name = 'items' AND {CLEAN} AND finished_at < now() - interval '2 days'
+                                AND finished_at > now() - interval '5 days 1 hour'),
+               count(*) FILTER (WHERE table_name = 'notes' AND {CLEAN} AND finished_at < now() - interval '17 days')
+        FROM syncd.verify_runs""")
+    rows_, runs, items_old, notes_old = rows[0]
+    kept = await pg_fetch(dsn, f"SELECT id, missing, error, detail FROM syncd.verify_runs WHERE NOT ({CLEAN}) "
+                               "ORDER BY id")
+    return {"rows": rows_, "runs": int(runs), "items_old": items_old, "notes_old": notes_old,
+            "not_clean": [tuple(r) for r in kept]}
+
+
+async def test_old_clean_runs_merge_and_stay_counted(ready, pg_dsn, tmp_path):  # noqa: F811
+    # items: checked every 5 minutes for 5 days (1,440 runs), two that found rows missing
+    # and one that failed among them; notes: hourly, 18 to 20 days ago (48 runs).
+    await pg_execute(pg_dsn, """
+        INSERT INTO syncd.verify_runs (source, table_name, started_at, finished_at, rows_sqlite, rows_postgres,
+                                       full_check, table_state, detail)
+        SELECT 'app', 'items', now() - n * interval '300 s' - interval '1 s', now() - n * interval '300 s',
+               1000, 1000, true, 'streaming', '{"reason": null, "differences": []}'
+        FROM generate_series(1, 1440) n""")
+    await pg_execute(pg_dsn, """
+        INSERT INTO syncd.verify_runs (source, table_name, started_at, finished_at, rows_sqlite, rows_postgres,
+                                       full_check, table_state, detail)
+        SELECT 'app', 'notes', now() - interval '18 days' - n * interval '1 hour',
+               now() - interval '18 days' - n * interval '1 hour', 50, 50, true, 'streaming',
+               '{"reason": null, "differences": []}'
+        FROM generate_series(0, 47) n""")
+    for minutes in (2, 7):
+        await add_run(pg_dsn, "items", ago(days=4, minutes=minutes), 1000, missing=3,
+                      differences=[{"key": [minutes], "kind": "missing"}])
+    await add_run(pg_dsn, "items", ago(days=3, minutes=1), 1000, error="Postgres went away")
+    before = await history(pg_dsn)
+    _, _, _, doc_before = report(ready)
+    assert before["items_old"] > 800 and before["notes_old"] >= 48
+    assert len(before["not_clean"]) == 3
+
+    with DaemonProcess(ready, tmp_path / "thinning.log") as d:
+        wait_for(lambda: "merged into the runs" in d.log(), 60, "the daemon to thin the history", daemon=d)
+        assert d.stop() == 0
+    assert "clean run(s) older than 2 day(s) merged" in d.log()
+
+    after = await history(pg_dsn)
+    # One row per table per hour before two days ago; one per day before the window.
+    assert after["items_old"] <= 3 * 24 + 2, after
+    assert after["notes_old"] <= 5, after  # and the fixture's daily checks
+    # Every run still counted; what found anything is kept as it was written.
+    assert after["runs"] == before["runs"]
+    assert after["not_clean"] == before["not_clean"]
+    _, md, _, doc = report(ready)
+    assert doc["verifications"] == doc_before["verifications"] == before["runs"]
+    assert doc["consistency_errors"] == doc_before["consistency_errors"]
+    assert item(doc, "dual_write") == item(doc_before, "dual_write")
+    assert f"of {before['runs']:,} verification(s)" in md
+    detail = json.loads(after["not_clean"][0][3])
+    assert detail["differences"] == [{"key": [2], "kind": "missing"}] or detail["differences"] == [
+        {"key": [7], "kind": "missing"}]
+
+
+async def test_recent_runs_stay_one_by_one(ready, pg_dsn, tmp_path, make_config, app_db):  # noqa: F811
+    # Every 5 minutes for the last 16 hours, and for 8 hours ending 40 hours ago.
+    await pg_execute(pg_dsn, """
+        INSERT INTO syncd.verify_runs (source, table_name, started_at, finished_at, rows_sqlite, rows_postgres,
+                                       full_check, table_state, detail)
+        SELECT 'app', 'items', now() - n * interval '300 s', now() - n * interval '300 s', 1000, 1000, true,
+               'streaming', '{"reason": null, "differences": []}'
+        FROM generate_series(1, 192) n UNION ALL
+        SELECT 'app', 'items', now() - interval '40 hours' - n * interval '300 s',
+               now() - interval '40 hours' - n * interval '300 s', 1000, 1000, true,
+               'streaming', '{"reason": null, "differences": []}'
+        FROM generate_series(0, 95) n""")
+    recent = "SELECT count(*) FROM syncd.verify_runs WHERE finished_at > now() - interval '17 hours'"
+    older = ("SELECT count(*) FROM syncd.verify_runs WHERE finished_at < now() - interval '39 hours' "
+             "AND finished_at > now() - interval '49 hours'")
+    recent_before, older_before = (await pg_fetch(pg_dsn, recent))[0][0], (await pg_fetch(pg_dsn, older))[0][0]
+    assert recent_before >= 192 and older_before >= 96
+    before = await history(pg_dsn)
+    # Kept one by one for 1.5 days here (the 2-day default would keep the older ones too).
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      extra="[verify]\ninterval_seconds = 0\nkeep_every_run_days = 1.5\n")
+    with DaemonProcess(cfg, tmp_path / "recent.log") as d:
+        wait_for(lambda: "merged into the runs" in d.log(), 60, "a thinning pass", daemon=d)
+        assert d.stop() == 0
+    assert (await pg_fetch(pg_dsn, recent))[0][0] == recent_before
+    # An hour's runs are one row (and the fixture's daily checks of both tables 2 days ago).
+    assert (await pg_fetch(pg_dsn, older))[0][0] <= 9 + 2
+    assert (await history(pg_dsn))["runs"] == before["runs"]
