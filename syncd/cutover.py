@@ -330,6 +330,10 @@ async def trial_inserts(conn: asyncpg.Connection, schema: str, specs: dict[str, 
             got = await _next_identity(conn, table, col, taken=True)
             notes.append(f"{name}: trial INSERT met unique index {e.constraint_name} (expected for a copied row) "
                          f"after its identity gave it {got}")
+        except asyncpg.ForeignKeyViolationError as e:  # the newest row, copied, is an orphan (--allow-orphans)
+            got = await _next_identity(conn, table, col, taken=True)
+            notes.append(f"{name}: trial INSERT copied an orphan row (foreign key {e.constraint_name}, NOT VALID) "
+                         f"after its identity gave it {got}")
         except asyncpg.PostgresError as e:
             raise Refused(f'table "{name}": an INSERT without "{col}" fails in Postgres: {describe(e)}') from None
         if got <= marks[name]:

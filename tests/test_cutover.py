@@ -241,9 +241,12 @@ async def test_cutover_creates_the_schema_and_refuses_orphans_unless_allowed(tmp
         CREATE TABLE people (id INTEGER PRIMARY KEY, company_id INTEGER REFERENCES companies(id),
                              email TEXT CHECK (email LIKE '%@%'));
         CREATE UNIQUE INDEX people_email ON people(email);
+        CREATE TABLE visits (id INTEGER PRIMARY KEY, company_id INTEGER REFERENCES companies(id));
         INSERT INTO companies VALUES (1, 'Acme');
         INSERT INTO people VALUES (1, 1, 'a@acme.example'), (2, 7, 'b@gone.example');
-    """)  # foreign_keys is off (SQLite's default): company 7 never existed
+        INSERT INTO visits VALUES (1, 1), (2, 9);
+    """)  # foreign_keys is off (SQLite's default): companies 7 and 9 never existed; the newest visit
+    # is an orphan with no unique column, so the cutover's trial INSERT (a copy of it) meets the foreign key
     cfg = ready_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
