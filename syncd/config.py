@@ -229,6 +229,9 @@ class CutoverSettings(_Strict):
     # After a cutover SQLite follows Postgres for this long, so `syncd rollback` stays
     # possible; then the way back stops (the file is kept as it is, never deleted).
     keep_sqlite_days: float = Field(30.0, gt=0)
+    # "Rollback plan tested": the report wants a successful `syncd rehearse` of each
+    # source no older than this.
+    rehearsal_max_age_days: float = Field(30.0, gt=0)
 
 
 class LogSettings(_Strict):

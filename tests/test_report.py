@@ -19,7 +19,8 @@ from tests.test_status_page import Page
 from tests.support.sync import wait_caught_up
 from tests.support.verifying import pg_execute, sync_and_stop, verify, verify_section
 
-ITEMS = ["migrated", "dual_write", "lag", "halted", "capture", "backup", "performance", "foreign_keys"]
+ITEMS = ["migrated", "dual_write", "lag", "halted", "capture", "backup", "performance", "foreign_keys",
+         "rollback_rehearsed"]
 TITLES = {
     "migrated": "All data migrated and validated",
     "dual_write": "Dual-write running for at least 14 days",
@@ -29,6 +30,7 @@ TITLES = {
     "backup": "A recent SQLite backup exists",
     "performance": "PostgreSQL performance meets targets",
     "foreign_keys": "Foreign keys hold in the data",
+    "rollback_rehearsed": "Rollback plan tested",
 }
 
 
@@ -105,6 +107,10 @@ async def ready(app_db, make_config, pg_dsn, tmp_path):
         await add_run(pg_dsn, "items", ago(days=day), 1000)
         await add_run(pg_dsn, "notes", ago(days=day), 50)
     assert verify(cfg).returncode == 0  # and today's real check
+    # A rehearsal three days ago (tests/test_rollback_rehearsal.py runs real ones).
+    await pg_execute(pg_dsn, "INSERT INTO syncd.rehearsals (source, started_at, finished_at, ok, rows_verified, "
+                             "changes, cutover_downtime_seconds, rollback_downtime_seconds, detail) "
+                             "VALUES ('app', $1, $1, true, 1050, 150, 0.2, 0.1, '{}')", ago(days=3))
     return cfg
 
 
@@ -146,7 +152,7 @@ async def test_too_short_and_a_consistency_error_in_the_window(ready, pg_dsn):
     rc, md, rc_json, doc = report(ready)
     assert rc == rc_json == 1
     assert marks(md) == {**{k: True for k in ITEMS}, "dual_write": False}
-    assert "**Verdict: NOT READY for cutover: 1 of 8 checklist items are not done.**" in md
+    assert "**Verdict: NOT READY for cutover: 1 of 9 checklist items are not done.**" in md
     not_done = md.split("## Not done")[1].split("## Cutover checklist")[0]
     assert "❌ **Dual-write running for at least 14 days" in not_done
     assert re.search(r"app: dual-write since \S+ \S+ UTC, 3\.0 days; 14 days required \(11\.0 days to go\)", not_done)
@@ -190,7 +196,8 @@ async def test_lag_halted_table_and_capture(ready, app_db, pg_dsn):
     rc, md, _, doc = report(ready)
     assert rc == 1
     assert marks(md) == {"migrated": False, "dual_write": True, "lag": False, "halted": False, "capture": False,
-                         "backup": True, "performance": True, "foreign_keys": True}
+                         "backup": True, "performance": True, "foreign_keys": True,
+                         "rollback_rehearsed": True}
     assert re.search(r"❌ app: lag 30\d\.\d s, from computed: at most the time since the last apply "
                      r"\(3 change\(s\) pending; no daemon endpoint is configured\); 3 change\(s\) pending", section(md, "lag"))
     assert "❌ app.notes: held: a value does not fit" in section(md, "halted")
@@ -295,7 +302,7 @@ async def test_html_report_is_the_status_page_and_agrees_with_the_report(ready, 
     assert rc == md_rc == 1
     assert page.items == {i["key"]: i["ok"] for i in doc["checklist"]} == {**{k: True for k in ITEMS},
                                                                            "dual_write": False}
-    assert "NOT READY for cutover: 1 of 8 checklist items are not done." in page.all_text
+    assert "NOT READY for cutover: 1 of 9 checklist items are not done." in page.all_text
     assert "<title>syncd: NOT READY for cutover</title>" in text
     shown = _no_ages(page.all_text)
     for line in item(doc, "dual_write")["problems"]:

@@ -274,7 +274,7 @@ async def test_page_in_a_real_browser(daemon_with_page, pg_dsn, tmp_path):
             held: document.querySelector('tr[data-table="landing"]').textContent,
         }))()""" % json.dumps(WEIRD))
         assert dom["items"] == ["migrated", "dual_write", "lag", "halted", "capture", "backup", "performance",
-                                 "foreign_keys"]
+                                 "foreign_keys", "rollback_rehearsed"]
         assert dom["verdict"].startswith("NOT READY for cutover")
         assert dom["sources"] == ["abm", "sales"] and set(dom["tables"]) == {WEIRD, "landing", "deals"}
         assert dom["charts"] == 4 and len(dom["strips"]) == 3 and all(n >= 1 for n in dom["strips"])

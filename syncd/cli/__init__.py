@@ -11,7 +11,8 @@ import sys
 from syncd.cli import early_signals
 
 
-VERBS = ("demo", "init", "run", "status", "verify", "report", "schema", "resync", "cutover", "rollback", "uninstall")
+VERBS = ("demo", "init", "run", "status", "verify", "report", "schema", "resync", "cutover", "rollback", "rehearse",
+         "uninstall")
 _VALUED_OPTIONS = ("--config", "--log-format", "--log-level")
 
 

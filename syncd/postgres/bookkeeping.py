@@ -129,6 +129,18 @@ def _ddl(bk: str) -> list[str]:
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS failing text",
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS failing_since timestamptz",
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS failing_at timestamptz",
+        # Every `syncd rehearse` (rehearsal.py): a cutover and rollback of a copy, measured.
+        f"""CREATE TABLE IF NOT EXISTS {s}.rehearsals (
+            id bigserial PRIMARY KEY,
+            source text NOT NULL,
+            started_at timestamptz NOT NULL,
+            finished_at timestamptz NOT NULL DEFAULT now(),
+            ok boolean NOT NULL,
+            rows_verified bigint,
+            changes bigint,
+            cutover_downtime_seconds double precision,
+            rollback_downtime_seconds double precision,
+            detail jsonb)""",
         # Every cutover and rollback, step by step: a crashed one is finished or undone from here.
         f"""CREATE TABLE IF NOT EXISTS {s}.switches (
             id bigserial PRIMARY KEY,

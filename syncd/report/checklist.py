@@ -25,7 +25,8 @@ class CheckItem:
 
 
 def evaluate(f: MigrationFacts) -> list[CheckItem]:
-    return [migrated(f), dual_write(f), lag(f), halted(f), captured(f), backup(f), performance(f), foreign_keys(f)]
+    return [migrated(f), dual_write(f), lag(f), halted(f), captured(f), backup(f), performance(f), foreign_keys(f),
+            rehearsed(f)]
 
 
 def ready(items: list[CheckItem]) -> bool:
@@ -227,6 +228,35 @@ def backup(f: MigrationFacts) -> CheckItem:
         else:
             bad.append(f"{s.name}: too old: {what}")
     item.ok = not bad and bool(good)
+    item.problems, item.evidence = bad, good
+    return item
+
+
+def rehearsed(f: MigrationFacts) -> CheckItem:
+    limit = f.rehearsal_max_age_days
+    item = CheckItem("rollback_rehearsed", f"Rollback plan tested: `syncd rehearse` cut over a copy of each source "
+                                           f"and rolled it back, every row verified, within {_days(limit)} "
+                                           "([cutover] rehearsal_max_age_days)", True)
+    bad, good = [], []
+    for s in f.sources:
+        r = s.rehearsal
+        if s.direction == TO_SQLITE:
+            good.append(f"{s.name}: cut over; `syncd rollback` is the way back now")
+        elif r is None:
+            bad.append(f"{s.name}: never rehearsed: run `syncd rehearse --source {s.name}` (a copy of the file is "
+                       "cut over and rolled back in schemas of its own; the live file and its replica are not "
+                       "touched)")
+        elif not r.ok:
+            bad.append(f"{s.name}: the last rehearsal, {_when(r.at, f.generated_at)}, failed: "
+                       f"{r.problem or 'no reason recorded'}")
+        elif _age_seconds(r.at, f.generated_at) > limit * 86400:
+            bad.append(f"{s.name}: last rehearsed {_when(r.at, f.generated_at)}, longer ago than {_days(limit)}: "
+                       "run `syncd rehearse` again")
+        else:
+            good.append(f"{s.name}: rehearsed {_when(r.at, f.generated_at)}: cutover write downtime "
+                        f"{r.cutover_downtime or 0:.2f} s, rollback {r.rollback_downtime or 0:.2f} s, "
+                        f"{_n(r.rows)} row(s) verified")
+    item.ok = not bad and bool(f.sources)
     item.problems, item.evidence = bad, good
     return item
 

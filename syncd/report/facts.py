@@ -77,6 +77,17 @@ class Lag:
 
 
 @dataclass
+class RehearsalFacts:
+    """The latest `syncd rehearse` of a source (rehearsal.py)."""
+    at: dt.datetime
+    ok: bool
+    rows: int | None
+    cutover_downtime: float | None
+    rollback_downtime: float | None
+    problem: str | None
+
+
+@dataclass
 class SourceFacts:
     name: str
     path: str
@@ -96,6 +107,7 @@ class SourceFacts:
     direction: str = TO_POSTGRES  # the cutover sets TO_SQLITE (the daemon's /status reports it)
     rollback_until: dt.datetime | None = None  # cut over: [cutover] keep_sqlite_days after the cutover
     way_back_ended: str | None = None  # cut over: why SQLite stopped following Postgres, once it has
+    rehearsal: RehearsalFacts | None = None  # the latest `syncd rehearse`
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
         if self.streaming_since is None:
@@ -115,6 +127,7 @@ class MigrationFacts:
     backup_glob: str | None
     backup_max_age_days: float
     max_query_ms: float = 50.0
+    rehearsal_max_age_days: float = 30.0
     # Files a glob source matches that syncd does not replicate (discovery says why).
     not_picked_up: list[str] = field(default_factory=list)
 
@@ -180,8 +193,25 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
         sources=sources, runs=runs, min_days=c.min_days, warn_lag_seconds=settings.status.warn_lag_seconds,
         verify_max_age_seconds=settings.status.verify_max_age_seconds, backup_glob=c.backup_glob,
         backup_max_age_days=c.backup_max_age_days, max_query_ms=c.max_query_ms,
+        rehearsal_max_age_days=c.rehearsal_max_age_days,
         not_picked_up=list(settings.discovery_problems),
     )
+
+
+async def _rehearsal(pg: asyncpg.Connection, bk: Bookkeeping, source: str) -> RehearsalFacts | None:
+    if not await pg.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{bk.s}.rehearsals"):  # older bookkeeping
+        return None
+    r = await pg.fetchrow(f"""SELECT finished_at, ok, rows_verified, cutover_downtime_seconds,
+                                     rollback_downtime_seconds, detail::text
+                              FROM {bk.s}.rehearsals WHERE source = $1 ORDER BY finished_at DESC, id DESC LIMIT 1""",
+                          source)
+    if r is None:
+        return None
+    try:
+        problems = json.loads(r[5] or "{}").get("problems") or []
+    except (ValueError, AttributeError):
+        problems = []
+    return RehearsalFacts(r[0], r[1], r[2], r[3], r[4], problems[0] if problems else None)
 
 
 async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, live: dict | None,
@@ -220,6 +250,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         facts.suspensions = [(r[0], r[1] or "") for r in await pg.fetch(
             f"SELECT at, detail FROM {bk.s}.events WHERE source = $1 AND kind = 'capture_suspended' ORDER BY at",
             source.name)]
+        facts.rehearsal = await _rehearsal(pg, bk, source.name)
     pg_tables = await ddl.read_tables(pg, source.schema)
     sticky = ddl.kept_types(pg_tables)
     retyped = await parity.retyped_columns(pg, bk_schema, source.name)

@@ -202,6 +202,7 @@ def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
         "applied_seq": s.applied_seq, "applied_at": _iso(s.applied_at),
         "lag": {"seconds": s.lag.seconds, "source": s.lag.source, "pending_changes": s.lag.pending_changes},
         "backup": None if s.backup is None else vars(s.backup),
+        "rehearsal": None if s.rehearsal is None else {**vars(s.rehearsal), "at": _iso(s.rehearsal.at)},
         "not_migrated": [{"name": lo.name, "kind": lo.kind, "why": lo.why, "todo": lo.todo,
                           "holds_data": lo.holds_data, "rows": lo.rows} for lo in s.left_out],
         "schema": _parity_json(s),
