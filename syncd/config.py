@@ -212,6 +212,9 @@ class VerifySettings(_Strict):
 
 class CutoverSettings(_Strict):
     min_days: float = Field(14.0, ge=0)
+    # Dual-write is judged only where it was watched: a table left longer than this
+    # without a verification run in the window fails the item (errors there would not show).
+    max_verify_gap_hours: float = Field(24.0, gt=0)
     backup_glob: str | None = None
     backup_max_age_days: float = Field(30.0, gt=0)
     # Schema parity (docs/cutover.md, "What syncd creates in Postgres"): how COLLATE NOCASE

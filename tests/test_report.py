@@ -83,7 +83,12 @@ async def add_run(dsn: str, table: str, when: dt.datetime, rows: int, **counts) 
 
 @pytest.fixture
 async def ready(app_db, make_config, pg_dsn, tmp_path):
-    """A migration that meets every item: 20 days of clean daily checks, a fresh backup."""
+    return await ready_migration(app_db, make_config, pg_dsn, tmp_path)
+
+
+async def ready_migration(app_db, make_config, pg_dsn, tmp_path) -> Path:
+    """A migration that meets every item: 20 days of clean checks twice a day (never a day
+    without one, [cutover] max_verify_gap_hours), a fresh backup, a recent rehearsal."""
     conn = sqlite3.connect(app_db)
     conn.executescript("""
         CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, r REAL);
@@ -103,9 +108,9 @@ async def ready(app_db, make_config, pg_dsn, tmp_path):
                       extra=verify_section() + '[cutover]\nbackup_glob = "backups/{source}-*.db"\n')
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     await pg_execute(pg_dsn, "UPDATE syncd.sources SET streaming_since = $1", ago(days=20))
-    for day in range(20, 0, -1):
-        await add_run(pg_dsn, "items", ago(days=day), 1000)
-        await add_run(pg_dsn, "notes", ago(days=day), 50)
+    for half_day in range(40, 0, -1):
+        await add_run(pg_dsn, "items", ago(hours=12 * half_day), 1000)
+        await add_run(pg_dsn, "notes", ago(hours=12 * half_day), 50)
     assert verify(cfg).returncode == 0  # and today's real check
     # A rehearsal three days ago (tests/test_rollback_rehearsal.py runs real ones).
     await pg_execute(pg_dsn, "INSERT INTO syncd.rehearsals (source, started_at, finished_at, ok, rows_verified, "
@@ -122,8 +127,9 @@ async def test_ready_migration_every_item_met(ready):
     assert "app.items: 1,000 rows on both sides; verified equal" in section(md, "migrated")
     assert "app.notes: 50 rows on both sides; verified equal" in section(md, "migrated")
     assert re.search(r"app: dual-write since \S+ \S+ UTC, 20\.0 days", section(md, "dual_write"))
-    # 13 daily checks per table within the last 14 days (day 14 is just outside), and today's real one
-    assert "app: 28 verification(s) in the last 14 days, all clean" in section(md, "dual_write")
+    # 27 checks per table within the last 14 days (the one 14 days ago is just outside), and today's real one
+    assert "app: 56 verification(s) in the last 14 days, all clean, no table unverified for more than 24.0 h " \
+        "([cutover] max_verify_gap_hours)" in section(md, "dual_write")
     assert "app: lag 0.0 s, from computed: every captured change is applied" in section(md, "lag")
     assert "none of the 2 table(s) is held or paused" in section(md, "halted")
     assert "2 table(s) captured" in section(md, "capture")
@@ -176,7 +182,7 @@ async def test_rows_missing_in_postgres_and_a_stale_check(ready, pg_dsn):
     assert marks(md)["migrated"] is False
     text = section(md, "migrated")
     assert "❌ app.items: 1,000 rows in SQLite, 880 in Postgres (88.0% in Postgres)" in text
-    assert re.search(r"❌ app\.notes: last verification is 24\.0 h old, more than \[status\] "
+    assert re.search(r"❌ app\.notes: last verification is 12\.0 h old, more than \[status\] "
                      r"verify_max_age_seconds \(60 min\)", text)
     assert "| `items` | streaming | 1,000 | 880 ❌ |" in md
     tables = {t["table"]: t for t in doc["sources"][0]["tables"]}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from syncd.parity.speed import RUNS
 from syncd.report.facts import TO_SQLITE, MigrationFacts, SourceFacts, TableFacts
+from syncd.verify.history import VerifyRun
 
 HALTED = ("held", "paused")
 
@@ -115,6 +116,8 @@ def dual_write(f: MigrationFacts) -> CheckItem:
     item = CheckItem("dual_write", f"Dual-write running for at least {_days(f.min_days)} with zero consistency "
                                    "errors in that window", True)
     bad, good = [], []
+    bound = dt.timedelta(hours=f.max_verify_gap_hours)
+    limit = f"{_duration(bound.total_seconds())} ([cutover] max_verify_gap_hours)"
     for s in f.sources:
         # The window is the last min_days; with min_days = 0 (no minimum), all of dual-write.
         if f.min_days > 0 or s.streaming_since is None:
@@ -147,11 +150,70 @@ def dual_write(f: MigrationFacts) -> CheckItem:
         unchecked = [t.name for t in s.tables if not any(r.finished_at >= since for r in t.runs)]
         for name in unchecked:
             bad.append(f"{s.name}.{name}: not verified once in {span}, so errors there would not show")
+        # A clean run says nothing of the hours around it: a stretch nobody checked fails too.
+        start = max(since, s.streaming_since or since)
+        gaps, coarse = [], []
+        for t in s.tables:
+            if t.name not in unchecked:
+                found, too_coarse = unwatched(t.runs, start, f.generated_at, bound)
+                gaps += [(b, a, t.name) for a, b in found]
+                coarse += [(r, t.name) for r in too_coarse]
+        gaps.sort()
+        for b, a, name in gaps[-10:]:
+            bad.append(_gap_text(f"{s.name}.{name}", a, b, f.generated_at, bound))
+        if gaps[:-10]:
+            bad.append(f"{s.name}: {len(gaps[:-10])} earlier gap(s) longer than {limit} without a verification "
+                       "in the window")
+        if coarse:
+            names = sorted({name for _, name in coarse})
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more table(s)" if len(names) > 10 else "")
+            bad.append(f"{s.name}: {shown}: runs between {_ts(min(r.began for r, _ in coarse))} and "
+                       f"{_ts(max(r.finished_at for r, _ in coarse))} are merged in the history into stretches "
+                       f"wider than {limit}, so a longer gap between them cannot be ruled out; keep every run for "
+                       "the window ([verify] keep_every_run_days) or raise the bound")
         if not errors and window:
-            good.append(f"{s.name}: {sum(r.count for r in window)} verification(s) in {span}, all clean")
+            good.append(f"{s.name}: {sum(r.count for r in window)} verification(s) in {span}, all clean"
+                        + ("" if gaps or coarse or unchecked else f", no table unverified for more than {limit}"))
     item.ok = not bad and bool(f.sources)
     item.problems, item.evidence = bad, good
     return item
+
+
+def unwatched(runs: list[VerifyRun], start: dt.datetime, end: dt.datetime,
+              bound: dt.timedelta) -> tuple[list[tuple[dt.datetime, dt.datetime]], list[VerifyRun]]:
+    """(the stretches of time from `start` to `end` longer than `bound` in which no run
+    of a table finished, oldest first; the rows of its history too coarse to tell).
+
+    A run of any outcome was watching. A row of the history stands for its `count` runs
+    from `began` to `finished_at` (load_history; the daemon's thinning merges clean runs
+    by the hour). No wider than `bound`, no gap inside it can be longer, so it covers its
+    span. A wider one may hide a longer gap between its runs, and which runs it merged is
+    not kept: it is returned as too coarse to judge (the caller fails the item for it),
+    and only then taken as covering its span, so the gaps named are all real ones."""
+    watched, coarse = [], []
+    for r in runs:
+        if r.finished_at < start:
+            continue
+        watched.append((r.began, r.finished_at))
+        if r.finished_at - r.began > bound:
+            coarse.append(r)
+    gaps, seen = [], start
+    for a, b in sorted(watched):
+        if a - seen > bound:
+            gaps.append((seen, a))
+        seen = max(seen, b)
+    if end - seen > bound:
+        gaps.append((seen, end))
+    return gaps, coarse
+
+
+def _gap_text(name: str, a: dt.datetime, b: dt.datetime, now: dt.datetime, bound: dt.timedelta) -> str:
+    limit = f"more than [cutover] max_verify_gap_hours ({_duration(bound.total_seconds())})"
+    if b >= now:
+        return (f"{name}: not verified since {_when(a, now)}, {limit}: errors since would not show "
+                "(is the daemon running?)")
+    return (f"{name}: not verified from {_ts(a)} to {_ts(b)} ({_duration((b - a).total_seconds())}), {limit}: "
+            "errors then would not show")
 
 
 def lag(f: MigrationFacts) -> CheckItem:

@@ -128,6 +128,7 @@ class MigrationFacts:
     backup_max_age_days: float
     max_query_ms: float = 50.0
     rehearsal_max_age_days: float = 30.0
+    max_verify_gap_hours: float = 24.0  # a table left longer without a verification fails dual-write
     # Files a glob source matches that syncd does not replicate (discovery says why).
     not_picked_up: list[str] = field(default_factory=list)
 
@@ -177,7 +178,8 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
                 if upgrade_bookkeeping:
                     await ensure_bookkeeping(conn, settings.postgres.bookkeeping_schema)  # newer columns
                 names = [s.name for s in settings.sources if settings.dsn_for(s) == dsn]
-                runs += await load_history(conn, settings.postgres.bookkeeping_schema, names, window_start, now)
+                runs += await load_history(conn, settings.postgres.bookkeeping_schema, names, window_start, now,
+                                           max_width=c.max_verify_gap_hours * 3600)
     finally:
         for conn in conns.values():
             await close_quietly(conn)
@@ -194,6 +196,7 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
         verify_max_age_seconds=settings.status.verify_max_age_seconds, backup_glob=c.backup_glob,
         backup_max_age_days=c.backup_max_age_days, max_query_ms=c.max_query_ms,
         rehearsal_max_age_days=c.rehearsal_max_age_days,
+        max_verify_gap_hours=c.max_verify_gap_hours,
         not_picked_up=list(settings.discovery_problems),
     )
 

@@ -444,7 +444,8 @@ def _footer(ov: Overview) -> list[str]:
     judged = ""
     if f is not None:
         judged = (f"Dual-write needs {e(days(f.min_days))} ([cutover] min_days) of clean verifications of every "
-                  f"table; lag must stay below {f.warn_lag_seconds:g} s; a verification older than "
+                  f"table, none more than {f.max_verify_gap_hours:g} h apart ([cutover] max_verify_gap_hours); "
+                  f"lag must stay below {f.warn_lag_seconds:g} s; a verification older than "
                   f"{f.verify_max_age_seconds / 3600:g} h is stale. ")
     return ['<footer class="muted">',
             f"<p>{judged}The same facts and checklist as <code>syncd report</code>; health as "

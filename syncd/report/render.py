@@ -52,7 +52,9 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
             f"- *Dual-write*: each source has streamed for at least `[cutover] min_days` ({days(f.min_days)}) and "
             "every verification of every table in that window was clean (a difference, a pending row, a table "
             "that could not be compared, or a failed check each count as an error); a table never verified in "
-            "the window fails it too.",
+            "the window fails it too, and so does any stretch of the window longer than `[cutover] "
+            f"max_verify_gap_hours` ({f.max_verify_gap_hours:g} h) in which a table was not verified at all (the "
+            "daemon stopped, say): errors there would not show.",
             "- *Lag*: the daemon's live figure when its endpoint answers; otherwise computed from the checkpoint "
             "(the time since the last apply when changes are pending, an upper bound).",
             f"- *Performance*: per table, a primary-key lookup and a lookup through each index syncd created, "
@@ -186,7 +188,7 @@ def as_json(f: MigrationFacts, items: list[CheckItem]) -> dict[str, Any]:
                       for i in items],
         "settings": {"min_days": f.min_days, "warn_lag_seconds": f.warn_lag_seconds,
                      "verify_max_age_seconds": f.verify_max_age_seconds, "backup_glob": f.backup_glob,
-                     "backup_max_age_days": f.backup_max_age_days},
+                     "backup_max_age_days": f.backup_max_age_days, "max_verify_gap_hours": f.max_verify_gap_hours},
         "sources": [_source_json(s, now) for s in f.sources],
         "consistency_errors": [{**_run_json(r), "runs": r.count, "first_at": _iso(r.began)}
                                for r in f.runs if not r.clean],

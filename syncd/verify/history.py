@@ -125,14 +125,16 @@ async def load_runs(conn: asyncpg.Connection, bk_schema: str, source: str | None
 # runs: the history is loaded in stretches instead, each table's runs alike (clean or
 # not) in one stretch as one row (the latest, counting the others). From `window_start`
 # on, a stretch is the window's length / HISTORY_STRETCHES, between a minute and an hour
-# (finer than the report's strips); before it, a day.
+# (finer than the report's strips) and never wider than `max_width` seconds; before it, a day.
 HISTORY_STRETCHES = 96
 
 
 async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[str], window_start: dt.datetime,
-                       now: dt.datetime) -> list[VerifyRun]:
-    """The verification history of `sources` in stretches (see above), oldest first."""
-    width = min(3600.0, max(60.0, (now - window_start).total_seconds() / HISTORY_STRETCHES))
+                       now: dt.datetime, max_width: float = 3600.0) -> list[VerifyRun]:
+    """The verification history of `sources` in stretches (see above), oldest first. The
+    report passes [cutover] max_verify_gap_hours as `max_width`: no gap between runs inside
+    a stretch can then be longer than the gaps it looks for (checklist.unwatched)."""
+    width = min(3600.0, max_width, max(60.0, (now - window_start).total_seconds() / HISTORY_STRETCHES))
     bk = quote_pg_ident(bk_schema)
     async with conn.transaction(isolation="repeatable_read", readonly=True):  # one view, whatever thins meanwhile
         groups = await conn.fetch(
