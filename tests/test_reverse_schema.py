@@ -177,3 +177,48 @@ async def _upper(db) -> bool:
 
 async def _email_is(db, key: int, value: str) -> bool:
     return typeof(db, "SELECT email FROM contacts WHERE id = ?", key) == [(value,)]
+
+
+def make_big(db, rows: int) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT)")
+    conn.executemany("INSERT INTO items VALUES (?, ?)", ((i, f"item {i}") for i in range(1, rows + 1)))
+    conn.commit()
+    conn.close()
+
+
+async def _copying_again(dsn: str, d) -> None:
+    async def loading() -> bool:
+        return (await table_states(dsn, "app")).get("items", (None,))[0] == "loading"
+
+    await eventually(loading, 30, "items being copied again", d)
+
+
+async def test_a_table_rewritten_or_emptied_while_it_is_copied_again_is_copied_from_the_start(
+        tmp_path, make_config, pg_dsn):
+    """A table Postgres rewrites (or empties) while the way back is copying it again
+    chunk by chunk: the rows copied before the rewrite hold the old values, and no row
+    trigger brings the new ones, so the copy starts over; SQLite ends with Postgres's
+    rows, not the values (or the rows) it had before."""
+    db = tmp_path / "app.db"
+    rows = 200_000  # 40 chunks: the rewrite is seen while the copy goes on
+    make_big(db, rows)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "VACUUM FULL app.items")  # a first rewrite: copied again
+        await _copying_again(pg_dsn, d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.items ALTER COLUMN label TYPE text USING upper(label)")
+        await wait_back(cfg, db, pg_dsn, timeout=120, daemon=d)
+        assert typeof(db, "SELECT count(*) FROM items WHERE label <> upper(label)") == [(0,)]
+        assert await compare_all(str(db), pg_dsn, "app", ["items"]) == []
+
+        await pg_rows(pg_dsn, "VACUUM FULL app.items")
+        await _copying_again(pg_dsn, d)
+        await pg_rows(pg_dsn, "TRUNCATE app.items")
+        await pg_rows(pg_dsn, "INSERT INTO app.items VALUES (7, 'after the truncate')")
+        await wait_back(cfg, db, pg_dsn, timeout=120, daemon=d)
+        assert typeof(db, "SELECT id, label FROM items") == [(7, "after the truncate")]
+        assert d.stop() == 0

@@ -591,6 +591,7 @@ class ReversePipeline:
             self.applied_written = time.monotonic()
         self.session.applied_at = time.time()
         self.reload.update(plan.reload_add)
+        self._start_over(plan.reload_add)
         await self._held(outcome)
         self._count(batch, outcome, elapsed)
         if batch.after.done != self.pruned and batch.after.target is None:
@@ -733,6 +734,15 @@ class ReversePipeline:
         metrics.snapshot_rows_loaded.labels(self.name, t.name).set(load.rows)
         return True
 
+    def _start_over(self, marked: dict[str, str]) -> None:
+        """A table marked to be copied again while its copy is under way (emptied or
+        rewritten in Postgres meanwhile, which no row change brings): the rows already
+        copied hold what Postgres no longer has, so the copy starts from its first row."""
+        if self.loading is not None and self.loading.name in marked:
+            self.session.info(f"copying the table again from its start: {marked[self.loading.name]}",
+                              table=self.loading.name, event="reload_restarted")
+            self.loading = None
+
     async def _still_unfit(self, t: ReverseTable) -> bool:
         """A table held for one row's value stays held while that row's value still does
         not fit SQLite: one row read, not the whole table copied again every retry (a
@@ -838,6 +848,7 @@ class ReversePipeline:
             for name, why in rewritten.items():
                 s.info(f"table {why}: copying it again", table=name, event="table_rewritten")
             self.reload = await s.worker.run(run_on(self.sink, "mark"), rewritten, [])
+            self._start_over(rewritten)
             self.needs_reconcile = True
         await capture.note_files(s.pg, self.names, now)  # after the reload is noted in SQLite
 
