@@ -446,3 +446,13 @@ async def test_a_file_its_application_holds_locked_is_named_not_called_uncapture
     assert "database is locked" in src["error"], src["error"]
     assert {t["capture_note"] for t in src["tables"]} == {"unknown: the SQLite file could not be read"}
     assert "not in the SQLite file" not in md
+
+
+async def test_a_report_on_bookkeeping_an_older_syncd_made(ready, pg_dsn):
+    """`syncd report` from a newer syncd than the daemon that made the bookkeeping (the
+    package upgraded, the daemon not restarted yet) reads the tables' states before it
+    completes the bookkeeping: no column the older one lacked is needed for that."""
+    await pg_execute(pg_dsn, "ALTER TABLE syncd.tables DROP COLUMN behind_since")
+    await pg_execute(pg_dsn, "UPDATE syncd.meta SET value = 'older' WHERE key = 'version'")
+    js = run_cli(ready, "report", "--format", "json")
+    assert js.returncode == 0 and json.loads(js.stdout)["ready"] is True, js.stdout + js.stderr

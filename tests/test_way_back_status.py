@@ -108,3 +108,41 @@ async def test_a_held_table_counts_in_the_lag_of_the_way_back(tmp_path, make_con
         src = status(cfg)
         assert src["lag_seconds"] < 2, src
         assert d.stop() == 0
+
+
+async def test_a_table_held_and_retried_keeps_its_age_in_the_lag(tmp_path, make_config, pg_dsn):
+    """A table held for rows SQLite refuses (a unique index Postgres no longer has) is
+    copied again every held_table_retry_seconds, and held again each time: it has been
+    behind since the first hold, not since the last retry. Without the daemon's
+    endpoint, status reads that age from the database."""
+    from tests.support.sync import eventually, table_states
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE deals (id INTEGER PRIMARY KEY, code TEXT UNIQUE);"
+                       "INSERT INTO deals VALUES (1, 'a'), (2, 'b');")
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)  # no endpoint: status asks the database
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.deals DROP CONSTRAINT deals_code_key")
+        await pg_rows(pg_dsn, "UPDATE app.deals SET code = 'a' WHERE id = 2")
+        held_at = time.monotonic()
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app"))["deals"][0] == "held"
+
+        await eventually(held, 30, "deals held", d)
+        await asyncio.sleep(4)  # several retries (every 0.5 s here)
+        assert d.log().count("copying the table again from Postgres") >= 3, d.log()[-3000:]
+        for _ in range(5):
+            src = status(cfg)
+            assert src["lag_seconds"] >= 3.5, src
+            assert src["lag_seconds"] <= time.monotonic() - held_at + 1, src
+            await asyncio.sleep(0.3)
+        assert report_lag(cfg)["seconds"] >= 3.5
+        assert d.stop() == 0
+    src = status(cfg)  # the daemon stopped in the middle of a retry or not: behind since the first hold
+    assert src["lag_seconds"] >= 3.5, src

@@ -120,6 +120,9 @@ def _ddl(bk: str) -> list[str]:
         # A reload of a table Postgres readers already use goes into a table of its own
         # and replaces the rows in one transaction at the end (see snapshot.py).
         f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS load_aside boolean NOT NULL DEFAULT false",
+        # The way back: since when a held or paused table (also while it is copied again
+        # after its hold) has not followed Postgres; its changes wait, uncounted.
+        f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS behind_since timestamptz",
         # The SQLite schema version the table states were last reconciled with.
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS schema_version bigint",
         # Which way the source replicates (model.TO_POSTGRES / TO_SQLITE), set by cutover and rollback.
@@ -256,6 +259,7 @@ class TableRow:
     reason: str | None
     updated_at: dt.datetime
     load_aside: bool = False  # the load in progress fills aside_table(), swapped in at the end
+    behind_since: dt.datetime | None = None  # the way back: not following Postgres since (held, paused)
 
 
 def encode_position(pos: tuple | None) -> str | None:
@@ -345,9 +349,11 @@ class Bookkeeping:
 
     async def load_tables(self, conn: asyncpg.Connection) -> dict[str, TableRow]:
         rows = await conn.fetch(
+            # behind_since read so that bookkeeping an older syncd made, not completed yet
+            # (syncd report reads the states first), does without it.
             f"SELECT table_name, tid, state, resume_to, from_seq, snapshot_key, snapshot_rows, snapshot_total, "
-            f"snapshot_started_at, snapshot_finished_at, reason, updated_at, load_aside "
-            f"FROM {self.s}.tables WHERE source = $1",
+            f"snapshot_started_at, snapshot_finished_at, reason, updated_at, load_aside, "
+            f"(to_jsonb(t) ->> 'behind_since')::timestamptz FROM {self.s}.tables t WHERE source = $1",
             self.source,
         )
         out = {}
@@ -361,17 +367,17 @@ class Bookkeeping:
         await conn.execute(
             f"""INSERT INTO {self.s}.tables(source, table_name, tid, state, resume_to, from_seq, snapshot_key,
                     snapshot_rows, snapshot_total, snapshot_started_at, snapshot_finished_at, reason, updated_at,
-                    load_aside)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), $13)
+                    load_aside, behind_since)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), $13, $14)
                 ON CONFLICT (source, table_name) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state,
                     resume_to = EXCLUDED.resume_to, from_seq = EXCLUDED.from_seq,
                     snapshot_key = EXCLUDED.snapshot_key, snapshot_rows = EXCLUDED.snapshot_rows,
                     snapshot_total = EXCLUDED.snapshot_total, snapshot_started_at = EXCLUDED.snapshot_started_at,
                     snapshot_finished_at = EXCLUDED.snapshot_finished_at, reason = EXCLUDED.reason,
-                    updated_at = now(), load_aside = EXCLUDED.load_aside""",
+                    updated_at = now(), load_aside = EXCLUDED.load_aside, behind_since = EXCLUDED.behind_since""",
             self.source, row.table_name, row.tid, row.state, row.resume_to, row.from_seq,
             encode_position(row.snapshot_key), row.snapshot_rows, row.snapshot_total,
-            row.snapshot_started_at, row.snapshot_finished_at, row.reason, row.load_aside,
+            row.snapshot_started_at, row.snapshot_finished_at, row.reason, row.load_aside, row.behind_since,
         )
 
     def aside_table(self, tid: int) -> str:

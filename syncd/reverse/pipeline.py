@@ -84,6 +84,8 @@ class ReverseTable:
             self.behind_since = None
         elif old is not None and old.behind_since is not None:
             self.behind_since = old.behind_since
+        elif row.behind_since is not None:
+            self.behind_since = row.behind_since.timestamp()  # as saved (also across a restart)
         elif row.state != bk.LOADING:
             # Held or paused before this reconcile: since its row's last save at the latest.
             self.behind_since = row.updated_at.timestamp() if row.updated_at is not None else time.time()
@@ -91,6 +93,10 @@ class ReverseTable:
     @property
     def state(self) -> str:
         return self.row.state
+
+    def behind_row(self, row: TableRow) -> TableRow:
+        """`row` noting behind_since, for status and the report to read from the database."""
+        return changed(row, behind_since=_utc(self.behind_since))
 
     def source_table(self) -> SourceTable:
         assert self.tid is not None and self.spec is not None
@@ -502,10 +508,11 @@ class ReversePipeline:
             if old is not None:
                 runtimes[name].retry_at, runtimes[name].logged_reason = old.retry_at, old.logged_reason
                 runtimes[name].held_key = old.held_key
+            runtimes[name].behind(new, old)
+            new = runtimes[name].row = runtimes[name].behind_row(new)
             if rows.get(name) != new:
                 await s.bk.save_table(pg, new)
                 runtimes[name].row = (await s.bk.load_tables(pg))[name]
-            runtimes[name].behind(runtimes[name].row, old)
             self._log_state(runtimes[name])
         s.tables = runtimes  # type: ignore[assignment]
         if self.loading is not None and self.loading.name not in self.reload:
@@ -641,8 +648,8 @@ class ReversePipeline:
         for tid, reason in outcome.held.items():
             t = by_tid[tid]
             self.reload[t.name] = reason
-            t.row = changed(t.row, state=bk.HELD, reason=reason)
             t.behind_since = t.behind_since or time.time()
+            t.row = t.behind_row(changed(t.row, state=bk.HELD, reason=reason))
             t.retry_at = time.monotonic() + self.settings.stream.held_table_retry_seconds
             key = outcome.held_keys.get(tid)
             t.held_key = key if key is not None and not any(isinstance(k, OutOfRange) for k in key) else None
@@ -721,7 +728,7 @@ class ReversePipeline:
             self.reload.pop(t.name, None)
             self.loading = None
             t.behind_since = None
-            t.row = changed(t.row, state=bk.STREAMING, reason=None, snapshot_rows=load.rows,
+            t.row = changed(t.row, state=bk.STREAMING, reason=None, snapshot_rows=load.rows, behind_since=None,
                             snapshot_total=load.rows, snapshot_finished_at=dt.datetime.now(dt.timezone.utc))
             await s.bk.save_table(s.pg, t.row)
             s.info(f"table copied again from Postgres: {load.rows} row(s); following it", table=t.name,
@@ -919,6 +926,10 @@ class ReversePipeline:
         metrics.replication_lag_seconds.labels(self.name, direction=d).set(self.lag.lag(time.time()))
         metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
         metrics.table_gauges(self.name, {t.name: t.state for t in self.tables.values()}, bk.STATES, (bk.HELD, bk.PAUSED))
+
+
+def _utc(t: float | None) -> dt.datetime | None:
+    return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc)
 
 
 def _internal(name: str) -> bool:

@@ -224,11 +224,15 @@ async def pending(conn: asyncpg.Connection, names: Names, cp: ReverseCheckpoint)
 
 
 async def behind_seconds(conn: asyncpg.Connection, names: Names) -> float:
-    """Seconds since the oldest of the source's held or paused tables stopped following
-    Postgres (their bookkeeping rows' last save); 0 when none is."""
+    """Seconds since the oldest of the source's held or paused tables (also one being
+    copied again after its hold) stopped following Postgres: its behind_since, as the
+    daemon noted it (kept across its retries), or its bookkeeping row's last save where a
+    syncd before that column left none; 0 when none is."""
     age = await conn.fetchval(
-        f"SELECT extract(epoch FROM clock_timestamp() - min(updated_at)) FROM {quote_pg_ident(names.bk)}.tables "
-        "WHERE source = $1 AND state IN ('held', 'paused')", names.source)
+        "SELECT extract(epoch FROM clock_timestamp() - min(coalesce((to_jsonb(t)->>'behind_since')::timestamptz, "
+        "CASE WHEN t.state IN ('held', 'paused') THEN t.updated_at END))) "
+        f"FROM {quote_pg_ident(names.bk)}.tables t WHERE t.source = $1 AND t.state IN ('held', 'paused', 'loading')",
+        names.source)
     return max(0.0, float(age or 0.0))
 
 
