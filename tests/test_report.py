@@ -456,3 +456,23 @@ async def test_a_report_on_bookkeeping_an_older_syncd_made(ready, pg_dsn):
     await pg_execute(pg_dsn, "UPDATE syncd.meta SET value = 'older' WHERE key = 'version'")
     js = run_cli(ready, "report", "--format", "json")
     assert js.returncode == 0 and json.loads(js.stdout)["ready"] is True, js.stdout + js.stderr
+
+
+async def test_runs_that_found_different_things_in_one_stretch_are_each_named(ready, pg_dsn):
+    """Within one stretch of the history (an hour here), a check that found rows
+    missing and, minutes later, one that failed are not alike: the report names both,
+    the rows missing too, instead of one line for the failure that counts the other."""
+    await add_run(pg_dsn, "items", ago(hours=5, seconds=20), 1000, missing=3,
+                  differences=[{"kind": "missing", "key": [5]}])
+    await add_run(pg_dsn, "items", ago(hours=5, seconds=10), 1000, error="SQLite file app.db: database is locked")
+    rc, md, _, doc = report(ready)
+    assert rc == 1
+    errors = doc["consistency_errors"]
+    assert {(e["table"], e["missing"], e["error"], e["runs"]) for e in errors} == {
+        ("items", 3, None, 1), ("items", 0, "SQLite file app.db: database is locked", 1)}, errors
+    problems = item(doc, "dual_write")["problems"]
+    assert any("app.items: consistency error" in p and "3 missing in Postgres" in p for p in problems), problems
+    assert any("check failed: SQLite file app.db: database is locked" in p for p in problems), problems
+    history = md.split("## Consistency-error history")[1]
+    assert "3 missing in Postgres" in history and "database is locked" in history and "alike" not in history
+

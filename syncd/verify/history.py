@@ -127,6 +127,11 @@ async def load_runs(conn: asyncpg.Connection, bk_schema: str, source: str | None
 # on, a stretch is the window's length / HISTORY_STRETCHES, between a minute and an hour
 # (finer than the report's strips) and never wider than `max_width` seconds; before it, a day.
 HISTORY_STRETCHES = 96
+# Runs alike: clean ones; or ones that found the same kinds of differences, failed with
+# the same error, or compared nothing for the same reason (rows missing and a failure
+# in one hour are two lines, each named).
+_ALIKE = ("error, full_check, table_state, CASE WHEN full_check THEN NULL ELSE detail END, missing > 0, extra > 0, "
+          "different > 0, pending > 0, repaired > 0")
 
 
 async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[str], window_start: dt.datetime,
@@ -140,7 +145,7 @@ async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[s
         groups = await conn.fetch(
             f"""SELECT max(id), sum(runs)::bigint, min(coalesce(first_finished_at, finished_at))
                 FROM {bk}.verify_runs WHERE source = ANY($1::text[])
-                GROUP BY source, table_name, {_CLEAN},
+                GROUP BY source, table_name, {_CLEAN}, {_ALIKE},
                     CASE WHEN finished_at >= $2 THEN floor(extract(epoch FROM finished_at - $2) / $3)
                          ELSE -1 - floor(extract(epoch FROM $2 - finished_at) / 86400) END""",
             sources, window_start, width)
