@@ -4,6 +4,7 @@ fails with the evidence that says why, in Markdown and in JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -476,3 +477,20 @@ async def test_runs_that_found_different_things_in_one_stretch_are_each_named(re
     history = md.split("## Consistency-error history")[1]
     assert "3 missing in Postgres" in history and "database is locked" in history and "alike" not in history
 
+
+async def test_the_latest_run_of_a_table_is_the_one_that_finished_last(ready, pg_dsn):
+    """Runs recorded out of the order they finished in (two verifications at once, one
+    recording later): the table's state now is the run that finished last, a failure
+    here, not a clean run that finished before it, also when the history is loaded in
+    stretches."""
+    await asyncio.sleep(3.5)  # after the fixture's own check
+    await add_run(pg_dsn, "items", ago(seconds=1), 1000, error="Postgres went away")
+    await add_run(pg_dsn, "items", ago(seconds=3), 1000, error="Postgres went away")
+    await add_run(pg_dsn, "items", ago(seconds=2), 1000)
+    rc, md, _, doc = report(ready)
+    assert rc == 1
+    migrated = item(doc, "migrated")
+    assert not migrated["ok"] and any("app.items: last verification" in p and "check failed: Postgres went away" in p
+                                      for p in migrated["problems"]), migrated
+    tables = {t["table"]: t for t in doc["sources"][0]["tables"]}
+    assert tables["items"]["last_verification"]["error"] == "Postgres went away"

@@ -143,7 +143,10 @@ async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[s
     bk = quote_pg_ident(bk_schema)
     async with conn.transaction(isolation="repeatable_read", readonly=True):  # one view, whatever thins meanwhile
         groups = await conn.fetch(
-            f"""SELECT max(id), sum(runs)::bigint, min(coalesce(first_finished_at, finished_at))
+            # The latest of a stretch is the one that finished last, as load_runs orders
+            # them (ids follow the order runs were recorded in, not always that one).
+            f"""SELECT (array_agg(id ORDER BY finished_at DESC, id DESC))[1], sum(runs)::bigint,
+                       min(coalesce(first_finished_at, finished_at))
                 FROM {bk}.verify_runs WHERE source = ANY($1::text[])
                 GROUP BY source, table_name, {_CLEAN}, {_ALIKE},
                     CASE WHEN finished_at >= $2 THEN floor(extract(epoch FROM finished_at - $2) / $3)
