@@ -5,6 +5,7 @@ and a run that found anything or failed is kept as written."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 from tests.support.daemon import DaemonProcess, wait_for
@@ -103,3 +104,54 @@ async def test_recent_runs_stay_one_by_one(ready, pg_dsn, tmp_path, make_config,
     # An hour's runs are one row (and the fixture's daily checks of both tables 2 days ago).
     assert (await pg_fetch(pg_dsn, older))[0][0] <= 9 + 2
     assert (await history(pg_dsn))["runs"] == before["runs"]
+
+
+async def test_two_thinnings_at_once_count_every_run_once(pg_dsn):
+    """Two thinnings of one history at once (a pass still running when the next hour's
+    begins, or a daemon's statement left running in Postgres when it was killed and
+    started again): one merges a day's runs while the other merges them by hour, and
+    neither overwrites what the other counted."""
+    import asyncio
+
+    import asyncpg
+
+    from syncd.postgres.bookkeeping import ensure_bookkeeping
+    from syncd.verify.history import thin
+
+    setup = await asyncpg.connect(pg_dsn)
+    await ensure_bookkeeping(setup, "syncd")
+    await setup.execute("""
+        INSERT INTO syncd.verify_runs (source, table_name, started_at, finished_at, rows_sqlite, rows_postgres,
+                                       full_check, table_state, detail)
+        SELECT 'app', 'items', t, t, 1000, 1000, true, 'streaming', '{"reason": null, "differences": []}'
+        FROM (SELECT date_trunc('day', now() - interval '10 days') + n * interval '300 s' AS t
+              FROM generate_series(0, 287) n) s""")
+    day_kept = await setup.fetchval("SELECT max(id) FROM syncd.verify_runs")
+    hold = await asyncpg.connect(pg_dsn)
+    daily, hourly = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
+    try:
+        tx = hold.transaction()
+        await tx.start()
+        await hold.execute("SELECT 1 FROM syncd.verify_runs WHERE id = $1 FOR UPDATE", day_kept)
+        now = await setup.fetchval("SELECT now()")
+        five_days, long_ago = now - dt.timedelta(days=5), now - dt.timedelta(days=100)
+
+        async def waiting(n: int) -> None:
+            for _ in range(200):
+                if await setup.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                        "AND wait_event_type = 'Lock'") >= n:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"{n} thinning(s) not waiting")
+
+        by_day = asyncio.create_task(thin(daily, "syncd", ["app"], five_days, five_days))
+        await waiting(1)
+        by_hour = asyncio.create_task(thin(hourly, "syncd", ["app"], five_days, long_ago))
+        await waiting(2)
+        await tx.rollback()
+        await asyncio.wait_for(asyncio.gather(by_day, by_hour), 60)
+        rows, runs = await setup.fetchrow("SELECT count(*), sum(runs) FROM syncd.verify_runs")
+        assert runs == 288 and rows == 1, (rows, runs)
+    finally:
+        for c in (setup, hold, daily, hourly):
+            await c.close()

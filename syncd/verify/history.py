@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from syncd.identifiers import quote_pg_ident
+from syncd.postgres.bookkeeping import LOCK_CLASS
 from syncd.verify.result import TableVerifyResult
 
 DETAIL_DIFFERENCES = 20  # differences kept in the history per run
@@ -170,6 +171,11 @@ async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[s
 # found anything, failed or compared nothing is never merged: it stays as written.
 THIN_EVERY_SECONDS = 3600.0
 THIN_IDS_AT_ONCE = 200_000  # rows considered per statement: a first thinning of months stays in short statements
+# Two thinnings at once (a pass still running when the next begins, or a killed daemon's
+# statement still running in Postgres when it starts again) would each set a kept row's
+# count from what it saw, over what the other merged into it: one statement at a time
+# (this key under bookkeeping.LOCK_CLASS; sources' keys are never negative).
+THIN_LOCK_KEY = -1
 
 
 async def thin(conn: asyncpg.Connection, bk_schema: str, sources: list[str], hourly_before: dt.datetime,
@@ -185,20 +191,29 @@ async def thin(conn: asyncpg.Connection, bk_schema: str, sources: list[str], hou
         if low is None:
             continue
         for start in range(low, high + 1, THIN_IDS_AT_ONCE):
-            merged += int((await conn.execute(
-                f"""WITH alike AS (
-                        SELECT id, source, table_name, runs, coalesce(first_finished_at, finished_at) AS first,
-                               date_trunc('{unit}', finished_at) AS stretch
-                        FROM {bk}.verify_runs
-                        WHERE id >= $3 AND id < $4 AND source = ANY($1::text[]) AND finished_at < $2
-                              AND {_CLEAN} AND repaired = 0),
-                    stretches AS (
-                        SELECT source, table_name, stretch, max(id) AS kept, sum(runs) AS runs, min(first) AS first
-                        FROM alike GROUP BY source, table_name, stretch HAVING count(*) > 1),
-                    counted AS (
-                        UPDATE {bk}.verify_runs v SET runs = s.runs, first_finished_at = s.first
-                        FROM stretches s WHERE v.id = s.kept)
-                    DELETE FROM {bk}.verify_runs v USING alike a JOIN stretches s USING (source, table_name, stretch)
-                    WHERE v.id = a.id AND a.id <> s.kept""",
-                sources, before, start, start + THIN_IDS_AT_ONCE)).split()[-1])
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, THIN_LOCK_KEY)
+                merged += await _thin_ids(conn, bk, unit, sources, before, start)
     return merged
+
+
+async def _thin_ids(conn: asyncpg.Connection, bk: str, unit: str, sources: list[str], before: dt.datetime,
+                    start: int) -> int:
+    """One statement of `thin`: the ids from `start` on, THIN_IDS_AT_ONCE of them (its
+    snapshot is taken once the lock is held: it sees what any other thinning merged)."""
+    return int((await conn.execute(
+        f"""WITH alike AS (
+                SELECT id, source, table_name, runs, coalesce(first_finished_at, finished_at) AS first,
+                       date_trunc('{unit}', finished_at) AS stretch
+                FROM {bk}.verify_runs
+                WHERE id >= $3 AND id < $4 AND source = ANY($1::text[]) AND finished_at < $2
+                      AND {_CLEAN} AND repaired = 0),
+            stretches AS (
+                SELECT source, table_name, stretch, max(id) AS kept, sum(runs) AS runs, min(first) AS first
+                FROM alike GROUP BY source, table_name, stretch HAVING count(*) > 1),
+            counted AS (
+                UPDATE {bk}.verify_runs v SET runs = s.runs, first_finished_at = s.first
+                FROM stretches s WHERE v.id = s.kept)
+            DELETE FROM {bk}.verify_runs v USING alike a JOIN stretches s USING (source, table_name, stretch)
+            WHERE v.id = a.id AND a.id <> s.kept""",
+        sources, before, start, start + THIN_IDS_AT_ONCE)).split()[-1])
