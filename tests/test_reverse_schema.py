@@ -5,6 +5,7 @@ says what to do, and a rollback waits for it."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import asyncpg
@@ -221,4 +222,24 @@ async def test_a_table_rewritten_or_emptied_while_it_is_copied_again_is_copied_f
         await pg_rows(pg_dsn, "INSERT INTO app.items VALUES (7, 'after the truncate')")
         await wait_back(cfg, db, pg_dsn, timeout=120, daemon=d)
         assert typeof(db, "SELECT id, label FROM items") == [(7, "after the truncate")]
+        assert d.stop() == 0
+
+
+async def test_a_column_given_its_old_type_back_is_copied_again(tmp_path, make_config, pg_dsn):
+    """A type change to another kind of value is not followed (email becomes a boolean);
+    giving the column its old type back, as verify asks, rewrites the table once more,
+    with values SQLite has never seen: the table is copied again, SQLite holds them."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.contacts ALTER COLUMN email TYPE boolean USING email IS NOT NULL")
+        d.wait_log("SQLite follows Postgres")
+        await asyncio.sleep(2)  # several looks at the tables' files (every 0.5 s here)
+        await pg_rows(pg_dsn, "ALTER TABLE app.contacts ALTER COLUMN email TYPE text "
+                              "USING CASE WHEN email THEN 'given back' END")
+        await eventually(lambda: _email_is(db, 10, "given back"), 30, "the values of the type given back", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert await compare_all(str(db), pg_dsn, "app", ["contacts", "notes"]) == []
         assert d.stop() == 0

@@ -842,6 +842,7 @@ class ReversePipeline:
         if before == now:
             return
         rewritten = {}
+        noted = dict(now)
         family = tables.values.family
         for name, (file, types) in now.items():
             t = self.tables.get(name)
@@ -849,6 +850,9 @@ class ReversePipeline:
             if old is None or old[0] == file or t is None or t.state not in (bk.STREAMING, bk.LOADING):
                 continue
             if any(c in old[1] and family(old[1][c]) != family(x) for c, x in types.items()):
+                # Not followed; its old note stays, so the type given back (a rewrite
+                # again, with values SQLite never had) is seen and the table copied.
+                noted[name] = old
                 continue
             rewritten[name] = "rewritten in Postgres (ALTER TABLE ... TYPE ... USING, VACUUM FULL, CLUSTER)"
         if rewritten:
@@ -857,7 +861,8 @@ class ReversePipeline:
             self.reload = await s.worker.run(run_on(self.sink, "mark"), rewritten, [])
             self._start_over(rewritten)
             self.needs_reconcile = True
-        await capture.note_files(s.pg, self.names, now)  # after the reload is noted in SQLite
+        if noted != before:
+            await capture.note_files(s.pg, self.names, noted)  # after the reload is noted in SQLite
 
     async def _undo_abandoned_rollback(self) -> None:
         """A rollback that froze Postgres and died leaves the application locked out of
