@@ -30,6 +30,15 @@ def status(cfg) -> dict:
     return json.loads(r.stdout)["sources"][0]
 
 
+def lag_metric(port: int) -> float:
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return next(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                if line.startswith("syncd_replication_lag_seconds{") and 'direction="to_sqlite"' in line
+                and 'source="app"' in line)
+
+
 def report_lag(cfg) -> dict:
     r = run_cli(cfg, "report", "--format", "json")
     assert r.returncode in (0, 1, 2) and r.stdout.startswith("{"), r.stdout + r.stderr
@@ -94,6 +103,8 @@ async def test_a_held_table_counts_in_the_lag_of_the_way_back(tmp_path, make_con
         src = status(cfg)  # the daemon's endpoint answers
         assert src["lag_seconds"] >= 2.5, src
         assert src["lag_seconds"] <= time.monotonic() - held_at + 1, src
+        await asyncio.sleep(0.5)  # the gauge is set every poll_interval_seconds
+        assert lag_metric(port) >= 2.5  # and the metric alerts are made of
         assert d.stop() == 0
     src = status(cfg)  # the database alone
     assert src["lag_seconds"] >= 2.5, src

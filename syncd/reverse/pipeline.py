@@ -199,7 +199,10 @@ class ReversePipeline:
 
     def lag_seconds(self, now: float) -> float:
         """The stream's lag, or a held or paused table's age, whichever is older: such a
-        table's changes are not applied until it is copied again."""
+        table's changes are not applied until it is copied again (none once the way back
+        has ended: nothing follows Postgres any more)."""
+        if self.retired is not None:
+            return self.lag.lag(now)
         return max([self.lag.lag(now), *(now - t.behind_since for t in list(self.tables.values())
                                           if t.behind_since is not None)])
 
@@ -263,7 +266,7 @@ class ReversePipeline:
         """Lag keeps its meaning between cycles, and while Postgres is away."""
         while True:
             now = time.time()
-            metrics.replication_lag_seconds.labels(self.name, direction=TO_SQLITE).set(self.lag.lag(now))
+            metrics.replication_lag_seconds.labels(self.name, direction=TO_SQLITE).set(self.lag_seconds(now))
             metrics.last_check_timestamp_seconds.labels(self.name).set(now)
             await asyncio.sleep(self.settings.stream.poll_interval_seconds)
 
@@ -928,7 +931,7 @@ class ReversePipeline:
     def _update_gauges(self) -> None:
         d = TO_SQLITE
         metrics.pending_changes.labels(self.name, direction=d).set(self.lag.pending)
-        metrics.replication_lag_seconds.labels(self.name, direction=d).set(self.lag.lag(time.time()))
+        metrics.replication_lag_seconds.labels(self.name, direction=d).set(self.lag_seconds(time.time()))
         metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
         metrics.table_gauges(self.name, {t.name: t.state for t in self.tables.values()}, bk.STATES, (bk.HELD, bk.PAUSED))
 
