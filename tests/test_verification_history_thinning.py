@@ -155,3 +155,30 @@ async def test_two_thinnings_at_once_count_every_run_once(pg_dsn):
     finally:
         for c in (setup, hold, daily, hourly):
             await c.close()
+
+
+async def test_thinning_keeps_when_the_last_run_of_an_hour_finished(pg_dsn):
+    """Runs recorded out of the order they finished in (two verifications at once): the
+    row an hour's clean runs merge into says when the last of them finished, as `syncd
+    status` and the report read a table's last check, not an earlier one."""
+    import asyncpg
+
+    from syncd.postgres.bookkeeping import ensure_bookkeeping
+    from syncd.verify.history import thin
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await ensure_bookkeeping(conn, "syncd")
+        hour = await conn.fetchval("SELECT date_trunc('hour', now() - interval '3 days')")
+        for minutes in (50, 10, 30):  # recorded in this order
+            at = hour + dt.timedelta(minutes=minutes)
+            await conn.execute(
+                "INSERT INTO syncd.verify_runs (source, table_name, started_at, finished_at, rows_sqlite, "
+                "rows_postgres, full_check, table_state, detail) VALUES ('app', 'items', $1, $1, 5, 5, true, "
+                "'streaming', '{\"reason\": null, \"differences\": []}')", at)
+        now = await conn.fetchval("SELECT now()")
+        assert await thin(conn, "syncd", ["app"], now - dt.timedelta(days=2), now - dt.timedelta(days=30)) == 2
+        row = await conn.fetchrow("SELECT finished_at, first_finished_at, runs FROM syncd.verify_runs")
+        assert tuple(row) == (hour + dt.timedelta(minutes=50), hour + dt.timedelta(minutes=10), 3), row
+    finally:
+        await conn.close()

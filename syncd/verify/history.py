@@ -203,13 +203,15 @@ async def _thin_ids(conn: asyncpg.Connection, bk: str, unit: str, sources: list[
     snapshot is taken once the lock is held: it sees what any other thinning merged)."""
     return int((await conn.execute(
         f"""WITH alike AS (
-                SELECT id, source, table_name, runs, coalesce(first_finished_at, finished_at) AS first,
+                SELECT id, source, table_name, runs, finished_at, coalesce(first_finished_at, finished_at) AS first,
                        date_trunc('{unit}', finished_at) AS stretch
                 FROM {bk}.verify_runs
                 WHERE id >= $3 AND id < $4 AND source = ANY($1::text[]) AND finished_at < $2
                       AND {_CLEAN} AND repaired = 0),
             stretches AS (
-                SELECT source, table_name, stretch, max(id) AS kept, sum(runs) AS runs, min(first) AS first
+                -- kept: the run that finished last (ids follow the order runs were recorded in)
+                SELECT source, table_name, stretch, (array_agg(id ORDER BY finished_at DESC, id DESC))[1] AS kept,
+                       sum(runs) AS runs, min(first) AS first
                 FROM alike GROUP BY source, table_name, stretch HAVING count(*) > 1),
             counted AS (
                 UPDATE {bk}.verify_runs v SET runs = s.runs, first_finished_at = s.first
