@@ -27,7 +27,6 @@ from syncd import metrics
 from syncd.config import Settings
 from syncd.postgres.pool import Targets
 from syncd.postgres.connect import describe
-from syncd.verify.history import THIN_EVERY_SECONDS, thin
 
 if TYPE_CHECKING:
     from syncd.pipeline import Pipeline
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("syncd")
 
 TICK_SECONDS = 0.1
+THIN_EVERY_SECONDS = 3600.0  # how often VerifyScheduler thins the verification history (verify/history.py)
 
 
 class FleetPoller:
@@ -173,13 +173,16 @@ class VerifyScheduler:
                     self.deferred.pop(p.name, None)
                     self.last_run[p.name] = now
                     asyncio.create_task(self._one(p), name=f"verify-{p.name}")
-            if time.monotonic() - self.thinned_at >= THIN_EVERY_SECONDS and not d.stop_event.is_set():
+            if time.monotonic() - self.thinned_at >= THIN_EVERY_SECONDS and not d.stop_event.is_set() \
+                    and (self._thinning is None or self._thinning.done()):
                 self.thinned_at = time.monotonic()  # beside the checks: a first thinning of months takes a while
                 self._thinning = asyncio.create_task(self._thin(), name="verify-history-thinning")
             await asyncio.sleep(1.0)
 
     async def _thin(self) -> None:
         """Merge old clean runs in each target's verification history (verify/history.py)."""
+        from syncd.verify.history import thin  # verification's modules load at the first need
+
         s = self.daemon.settings
         now = dt.datetime.now(dt.timezone.utc)
         hourly = now - dt.timedelta(days=s.verify.keep_every_run_days)

@@ -162,14 +162,13 @@ async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[s
     return runs
 
 
-# Thinning, by the daemon every THIN_EVERY_SECONDS: a clean run older than [verify]
+# Thinning, by the daemon every hour (fleet.THIN_EVERY_SECONDS): a clean run older than [verify]
 # keep_every_run_days merges into the latest clean run of its table in the same hour,
 # which then counts it (runs) and keeps when the first of them finished
 # (first_finished_at); before the report's window, into the same day. A fleet checked
 # every few minutes writes millions of runs a month; thinned, the report and the status
 # page read about a row per table per hour, and every run is still counted. A run that
 # found anything, failed or compared nothing is never merged: it stays as written.
-THIN_EVERY_SECONDS = 3600.0
 THIN_IDS_AT_ONCE = 200_000  # rows considered per statement: a first thinning of months stays in short statements
 # Two thinnings at once (a pass still running when the next begins, or a killed daemon's
 # statement still running in Postgres when it starts again) would each set a kept row's
