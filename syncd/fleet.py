@@ -173,8 +173,10 @@ class VerifyScheduler:
                     self.deferred.pop(p.name, None)
                     self.last_run[p.name] = now
                     asyncio.create_task(self._one(p), name=f"verify-{p.name}")
+            # Once every source has started (the first loads' work comes first), then hourly.
             if time.monotonic() - self.thinned_at >= THIN_EVERY_SECONDS and not d.stop_event.is_set() \
-                    and (self._thinning is None or self._thinning.done()):
+                    and (self._thinning is None or self._thinning.done()) \
+                    and all(p.ready.is_set() for p in list(d.pipelines.values())):
                 self.thinned_at = time.monotonic()  # beside the checks: a first thinning of months takes a while
                 self._thinning = asyncio.create_task(self._thin(), name="verify-history-thinning")
             await asyncio.sleep(1.0)
