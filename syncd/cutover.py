@@ -121,10 +121,6 @@ async def switch_holder(conn: asyncpg.Connection, source: str) -> str | None:
     return None if row is None else f"{row[0] or 'a client'} (Postgres backend {row[1]})"
 
 
-async def direction(conn: asyncpg.Connection, b: Bookkeeping) -> str:
-    return await conn.fetchval(f"SELECT direction FROM {b.s}.sources WHERE source = $1", b.source) or TO_POSTGRES
-
-
 ASK_SECONDS = 5.0  # how long a switch that failed waits for Postgres to say what it recorded
 # Failures a switch reports in its result (settled: done, undone or unknown, said in one
 # line); anything else (Ctrl-C, a bug) is raised after the switch is settled.
@@ -178,7 +174,7 @@ async def undo_abandoned(settings: Settings, source: SourceSettings, conn: async
     """With the switch lock held: a cutover that froze the file and died is undone
     (the file unfrozen, its record closed). Returns what was done, or None."""
     b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
-    if await direction(conn, b) != TO_POSTGRES:
+    if await b.direction(conn) != TO_POSTGRES:
         return None
     message = await worker.run(freeze.frozen)
     left = await conn.fetch(f"SELECT id, kind FROM {b.s}.switches WHERE source = $1 AND state IN ('started', 'frozen')",
@@ -380,7 +376,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         await ensure_bookkeeping(conn, b.schema)
         if await b.load_source(conn) is None:
             raise Refused("syncd has not set this source up in Postgres yet; run `syncd init` or start the daemon")
-        if await direction(conn, b) == TO_SQLITE:
+        if await b.direction(conn) == TO_SQLITE:
             at = await conn.fetchval(f"SELECT max(finished_at) FROM {b.s}.switches WHERE source = $1 "
                                      f"AND kind = 'cutover' AND state = 'done'", source.name)
             res.already = f"{at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if at else "earlier"

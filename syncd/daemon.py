@@ -9,6 +9,7 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from syncd import metrics
 from syncd.printable import listed
@@ -26,15 +27,15 @@ from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.postgres.pool import Targets
 from syncd.postgres.target import UnsupportedTarget
-from syncd.reverse.pipeline import ReversePipeline
 from syncd.sdnotify import Notifier
 from syncd.sqlite.audit import format_key
 from syncd import parity
 from syncd.parity import orphans
 from syncd.sqlite.connection import THREADS
-from syncd.verify import publish_metrics, verify_source
-from syncd.verify.result import KIND_TEXT
 from syncd.wakeup import FileWatcher
+
+if TYPE_CHECKING:
+    from syncd.reverse.pipeline import ReversePipeline
 
 log = logging.getLogger("syncd")
 
@@ -150,7 +151,11 @@ class Daemon:
     def _make(self, source: SourceSettings, direction: str = TO_POSTGRES) -> Pipeline | ReversePipeline:
         """The pipeline for the way the source flows: SQLite -> Postgres, or, after a
         cutover, Postgres -> SQLite (the way back; reverse/pipeline.py)."""
-        kind = ReversePipeline if direction == TO_SQLITE else Pipeline
+        kind: type[Pipeline | ReversePipeline] = Pipeline
+        if direction == TO_SQLITE:  # imported only by a daemon with a source cut over
+            from syncd.reverse.pipeline import ReversePipeline
+
+            kind = ReversePipeline
         p = kind(self.settings, source, self.targets.for_source(source))
         p.own_poller = False  # FleetPoller polls every source at a bounded rate
         p.admission = self.admission
@@ -315,6 +320,8 @@ class Daemon:
         of its target's pool; with [verify] repair, the differences found are replayed
         through the stream, as `syncd verify --repair` does (each repair is logged,
         counted and kept in the history as an error)."""
+        from syncd.verify import publish_metrics, verify_source  # at the first check, not at start
+
         name = p.name
         try:
             async with p.session.target.connection() as conn:
@@ -506,6 +513,8 @@ LOGGED_KEYS = 10  # keys named in a repair's log line
 
 def _log_repairs(source: str, result) -> None:
     """One line per repaired table: how many rows, of which kind, and which keys."""
+    from syncd.verify.result import KIND_TEXT
+
     for t in result.tables:
         if not t.repaired:
             continue

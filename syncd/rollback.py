@@ -37,7 +37,7 @@ import asyncpg
 
 from syncd import collisions
 from syncd.config import Settings, SourceSettings
-from syncd.cutover import (SETTLED, STARTED_SWITCHES, Refused, answering, direction, read_specs, record_step,
+from syncd.cutover import (SETTLED, STARTED_SWITCHES, Refused, answering, read_specs, record_step,
                            recorded_direction, release_switch_lock, sequence_tops, switch_holder, take_switch_lock,
                            undo_reason, who)
 from syncd.identifiers import quote_ident
@@ -152,7 +152,7 @@ async def undo_abandoned(settings: Settings, source: SourceSettings, conn: async
     still to SQLite) is undone: Postgres unfrozen, its record closed."""
     b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
     names = Names(b.schema, source.name)
-    if await direction(conn, b) != TO_SQLITE:
+    if await b.direction(conn) != TO_SQLITE:
         return None
     left = await conn.fetch(f"SELECT id FROM {b.s}.switches WHERE source = $1 AND kind = 'rollback' "
                             "AND state IN ('started', 'frozen')", source.name)
@@ -417,7 +417,7 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
             raise Refused(f"a cutover or rollback of this source is already running: "
                           f"{await switch_holder(conn, source.name) or 'another session'}")
         locked = True
-        if await direction(conn, b) == TO_POSTGRES:
+        if await b.direction(conn) == TO_POSTGRES:
             from syncd import cutover
             undone = await cutover.undo_abandoned(settings, source, conn, worker)  # SQLite left frozen
             at = await conn.fetchval(f"SELECT max(finished_at) FROM {b.s}.switches WHERE source = $1 "

@@ -24,7 +24,6 @@ import datetime as dt
 import sqlite3
 import time
 
-from syncd import metrics
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl, ownership
 from syncd.postgres.apply import locate_bad_row
@@ -255,9 +254,16 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
     t.row = row
     if into is None:
         session.loaded(t.name)
-    metrics.snapshot_rows_loaded.labels(session.name, t.name).set(row.snapshot_rows)
+    _count_loaded(session, t)
     _progress(session, t, load)
     return False
+
+
+def _count_loaded(session: SourceSession, t: TableRuntime) -> None:
+    # Only a load sets it: `syncd init` (which audits) never imports the metrics.
+    from syncd import metrics
+
+    metrics.snapshot_rows_loaded.labels(session.name, t.name).set(t.row.snapshot_rows)
 
 
 def _progress(session: SourceSession, t: TableRuntime, load: TableLoad) -> None:
@@ -304,7 +310,7 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
         f"catching up from changelog position {row.from_seq}",
         table=t.name, event="snapshot_finished",
     )
-    metrics.snapshot_rows_loaded.labels(session.name, t.name).set(row.snapshot_rows)
+    _count_loaded(session, t)
     return True
 
 

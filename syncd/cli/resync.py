@@ -11,7 +11,6 @@ import asyncio
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
-from syncd.cutover import direction
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
@@ -47,7 +46,7 @@ async def _request(settings: Settings, source: SourceSettings, tables: list[str]
             f"source {source.name!r} is cut over: Postgres is the source of truth, and a resync would rebuild "
             "its tables from the frozen SQLite file, losing what the application wrote since (and the indexes "
             "and constraints it built). `syncd verify --repair` mends SQLite from Postgres instead")
-        if await direction(conn, bk) == TO_SQLITE:
+        if await bk.direction(conn) == TO_SQLITE:
             return common.fail(cut_over, 1)
         rc = 0
         for table in tables:
@@ -61,7 +60,7 @@ async def _request(settings: Settings, source: SourceSettings, tables: list[str]
             if status == "UPDATE 1":
                 common.say(f"{source.name}: resync of {table!r} requested; the running daemon rebuilds it "
                            "(or the next `syncd run` / `syncd init` does)")
-            elif await direction(conn, bk) == TO_SQLITE:
+            elif await bk.direction(conn) == TO_SQLITE:
                 return common.fail(cut_over, 1)  # cut over meanwhile
             else:
                 common.say(f"{source.name}: no replicated table named {table!r}")

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from syncd.identifiers import quote_pg_ident
+from syncd.model import TO_POSTGRES
 
 BOOKKEEPING_VERSION = 1
 LOCK_CLASS = 0x53594E43  # "SYNC": first half of every advisory lock key syncd takes
@@ -383,6 +384,11 @@ class Bookkeeping:
     def aside_table(self, tid: int) -> str:
         """The table (in the bookkeeping schema) a reload of table `tid` fills."""
         return f"load_{lock_key(self.source):08x}_{tid}"
+
+    async def direction(self, conn: asyncpg.Connection) -> str:
+        """Which way the source replicates now (model.TO_POSTGRES / TO_SQLITE)."""
+        return await conn.fetchval(f"SELECT direction FROM {self.s}.sources WHERE source = $1",
+                                   self.source) or TO_POSTGRES
 
     async def touch_applied(self, conn: asyncpg.Connection) -> None:
         """Rows reached Postgres (a snapshot chunk, a catch-up page): the source's last

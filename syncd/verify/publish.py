@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from syncd import metrics
 from syncd.verify.result import SourceVerifyResult
 
 
@@ -14,6 +13,8 @@ def publish_metrics(result: SourceVerifyResult) -> None:
     halted-table alert covers held and paused ones); its mismatch gauge shows the
     row-count gap, a lower bound of the rows that differ. Rows replayed by a repair
     count in syncd_repaired_rows_total."""
+    from syncd import metrics  # here: `syncd verify` and `syncd report` never serve them
+
     for t in result.tables:
         repaired = metrics.repaired_rows_total.labels(t.source, t.table)  # from 0, so increase() sees the first
         if t.repaired:
