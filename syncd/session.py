@@ -171,8 +171,8 @@ class SourceSession:
             t.writer = TableWriter(self.target_schema, t.spec, t.tid)
         return t.writer
 
-    async def save_row(self, conn: asyncpg.Connection, row: TableRow) -> None:
-        await self.bk.save_table(conn, row)
+    async def save_row(self, conn: asyncpg.Connection, row: TableRow, applied: bool = False) -> None:
+        await self.bk.save_table(conn, row, applied)
 
     def loaded(self, table: str) -> None:
         """Snapshot rows of `table` just committed in Postgres: that is an apply too."""

@@ -242,9 +242,7 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
         async with conn.transaction():
             await writer.copy_in(conn, records, into)
             row = changed(t.row, snapshot_key=pos, snapshot_rows=t.row.snapshot_rows + len(records), reason=None)
-            await session.save_row(conn, row)
-            if into is None:
-                await session.bk.touch_applied(conn)
+            await session.save_row(conn, row, applied=into is None)
     except Exception as e:
         if not (is_data_error(e) or is_shape_error(e)):
             raise
@@ -291,8 +289,7 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
             if t.row.load_aside:
                 await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,
                                        session.bk.aside_table(t.tid))
-            await session.save_row(conn, row)
-            await session.bk.touch_applied(conn)
+            await session.save_row(conn, row, applied=True)
             await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")
     except Exception as e:
         if not (is_data_error(e) or is_shape_error(e)):

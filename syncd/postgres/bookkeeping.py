@@ -364,9 +364,13 @@ class Bookkeeping:
             out[r[0]] = TableRow(*values)
         return out
 
-    async def save_table(self, conn: asyncpg.Connection, row: TableRow) -> None:
+    async def save_table(self, conn: asyncpg.Connection, row: TableRow, applied: bool = False) -> None:
+        """With `applied`, rows reached Postgres too (touch_applied), in the same
+        statement: a snapshot chunk's bookkeeping is one round trip."""
+        touch = f"WITH applied AS (UPDATE {self.s}.sources SET applied_at = now() WHERE source = $1) " \
+            if applied else ""
         await conn.execute(
-            f"""INSERT INTO {self.s}.tables(source, table_name, tid, state, resume_to, from_seq, snapshot_key,
+            f"""{touch}INSERT INTO {self.s}.tables(source, table_name, tid, state, resume_to, from_seq, snapshot_key,
                     snapshot_rows, snapshot_total, snapshot_started_at, snapshot_finished_at, reason, updated_at,
                     load_aside, behind_since)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), $13, $14)
