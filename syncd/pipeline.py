@@ -571,6 +571,7 @@ class Pipeline:
                 if reason is not None:
                     await self._hold(t, reason, bk.PENDING, t.row.from_seq)
                     return False
+                await self._close_load()  # a start that failed before: its read side and read-ahead go
                 self.load = self._table_load(t)
                 await start(s, t, self.load)
             elif self.load is None and reader.snapshot_position_kind(t.spec) == "rowid-unstable":

@@ -75,8 +75,8 @@ class TableLoad:
 
     async def open(self) -> int:
         """Open the read side; returns the changelog position the read starts at."""
-        self.total = await self.session.worker.run(reader.count_rows, self.t.name)
-        if self.session.journal_mode == "wal" and self.total > self.chunk_rows:
+        if self.session.journal_mode == "wal" and \
+                await self.session.worker.run(reader.has_more_rows, self.t.name, self.chunk_rows):
             self.worker = SqliteWorker(self.session.source.path, f"{self.session.name}-snapshot",
                                        self.session.settings.sqlite.read_busy_timeout_ms)
             self.own_worker = self.single_txn = True
@@ -100,8 +100,10 @@ class TableLoad:
         return await self.worker.run(begin)
 
     async def count(self) -> int:
+        """The table's rows, counted on the source's own connection: with the read side
+        on a connection of its own, while that one reads the first chunk."""
         if self.total is None:
-            self.total = await self.worker.run(reader.count_rows, self.t.name)
+            self.total = await self.session.worker.run(reader.count_rows, self.t.name)
         return self.total
 
     def _read(self, conn: sqlite3.Connection, after: tuple | None, limit: int, conv: RowConverter):
@@ -191,6 +193,9 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
     if load.plain:
         session.debug("loading rows as read: the table is as its audit found it, every value already of its "
                       "column's storage class", table=t.name, event="load_as_read")
+    # The first chunk is read (at the position just fixed) while SQLite counts the rows
+    # and Postgres creates or empties the table; load_chunk takes it as read ahead.
+    load.read_ahead(None)
     total = await load.count()
     target = session.target_schema
     async with conn.transaction():

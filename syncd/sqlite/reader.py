@@ -514,3 +514,8 @@ def snapshot_chunk_needs_conversion(conn: sqlite3.Connection, spec: TableSpec, a
 
 def count_rows(conn: sqlite3.Connection, table: str) -> int:
     return conn.execute(f"SELECT count(*) FROM main.{quote_ident(table)}").fetchone()[0]
+
+
+def has_more_rows(conn: sqlite3.Connection, table: str, n: int) -> bool:
+    """Whether `table` holds more than `n` rows, without counting them all."""
+    return conn.execute(f"SELECT 1 FROM main.{quote_ident(table)} LIMIT 1 OFFSET ?", (n,)).fetchone() is not None
