@@ -64,5 +64,6 @@ def test_every_verb_writes_only_its_own_lines_to_stderr(app_db, make_config, tmp
     assert proc.returncode == 0, err
     assert foreign_lines(err) == [], err
     ran.add("run")
+    check("rehearse")
     check("uninstall")
     assert ran >= verbs() - {"demo"}, verbs() - ran  # `syncd demo` has a test of its own
