@@ -41,6 +41,17 @@ def fail(message: str, code: int) -> int:
     return code
 
 
+def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSettings]]:
+    """The settings, logging set up, and the sources a switching verb (cutover, rollback,
+    rehearse) works on: --source, else all; ConfigError when there are none."""
+    settings = load(args)
+    setup_logging(args, settings)
+    sources = selected_sources(settings, args.source)
+    if not sources:
+        raise ConfigError("no sources configured")
+    return settings, sources
+
+
 def selected_sources(settings: Settings, name: str | list[str] | None) -> list[SourceSettings]:
     """The sources named (each a name or a glob such as "tenant_*"), in configuration
     order; every source without any. A name or glob matching none is a ConfigError."""

@@ -30,11 +30,7 @@ def register(sub, parent) -> None:
 
 
 def main(args) -> int:
-    settings = common.load(args)
-    common.setup_logging(args, settings)
-    sources = common.selected_sources(settings, args.source)
-    if not sources:
-        return common.fail("no sources configured", 2)
+    settings, sources = common.switch_sources(args)
     results = asyncio.run(_all(settings, sources, args.allow_orphans))
     for r in results:
         common.say(*render(r))

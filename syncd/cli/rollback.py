@@ -32,11 +32,7 @@ def register(sub, parent) -> None:
 
 
 def main(args) -> int:
-    settings = common.load(args)
-    common.setup_logging(args, settings)
-    sources = common.selected_sources(settings, args.source)
-    if not sources:
-        return common.fail("no sources configured", 2)
+    settings, sources = common.switch_sources(args)
     try:
         results = asyncio.run(_all(settings, sources, args.dry_run))
     except KeyboardInterrupt:
