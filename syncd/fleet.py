@@ -37,6 +37,14 @@ TICK_SECONDS = 0.1
 THIN_EVERY_SECONDS = 3600.0  # how often VerifyScheduler thins the verification history (verify/history.py)
 
 
+def by_target(pipelines) -> list[list["Pipeline"]]:
+    """The pipelines grouped by the target database they write to (one pool each)."""
+    groups: dict[int, list["Pipeline"]] = {}
+    for p in pipelines:
+        groups.setdefault(id(p.session.target), []).append(p)
+    return list(groups.values())
+
+
 class FleetPoller:
     def __init__(self, settings: Settings, pipelines: Callable[[], dict[str, "Pipeline"]]):
         self.settings = settings
@@ -96,10 +104,7 @@ class FleetRechecker:
         bk = self.settings.postgres.bookkeeping_schema
         while True:
             await asyncio.sleep(self.settings.stream.held_table_retry_seconds)
-            by_target: dict[int, list["Pipeline"]] = {}
-            for p in self.pipelines().values():
-                by_target.setdefault(id(p.session.target), []).append(p)
-            for pipes in by_target.values():
+            for pipes in by_target(self.pipelines().values()):
                 target = pipes[0].session.target
                 try:
                     async with target.connection() as conn:
@@ -189,10 +194,7 @@ class VerifyScheduler:
         now = dt.datetime.now(dt.timezone.utc)
         hourly = now - dt.timedelta(days=s.verify.keep_every_run_days)
         daily = hourly - dt.timedelta(days=s.cutover.min_days + 1)
-        by_target: dict[int, list["Pipeline"]] = {}
-        for p in self.daemon.pipelines.values():
-            by_target.setdefault(id(p.session.target), []).append(p)
-        for pipes in by_target.values():
+        for pipes in by_target(self.daemon.pipelines.values()):
             try:
                 async with pipes[0].session.target.connection() as conn:
                     merged = await thin(conn, s.postgres.bookkeeping_schema, [p.name for p in pipes], hourly, daily)

@@ -977,5 +977,4 @@ async def fetch_recheck_flags(conn, bk_schema: str, sources: list[str]) -> dict[
     return {r[0]: RecheckFlags(r[2], r[1] or TO_POSTGRES, r[3]) for r in rows}
 
 
-
 __all__ = ["Pipeline", "PostgresUnavailable"]

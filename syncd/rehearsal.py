@@ -28,7 +28,8 @@ import asyncpg
 
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import quote_pg_ident
-from syncd.postgres.bookkeeping import OWNED_TABLES, ensure_bookkeeping
+from syncd.model import TO_SQLITE
+from syncd.postgres.bookkeeping import OWNED_TABLES, Bookkeeping, ensure_bookkeeping
 from syncd.postgres.connect import close_quietly, connect, describe
 from syncd.sqlite import capture
 
@@ -108,32 +109,16 @@ def copy_file(src: Path, dst: Path, busy_timeout_ms: int) -> None:
 async def _leftovers(conn: asyncpg.Connection, schema: str, bk_schema: str) -> None:
     """Drop what an earlier rehearsal of this source left (killed halfway); refuse to
     touch a schema of that name that no rehearsal made."""
-    exists = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
-    ours = False
-    if await conn.fetchval(exists, bk_schema):
-        ours = await conn.fetchval(
-            f"SELECT EXISTS (SELECT 1 FROM {quote_pg_ident(bk_schema)}.{OWNED_TABLES} WHERE schema_name = $1)",
-            schema) if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL",
-                                           f"{quote_pg_ident(bk_schema)}.{OWNED_TABLES}") else False
-    if await conn.fetchval(exists, schema):
+    owned = f"{quote_pg_ident(bk_schema)}.{OWNED_TABLES}"
+    ours = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", owned) and await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM {owned} WHERE schema_name = $1)", schema)
+    if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema):
         empty = not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n "
                                         "ON n.oid = c.relnamespace WHERE n.nspname = $1)", schema)
         if not (ours or empty):
             raise RehearsalFailed(f'Postgres schema "{schema}" exists and no rehearsal made it: the rehearsal '
                                   "replicates the copy there; rename or drop that schema first")
         await conn.execute(f"DROP SCHEMA {quote_pg_ident(schema)} CASCADE")
-
-
-async def _cut_over(conn: asyncpg.Connection, bk_schema: str, source: str) -> bool:
-    from syncd.model import TO_SQLITE
-
-    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{quote_pg_ident(bk_schema)}.sources"):
-        return False
-    try:
-        return await conn.fetchval(f"SELECT direction FROM {quote_pg_ident(bk_schema)}.sources WHERE source = $1",
-                                   source) == TO_SQLITE
-    except asyncpg.UndefinedColumnError:  # bookkeeping older than cutovers
-        return False
 
 
 async def _clean_up(conn: asyncpg.Connection, schema: str, bk_schema: str) -> None:
@@ -168,7 +153,8 @@ async def rehearse(settings: Settings, source: SourceSettings, *, allow_orphans:
     workdir = Path(tempfile.mkdtemp(prefix="syncd-rehearsal-"))
     conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
     try:
-        if await _cut_over(conn, settings.postgres.bookkeeping_schema, source.name):
+        await ensure_bookkeeping(conn, settings.postgres.bookkeeping_schema)  # where the result goes
+        if await Bookkeeping(settings.postgres.bookkeeping_schema, source.name).direction(conn) == TO_SQLITE:
             res.problems.append("already cut over: a rehearsal is for before the switch; `syncd rollback --dry-run` "
                                 "checks the way back now")
             return res
@@ -278,7 +264,6 @@ async def _steps(settings: Settings, source: SourceSettings, workdir: Path, conn
 
 
 async def _record(conn: asyncpg.Connection, bk_schema: str, res: RehearsalResult, started: dt.datetime) -> None:
-    await ensure_bookkeeping(conn, bk_schema)
     await conn.execute(
         f"""INSERT INTO {quote_pg_ident(bk_schema)}.rehearsals (source, started_at, finished_at, ok, rows_verified,
                 changes, cutover_downtime_seconds, rollback_downtime_seconds, detail)

@@ -367,8 +367,7 @@ class Bookkeeping:
     async def save_table(self, conn: asyncpg.Connection, row: TableRow, applied: bool = False) -> None:
         """With `applied`, rows reached Postgres too (touch_applied), in the same
         statement: a snapshot chunk's bookkeeping is one round trip."""
-        touch = f"WITH applied AS (UPDATE {self.s}.sources SET applied_at = now() WHERE source = $1) " \
-            if applied else ""
+        touch = f"WITH applied AS ({self._touch_sql}) " if applied else ""
         await conn.execute(
             f"""{touch}INSERT INTO {self.s}.tables(source, table_name, tid, state, resume_to, from_seq, snapshot_key,
                     snapshot_rows, snapshot_total, snapshot_started_at, snapshot_finished_at, reason, updated_at,
@@ -397,7 +396,11 @@ class Bookkeeping:
     async def touch_applied(self, conn: asyncpg.Connection) -> None:
         """Rows reached Postgres (a snapshot chunk, a catch-up page): the source's last
         apply, as status, metrics and the report show it, moves like a streamed batch."""
-        await conn.execute(f"UPDATE {self.s}.sources SET applied_at = now() WHERE source = $1", self.source)
+        await conn.execute(self._touch_sql, self.source)
+
+    @property
+    def _touch_sql(self) -> str:
+        return f"UPDATE {self.s}.sources SET applied_at = now() WHERE source = $1"
 
     async def advance(self, conn: asyncpg.Connection, from_seq: int, to_seq: int, fingerprint: str) -> None:
         """Move the checkpoint and keep the batch's fingerprint; the guard catches a

@@ -944,5 +944,4 @@ def _internal(name: str) -> bool:
     return name.startswith(("_syncd_", "sqlite_"))
 
 
-
 __all__ = ["ReversePipeline"]

@@ -114,7 +114,6 @@ class _Session:
             delay = min(delay * 2, 0.5)
 
 
-
 async def verify_source(settings: Settings, source: SourceSettings, tables: list[str] | None = None, *,
                         repair: bool = False, wait_seconds: float = DEFAULT_WAIT_SECONDS,
                         record: bool = True, in_daemon: bool = False,
