@@ -126,6 +126,17 @@ async def _clean_up(conn: asyncpg.Connection, schema: str, bk_schema: str) -> No
     await conn.execute(f"DROP SCHEMA IF EXISTS {quote_pg_ident(bk_schema)} CASCADE")
 
 
+async def left_behind(settings: Settings, source: SourceSettings) -> list[str]:
+    """The schemas of `source`'s rehearsal still in Postgres (after an interrupt, say)."""
+    conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+    try:
+        names = list(rehearsal_schemas(settings, source))
+        return [r[0] for r in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname = ANY($1::text[]) "
+                                               "ORDER BY nspname", names)]
+    finally:
+        await close_quietly(conn)
+
+
 async def _write_like_the_application(conn: asyncpg.Connection, schema: str) -> int:
     """After the cutover: rewrite up to CHANGED_ROWS rows of each table with their own
     values, so the way back has row changes of every table to carry."""

@@ -149,3 +149,27 @@ async def test_a_rehearsal_killed_halfway_is_cleared_by_the_next(app_db, make_co
     assert out.returncode == 0, out.stdout + out.stderr
     assert await schemas(pg_dsn) == before_schemas
     assert verify(cfg).returncode == 0
+
+
+async def test_an_interrupted_rehearsal_removes_what_it_made_and_says_so(app_db, make_config, pg_dsn, tmp_path):
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    before_file, before_schemas = sqlite_state(app_db), await schemas(pg_dsn)
+    proc = subprocess.Popen(syncd_cmd(cfg, "rehearse"), stdout=subprocess.PIPE, text=True, cwd=str(cfg.parent),
+                            env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "frozen"})
+    try:
+        assert proc.stdout.readline().strip() == "holding at frozen"
+        assert {"app_rehearsal", "syncd_rehearsal"} <= await schemas(pg_dsn)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C in the middle of the copy's cutover
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "syncd rehearse: interrupted" in out, out
+    assert "what the rehearsal had made is removed" in out, out
+    assert await schemas(pg_dsn) == before_schemas
+    assert sqlite_state(app_db) == before_file
+    assert verify(cfg).returncode == 0
+    assert not report_item(cfg)["ok"]  # an interrupted rehearsal tested nothing

@@ -2,16 +2,19 @@
 of each source before the switch: load, verify, back up, cut over, write in Postgres,
 roll back (every row verified), with the measured downtimes; the live file and its
 replica are not touched (rehearsal.py). Exit 0 when every rehearsal succeeded, 1 when one
-failed (its step and reason printed), 2 configuration error."""
+failed (its step and reason printed), 2 configuration error, 130 interrupted (what the
+interrupted rehearsal made is removed on the way out; whatever is left is named)."""
 
 from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
-from syncd.postgres.connect import PostgresUnavailable
-from syncd.rehearsal import RehearsalResult, rehearse
+from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.rehearsal import RehearsalResult, left_behind, rehearse
 
 
 def register(sub, parent) -> None:
@@ -31,7 +34,11 @@ def register(sub, parent) -> None:
 
 def main(args) -> int:
     settings, sources = common.switch_sources(args)
-    results = asyncio.run(_all(settings, sources, args.allow_orphans))
+    try:
+        results = asyncio.run(_all(settings, sources, args.allow_orphans))
+    except KeyboardInterrupt:
+        common.say("syncd rehearse: interrupted", *asyncio.run(_after_interrupt(settings, sources)))
+        return 130
     for r in results:
         common.say(*render(r))
     return 0 if all(r.ok for r in results) else 1
@@ -45,6 +52,23 @@ async def _all(settings: Settings, sources: list[SourceSettings], allow_orphans:
         except PostgresUnavailable as e:
             out.append(RehearsalResult(source=s.name, problems=[str(e)]))
     return out
+
+
+async def _after_interrupt(settings: Settings, sources: list[SourceSettings]) -> list[str]:
+    """Per source, what the interrupted rehearsal left in Postgres; the live file and its
+    replica were never touched."""
+    lines = []
+    for s in sources:
+        try:
+            left = await left_behind(settings, s)
+        except (PostgresUnavailable, asyncpg.PostgresError, OSError) as e:
+            lines.append(f"{s.name}: cannot tell whether a rehearsal schema is left: {describe(e)}")
+            continue
+        if left:
+            names = ", ".join(f'"{n}"' for n in left)
+            lines.append(f"{s.name}: rehearsal schema(s) {names} left in Postgres; the next `syncd rehearse` "
+                         "removes them")
+    return lines or ["what the rehearsal had made is removed; the live files and their replicas were not touched"]
 
 
 def render(r: RehearsalResult) -> list[str]:
