@@ -352,6 +352,16 @@ def test_short_spans_are_not_rounded_to_zero_days():
     assert days(0) == "0 days" and days(1) == "1 day" and days(14) == "14 days" and days(2.5) == "2.5 days"
 
 
+def test_a_time_a_moment_ahead_of_the_report_reads_0_s_ago():
+    """A checkpoint Postgres stamped a moment after the report took its time (the
+    daemon applying meanwhile) is "0 s ago", never "-0 s ago" or "-1 s ago"."""
+    from syncd.report.checklist import when
+    now = dt.datetime(2026, 12, 4, 3, 8, tzinfo=dt.timezone.utc)
+    assert when(now + dt.timedelta(seconds=0.3), now) == "2026-12-04 03:08 UTC (0 s ago)"
+    assert when(now + dt.timedelta(seconds=1.2), now) == "2026-12-04 03:08 UTC (0 s ago)"
+    assert when(now - dt.timedelta(seconds=5), now) == "2026-12-04 03:07 UTC (5 s ago)"
+
+
 def test_the_headline_after_cutovers_says_where_sqlite_still_follows():
     from syncd.report.checklist import headline
     from syncd.report.facts import TO_SQLITE, MigrationFacts, SourceFacts

@@ -425,7 +425,8 @@ def _age_seconds(t: dt.datetime, now: dt.datetime) -> float:
 
 
 def _ago(t: dt.datetime, now: dt.datetime) -> str:
-    return _duration(_age_seconds(t, now))
+    # A time Postgres stamped a moment after the report took its own is no time ago.
+    return _duration(max(0.0, _age_seconds(t, now)))
 
 
 def _when(t: dt.datetime, now: dt.datetime) -> str:
