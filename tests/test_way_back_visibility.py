@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import asyncpg
+import pytest
 
 from syncd.config import load_settings
 from syncd.rollback import drop_lookup_indexes
@@ -152,6 +153,20 @@ async def test_uninstall_after_a_cutover_removes_the_way_backs_capture_too(tmp_p
     await pg_rows(pg_dsn, "UPDATE app.items SET n = 1")  # the application goes on, nothing recorded
     assert (await pg_rows(pg_dsn, "SELECT retired_reason FROM syncd.reverse"))[0][0] == \
         "capture uninstalled (syncd uninstall)"
+    # The file stays frozen, and an application still pointed at it is told where its
+    # data went (not "no such table: main._syncd_meta": uninstall removed that table).
+    app = sqlite3.connect(db)
+    try:
+        for sql in ("UPDATE items SET n = n + 1", "INSERT INTO items (n) VALUES (1)", "DELETE FROM items"):
+            with pytest.raises(sqlite3.IntegrityError, match="moved to PostgreSQL by syncd"):
+                app.execute(sql)
+        assert app.execute("SELECT count(*) FROM items").fetchone()[0] == 10  # readers as before
+        names = [n for (n,) in app.execute("SELECT name FROM sqlite_master WHERE name LIKE '%syncd%'")]
+        assert names and all(n.startswith("_syncd_freeze_") for n in names), names
+    finally:
+        app.close()
+    assert "stays frozen" in r.stdout and "_syncd_freeze_" in r.stdout, r.stdout
+    assert "no capture installed" in run_cli(cfg, "uninstall").stdout  # again: nothing left to remove
 
 
 async def test_a_lookup_index_a_long_reader_holds_is_dropped_once_the_table_is_free(tmp_path, make_config, pg_dsn):

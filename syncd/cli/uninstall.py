@@ -86,7 +86,10 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
                 raise Refused(f"{e}; cannot check for unapplied changes or a running daemon (use --force)") from None
         finally:
             await close_quietly(pg)
-        dropped = capture.uninstall(conn, settings.sqlite.write_busy_timeout_ms)
+        dropped, frozen = capture.uninstall(conn, settings.sqlite.write_busy_timeout_ms)
+        if frozen:
+            note += (f"; the file stays frozen (it was cut over to Postgres): its {frozen} table(s) refuse the "
+                     "application's writes with syncd's message (drop the _syncd_freeze_* triggers to write it again)")
         return f"{source.name}: removed {dropped} trigger(s), the changelog and the registry from {source.path}{note}"
     finally:
         conn.close()

@@ -580,11 +580,14 @@ def disarm_table(conn: sqlite3.Connection, tid: int, busy_timeout_ms: int, expec
     return write_transaction(conn, lambda c: _own_schema_change(c, disarm), busy_timeout_ms=busy_timeout_ms)
 
 
-def uninstall(conn: sqlite3.Connection, busy_timeout_ms: int) -> int:
-    """Remove every syncd object from the file; application tables are untouched.
-    Returns the number of triggers dropped."""
+def uninstall(conn: sqlite3.Connection, busy_timeout_ms: int) -> tuple[int, int]:
+    """Remove every syncd object from the file; application tables are untouched. A file
+    frozen by a cutover stays frozen (its freeze triggers no longer need syncd's tables).
+    Returns the number of capture triggers dropped and of tables that stay frozen."""
+    from syncd.sqlite.freeze import outlive_syncd
 
-    def drop(c: sqlite3.Connection) -> int:
+    def drop(c: sqlite3.Connection) -> tuple[int, int]:
+        frozen = outlive_syncd(c)
         names = [
             r[0]
             for r in c.execute(
@@ -596,7 +599,7 @@ def uninstall(conn: sqlite3.Connection, busy_timeout_ms: int) -> int:
             c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
         for table in (CHANGELOG, REGISTRY, META):
             c.execute(f"DROP TABLE IF EXISTS main.{quote_ident(table)}")
-        return len(names)
+        return len(names), frozen
 
     return write_transaction(conn, drop, busy_timeout_ms=busy_timeout_ms)
 

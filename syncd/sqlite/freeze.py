@@ -47,13 +47,40 @@ def freeze_triggers(conn: sqlite3.Connection, message: str, wanted: Callable[[st
     """The CREATE TRIGGER statements that freeze every replicated table of the file."""
     out = []
     msg = quote_literal(message)
-    guard = f"WHEN NOT EXISTS (SELECT 1 FROM {quote_ident(META)} WHERE key = {quote_literal(WRITING_KEY)})"
+    guard = _guard()
     for i, table in enumerate(t for t in _user_tables(conn) if wanted(t)):
         for op in ("INSERT", "UPDATE", "DELETE"):
             name = quote_ident(f"{FREEZE_PREFIX}{i}_{op.lower()}")
             out.append(f"CREATE TRIGGER {name} BEFORE {op} ON {quote_ident(table)} {guard} "
                        f"BEGIN SELECT RAISE(ABORT, {msg}); END")
     return out
+
+
+def _guard() -> str:
+    return f"WHEN NOT EXISTS (SELECT 1 FROM {quote_ident(META)} WHERE key = {quote_literal(WRITING_KEY)})"
+
+
+def outlive_syncd(c: sqlite3.Connection) -> int:
+    """Inside `syncd uninstall`'s write transaction, before `_syncd_meta` goes: a frozen
+    file stays frozen for the application, its triggers rewritten without the marker
+    check (which names `_syncd_meta`: left as they were, every write would fail with
+    "no such table"). Triggers of a file that is not frozen are dropped. Returns the
+    tables that stay frozen."""
+    names = c.execute("SELECT name, tbl_name, sql FROM main.sqlite_master WHERE type = 'trigger' "
+                      "AND substr(name, 1, ?) = ?", (len(FREEZE_PREFIX), FREEZE_PREFIX)).fetchall()
+    try:
+        message = c.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = ?", (FROZEN_KEY,)).fetchone()
+    except sqlite3.OperationalError as e:
+        if not no_such_table(e):
+            raise
+        message = None
+    kept = set()
+    for name, table, sql in names:
+        c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
+        if message is not None and f" {_guard()} " in sql:
+            c.execute(sql.replace(f" {_guard()} ", " ", 1))
+            kept.add(table)
+    return len(kept)
 
 
 def freeze(conn: sqlite3.Connection, message: str, busy_timeout_ms: int, wanted: Callable[[str], bool]) -> int:
