@@ -104,7 +104,7 @@ def test_make_files_leaves_existing_files_alone(tmp_path):
 def test_config_example_names_the_demo_world(demo, tmp_path):
     doc = tomllib.loads((ROOT / "config.example.toml").read_text())
     assert doc["postgres"]["dsn"].endswith("/synapse_core")
-    assert doc["cutover"]["backup_glob"] == f"demo/{BACKUPS}/*.db"
+    assert doc["cutover"]["backup_glob"] == f"demo/{BACKUPS}/{{source}}-*.db"
     by_name = {s["name"]: s for s in doc["sources"]}
     assert list(by_name) and set(by_name) == set(USER_FILES)
     for s in SOURCES:

@@ -46,7 +46,7 @@ def demo_config(dsns: dict[str, str], listen: str) -> str:
              "[postgres]", f"dsn = {q(dsns[TARGET_DATABASES[0]])}", "",
              "[metrics]", f"listen = {q(listen)}", "",
              "[verify]", f"interval_seconds = {VERIFY_INTERVAL_SECONDS}", "",
-             "[cutover]", f"backup_glob = {q(BACKUPS + '/*.db')}", ""]
+             "[cutover]", f"backup_glob = {q(BACKUPS + '/{source}-*.db')}", ""]
     for s in SOURCES:
         lines += ["[[sources]]", f"name = {q(s.name)}", f"path = {q(s.filename)}", f"dsn = {q(dsns[s.database])}"]
         for table, cols in s.columns.items():
