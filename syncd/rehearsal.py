@@ -7,7 +7,7 @@ verify it, back it up, `syncd cutover`, write to Postgres as the application wou
 then, and `syncd rollback`, which brings SQLite up to date and verifies every row. The
 live file, its replica and syncd's bookkeeping are never touched, except for one row
 in syncd.rehearsals: the result with its measured downtimes, which `syncd report`
-judges ("Rollback rehearsed"). Everything the rehearsal made is removed afterwards,
+judges ("Rollback plan tested"). Everything the rehearsal made is removed afterwards,
 whatever happened."""
 
 from __future__ import annotations

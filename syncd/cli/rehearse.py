@@ -24,7 +24,7 @@ def register(sub, parent) -> None:
                     "copy into schemas of its own in the same Postgres database, verify it, back it up, run "
                     "`syncd cutover` on it, write to Postgres, run `syncd rollback` (every row verified), and "
                     "remove everything it made. Records the result and the measured downtimes for `syncd report` "
-                    "(\"Rollback rehearsed\"). The live file and its replica are not touched.",
+                    "(\"Rollback plan tested\"). The live file and its replica are not touched.",
     )
     common.add_source_option(p)
     p.add_argument("--allow-orphans", action="store_true",

@@ -27,7 +27,8 @@ def register(sub, parent) -> None:
                     "what is not done. --format html writes the daemon's status page as one self-contained "
                     "file (with the last hour's lag and apply-rate charts when the daemon answers).",
     )
-    p.add_argument("--format", choices=["markdown", "json", "html"], default="markdown", help="output format")
+    p.add_argument("--format", choices=["markdown", "json", "html"], default="markdown",
+                   help="output format (default: markdown)")
     common.add_source_option(p)
     p.set_defaults(func=main)
 

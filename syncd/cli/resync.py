@@ -21,7 +21,7 @@ def register(sub, parent) -> None:
                        description="Ask syncd to drop one table in Postgres, recreate it from SQLite's current "
                                    "schema and snapshot it again. The running daemon acts within seconds; "
                                    "otherwise the next `syncd run` or `syncd init` does.")
-    p.add_argument("--source", metavar="NAME", required=True)
+    p.add_argument("--source", metavar="NAME", required=True, help="the source the table belongs to")
     p.add_argument("--table", metavar="TABLE", required=True, action="append",
                    help="table to rebuild (repeat for several)")
     p.set_defaults(func=main)
