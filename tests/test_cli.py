@@ -87,6 +87,9 @@ async def test_init_is_idempotent(app_db, make_config, pg_dsn):
 
     state = await pg_state()
     assert [t[:2] for t in state[0]] == [("a", "pending"), ("b", "pending")]
+    # "pending" is the tables' state, not changes waiting: the line says what comes next
+    assert "capture installed on 2 table(s) (wal journal): 2 pending (not loaded yet: `syncd run` loads them)" \
+        in first.stdout, first.stdout
     second = run_cli(cfg, "init")
     assert second.returncode == 0
     assert second.stdout == first.stdout

@@ -74,7 +74,8 @@ def _summary(session: SourceSession) -> list[str]:
     counts: dict[str, int] = {}
     for t in session.tables.values():
         counts[t.state] = counts.get(t.state, 0) + 1
-    state_text = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no tables"
+    state_text = ", ".join(f"{n} {state}" + (" (not loaded yet: `syncd run` loads them)" if state == bk.PENDING else "")
+                           for state, n in sorted(counts.items())) or "no tables"
     mode = session.journal_mode
     lines.append(f"  capture installed on {len(session.tables)} table(s) ({mode} journal): {state_text}")
     for t in sorted(session.tables.values(), key=lambda t: t.name):
