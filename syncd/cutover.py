@@ -391,26 +391,36 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         problems = await preflight(settings, source, allow_orphans)
         if problems:
             res.problems = problems
-            return res
-        specs = await asyncio.to_thread(read_specs, source)
-        marks = await worker.run(high_marks, specs)
-        pending = await worker.run(_pending, (await b.load_source(conn)).applied_seq)
-        rows = await worker.run(_row_count, list(specs))
-        res.plan.append(f"{len(specs)} table(s), {rows} row(s) to verify, {pending} change(s) to drain")
-        left = await worker.run(freeze.left_writable, source.wants_table)
-        if left:
-            res.plan.append(f"left writable in SQLite, not frozen: {listed([repr(t) for t in left])} (not replicated "
-                            "by this source's tables/exclude, so not in Postgres)")
-        if dry_run:
-            # The run itself says where each identity continues, from the high marks after the drain.
-            res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} would continue after {top} "
-                         "(today's high mark; the drain may raise it)" for name, top in sorted(marks.items())]
-            present = {key[2]: obj.comment for key, obj in (await parity.read_pg_objects(conn, source.schema)).items()
-                       if key[0] == "relation"}
-            res.plan += await asyncio.to_thread(parity.preview, settings, source, specs, present)
-            res.plan.append(f"expected write downtime: about {_estimate(rows, pending):.1f} s "
-                            "(drain, a full verification, then one Postgres transaction that also creates "
-                            "the constraints and types listed above)")
+            if not dry_run:
+                return res
+            # A dry run refused still shows what the switch will do (the downtime to expect):
+            # the change ticket is written before the checklist is met.
+            res.plan.append("the plan once every reason above is met (dry run, nothing changed):")
+        try:
+            specs = await asyncio.to_thread(read_specs, source)
+            marks = await worker.run(high_marks, specs)
+            pending = await worker.run(_pending, (await b.load_source(conn)).applied_seq)
+            rows = await worker.run(_row_count, list(specs))
+            res.plan.append(f"{len(specs)} table(s), {rows} row(s) to verify, {pending} change(s) to drain")
+            left = await worker.run(freeze.left_writable, source.wants_table)
+            if left:
+                res.plan.append(f"left writable in SQLite, not frozen: {listed([repr(t) for t in left])} "
+                                "(not replicated by this source's tables/exclude, so not in Postgres)")
+            if dry_run:
+                # The run itself says where each identity continues, from the high marks after the drain.
+                res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} would continue after {top} "
+                             "(today's high mark; the drain may raise it)" for name, top in sorted(marks.items())]
+                objects = await parity.read_pg_objects(conn, source.schema)
+                present = {key[2]: obj.comment for key, obj in objects.items() if key[0] == "relation"}
+                res.plan += await asyncio.to_thread(parity.preview, settings, source, specs, present)
+                res.plan.append(f"expected write downtime: about {_estimate(rows, pending):.1f} s "
+                                "(drain, a full verification, then one Postgres transaction that also creates "
+                                "the constraints and types listed above)")
+                return res
+        except (Refused, asyncpg.PostgresError, sqlite3.Error, OSError) as e:
+            if not res.problems:
+                raise
+            res.plan.append(f"no plan to show: {describe(e)}")  # the reasons above come first
             return res
         await _run(settings, source, conn, worker, b, specs, res, allow_orphans)
         return res

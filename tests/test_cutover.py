@@ -129,6 +129,13 @@ async def test_cutover_is_refused_with_every_reason_and_changes_nothing(tmp_path
         assert r.returncode == 1
         assert "app: REFUSED" in r.stdout
         assert "backup_glob" in r.stdout and "never verified" in r.stdout and "14 days" in r.stdout
+        assert "identity" not in r.stdout  # no plan: a refused switch does nothing
+        # The dry run refuses alike, and still shows the plan (the downtime to expect, for
+        # the change ticket) while the checklist is not met yet.
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 1 and "app: REFUSED" in dry.stdout and "14 days" in dry.stdout
+        assert "the plan once every reason above is met (dry run, nothing changed)" in dry.stdout, dry.stdout
+        assert "identity deals.id would continue after" in dry.stdout and "expected write downtime" in dry.stdout
         assert writable(db) and await direction(pg_dsn) == "to_postgres"
         assert d.stop() == 0
 
