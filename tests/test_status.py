@@ -177,6 +177,10 @@ async def test_halted_table_is_critical_with_reason(tmp_path, make_config, pg_ds
         r = run_cli(cfg, "status")
         assert r.returncode == 2
         assert 'CRITICAL: app: table "t" held: table "t" key 2 column "n"' in r.stdout
+        # The table is replicated, its changes queued: the CONSISTENCY cell says held, not
+        # "not replicated" (that is for tables Postgres does not have at all).
+        row = next(line for line in r.stdout.splitlines() if line.startswith("app "))
+        assert row.rstrip().endswith("1 held"), r.stdout
         # The held table's changes queue behind the checkpoint, which moves on: pending all the same.
         conn.executemany("UPDATE t SET n = n + 1 WHERE id = ?", [(1,)] * 5)
         conn.commit()

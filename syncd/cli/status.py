@@ -82,11 +82,13 @@ def _ago(iso: str | None) -> str:
 
 def _consistency(st: SourceStatus) -> str:
     streaming = [t for t in st.tables if t.state == "streaming"]
-    left_out = [t for t in st.tables if t.state in ("refused", "held", "paused")]
-    if left_out or st.not_migrated:
-        # A table (or a virtual table's data) Postgres does not have is never "ok".
-        n = len(left_out) + len(st.not_migrated)
-        return f"{n} not replicated"
+    # A table Postgres does not have (refused, or a virtual table's data) or holds out of
+    # step (held, paused: its changes queued) is never "ok".
+    counts = {"not replicated": sum(1 for t in st.tables if t.state == "refused") + len(st.not_migrated),
+              "held": sum(1 for t in st.tables if t.state == "held"),
+              "paused": sum(1 for t in st.tables if t.state == "paused")}
+    if any(counts.values()):
+        return ", ".join(f"{n} {what}" for what, n in counts.items() if n)
     if not streaming:
         return "-"
     bad = sum(1 for t in streaming if t.last_verify_differences)
