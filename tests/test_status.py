@@ -72,6 +72,18 @@ def test_evaluate_verdicts():
     assert evaluate(st, LIMITS, NOW) == WARNING and "current step has run for 95 s" in st.problems[0].message
 
 
+def test_the_rollback_deadline_reads_as_the_report_writes_it():
+    """`syncd status` gives the rollback deadline as the report does (UTC, to the minute),
+    and says so once it has passed (the daemon ends the way back at its next check)."""
+    from syncd.cli.status import render
+    ahead = healthy(rollback_until="2099-01-03T03:09:31+00:00")
+    assert "  s: SQLite follows Postgres; `syncd rollback` possible until 2099-01-03 03:09 UTC\n" \
+        in render(OK, [ahead])
+    passed = healthy(rollback_until="2026-12-04T03:12:47+00:00")
+    assert "`syncd rollback` possible until 2026-12-04 03:12 UTC, a time now passed: the daemon ends the way " \
+           "back at its next check" in render(OK, [passed])
+
+
 def test_unreadable_config_is_unknown(tmp_path):
     cfg = tmp_path / "syncd.toml"
     cfg.write_text("[postgres\n")

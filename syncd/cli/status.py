@@ -146,8 +146,11 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
                                              f"rows ({pct:.0f}%)"))
     for st in statuses:
         if st.rollback_until and not st.way_back_ended:
+            until = dt.datetime.fromisoformat(st.rollback_until)
+            passed = (", a time now passed: the daemon ends the way back at its next check"
+                      if until <= dt.datetime.now(dt.timezone.utc) else "")
             lines.append(escape_controls(f"  {st.name}: SQLite follows Postgres; `syncd rollback` possible until "
-                                         f"{st.rollback_until}"))
+                                         f"{until.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC{passed}"))
     problems = [(p.severity, st.name, p.message) for st in statuses for p in st.problems]
     problems += [("warning", "fleet", text) for text in not_picked_up]
     if problems:
