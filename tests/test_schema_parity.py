@@ -275,10 +275,19 @@ async def test_streaming_towards_postgres_again_returns_the_schema_to_its_dual_w
 
 
 def test_the_cutover_preview_lists_what_finalize_would_do(app_db, make_config):
-    app_file(app_db)
+    app_file(app_db).executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, at DATETIME); "
+                                   "INSERT INTO ev VALUES (1, '2026-11-01 10:00:00');")
     cfg = make_config([{"name": "app", "path": str(app_db)}])
     settings, source, specs = first_source(cfg)
     lines = parity.preview(settings, source, specs)
     assert 'schema: will create person: CHECK "adult" on age (age >= 18) as "adult"' in lines
     assert 'schema: will create view "adults" as "adults"' in lines
+    # What exists during dual-write already is not "created": its column made case-insensitive,
+    # its deferred UNIQUE constraint made immediate.
+    assert 'schema: will make person: column "email" COLLATE NOCASE case-insensitive' in lines, lines
+    assert ('schema: will make person: UNIQUE constraint on (org_id, nick) as "person_org_id_nick_key" immediate '
+            "(deferred during dual-write)") in lines, lines
+    assert ('schema: will make person: unique index "person_nick_lower" on ((lower(nick))) as "person_nick_lower" '
+            "unique (a plain index during dual-write)") in lines, lines
     assert any(line.startswith('schema: will not carry view "crazy": not translated exactly') for line in lines)
+    assert 'schema: will type ev: column "at" DATETIME as timestamp' in lines, lines

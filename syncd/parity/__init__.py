@@ -350,7 +350,18 @@ def preview(settings, source, specs, present: dict[str, str | None] | None = Non
         if i.left_out:
             out.append(f"schema: will not carry {where}{i.what}: {i.left_out}")
         elif i.cutover:
-            out.append(f"schema: will create {where}{i.what}" + (f' as "{i.name}"' if i.name else ""))
+            named = f' as "{i.name}"' if i.name else ""
+            # What dual-write has in Postgres already is changed, not created.
+            if i.kind == "type" and i.verdict is not None and i.verdict.pgtype is not None:
+                out.append(f"schema: will type {where}{i.what} as {i.verdict.pgtype.value}")
+            elif i.kind == "nocase":
+                out.append(f"schema: will make {where}{i.what} case-insensitive")
+            elif i.kind == "unique" and i.dual_write and i.object_kind == "constraint":
+                out.append(f"schema: will make {where}{i.what}{named} immediate (deferred during dual-write)")
+            elif i.kind == "unique" and i.dual_write:
+                out.append(f"schema: will make {where}{i.what}{named} unique (a plain index during dual-write)")
+            else:
+                out.append(f"schema: will create {where}{i.what}{named}")
         elif i.kind == "index" and i.dual_write and present is not None and \
                 present.get(i.name or "", "") != i.marker(DUAL_WRITE, source.name):
             now = "not in Postgres now (the report says why)" if i.name not in present else "changed in SQLite"
