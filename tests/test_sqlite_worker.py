@@ -209,3 +209,42 @@ async def test_threads_started_for_locked_files_end_while_other_files_keep_worki
         for w in [*locked, *busy]:
             await w.close()
             w.shutdown()
+
+
+async def test_more_locked_files_than_any_fixed_number_of_threads(tmp_path):
+    """However many files their applications keep locked, each waiting out its busy
+    timeout on a thread, another file's call still runs at once: the pool keeps a thread
+    for it beside every stuck one."""
+    def new_file(path):
+        sqlite3.connect(path).execute("CREATE TABLE t (v)").connection.commit()
+        return path
+
+    holders, locked = [], []
+    for i in range(THREADS.size + 80):
+        db = new_file(tmp_path / f"locked{i}.db")
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: no reader gets in
+        holders.append(holder)
+        locked.append(SqliteWorker(db, f"locked{i}", 20_000))
+    free = SqliteWorker(new_file(tmp_path / "free.db"), "free", 1000)
+    try:
+        waiting = [asyncio.ensure_future(w.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()))
+                   for w in locked]
+        deadline = time.monotonic() + 15
+        while THREADS.threads < len(locked) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # the pool grows a thread at a time for the stuck calls
+        for _ in range(3):
+            t = time.monotonic()
+            assert await asyncio.wait_for(free.run(lambda c: c.execute("SELECT 7").fetchone()[0]), 30) == 7
+            took = time.monotonic() - t
+            assert took < 1.5, f"a free file's call waited {took:.2f} s behind {len(locked)} locked ones"
+        assert not any(f.done() for f in waiting), "a lock ended early: the test proves nothing"
+        for h in holders:
+            h.execute("COMMIT")
+        assert [r for r in await asyncio.gather(*waiting)] == [(0,)] * len(locked)
+    finally:
+        for h in holders:
+            h.close()
+        for w in [*locked, free]:
+            await w.close()
+            w.shutdown()

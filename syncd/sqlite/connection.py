@@ -9,11 +9,15 @@ stay together and off the event loop. The threads are shared and bounded ([sqlit
 threads): a daemon with a thousand files runs a handful, not a thousand.
 
 A call can wait a long time without working: its file's application holds a lock (the
-busy timeout), or a write lock is tried again and again. So when every thread has been
-on its call for STUCK_SECONDS while other calls queue, the pool starts another thread,
-up to EXTRA_THREADS more; they end once the pool has held more threads than [sqlite]
-threads plus the stuck ones for EXTRA_IDLE_SECONDS. Files their applications keep locked
-then do not stall the rest of a fleet.
+busy timeout), a write lock is tried again and again, or the file's disk stalls. So when
+every thread has been on its call for STUCK_SECONDS while other calls queue, the pool
+starts more threads, one for each call queued; they end once the pool has held more
+threads than [sqlite] threads plus the stuck ones for EXTRA_IDLE_SECONDS. There is no
+fixed ceiling: each stuck call holds one thread (a worker runs one call at a time, so
+never more than one per file and connection), and the rest of a fleet keeps threads of
+its own however many files are locked. A thread waiting in SQLite's busy handler sleeps
+between its tries: 200 files kept locked cost a daemon 200 threads and about a tenth of
+a core here (one file in a transaction is read again as soon as its lock is gone).
 """
 
 from __future__ import annotations
@@ -199,8 +203,8 @@ class SqliteThreads:
             return True
 
     def _watch_stuck(self) -> None:
-        """While calls queue, start a thread when every one has been on its call for
-        STUCK_SECONDS (waiting on a locked file, mostly)."""
+        """While calls queue, start a thread for each queued call when every one has
+        been on its call for STUCK_SECONDS (waiting on a locked file, mostly)."""
         while True:
             self._queued.wait()
             time.sleep(STUCK_SECONDS / 4)
@@ -212,16 +216,15 @@ class SqliteThreads:
             now = time.monotonic()
             with self._lock:
                 busy = list(self._threads.values())
-                if (busy and all(since is not None and now - since >= STUCK_SECONDS for since in busy)
-                        and len(busy) < self.size + EXTRA_THREADS):
-                    self._start(extra=True)
+                if busy and all(since is not None and now - since >= STUCK_SECONDS for since in busy):
+                    for _ in range(max(1, self._calls.qsize())):
+                        self._start(extra=True)
                     self._needed_at = now
 
 
-# A thread on one call this long, while others wait, counts as stuck; at most this many
-# threads are started besides [sqlite] threads; they end once not needed for this long.
+# A thread on one call this long, while others wait, counts as stuck; threads started
+# besides [sqlite] threads end once not needed for this long.
 STUCK_SECONDS = 0.2
-EXTRA_THREADS = 60
 EXTRA_IDLE_SECONDS = 10.0
 
 DEFAULT_THREADS = 4
