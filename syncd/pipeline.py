@@ -421,6 +421,14 @@ class Pipeline:
         read), so that a thousand idle sources cost Postgres nothing."""
         s = self.session
         self.pruner.maybe(s.applied_seq, s.keep_map())  # SQLite only; its note reaches Postgres next step
+        if self.locked_since is None and (self.load is not None
+                                          or any(t.state in bk.ON_THE_WAY for t in s.tables.values())):
+            return True  # a load or catch-up under way: the file answered its last step just now
+        # Otherwise SQLite first, whatever the step is for: a file its application holds
+        # locked fails here, before a Postgres connection is borrowed. A step holding one
+        # of the pool's few while it waits out the lock keeps the rest of the fleet waiting.
+        top = await s.worker.run(reader.max_seq)
+        self.max_seq_seen = max(self.max_seq_seen, top)
         if self.check_postgres:
             self.check_postgres = False
             return True
@@ -436,8 +444,6 @@ class Pipeline:
                 return True
         if s.direction != TO_POSTGRES:
             return False
-        top = await s.worker.run(reader.max_seq)
-        self.max_seq_seen = max(self.max_seq_seen, top)
         return top > s.applied_seq
 
     async def _maybe_close_idle(self) -> None:

@@ -98,3 +98,79 @@ async def test_files_locked_by_their_applications_do_not_stall_the_others(tmp_pa
         for h in holders:
             h.kill()
         await pg.close()
+
+
+MANY_LOCKED = 80  # more than the pool's threads and its extra ones together
+MANY_HEALTHY = 5
+
+MANY_HOLDER = """
+import sqlite3, sys
+conns = []
+for path in sys.argv[1:]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    conn.execute("INSERT INTO items (v) VALUES ('written under the lock')")
+    conns.append(conn)
+print("locked", flush=True)
+sys.stdin.readline()  # held until told
+for conn in conns:
+    conn.execute("COMMIT")
+print("released", flush=True)
+"""
+
+
+async def test_many_locked_files_do_not_stall_the_others(tmp_path, make_config, pg_dsn):
+    """However many files their applications keep locked, the healthy files' changes
+    reach Postgres as promptly as ever; the locked ones catch up once released."""
+    files = tmp_path / "files"
+    files.mkdir()
+    locked = [files / f"locked{i:03d}.db" for i in range(MANY_LOCKED)]
+    healthy = [files / f"healthy{i}.db" for i in range(MANY_HEALTHY)]
+    for p in locked + healthy:
+        make_file(p)
+    # Connections kept open, schema checks often (each a step with a Postgres connection)
+    # and one pooled connection: a locked file's step must not hold it while it waits on
+    # the lock.
+    cfg = make_config([{"name": "{stem}", "path": str(files / "*.db")}],
+                      sections={"verify": {"interval_seconds": 0}, "postgres": {"max_connections": 2},
+                                "stream": {"schema_check_interval_seconds": 2},
+                                "sqlite": {"idle_close_seconds": 600}})
+    pg = await asyncpg.connect(pg_dsn)
+    holder = None
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            for p in locked + healthy:
+                await wait_caught_up(p, pg_dsn, p.stem, timeout=180, daemon=d)
+            holder = subprocess.Popen([sys.executable, "-c", MANY_HOLDER, *map(str, locked)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert holder.stdout.readline().strip() == "locked"
+            await asyncio.sleep(5)  # every locked file's reads are waiting on their locks by now
+            waits = []
+            for i in range(20):
+                p = healthy[i % MANY_HEALTHY]
+                marker = f"change {i}"
+                write(p, marker)
+                written = time.monotonic()
+                while not await pg.fetchval(f'SELECT count(*) FROM "{p.stem}".items WHERE v = $1', marker):
+                    assert time.monotonic() - written < 60, f"{marker} of {p.name} never reached Postgres"
+                    assert d.alive(), d.log()[-3000:]
+                    await asyncio.sleep(0.02)
+                waits.append(time.monotonic() - written)
+            # A generous bound: a read of a locked file waits seconds (its busy timeout);
+            # the healthy files' polls and batches take milliseconds.
+            assert max(waits) < 2.0, waits
+            assert holder.poll() is None, "the locks ended before the healthy files were measured"
+
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "released"
+            for p in locked:
+                await wait_caught_up(p, pg_dsn, p.stem, timeout=120, daemon=d)
+                assert await pg.fetchval(f'SELECT count(*) FROM "{p.stem}".items '
+                                         "WHERE v = 'written under the lock'") == 1
+            assert d.stop() == 0
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        await pg.close()
