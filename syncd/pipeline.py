@@ -54,9 +54,13 @@ STREAMING = "streaming"
 POSTGRES_DOWN = "postgres_unreachable"
 SOURCE_MISSING = "source_missing"
 LOCKED = "locked_by_other"
+FILE_LOCKED = "file_locked"  # the application has kept the SQLite file locked for a while
 FAILING = "failing"
 CUT_OVER = "cut_over"  # the application writes Postgres now; nothing flows this way
 READ_ONLY = "25006"  # read_only_sql_transaction: a standby, or default_transaction_read_only
+# A file its application keeps locked this long is reported (file_locked), once; shorter
+# locks are the application at work and only retried.
+FILE_LOCKED_AFTER_SECONDS = 10.0
 
 
 class Pipeline:
@@ -85,6 +89,7 @@ class Pipeline:
         self.max_seq_seen = 0
         self.halted_counted: tuple[dict[int, int], int] = ({}, 0)  # positions, checkpoint counted at
         self.last_poll = None
+        self.locked_since: float | None = None  # monotonic: steps have failed on the file's lock since
         self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_window,
                              settings.sqlite.write_busy_timeout_ms, settings.sqlite.read_busy_timeout_ms)
         self.pruner.on_done = self.wakeup
@@ -241,6 +246,11 @@ class Pipeline:
                 await self.session.target.renew()
             await self.failing_note.publish(self.health, self.detail, self.session)  # a failure of the last step
             did = await self._cycle()
+            if self.locked_since is not None and self.session.worker.conn is not None:  # SQLite answered
+                self.locked_since = None
+                if self.health == FILE_LOCKED:
+                    self._recovered()
+                    self.check_postgres = True  # the next step sets the health afresh
             await self.failing_note.publish(self.health, self.detail, self.session)  # recovered
             return did
         finally:
@@ -289,7 +299,15 @@ class Pipeline:
         elif is_transient(exc):
             self._pg_down(exc)
         elif contended(exc):
-            pass  # the application holds the file; just try again
+            # The application holds the file: try again soon. Held for long, it is said.
+            now = time.monotonic()
+            if self.locked_since is None:
+                self.locked_since = now
+            elif now - self.locked_since >= FILE_LOCKED_AFTER_SECONDS:
+                since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() - (now - self.locked_since)))
+                self._enter(FILE_LOCKED, f"the SQLite file {self.source.path} is locked by its application "
+                            f"(SQLite says: {exc}) since {since}; syncd reads it again as soon as the lock is "
+                            "gone, its changes wait in the file meanwhile", kind="sqlite", level="warning")
         elif isinstance(exc, DirectionChanged):
             self.needs_reconcile = True  # reconcile reads the new direction; the daemon switches pipelines
         elif isinstance(exc, CaptureStateError):
@@ -347,6 +365,7 @@ class Pipeline:
             POSTGRES_DOWN: "Postgres is reachable again",
             SOURCE_MISSING: "the SQLite file is back",
             LOCKED: "the source lock is free again",
+            FILE_LOCKED: "the SQLite file is no longer locked",
             FAILING: "the failing step succeeded",
         }.get(self.health)
         if what:

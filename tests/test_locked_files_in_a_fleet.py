@@ -13,7 +13,7 @@ import time
 
 import asyncpg
 
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import wait_caught_up
 
 THREADS = 2
@@ -121,7 +121,8 @@ print("released", flush=True)
 
 async def test_many_locked_files_do_not_stall_the_others(tmp_path, make_config, pg_dsn):
     """However many files their applications keep locked, the healthy files' changes
-    reach Postgres as promptly as ever; the locked ones catch up once released."""
+    reach Postgres as promptly as ever; the locked ones are reported, and catch up
+    once released."""
     files = tmp_path / "files"
     files.mkdir()
     locked = [files / f"locked{i:03d}.db" for i in range(MANY_LOCKED)]
@@ -160,6 +161,13 @@ async def test_many_locked_files_do_not_stall_the_others(tmp_path, make_config, 
             # the healthy files' polls and batches take milliseconds.
             assert max(waits) < 2.0, waits
             assert holder.poll() is None, "the locks ended before the healthy files were measured"
+
+            # The locked files are named, in the log and in `syncd status`.
+            status = run_cli(cfg, "status", "--all", timeout=120)
+            for p in locked[:3]:
+                line = next((ln for ln in status.stdout.splitlines() if ln.split()[:1] == [p.stem]), "")
+                assert "locked" in line, status.stdout[-3000:]
+            assert "locked000" in d.log() and "locked by" in d.log()
 
             holder.stdin.write("go\n")
             holder.stdin.flush()
