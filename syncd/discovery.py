@@ -41,32 +41,44 @@ def signature(settings: Settings) -> tuple:
     return tuple(out)
 
 
-def matches(pattern: SourceSettings) -> list[tuple[Path, Path]]:
-    """(file, its real path) for every regular file the glob matches, SQLite's own
-    -wal/-shm/-journal files aside. A fleet's directory holds thousands: each file costs
-    one lstat, its directory's real path is looked up once."""
+def matches(pattern: SourceSettings) -> list[tuple[Path, Path, tuple[int, int]]]:
+    """(file, its real path, its (device, inode)) for every regular file the glob
+    matches, SQLite's own -wal/-shm/-journal files aside. A fleet's directory holds
+    thousands: each file costs one lstat, its directory's real path is looked up once."""
     out = []
     real_dirs: dict[str, str] = {}
     for p in glob.glob(str(pattern.path)):
         if p.endswith(("-wal", "-shm", "-journal")):
             continue
         try:
-            mode = os.lstat(p).st_mode
+            st = os.lstat(p)
         except OSError:
             continue  # gone since the glob saw it
-        if stat.S_ISLNK(mode):
+        if stat.S_ISLNK(st.st_mode):
             real = os.path.realpath(p)
-            if not os.path.isfile(real):
+            try:
+                st = os.stat(real)
+            except OSError:
                 continue
-        elif stat.S_ISREG(mode):
+            if not stat.S_ISREG(st.st_mode):
+                continue
+        elif stat.S_ISREG(st.st_mode):
             head, tail = os.path.split(p)
             if head not in real_dirs:
                 real_dirs[head] = os.path.realpath(head or ".")
             real = os.path.join(real_dirs[head], tail)
         else:
             continue
-        out.append((Path(p), Path(real)))
+        out.append((Path(p), Path(real), (st.st_dev, st.st_ino)))
     return sorted(out)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def expand(settings: Settings) -> Settings:
@@ -75,13 +87,28 @@ def expand(settings: Settings) -> Settings:
         [s for s in settings.sources if not is_glob(s.path)]
     taken = {s.name for s in fixed}
     taken_paths = {s.path.resolve() for s in fixed}
+    # One file under several names (hard links) is one source too: the name configured,
+    # or carried already (a running daemon's sources), or else the first found, keeps it.
+    carried: dict[tuple[int, int], Path] = {}
+    for s in [*fixed, *(s for s in settings.sources if not is_glob(s.path))]:
+        key = _file_id(s.path)
+        if key is not None:
+            carried.setdefault(key, s.path)
     found: list[SourceSettings] = []
     problems: list[str] = []
     for pattern in settings.patterns:
-        for file, real in matches(pattern):
+        for file, real, key in matches(pattern):
             if real in taken_paths:
                 continue  # configured by itself, or found by an earlier glob
             taken_paths.add(real)
+            other = carried.get(key)
+            if other is not None and other != file and other.resolve() != real:
+                problems.append(
+                    f"{file} (from {pattern.path}) is not picked up: it is the same file as {other} (hard links: "
+                    f"one file, two names), which syncd carries. SQLite keeps a file's -wal and -journal beside "
+                    f"the name it is opened by: the application must open it as {other} too, or syncd may miss "
+                    "its changes")
+                continue
             name = _fill(pattern.name, file)
             schema = _fill(pattern.schema_, file) if pattern.schema_ else name
             why = None
@@ -95,6 +122,7 @@ def expand(settings: Settings) -> Settings:
                 problems.append(f"{file} (from {pattern.path}) is not picked up: {why}")
                 continue
             taken.add(name)
+            carried.setdefault(key, file)
             found.append(pattern.model_copy(update={"name": name, "path": file, "schema_": schema}))
     return settings.model_copy(update={"sources": fixed + found, "discovery_problems": problems})
 

@@ -84,6 +84,45 @@ def test_a_file_is_one_source_however_many_ways_it_is_named(tmp_path, pg_dsn):
     assert settings.discovery_problems == []
 
 
+def test_a_file_under_two_names_is_one_source_and_the_other_name_is_said(tmp_path, pg_dsn):
+    """Hard links (one file, two directory entries) are one source, not two carrying the
+    same file into two schemas: the configured name, or the name a running daemon
+    carries, or else the first the glob finds, keeps it; the other is named as not
+    picked up. Once that name is gone, the other is found as a source of its own."""
+    import os
+
+    from syncd.discovery import expand
+
+    d, elsewhere = tmp_path / "tenants", tmp_path / "elsewhere"
+    d.mkdir()
+    elsewhere.mkdir()
+    tenant(elsewhere / "main.db")
+    os.link(elsewhere / "main.db", d / "main-link.db")  # the configured file, matched by the glob too
+    tenant(d / "b.db")
+    os.link(d / "b.db", d / "c.db")  # two matches of the glob
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [
+        {"name": "main", "path": str(elsewhere / "main.db")},
+        {"name": "t_{stem}", "path": str(d / "*.db")}])
+    settings = load_settings(cfg)
+    assert sorted((s.name, s.path.name) for s in settings.sources) == [("main", "main.db"), ("t_b", "b.db")]
+    problems = settings.discovery_problems
+    assert len(problems) == 2, problems
+    assert any(f"{d / 'main-link.db'} (from" in p and f"same file as {elsewhere / 'main.db'}" in p for p in problems)
+    assert any(f"{d / 'c.db'} (from" in p and f"same file as {d / 'b.db'}" in p for p in problems)
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+    assert sorted(s["name"] for s in doc["sources"]) == ["main", "t_b"]
+    assert sum("hard links" in p for p in doc["not_picked_up"]) == 2
+
+    # A running daemon carries t_c (c.db), and a.db appears as another name of it: t_c keeps it.
+    os.unlink(d / "b.db")
+    carried = expand(settings)
+    assert sorted(s.name for s in carried.sources) == ["main", "t_c"]
+    os.link(d / "c.db", d / "a.db")
+    again = expand(carried)
+    assert sorted(s.name for s in again.sources) == ["main", "t_c"]
+    assert [p for p in again.discovery_problems if "a.db" in p and f"same file as {d / 'c.db'}" in p]
+
+
 def test_templates_need_a_glob_and_a_glob_needs_a_template(tmp_path, pg_dsn):
     cfg = write_config(tmp_path / "a.toml", pg_dsn, [{"name": "t_{stem}", "path": str(tmp_path / "one.db")}])
     r = run_cli(cfg, "status")
