@@ -35,7 +35,7 @@ from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
 from syncd.sqlite import disk_guard, freeze, reader
 from syncd.sqlite.capture import CaptureStateError, contended
-from syncd.sqlite.connection import SourceFileError, is_sqlite_file_error
+from syncd.sqlite.connection import SourceFileError, hard_links, is_sqlite_file_error
 from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
 
 STATS_EVERY_SECONDS = 5.0
@@ -90,6 +90,7 @@ class Pipeline:
         self.halted_counted: tuple[dict[int, int], int] = ({}, 0)  # positions, checkpoint counted at
         self.last_poll = None
         self.locked_since: float | None = None  # monotonic: steps have failed on the file's lock since
+        self.names_told = 1  # the file's hard links last warned about
         self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_window,
                              settings.sqlite.write_busy_timeout_ms, settings.sqlite.read_busy_timeout_ms)
         self.pruner.on_done = self.wakeup
@@ -406,6 +407,10 @@ class Pipeline:
                 self.needs_reconcile = True
             self.idle_closed = False
             metrics.source_up.labels(self.name).set(1)
+            if s.worker.names != self.names_told:
+                if s.worker.names > 1:
+                    s.warning(hard_links(self.source.path, s.worker.names), event="hard_links")
+                self.names_told = s.worker.names
         if not self.captured_once:
             suspended = await s.worker.run(disk_guard.suspended)
             if suspended:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
-from syncd.sqlite.connection import is_busy
+from syncd.sqlite.connection import hard_links, is_busy
 from syncd.sqlite.introspect import is_internal, list_tables
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -86,6 +87,7 @@ class SourceStatus:
     rollback_until: str | None = None  # cut over: until when `syncd rollback` stays possible
     way_back_ended: str | None = None  # cut over: why SQLite no longer follows Postgres, once it does not
     endpoint_refused: str | None = None  # the daemon runs, its endpoint answered but gave no figures: why
+    file_names: int | None = None  # directory entries (hard links) the SQLite file has
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -115,6 +117,7 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
             for name, key in conn.execute(f"SELECT name, key_columns FROM main.{quote_ident(capture.REGISTRY)}"):
                 capture.registry_key(conn, name, key)
         out = {"installed": meta.get("capture_id") is not None, "max_seq": 0, "pending": 0, "bytes": 0,
+               "names": os.stat(source.path).st_nlink,
                "not_migrated": [], "suspended": meta.get(disk_guard.SUSPENDED_KEY),
                "frozen": meta.get(freeze.FROZEN_KEY) is not None}
         if any((sql or "").upper().startswith("CREATE VIRTUAL TABLE") for sql in tables.values()):
@@ -294,6 +297,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         st.capture_installed = lite["installed"]
         st.not_migrated = lite["not_migrated"]
         st.capture_suspended = lite["suspended"]
+        st.file_names = lite["names"]
         if src is not None and lite["max_seq"] >= applied_seq:
             st.pending_changes = lite["pending"]
         elif lite["installed"]:
@@ -423,6 +427,8 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
     if st.way_back_ended:
         p.append(Problem("warning", f"SQLite no longer follows Postgres: {st.way_back_ended}; a rollback is no "
                                     "longer possible"))
+    if (st.file_names or 1) > 1:
+        p.append(Problem("warning", hard_links(st.path, st.file_names)))
     if st.capture_suspended:
         since, _, why = st.capture_suspended.partition(" ")
         p.append(Problem("critical", f"capture suspended since {since} to protect the disk: {why}; changes are "

@@ -123,6 +123,29 @@ def test_a_file_under_two_names_is_one_source_and_the_other_name_is_said(tmp_pat
     assert [p for p in again.discovery_problems if "a.db" in p and f"same file as {d / 'c.db'}" in p]
 
 
+async def test_a_file_with_another_name_elsewhere_is_warned_about(tmp_path, make_config, pg_dsn):
+    """A file syncd reads by one name while it has another (a hard link no glob of syncd
+    matches): SQLite keeps the -wal and -journal beside the name a file is opened by,
+    so an application writing through the other name is out of syncd's sight. syncd
+    cannot tell which name the application uses; the log and `syncd status` say it."""
+    import os
+
+    (tmp_path / "app").mkdir()
+    tenant(tmp_path / "app" / "data.db")
+    os.link(tmp_path / "app" / "data.db", tmp_path / "data-for-syncd.db")
+    cfg = make_config([{"name": "app", "path": str(tmp_path / "data-for-syncd.db")}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("every table is streaming")
+        d.wait_log("has 2 names (hard links)")
+        status = run_cli(cfg, "status", "--json")
+        problems = [p["message"] for p in json.loads(status.stdout)["sources"][0]["problems"]]
+        assert any("data-for-syncd.db has 2 names (hard links)" in p for p in problems), problems
+        assert d.stop() == 0
+    os.unlink(tmp_path / "app" / "data.db")
+    status = run_cli(cfg, "status", "--json")
+    assert not any("hard links" in p["message"] for p in json.loads(status.stdout)["sources"][0]["problems"])
+
+
 def test_templates_need_a_glob_and_a_glob_needs_a_template(tmp_path, pg_dsn):
     cfg = write_config(tmp_path / "a.toml", pg_dsn, [{"name": "t_{stem}", "path": str(tmp_path / "one.db")}])
     r = run_cli(cfg, "status")

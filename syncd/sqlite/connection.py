@@ -62,6 +62,13 @@ def is_sqlite_file_error(exc: BaseException, path: Path) -> bool:
     return name == folder or os.path.dirname(name) == folder
 
 
+def hard_links(path, names: int) -> str:
+    """What a file with `names` directory entries (hard links) means for syncd."""
+    return (f"the SQLite file {path} has {names} names (hard links): SQLite keeps a file's -wal and -journal "
+            "beside the name it is opened by, so if the application opens the file by another name, syncd may "
+            "miss its changes (WAL mode) or read it mid-write; configure the name the application uses")
+
+
 def surrogate_text(raw: bytes) -> str:
     # Invalid UTF-8 survives as surrogates; the type converter then reports it.
     return raw.decode("utf-8", "surrogateescape")
@@ -240,18 +247,19 @@ class SqliteWorker:
         self.busy_timeout_ms = busy_timeout_ms
         self.conn: sqlite3.Connection | None = None
         self.inode: tuple[int, int] | None = None
+        self.names = 1  # the file's directory entries (hard links) when opened
         self._pending: collections.deque = collections.deque()
         self._lock = threading.Lock()
         self._scheduled = False  # a call of this worker is queued on or running on a thread
         self._closed = False
 
     async def open(self) -> None:
-        def _open() -> tuple[sqlite3.Connection, tuple[int, int]]:
+        def _open() -> tuple[sqlite3.Connection, tuple[int, int], int]:
             conn = open_connection(self.path, self.busy_timeout_ms)
             st = os.stat(self.path)
-            return conn, (st.st_dev, st.st_ino)
+            return conn, (st.st_dev, st.st_ino), st.st_nlink
 
-        self.conn, self.inode = await self._submit(_open)
+        self.conn, self.inode, self.names = await self._submit(_open)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         if self.conn is None:
