@@ -140,6 +140,11 @@ async def test_ready_migration_every_item_met(ready):
     assert "| `items` | streaming | 1,000 | 1,000 | ✅ |" in md
 
     assert doc["ready"] is True and doc["not_done"] == []
+    # READY covers what syncd measures; what it cannot is named beside the verdict
+    not_judged = md.split("**Verdict:")[1].split("## Cutover checklist")[0]
+    assert "not judged here, to confirm before the switch: the application's code moved to Postgres" in not_judged
+    assert "team training and stakeholder approval" in not_judged
+    assert any("tests passing against Postgres" in n for n in doc["not_judged"]) and len(doc["not_judged"]) == 3
     assert [i["key"] for i in doc["checklist"]] == ITEMS
     assert all(i["ok"] and not i["problems"] and i["evidence"] for i in doc["checklist"])
     src = doc["sources"][0]
@@ -293,6 +298,7 @@ async def test_html_report_is_the_status_page_and_agrees_with_the_report(ready, 
     assert page.items == {i["key"]: i["ok"] for i in doc["checklist"]} == {k: True for k in ITEMS}
     assert 'id="verdict" data-ready="true"' in text and "READY for cutover" in page.all_text
     assert "<title>syncd: READY for cutover</title>" in text
+    assert all(n in page.all_text for n in doc["not_judged"]) and 'id="not-judged"' in text
     assert '<html lang="en" data-refresh="0"' in text  # a file does not ask for itself again
     assert "No lag or apply-rate history" in page.all_text  # no daemon answered
     assert page.outside_references() == []  # one self-contained file
@@ -387,7 +393,7 @@ def test_a_backup_glob_without_source_says_the_files_are_not_told_apart(tmp_path
 
 
 def test_the_headline_after_cutovers_says_where_sqlite_still_follows():
-    from syncd.report.checklist import headline
+    from syncd.report.checklist import headline, not_judged_text
     from syncd.report.facts import TO_SQLITE, MigrationFacts, SourceFacts
     now = dt.datetime(2026, 12, 3, tzinfo=dt.timezone.utc)
 
@@ -407,6 +413,8 @@ def test_the_headline_after_cutovers_says_where_sqlite_still_follows():
                                              "SQLite no longer follows it")
     assert headline(facts(a, c), []).startswith("PARTLY CUT OVER: PostgreSQL is the source of truth for 1 of 2 "
                                                 "sources (a)")
+    # what syncd cannot judge is said until every source is cut over
+    assert not_judged_text(facts(c)) and not_judged_text(facts(a, c)) and not_judged_text(facts(a)) == ""
 
 
 async def test_a_month_of_checks_every_five_minutes(ready, pg_dsn, tmp_path):

@@ -30,6 +30,23 @@ def evaluate(f: MigrationFacts) -> list[CheckItem]:
             rehearsed(f)]
 
 
+# What a cutover also needs and no measurement of syncd's can show: said beside every
+# verdict before the switch, so "READY" is never read as covering them.
+NOT_JUDGED = (
+    "the application's code moved to Postgres (every module that imports sqlite3)",
+    "the application's own tests passing against Postgres",
+    "team training and stakeholder approval",
+)
+
+
+def not_judged_text(f: MigrationFacts) -> str:
+    """One sentence naming NOT_JUDGED; empty once every source is cut over."""
+    if f.sources and len(cut_over(f)) == len(f.sources):
+        return ""
+    return ("syncd judges only what it measures; not judged here, to confirm before the switch: "
+            + "; ".join(NOT_JUDGED))
+
+
 def ready(items: list[CheckItem]) -> bool:
     return all(i.ok for i in items)
 

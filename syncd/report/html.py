@@ -16,7 +16,7 @@ from html import escape
 from syncd import __version__
 from syncd.page.history import HistoryView
 from syncd.redact import scrub
-from syncd.report.checklist import CheckItem, cut_over, days, headline, number, ready, timestamp
+from syncd.report.checklist import CheckItem, cut_over, days, headline, not_judged_text, number, ready, timestamp
 from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts, history_totals
 from syncd.report.overview import Overview
 from syncd.report.page_assets import CONTENT_SECURITY_POLICY, CSS, JS
@@ -109,6 +109,8 @@ def _ago(seconds: float) -> str:
 def _body(ov: Overview, history: HistoryView | None, live: bool) -> list[str]:
     out = ["<header>", "<h1>Migration status: SQLite to PostgreSQL</h1>"]
     out.append(_verdict(ov))
+    if ov.facts is not None and not_judged_text(ov.facts):
+        out.append(f'<p class="measured" id="not-judged">{e(not_judged_text(ov.facts))}.</p>')
     where = f" from <code>{e(ov.config_path)}</code>" if ov.config_path else ""
     how = "served live by the daemon; refreshes itself" if live else "written by <code>syncd report --format html</code>"
     iso = ov.measured_at.astimezone(dt.timezone.utc).isoformat(timespec="seconds")

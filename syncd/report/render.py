@@ -10,7 +10,8 @@ from typing import Any
 from syncd import __version__
 from syncd.parity.speed import RUNS
 from syncd.printable import escape_controls
-from syncd.report.checklist import CheckItem, cut_over, days, headline, number, ready, timestamp, when
+from syncd.report.checklist import (NOT_JUDGED, CheckItem, cut_over, days, headline, not_judged_text, number,
+                                   ready, timestamp, when)
 from syncd.report.facts import TO_POSTGRES, TO_SQLITE, MigrationFacts, SourceFacts, TableFacts, history_totals
 from syncd.verify.history import VerifyRun
 
@@ -30,6 +31,8 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
         "",
     ]
     out += [f"**Verdict: {headline(f, items)}.**" + (" The evidence for each is below." if ready(items) else ""), ""]
+    if not_judged_text(f):
+        out += [not_judged_text(f) + ".", ""]
     if not ready(items):
         out += ["## Not done", ""]
         for i in failing:
@@ -184,6 +187,7 @@ def as_json(f: MigrationFacts, items: list[CheckItem]) -> dict[str, Any]:
         "verdict": headline(f, items),
         "cut_over": [s.name for s in cut_over(f)],
         "not_done": [i.key for i in items if not i.ok],
+        "not_judged": list(NOT_JUDGED) if not_judged_text(f) else [],
         "checklist": [{"key": i.key, "title": i.title, "ok": i.ok, "problems": i.problems, "evidence": i.evidence}
                       for i in items],
         "settings": {"min_days": f.min_days, "warn_lag_seconds": f.warn_lag_seconds,
