@@ -107,6 +107,12 @@ def test_init_reports_a_missing_file_and_an_unreachable_postgres(tmp_path):
     assert r.returncode == 1
     assert f"gone: ERROR SQLite file {tmp_path / 'gone.db'} does not exist" in r.stdout
     assert not (tmp_path / "gone.db").exists()  # never created by syncd
+    (tmp_path / "adir.db").mkdir()
+    cfg = write_config(tmp_path / "dir.toml", "postgresql://syncd:hunter2@127.0.0.1:1/db",
+                       [{"name": "adir", "path": str(tmp_path / "adir.db")}])
+    r = run_cli(cfg, "init")
+    assert r.returncode == 1
+    assert f"adir: ERROR SQLite file {tmp_path / 'adir.db'} is a directory, not a file" in r.stdout, r.stdout
     db = tmp_path / "here.db"
     make_app(db)
     cfg = write_config(tmp_path / "syncd2.toml", f"postgresql://syncd:hunter2@127.0.0.1:{free_port()}/db",

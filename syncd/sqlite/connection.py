@@ -98,6 +98,9 @@ def open_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     """Open an existing SQLite file read-write without ever creating it."""
     if not path.exists():
         raise SourceFileError(f"SQLite file {path} does not exist")
+    if path.is_dir():
+        raise SourceFileError(f"SQLite file {path} is a directory, not a file: point the source's path at the "
+                              "database file in it")
     if _emptied(path):
         raise empty_file(path)
     uri = f"file:{quote(str(path))}?mode=rw"
