@@ -84,6 +84,17 @@ def test_the_rollback_deadline_reads_as_the_report_writes_it():
            "back at its next check" in render(OK, [passed])
 
 
+def test_consistency_checks_are_behind_only_when_later_than_scheduling_explains():
+    from syncd.cli.status import behind_note
+
+    # the daemon starts due checks once a second, and a check takes its time
+    assert behind_note(0.4, 60) is None and behind_note(5.0, 10) is None and behind_note(25, 300) is None
+    note = behind_note(45, 60)
+    assert note == ("the daemon's consistency checks are 45 s behind [verify] interval_seconds (60 s): "
+                    "raise [verify] concurrency or the interval")
+    assert behind_note(31, 300) is not None
+
+
 def test_unreadable_config_is_unknown(tmp_path):
     cfg = tmp_path / "syncd.toml"
     cfg.write_text("[postgres\n")

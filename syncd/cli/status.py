@@ -33,6 +33,16 @@ LIST_ALL_UP_TO = 20  # more sources than this: counts per state, the worst by la
 WORST_SHOWN = 10
 
 
+def behind_note(behind: float, interval: float) -> str | None:
+    """The warning for the daemon's checks running late, once they are later than the
+    daemon's once-a-second scheduling and a check's own length can explain: a tenth of
+    the interval, at least 5 s."""
+    if behind <= max(5.0, interval * 0.1):
+        return None
+    return (f"the daemon's consistency checks are {behind:.0f} s behind [verify] interval_seconds "
+            f"({interval:g} s): raise [verify] concurrency or the interval")
+
+
 def main(args) -> int:
     try:
         settings = common.load(args)
@@ -46,9 +56,9 @@ def main(args) -> int:
     verdict, statuses, live = asyncio.run(_collect(settings, sources, args.source))
     notes = list(settings.discovery_problems)
     behind = (live or {}).get("verify_behind_seconds") or 0
-    if behind > 0:
-        notes.append(f"the daemon's consistency checks are {behind:.0f} s behind [verify] interval_seconds "
-                     f"({settings.verify.interval_seconds:g} s): raise [verify] concurrency or the interval")
+    note = behind_note(behind, settings.verify.interval_seconds)
+    if note:
+        notes.append(note)
     if notes:
         verdict = worse(verdict, WARNING)  # a file a glob matches but syncd cannot pick up, checks behind
     if args.json:
