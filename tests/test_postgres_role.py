@@ -25,6 +25,8 @@ DOC = ROOT / "docs" / "operations.md"
 def documented_grants() -> list[str]:
     section = DOC.read_text().split("## The Postgres role", 1)[1]
     block = re.search(r"```sql\n(.*?)```", section, re.S).group(1)
+    assert re.search(r"^\\password syncd\b", block, re.M)  # psql asks for it: out of history and the server log
+    block = re.sub(r"^\\[^\n]*", "", block, flags=re.M)  # psql's own commands are not SQL
     return [s.strip() for s in re.sub(r"--[^\n]*", "", block).split(";") if s.strip()]
 
 
