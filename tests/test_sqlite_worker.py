@@ -248,3 +248,35 @@ async def test_more_locked_files_than_any_fixed_number_of_threads(tmp_path):
         for w in [*locked, free]:
             await w.close()
             w.shutdown()
+
+
+async def test_a_deep_queue_behind_a_few_slow_calls_does_not_start_a_thread_per_file(tmp_path):
+    """A fleet's first catch-up queues a call for every file; a few slow ones ahead of
+    them (a large table read, a slow disk) make the pool grow, at most doubling while its
+    threads all stay stuck, not by a thread for every file queued."""
+    def new_file(path):
+        sqlite3.connect(path).execute("CREATE TABLE t (v)").connection.commit()
+        return path
+
+    before = THREADS.threads
+    slow = [SqliteWorker(new_file(tmp_path / f"slow{i}.db"), f"slow{i}", 1000)
+            for i in range(max(before, THREADS.size))]
+    quick = [SqliteWorker(new_file(tmp_path / f"quick{i}.db"), f"quick{i}", 1000) for i in range(300)]
+    try:
+        for w in [*slow, *quick]:
+            await w.open()
+        busy = [asyncio.ensure_future(w.run(lambda c: time.sleep(1.5))) for w in slow]
+        await asyncio.sleep(0.05)
+        calls = [asyncio.ensure_future(w.run(lambda c: (time.sleep(0.01), c.execute("SELECT 1").fetchone())[1]))
+                 for w in quick]
+        most = 0
+        while not all(f.done() for f in calls):
+            most = max(most, THREADS.threads)
+            await asyncio.sleep(0.01)
+        assert [f.result() for f in calls] == [(1,)] * len(quick)
+        await asyncio.gather(*busy)
+        assert most <= 2 * len(slow) + 1, f"{most} threads for {len(slow)} slow calls and {len(quick)} quick ones"
+    finally:
+        for w in [*slow, *quick]:
+            await w.close()
+            w.shutdown()

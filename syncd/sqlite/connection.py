@@ -11,7 +11,8 @@ threads): a daemon with a thousand files runs a handful, not a thousand.
 A call can wait a long time without working: its file's application holds a lock (the
 busy timeout), a write lock is tried again and again, or the file's disk stalls. So when
 every thread has been on its call for STUCK_SECONDS while other calls queue, the pool
-starts more threads, one for each call queued; they end once the pool has held more
+starts more threads, one for each call queued but at most as many as it holds (so it
+at most doubles while they all stay stuck); they end once the pool has held more
 threads than [sqlite] threads plus the stuck ones for EXTRA_IDLE_SECONDS. There is no
 fixed ceiling: each stuck call holds one thread (a worker runs one call at a time, so
 never more than one per file and connection), and the rest of a fleet keeps threads of
@@ -213,8 +214,9 @@ class SqliteThreads:
             return True
 
     def _watch_stuck(self) -> None:
-        """While calls queue, start a thread for each queued call when every one has
-        been on its call for STUCK_SECONDS (waiting on a locked file, mostly)."""
+        """While calls queue, start a thread for each queued call, at most as many as
+        there are, when every one has been on its call for STUCK_SECONDS (waiting on a
+        locked file, mostly)."""
         while True:
             self._queued.wait()
             time.sleep(STUCK_SECONDS / 4)
@@ -227,7 +229,10 @@ class SqliteThreads:
             with self._lock:
                 busy = list(self._threads.values())
                 if busy and all(since is not None and now - since >= STUCK_SECONDS for since in busy):
-                    for _ in range(max(1, self._calls.qsize())):
+                    # At most doubling each time: a deep queue behind a few slow calls (a
+                    # fleet's first catch-up on a slow disk) must not start a thread per file
+                    # at once; only threads that stay stuck double the pool again.
+                    for _ in range(min(max(1, self._calls.qsize()), len(busy))):
                         self._start(extra=True)
                     self._needed_at = now
 
