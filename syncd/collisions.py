@@ -25,7 +25,7 @@ import asyncpg
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TableSpec, UniqueSet
 from syncd.sqlite.connection import fetchall_text_safe
-from syncd.types import PgType, ValueMismatch, converter
+from syncd.types import PgType, ValueMismatch, converter, real_text
 
 LOOKUP_BATCH = 500
 
@@ -204,7 +204,7 @@ def _raw_forms(pgtype: PgType, v: Any) -> list[Any] | None:
             pass
         try:
             f = float(v)
-            if repr(f) == v:
+            if real_text(f) == v:
                 out.append(f)
         except ValueError:
             pass

@@ -126,7 +126,8 @@ def infer_from_values(classes: dict[str, int]) -> tuple[PgType, str | None]:
         return PgType.BYTEA, None
     if "blob" not in present:
         kinds = ", ".join(sorted(present))
-        return PgType.TEXT, f"holds mixed storage classes ({kinds}); mapped to text, numbers as their decimal text"
+        return PgType.TEXT, (f"holds mixed storage classes ({kinds}); mapped to text, numbers as SQLite "
+                             "renders them as text")
     return PgType.BYTEA, None  # blobs mixed with others: the audit reports the non-blob values
 
 
@@ -196,8 +197,30 @@ def _to_numeric(v: Any) -> Any:
     raise _misfit(v, PgType.NUMERIC)
 
 
+def real_text(v: float) -> str:
+    """A REAL as SQLite renders it as text (CAST(x AS TEXT), sqlite3_column_text): printf
+    "%!.15g", so 1e-05 is '1.0e-05', 1e15 '1.0e+15', 100.0 '100.0', -0.0 '0.0' and an
+    infinity 'Inf'. Where those 15 digits do not read back as the same double (0.1 + 0.2),
+    SQLite 3.40 drops the rest ('0.3'); here the fewest digits up to 17 that do are kept
+    instead, in the same layout, so no value is lost and two REALs never share a text."""
+    if math.isinf(v):
+        return "Inf" if v > 0 else "-Inf"
+    if v != v:
+        return "NaN"  # SQLite stores NaN as NULL; a REAL read from it is never NaN
+    if v == 0:
+        return "0.0"  # SQLite renders -0.0 as 0.0, and holds 0.0 and -0.0 as one key
+    for digits in (15, 16, 17):
+        text = format(v, f".{digits}g")
+        if float(text) == v:
+            break
+    mantissa, e, exponent = text.partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"  # the "!" of %!.15g: a REAL always shows a decimal point
+    return mantissa + e + exponent
+
+
 def _number_text(v: Any) -> str:
-    return str(v) if type(v) is int else repr(v)
+    return str(v) if type(v) is int else real_text(v)
 
 
 def _to_text(v: Any) -> Any:

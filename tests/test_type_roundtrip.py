@@ -8,7 +8,7 @@ import sqlite3
 import asyncpg
 
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import wait_caught_up
 
 DDL = """
@@ -115,3 +115,55 @@ async def test_null_is_not_the_string_null(app_db, make_config, pg_dsn, tmp_path
     finally:
         await pg.close()
     assert got == {1: None, 2: "NULL", 3: ""}
+
+
+READ_AS_TEXT = [1e-05, 100000000000000.0, 1e15, 1e16, 1e100, 2.5e-07, -0.0, 2460341.5, 1.5, float("inf"),
+                0.1 + 0.2, 1 / 3]
+
+
+async def test_a_real_in_a_column_carried_as_text_reads_as_sqlite_renders_it(app_db, make_config, pg_dsn,
+                                                                              tmp_path):
+    """A column of mixed storage classes, and a DATETIME column holding julian days, are
+    text in Postgres: a REAL there reads as SQLite's own text for it (CAST(x AS TEXT),
+    what an application reading the column as text got), by load and by stream alike.
+    Where SQLite's 15 digits lose some of the double (0.1 + 0.2 reads '0.3'), the text
+    keeps what is needed to read back exactly. `syncd verify` agrees, and a row still
+    holding an older syncd's spelling ('1e-05') is the one row it reports, and repairs."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.execute("CREATE TABLE m (id INTEGER PRIMARY KEY, loose, at DATETIME)")
+    conn.execute("INSERT INTO m VALUES (0, 'text', '2024-01-31')")
+    conn.executemany("INSERT INTO m VALUES (?, ?, ?)", [(i + 1, v, v) for i, v in enumerate(READ_AS_TEXT)])
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.executemany("INSERT INTO m VALUES (?, ?, ?)", [(i + 100, v, v) for i, v in enumerate(READ_AS_TEXT)])
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        got = {r["id"]: (r["loose"], r["at"]) for r in await pg.fetch("SELECT id, loose, at FROM app.m")}
+        types = {r[0] for r in await pg.fetch("SELECT data_type FROM information_schema.columns WHERE "
+                                              "table_schema = 'app' AND table_name = 'm' AND column_name <> 'id'")}
+        assert types == {"text"}
+        # (a DATETIME column has NUMERIC affinity: SQLite stores 1e15 and -0.0 there as integers)
+        stored = conn.execute("SELECT id, loose, CAST(loose AS TEXT), at, CAST(at AS TEXT) FROM m WHERE id > 0")
+        for row in stored.fetchall():
+            for column, (v, sqlite_text) in enumerate((row[1:3], row[3:5])):
+                text = got[row[0]][column]
+                if type(v) is int or float(sqlite_text) == v:
+                    assert text == sqlite_text, (v, text)
+                else:  # 0.1 + 0.2: SQLite 3.40 reads '0.3'
+                    assert float(text) == v and text.startswith(sqlite_text), (v, text)
+        assert got[1] == ("1.0e-05", "1.0e-05") and got[7] == ("0.0", "0") and got[10] == ("Inf", "Inf")
+        assert got[2] == ("100000000000000.0", "100000000000000") and got[3] == ("1.0e+15", "1000000000000000")
+        assert await compare_table(str(app_db), pg_dsn, "app", "m") == []
+        assert run_cli(cfg, "verify").returncode == 0
+
+        await pg.execute("UPDATE app.m SET loose = '1e-05' WHERE id = 1")  # an older syncd's text for 1e-05
+        out = run_cli(cfg, "verify")
+        assert out.returncode == 1 and "1 different" in out.stdout, out.stdout
+        out = run_cli(cfg, "verify", "--repair")
+        assert "after repairing" in out.stdout, out.stdout
+        assert await pg.fetchval("SELECT loose FROM app.m WHERE id = 1") == "1.0e-05"
+    finally:
+        await pg.close()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+import sqlite3
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from syncd.identifiers import IdentifierError, quote_ident, quote_pg_ident
 from syncd.model import Column, TableSpec
@@ -118,3 +122,45 @@ def test_row_converter_names_key_and_column():
     assert 'table "t" key 777777 column "c2"' in str(e.value) and "lots of people" in str(e.value)
     with pytest.raises(RowMisfit):
         conv.row((3, "nul\x00", 1))  # a text fast path still checks NUL
+
+
+# A REAL carried as text reads as SQLite's own text for it: CAST(x AS TEXT), which is
+# also what sqlite3_column_text hands an application reading the column as text.
+_SQLITE = sqlite3.connect(":memory:")
+
+
+def _sqlite_text(v: float) -> str:
+    return _SQLITE.execute("SELECT CAST(? AS TEXT)", (v,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("value, text", [
+    (1e-05, "1.0e-05"), (100000000000000.0, "100000000000000.0"), (1e15, "1.0e+15"), (1e16, "1.0e+16"),
+    (2.5e-05, "2.5e-05"), (0.0001, "0.0001"), (1.0, "1.0"), (-0.0, "0.0"), (0.0, "0.0"), (1e300, "1.0e+300"),
+    (5e-324, "4.94065645841247e-324"), (float("inf"), "Inf"), (float("-inf"), "-Inf"), (2460341.5, "2460341.5"),
+    (12345.678, "12345.678"),
+])
+def test_a_real_as_text_is_what_sqlite_renders(value, text):
+    assert converter(PgType.TEXT)(value) == text == _sqlite_text(value)
+    if math.isfinite(value):
+        assert converter(PgType.JSON)(value) == text  # numbers in a json column alike
+
+
+@pytest.mark.parametrize("value", [0.1 + 0.2, 1 / 3, 2.0**53, 123456789012345678.0])
+def test_a_real_sqlite_would_render_with_digits_lost_keeps_them(value):
+    """SQLite's 15 digits do not read back as these doubles ('0.3' for 0.1 + 0.2): the
+    text keeps the digits needed, in SQLite's layout, and reads back exactly."""
+    text = converter(PgType.TEXT)(value)
+    assert float(_sqlite_text(value)) != value
+    assert float(text) == value and ("." in text.partition("e")[0])
+    assert len(text.partition("e")[0].lstrip("-").replace(".", "").lstrip("0")) <= 17
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.floats(allow_nan=False))
+def test_every_real_as_text_agrees_with_sqlite(value):
+    text = converter(PgType.TEXT)(value)
+    sqlite_text = _sqlite_text(value)
+    if float(sqlite_text) == value:
+        assert text == sqlite_text
+    else:
+        assert float(text) == value

@@ -19,7 +19,7 @@ from syncd.model import TableSpec
 from syncd.sqlite import windows
 from syncd.sqlite.audit import format_key
 from syncd.sqlite_sql import Affinity, affinity
-from syncd.types import PgType, ValueMismatch, converter_of
+from syncd.types import PgType, ValueMismatch, converter_of, real_text
 
 _DATES = (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE)
 
@@ -78,7 +78,7 @@ def other_spellings(pgtype: PgType, raw: Any, converted: Any) -> list[Any]:
             pass
         try:
             f = float(converted)
-            if repr(f) == converted:
+            if real_text(f) == converted:
                 forms.append(f)
         except ValueError:
             pass

@@ -12,6 +12,8 @@ from typing import Any
 
 import asyncpg
 
+from tests.support.rowcompare import real_as_text
+
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -75,7 +77,7 @@ def same_value(sv: Any, pv: Any) -> bool:
         if isinstance(sv, int):
             return str(sv) == pv
         if isinstance(sv, float):
-            return float(pv) == sv and repr(sv) == pv
+            return real_as_text(sv, pv)
         return False
     if isinstance(pv, bytes):
         return isinstance(sv, bytes) and sv == pv

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
+import sqlite3
 import struct
 from decimal import Decimal
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 def same_value(sv: Any, pv: Any) -> bool:
     """SQLite value `sv` vs `pv`, the value in Postgres as asyncpg returns it: equal
     when `pv` is what the SQLite value should have become in a column of pv's type
-    (numbers in a text column as Python writes them, reals in numeric by the value
+    (numbers in a text column as SQLite renders them as text, reals in numeric by the value
     of their shortest form, `timestamp` from ISO text or unix seconds)."""
     if sv is None or pv is None:
         return sv is None and pv is None
@@ -48,13 +50,29 @@ def same_value(sv: Any, pv: Any) -> bool:
         if type(sv) is int:
             return str(sv) == pv
         if type(sv) is float:
-            return repr(sv) == pv
+            return real_as_text(sv, pv)
         return False
     if isinstance(pv, bytes):
         return type(sv) is bytes and sv == pv
     if isinstance(pv, dt.datetime):
         return _instant(sv) == pv
     raise TypeError(f"no comparison for Postgres value {pv!r}")
+
+
+_SQLITE = sqlite3.connect(":memory:", check_same_thread=False)
+_MANTISSA = re.compile(r"-?[0-9]+\.[0-9]+")
+
+
+def real_as_text(sv: float, pv: str) -> bool:
+    """A REAL in a text column: SQLite's own text for it (CAST(x AS TEXT)) where that
+    reads back as the same double; where it does not (SQLite's 15 digits drop some),
+    text in the same layout, of at most 17 significant digits, that does."""
+    cast = _SQLITE.execute("SELECT CAST(? AS TEXT)", (sv,)).fetchone()[0]
+    if float(cast) == sv:
+        return pv == cast
+    mantissa = pv.partition("e")[0]
+    digits = mantissa.lstrip("-").replace(".", "").lstrip("0")
+    return _MANTISSA.fullmatch(mantissa) is not None and len(digits) <= 17 and float(pv) == sv
 
 
 def _bits(f: float) -> bytes:
