@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import pg_rows, table_states, wait_caught_up
 
 
@@ -80,4 +80,37 @@ async def test_spellings_of_one_instant_hold_the_table(app_db, make_config, pg_d
         d.wait_log("audit before load")
         states = await table_states(pg_dsn, "other")
         assert states["ticks"][0] == "held" and "as two rows" in states["ticks"][1]
+        assert d.stop() == 0
+
+
+async def test_a_zero_key_changing_its_sign_leaves_no_ghost(app_db, make_config, pg_dsn, tmp_path):
+    """0.0 and -0.0 are one key to SQLite: setting one to the other fires no key change.
+    A key column carried as text holds it as SQLite renders it ('0.0' for both), and a
+    double precision key takes the sign SQLite now has; `syncd verify` agrees."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE mixed (id PRIMARY KEY, v TEXT);"  # mixed classes: text in Postgres
+                       "CREATE TABLE reals (id PRIMARY KEY, v TEXT);"  # reals only: double precision
+                       "INSERT INTO mixed VALUES ('x', 'ex'); INSERT INTO reals VALUES (0.5, 'half');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        for table in ("mixed", "reals"):
+            conn.execute(f'INSERT INTO "{table}" VALUES (?, ?)', (-0.0, "zero"))
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        for sign, v in ((0.0, "now plus"), (-0.0, "now minus")):
+            for table in ("mixed", "reals"):
+                conn.execute(f'UPDATE "{table}" SET id = ?, v = ? WHERE id = 0', (sign, v))
+            await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+            assert await pg_rows(pg_dsn, "SELECT id, v FROM app.mixed ORDER BY id") == [("0.0", v), ("x", "ex")]
+            assert await pg_rows(pg_dsn, "SELECT id::text, v FROM app.reals ORDER BY id") == [
+                (str(sign).replace(".0", ""), v), ("0.5", "half")]  # '-0' or '0', as SQLite holds it
+        assert d.stop() == 0
+    out = run_cli(cfg, "verify")
+    assert out.returncode == 0, out.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        for table in ("mixed", "reals"):
+            conn.execute(f'DELETE FROM "{table}" WHERE id = 0')
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.mixed") == [("x", "ex")]
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.reals") == [(0.5, "half")]
         assert d.stop() == 0

@@ -13,6 +13,7 @@ import asyncpg
 
 from syncd.identifiers import qualified, quote_pg_ident
 from syncd.model import TableSpec
+from syncd.types import PgType
 
 COPY_THRESHOLD = 200  # rows; bench/stream.py measures COPY+merge ahead of unnest() from ~50-200 rows
 
@@ -37,6 +38,10 @@ class TableWriter:
         self.stage_columns = ", ".join(f"{c} {t}" for c, t in zip(cols, types))
         key = [quote_pg_ident(k) for k in spec.key]
         non_key = [quote_pg_ident(c.name) for c in spec.columns if c.name not in spec.key]
+        # A double precision key is set too: Postgres's = holds -0 and 0 as one key, as
+        # SQLite does, and the row must take the zero SQLite now has (0.0 -> -0.0 is no
+        # key change to either side, but a change of value).
+        non_key += [quote_pg_ident(k) for k in spec.key if spec.column(k).pgtype is PgType.DOUBLE]
         if non_key:
             conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET " + ", ".join(
                 f"{c} = EXCLUDED.{c}" for c in non_key
