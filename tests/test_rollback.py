@@ -358,3 +358,52 @@ async def test_a_lock_of_a_few_seconds_while_the_rollback_drains_only_delays_it(
     assert proc.returncode == 0, out
     assert "rolled back to SQLite" in out, out
     assert await compare_all(str(db), pg_dsn, "app", TABLES) == []
+
+
+@pytest.mark.parametrize("nocase", ["icu", "citext"])
+async def test_keys_sqlite_holds_apart_are_never_merged_after_a_rollback(tmp_path, make_config, pg_dsn, nocase):
+    """The cutover makes a COLLATE NOCASE key compare case-insensitively in Postgres, and
+    the column stays so after a rollback; it folds all of Unicode, SQLite's NOCASE only
+    A-Z. A SQLite row 'É' beside 'é' would have been upserted onto 'é' there: the table is
+    held instead, naming both keys, and nothing is merged; a case-only key change made in
+    Postgres comes back to SQLite as the one row it is."""
+    db = tmp_path / "app.db"
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("PRAGMA journal_mode=wal")
+    app.executescript("CREATE TABLE tags (name TEXT COLLATE NOCASE PRIMARY KEY, uses TEXT);"
+                      "CREATE TABLE pairs (a TEXT COLLATE NOCASE, b TEXT COLLATE NOCASE, PRIMARY KEY (a, b));"
+                      "INSERT INTO tags VALUES ('sales', 'one'); INSERT INTO pairs VALUES ('x', 'y');")
+    cfg = backup_and_config(make_config, tmp_path, db, cutover={"nocase": nocase})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "UPDATE app.tags SET name = 'SALES', uses = 'moved' WHERE name = 'sales'")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert app.execute("SELECT * FROM tags").fetchall() == [("SALES", "moved")]
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        app.execute("INSERT INTO tags VALUES ('é', 'small')")
+        app.execute("INSERT INTO pairs VALUES ('é', 'y')")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        app.execute("INSERT INTO tags VALUES ('É', 'capital')")  # another key to SQLite
+        app.execute("INSERT INTO pairs VALUES ('É', 'y')")
+        for table in ("tags", "pairs"):
+            await eventually(lambda: _held(pg_dsn, table), 30, f"{table} held", d)
+        reasons = dict(await pg_rows(pg_dsn, "SELECT table_name, reason FROM syncd.tables WHERE source = 'app'"))
+        assert "SQLite's key 'É' and Postgres's row under key 'é' are one key to Postgres" in reasons["tags"]
+        assert "SQLite's key ('É', 'y') and Postgres's row under key ('é', 'y')" in reasons["pairs"]
+        assert await pg_rows(pg_dsn, "SELECT name, uses FROM app.tags ORDER BY uses") == [
+            ("SALES", "moved"), ("é", "small")]  # nothing merged
+        assert await pg_rows(pg_dsn, 'SELECT a, b FROM app.pairs ORDER BY a COLLATE "C"') == [("x", "y"), ("é", "y")]
+        app.execute("DELETE FROM tags WHERE name = 'É'")  # the key SQLite held apart goes: the table resumes
+        app.execute("DELETE FROM pairs WHERE a = 'É'")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=90)
+        assert await pg_rows(pg_dsn, "SELECT name, uses FROM app.tags ORDER BY uses") == [
+            ("SALES", "moved"), ("é", "small")]  # the delete of 'É' did not take 'é' along
+        assert await pg_rows(pg_dsn, 'SELECT a, b FROM app.pairs ORDER BY a COLLATE "C"') == [("x", "y"), ("é", "y")]
+        assert d.stop() == 0
+    assert run_cli(cfg, "verify").returncode == 0
+
+
+async def _held(dsn: str, table: str) -> bool:
+    return (await pg_rows(dsn, "SELECT state FROM syncd.tables WHERE source = 'app' AND table_name = $1",
+                          table)) == [("held",)]

@@ -42,22 +42,46 @@ class TableWriter:
         # SQLite does, and the row must take the zero SQLite now has (0.0 -> -0.0 is no
         # key change to either side, but a change of value).
         non_key += [quote_pg_ident(k) for k in spec.key if spec.column(k).pgtype is PgType.DOUBLE]
+        # A text key column may compare case-insensitively in Postgres (a cutover's NOCASE,
+        # kept after a rollback), where SQLite tells 'é' from 'É' apart: a row is matched
+        # only under exactly its own key, byte for byte. An upsert that lands on another
+        # spelling's row changes nothing there, and is counted and refused (KeySpellingClash).
+        text_pos = [i for i, k in enumerate(spec.key) if spec.column(k).pgtype is PgType.TEXT]
+
+        def exact(left: str, right: list[str]) -> str:
+            return " AND ".join(f'({left}{key[i]}::text COLLATE "C") = ({right[i]}::text COLLATE "C")'
+                                for i in text_pos)
+
+        self.counted = bool(text_pos)
+        if text_pos and not non_key:
+            non_key = [key[text_pos[0]]]  # DO NOTHING would not count a row it kept
         if non_key:
             conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET " + ", ".join(
                 f"{c} = EXCLUDED.{c}" for c in non_key
             )
+            if text_pos:
+                conflict += " WHERE " + exact("t.", [f"EXCLUDED.{k}" for k in key])
         else:
             conflict = f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
         params = ", ".join(f"${i + 1}::{_array_type(t)}" for i, t in enumerate(types))
-        self.upsert_unnest = f"INSERT INTO {self.table} ({', '.join(cols)}) SELECT * FROM unnest({params}) {conflict}"
+        self.upsert_unnest = (f"INSERT INTO {self.table} AS t ({', '.join(cols)}) SELECT * FROM unnest({params}) "
+                              f"{conflict}")
         self.upsert_from_stage = (
-            f"INSERT INTO {self.table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM pg_temp.{self.stage} {conflict}"
+            f"INSERT INTO {self.table} AS t ({', '.join(cols)}) SELECT {', '.join(cols)} FROM pg_temp.{self.stage} "
+            f"{conflict}"
         )
         key_types = [spec.column(k).pgtype.value for k in spec.key]
         kparams = ", ".join(f"${i + 1}::{_array_type(t)}" for i, t in enumerate(key_types))
         dcols = ", ".join(f"d{i}" for i in range(len(key)))
-        match = " AND ".join(f"t.{k} = d.d{i}" for i, k in enumerate(key))
+        d = [f"d.d{i}" for i in range(len(key))]
+        same = " AND ".join(f"t.{k} = d.d{i}" for i, k in enumerate(key))
+        match = same + (" AND " + exact("t.", d) if text_pos else "")
         self.delete_unnest = f"DELETE FROM {self.table} AS t USING unnest({kparams}) AS d({dcols}) WHERE {match}"
+        # Which row an upserted key lands on: the upsert again, changing nothing, returning
+        # the key of the row it met (tried for one row, in a savepoint undone after).
+        self.probe_sql = (f"INSERT INTO {self.table} AS t ({', '.join(cols)}) SELECT * FROM unnest({params}) "
+                          f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {key[0]} = t.{key[0]} "
+                          f"RETURNING {', '.join(f't.{k}' for k in key)}")
 
     async def _ensure_stage(self, conn: asyncpg.Connection) -> None:
         """Made on first use on each connection (and again if a rolled-back savepoint
@@ -76,10 +100,35 @@ class TableWriter:
         if len(records) >= COPY_THRESHOLD:
             await self._ensure_stage(conn)
             await self._copy_stage(conn, records)
-            await conn.execute(self.upsert_from_stage)
-            return
-        columns = [list(col) for col in zip(*records)]
-        await conn.execute(self.upsert_unnest, *columns)
+            status = await conn.execute(self.upsert_from_stage)
+        else:
+            columns = [list(col) for col in zip(*records)]
+            status = await conn.execute(self.upsert_unnest, *columns)
+        if self.counted and int(status.rsplit(" ", 1)[-1]) < len(records):
+            await self._clash(conn, records)
+
+    async def _clash(self, conn: asyncpg.Connection, records: list[tuple]) -> None:
+        """Some upserted rows met a row under another spelling of their key (the key
+        column compares case-insensitively in Postgres) and were not written: refused,
+        so no two SQLite rows are ever merged into one; for one row, naming both keys
+        (the hold's search narrows a batch down to the row)."""
+        why = ("are one key to Postgres, whose key column compares them alike (a case-insensitive collation or "
+               "citext, as a cutover's COLLATE NOCASE makes it), while SQLite holds them apart; nothing was merged: "
+               "make the key column exact again in Postgres (ALTER TABLE ... ALTER COLUMN ... TYPE text COLLATE "
+               '"default"), or change one of the keys in SQLite, and the table resumes')
+        if len(records) > 1:
+            raise KeySpellingClash(f"of {len(records)} rows, one or more and a row Postgres holds under another "
+                                   f"spelling of the key {why}")
+        ours = tuple(records[0][i] for i in self.spec.key_indexes)
+        theirs = None
+        try:
+            async with conn.transaction():
+                theirs = await conn.fetchrow(self.probe_sql, *[[v] for v in records[0]])
+                raise _Rollback()
+        except _Rollback:
+            pass
+        shown = f"Postgres's row under key {_show(tuple(theirs))}" if theirs else "a row Postgres holds"
+        raise KeySpellingClash(f"SQLite's key {_show(ours)} and {shown} {why}")
 
     async def _copy_stage(self, conn: asyncpg.Connection, records: list[tuple]) -> None:
         name = self.stage[1:-1].replace('""', '"')
@@ -93,6 +142,16 @@ class TableWriter:
         schema, name = into or (self.schema, self.spec.name)
         await conn.copy_records_to_table(name, records=records, columns=list(self.spec.column_names),
                                          schema_name=schema)
+
+
+def _show(key: tuple) -> str:
+    return repr(key[0]) if len(key) == 1 else repr(key)
+
+
+class KeySpellingClash(Exception):
+    """An upserted row met a row Postgres holds under another spelling of its key."""
+
+    sqlstate = "23505"  # a unique violation in effect: this table's rows cannot go in as they are
 
 
 @dataclass
