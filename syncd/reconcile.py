@@ -463,6 +463,9 @@ async def _reconcile_table(
             return _paused(row, _extra_reason(diff.extra_in_pg), session.applied_seq, force_reload=True)
         return row  # PENDING; the load reshapes the empty table
     row = changed(row, tid=tid)
+    if await _move_rowid_column(session, spec, pgt):
+        pgt = (await ddl.read_tables(conn, target))[name]
+        diff = ddl.diff_shape(spec, pgt)
     if diff.key_changed and spec.rowid_keyed != (ddl.rowid_key(spec, pgt) is not None):
         # A keyless table given a key, or a keyed one that lost it: rows are told apart
         # another way now, and nothing of Postgres's copy can be followed column by column.
@@ -676,6 +679,28 @@ async def _columns_changed_meaning(session: SourceSession, spec: TableSpec, pgt:
     if share is None:
         return []
     return [c for c, s in zip(shared, share) if s < 0.9]
+
+
+async def _move_rowid_column(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable) -> bool:
+    """A keyless table one of whose columns took the name of syncd's rowid column in
+    Postgres (ALTER TABLE ... RENAME COLUMN ... TO "_syncd_rowid"): the rowid column
+    moves to the free name syncd keys the table on now (`_syncd_rowid_1`), so the
+    application's column can follow under its new name, values and all. True if moved."""
+    if not spec.rowid_keyed or len(pgt.key) != 1 or pgt.key[0] == spec.key[0]:
+        return False
+    old, new = pgt.key[0], spec.key[0]
+    pg_names = {c.name for c in pgt.columns}
+    if (ddl.rowid_key(spec, pgt) is not None or not ddl.is_rowid_name(old) or new in pg_names
+            or old not in {c.name for c in spec.stored_columns}):
+        return False
+    conn = session.pg
+    assert conn is not None
+    await conn.execute(f"ALTER TABLE {qualified(session.target_schema, spec.name)} RENAME COLUMN "
+                       f"{quote_pg_ident(old)} TO {quote_pg_ident(new)}")
+    session.info(f'a column of SQLite\'s table is named "{old}" now, the name of the column syncd keeps this keyless '
+                 f'table\'s rowids in: that column is "{new}" in Postgres now', table=spec.name,
+                 event="column_renamed")
+    return True
 
 
 def _synthetic(spec: TableSpec, name: str) -> bool:

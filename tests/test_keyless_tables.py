@@ -161,6 +161,40 @@ async def test_schema_names_the_rowid_column(tmp_path, make_config, pg_dsn):
     assert [c[0] for c in cols] == ["_syncd_rowid", "b", "_syncd_rowid_1"]
 
 
+async def test_a_column_renamed_to_the_rowid_columns_name_moves_the_rowid_column(tmp_path, make_config, pg_dsn):
+    """A keyless table's column renamed (ALTER TABLE RENAME COLUMN) to the name syncd's
+    rowid column has in Postgres: the rowid column moves to the next free name, and the
+    application's column follows under its new name with its values; the same again
+    while the daemon is stopped."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("CREATE TABLE log (a TEXT, b INTEGER); INSERT INTO log VALUES ('x', 1), ('y', 2);")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+
+    async def columns() -> list[tuple]:
+        return await pg_rows(pg_dsn, "SELECT column_name, data_type FROM information_schema.columns "
+                                     "WHERE table_schema = 'app' AND table_name = 'log' ORDER BY ordinal_position")
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute('ALTER TABLE log RENAME COLUMN a TO "_syncd_rowid"')
+        conn.execute("INSERT INTO log VALUES ('z', 3)")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await columns() == [("_syncd_rowid", "text"), ("b", "bigint"), ("_syncd_rowid_1", "bigint")]
+        assert d.stop() == 0
+    assert await pg_rows(pg_dsn, 'SELECT "_syncd_rowid", b FROM app.log ORDER BY b') == [("x", 1), ("y", 2), ("z", 3)]
+    assert run_cli(cfg, "verify").returncode == 0
+    conn.execute('ALTER TABLE log RENAME COLUMN b TO "_syncd_rowid_1"')
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await columns() == [("_syncd_rowid", "text"), ("_syncd_rowid_1", "bigint"),
+                                   ("_syncd_rowid_2", "bigint")]
+        assert await table_states(pg_dsn, "app") == {"log": ("streaming", None)}
+        assert d.stop() == 0
+    assert await compare_keyless(str(db), pg_dsn, "app", "log", rowid_column="_syncd_rowid_2") == []
+    assert run_cli(cfg, "verify").returncode == 0
+
+
 @pytest.mark.parametrize("how", ["rebuilt_key_last", "rebuilt_key_first", "unique_index"])
 async def test_a_keyless_table_given_a_key_is_reloaded_on_it(tmp_path, make_config, pg_dsn, how):
     """The application gives a keyless table a key: a 12-step rebuild adding an INTEGER

@@ -367,11 +367,15 @@ def diff_shape(spec: TableSpec, pg: PgTable) -> ShapeDiff:
     return ShapeDiff(missing, extra, retyped, tuple(pg.key) != tuple(spec.key))
 
 
+def is_rowid_name(name: str) -> bool:
+    """A name syncd gives a keyless table's rowid column (introspect.rowid_column_name)."""
+    return re.fullmatch(re.escape(ROWID_COLUMN) + r"(_\d+)?", name) is not None
+
+
 def rowid_key(spec: TableSpec, pg: PgTable) -> str | None:
     """The column Postgres's copy is keyed on when it was made for a keyless table:
     syncd's rowid column, no column of SQLite's table."""
-    if len(pg.key) == 1 and re.fullmatch(re.escape(ROWID_COLUMN) + r"(_\d+)?", pg.key[0]) \
-            and pg.key[0] not in {c.name for c in spec.stored_columns}:
+    if len(pg.key) == 1 and is_rowid_name(pg.key[0]) and pg.key[0] not in {c.name for c in spec.stored_columns}:
         return pg.key[0]
     return None
 
