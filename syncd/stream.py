@@ -134,6 +134,7 @@ def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming
         if kept:
             ch.upserts.extend(kept)
             ch.deletes = gone
+        ch.deletes.extend(key_identity.older_texts(conn, t.spec, ch.upserts, ch.deletes))
         try:
             converted[tid] = Converted(t, t.conv.rows(ch.upserts), t.conv.deleted_keys(ch.deletes))
         except RowMisfit as m:

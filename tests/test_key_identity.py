@@ -114,3 +114,32 @@ async def test_a_zero_key_changing_its_sign_leaves_no_ghost(app_db, make_config,
         assert await pg_rows(pg_dsn, "SELECT id, v FROM app.mixed") == [("x", "ex")]
         assert await pg_rows(pg_dsn, "SELECT id, v FROM app.reals") == [(0.5, "half")]
         assert d.stop() == 0
+
+
+async def test_a_real_key_an_older_syncd_wrote_in_pythons_spelling_leaves_no_ghost(app_db, make_config, pg_dsn,
+                                                                                    tmp_path):
+    """A key column carried as text holds a REAL as SQLite's text for it ('1.0e-05'); an
+    older syncd wrote Python's ('1e-05'). When such a row changes or goes, the row under
+    the older text goes too, unless SQLite holds that very text as a key of its own."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE k (id PRIMARY KEY, v TEXT);"  # mixed classes: text in Postgres
+                       "INSERT INTO k VALUES ('x', 'ex'), (1e-05, 'small'), (1e16, 'big'), ('1e+16', 'text big');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.k ORDER BY v") == [
+            ("1.0e+16", "big"), ("x", "ex"), ("1.0e-05", "small"), ("1e+16", "text big")]
+        # as an older syncd left them (the text row '1e+16' is SQLite's own, and stays)
+        await pg_rows(pg_dsn, "UPDATE app.k SET id = '1e-05' WHERE id = '1.0e-05'")
+        await pg_rows(pg_dsn, "DELETE FROM app.k WHERE id = '1.0e+16'")
+        conn.execute("UPDATE k SET v = 'small, changed' WHERE id = 1e-05")
+        conn.execute("UPDATE k SET v = 'big, changed' WHERE id = 1e16 AND typeof(id) = 'real'")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.k ORDER BY v") == [
+            ("1.0e+16", "big, changed"), ("x", "ex"), ("1.0e-05", "small, changed"), ("1e+16", "text big")]
+        await pg_rows(pg_dsn, "UPDATE app.k SET id = '1e-05' WHERE id = '1.0e-05'")
+        conn.execute("DELETE FROM k WHERE id = 1e-05")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id FROM app.k ORDER BY id") == [("1.0e+16",), ("1e+16",), ("x",)]
+        assert d.stop() == 0
+    assert run_cli(cfg, "verify").returncode == 0

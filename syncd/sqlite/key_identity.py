@@ -170,6 +170,34 @@ def survivors(conn: sqlite3.Connection, spec: TableSpec, deletes: list[tuple]) -
     return rows, gone
 
 
+def older_texts(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple], deletes: list[tuple]) -> list[tuple]:
+    """The Postgres keys an older syncd wrote for these SQLite keys: a REAL in a key
+    column carried as text, in Python's spelling ('1e-05', '-0.0', 'inf') where SQLite's
+    own text for it is another ('1.0e-05', '0.0', 'Inf'), for the keys of upserted
+    `rows` (SQLite rows) and of `deletes`. Deleted along with the batch, so a row written
+    anew under SQLite's text leaves none behind under the old one; never one that a
+    SQLite row holds as that very text. Returned as SQLite keys (the text), which convert
+    to exactly those Postgres keys."""
+    cols = [i for i, k in enumerate(spec.key) if k in lossy_key_columns(spec) and spec.column(k).pgtype is PgType.TEXT]
+    if not cols or not (rows or deletes):
+        return []
+    key_idx = spec.key_indexes
+    keys = [tuple(r[i] for i in key_idx) for r in rows] + deletes
+    where = " AND ".join(f"{spec.sqlite_ref(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
+    sql = f"SELECT 1 FROM main.{quote_ident(spec.name)} WHERE {where}"
+    out: dict[tuple, None] = {}
+    for raw in keys:
+        old = list(raw)
+        for i in cols:
+            if type(raw[i]) is float and repr(raw[i]) != real_text(raw[i]):
+                old[i] = repr(raw[i])
+        if old == list(raw) or tuple(old) in out:
+            continue
+        if conn.execute(sql, [p for v in old for p in (v, _typeof(v))]).fetchone() is None:
+            out[tuple(old)] = None
+    return list(out)
+
+
 def _typeof(v: Any) -> str:
     return {int: "integer", float: "real", str: "text", bytes: "blob"}.get(type(v), "null")
 
