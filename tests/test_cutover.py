@@ -323,6 +323,38 @@ async def test_a_running_daemon_keeps_what_the_cutover_typed_and_carried(tmp_pat
             await pg_rows(pg_dsn, "INSERT INTO app.tags VALUES ('SALES', 3)")
 
 
+async def test_a_key_unique_under_nocase_on_a_column_that_is_not_stays_so_after_the_cutover(
+        tmp_path, make_config, pg_dsn):
+    """PRIMARY KEY (name COLLATE NOCASE), or a UNIQUE index on (code COLLATE NOCASE), over
+    columns that are not NOCASE: SQLite refuses 'ABC' beside 'abc'. The cutover makes
+    Postgres refuse it too (a unique index under the ICU collation, created even where no
+    column takes it), so the way back never meets two rows SQLite must hold as one."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE tags (name TEXT, uses INTEGER, PRIMARY KEY (name COLLATE NOCASE));
+        CREATE TABLE codes (code TEXT NOT NULL, note TEXT);
+        CREATE UNIQUE INDEX codes_code ON codes (code COLLATE NOCASE);
+        INSERT INTO tags VALUES ('abc', 1); INSERT INTO codes VALUES ('abc', 'one');
+    """)
+    conn.close()
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "NOT created" not in r.stdout, r.stdout
+        assert 'created: tags: PRIMARY KEY on (name)' in r.stdout and 'created: codes: unique index "codes_code"' \
+            in r.stdout, r.stdout
+        for sql in ("INSERT INTO app.tags VALUES ('ABC', 2)", "INSERT INTO app.codes VALUES ('ABC', 'two')"):
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await pg_rows(pg_dsn, sql)
+        assert "not created" not in d.log()  # the plain index of dual-write needs no ICU collation yet
+        assert d.stop() == 0
+
+
 async def test_a_table_the_source_leaves_out_stays_writable_and_is_named(tmp_path, make_config, pg_dsn):
     """`exclude` keeps a table out of Postgres: after the cutover the application still
     has only SQLite for it, so the freeze leaves it alone, and the cutover says so."""

@@ -655,7 +655,13 @@ async def _failing_rows(conn: asyncpg.Connection, schema: str, item: Item) -> st
 async def _nocase(conn: asyncpg.Connection, source: str, schema: str, plan: SourcePlan, options: Options,
                   result: FinalizeResult) -> None:
     items = [i for i in plan.items if i.kind == "nocase" and not i.left_out and i.cutover]
-    if not items:
+    # A unique index under NOCASE on a column that is not (PRIMARY KEY (name COLLATE
+    # NOCASE), CREATE UNIQUE INDEX ... (name COLLATE NOCASE)) is made under the collation
+    # too, after this: it must exist even where no column takes it.
+    collation = qualified(schema, NOCASE_COLLATION)
+    indexed = options.nocase == "icu" and any(collation in stmt for i in plan.items if not i.left_out
+                                              for stmt in i.cutover)
+    if not items and not indexed:
         return
     if options.nocase == "citext":
         type_sql, problem = await _citext(conn, schema)

@@ -336,11 +336,14 @@ def _index_column_sql(spec: TableSpec, index: Index, i: int, collations: dict[st
 
 def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str, str], options: Options,
                 names: Names, plan: SourcePlan) -> Item | None:
-    if index.origin == "pk":
+    if index.origin == "pk" and all(c.collation == collations.get(c.name or "", "BINARY") for c in index.columns):
         return None  # the table's primary key: syncd creates it with the table
+    # A PRIMARY KEY (name COLLATE NOCASE) over a column that is not: its uniqueness
+    # ignores case, which the Postgres primary key does not; carried as a unique index.
     cols = ", ".join(c.name or f"({shorten(c.expr or '?', 40)})" for c in index.columns)
     where = f" WHERE {shorten(index.where, 60)}" if index.where else ""
-    label = "UNIQUE constraint" if index.origin == "u" else ("unique index" if index.unique else "index")
+    label = {"u": "UNIQUE constraint", "pk": "PRIMARY KEY"}.get(index.origin,
+                                                               "unique index" if index.unique else "index")
     sqlite_name = f' "{index.name}"' if index.origin == "c" else ""
     what = f"{label}{sqlite_name} on ({cols}){where}"
     kind = "unique" if index.unique else "index"
@@ -404,7 +407,10 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
                          '; SQLite ignores case here, Postgres will not (nocase = "none")')
         item.parent_key = plain_cols
     else:
-        item.dual_write = (f"CREATE INDEX {qname} {body}",)
+        # The ICU collation is made at cutover: until then the plain index orders by the
+        # column's own comparison, which is all dual-write's lookups use.
+        plain_body = body.replace(f" COLLATE {qualified(schema, NOCASE_COLLATION)}", "")
+        item.dual_write = (f"CREATE INDEX {qname} {plain_body}",)
         item.after_load = True
         item.cutover = (f"DROP INDEX IF EXISTS {qualified(schema, item.name)}", f"CREATE UNIQUE INDEX {qname} {body}")
         item.why = ("a plain index during dual-write, once the table is loaded (Postgres cannot defer a unique "
