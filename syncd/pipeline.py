@@ -90,6 +90,7 @@ class Pipeline:
         self.halted_counted: tuple[dict[int, int], int] = ({}, 0)  # positions, checkpoint counted at
         self.last_poll = None
         self.locked_since: float | None = None  # monotonic: steps have failed on the file's lock since
+        self.sqlite_answered = False  # the step in progress has read the file
         self.names_told = 1  # the file's hard links last warned about
         self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_window,
                              settings.sqlite.write_busy_timeout_ms, settings.sqlite.read_busy_timeout_ms)
@@ -246,12 +247,15 @@ class Pipeline:
                 self.renew_connections = False
                 await self.session.target.renew()
             await self.failing_note.publish(self.health, self.detail, self.session)  # a failure of the last step
+            self.sqlite_answered = False
             did = await self._cycle()
-            if self.locked_since is not None and self.session.worker.conn is not None:  # SQLite answered
+            if self.locked_since is not None and (self.sqlite_answered or self.session.worker.conn is not None):
+                # SQLite answered (the step may have given its connection back since).
                 self.locked_since = None
                 if self.health == FILE_LOCKED:
                     self._recovered()
                     self.check_postgres = True  # the next step sets the health afresh
+                    self.wake.set()  # and runs at once, also when nothing else is due
             await self.failing_note.publish(self.health, self.detail, self.session)  # recovered
             return did
         finally:
@@ -452,6 +456,7 @@ class Pipeline:
         # locked fails here, before a Postgres connection is borrowed. A step holding one
         # of the pool's few while it waits out the lock keeps the rest of the fleet waiting.
         top = await s.worker.run(reader.max_seq)
+        self.sqlite_answered = True
         self.max_seq_seen = max(self.max_seq_seen, top)
         if self.check_postgres:
             self.check_postgres = False
