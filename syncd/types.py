@@ -213,6 +213,11 @@ def real_text(v: float) -> str:
         text = format(v, f".{digits}g")
         if float(text) == v:
             break
+    if digits > 15 and "e" not in text and "e" in format(v, ".15g"):
+        # SQLite's 15 digits put an exponent from 1e15 up; with more digits %g would not
+        # (1234567890123456.8): keep SQLite's layout, 1.2345678901234568e+15.
+        mantissa, e, exponent = format(v, f".{digits - 1}e").partition("e")
+        text = (mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa) + e + exponent
     mantissa, e, exponent = text.partition("e")
     if "." not in mantissa:
         mantissa += ".0"  # the "!" of %!.15g: a REAL always shows a decimal point

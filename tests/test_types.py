@@ -164,3 +164,17 @@ def test_every_real_as_text_agrees_with_sqlite(value):
         assert text == sqlite_text
     else:
         assert float(text) == value
+
+
+@pytest.mark.parametrize("value", [
+    1234567890123456.8, 1234567890123457.0, 12345678901234568.0, 9007199254740992.0,
+    1733284800123456.0,  # microseconds since 1970 held as a REAL
+    0.1 + 0.2, 123456789012345.67, 1.152921504606847e+18, 1.0000000000000002e-05,
+])
+def test_a_real_sqlite_cannot_render_exactly_keeps_its_layout(value):
+    """Where SQLite's 15 digits are not the value, syncd's text has more digits, but is
+    laid out as SQLite lays out that value: with an exponent where SQLite's has one."""
+    text, theirs = converter(PgType.TEXT)(value), _sqlite_text(value)
+    assert float(text) == value
+    assert ("e" in text) == ("e" in theirs), (text, theirs)
+    assert "." in text.partition("e")[0], text
