@@ -476,6 +476,12 @@ class ReversePipeline:
         formats = await tables.read_formats(pg, self.names.bk, s.name)
         runtimes: dict[str, ReverseTable] = {}
         for name, d in sorted(decisions.items()):
+            if d.kind == tables.FORGET:
+                await pg.execute(f"DELETE FROM {s.bk.s}.tables WHERE source = $1 AND table_name = $2", s.name, name)
+                s.info("table gone from Postgres (dropped, or now a partition) before SQLite had it: no longer "
+                       "followed", table=name, event="table_forgotten")
+                self.events.append((name, "table_forgotten", "gone from Postgres, never in SQLite"))
+                continue
             spec = schema.tables.get(name)
             tid = s.capture.tid_of(name) if (s.capture and spec is not None) else None
             row = rows.get(name) or new_row(name, tid)
@@ -852,6 +858,9 @@ class ReversePipeline:
             old = (before or {}).get(name)
             if old is None or old[0] == file or t is None or t.state not in (bk.STREAMING, bk.LOADING):
                 continue
+            if file == 0:  # partitioned now (no storage of its own): reconcile pauses it (tables.judge)
+                self.needs_reconcile = True
+                continue
             if any(c in old[1] and family(old[1][c]) != family(x) for c, x in types.items()):
                 # Not followed; its old note stays, so the type given back (a rewrite
                 # again, with values SQLite never had) is seen and the table copied.
@@ -923,8 +932,12 @@ class ReversePipeline:
         if health == STREAMING:
             self.ready.set()
         if self.health != health:
-            if health == STREAMING:
+            halted = sorted(t.name for t in self.tables.values() if t.state in (bk.PAUSED, bk.HELD))
+            if health == STREAMING and not halted:
                 self.session.info("SQLite follows Postgres: every table is streaming back", event="streaming")
+            elif health == STREAMING:
+                self.session.info("SQLite follows Postgres, except the table(s) held or paused: "
+                                  + ", ".join(f'"{n}"' for n in halted), event="streaming")
             self.health = health
         self.detail = ""
 

@@ -53,21 +53,41 @@ class PgTableInfo:
     name: str
     columns: list[PgColumnInfo]
     key: tuple[str, ...]
+    partitioned: bool = False  # PARTITION BY: no rows of its own
+    children: tuple[str, ...] = ()  # its partitions (or INHERITS children), schema-qualified outside `schema`
+    parent: str | None = None  # the table it is a partition (or INHERITS child) of
+    parent_here: bool = True  # that table is in the same schema (its reason names this one)
 
     def column(self, name: str) -> PgColumnInfo | None:
         return next((c for c in self.columns if c.name == name), None)
 
 
 async def read_pg_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTableInfo]:
-    """Every ordinary table of `schema` with its columns (type, NOT NULL, default) and key."""
+    """Every table of `schema` with its columns (type, NOT NULL, default), key and
+    partitioning (partitions are tables here too, as Postgres lists them)."""
     base = await ddl.read_tables(conn, schema)
     defaults = {(r[0], r[1]): r[2] for r in await conn.fetch(
         "SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
         "JOIN pg_class c ON c.oid = d.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
         "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE n.nspname = $1", schema)}
-    return {name: PgTableInfo(name, [PgColumnInfo(c.name, c.type_name, c.notnull, defaults.get((name, c.name)))
-                                     for c in t.columns], tuple(t.key))
-            for name, t in base.items()}
+    out = {name: PgTableInfo(name, [PgColumnInfo(c.name, c.type_name, c.notnull, defaults.get((name, c.name)))
+                                    for c in t.columns], tuple(t.key))
+           for name, t in base.items()}
+    for r in await conn.fetch(
+            "SELECT p.relname, pn.nspname, c.relname, cn.nspname FROM pg_inherits i "
+            "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace "
+            "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace "
+            "WHERE (pn.nspname = $1 OR cn.nspname = $1) AND p.relkind IN ('r', 'p') ORDER BY 3", schema):
+        parent, child = out.get(r[0]) if r[1] == schema else None, out.get(r[2]) if r[3] == schema else None
+        if parent is not None:
+            parent.children += (r[2] if r[3] == schema else f"{r[3]}.{r[2]}",)
+        if child is not None:
+            child.parent, child.parent_here = (r[0] if r[1] == schema else f"{r[1]}.{r[0]}"), r[1] == schema
+    for (name,) in await conn.fetch("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                    "WHERE n.nspname = $1 AND c.relkind = 'p'", schema):
+        if name in out:
+            out[name].partitioned = True
+    return out
 
 
 async def read_formats(conn: asyncpg.Connection, bk_schema: str, source: str) -> dict[tuple[str, str], str]:
@@ -101,12 +121,13 @@ async def adopt(conn: asyncpg.Connection, b, schema: str, table: str) -> bool:
 
 @dataclass
 class Decision:
-    kind: str  # "follow" | "add_columns" | "create" | "pause" | "ignore"
+    kind: str  # "follow" | "add_columns" | "create" | "pause" | "ignore" | "forget"
     reason: str | None = None
     add: list[PgColumnInfo] = field(default_factory=list)
 
 
 FOLLOW, ADD_COLUMNS, CREATE, PAUSE, IGNORE = "follow", "add_columns", "create", "pause", "ignore"
+FORGET = "forget"  # bookkeeping has a table SQLite never had and Postgres no longer has as a table of its own
 
 
 def _not_expressible(pgt: PgTableInfo, names: list[str]) -> str | None:
@@ -118,8 +139,32 @@ def _not_expressible(pgt: PgTableInfo, names: list[str]) -> str | None:
             "(integer, numeric, text, bytea, boolean, json, timestamp or date types come back exactly)")
 
 
+def _not_one_table(spec: TableSpec | None, pgt: PgTableInfo) -> Decision | None:
+    """A partitioned table (or one with INHERITS children), or a table that became a
+    partition: the way back does not follow them. A write straight to a partition fires
+    no statement trigger of its parent, and ATTACH/DETACH PARTITION moves rows with no
+    trigger at all, so SQLite could not be kept equal. A partition SQLite never had is
+    its parent's rows (named in the parent's reason), not a table of its own."""
+    if pgt.partitioned or pgt.children:
+        what = "partitioned" if pgt.partitioned else "given child tables (INHERITS)"
+        parts = ", ".join(f'"{c}"' for c in pgt.children[:5]) + (", ..." if len(pgt.children) > 5 else "")
+        return Decision(PAUSE, f"{what} in Postgres after the cutover{f' ({parts})' if parts else ''}: the way back "
+                               "does not follow partitioned tables (writes to a partition and ATTACH/DETACH PARTITION "
+                               "escape its capture), so SQLite does not get this table's rows; make it one plain "
+                               "table again in Postgres to resume")
+    if pgt.parent is not None and (spec is not None or not pgt.parent_here):
+        return Decision(PAUSE, f'made a partition (or INHERITS child) of "{pgt.parent}" in Postgres after the cutover: '
+                               "the way back does not follow partitioned tables, so SQLite does not get this table's "
+                               "changes; make it one plain table again in Postgres to resume")
+    if pgt.parent is not None:
+        return Decision(IGNORE)
+    return None
+
+
 def judge(spec: TableSpec | None, pgt: PgTableInfo | None, known: bool) -> Decision:
     """What the way back does with one table. `known`: syncd's bookkeeping has it."""
+    if pgt is not None and (split := _not_one_table(spec, pgt)) is not None:
+        return Decision(FORGET) if split.kind == IGNORE and known else split
     if spec is not None and pgt is not None:
         if tuple(pgt.key) != tuple(spec.key):
             return Decision(PAUSE, f"the primary key differs between Postgres ({', '.join(pgt.key) or 'none'}) "
@@ -149,7 +194,7 @@ def judge(spec: TableSpec | None, pgt: PgTableInfo | None, known: bool) -> Decis
     if spec is not None and known:
         return Decision(PAUSE, "the table was dropped in Postgres after the cutover; SQLite keeps its rows. Create it "
                                "again in Postgres (or drop it in SQLite yourself) to resume")
-    return Decision(IGNORE)
+    return Decision(FORGET) if known and spec is None else Decision(IGNORE)
 
 
 # --- SQLite DDL ---------------------------------------------------------------------------
