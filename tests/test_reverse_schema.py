@@ -225,6 +225,36 @@ async def test_a_table_rewritten_or_emptied_while_it_is_copied_again_is_copied_f
         assert d.stop() == 0
 
 
+async def test_a_table_emptied_in_postgres_is_copied_again_once_and_said_so(tmp_path, make_config, pg_dsn):
+    """TRUNCATE gives the table a new storage file as a rewrite does, and its trigger
+    records it too: the table is copied again once, logged as emptied, not as
+    rewritten; also while another table's copy is under way. A rewrite is still seen."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    make_big(db, 200_000)  # a copy under way while contacts is emptied
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "TRUNCATE app.contacts")
+        await pg_rows(pg_dsn, "INSERT INTO app.contacts VALUES (6, 'after the first truncate')")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "VACUUM FULL app.items")
+        await _copying_again(pg_dsn, d)
+        await pg_rows(pg_dsn, "TRUNCATE app.contacts")
+        await pg_rows(pg_dsn, "INSERT INTO app.contacts VALUES (7, 'after the truncate')")
+        await wait_back(cfg, db, pg_dsn, timeout=120, daemon=d)
+        await pg_rows(pg_dsn, "VACUUM FULL app.notes")  # the files are looked at after the truncates
+        d.wait_log("table=notes event=table_rewritten")
+        await wait_back(cfg, db, pg_dsn, timeout=120, daemon=d)
+        copies = [line for line in d.log().splitlines() if "table=contacts event=reload_started" in line]
+        assert len(copies) == 2 and all("emptied in Postgres (TRUNCATE)" in c for c in copies), copies
+        assert "table=contacts event=table_rewritten" not in d.log()
+        assert typeof(db, "SELECT id, email FROM contacts") == [(7, "after the truncate")]
+        assert await compare_all(str(db), pg_dsn, "app", ["contacts", "items", "notes"]) == []
+        assert d.stop() == 0
+
+
 async def test_a_column_given_its_old_type_back_is_copied_again(tmp_path, make_config, pg_dsn):
     """A type change to another kind of value is not followed (email becomes a boolean);
     giving the column its old type back, as verify asks, rewrites the table once more,

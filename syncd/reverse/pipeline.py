@@ -698,6 +698,7 @@ class ReversePipeline:
                     break
             if pick is None:
                 return False
+            await self._note_file(pick.name)
             self.loading = _Reload(pick.name)
             pick.row = changed(pick.row, state=bk.LOADING, snapshot_rows=0, snapshot_key=None,
                                snapshot_started_at=dt.datetime.now(dt.timezone.utc),
@@ -858,6 +859,11 @@ class ReversePipeline:
             old = (before or {}).get(name)
             if old is None or old[0] == file or t is None or t.state not in (bk.STREAMING, bk.LOADING):
                 continue
+            if name in self.reload and (self.loading is None or self.loading.name != name):
+                # Its copy, still to start, reads it as it is then (and notes its file,
+                # _note_file): a TRUNCATE's new file, or a rewrite, needs no copy of its own.
+                noted[name] = old
+                continue
             if file == 0:  # partitioned now (no storage of its own): reconcile pauses it (tables.judge)
                 self.needs_reconcile = True
                 continue
@@ -875,6 +881,20 @@ class ReversePipeline:
             self.needs_reconcile = True
         if noted != before:
             await capture.note_files(s.pg, self.names, noted)  # after the reload is noted in SQLite
+
+    async def _note_file(self, name: str) -> None:
+        """A copy of the table starting now reads it as it is from here on: its storage
+        file now is the one a later rewrite is told from (kept with the noted column
+        types, which say whether a rewrite changed a kind of value)."""
+        s = self.session
+        before = await capture.noted_files(s.pg, self.names)
+        now = (await capture.table_files(s.pg, self.source.schema)).get(name)
+        if before is None or now is None:
+            return
+        noted = before.get(name)
+        if noted is None or noted[0] != now[0]:
+            before[name] = [now[0], noted[1] if noted is not None else now[1]]
+            await capture.note_files(s.pg, self.names, before)
 
     async def _undo_abandoned_rollback(self) -> None:
         """A rollback that froze Postgres and died leaves the application locked out of
