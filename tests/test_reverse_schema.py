@@ -143,6 +143,13 @@ async def test_a_type_changed_to_another_kind_of_value_says_how_to_compare_again
         assert "email: boolean in Postgres, text expected" in v.stdout
         assert "give it its old type again to compare the table (and to roll back)" in v.stdout
         assert "within seconds" not in v.stdout.split('"contacts"')[1].splitlines()[0]
+        # SQLite would get booleans where its application reads text: paused, named where users look
+        await eventually(lambda: paused(pg_dsn, "contacts"), 30, "contacts paused", d)
+        assert "email: boolean in Postgres, text expected" in await paused(pg_dsn, "contacts")
+        status = run_cli(cfg, "status")
+        assert status.returncode == 2 and 'table "contacts" paused' in status.stdout, status.stdout
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 1 and 'REFUSED: table "contacts" does not follow Postgres (paused)' in r.stdout, r.stdout
         assert d.stop() == 0
 
 

@@ -539,6 +539,9 @@ class ReversePipeline:
         rows = await s.bk.load_tables(pg)
         decisions: dict[str, tables.Decision] = {}
         owners = await s.bk.owners(pg, self.source.schema)
+        typed: dict[str, set[str]] = {}
+        for table, column in await tables.read_formats(pg, self.names.bk, s.name):
+            typed.setdefault(table, set()).add(column)
         candidates = set(schema.tables) | {n for n, r in rows.items() if r.state != bk.REFUSED}
         # Tables the application created in Postgres after the cutover (no source's replica).
         candidates |= {n for n in pg_tables if self.source.wants_table(n) and not _internal(n)
@@ -548,7 +551,8 @@ class ReversePipeline:
                 continue
             if owners.get(name) not in (None, s.name):
                 continue  # another source's replica in a shared schema
-            d = tables.judge(schema.tables.get(name), pg_tables.get(name), known=name in rows)
+            d = tables.judge(schema.tables.get(name), pg_tables.get(name), known=name in rows,
+                             typed=frozenset(typed.get(name, ())))
             if d.kind != tables.IGNORE:
                 decisions[name] = d
         return schema, pg_tables, rows, decisions
@@ -845,8 +849,8 @@ class ReversePipeline:
     async def _reload_rewritten(self, now: dict[str, list]) -> None:
         """Copy again a table Postgres rewrote without a row trigger firing (see
         capture.table_files), also while no daemon ran. A column that changed to another
-        kind of value (timestamp to timestamptz) is not followed this way: verify names
-        it, and its old type given back lets the table be compared again."""
+        kind of value (timestamp to timestamptz) is not followed this way: the table is
+        paused (tables.judge), and its old type given back lets it resume."""
         s = self.session
         before = await capture.noted_files(s.pg, self.names)
         if before == now:

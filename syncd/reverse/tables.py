@@ -8,9 +8,10 @@ After a cutover the application changes Postgres's schema, not SQLite's. Per tab
   * a table Postgres gained is created in SQLite (columns, primary key), captured and
     frozen like the others, and copied;
   * what SQLite cannot express (a type with no exact SQLite form, a table without a
-    primary key) or what would lose data (a column or table dropped, a key changed)
-    pauses the table with a message saying what to do: never skipped in silence. A
-    rollback is refused while a table is paused.
+    primary key, a partitioned table), what would lose data (a column or table
+    dropped, a key changed) or what SQLite's application would read differently (a
+    column changed to another kind of value) pauses the table with a message saying
+    what to do: never skipped in silence. A rollback is refused while a table is paused.
 
 Everything here is idempotent and derived from what both sides hold durably, so a
 crash halfway is simply redone.
@@ -161,8 +162,10 @@ def _not_one_table(spec: TableSpec | None, pgt: PgTableInfo) -> Decision | None:
     return None
 
 
-def judge(spec: TableSpec | None, pgt: PgTableInfo | None, known: bool) -> Decision:
-    """What the way back does with one table. `known`: syncd's bookkeeping has it."""
+def judge(spec: TableSpec | None, pgt: PgTableInfo | None, known: bool,
+          typed: frozenset[str] = frozenset()) -> Decision:
+    """What the way back does with one table. `known`: syncd's bookkeeping has it;
+    `typed`: its columns schema parity typed (dates SQLite spells, a date type in Postgres)."""
     if pgt is not None and (split := _not_one_table(spec, pgt)) is not None:
         return Decision(FORGET) if split.kind == IGNORE and known else split
     if spec is not None and pgt is not None:
@@ -179,6 +182,13 @@ def judge(spec: TableSpec | None, pgt: PgTableInfo | None, known: bool) -> Decis
         why = _not_expressible(pgt, pg_names)
         if why:
             return Decision(PAUSE, why)
+        moved = [f"{c.name}: {pgt.column(c.name).type_name} in Postgres, {c.pgtype} expected" for c in spec.columns
+                 if values.family(pgt.column(c.name).type_name) is not c.pgtype and c.name not in typed]
+        if moved:
+            # Its values would reach SQLite as another kind of value than the application reads there.
+            return Decision(PAUSE, f"a column's type was changed in Postgres after the cutover to another kind of "
+                                   f"value ({'; '.join(moved)}), which the way back does not follow; give it its "
+                                   "old type again to compare the table (and to roll back)")
         extra = [c for c in pgt.columns if c.name not in spec.column_names and not ddl.is_aside(c.name)]
         if extra:
             return Decision(ADD_COLUMNS, add=extra)
