@@ -121,3 +121,30 @@ async def test_constraints_made_in_postgres_only_are_named_before_the_rollback(t
         assert len(warnings) == 2, r.stdout
         assert 'Postgres holds "companies_name" on "companies"' in warnings[0]
         assert 'Postgres holds "revenue_positive" on "companies" (CHECK ((revenue >= ' in warnings[1]
+
+
+async def test_an_identity_generated_always_in_postgres_takes_sqlite_rows_after_a_rollback(
+        tmp_path, make_config, pg_dsn):
+    """A table the application made in Postgres after the cutover with `GENERATED ALWAYS
+    AS IDENTITY` keys: after a rollback, the rows the application writes to SQLite reach
+    Postgres with SQLite's ids (Postgres refuses a plain INSERT of them)."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "CREATE TABLE app.visits (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                              "who text NOT NULL DEFAULT 'anonymous', at timestamptz DEFAULT now())")
+        await pg_rows(pg_dsn, "INSERT INTO app.visits (who) VALUES ('a'), ('b')")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO visits (who, at) VALUES ('from sqlite', '2026-12-24 18:00:00')")
+        conn.execute("UPDATE visits SET who = 'changed in sqlite' WHERE id = 1")
+        conn.commit()
+        conn.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, who FROM app.visits ORDER BY id") == \
+            [(1, "changed in sqlite"), (2, "b"), (3, "from sqlite")]
+        assert "GENERATED ALWAYS" not in d.log()

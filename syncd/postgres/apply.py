@@ -64,12 +64,11 @@ class TableWriter:
         else:
             conflict = f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
         params = ", ".join(f"${i + 1}::{_array_type(t)}" for i, t in enumerate(types))
-        self.upsert_unnest = (f"INSERT INTO {self.table} AS t ({', '.join(cols)}) SELECT * FROM unnest({params}) "
-                              f"{conflict}")
-        self.upsert_from_stage = (
-            f"INSERT INTO {self.table} AS t ({', '.join(cols)}) SELECT {', '.join(cols)} FROM pg_temp.{self.stage} "
-            f"{conflict}"
-        )
+        # SQLite's ids go in as they are, also into a key the application made GENERATED
+        # ALWAYS AS IDENTITY in Postgres after a cutover (a no-op for any other column).
+        into = f"INSERT INTO {self.table} AS t ({', '.join(cols)}) OVERRIDING SYSTEM VALUE"
+        self.upsert_unnest = f"{into} SELECT * FROM unnest({params}) {conflict}"
+        self.upsert_from_stage = f"{into} SELECT {', '.join(cols)} FROM pg_temp.{self.stage} {conflict}"
         key_types = [spec.column(k).pgtype.value for k in spec.key]
         kparams = ", ".join(f"${i + 1}::{_array_type(t)}" for i, t in enumerate(key_types))
         dcols = ", ".join(f"d{i}" for i in range(len(key)))
