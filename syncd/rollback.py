@@ -347,6 +347,32 @@ async def not_computed_in_postgres(conn: asyncpg.Connection, schema: str, specs:
     return out
 
 
+async def filled_only_in_postgres(conn: asyncpg.Connection, schema: str, specs: dict) -> list[str]:
+    """Columns Postgres fills when a row leaves them out (a DEFAULT or an identity the
+    application gave them there) and SQLite does not (no default; the rowid fills an
+    INTEGER PRIMARY KEY): after the rollback the application's rows get NULL there."""
+    rows = await conn.fetch(
+        "SELECT c.relname, a.attname, CASE WHEN a.attidentity <> '' THEN 'an identity' "
+        "ELSE 'DEFAULT ' || pg_get_expr(d.adbin, d.adrelid) END FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND a.attgenerated = '' AND (a.attidentity <> '' OR d.adbin IS NOT NULL) ORDER BY 1, 2", schema)
+    out = []
+    for table, column, what in rows:
+        spec = specs.get(table)
+        if spec is None or column not in spec.column_names:
+            continue
+        col = spec.column(column)
+        rowid = spec.key == (column,) and not spec.without_rowid and col.declared.upper() == "INTEGER"
+        if col.default_sql is not None or col.generated or rowid:
+            continue
+        out.append(f'warning: Postgres fills "{table}"."{column}" in a row that leaves it out ({what}, set in '
+                   "Postgres) and SQLite does not: after the rollback such a row gets NULL there; have the "
+                   "application always write the column")
+    return out
+
+
 def probe_write(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
     """Whether syncd can write the file now: one short write transaction that changes
     nothing of the application's (syncd's own meta row rewritten as it is), tried
@@ -438,6 +464,7 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
         specs = await asyncio.to_thread(read_specs, source)
         stricter = await stricter_in_postgres(conn, source.schema, specs)
         stricter += await not_computed_in_postgres(conn, source.schema, specs)
+        stricter += await filled_only_in_postgres(conn, source.schema, specs)
         rows = await worker.run(_row_count, tables)
         pending, _ = await reverse_position(worker, conn, Names(b.schema, source.name))
         res.plan.append(f"{len(tables)} table(s), {rows} row(s) to verify, {pending} change(s) to bring back")

@@ -139,6 +139,9 @@ async def test_an_identity_generated_always_in_postgres_takes_sqlite_rows_after_
         await wait_back(cfg, db, pg_dsn, daemon=d)
         r = run_cli(cfg, "rollback")
         assert r.returncode == 0, r.stdout + r.stderr
+        # now() does not come to SQLite as a default: said before the switch (ids and 'anonymous' do)
+        filled = [line for line in r.stdout.splitlines() if "warning: Postgres fills" in line]
+        assert len(filled) == 1 and '"visits"."at" in a row that leaves it out (DEFAULT now()' in filled[0], r.stdout
         conn = sqlite3.connect(db)
         conn.execute("INSERT INTO visits (who, at) VALUES ('from sqlite', '2026-12-24 18:00:00')")
         conn.execute("UPDATE visits SET who = 'changed in sqlite' WHERE id = 1")
