@@ -140,7 +140,7 @@ def _not_expressible(pgt: PgTableInfo, names: list[str]) -> str | None:
             "(integer, numeric, text, bytea, boolean, json, timestamp or date types come back exactly)")
 
 
-def _not_one_table(spec: TableSpec | None, pgt: PgTableInfo) -> Decision | None:
+def _not_one_table(spec: TableSpec | None, pgt: PgTableInfo, known: bool) -> Decision | None:
     """A partitioned table (or one with INHERITS children), or a table that became a
     partition: the way back does not follow them. A write straight to a partition fires
     no statement trigger of its parent, and ATTACH/DETACH PARTITION moves rows with no
@@ -158,7 +158,7 @@ def _not_one_table(spec: TableSpec | None, pgt: PgTableInfo) -> Decision | None:
                                "the way back does not follow partitioned tables, so SQLite does not get this table's "
                                "changes; make it one plain table again in Postgres to resume")
     if pgt.parent is not None:
-        return Decision(IGNORE)
+        return Decision(FORGET if known else IGNORE)
     return None
 
 
@@ -166,8 +166,8 @@ def judge(spec: TableSpec | None, pgt: PgTableInfo | None, known: bool,
           typed: frozenset[str] = frozenset()) -> Decision:
     """What the way back does with one table. `known`: syncd's bookkeeping has it;
     `typed`: its columns schema parity typed (dates SQLite spells, a date type in Postgres)."""
-    if pgt is not None and (split := _not_one_table(spec, pgt)) is not None:
-        return Decision(FORGET) if split.kind == IGNORE and known else split
+    if pgt is not None and (split := _not_one_table(spec, pgt, known)) is not None:
+        return split
     if spec is not None and pgt is not None:
         if tuple(pgt.key) != tuple(spec.key):
             return Decision(PAUSE, f"the primary key differs between Postgres ({', '.join(pgt.key) or 'none'}) "
