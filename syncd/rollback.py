@@ -268,6 +268,7 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
         if row.state != bk.STREAMING:
             what = row.reason or {bk.LOADING: "being copied again from Postgres"}.get(row.state, row.state)
             problems.append(f'table "{name}" does not follow Postgres ({row.state}): {what}')
+    problems += await not_followed_yet(conn, source, b)
     if not problems:
         try:
             await worker.run(probe_write, settings.sqlite.write_busy_timeout_ms)
@@ -278,6 +279,26 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
                 "write it while Postgres is frozen for the application, so it would freeze Postgres that long; "
                 "try again once the file is free")
     return problems
+
+
+async def not_followed_yet(conn: asyncpg.Connection, source: SourceSettings, b: Bookkeeping) -> list[str]:
+    """Tables in Postgres the way back would follow but has not taken up yet (made by
+    the application moments ago, or while no daemon ran): SQLite has none of their rows,
+    and verification, which compares SQLite's tables, would not see them missing."""
+    from syncd.postgres import ddl
+    from syncd.reverse import tables
+
+    known = await b.load_tables(conn)
+    owners = await b.owners(conn, source.schema)
+    out = []
+    for name, pgt in sorted((await tables.read_pg_tables(conn, source.schema)).items()):
+        if (name in known or name.startswith(("_syncd_", "sqlite_")) or not source.wants_table(name)
+                or owners.get(name) not in (None, source.name) or ddl.ASIDE_MARK in name
+                or (pgt.parent is not None and pgt.parent_here)):
+            continue
+        out.append(f'table "{name}" exists in Postgres and SQLite does not follow it yet (made there after the '
+                   "cutover; the running daemon takes it up within seconds): run the rollback again once it does")
+    return out
 
 
 async def _columns(conn: asyncpg.Connection, schema: str, condition: str) -> list:
@@ -509,6 +530,9 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
         await _hold("frozen")
         how = await drain(settings, source, conn, worker, DRAIN_SECONDS)
+        late = await not_followed_yet(conn, source, b)  # made while Postgres was frozen for the old ones
+        if late:
+            raise Refused(late[0])
         res.plan.append(f"drained: SQLite holds every change Postgres recorded ({how})")
         await _hold("drained")
         checked = await verify_source(settings, source, record=True, wait_seconds=VERIFY_WAIT_SECONDS)

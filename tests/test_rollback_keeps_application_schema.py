@@ -136,6 +136,7 @@ async def test_an_identity_generated_always_in_postgres_takes_sqlite_rows_after_
         await pg_rows(pg_dsn, "CREATE TABLE app.visits (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
                               "who text NOT NULL DEFAULT 'anonymous', at timestamptz DEFAULT now())")
         await pg_rows(pg_dsn, "INSERT INTO app.visits (who) VALUES ('a'), ('b')")
+        await eventually(lambda: _followed(db, "visits"), 30, "visits in SQLite", d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
         r = run_cli(cfg, "rollback")
         assert r.returncode == 0, r.stdout + r.stderr
@@ -151,3 +152,36 @@ async def test_an_identity_generated_always_in_postgres_takes_sqlite_rows_after_
         assert await pg_rows(pg_dsn, "SELECT id, who FROM app.visits ORDER BY id") == \
             [(1, "changed in sqlite"), (2, "b"), (3, "from sqlite")]
         assert "GENERATED ALWAYS" not in d.log()
+
+
+async def _followed(db, table: str) -> bool:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone() is not None
+    finally:
+        conn.close()
+
+
+async def test_a_table_made_in_postgres_that_sqlite_does_not_follow_yet_refuses_the_rollback(
+        tmp_path, make_config, pg_dsn):
+    """A table the application made in Postgres that the way back has not taken up yet
+    (no daemon ran since): SQLite has none of its rows, and the verification compares
+    SQLite's tables; the rollback refuses, naming it, instead of switching back without it."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    await pg_rows(pg_dsn, "CREATE TABLE app.late (id bigint PRIMARY KEY, body text)")
+    await pg_rows(pg_dsn, "INSERT INTO app.late VALUES (1, 'only in Postgres')")
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'REFUSED: table "late" exists in Postgres and SQLite does not follow it yet' in r.stdout, r.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await eventually(lambda: _followed(db, "late"), 30, "late in SQLite", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "verified equal: 3 row(s) in 2 table(s)" in r.stdout, r.stdout
