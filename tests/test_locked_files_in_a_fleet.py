@@ -50,6 +50,23 @@ def write(path, value: str) -> None:
     conn.close()
 
 
+async def healthy_waits(pg, d, healthy: list, changes: int) -> list[float]:
+    """Seconds from each of `changes` writes, spread over the `healthy` files, until
+    Postgres holds it."""
+    waits = []
+    for i in range(changes):
+        p = healthy[i % len(healthy)]
+        marker = f"change {i}"
+        write(p, marker)
+        written = time.monotonic()
+        while not await pg.fetchval(f'SELECT count(*) FROM "{p.stem}".items WHERE v = $1', marker):
+            assert time.monotonic() - written < 60, f"{marker} of {p.name} never reached Postgres"
+            assert d.alive(), d.log()[-3000:]
+            await asyncio.sleep(0.02)
+        waits.append(time.monotonic() - written)
+    return waits
+
+
 async def test_files_locked_by_their_applications_do_not_stall_the_others(tmp_path, make_config, pg_dsn):
     files = tmp_path / "files"
     files.mkdir()
@@ -71,17 +88,7 @@ async def test_files_locked_by_their_applications_do_not_stall_the_others(tmp_pa
                 assert h.stdout.readline().strip() == "locked"
             # Each locked file now costs the daemon a read that cannot succeed; the
             # healthy files' changes must still show up promptly.
-            waits = []
-            for i in range(12):
-                p = healthy[i % HEALTHY]
-                marker = f"change {i}"
-                write(p, marker)
-                written = time.monotonic()
-                while not await pg.fetchval(f'SELECT count(*) FROM "{p.stem}".items WHERE v = $1', marker):
-                    assert time.monotonic() - written < 60, f"{marker} of {p.name} never reached Postgres"
-                    assert d.alive(), d.log()[-3000:]
-                    await asyncio.sleep(0.02)
-                waits.append(time.monotonic() - written)
+            waits = await healthy_waits(pg, d, healthy[:HEALTHY], 12)
             # A generous bound: waiting on a locked file costs seconds per read (its busy
             # timeout); polls and batch reads of healthy files take milliseconds.
             assert max(waits) < 2.0, waits
@@ -146,17 +153,7 @@ async def test_many_locked_files_do_not_stall_the_others(tmp_path, make_config, 
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert holder.stdout.readline().strip() == "locked"
             await asyncio.sleep(5)  # every locked file's reads are waiting on their locks by now
-            waits = []
-            for i in range(20):
-                p = healthy[i % MANY_HEALTHY]
-                marker = f"change {i}"
-                write(p, marker)
-                written = time.monotonic()
-                while not await pg.fetchval(f'SELECT count(*) FROM "{p.stem}".items WHERE v = $1', marker):
-                    assert time.monotonic() - written < 60, f"{marker} of {p.name} never reached Postgres"
-                    assert d.alive(), d.log()[-3000:]
-                    await asyncio.sleep(0.02)
-                waits.append(time.monotonic() - written)
+            waits = await healthy_waits(pg, d, healthy[:MANY_HEALTHY], 20)
             # A generous bound: a read of a locked file waits seconds (its busy timeout);
             # the healthy files' polls and batches take milliseconds.
             assert max(waits) < 2.0, waits

@@ -14,6 +14,12 @@ import pytest
 from syncd.sqlite.connection import THREADS, SourceFileError, SqliteWorker
 
 
+def new_file(path):
+    """A SQLite file with one empty table."""
+    sqlite3.connect(path).execute("CREATE TABLE t (v)").connection.commit()
+    return path
+
+
 def _pool_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("sqlite-")]
 
@@ -169,10 +175,6 @@ async def test_threads_started_for_locked_files_end_while_other_files_keep_worki
 
     monkeypatch.setattr(connection, "EXTRA_IDLE_SECONDS", 0.5)
 
-    def new_file(path):
-        sqlite3.connect(path).execute("CREATE TABLE t (v)").connection.commit()
-        return path
-
     holders, locked = [], []
     for i in range(THREADS.size + 6):
         db = new_file(tmp_path / f"locked{i}.db")
@@ -215,10 +217,6 @@ async def test_more_locked_files_than_any_fixed_number_of_threads(tmp_path):
     """However many files their applications keep locked, each waiting out its busy
     timeout on a thread, another file's call still runs at once: the pool keeps a thread
     for it beside every stuck one."""
-    def new_file(path):
-        sqlite3.connect(path).execute("CREATE TABLE t (v)").connection.commit()
-        return path
-
     holders, locked = [], []
     for i in range(THREADS.size + 80):
         db = new_file(tmp_path / f"locked{i}.db")
@@ -254,10 +252,6 @@ async def test_a_deep_queue_behind_a_few_slow_calls_does_not_start_a_thread_per_
     """A fleet's first catch-up queues a call for every file; a few slow ones ahead of
     them (a large table read, a slow disk) make the pool grow, at most doubling while its
     threads all stay stuck, not by a thread for every file queued."""
-    def new_file(path):
-        sqlite3.connect(path).execute("CREATE TABLE t (v)").connection.commit()
-        return path
-
     before = THREADS.threads
     slow = [SqliteWorker(new_file(tmp_path / f"slow{i}.db"), f"slow{i}", 1000)
             for i in range(max(before, THREADS.size))]
