@@ -292,8 +292,7 @@ async def not_followed_yet(conn: asyncpg.Connection, source: SourceSettings, b: 
     owners = await b.owners(conn, source.schema)
     out = []
     for name, pgt in sorted((await tables.read_pg_tables(conn, source.schema)).items()):
-        if (name in known or name.startswith(("_syncd_", "sqlite_")) or not source.wants_table(name)
-                or owners.get(name) not in (None, source.name) or ddl.ASIDE_MARK in name
+        if (name in known or not tables.made_by_the_application(name, source, owners) or ddl.ASIDE_MARK in name
                 or (pgt.parent is not None and pgt.parent_here)):
             continue
         out.append(f'table "{name}" exists in Postgres and SQLite does not follow it yet (made there after the '

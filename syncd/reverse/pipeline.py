@@ -544,8 +544,7 @@ class ReversePipeline:
             typed.setdefault(table, set()).add(column)
         candidates = set(schema.tables) | {n for n, r in rows.items() if r.state != bk.REFUSED}
         # Tables the application created in Postgres after the cutover (no source's replica).
-        candidates |= {n for n in pg_tables if self.source.wants_table(n) and not _internal(n)
-                       and owners.get(n) in (None, s.name)}
+        candidates |= {n for n in pg_tables if tables.made_by_the_application(n, self.source, owners)}
         for name in candidates:
             if name in schema.refused or name in schema.left_out:
                 continue
@@ -975,10 +974,6 @@ class ReversePipeline:
 
 def _utc(t: float | None) -> dt.datetime | None:
     return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc)
-
-
-def _internal(name: str) -> bool:
-    return name.startswith(("_syncd_", "sqlite_"))
 
 
 __all__ = ["ReversePipeline"]

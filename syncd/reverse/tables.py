@@ -63,6 +63,14 @@ class PgTableInfo:
         return next((c for c in self.columns if c.name == name), None)
 
 
+def made_by_the_application(name: str, source, owners: dict[str, str]) -> bool:
+    """Whether a table of the source's schema in Postgres is one the way back takes up
+    as the application's own (created there after the cutover): the source wants it,
+    it is not syncd's or SQLite's, and it is no other source's replica."""
+    return (source.wants_table(name) and not name.startswith(("_syncd_", "sqlite_"))
+            and owners.get(name) in (None, source.name))
+
+
 async def read_pg_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTableInfo]:
     """Every table of `schema` with its columns (type, NOT NULL, default), key and
     partitioning (partitions are tables here too, as Postgres lists them)."""
