@@ -368,30 +368,6 @@ def test_a_time_a_moment_ahead_of_the_report_reads_0_s_ago():
     assert when(now - dt.timedelta(seconds=5), now) == "2026-12-04 03:07 UTC (5 s ago)"
 
 
-def test_a_backup_glob_without_source_says_the_files_are_not_told_apart(tmp_path):
-    """A backup_glob without {source} finds the same files for every source: the
-    evidence must not read as if each source had a backup of its own."""
-    from syncd.report.backups import find_backups
-    from syncd.report.checklist import backup
-    from syncd.report.facts import MigrationFacts, SourceFacts
-    (tmp_path / "backups").mkdir()
-    (tmp_path / "backups" / "sales-2026-12-02.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
-    now = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
-
-    def judged(pattern, *names):
-        sources = [SourceFacts(n, f"{n}.db", n, backup=find_backups(pattern, n, tmp_path, now)) for n in names]
-        return backup(MigrationFacts(now, None, sources, [], 14, 30, 3600, pattern, 30))
-
-    item = judged("backups/*.db", "sales", "markets")
-    assert item.ok and len(item.evidence) == 2
-    assert all("sales-2026-12-02.db" in line and "backup_glob has no {source}" in line for line in item.evidence), \
-        item.evidence
-    assert "{source}" not in " ".join(judged("backups/*.db", "sales").evidence)  # one source: nothing to tell apart
-    item = judged("backups/{source}-*.db", "sales", "markets")
-    assert not item.ok and item.problems == [f"markets: no backup matches {tmp_path}/backups/markets-*.db"]
-    assert "{source}" not in " ".join(item.evidence)
-
-
 def test_the_headline_after_cutovers_says_where_sqlite_still_follows():
     from syncd.report.checklist import headline, not_judged_text
     from syncd.report.facts import TO_SQLITE, MigrationFacts, SourceFacts

@@ -1,11 +1,16 @@
 """Evidence of SQLite backups: the files `[cutover] backup_glob` matches.
 
 The pattern is relative to the configuration file's directory and may name the
-source as `{source}` (one pattern, one backup set per source); without it every
-source is judged by the same set of files. A backup counts as recent when the newest
-matching file was modified less than `[cutover] backup_max_age_days` ago: the
-runbook keeps backups for that long, so an older newest file means the backup job
-stopped.
+source as `{source}` (one pattern, one backup set per source). A backup counts as
+recent when the newest matching file credited to the source was modified less than
+`[cutover] backup_max_age_days` ago: the runbook keeps backups for that long, so an
+older newest file means the backup job stopped.
+
+A file is credited by what it holds, not by its name alone: a copy of another source
+(the capture id syncd wrote into that file, or the other source's tables) is never
+evidence for this one, whatever the pattern says. A file syncd cannot open as a plain
+SQLite database (compressed, say) is credited only where the pattern names `{source}`
+or there is one source; otherwise nothing tells whose it is.
 """
 
 from __future__ import annotations
@@ -13,10 +18,22 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import os
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
+
+from syncd.identifiers import quote_ident
+from syncd.sqlite.capture import META
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What tells one SQLite file's content from another's."""
+    capture_id: str | None  # written by syncd's capture into the file (None: never installed there)
+    tables: frozenset[str]  # the application's tables, folded to lower case
 
 
 @dataclass
@@ -28,19 +45,110 @@ class BackupFacts:
     newest_bytes: int | None
     newest_is_sqlite: bool | None  # False: compressed or not a database (still counted)
     oldest_age_days: float | None
-    not_counted: list[str] = field(default_factory=list)  # matched, yet no backup: empty, or the live file
+    not_counted: list[str] = field(default_factory=list)  # matched, yet no backup of this source, and why
+    others: int = 0  # matched a pattern without {source}: plainly other sources' backups (not listed)
 
 
-def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: Path | None = None) -> BackupFacts:
+_identities: dict[tuple[str, int, int], Identity | None] = {}  # (realpath, mtime_ns, size) -> identity
+
+
+def identity(path: str | Path, live: bool = False) -> Identity | None:
+    """The file's identity, or None where it is no SQLite database syncd can read. A
+    backup is opened immutable (nothing written beside it, not even a -shm) and
+    remembered while its size and time stay; a live file is read as it is now."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    if not live and key in _identities:
+        return _identities[key]
+    found = _read_identity(path, live)
+    if not live:
+        if len(_identities) > 4096:
+            _identities.clear()
+        _identities[key] = found
+    return found
+
+
+def _read_identity(path: str | Path, live: bool) -> Identity | None:
+    mode = "mode=ro" if live else "mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?{mode}", uri=True, timeout=5, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")]
+        capture_id = None
+        if META in names:
+            row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = 'capture_id'").fetchone()
+            capture_id = row[0] if row else None
+        tables = frozenset(n.lower() for n in names if not n.lower().startswith(("_syncd", "sqlite_")))
+        return Identity(capture_id, tables)
+    except sqlite3.Error:  # not a database, encrypted, or compressed behind a SQLite-looking name
+        return None
+    finally:
+        conn.close()
+
+
+def _likeness(a: Identity, b: Identity) -> float:
+    """How much of two files' tables they share (0: none, 1: the same tables)."""
+    if not a.tables or not b.tables:
+        return 0.0
+    return len(a.tables & b.tables) / len(a.tables | b.tables)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    why: str  # why the file is no backup of the source
+    of: str | None = None  # the other source it plainly backs up
+
+
+def whose(backup: Identity | None, source: str, sources: dict[str, Identity | None], named: bool) -> Verdict | None:
+    """Why the file is no backup of `source` (None: it is one). `sources`: every
+    configured source's live identity; `named`: the pattern names the source, so the
+    file's name already says whose it is."""
+    mine = sources.get(source)
+    told = named or len(sources) < 2
+    if backup is None:
+        return None if told else Verdict("not a plain SQLite file (compressed?), so nothing tells which source it "
+                                         "backs up; put {source} in backup_glob")
+    if mine is not None and mine.capture_id is not None and backup.capture_id == mine.capture_id:
+        return None
+    if backup.capture_id is not None:
+        for other, ident in sources.items():
+            if other != source and ident is not None and ident.capture_id == backup.capture_id:
+                return Verdict(f"a backup of {other}", other)
+    if mine is None or not mine.tables:
+        return None if told else Verdict("the source's file cannot be read to tell its backups apart")
+    own = _likeness(backup, mine)
+    rivals = sorted(((_likeness(backup, ident), other) for other, ident in sources.items()
+                     if other != source and ident is not None), reverse=True)
+    if rivals and rivals[0][0] > own:
+        return Verdict(f"holds {rivals[0][1]}'s tables rather than {source}'s", rivals[0][1])
+    if own == 0:
+        return Verdict(f"holds none of {source}'s tables")
+    if rivals and rivals[0][0] == own and not told:
+        return Verdict(f"holds the same tables as {rivals[0][1]}, so nothing tells which of the two it backs up; "
+                       "put {source} in backup_glob")
+    return None
+
+
+def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: Path | None = None,
+                 sources: dict[str, Identity | None] | None = None) -> BackupFacts:
     """The backups of `source`; `live`, its database file, is never one (nor its -wal,
     -shm or -journal), however the pattern reads, and an empty file (a backup job that
-    failed half-way) is no backup either."""
+    failed half-way) is no backup either. `sources` (every configured source's live
+    identity, `source`'s among them) lets a file be credited by its content."""
     expanded = pattern.replace("{source}", source)
     full = expanded if os.path.isabs(expanded) else str(base / expanded)
+    if sources is None:
+        sources = {source: identity(live, live=True) if live is not None else None}
+    named = "{source}" in pattern
     # SQLite keeps -wal, -shm and -journal beside the file a symlink leads to
     itself = set() if live is None else {os.path.realpath(live) + s for s in ("", "-wal", "-shm", "-journal")}
-    files, not_counted = [], []
-    for p in glob.glob(full, recursive=True):
+    files, not_counted, others = [], [], 0
+    for p in sorted(glob.glob(full, recursive=True)):
         try:
             st = os.stat(p)
         except OSError:
@@ -51,14 +159,19 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
             not_counted.append(f"{p} (the live database)")
         elif st.st_size == 0:
             not_counted.append(f"{p} (empty)")
+        elif (no := whose(identity(p), source, sources, named)) is not None:
+            if not named and no.of is not None:
+                others += 1  # a shared folder: the other sources' own backups, each credited there
+            else:
+                not_counted.append(f"{p} ({no.why})")
         else:
             files.append((st.st_mtime, st.st_size, p))
     if not files:
-        return BackupFacts(full, 0, None, None, None, None, None, not_counted)
+        return BackupFacts(full, 0, None, None, None, None, None, not_counted, others)
     files.sort()
     mtime, size, newest = files[-1]
     age = lambda t: (now.timestamp() - t) / 86400  # noqa: E731
-    return BackupFacts(full, len(files), newest, age(mtime), size, _is_sqlite(newest), age(files[0][0]), not_counted)
+    return BackupFacts(full, len(files), newest, age(mtime), size, _is_sqlite(newest), age(files[0][0]), not_counted, others)
 
 
 def _is_sqlite(path: str) -> bool | None:

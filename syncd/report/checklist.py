@@ -291,13 +291,11 @@ def backup(f: MigrationFacts) -> CheckItem:
                          "set it to where your backups land (e.g. \"/var/backups/sqlite/{source}-*.db\")"]
         return item
     bad, good = [], []
-    # Without {source} every source finds the same files: say so, lest each line read as
-    # that source's own backup.
-    shared = "" if "{source}" in f.backup_glob or len(f.sources) < 2 else \
-        "; the same files for every source (backup_glob has no {source}, so they are not told apart)"
     for s in f.sources:
         b = s.backup
         skipped = f"; not counted: {', '.join(b.not_counted)}" if b is not None and b.not_counted else ""
+        if b is not None and b.others:
+            skipped += f"; {b.others} other file(s) matched hold other sources' backups"
         if b is None or b.count == 0:
             bad.append(f"{s.name}: no backup matches {b.pattern if b else f.backup_glob}{skipped}")
             continue
@@ -305,7 +303,7 @@ def backup(f: MigrationFacts) -> CheckItem:
                 f"{b.count} file(s), oldest {_days(b.oldest_age_days)} old")
         if b.newest_is_sqlite is False:
             what += "; not a plain SQLite file (compressed?)"
-        what += skipped + shared
+        what += skipped
         if b.newest_age_days is not None and b.newest_age_days < f.backup_max_age_days:
             good.append(f"{s.name}: {what}")
         else:

@@ -25,7 +25,8 @@ from syncd.identifiers import qualified, quote_ident
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping
 from syncd.postgres.connect import close_quietly, connect
-from syncd.report.backups import BackupFacts, find_backups
+from syncd.report import backups
+from syncd.report.backups import BackupFacts
 from syncd.sqlite import capture, disk_guard
 from syncd.sqlite.introspect import introspect
 from syncd.sqlite.leftout import LeftOut
@@ -170,6 +171,7 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
             sources.append(await _source(settings, source, conns[dsn], status.get(source.name), now,
                                          parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
                                          lookups=lookups))
+        await asyncio.to_thread(_backups, settings, sources, now)
         c = settings.cutover
         window_start = history_window(sources, now, c.min_days)
         runs: list[VerifyRun] = []
@@ -307,10 +309,18 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                 summary.left_out_entries(facts.parity.items) + facts.parity.missing_entries()
     facts.capture_suspended = side.suspended if side else None
     facts.lag = _lag(live, facts, side.pending if side else None, now, way_back, unanswered(settings.metrics))
-    if settings.cutover.backup_glob:
-        base = settings.config_path.parent if settings.config_path else Path.cwd()
-        facts.backup = find_backups(settings.cutover.backup_glob, source.name, base, now, source.path)
     return facts
+
+
+def _backups(settings: Settings, sources: list[SourceFacts], now: dt.datetime) -> None:
+    """Each source's backups, told apart by what the files hold (every source's live
+    file read once)."""
+    if not settings.cutover.backup_glob:
+        return
+    base = settings.config_path.parent if settings.config_path else Path.cwd()
+    live = {s.name: backups.identity(s.path, live=True) for s in settings.sources}
+    for facts, source in zip(sources, settings.sources):
+        facts.backup = backups.find_backups(settings.cutover.backup_glob, source.name, base, now, source.path, live)
 
 
 async def _has_column(pg: asyncpg.Connection, schema: str, table: str, column: str) -> bool:

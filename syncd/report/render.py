@@ -66,7 +66,9 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
             "- *Foreign keys*: rows whose foreign key names no parent row, counted in Postgres per foreign key "
             "SQLite declares (SQLite enforces them only when the application turns them on).",
             "- *Backup*: files matching `[cutover] backup_glob` (relative to the configuration file, `{source}` "
-            "for the source's name); the newest must be younger than `[cutover] backup_max_age_days`. Without "
+            "for the source's name), each credited to the source whose capture id or tables it holds (a copy "
+            "of another source never counts; a compressed file counts only where the pattern names `{source}` "
+            "or there is one source); the newest must be younger than `[cutover] backup_max_age_days`. Without "
             "`backup_glob` there is no evidence of a backup, so the item is not met.",
             ""]
     # Each entry is one line; a name or reason holding a line break must not add one.

@@ -1,0 +1,131 @@
+"""The checklist's backup item credits a file to a source by what the file holds: a copy
+of another source is no backup of this one, whatever its name or the pattern says, and
+files a pattern without {source} matches for every source are told apart by content."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import os
+import shutil
+import sqlite3
+import time
+
+from syncd.report.backups import find_backups, identity
+from syncd.report.checklist import backup
+from syncd.report.facts import MigrationFacts, SourceFacts
+from syncd.sqlite import capture
+
+SCHEMAS = {
+    "sales": "CREATE TABLE deals (id INTEGER PRIMARY KEY, amount REAL); CREATE TABLE contacts (id INTEGER PRIMARY KEY);"
+             "INSERT INTO deals VALUES (1, 1158000);",
+    "markets": "CREATE TABLE regions (code TEXT PRIMARY KEY, name TEXT); INSERT INTO regions VALUES ('eu', 'Europe');",
+}
+
+
+def make_source(path, name: str, installed: bool) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript(SCHEMAS[name])
+    if installed:
+        capture.install_base(conn, 5000)  # what `syncd init` writes first: the capture id among it
+    conn.close()
+
+
+def take_backup(live, dest, days_old: float) -> None:
+    """As a nightly job would: SQLite's online backup of the live file."""
+    src, dst = sqlite3.connect(live), sqlite3.connect(dest)
+    src.backup(dst)
+    src.close(), dst.close()
+    os.utime(dest, (time.time() - days_old * 86400,) * 2)
+
+
+def judged(tmp_path, pattern: str, names=("sales", "markets")):
+    now = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
+    live = {n: identity(tmp_path / f"{n}.db", live=True) for n in names}
+    sources = [SourceFacts(n, str(tmp_path / f"{n}.db"), n,
+                           backup=find_backups(pattern, n, tmp_path, now, tmp_path / f"{n}.db", live))
+               for n in names]
+    item = backup(MigrationFacts(now, None, sources, [], 14, 30, 3600, pattern, 30))
+    return item, {s.name: s.backup for s in sources}
+
+
+def test_a_shared_backup_folder_credits_each_file_to_the_source_it_copies(tmp_path):
+    for name in SCHEMAS:
+        make_source(tmp_path / f"{name}.db", name, installed=True)
+    (tmp_path / "backups").mkdir()
+    take_backup(tmp_path / "sales.db", tmp_path / "backups" / "nightly-1.db", 3)
+    take_backup(tmp_path / "markets.db", tmp_path / "backups" / "nightly-2.db", 1)
+
+    item, found = judged(tmp_path, "backups/*.db")
+    assert item.ok, item.problems
+    assert (found["sales"].count, found["sales"].newest) == (1, str(tmp_path / "backups" / "nightly-1.db"))
+    assert (found["markets"].count, found["markets"].newest) == (1, str(tmp_path / "backups" / "nightly-2.db"))
+    assert all("1 other file(s) matched hold other sources' backups" in line for line in item.evidence), item.evidence
+    # Reading a backup leaves nothing beside it (no -wal, no -shm): it is opened immutable.
+    assert sorted(p.name for p in (tmp_path / "backups").iterdir()) == ["nightly-1.db", "nightly-2.db"]
+
+    # Only markets is backed up: sales has no backup, though the folder holds a fresh file.
+    (tmp_path / "backups" / "nightly-1.db").unlink()
+    item, found = judged(tmp_path, "backups/*.db")
+    assert not item.ok and found["sales"].count == 0
+    assert item.problems == [f"sales: no backup matches {tmp_path}/backups/*.db; "
+                             "1 other file(s) matched hold other sources' backups"], item.problems
+
+
+def test_a_file_named_for_one_source_that_copies_another_is_not_counted(tmp_path):
+    for name in SCHEMAS:
+        make_source(tmp_path / f"{name}.db", name, installed=True)
+    (tmp_path / "backups").mkdir()
+    take_backup(tmp_path / "sales.db", tmp_path / "backups" / "sales-old.db", 40)
+    take_backup(tmp_path / "markets.db", tmp_path / "backups" / "sales-new.db", 1)  # the job copied the wrong file
+
+    item, found = judged(tmp_path, "backups/{source}-*.db")
+    assert found["sales"].count == 1 and found["sales"].newest.endswith("sales-old.db")
+    assert found["sales"].not_counted == [f"{tmp_path}/backups/sales-new.db (a backup of markets)"]
+    sales = [line for line in item.problems if line.startswith("sales:")]
+    assert len(sales) == 1 and sales[0].startswith("sales: too old: newest ") and "(a backup of markets)" in sales[0]
+
+
+def test_backups_taken_before_syncd_was_installed_are_told_apart_by_their_tables(tmp_path):
+    for name in SCHEMAS:
+        make_source(tmp_path / f"{name}.db", name, installed=False)
+    (tmp_path / "backups").mkdir()
+    take_backup(tmp_path / "sales.db", tmp_path / "backups" / "a.db", 2)
+    take_backup(tmp_path / "markets.db", tmp_path / "backups" / "b.db", 2)
+    for name in SCHEMAS:  # syncd arrives after the backups were taken
+        conn = sqlite3.connect(tmp_path / f"{name}.db", isolation_level=None)
+        capture.install_base(conn, 5000)
+        conn.close()
+    (tmp_path / "backups" / "stray.db").write_bytes(b"")
+    conn = sqlite3.connect(tmp_path / "backups" / "other-app.db")
+    conn.execute("CREATE TABLE sessions (token TEXT)")
+    conn.close()
+
+    item, found = judged(tmp_path, "backups/*.db")
+    assert item.ok, item.problems
+    assert found["sales"].newest.endswith("/a.db") and found["markets"].newest.endswith("/b.db")
+    assert f"{tmp_path}/backups/other-app.db (holds none of sales's tables)" in found["sales"].not_counted
+    assert f"{tmp_path}/backups/stray.db (empty)" in found["sales"].not_counted
+
+
+def test_a_compressed_backup_counts_only_where_the_pattern_names_the_source(tmp_path):
+    for name in SCHEMAS:
+        make_source(tmp_path / f"{name}.db", name, installed=True)
+    (tmp_path / "backups").mkdir()
+    for name in SCHEMAS:
+        take_backup(tmp_path / f"{name}.db", tmp_path / f"{name}.copy", 0)
+        with open(tmp_path / f"{name}.copy", "rb") as f, gzip.open(tmp_path / "backups" / f"{name}-1.db.gz", "wb") as g:
+            shutil.copyfileobj(f, g)
+
+    item, found = judged(tmp_path, "backups/{source}-*.db.gz")
+    assert item.ok and found["sales"].newest.endswith("sales-1.db.gz") and found["sales"].newest_is_sqlite is False
+    assert all("not a plain SQLite file (compressed?)" in line for line in item.evidence), item.evidence
+
+    item, found = judged(tmp_path, "backups/*.db.gz")
+    assert not item.ok and found["sales"].count == 0 and found["markets"].count == 0
+    assert any("sales-1.db.gz (not a plain SQLite file (compressed?), so nothing tells which source it backs up; "
+               "put {source} in backup_glob)" in line for line in item.problems), item.problems
+
+    item, found = judged(tmp_path, "backups/sales-*.db.gz", names=("sales",))  # one source: nothing to tell apart
+    assert item.ok and found["sales"].count == 1
