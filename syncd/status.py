@@ -50,6 +50,7 @@ class TableStatus:
     last_verify_error: str | None = None
     last_verify_uncompared: str | None = None  # the last check compared nothing: why
     last_compared_at: str | None = None  # the last check that compared the table (and did not fail)
+    copied_at: str | None = None  # its rows last copied into Postgres (a load, a reload): older checks do not count
 
 
 @dataclass
@@ -206,21 +207,25 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
                                   f"FROM {q}.sources WHERE source = ANY($1::text[])", names):
             out[r[0]].src = tuple(r[1:5])
             out[r[0]].failing = tuple(r[5:]) if r[5] is not None else None
-        for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total, from_seq "
-                                  f"FROM {q}.tables WHERE source = ANY($1::text[])", names):
+        for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total, from_seq, "
+                                  f"snapshot_finished_at FROM {q}.tables WHERE source = ANY($1::text[])", names):
             out[r[0]].tables.append(tuple(r[1:]))
         # The last run, and the last that compared (a run that compared nothing, a table
         # not streaming when it ran, is no check: its time does not make one recent).
+        # Runs begun before the table's rows were last copied (a reload) judged rows
+        # that are gone: they are not its consistency now.
         for r in await conn.fetch(
                 f"""SELECT t.source, t.table_name, v.finished_at, v.missing + v.extra + v.different, v.error,
                            CASE WHEN v.full_check THEN NULL
                                 ELSE coalesce(v.detail::json->>'reason', 'no reason recorded') END,
                            (SELECT max(c.finished_at) FROM {q}.verify_runs c WHERE c.source = t.source
-                            AND c.table_name = t.table_name AND c.full_check AND c.error IS NULL)
+                            AND c.table_name = t.table_name AND c.full_check AND c.error IS NULL
+                            AND c.started_at >= coalesce(t.snapshot_finished_at, '-infinity'))
                     FROM {q}.tables t CROSS JOIN LATERAL (
                         SELECT finished_at, missing, extra, different, error, full_check, detail
                         FROM {q}.verify_runs r
                         WHERE r.source = t.source AND r.table_name = t.table_name
+                          AND r.started_at >= coalesce(t.snapshot_finished_at, '-infinity')
                         ORDER BY finished_at DESC LIMIT 1) v
                     WHERE t.source = ANY($1::text[])""", names):
             out[r[0]].verify[r[1]] = tuple(r[2:])
@@ -311,8 +316,8 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     if st.direction == TO_SQLITE and st.postgres_reachable:
         await _way_back(settings, source, st)
 
-    for name, state, reason, snap_rows, snap_total, _from in sorted(pg.tables):
-        t = TableStatus(name=name, state=state, reason=reason)
+    for name, state, reason, snap_rows, snap_total, _from, copied_at in sorted(pg.tables):
+        t = TableStatus(name=name, state=state, reason=reason, copied_at=_iso(copied_at))
         if state in (bk.LOADING, bk.PENDING):
             t.snapshot_rows, t.snapshot_total = snap_rows, snap_total
         if name in pg.verify:
@@ -455,7 +460,8 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
             p.append(Problem("warning", f'table "{t.name}": last consistency check compared nothing: '
                                         f"{t.last_verify_uncompared}"))
         elif t.last_compared_at is None:
-            p.append(Problem("warning", f'table "{t.name}": consistency not checked yet'))
+            since = f" since its rows were copied into Postgres ({t.copied_at})" if t.copied_at else " yet"
+            p.append(Problem("warning", f'table "{t.name}": consistency not checked{since}'))
         else:
             age = (now - dt.datetime.fromisoformat(t.last_compared_at)).total_seconds()
             if age > limits.verify_max_age_seconds:

@@ -290,3 +290,41 @@ async def test_another_configurations_daemon_on_the_port_is_not_taken_for_ours(t
         assert theirs["state"] != "streaming" and theirs["pending_changes"] >= 1, theirs
         assert d.stop() == 0
     await _admin(pg_server, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+
+
+async def test_a_check_made_before_a_table_was_copied_again_is_not_its_consistency(tmp_path, make_config, pg_dsn):
+    """After a reload (`syncd resync`) the rows a consistency check compared are gone:
+    `syncd status` says the table is not checked since its copy, not "ok" from before,
+    until a check compares the new copy."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 86400}})
+
+    def table_t():
+        r = run_cli(cfg, "status", "--json")
+        src = json.loads(r.stdout)["sources"][0]
+        return next(t for t in src["tables"] if t["name"] == "t"), [p["message"] for p in src["problems"]]
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        t, problems = table_t()
+        first_copy = t["copied_at"]
+        assert t["last_compared_at"] is not None and t["last_verify_differences"] == 0, t
+        assert not any("consistency" in m for m in problems), problems
+
+        time.sleep(1.1)  # the copy's time, to the second, after the check's
+        r = run_cli(cfg, "resync", "--source", "app", "--table", "t")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: (lambda t: t["state"] == "streaming" and t["copied_at"] != first_copy)(table_t()[0]),
+                 60, "t copied again")
+        t, problems = table_t()
+        assert (t["last_compared_at"], t["last_verify_at"]) == (None, None), t
+        assert f'table "t": consistency not checked since its rows were copied into Postgres ({t["copied_at"]})' \
+            in problems, problems
+
+        assert run_cli(cfg, "verify").returncode == 0
+        t, problems = table_t()
+        assert t["last_compared_at"] is not None and not any("consistency" in m for m in problems), problems
