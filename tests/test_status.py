@@ -295,7 +295,8 @@ async def test_another_configurations_daemon_on_the_port_is_not_taken_for_ours(t
 async def test_a_check_made_before_a_table_was_copied_again_is_not_its_consistency(tmp_path, make_config, pg_dsn):
     """After a reload (`syncd resync`) the rows a consistency check compared are gone:
     `syncd status` says the table is not checked since its copy, not "ok" from before,
-    until a check compares the new copy."""
+    and the report does not count that check as the table's validation, until a check
+    compares the new copy."""
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db)
     conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
@@ -307,6 +308,10 @@ async def test_a_check_made_before_a_table_was_copied_again_is_not_its_consisten
         src = json.loads(r.stdout)["sources"][0]
         return next(t for t in src["tables"] if t["name"] == "t"), [p["message"] for p in src["problems"]]
 
+    def migrated():  # the report's "all data migrated and validated" item
+        doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+        return next(i for i in doc["checklist"] if i["key"] == "migrated")
+
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert run_cli(cfg, "verify").returncode == 0
@@ -314,6 +319,7 @@ async def test_a_check_made_before_a_table_was_copied_again_is_not_its_consisten
         first_copy = t["copied_at"]
         assert t["last_compared_at"] is not None and t["last_verify_differences"] == 0, t
         assert not any("consistency" in m for m in problems), problems
+        assert migrated()["ok"]
 
         time.sleep(1.1)  # the copy's time, to the second, after the check's
         r = run_cli(cfg, "resync", "--source", "app", "--table", "t")
@@ -324,7 +330,12 @@ async def test_a_check_made_before_a_table_was_copied_again_is_not_its_consisten
         assert (t["last_compared_at"], t["last_verify_at"]) == (None, None), t
         assert f'table "t": consistency not checked since its rows were copied into Postgres ({t["copied_at"]})' \
             in problems, problems
+        item = migrated()
+        assert not item["ok"] and len(item["problems"]) == 1, item
+        assert item["problems"][0].startswith("app.t: not verified since its rows were copied into Postgres again at "), \
+            item
 
         assert run_cli(cfg, "verify").returncode == 0
         t, problems = table_t()
         assert t["last_compared_at"] is not None and not any("consistency" in m for m in problems), problems
+        assert migrated()["ok"]

@@ -105,6 +105,10 @@ def migrated(f: MigrationFacts) -> CheckItem:
                 pass  # it cannot have been compared: its state says why
             elif last is None:
                 problems.append("never verified")
+            elif t.copied_at is not None and last.started_at < t.copied_at:
+                problems.append(f"not verified since its rows were copied into Postgres again at "
+                                f"{_when(t.copied_at, f.generated_at)} (the last verification compared rows "
+                                "that are gone)")
             elif not last.clean:
                 problems.append(f"last verification {_when(last.finished_at, f.generated_at)}: {last.outcome()}")
             elif _age_seconds(last.finished_at, f.generated_at) > f.verify_max_age_seconds:

@@ -51,6 +51,7 @@ class TableFacts:
     # they may take from it): distinct keys inserted (and keys moved to, as many as keys
     # moved from), distinct keys deleted. An UPDATE in place moves no count. None: unknown.
     in_flight: tuple[int, int] | None = (0, 0)
+    copied_at: dt.datetime | None = None  # its rows last copied into Postgres (a load, a reload)
 
     @property
     def last_run(self) -> VerifyRun | None:
@@ -284,6 +285,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             name=name, state=row.state if row else None, reason=row.reason if row else None,
             rows_sqlite=side.tables.get(name) if side else None, rows_postgres=pg_counts.get(name),
             captured=captured, capture_note=note, in_flight=in_flight,
+            copied_at=row.snapshot_finished_at if row else None,
         ))
     facts.left_out = side.left_out if side else []
     if side is not None:
