@@ -109,6 +109,7 @@ async def ready_migration(app_db, make_config, pg_dsn, tmp_path) -> Path:
                       extra=verify_section() + '[cutover]\nbackup_glob = "backups/{source}-*.db"\n')
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     await pg_execute(pg_dsn, "UPDATE syncd.sources SET streaming_since = $1", ago(days=20))
+    await pg_execute(pg_dsn, "UPDATE syncd.tables SET snapshot_finished_at = $1", ago(days=20))  # loaded then
     for half_day in range(40, 0, -1):
         await add_run(pg_dsn, "items", ago(hours=12 * half_day), 1000)
         await add_run(pg_dsn, "notes", ago(hours=12 * half_day), 50)
