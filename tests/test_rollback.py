@@ -400,6 +400,16 @@ async def test_keys_sqlite_holds_apart_are_never_merged_after_a_rollback(tmp_pat
         assert await pg_rows(pg_dsn, "SELECT name, uses FROM app.tags ORDER BY uses") == [
             ("SALES", "moved"), ("é", "small")]  # the delete of 'É' did not take 'é' along
         assert await pg_rows(pg_dsn, 'SELECT a, b FROM app.pairs ORDER BY a COLLATE "C"') == [("x", "y"), ("é", "y")]
+        # Two spellings new to Postgres in one transaction, so in one batch: named alike.
+        app.executescript("BEGIN; INSERT INTO tags VALUES ('ü', 'small'); INSERT INTO tags VALUES ('Ü', 'capital'); "
+                          "COMMIT;")
+        await eventually(lambda: _held(pg_dsn, "tags"), 30, "tags held", d)
+        reasons = dict(await pg_rows(pg_dsn, "SELECT table_name, reason FROM syncd.tables WHERE source = 'app'"))
+        assert "SQLite's keys 'ü' and 'Ü' are one key to Postgres" in reasons["tags"], reasons["tags"]
+        app.execute("DELETE FROM tags WHERE name = 'Ü'")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=90)
+        assert await pg_rows(pg_dsn, "SELECT name, uses FROM app.tags ORDER BY uses") == [
+            ("SALES", "moved"), ("é", "small"), ("ü", "small")]
         assert d.stop() == 0
     assert run_cli(cfg, "verify").returncode == 0
 

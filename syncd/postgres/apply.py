@@ -111,10 +111,7 @@ class TableWriter:
         column compares case-insensitively in Postgres) and were not written: refused,
         so no two SQLite rows are ever merged into one; for one row, naming both keys
         (the hold's search narrows a batch down to the row)."""
-        why = ("are one key to Postgres, whose key column compares them alike (a case-insensitive collation or "
-               "citext, as a cutover's COLLATE NOCASE makes it), while SQLite holds them apart; nothing was merged: "
-               "make the key column exact again in Postgres (ALTER TABLE ... ALTER COLUMN ... TYPE text COLLATE "
-               '"default"), or change one of the keys in SQLite, and the table resumes')
+        why = ONE_KEY_TO_POSTGRES
         if len(records) > 1:
             raise KeySpellingClash(f"of {len(records)} rows, one or more and a row Postgres holds under another "
                                    f"spelling of the key {why}")
@@ -141,6 +138,14 @@ class TableWriter:
         schema, name = into or (self.schema, self.spec.name)
         await conn.copy_records_to_table(name, records=records, columns=list(self.spec.column_names),
                                          schema_name=schema)
+
+
+ONE_KEY_TO_POSTGRES = (
+    "are one key to Postgres, whose key column compares them alike (a case-insensitive collation or citext, as a "
+    "cutover's COLLATE NOCASE makes it), while SQLite holds them apart; nothing was merged: make the key column exact "
+    'again in Postgres (ALTER TABLE ... ALTER COLUMN ... TYPE text COLLATE "default"), or change one of the keys in '
+    "SQLite, and the table resumes")
+ONE_STATEMENT_TWICE = "21000"  # ON CONFLICT DO UPDATE met one row twice: two keys of the batch are one to Postgres
 
 
 def _show(key: tuple) -> str:
@@ -186,8 +191,8 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
             raise
 
     async def shortest_failing_prefix(rows: list[tuple], err: BaseException,
-                                      is_delete: bool) -> tuple[tuple, BaseException]:
-        """The row ending the shortest prefix of `rows` (which fail) that fails."""
+                                      is_delete: bool) -> tuple[int, BaseException]:
+        """Where the shortest prefix of `rows` (which fail) that fails ends."""
         lo, hi = 1, len(rows)  # rows[:hi] fails
         while lo < hi:
             mid = (lo + hi) // 2
@@ -196,7 +201,19 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
                 hi, err = mid, e
             else:
                 lo = mid + 1
-        return rows[hi - 1], err
+        return hi - 1, err
+
+    async def partner(before: list[tuple], row: tuple) -> tuple:
+        """The row of `before` (which passes) that fails together with `row`: the last
+        one whose suffix of `before`, with `row`, still fails."""
+        lo, hi = 0, len(before)  # before[lo:] + [row] fails; [row] alone passes
+        while lo + 1 < hi:
+            mid = (lo + hi) // 2
+            if await fails(before[mid:] + [row], False) is not None:
+                lo = mid
+            else:
+                hi = mid
+        return before[lo]
 
     for is_delete, rows in ((True, deletes), (False, records)):
         err = await fails(rows, is_delete) if rows else None
@@ -216,7 +233,13 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
             if e is not None:
                 rows, err = rows[half:], e
                 continue
-            row, err = await shortest_failing_prefix(rows, err, is_delete)
+            at, err = await shortest_failing_prefix(rows, err, is_delete)
+            row = rows[at]
+            if not is_delete and copy_into is None and sqlstate(err) == ONE_STATEMENT_TWICE and at > 0:
+                key = tuple(row[i] for i in writer.spec.key_indexes)
+                other = await partner(rows[:at], row)
+                return BadRow(key, f"SQLite's keys {_show(tuple(other[i] for i in writer.spec.key_indexes))} "
+                                   f"and {_show(key)} {ONE_KEY_TO_POSTGRES}")
             break
         else:
             row = rows[0]
