@@ -50,7 +50,7 @@ class TableStatus:
     last_verify_error: str | None = None
     last_verify_uncompared: str | None = None  # the last check compared nothing: why
     last_compared_at: str | None = None  # the last check that compared the table (and did not fail)
-    copied_at: str | None = None  # its rows last copied into Postgres (a load, a reload): older checks do not count
+    copied_at: str | None = None  # its rows last copied (a load, a reload, either way): older checks do not count
 
 
 @dataclass
@@ -460,7 +460,7 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
             p.append(Problem("warning", f'table "{t.name}": last consistency check compared nothing: '
                                         f"{t.last_verify_uncompared}"))
         elif t.last_compared_at is None:
-            since = f" since its rows were copied into Postgres ({t.copied_at})" if t.copied_at else " yet"
+            since = f" since the table was copied ({t.copied_at})" if t.copied_at else " yet"
             p.append(Problem("warning", f'table "{t.name}": consistency not checked{since}'))
         else:
             age = (now - dt.datetime.fromisoformat(t.last_compared_at)).total_seconds()

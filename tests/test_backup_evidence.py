@@ -20,6 +20,7 @@ SCHEMAS = {
     "sales": "CREATE TABLE deals (id INTEGER PRIMARY KEY, amount REAL); CREATE TABLE contacts (id INTEGER PRIMARY KEY);"
              "INSERT INTO deals VALUES (1, 1158000);",
     "markets": "CREATE TABLE regions (code TEXT PRIMARY KEY, name TEXT); INSERT INTO regions VALUES ('eu', 'Europe');",
+    "crm": "CREATE TABLE deals (id INTEGER PRIMARY KEY, amount REAL); CREATE TABLE contacts (id INTEGER PRIMARY KEY);",
 }
 
 
@@ -27,8 +28,15 @@ def make_source(path, name: str, installed: bool) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=wal")
     conn.executescript(SCHEMAS[name])
+    conn.close()
     if installed:
-        capture.install_base(conn, 5000)  # what `syncd init` writes first: the capture id among it
+        install(path)
+
+
+def install(path) -> None:
+    """What `syncd init` writes into the file first: the capture id among it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    capture.install_base(conn, 5000)
     conn.close()
 
 
@@ -51,7 +59,7 @@ def judged(tmp_path, pattern: str, names=("sales", "markets")):
 
 
 def test_a_shared_backup_folder_credits_each_file_to_the_source_it_copies(tmp_path):
-    for name in SCHEMAS:
+    for name in ("sales", "markets"):
         make_source(tmp_path / f"{name}.db", name, installed=True)
     (tmp_path / "backups").mkdir()
     take_backup(tmp_path / "sales.db", tmp_path / "backups" / "nightly-1.db", 3)
@@ -74,7 +82,7 @@ def test_a_shared_backup_folder_credits_each_file_to_the_source_it_copies(tmp_pa
 
 
 def test_a_file_named_for_one_source_that_copies_another_is_not_counted(tmp_path):
-    for name in SCHEMAS:
+    for name in ("sales", "markets"):
         make_source(tmp_path / f"{name}.db", name, installed=True)
     (tmp_path / "backups").mkdir()
     take_backup(tmp_path / "sales.db", tmp_path / "backups" / "sales-old.db", 40)
@@ -88,15 +96,13 @@ def test_a_file_named_for_one_source_that_copies_another_is_not_counted(tmp_path
 
 
 def test_backups_taken_before_syncd_was_installed_are_told_apart_by_their_tables(tmp_path):
-    for name in SCHEMAS:
+    for name in ("sales", "markets"):
         make_source(tmp_path / f"{name}.db", name, installed=False)
     (tmp_path / "backups").mkdir()
     take_backup(tmp_path / "sales.db", tmp_path / "backups" / "a.db", 2)
     take_backup(tmp_path / "markets.db", tmp_path / "backups" / "b.db", 2)
-    for name in SCHEMAS:  # syncd arrives after the backups were taken
-        conn = sqlite3.connect(tmp_path / f"{name}.db", isolation_level=None)
-        capture.install_base(conn, 5000)
-        conn.close()
+    for name in ("sales", "markets"):  # syncd arrives after the backups were taken
+        install(tmp_path / f"{name}.db")
     (tmp_path / "backups" / "stray.db").write_bytes(b"")
     conn = sqlite3.connect(tmp_path / "backups" / "other-app.db")
     conn.execute("CREATE TABLE sessions (token TEXT)")
@@ -110,10 +116,10 @@ def test_backups_taken_before_syncd_was_installed_are_told_apart_by_their_tables
 
 
 def test_a_compressed_backup_counts_only_where_the_pattern_names_the_source(tmp_path):
-    for name in SCHEMAS:
+    for name in ("sales", "markets"):
         make_source(tmp_path / f"{name}.db", name, installed=True)
     (tmp_path / "backups").mkdir()
-    for name in SCHEMAS:
+    for name in ("sales", "markets"):
         take_backup(tmp_path / f"{name}.db", tmp_path / f"{name}.copy", 0)
         with open(tmp_path / f"{name}.copy", "rb") as f, gzip.open(tmp_path / "backups" / f"{name}-1.db.gz", "wb") as g:
             shutil.copyfileobj(f, g)
@@ -129,3 +135,48 @@ def test_a_compressed_backup_counts_only_where_the_pattern_names_the_source(tmp_
 
     item, found = judged(tmp_path, "backups/sales-*.db.gz", names=("sales",))  # one source: nothing to tell apart
     assert item.ok and found["sales"].count == 1
+
+
+def test_sources_sharing_tables_are_told_apart_only_by_name_or_capture_id(tmp_path):
+    """Two sources of one schema (crm gained a table since its backup): without a
+    capture id in the backup, its tables say nothing about whose it is."""
+    for name in ("sales", "crm"):
+        make_source(tmp_path / f"{name}.db", name, installed=False)
+    (tmp_path / "backups").mkdir()
+    take_backup(tmp_path / "crm.db", tmp_path / "backups" / "crm-1.db", 1)
+    conn = sqlite3.connect(tmp_path / "crm.db")
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY)")
+    conn.close()
+    for name in ("sales", "crm"):
+        install(tmp_path / f"{name}.db")
+
+    item, found = judged(tmp_path, "backups/*.db", names=("sales", "crm"))
+    assert not item.ok and found["sales"].count == 0 and found["crm"].count == 0
+    assert found["sales"].not_counted == [f"{tmp_path}/backups/crm-1.db (shares tables with crm and carries no "
+                                          "capture id of either, so nothing tells which it backs up; put {source} "
+                                          "in backup_glob)"]
+
+    item, found = judged(tmp_path, "backups/{source}-*.db", names=("sales", "crm"))  # the name says whose
+    assert found["crm"].count == 1 and found["sales"].count == 0 and found["crm"].not_counted == []
+
+    take_backup(tmp_path / "crm.db", tmp_path / "backups" / "crm-2.db", 0)  # carries crm's capture id now
+    item, found = judged(tmp_path, "backups/*.db", names=("sales", "crm"))
+    assert found["crm"].newest.endswith("crm-2.db") and found["sales"].count == 0 and found["sales"].others == 1
+
+
+def test_another_sources_live_file_is_no_backup_and_a_long_list_is_cut_short(tmp_path):
+    (tmp_path / "data").mkdir()
+    for name in ("sales", "markets"):
+        make_source(tmp_path / "data" / f"{name}.db", name, installed=True)
+    for i in range(8):
+        (tmp_path / "data" / f"junk-{i}.db").write_bytes(b"not a database at all")
+    now = dt.datetime.now(dt.timezone.utc)
+    files = {n: tmp_path / "data" / f"{n}.db" for n in ("sales", "markets")}
+    live = {n: identity(p, live=True) for n, p in files.items()}
+    sources = [SourceFacts(n, str(p), n, backup=find_backups("data/*.db", n, tmp_path, now, p, live, files))
+               for n, p in files.items()]
+    assert f"{tmp_path}/data/markets.db (the live database of markets)" in sources[0].backup.not_counted
+    assert sources[0].backup.others == 0
+    item = backup(MigrationFacts(now, None, sources, [], 14, 30, 3600, "data/*.db", 30))
+    sales = next(line for line in item.problems if line.startswith("sales:"))
+    assert sales.endswith(" and 5 more"), sales  # ten files not counted: five named

@@ -328,11 +328,11 @@ async def test_a_check_made_before_a_table_was_copied_again_is_not_its_consisten
                  60, "t copied again")
         t, problems = table_t()
         assert (t["last_compared_at"], t["last_verify_at"]) == (None, None), t
-        assert f'table "t": consistency not checked since its rows were copied into Postgres ({t["copied_at"]})' \
+        assert f'table "t": consistency not checked since the table was copied ({t["copied_at"]})' \
             in problems, problems
         item = migrated()
         assert not item["ok"] and len(item["problems"]) == 1, item
-        assert item["problems"][0].startswith("app.t: not verified since its rows were copied into Postgres again at "), \
+        assert item["problems"][0].startswith("app.t: not verified since the table was copied again at "), \
             item
 
         assert run_cli(cfg, "verify").returncode == 0

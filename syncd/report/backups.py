@@ -19,6 +19,7 @@ import datetime as dt
 import glob
 import os
 import sqlite3
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -49,7 +50,9 @@ class BackupFacts:
     others: int = 0  # matched a pattern without {source}: plainly other sources' backups (not listed)
 
 
-_identities: dict[tuple[str, int, int], Identity | None] = {}  # (realpath, mtime_ns, size) -> identity
+# (realpath, mtime_ns, size) -> identity, the least recently used dropped past IDENTITIES_KEPT
+_identities: OrderedDict[tuple[str, int, int], Identity | None] = OrderedDict()
+IDENTITIES_KEPT = 100_000
 
 
 def identity(path: str | Path, live: bool = False) -> Identity | None:
@@ -62,12 +65,13 @@ def identity(path: str | Path, live: bool = False) -> Identity | None:
         return None
     key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
     if not live and key in _identities:
+        _identities.move_to_end(key)
         return _identities[key]
     found = _read_identity(path, live)
     if not live:
-        if len(_identities) > 4096:
-            _identities.clear()
         _identities[key] = found
+        if len(_identities) > IDENTITIES_KEPT:
+            _identities.popitem(last=False)
     return found
 
 
@@ -124,22 +128,28 @@ def whose(backup: Identity | None, source: str, sources: dict[str, Identity | No
     own = _likeness(backup, mine)
     rivals = sorted(((_likeness(backup, ident), other) for other, ident in sources.items()
                      if other != source and ident is not None), reverse=True)
-    if rivals and rivals[0][0] > own:
-        return Verdict(f"holds {rivals[0][1]}'s tables rather than {source}'s", rivals[0][1])
     if own == 0:
+        if not named and rivals and rivals[0][0] > 0:
+            return Verdict(f"holds {rivals[0][1]}'s tables rather than {source}'s", rivals[0][1])
         return Verdict(f"holds none of {source}'s tables")
-    if rivals and rivals[0][0] == own and not told:
-        return Verdict(f"holds the same tables as {rivals[0][1]}, so nothing tells which of the two it backs up; "
-                       "put {source} in backup_glob")
+    if named:
+        return None  # its name says whose; only a capture id or tables of no kin overrule it
+    if rivals and rivals[0][0] > 0:
+        # Sources sharing tables (one schema, rolled out at different times, say): tables
+        # tell nothing about whose a backup older than syncd is.
+        return Verdict(f"shares tables with {rivals[0][1]} and carries no capture id of either, so nothing tells "
+                       "which it backs up; put {source} in backup_glob")
     return None
 
 
 def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: Path | None = None,
-                 sources: dict[str, Identity | None] | None = None) -> BackupFacts:
+                 sources: dict[str, Identity | None] | None = None,
+                 live_files: dict[str, Path] | None = None) -> BackupFacts:
     """The backups of `source`; `live`, its database file, is never one (nor its -wal,
-    -shm or -journal), however the pattern reads, and an empty file (a backup job that
-    failed half-way) is no backup either. `sources` (every configured source's live
-    identity, `source`'s among them) lets a file be credited by its content."""
+    -shm or -journal), nor is another source's (`live_files`: name -> file), however
+    the pattern reads, and an empty file (a backup job that failed half-way) is no
+    backup either. `sources` (every configured source's live identity, `source`'s
+    among them) lets a file be credited by its content."""
     expanded = pattern.replace("{source}", source)
     full = expanded if os.path.isabs(expanded) else str(base / expanded)
     if sources is None:
@@ -147,6 +157,8 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
     named = "{source}" in pattern
     # SQLite keeps -wal, -shm and -journal beside the file a symlink leads to
     itself = set() if live is None else {os.path.realpath(live) + s for s in ("", "-wal", "-shm", "-journal")}
+    theirs = {os.path.realpath(path) + s: name for name, path in (live_files or {}).items() if name != source
+              for s in ("", "-wal", "-shm", "-journal")}
     files, not_counted, others = [], [], 0
     for p in sorted(glob.glob(full, recursive=True)):
         try:
@@ -157,6 +169,8 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
             continue
         if os.path.realpath(p) in itself:
             not_counted.append(f"{p} (the live database)")
+        elif os.path.realpath(p) in theirs:
+            not_counted.append(f"{p} (the live database of {theirs[os.path.realpath(p)]})")
         elif st.st_size == 0:
             not_counted.append(f"{p} (empty)")
         elif (no := whose(identity(p), source, sources, named)) is not None:

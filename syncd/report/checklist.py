@@ -106,7 +106,7 @@ def migrated(f: MigrationFacts) -> CheckItem:
             elif last is None:
                 problems.append("never verified")
             elif t.copied_at is not None and last.started_at < t.copied_at:
-                problems.append(f"not verified since its rows were copied into Postgres again at "
+                problems.append(f"not verified since the table was copied again at "
                                 f"{_when(t.copied_at, f.generated_at)} (the last verification compared rows "
                                 "that are gone)")
             elif not last.clean:
@@ -297,7 +297,7 @@ def backup(f: MigrationFacts) -> CheckItem:
     bad, good = [], []
     for s in f.sources:
         b = s.backup
-        skipped = f"; not counted: {', '.join(b.not_counted)}" if b is not None and b.not_counted else ""
+        skipped = f"; not counted: {_some(b.not_counted)}" if b is not None and b.not_counted else ""
         if b is not None and b.others:
             skipped += f"; {b.others} other file(s) matched hold other sources' backups"
         if b is None or b.count == 0:
@@ -450,6 +450,12 @@ def _age_seconds(t: dt.datetime, now: dt.datetime) -> float:
 def _ago(t: dt.datetime, now: dt.datetime) -> str:
     # A time Postgres stamped a moment after the report took its own is no time ago.
     return _duration(max(0.0, _age_seconds(t, now)))
+
+
+def _some(items: list[str], shown: int = 5) -> str:
+    """The first few of a list that may run long (a folder of hundreds of files)."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def _when(t: dt.datetime, now: dt.datetime) -> str:

@@ -51,7 +51,7 @@ class TableFacts:
     # they may take from it): distinct keys inserted (and keys moved to, as many as keys
     # moved from), distinct keys deleted. An UPDATE in place moves no count. None: unknown.
     in_flight: tuple[int, int] | None = (0, 0)
-    copied_at: dt.datetime | None = None  # its rows last copied into Postgres (a load, a reload)
+    copied_at: dt.datetime | None = None  # its rows last copied (a load, a reload, either way)
 
     @property
     def last_run(self) -> VerifyRun | None:
@@ -321,8 +321,10 @@ def _backups(settings: Settings, sources: list[SourceFacts], now: dt.datetime) -
         return
     base = settings.config_path.parent if settings.config_path else Path.cwd()
     live = {s.name: backups.identity(s.path, live=True) for s in settings.sources}
+    files = {s.name: s.path for s in settings.sources}
     for facts, source in zip(sources, settings.sources):
-        facts.backup = backups.find_backups(settings.cutover.backup_glob, source.name, base, now, source.path, live)
+        facts.backup = backups.find_backups(settings.cutover.backup_glob, source.name, base, now, source.path, live,
+                                            files)
 
 
 async def _has_column(pg: asyncpg.Connection, schema: str, table: str, column: str) -> bool:
