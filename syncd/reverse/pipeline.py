@@ -841,7 +841,10 @@ class ReversePipeline:
         """Tables or columns of the target schema changed (the application's DDL in
         Postgres), as capture.table_files reads them: names and types, in column order."""
         shape = {name: list(types.items()) for name, (_file, types) in files.items()}
-        moved = getattr(self, "_pg_shape", None) not in (None, shape)
+        # The first look has nothing to compare with: it counts as moved, so that a table
+        # made between the reconcile before it and this look is taken up now, not at the
+        # next full check (schema_check_interval_seconds later).
+        moved = getattr(self, "_pg_shape", None) != shape
         self._pg_shape = shape
         return moved
 
