@@ -33,6 +33,13 @@ def make_source(path, name: str, installed: bool) -> None:
         install(path)
 
 
+def sources_and_folder(tmp_path, names=("sales", "markets"), installed: bool = True) -> None:
+    """The sources' live files beside an empty backups folder."""
+    for name in names:
+        make_source(tmp_path / f"{name}.db", name, installed)
+    (tmp_path / "backups").mkdir()
+
+
 def install(path) -> None:
     """What `syncd init` writes into the file first: the capture id among it."""
     conn = sqlite3.connect(path, isolation_level=None)
@@ -59,9 +66,7 @@ def judged(tmp_path, pattern: str, names=("sales", "markets")):
 
 
 def test_a_shared_backup_folder_credits_each_file_to_the_source_it_copies(tmp_path):
-    for name in ("sales", "markets"):
-        make_source(tmp_path / f"{name}.db", name, installed=True)
-    (tmp_path / "backups").mkdir()
+    sources_and_folder(tmp_path)
     take_backup(tmp_path / "sales.db", tmp_path / "backups" / "nightly-1.db", 3)
     take_backup(tmp_path / "markets.db", tmp_path / "backups" / "nightly-2.db", 1)
 
@@ -82,9 +87,7 @@ def test_a_shared_backup_folder_credits_each_file_to_the_source_it_copies(tmp_pa
 
 
 def test_a_file_named_for_one_source_that_copies_another_is_not_counted(tmp_path):
-    for name in ("sales", "markets"):
-        make_source(tmp_path / f"{name}.db", name, installed=True)
-    (tmp_path / "backups").mkdir()
+    sources_and_folder(tmp_path)
     take_backup(tmp_path / "sales.db", tmp_path / "backups" / "sales-old.db", 40)
     take_backup(tmp_path / "markets.db", tmp_path / "backups" / "sales-new.db", 1)  # the job copied the wrong file
 
@@ -96,9 +99,7 @@ def test_a_file_named_for_one_source_that_copies_another_is_not_counted(tmp_path
 
 
 def test_backups_taken_before_syncd_was_installed_are_told_apart_by_their_tables(tmp_path):
-    for name in ("sales", "markets"):
-        make_source(tmp_path / f"{name}.db", name, installed=False)
-    (tmp_path / "backups").mkdir()
+    sources_and_folder(tmp_path, installed=False)
     take_backup(tmp_path / "sales.db", tmp_path / "backups" / "a.db", 2)
     take_backup(tmp_path / "markets.db", tmp_path / "backups" / "b.db", 2)
     for name in ("sales", "markets"):  # syncd arrives after the backups were taken
@@ -116,9 +117,7 @@ def test_backups_taken_before_syncd_was_installed_are_told_apart_by_their_tables
 
 
 def test_a_compressed_backup_counts_only_where_the_pattern_names_the_source(tmp_path):
-    for name in ("sales", "markets"):
-        make_source(tmp_path / f"{name}.db", name, installed=True)
-    (tmp_path / "backups").mkdir()
+    sources_and_folder(tmp_path)
     for name in ("sales", "markets"):
         take_backup(tmp_path / f"{name}.db", tmp_path / f"{name}.copy", 0)
         with open(tmp_path / f"{name}.copy", "rb") as f, gzip.open(tmp_path / "backups" / f"{name}-1.db.gz", "wb") as g:
@@ -140,9 +139,7 @@ def test_a_compressed_backup_counts_only_where_the_pattern_names_the_source(tmp_
 def test_sources_sharing_tables_are_told_apart_only_by_name_or_capture_id(tmp_path):
     """Two sources of one schema (crm gained a table since its backup): without a
     capture id in the backup, its tables say nothing about whose it is."""
-    for name in ("sales", "crm"):
-        make_source(tmp_path / f"{name}.db", name, installed=False)
-    (tmp_path / "backups").mkdir()
+    sources_and_folder(tmp_path, ("sales", "crm"), installed=False)
     take_backup(tmp_path / "crm.db", tmp_path / "backups" / "crm-1.db", 1)
     conn = sqlite3.connect(tmp_path / "crm.db")
     conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY)")

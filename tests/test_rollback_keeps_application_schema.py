@@ -136,12 +136,10 @@ async def test_an_identity_generated_always_in_postgres_takes_sqlite_rows_after_
     make_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await pg_rows(pg_dsn, "CREATE TABLE app.visits (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
-                              "who text NOT NULL DEFAULT 'anonymous', at timestamptz DEFAULT now())")
-        await pg_rows(pg_dsn, "INSERT INTO app.visits (who) VALUES ('a'), ('b')")
-        await eventually(lambda: _followed(db, "visits"), 30, "visits in SQLite", d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await made_after_the_cutover(cfg, db, pg_dsn, d, "visits",
+                                     "CREATE TABLE app.visits (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                                     "who text NOT NULL DEFAULT 'anonymous', at timestamptz DEFAULT now())",
+                                     "INSERT INTO app.visits (who) VALUES ('a'), ('b')")
         r = run_cli(cfg, "rollback")
         assert r.returncode == 0, r.stdout + r.stderr
         # now() does not come to SQLite as a default: said before the switch (ids and 'anonymous' do)
@@ -168,12 +166,10 @@ async def test_a_column_generated_always_outside_the_key_takes_sqlite_values_aft
     make_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await pg_rows(pg_dsn, "CREATE TABLE app.tickets (id bigint PRIMARY KEY, "
-                              "number bigint GENERATED ALWAYS AS IDENTITY, title text)")
-        await pg_rows(pg_dsn, "INSERT INTO app.tickets (id, title) VALUES (10, 'a'), (20, 'b')")
-        await eventually(lambda: _followed(db, "tickets"), 30, "tickets in SQLite", d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await made_after_the_cutover(cfg, db, pg_dsn, d, "tickets",
+                                     "CREATE TABLE app.tickets (id bigint PRIMARY KEY, "
+                                     "number bigint GENERATED ALWAYS AS IDENTITY, title text)",
+                                     "INSERT INTO app.tickets (id, title) VALUES (10, 'a'), (20, 'b')")
         dry = run_cli(cfg, "rollback", "--dry-run")
         assert dry.returncode == 0, dry.stdout + dry.stderr
         said = [line for line in dry.stdout.splitlines() if "GENERATED" in line]
@@ -224,6 +220,16 @@ async def test_a_column_generated_always_outside_the_key_takes_sqlite_values_aft
             [(10, 101, "changed in sqlite"), (20, 2, "b"), (30, 7, "from sqlite")]
         assert (await table_states(pg_dsn, "app"))["tickets"][0] == "streaming"
         assert "can only be updated to DEFAULT" not in d.log()
+
+
+async def made_after_the_cutover(cfg, db, pg_dsn, daemon, table: str, *sql: str) -> None:
+    """Cut over, then the application makes `table` in Postgres (`sql`), and SQLite
+    follows it, caught up."""
+    await cut_over(cfg, db, pg_dsn, daemon=daemon)
+    for statement in sql:
+        await pg_rows(pg_dsn, statement)
+    await eventually(lambda: _followed(db, table), 30, f"{table} in SQLite", daemon)
+    await wait_back(cfg, db, pg_dsn, daemon=daemon)
 
 
 async def _followed(db, table: str) -> bool:
