@@ -423,19 +423,24 @@ async def _by_default(conn: asyncpg.Connection, schema: str, columns: list[tuple
     await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
 
 
+IDLE_SECONDS = 1.0  # idle inside a transaction longer than this: stuck, not between two statements
+
+
 async def idle_holders(conn: asyncpg.Connection, schema: str) -> list[str]:
     """Sessions idle inside a transaction that holds a lock on a table of `schema`: the
     switch takes each table's lock for a moment while Postgres is frozen for the
-    application (and to undo the freeze), and would wait for them in vain. syncd's own
-    (a daemon between two statements of a short transaction) are not counted."""
+    application (and to undo the freeze), and would wait for them in vain. A session
+    idle for less than IDLE_SECONDS is between two statements of a busy transaction,
+    and syncd's own (a daemon's short transactions) are not counted either."""
     rows = await conn.fetch(
         "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'an unnamed client'), a.state_change, "
         "string_agg(DISTINCT c.relname, ', ' ORDER BY c.relname) FROM pg_locks l "
         "JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND l.granted AND l.pid <> pg_backend_pid() "
-        "AND a.state LIKE 'idle in transaction%' AND left(a.application_name, $2) IS DISTINCT FROM $3 "
-        "GROUP BY 1, 2, 3 ORDER BY 1", schema, len(capture.WRITER_PREFIX), capture.WRITER_PREFIX)
+        "AND a.state LIKE 'idle in transaction%' AND a.state_change < now() - make_interval(secs => $4) "
+        "AND left(a.application_name, $2) IS DISTINCT FROM $3 "
+        "GROUP BY 1, 2, 3 ORDER BY 1", schema, len(capture.WRITER_PREFIX), capture.WRITER_PREFIX, IDLE_SECONDS)
     return [f"Postgres backend {pid} ({name}) has been idle inside a transaction since "
             f'{since.astimezone(dt.timezone.utc):%H:%M:%S} UTC holding a lock on "{rels}": the rollback takes each '
             f"table for a moment and would wait for it; end that transaction (or SELECT pg_terminate_backend({pid})) "

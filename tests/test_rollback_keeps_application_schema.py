@@ -180,6 +180,7 @@ async def test_a_column_generated_always_outside_the_key_takes_sqlite_values_aft
         ours = await asyncpg.connect(pg_dsn, server_settings={"application_name": "syncd otherhost pid 1"})
         try:
             await ours.execute("BEGIN; SELECT count(*) FROM app.tickets")
+            await asyncio.sleep(1.2)  # idle longer than a busy transaction between statements
             assert run_cli(cfg, "rollback", "--dry-run").returncode == 0
         finally:
             await ours.close()
@@ -188,6 +189,7 @@ async def test_a_column_generated_always_outside_the_key_takes_sqlite_values_aft
         reader = await asyncpg.connect(pg_dsn)
         try:
             await reader.execute("BEGIN; SELECT count(*) FROM app.tickets")
+            await asyncio.sleep(1.2)
             r = run_cli(cfg, "rollback")
         finally:
             await reader.close()
