@@ -120,6 +120,28 @@ async def test_what_sqlite_cannot_follow_pauses_the_table_with_what_to_do(tmp_pa
         assert await compare_all(str(db), pg_dsn, "app", ["contacts"]) == []
 
 
+async def test_a_table_renamed_in_postgres_is_named_as_renamed(tmp_path, make_config, pg_dsn):
+    """A table renamed in Postgres after the cutover: the new name is followed as a table
+    of its own, and the old one's pause says where its rows went and what to do, which
+    then resumes the way back."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.notes RENAME TO memos")
+        await pg_rows(pg_dsn, "INSERT INTO app.memos VALUES (1, 'kept under the new name')")
+        await eventually(lambda: paused(pg_dsn, "notes"), 30, "notes paused", d)
+        assert 'renamed there to "memos" after the cutover, it seems' in await paused(pg_dsn, "notes")
+        await eventually(lambda: _streaming(pg_dsn, "memos"), 30, "memos followed", d)
+        conn = sqlite3.connect(db)
+        conn.execute("DROP TABLE notes")  # as the pause says
+        conn.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT body FROM memos") == [("kept under the new name",)]
+        assert "notes" not in await table_states(pg_dsn, "app")
+
+
 async def _streaming(dsn: str, table: str) -> bool:
     return (await table_states(dsn, "app")).get(table, (None,))[0] == "streaming"
 

@@ -478,9 +478,11 @@ class ReversePipeline:
         for name, d in sorted(decisions.items()):
             if d.kind == tables.FORGET:
                 await pg.execute(f"DELETE FROM {s.bk.s}.tables WHERE source = $1 AND table_name = $2", s.name, name)
-                s.info("table gone from Postgres (dropped, or now a partition) before SQLite had it: no longer "
-                       "followed", table=name, event="table_forgotten")
-                self.events.append((name, "table_forgotten", "gone from Postgres, never in SQLite"))
+                if name in self.reload:  # a copy it waited for (paused, then dropped in SQLite too)
+                    self.reload = await s.worker.run(run_on(self.sink, "mark"), {}, [name])
+                s.info("table gone from Postgres (dropped, renamed, or now a partition) and not in SQLite (never "
+                       "there, or dropped there too): no longer followed", table=name, event="table_forgotten")
+                self.events.append((name, "table_forgotten", "gone from Postgres, not in SQLite"))
                 continue
             spec = schema.tables.get(name)
             tid = s.capture.tid_of(name) if (s.capture and spec is not None) else None
@@ -554,6 +556,7 @@ class ReversePipeline:
                              typed=frozenset(typed.get(name, ())))
             if d.kind != tables.IGNORE:
                 decisions[name] = d
+        tables.renamed(decisions, schema.tables, pg_tables)
         return schema, pg_tables, rows, decisions
 
     async def _arm(self, name: str, tid: int, key: list[str]) -> None:

@@ -210,9 +210,33 @@ def judge(spec: TableSpec | None, pgt: PgTableInfo | None, known: bool,
             return Decision(PAUSE, f"a table created in Postgres after the cutover: {why}")
         return Decision(CREATE)
     if spec is not None and known:
-        return Decision(PAUSE, "the table was dropped in Postgres after the cutover; SQLite keeps its rows. Create it "
-                               "again in Postgres (or drop it in SQLite yourself) to resume")
+        return Decision(PAUSE, DROPPED)
     return Decision(FORGET) if known and spec is None else Decision(IGNORE)
+
+
+DROPPED = ("the table was dropped in Postgres after the cutover; SQLite keeps its rows. Create it again in Postgres "
+           "(or drop it in SQLite yourself) to resume")
+
+
+def renamed(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg_tables: dict[str, PgTableInfo]) -> None:
+    """A table gone from Postgres while one table there has just its columns and key
+    was renamed there, most likely: its pause says so (the new name is followed as a
+    table of its own)."""
+    kept = (FOLLOW, ADD_COLUMNS, CREATE)
+    for name, d in decisions.items():
+        spec = specs.get(name)
+        if d.kind != PAUSE or d.reason != DROPPED or spec is None:
+            continue
+        shape = ([c.lower() for c in spec.column_names], [k.lower() for k in spec.key])
+        alike = [other for other, o in decisions.items()
+                 if other != name and o.kind in kept and other in pg_tables
+                 and ([c.name.lower() for c in pg_tables[other].columns if not ddl.is_aside(c.name)],
+                      [k.lower() for k in pg_tables[other].key]) == shape]
+        if len(alike) == 1:
+            d.reason = (f'the table is no longer in Postgres: renamed there to "{alike[0]}" after the cutover, it '
+                        f'seems (that table has its columns and key; SQLite follows it as a table of its own). '
+                        f'SQLite keeps this one\'s rows: drop it in SQLite yourself once "{alike[0]}" holds what you '
+                        "need (or give the table its old name in Postgres again) to resume")
 
 
 # --- SQLite DDL ---------------------------------------------------------------------------
