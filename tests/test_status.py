@@ -334,8 +334,11 @@ async def test_a_check_made_before_a_table_was_copied_again_is_not_its_consisten
         assert not item["ok"] and len(item["problems"]) == 1, item
         assert item["problems"][0].startswith("app.t: not verified since the table was copied again at "), \
             item
+        for form in ("markdown", "html"):  # the table's row shows that check as older than the copy
+            assert "equal (before the table was copied again, " in run_cli(cfg, "report", "--format", form).stdout
 
         assert run_cli(cfg, "verify").returncode == 0
         t, problems = table_t()
         assert t["last_compared_at"] is not None and not any("consistency" in m for m in problems), problems
         assert migrated()["ok"]
+        assert "before the table was copied again" not in run_cli(cfg, "report").stdout

@@ -105,7 +105,7 @@ def migrated(f: MigrationFacts) -> CheckItem:
                 pass  # it cannot have been compared: its state says why
             elif last is None:
                 problems.append("never verified")
-            elif t.copied_at is not None and last.started_at < t.copied_at:
+            elif t.checked_before_copy:
                 problems.append(f"not verified since the table was copied again at "
                                 f"{_when(t.copied_at, f.generated_at)} (the last verification compared rows "
                                 "that are gone)")

@@ -58,6 +58,13 @@ class TableFacts:
         return self.runs[-1] if self.runs else None
 
     @property
+    def checked_before_copy(self) -> bool:
+        """Its last verification began before its rows were last copied (a reload): it
+        compared rows that are gone, so it is not the table's consistency now."""
+        last = self.last_run
+        return last is not None and self.copied_at is not None and last.started_at < self.copied_at
+
+    @property
     def last_clean_run(self) -> VerifyRun | None:
         return next((r for r in reversed(self.runs) if r.clean), None)
 

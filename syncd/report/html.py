@@ -406,7 +406,11 @@ def _table_row(t: TableFacts, start: dt.datetime, end: dt.datetime) -> str:
             f'<td class="num" data-field="rows_sqlite">{e(number(t.rows_sqlite))}</td>'
             f'<td class="{pg_cls}" data-field="rows_postgres">{e(number(t.rows_postgres))}</td>'
             f"<td>{_time(last.finished_at) if last else 'never'}</td>"
-            f"<td>{m(last.outcome()) if last else '-'}</td><td>{strip}</td></tr>")
+            f"<td>{m(last.outcome()) if last else '-'}{_before_copy(t)}</td><td>{strip}</td></tr>")
+
+
+def _before_copy(t: TableFacts) -> str:
+    return f" (before the table was copied again, {_time(t.copied_at)})" if t.checked_before_copy else ""
 
 
 def _status_row(t: TableStatus) -> str:

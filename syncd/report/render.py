@@ -130,6 +130,8 @@ def _table_row(t: TableFacts, now: dt.datetime) -> str:
     last = t.last_run
     verified = when(last.finished_at, now) if last else "never"
     result = last.outcome() if last else "-"
+    if t.checked_before_copy:
+        result += f" (before the table was copied again, {when(t.copied_at, now)})"
     mark = "" if t.counts_match else " ❌"
     return (f"| {_code(t.name)} | {_cell(state)} | {number(t.rows_sqlite)} | {number(t.rows_postgres)}{mark} | "
             f"{'✅' if t.captured else '❌ ' + _cell(t.capture_note)} | {verified} | {_cell(result)} |")
