@@ -269,7 +269,8 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
             what = row.reason or {bk.LOADING: "being copied again from Postgres"}.get(row.state, row.state)
             problems.append(f'table "{name}" does not follow Postgres ({row.state}): {what}')
     problems += await not_followed_yet(conn, source, b)
-    problems += await idle_holders(conn, source.schema)
+    problems += await long_holders(conn, source.schema, [n for n, r in (await b.load_tables(conn)).items()
+                                                         if r.state != bk.REFUSED])
     if not problems:
         try:
             await worker.run(probe_write, settings.sqlite.write_busy_timeout_ms)
@@ -423,28 +424,39 @@ async def _by_default(conn: asyncpg.Connection, schema: str, columns: list[tuple
     await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
 
 
-IDLE_SECONDS = 1.0  # idle inside a transaction longer than this: stuck, not between two statements
+HELD_SECONDS = 1.0  # one transaction holding a table's lock longer than this: stuck, or too long to wait for
+
+_LOCKS = ("SELECT l.pid, l.virtualtransaction, coalesce(nullif(a.application_name, ''), 'an unnamed client'), "
+          "a.state, c.relname FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+          "JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
+          "WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND l.granted AND l.pid <> pg_backend_pid() "
+          "AND left(a.application_name, $3) IS DISTINCT FROM $4")
 
 
-async def idle_holders(conn: asyncpg.Connection, schema: str) -> list[str]:
-    """Sessions idle inside a transaction that holds a lock on a table of `schema`: the
-    switch takes each table's lock for a moment while Postgres is frozen for the
-    application (and to undo the freeze), and would wait for them in vain. A session
-    idle for less than IDLE_SECONDS is between two statements of a busy transaction,
-    and syncd's own (a daemon's short transactions) are not counted either."""
-    rows = await conn.fetch(
-        "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'an unnamed client'), a.state_change, "
-        "string_agg(DISTINCT c.relname, ', ' ORDER BY c.relname) FROM pg_locks l "
-        "JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND l.granted AND l.pid <> pg_backend_pid() "
-        "AND a.state LIKE 'idle in transaction%' AND a.state_change < now() - make_interval(secs => $4) "
-        "AND left(a.application_name, $2) IS DISTINCT FROM $3 "
-        "GROUP BY 1, 2, 3 ORDER BY 1", schema, len(capture.WRITER_PREFIX), capture.WRITER_PREFIX, IDLE_SECONDS)
-    return [f"Postgres backend {pid} ({name}) has been idle inside a transaction since "
-            f'{since.astimezone(dt.timezone.utc):%H:%M:%S} UTC holding a lock on "{rels}": the rollback takes each '
-            f"table for a moment and would wait for it; end that transaction (or SELECT pg_terminate_backend({pid})) "
-            "and run the rollback again" for pid, name, since, rels in rows]
+async def long_holders(conn: asyncpg.Connection, schema: str, tables: list[str]) -> list[str]:
+    """Transactions that hold a lock on one of the source's `tables` and still hold it
+    HELD_SECONDS later (the same transaction: pg_locks, which every role may read,
+    unlike other roles' session states): the switch takes each table for a moment while
+    Postgres is frozen for the application (and to undo the freeze), and would wait for
+    them in vain. A busy application's short transactions come and go meanwhile;
+    syncd's own (a daemon's short transactions) are not counted."""
+    args = (schema, tables, len(capture.WRITER_PREFIX), capture.WRITER_PREFIX)
+    first = {(r[0], r[1]) for r in await conn.fetch(_LOCKS, *args)}
+    if not first:
+        return []
+    await asyncio.sleep(HELD_SECONDS)
+    held: dict[int, tuple[str, str | None, set[str]]] = {}
+    for pid, vxid, name, state, table in await conn.fetch(_LOCKS, *args):
+        if (pid, vxid) in first:
+            held.setdefault(pid, (name, state, set()))[2].add(table)
+    out = []
+    for pid, (name, state, rels) in sorted(held.items()):
+        on = ", ".join(f'"{t}"' for t in sorted(rels))
+        out.append(f"Postgres backend {pid} ({name}{', ' + state if state else ''}) has held a lock on {on} inside "
+                   f"one transaction for over {HELD_SECONDS:g} s: the rollback takes each table for a moment and would "
+                   f"wait for it; end that transaction (or SELECT pg_terminate_backend({pid})) and run the rollback "
+                   "again")
+    return out
 
 
 async def _table_holders(conn: asyncpg.Connection, schema: str, tables: list[str]) -> str:
@@ -457,7 +469,8 @@ async def _table_holders(conn: asyncpg.Connection, schema: str, tables: list[str
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND l.granted AND l.pid <> pg_backend_pid() "
         "GROUP BY 1, 2, 3 ORDER BY 1 LIMIT 5", schema, tables)
-    return "; ".join(f'Postgres backend {pid} ({name}, {state}, on "{rels}")' for pid, name, state, rels in rows) \
+    return "; ".join(f'Postgres backend {pid} ({name}{", " + state if state else ""}, on "{rels}")'
+                     for pid, name, state, rels in rows) \
         or "another session"
 
 
@@ -592,7 +605,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     try:
         async with conn.transaction():
             await capture.freeze(conn, names, source.schema, tables, message)
-    except asyncpg.LockNotAvailableError:  # rolled back: nothing frozen
+    except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):  # rolled back: nothing frozen
         holders = await _table_holders(conn, source.schema, tables)
         await record_step(conn, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),
                           detail=json.dumps({"reason": "tables busy"}))
