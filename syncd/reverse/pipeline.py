@@ -418,6 +418,9 @@ class ReversePipeline:
         pg = s.pg
         assert pg is not None
         busy = self.settings.sqlite.write_busy_timeout_ms
+        # Postgres's schema as this reconcile begins, before it reads the tables: what the
+        # application makes from now on differs from it at the next look, and is taken up then.
+        self._pg_shape = self._shape(await capture.table_files(pg, self.source.schema))
         await capture.ensure_registry(pg, self.names)
         gen = await capture.generation(pg, self.names)
         copy_all = False
@@ -843,13 +846,14 @@ class ReversePipeline:
     def _schema_moved_in_postgres(self, files: dict[str, list]) -> bool:
         """Tables or columns of the target schema changed (the application's DDL in
         Postgres), as capture.table_files reads them: names and types, in column order."""
-        shape = {name: list(types.items()) for name, (_file, types) in files.items()}
-        # The first look has nothing to compare with: it counts as moved, so that a table
-        # made between the reconcile before it and this look is taken up now, not at the
-        # next full check (schema_check_interval_seconds later).
-        moved = getattr(self, "_pg_shape", None) != shape
+        shape = self._shape(files)
+        moved = getattr(self, "_pg_shape", None) not in (None, shape)
         self._pg_shape = shape
         return moved
+
+    @staticmethod
+    def _shape(files: dict[str, list]) -> dict[str, list]:
+        return {name: list(types.items()) for name, (_file, types) in files.items()}
 
     async def _reload_rewritten(self, now: dict[str, list]) -> None:
         """Copy again a table Postgres rewrote without a row trigger firing (see
