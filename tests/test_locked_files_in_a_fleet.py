@@ -12,6 +12,7 @@ import sys
 import time
 
 import asyncpg
+import pytest
 
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import wait_caught_up
@@ -173,6 +174,107 @@ async def test_many_locked_files_do_not_stall_the_others(tmp_path, make_config, 
                 await wait_caught_up(p, pg_dsn, p.stem, timeout=120, daemon=d)
                 assert await pg.fetchval(f'SELECT count(*) FROM "{p.stem}".items '
                                          "WHERE v = 'written under the lock'") == 1
+            assert d.stop() == 0
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        await pg.close()
+
+
+WRITE_HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.executemany("INSERT INTO items (v) VALUES (?)", [(f"before the lock {i}",) for i in range(20)])
+if sys.argv[2] == "index":  # the schema moved too: syncd notes the new version in the file
+    conn.execute("CREATE INDEX items_v ON items (v)")
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO items (v) VALUES ('written under the lock')")
+print("locked", flush=True)
+sys.stdin.readline()  # held until told
+conn.execute("COMMIT")
+print("released", flush=True)
+"""
+
+WRITE_HELD = 5  # healthy files beside the one held in a write transaction
+WRITE_MEASURED_SECONDS = 25.0  # more than two of syncd's tries to prune the held file
+
+
+def changelog_entries_below(path, seq: int) -> int:
+    import sqlite3
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute("SELECT count(*) FROM _syncd_changelog WHERE seq < ?", (seq,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+@pytest.mark.parametrize("before", ["changes", "index"])
+async def test_a_file_held_in_a_write_transaction_does_not_stall_the_others(tmp_path, make_config, pg_dsn, journal,
+                                                                           before):
+    """An application keeps a write transaction (BEGIN IMMEDIATE) open on its file, with
+    changes it committed just before still to be sent: syncd reads and sends them (reads
+    still work), but its own writes into that file (the prune of what Postgres took, its
+    notes) cannot get the lock. With one pooled Postgres connection for the fleet, the
+    other files' changes still reach Postgres promptly; once the transaction ends, the
+    held file's change arrives too and its sent entries are pruned."""
+    files = tmp_path / "files"
+    files.mkdir()
+    held = files / "held.db"
+    healthy = [files / f"healthy{i}.db" for i in range(WRITE_HELD)]
+    for p in [held, *healthy]:
+        make_file(p)
+    if journal == "wal":
+        import sqlite3
+        sqlite3.connect(held).execute("PRAGMA journal_mode = wal").fetchone()
+    cfg = make_config([{"name": "{stem}", "path": str(files / "*.db")}],
+                      sections={"verify": {"interval_seconds": 0}, "postgres": {"max_connections": 2},
+                                "stream": {"schema_check_interval_seconds": 2},
+                                "sqlite": {"idle_close_seconds": 600}})
+    pg = await asyncpg.connect(pg_dsn)
+    holder = None
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            for p in [held, *healthy]:
+                await wait_caught_up(p, pg_dsn, p.stem, daemon=d)
+            holder = subprocess.Popen([sys.executable, "-c", WRITE_HOLDER, str(held), before],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert holder.stdout.readline().strip() == "locked"
+            waits: list[float] = []
+            started = time.monotonic()
+            while time.monotonic() - started < WRITE_MEASURED_SECONDS:
+                waits += await healthy_waits(pg, d, healthy, len(healthy))
+                await asyncio.sleep(0.2)
+            assert holder.poll() is None, "the transaction ended before the healthy files were measured"
+            if before == "changes":
+                # The changes committed before the transaction began were read and sent
+                # meanwhile (after a schema change, syncd notes the new version in the file
+                # before it sends more, so they wait for the transaction's end there)...
+                assert await pg.fetchval("SELECT count(*) FROM held.items WHERE v LIKE 'before the lock %'") == 20
+                # ... and syncd's prune of them could not get the file's write lock all along.
+                applied = await pg.fetchval("SELECT applied_seq FROM syncd.sources WHERE source = 'held'")
+                assert changelog_entries_below(held, applied) == applied - 1  # seqs from 1, none pruned
+            # A generous bound: one of syncd's writes into the held file waits out its
+            # lock for seconds; a healthy file's change takes milliseconds.
+            print(f"healthy changes into Postgres: {len(waits)}, slowest {sorted(waits)[-5:]}")
+            assert max(waits) < 10.0, sorted(waits)[-10:]
+
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "released"
+            await wait_caught_up(held, pg_dsn, held.stem, daemon=d)
+            assert await pg.fetchval("SELECT count(*) FROM held.items WHERE v = 'written under the lock'") == 1
+            assert await pg.fetchval("SELECT count(*) FROM held.items WHERE v LIKE 'before the lock %'") == 20
+            # Nothing lost, and the entries Postgres confirmed are pruned from the file.
+            applied = await pg.fetchval("SELECT applied_seq FROM syncd.sources WHERE source = 'held'")
+            deadline = time.monotonic() + 60
+            while changelog_entries_below(held, applied):
+                assert time.monotonic() < deadline, "the held file's sent entries were never pruned"
+                assert d.alive(), d.log()[-3000:]
+                await asyncio.sleep(0.5)
+            for p in healthy:
+                await wait_caught_up(p, pg_dsn, p.stem, daemon=d)
             assert d.stop() == 0
     finally:
         if holder is not None:

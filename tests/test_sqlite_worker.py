@@ -274,3 +274,39 @@ async def test_a_deep_queue_behind_a_few_slow_calls_does_not_start_a_thread_per_
         for w in [*slow, *quick]:
             await w.close()
             w.shutdown()
+
+
+async def test_a_worker_bounds_its_writes_wait_for_the_write_lock(tmp_path):
+    """While a worker's write_wait is set (its pipeline holds a Postgres connection),
+    syncd's writes give up on a file its application keeps write-locked after that long,
+    not after the write's own deadline; calls submitted without it keep that deadline."""
+    from syncd.sqlite.capture import LockTimeout, wait_write_lock, write_transaction
+
+    def write(conn, sql):
+        return write_transaction(conn, lambda c: c.execute(sql), busy_timeout_ms=50, deadline_seconds=120)
+
+    db = new_file(tmp_path / "app.db")
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("BEGIN IMMEDIATE")  # a write transaction: reads still work
+    w = SqliteWorker(db, "bounded", 1000)
+    try:
+        assert await w.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()) == (0,)
+        w.write_wait = 0.3
+        started = time.monotonic()
+        with pytest.raises(LockTimeout):
+            await w.run(write, "INSERT INTO t VALUES (1)")
+        assert time.monotonic() - started < 5
+        w.write_wait = None
+        with pytest.raises(LockTimeout):
+            await w.run(wait_write_lock, 50, 0.3)
+        waiting = asyncio.ensure_future(w.run(write, "INSERT INTO t VALUES (2)"))
+        await asyncio.sleep(1.0)
+        assert not waiting.done()  # the write's own deadline: it waits for the lock
+        app.execute("COMMIT")
+        await asyncio.wait_for(waiting, 10)
+        await w.run(wait_write_lock, 50, 0.3)
+        assert app.execute("SELECT v FROM t").fetchall() == [(2,)]
+    finally:
+        app.close()
+        await w.close()
+        w.shutdown()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
-from syncd.sqlite.connection import is_busy
+from syncd.sqlite.connection import is_busy, write_wait
 
 CHANGELOG = "_syncd_changelog"
 REGISTRY = "_syncd_tables"
@@ -305,8 +305,12 @@ def write_transaction(conn: sqlite3.Connection, fn, *, busy_timeout_ms: int, dea
 
     The busy timeout is short so an application writer never queues behind syncd for
     long; on SQLITE_BUSY syncd steps back, sleeps, and tries again until the deadline.
-    The connection's own busy timeout (for its reads) is restored afterwards.
+    The connection's own busy timeout (for its reads) is restored afterwards. A worker
+    whose pipeline holds a Postgres connection bounds the deadline (write_wait).
     """
+    bound = write_wait()
+    if bound is not None:
+        deadline_seconds = min(deadline_seconds, bound)
     start = time.monotonic()
     delay = 0.01
     read_timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
@@ -338,6 +342,12 @@ def write_transaction(conn: sqlite3.Connection, fn, *, busy_timeout_ms: int, dea
                 delay = min(delay * 2, 0.5)
     finally:
         conn.execute(f"PRAGMA busy_timeout = {int(read_timeout)}")
+
+
+def wait_write_lock(conn: sqlite3.Connection, busy_timeout_ms: int, deadline_seconds: float) -> None:
+    """Return once the file's write lock can be had (taken and given back at once,
+    nothing written); LockTimeout after `deadline_seconds`."""
+    write_transaction(conn, lambda c: None, busy_timeout_ms=busy_timeout_ms, deadline_seconds=deadline_seconds)
 
 
 def _note_hold(conn: sqlite3.Connection, fn, held: float) -> None:

@@ -245,6 +245,16 @@ EXTRA_IDLE_SECONDS = 10.0
 DEFAULT_THREADS = 4
 THREADS = SqliteThreads(DEFAULT_THREADS)
 
+# The call in hand's bound on waiting for the file's write lock (SqliteWorker.write_wait),
+# for capture.write_transaction to read on its thread.
+_CALL = threading.local()
+
+
+def write_wait() -> float | None:
+    """How long syncd's write in the call in hand may wait for the file's write lock, if
+    its worker bounds that (None: the write's own deadline)."""
+    return getattr(_CALL, "write_wait", None)
+
 
 class SqliteWorker:
     """A connection whose calls run one at a time, in order, on the shared threads."""
@@ -260,6 +270,11 @@ class SqliteWorker:
         self._lock = threading.Lock()
         self._scheduled = False  # a call of this worker is queued on or running on a thread
         self._closed = False
+        # Set while the worker's pipeline holds a pooled Postgres connection: its writes
+        # into the file wait this long at most for the write lock (capture.write_transaction),
+        # so a file its application keeps write-locked fails the step soon instead of
+        # keeping the connection from the rest of the fleet.
+        self.write_wait: float | None = None
 
     async def open(self) -> None:
         def _open() -> tuple[sqlite3.Connection, tuple[int, int], int]:
@@ -281,7 +296,7 @@ class SqliteWorker:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
-            self._pending.append((loop, future, fn, args))
+            self._pending.append((loop, future, fn, args, self.write_wait))
             start = not self._scheduled
             self._scheduled = True
         if start:
@@ -293,7 +308,7 @@ class SqliteWorker:
         the pool if more calls wait (others' calls interleave meanwhile)."""
         with self._lock:
             call = self._pending.popleft()
-        loop, future, fn, args = call
+        loop, future, fn, args, _CALL.write_wait = call
         result = None
         if self._closed or future.cancelled():  # a racy read, as a pool's cancel() is
             _hand_back(loop, future, None, None, cancel=True)
@@ -310,6 +325,7 @@ class SqliteWorker:
             else:
                 _hand_back(loop, future, result, None)
             del result
+        _CALL.write_wait = None
         del call, future, fn, args  # nothing a caller handed over lingers here
         with self._lock:
             more = bool(self._pending)
