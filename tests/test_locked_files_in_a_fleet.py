@@ -197,7 +197,7 @@ print("released", flush=True)
 """
 
 WRITE_HELD = 5  # healthy files beside the one held in a write transaction
-WRITE_MEASURED_SECONDS = 25.0  # more than two of syncd's tries to prune the held file
+WRITE_MEASURED_SECONDS = 12.0  # more than one of syncd's tries to prune the held file (PRUNE_EVERY_SECONDS)
 
 
 def changelog_entries_below(path, seq: int) -> int:
@@ -209,8 +209,9 @@ def changelog_entries_below(path, seq: int) -> int:
         conn.close()
 
 
-@pytest.mark.parametrize("journal", ["delete", "wal"])
-@pytest.mark.parametrize("before", ["changes", "index"])
+# A schema change makes syncd write its note into the file before it sends more: the case
+# that stalled the fleet, in both journal modes; changes alone, the prune's case, in one.
+@pytest.mark.parametrize(("before", "journal"), [("index", "delete"), ("index", "wal"), ("changes", "delete")])
 async def test_a_file_held_in_a_write_transaction_does_not_stall_the_others(tmp_path, make_config, pg_dsn, journal,
                                                                            before):
     """An application keeps a write transaction (BEGIN IMMEDIATE) open on its file, with
