@@ -199,12 +199,13 @@ async def test_a_column_generated_always_outside_the_key_takes_sqlite_values_aft
         writer = await asyncpg.connect(pg_dsn)
         try:
             busy = asyncio.create_task(writer.execute("BEGIN; UPDATE app.tickets SET title = title; "
-                                                      "SELECT pg_sleep(8); ROLLBACK"))
+                                                      "SELECT pg_sleep(30); ROLLBACK"))
             await asyncio.sleep(0.5)
             r = await asyncio.to_thread(run_cli, cfg, "rollback")
-            await busy
-        finally:
-            await writer.close()
+        finally:  # its transaction ends with its backend
+            await pg_rows(pg_dsn, "SELECT pg_terminate_backend($1)", writer.get_server_pid())
+            await asyncio.gather(busy, return_exceptions=True)
+            writer.terminate()
         assert r.returncode == 1, r.stdout + r.stderr
         assert re.search(r"REFUSED: Postgres backend \d+ \(an unnamed client, active\) has held a lock on "
                          r'"tickets" inside one transaction', r.stdout), r.stdout
