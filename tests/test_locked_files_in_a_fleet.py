@@ -137,13 +137,7 @@ async def test_many_locked_files_do_not_stall_the_others(tmp_path, make_config, 
     healthy = [files / f"healthy{i}.db" for i in range(MANY_HEALTHY)]
     for p in locked + healthy:
         make_file(p)
-    # Connections kept open, schema checks often (each a step with a Postgres connection)
-    # and one pooled connection: a locked file's step must not hold it while it waits on
-    # the lock.
-    cfg = make_config([{"name": "{stem}", "path": str(files / "*.db")}],
-                      sections={"verify": {"interval_seconds": 0}, "postgres": {"max_connections": 2},
-                                "stream": {"schema_check_interval_seconds": 2},
-                                "sqlite": {"idle_close_seconds": 600}})
+    cfg = one_pooled_connection(make_config, files)
     pg = await asyncpg.connect(pg_dsn)
     holder = None
     try:
@@ -200,6 +194,16 @@ WRITE_HELD = 5  # healthy files beside the one held in a write transaction
 WRITE_MEASURED_SECONDS = 12.0  # more than one of syncd's tries to prune the held file (PRUNE_EVERY_SECONDS)
 
 
+def one_pooled_connection(make_config, files):
+    """Every file of `files` one source, connections kept open, schema checks often (each
+    a step with a Postgres connection) and one pooled connection: a step that waits on a
+    file's lock while it holds that connection keeps the whole fleet waiting."""
+    return make_config([{"name": "{stem}", "path": str(files / "*.db")}],
+                       sections={"verify": {"interval_seconds": 0}, "postgres": {"max_connections": 2},
+                                 "stream": {"schema_check_interval_seconds": 2},
+                                 "sqlite": {"idle_close_seconds": 600}})
+
+
 def changelog_entries_below(path, seq: int) -> int:
     import sqlite3
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
@@ -229,10 +233,7 @@ async def test_a_file_held_in_a_write_transaction_does_not_stall_the_others(tmp_
     if journal == "wal":
         import sqlite3
         sqlite3.connect(held).execute("PRAGMA journal_mode = wal").fetchone()
-    cfg = make_config([{"name": "{stem}", "path": str(files / "*.db")}],
-                      sections={"verify": {"interval_seconds": 0}, "postgres": {"max_connections": 2},
-                                "stream": {"schema_check_interval_seconds": 2},
-                                "sqlite": {"idle_close_seconds": 600}})
+    cfg = one_pooled_connection(make_config, files)
     pg = await asyncpg.connect(pg_dsn)
     holder = None
     try:
