@@ -173,6 +173,10 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
     aside table has no key to upsert on)."""
     from syncd.postgres.connect import describe, is_data_error, is_shape_error, is_transient, sqlstate
 
+    def refused(e: Exception) -> bool:
+        """Postgres refused the rows (not a connection lost, a timeout): the search goes on."""
+        return is_data_error(e) or is_shape_error(e) or (sqlstate(e) is not None and not is_transient(e))
+
     async def fails(part: list[tuple], is_delete: bool) -> BaseException | None:
         try:
             async with conn.transaction():  # savepoint
@@ -186,7 +190,7 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
         except _Rollback:
             return None
         except Exception as e:
-            if is_data_error(e) or is_shape_error(e) or (sqlstate(e) is not None and not is_transient(e)):
+            if refused(e):
                 return e
             raise
 
@@ -228,7 +232,7 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
         except _Rollback:
             pass
         except Exception as e:
-            if is_data_error(e) or is_shape_error(e) or (sqlstate(e) is not None and not is_transient(e)):
+            if refused(e):
                 return False
             raise
         return met is not None and tuple(met) == tuple(first[i] for i in writer.spec.key_indexes)
