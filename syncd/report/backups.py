@@ -167,10 +167,11 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
             continue
         if not os.path.isfile(p):
             continue
-        if os.path.realpath(p) in itself:
+        real = os.path.realpath(p)
+        if real in itself:
             not_counted.append(f"{p} (the live database)")
-        elif os.path.realpath(p) in theirs:
-            not_counted.append(f"{p} (the live database of {theirs[os.path.realpath(p)]})")
+        elif real in theirs:
+            not_counted.append(f"{p} (the live database of {theirs[real]})")
         elif st.st_size == 0:
             not_counted.append(f"{p} (empty)")
         elif (no := whose(identity(p), source, sources, named)) is not None:
