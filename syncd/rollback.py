@@ -82,13 +82,22 @@ class RollbackResult:
 
 
 HOLD_AT = os.environ.get("SYNCD_ROLLBACK_HOLD_AT")  # crash tests: stop at this step and wait to be killed
+RESUME_ON = os.environ.get("SYNCD_ROLLBACK_RESUME_ON")  # tests: ...or go on once this file exists
+
+# The switch's last transaction (and the undo of a freeze) takes each table for a moment,
+# waiting LOCK_TIMEOUT at most each time: a transaction of the application's that took a
+# table while Postgres was frozen (a long report, a session left idle in a transaction)
+# is waited for, try after try, this long before the switch gives up.
+TURN_WAIT_SECONDS = 60.0
+TURN_RETRY_SECONDS = 0.1  # how often pg_locks is read while waiting
 
 
 async def _hold(step: str) -> None:
     if HOLD_AT == step:
         print(f"holding at {step}", flush=True)
-        while True:  # until killed, or interrupted (Ctrl-C cancels the command's task here)
-            await asyncio.sleep(1)
+        while not (RESUME_ON and os.path.exists(RESUME_ON)):
+            # until killed, or interrupted (Ctrl-C cancels the command's task here)
+            await asyncio.sleep(0.1 if RESUME_ON else 1)
 
 
 # --- the way back's start, at a cutover --------------------------------------------------------
@@ -480,6 +489,39 @@ async def long_holders(conn: asyncpg.Connection, schema: str, tables: list[str])
             for pid, (name, state, rels) in sorted(held.items())]
 
 
+class TablesBusy(Refused):
+    """The switch's last transaction (or the undo of its freeze) could not take a table
+    within TURN_WAIT_SECONDS: the holders are named."""
+
+
+async def _while_tables_busy(attempt, conn: asyncpg.Connection, source: SourceSettings, tables: list[str],
+                             what: str) -> None:
+    """`attempt()` (one transaction), tried again while it fails for a table another
+    session keeps (a lock wait or a deadlock: rolled back, nothing of it done), for
+    TURN_WAIT_SECONDS at most; the first wait names the sessions in the log. Between
+    tries syncd only watches pg_locks until the transactions that held a table then have
+    ended: no lock request of its own stays queued ahead of the application's reads."""
+    deadline = time.monotonic() + TURN_WAIT_SECONDS
+    said = False
+    while True:
+        try:
+            return await attempt()
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+            holders = await _table_holders(conn, source.schema, tables)
+            if not said:
+                log.warning(f"{what} waits for {holders}, which keeps a table busy (an open transaction that used "
+                            f"it), for {TURN_WAIT_SECONDS:g} s at most", extra={"source": source.name,
+                                                                                "event": "rollback_waiting"})
+                said = True
+            held = {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)}
+            while held and time.monotonic() < deadline:
+                await asyncio.sleep(TURN_RETRY_SECONDS)
+                held &= {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)}
+            if held:
+                raise TablesBusy(f"{what} could not take the source's tables for {TURN_WAIT_SECONDS:g} s: {holders} "
+                                 "kept one busy (an open transaction that used it)") from None
+
+
 async def _table_holders(conn: asyncpg.Connection, schema: str, tables: list[str]) -> str:
     """The other sessions holding a lock on any of `tables`, as a user finds them in
     pg_stat_activity (to end or wait for): writers in a long transaction, say."""
@@ -649,16 +691,22 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                      for name, n in sorted(raised.items())]
         top = await worker.run(_changelog_top)
         always = await generated_always(conn, source.schema, specs)
-        async with conn.transaction():
-            await _by_default(conn, source.schema, always, settings.postgres.statement_timeout_seconds)
-            await conn.execute(f"UPDATE {b.s}.sources SET direction = $2, applied_seq = $3 WHERE source = $1",
-                               source.name, TO_POSTGRES, top)
-            await conn.execute(f"DELETE FROM {b.s}.applied_batches WHERE source = $1", source.name)
-            await capture.disarm_all(conn, names, source.schema)
-            await _hold("finishing")
-            await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
-                              downtime_seconds=time.monotonic() - frozen_at, detail=json.dumps({"steps": res.plan}))
-            committing = True
+
+        async def turn() -> None:
+            nonlocal committing
+            async with conn.transaction():
+                await _by_default(conn, source.schema, always, settings.postgres.statement_timeout_seconds)
+                await conn.execute(f"UPDATE {b.s}.sources SET direction = $2, applied_seq = $3 WHERE source = $1",
+                                   source.name, TO_POSTGRES, top)
+                await conn.execute(f"DELETE FROM {b.s}.applied_batches WHERE source = $1", source.name)
+                await capture.disarm_all(conn, names, source.schema)
+                await _hold("finishing")
+                await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
+                                  downtime_seconds=time.monotonic() - frozen_at,
+                                  detail=json.dumps({"steps": res.plan}))
+                committing = True
+
+        await _while_tables_busy(turn, conn, source, tables, "the switch's last transaction")
         turned = True
         _said_by_default(res, source, always)
         res.plan.append(f"the forward stream resumes after change {top} of SQLite's changelog")
@@ -694,13 +742,22 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                     "answers, the daemon finishes the rollback or undoes it, whichever Postgres recorded "
                     "(`syncd rollback` again settles it too)")
             elif pg is not None:
-                async with pg.transaction():
-                    await capture.unfreeze(pg, names, source.schema)
-                    await record_step(pg, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),
-                                      detail=json.dumps({"reason": reason}))
-                res.undone = True
-                res.problems.append(f"{reason}; undone: Postgres takes the application's writes again and SQLite "
-                                    "keeps following it")
+                async def undo() -> None:
+                    async with pg.transaction():
+                        await capture.unfreeze(pg, names, source.schema)
+                        await record_step(pg, b, switch_id, "undone", finished_at=dt.datetime.now(dt.timezone.utc),
+                                          detail=json.dumps({"reason": reason}))
+
+                try:
+                    await _while_tables_busy(undo, pg, source, tables, "the undo of the freeze")
+                except TablesBusy as busy:
+                    res.problems.append(f"{reason}; not undone yet: {busy}. Postgres stays frozen for the "
+                                        "application until that transaction ends; the daemon then undoes the "
+                                        "rollback (`syncd rollback` again settles it too)")
+                else:
+                    res.undone = True
+                    res.problems.append(f"{reason}; undone: Postgres takes the application's writes again and "
+                                        "SQLite keeps following it")
             else:
                 res.undone = True
                 res.problems.append(f"{reason}; undone: SQLite keeps following Postgres, which cannot be reached "

@@ -417,3 +417,48 @@ async def test_keys_sqlite_holds_apart_are_never_merged_after_a_rollback(tmp_pat
 async def _held(dsn: str, table: str) -> bool:
     return (await pg_rows(dsn, "SELECT state FROM syncd.tables WHERE source = 'app' AND table_name = $1",
                           table)) == [("held",)]
+
+
+async def test_a_transaction_that_takes_a_table_while_postgres_is_frozen_only_delays_the_switch(
+        tmp_path, make_config, pg_dsn):
+    """A session of the application's opens a transaction that reads a table while Postgres
+    is frozen (reads still work), after the rollback's checks, and keeps it 4 s: past the
+    2 s a lock is waited for at once. The switch's last transaction, which takes each table
+    for a moment, waits for that transaction (naming it in the log) instead of giving up
+    and leaving the undo to meet the same lock; then the rollback goes through."""
+    import asyncio
+    import os
+    import subprocess
+
+    from tests.support.daemon import syncd_cmd
+
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        go = tmp_path / "go"
+        proc = subprocess.Popen(syncd_cmd(cfg, "rollback"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=str(cfg.parent),
+                                env={**os.environ, "SYNCD_ROLLBACK_HOLD_AT": "verified",
+                                     "SYNCD_ROLLBACK_RESUME_ON": str(go)})
+        reader = await asyncpg.connect(pg_dsn)
+        try:
+            assert proc.stdout.readline().strip() == "holding at verified"
+            await reader.execute("BEGIN; SELECT count(*) FROM app.contacts")
+            go.touch()
+            await asyncio.sleep(4)
+            await reader.execute("COMMIT")
+            out, err = await asyncio.to_thread(proc.communicate, timeout=120)
+        finally:
+            await reader.close()
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out + err
+        assert "rolled back to SQLite" in out, out
+        assert downtime(out) >= 4, out
+        assert re.search(rf"the switch's last transaction waits for Postgres backend {reader.get_server_pid()} "
+                         r'\(an unnamed client, idle in transaction\) on "contacts"', out + err), out + err
+        assert await direction(pg_dsn) == "to_postgres" and sqlite_writable(db)
+        assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'rollback'") == [("done",)]
