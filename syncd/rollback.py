@@ -87,8 +87,8 @@ RESUME_ON = os.environ.get("SYNCD_ROLLBACK_RESUME_ON")  # tests: ...or go on onc
 # The switch's last transaction (and the undo of a freeze) takes each table for a moment,
 # waiting LOCK_TIMEOUT at most each time: a transaction of the application's that took a
 # table while Postgres was frozen (a long report, a session left idle in a transaction)
-# is waited for, try after try, this long before the switch gives up.
-TURN_WAIT_SECONDS = 60.0
+# is waited for, try after try, for [postgres] statement_timeout_seconds (as long as one
+# statement of the application's may run) before the switch gives up.
 TURN_RETRY_SECONDS = 0.1  # how often pg_locks is read while waiting
 
 
@@ -491,17 +491,17 @@ async def long_holders(conn: asyncpg.Connection, schema: str, tables: list[str])
 
 class TablesBusy(Refused):
     """The switch's last transaction (or the undo of its freeze) could not take a table
-    within TURN_WAIT_SECONDS: the holders are named."""
+    within the wait: the holders are named."""
 
 
 async def _while_tables_busy(attempt, conn: asyncpg.Connection, source: SourceSettings, tables: list[str],
-                             what: str) -> None:
+                             what: str, seconds: float) -> None:
     """`attempt()` (one transaction), tried again while it fails for a table another
     session keeps (a lock wait or a deadlock: rolled back, nothing of it done), for
-    TURN_WAIT_SECONDS at most; the first wait names the sessions in the log. Between
+    `seconds` at most; the first wait names the sessions in the log. Between
     tries syncd only watches pg_locks until the transactions that held a table then have
     ended: no lock request of its own stays queued ahead of the application's reads."""
-    deadline = time.monotonic() + TURN_WAIT_SECONDS
+    deadline = time.monotonic() + seconds
     said = False
     while True:
         try:
@@ -510,7 +510,7 @@ async def _while_tables_busy(attempt, conn: asyncpg.Connection, source: SourceSe
             holders = await _table_holders(conn, source.schema, tables)
             if not said:
                 log.warning(f"{what} waits for {holders}, which keeps a table busy (an open transaction that used "
-                            f"it), for {TURN_WAIT_SECONDS:g} s at most", extra={"source": source.name,
+                            f"it), for {seconds:g} s at most", extra={"source": source.name,
                                                                                 "event": "rollback_waiting"})
                 said = True
             held = {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)}
@@ -518,7 +518,7 @@ async def _while_tables_busy(attempt, conn: asyncpg.Connection, source: SourceSe
                 await asyncio.sleep(TURN_RETRY_SECONDS)
                 held &= {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)}
             if held:
-                raise TablesBusy(f"{what} could not take the source's tables for {TURN_WAIT_SECONDS:g} s: {holders} "
+                raise TablesBusy(f"{what} could not take the source's tables for {seconds:g} s: {holders} "
                                  "kept one busy (an open transaction that used it)") from None
 
 
@@ -706,7 +706,8 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                                   detail=json.dumps({"steps": res.plan}))
                 committing = True
 
-        await _while_tables_busy(turn, conn, source, tables, "the switch's last transaction")
+        await _while_tables_busy(turn, conn, source, tables, "the switch's last transaction",
+                                 settings.postgres.statement_timeout_seconds)
         turned = True
         _said_by_default(res, source, always)
         res.plan.append(f"the forward stream resumes after change {top} of SQLite's changelog")
@@ -749,7 +750,10 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                                           detail=json.dumps({"reason": reason}))
 
                 try:
-                    await _while_tables_busy(undo, pg, source, tables, "the undo of the freeze")
+                    # After the turn waited in vain, the same transaction is not waited for twice.
+                    await _while_tables_busy(undo, pg, source, tables, "the undo of the freeze",
+                                             0 if isinstance(e, TablesBusy)
+                                             else settings.postgres.statement_timeout_seconds)
                 except TablesBusy as busy:
                     res.problems.append(f"{reason}; not undone yet: {busy}. Postgres stays frozen for the "
                                         "application until that transaction ends; the daemon then undoes the "

@@ -419,46 +419,74 @@ async def _held(dsn: str, table: str) -> bool:
                           table)) == [("held",)]
 
 
-async def test_a_transaction_that_takes_a_table_while_postgres_is_frozen_only_delays_the_switch(
-        tmp_path, make_config, pg_dsn):
-    """A session of the application's opens a transaction that reads a table while Postgres
-    is frozen (reads still work), after the rollback's checks, and keeps it 4 s: past the
-    2 s a lock is waited for at once. The switch's last transaction, which takes each table
-    for a moment, waits for that transaction (naming it in the log) instead of giving up
-    and leaving the undo to meet the same lock; then the rollback goes through."""
+async def _rollback_meeting_a_reader(cfg, pg_dsn, go, hold_seconds: float | None) -> tuple[int, str, int]:
+    """`syncd rollback` paused after its verification; a session of the application's
+    then opens a transaction reading "contacts" (reads work while Postgres is frozen),
+    the rollback goes on, and the transaction ends after `hold_seconds` (None: only once
+    the command has ended). Returns (exit code, its output, the session's backend pid)."""
     import asyncio
     import os
     import subprocess
 
     from tests.support.daemon import syncd_cmd
 
+    go.unlink(missing_ok=True)
+    proc = subprocess.Popen(syncd_cmd(cfg, "rollback"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=str(cfg.parent), env={**os.environ, "SYNCD_ROLLBACK_HOLD_AT": "verified",
+                                                      "SYNCD_ROLLBACK_RESUME_ON": str(go)})
+    reader = await asyncpg.connect(pg_dsn)
+    try:
+        assert proc.stdout.readline().strip() == "holding at verified"
+        await reader.execute("BEGIN; SELECT count(*) FROM app.contacts")
+        go.touch()
+        if hold_seconds is not None:
+            await asyncio.sleep(hold_seconds)
+            await reader.execute("COMMIT")
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
+        return proc.returncode, out, reader.get_server_pid()
+    finally:
+        await reader.close()
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_a_transaction_that_takes_a_table_while_postgres_is_frozen_delays_the_switch_or_is_named(
+        tmp_path, make_config, pg_dsn):
+    """The switch's last transaction takes each table for a moment. A transaction of the
+    application's that took a table after the rollback's checks is waited for (named in
+    the log) for as long as a statement may run, instead of giving up after one 2 s lock
+    wait and leaving the undo to meet the same lock. Kept longer, the rollback is undone
+    naming it; the undo, meeting the same transaction, is left to the daemon, which
+    unfreezes Postgres once it ends."""
     db = tmp_path / "app.db"
     make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
+    cfg = backup_and_config(make_config, tmp_path, db, postgres={"statement_timeout_seconds": 8})
+    go = tmp_path / "go"
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
-        go = tmp_path / "go"
-        proc = subprocess.Popen(syncd_cmd(cfg, "rollback"), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=str(cfg.parent),
-                                env={**os.environ, "SYNCD_ROLLBACK_HOLD_AT": "verified",
-                                     "SYNCD_ROLLBACK_RESUME_ON": str(go)})
-        reader = await asyncpg.connect(pg_dsn)
-        try:
-            assert proc.stdout.readline().strip() == "holding at verified"
-            await reader.execute("BEGIN; SELECT count(*) FROM app.contacts")
-            go.touch()
-            await asyncio.sleep(4)
-            await reader.execute("COMMIT")
-            out, err = await asyncio.to_thread(proc.communicate, timeout=120)
-        finally:
-            await reader.close()
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 0, out + err
-        assert "rolled back to SQLite" in out, out
-        assert downtime(out) >= 4, out
-        assert re.search(rf"the switch's last transaction waits for Postgres backend {reader.get_server_pid()} "
-                         r'\(an unnamed client, idle in transaction\) on "contacts"', out + err), out + err
+
+        rc, out, pid = await _rollback_meeting_a_reader(cfg, pg_dsn, go, None)
+        assert rc == 1, out
+        held_by = rf'Postgres backend {pid} \(an unnamed client, idle in transaction\) on "contacts"'
+        assert re.search(rf"the switch's last transaction waits for {held_by}", out), out
+        assert re.search(rf"the switch's last transaction could not take the source's tables for 8 s: {held_by} kept "
+                         r"one busy .*; not undone yet: the undo of the freeze could not take the source's tables for "
+                         r"0 s: .*Postgres stays frozen for the application until that transaction ends; the daemon "
+                         r"then undoes the rollback", out), out
+        assert await direction(pg_dsn) == "to_sqlite" and not sqlite_writable(db)
+
+        async def undone() -> bool:  # the reader's session ended once the command had
+            rows = await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'rollback'")
+            return rows == [("undone",)] and await postgres_refusal(pg_dsn) is None
+
+        await eventually(undone, 30, "the daemon undoing the rollback", d)
+
+        rc, out, pid = await _rollback_meeting_a_reader(cfg, pg_dsn, go, 4)
+        assert rc == 0, out
+        assert re.search(rf'the switch\'s last transaction waits for Postgres backend {pid} \(an unnamed client, '
+                         r'idle in transaction\) on "contacts"', out), out
+        assert "rolled back to SQLite" in out and downtime(out) >= 4, out
         assert await direction(pg_dsn) == "to_postgres" and sqlite_writable(db)
-        assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'rollback'") == [("done",)]
+        assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'rollback' ORDER BY id") == \
+            [("undone",), ("done",)]
