@@ -1,0 +1,115 @@
+"""Sessions holding the tables a switch (`syncd cutover`, `syncd rollback`) must take
+for a moment: found in pg_locks, which every role may read (a session's state in
+pg_stat_activity reads NULL for another role's session unless syncd's role may read
+all statistics), named as a user finds them, and waited for without queueing a lock
+request of syncd's ahead of the application's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from syncd.config import SourceSettings
+from syncd.reverse import capture
+
+log = logging.getLogger("syncd")
+
+# A switch's last transaction (and the undo of a freeze) takes each table for a moment,
+# waiting a short lock timeout at most each time: a transaction of the application's
+# holding a table (a long report, a session left idle in a transaction) is waited for,
+# try after try, for [postgres] statement_timeout_seconds (as long as one statement of
+# the application's may run) before the switch gives up.
+RETRY_SECONDS = 0.1  # how often pg_locks is read while waiting
+
+HELD_SECONDS = 1.0  # one transaction holding a table's lock longer than this: stuck, or too long to wait for
+
+_LOCKS = ("SELECT l.pid, l.virtualtransaction, coalesce(nullif(a.application_name, ''), 'an unnamed client'), "
+          "a.state, c.relname FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+          "JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
+          "WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND l.granted AND l.pid <> pg_backend_pid() "
+          "AND left(a.application_name, $3) IS DISTINCT FROM $4")
+
+
+async def _locks(conn: asyncpg.Connection, schema: str, tables: list[str]) -> list:
+    """(pid, transaction, name, state, table) of the locks others' sessions hold on
+    `tables` (syncd's own left out). A session's state reads NULL for another role's
+    session unless syncd's role may read all statistics; pg_locks are every role's."""
+    return await conn.fetch(_LOCKS, schema, tables, len(capture.WRITER_PREFIX), capture.WRITER_PREFIX)
+
+
+def _by_backend(locks) -> dict[int, tuple[str, str | None, set[str]]]:
+    """pid -> (application name, state, the tables it holds)."""
+    out: dict[int, tuple[str, str | None, set[str]]] = {}
+    for pid, _vxid, name, state, table in locks:
+        out.setdefault(pid, (name, state, set()))[2].add(table)
+    return out
+
+
+def _backend(pid: int, name: str, state: str | None) -> str:
+    return f"Postgres backend {pid} ({name}{', ' + state if state else ''})"
+
+
+def _tables(rels: set[str]) -> str:
+    return ", ".join(f'"{t}"' for t in sorted(rels))
+
+
+async def long_holders(conn: asyncpg.Connection, schema: str, tables: list[str]) -> list[str]:
+    """Transactions that hold a lock on one of the source's `tables` and still hold it
+    HELD_SECONDS later (the same transaction: pg_locks, which every role may read,
+    unlike other roles' session states): the switch takes each table for a moment while
+    Postgres is frozen for the application (and to undo the freeze), and would wait for
+    them in vain. A busy application's short transactions come and go meanwhile;
+    syncd's own (a daemon's short transactions) are not counted."""
+    first = {(r[0], r[1]) for r in await _locks(conn, schema, tables)}
+    if not first:
+        return []
+    await asyncio.sleep(HELD_SECONDS)
+    held = _by_backend(r for r in await _locks(conn, schema, tables) if (r[0], r[1]) in first)
+    return [f"{_backend(pid, name, state)} has held a lock on {_tables(rels)} inside one transaction for over "
+            f"{HELD_SECONDS:g} s: the switch takes each table for a moment and would wait for it; end that "
+            f"transaction (or SELECT pg_terminate_backend({pid})) and run it again"
+            for pid, (name, state, rels) in sorted(held.items())]
+
+
+class TablesBusy(Exception):
+    """The switch's last transaction (or the undo of its freeze) could not take a table
+    within the wait: the holders are named."""
+
+
+async def while_tables_busy(attempt: Callable[[], Awaitable[None]], conn: asyncpg.Connection,
+                            source: SourceSettings, tables: list[str], what: str, seconds: float) -> None:
+    """`attempt()` (one transaction), tried again while it fails for a table another
+    session keeps (a lock wait or a deadlock: rolled back, nothing of it done), for
+    `seconds` at most; the first wait names the sessions in the log. Between
+    tries syncd only watches pg_locks until the transactions that held a table then have
+    ended: no lock request of its own stays queued ahead of the application's reads."""
+    deadline = time.monotonic() + seconds
+    said = False
+    while True:
+        try:
+            return await attempt()
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+            holders = await table_holders(conn, source.schema, tables)
+            if not said:
+                log.warning(f"{what} waits for {holders}, which keeps a table busy (an open transaction that used "
+                            f"it), for {seconds:g} s at most", extra={"source": source.name, "event": "switch_waiting"})
+                said = True
+            held = {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)}
+            while held and time.monotonic() < deadline:
+                await asyncio.sleep(RETRY_SECONDS)
+                held &= {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)}
+            if held or time.monotonic() >= deadline:
+                raise TablesBusy(f"{what} could not take the source's tables for {seconds:g} s: {holders} "
+                                 "kept one busy (an open transaction that used it)") from None
+
+
+async def table_holders(conn: asyncpg.Connection, schema: str, tables: list[str]) -> str:
+    """The other sessions holding a lock on any of `tables`, as a user finds them in
+    pg_stat_activity (to end or wait for): writers in a long transaction, say."""
+    held = sorted(_by_backend(await _locks(conn, schema, tables)).items())[:5]
+    return "; ".join(f"{_backend(pid, name, state)} on {_tables(rels)}" for pid, (name, state, rels) in held) \
+        or "another session"
