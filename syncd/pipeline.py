@@ -34,7 +34,7 @@ from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
 from syncd.sqlite import disk_guard, freeze, reader
-from syncd.sqlite.capture import CaptureStateError, LockTimeout, contended, wait_write_lock
+from syncd.sqlite.capture import CaptureStateError, contended
 from syncd.sqlite.connection import SourceFileError, hard_links, is_sqlite_file_error
 from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
 
@@ -61,12 +61,6 @@ READ_ONLY = "25006"  # read_only_sql_transaction: a standby, or default_transact
 # A file its application keeps locked this long is reported (file_locked), once; shorter
 # locks are the application at work and only retried.
 FILE_LOCKED_AFTER_SECONDS = 10.0
-# How long syncd's writes into the file (its notes, arming capture) wait for the file's
-# write lock while the step holds a pooled Postgres connection: an application keeping
-# a write transaction open would otherwise keep the connection from the whole fleet for
-# each write's full wait. A step that could not write ends, and the next one waits for
-# the lock before it borrows a connection.
-STEP_WRITE_SECONDS = 1.0
 
 
 class Pipeline:
@@ -96,7 +90,6 @@ class Pipeline:
         self.halted_counted: tuple[dict[int, int], int] = ({}, 0)  # positions, checkpoint counted at
         self.last_poll = None
         self.locked_since: float | None = None  # monotonic: steps have failed on the file's lock since
-        self.write_locked = False  # a step could not write into the file: the next waits for its lock first
         self.sqlite_answered = False  # the step in progress has read the file
         self.names_told = 1  # the file's hard links last warned about
         self.pruner = Pruner(source.path, source.name, settings.sqlite.prune_window,
@@ -312,8 +305,6 @@ class Pipeline:
             self._pg_down(exc)
         elif contended(exc):
             # The application holds the file: try again soon. Held for long, it is said.
-            if isinstance(exc, LockTimeout):
-                self.write_locked = True
             now = time.monotonic()
             if self.locked_since is None:
                 self.locked_since = now
@@ -449,13 +440,9 @@ class Pipeline:
             await self._maybe_close_idle()
             return False  # idle: no connection borrowed, no query sent
         self.idle_since = time.monotonic()
-        async with s.step():
-            s.worker.write_wait = STEP_WRITE_SECONDS
-            try:
-                self.pg_ok = True
-                return await self._postgres_steps()
-            finally:
-                s.worker.write_wait = None
+        async with s.pipeline_step():  # a write held up by the application ends the step
+            self.pg_ok = True
+            return await self._postgres_steps()
 
     async def _postgres_work_due(self) -> bool:
         """Anything for this step to do in Postgres? Asked of SQLite alone (one cheap
@@ -469,12 +456,6 @@ class Pipeline:
         # locked fails here, before a Postgres connection is borrowed. A step holding one
         # of the pool's few while it waits out the lock keeps the rest of the fleet waiting.
         top = await s.worker.run(reader.max_seq)
-        if self.write_locked:
-            # The last step could not write into the file (its application keeps a write
-            # transaction open; reads still work): the lock is waited for here, with no
-            # Postgres connection borrowed, and the step's writes are made once it is free.
-            await s.worker.run(wait_write_lock, self.settings.sqlite.write_busy_timeout_ms, STEP_WRITE_SECONDS)
-            self.write_locked = False
         self.sqlite_answered = True
         self.max_seq_seen = max(self.max_seq_seen, top)
         if self.check_postgres:

@@ -21,10 +21,17 @@ from syncd.postgres.bookkeeping import Bookkeeping, TableRow
 from syncd.postgres.pool import Target
 from syncd.postgres.target import check_target
 from syncd.rows import RowConverter
-from syncd.sqlite.capture import CaptureState
+from syncd.sqlite.capture import CaptureState, LockTimeout, wait_write_lock
 from syncd.sqlite.connection import SqliteWorker
 
 log = logging.getLogger("syncd")
+
+# How long syncd's writes into the file (its notes, arming capture, the way back's
+# batches) wait for the file's write lock while a pipeline's step holds a pooled Postgres
+# connection: an application keeping a write transaction open would otherwise keep the
+# connection from the whole fleet for each write's full wait. A step that could not
+# write ends, and the next one waits for the lock before it borrows a connection.
+STEP_WRITE_SECONDS = 1.0
 
 
 @dataclass
@@ -91,6 +98,7 @@ class SourceSession:
         self.journal_mode = "delete"
         self.schema_version: int | None = None
         self.direction = TO_POSTGRES  # from bookkeeping at each reconcile (the cutover flips it)
+        self.write_locked = False  # a pipeline step could not write into the file: the next waits for its lock first
 
     # --- logging -------------------------------------------------------------------
 
@@ -136,6 +144,26 @@ class SourceSession:
                 yield conn
             finally:
                 self.pg = None
+
+    @contextlib.asynccontextmanager
+    async def pipeline_step(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pipeline's step (step()): one of the few connections the fleet shares. While
+        it is borrowed, syncd's writes into the file wait at most STEP_WRITE_SECONDS for the
+        write lock, and one that could not get it ends the step (LockTimeout); the next
+        step then waits for the lock first, with no connection borrowed, so an application
+        keeping a write transaction open (reads still work) holds up its own file alone."""
+        if self.write_locked:
+            await self.worker.run(wait_write_lock, self.settings.sqlite.write_busy_timeout_ms, STEP_WRITE_SECONDS)
+            self.write_locked = False
+        async with self.step() as conn:
+            self.worker.write_wait = STEP_WRITE_SECONDS
+            try:
+                yield conn
+            except LockTimeout:
+                self.write_locked = True
+                raise
+            finally:
+                self.worker.write_wait = None
 
     def drop_postgres(self) -> None:
         """After a failure that may mean the lock is gone (or held by another process):
