@@ -1,8 +1,9 @@
 """A fleet where some applications hold their file under a long exclusive lock
-(rollback-journal mode, `BEGIN EXCLUSIVE`): the other files keep streaming as before,
-and the locked ones catch up once their locks are gone. syncd's SQLite threads are
-shared by every source, so a locked file must give its thread back instead of waiting
-on it."""
+(rollback-journal mode, `BEGIN EXCLUSIVE`) or keep a write transaction open: the other
+files keep streaming as before, to Postgres and, after a cutover, back from it, and the
+locked ones catch up once their locks are gone. syncd's SQLite threads and its pooled
+Postgres connections are shared by every source, so a locked file must give its thread
+back instead of waiting on it, and never keep a Postgres connection while it waits."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ import time
 import asyncpg
 import pytest
 
+from syncd.config import load_settings
+from syncd.reverse.position import position
+from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import wait_caught_up
+from tests.support.way_back import back_up, typeof, wait_back
 
 THREADS = 2
 LOCKED = 5  # more locked files than threads
@@ -194,14 +199,14 @@ WRITE_HELD = 5  # healthy files beside the one held in a write transaction
 WRITE_MEASURED_SECONDS = 12.0  # more than one of syncd's tries to prune the held file (PRUNE_EVERY_SECONDS)
 
 
-def one_pooled_connection(make_config, files):
+def one_pooled_connection(make_config, files, **sections):
     """Every file of `files` one source, connections kept open, schema checks often (each
     a step with a Postgres connection) and one pooled connection: a step that waits on a
     file's lock while it holds that connection keeps the whole fleet waiting."""
     return make_config([{"name": "{stem}", "path": str(files / "*.db")}],
                        sections={"verify": {"interval_seconds": 0}, "postgres": {"max_connections": 2},
                                  "stream": {"schema_check_interval_seconds": 2},
-                                 "sqlite": {"idle_close_seconds": 600}})
+                                 "sqlite": {"idle_close_seconds": 600}, **sections})
 
 
 def changelog_entries_below(path, seq: int) -> int:
@@ -277,6 +282,111 @@ async def test_a_file_held_in_a_write_transaction_does_not_stall_the_others(tmp_
                 await asyncio.sleep(0.5)
             for p in healthy:
                 await wait_caught_up(p, pg_dsn, p.stem, daemon=d)
+            assert d.stop() == 0
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        await pg.close()
+
+
+WAY_BACK_HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")  # the file's write lock, held; its readers go on
+print("locked", flush=True)
+sys.stdin.readline()  # held until told
+conn.execute("ROLLBACK")
+print("released", flush=True)
+"""
+
+WAY_BACK_HEALTHY = 3  # cut-over files beside the one held in a write transaction
+WAY_BACK_MEASURED_SECONDS = 8.0  # several of syncd's tries to write the held file's changes
+
+
+def reverse_checkpoint(path) -> str | None:
+    rows = typeof(path, "SELECT value FROM _syncd_meta WHERE key = 'reverse_checkpoint'")
+    return rows[0][0] if rows else None
+
+
+async def test_a_cut_over_file_held_in_a_write_transaction_does_not_stall_the_way_back(tmp_path, make_config,
+                                                                                      pg_dsn):
+    """After the cutover every file follows Postgres. An application keeps a write
+    transaction (BEGIN IMMEDIATE) open on one of them while Postgres changes that file's
+    rows: syncd cannot write them into it. With one pooled Postgres connection for the
+    fleet, the other files still receive their Postgres changes promptly; the held file's
+    changes wait in Postgres's changelog meanwhile (its position in the file does not
+    move), and reach it, in order, once the transaction ends."""
+    files = tmp_path / "files"
+    files.mkdir()
+    held = files / "held.db"
+    healthy = [files / f"healthy{i}.db" for i in range(WAY_BACK_HEALTHY)]
+    for p in [held, *healthy]:
+        make_file(p)
+        back_up(p, tmp_path / "backups")
+    cfg = one_pooled_connection(make_config, files, cutover={
+        "min_days": 0, "backup_glob": str(tmp_path / "backups" / "{source}-latest.db")})
+    pg = await asyncpg.connect(pg_dsn)
+    holder = None
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            for p in [held, *healthy]:
+                await wait_caught_up(p, pg_dsn, p.stem, daemon=d)
+            v = run_cli(cfg, "verify")  # the checklist wants a clean verification
+            assert v.returncode == 0, v.stdout + v.stderr
+            r = run_cli(cfg, "cutover")
+            assert r.returncode == 0, r.stdout + r.stderr
+            for p in [held, *healthy]:
+                await wait_back(cfg, p, pg_dsn, p.stem, daemon=d)
+            position_before = reverse_checkpoint(held)
+
+            holder = subprocess.Popen([sys.executable, "-c", WAY_BACK_HOLDER, str(held)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert holder.stdout.readline().strip() == "locked"
+            # The application, on Postgres now, changes the held file's rows: a row changed
+            # twice, one added and changed, one deleted.
+            await pg.execute("UPDATE held.items SET v = 'changed in Postgres' WHERE id = 1")
+            await pg.execute("UPDATE held.items SET v = 'changed twice' WHERE id = 1")
+            await pg.execute("INSERT INTO held.items (id, v) VALUES (100, 'added in Postgres')")
+            await pg.execute("UPDATE held.items SET v = 'added, then changed' WHERE id = 100")
+            await pg.execute("DELETE FROM held.items WHERE id = 2")
+
+            waits: list[float] = []
+            started = time.monotonic()
+            while time.monotonic() - started < WAY_BACK_MEASURED_SECONDS:
+                p = healthy[len(waits) % len(healthy)]
+                marker = f"change {len(waits)}"
+                await pg.execute(f'INSERT INTO "{p.stem}".items (id, v) VALUES ($1, $2)', 1000 + len(waits), marker)
+                written = time.monotonic()
+                while not typeof(p, "SELECT count(*) FROM items WHERE v = ?", marker)[0][0]:
+                    # A generous bound: one of syncd's writes into the held file waits for its
+                    # lock for a second; a healthy file's change takes milliseconds.
+                    assert time.monotonic() - written < 10.0, \
+                        f"{marker} of {p.stem} took over 10 s to reach SQLite: the way back stalls behind {held.name}"
+                    assert d.alive(), d.log()[-3000:]
+                    await asyncio.sleep(0.02)
+                waits.append(time.monotonic() - written)
+                await asyncio.sleep(0.2)
+            print(f"healthy changes back into SQLite: {len(waits)}, slowest {sorted(waits)[-5:]}")
+            assert holder.poll() is None, "the transaction ended before the healthy files were measured"
+            # None of the held file's changes was written, nor its position moved: they wait
+            # in Postgres's changelog.
+            assert reverse_checkpoint(held) == position_before
+            assert typeof(held, "SELECT id, v FROM items WHERE id IN (1, 2, 100) ORDER BY id") == \
+                [(1, "held-0"), (2, "held-1")]
+            settings = load_settings(cfg)
+            assert (await position(settings, settings.source("held"))).pending > 0
+
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "released"
+            await wait_back(cfg, held, pg_dsn, "held", daemon=d)
+            assert typeof(held, "SELECT id, v FROM items WHERE id IN (1, 2, 100) ORDER BY id") == \
+                [(1, "changed twice"), (100, "added, then changed")]
+            assert await compare_table(str(held), pg_dsn, "held", "items") == []
+            for p in healthy:
+                await wait_back(cfg, p, pg_dsn, p.stem, daemon=d)
+                assert await compare_table(str(p), pg_dsn, p.stem, "items") == []
             assert d.stop() == 0
     finally:
         if holder is not None:

@@ -355,7 +355,10 @@ class ReversePipeline:
         if not self.listening:
             await s.target.listen(self.names.channel, self._notified)
             self.listening = True
-        async with s.step():  # one connection of the target's pool for the whole cycle
+        # One connection of the target's pool for the whole cycle. The cycle's writes into
+        # the file (Postgres's changes, its marks) give up on a lock the application holds
+        # after a second, and the next cycle waits for the lock before it borrows one.
+        async with s.pipeline_step():
             return await self._cycle_on_connection()
 
     async def _cycle_on_connection(self) -> bool:

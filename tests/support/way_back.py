@@ -15,16 +15,21 @@ from tests.support.daemon import run_cli
 from tests.support.sync import pg_rows, wait_caught_up
 
 
-def backup_and_config(make_config, tmp_path: Path, db: Path, sources: list[dict] | None = None,
-                      **sections) -> Path:
-    """A configuration whose checklist lets `syncd cutover` through (min_days 0, a fresh backup)."""
-    backups = tmp_path / "backups"
+def back_up(db: Path, backups: Path) -> None:
+    """A fresh backup of `db`, as `backups`/STEM-latest.db."""
     backups.mkdir(exist_ok=True)
     src = sqlite3.connect(db)
     dst = sqlite3.connect(backups / f"{db.stem}-latest.db")
     src.backup(dst)
     src.close()
     dst.close()
+
+
+def backup_and_config(make_config, tmp_path: Path, db: Path, sources: list[dict] | None = None,
+                      **sections) -> Path:
+    """A configuration whose checklist lets `syncd cutover` through (min_days 0, a fresh backup)."""
+    backups = tmp_path / "backups"
+    back_up(db, backups)
     cutover = {"min_days": 0, "backup_glob": str(backups / "*.db"), **sections.pop("cutover", {})}
     return make_config(sources or [{"name": "app", "path": str(db)}],
                        sections={"cutover": cutover, "verify": {"interval_seconds": 0}, **sections})
