@@ -376,11 +376,15 @@ async def test_a_cut_over_file_held_in_a_write_transaction_does_not_stall_the_wa
                 [(1, "held-0"), (2, "held-1")]
             settings = load_settings(cfg)
             assert (await position(settings, settings.source("held"))).pending > 0
+            # Held past the 10 s the application's own locks are waited for unsaid: reported.
+            d.wait_log(f"the SQLite file {held} is locked by its application", timeout=20)
+            assert "syncd writes Postgres's changes into it as soon as the lock is gone" in d.log()
 
             holder.stdin.write("go\n")
             holder.stdin.flush()
             assert holder.stdout.readline().strip() == "released"
             await wait_back(cfg, held, pg_dsn, "held", daemon=d)
+            d.wait_log("recovered: the SQLite file is no longer locked", timeout=20)
             assert typeof(held, "SELECT id, v FROM items WHERE id IN (1, 2, 100) ORDER BY id") == \
                 [(1, "changed twice"), (100, "added, then changed")]
             assert await compare_table(str(held), pg_dsn, "held", "items") == []

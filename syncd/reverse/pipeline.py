@@ -24,6 +24,7 @@ from syncd import metrics
 from syncd.config import Settings, SourceSettings
 from syncd.health_note import FailingNote
 from syncd.model import TO_SQLITE, TableSpec
+from syncd.pipeline import FILE_LOCKED_AFTER_SECONDS
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
 from syncd.postgres.connect import describe, is_transient
@@ -49,6 +50,7 @@ STREAMING = "streaming"
 POSTGRES_DOWN = "postgres_unreachable"
 SOURCE_MISSING = "source_missing"
 LOCKED = "locked_by_other"
+FILE_LOCKED = "file_locked"  # the application has kept the SQLite file locked while syncd had to write into it
 FAILING = "failing"
 RETIRED = "rollback_window_over"  # [cutover] keep_sqlite_days passed: SQLite no longer follows
 
@@ -155,6 +157,7 @@ class ReversePipeline:
         self.lag = ReverseLag()
         self.applied_written = float("-inf")  # when touch_applied last ran (monotonic)
         self.health = STARTING
+        self.locked_since: float | None = None  # monotonic: steps have failed on the file's lock since
         self.failing_note = FailingNote()  # FAILING, told to Postgres for `syncd status` (health_note.py)
         self.detail = ""
         self.pg_ok: bool | None = None
@@ -307,7 +310,17 @@ class ReversePipeline:
                                        "application's changes wait in Postgres's changelog", kind="postgres",
                         level="warning")
         elif contended(exc):
-            pass
+            # The application holds the file: try again soon; Postgres's changes wait in its
+            # changelog. Held for long while syncd must write into it, it is said.
+            now = time.monotonic()
+            if self.locked_since is None:
+                self.locked_since = now
+            elif now - self.locked_since >= FILE_LOCKED_AFTER_SECONDS:
+                since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() - (now - self.locked_since)))
+                self._enter(FILE_LOCKED, f"the SQLite file {self.source.path} is locked by its application "
+                            f"(SQLite says: {exc}) since {since}; syncd writes Postgres's changes into it as soon as "
+                            "the lock is gone, they wait in Postgres's changelog meanwhile", kind="sqlite",
+                            level="warning")
         elif isinstance(exc, CheckpointConflict):
             self._enter(FAILING, str(exc), kind="lock", level="error")
             self.session.drop_postgres()
@@ -328,9 +341,11 @@ class ReversePipeline:
 
     def _recovered(self) -> None:
         what = {POSTGRES_DOWN: "Postgres is reachable again", SOURCE_MISSING: "the SQLite file is back",
-                LOCKED: "the source lock is free again", FAILING: "the failing step succeeded"}.get(self.health)
+                LOCKED: "the source lock is free again", FILE_LOCKED: "the SQLite file is no longer locked",
+                FAILING: "the failing step succeeded"}.get(self.health)
         if what:
             self.session.info(f"recovered: {what}", event="recovered")
+        self.locked_since = None
         self.pg_ok = True
         self._last_error = None
 
