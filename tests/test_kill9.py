@@ -29,7 +29,9 @@ async def applied_but_unpruned(db, dsn) -> bool:
         await conn.close()
     if not applied:
         return False
-    lite = sqlite3.connect(db)
+    # The application's writers keep this rollback-journal file busy (no fairness between
+    # SQLite's readers and writers): a loaded machine can keep this read waiting for seconds.
+    lite = sqlite3.connect(db, timeout=60)
     try:
         return lite.execute("SELECT count(*) FROM _syncd_changelog WHERE seq < ?", (applied,)).fetchone()[0] > 0
     finally:
