@@ -441,25 +441,17 @@ class ReversePipeline:
         self._pg_shape = self._shape(await capture.table_files(pg, self.source.schema))
         await capture.ensure_registry(pg, self.names)
         gen = await capture.generation(pg, self.names)
-        copy_all = False
-        if gen is None:
-            # No record of capture starting with the cutover: what changed since is
-            # unknown, so every table is copied again from Postgres.
-            async with pg.transaction():
-                await capture.start_generation(pg, self.names, self.source.schema)
-            gen = await capture.generation(pg, self.names)
-            copy_all = True
-            s.warning("no record of Postgres capture for the way back (cut over by an older syncd?): capture "
-                      "installed now, and every table is copied again from Postgres", event="reverse_reset")
-        assert gen is not None
-        self.generation = gen
-        if gen.retired_at is not None:
-            self.retired = gen.retired_reason or "the rollback window is over"
-            return
-        cp = ReverseCheckpoint.decode(await s.worker.run(applier.read_meta, META_KEY))
-        if cp is None or cp.generation != gen.id:
-            cp = start(gen.id)
-        self.checkpoint = cp
+        # No record of capture starting with the cutover: what changed since is unknown,
+        # so every table is copied again from Postgres. Capture starts in Postgres only
+        # once SQLite has noted those copies (below): a step that cannot write into the
+        # file (its application holds the lock) then leaves no record, and the next
+        # finds none again, instead of finding capture started and owing no copy.
+        copy_all = gen is None
+        if gen is not None:
+            self.generation = gen
+            if gen.retired_at is not None:
+                self.retired = gen.retired_reason or "the rollback window is over"
+                return
 
         message = await s.worker.run(freeze.frozen)
         if message is None:
@@ -493,6 +485,18 @@ class ReversePipeline:
         if copy_all:
             await s.worker.run(run_on(self.sink, "mark"), {n: "copied again: capture started late"
                                                           for n in schema.tables}, [])
+            async with pg.transaction():
+                await capture.start_generation(pg, self.names, self.source.schema)
+            gen = await capture.generation(pg, self.names)
+            assert gen is not None
+            self.generation = gen
+            s.warning("no record of Postgres capture for the way back (cut over by an older syncd?): capture "
+                      "installed now, and every table is copied again from Postgres", event="reverse_reset")
+        assert gen is not None
+        cp = ReverseCheckpoint.decode(await s.worker.run(applier.read_meta, META_KEY))
+        if cp is None or cp.generation != gen.id:
+            cp = start(gen.id)
+        self.checkpoint = cp
         self.reload = await s.worker.run(applier.read_reload)
         formats = await tables.read_formats(pg, self.names.bk, s.name)
         runtimes: dict[str, ReverseTable] = {}

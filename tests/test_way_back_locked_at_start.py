@@ -1,0 +1,77 @@
+"""The way back's start while the application keeps its cut-over SQLite file locked: the
+step that finds no record of Postgres capture (a source cut over by an older syncd, or
+whose record was lost) starts capture in Postgres and marks every table to be copied
+again in SQLite. With syncd's writes into the file bounded to a second while a step
+holds a pooled connection, the mark can fail on the application's lock after capture
+started: the copy must still happen once the lock is gone, or the changes made in
+Postgres before capture started never reach SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+
+import asyncpg
+
+from tests.support.daemon import DaemonProcess
+from tests.support.sync import eventually
+from tests.support.way_back import backup_and_config, cut_over, typeof, wait_back
+
+HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")  # the file is frozen: the application only holds its write lock
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+"""
+
+
+def make_app(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO items VALUES (?, ?)", [(i, f"seed {i}") for i in range(1, 6)])
+    conn.commit()
+    conn.close()
+
+
+async def test_changes_made_before_capture_started_reach_sqlite_although_the_file_was_locked(
+        tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        # Changes Postgres's record of capture no longer covers: the record is gone.
+        await pg.execute("UPDATE app.items SET v = 'changed in Postgres' WHERE id = 1")
+        await pg.execute("DELETE FROM app.items WHERE id = 2")
+        await pg.execute("DELETE FROM syncd.reverse WHERE source = 'app'")
+    finally:
+        await pg.close()
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), "6"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+            d.wait_log("syncd running", 30)
+            await asyncio.sleep(2)  # the way back's first steps meet the lock, a second each at most
+            assert holder.poll() is None, "the application's lock ended too early for the test"
+            assert holder.wait(30) == 0
+            await wait_back(cfg, db, pg_dsn, daemon=d)
+
+            async def copied() -> bool:
+                return typeof(db, "SELECT id, v FROM items ORDER BY id") == \
+                    [(1, "changed in Postgres"), (3, "seed 3"), (4, "seed 4"), (5, "seed 5")]
+
+            await eventually(copied, 30, "the tables copied again from Postgres", d)
+            assert "no record of Postgres capture for the way back" in d.log()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
