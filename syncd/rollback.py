@@ -74,6 +74,7 @@ class RollbackResult:
     problems: list[str] = field(default_factory=list)
     undone: bool = False
     unknown: bool = False  # Postgres could not be asked whether its last transaction committed
+    undo_pending: bool = False  # not done, and the freeze not undone yet: the daemon undoes it
     downtime_seconds: float | None = None
     plan: list[str] = field(default_factory=list)
 
@@ -659,6 +660,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                                              0 if isinstance(e, TablesBusy)
                                              else settings.postgres.statement_timeout_seconds)
                 except TablesBusy as busy:
+                    res.undo_pending = True
                     res.problems.append(f"{reason}; not undone yet: {busy}. Postgres stays frozen for the "
                                         "application until that transaction ends; the daemon then undoes the "
                                         "rollback (`syncd rollback` again settles it too)")

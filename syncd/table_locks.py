@@ -103,8 +103,9 @@ async def while_tables_busy(attempt: Callable[[], Awaitable[None]], conn: asyncp
                 await asyncio.sleep(RETRY_SECONDS)
                 held &= {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)}
             if held or time.monotonic() >= deadline:
-                raise TablesBusy(f"{what} could not take the source's tables for {seconds:g} s: {holders} "
-                                 "kept one busy (an open transaction that used it)") from None
+                waited = f" for {seconds:g} s" if seconds else ""
+                raise TablesBusy(f"{what} could not take the source's tables{waited}: {holders} kept one busy (an "
+                                 "open transaction that used it)") from None
 
 
 async def table_holders(conn: asyncpg.Connection, schema: str, tables: list[str]) -> str:

@@ -470,10 +470,10 @@ async def test_a_transaction_that_takes_a_table_while_postgres_is_frozen_delays_
         assert rc == 1, out
         held_by = rf'Postgres backend {pid} \(an unnamed client, idle in transaction\) on "contacts"'
         assert re.search(rf"the switch's last transaction waits for {held_by}", out), out
-        assert re.search(rf"the switch's last transaction could not take the source's tables for 8 s: {held_by} kept "
-                         r"one busy .*; not undone yet: the undo of the freeze could not take the source's tables for "
-                         r"0 s: .*Postgres stays frozen for the application until that transaction ends; the daemon "
-                         r"then undoes the rollback", out), out
+        assert re.search(rf"app: UNDO PENDING: the switch's last transaction could not take the source's tables for "
+                         rf"8 s: {held_by} kept one busy .*; not undone yet: the undo of the freeze could not take the "
+                         r"source's tables: .*Postgres stays frozen for the application until that transaction ends; "
+                         r"the daemon then undoes the rollback", out), out
         assert await direction(pg_dsn) == "to_sqlite" and not sqlite_writable(db)
 
         async def undone() -> bool:  # the reader's session ended once the command had

@@ -62,7 +62,8 @@ def render(r: RollbackResult) -> list[str]:
     if r.already:
         return [f"{r.source}: not cut over ({r.already}); nothing to do", *notes]
     if r.problems:
-        head = "UNDONE" if r.undone else "OUTCOME UNKNOWN" if r.unknown else "REFUSED"
+        head = "UNDONE" if r.undone else "OUTCOME UNKNOWN" if r.unknown else "UNDO PENDING" if r.undo_pending \
+            else "REFUSED"
         return [f"{r.source}: {head}: {r.problems[0]}", *(f"  - {p}" for p in r.problems[1:]), *notes]
     if r.dry_run:
         return [f"{r.source}: ready to roll back (dry run, nothing changed)", *notes]

@@ -502,9 +502,11 @@ class ReversePipeline:
         runtimes: dict[str, ReverseTable] = {}
         for name, d in sorted(decisions.items()):
             if d.kind == tables.FORGET:
-                await pg.execute(f"DELETE FROM {s.bk.s}.tables WHERE source = $1 AND table_name = $2", s.name, name)
+                # The file first: a write that gives up on the application's lock leaves the
+                # table's row, and the next reconcile forgets it again (its mark with it).
                 if name in self.reload:  # a copy it waited for (paused, then dropped in SQLite too)
                     self.reload = await s.worker.run(run_on(self.sink, "mark"), {}, [name])
+                await pg.execute(f"DELETE FROM {s.bk.s}.tables WHERE source = $1 AND table_name = $2", s.name, name)
                 s.info("table gone from Postgres (dropped, renamed, or now a partition) and not in SQLite (never "
                        "there, or dropped there too): no longer followed", table=name, event="table_forgotten")
                 self.events.append((name, "table_forgotten", "gone from Postgres, not in SQLite"))
