@@ -275,6 +275,8 @@ class Pipeline:
         s = self.session
         self.ahead.discard()  # read before the failure: read again once it is over
         metrics.retries_total.labels(self.name).inc()
+        if not contended(exc):
+            self.locked_since = None  # a lock met after another failure is counted from then
         if isinstance(exc, SourceLocked):
             self._enter(LOCKED, str(exc), kind="lock", level="error")
         elif isinstance(exc, UnsupportedTarget):

@@ -294,6 +294,8 @@ class ReversePipeline:
     def _before_retry(self, retry_state) -> None:
         exc = retry_state.outcome.exception()
         metrics.retries_total.labels(self.name).inc()
+        if not contended(exc):
+            self.locked_since = None  # a lock met after another failure is counted from then
         if isinstance(exc, SourceLocked):
             self._enter(LOCKED, str(exc), kind="lock", level="error")
         elif isinstance(exc, UnsupportedTarget):
