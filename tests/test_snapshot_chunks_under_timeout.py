@@ -32,7 +32,11 @@ async def test_a_chunk_over_the_statement_timeout_is_loaded_in_smaller_chunks(tm
     conn.executemany("INSERT INTO wide VALUES (?, ?, ?)", ((i, "a" * 50, "b" * 50) for i in range(ROWS)))
     conn.commit()
     conn.close()
-    cfg = make_config([{"name": "app", "path": str(db)}], sections={"postgres": {"statement_timeout_seconds": 0.5}})
+    # Chunks of 8,000 rows to start with: halved three times (4,000, 2,000, 1,000) before
+    # one goes through; the retries after each timeout a second apart at most.
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={
+        "postgres": {"statement_timeout_seconds": 0.5},
+        "stream": {"snapshot_chunk_rows": 8000, "retry_max_backoff_seconds": 1}})
     assert run_cli(cfg, "init").returncode == 0
     pg = await asyncpg.connect(pg_dsn)
     try:
