@@ -151,7 +151,7 @@ async def test_page_figures_equal_syncd_status_and_a_held_table_shows_its_reason
     cfg, url, abm, sales, conn, d = daemon_with_page
     await wait_caught_up(abm, pg_dsn, "abm", daemon=d)
     await wait_caught_up(sales, pg_dsn, "sales", daemon=d)
-    conn.execute(f'INSERT INTO landing VALUES (3, \'lots of people\')')  # SQLite keeps it; bigint cannot
+    conn.execute("INSERT INTO landing VALUES (3, 'lots of people')")  # SQLite keeps it; bigint cannot
     conn.commit()
     wait_for(lambda: "table held" in d.log(), 30, "the hold", d)
     run_cli(cfg, "verify")  # a verification on record for the page's history
