@@ -63,6 +63,18 @@ READ_ONLY = "25006"  # read_only_sql_transaction: a standby, or default_transact
 FILE_LOCKED_AFTER_SECONDS = 10.0
 
 
+def lock_met(locked_since: float | None, path, exc: BaseException, waiting: str) -> tuple[float, str | None]:
+    """A step met the application's lock on the file: (since when the file has been
+    locked, monotonic; the file_locked report once that is FILE_LOCKED_AFTER_SECONDS ago,
+    else None). `waiting` says what waits meanwhile."""
+    now = time.monotonic()
+    if locked_since is None or now - locked_since < FILE_LOCKED_AFTER_SECONDS:
+        return (now if locked_since is None else locked_since), None
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() - (now - locked_since)))
+    return locked_since, f"the SQLite file {path} is locked by its application (SQLite says: {exc}) since {since}; " \
+                         + waiting
+
+
 class Pipeline:
     direction = TO_POSTGRES  # which way this pipeline carries changes (the way back: reverse/pipeline.py)
 
@@ -307,14 +319,11 @@ class Pipeline:
             self._pg_down(exc)
         elif contended(exc):
             # The application holds the file: try again soon. Held for long, it is said.
-            now = time.monotonic()
-            if self.locked_since is None:
-                self.locked_since = now
-            elif now - self.locked_since >= FILE_LOCKED_AFTER_SECONDS:
-                since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() - (now - self.locked_since)))
-                self._enter(FILE_LOCKED, f"the SQLite file {self.source.path} is locked by its application "
-                            f"(SQLite says: {exc}) since {since}; syncd reads it again as soon as the lock is "
-                            "gone, its changes wait in the file meanwhile", kind="sqlite", level="warning")
+            self.locked_since, detail = lock_met(self.locked_since, self.source.path, exc,
+                                                 "syncd reads it again as soon as the lock is gone, its changes wait "
+                                                 "in the file meanwhile")
+            if detail:
+                self._enter(FILE_LOCKED, detail, kind="sqlite", level="warning")
         elif isinstance(exc, DirectionChanged):
             self.needs_reconcile = True  # reconcile reads the new direction; the daemon switches pipelines
         elif isinstance(exc, CaptureStateError):

@@ -11,6 +11,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -48,6 +49,18 @@ def make_file(path) -> None:
     conn.close()
 
 
+def fleet_files(tmp_path: Path, held: list[str], healthy: int) -> tuple[Path, list[Path], list[Path]]:
+    """A folder of files made by make_file: the ones named in `held` (the application
+    will lock them) and `healthy` others; (folder, held files, healthy files)."""
+    files = tmp_path / "files"
+    files.mkdir()
+    held_files = [files / f"{name}.db" for name in held]
+    healthy_files = [files / f"healthy{i}.db" for i in range(healthy)]
+    for p in held_files + healthy_files:
+        make_file(p)
+    return files, held_files, healthy_files
+
+
 def write(path, value: str) -> None:
     import sqlite3
     conn = sqlite3.connect(path, timeout=5)
@@ -74,12 +87,7 @@ async def healthy_waits(pg, d, healthy: list, changes: int) -> list[float]:
 
 
 async def test_files_locked_by_their_applications_do_not_stall_the_others(tmp_path, make_config, pg_dsn):
-    files = tmp_path / "files"
-    files.mkdir()
-    locked = [files / f"locked{i}.db" for i in range(LOCKED)]
-    healthy = [files / f"healthy{i}.db" for i in range(HEALTHY)]
-    for p in locked + healthy:
-        make_file(p)
+    files, locked, healthy = fleet_files(tmp_path, [f"locked{i}" for i in range(LOCKED)], HEALTHY)
     cfg = make_config([{"name": "{stem}", "path": str(files / "*.db")}],
                       sections={"sqlite": {"threads": THREADS}, "verify": {"interval_seconds": 0}})
     pg = await asyncpg.connect(pg_dsn)
@@ -136,12 +144,7 @@ async def test_many_locked_files_do_not_stall_the_others(tmp_path, make_config, 
     """However many files their applications keep locked, the healthy files' changes
     reach Postgres as promptly as ever; the locked ones are reported, and catch up
     once released."""
-    files = tmp_path / "files"
-    files.mkdir()
-    locked = [files / f"locked{i:03d}.db" for i in range(MANY_LOCKED)]
-    healthy = [files / f"healthy{i}.db" for i in range(MANY_HEALTHY)]
-    for p in locked + healthy:
-        make_file(p)
+    files, locked, healthy = fleet_files(tmp_path, [f"locked{i:03d}" for i in range(MANY_LOCKED)], MANY_HEALTHY)
     cfg = one_pooled_connection(make_config, files)
     pg = await asyncpg.connect(pg_dsn)
     holder = None
@@ -229,12 +232,7 @@ async def test_a_file_held_in_a_write_transaction_does_not_stall_the_others(tmp_
     notes) cannot get the lock. With one pooled Postgres connection for the fleet, the
     other files' changes still reach Postgres promptly; once the transaction ends, the
     held file's change arrives too and its sent entries are pruned."""
-    files = tmp_path / "files"
-    files.mkdir()
-    held = files / "held.db"
-    healthy = [files / f"healthy{i}.db" for i in range(WRITE_HELD)]
-    for p in [held, *healthy]:
-        make_file(p)
+    files, (held,), healthy = fleet_files(tmp_path, ["held"], WRITE_HELD)
     if journal == "wal":
         import sqlite3
         sqlite3.connect(held).execute("PRAGMA journal_mode = wal").fetchone()
@@ -317,12 +315,8 @@ async def test_a_cut_over_file_held_in_a_write_transaction_does_not_stall_the_wa
     fleet, the other files still receive their Postgres changes promptly; the held file's
     changes wait in Postgres's changelog meanwhile (its position in the file does not
     move), and reach it, in order, once the transaction ends."""
-    files = tmp_path / "files"
-    files.mkdir()
-    held = files / "held.db"
-    healthy = [files / f"healthy{i}.db" for i in range(WAY_BACK_HEALTHY)]
+    files, (held,), healthy = fleet_files(tmp_path, ["held"], WAY_BACK_HEALTHY)
     for p in [held, *healthy]:
-        make_file(p)
         back_up(p, tmp_path / "backups")
     cfg = one_pooled_connection(make_config, files, cutover={
         "min_days": 0, "backup_glob": str(tmp_path / "backups" / "{source}-latest.db")})

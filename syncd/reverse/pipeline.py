@@ -24,7 +24,7 @@ from syncd import metrics
 from syncd.config import Settings, SourceSettings
 from syncd.health_note import FailingNote
 from syncd.model import TO_SQLITE, TableSpec
-from syncd.pipeline import FILE_LOCKED_AFTER_SECONDS
+from syncd.pipeline import lock_met
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
 from syncd.postgres.connect import describe, is_transient
@@ -314,15 +314,11 @@ class ReversePipeline:
         elif contended(exc):
             # The application holds the file: try again soon; Postgres's changes wait in its
             # changelog. Held for long while syncd must write into it, it is said.
-            now = time.monotonic()
-            if self.locked_since is None:
-                self.locked_since = now
-            elif now - self.locked_since >= FILE_LOCKED_AFTER_SECONDS:
-                since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() - (now - self.locked_since)))
-                self._enter(FILE_LOCKED, f"the SQLite file {self.source.path} is locked by its application "
-                            f"(SQLite says: {exc}) since {since}; syncd writes Postgres's changes into it as soon as "
-                            "the lock is gone, they wait in Postgres's changelog meanwhile", kind="sqlite",
-                            level="warning")
+            self.locked_since, detail = lock_met(self.locked_since, self.source.path, exc,
+                                                 "syncd writes Postgres's changes into it as soon as the lock is "
+                                                 "gone, they wait in Postgres's changelog meanwhile")
+            if detail:
+                self._enter(FILE_LOCKED, detail, kind="sqlite", level="warning")
         elif isinstance(exc, CheckpointConflict):
             self._enter(FAILING, str(exc), kind="lock", level="error")
             self.session.drop_postgres()
