@@ -42,14 +42,13 @@ from syncd.printable import listed
 from syncd.sqlite import freeze
 from syncd.sqlite.connection import SqliteWorker
 from syncd.sqlite.introspect import introspect
-from syncd.table_locks import TablesBusy
+from syncd.table_locks import TablesBusy, blockers_named, long_holders
 
 log = logging.getLogger("syncd")
 
 SWITCH_CLASS = 0x53594E44  # advisory lock class of a cutover or rollback in progress ("SYND")
 DRAIN_SECONDS = 120.0
 VERIFY_WAIT_SECONDS = 30.0
-HOLD_AT = os.environ.get("SYNCD_CUTOVER_HOLD_AT")  # crash tests: stop at this step and wait to be killed
 
 
 class Refused(Exception):
@@ -86,11 +85,21 @@ def who() -> str:
 STARTED_SWITCHES: list[int] = []
 
 
+async def hold_at(verb: str, step: str) -> None:
+    """Tests' hook: with SYNCD_<VERB>_HOLD_AT=<step>, the switch stops at that step, says
+    so, and waits to be killed, interrupted, or (with SYNCD_<VERB>_RESUME_ON=<path>) for
+    that file to exist."""
+    if os.environ.get(f"SYNCD_{verb}_HOLD_AT") != step:
+        return
+    resume_on = os.environ.get(f"SYNCD_{verb}_RESUME_ON")
+    print(f"holding at {step}", flush=True)
+    while not (resume_on and os.path.exists(resume_on)):
+        # until killed, or interrupted (Ctrl-C cancels the command's task here)
+        await asyncio.sleep(0.1 if resume_on else 1)
+
+
 async def _hold(step: str) -> None:
-    if HOLD_AT == step:
-        print(f"holding at {step}", flush=True)
-        while True:  # until killed, or interrupted (Ctrl-C cancels the command's task here)
-            await asyncio.sleep(1)
+    await hold_at("CUTOVER", step)
 
 
 def undo_reason(e: BaseException) -> str:
@@ -390,6 +399,9 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         if undone:
             res.plan.append(undone)
         problems = await preflight(settings, source, allow_orphans)
+        # A report run in Postgres during dual-write that keeps a table would make the
+        # switch's last transaction wait for it while SQLite is frozen for the application.
+        problems += await long_holders(conn, source.schema, list(await b.load_tables(conn)))
         if problems:
             res.problems = problems
             if not dry_run:
@@ -480,7 +492,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         await _hold("verified")
         specs = await asyncio.to_thread(read_specs, source)
         marks = await worker.run(high_marks, specs)
-        async with conn.transaction():
+        async with blockers_named(settings, source, conn, "the switch's last transaction"), conn.transaction():
             # The source's row first: a daemon's schema-parity pass (which locks it too)
             # then either finished before or sees the new direction after (parity._direction).
             await conn.execute(f"SELECT 1 FROM {b.s}.sources WHERE source = $1 FOR UPDATE", source.name)

@@ -28,7 +28,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import asyncpg
 
 from syncd import collisions
 from syncd.config import Settings, SourceSettings
-from syncd.cutover import (SETTLED, STARTED_SWITCHES, Refused, answering, read_specs, record_step,
+from syncd.cutover import (SETTLED, STARTED_SWITCHES, Refused, answering, hold_at, read_specs, record_step,
                            recorded_direction, release_switch_lock, sequence_tops, switch_holder, take_switch_lock,
                            undo_reason, who)
 from syncd.identifiers import quote_ident, quote_pg_ident
@@ -83,17 +82,8 @@ class RollbackResult:
         return not self.problems
 
 
-HOLD_AT = os.environ.get("SYNCD_ROLLBACK_HOLD_AT")  # crash tests: stop at this step and wait to be killed
-RESUME_ON = os.environ.get("SYNCD_ROLLBACK_RESUME_ON")  # tests: ...or go on once this file exists
-
-
-
 async def _hold(step: str) -> None:
-    if HOLD_AT == step:
-        print(f"holding at {step}", flush=True)
-        while not (RESUME_ON and os.path.exists(RESUME_ON)):
-            # until killed, or interrupted (Ctrl-C cancels the command's task here)
-            await asyncio.sleep(0.1 if RESUME_ON else 1)
+    await hold_at("ROLLBACK", step)
 
 
 # --- the way back's start, at a cutover --------------------------------------------------------

@@ -7,13 +7,15 @@ request of syncd's ahead of the application's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 
-from syncd.config import SourceSettings
+from syncd.config import Settings, SourceSettings
+from syncd.postgres.connect import close_quietly, connect
 from syncd.reverse import capture
 
 log = logging.getLogger("syncd")
@@ -24,6 +26,7 @@ log = logging.getLogger("syncd")
 # try after try, for [postgres] statement_timeout_seconds (as long as one statement of
 # the application's may run) before the switch gives up.
 RETRY_SECONDS = 0.1  # how often pg_locks is read while waiting
+BLOCKED_SAID_AFTER_SECONDS = 2.0  # a switch's statement waiting this long for a lock names who holds it
 
 HELD_SECONDS = 1.0  # one transaction holding a table's lock longer than this: stuck, or too long to wait for
 
@@ -114,3 +117,44 @@ async def table_holders(conn: asyncpg.Connection, schema: str, tables: list[str]
     held = sorted(_by_backend(await _locks(conn, schema, tables)).items())[:5]
     return "; ".join(f"{_backend(pid, name, state)} on {_tables(rels)}" for pid, (name, state, rels) in held) \
         or "another session"
+
+
+@contextlib.asynccontextmanager
+async def blockers_named(settings: Settings, source: SourceSettings, conn: asyncpg.Connection,
+                         what: str) -> AsyncIterator[None]:
+    """While the block runs on `conn` (a switch's last transaction, which waits for the
+    locks it needs as long as a statement may run): should `conn`'s backend wait
+    BLOCKED_SAID_AFTER_SECONDS for sessions holding a lock it needs, they are named in the
+    log, once, as a user finds them in pg_stat_activity. Watched on a connection of its
+    own; a watch that fails is given up in silence (the switch goes on as it would)."""
+    pid = conn.get_server_pid()
+
+    async def watch() -> None:
+        watcher = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
+        try:
+            since = None
+            while True:
+                await asyncio.sleep(RETRY_SECONDS * 5)
+                rows = await watcher.fetch(
+                    "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'an unnamed client'), a.state "
+                    "FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids($1)) ORDER BY a.pid", pid)
+                if not rows:
+                    since = None
+                    continue
+                since = since or time.monotonic()
+                if time.monotonic() - since >= BLOCKED_SAID_AFTER_SECONDS:
+                    who = "; ".join(_backend(r[0], r[1], r[2]) for r in rows[:5])
+                    log.warning(f"{what} waits for {who}, which keeps a table it must change (an open transaction "
+                                "that used it): it waits as long as [postgres] statement_timeout_seconds; ending "
+                                "that transaction lets it go on", extra={"source": source.name,
+                                                                          "event": "switch_waiting"})
+                    return
+        finally:
+            await close_quietly(watcher)
+
+    task = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)  # its own failure or cancellation, not the caller's

@@ -377,3 +377,63 @@ async def test_a_table_the_source_leaves_out_stays_writable_and_is_named(tmp_pat
         assert not writable(db)
         conn.execute("INSERT INTO local_cache VALUES ('k', 'written after the cutover')")
         assert d.stop() == 0
+
+
+async def test_a_report_keeping_a_table_in_postgres_is_refused_before_the_freeze_or_named_while_waited_for(
+        tmp_path, make_config, pg_dsn):
+    """A transaction in Postgres that read "meetings" (a report run there during
+    dual-write) and stays open: the switch's last transaction must take that table for a
+    moment (its DATETIME column becomes a timestamp) and would wait for it with SQLite
+    frozen for the application. Open before the cutover, it is refused, naming the backend,
+    with nothing frozen; opened after the checks, the switch waits for it and names it in
+    the log, then goes through."""
+    import asyncio
+    import os
+    import subprocess
+
+    from tests.support.daemon import syncd_cmd
+
+    db = tmp_path / "app.db"
+    app = make_app(db)
+    app.execute("CREATE TABLE meetings (id INTEGER PRIMARY KEY, at DATETIME)")
+    app.executemany("INSERT INTO meetings VALUES (?, ?)", [(i, f"2026-11-{i:02d} 09:30:00") for i in range(1, 9)])
+    cfg = ready_config(make_config, tmp_path, db)
+    go = tmp_path / "go"
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        report = await asyncpg.connect(pg_dsn)
+        try:
+            await report.execute("BEGIN; SELECT count(*) FROM app.meetings")
+            r = run_cli(cfg, "cutover")
+        finally:
+            await report.close()
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert re.search(rf"REFUSED: .*Postgres backend {report.get_server_pid()} \(an unnamed client, idle in "
+                         r'transaction\) has held a lock on "meetings" inside one transaction for over 1 s',
+                         r.stdout), r.stdout
+        assert writable(db) and await direction(pg_dsn) == "to_postgres"
+
+        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=str(cfg.parent), env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified",
+                                                                     "SYNCD_CUTOVER_RESUME_ON": str(go)})
+        report = await asyncpg.connect(pg_dsn)
+        try:
+            assert proc.stdout.readline().strip() == "holding at verified"
+            await report.execute("BEGIN; SELECT count(*) FROM app.meetings")
+            go.touch()
+            await asyncio.sleep(5)
+            await report.execute("COMMIT")
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
+        finally:
+            await report.close()
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out
+        assert re.search(rf"the switch's last transaction waits for Postgres backend {report.get_server_pid()} "
+                         r"\(an unnamed client, idle in transaction\), which keeps a table it must change", out), out
+        assert re.search(r"write downtime ([5-9]|\d\d)\.\d+ s", out), out
+        assert await direction(pg_dsn) == "to_sqlite" and not writable(db)
+        assert await pg_rows(pg_dsn, "SELECT data_type FROM information_schema.columns WHERE table_schema = 'app' "
+                                     "AND table_name = 'meetings' AND column_name = 'at'") == \
+            [("timestamp without time zone",)]
