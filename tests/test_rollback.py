@@ -17,7 +17,7 @@ import pytest
 from tests.support.compare import compare_all
 from tests.support.daemon import DaemonProcess, held_at, run_cli, wait_for
 from tests.support.sync import eventually, pg_rows, wait_caught_up
-from tests.support.way_back import backup_and_config, cut_over, wait_back
+from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, wait_back
 
 SCHEMA = """
 CREATE TABLE deals (id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT, amount REAL, closed DATETIME);
@@ -330,10 +330,7 @@ async def test_a_lock_of_a_few_seconds_while_the_rollback_drains_only_delays_it(
     db = tmp_path / "app.db"
     make_app(db).execute("PRAGMA journal_mode=delete")  # rollback-journal: a lock keeps readers out
     cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        assert d.stop() == 0
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
     # Changes SQLite has yet to apply: the rollback drains them with a stream of its own.
     await pg_rows(pg_dsn, "INSERT INTO app.contacts SELECT g, 'n' || g || '@x' FROM generate_series(100, 5099) g")
     proc = subprocess.Popen(syncd_cmd(cfg, "rollback"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -15,7 +15,7 @@ import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
-from tests.support.way_back import backup_and_config, cut_over, wait_back
+from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, wait_back
 
 
 def make_app(db) -> None:
@@ -255,10 +255,7 @@ async def test_a_table_made_in_postgres_that_sqlite_does_not_follow_yet_refuses_
     db = tmp_path / "app.db"
     make_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        assert d.stop() == 0
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
     await pg_rows(pg_dsn, "CREATE TABLE app.late (id bigint PRIMARY KEY, body text)")
     await pg_rows(pg_dsn, "INSERT INTO app.late VALUES (1, 'only in Postgres')")
     r = run_cli(cfg, "rollback")

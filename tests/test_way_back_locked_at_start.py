@@ -17,7 +17,7 @@ import asyncpg
 
 from tests.support.daemon import DaemonProcess
 from tests.support.sync import eventually
-from tests.support.way_back import backup_and_config, cut_over, typeof, wait_back
+from tests.support.way_back import backup_and_config, cut_over_and_stop, typeof, wait_back
 
 HOLDER = """
 import sqlite3, sys, time
@@ -42,10 +42,7 @@ async def test_changes_made_before_capture_started_reach_sqlite_although_the_fil
     db = tmp_path / "app.db"
     make_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        assert d.stop() == 0
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
 
     pg = await asyncpg.connect(pg_dsn)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from syncd.config import load_settings
 from syncd.reverse.position import position
-from tests.support.daemon import run_cli
+from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import pg_rows, wait_caught_up
 
 
@@ -131,3 +131,12 @@ async def applied_but_unpruned(db: Path, dsn: str, source: str = "app") -> int:
     table = f"syncd.rlog_{lock_key(source):08x}"
     return (await pg_rows(dsn, f"SELECT count(*) FROM {table} WHERE txid < txid_snapshot_xmax($1::text::txid_snapshot) "
                                "AND txid_visible_in_snapshot(txid, $1::text::txid_snapshot)", done))[0][0]
+
+
+async def cut_over_and_stop(cfg: Path, db: Path, dsn: str, log: Path) -> None:
+    """With a daemon running: cut over, wait until SQLite follows Postgres, then stop the
+    daemon (nothing streams until the test starts one again)."""
+    with DaemonProcess(cfg, log) as d:
+        await cut_over(cfg, db, dsn, daemon=d)
+        await wait_back(cfg, db, dsn, daemon=d)
+        assert d.stop() == 0
