@@ -34,7 +34,10 @@ _LOCKS = ("SELECT l.pid, l.virtualtransaction, coalesce(nullif(a.application_nam
           "a.state, c.relname FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
           "JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
           "WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND l.granted AND l.pid <> pg_backend_pid() "
-          "AND left(a.application_name, $3) IS DISTINCT FROM $4")
+          "AND left(a.application_name, $3) IS DISTINCT FROM $4 "
+          # Postgres cancels an autovacuum that holds up a table change, unless it runs to
+          # prevent wraparound (that one is waited for, and said).
+          "AND NOT (a.backend_type = 'autovacuum worker' AND a.query NOT LIKE '%to prevent wraparound%')")
 
 
 async def _locks(conn: asyncpg.Connection, schema: str, tables: list[str]) -> list:
@@ -64,9 +67,10 @@ async def long_holders(conn: asyncpg.Connection, schema: str, tables: list[str])
     """Transactions that hold a lock on one of the source's `tables` and still hold it
     HELD_SECONDS later (the same transaction: pg_locks, which every role may read,
     unlike other roles' session states): the switch takes each table for a moment while
-    Postgres is frozen for the application (and to undo the freeze), and would wait for
-    them in vain. A busy application's short transactions come and go meanwhile;
-    syncd's own (a daemon's short transactions) are not counted."""
+    the application's writes are frozen (and, for a rollback, to undo the freeze), and
+    would wait for them. A busy application's short transactions come and go meanwhile;
+    syncd's own (a daemon's short transactions) are not counted, nor an autovacuum
+    Postgres would cancel."""
     first = {(r[0], r[1]) for r in await _locks(conn, schema, tables)}
     if not first:
         return []
