@@ -27,6 +27,7 @@ log = logging.getLogger("syncd")
 # the application's may run) before the switch gives up.
 RETRY_SECONDS = 0.1  # how often pg_locks is read while waiting
 BLOCKED_SAID_AFTER_SECONDS = 2.0  # a switch's statement waiting this long for a lock names who holds it
+BLOCKED_LOOK_SECONDS = 0.5  # how often pg_blocking_pids is asked meanwhile
 
 HELD_SECONDS = 1.0  # one transaction holding a table's lock longer than this: stuck, or too long to wait for
 
@@ -100,12 +101,13 @@ async def while_tables_busy(attempt: Callable[[], Awaitable[None]], conn: asyncp
         try:
             return await attempt()
         except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
-            holders = await table_holders(conn, source.schema, tables)
+            locks = await _locks(conn, source.schema, tables)
+            holders = _named(locks)
             if not said:
                 log.warning(f"{what} waits for {holders}, which keeps a table busy (an open transaction that used "
                             f"it), for {seconds:g} s at most", extra={"source": source.name, "event": "switch_waiting"})
                 said = True
-            held = {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)}
+            held = {(r[0], r[1]) for r in locks}
             while held and time.monotonic() < deadline:
                 await asyncio.sleep(RETRY_SECONDS)
                 held &= {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)}
@@ -118,7 +120,12 @@ async def while_tables_busy(attempt: Callable[[], Awaitable[None]], conn: asyncp
 async def table_holders(conn: asyncpg.Connection, schema: str, tables: list[str]) -> str:
     """The other sessions holding a lock on any of `tables`, as a user finds them in
     pg_stat_activity (to end or wait for): writers in a long transaction, say."""
-    held = sorted(_by_backend(await _locks(conn, schema, tables)).items())[:5]
+    return _named(await _locks(conn, schema, tables))
+
+
+def _named(locks) -> str:
+    """The first few sessions holding `locks` (as _locks reads them), with their tables."""
+    held = sorted(_by_backend(locks).items())[:5]
     return "; ".join(f"{_backend(pid, name, state)} on {_tables(rels)}" for pid, (name, state, rels) in held) \
         or "another session"
 
@@ -138,7 +145,7 @@ async def blockers_named(settings: Settings, source: SourceSettings, conn: async
         try:
             since = None
             while True:
-                await asyncio.sleep(RETRY_SECONDS * 5)
+                await asyncio.sleep(BLOCKED_LOOK_SECONDS)
                 rows = await watcher.fetch(
                     "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'an unnamed client'), a.state "
                     "FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids($1)) ORDER BY a.pid", pid)
