@@ -41,7 +41,11 @@ faster `psql \\copy` (with the key, or key after). No syncd load can take less; 
 the floor is above the target itself, the target is out of reach on that machine, and
 the bench says so. The plain-Python anchor: the same process starts plus the plain
 Python load, what one straightforward load on syncd's stack takes (not a proven
-minimum).
+minimum). The stack floor: two Python starts importing syncd's stack alone (asyncio,
+sqlite3, asyncpg, pydantic-settings: what any process built on it imports before it
+can read a configuration and reach both databases), plus the plain Python load; with
+init's value audit added (its time read from init's debug log), it is what syncd would
+take were all its own work but the audit free.
 
     python bench/initial_load.py [--quick]
 """
@@ -50,9 +54,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import math
 import os
 import random
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -74,7 +80,7 @@ COPY_DDL = {
              "score double precision, qty bigint, created_at text, payload bytea)",
 }
 KINDS = ["sale", "refund", "fee", "payout", "adjustment"]
-FLOORS = ["floor", "floor-run", "python-floor"]
+FLOORS = ["floor", "floor-run", "python-floor", "stack-floor"]
 CORES = len(os.sched_getaffinity(0))  # the cores this process (and its children) may run on
 
 
@@ -126,9 +132,35 @@ def pg_count(dsn: str, table: str) -> int:
 
 def process_start(verb: str) -> float:
     """Seconds for Python to start, import what `syncd <verb>` needs, and exit."""
+    return _python_start(f"import syncd.cli.{verb}")
+
+
+# What any syncd process imports before it can read its configuration and reach both
+# databases, whatever syncd itself does: the stack syncd is built on.
+STACK_IMPORTS = "import asyncio, sqlite3, asyncpg, pydantic_settings"
+
+
+def stack_start() -> float:
+    """Seconds for Python to start, import syncd's stack alone (none of syncd), and exit."""
+    return _python_start(STACK_IMPORTS)
+
+
+def _python_start(code: str) -> float:
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"import syncd.cli.{verb}"], check=True, cwd=str(ROOT))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT))
     return time.perf_counter() - t
+
+
+def audit_seconds(init_log: str) -> float:
+    """The seconds `syncd init`'s value audit took, from its JSON debug log."""
+    for line in init_log.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") == "audited":
+            return float(re.search(r"audited in ([0-9.]+) s", rec["msg"]).group(1))
+    raise RuntimeError("syncd init logged no value audit")
 
 
 async def load_syncd(tmp: Path, pristine: Path, shape: Shape, rows: int, problems: list[str],
@@ -142,11 +174,12 @@ async def load_syncd(tmp: Path, pristine: Path, shape: Shape, rows: int, problem
         cfg = write_config(tmp / "syncd.toml", dsn, db)
         started = time.time()
         if with_init:
-            out = subprocess.run([sys.executable, "-m", "syncd", "--config", str(cfg), "init"], capture_output=True,
-                                 text=True, cwd=str(ROOT))
+            out = subprocess.run([sys.executable, "-m", "syncd", "--config", str(cfg), "--log-format", "json",
+                                  "--log-level", "debug", "init"], capture_output=True, text=True, cwd=str(ROOT))
             if out.returncode != 0:
                 raise RuntimeError(f"syncd init failed: {out.stdout[-1000:]} {out.stderr[-1000:]}")
         inited = time.time()
+        audited = audit_seconds(out.stderr) if with_init else 0.0
         with Daemon(cfg, tmp / "syncd.log") as d:
             conn = None
             while True:  # poll tightly: the finish time is when this first sees it
@@ -174,7 +207,7 @@ async def load_syncd(tmp: Path, pristine: Path, shape: Shape, rows: int, problem
         loaded = pg_count(dsn, f"app.{table}")
     if loaded != rows:
         problems.append(f"syncd loaded {loaded} rows, expected {rows}")
-    return {"load": done - started, "init": inited - started, "startup": running - inited,
+    return {"load": done - started, "init": inited - started, "audit": audited, "startup": running - inited,
             "before_copy": float(phases["s"]) - running, "copy": float(phases["f"]) - float(phases["s"])}
 
 
@@ -257,7 +290,8 @@ async def load_shape(shape: Shape, rows: int, rounds: int, have_pgloader: bool, 
         load_share: list[float] = []  # its and its backend's CPU share of every core it may use
         machine_busy: list[float] = []  # the whole machine's busy share meanwhile
         ratios: dict[str, list[float]] = {k: [] for k in ("pgl", "copy", "run-pgl", "floor-pgl", "floor-run-pgl",
-                                                           "python-floor-pgl")}
+                                                           "python-floor-pgl", "stack-floor-pgl",
+                                                           "stack-audit-pgl")}
         for r in range(rounds):
             got = {}
             for c in alternate(r, contenders):
@@ -279,20 +313,24 @@ async def load_shape(shape: Shape, rows: int, rounds: int, have_pgloader: bool, 
                 else:
                     got[c] = load_pgloader(tmp, pristine, shape, rows, problems)
                 times[c].append(got[c])
-            start_init, start_run = process_start("init"), process_start("run")
+            start_init, start_run, start_stack = process_start("init"), process_start("run"), stack_start()
             fastest_copy = min(got["copy"], got["copy-key-after"])
             got["floor"] = start_init + start_run + fastest_copy
             got["floor-run"] = start_run + fastest_copy
             got["python-floor"] = start_init + start_run + got["python"]
+            got["stack-floor"] = 2 * start_stack + got["python"]
             for f in FLOORS:
                 times[f].append(got[f])
             ratios["copy"].append(got["syncd"] / got["copy"])
             if have_pgloader:
                 for key, c in (("pgl", "syncd"), ("run-pgl", "syncd-run"), ("floor-pgl", "floor"),
-                               ("floor-run-pgl", "floor-run"), ("python-floor-pgl", "python-floor")):
+                               ("floor-run-pgl", "floor-run"), ("python-floor-pgl", "python-floor"),
+                               ("stack-floor-pgl", "stack-floor")):
                     ratios[key].append(got[c] / got["pgloader"])
+                ratios["stack-audit-pgl"].append((got["stack-floor"] + details[-1]["audit"]) / got["pgloader"])
             print(f"  round {r + 1}: " + ", ".join(f"{c} {got[c]:.2f} s" for c in contenders)
-                  + f"; process starts: init {start_init:.2f} s, run {start_run:.2f} s", flush=True)
+                  + f"; process starts: init {start_init:.2f} s, run {start_run:.2f} s, the stack alone "
+                  f"{start_stack:.2f} s", flush=True)
     return {"times": times, "details": details, "ratios": ratios, "contenders": contenders,
             "python_cpu": python_cpu, "load_share": load_share, "machine_busy": machine_busy}
 
@@ -313,7 +351,8 @@ async def run(args) -> list[Figure]:
              "floor-run": "floor: run's process start + faster \\copy",
              "python": "plain Python load: sqlite3 -> asyncpg COPY (load only)",
              "python-2": "the same plain load on two Postgres connections (two COPYs at once)",
-             "python-floor": "plain-Python anchor: init's and run's process starts + plain Python load"}
+             "python-floor": "plain-Python anchor: init's and run's process starts + plain Python load",
+             "stack-floor": "stack floor: two Python starts importing syncd's stack alone + plain Python load"}
     figures = []
     for table, res in results.items():
         rows, times, details = shapes[table], res["times"], res["details"]
@@ -324,7 +363,8 @@ async def run(args) -> list[Figure]:
         if "index" in table:
             print("  with indexes: syncd timed until every index is built too; \\copy with the key and indexes in "
                   "place, or each built after; the plain Python load builds them after; pgloader builds them too")
-        print(f"  syncd phases (median): init {median([d['init'] for d in details]):.2f} s, "
+        print(f"  syncd phases (median): init {median([d['init'] for d in details]):.2f} s "
+              f"(its value audit {median([d['audit'] for d in details]):.2f} s), "
               f"run: process start {median([d['startup'] for d in details]):.2f} s, "
               f"capture+reconcile+count {median([d['before_copy'] for d in details]):.2f} s, "
               f"COPY {median([d['copy'] for d in details]):.2f} s")
@@ -347,14 +387,22 @@ async def run(args) -> list[Figure]:
                   f"{median(ratios['floor-run-pgl']):.2f}x")
             print(f"  the plain-Python anchor of init + run (process starts + the plain Python load): "
                   f"{median(ratios['python-floor-pgl']):.2f}x pgloader")
+            print(f"  the stack floor (two Python starts importing only {STACK_IMPORTS[7:]}, and the plain Python "
+                  f"load): {median(ratios['stack-floor-pgl']):.2f}x pgloader; with init's value audit added: "
+                  f"{median(ratios['stack-audit-pgl']):.2f}x")
             if table == "ledger" and median(ratios["floor-pgl"]) > 0.5:
                 print("  the floor of init + run is above 0.5x pgloader here: that target is out of reach on this "
                       "machine whatever the load does")
+            elif table == "ledger" and median(ratios["stack-audit-pgl"]) > 0.5:
+                print("  the stack floor with init's value audit is above 0.5x pgloader here: on this stack, that "
+                      "target is out of reach while syncd audits every value before it loads")
             figures.append(Figure("initial_load", f"{table}: syncd time / pgloader time", median(ratios["pgl"]), "x",
                                   "<= 0.5" if table == "ledger" else None,
                                   note=f"{median(times['syncd']):.2f} s vs {median(times['pgloader']):.2f} s; "
                                        f"floor {median(ratios['floor-pgl']):.2f}x, plain-Python anchor "
-                                       f"{median(ratios['python-floor-pgl']):.2f}x"))
+                                       f"{median(ratios['python-floor-pgl']):.2f}x, stack floor "
+                                       f"{median(ratios['stack-floor-pgl']):.2f}x (+ audit "
+                                       f"{median(ratios['stack-audit-pgl']):.2f}x)"))
             figures.append(Figure("initial_load", f"{table}: syncd run alone / pgloader time",
                                   median(ratios["run-pgl"]), "x",
                                   note=f"{median(times['syncd-run']):.2f} s; "

@@ -169,7 +169,11 @@ async def audit(session: SourceSession, t: TableRuntime, note: bool = False) -> 
                           event="audit_skipped")
             return None
     position = await w.run(audit_position)
+    began = time.monotonic()
     misfits, plain = await w.run(audit_scan, t.spec, w.inode)
+    session.debug(f"values audited in {time.monotonic() - began:.3f} s: "
+                  + (f"{len(misfits)} column(s) with values that do not fit" if misfits else "every value fits"),
+                  table=t.name, event="audited")
     if not misfits:
         clash = await w.run(key_identity.audit_collisions, t.spec)
         if clash is not None:
