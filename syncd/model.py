@@ -30,6 +30,13 @@ def unshadowed_rowid_name(column_names) -> str | None:
     return next((a for a in ROWID_ALIASES if a not in taken), None)
 
 
+# [stream] batch_size and snapshot_chunk_rows count rows of a table this wide: a wider
+# table's batches and chunks hold proportionally fewer, so one (and the one read ahead
+# beside it) holds about as many values, and as much of the daemon's memory, whatever
+# the width.
+SIZED_FOR_COLUMNS = 8
+
+
 @dataclass(frozen=True)
 class Column:
     name: str

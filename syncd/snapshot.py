@@ -24,6 +24,7 @@ import datetime as dt
 import sqlite3
 import time
 
+from syncd.model import SIZED_FOR_COLUMNS
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl, ownership
 from syncd.postgres.apply import locate_bad_row
@@ -37,7 +38,6 @@ from syncd.sqlite.connection import SqliteWorker
 
 PROGRESS_EVERY_SECONDS = 5.0
 
-CHUNK_COLUMNS = 8  # a chunk of snapshot_chunk_rows rows is sized for tables this wide
 MIN_CHUNK_ROWS = 100  # chunks made smaller after a statement timeout stop here
 
 
@@ -66,11 +66,10 @@ class TableLoad:
     @property
     def chunk_rows(self) -> int:
         """Rows per chunk: [stream] snapshot_chunk_rows, fewer for a table wider than
-        CHUNK_COLUMNS columns, so a chunk (and the one read ahead) holds about as many
-        values whatever the width."""
+        model.SIZED_FOR_COLUMNS columns."""
         configured = self.session.settings.stream.snapshot_chunk_rows
         width = max(1, len(self.t.spec.columns))
-        rows = max(min(configured, 100), min(configured, configured * CHUNK_COLUMNS // width))
+        rows = max(min(configured, 100), min(configured, configured * SIZED_FOR_COLUMNS // width))
         return max(min(rows, MIN_CHUNK_ROWS), rows // self.divisor)
 
     async def open(self) -> int:
