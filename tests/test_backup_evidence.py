@@ -11,7 +11,7 @@ import shutil
 import sqlite3
 import time
 
-from syncd.report.backups import find_backups, identity
+from syncd.report.backups import find_backups, live_identity
 from syncd.report.checklist import backup
 from syncd.report.facts import MigrationFacts, SourceFacts
 from syncd.sqlite import capture
@@ -57,7 +57,7 @@ def take_backup(live, dest, days_old: float) -> None:
 
 def judged(tmp_path, pattern: str, names=("sales", "markets")):
     now = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
-    live = {n: identity(tmp_path / f"{n}.db", live=True) for n in names}
+    live = {n: live_identity(tmp_path / f"{n}.db", 2000) for n in names}
     sources = [SourceFacts(n, str(tmp_path / f"{n}.db"), n,
                            backup=find_backups(pattern, n, tmp_path, now, tmp_path / f"{n}.db", live))
                for n in names]
@@ -169,7 +169,7 @@ def test_another_sources_live_file_is_no_backup_and_a_long_list_is_cut_short(tmp
         (tmp_path / "data" / f"junk-{i}.db").write_bytes(b"not a database at all")
     now = dt.datetime.now(dt.timezone.utc)
     files = {n: tmp_path / "data" / f"{n}.db" for n in ("sales", "markets")}
-    live = {n: identity(p, live=True) for n, p in files.items()}
+    live = {n: live_identity(p, 2000) for n, p in files.items()}
     sources = [SourceFacts(n, str(p), n, backup=find_backups("data/*.db", n, tmp_path, now, p, live, files))
                for n, p in files.items()]
     assert f"{tmp_path}/data/markets.db (the live database of markets)" in sources[0].backup.not_counted

@@ -10,6 +10,8 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -452,20 +454,40 @@ def run_cli_rss(cfg: Path, *args: str) -> int:
     return int(rss)
 
 
-async def test_a_file_its_application_holds_locked_is_named_not_called_uncaptured(ready, app_db):
-    holder = sqlite3.connect(app_db, isolation_level=None)
-    holder.execute("PRAGMA journal_mode = delete")
-    holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: no reader gets in
+HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode = delete")
+conn.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: no reader gets in
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+async def test_a_file_its_application_holds_locked_is_named_locked_after_read_busy_timeout_ms(ready, app_db):
+    """The report waits for a locked file as long as [sqlite] read_busy_timeout_ms says,
+    then names it as locked: its tables are not called uncaptured, nor left out."""
+    with ready.open("a") as f:
+        f.write("[sqlite]\nread_busy_timeout_ms = 200\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(app_db)], stdout=subprocess.PIPE, text=True)
     try:
-        rc, md, rc_json, doc = report(ready)
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        js = run_cli(ready, "report", "--format", "json")
+        took = time.monotonic() - started
+        md = run_cli(ready, "report")
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    assert rc == rc_json == 1
-    src = doc["sources"][0]
-    assert "database is locked" in src["error"], src["error"]
+        holder.kill()
+        holder.wait(10)
+    assert took < 4, f"{took:.1f} s"  # one wait of 0.2 s per read, where 5 s each were waited before
+    assert js.returncode == md.returncode == 1, js.stderr + md.stderr
+    assert "Traceback" not in js.stderr + md.stderr
+    src = json.loads(js.stdout)["sources"][0]
+    assert src["error"] == f"cannot read SQLite file {app_db}: database is locked", src["error"]
+    assert {t["table"] for t in src["tables"]} == {"items", "notes"}
     assert {t["capture_note"] for t in src["tables"]} == {"unknown: the SQLite file could not be read"}
-    assert "not in the SQLite file" not in md
+    assert f"- **{src['error']}**" in md.stdout.splitlines()
+    assert "not in the SQLite file" not in md.stdout
 
 
 async def test_a_report_on_bookkeeping_an_older_syncd_made(ready, pg_dsn):

@@ -380,10 +380,15 @@ def read_sqlite(conn: sqlite3.Connection, specs: dict[str, TableSpec], views: li
     return objects, verdicts
 
 
-def open_readonly(path) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=10, isolation_level=None,
-                           check_same_thread=False)
-    return conn
+# How long the cutover's own reads of the file wait for its application's lock.
+CUTOVER_BUSY_TIMEOUT_MS = 10_000
+
+
+def open_readonly(path, busy_timeout_ms: int = CUTOVER_BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """A read-only connection whose reads wait `busy_timeout_ms` at most for the
+    application's lock (the report passes [sqlite] read_busy_timeout_ms)."""
+    return sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000,
+                           isolation_level=None, check_same_thread=False)
 
 
 # --- cutover -------------------------------------------------------------------------------------

@@ -122,13 +122,14 @@ def _top_node(doc: Any) -> str | None:
 
 
 async def measure(pg: asyncpg.Connection, sqlite_path, schema: str, specs: dict[str, TableSpec], items: list[Item],
-                  max_ms: float, budget: int) -> SpeedFacts:
+                  max_ms: float, budget: int, busy_timeout_ms: int) -> SpeedFacts:
     """Time the lookups of one source. `items`: the plan's (indexes syncd created are
-    looked up through); `budget`: how many lookups may be timed."""
+    looked up through); `budget`: how many lookups may be timed; `busy_timeout_ms`: how
+    long a SQLite read waits for the application's lock ([sqlite] read_busy_timeout_ms)."""
     facts = SpeedFacts(max_ms)
     from syncd.parity.apply import open_readonly
 
-    sq = await asyncio.to_thread(open_readonly, sqlite_path)
+    sq = await asyncio.to_thread(open_readonly, sqlite_path, busy_timeout_ms)
     try:
         samples: dict[str, list[tuple]] = {}
         for name, spec in specs.items():

@@ -119,7 +119,7 @@ async def gather(settings: Settings, source: SourceSettings, pg: asyncpg.Connect
     options = Options.from_settings(settings)
     try:
         def read():
-            c = open_readonly(source.path)
+            c = open_readonly(source.path, settings.sqlite.read_busy_timeout_ms)
             try:
                 return read_sqlite(c, specs, views, options, audit_types=True)
             finally:
@@ -138,7 +138,8 @@ async def gather(settings: Settings, source: SourceSettings, pg: asyncpg.Connect
         if timings:
             facts.speed = await speed.measure(pg, source.path, source.schema, specs, plan.items,
                                               settings.cutover.max_query_ms,
-                                              budget if budget is not None else settings.cutover.speed_max_lookups)
+                                              budget if budget is not None else settings.cutover.speed_max_lookups,
+                                              settings.sqlite.read_busy_timeout_ms)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
         facts.error = f"Postgres: {describe(e)}"
     if _settled(facts):

@@ -55,30 +55,37 @@ _identities: OrderedDict[tuple[str, int, int], Identity | None] = OrderedDict()
 IDENTITIES_KEPT = 100_000
 
 
-def identity(path: str | Path, live: bool = False) -> Identity | None:
-    """The file's identity, or None where it is no SQLite database syncd can read. A
-    backup is opened immutable (nothing written beside it, not even a -shm) and
-    remembered while its size and time stay; a live file is read as it is now."""
+def identity(path: str | Path) -> Identity | None:
+    """A backup's identity, or None where it is no SQLite database syncd can read. It is
+    opened immutable (nothing written beside it, not even a -shm, and no lock taken or
+    waited for) and remembered while its size and time stay."""
     try:
         st = os.stat(path)
     except OSError:
         return None
     key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
-    if not live and key in _identities:
+    if key in _identities:
         _identities.move_to_end(key)
         return _identities[key]
-    found = _read_identity(path, live)
-    if not live:
-        _identities[key] = found
-        if len(_identities) > IDENTITIES_KEPT:
-            _identities.popitem(last=False)
+    found = _read_identity(path, "mode=ro&immutable=1", busy_timeout_ms=0)
+    _identities[key] = found
+    if len(_identities) > IDENTITIES_KEPT:
+        _identities.popitem(last=False)
     return found
 
 
-def _read_identity(path: str | Path, live: bool) -> Identity | None:
-    mode = "mode=ro" if live else "mode=ro&immutable=1"
+def live_identity(path: str | Path, busy_timeout_ms: int) -> Identity | None:
+    """A source's file as it is now, or None where syncd cannot read it (its application
+    held it locked past `busy_timeout_ms`, [sqlite] read_busy_timeout_ms, say)."""
+    if not os.path.exists(path):
+        return None
+    return _read_identity(path, "mode=ro", busy_timeout_ms)
+
+
+def _read_identity(path: str | Path, mode: str, busy_timeout_ms: int) -> Identity | None:
     try:
-        conn = sqlite3.connect(f"file:{quote(str(path))}?{mode}", uri=True, timeout=5, isolation_level=None)
+        conn = sqlite3.connect(f"file:{quote(str(path))}?{mode}", uri=True, timeout=busy_timeout_ms / 1000,
+                               isolation_level=None)
     except sqlite3.Error:
         return None
     try:
@@ -89,7 +96,7 @@ def _read_identity(path: str | Path, live: bool) -> Identity | None:
             capture_id = row[0] if row else None
         tables = frozenset(n.lower() for n in names if not n.lower().startswith(("_syncd", "sqlite_")))
         return Identity(capture_id, tables)
-    except sqlite3.Error:  # not a database, encrypted, or compressed behind a SQLite-looking name
+    except sqlite3.Error:  # locked, not a database, encrypted, or compressed behind a SQLite-looking name
         return None
     finally:
         conn.close()
@@ -142,9 +149,8 @@ def whose(backup: Identity | None, source: str, sources: dict[str, Identity | No
     return None
 
 
-def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: Path | None = None,
-                 sources: dict[str, Identity | None] | None = None,
-                 live_files: dict[str, Path] | None = None) -> BackupFacts:
+def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: Path | None,
+                 sources: dict[str, Identity | None], live_files: dict[str, Path] | None = None) -> BackupFacts:
     """The backups of `source`; `live`, its database file, is never one (nor its -wal,
     -shm or -journal), nor is another source's (`live_files`: name -> file), however
     the pattern reads, and an empty file (a backup job that failed half-way) is no
@@ -152,8 +158,6 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
     among them) lets a file be credited by its content."""
     expanded = pattern.replace("{source}", source)
     full = expanded if os.path.isabs(expanded) else str(base / expanded)
-    if sources is None:
-        sources = {source: identity(live, live=True) if live is not None else None}
     named = "{source}" in pattern
     # SQLite keeps -wal, -shm and -journal beside the file a symlink leads to
     itself = set() if live is None else {os.path.realpath(live) + s for s in ("", "-wal", "-shm", "-journal")}

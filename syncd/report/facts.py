@@ -273,7 +273,8 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     for _try in range(COUNT_TRIES):  # again if syncd pruned past Postgres's count meanwhile (seldom)
         counted_at, pg_counts = await _pg_counts(pg, bk, source, sorted(pg_tables))
         try:
-            side = await asyncio.to_thread(_sqlite_side, source, sticky, counted_at, retyped)
+            side = await asyncio.to_thread(_sqlite_side, source, sticky, counted_at, retyped,
+                                           settings.sqlite.read_busy_timeout_ms)
         except (sqlite3.Error, OSError) as e:
             facts.error = f"cannot read SQLite file {source.path}: {e}"
             side = None
@@ -327,7 +328,7 @@ def _backups(settings: Settings, sources: list[SourceFacts], now: dt.datetime) -
     if not settings.cutover.backup_glob:
         return
     base = settings.config_path.parent if settings.config_path else Path.cwd()
-    live = {s.name: backups.identity(s.path, live=True) for s in settings.sources}
+    live = {s.name: backups.live_identity(s.path, settings.sqlite.read_busy_timeout_ms) for s in settings.sources}
     files = {s.name: s.path for s in settings.sources}
     for facts, source in zip(sources, settings.sources):
         facts.backup = backups.find_backups(settings.cutover.backup_glob, source.name, base, now, source.path, live,
@@ -379,10 +380,14 @@ def _defaults_left_out(specs: dict[str, TableSpec]) -> list[LeftOut]:
     return out
 
 
-def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped: dict | None = None) -> _SqliteSide:
+def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped: dict | None,
+                 busy_timeout_ms: int) -> _SqliteSide:
+    """What the report measures in the SQLite file; its application's lock is waited for
+    `busy_timeout_ms` at most ([sqlite] read_busy_timeout_ms), then sqlite3.OperationalError."""
     if not source.path.exists():
         raise OSError(f"{source.path} does not exist")
-    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=5, isolation_level=None)
+    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000,
+                           isolation_level=None)
     try:
         schema = introspect(conn, source, sticky, retyped)
         state = capture.read_state(conn)

@@ -26,8 +26,8 @@ class WayBack:
     retired: str | None = None  # why the way back has ended, once it has
 
 
-def _checkpoint_text(source: SourceSettings) -> str | None:
-    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=5)
+def _checkpoint_text(source: SourceSettings, busy_timeout_ms: int) -> str | None:
+    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000)
     try:
         return applier.read_meta(conn, META_KEY)
     finally:
@@ -51,7 +51,8 @@ async def position(settings: Settings, source: SourceSettings, conn=None) -> Way
         if out.retired:
             return out
         try:
-            cp = ReverseCheckpoint.decode(await asyncio.to_thread(_checkpoint_text, source))
+            cp = ReverseCheckpoint.decode(await asyncio.to_thread(
+                _checkpoint_text, source, settings.sqlite.read_busy_timeout_ms))
         except (sqlite3.Error, ValueError):
             return out
         cp = cp if cp is not None and cp.generation == gen.id else ReverseCheckpoint(gen.id, NOTHING)
