@@ -488,6 +488,7 @@ async def test_a_file_its_application_holds_locked_is_named_locked_after_read_bu
     assert {t["capture_note"] for t in src["tables"]} == {"unknown: the SQLite file could not be read"}
     assert f"- **{src['error']}**" in md.stdout.splitlines()
     assert "not in the SQLite file" not in md.stdout
+    assert "lag unknown, unknown (the SQLite file could not be read)" in md.stdout
 
 
 async def test_a_report_on_bookkeeping_an_older_syncd_made(ready, pg_dsn):

@@ -450,6 +450,8 @@ def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.dat
     if way_back is not None:  # cut over: the way back's own measurement (reverse.position)
         return Lag(way_back.lag_seconds, "computed in Postgres: the age of the oldest change SQLite has not "
                    f"applied yet ({silent})", way_back.pending)
+    if facts.error is not None:  # the file could not be read (locked, say): its changelog was not seen
+        return Lag(None, "unknown (the SQLite file could not be read)", None)
     if pending is None:
         return Lag(None, "unknown (no changelog in the SQLite file)", None)
     if pending == 0:
