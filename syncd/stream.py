@@ -39,11 +39,14 @@ def batch_limit(backlog: int, batch_size: int, journal_mode: str = "wal") -> int
     """Changelog entries to read next. In WAL mode a backlog larger than one batch is
     read in larger ones, so the fixed costs of a batch (bookkeeping, stage merge,
     round trips) are paid less often; bounded, because two batches may be in memory
-    at once. In rollback-journal mode a read transaction holds back the application's
-    commits, so it stays as short as [stream] batch_size makes it."""
+    at once. The bound is the same however little of the backlog is left: a wide
+    table's batch is cut to a share of it (reader.read_changes), which must not shrink
+    batch after batch as the backlog drains. In rollback-journal mode a read
+    transaction holds back the application's commits, so it stays as short as
+    [stream] batch_size makes it."""
     if backlog <= batch_size or journal_mode != "wal":
         return batch_size
-    return min(backlog, LARGE_BATCH_FACTOR * batch_size)
+    return LARGE_BATCH_FACTOR * batch_size
 
 
 class ReadAhead:

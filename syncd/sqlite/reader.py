@@ -188,10 +188,10 @@ def _digest(text: str) -> str:
 
 def _batch_entries(conn: sqlite3.Connection, where: str, params: tuple, limit: int) -> list[tuple]:
     """Up to `limit` changelog entries matching `where`, in seq order. Entries are read
-    only as wide as their widest key: the key slots no
-    entry of the batch uses are NULL in every one, and fingerprint() drops trailing
-    NULL slots anyway. An integer key's entry is then 4 values instead of 3 and every
-    slot: 200k entries read and digested in 220 ms instead of 344 ms, same digest."""
+    only as wide as their widest key: the key slots no entry of the batch uses are
+    NULL in every one, and fingerprint() drops trailing NULL slots anyway. An integer
+    key's entry is then 4 values instead of 3 and every slot: 200k entries read and
+    digested in 220 ms instead of 344 ms, same digest."""
     cols = [quote_ident(r[1]) for r in conn.execute(f"PRAGMA main.table_info({CL})")]
     slots = cols[3:]  # after seq, tid, op
     used = len(slots)
@@ -203,7 +203,7 @@ def _batch_entries(conn: sqlite3.Connection, where: str, params: tuple, limit: i
                                       "ORDER BY seq LIMIT ?", (*params, limit))
 
 
-MIN_BATCH_ENTRIES = 100  # a batch of very wide rows is cut no shorter (nor, then, is one)
+MIN_BATCH_ENTRIES = 100  # a batch of very wide rows is cut no shorter than this
 
 
 def _within_values(entries: list[tuple], limit: int, streaming: dict[int, TableSpec]) -> list[tuple]:
