@@ -75,6 +75,24 @@ def create_items(db: Path, rows: int, journal: str = "wal", seed: int = 1) -> No
     conn.close()
 
 
+def demo_files_backed_up(directory: Path) -> None:
+    """The demo's files in `directory`, each with a backup of its own in the backups
+    folder (taken now), as a nightly job would leave them: the cutover's checklist asks
+    for one of every source, and the demo's own folder holds backups of some only (to
+    show that item unmet)."""
+    from syncd.demo import data
+
+    data.make_files(directory)
+    for source in data.SOURCES:
+        src = sqlite3.connect(f"file:{directory / source.filename}?mode=ro", uri=True)
+        dst = sqlite3.connect(directory / data.BACKUPS / f"{source.name}-nightly.db")
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+
+
 def changelog_max(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:

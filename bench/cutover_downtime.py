@@ -11,7 +11,6 @@ source cut over by one command (target: each under 5 s), and one file of 1M rows
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
 import sys
@@ -21,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    Daemon, Figure, create_items, main_async, pg_connect, pg_database, print_table, scratch_dir, wait_streaming,
+    Daemon, Figure, create_items, demo_files_backed_up, main_async, pg_connect, pg_database, print_table, scratch_dir,
+    wait_streaming,
 )
 from syncd.demo import data  # noqa: E402
 
@@ -70,7 +70,7 @@ async def one_world(tmp: Path, dsn: str, sources: list[tuple[str, Path, dict]], 
 async def run(args) -> list[Figure]:
     figures, rows = [], []
     with pg_database("cutover_demo") as dsn, scratch_dir("cutover-demo") as tmp:
-        data.make_files(tmp)  # with its backups folder, which the report's backup item looks in
+        demo_files_backed_up(tmp)  # the cutover's checklist asks for a recent backup of each
         sources = [(s.name, tmp / s.filename, s.columns) for s in data.SOURCES]
         downtimes, took, _ = await one_world(tmp, dsn, sources, "demo")
         worst = max(downtimes.values())

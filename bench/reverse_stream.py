@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    Daemon, Figure, create_items, main_async, pg_connect, pg_database, print_table, scratch_dir, spread,
+    Daemon, Figure, create_items, demo_files_backed_up, main_async, pg_connect, pg_database, print_table, scratch_dir, spread,
     wait_streaming,
 )
 from syncd.demo import data  # noqa: E402
@@ -205,7 +205,7 @@ async def latency(seconds: float, rate: float) -> list[float]:
 
 async def rollback_downtime() -> tuple[dict[str, float], float]:
     with pg_database("reverse_demo") as dsn, scratch_dir("reverse-demo") as tmp:
-        data.make_files(tmp)
+        demo_files_backed_up(tmp)  # the cutover's checklist asks for a recent backup of each
         sources = [(s.name, tmp / s.filename, s.columns) for s in data.SOURCES]
         cfg = await cut_over(tmp, dsn, sources, "demo")
         with Daemon(cfg, tmp / "demo.log") as d:
