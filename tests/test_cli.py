@@ -6,6 +6,7 @@ import hashlib
 import sqlite3
 import subprocess
 import sys
+import time
 
 import asyncpg
 
@@ -221,3 +222,23 @@ async def test_uninstall_on_a_file_its_application_holds_locked_says_so(app_db, 
     assert f"app: ERROR {app_db} is locked by another connection" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
     assert "removed" in run_cli(cfg, "uninstall").stdout  # once free, it goes through
+
+
+async def test_schema_on_a_file_its_application_holds_locked_waits_read_busy_timeout_ms(app_db, make_config, pg_dsn):
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"sqlite": {"read_busy_timeout_ms": 200}})
+    holder = sqlite3.connect(app_db, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = delete")
+    holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: no reader gets in
+    try:
+        started = time.monotonic()
+        r = run_cli(cfg, "schema")
+        took = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"-- source app: ERROR cannot read {app_db}: database is locked" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    assert took < 4, f"{took:.1f} s"  # a wait of 0.2 s where Python's default 5 s was waited before
+    assert run_cli(cfg, "schema").returncode == 0  # once free, it reads

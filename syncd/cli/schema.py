@@ -39,7 +39,8 @@ def main(args) -> int:
             rc = 1
             continue
         sticky, retyped, where = asyncio.run(_types_in_postgres(settings, source))
-        conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, isolation_level=None)
+        conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, isolation_level=None,
+                               timeout=settings.sqlite.read_busy_timeout_ms / 1000)
         try:
             schema = introspect(conn, source, sticky, retyped)
             views = [n for n, lo in schema.left_out.items() if lo.kind == "view"]
