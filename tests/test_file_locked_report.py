@@ -1,19 +1,30 @@
 """A file its application keeps locked is reported as file_locked, and no longer once
 the lock is gone, also when the application wrote nothing under it (a ROLLBACK) and
-the file then has nothing for the daemon to do but give its connection back."""
+the file then has nothing for the daemon to do but give its connection back. A lock is
+counted from the step that met it after any other failure: two short locks either side
+of a Postgres outage are not reported as one long one."""
 
 from __future__ import annotations
 
+import calendar
+import json
+import re
 import subprocess
 import sys
 import time
+import urllib.request
+from urllib.parse import urlsplit
 
 import asyncpg
 
-from tests.support.daemon import DaemonProcess, run_cli
+from syncd.pipeline import FILE_LOCKED_AFTER_SECONDS
+from tests.conftest import FAST_FAILOVER, write_config
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.ports import free_port
+from tests.support.proxy import FaultProxy
 from tests.support.sync import wait_caught_up
 from tests.test_locked_files_in_a_fleet import make_file, write
+from tests.test_postgres_outage import metric
 
 HOLD_SECONDS = 15  # past the daemon's 10 s before it reports a locked file
 
@@ -59,3 +70,101 @@ async def test_a_lock_given_up_without_a_change_is_no_longer_reported(tmp_path, 
         if holder is not None:
             holder.kill()
         await pg.close()
+
+
+LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("INSERT INTO items (v) VALUES (?)", (sys.argv[2] + ' committed',))  # a change to read
+conn.execute("BEGIN EXCLUSIVE")
+conn.execute("INSERT INTO items (v) VALUES (?)", (sys.argv[2] + ' under the lock',))
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+print("released", flush=True)
+"""
+
+
+def lock(path, name: str) -> subprocess.Popen:
+    """The application locks the file (rollback-journal, BEGIN EXCLUSIVE) until told."""
+    holder = subprocess.Popen([sys.executable, "-c", LOCKER, str(path), name],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def unlock(holder: subprocess.Popen) -> None:
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "released"
+    holder.wait(10)
+
+
+def source_health(port: int) -> str:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read()
+    return json.loads(body)["sources"]["app"]["health"]
+
+
+async def test_locks_either_side_of_a_postgres_outage_are_not_reported_as_one(tmp_path, pg_dsn):
+    # A short lock, Postgres lost while it is held, the lock released (the next step fails
+    # on Postgres), a second lock taken, Postgres back. The second lock is counted from
+    # the step that met it once Postgres was back: no file_locked report until it alone
+    # has lasted FILE_LOCKED_AFTER_SECONDS, although the file has by then been locked for
+    # longer than that counting from the first lock.
+    parts = urlsplit(pg_dsn)
+    proxy = FaultProxy(parts.hostname, parts.port or 5432)
+    path = tmp_path / "app.db"
+    make_file(path)
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/"),
+                       [{"name": "app", "path": str(path)}], metrics_listen=f"127.0.0.1:{port}",
+                       # Steps meet the lock every few tenths of a second, not every 2 s (the default).
+                       sections={**FAST_FAILOVER, "sqlite": {"read_busy_timeout_ms": 200},
+                                 "verify": {"interval_seconds": 0}})
+    holders: list[subprocess.Popen] = []
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(path, pg_dsn, "app", daemon=d)
+            retries = metric(port, "syncd_retries_total") or 0
+            holders.append(lock(path, "first"))
+            first = time.monotonic()
+            wait_for(lambda: (metric(port, "syncd_retries_total") or 0) > retries, 10, "a step meeting the lock", d)
+            proxy.refuse()
+            time.sleep(1)
+            unlock(holders[0])
+            assert time.monotonic() - first < FILE_LOCKED_AFTER_SECONDS - 5  # a short lock: never reported
+            d.wait_log("event=postgres_unreachable", timeout=20)  # a step failed on Postgres, not on the lock
+            holders.append(lock(path, "second"))
+            # Postgres back late enough that the file's two locks together pass the threshold
+            # well before the second one does by itself.
+            time.sleep(max(1.0, first + 7 - time.monotonic()))
+            proxy.heal()
+            healed, healed_at = time.monotonic(), time.time()
+            watch_until = healed + FILE_LOCKED_AFTER_SECONDS - 3
+            # Watched well past the threshold counted from the first lock, short of it counted from Postgres's return.
+            assert watch_until - (first + FILE_LOCKED_AFTER_SECONDS) >= 3
+            while time.monotonic() < watch_until:
+                assert d.alive(), d.log()[-3000:]
+                health = source_health(port)
+                since_healed, since_first = time.monotonic() - healed, time.monotonic() - first
+                assert health != "file_locked" and "is locked by its application" not in d.log(), \
+                    f"reported locked {since_healed:.1f} s after Postgres came back under the second lock, " \
+                    f"{since_first:.1f} s after the first lock began (health {health}):\n{d.log()[-3000:]}"
+                time.sleep(0.25)
+            # Held on, the second lock is reported, and as held since Postgres came back.
+            d.wait_log("is locked by its application", timeout=15)
+            assert source_health(port) == "file_locked"
+            [line] = [ln for ln in d.log().splitlines() if "is locked by its application" in ln]
+            since = re.search(r" since (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", line)
+            assert since, line
+            assert calendar.timegm(time.strptime(since[1], "%Y-%m-%d %H:%M:%S")) >= int(healed_at) - 1, line
+            unlock(holders[1])
+            d.wait_log("recovered: the SQLite file is no longer locked", timeout=20)
+            await wait_caught_up(path, pg_dsn, "app", daemon=d)
+            assert d.stop() == 0
+            log = d.log()
+        assert log.count("is locked by its application") == 1, log[-3000:]
+    finally:
+        for h in holders:
+            h.kill()
+        proxy.close()
