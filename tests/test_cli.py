@@ -206,18 +206,26 @@ async def test_schema_shows_the_types_postgres_has(app_db, make_config, pg_dsn):
         await pg.close()
 
 
+def run_while_locked(cfg, db, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """`syncd ARGS` while the application holds `db` locked (rollback-journal mode, BEGIN
+    EXCLUSIVE: no reader gets in), and how long it took."""
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = delete")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        r = run_cli(cfg, *args)
+        return r, time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 async def test_uninstall_on_a_file_its_application_holds_locked_says_so(app_db, make_config, pg_dsn, tmp_path):
     make_app(app_db)
     cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"sqlite": {"read_busy_timeout_ms": 200}})
     assert run_cli(cfg, "init").returncode == 0
-    holder = sqlite3.connect(app_db, isolation_level=None)
-    holder.execute("PRAGMA journal_mode = delete")
-    holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: no reader gets in
-    try:
-        r = run_cli(cfg, "uninstall")
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+    r, _ = run_while_locked(cfg, app_db, "uninstall")
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"app: ERROR {app_db} is locked by another connection" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
@@ -227,16 +235,7 @@ async def test_uninstall_on_a_file_its_application_holds_locked_says_so(app_db, 
 async def test_schema_on_a_file_its_application_holds_locked_waits_read_busy_timeout_ms(app_db, make_config, pg_dsn):
     make_app(app_db)
     cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"sqlite": {"read_busy_timeout_ms": 200}})
-    holder = sqlite3.connect(app_db, isolation_level=None)
-    holder.execute("PRAGMA journal_mode = delete")
-    holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: no reader gets in
-    try:
-        started = time.monotonic()
-        r = run_cli(cfg, "schema")
-        took = time.monotonic() - started
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+    r, took = run_while_locked(cfg, app_db, "schema")
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"-- source app: ERROR cannot read {app_db}: database is locked" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
