@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,25 @@ def unshadowed_rowid_name(column_names) -> str | None:
 # beside it) holds about as many values, and as much of the daemon's memory, whatever
 # the width.
 SIZED_FOR_COLUMNS = 8
+MIN_BATCH_ENTRIES = 100  # a batch of very wide rows is cut no shorter than this
+
+
+def entries_within_values(tids: Iterable[int], limit: int, widths: dict[int, int]) -> int | None:
+    """How many of a batch's first entries (the table id of each, in order) hold about as
+    many values as `limit` entries of rows SIZED_FOR_COLUMNS wide, or None for all of
+    them: an entry of a table wider than that (`widths`: table id -> its columns) counts
+    its columns, any other SIZED_FOR_COLUMNS. A batch of a wide table's rows then takes
+    no more of the daemon's memory than a narrow one, while a narrow table's batches
+    keep their full size. Never fewer than MIN_BATCH_ENTRIES."""
+    wide = {tid: n for tid, n in widths.items() if n > SIZED_FOR_COLUMNS}
+    if not wide:
+        return None
+    budget, spent = limit * SIZED_FOR_COLUMNS, 0
+    for i, tid in enumerate(tids):
+        spent += wide.get(tid, SIZED_FOR_COLUMNS)
+        if spent > budget and i >= MIN_BATCH_ENTRIES:
+            return i
+    return None
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,25 @@ table's: `[stream] batch_size` counts rows of up to 8 columns (model.SIZED_FOR_C
 and a change to a wider table counts its columns, so the daemon's memory for a batch,
 and for the one read ahead beside it, stays bounded whatever the width. A narrow table
 in the same file keeps its full batches; a batch is never cut below 100 changes; and
-every change still arrives."""
+every change still arrives, in both directions: the way back (Postgres to SQLite after a
+cutover) reads its batches the same way."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from syncd.model import SIZED_FOR_COLUMNS
+import asyncpg
+
+from syncd.config import SourceSettings
+from syncd.model import SIZED_FOR_COLUMNS, Column, TableSpec
+from syncd.postgres.bookkeeping import ensure_bookkeeping
+from syncd.reverse import capture as reverse_capture
+from syncd.reverse import reader as reverse_reader
+from syncd.reverse.capture import Names
+from syncd.reverse.checkpoint import start
 from syncd.sqlite import reader
 from syncd.sqlite.introspect import introspect
-from syncd.config import SourceSettings
+from syncd.types import PgType
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess
 from tests.support.sync import wait_caught_up
@@ -106,3 +115,35 @@ async def test_every_change_to_a_wide_table_arrives_in_the_smaller_batches(tmp_p
             assert await compare_table(str(db), pg_dsn, "app", table) == [], table
         assert d.stop() == 0
     conn.close()
+
+
+async def test_the_way_back_reads_a_wide_tables_changes_in_batches_of_as_many_values(pg_dsn):
+    columns = 40
+    spec = TableSpec(name="wide", columns=(Column("id", "INTEGER", PgType.BIGINT, True, None),) + tuple(
+        Column(f"c{i}", "REAL", PgType.DOUBLE, False, None) for i in range(1, columns)),
+        key=("id",), without_rowid=False, key_origin="primary key")
+    names, tables = Names("syncd", "src"), {1: reverse_reader.SourceTable(1, spec, ("bigint",))}
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        await ensure_bookkeeping(pg, "syncd")
+        await pg.execute("CREATE SCHEMA app")
+        await pg.execute("CREATE TABLE app.wide (id bigint PRIMARY KEY, "
+                         + ", ".join(f"c{i} double precision" for i in range(1, columns)) + ")")
+        async with pg.transaction():
+            generation = await reverse_capture.start_generation(pg, names, "app")
+            await reverse_capture.arm(pg, names, "app", "wide", 1, ["id"])
+        await pg.execute("INSERT INTO app.wide (id, c1) SELECT i, i FROM generate_series(1, 2000) AS i")  # one transaction
+        limit = 1000
+        per_batch = limit * SIZED_FOR_COLUMNS // columns
+        cp, seen, sizes = start(generation), [], []
+        while True:
+            batch = await reverse_reader.read_batch(pg, names, "app", tables, cp, limit)
+            if batch.empty and batch.before.target is None:
+                break
+            sizes.append(batch.entries)
+            seen += [row[0] for row in batch.tables[1].rows] if 1 in batch.tables else []
+            cp = batch.after
+        assert sizes == [per_batch] * (2000 // per_batch) + ([2000 % per_batch] if 2000 % per_batch else []), sizes
+        assert sorted(seen) == list(range(1, 2001))  # every change, none twice
+    finally:
+        await pg.close()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from syncd.identifiers import qualified, quote_pg_ident
-from syncd.model import TableSpec
+from syncd.model import TableSpec, entries_within_values
 from syncd.reverse.capture import OP_INSERT, OP_TRUNCATE, Names
 from syncd.reverse.checkpoint import ReverseCheckpoint
 from syncd.reverse.values import OutOfRange
@@ -162,7 +162,12 @@ async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables
             "AND txid_visible_in_snapshot(txid, $2::text::txid_snapshot) AND (txid, seq) > ($3, $4) "
             "ORDER BY txid, seq LIMIT $5",
             cp.done, target, after[0], after[1], limit)
-        complete = len(entries) < limit
+        # A wide table's changes are cut to about as many values as `limit` narrow ones:
+        # the rest are read by the next batch, as when the limit itself is reached.
+        keep = entries_within_values((e[2] for e in entries), limit,
+                                     {tid: len(st.spec.columns) for tid, st in tables.items()})
+        complete = len(entries) < limit and keep is None
+        entries = entries if keep is None else entries[:keep]
         last = (entries[-1][0], entries[-1][1]) if entries else cp.after
         batch = ReverseBatch(before=cp, after=cp.advanced(target, last, complete), entries=len(entries),
                              clock_offset=offset)

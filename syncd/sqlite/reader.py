@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Any
 
 from syncd.identifiers import quote_ident
-from syncd.model import SIZED_FOR_COLUMNS, TableSpec, unshadowed_rowid_name
+from syncd.model import TableSpec, entries_within_values, unshadowed_rowid_name
 from syncd.sqlite.capture import CHANGELOG, META, OP_INSERT, slot
 from syncd.sqlite.connection import empty_file, fetchall_text_safe, no_such_table
 from syncd.types import needs_conversion_filter
@@ -203,25 +203,12 @@ def _batch_entries(conn: sqlite3.Connection, where: str, params: tuple, limit: i
                                       "ORDER BY seq LIMIT ?", (*params, limit))
 
 
-MIN_BATCH_ENTRIES = 100  # a batch of very wide rows is cut no shorter than this
-
-
 def _within_values(entries: list[tuple], limit: int, streaming: dict[int, TableSpec]) -> list[tuple]:
     """The first of `entries` whose rows hold about as many values as `limit` entries of
-    rows SIZED_FOR_COLUMNS wide: an entry of a wider streaming table counts its columns,
-    any other SIZED_FOR_COLUMNS (a narrow table's batch is every entry read). A batch of
-    a wide table's rows then takes no more of the daemon's memory than a narrow one,
-    while a narrow table beside it keeps its full batches."""
-    budget = limit * SIZED_FOR_COLUMNS
-    width = {tid: len(spec.columns) for tid, spec in streaming.items() if len(spec.columns) > SIZED_FOR_COLUMNS}
-    if not width:
-        return entries
-    spent = 0
-    for i, entry in enumerate(entries):
-        spent += width.get(entry[1], SIZED_FOR_COLUMNS)
-        if spent > budget and i >= MIN_BATCH_ENTRIES:
-            return entries[:i]
-    return entries
+    narrow rows (model.entries_within_values)."""
+    keep = entries_within_values(map(itemgetter(1), entries), limit,
+                                 {tid: len(spec.columns) for tid, spec in streaming.items()})
+    return entries if keep is None else entries[:keep]
 
 
 def fingerprint_range(conn: sqlite3.Connection, after_seq: int, last_seq: int) -> str | None:
