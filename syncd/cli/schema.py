@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from urllib.parse import quote
 
 from syncd.cli import common
 from syncd.identifiers import quote_pg_ident
@@ -15,6 +14,7 @@ from syncd.parity.plan import Options, plan_source
 from syncd.parity.summary import explain_source, explain_table
 from syncd.postgres import ddl
 from syncd.postgres.connect import close_quietly, connect, describe
+from syncd.sqlite.connection import open_readonly
 from syncd.sqlite.introspect import introspect
 
 
@@ -39,8 +39,7 @@ def main(args) -> int:
             rc = 1
             continue
         sticky, retyped, where = asyncio.run(_types_in_postgres(settings, source))
-        conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, isolation_level=None,
-                               timeout=settings.sqlite.read_busy_timeout_ms / 1000)
+        conn = open_readonly(source.path, settings.sqlite.read_busy_timeout_ms)
         try:
             schema = introspect(conn, source, sticky, retyped)
             views = [n for n, lo in schema.left_out.items() if lo.kind == "view"]

@@ -333,10 +333,11 @@ def preview(settings, source, specs, present: dict[str, str | None] | None = Non
     touches nothing). `present`: the objects Postgres holds in the source's schema now,
     name -> comment (a dual-write index missing there, or not as planned, is built by
     finalize). Orphans are the report's (`foreign_keys` item)."""
-    from syncd.parity.apply import open_readonly
+    from syncd.parity.apply import CUTOVER_BUSY_TIMEOUT_MS
+    from syncd.sqlite.connection import open_readonly
 
     options = Options.from_settings(settings)
-    conn = open_readonly(source.path)
+    conn = open_readonly(source.path, CUTOVER_BUSY_TIMEOUT_MS)
     try:
         views = [r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'view'")
                  if source.wants_table(r[0])]

@@ -19,7 +19,6 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 import asyncpg
 
@@ -31,6 +30,7 @@ from syncd.parity.plan import (CUTOVER, DUAL_WRITE, ICU_LOCALE, MARK, NOCASE_COL
                                plan_source)
 from syncd.postgres.connect import describe
 from syncd.postgres.ddl import run_ddl
+from syncd.sqlite.connection import open_readonly
 from syncd.types import PgType, translate_default
 
 log = logging.getLogger("syncd")
@@ -384,13 +384,6 @@ def read_sqlite(conn: sqlite3.Connection, specs: dict[str, TableSpec], views: li
 CUTOVER_BUSY_TIMEOUT_MS = 10_000
 
 
-def open_readonly(path, busy_timeout_ms: int = CUTOVER_BUSY_TIMEOUT_MS) -> sqlite3.Connection:
-    """A read-only connection whose reads wait `busy_timeout_ms` at most for the
-    application's lock (the report passes [sqlite] read_busy_timeout_ms)."""
-    return sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000,
-                           isolation_level=None, check_same_thread=False)
-
-
 # --- cutover -------------------------------------------------------------------------------------
 
 
@@ -463,7 +456,7 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
     views = await asyncio.to_thread(_view_names, path, source)
 
     def read() -> tuple[SourceObjects, dict]:
-        c = open_readonly(path)
+        c = open_readonly(path, CUTOVER_BUSY_TIMEOUT_MS)
         try:
             return read_sqlite(c, specs, views, options, audit_types=True, quick=True)
         finally:
@@ -712,7 +705,7 @@ async def _citext(conn: asyncpg.Connection, schema: str) -> tuple[str, str | Non
 
 def _view_names(path, source) -> list[str]:
     """Views of the file the source's configuration wants."""
-    c = open_readonly(path)
+    c = open_readonly(path, CUTOVER_BUSY_TIMEOUT_MS)
     try:
         names = [r[0] for r in c.execute("SELECT name FROM main.sqlite_master WHERE type = 'view'")]
     finally:

@@ -127,7 +127,7 @@ async def measure(pg: asyncpg.Connection, sqlite_path, schema: str, specs: dict[
     looked up through); `budget`: how many lookups may be timed; `busy_timeout_ms`: how
     long a SQLite read waits for the application's lock ([sqlite] read_busy_timeout_ms)."""
     facts = SpeedFacts(max_ms)
-    from syncd.parity.apply import open_readonly
+    from syncd.sqlite.connection import open_readonly
 
     sq = await asyncio.to_thread(open_readonly, sqlite_path, busy_timeout_ms)
     try:

@@ -14,10 +14,11 @@ import asyncpg
 from syncd.config import Settings, SourceSettings
 from syncd.model import TableSpec
 from syncd.parity import orphans, speed
-from syncd.parity.apply import open_readonly, read_pg_objects, read_sqlite
+from syncd.parity.apply import read_pg_objects, read_sqlite
 from syncd.parity.plan import CUTOVER, DUAL_WRITE, Item, Options, plan_source
 from syncd.postgres.connect import describe
 from syncd.sqlite.leftout import LeftOut
+from syncd.sqlite.connection import open_readonly
 
 CACHE_SECONDS = 600.0  # the daemon's status page measures at most this often (the report: every time)
 _cache: dict[tuple, tuple[float, "ParityFacts"]] = {}

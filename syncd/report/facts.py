@@ -10,7 +10,6 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import asyncpg
 
@@ -28,6 +27,7 @@ from syncd.postgres.connect import close_quietly, connect
 from syncd.report import backups
 from syncd.report.backups import BackupFacts
 from syncd.sqlite import capture, disk_guard
+from syncd.sqlite.connection import open_readonly
 from syncd.sqlite.introspect import introspect
 from syncd.sqlite.leftout import LeftOut
 from syncd.verify.history import VerifyRun, load_history
@@ -386,8 +386,7 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
     `busy_timeout_ms` at most ([sqlite] read_busy_timeout_ms), then sqlite3.OperationalError."""
     if not source.path.exists():
         raise OSError(f"{source.path} does not exist")
-    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000,
-                           isolation_level=None)
+    conn = open_readonly(source.path, busy_timeout_ms)
     try:
         schema = introspect(conn, source, sticky, retyped)
         state = capture.read_state(conn)

@@ -8,13 +8,13 @@ import asyncio
 import datetime as dt
 import sqlite3
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from syncd.config import Settings, SourceSettings
 from syncd.postgres.connect import close_quietly, connect
 from syncd.reverse import applier, capture, reader
 from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import META_KEY, NOTHING, ReverseCheckpoint
+from syncd.sqlite.connection import open_readonly
 
 
 @dataclass
@@ -27,7 +27,7 @@ class WayBack:
 
 
 def _checkpoint_text(source: SourceSettings, busy_timeout_ms: int) -> str | None:
-    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000)
+    conn = open_readonly(source.path, busy_timeout_ms)
     try:
         return applier.read_meta(conn, META_KEY)
     finally:

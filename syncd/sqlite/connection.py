@@ -95,6 +95,14 @@ def _emptied(path: Path) -> bool:
         return False
 
 
+def open_readonly(path, busy_timeout_ms: int) -> sqlite3.Connection:
+    """A read-only connection to the file at `path` (never creating it), usable from any
+    thread, whose reads wait `busy_timeout_ms` at most for a lock its application holds
+    (then sqlite3.OperationalError: database is locked)."""
+    return sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000,
+                           isolation_level=None, check_same_thread=False)
+
+
 def open_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     """Open an existing SQLite file read-write without ever creating it."""
     if not path.exists():
