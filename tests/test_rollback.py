@@ -487,3 +487,23 @@ async def test_a_transaction_that_takes_a_table_while_postgres_is_frozen_delays_
         assert await direction(pg_dsn) == "to_postgres" and sqlite_writable(db)
         assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'rollback' ORDER BY id") == \
             [("undone",), ("done",)]
+
+
+async def test_a_file_unfrozen_while_cut_over_is_frozen_again_by_the_way_back(tmp_path, make_config, pg_dsn):
+    from syncd.sqlite import freeze
+
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        freeze.unfreeze(conn, 1000)  # as a hand-made "fix" would: Postgres is still the one written
+        conn.execute("INSERT INTO contacts VALUES (9001, 'written to SQLite while unfrozen')")
+        with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+            d.wait_log("event=refrozen", timeout=30)
+            with pytest.raises(sqlite3.IntegrityError, match="moved to PostgreSQL"):
+                conn.execute("INSERT INTO contacts VALUES (9002, 'refused again')")
+            assert d.stop() == 0
+    finally:
+        conn.close()

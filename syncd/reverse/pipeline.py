@@ -381,6 +381,8 @@ class ReversePipeline:
         if self.needs_reconcile:
             await self._reconcile()
             self.needs_reconcile = False
+            if self.session.direction != TO_SQLITE:
+                return False  # turned around by a rollback while it ran: the daemon replaces this pipeline
         if self.retired is not None or await self._retention_over():
             self._retired_health()
             if time.monotonic() >= self.lookups_due:
@@ -410,6 +412,25 @@ class ReversePipeline:
         except FileNotFoundError:
             raise SourceFileError(f"SQLite file {self.source.path} does not exist") from None
         return (st.st_dev, st.st_ino) != self.inode
+
+    async def _refreeze(self, message: str) -> bool:
+        """Freeze the file again, found unfrozen while the application writes Postgres, only
+        while the source's row still says so, that row held until the freeze is made: a
+        rollback turning the source around meanwhile waits for it and unfreezes the file
+        after this; one that turned it first is seen here, and the file is left as the
+        rollback left it (False: the daemon replaces this pipeline)."""
+        s = self.session
+        assert s.pg is not None
+        async with s.pg.transaction():
+            d = await s.pg.fetchval(f"SELECT direction FROM {s.bk.s}.sources WHERE source = $1 FOR SHARE", s.name)
+            if d is not None and d != TO_SQLITE:
+                s.direction = d
+                return False
+            await s.worker.run(freeze.freeze, message, self.settings.sqlite.write_busy_timeout_ms,
+                               self.source.wants_table)
+        s.warning("the SQLite file was not frozen although the application writes Postgres: frozen again "
+                  "(writes made to it meanwhile are overwritten by Postgres's rows)", event="refrozen")
+        return True
 
     async def _direction_moved(self) -> bool:
         """A rollback turned the source around: stop applying; the daemon replaces this
@@ -454,9 +475,8 @@ class ReversePipeline:
         message = await s.worker.run(freeze.frozen)
         if message is None:
             message = FROZEN_MESSAGE.format(schema=self.source.schema)
-            await s.worker.run(freeze.freeze, message, busy, self.source.wants_table)
-            s.warning("the SQLite file was not frozen although the application writes Postgres: frozen again "
-                      "(writes made to it meanwhile are overwritten by Postgres's rows)", event="refrozen")
+            if not await self._refreeze(message):
+                return
 
         schema, pg_tables, rows, decisions = await self._judge_all()
         ddl_done = False
