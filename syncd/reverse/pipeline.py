@@ -428,8 +428,10 @@ class ReversePipeline:
                 return False
             await s.worker.run(freeze.freeze, message, self.settings.sqlite.write_busy_timeout_ms,
                                self.source.wants_table)
-        s.warning("the SQLite file was not frozen although the application writes Postgres: frozen again "
-                  "(writes made to it meanwhile are overwritten by Postgres's rows)", event="refrozen")
+        s.warning("the SQLite file was not frozen although the application writes Postgres: frozen again. "
+                  "Writes made to it meanwhile are not in Postgres and stay in the file (a row is overwritten only "
+                  "when Postgres changes it): `syncd verify` names them, `syncd verify --repair` brings the file back "
+                  "to Postgres's rows", event="refrozen")
         return True
 
     async def _direction_moved(self) -> bool:
