@@ -14,7 +14,6 @@ import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
-from urllib.parse import quote
 
 from syncd.config import Settings, SourceSettings, StatusSettings
 from syncd.endpoint import fetch_status, own_sources, unanswered
@@ -23,7 +22,7 @@ from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
-from syncd.sqlite.connection import hard_links, is_busy
+from syncd.sqlite.connection import hard_links, is_busy, open_readonly
 from syncd.sqlite.introspect import is_internal, list_tables
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -97,20 +96,19 @@ def _iso(t: dt.datetime | None) -> str | None:
 
 
 # A file its application holds locked is waited for this long at the first look; those
-# found locked are read again side by side, each waited for the usual 2 s: a fleet with
-# many files locked is not read one busy timeout after the other.
-FIRST_LOOK_TIMEOUT = 0.05
-LOCKED_TIMEOUT = 2.0
+# found locked are read again side by side, each waited for [sqlite] read_busy_timeout_ms
+# as every syncd reader does: a fleet with many files locked is not read one busy timeout
+# after the other.
+FIRST_LOOK_MS = 50
 LOCKED_READERS = 32
 
 
-def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] | None = None,
-                 timeout: float = LOCKED_TIMEOUT) -> dict:
+def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] | None, wait_ms: int) -> dict:
     """What `syncd status` needs from one SQLite file, in as few statements as the file
     allows (a fleet's status reads a thousand of them): one look at the schema, syncd's
     meta rows and registry (checked, as the daemon checks them), the changelog's count
     past the checkpoint and its size."""
-    conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=timeout)
+    conn = open_readonly(source.path, wait_ms)
     try:
         tables = dict(conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'table'").fetchall())
         meta = capture.read_meta(conn) if capture.META in tables else {}
@@ -247,16 +245,16 @@ def _held_from(pg: _PgSide) -> dict[str, int]:
     return {r[0]: r[5] or 0 for r in pg.tables if r[1] in HALTED}
 
 
-def _read_files(jobs: list[tuple[SourceSettings, int, dict[str, int]]]) -> list[dict | str | None]:
+def _read_files(jobs: list[tuple[SourceSettings, int, dict[str, int]]], wait_ms: int) -> list[dict | str | None]:
     """_read_sqlite for each (source, applied_seq, held tables), one after the other,
-    then those found locked again, side by side: None for a file that does not exist,
-    the error's text for one that cannot be read."""
+    then those found locked again, side by side, each waited for `wait_ms`: None for a
+    file that does not exist, the error's text for one that cannot be read."""
     def read(job, first: bool) -> dict | str | object | None:
         source, applied_seq, held = job
         try:
             if not source.path.exists():
                 return None
-            return _read_sqlite(source, applied_seq, held, FIRST_LOOK_TIMEOUT if first else LOCKED_TIMEOUT)
+            return _read_sqlite(source, applied_seq, held, min(FIRST_LOOK_MS, wait_ms) if first else wait_ms)
         except (sqlite3.Error, OSError) as e:  # OSError: its directory unreadable, say
             if first and is_busy(e):
                 return _LOCKED
@@ -499,7 +497,7 @@ async def gather_statuses(settings: Settings, sources: list[SourceSettings], liv
     for got in await asyncio.gather(*(_postgres_side(settings, dsn, names) for dsn, names in by_dsn.items())):
         sides.update(got)
     lite = await asyncio.to_thread(_read_files, [(s, _applied_seq(sides[s.name]), _held_from(sides[s.name]))
-                                                 for s in sources])
+                                                 for s in sources], settings.sqlite.read_busy_timeout_ms)
     return list(await asyncio.gather(*(gather_source(settings, s, live, sides[s.name], got)
                                        for s, got in zip(sources, lite))))
 

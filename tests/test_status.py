@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import secrets
 import sqlite3
+import threading
 import time
 import urllib.request
 
@@ -342,3 +343,34 @@ async def test_a_check_made_before_a_table_was_copied_again_is_not_its_consisten
         assert t["last_compared_at"] is not None and not any("consistency" in m for m in problems), problems
         assert migrated()["ok"]
         assert "before the table was copied again" not in run_cli(cfg, "report").stdout
+
+
+async def test_status_waits_for_a_locked_file_as_long_as_read_busy_timeout_ms(tmp_path, pg_dsn):
+    """A file its application holds locked is read again after the first look, waited for
+    [sqlite] read_busy_timeout_ms as every syncd reader waits: a lock let go within it is
+    waited out and the file read; one held past it is said in one line, naming the file."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = delete")  # BEGIN EXCLUSIVE keeps every reader out
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+
+    def status_while_locked(wait_ms: int, held_seconds: float) -> dict:
+        cfg = write_config(tmp_path / f"syncd-{wait_ms}.toml", pg_dsn, [{"name": "app", "path": str(db)}],
+                           sections={"sqlite": {"read_busy_timeout_ms": wait_ms}})
+        conn.execute("BEGIN EXCLUSIVE")
+        release = threading.Timer(held_seconds, conn.execute, ("ROLLBACK",))
+        release.start()
+        try:
+            return json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
+        finally:
+            release.join()
+
+    assert run_cli(write_config(tmp_path / "init.toml", pg_dsn, [{"name": "app", "path": str(db)}]),
+                   "init").returncode == 0
+    # Let go after 3 s, within a wait of 20 s: read, as when no lock was held.
+    waited = status_while_locked(20_000, 3)
+    assert (waited["capture_installed"], waited["pending_changes"]) == (True, 0), waited
+    # Held for 4 s, past a wait of 0.2 s: said, not waited out.
+    refused = status_while_locked(200, 4)
+    assert any(f"cannot read {db}: database is locked" in p["message"] for p in refused["problems"]), refused
+    conn.close()
