@@ -501,6 +501,7 @@ async def test_a_file_unfrozen_while_cut_over_is_frozen_again_by_the_way_back(tm
         freeze.unfreeze(conn, 1000)  # as a hand-made "fix" would: Postgres is still the one written
         conn.execute("INSERT INTO contacts VALUES (9001, 'written to SQLite while unfrozen')")
         conn.execute("UPDATE contacts SET email = 'changed in SQLite while unfrozen' WHERE id = 1")
+        conn.execute("DELETE FROM contacts WHERE id = 2")
         with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
             d.wait_log("event=refrozen", timeout=30)
             with pytest.raises(sqlite3.IntegrityError, match="moved to PostgreSQL"):
@@ -509,13 +510,19 @@ async def test_a_file_unfrozen_while_cut_over_is_frozen_again_by_the_way_back(tm
         # What the warning tells the user: those writes are not in Postgres, and stay in the
         # file until `syncd verify --repair` brings it back to Postgres's rows.
         assert "syncd verify --repair" in d.log(), d.log()
-        assert conn.execute("SELECT count(*) FROM contacts WHERE id = 9001 OR email LIKE 'changed%'").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM contacts WHERE id IN (9001, 2) OR email LIKE 'changed%'").fetchone() \
+            == (2,)
         found = run_cli(cfg, "verify")
         assert found.returncode != 0, found.stdout
-        assert '"contacts" missing in Postgres: key 9001' in found.stdout, found.stdout
+        # Worded for SQLite following Postgres: what the file should not have, what it lacks.
+        assert '"contacts" DIFFERS (16 rows in SQLite, 16 in Postgres' in found.stdout, found.stdout
+        assert "1 only in SQLite, 1 missing in SQLite, 1 different" in found.stdout, found.stdout
+        assert '"contacts" only in SQLite: key 9001' in found.stdout, found.stdout
+        assert '"contacts" missing in SQLite: key 2' in found.stdout, found.stdout
         assert '"contacts" different: key 1: column "email"' in found.stdout, found.stdout
         assert run_cli(cfg, "verify", "--repair").returncode == 0
         assert conn.execute("SELECT count(*) FROM contacts WHERE id = 9001 OR email LIKE 'changed%'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM contacts WHERE id = 2").fetchone() == (1,)
         assert run_cli(cfg, "verify").returncode == 0
     finally:
         conn.close()

@@ -62,10 +62,11 @@ def render(r: SourceVerifyResult) -> list[str]:
     if r.error is not None:
         return [f"{r.source}: ERROR {r.error}"]
     lines = []
+    cut_over = r.direction == "to_sqlite"
     for t in r.tables:
-        lines.append(t.summary())
+        lines.append(t.summary(cut_over))
         for d in t.differences[:LISTED]:
-            lines.append(f'{r.source}: "{t.table}" {d.text()}')
+            lines.append(f'{r.source}: "{t.table}" {d.text(cut_over)}')
         more = t.mismatched - min(len(t.differences), LISTED)
         if more > 0:
             lines.append(f'{r.source}: "{t.table}" ... and {more} more (--json lists up to 1000)')
@@ -74,6 +75,6 @@ def render(r: SourceVerifyResult) -> list[str]:
     if not r.tables:
         lines.append(f"{r.source}: no tables to verify")
     equal = sum(1 for t in r.tables if t.equal)
-    way = " (cut over: SQLite follows Postgres)" if r.direction == "to_sqlite" else ""
+    way = " (cut over: SQLite follows Postgres)" if cut_over else ""
     lines.append(f"{r.source}: {equal} of {len(r.tables)} table(s) equal{way}")
     return lines

@@ -21,6 +21,10 @@ KIND_TEXT = {
     DIFFERENT: "different",
     PENDING: "pending",
 }
+# Once cut over SQLite follows Postgres: a row only SQLite holds is not one Postgres lacks
+# but one the file should not have (a repair deletes it), and one only Postgres holds is
+# missing in SQLite.
+KIND_TEXT_CUT_OVER = {**KIND_TEXT, MISSING: "only in SQLite", EXTRA: "missing in SQLite"}
 
 MAX_LISTED = 1000  # differences kept per table (the counts stay exact)
 
@@ -34,8 +38,8 @@ class Difference:
     raw_key: tuple | None = field(default=None, repr=False, compare=False)  # SQLite form, for repair
     repairable: bool = field(default=True, repr=False, compare=False)  # False: a replay cannot fix it
 
-    def text(self) -> str:
-        out = f"{KIND_TEXT[self.kind]}: key {format_key(self.key)}"
+    def text(self, cut_over: bool = False) -> str:
+        out = f"{(KIND_TEXT_CUT_OVER if cut_over else KIND_TEXT)[self.kind]}: key {format_key(self.key)}"
         if self.columns:
             out += ": column" + ("s " if len(self.columns) > 1 else " ") + ", ".join(f'"{c}"' for c in self.columns)
         if self.note:
@@ -92,8 +96,9 @@ class TableVerifyResult:
         if len(self.differences) < MAX_LISTED:
             self.differences.append(d)
 
-    def summary(self) -> str:
-        """One line naming source and table and saying what was found."""
+    def summary(self, cut_over: bool = False) -> str:
+        """One line naming source and table and saying what was found (`cut_over`: worded
+        for SQLite following Postgres)."""
         head = f'{self.source}: "{self.table}"'
         counts = self._counts()
         if self.error is not None:
@@ -103,8 +108,9 @@ class TableVerifyResult:
             return f"{head} not comparable ({state}){counts}: {self.reason}"
         if self.equal:
             return f"{head} equal{counts}" + (f", after repairing {self.repaired} row(s)" if self.repaired else "")
-        parts = [f"{n} {what}" for n, what in ((self.missing, "missing in Postgres"), (self.extra, "extra in Postgres"),
-                                               (self.different, "different"), (self.pending, "pending")) if n]
+        words = KIND_TEXT_CUT_OVER if cut_over else KIND_TEXT
+        parts = [f"{n} {words[kind]}" for n, kind in ((self.missing, MISSING), (self.extra, EXTRA),
+                                                      (self.different, DIFFERENT), (self.pending, PENDING)) if n]
         line = f"{head} DIFFERS{counts}: {', '.join(parts)}"
         if self.pending and self.reason:
             line += f"; {self.reason}"
