@@ -42,7 +42,7 @@ from syncd.printable import listed
 from syncd.sqlite import freeze
 from syncd.sqlite.connection import SqliteWorker
 from syncd.sqlite.introspect import introspect
-from syncd.table_locks import TablesBusy, blockers_named, long_holders
+from syncd.table_locks import TablesBusy, blockers_named, long_holders, while_tables_busy
 
 log = logging.getLogger("syncd")
 
@@ -492,32 +492,46 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         await _hold("verified")
         specs = await asyncio.to_thread(read_specs, source)
         marks = await worker.run(high_marks, specs)
-        async with blockers_named(settings, source, conn, "the switch's last transaction"), conn.transaction():
-            # The source's row first: a daemon's schema-parity pass (which locks it too)
-            # then either finished before or sees the new direction after (parity._direction).
-            await conn.execute(f"SELECT 1 FROM {b.s}.sources WHERE source = $1 FOR UPDATE", source.name)
-            # The application's constraints, indexes, views and typed columns first, so
-            # the trial inserts face the database the application will write to.
-            try:
-                parity_done = await parity.finalize(conn, settings, source, specs, allow_orphans)
-            except parity.ParityRefused as e:
-                raise Refused(str(e)) from None
-            res.plan += parity_done.lines()
-            res.plan += [f"foreign key left NOT VALID (orphan rows, --allow-orphans): {fk}"
-                         for fk in parity_done.not_valid]
-            res.plan.append(f"schema parity in {parity_done.seconds:.2f} s")
-            await _hold("finalized")
-            handed_out = await sequence_tops(conn, source.schema, {name: specs[name] for name in marks})
-            res.plan += await set_identities(conn, source.schema, specs, marks, handed_out)
-            res.plan += await trial_inserts(conn, source.schema, specs, marks)
-            await set_identities(conn, source.schema, specs, marks, handed_out)  # the trials took a number each
-            await _hold("finishing")
-            await _open_way_back(settings, source, conn, worker, specs)
-            await conn.execute(f"UPDATE {b.s}.sources SET direction = $2 WHERE source = $1", source.name, TO_SQLITE)
-            res.downtime_seconds = time.monotonic() - frozen_at
-            await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
-                              downtime_seconds=res.downtime_seconds, detail=json.dumps({"steps": res.plan}))
-            committing = True
+        planned = len(res.plan)
+
+        async def last() -> None:
+            """The switch's last transaction: one try (a try that could not take a table is
+            rolled back whole, and its steps are said by the one that commits)."""
+            nonlocal committing
+            del res.plan[planned:]
+            async with conn.transaction():
+                # The source's row first: a daemon's schema-parity pass (which locks it too)
+                # then either finished before or sees the new direction after (parity._direction).
+                await conn.execute(f"SELECT 1 FROM {b.s}.sources WHERE source = $1 FOR UPDATE", source.name)
+                # The application's constraints, indexes, views and typed columns first, so
+                # the trial inserts face the database the application will write to.
+                try:
+                    parity_done = await parity.finalize(conn, settings, source, specs, allow_orphans)
+                except parity.ParityRefused as e:
+                    raise Refused(str(e)) from None
+                res.plan += parity_done.lines()
+                res.plan += [f"foreign key left NOT VALID (orphan rows, --allow-orphans): {fk}"
+                             for fk in parity_done.not_valid]
+                res.plan.append(f"schema parity in {parity_done.seconds:.2f} s")
+                await _hold("finalized")
+                handed_out = await sequence_tops(conn, source.schema, {name: specs[name] for name in marks})
+                res.plan += await set_identities(conn, source.schema, specs, marks, handed_out)
+                res.plan += await trial_inserts(conn, source.schema, specs, marks)
+                await set_identities(conn, source.schema, specs, marks, handed_out)  # the trials took a number each
+                await _hold("finishing")
+                await _open_way_back(settings, source, conn, worker, specs)
+                await conn.execute(f"UPDATE {b.s}.sources SET direction = $2 WHERE source = $1", source.name, TO_SQLITE)
+                res.downtime_seconds = time.monotonic() - frozen_at
+                await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
+                                  downtime_seconds=res.downtime_seconds, detail=json.dumps({"steps": res.plan}))
+                committing = True
+
+        # Waiting for a table another session keeps (a report's open transaction, say): each
+        # try gives up at a short lock wait, the next begins once those sessions let go, for
+        # [postgres] statement_timeout_seconds in all, as the rollback's last transaction.
+        async with blockers_named(settings, source, conn, "the switch's last transaction"):
+            await while_tables_busy(last, conn, source, list(specs), "the switch's last transaction",
+                                    settings.postgres.statement_timeout_seconds)
         res.done = True
         log.info(f"cut over to Postgres: write downtime {res.downtime_seconds:.2f} s",
                  extra={"source": source.name, "event": "cutover_done"})

@@ -379,6 +379,51 @@ async def test_a_table_the_source_leaves_out_stays_writable_and_is_named(tmp_pat
         assert d.stop() == 0
 
 
+
+async def test_a_table_kept_past_one_lock_wait_delays_the_switch_instead_of_undoing_it(tmp_path, make_config, pg_dsn):
+    """A session that takes "deals" after the checks and keeps it a few seconds (here
+    ROW EXCLUSIVE, which the capture trigger the switch creates on it must wait for):
+    the switch's try gives up at its short lock wait and is rolled back whole, and the
+    next try begins once that session has let go, within [postgres]
+    statement_timeout_seconds: the cutover goes through, where it was undone."""
+    import asyncio
+    import os
+    import subprocess
+
+    from tests.support.daemon import syncd_cmd
+
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = ready_config(make_config, tmp_path, db)
+    go = tmp_path / "go"
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=str(cfg.parent), env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified",
+                                                                     "SYNCD_CUTOVER_RESUME_ON": str(go)})
+        other = await asyncpg.connect(pg_dsn)
+        try:
+            assert proc.stdout.readline().strip() == "holding at verified"
+            await other.execute("BEGIN; LOCK TABLE app.deals IN ROW EXCLUSIVE MODE")
+            go.touch()
+            await asyncio.sleep(6)  # past one try's wait for a trigger's lock (2 s)
+            await other.execute("COMMIT")
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
+        finally:
+            await other.close()
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out
+        assert re.search(rf"the switch's last transaction waits for Postgres backend {other.get_server_pid()} "
+                         r'\(an unnamed client, idle in transaction\) on "deals", which keeps a table busy', out), out
+        assert re.search(r"write downtime ([6-9]|\d\d)\.\d+ s", out), out
+        # One try's steps, said once.
+        assert out.count("deals.id continues after") == 1, out
+        assert await direction(pg_dsn) == "to_sqlite" and not writable(db)
+        assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'cutover'") == [("done",)]
+        assert d.stop() == 0
+
 async def test_a_report_keeping_a_table_in_postgres_is_refused_before_the_freeze_or_named_while_waited_for(
         tmp_path, make_config, pg_dsn):
     """A transaction in Postgres that read "meetings" (a report run there during
