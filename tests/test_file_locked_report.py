@@ -2,13 +2,15 @@
 the lock is gone, also when the application wrote nothing under it (a ROLLBACK) and
 the file then has nothing for the daemon to do but give its connection back. A lock is
 counted from the step that met it after any other failure: two short locks either side
-of a Postgres outage are not reported as one long one."""
+of a Postgres outage are not reported as one long one, by the forward pipeline nor by
+the way back (after a cutover, where the lock holds up Postgres's changes)."""
 
 from __future__ import annotations
 
 import calendar
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +24,8 @@ from tests.conftest import FAST_FAILOVER, write_config
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.ports import free_port
 from tests.support.proxy import FaultProxy
-from tests.support.sync import wait_caught_up
+from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.way_back import backup_and_config, cut_over, wait_back
 from tests.test_locked_files_in_a_fleet import make_file, write
 from tests.test_postgres_outage import metric
 
@@ -85,9 +88,22 @@ print("released", flush=True)
 """
 
 
-def lock(path, name: str) -> subprocess.Popen:
-    """The application locks the file (rollback-journal, BEGIN EXCLUSIVE) until told."""
-    holder = subprocess.Popen([sys.executable, "-c", LOCKER, str(path), name],
+# A file frozen by a cutover refuses the application's writes, but a transaction can still
+# hold its write lock (rollback-journal, BEGIN IMMEDIATE: a RESERVED lock, reads go on).
+FROZEN_LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+print("released", flush=True)
+"""
+
+
+def lock(path, name: str, script: str = LOCKER) -> subprocess.Popen:
+    """The application locks the file (rollback-journal; LOCKER: BEGIN EXCLUSIVE) until told."""
+    holder = subprocess.Popen([sys.executable, "-c", script, str(path), name],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     return holder
@@ -103,6 +119,32 @@ def unlock(holder: subprocess.Popen) -> None:
 def source_health(port: int) -> str:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read()
     return json.loads(body)["sources"]["app"]["health"]
+
+
+def reported_once_held_alone(d: DaemonProcess, port: int, first: float) -> str:
+    """Postgres has just come back (healed) under the file's second lock, the first one
+    having begun at `first`: the file is not reported locked while the second lock alone
+    is short of FILE_LOCKED_AFTER_SECONDS, although both together are past it; held on,
+    it is reported, as held since Postgres came back. The report's log line."""
+    healed, healed_at = time.monotonic(), time.time()
+    watch_until = healed + FILE_LOCKED_AFTER_SECONDS - 3
+    # Watched well past the threshold counted from the first lock, short of it counted from Postgres's return.
+    assert watch_until - (first + FILE_LOCKED_AFTER_SECONDS) >= 3
+    while time.monotonic() < watch_until:
+        assert d.alive(), d.log()[-3000:]
+        health = source_health(port)
+        since_healed, since_first = time.monotonic() - healed, time.monotonic() - first
+        assert health != "file_locked" and "is locked by its application" not in d.log(), \
+            f"reported locked {since_healed:.1f} s after Postgres came back under the second lock, " \
+            f"{since_first:.1f} s after the first lock began (health {health}):\n{d.log()[-3000:]}"
+        time.sleep(0.25)
+    d.wait_log("is locked by its application", timeout=15)
+    assert source_health(port) == "file_locked"
+    [line] = [ln for ln in d.log().splitlines() if "is locked by its application" in ln]
+    since = re.search(r" since (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", line)
+    assert since, line
+    assert calendar.timegm(time.strptime(since[1], "%Y-%m-%d %H:%M:%S")) >= int(healed_at) - 1, line
+    return line
 
 
 async def test_locks_either_side_of_a_postgres_outage_are_not_reported_as_one(tmp_path, pg_dsn):
@@ -139,28 +181,69 @@ async def test_locks_either_side_of_a_postgres_outage_are_not_reported_as_one(tm
             # well before the second one does by itself.
             time.sleep(max(1.0, first + 7 - time.monotonic()))
             proxy.heal()
-            healed, healed_at = time.monotonic(), time.time()
-            watch_until = healed + FILE_LOCKED_AFTER_SECONDS - 3
-            # Watched well past the threshold counted from the first lock, short of it counted from Postgres's return.
-            assert watch_until - (first + FILE_LOCKED_AFTER_SECONDS) >= 3
-            while time.monotonic() < watch_until:
-                assert d.alive(), d.log()[-3000:]
-                health = source_health(port)
-                since_healed, since_first = time.monotonic() - healed, time.monotonic() - first
-                assert health != "file_locked" and "is locked by its application" not in d.log(), \
-                    f"reported locked {since_healed:.1f} s after Postgres came back under the second lock, " \
-                    f"{since_first:.1f} s after the first lock began (health {health}):\n{d.log()[-3000:]}"
-                time.sleep(0.25)
-            # Held on, the second lock is reported, and as held since Postgres came back.
-            d.wait_log("is locked by its application", timeout=15)
-            assert source_health(port) == "file_locked"
-            [line] = [ln for ln in d.log().splitlines() if "is locked by its application" in ln]
-            since = re.search(r" since (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", line)
-            assert since, line
-            assert calendar.timegm(time.strptime(since[1], "%Y-%m-%d %H:%M:%S")) >= int(healed_at) - 1, line
+            reported_once_held_alone(d, port, first)
             unlock(holders[1])
             d.wait_log("recovered: the SQLite file is no longer locked", timeout=20)
             await wait_caught_up(path, pg_dsn, "app", daemon=d)
+            assert d.stop() == 0
+            log = d.log()
+        assert log.count("is locked by its application") == 1, log[-3000:]
+    finally:
+        for h in holders:
+            h.kill()
+        proxy.close()
+
+
+async def test_on_the_way_back_locks_either_side_of_a_postgres_outage_are_not_reported_as_one(tmp_path, pg_dsn):
+    # The same sequence on the way back (Postgres -> SQLite after a cutover), where the lock
+    # blocks syncd writing Postgres's changes into the file: a short lock while changes
+    # wait, Postgres lost while it is held, the lock released (steps fail on Postgres), a
+    # second lock, Postgres back. The second lock is reported only once it alone has lasted
+    # FILE_LOCKED_AFTER_SECONDS. A step that meets the lock gives up after 1 s (the step's
+    # write wait, session.STEP_WRITE_SECONDS) and the next waits for it first.
+    parts = urlsplit(pg_dsn)
+    proxy = FaultProxy(parts.hostname, parts.port or 5432)
+    path = tmp_path / "app.db"
+    make_file(path)
+    port = free_port()
+    proxied = pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/")
+
+    def make_config(sources, sections):
+        return write_config(tmp_path / "syncd.toml", proxied, sources, metrics_listen=f"127.0.0.1:{port}",
+                            sections=sections)
+
+    cfg = backup_and_config(make_config, tmp_path, path, **FAST_FAILOVER)
+    holders: list[subprocess.Popen] = []
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await cut_over(cfg, path, pg_dsn, daemon=d)
+            await wait_back(cfg, path, pg_dsn, daemon=d)
+            retries = metric(port, "syncd_retries_total") or 0
+            holders.append(lock(path, "first", FROZEN_LOCKER))
+            first = time.monotonic()
+            await pg_rows(pg_dsn, "INSERT INTO app.items (v) VALUES ('written in Postgres under the first lock')")
+            wait_for(lambda: (metric(port, "syncd_retries_total") or 0) > retries, 10,
+                     "a step meeting the lock with Postgres's change to write", d)
+            proxy.refuse()
+            time.sleep(1)
+            unlock(holders[0])
+            assert time.monotonic() - first < FILE_LOCKED_AFTER_SECONDS - 5  # a short lock: never reported
+            d.wait_log("event=postgres_unreachable", timeout=20)  # a step failed on Postgres, not on the lock
+            holders.append(lock(path, "second", FROZEN_LOCKER))
+            await pg_rows(pg_dsn, "INSERT INTO app.items (v) VALUES ('written in Postgres under the second lock')")
+            time.sleep(max(1.0, first + 7 - time.monotonic()))
+            proxy.heal()
+            line = reported_once_held_alone(d, port, first)
+            assert "could not get a write lock" in line, line  # met writing Postgres's changes into the file
+            unlock(holders[1])
+            d.wait_log("recovered: the SQLite file is no longer locked", timeout=20)
+            await wait_back(cfg, path, pg_dsn, daemon=d)
+            conn = sqlite3.connect(path)
+            try:
+                got = {v for (v,) in conn.execute("SELECT v FROM items WHERE v LIKE 'written in Postgres%'")}
+            finally:
+                conn.close()
+            assert got == {"written in Postgres under the first lock", "written in Postgres under the second lock"}
             assert d.stop() == 0
             log = d.log()
         assert log.count("is locked by its application") == 1, log[-3000:]
