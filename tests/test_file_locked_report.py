@@ -235,6 +235,10 @@ async def test_on_the_way_back_locks_either_side_of_a_postgres_outage_are_not_re
             proxy.heal()
             line = reported_once_held_alone(d, port, first)
             assert "could not get a write lock" in line, line  # met writing Postgres's changes into the file
+            # Postgres's return was said as soon as it answered, not left for the file's lock to hide.
+            log = d.log()
+            assert -1 < log.find("recovered: Postgres is reachable again") < log.find("is locked by its application"), \
+                log[-3000:]
             unlock(holders[1])
             d.wait_log("recovered: the SQLite file is no longer locked", timeout=20)
             await wait_back(cfg, path, pg_dsn, daemon=d)

@@ -365,6 +365,11 @@ class ReversePipeline:
             return True
         if await s.connect_postgres(lock=True):
             self.needs_reconcile = True  # the lock was (re)taken: anything may have changed meanwhile
+            if self.health == POSTGRES_DOWN:
+                # Postgres answered, taking the source's lock again (an outage let it go): said
+                # now, not only once a step goes through, which a lock on the file may hold up.
+                self._recovered()
+                self._update_health()
         if not self.listening:
             await s.target.listen(self.names.channel, self._notified)
             self.listening = True
