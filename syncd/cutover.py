@@ -39,10 +39,11 @@ from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import Bookkeeping, ensure_bookkeeping, lock_key
 from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
 from syncd.printable import listed
+from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
 from syncd.sqlite import freeze
 from syncd.sqlite.connection import SqliteWorker
 from syncd.sqlite.introspect import introspect
-from syncd.table_locks import TablesBusy, blockers_named, long_holders, while_tables_busy
+from syncd.table_locks import TablesBusy, blockers_named, long_holders, take_tables, while_tables_busy
 
 log = logging.getLogger("syncd")
 
@@ -498,11 +499,15 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             """The switch's last transaction: one try (a try that could not take a table is
             rolled back whole, and its steps are said by the one that commits)."""
             nonlocal committing
+            committing = False
             del res.plan[planned:]
             async with conn.transaction():
                 # The source's row first: a daemon's schema-parity pass (which locks it too)
                 # then either finished before or sees the new direction after (parity._direction).
                 await conn.execute(f"SELECT 1 FROM {b.s}.sources WHERE source = $1 FOR UPDATE", source.name)
+                # Then each table as the capture triggers created last take it: a session
+                # writing one (or holding more) ends this try now, not after schema parity's work.
+                await take_tables(conn, source.schema, list(specs), "SHARE ROW EXCLUSIVE", TRIGGER_LOCK_WAIT)
                 # The application's constraints, indexes, views and typed columns first, so
                 # the trial inserts face the database the application will write to.
                 try:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 
 from syncd.config import Settings, SourceSettings
+from syncd.identifiers import qualified
 from syncd.postgres.connect import close_quietly, connect
 from syncd.reverse import capture
 
@@ -26,6 +27,7 @@ log = logging.getLogger("syncd")
 # try after try, for [postgres] statement_timeout_seconds (as long as one statement of
 # the application's may run) before the switch gives up.
 RETRY_SECONDS = 0.1  # how often pg_locks is read while waiting
+NO_HOLDER_SECONDS = 1.0  # a try given up with no holder found on the tables: the next waits this long
 BLOCKED_SAID_AFTER_SECONDS = 2.0  # a switch's statement waiting this long for a lock names who holds it
 BLOCKED_LOOK_SECONDS = 0.5  # how often pg_blocking_pids is asked meanwhile
 
@@ -108,6 +110,8 @@ async def while_tables_busy(attempt: Callable[[], Awaitable[None]], conn: asyncp
                             f"it), for {seconds:g} s at most", extra={"source": source.name, "event": "switch_waiting"})
                 said = True
             held = {(r[0], r[1]) for r in locks}
+            if not held:  # the lock was on another object, or is gone already: not tried again at once
+                await asyncio.sleep(max(0.0, min(NO_HOLDER_SECONDS, deadline - time.monotonic())))
             while held and time.monotonic() < deadline:
                 await asyncio.sleep(RETRY_SECONDS)
                 held &= {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)}
@@ -115,6 +119,22 @@ async def while_tables_busy(attempt: Callable[[], Awaitable[None]], conn: asyncp
                 waited = f" for {seconds:g} s" if seconds else ""
                 raise TablesBusy(f"{what} could not take the source's tables{waited}: {holders} kept one busy (an "
                                  "open transaction that used it)") from None
+
+
+async def take_tables(conn: asyncpg.Connection, schema: str, tables: list[str], mode: str, wait: str) -> None:
+    """Inside the caller's transaction: a `mode` lock on each of `tables` that exists in
+    Postgres, waited for `wait` at most (then LockNotAvailableError, for while_tables_busy),
+    in one statement; the transaction's lock_timeout is left as it was."""
+    names = [r[0] for r in await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND c.relkind IN ('r', 'p') ORDER BY c.relname",
+        schema, tables)]
+    if not names:
+        return
+    prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
+    await conn.execute(f"SET LOCAL lock_timeout = '{wait}'")
+    await conn.execute(f"LOCK TABLE {', '.join(qualified(schema, n) for n in names)} IN {mode} MODE")
+    await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
 
 
 async def table_holders(conn: asyncpg.Connection, schema: str, tables: list[str]) -> str:

@@ -39,7 +39,7 @@ def make_app(db) -> sqlite3.Connection:
     return conn
 
 
-def ready_config(make_config, tmp_path, db, **verify):
+def ready_config(make_config, tmp_path, db, postgres: dict | None = None, **verify):
     backups = tmp_path / "backups"
     backups.mkdir(exist_ok=True)
     src = sqlite3.connect(db)
@@ -49,7 +49,7 @@ def ready_config(make_config, tmp_path, db, **verify):
     dst.close()
     return make_config([{"name": "app", "path": str(db)}], sections={
         "cutover": {"min_days": 0, "backup_glob": str(backups / "*.db")},
-        "verify": {"interval_seconds": 0, **verify}})
+        "verify": {"interval_seconds": 0, **verify}, **({"postgres": postgres} if postgres else {})})
 
 
 def writable(db) -> bool:
@@ -380,12 +380,11 @@ async def test_a_table_the_source_leaves_out_stays_writable_and_is_named(tmp_pat
 
 
 
-async def test_a_table_kept_past_one_lock_wait_delays_the_switch_instead_of_undoing_it(tmp_path, make_config, pg_dsn):
-    """A session that takes "deals" after the checks and keeps it a few seconds (here
-    ROW EXCLUSIVE, which the capture trigger the switch creates on it must wait for):
-    the switch's try gives up at its short lock wait and is rolled back whole, and the
-    next try begins once that session has let go, within [postgres]
-    statement_timeout_seconds: the cutover goes through, where it was undone."""
+async def cutover_with_a_table_kept(tmp_path, make_config, pg_dsn, held_seconds: float,
+                                   postgres: dict | None = None) -> tuple[int, str, int]:
+    """`syncd cutover` while a session that took "deals" after the checks (ROW EXCLUSIVE,
+    which the capture trigger the switch creates on it must wait for) keeps it
+    `held_seconds`: (exit code, output, that session's backend)."""
     import asyncio
     import os
     import subprocess
@@ -394,7 +393,7 @@ async def test_a_table_kept_past_one_lock_wait_delays_the_switch_instead_of_undo
 
     db = tmp_path / "app.db"
     make_app(db)
-    cfg = ready_config(make_config, tmp_path, db)
+    cfg = ready_config(make_config, tmp_path, db, postgres)
     go = tmp_path / "go"
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
@@ -407,22 +406,44 @@ async def test_a_table_kept_past_one_lock_wait_delays_the_switch_instead_of_undo
             assert proc.stdout.readline().strip() == "holding at verified"
             await other.execute("BEGIN; LOCK TABLE app.deals IN ROW EXCLUSIVE MODE")
             go.touch()
-            await asyncio.sleep(6)  # past one try's wait for a trigger's lock (2 s)
+            await asyncio.sleep(held_seconds)
             await other.execute("COMMIT")
             out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
         finally:
             await other.close()
             if proc.poll() is None:
                 proc.kill()
-        assert proc.returncode == 0, out
-        assert re.search(rf"the switch's last transaction waits for Postgres backend {other.get_server_pid()} "
-                         r'\(an unnamed client, idle in transaction\) on "deals", which keeps a table busy', out), out
-        assert re.search(r"write downtime ([6-9]|\d\d)\.\d+ s", out), out
-        # One try's steps, said once.
-        assert out.count("deals.id continues after") == 1, out
-        assert await direction(pg_dsn) == "to_sqlite" and not writable(db)
-        assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'cutover'") == [("done",)]
         assert d.stop() == 0
+    return proc.returncode, out, other.get_server_pid()
+
+
+async def test_a_table_kept_past_one_lock_wait_delays_the_switch_instead_of_undoing_it(tmp_path, make_config, pg_dsn):
+    """Kept past one try's short wait for the table (2 s): the try gives up before schema
+    parity's work and is rolled back whole, and the next begins once that session has let
+    go, within [postgres] statement_timeout_seconds: the cutover goes through, where it
+    was undone."""
+    rc, out, pid = await cutover_with_a_table_kept(tmp_path, make_config, pg_dsn, 6)
+    assert rc == 0, out
+    assert re.search(rf"the switch's last transaction waits for Postgres backend {pid} "
+                     r'\(an unnamed client, idle in transaction\) on "deals", which keeps a table busy', out), out
+    assert re.search(r"write downtime ([6-9]|\d\d)\.\d+ s", out), out
+    assert out.count("deals.id continues after") == 1, out  # one try's steps, said once
+    assert await direction(pg_dsn) == "to_sqlite" and not writable(tmp_path / "app.db")
+    assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'cutover'") == [("done",)]
+
+
+async def test_a_table_kept_past_the_statement_timeout_undoes_the_switch_naming_the_session(
+        tmp_path, make_config, pg_dsn):
+    """Kept past [postgres] statement_timeout_seconds in all: the cutover is undone, naming
+    the session, and the application writes SQLite again."""
+    rc, out, pid = await cutover_with_a_table_kept(tmp_path, make_config, pg_dsn, 9,
+                                                   postgres={"statement_timeout_seconds": 4})
+    assert rc == 1, out
+    assert re.search(rf"UNDONE: the switch's last transaction could not take the source's tables for 4 s: Postgres "
+                     rf"backend {pid} \(an unnamed client, idle in transaction\) on \"deals\" kept one busy", out), out
+    assert await direction(pg_dsn) == "to_postgres" and writable(tmp_path / "app.db")
+    assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'cutover'") == [("undone",)]
+
 
 async def test_a_report_keeping_a_table_in_postgres_is_refused_before_the_freeze_or_named_while_waited_for(
         tmp_path, make_config, pg_dsn):
