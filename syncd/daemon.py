@@ -513,12 +513,13 @@ LOGGED_KEYS = 10  # keys named in a repair's log line
 
 def _log_repairs(source: str, result) -> None:
     """One line per repaired table: how many rows, of which kind, and which keys."""
-    from syncd.verify.result import KIND_TEXT
+    from syncd.verify.result import kind_words
 
+    words = kind_words(result.direction == TO_SQLITE)
     for t in result.tables:
         if not t.repaired:
             continue
-        counts = [(sum(1 for d in t.replayed if d.kind == kind), text) for kind, text in KIND_TEXT.items()]
+        counts = [(sum(1 for d in t.replayed if d.kind == kind), text) for kind, text in words.items()]
         what = ", ".join(f"{n} {text}" for n, text in counts if n)
         keys = ", ".join(format_key(d.key) for d in t.replayed[:LOGGED_KEYS])
         more = f" and {len(t.replayed) - LOGGED_KEYS} more" if len(t.replayed) > LOGGED_KEYS else ""

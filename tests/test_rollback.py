@@ -519,6 +519,8 @@ async def test_a_file_unfrozen_while_cut_over_is_frozen_again_by_the_way_back(tm
         assert "1 only in SQLite, 1 missing in SQLite, 1 different" in found.stdout, found.stdout
         assert '"contacts" only in SQLite: key 9001' in found.stdout, found.stdout
         assert '"contacts" missing in SQLite: key 2' in found.stdout, found.stdout
+        report = run_cli(cfg, "report")  # the run, as the report's history tells it
+        assert "1 only in SQLite, 1 missing in SQLite, 1 different" in report.stdout, report.stdout
         assert '"contacts" different: key 1: column "email"' in found.stdout, found.stdout
         assert run_cli(cfg, "verify", "--repair").returncode == 0
         assert conn.execute("SELECT count(*) FROM contacts WHERE id = 9001 OR email LIKE 'changed%'").fetchone() == (0,)

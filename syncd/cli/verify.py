@@ -24,7 +24,8 @@ def register(sub, parent) -> None:
     common.add_source_option(p)
     p.add_argument("--table", metavar="T", action="append", help="only this table (repeatable)")
     p.add_argument("--repair", action="store_true",
-                   help="make Postgres match SQLite: replay the differing keys through the stream, then verify again")
+                   help="replay the differing keys through the stream, then verify again: Postgres is made to "
+                        "match SQLite, or once cut over SQLite to match Postgres")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--wait", metavar="SECONDS", type=float, default=DEFAULT_WAIT_SECONDS,
                    help=f"how long to wait for in-flight changes to be applied (default {DEFAULT_WAIT_SECONDS:g})")

@@ -11,7 +11,7 @@ import asyncpg
 
 from syncd.identifiers import quote_pg_ident
 from syncd.postgres.bookkeeping import LOCK_CLASS
-from syncd.verify.result import TableVerifyResult
+from syncd.verify.result import DIFFERENT, EXTRA, MISSING, PENDING, TableVerifyResult, kind_words
 
 DETAIL_DIFFERENCES = 20  # differences kept in the history per run
 
@@ -20,9 +20,12 @@ def _ts(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc)
 
 
-async def record(conn: asyncpg.Connection, bk_schema: str, r: TableVerifyResult) -> int:
-    """Write one table's result; returns the row's id."""
+async def record(conn: asyncpg.Connection, bk_schema: str, r: TableVerifyResult, cut_over: bool = False) -> int:
+    """Write one table's result (`cut_over`: compared with SQLite following Postgres);
+    returns the row's id."""
     detail = {"reason": r.reason, "differences": [d.as_json() for d in r.differences[:DETAIL_DIFFERENCES]]}
+    if cut_over:
+        detail["cut_over"] = True
     return await conn.fetchval(
         f"""INSERT INTO {quote_pg_ident(bk_schema)}.verify_runs(source, table_name, started_at, finished_at,
                 rows_sqlite, rows_postgres, missing, extra, different, pending, repaired, error, full_check,
@@ -87,8 +90,9 @@ class VerifyRun:
             return f"not compared ({self.table_state or 'not registered'}): {self.reason or 'no reason recorded'}"
         if self.clean:
             return "equal" + (f" (after repairing {self.repaired} row(s))" if self.repaired else "")
-        parts = [f"{n} {what}" for n, what in ((self.missing, "missing in Postgres"), (self.extra, "extra in Postgres"),
-                                               (self.different, "different"), (self.pending, "pending")) if n]
+        words = kind_words(bool(self.detail.get("cut_over")))
+        parts = [f"{n} {words[kind]}" for n, kind in ((self.missing, MISSING), (self.extra, EXTRA),
+                                                      (self.different, DIFFERENT), (self.pending, PENDING)) if n]
         text = ", ".join(parts)
         return text + (f"; {self.repaired} repaired" if self.repaired else "")
 

@@ -26,6 +26,11 @@ KIND_TEXT = {
 # missing in SQLite.
 KIND_TEXT_CUT_OVER = {**KIND_TEXT, MISSING: "only in SQLite", EXTRA: "missing in SQLite"}
 
+
+def kind_words(cut_over: bool) -> dict[str, str]:
+    """How each kind of difference reads, before the cutover or after it."""
+    return KIND_TEXT_CUT_OVER if cut_over else KIND_TEXT
+
 MAX_LISTED = 1000  # differences kept per table (the counts stay exact)
 
 
@@ -39,7 +44,7 @@ class Difference:
     repairable: bool = field(default=True, repr=False, compare=False)  # False: a replay cannot fix it
 
     def text(self, cut_over: bool = False) -> str:
-        out = f"{(KIND_TEXT_CUT_OVER if cut_over else KIND_TEXT)[self.kind]}: key {format_key(self.key)}"
+        out = f"{kind_words(cut_over)[self.kind]}: key {format_key(self.key)}"
         if self.columns:
             out += ": column" + ("s " if len(self.columns) > 1 else " ") + ", ".join(f'"{c}"' for c in self.columns)
         if self.note:
@@ -108,7 +113,7 @@ class TableVerifyResult:
             return f"{head} not comparable ({state}){counts}: {self.reason}"
         if self.equal:
             return f"{head} equal{counts}" + (f", after repairing {self.repaired} row(s)" if self.repaired else "")
-        words = KIND_TEXT_CUT_OVER if cut_over else KIND_TEXT
+        words = kind_words(cut_over)
         parts = [f"{n} {words[kind]}" for n, kind in ((self.missing, MISSING), (self.extra, EXTRA),
                                                       (self.different, DIFFERENT), (self.pending, PENDING)) if n]
         line = f"{head} DIFFERS{counts}: {', '.join(parts)}"

@@ -137,7 +137,7 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
         for plan in plans:
             tr = await _check(s, plan, wait_seconds)
             if record and s.has_bookkeeping:
-                run_ids[tr.table] = await history.record(s.pg, s.bk.schema, tr)
+                run_ids[tr.table] = await history.record(s.pg, s.bk.schema, tr, s.direction == TO_SQLITE)
             result.tables.append(tr)
         if repair:
             await _repair(s, result, plans, run_ids, wait_seconds, record, in_daemon)
@@ -366,8 +366,8 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         # The table's state row may have moved on (e.g. a hold); look at it afresh.
         fresh = (await _plan(s, [tr.table]))[0]
         tr2 = await _check(s, fresh, wait_seconds)
-        if record and s.has_bookkeeping:
-            await history.record(s.pg, s.bk.schema, tr2)  # the repair is on the run that found the rows
+        if record and s.has_bookkeeping:  # the repair is on the run that found the rows
+            await history.record(s.pg, s.bk.schema, tr2, s.direction == TO_SQLITE)
         tr2.repaired = queued[tr.table]
         tr2.replayed = replayed[tr.table]
         again.append(tr2)
