@@ -354,23 +354,30 @@ async def test_status_waits_for_a_locked_file_as_long_as_read_busy_timeout_ms(tm
     conn.execute("PRAGMA journal_mode = delete")  # BEGIN EXCLUSIVE keeps every reader out
     conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
 
-    def status_while_locked(wait_ms: int, held_seconds: float) -> dict:
+    def status_while_locked(wait_ms: int, held_seconds: float | None) -> dict:
+        """`syncd status --json`'s source while the file is held locked, let go after
+        `held_seconds` (None: once status has answered)."""
         cfg = write_config(tmp_path / f"syncd-{wait_ms}.toml", pg_dsn, [{"name": "app", "path": str(db)}],
                            sections={"sqlite": {"read_busy_timeout_ms": wait_ms}})
         conn.execute("BEGIN EXCLUSIVE")
-        release = threading.Timer(held_seconds, conn.execute, ("ROLLBACK",))
-        release.start()
+        release = threading.Timer(held_seconds, conn.execute, ("ROLLBACK",)) if held_seconds else None
         try:
+            if release is not None:
+                release.start()
             return json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
         finally:
-            release.join()
+            if release is not None:
+                release.join()
+            else:
+                conn.execute("ROLLBACK")
 
     assert run_cli(write_config(tmp_path / "init.toml", pg_dsn, [{"name": "app", "path": str(db)}]),
                    "init").returncode == 0
-    # Let go after 3 s, within a wait of 20 s: read, as when no lock was held.
-    waited = status_while_locked(20_000, 3)
+    # Let go after 6 s (status has taken its first look by then), within a wait of 20 s:
+    # read, as when no lock was held.
+    waited = status_while_locked(20_000, 6)
     assert (waited["capture_installed"], waited["pending_changes"]) == (True, 0), waited
-    # Held for 4 s, past a wait of 0.2 s: said, not waited out.
-    refused = status_while_locked(200, 4)
+    # Held past a wait of 0.2 s: said, not waited out.
+    refused = status_while_locked(200, None)
     assert any(f"cannot read {db}: database is locked" in p["message"] for p in refused["problems"]), refused
     conn.close()
