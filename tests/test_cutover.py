@@ -445,6 +445,52 @@ async def test_a_table_kept_past_the_statement_timeout_undoes_the_switch_naming_
     assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'cutover'") == [("undone",)]
 
 
+async def test_a_constraint_that_met_a_lock_timeout_is_created_by_the_next_try_not_left_out(
+        tmp_path, make_config, pg_dsn):
+    """Where the database (or syncd's role) sets a lock_timeout, a report reading "people"
+    makes creating its CHECK constraint give up: that is contention, not Postgres
+    refusing the constraint. The switch's try is rolled back whole and the next, once the
+    report has ended, creates it; the cutover does not go on without it."""
+    import asyncio
+    import os
+    import subprocess
+
+    from tests.support.daemon import syncd_cmd
+
+    db = tmp_path / "app.db"
+    app = make_app(db)
+    app.executescript("CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT CHECK (email LIKE '%@%'));"
+                      "INSERT INTO people VALUES (1, 'a@acme.example');")
+    cfg = ready_config(make_config, tmp_path, db)
+    go = tmp_path / "go"
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        await pg_rows(pg_dsn, "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET lock_timeout = %L', "
+                              "current_database(), '1s'); END $$")
+        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=str(cfg.parent), env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified",
+                                                                     "SYNCD_CUTOVER_RESUME_ON": str(go)})
+        report = await asyncpg.connect(pg_dsn)
+        try:
+            assert proc.stdout.readline().strip() == "holding at verified"
+            await report.execute("BEGIN; SELECT count(*) FROM app.people")
+            go.touch()
+            await asyncio.sleep(4)
+            await report.execute("COMMIT")
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
+        finally:
+            await report.close()
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out
+        assert "lock timeout" not in out and re.search(r"created: people: check", out, re.I), out
+        assert await pg_rows(pg_dsn, "SELECT count(*) FROM pg_constraint WHERE conrelid = 'app.people'::regclass "
+                                     "AND contype = 'c'") == [(1,)]
+        assert await direction(pg_dsn) == "to_sqlite"
+        assert d.stop() == 0
+
+
 async def test_a_report_keeping_a_table_in_postgres_is_refused_before_the_freeze_or_named_while_waited_for(
         tmp_path, make_config, pg_dsn):
     """A transaction in Postgres that read "meetings" (a report run there during

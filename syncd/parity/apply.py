@@ -51,6 +51,13 @@ LOCK_WAIT_SECONDS = 5.0
 LOCK_WAIT = f"{LOCK_WAIT_SECONDS:g}s"
 
 
+# A lock wait given up (a lock_timeout, the role's or the database's) or a deadlock is
+# contention, not Postgres refusing the object: the cutover's own steps let it through,
+# for the switch's transaction to be tried again whole (cutover.py), where it read as an
+# object not created, and the cutover went on without it.
+CONTENTION = (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError)
+
+
 def lock_wait_ms(statement_timeout_seconds: float) -> int:
     """LOCK_WAIT, or half the statement timeout if that is shorter (the client-side
     timeout would otherwise cut the wait short, as an outage); never 0 (no limit)."""
@@ -489,6 +496,8 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
             async with conn.transaction():
                 await run(conn, item.cutover[0])
             uniques.append(item)
+        except CONTENTION:
+            raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             result.not_created.append(Outcome(item.kind, item.table, item.what, item.name,
                                               f"Postgres refused to change it: {describe(e)}"))
@@ -593,6 +602,8 @@ async def _missing_indexes(conn: asyncpg.Connection, source: str, schema: str, p
                 for sql in stmts:
                     await run(conn, sql)
                 await run(conn, _comment_sql(schema, item, "index", marker))
+        except CONTENTION:
+            raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             if conn.is_closed():
                 raise
@@ -623,6 +634,8 @@ async def _create(conn: asyncpg.Connection, source: str, schema: str, item: Item
             for sql in stmts:
                 await run(conn, sql)
             await run(conn, _comment_sql(schema, item, kind, item.marker(CUTOVER, source)))
+    except CONTENTION:
+        raise
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
         why = describe(e)
         if item.kind == "check" and item.check_sql and isinstance(e, asyncpg.CheckViolationError):
@@ -680,6 +693,8 @@ async def _nocase(conn: asyncpg.Connection, source: str, schema: str, plan: Sour
             async with conn.transaction():
                 await run(conn, f"ALTER TABLE {qualified(schema, item.table or '')} ALTER COLUMN "
                                 f"{quote_pg_ident(item.column or '')} TYPE {type_sql}")
+        except CONTENTION:
+            raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             result.not_created.append(Outcome("nocase", item.table, item.what, item.column,
                                               f"Postgres refused it: {describe(e)} (equality stays case-sensitive)"))
