@@ -445,12 +445,24 @@ async def test_a_table_kept_past_the_statement_timeout_undoes_the_switch_naming_
     assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'cutover'") == [("undone",)]
 
 
-async def test_a_constraint_that_met_a_lock_timeout_is_created_by_the_next_try_not_left_out(
-        tmp_path, make_config, pg_dsn):
+@pytest.mark.parametrize("made", [
+    ("CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT CHECK (email LIKE '%@%'));"
+     "INSERT INTO people VALUES (1, 'a@acme.example');",
+     r"created: people: check",
+     "SELECT count(*) FROM pg_constraint WHERE conrelid = 'app.people'::regclass AND contype = 'c'"),
+    ("CREATE TABLE people (id INTEGER PRIMARY KEY, joined DATETIME);"
+     "INSERT INTO people VALUES (1, '2026-11-01 09:30:00');",
+     r'created: people: column "joined" DATETIME as "joined": timestamp',
+     "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'app' AND table_name = 'people' "
+     "AND data_type LIKE 'timestamp%'"),
+], ids=["check", "typed date"])
+async def test_an_object_that_met_a_lock_timeout_is_created_by_the_next_try_not_left_out(
+        tmp_path, make_config, pg_dsn, made):
     """Where the database (or syncd's role) sets a lock_timeout, a report reading "people"
-    makes creating its CHECK constraint give up: that is contention, not Postgres
-    refusing the constraint. The switch's try is rolled back whole and the next, once the
-    report has ended, creates it; the cutover does not go on without it."""
+    makes changing it (a CHECK constraint, a date column typed) give up: that is
+    contention, not Postgres refusing the change. The switch's try is rolled back whole
+    and the next, once the report has ended, makes it; the cutover does not go on
+    without it."""
     import asyncio
     import os
     import subprocess
@@ -459,8 +471,8 @@ async def test_a_constraint_that_met_a_lock_timeout_is_created_by_the_next_try_n
 
     db = tmp_path / "app.db"
     app = make_app(db)
-    app.executescript("CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT CHECK (email LIKE '%@%'));"
-                      "INSERT INTO people VALUES (1, 'a@acme.example');")
+    schema, said, counted = made
+    app.executescript(schema)
     cfg = ready_config(make_config, tmp_path, db)
     go = tmp_path / "go"
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
@@ -484,9 +496,8 @@ async def test_a_constraint_that_met_a_lock_timeout_is_created_by_the_next_try_n
             if proc.poll() is None:
                 proc.kill()
         assert proc.returncode == 0, out
-        assert "lock timeout" not in out and re.search(r"created: people: check", out, re.I), out
-        assert await pg_rows(pg_dsn, "SELECT count(*) FROM pg_constraint WHERE conrelid = 'app.people'::regclass "
-                                     "AND contype = 'c'") == [(1,)]
+        assert "lock timeout" not in out and re.search(said, out, re.I), out
+        assert await pg_rows(pg_dsn, counted) == [(1,)]
         assert await direction(pg_dsn) == "to_sqlite"
         assert d.stop() == 0
 

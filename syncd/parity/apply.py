@@ -285,11 +285,14 @@ class Retyped:
 
 
 async def retype(conn: asyncpg.Connection, source: str, bk_schema: str, schema: str, spec: TableSpec,
-                 items: list[Item]) -> tuple[list[Retyped], list[tuple[Item, str]]]:
+                 items: list[Item], cutover: bool = False) -> tuple[list[Retyped], list[tuple[Item, str]]]:
     """Retype the table's columns the plan types, after proving in Postgres that each
     stored text parses and renders back to itself (the same proof the audit made on
     the SQLite values in Python). One ALTER TABLE for all of them (one rewrite), in a
-    savepoint; the bookkeeping records each column's type and SQLite spelling."""
+    savepoint; the bookkeeping records each column's type and SQLite spelling. In the
+    `cutover`, contention (CONTENTION) is raised, not taken for a refusal; during
+    dual-write a column it kept text is tried again at a later pass."""
+    passes = CONTENTION if cutover else ()
     table = qualified(schema, spec.name)
     ready: list[tuple[Item, dates.Format, PgType]] = []
     refused: list[tuple[Item, str]] = []
@@ -303,6 +306,8 @@ async def retype(conn: asyncpg.Connection, source: str, bk_schema: str, schema: 
         try:
             async with conn.transaction():
                 bad = await conn.fetchval(check)
+        except passes:
+            raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             refused.append((item, f"Postgres cannot convert every value: {describe(e)}"))
             continue
@@ -327,6 +332,8 @@ async def retype(conn: asyncpg.Connection, source: str, bk_schema: str, schema: 
             for item, fmt, pgtype in ready:
                 await _record_column(conn, bk_schema, source, spec.name, item.column or "", pgtype, fmt.spec)
                 done.append(Retyped(spec.name, item.column or "", pgtype, fmt.spec))
+    except passes:
+        raise
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
         refused += [(item, f"Postgres refused the new type: {describe(e)}") for item, _f, _t in ready]
         done = []
@@ -509,7 +516,7 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
                  and (i.cutover or i.dual_write)]
         if not items:
             continue
-        done, refused = await retype(conn, source.name, bk_schema, schema, spec, items)
+        done, refused = await retype(conn, source.name, bk_schema, schema, spec, items, cutover=True)
         result.retyped += done
         for r in done:
             item = next(i for i in items if i.column == r.column)
