@@ -446,6 +446,11 @@ class Pipeline:
             self.captured_once = True
         if await s.connect_postgres(lock=True):
             self.needs_reconcile = True
+            if self.health == POSTGRES_DOWN:
+                # Postgres answered, taking the source's lock again (an outage let it go): said
+                # now, not only once a step goes through, which a lock on the file may hold up.
+                self._recovered()
+                self._update_health()
         if not await self._postgres_work_due():
             self.pg_ok = True
             await self._maybe_close_idle()

@@ -125,7 +125,8 @@ def reported_once_held_alone(d: DaemonProcess, port: int, first: float) -> str:
     """Postgres has just come back (healed) under the file's second lock, the first one
     having begun at `first`: the file is not reported locked while the second lock alone
     is short of FILE_LOCKED_AFTER_SECONDS, although both together are past it; held on,
-    it is reported, as held since Postgres came back. The report's log line."""
+    it is reported, as held since Postgres came back, and Postgres's return was said
+    before it. The report's log line."""
     healed, healed_at = time.monotonic(), time.time()
     watch_until = healed + FILE_LOCKED_AFTER_SECONDS - 3
     # Watched well past the threshold counted from the first lock, short of it counted from Postgres's return.
@@ -144,6 +145,10 @@ def reported_once_held_alone(d: DaemonProcess, port: int, first: float) -> str:
     since = re.search(r" since (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", line)
     assert since, line
     assert calendar.timegm(time.strptime(since[1], "%Y-%m-%d %H:%M:%S")) >= int(healed_at) - 1, line
+    # Postgres's return was said as soon as it answered, not left for the file's lock to hide.
+    log = d.log()
+    assert -1 < log.find("recovered: Postgres is reachable again") < log.find("is locked by its application"), \
+        log[-3000:]
     return line
 
 
@@ -235,10 +240,6 @@ async def test_on_the_way_back_locks_either_side_of_a_postgres_outage_are_not_re
             proxy.heal()
             line = reported_once_held_alone(d, port, first)
             assert "could not get a write lock" in line, line  # met writing Postgres's changes into the file
-            # Postgres's return was said as soon as it answered, not left for the file's lock to hide.
-            log = d.log()
-            assert -1 < log.find("recovered: Postgres is reachable again") < log.find("is locked by its application"), \
-                log[-3000:]
             unlock(holders[1])
             d.wait_log("recovered: the SQLite file is no longer locked", timeout=20)
             await wait_back(cfg, path, pg_dsn, daemon=d)
