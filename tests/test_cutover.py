@@ -6,15 +6,18 @@ the file frozen with nobody holding the switch."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import signal
 import sqlite3
+import subprocess
 
 import asyncpg
 import pytest
 
-from tests.support.daemon import DaemonProcess, held_at, run_cli, wait_for
+from tests.support.daemon import DaemonProcess, held_at, run_cli, syncd_cmd, wait_for
 from tests.support.sync import eventually, pg_rows, wait_caught_up
 
 SCHEMA = """
@@ -380,41 +383,42 @@ async def test_a_table_the_source_leaves_out_stays_writable_and_is_named(tmp_pat
 
 
 
+async def cutover_while_held(cfg, pg_dsn: str, sql: str, seconds: float) -> tuple[int, str, int]:
+    """`syncd cutover` with another session that, once the checks are done, runs `BEGIN;
+    sql` (a report's read, a table taken) and ends its transaction `seconds` later:
+    (exit code, output, that session's backend)."""
+    proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=str(cfg.parent), env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified",
+                                                      "SYNCD_CUTOVER_RESUME_ON": str(cfg.parent / "go")})
+    other = await asyncpg.connect(pg_dsn)
+    try:
+        assert proc.stdout.readline().strip() == "holding at verified"
+        await other.execute(f"BEGIN; {sql}")
+        (cfg.parent / "go").touch()
+        await asyncio.sleep(seconds)
+        await other.execute("COMMIT")
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
+    finally:
+        await other.close()
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, other.get_server_pid()
+
+
 async def cutover_with_a_table_kept(tmp_path, make_config, pg_dsn, held_seconds: float,
                                    postgres: dict | None = None) -> tuple[int, str, int]:
     """`syncd cutover` while a session that took "deals" after the checks (ROW EXCLUSIVE,
     which the capture trigger the switch creates on it must wait for) keeps it
     `held_seconds`: (exit code, output, that session's backend)."""
-    import asyncio
-    import os
-    import subprocess
-
-    from tests.support.daemon import syncd_cmd
-
     db = tmp_path / "app.db"
     make_app(db)
     cfg = ready_config(make_config, tmp_path, db, postgres)
-    go = tmp_path / "go"
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert run_cli(cfg, "verify").returncode == 0
-        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=str(cfg.parent), env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified",
-                                                                     "SYNCD_CUTOVER_RESUME_ON": str(go)})
-        other = await asyncpg.connect(pg_dsn)
-        try:
-            assert proc.stdout.readline().strip() == "holding at verified"
-            await other.execute("BEGIN; LOCK TABLE app.deals IN ROW EXCLUSIVE MODE")
-            go.touch()
-            await asyncio.sleep(held_seconds)
-            await other.execute("COMMIT")
-            out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
-        finally:
-            await other.close()
-            if proc.poll() is None:
-                proc.kill()
+        got = await cutover_while_held(cfg, pg_dsn, "LOCK TABLE app.deals IN ROW EXCLUSIVE MODE", held_seconds)
         assert d.stop() == 0
-    return proc.returncode, out, other.get_server_pid()
+    return got
 
 
 async def test_a_table_kept_past_one_lock_wait_delays_the_switch_instead_of_undoing_it(tmp_path, make_config, pg_dsn):
@@ -463,39 +467,18 @@ async def test_an_object_that_met_a_lock_timeout_is_created_by_the_next_try_not_
     contention, not Postgres refusing the change. The switch's try is rolled back whole
     and the next, once the report has ended, makes it; the cutover does not go on
     without it."""
-    import asyncio
-    import os
-    import subprocess
-
-    from tests.support.daemon import syncd_cmd
-
     db = tmp_path / "app.db"
     app = make_app(db)
     schema, said, counted = made
     app.executescript(schema)
     cfg = ready_config(make_config, tmp_path, db)
-    go = tmp_path / "go"
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert run_cli(cfg, "verify").returncode == 0
         await pg_rows(pg_dsn, "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET lock_timeout = %L', "
                               "current_database(), '1s'); END $$")
-        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=str(cfg.parent), env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified",
-                                                                     "SYNCD_CUTOVER_RESUME_ON": str(go)})
-        report = await asyncpg.connect(pg_dsn)
-        try:
-            assert proc.stdout.readline().strip() == "holding at verified"
-            await report.execute("BEGIN; SELECT count(*) FROM app.people")
-            go.touch()
-            await asyncio.sleep(4)
-            await report.execute("COMMIT")
-            out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
-        finally:
-            await report.close()
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 0, out
+        rc, out, _ = await cutover_while_held(cfg, pg_dsn, "SELECT count(*) FROM app.people", 4)
+        assert rc == 0, out
         assert "lock timeout" not in out and re.search(said, out, re.I), out
         assert await pg_rows(pg_dsn, counted) == [(1,)]
         assert await direction(pg_dsn) == "to_sqlite"
@@ -510,18 +493,11 @@ async def test_a_report_keeping_a_table_in_postgres_is_refused_before_the_freeze
     frozen for the application. Open before the cutover, it is refused, naming the backend,
     with nothing frozen; opened after the checks, the switch waits for it and names it in
     the log, then goes through."""
-    import asyncio
-    import os
-    import subprocess
-
-    from tests.support.daemon import syncd_cmd
-
     db = tmp_path / "app.db"
     app = make_app(db)
     app.execute("CREATE TABLE meetings (id INTEGER PRIMARY KEY, at DATETIME)")
     app.executemany("INSERT INTO meetings VALUES (?, ?)", [(i, f"2026-11-{i:02d} 09:30:00") for i in range(1, 9)])
     cfg = ready_config(make_config, tmp_path, db)
-    go = tmp_path / "go"
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert run_cli(cfg, "verify").returncode == 0
@@ -537,23 +513,9 @@ async def test_a_report_keeping_a_table_in_postgres_is_refused_before_the_freeze
                          r.stdout), r.stdout
         assert writable(db) and await direction(pg_dsn) == "to_postgres"
 
-        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=str(cfg.parent), env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified",
-                                                                     "SYNCD_CUTOVER_RESUME_ON": str(go)})
-        report = await asyncpg.connect(pg_dsn)
-        try:
-            assert proc.stdout.readline().strip() == "holding at verified"
-            await report.execute("BEGIN; SELECT count(*) FROM app.meetings")
-            go.touch()
-            await asyncio.sleep(5)
-            await report.execute("COMMIT")
-            out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
-        finally:
-            await report.close()
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 0, out
-        assert re.search(rf"the switch's last transaction waits for Postgres backend {report.get_server_pid()} "
+        rc, out, pid = await cutover_while_held(cfg, pg_dsn, "SELECT count(*) FROM app.meetings", 5)
+        assert rc == 0, out
+        assert re.search(rf"the switch's last transaction waits for Postgres backend {pid} "
                          r"\(an unnamed client, idle in transaction\), which keeps a table it must change", out), out
         assert re.search(r"write downtime ([5-9]|\d\d)\.\d+ s", out), out
         assert await direction(pg_dsn) == "to_sqlite" and not writable(db)
