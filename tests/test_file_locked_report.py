@@ -152,6 +152,36 @@ def reported_once_held_alone(d: DaemonProcess, port: int, first: float) -> str:
     return line
 
 
+async def two_locks_around_an_outage(d: DaemonProcess, proxy: FaultProxy, port: int, path, holders: list,
+                                     script: str = LOCKER, under_lock=None) -> str:
+    """A short lock, Postgres lost while it is held, the lock released (the next step fails
+    on Postgres), a second lock taken, Postgres back late enough that the two locks
+    together pass FILE_LOCKED_AFTER_SECONDS well before the second does by itself; then
+    reported_once_held_alone, and the second lock released. `under_lock(n)` (async) runs
+    as lock n is taken (Postgres changes for the way back to write, say); `holders` gets
+    each lock's process, for the caller to kill. The report's log line."""
+    retries = metric(port, "syncd_retries_total") or 0
+    holders.append(lock(path, "first", script))
+    first = time.monotonic()
+    if under_lock:
+        await under_lock(1)
+    wait_for(lambda: (metric(port, "syncd_retries_total") or 0) > retries, 10, "a step meeting the lock", d)
+    proxy.refuse()
+    time.sleep(1)
+    unlock(holders[0])
+    assert time.monotonic() - first < FILE_LOCKED_AFTER_SECONDS - 5  # a short lock: never reported
+    d.wait_log("event=postgres_unreachable", timeout=20)  # a step failed on Postgres, not on the lock
+    holders.append(lock(path, "second", script))
+    if under_lock:
+        await under_lock(2)
+    time.sleep(max(1.0, first + 7 - time.monotonic()))
+    proxy.heal()
+    line = reported_once_held_alone(d, port, first)
+    unlock(holders[1])
+    d.wait_log("recovered: the SQLite file is no longer locked", timeout=20)
+    return line
+
+
 async def test_locks_either_side_of_a_postgres_outage_are_not_reported_as_one(tmp_path, pg_dsn):
     # A short lock, Postgres lost while it is held, the lock released (the next step fails
     # on Postgres), a second lock taken, Postgres back. The second lock is counted from
@@ -172,23 +202,7 @@ async def test_locks_either_side_of_a_postgres_outage_are_not_reported_as_one(tm
     try:
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
             await wait_caught_up(path, pg_dsn, "app", daemon=d)
-            retries = metric(port, "syncd_retries_total") or 0
-            holders.append(lock(path, "first"))
-            first = time.monotonic()
-            wait_for(lambda: (metric(port, "syncd_retries_total") or 0) > retries, 10, "a step meeting the lock", d)
-            proxy.refuse()
-            time.sleep(1)
-            unlock(holders[0])
-            assert time.monotonic() - first < FILE_LOCKED_AFTER_SECONDS - 5  # a short lock: never reported
-            d.wait_log("event=postgres_unreachable", timeout=20)  # a step failed on Postgres, not on the lock
-            holders.append(lock(path, "second"))
-            # Postgres back late enough that the file's two locks together pass the threshold
-            # well before the second one does by itself.
-            time.sleep(max(1.0, first + 7 - time.monotonic()))
-            proxy.heal()
-            reported_once_held_alone(d, port, first)
-            unlock(holders[1])
-            d.wait_log("recovered: the SQLite file is no longer locked", timeout=20)
+            await two_locks_around_an_outage(d, proxy, port, path, holders)
             await wait_caught_up(path, pg_dsn, "app", daemon=d)
             assert d.stop() == 0
             log = d.log()
@@ -223,25 +237,14 @@ async def test_on_the_way_back_locks_either_side_of_a_postgres_outage_are_not_re
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
             await cut_over(cfg, path, pg_dsn, daemon=d)
             await wait_back(cfg, path, pg_dsn, daemon=d)
-            retries = metric(port, "syncd_retries_total") or 0
-            holders.append(lock(path, "first", FROZEN_LOCKER))
-            first = time.monotonic()
-            await pg_rows(pg_dsn, "INSERT INTO app.items (v) VALUES ('written in Postgres under the first lock')")
-            wait_for(lambda: (metric(port, "syncd_retries_total") or 0) > retries, 10,
-                     "a step meeting the lock with Postgres's change to write", d)
-            proxy.refuse()
-            time.sleep(1)
-            unlock(holders[0])
-            assert time.monotonic() - first < FILE_LOCKED_AFTER_SECONDS - 5  # a short lock: never reported
-            d.wait_log("event=postgres_unreachable", timeout=20)  # a step failed on Postgres, not on the lock
-            holders.append(lock(path, "second", FROZEN_LOCKER))
-            await pg_rows(pg_dsn, "INSERT INTO app.items (v) VALUES ('written in Postgres under the second lock')")
-            time.sleep(max(1.0, first + 7 - time.monotonic()))
-            proxy.heal()
-            line = reported_once_held_alone(d, port, first)
+            names = {1: "first", 2: "second"}
+
+            async def change(n: int) -> None:  # for the way back to write into the file under lock n
+                await pg_rows(pg_dsn, f"INSERT INTO app.items (v) VALUES ('written in Postgres under the {names[n]} "
+                                      "lock')")
+
+            line = await two_locks_around_an_outage(d, proxy, port, path, holders, FROZEN_LOCKER, change)
             assert "could not get a write lock" in line, line  # met writing Postgres's changes into the file
-            unlock(holders[1])
-            d.wait_log("recovered: the SQLite file is no longer locked", timeout=20)
             await wait_back(cfg, path, pg_dsn, daemon=d)
             conn = sqlite3.connect(path)
             try:
