@@ -343,6 +343,8 @@ async def trial_inserts(conn: asyncpg.Connection, schema: str, specs: dict[str, 
             got = await _next_identity(conn, table, col, taken=True)
             notes.append(f"{name}: trial INSERT copied an orphan row (foreign key {e.constraint_name}, NOT VALID) "
                          f"after its identity gave it {got}")
+        except parity.CONTENTION:
+            raise  # a lock not had in time, a deadlock: the switch's transaction is tried again
         except asyncpg.PostgresError as e:
             raise Refused(f'table "{name}": an INSERT without "{col}" fails in Postgres: {describe(e)}') from None
         if got <= marks[name]:
@@ -534,9 +536,9 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         # Waiting for a table another session keeps (a report's open transaction, say): each
         # try gives up at a short lock wait, the next begins once those sessions let go, for
         # [postgres] statement_timeout_seconds in all, as the rollback's last transaction.
-        async with blockers_named(settings, source, conn, "the switch's last transaction"):
+        async with blockers_named(settings, source, conn, "the switch's last transaction") as blocking:
             await while_tables_busy(last, conn, source, list(specs), "the switch's last transaction",
-                                    settings.postgres.statement_timeout_seconds)
+                                    settings.postgres.statement_timeout_seconds, blocking)
         res.done = True
         log.info(f"cut over to Postgres: write downtime {res.downtime_seconds:.2f} s",
                  extra={"source": source.name, "event": "cutover_done"})

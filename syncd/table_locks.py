@@ -91,12 +91,16 @@ class TablesBusy(Exception):
 
 
 async def while_tables_busy(attempt: Callable[[], Awaitable[None]], conn: asyncpg.Connection,
-                            source: SourceSettings, tables: list[str], what: str, seconds: float) -> None:
+                            source: SourceSettings, tables: list[str], what: str, seconds: float,
+                            blocking: set[int] | None = None) -> None:
     """`attempt()` (one transaction), tried again while it fails for a table another
     session keeps (a lock wait or a deadlock: rolled back, nothing of it done), for
     `seconds` at most; the first wait names the sessions in the log. Between
     tries syncd only watches pg_locks until the transactions that held a table then have
-    ended: no lock request of its own stays queued ahead of the application's reads."""
+    ended: no lock request of its own stays queued ahead of the application's reads.
+    `blocking` (filled by blockers_named while a try runs): the backends seen in the
+    try's way; of the sessions holding a table, only those are waited for (a reader that
+    was in no one's way is not), or every one when none was seen."""
     deadline = time.monotonic() + seconds
     said = False
     while True:
@@ -104,6 +108,9 @@ async def while_tables_busy(attempt: Callable[[], Awaitable[None]], conn: asyncp
             return await attempt()
         except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
             locks = await _locks(conn, source.schema, tables)
+            if blocking:
+                locks = [r for r in locks if r[0] in blocking] or locks
+                blocking.clear()
             holders = _named(locks)
             if not said:
                 log.warning(f"{what} waits for {holders}, which keeps a table busy (an open transaction that used "
@@ -152,40 +159,44 @@ def _named(locks) -> str:
 
 @contextlib.asynccontextmanager
 async def blockers_named(settings: Settings, source: SourceSettings, conn: asyncpg.Connection,
-                         what: str) -> AsyncIterator[None]:
+                         what: str) -> AsyncIterator[set[int]]:
     """While the block runs on `conn` (a switch's last transaction, which waits for the
     locks it needs as long as a statement may run): should `conn`'s backend wait
     BLOCKED_SAID_AFTER_SECONDS for sessions holding a lock it needs, they are named in the
-    log, once, as a user finds them in pg_stat_activity. Watched on a connection of its
-    own; a watch that fails is given up in silence (the switch goes on as it would)."""
+    log, once, as a user finds them in pg_stat_activity. Yields the set of the backends
+    seen in its way meanwhile (for while_tables_busy's `blocking`). Watched on a
+    connection of its own; a watch that fails is given up in silence (the switch goes on
+    as it would)."""
     pid = conn.get_server_pid()
+    seen: set[int] = set()
 
     async def watch() -> None:
         watcher = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
         try:
-            since = None
+            since, said = None, False
             while True:
                 await asyncio.sleep(BLOCKED_LOOK_SECONDS)
                 rows = await watcher.fetch(
                     "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'an unnamed client'), a.state "
                     "FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids($1)) ORDER BY a.pid", pid)
+                seen.update(r[0] for r in rows)
                 if not rows:
                     since = None
                     continue
                 since = since or time.monotonic()
-                if time.monotonic() - since >= BLOCKED_SAID_AFTER_SECONDS:
+                if not said and time.monotonic() - since >= BLOCKED_SAID_AFTER_SECONDS:
                     who = "; ".join(_backend(r[0], r[1], r[2]) for r in rows[:5])
                     log.warning(f"{what} waits for {who}, which keeps a table it must change (an open transaction "
                                 "that used it): it waits as long as [postgres] statement_timeout_seconds; ending "
                                 "that transaction lets it go on", extra={"source": source.name,
                                                                           "event": "switch_waiting"})
-                    return
+                    said = True
         finally:
             await close_quietly(watcher)
 
     task = asyncio.create_task(watch())
     try:
-        yield
+        yield seen
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)  # its own failure or cancellation, not the caller's

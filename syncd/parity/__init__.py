@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from syncd.parity.apply import (BUILD_BUDGET_SHARE, LOCK_WAIT, FinalizeResult, OrphanRows, Outcome,
+from syncd.parity.apply import (BUILD_BUDGET_SHARE, CONTENTION, LOCK_WAIT, FinalizeResult, OrphanRows, Outcome,
                                 ParityRefused, PgObject, Retyped, _drop_sql, ensure_dual_write, finalize,
                                 lock_wait_ms, read_pg_objects, read_sqlite, retype, retyped_columns,
                                 run)
@@ -37,9 +37,9 @@ from syncd.parity.orphans import OrphanCount
 from syncd.parity.plan import DUAL_WRITE, Options, SourcePlan, plan_source
 from syncd.sqlite import reader
 
-__all__ = ["FinalizeResult", "LockNotHad", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused", "Retyped",
-           "check_deferred", "ensure", "finalize", "preview", "read_pg_objects", "release", "retyped_columns",
-           "table_streaming", "violated"]
+__all__ = ["CONTENTION", "FinalizeResult", "LockNotHad", "OrphanCount", "OrphanRows", "Outcome", "ParityRefused",
+           "Retyped", "check_deferred", "ensure", "finalize", "preview", "read_pg_objects", "release",
+           "retyped_columns", "table_streaming", "violated"]
 
 log = logging.getLogger("syncd")
 

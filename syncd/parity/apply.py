@@ -689,6 +689,8 @@ async def _nocase(conn: asyncpg.Connection, source: str, schema: str, plan: Sour
             async with conn.transaction():
                 await run(conn, f"CREATE COLLATION IF NOT EXISTS {qualified(schema, NOCASE_COLLATION)} "
                                 f"(provider = icu, locale = {pg_string_literal(ICU_LOCALE)}, deterministic = false)")
+        except CONTENTION:
+            raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             problem = (f"the ICU collation could not be created ({describe(e)}); set [cutover] nocase = \"citext\" "
                        "or \"none\"")
@@ -718,6 +720,8 @@ async def _citext(conn: asyncpg.Connection, schema: str) -> tuple[str, str | Non
         try:
             async with conn.transaction():
                 await run(conn, f"CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA {quote_pg_ident(schema)}")
+        except CONTENTION:
+            raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             return "", (f"the citext extension could not be installed ({describe(e)}); a database owner can run "
                         "CREATE EXTENSION citext, or set [cutover] nocase = \"icu\"")
