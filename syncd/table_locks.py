@@ -29,7 +29,7 @@ log = logging.getLogger("syncd")
 RETRY_SECONDS = 0.1  # how often pg_locks is read while waiting
 NO_HOLDER_SECONDS = 1.0  # a try given up with no holder found on the tables: the next waits this long
 BLOCKED_SAID_AFTER_SECONDS = 2.0  # a switch's statement waiting this long for a lock names who holds it
-BLOCKED_LOOK_SECONDS = 0.5  # how often pg_blocking_pids is asked meanwhile
+BLOCKED_LOOK_SECONDS = 0.1  # how often pg_blocking_pids is asked meanwhile (a short lock_timeout is seen too)
 
 HELD_SECONDS = 1.0  # one transaction holding a table's lock longer than this: stuck, or too long to wait for
 
@@ -98,30 +98,40 @@ async def while_tables_busy(attempt: Callable[[], Awaitable[None]], conn: asyncp
     `seconds` at most; the first wait names the sessions in the log. Between
     tries syncd only watches pg_locks until the transactions that held a table then have
     ended: no lock request of its own stays queued ahead of the application's reads.
-    `blocking` (filled by blockers_named while a try runs): the backends seen in the
-    try's way; of the sessions holding a table, only those are waited for (a reader that
-    was in no one's way is not), or every one when none was seen."""
+    `blocking` (filled by blockers_named while a try runs, emptied as each begins): the
+    transactions seen in the try's way. When there are any, those are waited for,
+    whatever they hold (a reader that was in no one's way is not); when none was seen
+    (a lock wait too short to be watched, the watch not connected), every session holding
+    one of the tables is."""
     deadline = time.monotonic() + seconds
     said = False
     while True:
+        if blocking is not None:
+            blocking.clear()
         try:
             return await attempt()
         except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
             locks = await _locks(conn, source.schema, tables)
-            if blocking:
-                locks = [r for r in locks if r[0] in blocking] or locks
-                blocking.clear()
-            holders = _named(locks)
+            seen = set(blocking or ())
+            if seen:
+                held = await _running(conn, seen)
+                on_tables = [r for r in locks if (r[0], r[1]) in held]
+                # One in the way without a lock on a table (a row's, say) is named by its backend.
+                holders = (_named(on_tables) if on_tables else
+                           "; ".join(f"Postgres backend {p}" for p, _vxid in sorted(held)[:5]) or "another session")
+            else:
+                held = {(r[0], r[1]) for r in locks}
+                holders = _named(locks)
             if not said:
                 log.warning(f"{what} waits for {holders}, which keeps a table busy (an open transaction that used "
                             f"it), for {seconds:g} s at most", extra={"source": source.name, "event": "switch_waiting"})
                 said = True
-            held = {(r[0], r[1]) for r in locks}
             if not held:  # the lock was on another object, or is gone already: not tried again at once
                 await asyncio.sleep(max(0.0, min(NO_HOLDER_SECONDS, deadline - time.monotonic())))
             while held and time.monotonic() < deadline:
                 await asyncio.sleep(RETRY_SECONDS)
-                held &= {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)}
+                held &= (await _running(conn, held) if seen
+                         else {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)})
             if held or time.monotonic() >= deadline:
                 waited = f" for {seconds:g} s" if seconds else ""
                 raise TablesBusy(f"{what} could not take the source's tables{waited}: {holders} kept one busy (an "
@@ -150,6 +160,15 @@ async def table_holders(conn: asyncpg.Connection, schema: str, tables: list[str]
     return _named(await _locks(conn, schema, tables))
 
 
+async def _running(conn: asyncpg.Connection, transactions: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Those of `transactions` ((backend pid, virtual transaction), as pg_locks names
+    them) still running: each holds the lock on its own virtual transaction id until it
+    ends."""
+    rows = await conn.fetch("SELECT pid, virtualtransaction FROM pg_locks WHERE locktype = 'virtualxid' AND granted "
+                            "AND pid = ANY($1::int[])", [p for p, _v in transactions])
+    return {(r[0], r[1]) for r in rows} & transactions
+
+
 def _named(locks) -> str:
     """The first few sessions holding `locks` (as _locks reads them), with their tables."""
     held = sorted(_by_backend(locks).items())[:5]
@@ -163,12 +182,12 @@ async def blockers_named(settings: Settings, source: SourceSettings, conn: async
     """While the block runs on `conn` (a switch's last transaction, which waits for the
     locks it needs as long as a statement may run): should `conn`'s backend wait
     BLOCKED_SAID_AFTER_SECONDS for sessions holding a lock it needs, they are named in the
-    log, once, as a user finds them in pg_stat_activity. Yields the set of the backends
-    seen in its way meanwhile (for while_tables_busy's `blocking`). Watched on a
-    connection of its own; a watch that fails is given up in silence (the switch goes on
-    as it would)."""
+    log, once, as a user finds them in pg_stat_activity. Yields the set of the
+    transactions ((backend pid, virtual transaction)) seen in its way meanwhile, for
+    while_tables_busy's `blocking`. Watched on a connection of its own; a watch that
+    fails is given up in silence (the switch goes on as it would)."""
     pid = conn.get_server_pid()
-    seen: set[int] = set()
+    seen: set[tuple[int, str]] = set()
 
     async def watch() -> None:
         watcher = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
@@ -177,9 +196,11 @@ async def blockers_named(settings: Settings, source: SourceSettings, conn: async
             while True:
                 await asyncio.sleep(BLOCKED_LOOK_SECONDS)
                 rows = await watcher.fetch(
-                    "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'an unnamed client'), a.state "
-                    "FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids($1)) ORDER BY a.pid", pid)
-                seen.update(r[0] for r in rows)
+                    "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'an unnamed client'), a.state, "
+                    "l.virtualtransaction FROM pg_stat_activity a LEFT JOIN pg_locks l ON l.pid = a.pid "
+                    "AND l.locktype = 'virtualxid' AND l.granted "
+                    "WHERE a.pid = ANY(pg_blocking_pids($1)) ORDER BY a.pid", pid)
+                seen.update((r[0], r[3]) for r in rows if r[3] is not None)
                 if not rows:
                     since = None
                     continue

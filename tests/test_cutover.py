@@ -482,7 +482,7 @@ async def test_an_object_that_met_a_lock_timeout_is_created_by_the_next_try_not_
     makes changing it (a CHECK constraint, a date column typed) give up: that is
     contention, not Postgres refusing the change. The switch's try is rolled back whole
     and the next, once the report has ended, makes it; the cutover does not go on
-    without it."""
+    without it, nor waits for a report on another table that was in no one's way."""
     db = tmp_path / "app.db"
     app = make_app(db)
     schema, said, counted = made
@@ -492,10 +492,13 @@ async def test_an_object_that_met_a_lock_timeout_is_created_by_the_next_try_not_
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert run_cli(cfg, "verify").returncode == 0
         await pg_rows(pg_dsn, "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET lock_timeout = %L', "
-                              "current_database(), '1s'); END $$")
-        rc, out, (pid,) = await cutover_while_held(cfg, pg_dsn, ("SELECT count(*) FROM app.people", 4))
+                              "current_database(), '500ms'); END $$")
+        # And a report on another table, in no one's way, open until the cutover has ended.
+        rc, out, (pid, other) = await cutover_while_held(cfg, pg_dsn, ("SELECT count(*) FROM app.people", 4),
+                                                         ("SELECT count(*) FROM app.settings", None))
         assert rc == 0, out
         assert f"the switch's last transaction waits for Postgres backend {pid} " in out, out  # a try given up
+        assert f"backend {other} " not in out, out
         assert "lock timeout" not in out and re.search(said, out, re.I), out
         assert await pg_rows(pg_dsn, counted) == [(1,)]
         assert await direction(pg_dsn) == "to_sqlite"
