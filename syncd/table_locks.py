@@ -92,17 +92,17 @@ class TablesBusy(Exception):
 
 async def while_tables_busy(attempt: Callable[[], Awaitable[None]], conn: asyncpg.Connection,
                             source: SourceSettings, tables: list[str], what: str, seconds: float,
-                            blocking: set[int] | None = None) -> None:
+                            blocking: dict[tuple[int, str], str] | None = None) -> None:
     """`attempt()` (one transaction), tried again while it fails for a table another
     session keeps (a lock wait or a deadlock: rolled back, nothing of it done), for
     `seconds` at most; the first wait names the sessions in the log. Between
     tries syncd only watches pg_locks until the transactions that held a table then have
     ended: no lock request of its own stays queued ahead of the application's reads.
     `blocking` (filled by blockers_named while a try runs, emptied as each begins): the
-    transactions seen in the try's way. When there are any, those are waited for,
-    whatever they hold (a reader that was in no one's way is not); when none was seen
-    (a lock wait too short to be watched, the watch not connected), every session holding
-    one of the tables is."""
+    transactions seen in the try's way at its last look, with their names. When there
+    are any, those are waited for, whatever they hold (a reader that was in no one's way
+    is not); when none was seen (a lock wait too short to be watched, the watch not
+    connected), every session holding one of the tables is."""
     deadline = time.monotonic() + seconds
     said = False
     while True:
@@ -111,31 +111,39 @@ async def while_tables_busy(attempt: Callable[[], Awaitable[None]], conn: asyncp
         try:
             return await attempt()
         except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
-            locks = await _locks(conn, source.schema, tables)
-            seen = set(blocking or ())
-            if seen:
-                held = await _running(conn, seen)
-                on_tables = [r for r in locks if (r[0], r[1]) in held]
-                # One in the way without a lock on a table (a row's, say) is named by its backend.
-                holders = (_named(on_tables) if on_tables else
-                           "; ".join(f"Postgres backend {p}" for p, _vxid in sorted(held)[:5]) or "another session")
-            else:
-                held = {(r[0], r[1]) for r in locks}
-                holders = _named(locks)
+            seen = dict(blocking or {})
+
+            async def still_held(among: set[tuple[int, str]] | None = None) -> tuple[set[tuple[int, str]], str]:
+                """The transactions to wait for (of those `among`) that still run, and their names."""
+                locks = await _locks(conn, source.schema, tables)
+                if seen:
+                    held = await _running(conn, set(seen) if among is None else among)
+                    on_tables = [r for r in locks if (r[0], r[1]) in held]
+                    # Named with the tables they hold; one holding none of them (a row, say) as the watch saw it.
+                    rest = [seen[t] for t in sorted(held - {(r[0], r[1]) for r in on_tables})]
+                    return held, "; ".join(([_named(on_tables)] if on_tables else []) + rest[:5])
+                locks = [r for r in locks if among is None or (r[0], r[1]) in among]
+                return {(r[0], r[1]) for r in locks}, _named(locks)
+
+            held, holders = await still_held()
+            if seen and not held and time.monotonic() < deadline:
+                continue  # every one seen in the way is gone already: tried again at once
             if not said:
-                log.warning(f"{what} waits for {holders}, which keeps a table busy (an open transaction that used "
-                            f"it), for {seconds:g} s at most", extra={"source": source.name, "event": "switch_waiting"})
+                log.warning(f"{what} waits for {holders or 'another session'}, which keeps a table busy (an open "
+                            f"transaction that used it), for {seconds:g} s at most",
+                            extra={"source": source.name, "event": "switch_waiting"})
                 said = True
             if not held:  # the lock was on another object, or is gone already: not tried again at once
                 await asyncio.sleep(max(0.0, min(NO_HOLDER_SECONDS, deadline - time.monotonic())))
             while held and time.monotonic() < deadline:
                 await asyncio.sleep(RETRY_SECONDS)
-                held &= (await _running(conn, held) if seen
-                         else {(r[0], r[1]) for r in await _locks(conn, source.schema, tables)})
+                held, names = await still_held(held)
+                holders = names if held else holders
             if held or time.monotonic() >= deadline:
                 waited = f" for {seconds:g} s" if seconds else ""
-                raise TablesBusy(f"{what} could not take the source's tables{waited}: {holders} kept one busy (an "
-                                 "open transaction that used it)") from None
+                raise TablesBusy(f"{what} could not take the source's tables{waited}: "
+                                 f"{holders or 'another session'} kept one busy (an open transaction that used it)"
+                                 ) from None
 
 
 async def take_tables(conn: asyncpg.Connection, schema: str, tables: list[str], mode: str, wait: str) -> None:
@@ -178,16 +186,16 @@ def _named(locks) -> str:
 
 @contextlib.asynccontextmanager
 async def blockers_named(settings: Settings, source: SourceSettings, conn: asyncpg.Connection,
-                         what: str) -> AsyncIterator[set[int]]:
+                         what: str) -> AsyncIterator[dict[tuple[int, str], str]]:
     """While the block runs on `conn` (a switch's last transaction, which waits for the
     locks it needs as long as a statement may run): should `conn`'s backend wait
     BLOCKED_SAID_AFTER_SECONDS for sessions holding a lock it needs, they are named in the
-    log, once, as a user finds them in pg_stat_activity. Yields the set of the
-    transactions ((backend pid, virtual transaction)) seen in its way meanwhile, for
-    while_tables_busy's `blocking`. Watched on a connection of its own; a watch that
-    fails is given up in silence (the switch goes on as it would)."""
+    log, once, as a user finds them in pg_stat_activity. Yields the transactions
+    ((backend pid, virtual transaction): name) in its way at the last look that found
+    any, for while_tables_busy's `blocking`. Watched on a connection of its own; a watch
+    that fails is given up in silence (the switch goes on as it would)."""
     pid = conn.get_server_pid()
-    seen: set[tuple[int, str]] = set()
+    seen: dict[tuple[int, str], str] = {}
 
     async def watch() -> None:
         watcher = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
@@ -197,10 +205,12 @@ async def blockers_named(settings: Settings, source: SourceSettings, conn: async
                 await asyncio.sleep(BLOCKED_LOOK_SECONDS)
                 rows = await watcher.fetch(
                     "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'an unnamed client'), a.state, "
-                    "l.virtualtransaction FROM pg_stat_activity a LEFT JOIN pg_locks l ON l.pid = a.pid "
-                    "AND l.locktype = 'virtualxid' AND l.granted "
-                    "WHERE a.pid = ANY(pg_blocking_pids($1)) ORDER BY a.pid", pid)
-                seen.update((r[0], r[3]) for r in rows if r[3] is not None)
+                    "(SELECT l.virtualtransaction FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'virtualxid' "
+                    "AND l.granted AND l.virtualxid = l.virtualtransaction LIMIT 1) "
+                    "FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids($1)) ORDER BY a.pid", pid)
+                if rows:  # the blockers of this wait: one gone past, no longer in the way, is not kept
+                    seen.clear()
+                    seen.update({(r[0], r[3]): _backend(r[0], r[1], r[2]) for r in rows if r[3] is not None})
                 if not rows:
                     since = None
                     continue
