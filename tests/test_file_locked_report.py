@@ -8,6 +8,7 @@ the way back (after a cutover, where the lock holds up Postgres's changes)."""
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import re
 import sqlite3
@@ -15,6 +16,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -182,35 +186,50 @@ async def two_locks_around_an_outage(d: DaemonProcess, proxy: FaultProxy, port: 
     return line
 
 
+@dataclass
+class OutageWorld:
+    """A SQLite file, Postgres behind the fault proxy (`dsn` reaches it through it), the
+    daemon's metrics port, and the lock holders a test starts (killed on the way out)."""
+    proxy: FaultProxy
+    path: Path
+    port: int
+    dsn: str
+    holders: list = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def outage_world(tmp_path, pg_dsn: str) -> Iterator[OutageWorld]:
+    parts = urlsplit(pg_dsn)
+    proxy = FaultProxy(parts.hostname, parts.port or 5432)
+    world = OutageWorld(proxy, tmp_path / "app.db", free_port(), pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/"))
+    make_file(world.path)
+    try:
+        yield world
+    finally:
+        for h in world.holders:
+            h.kill()
+        proxy.close()
+
+
 async def test_locks_either_side_of_a_postgres_outage_are_not_reported_as_one(tmp_path, pg_dsn):
     # A short lock, Postgres lost while it is held, the lock released (the next step fails
     # on Postgres), a second lock taken, Postgres back. The second lock is counted from
     # the step that met it once Postgres was back: no file_locked report until it alone
     # has lasted FILE_LOCKED_AFTER_SECONDS, although the file has by then been locked for
     # longer than that counting from the first lock.
-    parts = urlsplit(pg_dsn)
-    proxy = FaultProxy(parts.hostname, parts.port or 5432)
-    path = tmp_path / "app.db"
-    make_file(path)
-    port = free_port()
-    cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/"),
-                       [{"name": "app", "path": str(path)}], metrics_listen=f"127.0.0.1:{port}",
-                       # Steps meet the lock every few tenths of a second, not every 2 s (the default).
-                       sections={**FAST_FAILOVER, "sqlite": {"read_busy_timeout_ms": 200},
-                                 "verify": {"interval_seconds": 0}})
-    holders: list[subprocess.Popen] = []
-    try:
+    with outage_world(tmp_path, pg_dsn) as w:
+        cfg = write_config(tmp_path / "syncd.toml", w.dsn, [{"name": "app", "path": str(w.path)}],
+                           metrics_listen=f"127.0.0.1:{w.port}",
+                           # Steps meet the lock every few tenths of a second, not every 2 s (the default).
+                           sections={**FAST_FAILOVER, "sqlite": {"read_busy_timeout_ms": 200},
+                                     "verify": {"interval_seconds": 0}})
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-            await wait_caught_up(path, pg_dsn, "app", daemon=d)
-            await two_locks_around_an_outage(d, proxy, port, path, holders)
-            await wait_caught_up(path, pg_dsn, "app", daemon=d)
+            await wait_caught_up(w.path, pg_dsn, "app", daemon=d)
+            await two_locks_around_an_outage(d, w.proxy, w.port, w.path, w.holders)
+            await wait_caught_up(w.path, pg_dsn, "app", daemon=d)
             assert d.stop() == 0
             log = d.log()
-        assert log.count("is locked by its application") == 1, log[-3000:]
-    finally:
-        for h in holders:
-            h.kill()
-        proxy.close()
+    assert log.count("is locked by its application") == 1, log[-3000:]
 
 
 async def test_on_the_way_back_locks_either_side_of_a_postgres_outage_are_not_reported_as_one(tmp_path, pg_dsn):
@@ -220,33 +239,26 @@ async def test_on_the_way_back_locks_either_side_of_a_postgres_outage_are_not_re
     # second lock, Postgres back. The second lock is reported only once it alone has lasted
     # FILE_LOCKED_AFTER_SECONDS. A step that meets the lock gives up after 1 s (the step's
     # write wait, session.STEP_WRITE_SECONDS) and the next waits for it first.
-    parts = urlsplit(pg_dsn)
-    proxy = FaultProxy(parts.hostname, parts.port or 5432)
-    path = tmp_path / "app.db"
-    make_file(path)
-    port = free_port()
-    proxied = pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/")
+    with outage_world(tmp_path, pg_dsn) as w:
 
-    def make_config(sources, sections):
-        return write_config(tmp_path / "syncd.toml", proxied, sources, metrics_listen=f"127.0.0.1:{port}",
-                            sections=sections)
+        def make_config(sources, sections):
+            return write_config(tmp_path / "syncd.toml", w.dsn, sources, metrics_listen=f"127.0.0.1:{w.port}",
+                                sections=sections)
 
-    cfg = backup_and_config(make_config, tmp_path, path, **FAST_FAILOVER)
-    holders: list[subprocess.Popen] = []
-    try:
+        cfg = backup_and_config(make_config, tmp_path, w.path, **FAST_FAILOVER)
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-            await cut_over(cfg, path, pg_dsn, daemon=d)
-            await wait_back(cfg, path, pg_dsn, daemon=d)
+            await cut_over(cfg, w.path, pg_dsn, daemon=d)
+            await wait_back(cfg, w.path, pg_dsn, daemon=d)
             names = {1: "first", 2: "second"}
 
             async def change(n: int) -> None:  # for the way back to write into the file under lock n
                 await pg_rows(pg_dsn, f"INSERT INTO app.items (v) VALUES ('written in Postgres under the {names[n]} "
                                       "lock')")
 
-            line = await two_locks_around_an_outage(d, proxy, port, path, holders, FROZEN_LOCKER, change)
+            line = await two_locks_around_an_outage(d, w.proxy, w.port, w.path, w.holders, FROZEN_LOCKER, change)
             assert "could not get a write lock" in line, line  # met writing Postgres's changes into the file
-            await wait_back(cfg, path, pg_dsn, daemon=d)
-            conn = sqlite3.connect(path)
+            await wait_back(cfg, w.path, pg_dsn, daemon=d)
+            conn = sqlite3.connect(w.path)
             try:
                 got = {v for (v,) in conn.execute("SELECT v FROM items WHERE v LIKE 'written in Postgres%'")}
             finally:
@@ -254,8 +266,4 @@ async def test_on_the_way_back_locks_either_side_of_a_postgres_outage_are_not_re
             assert got == {"written in Postgres under the first lock", "written in Postgres under the second lock"}
             assert d.stop() == 0
             log = d.log()
-        assert log.count("is locked by its application") == 1, log[-3000:]
-    finally:
-        for h in holders:
-            h.kill()
-        proxy.close()
+    assert log.count("is locked by its application") == 1, log[-3000:]
