@@ -43,7 +43,8 @@ from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
 from syncd.sqlite import freeze
 from syncd.sqlite.connection import SqliteWorker
 from syncd.sqlite.introspect import introspect
-from syncd.table_locks import TablesBusy, blockers_named, long_holders, take_tables, while_tables_busy
+from syncd.table_locks import (TablesBusy, blockers_named, long_holders, shorten_lock_waits, take_tables,
+                               while_tables_busy)
 
 log = logging.getLogger("syncd")
 
@@ -510,6 +511,10 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                 # Then each table as the capture triggers created last take it: a session
                 # writing one (or holding more) ends this try now, not after schema parity's work.
                 await take_tables(conn, source.schema, list(specs), "SHARE ROW EXCLUSIVE", TRIGGER_LOCK_WAIT)
+                # Every other lock of the try is waited for as briefly: a report reading a
+                # table schema parity changes ends the try, and the next begins once it has
+                # ended, with no lock request of syncd's queued ahead of its readers meanwhile.
+                await shorten_lock_waits(conn, TRIGGER_LOCK_WAIT)
                 # The application's constraints, indexes, views and typed columns first, so
                 # the trial inserts face the database the application will write to.
                 try:

@@ -162,6 +162,15 @@ async def take_tables(conn: asyncpg.Connection, schema: str, tables: list[str], 
     await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
 
 
+async def shorten_lock_waits(conn: asyncpg.Connection, wait: str) -> None:
+    """For the rest of the caller's transaction: each lock waited for `wait` at most (then
+    LockNotAvailableError, for while_tables_busy), or less where the session's own
+    lock_timeout (syncd's role's, its database's) already says so."""
+    await conn.execute("SELECT set_config('lock_timeout', CASE WHEN current_setting('lock_timeout')::interval "
+                       "> interval '0' AND current_setting('lock_timeout')::interval < $1::text::interval "
+                       "THEN current_setting('lock_timeout') ELSE $1::text END, true)", wait)
+
+
 async def table_holders(conn: asyncpg.Connection, schema: str, tables: list[str]) -> str:
     """The other sessions holding a lock on any of `tables`, as a user finds them in
     pg_stat_activity (to end or wait for): writers in a long transaction, say."""

@@ -536,9 +536,36 @@ async def test_a_report_keeping_a_table_in_postgres_is_refused_before_the_freeze
         rc, out, (pid,) = await cutover_while_held(cfg, pg_dsn, ("SELECT count(*) FROM app.meetings", 5))
         assert rc == 0, out
         assert re.search(rf"the switch's last transaction waits for Postgres backend {pid} "
-                         r"\(an unnamed client, idle in transaction\), which keeps a table it must change", out), out
+                         r'\(an unnamed client, idle in transaction\) on "meetings", which keeps a table busy', out), out
         assert re.search(r"write downtime ([5-9]|\d\d)\.\d+ s", out), out
         assert await direction(pg_dsn) == "to_sqlite" and not writable(db)
         assert await pg_rows(pg_dsn, "SELECT data_type FROM information_schema.columns WHERE table_schema = 'app' "
                                      "AND table_name = 'meetings' AND column_name = 'at'") == \
             [("timestamp without time zone",)]
+
+
+async def test_a_table_to_change_kept_past_the_statement_timeout_undoes_the_switch_not_the_change(
+        tmp_path, make_config, pg_dsn):
+    """A report keeping "meetings", whose DATETIME column the switch types, past [postgres]
+    statement_timeout_seconds: the cutover is undone, naming the session, and the
+    application writes SQLite again. It does not commit with the column kept as text
+    because the wait for the report ran out."""
+    db = tmp_path / "app.db"
+    app = make_app(db)
+    app.execute("CREATE TABLE meetings (id INTEGER PRIMARY KEY, at DATETIME)")
+    app.executemany("INSERT INTO meetings VALUES (?, ?)", [(i, f"2026-11-{i:02d} 09:30:00") for i in range(1, 9)])
+    cfg = ready_config(make_config, tmp_path, db, {"statement_timeout_seconds": 4})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        rc, out, (pid,) = await cutover_while_held(cfg, pg_dsn, ("SELECT count(*) FROM app.meetings", 9))
+        assert rc == 1, out
+        assert re.search(rf"UNDONE: the switch's last transaction could not take the source's tables for 4 s: "
+                         rf'Postgres backend {pid} \(an unnamed client, idle in transaction\) on "meetings" kept one '
+                         r"busy", out), out
+        assert "kept as text" not in out, out
+        assert await direction(pg_dsn) == "to_postgres" and writable(db)
+        assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'cutover'") == [("undone",)]
+        assert await pg_rows(pg_dsn, "SELECT data_type FROM information_schema.columns WHERE table_schema = 'app' "
+                                     "AND table_name = 'meetings' AND column_name = 'at'") == [("text",)]
+        assert d.stop() == 0
