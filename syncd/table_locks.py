@@ -196,8 +196,7 @@ def _named(locks) -> str:
 @contextlib.asynccontextmanager
 async def blockers_named(settings: Settings, source: SourceSettings, conn: asyncpg.Connection,
                          what: str) -> AsyncIterator[dict[tuple[int, str], str]]:
-    """While the block runs on `conn` (a switch's last transaction, which waits for the
-    locks it needs as long as a statement may run): should `conn`'s backend wait
+    """While the block runs on `conn` (a switch's last transaction): should `conn`'s backend wait
     BLOCKED_SAID_AFTER_SECONDS for sessions holding a lock it needs, they are named in the
     log, once, as a user finds them in pg_stat_activity. Yields the transactions
     ((backend pid, virtual transaction): name) in its way at the last look that found
@@ -226,10 +225,9 @@ async def blockers_named(settings: Settings, source: SourceSettings, conn: async
                 since = since or time.monotonic()
                 if not said and time.monotonic() - since >= BLOCKED_SAID_AFTER_SECONDS:
                     who = "; ".join(_backend(r[0], r[1], r[2]) for r in rows[:5])
-                    log.warning(f"{what} waits for {who}, which keeps a table it must change (an open transaction "
-                                "that used it): it waits as long as [postgres] statement_timeout_seconds; ending "
-                                "that transaction lets it go on", extra={"source": source.name,
-                                                                          "event": "switch_waiting"})
+                    log.warning(f"{what} waits for {who}, which holds a lock it needs (an open transaction): it "
+                                "waits [postgres] statement_timeout_seconds at most in all; ending that transaction "
+                                "lets it go on", extra={"source": source.name, "event": "switch_waiting"})
                     said = True
         finally:
             await close_quietly(watcher)
