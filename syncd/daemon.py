@@ -325,6 +325,12 @@ class Daemon:
         name = p.name
         try:
             async with p.session.target.connection() as conn:
+                if await p.session.bk.switch_open(conn):
+                    # A cutover or rollback verifies the source itself; a check of the daemon's
+                    # meanwhile would only keep its tables from the switch's last transaction.
+                    log.debug("consistency check left to the switch in progress", extra={"source": name,
+                                                                                          "event": "verify_skipped"})
+                    return
                 result = await verify_source(self.settings, p.source, record=True,
                                              repair=self.settings.verify.repair, in_daemon=True, connection=conn)
         except PostgresUnavailable:

@@ -416,6 +416,41 @@ async def cutover_while_held(cfg, pg_dsn: str, *held: tuple[str, float | None]) 
     return proc.returncode, out, [other.get_server_pid() for other in others]
 
 
+async def test_the_daemon_leaves_its_periodic_check_to_a_switch_in_progress(tmp_path, make_config, pg_dsn):
+    """While a cutover is under way, the daemon's periodic consistency check (due every
+    second here) does not run: the cutover verifies the source itself, and a check of the
+    daemon's would keep tables the switch's last transaction must change. It runs
+    again once the switch is over."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = ready_config(make_config, tmp_path, db, interval_seconds=1)
+    runs = "SELECT count(*) FROM syncd.verify_runs"
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+
+        async def checked_since(before: int) -> bool:
+            return (await pg_rows(pg_dsn, runs))[0][0] > before
+
+        await eventually(lambda: checked_since(0), 60, "the daemon's periodic check", d)
+        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=str(cfg.parent),
+                                env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified",
+                                     "SYNCD_CUTOVER_RESUME_ON": str(tmp_path / "go")})
+        try:
+            assert proc.stdout.readline().strip() == "holding at verified"
+            [(before,)] = await pg_rows(pg_dsn, runs)
+            await asyncio.sleep(4)
+            assert await pg_rows(pg_dsn, runs) == [(before,)], "the daemon checked the source during the switch"
+            (tmp_path / "go").touch()
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out
+        await eventually(lambda: checked_since(before), 60, "the periodic check after the switch", d)
+        assert d.stop() == 0
+
+
 async def cutover_with_a_table_kept(tmp_path, make_config, pg_dsn, held_seconds: float,
                                    *extra: tuple[str, float | None],
                                    postgres: dict | None = None) -> tuple[int, str, list[int]]:

@@ -120,6 +120,8 @@ async def watch(settings_fn, pipelines_fn, targets) -> None:
             specs = {n: t.spec for n, t in p.session.tables.items()}
             try:
                 async with targets.for_source(p.source).connection() as conn:
+                    if await p.session.bk.switch_open(conn):
+                        continue  # counted next interval: the switch's last transaction needs the tables
                     counts = await count(conn, p.session.target_schema, st.plan.items, specs, samples=False)
             except Exception as e:  # noqa: BLE001 - a count that fails is tried again next interval
                 log.info(f"foreign-key orphans not counted: {describe(e)}", extra={"source": name,

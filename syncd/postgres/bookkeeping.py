@@ -393,6 +393,11 @@ class Bookkeeping:
         return await conn.fetchval(f"SELECT direction FROM {self.s}.sources WHERE source = $1",
                                    self.source) or TO_POSTGRES
 
+    async def switch_open(self, conn: asyncpg.Connection) -> bool:
+        """Whether a cutover or rollback of the source has started and not finished."""
+        return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {self.s}.switches WHERE source = $1 "
+                                        "AND state IN ('started', 'frozen'))", self.source))
+
     async def touch_applied(self, conn: asyncpg.Connection) -> None:
         """Rows reached Postgres (a snapshot chunk, a catch-up page): the source's last
         apply, as status, metrics and the report show it, moves like a streamed batch."""
