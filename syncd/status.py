@@ -208,8 +208,10 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
         for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total, from_seq, "
                                   f"snapshot_finished_at FROM {q}.tables WHERE source = ANY($1::text[])", names):
             out[r[0]].tables.append(tuple(r[1:]))
-        # The last run, and the last that compared (a run that compared nothing, a table
-        # not streaming when it ran, is no check: its time does not make one recent).
+        # The last run (the one that began last: its comparison is the newest, though a run
+        # begun before it may finish after it), and the last that compared (a run that
+        # compared nothing, a table not streaming when it ran, is no check: its time does
+        # not make one recent).
         # Runs begun before the table's rows were last copied (a reload) judged rows
         # that are gone: they are not its consistency now.
         for r in await conn.fetch(
@@ -224,7 +226,7 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
                         FROM {q}.verify_runs r
                         WHERE r.source = t.source AND r.table_name = t.table_name
                           AND r.started_at >= coalesce(t.snapshot_finished_at, '-infinity')
-                        ORDER BY finished_at DESC LIMIT 1) v
+                        ORDER BY started_at DESC, finished_at DESC LIMIT 1) v
                     WHERE t.source = ANY($1::text[])""", names):
             out[r[0]].verify[r[1]] = tuple(r[2:])
     except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable"

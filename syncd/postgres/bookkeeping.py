@@ -101,6 +101,8 @@ def _ddl(bk: str) -> list[str]:
             table_state text,
             detail text)""",
         f"CREATE INDEX IF NOT EXISTS verify_runs_by_table ON {s}.verify_runs (source, table_name, finished_at)",
+        # A table's latest run is the one that began last (syncd status reads it).
+        f"CREATE INDEX IF NOT EXISTS verify_runs_by_start ON {s}.verify_runs (source, table_name, started_at)",
         # Every replica table syncd created: it never empties, reshapes or writes a table
         # that is not listed here (someone else's table of the same name is refused).
         f"""CREATE TABLE IF NOT EXISTS {s}.{OWNED_TABLES} (

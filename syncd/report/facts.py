@@ -193,7 +193,9 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
     finally:
         for conn in conns.values():
             await close_quietly(conn)
-    runs.sort(key=lambda r: (r.finished_at, r.id))
+    # In the order they compared the rows: a run that began earlier (waiting for changes in
+    # flight, a long table) may finish after one begun later, whose finding is the newer.
+    runs.sort(key=lambda r: (r.started_at, r.finished_at, r.id))
     by_table: dict[tuple[str, str], list[VerifyRun]] = {}
     for r in runs:
         by_table.setdefault((r.source, r.table_name), []).append(r)

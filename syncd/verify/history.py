@@ -148,9 +148,10 @@ async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[s
     bk = quote_pg_ident(bk_schema)
     async with conn.transaction(isolation="repeatable_read", readonly=True):  # one view, whatever thins meanwhile
         groups = await conn.fetch(
-            # The latest of a stretch is the one that finished last, as load_runs orders
-            # them (ids follow the order runs were recorded in, not always that one).
-            f"""SELECT (array_agg(id ORDER BY finished_at DESC, id DESC))[1], sum(runs)::bigint,
+            # The latest of a stretch is the one that began last, as the report orders them:
+            # its comparison is the newest (ids follow the order runs were recorded in, and
+            # a run that began earlier may finish later).
+            f"""SELECT (array_agg(id ORDER BY started_at DESC, finished_at DESC, id DESC))[1], sum(runs)::bigint,
                        min(coalesce(first_finished_at, finished_at))
                 FROM {bk}.verify_runs WHERE source = ANY($1::text[])
                 GROUP BY source, table_name, {_CLEAN}, {_ALIKE},
@@ -159,7 +160,8 @@ async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[s
             sources, window_start, width)
         stretch = {g[0]: (g[1], g[2]) for g in groups}
         runs = _runs(await conn.fetch(
-            f"SELECT {_COLUMNS} FROM {bk}.verify_runs WHERE id = ANY($1::bigint[]) ORDER BY finished_at, id",
+            f"SELECT {_COLUMNS} FROM {bk}.verify_runs WHERE id = ANY($1::bigint[]) "
+            "ORDER BY started_at, finished_at, id",
             list(stretch)))
     for r in runs:
         r.count, r.first_at = stretch[r.id]
