@@ -597,12 +597,14 @@ EVIDENCE_ROWS = 200
 
 
 async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[str, str]],
-                    pg_key: tuple[str, ...], pg_names: set[str]) -> list[float] | None:
+                    pg_key: tuple[str, ...], pg_names: set[str]) -> list[float | None] | None:
     """For each (Postgres column, SQLite column) pair, the share of up to EVIDENCE_ROWS
     rows (sampled across the table, rows changed since Postgres last saw them left out)
-    where the two hold the same value; None when there is no evidence (no such row, or
-    a key SQLite does not store or Postgres does not have). `pg_key`: Postgres's names
-    of spec.key."""
+    where the two hold the same value, counting only rows where either holds one (a
+    mostly-NULL column dropped and added again agrees on its NULLs and says nothing by
+    them): None for a pair no such row tells; None for all when there is no evidence
+    (no row, or a key SQLite does not store or Postgres does not have). `pg_key`:
+    Postgres's names of spec.key."""
     conn = session.pg
     assert conn is not None
     if any(k not in {c.name for c in spec.stored_columns} for k in spec.key) and not spec.rowid_keyed:
@@ -644,8 +646,23 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
     seen = [(mine[tuple(r)[:nkey]], tuple(r)[nkey:]) for r in pg_rows if tuple(r)[:nkey] in mine]
     if not seen:
         return None
-    return [sum(1 for ours, theirs in seen if _same(types[j], ours[j], theirs[j])) / len(seen)
-            for j in range(len(pairs))]
+    shares: list[float | None] = []
+    for j in range(len(pairs)):
+        told = [(ours[j], theirs[j]) for ours, theirs in seen if ours[j] is not None or theirs[j] is not None]
+        shares.append(sum(1 for a, b in told if _same(types[j], a, b)) / len(told) if told else None)
+    return shares
+
+
+async def _emptied(session: SourceSession, spec: TableSpec, pg_col: str, sqlite_col: str) -> bool:
+    """Whether SQLite's `sqlite_col` holds no value at all while Postgres's `pg_col` still
+    holds one: a column dropped and added again, its values erased in SQLite, that a
+    sample of rows too sparse in values could not tell."""
+    conn = session.pg
+    assert conn is not None
+    table = qualified(session.target_schema, spec.name)
+    if await conn.fetchval(f"SELECT 1 FROM {table} WHERE {quote_pg_ident(pg_col)} IS NOT NULL LIMIT 1") is None:
+        return False
+    return not await session.worker.run(reader.holds_values, spec.name, spec.sqlite_ref(sqlite_col))
 
 
 def _same(pgtype: PgType, ours, theirs) -> bool:
@@ -664,7 +681,11 @@ async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new:
     tells them apart: after a rename, SQLite's `new` holds what Postgres's `old` holds
     for the same keys (bar the few rows changed since). An empty table has nothing to lose."""
     share = await _evidence(session, spec, [(old, new)], pg_key, pg_names)
-    return share is None or share[0] >= 0.9
+    if share is None:
+        return True
+    if share[0] is None:  # no value in the rows sampled: renamed, unless SQLite's column holds none anywhere
+        return not await _emptied(session, spec, old, new)
+    return share[0] >= 0.9
 
 
 async def _columns_changed_meaning(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable) -> list[str]:
@@ -678,7 +699,7 @@ async def _columns_changed_meaning(session: SourceSession, spec: TableSpec, pgt:
     share = await _evidence(session, spec, [(c, c) for c in shared], spec.key, have)
     if share is None:
         return []
-    return [c for c, s in zip(shared, share) if s < 0.9]
+    return [c for c, s in zip(shared, share) if (s < 0.9 if s is not None else await _emptied(session, spec, c, c))]
 
 
 async def _move_rowid_column(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable) -> bool:

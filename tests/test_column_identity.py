@@ -91,6 +91,37 @@ async def test_a_column_dropped_and_another_added_agreeing_on_the_first_rows_is_
     assert await compare_table(str(app_db), pg_dsn, "app", "t") == []
 
 
+@pytest.mark.parametrize("every", [20, 2_000], ids=["every_20th_row", "one_row"])
+@pytest.mark.parametrize("added", ["note", "remark"], ids=["same_name", "new_name"])
+async def test_a_mostly_null_column_dropped_and_another_added_leaves_no_value_behind(
+        app_db, make_config, pg_dsn, tmp_path, added, every):
+    """An optional column, NULL in most rows, dropped and a column added in its place
+    (the same name again, or a new one at the end of the table): the two agree on every
+    NULL, which says nothing. Only rows where either holds a value are evidence, and where
+    the rows sampled hold none (one value in 2,000 rows), a column SQLite holds no value
+    in at all while Postgres holds one is a new column. The values the application erased
+    do not stay in Postgres's column."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, note TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?)",
+                     [(i, f"v{i}", "secret" if i % every == 0 else None) for i in range(1, 2_001)])
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        await pg_rows(pg_dsn, "ANALYZE app.t")  # the size estimate the sample is drawn by
+        conn.executescript(f"BEGIN; ALTER TABLE t DROP COLUMN note; ALTER TABLE t ADD COLUMN {added} TEXT; COMMIT;")
+        conn.execute("INSERT INTO t (id, v) VALUES (5000, 'after')")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    if added == "note":
+        assert 'column(s) "note" no longer hold what Postgres holds' in log, log[-3000:]
+    else:
+        assert 'column "note" was dropped in SQLite' in log and "renamed" not in log, log[-3000:]
+    assert await compare_table(str(app_db), pg_dsn, "app", "t") == []
+    assert await pg_rows(pg_dsn, f"SELECT count(*) FROM app.t WHERE {added} IS NOT NULL") == [(0,)]
+
+
 async def test_a_schema_change_elsewhere_in_the_file_reloads_no_table(app_db, make_config, pg_dsn, tmp_path):
     """The identity check compares values as Postgres holds them: a jsonb column (which
     Postgres gives back in its own spelling) and a held table (whose rows changed since

@@ -523,6 +523,12 @@ def count_rows(conn: sqlite3.Connection, table: str) -> int:
     return conn.execute(f"SELECT count(*) FROM main.{quote_ident(table)}").fetchone()[0]
 
 
+def holds_values(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """Whether any row of `table` holds a value (not NULL) in `column` (already quoted)."""
+    return conn.execute(f"SELECT 1 FROM main.{quote_ident(table)} WHERE {column} IS NOT NULL LIMIT 1").fetchone() \
+        is not None
+
+
 def has_more_rows(conn: sqlite3.Connection, table: str, n: int) -> bool:
     """Whether `table` holds more than `n` rows, without counting them all."""
     return conn.execute(f"SELECT 1 FROM main.{quote_ident(table)} LIMIT 1 OFFSET ?", (n,)).fetchone() is not None
