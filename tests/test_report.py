@@ -255,6 +255,22 @@ async def test_an_empty_file_or_the_live_database_is_no_backup(ready, tmp_path, 
                      section(md, "backup")), section(md, "backup")
 
 
+async def test_a_backup_or_rehearsal_dated_in_the_future_is_not_recent(ready, tmp_path, pg_dsn):
+    """A backup file dated a year ahead (written by a host whose clock runs ahead, or
+    unpacked with another's dates) is no recent backup: when it was taken is not known.
+    It is named as not counted, and the next newest decides (45 days old here: too old).
+    So is a rehearsal Postgres dated a year ahead."""
+    os.utime(tmp_path / "backups" / "app-new.db", (time.time() + 365 * 86400,) * 2)
+    os.utime(tmp_path / "backups" / "app-old.db", (time.time() - 45 * 86400,) * 2)
+    await pg_execute(pg_dsn, "UPDATE syncd.rehearsals SET started_at = $1, finished_at = $1", ago(days=-365))
+    rc, md, _, doc = report(ready)
+    assert rc == 1 and doc["ready"] is False and sorted(doc["not_done"]) == ["backup", "rollback_rehearsed"], doc
+    assert re.search(r"❌ app: too old: newest \S+app-old\.db .*not counted: \S+app-new\.db \(dated in the future, "
+                     r"\d{4}-\d\d-\d\d \d\d:\d\d UTC: a clock ahead\?\)", section(md, "backup")), section(md, "backup")
+    assert re.search(r"❌ app: the last rehearsal is dated \S+ \S+ UTC, in the future", section(md, "rollback_rehearsed")), \
+        section(md, "rollback_rehearsed")
+
+
 async def test_lag_from_the_running_daemon(ready, app_db, make_config, pg_dsn, tmp_path):
     port = 19000 + os.getpid() % 1000
     cfg = make_config([{"name": "app", "path": str(app_db)}], name="live.toml", metrics_listen=f"127.0.0.1:{port}",

@@ -149,6 +149,9 @@ def whose(backup: Identity | None, source: str, sources: dict[str, Identity | No
     return None
 
 
+FUTURE_SECONDS = 300.0  # a backup's time this far past the report's is not believed (clocks apart a little are)
+
+
 def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: Path | None,
                  sources: dict[str, Identity | None], live_files: dict[str, Path] | None = None) -> BackupFacts:
     """The backups of `source`; `live`, its database file, is never one (nor its -wal,
@@ -178,6 +181,11 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
             not_counted.append(f"{p} (the live database of {theirs[real]})")
         elif st.st_size == 0:
             not_counted.append(f"{p} (empty)")
+        elif st.st_mtime > now.timestamp() + FUTURE_SECONDS:
+            # Written by a host whose clock runs ahead, or unpacked with another's dates:
+            # when it was taken is not known, so it is not the recent backup.
+            when = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            not_counted.append(f"{p} (dated in the future, {when}: a clock ahead?)")
         elif (no := whose(identity(p), source, sources, named)) is not None:
             if not named and no.of is not None:
                 others += 1  # a shared folder: the other sources' own backups, each credited there

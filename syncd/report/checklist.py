@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from syncd.parity.speed import RUNS
+from syncd.report.backups import FUTURE_SECONDS
 from syncd.report.facts import TO_SQLITE, MigrationFacts, SourceFacts, TableFacts
 from syncd.verify.history import VerifyRun
 
@@ -334,6 +335,9 @@ def rehearsed(f: MigrationFacts) -> CheckItem:
         elif not r.ok:
             bad.append(f"{s.name}: the last rehearsal, {_when(r.at, f.generated_at)}, failed: "
                        f"{r.problem or 'no reason recorded'}")
+        elif _age_seconds(r.at, f.generated_at) < -FUTURE_SECONDS:
+            bad.append(f"{s.name}: the last rehearsal is dated {_ts(r.at)}, in the future (Postgres's clock ahead "
+                       "of this host's?): when it ran is not known; run `syncd rehearse` again")
         elif _age_seconds(r.at, f.generated_at) > limit * 86400:
             bad.append(f"{s.name}: last rehearsed {_when(r.at, f.generated_at)}, longer ago than {_days(limit)}: "
                        "run `syncd rehearse` again")
