@@ -411,7 +411,7 @@ def register_secrets(settings: Settings) -> None:
     for secret in (settings.metrics.auth_token, settings.metrics.basic_auth_password):
         register_secret(secret.get_secret_value() if secret is not None else None)
     register_secret(os.environ.get("PGPASSWORD"))
-    for dsn in [settings.postgres.dsn] + [s.dsn for s in settings.sources if s.dsn]:
+    for dsn in [settings.postgres.dsn, settings.postgres.lock_dsn] + [s.dsn for s in settings.sources if s.dsn]:
         register_dsn(dsn)
 
 

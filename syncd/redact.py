@@ -28,9 +28,14 @@ MASK = "***"
 MIN_SCRUB_LENGTH = 4
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+# The keys whose value is a secret: the server's password, and the client key's
+# passphrase (libpq and asyncpg read both, from a URL's query and in keyword form).
+PASSWORD_KEYS = ("password", "sslpassword")
 # libpq keyword form: password = value, value bare or '..' with \' and \\ escapes.
-_KV_PASSWORD = re.compile(r"(?P<head>(?<![\w-])password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|[^\s&'][^\s&]*)",
+_KV_PASSWORD = re.compile(r"(?P<head>(?<![\w-])(?:ssl)?password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|[^\s&'][^\s&]*)",
                           re.IGNORECASE | re.DOTALL)
+# A URL query parameter, its key perhaps percent-encoded (asyncpg decodes it: pass%77ord).
+_QUERY_PARAM = re.compile(r"(?P<head>[?&;](?P<key>[^=&;#\s?]+)=)(?P<value>[^&;#\s]*)")
 
 
 def _redact_urls(text: str) -> str:
@@ -59,7 +64,13 @@ def redact_dsn(text: str) -> str:
     """`text` (a DSN, or a message quoting DSNs) with every password it spells out
     replaced by ***: URL userinfo, `password=` query parameters and libpq keywords."""
     text = _redact_urls(text)
+    text = _QUERY_PARAM.sub(lambda m: m.group("head") + MASK if _is_password_key(m.group("key")) and m.group("value")
+                            else m.group(0), text)
     return _KV_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+
+
+def _is_password_key(key: str) -> bool:
+    return unquote(key).strip().lower() in PASSWORD_KEYS
 
 
 # --- passwords a DSN carries ---------------------------------------------------------
@@ -86,7 +97,7 @@ def dsn_passwords(dsn: str) -> set[str]:
         query = rest.split("?", 1)[1] if "?" in rest else ""
         for part in re.split(r"[&;]", query):
             key, _, value = part.partition("=")
-            if key.strip().lower() == "password" and value:
+            if _is_password_key(key) and value:
                 found |= {value, unquote(value), unquote(value.replace("+", " "))}
     for kv in _KV_PASSWORD.finditer(dsn if not m else ""):
         found.add(_kv_value(kv.group("pw")))

@@ -9,8 +9,14 @@ The end-to-end tests run every verb and the daemon's endpoint with hostile passw
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import sqlite3
+import stat
+import subprocess
+import sys
+import threading
 import urllib.request
 from urllib.parse import quote, quote_plus
 
@@ -52,6 +58,10 @@ def assert_no_secret(text: str, passwords, where: str) -> None:
     ("host=h password = 'x y\\' z' dbname=d", "host=h password = *** dbname=d"),
     ("host=h PASSWORD=plain user=u", "host=h PASSWORD=*** user=u"),
     ("cannot connect to postgresql://a:b%40c@h/d: refused", "cannot connect to postgresql://a:***@h/d: refused"),
+    # The client key's passphrase is a password too; so is a key asyncpg decodes to one.
+    ("postgresql://u@h/db?sslpassword=K3y-77&x=1", "postgresql://u@h/db?sslpassword=***&x=1"),
+    ("host=h sslpassword=K3y-77 user=u", "host=h sslpassword=*** user=u"),
+    ("postgresql://u@h/db?pass%77ord=Enc0ded-99", "postgresql://u@h/db?pass%77ord=***"),
 ])
 def test_dsns_are_shown_without_their_password(dsn, shown):
     assert redact_dsn(dsn) == shown
@@ -61,6 +71,7 @@ def test_a_dsn_yields_its_passwords_raw_and_decoded():
     assert dsn_passwords("postgresql://u:a%20b%40c@h/d") == {"a%20b%40c", "a b@c"}
     assert dsn_passwords("postgresql://u@h/d?password=x%2Fy") == {"x%2Fy", "x/y"}
     assert dsn_passwords("host=h password='it\\'s here'") == {"it's here"}
+    assert dsn_passwords("postgresql://u@h/d?sslpassword=K3y-77&PASS%57ORD=pw-88") == {"K3y-77", "pw-88"}
 
 
 @settings(max_examples=300, deadline=None)
@@ -187,3 +198,76 @@ def test_a_dsn_clients_would_misread_is_refused_without_quoting_it(tmp_path, pg_
         assert r.returncode in (2, 3), r.stdout + r.stderr
         assert "environment variable SYNCD_POSTGRES__DSN" in r.stdout + r.stderr  # where the DSN came from
         assert_no_secret(r.stdout + r.stderr, [userinfo.split(":", 1)[1]], " ".join(verb))
+
+
+def _one_table_file(tmp_path):
+    path = tmp_path / "s0.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.mark.parametrize("query, secret", [
+    ("sslpassword={}", "K3yPassphrase-77"),  # the client key's passphrase
+    ("password={}", "Lk7Qa Zp9Wx"),  # a raw space, as asyncpg takes it: no piece of it either
+    ("pass%77ord={}", "Enc0dedKey-99"),  # a key asyncpg decodes to `password`
+], ids=["sslpassword", "raw_space", "encoded_key"])
+def test_a_password_in_a_dsn_query_never_shows(tmp_path, pg_dsn, query, secret):
+    """A DSN's query carries passwords in more spellings than `password=value`; a server
+    that cannot be reached makes every verb quote the DSN."""
+    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/app?{query.format(secret)}"
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "s0", "path": str(_one_table_file(tmp_path))}],
+                       sections={"postgres": {"connect_timeout_seconds": 2}})
+    for verb in (("status",), ("status", "--json"), ("init",)):
+        r = run_cli(cfg, *verb)
+        assert "cannot connect" in r.stdout + r.stderr, r.stdout + r.stderr
+        assert_no_secret(r.stdout + r.stderr, [secret], f"syncd {' '.join(verb)}")
+
+
+def test_a_lock_dsn_password_never_shows(tmp_path, pg_dsn):
+    """[postgres] lock_dsn (pooler = "transaction") carries a password of its own: given
+    as the database name by mistake, Postgres quotes it back."""
+    secret = "Lk7QaZp9Wx-Qv3m"
+    host = pg_dsn.rsplit("/", 1)[0].replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "s0", "path": str(_one_table_file(tmp_path))}],
+                       sections={"postgres": {"connect_timeout_seconds": 2, "pooler": "transaction",
+                                              "lock_dsn": f"{host}/{secret}"}})
+    text = "\n".join(r.stdout + r.stderr for r in (run_cli(cfg, *verb) for verb in
+                                                   (("init",), ("status",), ("status", "--json"))))
+    assert 'database "***" does not exist' in text, text  # the lock connection was tried, Postgres answered
+    assert_no_secret(text, [secret], "init and status")
+
+
+def test_the_demo_never_puts_a_password_on_a_command_line(tmp_path):
+    """A child's command line is every local user's to read (ps, /proc/PID/cmdline): the
+    demo asks pg_isready about a server by host and port only, whatever the DSN in
+    SYNCD_POSTGRES__DSN carries (a `?password=` here)."""
+    secret = "Dm7Qa-pa55-w0rd"
+    # Something that accepts TCP connections, so that the demo goes on to ask pg_isready.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    threading.Thread(target=lambda: [listener.accept()[0].close() for _ in range(16)], daemon=True).start()
+    # pg_isready recording the command line it was given, and saying nothing answers.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    argv_log = tmp_path / "argv.log"
+    fake = bindir / "pg_isready"
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {argv_log}\nexit 2\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    env["SYNCD_POSTGRES__DSN"] = f"postgresql://postgres@127.0.0.1:{port}/postgres?password={secret}"
+    try:
+        r = subprocess.run([sys.executable, "-m", "syncd", "demo", "--listen", "127.0.0.1:0"], env=env,
+                           capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    finally:
+        listener.close()
+    assert "does not answer" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert_no_secret(r.stdout + r.stderr, [secret], "syncd demo")
+    argv = argv_log.read_text()
+    assert f"-p {port}" in argv, argv  # it was asked
+    assert_no_secret(argv, [secret], "pg_isready's command line")

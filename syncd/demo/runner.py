@@ -19,7 +19,7 @@ from syncd.demo.app import DemoApplication
 from syncd.demo.data import BACKUPS, SOURCES, TARGET_DATABASES, make_files
 from syncd.demo.server import (Cluster, ServerError, answers, create_databases, drop_databases, free_port,
                                with_database, without_password)
-from syncd.redact import redact_dsn
+from syncd.redact import register_dsn, scrub
 
 VERIFY_INTERVAL_SECONDS = 20.0  # checks often, so the page's verification history fills while you watch
 ENV_DSN = "SYNCD_POSTGRES__DSN"
@@ -89,13 +89,14 @@ class Demo:
         for key in [k for k in os.environ if k.startswith("SYNCD_") and k != ENV_PASSWORD]:
             del os.environ[key]
         if given:
+            register_dsn(given)  # whatever quotes it from here on shows *** for its password
             dsn, how = given, f"the server {ENV_DSN} names"
             if not answers(without_password(dsn)[0]):
-                raise ServerError(f"{ENV_DSN} ({redact_dsn(dsn)}) does not answer")
+                raise ServerError(f"{ENV_DSN} ({scrub(dsn)}) does not answer")
         elif answers(self.local_server):
             dsn, how = self.local_server, "the local server"
         else:
-            self.say(f"no PostgreSQL answers at {redact_dsn(self.local_server)}: starting a private throwaway "
+            self.say(f"no PostgreSQL answers at {scrub(self.local_server)}: starting a private throwaway "
                      "cluster")
             self.cluster = Cluster.create()
             self.cluster.start()
@@ -108,7 +109,7 @@ class Demo:
                                             password=self.password))
         if self.cluster is None:
             self.created = made
-        self.say(f"PostgreSQL: {how} at {redact_dsn(self.admin_dsn)}; databases {', '.join(TARGET_DATABASES)}")
+        self.say(f"PostgreSQL: {how} at {scrub(self.admin_dsn)}; databases {', '.join(TARGET_DATABASES)}")
 
     # --- running ---------------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class Demo:
                 asyncio.run(drop_databases(self.admin_dsn, self.created, password=self.password))
                 self.say(f"dropped databases {', '.join(self.created)}")
             except Exception as e:  # noqa: BLE001 - say what is left behind, then go on cleaning
-                self.say(f"could not drop databases {', '.join(self.created)}: {redact_dsn(str(e))}")
+                self.say(f"could not drop databases {', '.join(self.created)}: {scrub(str(e))}")
         if self.cluster is not None:
             self.cluster.destroy()
             self.say(f"stopped and removed the private cluster in {self.cluster.base}")

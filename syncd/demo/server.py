@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -38,7 +38,10 @@ def answers(dsn: str, timeout: float = 3.0) -> bool:
         return False
     if not shutil.which("pg_isready"):
         return True
-    r = subprocess.run(["pg_isready", "-d", dsn, "-t", str(max(1, int(timeout)))], capture_output=True)
+    # Host and port only: a command line is every local user's to read (ps), and a
+    # server says whether it accepts connections before anyone authenticates.
+    r = subprocess.run(["pg_isready", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432),
+                        "-t", str(max(1, int(timeout)))], capture_output=True)
     return r.returncode == 0
 
 
@@ -78,15 +81,26 @@ def with_database(dsn: str, database: str) -> str:
 
 
 def without_password(dsn: str) -> tuple[str, str | None]:
-    """The DSN with its password taken out, and the password (None if it had none)."""
+    """The DSN with its password taken out (from its user part or its query), and the
+    password (None if it had none)."""
     parts = urlsplit(dsn)
-    if parts.password is None:
+    kept, password = [], None
+    for param in parts.query.split("&") if parts.query else []:
+        key, _, value = param.partition("=")
+        if unquote(key).strip().lower() == "password":
+            password = unquote(value)
+        else:
+            kept.append(param)
+    netloc = parts.netloc
+    if parts.password is not None:
+        password = unquote(parts.password)
+        host = parts.hostname or ""
+        netloc = (parts.username or "") + "@" + (f"[{host}]" if ":" in host else host)
+        if parts.port:
+            netloc += f":{parts.port}"
+    if password is None:
         return dsn, None
-    host = parts.hostname or ""
-    netloc = (parts.username or "") + "@" + (f"[{host}]" if ":" in host else host)
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), parts.password
+    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(kept), parts.fragment)), password
 
 
 @dataclass

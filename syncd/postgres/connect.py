@@ -12,7 +12,7 @@ import asyncpg
 
 from syncd.config import PostgresSettings
 from syncd.postgres.bookkeeping import application_name
-from syncd.redact import redact_dsn, scrub
+from syncd.redact import scrub
 
 # SQLSTATEs worth retrying: the same statement can succeed later without anyone
 # changing data (https://www.postgresql.org/docs/current/errcodes-appendix.html).
@@ -119,7 +119,7 @@ async def connect(dsn: str, password: str | None, settings: PostgresSettings, **
     try:
         conn = await asyncpg.connect(dsn, **connect_kwargs(password, settings, **server_settings))
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
-        raise PostgresUnavailable(f"cannot connect to {scrub(redact_dsn(dsn))}: {describe(e)}") from None
+        raise PostgresUnavailable(f"cannot connect to {scrub(dsn)}: {describe(e)}") from None
     try:
         await prepare(conn)
     except BaseException:

@@ -26,7 +26,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.postgres.bookkeeping import LOCK_CLASS, SourceLocked, lock_key, try_lock_source
 from syncd.postgres.connect import (ASYNCPG_FAULT, PostgresUnavailable, close_quietly, connect, connect_kwargs,
                                     describe, is_transient, prepare)
-from syncd.redact import redact_dsn
+from syncd.redact import scrub
 
 RELEASE_SECONDS = 5.0
 
@@ -58,7 +58,7 @@ class Target:
                         self.dsn, min_size=0, max_size=self.size, max_inactive_connection_lifetime=60.0,
                         init=prepare, **connect_kwargs(self.settings.password(), self.settings.postgres))
                 except Exception as e:
-                    raise PostgresUnavailable(f"cannot connect to {redact_dsn(self.dsn)}: {describe(e)}") from None
+                    raise PostgresUnavailable(f"cannot connect to {scrub(self.dsn)}: {describe(e)}") from None
             return self._pool
 
     @contextlib.asynccontextmanager
@@ -70,7 +70,7 @@ class Target:
             conn = await pool.acquire(timeout=self.settings.postgres.connect_timeout_seconds
                                       + self.settings.postgres.statement_timeout_seconds)
         except Exception as e:
-            raise PostgresUnavailable(f"cannot connect to {redact_dsn(self.dsn)}: {describe(e)}") from None
+            raise PostgresUnavailable(f"cannot connect to {scrub(self.dsn)}: {describe(e)}") from None
         broken = False
         try:
             yield conn
@@ -248,4 +248,4 @@ class Targets:
 
 
 def stats(targets: Targets) -> dict[str, Any]:
-    return {redact_dsn(t.dsn): t.in_use for t in targets.all}
+    return {scrub(t.dsn): t.in_use for t in targets.all}
