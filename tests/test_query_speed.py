@@ -75,6 +75,38 @@ async def test_lookups_left_untimed_by_the_cap_fail_the_item(app_db, make_config
     assert perf["ok"] is False and any("not timed" in p for p in perf["problems"]), perf
 
 
+async def test_an_index_on_a_sparse_column_is_timed_on_rows_that_hold_a_value(app_db, make_config, pg_dsn,
+                                                                              tmp_path):
+    """Rows spread over the table may all leave an index's columns NULL (every 10th row
+    tagged here): the lookup is timed on rows that hold a value, not skipped while the
+    item passes. An index no row is in yet (a column always NULL so far) has nothing to
+    look up, and says so."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE orders (id INTEGER PRIMARY KEY, tag TEXT, note TEXT);
+        CREATE INDEX orders_tag ON orders(tag);
+        CREATE INDEX orders_tag_len ON orders(length(tag));
+        CREATE INDEX orders_note ON orders(note);
+    """)
+    conn.executemany("INSERT INTO orders VALUES (?, ?, NULL)", [(i, f"t{i}" if i % 10 == 0 else None)
+                                                                 for i in range(1, 3001)])
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"cutover": {}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+    lookups = {lk["lookup"]: lk for lk in doc["sources"][0]["schema"]["lookups"]}
+    tag = next(v for k, v in lookups.items() if k.startswith('index "orders_tag"'))
+    assert tag["postgres_ms"] > 0 and tag["sqlite_ms"] > 0, tag
+    assert next(v for k, v in lookups.items() if k.startswith('index "orders_tag_len"'))["postgres_ms"] > 0
+    note = next(v for k, v in lookups.items() if k.startswith('index "orders_note"'))
+    assert note["postgres_ms"] is None and note["note"] == "no row holds a value there: nothing to look up"
+    perf = item(doc, "performance")
+    assert perf["ok"] is True, perf
+    assert any(e.startswith('app.orders: index "orders_note"') and "nothing to look up" in e
+               for e in perf["evidence"]), perf
+
+
 async def test_the_pages_cached_measurement_never_keeps_a_table_not_yet_in_postgres(app_db, make_config, pg_dsn,
                                                                                      tmp_path):
     """The daemon's page reuses a measurement for minutes; one taken before the snapshot

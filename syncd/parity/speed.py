@@ -24,6 +24,7 @@ from syncd.parity.plan import Item
 from syncd.postgres.connect import describe
 from syncd.types import ValueMismatch, converter
 
+NO_VALUE = "no row holds a value there: nothing to look up"  # the note of an index no row is in
 RUNS = 5  # timed runs per lookup (after one untimed run), over up to SAMPLES sampled rows
 SAMPLES = 3
 LOOKUP_ROWS = 100
@@ -76,6 +77,14 @@ def _samples(conn: sqlite3.Connection, spec: TableSpec) -> list[tuple]:
     if not rows:
         rows = conn.execute(f"SELECT {cols} FROM {table} LIMIT {SAMPLES}").fetchall()
     return rows
+
+
+def _samples_with_values(conn: sqlite3.Connection, spec: TableSpec, columns: list[str]) -> list[tuple]:
+    """Up to SAMPLES rows (every column, spec order) holding a value in each of `columns`:
+    for an index on columns the rows spread over the table leave NULL (a sparse one)."""
+    cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
+    held = " AND ".join(f"{spec.sqlite_ref(c)} IS NOT NULL" for c in columns)
+    return conn.execute(f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE {held} LIMIT {SAMPLES}").fetchall()
 
 
 def _time_sqlite(conn: sqlite3.Connection, sql: str, params: list[list[Any]]) -> float:
@@ -178,18 +187,25 @@ async def _one(pg: asyncpg.Connection, sq: sqlite3.Connection, schema: str, spec
         return
     idx = [names.index(c) for c in cols]
     convs = [converter(spec.column(c).pgtype) for c in cols]
-    pg_params, sq_params = [], []
-    for r in rows:
-        try:
-            values = [f(r[i]) for f, i in zip(convs, idx)]
-        except ValueMismatch:
-            continue
-        if any(v is None for v in values):
-            continue
-        pg_params.append(values)
-        sq_params.append([r[i] for i in idx])
+
+    def params(rows: list[tuple]) -> tuple[list, list]:
+        pg_params, sq_params = [], []
+        for r in rows:
+            try:
+                values = [f(r[i]) for f, i in zip(convs, idx)]
+            except ValueMismatch:
+                continue
+            if any(v is None for v in values):
+                continue
+            pg_params.append(values)
+            sq_params.append([r[i] for i in idx])
+        return pg_params, sq_params
+
+    pg_params, sq_params = params(rows)
     if not pg_params:
-        lk.note = "no sampled row has a value there"
+        pg_params, sq_params = params(await asyncio.to_thread(_samples_with_values, sq, spec, cols))
+    if not pg_params:
+        lk.note = NO_VALUE
         return
     pred = item.predicate if item is not None else None
     where = " AND ".join(f"{quote_pg_ident(c)} = ${i + 1}" for i, c in enumerate(cols))
@@ -226,8 +242,11 @@ async def _expression(pg: asyncpg.Connection, schema: str, spec: TableSpec, item
         v = await pg.fetchval(f"SELECT {expr} FROM {table} WHERE {kwhere}", *kv)
         if v is not None:
             values.append([v])
+    if not values:  # a sparse expression: looked up by values some row gives
+        values = [[r[0]] for r in await pg.fetch(f"SELECT {expr} FROM {table} WHERE {expr} IS NOT NULL "
+                                                 f"LIMIT {SAMPLES}")]
     if not values:
-        lk.note = "the sampled rows give NULL there"
+        lk.note = NO_VALUE
         return
     pred = f" AND {item.predicate}" if item.predicate else ""
     lk.postgres_ms, lk.plan = await _time_postgres(
