@@ -37,12 +37,18 @@ def _file(path):
     conn.close()
 
 
-def test_a_rehearsal_with_hostile_names_cuts_over_and_rolls_back(tmp_path, make_config, pg_dsn):
+def initialized(tmp_path, make_config):
+    """The file of hostile names, `syncd init` run on it: its configuration."""
     db = tmp_path / "app.db"
     _file(db)
     cfg = make_config([{"name": "app", "path": str(db)}])
     init = run_cli(cfg, "init", timeout=300)
     assert init.returncode == 0, init.stdout + init.stderr
+    return cfg
+
+
+def test_a_rehearsal_with_hostile_names_cuts_over_and_rolls_back(tmp_path, make_config, pg_dsn):
+    cfg = initialized(tmp_path, make_config)
     out = run_cli(cfg, "rehearse", timeout=300)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
@@ -50,11 +56,7 @@ def test_a_rehearsal_with_hostile_names_cuts_over_and_rolls_back(tmp_path, make_
 
 
 def test_the_html_report_shows_hostile_names_escaped(tmp_path, make_config, pg_dsn):
-    db = tmp_path / "app.db"
-    _file(db)
-    cfg = make_config([{"name": "app", "path": str(db)}])
-    init = run_cli(cfg, "init", timeout=300)
-    assert init.returncode == 0, init.stdout + init.stderr
+    cfg = initialized(tmp_path, make_config)
     run_cli(cfg, "verify", timeout=300)
     html = run_cli(cfg, "report", "--format", "html", timeout=300).stdout
     assert "<html" in html, html[-2000:]
