@@ -80,6 +80,13 @@ async def test_counts_taken_while_the_application_writes_match(tmp_path, make_co
     assert not item["ok"] and any("rows in SQLite" in p for p in item["problems"]), item
     # ...and an insert on its way excuses one row more in SQLite, not two
     app.execute("INSERT INTO events VALUES (99999, 'on its way')")
+    item = migrated(cfg)
+    assert not item["ok"] and any("rows in SQLite" in p for p in item["problems"]), item
+    # ...nor does a REPLACE of a key both sides hold, nor a row inserted and deleted again:
+    # each is an insert on its way, and neither moves a count
+    app.execute("INSERT OR REPLACE INTO events VALUES (8, 'replaced')")
+    app.execute("INSERT INTO events VALUES (99998, 'short-lived')")
+    app.execute("DELETE FROM events WHERE id = 99998")
     app.close()
     item = migrated(cfg)
     assert not item["ok"] and any("rows in SQLite" in p for p in item["problems"]), item

@@ -20,7 +20,7 @@ from syncd.parity.plan import DUAL_WRITE
 from syncd.parity.summary import ParityFacts
 from syncd.config import Settings, SourceSettings
 from syncd.endpoint import fetch_status, own_sources, unanswered
-from syncd.identifiers import qualified, quote_ident
+from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping
 from syncd.postgres.connect import close_quietly, connect
@@ -30,6 +30,7 @@ from syncd.sqlite import capture, disk_guard
 from syncd.sqlite.connection import open_readonly
 from syncd.sqlite.introspect import introspect
 from syncd.sqlite.leftout import LeftOut
+from syncd.types import ValueMismatch, converter
 from syncd.verify.history import VerifyRun, load_history
 
 ENDPOINT_TIMEOUT_SECONDS = 2.0
@@ -51,6 +52,11 @@ class TableFacts:
     # they may take from it): distinct keys inserted (and keys moved to, as many as keys
     # moved from), distinct keys deleted. An UPDATE in place moves no count. None: unknown.
     in_flight: tuple[int, int] | None = (0, 0)
+    # The difference the changes on their way make, exactly, where each of their keys was
+    # looked up on both sides (SQLite's count less Postgres's: how many of those keys SQLite
+    # holds, less how many Postgres holds in its counted snapshot); None: only bounded, by
+    # `in_flight` (too many keys, or a key that could not be looked up).
+    in_flight_difference: int | None = None
     copied_at: dt.datetime | None = None  # its rows last copied (a load, a reload, either way)
 
     @property
@@ -74,6 +80,8 @@ class TableFacts:
         writing while the counts are taken, one side after the other)."""
         if self.rows_sqlite is None or self.rows_postgres is None:
             return False
+        if self.in_flight_difference is not None:  # a key on its way changed twice, or REPLACEd: no excuse
+            return self.rows_sqlite - self.rows_postgres == self.in_flight_difference
         may_add, may_remove = self.in_flight or (0, 0)
         return -may_remove <= self.rows_sqlite - self.rows_postgres <= may_add
 
@@ -272,17 +280,20 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     # Postgres counted first, in one snapshot with its checkpoint; then SQLite, in one
     # snapshot with the changes it holds past that checkpoint (see TableFacts.in_flight).
     side = None
+    held: dict[str, int] = {}  # table -> how many of its keys on their way Postgres holds (counted snapshot)
     for _try in range(COUNT_TRIES):  # again if syncd pruned past Postgres's count meanwhile (seldom)
-        counted_at, pg_counts = await _pg_counts(pg, bk, source, sorted(pg_tables))
-        try:
-            side = await asyncio.to_thread(_sqlite_side, source, sticky, counted_at, retyped,
-                                           settings.sqlite.read_busy_timeout_ms)
-        except (sqlite3.Error, OSError) as e:
-            facts.error = f"cannot read SQLite file {source.path}: {e}"
-            side = None
-            break
-        if not side.pruned_past:
-            break
+        async with pg.transaction(isolation="repeatable_read", readonly=True):
+            counted_at, pg_counts = await _pg_counts(pg, bk, source, sorted(pg_tables))
+            try:
+                side = await asyncio.to_thread(_sqlite_side, source, sticky, counted_at, retyped,
+                                               settings.sqlite.read_busy_timeout_ms)
+            except (sqlite3.Error, OSError) as e:
+                facts.error = f"cannot read SQLite file {source.path}: {e}"
+                side = None
+                break
+            if not side.pruned_past:
+                held = await _held_in_postgres(pg, source.schema, side)
+                break
     names = sorted(set(rows) | (set(side.tables) if side else set()))
     for name in names:
         row = rows.get(name)
@@ -291,10 +302,12 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         else:
             captured, note = side.capture.get(name, (False, "not in the SQLite file"))
         in_flight = None if side is None or side.pruned_past else side.in_flight.get(name, (0, 0))
+        keys = side.keys_in_flight.get(name) if side is not None and not side.pruned_past else None
         facts.tables.append(TableFacts(
             name=name, state=row.state if row else None, reason=row.reason if row else None,
             rows_sqlite=side.tables.get(name) if side else None, rows_postgres=pg_counts.get(name),
             captured=captured, capture_note=note, in_flight=in_flight,
+            in_flight_difference=keys[1] - held[name] if keys is not None and name in held else None,
             copied_at=row.snapshot_finished_at if row else None,
         ))
     facts.left_out = side.left_out if side else []
@@ -353,19 +366,52 @@ class _SqliteSide:
     views: list[str] = field(default_factory=list)  # the views the source's configuration wants
     in_flight: dict[str, tuple[int, int]] = field(default_factory=dict)  # see TableFacts.in_flight
     pruned_past: bool = False  # entries after the checkpoint were pruned meanwhile: in_flight unknown
+    # table -> (its distinct keys on their way, as stored; how many of them it holds now),
+    # read with its count; absent for a table with more than KEYS_LOOKED_UP of them.
+    keys_in_flight: dict[str, tuple[list[tuple], int]] = field(default_factory=dict)
 
 
 COUNT_TRIES = 3
+KEYS_LOOKED_UP = 10_000  # a table's keys on their way looked up one by one on both sides, at most
 
 
 async def _pg_counts(pg: asyncpg.Connection, bk: Bookkeeping | None, source: SourceSettings,
                      tables: list[str]) -> tuple[int, dict[str, int]]:
-    """(the forward checkpoint, each table's row count), from one Postgres snapshot."""
-    async with pg.transaction(isolation="repeatable_read", readonly=True):
-        src = await bk.load_source(pg) if bk is not None else None
-        applied = src.applied_seq if src is not None else 0
-        counts = {n: await pg.fetchval(f"SELECT count(*) FROM {qualified(source.schema, n)}") for n in tables}
+    """(the forward checkpoint, each table's row count), inside the caller's one
+    repeatable-read snapshot."""
+    src = await bk.load_source(pg) if bk is not None else None
+    applied = src.applied_seq if src is not None else 0
+    counts = {n: await pg.fetchval(f"SELECT count(*) FROM {qualified(source.schema, n)}") for n in tables}
     return applied, counts
+
+
+async def _held_in_postgres(pg: asyncpg.Connection, schema: str, side: "_SqliteSide") -> dict[str, int]:
+    """For each table whose keys on their way SQLite listed (keys_in_flight), how many of
+    them Postgres holds, in the caller's snapshot (the one counted). A table whose keys
+    cannot be looked up (a value its key type refuses, a key column Postgres retyped) is
+    left out: its count is then only bounded."""
+    out: dict[str, int] = {}
+    for name, (keys, _held) in side.keys_in_flight.items():
+        spec = side.specs.get(name)
+        if spec is None:
+            continue
+        if not keys:
+            out[name] = 0
+            continue
+        types = [spec.column(k).pgtype for k in spec.key]
+        try:
+            convs = [converter(t) for t in types]
+            columns = [[f(k[i]) for k in keys] for i, f in enumerate(convs)]
+            arrays = ", ".join(f"${i + 1}::{t.value}[]" for i, t in enumerate(types))
+            names = ", ".join(f"k{i}" for i in range(len(types)))
+            on = " AND ".join(f"t.{quote_pg_ident(k)} = u.k{i}" for i, k in enumerate(spec.key))
+            async with pg.transaction():  # a savepoint: a lookup that fails leaves the snapshot usable
+                out[name] = await pg.fetchval(
+                    f"SELECT count(*) FROM {qualified(schema, name)} t JOIN unnest({arrays}) AS u({names}) ON {on}",
+                    *columns)
+        except (ValueMismatch, asyncpg.PostgresError, asyncpg.DataError, TypeError, ValueError):
+            continue
+    return out
 
 
 def _defaults_left_out(specs: dict[str, TableSpec]) -> list[LeftOut]:
@@ -392,7 +438,7 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
     try:
         schema = introspect(conn, source, sticky, retyped)
         state = capture.read_state(conn)
-        tables, captured, in_flight = {}, {}, {}
+        tables, captured, in_flight, keys_in_flight = {}, {}, {}, {}
         pruned_past = bool(state.key_slots) and (state.pruned_seq or 0) > applied_seq + 1
         for name in list(schema.tables) + list(schema.refused):
             # Its count and its changes in flight from one snapshot, one short read
@@ -402,6 +448,10 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
                 tables[name] = conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0]
                 if name in state.registry and state.key_slots and not pruned_past:
                     in_flight[name] = _in_flight(conn, *state.registry[name], applied_seq)
+                    if name in schema.tables:
+                        keys = _keys_in_flight(conn, schema.tables[name], state.registry[name][0], applied_seq)
+                        if keys is not None:
+                            keys_in_flight[name] = keys
             finally:
                 conn.execute("COMMIT")
         for name, spec in schema.tables.items():
@@ -421,7 +471,8 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
         left_out = sorted(schema.left_out.values(), key=lambda lo: lo.name) + _defaults_left_out(schema.tables)
         return _SqliteSide(tables, captured, pending, left_out,
                            disk_guard.suspended(conn), dict(schema.tables),
-                           [n for n, lo in schema.left_out.items() if lo.kind == "view"], in_flight, pruned_past)
+                           [n for n, lo in schema.left_out.items() if lo.kind == "view"], in_flight, pruned_past,
+                           keys_in_flight)
     finally:
         conn.close()
 
@@ -434,6 +485,27 @@ def _in_flight(conn: sqlite3.Connection, tid: int, key: tuple, applied_seq: int)
         "WHERE tid = ? AND seq > ?) GROUP BY op", (tid, applied_seq)).fetchall())
     inserted, updated, deleted = (by_op.get(op, 0) for op in (capture.OP_INSERT, capture.OP_UPDATE, capture.OP_DELETE))
     return inserted + min(updated, deleted), deleted
+
+
+def _keys_in_flight(conn: sqlite3.Connection, spec: TableSpec, tid: int,
+                    applied_seq: int) -> tuple[list[tuple], int] | None:
+    """The distinct keys of table `tid`'s changes after `applied_seq` (as the changelog
+    stores them) and how many of them the table holds now; None past KEYS_LOOKED_UP keys.
+    Inside the caller's read transaction, the one its count is taken in."""
+    slots = [capture.slot(i) for i in range(len(spec.key))]
+    keys = conn.execute(
+        f"SELECT DISTINCT {', '.join(slots)} FROM main.{quote_ident(capture.CHANGELOG)} WHERE tid = ? AND seq > ? "
+        f"LIMIT {KEYS_LOOKED_UP + 1}", (tid, applied_seq)).fetchall()
+    if len(keys) > KEYS_LOOKED_UP:
+        return None
+    if not keys:
+        return [], 0
+    on = " AND ".join(f"s.{spec.sqlite_ref(k)} = c.{slot}" for k, slot in zip(spec.key, slots))
+    held = conn.execute(
+        f"SELECT count(*) FROM (SELECT DISTINCT {', '.join(slots)} FROM main.{quote_ident(capture.CHANGELOG)} "
+        f"WHERE tid = ? AND seq > ?) c WHERE EXISTS (SELECT 1 FROM main.{quote_ident(spec.name)} s WHERE {on})",
+        (tid, applied_seq)).fetchone()[0]
+    return [tuple(k) for k in keys], held
 
 
 def _daemon_status(settings: Settings) -> dict[str, dict]:
