@@ -43,9 +43,11 @@ def signature(settings: Settings) -> tuple:
 
 def matches(pattern: SourceSettings) -> list[tuple[Path, Path, tuple[int, int]]]:
     """(file, its real path, its (device, inode)) for every regular file the glob
-    matches, SQLite's own -wal/-shm/-journal files aside. A fleet's directory holds
-    thousands: each file costs one lstat, its directory's real path is looked up once."""
-    out = []
+    matches, SQLite's own -wal/-shm/-journal files aside; a symlink to a file the glob
+    matches by its own name is left out (one file, one source: its own name keeps it,
+    whichever sorts first). A fleet's directory holds thousands: each file costs one
+    lstat, its directory's real path is looked up once."""
+    out, links = [], []
     real_dirs: dict[str, str] = {}
     for p in glob.glob(str(pattern.path)):
         if p.endswith(("-wal", "-shm", "-journal")):
@@ -60,8 +62,9 @@ def matches(pattern: SourceSettings) -> list[tuple[Path, Path, tuple[int, int]]]
                 st = os.stat(real)
             except OSError:
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
+            if stat.S_ISREG(st.st_mode):
+                links.append((Path(p), Path(real), (st.st_dev, st.st_ino)))
+            continue
         elif stat.S_ISREG(st.st_mode):
             head, tail = os.path.split(p)
             if head not in real_dirs:
@@ -70,7 +73,8 @@ def matches(pattern: SourceSettings) -> list[tuple[Path, Path, tuple[int, int]]]
         else:
             continue
         out.append((Path(p), Path(real), (st.st_dev, st.st_ino)))
-    return sorted(out)
+    own = {real for _file, real, _key in out}
+    return sorted(out + [link for link in links if link[1] not in own])
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -94,12 +98,17 @@ def expand(settings: Settings) -> Settings:
         key = _file_id(s.path)
         if key is not None:
             carried.setdefault(key, s.path)
+    # A running daemon's sources keep their files: a name found since for one of them
+    # (a symlink from another folder the glob matches) is no second source.
+    running = {s.path.resolve(): s.path for s in settings.sources if not is_glob(s.path)}
     found: list[SourceSettings] = []
     problems: list[str] = []
     for pattern in settings.patterns:
         for file, real, key in matches(pattern):
             if real in taken_paths:
                 continue  # configured by itself, or found by an earlier glob
+            if running.get(real, file) != file:
+                continue  # the same file as a source syncd runs under its own name
             taken_paths.add(real)
             other = carried.get(key)
             if other is not None and other != file and other.resolve() != real:

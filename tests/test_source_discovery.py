@@ -11,7 +11,9 @@ import urllib.request
 from syncd.config import load_settings
 from syncd.metrics import ROLLUPS
 from tests.conftest import write_config
+from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.sync import wait_caught_up
 from tests.support.pgcluster import free_port
 from tests.test_metrics import scrape
 
@@ -80,7 +82,7 @@ def test_a_file_is_one_source_however_many_ways_it_is_named(tmp_path, pg_dsn):
         {"name": "t_{stem}", "path": str(d / "*.db")}])
     settings = load_settings(cfg)
     assert sorted((s.name, s.path.name) for s in settings.sources) == [
-        ("main", "acme.db"), ("t_alias", "alias.db")]  # alias.db sorts before globex.db, the file it names
+        ("main", "acme.db"), ("t_globex", "globex.db")]  # its own name, though alias.db sorts before it
     assert settings.discovery_problems == []
 
 
@@ -121,6 +123,38 @@ def test_a_file_under_two_names_is_one_source_and_the_other_name_is_said(tmp_pat
     again = expand(carried)
     assert sorted(s.name for s in again.sources) == ["main", "t_c"]
     assert [p for p in again.discovery_problems if "a.db" in p and f"same file as {d / 'c.db'}" in p]
+
+
+async def test_a_symlink_appearing_beside_a_streamed_file_starts_no_second_source(tmp_path, make_config, pg_dsn):
+    """A symlink to a file the daemon streams, appearing in the glob while it runs
+    (sorting before it), is no second source: two on one file would each prune its
+    changelog at their own pace, and the one behind would lose changes. The daemon goes
+    on with the file's own source, finds a new file meanwhile, and `syncd status` names
+    the sources it runs."""
+    d = tmp_path / "tenants"
+    d.mkdir()
+    first, second = d / "globex.db", d / "initech.db"
+    tenant(first)
+    tenant(second)
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*.db")}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(first, pg_dsn, "t_globex", daemon=dp)
+        await wait_caught_up(second, pg_dsn, "t_initech", daemon=dp)
+        (d / "alias.db").symlink_to(first)
+        (d / "aaa.db").symlink_to(second)
+        tenant(d / "zeta.db")  # found on the same look as the links, or after it
+        await wait_caught_up(d / "zeta.db", pg_dsn, "t_zeta", daemon=dp)
+        conn = sqlite3.connect(second)
+        conn.executemany("INSERT INTO notes VALUES (?, 'written after the links')", [(i,) for i in range(2, 52)])
+        conn.commit()
+        conn.close()
+        await wait_caught_up(second, pg_dsn, "t_initech", daemon=dp)
+        doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+        assert sorted(s["name"] for s in doc["sources"]) == ["t_globex", "t_initech", "t_zeta"], doc["sources"]
+        assert "t_alias" not in dp.log() and "t_aaa" not in dp.log()
+        assert await compare_table(str(second), pg_dsn, "t_initech", "notes") == []
+        assert dp.stop() == 0
 
 
 async def test_a_file_with_another_name_elsewhere_is_warned_about(tmp_path, make_config, pg_dsn):
