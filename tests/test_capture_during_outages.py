@@ -6,6 +6,7 @@ writes never fail because of syncd; once Postgres answers everything is made who
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -133,3 +134,66 @@ async def test_a_changelog_over_its_cap_is_compacted_then_capture_suspended(outa
         assert len(triggers_on(db, "wide")) >= 4
         assert run_cli(cfg, "status").returncode in (0, 1)
         assert d.stop() == 0
+
+
+class QuickWriter(threading.Thread):
+    """An application writing small transactions with a short busy_timeout until stopped:
+    its lock errors, and how many transactions went through."""
+
+    def __init__(self, db, timeout: float):
+        super().__init__(daemon=True)
+        self.db, self.timeout = db, timeout
+        self.stop = threading.Event()
+        self.errors: list[str] = []
+        self.transactions = 0
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.db, timeout=self.timeout)
+        while not self.stop.is_set():
+            try:
+                conn.execute("INSERT INTO hits(v) VALUES ('x')")
+                conn.commit()
+                self.transactions += 1
+            except sqlite3.OperationalError as e:
+                self.errors.append(str(e))
+                conn.rollback()
+            time.sleep(0.01)
+        conn.close()
+
+
+async def test_suspending_capture_never_holds_the_writers_off(outage, tmp_path, pg_dsn):
+    """Suspension deletes the unapplied entries in short windows, after one short
+    transaction that drops the triggers: at the default cap of a gigabyte one DELETE
+    of them all held the file's write lock for seconds. Here 400,000 entries with
+    200-byte keys over a 30 MB cap, and a writer whose busy_timeout is a quarter of a
+    second (one DELETE held it off about as long) sees no lock error."""
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")  # a reader never holds a WAL writer off: only a write lock can
+    conn.executescript("CREATE TABLE notes (k TEXT PRIMARY KEY, v INTEGER);"
+                       "CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT);")
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
+                       sections={**FAST_FAILOVER, "sqlite": {"max_changelog_mb": 30}})
+    writer = QuickWriter(db, timeout=0.25)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        proxy.refuse()
+        conn.execute("INSERT INTO hits(v) VALUES ('work')")  # the idle pipeline asks Postgres
+        d.wait_log("Postgres unreachable")
+        pad = "k" * 200
+        conn.execute("BEGIN")  # one transaction: the cap is crossed once every entry is in
+        conn.executemany("INSERT INTO notes VALUES (?, ?)", ((f"{i}{pad}", i) for i in range(400_000)))
+        conn.execute("COMMIT")
+        writer.start()
+        try:
+            wait_for(lambda: "CAPTURE SUSPENDED" in d.log(), 120, "the suspension", d)
+        finally:
+            writer.stop.set()
+            writer.join(30)
+        left = sqlite3.connect(db)
+        assert left.execute("SELECT count(*) FROM _syncd_changelog").fetchone()[0] < 100  # 400,000 were there
+        left.close()
+        assert d.stop() == 0
+    conn.close()
+    assert writer.transactions > 50 and writer.errors == [], (writer.transactions, writer.errors[:5])

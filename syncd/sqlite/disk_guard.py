@@ -3,10 +3,12 @@
 
 Compaction keeps one entry per key among those not yet applied (the stream reads a
 key's current row whatever its history was), in short windows of deletes. Suspension
-is one short write transaction: syncd's triggers dropped, the unapplied entries
-deleted (all but the newest, so positions never run backwards), every registered
-table marked for a re-snapshot, and the suspension noted in the file. From then on
-the application writes as if syncd were not there. When Postgres answers again, the
+is one short write transaction (syncd's triggers dropped, every registered table marked
+for a re-snapshot, and the suspension noted in the file), then the unapplied entries
+deleted (all but the newest, so positions never run backwards) in short windows too:
+a gigabyte of them in one DELETE would hold the application's writers off for seconds.
+From then on the application writes as if syncd were not there (entries a stop left
+undeleted are replayed and pruned once Postgres answers, harmlessly). When Postgres answers again, the
 pipeline re-installs capture and every table is snapshotted again (aside, so readers
 never see a table empty).
 """
@@ -58,20 +60,28 @@ def compact(conn: sqlite3.Connection, after_seq: int, busy_timeout_ms: int) -> i
 def suspend(conn: sqlite3.Connection, after_seq: int, reason: str, busy_timeout_ms: int) -> None:
     """Stop capturing in this file until Postgres is back (see the module's docstring)."""
 
-    def stop(c: sqlite3.Connection) -> None:
+    def stop(c: sqlite3.Connection) -> int:
         for (name,) in c.execute("SELECT name FROM main.sqlite_master WHERE type = 'trigger' "
                                  "AND substr(name, 1, ?) = ?", (len(TRIGGER_PREFIX), TRIGGER_PREFIX)).fetchall():
             c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
-        top = c.execute(f"SELECT coalesce(max(seq), 0) FROM {CL}").fetchone()[0]
-        c.execute(f"DELETE FROM {CL} WHERE seq > ? AND seq < ?", (after_seq, top))
         c.execute(f"UPDATE main.{quote_ident(REGISTRY)} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), "
                   "reload_reason = ?", ("capture was suspended to protect the disk (" + reason + "): changes made "
                                         "meanwhile were not recorded, so the table is snapshotted again",))
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         c.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES (?, ?)",
                   (SUSPENDED_KEY, f"{stamp} {reason}"))
+        return c.execute(f"SELECT coalesce(max(seq), 0) FROM {CL}").fetchone()[0]
 
-    write_transaction(conn, lambda c: _own_schema_change(c, stop), busy_timeout_ms=busy_timeout_ms)
+    top = write_transaction(conn, lambda c: _own_schema_change(c, stop), busy_timeout_ms=busy_timeout_ms)
+    # No trigger appends to the changelog any more: the windows below are all there is.
+    lo = after_seq
+    while lo < top - 1:
+        hi = min(top - 1, lo + WINDOW)
+        started = time.monotonic()
+        write_transaction(conn, lambda c: c.execute(f"DELETE FROM {CL} WHERE seq > ? AND seq <= ?", (lo, hi)),
+                          busy_timeout_ms=busy_timeout_ms)
+        time.sleep(max(0.005, 2 * (time.monotonic() - started)))
+        lo = hi
 
 
 def suspended(conn: sqlite3.Connection) -> str | None:
