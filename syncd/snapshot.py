@@ -39,6 +39,12 @@ from syncd.sqlite.connection import SqliteWorker
 PROGRESS_EVERY_SECONDS = 5.0
 
 MIN_CHUNK_ROWS = 100  # chunks made smaller after a statement timeout stop here
+# In rollback-journal mode a chunk's read transaction holds every application writer
+# back (SQLite's SHARED lock): it is kept this short, the chunk's rows halved after a
+# read that took longer and doubled (up to the configured size) after one that took a
+# quarter of it. The first chunk is small: a table's rows may weigh kilobytes each.
+READ_HOLD_SECONDS = 0.2
+FIRST_READ_ROWS = 1_000
 
 
 class TableLoad:
@@ -62,6 +68,9 @@ class TableLoad:
         self.schema_version = session.schema_version
         self.plain = False  # every row is sent as read, without the per-chunk check (see open)
         self.divisor = 1  # chunks this many times smaller: one ran over the statement timeout
+        # Rows per read in rollback-journal mode, where a read holds the writers back (see
+        # READ_HOLD_SECONDS); None in WAL mode, where a reader holds no writer back.
+        self.read_rows: int | None = None if session.journal_mode == "wal" else FIRST_READ_ROWS
 
     @property
     def chunk_rows(self) -> int:
@@ -70,7 +79,18 @@ class TableLoad:
         configured = self.session.settings.stream.snapshot_chunk_rows
         width = max(1, len(self.t.spec.columns))
         rows = max(min(configured, 100), min(configured, configured * SIZED_FOR_COLUMNS // width))
-        return max(min(rows, MIN_CHUNK_ROWS), rows // self.divisor)
+        rows = max(min(rows, MIN_CHUNK_ROWS), rows // self.divisor)
+        return rows if self.read_rows is None else max(1, min(rows, self.read_rows))
+
+    def _held(self, seconds: float, limit: int) -> None:
+        """A read of `limit` rows held the file `seconds` (rollback-journal mode): the next
+        reads' size follows (READ_HOLD_SECONDS)."""
+        if self.read_rows is None:
+            return
+        if seconds > READ_HOLD_SECONDS:
+            self.read_rows = max(1, limit // 2)
+        elif seconds < READ_HOLD_SECONDS / 4 and limit >= self.read_rows:
+            self.read_rows = min(self.session.settings.stream.snapshot_chunk_rows, limit * 2)
 
     async def open(self) -> int:
         """Open the read side; returns the changelog position the read starts at."""
@@ -106,6 +126,7 @@ class TableLoad:
         return self.total
 
     def _read(self, conn: sqlite3.Connection, after: tuple | None, limit: int, conv: RowConverter):
+        began = time.monotonic()
         if not self.single_txn:
             conn.execute("BEGIN")
         try:
@@ -117,6 +138,7 @@ class TableLoad:
         finally:
             if not self.single_txn:
                 conn.execute("COMMIT")
+                self._held(time.monotonic() - began, limit)
         if unchanged:
             return rows, pos, None
         # Convert on this thread too: keeps the event loop free while COPY runs.
