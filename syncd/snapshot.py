@@ -35,16 +35,11 @@ from syncd.sqlite import key_identity, reader
 from syncd.sqlite.audit import (audit_position, audit_scan, audit_still_holds, note_audit_passed, passed_note,
                                 unchanged_since)
 from syncd.sqlite.connection import SqliteWorker
+from syncd.sqlite.hold import RowsPerHold
 
 PROGRESS_EVERY_SECONDS = 5.0
 
 MIN_CHUNK_ROWS = 100  # chunks made smaller after a statement timeout stop here
-# In rollback-journal mode a chunk's read transaction holds every application writer
-# back (SQLite's SHARED lock): it is kept this short, the chunk's rows halved after a
-# read that took longer and doubled (up to the configured size) after one that took a
-# quarter of it. The first chunk is small: a table's rows may weigh kilobytes each.
-READ_HOLD_SECONDS = 0.2
-FIRST_READ_ROWS = 1_000
 
 
 class TableLoad:
@@ -68,9 +63,10 @@ class TableLoad:
         self.schema_version = session.schema_version
         self.plain = False  # every row is sent as read, without the per-chunk check (see open)
         self.divisor = 1  # chunks this many times smaller: one ran over the statement timeout
-        # Rows per read in rollback-journal mode, where a read holds the writers back (see
-        # READ_HOLD_SECONDS); None in WAL mode, where a reader holds no writer back.
-        self.read_rows: int | None = None if session.journal_mode == "wal" else FIRST_READ_ROWS
+        # Rows per read in rollback-journal mode, where a read holds the writers back
+        # (sqlite/hold.py); None in WAL mode, where a reader holds no writer back.
+        self.reads = None if session.journal_mode == "wal" else \
+            RowsPerHold(session.settings.stream.snapshot_chunk_rows)
 
     @property
     def chunk_rows(self) -> int:
@@ -80,17 +76,7 @@ class TableLoad:
         width = max(1, len(self.t.spec.columns))
         rows = max(min(configured, 100), min(configured, configured * SIZED_FOR_COLUMNS // width))
         rows = max(min(rows, MIN_CHUNK_ROWS), rows // self.divisor)
-        return rows if self.read_rows is None else max(1, min(rows, self.read_rows))
-
-    def _held(self, seconds: float, limit: int) -> None:
-        """A read of `limit` rows held the file `seconds` (rollback-journal mode): the next
-        reads' size follows (READ_HOLD_SECONDS)."""
-        if self.read_rows is None:
-            return
-        if seconds > READ_HOLD_SECONDS:
-            self.read_rows = max(1, limit // 2)
-        elif seconds < READ_HOLD_SECONDS / 4 and limit >= self.read_rows:
-            self.read_rows = min(self.session.settings.stream.snapshot_chunk_rows, limit * 2)
+        return rows if self.reads is None else min(rows, self.reads.rows)
 
     async def open(self) -> int:
         """Open the read side; returns the changelog position the read starts at."""
@@ -138,7 +124,8 @@ class TableLoad:
         finally:
             if not self.single_txn:
                 conn.execute("COMMIT")
-                self._held(time.monotonic() - began, limit)
+                if self.reads is not None:
+                    self.reads.held(time.monotonic() - began, limit)
         if unchanged:
             return rows, pos, None
         # Convert on this thread too: keeps the event loop free while COPY runs.

@@ -13,7 +13,8 @@ import pytest
 from tests.support.app import Writer, create_items
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess
-from tests.support.sync import wait_caught_up
+from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.way_back import backup_and_config, cut_over, wait_back
 
 
 @pytest.mark.parametrize("journal", ["wal", "delete"])
@@ -148,3 +149,33 @@ async def test_the_first_load_of_heavy_rows_never_holds_a_rollback_journal_write
         writer.join(30)
     assert writer.transactions > 20 and writer.errors == [], (writer.transactions, writer.errors[:5])
     assert await compare_table(str(db), pg_dsn, "app", "docs") == []
+
+
+async def test_the_way_back_writing_heavy_rows_never_holds_a_writer_off(tmp_path, make_config, pg_dsn):
+    """After a cutover syncd writes Postgres's changes into the file, a batch per write
+    transaction, which holds every other writer back (in WAL mode too): a batch's rows
+    follow how long a write takes, where 5,000 rows of 16 KB in one transaction held
+    the writer of a table the freeze leaves writable (one the source does not carry)
+    past a 0.3 s busy_timeout."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, n INTEGER)")
+    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
+    pad = "x" * 16_000
+    conn.executemany("INSERT INTO docs VALUES (?, ?, ?)", ((i, f"{i}{pad}", i) for i in range(1, 6001)))
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db, [{"name": "app", "path": str(db), "exclude": ["hits"]}])
+    writer = ShortTimeoutWriter(db, timeout=0.3)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        writer.start()
+        try:
+            await pg_rows(pg_dsn, "UPDATE app.docs SET n = n + 1")  # the application, on Postgres now
+            await wait_back(cfg, db, pg_dsn, daemon=d, timeout=180)
+        finally:
+            writer.stop.set()
+            writer.join(30)
+        assert d.stop() == 0
+    assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])

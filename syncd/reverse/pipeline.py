@@ -41,6 +41,7 @@ from syncd.session import SourceSession, changed, new_row
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import contended
 from syncd.sqlite.connection import SourceFileError
+from syncd.sqlite.hold import RowsPerHold
 from syncd.types import ValueMismatch, converter
 
 # Health states (the forward pipeline's names where they mean the same).
@@ -171,6 +172,9 @@ class ReversePipeline:
         self.retired: str | None = None
         self.lookups_due = 0.0  # retired: when syncd's lookup indexes are (next) dropped
         self.sink = SqliteSink(settings.sqlite.write_busy_timeout_ms)
+        # Rows per write transaction into the file, streamed and copied (sqlite/hold.py).
+        self.writes = RowsPerHold(settings.stream.batch_size)
+        self.reload_writes = RowsPerHold(RELOAD_CHUNK_ROWS)
         self.last_direction_check = 0.0
         self.last_retention_check = 0.0
         self.last_request_check = 0.0
@@ -640,8 +644,8 @@ class ReversePipeline:
         s = self.session
         assert self.checkpoint is not None
         followed = self._followed()
-        batch = await reader.read_batch(s.pg, self.names, self.source.schema, followed, self.checkpoint,
-                                        self.settings.stream.batch_size)
+        limit = self.writes.rows
+        batch = await reader.read_batch(s.pg, self.names, self.source.schema, followed, self.checkpoint, limit)
         if batch.empty and batch.before.target is None:
             return False  # nothing new: the checkpoint need not be written
         by_tid = {t.tid: t for t in self.tables.values() if t.tid is not None}
@@ -660,6 +664,7 @@ class ReversePipeline:
             return True
         self.checkpoint = batch.after
         elapsed = time.monotonic() - started
+        self.writes.held(elapsed, limit)
         if not batch.empty and time.monotonic() - self.applied_written >= APPLIED_AT_EVERY:
             await s.bk.touch_applied(s.pg)  # the source's last apply, as status and the report show it
             self.applied_written = time.monotonic()
@@ -770,18 +775,21 @@ class ReversePipeline:
             self.loading = None
             return False
         st = t.source_table()
-        chunk = await reader.read_chunk(s.pg, self.source.schema, st, load.after, RELOAD_CHUNK_ROWS)
+        size = self.reload_writes.rows
+        chunk = await reader.read_chunk(s.pg, self.source.schema, st, load.after, size)
         kshapes = [t.shapes[i] for i in t.spec.key_indexes]
         for r in chunk:
             load.keep.add(tuple(tables.values.pg_token(sh.family, r[i]) for sh, i in zip(kshapes, t.spec.key_indexes)))
         ta = TableApply(t.tid, t.spec, t.shapes, chunk)
-        last = len(chunk) < RELOAD_CHUNK_ROWS
+        last = len(chunk) < size
         plan = ApplyPlan([ta], schema_version=s.schema_version)
         if last:
             await self._gone_rows(t, ta, load.keep)
             plan.reload_done = [t.name]
         try:
+            started = time.monotonic()
             outcome = await self._apply(plan)
+            self.reload_writes.held(time.monotonic() - started, size)
         except SchemaMoved:
             self.needs_reconcile = True
             self.loading = None
