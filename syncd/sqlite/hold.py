@@ -12,7 +12,7 @@ kept waiting near it.
 
 from __future__ import annotations
 
-HOLD_SECONDS = 0.2
+HOLD_SECONDS = 0.3
 FIRST_ROWS = 1_000  # the first transaction's rows: a table's rows may weigh kilobytes each
 
 
