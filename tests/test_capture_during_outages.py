@@ -6,7 +6,6 @@ writes never fail because of syncd; once Postgres answers everything is made who
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from urllib.parse import urlsplit
 
@@ -14,6 +13,7 @@ import pytest
 
 from tests.conftest import FAST_FAILOVER, write_config
 from tests.test_metrics import scrape
+from tests.support.app import ShortTimeoutWriter
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
@@ -136,31 +136,6 @@ async def test_a_changelog_over_its_cap_is_compacted_then_capture_suspended(outa
         assert d.stop() == 0
 
 
-class QuickWriter(threading.Thread):
-    """An application writing small transactions with a short busy_timeout until stopped:
-    its lock errors, and how many transactions went through."""
-
-    def __init__(self, db, timeout: float):
-        super().__init__(daemon=True)
-        self.db, self.timeout = db, timeout
-        self.stop = threading.Event()
-        self.errors: list[str] = []
-        self.transactions = 0
-
-    def run(self) -> None:
-        conn = sqlite3.connect(self.db, timeout=self.timeout)
-        while not self.stop.is_set():
-            try:
-                conn.execute("INSERT INTO hits(v) VALUES ('x')")
-                conn.commit()
-                self.transactions += 1
-            except sqlite3.OperationalError as e:
-                self.errors.append(str(e))
-                conn.rollback()
-            time.sleep(0.01)
-        conn.close()
-
-
 async def test_suspending_capture_never_holds_the_writers_off(outage, tmp_path, pg_dsn):
     """Suspension deletes the unapplied entries in short windows, after one short
     transaction that drops the triggers: at the default cap of a gigabyte one DELETE
@@ -175,7 +150,7 @@ async def test_suspending_capture_never_holds_the_writers_off(outage, tmp_path, 
                        "CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT);")
     cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
                        sections={**FAST_FAILOVER, "sqlite": {"max_changelog_mb": 30}})
-    writer = QuickWriter(db, timeout=0.25)
+    writer = ShortTimeoutWriter(db, timeout=0.25, pause=0.01)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         proxy.refuse()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.support.app import Writer, create_items
+from tests.support.app import ShortTimeoutWriter, Writer, create_items, heavy_file
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess
 from tests.support.sync import pg_rows, wait_caught_up
@@ -97,31 +97,6 @@ def test_a_write_lock_held_long_is_logged(tmp_path, caplog):
     assert conn.execute("SELECT n FROM items WHERE id = 1").fetchone()[0] == 2  # the first one's, not the second's
 
 
-class ShortTimeoutWriter(threading.Thread):
-    """An application committing a small transaction every 20 ms with a busy_timeout of
-    `timeout` seconds, until stopped: its lock errors and its transactions."""
-
-    def __init__(self, db, timeout: float):
-        super().__init__(daemon=True)
-        self.db, self.timeout = db, timeout
-        self.stop = threading.Event()
-        self.errors: list[str] = []
-        self.transactions = 0
-
-    def run(self) -> None:
-        conn = sqlite3.connect(self.db, timeout=self.timeout)
-        while not self.stop.is_set():
-            try:
-                conn.execute("INSERT INTO hits(v) VALUES ('x')")
-                conn.commit()
-                self.transactions += 1
-            except sqlite3.OperationalError as e:
-                self.errors.append(str(e))
-                conn.rollback()
-            time.sleep(0.02)
-        conn.close()
-
-
 async def test_the_first_load_of_heavy_rows_never_holds_a_rollback_journal_writer_off(tmp_path, make_config,
                                                                                       pg_dsn):
     """In rollback-journal mode each chunk of a table's first load is read in a
@@ -129,14 +104,7 @@ async def test_the_first_load_of_heavy_rows_never_holds_a_rollback_journal_write
     long a read takes (0.3 s at most), where 30,000 rows of 8 KB in one
     read (a chunk holds up to 50,000) held a writer with a half-second busy_timeout off past it."""
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA journal_mode=delete")
-    conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT)")
-    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
-    pad = "x" * 8000
-    conn.executemany("INSERT INTO docs VALUES (?, ?)", ((i, f"{i}{pad}") for i in range(1, 30_001)))
-    conn.commit()
-    conn.close()
+    heavy_file(db, "delete", rows=30_000, size=8_000)
     cfg = make_config([{"name": "app", "path": str(db)}])
     writer = ShortTimeoutWriter(db, timeout=0.5)
     writer.start()
@@ -158,14 +126,7 @@ async def test_the_way_back_writing_heavy_rows_never_holds_a_writer_off(tmp_path
     the writer of a table the freeze leaves writable (one the source does not carry)
     past a 0.5 s busy_timeout."""
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, n INTEGER)")
-    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
-    pad = "x" * 16_000
-    conn.executemany("INSERT INTO docs VALUES (?, ?, ?)", ((i, f"{i}{pad}", i) for i in range(1, 6001)))
-    conn.commit()
-    conn.close()
+    heavy_file(db, "wal", rows=6_000, size=16_000)
     cfg = backup_and_config(make_config, tmp_path, db, [{"name": "app", "path": str(db), "exclude": ["hits"]}])
     writer = ShortTimeoutWriter(db, timeout=0.5)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
