@@ -699,7 +699,14 @@ async def _columns_changed_meaning(session: SourceSession, spec: TableSpec, pgt:
     share = await _evidence(session, spec, [(c, c) for c in shared], spec.key, have)
     if share is None:
         return []
-    return [c for c, s in zip(shared, share) if (s < 0.9 if s is not None else await _emptied(session, spec, c, c))]
+    changed = []
+    for c, s in zip(shared, share):
+        if s is None:  # no value in the rows sampled: changed if SQLite's column holds none anywhere
+            if await _emptied(session, spec, c, c):
+                changed.append(c)
+        elif s < 0.9:
+            changed.append(c)
+    return changed
 
 
 async def _move_rowid_column(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable) -> bool:

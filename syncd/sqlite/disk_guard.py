@@ -8,9 +8,9 @@ for a re-snapshot, and the suspension noted in the file), then the unapplied ent
 deleted (all but the newest, so positions never run backwards) in short windows too:
 a gigabyte of them in one DELETE would hold the application's writers off for seconds.
 From then on the application writes as if syncd were not there (entries a stop left
-undeleted are replayed and pruned once Postgres answers, harmlessly). When Postgres answers again, the
-pipeline re-installs capture and every table is snapshotted again (aside, so readers
-never see a table empty).
+undeleted are replayed and pruned once Postgres answers, harmlessly). When Postgres
+answers again, the pipeline re-installs capture and every table is snapshotted again
+(aside, so readers never see a table empty).
 """
 
 from __future__ import annotations
@@ -47,14 +47,19 @@ def compact(conn: sqlite3.Connection, after_seq: int, busy_timeout_ms: int) -> i
             else:
                 seen.add(ident)
         if doomed:
-            started = time.monotonic()
-            write_transaction(conn, lambda c: c.executemany(f"DELETE FROM {CL} WHERE seq = ?",
-                                                            [(s,) for s in doomed]),
-                              busy_timeout_ms=busy_timeout_ms)
+            _paced(conn, lambda c: c.executemany(f"DELETE FROM {CL} WHERE seq = ?", [(s,) for s in doomed]),
+                   busy_timeout_ms)
             deleted += len(doomed)
-            time.sleep(max(0.005, 2 * (time.monotonic() - started)))
         hi = lo
     return deleted
+
+
+def _paced(conn: sqlite3.Connection, fn, busy_timeout_ms: int) -> None:
+    """fn(conn) in a short write transaction of its own, then a pause twice as long, so
+    the application's writers go first between two of them."""
+    started = time.monotonic()
+    write_transaction(conn, fn, busy_timeout_ms=busy_timeout_ms)
+    time.sleep(max(0.005, 2 * (time.monotonic() - started)))
 
 
 def suspend(conn: sqlite3.Connection, after_seq: int, reason: str, busy_timeout_ms: int) -> None:
@@ -77,10 +82,7 @@ def suspend(conn: sqlite3.Connection, after_seq: int, reason: str, busy_timeout_
     lo = after_seq
     while lo < top - 1:
         hi = min(top - 1, lo + WINDOW)
-        started = time.monotonic()
-        write_transaction(conn, lambda c: c.execute(f"DELETE FROM {CL} WHERE seq > ? AND seq <= ?", (lo, hi)),
-                          busy_timeout_ms=busy_timeout_ms)
-        time.sleep(max(0.005, 2 * (time.monotonic() - started)))
+        _paced(conn, lambda c: c.execute(f"DELETE FROM {CL} WHERE seq > ? AND seq <= ?", (lo, hi)), busy_timeout_ms)
         lo = hi
 
 

@@ -31,6 +31,7 @@ def kind_words(cut_over: bool) -> dict[str, str]:
     """How each kind of difference reads, before the cutover or after it."""
     return KIND_TEXT_CUT_OVER if cut_over else KIND_TEXT
 
+
 MAX_LISTED = 1000  # differences kept per table (the counts stay exact)
 
 
