@@ -493,19 +493,14 @@ def _keys_in_flight(conn: sqlite3.Connection, spec: TableSpec, tid: int,
     stores them) and how many of them the table holds now; None past KEYS_LOOKED_UP keys.
     Inside the caller's read transaction, the one its count is taken in."""
     slots = [capture.slot(i) for i in range(len(spec.key))]
-    keys = conn.execute(
-        f"SELECT DISTINCT {', '.join(slots)} FROM main.{quote_ident(capture.CHANGELOG)} WHERE tid = ? AND seq > ? "
-        f"LIMIT {KEYS_LOOKED_UP + 1}", (tid, applied_seq)).fetchall()
-    if len(keys) > KEYS_LOOKED_UP:
-        return None
-    if not keys:
-        return [], 0
     on = " AND ".join(f"s.{spec.sqlite_ref(k)} = c.{slot}" for k, slot in zip(spec.key, slots))
-    held = conn.execute(
-        f"SELECT count(*) FROM (SELECT DISTINCT {', '.join(slots)} FROM main.{quote_ident(capture.CHANGELOG)} "
-        f"WHERE tid = ? AND seq > ?) c WHERE EXISTS (SELECT 1 FROM main.{quote_ident(spec.name)} s WHERE {on})",
-        (tid, applied_seq)).fetchone()[0]
-    return [tuple(k) for k in keys], held
+    rows = conn.execute(
+        f"SELECT {', '.join(f'c.{slot}' for slot in slots)}, EXISTS (SELECT 1 FROM main.{quote_ident(spec.name)} s "
+        f"WHERE {on}) FROM (SELECT DISTINCT {', '.join(slots)} FROM main.{quote_ident(capture.CHANGELOG)} "
+        f"WHERE tid = ? AND seq > ? LIMIT {KEYS_LOOKED_UP + 1}) c", (tid, applied_seq)).fetchall()
+    if len(rows) > KEYS_LOOKED_UP:
+        return None
+    return [tuple(r[:-1]) for r in rows], sum(r[-1] for r in rows)
 
 
 def _daemon_status(settings: Settings) -> dict[str, dict]:
