@@ -14,6 +14,7 @@ from tests.support.app import ShortTimeoutWriter, Writer, create_items, heavy_fi
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess
 from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.verifying import verify
 from tests.support.way_back import backup_and_config, cut_over, wait_back
 
 
@@ -140,3 +141,28 @@ async def test_the_way_back_writing_heavy_rows_never_holds_a_writer_off(tmp_path
             writer.join(30)
         assert d.stop() == 0
     assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])
+
+
+async def test_verifying_heavy_rows_never_holds_a_rollback_journal_writer_off(tmp_path, make_config, pg_dsn):
+    """`syncd verify` hashes a chunk's rows cell by cell under one read lock while that
+    lock is short: a chunk of 30,000 rows of 16 KB held a writer with a half-second
+    busy_timeout off past it in rollback-journal mode (the daemon's check of 10,000,
+    the default [verify] chunk_rows, did too while it streamed). A read goes on in the
+    next transaction once it has held the file 0.3 s, whatever the chunk's size."""
+    db = tmp_path / "app.db"
+    heavy_file(db, "delete", rows=30_000, size=16_000)
+    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}],
+                      sections={"verify": {"interval_seconds": 0, "chunk_rows": 50_000}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=240)
+        assert d.stop() == 0
+    writer = ShortTimeoutWriter(db, timeout=0.5)
+    writer.start()
+    try:
+        done = verify(cfg)
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 of 1 table(s) equal" in done.stdout, done.stdout
+    assert writer.transactions > 5 and writer.errors == [], (writer.transactions, writer.errors[:5])

@@ -1,14 +1,17 @@
 """What `syncd verify` reads from (and, repairing, writes to) a SQLite file.
 
-Every function runs on the verify connection's own thread and is one short read
-transaction: at most one chunk of rows (`[verify] chunk_rows`), so in rollback-journal
-mode an application writer waits at most that long. A key's row is read together
-with the changelog entries that name it, in one transaction.
+Every function runs on the verify connection's own thread in short read
+transactions: at most one chunk of rows (`[verify] chunk_rows`) each, and in
+rollback-journal mode, where a reader holds the application's commits back, never
+much longer than sqlite/hold.py's HOLD_SECONDS (heavy rows make a chunk's read
+long). A key's row is read together with the changelog entries that name it, in one
+transaction.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from syncd.model import TableSpec
 from syncd.sqlite import capture
 from syncd.sqlite.capture import CHANGELOG, slot
 from syncd.sqlite.connection import fetchall_text_safe
+from syncd.sqlite.hold import HOLD_SECONDS
 from syncd.verify.keyspace import Bound, KeyRange, KeySpace, cell_case, quoted_sqlite_table
 from syncd.verify.rowhash import SqliteRowHash
 
@@ -37,6 +41,35 @@ def read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     finally:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+
+
+class ReadHold:
+    """read_transaction() for work done in parts: in rollback-journal mode `due()` says
+    when the transaction has held the file HOLD_SECONDS, and `renew()` ends it and
+    begins the next, so a writer waiting meanwhile gets its turn. In WAL mode, where a
+    reader holds no writer back, nothing is ever due."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.wal = conn.execute("PRAGMA main.journal_mode").fetchone()[0].lower() == "wal"
+        self.began = 0.0
+
+    def __enter__(self) -> "ReadHold":
+        self.conn.execute("BEGIN")
+        self.began = time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def due(self) -> bool:
+        return not self.wal and time.monotonic() - self.began > HOLD_SECONDS
+
+    def renew(self) -> None:
+        self.conn.execute("ROLLBACK")
+        self.conn.execute("BEGIN")
+        self.began = time.monotonic()
 
 
 def count_rows(conn: sqlite3.Connection, spec: TableSpec) -> int:
@@ -125,8 +158,10 @@ def cell_sums(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, r: 
     table = quoted_sqlite_table(ks.spec)
     if ks.sqlite_indexed or not bounds:
         out = []
-        with read_transaction(conn):  # the chunk's cells under one lock, not one each
+        with ReadHold(conn) as hold:  # the chunk's cells under one lock, not one each, while it is short
             for cell in split(r, bounds):
+                if hold.due():
+                    hold.renew()  # 10,000 rows of 16 KB hashed under one lock held a writer 0.6 s
                 where, params = ks.sqlite_where(cell)
                 n, total = conn.execute(f"SELECT count(*), {hasher.sql} FROM {table} WHERE {where}", params).fetchone()
                 out.append((n, total or 0))  # over no rows SQLite never calls finalize: NULL
@@ -179,7 +214,7 @@ def _rows_by_key(conn: sqlite3.Connection, spec: TableSpec, keys: Sequence[tuple
 
 @dataclass
 class KeyEvidence:
-    """Rows for some keys, read in one transaction with the changelog's state."""
+    """Rows for some keys, each read in one transaction with the changelog's state."""
 
     rows: list[tuple]
     max_seq: int
@@ -191,25 +226,50 @@ def rows_with_evidence(conn: sqlite3.Connection, spec: TableSpec, tid: int, keys
                        scan: bool, after_seq: int) -> KeyEvidence:
     """Current rows for `keys` (every row when `scan`: some keys have no known SQLite
     form) and, from the same snapshot, which of this table's keys changed after
-    `after_seq`."""
+    `after_seq`. In rollback-journal mode a long read is cut into several transactions,
+    each with its own view of the changelog (ReadHold); the evidence is what they all
+    say together: any key changed in one counts as changed, the newest changelog end
+    is the one to wait for, and if entries after `after_seq` were gone in any of them,
+    no key's change can be ruled out."""
     nkey = len(spec.key)
     slots = ", ".join(slot(i) for i in range(nkey))
-    with read_transaction(conn):
+    rows: list[tuple] = []
+    views: list[tuple[int, int, list[tuple] | None]] = []
+    with ReadHold(conn) as hold:
         if scan:
             cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
             rows = fetchall_text_safe(conn, f"SELECT {cols} FROM {quoted_sqlite_table(spec)}")
         else:
-            rows = _rows_by_key(conn, spec, keys)
-        max_seq, after = conn.execute(
-            f"SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > ?) FROM {CL}", (after_seq,)
-        ).fetchone()
-        changed: list[tuple] | None = fetchall_text_safe(
-            conn, f"SELECT DISTINCT {slots} FROM {CL} WHERE tid = ? AND seq > ? LIMIT ?",
-            (tid, after_seq, MAX_CHANGED_KEYS + 1),
-        )
-        if changed is not None and len(changed) > MAX_CHANGED_KEYS:
+            for i in range(0, len(keys), LOOKUP_BATCH):
+                if i and hold.due():
+                    views.append(_changelog_view(conn, tid, after_seq, slots))
+                    hold.renew()
+                rows += _rows_by_key(conn, spec, keys[i : i + LOOKUP_BATCH])
+        views.append(_changelog_view(conn, tid, after_seq, slots))
+    max_seq, after, changed = views[-1]
+    for seen_max, seen_after, seen_changed in views[:-1]:
+        if changed is None or seen_changed is None or seen_after != seen_max - after_seq:
             changed = None
-        return KeyEvidence(rows, max_seq, after, changed)
+        else:
+            changed = list(dict.fromkeys(changed + seen_changed))
+    return KeyEvidence(rows, max_seq, after, changed)
+
+
+def _changelog_view(conn: sqlite3.Connection, tid: int, after_seq: int,
+                    slots: str) -> tuple[int, int, list[tuple] | None]:
+    """(the changelog's newest entry, its entries after `after_seq`, the keys of table
+    `tid` those name, None when more than MAX_CHANGED_KEYS), as the transaction in
+    progress sees them."""
+    max_seq, after = conn.execute(
+        f"SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > ?) FROM {CL}", (after_seq,)
+    ).fetchone()
+    changed: list[tuple] | None = fetchall_text_safe(
+        conn, f"SELECT DISTINCT {slots} FROM {CL} WHERE tid = ? AND seq > ? LIMIT ?",
+        (tid, after_seq, MAX_CHANGED_KEYS + 1),
+    )
+    if changed is not None and len(changed) > MAX_CHANGED_KEYS:
+        changed = None
+    return max_seq, after, changed
 
 
 @dataclass
@@ -236,15 +296,7 @@ def counts_with_changes(conn: sqlite3.Connection, spec: TableSpec, tid: int, aft
         changed_rows = conn.execute(
             f"SELECT count(*) FROM {table} WHERE {key} IN (SELECT {slots} FROM {CL} WHERE tid = ? AND seq > ?)",
             (tid, after_seq)).fetchone()[0]
-        max_seq, after = conn.execute(
-            f"SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > ?) FROM {CL}", (after_seq,)
-        ).fetchone()
-        changed: list[tuple] | None = fetchall_text_safe(
-            conn, f"SELECT DISTINCT {slots} FROM {CL} WHERE tid = ? AND seq > ? LIMIT ?",
-            (tid, after_seq, MAX_CHANGED_KEYS + 1),
-        )
-    if changed is not None and len(changed) > MAX_CHANGED_KEYS:
-        changed = None
+        max_seq, after, changed = _changelog_view(conn, tid, after_seq, slots)
     return ChangeCounts(rows, changed_rows, max_seq, after, changed)
 
 
