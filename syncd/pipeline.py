@@ -941,7 +941,7 @@ class Pipeline:
                     or time.monotonic() - self.closed_at >= IDLE_RELOOK_SECONDS):
                 self.wake.set()
             metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
-            metrics.replication_lag_seconds.labels(self.name).set(self.lag.lag(time.time()))
+            metrics.replication_lag_seconds.labels(self.name).set(self.lag_seconds(time.time()))
             return
         try:
             if s.worker.conn is not None:
@@ -962,7 +962,7 @@ class Pipeline:
             self.file_changed = True
             self.wake.set()
         metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
-        metrics.replication_lag_seconds.labels(self.name).set(self.lag.lag(time.time()))
+        metrics.replication_lag_seconds.labels(self.name).set(self.lag_seconds(time.time()))
 
     async def _rearm_while_away(self) -> None:
         """The schema moved while Postgres is away (a table rebuilt, a new one): capture
