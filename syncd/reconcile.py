@@ -506,8 +506,9 @@ async def _reconcile_table(
         what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in diff.retyped) or "primary key changed"
         session.info(f"column types changed ({what}): reloading the table", table=name, event="table_retyped")
         return _pending(row, None)
-    if moved and row.state == bk.STREAMING:  # a held table's rows changed since its hold would look moved
-        strangers = await _columns_changed_meaning(session, spec, pgt)
+    since = _position(row, session.applied_seq)
+    if moved and since is not None:
+        strangers = await _columns_changed_meaning(session, spec, pgt, since)
         if strangers:
             cols = ", ".join(f'"{c}"' for c in strangers)
             session.warning(f"column(s) {cols} no longer hold what Postgres holds for the same rows (renamed, "
@@ -597,14 +598,15 @@ EVIDENCE_ROWS = 200
 
 
 async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[str, str]],
-                    pg_key: tuple[str, ...], pg_names: set[str]) -> list[float | None] | None:
+                    pg_key: tuple[str, ...], pg_names: set[str], since: int | None = None) -> list[float | None] | None:
     """For each (Postgres column, SQLite column) pair, the share of up to EVIDENCE_ROWS
     rows (sampled across the table, rows changed since Postgres last saw them left out)
     where the two hold the same value, counting only rows where either holds one (a
     mostly-NULL column dropped and added again agrees on its NULLs and says nothing by
     them): None for a pair no such row tells; None for all when there is no evidence
     (no row, or a key SQLite does not store or Postgres does not have). `pg_key`:
-    Postgres's names of spec.key."""
+    Postgres's names of spec.key; `since`: the position the table's rows are at (the
+    stream's by default)."""
     conn = session.pg
     assert conn is not None
     if any(k not in {c.name for c in spec.stored_columns} for k in spec.key) and not spec.rowid_keyed:
@@ -630,7 +632,8 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
         return None
     current, _gone = await session.worker.run(collisions.read_current, spec, [tuple(r)[:nkey] for r in pg_rows])
     tid = session.capture.tid_of(spec.name) if session.capture else None
-    moving = set() if tid is None else await session.worker.run(reader.changed_keys, tid, nkey, session.applied_seq)
+    moving = set() if tid is None else await session.worker.run(reader.changed_keys, tid, nkey,
+                                                                   session.applied_seq if since is None else since)
     conv = RowConverter(spec)
     idx = [spec.column_names.index(sq) for _, sq in pairs]
     types = [spec.column(sq).pgtype for _, sq in pairs]
@@ -688,15 +691,30 @@ async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new:
     return share[0] >= 0.9
 
 
-async def _columns_changed_meaning(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable) -> list[str]:
+def _position(row: TableRow, applied_seq: int) -> int | None:
+    """The changelog position up to which the rows Postgres holds for the table are
+    SQLite's (changes after it are still to be applied), or None when the table is to be
+    loaded from scratch anyway, or is loading aside (its live rows are older still). A
+    table held, paused or catching up holds rows as they were at its own position."""
+    state = row.resume_to if row.state in (bk.HELD, bk.PAUSED) else row.state
+    if state == bk.STREAMING:
+        return applied_seq
+    if state == bk.CATCHUP or (state == bk.LOADING and not row.load_aside):
+        return row.from_seq  # None for a load not started: nothing to compare
+    return None
+
+
+async def _columns_changed_meaning(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable,
+                                   since: int) -> list[str]:
     """Columns both sides name alike whose values no longer agree: a name alone does not
     say a column is the one Postgres copied (renamed away and added again, two names
-    swapped, dropped and added back: the shapes can look unchanged). The data says."""
+    swapped, dropped and added back: the shapes can look unchanged). The data says, from
+    rows unchanged since `since`, the position the table's rows in Postgres are at."""
     have = {c.name for c in pgt.columns}
     shared = [c.name for c in spec.stored_columns if c.name in have and c.name not in spec.key]
     if not shared:
         return []
-    share = await _evidence(session, spec, [(c, c) for c in shared], spec.key, have)
+    share = await _evidence(session, spec, [(c, c) for c in shared], spec.key, have, since)
     if share is None:
         return []
     changed = []
