@@ -106,3 +106,25 @@ async def test_a_configured_key_two_rows_share_holds_the_table(app_db, make_conf
         assert d.stop() == 0
     assert (await table_states(pg_dsn, "app"))["log"][0] == "streaming"
     assert await compare_table(str(app_db), pg_dsn, "app", "log", key=["code"]) == []
+
+
+async def test_an_integer_primary_key_declared_desc_is_not_the_rowid(tmp_path, make_config, pg_dsn):
+    """`id INTEGER PRIMARY KEY DESC` is, by a quirk SQLite keeps for compatibility, an
+    ordinary key with an index of its own, not the rowid: ids and rowids run apart. A
+    load that walked the rowid but resumed from the id looped at its second chunk,
+    reloading, with the table held on a duplicate key."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY DESC, v TEXT)")
+    conn.executemany("INSERT INTO items VALUES (?, ?)", [(i, f"v{i}") for i in range(250, 0, -1)])
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"stream": {"snapshot_chunk_rows": 100}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
+        conn.execute("UPDATE items SET v = 'changed' WHERE id % 7 = 0")
+        conn.execute("DELETE FROM items WHERE id > 240")
+        conn.commit()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
+        assert d.stop() == 0
+    conn.close()
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []

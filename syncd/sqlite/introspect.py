@@ -59,6 +59,15 @@ def _unique_indexes(conn: sqlite3.Connection, table: str) -> list[tuple[str, boo
     return sorted(out)
 
 
+def _pk_indexed(conn: sqlite3.Connection, table: str) -> bool:
+    """Whether the table's primary key is kept in an index of its own. A single INTEGER
+    PRIMARY KEY column is the rowid itself and has none, except when declared
+    `INTEGER PRIMARY KEY DESC` in the column's definition: by a quirk SQLite keeps for
+    compatibility, that is an ordinary key, whose values and the rowids run apart."""
+    return any(origin == "pk" for _seq, _name, _unique, origin, _partial
+               in conn.execute(f"PRAGMA main.index_list({quote_ident(table)})"))
+
+
 def rowid_column_name(column_names: list[str] | tuple[str, ...]) -> str:
     """The Postgres name of a keyless table's rowid column: `_syncd_rowid`, or the first
     free `_syncd_rowid_<n>` should the table have a column of that name."""
@@ -107,6 +116,7 @@ class RawTable:
     without_rowid: bool
     columns: list[tuple]  # table_xinfo rows: cid, name, type, notnull, dflt_value, pk, hidden
     uniques: list[tuple[str, bool, list[tuple[int, str | None, str]]]]
+    pk_indexed: bool = False  # the primary key has an index of its own: it is not the rowid
 
     @property
     def pk(self) -> tuple[str, ...]:
@@ -248,7 +258,7 @@ def describe_table(
         key_origin=origin,
         unique_sets=tuple(unique_sets),
         notes=tuple(notes),
-        rowid_alias=(not without_rowid and origin == "primary key" and len(key) == 1
+        rowid_alias=(not without_rowid and origin == "primary key" and len(key) == 1 and not raw_table.pk_indexed
                      and next(c.declared for c in columns if c.name == key[0]).strip().upper() == "INTEGER"),
     )
 
@@ -280,7 +290,8 @@ def introspect(
             elif kind != "table":
                 schema.left_out[name] = leftout.LeftOut(name, kind, f"a {kind} object", "nothing syncd can carry")
             else:
-                raws.append(RawTable(name, without_rowid, _columns(conn, name), _unique_indexes(conn, name)))
+                raws.append(RawTable(name, without_rowid, _columns(conn, name), _unique_indexes(conn, name),
+                                     _pk_indexed(conn, name)))
     finally:
         conn.execute("COMMIT")
     for raw in raws:  # type inference scans data: outside the schema's transaction
