@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.support.rowcompare import real_as_text
+from tests.support.rowcompare import instant, real_as_text
 
 
 def _q(name: str) -> str:
@@ -81,8 +81,12 @@ def same_value(sv: Any, pv: Any) -> bool:
         return False
     if isinstance(pv, bytes):
         return isinstance(sv, bytes) and sv == pv
-    if isinstance(pv, (dt.datetime, dt.date)):
-        return str(sv)[:10] == pv.isoformat()[:10]
+    if isinstance(pv, dt.datetime):  # the same instant, to the microsecond
+        if pv.tzinfo is not None:
+            pv = pv.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return instant(sv) == pv
+    if isinstance(pv, dt.date):
+        return str(sv)[:10] == pv.isoformat()
     return sv == pv
 
 

@@ -55,7 +55,7 @@ def same_value(sv: Any, pv: Any) -> bool:
     if isinstance(pv, bytes):
         return type(sv) is bytes and sv == pv
     if isinstance(pv, dt.datetime):
-        return _instant(sv) == pv
+        return instant(sv) == pv
     raise TypeError(f"no comparison for Postgres value {pv!r}")
 
 
@@ -79,7 +79,7 @@ def _bits(f: float) -> bytes:
     return struct.pack(">d", f)
 
 
-def _instant(sv: Any) -> dt.datetime | None:
+def instant(sv: Any) -> dt.datetime | None:
     """A `timestamp` column's reading of a SQLite value: ISO text (a trailing Z or an
     offset is converted to UTC) or unix seconds."""
     if isinstance(sv, (int, float)) and not isinstance(sv, bool):
