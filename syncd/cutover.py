@@ -35,7 +35,7 @@ from syncd import parity
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
-from syncd.postgres import ddl
+from syncd.postgres import app_triggers, ddl
 from syncd.postgres.bookkeeping import Bookkeeping, ensure_bookkeeping, lock_key
 from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
 from syncd.printable import listed
@@ -430,6 +430,8 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
                 objects = await parity.read_pg_objects(conn, source.schema)
                 present = {key[2]: obj.comment for key, obj in objects.items() if key[0] == "relation"}
                 res.plan += await asyncio.to_thread(parity.preview, settings, source, specs, present)
+                res.plan += [f"would enable {t} again (syncd disabled it while it wrote the rows from SQLite)"
+                             for t in await app_triggers.quieted(conn, b.schema, source.name)]
                 res.plan.append(f"expected write downtime: about {_estimate(rows, pending):.1f} s "
                                 "(drain, a full verification, then one Postgres transaction that also creates "
                                 "the constraints and types listed above)")
@@ -497,11 +499,12 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         specs = await asyncio.to_thread(read_specs, source)
         marks = await worker.run(high_marks, specs)
         planned = len(res.plan)
+        enabled: list[app_triggers.Trigger] = []
 
         async def last() -> None:
             """The switch's last transaction: one try (a try that could not take a table is
             rolled back whole, and its steps are said by the one that commits)."""
-            nonlocal committing
+            nonlocal committing, enabled
             committing = False
             del res.plan[planned:]
             async with conn.transaction():
@@ -525,6 +528,10 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                 res.plan += [f"foreign key left NOT VALID (orphan rows, --allow-orphans): {fk}"
                              for fk in parity_done.not_valid]
                 res.plan.append(f"schema parity in {parity_done.seconds:.2f} s")
+                # The application's own Postgres triggers syncd kept from running on the rows
+                # from SQLite run from here on, the trial inserts' too (the application's are next).
+                enabled = await app_triggers.restore(conn, b.schema, source.name, source.schema)
+                res.plan += [app_triggers.line(t, disabled=False) for t in enabled]
                 await _hold("finalized")
                 handed_out = await sequence_tops(conn, source.schema, {name: specs[name] for name in marks})
                 res.plan += await set_identities(conn, source.schema, specs, marks, handed_out)
@@ -545,6 +552,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             await while_tables_busy(last, conn, source, list(specs), "the switch's last transaction",
                                     settings.postgres.statement_timeout_seconds, blocking)
         res.done = True
+        app_triggers.say(source.name, enabled, disabled=False)
         log.info(f"cut over to Postgres: write downtime {res.downtime_seconds:.2f} s",
                  extra={"source": source.name, "event": "cutover_done"})
     except BaseException as e:

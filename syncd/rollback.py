@@ -43,6 +43,7 @@ from syncd.identifiers import quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.parity.apply import lock_wait_ms
 from syncd.parity.plan import MARK
+from syncd.postgres import app_triggers
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, ensure_bookkeeping, try_lock_source, unlock_source
 from syncd.postgres.connect import close_quietly, connect
@@ -587,10 +588,21 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         top = await worker.run(_changelog_top)
         always = await generated_always(conn, source.schema, specs)
 
+        quieted: list[app_triggers.Trigger] = []
+        planned = len(res.plan)
+
         async def turn() -> None:
-            nonlocal committing
+            nonlocal committing, quieted
+            del res.plan[planned:]
             async with conn.transaction():
                 await _by_default(conn, source.schema, always, settings.postgres.statement_timeout_seconds)
+                # The application's own Postgres triggers would run again on the rows the
+                # forward stream brings, which SQLite's triggers shaped already.
+                try:
+                    quieted = await app_triggers.quiet(conn, b.schema, source.name, source.schema, tables)
+                except app_triggers.TriggersKept as e:
+                    raise Refused(str(e)) from None
+                res.plan += [app_triggers.line(t, disabled=True) for t in quieted]
                 await conn.execute(f"UPDATE {b.s}.sources SET direction = $2, applied_seq = $3 WHERE source = $1",
                                    source.name, TO_POSTGRES, top)
                 await conn.execute(f"DELETE FROM {b.s}.applied_batches WHERE source = $1", source.name)
@@ -604,6 +616,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         await while_tables_busy(turn, conn, source, tables, "the switch's last transaction",
                                  settings.postgres.statement_timeout_seconds)
         turned = True
+        app_triggers.say(source.name, quieted, disabled=True)
         _said_by_default(res, source, always)
         res.plan.append(f"the forward stream resumes after change {top} of SQLite's changelog")
         await worker.run(freeze.unfreeze, busy)

@@ -26,7 +26,7 @@ import time
 
 from syncd.model import SIZED_FOR_COLUMNS
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres import ddl, ownership
+from syncd.postgres import app_triggers, ddl, ownership
 from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.connect import describe, is_data_error, is_shape_error
 from syncd.rows import RowConverter, RowMisfit
@@ -255,17 +255,23 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
     load.read_ahead(pos)
     writer = session.writer(t)
     into = (session.bk.schema, session.bk.aside_table(t.tid)) if t.row.load_aside else None
+    quieted = []
     try:
         async with conn.transaction():
+            if into is None:
+                quieted = await _quiet(session, t)
             await writer.copy_in(conn, records, into)
             row = changed(t.row, snapshot_key=pos, snapshot_rows=t.row.snapshot_rows + len(records), reason=None)
             await session.save_row(conn, row, applied=into is None)
+    except app_triggers.TriggersKept as e:
+        raise SnapshotRejected(t.name, None, str(e)) from None
     except Exception as e:
         if not (is_data_error(e) or is_shape_error(e)):
             raise
         async with conn.transaction():
             bad = await locate_bad_row(conn, writer, records, [], copy_into=into or (session.target_schema, t.name))
         raise SnapshotRejected(t.name, bad.key if bad else None, bad.message if bad else describe(e)) from None
+    app_triggers.say(session.name, quieted, disabled=True)
     t.row = row
     if into is None:
         session.loaded(t.name)
@@ -301,13 +307,17 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     assert conn is not None
     row = changed(t.row, state=bk.CATCHUP, snapshot_finished_at=dt.datetime.now(dt.timezone.utc), reason=None,
                   load_aside=False)
+    quieted = []
     try:
         async with conn.transaction():
             if t.row.load_aside:
+                quieted = await _quiet(session, t)
                 await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,
                                        session.bk.aside_table(t.tid))
             await session.save_row(conn, row, applied=True)
             await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")
+    except app_triggers.TriggersKept as e:
+        raise SnapshotRejected(t.name, None, str(e)) from None
     except Exception as e:
         if not (is_data_error(e) or is_shape_error(e)):
             raise
@@ -315,6 +325,7 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
         # SQLite holds twice, say): the old rows stay, the table is held until it fits.
         raise SnapshotRejected(t.name, None, f"the reloaded rows could not replace the live ones: {describe(e)}") \
             from None
+    app_triggers.say(session.name, quieted, disabled=True)
     t.row = row
     session.loaded(t.name)
     elapsed = time.monotonic() - load.started
@@ -326,6 +337,13 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     )
     _count_loaded(session, t)
     return True
+
+
+async def _quiet(session: SourceSession, t: TableRuntime) -> list:
+    """Before a load writes the live table: the application's own triggers on it do not
+    run on rows that hold their effects already (see app_triggers.py)."""
+    assert session.pg is not None
+    return await app_triggers.quiet(session.pg, session.bk.schema, session.name, session.target_schema, [t.name])
 
 
 class SchemaMoved(Exception):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd import collisions, metrics, parity
+from syncd.postgres import app_triggers
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.bookkeeping import TableRow
@@ -159,8 +160,10 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
     started = time.monotonic()
     await _add_replaced(session, converted, misfits)
     held = dict(misfits)
+    quieted: list[app_triggers.Trigger] = []
     try:
         async with conn.transaction():
+            quieted = await _quiet(session, [c.t.name for c in converted.values()])
             for c in converted.values():
                 w = session.writer(c.t)
                 await w.delete(conn, c.deletes)
@@ -174,9 +177,20 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
             raise
         # Find which table(s) Postgres refuses, each in its own savepoint.
         held = dict(misfits)
+        quieted = []
         async with conn.transaction():
             for tid, c in converted.items():
                 w = session.writer(c.t)
+                try:
+                    async with conn.transaction():
+                        quieted += await _quiet(session, [c.t.name])
+                except Exception as e2:
+                    if not _table_specific(e2):
+                        raise
+                    why = str(e2) if isinstance(e2, app_triggers.TriggersKept) else \
+                        f"Postgres rejected the change: {describe(e2)}"
+                    held[tid] = f'table "{c.t.name}": {why}'
+                    continue
                 for attempt in (1, 2, 3):
                     try:
                         async with conn.transaction():
@@ -203,9 +217,17 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                         held[tid] = f'table "{c.t.name}"{where}: Postgres rejected the change: {msg}'
                         break
             updates = await _bookkeep(session, batch, held, catchup)
+    app_triggers.say(session.name, quieted, disabled=True)
     _adopt(session, batch, updates, catchup)
     _count(session, batch, converted, held, time.monotonic() - started)
     return held
+
+
+async def _quiet(session: SourceSession, tables: list[str]) -> list[app_triggers.Trigger]:
+    """Inside the batch's transaction, before its writes: the application's own
+    triggers on these tables do not run again on rows SQLite's triggers already shaped."""
+    assert session.pg is not None
+    return await app_triggers.quiet(session.pg, session.bk.schema, session.name, session.target_schema, tables)
 
 
 # Values moved along a chain of later transactions (a permutation of unique values, say)

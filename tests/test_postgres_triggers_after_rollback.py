@@ -71,3 +71,47 @@ async def test_the_applications_postgres_trigger_does_not_rewrite_rows_streamed_
         assert pg_row == sqlite_row, f"SQLite holds {sqlite_row}, Postgres {pg_row}"
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_a_trigger_written_during_dual_write_stays_off_until_the_cutover_enables_it(tmp_path, make_config, pg_dsn):
+    """Written in Postgres before the first cutover: disabled, by name, while syncd
+    writes the table from SQLite; `syncd schema` and the dry run say so; the cutover
+    enables it again, and only it: a trigger the team disabled themselves stays so."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        for sql in TOUCH:
+            await pg_rows(pg_dsn, sql)
+        await pg_rows(pg_dsn, "CREATE FUNCTION app.tasks_shout() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                              "BEGIN NEW.title := upper(NEW.title); RETURN NEW; END $$")
+        await pg_rows(pg_dsn, "CREATE TRIGGER tasks_shout BEFORE UPDATE ON app.tasks FOR EACH ROW "
+                              "EXECUTE FUNCTION app.tasks_shout()")
+        await pg_rows(pg_dsn, "ALTER TABLE app.tasks DISABLE TRIGGER tasks_shout")  # the team's own choice
+
+        conn = sqlite3.connect(db)
+        conn.execute("UPDATE tasks SET title = 'renamed in sqlite' WHERE id = 4")
+        conn.commit()
+        sqlite_row = conn.execute("SELECT id, title, updated_at FROM tasks WHERE id = 4").fetchone()
+        conn.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert (await pg_rows(pg_dsn, "SELECT id, title, updated_at::text FROM app.tasks WHERE id = 4"))[0] == sqlite_row
+        d.wait_log('disabled the application\'s trigger "tasks_touch" on "tasks"', timeout=30)
+        assert "tasks_shout" not in d.log()
+        s = run_cli(cfg, "schema")
+        assert s.returncode == 0, s.stdout + s.stderr
+        assert '-- the application\'s trigger "tasks_touch" on "tasks": disabled by syncd' in s.stdout
+        assert "tasks_shout" not in s.stdout
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert 'would enable the application\'s trigger "tasks_touch" on "tasks" again' in dry.stdout, dry.stdout
+
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert 'enabled the application\'s trigger "tasks_touch" on "tasks" again' in out, out
+        enabled = dict(await pg_rows(pg_dsn, "SELECT tgname, tgenabled::text FROM pg_trigger "
+                                             "WHERE tgrelid = 'app.tasks'::regclass AND tgname LIKE 'tasks_%'"))
+        assert enabled == {"tasks_touch": "O", "tasks_shout": "D"}
+        # The application writes Postgres now: its trigger runs there.
+        await pg_rows(pg_dsn, "UPDATE app.tasks SET title = 'renamed in postgres' WHERE id = 4")
+        after = (await pg_rows(pg_dsn, "SELECT title, updated_at::text FROM app.tasks WHERE id = 4"))[0]
+        assert after[0] == "renamed in postgres" and after[1] != sqlite_row[2]

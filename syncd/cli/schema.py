@@ -12,7 +12,7 @@ from syncd.identifiers import quote_pg_ident
 from syncd.parity.apply import read_sqlite, retyped_columns
 from syncd.parity.plan import Options, plan_source
 from syncd.parity.summary import explain_source, explain_table
-from syncd.postgres import ddl
+from syncd.postgres import app_triggers, ddl
 from syncd.postgres.connect import close_quietly, connect, describe
 from syncd.sqlite.connection import open_readonly
 from syncd.sqlite.introspect import introspect
@@ -38,7 +38,7 @@ def main(args) -> int:
             common.say(f"-- source {source.name}: ERROR SQLite file {source.path} does not exist", "")
             rc = 1
             continue
-        sticky, retyped, where = asyncio.run(_types_in_postgres(settings, source))
+        sticky, retyped, where, quieted = asyncio.run(_types_in_postgres(settings, source))
         conn = open_readonly(source.path, settings.sqlite.read_busy_timeout_ms)
         try:
             schema = introspect(conn, source, sticky, retyped)
@@ -60,6 +60,9 @@ def main(args) -> int:
         lines = explain_source(plan.items)
         if lines:
             print("\n".join(lines) + "\n")
+        for trigger in quieted:
+            common.say(f"-- {trigger}: disabled by syncd while SQLite is the application's database (the rows "
+                       "syncd writes from SQLite hold its effects already); `syncd cutover` enables it again")
         for name, refusal in schema.refused.items():
             common.say(f"-- refused {name!r}: {refusal.reason}")
         for name, why in schema.skipped.items():
@@ -69,18 +72,20 @@ def main(args) -> int:
     return rc
 
 
-async def _types_in_postgres(settings, source) -> tuple[dict, dict, str]:
+async def _types_in_postgres(settings, source) -> tuple[dict, dict, str, list]:
     """The column types Postgres already has for the source's tables (syncd keeps them,
-    as it keeps the ones schema parity gave), so the DDL shown is what is there; and a
-    line saying where the types come from. Postgres unreachable: the SQLite file alone."""
+    as it keeps the ones schema parity gave), so the DDL shown is what is there; a line
+    saying where the types come from; and the application's Postgres triggers syncd
+    disabled (app_triggers.py). Postgres unreachable: the SQLite file alone."""
     conn = None
     try:
         conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
         sticky = ddl.kept_types(await ddl.read_tables(conn, source.schema))
         retyped = await retyped_columns(conn, settings.postgres.bookkeeping_schema, source.name)
+        quieted = await app_triggers.quieted(conn, settings.postgres.bookkeeping_schema, source.name)
         return sticky, retyped, ("types as the tables already in Postgres have them" if sticky
-                                 else "no table in Postgres yet: types as syncd would create them")
+                                 else "no table in Postgres yet: types as syncd would create them"), quieted
     except Exception as e:  # noqa: BLE001 - the SQLite file alone still answers
-        return {}, {}, f"Postgres not reached ({describe(e)}): types chosen from the SQLite file alone"
+        return {}, {}, f"Postgres not reached ({describe(e)}): types chosen from the SQLite file alone", []
     finally:
         await close_quietly(conn)

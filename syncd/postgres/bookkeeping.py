@@ -168,10 +168,21 @@ def _ddl(bk: str) -> list[str]:
             pgtype text NOT NULL,
             sqlite_format text,
             PRIMARY KEY (source, table_name, column_name))""",
+        # The application's triggers syncd disabled while it writes their tables from
+        # SQLite, by oid (which follows a rename), for the cutover to enable again
+        # (app_triggers.py).
+        f"""CREATE TABLE IF NOT EXISTS {s}.{QUIETED_TRIGGERS} (
+            trigger_oid oid PRIMARY KEY,
+            source text NOT NULL,
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            trigger_name text NOT NULL,
+            quieted_at timestamptz NOT NULL DEFAULT now())""",
     ]
 
 
 OWNED_TABLES = "owned_tables"
+QUIETED_TRIGGERS = "quieted_triggers"
 
 
 async def _relation_exists(conn: asyncpg.Connection, schema: str, name: str) -> bool:
