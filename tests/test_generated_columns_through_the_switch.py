@@ -1,0 +1,76 @@
+"""A generated column through a cutover, a rollback and the dual-write after it.
+
+docs/schema.md ("Generated columns") tells the user: after a cutover Postgres does not
+compute a SQLite generated column, "so make it a GENERATED ALWAYS AS (...) STORED column
+in Postgres". Postgres can only do that by dropping the column and adding it back as a
+generated one. The way back copes (SQLite computes its own value, and the rollback's
+verification finds both equal), and the rollback succeeds. After it, the application
+writes SQLite again and syncd's forward stream must carry those rows to Postgres as it
+did before the cutover: Postgres computes the column from the same inputs, so the rows
+are equal without syncd writing that column, and a later `syncd cutover` ("as often as
+needed") must find them so."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tests.support.compare import compare_all
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import eventually, pg_rows, table_states
+from tests.support.way_back import backup_and_config, cut_over, wait_back
+
+
+def make_app(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE lines (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL, price REAL NOT NULL,
+                            total REAL GENERATED ALWAYS AS (qty * price) STORED);
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+    """)
+    conn.executemany("INSERT INTO lines (qty, price) VALUES (?, ?)", [(i, 1.5) for i in range(1, 6)])
+    conn.execute("INSERT INTO notes (body) VALUES ('one')")
+    conn.commit()
+    conn.close()
+
+
+async def test_rows_written_to_sqlite_after_a_rollback_reach_a_column_postgres_generates(
+        tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        # As docs/schema.md advises: Postgres computes the column from now on.
+        await pg_rows(pg_dsn, "ALTER TABLE app.lines DROP COLUMN total")
+        await pg_rows(pg_dsn, "ALTER TABLE app.lines ADD COLUMN total double precision "
+                              "GENERATED ALWAYS AS (qty * price) STORED")
+        await pg_rows(pg_dsn, "INSERT INTO app.lines (qty, price) VALUES (10, 2.5)")  # the application, id 6
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        # The application writes SQLite again.
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO lines (qty, price) VALUES (3, 3.0)")  # id 7
+        conn.execute("UPDATE lines SET qty = 7 WHERE id = 1")
+        conn.execute("UPDATE notes SET body = 'two'")
+        conn.commit()
+        conn.close()
+
+        async def carried() -> bool:
+            return await pg_rows(pg_dsn, "SELECT id, qty, total FROM app.lines WHERE id IN (1, 7) ORDER BY id") == [
+                (1, 7, 10.5), (7, 3, 9.0)]
+
+        async def notes_followed() -> bool:
+            return await pg_rows(pg_dsn, "SELECT body FROM app.notes") == [("two",)]
+
+        await eventually(notes_followed, 30, "the forward stream after the rollback", d)
+        try:
+            await eventually(carried, 15, "the rows written to SQLite after the rollback in Postgres", d)
+        except AssertionError as e:
+            state = (await table_states(pg_dsn, "app"))["lines"]
+            raise AssertionError(f"{e}; lines is {state[0]}: {state[1]}") from None
+        assert await compare_all(str(db), pg_dsn, "app", ["lines", "notes"]) == []
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
