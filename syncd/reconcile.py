@@ -286,7 +286,7 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
                 session.error(f"table paused: {reason}", table=name, event="table_paused")
             new = _paused(row or new_row(name, tid), reason, session.applied_seq)
             await session.save_row(conn, new)
-        runtimes[name] = _runtime(session, spec, tid, new)
+        runtimes[name] = _runtime(session, spec, tid, new, await _computed(conn, target, spec, pgt))
         runtimes[name].retired_unique = retired
     if requests:
         await conn.execute(
@@ -414,12 +414,26 @@ async def _resume_position(session: SourceSession, src, state: CaptureState) -> 
     return applied
 
 
-def _runtime(session: SourceSession, spec: TableSpec, tid: int, row: TableRow) -> TableRuntime:
+def _runtime(session: SourceSession, spec: TableSpec, tid: int, row: TableRow,
+             computed: frozenset[str]) -> TableRuntime:
     old = session.tables.get(spec.name)
-    t = TableRuntime(spec=spec, tid=tid, row=row)
+    t = TableRuntime(spec=spec, tid=tid, row=row, computed=computed)
     if old is not None and old.spec == spec:
-        t.writer, t.logged_reason, t.retry_at = old.writer, old.logged_reason, old.retry_at
+        t.logged_reason, t.retry_at = old.logged_reason, old.retry_at
+        if old.computed == computed:
+            t.writer = old.writer
     return t
+
+
+async def _computed(conn: asyncpg.Connection, target: str, spec: TableSpec,
+                    pgt: ddl.PgTable | None) -> frozenset[str]:
+    """The columns of `spec` Postgres computes (the application made them GENERATED
+    ALWAYS AS (...) STORED there after a cutover): the forward stream writes none of
+    them. `pgt` was read before the table was reconciled: read again where one of its
+    computed columns is no longer SQLite's (followed a rename, or kept aside)."""
+    if pgt is not None and not pgt.generated <= set(spec.column_names):
+        pgt = (await ddl.read_tables(conn, target)).get(spec.name)
+    return pgt.generated & frozenset(spec.column_names) if pgt is not None else frozenset()
 
 
 async def _exists_in_sqlite(session: SourceSession, name: str) -> bool:

@@ -41,6 +41,9 @@ class TableRuntime:
     row: TableRow
     conv: RowConverter = field(init=False)
     writer: TableWriter | None = None
+    # The columns Postgres computes (ddl.PgTable.generated), read when the table was last
+    # reconciled or its load started: its writer writes none of them.
+    computed: frozenset[str] = frozenset()
     retry_at: float = 0.0  # monotonic time a held table is tried again
     logged_reason: str | None = None  # the hold/pause reason last logged, to log each once
     # Unique sets SQLite no longer has, looked up until the stream passes the position
@@ -196,7 +199,7 @@ class SourceSession:
 
     def writer(self, t: TableRuntime) -> TableWriter:
         if t.writer is None:
-            t.writer = TableWriter(self.target_schema, t.spec, t.tid)
+            t.writer = TableWriter(self.target_schema, t.spec, t.tid, t.computed)
         return t.writer
 
     async def save_row(self, conn: asyncpg.Connection, row: TableRow, applied: bool = False) -> None:

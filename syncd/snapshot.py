@@ -235,6 +235,7 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
         await session.save_row(conn, row)
     t.row = row
     t.writer = None
+    t.computed = pgt.generated & frozenset(t.spec.column_names) if pgt is not None else frozenset()
     load.started = time.monotonic()
     load.rows_at_start = 0
     where = " into a table aside; the rows Postgres holds stay until it is done" if aside else ""

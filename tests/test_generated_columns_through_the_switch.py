@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import asyncpg
+
 from tests.support.compare import compare_all
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import eventually, pg_rows, table_states
@@ -34,21 +36,33 @@ def make_app(db) -> None:
     conn.close()
 
 
+def sqlite_totals(db) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT id, total FROM lines ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+async def computed_in_postgres_then_rolled_back(cfg, db, pg_dsn, d, expression: str = "qty * price") -> None:
+    await cut_over(cfg, db, pg_dsn, daemon=d)
+    # As docs/schema.md advises: Postgres computes the column from now on.
+    await pg_rows(pg_dsn, "ALTER TABLE app.lines DROP COLUMN total")
+    await pg_rows(pg_dsn, "ALTER TABLE app.lines ADD COLUMN total double precision "
+                          f"GENERATED ALWAYS AS ({expression}) STORED")
+    await pg_rows(pg_dsn, "INSERT INTO app.lines (qty, price) VALUES (10, 2.5)")  # the application, id 6
+    await wait_back(cfg, db, pg_dsn, daemon=d)
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 async def test_rows_written_to_sqlite_after_a_rollback_reach_a_column_postgres_generates(
         tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     make_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        # As docs/schema.md advises: Postgres computes the column from now on.
-        await pg_rows(pg_dsn, "ALTER TABLE app.lines DROP COLUMN total")
-        await pg_rows(pg_dsn, "ALTER TABLE app.lines ADD COLUMN total double precision "
-                              "GENERATED ALWAYS AS (qty * price) STORED")
-        await pg_rows(pg_dsn, "INSERT INTO app.lines (qty, price) VALUES (10, 2.5)")  # the application, id 6
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        r = run_cli(cfg, "rollback")
-        assert r.returncode == 0, r.stdout + r.stderr
+        await computed_in_postgres_then_rolled_back(cfg, db, pg_dsn, d)
 
         # The application writes SQLite again.
         conn = sqlite3.connect(db)
@@ -72,5 +86,72 @@ async def test_rows_written_to_sqlite_after_a_rollback_reach_a_column_postgres_g
             state = (await table_states(pg_dsn, "app"))["lines"]
             raise AssertionError(f"{e}; lines is {state[0]}: {state[1]}") from None
         assert await compare_all(str(db), pg_dsn, "app", ["lines", "notes"]) == []
+        # Postgres computed the column (still a generated one: syncd wrote no value into
+        # it) and holds what SQLite computed in every row.
+        assert await pg_rows(pg_dsn, "SELECT attgenerated::text FROM pg_attribute WHERE attrelid = 'app.lines'::regclass "
+                                     "AND attname = 'total'") == [("s",)]
+        assert await pg_rows(pg_dsn, "SELECT id, total FROM app.lines ORDER BY id") == sqlite_totals(db)
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
+        assert 'app: "lines" equal (7 rows in SQLite, 7 in Postgres' in v.stdout, v.stdout
+
+
+async def test_a_reload_after_the_rollback_leaves_the_column_to_postgres(tmp_path, make_config, pg_dsn):
+    """A column added in SQLite that the rows already there cannot take from a Postgres
+    default (a generated one) reloads the table through a table aside: neither the
+    load's COPY nor the move into the live table writes the column Postgres computes."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await computed_in_postgres_then_rolled_back(cfg, db, pg_dsn, d)
+        conn = sqlite3.connect(db)
+        conn.execute("ALTER TABLE lines ADD COLUMN doubled INTEGER GENERATED ALWAYS AS (qty * 2) VIRTUAL")
+        conn.execute("INSERT INTO lines (qty, price) VALUES (4, 0.5)")  # id 7
+        conn.commit()
+        conn.close()
+
+        async def reloaded() -> bool:
+            try:
+                return await pg_rows(pg_dsn, "SELECT id, doubled, total FROM app.lines WHERE id IN (1, 7) "
+                                             "ORDER BY id") == [(1, 2, 1.5), (7, 8, 2.0)]
+            except asyncpg.UndefinedColumnError:  # not added in Postgres yet
+                return False
+
+        try:
+            await eventually(reloaded, 30, "the reloaded rows in Postgres", d)
+        except AssertionError as e:
+            state = (await table_states(pg_dsn, "app"))["lines"]
+            raise AssertionError(f"{e}; lines is {state[0]}: {state[1]}") from None
+        assert "into a table aside" in d.log()  # a reload: the live rows stayed until it was done
+        assert await pg_rows(pg_dsn, "SELECT attgenerated::text FROM pg_attribute WHERE attrelid = "
+                                     "'app.lines'::regclass AND attname = 'total'") == [("s",)]
+        assert await pg_rows(pg_dsn, "SELECT id, total FROM app.lines ORDER BY id") == sqlite_totals(db)
+        assert await compare_all(str(db), pg_dsn, "app", ["lines", "notes"]) == []
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_a_value_postgres_computes_otherwise_is_a_difference(tmp_path, make_config, pg_dsn):
+    """Postgres computes the column itself, by its own expression: where that gives
+    another value than SQLite's for a row the application wrote to SQLite, verification
+    reports the row, as it would any other difference."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        # Agrees with SQLite on every row until a quantity over 100.
+        await computed_in_postgres_then_rolled_back(cfg, db, pg_dsn, d,
+                                                    "CASE WHEN qty > 100 THEN 0 ELSE qty * price END")
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO lines (qty, price) VALUES (200, 1.0)")  # id 7
+        conn.commit()
+        conn.close()
+
+        async def arrived() -> bool:
+            return await pg_rows(pg_dsn, "SELECT qty, total FROM app.lines WHERE id = 7") == [(200, 0.0)]
+
+        await eventually(arrived, 30, "the row in Postgres", d)
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 1, v.stdout + v.stderr
+        assert 'app: "lines" different: key 7: column "total"' in v.stdout, v.stdout

@@ -23,25 +23,35 @@ def _array_type(pgtype: str) -> str:
 
 
 class TableWriter:
-    """Prepared SQL for one replicated table on one connection."""
+    """Prepared SQL for one replicated table on one connection.
 
-    def __init__(self, schema: str, spec: TableSpec, tid: int):
+    `computed`: the columns Postgres generates (PgTable.generated), as a column the
+    application made GENERATED ALWAYS AS (...) STORED after a cutover is once SQLite is
+    the application's again. Postgres refuses any value there, so every write leaves
+    them out (the upsert, its stage, a load's COPY) and Postgres computes them from the
+    row; verification still compares them with SQLite's values."""
+
+    def __init__(self, schema: str, spec: TableSpec, tid: int, computed: frozenset[str] = frozenset()):
         self.spec = spec
         self.schema = schema
         self.table = qualified(schema, spec.name)
-        cols = [quote_pg_ident(c) for c in spec.column_names]
-        types = [c.pgtype.value for c in spec.columns]
+        # Positions in a record (spec's columns) of the values written: all but `computed`.
+        self.written = tuple(i for i, c in enumerate(spec.columns) if c.name not in computed)
+        self.written_names = [spec.columns[i].name for i in self.written]
+        cols = [quote_pg_ident(n) for n in self.written_names]
+        types = [spec.columns[i].pgtype.value for i in self.written]
         # Connections are borrowed from a pool, each with temp tables of its own: a stage
         # named for its shape is always the right one on whichever connection a batch gets.
         shape = hashlib.blake2b(repr((cols, types)).encode(), digest_size=6).hexdigest()
         self.stage = quote_pg_ident(f"_syncd_stage_{tid}_{shape}")
         self.stage_columns = ", ".join(f"{c} {t}" for c, t in zip(cols, types))
         key = [quote_pg_ident(k) for k in spec.key]
-        non_key = [quote_pg_ident(c.name) for c in spec.columns if c.name not in spec.key]
+        non_key = [quote_pg_ident(n) for n in self.written_names if n not in spec.key]
         # A double precision key is set too: Postgres's = holds -0 and 0 as one key, as
         # SQLite does, and the row must take the zero SQLite now has (0.0 -> -0.0 is no
         # key change to either side, but a change of value).
-        non_key += [quote_pg_ident(k) for k in spec.key if spec.column(k).pgtype is PgType.DOUBLE]
+        non_key += [quote_pg_ident(k) for k in spec.key
+                    if spec.column(k).pgtype is PgType.DOUBLE and k not in computed]
         # A text key column may compare case-insensitively in Postgres (a cutover's NOCASE,
         # kept after a rollback), where SQLite tells 'é' from 'É' apart: a row is matched
         # only under exactly its own key, byte for byte. An upsert that lands on another
@@ -93,16 +103,26 @@ class TableWriter:
         columns = [list(col) for col in zip(*keys)]
         await conn.execute(self.delete_unnest, *columns)
 
+    def _written(self, records: list[tuple]) -> list[tuple]:
+        """`records` with only the values written (none of a column Postgres computes)."""
+        if len(self.written) == len(self.spec.columns):
+            return records
+        return [tuple(r[i] for i in self.written) for r in records]
+
+    def arrays(self, records: list[tuple]) -> list[list]:
+        """The written values of `records`, one array per column (the unnest parameters)."""
+        columns = list(zip(*records))
+        return [list(columns[i]) for i in self.written]
+
     async def upsert(self, conn: asyncpg.Connection, records: list[tuple]) -> None:
         if not records:
             return
         if len(records) >= COPY_THRESHOLD:
             await self._ensure_stage(conn)
-            await self._copy_stage(conn, records)
+            await self._copy_stage(conn, self._written(records))
             status = await conn.execute(self.upsert_from_stage)
         else:
-            columns = [list(col) for col in zip(*records)]
-            status = await conn.execute(self.upsert_unnest, *columns)
+            status = await conn.execute(self.upsert_unnest, *self.arrays(records))
         if self.counted and int(status.rsplit(" ", 1)[-1]) < len(records):
             await self._clash(conn, records)
 
@@ -119,7 +139,7 @@ class TableWriter:
         theirs = None
         try:
             async with conn.transaction():
-                theirs = await conn.fetchrow(self.probe_sql, *[[v] for v in records[0]])
+                theirs = await conn.fetchrow(self.probe_sql, *self.arrays(records[:1]))
                 raise _Rollback()
         except _Rollback:
             pass
@@ -136,7 +156,7 @@ class TableWriter:
         """Snapshot load: COPY straight into the (freshly truncated) table, or into
         `into` = (schema, table), the aside table of a reload."""
         schema, name = into or (self.schema, self.spec.name)
-        await conn.copy_records_to_table(name, records=records, columns=list(self.spec.column_names),
+        await conn.copy_records_to_table(name, records=self._written(records), columns=self.written_names,
                                          schema_name=schema)
 
 
@@ -227,7 +247,7 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
         try:
             async with conn.transaction():
                 await writer.upsert(conn, [first])
-                met = await conn.fetchrow(writer.probe_sql, *[[v] for v in second])
+                met = await conn.fetchrow(writer.probe_sql, *writer.arrays([second]))
                 raise _Rollback()
         except _Rollback:
             pass

@@ -141,7 +141,10 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
     await conn.execute(f"DELETE FROM {table}")
     if pgt is not None and not diff_shape(spec, pgt).same:
         await reshape_empty_table(conn, schema, spec, pgt)
-    cols = ", ".join(quote_pg_ident(c) for c in spec.column_names)
+    # A column Postgres computes takes no value: it computes it from the row, as for the
+    # stream's rows (the aside table holds NULL there: the load left it out).
+    computed = pgt.generated if pgt is not None else frozenset()
+    cols = ", ".join(quote_pg_ident(c) for c in spec.column_names if c not in computed)
     await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {qualified(aside_schema, aside)}")
     # A NOT NULL column added while the table held rows went in nullable (its rows had no
     # value yet): now that each has one, it is NOT NULL as a fresh load would make it.
@@ -196,6 +199,7 @@ class PgColumn:
     type_name: str  # format_type() output
     notnull: bool
     identity: bool = False
+    generated: bool = False  # GENERATED ALWAYS AS (...) STORED in Postgres: it takes no value but its own
 
     @property
     def pgtype(self) -> PgType | None:
@@ -212,6 +216,13 @@ class PgTable:
             if c.name == name:
                 return c
         return None
+
+    @property
+    def generated(self) -> frozenset[str]:
+        """The columns Postgres computes (GENERATED ALWAYS AS (...) STORED, as the
+        application may make one after a cutover): it refuses any value written there,
+        so syncd writes none (TableWriter) and Postgres computes it from the row."""
+        return frozenset(c.name for c in self.columns if c.generated)
 
 
 def kept_types(tables: dict[str, PgTable]) -> dict[str, dict[str, PgType]]:
@@ -238,7 +249,8 @@ async def read_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTabl
         """
         SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                coalesce(a.attnum = ANY (i.indkey::int2[]), false) AS in_key,
-               array_position(i.indkey::int2[], a.attnum) AS key_pos, a.attidentity <> '' AS identity
+               array_position(i.indkey::int2[], a.attnum) AS key_pos, a.attidentity <> '' AS identity,
+               a.attgenerated <> '' AS generated
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -251,7 +263,7 @@ async def read_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTabl
     tables: dict[str, tuple[list[PgColumn], list[tuple[int, str]]]] = {}
     for r in rows:
         cols, key = tables.setdefault(r[0], ([], []))
-        cols.append(PgColumn(r[1], r[2], r[3], r[6]))
+        cols.append(PgColumn(r[1], r[2], r[3], r[6], r[7]))
         if r[4]:
             key.append((r[5], r[1]))
     return {name: PgTable(tuple(cols), tuple(n for _, n in sorted(key))) for name, (cols, key) in tables.items()}
