@@ -1,0 +1,68 @@
+"""A date column given a timestamp type by a `[sources.columns]` override (as
+docs/cutover.md suggests for dates the new application queries as `timestamptz`):
+every value SQLite holds arrives as the instant it names, or the table is held
+naming it. Never another instant, and `syncd verify` never calls one equal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import pg_rows, table_states, wait_caught_up
+
+UTC = dt.timezone.utc
+SETTLED = ("streaming", "refused", "held")
+
+
+async def _carry(app_db, make_config, pg_dsn, tmp_path, value, pgtype):
+    """Load one row whose `at` holds `value` through a real daemon, with `at` overridden
+    to `pgtype`; (table state, what Postgres holds, `syncd verify`'s result)."""
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, at DATETIME)")
+    conn.execute("INSERT INTO events VALUES (1, " + value + ")")
+    conn.commit()
+    stored = conn.execute("SELECT at, typeof(at) FROM events").fetchone()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"events": {"at": pgtype}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d, settled=SETTLED)
+        assert d.stop() == 0
+    state = (await table_states(pg_dsn, "app"))["events"]
+    held = await pg_rows(pg_dsn, "SELECT at FROM app.events WHERE id = 1")
+    verify = run_cli(cfg, "verify")
+    return stored, state, (held[0][0] if held else None), verify
+
+
+def _verdict(stored, state, pg_value, expected, verify) -> str | None:
+    """Why this outcome breaks the promise, or None: the row is held (named), or
+    Postgres holds the instant SQLite's value names."""
+    if state[0] == "held":
+        return None
+    if pg_value is not None and abs(pg_value - expected) <= dt.timedelta(microseconds=1):
+        return None
+    return (f"SQLite holds {stored[0]!r} ({stored[1]}), the instant {expected.isoformat()}; "
+            f"Postgres holds {pg_value!r} with table state {state[0]!r}, and `syncd verify` exited "
+            f"{verify.returncode}: {verify.stdout.strip()[-300:]!r}")
+
+
+async def test_a_julian_day_is_not_stored_as_unix_seconds(app_db, make_config, pg_dsn, tmp_path):
+    # julianday() is one of SQLite's own three ways of storing a date (a REAL), the one
+    # its date functions compute in.
+    stored, state, pg_value, verify = await _carry(app_db, make_config, pg_dsn, tmp_path,
+                                                   "julianday('2026-11-23 10:00:00')", "timestamptz")
+    expected = dt.datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    why = _verdict(stored, state, pg_value, expected, verify)
+    assert why is None, why
+
+
+async def test_a_fraction_finer_than_microseconds_is_not_cut(app_db, make_config, pg_dsn, tmp_path):
+    # Seven fraction digits: .NET's round-trip format, which Entity Framework Core writes
+    # for a DateTime in SQLite. Postgres keeps microseconds: the 100 ns digit cannot arrive.
+    stored, state, pg_value, verify = await _carry(app_db, make_config, pg_dsn, tmp_path,
+                                                   "'2026-11-23 10:00:00.1234567'", "timestamp")
+    if state[0] != "held":
+        # Postgres cannot hold 10:00:00.1234567; whatever it holds is another instant.
+        assert False, (f"SQLite holds {stored[0]!r}; Postgres holds {pg_value!r} with table state {state[0]!r} "
+                       f"(the 100 ns digit is gone), and `syncd verify` exited {verify.returncode}: "
+                       f"{verify.stdout.strip()[-300:]!r}")
