@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from decimal import Decimal
@@ -279,6 +280,8 @@ def _json_converter(pgtype: PgType) -> Callable[[Any], Any]:
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# A fraction with a non-zero digit after the sixth (.NET writes seven: 10:00:00.1234567).
+_FINER_THAN_MICROSECONDS = re.compile(r"[.,][0-9]{6}[0-9]*[1-9]")
 
 
 def _parse_datetime(v: Any, pgtype: PgType) -> dt.datetime:
@@ -293,6 +296,9 @@ def _parse_datetime(v: Any, pgtype: PgType) -> dt.datetime:
     if t is not str:
         raise _misfit(v, pgtype)
     text = v.strip()
+    if _FINER_THAN_MICROSECONDS.search(text):
+        # fromisoformat keeps six fraction digits and drops the rest: another instant.
+        raise _misfit(v, pgtype, "a fraction of a second finer than the microseconds Postgres keeps")
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
