@@ -70,6 +70,12 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
             if pending and not force:
                 raise Refused(f"{pending} captured change(s) are not yet applied to Postgres; run the daemon "
                               "until it catches up, or pass --force to discard them")
+            behind, reloads = await _way_back_behind(pg, settings, source, conn)
+            if (behind or reloads) and not force:
+                what = " and ".join(x for x in (f"{behind} change(s) made in Postgres" if behind else "",
+                                                f"{reloads} table(s) to copy again" if reloads else "") if x)
+                raise Refused(f"{what} are not yet written to the SQLite file (the way back after the cutover); "
+                              "run the daemon until it catches up, or pass --force to discard them")
             from syncd.rollback import end_way_back
 
             ended = await end_way_back(pg, settings, source, "capture uninstalled (syncd uninstall)")
@@ -99,3 +105,22 @@ async def _has_bookkeeping(pg, settings: Settings) -> bool:
     from syncd.postgres.bookkeeping import bookkeeping_exists
 
     return await bookkeeping_exists(pg, settings.postgres.bookkeeping_schema)
+
+
+async def _way_back_behind(pg, settings: Settings, source: SourceSettings, conn: sqlite3.Connection) -> tuple[int, int]:
+    """For a source cut over to Postgres whose way back is live: (Postgres's changes the
+    file has not received, tables waiting to be copied into it again); (0, 0) otherwise."""
+    from syncd.reverse import applier
+    from syncd.reverse import capture as reverse_capture
+    from syncd.reverse import reader as reverse_reader
+    from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint
+
+    names = reverse_capture.Names(settings.postgres.bookkeeping_schema, source.name)
+    gen = await reverse_capture.generation(pg, names)
+    if gen is None or gen.retired_at is not None:
+        return 0, 0
+    cp = ReverseCheckpoint.decode(applier.read_meta(conn, META_KEY))
+    if cp is None or cp.generation != gen.id:
+        cp = ReverseCheckpoint(gen.id, "1:1:")
+    pending, _age = await reverse_reader.pending(pg, names, cp)
+    return pending, len(applier.read_reload(conn))
