@@ -172,13 +172,20 @@ async def undo_abandoned(settings: Settings, source: SourceSettings, conn: async
 
 async def reverse_position(worker: SqliteWorker, conn: asyncpg.Connection, names: Names) -> tuple[int, int]:
     """(entries SQLite has not applied, tables waiting to be copied again)."""
-    cp = ReverseCheckpoint.decode(await worker.run(applier.read_meta, META_KEY))
+    return await reverse_behind(conn, names, await worker.run(applier.read_meta, META_KEY),
+                                len(await worker.run(applier.read_reload)))
+
+
+async def reverse_behind(conn: asyncpg.Connection, names: Names, checkpoint: str | None,
+                         reloads: int) -> tuple[int, int]:
+    """reverse_position() from what the file holds: its way-back checkpoint (applier
+    META_KEY's value) and how many tables wait to be copied into it again."""
+    cp = ReverseCheckpoint.decode(checkpoint)
     gen = await capture.generation(conn, names)
     if cp is None or gen is None or cp.generation != gen.id:
         cp = ReverseCheckpoint(gen.id if gen else "", "1:1:")
     pending, _age = await reader.pending(conn, names, cp)
-    reload = await worker.run(applier.read_reload)
-    return pending, len(reload)
+    return pending, reloads
 
 
 async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, worker: SqliteWorker,

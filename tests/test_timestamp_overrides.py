@@ -46,16 +46,6 @@ def _verdict(stored, state, pg_value, expected, verify) -> str | None:
             f"{verify.returncode}: {verify.stdout.strip()[-300:]!r}")
 
 
-async def test_a_julian_day_is_not_stored_as_unix_seconds(app_db, make_config, pg_dsn, tmp_path):
-    # julianday() is one of SQLite's own three ways of storing a date (a REAL), the one
-    # its date functions compute in.
-    stored, state, pg_value, verify = await _carry(app_db, make_config, pg_dsn, tmp_path,
-                                                   "julianday('2026-11-23 10:00:00')", "timestamptz")
-    expected = dt.datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-    why = _verdict(stored, state, pg_value, expected, verify)
-    assert why is None, why
-
-
 async def test_a_fraction_finer_than_microseconds_is_not_cut(app_db, make_config, pg_dsn, tmp_path):
     # Seven fraction digits: .NET's round-trip format, which Entity Framework Core writes
     # for a DateTime in SQLite. Postgres keeps microseconds: the 100 ns digit cannot arrive.

@@ -112,15 +112,11 @@ async def _way_back_behind(pg, settings: Settings, source: SourceSettings, conn:
     file has not received, tables waiting to be copied into it again); (0, 0) otherwise."""
     from syncd.reverse import applier
     from syncd.reverse import capture as reverse_capture
-    from syncd.reverse import reader as reverse_reader
-    from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint
+    from syncd.reverse.checkpoint import META_KEY
+    from syncd.rollback import reverse_behind
 
     names = reverse_capture.Names(settings.postgres.bookkeeping_schema, source.name)
     gen = await reverse_capture.generation(pg, names)
     if gen is None or gen.retired_at is not None:
         return 0, 0
-    cp = ReverseCheckpoint.decode(applier.read_meta(conn, META_KEY))
-    if cp is None or cp.generation != gen.id:
-        cp = ReverseCheckpoint(gen.id, "1:1:")
-    pending, _age = await reverse_reader.pending(pg, names, cp)
-    return pending, len(applier.read_reload(conn))
+    return await reverse_behind(pg, names, applier.read_meta(conn, META_KEY), len(applier.read_reload(conn)))
