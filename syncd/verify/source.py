@@ -354,21 +354,30 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         result.repair_note = "; ".join([f"{sum(queued.values())} row(s) queued for replay but not applied: {e}",
                                         *skipped_notes])
         return
-    note = f"{sum(queued.values())} row(s) replayed through the stream, {how}"
-    result.repair_note = "; ".join([note, *skipped_notes])
     again = []
+    confirmed = 0
+    unconfirmed = []
     for tr in result.tables:
         if tr.table not in queued:
             again.append(tr)
             continue
-        if record and tr.table in run_ids:
-            await history.mark_repaired(s.pg, s.bk.schema, run_ids[tr.table], queued[tr.table])
         # The table's state row may have moved on (e.g. a hold); look at it afresh.
         fresh = (await _plan(s, [tr.table]))[0]
         tr2 = await _check(s, fresh, wait_seconds)
         if record and s.has_bookkeeping:  # the repair is on the run that found the rows
             await history.record(s.pg, s.bk.schema, tr2, s.direction == TO_SQLITE)
+        again.append(tr2)
+        if not tr2.compared:
+            # Held, paused or reloading: the replay may wait behind it (a change applied
+            # before it held the table); nothing says the rows were repaired.
+            unconfirmed.append(f'"{tr.table}": {queued[tr.table]} row(s) replayed, not confirmed: the table is '
+                               f'{tr2.state or "not registered"} ({tr2.error or tr2.reason})')
+            continue
+        if record and tr.table in run_ids:
+            await history.mark_repaired(s.pg, s.bk.schema, run_ids[tr.table], queued[tr.table])
+        confirmed += queued[tr.table]
         tr2.repaired = queued[tr.table]
         tr2.replayed = replayed[tr.table]
-        again.append(tr2)
+    done = [f"{confirmed} row(s) replayed through the stream, {how}"] if confirmed else []
+    result.repair_note = "; ".join([*done, *unconfirmed, *skipped_notes])
     result.tables = again
