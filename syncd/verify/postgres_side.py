@@ -146,6 +146,7 @@ class Totals:
     postgres_rows: int
     sqlite_settled: int
     postgres_settled: int
+    in_flight: bool = False  # the changelog held entries after the checkpoint (any table's)
 
 
 async def counts_at_checkpoint(pt: PostgresTable, bk_schema: str, source: str,
@@ -164,7 +165,7 @@ async def counts_at_checkpoint(pt: PostgresTable, bk_schema: str, source: str,
     seq_after = await checkpoint(pt.conn, bk_schema, source) or 0
     if seq_after != seq and sq.entries_after != sq.max_seq - seq:
         return None  # entries after the checkpoint may have been pruned before they were read
-    return Totals(seq, sq.rows, pg_rows, sq.rows - sq.changed_rows, pg_rows - pg_changed)
+    return Totals(seq, sq.rows, pg_rows, sq.rows - sq.changed_rows, pg_rows - pg_changed, sq.max_seq > seq)
 
 
 async def lock_holder(conn: asyncpg.Connection, source: str) -> str | None:
