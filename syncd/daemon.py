@@ -352,7 +352,7 @@ class Daemon:
         while True:
             now = time.time()
             if self.page.history.due(now):
-                self.page.sample(now, {p.name: p.lag_seconds(now) for p in list(self.pipelines.values())})
+                self.page.sample(now, {p.name: _or_nan(p.lag_figure(now)) for p in list(self.pipelines.values())})
             up = [p.pg_ok for p in self.pipelines.values()]
             metrics.postgres_up.set(1 if all(x is True for x in up) else 0)
             if not self.ready_sent and all(p.ready.is_set() for p in self.pipelines.values()):
@@ -449,7 +449,7 @@ class Daemon:
                 "health": p.health,
                 "direction": s.direction,
                 "detail": p.detail or p._last_error or "",
-                "lag_seconds": round(p.lag_seconds(now), 3),
+                "lag_seconds": _rounded(p.lag_figure(now)),  # None until the pipeline knows it
                 "pending_changes": p.pending,
                 "applied_seq": s.applied_seq,
                 "applied_at": s.applied_at,
@@ -483,6 +483,15 @@ def _raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
         except (ValueError, OSError):
             pass
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
+def _or_nan(seconds: float | None) -> float:
+    """A lag not known yet, as the charts' history keeps a missing sample."""
+    return float("nan") if seconds is None else seconds
 
 
 def _outcome(result) -> str:

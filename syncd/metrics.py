@@ -46,9 +46,17 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 replication_lag_seconds = Directional(Gauge(
     "syncd_replication_lag_seconds",
     "Age of the oldest change committed on the sending side (SQLite, or Postgres after a cutover) and not yet "
-    "applied on the other; 0 when caught up.",
+    "applied on the other; 0 when caught up, NaN while a starting source does not know it yet.",
     ["source", "direction"],
 ))
+
+
+def set_lag(source: str, seconds: float | None, direction: str = TO_POSTGRES) -> None:
+    """A lag not known yet is NaN: 0 would say that nothing waits."""
+    replication_lag_seconds.labels(source, direction=direction).set(UNKNOWN if seconds is None else seconds)
+
+
+UNKNOWN = float("nan")
 pending_changes = Directional(Gauge(
     "syncd_pending_changes", "Changelog entries not yet applied on the receiving side.", ["source", "direction"]
 ))

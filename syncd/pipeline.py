@@ -87,6 +87,7 @@ class Pipeline:
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()
         self.lag = LagTracker()
+        self.reconciled = False  # the lag is unknown until the bookkeeping is read (lag_figure)
         self.health = STARTING
         self.failing_note = FailingNote()  # FAILING, told to Postgres for `syncd status` (health_note.py)
         self.renew_connections = False  # the next step first replaces the pooled connections
@@ -132,7 +133,7 @@ class Pipeline:
             metrics.errors_total.labels(self.name, kind)
         metrics.apply_duration_seconds.labels(self.name)
         metrics.commit_to_apply_seconds.labels(self.name)
-        metrics.replication_lag_seconds.labels(self.name).set(0)
+        metrics.set_lag(self.name, None)
         metrics.pending_changes.labels(self.name).set(0)
         metrics.capture_suspended.labels(self.name).set(0)
 
@@ -208,6 +209,11 @@ class Pipeline:
         """Changelog entries seen and not yet applied: past the checkpoint, and held or
         paused tables' entries the checkpoint moved past (as last counted)."""
         return max(0, self.max_seq_seen - self.session.applied_seq) + sum(t.queued for t in self._halted())
+
+    def lag_figure(self, now: float) -> float | None:
+        """The lag to show, None until known: before its first reconcile the pipeline knows
+        neither the checkpoint nor since when changes wait (0 would say nothing waits)."""
+        return self.lag_seconds(now) if self.reconciled else None
 
     def lag_seconds(self, now: float) -> float:
         """The age of the oldest change not applied: the stream's, or a held or paused
@@ -569,15 +575,21 @@ class Pipeline:
 
     def _after_reconcile(self) -> None:
         s = self.session
-        since = s.applied_at or time.time()
+        # The changes waiting were committed after Postgres last held every captured change
+        # (the time of the last apply is no bound: a daemon stopped part-way through a
+        # backlog leaves changes older than it).
+        since = s.lag_from or time.time()
+        if self.lag.caught_up_at is not None and self.lag.applied_seq == s.applied_seq:
+            since = max(since, self.lag.caught_up_at)  # reconciled again: this daemon saw since then
         max_seq = s.capture.max_seq if s.capture else 0
         self.lag.seed(s.applied_seq, max_seq, since)
+        self.reconciled = True
         self.halted_counted = ({}, 0)
         for t in self._halted():
             if t.queued_since is None:
                 # Held or paused before (this daemon started, or this reconcile): its queue
-                # is at least as old as the last apply and the row's last save, whichever
-                # came first. A lower bound: when the hold began is not recorded.
+                # is at least as old as `since` or the row's last save, whichever came
+                # first. A lower bound: when the hold began is not recorded.
                 t.queued_since = min(since, t.row.updated_at.timestamp())
         self.max_seq_seen = max_seq  # the file as it is now: a restore may have moved it back
         self.pruner.rewind(s.applied_seq)
@@ -760,7 +772,6 @@ class Pipeline:
 
     async def _stream_step(self) -> bool:
         s = self.session
-        read_at = time.time()
         streaming, by_tid = s.streaming_specs(), s.by_tid()
         got = await self.ahead.take(ReadAhead.key_for(s.applied_seq, by_tid, streaming, s.schema_version))
         if got is None:
@@ -774,10 +785,9 @@ class Pipeline:
             return True
         if batch.empty:
             return False
-        self.lag.observe(batch.last_seq, read_at)
-        if batch.max_seq > self.max_seq_seen:
-            self.max_seq_seen = batch.max_seq
-            self.lag.observe(batch.max_seq, read_at)
+        # Timed by the read itself: a batch read ahead was read before this step began.
+        self.lag.observe(batch.max_seq, batch.read_at)
+        self.max_seq_seen = max(self.max_seq_seen, batch.max_seq)
         if batch.max_seq > batch.last_seq and s.journal_mode == "wal":
             # More is queued: read the next batch on the SQLite thread while this one
             # is applied. It is used only if this apply leaves the tables as they are.
@@ -786,8 +796,8 @@ class Pipeline:
             limit = batch_limit(batch.max_seq - batch.last_seq, self.settings.stream.batch_size, s.journal_mode)
             self.ahead.start(self._read_ahead(batch.last_seq, limit, streaming, by_tid),
                              ReadAhead.key_for(batch.last_seq, by_tid, streaming, s.schema_version))
-        first_seen = self.lag.first_seen(batch.after_seq + 1) or read_at
-        held = await apply(s, batch, converted, misfits)
+        first_seen = self.lag.first_seen(batch.after_seq + 1) or batch.read_at
+        held = await apply(s, batch, converted, misfits, caught_up_at=self.lag.covered_at(batch.last_seq))
         now = time.time()
         self.lag.applied(s.applied_seq)
         if batch.tables:
@@ -918,7 +928,7 @@ class Pipeline:
     def _update_gauges(self) -> None:
         s = self.session
         metrics.pending_changes.labels(self.name).set(self.pending)
-        metrics.replication_lag_seconds.labels(self.name).set(self.lag_seconds(time.time()))
+        metrics.set_lag(self.name, self.lag_figure(time.time()))
         if s.applied_at:
             metrics.last_applied_timestamp_seconds.labels(self.name).set(s.applied_at)
         metrics.table_gauges(self.name, {t.name: t.state for t in s.tables.values()}, bk.STATES, (bk.HELD, bk.PAUSED))
@@ -941,7 +951,7 @@ class Pipeline:
                     or time.monotonic() - self.closed_at >= IDLE_RELOOK_SECONDS):
                 self.wake.set()
             metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
-            metrics.replication_lag_seconds.labels(self.name).set(self.lag_seconds(time.time()))
+            metrics.set_lag(self.name, self.lag_figure(time.time()))
             return
         try:
             if s.worker.conn is not None:
@@ -962,7 +972,7 @@ class Pipeline:
             self.file_changed = True
             self.wake.set()
         metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
-        metrics.replication_lag_seconds.labels(self.name).set(self.lag_seconds(time.time()))
+        metrics.set_lag(self.name, self.lag_figure(time.time()))
 
     async def _rearm_while_away(self) -> None:
         """The schema moved while Postgres is away (a table rebuilt, a new one): capture
@@ -994,9 +1004,10 @@ class Pipeline:
             # content was restored or replaced in place.
             self.needs_reconcile = True
             self.wake.set()
+        if info.max_seq >= s.applied_seq:  # also nothing new: Postgres may be current as of then
+            self.lag.observe(info.max_seq, info.read_at)
         if info.max_seq > self.max_seq_seen:
             self.max_seq_seen = info.max_seq
-            self.lag.observe(info.max_seq, time.time())
             self.wake.set()
         if s.schema_version is not None and info.schema_version != s.schema_version:
             self.needs_reconcile = True

@@ -238,6 +238,7 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
         await session.bk.upsert_source(conn, state.capture_id, str(session.source.path), target)
         if src.applied_at is not None:
             session.applied_at = src.applied_at.timestamp()
+        session.lag_from = src.lag_from.timestamp()
 
     rows = await session.bk.load_tables(conn)
     requests = await _resync_requests(session)
@@ -384,6 +385,7 @@ async def _resume_position(session: SourceSession, src, state: CaptureState) -> 
             event="capture_reset",
         )
         await session.bk.reset_source(conn, state.capture_id, 0)
+        src.caught_up_at = None  # as reset: the old history's says nothing of this one
         return 0
     diverged = noted < seen or noted > applied or top < applied
     covered = False
@@ -407,6 +409,7 @@ async def _resume_position(session: SourceSession, src, state: CaptureState) -> 
             event="capture_reset",
         )
         await session.bk.reset_source(conn, state.capture_id, top)
+        src.caught_up_at = None  # as reset: the old history's says nothing of this one
         return top
     if applied > noted and not covered:
         await session.bk.rewind(conn, noted)

@@ -98,6 +98,7 @@ class SourceSession:
         self.capture: CaptureState | None = None
         self.applied_seq = 0
         self.applied_at: float | None = None
+        self.lag_from: float | None = None  # changes past the checkpoint are younger (bookkeeping's lag_from)
         self.journal_mode = "delete"
         self.schema_version: int | None = None
         self.direction = TO_POSTGRES  # from bookkeeping at each reconcile (the cutover flips it)

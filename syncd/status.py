@@ -169,7 +169,7 @@ class _PgSide:
 
     error: str | None = None
     bookkeeping: bool = False
-    src: tuple | None = None  # applied_seq, applied_at, streaming_since, direction
+    src: tuple | None = None  # applied_seq, applied_at, streaming_since, direction, lag_from (bookkeeping)
     tables: list[tuple] = field(default_factory=list)  # name, state, reason, snapshot_rows, snapshot_total
     verify: dict[str, tuple] = field(default_factory=dict)  # table -> finished_at, differences, error
     holder: str | None = None
@@ -200,11 +200,14 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
         q = bk.quote_pg_ident(schema)
         for side in out.values():
             side.bookkeeping = True
+        # caught_up_at as SourceRow.lag_from has it, read so that bookkeeping an older daemon
+        # made (not upgraded yet) does without it.
         for r in await conn.fetch(f"SELECT source, applied_seq, applied_at, streaming_since, direction, "
+                                  f"coalesce((to_jsonb(s) ->> 'caught_up_at')::timestamptz, created_at), "
                                   f"failing, failing_since, failing_at "
-                                  f"FROM {q}.sources WHERE source = ANY($1::text[])", names):
-            out[r[0]].src = tuple(r[1:5])
-            out[r[0]].failing = tuple(r[5:]) if r[5] is not None else None
+                                  f"FROM {q}.sources s WHERE source = ANY($1::text[])", names):
+            out[r[0]].src = tuple(r[1:6])
+            out[r[0]].failing = tuple(r[6:]) if r[6] is not None else None
         for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total, from_seq, "
                                   f"snapshot_finished_at FROM {q}.tables WHERE source = ANY($1::text[])", names):
             out[r[0]].tables.append(tuple(r[1:]))
@@ -291,7 +294,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
             st.daemon_holder = pg.holder
         if src is not None:
             st.initialized = True
-            applied_seq, applied_at, streaming_since, direction = src
+            applied_seq, applied_at, streaming_since, direction, _lag_from = src
             st.direction = direction or TO_POSTGRES
             st.last_applied_at = _iso(applied_at)
             st.dual_write_since = _iso(streaming_since)
@@ -328,7 +331,8 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
 
     mine = (live or {}).get("sources", {}).get(source.name)
     if mine is not None:
-        st.lag_seconds = mine.get("lag_seconds")
+        if mine.get("lag_seconds") is not None:  # None: the daemon does not know it yet (starting)
+            st.lag_seconds = mine["lag_seconds"]
         st.step_seconds = mine.get("step_seconds")
         if st.last_applied_at is None and mine.get("applied_at"):  # Postgres away: the daemon knows
             st.last_applied_at = _iso(dt.datetime.fromtimestamp(mine["applied_at"], dt.timezone.utc))
@@ -344,17 +348,26 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         if _failing_now(pg):
             detail, since, _ = pg.failing
             st.state, st.daemon_detail = "failing", f"{detail} (since {_iso(since)})"
-        # After a cutover the way back measured its lag in Postgres (_way_back): its
-        # oldest pending change's age.
-        if st.direction != TO_SQLITE and st.pending_changes is not None:
-            if st.pending_changes == 0:
-                st.lag_seconds = 0.0
-            elif src is not None and src[1] is not None:
-                # Without the daemon's observations the best bound is: not applied since then.
-                st.lag_seconds = max(0.0, time.time() - src[1].timestamp())
+    if st.lag_seconds is None:
+        st.lag_seconds = _lag_without_daemon(st, src)
     if st.state == "unknown":
         st.state = _derive_state(st)
     return st
+
+
+def _lag_without_daemon(st: SourceStatus, src: tuple | None) -> float | None:
+    """The lag from the bookkeeping and the file, where the daemon's observations are
+    not to be had. After a cutover the way back measured its lag in Postgres
+    (_way_back): its oldest pending change's age."""
+    if st.direction == TO_SQLITE or st.pending_changes is None:
+        return None
+    if st.pending_changes == 0:
+        return 0.0
+    if src is None:
+        return None
+    # Every change past the checkpoint was committed after the checkpoint last covered the
+    # whole changelog (the last apply is no bound: it may have left a backlog behind).
+    return max(0.0, time.time() - src[4].timestamp())
 
 
 def _failing_now(pg: _PgSide) -> bool:

@@ -152,9 +152,11 @@ def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming
 
 
 async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int, Converted],
-                misfits: dict[int, str], catchup: TableRuntime | None = None) -> dict[int, str]:
-    """Apply one batch. Main stream: advances the source checkpoint. Catch-up of one
-    table: advances that table's from_seq. Returns tid -> reason for tables held."""
+                misfits: dict[int, str], catchup: TableRuntime | None = None,
+                caught_up_at: float | None = None) -> dict[int, str]:
+    """Apply one batch. Main stream: advances the source checkpoint, and records
+    `caught_up_at` with it (the changelog held nothing past the batch then). Catch-up
+    of one table: advances that table's from_seq. Returns tid -> reason for tables held."""
     conn = session.pg
     assert conn is not None
     started = time.monotonic()
@@ -171,7 +173,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
             # Deferred UNIQUE constraints (schema parity) are checked here, not at COMMIT,
             # so a violation is this batch's and is narrowed to its table below.
             await parity.check_deferred(conn, session, [c.t.name for c in converted.values()])
-            updates = await _bookkeep(session, batch, held, catchup)
+            updates = await _bookkeep(session, batch, held, catchup, caught_up_at)
     except Exception as e:
         if not _table_specific(e):
             raise
@@ -216,9 +218,9 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                         msg = bad.message if bad else describe(e2)
                         held[tid] = f'table "{c.t.name}"{where}: Postgres rejected the change: {msg}'
                         break
-            updates = await _bookkeep(session, batch, held, catchup)
+            updates = await _bookkeep(session, batch, held, catchup, caught_up_at)
     app_triggers.say(session.name, quieted, disabled=True)
-    _adopt(session, batch, updates, catchup)
+    _adopt(session, batch, updates, catchup, caught_up_at)
     _count(session, batch, converted, held, time.monotonic() - started)
     return held
 
@@ -300,7 +302,7 @@ def _table_specific(exc: BaseException) -> bool:
 
 
 async def _bookkeep(session: SourceSession, batch: ChangeBatch, held: dict[int, str],
-                    catchup: TableRuntime | None) -> dict[int, TableRow]:
+                    catchup: TableRuntime | None, caught_up_at: float | None) -> dict[int, TableRow]:
     """Inside the batch transaction: holds, and the checkpoint or table position."""
     conn = session.pg
     assert conn is not None
@@ -311,7 +313,7 @@ async def _bookkeep(session: SourceSession, batch: ChangeBatch, held: dict[int, 
         from_seq = batch.after_seq if catchup is None else t.row.from_seq
         updates[tid] = hold_row(t, reason, from_seq, bk.CATCHUP)
     if catchup is None:
-        await session.bk.advance(conn, batch.after_seq, batch.last_seq, batch.fingerprint)
+        await session.bk.advance(conn, batch.after_seq, batch.last_seq, batch.fingerprint, caught_up_at)
     elif catchup.tid not in held:
         updates[catchup.tid] = changed(catchup.row, state=bk.CATCHUP, from_seq=batch.last_seq, reason=None)
         await session.bk.touch_applied(conn)
@@ -321,12 +323,14 @@ async def _bookkeep(session: SourceSession, batch: ChangeBatch, held: dict[int, 
 
 
 def _adopt(session: SourceSession, batch: ChangeBatch, updates: dict[int, TableRow],
-           catchup: TableRuntime | None) -> None:
+           catchup: TableRuntime | None, caught_up_at: float | None) -> None:
     by_tid = session.by_tid()
     for tid, row in updates.items():
         by_tid[tid].row = row
     if catchup is None:
         session.applied_seq = batch.last_seq
+        if caught_up_at is not None:
+            session.lag_from = max(session.lag_from or caught_up_at, caught_up_at)
     session.applied_at = time.time()
 
 

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sqlite3
 import time
 import urllib.request
+from urllib.parse import urlsplit
 
 import asyncpg
 
+from tests.conftest import write_config
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
+from tests.support.proxy import FaultProxy
 from tests.support.sync import wait_caught_up
 
 
@@ -68,7 +72,7 @@ async def test_lag_after_a_restart_in_the_middle_of_a_backlog_is_the_backlogs_ag
                     doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read())
                 except OSError:
                     return False
-                return doc["sources"]["app"]["health"] == "streaming"
+                return doc["sources"].get("app", {}).get("health") == "streaming"  # listed once it starts
 
             wait_for(health, 30, "the restarted daemon streaming", d)
             r = run_cli(cfg, "status", "--json")
@@ -82,3 +86,51 @@ async def test_lag_after_a_restart_in_the_middle_of_a_backlog_is_the_backlogs_ag
     finally:
         await tx.rollback()
         await locker.close()
+
+
+async def test_lag_of_a_source_not_started_yet_is_unknown_not_0(tmp_path, make_config, pg_dsn):
+    """A daemon that cannot read its bookkeeping yet (Postgres away at its start, a fleet's
+    sources waiting their turn) does not know since when changes wait: it says so, and
+    `syncd status` bounds their age from Postgres instead of showing 0."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO a VALUES (0, 'x');")
+    conn.commit()
+    port = free_port()
+    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}",
+                      sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "first.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn.executemany("INSERT INTO a VALUES (?, 'x')", [(i,) for i in range(1, 11)])
+    conn.commit()
+    written = time.time()
+    await asyncio.sleep(3)
+
+    parts = urlsplit(pg_dsn)
+    proxy = FaultProxy(parts.hostname, parts.port or 5432)
+    proxy.refuse()
+    try:
+        away = write_config(tmp_path / "away.toml", pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/"),
+                            [{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}")
+        with DaemonProcess(away, tmp_path / "second.log") as d:
+            def live() -> dict | None:
+                try:
+                    doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read())
+                except OSError:
+                    return None
+                return doc["sources"].get("app")
+
+            mine = wait_for(live, 30, "the source in the daemon's /status", d)
+            assert mine["lag_seconds"] is None, mine
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            gauge = [line for line in body.splitlines()
+                     if line.startswith('syncd_replication_lag_seconds{direction="to_postgres",source="app"}')]
+            assert gauge and math.isnan(float(gauge[0].rsplit(" ", 1)[1])), gauge
+            r = run_cli(cfg, "status", "--json")  # Postgres as the daemon cannot reach it yet
+            src = json.loads(r.stdout)["sources"][0]
+            assert src["pending_changes"] == 10, src
+            assert src["lag_seconds"] >= time.time() - written - 1 >= 2, src
+    finally:
+        proxy.close()

@@ -205,7 +205,8 @@ async def test_lag_halted_table_and_capture(ready, app_db, pg_dsn):
     tid = conn.execute("SELECT tid FROM _syncd_tables WHERE name = 'notes'").fetchone()[0]
     conn.execute(f'DROP TRIGGER "_syncd_t{tid}_del"')  # notes: deletes would go unrecorded
     conn.commit()
-    await pg_execute(pg_dsn, "UPDATE syncd.sources SET applied_at = now() - interval '5 minutes'")
+    # Postgres last held every captured change 5 minutes ago; a later apply left changes behind.
+    await pg_execute(pg_dsn, "UPDATE syncd.sources SET caught_up_at = now() - interval '5 minutes', applied_at = now()")
     await pg_execute(pg_dsn, "UPDATE syncd.tables SET state = 'held', reason = 'a value does not fit' "
                              "WHERE table_name = 'notes'")
     rc, md, _, doc = report(ready)
@@ -213,7 +214,8 @@ async def test_lag_halted_table_and_capture(ready, app_db, pg_dsn):
     assert marks(md) == {"migrated": False, "dual_write": True, "lag": False, "halted": False, "capture": False,
                          "backup": True, "performance": True, "foreign_keys": True,
                          "rollback_rehearsed": True}
-    assert re.search(r"❌ app: lag 30\d\.\d s, from computed: at most the time since the last apply "
+    assert re.search(r"❌ app: lag 30\d\.\d s, from computed: at most the time since Postgres last held every captured "
+                     r"change "
                      r"\(3 change\(s\) pending; no daemon endpoint is configured\); 3 change\(s\) pending", section(md, "lag"))
     assert "❌ app.notes: held: a value does not fit" in section(md, "halted")
     assert "❌ app.notes: held (a value does not fit)" in section(md, "migrated")
@@ -512,7 +514,11 @@ async def test_a_report_on_bookkeeping_an_older_syncd_made(ready, pg_dsn):
     package upgraded, the daemon not restarted yet) reads the tables' states before it
     completes the bookkeeping: no column the older one lacked is needed for that."""
     await pg_execute(pg_dsn, "ALTER TABLE syncd.tables DROP COLUMN behind_since")
+    await pg_execute(pg_dsn, "ALTER TABLE syncd.sources DROP COLUMN caught_up_at")
     await pg_execute(pg_dsn, "UPDATE syncd.meta SET value = 'older' WHERE key = 'version'")
+    st = run_cli(ready, "status", "--json")
+    src = json.loads(st.stdout)["sources"][0]
+    assert src["postgres_error"] is None and src["lag_seconds"] == 0, st.stdout + st.stderr
     js = run_cli(ready, "report", "--format", "json")
     assert js.returncode == 0 and json.loads(js.stdout)["ready"] is True, js.stdout + js.stderr
 

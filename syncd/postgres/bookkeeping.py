@@ -135,6 +135,10 @@ def _ddl(bk: str) -> list[str]:
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS failing text",
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS failing_since timestamptz",
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS failing_at timestamptz",
+        # The last time the checkpoint covered every change the file had captured: the changes
+        # past it were all committed since, so a restarted daemon (and `syncd status` without
+        # one) bounds their age by it. NULL where no batch has recorded it yet.
+        f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS caught_up_at timestamptz",
         # Every `syncd rehearse` (rehearsal.py): a cutover and rollback of a copy, measured.
         f"""CREATE TABLE IF NOT EXISTS {s}.rehearsals (
             id bigserial PRIMARY KEY,
@@ -256,6 +260,14 @@ class SourceRow:
     created_at: dt.datetime
     streaming_since: dt.datetime | None
     confirmed_seq: int = 0  # the newest position the SQLite file is known to have recorded
+    caught_up_at: dt.datetime | None = None  # the checkpoint covered every captured change then
+
+    @property
+    def lag_from(self) -> dt.datetime:
+        """The changes past the checkpoint were all committed after this: the last time it
+        covered the whole changelog; where that was never recorded (bookkeeping of an older
+        syncd, no batch since the source was registered), the source's registration."""
+        return self.caught_up_at or self.created_at
 
 
 @dataclass
@@ -327,8 +339,10 @@ class Bookkeeping:
 
     async def load_source(self, conn: asyncpg.Connection) -> SourceRow | None:
         r = await conn.fetchrow(
-            f"SELECT source, capture_id, applied_seq, applied_at, created_at, streaming_since, confirmed_seq "
-            f"FROM {self.s}.sources WHERE source = $1",
+            # caught_up_at read so that bookkeeping an older syncd made (syncd report reads it
+            # without completing it) does without it.
+            f"SELECT source, capture_id, applied_seq, applied_at, created_at, streaming_since, confirmed_seq, "
+            f"(to_jsonb(x) ->> 'caught_up_at')::timestamptz FROM {self.s}.sources x WHERE source = $1",
             self.source,
         )
         return SourceRow(*r) if r else None
@@ -347,11 +361,12 @@ class Bookkeeping:
     async def reset_source(self, conn: asyncpg.Connection, capture_id: str, applied_seq: int) -> None:
         """A new capture generation: every table re-snapshots, the checkpoint restarts,
         and so does the dual-write period (writes went unrecorded, or the file is another
-        history: the days before prove nothing of this one). Call inside a transaction:
+        history: the days before prove nothing of this one, nor does the time the old one
+        was last caught up). Call inside a transaction:
         half a reset would stream without the re-snapshot."""
         await conn.execute(
             f"UPDATE {self.s}.sources SET capture_id = $2, applied_seq = $3, confirmed_seq = 0, "
-            f"streaming_since = NULL WHERE source = $1",
+            f"streaming_since = NULL, caught_up_at = NULL WHERE source = $1",
             self.source, capture_id, applied_seq,
         )
         await conn.execute(f"DELETE FROM {self.s}.applied_batches WHERE source = $1", self.source)
@@ -420,13 +435,16 @@ class Bookkeeping:
     def _touch_sql(self) -> str:
         return f"UPDATE {self.s}.sources SET applied_at = now() WHERE source = $1"
 
-    async def advance(self, conn: asyncpg.Connection, from_seq: int, to_seq: int, fingerprint: str) -> None:
+    async def advance(self, conn: asyncpg.Connection, from_seq: int, to_seq: int, fingerprint: str,
+                      caught_up_at: float | None = None) -> None:
         """Move the checkpoint and keep the batch's fingerprint; the guard catches a
-        second writer (lost lock)."""
+        second writer (lost lock). `caught_up_at`: the changelog held nothing past
+        `to_seq` then (lag.LagTracker.covered_at); it only moves forward."""
         status = await conn.execute(
-            f"UPDATE {self.s}.sources SET applied_seq = $3, applied_at = now() "
+            f"UPDATE {self.s}.sources SET applied_seq = $3, applied_at = now(), "
+            f"caught_up_at = greatest(caught_up_at, to_timestamp($4::float8)) "
             f"WHERE source = $1 AND applied_seq = $2 AND direction = 'to_postgres'",
-            self.source, from_seq, to_seq,
+            self.source, from_seq, to_seq, caught_up_at,
         )
         if status != "UPDATE 1":
             if await conn.fetchval(f"SELECT direction FROM {self.s}.sources WHERE source = $1",

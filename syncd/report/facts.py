@@ -114,6 +114,7 @@ class SourceFacts:
     streaming_since: dt.datetime | None = None
     applied_seq: int | None = None
     applied_at: dt.datetime | None = None
+    lag_from: dt.datetime | None = None  # every change past the checkpoint was committed since (SourceRow.lag_from)
     lag: Lag = field(default_factory=lambda: Lag(None, "unknown", None))
     tables: list[TableFacts] = field(default_factory=list)
     left_out: list[LeftOut] = field(default_factory=list)  # views, virtual and shadow tables not migrated
@@ -251,8 +252,8 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         src = await bk.load_source(pg)
         if src is not None:
             facts.registered = True
-            facts.streaming_since, facts.applied_seq, facts.applied_at = \
-                src.streaming_since, src.applied_seq, src.applied_at
+            facts.streaming_since, facts.applied_seq, facts.applied_at, facts.lag_from = \
+                src.streaming_since, src.applied_seq, src.applied_at, src.lag_from
             if await _has_column(pg, bk_schema, "sources", "direction"):  # older bookkeeping: to Postgres
                 facts.direction = await pg.fetchval(f"SELECT direction FROM {bk.s}.sources WHERE source = $1",
                                                     source.name) or facts.direction
@@ -524,10 +525,11 @@ def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.dat
         return Lag(None, "unknown (no changelog in the SQLite file)", None)
     if pending == 0:
         return Lag(0.0, f"computed: every captured change is applied ({silent})", 0)
-    if facts.applied_at is None:
-        return Lag(None, f"unknown: {pending} change(s) pending and nothing ever applied", pending)
-    # The oldest pending change was committed after the last batch was read, so the
-    # time since the last apply bounds its age from above.
-    return Lag((now - facts.applied_at).total_seconds(),
-               f"computed: at most the time since the last apply ({pending} change(s) pending; "
-               f"{silent})", pending)
+    if facts.lag_from is None:
+        return Lag(None, f"unknown: {pending} change(s) pending and the source is not registered", pending)
+    # The oldest pending change was committed after the checkpoint last covered the whole
+    # changelog, so the time since then bounds its age from above. The last apply is no
+    # such bound: a daemon stopped part-way through a backlog leaves older changes behind.
+    return Lag((now - facts.lag_from).total_seconds(),
+               f"computed: at most the time since Postgres last held every captured change ({pending} change(s) "
+               f"pending; {silent})", pending)

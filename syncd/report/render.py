@@ -59,7 +59,8 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
             f"max_verify_gap_hours` ({f.max_verify_gap_hours:g} h) in which a table was not verified at all (the "
             "daemon stopped, say): errors there would not show.",
             "- *Lag*: the daemon's live figure when its endpoint answers; otherwise computed from the checkpoint "
-            "(the time since the last apply when changes are pending, an upper bound).",
+            "(when changes are pending, the time since Postgres last held every captured change, an upper "
+            "bound).",
             f"- *Performance*: per table, a primary-key lookup and a lookup through each index syncd created, "
             f"on rows sampled from SQLite, timed in both (the median of {RUNS} runs, at most 100 rows fetched); "
             f"a lookup slower in Postgres than `[cutover] max_query_ms` ({f.max_query_ms:g} ms) fails the item.",

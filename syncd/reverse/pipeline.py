@@ -195,7 +195,7 @@ class ReversePipeline:
             metrics.errors_total.labels(self.name, kind, direction=d)
         metrics.apply_duration_seconds.labels(self.name, direction=d)
         metrics.commit_to_apply_seconds.labels(self.name, direction=d)
-        metrics.replication_lag_seconds.labels(self.name, direction=d).set(0)
+        metrics.set_lag(self.name, None, direction=d)
         metrics.pending_changes.labels(self.name, direction=d).set(0)
 
     # --- control -------------------------------------------------------------------
@@ -212,6 +212,12 @@ class ReversePipeline:
             return self.lag.lag(now)
         return max([self.lag.lag(now), *(now - t.behind_since for t in list(self.tables.values())
                                           if t.behind_since is not None)])
+
+    def lag_figure(self, now: float) -> float | None:
+        """The lag to show, None until known: measured in Postgres at least once (or
+        Postgres out of reach, see ReverseLag); 0 before that would say nothing waits."""
+        known = self.lag.measured_at is not None or self.lag.unreachable
+        return self.lag_seconds(now) if known else None
 
     @property
     def pending(self) -> int:
@@ -273,7 +279,7 @@ class ReversePipeline:
         """Lag keeps its meaning between cycles, and while Postgres is away."""
         while True:
             now = time.time()
-            metrics.replication_lag_seconds.labels(self.name, direction=TO_SQLITE).set(self.lag_seconds(now))
+            metrics.set_lag(self.name, self.lag_figure(now), direction=TO_SQLITE)
             metrics.last_check_timestamp_seconds.labels(self.name).set(now)
             await asyncio.sleep(self.settings.stream.poll_interval_seconds)
 
@@ -1034,7 +1040,7 @@ class ReversePipeline:
     def _update_gauges(self) -> None:
         d = TO_SQLITE
         metrics.pending_changes.labels(self.name, direction=d).set(self.lag.pending)
-        metrics.replication_lag_seconds.labels(self.name, direction=d).set(self.lag_seconds(time.time()))
+        metrics.set_lag(self.name, self.lag_figure(time.time()), direction=d)
         metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
         metrics.table_gauges(self.name, {t.name: t.state for t in self.tables.values()}, bk.STATES, (bk.HELD, bk.PAUSED))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -51,6 +52,7 @@ class ChangeBatch:
     schema_changed: bool = False  # the file's schema moved since syncd last looked: reconcile first
     fingerprint: str = ""  # of every entry in (after_seq, last_seq]: see fingerprint()
     max_seq: int = 0  # the changelog's newest entry when the batch was read: what is still queued
+    read_at: float = 0.0  # time.time() just before the read: the changelog held nothing past max_seq then
 
     @property
     def empty(self) -> bool:
@@ -262,11 +264,12 @@ def read_changes(
     With `schema_version`, nothing is read if the schema moved since: rows read with
     a stale column list would lose the new columns' values.
     """
+    read_at = time.time()
     conn.execute("BEGIN")
     try:
         if schema_version is not None:
             if conn.execute("PRAGMA main.schema_version").fetchone()[0] != schema_version:
-                return ChangeBatch(after_seq=after_seq, last_seq=after_seq, schema_changed=True)
+                return ChangeBatch(after_seq=after_seq, last_seq=after_seq, schema_changed=True, read_at=read_at)
         where = "seq > ?"
         params: list[Any] = [after_seq]
         if upto_seq is not None:
@@ -277,9 +280,9 @@ def read_changes(
             params.append(only_tid)
         entries = _within_values(_batch_entries(conn, where, tuple(params), limit), limit, streaming)
         if not entries:
-            return ChangeBatch(after_seq=after_seq, last_seq=after_seq)
+            return ChangeBatch(after_seq=after_seq, last_seq=after_seq, read_at=read_at)
         batch = ChangeBatch(after_seq=after_seq, last_seq=entries[-1][0], entries=len(entries),
-                            fingerprint=fingerprint(entries), max_seq=max_seq(conn))
+                            fingerprint=fingerprint(entries), max_seq=max_seq(conn), read_at=read_at)
         per_tid = Counter(map(itemgetter(1), entries))
         for tid in sorted(per_tid):
             spec = streaming.get(tid)
@@ -306,6 +309,7 @@ class PollInfo:
     max_seq: int
     inode: tuple[int, int] | None  # None: the file is gone
     capture_id: str | None = None  # the file's, from syncd's meta table (None: not installed)
+    read_at: float = 0.0  # time.time() just before the read: the changelog held nothing past max_seq then
 
 
 def file_signature(path: str) -> tuple:
@@ -331,6 +335,7 @@ def poll(conn: sqlite3.Connection, path: str) -> PollInfo:
     else:
         if st.st_size == 0:
             raise empty_file(path)
+    read_at = time.time()
     conn.execute("BEGIN")  # one shared lock for the three reads, not three
     try:
         dv = conn.execute("PRAGMA main.data_version").fetchone()[0]
@@ -344,7 +349,7 @@ def poll(conn: sqlite3.Connection, path: str) -> PollInfo:
         capture_id = current_capture_id(conn)
     finally:
         conn.execute("COMMIT")
-    return PollInfo(dv, sv, max_seq, inode, capture_id)
+    return PollInfo(dv, sv, max_seq, inode, capture_id, read_at)
 
 
 def current_capture_id(conn: sqlite3.Connection) -> str | None:
