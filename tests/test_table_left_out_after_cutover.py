@@ -9,6 +9,7 @@ import signal
 import sqlite3
 
 from tests.support.app import create_items
+from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess
 from tests.support.sync import eventually, pg_rows
 from tests.support.way_back import backup_and_config, cut_over, wait_back
@@ -50,4 +51,18 @@ async def test_excluding_a_table_after_the_cutover_keeps_the_way_back_going_for_
                                  f"{sqlite_value(db, 'SELECT v FROM items WHERE id = 1')}; "
                                  f"{failing[-1] if failing else d.log()[-2000:]}") from None
         assert "unexpected error" not in d.log()
+        assert "left out of the source's configuration" in d.log()
+
+        # Meanwhile the application changes the table left out; configured again, it is
+        # copied from Postgres, the change made while it was out included.
+        await pg_rows(pg_dsn, "UPDATE app.audit_log SET v = 'while left out' WHERE id = 3")
+        backup_and_config(make_config, tmp_path, db, sources=[source])
+        d.proc.send_signal(signal.SIGHUP)
+
+        async def copied() -> bool:
+            return sqlite_value(db, "SELECT v FROM audit_log WHERE id = 3") == [("while left out",)]
+
+        await eventually(copied, 30, "the table configured again to be copied from Postgres", daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert await compare_table(str(db), pg_dsn, "app", "audit_log") == []
         assert d.stop() == 0

@@ -551,7 +551,7 @@ class ReversePipeline:
             row = rows.get(name) or new_row(name, tid)
             row = changed(row, tid=tid) if tid is not None else row
             if d.kind == tables.PAUSE:
-                if row.state != bk.PAUSED and spec is not None:
+                if row.state != bk.PAUSED and (spec is not None or d.reason == tables.LEFT_OUT):
                     # Its changes are not applied while it waits: copied in full when it resumes.
                     await s.worker.run(run_on(self.sink, "mark"), {name: "resumed after a pause"}, [])
                 new = changed(row, state=bk.PAUSED, reason=d.reason, resume_to=None, from_seq=None)
@@ -614,6 +614,9 @@ class ReversePipeline:
                 continue
             if owners.get(name) not in (None, s.name):
                 continue  # another source's replica in a shared schema
+            if name in rows and name not in schema.tables and not self.source.wants_table(name):
+                decisions[name] = tables.Decision(tables.PAUSE, tables.LEFT_OUT)
+                continue
             d = tables.judge(schema.tables.get(name), pg_tables.get(name), known=name in rows,
                              typed=frozenset(typed.get(name, ())))
             if d.kind != tables.IGNORE:

@@ -214,6 +214,9 @@ def judge(spec: TableSpec | None, pgt: PgTableInfo | None, known: bool,
     return Decision(FORGET) if known and spec is None else Decision(IGNORE)
 
 
+LEFT_OUT = ("left out of the source's configuration (`tables`/`exclude`) after the cutover: Postgres's changes to "
+            "it are not written to SQLite while so (a rollback refuses meanwhile). Configure it again to copy it "
+            "from Postgres and follow it")
 DROPPED = ("the table was dropped in Postgres after the cutover; SQLite keeps its rows. Create it again in Postgres "
            "(or drop it in SQLite yourself) to resume")
 
