@@ -118,10 +118,31 @@ async def _leftovers(conn: asyncpg.Connection, schema: str, bk_schema: str) -> N
         if not (ours or empty):
             raise RehearsalFailed(f'Postgres schema "{schema}" exists and no rehearsal made it: the rehearsal '
                                   "replicates the copy there; rename or drop that schema first")
+        await _keep_extensions_in_use(conn, [schema, bk_schema])
         await conn.execute(f"DROP SCHEMA {quote_pg_ident(schema)} CASCADE")
 
 
+async def _keep_extensions_in_use(conn: asyncpg.Connection, schemas: list[str]) -> None:
+    """An extension the rehearsal installed into its schema (citext, by its cutover) that
+    objects elsewhere have come to use meanwhile (a real cutover of another source found
+    it there) moves to the schema of the first of them: DROP SCHEMA ... CASCADE would drop
+    it and, with it, those objects (a live source's columns)."""
+    rows = await conn.fetch(
+        """SELECT e.extname, min(o.schema) AS used_in
+           FROM pg_extension e JOIN pg_namespace en ON en.oid = e.extnamespace AND en.nspname = ANY($1::text[])
+           JOIN pg_depend m ON m.refclassid = 'pg_extension'::regclass AND m.refobjid = e.oid AND m.deptype = 'e'
+           JOIN LATERAL (SELECT m.classid, m.objid UNION ALL SELECT 'pg_type'::regclass, t.typarray FROM pg_type t
+                         WHERE m.classid = 'pg_type'::regclass AND t.oid = m.objid AND t.typarray <> 0) mo ON true
+           JOIN pg_depend d ON d.refclassid = mo.classid AND d.refobjid = mo.objid AND d.deptype = 'n'
+           CROSS JOIN LATERAL pg_identify_object(d.classid, d.objid, 0) o
+           WHERE o.schema IS NOT NULL AND NOT o.schema = ANY($1::text[])
+           GROUP BY e.extname""", schemas)
+    for r in rows:
+        await conn.execute(f"ALTER EXTENSION {quote_pg_ident(r['extname'])} SET SCHEMA {quote_pg_ident(r['used_in'])}")
+
+
 async def _clean_up(conn: asyncpg.Connection, schema: str, bk_schema: str) -> None:
+    await _keep_extensions_in_use(conn, [schema, bk_schema])
     await conn.execute(f"DROP SCHEMA IF EXISTS {quote_pg_ident(schema)} CASCADE")
     await conn.execute(f"DROP SCHEMA IF EXISTS {quote_pg_ident(bk_schema)} CASCADE")
 
