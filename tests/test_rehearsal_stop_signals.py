@@ -1,0 +1,45 @@
+"""`syncd rehearse` stopped the way services and terminals stop a command: SIGTERM
+(`timeout`, a CI job cancelled, `systemctl stop` of a unit running it, `kill`) and
+SIGHUP (the SSH session it ran in dropped). Docs (cutover.md): the rehearsal "drops
+everything it made, whatever happened"; its copy of the application's file, a second
+copy of the business's data, must not stay behind in the temporary directory, and its
+schemas must not stay in Postgres."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from tests.support.daemon import syncd_cmd
+from tests.support.verifying import sync_and_stop, verify
+from tests.test_rollback_rehearsal import make_app, schemas, sqlite_state
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+async def test_a_rehearsal_stopped_by_a_signal_removes_what_it_made(app_db, make_config, pg_dsn, tmp_path, sig):
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    before_file, before_schemas = sqlite_state(app_db), await schemas(pg_dsn)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen(syncd_cmd(cfg, "rehearse"), stdout=subprocess.PIPE, text=True, cwd=str(cfg.parent),
+                            env={**os.environ, "TMPDIR": str(tmp), "SYNCD_CUTOVER_HOLD_AT": "frozen"})
+    try:
+        assert proc.stdout.readline().strip() == "holding at frozen"
+        assert {"app_rehearsal", "syncd_rehearsal"} <= await schemas(pg_dsn)
+        assert [p.name for p in tmp.iterdir() if p.name.startswith("syncd-rehearsal-")]  # the copy is there
+        proc.send_signal(sig)  # in the middle of the copy's cutover
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    left = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*"))
+    assert left == [], f"the rehearsal stopped by {sig.name} (exit {proc.returncode}) left in $TMPDIR: {left}"
+    assert await schemas(pg_dsn) == before_schemas
+    assert sqlite_state(app_db) == before_file
+    assert verify(cfg).returncode == 0
