@@ -8,6 +8,7 @@ interrupted rehearsal made is removed on the way out; whatever is left is named)
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import asyncpg
 
@@ -36,7 +37,7 @@ def main(args) -> int:
     settings, sources = common.switch_sources(args)
     try:
         results = asyncio.run(_all(settings, sources, args.allow_orphans))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM, SIGHUP
         common.say("syncd rehearse: interrupted", *asyncio.run(_after_interrupt(settings, sources)))
         return 130
     for r in results:
@@ -45,6 +46,11 @@ def main(args) -> int:
 
 
 async def _all(settings: Settings, sources: list[SourceSettings], allow_orphans: bool) -> list[RehearsalResult]:
+    # SIGTERM (timeout, kill, a cancelled job) and SIGHUP (the terminal gone) stop it as
+    # Ctrl-C does: the rehearsal in progress removes its schemas and its copies first.
+    loop, me = asyncio.get_running_loop(), asyncio.current_task()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, me.cancel)
     out = []
     for s in sources:
         try:
