@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -178,11 +179,34 @@ async def _write_like_the_application(conn: asyncpg.Connection, schema: str) -> 
     return changed
 
 
+WORKDIR_PREFIX = "syncd-rehearsal-"
+
+
+def _sweep_workdirs() -> None:
+    """Remove the copies an earlier rehearsal killed outright (SIGKILL, a power cut) left
+    in the temporary directory: copies of the business's data no one else removes. A
+    directory is an earlier rehearsal's while its process runs (its pid file), and one
+    without a pid file is not known to be one: both are left."""
+    for d in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            pid = int((d / "pid").read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's process runs with that pid: not ours to judge
+
+
 async def rehearse(settings: Settings, source: SourceSettings, *, allow_orphans: bool = False) -> RehearsalResult:
     res = RehearsalResult(source=source.name)
     started = dt.datetime.now(dt.timezone.utc)
     schema, bk_schema = rehearsal_schemas(settings, source)
-    workdir = Path(tempfile.mkdtemp(prefix="syncd-rehearsal-"))
+    _sweep_workdirs()
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+    (workdir / "pid").write_text(str(os.getpid()))
     conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
     try:
         await ensure_bookkeeping(conn, settings.postgres.bookkeeping_schema)  # where the result goes

@@ -135,8 +135,10 @@ async def test_a_rehearsal_killed_halfway_is_cleared_by_the_next(app_db, make_co
     cfg = make_config([{"name": "app", "path": str(app_db)}])
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     before_schemas = await schemas(pg_dsn)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     proc = subprocess.Popen(syncd_cmd(cfg, "rehearse"), stdout=subprocess.PIPE, text=True, cwd=str(cfg.parent),
-                            env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "frozen"})
+                            env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "frozen", "TMPDIR": str(tmp)})
     try:
         assert proc.stdout.readline().strip() == "holding at frozen"
         assert {"app_rehearsal", "syncd_rehearsal"} <= await schemas(pg_dsn)
@@ -145,9 +147,11 @@ async def test_a_rehearsal_killed_halfway_is_cleared_by_the_next(app_db, make_co
     finally:
         if proc.poll() is None:
             proc.kill()
-    out = run_cli(cfg, "rehearse", timeout=300)
+    assert [p.name for p in tmp.glob("syncd-rehearsal-*/copy.db")]  # its copy of the data, left behind
+    out = run_cli(cfg, "rehearse", timeout=300, env={"TMPDIR": str(tmp)})
     assert out.returncode == 0, out.stdout + out.stderr
     assert await schemas(pg_dsn) == before_schemas
+    assert list(tmp.iterdir()) == []  # the copy the killed rehearsal left is gone with its own
     assert verify(cfg).returncode == 0
 
 
