@@ -831,9 +831,10 @@ class Pipeline:
         size = await s.worker.run(reader.changelog_bytes)
         metrics.changelog_bytes.labels(self.name).set(size)
         cap = self.settings.sqlite.max_changelog_mb * 1024 * 1024
-        # Only while Postgres is away: with it up, the stream drains the changelog, and
-        # compacting entries a batch in flight has read would break its fingerprint.
-        if size > cap and self.captured_once and self.pg_ok is False:
+        # Only while Postgres takes no changes (away, or answering but failing every step:
+        # a standby, a read-only database): with it up, the stream drains the changelog,
+        # and compacting entries a batch in flight has read would break its fingerprint.
+        if size > cap and self.captured_once and (self.pg_ok is False or self.health == FAILING):
             await self._protect_disk(size, cap)
 
     async def _protect_disk(self, size: int, cap: float) -> None:
