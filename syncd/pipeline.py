@@ -437,10 +437,15 @@ class Pipeline:
             if suspended:
                 # Capture stays off while Postgres is away (that is what filled the disk);
                 # with Postgres back it is installed again and every table re-snapshotted.
+                # Postgres is told first: nothing that needs it may come between putting the
+                # triggers back and ending the suspension, or Postgres gone again meanwhile
+                # would leave the file capturing, marked suspended, with the disk guard off.
                 await s.connect_postgres(lock=True)
+                async with s.step():  # for the report's history, once (a lost reply retries it)
+                    if not await s.pg.fetchval(f"SELECT EXISTS (SELECT 1 FROM {s.bk.s}.events WHERE source = $1 "
+                                               "AND kind = 'capture_suspended' AND detail = $2)", s.name, suspended):
+                        await s.bk.event(s.pg, "capture_suspended", None, suspended)
                 await install_capture(s)
-                async with s.step():
-                    await s.bk.event(s.pg, "capture_suspended", None, suspended)  # for the report's history
                 await s.worker.run(disk_guard.resume, self.settings.sqlite.write_busy_timeout_ms)
                 metrics.capture_suspended.labels(self.name).set(0)
                 s.warning(f"capture resumed (it was suspended since {suspended}); re-snapshotting every table",
