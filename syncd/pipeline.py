@@ -435,6 +435,7 @@ class Pipeline:
         if not self.captured_once:
             suspended = await s.worker.run(disk_guard.suspended)
             if suspended:
+                metrics.capture_suspended.labels(self.name).set(1)  # a daemon started meanwhile too
                 # Capture stays off while Postgres is away (that is what filled the disk);
                 # with Postgres back it is installed again and every table re-snapshotted.
                 # Postgres is told first: nothing that needs it may come between putting the

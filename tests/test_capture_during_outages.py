@@ -71,6 +71,13 @@ async def test_schema_changes_during_an_outage_are_captured_at_once(outage, tmp_
         assert d.stop() == 0
 
 
+def suspended_gauge(port: int) -> float | None:
+    try:
+        return scrape(port).get('syncd_capture_suspended{source="app"}')
+    except OSError:  # not listening yet
+        return None
+
+
 async def test_a_changelog_over_its_cap_is_compacted_then_capture_suspended(outage, tmp_path, pg_dsn):
     proxy, dsn = outage
     db = tmp_path / "app.db"
@@ -123,6 +130,11 @@ async def test_a_changelog_over_its_cap_is_compacted_then_capture_suspended(outa
         status = run_cli(cfg, "status")
         assert status.returncode == 2 and "capture suspended since" in status.stdout, status.stdout
         assert scrape(port)['syncd_capture_suspended{source="app"}'] == 1
+        assert d.stop() == 0
+    # Restarted while the file is suspended and Postgres still away: the gauge (and the
+    # SyncdCaptureSuspended alert on it) still says so.
+    with DaemonProcess(cfg, tmp_path / "restarted.log") as d:
+        wait_for(lambda: suspended_gauge(port) == 1, 30, "the restarted daemon's gauge to say suspended", d)
         proxy.heal()
         d.wait_log("capture resumed")
         assert scrape(port)['syncd_capture_suspended{source="app"}'] == 0

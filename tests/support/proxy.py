@@ -39,6 +39,11 @@ class FaultProxy:
             for s in (a, b):
                 with suppress(OSError):
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                with suppress(OSError):
+                    # Wakes the pump blocked in recv() on it: a close() alone leaves the socket
+                    # open while that call holds it, and Postgres's session alive behind it.
+                    s.shutdown(socket.SHUT_RDWR)
+                with suppress(OSError):
                     s.close()
 
     def stall(self) -> None:
