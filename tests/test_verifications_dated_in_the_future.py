@@ -1,0 +1,51 @@
+"""A verification dated in the future is no evidence of the present. syncd stamps each
+run with the clock of the host that ran it; a host whose clock ran ahead for a while (a
+VM resumed with a wrong time, an RTC set wrong, NTP stepping it back later) leaves runs
+dated ahead in `syncd.verify_runs`. The report and `syncd cutover` already refuse a
+backup or a rehearsal dated in the future ("when it ran is not known"); a verification so
+dated must not count as the latest check of a table either: here the daemon stopped ten
+hours ago, its last check stamped by a clock that ran 20 hours ahead, and the report
+would call the tables "verified equal (0 s ago)" and the migration READY, though
+nothing compared them for ten hours, ten times `[status] verify_max_age_seconds`."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from tests.support.daemon import run_cli
+from tests.support.verifying import pg_execute, verify, verify_section
+from tests.test_report import item, ready_migration, report, section
+from tests.test_verification_gaps import days, history
+
+
+@pytest.fixture
+async def ready(app_db, make_config, pg_dsn, tmp_path):
+    return await ready_migration(app_db, make_config, pg_dsn, tmp_path)
+
+
+async def test_a_check_stamped_by_a_clock_ahead_is_not_the_recent_check_the_checklist_wants(
+        ready, make_config, app_db, pg_dsn):
+    cfg = make_config([{"name": "app", "path": str(app_db)}], name="ahead.toml",
+                      extra=verify_section() + '[cutover]\nbackup_glob = "backups/{source}-*.db"\n')
+    hours = dt.timedelta(hours=1)
+    # Checks every five minutes until the daemon stopped, ten hours ago ...
+    await history(pg_dsn, (days(20), 10 * hours))
+    # ... the last of them made while the host's clock ran 20 hours ahead: a real check
+    # by syncd, stamped ten hours past now.
+    before = dt.datetime.now(dt.timezone.utc)
+    assert verify(cfg).returncode == 0
+    await pg_execute(pg_dsn, "UPDATE syncd.verify_runs SET started_at = started_at + interval '10 hours', "
+                             "finished_at = finished_at + interval '10 hours' WHERE finished_at >= $1", before)
+
+    rc, md, rc_json, doc = report(cfg)
+    assert rc == rc_json == 1 and doc["ready"] is False, section(md, "migrated")
+    migrated = item(doc, "migrated")
+    assert not migrated["ok"] and {p.split(":")[0] for p in migrated["problems"]} == {"app.items", "app.notes"}, \
+        migrated
+    assert all("in the future" in p for p in migrated["problems"]), migrated["problems"]
+    assert "verified equal" not in section(md, "migrated")
+
+    dry = run_cli(cfg, "cutover", "--dry-run")
+    assert dry.returncode == 1 and "app: REFUSED" in dry.stdout, dry.stdout
