@@ -102,19 +102,27 @@ def migrated(f: MigrationFacts) -> CheckItem:
                 problems.append(f"{_n(t.rows_sqlite)} rows in SQLite, {_n(t.rows_postgres)} in Postgres"
                                 + _share(t.rows_sqlite, t.rows_postgres))
             last = t.last_run
+            # A run dated ahead of this report (by its host's clock, ahead then) ran at a time
+            # not known: the table's last verification is the latest one dated before now.
+            ahead = last if last is not None and _ahead(last.finished_at, f.generated_at) else None
+            if ahead is not None:
+                last = next((r for r in reversed(t.runs) if not _ahead(r.finished_at, f.generated_at)), None)
+            future = "" if ahead is None else (f" (a later one is dated {_ts(ahead.finished_at)}, in the future: "
+                                               "the clock of the host that ran it ahead? when it ran is not known)")
             if t.state != "streaming":
                 pass  # it cannot have been compared: its state says why
             elif last is None:
-                problems.append("never verified")
-            elif t.checked_before_copy:
+                problems.append("never verified" + future)
+            elif t.copied_at is not None and last.started_at < t.copied_at:
                 problems.append(f"not verified since the table was copied again at "
                                 f"{_when(t.copied_at, f.generated_at)} (the last verification compared rows "
                                 "that are gone)")
             elif not last.clean:
-                problems.append(f"last verification {_when(last.finished_at, f.generated_at)}: {last.outcome()}")
+                problems.append(f"last verification {_when(last.finished_at, f.generated_at)}: {last.outcome()}"
+                                + future)
             elif _age_seconds(last.finished_at, f.generated_at) > f.verify_max_age_seconds:
                 problems.append(f"last verification is {_ago(last.finished_at, f.generated_at)} old, more than "
-                                f"[status] verify_max_age_seconds ({_duration(f.verify_max_age_seconds)})")
+                                f"[status] verify_max_age_seconds ({_duration(f.verify_max_age_seconds)})" + future)
             if problems:
                 bad.append(f"{name}: " + "; ".join(problems))
             else:
@@ -214,7 +222,7 @@ def unwatched(runs: list[VerifyRun], start: dt.datetime, end: dt.datetime,
     and only then taken as covering its span, so the gaps named are all real ones."""
     watched, coarse = [], []
     for r in runs:
-        if r.finished_at < start:
+        if r.finished_at < start or _ahead(r.finished_at, end):  # ahead: when it watched is not known
             continue
         watched.append((r.began, r.finished_at))
         if r.finished_at - r.began > bound:
@@ -451,6 +459,11 @@ def _ts(t: dt.datetime | None) -> str:
 
 def _age_seconds(t: dt.datetime, now: dt.datetime) -> float:
     return (now - t).total_seconds()
+
+
+def _ahead(t: dt.datetime, now: dt.datetime) -> bool:
+    """Dated further past `now` than clocks apart a little explain (a host's clock ahead)."""
+    return _age_seconds(t, now) < -FUTURE_SECONDS
 
 
 def _ago(t: dt.datetime, now: dt.datetime) -> str:
