@@ -339,6 +339,10 @@ async def _follow_renames(session: SourceSession, state: CaptureState, schema: S
         await session.bk.record_renamed(conn, session.target_schema, old, name)
         await conn.execute(f"UPDATE {session.bk.s}.tables SET table_name = $3 WHERE source = $1 AND table_name = $2",
                            session.name, old, name)
+        # The same table: its verification history (errors found under the old name too)
+        # goes on under the new one, as the report's dual-write window judges it.
+        await conn.execute(f"UPDATE {session.bk.s}.verify_runs SET table_name = $3 "
+                           "WHERE source = $1 AND table_name = $2", session.name, old, name)
         await session.bk.event(conn, "table_renamed", name, f'renamed from "{old}" in SQLite')
         rows[name] = changed(rows.pop(old), table_name=name)
         pg_tables[name] = pg_tables.pop(old)
