@@ -7,11 +7,13 @@ import os
 import secrets
 import sqlite3
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
 from tests.support.pgcluster import DEFAULT_DSN, Cluster, answers, with_database
+from tests.support.proxy import FaultProxy
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +107,15 @@ def _toml(v) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
     return str(v)
+
+
+@pytest.fixture
+def outage(tmp_path, pg_dsn):
+    """A fault proxy in front of the test's Postgres, and the DSN through it."""
+    parts = urlsplit(pg_dsn)
+    proxy = FaultProxy(parts.hostname, parts.port or 5432)
+    yield proxy, pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/")
+    proxy.close()
 
 
 @pytest.fixture

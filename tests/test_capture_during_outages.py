@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from urllib.parse import urlsplit
-
-import pytest
 
 from tests.conftest import FAST_FAILOVER, write_config
 from tests.test_metrics import scrape
@@ -17,16 +14,7 @@ from tests.support.app import ShortTimeoutWriter
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
-from tests.support.proxy import FaultProxy
 from tests.support.sync import changelog_max, wait_caught_up
-
-
-@pytest.fixture
-def outage(tmp_path, pg_dsn):
-    parts = urlsplit(pg_dsn)
-    proxy = FaultProxy(parts.hostname, parts.port or 5432)
-    yield proxy, pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/")
-    proxy.close()
 
 
 def triggers_on(db, table: str) -> set[str]:

@@ -7,26 +7,14 @@ once Postgres is back for good Postgres equals SQLite."""
 from __future__ import annotations
 
 import sqlite3
-from urllib.parse import urlsplit
-
-import pytest
 
 from syncd.sqlite.reader import changelog_bytes
 from tests.conftest import FAST_FAILOVER, write_config
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, wait_for
-from tests.support.proxy import FaultProxy
 from tests.support.sync import wait_caught_up
 
 CAP_MB = 0.25
-
-
-@pytest.fixture
-def outage(tmp_path, pg_dsn):
-    parts = urlsplit(pg_dsn)
-    proxy = FaultProxy(parts.hostname, parts.port or 5432)
-    yield proxy, pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/")
-    proxy.close()
 
 
 def changelog_mb(db) -> float:
