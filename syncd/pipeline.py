@@ -839,8 +839,10 @@ class Pipeline:
         cap = self.settings.sqlite.max_changelog_mb * 1024 * 1024
         # Only while Postgres takes no changes (away, or answering but failing every step:
         # a standby, a read-only database): with it up, the stream drains the changelog,
-        # and compacting entries a batch in flight has read would break its fingerprint.
-        if size > cap and self.captured_once and (self.pg_ok is False or self.health == FAILING):
+        # and compacting entries a batch in flight has read would break its fingerprint
+        # (so, failing, only between two tries: the next may be the one that succeeds).
+        if size > cap and self.captured_once and (
+                self.pg_ok is False or (self.health == FAILING and self.step_started is None)):
             await self._protect_disk(size, cap)
 
     async def _protect_disk(self, size: int, cap: float) -> None:

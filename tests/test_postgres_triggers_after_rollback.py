@@ -115,3 +115,28 @@ async def test_a_trigger_written_during_dual_write_stays_off_until_the_cutover_e
         await pg_rows(pg_dsn, "UPDATE app.tasks SET title = 'renamed in postgres' WHERE id = 4")
         after = (await pg_rows(pg_dsn, "SELECT title, updated_at::text FROM app.tasks WHERE id = 4"))[0]
         assert after[0] == "renamed in postgres" and after[1] != sqlite_row[2]
+
+
+async def test_uninstall_enables_again_the_triggers_syncd_disabled(tmp_path, make_config, pg_dsn):
+    """A team leaving syncd during dual-write (another tool, or no move after all) gets
+    its Postgres triggers back as they were: `syncd uninstall` enables again those syncd
+    disabled, and says so."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        for sql in TOUCH:
+            await pg_rows(pg_dsn, sql)
+        conn = sqlite3.connect(db)
+        conn.execute("UPDATE tasks SET title = 'renamed in sqlite' WHERE id = 4")
+        conn.commit()
+        conn.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        d.wait_log('disabled the application\'s trigger "tasks_touch" on "tasks"', timeout=30)
+        assert d.stop() == 0
+    out = run_cli(cfg, "uninstall")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert 'enabled the application\'s trigger "tasks_touch" on "tasks" again' in out.stdout, out.stdout
+    assert await pg_rows(pg_dsn, "SELECT tgenabled::text FROM pg_trigger "
+                                 "WHERE tgrelid = 'app.tasks'::regclass AND tgname = 'tasks_touch'") == [("O",)]

@@ -83,9 +83,16 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
                 note = (f"; removed the way back's capture from {ended} Postgres table(s): a rollback is no "
                         "longer possible")
             if row is not None:  # no stream from this file any more: syncd's lookup indexes on the replica go
+                from syncd.postgres import app_triggers
                 from syncd.rollback import drop_lookup_indexes
 
                 await drop_lookup_indexes(pg, settings, source)
+                # The application's own triggers syncd kept from running on its rows run again.
+                async with pg.transaction():
+                    enabled = await app_triggers.restore(pg, settings.postgres.bookkeeping_schema, source.name,
+                                                         source.schema)
+                app_triggers.say(source.name, enabled, disabled=False)
+                note += "".join(f"; {app_triggers.line(t, disabled=False)}" for t in enabled)
             await unlock_source(pg, source.name)
         except PostgresUnavailable as e:
             if not force:

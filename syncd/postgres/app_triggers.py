@@ -90,7 +90,7 @@ async def quiet(conn: asyncpg.Connection, bk: str, source: str, schema: str, tab
 async def quieted(conn: asyncpg.Connection, bk: str, source: str) -> list[Trigger]:
     """The triggers syncd disabled for this source and the cutover will enable again,
     under their names now (gone ones left out)."""
-    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified(bk, QUIETED)):
+    if not await _recorded(conn, bk):
         return []
     rows = await conn.fetch(
         f"SELECT c.relname, t.tgname FROM {quote_pg_ident(bk)}.{QUIETED} q JOIN pg_trigger t ON t.oid = q.trigger_oid "
@@ -102,12 +102,18 @@ async def restore(conn: asyncpg.Connection, bk: str, source: str, schema: str) -
     """Inside the cutover's last transaction: enable again every trigger syncd disabled
     for this source, still there and still disabled (one the team enabled, or dropped,
     meanwhile is theirs), and forget them all. Returns those enabled."""
+    if not await _recorded(conn, bk):
+        return []  # bookkeeping of a syncd from before: it disabled none
     done = await quieted(conn, bk, source)
     for trigger in done:
         await conn.execute(f"ALTER TABLE {qualified(schema, trigger.table)} "
                            f"ENABLE TRIGGER {quote_pg_ident(trigger.name)}")
     await conn.execute(f"DELETE FROM {quote_pg_ident(bk)}.{QUIETED} WHERE source = $1", source)
     return done
+
+
+async def _recorded(conn: asyncpg.Connection, bk: str) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified(bk, QUIETED)))
 
 
 def line(trigger: Trigger, disabled: bool) -> str:

@@ -442,7 +442,9 @@ class Bookkeeping:
         `to_seq` then (lag.LagTracker.covered_at); it only moves forward."""
         status = await conn.execute(
             f"UPDATE {self.s}.sources SET applied_seq = $3, applied_at = now(), "
-            f"caught_up_at = greatest(caught_up_at, to_timestamp($4::float8)) "
+            # never past Postgres's own clock: a daemon host's clock ahead would understate a later lag
+            f"caught_up_at = CASE WHEN $4::float8 IS NULL THEN caught_up_at "
+            f"ELSE greatest(caught_up_at, least(to_timestamp($4::float8), now())) END "
             f"WHERE source = $1 AND applied_seq = $2 AND direction = 'to_postgres'",
             self.source, from_seq, to_seq, caught_up_at,
         )
