@@ -440,7 +440,7 @@ async def _computed(conn: asyncpg.Connection, target: str, spec: TableSpec,
     computed columns is no longer SQLite's (followed a rename, or kept aside)."""
     if pgt is not None and not pgt.generated <= set(spec.column_names):
         pgt = (await ddl.read_tables(conn, target)).get(spec.name)
-    return pgt.generated & frozenset(spec.column_names) if pgt is not None else frozenset()
+    return ddl.computed(pgt, spec)
 
 
 async def _exists_in_sqlite(session: SourceSession, name: str) -> bool:

@@ -15,6 +15,7 @@ import asyncpg
 from syncd.config import Settings, SourceSettings
 from syncd.log import ctx
 from syncd.model import TO_POSTGRES, TableSpec, UniqueSet
+from syncd.postgres import app_triggers
 from syncd.postgres import bookkeeping as bkmod
 from syncd.postgres.apply import TableWriter
 from syncd.postgres.bookkeeping import Bookkeeping, TableRow
@@ -197,6 +198,13 @@ class SourceSession:
             if t.state != bkmod.STREAMING and t.row.from_seq is not None and t.state != bkmod.PENDING:
                 keep[t.tid] = t.row.from_seq
         return keep
+
+    async def quiet_triggers(self, tables: list[str]) -> list[app_triggers.Trigger]:
+        """Inside the transaction about to write `tables` from SQLite: the application's
+        own Postgres triggers on them do not run again on rows SQLite's triggers already
+        shaped (postgres/app_triggers.py)."""
+        assert self.pg is not None
+        return await app_triggers.quiet(self.pg, self.bk.schema, self.name, self.target_schema, tables)
 
     def writer(self, t: TableRuntime) -> TableWriter:
         if t.writer is None:

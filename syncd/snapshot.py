@@ -235,7 +235,7 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
         await session.save_row(conn, row)
     t.row = row
     t.writer = None
-    t.computed = pgt.generated & frozenset(t.spec.column_names) if pgt is not None else frozenset()
+    t.computed = ddl.computed(pgt, t.spec)
     load.started = time.monotonic()
     load.rows_at_start = 0
     where = " into a table aside; the rows Postgres holds stay until it is done" if aside else ""
@@ -260,7 +260,7 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
     try:
         async with conn.transaction():
             if into is None:
-                quieted = await _quiet(session, t)
+                quieted = await session.quiet_triggers([t.name])
             await writer.copy_in(conn, records, into)
             row = changed(t.row, snapshot_key=pos, snapshot_rows=t.row.snapshot_rows + len(records), reason=None)
             await session.save_row(conn, row, applied=into is None)
@@ -312,7 +312,7 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     try:
         async with conn.transaction():
             if t.row.load_aside:
-                quieted = await _quiet(session, t)
+                quieted = await session.quiet_triggers([t.name])
                 await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,
                                        session.bk.aside_table(t.tid))
             await session.save_row(conn, row, applied=True)
@@ -338,13 +338,6 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     )
     _count_loaded(session, t)
     return True
-
-
-async def _quiet(session: SourceSession, t: TableRuntime) -> list:
-    """Before a load writes the live table: the application's own triggers on it do not
-    run on rows that hold their effects already (see app_triggers.py)."""
-    assert session.pg is not None
-    return await app_triggers.quiet(session.pg, session.bk.schema, session.name, session.target_schema, [t.name])
 
 
 class SchemaMoved(Exception):

@@ -165,7 +165,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
     quieted: list[app_triggers.Trigger] = []
     try:
         async with conn.transaction():
-            quieted = await _quiet(session, [c.t.name for c in converted.values()])
+            quieted = await session.quiet_triggers([c.t.name for c in converted.values()])
             for c in converted.values():
                 w = session.writer(c.t)
                 await w.delete(conn, c.deletes)
@@ -185,7 +185,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                 w = session.writer(c.t)
                 try:
                     async with conn.transaction():
-                        quieted += await _quiet(session, [c.t.name])
+                        quieted += await session.quiet_triggers([c.t.name])
                 except Exception as e2:
                     if not _table_specific(e2):
                         raise
@@ -220,16 +220,9 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                         break
             updates = await _bookkeep(session, batch, held, catchup, caught_up_at)
     app_triggers.say(session.name, quieted, disabled=True)
-    _adopt(session, batch, updates, catchup, caught_up_at)
+    _adopt(session, batch, updates, catchup)
     _count(session, batch, converted, held, time.monotonic() - started)
     return held
-
-
-async def _quiet(session: SourceSession, tables: list[str]) -> list[app_triggers.Trigger]:
-    """Inside the batch's transaction, before its writes: the application's own
-    triggers on these tables do not run again on rows SQLite's triggers already shaped."""
-    assert session.pg is not None
-    return await app_triggers.quiet(session.pg, session.bk.schema, session.name, session.target_schema, tables)
 
 
 # Values moved along a chain of later transactions (a permutation of unique values, say)
@@ -323,14 +316,12 @@ async def _bookkeep(session: SourceSession, batch: ChangeBatch, held: dict[int, 
 
 
 def _adopt(session: SourceSession, batch: ChangeBatch, updates: dict[int, TableRow],
-           catchup: TableRuntime | None, caught_up_at: float | None) -> None:
+           catchup: TableRuntime | None) -> None:
     by_tid = session.by_tid()
     for tid, row in updates.items():
         by_tid[tid].row = row
     if catchup is None:
         session.applied_seq = batch.last_seq
-        if caught_up_at is not None:
-            session.lag_from = max(session.lag_from or caught_up_at, caught_up_at)
     session.applied_at = time.time()
 
 

@@ -143,8 +143,8 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
         await reshape_empty_table(conn, schema, spec, pgt)
     # A column Postgres computes takes no value: it computes it from the row, as for the
     # stream's rows (the aside table holds NULL there: the load left it out).
-    computed = pgt.generated if pgt is not None else frozenset()
-    cols = ", ".join(quote_pg_ident(c) for c in spec.column_names if c not in computed)
+    left = computed(pgt, spec)
+    cols = ", ".join(quote_pg_ident(c) for c in spec.column_names if c not in left)
     await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {qualified(aside_schema, aside)}")
     # A NOT NULL column added while the table held rows went in nullable (its rows had no
     # value yet): now that each has one, it is NOT NULL as a fresh load would make it.
@@ -223,6 +223,11 @@ class PgTable:
         application may make one after a cutover): it refuses any value written there,
         so syncd writes none (TableWriter) and Postgres computes it from the row."""
         return frozenset(c.name for c in self.columns if c.generated)
+
+
+def computed(pgt: PgTable | None, spec: TableSpec) -> frozenset[str]:
+    """The columns of `spec` Postgres computes in `pgt` (none where no table is there)."""
+    return pgt.generated & frozenset(spec.column_names) if pgt is not None else frozenset()
 
 
 def kept_types(tables: dict[str, PgTable]) -> dict[str, dict[str, PgType]]:

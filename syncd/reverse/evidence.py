@@ -207,7 +207,7 @@ class ReverseEvidence:
                 result.pending += abs(check.rows_sqlite - check.rows_postgres)
                 note = (f"row totals differ ({check.rows_sqlite} in SQLite, {check.rows_postgres} in Postgres) and "
                         f"could not be taken at one moment in {max(1.0, wait_seconds):g} s")
-                result.reason = f"{result.reason}; {note}" if result.reason else note
+                result.add_reason(note)
             return
         sq_rows, pg_rows, sq_settled, pg_settled = got
         result.rows_sqlite, result.rows_postgres = sq_rows, pg_rows
@@ -220,7 +220,7 @@ class ReverseEvidence:
             result.extra += -gap
         note = (f"{sq_settled} row(s) in SQLite and {pg_settled} in Postgres (keys changed since set aside), yet no "
                 "key was found to differ")
-        result.reason = f"{result.reason}; {note}" if result.reason else note
+        result.add_reason(note)
 
 
 # --- repair: replaying keys through the way back ---------------------------------------------------

@@ -82,6 +82,9 @@ class TableVerifyResult:
     def mismatched(self) -> int:
         return self.missing + self.extra + self.different + self.pending
 
+    def add_reason(self, note: str) -> None:
+        self.reason = f"{self.reason}; {note}" if self.reason else note
+
     @property
     def equal(self) -> bool:
         return self.compared and self.error is None and self.mismatched == 0

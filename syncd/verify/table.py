@@ -298,13 +298,14 @@ class TableCheck:
                 s, p = (ss[0] if ss else None), (ps[0] if ps else None)
                 if (s is None and p is None) or (s is not None and p is not None and s.tokens == p.tokens):
                     continue  # equal now
-                if conclusive and ident not in changed and not (s is None and self._replaced_maybe(ev.max_seq, seq)
-                                                                and ident not in waited):
+                in_flight = not conclusive or ident in changed or (
+                    s is None and ident not in waited and self._replaced_maybe(ev.max_seq, seq))
+                if not in_flight:
                     found.append(self._difference(c, s, p))
-                else:
-                    if s is None:
-                        waited.add(ident)
-                    still[ident] = c
+                    continue
+                if s is None:
+                    waited.add(ident)
+                still[ident] = c
             log.debug("re-check %s: %d key(s) left of %d, checkpoint %d, changelog end %d, %s", self.spec.name,
                       len(still), len(open_), seq, ev.max_seq, "conclusive" if conclusive else "inconclusive")
             open_ = still
@@ -434,7 +435,7 @@ class TableCheck:
             result.different += self.overflow[DIFFERENT]
             more = sum(self.overflow.values())
             note = f"{more} further difference(s) counted as found, not re-checked one by one (over {MAX_CANDIDATES})"
-            result.reason = f"{result.reason}; {note}" if result.reason else note
+            result.add_reason(note)
         result.compared = True
 
 
@@ -461,7 +462,7 @@ class TableCheck:
                 result.pending += abs(self.rows_sqlite - self.rows_postgres)
                 note = (f"row totals differ ({self.rows_sqlite} in SQLite, {self.rows_postgres} in Postgres) and "
                         f"could not be taken at one checkpoint in {max(1.0, wait_seconds):g} s")
-                result.reason = f"{result.reason}; {note}" if result.reason else note
+                result.add_reason(note)
             return
         result.rows_sqlite, result.rows_postgres = t.sqlite_rows, t.postgres_rows
         gap = t.sqlite_settled - t.postgres_settled
@@ -476,7 +477,7 @@ class TableCheck:
             result.pending += -gap
             note = (f"at checkpoint {t.seq}, {-gap} row(s) more in Postgres than in SQLite, no key found to differ, "
                     "while changes were in flight: rows an INSERT OR REPLACE removed may not be applied yet")
-            result.reason = f"{result.reason}; {note}" if result.reason else note
+            result.add_reason(note)
             return
         if gap > 0:
             result.missing += gap
@@ -484,7 +485,7 @@ class TableCheck:
             result.extra += -gap
         note = (f"at checkpoint {t.seq}, {t.sqlite_settled} row(s) in SQLite and {t.postgres_settled} in Postgres "
                 f"(keys changed since set aside), yet no key was found to differ; run `syncd resync` for the table")
-        result.reason = f"{result.reason}; {note}" if result.reason else note
+        result.add_reason(note)
         log.warning("%s: %s", self.spec.name, note)
 
 
