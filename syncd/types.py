@@ -280,6 +280,8 @@ def _json_converter(pgtype: PgType) -> Callable[[Any], Any]:
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# SQLite's 'auto' modifier reads a number below this as a julian day (9999-12-31 ends it).
+_JULIAN_DAY_LIMIT = 5373484.5
 # A fraction with a non-zero digit after the sixth (.NET writes seven: 10:00:00.1234567).
 _FINER_THAN_MICROSECONDS = re.compile(r"[.,][0-9]{6}[0-9]*[1-9]")
 
@@ -287,8 +289,13 @@ _FINER_THAN_MICROSECONDS = re.compile(r"[.,][0-9]{6}[0-9]*[1-9]")
 def _parse_datetime(v: Any, pgtype: PgType) -> dt.datetime:
     t = type(v)
     if t is int or t is float:
-        if isinstance(v, float) and not math.isfinite(v):
+        if t is float and not math.isfinite(v):
             raise _misfit(v, pgtype)
+        if t is float and 0 <= v < _JULIAN_DAY_LIMIT:
+            # julianday() writes such a REAL, and SQLite's date functions read it as a
+            # julian day; as seconds since 1970 it would be a moment in early 1970.
+            raise _misfit(v, pgtype, "a real number SQLite's date functions read as a julian day, "
+                                     "not seconds since 1970")
         try:
             return _EPOCH + dt.timedelta(seconds=v)
         except OverflowError:

@@ -163,7 +163,7 @@ def test_a_spelling_that_cannot_hold_the_instant_gains_the_fraction():
     assert to_sqlite(shape, dt.datetime(2026, 1, 2, 3, 4, 5, 120000)) == "2026-01-02 03:04:05.120000"
     epoch = ColumnShape("at", PgType.TIMESTAMP, INTEGER, EPOCH_INT)
     assert to_sqlite(epoch, dt.datetime(1970, 1, 1, 0, 0, 10)) == 10
-    assert to_sqlite(epoch, dt.datetime(1970, 1, 1, 0, 0, 10, 500000)) == 10.5  # REAL seconds: exact here
+    assert to_sqlite(epoch, dt.datetime(2024, 5, 1, 10, 0, 0, 500000)) == 1714557600.5  # REAL seconds: exact here
 
 
 @pytest.mark.parametrize("shape, value, why", [

@@ -56,3 +56,17 @@ async def test_a_fraction_finer_than_microseconds_is_not_cut(app_db, make_config
         assert False, (f"SQLite holds {stored[0]!r}; Postgres holds {pg_value!r} with table state {state[0]!r} "
                        f"(the 100 ns digit is gone), and `syncd verify` exited {verify.returncode}: "
                        f"{verify.stdout.strip()[-300:]!r}")
+
+
+async def test_a_julian_day_is_not_read_as_seconds_since_1970(app_db, make_config, pg_dsn, tmp_path):
+    # julianday() writes a REAL counting days since noon, 4714 BC; SQLite's own date
+    # functions read a number so stored as a julian day. As seconds since 1970 the same
+    # number is a moment in late January 1970.
+    moment = dt.datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    stored, state, pg_value, verify = await _carry(app_db, make_config, pg_dsn, tmp_path,
+                                                   "julianday('2026-11-23 10:00:00')", "timestamptz")
+    assert stored[1] == "real"
+    why = _verdict(stored, state, pg_value, moment, verify)
+    assert why is None, why
+    if state[0] == "held":
+        assert "julian" in (state[1] or ""), state

@@ -107,7 +107,7 @@ def test_compiled_row_converter_matches_the_value_converters():
     types = list(PgType)
     samples = {PgType.BIGINT: 5, PgType.DOUBLE: 7, PgType.NUMERIC: 0.25, PgType.TEXT: 12, PgType.BYTEA: b"\x00",
                PgType.BOOLEAN: 1, PgType.JSON: "[]", PgType.JSONB: '{"k": 1}', PgType.TIMESTAMP: "2024-01-01",
-               PgType.TIMESTAMPTZ: 1.5, PgType.DATE: "2024-01-01"}
+               PgType.TIMESTAMPTZ: 1_700_000_000.5, PgType.DATE: "2024-01-01"}
     row = tuple(samples[t] for t in types)
     got = RowConverter(spec(*types)).row(row)
     assert got == tuple(converter(t)(v) for t, v in zip(types, row))

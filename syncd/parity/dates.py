@@ -246,11 +246,11 @@ def strict_converter(pgtype: PgType, spec: str, declared: str = "") -> Callable[
         why = round_trips(value, fmt, pgtype)
         if why is None:
             return base(value)
-        out = base(value)
         try:
+            out = base(value)
             back = to_sqlite(shape, out)
-        except NotExpressible:
-            back = None
+        except (ValueMismatch, NotExpressible):
+            back = None  # refused for its own reason: named below by the column's spelling
         if back == value and type(back) is type(value):
             return out  # as the way back writes this instant
         raise ValueMismatch(
