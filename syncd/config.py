@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -65,6 +65,14 @@ def check_dsn(dsn: str) -> str:
         raise ValueError("the user name or password holds a character a URL must percent-encode "
                          "('@' as %40, '/' as %2F, '?' as %3F, '#' as %23, ':' in a user name as %3A); "
                          "or leave the password out and set SYNCD_POSTGRES__PASSWORD")
+    query = rest.split("#", 1)[0].split("?", 1)[1] if "?" in rest.split("#", 1)[0] else ""
+    if query:
+        try:  # what asyncpg does with the query: a part it cannot read fails every connection
+            parse_qs(query, strict_parsing=True)
+        except ValueError:
+            raise ValueError("its query (after '?') is not key=value pairs joined by '&'; a '?' in the user name or "
+                             "password must be percent-encoded as %3F (or leave the password out and set "
+                             "SYNCD_POSTGRES__PASSWORD)") from None
     if any(c in dsn for c in "\r\n\t"):
         raise ValueError("holds a line break or tab; percent-encode it (%0A, %0D, %09)")
     try:
