@@ -35,7 +35,7 @@ from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
 from syncd.sqlite import disk_guard, freeze, reader
 from syncd.sqlite.capture import CaptureStateError, contended
-from syncd.sqlite.connection import SourceFileError, hard_links, is_sqlite_file_error
+from syncd.sqlite.connection import FileMoved, SourceFileError, hard_links, is_sqlite_file_error
 from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
 
 STATS_EVERY_SECONDS = 5.0
@@ -299,6 +299,8 @@ class Pipeline:
             self._enter(LOCKED, str(exc), kind="lock", level="error")
         elif isinstance(exc, UnsupportedTarget):
             self._enter(FAILING, str(exc), kind="postgres", level="error")
+        elif isinstance(exc, FileMoved):
+            self.file_changed = True  # the file at the path is opened afresh and looked at again
         elif isinstance(exc, SourceFileError):
             self._enter(SOURCE_MISSING, f"{exc}; waiting for it to come back", kind="sqlite", level="error")
             metrics.source_up.labels(self.name).set(0)
@@ -973,6 +975,11 @@ class Pipeline:
                     await self._maybe_stats()
             elif self.health == SOURCE_MISSING and self.source.path.exists():
                 self.wake.set()
+        except FileMoved:  # nothing read from the file the connection holds: opened afresh
+            self.file_changed = True
+            self.wake.set()
+            if not self.source.path.exists():
+                metrics.source_up.labels(self.name).set(0)
         except sqlite3.OperationalError as e:
             if not contended(e):  # busy: the application holds a lock; poll again later
                 self.file_changed = True

@@ -40,7 +40,7 @@ from syncd.reverse.values import ColumnShape, NotExpressible, OutOfRange, to_sql
 from syncd.session import SourceSession, changed, new_row
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import contended
-from syncd.sqlite.connection import SourceFileError
+from syncd.sqlite.connection import FileMoved, SourceFileError
 from syncd.sqlite.hold import RowsPerHold
 from syncd.types import ValueMismatch, converter
 
@@ -310,6 +310,8 @@ class ReversePipeline:
             self._enter(LOCKED, str(exc), kind="lock", level="error")
         elif isinstance(exc, UnsupportedTarget):
             self._enter(FAILING, str(exc), kind="postgres", level="error")
+        elif isinstance(exc, FileMoved):
+            self.needs_reconcile = True  # the next step closes the connection and opens the file at the path
         elif isinstance(exc, SourceFileError):
             self._enter(SOURCE_MISSING, f"{exc}; waiting for it to come back", kind="sqlite", level="error")
             metrics.source_up.labels(self.name).set(0)

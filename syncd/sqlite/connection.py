@@ -53,6 +53,15 @@ class SourceFileError(Exception):
     """The SQLite file is missing, unreadable or not a database."""
 
 
+class FileMoved(SourceFileError):
+    """The file a connection was opened on is no longer at its path (deleted, renamed
+    away, replaced by another): the connection must not be used again. SQLite finds a
+    file's rollback journal by name, so a connection to a deleted file would take the
+    journal of the new file at that path for a crashed writer's, play it back into the
+    old one and delete it, under the application's open transaction ("disk I/O
+    error" there, its changes left half-applied)."""
+
+
 def is_sqlite_file_error(exc: BaseException, path: Path) -> bool:
     """An OS error about the SQLite file, its -wal/-shm/-journal or its directory (denied
     permission, a directory gone), not about a network connection."""
@@ -296,7 +305,20 @@ class SqliteWorker:
         if self.conn is None:
             await self.open()
         conn = self.conn
-        return await self._submit(fn, conn, *args)
+        return await self._submit(self._on_its_file, fn, conn, *args)
+
+    def _on_its_file(self, fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
+        """`fn(conn, ...)`, if the file `conn` was opened on is still the one at its path
+        (one stat: see FileMoved); else FileMoved, and the caller opens the file afresh."""
+        try:
+            st = os.stat(self.path)
+            here: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            here = None
+        if self.inode is not None and here != self.inode:
+            gone = "deleted" if here is None else "replaced by another file"
+            raise FileMoved(f"SQLite file {self.path} was {gone} since syncd opened it")
+        return fn(conn, *args)
 
     async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
