@@ -59,6 +59,7 @@ class TablePlan:
     row: TableRow | None
     reason: str | None  # None: compare it
     schema_version: int = 0  # SQLite's, when the table's shape was read
+    rows_sqlite: int | None = None  # its rows, for a table with no spec (left out, holding data)
 
     @property
     def state(self) -> str | None:
@@ -170,7 +171,10 @@ async def _plan(s: _Session, only: list[str] | None) -> list[TablePlan]:
     if s.has_bookkeeping:
         src = await s.bk.load_source(s.pg)
         rows = await s.bk.load_tables(s.pg)
-    names = sorted(set(schema.tables) | set(schema.refused) | set(rows))
+    # Virtual tables storing rows of their own (FTS5 without content=, R*Tree) cannot be
+    # replicated: their rows are nowhere in Postgres, so the source is not equal.
+    holding = {n: lo for n, lo in schema.left_out.items() if lo.holds_data and lo.rows != 0}
+    names = sorted(set(schema.tables) | set(schema.refused) | set(rows) | set(holding))
     if only:
         unknown = [n for n in only if n not in names]
         if unknown:
@@ -181,6 +185,11 @@ async def _plan(s: _Session, only: list[str] | None) -> list[TablePlan]:
     for name in names:
         spec, row = schema.tables.get(name), rows.get(name)
         tid = state.tid_of(name)
+        if name in holding and spec is None:
+            lo = holding[name]
+            why = f"not replicated: {lo.describe()} (then exclude it from the source)"
+            plans.append(TablePlan(name, None, tid, row, why, schema.version, lo.rows))
+            continue
         plans.append(TablePlan(name, spec, tid, row, _why_not(s, state, src, name, spec, tid, row, schema.refused,
                                                                pg_tables), schema.version))
     return plans
@@ -267,6 +276,8 @@ async def _count_only(s: _Session, plan: TablePlan, tr: TableVerifyResult) -> No
     assert s.pg is not None
     if plan.spec is not None:
         tr.rows_sqlite = await s.run(sqlite_side.count_rows, plan.spec)
+    else:
+        tr.rows_sqlite = plan.rows_sqlite
     exists = await s.pg.fetchval(
         "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
