@@ -3,16 +3,20 @@
 In rollback-journal mode a reader blocks every writer's commit for as long as its
 statement runs, so a full-table scan (an audit, type inference) must not be one
 statement: each window is, and nothing runs while a window's lock is held but SQLite.
+A window's rows follow how long the last one held the file (sqlite/hold.py): 20,000
+rows of 100 KB of text read in one statement held the file for seconds.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from syncd.identifiers import quote_ident
+from syncd.sqlite.hold import RowsPerHold
 
 WINDOW_ROWS = 20_000
 
@@ -28,10 +32,12 @@ def ordering(table_columns: list[str], without_rowid: bool, key: tuple[str, ...]
     return [quote_ident(k) for k in key]
 
 
-def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int = WINDOW_ROWS) -> Iterator[tuple[str, tuple]]:
-    """(WHERE clause, parameters) for consecutive windows of about `size` rows. A table
-    with nothing to order by (no key, every rowid alias shadowed by a column) is one
-    window: rare enough, and there is no other way to read it."""
+def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int | RowsPerHold = WINDOW_ROWS
+            ) -> Iterator[tuple[str, tuple]]:
+    """(WHERE clause, parameters) for consecutive windows of about `size` rows (a
+    RowsPerHold: as many as it says when the window is laid out). A table with nothing
+    to order by (no key, every rowid alias shadowed by a column) is one window: rare
+    enough, and there is no other way to read it."""
     if not order:
         yield "1", ()
         return
@@ -39,10 +45,11 @@ def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int = 
     marks = ", ".join("?" * len(order))
     after: tuple | None = None
     while True:
+        rows = size.rows if isinstance(size, RowsPerHold) else size
         where, params = ("1", ()) if after is None else (f"({cols}) > ({marks})", after)
         boundary = conn.execute(
             f"SELECT {cols} FROM main.{quote_ident(table)} WHERE {where} ORDER BY {cols} LIMIT 1 OFFSET ?",
-            (*params, size - 1),
+            (*params, rows - 1),
         ).fetchone()
         if boundary is None:
             yield where, params
@@ -57,8 +64,12 @@ Where = str | Callable[[], str]  # a callable is asked again for each window
 def scan(conn: sqlite3.Connection, table: str, order: list[str], select: str, where: Where = "1",
          params: tuple[Any, ...] = (), size: int = WINDOW_ROWS) -> Iterator[list[tuple]]:
     """fetchall() of `SELECT select FROM table WHERE where`, window by window."""
-    for window in windows(conn, table, order, size):
-        yield _read(conn, table, select, where, params, window)
+    sizer = RowsPerHold(size)
+    for window in windows(conn, table, order, sizer):
+        asked, began = sizer.rows, time.monotonic()
+        rows = _read(conn, table, select, where, params, window)
+        sizer.held(time.monotonic() - began, asked)
+        yield rows
 
 
 def _read(conn: sqlite3.Connection, table: str, select: str, where: Where, params: tuple[Any, ...],
@@ -69,22 +80,35 @@ def _read(conn: sqlite3.Connection, table: str, select: str, where: Where, param
                         (*wp, *params)).fetchall()
 
 
+def _timed_read(conn: sqlite3.Connection, table: str, select: str, where: Where, params: tuple[Any, ...],
+                window: tuple[str, tuple]) -> tuple[list[tuple], float]:
+    began = time.monotonic()
+    rows = _read(conn, table, select, where, params, window)
+    return rows, time.monotonic() - began
+
+
 def scan_two(conn: sqlite3.Connection, helper: sqlite3.Connection, table: str, order: list[str], select: str,
              where: Where = "1", params: tuple[Any, ...] = (), size: int = WINDOW_ROWS) -> Iterator[list[tuple]]:
     """scan() with every other window read on `helper`, a second connection to the same
     file, on a thread of its own. SQLite steps through both windows at once (it runs
     without Python's GIL); the windows still come back in order, at most two read
     ahead of the caller."""
-    wins = windows(conn, table, order, size)
+    sizer = RowsPerHold(size)
+    wins = windows(conn, table, order, sizer)
     with ThreadPoolExecutor(1, thread_name_prefix="syncd-scan") as pool:
         while True:
             first = next(wins, None)
             if first is None:
                 return
+            asked = sizer.rows
             second = next(wins, None)
-            later = pool.submit(_read, helper, table, select, where, params, second) if second else None
+            later = pool.submit(_timed_read, helper, table, select, where, params, second) if second else None
             # Should this read fail, or the caller stop here, leaving the `with` waits for
             # the helper's read: its connection is never closed under it.
-            yield _read(conn, table, select, where, params, first)
+            rows, seconds = _timed_read(conn, table, select, where, params, first)
+            sizer.held(seconds, asked)
+            yield rows
             if later is not None:
-                yield later.result()
+                rows, seconds = later.result()
+                sizer.held(seconds, asked)
+                yield rows
