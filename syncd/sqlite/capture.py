@@ -590,11 +590,68 @@ def disarm_table(conn: sqlite3.Connection, tid: int, busy_timeout_ms: int, expec
     return write_transaction(conn, lambda c: _own_schema_change(c, disarm), busy_timeout_ms=busy_timeout_ms)
 
 
+UNINSTALL_REASON = ("`syncd uninstall` stopped halfway (capture's triggers were dropped and its changelog "
+                    "emptied): changes made meanwhile were not recorded, so the table is snapshotted again")
+EMPTY_BELOW_ENTRIES = 20_000  # a changelog this small is dropped as it is, in the uninstall's one transaction
+
+
+def _empty_changelog(conn: sqlite3.Connection, busy_timeout_ms: int) -> int:
+    """Before `syncd uninstall` drops a large changelog: its entries deleted in short
+    write transactions, each followed by a pause twice as long so the application's
+    writers go first. One DROP TABLE frees every page the table holds under the write
+    lock: half a gigabyte of entries (Postgres away for a while) held the application's
+    writers off for seconds. Capture's triggers go first, in a short transaction of their
+    own that marks every registered table for a re-snapshot: an uninstall stopped halfway
+    leaves a file a daemon started again re-arms and loads again, never one whose
+    deleted entries it would miss. The newest entry stays (positions never run back).
+    Returns the capture triggers dropped."""
+    if not _table_exists(conn, CHANGELOG):
+        return 0
+    low, high = conn.execute(f"SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) "
+                             f"FROM main.{quote_ident(CHANGELOG)}").fetchone()
+    if high - low < EMPTY_BELOW_ENTRIES:
+        return 0
+
+    def stop(c: sqlite3.Connection) -> tuple[int, int]:
+        names = [r[0] for r in c.execute("SELECT name FROM main.sqlite_master WHERE type = 'trigger' "
+                                         "AND substr(name, 1, ?) = ?", (len(TRIGGER_PREFIX), TRIGGER_PREFIX))]
+        for name in names:
+            c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
+        if _table_exists(c, REGISTRY) and _has_column(c, REGISTRY, "reload_reason"):
+            c.execute(f"UPDATE main.{quote_ident(REGISTRY)} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), "
+                      "reload_reason = ?", (UNINSTALL_REASON,))
+        top = c.execute(f"SELECT coalesce(max(seq), 0) FROM main.{quote_ident(CHANGELOG)}").fetchone()[0]
+        return len(names), top
+
+    if _table_exists(conn, META):
+        dropped, top = write_transaction(conn, lambda c: _own_schema_change(c, stop), busy_timeout_ms=busy_timeout_ms)
+    else:
+        dropped, top = write_transaction(conn, stop, busy_timeout_ms=busy_timeout_ms)
+    # No trigger appends to the changelog any more: the windows below are all there is.
+    from syncd.sqlite.hold import RowsPerHold
+
+    windows = RowsPerHold(10 * EMPTY_BELOW_ENTRIES, first=EMPTY_BELOW_ENTRIES)
+    lo = low - 1
+    while lo < top - 1:
+        hi = min(top - 1, lo + windows.rows)
+        started = time.monotonic()
+        write_transaction(conn, lambda c: c.execute(f"DELETE FROM main.{quote_ident(CHANGELOG)} "
+                                                    "WHERE seq > ? AND seq <= ?", (lo, hi)),
+                          busy_timeout_ms=busy_timeout_ms)
+        held = time.monotonic() - started
+        windows.held(held, hi - lo)
+        time.sleep(max(0.005, 2 * held))
+        lo = hi
+    return dropped
+
+
 def uninstall(conn: sqlite3.Connection, busy_timeout_ms: int) -> tuple[int, int]:
     """Remove every syncd object from the file; application tables are untouched. A file
     frozen by a cutover stays frozen (its freeze triggers no longer need syncd's tables).
     Returns the number of capture triggers dropped and of tables that stay frozen."""
     from syncd.sqlite.freeze import outlive_syncd
+
+    emptied = _empty_changelog(conn, busy_timeout_ms)
 
     def drop(c: sqlite3.Connection) -> tuple[int, int]:
         frozen = outlive_syncd(c)
@@ -609,7 +666,7 @@ def uninstall(conn: sqlite3.Connection, busy_timeout_ms: int) -> tuple[int, int]
             c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
         for table in (CHANGELOG, REGISTRY, META):
             c.execute(f"DROP TABLE IF EXISTS main.{quote_ident(table)}")
-        return len(names), frozen
+        return emptied + len(names), frozen
 
     return write_transaction(conn, drop, busy_timeout_ms=busy_timeout_ms)
 
