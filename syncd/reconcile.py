@@ -170,8 +170,10 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     async with conn.transaction():
         runtimes = await _reconcile_postgres(session, result)
     session.tables = runtimes
-    if result.state.rearmed:
+    if result.state.rearmed and session.direction == TO_POSTGRES:
         # Postgres now has those tables scheduled for a re-snapshot (committed above).
+        # Cut over, nothing was scheduled: the marks stay for the way back (a keyless
+        # table's rowids renumbered, see reverse.pipeline) and for after a rollback.
         await session.worker.run(capture.clear_rearmed, sorted(result.state.rearmed),
                                  session.settings.sqlite.write_busy_timeout_ms)
     # Indexes and constraints the application's schema has, in their dual-write form.

@@ -39,7 +39,7 @@ from syncd.reverse.reader import SourceTable
 from syncd.reverse.values import ColumnShape, NotExpressible, OutOfRange, to_sqlite
 from syncd.session import SourceSession, changed, new_row
 from syncd.sqlite import freeze
-from syncd.sqlite.capture import contended
+from syncd.sqlite.capture import ROWIDS_MOVED_REASON, clear_rearmed, contended
 from syncd.sqlite.connection import FileMoved, SourceFileError
 from syncd.sqlite.hold import RowsPerHold
 from syncd.types import ValueMismatch, converter
@@ -530,6 +530,7 @@ class ReversePipeline:
             s.warning("no record of Postgres capture for the way back (cut over by an older syncd?): capture "
                       "installed now, and every table is copied again from Postgres", event="reverse_reset")
         assert gen is not None
+        await self._renumbered(schema)
         cp = ReverseCheckpoint.decode(await s.worker.run(applier.read_meta, META_KEY))
         if cp is None or cp.generation != gen.id:
             cp = start(gen.id)
@@ -595,6 +596,29 @@ class ReversePipeline:
         for t in runtimes.values():
             for op in ("insert", "update", "delete"):
                 metrics.changes_applied_total.labels(self.name, t.name, op, direction=TO_SQLITE)
+
+    async def _renumbered(self, schema) -> None:
+        """Keyless tables whose rowids a VACUUM of the frozen file may have renumbered (the
+        file's schema moved without syncd: capture.note_schema marked them, durably): the
+        rowid no longer reaches the row Postgres keeps under that `_syncd_rowid`, so each
+        is copied again from Postgres before another change of it is applied. The forward
+        marks are cleared once the copy is noted in the file (a crash in between copies
+        it twice, never zero times)."""
+        s = self.session
+        state = s.capture
+        marked = {n: "copied again: SQLite's rowids, which this table without a key is kept by, may have been "
+                     "renumbered (a VACUUM of the file, or a schema change syncd did not make)"
+                  for n, why in (state.rearmed.items() if state is not None else ())
+                  if why == ROWIDS_MOVED_REASON and n in schema.tables and schema.tables[n].rowid_keyed}
+        if not marked:
+            return
+        for name, why in sorted(marked.items()):
+            s.info(why, table=name, event="table_reloading")
+        await s.worker.run(run_on(self.sink, "mark"), marked, [])
+        await s.worker.run(clear_rearmed, sorted(marked), self.settings.sqlite.write_busy_timeout_ms)
+        for name in marked:
+            state.rearmed.pop(name, None)
+        self._start_over(marked)
 
     async def _judge_all(self):
         s = self.session
