@@ -387,7 +387,9 @@ async def filled_only_in_postgres(conn: asyncpg.Connection, schema: str, specs: 
         if spec is None or column not in spec.column_names:
             continue
         col = spec.column(column)
-        rowid = spec.key == (column,) and not spec.without_rowid and col.declared.upper() == "INTEGER"
+        # An INTEGER PRIMARY KEY, or syncd's column of a table without a key: the rowid fills it
+        rowid = (spec.key == (column,) and not spec.without_rowid and col.declared.upper() == "INTEGER") or \
+            col.sqlite_expr is not None
         if col.default_sql is not None or col.generated or rowid:
             continue
         out.append(f'warning: Postgres fills "{table}"."{column}" in a row that leaves it out ({what}, set in '
