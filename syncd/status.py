@@ -144,7 +144,7 @@ def _holding_data(conn: sqlite3.Connection, source: SourceSettings) -> list[str]
     """Virtual tables with application data of their own that syncd cannot carry."""
     virtual = leftout.virtual_tables(conn)
     out = []
-    for name, kind, _ in list_tables(conn):
+    for name, kind, _, _ in list_tables(conn):
         if kind == "virtual" and not is_internal(name) and source.wants_table(name):
             lo = leftout.classify(conn, name, kind, virtual)
             if lo.holds_data:

@@ -29,19 +29,25 @@ def is_internal(name: str) -> bool:
     return name.startswith("sqlite_") or name in OWN_TABLES
 
 
-def list_tables(conn: sqlite3.Connection) -> list[tuple[str, str, bool]]:
-    """(name, kind, without_rowid) for every object in the main schema; kind is
+def list_tables(conn: sqlite3.Connection) -> list[tuple[str, str, bool, bool]]:
+    """(name, kind, without_rowid, strict) for every object in the main schema; kind is
     table, view, virtual or shadow as PRAGMA table_list reports it, bar an application
     table SQLite takes for a shadow by its name (leftout.really_a_shadow)."""
     rows = [r for r in conn.execute("PRAGMA main.table_list").fetchall() if r[0] == "main"]
     virtual = leftout.virtual_tables(conn) if any(r[2] == "shadow" for r in rows) else {}
-    return [(r[1], "table" if r[2] == "shadow" and not leftout.really_a_shadow(r[1], virtual) else r[2], bool(r[4]))
-            for r in rows]
+    return [(r[1], "table" if r[2] == "shadow" and not leftout.really_a_shadow(r[1], virtual) else r[2], bool(r[4]),
+             bool(r[5])) for r in rows]
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> list[tuple]:
+def _columns(conn: sqlite3.Connection, table: str, strict: bool = False) -> list[tuple]:
     # cid, name, type, notnull, dflt_value, pk, hidden
-    return [r for r in conn.execute(f"PRAGMA main.table_xinfo({quote_ident(table)})") if r[6] in (0, 2, 3)]
+    rows = [r for r in conn.execute(f"PRAGMA main.table_xinfo({quote_ident(table)})") if r[6] in (0, 2, 3)]
+    if strict:
+        # A STRICT table's ANY column keeps every value as written, with no affinity
+        # (text '007' stays text): what a column without a declared type does. Elsewhere
+        # ANY is just a type name of NUMERIC affinity ('007' becomes the integer 7).
+        rows = [(*r[:2], "", *r[3:]) if (r[2] or "").strip().upper() == "ANY" else r for r in rows]
+    return rows
 
 
 def _unique_indexes(conn: sqlite3.Connection, table: str) -> list[tuple[str, bool, list[tuple[int, str | None, str]]]]:
@@ -278,7 +284,7 @@ def introspect(
     try:
         schema.version = schema_version(conn)
         virtual = leftout.virtual_tables(conn)
-        for name, kind, without_rowid in list_tables(conn):
+        for name, kind, without_rowid, strict in list_tables(conn):
             if is_internal(name) or not source.wants_table(name):
                 continue
             if name.startswith(SYNCD_PREFIX) and kind == "table":
@@ -290,7 +296,7 @@ def introspect(
             elif kind != "table":
                 schema.left_out[name] = leftout.LeftOut(name, kind, f"a {kind} object", "nothing syncd can carry")
             else:
-                raws.append(RawTable(name, without_rowid, _columns(conn, name), _unique_indexes(conn, name),
+                raws.append(RawTable(name, without_rowid, _columns(conn, name, strict), _unique_indexes(conn, name),
                                      _pk_indexed(conn, name)))
     finally:
         conn.execute("COMMIT")
