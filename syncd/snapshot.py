@@ -226,7 +226,8 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
         else:
             await conn.execute(f"TRUNCATE {ddl.qualified(target, t.name)}")
             if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
-                await ddl.reshape_empty_table(conn, target, t.spec, pgt)
+                set_aside = await ddl.reshape_empty_table(conn, target, t.spec, pgt)
+                await _say_set_aside(session, conn, t.name, set_aside)
         row = changed(
             t.row, state=bk.LOADING, resume_to=None, from_seq=from_seq, snapshot_key=None, snapshot_rows=0,
             snapshot_total=total, snapshot_started_at=dt.datetime.now(dt.timezone.utc), snapshot_finished_at=None,
@@ -313,8 +314,9 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
         async with conn.transaction():
             if t.row.load_aside:
                 quieted = await session.quiet_triggers([t.name])
-                await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,
-                                       session.bk.aside_table(t.tid))
+                set_aside = await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,
+                                                   session.bk.aside_table(t.tid))
+                await _say_set_aside(session, conn, t.name, set_aside)
             await session.save_row(conn, row, applied=True)
             await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")
     except app_triggers.TriggersKept as e:
@@ -338,6 +340,14 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     )
     _count_loaded(session, t)
     return True
+
+
+async def _say_set_aside(session: SourceSession, conn, table: str, set_aside: list[tuple[str, str]]) -> None:
+    for col, aside in set_aside:
+        session.warning(f'column "{col}" is no longer in SQLite\'s table (rebuilt without it): kept aside in Postgres '
+                        f'as "{aside}", empty (the table was loaded again); drop it there once nothing needs it',
+                        table=table, event="column_dropped")
+        await session.bk.event(conn, "column_dropped", table, f'"{col}" kept aside as "{aside}"')
 
 
 class SchemaMoved(Exception):

@@ -123,10 +123,11 @@ def create_aside_sql(schema: str, name: str, spec: TableSpec) -> str:
 
 
 async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, aside_schema: str,
-                       aside: str) -> None:
+                       aside: str) -> list[tuple[str, str]]:
     """Inside the caller's transaction: the live table's rows become the aside table's,
     reshaped first if the shape moved. Readers see the old rows until the commit, then
-    the new ones, never an empty or half-filled table."""
+    the new ones, never an empty or half-filled table. Returns the columns the reshape
+    kept aside (reshape_empty_table)."""
     table = qualified(schema, spec.name)
     pgt = (await read_tables(conn, schema)).get(spec.name)
     # Columns kept aside after a drop in SQLite keep their values, row by row.
@@ -139,8 +140,9 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
         await conn.execute(f"CREATE TEMP TABLE _syncd_kept ON COMMIT DROP AS SELECT {key}, "
                            f"{', '.join(quote_pg_ident(c) for c in kept)} FROM {table}")
     await conn.execute(f"DELETE FROM {table}")
+    set_aside = []
     if pgt is not None and not diff_shape(spec, pgt).same:
-        await reshape_empty_table(conn, schema, spec, pgt)
+        set_aside = await reshape_empty_table(conn, schema, spec, pgt)
     # A column Postgres computes takes no value: it computes it from the row, as for the
     # stream's rows (the aside table holds NULL there: the load left it out).
     left = computed(pgt, spec)
@@ -158,6 +160,7 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
         match = " AND ".join(f"t.{quote_pg_ident(k)} = k.{quote_pg_ident(k)}" for k in spec.key)
         await conn.execute(f"UPDATE {table} AS t SET {sets} FROM pg_temp._syncd_kept AS k WHERE {match}")
     await conn.execute(f"DROP TABLE {qualified(aside_schema, aside)}")
+    return set_aside
 
 
 async def ensure_identity(conn: asyncpg.Connection, schema: str, spec: TableSpec, pg: PgTable) -> bool:
@@ -397,10 +400,12 @@ def rowid_key(spec: TableSpec, pg: PgTable) -> str | None:
     return None
 
 
-async def reshape_empty_table(conn: asyncpg.Connection, schema: str, spec: TableSpec, pg: PgTable) -> None:
+async def reshape_empty_table(conn: asyncpg.Connection, schema: str, spec: TableSpec,
+                              pg: PgTable) -> list[tuple[str, str]]:
     """Turn an *empty* Postgres table into `spec`'s shape: types, key and new
-    columns. Drops no column of the application's; syncd's rowid column of a table
-    that was keyless goes once the table is keyed otherwise. Run inside the caller's
+    columns. Drops no column of the application's: one SQLite no longer has is kept
+    aside (returned as (name, aside name)); syncd's rowid column of a table that was
+    keyless goes once the table is keyed otherwise. Run inside the caller's
     transaction."""
     table = qualified(schema, spec.name)
     diff = diff_shape(spec, pg)
@@ -427,3 +432,22 @@ async def reshape_empty_table(conn: asyncpg.Connection, schema: str, spec: Table
         if conname is not None:
             await run_ddl(conn, f"ALTER TABLE {table} DROP CONSTRAINT {quote_pg_ident(conname)}")
         await run_ddl(conn, f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(quote_pg_ident(k) for k in spec.key)})")
+    # A column SQLite no longer has (the old key's columns of a table rebuilt onto another
+    # key) is kept aside as a dropped one is: no load or change fills it, so it is NOT NULL
+    # no longer (it would refuse every row) and named so that verification passes it by.
+    taken = {c.name for c in pg.columns}
+    aside = []
+    for name in diff.extra_in_pg:
+        col = pg.column(name)
+        if name == stale or col is None:
+            continue
+        q = quote_pg_ident(name)
+        if col.identity:
+            await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} DROP IDENTITY IF EXISTS")
+        if col.notnull:
+            await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} DROP NOT NULL")
+        new_name = aside_name(name, dt.datetime.now(dt.timezone.utc), taken)
+        taken.add(new_name)
+        await run_ddl(conn, f"ALTER TABLE {table} RENAME COLUMN {q} TO {quote_pg_ident(new_name)}")
+        aside.append((name, new_name))
+    return aside
