@@ -8,7 +8,6 @@ Postgres ends holding the new file's rows, none of the old one's."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite.connection import is_busy, write_wait
+from syncd.sqlite.hold import RowsPerHold
 
 CHANGELOG = "_syncd_changelog"
 REGISTRY = "_syncd_tables"
@@ -628,8 +629,6 @@ def _empty_changelog(conn: sqlite3.Connection, busy_timeout_ms: int) -> int:
     else:
         dropped, top = write_transaction(conn, stop, busy_timeout_ms=busy_timeout_ms)
     # No trigger appends to the changelog any more: the windows below are all there is.
-    from syncd.sqlite.hold import RowsPerHold
-
     windows = RowsPerHold(10 * EMPTY_BELOW_ENTRIES, first=EMPTY_BELOW_ENTRIES)
     lo = low - 1
     while lo < top - 1:
