@@ -9,6 +9,7 @@ import sqlite3
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
+from syncd.model import TO_POSTGRES
 from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, try_lock_source, unlock_source
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
 from syncd.sqlite import capture, reader
@@ -51,18 +52,21 @@ class Refused(Exception):
 
 async def _uninstall(settings: Settings, source: SourceSettings, force: bool) -> str:
     conn = open_connection(source.path, settings.sqlite.read_busy_timeout_ms)
+    pg = None
     try:
         state = capture.read_state(conn)
         if not state.installed and not state.triggers:
             return f"{source.name}: no capture installed in {source.path}; nothing to do"
-        pg = None
         note = ""
         try:
-            pg = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
+            # Direct (past any pooler): the source's and the switch's locks are this session's.
+            pg = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
             await try_lock_source(pg, source.name)
             applied = 0
             row = await Bookkeeping(settings.postgres.bookkeeping_schema, source.name).load_source(pg) \
                 if await _has_bookkeeping(pg, settings) else None
+            if row is not None:
+                note += await _settle_switch(settings, source, pg, conn)
             if row is not None and row.capture_id == state.capture_id:
                 applied = row.applied_seq
             pending = conn.execute(f"SELECT count(*) FROM main.{reader.CL} WHERE seq > ?", (applied,)).fetchone()[0] \
@@ -97,15 +101,45 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
         except PostgresUnavailable as e:
             if not force:
                 raise Refused(f"{e}; cannot check for unapplied changes or a running daemon (use --force)") from None
-        finally:
-            await close_quietly(pg)
+        # pg's session keeps the switch lock until capture is gone: no cutover starts meanwhile.
         dropped, frozen = capture.uninstall(conn, settings.sqlite.write_busy_timeout_ms)
         if frozen:
             note += (f"; the file stays frozen (it was cut over to Postgres): its {frozen} table(s) refuse the "
                      "application's writes with syncd's message (drop the _syncd_freeze_* triggers to write it again)")
         return f"{source.name}: removed {dropped} trigger(s), the changelog and the registry from {source.path}{note}"
     finally:
+        await close_quietly(pg)
         conn.close()
+
+
+class _ThisConnection:
+    """The uninstall's own SQLite connection, where a switch's undo wants a worker."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    async def run(self, fn, *args):
+        return fn(self.conn, *args)
+
+
+async def _settle_switch(settings: Settings, source: SourceSettings, pg, conn: sqlite3.Connection) -> str:
+    """Refuse while a cutover or rollback of the source runs; undo one that stopped
+    before finishing (as the daemon or the next switch would): the file a cutover froze,
+    or Postgres a rollback froze, takes the application's writes again instead of staying
+    frozen for good once capture is gone. The switch lock stays held (this session) until
+    the uninstall's connection closes. Returns what was undone, for the output."""
+    from syncd import cutover, rollback
+
+    if not await cutover.take_switch_lock(pg, source.name):
+        raise Refused(f"a cutover or rollback of this source is running: "
+                      f"{await cutover.switch_holder(pg, source.name) or 'another session'}; "
+                      "let it finish, then uninstall")
+    direction = await Bookkeeping(settings.postgres.bookkeeping_schema, source.name).direction(pg)
+    if direction == TO_POSTGRES:
+        done = await cutover.undo_abandoned(settings, source, pg, _ThisConnection(conn))
+    else:
+        done = await rollback.undo_abandoned(settings, source, pg)
+    return f"; {done}" if done else ""
 
 
 async def _has_bookkeeping(pg, settings: Settings) -> bool:
