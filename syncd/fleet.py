@@ -119,7 +119,8 @@ class FleetRechecker:
                 for p in pipes:
                     f = flags.get(p.name, RecheckFlags(False, p.session.direction, False))
                     paused = any(t.state == "paused" for t in p.session.tables.values())
-                    if f.requested or f.open_switch or paused or f.direction != p.session.direction:
+                    if (f.requested or f.open_switch or paused or f.direction != p.session.direction
+                            or getattr(p, "freeze_unsettled", False)):  # the forward pipeline's (pipeline.py)
                         p.recheck_flags = f
                         p.wakeup()
 

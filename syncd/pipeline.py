@@ -124,6 +124,10 @@ class Pipeline:
         self._admitted = False
         self.fleet_rechecks = False  # the daemon turns it on and fills recheck_flags (FleetRechecker)
         self.recheck_flags: RecheckFlags | None = None
+        # Whether the file may be frozen by a switch that stopped before finishing with no
+        # switch record left open (a rollback killed after its last transaction, before it
+        # unfroze the file): looked at once at start, and again while a switch holds it.
+        self.freeze_unsettled = True
         self.recheck_every = settings.stream.schema_check_interval_seconds
         self._last_error: str | None = None
         self.events: list[tuple[str, str, str | None]] = []  # (table, kind, detail) for syncd.events
@@ -906,12 +910,18 @@ class Pipeline:
 
         s = self.session
         if s.direction != TO_POSTGRES or not (open_switch or await s.worker.run(freeze.frozen)):
+            self.freeze_unsettled = False
             return
         if not await cutover.take_switch_lock(s.pg, s.name):
-            return  # a cutover is running: it holds the file
+            # A cutover or rollback is running: it holds the file. Looked at again (the
+            # daemon's rechecks) until it is settled: a rollback killed after its turn
+            # leaves no open switch record to tell.
+            self.freeze_unsettled = True
+            return
         try:
             await cutover.undo_abandoned(self.settings, self.source, s.pg, s.worker)
             self.needs_reconcile = True
+            self.freeze_unsettled = False
         finally:
             await cutover.release_switch_lock(s.pg, s.name)
 
