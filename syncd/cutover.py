@@ -36,7 +36,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
 from syncd.postgres import app_triggers, ddl
-from syncd.postgres.bookkeeping import Bookkeeping, ensure_bookkeeping, lock_key
+from syncd.postgres.bookkeeping import SWITCH_CLASS, Bookkeeping, ensure_bookkeeping, lock_key
 from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
 from syncd.printable import listed
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
@@ -48,7 +48,6 @@ from syncd.table_locks import (TablesBusy, blockers_named, long_holders, shorten
 
 log = logging.getLogger("syncd")
 
-SWITCH_CLASS = 0x53594E44  # advisory lock class of a cutover or rollback in progress ("SYND")
 DRAIN_SECONDS = 120.0
 VERIFY_WAIT_SECONDS = 30.0
 

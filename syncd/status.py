@@ -88,6 +88,8 @@ class SourceStatus:
     way_back_ended: str | None = None  # cut over: why SQLite no longer follows Postgres, once it does not
     endpoint_refused: str | None = None  # the daemon runs, its endpoint answered but gave no figures: why
     file_names: int | None = None  # directory entries (hard links) the SQLite file has
+    sqlite_frozen: bool = False  # the file refuses the application's writes (a cutover's freeze)
+    switching: str | None = None  # a cutover or rollback of the source runs: who holds its lock
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -174,6 +176,7 @@ class _PgSide:
     verify: dict[str, tuple] = field(default_factory=dict)  # table -> finished_at, differences, error
     holder: str | None = None
     holder_since: dt.datetime | None = None  # when the lock holder's connection began
+    switching: str | None = None  # who holds the source's switch lock: a cutover or rollback runs
     failing: tuple | None = None  # the daemon's note (health_note.py): detail, since, confirmed at
 
 
@@ -188,13 +191,18 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
         schema = settings.postgres.bookkeeping_schema
         keys = {bk.lock_key(n): n for n in names}
         for r in await conn.fetch(
-                """SELECT l.objid::bigint, a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                   WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objsubid = 2 AND l.granted
+                """SELECT l.objid::bigint, a.application_name, a.backend_start, l.classid::bigint
+                   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                   WHERE l.locktype = 'advisory' AND l.classid IN ($1::oid, $2::oid) AND l.objsubid = 2 AND l.granted
                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
-                bk.LOCK_CLASS):
-            if r[0] in keys:
-                out[keys[r[0]]].holder = r[1] or "a client"
-                out[keys[r[0]]].holder_since = r[2]
+                bk.LOCK_CLASS, bk.SWITCH_CLASS):
+            if r[0] not in keys:
+                continue
+            side = out[keys[r[0]]]
+            if r[3] == bk.SWITCH_CLASS:
+                side.switching = r[1] or "a client"
+            else:
+                side.holder, side.holder_since = r[1] or "a client", r[2]
         if not await bk.bookkeeping_exists(conn, schema):
             return out
         q = bk.quote_pg_ident(schema)
@@ -306,6 +314,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         st.not_migrated = lite["not_migrated"]
         st.capture_suspended = lite["suspended"]
         st.file_names = lite["names"]
+        st.sqlite_frozen = lite["frozen"]
         if src is not None and lite["max_seq"] >= applied_seq:
             st.pending_changes = lite["pending"]
         elif lite["installed"]:
@@ -316,6 +325,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
             # being cut over). Its changelog is the forward one: what waits is in Postgres.
             st.direction, st.pending_changes = TO_SQLITE, None
 
+    st.switching = pg.switching
     if st.direction == TO_SQLITE and st.postgres_reachable:
         await _way_back(settings, source, st)
 
@@ -442,6 +452,16 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
     if st.endpoint_refused:
         p.append(Problem("warning", f"the daemon runs, but {st.endpoint_refused}: lag and pending are computed "
                                     "from the checkpoint instead of the daemon's own figures"))
+    if st.switching:
+        p.append(Problem("warning", f"a cutover or rollback of this source is running ({st.switching}): the "
+                                    "application's writes wait until it ends"))
+    elif st.sqlite_frozen and st.direction == TO_POSTGRES and st.postgres_reachable and st.initialized:
+        # Postgres is not the application's database, and nothing is switching: a cutover
+        # stopped before its turn, or a rollback after it, left the freeze behind.
+        p.append(Problem("critical", "the SQLite file refuses the application's writes, left frozen by a cutover "
+                                     "or rollback that stopped before finishing (Postgres is not the application's "
+                                     "database): a running daemon undoes it, as does `syncd cutover` or "
+                                     "`syncd rollback` run again"))
     if st.way_back_ended:
         p.append(Problem("warning", f"SQLite no longer follows Postgres: {st.way_back_ended}; a rollback is no "
                                     "longer possible"))

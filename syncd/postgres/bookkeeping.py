@@ -22,6 +22,7 @@ from syncd.model import TO_POSTGRES
 
 BOOKKEEPING_VERSION = 1
 LOCK_CLASS = 0x53594E43  # "SYNC": first half of every advisory lock key syncd takes
+SWITCH_CLASS = 0x53594E44  # "SYND": the same for a cutover or rollback in progress (cutover.py)
 
 # Table states. A table streams only in STREAMING; in every other state its
 # changelog entries stay queued in SQLite.

@@ -1,0 +1,68 @@
+"""`syncd status` while the application's SQLite file refuses its writes: frozen by a
+cutover that is running (said, as the switch it is), or left frozen by one that stopped
+before finishing with no daemon running to undo it (CRITICAL, named: the application
+cannot write its database, and "daemon not running" alone does not say so)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tests.support.daemon import DaemonProcess, held_at, run_cli
+from tests.support.sync import eventually, pg_rows, wait_caught_up
+from tests.support.way_back import backup_and_config
+
+CRITICAL, WARNING = 2, 1
+
+
+def make_app(db) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL);"
+                       "INSERT INTO orders (item) VALUES ('a'), ('b');")
+    conn.close()
+
+
+def refused(db) -> str | None:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        conn.execute("INSERT INTO orders (item) VALUES ('c')")
+        conn.rollback()
+        return None
+    except sqlite3.Error as e:
+        return str(e)
+    finally:
+        conn.close()
+
+
+async def test_a_file_left_frozen_by_a_killed_cutover_is_critical(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        assert d.stop() == 0
+    with held_at(cfg, "cutover", "verified") as proc:
+        running = run_cli(cfg, "status")
+        proc.kill()
+        proc.wait(10)
+    assert refused(db) is not None
+    assert await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources") == [("to_postgres",)]
+
+    # While the cutover ran, status said so rather than alarm.
+    assert "cutover or rollback of this source is running" in running.stdout, running.stdout
+    assert running.returncode != CRITICAL, running.stdout
+
+    left = run_cli(cfg, "status")
+    assert left.returncode == CRITICAL, left.stdout
+    assert "refuses the application's writes" in left.stdout, left.stdout
+
+    # The daemon undoes the abandoned freeze; status says nothing of it then.
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def unfrozen() -> bool:
+            return refused(db) is None
+
+        await eventually(unfrozen, 30, "the abandoned freeze undone", d)
+        after = run_cli(cfg, "status")
+        assert "refuses the application's writes" not in after.stdout, after.stdout
+        assert d.stop() == 0
