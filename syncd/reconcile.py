@@ -226,6 +226,8 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
     # cutover's transaction or sees its new direction (and never reloads over its types).
     session.direction = await conn.fetchval(
         f"SELECT direction FROM {session.bk.s}.sources WHERE source = $1 FOR SHARE", session.name) or TO_POSTGRES
+    # Before anything else is locked: another source's reconcile may hold the id's lock.
+    cloned = session.direction == TO_POSTGRES and await _own_capture_id(session, state)
     await bk.ensure_schema(conn, target)
     src = await session.bk.load_source(conn)
     if session.direction != TO_POSTGRES:
@@ -236,7 +238,7 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
         await session.bk.upsert_source(conn, state.capture_id, str(session.source.path), target)
         session.applied_seq = 0
     else:
-        session.applied_seq = await _resume_position(session, src, state)
+        session.applied_seq = await _resume_position(session, src, state, cloned=cloned)
         await session.bk.upsert_source(conn, state.capture_id, str(session.source.path), target)
         if src.applied_at is not None:
             session.applied_at = src.applied_at.timestamp()
@@ -371,7 +373,27 @@ async def _keep_dropped_aside(session: SourceSession, name: str, in_postgres: bo
     session.warning(f"table was dropped in SQLite{where}", table=name, event="table_dropped")
 
 
-async def _resume_position(session: SourceSession, src, state: CaptureState) -> int:
+async def _own_capture_id(session: SourceSession, state: CaptureState) -> bool:
+    """A capture id stands for one source's file. A file copied from another source's
+    (a tenant provisioned with `cp acme.db globex.db`) arrives with capture installed
+    and that source's id: were it kept, the file overwritten later by a newer copy of
+    the original would look like this source's own history, and its changes would
+    stream on over this source's rows. Such a file gets an id of its own (syncd's meta
+    row, nothing of the application's) and, to this source, is a new file: every table
+    is loaded from it. True when that happened (said here, in one line)."""
+    other = await session.bk.capture_id_of_another(session.pg, state.capture_id)
+    if other is None:
+        return False
+    state.capture_id = await session.worker.run(capture.new_capture_id, session.settings.sqlite.write_busy_timeout_ms)
+    session.warning(
+        f"the SQLite file of {session.name} carries the capture id of source {other} (a copy of its file): "
+        f"gave it a capture id of its own; re-snapshotting every table of {session.name} from this file",
+        event="capture_cloned",
+    )
+    return True
+
+
+async def _resume_position(session: SourceSession, src, state: CaptureState, cloned: bool = False) -> int:
     """Where the stream resumes, proven by the file itself.
 
     The pruner notes in the SQLite file (`pruned_seq`) each position Postgres has
@@ -386,10 +408,11 @@ async def _resume_position(session: SourceSession, src, state: CaptureState) -> 
     conn = session.pg
     noted, seen, applied, top = state.pruned_seq, src.confirmed_seq, src.applied_seq, state.max_seq
     if src.capture_id != state.capture_id:
-        session.warning(
-            "capture in the SQLite file is a new installation (capture id changed): re-snapshotting every table",
-            event="capture_reset",
-        )
+        if not cloned:  # a copy of another source's file: _own_capture_id said so
+            session.warning(
+                "capture in the SQLite file is a new installation (capture id changed): re-snapshotting every table",
+                event="capture_reset",
+            )
         await session.bk.reset_source(conn, state.capture_id, 0)
         src.caught_up_at = None  # as reset: the old history's says nothing of this one
         return 0

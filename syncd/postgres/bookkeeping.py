@@ -23,6 +23,7 @@ from syncd.model import TO_POSTGRES
 BOOKKEEPING_VERSION = 1
 LOCK_CLASS = 0x53594E43  # "SYNC": first half of every advisory lock key syncd takes
 SWITCH_CLASS = 0x53594E44  # "SYND": the same for a cutover or rollback in progress (cutover.py)
+CAPTURE_CLASS = 0x53594E49  # "SYNI": a capture id being claimed by a source (Bookkeeping.capture_id_of_another)
 
 # Table states. A table streams only in STREAMING; in every other state its
 # changelog entries stay queued in SQLite.
@@ -129,6 +130,8 @@ def _ddl(bk: str) -> list[str]:
         f"ALTER TABLE {s}.tables ADD COLUMN IF NOT EXISTS behind_since timestamptz",
         # The SQLite schema version the table states were last reconciled with.
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS schema_version bigint",
+        # Which source a file's capture id is recorded for (a copied file carries another's).
+        f"CREATE INDEX IF NOT EXISTS sources_by_capture_id ON {s}.sources (capture_id)",
         # Which way the source replicates (model.TO_POSTGRES / TO_SQLITE), set by cutover and rollback.
         f"ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS direction text NOT NULL DEFAULT 'to_postgres'",
         # The daemon's FAILING state (its reason, since when, last confirmed when), for
@@ -354,6 +357,20 @@ class Bookkeeping:
             f"ON CONFLICT (source) DO UPDATE SET sqlite_path = EXCLUDED.sqlite_path, "
             f"target_schema = EXCLUDED.target_schema",
             self.source, capture_id, path, target_schema,
+        )
+
+    async def capture_id_of_another(self, conn: asyncpg.Connection, capture_id: str) -> str | None:
+        """The other source that `capture_id` stands for, if any: a file copied from
+        its file (`cp acme.db globex.db`) carries it. Where both sources already record
+        it (copied before syncd told copies apart), the one registered first keeps it.
+        The id stays locked until the transaction ends, so sources registering together
+        on copies of one file decide one after the other. Call inside a transaction."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", CAPTURE_CLASS, lock_key(capture_id))
+        return await conn.fetchval(
+            f"SELECT o.source FROM {self.s}.sources o WHERE o.capture_id = $1 AND o.source <> $2 "
+            f"AND NOT EXISTS (SELECT 1 FROM {self.s}.sources m WHERE m.source = $2 AND m.capture_id = $1 "
+            f"AND (m.created_at, m.source) < (o.created_at, o.source)) ORDER BY o.created_at, o.source LIMIT 1",
+            capture_id, self.source,
         )
 
     async def followed_schema(self, conn: asyncpg.Connection, version: int) -> None:

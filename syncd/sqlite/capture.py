@@ -408,6 +408,16 @@ def install_base(conn: sqlite3.Connection, busy_timeout_ms: int) -> CaptureState
     return read_state(conn)
 
 
+def new_capture_id(conn: sqlite3.Connection, busy_timeout_ms: int) -> str:
+    """Give the file a capture id of its own, in place of the one it was copied with
+    (see reconcile._own_capture_id); returns it."""
+    fresh = str(uuid.uuid4())
+    write_transaction(conn, lambda c: c.execute(f"UPDATE main.{quote_ident(META)} SET value = ? "
+                                                "WHERE key = 'capture_id'", (fresh,)),
+                      busy_timeout_ms=busy_timeout_ms)
+    return fresh
+
+
 def note_schema(conn: sqlite3.Connection, keyless: list[str], busy_timeout_ms: int) -> bool:
     """Account for the file's schema version. When it moved without syncd (the
     application's DDL, or a VACUUM, which moves the version and nothing else), the
