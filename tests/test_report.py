@@ -103,10 +103,11 @@ async def ready_migration(app_db, make_config, pg_dsn, tmp_path) -> Path:
     conn.close()
     backups = tmp_path / "backups"
     backups.mkdir()
-    (backups / "app-old.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
-    os.utime(backups / "app-old.db", (time.time() - 20 * 86400,) * 2)
-    (backups / "app-new.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
-    os.utime(backups / "app-new.db", (time.time() - 2 * 86400,) * 2)
+    for name, days in (("app-old.db", 20), ("app-new.db", 2)):  # SQLite's online backup, as the runbook's job
+        src, dst = sqlite3.connect(app_db), sqlite3.connect(backups / name)
+        src.backup(dst)
+        src.close(), dst.close()
+        os.utime(backups / name, (time.time() - days * 86400,) * 2)
     cfg = make_config([{"name": "app", "path": str(app_db)}],
                       extra=verify_section() + '[cutover]\nbackup_glob = "backups/{source}-*.db"\n')
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
@@ -137,7 +138,7 @@ async def test_ready_migration_every_item_met(ready):
     assert "app: lag 0.0 s, from computed: every captured change is applied" in section(md, "lag")
     assert "none of the 2 table(s) is held or paused" in section(md, "halted")
     assert "2 table(s) captured" in section(md, "capture")
-    assert re.search(r"app: newest \S+app-new\.db \(116 bytes\), 2\.0 days old; 2 file\(s\), oldest 20\.0 days old",
+    assert re.search(r"app: newest \S+app-new\.db \(36\.0 KB\), 2\.0 days old; 2 file\(s\), oldest 20\.0 days old",
                      section(md, "backup"))
     assert "None: " in md.split("## Consistency-error history")[1] and "all clean" in md
     assert "| `items` | streaming | 1,000 | 1,000 | ✅ |" in md
@@ -231,7 +232,7 @@ async def test_backup_too_old_or_not_configured(ready, tmp_path, make_config, ap
     os.utime(tmp_path / "backups" / "app-old.db", (time.time() - 45 * 86400,) * 2)
     rc, md, _, doc = report(ready)
     assert rc == 1 and doc["not_done"] == ["backup"]
-    assert re.search(r"❌ app: too old: newest \S+app-new\.db \(116 bytes\), 31\.0 days old; 2 file\(s\), "
+    assert re.search(r"❌ app: too old: newest \S+app-new\.db \([\d.]+ KB\), 31\.0 days old; 2 file\(s\), "
                      r"oldest 45\.0 days old", section(md, "backup"))
 
     bare = make_config([{"name": "app", "path": str(app_db)}], name="nobackup.toml")

@@ -186,6 +186,8 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
             # when it was taken is not known, so it is not the recent backup.
             when = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             not_counted.append(f"{p} (dated in the future, {when}: a clock ahead?)")
+        elif (broken := _damaged(p, st.st_size)) is not None:
+            not_counted.append(f"{p} ({broken})")
         elif (no := whose(identity(p), source, sources, named)) is not None:
             if not named and no.of is not None:
                 others += 1  # a shared folder: the other sources' own backups, each credited there
@@ -199,6 +201,33 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
     mtime, size, newest = files[-1]
     age = lambda t: (now.timestamp() - t) / 86400  # noqa: E731
     return BackupFacts(full, len(files), newest, age(mtime), size, _is_sqlite(newest), age(files[0][0]), not_counted, others)
+
+
+def _damaged(path: str, size: int) -> str | None:
+    """Why a file that begins as a SQLite database is none a restore could use (a backup
+    job killed half-way, a disk that filled up, a copy that stopped), or None. What does
+    not begin as one (compressed, say) is not judged here: whose() says what it counts for."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except OSError:
+        return None
+    if not head.startswith(SQLITE_HEADER):
+        return None
+    if len(head) < 100:
+        return f"cut short: {size} bytes, less than SQLite's 100-byte header"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    if page < 512 or page & (page - 1):
+        return "damaged: its header names no valid page size"
+    pages = int.from_bytes(head[28:32], "big")
+    if pages and head[24:28] == head[92:96] and size < pages * page:  # the header's own size is valid
+        return f"cut short: {size:,} bytes of the {pages * page:,} its header says"
+    if size % page:
+        return f"cut short: {size:,} bytes, not a whole number of {page}-byte pages"
+    if identity(path) is None:
+        return "damaged: it begins as a SQLite database and cannot be read as one"
+    return None
 
 
 def _is_sqlite(path: str) -> bool | None:
