@@ -208,11 +208,14 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
         q = bk.quote_pg_ident(schema)
         for side in out.values():
             side.bookkeeping = True
-        # caught_up_at as SourceRow.lag_from has it, read so that bookkeeping an older daemon
-        # made (not upgraded yet) does without it.
-        for r in await conn.fetch(f"SELECT source, applied_seq, applied_at, streaming_since, direction, "
+        # The columns later releases added (direction, the FAILING note, caught_up_at as
+        # SourceRow.lag_from has it) read so that bookkeeping an earlier daemon made (not
+        # upgraded yet: status completes nothing) does without them.
+        for r in await conn.fetch(f"SELECT source, applied_seq, applied_at, streaming_since, "
+                                  f"to_jsonb(s) ->> 'direction', "
                                   f"coalesce((to_jsonb(s) ->> 'caught_up_at')::timestamptz, created_at), "
-                                  f"failing, failing_since, failing_at "
+                                  f"to_jsonb(s) ->> 'failing', (to_jsonb(s) ->> 'failing_since')::timestamptz, "
+                                  f"(to_jsonb(s) ->> 'failing_at')::timestamptz "
                                   f"FROM {q}.sources s WHERE source = ANY($1::text[])", names):
             out[r[0]].src = tuple(r[1:6])
             out[r[0]].failing = tuple(r[6:]) if r[6] is not None else None

@@ -185,6 +185,10 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
             dsn = settings.dsn_for(source)
             if dsn not in conns:
                 conns[dsn] = await connect(dsn, settings.password(), settings.postgres)
+                if upgrade_bookkeeping and await bookkeeping_exists(conns[dsn], settings.postgres.bookkeeping_schema):
+                    # An earlier release's bookkeeping (the package upgraded, the daemon not
+                    # restarted): completed before anything is read from it.
+                    await ensure_bookkeeping(conns[dsn], settings.postgres.bookkeeping_schema)
             sources.append(await _source(settings, source, conns[dsn], status.get(source.name), now,
                                          parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
                                          lookups=lookups))
@@ -194,8 +198,6 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
         runs: list[VerifyRun] = []
         for dsn, conn in conns.items():
             if await bookkeeping_exists(conn, settings.postgres.bookkeeping_schema):
-                if upgrade_bookkeeping:
-                    await ensure_bookkeeping(conn, settings.postgres.bookkeeping_schema)  # newer columns
                 names = [s.name for s in settings.sources if settings.dsn_for(s) == dsn]
                 runs += await load_history(conn, settings.postgres.bookkeeping_schema, names, window_start, now,
                                            max_width=c.max_verify_gap_hours * 3600)
