@@ -45,6 +45,7 @@ from syncd.sqlite.connection import SqliteWorker
 from syncd.sqlite.introspect import introspect
 from syncd.table_locks import (TablesBusy, blockers_named, long_holders, shorten_lock_waits, take_tables,
                                while_tables_busy)
+from syncd.types import PgType
 
 log = logging.getLogger("syncd")
 
@@ -227,13 +228,22 @@ async def preflight(settings: Settings, source: SourceSettings, allow_orphans: b
 # --- the steps after the freeze -------------------------------------------------------
 
 
-def read_specs(source: SourceSettings) -> dict[str, TableSpec]:
-    """The source's tables as SQLite describes them now, read through a read-only connection."""
+def read_specs(source: SourceSettings, sticky: dict[str, dict[str, PgType]] | None = None
+               ) -> dict[str, TableSpec]:
+    """The source's tables as SQLite describes them now, read through a read-only connection.
+    `sticky`: the types Postgres has (ddl.kept_types), kept for columns typed from their
+    values as the daemon keeps them: a column first seen with no values is text there,
+    whatever it holds now, and schema parity types it from what it holds (parity/numbers.py)."""
     conn = sqlite3.connect(f"file:{quote(str(source.path))}?mode=ro", uri=True, timeout=10)
     try:
-        return introspect(conn, source).tables
+        return introspect(conn, source, sticky).tables
     finally:
         conn.close()
+
+
+async def kept_types(conn: asyncpg.Connection, source: SourceSettings) -> dict[str, dict[str, PgType]]:
+    """The types of the source's tables in Postgres, as introspection keeps them."""
+    return ddl.kept_types(await ddl.read_tables(conn, source.schema))
 
 
 def high_marks(conn: sqlite3.Connection, specs: dict[str, TableSpec]) -> dict[str, int]:
@@ -413,7 +423,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
             # the change ticket is written before the checklist is met.
             res.plan.append("the plan once every reason above is met (dry run, nothing changed):")
         try:
-            specs = await asyncio.to_thread(read_specs, source)
+            specs = await asyncio.to_thread(read_specs, source, await kept_types(conn, source))
             marks = await worker.run(high_marks, specs)
             pending = await worker.run(_pending, (await b.load_source(conn)).applied_seq)
             rows = await worker.run(_row_count, list(specs))
@@ -495,7 +505,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         res.plan.append(f"verified equal: {sum(t.rows_sqlite or 0 for t in checked.tables)} row(s) in "
                         f"{len(checked.tables)} table(s)")
         await _hold("verified")
-        specs = await asyncio.to_thread(read_specs, source)
+        specs = await asyncio.to_thread(read_specs, source, await kept_types(conn, source))
         marks = await worker.run(high_marks, specs)
         planned = len(res.plan)
         enabled: list[app_triggers.Trigger] = []

@@ -72,6 +72,10 @@ class Column:
     # The SQLite spelling of a date column schema parity typed (bookkeeping `columns`):
     # only values in it convert (types.column_converter); any other holds the table.
     sqlite_format: str | None = None
+    # The type was chosen from the stored values (no usable declared type, no override),
+    # or kept from the Postgres column so chosen: schema parity may type such a text
+    # column at cutover (parity/numbers.py).
+    inferred: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
 from syncd.sqlite.introspect import introspect, journal_mode
-from syncd.types import PgType, canonical
+from syncd.types import NO_VALUES_YET, PgType, canonical
 
 
 @dataclass
@@ -593,10 +593,15 @@ async def _reconcile_table(
 
 
 def _log_default_notes(session: SourceSession, spec: TableSpec, columns) -> None:
+    """Defaults not carried, and a column created as text because it had neither a
+    declared type nor values to choose one from (parity/numbers.py types it at cutover)."""
     for col in columns:
         note = ddl.default_note(col)
         if note is not None:
             session.info(f'column "{col.name}": {note}', table=spec.name, event="default_not_carried")
+        if col.type_note is not None and col.type_note.endswith(NO_VALUES_YET):
+            session.info(f'column "{col.name}": {col.pgtype.value} <- {col.type_note}', table=spec.name,
+                         event="type_from_no_values")
 
 
 async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable) -> bool | None:

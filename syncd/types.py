@@ -105,16 +105,23 @@ def map_declared_type(declared: str) -> PgType | None:
 
 MAX_EXACT_DOUBLE_INT = 2**53
 
+# What schema parity does at cutover with a text column typed from its values (parity/numbers.py).
+TYPED_AT_CUTOVER = ("at cutover it becomes bigint if every value is then an integer, double precision if every "
+                    "one is a real (each proven to come back exactly), else it stays text, named")
+# Why a column with no usable declared type and no values is text (infer_from_values).
+NO_VALUES_YET = f"no values yet: carried as text for now; {TYPED_AT_CUTOVER}"
+
 
 def infer_from_values(classes: dict[str, int]) -> tuple[PgType, str | None]:
     """Choose a type for a column with no usable declared type, from what it stores.
 
     `classes` maps SQLite storage classes (typeof()) to counts. Returns the type and,
-    when the choice merges storage classes, a note for the log.
+    when the choice merges storage classes or there are no values to choose from, a
+    note for the log.
     """
     present = {c for c, n in classes.items() if n and c != "null"}
     if not present:
-        return PgType.TEXT, None
+        return PgType.TEXT, NO_VALUES_YET
     if present == {"integer"}:
         return PgType.BIGINT, None
     if present == {"real"}:

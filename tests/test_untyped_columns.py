@@ -33,7 +33,7 @@ async def test_a_column_without_a_type_first_seen_empty_is_typed_at_cutover_from
         log = d.log()
         assert "no declared type and no values yet" in log, log[-3000:]
         n_lines = _schema_lines(cfg, "n")
-        assert any("n: text <- no declared type and no values yet" in line for line in n_lines), n_lines
+        assert any("no values yet" in line for line in n_lines), n_lines
         assert not any("chosen from the stored values" in line for line in n_lines), n_lines
 
         conn.executemany("INSERT INTO t (id, n, r, mixed) VALUES (?, ?, ?, ?)",

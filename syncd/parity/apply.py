@@ -24,7 +24,7 @@ import asyncpg
 
 from syncd.identifiers import pg_string_literal, qualified, quote_pg_ident
 from syncd.model import TableSpec
-from syncd.parity import dates, orphans
+from syncd.parity import dates, numbers, orphans
 from syncd.parity.objects import SourceObjects, read_objects
 from syncd.parity.plan import (CUTOVER, DUAL_WRITE, ICU_LOCALE, MARK, NOCASE_COLLATION, Item, Options, SourcePlan,
                                plan_source)
@@ -281,31 +281,39 @@ class Retyped:
     table: str
     column: str
     pgtype: PgType
-    sqlite_format: str
+    sqlite_format: str | None  # None: a number (parity/numbers.py), nothing to spell
 
 
 async def retype(conn: asyncpg.Connection, source: str, bk_schema: str, schema: str, spec: TableSpec,
                  items: list[Item], cutover: bool = False) -> tuple[list[Retyped], list[tuple[Item, str]]]:
     """Retype the table's columns the plan types, after proving in Postgres that each
     stored text parses and renders back to itself (the same proof the audit made on
-    the SQLite values in Python). One ALTER TABLE for all of them (one rewrite), in a
+    the SQLite values in Python; for a number, that each text converts back to itself:
+    numbers.py). One ALTER TABLE for all of them (one rewrite), in a
     savepoint; the bookkeeping records each column's type and SQLite spelling. In the
     `cutover`, contention (CONTENTION) is raised, not taken for a refusal; during
     dual-write a column it kept text is tried again at a later pass."""
     passes = CONTENTION if cutover else ()
     table = qualified(schema, spec.name)
-    ready: list[tuple[Item, dates.Format, PgType]] = []
+    ready: list[tuple[Item, dates.Format | None, PgType]] = []
     refused: list[tuple[Item, str]] = []
     for item in items:
         v = item.verdict
-        assert v is not None and v.format is not None and v.pgtype is not None and item.column is not None
+        assert v is not None and v.pgtype is not None and item.column is not None
         col = quote_pg_ident(item.column)
-        check = (f"SELECT count(*) FROM {table} WHERE {col} IS NOT NULL AND "
-                 f"{dates.pg_render(dates.pg_using(item.column, v.format, v.pgtype), v.format, v.pgtype)} "
-                 f"IS DISTINCT FROM {col}")
+        if v.format is None:
+            differs = numbers.pg_differs(item.column, v.pgtype)
+        else:
+            differs = (f"{dates.pg_render(dates.pg_using(item.column, v.format, v.pgtype), v.format, v.pgtype)} "
+                       f"IS DISTINCT FROM {col}")
+        check = f"SELECT count(*) FROM {table} WHERE {col} IS NOT NULL AND {differs}"
         try:
             async with conn.transaction():
                 bad = await conn.fetchval(check)
+                if bad and v.format is None and v.pgtype is PgType.DOUBLE:
+                    # Texts in SQLite's layout that Postgres prints otherwise: the exact check.
+                    bad = numbers.exact_reals(await conn.fetch(
+                        f"SELECT {col}, {col}::double precision FROM {table} WHERE {col} IS NOT NULL AND {differs}"))
         except passes:
             raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
@@ -321,7 +329,9 @@ async def retype(conn: asyncpg.Connection, source: str, bk_schema: str, schema: 
     for item, fmt, pgtype in ready:
         col = quote_pg_ident(item.column or "")
         parts.append(f"ALTER COLUMN {col} DROP DEFAULT")
-        parts.append(f"ALTER COLUMN {col} TYPE {pgtype.value} USING {dates.pg_using(item.column or '', fmt, pgtype)}")
+        using = (numbers.pg_using(item.column or "", pgtype) if fmt is None
+                 else dates.pg_using(item.column or "", fmt, pgtype))
+        parts.append(f"ALTER COLUMN {col} TYPE {pgtype.value} USING {using}")
         default = translate_default(spec.column(item.column or "").default_sql, pgtype)
         if default is not None:
             parts.append(f"ALTER COLUMN {col} SET DEFAULT {default}")
@@ -330,8 +340,9 @@ async def retype(conn: asyncpg.Connection, source: str, bk_schema: str, schema: 
         async with conn.transaction():
             await run(conn, f"ALTER TABLE {table} " + ", ".join(parts))
             for item, fmt, pgtype in ready:
-                await _record_column(conn, bk_schema, source, spec.name, item.column or "", pgtype, fmt.spec)
-                done.append(Retyped(spec.name, item.column or "", pgtype, fmt.spec))
+                spec_ = fmt.spec if fmt is not None else None
+                await _record_column(conn, bk_schema, source, spec.name, item.column or "", pgtype, spec_)
+                done.append(Retyped(spec.name, item.column or "", pgtype, spec_))
     except passes:
         raise
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
@@ -378,7 +389,9 @@ def read_sqlite(conn: sqlite3.Connection, specs: dict[str, TableSpec], views: li
                 ) -> tuple[SourceObjects, dict[tuple[str, str], dates.Verdict]]:
     """The file's objects and, with `audit_types`, every date candidate's verdict: each
     value read in Python (window by window), or `quick`: checked in SQL against the
-    spelling a sample shows (the cutover's frozen file; Postgres proves each value)."""
+    spelling a sample shows (the cutover's frozen file; Postgres proves each value); and
+    every text column typed from its values (numbers.py): its values counted by storage
+    class in SQL."""
     objects = read_objects(conn, list(specs), views)
     verdicts: dict[tuple[str, str], dates.Verdict] = {}
     if audit_types and options.typed_columns != "never":
@@ -391,6 +404,11 @@ def read_sqlite(conn: sqlite3.Connection, specs: dict[str, TableSpec], views: li
                 continue
             for col, a in dates.audit(conn, spec, cols).items():
                 verdicts[(name, col)] = a.verdict(options.timestamp_override)
+        for name, spec in specs.items():
+            cols = [c.name for c in spec.stored_columns if numbers.is_candidate(c)
+                    and c.name not in objects.table(name).collations]
+            for col, v in numbers.audit(conn, spec, cols).items():
+                verdicts[(name, col)] = v
     return objects, verdicts
 
 
@@ -449,7 +467,8 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
                    allow_orphans: bool = False, sqlite_path=None) -> FinalizeResult:
     """Turn the replica into the application's database, inside the caller's final
     transaction (opened here if there is none): case-insensitive NOCASE columns, typed
-    date columns (bookkeeping records their SQLite spelling), immediate UNIQUE
+    date columns (bookkeeping records their SQLite spelling) and number columns
+    without a declared type (numbers.py), immediate UNIQUE
     constraints and unique indexes, CHECKs, FOREIGN KEYs (validated; NOT VALID with
     `allow_orphans`), views. Everything Postgres refuses is listed in the result with
     its reason; nothing is silently dropped. Raises OrphanRows (nothing created) when a
@@ -520,8 +539,9 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
         result.retyped += done
         for r in done:
             item = next(i for i in items if i.column == r.column)
+            spelled = f", SQLite spelling {r.sqlite_format}" if r.sqlite_format is not None else ""
             result.created.append(Outcome("type", tname, item.what, r.column,
-                                          f"{r.pgtype.value}, SQLite spelling {r.sqlite_format}: {item.why}"))
+                                          f"{r.pgtype.value}{spelled}: {item.why}"))
         for item, why in refused:
             result.not_created.append(Outcome("type", tname, item.what, item.column, f"kept as text: {why}"))
     lap("typed columns")

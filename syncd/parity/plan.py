@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_pg_ident
 from syncd.model import TableSpec
-from syncd.parity import dates, translate
+from syncd.parity import dates, numbers, translate
 from syncd.parity.expressions import NotParsed, parse_expression
 from syncd.parity.objects import ForeignKey, Index, SourceObjects
 from syncd.parity.translate import ColumnInfo, Untranslatable
@@ -206,6 +206,9 @@ def _final_types(plan: SourcePlan, table: str) -> dict[str, PgType]:
 def _plan_types(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], options: Options,
                 verdicts: dict[tuple[str, str], dates.Verdict] | None) -> None:
     for col in spec.stored_columns:
+        if numbers.is_candidate(col):
+            _plan_number(plan, spec, col, collations, options, verdicts)
+            continue
         if not dates.is_candidate(col.declared):
             if "TIME" in col.declared.upper() and col.pgtype is PgType.TEXT:
                 plan.items.append(Item("type", spec.name, f'column "{col.name}" {col.declared}', column=col.name,
@@ -253,6 +256,49 @@ def _plan_types(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], o
             item.cutover = ("retype",)
         plan.items.append(item)
         plan.retyped.setdefault(spec.name, {})[col.name] = verdict.pgtype
+
+
+def _plan_number(plan: SourcePlan, spec: TableSpec, col, collations: dict[str, str], options: Options,
+                 verdicts: dict[tuple[str, str], dates.Verdict] | None) -> None:
+    """A column without a usable declared type carried as text (syncd first saw it with no
+    values, say): typed at cutover when every value is an integer, or every one a real."""
+    untyped = "no declared type" if not col.declared.strip() else f"declared {col.declared}, which names no type"
+    what = f'column "{col.name}" ({untyped})'
+    if options.typed_columns == "never":
+        plan.items.append(Item("type", spec.name, what, column=col.name,
+                               left_out='kept as text: [cutover] typed_columns = "never"'))
+        return
+    if col.name in collations:
+        plan.items.append(Item("type", spec.name, what, column=col.name,
+                               left_out=f"kept as text: it has the {collations[col.name]} collation"))
+        return
+    verdict = (verdicts or {}).get((spec.name, col.name))
+    if verdict is None:
+        plan.items.append(Item("type", spec.name, what, column=col.name,
+                               why="text for now; becomes bigint at cutover if every value is then an integer, "
+                                   "double precision if every one is a real (checked then, value by value)"))
+        return
+    if not verdict.typed:
+        if not verdict.audit.values:
+            left_out = ("kept as text: no values yet to type it by; the application will meet the values it "
+                        "writes after the switch as text")
+        else:
+            keys = ", ".join(_key(k) for k in verdict.keys)
+            example = f" (e.g. {shorten(repr(verdict.example), 60)})" if verdict.example is not None else ""
+            left_out = (f"kept as text: {verdict.misfits} of {verdict.audit.values} value(s) are not of one "
+                        f"numeric storage class: {verdict.why}{example}; keys {keys}. The application will meet "
+                        "these values as text after the switch")
+        plan.items.append(Item("type", spec.name, what, column=col.name, verdict=verdict, left_out=left_out))
+        return
+    assert verdict.pgtype is not None
+    kind = "an integer" if verdict.pgtype is PgType.BIGINT else "a real"
+    item = Item("type", spec.name, what, column=col.name, verdict=verdict, cutover=("retype",),
+                why=f"every one of its {verdict.audit.values} value(s) is {kind} in SQLite: {verdict.pgtype.value} "
+                    f"at cutover, so the application reads the numbers SQLite gave it (each value's text proven "
+                    "in Postgres to convert back exactly)",
+                stage_note=f"retyped at {CUTOVER}")
+    plan.items.append(item)
+    plan.retyped.setdefault(spec.name, {})[col.name] = verdict.pgtype
 
 
 def _flavour_why(fmt: dates.Format, options: Options) -> str:

@@ -189,6 +189,8 @@ def explain_table(items: list[Item]) -> list[str]:
             if v is not None and v.pgtype is not None and v.format is not None:
                 out.append(_comment(f"  ALTER COLUMN ... TYPE {v.pgtype.value}, SQLite spelling {v.format.spec} "
                                     "recorded for the way back"))
+            elif v is not None and v.pgtype is not None:
+                out.append(_comment(f"  ALTER COLUMN ... TYPE {v.pgtype.value}"))
             continue
         if i.kind == "nocase":
             continue

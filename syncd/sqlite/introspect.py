@@ -13,7 +13,7 @@ from syncd.model import (ROWID_COLUMN, Column, Refusal, SourceSchema, TableSpec,
                          unshadowed_rowid_name)
 from syncd.sqlite import leftout, windows
 from syncd.sqlite.capture import CHANGELOG, META, REGISTRY
-from syncd.types import PgType, infer_from_values, map_declared_type
+from syncd.types import NO_VALUES_YET, TYPED_AT_CUTOVER, PgType, infer_from_values, map_declared_type
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def describe_table(
     chosen: dict[str, tuple[PgType, str | None]] = {}
     formats: dict[str, str | None] = {}
     needs_inference = []
+    inferred: set[str] = set()  # typed from the values (or kept so from Postgres)
     for r in raw:
         name, declared = r[1], r[2] or ""
         override = source.column_override(table, name)
@@ -168,17 +169,25 @@ def describe_table(
             continue
         if name in typed:
             pgtype, formats[name] = typed[name]
+            spelled = f"; spelled {formats[name]} in SQLite" if formats[name] is not None else ""
             chosen[name] = (pgtype, f"{pgtype.value}: typed by schema parity (every value converted exactly and "
-                                    f"back; spelled {formats[name]} in SQLite)")
+                                    f"back{spelled})")
             continue
         mapped = map_declared_type(declared)
         if mapped is not None:
             chosen[name] = (mapped, None)
-        elif name in sticky:
-            chosen[name] = (sticky[name], "type kept from the existing Postgres column")
+            continue
+        inferred.add(name)
+        if name in sticky:
+            later = f"; {TYPED_AT_CUTOVER}" if sticky[name] is PgType.TEXT else ""
+            chosen[name] = (sticky[name], f"type kept from the existing Postgres column{later}")
         else:
             needs_inference.append(name)
     for name, (pgtype, note) in _infer_types(conn, raw_table, needs_inference).items():
+        if note == NO_VALUES_YET:
+            declared = next(r[2] or "" for r in raw if r[1] == name)
+            untyped = "no declared type" if not declared.strip() else f"declared {declared!r}, which names no type"
+            note = f"{untyped} and {note}"
         chosen[name] = (pgtype, note or "chosen from the stored values (no usable declared type)")
 
     columns = tuple(
@@ -191,6 +200,7 @@ def describe_table(
             type_note=chosen[r[1]][1],
             generated=r[6] in (2, 3),
             sqlite_format=formats.get(r[1]),
+            inferred=r[1] in inferred,
         )
         for r in raw
     )
