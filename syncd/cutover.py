@@ -36,7 +36,8 @@ from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
 from syncd.postgres import app_triggers, ddl
-from syncd.postgres.bookkeeping import SWITCH_CLASS, Bookkeeping, ensure_bookkeeping, lock_key
+from syncd.postgres.bookkeeping import (SWITCH_CLASS, Bookkeeping, ensure_bookkeeping, shared_key_line, sharing,
+                                       source_key)
 from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
 from syncd.printable import listed
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
@@ -116,20 +117,21 @@ def undo_reason(e: BaseException) -> str:
 # --- the switch lock and record ------------------------------------------------------
 
 
-async def take_switch_lock(conn: asyncpg.Connection, source: str) -> bool:
-    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", SWITCH_CLASS, lock_key(source)))
+async def take_switch_lock(conn: asyncpg.Connection, key: int) -> bool:
+    """The switch lock of the source whose key (bookkeeping.source_key) is `key`."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", SWITCH_CLASS, key))
 
 
-async def release_switch_lock(conn: asyncpg.Connection, source: str) -> None:
-    await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", SWITCH_CLASS, lock_key(source))
+async def release_switch_lock(conn: asyncpg.Connection, key: int) -> None:
+    await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", SWITCH_CLASS, key)
 
 
-async def switch_holder(conn: asyncpg.Connection, source: str) -> str | None:
+async def switch_holder(conn: asyncpg.Connection, key: int) -> str | None:
     row = await conn.fetchrow(
         """SELECT a.application_name, a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
            WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objid = $2::oid AND l.granted
              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
-        SWITCH_CLASS, lock_key(source))
+        SWITCH_CLASS, key)
     return None if row is None else f"{row[0] or 'a client'} (Postgres backend {row[1]})"
 
 
@@ -404,9 +406,11 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
                                      f"AND kind = 'cutover' AND state = 'done'", source.name)
             res.already = f"{at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if at else "earlier"
             return res
-        if not await take_switch_lock(conn, source.name):
+        b.key = await source_key(conn, b.schema, source.name)
+        await _not_sharing_a_way_back(conn, b)
+        if not await take_switch_lock(conn, b.key):
             raise Refused(f"a cutover or rollback of this source is already running: "
-                          f"{await switch_holder(conn, source.name) or 'another session'}")
+                          f"{await switch_holder(conn, b.key) or 'another session'}")
         locked = True
         undone = await undo_abandoned(settings, source, conn, worker)
         if undone:
@@ -457,10 +461,23 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         return res
     finally:
         if locked and not conn.is_closed():
-            await release_switch_lock(conn, source.name)
+            await release_switch_lock(conn, b.key)
         await close_quietly(conn)
         await worker.close()
         worker.shutdown()
+
+
+async def _not_sharing_a_way_back(conn: asyncpg.Connection, b: Bookkeeping) -> None:
+    """Refused where the source shares its key with a source already cut over (two an
+    older syncd set up whose names hash alike): their way back would be one changelog."""
+    assert b.key is not None
+    others = (await sharing(conn, b.schema, {b.source: b.key})).get(b.source)
+    if others:
+        cut = [r[0] for r in await conn.fetch(f"SELECT source FROM {b.s}.sources WHERE source = ANY($1::text[]) "
+                                              "AND direction = $2 ORDER BY source", others, TO_SQLITE)]
+        if cut:
+            raise Refused(f"{shared_key_line(b.source, others, b.key)}; {listed([repr(c) for c in cut])} "
+                          "is cut over already")
 
 
 def _pending(conn: sqlite3.Connection, applied: int) -> int:

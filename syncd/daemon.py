@@ -184,11 +184,11 @@ class Daemon:
         for pipes in groups.values():
             target = pipes[0].session.target
             try:
+                await pipes[0].session.connect_postgres(lock=False)  # the target is fit, bookkeeping exists
                 taken = await target.lock_many([p.name for p in pipes])
                 for p in pipes:
                     if not taken[p.name]:
                         await target.lock(p.name)  # raises SourceLocked naming the holder
-                await pipes[0].session.connect_postgres(lock=False)  # the target is fit, bookkeeping exists
                 for p in pipes:
                     p.pg_ok = True
                 await self._start_each_way(target, pipes)

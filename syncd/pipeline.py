@@ -912,7 +912,7 @@ class Pipeline:
         if s.direction != TO_POSTGRES or not (open_switch or await s.worker.run(freeze.frozen)):
             self.freeze_unsettled = False
             return
-        if not await cutover.take_switch_lock(s.pg, s.name):
+        if not await cutover.take_switch_lock(s.pg, s.key):
             # A cutover or rollback is running: it holds the file. Looked at again (the
             # daemon's rechecks) until it is settled: a rollback killed after its turn
             # leaves no open switch record to tell.
@@ -923,7 +923,7 @@ class Pipeline:
             self.needs_reconcile = True
             self.freeze_unsettled = False
         finally:
-            await cutover.release_switch_lock(s.pg, s.name)
+            await cutover.release_switch_lock(s.pg, s.key)
 
     # --- health ----------------------------------------------------------------------
 

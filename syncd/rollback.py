@@ -45,7 +45,8 @@ from syncd.parity.apply import lock_wait_ms
 from syncd.parity.plan import MARK
 from syncd.postgres import app_triggers
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, ensure_bookkeeping, try_lock_source, unlock_source
+from syncd.postgres.bookkeeping import (Bookkeeping, SourceLocked, ensure_bookkeeping, source_key, try_lock_source,
+                                       unlock_source)
 from syncd.postgres.connect import close_quietly, connect
 from syncd.reverse import applier, capture, reader
 from syncd.reverse.capture import Names
@@ -95,7 +96,7 @@ async def open_way_back(conn: asyncpg.Connection, settings: Settings, source: So
     """Inside the cutover's last transaction: capture every table in Postgres from this
     moment (a fresh changelog; SQLite equals Postgres here, as just verified), and lift
     the freeze a rollback left on Postgres. `tables`: name -> (tid, key columns)."""
-    names = Names(settings.postgres.bookkeeping_schema, source.name)
+    names = await capture.names_of(conn, settings.postgres.bookkeeping_schema, source.name)
     await capture.start_generation(conn, names, source.schema)
     for name, (tid, key) in sorted(tables.items()):
         await capture.arm(conn, names, source.schema, name, tid, key)
@@ -106,7 +107,7 @@ async def end_way_back(conn: asyncpg.Connection, settings: Settings, source: Sou
     """Stop capturing the source's tables in Postgres for good (the rollback window is
     over, or capture is uninstalled): triggers and recorded entries go, the SQLite file
     stays as it is. Returns the tables that were captured. In one transaction."""
-    names = Names(settings.postgres.bookkeeping_schema, source.name)
+    names = await capture.names_of(conn, settings.postgres.bookkeeping_schema, source.name)
     gen = await capture.generation(conn, names)
     if gen is None or gen.retired_at is not None:
         return 0
@@ -147,7 +148,7 @@ async def undo_abandoned(settings: Settings, source: SourceSettings, conn: async
     """With the switch lock held: a rollback that froze Postgres and died (the direction
     still to SQLite) is undone: Postgres unfrozen, its record closed."""
     b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
-    names = Names(b.schema, source.name)
+    names = await capture.names_of(conn, b.schema, source.name)
     if await b.direction(conn) != TO_SQLITE:
         return None
     left = await conn.fetch(f"SELECT id FROM {b.s}.switches WHERE source = $1 AND kind = 'rollback' "
@@ -193,7 +194,7 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
     """Until SQLite has applied every change Postgres's changelog holds (and copied
     every table marked for it): by the daemon if it runs the source, else by a reverse
     pipeline run here. `until(conn, worker)` replaces the condition when given."""
-    names = Names(settings.postgres.bookkeeping_schema, source.name)
+    names = await capture.names_of(conn, settings.postgres.bookkeeping_schema, source.name)
 
     async def drained() -> bool:
         if until is not None:
@@ -201,15 +202,16 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
         pending, reloads = await reverse_position(worker, conn, names)
         return pending == 0 and reloads == 0
 
-    holder = await lock_holder(conn, source.name)
+    key = await source_key(conn, names.bk, source.name)
+    holder = await lock_holder(conn, key)
     if holder is None:
         probe = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
         try:
-            await try_lock_source(probe, source.name)
+            await try_lock_source(probe, source.name, key)
         except SourceLocked:
             holder = "the daemon that just took the source"
         else:
-            await unlock_source(probe, source.name)
+            await unlock_source(probe, key)
         finally:
             await close_quietly(probe)
     if holder is not None:
@@ -254,7 +256,7 @@ async def _wait(cond, timeout: float, task: asyncio.Task | None = None) -> bool:
 async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, worker: SqliteWorker,
                     b: Bookkeeping) -> list[str]:
     """Every reason not to switch this source back now."""
-    names = Names(b.schema, source.name)
+    names = await capture.names_of(conn, b.schema, source.name)
     problems = []
     gen = await capture.generation(conn, names)
     if gen is None:
@@ -498,12 +500,13 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
     try:
         await worker.open()
         await ensure_bookkeeping(conn, b.schema)
-        await capture.ensure_registry(conn, Names(b.schema, source.name))
+        b.key = await source_key(conn, b.schema, source.name)
+        await capture.ensure_registry(conn, Names(b.schema, source.name, b.key))
         if await b.load_source(conn) is None:
             raise Refused("syncd has not set this source up in Postgres yet; there is nothing to roll back")
-        if not await take_switch_lock(conn, source.name):
+        if not await take_switch_lock(conn, b.key):
             raise Refused(f"a cutover or rollback of this source is already running: "
-                          f"{await switch_holder(conn, source.name) or 'another session'}")
+                          f"{await switch_holder(conn, b.key) or 'another session'}")
         locked = True
         if await b.direction(conn) == TO_POSTGRES:
             from syncd import cutover
@@ -529,7 +532,7 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
         stricter += await filled_only_in_postgres(conn, source.schema, specs)
         stricter += [generated_always_note(t, c, False) for t, c in await generated_always(conn, source.schema, specs)]
         rows = await worker.run(_row_count, tables)
-        pending, _ = await reverse_position(worker, conn, Names(b.schema, source.name))
+        pending, _ = await reverse_position(worker, conn, Names(b.schema, source.name, b.key))
         res.plan.append(f"{len(tables)} table(s), {rows} row(s) to verify, {pending} change(s) to bring back")
         res.plan += stricter
         if dry_run:
@@ -543,7 +546,7 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
         return res
     finally:
         if locked and not conn.is_closed():
-            await release_switch_lock(conn, source.name)
+            await release_switch_lock(conn, b.key)
         await close_quietly(conn)
         await worker.close()
         worker.shutdown()
@@ -554,7 +557,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     from syncd.verify import verify_source
     from syncd.cutover import _judge
 
-    names = Names(b.schema, source.name)
+    names = Names(b.schema, source.name, b.key)
     busy = settings.sqlite.write_busy_timeout_ms
     switch_id = await conn.fetchval(f"INSERT INTO {b.s}.switches (source, kind, state, who) "
                                     f"VALUES ($1, 'rollback', 'started', $2) RETURNING id", source.name, who())

@@ -130,15 +130,23 @@ class SourceSession:
         the target is fit and has bookkeeping. Returns True when the lock was (re)taken:
         whatever syncd knew about the source may have changed meanwhile."""
         fresh = False
-        if lock and not self.target.holds(self.name):
-            await self.target.lock(self.name)
-            fresh = True
-        if not self.target.prepared:
+        if not self.target.prepared:  # first: the lock's key is recorded in the bookkeeping
             async with self.target.connection() as conn:
                 await check_target(conn)
                 await bkmod.ensure_bookkeeping(conn, self.bk.schema)
             self.target.prepared = True
+        if lock and not self.target.holds(self.name):
+            await self.target.lock(self.name)
+            fresh = True
+        if lock:
+            self.bk.key = self.target.key(self.name)
         return fresh
+
+    @property
+    def key(self) -> int:
+        """The source's key (bookkeeping.source_keys): its locks, its objects' names."""
+        assert self.bk.key is not None, "the source's key is taken with its lock (connect_postgres)"
+        return self.bk.key
 
     @contextlib.asynccontextmanager
     async def step(self) -> AsyncIterator[asyncpg.Connection]:

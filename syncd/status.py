@@ -90,6 +90,7 @@ class SourceStatus:
     file_names: int | None = None  # directory entries (hard links) the SQLite file has
     sqlite_frozen: bool = False  # the file refuses the application's writes (a cutover's freeze)
     switching: str | None = None  # a cutover or rollback of the source runs: who holds its lock
+    shared_key: str | None = None  # shares its key in Postgres with another source: what that means
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -178,6 +179,7 @@ class _PgSide:
     holder_since: dt.datetime | None = None  # when the lock holder's connection began
     switching: str | None = None  # who holds the source's switch lock: a cutover or rollback runs
     failing: tuple | None = None  # the daemon's note (health_note.py): detail, since, confirmed at
+    shared_key: str | None = None  # the source shares its key with another (bookkeeping.shared_key_line)
 
 
 async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict[str, _PgSide]:
@@ -189,20 +191,29 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
     try:
         conn = await connect(dsn, settings.password(), settings.postgres)
         schema = settings.postgres.bookkeeping_schema
-        keys = {bk.lock_key(n): n for n in names}
+        # Each source's key (bookkeeping.source_keys), all in one query. A source without
+        # one has no daemon (a daemon records it before it takes the lock): the lock of
+        # another source with the hash of its name is not its; where nothing is recorded
+        # at all, a syncd from before keys were recorded may run it, by that hash.
+        recorded = await bk.recorded_keys(conn, schema)
+        keys: dict[int, list[str]] = {}
+        for n in names:
+            if n in recorded or not recorded:
+                keys.setdefault(recorded.get(n, bk.lock_key(n)), []).append(n)
+        for name, others in bk.shared_keys(recorded, {n: recorded[n] for n in names if n in recorded}).items():
+            out[name].shared_key = bk.shared_key_line(name, others, recorded[name])
         for r in await conn.fetch(
                 """SELECT l.objid::bigint, a.application_name, a.backend_start, l.classid::bigint
                    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                    WHERE l.locktype = 'advisory' AND l.classid IN ($1::oid, $2::oid) AND l.objsubid = 2 AND l.granted
                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
                 bk.LOCK_CLASS, bk.SWITCH_CLASS):
-            if r[0] not in keys:
-                continue
-            side = out[keys[r[0]]]
-            if r[3] == bk.SWITCH_CLASS:
-                side.switching = r[1] or "a client"
-            else:
-                side.holder, side.holder_since = r[1] or "a client", r[2]
+            for name in keys.get(r[0], ()):
+                side = out[name]
+                if r[3] == bk.SWITCH_CLASS:
+                    side.switching = r[1] or "a client"
+                else:
+                    side.holder, side.holder_since = r[1] or "a client", r[2]
         if not await bk.bookkeeping_exists(conn, schema):
             return out
         q = bk.quote_pg_ident(schema)
@@ -300,6 +311,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         st.postgres_error = pg.error
     else:
         st.postgres_reachable = True
+        st.shared_key = pg.shared_key
         if pg.bookkeeping:
             st.daemon_running = pg.holder is not None
             st.daemon_holder = pg.holder
@@ -468,6 +480,8 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
     if st.way_back_ended:
         p.append(Problem("warning", f"SQLite no longer follows Postgres: {st.way_back_ended}; a rollback is no "
                                     "longer possible"))
+    if st.shared_key:
+        p.append(Problem("critical" if st.direction == TO_SQLITE else "warning", st.shared_key))
     if (st.file_names or 1) > 1:
         p.append(Problem("warning", hard_links(st.path, st.file_names)))
     if st.capture_suspended:

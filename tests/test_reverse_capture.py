@@ -16,14 +16,14 @@ import secrets
 import asyncpg
 
 from syncd.model import Column, TableSpec
-from syncd.postgres.bookkeeping import ensure_bookkeeping
+from syncd.postgres.bookkeeping import ensure_bookkeeping, lock_key
 from syncd.reverse import capture, reader
 from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import start
 from syncd.reverse.reader import SourceTable
 from syncd.types import PgType
 
-NAMES = Names("syncd", "src")
+NAMES = Names("syncd", "src", lock_key("src"))
 SPEC = TableSpec(name='odd "t"; --', columns=(Column("id", "INTEGER", PgType.BIGINT, True, None),
                                                 Column("v", "TEXT", PgType.TEXT, False, None)),
                  key=("id",), without_rowid=False, key_origin="primary key")

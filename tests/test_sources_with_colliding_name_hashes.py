@@ -17,9 +17,9 @@ import time
 
 import asyncpg
 
-from syncd.postgres.bookkeeping import lock_key
-from tests.support.daemon import DaemonProcess, wait_for
-from tests.support.sync import wait_caught_up
+from syncd.postgres.bookkeeping import ensure_bookkeeping, lock_key
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.sync import pg_rows, wait_caught_up
 from tests.support.way_back import back_up, backup_and_config, cut_over, typeof, wait_back
 
 A, B = "tenant_229599", "tenant_432382"
@@ -72,3 +72,39 @@ async def test_two_tenants_whose_names_hash_alike_each_get_their_own_way_back(tm
     rows = {n: dict(typeof(db, "SELECT id, v FROM items")) for n, db in dbs.items()}
     assert rows[A] == {1: "A changed", 2: f"{A} 2", 3: f"{A} 3", 4: f"{A} 4", 5: f"{A} 5", 100: "written in A"}, rows
     assert rows[B] == {1: f"{B} 1", 3: f"{B} 3", 4: f"{B} 4", 5: f"{B} 5", 200: "written in B"}, rows
+
+
+async def test_two_tenants_an_older_syncd_set_up_under_one_key_are_named_by_the_log_and_status(
+        tmp_path, make_config, pg_dsn):
+    dbs = {A: tmp_path / f"{A}.db", B: tmp_path / f"{B}.db"}
+    for name, db in dbs.items():
+        _tenant(db, name)
+    cfg = backup_and_config(make_config, tmp_path, dbs[A], sources=[{"name": n, "path": str(p)} for n, p in dbs.items()])
+    back_up(dbs[B], tmp_path / "backups")
+    # The bookkeeping of a syncd that named both by the hash of their names, and recorded no keys.
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        await ensure_bookkeeping(pg, "syncd")
+        await pg.execute("INSERT INTO syncd.sources(source) VALUES ($1), ($2)", A, B)
+        await pg.execute("DROP TABLE syncd.source_keys")
+        await pg.execute("UPDATE syncd.meta SET value = 'older' WHERE key = 'version'")
+    finally:
+        await pg.close()
+    line = f"source {A!r} shares its Postgres key {lock_key(A):08x} with {B!r}"
+    assert line in run_cli(cfg, "status").stdout
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for name, db in dbs.items():
+            await wait_caught_up(db, pg_dsn, name, daemon=d)
+        # Said once, naming both; each keeps the key its objects are named by.
+        assert d.log().count("shares its Postgres key") == 1 and line in d.log()
+        # One of them may be cut over; the other not after it: their way back would be one.
+        await cut_over(cfg, dbs[A], pg_dsn, source=A, daemon=d)
+        await wait_caught_up(dbs[B], pg_dsn, B, daemon=d)
+        assert run_cli(cfg, "verify", "--source", B).returncode == 0
+        r = run_cli(cfg, "cutover", "--source", B)
+        assert r.returncode != 0 and f"{A!r} is cut over already" in r.stdout, r.stdout + r.stderr
+        assert d.stop() == 0
+    assert await pg_rows(pg_dsn, "SELECT source, key FROM syncd.source_keys ORDER BY source") == [
+        (A, lock_key(A)), (B, lock_key(B))]
+    status = run_cli(cfg, "status").stdout
+    assert line in status and f"source {B!r} shares its Postgres key {lock_key(B):08x} with {A!r}" in status

@@ -14,7 +14,7 @@ import asyncpg
 
 from syncd.config import SourceSettings
 from syncd.model import SIZED_FOR_COLUMNS, Column, TableSpec
-from syncd.postgres.bookkeeping import ensure_bookkeeping
+from syncd.postgres.bookkeeping import ensure_bookkeeping, lock_key
 from syncd.reverse import capture as reverse_capture
 from syncd.reverse import reader as reverse_reader
 from syncd.reverse.capture import Names
@@ -122,7 +122,7 @@ async def test_the_way_back_reads_a_wide_tables_changes_in_batches_of_as_many_va
     spec = TableSpec(name="wide", columns=(Column("id", "INTEGER", PgType.BIGINT, True, None),) + tuple(
         Column(f"c{i}", "REAL", PgType.DOUBLE, False, None) for i in range(1, columns)),
         key=("id",), without_rowid=False, key_origin="primary key")
-    names, tables = Names("syncd", "src"), {1: reverse_reader.SourceTable(1, spec, ("bigint",))}
+    names, tables = Names("syncd", "src", lock_key("src")), {1: reverse_reader.SourceTable(1, spec, ("bigint",))}
     pg = await asyncpg.connect(pg_dsn)
     try:
         await ensure_bookkeeping(pg, "syncd")

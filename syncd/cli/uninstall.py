@@ -10,7 +10,7 @@ import sqlite3
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
 from syncd.model import TO_POSTGRES
-from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, try_lock_source, unlock_source
+from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, source_key, try_lock_source, unlock_source
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
 from syncd.sqlite import capture, reader
 from syncd.sqlite.connection import SourceFileError, open_connection
@@ -61,12 +61,13 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
         try:
             # Direct (past any pooler): the source's and the switch's locks are this session's.
             pg = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
-            await try_lock_source(pg, source.name)
+            key = await source_key(pg, settings.postgres.bookkeeping_schema, source.name)
+            await try_lock_source(pg, source.name, key)
             applied = 0
             row = await Bookkeeping(settings.postgres.bookkeeping_schema, source.name).load_source(pg) \
                 if await _has_bookkeeping(pg, settings) else None
             if row is not None:
-                note += await _settle_switch(settings, source, pg, conn)
+                note += await _settle_switch(settings, source, pg, conn, key)
             if row is not None and row.capture_id == state.capture_id:
                 applied = row.applied_seq
             pending = conn.execute(f"SELECT count(*) FROM main.{reader.CL} WHERE seq > ?", (applied,)).fetchone()[0] \
@@ -97,7 +98,7 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
                                                          source.schema)
                 app_triggers.say(source.name, enabled, disabled=False)
                 note += "".join(f"; {app_triggers.line(t, disabled=False)}" for t in enabled)
-            await unlock_source(pg, source.name)
+            await unlock_source(pg, key)
         except PostgresUnavailable as e:
             if not force:
                 raise Refused(f"{e}; cannot check for unapplied changes or a running daemon (use --force)") from None
@@ -122,7 +123,7 @@ class _ThisConnection:
         return fn(self.conn, *args)
 
 
-async def _settle_switch(settings: Settings, source: SourceSettings, pg, conn: sqlite3.Connection) -> str:
+async def _settle_switch(settings: Settings, source: SourceSettings, pg, conn: sqlite3.Connection, key: int) -> str:
     """Refuse while a cutover or rollback of the source runs; undo one that stopped
     before finishing (as the daemon or the next switch would): the file a cutover froze,
     or Postgres a rollback froze, takes the application's writes again instead of staying
@@ -130,9 +131,9 @@ async def _settle_switch(settings: Settings, source: SourceSettings, pg, conn: s
     the uninstall's connection closes. Returns what was undone, for the output."""
     from syncd import cutover, rollback
 
-    if not await cutover.take_switch_lock(pg, source.name):
+    if not await cutover.take_switch_lock(pg, key):
         raise Refused(f"a cutover or rollback of this source is running: "
-                      f"{await cutover.switch_holder(pg, source.name) or 'another session'}; "
+                      f"{await cutover.switch_holder(pg, key) or 'another session'}; "
                       "let it finish, then uninstall")
     direction = await Bookkeeping(settings.postgres.bookkeeping_schema, source.name).direction(pg)
     if direction == TO_POSTGRES:
@@ -156,7 +157,7 @@ async def _way_back_behind(pg, settings: Settings, source: SourceSettings, conn:
     from syncd.reverse.checkpoint import META_KEY
     from syncd.rollback import reverse_behind
 
-    names = reverse_capture.Names(settings.postgres.bookkeeping_schema, source.name)
+    names = await reverse_capture.names_of(pg, settings.postgres.bookkeeping_schema, source.name)
     gen = await reverse_capture.generation(pg, names)
     if gen is None or gen.retired_at is not None:
         return 0, 0

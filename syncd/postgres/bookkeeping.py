@@ -186,11 +186,20 @@ def _ddl(bk: str) -> list[str]:
             table_name text NOT NULL,
             trigger_name text NOT NULL,
             quieted_at timestamptz NOT NULL DEFAULT now())""",
+        # Each source's key (source_keys): the second half of its advisory locks and the
+        # hex in the names of its objects here (rlog_<key>, rcap_<key>_<tid>, load_<key>_<tid>).
+        # Kept when the source goes, so that a source set up again finds its objects.
+        f"""CREATE TABLE IF NOT EXISTS {s}.{KEYS} (
+            source text PRIMARY KEY,
+            key integer NOT NULL,
+            assigned_at timestamptz NOT NULL DEFAULT now())""",
+        f"CREATE INDEX IF NOT EXISTS {KEYS}_by_key ON {s}.{KEYS} (key)",
     ]
 
 
 OWNED_TABLES = "owned_tables"
 QUIETED_TRIGGERS = "quieted_triggers"
+KEYS = "source_keys"
 
 
 async def _relation_exists(conn: asyncpg.Connection, schema: str, name: str) -> bool:
@@ -229,17 +238,21 @@ async def ensure_bookkeeping(conn: asyncpg.Connection, bk: str) -> None:
         adopt = await _relation_exists(conn, bk, "tables") and not await _relation_exists(conn, bk, OWNED_TABLES)
         for stmt in _ddl(bk):
             await conn.execute(stmt)
+        s = quote_pg_ident(bk)
         if adopt:
             # Upgrade from a syncd that did not record what it created: the tables its
             # bookkeeping already tracks are its own.
-            s = quote_pg_ident(bk)
             await conn.execute(
                 f"INSERT INTO {s}.{OWNED_TABLES}(schema_name, table_name, source) "
                 f"SELECT coalesce(src.target_schema, src.source), t.table_name, t.source "
                 f"FROM {s}.tables t JOIN {s}.sources src USING (source) WHERE t.state <> $1 "
                 f"ON CONFLICT DO NOTHING", REFUSED)
+        # Sources an older syncd set up keep the key it named their objects by: the hash.
+        legacy = await conn.fetch(f"SELECT source FROM {s}.sources WHERE source NOT IN (SELECT source FROM {s}.{KEYS})")
+        await conn.executemany(f"INSERT INTO {s}.{KEYS}(source, key) VALUES ($1, $2)",
+                               [(r[0], lock_key(r[0])) for r in legacy])
         await conn.execute(
-            f"INSERT INTO {quote_pg_ident(bk)}.meta(key, value) VALUES ('version', $1) "
+            f"INSERT INTO {s}.meta(key, value) VALUES ('version', $1) "
             f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
             version,
         )
@@ -336,10 +349,11 @@ def decode_position(text: str | None) -> tuple | None:
 class Bookkeeping:
     """Typed access to one source's rows in syncd's schema."""
 
-    def __init__(self, schema: str, source: str):
+    def __init__(self, schema: str, source: str, key: int | None = None):
         self.schema = schema
         self.s = quote_pg_ident(schema)
         self.source = source
+        self.key = key  # source_key(), where an object named by it is used
 
     async def load_source(self, conn: asyncpg.Connection) -> SourceRow | None:
         r = await conn.fetchrow(
@@ -432,7 +446,8 @@ class Bookkeeping:
 
     def aside_table(self, tid: int) -> str:
         """The table (in the bookkeeping schema) a reload of table `tid` fills."""
-        return f"load_{lock_key(self.source):08x}_{tid}"
+        assert self.key is not None, "the source's key is taken with its lock"
+        return f"load_{self.key:08x}_{tid}"
 
     async def direction(self, conn: asyncpg.Connection) -> str:
         """Which way the source replicates now (model.TO_POSTGRES / TO_SQLITE)."""
@@ -568,45 +583,153 @@ def application_name() -> str:
 
 
 def lock_key(source: str) -> int:
-    """Second half of the source's advisory lock key: a stable 31-bit hash of its name."""
+    """A stable 31-bit hash of the source name: the key of a source syncd set up before
+    keys were recorded, and the first one a new source is offered (source_keys)."""
     h = 2166136261
     for b in source.encode("utf-8"):
         h = ((h ^ b) * 16777619) & 0xFFFFFFFF
     return h & 0x7FFFFFFF
 
 
+RESERVED_KEYS = frozenset({0})  # (LOCK_CLASS, 0) serializes bookkeeping changes (ensure_bookkeeping)
+
+
+def _offered(source: str):
+    """The keys a new source is offered, in order: its name's hash, then hashes salted
+    with a counter, until one is free."""
+    yield lock_key(source)
+    n = 1
+    while True:
+        yield lock_key(f"{source}\x00{n}")
+        n += 1
+
+
+async def source_keys(conn: asyncpg.Connection, bk: str, sources: list[str], assign: bool = True) -> dict[str, int]:
+    """Each source's key: the second half of its advisory locks and the hex that names
+    its objects in Postgres (the way back's changelog and capture functions, a reload's
+    table). A hash of the name alone would be shared by two of a few thousand sources
+    in one database now and then, and so would everything named by it; so the key is
+    recorded (`<bk>.source_keys`), the hash where no other source holds it, else the
+    first free salted one, chosen under the bookkeeping lock: two syncd setting up two
+    sources at once cannot both take one key. Keys are taken before the source's lock
+    and kept for good, so every process agrees on a source's key at all times.
+
+    Without `assign` (a read-only look) a source not recorded yet gets its hash: nothing
+    in Postgres is named by its key yet. Bookkeeping from before keys were recorded (or
+    none): every syncd that ran these sources used the hash."""
+    if not sources:
+        return {}
+    s = quote_pg_ident(bk)
+    try:
+        got = {r[0]: r[1] for r in await conn.fetch(
+            f"SELECT source, key FROM {s}.{KEYS} WHERE source = ANY($1::text[])", sources)}
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+        return {n: lock_key(n) for n in sources}
+    missing = [n for n in dict.fromkeys(sources) if n not in got]
+    if missing and assign:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS)
+            held = {r[0]: r[1] for r in await conn.fetch(f"SELECT source, key FROM {s}.{KEYS}")}
+            # Set up since the upgrade by an older syncd running beside this one: the hash.
+            new = [(r[0], lock_key(r[0])) for r in await conn.fetch(
+                f"SELECT source FROM {s}.sources WHERE source NOT IN (SELECT source FROM {s}.{KEYS})")]
+            held.update(new)
+            taken = set(held.values()) | RESERVED_KEYS
+            for name in missing:
+                if name not in held:
+                    held[name] = next(k for k in _offered(name) if k not in taken)
+                    taken.add(held[name])
+                    new.append((name, held[name]))
+                got[name] = held[name]
+            await conn.executemany(f"INSERT INTO {s}.{KEYS}(source, key) VALUES ($1, $2)", new)
+    return {n: got.get(n, lock_key(n)) for n in sources}
+
+
+async def source_key(conn: asyncpg.Connection, bk: str, source: str, assign: bool = True) -> int:
+    return (await source_keys(conn, bk, [source], assign))[source]
+
+
+async def recorded_keys(conn: asyncpg.Connection, bk: str) -> dict[str, int]:
+    """Every recorded source's key (the hash for a source set up by a syncd that did not
+    record keys), in one query: `syncd status` of a whole fleet."""
+    s = quote_pg_ident(bk)
+    try:
+        rows = await conn.fetch(f"SELECT source, NULL::integer FROM {s}.sources UNION ALL "
+                                f"SELECT source, key FROM {s}.{KEYS}")
+    except asyncpg.UndefinedTableError:
+        try:
+            rows = await conn.fetch(f"SELECT source, NULL::integer FROM {s}.sources")
+        except asyncpg.UndefinedTableError:
+            return {}
+    except asyncpg.InvalidSchemaNameError:
+        return {}
+    keys = {r[0]: r[1] for r in rows if r[1] is not None}
+    return {r[0]: keys.get(r[0], lock_key(r[0])) for r in rows}
+
+
+async def sharing(conn: asyncpg.Connection, bk: str, keys: dict[str, int]) -> dict[str, list[str]]:
+    """source -> the other sources recorded with its key, for those of `keys` that share
+    theirs: sources an older syncd set up whose names hash alike."""
+    rows = await conn.fetch(f"SELECT source, key FROM {quote_pg_ident(bk)}.{KEYS} WHERE key = ANY($1::integer[])",
+                            sorted(set(keys.values())))
+    return shared_keys({r[0]: r[1] for r in rows}, keys)
+
+
+def shared_keys(recorded: dict[str, int], wanted: dict[str, int] | None = None) -> dict[str, list[str]]:
+    """source -> the other sources of `recorded` with its key, for each source of
+    `wanted` (default: all) that shares its key."""
+    by_key: dict[int, list[str]] = {}
+    for name, key in recorded.items():
+        by_key.setdefault(key, []).append(name)
+    out = {}
+    for name, key in (recorded if wanted is None else wanted).items():
+        others = sorted(n for n in by_key.get(key, ()) if n != name)
+        if others:
+            out[name] = others
+    return out
+
+
+def shared_key_line(source: str, others: list[str], key: int) -> str:
+    """One line saying that `source` shares its key, for the log and `syncd status`."""
+    return (f"source {source!r} shares its Postgres key {key:08x} with {', '.join(repr(o) for o in others)} (their "
+            f"names hash alike and an older syncd set both up): they share the way back's changelog and capture "
+            f"functions after a cutover, a reload's table and the one-daemon-per-source lock; cut over at most one "
+            f"of them")
+
+
 class SourceLocked(Exception):
     exit_code = 1
 
 
-async def _holder(conn: asyncpg.Connection, source: str):
+async def _holder(conn: asyncpg.Connection, key: int):
     return await conn.fetchrow(
         """SELECT a.application_name, a.pid, host(a.client_addr), a.backend_start
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
            WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objid = $2::oid
              AND l.objsubid = 2 AND l.granted
              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
-        LOCK_CLASS, lock_key(source),
+        LOCK_CLASS, key,
     )
 
 
-async def try_lock_source(conn: asyncpg.Connection, source: str, stale_wait: float = 5.0) -> None:
-    """Take the session advisory lock for `source` or raise SourceLocked naming the holder.
+async def try_lock_source(conn: asyncpg.Connection, source: str, key: int, stale_wait: float = 5.0) -> None:
+    """Take the session advisory lock for `source` (its `key`, source_key()) or raise
+    SourceLocked naming the holder.
 
     If the holder is this very process (a connection syncd gave up on, e.g. after a
     network hang, that the server still thinks is alive), end that stale session."""
-    got = await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, lock_key(source))
+    got = await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, key)
     if got:
         return
-    holder = await _holder(conn, source)
+    holder = await _holder(conn, key)
     if holder is not None and holder[0] == application_name() and holder[1] != conn.get_server_pid():
         await conn.fetchval("SELECT pg_terminate_backend($1)", holder[1])
         deadline = asyncio.get_running_loop().time() + stale_wait
         while asyncio.get_running_loop().time() < deadline:
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, lock_key(source)):
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, key):
                 return
             await asyncio.sleep(0.1)
-        holder = await _holder(conn, source)
+        holder = await _holder(conn, key)
     if holder is None:
         who = "another session (it just released it; try again)"
     else:
@@ -616,5 +739,5 @@ async def try_lock_source(conn: asyncpg.Connection, source: str, stale_wait: flo
     raise SourceLocked(f"source {source!r} is already being run by {who}")
 
 
-async def unlock_source(conn: asyncpg.Connection, source: str) -> None:
-    await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, lock_key(source))
+async def unlock_source(conn: asyncpg.Connection, key: int) -> None:
+    await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, key)

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 
 from syncd.config import Settings, SourceSettings
-from syncd.postgres.bookkeeping import LOCK_CLASS, SourceLocked, lock_key, try_lock_source
+from syncd.postgres.bookkeeping import (LOCK_CLASS, SourceLocked, shared_key_line, sharing, source_keys,
+                                       try_lock_source)
 from syncd.postgres.connect import (ASYNCPG_FAULT, PostgresUnavailable, close_quietly, connect, connect_kwargs,
                                     describe, is_transient, prepare)
 from syncd.redact import scrub
+
+log = logging.getLogger("syncd")
 
 RELEASE_SECONDS = 5.0
 
@@ -44,6 +48,8 @@ class Target:
         self._holder: asyncpg.Connection | None = None
         self._holder_lock = asyncio.Lock()
         self._locked: set[str] = set()  # sources whose lock the holder has
+        self._keys: dict[str, int] = {}  # source -> its recorded key (bookkeeping.source_keys), never changes
+        self._told: set[frozenset[str]] = set()  # sources sharing a key, logged once
         self.prepared = False  # the target checked and its bookkeeping made sure of, once
         self._listeners: dict[str, object] = {}  # channel -> callback, LISTENed on the holder (the way back's wake-ups)
         self._suspect: set[str] = set()  # forgotten: maybe still held by the holder's session
@@ -104,22 +110,49 @@ class Target:
     def holds(self, source: str) -> bool:
         return source in self._locked and self._holder is not None and not self._holder.is_closed()
 
+    def key(self, source: str) -> int:
+        """The source's key (bookkeeping.source_keys), known once its lock was taken."""
+        return self._keys[source]
+
+    async def _resolve(self, sources: list[str]) -> list[int]:
+        """The sources' keys, recorded first where a source has none yet (on the holder:
+        the bookkeeping exists, SourceSession.connect_postgres saw to it). A source that
+        shares its key with another (both set up by an older syncd) is said once."""
+        missing = [s for s in sources if s not in self._keys]
+        if missing:
+            assert self._holder is not None
+            bk = self.settings.postgres.bookkeeping_schema
+            got = await source_keys(self._holder, bk, missing)
+            for name, others in sorted((await sharing(self._holder, bk, got)).items()):
+                if frozenset((name, *others)) not in self._told:
+                    self._told.add(frozenset((name, *others)))
+                    log.warning(shared_key_line(name, others, got[name]), extra={"source": name, "event": "shared_key"})
+            self._keys.update(got)
+        return [self._keys[s] for s in sources]
+
     async def lock(self, source: str) -> None:
         """Take `source`'s advisory lock on the holder connection, or raise SourceLocked
         naming whoever holds it (PostgresUnavailable if the server cannot be reached)."""
         async with self._holder_lock:
             await self._ensure_holder()
             assert self._holder is not None
+            try:
+                key, = await self._resolve([source])
+            except Exception as e:
+                self._drop_holder()
+                if is_transient(e):
+                    raise PostgresUnavailable(f"cannot lock source {source!r}: {describe(e)}") from None
+                raise
             if source in self._suspect:
                 self._suspect.discard(source)
                 if await self._holder.fetchval(
                         "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
                         "AND pid = pg_backend_pid() AND classid = $1::oid AND objid = $2::oid AND objsubid = 2)",
-                        LOCK_CLASS, lock_key(source)):
+                        LOCK_CLASS, key):
                     self._locked.add(source)  # still ours: taking it again would only count it twice
                     return
             try:
-                await try_lock_source(self._holder, source)
+                await try_lock_source(self._holder, source, key)
             except SourceLocked:
                 raise
             except Exception as e:
@@ -134,7 +167,7 @@ class Target:
         async with self._holder_lock:
             await self._ensure_holder()
             assert self._holder is not None
-            keys = [lock_key(s) for s in sources]
+            keys = await self._resolve(sources)
             rows = await self._holder.fetch(
                 "SELECT k, pg_try_advisory_lock($1, k) FROM unnest($2::int[]) AS k", LOCK_CLASS, keys)
             got = {r[0]: r[1] for r in rows}
@@ -151,7 +184,7 @@ class Target:
         async with self._holder_lock:
             if source in self._locked and self._holder is not None and not self._holder.is_closed():
                 with contextlib.suppress(Exception):
-                    await self._holder.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, lock_key(source))
+                    await self._holder.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, self._keys[source])
             self._locked.discard(source)
 
     async def _ensure_holder(self) -> None:

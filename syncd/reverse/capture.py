@@ -3,8 +3,8 @@ triggers recording which keys changed, and the freeze a rollback puts on the tab
 
 No server configuration is needed (no wal_level, no replication slot): AFTER
 statement triggers with transition tables write one INSERT ... SELECT per statement
-into `<bookkeeping>.rlog_<source hash>`, each entry stamped with the writing
-transaction's id (txid_current()). Sequence numbers are taken at insert time, not at
+into `<bookkeeping>.rlog_<source key>` (bookkeeping.source_keys), each entry stamped
+with the writing transaction's id (txid_current()). Sequence numbers are taken at insert time, not at
 commit time, so "everything after N" would skip a transaction that commits later
 with a smaller number; the reader (reader.py) instead takes what became visible
 between two snapshots (PgQ's technique), which cannot miss a late committer.
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from syncd.identifiers import qualified, quote_literal, quote_pg_ident
-from syncd.postgres.bookkeeping import lock_key
+from syncd.postgres.bookkeeping import source_key
 
 OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE = 1, 2, 3, 4
 CAPTURE_TRIGGERS = ("_syncd_rcap_ins", "_syncd_rcap_upd", "_syncd_rcap_del", "_syncd_rcap_trunc")
@@ -47,20 +47,18 @@ _FIXED_OUTPUT = ("SET search_path = pg_catalog, pg_temp SET extra_float_digits =
                  "SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET timezone = 'UTC'")
 
 
-def source_hash(source: str) -> str:
-    return f"{lock_key(source):08x}"
-
-
 @dataclass(frozen=True)
 class Names:
-    """The objects one source's way back uses in the bookkeeping schema."""
+    """The objects one source's way back uses in the bookkeeping schema, named by the
+    source's key (bookkeeping.source_key; names_of)."""
 
     bk: str
     source: str
+    key: int
 
     @property
     def h(self) -> str:
-        return source_hash(self.source)
+        return f"{self.key:08x}"
 
     @property
     def changelog(self) -> str:
@@ -84,6 +82,12 @@ class Names:
     @property
     def registry(self) -> str:
         return qualified(self.bk, "reverse")
+
+
+async def names_of(conn: asyncpg.Connection, bk: str, source: str) -> Names:
+    """The source's way-back objects, by its recorded key (a source not recorded yet has
+    none)."""
+    return Names(bk, source, await source_key(conn, bk, source, assign=False))
 
 
 def _dollar(body: str) -> str:

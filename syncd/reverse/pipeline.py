@@ -151,7 +151,6 @@ class ReversePipeline:
         self.session = SourceSession(settings, source, target)
         self.session.direction = TO_SQLITE
         self.name = source.name
-        self.names = Names(settings.postgres.bookkeeping_schema, source.name)
         self.wake = asyncio.Event()
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()
@@ -198,7 +197,13 @@ class ReversePipeline:
         metrics.set_lag(self.name, None, direction=d)
         metrics.pending_changes.labels(self.name, direction=d).set(0)
 
+    @property
+    def names(self) -> Names:
+        """The way back's objects in Postgres, named by the source's key (taken with its lock)."""
+        return Names(self.settings.postgres.bookkeeping_schema, self.name, self.session.key)
+
     # --- control -------------------------------------------------------------------
+
 
     @property
     def stopping(self) -> bool:
@@ -1012,12 +1017,12 @@ class ReversePipeline:
         if not open_switch and not await capture.frozen_tables(s.pg, self.names, self.source.schema):
             return
         from syncd import cutover
-        if not await cutover.take_switch_lock(s.pg, s.name):
+        if not await cutover.take_switch_lock(s.pg, s.key):
             return
         try:
             await rollback.undo_abandoned(self.settings, self.source, s.pg)
         finally:
-            await cutover.release_switch_lock(s.pg, s.name)
+            await cutover.release_switch_lock(s.pg, s.key)
 
     async def _retention_over(self) -> bool:
         """[cutover] keep_sqlite_days after the cutover the way back ends: capture in

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from syncd.config import Settings, SourceSettings
 from syncd.postgres.connect import close_quietly, connect
 from syncd.reverse import applier, capture, reader
-from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import META_KEY, NOTHING, ReverseCheckpoint
 from syncd.sqlite.connection import open_readonly
 
@@ -37,11 +36,11 @@ def _checkpoint_text(source: SourceSettings, busy_timeout_ms: int) -> str | None
 async def position(settings: Settings, source: SourceSettings, conn=None) -> WayBack:
     """The way back's figures for a cut-over source (empty where unknown)."""
     out = WayBack()
-    names = Names(settings.postgres.bookkeeping_schema, source.name)
     own = conn is None
     if own:
         conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
     try:
+        names = await capture.names_of(conn, settings.postgres.bookkeeping_schema, source.name)
         gen = await capture.generation(conn, names)
         if gen is None:
             return out

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from syncd.identifiers import qualified, quote_pg_ident
-from syncd.postgres.bookkeeping import LOCK_CLASS, lock_key
+from syncd.postgres.bookkeeping import LOCK_CLASS
 from syncd.verify.keyspace import Bound, KeyRange, KeySpace, cell_case
 from syncd.verify.rowhash import pg_key_token_exprs, pg_row_hash_sql, pg_token_exprs
 
@@ -168,13 +168,14 @@ async def counts_at_checkpoint(pt: PostgresTable, bk_schema: str, source: str,
     return Totals(seq, sq.rows, pg_rows, sq.rows - sq.changed_rows, pg_rows - pg_changed, sq.max_seq > seq)
 
 
-async def lock_holder(conn: asyncpg.Connection, source: str) -> str | None:
-    """Who holds the source's advisory lock (a running daemon), without taking it."""
+async def lock_holder(conn: asyncpg.Connection, key: int) -> str | None:
+    """Who holds the advisory lock of the source whose key is `key` (bookkeeping.source_key):
+    a running daemon; without taking it."""
     row = await conn.fetchrow(
         """SELECT a.application_name, a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
            WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2
              AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
-        LOCK_CLASS, lock_key(source),
+        LOCK_CLASS, key,
     )
     if row is None:
         return None

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from syncd.config import Settings, SourceSettings
-from syncd.postgres.bookkeeping import SourceLocked, try_lock_source, unlock_source
+from syncd.postgres.bookkeeping import SourceLocked, source_key, try_lock_source, unlock_source
 from syncd.postgres.connect import close_quietly, connect
 from syncd.sqlite.capture import OP_DELETE, OP_UPDATE
 from syncd.verify import sqlite_side
@@ -64,15 +64,16 @@ async def apply_through_stream(settings: Settings, source: SourceSettings, pg: a
             raise TimeoutError(f"the daemon's stream did not apply the repair within {timeout:g} s; "
                                "it stays queued in the changelog and is applied when the stream moves again")
         return "applied by this daemon's stream"
-    holder = await lock_holder(pg, source.name)
+    key = await source_key(pg, bk_schema, source.name)
+    holder = await lock_holder(pg, key)
     if holder is None:
         probe = await connect(settings.direct_dsn_for(source), settings.password(), settings.postgres)
         try:
-            await try_lock_source(probe, source.name)
+            await try_lock_source(probe, source.name, key)
         except SourceLocked:
             holder = "the daemon that just took the source"
         else:
-            await unlock_source(probe, source.name)
+            await unlock_source(probe, key)
         finally:
             await close_quietly(probe)
     if holder is not None:

@@ -16,7 +16,8 @@ from syncd.identifiers import qualified
 from syncd.model import TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl
-from syncd.postgres.bookkeeping import Bookkeeping, SourceRow, TableRow, bookkeeping_exists, ensure_bookkeeping
+from syncd.postgres.bookkeeping import (Bookkeeping, SourceRow, TableRow, bookkeeping_exists, ensure_bookkeeping,
+                                       source_key)
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
 from syncd.postgres.target import UnsupportedTarget, check_target
 from syncd.sqlite import capture
@@ -91,6 +92,7 @@ class _Session:
             await ensure_bookkeeping(self.pg, self.bk.schema)  # an older install gains the newer columns
             self.direction = await self.pg.fetchval(f"SELECT direction FROM {self.bk.s}.sources WHERE source = $1",
                                                     self.source.name) or TO_POSTGRES
+        self.bk.key = await source_key(self.pg, self.bk.schema, self.source.name, assign=False)
         self.utf8 = await stores_utf8(self.pg)
 
     async def close(self) -> None:
@@ -312,7 +314,7 @@ async def _still_streaming(s: _Session, plan: TablePlan, tr: TableVerifyResult) 
 
 
 def _names(s: _Session):
-    return Names(s.bk.schema, s.source.name)
+    return Names(s.bk.schema, s.source.name, s.bk.key)
 
 
 async def way_back_generation(s: _Session) -> str | None:

@@ -42,6 +42,7 @@ from typing import Any
 import asyncpg
 
 from syncd.model import TableSpec
+from syncd.postgres.bookkeeping import source_key
 from syncd.printable import listed
 from syncd.verify import sqlite_side
 from syncd.verify.keyspace import EVERYTHING, Bound, KeyRange, KeySpace, sqlite_value
@@ -350,7 +351,7 @@ class TableCheck:
         now = await checkpoint(self.pg, self.bk_schema, self.source)
         text = f"{entries} change(s) not yet applied"
         if first_seq is not None and now == first_seq:
-            holder = await lock_holder(self.pg, self.source)
+            holder = await lock_holder(self.pg, await source_key(self.pg, self.bk_schema, self.source, assign=False))
             if holder is None:
                 text += f"; the checkpoint did not move in {wait_seconds:g} s: is the daemon running?"
             else:

@@ -118,8 +118,6 @@ class PgWriter:
 async def applied_but_unpruned(db: Path, dsn: str, source: str = "app") -> int:
     """Entries of Postgres's changelog SQLite's checkpoint already covers: a kill landed
     between the SQLite commit and the prune in Postgres."""
-    from syncd.postgres.bookkeeping import lock_key
-
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         row = conn.execute("SELECT value FROM _syncd_meta WHERE key = 'reverse_checkpoint'").fetchone()
@@ -128,7 +126,8 @@ async def applied_but_unpruned(db: Path, dsn: str, source: str = "app") -> int:
     if row is None:
         return 0
     done = json.loads(row[0])["done"]
-    table = f"syncd.rlog_{lock_key(source):08x}"
+    key = (await pg_rows(dsn, "SELECT key FROM syncd.source_keys WHERE source = $1", source))[0][0]
+    table = f"syncd.rlog_{key:08x}"
     return (await pg_rows(dsn, f"SELECT count(*) FROM {table} WHERE txid < txid_snapshot_xmax($1::text::txid_snapshot) "
                                "AND txid_visible_in_snapshot(txid, $1::text::txid_snapshot)", done))[0][0]
 
