@@ -27,6 +27,7 @@ from syncd import metrics
 from syncd.config import Settings
 from syncd.postgres.pool import Targets
 from syncd.postgres.connect import describe
+from syncd.redact import scrub
 
 if TYPE_CHECKING:
     from syncd.pipeline import Pipeline
@@ -136,6 +137,7 @@ class VerifyScheduler:
         self.behind_seconds = 0.0  # how far the oldest check is past its interval
         self.thinned_at = -math.inf
         self._thinning: asyncio.Task | None = None
+        self._no_room: set[int] = set()  # targets whose pool leaves no connection for a check (told once)
 
     def due(self, now: float) -> list["Pipeline"]:
         from syncd.pipeline import STREAMING
@@ -158,6 +160,40 @@ class VerifyScheduler:
         out.sort(key=lambda p: self.last_run.get(p.name, -math.inf))
         return out
 
+    def _with_room(self, due: list["Pipeline"]) -> list["Pipeline"]:
+        """The due checks that may start now: at most [verify] concurrency at once, and on
+        each target at most its pool's size less one. A check holds its pooled connection
+        while it waits for the stream to apply rows in flight: the stream's steps need at
+        least one connection left, or check and stream wait on each other until the
+        check gives up (and takes those rows for differences)."""
+        d = self.daemon
+        left = d.settings.verify.concurrency - len(self.running)
+        busy: dict[int, int] = {}
+        for name in self.running:
+            q = d.pipelines.get(name)
+            if q is not None:
+                busy[id(q.session.target)] = busy.get(id(q.session.target), 0) + 1
+        out = []
+        for p in due:
+            if left <= 0:
+                break
+            target = p.session.target
+            room = target.size - 1
+            if room <= 0:
+                if id(target) not in self._no_room:
+                    self._no_room.add(id(target))
+                    log.warning(f"no periodic consistency checks of the sources in {scrub(target.dsn)}: "
+                                f"[postgres] max_connections = {d.settings.postgres.max_connections} leaves one "
+                                "pooled connection, which their stream needs; set it to 3 or more, or run "
+                                "`syncd verify` (it connects on its own)", extra={"event": "verify_skipped"})
+                continue
+            if busy.get(id(target), 0) >= room:
+                continue
+            busy[id(target)] = busy.get(id(target), 0) + 1
+            left -= 1
+            out.append(p)
+        return out
+
     async def run(self) -> None:
         try:
             await self._run()
@@ -174,7 +210,7 @@ class VerifyScheduler:
                 oldest = min((self.last_run.get(n, now) for n in d.pipelines), default=now)
                 self.behind_seconds = max(0.0, now - oldest - interval) if self.last_run else 0.0
                 metrics.verify_behind_seconds.set(self.behind_seconds)
-                for p in self.due(now)[: max(0, d.settings.verify.concurrency - len(self.running))]:
+                for p in self._with_room(self.due(now)):
                     self.running.add(p.name)
                     self.deferred.pop(p.name, None)
                     self.last_run[p.name] = now
