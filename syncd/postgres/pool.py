@@ -53,6 +53,7 @@ class Target:
         self.prepared = False  # the target checked and its bookkeeping made sure of, once
         self._listeners: dict[str, object] = {}  # channel -> callback, LISTENed on the holder (the way back's wake-ups)
         self._suspect: set[str] = set()  # forgotten: maybe still held by the holder's session
+        self._holders_made = 0
 
     # --- borrowing a connection ---------------------------------------------------------
 
@@ -192,6 +193,11 @@ class Target:
             return
         self._locked.clear()  # a new session holds nothing
         self._holder = await connect(self.lock_dsn, self.settings.password(), self.settings.postgres)
+        self._holders_made += 1
+        if self._holders_made > 1:
+            # The session was lost: the database may be another one since (dropped and
+            # created again, restored): checked and given its bookkeeping again.
+            self.prepared = False
         self._holder.add_termination_listener(lambda _conn: self._locked.clear())
         for channel, callback in self._listeners.items():
             await self._holder.add_listener(channel, callback)
