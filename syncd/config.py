@@ -257,6 +257,9 @@ class SourceSettings(_Strict):
     tables: list[str] = ["*"]
     exclude: list[str] = []
     dsn: str | None = None
+    # With [postgres] pooler = "transaction" and a `dsn` of its own: a direct connection
+    # to that database for the source's session-level locks (as [postgres] lock_dsn).
+    lock_dsn: str | None = None
     keys: dict[str, list[str]] = {}
     columns: dict[str, dict[str, str]] = {}
 
@@ -282,7 +285,7 @@ class SourceSettings(_Strict):
             raise ValueError("name: a path glob needs a name template naming each file, e.g. \"tenant_{stem}\"")
         return self
 
-    @field_validator("dsn")
+    @field_validator("dsn", "lock_dsn")
     @classmethod
     def _dsn(cls, v: str | None) -> str | None:
         return None if v is None else check_dsn(v)
@@ -389,6 +392,13 @@ class Settings(BaseSettings):
                     f"sources[{i}].schema: {s.schema!r} is syncd's own bookkeeping schema "
                     "([postgres] bookkeeping_schema); replicate this source into another schema "
                     '(schema = "...")')
+            if s.lock_dsn is not None and s.dsn is None:
+                raise ValueError(f"sources[{i}].lock_dsn: only for a source with a dsn of its own "
+                                 "([postgres] lock_dsn serves the others)")
+            if self.postgres.pooler == "transaction" and s.dsn is not None and s.lock_dsn is None:
+                raise ValueError(f'sources[{i}].lock_dsn: with [postgres] pooler = "transaction", a source with a '
+                                 "dsn of its own needs lock_dsn, a direct connection to that database for syncd's "
+                                 "locks")
             if s.schema.startswith("pg_") or s.schema == "information_schema":
                 raise ValueError(f"sources[{i}].schema: {s.schema!r} is reserved by Postgres; choose another schema")
         return self
@@ -406,6 +416,8 @@ class Settings(BaseSettings):
         """Where session-level state (advisory locks) must live: past any pooler."""
         if source.dsn is None and self.postgres.lock_dsn is not None:
             return self.postgres.lock_dsn
+        if source.dsn is not None and source.lock_dsn is not None:
+            return source.lock_dsn
         return self.dsn_for(source)
 
     def password(self) -> str | None:
@@ -419,7 +431,7 @@ def register_secrets(settings: Settings) -> None:
     for secret in (settings.metrics.auth_token, settings.metrics.basic_auth_password):
         register_secret(secret.get_secret_value() if secret is not None else None)
     register_secret(os.environ.get("PGPASSWORD"))
-    for dsn in [settings.postgres.dsn, settings.postgres.lock_dsn] + [s.dsn for s in settings.sources if s.dsn]:
+    for dsn in [settings.postgres.dsn, settings.postgres.lock_dsn] + [d for s in settings.sources for d in (s.dsn, s.lock_dsn) if d]:
         register_dsn(dsn)
 
 
