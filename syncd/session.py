@@ -131,16 +131,21 @@ class SourceSession:
         whatever syncd knew about the source may have changed meanwhile."""
         fresh = False
         if not self.target.prepared:  # first: the lock's key is recorded in the bookkeeping
-            async with self.target.connection() as conn:
-                await check_target(conn)
-                await bkmod.ensure_bookkeeping(conn, self.bk.schema)
-            self.target.prepared = True
+            await self._prepare_target()
         if lock and not self.target.holds(self.name):
             await self.target.lock(self.name)
             fresh = True
+            if not self.target.prepared:  # the lock's session is new: the database may be too (pool.py)
+                await self._prepare_target()
         if lock:
             self.bk.key = self.target.key(self.name)
         return fresh
+
+    async def _prepare_target(self) -> None:
+        async with self.target.connection() as conn:
+            await check_target(conn)
+            await bkmod.ensure_bookkeeping(conn, self.bk.schema)
+        self.target.prepared = True
 
     @property
     def key(self) -> int:
