@@ -62,8 +62,9 @@ class FileWatcher:
         return True
 
     def remove(self, callback: Callable[[], None]) -> None:
+        # By equality: `pipeline.wakeup` is a new bound-method object at each access.
         for path in list(self._targets):
-            self._targets[path] = [c for c in self._targets[path] if c is not callback]
+            self._targets[path] = [c for c in self._targets[path] if c != callback]
             if not self._targets[path]:
                 del self._targets[path]
 
