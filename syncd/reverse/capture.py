@@ -25,9 +25,11 @@ itself so, and a superuser may also disable triggers.)
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -41,6 +43,12 @@ CAPTURE_TRIGGERS = ("_syncd_rcap_ins", "_syncd_rcap_upd", "_syncd_rcap_del", "_s
 FREEZE_TRIGGER = "_syncd_freeze"
 WRITER_PREFIX = "syncd "  # application_name of every session syncd opens (bookkeeping.application_name)
 LOCK_TIMEOUT = "2s"  # CREATE/DROP TRIGGER waits for the table's writers; never queue them long
+# The freeze takes the tables in tries, each lock waited for this long at most: well below
+# Postgres's deadlock_timeout (1 s by default), so that an application transaction waiting
+# for a table the freeze took (while the freeze waits for one that transaction holds) is
+# released by the freeze giving its try up, never failed by Postgres's deadlock detector.
+FREEZE_LOCK_STEP = "200ms"
+FREEZE_LOCK_SECONDS = 2.0  # all tries together (LOCK_TIMEOUT's budget)
 
 # Output settings the key text is produced under (the reader casts it back).
 _FIXED_OUTPUT = ("SET search_path = pg_catalog, pg_temp SET extra_float_digits = 3 SET bytea_output = 'hex' "
@@ -338,7 +346,24 @@ END
 async def freeze(conn: asyncpg.Connection, names: Names, schema: str, tables: list[str], message: str) -> None:
     """Refuse the application's writes to `tables` (inside the caller's transaction).
     CREATE TRIGGER waits for the writers already in a table: once this commits, every
-    write that reached those tables has committed, and no other can start."""
+    write that reached those tables has committed, and no other can start.
+
+    The tables are taken first, all of them, in tries: one that waits past a short lock
+    wait lets go of every table it took and the next begins, until FREEZE_LOCK_SECONDS
+    have passed (then LockNotAvailableError). A freeze that held one table while waiting
+    long for another would deadlock an application transaction writing both."""
+    deadline = time.monotonic() + FREEZE_LOCK_SECONDS
+    while True:
+        try:
+            async with conn.transaction():  # a savepoint: a try given up releases its tables
+                await conn.execute(f"SET LOCAL lock_timeout = '{FREEZE_LOCK_STEP}'")
+                for table in tables:
+                    await conn.execute(f"LOCK TABLE {qualified(schema, table)} IN SHARE ROW EXCLUSIVE MODE")
+            break
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.02)
     await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
     await conn.execute(freeze_function_sql(names, message))
     for table in tables:
