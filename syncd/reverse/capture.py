@@ -43,10 +43,11 @@ CAPTURE_TRIGGERS = ("_syncd_rcap_ins", "_syncd_rcap_upd", "_syncd_rcap_del", "_s
 FREEZE_TRIGGER = "_syncd_freeze"
 WRITER_PREFIX = "syncd "  # application_name of every session syncd opens (bookkeeping.application_name)
 LOCK_TIMEOUT = "2s"  # CREATE/DROP TRIGGER waits for the table's writers; never queue them long
-# The freeze takes the tables in tries, each lock waited for this long at most: well below
-# Postgres's deadlock_timeout (1 s by default), so that an application transaction waiting
-# for a table the freeze took (while the freeze waits for one that transaction holds) is
-# released by the freeze giving its try up, never failed by Postgres's deadlock detector.
+# The freeze, and the removal of the capture triggers, take the tables in tries, each lock
+# waited for this long at most: well below Postgres's deadlock_timeout (1 s by default), so
+# that an application transaction waiting for a table syncd took (while syncd waits for one
+# that transaction holds) is released by syncd giving its try up, never failed by
+# Postgres's deadlock detector.
 FREEZE_LOCK_STEP = "200ms"
 FREEZE_LOCK_SECONDS = 2.0  # all tries together (LOCK_TIMEOUT's budget)
 
@@ -314,6 +315,8 @@ async def disarm_all(conn: asyncpg.Connection, names: Names, schema: str) -> int
         "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_proc p ON p.oid = t.tgfoid "
         "WHERE n.nspname = $1 AND t.tgname = ANY($2::text[]) AND substr(p.proname, 1, $4) = $3",
         schema, list(CAPTURE_TRIGGERS), prefix, len(prefix))
+    # DROP TRIGGER takes its table ACCESS EXCLUSIVE, which the application's readers wait for
+    await take_in_tries(conn, schema, [table for (table,) in rows], "ACCESS EXCLUSIVE")
     for (table,) in rows:
         for n in CAPTURE_TRIGGERS:
             await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(n)} ON {qualified(schema, table)}")
@@ -322,6 +325,28 @@ async def disarm_all(conn: asyncpg.Connection, names: Names, schema: str) -> int
             "WHERE n.nspname = $1 AND substr(p.proname, 1, $3) = $2", names.bk, prefix, len(prefix)):
         await conn.execute(f"DROP FUNCTION IF EXISTS {qualified(names.bk, fn)}()")
     return len(rows)
+
+
+async def take_in_tries(conn: asyncpg.Connection, schema: str, tables: list[str], mode: str) -> None:
+    """Inside the caller's transaction: a `mode` lock on every one of `tables`, taken in
+    tries. A try that waits past FREEZE_LOCK_STEP for one table lets go of every table it
+    took and the next begins, until FREEZE_LOCK_SECONDS have passed (then
+    LockNotAvailableError); the transaction's lock_timeout is LOCK_TIMEOUT afterwards.
+    Holding one table while waiting long for another would deadlock an application
+    transaction using both (a write, or a report's reads against an ACCESS EXCLUSIVE)."""
+    deadline = time.monotonic() + FREEZE_LOCK_SECONDS
+    while tables:
+        try:
+            async with conn.transaction():  # a savepoint: a try given up releases its tables
+                await conn.execute(f"SET LOCAL lock_timeout = '{FREEZE_LOCK_STEP}'")
+                for table in tables:
+                    await conn.execute(f"LOCK TABLE {qualified(schema, table)} IN {mode} MODE")
+            break
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.02)
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
 
 
 # --- the freeze ---------------------------------------------------------------------------------
@@ -352,19 +377,7 @@ async def freeze(conn: asyncpg.Connection, names: Names, schema: str, tables: li
     wait lets go of every table it took and the next begins, until FREEZE_LOCK_SECONDS
     have passed (then LockNotAvailableError). A freeze that held one table while waiting
     long for another would deadlock an application transaction writing both."""
-    deadline = time.monotonic() + FREEZE_LOCK_SECONDS
-    while True:
-        try:
-            async with conn.transaction():  # a savepoint: a try given up releases its tables
-                await conn.execute(f"SET LOCAL lock_timeout = '{FREEZE_LOCK_STEP}'")
-                for table in tables:
-                    await conn.execute(f"LOCK TABLE {qualified(schema, table)} IN SHARE ROW EXCLUSIVE MODE")
-            break
-        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
-            if time.monotonic() >= deadline:
-                raise
-            await asyncio.sleep(0.02)
-    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    await take_in_tries(conn, schema, tables, "SHARE ROW EXCLUSIVE")
     await conn.execute(freeze_function_sql(names, message))
     for table in tables:
         t = qualified(schema, table)
