@@ -40,6 +40,7 @@ from syncd.postgres.bookkeeping import (SWITCH_CLASS, Bookkeeping, ensure_bookke
                                        source_key)
 from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
 from syncd.printable import listed
+from syncd.reverse.capture import FREEZE_LOCK_STEP
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
 from syncd.sqlite import freeze
 from syncd.sqlite.connection import SqliteWorker
@@ -543,7 +544,10 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                 # Every other lock of the try is waited for as briefly: a report reading a
                 # table schema parity changes ends the try, and the next begins once it has
                 # ended, with no lock request of syncd's queued ahead of its readers meanwhile.
-                await shorten_lock_waits(conn, TRIGGER_LOCK_WAIT)
+                # Each for a moment only (below Postgres's deadlock_timeout): a report reading
+                # two tables, one taken by this try and one it waits for, would otherwise
+                # meet a deadlock, which Postgres may settle by failing the report.
+                await shorten_lock_waits(conn, FREEZE_LOCK_STEP)
                 # The application's constraints, indexes, views and typed columns first, so
                 # the trial inserts face the database the application will write to.
                 try:
