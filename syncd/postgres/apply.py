@@ -16,6 +16,30 @@ from syncd.model import TableSpec
 from syncd.types import PgType
 
 COPY_THRESHOLD = 200  # rows; bench/stream.py measures COPY+merge ahead of unnest() from ~50-200 rows
+# Postgres refuses (and closes the connection on) a protocol message over 1 GB, so one
+# unnest() statement carries at most about this many characters/bytes of values: rows
+# large together go out in several statements of the same transaction.
+STATEMENT_VALUE_BYTES = 128 * 1024 * 1024
+
+
+def _value_size(row: tuple) -> int:
+    return sum(len(v) * (4 if isinstance(v, str) else 1) if isinstance(v, (str, bytes, bytearray, memoryview))
+               else 8 for v in row)
+
+
+def statement_parts(records: list[tuple], cap: int = STATEMENT_VALUE_BYTES) -> list[list[tuple]]:
+    """`records` in consecutive parts whose values stay within `cap` bytes (at worst
+    4 bytes per character of text), one row at least per part."""
+    parts: list[list[tuple]] = [[]]
+    spent = 0
+    for r in records:
+        n = _value_size(r)
+        if parts[-1] and spent + n > cap:
+            parts.append([])
+            spent = 0
+        parts[-1].append(r)
+        spent += n
+    return parts
 
 
 def _array_type(pgtype: str) -> str:
@@ -100,8 +124,8 @@ class TableWriter:
     async def delete(self, conn: asyncpg.Connection, keys: list[tuple]) -> None:
         if not keys:
             return
-        columns = [list(col) for col in zip(*keys)]
-        await conn.execute(self.delete_unnest, *columns)
+        for part in statement_parts(keys):
+            await conn.execute(self.delete_unnest, *[list(col) for col in zip(*part)])
 
     def _written(self, records: list[tuple]) -> list[tuple]:
         """`records` with only the values written (none of a column Postgres computes)."""
@@ -121,9 +145,13 @@ class TableWriter:
             await self._ensure_stage(conn)
             await self._copy_stage(conn, self._written(records))
             status = await conn.execute(self.upsert_from_stage)
+            written = int(status.rsplit(" ", 1)[-1])
         else:
-            status = await conn.execute(self.upsert_unnest, *self.arrays(records))
-        if self.counted and int(status.rsplit(" ", 1)[-1]) < len(records):
+            written = 0
+            for part in statement_parts(records):
+                status = await conn.execute(self.upsert_unnest, *self.arrays(part))
+                written += int(status.rsplit(" ", 1)[-1])
+        if self.counted and written < len(records):
             await self._clash(conn, records)
 
     async def _clash(self, conn: asyncpg.Connection, records: list[tuple]) -> None:
