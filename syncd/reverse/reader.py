@@ -173,42 +173,76 @@ async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables
                              clock_offset=offset)
         if not entries:
             return batch
-        stamps = [float(e[5]) for e in entries]
-        batch.oldest_at, batch.newest_at = min(stamps), max(stamps)
-        keys: dict[int, dict[tuple, int]] = {}
-        for _txid, _seq, tid, op, key, _at in entries:
-            st = tables.get(tid)
-            if st is None:
-                batch.skipped[tid] += 1
-                continue
-            tb = batch.tables.get(tid)
-            if tb is None:
-                tb = batch.tables[tid] = TableBatch(tid, st.spec.name)
-            if op == OP_TRUNCATE:
-                tb.truncated = True
-                continue
-            keys.setdefault(tid, {}).setdefault(tuple(key), op)  # the first op says insert or not
-        for tid, tb in batch.tables.items():
-            if tb.truncated:
-                continue  # copied again in full: its rows and keys are not needed
-            st = tables[tid]
-            wanted = keys.get(tid, {})
-            if not wanted:
-                continue
-            ordered = list(wanted.items())
-            columns = [list(col) for col in zip(*(k for k, _ in ordered))]
-            nkey = len(st.spec.key)
-            sql, sel = _rows_sql(schema, st)
-            for r in await conn.fetch(sql, *columns):
-                first_op = ordered[r[0] - 1][1]
-                got = sel.values(r[2:])
-                if r[1]:
-                    tb.rows.append(got[nkey:])
-                    tb.ops["insert" if first_op == OP_INSERT else "update"] += 1
-                else:
-                    tb.deletes.append(got[:nkey])
-                    tb.ops["delete"] += 1
+        sizes = await _fill(conn, schema, tables, batch, entries)
+        cut, spent = None, 0
+        for i, size in enumerate(sizes):
+            spent += size
+            if spent > BATCH_VALUE_BYTES and i > 0:
+                cut = i
+                break
+        if cut is not None:  # large rows: the rest are read by the next batch, as when the limit is reached
+            entries = entries[:cut]
+            batch = ReverseBatch(before=cp, after=cp.advanced(target, (entries[-1][0], entries[-1][1]), False),
+                                 entries=len(entries), clock_offset=offset)
+            await _fill(conn, schema, tables, batch, entries)
         return batch
+
+
+# About this many bytes of values make one batch of the way back at most (a batch is one
+# SQLite transaction, holding SQLite's write lock while it is written): a batch of large
+# rows is cut short, as a wide table's is, and the rest is read by the next batch.
+BATCH_VALUE_BYTES = 32 * 1024 * 1024
+
+
+def _row_bytes(values) -> int:
+    return sum(len(v) if isinstance(v, (str, bytes, bytearray, memoryview)) else 8 for v in values)
+
+
+async def _fill(conn: asyncpg.Connection, schema: str, tables: dict[int, SourceTable], batch: ReverseBatch,
+                entries: list) -> list[int]:
+    """Read the rows of `entries` into `batch`; returns, per entry, the bytes of values it
+    brought in (0 for a key an earlier entry brought already)."""
+    stamps = [float(e[5]) for e in entries]
+    batch.oldest_at, batch.newest_at = min(stamps), max(stamps)
+    keys: dict[int, dict[tuple, int]] = {}
+    brought: dict[tuple[int, tuple], int] = {}
+    for _txid, _seq, tid, op, key, _at in entries:
+        st = tables.get(tid)
+        if st is None:
+            batch.skipped[tid] += 1
+            continue
+        tb = batch.tables.get(tid)
+        if tb is None:
+            tb = batch.tables[tid] = TableBatch(tid, st.spec.name)
+        if op == OP_TRUNCATE:
+            tb.truncated = True
+            continue
+        keys.setdefault(tid, {}).setdefault(tuple(key), op)  # the first op says insert or not
+    for tid, tb in batch.tables.items():
+        if tb.truncated:
+            continue  # copied again in full: its rows and keys are not needed
+        st = tables[tid]
+        wanted = keys.get(tid, {})
+        if not wanted:
+            continue
+        ordered = list(wanted.items())
+        columns = [list(col) for col in zip(*(k for k, _ in ordered))]
+        nkey = len(st.spec.key)
+        sql, sel = _rows_sql(schema, st)
+        for r in await conn.fetch(sql, *columns):
+            key, first_op = ordered[r[0] - 1]
+            got = sel.values(r[2:])
+            if r[1]:
+                tb.rows.append(got[nkey:])
+                tb.ops["insert" if first_op == OP_INSERT else "update"] += 1
+                brought[(tid, key)] = _row_bytes(got[nkey:])
+            else:
+                tb.deletes.append(got[:nkey])
+                tb.ops["delete"] += 1
+    sizes = []
+    for _txid, _seq, tid, _op, key, _at in entries:
+        sizes.append(brought.pop((tid, tuple(key)), 0) if key is not None else 0)
+    return sizes
 
 
 UNCOVERED = ("txid >= txid_snapshot_xmin($1::text::txid_snapshot) "
