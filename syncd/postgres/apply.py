@@ -22,6 +22,10 @@ COPY_THRESHOLD = 200  # rows; bench/stream.py measures COPY+merge ahead of unnes
 STATEMENT_VALUE_BYTES = 128 * 1024 * 1024
 
 
+# Types whose values may be of any length (text, bytea, numeric's digits, JSON).
+_VARIABLE_WIDTH = frozenset({PgType.TEXT, PgType.BYTEA, PgType.NUMERIC, PgType.JSON, PgType.JSONB})
+
+
 def _value_size(row: tuple) -> int:
     return sum(len(v) * (4 if isinstance(v, str) else 1) if isinstance(v, (str, bytes, bytearray, memoryview))
                else 8 for v in row)
@@ -87,6 +91,10 @@ class TableWriter:
                                 for i in text_pos)
 
         self.counted = bool(text_pos)
+        # Keys and rows of fixed-width values only cannot add up to STATEMENT_VALUE_BYTES
+        # in a batch: they go out in one statement without being measured row by row.
+        self.keys_sized = any(spec.column(k).pgtype in _VARIABLE_WIDTH for k in spec.key)
+        self.rows_sized = any(spec.columns[i].pgtype in _VARIABLE_WIDTH for i in self.written)
         if text_pos and not non_key:
             non_key = [key[text_pos[0]]]  # DO NOTHING would not count a row it kept
         if non_key:
@@ -124,7 +132,7 @@ class TableWriter:
     async def delete(self, conn: asyncpg.Connection, keys: list[tuple]) -> None:
         if not keys:
             return
-        for part in statement_parts(keys):
+        for part in statement_parts(keys) if self.keys_sized else [keys]:
             await conn.execute(self.delete_unnest, *[list(col) for col in zip(*part)])
 
     def _written(self, records: list[tuple]) -> list[tuple]:
@@ -148,7 +156,7 @@ class TableWriter:
             written = int(status.rsplit(" ", 1)[-1])
         else:
             written = 0
-            for part in statement_parts(records):
+            for part in statement_parts(records) if self.rows_sized else [records]:
                 status = await conn.execute(self.upsert_unnest, *self.arrays(part))
                 written += int(status.rsplit(" ", 1)[-1])
         if self.counted and written < len(records):
