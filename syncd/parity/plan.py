@@ -219,13 +219,7 @@ def _plan_types(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], o
             plan.items.append(Item("type", spec.name, what, column=col.name,
                                    why=f"already {col.pgtype.value} ({col.type_note or 'from the start'})"))
             continue
-        if options.typed_columns == "never":
-            plan.items.append(Item("type", spec.name, what, column=col.name,
-                                   left_out='kept as text: [cutover] typed_columns = "never"'))
-            continue
-        if col.name in collations:
-            plan.items.append(Item("type", spec.name, what, column=col.name,
-                                   left_out=f"kept as text: it has the {collations[col.name]} collation"))
+        if _kept_text(plan, spec, col, what, collations, options):
             continue
         verdict = (verdicts or {}).get((spec.name, col.name))
         if verdict is None:
@@ -258,19 +252,26 @@ def _plan_types(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], o
         plan.retyped.setdefault(spec.name, {})[col.name] = verdict.pgtype
 
 
+def _kept_text(plan: SourcePlan, spec: TableSpec, col, what: str, collations: dict[str, str],
+               options: Options) -> bool:
+    """A text column the options or its collation keep text, listed as such: True."""
+    if options.typed_columns == "never":
+        why = 'kept as text: [cutover] typed_columns = "never"'
+    elif col.name in collations:
+        why = f"kept as text: it has the {collations[col.name]} collation"
+    else:
+        return False
+    plan.items.append(Item("type", spec.name, what, column=col.name, left_out=why))
+    return True
+
+
 def _plan_number(plan: SourcePlan, spec: TableSpec, col, collations: dict[str, str], options: Options,
                  verdicts: dict[tuple[str, str], dates.Verdict] | None) -> None:
     """A column without a usable declared type carried as text (syncd first saw it with no
     values, say): typed at cutover when every value is an integer, or every one a real."""
     untyped = "no declared type" if not col.declared.strip() else f"declared {col.declared}, which names no type"
     what = f'column "{col.name}" ({untyped})'
-    if options.typed_columns == "never":
-        plan.items.append(Item("type", spec.name, what, column=col.name,
-                               left_out='kept as text: [cutover] typed_columns = "never"'))
-        return
-    if col.name in collations:
-        plan.items.append(Item("type", spec.name, what, column=col.name,
-                               left_out=f"kept as text: it has the {collations[col.name]} collation"))
+    if _kept_text(plan, spec, col, what, collations, options):
         return
     verdict = (verdicts or {}).get((spec.name, col.name))
     if verdict is None:
