@@ -433,10 +433,11 @@ async def test_three_cycles_of_cutover_and_rollback_with_the_application_writing
             else:
                 r = run_cli(cfg, "cutover", timeout=300)
             assert r.returncode == 0, f"cycle {cycle} cutover: {r.stdout}{r.stderr}"
-            w.target = "postgres"
-            if not trigger_made:  # the team writes its SQLite trigger again for Postgres, day one
-                for sql in TOUCH:
+            if not trigger_made:  # the team writes its SQLite trigger again for Postgres, day one,
+                for sql in TOUCH:  # before the application writes there
                     await pg_rows(pg_dsn, sql)
+            w.target = "postgres"
+            if not trigger_made:
                 trigger_made = True
                 await pg_rows(pg_dsn, "ALTER TABLE app.kv ADD COLUMN flag boolean NOT NULL DEFAULT false, "
                                       "ADD COLUMN at timestamptz, ADD COLUMN doc jsonb")
