@@ -15,28 +15,9 @@ import time
 
 from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd
 from tests.support.sync import eventually, pg_rows, wait_caught_up
-from tests.support.way_back import backup_and_config, cut_over, wait_back
+from tests.support.way_back import backup_and_config, cut_over, orders_app, sqlite_write, wait_back
 
 
-def make_app(db) -> None:
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.executescript("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL);"
-                       "INSERT INTO orders (item) VALUES ('a'), ('b');")
-    conn.close()
-
-
-def sqlite_write(db, item: str) -> str | None:
-    """The application's write to its SQLite file: None when it went in, else the error."""
-    conn = sqlite3.connect(db, timeout=5)
-    try:
-        conn.execute("INSERT INTO orders (item) VALUES (?)", (item,))
-        conn.commit()
-        return None
-    except sqlite3.Error as e:
-        return str(e)
-    finally:
-        conn.close()
 
 
 async def direction(dsn: str) -> str:
@@ -85,7 +66,7 @@ async def written_back(cfg, db, dsn: str, d: DaemonProcess) -> None:
 async def test_the_running_daemon_unfreezes_the_file_of_a_rollback_killed_after_its_turn(
         tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
-    make_app(db)
+    orders_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
@@ -100,7 +81,7 @@ async def test_the_running_daemon_unfreezes_the_file_of_a_rollback_killed_after_
 async def test_a_daemon_started_after_a_rollback_killed_after_its_turn_unfreezes_the_file(
         tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
-    make_app(db)
+    orders_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)

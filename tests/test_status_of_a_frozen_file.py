@@ -9,17 +9,10 @@ import sqlite3
 
 from tests.support.daemon import DaemonProcess, held_at, run_cli
 from tests.support.sync import eventually, pg_rows, wait_caught_up
-from tests.support.way_back import backup_and_config
+from tests.support.way_back import backup_and_config, orders_app
 
 CRITICAL, WARNING = 2, 1
 
-
-def make_app(db) -> None:
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.executescript("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL);"
-                       "INSERT INTO orders (item) VALUES ('a'), ('b');")
-    conn.close()
 
 
 def refused(db) -> str | None:
@@ -36,7 +29,7 @@ def refused(db) -> str | None:
 
 async def test_a_file_left_frozen_by_a_killed_cutover_is_critical(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
-    make_app(db)
+    orders_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)

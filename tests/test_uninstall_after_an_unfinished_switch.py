@@ -9,52 +9,19 @@ saying it was moved back to SQLite. An uninstall while a switch runs is refused.
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
-
-import asyncpg
 
 from tests.support.daemon import DaemonProcess, held_at, run_cli, syncd_cmd
 from tests.support.sync import pg_rows, wait_caught_up
-from tests.support.way_back import backup_and_config, cut_over
+from tests.support.way_back import backup_and_config, cut_over, orders_app, postgres_write, sqlite_write
 
 
-def make_app(db) -> None:
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.executescript("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL);"
-                       "INSERT INTO orders (item) VALUES ('a'), ('b');")
-    conn.close()
 
-
-def sqlite_write(db, item: str) -> str | None:
-    """The application's write to its SQLite file: None when it went in, else the error."""
-    conn = sqlite3.connect(db, timeout=5)
-    try:
-        conn.execute("INSERT INTO orders (item) VALUES (?)", (item,))
-        conn.commit()
-        return None
-    except sqlite3.Error as e:
-        return str(e)
-    finally:
-        conn.close()
-
-
-async def postgres_write(dsn: str, item: str) -> str | None:
-    """The application's write to Postgres: None when it went in, else the error."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("INSERT INTO app.orders (item) VALUES ($1)", item)
-        return None
-    except asyncpg.PostgresError as e:
-        return str(e)
-    finally:
-        await conn.close()
 
 
 async def test_uninstall_after_a_killed_cutover_gives_the_file_back_to_the_application(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
-    make_app(db)
+    orders_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
@@ -75,7 +42,7 @@ async def test_uninstall_after_a_killed_cutover_gives_the_file_back_to_the_appli
 
 async def test_uninstall_after_a_killed_rollback_gives_postgres_back_to_the_application(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
-    make_app(db)
+    orders_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
@@ -95,7 +62,7 @@ async def test_uninstall_after_a_killed_rollback_gives_postgres_back_to_the_appl
 
 async def test_uninstall_is_refused_while_a_cutover_runs(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
-    make_app(db)
+    orders_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)

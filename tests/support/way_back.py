@@ -9,10 +9,46 @@ import sqlite3
 import time
 from pathlib import Path
 
+import asyncpg
+
 from syncd.config import load_settings
 from syncd.reverse.position import position
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import pg_rows, wait_caught_up
+
+
+def orders_app(db: Path) -> None:
+    """An application's file with one table, `orders` (id, item), holding two rows."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL);"
+                       "INSERT INTO orders (item) VALUES ('a'), ('b');")
+    conn.close()
+
+
+def sqlite_write(db: Path, item: str) -> str | None:
+    """The application's write of an order to its SQLite file: None when it went in, else the error."""
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        conn.execute("INSERT INTO orders (item) VALUES (?)", (item,))
+        conn.commit()
+        return None
+    except sqlite3.Error as e:
+        return str(e)
+    finally:
+        conn.close()
+
+
+async def postgres_write(dsn: str, item: str) -> str | None:
+    """The application's write of an order to Postgres: None when it went in, else the error."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO app.orders (item) VALUES ($1)", item)
+        return None
+    except asyncpg.PostgresError as e:
+        return str(e)
+    finally:
+        await conn.close()
 
 
 def back_up(db: Path, backups: Path) -> None:
