@@ -14,7 +14,7 @@ import pytest
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.proxy import FaultProxy
 from tests.support.sync import eventually, pg_rows, wait_caught_up
-from tests.support.way_back import backup_and_config, wait_back
+from tests.support.way_back import backup_and_config, sqlite_write, wait_back
 
 
 def make_app(db) -> None:
@@ -27,18 +27,6 @@ def make_app(db) -> None:
     conn.commit()
     conn.close()
 
-
-def app_insert(db, item: str) -> str | None:
-    """The application's write to SQLite: None when it went in, else the error."""
-    conn = sqlite3.connect(db, timeout=5)
-    try:
-        conn.execute("INSERT INTO orders (item) VALUES (?)", (item,))
-        conn.commit()
-        return None
-    except sqlite3.Error as e:
-        return str(e)
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -69,7 +57,7 @@ async def test_a_switch_postgres_recorded_is_finished_though_its_reply_was_lost(
         assert out.startswith("rc=0") and "Postgres recorded the cutover; its confirmation did not reach syncd" in out, out
         assert await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources") == [("to_sqlite",)]
         assert await pg_rows(pg_dsn, "SELECT kind, state FROM syncd.switches ORDER BY id") == [("cutover", "done")]
-        refused = app_insert(db, "to SQLite after the cutover")
+        refused = sqlite_write(db, "to SQLite after the cutover")
         assert refused is not None and "moved to PostgreSQL by syncd" in refused
         await pg_rows(pg_dsn, "INSERT INTO app.orders (item) VALUES ('to Postgres')")
         await wait_back(cfg, db, pg_dsn, daemon=d)
@@ -87,7 +75,7 @@ async def test_a_switch_postgres_recorded_is_finished_though_its_reply_was_lost(
         assert out.startswith("rc=0") and "Postgres recorded the rollback; its confirmation did not reach syncd" in out, out
         assert await pg_rows(pg_dsn, "SELECT kind, state FROM syncd.switches ORDER BY id") == [
             ("cutover", "done"), ("rollback", "done")]
-        assert app_insert(db, "to SQLite after the rollback") is None
+        assert sqlite_write(db, "to SQLite after the rollback") is None
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert await pg_rows(pg_dsn, "SELECT item FROM app.orders ORDER BY id") == [
             ("a",), ("b",), ("to Postgres",), ("to SQLite after the rollback",)]
@@ -112,7 +100,7 @@ async def test_a_switch_whose_outcome_cannot_be_asked_leaves_the_file_frozen(tmp
         assert await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources") == [("to_sqlite",)]
 
         async def still_frozen() -> bool:
-            return (app_insert(db, "to SQLite") or "").startswith("this database was moved to PostgreSQL")
+            return (sqlite_write(db, "to SQLite") or "").startswith("this database was moved to PostgreSQL")
 
         await eventually(still_frozen, 10, "the file frozen", d)
         r = run_cli(cfg, "cutover")
