@@ -29,7 +29,7 @@ from syncd.parity.expressions import NotParsed, parse_expression
 from syncd.parity.objects import ForeignKey, Index, SourceObjects
 from syncd.parity.translate import ColumnInfo, Untranslatable
 from syncd.printable import shorten
-from syncd.types import PgType
+from syncd.types import PgType, pg_default
 
 DUAL_WRITE, CUTOVER = "dual-write", "cutover"
 NOCASE_COLLATION = "syncd_nocase"  # in the target schema, when [cutover] nocase = "icu"
@@ -237,6 +237,10 @@ def _plan_types(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], o
                          "these values as text after the switch"))
             continue
         assert verdict.format is not None and verdict.pgtype is not None
+        lost = _default_lost(col, verdict.pgtype)
+        if lost:
+            plan.items.append(Item("type", spec.name, what, column=col.name, verdict=verdict, left_out=lost))
+            continue
         stage = DUAL_WRITE if options.typed_columns == "dual-write" else CUTOVER
         why = (f"every one of its {verdict.audit.values} value(s) is spelled {verdict.format.spec} and converts "
                f"exactly and back; {verdict.pgtype.value} because {_flavour_why(verdict.format, options)}")
@@ -292,6 +296,10 @@ def _plan_number(plan: SourcePlan, spec: TableSpec, col, collations: dict[str, s
         plan.items.append(Item("type", spec.name, what, column=col.name, verdict=verdict, left_out=left_out))
         return
     assert verdict.pgtype is not None
+    lost = _default_lost(col, verdict.pgtype)
+    if lost:
+        plan.items.append(Item("type", spec.name, what, column=col.name, verdict=verdict, left_out=lost))
+        return
     kind = "an integer" if verdict.pgtype is PgType.BIGINT else "a real"
     item = Item("type", spec.name, what, column=col.name, verdict=verdict, cutover=("retype",),
                 why=f"every one of its {verdict.audit.values} value(s) is {kind} in SQLite: {verdict.pgtype.value} "
@@ -300,6 +308,21 @@ def _plan_number(plan: SourcePlan, spec: TableSpec, col, collations: dict[str, s
                 stage_note=f"retyped at {CUTOVER}")
     plan.items.append(item)
     plan.retyped.setdefault(spec.name, {})[col.name] = verdict.pgtype
+
+
+def _default_lost(col, pgtype: PgType) -> str | None:
+    """Why `col` stays text rather than become `pgtype`: the DEFAULT Postgres carries for
+    it now has no exact form in that type (CURRENT_TIMESTAMP in a date column, a text in
+    a column of numbers), so an INSERT leaving the column out would store NULL where
+    SQLite stores its default. None when the default survives the retype (apply.retype
+    sets it as translate_default gives it) or there is none to lose."""
+    if pg_default(col.default_sql, col.pgtype, col.declared).sql is None:
+        return None
+    why = pg_default(col.default_sql, pgtype).not_carried
+    if why is None:
+        return None
+    return (f"kept as text: its DEFAULT {shorten(col.default_sql or '', 60)} has no exact form as {pgtype.value} "
+            f"({why}); typed, an INSERT leaving the column out would store NULL where SQLite stores the default")
 
 
 def _flavour_why(fmt: dates.Format, options: Options) -> str:
