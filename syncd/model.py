@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from syncd.identifiers import quote_ident
-from syncd.types import PgType
+from syncd.types import VARIABLE_WIDTH, PgType
 
 if TYPE_CHECKING:
     from syncd.sqlite.leftout import LeftOut
@@ -37,6 +37,15 @@ def unshadowed_rowid_name(column_names) -> str | None:
 # the width.
 SIZED_FOR_COLUMNS = 8
 MIN_BATCH_ENTRIES = 100  # a batch of very wide rows is cut no shorter than this
+
+# Rows counted, narrow or wide, may still weigh anything: a stream batch and a load's
+# chunk of a table with variable-width columns (types.VARIABLE_WIDTH) are also cut once
+# their values add up to about this many bytes (the row passing it included, so never
+# empty). Two of them are in memory at once (one applied, one read ahead), and the one
+# applied two or three times more while asyncpg encodes it: 300 rows of 1 MB streamed
+# peak at ~170 MB of RSS with 16 MB, ~275 MB with 32 MB. A batch this large already
+# pays its fixed costs (bookkeeping, round trips) many times over.
+BATCH_VALUE_BYTES = 16 * 1024 * 1024
 
 
 def entries_within_values(tids: Iterable[int], limit: int, widths: dict[int, int]) -> int | None:
@@ -124,6 +133,12 @@ class TableSpec:
     def stored_columns(self) -> tuple[Column, ...]:
         """The columns the SQLite table itself declares (not syncd's rowid column)."""
         return tuple(c for c in self.columns if c.sqlite_expr is None)
+
+    @property
+    def sized_columns(self) -> tuple[str, ...]:
+        """The columns whose values may be of any length: what a batch's or a chunk's
+        bytes are measured by (BATCH_VALUE_BYTES). A table without any is never measured."""
+        return tuple(c.name for c in self.columns if c.pgtype in VARIABLE_WIDTH)
 
     @property
     def key_indexes(self) -> tuple[int, ...]:

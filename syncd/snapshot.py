@@ -71,7 +71,8 @@ class TableLoad:
     @property
     def chunk_rows(self) -> int:
         """Rows per chunk: [stream] snapshot_chunk_rows, fewer for a table wider than
-        model.SIZED_FOR_COLUMNS columns."""
+        model.SIZED_FOR_COLUMNS columns. A chunk of heavy rows is also cut at
+        model.BATCH_VALUE_BYTES (reader.read_snapshot_chunk)."""
         configured = self.session.settings.stream.snapshot_chunk_rows
         width = max(1, len(self.t.spec.columns))
         rows = max(min(configured, 100), min(configured, configured * SIZED_FOR_COLUMNS // width))
@@ -119,8 +120,9 @@ class TableLoad:
             if conn.execute("PRAGMA main.schema_version").fetchone()[0] != self.schema_version:
                 return None, after, SchemaMoved()
             rows, pos = reader.read_snapshot_chunk(conn, self.t.spec, after, limit)
+            # Asked of the rows read: fewer than `limit` when their bytes cut the chunk short.
             unchanged = bool(rows) and (self.plain or
-                                        not reader.snapshot_chunk_needs_conversion(conn, self.t.spec, after, limit))
+                                        not reader.snapshot_chunk_needs_conversion(conn, self.t.spec, after, len(rows)))
         finally:
             if not self.single_txn:
                 conn.execute("COMMIT")

@@ -38,6 +38,11 @@ class PgType(str, Enum):
         return self.value
 
 
+# Types whose values may be of any length (text, bytea, numeric's digits, JSON): a row
+# of them may weigh a megabyte or more, where a row of the others weighs a few bytes a value.
+VARIABLE_WIDTH = frozenset({PgType.TEXT, PgType.BYTEA, PgType.NUMERIC, PgType.JSON, PgType.JSONB})
+
+
 # Names accepted in `[sources.columns]` overrides.
 OVERRIDE_NAMES: dict[str, PgType] = {
     "bigint": PgType.BIGINT,

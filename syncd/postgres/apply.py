@@ -13,17 +13,13 @@ import asyncpg
 
 from syncd.identifiers import qualified, quote_pg_ident
 from syncd.model import TableSpec
-from syncd.types import PgType
+from syncd.types import VARIABLE_WIDTH, PgType
 
 COPY_THRESHOLD = 200  # rows; bench/stream.py measures COPY+merge ahead of unnest() from ~50-200 rows
 # Postgres refuses (and closes the connection on) a protocol message over 1 GB, so one
 # unnest() statement carries at most about this many characters/bytes of values: rows
 # large together go out in several statements of the same transaction.
 STATEMENT_VALUE_BYTES = 128 * 1024 * 1024
-
-
-# Types whose values may be of any length (text, bytea, numeric's digits, JSON).
-_VARIABLE_WIDTH = frozenset({PgType.TEXT, PgType.BYTEA, PgType.NUMERIC, PgType.JSON, PgType.JSONB})
 
 
 def _value_size(row: tuple) -> int:
@@ -93,8 +89,8 @@ class TableWriter:
         self.counted = bool(text_pos)
         # Keys and rows of fixed-width values only cannot add up to STATEMENT_VALUE_BYTES
         # in a batch: they go out in one statement without being measured row by row.
-        self.keys_sized = any(spec.column(k).pgtype in _VARIABLE_WIDTH for k in spec.key)
-        self.rows_sized = any(spec.columns[i].pgtype in _VARIABLE_WIDTH for i in self.written)
+        self.keys_sized = any(spec.column(k).pgtype in VARIABLE_WIDTH for k in spec.key)
+        self.rows_sized = any(spec.columns[i].pgtype in VARIABLE_WIDTH for i in self.written)
         if text_pos and not non_key:
             non_key = [key[text_pos[0]]]  # DO NOTHING would not count a row it kept
         if non_key:

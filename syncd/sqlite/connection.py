@@ -30,6 +30,7 @@ import queue
 import sqlite3
 import threading
 import time
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote
@@ -152,6 +153,55 @@ def fetchall_text_safe(conn: sqlite3.Connection, sql: str, params: Any = ()) -> 
         return conn.execute(sql, params).fetchall()
     finally:
         conn.text_factory = old
+
+
+FIRST_PIECE_ROWS, PIECE_ROWS = 1, 32  # rows fetched at a time by fetch_within: its overshoot at worst
+
+
+def fetch_within(conn: sqlite3.Connection, sql: str, params: Any, budget: int,
+                 size_at: int) -> tuple[list[tuple], bool]:
+    """Rows of `sql` until their values weigh more than `budget`
+    bytes, each row's weight read from its column `size_at` (SQLite's length() of its
+    variable-width values, worked out in the same read). Returns the rows, the one
+    passing the budget included (so at least one when there is any), and whether every
+    row was read. Fetched a few at a time, fewer as rows grow heavy: an uncut read
+    costs about what fetchall() does. Survives text that is not valid UTF-8, as
+    fetchall_text_safe does."""
+    try:
+        return _fetch_within(conn, sql, params, budget, size_at)
+    except sqlite3.OperationalError as e:
+        if "decode" not in str(e):
+            raise
+    old = conn.text_factory
+    conn.text_factory = surrogate_text
+    try:
+        return _fetch_within(conn, sql, params, budget, size_at)
+    finally:
+        conn.text_factory = old
+
+
+def _fetch_within(conn: sqlite3.Connection, sql: str, params: Any, budget: int,
+                  size_at: int) -> tuple[list[tuple], bool]:
+    cur = conn.execute(sql, params)
+    weight = itemgetter(size_at)
+    rows: list[tuple] = []
+    spent, n = 0, FIRST_PIECE_ROWS
+    try:
+        while part := cur.fetchmany(n):
+            sizes = list(map(weight, part))
+            if spent + sum(sizes) > budget:
+                for i, size in enumerate(sizes):
+                    spent += size
+                    if spent > budget:
+                        rows += part[:i + 1]
+                        return rows, False
+            spent += sum(sizes)
+            rows += part
+            # As many rows as fit in what is left if each weighs what the heaviest so far did.
+            n = max(1, min(PIECE_ROWS, (budget - spent) // max(1, max(sizes))))
+        return rows, True
+    finally:
+        cur.close()
 
 
 class SqliteThreads:

@@ -11,15 +11,16 @@ import hashlib
 import os
 import sqlite3
 import time
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
 from syncd.identifiers import quote_ident
-from syncd.model import TableSpec, entries_within_values, unshadowed_rowid_name
+from syncd.model import BATCH_VALUE_BYTES, TableSpec, entries_within_values, unshadowed_rowid_name
 from syncd.sqlite.capture import CHANGELOG, META, OP_INSERT, slot
-from syncd.sqlite.connection import empty_file, fetchall_text_safe, no_such_table
+from syncd.sqlite.connection import empty_file, fetch_within, fetchall_text_safe, no_such_table
 from syncd.types import needs_conversion_filter
 
 CL = quote_ident(CHANGELOG)
@@ -59,11 +60,23 @@ class ChangeBatch:
         return self.entries == 0
 
 
-def _join_sql(spec: TableSpec) -> str:
+def value_bytes_sql(spec: TableSpec, alias: str) -> str | None:
+    """SQL of the bytes a row's variable-width values weigh (SQLite's length(): of a
+    BLOB without reading it, of a text in characters), or None for a table without
+    such columns, whose rows are never measured. `alias`: the table's, in the query."""
+    sized = spec.sized_columns
+    if not sized:
+        return None
+    return " + ".join(f"ifnull(length({alias}.{spec.sqlite_ref(c)}), 0)" for c in sized)
+
+
+def _join_sql(spec: TableSpec, sized: bool = False) -> str:
     """Per changelog entry of one table in the range, in seq order: the key, the op,
     flags, the current row. Repeated keys are coalesced in Python (_collect): a
     GROUP BY here sorts every entry through a temporary b-tree, which cost SQLite
-    twice the join itself (bench/change_drain.py prints both plans).
+    twice the join itself (bench/change_drain.py prints both plans). `sized`: the
+    entry's seq and the row's bytes (value_bytes_sql) come between the flags and the
+    row (_read_sized).
 
     Flags are worked out in SQL so the common case costs Python nothing: `nullkey`
     (a NULL in the key), `present` (the row exists), `exact` (the row found has
@@ -83,11 +96,18 @@ def _join_sql(spec: TableSpec) -> str:
     # 1 and 1.0 are one value to Python and to SQLite's `=`, but two keys to Postgres:
     # which slots hold a real makes (key..., mask) tell them apart (_distinct_keys).
     reals = " + ".join(f"{1 << i} * (typeof(c.{slot(i)}) = 'real')" for i in range(nkey))
+    size = f"c.seq, {value_bytes_sql(spec, 't')}, " if sized else ""
     return (
-        f"SELECT {c_slots}, {reals}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {cols} "
+        f"SELECT {c_slots}, {reals}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {size}{cols} "
         f"FROM main.{CL} AS c LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on} "
         f"WHERE c.seq > ? AND c.seq <= ? AND c.tid = ? ORDER BY c.seq"
     )
+
+
+def _join_first(spec: TableSpec, sized: bool) -> int:
+    """Where a _join_sql row's columns start: after the key, mask, op, nullkey, present,
+    exact (and, sized, seq and size)."""
+    return len(spec.key) + (7 if sized else 5)
 
 
 def _distinct_keys(rows: list[tuple], nkey: int) -> list[tuple]:
@@ -110,10 +130,10 @@ def _distinct_keys(rows: list[tuple], nkey: int) -> list[tuple]:
     return out
 
 
-def _collect(changes: TableChanges, rows: list[tuple]) -> None:
+def _collect(changes: TableChanges, rows: list[tuple], sized: bool = False) -> None:
     spec = changes.spec
     nkey = len(spec.key)
-    first = nkey + 5  # where the row's columns start: key, mask, op, nullkey, present, exact
+    first = _join_first(spec, sized)
     key_idx = spec.key_indexes
     upserts, deletes = changes.upserts, changes.deletes
     rows = _distinct_keys(rows, nkey)
@@ -213,6 +233,37 @@ def _within_values(entries: list[tuple], limit: int, streaming: dict[int, TableS
     return entries if keep is None else entries[:keep]
 
 
+def _read_sized(conn: sqlite3.Connection, after_seq: int, entries: list[tuple],
+                streaming: dict[int, TableSpec]) -> tuple[dict[int, list[tuple]], int]:
+    """The rows of the entries of tables with variable-width columns (_join_sql, sized),
+    read first, and where the batch ends: at the last entry, or earlier, at the entry
+    whose row brings the batch's values past BATCH_VALUE_BYTES. A cut keeps every entry
+    up to it, of every table (seq order), and so at least the first. Tables without such
+    columns are read afterwards, up to where the batch ends, and never measured."""
+    last_seq = entries[-1][0]
+    budget = BATCH_VALUE_BYTES
+    read: dict[int, list[tuple]] = {}
+    for tid in sorted(set(map(itemgetter(1), entries))):
+        spec = streaming.get(tid)
+        if spec is None or not spec.sized_columns:
+            continue
+        at = _join_first(spec, True) - 2  # the entry's seq; its row's bytes follow
+        rows, whole = fetch_within(conn, _join_sql(spec, sized=True), (after_seq, last_seq, tid), budget, at + 1)
+        budget -= sum(map(itemgetter(at + 1), rows))
+        read[tid] = rows
+        if not whole:
+            last_seq = rows[-1][at]
+            if spec.key_origin == "configured":
+                # An entry of a [sources.keys] key may match two rows, one of them past
+                # the cut: read again in full up to it, the duplicate is then seen.
+                del read[tid]
+    for tid, rows in read.items():  # read before the batch was cut (further): drop what lies past the cut
+        at = _join_first(streaming[tid], True) - 2
+        if rows and rows[-1][at] > last_seq:
+            read[tid] = [r for r in rows if r[at] <= last_seq]
+    return read, last_seq
+
+
 def fingerprint_range(conn: sqlite3.Connection, after_seq: int, last_seq: int) -> str | None:
     """The fingerprint of the file's entries in (after_seq, last_seq], or None when the
     range's last entry is not there."""
@@ -281,7 +332,10 @@ def read_changes(
         entries = _within_values(_batch_entries(conn, where, tuple(params), limit), limit, streaming)
         if not entries:
             return ChangeBatch(after_seq=after_seq, last_seq=after_seq, read_at=read_at)
-        batch = ChangeBatch(after_seq=after_seq, last_seq=entries[-1][0], entries=len(entries),
+        sized, last_seq = _read_sized(conn, after_seq, entries, streaming)
+        if last_seq < entries[-1][0]:
+            entries = entries[:bisect_right(entries, last_seq, key=itemgetter(0))]
+        batch = ChangeBatch(after_seq=after_seq, last_seq=last_seq, entries=len(entries),
                             fingerprint=fingerprint(entries), max_seq=max_seq(conn), read_at=read_at)
         per_tid = Counter(map(itemgetter(1), entries))
         for tid in sorted(per_tid):
@@ -289,11 +343,13 @@ def read_changes(
             if spec is None:
                 batch.skipped[tid] += per_tid[tid]
                 continue
-            rows = fetchall_text_safe(conn, _join_sql(spec), (after_seq, batch.last_seq, tid))
+            rows = sized.get(tid)
+            if rows is None:
+                rows = fetchall_text_safe(conn, _join_sql(spec), (after_seq, batch.last_seq, tid))
             changes = TableChanges(tid=tid, spec=spec)
             if spec.key_origin == "configured" and len(rows) > per_tid[tid]:  # an entry matched two rows
                 changes.duplicate = duplicated_key(conn, spec, after_seq, batch.last_seq, tid)
-            _collect(changes, rows)
+            _collect(changes, rows, sized=tid in sized)
             if changes.null_keys and not _has_null_key(conn, spec):
                 changes.null_keys = 0  # those rows got a key (or went): their changes are recorded too
             batch.tables[tid] = changes
@@ -492,17 +548,27 @@ def _chunk_query(spec: TableSpec, after: tuple | None, limit: int, columns: str)
 def read_snapshot_chunk(
     conn: sqlite3.Connection, spec: TableSpec, after: tuple | None, limit: int
 ) -> tuple[list[tuple], tuple | None]:
-    """Up to `limit` rows in storage order after position `after`; returns the rows
+    """Up to `limit` rows in storage order after position `after`, fewer once a table
+    with variable-width columns' rows weigh BATCH_VALUE_BYTES together; returns the rows
     and the position of the last one. The caller owns the read transaction."""
     cols = ", ".join(f"s.{spec.sqlite_ref(c)}" for c in spec.column_names)
-    sql, params, kind = _chunk_query(spec, after, limit, cols)
-    rows = fetchall_text_safe(conn, sql, params)
+    size = value_bytes_sql(spec, "s")
+    sql, params, kind = _chunk_query(spec, after, limit, cols if size is None else f"{size}, {cols}")
+    skip = (kind == "rowid") + (size is not None)  # the rowid, then the row's bytes, come before the row
+    if size is None:
+        rows = fetchall_text_safe(conn, sql, params)
+    else:
+        rows, _ = fetch_within(conn, sql, params, BATCH_VALUE_BYTES, skip - 1)
     if not rows:
         return [], after
+    if kind == "rowid":
+        pos: tuple = (rows[-1][0],)
+    if skip:
+        rows = list(map(itemgetter(slice(skip, None)), rows))
     if kind == "alias":
         return rows, (rows[-1][spec.key_indexes[0]],)
     if kind == "rowid":
-        return [r[1:] for r in rows], (rows[-1][0],)
+        return rows, pos
     idx = spec.key_indexes
     return rows, tuple(rows[-1][i] for i in idx)
 
