@@ -1,0 +1,113 @@
+"""An application that meets the frozen SQLite file while `syncd cutover` runs and turns to
+Postgres loses no write: until the switch's last transaction has committed (identities
+set, the way back capturing), Postgres refuses the application's writes to the source's
+tables, saying so, and the SQLite file's message says to write Postgres once the cutover
+has finished, not before. Written then, each write reaches SQLite by the way back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+
+import asyncpg
+
+from tests.support.daemon import DaemonProcess, held_at, run_cli, syncd_cmd, wait_for
+from tests.support.sync import eventually, pg_rows, wait_caught_up
+from tests.support.way_back import backup_and_config, orders_app, sqlite_write, typeof, wait_back
+
+UPDATE = "UPDATE app.orders SET item = 'b, changed in Postgres' WHERE id = 2"
+INSERT = "INSERT INTO app.orders (item) VALUES ('c, new in Postgres') RETURNING id"
+GUARDS = "SELECT count(*) FROM pg_trigger WHERE tgname = '_syncd_cutover_guard'"
+
+
+async def postgres(dsn: str, sql: str) -> tuple[object, str | None]:
+    """The application's statement in Postgres: (its result, None), or (None, the error)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql), None
+    except asyncpg.PostgresError as e:
+        return None, str(e)
+    finally:
+        await conn.close()
+
+
+async def test_the_applications_postgres_writes_during_a_cutover_are_refused_never_lost(
+        tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify", "--source", "app").returncode == 0
+        # The cutover stops after its verification, before its last transaction: the
+        # file is frozen, identities are not set, the way back does not capture yet.
+        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=str(cfg.parent),
+                                env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified",
+                                     "SYNCD_CUTOVER_RESUME_ON": str(tmp_path / "go")})
+        try:
+            assert proc.stdout.readline().strip() == "holding at verified"
+            frozen = sqlite_write(db, "c, new in SQLite")
+            assert frozen is not None
+            # The application turns to Postgres at once.
+            _, update_refused = await postgres(pg_dsn, UPDATE)
+            _, insert_refused = await postgres(pg_dsn, INSERT)
+            (tmp_path / "go").touch()
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out
+        # What Postgres refused the application writes again, once the cutover has returned.
+        if update_refused:
+            assert (await postgres(pg_dsn, UPDATE))[1] is None
+        if insert_refused:
+            got, error = await postgres(pg_dsn, INSERT)
+            assert error is None and got == 3  # past SQLite's high mark
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        # Every write Postgres took is in SQLite too: none was made where the drain could
+        # overwrite it or the way back not capture it.
+        assert typeof(db, "SELECT id, item FROM orders ORDER BY id") == [
+            (1, "a"), (2, "b, changed in Postgres"), (3, "c, new in Postgres")]
+        assert await pg_rows(pg_dsn, "SELECT id, item FROM app.orders ORDER BY id") == [
+            (1, "a"), (2, "b, changed in Postgres"), (3, "c, new in Postgres")]
+        # Each was refused with a message saying why and until when.
+        for refused in (update_refused, insert_refused):
+            assert refused is not None and 'table app.orders: ' in refused and "syncd cutover" in refused, refused
+            assert "once `syncd cutover` has finished" in refused, refused
+        # The frozen file's message sends the application to Postgres only once the cutover has finished.
+        assert frozen.startswith("this database was moved to PostgreSQL by syncd"), frozen
+        assert "once `syncd cutover` has finished" in frozen and "instead" not in frozen, frozen
+        # The guard goes once the switch is done: nothing is left on the application's tables.
+        assert await pg_rows(pg_dsn, GUARDS) == [(0,)]
+        assert d.stop() == 0
+
+
+async def test_a_killed_cutover_keeps_postgres_refusing_until_it_is_undone(tmp_path, make_config, pg_dsn):
+    """Killed after the freeze, the cutover leaves both sides refusing the application's
+    writes (it cannot know which side will hold them) until it is undone: then SQLite
+    takes them again, Postgres is as it was, and the guard is gone."""
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify", "--source", "app").returncode == 0
+        assert d.stop() == 0
+    with held_at(cfg, "cutover", "frozen") as proc:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    assert sqlite_write(db, "refused") is not None
+    _, refused = await postgres(pg_dsn, UPDATE)
+    assert refused is not None and "syncd cutover" in refused, refused
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        wait_for(lambda: sqlite_write(db, "c") is None, 30, "the file unfrozen", d)
+
+        async def guard_gone() -> bool:
+            return await pg_rows(pg_dsn, GUARDS) == [(0,)]
+
+        await eventually(guard_gone, 30, "the guard dropped", d)
+        assert await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources WHERE source = 'app'") == [("to_postgres",)]
+        assert d.stop() == 0
