@@ -35,7 +35,7 @@ from syncd import parity
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
-from syncd.postgres import app_triggers, ddl
+from syncd.postgres import app_triggers, cutover_guard, ddl
 from syncd.postgres.bookkeeping import (SWITCH_CLASS, Bookkeeping, ensure_bookkeeping, shared_key_line, sharing,
                                        source_key)
 from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
@@ -45,8 +45,8 @@ from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
 from syncd.sqlite import freeze
 from syncd.sqlite.connection import SqliteWorker
 from syncd.sqlite.introspect import introspect
-from syncd.table_locks import (TablesBusy, blockers_named, long_holders, shorten_lock_waits, take_tables,
-                               while_tables_busy)
+from syncd.table_locks import (TablesBusy, blockers_named, long_holders, shorten_lock_waits, table_holders,
+                               take_tables, while_tables_busy)
 from syncd.types import PgType
 
 log = logging.getLogger("syncd")
@@ -201,6 +201,9 @@ async def undo_abandoned(settings: Settings, source: SourceSettings, conn: async
     for r in left:
         await record_step(conn, b, r[0], "undone", finished_at=dt.datetime.now(dt.timezone.utc),
                           detail=json.dumps({"reason": f"the {r[1]} stopped before finishing; undone"}))
+    # Its record closed, the cutover's guard passes the application's writes: its triggers go.
+    b.key = await source_key(conn, b.schema, source.name, assign=False)
+    await _unguard(conn, b, source)
     what = "unfroze the SQLite file a cutover left frozen when it stopped before finishing" if message \
         else "closed the record of a cutover that stopped before freezing"
     log.warning(what, extra={"source": source.name, "event": "cutover_undone"})
@@ -505,11 +508,18 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     STARTED_SWITCHES.append(switch_id)
     await _hold("started")
     stamp = dt.datetime.now(dt.timezone.utc)
-    message = (f"this database was moved to PostgreSQL by syncd at {stamp:%Y-%m-%d %H:%M:%S} UTC; "
-               f'write to PostgreSQL (schema "{source.schema}") instead')
+    # The file stays frozen after the switch: the message holds then too. Written to
+    # Postgres before the switch's last transaction, a write would be lost (cutover_guard).
+    message = (f"this database was moved to PostgreSQL by syncd, or is being moved (`syncd cutover` begun at "
+               f"{stamp:%Y-%m-%d %H:%M:%S} UTC): write to PostgreSQL (schema \"{source.schema}\") once "
+               "`syncd cutover` has finished, not before (PostgreSQL refuses the application's writes until then)")
+    guard_message = (f"syncd cutover in progress (begun at {stamp:%Y-%m-%d %H:%M:%S} UTC): the application writes "
+                     "PostgreSQL once `syncd cutover` has finished, not before; until then neither PostgreSQL nor "
+                     "the SQLite file takes its writes")
     frozen_at = time.monotonic()
     committing = False  # the switch's transaction is being committed: its outcome is Postgres's to tell
     try:  # from the freeze on (it may be waiting for the file), anything stopping the switch undoes it
+        await _guard(conn, b, source, list(specs), guard_message)
         await worker.run(freeze.freeze, message, busy, source.wants_table)
         await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
         await _hold("frozen")
@@ -582,6 +592,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             await while_tables_busy(last, conn, source, list(specs), "the switch's last transaction",
                                     settings.postgres.statement_timeout_seconds, blocking)
         res.done = True
+        await _unguard(conn, b, source)
         app_triggers.say(source.name, enabled, disabled=False)
         log.info(f"cut over to Postgres: write downtime {res.downtime_seconds:.2f} s",
                  extra={"source": source.name, "event": "cutover_done"})
@@ -606,6 +617,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                 await worker.run(freeze.unfreeze, busy)
                 res.undone = True
                 await _record_undone(pg, b, switch_id, reason)
+                await _unguard(pg, b, source)
         finally:
             if own:
                 await close_quietly(pg)
@@ -614,6 +626,36 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         if isinstance(e, SETTLED):
             return
         raise
+
+
+async def _guard(conn: asyncpg.Connection, b: Bookkeeping, source: SourceSettings, tables: list[str],
+                 message: str) -> None:
+    """Before the freeze: Postgres refuses the application's writes to the source's tables
+    while this cutover's record is open (cutover_guard)."""
+    assert b.key is not None
+    try:
+        async with conn.transaction():
+            await cutover_guard.guard(conn, b.schema, source.name, b.key, source.schema, tables, message)
+    except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):  # rolled back: nothing guarded
+        raise Refused(f"Postgres could not be guarded against the application's writes: "
+                      f"{await table_holders(conn, source.schema, tables)} kept a table busy past the lock wait "
+                      "(an open transaction that wrote it); try again once it is free") from None
+
+
+async def _unguard(pg: asyncpg.Connection | None, b: Bookkeeping, source: SourceSettings) -> None:
+    """Once the cutover's record is closed: its guard's triggers go where their tables are
+    had at once; one left passes every write, and goes later (the daemon, the next cutover)."""
+    if pg is None or b.key is None:
+        return
+    try:
+        left = await cutover_guard.unguard(pg, b.schema, b.key, source.schema)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError, TimeoutError) as e:
+        log.info(f"the cutover's guard triggers are left for later (they pass every write now): {describe(e)}",
+                 extra={"source": source.name, "event": "cutover_guard_left"})
+        return
+    if left:
+        log.info(f"the cutover's guard trigger is left on {left} table(s) kept busy, for later (it passes every "
+                 "write now)", extra={"source": source.name, "event": "cutover_guard_left"})
 
 
 async def _record_undone(pg: asyncpg.Connection | None, b: Bookkeeping, switch_id: int, reason: str) -> None:

@@ -13,9 +13,11 @@ import subprocess
 
 import asyncpg
 
+from tests.conftest import write_config
 from tests.support.daemon import DaemonProcess, held_at, run_cli, syncd_cmd, wait_for
 from tests.support.sync import eventually, pg_rows, wait_caught_up
-from tests.support.way_back import backup_and_config, orders_app, sqlite_write, typeof, wait_back
+from tests.support.way_back import back_up, backup_and_config, orders_app, sqlite_write, typeof, wait_back
+from tests.test_pgbouncer import pgbouncer  # noqa: F401 - the fixture
 
 UPDATE = "UPDATE app.orders SET item = 'b, changed in Postgres' WHERE id = 2"
 INSERT = "INSERT INTO app.orders (item) VALUES ('c, new in Postgres') RETURNING id"
@@ -110,4 +112,51 @@ async def test_a_killed_cutover_keeps_postgres_refusing_until_it_is_undone(tmp_p
 
         await eventually(guard_gone, 30, "the guard dropped", d)
         assert await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources WHERE source = 'app'") == [("to_postgres",)]
+        assert d.stop() == 0
+
+
+async def test_syncd_sessions_pass_the_guard_through_pgbouncer_in_transaction_mode(tmp_path, pg_dsn, pgbouncer):
+    """The guard knows syncd's sessions by their application_name, which PgBouncer in
+    transaction mode sets on whichever server connection serves each transaction."""
+    pooled, _home = pgbouncer
+    db = tmp_path / "app.db"
+    orders_app(db)
+    back_up(db, tmp_path / "backups")
+    cfg = write_config(tmp_path / "syncd.toml", pooled, [{"name": "app", "path": str(db)}], sections={
+        "postgres": {"pooler": "transaction", "lock_dsn": pg_dsn},
+        "cutover": {"min_days": 0, "backup_glob": str(tmp_path / "backups" / "*.db")},
+        "verify": {"interval_seconds": 0}})
+    nothing = "UPDATE app.orders SET item = item WHERE id = -1"  # no row: the statement's trigger fires all the same
+
+    async def through_the_pooler(application_name: str) -> str | None:
+        conn = await asyncpg.connect(pooled, statement_cache_size=0,
+                                     server_settings={"application_name": application_name})
+        try:
+            async with conn.transaction():
+                await conn.execute(nothing)
+            return None
+        except asyncpg.PostgresError as e:
+            return str(e)
+        finally:
+            await conn.close()
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify", "--source", "app").returncode == 0
+        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=str(cfg.parent),
+                                env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "frozen",
+                                     "SYNCD_CUTOVER_RESUME_ON": str(tmp_path / "go")})
+        try:
+            assert proc.stdout.readline().strip() == "holding at frozen"
+            assert await through_the_pooler("syncd elsewhere pid 1") is None
+            refused = await through_the_pooler("the application")
+            assert refused is not None and "syncd cutover in progress" in refused, refused
+            (tmp_path / "go").touch()
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out
+        assert await through_the_pooler("the application") is None
         assert d.stop() == 0

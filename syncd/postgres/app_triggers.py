@@ -15,8 +15,8 @@ syncd's sessions, but it needs a superuser (or a GRANT SET ON PARAMETER on Postg
 too. So each application trigger is disabled by name (`ALTER TABLE ... DISABLE TRIGGER
 <name>`; syncd owns the table) before syncd writes its table, and recorded: the
 cutover's last transaction enables exactly those again, never one the team disabled
-themselves. Left alone: syncd's own triggers (the way back's capture, the freeze),
-the ones Postgres makes for constraints (foreign keys, deferred UNIQUEs: internal
+themselves. Left alone: syncd's own triggers (the way back's capture, the freezes, the
+cutover's guard), the ones Postgres makes for constraints (foreign keys, deferred UNIQUEs: internal
 triggers), one the team disabled or marked ENABLE REPLICA (neither fires for syncd's
 writes) or ENABLE ALWAYS (the team asks for it to fire on replicated rows too).
 """
@@ -31,11 +31,12 @@ import asyncpg
 from syncd.identifiers import qualified, quote_pg_ident
 from syncd.log import ctx
 from syncd.postgres.bookkeeping import QUIETED_TRIGGERS as QUIETED
+from syncd.postgres.cutover_guard import GUARD_TRIGGER
 from syncd.reverse.capture import CAPTURE_TRIGGERS, FREEZE_TRIGGER
 
 log = logging.getLogger("syncd")
 
-SYNCD_TRIGGERS = (*CAPTURE_TRIGGERS, FREEZE_TRIGGER)
+SYNCD_TRIGGERS = (*CAPTURE_TRIGGERS, FREEZE_TRIGGER, GUARD_TRIGGER)
 NOT_OWNER = "42501"
 
 

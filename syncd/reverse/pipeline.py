@@ -18,6 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_random
 
 from syncd import metrics
@@ -472,12 +473,25 @@ class ReversePipeline:
             s.direction = d
         return s.direction != TO_SQLITE
 
+    async def _drop_cutover_guard(self, pg: asyncpg.Connection) -> None:
+        """The guard a cutover left on the tables (killed after its last transaction, or a
+        table busy when it dropped them): it passes every write now, its record done; it goes."""
+        from syncd.postgres import cutover_guard
+
+        key = self.names.key
+        if not await cutover_guard.guarded_tables(pg, self.names.bk, key, self.source.schema):
+            return
+        left = await cutover_guard.unguard(pg, self.names.bk, key, self.source.schema)
+        later = f" ({left} left for later: table busy)" if left else ""
+        self.session.info(f"dropped the cutover's guard triggers{later}", event="cutover_guard_dropped")
+
     # --- reconcile: which tables, how, and from where ----------------------------------
 
     async def _reconcile(self) -> None:
         s = self.session
         pg = s.pg
         assert pg is not None
+        await self._drop_cutover_guard(pg)
         busy = self.settings.sqlite.write_busy_timeout_ms
         # Postgres's schema as this reconcile begins, before it reads the tables: what the
         # application makes from now on differs from it at the next look, and is taken up then.
