@@ -592,6 +592,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             await while_tables_busy(last, conn, source, list(specs), "the switch's last transaction",
                                     settings.postgres.statement_timeout_seconds, blocking)
         res.done = True
+        await _hold("done")
         await _unguard(conn, b, source)
         app_triggers.say(source.name, enabled, disabled=False)
         log.info(f"cut over to Postgres: write downtime {res.downtime_seconds:.2f} s",

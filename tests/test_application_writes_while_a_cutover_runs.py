@@ -160,3 +160,27 @@ async def test_syncd_sessions_pass_the_guard_through_pgbouncer_in_transaction_mo
         assert proc.returncode == 0, out
         assert await through_the_pooler("the application") is None
         assert d.stop() == 0
+
+
+async def test_a_guard_left_by_a_cutover_killed_once_done_passes_writes_and_the_daemon_drops_it(
+        tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify", "--source", "app").returncode == 0
+        with held_at(cfg, "cutover", "done") as proc:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        assert await pg_rows(pg_dsn, GUARDS) == [(1,)]  # the kill landed before the triggers went
+        got, error = await postgres(pg_dsn, INSERT)
+        assert error is None and got == 3
+
+        async def guard_gone() -> bool:
+            return await pg_rows(pg_dsn, GUARDS) == [(0,)]
+
+        await eventually(guard_gone, 30, "the guard dropped by the daemon", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT id, item FROM orders WHERE id = 3") == [(3, "c, new in Postgres")]
+        assert d.stop() == 0
