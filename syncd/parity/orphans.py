@@ -45,8 +45,9 @@ def orphan_sql(schema: str, item: Item, child: TableSpec, count: bool) -> str:
     assert fk is not None and item.parent_key
     c = "c"
     notnull = " AND ".join(f"{c}.{quote_pg_ident(col)} IS NOT NULL" for col in fk.columns)
-    match = " AND ".join(f"p.{quote_pg_ident(p)} = {c}.{quote_pg_ident(col)}"
-                         for col, p in zip(fk.columns, item.parent_key))
+    nocase = item.fk_nocase or (False,) * len(fk.columns)
+    match = " AND ".join(_equal(f"p.{quote_pg_ident(p)}", f"{c}.{quote_pg_ident(col)}", ci)
+                         for col, p, ci in zip(fk.columns, item.parent_key, nocase))
     where = (f"{notnull} AND NOT EXISTS (SELECT 1 FROM {qualified(schema, _parent_name(item))} AS p "
              f"WHERE {match})")
     table = qualified(schema, child.name)
@@ -54,6 +55,14 @@ def orphan_sql(schema: str, item: Item, child: TableSpec, count: bool) -> str:
         return f"SELECT count(*) FROM {table} AS {c} WHERE {where}"
     keys = ", ".join(f"{c}.{quote_pg_ident(k)}" for k in child.key)
     return f"SELECT {keys} FROM {table} AS {c} WHERE {where} ORDER BY {keys} LIMIT {SAMPLE_KEYS}"
+
+
+def _equal(parent: str, child: str, nocase: bool) -> str:
+    if not nocase:
+        return f"{parent} = {child}"
+    # SQLite's NOCASE: A-Z folded, nothing else ("C" makes lower() fold ASCII only). The
+    # case-insensitive columns of the cutover fold more, so a row matched here matches there.
+    return f'lower({parent}::text COLLATE "C") = lower({child}::text COLLATE "C")'
 
 
 def _parent_name(item: Item) -> str:

@@ -83,6 +83,10 @@ class Item:
     lookup_expr: str | None = None
     predicate: str | None = None
     parent_key: tuple[str, ...] = ()
+    # A foreign key's pairs SQLite matches ignoring case (parent key COLLATE NOCASE), one
+    # flag per column: counted that way, and carried only with both columns case-insensitive.
+    fk_nocase: tuple[bool, ...] = ()
+    todo: str = ""  # what to do instead, when it says more than its kind's (summary._todo)
     stage_note: str = ""  # a note on what happens when (for `syncd schema`)
 
     @property
@@ -554,6 +558,11 @@ def _plan_fk(schema: str, spec: TableSpec, fk: ForeignKey, specs: dict[str, Tabl
         if action not in FK_ACTIONS:
             item.left_out = f"the action {action!r}"
             return item
+    nocase, why = _fk_collations(spec, fk, parent, pkey, objects, plan)
+    if why:
+        item.left_out = why
+        item.todo = FK_CASE_TODO if why.endswith(FK_CASE_TODO) else "enforce it in the application"
+        return item
     item.name = names.claim(fk.name or f"{spec.name}_{'_'.join(fk.columns)}_fkey")
     defer = " DEFERRABLE INITIALLY DEFERRED" if fk.deferrable else ""
     item.parent_key = pkey
@@ -562,11 +571,64 @@ def _plan_fk(schema: str, spec: TableSpec, fk: ForeignKey, specs: dict[str, Tabl
         f"ALTER TABLE {qualified(schema, spec.name)} ADD CONSTRAINT {quote_pg_ident(item.name)} FOREIGN KEY "
         f"({', '.join(quote_pg_ident(c) for c in fk.columns)}) REFERENCES {qualified(schema, parent.name)} "
         f"({', '.join(quote_pg_ident(p) for p in pkey)}) ON UPDATE {fk.on_update} ON DELETE {fk.on_delete}{defer}",)
+    item.fk_nocase = nocase
     item.why = ("at cutover, after the final drain, validated (SQLite enforces foreign keys only when the application "
                 "turns them on, so orphan rows are counted all along; a foreign key Postgres enforced during "
                 "dual-write would hold the table at the first orphan the application touched)"
-                + ("; DEFERRABLE INITIALLY DEFERRED as in SQLite" if fk.deferrable else ""))
+                + ("; DEFERRABLE INITIALLY DEFERRED as in SQLite" if fk.deferrable else "")
+                + ("; it matches ignoring case, as in SQLite: its columns and the parent's are made case-insensitive "
+                   "at cutover" if any(nocase) else "")
+                + (" (a change of case alone in the parent's key is cascaded to the children's spelling, where SQLite "
+                   "leaves them as they are)" if any(nocase) and fk.on_update == "CASCADE" else ""))
     return item
+
+
+FK_CASE_TODO = ("enforce it in the application, or make both columns citext (or text under one ICU nondeterministic "
+                "collation) and add the key by hand")
+
+
+def _fk_collations(spec: TableSpec, fk: ForeignKey, parent: TableSpec, pkey: tuple[str, ...],
+                   objects: SourceObjects, plan: SourcePlan) -> tuple[tuple[bool, ...], str | None]:
+    """Which of the foreign key's pairs SQLite matches ignoring case, or why Postgres
+    cannot match them as SQLite does. SQLite compares a child value with its parent under
+    the parent key's collation (the column's; for REFERENCES without columns, the
+    primary key's, which may name one of its own); a Postgres foreign key, under the
+    parent's collation for a child's write, the child's for ON UPDATE/DELETE. So it is
+    carried only where both columns become case-insensitive at cutover."""
+    pcoll = objects.table(parent.name).collations
+    ccoll = objects.table(spec.name).collations
+    if fk.parent_columns is None:
+        pk = next((i for i in objects.table(parent.name).indexes if i.origin == "pk"), None)
+        by_pk = {c.name: c.collation for c in pk.columns if c.name} if pk is not None else {}
+    else:
+        by_pk = {}
+    carried = {(i.table, i.column) for i in plan.items if i.kind == "nocase" and not i.left_out and i.cutover}
+    flags = []
+    for c, p in zip(fk.columns, pkey):
+        coll = by_pk.get(p, pcoll.get(p, "BINARY"))
+        if coll == "BINARY":
+            flags.append(False)
+            continue
+        where = (f"the primary key of {parent.name} is COLLATE {coll}" if pcoll.get(p, "BINARY") != coll
+                 else f"{parent.name}.{p} is COLLATE {coll}")
+        if coll != "NOCASE":
+            return (), (f"SQLite matches {spec.name}.{c} to {parent.name}.{p} under {coll} ({where}), which no "
+                        "Postgres foreign key can: enforce it in the application")
+        head = f"SQLite matches {spec.name}.{c} to {parent.name}.{p} ignoring case ({where}), a Postgres foreign key "
+        if pcoll.get(p) != "NOCASE" or (parent.name, p) not in carried:
+            return (), head + f"would not ({parent.name}.{p} stays case-sensitive there): {FK_CASE_TODO}"
+        if ccoll.get(c) != "NOCASE" or (spec.name, c) not in carried:
+            return (), (head + f"would not in its ON UPDATE and ON DELETE actions ({spec.name}.{c} stays "
+                        "case-sensitive there; declared COLLATE NOCASE in SQLite too, the key is carried): "
+                        f"{FK_CASE_TODO}")
+        flags.append(True)
+    if any(flags) and fk.on_update in ("RESTRICT", "SET NULL", "SET DEFAULT"):
+        # Postgres compares the old and new parent key byte for byte: 'Red' -> 'RED' sets
+        # off the action there, where SQLite sees no change of key.
+        changed = ", ".join(f"{parent.name}.{p}" for p, f in zip(pkey, flags) if f)
+        return (), (f"its ON UPDATE {fk.on_update}: Postgres sets it off when only the case of {changed} changes "
+                    f"(SQLite matches the key ignoring case, and sees no change): {FK_CASE_TODO}")
+    return tuple(flags), None
 
 
 def _column_named(spec: TableSpec, name: str) -> str | None:

@@ -94,6 +94,8 @@ def left_out_entries(items: list[Item]) -> list[LeftOut]:
 
 
 def _todo(i: Item) -> str:
+    if i.todo:
+        return i.todo
     return {
         "index": "create an equivalent index in Postgres by hand if the application's queries need it",
         "unique": "enforce it in Postgres by hand (a unique index) once it can be, or in the application",
