@@ -5,7 +5,10 @@ matches as its columns compare: over a child column that is not case-insensitive
 would refuse SQLite's rows and its cascades would miss them. syncd then leaves it out,
 counts no orphans for it, and names it with what to do instead. When both columns are
 COLLATE NOCASE, both become case-insensitive at cutover and the foreign key is carried:
-Postgres then matches and cascades ignoring case, as SQLite does."""
+Postgres then matches and cascades ignoring case, as SQLite does. The other way round, a
+COLLATE NOCASE child of a case-sensitive parent key, SQLite matches byte for byte: under
+nocase = "icu" Postgres would run the actions under the child's case-insensitive collation,
+so syncd leaves the key out; a citext child is compared byte for byte and the key is carried."""
 
 from __future__ import annotations
 
@@ -139,3 +142,90 @@ def test_which_foreign_keys_to_case_insensitive_keys_are_carried(tmp_path, make_
         assert len(lines) == 2
     none = preview(tmp_path, make_config, both.replace("tag", "tag_none"), "none")
     assert len(none) == 2 and all("ignoring case" in line and "will not carry" in line for line in none), none
+
+
+# A case-sensitive parent key: SQLite matches under its BINARY collation, whatever the child
+# column's. 'RED' is a parent of its own, so 'Red' -> 'Crimson' and deleting 'Blue' leave
+# the children of 'RED' and 'BLUE' alone.
+CASE_SENSITIVE_PARENT = """
+    CREATE TABLE tag (name TEXT PRIMARY KEY);
+    CREATE TABLE ev (id INTEGER PRIMARY KEY, tag TEXT COLLATE NOCASE REFERENCES tag(name) ON UPDATE CASCADE);
+    CREATE TABLE pin (id INTEGER PRIMARY KEY, tag TEXT COLLATE NOCASE REFERENCES tag(name) ON DELETE CASCADE);
+    INSERT INTO tag VALUES ('Red'), ('RED'), ('Blue'), ('BLUE');
+    INSERT INTO ev VALUES (1, 'Red'), (2, 'RED');
+    INSERT INTO pin VALUES (1, 'Blue'), (2, 'BLUE');"""
+SENSITIVE_APP = ["UPDATE tag SET name = 'Crimson' WHERE name = 'Red'", "DELETE FROM tag WHERE name = 'Blue'"]
+
+
+def case_sensitive_parent(tmp_path) -> list[tuple]:
+    """The application's file, and what SQLite (foreign keys on) makes of SENSITIVE_APP on a copy of it."""
+    for name in ("app.db", "as_sqlite.db"):
+        conn = sqlite3.connect(tmp_path / name, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=wal")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.executescript(CASE_SENSITIVE_PARENT)
+        conn.close()
+    lite = sqlite3.connect(tmp_path / "as_sqlite.db", isolation_level=None)
+    lite.execute("PRAGMA foreign_keys = ON")
+    for sql in SENSITIVE_APP:
+        lite.execute(sql)
+    expected = lite.execute(READ).fetchall()
+    lite.close()
+    assert expected == [("ev", 1, "Crimson"), ("ev", 2, "RED"), ("pin", 2, "BLUE")]
+    return expected
+
+
+async def test_a_case_insensitive_child_of_a_case_sensitive_key_under_icu_is_left_out_and_named(
+        tmp_path, make_config, pg_dsn):
+    # Under ICU the child column gets a nondeterministic collation, and Postgres runs a foreign
+    # key's actions (NO ACTION's check too) under the child column's collation: 'Red' -> 'Crimson'
+    # would rewrite the child 'RED' of the parent 'RED', and deleting 'Blue' delete 'BLUE''s child.
+    case_sensitive_parent(tmp_path)
+    db = tmp_path / "app.db"
+    cfg = backup_and_config(make_config, tmp_path, db, cutover={"nocase": "icu"})
+    schema = run_cli(cfg, "schema")
+    assert schema.returncode == 0, schema.stderr
+    assert ("-- NOT CARRIED: FOREIGN KEY (tag) REFERENCES tag (name): SQLite matches ev.tag to tag.name "
+            "case-sensitively (tag.name is BINARY)") in schema.stdout, schema.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        report = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+        left = {o["name"]: o for o in report["sources"][0]["not_migrated"]}
+        assert left["pin: FOREIGN KEY (tag) REFERENCES tag (name)"]["todo"].startswith(
+            "enforce it in the application, or keep pin.tag case-sensitive"), left
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert "NOT created: ev: FOREIGN KEY (tag) REFERENCES tag (name): SQLite matches ev.tag" in out, out
+        assert "NOT created: pin: FOREIGN KEY (tag) REFERENCES tag (name): SQLite matches pin.tag" in out, out
+        assert d.stop() == 0
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        assert await pg.fetch(FOREIGN_KEYS) == []
+    finally:
+        await pg.close()
+
+
+async def test_a_citext_child_of_a_case_sensitive_key_is_carried_and_matches_as_in_sqlite(
+        tmp_path, make_config, pg_dsn):
+    # A citext child of a text parent: Postgres's foreign key compares them with text's =
+    # (byte for byte), in its check and its actions alike, as SQLite's BINARY parent key does.
+    expected = case_sensitive_parent(tmp_path)
+    db = tmp_path / "app.db"
+    cfg = backup_and_config(make_config, tmp_path, db, cutover={"nocase": "citext"})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    pg = await asyncpg.connect(pg_dsn, server_settings={"search_path": "app"})
+    try:
+        assert [r[0] for r in await pg.fetch(FOREIGN_KEYS)] == ["ev_tag_fkey", "pin_tag_fkey"]
+        for sql in SENSITIVE_APP:
+            await pg.execute(sql)
+        got = [tuple(r) for r in await pg.fetch(READ)]
+        refused = None
+        try:
+            await pg.execute("INSERT INTO ev VALUES (3, 'red')")  # SQLite refuses it too: no parent 'red'
+        except asyncpg.ForeignKeyViolationError as e:
+            refused = e
+    finally:
+        await pg.close()
+    assert got == expected
+    assert refused is not None
