@@ -140,6 +140,16 @@ def test_which_foreign_keys_to_case_insensitive_keys_are_carried(tmp_path, make_
                                    "(name): its ON UPDATE SET NULL: Postgres sets it off when only the case of "
                                    f"tag_{nocase}.name changes"), lines
         assert len(lines) == 2
+    # The primary key matched byte for byte through PRIMARY KEY (name COLLATE BINARY): the column
+    # is NOCASE, so it becomes case-insensitive in Postgres, and its foreign key would ignore case.
+    for nocase in ("icu", "citext"):
+        through_binary = preview(tmp_path, make_config, """
+            CREATE TABLE tag (name TEXT COLLATE NOCASE, PRIMARY KEY (name COLLATE BINARY));
+            CREATE TABLE ev (id INTEGER PRIMARY KEY, tag TEXT REFERENCES tag);""", nocase)
+        assert through_binary == [
+            "schema: will not carry ev: FOREIGN KEY (tag) REFERENCES tag (its primary key): SQLite matches ev.tag to "
+            "tag.name case-sensitively (the primary key of tag is COLLATE BINARY), a Postgres foreign key would ignore "
+            "case (tag.name becomes case-insensitive at cutover): enforce it in the application"], through_binary
     none = preview(tmp_path, make_config, both.replace("tag", "tag_none"), "none")
     assert len(none) == 2 and all("ignoring case" in line and "will not carry" in line for line in none), none
 
@@ -192,7 +202,7 @@ async def test_a_case_insensitive_child_of_a_case_sensitive_key_under_icu_is_lef
         report = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
         left = {o["name"]: o for o in report["sources"][0]["not_migrated"]}
         assert left["pin: FOREIGN KEY (tag) REFERENCES tag (name)"]["todo"].startswith(
-            "enforce it in the application, or keep pin.tag case-sensitive"), left
+            "enforce it in the application, or make pin.tag plain text or citext"), left
         out = await cut_over(cfg, db, pg_dsn, daemon=d)
         assert "NOT created: ev: FOREIGN KEY (tag) REFERENCES tag (name): SQLite matches ev.tag" in out, out
         assert "NOT created: pin: FOREIGN KEY (tag) REFERENCES tag (name): SQLite matches pin.tag" in out, out

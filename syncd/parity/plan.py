@@ -186,7 +186,7 @@ def plan_source(schema: str, specs: dict[str, TableSpec], objects: SourceObjects
             plan.items.append(_plan_check(schema, spec, check, obj.collations, plan, names))
     for tname, spec in specs.items():
         for fk in objects.table(tname).foreign_keys:
-            plan.items.append(_plan_fk(schema, spec, fk, specs, objects, plan, names))
+            plan.items.append(_plan_fk(schema, spec, fk, specs, objects, plan, names, options))
     _plan_views(plan, specs, objects, names)
     for tname, spec in specs.items():
         for c in spec.columns:
@@ -516,7 +516,7 @@ def _plan_check(schema: str, spec: TableSpec, check, collations: dict[str, str],
 
 
 def _plan_fk(schema: str, spec: TableSpec, fk: ForeignKey, specs: dict[str, TableSpec], objects: SourceObjects,
-             plan: SourcePlan, names: Names) -> Item:
+             plan: SourcePlan, names: Names, options: Options) -> Item:
     cols = ", ".join(fk.columns)
     pcols = ", ".join(fk.parent_columns) if fk.parent_columns else "its primary key"
     item = Item("foreign key", spec.name, f"FOREIGN KEY ({cols}) REFERENCES {fk.parent} ({pcols})",
@@ -558,10 +558,10 @@ def _plan_fk(schema: str, spec: TableSpec, fk: ForeignKey, specs: dict[str, Tabl
         if action not in FK_ACTIONS:
             item.left_out = f"the action {action!r}"
             return item
-    nocase, why = _fk_collations(spec, fk, parent, pkey, objects, plan)
+    nocase, why, todo = _fk_collations(spec, fk, parent, pkey, objects, plan, options)
     if why:
-        item.left_out = why
-        item.todo = FK_CASE_TODO if why.endswith(FK_CASE_TODO) else "enforce it in the application"
+        item.left_out = f"{why}: {todo}"
+        item.todo = todo
         return item
     item.name = names.claim(fk.name or f"{spec.name}_{'_'.join(fk.columns)}_fkey")
     defer = " DEFERRABLE INITIALLY DEFERRED" if fk.deferrable else ""
@@ -585,16 +585,22 @@ def _plan_fk(schema: str, spec: TableSpec, fk: ForeignKey, specs: dict[str, Tabl
 
 FK_CASE_TODO = ("enforce it in the application, or make both columns citext (or text under one ICU nondeterministic "
                 "collation) and add the key by hand")
+FK_CHILD_CASE_TODO = ("enforce it in the application, or make {0} plain text or citext (a foreign key from either to "
+                      "a text key compares byte for byte) and add the key by hand")
 
 
 def _fk_collations(spec: TableSpec, fk: ForeignKey, parent: TableSpec, pkey: tuple[str, ...],
-                   objects: SourceObjects, plan: SourcePlan) -> tuple[tuple[bool, ...], str | None]:
+                   objects: SourceObjects, plan: SourcePlan,
+                   options: Options) -> tuple[tuple[bool, ...], str | None, str]:
     """Which of the foreign key's pairs SQLite matches ignoring case, or why Postgres
-    cannot match them as SQLite does. SQLite compares a child value with its parent under
-    the parent key's collation (the column's; for REFERENCES without columns, the
-    primary key's, which may name one of its own); a Postgres foreign key, under the
-    parent's collation for a child's write, the child's for ON UPDATE/DELETE. So it is
-    carried only where both columns become case-insensitive at cutover."""
+    cannot match them as SQLite does and what to do instead. SQLite compares a child
+    value with its parent under the parent key's collation (the column's; for REFERENCES
+    without columns, the primary key's, which may name one of its own); a Postgres
+    foreign key, under the parent's collation for a child's write, the child's for its
+    actions (NO ACTION's check included). So a key matched ignoring case is carried only
+    where both columns become case-insensitive at cutover, and one matched byte for byte
+    only where neither does, or the child becomes citext (whose foreign key to a text
+    key compares with text's =, byte for byte)."""
     pcoll = objects.table(parent.name).collations
     ccoll = objects.table(spec.name).collations
     if fk.parent_columns is None:
@@ -606,29 +612,37 @@ def _fk_collations(spec: TableSpec, fk: ForeignKey, parent: TableSpec, pkey: tup
     flags = []
     for c, p in zip(fk.columns, pkey):
         coll = by_pk.get(p, pcoll.get(p, "BINARY"))
+        where = (f"the primary key of {parent.name} is COLLATE {coll}" if pcoll.get(p, "BINARY") != coll
+                 else f"{parent.name}.{p} is {coll}" if coll == "BINARY" else f"{parent.name}.{p} is COLLATE {coll}")
         if coll == "BINARY":
+            head = (f"SQLite matches {spec.name}.{c} to {parent.name}.{p} case-sensitively ({where}), a Postgres "
+                    "foreign key would ignore case ")
+            if (parent.name, p) in carried:
+                return (), head + f"({parent.name}.{p} becomes case-insensitive at cutover)", \
+                    "enforce it in the application"
+            if (spec.name, c) in carried and options.nocase == "icu":
+                return (), (head + f"in its ON UPDATE and ON DELETE actions ({spec.name}.{c} becomes text "
+                            f'COLLATE "{NOCASE_COLLATION}" at cutover)'), FK_CHILD_CASE_TODO.format(f"{spec.name}.{c}")
             flags.append(False)
             continue
-        where = (f"the primary key of {parent.name} is COLLATE {coll}" if pcoll.get(p, "BINARY") != coll
-                 else f"{parent.name}.{p} is COLLATE {coll}")
         if coll != "NOCASE":
             return (), (f"SQLite matches {spec.name}.{c} to {parent.name}.{p} under {coll} ({where}), which no "
-                        "Postgres foreign key can: enforce it in the application")
+                        "Postgres foreign key can"), "enforce it in the application"
         head = f"SQLite matches {spec.name}.{c} to {parent.name}.{p} ignoring case ({where}), a Postgres foreign key "
         if pcoll.get(p) != "NOCASE" or (parent.name, p) not in carried:
-            return (), head + f"would not ({parent.name}.{p} stays case-sensitive there): {FK_CASE_TODO}"
+            return (), head + f"would not ({parent.name}.{p} stays case-sensitive there)", FK_CASE_TODO
         if ccoll.get(c) != "NOCASE" or (spec.name, c) not in carried:
             return (), (head + f"would not in its ON UPDATE and ON DELETE actions ({spec.name}.{c} stays "
-                        "case-sensitive there; declared COLLATE NOCASE in SQLite too, the key is carried): "
-                        f"{FK_CASE_TODO}")
+                        "case-sensitive there; declared COLLATE NOCASE in SQLite too, the key is carried)"), \
+                FK_CASE_TODO
         flags.append(True)
     if any(flags) and fk.on_update in ("RESTRICT", "SET NULL", "SET DEFAULT"):
         # Postgres compares the old and new parent key byte for byte: 'Red' -> 'RED' sets
         # off the action there, where SQLite sees no change of key.
         changed = ", ".join(f"{parent.name}.{p}" for p, f in zip(pkey, flags) if f)
         return (), (f"its ON UPDATE {fk.on_update}: Postgres sets it off when only the case of {changed} changes "
-                    f"(SQLite matches the key ignoring case, and sees no change): {FK_CASE_TODO}")
-    return tuple(flags), None
+                    f"(SQLite matches the key ignoring case, and sees no change)"), FK_CASE_TODO
+    return tuple(flags), None, ""
 
 
 def _column_named(spec: TableSpec, name: str) -> str | None:
