@@ -155,7 +155,7 @@ def fetchall_text_safe(conn: sqlite3.Connection, sql: str, params: Any = ()) -> 
         conn.text_factory = old
 
 
-FIRST_PIECE_ROWS, PIECE_ROWS = 1, 32  # rows fetched at a time by fetch_within: its overshoot at worst
+FIRST_PIECE_ROWS, PIECE_ROWS = 1, 128  # rows fetched at a time by fetch_within: its overshoot at worst
 
 
 def fetch_within(conn: sqlite3.Connection, sql: str, params: Any, budget: int,
@@ -188,17 +188,17 @@ def _fetch_within(conn: sqlite3.Connection, sql: str, params: Any, budget: int,
     spent, n = 0, FIRST_PIECE_ROWS
     try:
         while part := cur.fetchmany(n):
-            sizes = list(map(weight, part))
-            if spent + sum(sizes) > budget:
-                for i, size in enumerate(sizes):
+            piece = sum(map(weight, part))
+            if spent + piece > budget:
+                for i, size in enumerate(map(weight, part)):
                     spent += size
                     if spent > budget:
                         rows += part[:i + 1]
                         return rows, False
-            spent += sum(sizes)
+            spent += piece
             rows += part
             # As many rows as fit in what is left if each weighs what the heaviest so far did.
-            n = max(1, min(PIECE_ROWS, (budget - spent) // max(1, max(sizes))))
+            n = max(1, min(PIECE_ROWS, (budget - spent) // max(1, max(map(weight, part)))))
         return rows, True
     finally:
         cur.close()
