@@ -7,14 +7,12 @@ has finished, not before. Written then, each write reaches SQLite by the way bac
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
 
 import asyncpg
 
 from tests.conftest import write_config
-from tests.support.daemon import DaemonProcess, held_at, run_cli, syncd_cmd, wait_for
+from tests.support.daemon import DaemonProcess, held_at, run_cli, wait_for
 from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.way_back import back_up, backup_and_config, orders_app, sqlite_write, typeof, wait_back
 from tests.test_pgbouncer import pgbouncer  # noqa: F401 - the fixture
@@ -45,12 +43,7 @@ async def test_the_applications_postgres_writes_during_a_cutover_are_refused_nev
         assert run_cli(cfg, "verify", "--source", "app").returncode == 0
         # The cutover stops after its verification, before its last transaction: the
         # file is frozen, identities are not set, the way back does not capture yet.
-        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=str(cfg.parent),
-                                env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified",
-                                     "SYNCD_CUTOVER_RESUME_ON": str(tmp_path / "go")})
-        try:
-            assert proc.stdout.readline().strip() == "holding at verified"
+        with held_at(cfg, "cutover", "verified", resume_on=tmp_path / "go") as proc:
             frozen = sqlite_write(db, "c, new in SQLite")
             assert frozen is not None
             # The application turns to Postgres at once.
@@ -58,9 +51,6 @@ async def test_the_applications_postgres_writes_during_a_cutover_are_refused_nev
             _, insert_refused = await postgres(pg_dsn, INSERT)
             (tmp_path / "go").touch()
             out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert proc.returncode == 0, out
         # What Postgres refused the application writes again, once the cutover has returned.
         if update_refused:
@@ -143,20 +133,12 @@ async def test_syncd_sessions_pass_the_guard_through_pgbouncer_in_transaction_mo
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert run_cli(cfg, "verify", "--source", "app").returncode == 0
-        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=str(cfg.parent),
-                                env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "frozen",
-                                     "SYNCD_CUTOVER_RESUME_ON": str(tmp_path / "go")})
-        try:
-            assert proc.stdout.readline().strip() == "holding at frozen"
+        with held_at(cfg, "cutover", "frozen", resume_on=tmp_path / "go") as proc:
             assert await through_the_pooler("syncd elsewhere pid 1") is None
             refused = await through_the_pooler("the application")
             assert refused is not None and "syncd cutover in progress" in refused, refused
             (tmp_path / "go").touch()
             out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert proc.returncode == 0, out
         assert await through_the_pooler("the application") is None
         assert d.stop() == 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncpg
 
 from syncd.identifiers import qualified, quote_literal, quote_pg_ident
-from syncd.reverse.capture import FREEZE_LOCK_STEP, WRITER_PREFIX, _dollar, take_in_tries
+from syncd.reverse.capture import FREEZE_LOCK_STEP, refusing_function_sql, take_in_tries
 
 GUARD_TRIGGER = "_syncd_cutover_guard"
 
@@ -34,21 +34,9 @@ def function_name(bk: str, key: int) -> str:
 
 
 def guard_function_sql(bk: str, source: str, key: int, message: str) -> str:
-    mine = f"left(current_setting('application_name'), {len(WRITER_PREFIX)}) = {quote_literal(WRITER_PREFIX)}"
-    body = f"""
-BEGIN
-  IF {mine} IS NOT TRUE AND EXISTS (SELECT 1 FROM {qualified(bk, 'switches')} WHERE source = {quote_literal(source)}
-      AND kind = 'cutover' AND state IN ('started', 'frozen')) THEN
-    RAISE EXCEPTION USING ERRCODE = '25006',
-      MESSAGE = format('table %I.%I: %s', TG_TABLE_SCHEMA, TG_TABLE_NAME, {quote_literal(message)});
-  END IF;
-  RETURN NULL;
-END
-"""
-    tag = _dollar(body)
-    # SECURITY DEFINER: the application's role needs no privilege on syncd's bookkeeping.
-    return (f"CREATE OR REPLACE FUNCTION {function_name(bk, key)}() RETURNS trigger LANGUAGE plpgsql "
-            f"SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {tag}{body}{tag}")
+    open_cutover = (f"EXISTS (SELECT 1 FROM {qualified(bk, 'switches')} WHERE source = {quote_literal(source)} "
+                    "AND kind = 'cutover' AND state IN ('started', 'frozen'))")
+    return refusing_function_sql(function_name(bk, key), message, open_cutover, definer=True)
 
 
 async def guard(conn: asyncpg.Connection, bk: str, source: str, key: int, schema: str, tables: list[str],

@@ -353,10 +353,18 @@ async def take_in_tries(conn: asyncpg.Connection, schema: str, tables: list[str]
 
 
 def freeze_function_sql(names: Names, message: str) -> str:
+    return refusing_function_sql(names.freeze_function, message)
+
+
+def refusing_function_sql(function: str, message: str, when: str = "", definer: bool = False) -> str:
+    """A statement trigger's function refusing every session but syncd's own (by its
+    application_name) with `message`, naming the table; `when`: an SQL condition the
+    refusal needs besides. `definer`: SECURITY DEFINER, for a condition reading syncd's
+    bookkeeping, on which the application's role has no privilege."""
     mine = f"left(current_setting('application_name'), {len(WRITER_PREFIX)}) = {quote_literal(WRITER_PREFIX)}"
     body = f"""
 BEGIN
-  IF {mine} IS NOT TRUE THEN
+  IF {mine} IS NOT TRUE{f" AND {when}" if when else ""} THEN
     RAISE EXCEPTION USING ERRCODE = '25006',
       MESSAGE = format('table %I.%I: %s', TG_TABLE_SCHEMA, TG_TABLE_NAME, {quote_literal(message)});
   END IF;
@@ -364,8 +372,8 @@ BEGIN
 END
 """
     tag = _dollar(body)
-    return (f"CREATE OR REPLACE FUNCTION {names.freeze_function}() RETURNS trigger LANGUAGE plpgsql "
-            f"SET search_path = pg_catalog, pg_temp AS {tag}{body}{tag}")
+    return (f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+            f"{'SECURITY DEFINER ' if definer else ''}SET search_path = pg_catalog, pg_temp AS {tag}{body}{tag}")
 
 
 async def freeze(conn: asyncpg.Connection, names: Names, schema: str, tables: list[str], message: str) -> None:

@@ -142,15 +142,20 @@ def open_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
 
 def fetchall_text_safe(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[tuple]:
     """fetchall() that survives text that is not valid UTF-8 (SQLite does not check)."""
+    return _text_safe(conn, lambda: conn.execute(sql, params).fetchall())
+
+
+def _text_safe(conn: sqlite3.Connection, read: Callable[[], T]) -> T:
+    """read(), once more with invalid UTF-8 read as surrogates where it met some."""
     try:
-        return conn.execute(sql, params).fetchall()
+        return read()
     except sqlite3.OperationalError as e:
         if "decode" not in str(e):
             raise
     old = conn.text_factory
     conn.text_factory = surrogate_text
     try:
-        return conn.execute(sql, params).fetchall()
+        return read()
     finally:
         conn.text_factory = old
 
@@ -167,17 +172,7 @@ def fetch_within(conn: sqlite3.Connection, sql: str, params: Any, budget: int,
     row was read. Fetched a few at a time, fewer as rows grow heavy: an uncut read
     costs about what fetchall() does. Survives text that is not valid UTF-8, as
     fetchall_text_safe does."""
-    try:
-        return _fetch_within(conn, sql, params, budget, size_at)
-    except sqlite3.OperationalError as e:
-        if "decode" not in str(e):
-            raise
-    old = conn.text_factory
-    conn.text_factory = surrogate_text
-    try:
-        return _fetch_within(conn, sql, params, budget, size_at)
-    finally:
-        conn.text_factory = old
+    return _text_safe(conn, lambda: _fetch_within(conn, sql, params, budget, size_at))
 
 
 def _fetch_within(conn: sqlite3.Connection, sql: str, params: Any, budget: int,
