@@ -210,6 +210,11 @@ def psql_timed(dsn: str, script: str) -> float:
     """Run a psql script and return the seconds its statements took as psql's \\timing
     reports them (each from sending it to its result): psql's own start and connection,
     about 40 ms here, are not an anchor's work."""
+    return sum(psql_times(dsn, script))
+
+
+def psql_times(dsn: str, script: str) -> list[float]:
+    """psql_timed's seconds, one per statement (and backslash command) in order."""
     out = subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-qAt", "-f", "-"], input="\\timing on\n" + script,
                          capture_output=True, text=True)
     if out.returncode != 0:
@@ -217,7 +222,7 @@ def psql_timed(dsn: str, script: str) -> float:
     times = re.findall(r"^Time: ([0-9.]+) ms", out.stdout, re.M)
     if not times:
         raise RuntimeError(f"psql printed no timing: {out.stdout[-300:]!r}")
-    return sum(float(t) for t in times) / 1000
+    return [float(t) / 1000 for t in times]
 
 
 def with_database(dsn: str, name: str) -> str:
