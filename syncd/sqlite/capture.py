@@ -127,7 +127,8 @@ def trigger_sql(tid: int, spec: TableSpec) -> dict[str, str]:
     # trigger. Finding that row in a trigger means naming the table in the trigger's
     # body, which SQLite does not rewrite on ALTER TABLE RENAME under legacy_alter_table:
     # the application's next write would fail. The periodic verification finds such a
-    # row and repairs it (docs/operations.md).
+    # row and repairs it (docs/operations.md). Nor is a BLOB written in place through
+    # incremental I/O (sqlite3_blob_write): no UPDATE runs, so no trigger fires at all.
     return out
 
 
