@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from pathlib import Path
 
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, peak_rss_mb
 from tests.support.sync import pg_rows, wait_caught_up
 
 ROWS = 300
 SIZE = 1024 * 1024  # 300 x 1 MB: 300 MB of values in one table
 PEAK_RSS_MB = 250  # a daemon holding every row at once (or twice) is far above this
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set size so far (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc/<pid>/status")
 
 
 def digests(conn: sqlite3.Connection) -> list[tuple]:

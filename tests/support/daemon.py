@@ -96,6 +96,14 @@ class DaemonProcess:
             self._log.close()
 
 
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident set size so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
 def wait_for(cond: Callable[[], object], timeout: float, what: str, daemon: DaemonProcess | None = None,
              interval: float = 0.1):
     """Poll until cond() is truthy (liveness bound only; timing is for bench/)."""
