@@ -23,7 +23,7 @@ from syncd.model import TableSpec, entries_within_values
 from syncd.reverse.capture import OP_INSERT, OP_TRUNCATE, Names
 from syncd.reverse.checkpoint import ReverseCheckpoint
 from syncd.reverse.values import OutOfRange
-from syncd.types import PgType
+from syncd.types import VARIABLE_WIDTH, PgType
 
 # Output settings a session reading keys back needs (the capture functions use the same).
 SESSION_SETTINGS = (
@@ -127,7 +127,12 @@ class ReverseBatch:
         return self.entries == 0
 
 
-def _rows_sql(schema: str, st: SourceTable) -> tuple[str, Selected]:
+def _rows_sql(schema: str, st: SourceTable, budget: int | None = None) -> tuple[str, Selected]:
+    """The current rows of keys given as text arrays, in the arrays' order: per key its
+    ordinal, whether the row found has the key's very spelling, the key and the row's
+    values (see Selected). `budget`: the table's value_bytes_sql() (bytes of its
+    variable-width values) follows the flag, and rows stop after the one whose bytes,
+    added to the rows' before it, pass `budget` (the rest are never sent)."""
     spec = st.spec
     nkey = len(spec.key)
     cols = ", ".join(f"k{i}" for i in range(nkey))
@@ -140,9 +145,35 @@ def _rows_sql(schema: str, st: SourceTable) -> tuple[str, Selected]:
     exact = " AND ".join(f'(t.{quote_pg_ident(k)}::text COLLATE "C") = c.k{i}' for i, k in enumerate(spec.key))
     values = [f"t.{quote_pg_ident(c)}" for c in spec.column_names]
     sel = select_list(typed + values, st.key_families() + st.families if st.families else ())
-    return (f"SELECT c.ord, coalesce({exact}, false), {sel.sql} "
-            f"FROM unnest({arrays}) WITH ORDINALITY AS c({cols}, ord) "
-            f"LEFT JOIN {qualified(schema, spec.name)} AS t ON {on} ORDER BY c.ord"), sel
+    source = (f"FROM unnest({arrays}) WITH ORDINALITY AS c({cols}, ord) "
+              f"LEFT JOIN {qualified(schema, spec.name)} AS t ON {on}")
+    if budget is None:
+        return f"SELECT c.ord, coalesce({exact}, false), {sel.sql} {source} ORDER BY c.ord", sel
+    size = value_bytes_sql(st, "t")
+    # The running total is of sizes only: the values themselves stay in Postgres's
+    # TOAST until a row is sent. The list is renamed as a whole: a column may be called anything.
+    out = [f"v{i}" for i in range(len(typed) + len(values) + len(sel.guarded))]
+    return (f"SELECT o, x, n, {', '.join(out)} FROM (SELECT c.ord, coalesce({exact}, false), {size}, "
+            f"sum({size}) OVER (ORDER BY c.ord), {sel.sql} {source}) AS s(o, x, n, upto, {', '.join(out)}) "
+            f"WHERE upto - n <= ${nkey + 1}::bigint ORDER BY o"), sel
+
+
+def sized_columns(st: SourceTable) -> tuple[int, ...]:
+    """Positions (spec order) of the columns whose values may be of any length in Postgres
+    (types.VARIABLE_WIDTH): a table without any is read without being measured."""
+    families = st.families or tuple(c.pgtype for c in st.spec.columns)
+    return tuple(i for i, fam in enumerate(families) if fam in VARIABLE_WIDTH)
+
+
+def value_bytes_sql(st: SourceTable, alias: str) -> str:
+    """SQL of the bytes a row's variable-width values weigh, as octet_length() reads them
+    (of a text or bytea from its TOAST header, without reading the value)."""
+    families = st.families or tuple(c.pgtype for c in st.spec.columns)
+    parts = []
+    for i in sized_columns(st):
+        ref = f"{alias}.{quote_pg_ident(st.spec.columns[i].name)}"
+        parts.append(f"coalesce(octet_length({ref}{'' if families[i] == PgType.BYTEA else '::text'}), 0)")
+    return "(" + " + ".join(parts) + ")"
 
 
 async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables: dict[int, SourceTable],
@@ -168,81 +199,131 @@ async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables
                                      {tid: len(st.spec.columns) for tid, st in tables.items()})
         complete = len(entries) < limit and keep is None
         entries = entries if keep is None else entries[:keep]
-        last = (entries[-1][0], entries[-1][1]) if entries else cp.after
-        batch = ReverseBatch(before=cp, after=cp.advanced(target, last, complete), entries=len(entries),
-                             clock_offset=offset)
         if not entries:
-            return batch
-        sizes = await _fill(conn, schema, tables, batch, entries)
-        cut, spent = None, 0
-        for i, size in enumerate(sizes):
-            spent += size
-            if spent > BATCH_VALUE_BYTES and i > 0:
-                cut = i
-                break
-        if cut is not None:  # large rows: the rest are read by the next batch, as when the limit is reached
-            entries = entries[:cut]
-            batch = ReverseBatch(before=cp, after=cp.advanced(target, (entries[-1][0], entries[-1][1]), False),
-                                 entries=len(entries), clock_offset=offset)
-            await _fill(conn, schema, tables, batch, entries)
+            return ReverseBatch(before=cp, after=cp.advanced(target, cp.after, complete), clock_offset=offset)
+        wanted = _wanted(tables, entries)
+        read, cut = await _read_sized(conn, schema, wanted, len(entries))
+        if cut < len(entries):  # large rows: the rest are read by the next batch, as when the limit is reached
+            entries, complete = entries[:cut], False
+        batch = ReverseBatch(before=cp, after=cp.advanced(target, (entries[-1][0], entries[-1][1]), complete),
+                             entries=len(entries), clock_offset=offset)
+        await _fill(conn, schema, wanted, read, batch, entries)
         return batch
 
 
 # About this many bytes of values make one batch of the way back at most (a batch is one
 # SQLite transaction, holding SQLite's write lock while it is written): a batch of large
-# rows is cut short, as a wide table's is, and the rest is read by the next batch.
+# rows is cut short, as a wide table's is, and the rest is read by the next batch. The
+# rows of tables with variable-width columns are measured in Postgres (value_bytes_sql)
+# before they are sent: a batch never reads much more than this into memory.
 BATCH_VALUE_BYTES = 32 * 1024 * 1024
 
 
-def _row_bytes(values) -> int:
-    return sum(len(v) if isinstance(v, (str, bytes, bytearray, memoryview)) else 8 for v in values)
+@dataclass
+class _Wanted:
+    """One followed table's part of a batch's entries: each key's first op and the
+    position of its first entry, and the position of its first TRUNCATE (keys first seen
+    after it are never read: the table is copied again if the batch reaches it)."""
+
+    st: SourceTable
+    keys: dict[tuple, tuple[int, int]] = field(default_factory=dict)
+    truncated_at: int | None = None
+
+    def before(self, cut: int) -> list[tuple[tuple, int, int]]:
+        """(key, first op, position) of the keys first seen before position `cut`, in order."""
+        return [(k, op, pos) for k, (op, pos) in self.keys.items() if pos < cut]
 
 
-async def _fill(conn: asyncpg.Connection, schema: str, tables: dict[int, SourceTable], batch: ReverseBatch,
-                entries: list) -> list[int]:
-    """Read the rows of `entries` into `batch`; returns, per entry, the bytes of values it
-    brought in (0 for a key an earlier entry brought already)."""
-    stamps = [float(e[5]) for e in entries]
-    batch.oldest_at, batch.newest_at = min(stamps), max(stamps)
-    keys: dict[int, dict[tuple, int]] = {}
-    brought: dict[tuple[int, tuple], int] = {}
-    for _txid, _seq, tid, op, key, _at in entries:
+def _wanted(tables: dict[int, SourceTable], entries: list) -> dict[int, _Wanted]:
+    wanted: dict[int, _Wanted] = {}
+    for pos, (_txid, _seq, tid, op, key, _at) in enumerate(entries):
         st = tables.get(tid)
         if st is None:
-            batch.skipped[tid] += 1
             continue
-        tb = batch.tables.get(tid)
-        if tb is None:
-            tb = batch.tables[tid] = TableBatch(tid, st.spec.name)
+        w = wanted.get(tid)
+        if w is None:
+            w = wanted[tid] = _Wanted(st)
         if op == OP_TRUNCATE:
-            tb.truncated = True
+            if w.truncated_at is None:
+                w.truncated_at = pos
+        elif w.truncated_at is None:
+            w.keys.setdefault(tuple(key), (op, pos))  # the first op says insert or not
+    return wanted
+
+
+async def _read_sized(conn: asyncpg.Connection, schema: str, wanted: dict[int, _Wanted],
+                      n: int) -> tuple[dict[int, list[tuple[tuple, int, int, asyncpg.Record]]], int]:
+    """The rows of the tables with variable-width columns, read first, each within
+    BATCH_VALUE_BYTES (Postgres stops sending a table's rows after the one passing it),
+    and where the batch of `n` entries ends: before the first entry (never the first of
+    all) whose row brings the batch's values past BATCH_VALUE_BYTES. A table whose rows
+    passed the budget has placed the end at that row at the latest, so each table read
+    after it is asked only for the keys before the end, and the rows read beyond it are
+    dropped as it moves earlier: about twice the budget at most is held at once.
+    Returns, per table read, (key, first op, position of its first entry, record)."""
+    budget = BATCH_VALUE_BYTES
+    sizes: dict[int, int] = {}  # position of a key's first entry -> bytes its row brought
+    read: dict[int, list[tuple[tuple, int, int, asyncpg.Record]]] = {}
+    cut = n
+    for tid, w in wanted.items():
+        ordered = w.before(cut)
+        if not ordered or not sized_columns(w.st):
             continue
-        keys.setdefault(tid, {}).setdefault(tuple(key), op)  # the first op says insert or not
+        sql, _sel = _rows_sql(schema, w.st, budget)
+        got = []
+        for r in await conn.fetch(sql, *[list(col) for col in zip(*(k for k, _, _ in ordered))], budget):
+            key, op, pos = ordered[r[0] - 1]
+            sizes[pos] = sizes.get(pos, 0) + r[2]
+            got.append((key, op, pos, r))
+        read[tid] = got
+        spent = 0
+        for pos in sorted(sizes):
+            spent += sizes[pos]
+            if spent > budget:
+                cut = min(cut, max(pos, 1))
+                break
+        if cut < n:
+            read = {t: [x for x in rows if x[2] < cut] for t, rows in read.items()}
+    return read, cut
+
+
+async def _fill(conn: asyncpg.Connection, schema: str, wanted: dict[int, _Wanted],
+                read: dict[int, list[tuple[tuple, int, int, asyncpg.Record]]], batch: ReverseBatch,
+                entries: list) -> None:
+    """Put the rows of `entries` (the batch's, read by _read_sized or now) into `batch`."""
+    stamps = [float(e[5]) for e in entries]
+    batch.oldest_at, batch.newest_at = min(stamps), max(stamps)
+    for _txid, _seq, tid, _op, _key, _at in entries:
+        if tid not in wanted:
+            batch.skipped[tid] += 1
+        elif tid not in batch.tables:
+            batch.tables[tid] = TableBatch(tid, wanted[tid].st.spec.name)
+    cut = len(entries)
     for tid, tb in batch.tables.items():
-        if tb.truncated:
-            continue  # copied again in full: its rows and keys are not needed
-        st = tables[tid]
-        wanted = keys.get(tid, {})
-        if not wanted:
+        w = wanted[tid]
+        if w.truncated_at is not None and w.truncated_at < cut:
+            tb.truncated = True  # copied again in full: its rows and keys are not needed
             continue
-        ordered = list(wanted.items())
-        columns = [list(col) for col in zip(*(k for k, _ in ordered))]
-        nkey = len(st.spec.key)
-        sql, sel = _rows_sql(schema, st)
-        for r in await conn.fetch(sql, *columns):
-            key, first_op = ordered[r[0] - 1]
-            got = sel.values(r[2:])
+        sql, sel = _rows_sql(schema, w.st)
+        rows = read.get(tid)
+        if rows is None:  # a table of fixed-width columns only: read as it is, never measured
+            ordered = w.before(cut)
+            if not ordered:
+                continue
+            rows = [(*ordered[r[0] - 1], r) for r in await conn.fetch(
+                sql, *[list(col) for col in zip(*(k for k, _, _ in ordered))])]
+            first = 2
+        else:
+            first = 3  # after the row's bytes
+        nkey = len(w.st.spec.key)
+        for _key, first_op, _pos, r in rows:
+            got = sel.values(r[first:])
             if r[1]:
                 tb.rows.append(got[nkey:])
                 tb.ops["insert" if first_op == OP_INSERT else "update"] += 1
-                brought[(tid, key)] = _row_bytes(got[nkey:])
             else:
                 tb.deletes.append(got[:nkey])
                 tb.ops["delete"] += 1
-    sizes = []
-    for _txid, _seq, tid, _op, key, _at in entries:
-        sizes.append(brought.pop((tid, tuple(key)), 0) if key is not None else 0)
-    return sizes
 
 
 UNCOVERED = ("txid >= txid_snapshot_xmin($1::text::txid_snapshot) "
