@@ -15,12 +15,12 @@ from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any
+from typing import Any, Callable
 
 from syncd.identifiers import quote_ident
 from syncd.model import BATCH_VALUE_BYTES, TableSpec, entries_within_values, unshadowed_rowid_name
 from syncd.sqlite.capture import CHANGELOG, META, OP_INSERT, slot
-from syncd.sqlite.connection import empty_file, fetch_within, fetchall_text_safe, no_such_table
+from syncd.sqlite.connection import empty_file, fetch_within, fetchall_text_safe, no_such_table, weigher
 from syncd.types import needs_conversion_filter
 
 CL = quote_ident(CHANGELOG)
@@ -60,23 +60,19 @@ class ChangeBatch:
         return self.entries == 0
 
 
-def value_bytes_sql(spec: TableSpec, alias: str) -> str | None:
-    """SQL of the bytes a row's variable-width values weigh (SQLite's length(): of a
-    BLOB without reading it, of a text in characters), or None for a table without
-    such columns, whose rows are never measured. `alias`: the table's, in the query."""
-    sized = spec.sized_columns
-    if not sized:
-        return None
-    return " + ".join(f"ifnull(length({alias}.{spec.sqlite_ref(c)}), 0)" for c in sized)
+def _weigher(spec: TableSpec, first: int) -> Callable[[list[tuple]], int] | None:
+    """What rows whose columns start at `first` weigh (connection.weigher), or None for a
+    table without variable-width columns, whose rows are never weighed."""
+    names = spec.column_names
+    return weigher([first + names.index(c) for c in spec.sized_columns])
 
 
-def _join_sql(spec: TableSpec, sized: bool = False) -> str:
+def _join_sql(spec: TableSpec, with_seq: bool = False) -> str:
     """Per changelog entry of one table in the range, in seq order: the key, the op,
     flags, the current row. Repeated keys are coalesced in Python (_collect): a
     GROUP BY here sorts every entry through a temporary b-tree, which cost SQLite
-    twice the join itself (bench/change_drain.py prints both plans). `sized`: the
-    entry's seq and the row's bytes (value_bytes_sql) come between the flags and the
-    row (_read_sized).
+    twice the join itself (bench/change_drain.py prints both plans). `with_seq`: the
+    entry's seq comes between the flags and the row (_read_sized).
 
     Flags are worked out in SQL so the common case costs Python nothing: `nullkey`
     (a NULL in the key), `present` (the row exists), `exact` (the row found has
@@ -96,7 +92,7 @@ def _join_sql(spec: TableSpec, sized: bool = False) -> str:
     # 1 and 1.0 are one value to Python and to SQLite's `=`, but two keys to Postgres:
     # which slots hold a real makes (key..., mask) tell them apart (_distinct_keys).
     reals = " + ".join(f"{1 << i} * (typeof(c.{slot(i)}) = 'real')" for i in range(nkey))
-    size = f"c.seq, {value_bytes_sql(spec, 't')}, " if sized else ""
+    size = "c.seq, " if with_seq else ""
     return (
         f"SELECT {c_slots}, {reals}, c.op, {nullkey}, t.{first_key} IS NOT NULL, coalesce({exact}, 0), {size}{cols} "
         f"FROM main.{CL} AS c LEFT JOIN main.{quote_ident(spec.name)} AS t ON {on} "
@@ -104,10 +100,10 @@ def _join_sql(spec: TableSpec, sized: bool = False) -> str:
     )
 
 
-def _join_first(spec: TableSpec, sized: bool) -> int:
+def _join_first(spec: TableSpec, with_seq: bool) -> int:
     """Where a _join_sql row's columns start: after the key, mask, op, nullkey, present,
-    exact (and, sized, seq and size)."""
-    return len(spec.key) + (7 if sized else 5)
+    exact (and, with_seq, the entry's seq)."""
+    return len(spec.key) + (6 if with_seq else 5)
 
 
 def _distinct_keys(rows: list[tuple], nkey: int) -> list[tuple]:
@@ -130,10 +126,10 @@ def _distinct_keys(rows: list[tuple], nkey: int) -> list[tuple]:
     return out
 
 
-def _collect(changes: TableChanges, rows: list[tuple], sized: bool = False) -> None:
+def _collect(changes: TableChanges, rows: list[tuple], with_seq: bool = False) -> None:
     spec = changes.spec
     nkey = len(spec.key)
-    first = _join_first(spec, sized)
+    first = _join_first(spec, with_seq)
     key_idx = spec.key_indexes
     upserts, deletes = changes.upserts, changes.deletes
     rows = _distinct_keys(rows, nkey)
@@ -235,32 +231,51 @@ def _within_values(entries: list[tuple], limit: int, streaming: dict[int, TableS
 
 def _read_sized(conn: sqlite3.Connection, after_seq: int, entries: list[tuple],
                 streaming: dict[int, TableSpec]) -> tuple[dict[int, list[tuple]], int]:
-    """The rows of the entries of tables with variable-width columns (_join_sql, sized),
-    read first, and where the batch ends: at the last entry, or earlier, at the entry
-    whose row brings the batch's values past BATCH_VALUE_BYTES. A cut keeps every entry
-    up to it, of every table (seq order), and so at least the first. Tables without such
-    columns are read afterwards, up to where the batch ends, and never measured."""
+    """The rows of the entries of tables with variable-width columns (_join_sql), read
+    first, and where the batch ends: at the last entry, or earlier, at the entry whose
+    row brings the batch's values past BATCH_VALUE_BYTES. A cut keeps every entry up to
+    it, of every table (seq order), and so at least the first. Tables without such
+    columns are read afterwards, up to where the batch ends, and never weighed.
+
+    A table's rows are its entries' in order, one each, so the entry of a row is found
+    among `entries`; only a [sources.keys] key, whose entry may match two rows, reads
+    each row's seq with it (_join_sql, with_seq)."""
     last_seq = entries[-1][0]
     budget = BATCH_VALUE_BYTES
     read: dict[int, list[tuple]] = {}
+    seqs: dict[int, list[int]] = {}
+
+    def seq_of_row(tid: int, rows: list[tuple], i: int) -> int:
+        spec = streaming[tid]
+        if spec.key_origin == "configured":
+            return rows[i][_join_first(spec, True) - 1]
+        if tid not in seqs:
+            seqs[tid] = [e[0] for e in entries if e[1] == tid]
+        return seqs[tid][i]
+
     for tid in sorted(set(map(itemgetter(1), entries))):
         spec = streaming.get(tid)
         if spec is None or not spec.sized_columns:
             continue
-        at = _join_first(spec, True) - 2  # the entry's seq; its row's bytes follow
-        rows, whole = fetch_within(conn, _join_sql(spec, sized=True), (after_seq, last_seq, tid), budget, at + 1)
-        budget -= sum(map(itemgetter(at + 1), rows))
+        configured = spec.key_origin == "configured"
+        weigh = _weigher(spec, _join_first(spec, configured))
+        assert weigh is not None
+        sql = _join_sql(spec, with_seq=configured)
+        rows, whole, weight = fetch_within(conn, sql, (after_seq, last_seq, tid), budget, weigh)
+        budget -= weight
         read[tid] = rows
         if not whole:
-            last_seq = rows[-1][at]
-            if spec.key_origin == "configured":
+            last_seq = seq_of_row(tid, rows, len(rows) - 1)
+            if configured:
                 # An entry of a [sources.keys] key may match two rows, one of them past
                 # the cut: read again in full up to it, the duplicate is then seen.
                 del read[tid]
-    for tid, rows in read.items():  # read before the batch was cut (further): drop what lies past the cut
-        at = _join_first(streaming[tid], True) - 2
-        if rows and rows[-1][at] > last_seq:
-            read[tid] = [r for r in rows if r[at] <= last_seq]
+    if last_seq < entries[-1][0]:
+        for tid, rows in read.items():  # read before the batch was cut (further): drop what lies past the cut
+            keep = len(rows)
+            while keep and seq_of_row(tid, rows, keep - 1) > last_seq:
+                keep -= 1
+            read[tid] = rows[:keep]
     return read, last_seq
 
 
@@ -349,7 +364,7 @@ def read_changes(
             changes = TableChanges(tid=tid, spec=spec)
             if spec.key_origin == "configured" and len(rows) > per_tid[tid]:  # an entry matched two rows
                 changes.duplicate = duplicated_key(conn, spec, after_seq, batch.last_seq, tid)
-            _collect(changes, rows, sized=tid in sized)
+            _collect(changes, rows, with_seq=tid in sized and spec.key_origin == "configured")
             if changes.null_keys and not _has_null_key(conn, spec):
                 changes.null_keys = 0  # those rows got a key (or went): their changes are recorded too
             batch.tables[tid] = changes
@@ -552,23 +567,18 @@ def read_snapshot_chunk(
     with variable-width columns' rows weigh BATCH_VALUE_BYTES together; returns the rows
     and the position of the last one. The caller owns the read transaction."""
     cols = ", ".join(f"s.{spec.sqlite_ref(c)}" for c in spec.column_names)
-    size = value_bytes_sql(spec, "s")
-    sql, params, kind = _chunk_query(spec, after, limit, cols if size is None else f"{size}, {cols}")
-    skip = (kind == "rowid") + (size is not None)  # the rowid, then the row's bytes, come before the row
-    if size is None:
+    sql, params, kind = _chunk_query(spec, after, limit, cols)
+    weigh = _weigher(spec, int(kind == "rowid"))  # the rowid comes before the row
+    if weigh is None:
         rows = fetchall_text_safe(conn, sql, params)
     else:
-        rows, _ = fetch_within(conn, sql, params, BATCH_VALUE_BYTES, skip - 1)
+        rows, _, _ = fetch_within(conn, sql, params, BATCH_VALUE_BYTES, weigh)
     if not rows:
         return [], after
-    if kind == "rowid":
-        pos: tuple = (rows[-1][0],)
-    if skip:
-        rows = list(map(itemgetter(slice(skip, None)), rows))
     if kind == "alias":
         return rows, (rows[-1][spec.key_indexes[0]],)
     if kind == "rowid":
-        return rows, pos
+        return [r[1:] for r in rows], (rows[-1][0],)
     idx = spec.key_indexes
     return rows, tuple(rows[-1][i] for i in idx)
 
