@@ -4,7 +4,8 @@ entries, and the rows of a batch are read from Postgres within a budget of bytes
 all at once before the batch is cut for SQLite. The application inserting 300 rows of
 1 MB in one Postgres transaction, then rewriting all of them in one UPDATE, keeps the
 daemon's peak RSS well under what those rows weigh together, and every row comes back
-to SQLite as Postgres holds it."""
+to SQLite as Postgres holds it. A table copied again on the way back (emptied with
+TRUNCATE in Postgres, and refilled) is read in chunks within the same budget of bytes."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ PEAK_RSS_MB = 250  # a daemon holding every row at once (or twice) is far above 
 PG_DIGESTS = "SELECT id, name, md5(data) FROM app.attachments ORDER BY id"
 
 
+def sqlite_app(db) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, name TEXT, data BLOB)")
+    conn.execute("INSERT INTO attachments VALUES (0, 'empty', x'00')")
+    conn.close()
+
+
 def digests(db) -> list[tuple]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
@@ -34,11 +43,7 @@ def digests(db) -> list[tuple]:
 
 async def test_large_rows_written_in_postgres_come_back_with_bounded_memory(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, name TEXT, data BLOB)")
-    conn.execute("INSERT INTO attachments VALUES (0, 'empty', x'00')")
-    conn.close()
+    sqlite_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
@@ -63,3 +68,29 @@ async def test_large_rows_written_in_postgres_come_back_with_bounded_memory(tmp_
              f"{updated_peak:.0f} MB after the UPDATE came back")
     print(peaks)
     assert inserted_peak < PEAK_RSS_MB and updated_peak < PEAK_RSS_MB, peaks
+
+
+async def test_a_table_of_large_rows_copied_again_comes_back_with_bounded_memory(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    sqlite_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        before = peak_rss_mb(d.pid)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            async with pg.transaction():  # emptied and refilled at once: SQLite's copy is made again from Postgres
+                await pg.execute("TRUNCATE app.attachments")
+                await pg.execute("INSERT INTO app.attachments SELECT g, 'file ' || g, "
+                                 f"decode(repeat(md5(g::text), {SIZE // 16}), 'hex') "
+                                 "FROM generate_series(1, $1) AS g", ROWS)
+            await wait_back(cfg, db, pg_dsn, daemon=d, timeout=120)
+            copied_peak = peak_rss_mb(d.pid)
+            assert digests(db) == await pg_rows(pg_dsn, PG_DIGESTS)
+            assert "reload_done" in d.log()  # copied again, not streamed
+        finally:
+            await pg.close()
+        assert d.stop() == 0
+    peaks = f"peak RSS {before:.0f} MB after the cutover, {copied_peak:.0f} MB after the table was copied again"
+    print(peaks)
+    assert copied_peak < PEAK_RSS_MB, peaks
