@@ -830,12 +830,11 @@ class ReversePipeline:
             return False
         st = t.source_table()
         size = self.reload_writes.rows
-        chunk = await reader.read_chunk(s.pg, self.source.schema, st, load.after, size)
+        chunk, last = await reader.read_chunk(s.pg, self.source.schema, st, load.after, size)
         kshapes = [t.shapes[i] for i in t.spec.key_indexes]
         for r in chunk:
             load.keep.add(tuple(tables.values.pg_token(sh.family, r[i]) for sh, i in zip(kshapes, t.spec.key_indexes)))
         ta = TableApply(t.tid, t.spec, t.shapes, chunk)
-        last = len(chunk) < size
         plan = ApplyPlan([ta], schema_version=s.schema_version)
         if last:
             await self._gone_rows(t, ta, load.keep)

@@ -385,15 +385,33 @@ async def read_keys(conn: asyncpg.Connection, schema: str, st: SourceTable,
 
 
 async def read_chunk(conn: asyncpg.Connection, schema: str, st: SourceTable, after: tuple | None,
-                     limit: int) -> list[tuple]:
-    """Up to `limit` rows in key order after key `after` (a reload's next chunk)."""
+                     limit: int) -> tuple[list[tuple], bool]:
+    """Up to `limit` rows in key order after key `after` (a reload's next chunk), and
+    whether they end the table. A table with variable-width columns is read within
+    BATCH_VALUE_BYTES: Postgres stops sending after the row whose values pass it (its
+    running total worked out from value_bytes_sql(), the values left in TOAST), so a
+    chunk of large rows is cut short and the rest is read by the next chunk."""
     spec = st.spec
     keys = ", ".join(quote_pg_ident(k) for k in spec.key)
     sel = select_list([quote_pg_ident(c) for c in spec.column_names], st.families)
-    if after is None:
-        return [sel.values(r) for r in await conn.fetch(
-            f"SELECT {sel.sql} FROM {qualified(schema, spec.name)} ORDER BY {keys} LIMIT $1", limit)]
-    marks = ", ".join(f"${i + 1}::{t}" for i, t in enumerate(st.key_types))
-    return [sel.values(r) for r in await conn.fetch(
-        f"SELECT {sel.sql} FROM {qualified(schema, spec.name)} WHERE ({keys}) > ({marks}) ORDER BY {keys} "
-        f"LIMIT ${len(spec.key) + 1}", *after, limit)]
+    where, args = "", []
+    if after is not None:
+        marks = ", ".join(f"${i + 1}::{t}" for i, t in enumerate(st.key_types))
+        where, args = f"WHERE ({keys}) > ({marks}) ", list(after)
+    source = f"FROM {qualified(schema, spec.name)} AS t {where}"
+    if not sized_columns(st):  # fixed-width columns only: read as it is, never measured
+        rows = [sel.values(r) for r in await conn.fetch(
+            f"SELECT {sel.sql} {source}ORDER BY {keys} LIMIT ${len(args) + 1}", *args, limit)]
+        return rows, len(rows) < limit
+    size = value_bytes_sql(st, "t")
+    # Qualified, the keys cannot meet an output's name (a key column called "sum").
+    ordered = ", ".join(f"t.{quote_pg_ident(k)}" for k in spec.key)
+    out = [f"v{i}" for i in range(len(spec.column_names) + len(sel.guarded))]  # a column may be called anything
+    got = await conn.fetch(
+        f"SELECT n, {', '.join(out)} FROM (SELECT row_number() OVER w, {size}, sum({size}) OVER w, {sel.sql} "
+        f"{source}WINDOW w AS (ORDER BY {ordered}) ORDER BY {ordered} LIMIT ${len(args) + 1}) "
+        f"AS s(o, n, upto, {', '.join(out)}) WHERE upto - n <= ${len(args) + 2}::bigint ORDER BY o",
+        *args, limit, BATCH_VALUE_BYTES)
+    # Rows stopped short of `limit` end the table unless the budget stopped them.
+    ended = len(got) < limit and sum(r[0] for r in got) <= BATCH_VALUE_BYTES
+    return [sel.values(r[1:]) for r in got], ended
