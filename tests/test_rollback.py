@@ -6,16 +6,19 @@ again while the forward stream resumes; anything failing undoes it all. A later
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import signal
 import sqlite3
+import subprocess
 import time
 
 import asyncpg
 import pytest
 
 from tests.support.compare import compare_all
-from tests.support.daemon import DaemonProcess, held_at, run_cli, wait_for
+from tests.support.daemon import DaemonProcess, held_at, run_cli, syncd_cmd, wait_for
 from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, wait_back
 
@@ -322,11 +325,6 @@ async def test_a_lock_of_a_few_seconds_while_the_rollback_drains_only_delays_it(
     """The application holds its rollback-journal file for 3 s (past syncd's 2 s busy
     timeout) while `syncd rollback` drains the last changes: the drain waits for it,
     as for the changes themselves, instead of undoing the rollback."""
-    import asyncio
-    import subprocess
-
-    from tests.support.daemon import syncd_cmd
-
     db = tmp_path / "app.db"
     make_app(db).execute("PRAGMA journal_mode=delete")  # rollback-journal: a lock keeps readers out
     cfg = backup_and_config(make_config, tmp_path, db)
@@ -421,12 +419,6 @@ async def _rollback_meeting_a_reader(cfg, pg_dsn, go, hold_seconds: float | None
     then opens a transaction reading "contacts" (reads work while Postgres is frozen),
     the rollback goes on, and the transaction ends after `hold_seconds` (None: only once
     the command has ended). Returns (exit code, its output, the session's backend pid)."""
-    import asyncio
-    import os
-    import subprocess
-
-    from tests.support.daemon import syncd_cmd
-
     go.unlink(missing_ok=True)
     proc = subprocess.Popen(syncd_cmd(cfg, "rollback"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=str(cfg.parent), env={**os.environ, "SYNCD_ROLLBACK_HOLD_AT": "verified",
@@ -528,3 +520,72 @@ async def test_a_file_unfrozen_while_cut_over_is_frozen_again_by_the_way_back(tm
         assert run_cli(cfg, "verify").returncode == 0
     finally:
         conn.close()
+
+
+async def freeze_triggers(dsn: str) -> list[str]:
+    """The tables of the source still holding the rollback's freeze trigger."""
+    return [r[0] for r in await pg_rows(dsn, "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                                             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'app' "
+                                             "AND t.tgname = '_syncd_freeze' ORDER BY 1")]
+
+
+async def test_a_cutover_after_a_rollback_passes_a_report_reading_postgres_all_along(tmp_path, make_config, pg_dsn):
+    """After a rollback Postgres stays frozen for the application; the next cutover lifts
+    that freeze without DDL in its last transaction (DROP TRIGGER would wait for every
+    reader of the table, and queue the later ones behind it, while the file is frozen).
+    A report keeping a transaction open on a table for the whole cutover does not stop
+    it; the application writes Postgres as soon as it has finished, that table too, and
+    the freeze's triggers go once the report has ended."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, postgres={"statement_timeout_seconds": 5},
+                            stream={"held_table_retry_seconds": 1})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert await freeze_triggers(pg_dsn) == sorted(TABLES)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        go = tmp_path / "go"
+        proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=str(cfg.parent), env={**os.environ, "SYNCD_CUTOVER_HOLD_AT": "verified",
+                                                                     "SYNCD_CUTOVER_RESUME_ON": str(go)})
+        report = await asyncpg.connect(pg_dsn)
+        try:
+            assert proc.stdout.readline().strip() == "holding at verified"
+            await report.execute("BEGIN; SELECT count(*) FROM app.deals")  # once the checks are done
+            go.touch()
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
+            assert proc.returncode == 0, out
+            assert "cut over to Postgres" in out and downtime(out) < 5, out
+            assert report.is_in_transaction()
+            assert await direction(pg_dsn) == "to_sqlite" and not sqlite_writable(db)
+            assert await postgres_refusal(pg_dsn) is None  # the report still reads
+            pg = await asyncpg.connect(pg_dsn)
+            try:
+                new_id = await pg.fetchval("INSERT INTO app.deals (title, amount) "
+                                           "VALUES ('written beside the report', 1) RETURNING id")
+                await pg.execute("UPDATE app.deals SET title = 'after the cutover' WHERE id = 3")
+            finally:
+                await pg.close()
+            assert await report.fetchval("SELECT count(*) FROM app.deals") == 21 and report.is_in_transaction()
+        finally:
+            await report.close()
+            if proc.poll() is None:
+                proc.kill()
+
+        async def dropped() -> bool:
+            return await freeze_triggers(pg_dsn) == []
+
+        await eventually(dropped, 30, "the freeze's triggers dropped once the report ended", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        conn = sqlite3.connect(db)
+        try:
+            assert conn.execute("SELECT title FROM deals WHERE id = ?", (new_id,)).fetchone() == \
+                ("written beside the report",)
+        finally:
+            conn.close()
+        assert d.stop() == 0
+
