@@ -594,6 +594,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         res.done = True
         await _hold("done")
         await _unguard(conn, b, source)
+        await _drop_rollback_freeze(conn, settings, source)
         app_triggers.say(source.name, enabled, disabled=False)
         log.info(f"cut over to Postgres: write downtime {res.downtime_seconds:.2f} s",
                  extra={"source": source.name, "event": "cutover_done"})
@@ -657,6 +658,23 @@ async def _unguard(pg: asyncpg.Connection | None, b: Bookkeeping, source: Source
     if left:
         log.info(f"the cutover's guard trigger is left on {left} table(s) kept busy, for later (it passes every "
                  "write now)", extra={"source": source.name, "event": "cutover_guard_left"})
+
+
+async def _drop_rollback_freeze(pg: asyncpg.Connection, settings: Settings, source: SourceSettings) -> None:
+    """After the switch: the freeze a rollback left on Postgres passes every write since
+    the last transaction committed; its triggers go where their tables are had at once,
+    the others later (the daemon's way back, the next `syncd rollback`)."""
+    from syncd.rollback import lift_freeze
+
+    try:
+        left = await lift_freeze(pg, settings, source)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError, TimeoutError) as e:
+        log.info(f"the triggers of the freeze a rollback left are left for later (they pass every write now): "
+                 f"{describe(e)}", extra={"source": source.name, "event": "rollback_freeze_left"})
+        return
+    if left:
+        log.info(f"the trigger of the freeze a rollback left stays on {left} table(s) kept busy, for later (it passes "
+                 "every write now)", extra={"source": source.name, "event": "rollback_freeze_left"})
 
 
 async def _record_undone(pg: asyncpg.Connection | None, b: Bookkeeping, switch_id: int, reason: str) -> None:

@@ -13,7 +13,9 @@ again and SQLite keeps following it, exit 1.
 Postgres stays frozen for the application afterwards, as SQLite stays frozen after a
 cutover: a forgotten application instance still pointed at Postgres gets an error
 instead of writing data nobody reads. The forward stream writes through it (its
-sessions are syncd's), and the next `syncd cutover` lifts it.
+sessions are syncd's), and the next `syncd cutover` lifts it: the freeze's function
+reads the recorded direction at each statement, so the cutover's last transaction lifts
+it as it commits, with no DDL there (capture.py); its triggers go afterwards.
 
 Crash safety: the command holds the source's switch lock (cutover.SWITCH_CLASS) for
 its whole run and records each step in `<bookkeeping>.switches` first. A Postgres left
@@ -64,6 +66,8 @@ WRITABLE_WAIT_SECONDS = 5.0  # the pre-flight's wait for a write lock on the SQL
 VERIFY_WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.05
 STOP_SECONDS = 15.0
+# The freeze's message where the rollback's own (naming its time) is not at hand.
+FROZEN_MESSAGE = "moved back to SQLite by syncd (syncd rollback); the application writes its SQLite file again"
 
 
 @dataclass
@@ -94,13 +98,27 @@ async def _hold(step: str) -> None:
 async def open_way_back(conn: asyncpg.Connection, settings: Settings, source: SourceSettings,
                         tables: dict[str, tuple[int, list[str]]]) -> None:
     """Inside the cutover's last transaction: capture every table in Postgres from this
-    moment (a fresh changelog; SQLite equals Postgres here, as just verified), and lift
-    the freeze a rollback left on Postgres. `tables`: name -> (tid, key columns)."""
+    moment (a fresh changelog; SQLite equals Postgres here, as just verified). The freeze
+    a rollback left on Postgres passes every write once the direction this transaction
+    records commits: its triggers stay, dropped after the switch (lift_freeze), as
+    DROP TRIGGER here would wait for every reader of the table. `tables`: name -> (tid,
+    key columns)."""
     names = await capture.names_of(conn, settings.postgres.bookkeeping_schema, source.name)
     await capture.start_generation(conn, names, source.schema)
     for name, (tid, key) in sorted(tables.items()):
         await capture.arm(conn, names, source.schema, name, tid, key)
-    await capture.unfreeze(conn, names, source.schema)
+    if await capture.frozen_tables(conn, names, source.schema):
+        # A freeze an older syncd made refuses whatever the direction: its function
+        # (no lock on the tables) reads the direction from now on too.
+        await conn.execute(capture.freeze_function_sql(names, FROZEN_MESSAGE))
+
+
+async def lift_freeze(conn: asyncpg.Connection, settings: Settings, source: SourceSettings) -> int:
+    """After a cutover (the freeze a rollback left passes every write since): its triggers
+    go where their tables are had at once (capture.drop_freeze); the daemon drops the
+    others later. Not inside a transaction. Returns how many are left."""
+    names = await capture.names_of(conn, settings.postgres.bookkeeping_schema, source.name)
+    return await capture.drop_freeze(conn, names, source.schema)
 
 
 async def end_way_back(conn: asyncpg.Connection, settings: Settings, source: SourceSettings, reason: str) -> int:
@@ -146,7 +164,9 @@ async def drop_lookup_indexes(conn: asyncpg.Connection, settings: Settings, sour
 
 async def undo_abandoned(settings: Settings, source: SourceSettings, conn: asyncpg.Connection) -> str | None:
     """With the switch lock held: a rollback that froze Postgres and died (the direction
-    still to SQLite) is undone: Postgres unfrozen, its record closed."""
+    still to SQLite) is undone: its record closed, which lifts the freeze, and the freeze's
+    triggers dropped. Those a cutover left (they pass every write) are dropped too, each
+    table in a short try (capture.drop_freeze): one busy is left for the next time."""
     b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
     names = await capture.names_of(conn, b.schema, source.name)
     if await b.direction(conn) != TO_SQLITE:
@@ -156,13 +176,19 @@ async def undo_abandoned(settings: Settings, source: SourceSettings, conn: async
     frozen = await capture.frozen_tables(conn, names, source.schema)
     if not frozen and not left:
         return None
-    async with conn.transaction():
-        if frozen:
-            await capture.unfreeze(conn, names, source.schema)
-        for r in left:
-            await record_step(conn, b, r[0], "undone", finished_at=dt.datetime.now(dt.timezone.utc),
-                              detail=json.dumps({"reason": "the rollback stopped before finishing; undone"}))
-    what = ("unfroze Postgres, which a rollback left frozen when it stopped before finishing" if frozen
+    if left:
+        async with conn.transaction():
+            for r in left:
+                await record_step(conn, b, r[0], "undone", finished_at=dt.datetime.now(dt.timezone.utc),
+                                  detail=json.dumps({"reason": "the rollback stopped before finishing; undone"}))
+    kept = await capture.drop_freeze(conn, names, source.schema) if frozen else 0
+    later = f" (its trigger left on {kept} table(s) kept busy, for later: it passes every write now)" if kept else ""
+    if not left:
+        if kept < len(frozen):  # said once something went, not at every try a busy table refuses
+            log.info(f"dropped the freeze a rollback left on Postgres, which passes every write since the "
+                     f"cutover{later}", extra={"source": source.name, "event": "rollback_freeze_dropped"})
+        return None
+    what = (f"unfroze Postgres, which a rollback left frozen when it stopped before finishing{later}" if frozen
             else "closed the record of a rollback that stopped before freezing")
     log.warning(what, extra={"source": source.name, "event": "rollback_undone"})
     return what

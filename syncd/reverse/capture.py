@@ -20,7 +20,14 @@ every syncd connection names itself `syncd <host> pid <pid>` (application_name, 
 poolers such as PgBouncer pass on, where a custom startup parameter would be refused).
 Privileges alone would not stop a superuser, which small deployments often connect as.
 (It guards against the application's writes, not an adversary: any session may name
-itself so, and a superuser may also disable triggers.)
+itself so, and a superuser may also disable triggers.) Its function reads the source's
+row and switches in the bookkeeping at each statement, refusing while a rollback is
+open or the direction says SQLite is the application's database: the next cutover's
+last transaction lifts it as it commits, with no DDL there (DROP TRIGGER takes ACCESS
+EXCLUSIVE, waiting for every reader of the table while the SQLite file is frozen, and
+queueing every later one behind it). Its triggers are dropped afterwards, each table in
+a short try of its own (drop_freeze); one not had then passes every write until the
+daemon drops it.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from syncd.identifiers import qualified, quote_literal, quote_pg_ident
+from syncd.model import TO_SQLITE
 from syncd.postgres.bookkeeping import source_key
 
 OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE = 1, 2, 3, 4
@@ -353,7 +361,13 @@ async def take_in_tries(conn: asyncpg.Connection, schema: str, tables: list[str]
 
 
 def freeze_function_sql(names: Names, message: str) -> str:
-    return refusing_function_sql(names.freeze_function, message)
+    source = quote_literal(names.source)
+    followed = (f"EXISTS (SELECT 1 FROM {qualified(names.bk, 'sources')} WHERE source = {source} "
+                f"AND direction = {quote_literal(TO_SQLITE)})")
+    rolling_back = (f"EXISTS (SELECT 1 FROM {qualified(names.bk, 'switches')} WHERE source = {source} "
+                    "AND kind = 'rollback' AND state IN ('started', 'frozen'))")
+    return refusing_function_sql(names.freeze_function, message, f"(NOT {followed} OR {rolling_back})",
+                                 definer=True)
 
 
 def refusing_function_sql(function: str, message: str, when: str = "", definer: bool = False) -> str:
@@ -405,10 +419,29 @@ async def frozen_tables(conn: asyncpg.Connection, names: Names, schema: str) -> 
 
 
 async def unfreeze(conn: asyncpg.Connection, names: Names, schema: str) -> int:
-    """The application may write Postgres again (inside the caller's transaction);
-    returns how many tables were frozen."""
+    """The application may write Postgres again (inside the caller's transaction, the
+    direction still to SQLite: the undo of a rollback); returns how many tables were
+    frozen. DROP TRIGGER waits for every reader of the tables: never in a cutover's last
+    transaction, which lifts the freeze by recording the direction (drop_freeze after)."""
     await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
     tables = await frozen_tables(conn, names, schema)
     for table in tables:
         await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(FREEZE_TRIGGER)} ON {qualified(schema, table)}")
     return len(tables)
+
+
+async def drop_freeze(conn: asyncpg.Connection, names: Names, schema: str) -> int:
+    """Once the freeze passes every write (the direction recorded to SQLite, no rollback
+    open): drop its triggers, each in a transaction of its own that waits FREEZE_LOCK_STEP
+    at most for its table (DROP TRIGGER takes ACCESS EXCLUSIVE: the application's reads
+    queue behind it). Not on a connection inside a transaction. Returns how many are left."""
+    left = 0
+    for table in await frozen_tables(conn, names, schema):
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{FREEZE_LOCK_STEP}'")
+                await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(FREEZE_TRIGGER)} "
+                                   f"ON {qualified(schema, table)}")
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+            left += 1
+    return left
