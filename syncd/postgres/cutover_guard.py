@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncpg
 
 from syncd.identifiers import qualified, quote_literal, quote_pg_ident
-from syncd.reverse.capture import FREEZE_LOCK_STEP, refusing_function_sql, take_in_tries
+from syncd.reverse.capture import drop_in_tries, refusing_function_sql, take_in_tries
 
 GUARD_TRIGGER = "_syncd_cutover_guard"
 
@@ -68,18 +68,9 @@ async def guarded_tables(conn: asyncpg.Connection, bk: str, key: int, schema: st
 
 async def unguard(conn: asyncpg.Connection, bk: str, key: int, schema: str) -> int:
     """Once the cutover's record is closed (the guard passes every write then): drop its
-    triggers, each in a transaction of its own that waits FREEZE_LOCK_STEP at most for
-    its table (DROP TRIGGER takes ACCESS EXCLUSIVE: the application's reads queue behind
-    it). Not on a connection inside a transaction. Returns how many are left."""
-    left = 0
-    for table in await guarded_tables(conn, bk, key, schema):
-        try:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{FREEZE_LOCK_STEP}'")
-                await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(GUARD_TRIGGER)} "
-                                   f"ON {qualified(schema, table)}")
-        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
-            left += 1
+    triggers (capture.drop_in_tries). Not on a connection inside a transaction. Returns
+    how many are left."""
+    left = await drop_in_tries(conn, schema, await guarded_tables(conn, bk, key, schema), GUARD_TRIGGER)
     if not left:
         await conn.execute(f"DROP FUNCTION IF EXISTS {function_name(bk, key)}()")
     return left

@@ -432,16 +432,21 @@ async def unfreeze(conn: asyncpg.Connection, names: Names, schema: str) -> int:
 
 async def drop_freeze(conn: asyncpg.Connection, names: Names, schema: str) -> int:
     """Once the freeze passes every write (the direction recorded to SQLite, no rollback
-    open): drop its triggers, each in a transaction of its own that waits FREEZE_LOCK_STEP
-    at most for its table (DROP TRIGGER takes ACCESS EXCLUSIVE: the application's reads
-    queue behind it). Not on a connection inside a transaction. Returns how many are left."""
+    open): drop its triggers (drop_in_tries). Not on a connection inside a transaction.
+    Returns how many are left."""
+    return await drop_in_tries(conn, schema, await frozen_tables(conn, names, schema), FREEZE_TRIGGER)
+
+
+async def drop_in_tries(conn: asyncpg.Connection, schema: str, tables: list[str], trigger: str) -> int:
+    """Drop `trigger` from each of `tables`, each in a transaction of its own that waits
+    FREEZE_LOCK_STEP at most for its table (DROP TRIGGER takes ACCESS EXCLUSIVE: the
+    application's reads queue behind it). Returns how many tables kept it (busy)."""
     left = 0
-    for table in await frozen_tables(conn, names, schema):
+    for table in tables:
         try:
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = '{FREEZE_LOCK_STEP}'")
-                await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(FREEZE_TRIGGER)} "
-                                   f"ON {qualified(schema, table)}")
+                await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(trigger)} ON {qualified(schema, table)}")
         except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
             left += 1
     return left
