@@ -181,6 +181,8 @@ async def undo_abandoned(settings: Settings, source: SourceSettings, conn: async
             for r in left:
                 await record_step(conn, b, r[0], "undone", finished_at=dt.datetime.now(dt.timezone.utc),
                                   detail=json.dumps({"reason": "the rollback stopped before finishing; undone"}))
+    if frozen:  # a freeze an older syncd made refuses whatever the record says: its function first (no table lock)
+        await conn.execute(capture.freeze_function_sql(names, FROZEN_MESSAGE))
     kept = await capture.drop_freeze(conn, names, source.schema) if frozen else 0
     later = f" (its trigger left on {kept} table(s) kept busy, for later: it passes every write now)" if kept else ""
     if not left:
