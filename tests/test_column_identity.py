@@ -17,9 +17,11 @@ from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
 
 N = 500
 MIGRATIONS = {
-    "rename_readd": "ALTER TABLE rename_readd RENAME COLUMN c TO c_old; "
-                    "ALTER TABLE rename_readd ADD COLUMN c TEXT NOT NULL DEFAULT 'fresh';",
-    "drop_readd": "ALTER TABLE drop_readd DROP COLUMN c; ALTER TABLE drop_readd ADD COLUMN c TEXT;",
+    # Each migration in one transaction: a running daemon sees its end only (between two
+    # transactions it may see the column dropped, which it keeps aside, rightly).
+    "rename_readd": "BEGIN; ALTER TABLE rename_readd RENAME COLUMN c TO c_old; "
+                    "ALTER TABLE rename_readd ADD COLUMN c TEXT NOT NULL DEFAULT 'fresh'; COMMIT;",
+    "drop_readd": "BEGIN; ALTER TABLE drop_readd DROP COLUMN c; ALTER TABLE drop_readd ADD COLUMN c TEXT; COMMIT;",
     "swap": "BEGIN; ALTER TABLE swap RENAME COLUMN a TO tmp; ALTER TABLE swap RENAME COLUMN b TO a; "
             "ALTER TABLE swap RENAME COLUMN tmp TO b; COMMIT;",
     "drop_then_rename": "BEGIN; ALTER TABLE drop_then_rename DROP COLUMN b; "
