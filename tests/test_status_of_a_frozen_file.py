@@ -5,26 +5,12 @@ cannot write its database, and "daemon not running" alone does not say so)."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from tests.support.daemon import DaemonProcess, held_at, run_cli
 from tests.support.sync import eventually, pg_rows, wait_caught_up
-from tests.support.way_back import backup_and_config, orders_app
+from tests.support.way_back import backup_and_config, orders_app, sqlite_write
 
 CRITICAL, WARNING = 2, 1
 
-
-
-def refused(db) -> str | None:
-    conn = sqlite3.connect(db, timeout=5)
-    try:
-        conn.execute("INSERT INTO orders (item) VALUES ('c')")
-        conn.rollback()
-        return None
-    except sqlite3.Error as e:
-        return str(e)
-    finally:
-        conn.close()
 
 
 async def test_a_file_left_frozen_by_a_killed_cutover_is_critical(tmp_path, make_config, pg_dsn):
@@ -39,7 +25,7 @@ async def test_a_file_left_frozen_by_a_killed_cutover_is_critical(tmp_path, make
         running = run_cli(cfg, "status")
         proc.kill()
         proc.wait(10)
-    assert refused(db) is not None
+    assert sqlite_write(db, "c") is not None
     assert await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources") == [("to_postgres",)]
 
     # While the cutover ran, status said so rather than alarm.
@@ -53,7 +39,7 @@ async def test_a_file_left_frozen_by_a_killed_cutover_is_critical(tmp_path, make
     # The daemon undoes the abandoned freeze; status says nothing of it then.
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
         async def unfrozen() -> bool:
-            return refused(db) is None
+            return sqlite_write(db, "c") is None
 
         await eventually(unfrozen, 30, "the abandoned freeze undone", d)
         after = run_cli(cfg, "status")
