@@ -20,8 +20,13 @@ def new_file(path):
     return path
 
 
-def _pool_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("sqlite-")]
+async def _no_extra_threads_left(timeout: float = 30) -> None:
+    """Waits until the shared pool is back to its [sqlite] threads (those started for
+    stuck calls end once idle)."""
+    deadline = time.monotonic() + timeout
+    while THREADS.threads > THREADS.size and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert THREADS.threads <= THREADS.size, f"{THREADS.threads} threads, [sqlite] threads {THREADS.size}"
 
 
 async def test_results_and_errors_come_back_in_order(tmp_path):
@@ -86,16 +91,18 @@ async def test_shutdown_cancels_queued_calls(tmp_path):
 
 
 async def test_a_thousand_workers_share_a_few_threads(tmp_path):
+    await _no_extra_threads_left()  # threads an earlier test's stuck calls started
     workers = []
     for i in range(1000):
         db = tmp_path / f"t{i}.db"
         sqlite3.connect(db).execute("CREATE TABLE t (v)").connection.commit()
         workers.append(SqliteWorker(db, f"w{i}", 1000))
     try:
-        got = await asyncio.gather(*(w.run(lambda c, i=i: c.execute("SELECT ?", (i,)).fetchone()[0])
+        got = await asyncio.gather(*(w.run(lambda c, i=i: (c.execute("SELECT ?", (i,)).fetchone()[0],
+                                                           threading.get_ident()))
                                      for i, w in enumerate(workers)))
-        assert got == list(range(1000))
-        assert 1 <= len(_pool_threads()) <= THREADS.size
+        assert [value for value, _ in got] == list(range(1000))
+        assert 1 <= len({thread for _, thread in got}) <= THREADS.size
         # one slow worker does not hold the others up while threads are free
         blocker = asyncio.ensure_future(workers[0].run(lambda c: time.sleep(1.0)))
         await asyncio.sleep(0.05)
@@ -155,10 +162,7 @@ async def test_files_kept_locked_do_not_hold_up_the_others(tmp_path, monkeypatch
             h.execute("COMMIT")
         assert [r for r in await asyncio.gather(*waiting)] == [(0,)] * len(locked)
         # the threads started for the stuck ones end once idle
-        deadline = time.monotonic() + 10
-        while THREADS.threads > THREADS.size and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert THREADS.threads <= THREADS.size
+        await _no_extra_threads_left(10)
     finally:
         for h in holders:
             h.close()
@@ -200,10 +204,7 @@ async def test_threads_started_for_locked_files_end_while_other_files_keep_worki
         for h in holders:
             h.execute("COMMIT")
         await asyncio.gather(*waiting)
-        deadline = time.monotonic() + 10
-        while THREADS.threads > THREADS.size and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert THREADS.threads <= THREADS.size, f"{THREADS.threads} threads, [sqlite] threads {THREADS.size}"
+        await _no_extra_threads_left(10)
     finally:
         work.cancel()
         for h in holders:
