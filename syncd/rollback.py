@@ -298,7 +298,8 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
     followed = {name: row for name, row in (await b.load_tables(conn)).items() if row.state != bk.REFUSED}
     for name, row in sorted(followed.items()):
         if row.state != bk.STREAMING:
-            what = row.reason or {bk.LOADING: "being copied again from Postgres"}.get(row.state, row.state)
+            what = row.reason or {bk.LOADING: "being copied again from Postgres; run the rollback again once "
+                                              "`syncd status` shows it streaming"}.get(row.state, row.state)
             problems.append(f'table "{name}" does not follow Postgres ({row.state}): {what}')
     problems += await not_followed_yet(conn, source, b)
     problems += await long_holders(conn, source.schema, list(followed))

@@ -25,7 +25,7 @@ import time
 import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
 from tests.support.way_back import backup_and_config, wait_back
 
 SCHEMA = """
@@ -462,6 +462,16 @@ async def test_cycles_of_cutover_and_rollback_with_the_application_writing_throu
             await asyncio.sleep(1)
             if cycle == 2:  # a column added in Postgres just before the switch back
                 await pg_rows(pg_dsn, "ALTER TABLE app.events ADD COLUMN weight integer DEFAULT 7")
+
+                async def weight_followed() -> bool:  # SQLite gains it and the table is copied again
+                    c = sqlite3.connect(db, timeout=5)
+                    try:
+                        cols = {r[1] for r in c.execute("PRAGMA table_info(events)")}
+                    finally:
+                        c.close()
+                    return "weight" in cols and (await table_states(pg_dsn, "app"))["events"][0] == "streaming"
+
+                await eventually(weight_followed, 60, "the way back following ADD COLUMN weight", daemon=d)
             if cycle == 2:  # the daemon killed while the rollback runs (Postgres frozen, drained)
                 r, d = await switch_with_daemon_killed(cfg, "rollback", "drained", d, log, tmp_path)
                 print(f"rollback with the daemon killed: exit {r.returncode}\n{r.stdout}")
