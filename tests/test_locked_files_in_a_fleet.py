@@ -26,16 +26,19 @@ from tests.support.way_back import back_up, typeof, wait_back
 THREADS = 2
 LOCKED = 5  # more locked files than threads
 HEALTHY = 3
-HOLD_SECONDS = 12
+# Each locked file's poll ([stream] poll_interval_seconds, 1 s) meets its lock and waits
+# its busy timeout ([sqlite] read_busy_timeout_ms, 2 s): measured over a few of them.
+LOCKED_MEASURED_SECONDS = 4.0
 
 HOLDER = """
-import sqlite3, sys, time
+import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("BEGIN EXCLUSIVE")
 conn.execute("INSERT INTO items (v) VALUES ('written under the lock')")
 print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()  # held until told
 conn.execute("COMMIT")
+print("released", flush=True)
 """
 
 
@@ -69,11 +72,12 @@ def write(path, value: str) -> None:
     conn.close()
 
 
-async def healthy_waits(pg, d, healthy: list, changes: int) -> list[float]:
+async def healthy_waits(pg, d, healthy: list, changes: int, first: int = 0) -> list[float]:
     """Seconds from each of `changes` writes, spread over the `healthy` files, until
-    Postgres holds it."""
+    Postgres holds it; the writes are numbered from `first` (a marker written before
+    would be found at once)."""
     waits = []
-    for i in range(changes):
+    for i in range(first, first + changes):
         p = healthy[i % len(healthy)]
         marker = f"change {i}"
         write(p, marker)
@@ -96,19 +100,27 @@ async def test_files_locked_by_their_applications_do_not_stall_the_others(tmp_pa
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
             for p in locked + healthy:
                 await wait_caught_up(p, pg_dsn, p.stem, daemon=d)
-            holders = [subprocess.Popen([sys.executable, "-c", HOLDER, str(p), str(HOLD_SECONDS)],
-                                        stdout=subprocess.PIPE, text=True) for p in locked]
+            holders = [subprocess.Popen([sys.executable, "-c", HOLDER, str(p)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for p in locked]
             for h in holders:
                 assert h.stdout.readline().strip() == "locked"
             # Each locked file now costs the daemon a read that cannot succeed; the
             # healthy files' changes must still show up promptly.
-            waits = await healthy_waits(pg, d, healthy[:HEALTHY], 12)
+            waits: list[float] = []
+            started = time.monotonic()
+            while len(waits) < 12 or time.monotonic() - started < LOCKED_MEASURED_SECONDS:
+                waits += await healthy_waits(pg, d, healthy[:HEALTHY], HEALTHY, first=len(waits))
+                await asyncio.sleep(0.1)
             # A generous bound: waiting on a locked file costs seconds per read (its busy
             # timeout); polls and batch reads of healthy files take milliseconds.
             assert max(waits) < 2.0, waits
             assert all(h.poll() is None for h in holders), "a lock ended before the healthy files were measured"
             for h in holders:
-                h.wait(HOLD_SECONDS + 30)
+                h.stdin.write("go\n")
+                h.stdin.flush()
+            for h in holders:
+                assert h.stdout.readline().strip() == "released"
+                h.wait(30)
             # Once their locks are gone, the locked files' own changes arrive too.
             for p in locked:
                 await wait_caught_up(p, pg_dsn, p.stem, daemon=d)
@@ -155,6 +167,9 @@ async def test_many_locked_files_do_not_stall_the_others(tmp_path, make_config, 
             holder = subprocess.Popen([sys.executable, "-c", MANY_HOLDER, *map(str, locked)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert holder.stdout.readline().strip() == "locked"
+            # `syncd status` reads every file, each locked one waited for its busy timeout
+            # (some seconds for the lot): meanwhile, the healthy files are measured.
+            status_run = asyncio.create_task(asyncio.to_thread(run_cli, cfg, "status", "--all", timeout=120))
             await asyncio.sleep(5)  # every locked file's reads are waiting on their locks by now
             waits = await healthy_waits(pg, d, healthy[:MANY_HEALTHY], 20)
             # A generous bound: a read of a locked file waits seconds (its busy timeout);
@@ -163,11 +178,12 @@ async def test_many_locked_files_do_not_stall_the_others(tmp_path, make_config, 
             assert holder.poll() is None, "the locks ended before the healthy files were measured"
 
             # The locked files are named, in the log and in `syncd status`.
-            status = run_cli(cfg, "status", "--all", timeout=120)
+            status = await status_run
             for p in locked[:3]:
                 line = next((ln for ln in status.stdout.splitlines() if ln.split()[:1] == [p.stem]), "")
                 assert "locked" in line, status.stdout[-3000:]
-            assert "locked000" in d.log() and "locked by" in d.log()
+            d.wait_log("locked by", timeout=20)
+            assert "locked000" in d.log()
 
             holder.stdin.write("go\n")
             holder.stdin.flush()
@@ -184,12 +200,16 @@ async def test_many_locked_files_do_not_stall_the_others(tmp_path, make_config, 
         await pg.close()
 
 
+# The changes before the lock are one transaction, the lock taken right after its commit:
+# syncd cannot slip a prune (or its note) in between two of them.
 WRITE_HOLDER = """
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN")
 conn.executemany("INSERT INTO items (v) VALUES (?)", [(f"before the lock {i}",) for i in range(20)])
 if sys.argv[2] == "index":  # the schema moved too: syncd notes the new version in the file
     conn.execute("CREATE INDEX items_v ON items (v)")
+conn.execute("COMMIT")
 conn.execute("BEGIN IMMEDIATE")
 conn.execute("INSERT INTO items (v) VALUES ('written under the lock')")
 print("locked", flush=True)
@@ -199,7 +219,14 @@ print("released", flush=True)
 """
 
 WRITE_HELD = 5  # healthy files beside the one held in a write transaction
-WRITE_MEASURED_SECONDS = 12.0  # more than one of syncd's tries to prune the held file (PRUNE_EVERY_SECONDS)
+# syncd's first tries to write into the held file come within a second or two of the lock
+# and are measured, with the waits after them: after a schema change, the step that
+# finds it (at the held file's next poll) waits STEP_WRITE_SECONDS for the write lock with
+# the fleet's connection in hand, the next ones wait for it without one; changes alone,
+# the prune of them starts in the step that sent them (the held file was never pruned:
+# not PRUNE_EVERY_SECONDS on) and waits its 1 s for the lock.
+WRITE_MEASURED_SECONDS = 5.0
+PRUNE_TRY_SECONDS = 2.5  # measured at least this long after the changes before the lock reached Postgres
 
 
 def one_pooled_connection(make_config, files, **sections):
@@ -248,8 +275,16 @@ async def test_a_file_held_in_a_write_transaction_does_not_stall_the_others(tmp_
             assert holder.stdout.readline().strip() == "locked"
             waits: list[float] = []
             started = time.monotonic()
-            while time.monotonic() - started < WRITE_MEASURED_SECONDS:
-                waits += await healthy_waits(pg, d, healthy, len(healthy))
+            sent: float | None = None  # when the changes before the lock were all in Postgres
+            while True:
+                if before == "changes" and sent is None and await pg.fetchval(
+                        "SELECT count(*) FROM held.items WHERE v LIKE 'before the lock %'") == 20:
+                    sent = time.monotonic()
+                if time.monotonic() - started >= WRITE_MEASURED_SECONDS and (
+                        before != "changes" or sent is not None and time.monotonic() - sent >= PRUNE_TRY_SECONDS):
+                    break
+                assert time.monotonic() - started < 60, "the changes before the lock never reached Postgres"
+                waits += await healthy_waits(pg, d, healthy, len(healthy), first=len(waits))
                 await asyncio.sleep(0.2)
             assert holder.poll() is None, "the transaction ended before the healthy files were measured"
             if before == "changes":
