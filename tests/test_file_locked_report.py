@@ -33,15 +33,13 @@ from tests.support.way_back import backup_and_config, cut_over, wait_back
 from tests.test_locked_files_in_a_fleet import make_file, write
 from tests.test_postgres_outage import metric
 
-HOLD_SECONDS = 15  # past the daemon's 10 s before it reports a locked file
-
 HOLDER = """
-import sqlite3, sys, time
+import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("BEGIN EXCLUSIVE")
 conn.execute("INSERT INTO items (v) VALUES ('never committed')")
 print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()  # held until told: past the daemon's FILE_LOCKED_AFTER_SECONDS, once reported
 conn.execute("ROLLBACK")
 print("released", flush=True)
 """
@@ -60,12 +58,9 @@ async def test_a_lock_given_up_without_a_change_is_no_longer_reported(tmp_path, 
             write(path, "applied just now")
             await wait_caught_up(path, pg_dsn, "app", daemon=d)
             # The daemon's next step is its idle close, a few seconds on: under the lock.
-            holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(HOLD_SECONDS)],
-                                      stdout=subprocess.PIPE, text=True)
-            assert holder.stdout.readline().strip() == "locked"
-            d.wait_log("is locked by its application", timeout=HOLD_SECONDS + 5)
-            assert holder.stdout.readline().strip() == "released"
-            holder.wait(10)
+            holder = lock(path, "app", HOLDER)
+            d.wait_log("is locked by its application", timeout=FILE_LOCKED_AFTER_SECONDS + 10)
+            unlock(holder)
             released = time.monotonic()
             d.wait_log("recovered: the SQLite file is no longer locked", timeout=20)
             assert time.monotonic() - released < 10
