@@ -49,7 +49,7 @@ async def writes_beside(db, cfg, dsn, d, postgres_sql: str) -> tuple[list, list]
                 app.execute("INSERT INTO local_sessions (seen) VALUES (?)", (time.time(),))
                 writes.append(1)
             except sqlite3.OperationalError as e:
-                failures.append(str(e))
+                failures.append(f"{str(e)} at {time.time():.3f}")
             time.sleep(0.05)
         app.close()
 

@@ -42,7 +42,7 @@ from syncd.session import SourceSession, changed, new_row
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import ROWIDS_MOVED_REASON, clear_rearmed, contended
 from syncd.sqlite.connection import FileMoved, SourceFileError
-from syncd.sqlite.hold import RowsPerHold
+from syncd.sqlite.hold import RowsPerHold, step_aside
 from syncd.types import ValueMismatch, converter
 
 # Health states (the forward pipeline's names where they mean the same).
@@ -116,6 +116,9 @@ class _Reload:
     after: tuple | None = None  # the last key copied (Postgres values)
     keep: set = field(default_factory=set)  # key tokens Postgres had
     rows: int = 0
+    # Once every chunk is copied: the stored SQLite keys Postgres did not have, deleted
+    # (or written, if Postgres has them by now) a write transaction's share at a time.
+    gone: list[tuple] | None = None
 
 
 class ReverseLag:
@@ -830,29 +833,43 @@ class ReversePipeline:
             return False
         st = t.source_table()
         size = self.reload_writes.rows
-        chunk, last = await reader.read_chunk(s.pg, self.source.schema, st, load.after, size)
-        kshapes = [t.shapes[i] for i in t.spec.key_indexes]
-        for r in chunk:
-            load.keep.add(tuple(tables.values.pg_token(sh.family, r[i]) for sh, i in zip(kshapes, t.spec.key_indexes)))
-        ta = TableApply(t.tid, t.spec, t.shapes, chunk)
+        take = 0
+        if load.gone is None:
+            chunk, last = await reader.read_chunk(s.pg, self.source.schema, st, load.after, size)
+            kshapes = [t.shapes[i] for i in t.spec.key_indexes]
+            for r in chunk:
+                load.keep.add(tuple(tables.values.pg_token(sh.family, r[i])
+                                    for sh, i in zip(kshapes, t.spec.key_indexes)))
+            ta = TableApply(t.tid, t.spec, t.shapes, chunk)
+            if last:
+                load.gone = await s.worker.run(applier.keys_not_in, t.spec, t.shapes, load.keep)
+                load.keep = set()
+        else:
+            chunk, ta = [], TableApply(t.tid, t.spec, t.shapes)
+            take = min(size, len(load.gone))
+            await self._gone_rows(t, ta, load.gone[:take])
+        last = load.gone is not None and len(load.gone) == take
         plan = ApplyPlan([ta], schema_version=s.schema_version)
         if last:
-            await self._gone_rows(t, ta, load.keep)
             plan.reload_done = [t.name]
         try:
             started = time.monotonic()
             outcome = await self._apply(plan)
-            self.reload_writes.held(time.monotonic() - started, size)
+            held = time.monotonic() - started
+            self.reload_writes.held(held, size)
         except SchemaMoved:
             self.needs_reconcile = True
             self.loading = None
             return True
+        await asyncio.sleep(step_aside(held))
         if t.tid in outcome.held:
             await self._held(outcome)
             return True
         load.rows += len(chunk)
         if chunk:
             load.after = tuple(chunk[-1][i] for i in t.spec.key_indexes)
+        if take:
+            del load.gone[:take]
         if last:
             self.reload.pop(t.name, None)
             self.loading = None
@@ -899,14 +916,11 @@ class ReversePipeline:
         t.held_key = None
         return False
 
-    async def _gone_rows(self, t: ReverseTable, ta: TableApply, keep: set) -> None:
-        """A reload's last chunk also deletes the SQLite rows Postgres does not have,
-        asking Postgres about each now (rows it gained since their range was read
-        came through the stream and stay)."""
+    async def _gone_rows(self, t: ReverseTable, ta: TableApply, stale: list[tuple]) -> None:
+        """Stored SQLite keys Postgres did not have when its rows were copied, into `ta`:
+        Postgres is asked about each now (rows it gained since their range was read came
+        through the stream and stay); the rest are deleted."""
         s = self.session
-        stale = await s.worker.run(applier.keys_not_in, t.spec, t.shapes, keep)
-        if not stale:
-            return
         keys = []
         kshapes = [t.shapes[i] for i in t.spec.key_indexes]
         for raw in stale:

@@ -28,3 +28,15 @@ class RowsPerHold:
             self.rows = max(1, min(self.rows, rows) // 2)
         elif seconds < HOLD_SECONDS / 4 and rows >= self.rows:
             self.rows = min(self.most, rows * 2)
+
+
+# SQLite's busy handler sleeps up to 100 ms between two looks at the lock: an application
+# writer waiting in it finds the file free only in a gap about that long.
+BUSY_POLL_SECONDS = 0.1
+
+
+def step_aside(held: float) -> float:
+    """How long syncd leaves the file alone after a write transaction that held it
+    `held` seconds, one of many back to back (a table copied again), so that the
+    application's writers waiting in their busy handler go first."""
+    return max(BUSY_POLL_SECONDS, held)
