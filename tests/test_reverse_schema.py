@@ -5,7 +5,6 @@ says what to do, and a rollback waits for it."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 
 import asyncpg
@@ -232,7 +231,7 @@ async def test_a_table_rewritten_or_emptied_while_it_is_copied_again_is_copied_f
     trigger brings the new ones, so the copy starts over; SQLite ends with Postgres's
     rows, not the values (or the rows) it had before."""
     db = tmp_path / "app.db"
-    rows = 200_000  # 40 chunks: the rewrite is seen while the copy goes on
+    rows = 50_000  # seconds of copying, chunk by chunk: the rewrite is seen while the copy goes on
     make_big(db, rows)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
@@ -252,6 +251,8 @@ async def test_a_table_rewritten_or_emptied_while_it_is_copied_again_is_copied_f
         await wait_back(cfg, db, pg_dsn, timeout=120, daemon=d)
         assert typeof(db, "SELECT id, label FROM items") == [(7, "after the truncate")]
         assert d.stop() == 0
+    restarts = [line for line in d.log().splitlines() if "table=items event=reload_restarted" in line]
+    assert any("rewritten in Postgres" in r for r in restarts), restarts  # the rewrite seen while the copy went on
 
 
 async def test_a_table_emptied_in_postgres_is_copied_again_once_and_said_so(tmp_path, make_config, pg_dsn):
@@ -260,7 +261,7 @@ async def test_a_table_emptied_in_postgres_is_copied_again_once_and_said_so(tmp_
     rewritten; also while another table's copy is under way. A rewrite is still seen."""
     db = tmp_path / "app.db"
     make_app(db)
-    make_big(db, 200_000)  # a copy under way while contacts is emptied
+    make_big(db, 50_000)  # a copy under way (seconds of it) while contacts is emptied
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
@@ -272,6 +273,7 @@ async def test_a_table_emptied_in_postgres_is_copied_again_once_and_said_so(tmp_
         await _copying_again(pg_dsn, d)
         await pg_rows(pg_dsn, "TRUNCATE app.contacts")
         await pg_rows(pg_dsn, "INSERT INTO app.contacts VALUES (7, 'after the truncate')")
+        assert (await table_states(pg_dsn, "app"))["items"][0] == "loading"  # emptied while the copy goes on
         await wait_back(cfg, db, pg_dsn, timeout=120, daemon=d)
         await pg_rows(pg_dsn, "VACUUM FULL app.notes")  # the files are looked at after the truncates
         d.wait_log("table=notes event=table_rewritten")
@@ -295,7 +297,8 @@ async def test_a_column_given_its_old_type_back_is_copied_again(tmp_path, make_c
         await cut_over(cfg, db, pg_dsn, daemon=d)
         await pg_rows(pg_dsn, "ALTER TABLE app.contacts ALTER COLUMN email TYPE boolean USING email IS NOT NULL")
         d.wait_log("SQLite follows Postgres")
-        await asyncio.sleep(2)  # several looks at the tables' files (every 0.5 s here)
+        # the daemon has looked at the tables' files since: it paused the table of booleans
+        await eventually(lambda: paused(pg_dsn, "contacts"), 30, "contacts paused", d)
         await pg_rows(pg_dsn, "ALTER TABLE app.contacts ALTER COLUMN email TYPE text "
                               "USING CASE WHEN email THEN 'given back' END")
         await eventually(lambda: _email_is(db, 10, "given back"), 30, "the values of the type given back", d)
