@@ -48,10 +48,12 @@ async def test_refused_then_back(proxied, pg_dsn, tmp_path):
         proxy.refuse()
         writer = Writer(db, seconds=3, seed=1, rate=200)
         wait_for(lambda: d.log().count("Postgres unreachable") >= 1, 30, "outage logged", d)
+        tried = proxy.refused
         assert writer.result()["lock_errors"] == 0
         wait_for(lambda: metric(port, "syncd_postgres_up") == 0, 30, "syncd_postgres_up 0", d)
         wait_for(lambda: (metric(port, "syncd_pending_changes") or 0) > 0, 30, "pending changes visible", d)
-        time.sleep(3)  # several retries happen while it is down
+        # several retries happen while it is down, after the outage was logged
+        wait_for(lambda: proxy.refused >= tried + 3, 30, "several retries while it is down", d)
         assert d.alive()
         proxy.heal()
         await wait_caught_up(db, pg_dsn, "app", daemon=d)

@@ -27,6 +27,7 @@ class FaultProxy:
         self._lose: tuple[bytes, bytes, bool] | None = None
         self.reply_lost = threading.Event()
         self.bytes_up = 0  # bytes passed on towards Postgres, every connection together
+        self.refused = 0  # connections refused (while refuse() holds): the client's tries
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
     # --- control -------------------------------------------------------------------
@@ -89,6 +90,7 @@ class FaultProxy:
             except OSError:
                 return
             if self.mode == "refuse":
+                self.refused += 1
                 with suppress(OSError):
                     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     client.close()
