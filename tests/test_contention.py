@@ -24,9 +24,10 @@ async def test_no_lock_errors_for_the_application(tmp_path, make_config, pg_dsn,
     create_items(db, rows=50_000, journal=journal)
     cfg = make_config([{"name": "app", "path": str(db)}],
                       sections={"stream": {"snapshot_chunk_rows": 2000}, "sqlite": {"prune_window": 200}})
-    # A busy but not saturated application: rollback-journal commits cost several
-    # fsyncs, and past saturation SQLite's busy handler starves writers by itself.
-    writers = [Writer(db, seconds=8, seed=s, rate=40) for s in range(3)]
+    # A busy but not saturated application, for 5 s (the first load, then streaming and
+    # pruning): rollback-journal commits cost several fsyncs, and past saturation
+    # SQLite's busy handler starves writers by itself.
+    writers = [Writer(db, seconds=5, seed=s, rate=40) for s in range(3)]
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         results = [w.result() for w in writers]
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
@@ -42,7 +43,8 @@ async def test_no_lock_errors_for_the_application(tmp_path, make_config, pg_dsn,
 async def test_long_application_transaction_makes_syncd_wait(tmp_path, make_config, pg_dsn, journal):
     db = tmp_path / "app.db"
     create_items(db, rows=1000, journal=journal)
-    cfg = make_config([{"name": "app", "path": str(db)}])
+    # syncd's reads give up waiting after half a second here: the transaction outlasts several
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"sqlite": {"read_busy_timeout_ms": 500}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
 
@@ -51,7 +53,7 @@ async def test_long_application_transaction_makes_syncd_wait(tmp_path, make_conf
             conn.execute("BEGIN EXCLUSIVE")  # the strongest lock an application can hold
             for i in range(20):
                 conn.execute("UPDATE items SET n = n + 1 WHERE id = ?", (i + 1,))
-            time.sleep(6)
+            time.sleep(3)
             conn.execute("COMMIT")
 
         t = threading.Thread(target=long_transaction)
