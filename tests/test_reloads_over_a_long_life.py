@@ -4,7 +4,6 @@ them, so that the daemon's memory does not grow with the number of reloads."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 
