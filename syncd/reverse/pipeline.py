@@ -61,6 +61,9 @@ RETENTION_CHECK_SECONDS = 60.0
 LOOKUP_DROP_RETRY_SECONDS = 300.0  # retired: a lookup index not dropped (its table busy) is tried again then
 COLLISION_ROUNDS = 4
 RELOAD_CHUNK_ROWS = 5000
+# Keys of a table copied again that Postgres no longer has (a TRUNCATE's whole table),
+# deleted per write transaction at most: a delete carries no values to read or write.
+RELOAD_GONE_ROWS = 50_000
 APPLIED_AT_EVERY = 1.0  # seconds: how often applying writes the source's last apply time into Postgres
 FROZEN_MESSAGE = ("this database was moved to PostgreSQL by syncd; write to PostgreSQL "
                   '(schema "{schema}") instead')
@@ -178,6 +181,7 @@ class ReversePipeline:
         # Rows per write transaction into the file, streamed and copied (sqlite/hold.py).
         self.writes = RowsPerHold(settings.stream.batch_size)
         self.reload_writes = RowsPerHold(RELOAD_CHUNK_ROWS)
+        self.gone_writes = RowsPerHold(RELOAD_GONE_ROWS)
         self.last_direction_check = 0.0
         self.last_retention_check = 0.0
         self.last_request_check = 0.0
@@ -832,7 +836,8 @@ class ReversePipeline:
             self.loading = None
             return False
         st = t.source_table()
-        size = self.reload_writes.rows
+        writes = self.reload_writes if load.gone is None else self.gone_writes
+        size = writes.rows
         take = 0
         if load.gone is None:
             chunk, last = await reader.read_chunk(s.pg, self.source.schema, st, load.after, size)
@@ -856,7 +861,7 @@ class ReversePipeline:
             started = time.monotonic()
             outcome = await self._apply(plan)
             held = time.monotonic() - started
-            self.reload_writes.held(held, size)
+            writes.held(held, size)
         except SchemaMoved:
             self.needs_reconcile = True
             self.loading = None
