@@ -847,9 +847,15 @@ class Pipeline:
         # a standby, a read-only database): with it up, the stream drains the changelog,
         # and compacting entries a batch in flight has read would break its fingerprint
         # (so, failing, only between two tries: the next may be the one that succeeds).
-        if size > cap and self.captured_once and (
-                self.pg_ok is False or (self.health == FAILING and self.step_started is None)):
-            await self._protect_disk(size, cap)
+        if size > cap and self.captured_once:
+            if self.pg_ok is False or (self.health == FAILING and self.step_started is None):
+                await self._protect_disk(size, cap)
+            elif self.health == FAILING:
+                # A try was in flight: measured again at the next poll, between two tries.
+                # Left for the changelog to move, it would wait STATS_IDLE_SECONDS once the
+                # application stopped writing, over the cap all along.
+                self.last_stats -= STATS_EVERY_SECONDS
+                self.stats_seq = None
 
     async def _protect_disk(self, size: int, cap: float) -> None:
         """The changelog outgrew [sqlite] max_changelog_mb: compact it, and if that is not
