@@ -77,9 +77,8 @@ async def test_continuous_verification_after_the_cutover_compares_and_repairs(tm
         assert d.stop() == 0
     cfg = backup_and_config(make_config, tmp_path, db, verify={"interval_seconds": 1, "repair": True})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        writer = PgWriter(pg_dsn, seconds=8, seed=5, rate=80, ids=500)
-        time.sleep(8)
-        writer.result()
+        writer = PgWriter(pg_dsn, seconds=4, seed=5, rate=80, ids=500)
+        writer.result()  # about 4 verifications (interval 1 s) run during the writes
         await wait_back(cfg, db, pg_dsn, daemon=d)
 
         async def checked() -> bool:
