@@ -111,7 +111,8 @@ async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_p
     app.executescript("CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT UNIQUE); INSERT INTO tags VALUES (1, 'a');")
     app.close()
     lookup = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'app' AND starts_with(indexname, '_syncd_uq_')"
-    cfg = backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 8 / 86400},
+    # 5 s of rollback window: the cutover's report and lookup check take about 1.5 s of it
+    cfg = backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 5 / 86400},
                             stream={"schema_check_interval_seconds": 1})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
