@@ -283,7 +283,7 @@ async def test_a_drop_blocked_by_someone_elses_lock_waits_minutes_before_it_is_t
                               "DROP INDEX docs_body_id; CREATE INDEX docs_body_id ON docs (body DESC, id);")
             d.wait_log("not created: dropping index docs_", timeout=60)
             waiting = 0
-            for _ in range(25):  # 5 s: a check every second, each would wait 5 s on the lock
+            for _ in range(15):  # 3 s: three checks (one a second), each would wait 5 s on the lock
                 rows = await pg_rows(pg_dsn, "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
                                              "relation = 'app.docs'::regclass")
                 waiting += rows[0][0]
