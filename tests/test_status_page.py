@@ -321,13 +321,14 @@ async def test_a_stuck_measurement_never_stalls_the_page_or_the_daemon(tmp_path,
         await wait_caught_up(a, pg_dsn, "a", daemon=d)
         await wait_caught_up(b, pg_dsn, "b", daemon=d)
         first = fresh_page(url, time.time())[0]
+        stale_at = time.monotonic() + 5.3  # the page's cache (5 s) has aged past its measurement by then
         measured = re.search(r'data-measured-at="([^"]+)"', first).group(1)
         locker = await asyncpg.connect(pg_dsn)
         try:
             tx = locker.transaction()
             await tx.start()
             await locker.execute('LOCK TABLE "a"."t" IN ACCESS EXCLUSIVE MODE')  # count(*) on it now waits
-            time.sleep(6)  # the cached measurement is now stale: the next request asks for a new one
+            time.sleep(max(0.0, stale_at - time.monotonic()))  # the next request asks for a new measurement
             started = time.monotonic()
             text, _ = get(url + "/")
             assert time.monotonic() - started < 6  # waited its 3 s at most, plus rendering
