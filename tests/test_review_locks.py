@@ -7,6 +7,7 @@ Python, inside ONE read transaction: on a large table an application writer with
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 
 from tests.support.app import Writer, create_items
@@ -32,10 +33,16 @@ async def test_audit_of_a_large_table_locks_out_application_writers(tmp_path, ma
     make_events(db)
     cfg = make_config([{"name": "app", "path": str(db), "columns": {"events": {"at": "timestamptz"}}}],
                       sections={"verify": {"interval_seconds": 0}})
-    writer = Writer(db, seconds=15, seed=1, rate=20)  # the audit and the load of 800k rows run meanwhile
+    # The writer runs until the audit and the load of 800k rows are done (then is stopped).
+    writer = Writer(db, seconds=180, seed=1, rate=20)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("table=events event=snapshot_finished", timeout=180)
+        d.wait_log("table=items event=snapshot_finished", timeout=180)
+        assert writer.proc.poll() is None, "the writer ended before the audit and the load were done"
+        writer.proc.send_signal(signal.SIGTERM)
         result = writer.result()
         await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=180)
         assert d.stop() == 0
+    assert result["transactions"] > 20, result  # the writer wrote all along
     assert result["lock_errors"] == 0, result["errors"]
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
