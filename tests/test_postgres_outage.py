@@ -85,6 +85,11 @@ async def test_resets_while_writing(proxied, pg_dsn, tmp_path):
 
 async def test_hanging_connection_is_bounded_and_never_blocks_shutdown(proxied, pg_dsn, tmp_path):
     proxy, cfg, db, port = proxied
+    # a hang is noticed by the statement/connect timeouts: make them short (real settings)
+    dsn = pg_dsn.replace(f":{urlsplit(pg_dsn).port}/", f":{proxy.port}/")
+    write_config(cfg, dsn, [{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}",
+                 sections={"postgres": {"connect_timeout_seconds": 1, "statement_timeout_seconds": 1},
+                           "stream": {"retry_max_backoff_seconds": 1}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         proxy.stall()
