@@ -996,10 +996,19 @@ class ReversePipeline:
         rewritten = {}
         noted = dict(now)
         family = tables.values.family
+        truncated: set[int] | None = None
         for name, (file, types) in now.items():
             t = self.tables.get(name)
             old = (before or {}).get(name)
             if old is None or old[0] == file or t is None or t.state not in (bk.STREAMING, bk.LOADING):
+                continue
+            if truncated is None:
+                truncated = set() if self.checkpoint is None else await reader.truncated_tids(
+                    s.pg, self.names, self.checkpoint)
+            if t.tid in truncated:
+                # Emptied (a TRUNCATE's new file) and not read yet: the stream copies it
+                # again once it reads the entry, as emptied, not as rewritten as well.
+                noted[name] = old
                 continue
             if name in self.reload and (self.loading is None or self.loading.name != name):
                 # Its copy, still to start, reads it as it is then (and notes its file,

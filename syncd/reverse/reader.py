@@ -343,6 +343,15 @@ async def pending(conn: asyncpg.Connection, names: Names, cp: ReverseCheckpoint)
     return int(row[0]), max(0.0, float(row[1] or 0.0))
 
 
+async def truncated_tids(conn: asyncpg.Connection, names: Names, cp: ReverseCheckpoint) -> set[int]:
+    """Tables with a TRUNCATE the checkpoint does not cover yet: the stream copies each
+    again once it reads that entry."""
+    after = cp.after or (0, 0)
+    rows = await conn.fetch(f"SELECT DISTINCT tid FROM {names.changelog} WHERE op = {OP_TRUNCATE} AND {UNCOVERED}",
+                            cp.done, cp.target, after[0], after[1])
+    return {r[0] for r in rows}
+
+
 async def behind_seconds(conn: asyncpg.Connection, names: Names) -> float:
     """Seconds since the oldest of the source's held or paused tables (also one being
     copied again after its hold) stopped following Postgres: its behind_since, as the
