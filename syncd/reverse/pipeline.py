@@ -840,13 +840,13 @@ class ReversePipeline:
         size = writes.rows
         take = 0
         if load.gone is None:
-            chunk, last = await reader.read_chunk(s.pg, self.source.schema, st, load.after, size)
+            chunk, read_all = await reader.read_chunk(s.pg, self.source.schema, st, load.after, size)
             kshapes = [t.shapes[i] for i in t.spec.key_indexes]
             for r in chunk:
                 load.keep.add(tuple(tables.values.pg_token(sh.family, r[i])
                                     for sh, i in zip(kshapes, t.spec.key_indexes)))
             ta = TableApply(t.tid, t.spec, t.shapes, chunk)
-            if last:
+            if read_all:
                 load.gone = await s.worker.run(applier.keys_not_in, t.spec, t.shapes, load.keep)
                 load.keep = set()
         else:
