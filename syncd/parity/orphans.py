@@ -95,6 +95,8 @@ async def count(conn: asyncpg.Connection, schema: str, items: list[Item], specs:
 
 # --- the daemon's count ---------------------------------------------------------------------
 
+# How often the watch looks whether a source is due: at most this long, or the interval
+# when it is shorter (a source is then counted at its own interval, not the tick's).
 WATCH_TICK_SECONDS = 5.0
 
 
@@ -147,4 +149,4 @@ async def watch(settings_fn, pipelines_fn, targets) -> None:
                     metrics.foreign_key_orphans.labels(name, o.table, o.constraint).set(o.orphans)
             st.orphans = {f"{o.table}: {o.what}": o.orphans for o in counts if o.orphans is not None}
             shown[name] = now
-        await asyncio.sleep(WATCH_TICK_SECONDS)
+        await asyncio.sleep(min(WATCH_TICK_SECONDS, interval) if interval > 0 else WATCH_TICK_SECONDS)
