@@ -1,12 +1,15 @@
-"""SIGTERM and SIGINT finish or roll back the batch in flight and exit 0 within 10 s."""
+"""SIGTERM and SIGINT finish or roll back the batch in flight and exit 0 within 10 s; the
+metrics and status listener closes at once when the daemon stops."""
 
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
 import pytest
 
+from syncd.endpoint import Endpoint
 from tests.support.app import Writer, create_items
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess
@@ -31,3 +34,19 @@ async def test_stop_signal_during_heavy_streaming(tmp_path, make_config, pg_dsn,
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert d.stop() == 0
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+def test_the_listener_stops_at_once():
+    """Asked to stop, the listener does, not at its next look half a second later: every
+    stop of the daemon (systemctl stop or restart, Ctrl-C) waited on it."""
+    ep = Endpoint("127.0.0.1", 0, lambda: {"sources": {}})
+    ep.start()
+    time.sleep(0.1)  # its thread waits for a connection by now
+    began = time.monotonic()
+    ep.stop()
+    took = time.monotonic() - began
+    assert took < 0.3, took
+    ep.thread.join(5)
+    assert not ep.thread.is_alive()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", ep.port), timeout=2)
