@@ -203,8 +203,12 @@ async def test_a_cutover_killed_at_any_step_never_leaves_the_file_frozen(tmp_pat
         assert d.stop() == 0
 
 
-@pytest.mark.parametrize("step", ["frozen", "finalized"])
-async def test_an_interrupted_cutover_undoes_itself_and_says_so(tmp_path, make_config, pg_dsn, step):
+# Ctrl-C, a kill (SIGTERM: `timeout`, a job cancelled) or the terminal gone (SIGHUP: an
+# SSH session dropped): each stops the cutover the same way.
+@pytest.mark.parametrize("step, sig", [("frozen", signal.SIGINT), ("finalized", signal.SIGINT),
+                                       ("frozen", signal.SIGTERM), ("finalized", signal.SIGHUP)],
+                         ids=["frozen-ctrl-c", "finalized-ctrl-c", "frozen-sigterm", "finalized-sighup"])
+async def test_an_interrupted_cutover_undoes_itself_and_says_so(tmp_path, make_config, pg_dsn, step, sig):
     db = tmp_path / "app.db"
     make_app(db)
     cfg = ready_config(make_config, tmp_path, db)
@@ -213,7 +217,7 @@ async def test_an_interrupted_cutover_undoes_itself_and_says_so(tmp_path, make_c
         assert run_cli(cfg, "verify").returncode == 0
         with held_at(cfg, "cutover", step) as proc:
             assert not writable(db)
-            proc.send_signal(signal.SIGINT)  # Ctrl-C
+            proc.send_signal(sig)
             out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 130
         assert "syncd cutover: interrupted" in out and "app: UNDONE: interrupted" in out, out

@@ -226,7 +226,9 @@ async def test_a_reader_holding_a_rollback_journal_file_refuses_the_rollback_bef
         assert await compare_all(str(db), pg_dsn, "app", TABLES) == []
 
 
-async def test_an_interrupted_rollback_undoes_itself_and_says_so(tmp_path, make_config, pg_dsn):
+# Ctrl-C, a kill (SIGTERM) or the terminal gone (SIGHUP): each stops the rollback the same way.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
+async def test_an_interrupted_rollback_undoes_itself_and_says_so(tmp_path, make_config, pg_dsn, sig):
     db = tmp_path / "app.db"
     make_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
@@ -234,7 +236,7 @@ async def test_an_interrupted_rollback_undoes_itself_and_says_so(tmp_path, make_
         await cut_over(cfg, db, pg_dsn, daemon=d)
         with held_at(cfg, "rollback", "verified") as proc:
             assert await postgres_refusal(pg_dsn) is not None  # frozen while it runs
-            proc.send_signal(signal.SIGINT)  # Ctrl-C
+            proc.send_signal(sig)
             out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 130
         assert "syncd rollback: interrupted" in out and "app: UNDONE: interrupted" in out, out
