@@ -36,6 +36,26 @@ def say_json(obj: Any, **dumps_args: Any) -> None:
     print(scrub(json.dumps(scrub_obj(obj), **dumps_args)))
 
 
+def stop_like_ctrl_c() -> None:
+    """Inside a command's asyncio.run(): SIGTERM (a kill, `timeout`, a cancelled job) and
+    SIGHUP (the terminal gone, an SSH session dropped) stop it as Ctrl-C does, by
+    cancelling its main task once, so that what it started undoes itself before it exits
+    (the caller catches asyncio.CancelledError beside KeyboardInterrupt)."""
+    import asyncio
+    import signal
+
+    loop, me = asyncio.get_running_loop(), asyncio.current_task()
+    assert me is not None
+
+    def stop() -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # once: a second signal must not cut the undo short
+            loop.add_signal_handler(sig, lambda: None)
+        me.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop)
+
+
 def fail(message: str, code: int) -> int:
     say(f"syncd: {message}", file=sys.stderr)
     return code

@@ -36,7 +36,7 @@ def main(args) -> int:
     settings, sources = common.switch_sources(args)
     try:
         results = asyncio.run(_all(settings, sources, args.dry_run, args.allow_orphans))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM, SIGHUP
         return interrupted.report(settings, sources, "cutover")
     for r in results:
         common.say(*render(r))
@@ -45,6 +45,7 @@ def main(args) -> int:
 
 async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool,
                allow_orphans: bool) -> list[CutoverResult]:
+    common.stop_like_ctrl_c()  # a switch in progress undoes itself before the command stops
     out = []
     for s in sources:  # one after another: each freezes its own file for as short as it can
         try:

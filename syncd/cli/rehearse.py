@@ -8,7 +8,6 @@ interrupted rehearsal made is removed on the way out; whatever is left is named)
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import asyncpg
 
@@ -46,11 +45,7 @@ def main(args) -> int:
 
 
 async def _all(settings: Settings, sources: list[SourceSettings], allow_orphans: bool) -> list[RehearsalResult]:
-    # SIGTERM (timeout, kill, a cancelled job) and SIGHUP (the terminal gone) stop it as
-    # Ctrl-C does: the rehearsal in progress removes its schemas and its copies first.
-    loop, me = asyncio.get_running_loop(), asyncio.current_task()
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, me.cancel)
+    common.stop_like_ctrl_c()  # the rehearsal in progress removes its schemas and its copies first
     out = []
     for s in sources:
         try:

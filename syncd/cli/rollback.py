@@ -35,7 +35,7 @@ def main(args) -> int:
     settings, sources = common.switch_sources(args)
     try:
         results = asyncio.run(_all(settings, sources, args.dry_run))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM, SIGHUP
         return interrupted.report(settings, sources, "rollback")
     for r in results:
         common.say(*render(r))
@@ -43,6 +43,7 @@ def main(args) -> int:
 
 
 async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool) -> list[RollbackResult]:
+    common.stop_like_ctrl_c()  # a switch in progress undoes itself before the command stops
     out = []
     for s in sources:  # one after another: each freezes Postgres for as short as it can
         try:
