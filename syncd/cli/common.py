@@ -39,8 +39,10 @@ def say_json(obj: Any, **dumps_args: Any) -> None:
 def stop_like_ctrl_c() -> None:
     """Inside a command's asyncio.run(): SIGTERM (a kill, `timeout`, a cancelled job) and
     SIGHUP (the terminal gone, an SSH session dropped) stop it as Ctrl-C does, by
-    cancelling its main task once, so that what it started undoes itself before it exits
-    (the caller catches asyncio.CancelledError beside KeyboardInterrupt)."""
+    cancelling its main task, so that what it started undoes itself before it exits (the
+    caller catches asyncio.CancelledError beside KeyboardInterrupt). One while the task is
+    being cancelled already (by Ctrl-C or a signal before) leaves the undo alone; SIGHUP
+    ignored when the command started (`nohup`) stays ignored."""
     import asyncio
     import signal
 
@@ -48,12 +50,12 @@ def stop_like_ctrl_c() -> None:
     assert me is not None
 
     def stop() -> None:
-        for sig in (signal.SIGTERM, signal.SIGHUP):  # once: a second signal must not cut the undo short
-            loop.add_signal_handler(sig, lambda: None)
-        me.cancel()
+        if not me.cancelling():
+            me.cancel()
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            loop.add_signal_handler(sig, stop)
 
 
 def fail(message: str, code: int) -> int:

@@ -55,7 +55,8 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool,
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error) as e:
             # Before the freeze nothing changed; after it, _run settles the switch itself.
             out.append(CutoverResult(source=s.name, problems=[
-                f"{describe(e)}; anything left frozen is undone by the daemon within seconds, or by the next "
+                f"{describe(e)}; anything left frozen is undone by the daemon at its next check ([stream] "
+                "held_table_retry_seconds), or by the next "
                 "`syncd cutover`"]))
     return out
 

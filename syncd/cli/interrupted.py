@@ -1,6 +1,7 @@
-"""What Ctrl-C left of `syncd cutover` or `syncd rollback`: a switch the command had
-started undoes itself before the command stops (or, killed, is undone by the daemon or
-the next run); this says, per source, what Postgres recorded of this run's switch."""
+"""What Ctrl-C (or SIGTERM or SIGHUP: cli/common.stop_like_ctrl_c) left of `syncd cutover`
+or `syncd rollback`: a switch the command had started undoes itself before the command
+stops (or, killed, is undone by the daemon or the next run); this says, per source, what
+Postgres recorded of this run's switch."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ DONE = {"cutover": "cut over to Postgres before the interrupt", "rollback": "rol
 
 
 def report(settings: Settings, sources: list[SourceSettings], kind: str) -> int:
-    """Print each source's outcome; exit code 130, as for any Ctrl-C."""
+    """Print each source's outcome; exit code 130, as for any Ctrl-C (whichever of the three
+    signals stopped it: one code for "interrupted, see what it said")."""
     lines = asyncio.run(_outcomes(settings, sources, kind, list(STARTED_SWITCHES)))
     common.say(f"syncd {kind}: interrupted", *(lines or ["no switch had started: nothing changed"]))
     return 130
@@ -48,6 +50,6 @@ async def _outcomes(settings: Settings, sources: list[SourceSettings], kind: str
         elif state == "undone":
             lines.append(f"{s.name}: UNDONE: {reason or 'interrupted'}; nothing changed")
         else:
-            lines.append(f"{s.name}: interrupted at step {state!r}: a running daemon undoes it within seconds; "
-                         f"without one, the next `syncd {kind}` does")
+            lines.append(f"{s.name}: interrupted at step {state!r}: a running daemon undoes it at its next check "
+                         f"([stream] held_table_retry_seconds); without one, the next `syncd {kind}` does")
     return lines

@@ -53,7 +53,8 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error, LockTimeout) as e:
             # Whatever froze stays recorded: the daemon (or the next run) undoes it.
             out.append(RollbackResult(source=s.name, problems=[
-                f"{describe(e)}; anything left frozen is undone by the daemon within seconds, or by the next "
+                f"{describe(e)}; anything left frozen is undone by the daemon at its next check ([stream] "
+                "held_table_retry_seconds), or by the next "
                 "`syncd rollback`"]))
     return out
 
