@@ -235,7 +235,8 @@ class CutoverSettings(_Strict):
     # (sampled rows; every table's primary key first, then its indexes).
     max_query_ms: float = Field(50.0, gt=0)
     speed_max_lookups: int = Field(200, ge=1)  # no ceiling: the item fails while any lookup is untimed
-    # How often the daemon counts foreign-key orphans (0: never; the report counts anyway).
+    # How often the daemon counts foreign-key orphans (0: never; the report counts anyway;
+    # at most every 0.5 s however small).
     orphan_check_interval_seconds: float = Field(300.0, ge=0)
     # After a cutover SQLite follows Postgres for this long, so `syncd rollback` stays
     # possible; then the way back stops (the file is kept as it is, never deleted).

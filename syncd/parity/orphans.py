@@ -96,8 +96,10 @@ async def count(conn: asyncpg.Connection, schema: str, items: list[Item], specs:
 # --- the daemon's count ---------------------------------------------------------------------
 
 # How often the watch looks whether a source is due: at most this long, or the interval
-# when it is shorter (a source is then counted at its own interval, not the tick's).
+# when it is shorter (a source is then counted at its own interval, not the tick's), but
+# not more often than WATCH_TICK_MIN_SECONDS: each count borrows a pooled connection.
 WATCH_TICK_SECONDS = 5.0
+WATCH_TICK_MIN_SECONDS = 0.5
 
 
 async def watch(settings_fn, pipelines_fn, targets) -> None:
@@ -149,4 +151,5 @@ async def watch(settings_fn, pipelines_fn, targets) -> None:
                     metrics.foreign_key_orphans.labels(name, o.table, o.constraint).set(o.orphans)
             st.orphans = {f"{o.table}: {o.what}": o.orphans for o in counts if o.orphans is not None}
             shown[name] = now
-        await asyncio.sleep(min(WATCH_TICK_SECONDS, interval) if interval > 0 else WATCH_TICK_SECONDS)
+        await asyncio.sleep(max(WATCH_TICK_MIN_SECONDS, min(WATCH_TICK_SECONDS, interval)) if interval > 0
+                            else WATCH_TICK_SECONDS)
