@@ -13,6 +13,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import time
 
 import asyncpg
 import pytest
@@ -223,6 +224,27 @@ async def test_an_interrupted_cutover_undoes_itself_and_says_so(tmp_path, make_c
         assert "syncd cutover: interrupted" in out and "app: UNDONE: interrupted" in out, out
         assert writable(db) and await direction(pg_dsn) == "to_postgres"  # undone before it stopped
         assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE source = 'app'") == [("undone",)]
+        assert d.stop() == 0
+
+
+async def test_a_cutover_started_under_nohup_runs_on_when_the_terminal_goes(tmp_path, make_config, pg_dsn):
+    """`nohup syncd cutover`: SIGHUP (the SSH session dropped) stays ignored, as the
+    operator asked; the cutover is not undone by it."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        resume = tmp_path / "resume"
+        with held_at(cfg, "cutover", "frozen", resume_on=resume, nohup=True) as proc:
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(2)  # a cutover stopped by it would have undone itself and exited by now
+            assert proc.poll() is None and not writable(db)
+            resume.touch()
+            out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert await direction(pg_dsn) == "to_sqlite" and not writable(db)
         assert d.stop() == 0
 
 
