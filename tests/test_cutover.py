@@ -7,6 +7,7 @@ the file frozen with nobody holding the switch."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -54,6 +55,19 @@ def ready_config(make_config, tmp_path, db, postgres: dict | None = None, **veri
     return make_config([{"name": "app", "path": str(db)}], sections={
         "cutover": {"min_days": 0, "backup_glob": str(backups / "*.db")},
         "verify": {"interval_seconds": 0, **verify}, **({"postgres": postgres} if postgres else {})})
+
+
+@contextlib.asynccontextmanager
+async def streaming_and_verified(make_config, tmp_path, pg_dsn):
+    """The app's file replicated by a running daemon and verified equal, its backup taken:
+    (file, config, daemon), ready for `syncd cutover`."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        yield db, cfg, d
 
 
 def writable(db) -> bool:
@@ -180,12 +194,7 @@ async def test_cutover_with_the_daemon_stopped(tmp_path, make_config, pg_dsn):
 
 @pytest.mark.parametrize("step", ["started", "frozen", "drained", "verified", "finishing"])
 async def test_a_cutover_killed_at_any_step_never_leaves_the_file_frozen(tmp_path, make_config, pg_dsn, step):
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = ready_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert run_cli(cfg, "verify").returncode == 0
+    async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
         with held_at(cfg, "cutover", step) as proc:
             if step != "started":
                 assert not writable(db)  # the kill really lands while the file is frozen
@@ -210,12 +219,7 @@ async def test_a_cutover_killed_at_any_step_never_leaves_the_file_frozen(tmp_pat
                                        ("frozen", signal.SIGTERM), ("finalized", signal.SIGHUP)],
                          ids=["frozen-ctrl-c", "finalized-ctrl-c", "frozen-sigterm", "finalized-sighup"])
 async def test_an_interrupted_cutover_undoes_itself_and_says_so(tmp_path, make_config, pg_dsn, step, sig):
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = ready_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert run_cli(cfg, "verify").returncode == 0
+    async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
         with held_at(cfg, "cutover", step) as proc:
             assert not writable(db)
             proc.send_signal(sig)
@@ -230,12 +234,7 @@ async def test_an_interrupted_cutover_undoes_itself_and_says_so(tmp_path, make_c
 async def test_a_cutover_started_under_nohup_runs_on_when_the_terminal_goes(tmp_path, make_config, pg_dsn):
     """`nohup syncd cutover`: SIGHUP (the SSH session dropped) stays ignored, as the
     operator asked; the cutover is not undone by it."""
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = ready_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert run_cli(cfg, "verify").returncode == 0
+    async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
         resume = tmp_path / "resume"
         with held_at(cfg, "cutover", "frozen", resume_on=resume, nohup=True) as proc:
             proc.send_signal(signal.SIGHUP)
@@ -249,12 +248,7 @@ async def test_a_cutover_started_under_nohup_runs_on_when_the_terminal_goes(tmp_
 
 
 async def test_a_rerun_undoes_a_killed_cutover_when_no_daemon_runs(tmp_path, make_config, pg_dsn):
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = ready_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert run_cli(cfg, "verify").returncode == 0
+    async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
         assert d.stop() == 0
     with held_at(cfg, "cutover", "verified") as proc:
         proc.kill()
