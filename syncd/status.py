@@ -283,7 +283,7 @@ def _read_files(jobs: list[tuple[SourceSettings, int, dict[str, int]]], wait_ms:
         try:
             if not source.path.exists():
                 return None
-            return _read_sqlite(source, applied_seq, held, min(FIRST_LOOK_MS, wait_ms) if first else wait_ms)
+            return _read_sqlite(source, applied_seq, held, FIRST_LOOK_MS if first else wait_ms)
         except (sqlite3.Error, OSError) as e:  # OSError: its directory unreadable, say
             if first and is_busy(e):
                 return _LOCKED
