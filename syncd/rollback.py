@@ -26,7 +26,6 @@ killed) is unfrozen by the daemon's reverse stream within seconds, or by the nex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from syncd import collisions
+from syncd import collisions, in_process
 from syncd.config import Settings, SourceSettings
 from syncd.cutover import (SETTLED, STARTED_SWITCHES, Refused, answering, hold_at, read_specs, record_step,
                            recorded_direction, release_switch_lock, sequence_tops, switch_holder, take_switch_lock,
@@ -65,7 +64,6 @@ DRAIN_SECONDS = 120.0
 WRITABLE_WAIT_SECONDS = 5.0  # the pre-flight's wait for a write lock on the SQLite file
 VERIFY_WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.05
-STOP_SECONDS = 15.0
 # The freeze's message where the rollback's own (naming its time) is not at hand.
 FROZEN_MESSAGE = "moved back to SQLite by syncd (syncd rollback); the application writes its SQLite file again"
 
@@ -249,13 +247,11 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
     from syncd.reverse.pipeline import ReversePipeline
 
     pipeline = ReversePipeline(settings, source)
-    task = asyncio.create_task(pipeline.run(), name=f"drain-{source.name}")
+    task = in_process.start(pipeline, f"drain-{source.name}", "ROLLBACK")
     try:
         ok = await _wait(drained, timeout, task)
     finally:
-        pipeline.stop()
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
-            await asyncio.wait_for(task, STOP_SECONDS)
+        await in_process.stop(pipeline, task)
     if not ok:
         detail = f": {pipeline.detail}" if pipeline.detail else ""
         raise TimeoutError(f"syncd's reverse stream did not bring SQLite up to date within {timeout:g} s "

@@ -247,6 +247,20 @@ async def test_a_cutover_started_under_nohup_runs_on_when_the_terminal_goes(tmp_
         assert d.stop() == 0
 
 
+async def test_a_signal_while_the_cutover_stops_its_own_stream_still_undoes_it(tmp_path, make_config, pg_dsn):
+    """With no daemon, the cutover streams the last changes itself; a SIGTERM that lands
+    while that stream winds down interrupts the cutover like one at any other step."""
+    async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
+        assert d.stop() == 0
+    with held_at(cfg, "cutover", "stopping-stream") as proc:
+        assert not writable(db)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert "app: UNDONE: interrupted" in out, out
+    assert writable(db) and await direction(pg_dsn) == "to_postgres"
+
+
 async def test_a_rerun_undoes_a_killed_cutover_when_no_daemon_runs(tmp_path, make_config, pg_dsn):
     async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
         assert d.stop() == 0

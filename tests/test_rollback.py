@@ -244,6 +244,25 @@ async def test_an_interrupted_rollback_undoes_itself_and_says_so(tmp_path, make_
         assert not sqlite_writable(db)
 
 
+async def test_a_signal_while_the_rollback_stops_its_own_stream_still_undoes_it(tmp_path, make_config, pg_dsn):
+    """With no daemon, the rollback brings SQLite up to date with its own reverse stream; a
+    SIGTERM that lands while that stream winds down interrupts the rollback."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    with held_at(cfg, "rollback", "stopping-stream") as proc:
+        assert await postgres_refusal(pg_dsn) is not None
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert "app: UNDONE: interrupted" in out, out
+    assert await postgres_refusal(pg_dsn) is None and await direction(pg_dsn) == "to_sqlite"
+    assert not sqlite_writable(db)
+
+
 async def test_rollback_with_the_daemon_stopped(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     make_app(db)

@@ -14,13 +14,13 @@ entries, holding the lock like the daemon would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
+from syncd import in_process
 from syncd.config import Settings, SourceSettings
 from syncd.postgres.bookkeeping import SourceLocked, source_key, try_lock_source, unlock_source
 from syncd.postgres.connect import close_quietly, connect
@@ -30,7 +30,6 @@ from syncd.verify.postgres_side import checkpoint, lock_holder
 from syncd.verify.result import EXTRA, Difference
 
 POLL_SECONDS = 0.1
-STOP_SECONDS = 15.0
 
 
 def changelog_entries(differences: list[Difference]) -> tuple[list[tuple[int, tuple]], list[Difference]]:
@@ -102,13 +101,11 @@ async def _run_pipeline_until(settings: Settings, source: SourceSettings, pg: as
     from syncd.pipeline import Pipeline  # the daemon's own apply path
 
     pipeline = Pipeline(settings, source)
-    task = asyncio.create_task(pipeline.run(), name=f"repair-{source.name}")
+    task = in_process.start(pipeline, f"repair-{source.name}", "CUTOVER")
     try:
         ok = await _wait_checkpoint(pg, settings.postgres.bookkeeping_schema, source.name, target, timeout, task)
     finally:
-        pipeline.stop()
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
-            await asyncio.wait_for(task, STOP_SECONDS)
+        await in_process.stop(pipeline, task)
     if not ok:
         detail = f": {pipeline.detail}" if pipeline.detail else ""
         raise TimeoutError(f"syncd's pipeline did not apply the repair within {timeout:g} s ({pipeline.health}{detail})")
