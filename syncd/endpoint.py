@@ -312,7 +312,8 @@ class Endpoint:
         # (its accept() fails, which serve_forever ignores), so the loop sees the request.
         with contextlib.suppress(OSError):
             self.server.socket.shutdown(socket.SHUT_RDWR)
-        self.server.shutdown()
+        if self.thread.ident is not None:  # shutdown() waits for a serve_forever() that ran or will
+            self.server.shutdown()
         self.server.server_close()
 
 

@@ -50,3 +50,14 @@ def test_the_listener_stops_at_once():
     assert not ep.thread.is_alive()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", ep.port), timeout=2)
+
+
+def test_a_listener_never_started_stops_too():
+    """A daemon stopped between binding the port and starting the listener's thread
+    closes the port and goes on stopping."""
+    ep = Endpoint("127.0.0.1", 0, lambda: {"sources": {}})
+    began = time.monotonic()
+    ep.stop()
+    assert time.monotonic() - began < 5
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", ep.port), timeout=2)
