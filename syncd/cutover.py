@@ -187,7 +187,8 @@ async def record_step(conn: asyncpg.Connection, b: Bookkeeping, switch_id: int, 
 async def undo_abandoned(settings: Settings, source: SourceSettings, conn: asyncpg.Connection,
                          worker: SqliteWorker) -> str | None:
     """With the switch lock held: a cutover that froze the file and died is undone
-    (the file unfrozen, its record closed). Returns what was done, or None."""
+    (the file unfrozen, its record closed); a file a rollback switched back and left
+    frozen is unfrozen. Returns what was done, or None."""
     b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
     if await b.direction(conn) != TO_POSTGRES:
         return None
@@ -204,8 +205,12 @@ async def undo_abandoned(settings: Settings, source: SourceSettings, conn: async
     # Its record closed, the cutover's guard passes the application's writes: its triggers go.
     b.key = await source_key(conn, b.schema, source.name, assign=False)
     await _unguard(conn, b, source)
-    what = "unfroze the SQLite file a cutover left frozen when it stopped before finishing" if message \
-        else "closed the record of a cutover that stopped before freezing"
+    if message is None:
+        what = "closed the record of a cutover that stopped before freezing"
+    elif left:
+        what = "unfroze the SQLite file a cutover left frozen when it stopped before finishing"
+    else:  # no switch open: a rollback that turned and could not unfreeze the file, or was killed before
+        what = "unfroze the SQLite file a rollback left frozen after it switched back"
     log.warning(what, extra={"source": source.name, "event": "cutover_undone"})
     return what
 

@@ -48,7 +48,7 @@ from syncd.postgres import app_triggers
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import (Bookkeeping, SourceLocked, ensure_bookkeeping, source_key, try_lock_source,
                                        unlock_source)
-from syncd.postgres.connect import close_quietly, connect
+from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
 from syncd.reverse import applier, capture, reader
 from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint
@@ -78,12 +78,13 @@ class RollbackResult:
     undone: bool = False
     unknown: bool = False  # Postgres could not be asked whether its last transaction committed
     undo_pending: bool = False  # not done, and the freeze not undone yet: the daemon undoes it
+    still_frozen: str | None = None  # done, but SQLite could not be unfrozen yet: why, and who does it
     downtime_seconds: float | None = None
     plan: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.still_frozen is None
 
 
 async def _hold(step: str) -> None:
@@ -257,6 +258,30 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
         raise TimeoutError(f"syncd's reverse stream did not bring SQLite up to date within {timeout:g} s "
                            f"({pipeline.health}{detail})")
     return "by syncd's reverse stream run in this process (no daemon was running the source)"
+
+
+async def _after_the_turn(conn: asyncpg.Connection, worker: SqliteWorker, b: Bookkeeping, switch_id: int,
+                          frozen_at: float, res: RollbackResult, busy: int) -> None:
+    """Once Postgres recorded the rollback: SQLite takes the application's writes again,
+    and the downtime is recorded. Neither failing undoes the rollback, or is said as a
+    refusal: a file still frozen is said (the daemon unfreezes it), a downtime not recorded
+    is noted."""
+    try:
+        await worker.run(freeze.unfreeze, busy)
+    except (LockTimeout, sqlite3.Error) as e:
+        res.still_frozen = (f"{describe(e)}; the daemon unfreezes it at its next check ([stream] "
+                            "held_table_retry_seconds), or run `syncd rollback` again")
+        log.warning(f"rolled back to SQLite, but the file is still frozen: {res.still_frozen}",
+                    extra={"source": b.source, "event": "rollback_done"})
+        return
+    res.downtime_seconds = time.monotonic() - frozen_at
+    log.info(f"rolled back to SQLite: write downtime {res.downtime_seconds:.2f} s",
+             extra={"source": b.source, "event": "rollback_done"})
+    try:
+        await conn.execute(f"UPDATE {b.s}.switches SET downtime_seconds = $2 WHERE id = $1", switch_id,
+                           res.downtime_seconds)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError) as e:
+        res.plan.append(f"the write downtime is not in Postgres's record of the rollback: {describe(e)}")
 
 
 async def _wait(cond, timeout: float, task: asyncio.Task | None = None) -> bool:
@@ -653,16 +678,12 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         await while_tables_busy(turn, conn, source, tables, "the switch's last transaction",
                                  settings.postgres.statement_timeout_seconds)
         turned = True
+        res.done = True
         app_triggers.say(source.name, quieted, disabled=True)
         _said_by_default(res, source, always)
         res.plan.append(f"the forward stream resumes after change {top} of SQLite's changelog")
-        await worker.run(freeze.unfreeze, busy)
-        res.downtime_seconds = time.monotonic() - frozen_at
-        await conn.execute(f"UPDATE {b.s}.switches SET downtime_seconds = $2 WHERE id = $1", switch_id,
-                           res.downtime_seconds)
-        res.done = True
-        log.info(f"rolled back to SQLite: write downtime {res.downtime_seconds:.2f} s",
-                 extra={"source": source.name, "event": "rollback_done"})
+        await _hold("turned")
+        await _after_the_turn(conn, worker, b, switch_id, frozen_at, res, busy)
     except BaseException as e:
         if turned:
             # Past the turn there is no way back to undo to: the daemon (or the next run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -278,6 +279,53 @@ async def test_rollback_with_the_daemon_stopped(tmp_path, make_config, pg_dsn):
     assert conn.execute("SELECT value FROM settings").fetchone() == ("light",)
     conn.close()
     assert sqlite_writable(db)
+
+
+# After the turn commits the rollback is done, whatever fails next: it says so, and what is
+# left (a file still frozen, a record without its downtime) is named, not called a refusal.
+async def test_a_rollback_whose_file_cannot_be_unfrozen_after_the_turn_says_it_rolled_back(
+        tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    resume = tmp_path / "resume"
+    with held_at(cfg, "rollback", "turned", resume_on=resume) as proc:
+        # No file of the command's may grow past its first byte from here: SQLite's write
+        # of the unfreeze fails (a full disk fails it alike).
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1, 1))
+        resume.touch()
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "app: rolled back to SQLite, but the SQLite file is STILL FROZEN" in out, out
+    assert "REFUSED" not in out and "UNDONE" not in out
+    assert await direction(pg_dsn) == "to_postgres" and not sqlite_writable(db)
+    r = run_cli(cfg, "rollback")  # as the message says: a second run unfreezes it
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "not cut over (rolled back" in r.stdout, r.stdout
+    assert "unfroze the SQLite file a rollback left frozen after it switched back" in r.stdout, r.stdout
+    assert sqlite_writable(db)
+
+
+async def test_a_rollback_whose_record_cannot_take_its_downtime_still_rolled_back(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    resume = tmp_path / "resume"
+    with held_at(cfg, "rollback", "turned", resume_on=resume) as proc:
+        await pg_rows(pg_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        resume.touch()
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "app: rolled back to SQLite; write downtime" in out, out
+    assert "the write downtime is not in Postgres's record of the rollback" in out, out
+    assert await direction(pg_dsn) == "to_postgres" and sqlite_writable(db)
 
 
 @pytest.mark.parametrize("step", ["started", "frozen", "drained", "verified", "finishing"])

@@ -1,7 +1,7 @@
 """`syncd rollback [--source NAME ...] [--dry-run]`: switch cut-over sources' applications
 back from Postgres to SQLite. Scriptable, asks nothing: exit 0 when every source is
-switched back (or never was cut over), 1 when one is refused or undone (every reason
-printed), 2 configuration error."""
+switched back (or never was cut over), 1 when one is refused or undone, or switched back
+with its file not unfrozen yet (every reason printed), 2 configuration error."""
 
 from __future__ import annotations
 
@@ -69,4 +69,7 @@ def render(r: RollbackResult) -> list[str]:
         return [f"{r.source}: {head}: {r.problems[0]}", *(f"  - {p}" for p in r.problems[1:]), *notes]
     if r.dry_run:
         return [f"{r.source}: ready to roll back (dry run, nothing changed)", *notes]
+    if r.still_frozen:
+        return [f"{r.source}: rolled back to SQLite, but the SQLite file is STILL FROZEN for the application: "
+                f"{r.still_frozen}", *notes]
     return [f"{r.source}: rolled back to SQLite; write downtime {r.downtime_seconds:.2f} s (freeze to done)", *notes]
