@@ -89,6 +89,15 @@ async def lookup_indexes(dsn: str) -> list[str]:
                                              "starts_with(indexname, '_syncd_uq_')")]
 
 
+async def cut_over_and_stopped(make_config, tmp_path, pg_dsn) -> tuple:
+    """The app cut over, SQLite following Postgres, and no daemon running: (db, config)."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    return db, cfg
+
+
 def downtime(stdout: str) -> float:
     return float(re.search(r"write downtime ([0-9.]+) s", stdout).group(1))
 
@@ -248,12 +257,7 @@ async def test_an_interrupted_rollback_undoes_itself_and_says_so(tmp_path, make_
 async def test_a_signal_while_the_rollback_stops_its_own_stream_still_undoes_it(tmp_path, make_config, pg_dsn):
     """With no daemon, the rollback brings SQLite up to date with its own reverse stream; a
     SIGTERM that lands while that stream winds down interrupts the rollback."""
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        assert d.stop() == 0
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
     with held_at(cfg, "rollback", "stopping-stream") as proc:
         assert await postgres_refusal(pg_dsn) is not None
         proc.send_signal(signal.SIGTERM)
@@ -265,12 +269,7 @@ async def test_a_signal_while_the_rollback_stops_its_own_stream_still_undoes_it(
 
 
 async def test_rollback_with_the_daemon_stopped(tmp_path, make_config, pg_dsn):
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        assert d.stop() == 0
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
     await pg_rows(pg_dsn, "UPDATE app.settings SET value = 'light' WHERE key = 'theme'")  # nothing streams back
     r = run_cli(cfg, "rollback")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -285,12 +284,7 @@ async def test_rollback_with_the_daemon_stopped(tmp_path, make_config, pg_dsn):
 # left (a file still frozen, a record without its downtime) is named, not called a refusal.
 async def test_a_rollback_whose_file_cannot_be_unfrozen_after_the_turn_says_it_rolled_back(
         tmp_path, make_config, pg_dsn):
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        assert d.stop() == 0
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
     resume = tmp_path / "resume"
     with held_at(cfg, "rollback", "turned", resume_on=resume) as proc:
         # No file of the command's may grow past its first byte from here: SQLite's write
@@ -310,12 +304,7 @@ async def test_a_rollback_whose_file_cannot_be_unfrozen_after_the_turn_says_it_r
 
 
 async def test_a_rollback_whose_record_cannot_take_its_downtime_still_rolled_back(tmp_path, make_config, pg_dsn):
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        assert d.stop() == 0
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
     resume = tmp_path / "resume"
     with held_at(cfg, "rollback", "turned", resume_on=resume) as proc:
         await pg_rows(pg_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
