@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -46,6 +47,9 @@ FULL_CHECK_SPACING_SECONDS = 1.0  # between two sources' just-in-case full check
 SUMMARY_CHARS = 400  # systemd's STATUS= line (`systemctl status`)
 EXTEND_WINDOW_SECONDS = 60.0
 EXTEND_EVERY_SECONDS = 10.0
+# Seconds after a pipeline stopped (a reload, a switch, a file gone) before the stopped
+# ones' leftovers are collected, once for all that stopped meanwhile (_collect_stopped).
+COLLECT_AFTER_STOP_SECONDS = 2.0
 
 
 class StartupError(Exception):
@@ -74,6 +78,7 @@ class Daemon:
         self.admission = asyncio.Semaphore(STARTING_AT_ONCE)
         self.verifier = VerifyScheduler(self)
         self._outcomes: dict[str, str] = {}  # source -> last consistency outcome logged
+        self._stopped_at: float | None = None  # monotonic time the first pipeline not collected yet stopped
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -312,6 +317,21 @@ class Daemon:
             done, pending = await asyncio.wait([task], timeout=SHUTDOWN_GRACE_SECONDS)
             for t in pending:
                 t.cancel()
+        self._stopped()
+
+    def _stopped(self) -> None:
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
+
+    def _collect_stopped(self) -> None:
+        """A stopped pipeline's objects form reference cycles (its tasks, callbacks and
+        sessions point at each other), which only the cyclic collector frees; syncd runs
+        that rarely on its own (cli/__init__.py GC_THRESHOLDS), so a daemon reloaded
+        often kept every stopped source's memory for long. A while after the first stop,
+        one full collection frees those stopped meanwhile (about 0.1 s at 300 sources)."""
+        if self._stopped_at is not None and time.monotonic() - self._stopped_at >= COLLECT_AFTER_STOP_SECONDS:
+            self._stopped_at = None
+            gc.collect()
 
     # --- periodic consistency check --------------------------------------------------
 
@@ -369,11 +389,13 @@ class Daemon:
             if wd and time.monotonic() - last_ping >= wd / 2 and self._alive(wd):
                 self.notifier.watchdog()
                 last_ping = time.monotonic()
+            self._collect_stopped()
             for name, task in list(self.tasks.items()):
                 if task.done() and not self.stop_event.is_set():
                     exc = task.exception() if not task.cancelled() else None
                     log.error(f"pipeline ended unexpectedly ({exc!r}); restarting it",
                               extra={"source": name, "event": "pipeline_restart"})
+                    self._stopped()
                     old = self.pipelines[name]
                     if self.watcher:
                         self.watcher.remove(old.wakeup)
