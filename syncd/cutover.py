@@ -43,7 +43,7 @@ from syncd.printable import listed
 from syncd.reverse.capture import FREEZE_LOCK_STEP
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
 from syncd.sqlite import freeze
-from syncd.sqlite.connection import SqliteWorker
+from syncd.sqlite.connection import SourceFileError, SqliteWorker
 from syncd.sqlite.introspect import introspect
 from syncd.table_locks import (TablesBusy, blockers_named, long_holders, shorten_lock_waits, table_holders,
                                take_tables, while_tables_busy)
@@ -140,7 +140,7 @@ ASK_SECONDS = 5.0  # how long a switch that failed waits for Postgres to say wha
 # Failures a switch reports in its result (settled: done, undone or unknown, said in one
 # line); anything else (Ctrl-C, a bug) is raised after the switch is settled.
 SETTLED = (Refused, TablesBusy, asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError, sqlite3.Error,
-           TimeoutError)
+           SourceFileError, TimeoutError)
 
 
 async def answering(settings: Settings, source: SourceSettings,

@@ -33,6 +33,7 @@ from syncd.model import TO_SQLITE
 from syncd.postgres.bookkeeping import OWNED_TABLES, Bookkeeping, ensure_bookkeeping
 from syncd.postgres.connect import close_quietly, connect, describe
 from syncd.sqlite import capture
+from syncd.sqlite.connection import file_problem, is_busy
 
 log = logging.getLogger("syncd")
 
@@ -87,8 +88,9 @@ def rehearsal_settings(settings: Settings, source: SourceSettings, copy: Path,
 def copy_file(src: Path, dst: Path, busy_timeout_ms: int) -> None:
     """SQLite's online backup of `src` into `dst`, in steps of 1,024 pages: a writer waits
     at most one step; each write by another connection restarts the copy."""
-    if not src.exists():
-        raise RehearsalFailed(f"SQLite file {src} does not exist")
+    problem = file_problem(src)
+    if problem is not None:
+        raise RehearsalFailed(str(problem))
     began = time.monotonic()
 
     def progress(_status, _remaining, _total):
@@ -99,7 +101,12 @@ def copy_file(src: Path, dst: Path, busy_timeout_ms: int) -> None:
     source = sqlite3.connect(f"file:{quote(str(src))}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000)
     target = sqlite3.connect(dst, isolation_level=None)
     try:
-        source.backup(target, pages=1024, progress=progress, sleep=0.005)
+        try:
+            source.backup(target, pages=1024, progress=progress, sleep=0.005)
+        except sqlite3.DatabaseError as e:
+            if is_busy(e):
+                raise
+            raise RehearsalFailed(f"cannot read SQLite file {src}: {e}") from None
         # The application's file as it would be without syncd: the rehearsal installs capture itself.
         capture.uninstall(target, busy_timeout_ms)
     finally:

@@ -22,7 +22,7 @@ from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
-from syncd.sqlite.connection import hard_links, is_busy, open_readonly
+from syncd.sqlite.connection import file_problem, hard_links, is_busy, open_readonly
 from syncd.sqlite.introspect import is_internal, list_tables
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -283,6 +283,9 @@ def _read_files(jobs: list[tuple[SourceSettings, int, dict[str, int]]], wait_ms:
         try:
             if not source.path.exists():
                 return None
+            problem = file_problem(source.path)  # a directory: not SQLite's "disk I/O error"
+            if problem is not None:
+                return str(problem)
             return _read_sqlite(source, applied_seq, held, FIRST_LOOK_MS if first else wait_ms)
         except (sqlite3.Error, OSError) as e:  # OSError: its directory unreadable, say
             if first and is_busy(e):

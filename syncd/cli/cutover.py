@@ -14,6 +14,7 @@ from syncd.cli import common, interrupted
 from syncd.config import Settings, SourceSettings
 from syncd.cutover import CutoverResult, cutover
 from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.sqlite.connection import SourceFileError
 
 
 def register(sub, parent) -> None:
@@ -50,7 +51,7 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool,
     for s in sources:  # one after another: each freezes its own file for as short as it can
         try:
             out.append(await cutover(settings, s, dry_run=dry_run, allow_orphans=allow_orphans))
-        except PostgresUnavailable as e:
+        except (PostgresUnavailable, SourceFileError) as e:  # nothing changed
             out.append(CutoverResult(source=s.name, problems=[str(e)]))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error) as e:
             # Before the freeze nothing changed; after it, _run settles the switch itself.

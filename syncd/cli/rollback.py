@@ -13,6 +13,7 @@ import asyncpg
 from syncd.cli import common, interrupted
 from syncd.config import Settings, SourceSettings
 from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.sqlite.connection import SourceFileError
 from syncd.sqlite.capture import LockTimeout
 from syncd.rollback import RollbackResult, rollback
 
@@ -48,7 +49,7 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool)
     for s in sources:  # one after another: each freezes Postgres for as short as it can
         try:
             out.append(await rollback(settings, s, dry_run=dry_run))
-        except PostgresUnavailable as e:
+        except (PostgresUnavailable, SourceFileError) as e:  # nothing changed
             out.append(RollbackResult(source=s.name, problems=[str(e)]))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error, LockTimeout) as e:
             # Whatever froze stays recorded: the daemon (or the next run) undoes it.

@@ -14,7 +14,7 @@ from syncd.parity.plan import Options, plan_source
 from syncd.parity.summary import explain_source, explain_table
 from syncd.postgres import app_triggers, ddl
 from syncd.postgres.connect import close_quietly, connect, describe
-from syncd.sqlite.connection import open_readonly
+from syncd.sqlite.connection import file_problem, open_readonly
 from syncd.sqlite.introspect import introspect
 
 
@@ -34,8 +34,9 @@ def main(args) -> int:
     settings = common.load(args)
     rc = 0
     for source in common.selected_sources(settings, args.source):
-        if not source.path.exists():
-            common.say(f"-- source {source.name}: ERROR SQLite file {source.path} does not exist", "")
+        problem = file_problem(source.path)
+        if problem is not None:
+            common.say(f"-- source {source.name}: ERROR {problem}", "")
             rc = 1
             continue
         sticky, retyped, where, quieted = asyncio.run(_types_in_postgres(settings, source))

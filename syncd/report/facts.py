@@ -27,7 +27,7 @@ from syncd.postgres.connect import close_quietly, connect
 from syncd.report import backups
 from syncd.report.backups import BackupFacts
 from syncd.sqlite import capture, disk_guard
-from syncd.sqlite.connection import open_readonly
+from syncd.sqlite.connection import SourceFileError, file_problem, open_readonly
 from syncd.sqlite.introspect import introspect
 from syncd.sqlite.leftout import LeftOut
 from syncd.types import ValueMismatch, converter
@@ -290,6 +290,10 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             try:
                 side = await asyncio.to_thread(_sqlite_side, source, sticky, counted_at, retyped,
                                                settings.sqlite.read_busy_timeout_ms)
+            except SourceFileError as e:  # it names the file
+                facts.error = str(e)
+                side = None
+                break
             except (sqlite3.Error, OSError) as e:
                 facts.error = f"cannot read SQLite file {source.path}: {e}"
                 side = None
@@ -435,8 +439,9 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
                  busy_timeout_ms: int) -> _SqliteSide:
     """What the report measures in the SQLite file; its application's lock is waited for
     `busy_timeout_ms` at most ([sqlite] read_busy_timeout_ms), then sqlite3.OperationalError."""
-    if not source.path.exists():
-        raise OSError(f"{source.path} does not exist")
+    problem = file_problem(source.path)
+    if problem is not None:
+        raise problem
     conn = open_readonly(source.path, busy_timeout_ms)
     try:
         schema = introspect(conn, source, sticky, retyped)

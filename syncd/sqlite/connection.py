@@ -113,15 +113,24 @@ def open_readonly(path, busy_timeout_ms: int) -> sqlite3.Connection:
                            isolation_level=None, check_same_thread=False)
 
 
+def file_problem(path: Path) -> SourceFileError | None:
+    """What keeps the file at `path` from being opened as a source's database before
+    SQLite is asked (which would say "disk I/O error" of a directory), or None."""
+    if not path.exists():
+        return SourceFileError(f"SQLite file {path} does not exist")
+    if path.is_dir():
+        return SourceFileError(f"SQLite file {path} is a directory, not a file: point the source's path at the "
+                               "database file in it")
+    if _emptied(path):
+        return empty_file(path)
+    return None
+
+
 def open_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     """Open an existing SQLite file read-write without ever creating it."""
-    if not path.exists():
-        raise SourceFileError(f"SQLite file {path} does not exist")
-    if path.is_dir():
-        raise SourceFileError(f"SQLite file {path} is a directory, not a file: point the source's path at the "
-                              "database file in it")
-    if _emptied(path):
-        raise empty_file(path)
+    problem = file_problem(path)
+    if problem is not None:
+        raise problem
     uri = f"file:{quote(str(path))}?mode=rw"
     conn = None
     try:
