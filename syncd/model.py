@@ -105,6 +105,10 @@ class TableSpec:
     unique_sets: tuple[UniqueSet, ...] = ()
     notes: tuple[str, ...] = ()
     rowid_alias: bool = False  # the key is an INTEGER PRIMARY KEY: the rowid itself, stable across VACUUM
+    # Per key column, the collation of the unique index that makes the key unique (its
+    # primary key's, or the unique index keying it), where it is one of SQLite's own;
+    # None where no such index is (the rowid, a [sources.keys] key). key_sql() applies it.
+    key_collations: tuple[str | None, ...] = ()
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -120,6 +124,17 @@ class TableSpec:
     def rowid_keyed(self) -> bool:
         """A keyless table: its key is syncd's rowid column (renumbered by VACUUM)."""
         return any(c.sqlite_expr is not None for c in self.columns)
+
+    def key_sql(self, name: str, qualifier: str = "") -> str:
+        """Key column `name` as SQLite SQL compares it the way the key is unique: under
+        its index's collation. A PRIMARY KEY (k COLLATE BINARY) on a NOCASE column holds
+        'a' and 'A' apart; compared under the column's NOCASE they would be one key."""
+        ref = qualifier + self.sqlite_ref(name)
+        if name in self.key:
+            i = self.key.index(name)
+            if i < len(self.key_collations) and self.key_collations[i] is not None:
+                return f"{ref} COLLATE {self.key_collations[i]}"
+        return ref
 
     def sqlite_ref(self, name: str) -> str:
         """Column `name` as SQLite SQL reaches it (quoted; the rowid alias for syncd's

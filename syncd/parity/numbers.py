@@ -44,7 +44,8 @@ def audit(conn, spec, columns: list[str]) -> dict[str, Verdict]:
         return {}
     parts = [f"coalesce(sum(typeof({spec.sqlite_ref(n)}) = '{cls}'), 0)" for n in columns for cls in CLASSES]
     totals = [0] * len(parts)
-    order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key)
+    order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key,
+                             spec.key_collations)
     for rows in windows.scan(conn, spec.name, order, ", ".join(parts)):
         totals = [a + b for a, b in zip(totals, rows[0])]
     out = {}

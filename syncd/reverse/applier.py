@@ -174,7 +174,7 @@ def _handle_sql(spec: TableSpec) -> tuple[str, str]:
     rid = rowid_name(spec)
     if rid is not None:
         return rid, f"{rid} = ?"
-    return ", ".join(spec.sqlite_ref(k) for k in spec.key), " AND ".join(f"{spec.sqlite_ref(k)} = ?" for k in spec.key)
+    return ", ".join(spec.sqlite_ref(k) for k in spec.key), " AND ".join(f"{spec.key_sql(k)} = ?" for k in spec.key)
 
 
 def find_existing(conn: sqlite3.Connection, t: TableApply, keys: list[tuple], index: KeyIndex) -> dict[tuple, _Found]:

@@ -23,6 +23,7 @@ SYNCD_PREFIX = "_syncd_"
 # syncd's own tables in the application's file; any other `_syncd_` table is the user's
 # and is refused by name, never silently ignored.
 OWN_TABLES = frozenset({CHANGELOG, META, REGISTRY})
+BUILTIN_COLLATIONS = frozenset({"BINARY", "NOCASE", "RTRIM"})
 
 
 def is_internal(name: str) -> bool:
@@ -95,7 +96,7 @@ def _infer_types(conn: sqlite3.Connection, raw: RawTable, names: list[str]) -> d
         for cls in ("integer", "real", "text", "blob"):
             parts.append(f"coalesce(sum(typeof({q}) = '{cls}'), 0)")
     totals = [0] * len(parts)
-    order = windows.ordering([c[1] for c in raw.columns], raw.without_rowid, raw.pk)
+    order = windows.ordering([c[1] for c in raw.columns], raw.without_rowid, raw.pk, raw.key_collations(raw.pk))
     for rows in windows.scan(conn, raw.name, order, ", ".join(parts)):
         totals = [a + b for a, b in zip(totals, rows[0])]
     result = {}
@@ -127,6 +128,17 @@ class RawTable:
     @property
     def pk(self) -> tuple[str, ...]:
         return tuple(n for _, n in sorted((r[5], r[1]) for r in self.columns if r[5]))
+
+    def key_collations(self, key: tuple[str, ...]) -> tuple[str | None, ...]:
+        """Per column of `key`, the collation of a (whole, plain-column) unique index on
+        exactly those columns, the primary key's first; None for each where there is none
+        or its collation is not one of SQLite's own (a connection of syncd's has no other)."""
+        for _name, partial, cols in self.uniques:
+            if partial or any(c[0] < 0 for c in cols) or sorted(c[1] for c in cols) != sorted(key):
+                continue
+            by_name = {c[1]: (c[2] or "BINARY").upper() for c in cols}
+            return tuple(by_name[k] if by_name[k] in BUILTIN_COLLATIONS else None for k in key)
+        return tuple(None for _ in key)
 
 
 def describe_table(
@@ -270,6 +282,7 @@ def describe_table(
         name=table,
         columns=columns,
         key=key,
+        key_collations=raw_table.key_collations(key) if origin != "configured" else tuple(None for _ in key),
         without_rowid=without_rowid,
         key_origin=origin,
         unique_sets=tuple(unique_sets),

@@ -81,7 +81,8 @@ def _join_sql(spec: TableSpec, with_seq: bool = False) -> str:
     nkey = len(spec.key)
     c_slots = ", ".join(f"c.{slot(i)}" for i in range(nkey))
     ref = spec.sqlite_ref
-    on = " AND ".join(f"t.{ref(k)} = c.{slot(i)}" for i, k in enumerate(spec.key))
+    # Under the key's own collation: a BINARY key on a NOCASE column holds 'a' and 'A' apart.
+    on = " AND ".join(f"{spec.key_sql(k, 't.')} = c.{slot(i)}" for i, k in enumerate(spec.key))
     nullkey = " OR ".join(f"c.{slot(i)} IS NULL" for i in range(nkey))
     exact = " AND ".join(
         f"(t.{ref(k)} = c.{slot(i)} COLLATE BINARY AND typeof(t.{ref(k)}) = typeof(c.{slot(i)}))"
@@ -550,7 +551,7 @@ def _chunk_query(spec: TableSpec, after: tuple | None, limit: int, columns: str)
             return f"SELECT {columns} FROM {table} {where} ORDER BY s.{rid} LIMIT ?", [*params, limit], "alias"
         return (f"SELECT s.{rid}, {columns} FROM {table} {where} ORDER BY s.{rid} LIMIT ?", [*params, limit],
                 "rowid")
-    key_cols = ", ".join(f"s.{spec.sqlite_ref(k)}" for k in spec.key)
+    key_cols = ", ".join(spec.key_sql(k, "s.") for k in spec.key)  # ordered the way the key is unique
     if after is not None:
         marks = ", ".join(["?"] * len(spec.key))
         where = f"WHERE ({key_cols}) > ({marks})"

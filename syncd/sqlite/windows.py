@@ -21,15 +21,19 @@ from syncd.sqlite.hold import RowsPerHold
 WINDOW_ROWS = 20_000
 
 
-def ordering(table_columns: list[str], without_rowid: bool, key: tuple[str, ...]) -> list[str]:
+def ordering(table_columns: list[str], without_rowid: bool, key: tuple[str, ...],
+             collations: tuple[str | None, ...] = ()) -> list[str]:
     """Quoted columns giving a table a total order its storage can walk cheaply: the
-    rowid (under a name no column shadows) or, WITHOUT ROWID, the primary key."""
+    rowid (under a name no column shadows) or, WITHOUT ROWID, the primary key, each
+    under the collation of the key's index (`collations`, TableSpec.key_collations): a
+    BINARY key on a NOCASE column compared under NOCASE would skip 'A' after 'a'."""
     if not without_rowid:
         taken = {c.lower() for c in table_columns}
         for name in ("_rowid_", "rowid", "oid"):
             if name not in taken:
                 return [name]
-    return [quote_ident(k) for k in key]
+    colls = list(collations) + [None] * (len(key) - len(collations))
+    return [quote_ident(k) + (f" COLLATE {c}" if c else "") for k, c in zip(key, colls)]
 
 
 def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int | RowsPerHold = WINDOW_ROWS
