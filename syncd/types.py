@@ -193,9 +193,16 @@ def _to_double(v: Any) -> Any:
 
 
 def _float_decimal(v: float) -> Decimal:
+    """A REAL as a numeric. From 2^53 up every double is an integer, and its shortest
+    repr may be another integer SQLite holds apart from it (2^60 is 1.152921504606847e+18,
+    the INTEGER 1152921504606847000): such a real is sent as its exact value. Below,
+    repr is the shortest text that reads back as the same double, and it cannot be an
+    integer SQLite holds apart: an integral real is that integer exactly, and a
+    fractional one's shortest text is fractional."""
     if math.isinf(v):
         return Decimal("Infinity") if v > 0 else Decimal("-Infinity")
-    # repr() is the shortest text that reads back as the same double.
+    if abs(v) >= MAX_EXACT_DOUBLE_INT:
+        return Decimal(int(v))
     return Decimal(repr(v))
 
 

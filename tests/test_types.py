@@ -53,7 +53,8 @@ def test_types_inferred_from_stored_values():
     (PgType.DOUBLE, 1e308, 1e308), (PgType.DOUBLE, -0.0, -0.0), (PgType.DOUBLE, 3, 3.0),
     (PgType.DOUBLE, float("inf"), float("inf")), (PgType.DOUBLE, 2**53, float(2**53)),
     (PgType.NUMERIC, 0.1, Decimal("0.1")), (PgType.NUMERIC, 2**63 - 1, Decimal(2**63 - 1)),
-    (PgType.NUMERIC, 1e308, Decimal("1e308")),
+    (PgType.NUMERIC, 1e308, Decimal(int(1e308))),  # the real's exact value, not 10^308
+    (PgType.NUMERIC, 2.0**60, Decimal(1152921504606846976)), (PgType.NUMERIC, 2.0**53 - 1, Decimal(2**53 - 1)),
     (PgType.TEXT, "", ""), (PgType.TEXT, "quote ' \" back\\ new\nline", "quote ' \" back\\ new\nline"),
     (PgType.TEXT, "漢字 🚀", "漢字 🚀"), (PgType.TEXT, 1706745599, "1706745599"), (PgType.TEXT, 2460341.5, "2460341.5"),
     (PgType.BYTEA, b"", b""), (PgType.BYTEA, b"\x00\xff", b"\x00\xff"),
