@@ -121,3 +121,90 @@ async def test_an_application_table_named_like_a_shadow_table_is_replicated(app_
     assert "skipped 'comments_fts_content'" not in schema
     v = run_cli(cfg, "verify")
     assert v.returncode == 0 and '"comments_fts_content" equal' in v.stdout, v.stdout
+
+
+# Each module's shadow tables, as SQLite creates them, beside application tables that
+# SQLite also calls shadows, by their names alone.
+LOOKALIKES = """
+CREATE TABLE docs_docsize (id INTEGER PRIMARY KEY, owner TEXT, bytes INTEGER);
+INSERT INTO docs_docsize VALUES (1, 'ada', 100), (2, 'bob', 200), (3, 'cy', 300);
+CREATE VIRTUAL TABLE docs USING fts5(body, content='', columnsize=0);
+CREATE TABLE e_docsize (id INTEGER PRIMARY KEY, sz BLOB, note TEXT);
+INSERT INTO e_docsize VALUES (1, x'01', 'one more column than FTS5 gives it');
+CREATE VIRTUAL TABLE e USING fts5(body, content='x', columnsize=0);
+CREATE TABLE n_docsize (docid INTEGER PRIMARY KEY, size TEXT);
+INSERT INTO n_docsize VALUES (1, 'large'), (2, 'small');
+CREATE TABLE n_stat (id INTEGER PRIMARY KEY, metric TEXT, value REAL);
+INSERT INTO n_stat VALUES (1, 'p99', 0.25);
+CREATE VIRTUAL TABLE n USING fts4(body, matchinfo=fts3);
+CREATE VIRTUAL TABLE f5 USING fts5(a, b);
+CREATE VIRTUAL TABLE f4 USING fts4(a, "b c", languageid="lid");
+CREATE VIRTUAL TABLE f3 USING fts3(a);
+CREATE VIRTUAL TABLE r USING rtree(id, x0, x1, +aux);
+CREATE VIRTUAL TABLE ri USING rtree_i32(id, x0, x1);
+CREATE VIRTUAL TABLE u USING fts5(a, b UNINDEXED, content='');
+-- what SQLite 3.45+ creates for fts5(..., content='', contentless_unindexed=1): a real shadow
+CREATE TABLE u_content (id INTEGER PRIMARY KEY, c1);
+"""
+APPLICATION_TABLES = {"docs_docsize", "e_docsize", "n_docsize", "n_stat"}
+
+
+def test_only_tables_shaped_as_a_module_creates_them_are_shadow_tables(tmp_path):
+    from syncd.sqlite.introspect import list_tables
+
+    conn = sqlite3.connect(tmp_path / "shapes.db")
+    conn.executescript(LOOKALIKES)
+    conn.execute("INSERT INTO f3(f3) VALUES ('automerge=2')")  # FTS3 keeps an f3_stat from here on
+    sqlite_says = {r[1] for r in conn.execute("PRAGMA table_list") if r[2] == "shadow"}
+    syncd_says = {name for name, kind, _, _ in list_tables(conn) if kind == "shadow"}
+    assert APPLICATION_TABLES <= sqlite_says
+    assert sqlite_says - syncd_says == APPLICATION_TABLES
+    assert len(syncd_says) == 34  # every table the modules created: 3+3+3 beside those, 5+5+4 FTS, 3+3 R*Tree, 5
+
+
+async def test_an_application_table_named_like_any_shadow_table_is_replicated(app_db, make_config, pg_dsn,
+                                                                              tmp_path):
+    """SQLite calls a table a shadow by its name alone: docs_docsize beside an FTS5 table
+    `docs` with columnsize=0, which keeps no _docsize of its own, is one. A table whose
+    columns are not the module's is the application's: replicated, verified and reported
+    like any other (it was left out while verify, status and report said complete)."""
+    from tests.support.compare import compare_table
+
+    conn = sqlite3.connect(app_db)
+    conn.executescript(LOOKALIKES)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO docs_docsize VALUES (4, 'dee', 400)")
+        conn.commit()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    for name in sorted(APPLICATION_TABLES):
+        assert await compare_table(str(app_db), pg_dsn, "app", name) == [], name
+    v = run_cli(cfg, "verify")
+    assert v.returncode == 0 and "4 of 4 table(s) equal" in v.stdout, v.stdout
+    schema = run_cli(cfg, "schema").stdout
+    assert "skipped 'docs_data': a shadow table" in schema and "skipped 'u_content': a shadow table" in schema
+    assert not [n for n in APPLICATION_TABLES if f"skipped '{n}'" in schema]
+    doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+    report = {t["table"]: t for t in doc["sources"][0]["tables"]}
+    assert report["docs_docsize"]["rows_sqlite"] == report["docs_docsize"]["rows_postgres"] == 4
+    not_migrated = {o["name"] for o in doc["sources"][0]["not_migrated"]}
+    assert not_migrated & APPLICATION_TABLES == set() and "docs_config" in not_migrated
+
+
+def test_an_empty_virtual_table_holds_no_data(app_db, make_config):
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE VIRTUAL TABLE notes_search USING fts5(title, body);
+        CREATE VIRTUAL TABLE places USING rtree(id, min_x, max_x);
+        CREATE VIRTUAL TABLE more_places USING rtree(id, min_x, max_x);
+        INSERT INTO more_places VALUES (1, 0, 1);
+    """)
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    r = run_cli(cfg, "report")
+    assert "| `notes_search` | an FTS5 full-text table that stores its own text | no |" in r.stdout, r.stdout
+    assert "| `places` | an rtree spatial index table (its boxes are its own data) | no |" in r.stdout
+    assert "| `more_places` | an rtree spatial index table (its boxes are its own data) | ❌ yes, 1 row(s) |" in r.stdout

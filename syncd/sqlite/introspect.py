@@ -36,8 +36,8 @@ def list_tables(conn: sqlite3.Connection) -> list[tuple[str, str, bool, bool]]:
     table SQLite takes for a shadow by its name (leftout.really_a_shadow)."""
     rows = [r for r in conn.execute("PRAGMA main.table_list").fetchall() if r[0] == "main"]
     virtual = leftout.virtual_tables(conn) if any(r[2] == "shadow" for r in rows) else {}
-    return [(r[1], "table" if r[2] == "shadow" and not leftout.really_a_shadow(r[1], virtual) else r[2], bool(r[4]),
-             bool(r[5])) for r in rows]
+    return [(r[1], "table" if r[2] == "shadow" and not leftout.really_a_shadow(conn, r[1], bool(r[4]), virtual)
+             else r[2], bool(r[4]), bool(r[5])) for r in rows]
 
 
 def _columns(conn: sqlite3.Connection, table: str, strict: bool = False) -> list[tuple]:

@@ -63,6 +63,20 @@ def _count(conn: sqlite3.Connection, name: str) -> int | None:
         return None
 
 
+def _owner(name: str, virtual: dict[str, str | None]) -> str | None:
+    """The virtual table a shadow table belongs to: as SQLite finds it, named by what comes
+    before the last "_", without regard to case."""
+    prefix = name.rpartition("_")[0].lower()
+    return next((v for v in virtual if v.lower() == prefix), None)
+
+
+def _own_rows(conn: sqlite3.Connection, name: str) -> dict:
+    """A virtual table that stores rows of its own holds data unless it is empty (uncounted
+    when this SQLite lacks its module: it may hold some)."""
+    rows = _count(conn, name)
+    return {"holds_data": rows != 0, "rows": rows}
+
+
 def classify(conn: sqlite3.Connection, name: str, kind: str, virtual: dict[str, str | None]) -> LeftOut:
     """One object PRAGMA table_list reports as view, virtual or shadow. `virtual` maps
     every virtual table of the file to its CREATE statement (to find a shadow's owner)."""
@@ -71,7 +85,7 @@ def classify(conn: sqlite3.Connection, name: str, kind: str, virtual: dict[str, 
                        "syncd creates it in Postgres at cutover if its SELECT translates exactly (`syncd schema` "
                        "says); otherwise recreate it from its SQL, rewriting SQLite-only functions")
     if kind == "shadow":
-        owner = max((v for v in virtual if name.startswith(v + "_")), key=len, default=None)
+        owner = _owner(name, virtual)
         of = f' of virtual table "{owner}"' if owner else ""
         return LeftOut(name, "shadow", f"a shadow table{of} (SQLite keeps the virtual table's internals in it)",
                        "nothing to do on its own: it goes with its virtual table")
@@ -82,7 +96,7 @@ def classify(conn: sqlite3.Connection, name: str, kind: str, virtual: dict[str, 
             return LeftOut(name, module, f"an {module.upper()} full-text table that stores its own text",
                            "create a regular table for its columns in Postgres (copy its rows out of SQLite: they "
                            "exist nowhere else) and a GIN index on to_tsvector() over them",
-                           holds_data=True, rows=_count(conn, name))
+                           **_own_rows(conn, name))
         if content == "":
             return LeftOut(name, module, f"a contentless {module.upper()} full-text index (its text is not stored)",
                            "build a GIN index on to_tsvector() in Postgres over wherever the text lives")
@@ -91,22 +105,78 @@ def classify(conn: sqlite3.Connection, name: str, kind: str, virtual: dict[str, 
     if module in SPATIAL:
         return LeftOut(name, module, f"an {module} spatial index table (its boxes are its own data)",
                        "store the geometry in Postgres (PostGIS, or box/point columns) with a GiST index; copy "
-                       "its rows out of SQLite first", holds_data=True, rows=_count(conn, name))
+                       "its rows out of SQLite first", **_own_rows(conn, name))
     what = f"module {module}" if module else "an unknown module"
     return LeftOut(name, "virtual", f"a virtual table ({what}): its content comes from the module",
                    "recreate the equivalent in Postgres (an extension, a foreign table or a regular table)")
 
 
-def really_a_shadow(name: str, virtual: dict[str, str | None]) -> bool:
-    """Whether a table SQLite calls a shadow (by its name alone) is one: an FTS4/FTS5
-    table with a content= option (external content, contentless) keeps no _content
-    table, so a table of that name is the application's own, with its own rows."""
-    low = name.lower()  # SQLite matches shadow names without regard to case
-    owner = max((v for v in virtual if low.startswith(v.lower() + "_")), key=len, default=None)
-    if owner is None or low != owner.lower() + "_content":
+# The tables each module keeps its internals in, by name suffix, as PRAGMA table_xinfo reads
+# them: (column, declared type, primary-key position) in order, read from what SQLite
+# 3.40 and 3.54 create. `numbered` is the pattern of the per-column columns that follow
+# (one for each column of the virtual table), `last` a column that may end the table.
+@dataclass(frozen=True)
+class _Shape:
+    columns: tuple[tuple[str, str, int], ...]
+    numbered: str = ""
+    last: tuple[str, str, int] | None = None
+    without_rowid: bool = False
+
+
+_FTS3 = {  # FTS3 and FTS4
+    "content": _Shape((("docid", "INTEGER", 1),), numbered=r"c[0-9]+.*", last=("langid", "", 0)),
+    "segments": _Shape((("blockid", "INTEGER", 1), ("block", "BLOB", 0))),
+    "segdir": _Shape((("level", "INTEGER", 1), ("idx", "INTEGER", 2), ("start_block", "INTEGER", 0),
+                      ("leaves_end_block", "INTEGER", 0), ("end_block", "INTEGER", 0), ("root", "BLOB", 0))),
+    "docsize": _Shape((("docid", "INTEGER", 1), ("size", "BLOB", 0))),
+    "stat": _Shape((("id", "INTEGER", 1), ("value", "BLOB", 0))),
+}
+_RTREE = {  # rtree, rtree_i32, geopoly
+    "node": _Shape((("nodeno", "INTEGER", 1), ("data", "", 0))),
+    "rowid": _Shape((("rowid", "INTEGER", 1), ("nodeno", "", 0)), numbered=r"a[0-9]+"),
+    "parent": _Shape((("nodeno", "INTEGER", 1), ("parentnode", "", 0))),
+}
+SHADOW_SHAPES: dict[str, dict[str, _Shape]] = {
+    "fts3": _FTS3, "fts4": _FTS3,
+    "fts5": {
+        "data": _Shape((("id", "INTEGER", 1), ("block", "BLOB", 0))),
+        "idx": _Shape((("segid", "", 1), ("term", "", 2), ("pgno", "", 0)), without_rowid=True),
+        "content": _Shape((("id", "INTEGER", 1),), numbered=r"[cl][0-9]+"),  # l<n>: locale=1
+        "docsize": _Shape((("id", "INTEGER", 1), ("sz", "BLOB", 0)), last=("origin", "INTEGER", 0)),
+        "config": _Shape((("k", "", 1), ("v", "", 0)), without_rowid=True),
+    },
+    "rtree": _RTREE, "rtree_i32": _RTREE, "geopoly": _RTREE,
+}
+
+
+def _shape_matches(shape: _Shape, columns: list[tuple[str, str, int]], without_rowid: bool) -> bool:
+    head, rest = columns[:len(shape.columns)], columns[len(shape.columns):]
+    if without_rowid != shape.without_rowid or tuple(head) != shape.columns:
+        return False
+    if shape.last is not None and rest[-1:] == [shape.last]:
+        rest = rest[:-1]
+    return all(shape.numbered and re.fullmatch(shape.numbered, name, re.S) and (type_, pk) == ("", 0)
+               for name, type_, pk in rest)
+
+
+def really_a_shadow(conn: sqlite3.Connection, name: str, without_rowid: bool, virtual: dict[str, str | None]) -> bool:
+    """Whether a table SQLite calls a shadow is one. SQLite goes by the name alone (the part
+    after the last "_" is one its virtual table's module keeps internals under), so an
+    application table named, say, docs_docsize beside an FTS5 table `docs` that keeps no
+    _docsize (columnsize=0) is called a shadow too. It is one only if its columns are
+    exactly those the module creates for that name; a module syncd does not know is
+    taken at SQLite's word."""
+    owner = _owner(name, virtual)
+    module = _module(virtual[owner])[0] if owner else ""
+    shape = SHADOW_SHAPES.get(module, {}).get(name.rpartition("_")[2].lower())
+    if shape is None:
         return True
-    module, args = _module(virtual[owner])
-    return not (module in ("fts4", "fts5") and _content_option(args) is not None)
+    rows = conn.execute(f"PRAGMA main.table_xinfo({quote_ident(name)})").fetchall()
+    # cid, name, type, notnull, dflt_value, pk, hidden: a module declares no NOT NULL (bar the key
+    # of a WITHOUT ROWID table, which SQLite makes so), default or generated column
+    if any((r[3] and not (without_rowid and r[5])) or r[4] is not None or r[6] for r in rows):
+        return False
+    return _shape_matches(shape, [(r[1], r[2] or "", r[5]) for r in rows], without_rowid)
 
 
 def virtual_tables(conn: sqlite3.Connection) -> dict[str, str | None]:
