@@ -665,8 +665,10 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                 except app_triggers.TriggersKept as e:
                     raise Refused(str(e)) from None
                 res.plan += [app_triggers.line(t, disabled=True) for t in quieted]
-                await conn.execute(f"UPDATE {b.s}.sources SET direction = $2, applied_seq = $3 WHERE source = $1",
-                                   source.name, TO_POSTGRES, top)
+                # Dual-write begins anew: the checklist's [cutover] min_days, and its window of
+                # zero consistency errors, count from here for the next cutover.
+                await conn.execute(f"UPDATE {b.s}.sources SET direction = $2, applied_seq = $3, "
+                                   "streaming_since = now() WHERE source = $1", source.name, TO_POSTGRES, top)
                 await conn.execute(f"DELETE FROM {b.s}.applied_batches WHERE source = $1", source.name)
                 await capture.disarm_all(conn, names, source.schema)
                 await _hold("finishing")

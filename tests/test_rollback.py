@@ -150,6 +150,39 @@ async def test_rollback_and_cutover_again_twice_with_writes_in_between(tmp_path,
     assert run_cli(cfg, "verify").returncode == 0
 
 
+async def test_a_rollback_starts_dual_write_anew_for_the_next_cutover(tmp_path, make_config, pg_dsn):
+    """A consistency error recorded while SQLite followed Postgres (found, then mended) is
+    outside the window the next cutover's checklist needs clean, with min_days = 0 too:
+    dual-write counts from the rollback."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+
+        async def behind_syncds_back(value: str) -> None:  # a write Postgres's capture never sees
+            conn = await asyncpg.connect(pg_dsn)
+            try:
+                await conn.execute("SET session_replication_role = replica")
+                await conn.execute("UPDATE app.settings SET value = $1 WHERE key = 'theme'", value)
+            finally:
+                await conn.close()
+
+        await behind_syncds_back("drifted")
+        assert run_cli(cfg, "verify").returncode == 1  # recorded in the history
+        await behind_syncds_back("dark")
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert "consistency error" not in dry.stdout
+        assert d.stop() == 0
+
+
 async def test_a_rollback_whose_verification_finds_a_difference_is_undone(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     make_app(db)
