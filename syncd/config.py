@@ -461,6 +461,38 @@ def _error_line(err: ValidationError, path: Path) -> str:
     return f"config {path}: {loc}: {msg}{suffix}"
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # not there (yet): its resolved path stands for it
+    return st.st_dev, st.st_ino
+
+
+def _file_of_two_sources(sources: list[SourceSettings]) -> str | None:
+    """Two [[sources]] naming one SQLite file (spelled twice, or through a symlink or a
+    hard link), said in one line; None when every file is one source's. Both would
+    register the file, each take the other's capture id for a copy's and re-snapshot it,
+    forever; and each would prune the changelog at its own pace. Globs are discovery's:
+    it gives a file one source whichever patterns match it (discovery.expand)."""
+    seen: dict[object, tuple[int, SourceSettings]] = {}
+    for i, s in enumerate(sources):
+        if is_glob(s.path):
+            continue
+        real = s.path.resolve()
+        for key in (real, _file_id(s.path)):
+            if key is None:
+                continue
+            if key in seen:
+                j, first = seen[key]
+                how = ("" if os.path.normpath(first.path) == os.path.normpath(s.path) else
+                       f" ({s.path} is that file too: {'a symlink' if real == first.path.resolve() else 'hard links'})")
+                return (f"sources[{i}].path: source {s.name!r} names the file of source {first.name!r} "
+                        f"(sources[{j}]), {first.path}{how}; one file is one source: remove one of them")
+            seen[key] = (i, s)
+    return None
+
+
 def load_settings(path: Path) -> Settings:
     """Load and validate the configuration, or raise ConfigError with one line."""
     if not path.exists():
@@ -483,6 +515,9 @@ def load_settings(path: Path) -> Settings:
     sources = [
         s if s.path.is_absolute() else s.model_copy(update={"path": (base / s.path)}) for s in settings.sources
     ]
+    shared = _file_of_two_sources(sources)
+    if shared:
+        raise ConfigError(f"config {path}: {shared}")
     settings = settings.model_copy(update={"configured": [s for s in sources if not is_glob(s.path)],
                                            "patterns": [s for s in sources if is_glob(s.path)]})
     from syncd.discovery import expand  # config -> discovery -> config: imported late

@@ -18,7 +18,7 @@ import re
 import stat
 from pathlib import Path
 
-from syncd.config import Settings, SourceSettings, is_glob
+from syncd.config import Settings, SourceSettings, _file_id, is_glob
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES
 
 NAME = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -77,20 +77,14 @@ def matches(pattern: SourceSettings) -> list[tuple[Path, Path, tuple[int, int]]]
     return sorted(out + [link for link in links if link[1] not in own])
 
 
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def expand(settings: Settings) -> Settings:
     """`settings` with every glob source replaced by one source per file it matches now."""
     fixed = list(settings.configured) if settings.configured or settings.patterns else \
         [s for s in settings.sources if not is_glob(s.path)]
     taken = {s.name for s in fixed}
-    taken_paths = {s.path.resolve() for s in fixed}
+    # real path -> the source that has it and the glob it came from (None: configured
+    # by itself, which keeps its file whatever glob matches it too).
+    taken_paths: dict[Path, tuple[str, Path | None]] = {s.path.resolve(): (s.name, None) for s in fixed}
     # One file under several names (hard links) is one source too: the name configured,
     # or carried already (a running daemon's sources), or else the first found, keeps it.
     carried: dict[tuple[int, int], Path] = {}
@@ -106,10 +100,18 @@ def expand(settings: Settings) -> Settings:
     for pattern in settings.patterns:
         for file, real, key in matches(pattern):
             if real in taken_paths:
-                continue  # configured by itself, or found by an earlier glob
+                holder, other_glob = taken_paths[real]
+                if other_glob is not None and other_glob != pattern.path:
+                    # Two globs on one file: the first keeps it, the second's settings never
+                    # apply to it, which its user may not expect.
+                    problems.append(
+                        f"{file} (from {pattern.path}) is not picked up as {_fill(pattern.name, file)!r}: it is "
+                        f"source {holder!r} already (from {other_glob}); one file is one source: make the globs "
+                        "match different files")
+                continue  # configured by itself, found by an earlier glob, or a link to a file found
             if running.get(real, file) != file:
                 continue  # the same file as a source syncd runs under its own name
-            taken_paths.add(real)
+            taken_paths[real] = ("", None)  # one look at each file: not picked up here, by no later glob either
             other = carried.get(key)
             if other is not None and other != file and other.resolve() != real:
                 problems.append(
@@ -131,6 +133,7 @@ def expand(settings: Settings) -> Settings:
                 problems.append(f"{file} (from {pattern.path}) is not picked up: {why}")
                 continue
             taken.add(name)
+            taken_paths[real] = (name, pattern.path)
             carried.setdefault(key, file)
             found.append(pattern.model_copy(update={"name": name, "path": file, "schema_": schema}))
     return settings.model_copy(update={"sources": fixed + found, "discovery_problems": problems})

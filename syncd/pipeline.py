@@ -29,7 +29,7 @@ from syncd.postgres.target import UnsupportedTarget
 from syncd.postgres.connect import PostgresUnavailable, describe, is_transient, sqlstate
 from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
-from syncd.reconcile import install_capture, reconcile
+from syncd.reconcile import SameFileAsAnotherSource, install_capture, reconcile
 from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
@@ -303,6 +303,8 @@ class Pipeline:
             self._enter(LOCKED, str(exc), kind="lock", level="error")
         elif isinstance(exc, UnsupportedTarget):
             self._enter(FAILING, str(exc), kind="postgres", level="error")
+        elif isinstance(exc, SameFileAsAnotherSource):
+            self._enter(FAILING, str(exc), kind="sqlite", level="error")
         elif isinstance(exc, FileMoved):
             self.file_changed = True  # the file at the path is opened afresh and looked at again
         elif isinstance(exc, SourceFileError):

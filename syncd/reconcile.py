@@ -9,6 +9,7 @@ on syncd's own initiative, and when capture had a gap, re-snapshot.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import struct
 from dataclasses import dataclass, field, replace
 
@@ -373,6 +374,24 @@ async def _keep_dropped_aside(session: SourceSession, name: str, in_postgres: bo
     session.warning(f"table was dropped in SQLite{where}", table=name, event="table_dropped")
 
 
+class SameFileAsAnotherSource(Exception):
+    """The source's file is another running source's file (a symlink or hard link that
+    appeared after the configuration was checked, or a second daemon's configuration):
+    taking a capture id of its own would make the other take one back, re-snapshotting
+    both forever. The source that runs it keeps it."""
+
+
+async def _same_file_as_running(session: SourceSession, other: str) -> bool:
+    row = await session.pg.fetchrow(f"SELECT sqlite_path FROM {session.bk.s}.sources WHERE source = $1", other)
+    try:
+        if row is None or not row[0] or not os.path.samefile(row[0], session.source.path):
+            return False
+    except OSError:
+        return False  # the other's file is gone or moved: this is a copy, or the file renamed
+    keys = await bk.source_keys(session.pg, session.bk.schema, [other], assign=False)
+    return await bk.lock_holder(session.pg, keys[other]) is not None  # a source renamed in the config: not running
+
+
 async def _own_capture_id(session: SourceSession, state: CaptureState) -> bool:
     """A capture id stands for one source's file. A file copied from another source's
     (a tenant provisioned with `cp acme.db globex.db`) arrives with capture installed
@@ -384,6 +403,10 @@ async def _own_capture_id(session: SourceSession, state: CaptureState) -> bool:
     other = await session.bk.capture_id_of_another(session.pg, state.capture_id)
     if other is None:
         return False
+    if await _same_file_as_running(session, other):
+        raise SameFileAsAnotherSource(
+            f"{session.source.path} is the SQLite file of source {other!r} too, which runs: one file is one source; "
+            f"{session.name} is not streamed (nor re-snapshotted) until its path names another file")
     state.capture_id = await session.worker.run(capture.new_capture_id, session.settings.sqlite.write_busy_timeout_ms)
     session.warning(
         f"the SQLite file of {session.name} carries the capture id of source {other} (a copy of its file): "
