@@ -51,6 +51,19 @@ class _Strict(BaseModel):
         return value
 
 
+def _meant_userinfo(rest: str) -> str | None:
+    """What the user meant as the user name and password of a URL (`rest`: after
+    "scheme://"): everything up to the last '@', which a host never holds; an '@' in
+    the query (`?application_name=a@b`) is left to the query."""
+    at = rest.rfind("@")
+    if at < 0:
+        return None
+    q = rest.find("?")
+    if 0 <= q < at and "=" in rest[q:at] and "@" in rest[:q]:
+        at = rest.rfind("@", 0, q)
+    return rest[:at]
+
+
 def check_dsn(dsn: str) -> str:
     """A postgresql:// URL every client reads the same way. The messages never quote
     the DSN: it may hold a password."""
@@ -60,11 +73,18 @@ def check_dsn(dsn: str) -> str:
     rest = dsn[scheme.end():]
     ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
     authority = rest[:min(ends, default=len(rest))]
-    if authority.count("@") > 1 or ("@" not in authority and "@" in rest.split("?", 1)[0]):
-        # asyncpg and libpq split at the first '@' or '/': the password would be cut short.
-        raise ValueError("the user name or password holds a character a URL must percent-encode "
-                         "('@' as %40, '/' as %2F, '?' as %3F, '#' as %23, ':' in a user name as %3A); "
-                         "or leave the password out and set SYNCD_POSTGRES__PASSWORD")
+    userinfo = _meant_userinfo(rest)
+    colon = userinfo.find(":") if userinfo else -1
+    if (authority.count("@") > 1 or ("@" not in authority and "@" in rest.split("?", 1)[0])
+            or (userinfo and any(c in userinfo for c in "/?#"))
+            or (colon >= 0 and "@" in userinfo[colon + 1:])):
+        # asyncpg and libpq end the host part at the first '/', '?' or '#' and take the
+        # userinfo up to an '@' before it: the password would be cut short, its rest taken
+        # for a host name (and looked up in DNS).
+        raise ValueError("the user name or password holds a character clients split a URL at: percent-encode it "
+                         "('@' as %40, '/' as %2F, '?' as %3F, '#' as %23, ':' in a user name as %3A), "
+                         "or leave the password out of the DSN and set [postgres] password or "
+                         "SYNCD_POSTGRES__PASSWORD")
     query = rest.split("#", 1)[0].split("?", 1)[1] if "?" in rest.split("#", 1)[0] else ""
     if query:
         try:  # what asyncpg does with the query: a part it cannot read fails every connection
