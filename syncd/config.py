@@ -8,9 +8,11 @@ then the TOML file.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import fnmatch
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
@@ -26,6 +28,7 @@ from pydantic_settings import (
 )
 
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES
+from syncd.printable import escape_controls
 from syncd.redact import redact_dsn, register_dsn, register_secret
 from syncd.types import PgType, parse_override
 
@@ -33,7 +36,8 @@ DEFAULT_CONFIG = Path("syncd.toml")
 
 
 class ConfigError(Exception):
-    """A configuration problem; the message is one line naming the key at fault."""
+    """A configuration problem; the message's first line names the key at fault (and
+    how many more problems there are), every other problem on a line of its own."""
 
     exit_code = 2
 
@@ -286,6 +290,13 @@ class SourceSettings(_Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, v):
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty")  # Path("") is ".", the config's own directory
+        return v
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
@@ -463,22 +474,66 @@ def resolve_config_path(cli_path: str | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG
 
 
-def _error_line(err: ValidationError, path: Path) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif first["type"] == "missing":
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The settings model that holds the key at `loc` (("postgres", "dns") -> PostgresSettings)."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list: [[sources]]
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        inner = field.annotation
+        while typing.get_args(inner) and not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            inner = next((a for a in typing.get_args(inner) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return None
+        model = inner
+    return model
+
+
+def _close_key(loc: tuple) -> str | None:
+    """The known key an unknown one was likely meant as (`dns` -> `dsn`), if any."""
+    model = _model_at(loc[:-1])
+    if model is None or not isinstance(loc[-1], str):
+        return None
+    keys = [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
+    close = difflib.get_close_matches(loc[-1], keys, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _problem(error: dict, path: Path) -> tuple[str, str]:
+    """(where, what) for one validation error: the key at fault and what is wrong with it."""
+    loc = error["loc"]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
+    msg = error["msg"]
+    env = "SYNCD_" + "__".join(str(p) for p in loc).upper()
+    from_env = bool(loc) and any(k.upper() == env for k in os.environ)
+    if error["type"] == "extra_forbidden":
+        close = _close_key(loc)
+        if close and from_env:
+            close = "SYNCD_" + "__".join([*(str(p) for p in loc[:-1]), close]).upper()
+        msg = "unknown key" + (f" (did you mean {close}?)" if close else "")
+    elif error["type"] == "missing":
         msg = "required key is missing"
     msg = msg.removeprefix("Value error, ")
-    more = len(err.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     # Never echo the offending input: it may be a DSN with a password in it.
-    env = "SYNCD_" + "__".join(str(p) for p in first["loc"]).upper()
-    if first["loc"] and any(k.upper() == env for k in os.environ):
-        return f"environment variable {env} (over config {path}): {msg}{suffix}"
-    return f"config {path}: {loc}: {msg}{suffix}"
+    if from_env:
+        return f"environment variable {env} (over config {path})", msg
+    return f"config {path}", f"{where}: {msg}"
+
+
+def _error_text(err: ValidationError, path: Path) -> str:
+    """Every problem, the first on the first line as syncd's errors are, the others
+    under it, indented. Unknown keys first: a misspelt key also makes the key it was
+    meant as missing, and the typo is the problem to fix."""
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    problems = [_problem(e, path) for e in errors]
+    (origin, first), rest = problems[0], problems[1:]
+    lines = [f"{origin}: {first}" + (f" (and {len(rest)} more problem{'s' if len(rest) > 1 else ''}:)"
+                                     if rest else "")]
+    lines += [f"  {what}" if where == origin else f"  {where}: {what}" for where, what in rest]
+    return "\n".join(escape_controls(line) for line in lines)  # a key holding a line break forges no line
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -523,7 +578,7 @@ def load_settings(path: Path) -> Settings:
     try:
         settings = Settings(config_path=path.resolve())
     except ValidationError as e:
-        raise ConfigError(_error_line(e, path)) from None
+        raise ConfigError(_error_text(e, path)) from None
     except ValueError as e:  # TOML syntax errors surface as ValueError subclasses
         raise ConfigError(f"config {path}: {redact_dsn(str(e))}") from None
     except OSError as e:

@@ -1,4 +1,5 @@
-"""Configuration: TOML + environment + credential files; bad input is one line, exit 2."""
+"""Configuration: TOML + environment + credential files; bad input is one line naming
+the key at fault, every further problem on a line of its own under it, exit 2."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def test_a_bad_environment_variable_is_named_not_blamed_on_the_file(tmp_path, mo
         load_settings(cfg)
     monkeypatch.delenv("SYNCD_STREAM__BATCH_SIZE")
     monkeypatch.setenv("SYNCD_STREAM__BATCHSIZE", "10")
-    with pytest.raises(ConfigError, match=r"^environment variable SYNCD_STREAM__BATCHSIZE .*: unknown key$"):
+    with pytest.raises(ConfigError, match=r"^environment variable SYNCD_STREAM__BATCHSIZE .*: unknown key "
+                                          r"\(did you mean SYNCD_STREAM__BATCH_SIZE\?\)$"):
         load_settings(cfg)
 
 
@@ -72,7 +74,7 @@ def test_password_from_a_credentials_directory(tmp_path, monkeypatch):
     "text, expected",
     [
         (GOOD + "\n[bogus]\nx = 1\n", "bogus: unknown key"),
-        (GOOD.replace('path = "sales.db"', 'path = "sales.db"\npaht = "x"'), "sources.0.paht: unknown key"),
+        (GOOD.replace('path = "sales.db"', 'path = "sales.db"\npaht = "x"'), "sources[0].paht: unknown key (did you mean path?)"),
         (GOOD.replace("postgresql://syncd@", "mysql://syncd@"), "postgres.dsn: must be a postgresql:// URL"),
         (GOOD.replace(":5432/", ":notaport/"), "postgres.dsn: not a valid postgresql:// URL"),
         (GOOD + '\n[[sources]]\nname = "sales"\npath = "b.db"\n', "duplicate source name 'sales'"),
@@ -115,3 +117,35 @@ def test_config_from_environment_variable(tmp_path):
     # found the file named by SYNCD_CONFIG; the database it names does not exist yet
     assert f"source sales: ERROR SQLite file {tmp_path / 'sales.db'} does not exist" in r.stdout
     assert r.returncode == 1
+
+
+@pytest.mark.parametrize("text, lines", [
+    (GOOD.replace("dsn =", "dns ="), [": postgres.dns: unknown key (did you mean dsn?) (and 1 more problem:)",
+                                      "  postgres.dsn: required key is missing"]),
+    (GOOD.replace("[postgres]", "[postgress]"), [": postgress: unknown key (did you mean postgres?) (and 1 more problem:)",
+                                                 "  postgres: required key is missing"]),
+    (GOOD.replace('path = "sales.db"', 'paht = "sales.db"\nshema = "s"'),
+     [": sources[0].paht: unknown key (did you mean path?) (and 2 more problems:)",
+      "  sources[0].shema: unknown key (did you mean schema?)",
+      "  sources[0].path: required key is missing"]),
+])
+def test_every_problem_is_listed_and_a_misspelt_key_is_named_first(tmp_path, text, lines):
+    cfg = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_settings(cfg)
+    assert str(e.value).splitlines() == [f"config {cfg}" + lines[0], *lines[1:]]
+    r = run_cli(cfg, "init")
+    assert r.returncode == 2 and r.stderr.splitlines() == [f"syncd: config {cfg}" + lines[0], *lines[1:]], r.stderr
+
+
+def test_an_unknown_key_like_no_known_one_suggests_nothing(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, GOOD + "\n[stream]\nqqqqq = 1\n"))
+    assert str(e.value).endswith(": stream.qqqqq: unknown key")
+
+
+@pytest.mark.parametrize("path", ['""', '"  "'])
+def test_an_empty_source_path_is_refused_not_taken_for_the_config_directory(tmp_path, path):
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, GOOD.replace('"sales.db"', path)))
+    assert str(e.value).endswith(": sources[0].path: is empty")

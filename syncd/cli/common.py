@@ -59,7 +59,7 @@ def stop_like_ctrl_c() -> None:
 
 
 def fail(message: str, code: int) -> int:
-    say(f"syncd: {message}", file=sys.stderr)
+    say(*f"syncd: {message}".split("\n"), file=sys.stderr)  # a ConfigError lists its further problems a line each
     return code
 
 

@@ -51,7 +51,7 @@ def main(args) -> int:
         if args.json:
             common.say_json({"status": "UNKNOWN", "exit_code": UNKNOWN, "error": str(e), "sources": []})
         else:
-            common.say(f"UNKNOWN: {e}")
+            common.say(*f"UNKNOWN: {e}".split("\n"))
         return UNKNOWN
     verdict, statuses, live = asyncio.run(_collect(settings, sources, args.source))
     notes = list(settings.discovery_problems)
