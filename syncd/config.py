@@ -435,6 +435,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"sources[{i}].schema: {s.schema!r} is reserved by Postgres; choose another schema")
         return self
 
+    def no_sources(self) -> str:
+        """Why there is no source to work on, naming the globs that match no file."""
+        if self.patterns:
+            globs = ", ".join(str(p.path) for p in self.patterns)
+            return f"no source: the [[sources]] path glob {globs} matches no file"
+        return "no [[sources]] in the configuration"
+
     def source(self, name: str) -> SourceSettings:
         for s in self.sources:
             if s.name == name:

@@ -103,6 +103,9 @@ class Daemon:
             for p in self.pipelines.values():
                 self._launch(p)
             log.info(f"syncd running: {len(self.pipelines)} source(s)", extra={"event": "started"})
+            if not self.pipelines:
+                log.warning(f"{self.settings.no_sources()}: nothing to stream until one is found",
+                            extra={"event": "discovery"})
             for problem in self.settings.discovery_problems:
                 log.warning(problem, extra={"event": "discovery"})
             loops = [asyncio.create_task(c) for c in (
@@ -439,7 +442,7 @@ class Daemon:
 
     def _summary(self) -> str:
         if not self.pipelines:
-            return "no sources configured"
+            return self.settings.no_sources()
         parts: list[str] = []
         length = 0
         for p in list(self.pipelines.values()):

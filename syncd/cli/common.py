@@ -70,8 +70,18 @@ def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSetti
     setup_logging(args, settings)
     sources = selected_sources(settings, args.source)
     if not sources:
-        raise ConfigError("no sources configured")
+        raise ConfigError(settings.no_sources())
     return settings, sources
+
+
+def said_no_sources(settings: Settings, sources: list[SourceSettings]) -> int | None:
+    """With no source to work on, say why (a glob matching no file, no [[sources]]) and
+    return the exit code: 0 for globs that match nothing yet (a fleet's files may come
+    later), 1 for a configuration without sources; None when there are sources."""
+    if sources:
+        return None
+    say(f"syncd: {settings.no_sources()}")
+    return 0 if settings.patterns else 1
 
 
 def selected_sources(settings: Settings, name: str | list[str] | None) -> list[SourceSettings]:

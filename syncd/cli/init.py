@@ -30,7 +30,11 @@ def register(sub, parent) -> None:
 def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
-    return asyncio.run(_init(settings, common.selected_sources(settings, args.source)))
+    sources = common.selected_sources(settings, args.source)
+    none = common.said_no_sources(settings, sources)
+    if none is not None:
+        return none
+    return asyncio.run(_init(settings, sources))
 
 
 async def _init(settings: Settings, sources: list[SourceSettings]) -> int:

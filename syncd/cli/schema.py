@@ -32,8 +32,12 @@ def register(sub, parent) -> None:
 
 def main(args) -> int:
     settings = common.load(args)
+    sources = common.selected_sources(settings, args.source)
+    none = common.said_no_sources(settings, sources)
+    if none is not None:
+        return none
     rc = 0
-    for source in common.selected_sources(settings, args.source):
+    for source in sources:
         problem = file_problem(source.path)
         if problem is not None:
             common.say(f"-- source {source.name}: ERROR {problem}", "")

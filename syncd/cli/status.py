@@ -55,6 +55,8 @@ def main(args) -> int:
         return UNKNOWN
     verdict, statuses, live = asyncio.run(_collect(settings, sources, args.source))
     notes = list(settings.discovery_problems)
+    if not statuses:  # a check that watches nothing is no green check
+        notes.append(settings.no_sources())
     behind = (live or {}).get("verify_behind_seconds") or 0
     note = behind_note(behind, settings.verify.interval_seconds)
     if note:
@@ -64,6 +66,8 @@ def main(args) -> int:
     if args.json:
         doc = as_json(verdict, statuses)
         doc["not_picked_up"] = list(settings.discovery_problems)
+        if not statuses:
+            doc["no_sources"] = settings.no_sources()
         doc["verify_behind_seconds"] = behind
         common.say_json(doc, indent=2, ensure_ascii=False)
     else:

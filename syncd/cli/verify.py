@@ -38,7 +38,7 @@ def main(args) -> int:
     settings = common.with_gone_sources(settings)  # checked (and failing), never left out in silence
     sources = common.selected_sources(settings, args.source)
     if not sources:
-        return common.fail("no sources configured", 2)
+        return common.fail(settings.no_sources(), 2)
     results = asyncio.run(_verify(settings, sources, args.table, args.repair, args.wait))
     # Files a glob matches and syncd does not replicate: their rows are nowhere in Postgres.
     left = list(settings.discovery_problems) if args.source is None else []
