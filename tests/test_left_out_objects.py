@@ -1,5 +1,5 @@
 """What syncd does not carry (views, virtual tables and their shadow tables, column
-defaults with no exact Postgres form) is named
+defaults with no exact Postgres form, what the configuration excludes) is named
 where a user looks: `syncd schema`, the log, `syncd status` and the migration report,
 each with why and what to do in Postgres. A virtual table holding application data of
 its own keeps the report from saying the data is migrated."""
@@ -86,6 +86,14 @@ async def test_report_and_status_name_data_left_behind(app_db, make_config, pg_d
     doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
     migrated = next(i for i in doc["checklist"] if i["key"] == "migrated")
     assert not any("application data" in p for p in migrated["problems"])
+    # and it stays named, with what is left behind, wherever what is not migrated is
+    excluded = {o["name"]: (o["kind"], o["holds_data"], o["rows"]) for o in doc["sources"][0]["not_migrated"]
+                if o["kind"] == "excluded"}
+    assert excluded == {"notes_search": ("excluded", False, 2), "places": ("excluded", False, 1)}
+    assert "| `notes_search` | a virtual table the source's include/exclude settings leave out | 2 row(s), left out " \
+           "as configured |" in run_cli(cfg, "report").stdout
+    assert "-- skipped 'places': a virtual table the source's include/exclude settings leave out" in \
+        run_cli(cfg, "schema").stdout
 
 
 async def test_an_application_table_named_like_a_shadow_table_is_replicated(app_db, make_config, pg_dsn, tmp_path):

@@ -26,7 +26,7 @@ from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exist
 from syncd.postgres.connect import close_quietly, connect
 from syncd.report import backups
 from syncd.report.backups import BackupFacts
-from syncd.sqlite import capture, disk_guard
+from syncd.sqlite import capture, disk_guard, leftout
 from syncd.sqlite.connection import SourceFileError, file_problem, open_readonly
 from syncd.sqlite.introspect import introspect
 from syncd.sqlite.leftout import LeftOut
@@ -477,6 +477,8 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
             pending = conn.execute(f"SELECT count(*) FROM main.{quote_ident(capture.CHANGELOG)} WHERE seq > ?",
                                    (applied_seq,)).fetchone()[0]
         left_out = sorted(schema.left_out.values(), key=lambda lo: lo.name) + _defaults_left_out(schema.tables)
+        left_out = [dataclasses.replace(lo, rows=leftout.count_rows(conn, lo.name)) if lo.kind == leftout.EXCLUDED
+                    else lo for lo in left_out]  # how much the operator chose to leave behind, said as measured
         return _SqliteSide(tables, captured, pending, left_out,
                            disk_guard.suspended(conn), dict(schema.tables),
                            [n for n, lo in schema.left_out.items() if lo.kind == "view"], in_flight, pruned_past,

@@ -259,7 +259,8 @@ def _source(i: int, name: str, f: SourceFacts | None, st: SourceStatus | None, o
                 items.append(f'<li class="sev-critical"><code>{e(lo.name)}</code>: holds {e(rows)} of application '
                              f"data that is not migrated: {e(lo.why)}; {e(lo.todo)}</li>")
             else:
-                items.append(f"<li><code>{e(lo.name)}</code>: {e(lo.why)}; {e(lo.todo)}</li>")
+                rows = f" ({lo.rows} row(s), left out as configured)" if lo.rows else ""
+                items.append(f"<li><code>{e(lo.name)}</code>{e(rows)}: {e(lo.why)}; {e(lo.todo)}</li>")
         out.append('<div class="not-migrated"><strong>Not migrated</strong> (the application will miss these after '
                    "the switch):<ul>" + "".join(items) + "</ul></div>")
     if f and f.parity and f.parity.carried:

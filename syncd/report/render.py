@@ -103,7 +103,8 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
         out += ["Not migrated (the application will miss these after the switch):", "",
                 "| Object | What it is | Holds data | What to do in Postgres |", "|---|---|---|---|"]
         for lo in s.left_out:
-            holds = ("❌ yes, " + (f"{lo.rows} row(s)" if lo.rows is not None else "rows")) if lo.holds_data else "no"
+            holds = ("❌ yes, " + (f"{lo.rows} row(s)" if lo.rows is not None else "rows")) if lo.holds_data else \
+                f"{lo.rows} row(s), left out as configured" if lo.rows else "no"
             out.append(f"| {_code(lo.name)} | {_cell(lo.why)} | {holds} | {_cell(lo.todo)} |")
         out.append("")
     p = s.parity

@@ -662,8 +662,8 @@ class ReversePipeline:
         # Tables the application created in Postgres after the cutover (no source's replica).
         candidates |= {n for n in pg_tables if tables.made_by_the_application(n, self.source, owners)}
         for name in candidates:
-            if name in schema.refused or name in schema.left_out:
-                continue
+            if name in schema.refused or (name in schema.left_out and self.source.wants_table(name)):
+                continue  # a view, virtual or shadow table; one the configuration leaves out is paused below
             if owners.get(name) not in (None, s.name):
                 continue  # another source's replica in a shared schema
             if name in rows and name not in schema.tables and not self.source.wants_table(name):

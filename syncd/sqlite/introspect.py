@@ -308,7 +308,10 @@ def introspect(
         schema.version = schema_version(conn)
         virtual = leftout.virtual_tables(conn)
         for name, kind, without_rowid, strict in list_tables(conn):
-            if is_internal(name) or not source.wants_table(name):
+            if is_internal(name):
+                continue
+            if not source.wants_table(name):
+                schema.left_out[name] = leftout.excluded(name, kind)
                 continue
             if name.startswith(SYNCD_PREFIX) and kind == "table":
                 schema.refused[name] = Refusal(name, f"its name starts with {SYNCD_PREFIX}, which syncd reserves for "

@@ -56,6 +56,24 @@ def _content_option(args: str) -> str | None:
     return value
 
 
+EXCLUDED = "excluded"
+
+
+def excluded(name: str, kind: str) -> LeftOut:
+    """A table (or view, virtual table) the source's include/exclude settings leave out:
+    the operator's choice, so not a failing item; named wherever what is not migrated is."""
+    what = "table" if kind in ("table", "shadow") else f"{kind} table" if kind == "virtual" else kind
+    return LeftOut(name, EXCLUDED, f"a {what} the source's include/exclude settings leave out",
+                   "the application will not find it in Postgres after the switch: create (and fill) it there "
+                   "yourself if the application needs it")
+
+
+def count_rows(conn: sqlite3.Connection, name: str) -> int | None:
+    """The rows of table `name` (None for a view or a table this SQLite cannot read)."""
+    row = conn.execute("SELECT type FROM main.sqlite_master WHERE name = ?", (name,)).fetchone()
+    return _count(conn, name) if row is not None and row[0] == "table" else None
+
+
 def _count(conn: sqlite3.Connection, name: str) -> int | None:
     try:
         return conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0]
