@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -158,6 +159,23 @@ async def test_ready_migration_every_item_met(ready):
     assert tables["items"]["rows_sqlite"] == tables["items"]["rows_postgres"] == 1000
     assert tables["items"]["last_verification"]["clean"] and tables["notes"]["captured"]
     assert doc["consistency_errors"] == []
+
+
+async def test_a_target_that_cannot_be_reached_leaves_the_other_sources_measured(ready, tmp_path):
+    """Sources on two Postgres targets, one down: the report is still made, the sources on
+    the target that answers measured, the other named as not measured (and not ready)."""
+    from tests.support.ports import free_port
+
+    shutil.copyfile(tmp_path / "app.db", tmp_path / "other.db")
+    down = f"postgresql://syncd:hunter2@127.0.0.1:{free_port()}/db"
+    ready.write_text(ready.read_text() + f'\n[[sources]]\nname = "other"\npath = "{tmp_path / "other.db"}"\n'
+                                         f'dsn = "{down}"\n')
+    code, md, jcode, doc = report(ready)
+    assert (code, jcode) == (1, 1), md
+    assert "app.items: 1,000 rows on both sides; verified equal" in section(md, "migrated")
+    assert "other: its Postgres cannot be measured now: cannot connect to postgresql://syncd:***@127.0.0.1:" in \
+        section(md, "migrated")
+    assert not item(doc, "migrated")["ok"] and "hunter2" not in md + json.dumps(doc)
 
 
 async def test_too_short_and_a_consistency_error_in_the_window(ready, pg_dsn):

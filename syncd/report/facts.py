@@ -23,7 +23,7 @@ from syncd.endpoint import fetch_status, own_sources, unanswered
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping
-from syncd.postgres.connect import close_quietly, connect
+from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
 from syncd.report import backups
 from syncd.report.backups import BackupFacts
 from syncd.sqlite import capture, disk_guard, leftout
@@ -178,17 +178,30 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
     now = dt.datetime.now(dt.timezone.utc)
     status = live if live is not None else await asyncio.to_thread(_daemon_status, settings)
     conns: dict[str, asyncpg.Connection] = {}
+    unreachable: dict[str, str] = {}  # target DSN -> why it cannot be measured
+    several = len({settings.dsn_for(s) for s in settings.sources}) > 1
     lookups = [settings.cutover.speed_max_lookups]  # lookups left to time, for the whole report
     try:
         sources = []
         for source in settings.sources:
             dsn = settings.dsn_for(source)
-            if dsn not in conns:
-                conns[dsn] = await connect(dsn, settings.password(), settings.postgres)
-                if upgrade_bookkeeping and await bookkeeping_exists(conns[dsn], settings.postgres.bookkeeping_schema):
-                    # An earlier release's bookkeeping (the package upgraded, the daemon not
-                    # restarted): completed before anything is read from it.
-                    await ensure_bookkeeping(conns[dsn], settings.postgres.bookkeeping_schema)
+            if dsn not in conns and dsn not in unreachable:
+                try:
+                    conns[dsn] = await connect(dsn, settings.password(), settings.postgres)
+                except PostgresUnavailable as e:
+                    if not several:
+                        raise  # the only target: there is nothing to report
+                    unreachable[dsn] = str(e)  # the sources on the others are still measured
+                else:
+                    if upgrade_bookkeeping and await bookkeeping_exists(conns[dsn],
+                                                                        settings.postgres.bookkeeping_schema):
+                        # An earlier release's bookkeeping (the package upgraded, the daemon not
+                        # restarted): completed before anything is read from it.
+                        await ensure_bookkeeping(conns[dsn], settings.postgres.bookkeeping_schema)
+            if dsn in unreachable:
+                sources.append(SourceFacts(name=source.name, path=str(source.path), schema=source.schema,
+                                           error=f"its Postgres cannot be measured now: {unreachable[dsn]}"))
+                continue
             sources.append(await _source(settings, source, conns[dsn], status.get(source.name), now,
                                          parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
                                          lookups=lookups))
