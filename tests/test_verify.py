@@ -259,3 +259,33 @@ async def test_a_vacuum_while_a_keyless_table_is_checked_is_not_a_difference(app
     events = result.tables[0]
     assert not events.compared and events.mismatched == 0 and events.differences == []
     assert "a VACUUM renumbers its rowids" in events.reason
+
+
+async def test_a_table_named_without_a_source_is_verified_in_the_sources_that_have_it(tmp_path, make_config, pg_dsn):
+    from tests.support.daemon import DaemonProcess, run_cli
+    from tests.support.sync import wait_caught_up
+
+    dbs = {}
+    for name, table in (("shop", "orders"), ("metrics", "samples")):
+        dbs[name] = tmp_path / f"{name}.db"
+        conn = sqlite3.connect(dbs[name])
+        conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.execute(f"INSERT INTO {table} VALUES (1, 'a')")
+        conn.commit()
+        conn.close()
+    cfg = make_config([{"name": n, "path": str(p)} for n, p in dbs.items()],
+                      sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for name, db in dbs.items():
+            await wait_caught_up(db, pg_dsn, name, daemon=d)
+        assert d.stop() == 0
+    r = run_cli(cfg, "verify", "--table", "orders")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'shop: "orders" equal' in r.stdout and "metrics" not in r.stdout
+    both = run_cli(cfg, "verify", "--table", "orders", "--table", "samples")
+    assert both.returncode == 0 and "shop: 1 of 1 table(s) equal" in both.stdout
+    assert "metrics: 1 of 1 table(s) equal" in both.stdout
+    none = run_cli(cfg, "verify", "--table", "nosuch")
+    assert none.returncode == 2 and "no table 'nosuch' in any source" in none.stderr, none.stdout + none.stderr
+    one = run_cli(cfg, "verify", "--source", "metrics", "--table", "orders")  # a source named: its own tables only
+    assert one.returncode == 2 and "no table 'orders' in source 'metrics'" in one.stdout, one.stdout + one.stderr

@@ -39,7 +39,16 @@ def main(args) -> int:
     sources = common.selected_sources(settings, args.source)
     if not sources:
         return common.fail(settings.no_sources(), 2)
-    results = asyncio.run(_verify(settings, sources, args.table, args.repair, args.wait))
+    # --table without --source: each table is verified in the sources that have it.
+    others_ok = bool(args.table) and args.source is None and len(sources) > 1
+    results = asyncio.run(_verify(settings, sources, args.table, args.repair, args.wait, others_ok))
+    if others_ok:
+        results = [r for r in results if not r.no_such_table]
+        found = {t.table for r in results for t in r.tables}
+        missing = [t for t in args.table if t not in found and not any(r.error for r in results)]
+        if missing:
+            return common.fail(f"no table {missing[0]!r} in any source (neither in their SQLite files nor in "
+                               "syncd's bookkeeping)", 2)
     # Files a glob matches and syncd does not replicate: their rows are nowhere in Postgres.
     left = list(settings.discovery_problems) if args.source is None else []
     code = max(exit_code(results), 1 if left else 0)
@@ -55,8 +64,9 @@ def main(args) -> int:
 
 
 async def _verify(settings: Settings, sources: list[SourceSettings], tables: list[str] | None, repair: bool,
-                  wait: float) -> list[SourceVerifyResult]:
-    return [await verify_source(settings, s, tables, repair=repair, wait_seconds=wait) for s in sources]
+                  wait: float, others_ok: bool = False) -> list[SourceVerifyResult]:
+    return [await verify_source(settings, s, tables, repair=repair, wait_seconds=wait, others_ok=others_ok)
+            for s in sources]
 
 
 def render(r: SourceVerifyResult) -> list[str]:

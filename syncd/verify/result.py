@@ -155,6 +155,7 @@ class SourceVerifyResult:
     error: str | None = None  # the source could not be checked at all
     repair_note: str | None = None
     direction: str = "to_postgres"  # "to_sqlite" once cut over: SQLite follows Postgres, repairs go that way
+    no_such_table: bool = False  # none of the tables asked for is the source's (error says which)
 
     @property
     def equal(self) -> bool:

@@ -52,6 +52,10 @@ class VerifyError(Exception):
     """The source could not be checked; the message is one line."""
 
 
+class NoSuchTable(VerifyError):
+    """None of the tables asked for is the source's."""
+
+
 @dataclass
 class TablePlan:
     name: str
@@ -120,7 +124,7 @@ class _Session:
 async def verify_source(settings: Settings, source: SourceSettings, tables: list[str] | None = None, *,
                         repair: bool = False, wait_seconds: float = DEFAULT_WAIT_SECONDS,
                         record: bool = True, in_daemon: bool = False,
-                        connection: asyncpg.Connection | None = None) -> SourceVerifyResult:
+                        connection: asyncpg.Connection | None = None, others_ok: bool = False) -> SourceVerifyResult:
     """Compare every replicated table of `source` (or only `tables`) between SQLite
     and Postgres, record each table's result in syncd.verify_runs, and return them.
 
@@ -129,13 +133,15 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
     keeps its counts and records how many rows were repaired. `in_daemon`: the caller
     is the daemon running this source, whose own pipeline applies the replay (none is
     started here). Never raises for an unreachable Postgres or a missing file: the
-    result's `error` says what went wrong, in one line."""
+    result's `error` says what went wrong, in one line. `others_ok`: of `tables`, those
+    the source does not have are another source's (`syncd verify --table` without --source);
+    result.no_such_table says when it has none of them."""
     result = SourceVerifyResult(source=source.name, path=str(source.path), schema=source.schema)
     s = _Session(settings, source, connection)
     try:
         await s.open()
         result.direction = s.direction
-        plans = await _plan(s, tables)
+        plans = await _plan(s, tables, others_ok)
         run_ids: dict[str, int] = {}
         for plan in plans:
             tr = await _check(s, plan, wait_seconds)
@@ -144,6 +150,8 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
             result.tables.append(tr)
         if repair:
             await _repair(s, result, plans, run_ids, wait_seconds, record, in_daemon)
+    except NoSuchTable as e:
+        result.error, result.no_such_table = str(e), True
     except (SourceFileError, PostgresUnavailable, UnsupportedTarget, VerifyError) as e:
         result.error = str(e)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
@@ -161,7 +169,7 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
 # --- which tables, and can they be compared ---------------------------------------------
 
 
-async def _plan(s: _Session, only: list[str] | None) -> list[TablePlan]:
+async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) -> list[TablePlan]:
     assert s.pg is not None
     state: CaptureState = await s.run(capture.read_state)
     pg_tables = await ddl.read_tables(s.pg, s.source.schema)
@@ -179,8 +187,8 @@ async def _plan(s: _Session, only: list[str] | None) -> list[TablePlan]:
     names = sorted(set(schema.tables) | set(schema.refused) | set(rows) | set(holding))
     if only:
         unknown = [n for n in only if n not in names]
-        if unknown:
-            raise VerifyError(f"no table {unknown[0]!r} in source {s.source.name!r} "
+        if unknown and not (others_ok and len(unknown) < len(only)):
+            raise NoSuchTable(f"no table {unknown[0]!r} in source {s.source.name!r} "
                               "(neither in the SQLite file nor in syncd's bookkeeping)")
         names = [n for n in names if n in only]
     plans = []
