@@ -189,6 +189,12 @@ async def stale_keys(conn: asyncpg.Connection, schema: str, spec: TableSpec, rec
     return found
 
 
+def _sqlite_int(i: int) -> list[int]:
+    """[i] where SQLite can hold i as an INTEGER (64 bits), else []: binding a wider int
+    raises OverflowError, and no stored INTEGER is it."""
+    return [i] if -2**63 <= i < 2**63 else []
+
+
 def _raw_forms(pgtype: PgType, v: Any) -> list[Any] | None:
     """Every SQLite value that converts to Postgres value `v` (None: not knowable)."""
     if v is None:
@@ -199,7 +205,7 @@ def _raw_forms(pgtype: PgType, v: Any) -> list[Any] | None:
         out: list[Any] = [v]
         try:
             if str(int(v)) == v:
-                out.append(int(v))
+                out += _sqlite_int(int(v))
         except ValueError:
             pass
         try:
@@ -210,9 +216,12 @@ def _raw_forms(pgtype: PgType, v: Any) -> list[Any] | None:
             pass
         return out
     if pgtype is PgType.DOUBLE:
-        return [float(v)] + ([int(v)] if float(v).is_integer() else [])
+        return [float(v)] + (_sqlite_int(int(v)) if float(v).is_integer() else [])
     if pgtype is PgType.NUMERIC and isinstance(v, Decimal) and v.is_finite():
-        return [int(v)] if v == v.to_integral_value() else [float(v)]
+        if v != v.to_integral_value():
+            return [float(v)]
+        # Past 64 bits SQLite holds a whole number only as a REAL, and then exactly.
+        return _sqlite_int(int(v)) or ([float(v)] if Decimal(float(v)) == v else [])
     if pgtype is PgType.BOOLEAN:
         return [1 if v else 0]
     return None

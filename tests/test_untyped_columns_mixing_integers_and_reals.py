@@ -105,6 +105,29 @@ async def test_a_key_holding_such_a_real_and_that_integer_keeps_both_rows(tmp_pa
     assert out.returncode == 0 and 'app: "k" equal' in out.stdout, out.stdout + out.stderr
 
 
+async def test_a_key_holding_a_real_past_64_bits_beside_a_unique_index_streams(tmp_path, make_config, pg_dsn):
+    """A real of 1e19 (no SQLite INTEGER is that large) as a key, and a UNIQUE index an
+    INSERT OR REPLACE goes through: the stream looks the key up as the real it is."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE m (k PRIMARY KEY, u TEXT UNIQUE, v TEXT)")
+    conn.executemany("INSERT INTO m VALUES (?, ?, ?)", [(1, "a", "x"), (1e19, "b", "y"), (2.5, "c", "z")])
+    cfg = make_config([{"name": "app", "path": str(db)}], extra=verify_section())
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT OR REPLACE INTO m VALUES (3, 'b', 'w')")  # replaces the 1e19 row through u
+        conn.execute("INSERT INTO m VALUES (-1e19, 'd', 'v')")
+        conn.execute("UPDATE m SET v = 'q' WHERE k = -1e19")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert "OverflowError" not in d.log() and "unexpected error" not in d.log()
+        assert d.stop() == 0
+    assert await pg_rows(pg_dsn, "SELECT trim_scale(k)::text, u, v FROM app.m ORDER BY k") == [
+        (str(-10**19), "d", "q"), ("1", "a", "x"), ("2.5", "c", "z"), ("3", "b", "w")]
+    out = verify(cfg)
+    assert out.returncode == 0 and 'app: "m" equal' in out.stdout, out.stdout + out.stderr
+
+
 async def test_reals_an_older_syncd_loaded_by_their_shortest_text_are_reported_and_repaired(
         tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
