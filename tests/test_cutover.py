@@ -192,6 +192,19 @@ async def test_cutover_with_the_daemon_stopped(tmp_path, make_config, pg_dsn):
     assert not writable(db)
 
 
+async def test_a_cutover_of_several_sources_ends_with_where_they_stand(tmp_path, make_config, pg_dsn):
+    async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
+        cfg.write_text(cfg.read_text() + f'\n[[sources]]\nname = "gone"\npath = "{tmp_path / "gone.db"}"\n')
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 1, dry.stdout
+        assert dry.stdout.rstrip().endswith("syncd cutover: dry run: 1 of 2 source(s) ready, 1 not"), dry.stdout
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 1 and "app: cut over to Postgres" in r.stdout, r.stdout
+        assert r.stdout.rstrip().endswith("syncd cutover: 1 of 2 source(s) cut over (or already), 1 not: see each "
+                                          "above"), r.stdout
+        assert d.stop() == 0
+
+
 @pytest.mark.parametrize("step", ["started", "frozen", "drained", "verified", "finishing"])
 async def test_a_cutover_killed_at_any_step_never_leaves_the_file_frozen(tmp_path, make_config, pg_dsn, step):
     async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):

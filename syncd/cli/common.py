@@ -74,6 +74,17 @@ def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSetti
     return settings, sources
 
 
+def switch_summary(results: list, verb: str, done_word: str) -> str:
+    """The last line of `syncd cutover` or `syncd rollback` over several sources: how many
+    switched (or had already), how many did not, each said above."""
+    if any(r.dry_run for r in results):
+        ready = sum(1 for r in results if r.ok)
+        return f"syncd {verb}: dry run: {ready} of {len(results)} source(s) ready, {len(results) - ready} not"
+    done = sum(1 for r in results if r.done or r.already)
+    return (f"syncd {verb}: {done} of {len(results)} source(s) {done_word} (or already), {len(results) - done} not: "
+            "see each above")
+
+
 def said_no_sources(settings: Settings, sources: list[SourceSettings]) -> int | None:
     """With no source to work on, say why (a glob matching no file, no [[sources]]) and
     return the exit code: 0 for globs that match nothing yet (a fleet's files may come

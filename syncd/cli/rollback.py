@@ -40,7 +40,10 @@ def main(args) -> int:
         return interrupted.report(settings, sources, "rollback")
     for r in results:
         common.say(*render(r))
+    if len(results) > 1:  # a script, or an operator scrolling back, reads where each source stands
+        common.say(common.switch_summary(results, "rollback", "rolled back"))
     return 0 if all(r.ok for r in results) else 1
+
 
 
 async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool) -> list[RollbackResult]:
