@@ -57,7 +57,9 @@ def test_a_rehearsal_with_hostile_names_cuts_over_and_rolls_back(tmp_path, make_
 
 def test_the_html_report_shows_hostile_names_escaped(tmp_path, make_config, pg_dsn):
     cfg = initialized(tmp_path, make_config)
-    run_cli(cfg, "verify", timeout=300)
+    checked = run_cli(cfg, "verify", timeout=300).stdout
+    # the name in verify's lines as SQL writes it: its quotes doubled, one name, not two
+    assert '"weird ""name""; DROP TABLE x;--" ' in checked, checked
     html = run_cli(cfg, "report", "--format", "html", timeout=300).stdout
     assert "<html" in html, html[-2000:]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # the name is there, escaped

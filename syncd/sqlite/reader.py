@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from syncd.identifiers import quote_ident
 from syncd.model import BATCH_VALUE_BYTES, TableSpec, entries_within_values, unshadowed_rowid_name
+from syncd.sqlite import windows
 from syncd.sqlite.capture import CHANGELOG, META, OP_INSERT, slot
 from syncd.sqlite.connection import empty_file, fetch_within, fetchall_text_safe, no_such_table, weigher
 from syncd.types import needs_conversion_filter
@@ -551,14 +552,16 @@ def _chunk_query(spec: TableSpec, after: tuple | None, limit: int, columns: str)
             return f"SELECT {columns} FROM {table} {where} ORDER BY s.{rid} LIMIT ?", [*params, limit], "alias"
         return (f"SELECT s.{rid}, {columns} FROM {table} {where} ORDER BY s.{rid} LIMIT ?", [*params, limit],
                 "rowid")
-    key_cols = ", ".join(spec.key_sql(k, "s.") for k in spec.key)  # ordered the way the key is unique
+    # Paged the way the key is unique (its index's collation), and still along that index.
+    order = [windows.term(f"s.{spec.sqlite_ref(k)}", c)
+             for k, c in zip(spec.key, spec.key_collations or (None,) * len(spec.key))]
     if after is not None:
-        marks = ", ".join(["?"] * len(spec.key))
-        where = f"WHERE ({key_cols}) > ({marks})"
+        where = f"WHERE {windows.past(order)}"
         params = list(after)
     else:
         where, params = "", []
-    return f"SELECT {columns} FROM {table} {where} ORDER BY {key_cols} LIMIT ?", [*params, limit], "key"
+    return f"SELECT {columns} FROM {table} {where} ORDER BY {windows.ordered_by(order)} LIMIT ?", [*params, limit], \
+        "key"
 
 
 def read_snapshot_chunk(

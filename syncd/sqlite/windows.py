@@ -21,6 +21,19 @@ from syncd.sqlite.hold import RowsPerHold
 WINDOW_ROWS = 20_000
 
 
+class OrderTerm(str):
+    """A column of a table's walking order (its SQL), and the collation its key compares
+    under (None: the column's own)."""
+
+    collation: str | None = None
+
+
+def term(sql: str, collation: str | None) -> OrderTerm:
+    t = OrderTerm(sql)
+    t.collation = collation
+    return t
+
+
 def ordering(table_columns: list[str], without_rowid: bool, key: tuple[str, ...],
              collations: tuple[str | None, ...] = ()) -> list[str]:
     """Quoted columns giving a table a total order its storage can walk cheaply: the
@@ -33,7 +46,19 @@ def ordering(table_columns: list[str], without_rowid: bool, key: tuple[str, ...]
             if name not in taken:
                 return [name]
     colls = list(collations) + [None] * (len(key) - len(collations))
-    return [quote_ident(k) + (f" COLLATE {c}" if c else "") for k, c in zip(key, colls)]
+    return [term(quote_ident(k), c) for k, c in zip(key, colls)]
+
+
+def ordered_by(order: list[str]) -> str:
+    """ORDER BY terms of `order`, each under its collation."""
+    return ", ".join(f"{t} COLLATE {t.collation}" if getattr(t, "collation", None) else t for t in order)
+
+
+def past(order: list[str], op: str = ">") -> str:
+    """`(columns) <op> (?, ...)`, each ? under its column's collation. The collation goes on
+    the parameter's side: SQLite walks the key's index for a row value only so."""
+    marks = ", ".join(f"? COLLATE {t.collation}" if getattr(t, "collation", None) else "?" for t in order)
+    return f"({', '.join(order)}) {op} ({marks})"
 
 
 def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int | RowsPerHold = WINDOW_ROWS
@@ -46,19 +71,19 @@ def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int | 
         yield "1", ()
         return
     cols = ", ".join(order)
-    marks = ", ".join("?" * len(order))
     after: tuple | None = None
     while True:
         rows = size.rows if isinstance(size, RowsPerHold) else size
-        where, params = ("1", ()) if after is None else (f"({cols}) > ({marks})", after)
+        where, params = ("1", ()) if after is None else (past(order), after)
         boundary = conn.execute(
-            f"SELECT {cols} FROM main.{quote_ident(table)} WHERE {where} ORDER BY {cols} LIMIT 1 OFFSET ?",
+            f"SELECT {cols} FROM main.{quote_ident(table)} WHERE {where} ORDER BY {ordered_by(order)} "
+            "LIMIT 1 OFFSET ?",
             (*params, rows - 1),
         ).fetchone()
         if boundary is None:
             yield where, params
             return
-        yield f"{where} AND ({cols}) <= ({marks})", (*params, *boundary)
+        yield f"{where} AND {past(order, '<=')}", (*params, *boundary)
         after = tuple(boundary)
 
 
