@@ -53,3 +53,27 @@ async def test_case_twins_under_a_binary_key_are_loaded_and_changed_apart(tmp_pa
         assert sorted(twins) == [("K010", -10), ("k010", 1000), ("k020", 20)]
         assert await compare_table(str(db), pg_dsn, "app", "t", key) == []
         assert d.stop() == 0
+
+
+@pytest.mark.parametrize("ddl", [
+    "CREATE TABLE t (host TEXT, ts REAL, v INTEGER, PRIMARY KEY (host, ts))",
+    "CREATE TABLE t (k TEXT COLLATE NOCASE, j REAL, v INTEGER, PRIMARY KEY (k COLLATE BINARY, j)) WITHOUT ROWID",
+], ids=["composite", "binary-key-on-nocase-without-rowid"])
+def test_the_next_chunk_and_window_seek_along_the_keys_index(tmp_path, ddl):
+    """Each chunk of a load, and each window of an audit, starts where the last ended by
+    seeking in the key's index (SEARCH), not by walking it from the start (SCAN): a
+    collation on the key's side of the row value made SQLite walk."""
+    from syncd.config import SourceSettings
+    from syncd.sqlite import reader, windows
+    from syncd.sqlite.introspect import introspect
+
+    conn = sqlite3.connect(tmp_path / "app.db")
+    conn.execute(ddl)
+    spec = introspect(conn, SourceSettings(name="app", path=str(tmp_path / "app.db"))).tables["t"]
+    sql, params, _ = reader._chunk_query(spec, ("a", 1.0), 100, "*")
+    plans = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    order = windows.ordering([c.name for c in spec.stored_columns], True, spec.key, spec.key_collations)
+    window = f"SELECT * FROM t WHERE {windows.past(order)} ORDER BY {windows.ordered_by(order)} LIMIT 1 OFFSET 9"
+    plans += [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + window, ("a", 1.0))]
+    conn.close()
+    assert all(p.startswith("SEARCH") for p in plans), plans
