@@ -34,6 +34,16 @@ def make_app(db) -> None:
     conn.close()
 
 
+async def replicate_then_write(cfg, conn: sqlite3.Connection, app_db, pg_dsn, tmp_path, sql: str) -> None:
+    """The daemon loads the file, then streams one write made on `conn`, and stops."""
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute(sql)
+        conn.commit()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+
+
 def test_schema_names_each_object_left_out_and_what_to_do(app_db, make_config):
     make_app(app_db)
     cfg = make_config([{"name": "app", "path": str(app_db)}])
@@ -116,12 +126,8 @@ async def test_an_application_table_named_like_a_shadow_table_is_replicated(app_
     kinds = {r[1]: r[2] for r in conn.execute("PRAGMA table_list")}
     assert kinds["comments_fts_content"] == kinds["notes_fts_content"] == "shadow"  # as SQLite sees them
     cfg = make_config([{"name": "app", "path": str(app_db)}])
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        conn.execute("INSERT INTO comments_fts_content VALUES (3, 'third')")
-        conn.commit()
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
+    await replicate_then_write(cfg, conn, app_db, pg_dsn, tmp_path,
+                               "INSERT INTO comments_fts_content VALUES (3, 'third')")
     assert await compare_table(str(app_db), pg_dsn, "app", "comments_fts_content") == []
     assert await compare_table(str(app_db), pg_dsn, "app", "mixed_fts_content") == []  # names match without case
     schema = run_cli(cfg, "schema").stdout
@@ -182,12 +188,7 @@ async def test_an_application_table_named_like_any_shadow_table_is_replicated(ap
     conn.executescript(LOOKALIKES)
     conn.commit()
     cfg = make_config([{"name": "app", "path": str(app_db)}])
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        conn.execute("INSERT INTO docs_docsize VALUES (4, 'dee', 400)")
-        conn.commit()
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
+    await replicate_then_write(cfg, conn, app_db, pg_dsn, tmp_path, "INSERT INTO docs_docsize VALUES (4, 'dee', 400)")
     for name in sorted(APPLICATION_TABLES):
         assert await compare_table(str(app_db), pg_dsn, "app", name) == [], name
     v = run_cli(cfg, "verify")
