@@ -63,8 +63,10 @@ def _meant_userinfo(rest: str) -> str | None:
     if at < 0:
         return None
     q = rest.find("?")
-    if 0 <= q < at and "=" in rest[q:at] and "@" in rest[:q]:
-        at = rest.rfind("@", 0, q)
+    if 0 <= q < at and "=" in rest[q:at]:
+        at = rest.rfind("@", 0, q)  # the '@' is in the query's values; before it, the userinfo's, if any
+        if at < 0:
+            return None  # no userinfo at all: postgresql://host/app?user=admin@myserver
     return rest[:at]
 
 

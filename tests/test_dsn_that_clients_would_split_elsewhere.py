@@ -48,6 +48,8 @@ def test_a_password_clients_would_split_is_refused_without_quoting_it(userinfo):
     "postgresql://postgres:pw@127.0.0.1:5432/db?application_name=a@b",
     "postgresql://u:pw@[::1]:5432/db",
     "postgresql:///db?host=/run/postgresql",
+    "postgresql://db.example.com:5432/app?user=admin@myserver",  # no userinfo; an '@' in the query (Azure)
+    "postgresql:///app?host=/tmp&user=a@b",
 ])
 def test_a_dsn_every_client_reads_alike_is_accepted(dsn):
     assert check_dsn(dsn) == dsn
