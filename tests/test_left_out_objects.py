@@ -104,6 +104,11 @@ async def test_report_and_status_name_data_left_behind(app_db, make_config, pg_d
            "as configured |" in run_cli(cfg, "report").stdout
     assert "-- skipped 'places': a virtual table the source's include/exclude settings leave out" in \
         run_cli(cfg, "schema").stdout
+    # a shadow table left out with its virtual table is still said as the shadow it is
+    cfg = make_config([{"name": "app", "path": str(app_db), "tables": ["notes", "audit"]}])
+    kinds = {o["name"]: o["kind"] for o in json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+             ["sources"][0]["not_migrated"]}
+    assert kinds["notes_search"] == "excluded" and kinds["notes_search_content"] == "shadow", kinds
 
 
 async def test_an_application_table_named_like_a_shadow_table_is_replicated(app_db, make_config, pg_dsn, tmp_path):

@@ -311,7 +311,9 @@ def introspect(
             if is_internal(name):
                 continue
             if not source.wants_table(name):
-                schema.left_out[name] = leftout.excluded(name, kind)
+                # A virtual table's shadow goes with it, left out either way: said as a shadow.
+                schema.left_out[name] = (leftout.classify(conn, name, kind, virtual) if kind == "shadow"
+                                         else leftout.excluded(name, kind))
                 continue
             if name.startswith(SYNCD_PREFIX) and kind == "table":
                 schema.refused[name] = Refusal(name, f"its name starts with {SYNCD_PREFIX}, which syncd reserves for "

@@ -62,7 +62,7 @@ EXCLUDED = "excluded"
 def excluded(name: str, kind: str) -> LeftOut:
     """A table (or view, virtual table) the source's include/exclude settings leave out:
     the operator's choice, so not a failing item; named wherever what is not migrated is."""
-    what = "table" if kind in ("table", "shadow") else f"{kind} table" if kind == "virtual" else kind
+    what = f"{kind} table" if kind == "virtual" else kind
     return LeftOut(name, EXCLUDED, f"a {what} the source's include/exclude settings leave out",
                    "the application will not find it in Postgres after the switch: create (and fill) it there "
                    "yourself if the application needs it")
