@@ -248,9 +248,9 @@ def read_current(conn: sqlite3.Connection, spec: TableSpec, pg_keys: list[tuple]
             for f in forms:
                 combos = [c + (x,) for c in combos for x in f]  # type: ignore[union-attr]
             hit = None
-            # The key's own index answers `=` (under the column's collation and affinity);
-            # which row it found is then decided on the converted key, exactly.
-            where = " AND ".join(f"{spec.sqlite_ref(k)} = ?" for k in spec.key)
+            # The key's own index answers `=` (under its collation, key_sql, and the column's
+            # affinity); which row it found is then decided on the converted key, exactly.
+            where = " AND ".join(f"{spec.key_sql(k)} = ?" for k in spec.key)
             for raw in combos:
                 for row in fetchall_text_safe(conn, f"SELECT {cols} FROM {table} WHERE {where}", list(raw)):
                     try:

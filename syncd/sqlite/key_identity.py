@@ -111,7 +111,7 @@ def stream_collision(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple
     key_idx = spec.key_indexes
     convs = [converter_of(spec.column(k)) for k in spec.key]
     seen: dict[tuple, tuple] = {}
-    where = " AND ".join(f"{spec.sqlite_ref(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
+    where = " AND ".join(f"{spec.key_sql(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
     sql = f"SELECT {', '.join(spec.sqlite_ref(k) for k in spec.key)} FROM main.{quote_ident(spec.name)} WHERE {where}"
     for row in rows:
         raw = tuple(row[i] for i in key_idx)
@@ -144,7 +144,7 @@ def survivors(conn: sqlite3.Connection, spec: TableSpec, deletes: list[tuple]) -
         return [], deletes
     convs = [converter_of(spec.column(k)) for k in spec.key]
     cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
-    where = " AND ".join(f"{spec.sqlite_ref(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
+    where = " AND ".join(f"{spec.key_sql(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
     sql = f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE {where}"
     rows, gone = [], []
     for raw in deletes:
@@ -183,7 +183,7 @@ def older_texts(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple], de
         return []
     key_idx = spec.key_indexes
     keys = [tuple(r[i] for i in key_idx) for r in rows] + deletes
-    where = " AND ".join(f"{spec.sqlite_ref(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
+    where = " AND ".join(f"{spec.key_sql(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
     sql = f"SELECT 1 FROM main.{quote_ident(spec.name)} WHERE {where}"
     out: dict[tuple, None] = {}
     for raw in keys:
