@@ -695,14 +695,11 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         pg, own = await answering(settings, source, conn)
         try:
             went = await recorded_direction(pg, b) if committing else TO_SQLITE
-            if went == TO_POSTGRES:  # the turn committed: only its reply was lost; finish
-                await worker.run(freeze.unfreeze, busy)
-                res.downtime_seconds = time.monotonic() - frozen_at
+            if went == TO_POSTGRES:  # the turn committed: only its reply was lost; finish as after it
                 res.done = True
                 res.plan.append(f"Postgres recorded the rollback; its confirmation did not reach syncd ({reason})")
                 _said_by_default(res, source, always)
-                log.info("rolled back to SQLite (the commit's reply was lost; Postgres recorded it)",
-                         extra={"source": source.name, "event": "rollback_done"})
+                await _after_the_turn(pg, worker, b, switch_id, frozen_at, res, busy)
             elif went is None:
                 res.unknown = True
                 res.problems.append(

@@ -74,10 +74,10 @@ def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSetti
     return settings, sources
 
 
-def switch_summary(results: list, verb: str, done_word: str) -> str:
+def switch_summary(results: list, verb: str, done_word: str, dry_run: bool) -> str:
     """The last line of `syncd cutover` or `syncd rollback` over several sources: how many
     switched (or had already), how many did not, each said above."""
-    if any(r.dry_run for r in results):
+    if dry_run:
         ready = sum(1 for r in results if r.ok)
         return f"syncd {verb}: dry run: {ready} of {len(results)} source(s) ready, {len(results) - ready} not"
     done = sum(1 for r in results if r.done or r.already)

@@ -41,7 +41,7 @@ def main(args) -> int:
     for r in results:
         common.say(*render(r))
     if len(results) > 1:  # a script, or an operator scrolling back, reads where each source stands
-        common.say(common.switch_summary(results, "rollback", "rolled back"))
+        common.say(common.switch_summary(results, "rollback", "rolled back", args.dry_run))
     return 0 if all(r.ok for r in results) else 1
 
 
