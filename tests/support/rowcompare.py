@@ -21,7 +21,8 @@ def same_value(sv: Any, pv: Any) -> bool:
     """SQLite value `sv` vs `pv`, the value in Postgres as asyncpg returns it: equal
     when `pv` is what the SQLite value should have become in a column of pv's type
     (numbers in a text column as SQLite renders them as text, reals in numeric by the value
-    of their shortest form, `timestamp` from ISO text or unix seconds)."""
+    of their shortest form, or their exact value from 2^53 up, `timestamp` from ISO text or
+    unix seconds; 0.0 and -0.0 as one value)."""
     if sv is None or pv is None:
         return sv is None and pv is None
     if isinstance(sv, bool):
@@ -33,12 +34,14 @@ def same_value(sv: Any, pv: Any) -> bool:
     if isinstance(pv, float):
         if type(sv) is int:
             return math.isfinite(pv) and float(sv) == pv and int(pv) == sv
-        return type(sv) is float and _bits(sv) == _bits(pv)
+        # Bit for bit, but for the sign of zero: syncd verify takes -0.0 and 0.0 for one
+        # value, as SQLite's and Postgres's `=` do (a REAL column cannot keep -0.0 in SQLite).
+        return type(sv) is float and (_bits(sv) == _bits(pv) or sv == pv == 0.0)
     if isinstance(pv, Decimal):
         if type(sv) is int:
             want = Decimal(sv)
-        elif type(sv) is float:
-            want = Decimal(repr(sv))
+        elif type(sv) is float:  # as syncd sends a REAL to numeric (types._float_decimal)
+            want = Decimal(int(sv)) if math.isfinite(sv) and abs(sv) >= 2.0**53 else Decimal(repr(sv))
         else:
             return False
         # By value, not by scale: 19.9 and 19.90 are one REAL in SQLite, which keeps no
