@@ -388,8 +388,10 @@ async def _same_file_as_running(session: SourceSession, other: str) -> bool:
             return False
     except OSError:
         return False  # the other's file is gone or moved: this is a copy, or the file renamed
+    from syncd.verify.postgres_side import lock_holder  # a rare path: a file carrying another's capture id
+
     keys = await bk.source_keys(session.pg, session.bk.schema, [other], assign=False)
-    return await bk.lock_holder(session.pg, keys[other]) is not None  # a source renamed in the config: not running
+    return await lock_holder(session.pg, keys[other]) is not None  # a source renamed in the config: not running
 
 
 async def _own_capture_id(session: SourceSession, state: CaptureState) -> bool:

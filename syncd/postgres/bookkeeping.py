@@ -712,11 +712,6 @@ async def _holder(conn: asyncpg.Connection, key: int):
     )
 
 
-async def lock_holder(conn: asyncpg.Connection, key: int):
-    """Who holds the lock of the source whose key is `key` (it runs), or None."""
-    return await _holder(conn, key)
-
-
 async def try_lock_source(conn: asyncpg.Connection, source: str, key: int, stale_wait: float = 5.0) -> None:
     """Take the session advisory lock for `source` (its `key`, source_key()) or raise
     SourceLocked naming the holder.
