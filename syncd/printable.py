@@ -24,12 +24,6 @@ def escape_controls(text: str) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
-def quoted(name: str) -> str:
-    """A name in double quotes, its own double quotes doubled as SQL writes them: a table
-    named `weird "name"` never reads as two names."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def shorten(text: str, limit: int = 120) -> str:
     """One printable line of at most `limit` characters."""
     line = escape_controls(text)

@@ -7,7 +7,7 @@ import asyncio
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
-from syncd.printable import quoted
+from syncd.identifiers import quote_ident
 from syncd.verify import DEFAULT_WAIT_SECONDS, SourceVerifyResult, exit_code, verify_source
 
 LISTED = 20  # differences printed per table; --json has up to 1000
@@ -78,10 +78,10 @@ def render(r: SourceVerifyResult) -> list[str]:
     for t in r.tables:
         lines.append(t.summary(cut_over))
         for d in t.differences[:LISTED]:
-            lines.append(f"{r.source}: {quoted(t.table)} {d.text(cut_over)}")
+            lines.append(f"{r.source}: {quote_ident(t.table)} {d.text(cut_over)}")
         more = t.mismatched - min(len(t.differences), LISTED)
         if more > 0:
-            lines.append(f"{r.source}: {quoted(t.table)} ... and {more} more (--json lists up to 1000)")
+            lines.append(f"{r.source}: {quote_ident(t.table)} ... and {more} more (--json lists up to 1000)")
     if r.repair_note:
         lines.append(f"{r.source}: repair: {r.repair_note}")
     if not r.tables:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from syncd.printable import quoted
+from syncd.identifiers import quote_ident
 from syncd.sqlite.audit import format_key
 
 MISSING = "missing"  # in SQLite, not in Postgres
@@ -109,7 +109,7 @@ class TableVerifyResult:
     def summary(self, cut_over: bool = False) -> str:
         """One line naming source and table and saying what was found (`cut_over`: worded
         for SQLite following Postgres)."""
-        head = f"{self.source}: {quoted(self.table)}"
+        head = f"{self.source}: {quote_ident(self.table)}"
         counts = self._counts()
         if self.error is not None:
             return f"{head} ERROR: {self.error}"
