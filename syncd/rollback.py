@@ -49,6 +49,7 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import (Bookkeeping, SourceLocked, ensure_bookkeeping, source_key, try_lock_source,
                                        unlock_source)
 from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
+from syncd.printable import listed
 from syncd.reverse import applier, capture, reader
 from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint
@@ -323,6 +324,7 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
                                               "`syncd status` shows it streaming"}.get(row.state, row.state)
             problems.append(f'table "{name}" does not follow Postgres ({row.state}): {what}')
     problems += await not_followed_yet(conn, source, b)
+    problems += await differences_found(settings, source, conn, b, list(followed))
     problems += await long_holders(conn, source.schema, list(followed))
     if not problems:
         try:
@@ -334,6 +336,38 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
                 "write it while Postgres is frozen for the application, so it would freeze Postgres that long; "
                 "try again once the file is free")
     return problems
+
+
+async def differences_found(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, b: Bookkeeping,
+                            tables: list[str]) -> list[str]:
+    """Tables whose latest verification since the cutover found rows differing (some
+    left unrepaired) and that still differ, verified again now: the rollback's own
+    verification would find them too and undo the switch, after Postgres had been
+    frozen for the application for nothing. A table fixed since (in Postgres, or by a
+    repair) passes; its check is recorded like any other."""
+    from syncd.verify import verify_source
+
+    rows = await conn.fetch(
+        f"""SELECT DISTINCT ON (table_name) table_name, missing + extra + different - repaired
+            FROM {b.s}.verify_runs
+            WHERE source = $1 AND table_name = ANY($2::text[]) AND finished_at > (
+                SELECT max(finished_at) FROM {b.s}.switches WHERE source = $1 AND kind = 'cutover' AND state = 'done')
+            ORDER BY table_name, finished_at DESC, id DESC""", b.source, tables)
+    differed = [name for name, left in rows if left > 0]
+    if not differed:
+        return []
+    checked = await verify_source(settings, source, differed, record=True, wait_seconds=VERIFY_WAIT_SECONDS)
+    if checked.error:
+        return [f"the last verification found rows that differ in {listed([repr(t) for t in differed])}, and checking "
+                f"them again failed: {checked.error}"]
+    remedy = ("which the rollback's own verification would find too: make SQLite match Postgres with "
+              "`syncd verify --repair` (or fix what changed it), then roll back")
+    return [f'table "{t.table}": the last verification found {t.missing + t.extra + t.different} row(s) that differ '
+            f"between Postgres and SQLite, still there when checked again now, {remedy}"
+            if t.compared and not t.error else
+            f'table "{t.table}": the last verification found rows that differ, and checking it again did not '
+            f"compare it ({t.error or t.reason})"
+            for t in checked.tables if not (t.compared and t.equal) or t.error]
 
 
 async def not_followed_yet(conn: asyncpg.Connection, source: SourceSettings, b: Bookkeeping) -> list[str]:

@@ -212,6 +212,45 @@ async def test_a_rollback_whose_verification_finds_a_difference_is_undone(tmp_pa
         assert r.returncode == 0, r.stdout + r.stderr
 
 
+def tamper_sqlite(db, sql: str) -> None:
+    """Change SQLite behind syncd's back, through the freeze (as only syncd may)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO _syncd_meta VALUES ('syncd_writing', '1')")
+    conn.execute(sql)
+    conn.execute("DELETE FROM _syncd_meta WHERE key = 'syncd_writing'")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+async def test_a_rollback_is_refused_while_the_last_verification_found_a_difference(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        tamper_sqlite(db, "UPDATE contacts SET email = 'tampered' WHERE id = 3")
+        found = run_cli(cfg, "verify")
+        assert found.returncode == 1, found.stdout + found.stderr
+        # The dry run says what the rollback would meet: its own verification refusing
+        for args in (("rollback", "--dry-run"), ("rollback",)):
+            r = run_cli(cfg, *args)
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert "app: REFUSED" in r.stdout and "ready to roll back" not in r.stdout
+            assert 'table "contacts": the last verification found 1 row(s) that differ' in r.stdout
+            assert "still there when checked again now" in r.stdout and "syncd verify --repair" in r.stdout
+        # refused before anything froze
+        assert (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.switches WHERE kind = 'rollback'")) == [(0,)]
+        assert await postgres_refusal(pg_dsn) is None
+        repaired = run_cli(cfg, "verify", "--repair")
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        assert await compare_all(str(db), pg_dsn, "app", TABLES) == []
+        dry = run_cli(cfg, "rollback", "--dry-run")
+        assert dry.returncode == 0 and "ready to roll back (dry run" in dry.stdout, dry.stdout + dry.stderr
+        assert run_cli(cfg, "rollback").returncode == 0
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+
+
 async def test_rollback_is_refused_with_every_reason_and_changes_nothing(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     make_app(db)
