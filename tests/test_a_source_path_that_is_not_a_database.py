@@ -9,7 +9,7 @@ import pytest
 from tests.support.daemon import run_cli
 
 VERBS = [("cutover", "--dry-run"), ("cutover",), ("rollback", "--dry-run"), ("rollback",), ("schema",),
-         ("rehearse",), ("status",), ("report",), ("verify",), ("init",)]
+         ("rehearse",), ("status",), ("report",), ("verify",), ("init",), ("resync", "--source", "app", "--table", "t")]
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "not-sqlite"])

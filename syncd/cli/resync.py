@@ -8,12 +8,14 @@ resumes when the change should simply be followed."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
+from syncd.sqlite.connection import file_problem, is_busy, open_readonly
 
 
 def register(sub, parent) -> None:
@@ -30,10 +32,30 @@ def register(sub, parent) -> None:
 def main(args) -> int:
     settings = common.load(args)
     source = settings.source(args.source)
+    unreadable = _unreadable(source, settings.sqlite.read_busy_timeout_ms)
+    if unreadable is not None:  # before "no replicated table": the file is what is at fault
+        return common.fail(f"{unreadable}; a resync rebuilds the table from it", 1)
     try:
         return asyncio.run(_request(settings, source, args.table))
     except PostgresUnavailable as e:
         return common.fail(str(e), 1)
+
+
+def _unreadable(source: SourceSettings, busy_timeout_ms: int) -> str | None:
+    """Why the source's SQLite file cannot be read, in one line, or None."""
+    problem = file_problem(source.path)
+    if problem is not None:
+        return str(problem)
+    conn = open_readonly(source.path, busy_timeout_ms)
+    try:
+        conn.execute("SELECT count(*) FROM main.sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        if is_busy(e):
+            return None  # an application's lock: the file is there and a database
+        return f"cannot read {source.path}: {e}"
+    finally:
+        conn.close()
+    return None
 
 
 async def _request(settings: Settings, source: SourceSettings, tables: list[str]) -> int:
