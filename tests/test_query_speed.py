@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import asyncpg
+
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import first_source, wait_caught_up
+from tests.support.sync import first_source, pg_rows, wait_caught_up
 
 
 def item(doc: dict, key: str) -> dict:
@@ -73,6 +75,43 @@ async def test_lookups_left_untimed_by_the_cap_fail_the_item(app_db, make_config
     assert out.returncode == 1
     perf = item(json.loads(out.stdout), "performance")
     assert perf["ok"] is False and any("not timed" in p for p in perf["problems"]), perf
+
+
+async def test_an_index_on_lower_serves_the_query_written_as_in_sqlite(app_db, make_config, pg_dsn, tmp_path):
+    """An index on lower(x) is there for queries written `WHERE lower(x) = ?`, which after
+    the switch Postgres runs with its own lower(). A plain one is made of Postgres's
+    lower(), so that query uses it (a plain index never changes an answer); a unique
+    one keeps SQLite's ASCII-only folding, which decides the rows it refuses. Each is
+    timed as the application's query writes it, not through an expression no query
+    names."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT, email TEXT);
+        CREATE INDEX notes_title_lower ON notes(lower(title));
+        CREATE UNIQUE INDEX notes_email_upper ON notes(upper(email));
+    """)
+    conn.executemany("INSERT INTO notes VALUES (?, ?, ?)", [(i, f"Title {i}", f"n{i}@x") for i in range(1, 3001)])
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"cutover": {}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log('created notes: index "notes_title_lower"')
+        assert d.stop() == 0
+    defs = dict(await pg_rows(pg_dsn, "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'notes'"))
+    assert defs["notes_title_lower"].endswith("(lower(title))"), defs
+    assert "translate(email" in defs["notes_email_upper"], defs
+    pg = await asyncpg.connect(pg_dsn, server_settings={"enable_seqscan": "off"})
+    try:
+        plan = await pg.fetch("EXPLAIN SELECT * FROM app.notes WHERE lower(title) = 'title 7'")
+    finally:
+        await pg.close()
+    assert any("notes_title_lower" in r[0] for r in plan), plan
+    doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+    lookups = {lk["lookup"]: lk for lk in doc["sources"][0]["schema"]["lookups"]}
+    title = next(v for k, v in lookups.items() if k.startswith('index "notes_title_lower"'))
+    assert title["plan"].startswith(("Index Scan using notes_title_lower", "Bitmap Heap Scan")), title
+    # the query the application writes, upper(email) = ..., cannot use the exact unique index
+    email = next(v for k, v in lookups.items() if k.startswith('unique index "notes_email_upper"'))
+    assert email["postgres_ms"] > 0 and email["plan"].startswith("Seq Scan"), email
 
 
 async def test_an_index_on_a_sparse_column_is_timed_on_rows_that_hold_a_value(app_db, make_config, pg_dsn,

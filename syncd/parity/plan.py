@@ -436,8 +436,9 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
             parts.append(sql)
             if note:
                 notes.append(note)
-            if i == 0 and index.columns[0].name is None:
-                item.lookup_expr = sql.removesuffix(" DESC")
+            if i == 0 and index.columns[0].name is None:  # timed as the application's queries will write it
+                item.lookup_expr = sql.removesuffix(" DESC") if not index.unique else translate.index_expression(
+                    parse_expression(index.columns[0].expr or ""), columns_info(spec, collations, {}))
         pred = None
         if index.where:
             pred = translate.condition(index.where, columns_info(spec, collations))

@@ -160,10 +160,13 @@ class Translator:
     names of tables and views a SELECT may read to (Postgres schema, name, columns)."""
 
     def __init__(self, scope: Scope, aggregates: bool = False,
-                 relations: dict[str, tuple[str, str, list[ColumnInfo]]] | None = None):
+                 relations: dict[str, tuple[str, str, list[ColumnInfo]]] | None = None, as_queried: bool = False):
         self.scope = scope
         self.aggregates = aggregates
         self.relations = relations or {}
+        # Written as the application's queries will run in Postgres, not exactly as in
+        # SQLite: lower() and upper() are Postgres's own (see index_expression).
+        self.as_queried = as_queried
 
     # --- entry points ---
 
@@ -811,6 +814,8 @@ def _f_fold(upper: bool):
     def f(t: Translator, args: list[Typed], n: ex.Function) -> Typed:
         _args(n.name, args, (1,))
         _text_args(n.name, args)
+        if t.as_queried:
+            return Typed(f"{'upper' if upper else 'lower'}({args[0].sql})", TEXT, "BINARY")
         src, dst = (_LOWER, _UPPER) if upper else (_UPPER, _LOWER)
         return Typed(f"translate({args[0].sql}, {_text(src)}, {_text(dst)})", TEXT, "BINARY")
     return f
@@ -916,10 +921,14 @@ def condition(text: str, columns: list[ColumnInfo]) -> str:
 
 def index_expression(node: ex.Node, columns: list[ColumnInfo], unique: bool = False) -> str:
     """One indexed expression, in the parentheses Postgres needs around it. A unique
-    one over a column with a case-insensitive collation in Postgres compares its text
-    result byte by byte, as SQLite does."""
+    one means exactly what it does in SQLite (it decides which rows are refused), and
+    over a column with a case-insensitive collation in Postgres compares its text
+    result byte by byte, as SQLite does. A plain one only speeds up queries, which
+    Postgres answers the same with it or without: it is written as the application's
+    queries will run there (`lower(email)` as Postgres's lower(), not SQLite's
+    ASCII-only folding, which no query written for SQLite would match)."""
     try:
-        v = Translator(table_scope(columns)).value(node)
+        v = Translator(table_scope(columns), as_queried=not unique).value(node)
     except RecursionError:
         raise Untranslatable("nested too deeply") from None
     if unique and v.kind == TEXT and any(c.collation.upper() != "BINARY" for c in columns
