@@ -170,6 +170,8 @@ def test_a_spelling_that_cannot_hold_the_instant_gains_the_fraction():
     (ColumnShape("r", PgType.DOUBLE, REAL), math.nan, "NaN"),
     (ColumnShape("n", PgType.NUMERIC, NUMERIC), Decimal("NaN"), "NaN"),
     (ColumnShape("n", PgType.NUMERIC, NUMERIC), Decimal("0.12345678901234567890123"), "more precision"),
+    # the REAL nearest 10^23 prints as 1e+23: the message shows what it holds
+    (ColumnShape("n", PgType.NUMERIC, NUMERIC), Decimal("1E+23"), "read back as 99999999999999991611392"),
     (ColumnShape("t", PgType.TEXT, NUMERIC), "1.0", "NUMERIC affinity"),
     (ColumnShape("t", PgType.TEXT, INTEGER), "007", "INTEGER affinity"),
     (ColumnShape("t", PgType.TIMESTAMP, NUMERIC), OutOfRange("infinity"), "infinity has no SQLite spelling"),

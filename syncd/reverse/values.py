@@ -254,8 +254,11 @@ def numeric_value(d: Decimal) -> int | float:
 def _why(shape: ColumnShape, value: Any, out: Any) -> str:
     fam = shape.family
     if fam is PgType.NUMERIC:
+        shown = repr(out)
+        if isinstance(out, float) and math.isfinite(out) and Decimal(shown) == value:
+            shown = str(Decimal(out))  # 1e+23 would read as the numeric itself: the REAL's exact value
         return (f"numeric {value} has more precision than SQLite's REAL (a 64-bit float) holds: it would "
-                f"read back as {out!r}")
+                f"read back as {shown}")
     if fam in (PgType.TEXT, PgType.JSON, PgType.JSONB) and isinstance(value, str):
         shown = value if len(value) <= 40 else value[:40] + "…"
         if "\x00" in value:
