@@ -364,10 +364,11 @@ async def differences_found(settings: Settings, source: SourceSettings, conn: as
               "`syncd verify --repair` (or fix what changed it), then roll back")
     return [f'table "{t.table}": the last verification found {t.missing + t.extra + t.different} row(s) that differ '
             f"between Postgres and SQLite, still there when checked again now, {remedy}"
-            if t.compared and not t.error else
+            if t.compared and not t.error and t.missing + t.extra + t.different else
             f'table "{t.table}": the last verification found rows that differ, and checking it again did not '
-            f"compare it ({t.error or t.reason})"
-            for t in checked.tables if not (t.compared and t.equal) or t.error]
+            f"settle it ({t.error or t.reason or f'{t.pending} row(s) still being brought back'}): run the rollback "
+            "again in a moment"
+            for t in checked.tables if not t.equal]
 
 
 async def not_followed_yet(conn: asyncpg.Connection, source: SourceSettings, b: Bookkeeping) -> list[str]:
