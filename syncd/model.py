@@ -85,6 +85,9 @@ class Column:
     # or kept from the Postgres column so chosen: schema parity may type such a text
     # column at cutover (parity/numbers.py).
     inferred: bool = False
+    # Postgres holds the column as character(n) (the application's type after a cutover):
+    # every client reads its values padded to n, and so does verification (rowhash.pg_token).
+    pg_padded: bool = False
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,11 @@ class PgColumn:
     def pgtype(self) -> PgType | None:
         return _FROM_FORMAT_TYPE.get(_streamed_as(self.type_name))
 
+    @property
+    def padded(self) -> bool:
+        """character(n): Postgres hands out its values padded with spaces to n."""
+        return re.fullmatch(r"character(\(\d+\))?|bpchar", self.type_name) is not None
+
 
 @dataclass(frozen=True)
 class PgTable:

@@ -261,6 +261,9 @@ def pg_token(c: Column, col: str | None = None) -> str:
         # A REAL column of SQLite stores -0.0 as 0.0: Postgres's -0.0 (written there after
         # a cutover, say) is the value SQLite holds. Columns without a type keep -0.0.
         col = f"({col} + 0::float8)"
+    elif c.pg_padded:
+        # character(n)'s ::text drops the padding that the application, and so the way back, reads.
+        col = f"textin(bpcharout({col}))"
     return pg_canonical_expr(c.pgtype, col)
 
 

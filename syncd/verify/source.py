@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import asyncpg
 
@@ -200,9 +200,20 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
             why = f"not replicated: {lo.describe()} (then exclude it from the source)"
             plans.append(TablePlan(name, None, tid, row, why, schema.version, lo.rows))
             continue
-        plans.append(TablePlan(name, spec, tid, row, _why_not(s, state, src, name, spec, tid, row, schema.refused,
-                                                               pg_tables), schema.version))
+        why = _why_not(s, state, src, name, spec, tid, row, schema.refused, pg_tables)
+        if why is None and spec is not None:
+            spec = _as_read_from(spec, pg_tables[name])
+        plans.append(TablePlan(name, spec, tid, row, why, schema.version))
     return plans
+
+
+def _as_read_from(spec: TableSpec, pgt: ddl.PgTable) -> TableSpec:
+    """`spec` with its character(n) columns marked: their values are compared padded, as
+    Postgres hands them to the application and to the way back."""
+    padded = {c.name for c in pgt.columns if c.padded}
+    if not padded.intersection(spec.column_names):
+        return spec
+    return replace(spec, columns=tuple(replace(c, pg_padded=True) if c.name in padded else c for c in spec.columns))
 
 
 def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str, spec: TableSpec | None,
