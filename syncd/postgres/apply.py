@@ -320,7 +320,22 @@ async def locate_bad_row(conn: asyncpg.Connection, writer: TableWriter, records:
         else:
             row = rows[0]
         key = row if is_delete else tuple(row[i] for i in writer.spec.key_indexes)
-        return BadRow(key, describe(err))
+        column = None if is_delete else _not_utf8(writer.spec, row)
+        return BadRow(key, f"column {column}: text is not valid UTF-8" if column else describe(err))
+    return None
+
+
+def _not_utf8(spec: TableSpec, row: tuple) -> str | None:
+    """The quoted name of the column whose text in `row` is not UTF-8 (SQLite does not
+    check; the client library refuses it before Postgres could name the column)."""
+    if len(row) != len(spec.columns):
+        return None
+    for col, value in zip(spec.columns, row):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return quote_pg_ident(col.name)
     return None
 
 
