@@ -220,10 +220,19 @@ def capture_function_sql(names: Names, tid: int, key: list[str]) -> str:
         # 'Sales' -> 'SALES' would otherwise look like no key change (no delete of 'Sales').
         return "ARRAY[" + ", ".join(f'({alias}.{quote_pg_ident(k)}::text COLLATE "C")' for k in key) + "]"
 
+    # A key column renamed or dropped by the application's migration would fail every
+    # write to the table here: its changes are then recorded as a TRUNCATE instead, and
+    # the table is copied again once its key is back (reconcile pauses it meanwhile).
+    names_array = "ARRAY[" + ", ".join(quote_literal(k) for k in key) + "]::name[]"
+    key_there = (f"(SELECT count(*) FROM pg_attribute WHERE attrelid = TG_RELID AND attnum > 0 "
+                 f"AND NOT attisdropped AND attname = ANY({names_array})) = {len(key)}")
     body = f"""
 DECLARE n bigint := 0; m bigint := 0;
 BEGIN
-  IF TG_OP = 'INSERT' THEN
+  IF TG_OP <> 'TRUNCATE' AND NOT {key_there} THEN
+    INSERT INTO {cl} (tid, op, key) VALUES ({tid}, {OP_TRUNCATE}, NULL);
+    n := 1;
+  ELSIF TG_OP = 'INSERT' THEN
     INSERT INTO {cl} (tid, op, key) SELECT {tid}, {OP_INSERT}, {arr('n')} FROM syncd_new n;
     GET DIAGNOSTICS n = ROW_COUNT;
   ELSIF TG_OP = 'UPDATE' THEN
