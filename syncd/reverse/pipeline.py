@@ -674,6 +674,7 @@ class ReversePipeline:
             if d.kind != tables.IGNORE:
                 decisions[name] = d
         tables.renamed(decisions, schema.tables, pg_tables)
+        tables.name_clashes(decisions, schema.tables, pg_tables, await s.worker.run(tables.sqlite_names))
         return schema, pg_tables, rows, decisions
 
     async def _arm(self, name: str, tid: int, key: list[str]) -> None:

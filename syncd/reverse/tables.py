@@ -242,6 +242,57 @@ def renamed(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg_tabl
                         "need (or give the table its old name in Postgres again) to resume")
 
 
+# SQLite compares names ignoring the case of A-Z only; Postgres's quoted names keep it.
+_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def folded(name: str) -> str:
+    return name.translate(_FOLD)
+
+
+def sqlite_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(type, name) of everything in the file's schema: tables, indexes, views and
+    triggers share one namespace."""
+    return [(r[0], r[1]) for r in conn.execute("SELECT type, name FROM main.sqlite_master")]
+
+
+def name_clashes(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg_tables: dict[str, PgTableInfo],
+                 taken: list[tuple[str, str]]) -> None:
+    """A table or column Postgres gained whose name SQLite takes for one it has already
+    ("T" beside "t": SQLite ignores case in names) cannot be created there: that table
+    is paused, naming both, instead of failing the whole way back."""
+    have: dict[str, list[tuple[str, str]]] = {}
+    for kind, n in taken:
+        have.setdefault(folded(n), []).append((kind, n))
+    for name, d in decisions.items():
+        if d.kind == CREATE:
+            have.setdefault(folded(name), []).append(("new", name))
+    for name, d in decisions.items():
+        clash = None
+        if d.kind == CREATE:
+            # a table of exactly its name is the one create_table made already
+            other = next((n for kind, n in have[folded(name)] if n != name or kind not in ("table", "new")), None)
+            if other is not None:
+                clash = f'the table "{name}" created in Postgres after the cutover and "{other}"'
+            else:
+                clash = _columns_clash([], [c.name for c in pg_tables[name].columns])
+        elif d.kind == ADD_COLUMNS:
+            clash = _columns_clash(specs[name].column_names, [c.name for c in d.add])
+        if clash is not None:
+            decisions[name] = Decision(PAUSE, f"{clash} are one name to SQLite (it ignores case in names), so "
+                                              "SQLite cannot follow; rename it in Postgres to resume")
+
+
+def _columns_clash(have: list[str], added: list[str]) -> str | None:
+    seen = {folded(c): c for c in have}
+    for c in added:
+        other = seen.get(folded(c))
+        if other is not None:
+            return f'the column "{c}" added in Postgres after the cutover and "{other}"'
+        seen[folded(c)] = c
+    return None
+
+
 # --- SQLite DDL ---------------------------------------------------------------------------
 
 
