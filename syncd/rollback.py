@@ -375,16 +375,10 @@ async def not_followed_yet(conn: asyncpg.Connection, source: SourceSettings, b: 
     """Tables in Postgres the way back would follow but has not taken up yet (made by
     the application moments ago, or while no daemon ran): SQLite has none of their rows,
     and verification, which compares SQLite's tables, would not see them missing."""
-    from syncd.postgres import ddl
     from syncd.reverse import tables
 
-    known = await b.load_tables(conn)
-    owners = await b.owners(conn, source.schema)
     out = []
-    for name, pgt in sorted((await tables.read_pg_tables(conn, source.schema)).items()):
-        if (name in known or not tables.made_by_the_application(name, source, owners) or ddl.ASIDE_MARK in name
-                or (pgt.parent is not None and pgt.parent_here)):
-            continue
+    for name in await tables.not_taken_up(conn, source, b):
         out.append(f'table "{name}" exists in Postgres and SQLite does not follow it yet (made there after the '
                    "cutover; the running daemon takes it up within seconds): run the rollback again once it does")
     return out

@@ -461,3 +461,28 @@ async def test_names_sqlite_takes_for_one_it_has_pause_only_their_table(tmp_path
 
 async def _body(db) -> bool:
     return typeof(db, "SELECT body FROM notes") == [("still followed",)]
+
+
+async def test_verify_names_a_table_made_in_postgres_that_sqlite_does_not_follow_yet(tmp_path, make_config, pg_dsn):
+    """A table the application created in Postgres while no daemon ran (or before the
+    daemon took it up) has rows SQLite lacks: `syncd verify` names it and exits 1, rather
+    than calling the source equal from SQLite's tables alone; once followed, it is equal."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    await pg_rows(pg_dsn, "CREATE TABLE app.invoices (id bigint PRIMARY KEY, total numeric)")
+    await pg_rows(pg_dsn, "INSERT INTO app.invoices VALUES (1, 9.5)")
+    v = run_cli(cfg, "verify")
+    assert v.returncode == 1, v.stdout
+    assert 'app: "invoices" not comparable' in v.stdout and "SQLite does not follow it yet" in v.stdout, v.stdout
+    assert "0 rows in SQLite, 1 in Postgres" in v.stdout, v.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await eventually(lambda: _streaming(pg_dsn, "invoices"), 30, "invoices followed", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0 and 'app: "invoices" equal' in v.stdout, v.stdout
+        assert d.stop() == 0

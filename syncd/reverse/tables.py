@@ -71,6 +71,16 @@ def made_by_the_application(name: str, source, owners: dict[str, str]) -> bool:
             and owners.get(name) in (None, source.name))
 
 
+async def not_taken_up(conn: asyncpg.Connection, source, b) -> list[str]:
+    """Tables in Postgres the way back would follow but has not taken up yet (made by
+    the application moments ago, or while no daemon ran): SQLite has none of their rows."""
+    known = await b.load_tables(conn)
+    owners = await b.owners(conn, source.schema)
+    return [name for name, pgt in sorted((await read_pg_tables(conn, source.schema)).items())
+            if name not in known and made_by_the_application(name, source, owners) and ddl.ASIDE_MARK not in name
+            and not (pgt.parent is not None and pgt.parent_here)]
+
+
 async def read_pg_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTableInfo]:
     """Every table of `schema` with its columns (type, NOT NULL, default), key and
     partitioning (partitions are tables here too, as Postgres lists them)."""

@@ -33,6 +33,7 @@ from syncd.verify.table import TableCheck
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.reverse import capture as reverse_capture
 from syncd.reverse import evidence as way_back
+from syncd.reverse import tables as reverse_tables
 from syncd.reverse import values as reverse_values
 from syncd.reverse.capture import Names
 
@@ -54,6 +55,10 @@ class VerifyError(Exception):
 
 class NoSuchTable(VerifyError):
     """None of the tables asked for is the source's."""
+
+
+NOT_TAKEN_UP = ("made in Postgres after the cutover, and SQLite does not follow it yet: none of its rows are in "
+                "SQLite (the running daemon takes it up within seconds of seeing it)")
 
 
 @dataclass
@@ -184,7 +189,11 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
     # Virtual tables storing rows of their own (FTS5 without content=, R*Tree) cannot be
     # replicated: their rows are nowhere in Postgres, so the source is not equal.
     holding = {n: lo for n, lo in schema.left_out.items() if lo.holds_data and lo.rows != 0}
-    names = sorted(set(schema.tables) | set(schema.refused) | set(rows) | set(holding))
+    # Cut over: a table the application made in Postgres that the way back has not taken
+    # up yet has rows SQLite lacks, which comparing SQLite's tables would not show.
+    late = (set(await reverse_tables.not_taken_up(s.pg, s.source, s.bk))
+            if s.has_bookkeeping and s.direction == TO_SQLITE else set())
+    names = sorted(set(schema.tables) | set(schema.refused) | set(rows) | set(holding) | late)
     if only:
         unknown = [n for n in only if n not in names]
         if unknown and not (others_ok and len(unknown) < len(only)):
@@ -195,6 +204,9 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
     for name in names:
         spec, row = schema.tables.get(name), rows.get(name)
         tid = state.tid_of(name)
+        if name in late and spec is None:
+            plans.append(TablePlan(name, None, tid, row, NOT_TAKEN_UP, schema.version, 0))  # none in SQLite
+            continue
         if name in holding and spec is None:
             lo = holding[name]
             why = f"not replicated: {lo.describe()} (then exclude it from the source)"
