@@ -5,6 +5,7 @@ says what to do, and a rollback waits for it."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 import asyncpg
@@ -486,3 +487,54 @@ async def test_verify_names_a_table_made_in_postgres_that_sqlite_does_not_follow
         v = run_cli(cfg, "verify")
         assert v.returncode == 0 and 'app: "invoices" equal' in v.stdout, v.stdout
         assert d.stop() == 0
+
+
+async def test_a_capture_function_an_earlier_syncd_wrote_is_rewritten_when_the_daemon_starts(tmp_path, make_config,
+                                                                                                pg_dsn):
+    """A source cut over by an earlier syncd keeps that syncd's capture functions in
+    Postgres; the daemon writes the current ones when it starts, so what they fixed (an
+    application's write surviving a key column renamed) holds there too."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        definition = await pg.fetchval(
+            "SELECT pg_get_functiondef(t.tgfoid) FROM pg_trigger t WHERE t.tgrelid = 'app.contacts'::regclass "
+            "AND NOT t.tgisinternal LIMIT 1")
+        # the body before the key check: every write fails while the key is renamed
+        earlier = re.sub(r"IF TG_OP <> 'TRUNCATE' AND NOT .*?n := 1;\s*ELSIF TG_OP = 'INSERT'",
+                         "IF TG_OP = 'INSERT'", definition, flags=re.S)
+        assert earlier != definition
+        await pg.execute(earlier)
+
+        async def renamed_write() -> str | None:
+            try:
+                async with pg.transaction():
+                    await pg.execute("ALTER TABLE app.contacts RENAME COLUMN id TO contact_id")
+                    await pg.execute("INSERT INTO app.contacts (contact_id, email) VALUES (50, 'x@x')")
+                    raise _Undo
+            except _Undo:
+                return None
+            except asyncpg.PostgresError as e:
+                return str(e)
+
+        assert "does not exist" in (await renamed_write() or "")
+        async def writes_survive() -> bool:
+            return await renamed_write() is None
+
+        with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+            await eventually(writes_survive, 30, "the capture function written again", d)
+            await wait_back(cfg, db, pg_dsn, daemon=d)
+            assert await compare_all(str(db), pg_dsn, "app", ["contacts", "notes"]) == []
+            assert d.stop() == 0
+    finally:
+        await pg.close()
+
+
+class _Undo(Exception):
+    pass

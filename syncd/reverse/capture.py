@@ -213,6 +213,21 @@ async def retire(conn: asyncpg.Connection, names: Names, reason: str) -> None:
 
 
 def capture_function_sql(names: Names, tid: int, key: list[str]) -> str:
+    body = _capture_body(names, tid, key)
+    tag = _dollar(body)
+    return (f"CREATE OR REPLACE FUNCTION {names.capture_function(tid)}() RETURNS trigger LANGUAGE plpgsql "
+            f"SECURITY DEFINER {_FIXED_OUTPUT} AS {tag}{body}{tag}")
+
+
+async def current(conn: asyncpg.Connection, names: Names, tid: int, key: list[str]) -> bool:
+    """Whether the table's capture function is the one this syncd writes: a source cut
+    over by an earlier syncd keeps that one's until it is written again."""
+    src = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure($1)",
+                              f"{names.capture_function(tid)}()")
+    return src == _capture_body(names, tid, key)
+
+
+def _capture_body(names: Names, tid: int, key: list[str]) -> str:
     cl = names.changelog
 
     def arr(alias: str) -> str:
@@ -254,9 +269,7 @@ BEGIN
   RETURN NULL;
 END
 """
-    tag = _dollar(body)
-    return (f"CREATE OR REPLACE FUNCTION {names.capture_function(tid)}() RETURNS trigger LANGUAGE plpgsql "
-            f"SECURITY DEFINER {_FIXED_OUTPUT} AS {tag}{body}{tag}")
+    return body
 
 
 def capture_trigger_sql(names: Names, schema: str, table: str, tid: int) -> list[str]:

@@ -679,7 +679,8 @@ class ReversePipeline:
 
     async def _arm(self, name: str, tid: int, key: list[str]) -> None:
         pg = self.session.pg
-        if await capture.armed(pg, self.names, self.source.schema, name, tid):
+        if (await capture.armed(pg, self.names, self.source.schema, name, tid)
+                and await capture.current(pg, self.names, tid, key)):
             return
         async with pg.transaction():
             await capture.arm(pg, self.names, self.source.schema, name, tid, key)
