@@ -380,7 +380,7 @@ async def not_followed_yet(conn: asyncpg.Connection, source: SourceSettings, b: 
     out = []
     for name in await tables.not_taken_up(conn, source, b):
         out.append(f'table "{name}" exists in Postgres and SQLite does not follow it yet (made there after the '
-                   "cutover; the running daemon takes it up within seconds): run the rollback again once it does")
+                   "cutover; the daemon takes it up within seconds once it runs): run the rollback again once it does")
     return out
 
 

@@ -58,7 +58,7 @@ class NoSuchTable(VerifyError):
 
 
 NOT_TAKEN_UP = ("made in Postgres after the cutover, and SQLite does not follow it yet: none of its rows are in "
-                "SQLite (the running daemon takes it up within seconds of seeing it)")
+                "SQLite (the daemon takes it up within seconds once it runs)")
 
 
 @dataclass
