@@ -344,7 +344,9 @@ async def differences_found(settings: Settings, source: SourceSettings, conn: as
     left unrepaired) and that still differ, verified again now: the rollback's own
     verification would find them too and undo the switch, after Postgres had been
     frozen for the application for nothing. A table fixed since (in Postgres, or by a
-    repair) passes; its check is recorded like any other."""
+    repair) passes, and so do rows still in flight to SQLite (with no daemon running, the
+    rollback's own drain brings them, and its verification compares them); the check is
+    recorded like any other."""
     from syncd.verify import verify_source
 
     rows = await conn.fetch(
@@ -368,7 +370,8 @@ async def differences_found(settings: Settings, source: SourceSettings, conn: as
             f'table "{t.table}": the last verification found rows that differ, and checking it again did not '
             f"settle it ({t.error or t.reason or f'{t.pending} row(s) still being brought back'}): run the rollback "
             "again in a moment"
-            for t in checked.tables if not t.equal]
+            for t in checked.tables if not t.equal and not (t.compared and not t.error
+                                                             and t.missing + t.extra + t.different == 0)]
 
 
 async def not_followed_yet(conn: asyncpg.Connection, source: SourceSettings, b: Bookkeeping) -> list[str]:

@@ -251,6 +251,32 @@ async def test_a_rollback_is_refused_while_the_last_verification_found_a_differe
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
 
 
+async def test_rows_in_flight_to_sqlite_do_not_refuse_a_rollback_with_the_daemon_stopped(
+        tmp_path, make_config, pg_dsn):
+    """A table the last verification found differing is checked again; rows the
+    application wrote in Postgres since are still in flight with no daemon running, and
+    are the rollback's own drain to bring back, not a reason to refuse it."""
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
+    tamper_sqlite(db, "UPDATE contacts SET email = 'tampered' WHERE id = 3")
+    assert run_cli(cfg, "verify").returncode == 1
+    tamper_sqlite(db, "UPDATE contacts SET email = 'c3@x' WHERE id = 3")  # fixed since
+    await pg_rows(pg_dsn, "UPDATE app.contacts SET email = 'new' WHERE id = 5")  # nothing streams back
+    dry = run_cli(cfg, "rollback", "--dry-run")
+    assert dry.returncode == 0 and "ready to roll back (dry run" in dry.stdout, dry.stdout + dry.stderr
+    # still differing, beside a row in flight: refused, named
+    tamper_sqlite(db, "UPDATE contacts SET email = 'tampered' WHERE id = 3")
+    assert run_cli(cfg, "verify").returncode == 1
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 1 and 'table "contacts": the last verification found 1 row(s) that differ' in r.stdout, \
+        r.stdout + r.stderr
+    tamper_sqlite(db, "UPDATE contacts SET email = 'c3@x' WHERE id = 3")
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 0, r.stdout + r.stderr
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT email FROM contacts WHERE id = 5").fetchone() == ("new",)
+    conn.close()
+
+
 async def test_rollback_is_refused_with_every_reason_and_changes_nothing(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     make_app(db)
