@@ -251,6 +251,29 @@ async def test_a_rollback_is_refused_while_the_last_verification_found_a_differe
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
 
 
+async def test_a_failed_check_since_does_not_hide_rows_the_last_comparison_found_differing(
+        tmp_path, make_config, pg_dsn):
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
+    tamper_sqlite(db, "UPDATE contacts SET email = 'tampered' WHERE id = 3")
+    assert run_cli(cfg, "verify").returncode == 1
+    # a check of the table that fails (a session keeps it locked past the statement timeout)
+    slow = cfg.with_name("slow.toml")
+    slow.write_text(cfg.read_text().replace("[postgres]\n", "[postgres]\nstatement_timeout_seconds = 1\n", 1))
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE app.contacts IN ACCESS EXCLUSIVE MODE")
+            failed = await asyncio.to_thread(run_cli, slow, "verify", "--table", "contacts")
+    finally:
+        await holder.close()
+    assert "ERROR: Postgres: timed out" in failed.stdout, failed.stdout + failed.stderr
+    for args in (("rollback", "--dry-run"), ("rollback",)):
+        r = run_cli(cfg, *args)
+        assert r.returncode == 1 and 'table "contacts": the last verification found 1 row(s) that differ' in r.stdout, \
+            r.stdout + r.stderr
+    assert (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.switches WHERE kind = 'rollback'")) == [(0,)]
+
+
 async def test_rows_in_flight_to_sqlite_do_not_refuse_a_rollback_with_the_daemon_stopped(
         tmp_path, make_config, pg_dsn):
     """A table the last verification found differing is checked again; rows the
