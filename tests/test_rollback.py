@@ -284,11 +284,13 @@ async def test_rows_in_flight_to_sqlite_do_not_refuse_a_rollback_with_the_daemon
     assert run_cli(cfg, "verify").returncode == 1
     tamper_sqlite(db, "UPDATE contacts SET email = 'c3@x' WHERE id = 3")  # fixed since
     await pg_rows(pg_dsn, "UPDATE app.contacts SET email = 'new' WHERE id = 5")  # nothing streams back
+    started = time.monotonic()
     dry = run_cli(cfg, "rollback", "--dry-run")
     assert dry.returncode == 0 and "ready to roll back (dry run" in dry.stdout, dry.stdout + dry.stderr
+    assert time.monotonic() - started < 20  # no wait for a stream that does not run
     # still differing, beside a row in flight: refused, named
     tamper_sqlite(db, "UPDATE contacts SET email = 'tampered' WHERE id = 3")
-    assert run_cli(cfg, "verify").returncode == 1
+    assert run_cli(cfg, "verify", "--wait", "0").returncode == 1
     r = run_cli(cfg, "rollback")
     assert r.returncode == 1 and 'table "contacts": the last verification found 1 row(s) that differ' in r.stdout, \
         r.stdout + r.stderr
