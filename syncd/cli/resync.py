@@ -15,7 +15,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
-from syncd.sqlite.connection import file_problem, is_busy, open_readonly
+from syncd.sqlite.connection import file_problem, open_readonly
 
 
 def register(sub, parent) -> None:
@@ -32,26 +32,28 @@ def register(sub, parent) -> None:
 def main(args) -> int:
     settings = common.load(args)
     source = settings.source(args.source)
-    unreadable = _unreadable(source, settings.sqlite.read_busy_timeout_ms)
-    if unreadable is not None:  # before "no replicated table": the file is what is at fault
-        return common.fail(f"{unreadable}; a resync rebuilds the table from it", 1)
     try:
         return asyncio.run(_request(settings, source, args.table))
     except PostgresUnavailable as e:
         return common.fail(str(e), 1)
 
 
-def _unreadable(source: SourceSettings, busy_timeout_ms: int) -> str | None:
-    """Why the source's SQLite file cannot be read, in one line, or None."""
+def _not_a_database(source: SourceSettings, busy_timeout_ms: int) -> str | None:
+    """Why the source's path holds no SQLite database to rebuild a table from (missing,
+    a directory, not SQLite), in one line, or None. A file this user may not open, or
+    one an application holds locked, is the daemon's to read: not judged here."""
     problem = file_problem(source.path)
     if problem is not None:
         return str(problem)
-    conn = open_readonly(source.path, busy_timeout_ms)
+    try:
+        conn = open_readonly(source.path, busy_timeout_ms)
+    except sqlite3.OperationalError:
+        return None
     try:
         conn.execute("SELECT count(*) FROM main.sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        return None
     except sqlite3.DatabaseError as e:
-        if is_busy(e):
-            return None  # an application's lock: the file is there and a database
         return f"cannot read {source.path}: {e}"
     finally:
         conn.close()
@@ -62,14 +64,18 @@ async def _request(settings: Settings, source: SourceSettings, tables: list[str]
     conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
     try:
         bk = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
-        if not await bookkeeping_exists(conn, bk.schema):
-            return common.fail(f"source {source.name!r} has not been initialized (run `syncd init`)", 1)
+        initialized = await bookkeeping_exists(conn, bk.schema)
         cut_over = (
             f"source {source.name!r} is cut over: Postgres is the source of truth, and a resync would rebuild "
             "its tables from the frozen SQLite file, losing what the application wrote since (and the indexes "
             "and constraints it built). `syncd verify --repair` mends SQLite from Postgres instead")
-        if await bk.direction(conn) == TO_SQLITE:
+        if initialized and await bk.direction(conn) == TO_SQLITE:
             return common.fail(cut_over, 1)
+        wrong = _not_a_database(source, settings.sqlite.read_busy_timeout_ms)
+        if wrong is not None:  # before "no replicated table": the file is what is at fault
+            return common.fail(f"{wrong}; a resync rebuilds the table from it", 1)
+        if not initialized:
+            return common.fail(f"source {source.name!r} has not been initialized (run `syncd init`)", 1)
         rc = 0
         for table in tables:
             # Not acted on after a cutover (the forward stream stops), so never recorded then:
