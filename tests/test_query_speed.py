@@ -112,6 +112,9 @@ async def test_an_index_on_lower_serves_the_query_written_as_in_sqlite(app_db, m
     # the query the application writes, upper(email) = ..., cannot use the exact unique index
     email = next(v for k, v in lookups.items() if k.startswith('unique index "notes_email_upper"'))
     assert email["postgres_ms"] > 0 and email["plan"].startswith("Seq Scan"), email
+    said = "a query written upper(email) uses no index in Postgres: this one keeps SQLite's own meaning of it"
+    assert said in email["note"], email
+    assert said in run_cli(cfg, "schema").stdout
 
 
 async def test_an_index_on_a_sparse_column_is_timed_on_rows_that_hold_a_value(app_db, make_config, pg_dsn,

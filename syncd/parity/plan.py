@@ -81,6 +81,7 @@ class Item:
     # (Postgres SQL), and a partial index's predicate (Postgres SQL).
     lookup_columns: tuple[str, ...] = ()
     lookup_expr: str | None = None
+    lookup_note: str = ""  # why that lookup is not the index's own expression
     predicate: str | None = None
     parent_key: tuple[str, ...] = ()
     # A foreign key's pairs SQLite matches ignoring case (parent key COLLATE NOCASE), one
@@ -439,6 +440,11 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
             if i == 0 and index.columns[0].name is None:  # timed as the application's queries will write it
                 item.lookup_expr = sql.removesuffix(" DESC") if not index.unique else translate.index_expression(
                     parse_expression(index.columns[0].expr or ""), columns_info(spec, collations, {}))
+                if item.lookup_expr != sql.removesuffix(" DESC"):
+                    item.lookup_note = (f"a query written {shorten(index.columns[0].expr or '', 60)} uses no index "
+                                        "in Postgres: this one keeps SQLite's own meaning of it (A-Z alone folded, "
+                                        "text compared byte by byte), to refuse exactly the rows SQLite refuses")
+                    notes.append(item.lookup_note)
         pred = None
         if index.where:
             pred = translate.condition(index.where, columns_info(spec, collations))

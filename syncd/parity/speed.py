@@ -251,4 +251,5 @@ async def _expression(pg: asyncpg.Connection, schema: str, spec: TableSpec, item
     pred = f" AND {item.predicate}" if item.predicate else ""
     lk.postgres_ms, lk.plan = await _time_postgres(
         pg, f"SELECT * FROM {table} WHERE {expr} = $1{pred} LIMIT {LOOKUP_ROWS}", values)
-    lk.note = "SQLite not timed for an expression index (its expression is SQLite text)"
+    lk.note = "SQLite not timed for an expression index (its expression is SQLite text)" + (
+        f"; {item.lookup_note}" if item.lookup_note else "")
