@@ -68,3 +68,28 @@ async def test_a_column_without_a_type_first_seen_empty_is_typed_at_cutover_from
         assert d.stop() == 0
     out = run_cli(cfg, "verify")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_a_negative_zero_keeps_an_untyped_column_text_at_cutover(tmp_path, make_config, pg_dsn):
+    """SQLite keeps a real's sign of zero in a column without a type, but writes -0.0 as
+    the text '0.0', which is what Postgres's text column holds: typed double precision,
+    it would hand the application 0.0 where SQLite gave it -0.0 (and verification would
+    then find the row different). Such a column stays text, named with the key."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, r, z)")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(1, 0.0, 1.5), (2, -0.0, 0.0), (3, 2.5, -2.5)])
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        lines = _schema_lines(cfg, "r")
+        assert any("kept as text" in line and "keys 2" in line for line in lines), lines
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        types = dict(await pg_rows(pg_dsn, "SELECT column_name, data_type FROM information_schema.columns "
+                                           "WHERE table_schema = 'app' AND table_name = 't'"))
+        assert types == {"id": "bigint", "r": "text", "z": "double precision"}, (types, out)
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
+        assert d.stop() == 0

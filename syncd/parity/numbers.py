@@ -18,6 +18,7 @@ so the integer or real the way back writes stays as written.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from syncd.identifiers import quote_ident, quote_pg_ident
@@ -61,6 +62,12 @@ def _verdict(conn, spec, name: str, counts: dict[str, int]) -> Verdict:
     if not total:
         return Verdict(audit, None, None, 0, why="no values yet")
     present = [c for c in CLASSES if counts[c]]
+    if present == ["real"]:
+        zeros = _negative_zeros(conn, spec, name)
+        if zeros:
+            return Verdict(audit, None, None, len(zeros), keys=zeros[:SAMPLE_KEYS], example=-0.0,
+                           why="a real -0.0, which SQLite writes as the text '0.0' (the text Postgres holds): "
+                               "as double precision it would read 0.0")
     if len(present) == 1 and present[0] in _TYPE_OF:
         return Verdict(audit, None, _TYPE_OF[present[0]], 0)
     numeric = [c for c in ("integer", "real") if counts[c]]
@@ -73,6 +80,21 @@ def _verdict(conn, spec, name: str, counts: dict[str, int]) -> Verdict:
     keys, example = _samples(conn, spec, name, odd)
     misfits = counts[odd] if odd in numeric else counts["text"] + counts["blob"]
     return Verdict(audit, None, None, misfits, why=why, keys=keys, example=example)
+
+
+def _negative_zeros(conn, spec, name: str) -> list[tuple]:
+    """Keys of the rows holding the real -0.0 in column `name`: SQLite's SQL cannot tell
+    it from 0.0 (its text, quote() and comparisons say 0), so the zeros are looked at in
+    Python, window by window."""
+    from syncd.sqlite import windows
+
+    col = spec.sqlite_ref(name)
+    keys = ", ".join(spec.sqlite_ref(k) for k in spec.key)
+    order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key,
+                             spec.key_collations)
+    return [tuple(r[:-1]) for rows in windows.scan(conn, spec.name, order, f"{keys}, {col}",
+                                                    f"typeof({col}) = 'real' AND {col} = 0")
+            for r in rows if math.copysign(1.0, r[-1]) < 0]
 
 
 def _samples(conn, spec, name: str, cls: str) -> tuple[list[tuple], Any]:
