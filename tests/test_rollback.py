@@ -183,21 +183,26 @@ async def test_a_rollback_starts_dual_write_anew_for_the_next_cutover(tmp_path, 
         assert d.stop() == 0
 
 
+def tamper_sqlite(db, sql: str) -> None:
+    """Change SQLite behind syncd's back, through the freeze (as only syncd may)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO _syncd_meta VALUES ('syncd_writing', '1')")
+    conn.execute(sql)
+    conn.execute("DELETE FROM _syncd_meta WHERE key = 'syncd_writing'")
+    conn.execute("COMMIT")
+    conn.close()
+
+
 async def test_a_rollback_whose_verification_finds_a_difference_is_undone(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     make_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
-        # SQLite changed behind syncd's back (through the freeze, as only syncd may):
-        # no change in Postgres explains it, so the rollback's verification must see it
-        conn = sqlite3.connect(db, isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO _syncd_meta VALUES ('syncd_writing', '1')")
-        conn.execute("UPDATE contacts SET email = 'tampered' WHERE id = 3")
-        conn.execute("DELETE FROM _syncd_meta WHERE key = 'syncd_writing'")
-        conn.execute("COMMIT")
-        conn.close()
+        # SQLite changed behind syncd's back: no change in Postgres explains it, so the
+        # rollback's verification must see it
+        tamper_sqlite(db, "UPDATE contacts SET email = 'tampered' WHERE id = 3")
         r = run_cli(cfg, "rollback")
         assert r.returncode == 1, r.stdout
         assert "app: UNDONE" in r.stdout and "final verification found 1 table(s) not equal" in r.stdout
@@ -210,17 +215,6 @@ async def test_a_rollback_whose_verification_finds_a_difference_is_undone(tmp_pa
         assert await compare_all(str(db), pg_dsn, "app", TABLES) == []
         r = run_cli(cfg, "rollback")
         assert r.returncode == 0, r.stdout + r.stderr
-
-
-def tamper_sqlite(db, sql: str) -> None:
-    """Change SQLite behind syncd's back, through the freeze (as only syncd may)."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute("INSERT INTO _syncd_meta VALUES ('syncd_writing', '1')")
-    conn.execute(sql)
-    conn.execute("DELETE FROM _syncd_meta WHERE key = 'syncd_writing'")
-    conn.execute("COMMIT")
-    conn.close()
 
 
 async def test_a_rollback_is_refused_while_the_last_verification_found_a_difference(tmp_path, make_config, pg_dsn):
