@@ -25,7 +25,6 @@ import asyncpg
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TableSpec, UniqueSet
 from syncd.sqlite.connection import fetchall_text_safe
-from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import PgType, ValueMismatch, converter, real_text
 
 LOOKUP_BATCH = 500
@@ -36,13 +35,6 @@ LOOKUP_BATCH = 500
 _NUMBER_TEXT = r"^-?[0-9]{1,40}(\.[0-9]{1,40})?(e[-+][0-9]{1,3})?$"
 
 
-def _by_value(spec: TableSpec, column: str) -> bool:
-    """A column without a declared type carried as text: it keeps integer 1 and real 1.0
-    as stored, and its UNIQUE holds them for one value ('1' and '1.0' in Postgres)."""
-    col = spec.column(column)
-    return col.pgtype is PgType.TEXT and affinity(col.declared) is Affinity.BLOB
-
-
 def _widen(spec: TableSpec, column: str, collation: str, ref: str) -> str:
     """How Postgres compares one column of a unique set: `ref` widened to SQLite's
     collation (NOCASE, RTRIM), and numbers to their value where SQLite compares them so,
@@ -51,7 +43,7 @@ def _widen(spec: TableSpec, column: str, collation: str, ref: str) -> str:
         return ref
     coll = collation.upper()
     ref = f"lower({ref})" if coll == "NOCASE" else f"rtrim({ref})" if coll == "RTRIM" else ref
-    if _by_value(spec, column):
+    if spec.column(column).numbers_as_text:
         # COLLATE "C": a regular expression fails under a case-insensitive (nondeterministic) collation.
         ref = f"(CASE WHEN {ref} COLLATE \"C\" ~ '{_NUMBER_TEXT}' THEN trim_scale({ref}::numeric)::text ELSE {ref} END)"
     return ref
@@ -64,7 +56,7 @@ class LookupIndexTooSlow(Exception):
 
 def index_name(spec: TableSpec, u: UniqueSet) -> str:
     named = (spec.name, u.columns, u.collations)
-    if any(_by_value(spec, c) for c in u.columns):  # an index of another expression than before
+    if any(spec.column(c).numbers_as_text for c in u.columns):  # an index of another expression than before
         named += ("by value",)
     digest = hashlib.blake2b(repr(named).encode(), digest_size=6).hexdigest()
     return f"_syncd_uq_{digest}"

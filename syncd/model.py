@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from syncd.identifiers import quote_ident
+from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import VARIABLE_WIDTH, PgType
 
 if TYPE_CHECKING:
@@ -88,6 +89,13 @@ class Column:
     # Postgres holds the column as character(n) (the application's type after a cutover):
     # every client reads its values padded to n, and so does verification (rowhash.pg_token).
     pg_padded: bool = False
+
+    @property
+    def numbers_as_text(self) -> bool:
+        """No declared type, carried as text: SQLite keeps integer 1 and real 1.0 as stored
+        and compares them as one value (a UNIQUE or key holds them for one), Postgres holds
+        '1' and '1.0'."""
+        return self.pgtype is PgType.TEXT and self.sqlite_expr is None and affinity(self.declared) is Affinity.BLOB
 
 
 @dataclass(frozen=True)

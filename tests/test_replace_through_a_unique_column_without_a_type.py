@@ -30,3 +30,26 @@ async def test_replace_through_numbers_spelled_apart_removes_the_old_row(app_db,
             (2, "x"), (4, "1.0"), (5, "1.0e+18")]
         assert await compare_table(str(app_db), pg_dsn, "app", "tags") == []
         assert d.stop() == 0
+
+
+async def test_replace_through_a_key_without_a_type_removes_the_old_key(app_db, make_config, pg_dsn, tmp_path):
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE codes (code PRIMARY KEY, label TEXT);
+        CREATE TABLE pairs (code PRIMARY KEY, label TEXT) WITHOUT ROWID;
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        for table in ("codes", "pairs"):
+            conn.execute(f"INSERT INTO {table} VALUES (1, 'integer'), (2, 'two'), ('x', 'text')")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        for table in ("codes", "pairs"):
+            conn.execute(f"INSERT OR REPLACE INTO {table} VALUES (1.0, 'real')")  # replaces key 1
+            conn.execute(f"UPDATE OR REPLACE {table} SET code = 2.0 WHERE code = 'x'")  # replaces key 2
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 2
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        for table in ("codes", "pairs"):
+            assert await pg_rows(pg_dsn, f"SELECT code, label FROM app.{table} ORDER BY code") == [
+                ("1.0", "real"), ("2.0", "text")], table
+        assert d.stop() == 0
