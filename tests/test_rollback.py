@@ -21,7 +21,7 @@ import pytest
 from tests.support.compare import compare_all
 from tests.support.daemon import DaemonProcess, held_at, run_cli, syncd_cmd, wait_for
 from tests.support.sync import eventually, pg_rows, wait_caught_up
-from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, wait_back
+from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, tamper_sqlite, wait_back
 
 SCHEMA = """
 CREATE TABLE deals (id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT, amount REAL, closed DATETIME);
@@ -181,17 +181,6 @@ async def test_a_rollback_starts_dual_write_anew_for_the_next_cutover(tmp_path, 
         assert dry.returncode == 0, dry.stdout + dry.stderr
         assert "consistency error" not in dry.stdout
         assert d.stop() == 0
-
-
-def tamper_sqlite(db, sql: str) -> None:
-    """Change SQLite behind syncd's back, through the freeze (as only syncd may)."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute("INSERT INTO _syncd_meta VALUES ('syncd_writing', '1')")
-    conn.execute(sql)
-    conn.execute("DELETE FROM _syncd_meta WHERE key = 'syncd_writing'")
-    conn.execute("COMMIT")
-    conn.close()
 
 
 async def test_a_rollback_whose_verification_finds_a_difference_is_undone(tmp_path, make_config, pg_dsn):

@@ -21,7 +21,7 @@ from tests.support.app import create_items
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
 from tests.support.sync import eventually, long_read, pg_rows, wait_caught_up
-from tests.support.way_back import PgWriter, backup_and_config, cut_over, typeof, wait_back
+from tests.support.way_back import PgWriter, backup_and_config, cut_over, tamper_sqlite, typeof, wait_back
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -91,13 +91,7 @@ async def test_continuous_verification_after_the_cutover_compares_and_repairs(tm
                                     "WHERE missing + extra + different > 0")
         assert bad == [], bad
         # SQLite changed behind syncd's back: found and repaired from Postgres, through the way back
-        conn = sqlite3.connect(db, isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO _syncd_meta VALUES ('syncd_writing', '1')")
-        conn.execute("UPDATE items SET v = 'tampered' WHERE id = (SELECT min(id) FROM items)")
-        conn.execute("DELETE FROM _syncd_meta WHERE key = 'syncd_writing'")
-        conn.execute("COMMIT")
-        conn.close()
+        tamper_sqlite(db, "UPDATE items SET v = 'tampered' WHERE id = (SELECT min(id) FROM items)")
         wait_for(lambda: typeof(db, "SELECT count(*) FROM items WHERE v = 'tampered'") == [(0,)], 60,
                  "the tampered row repaired", d)
         d.wait_log("consistency check repaired 1 row(s)")

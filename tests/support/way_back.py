@@ -175,3 +175,14 @@ async def cut_over_and_stop(cfg: Path, db: Path, dsn: str, log: Path) -> None:
         await cut_over(cfg, db, dsn, daemon=d)
         await wait_back(cfg, db, dsn, daemon=d)
         assert d.stop() == 0
+
+
+def tamper_sqlite(db, sql: str) -> None:
+    """Change SQLite behind syncd's back, through the freeze (as only syncd may)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO _syncd_meta VALUES ('syncd_writing', '1')")
+    conn.execute(sql)
+    conn.execute("DELETE FROM _syncd_meta WHERE key = 'syncd_writing'")
+    conn.execute("COMMIT")
+    conn.close()
