@@ -360,7 +360,7 @@ async def differences_found(settings: Settings, source: SourceSettings, conn: as
     if not differed:
         return []
     # With no daemon running the source nothing brings rows in flight back before the drain: not waited for.
-    running = await lock_holder(conn, await source_key(conn, b.schema, b.source)) is not None
+    running = await lock_holder(conn, b.key) is not None
     checked = await verify_source(settings, source, differed, record=True,
                                   wait_seconds=VERIFY_WAIT_SECONDS if running else 0.0)
     if checked.error:

@@ -458,8 +458,7 @@ def audit(conn, spec, columns: list[str]) -> dict[str, ColumnAudit]:
     audits = {c: ColumnAudit(spec.name, c, declared.get(c, "")) for c in columns}
     keys = [spec.sqlite_ref(k) for k in spec.key]
     cols = [spec.sqlite_ref(c) for c in columns]
-    order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key,
-                             spec.key_collations)
+    order = windows.table_ordering(spec)
     nkey = len(keys)
     old = conn.text_factory
     conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")

@@ -45,8 +45,7 @@ def audit(conn, spec, columns: list[str]) -> dict[str, Verdict]:
         return {}
     parts = [f"coalesce(sum(typeof({spec.sqlite_ref(n)}) = '{cls}'), 0)" for n in columns for cls in CLASSES]
     totals = [0] * len(parts)
-    order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key,
-                             spec.key_collations)
+    order = windows.table_ordering(spec)
     for rows in windows.scan(conn, spec.name, order, ", ".join(parts)):
         totals = [a + b for a, b in zip(totals, rows[0])]
     out = {}
@@ -90,8 +89,7 @@ def _negative_zeros(conn, spec, name: str) -> list[tuple]:
 
     col = spec.sqlite_ref(name)
     keys = ", ".join(spec.sqlite_ref(k) for k in spec.key)
-    order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key,
-                             spec.key_collations)
+    order = windows.table_ordering(spec)
     return [tuple(r[:-1]) for rows in windows.scan(conn, spec.name, order, f"{keys}, {col}",
                                                     f"typeof({col}) = 'real' AND {col} = 0")
             for r in rows if math.copysign(1.0, r[-1]) < 0]

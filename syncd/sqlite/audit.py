@@ -79,8 +79,7 @@ def audit_scan(conn: sqlite3.Connection, spec: TableSpec,
     cols = ", ".join(spec.sqlite_ref(c.name) for c in spec.columns)
     convs = [converter_of(c) for c in spec.columns]
     misfits: dict[str, Misfit] = {}
-    order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key,
-                             spec.key_collations)
+    order = windows.table_ordering(spec)
     old_factory = conn.text_factory
     conn.text_factory = surrogate_text
     # Window by window, each its own statement, converting only once a window is read:

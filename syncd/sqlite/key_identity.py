@@ -209,8 +209,7 @@ def audit_collisions(conn: sqlite3.Connection, spec: TableSpec) -> str | None:
         return None
     key_cols = ", ".join(spec.sqlite_ref(k) for k in spec.key)
     convs = [converter_of(spec.column(k)) for k in spec.key]
-    order = windows.ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key,
-                             spec.key_collations)
+    order = windows.table_ordering(spec)
     seen: dict[tuple, tuple] = {}
     for rows in windows.scan(conn, spec.name, order, key_cols):
         for raw in rows:

@@ -13,10 +13,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd.identifiers import quote_ident
 from syncd.sqlite.hold import RowsPerHold
+
+if TYPE_CHECKING:
+    from syncd.model import TableSpec
 
 WINDOW_ROWS = 20_000
 
@@ -47,6 +50,11 @@ def ordering(table_columns: list[str], without_rowid: bool, key: tuple[str, ...]
                 return [name]
     colls = list(collations) + [None] * (len(key) - len(collations))
     return [term(quote_ident(k), c) for k, c in zip(key, colls)]
+
+
+def table_ordering(spec: TableSpec) -> list[str]:
+    """ordering() of a table syncd has described."""
+    return ordering([c.name for c in spec.stored_columns], spec.without_rowid, spec.key, spec.key_collations)
 
 
 def ordered_by(order: list[str]) -> str:
