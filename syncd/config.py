@@ -18,6 +18,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
@@ -360,6 +361,7 @@ def is_glob(path: Path) -> bool:
     return any(c in str(path) for c in "*?[")
 
 
+_WORKED_OUT = ("config_path", "patterns", "configured", "discovery_problems")  # Settings' fields load_settings fills
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
 
 
@@ -411,6 +413,16 @@ class Settings(BaseSettings):
         if toml is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nothing_syncd_works_out(cls, data: object) -> object:
+        """The fields above that syncd fills in itself (load_settings, discovery) are not
+        settings: one written in the TOML or the environment would be silently ignored."""
+        for key in _WORKED_OUT if isinstance(data, dict) else ():
+            if key in data:
+                raise PydanticCustomError("worked_out", "{key}: unknown key", {"key": key})
+        return data
 
     @model_validator(mode="after")
     def _unique_sources(self) -> "Settings":
@@ -513,12 +525,12 @@ def _close_key(loc: tuple) -> str | None:
 
 def _problem(error: dict, path: Path) -> tuple[str, str]:
     """(where, what) for one validation error: the key at fault and what is wrong with it."""
-    loc = error["loc"]
+    loc = (error["ctx"]["key"],) if error["type"] == "worked_out" else error["loc"]
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
     msg = error["msg"]
     env = "SYNCD_" + "__".join(str(p) for p in loc).upper()
     from_env = bool(loc) and any(k.upper() == env for k in os.environ)
-    if error["type"] == "extra_forbidden":
+    if error["type"] in ("extra_forbidden", "worked_out"):
         close = _close_key(loc)
         if close and from_env:
             close = "SYNCD_" + "__".join([*(str(p) for p in loc[:-1]), close]).upper()
@@ -585,7 +597,7 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(f"config file {path} is not a regular file")
     token = _toml_path.set(path)
     try:
-        settings = Settings(config_path=path.resolve())
+        settings = Settings()
     except ValidationError as e:
         raise ConfigError(_error_text(e, path)) from None
     except ValueError as e:  # TOML syntax errors surface as ValueError subclasses
@@ -602,7 +614,8 @@ def load_settings(path: Path) -> Settings:
     shared = _file_of_two_sources(sources)
     if shared:
         raise ConfigError(f"config {path}: {shared}")
-    settings = settings.model_copy(update={"configured": [s for s in sources if not is_glob(s.path)],
+    settings = settings.model_copy(update={"config_path": path.resolve(),
+                                           "configured": [s for s in sources if not is_glob(s.path)],
                                            "patterns": [s for s in sources if is_glob(s.path)]})
     from syncd.discovery import expand  # config -> discovery -> config: imported late
 

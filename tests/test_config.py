@@ -149,3 +149,19 @@ def test_an_empty_source_path_is_refused_not_taken_for_the_config_directory(tmp_
     with pytest.raises(ConfigError) as e:
         load_settings(write(tmp_path, GOOD.replace('"sales.db"', path)))
     assert str(e.value).endswith(": sources[0].path: is empty")
+
+
+@pytest.mark.parametrize("key", ["patterns", "configured", "discovery_problems", "config_path"])
+def test_what_syncd_works_out_itself_is_refused_as_a_setting(tmp_path, monkeypatch, key):
+    """The globs' templates, the sources naming one file each, what discovery could not
+    pick up and the config file's own path are syncd's to work out: written in the TOML
+    or the environment they were silently ignored."""
+    value = '["x"]' if key == "discovery_problems" else '"elsewhere.toml"' if key == "config_path" else "[]"
+    cfg = write(tmp_path, f"{key} = {value}\n" + GOOD)
+    with pytest.raises(ConfigError) as e:
+        load_settings(cfg)
+    assert str(e.value) == f"config {cfg}: {key}: unknown key"
+    monkeypatch.setenv(f"SYNCD_{key.upper()}", value)
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, GOOD))
+    assert str(e.value) == f"environment variable SYNCD_{key.upper()} (over config {cfg}): unknown key"
