@@ -386,7 +386,8 @@ async def test_a_key_column_renamed_in_postgres_never_fails_the_applications_wri
     table's `_syncd_rowid` after the cutover: its writes to those tables go on (syncd's
     capture never fails them), the tables are paused naming the key, and once the key is
     back every change made meanwhile reaches SQLite. A rename undone within one
-    transaction, which the daemon never sees as a pause, loses nothing either."""
+    transaction, which the daemon never sees as a pause, loses nothing either. The copies
+    are logged as what caused them, not as a TRUNCATE nobody ran."""
     db = tmp_path / "app.db"
     make_app(db)
     conn = sqlite3.connect(db)
@@ -421,6 +422,9 @@ async def test_a_key_column_renamed_in_postgres_never_fails_the_applications_wri
         await eventually(lambda: _streaming(pg_dsn, "log"), 30, "log resumed", d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert typeof(db, "SELECT body FROM notes") == [("written while renamed",)]
+        copies = [line for line in d.log().splitlines() if "event=reload_started" in line]
+        assert not [c for c in copies if "TRUNCATE" in c], copies
+        assert [c for c in copies if "table=notes" in c and "while its key column was renamed or dropped" in c], copies
         assert await compare_all(str(db), pg_dsn, "app", ["contacts", "notes"]) == []
         assert await compare_keyless(str(db), pg_dsn, "app", "log") == []
         assert typeof(db, "SELECT count(*) FROM contacts WHERE id IN (2, 11)") == [(1,)]

@@ -47,6 +47,10 @@ from syncd.model import TO_SQLITE
 from syncd.postgres.bookkeeping import source_key
 
 OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE = 1, 2, 3, 4
+# The key of an OP_TRUNCATE entry written for a write made while the table's key column
+# was renamed or dropped (a TRUNCATE's own entry has none): copied again all the same,
+# and said so as what it was.
+KEY_GONE = "ARRAY[]::text[]"
 CAPTURE_TRIGGERS = ("_syncd_rcap_ins", "_syncd_rcap_upd", "_syncd_rcap_del", "_syncd_rcap_trunc")
 FREEZE_TRIGGER = "_syncd_freeze"
 WRITER_PREFIX = "syncd "  # application_name of every session syncd opens (bookkeeping.application_name)
@@ -245,7 +249,7 @@ def _capture_body(names: Names, tid: int, key: list[str]) -> str:
 DECLARE n bigint := 0; m bigint := 0;
 BEGIN
   IF TG_OP <> 'TRUNCATE' AND NOT {key_there} THEN
-    INSERT INTO {cl} (tid, op, key) VALUES ({tid}, {OP_TRUNCATE}, NULL);
+    INSERT INTO {cl} (tid, op, key) VALUES ({tid}, {OP_TRUNCATE}, {KEY_GONE});
     n := 1;
   ELSIF TG_OP = 'INSERT' THEN
     INSERT INTO {cl} (tid, op, key) SELECT {tid}, {OP_INSERT}, {arr('n')} FROM syncd_new n;

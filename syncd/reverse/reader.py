@@ -104,6 +104,7 @@ class TableBatch:
     rows: list[tuple] = field(default_factory=list)  # current Postgres rows, spec column order
     deletes: list[tuple] = field(default_factory=list)  # keys (Postgres values) with no row now
     truncated: bool = False  # a TRUNCATE in the batch: the table is copied again instead
+    key_gone: bool = False  # ... written for a write made while the table's key was renamed or dropped
     ops: Counter = field(default_factory=Counter)
 
     @property
@@ -228,6 +229,7 @@ class _Wanted:
     st: SourceTable
     keys: dict[tuple, tuple[int, int]] = field(default_factory=dict)
     truncated_at: int | None = None
+    key_gone: bool = False  # that entry stands for a write made while the key was gone (capture.KEY_GONE)
 
     def before(self, cut: int) -> list[tuple[tuple, int, int]]:
         """(key, first op, position) of the keys first seen before position `cut`, in order."""
@@ -245,7 +247,7 @@ def _wanted(tables: dict[int, SourceTable], entries: list) -> dict[int, _Wanted]
             w = wanted[tid] = _Wanted(st)
         if op == OP_TRUNCATE:
             if w.truncated_at is None:
-                w.truncated_at = pos
+                w.truncated_at, w.key_gone = pos, key is not None
         elif w.truncated_at is None:
             w.keys.setdefault(tuple(key), (op, pos))  # the first op says insert or not
     return wanted
@@ -303,6 +305,7 @@ async def _fill(conn: asyncpg.Connection, schema: str, wanted: dict[int, _Wanted
         w = wanted[tid]
         if w.truncated_at is not None and w.truncated_at < cut:
             tb.truncated = True  # copied again in full: its rows and keys are not needed
+            tb.key_gone = w.key_gone
             continue
         sql, sel = _rows_sql(schema, w.st)
         rows = read.get(tid)
