@@ -340,7 +340,8 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
 
 async def differences_found(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, b: Bookkeeping,
                             tables: list[str]) -> list[str]:
-    """Tables whose latest comparison since the cutover found rows differing (some
+    """Tables whose latest comparison since the cutover (the one begun last, as status
+    and the report take it) found rows differing (some
     left unrepaired; a check that failed or could not compare the table since says
     nothing of them) and that still differ, verified again now: the rollback's own
     verification would find them too and undo the switch, after Postgres had been
@@ -353,9 +354,9 @@ async def differences_found(settings: Settings, source: SourceSettings, conn: as
     rows = await conn.fetch(
         f"""SELECT DISTINCT ON (table_name) table_name, missing + extra + different - repaired
             FROM {b.s}.verify_runs
-            WHERE source = $1 AND table_name = ANY($2::text[]) AND full_check AND finished_at > (
+            WHERE source = $1 AND table_name = ANY($2::text[]) AND full_check AND started_at > (
                 SELECT max(finished_at) FROM {b.s}.switches WHERE source = $1 AND kind = 'cutover' AND state = 'done')
-            ORDER BY table_name, finished_at DESC, id DESC""", b.source, tables)
+            ORDER BY table_name, started_at DESC, finished_at DESC, id DESC""", b.source, tables)
     differed = [name for name, left in rows if left > 0]
     if not differed:
         return []

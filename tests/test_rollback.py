@@ -257,6 +257,27 @@ async def test_a_failed_check_since_does_not_hide_rows_the_last_comparison_found
     assert (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.switches WHERE kind = 'rollback'")) == [(0,)]
 
 
+async def test_the_comparison_begun_last_is_the_latest_even_when_an_earlier_one_ends_after_it(
+        tmp_path, make_config, pg_dsn):
+    """Two verifications that overlap (one waiting for rows in flight): the one begun
+    later compared the newer rows, as `syncd status` and the report take it. A clean run
+    begun before the one that found the difference, and ending after it, does not make
+    the rollback's preflight pass (its own verification would find the row and undo it)."""
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
+    assert run_cli(cfg, "verify", "--table", "contacts").returncode == 0
+    tamper_sqlite(db, "UPDATE contacts SET email = 'tampered' WHERE id = 3")
+    assert run_cli(cfg, "verify", "--table", "contacts").returncode == 1
+    [(clean, found)] = await pg_rows(pg_dsn, "SELECT min(id), max(id) FROM syncd.verify_runs "
+                                             "WHERE table_name = 'contacts' AND started_at > (SELECT max(finished_at) "
+                                             "FROM syncd.switches WHERE kind = 'cutover')")
+    assert clean != found
+    await pg_rows(pg_dsn, f"UPDATE syncd.verify_runs SET finished_at = (SELECT finished_at + interval '1 second' "
+                          f"FROM syncd.verify_runs WHERE id = {found}) WHERE id = {clean}")
+    r = run_cli(cfg, "rollback", "--dry-run")
+    assert r.returncode == 1 and 'table "contacts": the last verification found 1 row(s) that differ' in r.stdout, \
+        r.stdout + r.stderr
+
+
 async def test_rows_in_flight_to_sqlite_do_not_refuse_a_rollback_with_the_daemon_stopped(
         tmp_path, make_config, pg_dsn):
     """A table the last verification found differing is checked again; rows the
