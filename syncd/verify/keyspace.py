@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from syncd.identifiers import quote_ident, quote_pg_ident
-from syncd.model import TableSpec
+from syncd.model import Column, TableSpec
 from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import PgType, converter
 
@@ -149,8 +149,8 @@ class KeySpace:
     def from_postgres(self, pg: Sequence[Any]) -> Bound | None:
         """A Postgres key as a bound, or None if its SQLite form cannot be known."""
         raw = []
-        for t, v in zip(self.key_types, pg):
-            r = sqlite_value(t, v)
+        for k, v in zip(self.key, pg):
+            r = sqlite_value(self.spec.column(k).pgtype, v, self.spec.column(k))
             if r is _UNKNOWN:
                 return None
             raw.append(r)
@@ -158,13 +158,23 @@ class KeySpace:
 
 
 _UNKNOWN = object()
+_INSTANTS = (PgType.DATE, PgType.TIMESTAMP, PgType.TIMESTAMPTZ)
 
 
-def sqlite_value(pgtype: PgType, v: Any) -> Any:
-    """The SQLite value a Postgres key value came from, for the ordered key types
-    (for the others the stored form is not unique: a date may be text or a number)."""
+def sqlite_value(pgtype: PgType, v: Any, col: Column | None = None) -> Any:
+    """The SQLite value a Postgres key value came from, for the ordered key types and
+    for a date column schema parity typed (`col.sqlite_format`: its values have one
+    spelling, the one the way back writes). For other dates the stored form is not
+    unique: a date may be text or a number."""
     if v is None:
         return None
+    if col is not None and col.sqlite_format is not None and pgtype in _INSTANTS:
+        from syncd.reverse.values import ColumnShape, NotExpressible, to_sqlite  # the way back's own spelling
+
+        try:
+            return to_sqlite(ColumnShape(col.name, pgtype, affinity(col.declared), col.sqlite_format), v)
+        except (NotExpressible, ValueError):
+            return _UNKNOWN
     if pgtype is PgType.BIGINT or pgtype is PgType.TEXT or pgtype is PgType.BYTEA:
         return v
     if pgtype is PgType.DOUBLE:

@@ -45,6 +45,7 @@ from syncd.model import TableSpec
 from syncd.postgres.bookkeeping import source_key
 from syncd.printable import listed
 from syncd.verify import sqlite_side
+from syncd.verify.keyspace import _UNKNOWN as _UNKNOWN_FORM
 from syncd.verify.keyspace import EVERYTHING, Bound, KeyRange, KeySpace, sqlite_value
 from syncd.sqlite.audit import format_key
 from syncd.verify.postgres_side import PgRow, PostgresTable, checkpoint, counts_at_checkpoint, lock_holder, rows_at_checkpoint
@@ -364,10 +365,13 @@ class TableCheck:
         if c.raw is not None:
             return c.raw
         assert c.pg is not None
+        b = self.ks.from_postgres(c.pg)
+        if b is not None:
+            return b.raw
         out = []
-        for t, v in zip(self.ks.key_types, c.pg):
-            r = sqlite_value(t, v)
-            out.append(v if r is None and v is not None else r)
+        for k, v in zip(self.ks.key, c.pg):
+            r = sqlite_value(self.spec.column(k).pgtype, v, self.spec.column(k))
+            out.append(v if r is _UNKNOWN_FORM else r)  # no known SQLite form: Postgres's own value
         return tuple(out)
 
     def _raw_key(self, c: Candidate) -> tuple | None:

@@ -1,0 +1,64 @@
+"""A row only Postgres holds, in a table keyed by a column schema parity typed as a date
+or timestamp at cutover (a `DATE` or `DATETIME` key): `syncd verify` names its key as
+the application wrote it, and `syncd verify --repair` brings the row into SQLite in the
+column's own spelling, so both sides hold the same rows again."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg
+
+from tests.support.daemon import DaemonProcess
+from tests.support.verifying import verify, verify_json, found
+from tests.support.way_back import backup_and_config, cut_over, typeof, wait_back
+
+
+def make_app(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE daily (day DATE PRIMARY KEY, visits INTEGER);
+        CREATE TABLE events (at DATETIME PRIMARY KEY, what TEXT);
+    """)
+    conn.executemany("INSERT INTO daily VALUES (?, ?)", [(f"2026-01-{i:02d}", i) for i in range(1, 20)])
+    conn.executemany("INSERT INTO events VALUES (?, ?)", [(f"2026-01-{i:02d} 10:00:00", str(i)) for i in range(1, 20)])
+    conn.commit()
+    conn.close()
+
+
+async def test_rows_only_postgres_holds_under_a_typed_date_key_are_named_and_repaired(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            assert await pg.fetchval("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                                     "WHERE attrelid = 'app.daily'::regclass AND attname = 'day'") == "date"
+            await pg.execute("SET session_replication_role = replica")  # the way back does not see these
+            await pg.execute("INSERT INTO app.daily VALUES ('2026-02-01', 5)")
+            await pg.execute("INSERT INTO app.events VALUES ('2026-02-01 10:00:00', 'x')")
+        finally:
+            await pg.close()
+
+        rc, doc = verify_json(cfg, "--wait", "2")
+        assert rc == 1
+        assert found(doc, "daily") == {("extra", ("2026-02-01",), ())}
+        assert found(doc, "events") == {("extra", ("2026-02-01 10:00:00",), ())}
+        out = verify(cfg, "--wait", "2")
+        assert "object at 0x" not in out.stdout, out.stdout
+        assert "app: \"daily\" missing in SQLite: key '2026-02-01'" in out.stdout.splitlines(), out.stdout
+
+        out = verify(cfg, "--wait", "5", "--repair")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert 'app: "daily" equal (20 rows in SQLite, 20 in Postgres' in out.stdout, out.stdout
+        assert "after repairing 1 row(s)" in out.stdout and "not repaired" not in out.stdout, out.stdout
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT day, visits FROM daily WHERE day > '2026-01-31'") == [("2026-02-01", 5)]
+        assert typeof(db, "SELECT at, what FROM events WHERE at > '2026-01-31'") == [("2026-02-01 10:00:00", "x")]
+        assert typeof(db, "SELECT count(*) FROM daily") == [(20,)]
+        out = verify(cfg, "--wait", "2")
+        assert out.returncode == 0, out.stdout + out.stderr
