@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from syncd.identifiers import quote_pg_ident
 from syncd.model import TableSpec
 from syncd.reverse import applier
 from syncd.reverse.capture import OP_TRUNCATE, Names
@@ -263,6 +264,17 @@ async def enqueue(pg, names: Names, ev: ReverseEvidence, spec: TableSpec, tid: i
     return txid
 
 
+async def copy_again(pg, names: Names, tid: int) -> int:
+    """Record an entry in Postgres's changelog that has the way back copy the table again
+    in full from Postgres (what a TRUNCATE there records), for a table whose differing
+    rows are not all known by key. Returns the recording transaction's id."""
+    async with pg.transaction():
+        txid = await pg.fetchval("SELECT txid_current()")
+        await pg.execute(f"INSERT INTO {names.changelog} (tid, op, key) VALUES ($1, {OP_TRUNCATE}, NULL)", tid)
+        await pg.execute("SELECT pg_notify($1, '')", names.channel)
+    return txid
+
+
 def covered(cp_text: str | None, generation: str | None, txid: int) -> str:
     """SQL-free check data for `applied_through`: the done snapshot to test `txid` against."""
     cp = ReverseCheckpoint.decode(cp_text)
@@ -270,14 +282,25 @@ def covered(cp_text: str | None, generation: str | None, txid: int) -> str:
 
 
 async def apply_through_way_back(settings, source, pg, worker_run, names: Names, generation: str | None,
-                                 txid: int, timeout: float, in_daemon: bool) -> str:
-    """Until SQLite's checkpoint covers transaction `txid` (entries recorded by enqueue):
-    by the daemon running the source, or by a reverse stream run here."""
+                                 txid: int, timeout: float, in_daemon: bool, copying: set[str] | None = None) -> str:
+    """Until SQLite's checkpoint covers transaction `txid` (entries recorded by enqueue or
+    copy_again), and the tables in `copying` are copied: by the daemon running the source,
+    or by a reverse stream run here."""
     from syncd.rollback import _wait, drain
 
     async def through(_conn, _worker) -> bool:
         done = covered(await worker_run(applier.read_meta, META_KEY), generation, txid)
-        return bool(await pg.fetchval("SELECT txid_visible_in_snapshot($1, $2::text::txid_snapshot)", txid, done))
+        if not await pg.fetchval("SELECT txid_visible_in_snapshot($1, $2::text::txid_snapshot)", txid, done):
+            return False
+        # A table copied again (copy_again) is repaired once its copy is done and it streams
+        # again, not when it is marked.
+        if not copying:
+            return True
+        if copying & set(await worker_run(applier.read_reload)):
+            return False
+        return not await pg.fetchval(
+            f"SELECT count(*) FROM {quote_pg_ident(names.bk)}.tables WHERE source = $1 AND table_name = ANY($2) "
+            "AND state <> 'streaming'", names.source, sorted(copying))
 
     if in_daemon:
         if not await _wait(lambda: through(None, None), timeout):

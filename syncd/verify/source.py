@@ -360,11 +360,22 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
     queued: dict[str, int] = {}
     replayed: dict[str, list[Difference]] = {}
     skipped_notes = []
+    copying: set[str] = set()  # tables the way back copies again in full (cut over, too many to replay by key)
     target = 0
     for tr in result.tables:
         if not tr.compared or tr.equal or tr.error:
             continue
         if len(tr.differences) < tr.mismatched:  # beyond MAX_LISTED, or rows the totals miss with no key
+            if s.direction == TO_SQLITE:
+                # A cut-over source refuses `syncd resync` (it would rebuild Postgres from the frozen
+                # file): the way back copies the whole table again from Postgres instead.
+                plan = by_name[tr.table]
+                assert plan.tid is not None
+                target = max(target, await way_back.copy_again(s.pg, _names(s), plan.tid))
+                queued[tr.table] = tr.mismatched
+                replayed[tr.table] = list(tr.differences)
+                copying.add(tr.table)
+                continue
             skipped_notes.append(f'"{tr.table}": not every differing row is known by key (too many, or only '
                                  f"the row totals show them); run `syncd resync` for it instead")
             continue
@@ -390,7 +401,7 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         if s.direction == TO_SQLITE:
             how = await way_back.apply_through_way_back(
                 s.settings, s.source, s.pg, s.run, _names(s),
-                (await way_back_generation(s)), target, max(wait_seconds, 5.0), in_daemon)
+                (await way_back_generation(s)), target, max(wait_seconds, 5.0), in_daemon, copying)
         else:
             how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0),
                                                     own_pipeline=not in_daemon)
@@ -419,9 +430,12 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
             continue
         if record and tr.table in run_ids:
             await history.mark_repaired(s.pg, s.bk.schema, run_ids[tr.table], queued[tr.table])
-        confirmed += queued[tr.table]
+        confirmed += 0 if tr.table in copying else queued[tr.table]
         tr2.repaired = queued[tr.table]
         tr2.replayed = replayed[tr.table]
     done = [f"{confirmed} row(s) replayed through the stream, {how}"] if confirmed else []
+    copied = sorted(copying.intersection(t.table for t in again if t.repaired))
+    if copied:
+        done.append(f"copied again in full from Postgres by the way back, {how}: {', '.join(copied)}")
     result.repair_note = "; ".join([*done, *unconfirmed, *skipped_notes])
     result.tables = again

@@ -1,0 +1,65 @@
+"""After a cutover, more rows differ than `syncd verify` lists by key (SQLite restored from
+an old copy, a batch job run on the frozen file): `syncd verify --repair` has the way back
+copy the table again from Postgres, instead of pointing at `syncd resync`, which a cut-over
+source refuses (pointing back at `syncd verify --repair`)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tests.support.compare import compare_all
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, tamper_sqlite, typeof, wait_back
+from tests.support.verifying import verify
+
+ROWS = 3000
+
+
+def make_app(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL)")
+    conn.executemany("INSERT INTO orders (item) VALUES (?)", [(f"item {i}",) for i in range(ROWS)])
+    conn.commit()
+    conn.close()
+
+
+def drift(db) -> None:
+    """More differences than verify lists by key (1,000 a table), behind syncd's back."""
+    tamper_sqlite(db, "DELETE FROM orders WHERE id > 1000")
+    tamper_sqlite(db, "UPDATE orders SET item = 'stale' WHERE id <= 10")
+    tamper_sqlite(db, "INSERT INTO orders VALUES (100000, 'only in SQLite')")
+
+
+async def repaired(cfg, db, pg_dsn) -> None:
+    out = verify(cfg, "--wait", "2")
+    assert out.returncode == 1 and "... and " in out.stdout, out.stdout
+    out = verify(cfg, "--wait", "10", "--repair")
+    assert "syncd resync" not in out.stdout, out.stdout
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert 'app: "orders" equal (3000 rows in SQLite, 3000 in Postgres' in out.stdout, out.stdout
+    assert typeof(db, "SELECT count(*), count(*) FILTER (WHERE item = 'stale') FROM orders") == [(ROWS, 0)]
+    assert await compare_all(str(db), pg_dsn, "app", ["orders"]) == []
+    assert verify(cfg, "--wait", "2").returncode == 0
+
+
+async def test_many_differences_after_cutover_are_copied_again_by_the_running_daemon(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        drift(db)
+        await repaired(cfg, db, pg_dsn)
+        assert d.alive()
+
+
+async def test_many_differences_after_cutover_are_copied_again_with_no_daemon_running(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    drift(db)
+    await repaired(cfg, db, pg_dsn)
+    assert run_cli(cfg, "status").returncode in (0, 1, 2)
