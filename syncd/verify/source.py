@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import sqlite3
 import time
 from dataclasses import dataclass, replace
@@ -212,7 +213,7 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
             why = f"not replicated: {lo.describe()} (then exclude it from the source)"
             plans.append(TablePlan(name, None, tid, row, why, schema.version, lo.rows))
             continue
-        why = _why_not(s, state, src, name, spec, tid, row, schema.refused, pg_tables)
+        why = _why_not(s, state, src, name, spec, tid, row, schema.refused, pg_tables, schema.version)
         if why is None and spec is not None:
             spec = _as_read_from(spec, pg_tables[name])
         plans.append(TablePlan(name, spec, tid, row, why, schema.version))
@@ -229,7 +230,8 @@ def _as_read_from(spec: TableSpec, pgt: ddl.PgTable) -> TableSpec:
 
 
 def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str, spec: TableSpec | None,
-             tid: int | None, row: TableRow | None, refused: dict, pg_tables: dict[str, ddl.PgTable]) -> str | None:
+             tid: int | None, row: TableRow | None, refused: dict, pg_tables: dict[str, ddl.PgTable],
+             sqlite_schema: int | None = None) -> str | None:
     """Why this table cannot be compared now, or None."""
     if not s.has_bookkeeping or src is None:
         return "syncd has not set this source up in Postgres yet; run `syncd init` or start the daemon"
@@ -263,6 +265,12 @@ def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str,
             return ("Postgres table does not match the SQLite schema (" + "; ".join(what) + "): a column's type "
                     "was changed in Postgres after the cutover to another kind of value, which the way back does "
                     "not follow; give it its old type again to compare the table (and to roll back)")
+        if s.direction == TO_POSTGRES and sqlite_schema is not None and state.schema_seen == sqlite_schema:
+            # The daemon has read SQLite's schema as it is: the difference was made in Postgres,
+            # which the daemon does not watch (it follows SQLite's schema changes only).
+            return ("Postgres table does not match the SQLite schema (" + "; ".join(what) + "): changed in "
+                    "Postgres outside syncd, which the daemon does not follow; `syncd resync --source "
+                    f"{shlex.quote(s.source.name)} --table {shlex.quote(name)}` rebuilds it from SQLite")
         return ("Postgres table does not match the SQLite schema (" + "; ".join(what) +
                 "); the daemon reconciles schema changes within seconds of seeing them")
     if tid is None or not state.triggers_match(tid, spec):
