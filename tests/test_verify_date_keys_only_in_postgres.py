@@ -62,3 +62,36 @@ async def test_rows_only_postgres_holds_under_a_typed_date_key_are_named_and_rep
         assert typeof(db, "SELECT count(*) FROM daily") == [(20,)]
         out = verify(cfg, "--wait", "2")
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_rows_only_postgres_holds_under_a_key_typed_by_an_override_are_repaired(tmp_path, make_config, pg_dsn):
+    """A key column a `[sources.columns]` override types (no one spelling is recorded for
+    it): verify names the Postgres value, and the repair still brings the row into SQLite,
+    since the way back looks rows up in Postgres by Postgres's own key."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE visits (at DATETIME PRIMARY KEY, page TEXT)")
+    conn.executemany("INSERT INTO visits VALUES (?, ?)", [("2026-11-01T10:00:00Z", "/a"), ("2026-11-02T11:30:00Z", "/b")])
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db, sources=[{
+        "name": "app", "path": str(db), "columns": {"visits": {"at": "timestamp"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            await pg.execute("SET session_replication_role = replica")
+            await pg.execute("INSERT INTO app.visits VALUES ('2026-11-03 09:00:00', '/c')")
+        finally:
+            await pg.close()
+
+        rc, doc = verify_json(cfg, "--wait", "2")
+        assert rc == 1 and found(doc, "visits") == {("extra", ("2026-11-03T09:00:00",), ())}
+        out = verify(cfg, "--wait", "5", "--repair")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "not repaired" not in out.stdout, out.stdout
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT page FROM visits ORDER BY at") == [("/a",), ("/b",), ("/c",)]
+        assert verify(cfg, "--wait", "2").returncode == 0

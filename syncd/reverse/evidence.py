@@ -240,17 +240,13 @@ async def for_table(pg, names: Names, schema: str, spec: TableSpec) -> ReverseEv
     return ReverseEvidence(names, gen.id if gen else None, [types[k] for k in spec.key])
 
 
-async def enqueue(pg, names: Names, ev: ReverseEvidence, spec: TableSpec, tid: int,
-                  raw_keys: list[tuple]) -> int:
-    """Record changelog entries in Postgres for keys (SQLite values), as if the
-    application had touched those rows: the way back then copies each key's current
-    Postgres row to SQLite, or deletes it there. Returns the recording transaction's id."""
+async def enqueue(pg, names: Names, ev: ReverseEvidence, spec: TableSpec, tid: int, keys: list[tuple]) -> int:
+    """Record changelog entries in Postgres for keys (Postgres values, repair.way_back_keys),
+    as if the application had touched those rows: the way back then copies each key's
+    current Postgres row to SQLite, or deletes it there. Returns the recording transaction's id."""
     from syncd.reverse.capture import OP_UPDATE
     from syncd.reverse.reader import SESSION_SETTINGS
-    from syncd.types import converter
 
-    types = [spec.column(k).pgtype for k in spec.key]
-    keys = [tuple(converter(t)(v) for t, v in zip(types, raw)) for raw in raw_keys]
     arrays = ", ".join(f"${i + 2}::{t}[]" for i, t in enumerate(ev.key_types))
     cols = ", ".join(f"k{i}" for i in range(len(spec.key)))
     texts = ", ".join(f"k{i}::text" for i in range(len(spec.key)))

@@ -28,6 +28,7 @@ from syncd.sqlite.capture import OP_DELETE, OP_UPDATE
 from syncd.verify import sqlite_side
 from syncd.verify.postgres_side import checkpoint, lock_holder
 from syncd.verify.result import EXTRA, Difference
+from syncd.types import PgType, converter
 
 POLL_SECONDS = 0.1
 
@@ -44,6 +45,28 @@ def changelog_entries(differences: list[Difference]) -> tuple[list[tuple[int, tu
             continue
         entries.append((OP_DELETE if d.kind == EXTRA else OP_UPDATE, d.raw_key))
     return entries, skipped
+
+
+def way_back_keys(differences: list[Difference], key_types: list[PgType]) -> tuple[list[tuple], list[Difference]]:
+    """After a cutover: the Postgres keys of the differences the way back can replay, and
+    the rest. The way back looks each key up in Postgres and writes SQLite's row from what
+    it finds there, so a key known in either form will do (a SQLite key is converted as
+    the stream converts it), and a SQLite value that does not fit is overwritten like any
+    other; only rows a replay cannot fix (SQLite rows that are one key in Postgres) and
+    keys Postgres cannot hold are left."""
+    keys, skipped = [], []
+    for d in differences:
+        key = d.pg_key
+        if key is None and d.raw_key is not None and None not in d.raw_key:
+            try:
+                key = tuple(converter(t)(v) for t, v in zip(key_types, d.raw_key))
+            except ValueError:
+                key = None
+        if not d.repairable or key is None:
+            skipped.append(d)
+            continue
+        keys.append(key)
+    return keys, skipped
 
 
 async def enqueue(run: Callable[..., Awaitable[Any]], settings: Settings, tid: int,

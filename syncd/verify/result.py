@@ -43,6 +43,7 @@ class Difference:
     columns: tuple[str, ...] = ()
     note: str | None = None
     raw_key: tuple | None = field(default=None, repr=False, compare=False)  # SQLite form, for repair
+    pg_key: tuple | None = field(default=None, repr=False, compare=False)  # Postgres's form, where known
     repairable: bool = field(default=True, repr=False, compare=False)  # False: a replay cannot fix it
 
     def text(self, cut_over: bool = False) -> str:

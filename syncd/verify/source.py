@@ -387,7 +387,12 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
             skipped_notes.append(f'"{tr.table}": not every differing row is known by key (too many, or only '
                                  f"the row totals show them); run `syncd resync` for it instead")
             continue
-        entries, skipped = repair.changelog_entries(tr.differences)
+        if s.direction == TO_SQLITE:  # the way back replays keys as Postgres holds them
+            pg_keys, skipped = repair.way_back_keys(tr.differences, [by_name[tr.table].spec.column(k).pgtype
+                                                                     for k in by_name[tr.table].spec.key])
+            entries = [(0, k) for k in pg_keys]
+        else:
+            entries, skipped = repair.changelog_entries(tr.differences)
         for d in skipped:
             skipped_notes.append(f'"{tr.table}" key {d.key!r} not repaired: {d.note or "its SQLite form is unknown"}')
         if entries:
@@ -395,8 +400,7 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
             assert plan.tid is not None
             if s.direction == TO_SQLITE:  # SQLite follows Postgres: the way back replays the keys
                 ev = await way_back.for_table(s.pg, _names(s), s.source.schema, plan.spec)
-                target = max(target, await way_back.enqueue(s.pg, _names(s), ev, plan.spec, plan.tid,
-                                                            [k for _op, k in entries]))
+                target = max(target, await way_back.enqueue(s.pg, _names(s), ev, plan.spec, plan.tid, pg_keys))
             else:
                 target = max(target, await repair.enqueue(s.run, s.settings, plan.tid, entries))
             queued[tr.table] = len(entries)

@@ -402,21 +402,24 @@ class TableCheck:
         key = self._display_key(c)
         if p is None:
             assert s is not None
-            return Difference(MISSING, key, note=self._misfits(s), raw_key=self._raw_key(c))
+            return Difference(MISSING, key, note=self._misfits(s), raw_key=self._raw_key(c), pg_key=c.pg)
         if s is None:
-            return Difference(EXTRA, key, raw_key=self._raw_key(c))
+            return Difference(EXTRA, key, raw_key=self._raw_key(c), pg_key=c.pg)
         cols = tuple(name for name, a, b in zip(self.spec.column_names, s.tokens, p.tokens) if a != b)
-        return Difference(DIFFERENT, key, cols, note=self._misfits(s), raw_key=self._raw_key(c))
+        return Difference(DIFFERENT, key, cols, note=self._misfits(s), raw_key=self._raw_key(c), pg_key=c.pg)
 
     def _misfits(self, s: SqliteRow) -> str | None:
         for col, value, tok in zip(self.spec.columns, s.row, s.tokens):
             if tok == MISFIT:
                 why = misfit_reason(col.pgtype, value, converter_of(col)) or "does not fit"
+                if self.reverse is not None:  # cut over: no stream reads SQLite's rows any more
+                    return f'column "{col.name}": {why}; `syncd verify --repair` writes Postgres\'s row over it'
                 return f'column "{col.name}": {why}; the stream holds the table until the row is fixed'
         return None
 
     def _pending(self, c: Candidate) -> Difference:
-        return Difference(PENDING, self._display_key(c), note=f"looked {c.kind}", raw_key=self._raw_key(c))
+        return Difference(PENDING, self._display_key(c), note=f"looked {c.kind}", raw_key=self._raw_key(c),
+                          pg_key=c.pg)
 
     # --- the whole table -----------------------------------------------------------------
 

@@ -1,0 +1,41 @@
+"""After a cutover, SQLite rows changed behind syncd's back to values that do not fit
+the column's type (a blob in a TEXT column, text in an INTEGER one): `syncd verify` says
+what `--repair` does about them, and `--repair` writes Postgres's row over them, as it
+does any other; before the cutover such a row is SQLite's to fix, after it Postgres's
+row is the truth."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tests.support.daemon import DaemonProcess
+from tests.support.verifying import verify
+from tests.support.way_back import backup_and_config, cut_over, orders_app, tamper_sqlite, typeof, wait_back
+
+
+async def test_values_that_do_not_fit_are_written_over_from_postgres(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    orders_app(db)
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE stock (id INTEGER PRIMARY KEY, qty INTEGER); INSERT INTO stock VALUES (1, 5), (2, 6);")
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        tamper_sqlite(db, "UPDATE orders SET item = x'00ff' WHERE id = 1")
+        tamper_sqlite(db, "UPDATE stock SET qty = 'five' WHERE id = 1")
+
+        out = verify(cfg, "--wait", "2")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "the stream holds the table" not in out.stdout, out.stdout
+        assert ('app: "stock" different: key 1: column "qty" (column "qty": text \'five\' does not fit bigint; '
+                "`syncd verify --repair` writes Postgres's row over it)") in out.stdout.splitlines(), out.stdout
+
+        out = verify(cfg, "--wait", "5", "--repair")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "not repaired" not in out.stdout, out.stdout
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT id, item, typeof(item) FROM orders ORDER BY id") == [(1, "a", "text"), (2, "b", "text")]
+        assert typeof(db, "SELECT id, qty, typeof(qty) FROM stock ORDER BY id") == [(1, 5, "integer"), (2, 6, "integer")]
+        assert verify(cfg, "--wait", "2").returncode == 0
