@@ -561,8 +561,11 @@ def _log_repairs(source: str, result) -> None:
             continue
         counts = [(sum(1 for d in t.replayed if d.kind == kind), text) for kind, text in words.items()]
         what = ", ".join(f"{n} {text}" for n, text in counts if n)
+        if t.repaired > len(t.replayed):  # a table copied again in full: more rows than were listed by key
+            what += f"{', ' if what else ''}{t.repaired - len(t.replayed)} more not listed by key"
         keys = ", ".join(format_key(d.key) for d in t.replayed[:LOGGED_KEYS])
-        more = f" and {len(t.replayed) - LOGGED_KEYS} more" if len(t.replayed) > LOGGED_KEYS else ""
+        shown = min(len(t.replayed), LOGGED_KEYS)
+        more = f" and {max(len(t.replayed), t.repaired) - shown} more" if max(len(t.replayed), t.repaired) > shown else ""
         state = "now equal" if t.equal else f"{t.mismatched} row(s) still differ"
         log.warning(f'consistency check repaired {t.repaired} row(s) of "{t.table}" ({what}): keys {keys}{more}; '
                     f"{state}", extra={"source": source, "table": t.table, "event": "verify_repaired"})

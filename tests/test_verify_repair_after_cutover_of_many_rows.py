@@ -9,6 +9,7 @@ import sqlite3
 
 from tests.support.compare import compare_all
 from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import eventually
 from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, tamper_sqlite, typeof, wait_back
 from tests.support.verifying import verify
 
@@ -63,3 +64,24 @@ async def test_many_differences_after_cutover_are_copied_again_with_no_daemon_ru
     drift(db)
     await repaired(cfg, db, pg_dsn)
     assert run_cli(cfg, "status").returncode in (0, 1, 2)
+
+
+async def test_the_daemons_periodic_check_copies_such_a_table_again_and_counts_every_row(tmp_path, make_config,
+                                                                                         pg_dsn):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, verify={"interval_seconds": 1})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        tamper_sqlite(db, "DELETE FROM orders WHERE id > 1000")
+
+        async def repaired_by_the_daemon() -> bool:
+            return 'consistency check repaired 2000 row(s) of "orders"' in d.log()
+
+        await eventually(repaired_by_the_daemon, 60, "the periodic check's repair", daemon=d)
+        line = next(x for x in d.log().splitlines() if "consistency check repaired" in x)
+        assert ('repaired 2000 row(s) of "orders" (1000 missing in SQLite, 1000 more not listed by key): '
+                "keys 1001, 1002") in line and "and 1990 more; now equal" in line, line
+        assert typeof(db, "SELECT count(*) FROM orders") == [(ROWS,)]
+        assert await compare_all(str(db), pg_dsn, "app", ["orders"]) == []
