@@ -54,6 +54,8 @@ async def test_many_differences_after_cutover_are_copied_again_by_the_running_da
         drift(db)
         await repaired(cfg, db, pg_dsn)
         assert d.alive()
+    copies = [line for line in d.log().splitlines() if "table=orders event=reload_started" in line]
+    assert copies and all("asked for by `syncd verify --repair`: copied again" in c for c in copies), copies
 
 
 async def test_many_differences_after_cutover_are_copied_again_with_no_daemon_running(tmp_path, make_config, pg_dsn):

@@ -47,10 +47,11 @@ from syncd.model import TO_SQLITE
 from syncd.postgres.bookkeeping import source_key
 
 OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE = 1, 2, 3, 4
-# The key of an OP_TRUNCATE entry written for a write made while the table's key column
-# was renamed or dropped (a TRUNCATE's own entry has none): copied again all the same,
-# and said so as what it was.
+# The key of an OP_TRUNCATE entry says why the table is copied again (reader.copy_reason):
+# none for a TRUNCATE; KEY_GONE (SQL) for a write made while the table's key column was
+# renamed or dropped; REPAIR_COPY for `syncd verify --repair` (evidence.copy_again).
 KEY_GONE = "ARRAY[]::text[]"
+REPAIR_COPY = ["syncd verify --repair"]
 CAPTURE_TRIGGERS = ("_syncd_rcap_ins", "_syncd_rcap_upd", "_syncd_rcap_del", "_syncd_rcap_trunc")
 FREEZE_TRIGGER = "_syncd_freeze"
 WRITER_PREFIX = "syncd "  # application_name of every session syncd opens (bookkeeping.application_name)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from syncd.identifiers import quote_pg_ident
 from syncd.model import TableSpec
 from syncd.reverse import applier
-from syncd.reverse.capture import OP_TRUNCATE, Names
+from syncd.reverse.capture import OP_TRUNCATE, REPAIR_COPY, Names
 from syncd.reverse.checkpoint import META_KEY, NOTHING, ReverseCheckpoint
 from syncd.verify import sqlite_side
 from syncd.verify.result import EXTRA, Difference, TableVerifyResult
@@ -262,11 +262,12 @@ async def enqueue(pg, names: Names, ev: ReverseEvidence, spec: TableSpec, tid: i
 
 async def copy_again(pg, names: Names, tid: int) -> int:
     """Record an entry in Postgres's changelog that has the way back copy the table again
-    in full from Postgres (what a TRUNCATE there records), for a table whose differing
+    in full from Postgres (as a TRUNCATE there does, said as asked for by a repair), for a table whose differing
     rows are not all known by key. Returns the recording transaction's id."""
     async with pg.transaction():
         txid = await pg.fetchval("SELECT txid_current()")
-        await pg.execute(f"INSERT INTO {names.changelog} (tid, op, key) VALUES ($1, {OP_TRUNCATE}, NULL)", tid)
+        await pg.execute(f"INSERT INTO {names.changelog} (tid, op, key) VALUES ($1, {OP_TRUNCATE}, $2)", tid,
+                         REPAIR_COPY)
         await pg.execute("SELECT pg_notify($1, '')", names.channel)
     return txid
 

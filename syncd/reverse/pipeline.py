@@ -716,8 +716,7 @@ class ReversePipeline:
         for tid, tb in batch.tables.items():
             t = by_tid[tid]
             if tb.truncated:
-                plan.reload_add[t.name] = ("written in Postgres while its key column was renamed or dropped: copied "
-                                           "again" if tb.key_gone else "emptied in Postgres (TRUNCATE): copied again")
+                plan.reload_add[t.name] = f"{tb.copy_reason}: copied again"
                 continue
             plan.tables.append(TableApply(tid, t.spec, t.shapes, tb.rows, tb.deletes))
         started = time.monotonic()

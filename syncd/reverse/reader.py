@@ -20,7 +20,7 @@ import asyncpg
 
 from syncd.identifiers import qualified, quote_pg_ident
 from syncd.model import TableSpec, entries_within_values
-from syncd.reverse.capture import OP_INSERT, OP_TRUNCATE, Names
+from syncd.reverse.capture import OP_INSERT, OP_TRUNCATE, REPAIR_COPY, Names
 from syncd.reverse.checkpoint import ReverseCheckpoint
 from syncd.reverse.values import OutOfRange
 from syncd.types import VARIABLE_WIDTH, PgType
@@ -104,7 +104,7 @@ class TableBatch:
     rows: list[tuple] = field(default_factory=list)  # current Postgres rows, spec column order
     deletes: list[tuple] = field(default_factory=list)  # keys (Postgres values) with no row now
     truncated: bool = False  # a TRUNCATE in the batch: the table is copied again instead
-    key_gone: bool = False  # ... written for a write made while the table's key was renamed or dropped
+    copy_reason: str = ""  # why, as the first such entry says (copy_reason)
     ops: Counter = field(default_factory=Counter)
 
     @property
@@ -220,6 +220,15 @@ async def read_batch(conn: asyncpg.Connection, names: Names, schema: str, tables
 BATCH_VALUE_BYTES = 32 * 1024 * 1024
 
 
+def copy_reason(key: list | None) -> str:
+    """Why an OP_TRUNCATE entry has the table copied again, from its key (capture.KEY_GONE)."""
+    if key is None:
+        return "emptied in Postgres (TRUNCATE)"
+    if list(key) == REPAIR_COPY:
+        return "asked for by `syncd verify --repair`"
+    return "written in Postgres while its key column was renamed or dropped"
+
+
 @dataclass
 class _Wanted:
     """One followed table's part of a batch's entries: each key's first op and the
@@ -229,7 +238,7 @@ class _Wanted:
     st: SourceTable
     keys: dict[tuple, tuple[int, int]] = field(default_factory=dict)
     truncated_at: int | None = None
-    key_gone: bool = False  # that entry stands for a write made while the key was gone (capture.KEY_GONE)
+    copy_key: list | None = None  # that entry's key: why the table is copied again (copy_reason)
 
     def before(self, cut: int) -> list[tuple[tuple, int, int]]:
         """(key, first op, position) of the keys first seen before position `cut`, in order."""
@@ -247,7 +256,7 @@ def _wanted(tables: dict[int, SourceTable], entries: list) -> dict[int, _Wanted]
             w = wanted[tid] = _Wanted(st)
         if op == OP_TRUNCATE:
             if w.truncated_at is None:
-                w.truncated_at, w.key_gone = pos, key is not None
+                w.truncated_at, w.copy_key = pos, key
         elif w.truncated_at is None:
             w.keys.setdefault(tuple(key), (op, pos))  # the first op says insert or not
     return wanted
@@ -305,7 +314,7 @@ async def _fill(conn: asyncpg.Connection, schema: str, wanted: dict[int, _Wanted
         w = wanted[tid]
         if w.truncated_at is not None and w.truncated_at < cut:
             tb.truncated = True  # copied again in full: its rows and keys are not needed
-            tb.key_gone = w.key_gone
+            tb.copy_reason = copy_reason(w.copy_key)
             continue
         sql, sel = _rows_sql(schema, w.st)
         rows = read.get(tid)
