@@ -39,7 +39,7 @@ from syncd.postgres import app_triggers, cutover_guard, ddl
 from syncd.postgres.bookkeeping import (SWITCH_CLASS, Bookkeeping, ensure_bookkeeping, shared_key_line, sharing,
                                        source_key)
 from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
-from syncd.printable import listed
+from syncd.printable import listed, shorten
 from syncd.reverse.capture import FREEZE_LOCK_STEP
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
 from syncd.sqlite import freeze
@@ -331,6 +331,35 @@ async def set_identities(conn: asyncpg.Connection, schema: str, specs: dict[str,
     return done
 
 
+async def filled_only_in_sqlite(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec]) -> list[str]:
+    """Columns SQLite fills when a row leaves them out (a DEFAULT syncd does not carry, an
+    expression) and Postgres does not (no DEFAULT there, none set by hand, no identity):
+    once the application writes Postgres, such an INSERT stores NULL there, or fails on a
+    NOT NULL column. The rollback's filled_only_in_postgres, the other way."""
+    rows = await conn.fetch(
+        "SELECT c.relname, a.attname, a.attnotnull FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND a.attgenerated = '' AND a.attidentity = '' AND d.adbin IS NULL ORDER BY 1, 2", schema)
+    out = []
+    for table, column, notnull in rows:
+        spec = specs.get(table)
+        if spec is None or column not in spec.column_names:
+            continue
+        col = spec.column(column)
+        why = None if col.generated else ddl.column_default(col).not_carried
+        if why is None:
+            continue
+        then = ("fails there (the column is NOT NULL in Postgres)" if notnull
+                else "stores NULL there, where SQLite stores the default")
+        out.append(f'warning: SQLite fills "{table}"."{column}" in a row that leaves it out '
+                   f"(DEFAULT {shorten(col.default_sql or '', 80)}) and Postgres does not (not carried: {why}): "
+                   f"after the cutover such an INSERT {then}; set the column's DEFAULT in Postgres, or have "
+                   "the application always write the column")
+    return out
+
+
 async def trial_inserts(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec],
                         marks: dict[str, int]) -> list[str]:
     """An INSERT without an id per identity table, as the application will run it, each
@@ -445,6 +474,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
             if left:
                 res.plan.append(f"left writable in SQLite, not frozen: {listed([repr(t) for t in left])} "
                                 "(not replicated by this source's tables/exclude, so not in Postgres)")
+            res.plan += await filled_only_in_sqlite(conn, source.schema, specs)
             if dry_run:
                 # The run itself says where each identity continues, from the high marks after the drain.
                 res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} would continue after {top} "

@@ -1,0 +1,59 @@
+"""A SQLite default Postgres does not carry (an expression: an id from randomblob(), a
+local time) is named by `syncd cutover` and its dry run, as `syncd rollback` names the
+defaults Postgres has and SQLite lacks: once the application writes Postgres, an INSERT
+that leaves such a column out stores NULL there, or fails where the column is NOT NULL,
+where SQLite would have filled it. A default set in Postgres by hand is not named."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg
+
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import wait_caught_up
+from tests.support.way_back import backup_and_config, cut_over
+
+
+async def test_defaults_postgres_lacks_are_named_before_and_at_the_switch(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE deals (id TEXT PRIMARY KEY DEFAULT (lower(hex(randomblob(16)))), title TEXT,
+                            seen TEXT DEFAULT (datetime('now', 'localtime')), stage TEXT DEFAULT 'new',
+                            owner TEXT DEFAULT ('team' || '-a'), note TEXT DEFAULT NULL);
+        INSERT INTO deals (title) VALUES ('first');
+    """)
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:  # the operator follows `syncd schema`'s advice for one of them
+            await pg.execute("ALTER TABLE app.deals ALTER COLUMN owner SET DEFAULT 'team-a'")
+        finally:
+            await pg.close()
+        assert run_cli(cfg, "verify").returncode == 0
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+    for said in (dry.stdout, out):
+        warned = [line for line in said.splitlines() if "warning:" in line]
+        assert len(warned) == 2, said
+        (key,) = [w for w in warned if '"deals"."id"' in w]
+        assert "lower(hex(randomblob(16)))" in key and "fails" in key and "NOT NULL" in key, key
+        (seen,) = [w for w in warned if '"deals"."seen"' in w]
+        assert "datetime('now', 'localtime')" in seen and "stores NULL" in seen, seen
+    # what the warning says is what the application meets
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        try:
+            await pg.execute("INSERT INTO app.deals (title) VALUES ('from postgres')")
+            raise AssertionError("an INSERT leaving the key out went in")
+        except asyncpg.NotNullViolationError:
+            pass
+        await pg.execute("INSERT INTO app.deals (id, title) VALUES ('k2', 'from postgres')")
+        assert await pg.fetchrow("SELECT seen, stage, owner FROM app.deals WHERE id = 'k2'") == (None, "new", "team-a")
+    finally:
+        await pg.close()
