@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sqlite3
 
+import asyncpg
 import pytest
 
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.sync import eventually, table_states, wait_caught_up
+from tests.support.way_back import backup_and_config, cut_over, wait_back
 
 AUDIT = """
 CREATE TABLE audit (at INTEGER PRIMARY KEY, what TEXT);
@@ -86,3 +88,44 @@ async def test_an_application_trigger_ending_with_raise_ignore_cannot_silence_ca
 
 async def _equal(db, dsn) -> bool:
     return await compare_table(str(db), dsn, "app", "items") == []
+
+
+async def test_the_way_back_keeps_syncd_triggers_firing_first_so_the_rollback_goes_through(tmp_path, make_config,
+                                                                                            pg_dsn):
+    """The way back lifts the application's triggers off a table while it writes it, and
+    creates them again: in their old place, behind syncd's, or an AFTER trigger ending
+    with RAISE(IGNORE) would fire first, the rollback's final verification would find
+    capture not to be trusted and undo every rollback tried, and SQLite would silence
+    the captures of the application's changes after one."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("""
+        PRAGMA journal_mode=wal;
+        CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO items VALUES (1, 'one'), (2, 'two');
+        CREATE TABLE audit (at INTEGER PRIMARY KEY, what TEXT);
+        CREATE TRIGGER audit_update AFTER UPDATE ON items BEGIN
+            SELECT RAISE(IGNORE) WHERE NEW.v LIKE 'quiet%';
+            INSERT INTO audit (what) VALUES ('update ' || NEW.id);
+        END;
+    """)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        wait_for(lambda: trigger_order(conn)[0].startswith("_syncd"), 30, "syncd's triggers firing first", d)
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        order = [n for n in trigger_order(conn) if not n.startswith("_syncd_freeze")]
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            await pg.execute("UPDATE app.items SET v = 'from postgres' WHERE id = 1")
+            await pg.execute("INSERT INTO app.items VALUES (3, 'three')")
+        finally:
+            await pg.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert [n for n in trigger_order(conn) if not n.startswith("_syncd_freeze")] == order
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        conn.execute("UPDATE items SET v = 'quiet change' WHERE id = 2")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(db), pg_dsn, "app", "items") == []
+        assert "re-snapshotting" not in d.log()

@@ -13,7 +13,10 @@ through the freeze (freeze.syncd_writes), holding:
 The application's own triggers on a table are dropped for the length of the
 transaction and created again before it commits: Postgres already holds what they
 would produce (an audit row, a touched timestamp), and running them again would make
-SQLite differ from it.
+SQLite differ from it. They are created again in their old place, behind syncd's
+capture triggers (which are made again after them): SQLite fires the newest first, and
+an AFTER trigger ending in RAISE(IGNORE) that fired before capture would leave
+capture untrusted, undoing the rollback at its final verification.
 
 A table SQLite cannot take a batch for (a value with no exact SQLite form, a
 constraint SQLite enforces and Postgres does not) is held: its part of the batch is
@@ -229,9 +232,35 @@ class _Held(Exception):
 
 
 def _app_triggers(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
-    return conn.execute(
-        "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
-        "AND substr(name, 1, 7) <> '_syncd_' ORDER BY rowid", (table,)).fetchall()
+    """The table's triggers from its first application trigger on, in the order SQLite
+    keeps them (it fires the newest first): the application's, and syncd's made after
+    them (capture's, which the forward daemon keeps newest so that they fire first, and
+    the freeze's). Empty when the application has none."""
+    rows = conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
+                        "ORDER BY rowid", (table,)).fetchall()
+    first = next((i for i, (name, _) in enumerate(rows) if not _own_trigger(name)), len(rows))
+    return rows[first:]
+
+
+def _own_trigger(name: str) -> bool:
+    return name[:7] == "_syncd_"
+
+
+def _lift(c: sqlite3.Connection, triggers: list[tuple[str, str]]) -> None:
+    """Drop the application's triggers among `triggers` (syncd's stay and fire)."""
+    for name, _ in triggers:
+        if not _own_trigger(name):
+            c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
+
+
+def _restore(c: sqlite3.Connection, triggers: list[tuple[str, str]]) -> None:
+    """Create `triggers` again in their order: syncd's among them are dropped first, so
+    that each keeps its place relative to the application's (capture fires first)."""
+    for name, _ in triggers:
+        if _own_trigger(name):
+            c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
+    for _, sql in triggers:
+        c.execute(sql)
 
 
 def _unique_sets(conn: sqlite3.Connection, table: str) -> list[list[str]]:
@@ -461,8 +490,7 @@ class SqliteSink:
                     continue
                 triggers = _app_triggers(conn, t.spec.name)
                 if triggers:
-                    _own_schema_change(conn, lambda c: [c.execute(f"DROP TRIGGER main.{quote_ident(n)}")
-                                                        for n, _ in triggers])
+                    _own_schema_change(conn, lambda c: _lift(c, triggers))
                 try:
                     written, kept = _apply_table(conn, t, self.index)
                     out.written += written
@@ -474,7 +502,7 @@ class SqliteSink:
                     reload[t.spec.name] = str(e)
                 finally:
                     if triggers:
-                        _own_schema_change(conn, lambda c: [c.execute(sql) for _, sql in triggers])
+                        _own_schema_change(conn, lambda c: _restore(c, triggers))
             for name, why in plan.reload_add.items():
                 reload[name] = why
             for name in plan.reload_done:
