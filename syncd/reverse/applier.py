@@ -235,9 +235,10 @@ def _app_triggers(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]
     """The table's triggers from its first application trigger on, in the order SQLite
     keeps them (it fires the newest first): the application's, and syncd's made after
     them (capture's, which the forward daemon keeps newest so that they fire first, and
-    the freeze's). Empty when the application has none."""
-    rows = conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
-                        "ORDER BY rowid", (table,)).fetchall()
+    the freeze's). Empty when the application has none. SQLite keeps a trigger's table
+    as its CREATE TRIGGER spelled it ("ON Deals" for deals): matched as SQLite matches names."""
+    rows = conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' "
+                        "AND tbl_name = ? COLLATE NOCASE ORDER BY rowid", (table,)).fetchall()
     first = next((i for i, (name, _) in enumerate(rows) if not _own_trigger(name)), len(rows))
     return rows[first:]
 
