@@ -236,6 +236,24 @@ async def test_syncd_schema_prints_each_object_with_when_and_why(app_db, make_co
     assert 'CREATE VIEW "app"."adults" AS SELECT' in text
 
 
+def test_a_trigger_naming_its_table_in_another_case_is_named_as_left_out(app_db, make_config):
+    """SQLite keeps a trigger's table as its CREATE TRIGGER spelled it ("ON Deals" for the
+    table deals); `syncd schema` names that trigger as left out too, under the table's name."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE deals (id INTEGER PRIMARY KEY, title TEXT);
+        CREATE TABLE audit (id INTEGER PRIMARY KEY, deal_id INTEGER);
+        CREATE TRIGGER deals_audit AFTER INSERT ON Deals BEGIN INSERT INTO audit (deal_id) VALUES (NEW.id); END;
+        CREATE TRIGGER deals_check BEFORE UPDATE ON "DEALS" BEGIN SELECT RAISE(ABORT, 'no') WHERE NEW.id < 0; END;
+    """)
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    out = run_cli(cfg, "schema")
+    assert out.returncode == 0, out.stderr
+    assert '-- NOT CARRIED: trigger "deals_audit" on "deals": an application trigger is never copied' in out.stdout
+    assert '-- NOT CARRIED: trigger "deals_check" on "deals": an application trigger is never copied' in out.stdout
+
+
 async def test_streaming_towards_postgres_again_returns_the_schema_to_its_dual_write_form(
         app_db, make_config, pg_dsn, tmp_path):
     conn = app_file(app_db)

@@ -107,6 +107,14 @@ class SourceObjects:
 # --- reading --------------------------------------------------------------------------
 
 
+_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _folded(name: str) -> str:
+    """A name as SQLite compares names: A-Z folded, nothing else."""
+    return name.translate(_FOLD)
+
+
 def read_objects(conn: sqlite3.Connection, tables: Iterable[str], views: Iterable[str] = ()) -> SourceObjects:
     """Every object of `tables` (replicated tables) and the file's views (only those
     named in `views`, the ones the source's configuration wants) and triggers, in
@@ -124,9 +132,12 @@ def read_objects(conn: sqlite3.Connection, tables: Iterable[str], views: Iterabl
         for name in views:
             sql = (master.get(("view", name)) or (None, None))[1]
             out.views.append(_view(conn, name, sql))
+        # A trigger's table is kept as its CREATE TRIGGER spelled it ("ON Deals" for deals):
+        # matched as SQLite matches names, ignoring the case of A-Z.
+        named = {_folded(n): n for n in [*wanted, *views]}
         for (kind, name), (tbl, sql) in sorted(master.items()):
-            if kind == "trigger" and not name.startswith(SYNCD_PREFIX) and sql and tbl in set(wanted) | set(views):
-                out.triggers.append(Trigger(name, tbl, sql))
+            if kind == "trigger" and not name.startswith(SYNCD_PREFIX) and sql and _folded(tbl) in named:
+                out.triggers.append(Trigger(name, named[_folded(tbl)], sql))
     finally:
         conn.execute("COMMIT")
     return out
