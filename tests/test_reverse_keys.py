@@ -95,3 +95,49 @@ async def test_rows_sqlites_unique_index_forbids_hold_the_table_until_fixed(tmp_
 
 async def _uses(db) -> bool:
     return typeof(db, "SELECT uses FROM tags WHERE name = 'crm'") == [(9,)]
+
+
+async def test_a_unique_column_that_replaces_on_conflict_loses_no_row_on_the_way_back(tmp_path, make_config, pg_dsn):
+    """A UNIQUE (or PRIMARY KEY) ... ON CONFLICT REPLACE in SQLite deletes, without a word,
+    the row holding a value another row takes. The way back writes under its own
+    conflict rule: a value moving between rows (in one Postgres transaction, or across
+    transactions) is applied as any other, never by SQLite deleting a row Postgres keeps."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE contacts (id INTEGER PRIMARY KEY, email TEXT UNIQUE ON CONFLICT REPLACE, name TEXT);
+        CREATE TABLE codes (code TEXT PRIMARY KEY ON CONFLICT REPLACE, v TEXT);
+    """)
+    conn.executemany("INSERT INTO contacts VALUES (?, ?, ?)", [(i, f"c{i}@x", f"n{i}") for i in range(1, 7)])
+    conn.executemany("INSERT INTO codes VALUES (?, ?)", [("a", "1"), ("b", "2")])
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            async with pg.transaction():  # a swap inside one transaction
+                await pg.execute("UPDATE app.contacts SET email = 'tmp@x' WHERE id = 1")
+                await pg.execute("UPDATE app.contacts SET email = 'c1@x' WHERE id = 2")
+                await pg.execute("UPDATE app.contacts SET email = 'c2@x' WHERE id = 1")
+            # a chain across transactions: 3 frees its value, 4 takes it, 3 takes 4's old one
+            await pg.execute("UPDATE app.contacts SET email = 'tmp@x' WHERE id = 3")
+            await pg.execute("UPDATE app.contacts SET email = 'c3@x' WHERE id = 4")
+            await pg.execute("UPDATE app.contacts SET email = 'c4@x' WHERE id = 3")
+            # a value freed by one row and taken by a new one
+            await pg.execute("UPDATE app.contacts SET email = 'c5 moved@x' WHERE id = 5")
+            await pg.execute("INSERT INTO app.contacts VALUES (7, 'c5@x', 'n7')")
+            async with pg.transaction():  # keys swapped
+                await pg.execute("UPDATE app.codes SET code = 'tmp' WHERE code = 'a'")
+                await pg.execute("UPDATE app.codes SET code = 'a' WHERE code = 'b'")
+                await pg.execute("UPDATE app.codes SET code = 'b' WHERE code = 'tmp'")
+        finally:
+            await pg.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT id, email FROM contacts ORDER BY id") == [
+            (1, "c2@x"), (2, "c1@x"), (3, "c4@x"), (4, "c3@x"), (5, "c5 moved@x"), (6, "c6@x"), (7, "c5@x")]
+        assert typeof(db, "SELECT code, v FROM codes ORDER BY code") == [("a", "2"), ("b", "1")]
+        assert await compare_all(str(db), pg_dsn, "app", ["contacts", "codes"]) == []
+        assert (await table_states(pg_dsn, "app")) == {"contacts": ("streaming", None), "codes": ("streaming", None)}

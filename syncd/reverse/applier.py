@@ -292,7 +292,11 @@ class TableWriter:
         self.insert_cols = [spec.sqlite_ref(c) for c in spec.column_names]
         self.writable = [i for i in range(len(self.insert_cols)) if i not in self.generated]
         cols = [self.insert_cols[i] for i in self.writable]
-        self.insert_sql = (f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})")
+        # OR ABORT overrides a constraint's own ON CONFLICT REPLACE (or IGNORE): SQLite would
+        # otherwise delete, without a word, a row holding a value a batch row takes, which
+        # Postgres keeps; a conflict raises, and apply's swap and NeedKeys settle it.
+        self.insert_sql = (f"INSERT OR ABORT INTO {self.table} ({', '.join(cols)}) "
+                           f"VALUES ({', '.join('?' * len(cols))})")
         _select, self.handle_where = _handle_sql(spec)
         self.kshapes = _key_shapes(t)
         self.indexed = not simple_keys(spec, t.shapes)
@@ -325,7 +329,7 @@ class TableWriter:
     def update(self, found: _Found, new: list[Any], changed: list[int]) -> None:
         names = [self.insert_cols[i] for i in changed]
         sets = ", ".join(f"{n} = ?" for n in names)
-        self.conn.execute(f"UPDATE {self.table} SET {sets} WHERE {self.handle_where}",
+        self.conn.execute(f"UPDATE OR ABORT {self.table} SET {sets} WHERE {self.handle_where}",
                           (*(new[i] for i in changed), *found.handle[1:]))
         if any(i in self.spec.key_indexes for i in changed):
             self._forget(found.row)
