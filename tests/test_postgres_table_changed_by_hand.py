@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from tests.support.daemon import DaemonProcess, run_cli
+import asyncpg
+
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.sync import pg_rows, wait_caught_up
 from tests.support.verifying import sync_and_stop, verify, verify_section
 
@@ -59,3 +61,37 @@ async def test_a_change_in_sqlite_not_followed_yet_is_the_daemons_to_follow(app_
     assert out.returncode == 1, out.stdout + out.stderr
     line = next(line for line in out.stdout.splitlines() if line.startswith('app: "added"'))
     assert "the daemon reconciles schema changes within seconds" in line and "syncd resync" not in line, line
+
+
+async def test_a_change_in_sqlite_the_daemon_is_still_applying_is_not_called_a_change_made_in_postgres(
+        app_db, make_config, pg_dsn, tmp_path):
+    """The daemon has read SQLite's new schema but not yet changed Postgres (a transaction
+    there holds the table, so its ALTER waits and is tried again): the difference is still
+    the daemon's to follow, not a change made in Postgres by hand that needs a resync."""
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      sections={"verify": {"interval_seconds": 0}, "postgres": {"statement_timeout_seconds": 2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        reader = await asyncpg.connect(pg_dsn)
+        try:
+            async with reader.transaction():  # the application reading Postgres, holding the table
+                await reader.fetch("SELECT * FROM app.added")
+                conn = sqlite3.connect(app_db)
+                conn.execute("ALTER TABLE added ADD COLUMN note TEXT")
+                conn.commit()
+
+                def noted() -> bool:  # the daemon has read the schema as it is now
+                    seen = conn.execute("SELECT value FROM _syncd_meta WHERE key = 'schema_version'").fetchone()
+                    return seen is not None and int(seen[0]) == conn.execute("PRAGMA schema_version").fetchone()[0]
+
+                wait_for(noted, 30, "the daemon reading the new schema", d)
+                out = verify(cfg, "--table", "added", "--wait", "1")
+                conn.close()
+        finally:
+            await reader.close()
+        line = next(line for line in out.stdout.splitlines() if line.startswith('app: "added"'))
+        assert "syncd resync" not in line and "outside syncd" not in line, line
+        assert "the daemon reconciles schema changes within seconds" in line, line
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert verify(cfg, "--table", "added").returncode == 0

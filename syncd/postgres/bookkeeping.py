@@ -278,6 +278,9 @@ class SourceRow:
     streaming_since: dt.datetime | None
     confirmed_seq: int = 0  # the newest position the SQLite file is known to have recorded
     caught_up_at: dt.datetime | None = None  # the checkpoint covered every captured change then
+    # The SQLite schema version Postgres was last reconciled to (followed_schema, in the
+    # transaction that changed Postgres's tables): None where an older syncd left none.
+    schema_version: int | None = None
 
     @property
     def lag_from(self) -> dt.datetime:
@@ -360,7 +363,8 @@ class Bookkeeping:
             # caught_up_at read so that bookkeeping an older syncd made (syncd report reads it
             # without completing it) does without it.
             f"SELECT source, capture_id, applied_seq, applied_at, created_at, streaming_since, confirmed_seq, "
-            f"(to_jsonb(x) ->> 'caught_up_at')::timestamptz FROM {self.s}.sources x WHERE source = $1",
+            f"(to_jsonb(x) ->> 'caught_up_at')::timestamptz, (to_jsonb(x) ->> 'schema_version')::bigint "
+            f"FROM {self.s}.sources x WHERE source = $1",
             self.source,
         )
         return SourceRow(*r) if r else None

@@ -265,9 +265,11 @@ def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str,
             return ("Postgres table does not match the SQLite schema (" + "; ".join(what) + "): a column's type "
                     "was changed in Postgres after the cutover to another kind of value, which the way back does "
                     "not follow; give it its old type again to compare the table (and to roll back)")
-        if s.direction == TO_POSTGRES and sqlite_schema is not None and state.schema_seen == sqlite_schema:
-            # The daemon has read SQLite's schema as it is: the difference was made in Postgres,
-            # which the daemon does not watch (it follows SQLite's schema changes only).
+        if s.direction == TO_POSTGRES and sqlite_schema is not None and src.schema_version == sqlite_schema:
+            # Postgres was reconciled to SQLite's schema as it is (the daemon records the version
+            # in the transaction that changes Postgres's tables; SQLite's own note of it comes
+            # before, while the change may still wait for a lock): the difference was made in
+            # Postgres, which the daemon does not watch (it follows SQLite's schema changes only).
             return ("Postgres table does not match the SQLite schema (" + "; ".join(what) + "): changed in "
                     "Postgres outside syncd, which the daemon does not follow; `syncd resync --source "
                     f"{shlex.quote(s.source.name)} --table {shlex.quote(name)}` rebuilds it from SQLite")
