@@ -20,6 +20,15 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# SQLite compares names ignoring the case of A-Z only; Postgres's quoted names keep it.
+_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def sqlite_folded(name: str) -> str:
+    """A name as SQLite compares names: A-Z folded, nothing else."""
+    return name.translate(_FOLD)
+
+
 def quote_pg_ident(name: str) -> str:
     """Quote a Postgres identifier, refusing names Postgres would truncate."""
     if len(name.encode("utf-8")) > PG_MAX_IDENTIFIER_BYTES:

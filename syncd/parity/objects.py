@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from syncd.identifiers import quote_ident
+from syncd.identifiers import quote_ident, sqlite_folded
 from syncd.parity.expressions import identifier_value
 from syncd.sqlite_sql import Kind, SqlSyntaxError, Token, significant, tokenize
 
@@ -107,14 +107,6 @@ class SourceObjects:
 # --- reading --------------------------------------------------------------------------
 
 
-_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def _folded(name: str) -> str:
-    """A name as SQLite compares names: A-Z folded, nothing else."""
-    return name.translate(_FOLD)
-
-
 def read_objects(conn: sqlite3.Connection, tables: Iterable[str], views: Iterable[str] = ()) -> SourceObjects:
     """Every object of `tables` (replicated tables) and the file's views (only those
     named in `views`, the ones the source's configuration wants) and triggers, in
@@ -134,10 +126,10 @@ def read_objects(conn: sqlite3.Connection, tables: Iterable[str], views: Iterabl
             out.views.append(_view(conn, name, sql))
         # A trigger's table is kept as its CREATE TRIGGER spelled it ("ON Deals" for deals):
         # matched as SQLite matches names, ignoring the case of A-Z.
-        named = {_folded(n): n for n in [*wanted, *views]}
+        named = {sqlite_folded(n): n for n in [*wanted, *views]}
         for (kind, name), (tbl, sql) in sorted(master.items()):
-            if kind == "trigger" and not name.startswith(SYNCD_PREFIX) and sql and _folded(tbl) in named:
-                out.triggers.append(Trigger(name, named[_folded(tbl)], sql))
+            if kind == "trigger" and not name.startswith(SYNCD_PREFIX) and sql and sqlite_folded(tbl) in named:
+                out.triggers.append(Trigger(name, named[sqlite_folded(tbl)], sql))
     finally:
         conn.execute("COMMIT")
     return out

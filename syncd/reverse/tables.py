@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from syncd.identifiers import quote_ident, quote_pg_ident
+from syncd.identifiers import quote_ident, quote_pg_ident, sqlite_folded
 from syncd.model import TableSpec
 from syncd.postgres import ddl
 from syncd.reverse import values
@@ -252,14 +252,6 @@ def renamed(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg_tabl
                         "need (or give the table its old name in Postgres again) to resume")
 
 
-# SQLite compares names ignoring the case of A-Z only; Postgres's quoted names keep it.
-_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def folded(name: str) -> str:
-    return name.translate(_FOLD)
-
-
 def sqlite_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:
     """(type, name) of everything in the file's schema: tables, indexes, views and
     triggers share one namespace."""
@@ -273,15 +265,16 @@ def name_clashes(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg
     is paused, naming both, instead of failing the whole way back."""
     have: dict[str, list[tuple[str, str]]] = {}
     for kind, n in taken:
-        have.setdefault(folded(n), []).append((kind, n))
+        have.setdefault(sqlite_folded(n), []).append((kind, n))
     for name, d in decisions.items():
         if d.kind == CREATE:
-            have.setdefault(folded(name), []).append(("new", name))
+            have.setdefault(sqlite_folded(name), []).append(("new", name))
     for name, d in decisions.items():
         clash = None
         if d.kind == CREATE:
             # a table of exactly its name is the one create_table made already
-            other = next((n for kind, n in have[folded(name)] if n != name or kind not in ("table", "new")), None)
+            other = next((n for kind, n in have[sqlite_folded(name)]
+                          if n != name or kind not in ("table", "new")), None)
             if other is not None:
                 clash = f'the table "{name}" created in Postgres after the cutover and "{other}"'
             else:
@@ -294,12 +287,12 @@ def name_clashes(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg
 
 
 def _columns_clash(have: list[str], added: list[str]) -> str | None:
-    seen = {folded(c): c for c in have}
+    seen = {sqlite_folded(c): c for c in have}
     for c in added:
-        other = seen.get(folded(c))
+        other = seen.get(sqlite_folded(c))
         if other is not None:
             return f'the column "{c}" added in Postgres after the cutover and "{other}"'
-        seen[folded(c)] = c
+        seen[sqlite_folded(c)] = c
     return None
 
 
