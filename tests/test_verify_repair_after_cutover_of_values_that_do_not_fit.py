@@ -39,3 +39,25 @@ async def test_values_that_do_not_fit_are_written_over_from_postgres(tmp_path, m
         assert typeof(db, "SELECT id, item, typeof(item) FROM orders ORDER BY id") == [(1, "a", "text"), (2, "b", "text")]
         assert typeof(db, "SELECT id, qty, typeof(qty) FROM stock ORDER BY id") == [(1, 5, "integer"), (2, 6, "integer")]
         assert verify(cfg, "--wait", "2").returncode == 0
+
+
+async def test_a_row_under_a_key_postgres_cannot_hold_is_removed_from_sqlite(tmp_path, make_config, pg_dsn):
+    """A row whose key does not fit the key column (a blob in a TEXT key) can be no
+    Postgres key, so no replay by key reaches it: `--repair` has the way back copy the
+    table again from Postgres, which removes it, as verify says it will."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER); INSERT INTO tags VALUES ('a', 1), ('b', 2);")
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        tamper_sqlite(db, "INSERT INTO tags VALUES (x'00ff', 3)")
+
+        out = verify(cfg, "--wait", "5", "--repair")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "not repaired" not in out.stdout, out.stdout
+        assert typeof(db, "SELECT name, n FROM tags ORDER BY name") == [("a", 1), ("b", 2)]
+        assert verify(cfg, "--wait", "2").returncode == 0

@@ -375,10 +375,22 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
     for tr in result.tables:
         if not tr.compared or tr.equal or tr.error:
             continue
-        if len(tr.differences) < tr.mismatched:  # beyond MAX_LISTED, or rows the totals miss with no key
+        if s.direction == TO_SQLITE:  # the way back replays keys as Postgres holds them
+            pg_keys, skipped = repair.way_back_keys(tr.differences, [by_name[tr.table].spec.column(k).pgtype
+                                                                     for k in by_name[tr.table].spec.key])
+            entries = [(0, k) for k in pg_keys]
+        else:
+            entries, skipped = repair.changelog_entries(tr.differences)
+        # Beyond MAX_LISTED, or rows the totals miss with no key; cut over, also a SQLite row
+        # under a key no Postgres key can be (a blob in a TEXT key), which no replay by key
+        # reaches (a NULL in a key, which a copy does not remove either, is left to the note).
+        unkeyed = s.direction == TO_SQLITE and any(d.repairable and d.raw_key is not None and None not in d.raw_key
+                                                   for d in skipped)
+        if len(tr.differences) < tr.mismatched or unkeyed:
             if s.direction == TO_SQLITE:
                 # A cut-over source refuses `syncd resync` (it would rebuild Postgres from the frozen
-                # file): the way back copies the whole table again from Postgres instead.
+                # file): the way back copies the whole table again from Postgres instead (its last
+                # step deletes the SQLite keys Postgres does not hold, whatever they are).
                 plan = by_name[tr.table]
                 assert plan.tid is not None
                 target = max(target, await way_back.copy_again(s.pg, _names(s), plan.tid))
@@ -389,12 +401,6 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
             skipped_notes.append(f'"{tr.table}": not every differing row is known by key (too many, or only '
                                  f"the row totals show them); run `syncd resync` for it instead")
             continue
-        if s.direction == TO_SQLITE:  # the way back replays keys as Postgres holds them
-            pg_keys, skipped = repair.way_back_keys(tr.differences, [by_name[tr.table].spec.column(k).pgtype
-                                                                     for k in by_name[tr.table].spec.key])
-            entries = [(0, k) for k in pg_keys]
-        else:
-            entries, skipped = repair.changelog_entries(tr.differences)
         for d in skipped:
             skipped_notes.append(f'"{tr.table}" key {d.key!r} not repaired: {d.note or "its SQLite form is unknown"}')
         if entries:
