@@ -562,13 +562,16 @@ def _log_repairs(source: str, result) -> None:
         counts = [(sum(1 for d in t.replayed if d.kind == kind), text) for kind, text in words.items()]
         what = ", ".join(f"{n} {text}" for n, text in counts if n)
         if t.repaired > len(t.replayed):  # a table copied again in full: more rows than were listed by key
-            what += f"{', ' if what else ''}{t.repaired - len(t.replayed)} more not listed by key"
-        keys = ", ".join(format_key(d.key) for d in t.replayed[:LOGGED_KEYS])
-        shown = min(len(t.replayed), LOGGED_KEYS)
-        more = f" and {max(len(t.replayed), t.repaired) - shown} more" if max(len(t.replayed), t.repaired) > shown else ""
+            what += f"{', ' if what else ''}{t.repaired - len(t.replayed)} {'more ' if what else ''}not listed by key"
+        keys = ""
+        if t.replayed:
+            shown = min(len(t.replayed), LOGGED_KEYS)
+            total = max(len(t.replayed), t.repaired)
+            keys = (": keys " + ", ".join(format_key(d.key) for d in t.replayed[:shown])
+                    + (f" and {total - shown} more" if total > shown else ""))
         state = "now equal" if t.equal else f"{t.mismatched} row(s) still differ"
-        log.warning(f'consistency check repaired {t.repaired} row(s) of "{t.table}" ({what}): keys {keys}{more}; '
-                    f"{state}", extra={"source": source, "table": t.table, "event": "verify_repaired"})
+        log.warning(f'consistency check repaired {t.repaired} row(s) of "{t.table}" ({what}){keys}; {state}',
+                    extra={"source": source, "table": t.table, "event": "verify_repaired"})
 
 
 def _shared(settings: Settings) -> tuple:

@@ -87,3 +87,20 @@ async def test_the_daemons_periodic_check_copies_such_a_table_again_and_counts_e
                 "keys 1001, 1002") in line and "and 1990 more; now equal" in line, line
         assert typeof(db, "SELECT count(*) FROM orders") == [(ROWS,)]
         assert await compare_all(str(db), pg_dsn, "app", ["orders"]) == []
+
+
+def test_a_copy_again_with_no_row_listed_by_key_is_logged_without_an_empty_key_list(caplog):
+    """Only the row totals showed the difference: the line counts the rows copied again
+    and lists no keys, instead of 'keys  and 5 more'."""
+    from syncd.daemon import _log_repairs
+    from syncd.verify.result import MISSING, Difference, SourceVerifyResult, TableVerifyResult
+
+    unlisted = TableVerifyResult("app", "orders", "streaming", compared=True, repaired=5)
+    listed = TableVerifyResult("app", "items", "streaming", compared=True, repaired=2,
+                               replayed=[Difference(MISSING, (1,)), Difference(MISSING, (2,))])
+    with caplog.at_level("WARNING", logger="syncd"):
+        _log_repairs("app", SourceVerifyResult("app", tables=[unlisted, listed], direction="to_sqlite"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == 'consistency check repaired 5 row(s) of "orders" (5 not listed by key); now equal', lines
+    assert lines[1].startswith('consistency check repaired 2 row(s) of "items" (2 only in SQLite): keys 1, 2; '), \
+        lines
