@@ -439,6 +439,9 @@ async def _resume_position(session: SourceSession, src, state: CaptureState, clo
                 event="capture_reset",
             )
         await session.bk.reset_source(conn, state.capture_id, 0)
+        # Another installation numbers its tables afresh: a table id of the old one says
+        # nothing of a table in this file (no rename to follow, see _follow_renames).
+        await conn.execute(f"UPDATE {session.bk.s}.tables SET tid = NULL WHERE source = $1", session.name)
         src.caught_up_at = None  # as reset: the old history's says nothing of this one
         return 0
     diverged = noted < seen or noted > applied or top < applied

@@ -151,3 +151,37 @@ async def test_another_file_copied_over_in_place_is_loaded_again(tmp_path, make_
         await eventually(equal, 30, "app's schema holding the copied file's rows, and only them", d)
         assert "re-snapshotting every table" in d.log()
         assert d.stop() == 0
+
+
+async def test_file_replaced_by_another_database_keeps_the_old_tables_copies(tmp_path, make_config, pg_dsn):
+    """A new file (a new capture installation) numbers its tables afresh: its first table
+    is no rename of the old file's first table, whose Postgres copy is kept aside with
+    its rows, as for any table dropped in SQLite."""
+    import asyncpg
+
+    db = tmp_path / "app.db"
+    create_items(db, rows=50, journal="delete")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        other = sqlite3.connect(tmp_path / "new.db")
+        other.execute("CREATE TABLE other (x INTEGER PRIMARY KEY)")
+        other.execute("INSERT INTO other VALUES (1)")
+        other.commit()
+        other.close()
+        os.replace(tmp_path / "new.db", db)  # another database under the same name
+        wait_for(lambda: "table was dropped in SQLite" in d.log() or "was renamed" in d.log(), 30,
+                 "the replacement noticed", d)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert 'table "items" was renamed' not in d.log()
+        assert d.stop() == 0
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        names = [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'app'")]
+        aside = [n for n in names if n.startswith("items__dropped")]
+        assert len(aside) == 1, names
+        assert await conn.fetchval(f'SELECT count(*) FROM app."{aside[0]}"') == 50
+        assert [tuple(r) for r in await conn.fetch('SELECT x FROM app.other')] == [(1,)]
+    finally:
+        await conn.close()
+    assert await compare_table(str(db), pg_dsn, "app", "other") == []
