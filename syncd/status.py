@@ -361,6 +361,10 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
 
     mine = (live or {}).get("sources", {}).get(source.name)
     if mine is not None:
+        if st.daemon_running is False:
+            # The daemon runs this source and has not taken its lock yet (a file found
+            # since its start that it cannot open, say): running, not 'not running'.
+            st.daemon_running = True
         if mine.get("lag_seconds") is not None:  # None: the daemon does not know it yet (starting)
             st.lag_seconds = mine["lag_seconds"]
         st.step_seconds = mine.get("step_seconds")

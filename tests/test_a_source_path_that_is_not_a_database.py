@@ -32,3 +32,36 @@ def test_every_command_names_a_source_file_that_cannot_be_a_database(tmp_path, m
         assert all(part in out for part in said), (verb, out)
         assert r.returncode != 0, (verb, out)
     assert path.exists() == (kind != "missing")
+
+
+
+def test_status_does_not_call_a_running_daemon_not_running_for_a_file_it_cannot_open(tmp_path, make_config):
+    """A file a glob finds while the daemon runs that is not SQLite: the daemon runs and
+    reports it, and `syncd status` says what the daemon says, never 'daemon not running'."""
+    import json
+
+    from tests.support.app import create_items
+    from tests.support.daemon import DaemonProcess, wait_for
+    from tests.support.pgcluster import free_port
+
+    (tmp_path / "t").mkdir()
+    create_items(tmp_path / "t" / "good.db", rows=5)
+    port = free_port()
+    cfg = make_config([{"name": "t_{stem}", "path": str(tmp_path / "t" / "*.db")}],
+                      metrics_listen=f"127.0.0.1:{port}", sections={"stream": {"discover_interval_seconds": 0.5}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("every table is streaming", 60)
+        (tmp_path / "t" / "bad.db").write_text("not a database, just text long enough for a header page\n" * 20)
+        wait_for(lambda: "file is not a database" in d.log(), 60, "the daemon's complaint", d)
+
+        def bad_source():
+            doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+            s = next((s for s in doc["sources"] if s["name"] == "t_bad"), None)
+            return s if s is not None and s["state"] == "source_missing" else None
+
+        s = wait_for(bad_source, 60, "the daemon's state in status", d)
+        messages = [p["message"] for p in s["problems"]]
+        assert s["daemon_running"] is True, s
+        assert not any(m.startswith("daemon not running") for m in messages), messages
+        assert any("file is not a database" in m for m in messages), messages
+        assert d.stop() == 0
