@@ -207,7 +207,11 @@ class VerifyScheduler:
             interval = d.settings.verify.interval_seconds
             if interval > 0 and not d.stop_event.is_set():
                 now = time.monotonic()
-                oldest = min((self.last_run.get(n, now) for n in d.pipelines), default=now)
+                # Of the sources a check can run on: one missing or failing is reported as
+                # such, not as checks falling behind (no concurrency would check it).
+                from syncd.pipeline import STREAMING
+                oldest = min((self.last_run.get(n, now) for n, p in list(d.pipelines.items())
+                              if p.health == STREAMING), default=now)
                 self.behind_seconds = max(0.0, now - oldest - interval) if self.last_run else 0.0
                 metrics.verify_behind_seconds.set(self.behind_seconds)
                 for p in self._with_room(self.due(now)):
