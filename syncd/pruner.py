@@ -8,12 +8,16 @@ slowing the batch reads down.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
 
+from syncd.log import ctx
 from syncd.sqlite import capture, reader
-from syncd.sqlite.connection import SqliteWorker
+from syncd.sqlite.connection import SqliteWorker, is_busy
+
+log = logging.getLogger("syncd")
 
 # Each prune is a commit into the application's file, and an application transaction
 # that read before it and writes after it fails at once with SQLITE_BUSY, whatever its
@@ -22,6 +26,9 @@ from syncd.sqlite.connection import SqliteWorker
 # changelog would otherwise grow by that much).
 PRUNE_EVERY_SECONDS = 10.0
 PRUNE_MIN_ENTRIES = 10_000
+# Prunes failed in a row, for a reason other than the application's lock, before syncd
+# says so: one alone may be a file being replaced, which the stream notices by itself.
+SAY_FAILING_AFTER = 2
 
 
 def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], size: int, busy_ms: int) -> int:
@@ -69,6 +76,9 @@ class Pruner:
         self.last_start = 0.0
         self.confirmed: int | None = None
         self.on_done = None  # called when a prune finishes (the pipeline wakes to record its note)
+        self.name = name
+        self.failed = 0  # prunes failed in a row (not for the application's lock)
+        self.said: str | None = None  # the failure logged, until a prune succeeds
 
     def busy(self) -> bool:
         return self.task is not None and not self.task.done()
@@ -82,7 +92,11 @@ class Pruner:
             if not self.task.done():
                 return
             if not self.task.cancelled():
-                self.task.exception()  # a failed prune (file busy, file replaced) is simply retried later
+                # A failed prune is retried later: the file busy, or replaced, says nothing.
+                # One that keeps failing (syncd may read the file, not write it: its
+                # permissions, a read-only mount, a full disk) leaves every applied entry in
+                # the application's file, which grows with each write: said once.
+                self._failed(self.task.exception())
             self.task = None
         behind = applied_seq - self.pruned_upto
         due = now or time.monotonic() - self.last_start >= PRUNE_EVERY_SECONDS
@@ -102,6 +116,21 @@ class Pruner:
             await self.worker.close()
         self.pruned_upto = below_seq
         self.confirmed = below_seq
+
+    def _failed(self, e: BaseException | None) -> None:
+        if e is None:
+            if self.said is not None:
+                log.info("the changelog is pruned again", extra=ctx(self.name, event="prune_recovered"))
+            self.failed, self.said = 0, None
+            return
+        if isinstance(e, capture.LockTimeout) or is_busy(e):
+            return
+        self.failed += 1
+        if self.failed >= SAY_FAILING_AFTER and self.said is None:
+            self.said = str(e)
+            log.warning(f"applied changelog entries cannot be pruned from {self.worker.path}: {e}; they stay in the "
+                        "application's file, which grows with every write, until syncd can write to it (its "
+                        "permissions, a read-only mount, the disk full?)", extra=ctx(self.name, event="prune_failing"))
 
     def take_confirmed(self) -> int | None:
         """The position a finished prune recorded in the file, once, for Postgres to note."""
