@@ -434,6 +434,11 @@ class Pipeline:
                 # A new or replaced file (in place, while closed for idleness, too):
                 # everything is looked at again.
                 self.needs_reconcile = True
+            elif s.schema_version is not None and await s.worker.run(reader.schema_version) != s.schema_version:
+                # The application changed its schema while the file was idle (a table created
+                # and filled: nothing captured, so no changelog entry tells): followed now, not
+                # at the next full schema check, while the periodic check finds it unregistered.
+                self.needs_reconcile = True
             self.idle_closed = False
             metrics.source_up.labels(self.name).set(1)
             if s.worker.names != self.names_told:
