@@ -110,6 +110,13 @@ def connect_kwargs(password: str | None, settings: PostgresSettings, **server_se
     }
     if settings.pooler == "transaction":
         kwargs["statement_cache_size"] = 0  # a named statement would not survive the pooler's switching
+    else:
+        # A statement_timeout the role or database has for other clients (shorter than a
+        # consistency check of a large table takes) does not bound syncd's statements:
+        # [postgres] statement_timeout_seconds does, client-side; the server's is a backstop
+        # behind it. Sent at connect, so the pool's RESET ALL keeps it. (Behind a
+        # transaction pooler a session setting would go to whichever client came next.)
+        defaults["statement_timeout"] = str(max(statement_ms * 2, 10_000))
     return {"timeout": settings.connect_timeout_seconds, "command_timeout": settings.statement_timeout_seconds,
             "server_settings": {**defaults, **server_settings}, **kwargs}
 

@@ -1,0 +1,49 @@
+"""A statement_timeout the DBA set on syncd's role (or its database) for other clients:
+syncd's statements are bounded by [postgres] statement_timeout_seconds, as documented,
+not cancelled by the server's shorter default; otherwise every consistency check of a
+table larger than that fails, and each failure is a consistency error in the window
+`syncd report` judges."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+
+import asyncpg
+
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import wait_caught_up
+
+
+async def _as_superuser(dsn: str, *sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for s in sql:
+            await conn.execute(s)
+    finally:
+        await conn.close()
+
+
+async def test_a_role_with_a_short_statement_timeout_still_loads_and_verifies(tmp_path, make_config, pg_dsn):
+    role = f"syncd_short_{secrets.token_hex(4)}"
+    database = pg_dsn.rsplit("/", 1)[1]
+    await _as_superuser(pg_dsn, f"CREATE ROLE {role} LOGIN", f'ALTER DATABASE "{database}" OWNER TO {role}',
+                        f"ALTER ROLE {role} SET statement_timeout = '5ms'")
+    try:
+        db = tmp_path / "app.db"
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.executemany("INSERT INTO items VALUES (?, ?)", ((i, "x" * 100) for i in range(200_000)))
+        conn.commit()
+        conn.close()
+        cfg = make_config([{"name": "app", "path": str(db)}], sections={
+            "postgres": {"dsn": pg_dsn.replace("postgres@", f"{role}@")}, "verify": {"interval_seconds": 0}})
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=120)
+            assert d.stop() == 0
+        assert "statement timeout" not in d.log(), d.log()[-3000:]
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0 and "statement timeout" not in v.stdout, v.stdout + v.stderr
+    finally:
+        await _as_superuser(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres',
+                            f"DROP OWNED BY {role} CASCADE", f"DROP ROLE {role}")
