@@ -335,11 +335,12 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     session.loaded(t.name)
     elapsed = time.monotonic() - load.started
     loaded = row.snapshot_rows - load.rows_at_start
-    session.info(
-        f"snapshot finished: {row.snapshot_rows} rows in {elapsed:.1f}s ({loaded / max(elapsed, 1e-6):.0f} rows/s); "
-        f"catching up from changelog position {row.from_seq}",
-        table=t.name, event="snapshot_finished",
-    )
+    rate = f"{loaded / max(elapsed, 1e-6):.0f} rows/s"
+    # A load resumed (after a restart or a failed chunk) was timed from the resume only.
+    took = (f"{row.snapshot_rows} rows, the last {loaded} of them in {elapsed:.1f}s since it resumed ({rate})"
+            if load.rows_at_start else f"{row.snapshot_rows} rows in {elapsed:.1f}s ({rate})")
+    session.info(f"snapshot finished: {took}; catching up from changelog position {row.from_seq}",
+                 table=t.name, event="snapshot_finished")
     _count_loaded(session, t)
     return True
 

@@ -117,6 +117,10 @@ async def test_a_held_load_resumes_after_a_restart(tmp_path, make_config, pg_dsn
         await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=300)
         assert f"snapshot resuming after {before} rows" in d.log()
         assert "snapshot started" not in d.log()
+        # the time and rate are of the rows loaded since the resume, and said to be
+        finished = next(x for x in d.log().splitlines() if "snapshot finished" in x)
+        total = int(finished.split("snapshot finished: ")[1].split(" rows")[0])
+        assert f"the last {total - before} of them in " in finished and "since it resumed" in finished, finished
         assert d.stop() == 0
     app.close()
     assert await pg_key(pg_dsn) == ["a"]
