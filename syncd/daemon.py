@@ -59,9 +59,11 @@ class StartupError(Exception):
 
 
 class Daemon:
-    def __init__(self, settings: Settings, config_path: Path | None):
+    def __init__(self, settings: Settings, config_path: Path | None,
+                 log_overrides: tuple[str | None, str | None] = (None, None)):
         self.settings = settings
         self.config_path = config_path
+        self.log_overrides = log_overrides  # --log-format, --log-level: they win over [log]
         self.pipelines: dict[str, Pipeline] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self.stop_event = asyncio.Event()
@@ -270,6 +272,18 @@ class Daemon:
 
     # --- reload ----------------------------------------------------------------------
 
+    def _relog(self, new: Settings) -> None:
+        """[log] changed: the new format and level from now on, where the command line
+        does not set them."""
+        from syncd import log as logs
+
+        fmt, level = self.log_overrides
+        logs.setup(fmt or new.log.format, level or new.log.level)
+        kept = [f"{flag} {value}" for flag, value in (("--log-format", fmt), ("--log-level", level)) if value]
+        note = f" ({', '.join(kept)} on the command line kept)" if kept else ""
+        log.warning(f"logging: format {fmt or new.log.format}, level {level or new.log.level}{note}",
+                    extra={"event": "reload"})
+
     async def reload(self) -> None:
         """SIGHUP: re-read the configuration; start added sources, stop removed ones,
         restart changed ones, leave the rest alone."""
@@ -285,6 +299,8 @@ class Daemon:
         shared_changed = _shared(self.settings) != _shared(new)
         if new.metrics != self.settings.metrics:
             log.warning("metrics settings changed; they take effect at the next restart")
+        if new.log != self.settings.log:
+            self._relog(new)
         directions = {name: p.direction for name, p in self.pipelines.items()}
         stopped = []
         for name in old_by_name:

@@ -83,3 +83,35 @@ async def test_sighup_with_a_new_postgres_dsn_moves_to_it(tmp_path, pg_dsn, pg_s
             assert d.stop() == 0
     finally:
         await _admin(pg_server, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+
+
+async def test_sighup_applies_a_new_log_level_and_format(tmp_path, pg_dsn):
+    """[log] changed and reloaded: the daemon logs at the new level and in the new format
+    from then on (it did neither, and said nothing), unless --log-format or --log-level
+    on the command line says otherwise."""
+    a, b, c = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "c.db"
+    for db in (a, b, c):
+        create_items(db, rows=10)
+    cfg = tmp_path / "syncd.toml"
+    write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}],
+                     extra='[log]\nlevel = "warning"\n')
+        d.proc.send_signal(signal.SIGHUP)
+        await wait_caught_up(b, pg_dsn, "b", daemon=d)
+        assert "source=b" not in d.log(), d.log()[-2000:]  # b's INFO lines (added, snapshot) below the level
+        write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)},
+                                   {"name": "c", "path": str(c)}], extra='[log]\nformat = "json"\n')
+        d.proc.send_signal(signal.SIGHUP)
+        await wait_caught_up(c, pg_dsn, "c", daemon=d)
+        wait_for(lambda: '"source": "c"' in d.log(), 30, "c's lines, in JSON", d)
+        assert d.stop() == 0
+    with DaemonProcess(cfg, tmp_path / "cli.log", args=("--log-level", "warning")) as d:
+        await eventually(lambda: _count_is(pg_dsn, 3), 30, "the daemon running its sources", d)
+        write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}], extra='[log]\nlevel = "debug"\n')
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "--log-level warning on the command line kept" in d.log(), 30, "the level kept", d)
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(15) == 0
+        assert "DEBUG" not in d.log()

@@ -18,7 +18,8 @@ def register(sub, parent) -> None:
 def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
-    daemon = Daemon(settings, settings.config_path)
+    daemon = Daemon(settings, settings.config_path,
+                    (getattr(args, "log_format", None), getattr(args, "log_level", None)))
     try:
         return asyncio.run(daemon.run())
     except StartupError as e:
