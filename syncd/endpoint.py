@@ -338,8 +338,13 @@ def fetch_json(metrics, path: str, timeout: float = 1.5):
         _unanswered[addr] = f"the endpoint at {url_host}:{addr[1]} answered HTTP {e.code}{refused}"
     except ValueError:
         _unanswered[addr] = f"the endpoint at {url_host}:{addr[1]} answered with something other than syncd's JSON"
-    except OSError:
-        _unanswered[addr] = "no daemon endpoint answered"
+    except OSError as e:
+        if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+            # Something took the connection and said nothing: a daemon stopped (SIGSTOP) or
+            # wedged, not one that is gone (that refuses the connection).
+            _unanswered[addr] = f"the endpoint at {url_host}:{addr[1]} did not answer within {timeout:g} s"
+        else:
+            _unanswered[addr] = "no daemon endpoint answered"
     return None
 
 
