@@ -386,6 +386,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         st.lag_seconds = _lag_without_daemon(st, src)
     if st.state == "unknown":
         st.state = _derive_state(st)
+        st._derived = True  # not the daemon's word (an attribute, not a field: not in --json)
     return st
 
 
@@ -431,6 +432,10 @@ async def _way_back(settings: Settings, source: SourceSettings, st: SourceStatus
 def _derive_state(st: SourceStatus) -> str:
     if not st.sqlite_exists:
         return "source_missing"
+    if st.sqlite_error is not None:
+        # The file is there but cannot be read as a database (emptied, a directory, not
+        # SQLite): what the daemon calls it too. Locked by the application: only that.
+        return "file_locked" if "database is locked" in st.sqlite_error else "source_missing"
     if not st.postgres_reachable:
         return "postgres_unreachable"
     if not st.initialized:
@@ -461,7 +466,8 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
         p.append(Problem("critical", "capture is not installed in the SQLite file"))
     if st.state in ("postgres_unreachable", "source_missing", "locked_by_other", "failing") and st.daemon_running:
         why = f": {st.daemon_detail}" if st.daemon_detail else ""
-        p.append(Problem("critical", f"the daemon reports {st.state.replace('_', ' ')}{why}"))
+        who = "the daemon cannot be asked; the file says" if getattr(st, "_derived", False) else "the daemon reports"
+        p.append(Problem("critical", f"{who} {st.state.replace('_', ' ')}{why}"))
     if st.state == "file_locked" and st.daemon_running:
         why = f": {st.daemon_detail}" if st.daemon_detail else ""
         p.append(Problem("warning", f"the daemon reports the SQLite file locked{why}"))
