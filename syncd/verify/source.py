@@ -148,6 +148,8 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
         await s.open()
         result.direction = s.direction
         plans = await _plan(s, tables, others_ok)
+        if in_daemon:
+            plans = await _followed(s, plans)
         run_ids: dict[str, int] = {}
         for plan in plans:
             tr = await _check(s, plan, wait_seconds)
@@ -173,6 +175,21 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
 
 
 # --- which tables, and can they be compared ---------------------------------------------
+
+
+async def _followed(s: _Session, plans: list[TablePlan]) -> list[TablePlan]:
+    """The daemon's own check: a table it cannot compare while the application's schema
+    has moved past the one the daemon follows (a table just created, rebuilt or dropped)
+    waits for the daemon to follow it, within a poll: recorded now, it would be a
+    consistency error in the window `syncd report` judges, for a change the daemon was
+    about to take up. Checked at the next interval."""
+    if s.direction != TO_POSTGRES or not s.has_bookkeeping:
+        return plans
+    followed = await s.pg.fetchval(f"SELECT schema_version FROM {s.bk.s}.sources WHERE source = $1", s.source.name)
+    if followed is None:
+        return plans
+    return [p for p in plans if p.reason is None or p.schema_version == followed]
+
 
 
 async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) -> list[TablePlan]:
