@@ -191,7 +191,6 @@ async def _followed(s: _Session, plans: list[TablePlan]) -> list[TablePlan]:
     return [p for p in plans if p.reason is None or p.schema_version == followed]
 
 
-
 async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) -> list[TablePlan]:
     assert s.pg is not None
     state: CaptureState = await s.run(capture.read_state)
