@@ -336,16 +336,10 @@ async def filled_only_in_sqlite(conn: asyncpg.Connection, schema: str, specs: di
     expression) and Postgres does not (no DEFAULT there, none set by hand, no identity):
     once the application writes Postgres, such an INSERT stores NULL there, or fails on a
     NOT NULL column. The rollback's filled_only_in_postgres, the other way."""
-    rows = await conn.fetch(
-        "SELECT c.relname, a.attname, a.attnotnull FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped "
-        "AND a.attgenerated = '' AND a.attidentity = '' AND d.adbin IS NULL ORDER BY 1, 2", schema)
     out = []
-    for table, column, notnull in rows:
+    for table, column, notnull, filled in await ddl.column_fills(conn, schema):
         spec = specs.get(table)
-        if spec is None or column not in spec.column_names:
+        if filled is not None or spec is None or column not in spec.column_names:
             continue
         col = spec.column(column)
         why = None if col.generated else ddl.column_default(col).not_carried

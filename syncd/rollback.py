@@ -44,7 +44,7 @@ from syncd.identifiers import quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.parity.apply import lock_wait_ms
 from syncd.parity.plan import MARK
-from syncd.postgres import app_triggers
+from syncd.postgres import app_triggers, ddl
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import (Bookkeeping, SourceLocked, ensure_bookkeeping, source_key, try_lock_source,
                                        unlock_source)
@@ -463,17 +463,10 @@ async def filled_only_in_postgres(conn: asyncpg.Connection, schema: str, specs: 
     """Columns Postgres fills when a row leaves them out (a DEFAULT or an identity the
     application gave them there) and SQLite does not (no default; the rowid fills an
     INTEGER PRIMARY KEY): after the rollback the application's rows get NULL there."""
-    rows = await conn.fetch(
-        "SELECT c.relname, a.attname, CASE WHEN a.attidentity <> '' THEN 'an identity' "
-        "ELSE 'DEFAULT ' || pg_get_expr(d.adbin, d.adrelid) END FROM pg_attribute a "
-        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped "
-        "AND a.attgenerated = '' AND (a.attidentity <> '' OR d.adbin IS NOT NULL) ORDER BY 1, 2", schema)
     out = []
-    for table, column, what in rows:
+    for table, column, _notnull, what in await ddl.column_fills(conn, schema):
         spec = specs.get(table)
-        if spec is None or column not in spec.column_names:
+        if what is None or spec is None or column not in spec.column_names:
             continue
         col = spec.column(column)
         # An INTEGER PRIMARY KEY, or syncd's column of a table without a key: the rowid fills it

@@ -16,7 +16,7 @@ import asyncpg
 from tests.conftest import write_config
 from tests.support.compare import compare_table
 from tests.support.daemon import ROOT, DaemonProcess, run_cli
-from tests.support.sync import wait_caught_up
+from tests.support.sync import pg_statements, wait_caught_up
 from tests.support.way_back import wait_back
 
 DOC = ROOT / "docs" / "operations.md"
@@ -36,22 +36,13 @@ def for_test(stmt: str, role: str, database: str, schema: str) -> str:
     return re.sub(r"\bepic7_sales\b", schema, stmt)
 
 
-async def _as_superuser(dsn: str, *sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for s in sql:
-            await conn.execute(s)
-    finally:
-        await conn.close()
-
-
 async def test_syncd_needs_only_the_documented_privileges(tmp_path, pg_dsn):
     grants = documented_grants()
     assert any(g.startswith("CREATE ROLE syncd LOGIN") for g in grants) and not any(
         w in " ".join(grants).upper() for w in ("SUPERUSER ", "CREATEDB ", "CREATEROLE ", "GRANT ALL"))
     role = f"syncd_role_{secrets.token_hex(4)}"
     database = pg_dsn.rsplit("/", 1)[1]
-    await _as_superuser(pg_dsn, *(for_test(g, role, database, "app") for g in grants))
+    await pg_statements(pg_dsn, *(for_test(g, role, database, "app") for g in grants))
     role_dsn = pg_dsn.replace("postgres@", f"{role}@")
     try:
         db = tmp_path / "app.db"
@@ -104,7 +95,7 @@ async def test_syncd_needs_only_the_documented_privileges(tmp_path, pg_dsn):
         owners = await _owners(pg_dsn)
         assert owners == {("app", "items"): role, ("syncd", "tables"): role}
     finally:
-        await _as_superuser(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
+        await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
         conn.close()
 
 
@@ -121,7 +112,7 @@ async def _owners(dsn: str) -> dict[tuple[str, str], str]:
 async def test_create_on_the_database_lets_syncd_make_its_schemas(tmp_path, pg_dsn):
     role = f"syncd_role_{secrets.token_hex(4)}"
     database = pg_dsn.rsplit("/", 1)[1]
-    await _as_superuser(pg_dsn, f"CREATE ROLE {role} LOGIN",
+    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN",
                         f"GRANT CONNECT, TEMPORARY, CREATE ON DATABASE {database} TO {role}")
     try:
         db = tmp_path / "app.db"
@@ -135,4 +126,4 @@ async def test_create_on_the_database_lets_syncd_make_its_schemas(tmp_path, pg_d
         assert r.returncode == 0, r.stdout + r.stderr
         assert "1 pending" in r.stdout
     finally:
-        await _as_superuser(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
+        await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')

@@ -9,25 +9,15 @@ from __future__ import annotations
 import secrets
 import sqlite3
 
-import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import wait_caught_up
-
-
-async def _as_superuser(dsn: str, *sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for s in sql:
-            await conn.execute(s)
-    finally:
-        await conn.close()
+from tests.support.sync import pg_statements, wait_caught_up
 
 
 async def test_a_role_with_a_short_statement_timeout_still_loads_and_verifies(tmp_path, make_config, pg_dsn):
     role = f"syncd_short_{secrets.token_hex(4)}"
     database = pg_dsn.rsplit("/", 1)[1]
-    await _as_superuser(pg_dsn, f"CREATE ROLE {role} LOGIN", f'ALTER DATABASE "{database}" OWNER TO {role}',
+    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN", f'ALTER DATABASE "{database}" OWNER TO {role}',
                         f"ALTER ROLE {role} SET statement_timeout = '5ms'")
     try:
         db = tmp_path / "app.db"
@@ -45,5 +35,5 @@ async def test_a_role_with_a_short_statement_timeout_still_loads_and_verifies(tm
         v = run_cli(cfg, "verify")
         assert v.returncode == 0 and "statement timeout" not in v.stdout, v.stdout + v.stderr
     finally:
-        await _as_superuser(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres',
+        await pg_statements(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres',
                             f"DROP OWNED BY {role} CASCADE", f"DROP ROLE {role}")

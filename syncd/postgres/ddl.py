@@ -97,6 +97,20 @@ async def run_ddl(conn: asyncpg.Connection, sql: str) -> None:
     await stmt.fetch()
 
 
+async def column_fills(conn: asyncpg.Connection, schema: str) -> list[tuple[str, str, bool, str | None]]:
+    """(table, column, NOT NULL, how Postgres fills the column in a row that leaves it out:
+    'an identity', 'DEFAULT <expression>', or None) of the schema's tables, generated
+    columns aside: what the cutover and the rollback compare with SQLite's defaults."""
+    rows = await conn.fetch(
+        "SELECT c.relname, a.attname, a.attnotnull, CASE WHEN a.attidentity <> '' THEN 'an identity' "
+        "WHEN d.adbin IS NOT NULL THEN 'DEFAULT ' || pg_get_expr(d.adbin, d.adrelid) END FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND a.attgenerated = '' ORDER BY 1, 2", schema)
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
 def identity_column(spec: TableSpec) -> str | None:
     """The column SQLite numbers itself (an INTEGER PRIMARY KEY, AUTOINCREMENT or not, or
     a keyless table's rowid): in Postgres an identity column, so that once the

@@ -114,6 +114,16 @@ async def eventually(cond, timeout: float = 30, what: str = "condition", daemon=
         await asyncio.sleep(0.1)
 
 
+async def pg_statements(dsn: str, *sql: str) -> None:
+    """Run statements in order on one connection (as the superuser the tests connect as)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for s in sql:
+            await conn.execute(s)
+    finally:
+        await conn.close()
+
+
 async def pg_rows(dsn: str, sql: str, *args) -> list[tuple]:
     """Run one query on its own connection; rows as plain tuples."""
     conn = await asyncpg.connect(dsn)
