@@ -1,7 +1,9 @@
 """syncd through PgBouncer in transaction mode: with [postgres] pooler = "transaction"
 (no named prepared statements) and lock_dsn (a direct connection for the session-level
 locks), a source snapshots, streams and verifies equal, the daemon's connections going
-through the pooler."""
+through the pooler. In session mode it works as against Postgres itself, with the
+parameters syncd sets at connect listed in ignore_startup_parameters as they were before
+syncd set statement_timeout too."""
 
 from __future__ import annotations
 
@@ -30,6 +32,15 @@ IGNORED = "tcp_keepalives_idle,tcp_keepalives_interval,tcp_keepalives_count,idle
 
 @pytest.fixture
 def pgbouncer(pg_dsn):
+    yield from _pgbouncer(pg_dsn, "transaction")
+
+
+@pytest.fixture
+def pgbouncer_in_session_mode(pg_dsn):
+    yield from _pgbouncer(pg_dsn, "session")
+
+
+def _pgbouncer(pg_dsn: str, mode: str):
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     assert Path(binary).exists(), "pgbouncer is not installed: apt-get install pgbouncer"
     parts = urlsplit(pg_dsn)
@@ -45,7 +56,7 @@ listen_port = {port}
 unix_socket_dir =
 auth_type = trust
 auth_file = {home / 'users.txt'}
-pool_mode = transaction
+pool_mode = {mode}
 default_pool_size = 4
 max_client_conn = 100
 ignore_startup_parameters = {IGNORED}
@@ -113,3 +124,25 @@ def test_transaction_pooling_needs_a_direct_lock_connection(tmp_path, pg_dsn):
                        sections={"postgres": {"pooler": "transaction"}})
     r = run_cli(cfg, "status")
     assert r.returncode == 3 and "lock_dsn" in r.stdout
+
+
+async def test_syncd_streams_through_pgbouncer_in_session_mode_that_refuses_statement_timeout(
+        tmp_path, pg_dsn, pgbouncer_in_session_mode):
+    """PgBouncer refuses a startup parameter it is not told to ignore: syncd's own
+    statement_timeout (a backstop against the role's) is left out where it is refused,
+    and the daemon's connections are made through the pooler all the same."""
+    pooled, home = pgbouncer_in_session_mode
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT);")
+    conn.executemany("INSERT INTO items VALUES (?, ?)", [(i, f"v{i}") for i in range(2000)])
+    conn.commit()
+    cfg = write_config(tmp_path / "syncd.toml", pooled, [{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("UPDATE items SET v = 'changed' WHERE id < 100")
+        conn.commit()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(db), pg_dsn, "app", "items") == []
+        assert run_cli(cfg, "verify").returncode == 0
+        assert d.stop() == 0

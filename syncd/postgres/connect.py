@@ -121,10 +121,25 @@ def connect_kwargs(password: str | None, settings: PostgresSettings, **server_se
             "server_settings": {**defaults, **server_settings}, **kwargs}
 
 
+async def open_raw(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg.connect, with connect_kwargs; the pool's connect too. A pooler that refuses
+    the statement_timeout backstop as a startup parameter (PgBouncer in session mode, which
+    passes only those it is told to ignore, and the list syncd needed before did not name
+    it) is asked again without it: the role's own statement_timeout applies there."""
+    try:
+        return await asyncpg.connect(dsn, **kwargs)
+    except asyncpg.ProtocolViolationError as e:
+        settings = kwargs.get("server_settings") or {}
+        if "statement_timeout" not in settings or "startup parameter: statement_timeout" not in str(e):
+            raise
+        rest = {k: v for k, v in settings.items() if k != "statement_timeout"}
+        return await asyncpg.connect(dsn, **{**kwargs, "server_settings": rest})
+
+
 async def connect(dsn: str, password: str | None, settings: PostgresSettings, **server_settings: str) -> asyncpg.Connection:
     """Open a connection with bounded connect and statement times."""
     try:
-        conn = await asyncpg.connect(dsn, **connect_kwargs(password, settings, **server_settings))
+        conn = await open_raw(dsn, **connect_kwargs(password, settings, **server_settings))
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
         raise PostgresUnavailable(f"cannot connect to {scrub(dsn)}: {describe(e)}") from None
     try:

@@ -27,7 +27,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.postgres.bookkeeping import (LOCK_CLASS, SourceLocked, shared_key_line, sharing, source_keys,
                                        try_lock_source)
 from syncd.postgres.connect import (ASYNCPG_FAULT, PostgresUnavailable, close_quietly, connect, connect_kwargs,
-                                    describe, is_transient, prepare)
+                                    describe, is_transient, open_raw, prepare)
 from syncd.redact import scrub
 
 log = logging.getLogger("syncd")
@@ -63,7 +63,7 @@ class Target:
                 try:
                     self._pool = await asyncpg.create_pool(
                         self.dsn, min_size=0, max_size=self.size, max_inactive_connection_lifetime=60.0,
-                        init=prepare, **connect_kwargs(self.settings.password(), self.settings.postgres))
+                        init=prepare, connect=open_raw, **connect_kwargs(self.settings.password(), self.settings.postgres))
                 except Exception as e:
                     raise PostgresUnavailable(f"cannot connect to {scrub(self.dsn)}: {describe(e)}") from None
             return self._pool
