@@ -470,7 +470,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
         p.append(Problem("critical", f"{who} {st.state.replace('_', ' ')}{why}"))
     if st.state == "file_locked" and st.daemon_running:
         why = f": {st.daemon_detail}" if st.daemon_detail else ""
-        p.append(Problem("warning", f"the daemon reports the SQLite file locked{why}"))
+        said = ("the daemon cannot be asked; the SQLite file is locked" if getattr(st, "_derived", False)
+                else "the daemon reports the SQLite file locked")
+        p.append(Problem("warning", f"{said}{why}"))
     if (st.step_seconds or 0) > LONG_STEP_SECONDS:
         p.append(Problem("warning", f"the daemon's current step has run for {st.step_seconds:.0f} s (it waits on "
                                     "Postgres or the SQLite file; a server gone without a word is given up on "
