@@ -33,7 +33,7 @@ from syncd.reconcile import SameFileAsAnotherSource, install_capture, reconcile
 from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
-from syncd.sqlite import disk_guard, freeze, reader
+from syncd.sqlite import disk_guard, freeze, introspect, reader
 from syncd.sqlite.capture import CaptureStateError, contended
 from syncd.sqlite.connection import FileMoved, SourceFileError, hard_links, is_sqlite_file_error
 from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
@@ -434,7 +434,7 @@ class Pipeline:
                 # A new or replaced file (in place, while closed for idleness, too):
                 # everything is looked at again.
                 self.needs_reconcile = True
-            elif s.schema_version is not None and await s.worker.run(reader.schema_version) != s.schema_version:
+            elif s.schema_version is not None and await s.worker.run(introspect.schema_version) != s.schema_version:
                 # The application changed its schema while the file was idle (a table created
                 # and filled: nothing captured, so no changelog entry tells): followed now, not
                 # at the next full schema check, while the periodic check finds it unregistered.

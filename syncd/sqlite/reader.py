@@ -425,11 +425,6 @@ def poll(conn: sqlite3.Connection, path: str) -> PollInfo:
     return PollInfo(dv, sv, max_seq, inode, capture_id, read_at)
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
-    """SQLite's schema cookie: moves with every change of the schema (a table created)."""
-    return conn.execute("PRAGMA main.schema_version").fetchone()[0]
-
-
 def current_capture_id(conn: sqlite3.Connection) -> str | None:
     """The capture id the file holds now: another file copied over this one in place
     (same inode) brings its own."""
