@@ -37,12 +37,13 @@ async def checked_since(pg_dsn: str, table: str) -> int:
 async def test_a_new_table_in_an_idle_file_is_no_consistency_error(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     create_items(db, rows=20)
-    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 3}, "sqlite": {"idle_close_seconds": 1},
-                               "stream": {"schema_check_interval_seconds": 30}})
+    cfg = make_config([{"name": "app", "path": str(db)}],
+                      sections={"verify": {"interval_seconds": 2}, "sqlite": {"idle_close_seconds": 1},
+                                "stream": {"schema_check_interval_seconds": 30}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         wait_for(lambda: "consistency check: equal" in d.log(), 60, "a first check", d)
-        for step in range(3):  # the application's releases, each changing the schema
+        for step in range(2):  # the application's releases, each changing the schema
             await asyncio.sleep(2)  # the source idle: its connection given back ([sqlite] idle_close_seconds)
             conn = sqlite3.connect(db)
             conn.execute(f"CREATE TABLE added{step} (id INTEGER PRIMARY KEY, v TEXT)")
@@ -60,13 +61,13 @@ async def test_a_new_table_in_an_idle_file_is_no_consistency_error(tmp_path, mak
 
 async def test_a_check_before_the_daemon_follows_a_new_table_records_no_error(tmp_path, make_config, pg_dsn):
     """The daemon's periodic check may come between the application's schema change and
-    the daemon following it (here: polls 30 s apart, the file never idle): a table it
+    the daemon following it (here: polls 8 s apart, the file never idle): a table it
     cannot compare for that reason alone is checked once followed, not recorded meanwhile."""
     db = tmp_path / "app.db"
     create_items(db, rows=20)
     cfg = make_config([{"name": "app", "path": str(db)}],
                       sections={"verify": {"interval_seconds": 0.5}, "sqlite": {"idle_close_seconds": 3600},
-                                "stream": {"poll_interval_seconds": 30, "schema_check_interval_seconds": 30}})
+                                "stream": {"poll_interval_seconds": 8, "schema_check_interval_seconds": 8}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         wait_for(lambda: "consistency check: equal" in d.log(), 60, "a first check", d)
