@@ -180,11 +180,13 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
 async def _followed(s: _Session, plans: list[TablePlan]) -> list[TablePlan]:
     """The daemon's own check: a table it cannot compare while the application's schema
     has moved past the one the daemon follows (a table just created, rebuilt or dropped)
-    waits for the daemon to follow it, within a poll: recorded now, it would be a
-    consistency error in the window `syncd report` judges, for a change the daemon was
-    about to take up. Checked at the next interval."""
+    waits for the daemon to follow it, within a poll, and then for its rows to be copied
+    (pending, loading, catching up: on its way, nothing wrong): recorded now, it would be
+    a consistency error in the window `syncd report` judges, for a table the daemon was
+    about to take up. Checked at a later interval; `syncd verify` by hand records it."""
     if s.direction != TO_POSTGRES or not s.has_bookkeeping:
         return plans
+    plans = [p for p in plans if p.reason is None or p.state not in bk.ON_THE_WAY]
     followed = await s.pg.fetchval(f"SELECT schema_version FROM {s.bk.s}.sources WHERE source = $1", s.source.name)
     if followed is None:
         return plans
