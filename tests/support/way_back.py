@@ -151,6 +151,12 @@ class PgWriter:
         return self.result()
 
 
+async def way_back_changelog(dsn: str, source: str = "app") -> str:
+    """The qualified name of the source's changelog in Postgres (the way back's)."""
+    key = (await pg_rows(dsn, "SELECT key FROM syncd.source_keys WHERE source = $1", source))[0][0]
+    return f"syncd.rlog_{key:08x}"
+
+
 async def applied_but_unpruned(db: Path, dsn: str, source: str = "app") -> int:
     """Entries of Postgres's changelog SQLite's checkpoint already covers: a kill landed
     between the SQLite commit and the prune in Postgres."""
@@ -162,8 +168,7 @@ async def applied_but_unpruned(db: Path, dsn: str, source: str = "app") -> int:
     if row is None:
         return 0
     done = json.loads(row[0])["done"]
-    key = (await pg_rows(dsn, "SELECT key FROM syncd.source_keys WHERE source = $1", source))[0][0]
-    table = f"syncd.rlog_{key:08x}"
+    table = await way_back_changelog(dsn, source)
     return (await pg_rows(dsn, f"SELECT count(*) FROM {table} WHERE txid < txid_snapshot_xmax($1::text::txid_snapshot) "
                                "AND txid_visible_in_snapshot(txid, $1::text::txid_snapshot)", done))[0][0]
 
