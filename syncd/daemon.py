@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import gc
 import logging
 import os
@@ -22,7 +23,7 @@ from syncd.identifiers import quote_pg_ident
 from syncd.log import loop_exception_handler
 from syncd.page.live import LivePage
 from syncd.model import TO_POSTGRES, TO_SQLITE
-from syncd.pipeline import SNAPSHOTTING, STREAMING, Pipeline
+from syncd.pipeline import SNAPSHOTTING, SOURCE_MISSING, STREAMING, Pipeline
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
@@ -241,6 +242,7 @@ class Daemon:
                 await asyncio.sleep(self.settings.stream.discover_interval_seconds)
             if not self.settings.patterns:
                 return
+            await self._drop_forgotten()
             now = discovery.signature(self.settings)
             if now == seen:
                 continue  # no file added or removed in the globs' directories
@@ -270,6 +272,39 @@ class Daemon:
                          f"source's file {source.path} is gone: kept, shown as missing",
                          extra={"source": source.name, "event": "discovered"})
 
+    def _gone(self) -> list[Pipeline]:
+        """Sources from a glob whose file is gone (shown as missing)."""
+        configured = {s.name for s in self.settings.configured}
+        return [p for p in self.pipelines.values()
+                if p.name not in configured and p.health == SOURCE_MISSING and not p.source.path.exists()]
+
+    async def _drop_forgotten(self) -> None:
+        """A glob's source whose file is gone, and whose bookkeeping `syncd uninstall
+        --forget` removed since, is no longer followed (no longer shown as missing)."""
+        gone = self._gone()
+        if not gone:
+            return
+        kept: set[str] = set()
+        for target in {id(p.session.target): p.session.target for p in gone}.values():
+            names = [p.name for p in gone if p.session.target is target]
+            try:
+                async with target.connection() as conn:
+                    kept |= {r[0] for r in await conn.fetch(
+                        f"SELECT source FROM {quote_pg_ident(self.settings.postgres.bookkeeping_schema)}.sources "
+                        "WHERE source = ANY($1::text[])", names)}
+            except Exception:  # noqa: BLE001 - Postgres away: asked again at the next look
+                kept |= set(names)
+        for p in gone:
+            if p.name in kept:
+                continue
+            await self._stop_pipeline(p.name)
+            metrics.forget_source(p.name)
+            self.page.history.forget(p.name)
+            self.settings = self.settings.model_copy(
+                update={"sources": [s for s in self.settings.sources if s.name != p.name]})
+            log.warning(f"the source's file {p.source.path} is gone and its bookkeeping was removed (syncd uninstall "
+                        "--forget): no longer followed", extra={"source": p.name, "event": "source_forgotten"})
+
     # --- reload ----------------------------------------------------------------------
 
     def _relog(self, new: Settings) -> None:
@@ -295,6 +330,13 @@ class Daemon:
             self.notifier.ready(self._summary())
             return
         old_by_name = {s.name: s for s in self.settings.sources}
+        # A glob's source whose file is gone is no file the globs match now: kept, shown
+        # as missing, as at start-up (until `syncd uninstall --forget` forgets it).
+        taken = {s.name for s in new.sources}
+        gone = [next((g.model_copy(update={"name": p.name, "path": p.source.path, "schema_": p.source.schema_})
+                      for g in new.patterns if fnmatch.fnmatch(str(p.source.path), str(g.path))), None)
+                for p in self._gone() if p.name not in taken]
+        new = new.model_copy(update={"sources": [*new.sources, *(g for g in gone if g is not None)]})
         new_by_name = {s.name: s for s in new.sources}
         shared_changed = _shared(self.settings) != _shared(new)
         if new.metrics != self.settings.metrics:

@@ -285,6 +285,8 @@ class Pipeline:
 
     async def _sleep(self, seconds: float) -> None:
         """Backoff sleep that a stop request cuts short."""
+        if self.health == SOURCE_MISSING:
+            await self.session.let_go_if_gone()
         try:
             await asyncio.wait_for(self.stop_event.wait(), seconds)
         except asyncio.TimeoutError:

@@ -183,6 +183,12 @@ class SourceSession:
             finally:
                 self.worker.write_wait = None
 
+    async def let_go_if_gone(self) -> None:
+        """The source's file is gone: so is its lock, which `syncd uninstall --forget` takes
+        (nothing runs until the file is back, and the lock is taken again first)."""
+        if self.target.holds(self.name) and not self.source.path.exists():
+            await self.target.unlock(self.name)
+
     def drop_postgres(self) -> None:
         """After a failure that may mean the lock is gone (or held by another process):
         take it again before the next step. The step's connection ends with the step."""

@@ -24,12 +24,17 @@ def register(sub, parent) -> None:
     common.add_source_option(p)
     p.add_argument("--force", action="store_true",
                    help="uninstall even with unapplied changes or Postgres unreachable")
+    p.add_argument("--forget", action="store_true",
+                   help="for a source whose SQLite file is gone for good: remove its bookkeeping from Postgres "
+                        "(its tables there stay, with their rows); needs --source")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
+    if args.forget:
+        return _forget_each(settings, args.source)
     rc = 0
     for source in common.selected_sources(settings, args.source):
         try:
@@ -48,6 +53,22 @@ def main(args) -> int:
 
 class Refused(Exception):
     pass
+
+
+def _forget_each(settings: Settings, selected) -> int:
+    from syncd.forget import Refused as ForgetRefused
+    from syncd.forget import forget
+
+    if selected is None:
+        raise common.ConfigError("--forget needs --source: name the sources whose file is gone for good")
+    rc = 0
+    for source in common.selected_sources(common.with_gone_sources(settings), selected):
+        try:
+            common.say(asyncio.run(forget(settings, source)))
+        except (ForgetRefused, SourceLocked, PostgresUnavailable) as e:
+            common.say(f"{source.name}: ERROR {e}")
+            rc = 1
+    return rc
 
 
 async def _uninstall(settings: Settings, source: SourceSettings, force: bool) -> str:

@@ -307,6 +307,8 @@ class ReversePipeline:
             self.step_started = None
 
     async def _sleep(self, seconds: float) -> None:
+        if self.health == SOURCE_MISSING:
+            await self.session.let_go_if_gone()
         try:
             await asyncio.wait_for(self.stop_event.wait(), seconds)
         except asyncio.TimeoutError:
