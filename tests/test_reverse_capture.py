@@ -127,7 +127,8 @@ async def test_many_writers_committing_out_of_order_lose_nothing(pg_dsn):
         assert mirror == truth
         assert truth  # the writers left rows behind
         assert (await reader.pending(pg, NAMES, cp))[0] == 0
-        assert await reader.prune(pg, NAMES, cp.done) > 0
+        assert await reader.prune(pg, NAMES, cp.done, cp.n) > 0
+        assert (await capture.generation(pg, NAMES)).pruned_n == cp.n > 0  # what a file put back is measured by
         assert await pg.fetchval(f"SELECT count(*) FROM {NAMES.changelog}") == 0
     finally:
         await pg.close()

@@ -50,6 +50,11 @@ class SchemaMoved(Exception):
     """The file's schema changed since the tables were read: reconcile, then apply."""
 
 
+class CheckpointMoved(SchemaMoved):
+    """The file's checkpoint is not the one syncd last wrote or read there (an older
+    copy of the file put back in its place): reconcile, which reads it again."""
+
+
 class NeedKeys(Exception):
     """Rows outside the batch stand in the way (a unique value moved between rows in
     Postgres): their current Postgres rows are needed too. Nothing was written."""
@@ -73,6 +78,7 @@ class TableApply:
 class ApplyPlan:
     tables: list[TableApply]
     checkpoint: str | None = None  # encoded ReverseCheckpoint to store; None: leave it
+    expect: str | None = None  # the encoded checkpoint the file must hold now (with `checkpoint`)
     schema_version: int | None = None  # the version the specs were read at
     reload_add: dict[str, str] = field(default_factory=dict)  # table -> why it is copied again
     reload_done: list[str] = field(default_factory=list)
@@ -485,6 +491,8 @@ class SqliteSink:
         version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
         if plan.schema_version is not None and version != plan.schema_version:
             raise SchemaMoved(f"the SQLite schema moved (version {version}, expected {plan.schema_version})")
+        if plan.checkpoint is not None and read_meta(conn, META_KEY) != plan.expect:
+            raise CheckpointMoved("the way back's checkpoint in the SQLite file is not the one syncd last wrote")
         self.index.check(conn, own_writes=False)
         out = ApplyOutcome()
         begin_max = _changelog_max(conn)

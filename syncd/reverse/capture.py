@@ -134,6 +134,8 @@ async def ensure_registry(conn: asyncpg.Connection, names: Names) -> None:
         files jsonb)""")
     # Registries made by a syncd before the table rewrites were followed.
     await conn.execute(f"ALTER TABLE {names.registry} ADD COLUMN IF NOT EXISTS files jsonb")
+    # The n of the SQLite checkpoint (checkpoint.py) the changelog was last pruned behind.
+    await conn.execute(f"ALTER TABLE {names.registry} ADD COLUMN IF NOT EXISTS pruned_n bigint NOT NULL DEFAULT 0")
     await conn.execute(f"""CREATE TABLE IF NOT EXISTS {names.changelog} (
         txid bigint NOT NULL DEFAULT txid_current(),
         seq bigint GENERATED ALWAYS AS IDENTITY,
@@ -150,13 +152,15 @@ class Generation:
     started_at: dt.datetime
     retired_at: dt.datetime | None
     retired_reason: str | None
+    pruned_n: int = 0  # 0 where a registry from an older syncd has no such column yet
 
 
 async def generation(conn: asyncpg.Connection, names: Names) -> Generation | None:
     exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", names.registry)
     if not exists:
         return None
-    r = await conn.fetchrow(f"SELECT generation, started_at, retired_at, retired_reason FROM {names.registry} "
+    r = await conn.fetchrow(f"SELECT generation, started_at, retired_at, retired_reason, "
+                            f"coalesce((to_jsonb(x) ->> 'pruned_n')::bigint, 0) FROM {names.registry} x "
                             f"WHERE source = $1", names.source)
     return Generation(*r) if r else None
 
@@ -169,7 +173,8 @@ async def start_generation(conn: asyncpg.Connection, names: Names, schema: str) 
     gen = str(uuid.uuid4())
     await conn.execute(
         f"INSERT INTO {names.registry} (source, generation) VALUES ($1, $2) ON CONFLICT (source) DO UPDATE "
-        f"SET generation = EXCLUDED.generation, started_at = now(), retired_at = NULL, retired_reason = NULL",
+        f"SET generation = EXCLUDED.generation, started_at = now(), retired_at = NULL, retired_reason = NULL, "
+        f"pruned_n = 0",
         names.source, gen)
     await note_files(conn, names, await table_files(conn, schema))
     return gen

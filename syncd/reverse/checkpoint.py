@@ -9,7 +9,10 @@ A position is made of Postgres snapshots, not sequence numbers (see capture.py):
   done    every changelog entry whose transaction is visible in this snapshot is applied;
   target  while a batch is split (more entries than one SQLite transaction takes): the
           entries visible in `target` and not in `done` are being applied, in
-          (txid, seq) order, up to `after`.
+          (txid, seq) order, up to `after`;
+  n       how many positions the file has taken: Postgres records the n of each one it
+          prunes behind, so a file whose n is lower (an older copy put back) is known to
+          lack changes Postgres no longer has.
 
 Those entries all belong to committed transactions, so the set is closed and the
 order total: a transaction that commits later is not visible in `target` and waits
@@ -32,10 +35,11 @@ class ReverseCheckpoint:
     done: str = NOTHING
     target: str | None = None
     after: tuple[int, int] | None = None
+    n: int = 0
 
     def encode(self) -> str:
         return json.dumps({"generation": self.generation, "done": self.done, "target": self.target,
-                           "after": list(self.after) if self.after else None}, sort_keys=True)
+                           "after": list(self.after) if self.after else None, "n": self.n}, sort_keys=True)
 
     @classmethod
     def decode(cls, text: str | None) -> "ReverseCheckpoint | None":
@@ -45,7 +49,7 @@ class ReverseCheckpoint:
             d = json.loads(text)
             after = d.get("after")
             return cls(str(d["generation"]), str(d["done"]), d.get("target"),
-                       (int(after[0]), int(after[1])) if after else None)
+                       (int(after[0]), int(after[1])) if after else None, int(d.get("n", 0)))
         except (ValueError, KeyError, TypeError, IndexError):
             raise ValueError(f"malformed reverse checkpoint in _syncd_meta: {text[:80]!r}") from None
 
@@ -53,9 +57,10 @@ class ReverseCheckpoint:
         """The position after a batch read against `target` that ended at entry `last`;
         `complete` when it took every entry left in the target."""
         if complete:
-            return ReverseCheckpoint(self.generation, target, None, None)
-        return ReverseCheckpoint(self.generation, self.done, target, last)
+            return ReverseCheckpoint(self.generation, target, None, None, self.n + 1)
+        return ReverseCheckpoint(self.generation, self.done, target, last, self.n + 1)
 
 
-def start(generation: str) -> ReverseCheckpoint:
-    return ReverseCheckpoint(generation)
+def start(generation: str, n: int = 0) -> ReverseCheckpoint:
+    """Nothing applied yet, counting on from `n` (the n Postgres last pruned behind)."""
+    return ReverseCheckpoint(generation, n=n)

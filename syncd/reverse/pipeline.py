@@ -171,6 +171,7 @@ class ReversePipeline:
         self.step_started: float | None = None
         self.needs_reconcile = True
         self.checkpoint: ReverseCheckpoint | None = None
+        self.file_checkpoint: str | None = None  # as the file holds it (encoded), which each apply expects
         self.pruned: str | None = None
         self.reload: dict[str, str] = {}
         self.loading: _Reload | None = None
@@ -559,9 +560,18 @@ class ReversePipeline:
                       "installed now, and every table is copied again from Postgres", event="reverse_reset")
         assert gen is not None
         await self._renumbered(schema)
-        cp = ReverseCheckpoint.decode(await s.worker.run(applier.read_meta, META_KEY))
-        if cp is None or cp.generation != gen.id:
-            cp = start(gen.id)
+        self.file_checkpoint = await s.worker.run(applier.read_meta, META_KEY)
+        cp = ReverseCheckpoint.decode(self.file_checkpoint)
+        if cp is None or cp.generation != gen.id or cp.n < gen.pruned_n:
+            if gen.pruned_n and not copy_all:
+                # Postgres let go of changes this file has not taken: it is an older copy
+                # (a backup put back, a file from before the cutover). Only a copy of each
+                # table brings them.
+                why = ("the SQLite file holds less than the way back had written into it (an older copy put back "
+                       "in its place?)")
+                await s.worker.run(run_on(self.sink, "mark"), {n: f"{why}: copied again" for n in schema.tables}, [])
+                s.warning(f"{why}: every table is copied again from Postgres", event="reverse_file_older")
+            cp = start(gen.id, gen.pruned_n)
         self.checkpoint = cp
         self.reload = await s.worker.run(applier.read_reload)
         formats = await tables.read_formats(pg, self.names.bk, s.name)
@@ -714,7 +724,8 @@ class ReversePipeline:
         if batch.empty and batch.before.target is None:
             return False  # nothing new: the checkpoint need not be written
         by_tid = {t.tid: t for t in self.tables.values() if t.tid is not None}
-        plan = ApplyPlan([], checkpoint=batch.after.encode(), schema_version=s.schema_version)
+        plan = ApplyPlan([], checkpoint=batch.after.encode(), expect=self.file_checkpoint,
+                         schema_version=s.schema_version)
         for tid, tb in batch.tables.items():
             t = by_tid[tid]
             if tb.truncated:
@@ -728,6 +739,7 @@ class ReversePipeline:
             self.needs_reconcile = True
             return True
         self.checkpoint = batch.after
+        self.file_checkpoint = plan.checkpoint
         elapsed = time.monotonic() - started
         self.writes.held(elapsed, limit)
         if not batch.empty and time.monotonic() - self.applied_written >= APPLIED_AT_EVERY:
@@ -739,7 +751,7 @@ class ReversePipeline:
         await self._held(outcome)
         self._count(batch, outcome, elapsed)
         if batch.after.done != self.pruned and batch.after.target is None:
-            await reader.prune(s.pg, self.names, batch.after.done)
+            await reader.prune(s.pg, self.names, batch.after.done, batch.after.n)
             self.pruned = batch.after.done
         return True
 

@@ -377,12 +377,14 @@ async def behind_seconds(conn: asyncpg.Connection, names: Names) -> float:
     return max(0.0, float(age or 0.0))
 
 
-async def prune(conn: asyncpg.Connection, names: Names, done: str) -> int:
-    """Delete the entries SQLite has applied (visible in its checkpoint's `done`)."""
-    status = await conn.execute(
-        f"DELETE FROM {names.changelog} WHERE txid < txid_snapshot_xmax($1::text::txid_snapshot) "
-        "AND txid_visible_in_snapshot(txid, $1::text::txid_snapshot)", done)
-    return int(status.split()[-1])
+async def prune(conn: asyncpg.Connection, names: Names, done: str, n: int) -> int:
+    """Delete the entries SQLite has applied (visible in its checkpoint's `done`), and
+    record that checkpoint's n with them (a file with a lower one lacks what went)."""
+    return await conn.fetchval(
+        f"WITH gone AS (DELETE FROM {names.changelog} WHERE txid < txid_snapshot_xmax($1::text::txid_snapshot) "
+        "AND txid_visible_in_snapshot(txid, $1::text::txid_snapshot) RETURNING 1), "
+        f"noted AS (UPDATE {names.registry} SET pruned_n = greatest(pruned_n, $2) WHERE source = $3) "
+        "SELECT count(*) FROM gone", done, n, names.source)
 
 
 async def read_keys(conn: asyncpg.Connection, schema: str, st: SourceTable,

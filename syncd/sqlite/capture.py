@@ -365,8 +365,12 @@ def _note_hold(conn: sqlite3.Connection, fn, held: float) -> None:
                 path, held, what)
 
 
-def _install_base(conn: sqlite3.Connection) -> None:
+def ensure_meta(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE TABLE IF NOT EXISTS main.{quote_ident(META)} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+def _install_base(conn: sqlite3.Connection) -> None:
+    ensure_meta(conn)
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS main.{quote_ident(REGISTRY)} "
         "(tid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, key_columns TEXT NOT NULL, rearmed_at TEXT, "

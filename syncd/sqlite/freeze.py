@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from syncd.identifiers import quote_ident, quote_literal
-from syncd.sqlite.capture import META, _own_schema_change, write_transaction
+from syncd.sqlite.capture import META, _own_schema_change, ensure_meta, write_transaction
 from syncd.sqlite.connection import no_such_table
 
 FREEZE_PREFIX = "_syncd_freeze_"
@@ -90,6 +90,8 @@ def freeze(conn: sqlite3.Connection, message: str, busy_timeout_ms: int, wanted:
 
     def apply(c: sqlite3.Connection) -> int:
         _drop(c)
+        # A file from before syncd was installed, put back after the cutover, has no meta table.
+        ensure_meta(c)
         statements = freeze_triggers(c, message, wanted)
         for sql in statements:
             c.execute(sql)

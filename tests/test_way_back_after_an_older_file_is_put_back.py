@@ -1,0 +1,66 @@
+"""After the cutover, an older copy of the SQLite file put back in its place (a backup
+restored, the daemon stopped or running) lacks changes Postgres has already let go of:
+the way back knows it from the position the file holds, and copies every table again
+from Postgres instead of going on from there, so SQLite ends equal to Postgres."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from tests.support.app import create_items
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess
+from tests.support.sync import pg_statements
+from tests.support.way_back import backup_and_config, cut_over, wait_back
+
+CHANGES = ("INSERT INTO app.items (id, v, n) SELECT i, 'pg' || i, i FROM generate_series(100, 149) i",
+           "UPDATE app.items SET v = 'changed in Postgres' WHERE id <= 10",
+           "DELETE FROM app.items WHERE id BETWEEN 11 AND 15")
+
+
+def copy_over(src, dst) -> None:
+    """Put `src`'s content into the file `dst` as SQLite's backup does (in place)."""
+    s, d = sqlite3.connect(src), sqlite3.connect(dst)
+    try:
+        s.backup(d)
+    finally:
+        s.close()
+        d.close()
+
+
+async def test_a_backup_from_before_the_cutover_put_back_is_copied_again(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    create_items(db, rows=20, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)  # backups/app-latest.db: from before the cutover
+    with DaemonProcess(cfg, tmp_path / "first.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_statements(pg_dsn, *CHANGES)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    for side in db.parent.glob("app.db-*"):
+        side.unlink()
+    os.replace(tmp_path / "backups" / "app-latest.db", db)
+    with DaemonProcess(cfg, tmp_path / "second.log") as d:
+        d.wait_log("holds less than the way back had written into it")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_a_copy_put_back_while_the_daemon_runs_is_copied_again(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    create_items(db, rows=20, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        copy_over(db, tmp_path / "older.db")  # after the cutover: it holds the way back's position
+        await pg_statements(pg_dsn, *CHANGES)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        copy_over(tmp_path / "older.db", db)
+        await pg_statements(pg_dsn, "UPDATE app.items SET n = n + 1 WHERE id = 1")
+        d.wait_log("holds less than the way back had written into it")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
