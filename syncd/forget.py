@@ -17,7 +17,8 @@ import json
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified
 from syncd.model import TO_POSTGRES
-from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists, source_key, try_lock_source, unlock_source
+from syncd.postgres.bookkeeping import (OWNED_TABLES, Bookkeeping, bookkeeping_exists, source_key, try_lock_source,
+                                       unlock_source)
 from syncd.postgres.connect import close_quietly, connect
 
 
@@ -73,7 +74,7 @@ async def forget(settings: Settings, source: SourceSettings) -> str:
                                    "AND tid IS NOT NULL", source.name)
             for r in aside:
                 await pg.execute(f"DROP TABLE IF EXISTS {qualified(bk_schema, b.aside_table(r[0]))}")
-            tables = await pg.fetchval(f"SELECT count(*) FROM {b.s}.owned_tables WHERE source = $1 "
+            tables = await pg.fetchval(f"SELECT count(*) FROM {b.s}.{OWNED_TABLES} WHERE source = $1 "
                                        "AND schema_name = $2", source.name, source.schema)
             await pg.execute(f"DELETE FROM {b.s}.sources WHERE source = $1", source.name)  # its tables' rows too
             await b.event(pg, "source_forgotten", None, f"its SQLite file {source.path} is gone")
