@@ -10,7 +10,7 @@ import sqlite3
 
 from tests.support.app import create_items
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import pg_statements
 from tests.support.way_back import backup_and_config, cut_over, wait_back
 
@@ -46,6 +46,13 @@ async def test_a_backup_from_before_the_cutover_put_back_is_copied_again(tmp_pat
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert d.stop() == 0
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+    with DaemonProcess(cfg, tmp_path / "third.log") as d:  # copied once: not taken for older again
+        d.wait_log("syncd running")
+        await pg_statements(pg_dsn, "UPDATE app.items SET n = n + 1 WHERE id = 1")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+        assert "holds less" not in d.log()
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
 
 
 async def test_a_copy_put_back_while_the_daemon_runs_is_copied_again(tmp_path, make_config, pg_dsn):
@@ -63,4 +70,21 @@ async def test_a_copy_put_back_while_the_daemon_runs_is_copied_again(tmp_path, m
         d.wait_log("holds less than the way back had written into it")
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_a_rollback_with_no_daemon_running_brings_an_older_copy_up_to_postgres(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    create_items(db, rows=20, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        copy_over(db, tmp_path / "older.db")
+        await pg_statements(pg_dsn, *CHANGES)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    copy_over(tmp_path / "older.db", db)
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 0, r.stdout + r.stderr
     assert await compare_table(str(db), pg_dsn, "app", "items") == []

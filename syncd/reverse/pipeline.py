@@ -563,15 +563,20 @@ class ReversePipeline:
         self.file_checkpoint = await s.worker.run(applier.read_meta, META_KEY)
         cp = ReverseCheckpoint.decode(self.file_checkpoint)
         if cp is None or cp.generation != gen.id or cp.n < gen.pruned_n:
+            cp = start(gen.id, gen.pruned_n)
             if gen.pruned_n and not copy_all:
                 # Postgres let go of changes this file has not taken: it is an older copy
                 # (a backup put back, a file from before the cutover). Only a copy of each
-                # table brings them.
+                # table brings them. The copies are asked for with the position counted on
+                # from Postgres's, together: a daemon started again before they end does
+                # not take the file for older again.
                 why = ("the SQLite file holds less than the way back had written into it (an older copy put back "
                        "in its place?)")
-                await s.worker.run(run_on(self.sink, "mark"), {n: f"{why}: copied again" for n in schema.tables}, [])
+                await s.worker.run(run_on(self.sink, "apply"), ApplyPlan(
+                    [], checkpoint=cp.encode(), expect=self.file_checkpoint,
+                    reload_add={n: f"{why}: copied again" for n in schema.tables}))
+                self.file_checkpoint = cp.encode()
                 s.warning(f"{why}: every table is copied again from Postgres", event="reverse_file_older")
-            cp = start(gen.id, gen.pruned_n)
         self.checkpoint = cp
         self.reload = await s.worker.run(applier.read_reload)
         formats = await tables.read_formats(pg, self.names.bk, s.name)
