@@ -6,8 +6,9 @@ from __future__ import annotations
 import sqlite3
 
 from tests.support.compare import compare_keyless, compare_table
-from tests.support.daemon import DaemonProcess
-from tests.support.sync import eventually, table_states, wait_caught_up
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import eventually, pg_rows, pg_statements, table_states, wait_caught_up
+from tests.support.way_back import backup_and_config, cut_over, wait_back
 
 SCHEMA = """
 CREATE TABLE composite (a INTEGER, b TEXT, v TEXT, PRIMARY KEY (a, b));
@@ -128,3 +129,66 @@ async def test_an_integer_primary_key_declared_desc_is_not_the_rowid(tmp_path, m
         assert d.stop() == 0
     conn.close()
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_a_primary_key_holding_nulls_is_keyed_on_the_rowid_when_configured(tmp_path, make_config, pg_dsn):
+    """SQLite lets a rowid table's TEXT or REAL PRIMARY KEY hold NULL, in any number of
+    rows; Postgres cannot. Such a table is held with a way out that works whatever its
+    other columns hold: `[sources.keys] "t" = ["rowid"]` keys it on the rowid, as a table
+    without a key, through streaming, VACUUM, the cutover, the way back and the rollback;
+    the primary key's uniqueness still holds in Postgres after the switch."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE contacts (email TEXT PRIMARY KEY, name TEXT)")
+    conn.executemany("INSERT INTO contacts VALUES (?, ?)", [(None, "anon"), (None, "anon"), ("a@x", "ada")])
+    conn.execute("CREATE TABLE numbered (id INTEGER PRIMARY KEY, name TEXT)")
+    # the rowid of a table with an INTEGER PRIMARY KEY is that key: naming it is refused, saying so
+    r = run_cli(make_config([{"name": "app", "path": str(db), "keys": {"numbered": ["rowid"]}}]), "schema")
+    assert """refused 'numbered': [sources.keys] names the rowid, which is its INTEGER PRIMARY KEY "id" """ in r.stdout
+    r = run_cli(make_config([{"name": "app", "path": str(db), "keys": {"contacts": ["rowid"]}}]), "schema")
+    assert "-- table 'contacts': key _syncd_rowid (rowid ([sources.keys]))" in r.stdout, r.stdout
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held", "streaming"))
+        assert '[sources.keys] "contacts" = ["rowid"]' in (await table_states(pg_dsn, "app"))["contacts"][1]
+        assert d.stop() == 0
+
+    cfg = backup_and_config(make_config, tmp_path, db, sources=[
+        {"name": "app", "path": str(db), "keys": {"contacts": ["rowid"]}}])
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO contacts VALUES (NULL, 'anon')")
+        conn.execute("UPDATE contacts SET name = 'one of three' WHERE rowid = 2")
+        conn.execute("DELETE FROM contacts WHERE rowid = 1")
+        conn.execute("REPLACE INTO contacts VALUES ('a@x', 'replaced')")
+        conn.execute("VACUUM")  # renumbers the rowids
+        conn.execute("INSERT INTO contacts VALUES ('b@x', 'bo')")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        await eventually(lambda: _equal(db, pg_dsn), what="contacts equal", daemon=d)
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_statements(pg_dsn, "INSERT INTO app.contacts (email, name) VALUES (NULL, 'pg'), (NULL, 'pg')",
+                            "DELETE FROM app.contacts WHERE ctid = (SELECT min(ctid) FROM app.contacts "
+                            "WHERE name = 'pg')")
+        try:  # SQLite's primary key, unique in Postgres too: the way back never meets a row it refuses
+            await pg_statements(pg_dsn, "INSERT INTO app.contacts (email, name) VALUES ('a@x', 'twice')")
+        except Exception as e:
+            assert "unique" in str(e).lower(), e
+        else:
+            raise AssertionError("Postgres took a second 'a@x'")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert await compare_keyless(str(db), pg_dsn, "app", "contacts") == []
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        conn.execute("INSERT INTO contacts VALUES (NULL, 'after')")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await compare_keyless(str(db), pg_dsn, "app", "contacts") == []
+        assert d.stop() == 0
+    assert (await table_states(pg_dsn, "app"))["contacts"][0] == "streaming"
+    assert [n for (n,) in await pg_rows(pg_dsn, "SELECT name FROM app.contacts WHERE email IS NULL ORDER BY name")] \
+        == [n for (n,) in conn.execute("SELECT name FROM contacts WHERE email IS NULL ORDER BY name")]
+    conn.close()
+
+
+async def _equal(db, dsn) -> bool:
+    return await compare_keyless(str(db), dsn, "app", "contacts") == []

@@ -411,8 +411,11 @@ def _index_column_sql(spec: TableSpec, index: Index, i: int, collations: dict[st
 
 def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str, str], options: Options,
                 names: Names, plan: SourcePlan) -> Item | None:
-    if index.origin == "pk" and all(c.collation == collations.get(c.name or "", "BINARY") for c in index.columns):
+    if (index.origin == "pk" and {c.name for c in index.columns} == set(spec.key)
+            and all(c.collation == collations.get(c.name or "", "BINARY") for c in index.columns)):
         return None  # the table's primary key: syncd creates it with the table
+    # A primary key the table is not keyed on ([sources.keys]: other columns, or the rowid
+    # where it holds NULLs) is carried as a unique index: SQLite still enforces it.
     # A PRIMARY KEY (name COLLATE NOCASE) over a column that is not: its uniqueness
     # ignores case, which the Postgres primary key does not; carried as a unique index.
     cols = ", ".join(c.name or f"({shorten(c.expr or '?', 40)})" for c in index.columns)

@@ -31,8 +31,8 @@ class Misfit:
         keys = ", ".join(format_key(k) for k in self.sample_keys)
         if self.pgtype == NULL_KEY:
             return (f'table "{table}": {self.count} row(s) with a NULL in the key ({self.column}), which Postgres '
-                    "cannot store: give those rows a key value in SQLite, or key the table by other columns with "
-                    f'[sources.keys] "{table}" = [...]')
+                    "cannot store: give those rows a key value in SQLite, or key the table on its rowid (as a table "
+                    f'without a key) with [sources.keys] "{table}" = ["rowid"]')
         return (
             f'table "{table}" column "{self.column}": {self.count} value(s) do not fit {self.pgtype} '
             f"(e.g. {self.example}; keys: {keys}); fix the rows or set "

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from syncd.config import SourceSettings
 from syncd.identifiers import pg_name_problem, quote_ident
-from syncd.model import (ROWID_COLUMN, Column, Refusal, SourceSchema, TableSpec, UniqueSet,
+from syncd.model import (ROWID_ALIASES, ROWID_COLUMN, Column, Refusal, SourceSchema, TableSpec, UniqueSet,
                          unshadowed_rowid_name)
 from syncd.sqlite import leftout, windows
 from syncd.sqlite.capture import CHANGELOG, META, REGISTRY
@@ -221,20 +221,30 @@ def describe_table(
     notnull = {c.name for c in columns if c.notnull}
 
     configured = source.keys.get(table)
-    if configured:
+    # [sources.keys] "t" = ["rowid"] (or another of its names no column shadows): keyed
+    # on the rowid as a table without a key is, the way out for a primary key holding
+    # NULLs, which SQLite allows in a rowid table and Postgres does not.
+    by_rowid = (configured is not None and len(configured) == 1 and not without_rowid
+                and configured[0].lower() in ROWID_ALIASES and configured[0].lower() not in {n.lower() for n in names})
+    pk_cols = raw_table.pk
+    if by_rowid and len(pk_cols) == 1 and not raw_table.pk_indexed and next(
+            (r[2] or "") for r in raw if r[1] == pk_cols[0]).strip().upper() == "INTEGER":
+        return Refusal(table, f'[sources.keys] names the rowid, which is its INTEGER PRIMARY KEY "{pk_cols[0]}" '
+                              "already: leave the table out of [sources.keys]")
+    if configured and not by_rowid:
         missing = [k for k in configured if k not in names]
         if missing:
             return Refusal(table, f"[sources.keys] names unknown column(s) {missing}")
         key, origin = tuple(configured), "configured"
     else:
-        pk = sorted((r[5], r[1]) for r in raw if r[5])
+        pk = sorted((r[5], r[1]) for r in raw if r[5]) if not by_rowid else []
         if pk:
             key, origin = tuple(n for _, n in pk), "primary key"
         else:
             candidates = [
                 (idx, cols)
                 for idx, partial, cols in uniques
-                if not partial and all(c[0] >= 0 and c[1] in notnull for c in cols)
+                if not partial and all(c[0] >= 0 and c[1] in notnull for c in cols) and not by_rowid
             ]
             if candidates:
                 idx, cols = candidates[0]
@@ -252,13 +262,15 @@ def describe_table(
                     )
                 rid = Column(name=rowid_column_name(names), declared="", pgtype=PgType.BIGINT, notnull=True,
                              default_sql=None, sqlite_expr=alias,
-                             type_note="the SQLite rowid (the table has no key; syncd keys it on the rowid)")
+                             type_note="the SQLite rowid ([sources.keys] keys the table on it)" if by_rowid else
+                             "the SQLite rowid (the table has no key; syncd keys it on the rowid)")
                 columns = (*columns, rid)
-                key, origin = (rid.name,), "rowid (no primary key)"
+                key, origin = (rid.name,), "rowid ([sources.keys])" if by_rowid else "rowid (no primary key)"
 
     notes = []
     if origin.startswith("rowid"):
-        notes.append(f'no primary key: rows are told apart by their SQLite rowid, kept in Postgres column "{key[0]}"; '
+        why = "keyed on the rowid by [sources.keys]" if by_rowid else "no primary key"
+        notes.append(f'{why}: rows are told apart by their SQLite rowid, kept in Postgres column "{key[0]}"; '
                      "VACUUM may renumber rowids, so the table is reloaded (aside, swapped in one transaction) "
                      "whenever the file's schema changes without syncd")
     unique_sets = []
