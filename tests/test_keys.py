@@ -192,3 +192,25 @@ async def test_a_primary_key_holding_nulls_is_keyed_on_the_rowid_when_configured
 
 async def _equal(db, dsn) -> bool:
     return await compare_keyless(str(db), dsn, "app", "contacts") == []
+
+
+async def test_a_null_key_met_while_streaming_names_the_rowid_as_the_way_out(tmp_path, make_config, pg_dsn):
+    """A NULL written later into a rowid table's TEXT PRIMARY KEY holds the table naming
+    [sources.keys] "t" = ["rowid"]; with it, the table is loaded again on its rowid and
+    every row, the NULL-keyed ones too, reaches Postgres."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("CREATE TABLE accounts (code TEXT PRIMARY KEY, owner TEXT);"
+                       "INSERT INTO accounts VALUES ('a1', 'ann');")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.executemany("INSERT INTO accounts VALUES (NULL, ?)", [("bob",), ("bob",)])
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held",))
+        assert '[sources.keys] "accounts" = ["rowid"]' in (await table_states(pg_dsn, "app"))["accounts"][1]
+        assert d.stop() == 0
+    cfg = make_config([{"name": "app", "path": str(db), "keys": {"accounts": ["rowid"]}}])
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert await compare_keyless(str(db), pg_dsn, "app", "accounts") == []
