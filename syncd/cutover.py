@@ -273,6 +273,26 @@ def high_marks(conn: sqlite3.Connection, specs: dict[str, TableSpec]) -> dict[st
     return out
 
 
+# SQLite's largest rowid: past it SQLite picks unused rowids at random, which no Postgres
+# identity can do (its next number fails).
+MAX_ROWID = 2 ** 63 - 1
+
+
+def topped(specs: dict[str, TableSpec], marks: dict[str, int]) -> None:
+    """Refuse, before the freeze, a table whose identity could number no row in Postgres."""
+    for name, top in sorted(marks.items()):
+        if top < MAX_ROWID:
+            continue
+        if specs[name].rowid_keyed:
+            raise Refused(f'table "{name}": its highest rowid is {top}, the largest SQLite has, and Postgres could '
+                          "number no row the application adds after it: VACUUM the SQLite file (it renumbers the "
+                          "rowids of a table without a key; syncd loads the table again) and cut over again")
+        col = ddl.identity_column(specs[name])
+        raise Refused(f'table "{name}": its highest "{col}" is {top}, the largest SQLite has, and Postgres could '
+                      f'number no row the application adds without a "{col}": give that row a smaller "{col}" in '
+                      "SQLite and cut over again")
+
+
 async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, target: int) -> str:
     """Until the forward checkpoint covers every change up to `target` (the frozen
     file's last one): by the daemon if it runs the source, else by a pipeline here."""
@@ -461,6 +481,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         try:
             specs = await asyncio.to_thread(read_specs, source, await kept_types(conn, source))
             marks = await worker.run(high_marks, specs)
+            topped(specs, marks)
             pending = await worker.run(_pending, (await b.load_source(conn)).applied_seq)
             rows = await worker.run(_row_count, list(specs))
             res.plan.append(f"{len(specs)} table(s), {rows} row(s) to verify, {pending} change(s) to drain")

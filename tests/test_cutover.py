@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess, held_at, run_cli, syncd_cmd, wait_for
 from tests.support.sync import eventually, pg_rows, wait_caught_up
+from tests.support.way_back import backup_and_config
 
 SCHEMA = """
 CREATE TABLE deals (id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT, amount REAL);
@@ -655,3 +656,39 @@ async def test_a_table_to_change_kept_past_the_statement_timeout_undoes_the_swit
         assert await pg_rows(pg_dsn, "SELECT data_type FROM information_schema.columns WHERE table_schema = 'app' "
                                      "AND table_name = 'meetings' AND column_name = 'at'") == [("text",)]
         assert d.stop() == 0
+
+
+async def test_a_rowid_at_the_top_of_its_range_refuses_the_switch_before_the_freeze(tmp_path, make_config, pg_dsn):
+    """A table holding the largest rowid SQLite has (SQLite then picks unused rowids at
+    random; Postgres's identity cannot go past it) refuses the cutover before the file
+    is frozen, naming the table and, for one without a key, what renumbers its rowids
+    (VACUUM); after it the switch goes through and Postgres numbers new rows."""
+    top = 2 ** 63 - 1
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE log (what TEXT)")
+    conn.executemany("INSERT INTO log (rowid, what) VALUES (?, ?)", [(1, "first"), (top, "sentinel")])
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 1 and "app: REFUSED" in r.stdout, r.stdout
+        assert f'table "log": its highest rowid is {top}' in r.stdout and "VACUUM" in r.stdout, r.stdout
+        assert "UNDONE" not in r.stdout and "write downtime" not in r.stdout  # never frozen
+        assert await direction(pg_dsn) == "to_postgres"
+        conn.execute("INSERT INTO log (what) VALUES ('still writable')")  # at a rowid SQLite picks at random
+        conn.execute("VACUUM")  # renumbers the keyless table's rowids; syncd reloads it
+        await eventually(lambda: _rowids_followed(pg_dsn), what="the renumbered rowids in Postgres", daemon=d)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (await pg_rows(pg_dsn, "INSERT INTO app.log (what) VALUES ('new') RETURNING _syncd_rowid"))[0][0] == 4
+        assert d.stop() == 0
+    conn.close()
+
+
+async def _rowids_followed(dsn: str) -> bool:
+    return await pg_rows(dsn, "SELECT max(_syncd_rowid) FROM app.log") == [(3,)]
