@@ -99,3 +99,24 @@ async def test_a_malformed_meta_value_is_a_clear_error(tmp_path, pg_dsn):
         assert d.alive()
         assert d.stop() == 0
         assert "Traceback" not in d.log()
+
+
+async def test_verify_names_the_refusal_of_a_long_named_table(tmp_path, pg_dsn):
+    """The refused table is one the check cannot compare, said with the refusal's reason:
+    not a check failed on a Postgres error about the name (a consistency error in the
+    window `syncd report` judges, for a table syncd said at once it would not replicate)."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE good (id INTEGER PRIMARY KEY)")
+    conn.execute(f"CREATE TABLE {q(LONG_TABLE)} (id INTEGER PRIMARY KEY)")
+    conn.execute(f"INSERT INTO {q(LONG_TABLE)} VALUES (1)")
+    conn.commit()
+    conn.close()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
+    assert run_cli(cfg, "init").returncode == 0
+
+    r = run_cli(cfg, "verify", "--table", LONG_TABLE)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert f'"{LONG_TABLE}" not comparable (refused)' in out and "its name is 64 bytes long" in out, out
+    assert "identifier too long" not in out and "ERROR" not in out, out

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import asyncpg
 
 from syncd.config import Settings, SourceSettings
-from syncd.identifiers import qualified
+from syncd.identifiers import pg_name_problem, qualified
 from syncd.model import TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl
@@ -339,7 +339,9 @@ async def _count_only(s: _Session, plan: TablePlan, tr: TableVerifyResult) -> No
         tr.rows_sqlite = await s.run(sqlite_side.count_rows, plan.spec)
     else:
         tr.rows_sqlite = plan.rows_sqlite
-    exists = await s.pg.fetchval(
+    # A name Postgres cannot hold (a table refused for it) is no table there; asked, Postgres
+    # would fail the check on the name itself.
+    exists = pg_name_problem(plan.name) is None and await s.pg.fetchval(
         "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
         s.source.schema, plan.name,
