@@ -120,3 +120,23 @@ async def test_verify_names_the_refusal_of_a_long_named_table(tmp_path, pg_dsn):
     assert r.returncode == 1, out
     assert f'"{LONG_TABLE}" not comparable (refused)' in out and "its name is 64 bytes long" in out, out
     assert "identifier too long" not in out and "ERROR" not in out, out
+
+
+async def test_resync_of_a_refused_table_says_why_it_cannot(tmp_path, pg_dsn):
+    """The daemon never rebuilds a table it refuses (it drops the request): `syncd resync`
+    says so with the reason and exits 1, rather than promise a rebuild that never comes."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE good (id INTEGER PRIMARY KEY)")
+    conn.execute(f"CREATE TABLE {q(LONG_TABLE)} (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
+    assert run_cli(cfg, "init").returncode == 0
+
+    r = run_cli(cfg, "resync", "--source", "app", "--table", LONG_TABLE)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert f"'{LONG_TABLE}' is not replicated: its name is 64 bytes long" in out and "requested" not in out, out
+    r = run_cli(cfg, "resync", "--source", "app", "--table", "good")
+    assert r.returncode == 0 and "resync of 'good' requested" in r.stdout, r.stdout + r.stderr

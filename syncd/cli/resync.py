@@ -13,7 +13,7 @@ import sqlite3
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
 from syncd.model import TO_POSTGRES, TO_SQLITE
-from syncd.postgres.bookkeeping import Bookkeeping, bookkeeping_exists
+from syncd.postgres.bookkeeping import REFUSED, Bookkeeping, bookkeeping_exists
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
 from syncd.sqlite.connection import file_problem, open_readonly
 
@@ -79,17 +79,24 @@ async def _request(settings: Settings, source: SourceSettings, tables: list[str]
         rc = 0
         for table in tables:
             # Not acted on after a cutover (the forward stream stops), so never recorded then:
-            # it would fire after a rollback.
+            # it would fire after a rollback. Nor for a refused table, which the daemon never
+            # rebuilds (it drops the request).
             status = await conn.execute(
                 f"UPDATE {bk.s}.tables SET request = 'resync' WHERE source = $1 AND table_name = $2 "
-                f"AND (SELECT direction FROM {bk.s}.sources WHERE source = $1) = $3",
-                source.name, table, TO_POSTGRES,
+                f"AND state <> $4 AND (SELECT direction FROM {bk.s}.sources WHERE source = $1) = $3",
+                source.name, table, TO_POSTGRES, REFUSED,
             )
+            refused = None if status == "UPDATE 1" else await conn.fetchval(
+                f"SELECT coalesce(reason, 'refused') FROM {bk.s}.tables WHERE source = $1 AND table_name = $2 "
+                f"AND state = $3", source.name, table, REFUSED)
             if status == "UPDATE 1":
                 common.say(f"{source.name}: resync of {table!r} requested; the running daemon rebuilds it "
                            "(or the next `syncd run` / `syncd init` does)")
             elif await bk.direction(conn) == TO_SQLITE:
                 return common.fail(cut_over, 1)  # cut over meanwhile
+            elif refused is not None:
+                common.say(f"{source.name}: {table!r} is not replicated: {refused}; a resync cannot rebuild it")
+                rc = 1
             else:
                 common.say(f"{source.name}: no replicated table named {table!r}")
                 rc = 1
