@@ -1009,8 +1009,8 @@ class Pipeline:
             if not contended(e):  # busy: the application holds a lock; poll again later
                 self.file_changed = True
                 self.wake.set()
-        except (sqlite3.Error, OSError, RuntimeError):  # RuntimeError: the worker was shut down
-            self.file_changed = True
+        except (sqlite3.Error, SourceFileError, OSError, RuntimeError):  # RuntimeError: the worker was shut down
+            self.file_changed = True  # the step says what (SourceFileError: a damaged file, say)
             self.wake.set()
         metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
         metrics.set_lag(self.name, self.lag_figure(time.time()))

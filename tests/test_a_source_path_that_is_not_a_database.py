@@ -65,3 +65,34 @@ def test_status_does_not_call_a_running_daemon_not_running_for_a_file_it_cannot_
         assert not any(m.startswith("daemon not running") for m in messages), messages
         assert any("file is not a database" in m for m in messages), messages
         assert d.stop() == 0
+
+
+def test_a_file_damaged_inside_is_named_in_one_line(tmp_path, make_config):
+    """Pages of the file overwritten (a bad disk, a copy cut short): `syncd init`, `syncd
+    verify` and the daemon each name the damaged file in one line, never a traceback of
+    SQLite's "database disk image is malformed"; the daemon lives on, waiting for the file."""
+    import sqlite3
+
+    from tests.support.daemon import DaemonProcess, wait_for
+
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, "x" * 200) for i in range(2000)])
+    conn.commit()
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(path, "r+b") as f:  # leaf pages of t, past sqlite_master (page 1) and t's root
+        f.seek(page * 5)
+        f.write(b"\xff" * page * 3)
+    cfg = make_config([{"name": "app", "path": str(path)}])
+    said = f"SQLite file {path} is damaged: database disk image is malformed"
+    for verb in (("init",), ("verify",)):
+        r = run_cli(cfg, *verb)
+        out = r.stdout + r.stderr
+        assert "Traceback" not in out and said in out and r.returncode != 0, (verb, out)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        wait_for(lambda: said in d.log(), 30, "the daemon's line on the damaged file", d)
+        assert d.alive()
+        assert d.stop() == 0
+        assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()

@@ -98,6 +98,16 @@ def empty_file(path) -> SourceFileError:
     return SourceFileError(f"SQLite file {path} is empty (0 bytes): not a database yet, or being replaced")
 
 
+def damaged(exc: sqlite3.Error, path) -> SourceFileError | None:
+    """SQLite's word that the file itself is damaged (pages overwritten, a copy cut short),
+    met on any read, as one line naming the file; else None."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return None
+    return SourceFileError(f"SQLite file {path} is damaged: {exc} (`PRAGMA integrity_check` says where; "
+                           "restore it from a backup)")
+
+
 def _emptied(path: Path) -> bool:
     try:
         return os.stat(path).st_size == 0
@@ -424,7 +434,8 @@ class SqliteWorker:
                 _hand_back(loop, future, None, RuntimeError(f"StopIteration escaped {fn!r}"))
             except sqlite3.Error as e:
                 # A file emptied under an open connection reads as one without tables.
-                _hand_back(loop, future, None, empty_file(self.path) if _emptied(self.path) else e)
+                _hand_back(loop, future, None, empty_file(self.path) if _emptied(self.path)
+                           else damaged(e, self.path) or e)
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
                 _hand_back(loop, future, None, e)
             else:
