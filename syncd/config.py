@@ -44,7 +44,8 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML spells inf and nan: no timeout, interval or limit of syncd's means either.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -116,7 +117,8 @@ class PostgresSettings(_Strict):
     dsn: str
     password: SecretStr | None = None
     connect_timeout_seconds: float = Field(10.0, gt=0)
-    statement_timeout_seconds: float = Field(60.0, gt=0)
+    # Sent to Postgres doubled, in milliseconds, as backstops its integer settings must hold.
+    statement_timeout_seconds: float = Field(60.0, gt=0, le=1_000_000)
     bookkeeping_schema: str = "syncd"
     # Connections the daemon opens to each target database, whatever the number of
     # sources in it: one holds every source's lock, the others serve the sources' steps.
@@ -206,10 +208,11 @@ class StreamSettings(_Strict):
 
 class SqliteSettings(_Strict):
     # How long syncd's own reads wait for an application writer before retrying.
-    read_busy_timeout_ms: int = Field(2000, ge=0)
+    # Both at most what SQLite's PRAGMA busy_timeout holds (a larger one reads as 0: no wait).
+    read_busy_timeout_ms: int = Field(2000, ge=0, le=2**31 - 1)
     # How long syncd's own write transactions (pruning, trigger install) may wait for a
     # lock. Kept short: while syncd waits holding RESERVED, application writers wait too.
-    write_busy_timeout_ms: int = Field(100, ge=0)
+    write_busy_timeout_ms: int = Field(100, ge=0, le=2**31 - 1)
     # Changelog positions one pruning transaction covers (kept entries included).
     prune_window: int = Field(20_000, ge=1)
     # Threads every source's SQLite work runs on, however many sources there are (more
@@ -291,7 +294,7 @@ class SourceSettings(_Strict):
     keys: dict[str, list[str]] = {}
     columns: dict[str, dict[str, str]] = {}
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     @field_validator("path", mode="before")
     @classmethod

@@ -165,3 +165,22 @@ def test_what_syncd_works_out_itself_is_refused_as_a_setting(tmp_path, monkeypat
     with pytest.raises(ConfigError) as e:
         load_settings(write(tmp_path, GOOD))
     assert str(e.value) == f"environment variable SYNCD_{key.upper()} (over config {cfg}): unknown key"
+
+
+@pytest.mark.parametrize("setting, value, said", [
+    ("postgres.statement_timeout_seconds", "inf", "finite number"),
+    ("postgres.statement_timeout_seconds", "1e12", "less than or equal to"),
+    ("postgres.connect_timeout_seconds", "inf", "finite number"),
+    ("stream.poll_interval_seconds", "inf", "finite number"),
+    ("sqlite.read_busy_timeout_ms", "3000000000", "less than or equal to"),
+])
+def test_a_number_syncd_cannot_use_is_refused_naming_the_key(tmp_path, setting, value, said):
+    """TOML spells inf and nan, and takes any size: a timeout Postgres or SQLite cannot
+    hold is refused at load, naming the key, not met later as 'cannot connect' (or, for
+    SQLite's busy timeout, silently taken as no wait at all)."""
+    section, key = setting.split(".")
+    text = (GOOD.replace("[postgres]\n", f"[postgres]\n{key} = {value}\n") if section == "postgres"
+            else f"[{section}]\n{key} = {value}\n" + GOOD)
+    r = run_cli(write(tmp_path, text), "init")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: config {tmp_path / 'syncd.toml'}: {setting}: ") and said in r.stderr, r.stderr
