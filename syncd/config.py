@@ -592,12 +592,44 @@ def _file_of_two_sources(sources: list[SourceSettings]) -> str | None:
     return None
 
 
+def _misspelt_environment(path: Path) -> str | None:
+    """An environment variable meant as a setting that syncd would not read, in one line,
+    or None: SYNCD_POSTGRES_DSN (one underscore where two part section and key) or a
+    misspelt section (SYNCD_STREM__BATCH_SIZE). Left unsaid, the file's value is used
+    instead, say its database. syncd's own other variables (SYNCD_CONFIG,
+    SYNCD_CUTOVER_HOLD_AT) are of neither shape. The value is never shown."""
+    sections = {name for name, f in Settings.model_fields.items() if not f.exclude}
+    for name in sorted(os.environ):
+        rest = name.upper().removeprefix("SYNCD_")
+        if rest == name.upper():
+            continue
+        meant = None
+        if "__" in rest:
+            section = rest.split("__", 1)[0].lower()
+            if section not in sections:
+                close = difflib.get_close_matches(section, sorted(sections), n=1, cutoff=0.6)
+                meant = f"SYNCD_{close[0].upper()}__{rest.split('__', 1)[1]}" if close else None
+                return (f"environment variable {name} (over config {path}): unknown section" +
+                        (f" (did you mean {meant}?)" if meant else ""))
+            continue
+        for section in sections:
+            model = _model_at((section,))
+            key = rest.lower().removeprefix(section + "_")
+            if model is not None and key != rest.lower() and key in model.model_fields:
+                return (f"environment variable {name} (over config {path}): not a setting "
+                        f"(did you mean SYNCD_{section.upper()}__{key.upper()}?)")
+    return None
+
+
 def load_settings(path: Path) -> Settings:
     """Load and validate the configuration, or raise ConfigError with one line."""
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist (use --config FILE or set SYNCD_CONFIG)")
     if not path.is_file():
         raise ConfigError(f"config file {path} is not a regular file")
+    misspelt = _misspelt_environment(path)
+    if misspelt:
+        raise ConfigError(escape_controls(misspelt))
     token = _toml_path.set(path)
     try:
         settings = Settings()

@@ -184,3 +184,20 @@ def test_a_number_syncd_cannot_use_is_refused_naming_the_key(tmp_path, setting, 
     r = run_cli(write(tmp_path, text), "init")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
     assert r.stderr.startswith(f"syncd: config {tmp_path / 'syncd.toml'}: {setting}: ") and said in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name, meant", [
+    ("SYNCD_POSTGRES_DSN", "SYNCD_POSTGRES__DSN"),  # one underscore where two part section and key
+    ("SYNCD_STREM__BATCH_SIZE", "SYNCD_STREAM__BATCH_SIZE"),  # a misspelt section
+])
+def test_a_misspelt_environment_variable_is_named_not_ignored(tmp_path, name, meant):
+    """An override the operator set that syncd would not read (the file's database used
+    instead of the one meant) is one line naming the variable and what it was meant as,
+    exit 2; its value, which may hold a password, is never shown."""
+    cfg = write(tmp_path, GOOD)
+    r = run_cli(cfg, "init", env={name: "postgresql://syncd:hunter2@127.0.0.1:5432/other"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert f"environment variable {name}" in r.stderr and f"did you mean {meant}?" in r.stderr, r.stderr
+    assert "hunter2" not in r.stdout + r.stderr
+    # syncd's own variables of that shape are not mistaken for misspelt settings
+    assert run_cli(cfg, "schema", env={"SYNCD_CUTOVER_HOLD_AT": "x", "SYNCD_BENCH_DSN": "x"}).returncode != 2
