@@ -241,3 +241,13 @@ async def test_schema_on_a_file_its_application_holds_locked_waits_read_busy_tim
     assert "Traceback" not in r.stdout + r.stderr
     assert took < 4, f"{took:.1f} s"  # a wait of 0.2 s where Python's default 5 s was waited before
     assert run_cli(cfg, "schema").returncode == 0  # once free, it reads
+
+
+async def test_init_on_a_file_its_application_holds_locked_says_so(app_db, make_config, pg_dsn):
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"sqlite": {"read_busy_timeout_ms": 200}})
+    r, _ = run_while_locked(cfg, app_db, "init")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"app: ERROR {app_db} is locked by another connection" in r.stdout, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert run_cli(cfg, "init").returncode == 0  # once free, it goes through

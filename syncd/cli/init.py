@@ -4,6 +4,7 @@ Idempotent; safe to re-run at any time, also while the daemon runs."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
@@ -14,7 +15,7 @@ from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import reconcile
 from syncd.session import SourceSession, changed
 from syncd.snapshot import audit
-from syncd.sqlite.capture import CaptureStateError
+from syncd.sqlite.capture import CaptureStateError, LockTimeout, contended
 from syncd.sqlite.connection import SourceFileError
 
 
@@ -47,6 +48,13 @@ async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
             continue
         except (SourceFileError, PostgresUnavailable, UnsupportedTarget, CaptureStateError) as e:
             common.say(f"{source.name}: ERROR {e}")
+            rc = 1
+            continue
+        except (sqlite3.OperationalError, LockTimeout) as e:
+            if not contended(e):
+                raise
+            common.say(f"{source.name}: ERROR {source.path} is locked by another connection ({e}); "
+                       "try again once it is free")
             rc = 1
             continue
         common.say(*lines)
