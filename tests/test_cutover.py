@@ -692,3 +692,24 @@ async def test_a_rowid_at_the_top_of_its_range_refuses_the_switch_before_the_fre
 
 async def _rowids_followed(dsn: str) -> bool:
     return await pg_rows(dsn, "SELECT max(_syncd_rowid) FROM app.log") == [(3,)]
+
+
+async def test_a_dry_run_on_a_file_its_application_holds_locked_names_the_file(tmp_path, make_config, pg_dsn):
+    """Nothing is frozen by a dry run: its refusal names the locked file and says nothing
+    of undoing a freeze."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE deals (id INTEGER PRIMARY KEY, title TEXT)")
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"sqlite": {"read_busy_timeout_ms": 200}})
+    assert run_cli(cfg, "init").returncode == 0
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: no reader gets in
+    try:
+        r = run_cli(cfg, "cutover", "--dry-run")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and f"app: REFUSED: SQLite file {db}: database is locked" in out, out
+    assert "frozen" not in out and "Traceback" not in out, out

@@ -56,10 +56,10 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool)
             out.append(RollbackResult(source=s.name, problems=[str(e)]))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error, LockTimeout) as e:
             # Whatever froze stays recorded: the daemon (or the next run) undoes it.
-            out.append(RollbackResult(source=s.name, problems=[
-                f"{describe(e)}; anything left frozen is undone by the daemon at its next check ([stream] "
-                "held_table_retry_seconds), or by the next "
-                "`syncd rollback`"]))
+            what = f"SQLite file {s.path}: {describe(e)}" if isinstance(e, sqlite3.Error) else describe(e)
+            out.append(RollbackResult(source=s.name, problems=[what if dry_run else (
+                f"{what}; anything left frozen is undone by the daemon at its next check ([stream] "
+                "held_table_retry_seconds), or by the next `syncd rollback`")]))  # a dry run freezes nothing
     return out
 
 
