@@ -35,7 +35,7 @@ from syncd.session import SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
 from syncd.sqlite import disk_guard, freeze, introspect, reader
 from syncd.sqlite.capture import CaptureStateError, contended
-from syncd.sqlite.connection import FileMoved, SourceFileError, hard_links, is_sqlite_file_error
+from syncd.sqlite.connection import FileMoved, SourceFileError, cannot_write, hard_links, is_sqlite_file_error
 from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
 
 STATS_EVERY_SECONDS = 5.0
@@ -322,6 +322,8 @@ class Pipeline:
                         "default_transaction_read_only; tried again on new connections until it does",
                         kind="postgres", level="error")
             self.renew_connections = True
+        elif cannot_write(exc, self.source.path):
+            self._enter(FAILING, f"{cannot_write(exc, self.source.path)}; tried again", kind="sqlite", level="error")
         elif is_sqlite_file_error(exc, self.source.path):
             self._enter(SOURCE_MISSING, f"cannot read the SQLite file {self.source.path}: {describe(exc)}; "
                         "waiting for it to be readable again", kind="sqlite", level="error")

@@ -69,3 +69,24 @@ async def test_applied_changes_that_cannot_be_pruned_are_said(tmp_path, make_con
             d.wait_log("the changelog is pruned again", 90)
             wait_for(lambda: changelog_entries(db) < 150, 60, "the applied entries pruned", d)
             assert d.stop() == 0
+
+
+async def test_capture_that_cannot_be_installed_is_one_line_naming_the_file(tmp_path, make_config, pg_dsn):
+    """A file syncd may read but not write before capture is in it: `syncd init` and the
+    daemon say in one line that syncd cannot write it, never a traceback of SQLite's
+    "attempt to write a readonly database"; the daemon lives on and tries again."""
+    data = tmp_path / "data"
+    data.mkdir()
+    create_items(data / "app.db", rows=10, journal="delete")
+    with read_only_view(data, tmp_path / "ro") as ro:
+        db = ro / "app.db"
+        cfg = make_config([{"name": "app", "path": str(db)}])
+        said = f"syncd cannot write the SQLite file {db} (attempt to write a readonly database)"
+        r = run_cli(cfg, "init")
+        out = r.stdout + r.stderr
+        assert r.returncode == 1 and f"app: ERROR {said}" in out and "Traceback" not in out, out
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            wait_for(lambda: said in d.log(), 30, "the daemon's line on the file", d)
+            assert d.alive()
+            assert d.stop() == 0
+            assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()

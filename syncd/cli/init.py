@@ -16,7 +16,7 @@ from syncd.reconcile import reconcile
 from syncd.session import SourceSession, changed
 from syncd.snapshot import audit
 from syncd.sqlite.capture import CaptureStateError, LockTimeout, contended
-from syncd.sqlite.connection import SourceFileError
+from syncd.sqlite.connection import SourceFileError, cannot_write
 
 
 def register(sub, parent) -> None:
@@ -51,6 +51,10 @@ async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
             rc = 1
             continue
         except (sqlite3.OperationalError, LockTimeout) as e:
+            if cannot_write(e, source.path):
+                common.say(f"{source.name}: ERROR {cannot_write(e, source.path)}")
+                rc = 1
+                continue
             if not contended(e):
                 raise
             common.say(f"{source.name}: ERROR {source.path} is locked by another connection ({e}); "

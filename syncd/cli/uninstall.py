@@ -13,7 +13,7 @@ from syncd.model import TO_POSTGRES
 from syncd.postgres.bookkeeping import Bookkeeping, SourceLocked, source_key, try_lock_source, unlock_source
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
 from syncd.sqlite import capture, reader
-from syncd.sqlite.connection import SourceFileError, open_connection
+from syncd.sqlite.connection import SourceFileError, cannot_write, open_connection
 
 
 def register(sub, parent) -> None:
@@ -43,6 +43,10 @@ def main(args) -> int:
             common.say(f"{source.name}: ERROR {e}")
             rc = 1
         except (sqlite3.OperationalError, capture.LockTimeout) as e:
+            if cannot_write(e, source.path):
+                common.say(f"{source.name}: ERROR {cannot_write(e, source.path)}")
+                rc = 1
+                continue
             if not capture.contended(e):
                 raise
             common.say(f"{source.name}: ERROR {source.path} is locked by another connection ({e}); "

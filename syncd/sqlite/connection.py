@@ -108,6 +108,18 @@ def damaged(exc: sqlite3.Error, path) -> SourceFileError | None:
                            "restore it from a backup)")
 
 
+def cannot_write(exc: BaseException, path) -> str | None:
+    """SQLite's word that syncd may read the file but not write it (its permissions, its
+    -wal's or its directory's, a read-only mount), as one line naming the file; else None.
+    Not a file renamed or deleted under the connection (READONLY_DBMOVED): FileMoved's."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or code is None or code & 0xFF != sqlite3.SQLITE_READONLY \
+            or code == sqlite3.SQLITE_READONLY_DBMOVED:
+        return None
+    return (f"syncd cannot write the SQLite file {path} ({exc}): its changelog and triggers live there; give "
+            "syncd's user write access to the file, its -wal and -shm files and its directory")
+
+
 def _emptied(path: Path) -> bool:
     try:
         return os.stat(path).st_size == 0
