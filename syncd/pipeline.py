@@ -26,7 +26,7 @@ from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
-from syncd.postgres.connect import PostgresUnavailable, describe, is_transient, sqlstate
+from syncd.postgres.connect import PostgresUnavailable, describe, is_transient, privilege_refused, sqlstate
 from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
 from syncd.reconcile import SameFileAsAnotherSource, install_capture, reconcile
@@ -317,6 +317,9 @@ class Pipeline:
             self._enter(FAILING, str(exc), kind="lock", level="warning")
         elif isinstance(exc, LookupIndexTooSlow):
             self._enter(FAILING, str(exc), kind="postgres", level="error")
+        elif privilege_refused(exc, self.settings.dsn_for(self.source)):
+            self._enter(FAILING, f"{privilege_refused(exc, self.settings.dsn_for(self.source))}; tried again",
+                        kind="postgres", level="error")
         elif sqlstate(exc) == READ_ONLY:
             self._enter(FAILING, f"Postgres takes no writes in this database ({describe(exc)}): a standby, or "
                         "default_transaction_read_only; tried again on new connections until it does",

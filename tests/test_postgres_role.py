@@ -127,3 +127,35 @@ async def test_create_on_the_database_lets_syncd_make_its_schemas(tmp_path, pg_d
         assert "1 pending" in r.stdout
     finally:
         await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
+
+
+async def test_a_privilege_the_role_lacks_is_one_line(tmp_path, pg_dsn):
+    """A role not granted what docs/operations.md lists (here CREATE on the database):
+    `syncd init` and the daemon say which privilege Postgres refused and where the grants
+    are, in one line, never a traceback nor an "unexpected error"."""
+    from tests.support.daemon import wait_for
+
+    role = f"syncd_role_{secrets.token_hex(4)}"
+    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN")
+    try:
+        db = tmp_path / "app.db"
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+        conn.commit()
+        conn.close()
+        cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace("postgres@", f"{role}@"),
+                           [{"name": "app", "path": str(db)}])
+        said = "permission denied for database"
+        r = run_cli(cfg, "init")
+        out = r.stdout + r.stderr
+        assert r.returncode == 1 and "Traceback" not in out, out
+        line = next(x for x in out.splitlines() if said in x)
+        assert line.startswith("app: ERROR ") and f"refused syncd's role {role}" in line \
+            and '"The Postgres role"' in line, line
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            wait_for(lambda: f"refused syncd's role {role}" in d.log(), 30, "the daemon's line", d)
+            assert d.alive()
+            assert d.stop() == 0
+            assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()
+    finally:
+        await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+import asyncpg
+
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import SourceLocked
-from syncd.postgres.connect import PostgresUnavailable
+from syncd.postgres.connect import PostgresUnavailable, privilege_refused
 from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import reconcile
 from syncd.session import SourceSession, changed
@@ -48,6 +50,13 @@ async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
             continue
         except (SourceFileError, PostgresUnavailable, UnsupportedTarget, CaptureStateError) as e:
             common.say(f"{source.name}: ERROR {e}")
+            rc = 1
+            continue
+        except asyncpg.PostgresError as e:
+            refused = privilege_refused(e, settings.dsn_for(source))
+            if refused is None:
+                raise
+            common.say(f"{source.name}: ERROR {refused}")
             rc = 1
             continue
         except (sqlite3.OperationalError, LockTimeout) as e:

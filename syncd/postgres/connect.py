@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import getpass
+import os
 import socket
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
@@ -30,6 +33,23 @@ class PostgresUnavailable(Exception):
 
 def sqlstate(exc: BaseException) -> str | None:
     return getattr(exc, "sqlstate", None)
+
+
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def privilege_refused(exc: BaseException, dsn: str) -> str | None:
+    """Postgres's refusal of a privilege syncd's role was not granted, as one line naming
+    the role and where the grants are listed; else None. An operator's to fix, not a bug."""
+    if sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
+        return None
+    try:
+        role = urlsplit(dsn).username
+    except ValueError:
+        role = None
+    role = unquote(role) if role else os.environ.get("PGUSER") or getpass.getuser()  # as libpq defaults it
+    return (f"Postgres refused syncd's role {role}: {describe(exc)}; grant it what docs/operations.md lists "
+            'under "The Postgres role"')
 
 
 _CLIENT_DATA_ERROR = asyncpg.exceptions._base.DataError  # asyncpg refused to encode a value
