@@ -145,6 +145,18 @@ class PostgresSettings(_Strict):
     def _dsn(cls, v: str) -> str:
         return check_dsn(v)
 
+    @field_validator("bookkeeping_schema")
+    @classmethod
+    def _bookkeeping_schema(cls, v: str) -> str:
+        """A schema Postgres lets syncd create, as a source's schema must be."""
+        if not v:
+            raise ValueError("is empty")
+        if len(v.encode()) > PG_MAX_IDENTIFIER_BYTES:
+            raise ValueError(f"longer than {PG_MAX_IDENTIFIER_BYTES} bytes")
+        if v.startswith("pg_") or v == "information_schema":
+            raise ValueError(f"{v!r} is reserved by Postgres; choose another schema")
+        return v
+
 
 class MetricsSettings(_Strict):
     listen: str = "127.0.0.1:9464"

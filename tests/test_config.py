@@ -201,3 +201,18 @@ def test_a_misspelt_environment_variable_is_named_not_ignored(tmp_path, name, me
     assert "hunter2" not in r.stdout + r.stderr
     # syncd's own variables of that shape are not mistaken for misspelt settings
     assert run_cli(cfg, "schema", env={"SYNCD_CUTOVER_HOLD_AT": "x", "SYNCD_BENCH_DSN": "x"}).returncode != 2
+
+
+@pytest.mark.parametrize("value, said", [
+    ('""', "is empty"),
+    ('"pg_catalog"', "reserved by Postgres"),
+    ('"information_schema"', "reserved by Postgres"),
+    ('"' + "s" * 64 + '"', "longer than 63 bytes"),
+])
+def test_a_bookkeeping_schema_postgres_cannot_give_syncd_is_refused(tmp_path, value, said):
+    """As a source's schema is: refused at load naming the key, not met at `syncd init`
+    as a traceback of Postgres's syntax error, or as a privilege to grant."""
+    cfg = write(tmp_path, GOOD.replace("[postgres]\n", f"[postgres]\nbookkeeping_schema = {value}\n"))
+    r = run_cli(cfg, "init")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert "postgres.bookkeeping_schema: " in r.stderr and said in r.stderr, r.stderr
