@@ -33,7 +33,7 @@ from syncd.model import TO_SQLITE
 from syncd.postgres.bookkeeping import OWNED_TABLES, Bookkeeping, ensure_bookkeeping
 from syncd.postgres.connect import close_quietly, connect, describe
 from syncd.sqlite import capture
-from syncd.sqlite.connection import file_problem, is_busy
+from syncd.sqlite.connection import SourceFileError, file_problem, is_busy
 
 log = logging.getLogger("syncd")
 
@@ -240,7 +240,8 @@ async def rehearse(settings: Settings, source: SourceSettings, *, allow_orphans:
         except RehearsalFailed as e:
             res.problems.insert(0, str(e))
         except Exception as e:  # noqa: BLE001 - whatever stops a step fails the rehearsal, named, and is cleaned up
-            if not isinstance(e, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error)):
+            if not isinstance(e, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error,
+                                  SourceFileError)):  # each names what failed: no traceback wanted
                 log.error("rehearsal step failed", exc_info=True, extra={"source": source.name})
             res.problems.insert(0, f"{res.steps[-1][0] if res.steps else 'copy'}: {describe(e)}")
         finally:

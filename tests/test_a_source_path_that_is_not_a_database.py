@@ -91,6 +91,9 @@ def test_a_file_damaged_inside_is_named_in_one_line(tmp_path, make_config):
         r = run_cli(cfg, *verb)
         out = r.stdout + r.stderr
         assert "Traceback" not in out and said in out and r.returncode != 0, (verb, out)
+    r = run_cli(cfg, "rehearse")  # its copy is as damaged, and named as such
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out and "is damaged: database disk image is malformed" in out and r.returncode != 0, out
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         wait_for(lambda: said in d.log(), 30, "the daemon's line on the damaged file", d)
         assert d.alive()
