@@ -28,7 +28,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES
+from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, sqlite_folded
 from syncd.printable import escape_controls
 from syncd.redact import redact_dsn, register_dsn, register_secret
 from syncd.types import PgType, parse_override
@@ -357,6 +357,11 @@ class SourceSettings(_Strict):
         for table, cols in v.items():
             if not cols:
                 raise ValueError(f"{table}: needs at least one column")
+            seen: set[str] = set()
+            for col in cols:  # one name in SQLite, however it is cased; Postgres refuses such a key
+                if sqlite_folded(col) in seen:
+                    raise ValueError(f"{table}: names column {col!r} twice")
+                seen.add(sqlite_folded(col))
         return v
 
     @property

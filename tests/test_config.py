@@ -81,6 +81,8 @@ def test_password_from_a_credentials_directory(tmp_path, monkeypatch):
         (GOOD + '\n[metrics]\nlisten = "nonsense"\n', "metrics.listen: must be HOST:PORT"),
         (GOOD.replace('name = "sales"', 'name = "sales"\ncolumns = { t = { c = "varchar" } }'),
          "unsupported Postgres type 'varchar'"),
+        (GOOD.replace('name = "sales"', 'name = "sales"\nkeys = { t = ["v", "v"] }'),
+         "sources[0].keys: t: names column 'v' twice"),  # else Postgres refuses the key, and the table pauses
         (GOOD + "\n[stream]\nbatch_size = true\n", "stream.batch_size: must be a number, not true or false"),
         (GOOD + "\n[verify]\ninterval_seconds = false\n", "verify.interval_seconds: must be a number"),
         ("[postgres\n", "config"),
