@@ -14,7 +14,7 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -34,6 +34,7 @@ from syncd.redact import redact_dsn, register_dsn, register_secret
 from syncd.types import PgType, parse_override
 
 DEFAULT_CONFIG = Path("syncd.toml")
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -368,8 +369,22 @@ class SourceSettings(_Strict):
     def schema(self) -> str:
         return self.schema_ or self.name
 
+    def _for_table(self, setting: dict[str, T], table: str) -> T | None:
+        """`setting`'s entry for `table`, named as SQLite names tables (A-Z in any case): an
+        entry for "Orders" is the table orders', not an entry for no table, left unused."""
+        if table in setting:
+            return setting[table]
+        folded = sqlite_folded(table)
+        return next((v for k, v in setting.items() if sqlite_folded(k) == folded), None)
+
+    def keys_for(self, table: str) -> list[str] | None:
+        return self._for_table(self.keys, table)
+
+    def columns_for(self, table: str) -> dict[str, str]:
+        return self._for_table(self.columns, table) or {}
+
     def column_override(self, table: str, column: str) -> PgType | None:
-        name = self.columns.get(table, {}).get(column)
+        name = self.columns_for(table).get(column)
         return parse_override(name) if name else None
 
     def wants_table(self, table: str) -> bool:

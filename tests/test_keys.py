@@ -214,3 +214,22 @@ async def test_a_null_key_met_while_streaming_names_the_rowid_as_the_way_out(tmp
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert d.stop() == 0
     assert await compare_keyless(str(db), pg_dsn, "app", "accounts") == []
+
+
+def test_keys_and_types_set_for_a_table_name_cased_otherwise_apply_as_in_sqlite(tmp_path, make_config):
+    """SQLite's table names ignore case (A-Z): [sources.keys] and [sources.columns] set for
+    "Orders" are the table orders' settings, not settings of no table, silently ignored
+    (the table keyed on its rowid, its column left text)."""
+    from tests.support.daemon import run_cli
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE orders (ref TEXT NOT NULL, doc TEXT)")
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db), "keys": {"Orders": ["ref"]},
+                        "columns": {"ORDERS": {"doc": "jsonb"}}}])
+    r = run_cli(cfg, "schema")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "-- table 'orders': key ref (configured)" in r.stdout, r.stdout
+    assert '"doc" jsonb' in r.stdout and "_syncd_rowid" not in r.stdout, r.stdout

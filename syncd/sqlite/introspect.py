@@ -164,7 +164,7 @@ def describe_table(
         return Refusal(table, "has no columns syncd can read")
     sticky = sticky_types or {}
     typed = retyped or {}
-    overrides = source.columns.get(table, {})
+    overrides = source.columns_for(table)
     unknown = set(overrides) - {r[1] for r in raw}
     if unknown:
         return Refusal(table, f"[sources.columns] names unknown column(s) {sorted(unknown)}")
@@ -220,7 +220,7 @@ def describe_table(
     uniques = raw_table.uniques
     notnull = {c.name for c in columns if c.notnull}
 
-    configured = source.keys.get(table)
+    configured = source.keys_for(table)
     # [sources.keys] "t" = ["rowid"] (or another of its names no column shadows): keyed
     # on the rowid as a table without a key is, the way out for a primary key holding
     # NULLs, which SQLite allows in a rowid table and Postgres does not.
