@@ -99,3 +99,27 @@ def test_a_file_damaged_inside_is_named_in_one_line(tmp_path, make_config):
         assert d.alive()
         assert d.stop() == 0
         assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()
+
+
+def test_resync_from_a_damaged_file_is_refused(tmp_path, make_config):
+    """A resync drops the table's Postgres copy to load it again from SQLite: from a file
+    damaged inside, which the rebuild could not read, the copy in Postgres may be the
+    only whole one left. Refused, naming the file, and nothing requested."""
+    import sqlite3
+
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, "x" * 200) for i in range(2000)])
+    conn.commit()
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(path)}])
+    assert run_cli(cfg, "init").returncode == 0
+    with open(path, "r+b") as f:  # leaf pages of t, past sqlite_master (page 1) and t's root
+        f.seek(page * 5)
+        f.write(b"\xff" * page * 3)
+    r = run_cli(cfg, "resync", "--source", "app", "--table", "t")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and f"SQLite file {path} is damaged" in out and "requested" not in out, out
+    assert "Traceback" not in out and out.count("\n") == 1, out

@@ -15,7 +15,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres.bookkeeping import REFUSED, Bookkeeping, bookkeeping_exists
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
-from syncd.sqlite.connection import file_problem, open_readonly
+from syncd.sqlite.connection import damaged, file_problem, open_readonly
 
 
 def register(sub, parent) -> None:
@@ -51,12 +51,18 @@ def _not_a_database(source: SourceSettings, busy_timeout_ms: int) -> str | None:
         return None
     try:
         conn.execute("SELECT count(*) FROM main.sqlite_master").fetchone()
+        # Damage inside the file: the rebuild could not read it, and the Postgres copy the
+        # resync drops may be the only whole one left. A read of every page, as the rebuild's.
+        found = conn.execute("PRAGMA main.quick_check(1)").fetchone()[0]
     except sqlite3.OperationalError:
         return None
     except sqlite3.DatabaseError as e:
-        return f"cannot read {source.path}: {e}"
+        return str(damaged(e, source.path) or f"cannot read {source.path}: {e}")
     finally:
         conn.close()
+    if found != "ok":
+        found = " ".join(found.split())  # SQLite's report runs over lines
+        return f"SQLite file {source.path} is damaged: {found} (PRAGMA quick_check); restore it from a backup"
     return None
 
 
