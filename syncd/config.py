@@ -183,6 +183,14 @@ class MetricsSettings(_Strict):
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464 (or \"\" to disable)")
         return v
 
+    @field_validator("auth_token", "basic_auth_password")
+    @classmethod
+    def _not_empty(cls, v: SecretStr | None) -> SecretStr | None:
+        # Set from an unset shell variable, say: the page the operator meant closed would be open.
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("is empty: set the credential, or leave the key out")
+        return v
+
     @model_validator(mode="after")
     def _basic_pair(self) -> "MetricsSettings":
         if (self.basic_auth_password is None) != (self.basic_auth_user is None):

@@ -218,3 +218,16 @@ def test_a_bookkeeping_schema_postgres_cannot_give_syncd_is_refused(tmp_path, va
     r = run_cli(cfg, "init")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
     assert "postgres.bookkeeping_schema: " in r.stderr and said in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["SYNCD_METRICS__AUTH_TOKEN", "SYNCD_METRICS__BASIC_AUTH_PASSWORD"])
+def test_an_empty_endpoint_credential_is_refused(tmp_path, name):
+    """`Environment=SYNCD_METRICS__AUTH_TOKEN=$TOKEN` with $TOKEN unset: the operator meant
+    the status page closed, and an empty credential left it open to anyone (a warning in
+    the log at best). Refused at load naming the variable, exit 2."""
+    env = {name: ""}
+    if "BASIC" in name:
+        env["SYNCD_METRICS__BASIC_AUTH_USER"] = "prometheus"
+    r = run_cli(write(tmp_path, GOOD), "init", env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert f"environment variable {name}" in r.stderr and "is empty" in r.stderr, r.stderr
