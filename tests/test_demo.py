@@ -175,3 +175,19 @@ async def _create(dsn: str, name: str) -> None:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
+
+
+def test_a_given_server_that_refuses_the_connection_is_one_line(tmp_path, pg_dsn):
+    """SYNCD_POSTGRES__DSN naming a database that does not exist (or a user that does not):
+    the server answers, then refuses. One line naming it, its password hidden, exit 2,
+    and the demo's files removed; never a traceback."""
+    given = pg_dsn.rsplit("/", 1)[0].replace("postgres@", "postgres:s3cret-pw@") + "/no_such_database_here"
+    r = subprocess.run([sys.executable, "-m", "syncd", "demo", "--listen", f"127.0.0.1:{free_port()}"],
+                       capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+                       env={**os.environ, "SYNCD_POSTGRES__DSN": given})
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1, r.stdout + r.stderr
+    assert err.startswith("syncd: cannot connect to ") and 'database "no_such_database_here" does not exist' in err
+    assert "s3cret-pw" not in r.stdout + r.stderr
+    workdir = Path(re.search(r"demo files: .* in (\S+)$", r.stdout, re.M).group(1))
+    assert not workdir.exists()

@@ -4,6 +4,7 @@ when run as root). The test suite starts its clusters the same way."""
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import pwd
@@ -19,6 +20,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import asyncpg
 
 from syncd.identifiers import quote_pg_ident
+from syncd.postgres.connect import describe
+from syncd.redact import scrub
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -206,7 +209,11 @@ async def create_databases(dsn: str, names: tuple[str, ...], existing: str = "ke
     """Create the databases that do not exist yet; returns those created. With
     existing="refuse", a database that is already there is an error and nothing is
     created (the demo never writes into a database it did not make)."""
-    conn = await asyncpg.connect(dsn, password=password)
+    try:
+        conn = await asyncpg.connect(dsn, password=password)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        # It answered, then refused: no such database or user, a wrong password.
+        raise ServerError(f"cannot connect to {scrub(dsn)}: {describe(e)}") from None
     try:
         have = {r[0] for r in await conn.fetch("SELECT datname FROM pg_database")}
         there = [n for n in names if n in have]
