@@ -159,3 +159,30 @@ async def test_a_privilege_the_role_lacks_is_one_line(tmp_path, pg_dsn):
             assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()
     finally:
         await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
+
+
+async def test_every_verb_names_a_privilege_the_role_lacks_in_one_line(tmp_path, pg_dsn):
+    """syncd set up by a superuser, then run as a role not granted the bookkeeping schema
+    (another operator's DSN, a role changed in the unit): each verb says what Postgres
+    refused in one line, never a traceback."""
+    role = f"syncd_role_{secrets.token_hex(4)}"
+    database = pg_dsn.rsplit("/", 1)[1]
+    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN", f"GRANT CONNECT, CREATE ON DATABASE {database} TO {role}")
+    try:
+        db = tmp_path / "app.db"
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+        conn.commit()
+        conn.close()
+        assert run_cli(write_config(tmp_path / "admin.toml", pg_dsn, [{"name": "app", "path": str(db)}]),
+                       "init").returncode == 0
+        cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace("postgres@", f"{role}@"),
+                           [{"name": "app", "path": str(db)}])
+        for verb in (("report",), ("resync", "--source", "app", "--table", "items"), ("uninstall",), ("rehearse",)):
+            r = run_cli(cfg, *verb)
+            out = r.stdout + r.stderr
+            assert r.returncode != 0 and "Traceback" not in out, (verb, out)
+            line = next(x for x in out.splitlines() if "permission denied for schema" in x)
+            assert '"The Postgres role"' in line, (verb, out)
+    finally:
+        await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')

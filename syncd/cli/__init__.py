@@ -93,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `syncd report | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except Exception:  # a bug: show the traceback, but never a secret it may quote
+    except Exception as e:  # a bug: show the traceback, but never a secret it may quote
+        from syncd.postgres.connect import privilege_refused
+
+        refused = privilege_refused(e)  # not a bug: a grant the operator has to give, said in one line
+        if refused is not None:
+            return common.fail(refused, 1)
         import traceback
 
         from syncd.redact import scrub

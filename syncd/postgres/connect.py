@@ -38,17 +38,20 @@ def sqlstate(exc: BaseException) -> str | None:
 INSUFFICIENT_PRIVILEGE = "42501"
 
 
-def privilege_refused(exc: BaseException, dsn: str) -> str | None:
+def privilege_refused(exc: BaseException, dsn: str | None = None) -> str | None:
     """Postgres's refusal of a privilege syncd's role was not granted, as one line naming
-    the role and where the grants are listed; else None. An operator's to fix, not a bug."""
+    the role (where `dsn` is known) and where the grants are listed; else None. An
+    operator's to fix, not a bug."""
     if sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
         return None
-    try:
-        role = urlsplit(dsn).username
-    except ValueError:
-        role = None
-    role = unquote(role) if role else os.environ.get("PGUSER") or getpass.getuser()  # as libpq defaults it
-    return (f"Postgres refused syncd's role {role}: {describe(exc)}; grant it what docs/operations.md lists "
+    who = "syncd's role"
+    if dsn is not None:
+        try:
+            role = urlsplit(dsn).username
+        except ValueError:
+            role = None
+        who += " " + (unquote(role) if role else os.environ.get("PGUSER") or getpass.getuser())  # as libpq has it
+    return (f"Postgres refused {who}: {describe(exc)}; grant it what docs/operations.md lists "
             'under "The Postgres role"')
 
 
