@@ -31,7 +31,8 @@ from syncd.config import Settings, SourceSettings
 from syncd.identifiers import quote_pg_ident
 from syncd.model import TO_SQLITE
 from syncd.postgres.bookkeeping import OWNED_TABLES, Bookkeeping, ensure_bookkeeping
-from syncd.postgres.connect import close_quietly, connect, describe
+from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
+from syncd.postgres.target import UnsupportedTarget
 from syncd.sqlite import capture
 from syncd.sqlite.connection import SourceFileError, file_problem, is_busy
 
@@ -241,7 +242,7 @@ async def rehearse(settings: Settings, source: SourceSettings, *, allow_orphans:
             res.problems.insert(0, str(e))
         except Exception as e:  # noqa: BLE001 - whatever stops a step fails the rehearsal, named, and is cleaned up
             if not isinstance(e, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error,
-                                  SourceFileError)):  # each names what failed: no traceback wanted
+                                  SourceFileError, UnsupportedTarget, PostgresUnavailable)):  # each names what failed
                 log.error("rehearsal step failed", exc_info=True, extra={"source": source.name})
             res.problems.insert(0, f"{res.steps[-1][0] if res.steps else 'copy'}: {describe(e)}")
         finally:

@@ -120,6 +120,10 @@ async def test_other_encodings_are_refused_at_start(encoding, pg_server, app_db,
         assert out.returncode == 2 and out.stdout.strip().splitlines() == [f"app: ERROR {want}"]
         init = run_cli(cfg, "init", timeout=60)
         assert init.returncode == 1 and f"app: ERROR {want}" in init.stdout
+        rehearse = run_cli(cfg, "rehearse", timeout=60)  # the reason is the line: no traceback above it
+        out = rehearse.stdout + rehearse.stderr
+        assert rehearse.returncode == 1 and f"app: REHEARSAL FAILED: load: {want}" in out, out
+        assert "Traceback" not in out, out
     finally:
         await _admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
