@@ -129,3 +129,34 @@ async def test_an_upgraded_install_keeps_the_tables_it_already_replicates(tmp_pa
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
     assert sorted(await pg_rows(pg_dsn, "SELECT schema_name, table_name, source FROM syncd.owned_tables")) == \
         [("app", "good", "app"), ("app", "items", "app")]
+
+
+async def test_a_schema_another_session_creates_meanwhile_is_taken_as_there(tmp_path, pg_dsn):
+    """Two sources sharing a schema start at once (the daemon's first start): one's CREATE
+    SCHEMA IF NOT EXISTS meets the other's, not committed yet, and Postgres answers with a
+    duplicate key, not "already exists". The schema is there: init goes on, no traceback."""
+    import asyncio
+    import subprocess
+
+    from tests.support.daemon import syncd_cmd
+
+    _app(tmp_path / "app.db", tables=("items",))
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(tmp_path / "app.db"),
+                                                          "schema": "shared"}])
+    other = await asyncpg.connect(pg_dsn)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute('CREATE SCHEMA "shared"')  # the other source's, in flight
+        proc = subprocess.Popen(syncd_cmd(cfg, "init"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=str(tmp_path))
+        for _ in range(100):  # until init waits on the schema's name
+            if await other.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                break
+            await asyncio.sleep(0.1)
+        await tx.commit()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        await other.close()
+    assert proc.returncode == 0 and "Traceback" not in out + err, out + err
+    assert "capture installed on 1 table(s)" in out, out

@@ -212,7 +212,13 @@ async def ensure_schema(conn: asyncpg.Connection, schema: str) -> None:
     """CREATE SCHEMA unless it exists: a schema created beforehand for syncd's role
     then needs no CREATE right on the database."""
     if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(schema)}")
+        try:
+            async with conn.transaction():  # a savepoint inside a transaction: it goes on after
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(schema)}")
+        except asyncpg.UniqueViolationError:
+            # Created meanwhile by another session (another source's sharing the schema, at
+            # the daemon's start), which IF NOT EXISTS does not cover: it is there.
+            pass
 
 
 def _ddl_version(bk: str) -> str:
