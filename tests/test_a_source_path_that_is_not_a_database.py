@@ -104,11 +104,13 @@ def test_a_file_damaged_inside_is_named_in_one_line(tmp_path, make_config):
 def test_resync_from_a_damaged_file_is_refused(tmp_path, make_config):
     """A resync drops the table's Postgres copy to load it again from SQLite: from a file
     damaged inside, which the rebuild could not read, the copy in Postgres may be the
-    only whole one left. Refused, naming the file, and nothing requested."""
+    only whole one left. Refused, naming the file, and nothing requested (in WAL mode,
+    where reading every page holds no application writer back)."""
     import sqlite3
 
     path = tmp_path / "app.db"
     conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=wal")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
     conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, "x" * 200) for i in range(2000)])
     conn.commit()

@@ -52,8 +52,11 @@ def _not_a_database(source: SourceSettings, busy_timeout_ms: int) -> str | None:
     try:
         conn.execute("SELECT count(*) FROM main.sqlite_master").fetchone()
         # Damage inside the file: the rebuild could not read it, and the Postgres copy the
-        # resync drops may be the only whole one left. A read of every page, as the rebuild's.
-        found = conn.execute("PRAGMA main.quick_check(1)").fetchone()[0]
+        # resync drops may be the only whole one left. A read of every page, in WAL mode
+        # only: in rollback-journal mode it would hold the application's commits back for
+        # as long as it reads (the rebuild reads in short chunks).
+        wal = conn.execute("PRAGMA main.journal_mode").fetchone()[0].lower() == "wal"
+        found = conn.execute("PRAGMA main.quick_check(1)").fetchone()[0] if wal else "ok"
     except sqlite3.OperationalError:
         return None
     except sqlite3.DatabaseError as e:
