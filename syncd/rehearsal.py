@@ -61,10 +61,14 @@ class RehearsalResult:
     changes: int = 0
     cutover_downtime: float | None = None
     rollback_downtime: float | None = None
+    tables: list[str] | None = None  # the tables its copy held, verified: what the rehearsal is evidence for
 
     def as_json(self) -> dict:
-        return {"steps": [{"step": s, "seconds": round(t, 3), "note": n} for s, t, n in self.steps],
-                "problems": self.problems}
+        out = {"steps": [{"step": s, "seconds": round(t, 3), "note": n} for s, t, n in self.steps],
+               "problems": self.problems}
+        if self.tables is not None:
+            out["tables"] = self.tables
+        return out
 
 
 def rehearsal_schemas(settings: Settings, source: SourceSettings) -> tuple[str, str]:
@@ -295,6 +299,7 @@ async def _steps(settings: Settings, source: SourceSettings, workdir: Path, conn
     async def verify():
         checked = await verify_source(rsettings, rs, record=True)
         res.rows = sum(t.rows_sqlite or 0 for t in checked.tables)
+        res.tables = sorted(t.table for t in checked.tables)
         bad = [t for t in checked.tables if not (t.compared and t.equal) or t.error]
         if checked.error or bad:
             what = checked.error or ", ".join(f'"{t.table}": {t.error or t.reason or "not equal"}' for t in bad[:3])

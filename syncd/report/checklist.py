@@ -349,6 +349,12 @@ def rehearsed(f: MigrationFacts) -> CheckItem:
         elif _age_seconds(r.at, f.generated_at) > limit * 86400:
             bad.append(f"{s.name}: last rehearsed {_when(r.at, f.generated_at)}, longer ago than {_days(limit)}: "
                        "run `syncd rehearse` again")
+        elif r.tables is not None and (new := [t.name for t in s.tables
+                                               if t.rows_sqlite is not None and t.name not in r.tables]):
+            # Its copy did not hold them: they were never cut over and rolled back.
+            names = _some(['table "' + n + '"' for n in new])
+            bad.append(f"{s.name}: the last rehearsal, {_when(r.at, f.generated_at)}, did not cover {names} (not "
+                       f"in the file then): run `syncd rehearse --source {s.name}` again")
         else:
             good.append(f"{s.name}: rehearsed {_when(r.at, f.generated_at)}: cutover write downtime "
                         f"{r.cutover_downtime or 0:.2f} s, rollback {r.rollback_downtime or 0:.2f} s, "

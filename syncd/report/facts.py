@@ -102,6 +102,9 @@ class RehearsalFacts:
     cutover_downtime: float | None
     rollback_downtime: float | None
     problem: str | None
+    # The tables its copy held (None: not recorded, by an earlier syncd): a table created
+    # since was never cut over and rolled back.
+    tables: frozenset[str] | None = None
 
 
 @dataclass
@@ -247,10 +250,13 @@ async def _rehearsal(pg: asyncpg.Connection, bk: Bookkeeping, source: str) -> Re
     if r is None:
         return None
     try:
-        problems = json.loads(r[5] or "{}").get("problems") or []
-    except (ValueError, AttributeError):
-        problems = []
-    return RehearsalFacts(r[0], r[1], r[2], r[3], r[4], problems[0] if problems else None)
+        detail = json.loads(r[5] or "{}")
+        problems = detail.get("problems") or []
+        tables = detail.get("tables")
+        tables = frozenset(str(t) for t in tables) if isinstance(tables, list) else None
+    except (ValueError, AttributeError, TypeError):
+        problems, tables = [], None
+    return RehearsalFacts(r[0], r[1], r[2], r[3], r[4], problems[0] if problems else None, tables)
 
 
 async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, live: dict | None,
