@@ -48,6 +48,9 @@ class TableStatus:
     last_verify_differences: int | None = None
     last_verify_error: str | None = None
     last_verify_uncompared: str | None = None  # the last check compared nothing: why
+    # Rows the last check found differing whose change stayed in flight while it waited:
+    # (how many, why); compared to nothing, so no clean check.
+    last_verify_pending: tuple[int, str] | None = None
     last_compared_at: str | None = None  # the last check that compared the table (and did not fail)
     copied_at: str | None = None  # its rows last copied (a load, a reload, either way): older checks do not count
 
@@ -247,9 +250,10 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
                                 ELSE coalesce(v.detail::json->>'reason', 'no reason recorded') END,
                            (SELECT max(c.finished_at) FROM {q}.verify_runs c WHERE c.source = t.source
                             AND c.table_name = t.table_name AND c.full_check AND c.error IS NULL
-                            AND c.started_at >= coalesce(t.snapshot_finished_at, '-infinity'))
+                            AND c.started_at >= coalesce(t.snapshot_finished_at, '-infinity')),
+                           v.pending, coalesce(v.detail::json->>'reason', 'no reason recorded')
                     FROM {q}.tables t CROSS JOIN LATERAL (
-                        SELECT finished_at, missing, extra, different, error, full_check, detail
+                        SELECT finished_at, missing, extra, different, pending, error, full_check, detail
                         FROM {q}.verify_runs r
                         WHERE r.source = t.source AND r.table_name = t.table_name
                           AND r.started_at >= coalesce(t.snapshot_finished_at, '-infinity')
@@ -354,9 +358,10 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         if state in (bk.LOADING, bk.PENDING):
             t.snapshot_rows, t.snapshot_total = snap_rows, snap_total
         if name in pg.verify:
-            at, diffs, err, uncompared, compared_at = pg.verify[name]
+            at, diffs, err, uncompared, compared_at, pending, why = pg.verify[name]
             t.last_verify_at, t.last_verify_differences, t.last_verify_error = _iso(at), diffs, err
             t.last_verify_uncompared, t.last_compared_at = uncompared, _iso(compared_at)
+            t.last_verify_pending = (pending, why) if pending else None
         st.tables.append(t)
 
     mine = (live or {}).get("sources", {}).get(source.name)
@@ -526,6 +531,10 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
         elif t.last_verify_uncompared:
             p.append(Problem("warning", f'table "{t.name}": last consistency check compared nothing: '
                                         f"{t.last_verify_uncompared}"))
+        elif t.last_verify_pending:
+            p.append(Problem("warning", f'table "{t.name}": last consistency check could not confirm '
+                                        f"{t.last_verify_pending[0]} row(s) still changing: "
+                                        f"{t.last_verify_pending[1]}"))
         elif t.last_compared_at is None:
             since = f" since the table was copied ({t.copied_at})" if t.copied_at else " yet"
             p.append(Problem("warning", f'table "{t.name}": consistency not checked{since}'))

@@ -381,3 +381,35 @@ async def test_status_waits_for_a_locked_file_as_long_as_read_busy_timeout_ms(tm
     refused = status_while_locked(200, None)
     assert any(f"cannot read {db}: database is locked" in p["message"] for p in refused["problems"]), refused
     conn.close()
+
+
+async def test_a_last_check_that_could_not_confirm_rows_in_flight_is_no_clean_check(tmp_path, make_config, pg_dsn):
+    """A check that found rows differing and gave up waiting for the change that explains
+    them (the daemon stopped) compared those rows to nothing: status warns of it as of a
+    check that compared nothing, as the report counts it not clean, until a check confirms
+    the table."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b');")
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{free_port()}",
+                      extra="[verify]\ninterval_seconds = 0\n")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE t SET v = 'changed' WHERE id = 1")  # captured; no daemon applies it
+    conn.commit()
+    conn.close()
+    out = run_cli(cfg, "verify", "--wait", "1")
+    assert out.returncode != 0 and "pending" in out.stdout, out.stdout + out.stderr
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)  # the change is applied now; nothing confirmed it
+        r = run_cli(cfg, "status")
+        assert r.returncode == 1, r.stdout
+        assert 'table "t": last consistency check could not confirm 1 row(s) still changing' in r.stdout, r.stdout
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "status")
+        assert r.returncode == 0, r.stdout
+        assert d.stop() == 0

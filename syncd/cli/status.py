@@ -114,6 +114,9 @@ def _consistency(st: SourceStatus) -> str:
     uncompared = sum(1 for t in streaming if t.last_verify_uncompared)
     if uncompared:
         return f"{uncompared} not compared"
+    unconfirmed = sum(1 for t in streaming if t.last_verify_pending)
+    if unconfirmed:
+        return f"{unconfirmed} unconfirmed"
     checked = [t for t in streaming if t.last_compared_at]
     if len(checked) < len(streaming):
         return f"{len(streaming) - len(checked)} unchecked"
