@@ -178,6 +178,34 @@ async def test_a_target_that_cannot_be_reached_leaves_the_other_sources_measured
     assert not item(doc, "migrated")["ok"] and "hunter2" not in md + json.dumps(doc)
 
 
+
+async def test_a_source_not_measured_passes_no_item_and_fails_each_for_that_reason(ready, tmp_path):
+    """A source whose Postgres cannot be reached was measured in nothing: no item is met for
+    it ("no halted tables", "foreign keys hold", lookups under the limit), and where an item
+    fails it says why, not that dual-write never started or that nobody rehearsed. A source
+    whose file is gone was not timed or checked for orphans either."""
+    from tests.support.ports import free_port
+
+    shutil.copyfile(tmp_path / "app.db", tmp_path / "other.db")
+    down = f"postgresql://syncd:hunter2@127.0.0.1:{free_port()}/db"
+    ready.write_text(ready.read_text() + f'\n[[sources]]\nname = "other"\npath = "{tmp_path / "other.db"}"\n'
+                                         f'dsn = "{down}"\n')
+    _, md, _, doc = report(ready)
+    for i in doc["checklist"]:
+        if i["key"] == "backup":  # the backups are files, measured without Postgres
+            continue
+        theirs = [p for p in i["problems"] if p.startswith("other")]
+        assert not i["ok"] and theirs, i
+        assert all("its Postgres cannot be measured now" in p for p in theirs), i
+    assert "never rehearsed" not in md and "has not started" not in md
+
+    (tmp_path / "other.db").unlink()
+    ready.write_text(ready.read_text().replace(down, "").replace('dsn = ""\n', ""))
+    _, md, _, doc = report(ready)
+    for key in ("performance", "foreign_keys"):
+        theirs = [p for p in item(doc, key)["problems"] if p.startswith("other")]
+        assert not item(doc, key)["ok"] and theirs and "other.db" in theirs[0], item(doc, key)
+
 async def test_too_short_and_a_consistency_error_in_the_window(ready, pg_dsn):
     await pg_execute(pg_dsn, "UPDATE syncd.sources SET streaming_since = $1", ago(days=3))
     await add_run(pg_dsn, "items", ago(days=2), 1000, different=2, repaired=2,

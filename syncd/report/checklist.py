@@ -154,6 +154,9 @@ def dual_write(f: MigrationFacts) -> CheckItem:
             since, span = f.generated_at - dt.timedelta(days=f.min_days), f"the last {_days(f.min_days)}"
         else:
             since, span = s.streaming_since, "dual-write so far"
+        if s.unmeasured:  # neither its dual-write nor its checks are known: not that none began
+            bad.append(f"{s.name}: {s.error}")
+            continue
         days = s.dual_write_days(f.generated_at)
         if days is None:
             bad.append(f"{s.name}: dual-write has not started (not every table has streamed yet)")
@@ -251,7 +254,9 @@ def lag(f: MigrationFacts) -> CheckItem:
     bad, good = [], []
     for s in f.sources:
         pending = "" if s.lag.pending_changes is None else f"; {s.lag.pending_changes} change(s) pending"
-        if s.lag.seconds is None:
+        if s.lag.seconds is None and s.unmeasured:
+            bad.append(f"{s.name}: lag unknown: {s.error}")
+        elif s.lag.seconds is None:
             bad.append(f"{s.name}: lag unknown, {s.lag.source}")
         elif s.lag.seconds >= f.warn_lag_seconds:
             bad.append(f"{s.name}: lag {s.lag.seconds:.1f} s, from {s.lag.source}{pending}")
@@ -267,6 +272,7 @@ def halted(f: MigrationFacts) -> CheckItem:
                                "change)", True)
     bad = [f"{s.name}.{t.name}: {t.state}: {t.reason or 'no reason recorded'}"
            for s in f.sources for t in s.tables if t.state in HALTED]
+    bad += [f"{s.name}: {s.error}" for s in f.sources if s.unmeasured]  # its tables' states are not known
     n = sum(len(s.tables) for s in f.sources)
     item.ok = not bad
     item.problems, item.evidence = bad, ([] if bad else [f"none of the {n} table(s) is held or paused"])
@@ -336,6 +342,8 @@ def rehearsed(f: MigrationFacts) -> CheckItem:
         r = s.rehearsal
         if s.direction == TO_SQLITE:
             good.append(f"{s.name}: cut over; `syncd rollback` is the way back now")
+        elif s.unmeasured:  # its rehearsals are recorded in the Postgres not reached
+            bad.append(f"{s.name}: whether it was rehearsed is not known: {s.error}")
         elif r is None:
             bad.append(f"{s.name}: never rehearsed: run `syncd rehearse --source {s.name}` (a copy of the file is "
                        "cut over and rolled back in schemas of its own; the live file and its replica are not "
@@ -372,9 +380,8 @@ def performance(f: MigrationFacts) -> CheckItem:
     timed = 0
     for s in f.sources:
         p = s.parity
-        if p is None:
-            if not s.error:
-                bad.append(f"{s.name}: lookups not timed")
+        if p is None:  # what was not measured fails: a file gone, a Postgres not reached
+            bad.append(f"{s.name}: lookups not timed" + (f": {s.error}" if s.error else ""))
             continue
         if p.error:
             bad.append(f"{s.name}: lookups not timed: {p.error}")
@@ -414,8 +421,8 @@ def foreign_keys(f: MigrationFacts) -> CheckItem:
     for s in f.sources:
         p = s.parity
         if p is None or p.error:
-            if p is not None:
-                bad.append(f"{s.name}: foreign keys not checked: {p.error}")
+            bad.append(f"{s.name}: foreign keys not checked: "
+                       f"{p.error if p is not None else s.error or 'the SQLite file was not read'}")
             continue
         counted = 0
         for o in p.orphans:

@@ -113,6 +113,7 @@ class SourceFacts:
     path: str
     schema: str
     error: str | None = None  # the SQLite file could not be read
+    unmeasured: bool = False  # its Postgres could not be reached: nothing of it measured (error says why)
     registered: bool = False  # syncd has this source in its bookkeeping
     streaming_since: dt.datetime | None = None
     applied_seq: int | None = None
@@ -203,7 +204,8 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
                         await ensure_bookkeeping(conns[dsn], settings.postgres.bookkeeping_schema)
             if dsn in unreachable:
                 sources.append(SourceFacts(name=source.name, path=str(source.path), schema=source.schema,
-                                           error=f"its Postgres cannot be measured now: {unreachable[dsn]}"))
+                                           error=f"its Postgres cannot be measured now: {unreachable[dsn]}",
+                                           unmeasured=True))
                 continue
             sources.append(await _source(settings, source, conns[dsn], status.get(source.name), now,
                                          parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
