@@ -21,6 +21,7 @@ from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe
+from syncd.report.backups import FUTURE_SECONDS
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
 from syncd.sqlite.connection import file_problem, hard_links, is_busy, open_readonly
 from syncd.sqlite.introspect import is_internal, list_tables
@@ -243,22 +244,27 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
         # compared nothing, a table not streaming when it ran, is no check: its time does
         # not make one recent).
         # Runs begun before the table's rows were last copied (a reload) judged rows
-        # that are gone: they are not its consistency now.
+        # that are gone: they are not its consistency now. Runs dated ahead of this host's
+        # clock (their host's clock ahead) ran at a time not known: neither the latest nor
+        # a recent check, they would stand above the checks made since until that time came.
         for r in await conn.fetch(
                 f"""SELECT t.source, t.table_name, v.finished_at, v.missing + v.extra + v.different, v.error,
                            CASE WHEN v.full_check THEN NULL
                                 ELSE coalesce(v.detail::json->>'reason', 'no reason recorded') END,
                            (SELECT max(c.finished_at) FROM {q}.verify_runs c WHERE c.source = t.source
                             AND c.table_name = t.table_name AND c.full_check AND c.error IS NULL
-                            AND c.started_at >= coalesce(t.snapshot_finished_at, '-infinity')),
+                            AND c.started_at >= coalesce(t.snapshot_finished_at, '-infinity')
+                            AND c.finished_at <= $2),
                            v.pending, coalesce(v.detail::json->>'reason', 'no reason recorded')
                     FROM {q}.tables t CROSS JOIN LATERAL (
                         SELECT finished_at, missing, extra, different, pending, error, full_check, detail
                         FROM {q}.verify_runs r
                         WHERE r.source = t.source AND r.table_name = t.table_name
                           AND r.started_at >= coalesce(t.snapshot_finished_at, '-infinity')
+                          AND r.finished_at <= $2
                         ORDER BY started_at DESC, finished_at DESC LIMIT 1) v
-                    WHERE t.source = ANY($1::text[])""", names):
+                    WHERE t.source = ANY($1::text[])""",
+                names, dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=FUTURE_SECONDS)):
             out[r[0]].verify[r[1]] = tuple(r[2:])
     except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable"
         for side in out.values():

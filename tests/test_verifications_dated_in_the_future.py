@@ -49,3 +49,31 @@ async def test_a_check_stamped_by_a_clock_ahead_is_not_the_recent_check_the_chec
 
     dry = run_cli(cfg, "cutover", "--dry-run")
     assert dry.returncode == 1 and "app: REFUSED" in dry.stdout, dry.stdout
+
+
+async def test_status_does_not_take_a_check_dated_ahead_for_the_latest(app_db, make_config, pg_dsn, tmp_path):
+    """`syncd status` judges a table by its latest check too: a clean one stamped by a clock
+    ahead would stand as the latest (and as fresh) until that time came, hiding the checks
+    made since, one of which found a row missing."""
+    import sqlite3
+
+    from tests.support.daemon import DaemonProcess
+    from tests.support.pgcluster import free_port
+    from tests.support.sync import wait_caught_up
+
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b');")
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], metrics_listen=f"127.0.0.1:{free_port()}",
+                      extra="[verify]\ninterval_seconds = 0\n")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert verify(cfg).returncode == 0
+        await pg_execute(pg_dsn, "UPDATE syncd.verify_runs SET started_at = started_at + interval '10 hours', "
+                                 "finished_at = finished_at + interval '10 hours'")  # its host's clock ran ahead
+        await pg_execute(pg_dsn, "DELETE FROM app.t WHERE id = 2")
+        assert verify(cfg).returncode != 0  # a check now, on a clock that is right: a row missing
+        r = run_cli(cfg, "status")
+        assert r.returncode == 2, r.stdout
+        assert 'table "t": 1 row(s) differed at the last consistency check' in r.stdout, r.stdout
+        assert d.stop() == 0
