@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -61,7 +62,9 @@ class RehearsalResult:
     changes: int = 0
     cutover_downtime: float | None = None
     rollback_downtime: float | None = None
-    tables: list[str] | None = None  # the tables its copy held, verified: what the rehearsal is evidence for
+    # The tables its copy held, verified, each with its definition's fingerprint
+    # (table_definitions): what the rehearsal is evidence for.
+    tables: dict[str, str | None] | None = None
 
     def as_json(self) -> dict:
         out = {"steps": [{"step": s, "seconds": round(t, 3), "note": n} for s, t, n in self.steps],
@@ -299,7 +302,7 @@ async def _steps(settings: Settings, source: SourceSettings, workdir: Path, conn
     async def verify():
         checked = await verify_source(rsettings, rs, record=True)
         res.rows = sum(t.rows_sqlite or 0 for t in checked.tables)
-        res.tables = sorted(t.table for t in checked.tables)
+        res.tables = await asyncio.to_thread(_definitions_of, copy, [t.table for t in checked.tables])
         bad = [t for t in checked.tables if not (t.compared and t.equal) or t.error]
         if checked.error or bad:
             what = checked.error or ", ".join(f'"{t.table}": {t.error or t.reason or "not equal"}' for t in bad[:3])
@@ -331,6 +334,23 @@ async def _steps(settings: Settings, source: SourceSettings, workdir: Path, conn
     for name, work in (("copy", copy_it), ("load", load), ("verify", verify), ("backup", back_up),
                        ("cutover", switch), ("write in Postgres", write), ("rollback", switch_back)):
         await step(name, work)
+
+
+def table_definitions(conn: sqlite3.Connection) -> dict[str, str]:
+    """Each table's CREATE statement as SQLite keeps it (an ALTER TABLE rewrites it), as a
+    short fingerprint: a table whose definition changed since a rehearsal was not rehearsed."""
+    return {name: hashlib.sha256(sql.encode()).hexdigest()[:16]
+            for name, sql in conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'table'")
+            if sql is not None}
+
+
+def _definitions_of(path: Path, names: list[str]) -> dict[str, str | None]:
+    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+    try:
+        found = table_definitions(conn)
+    finally:
+        conn.close()
+    return {n: found.get(n) for n in sorted(names)}
 
 
 async def _record(conn: asyncpg.Connection, bk_schema: str, res: RehearsalResult, started: dt.datetime) -> None:

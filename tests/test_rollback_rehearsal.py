@@ -207,3 +207,33 @@ async def test_a_table_created_after_the_rehearsal_was_not_rehearsed(app_db, mak
     out = run_cli(cfg, "rehearse", timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert report_item(cfg)["ok"]
+
+
+async def test_a_table_whose_definition_changed_after_the_rehearsal_was_not_rehearsed(app_db, make_config, pg_dsn,
+                                                                                       tmp_path):
+    """Nor is a table the application altered since (a column added): the cutover and the
+    rollback of its new definition were never tried."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);"
+                       "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);"
+                       "INSERT INTO customers VALUES (1, 'ada'), (2, 'grace'); INSERT INTO notes VALUES (1, 'x');")
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    out = run_cli(cfg, "rehearse", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    conn = sqlite3.connect(app_db)
+    conn.executescript("ALTER TABLE customers ADD COLUMN joined DATETIME;"
+                       "UPDATE customers SET joined = '2026-12-01 10:00:00';")
+    conn.close()
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    assert verify(cfg).returncode == 0
+    item = report_item(cfg)
+    assert not item["ok"], item
+    problem = next(p for p in item["problems"] if p.startswith("app: the last rehearsal"))
+    assert 'table "customers"' in problem and '"notes"' not in problem and "syncd rehearse" in problem, problem
+
+    out = run_cli(cfg, "rehearse", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert report_item(cfg)["ok"]

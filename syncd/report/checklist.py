@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from syncd.parity.speed import NO_VALUE, RUNS
 from syncd.report.backups import FUTURE_SECONDS
-from syncd.report.facts import TO_SQLITE, MigrationFacts, SourceFacts, TableFacts
+from syncd.report.facts import TO_SQLITE, MigrationFacts, RehearsalFacts, SourceFacts, TableFacts
 from syncd.verify.history import VerifyRun
 
 HALTED = ("held", "paused")
@@ -357,12 +357,10 @@ def rehearsed(f: MigrationFacts) -> CheckItem:
         elif _age_seconds(r.at, f.generated_at) > limit * 86400:
             bad.append(f"{s.name}: last rehearsed {_when(r.at, f.generated_at)}, longer ago than {_days(limit)}: "
                        "run `syncd rehearse` again")
-        elif r.tables is not None and (new := [t.name for t in s.tables
-                                               if t.rows_sqlite is not None and t.name not in r.tables]):
-            # Its copy did not hold them: they were never cut over and rolled back.
-            names = _some(['table "' + n + '"' for n in new])
-            bad.append(f"{s.name}: the last rehearsal, {_when(r.at, f.generated_at)}, did not cover {names} (not "
-                       f"in the file then): run `syncd rehearse --source {s.name}` again")
+        elif not_rehearsed := _not_rehearsed(s, r):
+            # Its copy did not hold them as they are now: never cut over and rolled back so.
+            bad.append(f"{s.name}: the last rehearsal, {_when(r.at, f.generated_at)}, did not cover "
+                       f"{_some(not_rehearsed)}: run `syncd rehearse --source {s.name}` again")
         else:
             good.append(f"{s.name}: rehearsed {_when(r.at, f.generated_at)}: cutover write downtime "
                         f"{r.cutover_downtime or 0:.2f} s, rollback {r.rollback_downtime or 0:.2f} s, "
@@ -370,6 +368,21 @@ def rehearsed(f: MigrationFacts) -> CheckItem:
     item.ok = not bad and bool(f.sources)
     item.problems, item.evidence = bad, good
     return item
+
+
+def _not_rehearsed(s: SourceFacts, r: RehearsalFacts) -> list[str]:
+    """The tables of the file now that `r`'s copy did not hold, or held defined otherwise."""
+    if r.tables is None:  # recorded by an earlier syncd: what it covered is not known
+        return []
+    out = []
+    for t in s.tables:
+        if t.rows_sqlite is None:  # not in the file now
+            continue
+        if t.name not in r.tables:
+            out.append(f'table "{t.name}" (not in the file then)')
+        elif r.tables[t.name] is not None and t.definition is not None and r.tables[t.name] != t.definition:
+            out.append(f'table "{t.name}" as it is defined now (altered since)')
+    return out
 
 
 def performance(f: MigrationFacts) -> CheckItem:

@@ -24,6 +24,7 @@ from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
+from syncd.rehearsal import table_definitions
 from syncd.report import backups
 from syncd.report.backups import BackupFacts
 from syncd.sqlite import capture, disk_guard, leftout
@@ -58,6 +59,7 @@ class TableFacts:
     # `in_flight` (too many keys, or a key that could not be looked up).
     in_flight_difference: int | None = None
     copied_at: dt.datetime | None = None  # its rows last copied (a load, a reload, either way)
+    definition: str | None = None  # its CREATE statement's fingerprint now (rehearsal.table_definitions)
 
     @property
     def last_run(self) -> VerifyRun | None:
@@ -102,9 +104,10 @@ class RehearsalFacts:
     cutover_downtime: float | None
     rollback_downtime: float | None
     problem: str | None
-    # The tables its copy held (None: not recorded, by an earlier syncd): a table created
-    # since was never cut over and rolled back.
-    tables: frozenset[str] | None = None
+    # The tables its copy held, with their definitions' fingerprints (rehearsal.
+    # table_definitions; None: not recorded, by an earlier syncd): a table created or
+    # altered since was never cut over and rolled back as it is now.
+    tables: dict[str, str | None] | None = None
 
 
 @dataclass
@@ -255,7 +258,8 @@ async def _rehearsal(pg: asyncpg.Connection, bk: Bookkeeping, source: str) -> Re
         detail = json.loads(r[5] or "{}")
         problems = detail.get("problems") or []
         tables = detail.get("tables")
-        tables = frozenset(str(t) for t in tables) if isinstance(tables, list) else None
+        tables = {str(t): (None if d is None else str(d)) for t, d in tables.items()} \
+            if isinstance(tables, dict) else None
     except (ValueError, AttributeError, TypeError):
         problems, tables = [], None
     return RehearsalFacts(r[0], r[1], r[2], r[3], r[4], problems[0] if problems else None, tables)
@@ -337,6 +341,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             captured=captured, capture_note=note, in_flight=in_flight,
             in_flight_difference=keys[1] - held[name] if keys is not None and name in held else None,
             copied_at=row.snapshot_finished_at if row else None,
+            definition=side.definitions.get(name) if side else None,
         ))
     facts.left_out = side.left_out if side else []
     if side is not None:
@@ -397,6 +402,7 @@ class _SqliteSide:
     # table -> (its distinct keys on their way, as stored; how many of them it holds now),
     # read with its count; absent for a table with more than KEYS_LOOKED_UP of them.
     keys_in_flight: dict[str, tuple[list[tuple], int]] = field(default_factory=dict)
+    definitions: dict[str, str] = field(default_factory=dict)  # table -> rehearsal.table_definitions
 
 
 COUNT_TRIES = 3
@@ -503,7 +509,7 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
         return _SqliteSide(tables, captured, pending, left_out,
                            disk_guard.suspended(conn), dict(schema.tables),
                            [n for n, lo in schema.left_out.items() if lo.kind == "view"], in_flight, pruned_past,
-                           keys_in_flight)
+                           keys_in_flight, table_definitions(conn))
     finally:
         conn.close()
 
