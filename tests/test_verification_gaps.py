@@ -204,3 +204,26 @@ def test_a_stretch_wider_than_the_bound_is_too_coarse_to_judge():
         ([(t0 + 3 * h, t0 + 6 * h)], [wide])
     before = [run(t0 - 5 * h, t0 - 4 * h, 3)]  # before the window: it watched none of it
     assert unwatched(before, t0, t0 + 3 * h, bound) == ([(t0, t0 + 3 * h)], [])
+
+
+async def test_a_table_created_in_the_window_is_judged_from_when_it_was_first_copied(ready, make_config, app_db,
+                                                                                    pg_dsn, tmp_path):
+    """A table the application created yesterday was not left unverified for the thirteen
+    days before it existed: the item fails for it because its dual-write is a day old, said
+    so, not for a gap in its checks before it was replicated; watched since, no gap is named."""
+    import sqlite3
+
+    from tests.support.verifying import sync_and_stop, verify
+
+    cfg = config(make_config, app_db)
+    await history(pg_dsn, (days(20), days(0)))
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL); INSERT INTO invoices VALUES (1, 2.5);")
+    conn.close()
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "invoices.log")
+    assert verify(cfg).returncode == 0
+    rc, md, _, doc = report(cfg)
+    assert rc == 1 and doc["not_done"] == ["dual_write"], md
+    problems = item(doc, "dual_write")["problems"]
+    assert len(problems) == 1 and problems[0].startswith("app.invoices: replicated since "), problems
+    assert "14 days of dual-write required" in problems[0] and "not verified" not in problems[0], problems

@@ -187,8 +187,15 @@ def dual_write(f: MigrationFacts) -> CheckItem:
         start = max(since, s.streaming_since or since)
         gaps, coarse = [], []
         for t in s.tables:
+            # A table first copied within the window was dual-written only since: too short,
+            # said so, and watched only since (it was not unverified before it existed).
+            began = start if t.replicated_since is None else max(start, t.replicated_since)
+            if began > start and f.min_days > 0 and (f.generated_at - began).total_seconds() < f.min_days * 86400:
+                age = (f.generated_at - began).total_seconds() / 86400
+                bad.append(f"{s.name}.{t.name}: replicated since {_ts(began)}, {_days(age)}; {_days(f.min_days)} "
+                           f"of dual-write required ({_days(f.min_days - age)} to go)")
             if t.name not in unchecked:
-                found, too_coarse = unwatched(t.runs, start, f.generated_at, bound)
+                found, too_coarse = unwatched(t.runs, began, f.generated_at, bound)
                 gaps += [(b, a, t.name) for a, b in found]
                 coarse += [(r, t.name) for r in too_coarse]
         gaps.sort()

@@ -60,6 +60,9 @@ class TableFacts:
     in_flight_difference: int | None = None
     copied_at: dt.datetime | None = None  # its rows last copied (a load, a reload, either way)
     definition: str | None = None  # its CREATE statement's fingerprint now (rehearsal.table_definitions)
+    # When it was first copied into Postgres (the earliest of its loads recorded): before
+    # that it was not replicated, so not verified either. None: not known.
+    replicated_since: dt.datetime | None = None
 
     @property
     def last_run(self) -> VerifyRun | None:
@@ -271,6 +274,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                         direction=(live or {}).get("direction") or TO_POSTGRES)
     bk_schema = settings.postgres.bookkeeping_schema
     rows = {}
+    first_loads: dict[str, dt.datetime] = {}  # table -> when its first load recorded finished
     way_back = None  # after a cutover: reverse.position's measurement
     bk: Bookkeeping | None = None
     refused: dict[tuple[str, str | None], str] = {}  # schema parity objects Postgres refused: (name, marker) -> why
@@ -302,6 +306,9 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             f"SELECT at, detail FROM {bk.s}.events WHERE source = $1 AND kind = 'capture_suspended' ORDER BY at",
             source.name)]
         facts.rehearsal = await _rehearsal(pg, bk, source.name)
+        first_loads = dict(await pg.fetch(
+            f"SELECT table_name, min(at) FROM {bk.s}.events WHERE source = $1 AND kind = 'snapshot_finished' "
+            "GROUP BY table_name", source.name))
     pg_tables = await ddl.read_tables(pg, source.schema)
     sticky = ddl.kept_types(pg_tables)
     retyped = await parity.retyped_columns(pg, bk_schema, source.name)
@@ -342,6 +349,9 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             in_flight_difference=keys[1] - held[name] if keys is not None and name in held else None,
             copied_at=row.snapshot_finished_at if row else None,
             definition=side.definitions.get(name) if side else None,
+            # The bookkeeping's load time too: bookkeeping older than the events has only that.
+            replicated_since=min((t for t in (first_loads.get(name), row.snapshot_finished_at if row else None)
+                                  if t is not None), default=None),
         ))
     facts.left_out = side.left_out if side else []
     if side is not None:
