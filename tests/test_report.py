@@ -611,3 +611,23 @@ async def test_the_latest_run_of_a_table_is_the_one_that_finished_last(ready, pg
                                       for p in migrated["problems"]), migrated
     tables = {t["table"]: t for t in doc["sources"][0]["tables"]}
     assert tables["items"]["last_verification"]["error"] == "Postgres went away"
+
+
+async def test_a_consistency_error_in_a_table_dropped_since_still_counts(ready, app_db, pg_dsn, tmp_path):
+    """A consistency error in the window stays one when the application drops the table
+    afterwards: replication failed then, and dropping the table does not undo that."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE scratch (id INTEGER PRIMARY KEY, v TEXT); "
+                       "INSERT INTO scratch VALUES (1, 'a'), (2, 'b');")
+    conn.close()
+    await sync_and_stop(ready, app_db, pg_dsn, tmp_path / "scratch.log")
+    await pg_execute(pg_dsn, "DELETE FROM app.scratch WHERE id = 2")
+    assert verify(ready, "--table", "scratch").returncode != 0  # a row missing in Postgres, on record
+    conn = sqlite3.connect(app_db)
+    conn.execute("DROP TABLE scratch")
+    conn.close()
+    await sync_and_stop(ready, app_db, pg_dsn, tmp_path / "scratch.log")
+    rc, md, _, doc = report(ready)
+    assert rc == 1 and "dual_write" in doc["not_done"], md
+    assert any(p.startswith("app.scratch: consistency error") and "1 missing" in p
+               for p in item(doc, "dual_write")["problems"]), item(doc, "dual_write")

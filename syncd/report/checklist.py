@@ -165,7 +165,9 @@ def dual_write(f: MigrationFacts) -> CheckItem:
                        f"{_days(f.min_days)} required ({_days(f.min_days - days)} to go)")
         else:
             good.append(f"{s.name}: dual-write since {_ts(s.streaming_since)}, {_days(days)}")
-        window = [r for t in s.tables for r in t.runs if r.finished_at >= since]
+        # Every run of the source, of tables dropped or renamed since too: an error then was
+        # replication failing then, whatever became of the table.
+        window = [r for r in f.runs if r.source == s.name and r.finished_at >= since]
         errors = sorted((r for r in window if not r.clean), key=lambda r: r.finished_at)
         for r in errors[-10:]:
             more = f" (and {r.count - 1} more like it since {_ts(r.began)})" if r.count > 1 else ""
