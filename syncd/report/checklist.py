@@ -37,6 +37,8 @@ NOT_JUDGED = (
     "the application's code moved to Postgres (every module that imports sqlite3)",
     "the application's own tests passing against Postgres",
     "team training and stakeholder approval",
+    # The backup item wants a recent backup; how long they are kept no file shows.
+    "SQLite backups kept for 30 days after the switch (the backup item sees only the newest backup's age)",
 )
 
 
