@@ -227,3 +227,26 @@ async def test_a_table_created_in_the_window_is_judged_from_when_it_was_first_co
     problems = item(doc, "dual_write")["problems"]
     assert len(problems) == 1 and problems[0].startswith("app.invoices: replicated since "), problems
     assert "14 days of dual-write required" in problems[0] and "not verified" not in problems[0], problems
+
+
+async def test_a_table_syncd_refuses_is_named_for_that_not_for_gaps_in_its_checks(ready, make_config, app_db,
+                                                                                  pg_dsn, tmp_path):
+    """A table syncd does not replicate (refused: a name syncd reserves) cannot be verified,
+    so no stretch of the window "went without a verification" for it: the report names the
+    refusal (migrated, capture) and the checks that could not compare it, not gaps."""
+    import sqlite3
+
+    from tests.support.verifying import sync_and_stop, verify
+
+    cfg = config(make_config, app_db)
+    await history(pg_dsn, (days(20), days(0)))
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE _syncd_mine (id INTEGER PRIMARY KEY); INSERT INTO _syncd_mine VALUES (1);")
+    conn.close()
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "refused.log")
+    verify(cfg)
+    rc, md, _, doc = report(cfg)
+    assert rc == 1 and {"migrated", "capture", "dual_write"} <= set(doc["not_done"]), md
+    assert any("refused" in p for p in item(doc, "migrated")["problems"])
+    problems = item(doc, "dual_write")["problems"]
+    assert problems and all("not verified" not in p for p in problems), problems

@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from syncd.parity.speed import NO_VALUE, RUNS
+from syncd.postgres.bookkeeping import REFUSED
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.report.facts import TO_SQLITE, MigrationFacts, RehearsalFacts, SourceFacts, TableFacts
 from syncd.verify.history import VerifyRun
@@ -184,13 +185,16 @@ def dual_write(f: MigrationFacts) -> CheckItem:
                            f"{_ts(at)}: changes went unrecorded, and every table was snapshotted again")
         if s.capture_suspended:
             bad.append(f"{s.name}: capture is suspended now ({s.capture_suspended})")
-        unchecked = [t.name for t in s.tables if not any(r.finished_at >= since for r in t.runs)]
+        # A table syncd does not replicate (refused, or not taken up yet) cannot be verified:
+        # migrated and capture name it; no stretch went unwatched for it.
+        replicated = [t for t in s.tables if t.state not in (None, REFUSED)]
+        unchecked = [t.name for t in replicated if not any(r.finished_at >= since for r in t.runs)]
         for name in unchecked:
             bad.append(f"{s.name}.{name}: not verified once in {span}, so errors there would not show")
         # A clean run says nothing of the hours around it: a stretch nobody checked fails too.
         start = max(since, s.streaming_since or since)
         gaps, coarse = [], []
-        for t in s.tables:
+        for t in replicated:
             # A table first copied within the window was dual-written only since: too short,
             # said so, and watched only since (it was not unverified before it existed).
             began = start if t.replicated_since is None else max(start, t.replicated_since)
