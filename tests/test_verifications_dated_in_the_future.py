@@ -1,7 +1,7 @@
 """A verification dated in the future is no evidence of the present. syncd stamps each
-run with the clock of the host that ran it; a host whose clock ran ahead for a while (a
-VM resumed with a wrong time, an RTC set wrong, NTP stepping it back later) leaves runs
-dated ahead in `syncd.verify_runs`. The report and `syncd cutover` already refuse a
+run with Postgres's clock as it records it (earlier releases, with the clock of the host
+that ran it); a clock that ran ahead for a while (a VM resumed with a wrong time, an RTC
+set wrong, NTP stepping it back later) leaves runs dated ahead in `syncd.verify_runs`. The report and `syncd cutover` already refuse a
 backup or a rehearsal dated in the future ("when it ran is not known"); a verification so
 dated must not count as the latest check of a table either: here the daemon stopped ten
 hours ago, its last check stamped by a clock that ran 20 hours ahead, and the report
@@ -77,3 +77,22 @@ async def test_status_does_not_take_a_check_dated_ahead_for_the_latest(app_db, m
         assert r.returncode == 2, r.stdout
         assert 'table "t": 1 row(s) differed at the last consistency check' in r.stdout, r.stdout
         assert d.stop() == 0
+
+
+async def test_a_check_run_on_a_host_whose_clock_is_behind_is_not_dated_into_the_past(ready, pg_dsn, tmp_path):
+    """A `syncd verify` on a host whose clock runs a month behind found a row different. Dated
+    by that clock, its finding fell before the dual-write window and below the day's clean
+    checks, and the report said READY; stamped by Postgres's clock, where every run is
+    recorded, it is the latest check, and the migration is not ready."""
+    behind = tmp_path / "clock_behind"
+    behind.mkdir()
+    (behind / "sitecustomize.py").write_text(  # the host's wall clock 30 days behind; nothing else changed
+        "import time\n_wall = time.time\ntime.time = lambda: _wall() - 30 * 86400\n")
+    await pg_execute(pg_dsn, "UPDATE app.items SET v = 'changed in Postgres' WHERE id = 7")  # counts still match
+    out = run_cli(ready, "verify", env={"PYTHONPATH": str(behind)})
+    assert out.returncode != 0 and "1 different" in out.stdout, out.stdout + out.stderr
+    rc, md, _, doc = report(ready)
+    assert rc == 1 and doc["ready"] is False, md
+    assert any(p.startswith("app.items:") and "1 different" in p for p in item(doc, "migrated")["problems"]), \
+        item(doc, "migrated")
+    assert any(p.startswith("app.items: consistency error") for p in item(doc, "dual_write")["problems"])

@@ -16,22 +16,22 @@ from syncd.verify.result import DIFFERENT, EXTRA, MISSING, PENDING, TableVerifyR
 DETAIL_DIFFERENCES = 20  # differences kept in the history per run
 
 
-def _ts(t: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc)
-
-
 async def record(conn: asyncpg.Connection, bk_schema: str, r: TableVerifyResult, cut_over: bool = False) -> int:
     """Write one table's result (`cut_over`: compared with SQLite following Postgres);
     returns the row's id."""
     detail = {"reason": r.reason, "differences": [d.as_json() for d in r.differences[:DETAIL_DIFFERENCES]]}
     if cut_over:
         detail["cut_over"] = True
+    # Dated by Postgres's clock, where every run is recorded as it ends (its length kept),
+    # not by the host that ran it: a host whose clock is behind would date a finding into
+    # the past, below the checks since and out of the report's window.
     return await conn.fetchval(
         f"""INSERT INTO {quote_pg_ident(bk_schema)}.verify_runs(source, table_name, started_at, finished_at,
                 rows_sqlite, rows_postgres, missing, extra, different, pending, repaired, error, full_check,
                 table_state, detail)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id""",
-        r.source, r.table, _ts(r.started_at), _ts(r.finished_at), r.rows_sqlite, r.rows_postgres, r.missing,
+            SELECT $1, $2, c.t - make_interval(secs => $3), c.t, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
+            FROM (SELECT clock_timestamp() AS t) c RETURNING id""",
+        r.source, r.table, max(0.0, r.finished_at - r.started_at), r.rows_sqlite, r.rows_postgres, r.missing,
         r.extra, r.different, r.pending, r.repaired, r.error, r.compared and r.error is None, r.state,
         json.dumps(detail, default=str),
     )
