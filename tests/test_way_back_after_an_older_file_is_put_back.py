@@ -55,17 +55,26 @@ async def test_a_backup_from_before_the_cutover_put_back_is_copied_again(tmp_pat
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
 
 
+async def copy_older_than_postgres(cfg, db, pg_dsn, d):
+    """With the daemon running: cut over, copy the file (after the cutover: it holds the
+    way back's position), change Postgres and wait until the file has the changes. The
+    copy lacks them."""
+    await cut_over(cfg, db, pg_dsn, daemon=d)
+    await wait_back(cfg, db, pg_dsn, daemon=d)
+    older = db.parent / "older.db"
+    copy_over(db, older)
+    await pg_statements(pg_dsn, *CHANGES)
+    await wait_back(cfg, db, pg_dsn, daemon=d)
+    return older
+
+
 async def test_a_copy_put_back_while_the_daemon_runs_is_copied_again(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     create_items(db, rows=20, journal="wal")
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        copy_over(db, tmp_path / "older.db")  # after the cutover: it holds the way back's position
-        await pg_statements(pg_dsn, *CHANGES)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        copy_over(tmp_path / "older.db", db)
+        older = await copy_older_than_postgres(cfg, db, pg_dsn, d)
+        copy_over(older, db)
         await pg_statements(pg_dsn, "UPDATE app.items SET n = n + 1 WHERE id = 1")
         d.wait_log("holds less than the way back had written into it")
         await wait_back(cfg, db, pg_dsn, daemon=d)
@@ -78,13 +87,9 @@ async def test_a_rollback_with_no_daemon_running_brings_an_older_copy_up_to_post
     create_items(db, rows=20, journal="wal")
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        copy_over(db, tmp_path / "older.db")
-        await pg_statements(pg_dsn, *CHANGES)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
+        older = await copy_older_than_postgres(cfg, db, pg_dsn, d)
         assert d.stop() == 0
-    copy_over(tmp_path / "older.db", db)
+    copy_over(older, db)
     r = run_cli(cfg, "rollback")
     assert r.returncode == 0, r.stdout + r.stderr
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
