@@ -25,6 +25,7 @@ from syncd.report.backups import FUTURE_SECONDS
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
 from syncd.sqlite.connection import file_problem, hard_links, is_busy, open_readonly
 from syncd.sqlite.introspect import is_internal, list_tables
+from syncd.verify.history import host_clock_offset
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 VERDICTS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -247,6 +248,8 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
         # that are gone: they are not its consistency now. Runs dated ahead of this host's
         # clock (their host's clock ahead) ran at a time not known: neither the latest nor
         # a recent check, they would stand above the checks made since until that time came.
+        # Runs are dated by Postgres's clock (history.record): judged and shown on this host's.
+        offset = await host_clock_offset(conn)
         for r in await conn.fetch(
                 f"""SELECT t.source, t.table_name, v.finished_at, v.missing + v.extra + v.different, v.error,
                            CASE WHEN v.full_check THEN NULL
@@ -264,8 +267,10 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
                           AND r.finished_at <= $2
                         ORDER BY started_at DESC, finished_at DESC LIMIT 1) v
                     WHERE t.source = ANY($1::text[])""",
-                names, dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=FUTURE_SECONDS)):
-            out[r[0]].verify[r[1]] = tuple(r[2:])
+                names, dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=FUTURE_SECONDS) - offset):
+            at, compared_at = r[2], r[6]
+            out[r[0]].verify[r[1]] = (at + offset, *r[3:6], None if compared_at is None else compared_at + offset,
+                                      *r[7:])
     except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable"
         for side in out.values():
             side.error = describe(e)

@@ -96,3 +96,37 @@ async def test_a_check_run_on_a_host_whose_clock_is_behind_is_not_dated_into_the
     assert any(p.startswith("app.items:") and "1 different" in p for p in item(doc, "migrated")["problems"]), \
         item(doc, "migrated")
     assert any(p.startswith("app.items: consistency error") for p in item(doc, "dual_write")["problems"])
+
+
+def _clock_behind(tmp_path, hours: float) -> dict:
+    """An environment whose host clock (time.time and datetime.now) runs `hours` behind."""
+    behind = tmp_path / f"clock_behind_{hours}"
+    behind.mkdir(exist_ok=True)
+    (behind / "sitecustomize.py").write_text(
+        "import datetime, time\n"
+        f"_off = {hours} * 3600\n"
+        "_wall = time.time\n"
+        "time.time = lambda: _wall() - _off\n"
+        "class _Behind(datetime.datetime):\n"
+        "    __slots__ = ()\n"
+        "    @classmethod\n"
+        "    def now(cls, tz=None):\n"
+        "        return datetime.datetime.fromtimestamp(_wall() - _off, tz)\n"
+        "    @classmethod\n"
+        "    def utcnow(cls):\n"
+        "        return datetime.datetime.utcfromtimestamp(_wall() - _off)\n"
+        "datetime.datetime = _Behind\n")
+    return {"PYTHONPATH": str(behind)}
+
+
+async def test_checks_dated_by_postgres_are_not_in_the_future_on_a_host_whose_clock_is_behind(ready, tmp_path):
+    """Runs are dated by Postgres's clock: on a host whose clock runs an hour behind, every
+    check made today, by that host too, was taken for one 'in the future' (the report
+    took the last check for 11 hours old, a later one 'in the future', and was not ready;
+    `syncd status` warned 'last consistency check is 11.0 h old')."""
+    env = _clock_behind(tmp_path, 1)
+    assert run_cli(ready, "verify", env=env).returncode == 0
+    md = run_cli(ready, "report", env=env)
+    assert md.returncode == 0 and "in the future" not in md.stdout, section(md.stdout, "migrated")
+    st = run_cli(ready, "status", env=env)
+    assert "last consistency check is" not in st.stdout and "consistency not checked" not in st.stdout, st.stdout

@@ -16,6 +16,31 @@ from syncd.verify.result import DIFFERENT, EXTRA, MISSING, PENDING, TableVerifyR
 DETAIL_DIFFERENCES = 20  # differences kept in the history per run
 
 
+async def host_clock_offset(conn: asyncpg.Connection) -> dt.timedelta:
+    """What to add to a time Postgres's clock stamped (every run, see record) to read it on
+    this host's clock: nothing while the two agree within the few minutes clocks differ by
+    (report.backups.FUTURE_SECONDS), else how far this host's clock is from Postgres's. A
+    host whose clock is behind would otherwise take the checks made now for checks dated in
+    the future, and one ahead for checks made long ago."""
+    from syncd.report.backups import FUTURE_SECONDS
+
+    before = dt.datetime.now(dt.timezone.utc)
+    pg_now = await conn.fetchval("SELECT clock_timestamp()")
+    after = dt.datetime.now(dt.timezone.utc)
+    offset = before + (after - before) / 2 - pg_now
+    return offset if abs(offset.total_seconds()) > FUTURE_SECONDS else dt.timedelta(0)
+
+
+def on_host_clock(runs: list["VerifyRun"], offset: dt.timedelta) -> list["VerifyRun"]:
+    """`runs` with their times read on this host's clock (host_clock_offset)."""
+    if offset:
+        for r in runs:
+            r.started_at, r.finished_at = r.started_at + offset, r.finished_at + offset
+            if r.first_at is not None:
+                r.first_at += offset
+    return runs
+
+
 async def record(conn: asyncpg.Connection, bk_schema: str, r: TableVerifyResult, cut_over: bool = False) -> int:
     """Write one table's result (`cut_over`: compared with SQLite following Postgres);
     returns the row's id."""
@@ -146,6 +171,8 @@ async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[s
     a stretch can then be longer than the gaps it looks for (checklist.unwatched)."""
     width = min(3600.0, max_width, max(60.0, (now - window_start).total_seconds() / HISTORY_STRETCHES))
     bk = quote_pg_ident(bk_schema)
+    offset = await host_clock_offset(conn)
+    window_start -= offset  # on Postgres's clock, as the runs are dated
     async with conn.transaction(isolation="repeatable_read", readonly=True):  # one view, whatever thins meanwhile
         groups = await conn.fetch(
             # The latest of a stretch is the one that began last, as the report orders them:
@@ -165,7 +192,7 @@ async def load_history(conn: asyncpg.Connection, bk_schema: str, sources: list[s
             list(stretch)))
     for r in runs:
         r.count, r.first_at = stretch[r.id]
-    return runs
+    return on_host_clock(runs, offset)
 
 
 # Thinning, by the daemon every hour (fleet.THIN_EVERY_SECONDS): a clean run older than [verify]
