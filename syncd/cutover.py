@@ -747,6 +747,26 @@ async def _open_way_back(settings: Settings, source: SourceSettings, conn: async
     registry = await worker.run(read_state)
     await open_way_back(conn, settings, source, {name: (registry.tid_of(name), list(spec.key))
                                                  for name, spec in specs.items() if registry.tid_of(name) is not None})
+    # The frozen file holds this cutover's position before Postgres records the switch: a
+    # copy of the file put back later holding none (a backup from before the cutover) is
+    # known as older, also before anything was pruned (reverse.pipeline._reconcile). One the
+    # switch does not commit after all is replaced by the next cutover's.
+    from syncd.reverse import applier, capture
+    from syncd.reverse.checkpoint import start
+    from syncd.sqlite.capture import LockTimeout, contended
+
+    gen = await capture.generation(conn, await capture.names_of(conn, settings.postgres.bookkeeping_schema,
+                                                                 source.name))
+    assert gen is not None
+    try:
+        await worker.run(applier.write_checkpoint, start(gen.id).encode(), settings.sqlite.write_busy_timeout_ms)
+    except (sqlite3.OperationalError, LockTimeout) as e:
+        if not contended(e):
+            raise
+        # A reader of the file held the write off (rollback-journal mode): the switch goes
+        # on; the way back finds no position in the file and copies every table once.
+        log.warning(f"the way back's position could not be written into the SQLite file ({e}): every table is "
+                    "copied again into it after the switch", extra={"source": source.name, "event": "cutover"})
 
 
 def _judge(checked) -> None:

@@ -211,9 +211,10 @@ async def reverse_behind(conn: asyncpg.Connection, names: Names, checkpoint: str
     META_KEY's value) and how many tables wait to be copied into it again."""
     cp = ReverseCheckpoint.decode(checkpoint)
     gen = await capture.generation(conn, names)
-    if gen is not None and gen.pruned_n and (cp is None or cp.generation != gen.id or cp.n < gen.pruned_n):
-        # An older copy of the file put back: Postgres let go of changes it lacks, and the
-        # way back copies each table again (its reconcile marks them all).
+    if gen is not None and (cp is None or cp.generation != gen.id or cp.n < gen.pruned_n):
+        # An older copy of the file put back (Postgres let go of changes it lacks, or it
+        # holds no position of this cutover): the way back copies each table again (its
+        # reconcile marks them all).
         reloads = max(reloads, await conn.fetchval(f"SELECT count(*) FROM {quote_pg_ident(names.bk)}.tables "
                                                    "WHERE source = $1", names.source))
     if cp is None or gen is None or cp.generation != gen.id:

@@ -93,3 +93,29 @@ async def test_a_rollback_with_no_daemon_running_brings_an_older_copy_up_to_post
     r = run_cli(cfg, "rollback")
     assert r.returncode == 0, r.stdout + r.stderr
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_a_backup_from_before_the_cutover_put_back_before_postgres_changed_is_copied_again(
+        tmp_path, make_config, pg_dsn):
+    """Nothing pruned yet (no write in Postgres since the cutover): the backup still lacks
+    what the application wrote into SQLite between the backup and the cutover. Before, it
+    was taken as the file at the cutover, and a rollback then left those rows behind."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=20, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)  # backups/app-latest.db: taken now
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE items SET v = 'written after the backup' WHERE id <= 5")
+    conn.execute("DELETE FROM items WHERE id = 20")
+    conn.commit()
+    conn.close()
+    with DaemonProcess(cfg, tmp_path / "first.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    for side in db.parent.glob("app.db-*"):
+        side.unlink()
+    os.replace(tmp_path / "backups" / "app-latest.db", db)
+    with DaemonProcess(cfg, tmp_path / "second.log") as d:
+        d.wait_log("holds less than the way back had written into it")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []

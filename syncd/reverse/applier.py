@@ -106,6 +106,13 @@ def read_meta(conn: sqlite3.Connection, key: str) -> str | None:
     return row[0] if row else None
 
 
+def write_checkpoint(conn: sqlite3.Connection, checkpoint: str, busy_timeout_ms: int) -> None:
+    """The way back's position alone, in a transaction of its own: the cutover's, that the
+    file holds this cutover's position from the switch on (a copy of the file without one
+    is older, pipeline._reconcile)."""
+    write_transaction(conn, lambda c: _write_meta(c, META_KEY, checkpoint), busy_timeout_ms=busy_timeout_ms)
+
+
 def read_reload(conn: sqlite3.Connection) -> dict[str, str]:
     text = read_meta(conn, RELOAD_KEY)
     return dict(json.loads(text)) if text else {}

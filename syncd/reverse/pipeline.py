@@ -564,10 +564,12 @@ class ReversePipeline:
         cp = ReverseCheckpoint.decode(self.file_checkpoint)
         if cp is None or cp.generation != gen.id or cp.n < gen.pruned_n:
             cp = start(gen.id, gen.pruned_n)
-            if gen.pruned_n and not copy_all:
-                # Postgres let go of changes this file has not taken: it is an older copy
-                # (a backup put back, a file from before the cutover). Only a copy of each
-                # table brings them. The copies are asked for with the position counted on
+            if not copy_all:
+                # Postgres let go of changes this file has not taken, or the file holds no
+                # position of this cutover, which writes one into it: it is an older copy (a
+                # backup put back, a file from before the cutover, lacking what the
+                # application wrote into SQLite after it). Only a copy of each table brings
+                # what it lacks. The copies are asked for with the position counted on
                 # from Postgres's, together: a daemon started again before they end does
                 # not take the file for older again.
                 why = ("the SQLite file holds less than the way back had written into it (an older copy put back "
