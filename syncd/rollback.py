@@ -52,7 +52,7 @@ from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, descri
 from syncd.printable import listed
 from syncd.reverse import applier, capture, reader
 from syncd.reverse.capture import Names
-from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint
+from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint, older
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import CHANGELOG, META, LockTimeout, write_transaction
 from syncd.sqlite.connection import SqliteWorker, is_busy
@@ -211,7 +211,7 @@ async def reverse_behind(conn: asyncpg.Connection, names: Names, checkpoint: str
     META_KEY's value) and how many tables wait to be copied into it again."""
     cp = ReverseCheckpoint.decode(checkpoint)
     gen = await capture.generation(conn, names)
-    if gen is not None and (cp is None or cp.generation != gen.id or cp.n < gen.pruned_n):
+    if gen is not None and older(cp, gen):
         # An older copy of the file put back (Postgres let go of changes it lacks, or it
         # holds no position of this cutover): the way back copies each table again (its
         # reconcile marks them all).

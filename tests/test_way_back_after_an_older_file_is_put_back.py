@@ -119,3 +119,54 @@ async def test_a_backup_from_before_the_cutover_put_back_before_postgres_changed
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert d.stop() == 0
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_the_copy_an_older_one_replaced_put_back_in_its_turn_is_copied_again(tmp_path, make_config, pg_dsn):
+    """The operator puts a backup in place of the file, then the file it replaced back (the
+    wrong one restored). That file had committed a step the daemon had not pruned behind
+    yet (killed there): its count was as far as the one the backup's copying again had
+    reached since, so it was taken as current, and the changes pruned meanwhile, which it
+    lacks, never reached it."""
+    import asyncpg
+
+    from tests.support.sync import eventually
+    from tests.support.way_back import applied_but_unpruned, way_back_changelog
+
+    db = tmp_path / "app.db"
+    create_items(db, rows=20, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)  # backups/app-latest.db: from before the cutover
+    with DaemonProcess(cfg, tmp_path / "first.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    await pg_statements(pg_dsn, CHANGES[0])
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        async with conn.transaction():  # its prune waits behind these row locks; its reads do not
+            await conn.execute(f"SELECT 1 FROM {await way_back_changelog(pg_dsn)} FOR UPDATE")
+            with DaemonProcess(cfg, tmp_path / "second.log") as d:
+                await eventually(lambda: applied_but_unpruned(db, pg_dsn), timeout=30,
+                                 what="an apply committed in SQLite and not yet pruned", daemon=d)
+                copy_over(db, tmp_path / "replaced.db")  # the file, one step past what was pruned
+                d.kill9()
+                await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))")
+    finally:
+        await conn.close()
+    for side in db.parent.glob("app.db-*"):
+        side.unlink()
+    os.replace(tmp_path / "backups" / "app-latest.db", db)  # the wrong one restored
+    with DaemonProcess(cfg, tmp_path / "third.log") as d:
+        d.wait_log("holds less than the way back had written into it")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_statements(pg_dsn, *CHANGES[1:])  # applied to it and pruned
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    for side in db.parent.glob("app.db-*"):
+        side.unlink()
+    os.replace(tmp_path / "replaced.db", db)  # the file it replaced, put back
+    with DaemonProcess(cfg, tmp_path / "fourth.log") as d:
+        d.wait_log("syncd running")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []

@@ -136,6 +136,8 @@ async def ensure_registry(conn: asyncpg.Connection, names: Names) -> None:
     await conn.execute(f"ALTER TABLE {names.registry} ADD COLUMN IF NOT EXISTS files jsonb")
     # The n of the SQLite checkpoint (checkpoint.py) the changelog was last pruned behind.
     await conn.execute(f"ALTER TABLE {names.registry} ADD COLUMN IF NOT EXISTS pruned_n bigint NOT NULL DEFAULT 0")
+    # The lineage of SQLite checkpoints begun when an older copy of the file was copied again.
+    await conn.execute(f"ALTER TABLE {names.registry} ADD COLUMN IF NOT EXISTS lineage text")
     await conn.execute(f"""CREATE TABLE IF NOT EXISTS {names.changelog} (
         txid bigint NOT NULL DEFAULT txid_current(),
         seq bigint GENERATED ALWAYS AS IDENTITY,
@@ -153,6 +155,7 @@ class Generation:
     retired_at: dt.datetime | None
     retired_reason: str | None
     pruned_n: int = 0  # 0 where a registry from an older syncd has no such column yet
+    lineage: str | None = None  # checkpoint.py: none until an older copy of the file was copied again
 
 
 async def generation(conn: asyncpg.Connection, names: Names) -> Generation | None:
@@ -160,9 +163,18 @@ async def generation(conn: asyncpg.Connection, names: Names) -> Generation | Non
     if not exists:
         return None
     r = await conn.fetchrow(f"SELECT generation, started_at, retired_at, retired_reason, "
-                            f"coalesce((to_jsonb(x) ->> 'pruned_n')::bigint, 0) FROM {names.registry} x "
+                            f"coalesce((to_jsonb(x) ->> 'pruned_n')::bigint, 0), to_jsonb(x) ->> 'lineage' "
+                            f"FROM {names.registry} x "
                             f"WHERE source = $1", names.source)
     return Generation(*r) if r else None
+
+
+async def new_lineage(conn: asyncpg.Connection, names: Names) -> str:
+    """A new lineage of SQLite checkpoints (checkpoint.py), recorded before the file holds
+    it: a file of any other lineage is older from now on."""
+    lineage = str(uuid.uuid4())
+    await conn.execute(f"UPDATE {names.registry} SET lineage = $2 WHERE source = $1", names.source, lineage)
+    return lineage
 
 
 async def start_generation(conn: asyncpg.Connection, names: Names, schema: str) -> str:
@@ -174,7 +186,7 @@ async def start_generation(conn: asyncpg.Connection, names: Names, schema: str) 
     await conn.execute(
         f"INSERT INTO {names.registry} (source, generation) VALUES ($1, $2) ON CONFLICT (source) DO UPDATE "
         f"SET generation = EXCLUDED.generation, started_at = now(), retired_at = NULL, retired_reason = NULL, "
-        f"pruned_n = 0",
+        f"pruned_n = 0, lineage = NULL",
         names.source, gen)
     await note_files(conn, names, await table_files(conn, schema))
     return gen

@@ -12,7 +12,10 @@ A position is made of Postgres snapshots, not sequence numbers (see capture.py):
           (txid, seq) order, up to `after`;
   n       how many positions the file has taken: Postgres records the n of each one it
           prunes behind, so a file whose n is lower (an older copy put back) is known to
-          lack changes Postgres no longer has.
+          lack changes Postgres no longer has;
+  lineage once an older copy was put back and copied again, the count goes on from
+          Postgres's in a new lineage, which Postgres records: a file of another (the
+          copy that had been replaced, put back in its turn) is older whatever its n.
 
 Those entries all belong to committed transactions, so the set is closed and the
 order total: a transaction that commits later is not visible in `target` and waits
@@ -36,10 +39,14 @@ class ReverseCheckpoint:
     target: str | None = None
     after: tuple[int, int] | None = None
     n: int = 0
+    lineage: str | None = None
 
     def encode(self) -> str:
-        return json.dumps({"generation": self.generation, "done": self.done, "target": self.target,
-                           "after": list(self.after) if self.after else None, "n": self.n}, sort_keys=True)
+        d = {"generation": self.generation, "done": self.done, "target": self.target,
+             "after": list(self.after) if self.after else None, "n": self.n}
+        if self.lineage is not None:
+            d["lineage"] = self.lineage
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def decode(cls, text: str | None) -> "ReverseCheckpoint | None":
@@ -49,7 +56,8 @@ class ReverseCheckpoint:
             d = json.loads(text)
             after = d.get("after")
             return cls(str(d["generation"]), str(d["done"]), d.get("target"),
-                       (int(after[0]), int(after[1])) if after else None, int(d.get("n", 0)))
+                       (int(after[0]), int(after[1])) if after else None, int(d.get("n", 0)),
+                       None if d.get("lineage") is None else str(d["lineage"]))
         except (ValueError, KeyError, TypeError, IndexError):
             raise ValueError(f"malformed reverse checkpoint in _syncd_meta: {text[:80]!r}") from None
 
@@ -57,10 +65,19 @@ class ReverseCheckpoint:
         """The position after a batch read against `target` that ended at entry `last`;
         `complete` when it took every entry left in the target."""
         if complete:
-            return ReverseCheckpoint(self.generation, target, None, None, self.n + 1)
-        return ReverseCheckpoint(self.generation, self.done, target, last, self.n + 1)
+            return ReverseCheckpoint(self.generation, target, None, None, self.n + 1, self.lineage)
+        return ReverseCheckpoint(self.generation, self.done, target, last, self.n + 1, self.lineage)
 
 
-def start(generation: str, n: int = 0) -> ReverseCheckpoint:
+def start(generation: str, n: int = 0, lineage: str | None = None) -> ReverseCheckpoint:
     """Nothing applied yet, counting on from `n` (the n Postgres last pruned behind)."""
-    return ReverseCheckpoint(generation, n=n)
+    return ReverseCheckpoint(generation, n=n, lineage=lineage)
+
+
+def older(cp: ReverseCheckpoint | None, gen) -> bool:
+    """Whether the file holding `cp` is an older copy than the way back wrote into, for the
+    way back's record `gen` (capture.Generation): it holds no position of this cutover
+    (the cutover writes one), or a lower count than Postgres pruned behind, or a count of
+    another lineage than the one the last copying again began."""
+    return (cp is None or cp.generation != gen.id or cp.n < gen.pruned_n
+            or (gen.lineage is not None and cp.lineage != gen.lineage))

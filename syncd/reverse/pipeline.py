@@ -35,7 +35,7 @@ from syncd.reconcile import install_capture, sticky_types
 from syncd.reverse import applier, capture, reader, tables
 from syncd.reverse.applier import ApplyOutcome, ApplyPlan, NeedKeys, SchemaMoved, SqliteSink, TableApply, run_on
 from syncd.reverse.capture import Names
-from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint, start
+from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint, older, start
 from syncd.reverse.reader import SourceTable
 from syncd.reverse.values import ColumnShape, NotExpressible, OutOfRange, to_sqlite
 from syncd.session import SourceSession, changed, new_row
@@ -562,8 +562,8 @@ class ReversePipeline:
         await self._renumbered(schema)
         self.file_checkpoint = await s.worker.run(applier.read_meta, META_KEY)
         cp = ReverseCheckpoint.decode(self.file_checkpoint)
-        if cp is None or cp.generation != gen.id or cp.n < gen.pruned_n:
-            cp = start(gen.id, gen.pruned_n)
+        if older(cp, gen):
+            cp = start(gen.id, gen.pruned_n, gen.lineage)
             if not copy_all:
                 # Postgres let go of changes this file has not taken, or the file holds no
                 # position of this cutover, which writes one into it: it is an older copy (a
@@ -574,6 +574,9 @@ class ReversePipeline:
                 # not take the file for older again.
                 why = ("the SQLite file holds less than the way back had written into it (an older copy put back "
                        "in its place?)")
+                # Its count goes on from Postgres's in a lineage of its own, recorded first: the
+                # copy it replaced, put back in its turn, is older too, however far it counted.
+                cp = start(gen.id, gen.pruned_n, await capture.new_lineage(pg, self.names))
                 await s.worker.run(run_on(self.sink, "apply"), ApplyPlan(
                     [], checkpoint=cp.encode(), expect=self.file_checkpoint,
                     reload_add={n: f"{why}: copied again" for n in schema.tables}))
