@@ -112,3 +112,15 @@ async def test_forgetting_a_cut_over_source_ends_its_way_back(tmp_path, make_con
     assert (await pg_rows(pg_dsn, f"SELECT count(*) FROM {changelog}")) == [(0,)]
     assert (await pg_rows(pg_dsn, "SELECT count(*) FROM app.items")) == [(21,)]
     assert (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.sources")) == [(0,)]
+
+
+def test_forgetting_with_postgres_unreachable_says_so(tmp_path):
+    """Gone sources are known from Postgres's bookkeeping alone: with Postgres unreachable,
+    --forget said "no source named 't_globex' in the configuration" (exit 2), sending the
+    operator to a configuration that was right."""
+    cfg = fleet(tmp_path, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+    (tmp_path / "tenants" / "globex.db").unlink()
+    r = run_cli(cfg, "uninstall", "--source", "t_globex", "--forget")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "no source named" not in out, out
+    assert "t_globex" in out and "cannot connect" in out and "Traceback" not in out, out

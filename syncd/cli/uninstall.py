@@ -65,14 +65,36 @@ def _forget_each(settings: Settings, selected) -> int:
 
     if selected is None:
         raise common.ConfigError("--forget needs --source: name the sources whose file is gone for good")
+    try:
+        chosen = common.selected_sources(common.with_gone_sources(settings), selected)
+    except common.ConfigError:
+        # A glob's source whose file is gone is known from Postgres's bookkeeping alone:
+        # with that Postgres unreachable, the name is not unknown, only not to be looked up.
+        away = asyncio.run(_unreachable(settings))
+        if not away:
+            raise
+        for name in [selected] if isinstance(selected, str) else selected:
+            common.say(f"{name}: ERROR cannot look up a source whose file is gone: {away[0]}")
+        return 1
     rc = 0
-    for source in common.selected_sources(common.with_gone_sources(settings), selected):
+    for source in chosen:
         try:
             common.say(asyncio.run(forget(settings, source)))
         except (ForgetRefused, SourceLocked, PostgresUnavailable) as e:
             common.say(f"{source.name}: ERROR {e}")
             rc = 1
     return rc
+
+
+async def _unreachable(settings: Settings) -> list[str]:
+    """Why each Postgres the configuration's globs replicate into cannot be reached (none: all answer)."""
+    out = []
+    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
+        try:
+            await close_quietly(await connect(dsn, settings.password(), settings.postgres))
+        except PostgresUnavailable as e:
+            out.append(str(e))
+    return out
 
 
 async def _uninstall(settings: Settings, source: SourceSettings, force: bool) -> str:
