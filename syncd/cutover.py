@@ -179,7 +179,11 @@ async def recorded_direction(conn: asyncpg.Connection | None, b: Bookkeeping) ->
 
 
 async def record_step(conn: asyncpg.Connection, b: Bookkeeping, switch_id: int, state: str, **fields) -> None:
-    sets = ["state = $2"] + [f"{k} = ${i + 3}" for i, k in enumerate(fields)]
+    # The switch's steps are dated by Postgres's clock, as its start and every verification
+    # run are (the rollback takes the checks begun after the cutover's end), not by the
+    # clock of the host that ran it, which may be ahead or behind.
+    stamped = [f"{k} = clock_timestamp()" for k in ("frozen_at", "finished_at") if fields.pop(k, None) is not None]
+    sets = ["state = $2", *stamped] + [f"{k} = ${i + 3}" for i, k in enumerate(fields)]
     await conn.execute(f"UPDATE {b.s}.switches SET {', '.join(sets)} WHERE id = $1", switch_id, state,
                        *fields.values())
 

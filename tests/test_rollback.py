@@ -779,3 +779,28 @@ async def test_a_cutover_after_a_rollback_passes_a_report_reading_postgres_all_a
             conn.close()
         assert d.stop() == 0
 
+
+
+async def test_a_difference_found_after_a_cutover_made_on_a_host_whose_clock_is_ahead_refuses_the_rollback(
+        tmp_path, make_config, pg_dsn):
+    """The cutover's end was dated by the clock of the host that ran it, verifications by
+    Postgres's: cut over from a host an hour ahead, a difference found since counted as
+    found before the cutover, and the rollback froze Postgres for the application, then
+    undid itself on its own verification's finding."""
+    from tests.test_verifications_dated_in_the_future import _clock_behind
+
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "cutover", env=_clock_behind(tmp_path, -1))  # its host's clock an hour ahead
+        assert r.returncode == 0, r.stdout + r.stderr
+        tamper_sqlite(db, "UPDATE contacts SET email = 'tampered' WHERE id = 3")
+        assert run_cli(cfg, "verify").returncode == 1
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 1 and "app: REFUSED" in r.stdout, r.stdout + r.stderr
+        assert "still there when checked again now" in r.stdout, r.stdout
+        assert (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.switches WHERE kind = 'rollback'")) == [(0,)]
+        assert d.stop() == 0
