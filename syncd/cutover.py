@@ -188,6 +188,17 @@ async def record_step(conn: asyncpg.Connection, b: Bookkeeping, switch_id: int, 
                        *fields.values())
 
 
+async def close_abandoned(conn: asyncpg.Connection, b: Bookkeeping, why: str) -> int:
+    """Close the record of each cutover or rollback of the source that stopped before
+    finishing (`why` in its detail); returns how many there were."""
+    left = await conn.fetch(f"SELECT id, kind FROM {b.s}.switches WHERE source = $1 AND state IN ('started', 'frozen')",
+                            b.source)
+    for r in left:
+        await record_step(conn, b, r[0], "undone", finished_at=dt.datetime.now(dt.timezone.utc),
+                          detail=json.dumps({"reason": f"the {r[1]} stopped before finishing; {why}"}))
+    return len(left)
+
+
 async def undo_abandoned(settings: Settings, source: SourceSettings, conn: asyncpg.Connection,
                          worker: SqliteWorker) -> str | None:
     """With the switch lock held: a cutover that froze the file and died is undone
@@ -197,15 +208,11 @@ async def undo_abandoned(settings: Settings, source: SourceSettings, conn: async
     if await b.direction(conn) != TO_POSTGRES:
         return None
     message = await worker.run(freeze.frozen)
-    left = await conn.fetch(f"SELECT id, kind FROM {b.s}.switches WHERE source = $1 AND state IN ('started', 'frozen')",
-                            source.name)
-    if message is None and not left:
+    if message is None and not await b.switch_open(conn):
         return None
     if message is not None:
         await worker.run(freeze.unfreeze, settings.sqlite.write_busy_timeout_ms)
-    for r in left:
-        await record_step(conn, b, r[0], "undone", finished_at=dt.datetime.now(dt.timezone.utc),
-                          detail=json.dumps({"reason": f"the {r[1]} stopped before finishing; undone"}))
+    left = await close_abandoned(conn, b, "undone")
     # Its record closed, the cutover's guard passes the application's writes: its triggers go.
     b.key = await source_key(conn, b.schema, source.name, assign=False)
     await _unguard(conn, b, source)

@@ -11,9 +11,6 @@ new source, loaded again into its tables."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-
 from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified
 from syncd.model import TO_POSTGRES
@@ -51,12 +48,7 @@ async def forget(settings: Settings, source: SourceSettings) -> str:
         if await b.direction(pg) == TO_POSTGRES:
             # A cutover that stopped before finishing: its record is closed and its guard,
             # which would refuse the application's writes in Postgres, goes.
-            left = await pg.fetch(f"SELECT id, kind FROM {b.s}.switches WHERE source = $1 "
-                                  "AND state IN ('started', 'frozen')", source.name)
-            for r in left:
-                await cutover.record_step(pg, b, r[0], "undone", finished_at=dt.datetime.now(dt.timezone.utc),
-                                          detail=json.dumps({"reason": f"the {r[1]} stopped before finishing; "
-                                                                       "the source's file is gone"}))
+            await cutover.close_abandoned(pg, b, "the source's file is gone")
             if await cutover_guard.unguard(pg, bk_schema, key, source.schema):
                 notes.append("the cutover's guard trigger is left on a busy table (it passes every write now)")
         else:
