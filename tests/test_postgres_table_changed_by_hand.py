@@ -10,7 +10,7 @@ import sqlite3
 import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.verifying import sync_and_stop, verify, verify_section
 
 
@@ -44,6 +44,12 @@ async def test_a_table_changed_in_postgres_by_hand_is_named_for_a_resync(app_db,
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
         for table in ("dropped", "added"):
             assert run_cli(cfg, "resync", "--source", "app", "--table", table).returncode == 0
+
+        async def rebuilt() -> bool:  # the requests taken up and the tables loaded again
+            return await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.tables WHERE source = 'app' "
+                                         "AND request IS NULL AND state = 'streaming'") == [(2,)]
+
+        await eventually(rebuilt, 60, "both tables rebuilt", d)
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         out = verify(cfg)
         assert out.returncode == 0, out.stdout + out.stderr
