@@ -302,8 +302,9 @@ class Daemon:
             self.page.history.forget(p.name)
             self.settings = self.settings.model_copy(
                 update={"sources": [s for s in self.settings.sources if s.name != p.name]})
-            log.warning(f"the source's file {p.source.path} is gone and its bookkeeping was removed (syncd uninstall "
-                        "--forget): no longer followed", extra={"source": p.name, "event": "source_forgotten"})
+            log.warning(f"the source's file {p.source.path} is gone and Postgres records nothing of it (forgotten by "
+                        "syncd uninstall --forget, or never registered): no longer followed",
+                        extra={"source": p.name, "event": "source_forgotten"})
 
     # --- reload ----------------------------------------------------------------------
 
