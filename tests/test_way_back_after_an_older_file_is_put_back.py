@@ -19,6 +19,13 @@ CHANGES = ("INSERT INTO app.items (id, v, n) SELECT i, 'pg' || i, i FROM generat
            "DELETE FROM app.items WHERE id BETWEEN 11 AND 15")
 
 
+def put_in_place(src, db) -> None:
+    """With the daemon stopped: `src` restored as the file `db` (its -wal and -shm gone)."""
+    for side in db.parent.glob(f"{db.name}-*"):
+        side.unlink()
+    os.replace(src, db)
+
+
 def copy_over(src, dst) -> None:
     """Put `src`'s content into the file `dst` as SQLite's backup does (in place)."""
     s, d = sqlite3.connect(src), sqlite3.connect(dst)
@@ -38,9 +45,7 @@ async def test_a_backup_from_before_the_cutover_put_back_is_copied_again(tmp_pat
         await pg_statements(pg_dsn, *CHANGES)
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert d.stop() == 0
-    for side in db.parent.glob("app.db-*"):
-        side.unlink()
-    os.replace(tmp_path / "backups" / "app-latest.db", db)
+    put_in_place(tmp_path / "backups" / "app-latest.db", db)
     with DaemonProcess(cfg, tmp_path / "second.log") as d:
         d.wait_log("holds less than the way back had written into it")
         await wait_back(cfg, db, pg_dsn, daemon=d)
@@ -111,9 +116,7 @@ async def test_a_backup_from_before_the_cutover_put_back_before_postgres_changed
     with DaemonProcess(cfg, tmp_path / "first.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         assert d.stop() == 0
-    for side in db.parent.glob("app.db-*"):
-        side.unlink()
-    os.replace(tmp_path / "backups" / "app-latest.db", db)
+    put_in_place(tmp_path / "backups" / "app-latest.db", db)
     with DaemonProcess(cfg, tmp_path / "second.log") as d:
         d.wait_log("holds less than the way back had written into it")
         await wait_back(cfg, db, pg_dsn, daemon=d)
@@ -153,18 +156,14 @@ async def test_the_copy_an_older_one_replaced_put_back_in_its_turn_is_copied_aga
                                    "WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))")
     finally:
         await conn.close()
-    for side in db.parent.glob("app.db-*"):
-        side.unlink()
-    os.replace(tmp_path / "backups" / "app-latest.db", db)  # the wrong one restored
+    put_in_place(tmp_path / "backups" / "app-latest.db", db)  # the wrong one restored
     with DaemonProcess(cfg, tmp_path / "third.log") as d:
         d.wait_log("holds less than the way back had written into it")
         await wait_back(cfg, db, pg_dsn, daemon=d)
         await pg_statements(pg_dsn, *CHANGES[1:])  # applied to it and pruned
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert d.stop() == 0
-    for side in db.parent.glob("app.db-*"):
-        side.unlink()
-    os.replace(tmp_path / "replaced.db", db)  # the file it replaced, put back
+    put_in_place(tmp_path / "replaced.db", db)  # the file it replaced, put back
     with DaemonProcess(cfg, tmp_path / "fourth.log") as d:
         d.wait_log("syncd running")
         await wait_back(cfg, db, pg_dsn, daemon=d)
