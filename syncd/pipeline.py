@@ -317,16 +317,16 @@ class Pipeline:
             self._enter(FAILING, str(exc), kind="lock", level="warning")
         elif isinstance(exc, LookupIndexTooSlow):
             self._enter(FAILING, str(exc), kind="postgres", level="error")
-        elif privilege_refused(exc, self.settings.dsn_for(self.source)):
-            self._enter(FAILING, f"{privilege_refused(exc, self.settings.dsn_for(self.source))}; tried again",
+        elif refused := privilege_refused(exc, self.settings.dsn_for(self.source)):
+            self._enter(FAILING, f"{refused}; tried again",
                         kind="postgres", level="error")
         elif sqlstate(exc) == READ_ONLY:
             self._enter(FAILING, f"Postgres takes no writes in this database ({describe(exc)}): a standby, or "
                         "default_transaction_read_only; tried again on new connections until it does",
                         kind="postgres", level="error")
             self.renew_connections = True
-        elif cannot_write(exc, self.source.path):
-            self._enter(FAILING, f"{cannot_write(exc, self.source.path)}; tried again", kind="sqlite", level="error")
+        elif unwritable := cannot_write(exc, self.source.path):
+            self._enter(FAILING, f"{unwritable}; tried again", kind="sqlite", level="error")
         elif is_sqlite_file_error(exc, self.source.path):
             self._enter(SOURCE_MISSING, f"cannot read the SQLite file {self.source.path}: {describe(exc)}; "
                         "waiting for it to be readable again", kind="sqlite", level="error")

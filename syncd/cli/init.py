@@ -60,8 +60,8 @@ async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
             rc = 1
             continue
         except (sqlite3.OperationalError, LockTimeout) as e:
-            if cannot_write(e, source.path):
-                common.say(f"{source.name}: ERROR {cannot_write(e, source.path)}")
+            if unwritable := cannot_write(e, source.path):
+                common.say(f"{source.name}: ERROR {unwritable}")
                 rc = 1
                 continue
             if not contended(e):

@@ -43,8 +43,8 @@ def main(args) -> int:
             common.say(f"{source.name}: ERROR {e}")
             rc = 1
         except (sqlite3.OperationalError, capture.LockTimeout) as e:
-            if cannot_write(e, source.path):
-                common.say(f"{source.name}: ERROR {cannot_write(e, source.path)}")
+            if unwritable := cannot_write(e, source.path):
+                common.say(f"{source.name}: ERROR {unwritable}")
                 rc = 1
                 continue
             if not capture.contended(e):
