@@ -83,8 +83,12 @@ async def test_the_daemons_periodic_check_copies_such_a_table_again_and_counts_e
 
         await eventually(repaired_by_the_daemon, 60, "the periodic check's repair", daemon=d)
         line = next(x for x in d.log().splitlines() if "consistency check repaired" in x)
-        assert ('repaired 2000 row(s) of "orders" (1000 missing in SQLite, 1000 more not listed by key): '
-                "keys 1001, 1002") in line and "and 1990 more; now equal" in line, line
+        listed = ('repaired 2000 row(s) of "orders" (1000 missing in SQLite, 1000 more not listed by key): '
+                  "keys 1001, 1002") in line and "and 1990 more; now equal" in line
+        # A check whose range scan read the table before the DELETE and its totals after
+        # it finds no key, only the 2,000-row gap: it copies the table again all the same.
+        by_totals = line.endswith('repaired 2000 row(s) of "orders" (2000 not listed by key); now equal')
+        assert listed or by_totals, line
         assert typeof(db, "SELECT count(*) FROM orders") == [(ROWS,)]
         assert await compare_all(str(db), pg_dsn, "app", ["orders"]) == []
 
