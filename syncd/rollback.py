@@ -215,8 +215,7 @@ async def reverse_behind(conn: asyncpg.Connection, names: Names, checkpoint: str
         # An older copy of the file put back (Postgres let go of changes it lacks, or it
         # holds no position of this cutover): the way back copies each table again (its
         # reconcile marks them all).
-        reloads = max(reloads, await conn.fetchval(f"SELECT count(*) FROM {quote_pg_ident(names.bk)}.tables "
-                                                   "WHERE source = $1", names.source))
+        reloads = max(reloads, await capture.tables_owed_to_an_older_copy(conn, names))
     if cp is None or gen is None or cp.generation != gen.id:
         cp = ReverseCheckpoint(gen.id if gen else "", "1:1:")
     pending, _age = await reader.pending(conn, names, cp)

@@ -91,6 +91,7 @@ class SourceStatus:
     step_seconds: float | None = None  # how long the daemon's step in progress has run (0 between steps)
     rollback_until: str | None = None  # cut over: until when `syncd rollback` stays possible
     way_back_ended: str | None = None  # cut over: why SQLite no longer follows Postgres, once it does not
+    way_back_copies_owed: int = 0  # cut over: tables to copy again into an older copy of the file put back
     endpoint_refused: str | None = None  # the daemon runs, its endpoint answered but gave no figures: why
     file_names: int | None = None  # directory entries (hard links) the SQLite file has
     sqlite_frozen: bool = False  # the file refuses the application's writes (a cutover's freeze)
@@ -441,6 +442,7 @@ async def _way_back(settings: Settings, source: SourceSettings, st: SourceStatus
     st.pending_changes = wb.pending
     st.rollback_until = _iso(wb.rollback_until)
     st.way_back_ended = wb.retired
+    st.way_back_copies_owed = wb.copies_owed
     if wb.lag_seconds is not None:
         st.lag_seconds = wb.lag_seconds
 
@@ -510,6 +512,12 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                                      "or rollback that stopped before finishing (Postgres is not the application's "
                                      "database): a running daemon undoes it, as does `syncd cutover` or "
                                      "`syncd rollback` run again"))
+    if st.way_back_copies_owed:
+        who = "the daemon copies" if st.daemon_running else "the daemon, once started, copies"
+        p.append(Problem("warning" if st.daemon_running else "critical",
+                         f"the SQLite file is an older copy than the way back had written into (it lacks changes "
+                         f"Postgres has let go of): {who} its {st.way_back_copies_owed} table(s) to copy again "
+                         "from Postgres"))
     if st.way_back_ended:
         p.append(Problem("warning", f"SQLite no longer follows Postgres: {st.way_back_ended}; a rollback is no "
                                     "longer possible"))

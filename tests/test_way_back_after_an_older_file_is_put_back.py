@@ -169,3 +169,26 @@ async def test_the_copy_an_older_one_replaced_put_back_in_its_turn_is_copied_aga
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert d.stop() == 0
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_status_and_the_report_name_an_older_copy_put_back_with_no_daemon_running(tmp_path, make_config,
+                                                                                        pg_dsn):
+    """No daemon to copy it again yet: `syncd status` and `syncd report` count the tables
+    owed to the file, and do not count it caught up because Postgres holds no change
+    after the position the copy holds (those it lacks were let go of)."""
+    import json
+
+    db = tmp_path / "app.db"
+    create_items(db, rows=20, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        older = await copy_older_than_postgres(cfg, db, pg_dsn, d)
+        assert d.stop() == 0
+    copy_over(older, db)
+    r = run_cli(cfg, "status", "--json")
+    src = json.loads(r.stdout)["sources"][0]
+    problems = " ".join(p["message"] for p in src["problems"])
+    assert r.returncode == 2 and "older copy" in problems and "1 table(s) to copy again" in problems, r.stdout
+    assert src["pending_changes"] is None, src
+    r = run_cli(cfg, "report")
+    assert "app: lag unknown, the SQLite file is an older copy" in r.stdout, r.stdout

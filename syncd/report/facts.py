@@ -562,6 +562,10 @@ def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.dat
         # Pending as counted in the file now (as `syncd status` counts it), else the daemon's figure.
         return Lag(float(live["lag_seconds"]), f"the running daemon ({live.get('health', '?')})",
                    pending if pending is not None else live.get("pending_changes"))
+    if way_back is not None and way_back.copies_owed:
+        return Lag(None, f"the SQLite file is an older copy than the way back had written into (it lacks "
+                   f"changes Postgres has let go of); its {way_back.copies_owed} table(s) are copied again from "
+                   f"Postgres by the daemon ({silent})", None)
     if way_back is not None:  # cut over: the way back's own measurement (reverse.position)
         return Lag(way_back.lag_seconds, "computed in Postgres: the age of the oldest change SQLite has not "
                    f"applied yet ({silent})", way_back.pending)

@@ -169,6 +169,13 @@ async def generation(conn: asyncpg.Connection, names: Names) -> Generation | Non
     return Generation(*r) if r else None
 
 
+async def tables_owed_to_an_older_copy(conn: asyncpg.Connection, names: Names) -> int:
+    """The tables copied again into an older copy of the file put back: every one of the
+    source's (checkpoint.older says when the file is one)."""
+    return await conn.fetchval(f"SELECT count(*) FROM {quote_pg_ident(names.bk)}.tables WHERE source = $1",
+                               names.source)
+
+
 async def new_lineage(conn: asyncpg.Connection, names: Names) -> str:
     """A new lineage of SQLite checkpoints (checkpoint.py), recorded before the file holds
     it: a file of any other lineage is older from now on."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from syncd.config import Settings, SourceSettings
 from syncd.postgres.connect import close_quietly, connect
 from syncd.reverse import applier, capture, reader
-from syncd.reverse.checkpoint import META_KEY, NOTHING, ReverseCheckpoint
+from syncd.reverse.checkpoint import META_KEY, NOTHING, ReverseCheckpoint, older
 from syncd.sqlite.connection import open_readonly
 
 
@@ -23,6 +23,7 @@ class WayBack:
     started_at: dt.datetime | None = None  # the cutover this way back began with
     rollback_until: dt.datetime | None = None  # [cutover] keep_sqlite_days after it
     retired: str | None = None  # why the way back has ended, once it has
+    copies_owed: int = 0  # tables to copy again into an older copy of the file put back
 
 
 def _checkpoint_text(source: SourceSettings, busy_timeout_ms: int) -> str | None:
@@ -53,6 +54,11 @@ async def position(settings: Settings, source: SourceSettings, conn=None) -> Way
             cp = ReverseCheckpoint.decode(await asyncio.to_thread(
                 _checkpoint_text, source, settings.sqlite.read_busy_timeout_ms))
         except (sqlite3.Error, ValueError):
+            return out
+        if older(cp, gen):
+            # An older copy of the file put back: it lacks changes Postgres has let go of,
+            # which no count of the changelog shows; every table is copied into it again.
+            out.copies_owed = await capture.tables_owed_to_an_older_copy(conn, names)
             return out
         cp = cp if cp is not None and cp.generation == gen.id else ReverseCheckpoint(gen.id, NOTHING)
         out.pending, out.lag_seconds = await reader.pending(conn, names, cp)
