@@ -85,6 +85,15 @@ def test_the_rollback_deadline_reads_as_the_report_writes_it():
            "back at its next check" in render(OK, [passed])
 
 
+def test_a_time_a_moment_ahead_of_the_hosts_clock_reads_0s_ago():
+    """LAST APPLIED stamped by Postgres's clock, read on a host whose clock is behind it,
+    reads "0s ago" (as the report writes it), never "-3s ago"."""
+    from syncd.cli.status import _ago
+    now = dt.datetime.now(dt.timezone.utc)
+    assert _ago((now + dt.timedelta(seconds=3)).isoformat()) == "0s ago"
+    assert _ago((now - dt.timedelta(seconds=600)).isoformat()) == "10m ago"
+
+
 def test_consistency_checks_are_behind_only_when_later_than_scheduling_explains():
     from syncd.cli.status import behind_note
 

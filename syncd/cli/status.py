@@ -84,7 +84,9 @@ async def _collect(settings, sources: list, selected):
 def _ago(iso: str | None) -> str:
     if not iso:
         return "never"
-    secs = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(iso)).total_seconds()
+    # A time Postgres stamped by its clock, read on a host whose clock is a little behind,
+    # is "0s ago" (as the report writes it), never "-3s ago".
+    secs = max(0.0, (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(iso)).total_seconds())
     if secs < 90:
         return f"{secs:.0f}s ago"
     if secs < 5400:
