@@ -309,7 +309,8 @@ def _progress(session: SourceSession, t: TableRuntime, load: TableLoad) -> None:
 async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> bool:
     conn = session.pg
     assert conn is not None
-    row = changed(t.row, state=bk.CATCHUP, snapshot_finished_at=dt.datetime.now(dt.timezone.utc), reason=None,
+    # Dated by Postgres's clock, as the checks are (a check begun before it judged rows now gone).
+    row = changed(t.row, state=bk.CATCHUP, snapshot_finished_at=await bk.postgres_clock(conn), reason=None,
                   load_aside=False)
     quieted = []
     try:

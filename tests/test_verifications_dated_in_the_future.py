@@ -130,3 +130,28 @@ async def test_checks_dated_by_postgres_are_not_in_the_future_on_a_host_whose_cl
     assert md.returncode == 0 and "in the future" not in md.stdout, section(md.stdout, "migrated")
     st = run_cli(ready, "status", env=env)
     assert "last consistency check is" not in st.stdout and "consistency not checked" not in st.stdout, st.stdout
+
+
+async def test_a_load_by_a_daemon_whose_clock_is_ahead_does_not_hide_the_checks_made_after_it(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A table's copy is dated by Postgres's clock, as the checks are: a daemon on a host
+    whose clock ran an hour ahead dated its load an hour on, and every check made after
+    it counted as made before the copy (`syncd status`: "consistency not checked since the
+    table was copied") until that hour had passed."""
+    import sqlite3
+
+    from tests.support.daemon import DaemonProcess
+    from tests.support.sync import wait_caught_up
+
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO items VALUES (?, ?)", [(i, f"v{i}") for i in range(100)])
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log", env=_clock_behind(tmp_path, -1)) as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert verify(cfg).returncode == 0
+    st = run_cli(cfg, "status")
+    assert "consistency not checked" not in st.stdout and " ok (" in st.stdout, st.stdout

@@ -751,3 +751,9 @@ async def try_lock_source(conn: asyncpg.Connection, source: str, key: int, stale
 
 async def unlock_source(conn: asyncpg.Connection, key: int) -> None:
     await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, key)
+
+
+async def postgres_clock(conn: asyncpg.Connection) -> dt.datetime:
+    """Now, by Postgres's clock: what syncd dates a table's copy by, as it dates every
+    verification run (a host's clock may be ahead of or behind it)."""
+    return await conn.fetchval("SELECT clock_timestamp()")

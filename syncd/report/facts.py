@@ -32,7 +32,7 @@ from syncd.sqlite.connection import SourceFileError, file_problem, open_readonly
 from syncd.sqlite.introspect import introspect
 from syncd.sqlite.leftout import LeftOut
 from syncd.types import ValueMismatch, converter
-from syncd.verify.history import VerifyRun, load_history
+from syncd.verify.history import VerifyRun, host_clock_offset, load_history
 
 ENDPOINT_TIMEOUT_SECONDS = 2.0
 from syncd.model import TO_POSTGRES, TO_SQLITE  # noqa: E402,F401 - which way a source replicates
@@ -334,8 +334,12 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                 held = await _held_in_postgres(pg, source.schema, side)
                 break
     names = sorted(set(rows) | (set(side.tables) if side else set()))
+    # Copies and events are dated by Postgres's clock: read on this host's, as the runs are.
+    offset = await host_clock_offset(pg)
+    first_loads = {name: at + offset for name, at in first_loads.items()}
     for name in names:
         row = rows.get(name)
+        copied_at = row.snapshot_finished_at + offset if row and row.snapshot_finished_at else None
         if side is None:
             captured, note = False, "unknown: the SQLite file could not be read"  # facts.error says why
         else:
@@ -347,11 +351,10 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             rows_sqlite=side.tables.get(name) if side else None, rows_postgres=pg_counts.get(name),
             captured=captured, capture_note=note, in_flight=in_flight,
             in_flight_difference=keys[1] - held[name] if keys is not None and name in held else None,
-            copied_at=row.snapshot_finished_at if row else None,
+            copied_at=copied_at,
             definition=side.definitions.get(name) if side else None,
             # The bookkeeping's load time too: bookkeeping older than the events has only that.
-            replicated_since=min((t for t in (first_loads.get(name), row.snapshot_finished_at if row else None)
-                                  if t is not None), default=None),
+            replicated_since=min((t for t in (first_loads.get(name), copied_at) if t is not None), default=None),
         ))
     facts.left_out = side.left_out if side else []
     if side is not None:

@@ -906,7 +906,7 @@ class ReversePipeline:
             self.loading = None
             t.behind_since = None
             t.row = changed(t.row, state=bk.STREAMING, reason=None, snapshot_rows=load.rows, behind_since=None,
-                            snapshot_total=load.rows, snapshot_finished_at=dt.datetime.now(dt.timezone.utc))
+                            snapshot_total=load.rows, snapshot_finished_at=await bk.postgres_clock(s.pg))
             await s.bk.save_table(s.pg, t.row)
             s.info(f"table copied again from Postgres: {load.rows} row(s); following it", table=t.name,
                    event="reload_done")
