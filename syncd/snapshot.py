@@ -32,8 +32,8 @@ from syncd.postgres.connect import describe, is_data_error, is_shape_error
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.sqlite import key_identity, reader
-from syncd.sqlite.audit import (audit_position, audit_scan, audit_still_holds, note_audit_passed, passed_note,
-                                unchanged_since)
+from syncd.sqlite.audit import (audit_position, audit_scan, audit_still_holds, misfits_text, note_audit_passed,
+                                passed_note, unchanged_since)
 from syncd.sqlite.connection import SqliteWorker
 from syncd.sqlite.hold import RowsPerHold
 
@@ -193,10 +193,7 @@ async def audit(session: SourceSession, t: TableRuntime, note: bool = False) -> 
             await w.run(note_audit_passed, t.tid, t.spec, position, session.settings.sqlite.write_busy_timeout_ms,
                         plain)
         return None
-    text = "; ".join(m.describe(t.name) for m in misfits[:3])
-    if len(misfits) > 3:
-        text += f"; and {len(misfits) - 3} more column(s)"
-    return "audit before load: " + text
+    return "audit before load: " + misfits_text(t.name, misfits)
 
 
 async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> None:

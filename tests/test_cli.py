@@ -182,6 +182,27 @@ async def test_init_audits_values_before_anything_is_loaded(app_db, make_config,
         await pg.close()
 
 
+def test_schema_names_the_values_that_would_hold_a_table(app_db, make_config):
+    """`syncd schema` previews what `syncd init` would do: a column whose values do not
+    fit the type shown is named with the table it holds, where before the preview showed
+    `bigint` and nothing else, and init then held the table."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE companies (id INTEGER PRIMARY KEY, employees INTEGER);
+        INSERT INTO companies VALUES (1, 5), (2, 'lots');
+        CREATE TABLE fine (id INTEGER PRIMARY KEY, n INTEGER);
+        INSERT INTO fine VALUES (1, 5);
+    """)
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    r = run_cli(cfg, "schema")
+    assert r.returncode == 0, r.stdout + r.stderr
+    held = [line for line in r.stdout.splitlines() if line.startswith("-- HELD")]
+    assert len(held) == 1 and 'table "companies" column "employees"' in held[0] and "'lots'" in held[0] \
+        and "keys: 2" in held[0], r.stdout
+    assert "held" in run_cli(cfg, "init").stdout
+
+
 async def test_schema_shows_the_types_postgres_has(app_db, make_config, pg_dsn):
     """A typeless column's type is chosen from the values there at the first load and
     kept: `syncd schema` shows the type Postgres has, not one chosen from today's values."""

@@ -14,6 +14,8 @@ from syncd.parity.plan import Options, plan_source
 from syncd.parity.summary import explain_source, explain_table
 from syncd.postgres import app_triggers, ddl
 from syncd.postgres.connect import close_quietly, connect, describe
+from syncd.sqlite import key_identity
+from syncd.sqlite.audit import audit_table, misfits_text
 from syncd.sqlite.connection import file_problem, open_readonly
 from syncd.sqlite.introspect import introspect
 
@@ -24,8 +26,8 @@ def register(sub, parent) -> None:
                                    "type chosen for every column and why; the indexes, UNIQUE constraints, "
                                    "CHECKs, foreign keys, case-insensitive and typed columns and views it adds "
                                    "during dual-write or at cutover, with why; and every object it leaves out, "
-                                   "with why. Opens the SQLite files read-only (date columns are read in full "
-                                   "to decide their type).")
+                                   "with why, and every value that would hold a table. Opens the SQLite files "
+                                   "read-only and reads every value, as the load's audit does.")
     common.add_source_option(p)
     p.set_defaults(func=main)
 
@@ -50,6 +52,7 @@ def main(args) -> int:
             views = [n for n, lo in schema.left_out.items() if lo.kind == "view"]
             options = Options.from_settings(settings)
             objects, verdicts = read_sqlite(conn, schema.tables, views, options, audit_types=True)
+            held = {name: why for name, spec in schema.tables.items() if (why := _held_at_load(conn, spec))}
         except sqlite3.DatabaseError as e:
             common.say(f"-- source {source.name}: ERROR cannot read {source.path}: {e}", "")
             rc = 1
@@ -61,6 +64,8 @@ def main(args) -> int:
         print(f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(source.schema)};\n")
         for spec in schema.tables.values():
             print(ddl.describe_ddl(source.schema, spec))
+            if spec.name in held:
+                common.say(f"-- HELD: {held[spec.name]}; syncd loads and streams the table once every value fits")
             print("\n".join(explain_table(plan.for_table(spec.name))) + "\n")
         lines = explain_source(plan.items)
         if lines:
@@ -75,6 +80,12 @@ def main(args) -> int:
                 common.say(f"-- skipped {name!r}: {why}")
         print()
     return rc
+
+
+def _held_at_load(conn: sqlite3.Connection, spec) -> str | None:
+    """What the value audit before a load would hold the table for (snapshot.audit), or None."""
+    misfits = audit_table(conn, spec)
+    return misfits_text(spec.name, misfits) if misfits else key_identity.audit_collisions(conn, spec)
 
 
 async def _types_in_postgres(settings, source) -> tuple[dict, dict, str, list]:

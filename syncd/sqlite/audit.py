@@ -58,6 +58,12 @@ def audit_table(conn: sqlite3.Connection, spec: TableSpec, inode: tuple[int, int
     return audit_scan(conn, spec, inode)[0]
 
 
+def misfits_text(table: str, misfits: list[Misfit]) -> str:
+    """The misfits of a table as its hold reason says them (the first three columns)."""
+    text = "; ".join(m.describe(table) for m in misfits[:3])
+    return text + (f"; and {len(misfits) - 3} more column(s)" if len(misfits) > 3 else "")
+
+
 def audit_scan(conn: sqlite3.Connection, spec: TableSpec,
                inode: tuple[int, int] | None = None) -> tuple[list[Misfit], bool]:
     """audit_table(), and whether the scan saw only values already sent as they are
