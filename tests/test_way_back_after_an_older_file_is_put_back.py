@@ -87,14 +87,20 @@ async def test_a_copy_put_back_while_the_daemon_runs_is_copied_again(tmp_path, m
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
 
 
-async def test_a_rollback_with_no_daemon_running_brings_an_older_copy_up_to_postgres(tmp_path, make_config, pg_dsn):
-    db = tmp_path / "app.db"
+async def older_copy_put_back_with_no_daemon(tmp_path, make_config, pg_dsn, db):
+    """copy_older_than_postgres, the daemon stopped, then the copy put back in `db`."""
     create_items(db, rows=20, journal="wal")
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         older = await copy_older_than_postgres(cfg, db, pg_dsn, d)
         assert d.stop() == 0
     copy_over(older, db)
+    return cfg
+
+
+async def test_a_rollback_with_no_daemon_running_brings_an_older_copy_up_to_postgres(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    cfg = await older_copy_put_back_with_no_daemon(tmp_path, make_config, pg_dsn, db)
     r = run_cli(cfg, "rollback")
     assert r.returncode == 0, r.stdout + r.stderr
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
@@ -179,12 +185,7 @@ async def test_status_and_the_report_name_an_older_copy_put_back_with_no_daemon_
     import json
 
     db = tmp_path / "app.db"
-    create_items(db, rows=20, journal="wal")
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        older = await copy_older_than_postgres(cfg, db, pg_dsn, d)
-        assert d.stop() == 0
-    copy_over(older, db)
+    cfg = await older_copy_put_back_with_no_daemon(tmp_path, make_config, pg_dsn, db)
     r = run_cli(cfg, "status", "--json")
     src = json.loads(r.stdout)["sources"][0]
     problems = " ".join(p["message"] for p in src["problems"])
