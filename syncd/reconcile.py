@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
 import struct
 from dataclasses import dataclass, field, replace
 
 import asyncpg
 
 from syncd import collisions, parity
-from syncd.identifiers import qualified, quote_pg_ident
+from syncd.identifiers import qualified, quote_literal, quote_pg_ident
 from syncd.model import TO_POSTGRES, SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl, ownership
@@ -26,6 +27,7 @@ from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
+from syncd.sqlite.connection import damaged
 from syncd.sqlite.introspect import introspect, journal_mode
 from syncd.types import NO_VALUES_YET, PgType, canonical
 
@@ -168,8 +170,12 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     sticky = await sticky_types(session)
     retyped = await parity.retyped_columns(conn, session.bk.schema, session.name)
     result = await install_capture(session, sticky, retyped)
+    # Before the transaction: checking a table reads every page of it, which may take
+    # longer than Postgres lets a transaction sit idle.
+    checked = {name: await _unreadable(session, name) for name in await _resync_requests(session)
+               if name in result.schema.tables}
     async with conn.transaction():
-        runtimes = await _reconcile_postgres(session, result)
+        runtimes = await _reconcile_postgres(session, result, checked)
     session.tables = runtimes
     if result.state.rearmed and session.direction == TO_POSTGRES:
         # Postgres now has those tables scheduled for a re-snapshot (committed above).
@@ -213,9 +219,11 @@ async def _widen_in_place(session: SourceSession, target: str, name: str,
     return True
 
 
-async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> dict[str, TableRuntime]:
+async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
+                              checked: dict[str, str | None]) -> dict[str, TableRuntime]:
     """The Postgres half of reconcile; the caller runs it in one transaction, so a
-    crash leaves either the old state or the new one, never half of a reset."""
+    crash leaves either the old state or the new one, never half of a reset. `checked`:
+    each table with a resync request, and why its pages cannot be read (None: they can)."""
     conn = session.pg
     assert conn is not None
     state, schema = result.state, result.schema
@@ -265,6 +273,20 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult) -> 
         row = rows.get(name)
         pgt = pg_tables.get(name)
         if name in requests and pgt is not None:
+            problem = checked.get(name)
+            if name not in checked:  # requested since the check: the next recheck takes it up
+                requests.discard(name)
+            elif problem is not None:
+                # The Postgres copy may be the only whole one left: kept, and the request
+                # stays pending until the file reads whole (restored from a backup).
+                requests.discard(name)
+                if session.resync_held.get(name) != problem:  # once, not every recheck
+                    session.error(f"resync requested but not done: {problem}; the Postgres copy is kept and the "
+                                  "request stays pending until the table reads whole", table=name,
+                                  event="resync_held")
+                session.resync_held[name] = problem
+        if name in requests and pgt is not None:
+            session.resync_held.pop(name, None)
             await conn.execute(f"DROP TABLE IF EXISTS {qualified(target, name)}")
             await conn.execute(f"DROP TABLE IF EXISTS {qualified(session.bk.schema, session.bk.aside_table(tid))}")
             session.info("resync requested: Postgres table dropped, rebuilding it from SQLite", table=name,
@@ -500,6 +522,27 @@ async def _exists_in_sqlite(session: SourceSession, name: str) -> bool:
     def check(c) -> bool:
         return c.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() \
             is not None
+
+    return await session.worker.run(check)
+
+
+async def _unreadable(session: SourceSession, name: str) -> str | None:
+    """Why the table's pages in the SQLite file cannot be read whole (damage), in one line
+    naming the file, or None. Checked before a resync drops the Postgres copy. In WAL mode
+    only: in rollback-journal mode a read of the whole table would hold the application's
+    commits back for as long as it reads (`syncd resync` checks the same way)."""
+    if session.journal_mode != "wal":
+        return None
+    path = session.source.path
+
+    def check(c) -> str | None:
+        try:
+            found = c.execute(f"PRAGMA main.quick_check({quote_literal(name)})").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            return str(damaged(e, path) or f"SQLite file {path} could not be read to check it ({e})")
+        if found == "ok":
+            return None
+        return f"SQLite file {path} is damaged: {' '.join(found.split())} (PRAGMA quick_check); restore it from a backup"
 
     return await session.worker.run(check)
 

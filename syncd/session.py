@@ -95,6 +95,7 @@ class SourceSession:
         self.bk = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
         self.tables: dict[str, TableRuntime] = {}
         self.refused: dict[str, str] = {}
+        self.resync_held: dict[str, str] = {}  # a resync request left pending: why, as last logged
         self.skipped: dict[str, str] = {}
         self.capture: CaptureState | None = None
         self.applied_seq = 0

@@ -125,3 +125,60 @@ def test_resync_from_a_damaged_file_is_refused(tmp_path, make_config):
     out = r.stdout + r.stderr
     assert r.returncode == 1 and f"SQLite file {path} is damaged" in out and "requested" not in out, out
     assert "Traceback" not in out and out.count("\n") == 1, out
+
+
+def test_a_resync_requested_before_the_file_was_damaged_keeps_the_postgres_copy(tmp_path, make_config, pg_dsn):
+    """A resync requested while the file was sound, taken up by the daemon after pages of
+    the table were damaged: the daemon checks the table's pages before it drops the
+    Postgres copy, which may be the only whole one left. The copy stays, the request stays
+    pending, and one line names the file; once the file is mended the resync goes ahead."""
+    import asyncio
+    import sqlite3
+    import time
+
+    from tests.support.daemon import DaemonProcess, wait_for
+    from tests.support.sync import pg_rows
+
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, "x" * 200) for i in range(2000)])
+    conn.commit()
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(path)}])
+    assert run_cli(cfg, "init").returncode == 0
+    count = lambda: asyncio.run(pg_rows(pg_dsn, "SELECT count(*) FROM app.t"))[0][0]  # noqa: E731
+    pending = lambda: asyncio.run(pg_rows(  # noqa: E731
+        pg_dsn, "SELECT request FROM syncd.tables WHERE source = 'app' AND table_name = 't'"))[0][0]
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("every table is streaming", 60)
+        assert d.stop() == 0
+    assert count() == 2000
+    r = run_cli(cfg, "resync", "--source", "app", "--table", "t")  # the file is sound: requested
+    assert r.returncode == 0 and "requested" in r.stdout, r.stdout + r.stderr
+    with open(path, "r+b") as f:  # leaf pages of t, past sqlite_master (page 1) and t's root
+        f.seek(page * 5)
+        sound = f.read(page * 3)
+        f.seek(page * 5)
+        f.write(b"\xff" * page * 3)
+    said = f"SQLite file {path} is damaged"
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        held = lambda: [ln for ln in d.log().splitlines() if "resync requested but not done" in ln]  # noqa: E731
+        wait_for(held, 60, "the daemon's line on the held resync", d)
+        time.sleep(3)  # several rechecks (held_table_retry_seconds = 0.5): still one line
+        assert len(held()) == 1 and said in held()[0] and "table=t " in held()[0], d.log()
+        assert count() == 2000, "the Postgres copy was dropped"
+        assert pending() == "resync"
+        assert d.stop() == 0
+    with open(path, "r+b") as f:  # mended (put back from a backup)
+        f.seek(page * 5)
+        f.write(sound)
+    with DaemonProcess(cfg, tmp_path / "syncd3.log") as d:
+        wait_for(lambda: pending() is None and "resync requested: Postgres table dropped" in d.log(), 60,
+                 "the resync once the file is mended", d)
+        d.wait_log("every table is streaming", 60)
+        wait_for(lambda: count() == 2000, 60, "the table loaded again", d)
+        assert d.stop() == 0
+        assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()
