@@ -385,6 +385,23 @@ class SourceSettings(_Strict):
         folded = sqlite_folded(table)
         return next((v for k, v in setting.items() if sqlite_folded(k) == folded), None)
 
+    def unmatched_tables(self, held: typing.Iterable[str]) -> list[str]:
+        """One line for each table [sources.keys] or [sources.columns] names that the file
+        does not hold (`held`: every table, view and virtual table in it), as SQLite names
+        tables (A-Z in any case). Not refused: the application may create the table later;
+        but a misspelt name would leave the setting unused without a word."""
+        folded = {sqlite_folded(n): n for n in held}
+        lines = []
+        for key, setting in (("keys", self.keys), ("columns", self.columns)):
+            for table in setting:
+                if sqlite_folded(table) in folded:
+                    continue
+                close = difflib.get_close_matches(sqlite_folded(table), sorted(folded), n=1, cutoff=0.6)
+                hint = f" (did you mean {folded[close[0]]!r}?)" if close else ""
+                lines.append(f"[sources.{key}] names table {table!r}, which {self.path} does not hold{hint}: "
+                             "the setting is unused until a table of that name appears")
+        return lines
+
     def keys_for(self, table: str) -> list[str] | None:
         return self._for_table(self.keys, table)
 

@@ -188,6 +188,11 @@ class SourceSchema:
     left_out: dict[str, "LeftOut"] = field(default_factory=dict)  # views, virtual and shadow tables
 
     @property
+    def names(self) -> list[str]:
+        """Every table, view and virtual table of the file, carried or not (syncd's own aside)."""
+        return [*self.tables, *self.refused, *self.left_out]
+
+    @property
     def skipped(self) -> dict[str, str]:
         """What is left out, name -> why and what to do instead, as one line each."""
         return {name: lo.describe() for name, lo in self.left_out.items()}

@@ -128,6 +128,11 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
             log = session.warning if lo.holds_data else session.info
             log(f"not replicated: {lo.describe()}", table=name, event="table_skipped")
     session.skipped = dict(schema.skipped)
+    unmatched = session.source.unmatched_tables(schema.names)
+    for line in unmatched:
+        if line not in session.unmatched:  # once, not at every recheck
+            session.warning(line, event="setting_unused")
+    session.unmatched = unmatched
     return result
 
 

@@ -97,6 +97,7 @@ class SourceSession:
         self.refused: dict[str, str] = {}
         self.resync_held: dict[str, str] = {}  # a resync request left pending: why, as last logged
         self.skipped: dict[str, str] = {}
+        self.unmatched: list[str] = []  # [sources.keys]/[sources.columns] lines for tables the file lacks
         self.capture: CaptureState | None = None
         self.applied_seq = 0
         self.applied_at: float | None = None

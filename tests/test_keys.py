@@ -233,3 +233,45 @@ def test_keys_and_types_set_for_a_table_name_cased_otherwise_apply_as_in_sqlite(
     assert r.returncode == 0, r.stdout + r.stderr
     assert "-- table 'orders': key ref (configured)" in r.stdout, r.stdout
     assert '"doc" jsonb' in r.stdout and "_syncd_rowid" not in r.stdout, r.stdout
+
+
+def test_keys_and_types_set_for_a_table_the_file_does_not_hold_are_named(tmp_path, make_config):
+    """A [sources.keys] or [sources.columns] entry for a table the file does not hold (a
+    typo, "ordrs") would leave the setting unused without a word. The table may yet appear
+    (the application creates it), so nothing is refused: `syncd schema`, `syncd init` and
+    the daemon's log (once, not at every recheck) name the setting and the table; once the
+    table appears, the setting applies and the line is gone."""
+    import time
+
+    from tests.support.daemon import DaemonProcess, wait_for
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE orders (ref TEXT NOT NULL, doc TEXT)")
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(db), "keys": {"ordrs": ["ref"], "Orders": ["ref"]},
+                        "columns": {"later": {"doc": "jsonb"}}}])
+    keys_line = f"[sources.keys] names table 'ordrs', which {db} does not hold"
+    columns_line = f"[sources.columns] names table 'later', which {db} does not hold"
+    r = run_cli(cfg, "schema")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert keys_line in r.stdout and columns_line in r.stdout, r.stdout
+    assert "did you mean 'orders'?" in r.stdout, r.stdout
+    assert "'Orders', which" not in r.stdout, r.stdout  # the table orders', A-Z in any case
+    r = run_cli(cfg, "init")
+    out = r.stdout + r.stderr
+    assert keys_line in r.stdout and columns_line in r.stdout, out
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("every table is streaming", 60)
+        time.sleep(2)  # several rechecks (held_table_retry_seconds = 0.5)
+        lines = d.log().splitlines()
+        assert sum(keys_line in ln for ln in lines) == 1 and sum(columns_line in ln for ln in lines) == 1, d.log()
+        conn.execute("CREATE TABLE later (id INTEGER PRIMARY KEY, doc TEXT)")
+        conn.commit()
+        wait_for(lambda: run_cli(cfg, "schema").stdout.count("does not hold") == 1, 60,
+                 "the line on 'later' gone once the table exists", d)
+        assert '"doc" jsonb' in run_cli(cfg, "schema").stdout
+        assert d.stop() == 0
+    assert sum(keys_line in ln for ln in d.log().splitlines()) == 1, d.log()
+    conn.close()

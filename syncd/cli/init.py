@@ -110,4 +110,5 @@ def _summary(session: SourceSession) -> list[str]:
         lines.append(f'  refused "{name}": {reason}')
     for name, why in sorted(session.skipped.items()):
         lines.append(f'  skipped "{name}": {why}')
+    lines.extend(f"  {line}" for line in session.unmatched)
     return lines

@@ -78,6 +78,8 @@ def main(args) -> int:
         for name, why in schema.skipped.items():
             if name not in views:  # views are in the plan above
                 common.say(f"-- skipped {name!r}: {why}")
+        for line in source.unmatched_tables(schema.names):
+            common.say(f"-- {line}")
         print()
     return rc
 
