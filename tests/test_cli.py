@@ -170,7 +170,8 @@ async def test_init_audits_values_before_anything_is_loaded(app_db, make_config,
     conn.commit()
     cfg = make_config([{"name": "app", "path": str(app_db)}])
     r = run_cli(cfg, "init")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr  # a table not carried: the summary printed, exit 1
+    assert r.stdout.splitlines()[-1] == "1 table(s) held, paused or refused (above): not replicated until fixed"
     line = next(l for l in r.stdout.splitlines() if l.strip().startswith('held "companies"'))
     assert 'table "companies" column "employees": 2 value(s) do not fit bigint' in line
     assert "keys: 3, 777777" in line and "text 'many' does not fit bigint" in line
@@ -201,6 +202,28 @@ def test_schema_names_the_values_that_would_hold_a_table(app_db, make_config):
     assert len(held) == 1 and 'table "companies" column "employees"' in held[0] and "'lots'" in held[0] \
         and "keys: 2" in held[0], r.stdout
     assert "held" in run_cli(cfg, "init").stdout
+
+
+def test_init_exits_1_when_a_table_is_refused_and_0_once_none_is(tmp_path, make_config):
+    """`syncd init && systemctl start syncd`: a table syncd will not carry (refused here:
+    its name starts with _syncd_) makes init exit 1, its summary still printed with the
+    reason, the other tables installed as ever; once the table is gone, exit 0."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE fine (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE _syncd_mine (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    r = run_cli(cfg, "init")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "capture installed on 1 table(s)" in r.stdout and 'refused "_syncd_mine": its name starts with' in r.stdout
+    assert r.stdout.splitlines()[-1] == "1 table(s) held, paused or refused (above): not replicated until fixed"
+    assert "Traceback" not in r.stdout + r.stderr
+    conn.execute("DROP TABLE _syncd_mine")
+    conn.commit()
+    conn.close()
+    r = run_cli(cfg, "init")
+    assert r.returncode == 0 and "not replicated until fixed" not in r.stdout, r.stdout + r.stderr
 
 
 async def test_schema_shows_the_types_postgres_has(app_db, make_config, pg_dsn):

@@ -113,7 +113,7 @@ async def test_verify_names_the_refusal_of_a_long_named_table(tmp_path, pg_dsn):
     conn.commit()
     conn.close()
     cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
-    assert run_cli(cfg, "init").returncode == 0
+    assert run_cli(cfg, "init").returncode == 1  # the long-named table is refused
 
     r = run_cli(cfg, "verify", "--table", LONG_TABLE)
     out = r.stdout + r.stderr
@@ -132,7 +132,7 @@ async def test_resync_of_a_refused_table_says_why_it_cannot(tmp_path, pg_dsn):
     conn.commit()
     conn.close()
     cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
-    assert run_cli(cfg, "init").returncode == 0
+    assert run_cli(cfg, "init").returncode == 1  # the long-named table is refused
 
     r = run_cli(cfg, "resync", "--source", "app", "--table", LONG_TABLE)
     out = r.stdout + r.stderr

@@ -54,7 +54,7 @@ async def test_an_existing_table_syncd_did_not_create_is_refused_and_left_alone(
                        [{"name": "app", "path": str(db)}, {"name": "other", "path": str(tmp_path / "o.db")}])
     _app(tmp_path / "o.db", ("fine",))
     r = run_cli(cfg, "init")
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr  # tables not carried
     assert 'refused "items": a Postgres table "app"."items" already exists and syncd did not create it' in r.stdout, r.stdout
     assert 'refused "good": a Postgres view "app"."good" already exists' in r.stdout
 
@@ -94,7 +94,7 @@ async def test_two_sources_in_one_schema_do_not_take_each_others_tables(tmp_path
     cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "a", "path": str(a), "schema": "shared"},
                                                           {"name": "b", "path": str(b), "schema": "shared"}])
     r = run_cli(cfg, "init")
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr  # a table not carried
     assert ('refused "items": the Postgres table "shared"."items" is the replica of source \'a\', which '
             "replicates into the same schema") in r.stdout
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:

@@ -42,9 +42,10 @@ def main(args) -> int:
 
 async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
     rc = 0
+    stopped = 0  # tables held, paused or refused: not carried until fixed
     for source in sources:
         try:
-            lines = await init_source(settings, source)
+            lines, not_carried = await init_source(settings, source)
         except SourceLocked as e:
             common.say(f"{source.name}: {e}; nothing to do, the running daemon keeps it initialized")
             continue
@@ -71,10 +72,17 @@ async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
             rc = 1
             continue
         common.say(*lines)
+        stopped += not_carried
+    if stopped:
+        # Exit 1, as `syncd verify` does for differences: `syncd init && systemctl start
+        # syncd` must not read a table that will not be carried as done.
+        common.say(f"{stopped} table(s) held, paused or refused (above): not replicated until fixed")
+        rc = 1
     return rc
 
 
-async def init_source(settings: Settings, source: SourceSettings) -> list[str]:
+async def init_source(settings: Settings, source: SourceSettings) -> tuple[list[str], int]:
+    """The summary's lines, and how many tables are held, paused or refused."""
     session = SourceSession(settings, source)
     try:
         await session.worker.open()  # first: a missing file must not leave half an install
@@ -88,7 +96,8 @@ async def init_source(settings: Settings, source: SourceSettings) -> list[str]:
                         row = changed(t.row, state=bk.HELD, reason=reason, resume_to=bk.PENDING)
                         await session.save_row(session.pg, row)
                         t.row = row
-        return _summary(session)
+        stopped = sum(t.state in (bk.HELD, bk.PAUSED) for t in session.tables.values()) + len(session.refused)
+        return _summary(session), stopped
     finally:
         await session.close()
 
