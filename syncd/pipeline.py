@@ -26,7 +26,8 @@ from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
-from syncd.postgres.connect import PostgresUnavailable, describe, is_transient, privilege_refused, sqlstate
+from syncd.postgres.connect import (PostgresUnavailable, describe, is_transient, privilege_refused, sqlstate,
+                                    statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
 from syncd.reconcile import SameFileAsAnotherSource, install_capture, reconcile
@@ -331,6 +332,11 @@ class Pipeline:
             self._enter(SOURCE_MISSING, f"cannot read the SQLite file {self.source.path}: {describe(exc)}; "
                         "waiting for it to be readable again", kind="sqlite", level="error")
             metrics.source_up.labels(self.name).set(0)
+        elif cancelled := statement_cancelled(exc, self.settings.dsn_for(self.source),
+                                              self.settings.postgres.statement_timeout_seconds):
+            self._smaller_chunks()
+            self.session.drop_postgres()  # the step starts again on a fresh connection
+            self._enter(FAILING, cancelled, kind="postgres", level="warning")
         elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             self._smaller_chunks()
             self._pg_down(exc, f"a statement ran over [postgres] statement_timeout_seconds "

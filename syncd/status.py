@@ -20,7 +20,7 @@ from syncd.endpoint import fetch_status, own_sources, unanswered
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres.connect import close_quietly, connect, describe
+from syncd.postgres.connect import close_quietly, connect, describe, privilege_refused
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
 from syncd.sqlite.connection import file_problem, hard_links, is_busy, open_readonly
@@ -75,6 +75,7 @@ class SourceStatus:
     sqlite_error: str | None = None
     postgres_reachable: bool = False
     postgres_error: str | None = None
+    postgres_refused: bool = False  # reached, and a privilege refused: postgres_error names the role
     initialized: bool = False
     lag_seconds: float | None = None
     pending_changes: int | None = None
@@ -179,6 +180,7 @@ class _PgSide:
     """What Postgres says about one source (gathered for every source of a target at once)."""
 
     error: str | None = None
+    refused: bool = False  # Postgres answered and refused a privilege: `error` names the role
     bookkeeping: bool = False
     src: tuple | None = None  # applied_seq, applied_at, streaming_since, direction, lag_from (bookkeeping)
     tables: list[tuple] = field(default_factory=list)  # name, state, reason, snapshot_rows, snapshot_total
@@ -272,9 +274,10 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
             at, compared_at = r[2], r[6]
             out[r[0]].verify[r[1]] = (at + offset, *r[3:6], None if compared_at is None else compared_at + offset,
                                       *r[7:])
-    except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable"
+    except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable", bar a refusal
+        refused = privilege_refused(e, dsn)
         for side in out.values():
-            side.error = describe(e)
+            side.error, side.refused = refused or describe(e), refused is not None
     finally:
         await close_quietly(conn)
     return out
@@ -329,7 +332,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     applied_seq = 0
     src = pg.src
     if pg.error is not None:
-        st.postgres_error = pg.error
+        st.postgres_error, st.postgres_refused = pg.error, pg.refused
     else:
         st.postgres_reachable = True
         st.shared_key = pg.shared_key
@@ -455,7 +458,7 @@ def _derive_state(st: SourceStatus) -> str:
         # SQLite): what the daemon calls it too. Locked by the application: only that.
         return "file_locked" if "database is locked" in st.sqlite_error else "source_missing"
     if not st.postgres_reachable:
-        return "postgres_unreachable"
+        return "postgres_refused" if st.postgres_refused else "postgres_unreachable"
     if not st.initialized:
         return "not_initialized"
     if st.daemon_running is False:
@@ -477,7 +480,8 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
     if not st.sqlite_exists:
         p.append(Problem("critical", f"SQLite file {st.path} does not exist"))
     if not st.postgres_reachable:
-        p.append(Problem("critical", f"Postgres unreachable: {st.postgres_error}"))
+        p.append(Problem("critical", st.postgres_error if st.postgres_refused
+                         else f"Postgres unreachable: {st.postgres_error}"))
     elif not st.initialized:
         p.append(Problem("critical", "not initialized in Postgres (run `syncd init` or `syncd run`)"))
     if st.sqlite_exists and not st.capture_installed and st.sqlite_error is None:

@@ -184,5 +184,13 @@ async def test_every_verb_names_a_privilege_the_role_lacks_in_one_line(tmp_path,
             assert r.returncode != 0 and "Traceback" not in out, (verb, out)
             line = next(x for x in out.splitlines() if "permission denied for schema" in x)
             assert '"The Postgres role"' in line, (verb, out)
+        # `syncd status` reaches Postgres: it is the grant that is missing, said as such
+        # (naming the role), never "Postgres unreachable".
+        r = run_cli(cfg, "status")
+        out = r.stdout + r.stderr
+        assert r.returncode == 2 and "Traceback" not in out, out
+        line = next(x for x in out.splitlines() if "permission denied for schema" in x)
+        assert f"refused syncd's role {role}" in line and '"The Postgres role"' in line, out
+        assert "unreachable" not in out.lower(), out
     finally:
         await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')

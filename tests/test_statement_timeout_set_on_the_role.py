@@ -37,3 +37,52 @@ async def test_a_role_with_a_short_statement_timeout_still_loads_and_verifies(tm
     finally:
         await pg_statements(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres',
                             f"DROP OWNED BY {role} CASCADE", f"DROP ROLE {role}")
+
+
+async def test_a_statement_the_role_s_timeout_cancels_is_said_as_such_not_as_postgres_unreachable(
+        tmp_path, make_config, pg_dsn):
+    """Behind a transaction pooler syncd sends no statement_timeout of its own, so one set
+    on its role applies. A statement it cancels (SQLSTATE 57014: here an apply waiting on
+    a lock a session holds) reached Postgres: the daemon's line names statement_timeout
+    and the role, never "Postgres unreachable"; once the lock is gone it catches up."""
+    import asyncpg
+
+    from tests.support.daemon import wait_for
+
+    role = f"syncd_short_{secrets.token_hex(4)}"
+    database = pg_dsn.rsplit("/", 1)[1]
+    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN", f'ALTER DATABASE "{database}" OWNER TO {role}',
+                        f"ALTER ROLE {role} SET statement_timeout = '1s'")
+    try:
+        db = tmp_path / "app.db"
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA journal_mode=wal")
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.executemany("INSERT INTO items VALUES (?, ?)", ((i, "x") for i in range(100)))
+        conn.commit()
+        dsn = pg_dsn.replace("postgres@", f"{role}@")
+        cfg = make_config([{"name": "app", "path": str(db)}], sections={
+            "postgres": {"dsn": dsn, "lock_dsn": dsn, "pooler": "transaction", "statement_timeout_seconds": 30},
+            "verify": {"interval_seconds": 0}})
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
+            holder = await asyncpg.connect(pg_dsn)
+            try:
+                async with holder.transaction():
+                    await holder.execute("LOCK TABLE app.items IN ACCESS EXCLUSIVE MODE")
+                    conn.execute("UPDATE items SET v = 'changed' WHERE id = 1")
+                    conn.commit()
+                    wait_for(lambda: "57014" in d.log(), 60, "the cancelled statement's line", d)
+            finally:
+                await holder.close()
+            await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
+            assert d.stop() == 0
+        line = next(x for x in d.log().splitlines() if "57014" in x)
+        assert "statement_timeout" in line and role in line, line
+        assert "unreachable" not in line.lower(), line
+        assert "event=postgres_unreachable" not in d.log(), d.log()
+        assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()
+    finally:
+        conn.close()
+        await pg_statements(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres',
+                            f"DROP OWNED BY {role} CASCADE", f"DROP ROLE {role}")

@@ -44,6 +44,30 @@ def privilege_refused(exc: BaseException, dsn: str | None = None) -> str | None:
     operator's to fix, not a bug."""
     if sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
         return None
+    return (f"Postgres refused {_role(dsn)}: {describe(exc)}; grant it what docs/operations.md lists "
+            'under "The Postgres role"')
+
+
+QUERY_CANCELED = "57014"
+
+
+def statement_cancelled(exc: BaseException, dsn: str | None, timeout_seconds: float) -> str | None:
+    """Postgres's cancel of one of syncd's statements (SQLSTATE 57014) as one line saying
+    what cancelled it, or None. Postgres answered: it is not unreachable."""
+    if sqlstate(exc) != QUERY_CANCELED:
+        return None
+    if "statement timeout" not in str(exc):
+        return (f"Postgres cancelled a statement ({describe(exc)}): pg_cancel_backend or a server shutting down; "
+                "tried again")
+    return (f"Postgres cancelled a statement at its statement_timeout ({describe(exc)}): a statement_timeout set "
+            f"on {_role(dsn)} or its database (in force behind a pooler, which syncd sends none through) ended it "
+            f"before [postgres] statement_timeout_seconds ({timeout_seconds:g} s); raise it for syncd "
+            "(ALTER ROLE ... SET statement_timeout) or find what makes the statement slow (a lock held, a busy "
+            "server); tried again")
+
+
+def _role(dsn: str | None) -> str:
+    """syncd's role as libpq names it from `dsn` ("syncd's role" where `dsn` is unknown)."""
     who = "syncd's role"
     if dsn is not None:
         try:
@@ -51,8 +75,7 @@ def privilege_refused(exc: BaseException, dsn: str | None = None) -> str | None:
         except ValueError:
             role = None
         who += " " + (unquote(role) if role else os.environ.get("PGUSER") or getpass.getuser())  # as libpq has it
-    return (f"Postgres refused {who}: {describe(exc)}; grant it what docs/operations.md lists "
-            'under "The Postgres role"')
+    return who
 
 
 _CLIENT_DATA_ERROR = asyncpg.exceptions._base.DataError  # asyncpg refused to encode a value
