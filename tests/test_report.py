@@ -634,3 +634,31 @@ async def test_a_consistency_error_in_a_table_dropped_since_still_counts(ready, 
     assert rc == 1 and "dual_write" in doc["not_done"], md
     assert any(p.startswith("app.scratch: consistency error") and "1 missing" in p
                for p in item(doc, "dual_write")["problems"]), item(doc, "dual_write")
+
+
+async def test_changes_pending_with_no_daemon_running_are_never_caught_up(ready, app_db, pg_dsn, tmp_path):
+    """The daemon stopped a moment ago with changes still in the changelog: its last word
+    (Postgres held every captured change just now) bounds the lag at a few seconds, yet
+    nothing will apply them. The report does not call the source caught up: the lag item
+    fails naming the pending changes and that no daemon runs. With a daemon running (no
+    endpoint configured: the same computed figure), the item passes."""
+    conn = sqlite3.connect(app_db)
+    conn.execute("UPDATE items SET v = 'changed' WHERE id <= 2")  # captured, not applied: no daemon runs
+    conn.commit()
+    conn.close()
+    await pg_execute(pg_dsn, "UPDATE syncd.sources SET caught_up_at = now(), applied_at = now()")
+    rc, md, js_rc, doc = report(ready)
+    assert rc == 1 and js_rc == 1, md
+    assert "READY for cutover: every checklist item is met" not in md
+    assert marks(md)["lag"] is False, section(md, "lag")
+    assert "2 change(s) pending" in section(md, "lag") and "no daemon runs to apply them" in section(md, "lag")
+    assert "lag" in doc["not_done"]
+    with DaemonProcess(ready, tmp_path / "again.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn = sqlite3.connect(app_db)
+        conn.execute("UPDATE items SET v = 'changed again' WHERE id <= 2")
+        conn.commit()
+        conn.close()
+        _, md, _, _ = report(ready)  # pending or applied by now: a daemon runs either way
+        assert "no daemon runs" not in md and marks(md)["lag"] is True, section(md, "lag")
+        assert d.stop() == 0

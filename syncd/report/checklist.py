@@ -273,6 +273,9 @@ def lag(f: MigrationFacts) -> CheckItem:
             bad.append(f"{s.name}: lag unknown: {s.error}")
         elif s.lag.seconds is None:
             bad.append(f"{s.name}: lag unknown, {s.lag.source}")
+        elif s.lag.no_daemon:
+            bad.append(f"{s.name}: lag {s.lag.seconds:.1f} s, from {s.lag.source}{pending} and no daemon runs to "
+                       "apply them")
         elif s.lag.seconds >= f.warn_lag_seconds:
             bad.append(f"{s.name}: lag {s.lag.seconds:.1f} s, from {s.lag.source}{pending}")
         else:

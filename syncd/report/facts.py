@@ -22,7 +22,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.endpoint import fetch_status, own_sources, unanswered
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.postgres import ddl
-from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping
+from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping, source_key
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
 from syncd.rehearsal import table_definitions
 from syncd.report import backups
@@ -33,6 +33,7 @@ from syncd.sqlite.introspect import introspect
 from syncd.sqlite.leftout import LeftOut
 from syncd.types import ValueMismatch, converter
 from syncd.verify.history import VerifyRun, host_clock_offset, load_history
+from syncd.verify.postgres_side import lock_holder
 
 ENDPOINT_TIMEOUT_SECONDS = 2.0
 from syncd.model import TO_POSTGRES, TO_SQLITE  # noqa: E402,F401 - which way a source replicates
@@ -96,6 +97,9 @@ class Lag:
     seconds: float | None  # None: unknown
     source: str  # where the figure comes from
     pending_changes: int | None
+    # Changes wait in the changelog and no daemon runs to apply them: never caught up,
+    # whatever the figure (the daemon's last word may be seconds old).
+    no_daemon: bool = False
 
 
 @dataclass
@@ -380,6 +384,10 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                 summary.left_out_entries(facts.parity.items) + facts.parity.missing_entries()
     facts.capture_suspended = side.suspended if side else None
     facts.lag = _lag(live, facts, side.pending if side else None, now, way_back, unanswered(settings.metrics))
+    if live is None and way_back is None and facts.registered and (facts.lag.pending_changes or 0) > 0:
+        # No endpoint answered: a daemon may run without one. Its source lock says.
+        key = await source_key(pg, bk_schema, source.name, assign=False)
+        facts.lag.no_daemon = await lock_holder(pg, key) is None
     return facts
 
 
