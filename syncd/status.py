@@ -55,6 +55,7 @@ class TableStatus:
     last_verify_pending: tuple[int, str] | None = None
     last_compared_at: str | None = None  # the last check that compared the table (and did not fail)
     copied_at: str | None = None  # its rows last copied (a load, a reload, either way): older checks do not count
+    resync_requested: bool = False  # `syncd resync` asked for it; the daemon has not taken it up yet
 
 
 @dataclass
@@ -183,7 +184,7 @@ class _PgSide:
     refused: bool = False  # Postgres answered and refused a privilege: `error` names the role
     bookkeeping: bool = False
     src: tuple | None = None  # applied_seq, applied_at, streaming_since, direction, lag_from (bookkeeping)
-    tables: list[tuple] = field(default_factory=list)  # name, state, reason, snapshot_rows, snapshot_total
+    tables: list[tuple] = field(default_factory=list)  # name, state, reason, snapshot_rows, snapshot_total, from_seq, copied at, request
     verify: dict[str, tuple] = field(default_factory=dict)  # table -> finished_at, differences, error
     holder: str | None = None
     holder_since: dt.datetime | None = None  # when the lock holder's connection began
@@ -241,7 +242,8 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
             out[r[0]].src = tuple(r[1:6])
             out[r[0]].failing = tuple(r[6:]) if r[6] is not None else None
         for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total, from_seq, "
-                                  f"snapshot_finished_at FROM {q}.tables WHERE source = ANY($1::text[])", names):
+                                  f"snapshot_finished_at, to_jsonb(t) ->> 'request' FROM {q}.tables t "
+                                  f"WHERE source = ANY($1::text[])", names):
             out[r[0]].tables.append(tuple(r[1:]))
         # The last run (the one that began last: its comparison is the newest, though a run
         # begun before it may finish after it), and the last that compared (a run that
@@ -368,8 +370,9 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     if st.direction == TO_SQLITE and st.postgres_reachable:
         await _way_back(settings, source, st)
 
-    for name, state, reason, snap_rows, snap_total, _from, copied_at in sorted(pg.tables):
-        t = TableStatus(name=name, state=state, reason=reason, copied_at=_iso(copied_at))
+    for name, state, reason, snap_rows, snap_total, _from, copied_at, request in sorted(pg.tables):
+        t = TableStatus(name=name, state=state, reason=reason, copied_at=_iso(copied_at),
+                        resync_requested=request == "resync")
         if state in (bk.LOADING, bk.PENDING):
             t.snapshot_rows, t.snapshot_total = snap_rows, snap_total
         if name in pg.verify:
@@ -540,6 +543,10 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
             p.append(Problem("warning", f"{fk}: {n} orphan row(s) (their foreign key names no parent row); the "
                                         "cutover refuses them unless --allow-orphans, `syncd report` lists keys"))
     for t in st.tables:
+        if t.resync_requested:
+            p.append(Problem("warning", f'table "{t.name}": `syncd resync` requested, not taken up yet (the daemon '
+                                        "takes a request up at its next schema check; one it holds back, a damaged "
+                                        "file say, its log names)"))
         if t.state in HALTED:
             p.append(Problem("critical", f'table "{t.name}" {t.state}: {t.reason}'))
         elif t.state == bk.REFUSED:

@@ -172,6 +172,8 @@ def test_a_resync_requested_before_the_file_was_damaged_keeps_the_postgres_copy(
         assert count() == 2000, "the Postgres copy was dropped"
         assert pending() == "resync"
         assert d.stop() == 0
+    st = run_cli(cfg, "status")
+    assert 'table "t": `syncd resync` requested, not taken up yet' in st.stdout, st.stdout
     with open(path, "r+b") as f:  # mended (put back from a backup)
         f.seek(page * 5)
         f.write(sound)
