@@ -157,6 +157,17 @@ def unquote_string(token_text: str) -> str:
     return token_text[1:-1].replace("''", "'")
 
 
+def identifier_value(tok: Token) -> str:
+    """The name a WORD or quoted-identifier token stands for."""
+    if tok.kind is Kind.WORD:
+        return tok.text
+    text = tok.text
+    if text[0] == "[":
+        return text[1:-1]
+    q = text[0]
+    return text[1:-1].replace(q * 2, q)
+
+
 # --- constants ------------------------------------------------------------------------
 
 

@@ -52,6 +52,33 @@ def test_version_and_help(tmp_path):
         assert verb in r.stdout
 
 
+async def test_init_and_the_daemon_on_a_schema_without_expressions_skip_the_sql_translator(app_db, make_config,
+                                                                                            pg_dsn):
+    """Reading and translating SQLite expressions (a CHECK, an expression or partial
+    index, a view) is loaded where a schema has one: `syncd init` and the daemon's start
+    on a schema without any do not pay for its import (a load waits on both)."""
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    translator = "{'syncd.parity.expressions', 'syncd.parity.translate'}"
+    probe = (f"import sys; from syncd.cli import main; rc = main(['--config', {str(cfg)!r}, 'init']); "
+             "import syncd.cli.run; "
+             f"print(rc, sorted(m for m in sys.modules if m in {translator}))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 []", r.stdout + r.stderr
+    assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.a") == [(0,)]  # initialized: created, not loaded
+
+    # A CHECK is read and translated as ever (carried to Postgres as a constraint at cutover).
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE c (id INTEGER PRIMARY KEY, n INTEGER CHECK (n > 0))")
+    conn.commit()
+    conn.close()
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == \
+        "0 ['syncd.parity.expressions', 'syncd.parity.translate']", r.stdout + r.stderr
+    r = run_cli(cfg, "schema")
+    assert r.returncode == 0 and "CHECK" in r.stdout and "n > 0" in r.stdout, r.stdout + r.stderr
+
+
 async def test_schema_touches_nothing(app_db, make_config, pg_dsn):
     make_app(app_db)
     cfg = make_config([{"name": "app", "path": str(app_db)}])

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from syncd import sqlite_sql
-from syncd.sqlite_sql import Kind, Token
+from syncd.sqlite_sql import Kind, Token, identifier_value
 
 # Nesting deeper than this is refused: a hostile schema must not exhaust the stack
 # (each level costs about fifteen Python frames).
@@ -216,17 +216,6 @@ _BITWISE = {"&", "|", "<<", ">>"}
 _ADDITIVE = {"+", "-"}
 _MULTIPLICATIVE = {"*", "/", "%"}
 _CONCAT = {"||", "->", "->>"}
-
-
-def identifier_value(tok: Token) -> str:
-    """The name a WORD or quoted-identifier token stands for."""
-    if tok.kind is Kind.WORD:
-        return tok.text
-    text = tok.text
-    if text[0] == "[":
-        return text[1:-1]
-    q = text[0]
-    return text[1:-1].replace(q * 2, q)
 
 
 class Parser:

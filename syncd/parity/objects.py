@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from syncd.identifiers import quote_ident, sqlite_folded
-from syncd.parity.expressions import identifier_value
-from syncd.sqlite_sql import Kind, SqlSyntaxError, Token, significant, tokenize
+from syncd.sqlite_sql import Kind, SqlSyntaxError, Token, identifier_value, significant, tokenize
 
 SYNCD_PREFIX = "_syncd_"
 

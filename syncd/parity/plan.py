@@ -21,15 +21,21 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_pg_ident
 from syncd.model import TableSpec
-from syncd.parity import dates, numbers, translate
-from syncd.parity.expressions import NotParsed, parse_expression
+from syncd.parity import dates, numbers
 from syncd.parity.objects import ForeignKey, Index, SourceObjects
-from syncd.parity.translate import ColumnInfo, Untranslatable
 from syncd.printable import shorten
 from syncd.types import PgType, pg_default
+
+if TYPE_CHECKING:
+    from syncd.parity.translate import ColumnInfo
+
+# The expression parser and translator (parity/expressions.py, translate.py) are imported
+# where an index, CHECK or view is translated: a schema without any (and every `syncd
+# init` and daemon start on one) does without their import.
 
 DUAL_WRITE, CUTOVER = "dual-write", "cutover"
 NOCASE_COLLATION = "syncd_nocase"  # in the target schema, when [cutover] nocase = "icu"
@@ -157,6 +163,8 @@ def columns_info(spec: TableSpec, collations: dict[str, str], types: dict[str, P
                  ) -> list[ColumnInfo]:
     """The table's columns as the translator sees them (syncd's rowid column excluded:
     SQLite text cannot name it)."""
+    from syncd.parity.translate import ColumnInfo
+
     types = types or {}
     return [ColumnInfo(c.name, types.get(c.name, c.pgtype), c.declared, collations.get(c.name, "BINARY"))
             for c in spec.stored_columns]
@@ -378,6 +386,10 @@ def _plan_nocase(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], 
 def _index_column_sql(spec: TableSpec, index: Index, i: int, collations: dict[str, str],
                       types: dict[str, PgType], schema: str, options: Options) -> tuple[str, str | None]:
     """(SQL of the i-th indexed item, a note) or raises Untranslatable."""
+    from syncd.parity import translate
+    from syncd.parity.expressions import NotParsed, parse_expression
+    from syncd.parity.translate import Untranslatable
+
     col = index.columns[i]
     desc = " DESC" if col.descending else ""
     if col.name is not None:
@@ -433,6 +445,10 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
     if (index.unique and index.plain and set(plain_cols) == set(spec.key)
             and all(c.collation == collations.get(c.name or "", "BINARY") for c in index.columns)):
         return None  # the key itself: Postgres's primary key enforces it already
+    from syncd.parity import translate
+    from syncd.parity.expressions import NotParsed, parse_expression
+    from syncd.parity.translate import Untranslatable
+
     try:
         parts, notes = [], []
         for i in range(len(index.columns)):
@@ -510,6 +526,10 @@ def _plan_check(schema: str, spec: TableSpec, check, collations: dict[str, str],
     label = f' "{check.name}"' if check.name else ""
     on = f" on {check.column}" if check.column else ""
     item = Item("check", spec.name, f"CHECK{label}{on} ({shorten(check.body, 80)})", object_kind="constraint")
+    from syncd.parity import translate
+    from syncd.parity.expressions import NotParsed
+    from syncd.parity.translate import Untranslatable
+
     try:
         cond = translate.condition(check.body, columns_info(spec, collations, _final_types(plan, spec.name)))
     except (Untranslatable, NotParsed) as e:
@@ -664,6 +684,12 @@ def _column_named(spec: TableSpec, name: str) -> str | None:
 
 
 def _plan_views(plan: SourcePlan, specs: dict[str, TableSpec], objects: SourceObjects, names: Names) -> None:
+    if not objects.views:
+        return
+    from syncd.parity import translate
+    from syncd.parity.expressions import NotParsed
+    from syncd.parity.translate import ColumnInfo, Untranslatable
+
     relations: dict[str, tuple[str, str, list[ColumnInfo]]] = {}
     for tname, spec in specs.items():
         relations[tname.lower()] = (plan.schema, tname, columns_info(spec, objects.table(tname).collations,
