@@ -86,3 +86,52 @@ async def test_a_statement_the_role_s_timeout_cancels_is_said_as_such_not_as_pos
         conn.close()
         await pg_statements(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres',
                             f"DROP OWNED BY {role} CASCADE", f"DROP ROLE {role}")
+
+
+async def test_the_way_back_says_a_statement_the_role_s_timeout_cancels_as_such(tmp_path, make_config, pg_dsn):
+    """After a cutover the way back reads Postgres's changelog; a read the role's
+    statement_timeout cancels (here waiting on a lock a session holds on that changelog)
+    reached Postgres: the line names statement_timeout and the role, never "Postgres
+    unreachable"; once the lock is gone SQLite catches up."""
+    import asyncpg
+
+    from tests.support.daemon import wait_for
+    from tests.support.way_back import backup_and_config, cut_over, wait_back
+
+    role = f"syncd_short_{secrets.token_hex(4)}"
+    database = pg_dsn.rsplit("/", 1)[1]
+    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN", f'ALTER DATABASE "{database}" OWNER TO {role}',
+                        f"ALTER ROLE {role} SET statement_timeout = '1s'")
+    try:
+        db = tmp_path / "app.db"
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA journal_mode=wal")
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.executemany("INSERT INTO items VALUES (?, ?)", ((i, "x") for i in range(100)))
+        conn.commit()
+        conn.close()
+        dsn = pg_dsn.replace("postgres@", f"{role}@")
+        cfg = backup_and_config(make_config, tmp_path, db, postgres={
+            "dsn": dsn, "lock_dsn": dsn, "pooler": "transaction", "statement_timeout_seconds": 30})
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await cut_over(cfg, db, pg_dsn, daemon=d)
+            await wait_back(cfg, db, pg_dsn, daemon=d)
+            holder = await asyncpg.connect(pg_dsn)
+            try:
+                changelog = await holder.fetchval("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                                                  "WHERE schemaname = 'syncd' AND tablename LIKE 'rlog\\_%'")
+                async with holder.transaction():
+                    await holder.execute(f"LOCK TABLE {changelog} IN ACCESS EXCLUSIVE MODE")
+                    wait_for(lambda: "57014" in d.log(), 60, "the cancelled statement's line", d)
+            finally:
+                await holder.close()
+            await pg_statements(pg_dsn, "UPDATE app.items SET v = 'changed in Postgres' WHERE id = 1")
+            await wait_back(cfg, db, pg_dsn, daemon=d)
+            assert d.stop() == 0
+        line = next(x for x in d.log().splitlines() if "57014" in x)
+        assert "statement_timeout" in line and role in line, line
+        assert "unreachable" not in line.lower(), line
+        assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()
+    finally:
+        await pg_statements(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres',
+                            f"DROP OWNED BY {role} CASCADE", f"DROP ROLE {role}")

@@ -28,7 +28,7 @@ from syncd.model import TO_SQLITE, TableSpec
 from syncd.pipeline import lock_met
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
-from syncd.postgres.connect import describe, is_transient
+from syncd.postgres.connect import describe, is_transient, statement_cancelled
 from syncd.postgres.pool import Target
 from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import install_capture, sticky_types
@@ -332,6 +332,10 @@ class ReversePipeline:
             self._enter(SOURCE_MISSING, f"{exc}; waiting for it to come back", kind="sqlite", level="error")
             metrics.source_up.labels(self.name).set(0)
             self.needs_reconcile = True
+        elif cancelled := statement_cancelled(exc, self.settings.dsn_for(self.source),
+                                              self.settings.postgres.statement_timeout_seconds):
+            self.session.drop_postgres()  # the step starts again on a fresh connection
+            self._enter(FAILING, cancelled, kind="postgres", level="warning")
         elif is_transient(exc):
             self.pg_ok = False
             self.lag.unreachable = True
