@@ -94,6 +94,7 @@ class SourceStatus:
     rollback_until: str | None = None  # cut over: until when `syncd rollback` stays possible
     way_back_ended: str | None = None  # cut over: why SQLite no longer follows Postgres, once it does not
     way_back_copies_owed: int = 0  # cut over: tables to copy again into an older copy of the file put back
+    way_back_error: str | None = None  # cut over: why what the way back owes SQLite could not be read
     endpoint_refused: str | None = None  # the daemon runs, its endpoint answered but gave no figures: why
     file_names: int | None = None  # directory entries (hard links) the SQLite file has
     sqlite_frozen: bool = False  # the file refuses the application's writes (a cutover's freeze)
@@ -443,7 +444,8 @@ async def _way_back(settings: Settings, source: SourceSettings, st: SourceStatus
     try:
         wb = await position(settings, source)
     except Exception as e:  # noqa: BLE001 - shown, not fatal
-        st.postgres_error = describe(e)
+        st.pending_changes = st.lag_seconds = None
+        st.way_back_error = privilege_refused(e, settings.dsn_for(source)) or describe(e)
         return
     st.pending_changes = wb.pending
     st.rollback_until = _iso(wb.rollback_until)
@@ -519,6 +521,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                                      "or rollback that stopped before finishing (Postgres is not the application's "
                                      "database): a running daemon undoes it, as does `syncd cutover` or "
                                      "`syncd rollback` run again"))
+    if st.way_back_error:
+        p.append(Problem("critical", f"the way back's position could not be read: {st.way_back_error}; what SQLite "
+                                     "lacks of Postgres's changes is not known"))
     if st.way_back_copies_owed:
         who = "the daemon copies" if st.daemon_running else "the daemon, once started, copies"
         p.append(Problem("warning" if st.daemon_running else "critical",

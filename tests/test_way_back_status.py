@@ -157,3 +157,22 @@ async def test_a_table_held_and_retried_keeps_its_age_in_the_lag(tmp_path, make_
         assert d.stop() == 0
     src = status(cfg)  # the daemon stopped in the middle of a retry or not: behind since the first hold
     assert src["lag_seconds"] >= 3.5, src
+
+
+async def test_status_names_a_way_back_it_cannot_measure(tmp_path, make_config, pg_dsn):
+    """The way back's changelog gone from Postgres (dropped by hand): `syncd status`
+    cannot count what SQLite lacks, and says so with Postgres's error, where before it
+    showed no problem and left pending and lag empty."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    changelog = (await pg_rows(pg_dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'syncd' "
+                                       "AND tablename LIKE 'rlog\\_%'"))[0][0]
+    await pg_rows(pg_dsn, f'DROP TABLE syncd."{changelog}"')
+    r = run_cli(cfg, "status")
+    assert r.returncode == 2 and "the way back's position could not be read" in r.stdout \
+        and changelog in r.stdout, r.stdout
