@@ -556,8 +556,8 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
             p.append(Problem("critical", f'table "{t.name}" {t.state}: {t.reason}'))
         elif t.state == bk.REFUSED:
             p.append(Problem("warning", f'table "{t.name}" not replicated: {t.reason}'))
-        if t.state != bk.STREAMING:
-            continue
+        if t.state != bk.STREAMING or st.way_back_ended:
+            continue  # the way back ended: the file is kept as it was, no longer compared
         if t.last_verify_differences:
             p.append(Problem("critical", f'table "{t.name}": {t.last_verify_differences} row(s) differed at the '
                                          f"last consistency check ({t.last_verify_at})"))

@@ -131,6 +131,39 @@ async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_p
         assert "Rollback no longer possible" in run_cli(cfg, "report").stdout
 
 
+async def test_once_the_way_back_has_ended_sqlite_is_no_longer_compared_with_postgres(tmp_path, make_config,
+                                                                                         pg_dsn):
+    # Day 30: the application has written Postgres since the way back ended, the SQLite
+    # file is kept as it was then. Comparing the two is no longer a consistency check:
+    # a verification by hand (a nightly one) must not turn the migration red everywhere.
+    db = tmp_path / "app.db"
+    create_items(db, rows=50, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 5 / 86400},
+                            stream={"schema_check_interval_seconds": 1})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        d.wait_log("the way back ends", timeout=60)
+        await pg_rows(pg_dsn, "UPDATE app.items SET n = n + 1 WHERE id <= 5")
+        await pg_rows(pg_dsn, "DELETE FROM app.items WHERE id = 50")
+        await pg_rows(pg_dsn, "INSERT INTO app.items (n) VALUES (7)")
+        runs = "SELECT count(*) FROM syncd.verify_runs"
+        before = (await pg_rows(pg_dsn, runs))[0][0]
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
+        assert "app: not compared: SQLite no longer follows Postgres" in v.stdout, v.stdout
+        assert "DIFFERS" not in v.stdout and "SQLite follows Postgres)" not in v.stdout, v.stdout
+        assert (await pg_rows(pg_dsn, runs))[0][0] == before  # no consistency error recorded
+        status = run_cli(cfg, "status")
+        assert status.returncode == 1, status.stdout  # WARNING: the way back has ended, nothing worse
+        assert "a rollback is no longer possible" in status.stdout
+        assert "CRITICAL" not in status.stdout and "differed" not in status.stdout, status.stdout
+        report = run_cli(cfg, "report").stdout
+        assert "### ✅ All data migrated" in report, report
+        assert "### ✅ Dual-write running" in report, report
+        assert "SQLite no longer follows Postgres" in report
+        assert "`syncd rollback` is the way back now" not in report, report
+
+
 async def test_uninstall_after_a_cutover_removes_the_way_backs_capture_too(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     create_items(db, rows=10, journal="wal")

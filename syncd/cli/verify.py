@@ -73,6 +73,9 @@ async def _verify(settings: Settings, sources: list[SourceSettings], tables: lis
 def render(r: SourceVerifyResult) -> list[str]:
     if r.error is not None:
         return [f"{r.source}: ERROR {r.error}"]
+    if r.way_back_ended is not None:
+        return [f"{r.source}: not compared: SQLite no longer follows Postgres ({r.way_back_ended}): Postgres "
+                "alone is the application's database now"]
     lines = []
     cut_over = r.direction == "to_sqlite"
     for t in r.tables:

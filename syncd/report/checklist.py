@@ -94,6 +94,8 @@ def migrated(f: MigrationFacts) -> CheckItem:
     for s in f.sources:
         if _source_unusable(s, bad):
             continue
+        if _way_back_ended(s, good):
+            continue
         if not s.tables:
             bad.append(f"{s.name}: no tables to migrate")
         for t in s.tables:
@@ -159,6 +161,8 @@ def dual_write(f: MigrationFacts) -> CheckItem:
             since, span = s.streaming_since, "dual-write so far"
         if s.unmeasured:  # neither its dual-write nor its checks are known: not that none began
             bad.append(f"{s.name}: {s.error}")
+            continue
+        if _way_back_ended(s, good):
             continue
         days = s.dual_write_days(f.generated_at)
         if days is None:
@@ -358,7 +362,9 @@ def rehearsed(f: MigrationFacts) -> CheckItem:
     bad, good = [], []
     for s in f.sources:
         r = s.rehearsal
-        if s.direction == TO_SQLITE:
+        if s.direction == TO_SQLITE and s.way_back_ended:
+            good.append(f"{s.name}: cut over; the way back has ended, a rollback is no longer possible")
+        elif s.direction == TO_SQLITE:
             good.append(f"{s.name}: cut over; `syncd rollback` is the way back now")
         elif s.unmeasured:  # its rehearsals are recorded in the Postgres not reached
             bad.append(f"{s.name}: whether it was rehearsed is not known: {s.error}")
@@ -469,6 +475,16 @@ def foreign_keys(f: MigrationFacts) -> CheckItem:
 
 
 # --- wording --------------------------------------------------------------------------
+
+
+def _way_back_ended(s: SourceFacts, good: list[str]) -> bool:
+    """A cut-over source SQLite no longer follows: its file is kept as it was then and the
+    application writes Postgres alone, so the two sides are no longer compared or judged."""
+    if s.direction != TO_SQLITE or not s.way_back_ended:
+        return False
+    good.append(f"{s.name}: cut over; SQLite no longer follows Postgres ({s.way_back_ended}): the two are no "
+                "longer compared")
+    return True
 
 
 def _source_unusable(s: SourceFacts, bad: list[str]) -> bool:

@@ -372,7 +372,7 @@ def _tables(f: SourceFacts | None, st: SourceStatus | None, ov: Overview) -> lis
             f"<th>Result</th><th>Verifications since {e(timestamp(start))}</th></tr></thead><tbody>")
     rows = [head]
     for t in f.tables:
-        rows.append(_table_row(t, start, end))
+        rows.append(_table_row(t, start, end, compared=not f.way_back_ended))
     rows.append("</tbody></table></div>")
     rows.append('<p class="legend muted"><span class="clean"></span>all equal<span class="error"></span>'
                 'a consistency error (or not compared)<span class="none"></span>no check</p>')
@@ -393,12 +393,13 @@ def _window(f: SourceFacts, facts: MigrationFacts) -> tuple[dt.datetime, dt.date
     return start, end
 
 
-def _table_row(t: TableFacts, start: dt.datetime, end: dt.datetime) -> str:
+def _table_row(t: TableFacts, start: dt.datetime, end: dt.datetime, compared: bool = True) -> str:
+    """`compared`: False once the way back has ended (the file is kept as it was then)."""
     state = t.state or "not registered"
     halted = t.state in HALTED
     shown = e(state) + (f": {m(t.reason)}" if t.reason and t.state != "streaming" else "")
     last = t.last_run
-    pg_cls = "num" if t.counts_match else "num mismatch"
+    pg_cls = "num" if t.counts_match or not compared else "num mismatch"
     window = [r for r in t.runs if r.finished_at >= start]
     strip = verification_strip(verification_slots(window, start, end, STRIP_SLOTS), f"{t.name}, since "
                                f"{timestamp(start)}")

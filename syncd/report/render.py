@@ -97,7 +97,7 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
     out += ["", "| Table | State | Rows in SQLite | Rows in Postgres | Capture | Last verification | Result |",
             "|---|---|---:|---:|---|---|---|"]
     for t in s.tables:
-        out.append(_table_row(t, now))
+        out.append(_table_row(t, now, compared=not s.way_back_ended))
     out.append("")
     if s.left_out:
         out += ["Not migrated (the application will miss these after the switch):", "",
@@ -125,7 +125,8 @@ def direction_text(direction: str) -> str:
                                                                                                       direction)
 
 
-def _table_row(t: TableFacts, now: dt.datetime) -> str:
+def _table_row(t: TableFacts, now: dt.datetime, compared: bool = True) -> str:
+    """`compared`: False once the way back has ended (the file is kept as it was then)."""
     state = t.state or "not registered"
     if t.reason and t.state != "streaming":
         state += f": {t.reason}"
@@ -134,7 +135,7 @@ def _table_row(t: TableFacts, now: dt.datetime) -> str:
     result = last.outcome() if last else "-"
     if t.checked_before_copy:
         result += f" (before the table was copied again, {when(t.copied_at, now)})"
-    mark = "" if t.counts_match else " ❌"
+    mark = "" if t.counts_match or not compared else " ❌"
     return (f"| {_code(t.name)} | {_cell(state)} | {number(t.rows_sqlite)} | {number(t.rows_postgres)}{mark} | "
             f"{'✅' if t.captured else '❌ ' + _cell(t.capture_note)} | {verified} | {_cell(result)} |")
 
