@@ -89,6 +89,8 @@ async def test_rows_only_postgres_holds_under_a_key_typed_by_an_override_are_rep
 
         rc, doc = verify_json(cfg, "--wait", "2")
         assert rc == 1 and found(doc, "visits") == {("extra", ("2026-11-03T09:00:00",), ())}
+        out = verify(cfg, "--wait", "2")  # the value as Postgres shows it, not Python's repr of it
+        assert "app: \"visits\" missing in SQLite: key '2026-11-03 09:00:00'" in out.stdout.splitlines(), out.stdout
         out = verify(cfg, "--wait", "5", "--repair")
         assert out.returncode == 0, out.stdout + out.stderr
         assert "not repaired" not in out.stdout, out.stdout

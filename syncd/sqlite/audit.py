@@ -3,10 +3,12 @@ its Postgres type, instead of failing halfway through a load."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sqlite3
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 from syncd.identifiers import quote_ident
@@ -45,6 +47,10 @@ def format_key(key: tuple) -> str:
     for v in key:
         if isinstance(v, bytes):
             parts.append(f"x'{v.hex()}'")
+        elif isinstance(v, (dt.date, dt.datetime)):  # a typed key read from Postgres: as Postgres shows it
+            parts.append(repr(str(v)))
+        elif isinstance(v, Decimal):
+            parts.append(str(v))
         else:
             parts.append(repr(v))
     return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
