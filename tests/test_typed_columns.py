@@ -235,3 +235,34 @@ async def test_the_way_back_writes_typed_dates_in_the_applications_spelling(tmp_
         assert d.stop() == 0
     out = run_cli(cfg, "verify")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_schema_names_text_columns_that_hold_only_dates_and_the_override_that_types_them(tmp_path, make_config):
+    # Only columns declared DATE, DATETIME or TIMESTAMP are typed; an application that
+    # declared its dates TEXT would meet them as text in Postgres (an ORM's datetime
+    # refused there). `syncd schema` names each such column with the override to set.
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT DEFAULT CURRENT_TIMESTAMP, day TEXT,
+                             name TEXT, n INTEGER, at_utc TEXT);
+        INSERT INTO events (created_at, day, name, n, at_utc) VALUES
+            ('2026-11-01 10:00:00', '2026-11-01', 'a', 1733443200, '2026-11-01T10:00:00Z'),
+            ('2026-11-02 11:30:00', '2026-11-02', '2026-11-02 and more', 1733443201, '2026-11-02T11:30:00Z');
+    """)
+    conn.close()
+    source = {"name": "app", "path": str(db)}
+    out = run_cli(make_config([source]), "schema")
+    assert out.returncode == 0, out.stdout + out.stderr
+    notes = [line for line in out.stdout.splitlines() if "stays text in Postgres" in line]
+    assert len(notes) == 3, out.stdout
+    assert any('"created_at"' in line and '[sources.columns."events"] created_at = "timestamp"' in line
+               for line in notes), notes
+    assert any('"day"' in line and '[sources.columns."events"] day = "date"' in line for line in notes), notes
+    assert any('"at_utc"' in line and 'at_utc = "timestamptz"' in line for line in notes), notes
+    assert not any('"name"' in line or '"n"' in line for line in notes), notes
+    # once the override is set, the column is typed and nothing is said of it
+    source["columns"] = {"events": {"created_at": "timestamp", "day": "date", "at_utc": "timestamptz"}}
+    out = run_cli(make_config([source]), "schema")
+    assert out.returncode == 0 and "stays text in Postgres" not in out.stdout, out.stdout
+    assert '"created_at" timestamp' in out.stdout, out.stdout

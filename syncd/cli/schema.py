@@ -5,10 +5,13 @@ object left out with why. Touches nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import sqlite3
 
 from syncd.cli import common
 from syncd.identifiers import quote_pg_ident
+from syncd.parity import dates
 from syncd.parity.apply import read_sqlite, retyped_columns
 from syncd.parity.plan import Options, plan_source
 from syncd.parity.summary import explain_source, explain_table
@@ -18,6 +21,7 @@ from syncd.sqlite import key_identity
 from syncd.sqlite.audit import audit_table, misfits_text
 from syncd.sqlite.connection import file_problem, open_readonly
 from syncd.sqlite.introspect import introspect
+from syncd.types import PgType
 
 
 def register(sub, parent) -> None:
@@ -53,6 +57,7 @@ def main(args) -> int:
             options = Options.from_settings(settings)
             objects, verdicts = read_sqlite(conn, schema.tables, views, options, audit_types=True)
             held = {name: why for name, spec in schema.tables.items() if (why := _held_at_load(conn, spec))}
+            text_dates = {name: _dates_kept_text(conn, spec, source) for name, spec in schema.tables.items()}
         except sqlite3.DatabaseError as e:
             common.say(f"-- source {source.name}: ERROR cannot read {source.path}: {e}", "")
             rc = 1
@@ -66,7 +71,7 @@ def main(args) -> int:
             print(ddl.describe_ddl(source.schema, spec))
             if spec.name in held:
                 common.say(f"-- HELD: {held[spec.name]}; syncd loads and streams the table once every value fits")
-            print("\n".join(explain_table(plan.for_table(spec.name))) + "\n")
+            print("\n".join(explain_table(plan.for_table(spec.name)) + text_dates[spec.name]) + "\n")
         lines = explain_source(plan.items)
         if lines:
             print("\n".join(lines) + "\n")
@@ -88,6 +93,33 @@ def _held_at_load(conn: sqlite3.Connection, spec) -> str | None:
     """What the value audit before a load would hold the table for (snapshot.audit), or None."""
     misfits = audit_table(conn, spec)
     return misfits_text(spec.name, misfits) if misfits else key_identity.audit_collisions(conn, spec)
+
+
+def _dates_kept_text(conn: sqlite3.Connection, spec, source) -> list[str]:
+    """A note for each column carried as text whose every value is a date or timestamp
+    of one spelling: only a column declared DATE, DATETIME or TIMESTAMP is typed, so the
+    application would meet these as text in Postgres unless an override types them."""
+    configured = source.columns_for(spec.name)
+    names = [c.name for c in spec.columns if c.pgtype is PgType.TEXT and not c.generated
+             and not dates.is_candidate(c.declared) and c.name not in configured]
+    if not names:
+        return []
+    try:
+        found = dates.audit_quick(conn, spec, names)
+    except sqlite3.Error:
+        return []  # a hint only: the DDL above stands
+    out = []
+    for name, v in found.items():
+        if not v.typed or not v.audit.values or v.format is None or v.format.kind == "epoch":
+            continue
+        what = "date" if v.pgtype is PgType.DATE else "timestamp"
+        key = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+        out.append(f"-- note: column {json.dumps(name)} is declared {v.audit.declared or 'without a type'} and "
+                   f"every one of its {v.audit.values} value(s) is a {what} spelled {v.format.spec}: it stays "
+                   f"text in Postgres (only DATE, DATETIME and TIMESTAMP columns are typed); for the application "
+                   f"to read and write {what}s there, set [sources.columns.{json.dumps(spec.name)}] "
+                   f"{key} = \"{v.pgtype.value}\"")
+    return out
 
 
 async def _types_in_postgres(settings, source) -> tuple[dict, dict, str, list]:
