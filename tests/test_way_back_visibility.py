@@ -138,9 +138,15 @@ async def test_once_the_way_back_has_ended_sqlite_is_no_longer_compared_with_pos
     # a verification by hand (a nightly one) must not turn the migration red everywhere.
     db = tmp_path / "app.db"
     create_items(db, rows=50, journal="wal")
-    cfg = backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 5 / 86400},
-                            stream={"schema_check_interval_seconds": 1})
+    other = tmp_path / "other.db"  # a source still in dual-write beside it
+    conn = sqlite3.connect(other)
+    conn.executescript("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes VALUES (1, 'a');")
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db, sources=[{"name": "app", "path": str(db)},
+                                                                {"name": "other", "path": str(other)}],
+                            cutover={"keep_sqlite_days": 5 / 86400}, stream={"schema_check_interval_seconds": 1})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(other, pg_dsn, "other", daemon=d)
         await cut_over(cfg, db, pg_dsn, daemon=d)
         d.wait_log("the way back ends", timeout=60)
         await pg_rows(pg_dsn, "UPDATE app.items SET n = n + 1 WHERE id <= 5")
@@ -148,16 +154,20 @@ async def test_once_the_way_back_has_ended_sqlite_is_no_longer_compared_with_pos
         await pg_rows(pg_dsn, "INSERT INTO app.items (n) VALUES (7)")
         runs = "SELECT count(*) FROM syncd.verify_runs"
         before = (await pg_rows(pg_dsn, runs))[0][0]
-        v = run_cli(cfg, "verify")
+        v = run_cli(cfg, "verify", "--source", "app")
         assert v.returncode == 0, v.stdout + v.stderr
         assert "app: not compared: SQLite no longer follows Postgres" in v.stdout, v.stdout
         assert "DIFFERS" not in v.stdout and "SQLite follows Postgres)" not in v.stdout, v.stdout
         assert (await pg_rows(pg_dsn, runs))[0][0] == before  # no consistency error recorded
-        status = run_cli(cfg, "status")
+        v = run_cli(cfg, "verify", "--table", "items")  # the table is found in it, and not compared
+        assert v.returncode == 0, v.stdout + v.stderr
+        assert "app: not compared: SQLite no longer follows Postgres" in v.stdout, v.stdout
+        assert run_cli(cfg, "verify", "--table", "nosuch").returncode == 2
+        status = run_cli(cfg, "status", "--source", "app")
         assert status.returncode == 1, status.stdout  # WARNING: the way back has ended, nothing worse
         assert "a rollback is no longer possible" in status.stdout
         assert "CRITICAL" not in status.stdout and "differed" not in status.stdout, status.stdout
-        report = run_cli(cfg, "report").stdout
+        report = run_cli(cfg, "report", "--source", "app").stdout
         assert "### ✅ All data migrated" in report, report
         assert "### ✅ Dual-write running" in report, report
         assert "SQLite no longer follows Postgres" in report

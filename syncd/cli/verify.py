@@ -45,7 +45,7 @@ def main(args) -> int:
     results = asyncio.run(_verify(settings, sources, args.table, args.repair, args.wait, others_ok))
     if others_ok:
         results = [r for r in results if not r.no_such_table]
-        found = {t.table for r in results for t in r.tables}
+        found = {t.table for r in results for t in r.tables} | {n for r in results for n in r.not_compared}
         missing = [t for t in args.table if t not in found and not any(r.error for r in results)]
         if missing:
             return common.fail(f"no table {missing[0]!r} in any source (neither in their SQLite files nor in "

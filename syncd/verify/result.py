@@ -159,6 +159,7 @@ class SourceVerifyResult:
     direction: str = "to_postgres"  # "to_sqlite" once cut over: SQLite follows Postgres, repairs go that way
     no_such_table: bool = False  # none of the tables asked for is the source's (error says which)
     way_back_ended: str | None = None  # cut over and SQLite no longer follows Postgres (why): not compared
+    not_compared: list[str] = field(default_factory=list)  # the tables left alone so
 
     @property
     def equal(self) -> bool:
@@ -170,7 +171,7 @@ class SourceVerifyResult:
 
     def as_json(self) -> dict:
         return {"source": self.source, "path": self.path, "schema": self.schema, "direction": self.direction,
-                "equal": self.equal, "way_back_ended": self.way_back_ended,
+                "equal": self.equal, "way_back_ended": self.way_back_ended, "not_compared": self.not_compared,
                 "error": self.error, "repair": self.repair_note, "tables": [t.as_json() for t in self.tables]}
 
 

@@ -147,6 +147,7 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
     try:
         await s.open()
         result.direction = s.direction
+        plans = await _plan(s, tables, others_ok)
         if s.direction == TO_SQLITE and s.has_bookkeeping:
             # [cutover] keep_sqlite_days has passed: the file is kept as it was then, and the
             # application writes Postgres alone. Nothing is to be equal any more: comparing
@@ -155,8 +156,8 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
                 s.pg, await reverse_capture.names_of(s.pg, s.bk.schema, source.name))
             if gen is not None and gen.retired_at is not None:
                 result.way_back_ended = gen.retired_reason or "the rollback window is over"
+                result.not_compared = [p.name for p in plans]
                 return result
-        plans = await _plan(s, tables, others_ok)
         if in_daemon:
             plans = await _followed(s, plans)
         run_ids: dict[str, int] = {}
