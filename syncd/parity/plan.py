@@ -378,8 +378,9 @@ def _plan_nocase(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], 
                    "Unicode (SQLite only A-Z)")
         else:
             why = (f'text COLLATE "{NOCASE_COLLATION}" at cutover (ICU {ICU_LOCALE}, nondeterministic): = and '
-                   "uniqueness ignore case as in SQLite, for all of Unicode (SQLite only folds A-Z); LIKE on it "
-                   "fails in Postgres before 18 (nocase = \"citext\" allows it)")
+                   "uniqueness ignore case as in SQLite, for all of Unicode (SQLite only folds A-Z); LIKE on it, "
+                   "lower() of it too, fails in Postgres before 18 (write lower(col) COLLATE \"C\" LIKE ..., or "
+                   "set nocase = \"citext\")")
         plan.items.append(Item("nocase", spec.name, what, column=col, cutover=("nocase",), why=why))
 
 
