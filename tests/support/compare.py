@@ -19,7 +19,9 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def sqlite_rows(path: str, table: str, key: list[str] | None = None) -> tuple[list[str], dict[tuple, tuple]]:
+def sqlite_rows(path: str, table: str,
+                key: list[str] | None = None) -> tuple[list[str], dict[tuple, tuple], list[str]]:
+    """(columns, rows by key, a line for each key that names more than one row)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
     try:
@@ -29,22 +31,32 @@ def sqlite_rows(path: str, table: str, key: list[str] | None = None) -> tuple[li
         if not pk:  # every row would fall under one empty key, and one row be compared
             raise ValueError(f"table {table!r} has no primary key: pass its key, or use compare_keyless")
         idx = [cols.index(k) for k in pk]
-        out = {}
-        for row in conn.execute(f"SELECT {', '.join(_q(c) for c in cols)} FROM {_q(table)}"):
-            out[tuple(row[i] for i in idx)] = tuple(row)
-        return cols, out
+        rows = conn.execute(f"SELECT {', '.join(_q(c) for c in cols)} FROM {_q(table)}")
+        return (cols, *_by_key(table, "SQLite", ((tuple(r[i] for i in idx), tuple(r)) for r in rows)))
     finally:
         conn.close()
 
 
-async def postgres_rows(dsn: str, schema: str, table: str, cols: list[str], key: list[str]) -> dict[tuple, tuple]:
+async def postgres_rows(dsn: str, schema: str, table: str, cols: list[str],
+                        key: list[str]) -> tuple[dict[tuple, tuple], list[str]]:
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(f"SELECT {', '.join(_q(c) for c in cols)} FROM {_q(schema)}.{_q(table)}")
     finally:
         await conn.close()
     idx = [cols.index(k) for k in key]
-    return {tuple(_norm_key(r[i]) for i in idx): tuple(r) for r in rows}
+    return _by_key(table, "Postgres", ((tuple(_norm_key(r[i]) for i in idx), tuple(r)) for r in rows))
+
+
+def _by_key(table: str, side: str, keyed_rows) -> tuple[dict[tuple, tuple], list[str]]:
+    """Rows by key, and a line for each key naming more than one row: kept by key alone,
+    all but one of them would go uncompared (a row stored twice, or one never there)."""
+    out: dict[tuple, tuple] = {}
+    count: dict[tuple, int] = {}
+    for k, row in keyed_rows:
+        out[k] = row
+        count[k] = count.get(k, 0) + 1
+    return out, [f"{table}: key {k!r} names {n} rows in {side}" for k, n in count.items() if n > 1]
 
 
 def _norm_key(v: Any) -> Any:
@@ -60,9 +72,11 @@ def same_value(sv: Any, pv: Any) -> bool:
     if isinstance(pv, bool):
         return sv in (0, 1) and bool(sv) == pv and not isinstance(sv, float)
     if isinstance(pv, float):
-        if not isinstance(sv, (int, float)):
+        if isinstance(sv, int):  # the same integer, not the double nearest it (2^53 + 1 is no double)
+            return math.isfinite(pv) and float(sv) == pv and int(pv) == sv
+        if not isinstance(sv, float):
             return False
-        return struct.pack(">d", float(sv)) == struct.pack(">d", pv)
+        return struct.pack(">d", sv) == struct.pack(">d", pv)
     if isinstance(pv, int):
         return isinstance(sv, int) and sv == pv
     if isinstance(pv, Decimal):
@@ -85,22 +99,22 @@ def same_value(sv: Any, pv: Any) -> bool:
         if pv.tzinfo is not None:
             pv = pv.astimezone(dt.timezone.utc).replace(tzinfo=None)
         return instant(sv) == pv
-    if isinstance(pv, dt.date):
-        return str(sv)[:10] == pv.isoformat()
+    if isinstance(pv, dt.date):  # that day and nothing more: a time of day a date drops is a lost value
+        return isinstance(sv, str) and instant(sv) == dt.datetime.combine(pv, dt.time())
     return sv == pv
 
 
 async def compare_table(path: str, dsn: str, schema: str, table: str, key: list[str] | None = None) -> list[str]:
     """Differences between the two sides as readable lines; empty when equal."""
-    cols, srows = sqlite_rows(path, table, key)
+    cols, srows, problems = sqlite_rows(path, table, key)
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         info = conn.execute(f"PRAGMA table_xinfo({_q(table)})").fetchall()
     finally:
         conn.close()
     pk = key or [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5]]
-    prows = await postgres_rows(dsn, schema, table, cols, pk)
-    problems = []
+    prows, twice = await postgres_rows(dsn, schema, table, cols, pk)
+    problems += twice
     for k in srows.keys() - prows.keys():
         problems.append(f"{table}: key {k!r} missing in Postgres")
     for k in prows.keys() - srows.keys():
