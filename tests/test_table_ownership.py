@@ -150,11 +150,16 @@ async def test_a_schema_another_session_creates_meanwhile_is_taken_as_there(tmp_
         await other.execute('CREATE SCHEMA "shared"')  # the other source's, in flight
         proc = subprocess.Popen(syncd_cmd(cfg, "init"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=str(tmp_path))
-        for _ in range(100):  # until init waits on the schema's name
-            if await other.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+        waited = False
+        for _ in range(300):  # until init waits on the schema's name (on this transaction)
+            if await other.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                    "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"):
+                waited = True
                 break
+            assert proc.poll() is None, proc.communicate()
             await asyncio.sleep(0.1)
         await tx.commit()
+        assert waited, "init never waited on the schema in flight: the two CREATE SCHEMAs did not meet"
         out, err = proc.communicate(timeout=60)
     finally:
         await other.close()
