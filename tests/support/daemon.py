@@ -52,6 +52,7 @@ class DaemonProcess:
         self.config = config
         self.log_path = log_path
         self._log = open(log_path, "ab")
+        self._start = self._log.tell()  # a log path used before holds earlier daemons' lines too
         self.proc = subprocess.Popen(
             syncd_cmd(config, *args, "run"),
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=str(config.parent),
@@ -66,17 +67,25 @@ class DaemonProcess:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def own_log(self) -> str:
+        """What this daemon wrote (log() holds earlier runs' lines as well when its file is reused)."""
+        if not self._log.closed:
+            self._log.flush()
+        with open(self.log_path, "rb") as f:
+            f.seek(self._start)
+            return f.read().decode(errors="replace")
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def wait_log(self, text: str, timeout: float = 30) -> None:
-        wait_for(lambda: text in self.log(), timeout, f"log line {text!r}", self)
+        wait_for(lambda: text in self.own_log(), timeout, f"log line {text!r}", self)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.proc.poll() is None:
             # A signal during interpreter start-up (before Python runs syncd) kills by
             # default; tests are about stopping a daemon that has started.
-            wait_for(lambda: "syncd running" in self.log() or not self.alive(), 30, "daemon start", None)
+            wait_for(lambda: "syncd running" in self.own_log() or not self.alive(), 30, "daemon start", None)
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
