@@ -160,6 +160,8 @@ async def test_page_figures_equal_syncd_status_and_a_held_table_shows_its_reason
     text, _, p = fresh_page(url, asked)
     status = json.loads(run_cli(cfg, "status", "--json").stdout)
 
+    # the page shows the sources `syncd status` does, no fewer and no more
+    assert sorted(p.sources) == sorted(src["name"] for src in status["sources"]) == ["abm", "sales"], status
     for src in status["sources"]:
         shown = p.sources[src["name"]]
         assert shown["state"] == src["state"]
