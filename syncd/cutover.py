@@ -43,6 +43,7 @@ from syncd.printable import listed, shorten
 from syncd.reverse.capture import FREEZE_LOCK_STEP
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
 from syncd.sqlite import freeze
+from syncd.sqlite.capture import LockTimeout
 from syncd.sqlite.connection import SourceFileError, SqliteWorker
 from syncd.sqlite.introspect import introspect
 from syncd.table_locks import (TablesBusy, blockers_named, long_holders, shorten_lock_waits, table_holders,
@@ -519,6 +520,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
                 raise
             res.plan.append(f"no plan to show: {describe(e)}")  # the reasons above come first
             return res
+        await _writable(settings, source, worker)
         await _run(settings, source, conn, worker, b, specs, res, allow_orphans)
         return res
     except Refused as e:
@@ -543,6 +545,23 @@ async def _not_sharing_a_way_back(conn: asyncpg.Connection, b: Bookkeeping) -> N
         if cut:
             raise Refused(f"{shared_key_line(b.source, others, b.key)}; {listed([repr(c) for c in cut])} "
                           "is cut over already")
+
+
+def _locked_line(source: SourceSettings, seconds: float) -> str:
+    return (f"the SQLite file {source.path} stayed locked by another connection for {seconds:g} s (its "
+            "application's open write transaction, or in a rollback-journal file any open transaction): the cutover "
+            "must write it to freeze it; try again once the file is free")
+
+
+async def _writable(settings: Settings, source: SourceSettings, worker: SqliteWorker) -> None:
+    """Refused, nothing changed, where the file cannot be written now: its freeze would
+    wait for the lock (with Postgres refusing the application meanwhile), then give up."""
+    from syncd.rollback import WRITABLE_WAIT_SECONDS, probe_write
+
+    try:
+        await worker.run(probe_write, settings.sqlite.write_busy_timeout_ms)
+    except LockTimeout:
+        raise Refused(_locked_line(source, WRITABLE_WAIT_SECONDS)) from None
 
 
 def _pending(conn: sqlite3.Connection, applied: int) -> int:
@@ -579,9 +598,16 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                      "the SQLite file takes its writes")
     frozen_at = time.monotonic()
     committing = False  # the switch's transaction is being committed: its outcome is Postgres's to tell
+    never_frozen = False  # the freeze's write transaction never got the file's lock
+    still_frozen = None  # why an undo could not unfreeze the file
     try:  # from the freeze on (it may be waiting for the file), anything stopping the switch undoes it
         await _guard(conn, b, source, list(specs), guard_message)
-        await worker.run(freeze.freeze, message, busy, source.wants_table)
+        try:
+            await worker.run(freeze.freeze, message, busy, source.wants_table)
+        except LockTimeout as e:  # locked since the check before: nothing frozen
+            never_frozen = True
+            raise Refused(f"the SQLite file {source.path}: {e}; nothing frozen: try again once the file is "
+                          "free") from None
         await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
         await _hold("frozen")
         target = await worker.run(lambda c: c.execute("SELECT coalesce(max(seq), 0) FROM main._syncd_changelog")
@@ -677,14 +703,23 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                     "SQLite file stays frozen and no write can be lost either way: once Postgres answers, the daemon "
                     "unfreezes the file if the cutover did not happen (`syncd cutover` again settles it too)")
             else:
-                await worker.run(freeze.unfreeze, busy)
+                try:
+                    if not never_frozen:
+                        await worker.run(freeze.unfreeze, busy)
+                except (LockTimeout, sqlite3.Error) as u:
+                    # Its switch recorded undone below, the daemon unfreezes the file at its next check.
+                    still_frozen = (f"the SQLite file {source.path} is still frozen for now ({describe(u)}): the "
+                                    "daemon unfreezes it at its next check ([stream] held_table_retry_seconds), or "
+                                    "the next `syncd cutover` of it")
                 res.undone = True
                 await _record_undone(pg, b, switch_id, reason)
                 await _unguard(pg, b, source)
         finally:
             if own:
                 await close_quietly(pg)
-        if res.undone:
+        if res.undone and still_frozen:
+            res.problems.append(f"{reason}; undone, but {still_frozen}")
+        elif res.undone:
             res.problems.append(f"{reason}; undone: the SQLite file takes the application's writes again")
         if isinstance(e, SETTLED):
             return

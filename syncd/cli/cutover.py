@@ -14,6 +14,7 @@ from syncd.cli import common, interrupted
 from syncd.config import Settings, SourceSettings
 from syncd.cutover import CutoverResult, cutover
 from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.sqlite.capture import LockTimeout
 from syncd.sqlite.connection import SourceFileError
 
 
@@ -56,9 +57,10 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool,
             out.append(await cutover(settings, s, dry_run=dry_run, allow_orphans=allow_orphans))
         except (PostgresUnavailable, SourceFileError) as e:  # nothing changed
             out.append(CutoverResult(source=s.name, problems=[str(e)]))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error) as e:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error, LockTimeout) as e:
             # Before the freeze nothing changed; after it, _run settles the switch itself.
-            what = f"SQLite file {s.path}: {describe(e)}" if isinstance(e, sqlite3.Error) else describe(e)
+            what = (f"SQLite file {s.path}: {describe(e)}" if isinstance(e, (sqlite3.Error, LockTimeout))
+                    else describe(e))
             out.append(CutoverResult(source=s.name, problems=[what if dry_run else (
                 f"{what}; anything left frozen is undone by the daemon at its next check ([stream] "
                 "held_table_retry_seconds), or by the next `syncd cutover`")]))  # a dry run freezes nothing

@@ -1,0 +1,149 @@
+"""A fleet (one `[[sources]]` glob of many small files) through `syncd cutover` and back:
+one file in the middle its application keeps locked must not stop the others' switch,
+nor be left half-switched itself; it is refused in one line naming its file, and the
+command goes on to the rest and sums them up."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import wait_caught_up
+from tests.support.way_back import back_up
+
+FILES = 30  # a cutover takes about half a second a file here; enough to have a middle
+
+# The application's write transaction on its file, held until told: readers go on
+# (WAL mode), but no other writer gets the file's write lock meanwhile.
+HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO items (v) VALUES ('written under the lock')")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+print("released", flush=True)
+"""
+
+
+def make_tenant(path: Path) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO items (v) VALUES (?)", [(f"{path.stem}-{i}",) for i in range(3)])
+    conn.close()
+
+
+def fleet(tmp_path: Path, make_config) -> tuple[Path, list[Path]]:
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    paths = [tenants / f"t{i:03d}.db" for i in range(FILES)]
+    for p in paths:
+        make_tenant(p)
+    backups = tmp_path / "backups"
+    cfg = make_config([{"name": "tenant_{stem}", "path": str(tenants / "*.db")}],
+                      sections={"cutover": {"min_days": 0, "backup_glob": str(backups / "{source}-*.db")},
+                                "verify": {"interval_seconds": 0}, "stream": {"held_table_retry_seconds": 1}})
+    return cfg, paths
+
+
+def backed_up(paths: list[Path], backups: Path) -> None:
+    backups.mkdir(exist_ok=True)
+    for p in paths:
+        back_up(p, backups)
+        (backups / f"{p.stem}-latest.db").rename(backups / f"tenant_{p.stem}-latest.db")
+
+
+def sqlite_write(path: Path, v: str) -> str | None:
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        conn.execute("INSERT INTO items (v) VALUES (?)", (v,))
+        conn.commit()
+        return None
+    except sqlite3.Error as e:
+        return str(e)
+    finally:
+        conn.close()
+
+
+class _Undo(Exception):
+    pass
+
+
+async def postgres_refusal(pg: asyncpg.Connection, table: str) -> str | None:
+    """The error a write to `table` in Postgres meets, or None (the write rolled back)."""
+    try:
+        async with pg.transaction():
+            await pg.execute(f"UPDATE {table} SET v = v WHERE id = 1")
+            raise _Undo
+    except _Undo:
+        return None
+    except asyncpg.PostgresError as e:
+        return str(e)
+
+
+async def directions(pg: asyncpg.Connection) -> dict[str, str]:
+    return {r[0]: r[1] for r in await pg.fetch("SELECT source, direction FROM syncd.sources")}
+
+
+async def test_a_locked_file_in_the_middle_of_a_fleet_cutover(tmp_path, make_config, pg_dsn):
+    cfg, paths = fleet(tmp_path, make_config)
+    locked = paths[FILES // 2]
+    pg = await asyncpg.connect(pg_dsn)
+    holder = None
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            for p in paths:
+                await wait_caught_up(p, pg_dsn, f"tenant_{p.stem}", timeout=120, daemon=d)
+            v = run_cli(cfg, "verify")
+            assert v.returncode == 0, v.stdout[-2000:] + v.stderr[-2000:]
+            backed_up(paths, tmp_path / "backups")
+            holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(locked)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+            assert holder.stdout.readline().strip() == "locked"
+
+            began = time.monotonic()
+            r = run_cli(cfg, "cutover", timeout=600)
+            took = time.monotonic() - began
+            out = r.stdout + r.stderr
+            assert r.returncode == 1, out[-3000:]
+            assert "Traceback" not in out, out[-3000:]
+            # The locked file: one line naming it, its source not switched.
+            line = next((ln for ln in r.stdout.splitlines() if ln.startswith(f"tenant_{locked.stem}: ")), "")
+            assert str(locked) in line and "locked" in line, r.stdout[-3000:]
+            assert "REFUSED" in line or "UNDONE" in line, line
+            # Every other file is switched, and the command says how many.
+            assert f"syncd cutover: {FILES - 1} of {FILES} source(s) cut over" in r.stdout, r.stdout[-3000:]
+            went = await directions(pg)
+            assert went.pop(f"tenant_{locked.stem}") == "to_postgres"
+            assert set(went.values()) == {"to_sqlite"}, went
+            # A lock held by one file's application costs that file seconds, not minutes.
+            assert took < 300, took
+
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "released"
+            # Not left half-switched: its application writes SQLite as before and the
+            # change reaches Postgres (whose tables take the application's writes too).
+            assert sqlite_write(locked, "after the lock") is None
+            await wait_caught_up(locked, pg_dsn, f"tenant_{locked.stem}", timeout=60, daemon=d)
+            assert await pg.fetchval(f'SELECT count(*) FROM "tenant_{locked.stem}".items '
+                                     "WHERE v IN ('written under the lock', 'after the lock')") == 2
+            assert await postgres_refusal(pg, f'"tenant_{locked.stem}".items') is None
+            # The others are frozen for their applications, as a cutover leaves them.
+            assert "moved to PostgreSQL by syncd" in (sqlite_write(paths[0], "refused") or "")
+            # And the locked one cuts over once free.
+            again = run_cli(cfg, "cutover", "--source", f"tenant_{locked.stem}")
+            assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        await pg.close()
