@@ -326,10 +326,37 @@ def _read_files(jobs: list[tuple[SourceSettings, int, dict[str, int]]], wait_ms:
 _LOCKED = object()  # a file found locked at the first look
 
 
+class _WayBackConnections:
+    """The way back's figures of every cut-over source on one connection per target
+    database, one source at a time: a fleet's hundreds of cut-over sources would
+    otherwise each open a connection at once, taking Postgres's connection slots
+    (max_connections) from the application and the daemon."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.conns: dict[str, object] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    async def position(self, source: SourceSettings):
+        from syncd.reverse.position import position
+
+        dsn = self.settings.dsn_for(source)
+        async with self.locks.setdefault(dsn, asyncio.Lock()):
+            conn = self.conns.get(dsn)
+            if conn is None or conn.is_closed():
+                conn = self.conns[dsn] = await connect(dsn, self.settings.password(), self.settings.postgres)
+            return await position(self.settings, source, conn)
+
+    async def close(self) -> None:
+        for conn in self.conns.values():
+            await close_quietly(conn)
+
+
 async def gather_source(settings: Settings, source: SourceSettings, live: dict | None,
-                        pg: _PgSide, lite: dict | str | None) -> SourceStatus:
+                        pg: _PgSide, lite: dict | str | None, way_back: _WayBackConnections | None = None
+                        ) -> SourceStatus:
     """One source's status from what Postgres said (pg) and what its file said (lite,
-    from _read_files)."""
+    from _read_files); a cut-over source's way back read on `way_back`'s connection."""
     st = SourceStatus(name=source.name, path=str(source.path))
     st.sqlite_exists = lite is not None
     applied_seq = 0
@@ -369,7 +396,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
 
     st.switching = pg.switching
     if st.direction == TO_SQLITE and st.postgres_reachable:
-        await _way_back(settings, source, st)
+        await _way_back(settings, source, st, way_back)
 
     for name, state, reason, snap_rows, snap_total, _from, copied_at, request in sorted(pg.tables):
         t = TableStatus(name=name, state=state, reason=reason, copied_at=_iso(copied_at),
@@ -437,12 +464,13 @@ def _failing_now(pg: _PgSide) -> bool:
     return pg.failing[2] is not None and pg.failing[2] >= pg.holder_since
 
 
-async def _way_back(settings: Settings, source: SourceSettings, st: SourceStatus) -> None:
+async def _way_back(settings: Settings, source: SourceSettings, st: SourceStatus,
+                    shared: _WayBackConnections | None = None) -> None:
     """After a cutover, pending changes and lag are the way back's (Postgres -> SQLite)."""
     from syncd.reverse.position import position
 
     try:
-        wb = await position(settings, source)
+        wb = await (position(settings, source) if shared is None else shared.position(source))
     except Exception as e:  # noqa: BLE001 - shown, not fatal
         st.pending_changes = st.lag_seconds = None
         st.way_back_error = privilege_refused(e, settings.dsn_for(source)) or describe(e)
@@ -611,8 +639,12 @@ async def gather_statuses(settings: Settings, sources: list[SourceSettings], liv
         sides.update(got)
     lite = await asyncio.to_thread(_read_files, [(s, _applied_seq(sides[s.name]), _held_from(sides[s.name]))
                                                  for s in sources], settings.sqlite.read_busy_timeout_ms)
-    return list(await asyncio.gather(*(gather_source(settings, s, live, sides[s.name], got)
-                                       for s, got in zip(sources, lite))))
+    way_back = _WayBackConnections(settings)
+    try:
+        return list(await asyncio.gather(*(gather_source(settings, s, live, sides[s.name], got, way_back)
+                                           for s, got in zip(sources, lite))))
+    finally:
+        await way_back.close()
 
 
 def as_json(verdict: int, statuses: list[SourceStatus]) -> dict:

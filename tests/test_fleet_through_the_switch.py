@@ -5,6 +5,7 @@ command goes on to the rest and sums them up."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -41,10 +42,10 @@ def make_tenant(path: Path) -> None:
     conn.close()
 
 
-def fleet(tmp_path: Path, make_config) -> tuple[Path, list[Path]]:
+def fleet(tmp_path: Path, make_config, files: int = FILES) -> tuple[Path, list[Path]]:
     tenants = tmp_path / "tenants"
     tenants.mkdir()
-    paths = [tenants / f"t{i:03d}.db" for i in range(FILES)]
+    paths = [tenants / f"t{i:03d}.db" for i in range(files)]
     for p in paths:
         make_tenant(p)
     backups = tmp_path / "backups"
@@ -147,3 +148,44 @@ async def test_a_locked_file_in_the_middle_of_a_fleet_cutover(tmp_path, make_con
             holder.kill()
             holder.wait()
         await pg.close()
+
+
+async def peak_connections(pg_dsn: str, during, daemon: DaemonProcess) -> tuple[int, object]:
+    """The most connections syncd's commands (the daemon's left out) held at once in the
+    test's database while `during()` (a blocking call: a CLI command) ran in a thread, and
+    what it returned."""
+    watcher = await asyncpg.connect(pg_dsn)
+    peak = 0
+    job = asyncio.ensure_future(asyncio.to_thread(during))
+    try:
+        while not job.done():
+            n = await watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                       "AND application_name LIKE 'syncd%' AND application_name NOT LIKE $1", f"% pid {daemon.pid}")
+            peak = max(peak, n)
+            await asyncio.sleep(0.02)
+        return peak, await job
+    finally:
+        await watcher.close()
+
+
+CUT_OVER = 40  # far more than the few connections `syncd status` may take, cut over in under a minute
+
+
+async def test_status_of_a_cut_over_fleet_on_one_connection(tmp_path, make_config, pg_dsn):
+    """After a fleet's cutover, `syncd status` reports every source's way back (SQLite
+    following Postgres) on the one connection per target database it uses before the
+    cutover, not one per cut-over source at once: at hundreds of files those would take
+    Postgres's connection slots (max_connections, 100 by default) from the application."""
+    cfg, paths = fleet(tmp_path, make_config, CUT_OVER)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for p in paths:
+            await wait_caught_up(p, pg_dsn, f"tenant_{p.stem}", timeout=120, daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        backed_up(paths, tmp_path / "backups")
+        r = run_cli(cfg, "cutover", timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        peak, st = await peak_connections(pg_dsn, lambda: run_cli(cfg, "status", "--all", timeout=120), d)
+        assert st.returncode == 0, st.stdout[-3000:] + st.stderr[-3000:]
+        rows = [ln.split() for ln in st.stdout.splitlines() if ln.startswith("tenant_")]
+        assert len(rows) == CUT_OVER and all("sqlite" in row for row in rows), st.stdout[-3000:]
+        assert peak <= 2, peak
