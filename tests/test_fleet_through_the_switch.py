@@ -189,3 +189,42 @@ async def test_status_of_a_cut_over_fleet_on_one_connection(tmp_path, make_confi
         rows = [ln.split() for ln in st.stdout.splitlines() if ln.startswith("tenant_")]
         assert len(rows) == CUT_OVER and all("sqlite" in row for row in rows), st.stdout[-3000:]
         assert peak <= 2, peak
+
+
+async def test_a_file_gone_from_the_glob_is_named_by_the_switch_not_left_out(tmp_path, make_config, pg_dsn):
+    """A file syncd ran that is gone (deleted, renamed away) is still a source to
+    `syncd cutover` and `syncd rollback` of the fleet, as to status, verify and the
+    report: each names it in one line, refused (it cannot be switched), and counts it in
+    the summary, instead of a fleet "switched" without a word of it. Gone after its
+    cutover, it is the one source left cut over. (`syncd uninstall --forget` ends a
+    source whose file is gone for good.)"""
+    cfg, paths = fleet(tmp_path, make_config, 6)
+    before, after = paths[1], paths[2]
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for p in paths:
+            await wait_caught_up(p, pg_dsn, f"tenant_{p.stem}", timeout=120, daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        backed_up(paths, tmp_path / "backups")
+        before.unlink()
+        d.wait_log(f"{before} does not exist", timeout=30)
+        r = run_cli(cfg, "cutover", timeout=300)
+        assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+        line = next((ln for ln in r.stdout.splitlines() if ln.startswith(f"tenant_{before.stem}: ")), "")
+        assert "REFUSED" in line and f"{before} does not exist" in line, r.stdout[-3000:]
+        assert "syncd cutover: 5 of 6 source(s) cut over" in r.stdout, r.stdout[-3000:]
+
+        after.unlink()
+        d.wait_log(f"{after} does not exist", timeout=30)
+        r = run_cli(cfg, "rollback", timeout=300)
+        assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+        for gone in (before, after):
+            line = next((ln for ln in r.stdout.splitlines() if ln.startswith(f"tenant_{gone.stem}: ")), "")
+            assert "REFUSED" in line and f"{gone} does not exist" in line, r.stdout[-3000:]
+        assert "syncd rollback: 4 of 6 source(s) rolled back" in r.stdout, r.stdout[-3000:]
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            went = await directions(pg)
+        finally:
+            await pg.close()
+        assert went[f"tenant_{after.stem}"] == "to_sqlite", went
+        assert went[f"tenant_{before.stem}"] == "to_postgres", went

@@ -65,9 +65,12 @@ def fail(message: str, code: int) -> int:
 
 def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSettings]]:
     """The settings, logging set up, and the sources a switching verb (cutover, rollback,
-    rehearse) works on: --source, else all; ConfigError when there are none."""
+    rehearse) works on: --source, else all; ConfigError when there are none. A glob's
+    file syncd ran that is gone is one of them (refused, naming its file), never left
+    out of a fleet's switch in silence."""
     settings = load(args)
     setup_logging(args, settings)
+    settings = with_gone_sources(settings)
     sources = selected_sources(settings, args.source)
     if not sources:
         raise ConfigError(settings.no_sources())
