@@ -212,6 +212,11 @@ async def test_a_file_gone_from_the_glob_is_named_by_the_switch_not_left_out(tmp
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith(f"tenant_{before.stem}: ")), "")
         assert "REFUSED" in line and f"{before} does not exist" in line, r.stdout[-3000:]
         assert "syncd cutover: 5 of 6 source(s) cut over" in r.stdout, r.stdout[-3000:]
+        # The dry run after it (new tenant files to check, say) counts the sources cut over
+        # already apart from those ready to be.
+        dry = run_cli(cfg, "cutover", "--dry-run", timeout=300)
+        assert dry.stdout.rstrip().endswith("syncd cutover: dry run: 0 of 6 source(s) ready, 5 cut over already, "
+                                            "1 not"), dry.stdout[-3000:]
 
         after.unlink()
         d.wait_log(f"{after} does not exist", timeout=30)

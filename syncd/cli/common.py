@@ -81,8 +81,10 @@ def switch_summary(results: list, verb: str, done_word: str, dry_run: bool) -> s
     """The last line of `syncd cutover` or `syncd rollback` over several sources: how many
     switched (or had already), how many did not, each said above."""
     if dry_run:
-        ready = sum(1 for r in results if r.ok)
-        return f"syncd {verb}: dry run: {ready} of {len(results)} source(s) ready, {len(results) - ready} not"
+        ready = sum(1 for r in results if r.ok and not r.already)
+        already = sum(1 for r in results if r.ok and r.already)
+        return (f"syncd {verb}: dry run: {ready} of {len(results)} source(s) ready, "
+                + (f"{already} {done_word} already, " if already else "") + f"{len(results) - ready - already} not")
     done = sum(1 for r in results if r.done or r.already)
     return (f"syncd {verb}: {done} of {len(results)} source(s) {done_word} (or already), {len(results) - done} not: "
             "see each above")
