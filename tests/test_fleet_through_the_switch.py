@@ -6,6 +6,7 @@ command goes on to the rest and sums them up."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd
 from tests.support.sync import wait_caught_up
 from tests.support.way_back import back_up
 
@@ -233,3 +234,37 @@ async def test_a_file_gone_from_the_glob_is_named_by_the_switch_not_left_out(tmp
             await pg.close()
         assert went[f"tenant_{after.stem}"] == "to_sqlite", went
         assert went[f"tenant_{before.stem}"] == "to_postgres", went
+
+
+async def test_a_fleet_cutover_interrupted_says_how_far_it_got(tmp_path, make_config, pg_dsn):
+    """Ctrl-C in the middle of a fleet's cutover: each source switched before it is named,
+    and one line sums up how many of the fleet were, and that the others are unchanged
+    (not reached, or undone), so the operator knows where the fleet stands."""
+    cfg, paths = fleet(tmp_path, make_config, 12)
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            for p in paths:
+                await wait_caught_up(p, pg_dsn, f"tenant_{p.stem}", timeout=120, daemon=d)
+            assert run_cli(cfg, "verify").returncode == 0
+            backed_up(paths, tmp_path / "backups")
+            proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, cwd=str(cfg.parent))
+            deadline = time.monotonic() + 120
+            while await pg.fetchval("SELECT count(*) FROM syncd.switches WHERE kind = 'cutover' "
+                                    "AND state = 'done'") < 3:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                await asyncio.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 130, out + err
+            went = await directions(pg)
+            switched = sorted(name for name, where in went.items() if where == "to_sqlite")
+            assert 3 <= len(switched) < len(paths), went
+            said = sorted(ln.split(":")[0] for ln in out.splitlines() if ln.endswith("cut over to Postgres before "
+                                                                                  "the interrupt"))
+            assert said == switched, out
+            assert out.rstrip().endswith(f"syncd cutover: interrupted: {len(switched)} of {len(paths)} source(s) cut "
+                                         f"over before it; the other {len(paths) - len(switched)} unchanged"), out
+    finally:
+        await pg.close()

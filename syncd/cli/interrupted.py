@@ -16,6 +16,7 @@ from syncd.identifiers import quote_pg_ident
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
 
 DONE = {"cutover": "cut over to Postgres before the interrupt", "rollback": "rolled back to SQLite before the interrupt"}
+WORD = {"cutover": "cut over", "rollback": "rolled back"}
 
 
 def report(settings: Settings, sources: list[SourceSettings], kind: str) -> int:
@@ -23,6 +24,12 @@ def report(settings: Settings, sources: list[SourceSettings], kind: str) -> int:
     signals stopped it: one code for "interrupted, see what it said")."""
     lines = asyncio.run(_outcomes(settings, sources, kind, list(STARTED_SWITCHES)))
     common.say(f"syncd {kind}: interrupted", *(lines or ["no switch had started: nothing changed"]))
+    if len(sources) > 1:  # a fleet: where it stands, those not reached counted too
+        done = sum(1 for ln in lines if ln.endswith(DONE[kind]))
+        unsettled = sum(1 for ln in lines if ": interrupted at step " in ln or ": cannot tell what became" in ln)
+        common.say(f"syncd {kind}: interrupted: {done} of {len(sources)} source(s) {WORD[kind]} before it; "
+                   + (f"{unsettled} stopped mid-switch (said above); " if unsettled else "")
+                   + f"the other {len(sources) - done - unsettled} unchanged")
     return 130
 
 
