@@ -185,6 +185,18 @@ def table_gauges(source: str, tables: dict[str, str], states: tuple[str, ...], h
 _tables_shown: dict[str, set[str]] = {}  # per source, the tables table_gauges showed last
 
 
+def forget_tables(source: str) -> None:
+    """Drop the per-table state and consistency series of a source whose way back has
+    ended: nothing streams or compares its tables any more, so no halted, mismatch or
+    stale-check alert may fire for them (the counters stay, as history)."""
+    _tables_shown[source] = set()
+    for metric in (table_halted, table_state, consistency_mismatched_rows, consistency_last_check_timestamp_seconds,
+                   rows, snapshot_rows_loaded, foreign_key_orphans):
+        for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public listing
+            if labels[0] == source:
+                metric.remove(*labels)
+
+
 # [metrics] per_table = false: what the per-table series said, per source, so the
 # halted, mismatch and stale-check alerts still have something to fire on.
 ROLLUPS = {

@@ -229,3 +229,45 @@ async def test_a_lookup_index_a_long_reader_holds_is_dropped_once_the_table_is_f
         assert (await pg_rows(pg_dsn, lookup))[0][0] == 0
     finally:
         await pg.close()
+
+
+async def test_once_the_way_back_has_ended_metrics_stop_showing_its_tables_as_checked_and_streaming(
+        tmp_path, make_config, pg_dsn):
+    # SyncdVerificationStale fires on a table's last check growing old, or on a streaming
+    # table never checked: neither may hold a source nothing compares any more.
+    db = tmp_path / "app.db"
+    create_items(db, rows=50, journal="wal")
+    port = free_port()
+    cfg = backup_and_config(lambda sources, sections: make_config(sources, sections=sections,
+                                                                  metrics_listen=f"127.0.0.1:{port}"),
+                            tmp_path, db, cutover={"keep_sqlite_days": 20 / 86400},
+                            stream={"schema_check_interval_seconds": 1}, verify={"interval_seconds": 1})
+
+    def series(m: dict[str, float], name: str) -> list[str]:
+        return [k for k in m if k.startswith(name + "{") and 'source="app"' in k and 'table="items"' in k]
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        wait_for(lambda: series(scrape(port), "syncd_consistency_last_check_timestamp_seconds"), 30,
+                 "a consistency check of the way back published", d)
+        d.wait_log("the way back ends", timeout=60)
+
+        def quiet() -> bool:
+            m = scrape(port)
+            return not series(m, "syncd_consistency_last_check_timestamp_seconds") and not any(
+                'state="streaming"' in k and m[k] == 1 for k in series(m, "syncd_table_state"))
+
+        wait_for(quiet, 30, "the ended way back's table series gone", d)
+        time.sleep(3)  # a few more cycles and checks: they stay gone
+        assert quiet(), [k for k in scrape(port) if 'source="app"' in k]
+        assert scrape(port)['syncd_source_up{source="app"}'] == 1
+    with DaemonProcess(cfg, tmp_path / "again.log") as d:  # nor does a restart bring them back
+        def up() -> bool:
+            try:
+                return 'syncd_source_up{source="app"}' in scrape(port)
+            except OSError:
+                return False  # not listening yet
+
+        wait_for(up, 30, "the source up", d)
+        time.sleep(3)
+        assert quiet(), [k for k in scrape(port) if 'source="app"' in k]

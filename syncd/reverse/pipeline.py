@@ -1123,7 +1123,13 @@ class ReversePipeline:
         self._recovered()
         self.ready.set()
         self.lag.set(0, 0.0, time.time())
-        self._update_gauges()
+        d = TO_SQLITE
+        metrics.pending_changes.labels(self.name, direction=d).set(0)
+        metrics.set_lag(self.name, self.lag_figure(time.time()), direction=d)
+        metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
+        # Every cycle: a consistency check that was running as the way back ended may
+        # still publish its result after this.
+        metrics.forget_tables(self.name)
 
     # --- health ----------------------------------------------------------------------------------
 
