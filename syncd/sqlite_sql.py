@@ -180,13 +180,14 @@ class ConstKind(str, Enum):
     CURRENT_TIMESTAMP = "current_timestamp"
     CURRENT_DATE = "current_date"
     CURRENT_TIME = "current_time"
+    CURRENT_TIMESTAMP_MS = "current_timestamp_ms"  # strftime('%Y-%m-%d %H:%M:%f', 'now'): to the millisecond
     UNIXEPOCH = "unixepoch"  # whole seconds since 1970 at the insert, an integer (unixepoch())
     UNIXEPOCH_TEXT = "unixepoch_text"  # the same as text (strftime('%s', 'now'))
 
 
 # Evaluated at each insert, like the CURRENT_* keywords: no stored constant.
 AT_INSERT = frozenset((ConstKind.CURRENT_TIMESTAMP, ConstKind.CURRENT_DATE, ConstKind.CURRENT_TIME,
-                       ConstKind.UNIXEPOCH, ConstKind.UNIXEPOCH_TEXT))
+                       ConstKind.CURRENT_TIMESTAMP_MS, ConstKind.UNIXEPOCH, ConstKind.UNIXEPOCH_TEXT))
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,8 @@ def parse_constant(sql: str) -> Constant:
 
 
 # The time of the insert as SQLite's date functions spell it, the same values as the
-# CURRENT_* keywords (UTC, whole seconds): (function, its string arguments) -> kind.
+# CURRENT_* keywords (UTC, whole seconds; %f: seconds with 3 decimals, the milliseconds
+# SQLite's clock has): (function, its string arguments) -> kind.
 _NOW_CALLS = {
     ("datetime", ("now",)): ConstKind.CURRENT_TIMESTAMP,
     ("date", ("now",)): ConstKind.CURRENT_DATE,
@@ -255,6 +257,7 @@ _NOW_CALLS = {
     ("strftime", ("%Y-%m-%d %H:%M:%S", "now")): ConstKind.CURRENT_TIMESTAMP,
     ("strftime", ("%Y-%m-%d", "now")): ConstKind.CURRENT_DATE,
     ("strftime", ("%H:%M:%S", "now")): ConstKind.CURRENT_TIME,
+    ("strftime", ("%Y-%m-%d %H:%M:%f", "now")): ConstKind.CURRENT_TIMESTAMP_MS,
     ("strftime", ("%s", "now")): ConstKind.UNIXEPOCH_TEXT,
     ("unixepoch", ()): ConstKind.UNIXEPOCH,
     ("unixepoch", ("now",)): ConstKind.UNIXEPOCH,

@@ -668,6 +668,10 @@ _CURRENT_TIME_DEFAULTS = {
     ("current_timestamp", PgType.TIMESTAMP): f"date_trunc('second', {_NOW_UTC})",
     ("current_timestamp", PgType.TIMESTAMPTZ): f"(date_trunc('second', {_NOW_UTC}) AT TIME ZONE 'UTC')",
     ("current_date", PgType.DATE): f"{_NOW_UTC}::date",
+    # strftime('%Y-%m-%d %H:%M:%f', 'now'): SQLite's clock counts milliseconds
+    ("current_timestamp_ms", PgType.TEXT): f"to_char({_NOW_UTC}, 'YYYY-MM-DD HH24:MI:SS.MS')",
+    ("current_timestamp_ms", PgType.TIMESTAMP): f"date_trunc('milliseconds', {_NOW_UTC})",
+    ("current_timestamp_ms", PgType.TIMESTAMPTZ): f"(date_trunc('milliseconds', {_NOW_UTC}) AT TIME ZONE 'UTC')",
 }
 
 
@@ -708,7 +712,8 @@ def pg_default(default_sql: str | None, pgtype: PgType, declared: str | None = N
     if const.kind in q.AT_INSERT:
         expr = _now_default(const.kind, pgtype, col_affinity)
         if expr is None:
-            what = default_sql.strip() if const.kind.value.startswith("unixepoch") else const.kind.value.upper()
+            what = (const.kind.value.upper() if const.kind.value in ("current_timestamp", "current_date", "current_time")
+                    else default_sql.strip())
             return PgDefault(None, f"{what} has no exact form in a {pgtype.value} column")
         return PgDefault(expr)
     try:
