@@ -7,6 +7,7 @@ possible; after `[cutover] keep_sqlite_days` the way back ends and the file stay
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import urllib.request
@@ -172,6 +173,13 @@ async def test_once_the_way_back_has_ended_sqlite_is_no_longer_compared_with_pos
         assert "### ✅ Dual-write running" in report, report
         assert "SQLite no longer follows Postgres" in report
         assert "`syncd rollback` is the way back now" not in report, report
+        # The nightly backups of the frozen file stopped long ago: no backup item fails for it.
+        old = time.time() - 40 * 86400
+        for f in (tmp_path / "backups").iterdir():
+            os.utime(f, (old, old))
+        report = run_cli(cfg, "report", "--source", "app").stdout
+        assert "### ✅ A recent SQLite backup exists" in report, report
+        assert "SQLite no longer follows Postgres" in report.split("A recent SQLite backup exists")[1], report
 
 
 async def test_uninstall_after_a_cutover_removes_the_way_backs_capture_too(tmp_path, make_config, pg_dsn):

@@ -333,6 +333,12 @@ def backup(f: MigrationFacts) -> CheckItem:
         return item
     bad, good = [], []
     for s in f.sources:
+        if s.direction == TO_SQLITE and s.way_back_ended:
+            # Its file is kept as it was when SQLite stopped following Postgres: no backup of
+            # it is due any more, and the nightly ones may rightly have stopped.
+            good.append(f"{s.name}: cut over; SQLite no longer follows Postgres ({s.way_back_ended}): its file "
+                        "is kept as it was then and needs no new backup")
+            continue
         b = s.backup
         skipped = f"; not counted: {_some(b.not_counted)}" if b is not None and b.not_counted else ""
         if b is not None and b.others:
