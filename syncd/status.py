@@ -384,9 +384,11 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         st.capture_suspended = lite["suspended"]
         st.file_names = lite["names"]
         st.sqlite_frozen = lite["frozen"]
+        # Pending for a source Postgres has set up; for one it has not, nothing is to be
+        # applied (set up, it is copied whole) and the lag is not known: "-", not 0.
         if src is not None and lite["max_seq"] >= applied_seq:
             st.pending_changes = lite["pending"]
-        elif lite["installed"]:
+        elif lite["installed"] and (src is not None or pg.error is not None):
             st.pending_changes = lite["pending"]
         st.changelog_bytes = lite["bytes"]
         if pg.error is not None and lite["frozen"]:
