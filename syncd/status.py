@@ -519,7 +519,10 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                          else f"Postgres unreachable: {st.postgres_error}"))
     elif not st.initialized:
         p.append(Problem("critical", "not initialized in Postgres (run `syncd init` or `syncd run`)"))
-    if st.sqlite_exists and not st.capture_installed and st.sqlite_error is None:
+    # Postgres not answering syncd (down, or refusing its role): whether the source was ever
+    # set up, and so whether capture belongs in the file, is Postgres's to say; that one
+    # problem is named above (--json still says capture_installed).
+    if st.sqlite_exists and not st.capture_installed and st.sqlite_error is None and st.postgres_reachable:
         p.append(Problem("critical", "capture is not installed in the SQLite file"))
     if st.state in ("postgres_unreachable", "source_missing", "locked_by_other", "failing") and st.daemon_running:
         why = f": {st.daemon_detail}" if st.daemon_detail else ""
