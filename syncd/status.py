@@ -397,8 +397,11 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
             st.direction, st.pending_changes = TO_SQLITE, None
 
     st.switching = pg.switching
+    way_back_since = None
     if st.direction == TO_SQLITE and st.postgres_reachable:
-        await _way_back(settings, source, st, way_back)
+        way_back_since = await _way_back(settings, source, st, way_back)
+        if way_back_since is not None and src is not None and src[1] is not None and src[1] < way_back_since:
+            st.last_applied_at = None  # the forward stream's, into Postgres: the way back has applied nothing yet
 
     for name, state, reason, snap_rows, snap_total, _from, copied_at, request in sorted(pg.tables):
         t = TableStatus(name=name, state=state, reason=reason, copied_at=_iso(copied_at),
@@ -421,7 +424,10 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         if mine.get("lag_seconds") is not None:  # None: the daemon does not know it yet (starting)
             st.lag_seconds = mine["lag_seconds"]
         st.step_seconds = mine.get("step_seconds")
-        if st.last_applied_at is None and mine.get("applied_at"):  # Postgres away: the daemon knows
+        applied = mine.get("applied_at")
+        if st.last_applied_at is None and applied and (way_back_since is None
+                                                       or applied >= way_back_since.timestamp()):
+            # Postgres away: the daemon knows (after a cutover, only an apply of the way back's)
             st.last_applied_at = _iso(dt.datetime.fromtimestamp(mine["applied_at"], dt.timezone.utc))
         st.foreign_key_orphans = dict(mine.get("foreign_key_orphans") or {})
         if mine.get("health") not in (None, "starting"):
@@ -467,8 +473,9 @@ def _failing_now(pg: _PgSide) -> bool:
 
 
 async def _way_back(settings: Settings, source: SourceSettings, st: SourceStatus,
-                    shared: _WayBackConnections | None = None) -> None:
-    """After a cutover, pending changes and lag are the way back's (Postgres -> SQLite)."""
+                    shared: _WayBackConnections | None = None) -> dt.datetime | None:
+    """After a cutover, pending changes and lag are the way back's (Postgres -> SQLite).
+    Returns when the way back began (the cutover), when known."""
     from syncd.reverse.position import position
 
     try:
@@ -476,13 +483,14 @@ async def _way_back(settings: Settings, source: SourceSettings, st: SourceStatus
     except Exception as e:  # noqa: BLE001 - shown, not fatal
         st.pending_changes = st.lag_seconds = None
         st.way_back_error = privilege_refused(e, settings.dsn_for(source)) or describe(e)
-        return
+        return None
     st.pending_changes = wb.pending
     st.rollback_until = _iso(wb.rollback_until)
     st.way_back_ended = wb.retired
     st.way_back_copies_owed = wb.copies_owed
     if wb.lag_seconds is not None:
         st.lag_seconds = wb.lag_seconds
+    return wb.started_at
 
 
 def _derive_state(st: SourceStatus) -> str:

@@ -176,3 +176,19 @@ async def test_status_names_a_way_back_it_cannot_measure(tmp_path, make_config, 
     r = run_cli(cfg, "status")
     assert r.returncode == 2 and "the way back's position could not be read" in r.stdout \
         and changelog in r.stdout, r.stdout
+
+
+async def test_just_cut_over_the_last_apply_shown_is_none_of_the_forward_streams(tmp_path, make_config, pg_dsn):
+    # The way back has applied nothing yet: LAST APPLIED is not the forward stream's last
+    # apply (into Postgres), with the daemon running or not.
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        src = status(cfg)
+        assert src["direction"] == "to_sqlite" and src["last_applied_at"] is None, src
+        assert "never" in run_cli(cfg, "status").stdout.splitlines()[1]
+        assert d.stop() == 0
+    src = status(cfg)
+    assert src["last_applied_at"] is None, src
