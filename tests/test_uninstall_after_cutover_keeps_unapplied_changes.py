@@ -33,6 +33,9 @@ async def test_uninstall_refuses_while_postgres_changes_have_not_reached_the_fil
     assert r.returncode == 1 and "not yet" in r.stdout, (
         f"uninstall discarded Postgres changes the SQLite file never received (rc {r.returncode}; "
         f"SQLite holds {in_sqlite} for ids 1 and 1001): {r.stdout.strip()}")
+    # What --force would do, said as it is: the changes stay in Postgres, only the file never gets them.
+    assert "stay in Postgres" in r.stdout and "never reach the SQLite file" in r.stdout, r.stdout
+    assert "discard" not in r.stdout, r.stdout
     # Nothing was removed: the daemon can still bring the file up to date.
     assert (await pg_rows(pg_dsn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE '_syncd_rcap_%'"))[0][0] == 4
     # Once the daemon has written them into the file, uninstall goes ahead.

@@ -127,7 +127,8 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
                 what = " and ".join(x for x in (f"{behind} change(s) made in Postgres" if behind else "",
                                                 f"{reloads} table(s) to copy again" if reloads else "") if x)
                 raise Refused(f"{what} are not yet written to the SQLite file (the way back after the cutover); "
-                              "run the daemon until it catches up, or pass --force to discard them")
+                              "run the daemon until it catches up, or pass --force to uninstall anyway: they stay "
+                              "in Postgres and never reach the SQLite file")
             from syncd.rollback import end_way_back
 
             ended = await end_way_back(pg, settings, source, "capture uninstalled (syncd uninstall)")
