@@ -272,6 +272,10 @@ def lag(f: MigrationFacts) -> CheckItem:
     item = CheckItem("lag", f"Replication lag below {f.warn_lag_seconds:g} s now ([status] warn_lag_seconds)", True)
     bad, good = [], []
     for s in f.sources:
+        if s.direction == TO_SQLITE and s.way_back_ended:
+            good.append(f"{s.name}: cut over; SQLite no longer follows Postgres ({s.way_back_ended}): nothing "
+                        "flows, no lag")
+            continue
         pending = "" if s.lag.pending_changes is None else f"; {s.lag.pending_changes} change(s) pending"
         if s.lag.seconds is None and s.unmeasured:
             bad.append(f"{s.name}: lag unknown: {s.error}")
