@@ -237,6 +237,10 @@ async def preflight(settings: Settings, source: SourceSettings, allow_orphans: b
 
     one = settings.model_copy(update={"sources": [source]})
     facts = await gather(one)
+    for s in facts.sources:
+        # Changes waiting with no daemon to apply them are no reason to refuse: the switch
+        # freezes the file and drains them itself (the report still calls the source behind).
+        s.lag.no_daemon = False
     problems = []
     for item in evaluate(facts):
         if allow_orphans and item.key == "foreign_keys":
