@@ -47,6 +47,14 @@ async def test_columns_narrowed_in_postgres_are_widened_in_place_after_a_rollbac
                               "company_id bigint REFERENCES app.companies (id), body text)")
         await pg_rows(pg_dsn, "INSERT INTO app.notes (company_id, body) VALUES (1, 'call back')")
         await pg_rows(pg_dsn, "INSERT INTO app.companies (name, revenue) VALUES ('Initech', 7.25)")
+
+        async def notes_copied() -> bool:
+            # The way back finds the new table at its next look, and copies it: until then
+            # nothing says SQLite lacks it (a rollback meanwhile is refused, rightly).
+            states = await table_states(pg_dsn, "app")
+            return states.get("notes", ("",))[0] == "streaming"
+
+        await eventually(notes_copied, 60, "the new table copied into SQLite", daemon=d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
         r = run_cli(cfg, "rollback")
         assert r.returncode == 0, r.stdout + r.stderr
