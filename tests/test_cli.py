@@ -79,6 +79,28 @@ async def test_init_and_the_daemon_on_a_schema_without_expressions_skip_the_sql_
     assert r.returncode == 0 and "CHECK" in r.stdout and "n > 0" in r.stdout, r.stdout + r.stderr
 
 
+async def test_init_on_a_schema_with_plain_indexes_skips_the_sql_translator(app_db, make_config, pg_dsn):
+    """Plain indexes (columns named, no expression, no WHERE) and UNIQUE constraints are
+    carried to Postgres without reading any SQL expression: `syncd init` on such a schema,
+    the common one, does without the translator's import as well."""
+    make_app(app_db)
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE INDEX a_v ON a (v);
+        CREATE UNIQUE INDEX a_v_id ON a (v DESC, id);
+        CREATE TABLE u (id INTEGER PRIMARY KEY, email TEXT UNIQUE, code TEXT COLLATE NOCASE, UNIQUE (code, id));
+    """)
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    translator = "{'syncd.parity.expressions', 'syncd.parity.translate'}"
+    probe = (f"import sys; from syncd.cli import main; rc = main(['--config', {str(cfg)!r}, 'init']); "
+             f"print(rc, sorted(m for m in sys.modules if m in {translator}))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 []", r.stdout + r.stderr
+    r = run_cli(cfg, "schema")  # planned as ever
+    assert 'CREATE INDEX "a_v" ON "app"."a" ("v");' in r.stdout and 'UNIQUE ("email")' in r.stdout, r.stdout
+
+
 async def test_schema_touches_nothing(app_db, make_config, pg_dsn):
     make_app(app_db)
     cfg = make_config([{"name": "app", "path": str(app_db)}])

@@ -384,18 +384,29 @@ def _plan_nocase(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], 
         plan.items.append(Item("nocase", spec.name, what, column=col, cutover=("nocase",), why=why))
 
 
+def _untranslatable(why: str) -> Exception:
+    from syncd.parity.translate import Untranslatable
+
+    return Untranslatable(why)
+
+
+def _translation_errors() -> tuple[type[Exception], ...]:
+    """What translating an index's expression or WHERE raises, where it has no exact
+    Postgres form (imported only then: a plain index needs no translator)."""
+    from syncd.parity.expressions import NotParsed
+    from syncd.parity.translate import Untranslatable
+
+    return Untranslatable, NotParsed
+
+
 def _index_column_sql(spec: TableSpec, index: Index, i: int, collations: dict[str, str],
                       types: dict[str, PgType], schema: str, options: Options) -> tuple[str, str | None]:
     """(SQL of the i-th indexed item, a note) or raises Untranslatable."""
-    from syncd.parity import translate
-    from syncd.parity.expressions import NotParsed, parse_expression
-    from syncd.parity.translate import Untranslatable
-
     col = index.columns[i]
     desc = " DESC" if col.descending else ""
     if col.name is not None:
         if col.name not in spec.column_names:
-            raise Untranslatable(f"no column {col.name}")
+            raise _untranslatable(f"no column {col.name}")
         column_coll = collations.get(col.name, "BINARY")
         if col.collation == column_coll:
             return quote_pg_ident(col.name) + desc, None
@@ -407,9 +418,13 @@ def _index_column_sql(spec: TableSpec, index: Index, i: int, collations: dict[st
             return f'{quote_pg_ident(col.name)} COLLATE "C"{desc}', None
         if col.collation == "NOCASE" and options.nocase == "icu":
             return f"{quote_pg_ident(col.name)} COLLATE {qualified(schema, NOCASE_COLLATION)}{desc}", None
-        raise Untranslatable(f"uniqueness of {col.name} under SQLite's {col.collation} collation has no exact "
-                             "Postgres form" + (' (nocase = "icu" gives NOCASE one)' if col.collation == "NOCASE"
-                                                else ""))
+        raise _untranslatable(f"uniqueness of {col.name} under SQLite's {col.collation} collation has no exact "
+                              "Postgres form" + (' (nocase = "icu" gives NOCASE one)' if col.collation == "NOCASE"
+                                                 else ""))
+    from syncd.parity import translate
+    from syncd.parity.expressions import NotParsed, parse_expression
+    from syncd.parity.translate import Untranslatable
+
     if col.expr is None:
         raise Untranslatable("an indexed item syncd could not read")
     if col.collation != "BINARY":
@@ -446,10 +461,6 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
     if (index.unique and index.plain and set(plain_cols) == set(spec.key)
             and all(c.collation == collations.get(c.name or "", "BINARY") for c in index.columns)):
         return None  # the key itself: Postgres's primary key enforces it already
-    from syncd.parity import translate
-    from syncd.parity.expressions import NotParsed, parse_expression
-    from syncd.parity.translate import Untranslatable
-
     try:
         parts, notes = [], []
         for i in range(len(index.columns)):
@@ -458,6 +469,9 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
             if note:
                 notes.append(note)
             if i == 0 and index.columns[0].name is None:  # timed as the application's queries will write it
+                from syncd.parity import translate
+                from syncd.parity.expressions import parse_expression
+
                 item.lookup_expr = sql.removesuffix(" DESC") if not index.unique else translate.index_expression(
                     parse_expression(index.columns[0].expr or ""), columns_info(spec, collations, {}))
                 if item.lookup_expr != sql.removesuffix(" DESC"):
@@ -467,8 +481,10 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
                     notes.append(item.lookup_note)
         pred = None
         if index.where:
+            from syncd.parity import translate
+
             pred = translate.condition(index.where, columns_info(spec, collations))
-    except (Untranslatable, NotParsed) as e:
+    except _translation_errors() as e:  # evaluated only when something was raised
         item.left_out = f"not translated exactly: {e}"
         return item
     table = qualified(schema, spec.name)
