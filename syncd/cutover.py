@@ -36,8 +36,8 @@ from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
 from syncd.postgres import app_triggers, cutover_guard, ddl
-from syncd.postgres.bookkeeping import (SWITCH_CLASS, Bookkeeping, ensure_bookkeeping, shared_key_line, sharing,
-                                       source_key)
+from syncd.postgres.bookkeeping import (SWITCH_CLASS, Bookkeeping, bookkeeping_exists, ensure_bookkeeping,
+                                       shared_key_line, sharing, source_key)
 from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
 from syncd.printable import listed, shorten
 from syncd.reverse.capture import FREEZE_LOCK_STEP
@@ -465,14 +465,22 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
     worker = SqliteWorker(source.path, f"{source.name}-cutover", settings.sqlite.read_busy_timeout_ms)
     locked = False
     try:
-        await worker.open()
+        try:
+            await worker.open()
+        except SourceFileError:
+            # A file gone after its cutover (archived once the way back ended) is cut over
+            # already: said so, as for any other, not refused for the file.
+            if not await bookkeeping_exists(conn, b.schema) or await b.load_source(conn) is None:
+                raise
+            res.already = await _cut_over_at(conn, b)
+            if res.already is None:
+                raise
+            return res
         await ensure_bookkeeping(conn, b.schema)
         if await b.load_source(conn) is None:
             raise Refused("syncd has not set this source up in Postgres yet; run `syncd init` or start the daemon")
-        if await b.direction(conn) == TO_SQLITE:
-            at = await conn.fetchval(f"SELECT max(finished_at) FROM {b.s}.switches WHERE source = $1 "
-                                     f"AND kind = 'cutover' AND state = 'done'", source.name)
-            res.already = f"{at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if at else "earlier"
+        res.already = await _cut_over_at(conn, b)
+        if res.already is not None:
             return res
         b.key = await source_key(conn, b.schema, source.name)
         await _not_sharing_a_way_back(conn, b)
@@ -536,6 +544,16 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         await close_quietly(conn)
         await worker.close()
         worker.shutdown()
+
+
+async def _cut_over_at(conn: asyncpg.Connection, b: Bookkeeping) -> str | None:
+    """When the source was cut over (UTC, or "earlier" where no switch is recorded), or
+    None where SQLite is still the application's database."""
+    if await b.direction(conn) != TO_SQLITE:
+        return None
+    at = await conn.fetchval(f"SELECT max(finished_at) FROM {b.s}.switches WHERE source = $1 "
+                             f"AND kind = 'cutover' AND state = 'done'", b.source)
+    return f"{at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if at else "earlier"
 
 
 async def _not_sharing_a_way_back(conn: asyncpg.Connection, b: Bookkeeping) -> None:

@@ -204,8 +204,13 @@ async def test_a_cutover_of_several_sources_ends_with_where_they_stand(tmp_path,
         assert r.stdout.rstrip().endswith("syncd cutover: 1 of 2 source(s) cut over (or already), 1 not: see each "
                                           "above"), r.stdout
         assert d.stop() == 0
-    # a dry run whose every source fails before the switch is still said as a dry run
+    # a source cut over whose file is gone since (archived) is cut over already, said so
     cfg.write_text(cfg.read_text().replace(str(db), str(tmp_path / "gone-too.db")))
+    archived = run_cli(cfg, "cutover", "--dry-run")
+    assert archived.stdout.rstrip().endswith("syncd cutover: dry run: 0 of 2 source(s) ready, 1 cut over already, "
+                                             "1 not"), archived.stdout
+    # a dry run whose every source fails before the switch is still said as a dry run
+    cfg.write_text(cfg.read_text().replace('name = "app"', 'name = "never_set_up"'))
     none = run_cli(cfg, "cutover", "--dry-run")
     assert none.stdout.rstrip().endswith("syncd cutover: dry run: 0 of 2 source(s) ready, 2 not"), none.stdout
 

@@ -268,3 +268,28 @@ async def test_a_fleet_cutover_interrupted_says_how_far_it_got(tmp_path, make_co
                                          f"over before it; the other {len(paths) - len(switched)} unchanged"), out
     finally:
         await pg.close()
+
+
+async def test_a_file_archived_after_its_cutover_is_cut_over_already_to_the_fleets_next_cutover(
+        tmp_path, make_config, pg_dsn):
+    """A tenant cut over, its SQLite file archived later (docs/cutover.md: kept, then
+    archived), and the fleet's `syncd cutover` run again for the tenants still to switch:
+    the gone file's source is cut over already, said so as for any other, not refused as
+    a file that does not exist; the command switches the rest and exits 0."""
+    cfg, paths = fleet(tmp_path, make_config, 3)
+    archived = paths[0]
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for p in paths:
+            await wait_caught_up(p, pg_dsn, f"tenant_{p.stem}", timeout=120, daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        backed_up(paths, tmp_path / "backups")
+        first = run_cli(cfg, "cutover", "--source", f"tenant_{archived.stem}")
+        assert first.returncode == 0, first.stdout + first.stderr
+        archived.rename(tmp_path / "archived.db")
+        for args in (("--dry-run",), ()):
+            r = run_cli(cfg, "cutover", *args, timeout=300)
+            line = next((ln for ln in r.stdout.splitlines() if ln.startswith(f"tenant_{archived.stem}: ")), "")
+            assert "already cut over" in line and "REFUSED" not in line, r.stdout[-3000:]
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "syncd cutover: 3 of 3 source(s) cut over (or already)" in r.stdout, r.stdout[-3000:]
+        assert d.stop() == 0
