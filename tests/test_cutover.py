@@ -254,6 +254,24 @@ async def test_an_interrupted_cutover_undoes_itself_and_says_so(tmp_path, make_c
         assert d.stop() == 0
 
 
+async def test_an_interrupted_cutover_of_several_counts_a_source_it_cannot_ask_as_not_known(tmp_path, make_config,
+                                                                                               pg_dsn):
+    """Ctrl-C with a second source whose Postgres does not answer: what became of it is
+    not known (its line says so), which the summing-up line says too, instead of counting
+    it among those stopped mid-switch (it was never reached)."""
+    async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
+        cfg.write_text(cfg.read_text() + '\n[[sources]]\nname = "elsewhere"\npath = "{}"\n'
+                       'dsn = "postgresql://postgres@127.0.0.1:1/nowhere"\n'.format(tmp_path / "elsewhere.db"))
+        with held_at(cfg, "cutover", "frozen") as proc:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out
+        assert "app: UNDONE: interrupted" in out and "elsewhere: cannot tell what became of it" in out, out
+        assert out.rstrip().endswith("syncd cutover: interrupted: 0 of 2 source(s) cut over before it; 1 not known "
+                                     "(said above); the other 1 unchanged"), out
+        assert d.stop() == 0
+
+
 async def test_a_cutover_started_under_nohup_runs_on_when_the_terminal_goes(tmp_path, make_config, pg_dsn):
     """`nohup syncd cutover`: SIGHUP (the SSH session dropped) stays ignored, as the
     operator asked; the cutover is not undone by it."""

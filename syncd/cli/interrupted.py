@@ -26,10 +26,12 @@ def report(settings: Settings, sources: list[SourceSettings], kind: str) -> int:
     common.say(f"syncd {kind}: interrupted", *(lines or ["no switch had started: nothing changed"]))
     if len(sources) > 1:  # a fleet: where it stands, those not reached counted too
         done = sum(1 for ln in lines if ln.endswith(DONE[kind]))
-        unsettled = sum(1 for ln in lines if ": interrupted at step " in ln or ": cannot tell what became" in ln)
+        unsettled = sum(1 for ln in lines if ": interrupted at step " in ln)
+        unknown = sum(1 for ln in lines if ": cannot tell what became" in ln)  # its Postgres did not answer
         common.say(f"syncd {kind}: interrupted: {done} of {len(sources)} source(s) {WORD[kind]} before it; "
                    + (f"{unsettled} stopped mid-switch (said above); " if unsettled else "")
-                   + f"the other {len(sources) - done - unsettled} unchanged")
+                   + (f"{unknown} not known (said above); " if unknown else "")
+                   + f"the other {len(sources) - done - unsettled - unknown} unchanged")
     return 130
 
 
