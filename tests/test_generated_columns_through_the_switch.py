@@ -51,6 +51,19 @@ async def computed_in_postgres_then_rolled_back(cfg, db, pg_dsn, d, expression: 
     await pg_rows(pg_dsn, "ALTER TABLE app.lines ADD COLUMN total double precision "
                           f"GENERATED ALWAYS AS ({expression}) STORED")
     await pg_rows(pg_dsn, "INSERT INTO app.lines (qty, price) VALUES (10, 2.5)")  # the application, id 6
+
+    async def taken_up() -> bool:
+        # The way back copies the table again for the column Postgres now computes: until
+        # it is done (or until it has seen the change at all) a rollback is refused, rightly.
+        if (await table_states(pg_dsn, "app")).get("lines", ("",))[0] != "streaming":
+            return False
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute("SELECT count(*) FROM lines WHERE id = 6").fetchone()[0] == 1
+        finally:
+            conn.close()
+
+    await eventually(taken_up, 60, "the way back's copy of the table Postgres now computes a column of", daemon=d)
     await wait_back(cfg, db, pg_dsn, daemon=d)
     r = run_cli(cfg, "rollback")
     assert r.returncode == 0, r.stdout + r.stderr
