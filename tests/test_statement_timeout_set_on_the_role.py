@@ -6,6 +6,7 @@ table larger than that fails, and each failure is a consistency error in the win
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 
@@ -14,12 +15,23 @@ from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import pg_statements, wait_caught_up
 
 
-async def test_a_role_with_a_short_statement_timeout_still_loads_and_verifies(tmp_path, make_config, pg_dsn):
+@contextlib.asynccontextmanager
+async def role_with_statement_timeout(pg_dsn: str, timeout: str):
+    """A login role owning the test's database, with `timeout` as its statement_timeout
+    (as a DBA sets one for other clients); dropped with what it owns afterwards."""
     role = f"syncd_short_{secrets.token_hex(4)}"
     database = pg_dsn.rsplit("/", 1)[1]
     await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN", f'ALTER DATABASE "{database}" OWNER TO {role}',
-                        f"ALTER ROLE {role} SET statement_timeout = '5ms'")
+                        f"ALTER ROLE {role} SET statement_timeout = '{timeout}'")
     try:
+        yield role
+    finally:
+        await pg_statements(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres',
+                            f"DROP OWNED BY {role} CASCADE", f"DROP ROLE {role}")
+
+
+async def test_a_role_with_a_short_statement_timeout_still_loads_and_verifies(tmp_path, make_config, pg_dsn):
+    async with role_with_statement_timeout(pg_dsn, "5ms") as role:
         db = tmp_path / "app.db"
         conn = sqlite3.connect(db)
         conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
@@ -34,9 +46,6 @@ async def test_a_role_with_a_short_statement_timeout_still_loads_and_verifies(tm
         assert "statement timeout" not in d.log(), d.log()[-3000:]
         v = run_cli(cfg, "verify")
         assert v.returncode == 0 and "statement timeout" not in v.stdout, v.stdout + v.stderr
-    finally:
-        await pg_statements(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres',
-                            f"DROP OWNED BY {role} CASCADE", f"DROP ROLE {role}")
 
 
 async def test_a_statement_the_role_s_timeout_cancels_is_said_as_such_not_as_postgres_unreachable(
@@ -49,43 +58,38 @@ async def test_a_statement_the_role_s_timeout_cancels_is_said_as_such_not_as_pos
 
     from tests.support.daemon import wait_for
 
-    role = f"syncd_short_{secrets.token_hex(4)}"
-    database = pg_dsn.rsplit("/", 1)[1]
-    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN", f'ALTER DATABASE "{database}" OWNER TO {role}',
-                        f"ALTER ROLE {role} SET statement_timeout = '1s'")
-    try:
-        db = tmp_path / "app.db"
-        conn = sqlite3.connect(db)
-        conn.execute("PRAGMA journal_mode=wal")
-        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
-        conn.executemany("INSERT INTO items VALUES (?, ?)", ((i, "x") for i in range(100)))
-        conn.commit()
-        dsn = pg_dsn.replace("postgres@", f"{role}@")
-        cfg = make_config([{"name": "app", "path": str(db)}], sections={
-            "postgres": {"dsn": dsn, "lock_dsn": dsn, "pooler": "transaction", "statement_timeout_seconds": 30},
-            "verify": {"interval_seconds": 0}})
-        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-            await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
-            holder = await asyncpg.connect(pg_dsn)
-            try:
-                async with holder.transaction():
-                    await holder.execute("LOCK TABLE app.items IN ACCESS EXCLUSIVE MODE")
-                    conn.execute("UPDATE items SET v = 'changed' WHERE id = 1")
-                    conn.commit()
-                    wait_for(lambda: "57014" in d.log(), 60, "the cancelled statement's line", d)
-            finally:
-                await holder.close()
-            await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
-            assert d.stop() == 0
-        line = next(x for x in d.log().splitlines() if "57014" in x)
-        assert "statement_timeout" in line and role in line, line
-        assert "unreachable" not in line.lower(), line
-        assert "event=postgres_unreachable" not in d.log(), d.log()
-        assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()
-    finally:
-        conn.close()
-        await pg_statements(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres',
-                            f"DROP OWNED BY {role} CASCADE", f"DROP ROLE {role}")
+    async with role_with_statement_timeout(pg_dsn, "1s") as role:
+        try:
+            db = tmp_path / "app.db"
+            conn = sqlite3.connect(db)
+            conn.execute("PRAGMA journal_mode=wal")
+            conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+            conn.executemany("INSERT INTO items VALUES (?, ?)", ((i, "x") for i in range(100)))
+            conn.commit()
+            dsn = pg_dsn.replace("postgres@", f"{role}@")
+            cfg = make_config([{"name": "app", "path": str(db)}], sections={
+                "postgres": {"dsn": dsn, "lock_dsn": dsn, "pooler": "transaction", "statement_timeout_seconds": 30},
+                "verify": {"interval_seconds": 0}})
+            with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+                await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
+                holder = await asyncpg.connect(pg_dsn)
+                try:
+                    async with holder.transaction():
+                        await holder.execute("LOCK TABLE app.items IN ACCESS EXCLUSIVE MODE")
+                        conn.execute("UPDATE items SET v = 'changed' WHERE id = 1")
+                        conn.commit()
+                        wait_for(lambda: "57014" in d.log(), 60, "the cancelled statement's line", d)
+                finally:
+                    await holder.close()
+                await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
+                assert d.stop() == 0
+            line = next(x for x in d.log().splitlines() if "57014" in x)
+            assert "statement_timeout" in line and role in line, line
+            assert "unreachable" not in line.lower(), line
+            assert "event=postgres_unreachable" not in d.log(), d.log()
+            assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()
+        finally:
+            conn.close()
 
 
 async def test_the_way_back_says_a_statement_the_role_s_timeout_cancels_as_such(tmp_path, make_config, pg_dsn):
@@ -98,11 +102,7 @@ async def test_the_way_back_says_a_statement_the_role_s_timeout_cancels_as_such(
     from tests.support.daemon import wait_for
     from tests.support.way_back import backup_and_config, cut_over, wait_back
 
-    role = f"syncd_short_{secrets.token_hex(4)}"
-    database = pg_dsn.rsplit("/", 1)[1]
-    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN", f'ALTER DATABASE "{database}" OWNER TO {role}',
-                        f"ALTER ROLE {role} SET statement_timeout = '1s'")
-    try:
+    async with role_with_statement_timeout(pg_dsn, "1s") as role:
         db = tmp_path / "app.db"
         conn = sqlite3.connect(db)
         conn.execute("PRAGMA journal_mode=wal")
@@ -132,6 +132,3 @@ async def test_the_way_back_says_a_statement_the_role_s_timeout_cancels_as_such(
         assert "statement_timeout" in line and role in line, line
         assert "unreachable" not in line.lower(), line
         assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()
-    finally:
-        await pg_statements(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres',
-                            f"DROP OWNED BY {role} CASCADE", f"DROP ROLE {role}")
