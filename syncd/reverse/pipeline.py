@@ -1123,10 +1123,7 @@ class ReversePipeline:
         self._recovered()
         self.ready.set()
         self.lag.set(0, 0.0, time.time())
-        d = TO_SQLITE
-        metrics.pending_changes.labels(self.name, direction=d).set(0)
-        metrics.set_lag(self.name, self.lag_figure(time.time()), direction=d)
-        metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
+        self._source_gauges()
         # Every cycle: a consistency check that was running as the way back ended may
         # still publish its result after this.
         metrics.forget_tables(self.name)
@@ -1149,11 +1146,15 @@ class ReversePipeline:
         self.detail = ""
 
     def _update_gauges(self) -> None:
+        self._source_gauges()
+        metrics.table_gauges(self.name, {t.name: t.state for t in self.tables.values()}, bk.STATES, (bk.HELD, bk.PAUSED))
+
+    def _source_gauges(self) -> None:
+        """The source's own series: pending, lag, and when they were last measured."""
         d = TO_SQLITE
         metrics.pending_changes.labels(self.name, direction=d).set(self.lag.pending)
         metrics.set_lag(self.name, self.lag_figure(time.time()), direction=d)
         metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
-        metrics.table_gauges(self.name, {t.name: t.state for t in self.tables.values()}, bk.STATES, (bk.HELD, bk.PAUSED))
 
 
 def _utc(t: float | None) -> dt.datetime | None:
