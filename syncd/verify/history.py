@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from syncd.identifiers import quote_pg_ident
-from syncd.postgres.bookkeeping import LOCK_CLASS
+from syncd.postgres.bookkeeping import LOCK_CLASS, postgres_clock
 from syncd.verify.result import DIFFERENT, EXTRA, MISSING, PENDING, TableVerifyResult, kind_words
 
 DETAIL_DIFFERENCES = 20  # differences kept in the history per run
@@ -25,7 +25,7 @@ async def host_clock_offset(conn: asyncpg.Connection) -> dt.timedelta:
     from syncd.report.backups import FUTURE_SECONDS
 
     before = dt.datetime.now(dt.timezone.utc)
-    pg_now = await conn.fetchval("SELECT clock_timestamp()")
+    pg_now = await postgres_clock(conn)
     after = dt.datetime.now(dt.timezone.utc)
     offset = before + (after - before) / 2 - pg_now
     return offset if abs(offset.total_seconds()) > FUTURE_SECONDS else dt.timedelta(0)
