@@ -26,6 +26,17 @@ def put_in_place(src, db) -> None:
     os.replace(src, db)
 
 
+async def backup_put_back_is_copied_again(cfg, db, pg_dsn, tmp_path) -> None:
+    """With the daemon stopped, backups/app-latest.db put back as `db`: the next daemon
+    takes it for older, copies every table again, and SQLite ends equal to Postgres."""
+    put_in_place(tmp_path / "backups" / "app-latest.db", db)
+    with DaemonProcess(cfg, tmp_path / "second.log") as d:
+        d.wait_log("holds less than the way back had written into it")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
 def copy_over(src, dst) -> None:
     """Put `src`'s content into the file `dst` as SQLite's backup does (in place)."""
     s, d = sqlite3.connect(src), sqlite3.connect(dst)
@@ -45,12 +56,7 @@ async def test_a_backup_from_before_the_cutover_put_back_is_copied_again(tmp_pat
         await pg_statements(pg_dsn, *CHANGES)
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert d.stop() == 0
-    put_in_place(tmp_path / "backups" / "app-latest.db", db)
-    with DaemonProcess(cfg, tmp_path / "second.log") as d:
-        d.wait_log("holds less than the way back had written into it")
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        assert d.stop() == 0
-    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+    await backup_put_back_is_copied_again(cfg, db, pg_dsn, tmp_path)
     with DaemonProcess(cfg, tmp_path / "third.log") as d:  # copied once: not taken for older again
         d.wait_log("syncd running")
         await pg_statements(pg_dsn, "UPDATE app.items SET n = n + 1 WHERE id = 1")
@@ -122,12 +128,7 @@ async def test_a_backup_from_before_the_cutover_put_back_before_postgres_changed
     with DaemonProcess(cfg, tmp_path / "first.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         assert d.stop() == 0
-    put_in_place(tmp_path / "backups" / "app-latest.db", db)
-    with DaemonProcess(cfg, tmp_path / "second.log") as d:
-        d.wait_log("holds less than the way back had written into it")
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        assert d.stop() == 0
-    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+    await backup_put_back_is_copied_again(cfg, db, pg_dsn, tmp_path)
 
 
 async def test_the_copy_an_older_one_replaced_put_back_in_its_turn_is_copied_again(tmp_path, make_config, pg_dsn):
