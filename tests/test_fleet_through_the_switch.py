@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd
+from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd, wait_for
 from tests.support.sync import wait_caught_up
 from tests.support.way_back import back_up
 
@@ -185,6 +185,10 @@ async def test_status_of_a_cut_over_fleet_on_one_connection(tmp_path, make_confi
         backed_up(paths, tmp_path / "backups")
         r = run_cli(cfg, "cutover", timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        # The daemon turns each source around after its switch: until its way back holds the
+        # source, status says no daemon runs it (a CI run measured in that moment).
+        wait_for(lambda: run_cli(cfg, "status", "--all", timeout=120).returncode == 0, 120,
+                 "the daemon following every cut-over source back", d)
         peak, st = await peak_connections(pg_dsn, lambda: run_cli(cfg, "status", "--all", timeout=120), d)
         assert st.returncode == 0, st.stdout[-3000:] + st.stderr[-3000:]
         rows = [ln.split() for ln in st.stdout.splitlines() if ln.startswith("tenant_")]
