@@ -11,7 +11,8 @@ import pytest
 from syncd.cli import build_parser
 from tests.support.daemon import ROOT
 
-DOCS = [ROOT / "README.md", ROOT / "docs" / "operations.md", ROOT / "docs" / "cutover.md", ROOT / "docs" / "security.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "operations.md", ROOT / "docs" / "cutover.md", ROOT / "docs" / "security.md",
+        ROOT / "bench" / "README.md", ROOT / "bench" / "HISTORY.md"]
 
 
 def shell_lines(path):
