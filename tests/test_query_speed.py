@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import asyncpg
 
@@ -170,3 +171,38 @@ async def test_the_pages_cached_measurement_never_keeps_a_table_not_yet_in_postg
         assert await summary.gather(settings, source, pg, specs, [], max_age=600) is later  # settled: kept
     finally:
         await pg.close()
+
+
+async def test_the_cap_is_spent_on_the_sources_in_their_order_every_run(tmp_path, make_config, pg_dsn):
+    """`syncd report` measures several sources of one database at once, each on its own
+    connection, but times their lookups one source after another in the configuration's
+    order: the cap falls on the same lookups every run, and the sources after it are
+    named as not timed."""
+    sources = []
+    for n in range(7):
+        path = tmp_path / f"shop{n}.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=wal")
+        conn.executescript("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT);"
+                           "CREATE TABLE notes (k TEXT PRIMARY KEY, body TEXT);")
+        conn.executemany("INSERT INTO orders VALUES (?, ?)", [(i, f"item {i}") for i in range(1, 201)])
+        conn.executemany("INSERT INTO notes VALUES (?, ?)", [(f"k{i}", "body") for i in range(1, 51)])
+        conn.close()
+        sources.append({"name": f"shop{n}", "path": str(path)})
+    cfg = make_config(sources, sections={"cutover": {"speed_max_lookups": 5}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for s in sources:
+            await wait_caught_up(Path(s["path"]), pg_dsn, s["name"], daemon=d)
+        assert d.stop() == 0
+    timed = []
+    for _ in range(2):
+        out = run_cli(cfg, "report", "--format", "json")
+        doc = json.loads(out.stdout)
+        timed.append([sorted(lk["lookup"].split(" (")[0] + " " + lk["table"] for lk in s["schema"]["lookups"] or [])
+                      for s in doc["sources"]])
+        problems = item(doc, "performance")["problems"]
+        assert out.returncode == 1 and any(p.startswith("shop2: 1 further lookup(s) not timed") for p in problems), \
+            problems
+        assert [s["source"] for s in doc["sources"]] == [s["name"] for s in sources]
+    assert timed[0] == timed[1]
+    assert [len(t) for t in timed[0]] == [2, 2, 1, 0, 0, 0, 0], timed[0]

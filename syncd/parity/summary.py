@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import asyncpg
 
@@ -110,13 +111,27 @@ def _todo(i: Item) -> str:
     }.get(i.kind, "see `syncd schema`")
 
 
+class Turn(Protocol):
+    """A source's turn to time its lookups (see gather)."""
+
+    async def wait(self) -> int:
+        """Once it is this source's turn: how many lookups it may time."""
+
+    def done(self, timed: int) -> None:
+        """The source timed this many; the next source's turn."""
+
+
 async def gather(settings: Settings, source: SourceSettings, pg: asyncpg.Connection,
                  specs: dict[str, TableSpec], views: list[str], *, timings: bool = True,
-                 max_age: float = 0.0, budget: int | None = None) -> ParityFacts:
-    """Measure one source now (or reuse a measurement at most `max_age` seconds old)."""
+                 max_age: float = 0.0, budget: int | None = None,
+                 turn: Turn | None = None) -> ParityFacts:
+    """Measure one source now (or reuse a measurement at most `max_age` seconds old).
+    `turn`, when given, is waited for just before the lookups are timed, and told how many
+    were: a report measuring several sources at once times them one source at a time, in
+    order (a measurement taken so is neither reused nor kept)."""
     key = (settings.config_path, source.name, timings, budget)
     hit = _cache.get(key)
-    if max_age > 0 and hit is not None and time.monotonic() - hit[0] < max_age:
+    if max_age > 0 and turn is None and hit is not None and time.monotonic() - hit[0] < max_age:
         return hit[1]
     facts = ParityFacts()
     options = Options.from_settings(settings)
@@ -139,15 +154,21 @@ async def gather(settings: Settings, source: SourceSettings, pg: asyncpg.Connect
         facts.present = {k[2] for k, o in have.items() if o.kind in ("index", "view", "constraint")}
         facts.orphans = await orphans.count(pg, source.schema, plan.items, specs)
         if timings:
-            facts.speed = await speed.measure(pg, source.path, source.schema, specs, plan.items,
-                                              settings.cutover.max_query_ms,
-                                              budget if budget is not None else settings.cutover.speed_max_lookups,
-                                              settings.sqlite.read_busy_timeout_ms)
+            if turn is not None:
+                budget = await turn.wait()
+            try:
+                facts.speed = await speed.measure(pg, source.path, source.schema, specs, plan.items,
+                                                  settings.cutover.max_query_ms,
+                                                  budget if budget is not None else settings.cutover.speed_max_lookups,
+                                                  settings.sqlite.read_busy_timeout_ms)
+            finally:
+                if turn is not None:
+                    turn.done(len(facts.speed.lookups) if facts.speed is not None else 0)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
         facts.error = f"Postgres: {describe(e)}"
-    if _settled(facts):
+    if turn is None and _settled(facts):
         _cache[key] = (time.monotonic(), facts)
-    else:
+    elif turn is None:
         _cache.pop(key, None)  # measured again next time: a table may be created by then
     return facts
 

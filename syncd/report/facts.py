@@ -4,6 +4,7 @@ read now from both sides, never taken on trust from an earlier run."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import json
@@ -183,55 +184,134 @@ class ReportError(Exception):
     """The report cannot be made (Postgres unreachable); the message is one line."""
 
 
+REPORT_CONNECTIONS = 4  # per target database: sources measured at once by `syncd report`
+
+
+class _SpeedTurns:
+    """The report may measure several sources at once, but it times their lookups one
+    source at a time, in the configuration's order: the budget of lookups ([cutover]
+    speed_max_lookups, for the whole report) is spent on the same sources every run, and
+    no source's timings run beside another's."""
+
+    def __init__(self, n: int, budget: int, at_once: bool):
+        self.left = budget
+        self._done = [asyncio.Event() for _ in range(n)] if at_once else None
+
+    def turn(self, i: int) -> summary.Turn | None:
+        return _Turn(self, i) if self._done is not None else None
+
+    async def wait(self, i: int) -> int:
+        if self._done is not None and i:
+            await self._done[i - 1].wait()
+        return self.left
+
+    def done(self, i: int, timed: int) -> None:
+        self.left = max(0, self.left - timed)
+        if self._done is not None:
+            self._done[i].set()
+
+    async def finish(self, i: int, timed: int) -> None:
+        """Source i is measured: its turn passes, if its lookups did not take it."""
+        if self._done is None or not self._done[i].is_set():
+            await self.wait(i)
+            self.done(i, timed)
+
+
+@dataclass
+class _Turn:
+    turns: _SpeedTurns
+    i: int
+
+    async def wait(self) -> int:
+        return await self.turns.wait(self.i)
+
+    def done(self, timed: int) -> None:
+        self.turns.done(self.i, timed)
+
+
 async def gather(settings: Settings, live: dict[str, dict] | None = None,
-                 upgrade_bookkeeping: bool = True) -> MigrationFacts:
+                 upgrade_bookkeeping: bool = True, connections: int = REPORT_CONNECTIONS) -> MigrationFacts:
     """Measure every source now. `live` is the daemon's per-source /status (the daemon
     passes its own); None asks the daemon's endpoint, if one answers. The daemon passes
     upgrade_bookkeeping=False: it completed the bookkeeping when it started, and the
-    DDL's table locks would queue its own writes behind each page refresh."""
+    DDL's table locks would queue its own writes behind each page refresh. `connections`:
+    how many sources of one target database are measured at once, each on a connection
+    of its own (at most [postgres] max_connections)."""
     now = dt.datetime.now(dt.timezone.utc)
     status = live if live is not None else await asyncio.to_thread(_daemon_status, settings)
-    conns: dict[str, asyncpg.Connection] = {}
+    conns: dict[str, list[asyncpg.Connection]] = {}  # target DSN -> its connections, the first kept for the history
     unreachable: dict[str, str] = {}  # target DSN -> why it cannot be measured
-    several = len({settings.dsn_for(s) for s in settings.sources}) > 1
-    lookups = [settings.cutover.speed_max_lookups]  # lookups left to time, for the whole report
+    waiting: dict[str, collections.deque[int]] = {}  # target DSN -> its sources not yet measured, in order
+    for i, source in enumerate(settings.sources):
+        waiting.setdefault(settings.dsn_for(source), collections.deque()).append(i)
+    several = len(waiting) > 1
+    at_once = connections > 1
+    turns = _SpeedTurns(len(settings.sources), settings.cutover.speed_max_lookups, at_once)
+    measured: list[SourceFacts | None] = [None] * len(settings.sources)
+
+    async def one(i: int, conn: asyncpg.Connection) -> None:
+        source, spent = settings.sources[i], 0
+        try:
+            facts = await _source(settings, source, conn, status.get(source.name), now,
+                                  parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
+                                  budget=None if at_once else turns.left, turn=turns.turn(i))
+            spent = len(facts.parity.speed.lookups) if facts.parity and facts.parity.speed else 0
+            measured[i] = facts
+        finally:
+            await turns.finish(i, spent)
+
+    async def unmeasured(i: int, why: str) -> None:
+        source = settings.sources[i]
+        measured[i] = SourceFacts(name=source.name, path=str(source.path), schema=source.schema,
+                                  error=f"its Postgres cannot be measured now: {why}", unmeasured=True)
+        await turns.finish(i, 0)
+
+    async def worker(dsn: str, conn: asyncpg.Connection) -> None:
+        queue = waiting[dsn]
+        while queue:
+            await one(queue.popleft(), conn)
+
     try:
-        sources = []
-        for source in settings.sources:
-            dsn = settings.dsn_for(source)
-            if dsn not in conns and dsn not in unreachable:
-                try:
-                    conns[dsn] = await connect(dsn, settings.password(), settings.postgres)
-                except PostgresUnavailable as e:
-                    if not several:
-                        raise  # the only target: there is nothing to report
-                    unreachable[dsn] = str(e)  # the sources on the others are still measured
-                else:
-                    if upgrade_bookkeeping and await bookkeeping_exists(conns[dsn],
-                                                                        settings.postgres.bookkeeping_schema):
-                        # An earlier release's bookkeeping (the package upgraded, the daemon not
-                        # restarted): completed before anything is read from it.
-                        await ensure_bookkeeping(conns[dsn], settings.postgres.bookkeeping_schema)
-            if dsn in unreachable:
-                sources.append(SourceFacts(name=source.name, path=str(source.path), schema=source.schema,
-                                           error=f"its Postgres cannot be measured now: {unreachable[dsn]}",
-                                           unmeasured=True))
+        for dsn, queue in waiting.items():
+            try:
+                first = await connect(dsn, settings.password(), settings.postgres)
+            except PostgresUnavailable as e:
+                if not several:
+                    raise  # the only target: there is nothing to report
+                unreachable[dsn] = str(e)  # the sources on the others are still measured
                 continue
-            sources.append(await _source(settings, source, conns[dsn], status.get(source.name), now,
-                                         parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
-                                         lookups=lookups))
+            conns[dsn] = [first]
+            if upgrade_bookkeeping and await bookkeeping_exists(first, settings.postgres.bookkeeping_schema):
+                # An earlier release's bookkeeping (the package upgraded, the daemon not
+                # restarted): completed before anything is read from it.
+                await ensure_bookkeeping(first, settings.postgres.bookkeeping_schema)
+            for _ in range(min(connections, settings.postgres.max_connections, len(queue)) - 1):
+                try:
+                    conns[dsn].append(await connect(dsn, settings.password(), settings.postgres))
+                except PostgresUnavailable:
+                    break  # measured on the connections it has
+        if at_once:
+            work = [worker(dsn, conn) for dsn, pool in conns.items() for conn in pool]
+            work += [unmeasured(i, why) for dsn, why in unreachable.items() for i in waiting[dsn]]
+            await _all_or_none(work)
+        else:  # one source after another, in the configuration's order (the daemon's page)
+            for i, source in enumerate(settings.sources):
+                dsn = settings.dsn_for(source)
+                await (unmeasured(i, unreachable[dsn]) if dsn in unreachable else one(i, conns[dsn][0]))
+        sources = [facts for facts in measured if facts is not None]
         await asyncio.to_thread(_backups, settings, sources, now)
         c = settings.cutover
         window_start = history_window(sources, now, c.min_days)
         runs: list[VerifyRun] = []
-        for dsn, conn in conns.items():
-            if await bookkeeping_exists(conn, settings.postgres.bookkeeping_schema):
+        for dsn, pool in conns.items():
+            if await bookkeeping_exists(pool[0], settings.postgres.bookkeeping_schema):
                 names = [s.name for s in settings.sources if settings.dsn_for(s) == dsn]
-                runs += await load_history(conn, settings.postgres.bookkeeping_schema, names, window_start, now,
+                runs += await load_history(pool[0], settings.postgres.bookkeeping_schema, names, window_start, now,
                                            max_width=c.max_verify_gap_hours * 3600)
     finally:
-        for conn in conns.values():
-            await close_quietly(conn)
+        for pool in conns.values():
+            for conn in pool:
+                await close_quietly(conn)
     # In the order they compared the rows: a run that began earlier (waiting for changes in
     # flight, a long table) may finish after one begun later, whose finding is the newer.
     runs.sort(key=lambda r: (r.started_at, r.finished_at, r.id))
@@ -273,7 +353,8 @@ async def _rehearsal(pg: asyncpg.Connection, bk: Bookkeeping, source: str) -> Re
 
 
 async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, live: dict | None,
-                  now: dt.datetime, parity_max_age: float = 0.0, lookups: list[int] | None = None) -> SourceFacts:
+                  now: dt.datetime, parity_max_age: float = 0.0,
+                  budget: int | None = None, turn: summary.Turn | None = None) -> SourceFacts:
     facts = SourceFacts(name=source.name, path=str(source.path), schema=source.schema,
                         direction=(live or {}).get("direction") or TO_POSTGRES)
     bk_schema = settings.postgres.bookkeeping_schema
@@ -363,9 +444,8 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     facts.left_out = side.left_out if side else []
     if side is not None:
         # The daemon's page measures at most every CACHE_SECONDS; the report every time.
-        budget = lookups[0] if lookups is not None else None
         facts.parity = await summary.gather(settings, source, pg, side.specs, side.views, max_age=parity_max_age,
-                                            budget=budget)
+                                            budget=budget, turn=turn)
         # The reasons given for the definition planned now (not for one SQLite has since changed).
         why: dict[str, str] = {}
         for i in facts.parity.items:
@@ -377,8 +457,6 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         facts.parity = dataclasses.replace(  # not the cached measurement's own object
             facts.parity, streaming=frozenset(t.name for t in facts.tables if t.state == STREAMING), refused=why,
             cut_over=facts.direction == TO_SQLITE)
-        if lookups is not None and facts.parity.speed is not None:
-            lookups[0] = max(0, lookups[0] - len(facts.parity.speed.lookups))
         if facts.parity.error is None:  # views are in the plan: carried at cutover, or listed with why not
             facts.left_out = [lo for lo in facts.left_out if lo.kind != "view"] + \
                 summary.left_out_entries(facts.parity.items) + facts.parity.missing_entries()
@@ -389,6 +467,18 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         key = await source_key(pg, bk_schema, source.name, assign=False)
         facts.lag.no_daemon = await lock_holder(pg, key) is None
     return facts
+
+
+async def _all_or_none(work: list) -> None:
+    """Run the coroutines at once; the first to fail cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _backups(settings: Settings, sources: list[SourceFacts], now: dt.datetime) -> None:

@@ -13,7 +13,7 @@ from syncd import status as health
 from syncd.config import Settings
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.report.checklist import CheckItem, evaluate
-from syncd.report.facts import MigrationFacts, gather
+from syncd.report.facts import REPORT_CONNECTIONS, MigrationFacts, gather
 
 
 
@@ -40,7 +40,10 @@ async def gather_overview(settings: Settings, live: dict | None = None, row_keys
     statuses = asyncio.ensure_future(health.gather_statuses(settings, list(settings.sources), live))
     facts, items, error = None, [], None
     try:
-        facts = await gather(settings, live=(live or {}).get("sources", {}), upgrade_bookkeeping=not in_daemon)
+        # The daemon's page measures one source at a time, on one connection per target
+        # database, its timings kept for summary.CACHE_SECONDS; `syncd report` several at once.
+        facts = await gather(settings, live=(live or {}).get("sources", {}), upgrade_bookkeeping=not in_daemon,
+                             connections=1 if in_daemon else REPORT_CONNECTIONS)
         if not row_keys:
             for s in facts.sources:
                 for o in (s.parity.orphans if s.parity is not None else []):
