@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import sqlite3
 import struct
+import time
 from dataclasses import dataclass, field, replace
 
 import asyncpg
@@ -28,6 +29,7 @@ from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
 from syncd.sqlite.connection import damaged
+from syncd.sqlite.hold import RowsPerHold
 from syncd.sqlite.introspect import introspect, journal_mode
 from syncd.types import NO_VALUES_YET, PgType, canonical
 
@@ -177,8 +179,9 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     result = await install_capture(session, sticky, retyped)
     # Before the transaction: checking a table reads every page of it, which may take
     # longer than Postgres lets a transaction sit idle.
-    checked = {name: await _unreadable(session, name) for name in await _resync_requests(session)
-               if name in result.schema.tables}
+    tables = result.schema.tables
+    checked = {name: await _unreadable(session, tables[name]) for name in await _resync_requests(session)
+               if name in tables}
     async with conn.transaction():
         runtimes = await _reconcile_postgres(session, result, checked)
     session.tables = runtimes
@@ -531,20 +534,45 @@ async def _exists_in_sqlite(session: SourceSession, name: str) -> bool:
     return await session.worker.run(check)
 
 
-async def _unreadable(session: SourceSession, name: str) -> str | None:
+async def _unreadable(session: SourceSession, spec: TableSpec) -> str | None:
     """Why the table's pages in the SQLite file cannot be read whole (damage), in one line
     naming the file, or None. Checked before a resync drops the Postgres copy. In WAL mode
-    only: in rollback-journal mode a read of the whole table would hold the application's
-    commits back for as long as it reads (`syncd resync` checks the same way)."""
-    if session.journal_mode != "wal":
-        return None
+    by PRAGMA quick_check; in rollback-journal mode, where one read of the whole table
+    would hold the application's commits back for as long as it reads, by reading its rows
+    as the rebuild will, a short transaction at a time."""
     path = session.source.path
+
+    def unread(e: sqlite3.DatabaseError) -> str:
+        return str(damaged(e, path) or f"SQLite file {path} could not be read to check it ({e})")
+
+    if session.journal_mode != "wal":
+        reads = RowsPerHold(session.settings.stream.snapshot_chunk_rows)
+
+        def step(c, after: tuple | None, limit: int) -> tuple[bool, tuple | None, str | None]:
+            """(more to read, the position read up to, the damage met)"""
+            began = time.monotonic()
+            c.execute("BEGIN")
+            try:
+                rows, pos = reader.read_snapshot_chunk(c, spec, after, limit)
+            except sqlite3.DatabaseError as e:
+                if damaged(e, path) is None:
+                    raise  # busy, or the schema moved: reconcile is run again
+                return False, after, unread(e)
+            finally:
+                c.execute("ROLLBACK")  # read only; a COMMIT after damage met fails on it again
+                reads.held(time.monotonic() - began, limit)
+            return bool(rows), pos, None
+
+        more, after, problem = True, None, None
+        while more:
+            more, after, problem = await session.worker.run(step, after, reads.rows)
+        return problem
 
     def check(c) -> str | None:
         try:
-            found = c.execute(f"PRAGMA main.quick_check({quote_literal(name)})").fetchone()[0]
+            found = c.execute(f"PRAGMA main.quick_check({quote_literal(spec.name)})").fetchone()[0]
         except sqlite3.DatabaseError as e:
-            return str(damaged(e, path) or f"SQLite file {path} could not be read to check it ({e})")
+            return unread(e)
         if found == "ok":
             return None
         return f"SQLite file {path} is damaged: {' '.join(found.split())} (PRAGMA quick_check); restore it from a backup"
