@@ -20,7 +20,7 @@ from syncd.endpoint import fetch_status, own_sources, unanswered
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres.connect import close_quietly, connect, describe, privilege_refused
+from syncd.postgres.connect import close_quietly, connect, describe, login_refused, privilege_refused
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
 from syncd.sqlite.connection import file_problem, hard_links, is_busy, open_readonly
@@ -76,7 +76,7 @@ class SourceStatus:
     sqlite_error: str | None = None
     postgres_reachable: bool = False
     postgres_error: str | None = None
-    postgres_refused: bool = False  # reached, and a privilege refused: postgres_error names the role
+    postgres_refused: bool = False  # reached, and a privilege or the login refused: postgres_error names the role
     initialized: bool = False
     lag_seconds: float | None = None
     pending_changes: int | None = None
@@ -278,7 +278,7 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
             out[r[0]].verify[r[1]] = (at + offset, *r[3:6], None if compared_at is None else compared_at + offset,
                                       *r[7:])
     except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable", bar a refusal
-        refused = privilege_refused(e, dsn)
+        refused = privilege_refused(e, dsn) or login_refused(e, dsn)
         for side in out.values():
             side.error, side.refused = refused or describe(e), refused is not None
     finally:

@@ -194,6 +194,34 @@ async def test_postgres_down_is_critical_and_redacted(tmp_path):
     assert "unknown" in row and "never" not in row, row  # Postgres away: when it last applied is unknown
 
 
+async def test_a_role_postgres_does_not_know_is_named_as_refused_with_the_files_pending_changes(tmp_path, pg_dsn):
+    """Postgres answers and refuses the DSN's role (none of that name): status says the role
+    was refused, naming it and never its password, not that Postgres is unreachable; the
+    changes waiting in the SQLite file, which only the file tells, are still shown."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    assert run_cli(write_config(tmp_path / "admin.toml", pg_dsn, [{"name": "app", "path": str(db)}]),
+                   "init").returncode == 0
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(3)])
+    conn.commit()
+    conn.close()
+    role = f"no_such_role_{secrets.token_hex(4)}"
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace("postgres@", f"{role}:hunter2@"),
+                       [{"name": "app", "path": str(db)}])
+    r = run_cli(cfg, "status")
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "Traceback" not in out and "hunter2" not in out, out
+    assert "unreachable" not in out.lower(), out
+    line = next(x for x in out.splitlines() if x.startswith("CRITICAL: app:"))
+    assert f"refused syncd's role {role}" in line and f'role "{role}" does not exist' in line, out
+    [row] = [x for x in r.stdout.splitlines() if x.startswith("app ")]
+    assert row.split()[1:3] == ["postgres", "refused"] and row.split()[6] == "3", row  # PENDING, from the file
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
+    assert (doc["state"], doc["postgres_refused"], doc["pending_changes"]) == ("postgres_refused", True, 3), doc
+
+
 async def test_halted_table_is_critical_with_reason(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db)

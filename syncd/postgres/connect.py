@@ -31,6 +31,18 @@ class PostgresUnavailable(Exception):
     """Postgres could not be reached or dropped the connection; retried."""
 
 
+class LoginRefused(PostgresUnavailable):
+    """Postgres answered and refused syncd's role at login (no role of that name, a wrong
+    password, no pg_hba.conf line for it); retried as an outage is. `reason`: Postgres's words."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+LOGIN_REFUSED = ("28000", "28P01")  # invalid_authorization_specification, invalid_password
+
+
 def sqlstate(exc: BaseException) -> str | None:
     return getattr(exc, "sqlstate", None)
 
@@ -64,6 +76,14 @@ def statement_cancelled(exc: BaseException, dsn: str | None, timeout_seconds: fl
             f"before [postgres] statement_timeout_seconds ({timeout_seconds:g} s); raise it for syncd "
             "(ALTER ROLE ... SET statement_timeout) or find what makes the statement slow (a lock held, a busy "
             "server); tried again")
+
+
+def login_refused(exc: BaseException, dsn: str) -> str | None:
+    """Postgres's refusal of syncd's role at login (LoginRefused) as one line naming the
+    role, never its password; else None. Postgres answered: it is not unreachable."""
+    if not isinstance(exc, LoginRefused):
+        return None
+    return f"Postgres refused {_role(dsn)} at login to {scrub(dsn)}: {exc.reason}"
 
 
 def _role(dsn: str | None) -> str:
@@ -187,6 +207,8 @@ async def connect(dsn: str, password: str | None, settings: PostgresSettings, **
     try:
         conn = await open_raw(dsn, **connect_kwargs(password, settings, **server_settings))
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
+        if sqlstate(e) in LOGIN_REFUSED:
+            raise LoginRefused(f"cannot connect to {scrub(dsn)}: {describe(e)}", describe(e)) from None
         raise PostgresUnavailable(f"cannot connect to {scrub(dsn)}: {describe(e)}") from None
     try:
         await prepare(conn)
