@@ -46,8 +46,8 @@ from syncd.parity.apply import lock_wait_ms
 from syncd.parity.plan import MARK
 from syncd.postgres import app_triggers, ddl
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres.bookkeeping import (Bookkeeping, SourceLocked, ensure_bookkeeping, source_key, try_lock_source,
-                                       unlock_source)
+from syncd.postgres.bookkeeping import (Bookkeeping, SourceLocked, bookkeeping_exists, ensure_bookkeeping, source_key,
+                                       try_lock_source, unlock_source)
 from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
 from syncd.printable import listed
 from syncd.reverse import applier, capture, reader
@@ -55,7 +55,7 @@ from syncd.reverse.capture import Names
 from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint, older
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import CHANGELOG, META, LockTimeout, write_transaction
-from syncd.sqlite.connection import SqliteWorker, is_busy
+from syncd.sqlite.connection import SourceFileError, SqliteWorker, is_busy
 from syncd.table_locks import TablesBusy, long_holders, table_holders, while_tables_busy
 from syncd.verify.postgres_side import lock_holder
 
@@ -583,7 +583,16 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
     worker = SqliteWorker(source.path, f"{source.name}-rollback", settings.sqlite.read_busy_timeout_ms)
     locked = False
     try:
-        await worker.open()
+        try:
+            await worker.open()
+        except SourceFileError:
+            # A file gone from a source not cut over (a tenant given up): SQLite was the
+            # application's database all along, nothing to roll back; said so, not refused.
+            if not await bookkeeping_exists(conn, b.schema) or await b.load_source(conn) is None \
+                    or await b.direction(conn) != TO_POSTGRES:
+                raise
+            res.already = await _not_cut_over(conn, b)
+            return res
         await ensure_bookkeeping(conn, b.schema)
         b.key = await source_key(conn, b.schema, source.name)
         await capture.ensure_registry(conn, Names(b.schema, source.name, b.key))
@@ -596,10 +605,7 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
         if await b.direction(conn) == TO_POSTGRES:
             from syncd import cutover
             undone = await cutover.undo_abandoned(settings, source, conn, worker)  # SQLite left frozen
-            at = await conn.fetchval(f"SELECT max(finished_at) FROM {b.s}.switches WHERE source = $1 "
-                                     f"AND kind = 'rollback' AND state = 'done'", source.name)
-            res.already = (f"rolled back {at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if at
-                           else "never cut over")
+            res.already = await _not_cut_over(conn, b)
             if undone:
                 res.plan.append(undone)
             return res
@@ -635,6 +641,14 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
         await close_quietly(conn)
         await worker.close()
         worker.shutdown()
+
+
+async def _not_cut_over(conn: asyncpg.Connection, b: Bookkeeping) -> str:
+    """Why a source whose direction is to Postgres has nothing to roll back: when it was
+    rolled back last (UTC), or that it was never cut over."""
+    at = await conn.fetchval(f"SELECT max(finished_at) FROM {b.s}.switches WHERE source = $1 "
+                             f"AND kind = 'rollback' AND state = 'done'", b.source)
+    return f"rolled back {at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if at else "never cut over"
 
 
 async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, worker: SqliteWorker,

@@ -327,6 +327,23 @@ async def test_rollback_is_refused_with_every_reason_and_changes_nothing(tmp_pat
         assert await direction(pg_dsn) == "to_sqlite"
 
 
+async def test_a_source_never_cut_over_whose_file_is_gone_has_nothing_to_roll_back(tmp_path, make_config, pg_dsn):
+    """A source set up and never cut over whose file was removed since (a tenant given up):
+    SQLite was the application's database all along, so nothing is to be rolled back; said
+    so, naming the source, not refused for the file."""
+    db = tmp_path / "app.db"
+    make_app(db).close()
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    assert run_cli(cfg, "init").returncode == 0
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"app.db{suffix}").unlink(missing_ok=True)
+    for dry_run in ((), ("--dry-run",)):
+        r = run_cli(cfg, "rollback", *dry_run)
+        assert r.returncode == 0 and r.stdout.startswith("app: not cut over (never cut over); nothing to do"), \
+            r.stdout + r.stderr
+        assert "does not exist" not in r.stdout + r.stderr, r.stdout
+
+
 async def _state(dsn: str, table: str, state: str) -> bool:
     rows = await pg_rows(dsn, "SELECT state FROM syncd.tables WHERE table_name = $1", table)
     return rows == [(state,)]
