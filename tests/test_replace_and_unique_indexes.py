@@ -15,7 +15,7 @@ from tests.conftest import FAST_FAILOVER, write_config
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.proxy import FaultProxy
-from tests.support.sync import table_states, wait_caught_up
+from tests.support.sync import eventually, table_states, wait_caught_up
 
 
 def syncd_triggers(db) -> dict[str, str]:
@@ -81,6 +81,82 @@ async def test_replace_through_partial_and_late_unique_indexes(app_db, make_conf
         for table in ("acct", "t", "n"):
             assert await compare_table(str(app_db), pg_dsn, "app", table) == [], table
         assert d.stop() == 0
+
+
+async def test_a_row_replace_deleted_stays_deleted_when_its_replacement_changes_again_in_the_same_batch(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A REPLACE through a UNIQUE column other than the key deletes the row holding the
+    value; the row that replaced it then changes again (another value, its key) before
+    syncd reads any of it: one batch. Postgres ends without the deleted row and with the
+    survivor as it is now, from the stream alone (no verification runs)."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT UNIQUE, v TEXT);
+        CREATE TABLE u (code TEXT PRIMARY KEY, email TEXT UNIQUE, v TEXT);
+        INSERT INTO t VALUES (1, 'a@x', 'one'), (2, 'b@x', 'two'), (4, 'd@x', 'four');
+        INSERT INTO u VALUES ('a', 'a@x', 'one'), ('b', 'b@x', 'two');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn.executescript("""
+        INSERT OR REPLACE INTO t VALUES (3, 'a@x', 'three');   -- deletes 1
+        UPDATE t SET v = 'three, changed' WHERE id = 3;
+        UPDATE OR REPLACE t SET email = 'b@x' WHERE id = 4;     -- deletes 2
+        UPDATE t SET id = 5, v = 'four, moved' WHERE id = 4;
+        INSERT OR REPLACE INTO u VALUES ('c', 'a@x', 'three');  -- deletes 'a'
+        UPDATE u SET v = 'three, changed' WHERE code = 'c';
+        UPDATE u SET code = 'd' WHERE code = 'c';
+    """)
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        assert [tuple(r) for r in await pg.fetch("SELECT id, email, v FROM app.t ORDER BY id")] == \
+            [(3, "a@x", "three, changed"), (5, "b@x", "four, moved")]
+        assert [tuple(r) for r in await pg.fetch("SELECT code, email, v FROM app.u ORDER BY code")] == \
+            [("b", "b@x", "two"), ("d", "a@x", "three, changed")]
+    finally:
+        await pg.close()
+    for table in ("t", "u"):
+        assert await compare_table(str(app_db), pg_dsn, "app", table) == [], table
+
+
+async def test_a_row_replace_deleted_whose_replacement_took_another_unique_value_since_is_repaired(
+        app_db, make_config, pg_dsn, tmp_path):
+    """The replacing row's unique value changes again before syncd reads it: the stream
+    cannot tell which row the REPLACE deleted (docs/operations.md, "Two kinds of write"),
+    so that row stays in Postgres until the periodic verification deletes it, recording a
+    consistency error: never kept for good, never silently."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT UNIQUE, v TEXT);
+        INSERT INTO t VALUES (1, 'a@x', 'one'), (2, 'b@x', 'two');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"verify": {"interval_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn.executescript("""
+        INSERT OR REPLACE INTO t VALUES (3, 'a@x', 'three');  -- deletes 1
+        UPDATE t SET email = 'c@x' WHERE id = 3;
+    """)
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        async def repaired() -> bool:
+            return [r[0] for r in await pg.fetch("SELECT id FROM app.t ORDER BY id")] == [2, 3]
+
+        with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+            await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+            await eventually(repaired, 60, "the periodic verification's repair", d)
+            assert d.stop() == 0
+        assert await pg.fetchval("SELECT count(*) FROM syncd.verify_runs WHERE source = 'app' AND "
+                                 "table_name = 't' AND extra = 1 AND repaired = 1") >= 1
+    finally:
+        await pg.close()
+    assert await compare_table(str(app_db), pg_dsn, "app", "t") == []
 
 
 async def test_replace_through_a_unique_index_made_during_an_outage(app_db, make_config, pg_dsn, tmp_path):
