@@ -43,7 +43,9 @@ def report(cfg: Path) -> tuple[int, str, int, dict]:
     md = run_cli(cfg, "report")
     js = run_cli(cfg, "report", "--format", "json")
     assert md.returncode in (0, 1), md.stdout + md.stderr
-    return md.returncode, md.stdout, js.returncode, json.loads(js.stdout)
+    doc = json.loads(js.stdout)
+    assert js.returncode == (0 if doc["ready"] else 1), (js.returncode, doc["ready"], js.stderr)  # 0 ready, 1 not
+    return md.returncode, md.stdout, js.returncode, doc
 
 
 def marks(md: str) -> dict[str, bool]:
