@@ -12,7 +12,6 @@ import datetime as dt
 import os
 import sqlite3
 import struct
-import time
 from dataclasses import dataclass, field, replace
 
 import asyncpg
@@ -548,24 +547,19 @@ async def _unreadable(session: SourceSession, spec: TableSpec) -> str | None:
     if session.journal_mode != "wal":
         reads = RowsPerHold(session.settings.stream.snapshot_chunk_rows)
 
-        def step(c, after: tuple | None, limit: int) -> tuple[bool, tuple | None, str | None]:
+        def step(c, after: tuple | None) -> tuple[bool, tuple | None, str | None]:
             """(more to read, the position read up to, the damage met)"""
-            began = time.monotonic()
-            c.execute("BEGIN")
             try:
-                rows, pos = reader.read_snapshot_chunk(c, spec, after, limit)
+                more, pos = reader.read_chunk_apart(c, spec, after, reads)
             except sqlite3.DatabaseError as e:
                 if damaged(e, path) is None:
                     raise  # busy, or the schema moved: reconcile is run again
                 return False, after, unread(e)
-            finally:
-                c.execute("ROLLBACK")  # read only; a COMMIT after damage met fails on it again
-                reads.held(time.monotonic() - began, limit)
-            return bool(rows), pos, None
+            return more, pos, None
 
         more, after, problem = True, None, None
         while more:
-            more, after, problem = await session.worker.run(step, after, reads.rows)
+            more, after, problem = await session.worker.run(step, after)
         return problem
 
     def check(c) -> str | None:

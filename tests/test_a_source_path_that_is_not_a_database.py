@@ -101,16 +101,18 @@ def test_a_file_damaged_inside_is_named_in_one_line(tmp_path, make_config):
         assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()
 
 
-def test_resync_from_a_damaged_file_is_refused(tmp_path, make_config):
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_resync_from_a_damaged_file_is_refused(tmp_path, make_config, journal):
     """A resync drops the table's Postgres copy to load it again from SQLite: from a file
     damaged inside, which the rebuild could not read, the copy in Postgres may be the
-    only whole one left. Refused, naming the file, and nothing requested (in WAL mode,
-    where reading every page holds no application writer back)."""
+    only whole one left. Refused, naming the file, and nothing requested (in WAL mode
+    every page is checked, which holds no application writer back; in rollback-journal
+    mode the table's rows are read a short transaction at a time)."""
     import sqlite3
 
     path = tmp_path / "app.db"
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute(f"PRAGMA journal_mode={journal}")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
     conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, "x" * 200) for i in range(2000)])
     conn.commit()

@@ -16,6 +16,9 @@ from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres.bookkeeping import REFUSED, Bookkeeping, bookkeeping_exists
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
 from syncd.sqlite.connection import damaged, file_problem, open_readonly
+from syncd.sqlite.hold import RowsPerHold
+from syncd.sqlite.introspect import introspect
+from syncd.sqlite.reader import read_chunk_apart
 
 
 def register(sub, parent) -> None:
@@ -38,10 +41,11 @@ def main(args) -> int:
         return common.fail(str(e), 1)
 
 
-def _not_a_database(source: SourceSettings, busy_timeout_ms: int) -> str | None:
-    """Why the source's path holds no SQLite database to rebuild a table from (missing,
-    a directory, not SQLite), in one line, or None. A file this user may not open, or
-    one an application holds locked, is the daemon's to read: not judged here."""
+def _not_a_database(source: SourceSettings, busy_timeout_ms: int, tables: list[str],
+                    chunk_rows: int) -> str | None:
+    """Why the source's path holds no SQLite database to rebuild `tables` from (missing,
+    a directory, not SQLite, damaged), in one line, or None. A file this user may not open,
+    or one an application holds locked, is the daemon's to read: not judged here."""
     problem = file_problem(source.path)
     if problem is not None:
         return str(problem)
@@ -52,11 +56,16 @@ def _not_a_database(source: SourceSettings, busy_timeout_ms: int) -> str | None:
     try:
         conn.execute("SELECT count(*) FROM main.sqlite_master").fetchone()
         # Damage inside the file: the rebuild could not read it, and the Postgres copy the
-        # resync drops may be the only whole one left. A read of every page, in WAL mode
-        # only: in rollback-journal mode it would hold the application's commits back for
-        # as long as it reads (the rebuild reads in short chunks).
+        # resync drops may be the only whole one left. A read of every page in WAL mode; in
+        # rollback-journal mode, where that would hold the application's commits back for as
+        # long as it reads, the tables' rows as the rebuild reads them, a chunk at a time.
         wal = conn.execute("PRAGMA main.journal_mode").fetchone()[0].lower() == "wal"
         found = conn.execute("PRAGMA main.quick_check(1)").fetchone()[0] if wal else "ok"
+        specs = {} if wal else introspect(conn, source).tables
+        for spec in (specs[t] for t in tables if t in specs):
+            more, after, reads = True, None, RowsPerHold(chunk_rows)
+            while more:
+                more, after = read_chunk_apart(conn, spec, after, reads)
     except sqlite3.OperationalError:
         return None
     except sqlite3.DatabaseError as e:
@@ -80,7 +89,8 @@ async def _request(settings: Settings, source: SourceSettings, tables: list[str]
             "and constraints it built). `syncd verify --repair` mends SQLite from Postgres instead")
         if initialized and await bk.direction(conn) == TO_SQLITE:
             return common.fail(cut_over, 1)
-        wrong = _not_a_database(source, settings.sqlite.read_busy_timeout_ms)
+        wrong = _not_a_database(source, settings.sqlite.read_busy_timeout_ms, tables,
+                                settings.stream.snapshot_chunk_rows)
         if wrong is not None:  # before "no replicated table": the file is what is at fault
             return common.fail(f"{wrong}; a resync rebuilds the table from it", 1)
         if not initialized:

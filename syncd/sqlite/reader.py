@@ -22,6 +22,7 @@ from syncd.model import BATCH_VALUE_BYTES, TableSpec, entries_within_values, uns
 from syncd.sqlite import windows
 from syncd.sqlite.capture import CHANGELOG, META, OP_INSERT, slot
 from syncd.sqlite.connection import empty_file, fetch_within, fetchall_text_safe, no_such_table, weigher
+from syncd.sqlite.hold import RowsPerHold
 from syncd.types import needs_conversion_filter
 
 CL = quote_ident(CHANGELOG)
@@ -585,6 +586,21 @@ def read_snapshot_chunk(
         return [r[1:] for r in rows], (rows[-1][0],)
     idx = spec.key_indexes
     return rows, tuple(rows[-1][i] for i in idx)
+
+
+def read_chunk_apart(conn: sqlite3.Connection, spec: TableSpec, after: tuple | None,
+                     reads: RowsPerHold) -> tuple[bool, tuple | None]:
+    """read_snapshot_chunk of `reads.rows` rows in a read transaction of its own, its hold
+    timed into `reads` (rollback-journal mode, where a read holds the application's commits
+    back): (whether any row was read, the position read up to)."""
+    began, limit = time.monotonic(), reads.rows
+    conn.execute("BEGIN")
+    try:
+        rows, pos = read_snapshot_chunk(conn, spec, after, limit)
+    finally:
+        conn.execute("ROLLBACK")  # read only; a COMMIT after damage met fails on it again
+        reads.held(time.monotonic() - began, limit)
+    return bool(rows), pos
 
 
 def snapshot_chunk_needs_conversion(conn: sqlite3.Connection, spec: TableSpec, after: tuple | None,
