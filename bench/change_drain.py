@@ -178,28 +178,53 @@ def copy_anchor(case: Case, csv_path: Path) -> float:
         return psql_timed(dsn, f"\\copy {case.table} FROM '{csv_path}' WITH (FORMAT csv)\n")
 
 
-def merge_anchor(case: Case, csv_path: Path, base_path: Path) -> tuple[float, float]:
+# The other statement shapes one could apply a staged batch with, timed beside syncd's
+# INSERT ... ON CONFLICT over the same rows: UPDATE ... FROM for the keys the table
+# holds then INSERT ... WHERE NOT EXISTS for the rest, and Postgres 15's MERGE.
+# Timed for the cases that UPDATE: into the keyless log's empty table of the first round,
+# the INSERT ... WHERE NOT EXISTS is planned as a scan of the table for each staged row,
+# which goes on reading the rows the statement inserts (quadratic: minutes for 200k rows).
+SHAPES = {"update_from": "UPDATE ... FROM + INSERT ... WHERE NOT EXISTS", "merge_into": "MERGE"}
+
+
+def merge_anchor(case: Case, csv_path: Path, base_path: Path, shape: str = "upsert") -> tuple[float, float]:
     """Postgres alone applying the same rows the way syncd does (COPY into a temporary
     stage, then INSERT ... ON CONFLICT DO UPDATE into a table of every row of the
     SQLite table, the changed ones in it already unless the case inserts them), by psql
     from the CSV, its statements timed: Postgres's own stage and merge on the table's
     real size, with no SQLite read and no Python (text COPY, where syncd sends binary).
     Returns the whole and the merge statement alone: the same statement syncd runs over
-    the same rows, so a floor for any apply that stages and merges, however it stages."""
+    the same rows, so a floor for any apply that stages and merges, however it stages.
+    `shape` (one of SHAPES) merges with another statement shape instead, to the same
+    table: the ceiling of that shape, measured the same way."""
     with pg_database("merge") as dsn:
         psql(dsn, case.pg_ddl)
         psql(dsn, f"\\copy {case.table} FROM '{base_path}' WITH (FORMAT csv)")
         psql(dsn, f"VACUUM ANALYZE {case.table}")
         cols = [line.split()[0] for line in case.pg_ddl.split("(", 1)[1].rsplit(")", 1)[0].split(", ")
                 if not line.startswith("PRIMARY KEY") and line.split()[0].isidentifier()]
-        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c not in case.key)
+        non_key = [c for c in cols if c not in case.key]
+        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in non_key)
+        on = " AND ".join(f"t.{k} = s.{k}" for k in case.key)
+        values = ", ".join(f"s.{c}" for c in cols)
+        if shape == "update_from":
+            statements = (f"UPDATE {case.table} AS t SET {', '.join(f'{c} = s.{c}' for c in non_key)} "
+                          f"FROM stage AS s WHERE {on};\n"
+                          f"INSERT INTO {case.table} SELECT {values} FROM stage AS s "
+                          f"WHERE NOT EXISTS (SELECT 1 FROM {case.table} AS t WHERE {on});\n")
+        elif shape == "merge_into":
+            statements = (f"MERGE INTO {case.table} AS t USING stage AS s ON {on} "
+                          f"WHEN MATCHED THEN UPDATE SET {', '.join(f'{c} = s.{c}' for c in non_key)} "
+                          f"WHEN NOT MATCHED THEN INSERT VALUES ({values});\n")
+        else:
+            statements = (f"INSERT INTO {case.table} SELECT * FROM stage ON CONFLICT ({', '.join(case.key)}) "
+                          f"DO UPDATE SET {sets};\n")
         times = psql_times(dsn, "BEGIN;\n"
                                f"CREATE TEMP TABLE stage (LIKE {case.table}) ON COMMIT DROP;\n"
                                f"\\copy stage FROM '{csv_path}' WITH (FORMAT csv)\n"
-                               f"INSERT INTO {case.table} SELECT * FROM stage ON CONFLICT ({', '.join(case.key)}) "
-                               f"DO UPDATE SET {sets};\n"
+                               f"{statements}"
                                "COMMIT;\n")
-        return sum(times), times[3]  # BEGIN, CREATE, \copy, the merge, COMMIT
+        return sum(times), sum(times[3:-1])  # BEGIN, CREATE, \copy, the merge's statements, COMMIT
 
 
 def query_plan(db: Path, table: str) -> list[str]:
@@ -251,7 +276,7 @@ async def run_case(case: Case, rounds: int, tmp: Path, problems: list[str]) -> d
     conn.execute("COMMIT")
     conn.close()
     got: dict[str, list[float]] = {"syncd": [], "copy": [], "merge": [], "merge_stmt": [], "ratio": [], "rows": [],
-                                   "cpu": [], "busy": []}
+                                   "cpu": [], "busy": [], **{shape: [] for shape in SHAPES}}
     with pg_database("drain") as dsn:
         cfg = write_config(tmp / f"{case.table}.toml", dsn, db)
         init(cfg, problems)
@@ -261,7 +286,7 @@ async def run_case(case: Case, rounds: int, tmp: Path, problems: list[str]) -> d
             await first_check_done(d)
             for r in range(rounds):
                 took = {}
-                order = alternate(r, ["syncd", "copy", "merge"])
+                order = alternate(r, ["syncd", "copy", "merge", *([] if case.inserts else SHAPES)])
                 if case.inserts:  # the merge inserts this round's new rows into the table as it was before them
                     order.remove("merge")
                     order.insert(order.index("syncd") + 1, "merge")
@@ -288,18 +313,26 @@ async def run_case(case: Case, rounds: int, tmp: Path, problems: list[str]) -> d
                             base_path = tmp / f"{case.table}.base.csv"
                             if case.inserts or not base_path.exists():  # an UPDATE keeps the table's size
                                 export_csv(db, case.base_rows_sql, base_path)
-                            took[who], took["merge_stmt"] = merge_anchor(case, csv_path, base_path)
+                            if who in SHAPES:
+                                took[who] = merge_anchor(case, csv_path, base_path, who)[1]
+                            else:
+                                took[who], took["merge_stmt"] = merge_anchor(case, csv_path, base_path)
                 n = got["rows"][-1]
                 got["syncd"].append(n / took["syncd"])
                 got["copy"].append(n / took["copy"])
                 got["merge"].append(n / took["merge"])
                 got["merge_stmt"].append(n / took["merge_stmt"])
+                for shape in SHAPES:
+                    if shape in took:
+                        got[shape].append(n / took[shape])
                 got["ratio"].append(got["syncd"][-1] / got["copy"][-1])
                 print(f"  {case.table} round {r + 1}: {n:,} changes visible after {took['syncd']:.2f} s "
                       f"({got['syncd'][-1]:,.0f}/s); \\copy {took['copy']:.2f} s ({got['copy'][-1]:,.0f} rows/s); "
                       f"{got['ratio'][-1]:.2f}x; Postgres alone merging them {took['merge']:.2f} s "
                       f"(the merge statement "
-                      f"{took['merge_stmt']:.2f} s); daemon CPU "
+                      f"{took['merge_stmt']:.2f} s"
+                      + "".join(f"; {SHAPES[shape]} {took[shape]:.2f} s" for shape in SHAPES if shape in took)
+                      + "); daemon CPU "
                       f"{got['cpu'][-1]:.2f} s, machine busy {100 * got['busy'][-1]:.0f}%", flush=True)
             await pg.close()
             got["hwm_mb"] = peak_rss_kb(d.proc.pid) / 1024  # type: ignore[assignment]
@@ -400,11 +433,14 @@ async def run(args) -> list[Figure]:
         rows.append([case.name, f"{median(got['syncd']):,.0f}/s", f"{median(got['copy']):,.0f} rows/s",
                      f"{median(got['ratio']):.2f}x", spread(got["ratio"]), case.target or "(informative)",
                      f"{median(got['merge']):,.0f} rows/s ({merge_ratio:.2f}x)", f"{stmt_ratio:.2f}x",
+                     *[f"{median([m / c for m, c in zip(got[shape], got['copy'])]):.2f}x" if got[shape] else "-"
+                       for shape in SHAPES],
                      f"{median([c / (n / r) for c, n, r in zip(got['cpu'], got['rows'], got['syncd'])]):.2f}",
                      f"{100 * median(got['busy']):.0f}%", f"{got['hwm_mb']:.0f} MB"])
     print_table(f"One large transaction, COMMIT to last row visible in Postgres (median of {rounds} rounds)",
                 ["case", "syncd changes/s", "psql \\copy same rows", "ratio", "ratio range", "target",
-                 "Postgres alone: stage + merge (/ \\copy)", "its merge statement alone", "daemon CPU s per wall s",
+                 "Postgres alone: stage + merge (/ \\copy)", "its merge statement alone",
+                 *[f"{name} instead" for name in SHAPES.values()], "daemon CPU s per wall s",
                  "machine busy",
                  "daemon peak RSS"], rows)
     print("  Postgres alone: psql COPYing the same rows (CSV) into a temporary stage and merging them with\n"
@@ -414,6 +450,9 @@ async def run(args) -> list[Figure]:
           "  and no Python. syncd near it applies as fast as Postgres merges; \\copy is timed the same way.\n"
           "  Its merge statement alone: the INSERT ... ON CONFLICT of those rows from the stage, the statement\n"
           "  syncd itself runs (in batches) over the same rows: a floor for any apply that stages and merges.\n"
+          "  Instead: the same rows merged from the same stage into the same table by another statement shape\n"
+          "  (UPDATE ... FROM for the keys the table holds, then INSERT ... WHERE NOT EXISTS; Postgres 15's\n"
+          "  MERGE), timed the same way: whether another statement would lift that floor.\n"
           "  Daemon CPU per wall second and machine busy (both cores), from COMMIT to visible: a daemon near\n"
           "  1.0 on a machine near 100% busy is bound by its own Python work (one core, the GIL) beside\n"
           "  Postgres on the other core; only less CPU per change moves that figure.")
