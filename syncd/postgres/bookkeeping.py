@@ -680,8 +680,10 @@ async def recorded_keys(conn: asyncpg.Connection, bk: str) -> dict[str, int]:
 async def sharing(conn: asyncpg.Connection, bk: str, keys: dict[str, int]) -> dict[str, list[str]]:
     """source -> the other sources recorded with its key, for those of `keys` that share
     theirs: sources an older syncd set up whose names hash alike."""
-    rows = await conn.fetch(f"SELECT source, key FROM {quote_pg_ident(bk)}.{KEYS} WHERE key = ANY($1::integer[])",
-                            sorted(set(keys.values())))
+    # Sent as text[]: asyncpg encodes text[] itself, an integer[] costs it a catalog query
+    # (three round trips) on every new connection, the first step of every init and start.
+    rows = await conn.fetch(f"SELECT source, key FROM {quote_pg_ident(bk)}.{KEYS} "
+                            "WHERE key = ANY($1::text[]::integer[])", [str(k) for k in sorted(set(keys.values()))])
     return shared_keys({r[0]: r[1] for r in rows}, keys)
 
 

@@ -170,7 +170,8 @@ class Target:
             assert self._holder is not None
             keys = await self._resolve(sources)
             rows = await self._holder.fetch(
-                "SELECT k, pg_try_advisory_lock($1, k) FROM unnest($2::int[]) AS k", LOCK_CLASS, keys)
+                "SELECT k, pg_try_advisory_lock($1, k) FROM unnest($2::text[]::int[]) AS k", LOCK_CLASS,
+                [str(k) for k in keys])  # text[]: see bookkeeping.sharing
             got = {r[0]: r[1] for r in rows}
             out = {s: bool(got.get(k)) for s, k in zip(sources, keys)}
             self._locked |= {s for s, ok in out.items() if ok}
