@@ -61,3 +61,18 @@ def test_a_listener_never_started_stops_too():
     assert time.monotonic() - began < 5
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", ep.port), timeout=2)
+
+
+async def test_a_stopped_daemon_has_closed_the_file_it_streams(tmp_path, make_config, pg_dsn):
+    """A daemon that stopped on SIGTERM closed its connections to the file before it
+    exited: SQLite's last close folds the WAL back into the file and removes it, which a
+    connection left open at exit never does."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=100, journal="wal")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert (tmp_path / "app.db-wal").exists()  # the daemon's connection keeps it meanwhile
+        assert d.stop() == 0
+    assert not (tmp_path / "app.db-wal").exists()
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
