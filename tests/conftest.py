@@ -6,6 +6,8 @@ import asyncio
 import os
 import secrets
 import sqlite3
+import subprocess
+import sys
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +18,18 @@ import pytest
 
 from tests.support.pgcluster import DEFAULT_DSN, Cluster, answers, with_database
 from tests.support.proxy import FaultProxy
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_syncd(tmp_path_factory):
+    """The syncd the tests' subprocesses import (from outside the checkout, as they run),
+    compiled to bytecode once: with PYTHONDONTWRITEBYTECODE set and syncd installed
+    editable, nothing wrote it, and each of the suite's thousands of syncd processes
+    compiled syncd's source again (a third of a CLI command's start-up). compileall
+    writes whatever that setting says and skips what is up to date."""
+    subprocess.run([sys.executable, "-c", "import compileall, os, syncd; "
+                    "compileall.compile_dir(os.path.dirname(syncd.__file__), quiet=2)"],
+                   cwd=tmp_path_factory.getbasetemp(), timeout=300, check=True)
 
 
 @pytest.fixture(scope="session")
