@@ -8,8 +8,18 @@ Modules: facts (measuring), backups (the backup evidence), checklist (judging),
 render (Markdown and JSON).
 """
 
-from syncd.report.checklist import CheckItem, evaluate, ready
-from syncd.report.facts import MigrationFacts, ReportError, gather
-from syncd.report.render import as_json, markdown
+import importlib
+
+# Each name imported from its module at first use: `syncd status` needs only backups'
+# FUTURE_SECONDS, not the checklist and the measuring (the SQL translator among them).
+_FROM = {"CheckItem": "checklist", "evaluate": "checklist", "ready": "checklist", "MigrationFacts": "facts",
+         "ReportError": "facts", "gather": "facts", "as_json": "render", "markdown": "render"}
+
+
+def __getattr__(name: str):
+    if name not in _FROM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_FROM[name]}"), name)
+
 
 __all__ = ["CheckItem", "MigrationFacts", "ReportError", "as_json", "evaluate", "gather", "markdown", "ready"]
