@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import Figure, print_table  # noqa: E402
 
 BENCHES = ["capture_overhead", "unique_index_writes", "initial_load", "change_drain", "stream", "latency", "sqlite_calls",
-           "verify", "parity_finalize", "cutover_downtime", "reverse_stream", "fleet"]
+           "verify", "parity_finalize", "cutover_downtime", "reverse_stream", "fleet",
+           "way_back_idle"]
 
 
 def main() -> int:
