@@ -18,7 +18,7 @@ from syncd.printable import listed
 from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
-from syncd.fleet import FleetPoller, FleetRechecker, VerifyScheduler
+from syncd.fleet import FleetPoller, FleetRechecker, VerifyScheduler, WayBackWatch
 from syncd.identifiers import quote_pg_ident
 from syncd.log import loop_exception_handler
 from syncd.page.live import LivePage
@@ -115,6 +115,7 @@ class Daemon:
                 self._housekeeping(), self.verifier.run(), self.page.run(), self._discover(),
                 FleetPoller(self.settings, lambda: self.pipelines).run(),
                 FleetRechecker(self.settings, self.targets, lambda: self.pipelines).run(),
+                WayBackWatch(self.settings, lambda: self.pipelines).run(),
                 orphans.watch(lambda: self.settings, lambda: self.pipelines, self.targets))]
             await self.stop_event.wait()
             for t in loops:

@@ -8,6 +8,11 @@ bounded rate or in one query, what each source would otherwise do on its own tim
 - FleetRechecker: per target database, one query for every source's resync requests,
   direction (a cutover or rollback) and unfinished switches, every
   held_table_retry_seconds; only the sources concerned are woken.
+- WayBackWatch: per target database, one query for every cut-over source's direction
+  and whether its changelog in Postgres holds anything, every DIRECTION_CHECK_SECONDS,
+  and, every held_table_retry_seconds, what their rechecks look for (tables rewritten or
+  changed by the application's DDL, a rollback's freeze): only the sources concerned
+  are woken, NOTIFY waking each for its changes.
 - VerifyScheduler: full consistency checks, the source checked longest ago first, at
   most [verify] concurrency at once, each on a connection borrowed from its target's
   pool; says when the fleet's checks fall behind [verify] interval_seconds.
@@ -124,6 +129,85 @@ class FleetRechecker:
                             or getattr(p, "freeze_unsettled", False)):  # the forward pipeline's (pipeline.py)
                         p.recheck_flags = f
                         p.wakeup()
+
+
+WATCH_CHUNK = 500  # sources per query of WayBackWatch
+
+
+class WayBackWatch:
+    def __init__(self, settings: Settings, pipelines: Callable[[], dict[str, "Pipeline"]]):
+        self.settings = settings
+        self.pipelines = pipelines
+
+    async def run(self) -> None:
+        from syncd.model import TO_SQLITE
+        from syncd.reverse.pipeline import DIRECTION_CHECK_SECONDS
+
+        rechecked = -math.inf
+        while True:
+            await asyncio.sleep(DIRECTION_CHECK_SECONDS)
+            now = time.monotonic()
+            recheck = now - rechecked >= self.settings.stream.held_table_retry_seconds
+            if recheck:
+                rechecked = now
+            back = [p for p in self.pipelines().values()
+                    if p.direction == TO_SQLITE and p.listened_on is not None and not p.stopping]
+            for pipes in by_target(back):
+                for i in range(0, len(pipes), WATCH_CHUNK):
+                    try:
+                        await self._look(pipes[i:i + WATCH_CHUNK], recheck)
+                    except Exception:  # noqa: BLE001 - Postgres away: the sources' own cycles run (watched_at)
+                        for p in pipes[i:i + WATCH_CHUNK]:
+                            p.wakeup()
+
+    async def _look(self, pipes: list, recheck: bool) -> None:
+        from syncd.identifiers import quote_pg_ident
+        from syncd.pipeline import RecheckFlags
+        from syncd.reverse.capture import FREEZE_TRIGGER
+
+        bk = quote_pg_ident(self.settings.postgres.bookkeeping_schema)
+        looked = time.monotonic()
+        waiting = " UNION ALL ".join(
+            f"SELECT ${i + 1}::text, "
+            + (f"EXISTS (SELECT 1 FROM {p.names.changelog})" if p.retired is None and p.checkpoint is not None
+               else "false")
+            for i, p in enumerate(pipes))
+        async with pipes[0].session.target.connection() as conn:
+            rows = await conn.fetch(f"SELECT w.source, s.direction, w.waiting FROM ({waiting}) AS w (source, waiting) "
+                                    f"LEFT JOIN {bk}.sources s ON s.source = w.source", *[p.name for p in pipes])
+            facts = {}
+            if recheck:
+                facts = {r[0]: (r[1], r[2]) for r in await conn.fetch(
+                    "SELECT w.source, (SELECT md5(string_agg(c.relname || ' ' || c.relfilenode || ' ' || a.attname "
+                    "|| ' ' || format_type(a.atttypid, a.atttypmod), ',' ORDER BY c.relname, a.attnum)) "
+                    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a "
+                    "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+                    "WHERE n.nspname = w.nsp AND c.relkind IN ('r', 'p')), "
+                    "EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_proc f ON f.oid = t.tgfoid "
+                    "JOIN pg_namespace fn ON fn.oid = f.pronamespace WHERE n.nspname = w.nsp AND t.tgname = $4 "
+                    "AND fn.nspname = $5 AND f.proname = w.freezing) "
+                    f"OR EXISTS (SELECT 1 FROM {bk}.switches x WHERE x.source = w.source AND x.kind = 'rollback' "
+                    "AND x.state IN ('started', 'frozen')) "
+                    "FROM unnest($1::text[], $2::text[], $3::text[]) AS w (source, nsp, freezing)",
+                    [p.name for p in pipes], [p.source.schema for p in pipes],
+                    [f"rfreeze_{p.names.h}" for p in pipes], FREEZE_TRIGGER,
+                    self.settings.postgres.bookkeeping_schema)}
+        by_name = {p.name: p for p in pipes}
+        for name, direction, waiting in rows:
+            p = by_name[name]
+            wake = bool(waiting)  # changes NOTIFY did not bring (or not yet)
+            if direction is not None and direction != p.session.direction:
+                p.recheck_flags = RecheckFlags(False, direction, False)  # a rollback turned it around
+                wake = True
+            if name in facts:
+                p.fingerprint, rollback = facts[name]
+                if rollback or p.fingerprint != p.seen_fingerprint:
+                    p.recheck_due = True
+                    wake = True
+            p.watched_at = looked
+            if wake:
+                p.wakeup()
 
 
 class VerifyScheduler:

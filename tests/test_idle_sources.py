@@ -1,15 +1,22 @@
 """Idle sources: a file with nothing to do gives its SQLite connection back, and still
 gets its periodic full check on time: a table dropped in Postgres behind syncd's back
-comes back while the file stays untouched. (Its idle CPU is measured by bench/fleet.py.)"""
+comes back while the file stays untouched. (Its idle CPU is measured by bench/fleet.py.)
+
+Cut over, an idle source costs Postgres almost nothing of its own (NOTIFY wakes it for
+each change; the daemon looks for every source's missed changes in one query), and a
+change whose NOTIFY never reached the daemon still reaches SQLite.
+(bench/way_back_idle.py measures a fleet's idle cost.)"""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import asyncpg
 
 from tests.support.daemon import DaemonProcess
+from tests.support.way_back import back_up, backup_and_config, cut_over, orders_app, wait_back
 from tests.test_fleet import caught_up, make_tenant
 
 FILES = 2
@@ -45,5 +52,107 @@ async def test_a_source_closed_for_idleness_still_gets_its_full_check(tmp_path, 
                 assert time.monotonic() < deadline, "the full check did not run while the file was closed"
                 await asyncio.sleep(0.5)
             assert daemon.stop() == 0
+    finally:
+        await pg.close()
+
+
+CUT_OVER = 3
+IDLE_WINDOW = 20.0
+
+
+async def transactions(pg: asyncpg.Connection) -> int:
+    """Transactions Postgres has counted in the test's database (syncd is its only other client)."""
+    return await pg.fetchval("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                             "WHERE datname = current_database()")
+
+
+async def in_sqlite(db, item: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            if conn.execute("SELECT count(*) FROM orders WHERE item = ?", (item,)).fetchone()[0]:
+                return True
+        finally:
+            conn.close()
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_idle_cut_over_sources_cost_postgres_a_few_transactions(tmp_path, make_config, pg_dsn):
+    """Each poll of a cut-over source used to run a whole cycle of the way back (a pooled
+    connection, its direction, a read of its changelog, its lag): several transactions a
+    second for each idle source."""
+    dbs = [tmp_path / f"app{i}.db" for i in range(CUT_OVER)]
+    for db in dbs:
+        orders_app(db)
+        back_up(db, tmp_path / "backups")
+    # The default rechecks (tests' are every 0.5 s); full checks (one source a second at
+    # most, each a reconcile) kept out of the window.
+    cfg = backup_and_config(make_config, tmp_path, dbs[0], [{"name": db.stem, "path": str(db)} for db in dbs],
+                            stream={"schema_check_interval_seconds": 3600, "held_table_retry_seconds": 10})
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            for db in dbs:
+                await cut_over(cfg, db, pg_dsn, db.stem, daemon=d)
+            for db in dbs:
+                await wait_back(cfg, db, pg_dsn, db.stem, daemon=d)
+            await asyncio.sleep(5)  # the switches' own work done
+            before = await transactions(pg)
+            await asyncio.sleep(IDLE_WINDOW)
+            made = await transactions(pg) - before - 1
+            # The daemon's looks at every source at once: its watch every 2 s (10 in the
+            # window, each a transaction and the pooled connection's reset), its rechecks
+            # every 10 s, and room to spare; a cycle of each source at each poll made
+            # more than a thousand.
+            assert made <= 100, made
+            # Idle, each still follows Postgres at once.
+            for db in dbs:
+                await pg.execute(f'INSERT INTO "{db.stem}".orders (item) VALUES ($1)', f"after idling {db.stem}")
+            for db in dbs:
+                assert await in_sqlite(db, f"after idling {db.stem}", 10), db
+            assert d.stop() == 0
+    finally:
+        await pg.close()
+
+
+async def test_a_change_whose_notify_never_came_still_reaches_sqlite(tmp_path, make_config, pg_dsn):
+    """The change recorded in Postgres's changelog as the capture trigger records it, but
+    no NOTIFY sent (the trigger did not run: session_replication_role): the daemon's
+    watch finds it waiting, well before the source's own safety-net cycle."""
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await cut_over(cfg, db, pg_dsn, daemon=d)
+            await wait_back(cfg, db, pg_dsn, daemon=d)
+            changelog = await pg.fetchval("SELECT quote_ident(relname) FROM pg_class c JOIN pg_namespace n "
+                                          "ON n.oid = c.relnamespace WHERE n.nspname = 'syncd' "
+                                          "AND c.relname LIKE 'rlog\\_%' AND c.relkind = 'r'")
+            # What the trigger writes for this row, learnt in a transaction rolled back.
+            tr = pg.transaction()
+            await tr.start()
+            await pg.execute("INSERT INTO app.orders (id, item) VALUES (1000, 'no notify')")
+            entries = await pg.fetch(f"SELECT tid, op, key FROM syncd.{changelog} WHERE txid = txid_current()")
+            await tr.rollback()
+            assert len(entries) == 1, entries
+            await asyncio.sleep(3)  # idle again
+            async with pg.transaction():
+                await pg.execute("SET LOCAL session_replication_role = replica")  # no trigger, no NOTIFY
+                await pg.execute("INSERT INTO app.orders (id, item) VALUES (1000, 'no notify')")
+                await pg.executemany(f"INSERT INTO syncd.{changelog} (tid, op, key) VALUES ($1, $2, $3)",
+                                     [tuple(e) for e in entries])
+            assert await in_sqlite(db, "no notify", 20), d.log()[-3000:]
+            # And a change made while the session that listens is gone (killed).
+            listener = await pg.fetchval("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                         "AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'")
+            assert listener is not None
+            await pg.execute("SELECT pg_terminate_backend($1)", listener)
+            await pg.execute("INSERT INTO app.orders (id, item) VALUES (1001, 'listener gone')")
+            assert await in_sqlite(db, "listener gone", 20), d.log()[-3000:]
+            assert d.stop() == 0
     finally:
         await pg.close()

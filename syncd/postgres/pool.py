@@ -218,6 +218,14 @@ class Target:
                     await self._holder.remove_listener(channel, old)
             await self._holder.add_listener(channel, callback)
 
+    def listening(self, channel: str) -> int | None:
+        """The session that delivers `channel`'s NOTIFYs now (a number that changes with
+        each new session), or None while none does: what was sent before it was not
+        delivered to this daemon."""
+        if channel not in self._listeners or self._holder is None or self._holder.is_closed():
+            return None
+        return self._holders_made
+
     async def unlisten(self, channel: str) -> None:
         async with self._holder_lock:
             callback = self._listeners.pop(channel, None)

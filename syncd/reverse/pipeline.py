@@ -57,6 +57,9 @@ FAILING = "failing"
 RETIRED = "rollback_window_over"  # [cutover] keep_sqlite_days passed: SQLite no longer follows
 
 DIRECTION_CHECK_SECONDS = 2.0
+# The watch has not seen a source for this long (Postgres away, say): its cycles run at
+# the FleetPoller's pace again.
+WATCH_STALE_SECONDS = 3 * DIRECTION_CHECK_SECONDS
 RETENTION_CHECK_SECONDS = 60.0
 LOOKUP_DROP_RETRY_SECONDS = 300.0  # retired: a lookup index not dropped (its table busy) is tried again then
 COLLISION_ROUNDS = 4
@@ -188,6 +191,15 @@ class ReversePipeline:
         self.last_request_check = 0.0
         self.last_full_check = time.monotonic()
         self.listening = False  # NOTIFY from the capture triggers wakes this pipeline
+        self.listened_on: int | None = None  # the session delivering them as the last cycle began (pool.py)
+        # Set by the daemon's WayBackWatch (fleet.py), which looks at every source of a
+        # target database in one query: when it last saw this source's direction (still to
+        # SQLite) and its changelog, and whether it found something only this source's own
+        # recheck (_maybe_recheck) can judge.
+        self.watched_at = float("-inf")
+        self.recheck_due = False
+        self.fingerprint: str | None = None  # of the source's tables and columns in Postgres, as watched last
+        self.seen_fingerprint: str | None = None  # as it was when this pipeline last looked itself
         # Set by the daemon like the forward pipeline's (fleet.py): who polls, who rechecks.
         self.own_poller = True
         self.fleet_rechecks = False
@@ -245,8 +257,39 @@ class ReversePipeline:
         self.wake.set()
 
     async def poll_once(self) -> None:
-        """The daemon's FleetPoller: the safety net under NOTIFY is a cycle now and then."""
-        self.wake.set()
+        """The daemon's FleetPoller: a cycle when one is due. NOTIFY wakes this pipeline
+        for each change made in Postgres; while the session listening for it lives, what
+        a cycle looks at besides is watched for every source at once (WayBackWatch), and
+        an idle source costs Postgres nothing of its own."""
+        if self._cycle_due(time.monotonic()):
+            self.wake.set()
+
+    def _quiet(self) -> bool:
+        """Nothing under way: every table followed, nothing to copy, log or retry."""
+        return (self.health in (STREAMING, RETIRED) and not self.needs_reconcile and self.loading is None
+                and not self.reload and not self.events
+                and all(t.state == bk.STREAMING for t in list(self.tables.values())))
+
+    def _cycle_due(self, now: float) -> bool:
+        if not self.fleet_rechecks or not self._quiet():
+            return True
+        if self.listened_on is None or self.session.target.listening(self.names.channel) != self.listened_on:
+            return True  # no session listens, or a new one: NOTIFYs meanwhile were lost
+        if now - self.watched_at > WATCH_STALE_SECONDS:
+            return True  # the watch has not seen this source lately (Postgres away, say)
+        if self.recheck_due and now - self.last_request_check >= self.settings.stream.held_table_retry_seconds:
+            return True
+        if now - self.last_full_check >= self.recheck_every:
+            return True  # the just-in-case full check: a quiet source's own cycle now and then
+        if self.retired is not None:
+            return now >= self.lookups_due
+        if self.generation is not None and dt.datetime.now(dt.timezone.utc) >= \
+                self.generation.started_at + dt.timedelta(days=self.settings.cutover.keep_sqlite_days):
+            return True  # the rollback window is over
+        try:
+            return self._file_replaced()
+        except (SourceFileError, OSError):
+            return True  # the cycle says what
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -405,6 +448,9 @@ class ReversePipeline:
         if not self.listening:
             await s.target.listen(self.names.channel, self._notified)
             self.listening = True
+        # Noted before anything is read: a NOTIFY sent before this session listened is
+        # one this cycle reads the change of, and one after it is delivered.
+        self.listened_on = s.target.listening(self.names.channel)
         # One connection of the target's pool for the whole cycle. The cycle's writes into
         # the file (Postgres's changes, its marks) give up on a lock the application holds
         # after a second, and the next cycle waits for the lock before it borrows one.
@@ -478,7 +524,7 @@ class ReversePipeline:
         if flags is not None and flags.direction != self.session.direction:
             self.session.direction = flags.direction  # FleetRechecker saw it for every source at once
         now = time.monotonic()
-        if now - self.last_direction_check < DIRECTION_CHECK_SECONDS:
+        if now - max(self.last_direction_check, self.watched_at) < DIRECTION_CHECK_SECONDS:
             return self.session.direction != TO_SQLITE
         self.last_direction_check = now
         s = self.session
@@ -736,6 +782,11 @@ class ReversePipeline:
         limit = self.writes.rows
         batch = await reader.read_batch(s.pg, self.names, self.source.schema, followed, self.checkpoint, limit)
         if batch.empty and batch.before.target is None:
+            if self.pruned != batch.before.done:
+                # Applied before a restart, not pruned: the daemon's watch would take
+                # them for changes waiting.
+                await reader.prune(s.pg, self.names, batch.before.done, batch.before.n)
+                self.pruned = batch.before.done
             return False  # nothing new: the checkpoint need not be written
         by_tid = {t.tid: t for t in self.tables.values() if t.tid is not None}
         plan = ApplyPlan([], checkpoint=batch.after.encode(), expect=self.file_checkpoint,
@@ -986,11 +1037,15 @@ class ReversePipeline:
 
     async def _maybe_recheck(self) -> None:
         now = time.monotonic()
-        if now - self.last_full_check >= self.settings.stream.schema_check_interval_seconds:
+        if now - self.last_full_check >= self.recheck_every:
             self.last_full_check = now
             self.needs_reconcile = True
         if now - self.last_request_check < self.settings.stream.held_table_retry_seconds:
             return
+        if self.fleet_rechecks and not self.recheck_due and self._quiet():
+            return  # the daemon's WayBackWatch found nothing for this source to look at
+        self.recheck_due = False
+        self.seen_fingerprint = self.fingerprint  # taken before what is read below: a change after it is seen again
         self.last_request_check = now
         await self._undo_abandoned_rollback()
         files = await capture.table_files(self.session.pg, self.source.schema)
