@@ -38,6 +38,10 @@ from bench.fleet import caught_up, make_tenants  # noqa: E402
 
 LATENCY_SAMPLES = 5
 SETTLE_SECONDS = 5.0
+# The idle window starts this long after the daemon did, whichever checkout it runs: its
+# sources' first just-in-case full checks (spread over the fleet's spacing from 60 s on)
+# are then as far along in every arm.
+WINDOW_AT_SECONDS = 70.0
 
 
 def config(path: Path, dsn: str, tenants: Path, backups: Path) -> Path:
@@ -111,13 +115,14 @@ async def latency(pg, tenants: Path, names: list[str], first_id: int) -> list[fl
 
 async def one_arm(pg, root: Path, cfg: Path, log: Path, tenants: Path, n: int, idle: float, first_id: int) -> dict:
     with DaemonAt(root, cfg, log) as d:
-        deadline = time.monotonic() + 600
+        started = time.monotonic()
+        deadline = started + 600
         while len(following_back(d)) < n:
             if not d.alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"{len(following_back(d))} of {n} sources followed back:\n"
                                    + "\n".join(d.problems()[-10:]))
             await asyncio.sleep(0.5)
-        await asyncio.sleep(SETTLE_SECONDS)
+        await asyncio.sleep(max(SETTLE_SECONDS, started + WINDOW_AT_SECONDS - time.monotonic()))
         cpu, tps = await idle_cost(pg, d, idle)
         names = [f"t{i:05d}" for i in range(0, n, max(1, n // LATENCY_SAMPLES))][:LATENCY_SAMPLES]
         lat = await latency(pg, tenants, names, first_id)
