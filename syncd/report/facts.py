@@ -187,6 +187,23 @@ class ReportError(Exception):
 REPORT_CONNECTIONS = 4  # per target database: sources measured at once by `syncd report`
 
 
+@dataclass
+class _Database:
+    """What the report reads of a target database once, not once per source."""
+    bookkeeping: bool  # syncd's bookkeeping schema is there
+    direction_column: bool  # sources.direction (an older bookkeeping's sources go to Postgres)
+    rehearsals: bool  # the rehearsals table (an older bookkeeping has none)
+    clock_offset: dt.timedelta  # host_clock_offset: Postgres's clock read on this host's
+
+
+async def _database(pg: asyncpg.Connection, bk_schema: str) -> _Database:
+    exists = await bookkeeping_exists(pg, bk_schema)
+    rehearsals = f"{Bookkeeping(bk_schema, '').s}.rehearsals"
+    return _Database(exists, exists and await _has_column(pg, bk_schema, "sources", "direction"),
+                     exists and bool(await pg.fetchval("SELECT to_regclass($1) IS NOT NULL", rehearsals)),
+                     await host_clock_offset(pg))
+
+
 class _SpeedTurns:
     """The report may measure several sources at once, but it times their lookups one
     source at a time, in the configuration's order: the budget of lookups ([cutover]
@@ -240,6 +257,7 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
     now = dt.datetime.now(dt.timezone.utc)
     status = live if live is not None else await asyncio.to_thread(_daemon_status, settings)
     conns: dict[str, list[asyncpg.Connection]] = {}  # target DSN -> its connections, the first kept for the history
+    databases: dict[str, _Database] = {}
     unreachable: dict[str, str] = {}  # target DSN -> why it cannot be measured
     waiting: dict[str, collections.deque[int]] = {}  # target DSN -> its sources not yet measured, in order
     for i, source in enumerate(settings.sources):
@@ -252,7 +270,8 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
     async def one(i: int, conn: asyncpg.Connection) -> None:
         source, spent = settings.sources[i], 0
         try:
-            facts = await _source(settings, source, conn, status.get(source.name), now,
+            facts = await _source(settings, source, conn, databases[settings.dsn_for(source)],
+                                  status.get(source.name), now,
                                   parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
                                   budget=None if at_once else turns.left, turn=turns.turn(i))
             spent = len(facts.parity.speed.lookups) if facts.parity and facts.parity.speed else 0
@@ -285,6 +304,7 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
                 # An earlier release's bookkeeping (the package upgraded, the daemon not
                 # restarted): completed before anything is read from it.
                 await ensure_bookkeeping(first, settings.postgres.bookkeeping_schema)
+            databases[dsn] = await _database(first, settings.postgres.bookkeeping_schema)
             for _ in range(min(connections, settings.postgres.max_connections, len(queue)) - 1):
                 try:
                     conns[dsn].append(await connect(dsn, settings.password(), settings.postgres))
@@ -304,7 +324,7 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
         window_start = history_window(sources, now, c.min_days)
         runs: list[VerifyRun] = []
         for dsn, pool in conns.items():
-            if await bookkeeping_exists(pool[0], settings.postgres.bookkeeping_schema):
+            if databases[dsn].bookkeeping:
                 names = [s.name for s in settings.sources if settings.dsn_for(s) == dsn]
                 runs += await load_history(pool[0], settings.postgres.bookkeeping_schema, names, window_start, now,
                                            max_width=c.max_verify_gap_hours * 3600)
@@ -333,8 +353,6 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
 
 
 async def _rehearsal(pg: asyncpg.Connection, bk: Bookkeeping, source: str) -> RehearsalFacts | None:
-    if not await pg.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{bk.s}.rehearsals"):  # older bookkeeping
-        return None
     r = await pg.fetchrow(f"""SELECT finished_at, ok, rows_verified, cutover_downtime_seconds,
                                      rollback_downtime_seconds, detail::text
                               FROM {bk.s}.rehearsals WHERE source = $1 ORDER BY finished_at DESC, id DESC LIMIT 1""",
@@ -352,8 +370,8 @@ async def _rehearsal(pg: asyncpg.Connection, bk: Bookkeeping, source: str) -> Re
     return RehearsalFacts(r[0], r[1], r[2], r[3], r[4], problems[0] if problems else None, tables)
 
 
-async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, live: dict | None,
-                  now: dt.datetime, parity_max_age: float = 0.0,
+async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, db: _Database,
+                  live: dict | None, now: dt.datetime, parity_max_age: float = 0.0,
                   budget: int | None = None, turn: summary.Turn | None = None) -> SourceFacts:
     facts = SourceFacts(name=source.name, path=str(source.path), schema=source.schema,
                         direction=(live or {}).get("direction") or TO_POSTGRES)
@@ -363,14 +381,14 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     way_back = None  # after a cutover: reverse.position's measurement
     bk: Bookkeeping | None = None
     refused: dict[tuple[str, str | None], str] = {}  # schema parity objects Postgres refused: (name, marker) -> why
-    if await bookkeeping_exists(pg, bk_schema):
+    if db.bookkeeping:
         bk = Bookkeeping(bk_schema, source.name)
         src = await bk.load_source(pg)
         if src is not None:
             facts.registered = True
             facts.streaming_since, facts.applied_seq, facts.applied_at, facts.lag_from = \
                 src.streaming_since, src.applied_seq, src.applied_at, src.lag_from
-            if await _has_column(pg, bk_schema, "sources", "direction"):  # older bookkeeping: to Postgres
+            if db.direction_column:  # older bookkeeping: to Postgres
                 facts.direction = await pg.fetchval(f"SELECT direction FROM {bk.s}.sources WHERE source = $1",
                                                     source.name) or facts.direction
             if facts.direction == TO_SQLITE:
@@ -390,7 +408,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         facts.suspensions = [(r[0], r[1] or "") for r in await pg.fetch(
             f"SELECT at, detail FROM {bk.s}.events WHERE source = $1 AND kind = 'capture_suspended' ORDER BY at",
             source.name)]
-        facts.rehearsal = await _rehearsal(pg, bk, source.name)
+        facts.rehearsal = await _rehearsal(pg, bk, source.name) if db.rehearsals else None
         first_loads = dict(await pg.fetch(
             f"SELECT table_name, min(at) FROM {bk.s}.events WHERE source = $1 AND kind = 'snapshot_finished' "
             "GROUP BY table_name", source.name))
@@ -420,7 +438,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                 break
     names = sorted(set(rows) | (set(side.tables) if side else set()))
     # Copies and events are dated by Postgres's clock: read on this host's, as the runs are.
-    offset = await host_clock_offset(pg)
+    offset = db.clock_offset
     first_loads = {name: at + offset for name, at in first_loads.items()}
     for name in names:
         row = rows.get(name)
