@@ -1,7 +1,7 @@
 """One daemon, many small SQLite files (one per tenant, found by a path glob): the time
 to catch up from nothing, the daemon's peak memory, its CPU while every source is idle,
-the Postgres connections it holds, and how long `syncd status` takes, at 100, 1,000 and
-(without --quick) 5,000 files. Per-source cost is the slope of the curve.
+the Postgres connections it holds, and how long `syncd status` and `syncd report` take, at
+100, 1,000 and (without --quick) 5,000 files. Per-source cost is the slope of the curve.
 
 Targets at 1,000 files on the 2-core development machine: catch-up under 2 minutes,
 peak RSS under 300 MB, idle CPU under 5% of one core, connections within
@@ -13,6 +13,7 @@ peak RSS under 300 MB, idle CPU under 5% of one core, connections within
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import subprocess
 import sys
@@ -101,11 +102,19 @@ async def one_size(n: int, idle: float) -> dict:
                         raise RuntimeError(f"syncd status failed ({r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
                     if f"{n} sources:" not in r.stdout:
                         raise RuntimeError(f"syncd status did not summarise {n} sources:\n{r.stdout[:2000]}")
+                # The report, once: it measures every source (both sides' rows, the
+                # schema's objects, timed lookups), several of a database at once.
+                t = time.perf_counter()
+                r = subprocess.run([sys.executable, "-m", "syncd", "--config", str(cfg), "report", "--format", "json"],
+                                   capture_output=True, text=True)
+                report = time.perf_counter() - t
+                if r.returncode not in (0, 1) or len(json.loads(r.stdout or "{}").get("sources", [])) != n:
+                    raise RuntimeError(f"syncd report failed ({r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
                 d.stop()
         finally:
             await pg.close()
     return {"n": n, "catch_up": catch_up, "rss": rss, "idle_cpu": idle_cpu, "conns": peak_conns,
-            "status": median(status_runs), "status_range": spread(status_runs)}
+            "status": median(status_runs), "status_range": spread(status_runs), "report": report}
 
 
 async def run(args) -> list[Figure]:
@@ -113,16 +122,18 @@ async def run(args) -> list[Figure]:
     idle = 15 if args.quick else IDLE_SECONDS
     results = [await one_size(n, idle) for n in sizes]
     rows = [[f"{r['n']:,}", f"{r['catch_up']:.1f} s", f"{r['rss']:.0f} MB", f"{100 * r['idle_cpu']:.1f}%",
-             f"{r['conns']}", f"{r['status']:.2f} s ({r['status_range']})"] for r in results]
+             f"{r['conns']}", f"{r['status']:.2f} s ({r['status_range']})", f"{r['report']:.1f} s"] for r in results]
     if len(results) > 1:
         a, b = results[0], results[-1]
         per = (b["n"] - a["n"])
         rows.append(["per source", f"{1000 * (b['catch_up'] - a['catch_up']) / per:.1f} ms",
                      f"{1024 * (b['rss'] - a['rss']) / per:.0f} KB",
                      f"{100 * (b['idle_cpu'] - a['idle_cpu']) / per * 1000:.2f}% per 1,000", "",
-                     f"{1000 * (b['status'] - a['status']) / per:.2f} ms"])
+                     f"{1000 * (b['status'] - a['status']) / per:.2f} ms",
+                     f"{1000 * (b['report'] - a['report']) / per:.1f} ms"])
     print_table(f"One daemon, many files (two tables each; idle CPU over {idle} s)",
-                ["files", "catch-up", "peak RSS", "idle CPU (one core)", "Postgres connections", f"syncd status, median of {STATUS_RUNS} (range)"],
+                ["files", "catch-up", "peak RSS", "idle CPU (one core)", "Postgres connections", f"syncd status, median of {STATUS_RUNS} (range)",
+                 "syncd report (one run)"],
                 rows)
     figures = []
     for r in results:
@@ -134,6 +145,7 @@ async def run(args) -> list[Figure]:
                 Figure("fleet", "1,000 files: Postgres connections held", r["conns"], "", f"<= {BOUND}"),
                 Figure("fleet", "1,000 files: syncd status", r["status"], "s", "< 2",
                        note=f"median of {STATUS_RUNS}, range {r['status_range']}"),
+                Figure("fleet", "1,000 files: syncd report", r["report"], "s", note="one run"),
             ]
     return figures
 
