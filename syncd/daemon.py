@@ -26,7 +26,7 @@ from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.pipeline import SNAPSHOTTING, SOURCE_MISSING, STREAMING, Pipeline
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import SourceLocked
-from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.postgres.connect import PostgresUnavailable, describe, login_refused
 from syncd.postgres.pool import Targets
 from syncd.postgres.target import UnsupportedTarget
 from syncd.sdnotify import Notifier
@@ -210,7 +210,8 @@ class Daemon:
                     await q.session.close()
                 raise StartupError(str(e), 1) from None
             except PostgresUnavailable as e:
-                log.warning(f"{e}; starting anyway, capture continues and syncd retries",
+                log.warning(f"{login_refused(e, target.dsn) or e}; starting anyway, capture continues and syncd "
+                            "retries",
                             extra={"event": "postgres_unreachable"})
             except Exception as e:  # noqa: BLE001 - anything else is retried by the pipelines
                 log.warning(f"Postgres not ready: {describe(e)}")

@@ -26,8 +26,8 @@ from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
-from syncd.postgres.connect import (PostgresUnavailable, describe, is_transient, privilege_refused, sqlstate,
-                                    statement_cancelled)
+from syncd.postgres.connect import (PostgresUnavailable, describe, is_transient, login_refused, privilege_refused,
+                                    sqlstate, statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
 from syncd.reconcile import SameFileAsAnotherSource, install_capture, reconcile
@@ -386,11 +386,10 @@ class Pipeline:
     def _pg_down(self, exc: BaseException, why: str | None = None) -> None:
         self.pg_ok = False
         self.session.drop_postgres()
-        self._enter(
-            POSTGRES_DOWN,
-            f"Postgres unreachable: {why or describe(exc)}; retrying with backoff, changes stay captured in SQLite",
-            kind="postgres", level="warning",
-        )
+        # Postgres answered and refused the role (a password rotated): said so, retried as an outage is.
+        what = login_refused(exc, self.settings.dsn_for(self.source)) or f"Postgres unreachable: {why or describe(exc)}"
+        self._enter(POSTGRES_DOWN, f"{what}; retrying with backoff, changes stay captured in SQLite",
+                    kind="postgres", level="warning")
 
     def _enter(self, health: str, detail: str, kind: str, level: str, exc: BaseException | None = None) -> None:
         """Log a state change once, not once per retry."""

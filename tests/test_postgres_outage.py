@@ -5,6 +5,7 @@ catches up by itself."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import urllib.request
 from urllib.parse import urlsplit
@@ -14,10 +15,10 @@ import pytest
 from tests.conftest import FAST_FAILOVER, write_config
 from tests.support.app import Writer, create_items
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
 from tests.support.proxy import FaultProxy
-from tests.support.sync import changelog_max, wait_caught_up
+from tests.support.sync import changelog_max, pg_statements, wait_caught_up
 
 @pytest.fixture
 def proxied(tmp_path, pg_dsn):
@@ -130,3 +131,45 @@ async def test_a_connection_asyncpg_lost_track_of_counts_as_an_outage_and_nothin
     finally:
         await conn.close()
     assert not is_transient(no_encoder.value)
+
+
+async def test_a_role_refused_at_login_is_named_once_and_retried_until_it_is_let_in(pg_dsn, tmp_path):
+    """The role syncd logs in as stops being let in while the daemon runs (its password
+    rotated; here NOLOGIN, as this server trusts every password): the log says Postgres
+    refused that role at login, once for the outage, never "unreachable" and never the
+    password; status says the same; the daemon keeps capturing and retrying, and catches
+    up once the role is let in again."""
+    role = f"syncd_login_{secrets.token_hex(4)}"
+    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN SUPERUSER")
+    role_dsn = pg_dsn.replace("postgres@", f"{role}:hunter2@")
+    port = free_port()
+    db = tmp_path / "app.db"
+    create_items(db, rows=200)
+    cfg = write_config(tmp_path / "syncd.toml", role_dsn, [{"name": "app", "path": str(db)}],
+                       metrics_listen=f"127.0.0.1:{port}", sections=FAST_FAILOVER)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(db, pg_dsn, "app", daemon=d)
+            await pg_statements(pg_dsn, f"ALTER ROLE {role} NOLOGIN",
+                                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+            Writer(db, seconds=1, seed=5).result()
+            wait_for(lambda: "at login" in d.log(), 30, "the refusal logged", d)
+            wait_for(lambda: metric(port, "syncd_postgres_up") == 0, 30, "syncd_postgres_up 0", d)
+            status = run_cli(cfg, "status")
+            await asyncio.sleep(3)  # several retries at a 1 s backoff
+            assert d.alive()
+            await pg_statements(pg_dsn, f"ALTER ROLE {role} LOGIN")
+            await wait_caught_up(db, pg_dsn, "app", daemon=d)
+            assert d.stop() == 0
+            log = d.log()
+    finally:
+        await pg_statements(pg_dsn, f"REASSIGN OWNED BY {role} TO postgres", f"DROP OWNED BY {role}",
+                            f"DROP ROLE {role}")
+    out = status.stdout + status.stderr
+    assert "hunter2" not in log and "hunter2" not in out, (log, out)
+    assert "Postgres unreachable" not in log, log
+    [line] = [x for x in log.splitlines() if "event=postgres_unreachable" in x]  # once, not once per retry
+    assert f"Postgres refused syncd's role {role} at login" in line and "not permitted to log in" in line, line
+    assert f"refused syncd's role {role} at login" in out and "Postgres unreachable" not in out, out
+    assert log.count("event=recovered") == 1
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []

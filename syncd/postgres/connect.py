@@ -86,6 +86,14 @@ def login_refused(exc: BaseException, dsn: str) -> str | None:
     return f"Postgres refused {_role(dsn)} at login to {scrub(dsn)}: {exc.reason}"
 
 
+def cannot_connect(dsn: str, exc: BaseException) -> PostgresUnavailable:
+    """What a failed login to `dsn` is raised as, single or pooled: LoginRefused where
+    Postgres refused the role, else PostgresUnavailable; no password in either."""
+    if sqlstate(exc) in LOGIN_REFUSED:
+        return LoginRefused(f"cannot connect to {scrub(dsn)}: {describe(exc)}", describe(exc))
+    return PostgresUnavailable(f"cannot connect to {scrub(dsn)}: {describe(exc)}")
+
+
 def _role(dsn: str | None) -> str:
     """syncd's role as libpq names it from `dsn` ("syncd's role" where `dsn` is unknown)."""
     who = "syncd's role"
@@ -207,9 +215,7 @@ async def connect(dsn: str, password: str | None, settings: PostgresSettings, **
     try:
         conn = await open_raw(dsn, **connect_kwargs(password, settings, **server_settings))
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
-        if sqlstate(e) in LOGIN_REFUSED:
-            raise LoginRefused(f"cannot connect to {scrub(dsn)}: {describe(e)}", describe(e)) from None
-        raise PostgresUnavailable(f"cannot connect to {scrub(dsn)}: {describe(e)}") from None
+        raise cannot_connect(dsn, e) from None
     try:
         await prepare(conn)
     except BaseException:

@@ -26,8 +26,8 @@ import asyncpg
 from syncd.config import Settings, SourceSettings
 from syncd.postgres.bookkeeping import (LOCK_CLASS, SourceLocked, shared_key_line, sharing, source_keys,
                                        try_lock_source)
-from syncd.postgres.connect import (ASYNCPG_FAULT, PostgresUnavailable, close_quietly, connect, connect_kwargs,
-                                    describe, is_transient, open_raw, prepare)
+from syncd.postgres.connect import (ASYNCPG_FAULT, PostgresUnavailable, cannot_connect, close_quietly, connect,
+                                    connect_kwargs, describe, is_transient, open_raw, prepare)
 from syncd.redact import scrub
 
 log = logging.getLogger("syncd")
@@ -65,7 +65,7 @@ class Target:
                         self.dsn, min_size=0, max_size=self.size, max_inactive_connection_lifetime=60.0,
                         init=prepare, connect=open_raw, **connect_kwargs(self.settings.password(), self.settings.postgres))
                 except Exception as e:
-                    raise PostgresUnavailable(f"cannot connect to {scrub(self.dsn)}: {describe(e)}") from None
+                    raise cannot_connect(self.dsn, e) from None
             return self._pool
 
     @contextlib.asynccontextmanager
@@ -77,7 +77,7 @@ class Target:
             conn = await pool.acquire(timeout=self.settings.postgres.connect_timeout_seconds
                                       + self.settings.postgres.statement_timeout_seconds)
         except Exception as e:
-            raise PostgresUnavailable(f"cannot connect to {scrub(self.dsn)}: {describe(e)}") from None
+            raise cannot_connect(self.dsn, e) from None
         broken = False
         try:
             yield conn

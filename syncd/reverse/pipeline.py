@@ -28,7 +28,7 @@ from syncd.model import TO_SQLITE, TableSpec
 from syncd.pipeline import lock_met
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
-from syncd.postgres.connect import describe, is_transient, statement_cancelled
+from syncd.postgres.connect import describe, is_transient, login_refused, statement_cancelled
 from syncd.postgres.pool import Target
 from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import install_capture, sticky_types
@@ -383,7 +383,8 @@ class ReversePipeline:
             self.pg_ok = False
             self.lag.unreachable = True
             self.session.drop_postgres()
-            self._enter(POSTGRES_DOWN, f"Postgres unreachable: {describe(exc)}; retrying with backoff, the "
+            what = login_refused(exc, self.settings.dsn_for(self.source)) or f"Postgres unreachable: {describe(exc)}"
+            self._enter(POSTGRES_DOWN, f"{what}; retrying with backoff, the "
                                        "application's changes wait in Postgres's changelog", kind="postgres",
                         level="warning")
         elif contended(exc):
