@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import gc
 import logging
@@ -474,11 +475,14 @@ class Daemon:
 
     async def _switch(self, name: str, direction: str) -> None:
         """A cutover or rollback turned the source around: the pipeline for the other
-        way takes over (the old one finishes its step and lets the source lock go)."""
+        way takes over (the old one finishes its step and hands it the source's lock: held
+        throughout, so status never says meanwhile that no daemon runs the source)."""
+        old = None
         try:
             old = self.pipelines.get(name)
             if old is None:
                 return
+            old.session.handing_over = True  # the source's lock stays held for the next pipeline
             await self._stop_pipeline(name)
             metrics.replication_lag_seconds.labels(name, direction=old.direction).set(0)
             metrics.pending_changes.labels(name, direction=old.direction).set(0)
@@ -486,6 +490,7 @@ class Daemon:
                 else "SQLite -> Postgres (after a rollback)"
             log.info(f"the source now flows {way}", extra={"source": name, "event": "direction_switched"})
             if self.stop_event.is_set() or not any(s.name == name for s in self.settings.sources):
+                await _let_go(old.session.target, name)
                 return
             p = self._make(old.source, direction)
             self.pipelines[name] = p
@@ -493,6 +498,8 @@ class Daemon:
         except Exception as e:  # noqa: BLE001 - housekeeping tries again next tick
             log.error(f"switching the pipeline's direction failed: {describe(e)}", exc_info=True,
                       extra={"source": name, "event": "direction_switch_failed"})
+            if name not in self.pipelines and old is not None:
+                await _let_go(old.session.target, name)  # nothing runs the source: status must say so
         finally:
             self.switching.discard(name)
 
@@ -556,6 +563,15 @@ class Daemon:
             }
         return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources,
                 "verify_behind_seconds": round(self.verifier.behind_seconds, 1)}
+
+
+async def _let_go(target, name: str) -> None:
+    """Release a source's lock handed over to a pipeline that never came (a switch ended by
+    a stop, a source gone from the configuration, a failure): lock() confirms it is still
+    this session's (Target.forget), unlock() lets it go. Postgres away: it went with the session."""
+    with contextlib.suppress(Exception):
+        await target.lock(name)
+        await target.unlock(name)
 
 
 def _raise_open_files_limit() -> None:

@@ -91,6 +91,9 @@ class SourceSession:
         self.target = target or Target(settings, settings.dsn_for(source), max_connections=3,
                                        lock_dsn=settings.direct_dsn_for(source))
         self._own_target = target is None
+        # Closed to hand the source to the pipeline of the other direction: the lock stays
+        # held for it (status never sees the source unheld meanwhile), to be confirmed by it.
+        self.handing_over = False
         self.pg: asyncpg.Connection | None = None  # the connection of the step in progress
         self.bk = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
         self.tables: dict[str, TableRuntime] = {}
@@ -199,6 +202,8 @@ class SourceSession:
     async def close(self) -> None:
         if self._own_target:
             await self.target.close()
+        elif self.handing_over:
+            self.target.forget(self.name)  # still held: the next pipeline's lock() finds it its own
         else:
             await self.target.unlock(self.name)
         await self.worker.close()

@@ -9,6 +9,7 @@ import asyncio
 import datetime as dt
 import json
 import sqlite3
+import threading
 import time
 
 from tests.support.daemon import DaemonProcess, run_cli
@@ -192,3 +193,53 @@ async def test_just_cut_over_the_last_apply_shown_is_none_of_the_forward_streams
         assert d.stop() == 0
     src = status(cfg)
     assert src["last_applied_at"] is None, src
+
+
+async def test_the_daemon_holds_the_source_while_it_turns_it_around_to_the_way_back(tmp_path, make_config, pg_dsn):
+    """`syncd status` says a daemon runs a source while the source's lock is held. When a
+    cutover ends, the daemon stops the forward pipeline and starts the way back's: the
+    lock stays held all along, so status never says in that moment that no daemon runs
+    the source (as it did for a few seconds); once the daemon stops, it does."""
+    import asyncpg
+
+    from syncd.postgres.bookkeeping import LOCK_CLASS
+    from tests.support.daemon import wait_for
+    from tests.support.sync import wait_caught_up
+    from tests.support.way_back import back_up
+
+    db = tmp_path / "app.db"
+    make_app(db)
+    back_up(db, tmp_path / "backups")
+    cfg = make_config([{"name": "app", "path": str(db)}],
+                      sections={"cutover": {"min_days": 0, "backup_glob": str(tmp_path / "backups" / "*.db")},
+                                "verify": {"interval_seconds": 0}})
+    held = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::oid AND objsubid = 2 "
+            "AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    samples: list[int] = []
+    done = threading.Event()
+
+    async def sample() -> None:  # on a thread of its own: the steps below block theirs
+        probe = await asyncpg.connect(pg_dsn)
+        try:
+            while not done.is_set():
+                samples.append(await probe.fetchval(held, LOCK_CLASS))
+                await asyncio.sleep(0.005)
+        finally:
+            await probe.close()
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        sampler = threading.Thread(target=asyncio.run, args=(sample(),))
+        sampler.start()
+        try:
+            await cut_over(cfg, db, pg_dsn, daemon=d)
+            d.wait_log("event=direction_switched")
+            await wait_back(cfg, db, pg_dsn, daemon=d)
+        finally:
+            done.set()
+            sampler.join(30)
+        assert len(samples) > 50 and all(n == 1 for n in samples), (len(samples), samples.count(0))
+        src = status(cfg)
+        assert (src["direction"], src["daemon_running"], src["state"]) == ("to_sqlite", True, "streaming"), src
+        assert d.stop() == 0
+    wait_for(lambda: status(cfg)["state"] == "daemon_not_running", 30, "a stopped daemon shown as not running")
