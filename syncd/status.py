@@ -493,9 +493,15 @@ async def _way_back(settings: Settings, source: SourceSettings, st: SourceStatus
     return wb.started_at
 
 
+def _archived(st: SourceStatus) -> bool:
+    """Cut over, the way back ended, the SQLite file gone from its path: archived, as the
+    retention after the cutover has it, not missing."""
+    return not st.sqlite_exists and st.direction == TO_SQLITE and st.way_back_ended is not None
+
+
 def _derive_state(st: SourceStatus) -> str:
     if not st.sqlite_exists:
-        return "source_missing"
+        return "cut_over" if _archived(st) else "source_missing"
     if st.sqlite_error is not None:
         # The file is there but cannot be read as a database (emptied, a directory, not
         # SQLite): what the daemon calls it too. Locked by the application: only that.
@@ -520,7 +526,7 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
     p = st.problems
     if st.sqlite_error:
         p.append(Problem("unknown", st.sqlite_error))
-    if not st.sqlite_exists:
+    if not st.sqlite_exists and not _archived(st):
         p.append(Problem("critical", f"SQLite file {st.path} does not exist"))
     if not st.postgres_reachable:
         p.append(Problem("critical", st.postgres_error if st.postgres_refused
@@ -572,8 +578,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                          f"Postgres has let go of): {who} its {st.way_back_copies_owed} table(s) to copy again "
                          "from Postgres"))
     if st.way_back_ended:
+        archived = f"; its SQLite file is archived (no longer at {st.path})" if _archived(st) else ""
         p.append(Problem("warning", f"SQLite no longer follows Postgres: {st.way_back_ended}; a rollback is no "
-                                    "longer possible"))
+                                    f"longer possible{archived}"))
     if st.shared_key:
         p.append(Problem("critical" if st.direction == TO_SQLITE else "warning", st.shared_key))
     if (st.file_names or 1) > 1:

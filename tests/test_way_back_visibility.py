@@ -280,3 +280,41 @@ async def test_once_the_way_back_has_ended_metrics_stop_showing_its_tables_as_ch
         wait_for(up, 30, "the source up", d)
         time.sleep(3)
         assert quiet(), [k for k in scrape(port) if 'source="app"' in k]
+
+
+async def test_a_file_archived_after_the_way_back_ended_is_a_retired_source_in_the_report(tmp_path, make_config,
+                                                                                            pg_dsn):
+    """Once the way back has ended, the SQLite file is archived (moved away, as the 30-day
+    retention after the cutover says): the report says the source is retired, its file
+    archived, and judges the migration from what still applies, not failing its rows
+    migrated, changes captured or query speed for a file that is meant to be gone; status
+    says it is cut over with its file archived, not that a file is missing."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=50, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 5 / 86400},
+                            stream={"schema_check_interval_seconds": 1})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        d.wait_log("the way back ends", timeout=60)
+        assert d.stop() == 0
+    (tmp_path / "archive").mkdir()
+    for f in tmp_path.glob("app.db*"):
+        f.rename(tmp_path / "archive" / f.name)
+    r = run_cli(cfg, "report", "--format", "json")
+    doc = json.loads(r.stdout)
+    items = {i["key"]: i for i in doc["checklist"]}
+    assert doc["not_done"] == [] and r.returncode == 0, (r.returncode, doc["not_done"], r.stderr)
+    for key in ("migrated", "capture", "performance", "foreign_keys"):
+        assert items[key]["ok"] and not items[key]["problems"], items[key]
+    for key in ("capture", "performance", "foreign_keys"):
+        assert any(line.startswith("app: retired; its SQLite file") and "archived" in line
+                   for line in items[key]["evidence"]), items[key]
+    [src] = doc["sources"]
+    assert (src["file_archived"], src["error"], src["way_back_ended"] is not None) == (True, None, True), src
+    text = run_cli(cfg, "report").stdout
+    assert "Retired: the SQLite file is archived" in text and "does not exist" not in text, text
+    page = run_cli(cfg, "report", "--format", "html").stdout
+    assert "Retired: the SQLite file is archived" in page and "does not exist" not in page
+    st = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
+    assert st["state"] == "cut_over" and not [p for p in st["problems"] if p["severity"] == "critical"], st
+    assert any("its SQLite file is archived" in p["message"] for p in st["problems"]), st

@@ -140,6 +140,7 @@ class SourceFacts:
     direction: str = TO_POSTGRES  # the cutover sets TO_SQLITE (the daemon's /status reports it)
     rollback_until: dt.datetime | None = None  # cut over: [cutover] keep_sqlite_days after the cutover
     way_back_ended: str | None = None  # cut over: why SQLite stopped following Postgres, once it has
+    file_archived: bool = False  # the way back ended and the SQLite file is gone from its path, as it may be
     rehearsal: RehearsalFacts | None = None  # the latest `syncd rehearse`
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
@@ -426,7 +427,10 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                 side = await asyncio.to_thread(_sqlite_side, source, sticky, counted_at, retyped,
                                                settings.sqlite.read_busy_timeout_ms)
             except SourceFileError as e:  # it names the file
-                facts.error = str(e)
+                if facts.way_back_ended and not source.path.exists():
+                    facts.file_archived = True  # retired: nothing of SQLite is judged any more, Postgres still is
+                else:
+                    facts.error = str(e)
                 side = None
                 break
             except (sqlite3.Error, OSError) as e:

@@ -270,6 +270,9 @@ def _source(i: int, name: str, f: SourceFacts | None, st: SourceStatus | None, o
                    f"{later} of them at cutover or once the table streams</summary><ul>" + "".join(
                        f"<li><code>{e(i.table or '')}</code> {e(i.what)}: {e(p.status(i))}</li>" for i in p.carried)
                    + "</ul></details>")
+    if f and f.file_archived:
+        out.append(f"<p>Retired: the SQLite file is archived (no longer at <code>{e(f.path)}</code>), as it may be "
+                   "once the way back has ended; Postgres alone holds the data.</p>")
     if f and f.error:
         out.append(f'<p class="sev-critical">{m(f.error)}</p>')
     out.append("</article>")

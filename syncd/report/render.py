@@ -85,6 +85,9 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
     elif s.rollback_until is not None:
         out.append(f"- Rollback possible until: {timestamp(s.rollback_until)} (SQLite follows Postgres for "
                    "`[cutover] keep_sqlite_days` after the cutover; `syncd rollback` switches back)")
+    if s.file_archived:
+        out.append(f"- Retired: the SQLite file is archived (no longer at {_code(str(s.path))}), as it may be once "
+                   "the way back has ended; Postgres alone holds the data")
     if s.error:
         out.append(f"- **{s.error}**")
     dual = s.dual_write_days(now)
@@ -211,7 +214,7 @@ def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
     return {
         "source": s.name, "path": s.path, "postgres_schema": s.schema, "error": s.error, "registered": s.registered,
         "direction": s.direction, "rollback_until": _iso(s.rollback_until), "way_back_ended": s.way_back_ended,
-        "dual_write_since": _iso(s.streaming_since), "dual_write_days": s.dual_write_days(now),
+        "file_archived": s.file_archived, "dual_write_since": _iso(s.streaming_since), "dual_write_days": s.dual_write_days(now),
         "applied_seq": s.applied_seq, "applied_at": _iso(s.applied_at),
         "lag": {"seconds": s.lag.seconds, "source": s.lag.source, "pending_changes": s.lag.pending_changes},
         "backup": None if s.backup is None else vars(s.backup),
