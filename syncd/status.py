@@ -432,6 +432,8 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         st.foreign_key_orphans = dict(mine.get("foreign_key_orphans") or {})
         if mine.get("health") not in (None, "starting"):
             st.state = mine["health"]
+            if st.state == "postgres_unreachable" and st.postgres_refused:
+                st.state = "postgres_refused"  # the daemon's outage is Postgres refusing syncd's role, as seen here
         if st.state in ("failing", "file_locked"):
             st.daemon_detail = mine.get("detail") or None
     else:

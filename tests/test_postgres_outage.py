@@ -171,5 +171,7 @@ async def test_a_role_refused_at_login_is_named_once_and_retried_until_it_is_let
     [line] = [x for x in log.splitlines() if "event=postgres_unreachable" in x]  # once, not once per retry
     assert f"Postgres refused syncd's role {role} at login" in line and "not permitted to log in" in line, line
     assert f"refused syncd's role {role} at login" in out and "Postgres unreachable" not in out, out
+    [row] = [x for x in status.stdout.splitlines() if x.startswith("app ")]
+    assert row.split()[1:3] == ["postgres", "refused"], status.stdout  # the daemon, asked, says the same
     assert log.count("event=recovered") == 1
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
