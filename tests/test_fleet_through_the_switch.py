@@ -199,9 +199,9 @@ async def test_status_of_a_cut_over_fleet_on_one_connection(tmp_path, make_confi
 async def test_a_file_gone_from_the_glob_is_named_by_the_switch_not_left_out(tmp_path, make_config, pg_dsn):
     """A file syncd ran that is gone (deleted, renamed away) is still a source to
     `syncd cutover` and `syncd rollback` of the fleet, as to status, verify and the
-    report: each names it in one line, refused (it cannot be switched), and counts it in
-    the summary, instead of a fleet "switched" without a word of it. Gone after its
-    cutover, it is the one source left cut over. (`syncd uninstall --forget` ends a
+    report: each names it in one line, refused where it cannot be switched, and counts it
+    in the summary, instead of a fleet "switched" without a word of it. Gone after its
+    cutover, it is the one source left cut over; gone before it, it has nothing to roll back. (`syncd uninstall --forget` ends a
     source whose file is gone for good.)"""
     cfg, paths = fleet(tmp_path, make_config, 6)
     before, after = paths[1], paths[2]
@@ -227,10 +227,12 @@ async def test_a_file_gone_from_the_glob_is_named_by_the_switch_not_left_out(tmp
         d.wait_log(f"{after} does not exist", timeout=30)
         r = run_cli(cfg, "rollback", timeout=300)
         assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
-        for gone in (before, after):
-            line = next((ln for ln in r.stdout.splitlines() if ln.startswith(f"tenant_{gone.stem}: ")), "")
-            assert "REFUSED" in line and f"{gone} does not exist" in line, r.stdout[-3000:]
-        assert "syncd rollback: 4 of 6 source(s) rolled back" in r.stdout, r.stdout[-3000:]
+        line = next((ln for ln in r.stdout.splitlines() if ln.startswith(f"tenant_{after.stem}: ")), "")
+        assert "REFUSED" in line and f"{after} does not exist" in line, r.stdout[-3000:]
+        # Gone before its cutover: SQLite was its database all along, nothing to roll back.
+        line = next((ln for ln in r.stdout.splitlines() if ln.startswith(f"tenant_{before.stem}: ")), "")
+        assert line == f"tenant_{before.stem}: not cut over (never cut over); nothing to do", r.stdout[-3000:]
+        assert "syncd rollback: 5 of 6 source(s) rolled back (or already), 1 not" in r.stdout, r.stdout[-3000:]
         pg = await asyncpg.connect(pg_dsn)
         try:
             went = await directions(pg)
