@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.pgcluster import with_database
 from tests.support.sync import first_source, pg_rows, wait_caught_up
 
 
@@ -206,3 +207,39 @@ async def test_the_cap_is_spent_on_the_sources_in_their_order_every_run(tmp_path
         assert [s["source"] for s in doc["sources"]] == [s["name"] for s in sources]
     assert timed[0] == timed[1]
     assert [len(t) for t in timed[0]] == [2, 2, 1, 0, 0, 0, 0], timed[0]
+
+
+async def test_a_source_that_cannot_be_measured_ends_a_report_over_several_databases(
+        tmp_path, make_config, pg_dsn, pg_server, fresh_databases):
+    """Sources of two databases, measured at once, their lookups timed in the
+    configuration's order: when one source's measuring fails (its table locked past the
+    statement timeout),
+    the report ends, naming the failure, and no source waits for the turn of one that
+    will never be measured."""
+    other = fresh_databases.take()
+    try:
+        other_dsn = with_database(pg_server, other)
+        sources = []
+        for name, dsn in (("a1", pg_dsn), ("b1", other_dsn), ("b2", other_dsn), ("b3", other_dsn), ("a2", pg_dsn)):
+            path = tmp_path / f"{name}.db"
+            conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=wal")
+            conn.executescript("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT);"
+                               "INSERT INTO orders VALUES (1, 'one'), (2, 'two');")
+            conn.close()
+            sources.append({"name": name, "path": str(path), "dsn": dsn})
+        cfg = make_config(sources, sections={"postgres": {"max_connections": 2, "statement_timeout_seconds": 2}})
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            for s in sources:
+                await wait_caught_up(Path(s["path"]), s["dsn"], s["name"], daemon=d)
+            assert d.stop() == 0
+        pg = await asyncpg.connect(other_dsn)
+        try:
+            async with pg.transaction():  # b1's table locked past [postgres] statement_timeout_seconds
+                await pg.execute("LOCK TABLE b1.orders IN ACCESS EXCLUSIVE MODE")
+                out = run_cli(cfg, "report", "--format", "json", timeout=60)  # TimeoutExpired: it hung
+        finally:
+            await pg.close()
+        assert out.returncode == 2 and "timed out" in out.stderr, out.stdout[-2000:] + out.stderr[-2000:]
+    finally:
+        fresh_databases.give_back(other)

@@ -228,6 +228,10 @@ class _SpeedTurns:
         if self._done is not None:
             self._done[i].set()
 
+    def abort(self) -> None:
+        for done in self._done or []:
+            done.set()
+
     async def finish(self, i: int, timed: int) -> None:
         """Source i is measured: its turn passes, if its lookups did not take it."""
         if self._done is None or not self._done[i].is_set():
@@ -269,16 +273,17 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
     measured: list[SourceFacts | None] = [None] * len(settings.sources)
 
     async def one(i: int, conn: asyncpg.Connection) -> None:
-        source, spent = settings.sources[i], 0
+        source = settings.sources[i]
         try:
             facts = await _source(settings, source, conn, databases[settings.dsn_for(source)],
                                   status.get(source.name), now,
                                   parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
                                   budget=None if at_once else turns.left, turn=turns.turn(i))
-            spent = len(facts.parity.speed.lookups) if facts.parity and facts.parity.speed else 0
-            measured[i] = facts
-        finally:
-            await turns.finish(i, spent)
+        except BaseException:
+            turns.abort()  # the report fails: no source waits any more for a turn that may never come
+            raise
+        measured[i] = facts
+        await turns.finish(i, len(facts.parity.speed.lookups) if facts.parity and facts.parity.speed else 0)
 
     async def unmeasured(i: int, why: str) -> None:
         source = settings.sources[i]
