@@ -16,8 +16,10 @@ import time
 import asyncpg
 
 from tests.support.daemon import DaemonProcess
-from tests.support.way_back import back_up, backup_and_config, cut_over, orders_app, wait_back
+from tests.support.sync import eventually, pg_rows
+from tests.support.way_back import back_up, backup_and_config, cut_over, orders_app, typeof, wait_back
 from tests.test_fleet import caught_up, make_tenant
+from tests.test_reverse_schema import make_app
 
 FILES = 2
 CHECK_SECONDS = 3.0  # [stream] schema_check_interval_seconds: above the fleet's 1 s a source (2 s)
@@ -156,3 +158,32 @@ async def test_a_change_whose_notify_never_came_still_reaches_sqlite(tmp_path, m
             assert d.stop() == 0
     finally:
         await pg.close()
+
+
+async def test_a_rewrite_whose_recheck_met_the_files_lock_still_reaches_sqlite(tmp_path, make_config, pg_dsn):
+    """A table rewritten in Postgres (ALTER ... TYPE ... USING) while the application holds
+    the SQLite file's write lock: the recheck that would copy it again meets the lock, and
+    is made again once the lock is gone, though nothing new shows in Postgres since."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    # Full checks out of the window, as a large fleet has them (one source a second).
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"schema_check_interval_seconds": 3600})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await asyncio.sleep(5)  # idle; the watch's first recheck done
+        app = sqlite3.connect(db, isolation_level=None, timeout=0)
+        app.execute("BEGIN IMMEDIATE")
+        try:
+            await pg_rows(pg_dsn, "ALTER TABLE app.contacts ALTER COLUMN email TYPE text USING upper(email)")
+            await asyncio.sleep(6)  # less than the daemon waits before it calls the file locked
+        finally:
+            app.execute("ROLLBACK")
+            app.close()
+
+        async def upper() -> bool:
+            return typeof(db, "SELECT email FROM contacts WHERE id = 10") == [("C10@X",)]
+
+        await eventually(upper, 40, "the rewritten values in SQLite", d)
+        assert d.stop() == 0
+

@@ -469,6 +469,7 @@ class ReversePipeline:
                 return False  # turned around by a rollback while it ran: the daemon replaces this pipeline
         if self.retired is not None or await self._retention_over():
             self._retired_health()
+            self.recheck_due = False  # nothing of a retired source's tables is followed any more
             if time.monotonic() >= self.lookups_due:
                 from syncd.rollback import drop_lookup_indexes
 
@@ -1048,9 +1049,15 @@ class ReversePipeline:
         self.recheck_due = False
         self.seen_fingerprint = self.fingerprint  # taken before what is read below: a change after it is seen again
         self.last_request_check = now
-        await self._undo_abandoned_rollback()
-        files = await capture.table_files(self.session.pg, self.source.schema)
-        await self._reload_rewritten(files)
+        try:
+            await self._undo_abandoned_rollback()
+            files = await capture.table_files(self.session.pg, self.source.schema)
+            await self._reload_rewritten(files)
+        except BaseException:
+            # Not done (the application's lock on the file, Postgres away): the next
+            # recheck looks again, though the watch sees nothing new to flag.
+            self.recheck_due = True
+            raise
         if self._schema_moved_in_postgres(files):
             self.needs_reconcile = True
         if any(t.state == bk.PAUSED for t in self.tables.values()):
