@@ -163,7 +163,7 @@ class WayBackWatch:
     async def _look(self, pipes: list, recheck: bool) -> None:
         from syncd.identifiers import quote_pg_ident
         from syncd.pipeline import RecheckFlags
-        from syncd.reverse.capture import FREEZE_TRIGGER
+        from syncd.reverse.capture import FREEZE_TRIGGER, freeze_triggers_from, table_columns_from
 
         bk = quote_pg_ident(self.settings.postgres.bookkeeping_schema)
         looked = time.monotonic()
@@ -180,18 +180,13 @@ class WayBackWatch:
                 facts = {r[0]: (r[1], r[2]) for r in await conn.fetch(
                     "SELECT w.source, (SELECT md5(string_agg(c.relname || ' ' || c.relfilenode || ' ' || a.attname "
                     "|| ' ' || format_type(a.atttypid, a.atttypmod), ',' ORDER BY c.relname, a.attnum)) "
-                    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a "
-                    "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-                    "WHERE n.nspname = w.nsp AND c.relkind IN ('r', 'p')), "
-                    "EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                    "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_proc f ON f.oid = t.tgfoid "
-                    "JOIN pg_namespace fn ON fn.oid = f.pronamespace WHERE n.nspname = w.nsp AND t.tgname = $4 "
-                    "AND fn.nspname = $5 AND f.proname = w.freezing) "
+                    f"{table_columns_from('w.nsp')}), "
+                    f"EXISTS (SELECT 1 {freeze_triggers_from('w.nsp', '$4', '$5', 'w.freezing')}) "
                     f"OR EXISTS (SELECT 1 FROM {bk}.switches x WHERE x.source = w.source AND x.kind = 'rollback' "
                     "AND x.state IN ('started', 'frozen')) "
                     "FROM unnest($1::text[], $2::text[], $3::text[]) AS w (source, nsp, freezing)",
                     [p.name for p in pipes], [p.source.schema for p in pipes],
-                    [f"rfreeze_{p.names.h}" for p in pipes], FREEZE_TRIGGER,
+                    [p.names.freeze_function_name for p in pipes], FREEZE_TRIGGER,
                     self.settings.postgres.bookkeeping_schema)}
         by_name = {p.name: p for p in pipes}
         for name, direction, waiting in rows:

@@ -95,7 +95,11 @@ class Names:
 
     @property
     def freeze_function(self) -> str:
-        return qualified(self.bk, f"rfreeze_{self.h}")
+        return qualified(self.bk, self.freeze_function_name)
+
+    @property
+    def freeze_function_name(self) -> str:
+        return f"rfreeze_{self.h}"
 
     @property
     def channel(self) -> str:
@@ -207,14 +211,31 @@ async def start_generation(conn: asyncpg.Connection, names: Names, schema: str) 
 # looked, and copies a rewritten table again.
 
 
+def table_columns_from(schema: str) -> str:
+    """FROM and WHERE of every column of every table (partitioned ones too) of the schema
+    the SQL expression `schema` names: c the table, a the column. table_files reads one
+    source's; the daemon's watch (fleet.WayBackWatch) every cut-over source's at once."""
+    return ("FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a "
+            "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+            f"WHERE n.nspname = {schema} AND c.relkind IN ('r', 'p')")
+
+
+def freeze_triggers_from(schema: str, trigger: str, bk: str, function: str) -> str:
+    """FROM and WHERE of the freeze triggers (a rollback's) on the tables of `schema`,
+    each argument an SQL expression: c the table. frozen_tables reads one source's; the
+    daemon's watch every cut-over source's at once."""
+    return ("FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_proc p ON p.oid = t.tgfoid "
+            "JOIN pg_namespace pn ON pn.oid = p.pronamespace "
+            f"WHERE n.nspname = {schema} AND t.tgname = {trigger} AND pn.nspname = {bk} AND p.proname = {function}")
+
+
 async def table_files(conn: asyncpg.Connection, schema: str) -> dict[str, list]:
     """Each table of `schema` (partitioned ones too, with no file: 0): [its storage file,
     {column: format_type()} in column order]."""
     rows = await conn.fetch(
         "SELECT c.relname, c.relfilenode, array_agg(a.attname ORDER BY a.attnum), "
-        "array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid "
-        "AND a.attnum > 0 AND NOT a.attisdropped WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') "
+        f"array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) {table_columns_from('$1')} "
         "GROUP BY c.relname, c.relfilenode", schema)
     return {r[0]: [int(r[1]), dict(zip(r[2], r[3]))] for r in rows}
 
@@ -460,12 +481,8 @@ async def freeze(conn: asyncpg.Connection, names: Names, schema: str, tables: li
 
 
 async def frozen_tables(conn: asyncpg.Connection, names: Names, schema: str) -> list[str]:
-    rows = await conn.fetch(
-        "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_proc p ON p.oid = t.tgfoid "
-        "JOIN pg_namespace pn ON pn.oid = p.pronamespace "
-        "WHERE n.nspname = $1 AND t.tgname = $2 AND pn.nspname = $3 AND p.proname = $4 ORDER BY 1",
-        schema, FREEZE_TRIGGER, names.bk, f"rfreeze_{names.h}")
+    rows = await conn.fetch(f"SELECT c.relname {freeze_triggers_from('$1', '$2', '$3', '$4')} ORDER BY 1",
+                            schema, FREEZE_TRIGGER, names.bk, names.freeze_function_name)
     return [r[0] for r in rows]
 
 
