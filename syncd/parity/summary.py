@@ -166,10 +166,11 @@ async def gather(settings: Settings, source: SourceSettings, pg: asyncpg.Connect
                     turn.done(len(facts.speed.lookups) if facts.speed is not None else 0)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
         facts.error = f"Postgres: {describe(e)}"
-    if turn is None and _settled(facts):
-        _cache[key] = (time.monotonic(), facts)
-    elif turn is None:
-        _cache.pop(key, None)  # measured again next time: a table may be created by then
+    if turn is None:  # a measurement taken in turn is neither reused nor kept
+        if _settled(facts):
+            _cache[key] = (time.monotonic(), facts)
+        else:
+            _cache.pop(key, None)  # measured again next time: a table may be created by then
     return facts
 
 
