@@ -30,6 +30,16 @@ async def role_with_statement_timeout(pg_dsn: str, timeout: str):
                             f"DROP OWNED BY {role} CASCADE", f"DROP ROLE {role}")
 
 
+def items_file(db) -> sqlite3.Connection:
+    """An application file in WAL mode holding 100 rows of `items`; its connection, open."""
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO items VALUES (?, ?)", ((i, "x") for i in range(100)))
+    conn.commit()
+    return conn
+
+
 async def test_a_role_with_a_short_statement_timeout_still_loads_and_verifies(tmp_path, make_config, pg_dsn):
     async with role_with_statement_timeout(pg_dsn, "5ms") as role:
         db = tmp_path / "app.db"
@@ -61,11 +71,7 @@ async def test_a_statement_the_role_s_timeout_cancels_is_said_as_such_not_as_pos
     async with role_with_statement_timeout(pg_dsn, "1s") as role:
         try:
             db = tmp_path / "app.db"
-            conn = sqlite3.connect(db)
-            conn.execute("PRAGMA journal_mode=wal")
-            conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
-            conn.executemany("INSERT INTO items VALUES (?, ?)", ((i, "x") for i in range(100)))
-            conn.commit()
+            conn = items_file(db)
             dsn = pg_dsn.replace("postgres@", f"{role}@")
             cfg = make_config([{"name": "app", "path": str(db)}], sections={
                 "postgres": {"dsn": dsn, "lock_dsn": dsn, "pooler": "transaction", "statement_timeout_seconds": 30},
@@ -104,12 +110,7 @@ async def test_the_way_back_says_a_statement_the_role_s_timeout_cancels_as_such(
 
     async with role_with_statement_timeout(pg_dsn, "1s") as role:
         db = tmp_path / "app.db"
-        conn = sqlite3.connect(db)
-        conn.execute("PRAGMA journal_mode=wal")
-        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
-        conn.executemany("INSERT INTO items VALUES (?, ?)", ((i, "x") for i in range(100)))
-        conn.commit()
-        conn.close()
+        items_file(db).close()
         dsn = pg_dsn.replace("postgres@", f"{role}@")
         cfg = backup_and_config(make_config, tmp_path, db, postgres={
             "dsn": dsn, "lock_dsn": dsn, "pooler": "transaction", "statement_timeout_seconds": 30})
