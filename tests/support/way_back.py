@@ -14,7 +14,7 @@ import asyncpg
 from syncd.config import load_settings
 from syncd.reverse.position import position
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.sync import eventually, pg_rows, wait_caught_up
 
 
 def orders_app(db: Path) -> None:
@@ -71,12 +71,26 @@ def backup_and_config(make_config, tmp_path: Path, db: Path, sources: list[dict]
                        sections={"cutover": cutover, "verify": {"interval_seconds": 0}, **sections})
 
 
+TURNED_BACK = "event=direction_switched: the source now flows Postgres -> SQLite"
+
+
 async def cut_over(cfg: Path, db: Path, dsn: str, source: str = "app", daemon=None) -> str:
+    """`syncd cutover` of a caught-up, verified source. With a daemon running, returns once
+    the daemon runs the source's way back: it notices a cutover at its next bookkeeping
+    recheck ([stream] held_table_retry_seconds), and until then SQLite looks caught up
+    with a Postgres nobody has written yet."""
     await wait_caught_up(db, dsn, source, daemon=daemon)
     v = run_cli(cfg, "verify", "--source", source)  # the checklist wants a clean verification
     assert v.returncode == 0, v.stdout + v.stderr
+    turned = f"source={source} {TURNED_BACK}"
+    before = daemon.own_log().count(turned) if daemon is not None else 0
     r = run_cli(cfg, "cutover", "--source", source)
     assert r.returncode == 0, r.stdout + r.stderr
+    if daemon is not None:
+        async def turned_back() -> bool:
+            return daemon.own_log().count(turned) > before
+
+        await eventually(turned_back, 60, f"the daemon's way back of {source}", daemon)
     return r.stdout
 
 
