@@ -190,18 +190,21 @@ async def test_a_rewrite_whose_recheck_met_the_files_lock_still_reaches_sqlite(t
 
 
 async def test_a_source_whose_way_back_ended_idles_as_a_cut_over_one(tmp_path, make_config, pg_dsn):
-    """Once its way back has ended ([cutover] keep_sqlite_days), an idle source costs
-    Postgres about what a cut-over one does (some 30 transactions in 20 s here); a
-    recheck left due made its pipeline run a whole cycle at every fleet poll (some 130)."""
+    """The way back ends as its rollback window ([cutover] keep_sqlite_days) does, not up
+    to a minute later (its pipeline ran a whole cycle at every poll meanwhile); then the
+    idle source costs Postgres about what a cut-over one does (some 30 transactions in
+    20 s here; a recheck left due made its pipeline run a whole cycle at every fleet poll,
+    some 130)."""
     db = tmp_path / "app.db"
     make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 5 / 86400},
+    window = 20.0  # seconds; the daemon follows the source before it ends
+    cfg = backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": window / 86400},
                             stream={"schema_check_interval_seconds": 3600, "held_table_retry_seconds": 10})
     pg = await asyncpg.connect(pg_dsn)
     try:
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
             await cut_over(cfg, db, pg_dsn, daemon=d)
-            d.wait_log("the way back ends", timeout=150)  # the window is looked at once a minute
+            d.wait_log("the way back ends", timeout=window + 25)
             await asyncio.sleep(15)  # the retirement's own work done, a watch recheck made
             before = await transactions(pg)
             await asyncio.sleep(20)

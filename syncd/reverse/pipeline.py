@@ -60,7 +60,6 @@ DIRECTION_CHECK_SECONDS = 2.0
 # The watch has not seen a source for this long (Postgres away, say): its cycles run at
 # the FleetPoller's pace again.
 WATCH_STALE_SECONDS = 3 * DIRECTION_CHECK_SECONDS
-RETENTION_CHECK_SECONDS = 60.0
 LOOKUP_DROP_RETRY_SECONDS = 300.0  # retired: a lookup index not dropped (its table busy) is tried again then
 COLLISION_ROUNDS = 4
 RELOAD_CHUNK_ROWS = 5000
@@ -187,7 +186,6 @@ class ReversePipeline:
         self.reload_writes = RowsPerHold(RELOAD_CHUNK_ROWS)
         self.gone_writes = RowsPerHold(RELOAD_GONE_ROWS)
         self.last_direction_check = 0.0
-        self.last_retention_check = 0.0
         self.last_request_check = 0.0
         self.last_full_check = time.monotonic()
         self.listening = False  # NOTIFY from the capture triggers wakes this pipeline
@@ -283,9 +281,9 @@ class ReversePipeline:
             return True  # the just-in-case full check: a quiet source's own cycle now and then
         if self.retired is not None:
             return now >= self.lookups_due
-        if self.generation is not None and dt.datetime.now(dt.timezone.utc) >= \
-                self.generation.started_at + dt.timedelta(days=self.settings.cutover.keep_sqlite_days):
-            return True  # the rollback window is over
+        window_end = self._window_end()
+        if window_end is not None and dt.datetime.now(dt.timezone.utc) >= window_end:
+            return True  # the rollback window is over: the cycle ends the way back
         try:
             return self._file_replaced()
         except (SourceFileError, OSError):
@@ -1158,18 +1156,19 @@ class ReversePipeline:
         finally:
             await cutover.release_switch_lock(s.pg, s.key)
 
+    def _window_end(self) -> dt.datetime | None:
+        """When the rollback window ([cutover] keep_sqlite_days after the cutover) ends."""
+        if self.generation is None:
+            return None
+        return self.generation.started_at + dt.timedelta(days=self.settings.cutover.keep_sqlite_days)
+
     async def _retention_over(self) -> bool:
-        """[cutover] keep_sqlite_days after the cutover the way back ends: capture in
+        """At the first cycle after the rollback window the way back ends: capture in
         Postgres is removed and SQLite stays as it is (never deleted)."""
-        now = time.monotonic()
-        every = min(RETENTION_CHECK_SECONDS, self.settings.stream.schema_check_interval_seconds)
-        if now - self.last_retention_check < every or self.generation is None:
+        until = self._window_end()
+        if until is None or dt.datetime.now(dt.timezone.utc) < until:
             return False
-        self.last_retention_check = now
         days = self.settings.cutover.keep_sqlite_days
-        until = self.generation.started_at + dt.timedelta(days=days)
-        if dt.datetime.now(dt.timezone.utc) < until:
-            return False
         s = self.session
         reason = (f"the rollback window ([cutover] keep_sqlite_days = {days:g}) ended at "
                   f"{until.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; the SQLite file is kept as it was then")
