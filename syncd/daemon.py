@@ -173,13 +173,15 @@ class Daemon:
         p.own_poller = False  # FleetPoller polls every source at a bounded rate
         p.admission = self.admission
         p.fleet_rechecks = True  # FleetRechecker asks Postgres for every source at once
-        # The rare just-in-case full reconcile: at most one source a second across the
-        # fleet (each costs ~15 ms of CPU). A fleet's first ones are spread between the
-        # configured interval and its own, so sources that caught up together do not
-        # all fall due in the same second; a few sources keep the interval exactly.
+        # The rare just-in-case full reconcile: about one source a second across the
+        # fleet (each costs ~15 ms of CPU and a few dozen statements). A source's first
+        # one falls at random in the fleet's spacing after the configured interval, so
+        # sources started (or cut over) together do not all fall due in the same second,
+        # however few they are; each keeps its place after that.
         interval = self.settings.stream.schema_check_interval_seconds
-        p.recheck_every = max(interval, FULL_CHECK_SPACING_SECONDS * len(self.settings.sources))
-        p.last_full_check -= random.uniform(0, p.recheck_every - interval)
+        spread = FULL_CHECK_SPACING_SECONDS * len(self.settings.sources)
+        p.recheck_every = max(interval, spread)
+        p.last_full_check += interval - p.recheck_every + random.uniform(0, spread)
         if self.watcher is not None:
             self.watcher.add(source.path, p.wakeup)
         return p
