@@ -127,8 +127,20 @@ def _dollar(body: str) -> str:
 # --- the registry: one row per source that ever went to Postgres ------------------------------
 
 
+REGISTRY_COLUMNS = ("files", "pruned_n", "lineage")  # added after the registry's first release
+
+
 async def ensure_registry(conn: asyncpg.Connection, names: Names) -> None:
-    """The bookkeeping table of the way back and the source's changelog (idempotent)."""
+    """The bookkeeping table of the way back and the source's changelog (idempotent).
+    Looked at first, in one query: as they are, nothing is locked. Each full check of
+    each source comes here, and ALTER TABLE ... ADD COLUMN IF NOT EXISTS takes an ACCESS
+    EXCLUSIVE lock even when the column exists, which waits behind any reader of the
+    registry and holds every later reader up behind itself."""
+    if await conn.fetchval(
+            "SELECT to_regclass($2) IS NOT NULL AND (SELECT count(*) FROM pg_attribute WHERE attrelid = "
+            "to_regclass($1) AND attname = ANY($3::text[]) AND NOT attisdropped) = cardinality($3::text[])",
+            names.registry, names.changelog, list(REGISTRY_COLUMNS)):
+        return
     await conn.execute(f"""CREATE TABLE IF NOT EXISTS {names.registry} (
         source text PRIMARY KEY,
         generation text NOT NULL,
