@@ -54,9 +54,11 @@ async def test_columns_and_tables_added_in_postgres_are_followed(tmp_path, make_
         finally:
             await pg.close()
         async def followed() -> bool:  # a schema change alone leaves no change for wait_back to see
-            return len(typeof(db, "PRAGMA table_info(contacts)")) == 6
+            # (each statement may be taken up at a recheck of its own)
+            return len(typeof(db, "PRAGMA table_info(contacts)")) == 6 and \
+                typeof(db, "SELECT count(*) FROM sqlite_master WHERE name = 'new; table'") == [(1,)]
 
-        await eventually(followed, 60, "the columns added in SQLite too", d)
+        await eventually(followed, 60, "the columns and the table added in SQLite too", d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
         cols = [r[1:3] for r in typeof(db, "PRAGMA table_info(contacts)")]
         assert cols == [("id", "INTEGER"), ("email", "TEXT"), ("score", "NUMERIC"), ("vip", "BOOLEAN"), ("seen", ""),
