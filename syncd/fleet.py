@@ -138,6 +138,7 @@ class WayBackWatch:
     def __init__(self, settings: Settings, pipelines: Callable[[], dict[str, "Pipeline"]]):
         self.settings = settings
         self.pipelines = pipelines
+        self.failing: set[str] = set()  # target DSNs whose last watch failed (said once per streak)
 
     async def run(self) -> None:
         from syncd.model import TO_SQLITE
@@ -153,12 +154,26 @@ class WayBackWatch:
             back = [p for p in self.pipelines().values()
                     if p.direction == TO_SQLITE and p.listened_on is not None and not p.stopping]
             for pipes in by_target(back):
+                failed = None
                 for i in range(0, len(pipes), WATCH_CHUNK):
                     try:
                         await self._look(pipes[i:i + WATCH_CHUNK], recheck)
-                    except Exception:  # noqa: BLE001 - Postgres away: the sources' own cycles run (watched_at)
+                    except Exception as e:  # noqa: BLE001 - Postgres away: the sources' own cycles run (watched_at)
+                        failed = failed or e
                         for p in pipes[i:i + WATCH_CHUNK]:
                             p.wakeup()
+                self._tell(pipes[0].session.target.dsn, failed)
+
+    def _tell(self, dsn: str, failed: Exception | None) -> None:
+        """Say when the watch of a target database starts failing and when it works again,
+        once each: not at every poll."""
+        if failed is not None and dsn not in self.failing:
+            self.failing.add(dsn)
+            log.warning(f"the way back's watch of {scrub(dsn)} failed: {describe(failed)}; each source "
+                        "looks at Postgres on its own meanwhile", extra={"event": "way_back_watch_failed"})
+        elif failed is None and dsn in self.failing:
+            self.failing.discard(dsn)
+            log.info(f"the way back's watch of {scrub(dsn)} works again", extra={"event": "way_back_watch_recovered"})
 
     async def _look(self, pipes: list, recheck: bool) -> None:
         from syncd.identifiers import quote_pg_ident
