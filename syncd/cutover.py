@@ -201,14 +201,15 @@ async def close_abandoned(conn: asyncpg.Connection, b: Bookkeeping, why: str) ->
 
 
 async def undo_abandoned(settings: Settings, source: SourceSettings, conn: asyncpg.Connection,
-                         worker: SqliteWorker) -> str | None:
+                         worker: SqliteWorker | None) -> str | None:
     """With the switch lock held: a cutover that froze the file and died is undone
     (the file unfrozen, its record closed); a file a rollback switched back and left
-    frozen is unfrozen. Returns what was done, or None."""
+    frozen is unfrozen. Without `worker` (the file is gone) only the record is closed.
+    Returns what was done, or None."""
     b = Bookkeeping(settings.postgres.bookkeeping_schema, source.name)
     if await b.direction(conn) != TO_POSTGRES:
         return None
-    message = await worker.run(freeze.frozen)
+    message = await worker.run(freeze.frozen) if worker is not None else None
     if message is None and not await b.switch_open(conn):
         return None
     if message is not None:
@@ -217,7 +218,10 @@ async def undo_abandoned(settings: Settings, source: SourceSettings, conn: async
     # Its record closed, the cutover's guard passes the application's writes: its triggers go.
     b.key = await source_key(conn, b.schema, source.name, assign=False)
     await _unguard(conn, b, source)
-    if message is None:
+    if worker is None:
+        what = ("closed the record of a cutover or rollback that stopped before finishing (the SQLite file is "
+                "gone: nothing there to unfreeze)")
+    elif message is None:
         what = "closed the record of a cutover that stopped before freezing"
     elif left:
         what = "unfroze the SQLite file a cutover left frozen when it stopped before finishing"

@@ -585,15 +585,17 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
     try:
         try:
             await worker.open()
-        except SourceFileError:
+            gone = None
+        except SourceFileError as e:
             # A file gone from a source not cut over (a tenant given up): SQLite was the
             # application's database all along, nothing to roll back; said so, not refused.
-            if not await bookkeeping_exists(conn, b.schema) or await b.load_source(conn) is None \
-                    or await b.direction(conn) != TO_POSTGRES:
+            # An open switch is met as with the file there (below).
+            if not await bookkeeping_exists(conn, b.schema):
                 raise
-            res.already = await _not_cut_over(conn, b)
-            return res
+            gone = e
         await ensure_bookkeeping(conn, b.schema)
+        if gone is not None and await b.load_source(conn) is None:
+            raise gone
         b.key = await source_key(conn, b.schema, source.name)
         await capture.ensure_registry(conn, Names(b.schema, source.name, b.key))
         if await b.load_source(conn) is None:
@@ -602,9 +604,12 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
             raise Refused(f"a cutover or rollback of this source is already running: "
                           f"{await switch_holder(conn, b.key) or 'another session'}")
         locked = True
+        if gone is not None and await b.direction(conn) != TO_POSTGRES:
+            raise gone
         if await b.direction(conn) == TO_POSTGRES:
             from syncd import cutover
-            undone = await cutover.undo_abandoned(settings, source, conn, worker)  # SQLite left frozen
+            # SQLite left frozen (nothing of it to unfreeze when the file is gone)
+            undone = await cutover.undo_abandoned(settings, source, conn, None if gone else worker)
             res.already = await _not_cut_over(conn, b)
             if undone:
                 res.plan.append(undone)
