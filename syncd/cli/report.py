@@ -13,6 +13,7 @@ from syncd.page.history import HistoryView
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.redact import scrub
 from syncd.report import as_json, evaluate, gather, markdown, ready
+from syncd.report.facts import SourceNotMeasured
 from syncd.report.html import page
 from syncd.report.overview import gather_overview
 
@@ -43,7 +44,7 @@ def main(args) -> int:
         return _html(settings)
     try:
         facts = asyncio.run(gather(settings))
-    except PostgresUnavailable as e:
+    except (PostgresUnavailable, SourceNotMeasured) as e:
         return common.fail(str(e), 2)
     except OSError as e:
         return common.fail(f"Postgres: {describe(e)}", 2)

@@ -24,7 +24,8 @@ from syncd.endpoint import fetch_status, own_sources, unanswered
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping, source_key
-from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
+from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
+from syncd.redact import scrub
 from syncd.rehearsal import table_definitions
 from syncd.report import backups
 from syncd.report.backups import BackupFacts
@@ -185,6 +186,18 @@ class ReportError(Exception):
     """The report cannot be made (Postgres unreachable); the message is one line."""
 
 
+class SourceNotMeasured(OSError):
+    """Measuring one source failed in Postgres (a statement timeout, a dropped
+    connection): the report cannot be made, and the one line says which source
+    and which target database (its password hidden). An OSError, as the timeouts and
+    dropped connections it mostly stands for are: every caller's handling holds
+    (`syncd cutover`'s preflight among them)."""
+
+    def __init__(self, source: str, dsn: str, cause: BaseException):
+        super().__init__(f'measuring source "{source}" in {scrub(dsn)}: Postgres: {describe(cause)}')
+        self.source = source
+
+
 REPORT_CONNECTIONS = 4  # per target database: sources measured at once by `syncd report`
 
 
@@ -279,6 +292,11 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
                                   status.get(source.name), now,
                                   parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
                                   budget=None if at_once else turns.left, turn=turns.turn(i))
+        except (asyncpg.QueryCanceledError, asyncpg.InterfaceError, OSError) as e:
+            # Timed out (here or in Postgres) or cut off; a privilege refused or another
+            # error keeps its own line or traceback (cli.entry).
+            turns.abort()
+            raise SourceNotMeasured(source.name, settings.dsn_for(source), e) from e
         except BaseException:
             turns.abort()  # the report fails: no source waits any more for a turn that may never come
             raise

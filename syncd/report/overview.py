@@ -13,7 +13,7 @@ from syncd import status as health
 from syncd.config import Settings
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.report.checklist import CheckItem, evaluate
-from syncd.report.facts import REPORT_CONNECTIONS, MigrationFacts, gather
+from syncd.report.facts import REPORT_CONNECTIONS, MigrationFacts, SourceNotMeasured, gather
 
 
 
@@ -49,7 +49,7 @@ async def gather_overview(settings: Settings, live: dict | None = None, row_keys
                 for o in (s.parity.orphans if s.parity is not None else []):
                     o.sample_keys = []
         items = evaluate(facts)
-    except PostgresUnavailable as e:
+    except (PostgresUnavailable, SourceNotMeasured) as e:
         error = str(e)
     except Exception as e:  # noqa: BLE001 - the page shows what it could not measure, and why
         error = f"Postgres: {describe(e)}"
