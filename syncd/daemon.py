@@ -213,9 +213,9 @@ class Daemon:
                     await q.session.close()
                 raise StartupError(str(e), 1) from None
             except PostgresUnavailable as e:
-                log.warning(f"{login_refused(e, target.dsn) or e}; starting anyway, capture continues and syncd "
-                            "retries",
-                            extra={"event": "postgres_unreachable"})
+                refused = login_refused(e, target.dsn)
+                log.warning(f"{refused or e}; starting anyway, capture continues and syncd retries",
+                            extra={"event": "postgres_login_refused" if refused else "postgres_unreachable"})
             except Exception as e:  # noqa: BLE001 - anything else is retried by the pipelines
                 log.warning(f"Postgres not ready: {describe(e)}")
 

@@ -17,6 +17,9 @@ from syncd.postgres.connect import describe
 
 FAILING = "failing"
 POSTGRES_DOWN = "postgres_unreachable"
+# Postgres answered and refused syncd's role at login (a password rotated, the role gone):
+# retried as an outage is, but named for what it is, in the log, status and sd_notify.
+POSTGRES_LOGIN_REFUSED = "postgres_login_refused"
 REFRESH_SECONDS = 30.0  # a failing note is confirmed this often (a new lock connection needs a newer one)
 WRITE_TIMEOUT_SECONDS = 5.0
 
@@ -29,7 +32,7 @@ class FailingNote:
     async def publish(self, health: str, detail: str, session) -> None:
         """Write the note when it changed, or every REFRESH_SECONDS while failing. Best
         effort: a note not written is tried again at the next step, and never fails one."""
-        if health == POSTGRES_DOWN:
+        if health in (POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED):
             return  # nothing to write to; status sees the outage itself
         want = (detail or "failing") if health == FAILING else None
         now = time.monotonic()

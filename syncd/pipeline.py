@@ -20,7 +20,7 @@ from syncd import metrics, parity
 from syncd.collisions import LookupIndexTooSlow
 from syncd.printable import listed
 from syncd.config import Settings, SourceSettings
-from syncd.health_note import FailingNote
+from syncd.health_note import POSTGRES_LOGIN_REFUSED, FailingNote
 from syncd.lag import LagTracker
 from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
@@ -387,9 +387,10 @@ class Pipeline:
         self.pg_ok = False
         self.session.drop_postgres()
         # Postgres answered and refused the role (a password rotated): said so, retried as an outage is.
-        what = login_refused(exc, self.settings.dsn_for(self.source)) or f"Postgres unreachable: {why or describe(exc)}"
-        self._enter(POSTGRES_DOWN, f"{what}; retrying with backoff, changes stay captured in SQLite",
-                    kind="postgres", level="warning")
+        refused = login_refused(exc, self.settings.dsn_for(self.source))
+        what = refused or f"Postgres unreachable: {why or describe(exc)}"
+        self._enter(POSTGRES_LOGIN_REFUSED if refused else POSTGRES_DOWN,
+                    f"{what}; retrying with backoff, changes stay captured in SQLite", kind="postgres", level="warning")
 
     def _enter(self, health: str, detail: str, kind: str, level: str, exc: BaseException | None = None) -> None:
         """Log a state change once, not once per retry."""
@@ -405,6 +406,7 @@ class Pipeline:
     def _recovered(self) -> None:
         what = {
             POSTGRES_DOWN: "Postgres is reachable again",
+            POSTGRES_LOGIN_REFUSED: "Postgres accepts syncd's login again",
             SOURCE_MISSING: "the SQLite file is back",
             LOCKED: "the source lock is free again",
             FILE_LOCKED: "the SQLite file is no longer locked",
@@ -483,7 +485,7 @@ class Pipeline:
             self.captured_once = True
         if await s.connect_postgres(lock=True):
             self.needs_reconcile = True
-            if self.health == POSTGRES_DOWN:
+            if self.health in (POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED):
                 # Postgres answered, taking the source's lock again (an outage let it go): said
                 # now, not only once a step goes through, which a lock on the file may hold up.
                 self._recovered()

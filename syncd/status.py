@@ -434,6 +434,9 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
             st.state = mine["health"]
             if st.state == "postgres_unreachable" and st.postgres_refused:
                 st.state = "postgres_refused"  # the daemon's outage is Postgres refusing syncd's role, as seen here
+            elif st.state == "postgres_login_refused":  # the daemon's own name: status's one for a role refused
+                st.state = "postgres_refused"
+                st.daemon_detail = mine.get("detail") or None
         if st.state in ("failing", "file_locked"):
             st.daemon_detail = mine.get("detail") or None
     else:
@@ -540,7 +543,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
     # problem is named above (--json still says capture_installed).
     if st.sqlite_exists and not st.capture_installed and st.sqlite_error is None and st.postgres_reachable:
         p.append(Problem("critical", "capture is not installed in the SQLite file"))
-    if st.state in ("postgres_unreachable", "source_missing", "locked_by_other", "failing") and st.daemon_running:
+    daemon_refused = st.state == "postgres_refused" and st.postgres_reachable  # the daemon's login, not status's
+    if (st.state in ("postgres_unreachable", "source_missing", "locked_by_other", "failing") or daemon_refused) \
+            and st.daemon_running:
         why = f": {st.daemon_detail}" if st.daemon_detail else ""
         who = "the daemon cannot be asked; the file says" if getattr(st, "_derived", False) else "the daemon reports"
         p.append(Problem("critical", f"{who} {st.state.replace('_', ' ')}{why}"))

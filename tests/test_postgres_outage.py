@@ -136,9 +136,10 @@ async def test_a_connection_asyncpg_lost_track_of_counts_as_an_outage_and_nothin
 async def test_a_role_refused_at_login_is_named_once_and_retried_until_it_is_let_in(pg_dsn, tmp_path):
     """The role syncd logs in as stops being let in while the daemon runs (its password
     rotated; here NOLOGIN, as this server trusts every password): the log says Postgres
-    refused that role at login, once for the outage, never "unreachable" and never the
-    password; status says the same; the daemon keeps capturing and retrying, and catches
-    up once the role is let in again."""
+    refused that role at login, once for the outage (its own event, postgres_login_refused),
+    never "unreachable" and never the password; status says the same; the daemon keeps
+    capturing and retrying, catches up once the role is let in again, and says that
+    Postgres accepts its login again (not that Postgres is "reachable again")."""
     role = f"syncd_login_{secrets.token_hex(4)}"
     await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN SUPERUSER")
     role_dsn = pg_dsn.replace("postgres@", f"{role}:hunter2@")
@@ -168,10 +169,12 @@ async def test_a_role_refused_at_login_is_named_once_and_retried_until_it_is_let
     out = status.stdout + status.stderr
     assert "hunter2" not in log and "hunter2" not in out, (log, out)
     assert "Postgres unreachable" not in log, log
-    [line] = [x for x in log.splitlines() if "event=postgres_unreachable" in x]  # once, not once per retry
+    assert "event=postgres_unreachable" not in log and "reachable again" not in log, log
+    [line] = [x for x in log.splitlines() if "event=postgres_login_refused" in x]  # once, not once per retry
     assert f"Postgres refused syncd's role {role} at login" in line and "not permitted to log in" in line, line
     assert f"refused syncd's role {role} at login" in out and "Postgres unreachable" not in out, out
     [row] = [x for x in status.stdout.splitlines() if x.startswith("app ")]
     assert row.split()[1:3] == ["postgres", "refused"], status.stdout  # the daemon, asked, says the same
-    assert log.count("event=recovered") == 1
+    [back] = [x for x in log.splitlines() if "event=recovered" in x]
+    assert "Postgres accepts syncd's login again" in back, back
     assert await compare_table(str(db), pg_dsn, "app", "items") == []

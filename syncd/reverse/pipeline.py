@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_r
 
 from syncd import metrics
 from syncd.config import Settings, SourceSettings
-from syncd.health_note import FailingNote
+from syncd.health_note import POSTGRES_LOGIN_REFUSED, FailingNote
 from syncd.model import TO_SQLITE, TableSpec
 from syncd.pipeline import lock_met
 from syncd.postgres import bookkeeping as bk
@@ -381,10 +381,11 @@ class ReversePipeline:
             self.pg_ok = False
             self.lag.unreachable = True
             self.session.drop_postgres()
-            what = login_refused(exc, self.settings.dsn_for(self.source)) or f"Postgres unreachable: {describe(exc)}"
-            self._enter(POSTGRES_DOWN, f"{what}; retrying with backoff, the "
-                                       "application's changes wait in Postgres's changelog", kind="postgres",
-                        level="warning")
+            refused = login_refused(exc, self.settings.dsn_for(self.source))
+            what = refused or f"Postgres unreachable: {describe(exc)}"
+            self._enter(POSTGRES_LOGIN_REFUSED if refused else POSTGRES_DOWN,
+                        f"{what}; retrying with backoff, the application's changes wait in Postgres's changelog",
+                        kind="postgres", level="warning")
         elif contended(exc):
             # The application holds the file: try again soon; Postgres's changes wait in its
             # changelog. Held for long while syncd must write into it, it is said.
@@ -412,7 +413,8 @@ class ReversePipeline:
         log(detail, event=health, exc_info=trace)
 
     def _recovered(self) -> None:
-        what = {POSTGRES_DOWN: "Postgres is reachable again", SOURCE_MISSING: "the SQLite file is back",
+        what = {POSTGRES_DOWN: "Postgres is reachable again",
+                POSTGRES_LOGIN_REFUSED: "Postgres accepts syncd's login again", SOURCE_MISSING: "the SQLite file is back",
                 LOCKED: "the source lock is free again", FILE_LOCKED: "the SQLite file is no longer locked",
                 FAILING: "the failing step succeeded"}.get(self.health)
         if what:
@@ -439,7 +441,7 @@ class ReversePipeline:
             return True
         if await s.connect_postgres(lock=True):
             self.needs_reconcile = True  # the lock was (re)taken: anything may have changed meanwhile
-            if self.health == POSTGRES_DOWN:
+            if self.health in (POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED):
                 # Postgres answered, taking the source's lock again (an outage let it go): said
                 # now, not only once a step goes through, which a lock on the file may hold up.
                 self._recovered()
