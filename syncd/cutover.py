@@ -93,14 +93,18 @@ STARTED_SWITCHES: list[int] = []
 async def hold_at(verb: str, step: str) -> None:
     """Tests' hook: with SYNCD_<VERB>_HOLD_AT=<step>, the switch stops at that step, says
     so, and waits to be killed, interrupted, or (with SYNCD_<VERB>_RESUME_ON=<path>) for
-    that file to exist."""
-    if os.environ.get(f"SYNCD_{verb}_HOLD_AT") != step:
+    that file to exist. Several steps, comma-separated: each holds, the file removed as
+    each goes on (the next waits for it to be created again)."""
+    steps = os.environ.get(f"SYNCD_{verb}_HOLD_AT", "").split(",")
+    if step not in steps:
         return
     resume_on = os.environ.get(f"SYNCD_{verb}_RESUME_ON")
     print(f"holding at {step}", flush=True)
     while not (resume_on and os.path.exists(resume_on)):
         # until killed, or interrupted (Ctrl-C cancels the command's task here)
         await asyncio.sleep(0.1 if resume_on else 1)
+    if len(steps) > 1:
+        os.remove(resume_on)
 
 
 async def _hold(step: str) -> None:
@@ -696,6 +700,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                 res.downtime_seconds = time.monotonic() - frozen_at
                 await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
                                   downtime_seconds=res.downtime_seconds, detail=json.dumps({"steps": res.plan}))
+                await _hold("turned")  # everything written, SQLite's way-back checkpoint too; not committed
                 committing = True
 
         # Waiting for a table another session keeps (a report's open transaction, say): each

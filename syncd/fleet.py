@@ -8,11 +8,12 @@ bounded rate or in one query, what each source would otherwise do on its own tim
 - FleetRechecker: per target database, one query for every source's resync requests,
   direction (a cutover or rollback) and unfinished switches, every
   held_table_retry_seconds; only the sources concerned are woken.
-- WayBackWatch: per target database, one query for every cut-over source's direction
-  and whether its changelog in Postgres holds anything, every DIRECTION_CHECK_SECONDS,
-  and, every held_table_retry_seconds, what their rechecks look for (tables rewritten or
-  changed by the application's DDL, a rollback's freeze): only the sources concerned
-  are woken, NOTIFY waking each for its changes.
+- WayBackWatch: per target database, one query for every source's direction (a cutover
+  or a rollback noticed within DIRECTION_CHECK_SECONDS, not at the next recheck) and
+  whether a cut-over source's changelog in Postgres holds anything, every
+  DIRECTION_CHECK_SECONDS, and, every held_table_retry_seconds, what the way back's
+  rechecks look for (tables rewritten or changed by the application's DDL, a rollback's
+  freeze): only the sources concerned are woken, NOTIFY waking each for its changes.
 - VerifyScheduler: full consistency checks, the source checked longest ago first, at
   most [verify] concurrency at once, each on a connection borrowed from its target's
   pool; says when the fleet's checks fall behind [verify] interval_seconds.
@@ -141,7 +142,7 @@ class WayBackWatch:
         self.failing: set[str] = set()  # target DSNs whose last watch failed (said once per streak)
 
     async def run(self) -> None:
-        from syncd.model import TO_SQLITE
+        from syncd.model import TO_POSTGRES, TO_SQLITE
         from syncd.reverse.pipeline import DIRECTION_CHECK_SECONDS
 
         rechecked = -math.inf
@@ -151,16 +152,21 @@ class WayBackWatch:
             recheck = now - rechecked >= self.settings.stream.held_table_retry_seconds
             if recheck:
                 rechecked = now
-            back = [p for p in self.pipelines().values()
-                    if p.direction == TO_SQLITE and p.listened_on is not None and not p.stopping]
-            for pipes in by_target(back):
+            live = [p for p in self.pipelines().values() if not p.stopping]
+            back = [p for p in live if p.direction == TO_SQLITE and p.listened_on is not None]
+            # Forward sources not known to be cut over yet: a cutover is noticed here too.
+            onward = [p for p in live if p.direction == TO_POSTGRES and p.session.direction == TO_POSTGRES]
+            for pipes in by_target(back + onward):
+                ways_back = [p for p in pipes if p.direction == TO_SQLITE]
+                forward = [p for p in pipes if p.direction != TO_SQLITE]
+                chunks = [ways_back[i:i + WATCH_CHUNK] for i in range(0, len(ways_back), WATCH_CHUNK)] or [[]]
                 failed = None
-                for i in range(0, len(pipes), WATCH_CHUNK):
+                for k, chunk in enumerate(chunks):
                     try:
-                        await self._look(pipes[i:i + WATCH_CHUNK], recheck)
+                        await self._look(chunk, forward if k == 0 else [], recheck)
                     except Exception as e:  # noqa: BLE001 - Postgres away: the sources' own cycles run (watched_at)
                         failed = failed or e
-                        for p in pipes[i:i + WATCH_CHUNK]:
+                        for p in chunk:  # a forward source's own retries and rechecks need no waking
                             p.wakeup()
                 self._tell(pipes[0].session.target.dsn, failed)
 
@@ -169,29 +175,41 @@ class WayBackWatch:
         once each: not at every poll."""
         if failed is not None and dsn not in self.failing:
             self.failing.add(dsn)
-            log.warning(f"the way back's watch of {scrub(dsn)} failed: {describe(failed)}; each source "
-                        "looks at Postgres on its own meanwhile", extra={"event": "way_back_watch_failed"})
+            log.warning(f"the daemon's watch of {scrub(dsn)} (cutovers, rollbacks, the way back's changes) failed: "
+                        f"{describe(failed)}; each source looks at Postgres on its own meanwhile",
+                        extra={"event": "way_back_watch_failed"})
         elif failed is None and dsn in self.failing:
             self.failing.discard(dsn)
-            log.info(f"the way back's watch of {scrub(dsn)} works again", extra={"event": "way_back_watch_recovered"})
+            log.info(f"the daemon's watch of {scrub(dsn)} works again", extra={"event": "way_back_watch_recovered"})
 
-    async def _look(self, pipes: list, recheck: bool) -> None:
+    async def _look(self, pipes: list, forward: list, recheck: bool) -> None:
+        """One query for `pipes` (cut-over sources: direction, changes waiting) and
+        `forward` (sources streaming to Postgres: direction), and at a recheck another
+        for `pipes`."""
         from syncd.identifiers import quote_pg_ident
         from syncd.pipeline import RecheckFlags
         from syncd.reverse.capture import FREEZE_TRIGGER, freeze_triggers_from, table_columns_from
 
         bk = quote_pg_ident(self.settings.postgres.bookkeeping_schema)
         looked = time.monotonic()
-        waiting = " UNION ALL ".join(
-            f"SELECT ${i + 1}::text, "
-            + (f"EXISTS (SELECT 1 FROM {p.names.changelog})" if p.retired is None and p.checkpoint is not None
-               else "false")
-            for i, p in enumerate(pipes))
-        async with pipes[0].session.target.connection() as conn:
-            rows = await conn.fetch(f"SELECT w.source, s.direction, w.waiting FROM ({waiting}) AS w (source, waiting) "
-                                    f"LEFT JOIN {bk}.sources s ON s.source = w.source", *[p.name for p in pipes])
+        parts, args = [], []
+        if pipes:
+            waiting = " UNION ALL ".join(
+                f"SELECT ${i + 1}::text, "
+                + (f"EXISTS (SELECT 1 FROM {p.names.changelog})" if p.retired is None and p.checkpoint is not None
+                   else "false")
+                for i, p in enumerate(pipes))
+            parts.append(f"SELECT w.source, s.direction, w.waiting FROM ({waiting}) AS w (source, waiting) "
+                         f"LEFT JOIN {bk}.sources s ON s.source = w.source")
+            args += [p.name for p in pipes]
+        if forward:
+            parts.append(f"SELECT s.source, s.direction, false FROM {bk}.sources s "
+                         f"WHERE s.source = ANY(${len(args) + 1}::text[])")
+            args.append([p.name for p in forward])
+        async with (pipes or forward)[0].session.target.connection() as conn:
+            rows = await conn.fetch(" UNION ALL ".join(f"({q})" for q in parts), *args)
             facts = {}
-            if recheck:
+            if recheck and pipes:
                 facts = {r[0]: (r[1], r[2]) for r in await conn.fetch(
                     "SELECT w.source, (SELECT md5(string_agg(c.relname || ' ' || c.relfilenode || ' ' || a.attname "
                     "|| ' ' || format_type(a.atttypid, a.atttypmod), ',' ORDER BY c.relname, a.attnum)) "
@@ -203,8 +221,17 @@ class WayBackWatch:
                     [p.name for p in pipes], [p.source.schema for p in pipes],
                     [p.names.freeze_function_name for p in pipes], FREEZE_TRIGGER,
                     self.settings.postgres.bookkeeping_schema)}
+        onward = {p.name: p for p in forward}
         by_name = {p.name: p for p in pipes}
         for name, direction, waiting in rows:
+            if name in onward:
+                p = onward[name]
+                if direction is not None and direction != p.session.direction:  # a cutover turned it around
+                    had = p.recheck_flags  # the recheck's, if it came first: its resync request kept
+                    p.recheck_flags = RecheckFlags(had is not None and had.requested, direction,
+                                                   had is not None and had.open_switch)
+                    p.wakeup()
+                continue
             p = by_name[name]
             wake = bool(waiting)  # changes NOTIFY did not bring (or not yet)
             if direction is not None and direction != p.session.direction:

@@ -15,7 +15,7 @@ from tests.support.proxy import FaultProxy
 from tests.support.way_back import PgWriter, backup_and_config, cut_over, wait_back
 
 PASSWORD = "watch-secret-9f3"  # trust auth ignores it; it must never be printed
-FAILED = "the way back's watch of"
+FAILED = "the daemon's watch of"
 
 
 async def test_the_way_back_watch_says_once_that_it_fails_and_once_that_it_works_again(tmp_path, pg_dsn):
