@@ -76,9 +76,8 @@ TURNED_BACK = "event=direction_switched: the source now flows Postgres -> SQLite
 
 async def cut_over(cfg: Path, db: Path, dsn: str, source: str = "app", daemon=None) -> str:
     """`syncd cutover` of a caught-up, verified source. With a daemon running, returns once
-    the daemon runs the source's way back: it notices a cutover at its next bookkeeping
-    recheck ([stream] held_table_retry_seconds), and until then SQLite looks caught up
-    with a Postgres nobody has written yet."""
+    the daemon runs the source's way back: it notices a cutover within a couple of
+    seconds, and until then SQLite looks caught up with a Postgres nobody has written yet."""
     await wait_caught_up(db, dsn, source, daemon=daemon)
     v = run_cli(cfg, "verify", "--source", source)  # the checklist wants a clean verification
     assert v.returncode == 0, v.stdout + v.stderr
