@@ -15,7 +15,7 @@ from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite import windows
 from syncd.sqlite.connection import SourceFileError, no_such_table, open_connection, surrogate_text
-from syncd.types import ValueMismatch, audit_prefilter, converter_of, needs_conversion_filter
+from syncd.types import PgType, ValueMismatch, audit_prefilter, converter_of, needs_conversion_filter
 
 SAMPLE_KEYS = 5
 NULL_KEY = "a primary key"  # Misfit.pgtype of the rows whose key holds a NULL
@@ -70,6 +70,47 @@ def misfits_text(table: str, misfits: list[Misfit]) -> str:
     return text + (f"; and {len(misfits) - 3} more column(s)" if len(misfits) > 3 else "")
 
 
+@dataclass(frozen=True)
+class ScanConditions:
+    """What the audit's scan selects (SQLite boolean expressions): `candidates`, every
+    row holding a value that might not fit its column's type (types.audit_prefilter) or
+    a NULL in its key; `unconverted`, every row holding a value not sent as stored
+    (types.needs_conversion_filter) or a NULL key, None where a column's type converts
+    every value. Every type with that filter has its candidates among the values it
+    selects, so `unconverted` selects every candidate too."""
+
+    candidates: str
+    unconverted: str | None
+
+
+def scan_conditions(spec: TableSpec) -> ScanConditions:
+    """The audit's conditions for `spec`, leaving out the rowid carried as bigint: SQLite
+    keeps it a 64-bit integer, never NULL, so it can neither misfit nor need converting
+    (an INTEGER PRIMARY KEY, read on every row, was a fifth of a five-column table's)."""
+    candidates, unconverted = [], []
+    for col in spec.columns:
+        ref = spec.sqlite_ref(col.name)
+        if _is_rowid(spec, col.name) and col.pgtype is PgType.BIGINT and col.sqlite_format is None:
+            continue
+        # A column typed in a spelling (Column.sqlite_format) checks every value.
+        pf = audit_prefilter(col.pgtype, ref) if col.sqlite_format is None else None
+        candidates.append(pf if pf is not None else f"{ref} IS NOT NULL")
+        unconverted.append(needs_conversion_filter(col.pgtype, ref))
+    null_keys = [f"{spec.sqlite_ref(k)} IS NULL" for k in spec.key if not _is_rowid(spec, k)]
+
+    def either(conds: list[str]) -> str:
+        return " OR ".join(f"({c})" for c in conds) or "0"
+
+    return ScanConditions(either(candidates + null_keys),
+                          None if None in unconverted else either([c for c in unconverted if c] + null_keys))
+
+
+def _is_rowid(spec: TableSpec, name: str) -> bool:
+    """Column `name` is the table's rowid: its INTEGER PRIMARY KEY, or syncd's rowid
+    column of a keyless table."""
+    return spec.column(name).sqlite_expr is not None or (spec.rowid_alias and spec.key == (name,))
+
+
 def audit_scan(conn: sqlite3.Connection, spec: TableSpec,
                inode: tuple[int, int] | None = None) -> tuple[list[Misfit], bool]:
     """audit_table(), and whether the scan saw only values already sent as they are
@@ -81,13 +122,6 @@ def audit_scan(conn: sqlite3.Connection, spec: TableSpec,
     plain table's scan returns no row at all."""
     nkey = len(spec.key)
     key_cols = [spec.sqlite_ref(k) for k in spec.key]
-    checks: list[tuple[int, str, str | None]] = []
-    for i, col in enumerate(spec.columns):
-        # A column typed in a spelling (Column.sqlite_format) checks every value.
-        pf = audit_prefilter(col.pgtype, spec.sqlite_ref(col.name)) if col.sqlite_format is None else None
-        checks.append((i, col.name, pf))
-    conds = [pf if pf is not None else f"{spec.sqlite_ref(n)} IS NOT NULL" for _, n, pf in checks]
-    conds += [f"{k} IS NULL" for k in key_cols]
     cols = ", ".join(spec.sqlite_ref(c.name) for c in spec.columns)
     convs = [converter_of(c) for c in spec.columns]
     misfits: dict[str, Misfit] = {}
@@ -97,15 +131,11 @@ def audit_scan(conn: sqlite3.Connection, spec: TableSpec,
     # Window by window, each its own statement, converting only once a window is read:
     # the read lock is never held while Python works (rollback-journal writers wait on it).
     # A large table's windows are read two at a time, on two connections.
-    select, candidates = f"{', '.join(key_cols)}, {cols}", " OR ".join("(" + c + ")" for c in conds)
-    needs = [needs_conversion_filter(c.pgtype, spec.sqlite_ref(c.name)) for c in spec.columns]
-    plain = None not in needs
-    # Every type with the filter has its misfit candidates among the values it selects,
-    # so while `plain` holds the filters (and NULL keys) alone select every candidate.
-    either = " OR ".join(f"({c})" for c in needs + [f"{k} IS NULL" for k in key_cols]) if plain else candidates
+    select, conditions = f"{', '.join(key_cols)}, {cols}", scan_conditions(spec)
+    plain = conditions.unconverted is not None
 
     def where() -> str:
-        return either if plain else candidates
+        return conditions.unconverted if plain and conditions.unconverted is not None else conditions.candidates
 
     helper: sqlite3.Connection | None = None
     scanned = None
