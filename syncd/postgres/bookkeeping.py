@@ -242,8 +242,8 @@ async def ensure_bookkeeping(conn: asyncpg.Connection, bk: str) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS)
         await ensure_schema(conn, bk)
         adopt = await _relation_exists(conn, bk, "tables") and not await _relation_exists(conn, bk, OWNED_TABLES)
-        for stmt in _ddl(bk):
-            await conn.execute(stmt)
+        # One round trip: every statement in one simple query, in this transaction.
+        await conn.execute(";\n".join(_ddl(bk)))
         s = quote_pg_ident(bk)
         if adopt:
             # Upgrade from a syncd that did not record what it created: the tables its
