@@ -132,20 +132,30 @@ def scan_two(conn: sqlite3.Connection, helper: sqlite3.Connection, table: str, o
     ahead of the caller."""
     sizer = RowsPerHold(size)
     wins = windows(conn, table, order, sizer)
+
+    def lay_out() -> tuple[tuple[str, tuple] | None, tuple[str, tuple] | None, int]:
+        """The next two windows, and the rows each was laid out for."""
+        first = next(wins, None)
+        asked = sizer.rows
+        return first, next(wins, None) if first is not None else None, asked
+
     with ThreadPoolExecutor(1, thread_name_prefix="syncd-scan") as pool:
-        while True:
-            first = next(wins, None)
-            if first is None:
-                return
-            asked = sizer.rows
-            second = next(wins, None)
+        first, second, asked = lay_out()
+        while first is not None:
             later = pool.submit(_timed_read, helper, table, select, where, params, second) if second else None
             # Should this read fail, or the caller stop here, leaving the `with` waits for
             # the helper's read: its connection is never closed under it.
             rows, seconds = _timed_read(conn, table, select, where, params, first)
             sizer.held(seconds, asked)
             yield rows
+            # The next two windows are laid out (walked to on this connection) while the
+            # helper may still read its window, not after: the walk was a seventh of a
+            # narrow table's audit, all of it on one thread. Their size follows this
+            # connection's read; the helper's, of as many rows at the same time, counts
+            # from the pair after.
+            upcoming = lay_out()
             if later is not None:
                 rows, seconds = later.result()
                 sizer.held(seconds, asked)
                 yield rows
+            first, second, asked = upcoming
