@@ -4,7 +4,10 @@ whose record was lost) starts capture in Postgres and marks every table to be co
 again in SQLite. With syncd's writes into the file bounded to a second while a step
 holds a pooled connection, the mark can fail on the application's lock after capture
 started: the copy must still happen once the lock is gone, or the changes made in
-Postgres before capture started never reach SQLite."""
+Postgres before capture started never reach SQLite. The file takes the new capture's
+position with those copies: without it, it held none of this capture, the way back's
+position was unknown (`syncd status`), and the next periodic check took the file for an
+older copy put back and copied every table a second time."""
 
 from __future__ import annotations
 
@@ -41,7 +44,9 @@ async def test_changes_made_before_capture_started_reach_sqlite_although_the_fil
         tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
+    # No periodic check while the test runs: the copies and the position come from the
+    # way back's start alone.
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"schema_check_interval_seconds": 3600})
     await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
 
     pg = await asyncpg.connect(pg_dsn)
@@ -69,6 +74,7 @@ async def test_changes_made_before_capture_started_reach_sqlite_although_the_fil
 
             await eventually(copied, 30, "the tables copied again from Postgres", d)
             assert "no record of Postgres capture for the way back" in d.log()
+            assert "event=reverse_file_older" not in d.log()
     finally:
         if holder.poll() is None:
             holder.kill()

@@ -616,7 +616,14 @@ class ReversePipeline:
         cp = ReverseCheckpoint.decode(self.file_checkpoint)
         if older(cp, gen):
             cp = start(gen.id, gen.pruned_n, gen.lineage)
-            if not copy_all:
+            if copy_all:
+                # The copies are asked for (above): the file takes the new capture's position
+                # now, or it holds none of it until Postgres's next change, and the next full
+                # check takes it for an older copy and copies every table a second time.
+                await s.worker.run(run_on(self.sink, "apply"), ApplyPlan(
+                    [], checkpoint=cp.encode(), expect=self.file_checkpoint))
+                self.file_checkpoint = cp.encode()
+            else:
                 # Postgres let go of changes this file has not taken, or the file holds no
                 # position of this cutover, which writes one into it: it is an older copy (a
                 # backup put back, a file from before the cutover, lacking what the
