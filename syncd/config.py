@@ -198,7 +198,7 @@ class MetricsSettings(_Strict):
         return self
 
     def access(self):
-        from syncd.endpoint import Access
+        from syncd.endpoint_client import Access
 
         def secret(v: SecretStr | None) -> str | None:
             return v.get_secret_value() if v is not None else None

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from syncd.config import Settings, SourceSettings, StatusSettings
-from syncd.endpoint import fetch_status, own_sources, unanswered
+from syncd.endpoint_client import fetch_status, own_sources, unanswered
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk

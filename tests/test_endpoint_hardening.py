@@ -23,7 +23,8 @@ import urllib.request
 import pytest
 
 from syncd.config import MetricsSettings
-from syncd.endpoint import Access, Endpoint, fetch_status
+from syncd.endpoint import Endpoint
+from syncd.endpoint_client import Access, fetch_status
 from tests.conftest import write_config
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli, wait_for

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from syncd.cli import common
-from syncd.endpoint import fetch_json
+from syncd.endpoint_client import fetch_json
 from syncd.config import Settings
 from syncd.page.history import HistoryView
 from syncd.postgres.connect import PostgresUnavailable, describe

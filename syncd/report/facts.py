@@ -20,7 +20,7 @@ from syncd.parity import summary
 from syncd.parity.plan import DUAL_WRITE
 from syncd.parity.summary import ParityFacts
 from syncd.config import Settings, SourceSettings
-from syncd.endpoint import fetch_status, own_sources, unanswered
+from syncd.endpoint_client import fetch_status, own_sources, unanswered
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping, source_key
