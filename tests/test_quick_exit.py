@@ -1,6 +1,6 @@
-"""After a verb that answers (status, verify, cutover) the command leaves without
-Python's teardown, but only once every SQLite connection is closed: a connection's
-close is what folds a WAL file back into the database and removes it."""
+"""After a verb that answers (status, verify, cutover, rollback, ...) the command leaves
+without Python's teardown, but only once every SQLite connection is closed: a
+connection's close is what folds a WAL file back into the database and removes it."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ print(seen)
 
 
 def test_a_sqlite_connection_left_open_keeps_the_teardown(tmp_path):
-    assert {"status", "verify", "cutover"} <= set(QUICK_EXIT_AT_ANY_CODE)
+    assert {"status", "verify", "cutover", "rollback"} <= set(QUICK_EXIT_AT_ANY_CODE)
     out = subprocess.run([sys.executable, "-c", CHECK, str(tmp_path / "app.db")], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.strip() == "[True, False, True]", out

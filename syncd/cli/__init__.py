@@ -24,9 +24,10 @@ _VALUED_OPTIONS = ("--config", "--log-format", "--log-level")
 # its stop there, its larger heap collected in full: every systemctl stop or restart.
 QUICK_EXIT_VERBS = ("init", "run")
 # Verbs whose every exit code is an answer (problems to report, tables that differ, a
-# switch refused or undone): out at once whatever the code, once every SQLite connection
-# is closed too. The teardown was a sixth of every `syncd status` and `syncd verify`.
-QUICK_EXIT_AT_ANY_CODE = ("status", "verify", "cutover")
+# switch refused or undone, a step left to the operator): out at once whatever the code,
+# once every SQLite connection is closed too. The teardown was a sixth of every `syncd
+# status` and `syncd verify`. Not demo nor rehearse: they run servers and daemons of their own.
+QUICK_EXIT_AT_ANY_CODE = ("status", "verify", "cutover", "rollback", "report", "schema", "resync", "uninstall")
 
 
 def invoked_verb(argv: list[str]) -> str | None:
