@@ -29,6 +29,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -589,8 +590,10 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
         except SourceFileError as e:
             # A file gone from a source not cut over (a tenant given up): SQLite was the
             # application's database all along, nothing to roll back; said so, not refused.
-            # An open switch is met as with the file there (below).
-            if not await bookkeeping_exists(conn, b.schema):
+            # An open switch is met as with the file there (below). Only a file that is not
+            # there: one unreadable or being replaced may still be frozen, its switch's
+            # guard in Postgres the one thing keeping the application out.
+            if not await bookkeeping_exists(conn, b.schema) or os.path.exists(source.path):
                 raise
             gone = e
         await ensure_bookkeeping(conn, b.schema)

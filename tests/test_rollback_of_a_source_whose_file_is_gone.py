@@ -74,3 +74,21 @@ async def test_a_cutover_still_running_refuses_the_rollback_of_a_gone_file(tmp_p
         assert "app: REFUSED" in r.stdout and "a cutover or rollback of this source is already running" in r.stdout, \
             r.stdout
         assert await pg_rows(pg_dsn, OPEN) == [("cutover", "frozen")]
+
+
+async def test_a_file_there_but_unreadable_keeps_the_open_cutovers_guard(tmp_path, make_config, pg_dsn):
+    """Only a file that is not there is taken for gone: one that cannot be read (being
+    replaced, damaged) may still be the frozen truth, and its cutover's guard is what
+    keeps the application out of Postgres meanwhile."""
+    db, cfg = _set_up(tmp_path, make_config)
+    await _caught_up_and_verified(db, cfg, pg_dsn)
+    with held_at(cfg, "cutover", "verified") as proc:
+        proc.kill()
+        proc.wait(10)
+    _remove(db)  # and in its place, a copy still being written
+    db.write_bytes(b"half of a copy, not yet a database" * 100)
+    r = run_cli(cfg, "rollback")
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "gone" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert await pg_rows(pg_dsn, OPEN) == [("cutover", "frozen")]
+    assert await _write_postgres(pg_dsn) is not None, "the guard was dropped while SQLite may still be the truth"
