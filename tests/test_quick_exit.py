@@ -30,3 +30,12 @@ def test_a_sqlite_connection_left_open_keeps_the_teardown(tmp_path):
                          timeout=60, check=True).stdout
     assert out.strip() == "[True, False, True]", out
     assert not (tmp_path / "app.db-wal").exists()
+
+
+def test_an_answer_given_with_its_output_closed_exits_with_its_own_code(tmp_path):
+    """Started with its standard output closed (a cron line's `>&-`), a verb still exits
+    with its own code, without a traceback: here the configuration's error (3)."""
+    r = subprocess.run(f"{sys.executable} -m syncd --config {tmp_path / 'missing.toml'} status >&-", shell=True,
+                       capture_output=False, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 3, (r.returncode, r.stderr)

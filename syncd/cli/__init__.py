@@ -125,8 +125,9 @@ def entry() -> NoReturn:
     if quick and _no_thread_to_wait_for():
         logging.shutdown()
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:  # None: started with that descriptor closed
+                    stream.flush()
         except (OSError, ValueError):  # a closed pipe: Python's own exit reports it as it always did
             raise SystemExit(code) from None
         os._exit(code)
