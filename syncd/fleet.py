@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from syncd import metrics
 from syncd.config import Settings
 from syncd.postgres.pool import Targets
-from syncd.postgres.connect import describe
+from syncd.postgres.connect import describe, statement_cancelled
 from syncd.redact import scrub
 
 if TYPE_CHECKING:
@@ -155,7 +155,10 @@ class WayBackWatch:
             live = [p for p in self.pipelines().values() if not p.stopping]
             back = [p for p in live if p.direction == TO_SQLITE and p.listened_on is not None]
             # Forward sources not known to be cut over yet: a cutover is noticed here too.
-            onward = [p for p in live if p.direction == TO_POSTGRES and p.session.direction == TO_POSTGRES]
+            # Not through an outage: their reconnection reconciles, which reads the direction.
+            onward = [p for p in live if p.direction == TO_POSTGRES and p.session.direction == TO_POSTGRES
+                      and p.pg_ok is not False]
+            polled = set()
             for pipes in by_target(back + onward):
                 ways_back = [p for p in pipes if p.direction == TO_SQLITE]
                 forward = [p for p in pipes if p.direction != TO_SQLITE]
@@ -169,6 +172,8 @@ class WayBackWatch:
                         for p in chunk:  # a forward source's own retries and rechecks need no waking
                             p.wakeup()
                 self._tell(pipes[0].session.target.dsn, failed)
+                polled.add(pipes[0].session.target.dsn)
+            self.failing &= polled  # a target no longer watched starts afresh when it is again
 
     def _tell(self, dsn: str, failed: Exception | None) -> None:
         """Say when the watch of a target database starts failing and when it works again,
@@ -176,11 +181,16 @@ class WayBackWatch:
         if failed is not None and dsn not in self.failing:
             self.failing.add(dsn)
             log.warning(f"the daemon's watch of {scrub(dsn)} (cutovers, rollbacks, the way back's changes) failed: "
-                        f"{describe(failed)}; each source looks at Postgres on its own meanwhile",
+                        f"{self._why(failed, dsn)}; each source looks at Postgres on its own meanwhile",
                         extra={"event": "way_back_watch_failed"})
         elif failed is None and dsn in self.failing:
             self.failing.discard(dsn)
             log.info(f"the daemon's watch of {scrub(dsn)} works again", extra={"event": "way_back_watch_recovered"})
+
+    def _why(self, failed: Exception, dsn: str) -> str:
+        """The failure as the sources' own lines say it: a statement the role's
+        statement_timeout cancelled is named as such, with the role."""
+        return statement_cancelled(failed, dsn, self.settings.postgres.statement_timeout_seconds) or describe(failed)
 
     async def _look(self, pipes: list, forward: list, recheck: bool) -> None:
         """One query for `pipes` (cut-over sources: direction, changes waiting) and
