@@ -292,9 +292,9 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
                                   status.get(source.name), now,
                                   parity_max_age=0.0 if upgrade_bookkeeping else summary.CACHE_SECONDS,
                                   budget=None if at_once else turns.left, turn=turns.turn(i))
-        except (asyncpg.QueryCanceledError, asyncpg.InterfaceError, OSError) as e:
+        except (asyncpg.QueryCanceledError, asyncpg.ConnectionDoesNotExistError, TimeoutError, ConnectionError) as e:
             # Timed out (here or in Postgres) or cut off; a privilege refused or another
-            # error keeps its own line or traceback (cli.entry).
+            # error (a fault of syncd's own among them) keeps its own line or traceback (cli.entry).
             turns.abort()
             raise SourceNotMeasured(source.name, settings.dsn_for(source), e) from e
         except BaseException:
