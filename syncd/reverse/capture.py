@@ -127,7 +127,13 @@ def _dollar(body: str) -> str:
 # --- the registry: one row per source that ever went to Postgres ------------------------------
 
 
-REGISTRY_COLUMNS = ("files", "pruned_n", "lineage")  # added after the registry's first release
+# Columns added after the registry's first release, with their definitions: an older
+# registry gains them.
+REGISTRY_COLUMNS = {
+    "files": "jsonb",  # the tables' files, as the way back's table rewrites are followed
+    "pruned_n": "bigint NOT NULL DEFAULT 0",  # the n of the SQLite checkpoint (checkpoint.py) pruned behind
+    "lineage": "text",  # of SQLite checkpoints begun when an older copy of the file was copied again
+}
 
 
 async def ensure_registry(conn: asyncpg.Connection, names: Names) -> None:
@@ -148,12 +154,8 @@ async def ensure_registry(conn: asyncpg.Connection, names: Names) -> None:
         retired_at timestamptz,
         retired_reason text,
         files jsonb)""")
-    # Registries made by a syncd before the table rewrites were followed.
-    await conn.execute(f"ALTER TABLE {names.registry} ADD COLUMN IF NOT EXISTS files jsonb")
-    # The n of the SQLite checkpoint (checkpoint.py) the changelog was last pruned behind.
-    await conn.execute(f"ALTER TABLE {names.registry} ADD COLUMN IF NOT EXISTS pruned_n bigint NOT NULL DEFAULT 0")
-    # The lineage of SQLite checkpoints begun when an older copy of the file was copied again.
-    await conn.execute(f"ALTER TABLE {names.registry} ADD COLUMN IF NOT EXISTS lineage text")
+    for column, definition in REGISTRY_COLUMNS.items():
+        await conn.execute(f"ALTER TABLE {names.registry} ADD COLUMN IF NOT EXISTS {column} {definition}")
     await conn.execute(f"""CREATE TABLE IF NOT EXISTS {names.changelog} (
         txid bigint NOT NULL DEFAULT txid_current(),
         seq bigint GENERATED ALWAYS AS IDENTITY,

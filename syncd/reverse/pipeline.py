@@ -615,14 +615,12 @@ class ReversePipeline:
         self.file_checkpoint = await s.worker.run(applier.read_meta, META_KEY)
         cp = ReverseCheckpoint.decode(self.file_checkpoint)
         if older(cp, gen):
-            cp = start(gen.id, gen.pruned_n, gen.lineage)
+            why, reload_add = None, {}
             if copy_all:
                 # The copies are asked for (above): the file takes the new capture's position
                 # now, or it holds none of it until Postgres's next change, and the next full
                 # check takes it for an older copy and copies every table a second time.
-                await s.worker.run(run_on(self.sink, "apply"), ApplyPlan(
-                    [], checkpoint=cp.encode(), expect=self.file_checkpoint))
-                self.file_checkpoint = cp.encode()
+                cp = start(gen.id, gen.pruned_n, gen.lineage)
             else:
                 # Postgres let go of changes this file has not taken, or the file holds no
                 # position of this cutover, which writes one into it: it is an older copy (a
@@ -636,10 +634,11 @@ class ReversePipeline:
                 # Its count goes on from Postgres's in a lineage of its own, recorded first: the
                 # copy it replaced, put back in its turn, is older too, however far it counted.
                 cp = start(gen.id, gen.pruned_n, await capture.new_lineage(pg, self.names))
-                await s.worker.run(run_on(self.sink, "apply"), ApplyPlan(
-                    [], checkpoint=cp.encode(), expect=self.file_checkpoint,
-                    reload_add={n: f"{why}: copied again" for n in schema.tables}))
-                self.file_checkpoint = cp.encode()
+                reload_add = {n: f"{why}: copied again" for n in schema.tables}
+            await s.worker.run(run_on(self.sink, "apply"), ApplyPlan(
+                [], checkpoint=cp.encode(), expect=self.file_checkpoint, reload_add=reload_add))
+            self.file_checkpoint = cp.encode()
+            if why is not None:
                 s.warning(f"{why}: every table is copied again from Postgres", event="reverse_file_older")
         self.checkpoint = cp
         self.reload = await s.worker.run(applier.read_reload)
