@@ -4,13 +4,13 @@ measuring and its target database, the password hidden, not a bare "Postgres: ti
 
 from __future__ import annotations
 
-import sqlite3
 from urllib.parse import urlsplit
 
 import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import wait_caught_up
+from tests.support.way_back import orders_app
 
 PASSWORD = "report-secret-4d1"  # trust auth ignores it; it must never be printed
 
@@ -23,11 +23,7 @@ async def test_a_report_cut_short_by_the_statement_timeout_names_the_source_and_
     sources = []
     for name in ("first", "slow"):
         path = tmp_path / f"{name}.db"
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=wal")
-        conn.executescript("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT);"
-                           "INSERT INTO orders VALUES (1, 'one'), (2, 'two');")
-        conn.close()
+        orders_app(path)
         sources.append({"name": name, "path": str(path)})
     cfg = make_config(sources, sections={"postgres": {"dsn": dsn, "statement_timeout_seconds": 2}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
