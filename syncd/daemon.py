@@ -20,6 +20,7 @@ from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
 from syncd.fleet import FleetPoller, FleetRechecker, VerifyScheduler, WayBackWatch
+from syncd.health_note import outage
 from syncd.identifiers import quote_pg_ident
 from syncd.log import loop_exception_handler
 from syncd.page.live import LivePage
@@ -27,7 +28,7 @@ from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.pipeline import SNAPSHOTTING, SOURCE_MISSING, STREAMING, Pipeline
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import SourceLocked
-from syncd.postgres.connect import PostgresUnavailable, describe, login_refused
+from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.postgres.pool import Targets
 from syncd.postgres.target import UnsupportedTarget
 from syncd.sdnotify import Notifier
@@ -213,9 +214,8 @@ class Daemon:
                     await q.session.close()
                 raise StartupError(str(e), 1) from None
             except PostgresUnavailable as e:
-                refused = login_refused(e, target.dsn)
-                log.warning(f"{refused or e}; starting anyway, capture continues and syncd retries",
-                            extra={"event": "postgres_login_refused" if refused else "postgres_unreachable"})
+                health, what = outage(e, target.dsn, str(e))
+                log.warning(f"{what}; starting anyway, capture continues and syncd retries", extra={"event": health})
             except Exception as e:  # noqa: BLE001 - anything else is retried by the pipelines
                 log.warning(f"Postgres not ready: {describe(e)}")
 

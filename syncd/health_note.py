@@ -13,13 +13,23 @@ from __future__ import annotations
 import asyncio
 import time
 
-from syncd.postgres.connect import describe
+from syncd.postgres.connect import describe, login_refused
 
 FAILING = "failing"
 POSTGRES_DOWN = "postgres_unreachable"
 # Postgres answered and refused syncd's role at login (a password rotated, the role gone):
 # retried as an outage is, but named for what it is, in the log, status and sd_notify.
 POSTGRES_LOGIN_REFUSED = "postgres_login_refused"
+
+
+def outage(exc: BaseException, dsn: str, unreachable: str) -> tuple[str, str]:
+    """The state a failure to reach Postgres puts a source in, and its line: a login
+    Postgres refused named as such (by role, never with the password), anything else
+    `unreachable`."""
+    refused = login_refused(exc, dsn)
+    return (POSTGRES_LOGIN_REFUSED, refused) if refused else (POSTGRES_DOWN, unreachable)
+
+
 REFRESH_SECONDS = 30.0  # a failing note is confirmed this often (a new lock connection needs a newer one)
 WRITE_TIMEOUT_SECONDS = 5.0
 

@@ -20,13 +20,13 @@ from syncd import metrics, parity
 from syncd.collisions import LookupIndexTooSlow
 from syncd.printable import listed
 from syncd.config import Settings, SourceSettings
-from syncd.health_note import POSTGRES_LOGIN_REFUSED, FailingNote
+from syncd.health_note import POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED, FailingNote, outage
 from syncd.lag import LagTracker
 from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
-from syncd.postgres.connect import (PostgresUnavailable, describe, is_transient, login_refused, privilege_refused,
+from syncd.postgres.connect import (PostgresUnavailable, describe, is_transient, privilege_refused,
                                     sqlstate, statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
@@ -48,11 +48,11 @@ STATS_IDLE_SECONDS = 60.0
 # the daemon 3% of a core (bench/fleet.py); every five minutes, a fifth of that.
 IDLE_RELOOK_SECONDS = 300.0
 
-# Health states, as status and sd_notify report them.
+# Health states, as status and sd_notify report them (and POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED:
+# syncd.health_note, whose note leaves them out).
 STARTING = "starting"
 SNAPSHOTTING = "snapshotting"
 STREAMING = "streaming"
-POSTGRES_DOWN = "postgres_unreachable"
 SOURCE_MISSING = "source_missing"
 LOCKED = "locked_by_other"
 FILE_LOCKED = "file_locked"  # the application has kept the SQLite file locked for a while
@@ -387,10 +387,9 @@ class Pipeline:
         self.pg_ok = False
         self.session.drop_postgres()
         # Postgres answered and refused the role (a password rotated): said so, retried as an outage is.
-        refused = login_refused(exc, self.settings.dsn_for(self.source))
-        what = refused or f"Postgres unreachable: {why or describe(exc)}"
-        self._enter(POSTGRES_LOGIN_REFUSED if refused else POSTGRES_DOWN,
-                    f"{what}; retrying with backoff, changes stay captured in SQLite", kind="postgres", level="warning")
+        health, what = outage(exc, self.settings.dsn_for(self.source), f"Postgres unreachable: {why or describe(exc)}")
+        self._enter(health, f"{what}; retrying with backoff, changes stay captured in SQLite", kind="postgres",
+                    level="warning")
 
     def _enter(self, health: str, detail: str, kind: str, level: str, exc: BaseException | None = None) -> None:
         """Log a state change once, not once per retry."""

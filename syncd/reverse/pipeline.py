@@ -23,12 +23,12 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential, wait_r
 
 from syncd import metrics
 from syncd.config import Settings, SourceSettings
-from syncd.health_note import POSTGRES_LOGIN_REFUSED, FailingNote
+from syncd.health_note import POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED, FailingNote, outage
 from syncd.model import TO_SQLITE, TableSpec
 from syncd.pipeline import lock_met
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
-from syncd.postgres.connect import describe, is_transient, login_refused, statement_cancelled
+from syncd.postgres.connect import describe, is_transient, statement_cancelled
 from syncd.postgres.pool import Target
 from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import install_capture, sticky_types
@@ -49,7 +49,6 @@ from syncd.types import ValueMismatch, converter
 STARTING = "starting"
 SNAPSHOTTING = "snapshotting"  # a table is being copied again from Postgres
 STREAMING = "streaming"
-POSTGRES_DOWN = "postgres_unreachable"
 SOURCE_MISSING = "source_missing"
 LOCKED = "locked_by_other"
 FILE_LOCKED = "file_locked"  # the application has kept the SQLite file locked while syncd had to write into it
@@ -381,10 +380,8 @@ class ReversePipeline:
             self.pg_ok = False
             self.lag.unreachable = True
             self.session.drop_postgres()
-            refused = login_refused(exc, self.settings.dsn_for(self.source))
-            what = refused or f"Postgres unreachable: {describe(exc)}"
-            self._enter(POSTGRES_LOGIN_REFUSED if refused else POSTGRES_DOWN,
-                        f"{what}; retrying with backoff, the application's changes wait in Postgres's changelog",
+            health, what = outage(exc, self.settings.dsn_for(self.source), f"Postgres unreachable: {describe(exc)}")
+            self._enter(health, f"{what}; retrying with backoff, the application's changes wait in Postgres's changelog",
                         kind="postgres", level="warning")
         elif contended(exc):
             # The application holds the file: try again soon; Postgres's changes wait in its
