@@ -13,25 +13,16 @@ source turned, as when the cutover's steps after its commit take a while."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 
 from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd, wait_for
 from tests.support.sync import wait_caught_up
-from tests.support.way_back import backup_and_config, orders_app, postgres_write
+from tests.support.way_back import backup_and_config, order_in_sqlite, orders_app, postgres_write
 
 RECHECK_SECONDS = 30
 POLL_SECONDS = 0.2
 # Well inside the recheck: a cutover seen only there takes up to RECHECK_SECONDS.
 NOTICED_WITHIN_SECONDS = 12
-
-
-def in_sqlite(db, item: str) -> bool:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return conn.execute("SELECT 1 FROM orders WHERE item = ?", (item,)).fetchone() is not None
-    finally:
-        conn.close()
 
 
 async def test_the_running_daemon_follows_a_cutover_back_well_before_its_recheck(tmp_path, make_config, pg_dsn):
@@ -58,7 +49,7 @@ async def test_the_running_daemon_follows_a_cutover_back_well_before_its_recheck
             assert await postgres_write(pg_dsn, "right after the cutover") is None
             d.wait_log("the source now flows Postgres -> SQLite", timeout=NOTICED_WITHIN_SECONDS)
             left = NOTICED_WITHIN_SECONDS - (time.monotonic() - done)
-            wait_for(lambda: in_sqlite(db, "right after the cutover"), max(left, 1), "the row in SQLite", d)
+            wait_for(lambda: order_in_sqlite(db, "right after the cutover"), max(left, 1), "the row in SQLite", d)
             resume.write_text("")
             out, _ = proc.communicate(timeout=60)
             assert proc.returncode == 0, out

@@ -7,23 +7,14 @@ and held every source's way back up behind it."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 
 import asyncpg
 
 from tests.support.daemon import DaemonProcess
-from tests.support.way_back import backup_and_config, cut_over, orders_app, wait_back
+from tests.support.way_back import backup_and_config, cut_over, order_in_sqlite, orders_app, wait_back
 
 CHECK_SECONDS = 1.0  # [stream] schema_check_interval_seconds: a full check of the source every second
-
-
-def in_sqlite(db, item: str) -> bool:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return bool(conn.execute("SELECT count(*) FROM orders WHERE item = ?", (item,)).fetchone()[0])
-    finally:
-        conn.close()
 
 
 async def test_full_checks_do_not_wait_on_a_reader_of_the_registry(tmp_path, make_config, pg_dsn):
@@ -43,7 +34,7 @@ async def test_full_checks_do_not_wait_on_a_reader_of_the_registry(tmp_path, mak
                 await asyncio.sleep(4 * CHECK_SECONDS)  # full checks fall due meanwhile
                 await pg.execute("INSERT INTO app.orders (item) VALUES ('while a reader reads')")
                 deadline = time.monotonic() + 20
-                while not in_sqlite(db, "while a reader reads"):
+                while not order_in_sqlite(db, "while a reader reads"):
                     waiting = await pg.fetch("SELECT mode FROM pg_locks WHERE NOT granted "
                                              "AND relation = 'syncd.reverse'::regclass")
                     assert time.monotonic() < deadline, f"the way back stood still; locks waiting: {waiting}"

@@ -26,6 +26,15 @@ def orders_app(db: Path) -> None:
     conn.close()
 
 
+def order_in_sqlite(db: Path, item: str) -> bool:
+    """An order `item` is in the SQLite file (read as the application's readers do)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute("SELECT 1 FROM orders WHERE item = ?", (item,)).fetchone() is not None
+    finally:
+        conn.close()
+
+
 def sqlite_write(db: Path, item: str) -> str | None:
     """The application's write of an order to its SQLite file: None when it went in, else the error."""
     conn = sqlite3.connect(db, timeout=5)
