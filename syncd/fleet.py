@@ -8,10 +8,10 @@ bounded rate or in one query, what each source would otherwise do on its own tim
 - FleetRechecker: per target database, one query for every source's resync requests,
   direction (a cutover or rollback) and unfinished switches, every
   held_table_retry_seconds; only the sources concerned are woken.
-- WayBackWatch: per target database, one query for every source's direction (a cutover
-  or a rollback noticed within DIRECTION_CHECK_SECONDS, not at the next recheck) and
-  whether a cut-over source's changelog in Postgres holds anything, every
-  DIRECTION_CHECK_SECONDS, and, every held_table_retry_seconds, what the way back's
+- WayBackWatch: per target database, every DIRECTION_CHECK_SECONDS, one query for
+  the forward sources' recheck flags (a cutover noticed then, not at the next recheck)
+  and one for every cut-over source's direction (a rollback) and whether its changelog
+  in Postgres holds anything, and, every held_table_retry_seconds, what the way back's
   rechecks look for (tables rewritten or changed by the application's DDL, a rollback's
   freeze): only the sources concerned are woken, NOTIFY waking each for its changes.
 - VerifyScheduler: full consistency checks, the source checked longest ago first, at
@@ -193,31 +193,33 @@ class WayBackWatch:
         return statement_cancelled(failed, dsn, self.settings.postgres.statement_timeout_seconds) or describe(failed)
 
     async def _look(self, pipes: list, forward: list, recheck: bool) -> None:
-        """One query for `pipes` (cut-over sources: direction, changes waiting) and
-        `forward` (sources streaming to Postgres: direction), and at a recheck another
-        for `pipes`."""
+        """A query for `pipes` (cut-over sources: direction, changes waiting), one for
+        `forward` (sources streaming to Postgres: the recheck's flags, their direction
+        among them), and at a recheck another for `pipes`."""
         from syncd.identifiers import quote_pg_ident
-        from syncd.pipeline import RecheckFlags
+        from syncd.pipeline import RecheckFlags, fetch_recheck_flags
         from syncd.reverse.capture import FREEZE_TRIGGER, freeze_triggers_from, table_columns_from
 
         bk = quote_pg_ident(self.settings.postgres.bookkeeping_schema)
         looked = time.monotonic()
-        parts, args = [], []
-        if pipes:
-            waiting = " UNION ALL ".join(
-                f"SELECT ${i + 1}::text, "
-                + (f"EXISTS (SELECT 1 FROM {p.names.changelog})" if p.retired is None and p.checkpoint is not None
-                   else "false")
-                for i, p in enumerate(pipes))
-            parts.append(f"SELECT w.source, s.direction, w.waiting FROM ({waiting}) AS w (source, waiting) "
-                         f"LEFT JOIN {bk}.sources s ON s.source = w.source")
-            args += [p.name for p in pipes]
-        if forward:
-            parts.append(f"SELECT s.source, s.direction, false FROM {bk}.sources s "
-                         f"WHERE s.source = ANY(${len(args) + 1}::text[])")
-            args.append([p.name for p in forward])
+        rows = []
         async with (pipes or forward)[0].session.target.connection() as conn:
-            rows = await conn.fetch(" UNION ALL ".join(f"({q})" for q in parts), *args)
+            if pipes:
+                waiting = " UNION ALL ".join(
+                    f"SELECT ${i + 1}::text, "
+                    + (f"EXISTS (SELECT 1 FROM {p.names.changelog})" if p.retired is None and p.checkpoint is not None
+                       else "false")
+                    for i, p in enumerate(pipes))
+                rows = await conn.fetch(f"SELECT w.source, s.direction, w.waiting FROM ({waiting}) AS w (source, "
+                                        f"waiting) LEFT JOIN {bk}.sources s ON s.source = w.source",
+                                        *[p.name for p in pipes])
+            if forward:  # a forward source a cutover turned around: woken with the recheck's flags
+                flags = await fetch_recheck_flags(conn, bk, [p.name for p in forward])
+                for p in forward:
+                    f = flags.get(p.name)
+                    if f is not None and f.direction != p.session.direction:
+                        p.recheck_flags = f
+                        p.wakeup()
             facts = {}
             if recheck and pipes:
                 facts = {r[0]: (r[1], r[2]) for r in await conn.fetch(
@@ -231,17 +233,8 @@ class WayBackWatch:
                     [p.name for p in pipes], [p.source.schema for p in pipes],
                     [p.names.freeze_function_name for p in pipes], FREEZE_TRIGGER,
                     self.settings.postgres.bookkeeping_schema)}
-        onward = {p.name: p for p in forward}
         by_name = {p.name: p for p in pipes}
         for name, direction, waiting in rows:
-            if name in onward:
-                p = onward[name]
-                if direction is not None and direction != p.session.direction:  # a cutover turned it around
-                    had = p.recheck_flags  # the recheck's, if it came first: its resync request kept
-                    p.recheck_flags = RecheckFlags(had is not None and had.requested, direction,
-                                                   had is not None and had.open_switch)
-                    p.wakeup()
-                continue
             p = by_name[name]
             wake = bool(waiting)  # changes NOTIFY did not bring (or not yet)
             if direction is not None and direction != p.session.direction:
