@@ -597,19 +597,21 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
                 raise
             gone = e
         await ensure_bookkeeping(conn, b.schema)
-        if gone is not None and await b.load_source(conn) is None:
+        known = await b.load_source(conn) is not None
+        if gone is not None and not known:
             raise gone
         b.key = await source_key(conn, b.schema, source.name)
         await capture.ensure_registry(conn, Names(b.schema, source.name, b.key))
-        if await b.load_source(conn) is None:
+        if not known:
             raise Refused("syncd has not set this source up in Postgres yet; there is nothing to roll back")
         if not await take_switch_lock(conn, b.key):
             raise Refused(f"a cutover or rollback of this source is already running: "
                           f"{await switch_holder(conn, b.key) or 'another session'}")
         locked = True
-        if gone is not None and await b.direction(conn) != TO_POSTGRES:
+        direction = await b.direction(conn)
+        if gone is not None and direction != TO_POSTGRES:
             raise gone
-        if await b.direction(conn) == TO_POSTGRES:
+        if direction == TO_POSTGRES:
             from syncd import cutover
             # SQLite left frozen (nothing of it to unfreeze when the file is gone)
             undone = await cutover.undo_abandoned(settings, source, conn, None if gone else worker)
