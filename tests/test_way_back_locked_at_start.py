@@ -15,10 +15,12 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from tests.support.daemon import DaemonProcess
+from tests.support.proxy import FaultProxy
 from tests.support.sync import eventually
 from tests.support.way_back import backup_and_config, cut_over_and_stop, typeof, wait_back
 
@@ -78,3 +80,52 @@ async def test_changes_made_before_capture_started_reach_sqlite_although_the_fil
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+async def test_a_capture_start_whose_reply_is_lost_leaves_the_file_at_the_new_capture(tmp_path, make_config, pg_dsn):
+    """The connection drops after Postgres committed the new capture, before syncd heard:
+    the file already holds that capture's position (written with the copies, before
+    capture starts), so the next step neither takes it for an older copy put back nor
+    copies every table a second time."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"schema_check_interval_seconds": 3600})
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        await pg.execute("UPDATE app.items SET v = 'changed in Postgres' WHERE id = 1")
+        await pg.execute("DELETE FROM syncd.reverse WHERE source = 'app'")
+    finally:
+        await pg.close()
+
+    parts = urlsplit(pg_dsn)
+    proxy = FaultProxy(parts.hostname, parts.port or 5432)
+    try:
+        # The INSERT of the new capture's record, then its transaction's COMMIT: Postgres
+        # commits it and the reply never reaches the daemon.
+        proxy.lose_reply_after(b"lineage = NULL")
+        via = {"SYNCD_POSTGRES__DSN": pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/")}
+        with DaemonProcess(cfg, tmp_path / "syncd2.log", env=via) as d:
+            async def lost() -> bool:
+                return proxy.reply_lost.is_set()
+
+            await eventually(lost, 30, "the capture start's COMMIT", d)
+
+            async def copied() -> bool:
+                return typeof(db, "SELECT id, v FROM items WHERE id = 1") == [(1, "changed in Postgres")]
+
+            await eventually(copied, 30, "the tables copied again from Postgres", d)
+            pg = await asyncpg.connect(pg_dsn)
+            try:
+                await pg.execute("INSERT INTO app.items VALUES (6, 'after the drop')")
+            finally:
+                await pg.close()
+
+            async def followed() -> bool:
+                return typeof(db, "SELECT id, v FROM items WHERE id = 6") == [(6, "after the drop")]
+
+            await eventually(followed, 30, "a change made in Postgres after the drop", d)
+            assert "no record of Postgres capture for the way back" in d.log()
+            assert "event=reverse_file_older" not in d.log()
+    finally:
+        proxy.close()

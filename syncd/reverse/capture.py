@@ -202,12 +202,17 @@ async def new_lineage(conn: asyncpg.Connection, names: Names) -> str:
     return lineage
 
 
-async def start_generation(conn: asyncpg.Connection, names: Names, schema: str) -> str:
+def new_generation() -> str:
+    return str(uuid.uuid4())
+
+
+async def start_generation(conn: asyncpg.Connection, names: Names, schema: str, gen: str | None = None) -> str:
     """Inside the cutover's last transaction: a fresh, empty changelog for a new stretch
-    of the way back. Entries exist only from here on, and SQLite equals Postgres here."""
+    of the way back. Entries exist only from here on, and SQLite equals Postgres here.
+    `gen`: the generation a file was given first (a late start, see the reverse pipeline)."""
     await ensure_registry(conn, names)
     await conn.execute(f"TRUNCATE {names.changelog}")
-    gen = str(uuid.uuid4())
+    gen = gen or new_generation()
     await conn.execute(
         f"INSERT INTO {names.registry} (source, generation) VALUES ($1, $2) ON CONFLICT (source) DO UPDATE "
         f"SET generation = EXCLUDED.generation, started_at = now(), retired_at = NULL, retired_reason = NULL, "

@@ -598,45 +598,45 @@ class ReversePipeline:
             await s.worker.run(freeze.freeze, message, busy, self.source.wants_table)
             schema, pg_tables, rows, decisions = await self._judge_all()
         if copy_all:
-            await s.worker.run(run_on(self.sink, "mark"), {n: "copied again: capture started late"
-                                                          for n in schema.tables}, [])
+            # The copies and the new capture's position go into the file in one write,
+            # before capture starts in Postgres under that position's generation: a step
+            # ending between the two (a crash, a reply lost) leaves either no record in
+            # Postgres (the next step starts again) or a file at the capture's start,
+            # never a file the next full check takes for an older copy put back.
+            gen_id = capture.new_generation()
+            file_checkpoint = await s.worker.run(applier.read_meta, META_KEY)
+            await s.worker.run(run_on(self.sink, "apply"), ApplyPlan(
+                [], checkpoint=start(gen_id).encode(), expect=file_checkpoint,
+                reload_add={n: "copied again: capture started late" for n in schema.tables}))
+            s.warning("no record of Postgres capture for the way back (cut over by an older syncd?): capture "
+                      "installed now, and every table is copied again from Postgres", event="reverse_reset")
             async with pg.transaction():
-                await capture.start_generation(pg, self.names, self.source.schema)
+                await capture.start_generation(pg, self.names, self.source.schema, gen_id)
             gen = await capture.generation(pg, self.names)
             assert gen is not None
             self.generation = gen
-            s.warning("no record of Postgres capture for the way back (cut over by an older syncd?): capture "
-                      "installed now, and every table is copied again from Postgres", event="reverse_reset")
         assert gen is not None
         await self._renumbered(schema)
         self.file_checkpoint = await s.worker.run(applier.read_meta, META_KEY)
         cp = ReverseCheckpoint.decode(self.file_checkpoint)
         if older(cp, gen):
-            why, reload_add = None, {}
-            if copy_all:
-                # The copies are asked for (above): the file takes the new capture's position
-                # now, or it holds none of it until Postgres's next change, and the next full
-                # check takes it for an older copy and copies every table a second time.
-                cp = start(gen.id, gen.pruned_n, gen.lineage)
-            else:
-                # Postgres let go of changes this file has not taken, or the file holds no
-                # position of this cutover, which writes one into it: it is an older copy (a
-                # backup put back, a file from before the cutover, lacking what the
-                # application wrote into SQLite after it). Only a copy of each table brings
-                # what it lacks. The copies are asked for with the position counted on
-                # from Postgres's, together: a daemon started again before they end does
-                # not take the file for older again.
-                why = ("the SQLite file holds less than the way back had written into it (an older copy put back "
-                       "in its place?)")
-                # Its count goes on from Postgres's in a lineage of its own, recorded first: the
-                # copy it replaced, put back in its turn, is older too, however far it counted.
-                cp = start(gen.id, gen.pruned_n, await capture.new_lineage(pg, self.names))
-                reload_add = {n: f"{why}: copied again" for n in schema.tables}
+            # Postgres let go of changes this file has not taken, or the file holds no
+            # position of this cutover, which writes one into it: it is an older copy (a
+            # backup put back, a file from before the cutover, lacking what the
+            # application wrote into SQLite after it). Only a copy of each table brings
+            # what it lacks. The copies are asked for with the position counted on
+            # from Postgres's, together: a daemon started again before they end does
+            # not take the file for older again.
+            why = ("the SQLite file holds less than the way back had written into it (an older copy put back "
+                   "in its place?)")
+            # Its count goes on from Postgres's in a lineage of its own, recorded first: the
+            # copy it replaced, put back in its turn, is older too, however far it counted.
+            cp = start(gen.id, gen.pruned_n, await capture.new_lineage(pg, self.names))
             await s.worker.run(run_on(self.sink, "apply"), ApplyPlan(
-                [], checkpoint=cp.encode(), expect=self.file_checkpoint, reload_add=reload_add))
+                [], checkpoint=cp.encode(), expect=self.file_checkpoint,
+                reload_add={n: f"{why}: copied again" for n in schema.tables}))
             self.file_checkpoint = cp.encode()
-            if why is not None:
-                s.warning(f"{why}: every table is copied again from Postgres", event="reverse_file_older")
+            s.warning(f"{why}: every table is copied again from Postgres", event="reverse_file_older")
         self.checkpoint = cp
         self.reload = await s.worker.run(applier.read_reload)
         formats = await tables.read_formats(pg, self.names.bk, s.name)
