@@ -142,10 +142,7 @@ async def ensure_registry(conn: asyncpg.Connection, names: Names) -> None:
     each source comes here, and ALTER TABLE ... ADD COLUMN IF NOT EXISTS takes an ACCESS
     EXCLUSIVE lock even when the column exists, which waits behind any reader of the
     registry and holds every later reader up behind itself."""
-    if await conn.fetchval(
-            "SELECT to_regclass($2) IS NOT NULL AND (SELECT count(*) FROM pg_attribute WHERE attrelid = "
-            "to_regclass($1) AND attname = ANY($3::text[]) AND NOT attisdropped) = cardinality($3::text[])",
-            names.registry, names.changelog, list(REGISTRY_COLUMNS)):
+    if await registry_ready(conn, names):
         return
     await conn.execute(f"""CREATE TABLE IF NOT EXISTS {names.registry} (
         source text PRIMARY KEY,
@@ -166,6 +163,14 @@ async def ensure_registry(conn: asyncpg.Connection, names: Names) -> None:
         PRIMARY KEY (txid, seq))""")
 
 
+async def registry_ready(conn: asyncpg.Connection, names: Names) -> bool:
+    """The registry, with every column of this syncd's, and the source's changelog exist."""
+    return await conn.fetchval(
+        "SELECT to_regclass($2) IS NOT NULL AND (SELECT count(*) FROM pg_attribute WHERE attrelid = "
+        "to_regclass($1) AND attname = ANY($3::text[]) AND NOT attisdropped) = cardinality($3::text[])",
+        names.registry, names.changelog, list(REGISTRY_COLUMNS))
+
+
 @dataclass
 class Generation:
     id: str
@@ -176,8 +181,11 @@ class Generation:
     lineage: str | None = None  # checkpoint.py: none until an older copy of the file was copied again
 
 
-async def generation(conn: asyncpg.Connection, names: Names) -> Generation | None:
-    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", names.registry)
+async def generation(conn: asyncpg.Connection, names: Names, exists: bool | None = None) -> Generation | None:
+    """The source's stretch of the way back; `exists`: whether the registry does, when
+    the caller knows (registry_ready)."""
+    if exists is None:
+        exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", names.registry)
     if not exists:
         return None
     r = await conn.fetchrow(f"SELECT generation, started_at, retired_at, retired_reason, "
@@ -288,12 +296,20 @@ def capture_function_sql(names: Names, tid: int, key: list[str]) -> str:
             f"SECURITY DEFINER {_FIXED_OUTPUT} AS {tag}{body}{tag}")
 
 
-async def current(conn: asyncpg.Connection, names: Names, tid: int, key: list[str]) -> bool:
-    """Whether the table's capture function is the one this syncd writes: a source cut
-    over by an earlier syncd keeps that one's until it is written again."""
-    src = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure($1)",
-                              f"{names.capture_function(tid)}()")
-    return src == _capture_body(names, tid, key)
+async def capture_bodies(conn: asyncpg.Connection, names: Names) -> dict[int, str]:
+    """tid -> the body of each capture function of the source's, in one query."""
+    prefix = f"rcap_{names.h}_"
+    rows = await conn.fetch(
+        "SELECT substr(p.proname, $3 + 1), p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = $1 AND substr(p.proname, 1, $3) = $2 AND p.pronargs = 0", names.bk, prefix, len(prefix))
+    return {int(r[0]): r[1] for r in rows if r[0].isdigit()}
+
+
+def current(bodies: dict[int, str], names: Names, tid: int, key: list[str]) -> bool:
+    """Whether the table's capture function (`bodies`, capture_bodies) is the one this
+    syncd writes: a source cut over by an earlier syncd keeps that one's until it is
+    written again."""
+    return bodies.get(tid) == _capture_body(names, tid, key)
 
 
 def _capture_body(names: Names, tid: int, key: list[str]) -> str:
@@ -388,8 +404,20 @@ def _same_function(shown: str, qualified_name: str) -> bool:
     return shown.split(".")[-1].strip('"') == qualified_name.split(".")[-1].strip('"')
 
 
-async def armed(conn: asyncpg.Connection, names: Names, schema: str, table: str, tid: int) -> bool:
-    have = await _triggers_on(conn, schema, table)
+async def capture_triggers(conn: asyncpg.Connection, schema: str) -> dict[str, dict[str, str]]:
+    """table -> {capture trigger: the function it calls} of every table of `schema`, in one query."""
+    rows = await conn.fetch(
+        "SELECT c.relname, t.tgname, t.tgfoid::regproc::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND t.tgname = ANY($2::text[]) "
+        "AND NOT t.tgisinternal", schema, list(CAPTURE_TRIGGERS))
+    out: dict[str, dict[str, str]] = {}
+    for r in rows:
+        out.setdefault(r[0], {})[r[1]] = r[2]
+    return out
+
+
+def armed(have: dict[str, str], names: Names, tid: int) -> bool:
+    """Whether every capture trigger of a table (`have`, capture_triggers) calls its function."""
     return all(n in have and _same_function(have[n], names.capture_function(tid)) for n in CAPTURE_TRIGGERS)
 
 

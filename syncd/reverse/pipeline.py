@@ -27,11 +27,12 @@ from syncd.health_note import POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED, FailingNote
 from syncd.model import TO_SQLITE, TableSpec
 from syncd.pipeline import lock_met
 from syncd.postgres import bookkeeping as bk
+from syncd.postgres import cutover_guard, ddl
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
 from syncd.postgres.connect import describe, is_transient, statement_cancelled
 from syncd.postgres.pool import Target
 from syncd.postgres.target import UnsupportedTarget
-from syncd.reconcile import install_capture, sticky_types
+from syncd.reconcile import install_capture
 from syncd.reverse import applier, capture, reader, tables
 from syncd.reverse.applier import ApplyOutcome, ApplyPlan, NeedKeys, SchemaMoved, SqliteSink, TableApply, run_on
 from syncd.reverse.capture import Names
@@ -123,6 +124,25 @@ class _Reload:
     # Once every chunk is copied: the stored SQLite keys Postgres did not have, deleted
     # (or written, if Postgres has them by now) a write transaction's share at a time.
     gone: list[tuple] | None = None
+
+
+@dataclass
+class _Catalog:
+    """What a reconcile reads of Postgres, read in one read-only snapshot, each kind in
+    one query for every table of the source: a quiet source's full check costs Postgres
+    one transaction of a few statements, however many tables it has."""
+
+    guarded: list[str]  # tables a cutover's guard is still on (cutover_guard)
+    files: dict[str, list]  # capture.table_files
+    registry: bool  # capture.registry_ready
+    generation: capture.Generation | None
+    base: dict[str, ddl.PgTable]  # ddl.read_tables: the sticky types
+    pg_tables: dict[str, tables.PgTableInfo]
+    rows: dict[str, TableRow]
+    owners: dict[str, str]
+    formats: dict[tuple[str, str], str]
+    triggers: dict[str, dict[str, str]]  # capture.capture_triggers
+    bodies: dict[int, str]  # capture.capture_bodies
 
 
 class ReverseLag:
@@ -532,13 +552,11 @@ class ReversePipeline:
             s.direction = d
         return s.direction != TO_SQLITE
 
-    async def _drop_cutover_guard(self, pg: asyncpg.Connection) -> None:
+    async def _drop_cutover_guard(self, pg: asyncpg.Connection, guarded: list[str]) -> None:
         """The guard a cutover left on the tables (killed after its last transaction, or a
         table busy when it dropped them): it passes every write now, its record done; it goes."""
-        from syncd.postgres import cutover_guard
-
         key = self.names.key
-        if not await cutover_guard.guarded_tables(pg, self.names.bk, key, self.source.schema):
+        if not guarded:
             return
         left = await cutover_guard.unguard(pg, self.names.bk, key, self.source.schema)
         later = f" ({left} left for later: table busy)" if left else ""
@@ -546,17 +564,37 @@ class ReversePipeline:
 
     # --- reconcile: which tables, how, and from where ----------------------------------
 
+    async def _read_catalog(self) -> _Catalog:
+        pg = self.session.pg
+        assert pg is not None
+        schema, names = self.source.schema, self.names
+        async with pg.transaction(isolation="repeatable_read", readonly=True):
+            guarded = await cutover_guard.guarded_tables(pg, names.bk, names.key, schema)
+            files = await capture.table_files(pg, schema)
+            registry = await capture.registry_ready(pg, names)
+            gen = await capture.generation(pg, names, exists=True) if registry else None
+            base = await ddl.read_tables(pg, schema)
+            return _Catalog(guarded, files, registry, gen, base, await tables.read_pg_tables(pg, schema, base),
+                            await self.session.bk.load_tables(pg), await self.session.bk.owners(pg, schema),
+                            await tables.read_formats(pg, names.bk, self.name),
+                            await capture.capture_triggers(pg, schema), await capture.capture_bodies(pg, names))
+
     async def _reconcile(self) -> None:
         s = self.session
         pg = s.pg
         assert pg is not None
-        await self._drop_cutover_guard(pg)
-        busy = self.settings.sqlite.write_busy_timeout_ms
         # Postgres's schema as this reconcile begins, before it reads the tables: what the
         # application makes from now on differs from it at the next look, and is taken up then.
-        self._pg_shape = self._shape(await capture.table_files(pg, self.source.schema))
-        await capture.ensure_registry(pg, self.names)
-        gen = await capture.generation(pg, self.names)
+        # Everything else the reconcile asks Postgres is read with it, and read again only
+        # after syncd changed something there.
+        seen = await self._read_catalog()
+        await self._drop_cutover_guard(pg, seen.guarded)
+        busy = self.settings.sqlite.write_busy_timeout_ms
+        self._pg_shape = self._shape(seen.files)
+        gen = seen.generation
+        if not seen.registry:
+            await capture.ensure_registry(pg, self.names)
+            gen = await capture.generation(pg, self.names)
         # No record of capture starting with the cutover: what changed since is unknown,
         # so every table is copied again from Postgres. Capture starts in Postgres only
         # once SQLite has noted those copies (below): a step that cannot write into the
@@ -575,7 +613,7 @@ class ReversePipeline:
             if not await self._refreeze(message):
                 return
 
-        schema, pg_tables, rows, decisions = await self._judge_all()
+        schema, pg_tables, rows, decisions = await self._judge_all(seen)
         ddl_done = False
         for name, d in decisions.items():
             if d.kind == tables.ADD_COLUMNS:
@@ -596,7 +634,8 @@ class ReversePipeline:
         if ddl_done:
             # the new tables refuse the application too
             await s.worker.run(freeze.freeze, message, busy, self.source.wants_table)
-            schema, pg_tables, rows, decisions = await self._judge_all()
+            seen = await self._read_catalog()
+            schema, pg_tables, rows, decisions = await self._judge_all(seen)
         if copy_all:
             # The copies and the new capture's position go into the file in one write,
             # before capture starts in Postgres under that position's generation: a step
@@ -639,7 +678,7 @@ class ReversePipeline:
             s.warning(f"{why}: every table is copied again from Postgres", event="reverse_file_older")
         self.checkpoint = cp
         self.reload = await s.worker.run(applier.read_reload)
-        formats = await tables.read_formats(pg, self.names.bk, s.name)
+        formats = seen.formats
         runtimes: dict[str, ReverseTable] = {}
         for name, d in sorted(decisions.items()):
             if d.kind == tables.FORGET:
@@ -665,7 +704,7 @@ class ReversePipeline:
             else:
                 assert spec is not None and tid is not None
                 pgt = pg_tables[name]
-                await self._arm(name, tid, list(spec.key))
+                await self._arm(name, tid, list(spec.key), seen)
                 samples = {}
                 for c in spec.columns:
                     pgc = pgt.column(c.name)
@@ -723,17 +762,14 @@ class ReversePipeline:
             state.rearmed.pop(name, None)
         self._start_over(marked)
 
-    async def _judge_all(self):
+    async def _judge_all(self, seen: _Catalog):
         s = self.session
-        pg = s.pg
-        result = await install_capture(s, await sticky_types(s))  # keeps forward capture in line too
+        result = await install_capture(s, ddl.kept_types(seen.base))  # keeps forward capture in line too
         schema = result.schema
-        pg_tables = await tables.read_pg_tables(pg, self.source.schema)
-        rows = await s.bk.load_tables(pg)
+        pg_tables, rows, owners = seen.pg_tables, seen.rows, seen.owners
         decisions: dict[str, tables.Decision] = {}
-        owners = await s.bk.owners(pg, self.source.schema)
         typed: dict[str, set[str]] = {}
-        for table, column in await tables.read_formats(pg, self.names.bk, s.name):
+        for table, column in seen.formats:
             typed.setdefault(table, set()).add(column)
         candidates = set(schema.tables) | {n for n, r in rows.items() if r.state != bk.REFUSED}
         # Tables the application created in Postgres after the cutover (no source's replica).
@@ -754,10 +790,10 @@ class ReversePipeline:
         tables.name_clashes(decisions, schema.tables, pg_tables, await s.worker.run(tables.sqlite_names))
         return schema, pg_tables, rows, decisions
 
-    async def _arm(self, name: str, tid: int, key: list[str]) -> None:
+    async def _arm(self, name: str, tid: int, key: list[str], seen: _Catalog) -> None:
         pg = self.session.pg
-        if (await capture.armed(pg, self.names, self.source.schema, name, tid)
-                and await capture.current(pg, self.names, tid, key)):
+        if (capture.armed(seen.triggers.get(name, {}), self.names, tid)
+                and capture.current(seen.bodies, self.names, tid, key)):
             return
         async with pg.transaction():
             await capture.arm(pg, self.names, self.source.schema, name, tid, key)

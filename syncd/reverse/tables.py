@@ -81,10 +81,13 @@ async def not_taken_up(conn: asyncpg.Connection, source, b) -> list[str]:
             and not (pgt.parent is not None and pgt.parent_here)]
 
 
-async def read_pg_tables(conn: asyncpg.Connection, schema: str) -> dict[str, PgTableInfo]:
+async def read_pg_tables(conn: asyncpg.Connection, schema: str,
+                         base: dict[str, ddl.PgTable] | None = None) -> dict[str, PgTableInfo]:
     """Every table of `schema` with its columns (type, NOT NULL, default), key and
-    partitioning (partitions are tables here too, as Postgres lists them)."""
-    base = await ddl.read_tables(conn, schema)
+    partitioning (partitions are tables here too, as Postgres lists them). `base`: the
+    schema's ddl.read_tables, when the caller has read it already."""
+    if base is None:
+        base = await ddl.read_tables(conn, schema)
     defaults = {(r[0], r[1]): r[2] for r in await conn.fetch(
         "SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
         "JOIN pg_class c ON c.oid = d.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
