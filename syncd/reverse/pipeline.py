@@ -479,6 +479,7 @@ class ReversePipeline:
         self.pg_ok = True
         if await self._direction_moved():
             return False
+        self._full_check_due()
         if self.needs_reconcile:
             await self._reconcile()
             self.needs_reconcile = False
@@ -1076,11 +1077,18 @@ class ReversePipeline:
             await self.session.bk.event(self.session.pg, kind, table, detail)
             self.events.pop(0)
 
-    async def _maybe_recheck(self) -> None:
+    def _full_check_due(self) -> None:
+        """The just-in-case full check falls due: a reconcile, and a recheck after it, in
+        this cycle (not a cycle of its own, which would read the changelog and the lag
+        again)."""
         now = time.monotonic()
         if now - self.last_full_check >= self.recheck_every:
             self.last_full_check = now
             self.needs_reconcile = True
+            self.recheck_due = True
+
+    async def _maybe_recheck(self) -> None:
+        now = time.monotonic()
         if now - self.last_request_check < self.settings.stream.held_table_retry_seconds:
             return
         if self.fleet_rechecks and not self.recheck_due and self._quiet():
@@ -1089,9 +1097,12 @@ class ReversePipeline:
         self.seen_fingerprint = self.fingerprint  # taken before what is read below: a change after it is seen again
         self.last_request_check = now
         try:
-            await self._undo_abandoned_rollback()
-            files = await capture.table_files(self.session.pg, self.source.schema)
-            await self._reload_rewritten(files)
+            abandoned, files, noted = await self._recheck_reads()
+            if abandoned:
+                await self._undo_abandoned_rollback()
+                files = await capture.table_files(self.session.pg, self.source.schema)
+                noted = await capture.noted_files(self.session.pg, self.names)
+            await self._reload_rewritten(files, noted)
         except BaseException:
             # Not done (the application's lock on the file, Postgres away): the next
             # recheck looks again, though the watch sees nothing new to flag.
@@ -1103,6 +1114,16 @@ class ReversePipeline:
             self.needs_reconcile = True
         if self.needs_reconcile:
             self.wake.set()
+
+    async def _recheck_reads(self) -> tuple[bool, dict[str, list], dict[str, list] | None]:
+        """What a recheck asks Postgres, in one read-only snapshot: whether a rollback was
+        left open or its freeze left on (_undo_abandoned_rollback), and the tables' files
+        now and as noted (_reload_rewritten)."""
+        s = self.session
+        async with s.pg.transaction(isolation="repeatable_read", readonly=True):
+            abandoned = await self._rollback_abandoned()
+            return (abandoned, await capture.table_files(s.pg, self.source.schema),
+                    await capture.noted_files(s.pg, self.names))
 
     def _schema_moved_in_postgres(self, files: dict[str, list]) -> bool:
         """Tables or columns of the target schema changed (the application's DDL in
@@ -1116,13 +1137,13 @@ class ReversePipeline:
     def _shape(files: dict[str, list]) -> dict[str, list]:
         return {name: list(types.items()) for name, (_file, types) in files.items()}
 
-    async def _reload_rewritten(self, now: dict[str, list]) -> None:
+    async def _reload_rewritten(self, now: dict[str, list], before: dict[str, list] | None) -> None:
         """Copy again a table Postgres rewrote without a row trigger firing (see
-        capture.table_files), also while no daemon ran. A column that changed to another
-        kind of value (timestamp to timestamptz) is not followed this way: the table is
-        paused (tables.judge), and its old type given back lets it resume."""
+        capture.table_files), also while no daemon ran; `before`: the files as noted
+        (capture.noted_files). A column that changed to another kind of value (timestamp
+        to timestamptz) is not followed this way: the table is paused (tables.judge), and
+        its old type given back lets it resume."""
         s = self.session
-        before = await capture.noted_files(s.pg, self.names)
         if before == now:
             return
         rewritten = {}
@@ -1179,17 +1200,21 @@ class ReversePipeline:
             before[name] = [now[0], noted[1] if noted is not None else now[1]]
             await capture.note_files(s.pg, self.names, before)
 
-    async def _undo_abandoned_rollback(self) -> None:
-        """A rollback that froze Postgres and died leaves the application locked out of
-        the database it writes: with nobody holding the switch, syncd lifts the freeze."""
-        from syncd import rollback
-
+    async def _rollback_abandoned(self) -> bool:
+        """A rollback's switch is open, or its freeze is on Postgres's tables: one that
+        died, unless it still runs (_undo_abandoned_rollback tells by its lock)."""
         s = self.session
         open_switch = await s.pg.fetchval(f"SELECT EXISTS (SELECT 1 FROM {s.bk.s}.switches WHERE source = $1 "
                                           "AND kind = 'rollback' AND state IN ('started', 'frozen'))", s.name)
-        if not open_switch and not await capture.frozen_tables(s.pg, self.names, self.source.schema):
-            return
-        from syncd import cutover
+        return open_switch or bool(await capture.frozen_tables(s.pg, self.names, self.source.schema))
+
+    async def _undo_abandoned_rollback(self) -> None:
+        """A rollback that froze Postgres and died leaves the application locked out of
+        the database it writes: with nobody holding the switch, syncd lifts the freeze
+        (_rollback_abandoned found it open or on)."""
+        from syncd import cutover, rollback
+
+        s = self.session
         if not await cutover.take_switch_lock(s.pg, s.key):
             return
         try:
