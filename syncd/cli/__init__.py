@@ -70,9 +70,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 # syncd holds tens of thousands of fresh row tuples at a time (a batch, a snapshot
 # chunk); at the default threshold (700) the cyclic collector runs every few hundred
 # of them and rescans the survivors, which halved the snapshot's rate
-# (bench/initial_load.py). Row tuples form no cycles; the few that syncd's own
-# objects make are still collected, just less often.
-GC_THRESHOLDS = (50_000, 20, 20)
+# (bench/initial_load.py). A load keeps up to three chunks alive at once (the one
+# being sent, the one read ahead, the one being read: 150,000 rows at the default
+# [stream] snapshot_chunk_rows); at 50,000 the collector still ran a few times a
+# million-row load, each time walking every row alive (15-25 ms each, 4% of the
+# daemon's CPU until the rows were in). Row tuples form no cycles; the few that
+# syncd's own objects make are still collected, just less often.
+GC_THRESHOLDS = (200_000, 20, 20)
 
 
 def main(argv: list[str] | None = None) -> int:
