@@ -372,10 +372,15 @@ def capture_trigger_sql(names: Names, schema: str, table: str, tid: int) -> list
     ]
 
 
-async def _triggers_on(conn: asyncpg.Connection, schema: str, table: str) -> dict[str, str]:
-    """name -> the function each trigger of the table calls (qualified, as regproc prints)."""
+# The function a trigger calls (qualified, as regproc prints it), NULL for a trigger the
+# application's writes do not fire: disabled, or enabled for replication sessions only.
+_FIRED_FUNCTION = "CASE WHEN t.tgenabled IN ('O', 'A') THEN t.tgfoid::regproc::text END"
+
+
+async def _triggers_on(conn: asyncpg.Connection, schema: str, table: str) -> dict[str, str | None]:
+    """name -> the function each trigger of the table calls (_FIRED_FUNCTION)."""
     rows = await conn.fetch(
-        "SELECT t.tgname, t.tgfoid::regproc::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        f"SELECT t.tgname, {_FIRED_FUNCTION} FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND NOT t.tgisinternal",
         schema, table)
     return {r[0]: r[1] for r in rows}
@@ -388,8 +393,7 @@ async def arm(conn: asyncpg.Connection, names: Names, schema: str, table: str, t
     await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
     await conn.execute(capture_function_sql(names, tid, key))
     have = await _triggers_on(conn, schema, table)
-    want_fn = names.capture_function(tid)
-    if all(have.get(n) is not None and _same_function(have[n], want_fn) for n in CAPTURE_TRIGGERS):
+    if armed(have, names, tid):
         return False
     for n in CAPTURE_TRIGGERS:
         if n in have:
@@ -404,21 +408,24 @@ def _same_function(shown: str, qualified_name: str) -> bool:
     return shown.split(".")[-1].strip('"') == qualified_name.split(".")[-1].strip('"')
 
 
-async def capture_triggers(conn: asyncpg.Connection, schema: str) -> dict[str, dict[str, str]]:
-    """table -> {capture trigger: the function it calls} of every table of `schema`, in one query."""
+async def capture_triggers(conn: asyncpg.Connection, schema: str) -> dict[str, dict[str, str | None]]:
+    """table -> {capture trigger: the function it calls (_FIRED_FUNCTION)} of every table
+    of `schema`, in one query."""
     rows = await conn.fetch(
-        "SELECT c.relname, t.tgname, t.tgfoid::regproc::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        f"SELECT c.relname, t.tgname, {_FIRED_FUNCTION} FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND t.tgname = ANY($2::text[]) "
         "AND NOT t.tgisinternal", schema, list(CAPTURE_TRIGGERS))
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, dict[str, str | None]] = {}
     for r in rows:
         out.setdefault(r[0], {})[r[1]] = r[2]
     return out
 
 
-def armed(have: dict[str, str], names: Names, tid: int) -> bool:
-    """Whether every capture trigger of a table (`have`, capture_triggers) calls its function."""
-    return all(n in have and _same_function(have[n], names.capture_function(tid)) for n in CAPTURE_TRIGGERS)
+def armed(have: dict[str, str | None], names: Names, tid: int) -> bool:
+    """Whether every capture trigger of a table (`have`, capture_triggers) fires and calls
+    its function."""
+    return all(have.get(n) is not None and _same_function(have[n], names.capture_function(tid))
+               for n in CAPTURE_TRIGGERS)
 
 
 async def disarm(conn: asyncpg.Connection, names: Names, schema: str, table: str, tid: int | None) -> None:

@@ -69,6 +69,7 @@ RELOAD_GONE_ROWS = 50_000
 APPLIED_AT_EVERY = 1.0  # seconds: how often applying writes the source's last apply time into Postgres
 FROZEN_MESSAGE = ("this database was moved to PostgreSQL by syncd; write to PostgreSQL "
                   '(schema "{schema}") instead')
+CAPTURE_PUT_BACK = "capture triggers put back in Postgres: copied again"
 
 
 @dataclass
@@ -792,12 +793,25 @@ class ReversePipeline:
         return schema, pg_tables, rows, decisions
 
     async def _arm(self, name: str, tid: int, key: list[str], seen: _Catalog) -> None:
-        pg = self.session.pg
+        s = self.session
         if (capture.armed(seen.triggers.get(name, {}), self.names, tid)
                 and capture.current(seen.bodies, self.names, tid, key)):
             return
-        async with pg.transaction():
-            await capture.arm(pg, self.names, self.source.schema, name, tid, key)
+        followed = name in seen.rows and name not in self.reload
+        async with s.pg.transaction():
+            put_back = await capture.arm(s.pg, self.names, self.source.schema, name, tid, key) and followed
+            if put_back:
+                # A capture trigger of a table already followed was gone or did not fire
+                # (dropped or disabled outside syncd): what the application changed
+                # meanwhile was never recorded, so the table is copied again. Marked in
+                # SQLite before the triggers' commit: a mark that fails leaves them as
+                # they were, and the next full check finds them so again.
+                self.reload = await s.worker.run(run_on(self.sink, "mark"), {name: CAPTURE_PUT_BACK}, [])
+        if put_back:
+            s.warning("a capture trigger in Postgres was dropped or disabled outside syncd: put back, and the table "
+                      "is copied again from Postgres (the changes made meanwhile were not recorded)", table=name,
+                      event="capture_rearmed")
+            self.events.append((name, "capture_rearmed", CAPTURE_PUT_BACK))
 
     def _log_state(self, t: ReverseTable) -> None:
         if t.state in (bk.PAUSED, bk.HELD) and t.logged_reason != t.row.reason:

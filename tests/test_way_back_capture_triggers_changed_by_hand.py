@@ -1,0 +1,71 @@
+"""After the cutover, the triggers that record Postgres's changes for the way back are
+syncd's, but anyone with the rights can drop or disable one. The periodic full check
+puts a missing trigger back and enables a disabled one, and since the changes made
+meanwhile were never recorded, it copies the table again from Postgres (saying why):
+nothing written in Postgres while capture was off stays missing from SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from tests.support.daemon import DaemonProcess
+from tests.support.sync import eventually, pg_rows
+from tests.support.way_back import backup_and_config, cut_over, wait_back
+
+CAPTURE = ("_syncd_rcap_ins", "_syncd_rcap_upd", "_syncd_rcap_del", "_syncd_rcap_trunc")
+
+
+def make_app(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO items VALUES (?, ?)", [(i, f"seed {i}") for i in range(1, 4)])
+    conn.commit()
+    conn.close()
+
+
+def in_sqlite(db, item_id: int) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT id, v FROM items WHERE id = ?", (item_id,)).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("by_hand, write, expect", [
+    ("DROP TRIGGER _syncd_rcap_upd ON app.items", "UPDATE app.items SET v = 'while uncaptured' WHERE id = 1",
+     (1, "while uncaptured")),
+    ("ALTER TABLE app.items DISABLE TRIGGER _syncd_rcap_ins", "INSERT INTO app.items VALUES (50, 'while uncaptured')",
+     (50, "while uncaptured")),
+], ids=["dropped", "disabled"])
+async def test_a_change_made_while_a_capture_trigger_was_off_reaches_sqlite(
+        tmp_path, make_config, pg_dsn, by_hand, write, expect):
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"schema_check_interval_seconds": 2})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, by_hand)
+        await pg_rows(pg_dsn, write)
+
+        async def arrived() -> bool:
+            return in_sqlite(db, expect[0]) == [expect]
+
+        await eventually(arrived, 30, "the change made while capture was off", d)
+        assert "event=capture_rearmed" in d.log()
+
+        async def armed() -> bool:
+            return await pg_rows(pg_dsn, "SELECT t.tgname, t.tgenabled::text FROM pg_trigger t WHERE t.tgrelid = "
+                                         "'app.items'::regclass AND t.tgname LIKE '_syncd_rcap_%' ORDER BY 1") == \
+                sorted((n, "O") for n in CAPTURE)
+
+        await eventually(armed, 30, "every capture trigger there and enabled", d)
+        await pg_rows(pg_dsn, "UPDATE app.items SET v = 'captured again' WHERE id = 2")
+
+        async def followed() -> bool:
+            return in_sqlite(db, 2) == [(2, "captured again")]
+
+        await eventually(followed, 30, "a change made once capture was back", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
