@@ -649,10 +649,10 @@ class ReversePipeline:
             await s.worker.run(run_on(self.sink, "apply"), ApplyPlan(
                 [], checkpoint=start(gen_id).encode(), expect=file_checkpoint,
                 reload_add={n: "copied again: capture started late" for n in schema.tables}))
-            s.warning("no record of Postgres capture for the way back (cut over by an older syncd?): capture "
-                      "installed now, and every table is copied again from Postgres", event="reverse_reset")
             async with pg.transaction():
                 await capture.start_generation(pg, self.names, self.source.schema, gen_id)
+            s.warning("no record of Postgres capture for the way back (cut over by an older syncd?): capture "
+                      "installed now, and every table is copied again from Postgres", event="reverse_reset")
             gen = await capture.generation(pg, self.names)
             assert gen is not None
             self.generation = gen
