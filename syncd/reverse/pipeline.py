@@ -588,7 +588,8 @@ class ReversePipeline:
         # Postgres's schema as this reconcile begins, before it reads the tables: what the
         # application makes from now on differs from it at the next look, and is taken up then.
         # Everything else the reconcile asks Postgres is read with it, and read again only
-        # after syncd changed something there.
+        # once it added columns or tables (what it writes besides, the guard dropped, the
+        # capture started or armed, is not read again after it).
         seen = await self._read_catalog()
         await self._drop_cutover_guard(pg, seen.guarded)
         busy = self.settings.sqlite.write_busy_timeout_ms
