@@ -428,17 +428,6 @@ def armed(have: dict[str, str | None], names: Names, tid: int) -> bool:
                for n in CAPTURE_TRIGGERS)
 
 
-async def disarm(conn: asyncpg.Connection, names: Names, schema: str, table: str, tid: int | None) -> None:
-    """Stop capturing one table (inside the caller's transaction)."""
-    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified(schema, table))
-    if exists:
-        for n in CAPTURE_TRIGGERS:
-            await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(n)} ON {qualified(schema, table)}")
-    if tid is not None:
-        await conn.execute(f"DROP FUNCTION IF EXISTS {names.capture_function(tid)}()")
-
-
 async def disarm_all(conn: asyncpg.Connection, names: Names, schema: str) -> int:
     """Every capture trigger of this source's tables (and the functions), inside the
     caller's transaction; returns how many tables had them."""
