@@ -41,15 +41,15 @@ def make_app(db) -> None:
     conn.close()
 
 
-async def test_changes_made_before_capture_started_reach_sqlite_although_the_file_was_locked(
-        tmp_path, make_config, pg_dsn):
+async def cut_over_and_lose_the_record(tmp_path, make_config, pg_dsn):
+    """A source cut over, then changed in Postgres with its record of capture gone: the
+    database file and the configuration, no daemon running."""
     db = tmp_path / "app.db"
     make_app(db)
     # No periodic check while the test runs: the copies and the position come from the
     # way back's start alone.
     cfg = backup_and_config(make_config, tmp_path, db, stream={"schema_check_interval_seconds": 3600})
     await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
-
     pg = await asyncpg.connect(pg_dsn)
     try:
         # Changes Postgres's record of capture no longer covers: the record is gone.
@@ -58,7 +58,12 @@ async def test_changes_made_before_capture_started_reach_sqlite_although_the_fil
         await pg.execute("DELETE FROM syncd.reverse WHERE source = 'app'")
     finally:
         await pg.close()
+    return db, cfg
 
+
+async def test_changes_made_before_capture_started_reach_sqlite_although_the_file_was_locked(
+        tmp_path, make_config, pg_dsn):
+    db, cfg = await cut_over_and_lose_the_record(tmp_path, make_config, pg_dsn)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), "6"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -86,17 +91,7 @@ async def test_a_capture_start_whose_reply_is_lost_leaves_the_file_at_the_new_ca
     the file already holds that capture's position (written with the copies, before
     capture starts), so the next step does not take it for an older copy put back (a
     false warning, and a lineage of its own that made every backup of the file older)."""
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db, stream={"schema_check_interval_seconds": 3600})
-    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
-    pg = await asyncpg.connect(pg_dsn)
-    try:
-        await pg.execute("UPDATE app.items SET v = 'changed in Postgres' WHERE id = 1")
-        await pg.execute("DELETE FROM syncd.reverse WHERE source = 'app'")
-    finally:
-        await pg.close()
-
+    db, cfg = await cut_over_and_lose_the_record(tmp_path, make_config, pg_dsn)
     parts = urlsplit(pg_dsn)
     proxy = FaultProxy(parts.hostname, parts.port or 5432)
     try:
