@@ -297,7 +297,7 @@ class ReversePipeline:
             return True  # the watch has not seen this source lately (Postgres away, say)
         if self.recheck_due and now - self.last_request_check >= self.settings.stream.held_table_retry_seconds:
             return True
-        if now - self.last_full_check >= self.recheck_every:
+        if self._full_check_due(now):
             return True  # the just-in-case full check: a quiet source's own cycle now and then
         if self.retired is not None:
             return now >= self.lookups_due
@@ -480,7 +480,7 @@ class ReversePipeline:
         self.pg_ok = True
         if await self._direction_moved():
             return False
-        self._full_check_due()
+        self._begin_full_check_when_due()
         if self.needs_reconcile:
             await self._reconcile()
             self.needs_reconcile = False
@@ -1092,12 +1092,15 @@ class ReversePipeline:
             await self.session.bk.event(self.session.pg, kind, table, detail)
             self.events.pop(0)
 
-    def _full_check_due(self) -> None:
+    def _full_check_due(self, now: float) -> bool:
+        return now - self.last_full_check >= self.recheck_every
+
+    def _begin_full_check_when_due(self) -> None:
         """The just-in-case full check falls due: a reconcile, and a recheck after it, in
         this cycle (not a cycle of its own, which would read the changelog and the lag
         again)."""
         now = time.monotonic()
-        if now - self.last_full_check >= self.recheck_every:
+        if self._full_check_due(now):
             self.last_full_check = now
             self.needs_reconcile = True
             self.recheck_due = True
