@@ -96,19 +96,31 @@ def _retired_set(spec: TableSpec, comment: str | None) -> tuple[UniqueSet, int |
     return u, until
 
 
+_LOOKUP_INDEXES = (
+    "SELECT t.relname, i.relname, obj_description(i.oid, 'pg_class') FROM pg_index x "
+    "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
+    "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND starts_with(i.relname, '_syncd_uq_')")
+
+
+async def lookup_indexes(conn: asyncpg.Connection, schema: str) -> dict[str, dict[str, str | None]]:
+    """table -> {lookup index: its comment} of every table of `schema`, in one query."""
+    out: dict[str, dict[str, str | None]] = {}
+    for table, name, comment in await conn.fetch(_LOOKUP_INDEXES, schema):
+        out.setdefault(table, {})[name] = comment
+    return out
+
+
 async def ensure_indexes(conn: asyncpg.Connection, schema: str, spec: TableSpec, applied_seq: int,
-                         top_seq: int) -> tuple[tuple[UniqueSet, int], ...]:
+                         top_seq: int, have: dict[str, str | None] | None = None) -> tuple[tuple[UniqueSet, int], ...]:
     """The lookup indexes `spec`'s unique column sets need. A set SQLite no longer has
     (the application dropped the index) is kept, with its index, until the stream has
     applied every change captured before the drop (up to `top_seq`, the changelog's end
     when the drop was noticed): a REPLACE made while the index stood removed rows
-    through it. Returns those retired sets with their end positions."""
+    through it. Returns those retired sets with their end positions. `have`: the
+    table's lookup indexes (lookup_indexes), when the caller has read them already."""
     wanted = {index_name(spec, u): u for u in spec.unique_sets}
-    have = {r[0]: r[1] for r in await conn.fetch(
-        "SELECT i.relname, obj_description(i.oid, 'pg_class') FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-        "JOIN pg_class t ON t.oid = x.indrelid "
-        "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relname = $2 "
-        "AND starts_with(i.relname, '_syncd_uq_')", schema, spec.name)}
+    if have is None:
+        have = {r[1]: r[2] for r in await conn.fetch(_LOOKUP_INDEXES + " AND t.relname = $2", schema, spec.name)}
     retired: list[tuple[UniqueSet, int]] = []
     for name in set(have) - set(wanted):
         found = _retired_set(spec, have[name])

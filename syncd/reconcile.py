@@ -173,14 +173,17 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     """Full reconciliation; needs Postgres. Leaves session.tables current."""
     conn = session.pg
     assert conn is not None
-    sticky = await sticky_types(session)
-    retyped = await parity.retyped_columns(conn, session.bk.schema, session.name)
+    # What install_capture and the checks below need of Postgres, in one read-only
+    # snapshot: a quiet source's full check costs Postgres few transactions.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        sticky = await sticky_types(session)
+        requested = await _resync_requests(session)
+        retyped = await parity.retyped_columns(conn, session.bk.schema, session.name)
     result = await install_capture(session, sticky, retyped)
     # Before the transaction: checking a table reads every page of it, which may take
     # longer than Postgres lets a transaction sit idle.
     tables = result.schema.tables
-    checked = {name: await _unreadable(session, tables[name]) for name in await _resync_requests(session)
-               if name in tables}
+    checked = {name: await _unreadable(session, tables[name]) for name in requested if name in tables}
     async with conn.transaction():
         runtimes = await _reconcile_postgres(session, result, checked)
     session.tables = runtimes
@@ -255,7 +258,8 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
         session.applied_seq = 0
     else:
         session.applied_seq = await _resume_position(session, src, state, cloned=cloned)
-        await session.bk.upsert_source(conn, state.capture_id, str(session.source.path), target)
+        if (src.sqlite_path, src.target_schema) != (str(session.source.path), target):  # written only when moved
+            await session.bk.upsert_source(conn, state.capture_id, str(session.source.path), target)
         if src.applied_at is not None:
             session.applied_at = src.applied_at.timestamp()
         session.lag_from = src.lag_from.timestamp()
@@ -264,13 +268,16 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
     requests = await _resync_requests(session)
     pg_tables = await ddl.read_tables(conn, target)
     await _follow_renames(session, state, schema, rows, pg_tables)
-    followed = await conn.fetchval(f"SELECT schema_version FROM {session.bk.s}.sources WHERE source = $1",
-                                   session.name)
+    followed = src.schema_version if src is not None else None
     moved = followed is not None and followed != schema.version  # the application changed the schema
-    await session.bk.followed_schema(conn, schema.version)
+    if followed != schema.version:
+        await session.bk.followed_schema(conn, schema.version)
     runtimes: dict[str, TableRuntime] = {}
     # A Postgres relation of the same name that syncd did not create is left alone.
     session.refused.update(await ownership.not_ours(conn, session.bk, target, schema.tables))
+    # Every table's lookup indexes in one query, read after the renames above; a table
+    # dropped or created below has its own read again.
+    indexes = await collisions.lookup_indexes(conn, target)
 
     for name, spec in schema.tables.items():
         if name in session.refused:
@@ -307,8 +314,9 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
                 if new != row:
                     await session.save_row(conn, new)
                 if new.state != bk.PAUSED:
+                    have = indexes.get(name, {}) if pgt is not None else None  # None: created just now
                     retired = await collisions.ensure_indexes(conn, target, spec, session.applied_seq,
-                                                              state.max_seq)
+                                                              state.max_seq, have)
                     pgt = pg_tables.get(name) or (await ddl.read_tables(conn, target)).get(name)
                     if pgt is not None:
                         await ddl.ensure_identity(conn, target, spec, pgt)

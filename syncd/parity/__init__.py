@@ -108,7 +108,7 @@ async def ensure(session, schema) -> bool:
     when a column was retyped: the caller reconciles again so its specs carry the type.
     Never fails reconcile: what Postgres refuses is logged, and tried again later."""
     st = _state(session)
-    if await _direction(session) == TO_SQLITE:
+    if session.direction == TO_SQLITE:  # as reconcile read it just now; read again, locked, below
         return False  # cut over: Postgres is the application's now
     options = Options.from_settings(session.settings)
     specs = {n: t.spec for n, t in session.tables.items()}

@@ -287,6 +287,8 @@ class SourceRow:
     # The SQLite schema version Postgres was last reconciled to (followed_schema, in the
     # transaction that changed Postgres's tables): None where an older syncd left none.
     schema_version: int | None = None
+    sqlite_path: str | None = None
+    target_schema: str | None = None
 
     @property
     def lag_from(self) -> dt.datetime:
@@ -369,8 +371,8 @@ class Bookkeeping:
             # caught_up_at read so that bookkeeping an older syncd made (syncd report reads it
             # without completing it) does without it.
             f"SELECT source, capture_id, applied_seq, applied_at, created_at, streaming_since, confirmed_seq, "
-            f"(to_jsonb(x) ->> 'caught_up_at')::timestamptz, (to_jsonb(x) ->> 'schema_version')::bigint "
-            f"FROM {self.s}.sources x WHERE source = $1",
+            f"(to_jsonb(x) ->> 'caught_up_at')::timestamptz, (to_jsonb(x) ->> 'schema_version')::bigint, "
+            f"sqlite_path, target_schema FROM {self.s}.sources x WHERE source = $1",
             self.source,
         )
         return SourceRow(*r) if r else None
