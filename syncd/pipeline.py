@@ -569,6 +569,7 @@ class Pipeline:
 
     async def _postgres_steps(self) -> bool:
         s = self.session
+        self._full_check_due()
         if self.needs_reconcile:
             await self.ahead.drop()
             await self._close_load()
@@ -904,14 +905,11 @@ class Pipeline:
     async def _maybe_recheck(self) -> None:
         """Reconcile again when something outside SQLite may have changed: an operator
         request (`syncd resync`), a cutover or rollback, a paused table whose Postgres
-        side may have been fixed, and, rarely, just in case. In the daemon the facts come
-        from one query per target database for every source (FleetRechecker); a pipeline
-        run alone asks for its own."""
+        side may have been fixed (and, rarely, just in case: _full_check_due). In the
+        daemon the facts come from one query per target database for every source
+        (FleetRechecker); a pipeline run alone asks for its own."""
         now = time.monotonic()
         s = self.session
-        if now - self.last_full_check >= self.recheck_every:
-            self.last_full_check = now
-            self.needs_reconcile = True
         if self.fleet_rechecks:
             flags, self.recheck_flags = self.recheck_flags, None
             if flags is None:
@@ -927,6 +925,14 @@ class Pipeline:
             self.needs_reconcile = True  # paused tables, a resync request, a cutover or rollback
         if self.needs_reconcile:
             self.wake.set()
+
+    def _full_check_due(self) -> None:
+        """The just-in-case full check falls due: a reconcile in this step (not in a step of
+        its own, which would borrow a pooled connection again)."""
+        now = time.monotonic()
+        if now - self.last_full_check >= self.recheck_every:
+            self.last_full_check = now
+            self.needs_reconcile = True
 
     async def _undo_abandoned_freeze(self, open_switch: bool) -> None:
         """A cutover that froze the file and died leaves it frozen with nobody holding the
