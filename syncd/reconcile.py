@@ -276,7 +276,7 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
     # A Postgres relation of the same name that syncd did not create is left alone.
     session.refused.update(await ownership.not_ours(conn, session.bk, target, schema.tables))
     # Every table's lookup indexes in one query, read after the renames above; a table
-    # dropped or created below has its own read again.
+    # whose shape changes below, or that is dropped or created, has its own read again.
     indexes = await collisions.lookup_indexes(conn, target)
 
     for name, spec in schema.tables.items():
@@ -314,7 +314,9 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
                 if new != row:
                     await session.save_row(conn, new)
                 if new.state != bk.PAUSED:
-                    have = indexes.get(name, {}) if pgt is not None else None  # None: created just now
+                    # What was read before this table's DDL, if it had none: a column dropped
+                    # (an index over it goes with it) or a table created reads its own again.
+                    have = indexes.get(name, {}) if pgt is not None and ddl.diff_shape(spec, pgt).same else None
                     retired = await collisions.ensure_indexes(conn, target, spec, session.applied_seq,
                                                               state.max_seq, have)
                     pgt = pg_tables.get(name) or (await ddl.read_tables(conn, target)).get(name)
