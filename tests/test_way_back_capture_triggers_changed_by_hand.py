@@ -6,8 +6,10 @@ nothing written in Postgres while capture was off stays missing from SQLite."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
+import asyncpg
 import pytest
 
 from tests.support.daemon import DaemonProcess
@@ -17,12 +19,23 @@ from tests.support.way_back import backup_and_config, cut_over, wait_back
 CAPTURE = ("_syncd_rcap_ins", "_syncd_rcap_upd", "_syncd_rcap_del", "_syncd_rcap_trunc")
 
 
-def make_app(db) -> None:
+def make_app(db, rows: int = 3) -> None:
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.executemany("INSERT INTO items VALUES (?, ?)", [(i, f"seed {i}") for i in range(1, 4)])
+    conn.executemany("INSERT INTO items VALUES (?, ?)", ((i, f"seed {i}") for i in range(1, rows + 1)))
     conn.commit()
     conn.close()
+
+
+async def in_one_transaction(dsn: str, *statements: str) -> None:
+    """The change by hand and the write together: no full check comes between them."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            for sql in statements:
+                await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 def in_sqlite(db, item_id: int) -> list[tuple]:
@@ -47,8 +60,7 @@ async def test_a_change_made_while_a_capture_trigger_was_off_reaches_sqlite(
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
-        await pg_rows(pg_dsn, by_hand)
-        await pg_rows(pg_dsn, write)
+        await in_one_transaction(pg_dsn, by_hand, write)
 
         async def arrived() -> bool:
             return in_sqlite(db, expect[0]) == [expect]
@@ -68,4 +80,33 @@ async def test_a_change_made_while_a_capture_trigger_was_off_reaches_sqlite(
             return in_sqlite(db, 2) == [(2, "captured again")]
 
         await eventually(followed, 30, "a change made once capture was back", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+
+
+async def test_a_change_made_while_a_capture_trigger_was_off_during_a_copy_reaches_sqlite(
+        tmp_path, make_config, pg_dsn):
+    """The table's copy from Postgres is under way (a column added there) when a trigger
+    is disabled and a row already copied is changed: the copy starts over once the
+    trigger is back (or, had the copy ended first, the table is copied again)."""
+    db = tmp_path / "app.db"
+    make_app(db, rows=300_000)
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"schema_check_interval_seconds": 2})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.items ADD COLUMN extra text")
+
+        async def copying() -> bool:
+            return "event=reload_started" in d.log()
+
+        await eventually(copying, 60, "the table's copy", d)
+        await asyncio.sleep(0.3)  # past its first rows
+        await in_one_transaction(pg_dsn, "ALTER TABLE app.items DISABLE TRIGGER _syncd_rcap_upd",
+                                 "UPDATE app.items SET v = 'while uncaptured' WHERE id = 1")
+
+        async def arrived() -> bool:
+            return in_sqlite(db, 1) == [(1, "while uncaptured")]
+
+        await eventually(arrived, 60, "the change made while capture was off", d)
+        assert "event=capture_rearmed" in d.log()
         await wait_back(cfg, db, pg_dsn, daemon=d)

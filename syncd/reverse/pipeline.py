@@ -795,24 +795,32 @@ class ReversePipeline:
 
     async def _arm(self, name: str, tid: int, key: list[str], seen: _Catalog) -> None:
         s = self.session
-        if (capture.armed(seen.triggers.get(name, {}), self.names, tid)
-                and capture.current(seen.bodies, self.names, tid, key)):
+        off = not capture.armed(seen.triggers.get(name, {}), self.names, tid)
+        if not off and capture.current(seen.bodies, self.names, tid, key):
             return
-        followed = name in seen.rows and name not in self.reload
+        copying = self.loading is not None and self.loading.name == name
+        followed = name in seen.rows and (name not in self.reload or copying)
+        if off and followed:
+            # Marked in SQLite before the triggers are put back (and not while their
+            # transaction holds the application's table): a mark that fails leaves them
+            # as they were, for the next full check to find so again.
+            await self._capture_was_off(name)
         async with s.pg.transaction():
-            put_back = await capture.arm(s.pg, self.names, self.source.schema, name, tid, key) and followed
-            if put_back:
-                # A capture trigger of a table already followed was gone or did not fire
-                # (dropped or disabled outside syncd): what the application changed
-                # meanwhile was never recorded, so the table is copied again. Marked in
-                # SQLite before the triggers' commit: a mark that fails leaves them as
-                # they were, and the next full check finds them so again.
-                self.reload = await s.worker.run(run_on(self.sink, "mark"), {name: CAPTURE_PUT_BACK}, [])
-        if put_back:
-            s.warning("a capture trigger in Postgres was dropped or disabled outside syncd: put back, and the table "
-                      "is copied again from Postgres (the changes made meanwhile were not recorded)", table=name,
-                      event="capture_rearmed")
-            self.events.append((name, "capture_rearmed", CAPTURE_PUT_BACK))
+            put_back = await capture.arm(s.pg, self.names, self.source.schema, name, tid, key)
+        if put_back and followed and not off:
+            await self._capture_was_off(name)  # dropped after the catalog was read
+
+    async def _capture_was_off(self, name: str) -> None:
+        """A capture trigger of a table already followed was gone or did not fire (dropped
+        or disabled outside syncd): what the application changed meanwhile was never
+        recorded, so the table is copied again, from its first row if a copy was under way."""
+        s = self.session
+        self.reload = await s.worker.run(run_on(self.sink, "mark"), {name: CAPTURE_PUT_BACK}, [])
+        self._start_over({name: CAPTURE_PUT_BACK})
+        s.warning("a capture trigger in Postgres was dropped or disabled outside syncd: put back, and the table is "
+                  "copied again from Postgres (the changes made meanwhile were not recorded)", table=name,
+                  event="capture_rearmed")
+        self.events.append((name, "capture_rearmed", CAPTURE_PUT_BACK))
 
     def _log_state(self, t: ReverseTable) -> None:
         if t.state in (bk.PAUSED, bk.HELD) and t.logged_reason != t.row.reason:
