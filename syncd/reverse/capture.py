@@ -133,6 +133,7 @@ REGISTRY_COLUMNS = {
     "files": "jsonb",  # the tables' files, as the way back's table rewrites are followed
     "pruned_n": "bigint NOT NULL DEFAULT 0",  # the n of the SQLite checkpoint (checkpoint.py) pruned behind
     "lineage": "text",  # of SQLite checkpoints begun when an older copy of the file was copied again
+    "triggers": "jsonb",  # each table's capture triggers as last seen armed (capture_triggers' marks)
 }
 
 
@@ -179,6 +180,7 @@ class Generation:
     retired_reason: str | None
     pruned_n: int = 0  # 0 where a registry from an older syncd has no such column yet
     lineage: str | None = None  # checkpoint.py: none until an older copy of the file was copied again
+    triggers: dict[str, str] | None = None  # note_triggers: none until the first look of this stretch
 
 
 async def generation(conn: asyncpg.Connection, names: Names, exists: bool | None = None) -> Generation | None:
@@ -189,10 +191,13 @@ async def generation(conn: asyncpg.Connection, names: Names, exists: bool | None
     if not exists:
         return None
     r = await conn.fetchrow(f"SELECT generation, started_at, retired_at, retired_reason, "
-                            f"coalesce((to_jsonb(x) ->> 'pruned_n')::bigint, 0), to_jsonb(x) ->> 'lineage' "
-                            f"FROM {names.registry} x "
+                            f"coalesce((to_jsonb(x) ->> 'pruned_n')::bigint, 0), to_jsonb(x) ->> 'lineage', "
+                            f"to_jsonb(x) ->> 'triggers' FROM {names.registry} x "
                             f"WHERE source = $1", names.source)
-    return Generation(*r) if r else None
+    if not r:
+        return None
+    triggers = None if r[6] is None else json.loads(r[6])
+    return Generation(*r[:6], triggers if isinstance(triggers, dict) else None)
 
 
 async def tables_owed_to_an_older_copy(conn: asyncpg.Connection, names: Names) -> int:
@@ -224,7 +229,7 @@ async def start_generation(conn: asyncpg.Connection, names: Names, schema: str, 
     await conn.execute(
         f"INSERT INTO {names.registry} (source, generation) VALUES ($1, $2) ON CONFLICT (source) DO UPDATE "
         f"SET generation = EXCLUDED.generation, started_at = now(), retired_at = NULL, retired_reason = NULL, "
-        f"pruned_n = 0, lineage = NULL",
+        f"pruned_n = 0, lineage = NULL, triggers = NULL",
         names.source, gen)
     await note_files(conn, names, await table_files(conn, schema))
     return gen
@@ -408,17 +413,28 @@ def _same_function(shown: str, qualified_name: str) -> bool:
     return shown.split(".")[-1].strip('"') == qualified_name.split(".")[-1].strip('"')
 
 
-async def capture_triggers(conn: asyncpg.Connection, schema: str) -> dict[str, dict[str, str | None]]:
+async def capture_triggers(conn: asyncpg.Connection,
+                           schema: str) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
     """table -> {capture trigger: the function it calls (_FIRED_FUNCTION)} of every table
-    of `schema`, in one query."""
+    of `schema`, in one query; and each table's mark: its capture triggers' row versions
+    in pg_trigger, which a DROP, CREATE, DISABLE or ENABLE of one of them changes, so a
+    trigger turned off and on again between two looks is told by its mark."""
     rows = await conn.fetch(
-        f"SELECT c.relname, t.tgname, {_FIRED_FUNCTION} FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND t.tgname = ANY($2::text[]) "
-        "AND NOT t.tgisinternal", schema, list(CAPTURE_TRIGGERS))
+        f"SELECT c.relname, t.tgname, {_FIRED_FUNCTION}, t.xmin::text FROM pg_trigger t "
+        "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND t.tgname = ANY($2::text[]) AND NOT t.tgisinternal ORDER BY 1, 2",
+        schema, list(CAPTURE_TRIGGERS))
     out: dict[str, dict[str, str | None]] = {}
-    for r in rows:
-        out.setdefault(r[0], {})[r[1]] = r[2]
-    return out
+    marks: dict[str, str] = {}
+    for table, trigger, fn, version in rows:
+        out.setdefault(table, {})[trigger] = fn
+        marks[table] = (marks[table] + " " if table in marks else "") + f"{trigger}:{version}"
+    return out, marks
+
+
+async def note_triggers(conn: asyncpg.Connection, names: Names, marks: dict[str, str]) -> None:
+    await conn.execute(f"UPDATE {names.registry} SET triggers = $2::text::jsonb WHERE source = $1",
+                       names.source, json.dumps(marks))
 
 
 def armed(have: dict[str, str | None], names: Names, tid: int) -> bool:

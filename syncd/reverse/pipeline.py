@@ -142,7 +142,8 @@ class _Catalog:
     rows: dict[str, TableRow]
     owners: dict[str, str]
     formats: dict[tuple[str, str], str]
-    triggers: dict[str, dict[str, str]]  # capture.capture_triggers
+    triggers: dict[str, dict[str, str | None]]  # capture.capture_triggers
+    marks: dict[str, str]  # capture.capture_triggers: each table's triggers' row versions
     bodies: dict[int, str]  # capture.capture_bodies
 
 
@@ -576,10 +577,12 @@ class ReversePipeline:
             registry = await capture.registry_ready(pg, names)
             gen = await capture.generation(pg, names, exists=True) if registry else None
             base = await ddl.read_tables(pg, schema)
-            return _Catalog(guarded, files, registry, gen, base, await tables.read_pg_tables(pg, schema, base),
-                            await self.session.bk.load_tables(pg), await self.session.bk.owners(pg, schema),
-                            await tables.read_formats(pg, names.bk, self.name),
-                            await capture.capture_triggers(pg, schema), await capture.capture_bodies(pg, names))
+            pg_tables = await tables.read_pg_tables(pg, schema, base)
+            rows, owners = await self.session.bk.load_tables(pg), await self.session.bk.owners(pg, schema)
+            formats = await tables.read_formats(pg, names.bk, self.name)
+            triggers, marks = await capture.capture_triggers(pg, schema)
+            return _Catalog(guarded, files, registry, gen, base, pg_tables, rows, owners, formats, triggers, marks,
+                            await capture.capture_bodies(pg, names))
 
     async def _reconcile(self) -> None:
         s = self.session
@@ -683,6 +686,7 @@ class ReversePipeline:
         self.reload = await s.worker.run(applier.read_reload)
         formats = seen.formats
         runtimes: dict[str, ReverseTable] = {}
+        armed_now = False
         for name, d in sorted(decisions.items()):
             if d.kind == tables.FORGET:
                 # The file first: a write that gives up on the application's lock leaves the
@@ -707,7 +711,7 @@ class ReversePipeline:
             else:
                 assert spec is not None and tid is not None
                 pgt = pg_tables[name]
-                await self._arm(name, tid, list(spec.key), seen)
+                armed_now = await self._arm(name, tid, list(spec.key), seen) or armed_now
                 samples = {}
                 for c in spec.columns:
                     pgc = pgt.column(c.name)
@@ -735,6 +739,7 @@ class ReversePipeline:
                 await s.bk.save_table(pg, new)
                 runtimes[name].row = (await s.bk.load_tables(pg))[name]
             self._log_state(runtimes[name])
+        await self._note_triggers(seen, armed_now)
         s.tables = runtimes  # type: ignore[assignment]
         if self.loading is not None and self.loading.name not in self.reload:
             self.loading = None
@@ -793,22 +798,41 @@ class ReversePipeline:
         tables.name_clashes(decisions, schema.tables, pg_tables, await s.worker.run(tables.sqlite_names))
         return schema, pg_tables, rows, decisions
 
-    async def _arm(self, name: str, tid: int, key: list[str], seen: _Catalog) -> None:
+    async def _arm(self, name: str, tid: int, key: list[str], seen: _Catalog) -> bool:
+        """The table's capture, put back if it was off; True if its triggers or function
+        were written."""
         s = self.session
         off = not capture.armed(seen.triggers.get(name, {}), self.names, tid)
-        if not off and capture.current(seen.bodies, self.names, tid, key):
-            return
+        noted = seen.generation.triggers if seen.generation is not None else None
+        # Armed now, but not as last seen: turned off and on again in between (DISABLE
+        # TRIGGER ... ENABLE TRIGGER around a bulk load, say), or dropped and made again.
+        moved = not off and noted is not None and name in noted and noted[name] != seen.marks.get(name)
         copying = self.loading is not None and self.loading.name == name
         followed = name in seen.rows and (name not in self.reload or copying)
-        if off and followed:
+        if (off or moved) and followed:
             # Marked in SQLite before the triggers are put back (and not while their
             # transaction holds the application's table): a mark that fails leaves them
             # as they were, for the next full check to find so again.
             await self._capture_was_off(name)
+        if not off and capture.current(seen.bodies, self.names, tid, key):
+            return False
         async with s.pg.transaction():
             put_back = await capture.arm(s.pg, self.names, self.source.schema, name, tid, key)
-        if put_back and followed and not off:
+        if put_back and followed and not off and not moved:
             await self._capture_was_off(name)  # dropped after the catalog was read
+        return True
+
+    async def _note_triggers(self, seen: _Catalog, written: bool) -> None:
+        """The capture triggers' marks as this reconcile leaves them (read again if it
+        wrote any), for the next full check to tell a trigger turned off and on again;
+        written only when they moved."""
+        s = self.session
+        marks = (await capture.capture_triggers(s.pg, self.source.schema))[1] if written else seen.marks
+        noted = self.generation.triggers if self.generation is not None else None
+        if marks != noted:
+            await capture.note_triggers(s.pg, self.names, marks)
+            if self.generation is not None:
+                self.generation.triggers = marks
 
     async def _capture_was_off(self, name: str) -> None:
         """A capture trigger of a table already followed was gone or did not fire (dropped
@@ -817,9 +841,9 @@ class ReversePipeline:
         s = self.session
         self.reload = await s.worker.run(run_on(self.sink, "mark"), {name: CAPTURE_PUT_BACK}, [])
         self._start_over({name: CAPTURE_PUT_BACK})
-        s.warning("a capture trigger in Postgres was dropped or disabled outside syncd: put back, and the table is "
-                  "copied again from Postgres (the changes made meanwhile were not recorded)", table=name,
-                  event="capture_rearmed")
+        s.warning("a capture trigger in Postgres was dropped or disabled outside syncd (or turned off and on again): "
+                  "put back, and the table is copied again from Postgres (the changes made meanwhile were not "
+                  "recorded)", table=name, event="capture_rearmed")
         self.events.append((name, "capture_rearmed", CAPTURE_PUT_BACK))
 
     def _log_state(self, t: ReverseTable) -> None:
