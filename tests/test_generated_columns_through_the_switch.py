@@ -53,8 +53,12 @@ async def computed_in_postgres_then_rolled_back(cfg, db, pg_dsn, d, expression: 
     await pg_rows(pg_dsn, "INSERT INTO app.lines (qty, price) VALUES (10, 2.5)")  # the application, id 6
 
     async def taken_up() -> bool:
-        # The way back copies the table again for the column Postgres now computes: until
-        # it is done (or until it has seen the change at all) a rollback is refused, rightly.
+        # The way back copies the table again for the column Postgres now computes (adding
+        # it rewrote the table): until it is done, or until it has seen the rewrite at all
+        # (the table's new storage file noted), a rollback is refused, rightly.
+        if await pg_rows(pg_dsn, "SELECT (files -> 'lines' ->> 0)::oid = (SELECT relfilenode FROM pg_class "
+                                 "WHERE oid = 'app.lines'::regclass) FROM syncd.reverse WHERE source = 'app'") != [(True,)]:
+            return False
         if (await table_states(pg_dsn, "app")).get("lines", ("",))[0] != "streaming":
             return False
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
