@@ -10,26 +10,15 @@ the daemon runs it, its statements counted as they reach Postgres."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 
 from syncd.config import load_settings
 from syncd.reverse.pipeline import ReversePipeline
 from tests.support.daemon import DaemonProcess
+from tests.support.statements import noted, tenant, transactions, writes
 from tests.support.way_back import back_up, backup_and_config, cut_over, wait_back
 
 CHECK_SECONDS = 1.0
-WRITES = ("INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "DROP", "TRUNCATE")
-
-
-def tenant(path, tables: int) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=wal")
-    for i in range(tables):
-        conn.execute(f"CREATE TABLE t{i:02d} (id INTEGER PRIMARY KEY, v TEXT, at TIMESTAMP)")
-        conn.execute(f"INSERT INTO t{i:02d} VALUES (1, 'one', '2026-12-06 10:00:00')")
-    conn.commit()
-    conn.close()
 
 
 class Counted(ReversePipeline):
@@ -41,16 +30,8 @@ class Counted(ReversePipeline):
         self.statements: list[tuple[str, bool]] = []
 
     async def _cycle_on_connection(self) -> bool:
-        conn = self.session.pg
-
-        def note(q) -> None:
-            self.statements.append((q.query, conn.is_in_transaction()))
-
-        conn.add_query_logger(note)
-        try:
+        with noted(self.session.pg, self.statements):
             return await super()._cycle_on_connection()
-        finally:
-            conn.remove_query_logger(note)
 
 
 async def full_check(cfg, source: str) -> list[tuple[str, bool]]:
@@ -75,9 +56,6 @@ async def full_check(cfg, source: str) -> list[tuple[str, bool]]:
     finally:
         await p.session.close()
 
-
-def transactions(statements: list[tuple[str, bool]]) -> int:
-    return sum(1 for _q, open_after in statements if not open_after)
 
 
 async def test_a_full_check_of_a_quiet_cut_over_source_costs_the_same_few_statements_whatever_its_tables(
@@ -104,4 +82,4 @@ async def test_a_full_check_of_a_quiet_cut_over_source_costs_the_same_few_statem
     for catalog in ("pg_trigger", "pg_proc", "pg_attribute"):  # what the check is for: it still looks
         assert any(catalog in q for q, _ in few), catalog
     assert transactions(few) <= 4, [q for q, open_after in few if not open_after]
-    assert not [q for q, _ in few + many if q.lstrip().upper().startswith(WRITES)], "a quiet full check wrote"
+    assert not writes(few + many), "a quiet full check wrote"

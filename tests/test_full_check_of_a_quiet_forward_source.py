@@ -8,24 +8,13 @@ counted as they reach Postgres."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 from syncd.config import load_settings
 from syncd.pipeline import Pipeline
 from syncd.postgres import bookkeeping as bk
+from tests.support.statements import noted, tenant, transactions, writes
 
 CHECK_SECONDS = 1.0
-WRITES = ("INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "DROP", "TRUNCATE", "COMMENT", "GRANT", "SELECT SETVAL")
-
-
-def tenant(path, tables: int) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=wal")
-    for i in range(tables):
-        conn.execute(f"CREATE TABLE t{i:02d} (id INTEGER PRIMARY KEY, v TEXT, at TIMESTAMP)")
-        conn.execute(f"INSERT INTO t{i:02d} VALUES (1, 'one', '2026-12-06 10:00:00')")
-    conn.commit()
-    conn.close()
 
 
 class Counted(Pipeline):
@@ -39,16 +28,8 @@ class Counted(Pipeline):
 
     async def _postgres_steps(self) -> bool:
         self.steps += 1
-        conn = self.session.pg
-
-        def note(q) -> None:
-            self.statements.append((q.query, conn.is_in_transaction()))
-
-        conn.add_query_logger(note)
-        try:
+        with noted(self.session.pg, self.statements):
             return await super()._postgres_steps()
-        finally:
-            conn.remove_query_logger(note)
 
     def quiet(self) -> bool:
         return (self.reconciled and not self.needs_reconcile and not self.events
@@ -89,9 +70,6 @@ def reads(statements: list[tuple[str, bool]]) -> list[str]:
     return [q for q, _ in statements if not q.lstrip().upper().startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
 
 
-def transactions(statements: list[tuple[str, bool]]) -> int:
-    return sum(1 for _q, open_after in statements if not open_after)
-
 
 async def test_a_full_check_of_a_quiet_forward_source_costs_the_same_few_transactions_whatever_its_tables(
         tmp_path, make_config, pg_dsn):
@@ -111,4 +89,4 @@ async def test_a_full_check_of_a_quiet_forward_source_costs_the_same_few_transac
     assert steps == 1, steps
     assert len(reads(many)) == len(reads(few)), (len(few), len(many))
     assert transactions(few) <= 4, [q for q, open_after in few if not open_after]
-    assert not [q for q, _ in few + many if q.lstrip().upper().startswith(WRITES)], "a quiet full check wrote"
+    assert not writes(few + many), "a quiet full check wrote"
