@@ -12,8 +12,8 @@ import sqlite3
 import asyncpg
 import pytest
 
-from tests.support.daemon import DaemonProcess
-from tests.support.sync import eventually, pg_rows
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.way_back import backup_and_config, cut_over, wait_back
 
 CAPTURE = ("_syncd_rcap_ins", "_syncd_rcap_upd", "_syncd_rcap_del", "_syncd_rcap_trunc")
@@ -111,5 +111,29 @@ async def test_a_change_made_while_a_capture_trigger_was_off_during_a_copy_reach
             return in_sqlite(db, 1) == [(1, "while uncaptured")]
 
         await eventually(arrived, 60, "the change made while capture was off", d)
+        assert "event=capture_rearmed" in d.log()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+
+
+async def test_triggers_turned_off_and_on_again_before_the_way_back_first_looks(tmp_path, make_config, pg_dsn):
+    """The cutover notes the triggers it makes: turned off and on again before any daemon
+    follows the source back (none runs at the cutover), they differ from that note."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"schema_check_interval_seconds": 2})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert run_cli(cfg, "verify").returncode == 0
+    r = run_cli(cfg, "cutover")
+    assert r.returncode == 0, r.stdout + r.stderr
+    await in_one_transaction(pg_dsn, "ALTER TABLE app.items DISABLE TRIGGER USER",
+                             "UPDATE app.items SET v = 'while uncaptured' WHERE id = 2",
+                             "ALTER TABLE app.items ENABLE TRIGGER USER")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def arrived() -> bool:
+            return in_sqlite(db, 2) == [(2, "while uncaptured")]
+
+        await eventually(arrived, 30, "the change made while capture was off", d)
         assert "event=capture_rearmed" in d.log()
         await wait_back(cfg, db, pg_dsn, daemon=d)

@@ -413,17 +413,19 @@ def _same_function(shown: str, qualified_name: str) -> bool:
     return shown.split(".")[-1].strip('"') == qualified_name.split(".")[-1].strip('"')
 
 
-async def capture_triggers(conn: asyncpg.Connection,
-                           schema: str) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
+async def capture_triggers(conn: asyncpg.Connection, schema: str,
+                           table: str | None = None) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
     """table -> {capture trigger: the function it calls (_FIRED_FUNCTION)} of every table
-    of `schema`, in one query; and each table's mark: its capture triggers' row versions
-    in pg_trigger, which a DROP, CREATE, DISABLE or ENABLE of one of them changes, so a
-    trigger turned off and on again between two looks is told by its mark."""
+    of `schema` (or of `table` alone), in one query; and each table's mark: its capture
+    triggers' row versions in pg_trigger, which a DROP, CREATE, DISABLE or ENABLE of one
+    of them changes, so a trigger turned off and on again between two looks is told by
+    its mark."""
     rows = await conn.fetch(
         f"SELECT c.relname, t.tgname, {_FIRED_FUNCTION}, t.xmin::text FROM pg_trigger t "
         "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = $1 AND t.tgname = ANY($2::text[]) AND NOT t.tgisinternal ORDER BY 1, 2",
-        schema, list(CAPTURE_TRIGGERS))
+        "WHERE n.nspname = $1 AND t.tgname = ANY($2::text[]) AND NOT t.tgisinternal "
+        "AND ($3::text IS NULL OR c.relname = $3) ORDER BY 1, 2",
+        schema, list(CAPTURE_TRIGGERS), table)
     out: dict[str, dict[str, str | None]] = {}
     marks: dict[str, str] = {}
     for table, trigger, fn, version in rows:

@@ -686,7 +686,7 @@ class ReversePipeline:
         self.reload = await s.worker.run(applier.read_reload)
         formats = seen.formats
         runtimes: dict[str, ReverseTable] = {}
-        armed_now = False
+        made: dict[str, str] = {}
         for name, d in sorted(decisions.items()):
             if d.kind == tables.FORGET:
                 # The file first: a write that gives up on the application's lock leaves the
@@ -711,7 +711,9 @@ class ReversePipeline:
             else:
                 assert spec is not None and tid is not None
                 pgt = pg_tables[name]
-                armed_now = await self._arm(name, tid, list(spec.key), seen) or armed_now
+                mark = await self._arm(name, tid, list(spec.key), seen)
+                if mark is not None:
+                    made[name] = mark
                 samples = {}
                 for c in spec.columns:
                     pgc = pgt.column(c.name)
@@ -739,7 +741,7 @@ class ReversePipeline:
                 await s.bk.save_table(pg, new)
                 runtimes[name].row = (await s.bk.load_tables(pg))[name]
             self._log_state(runtimes[name])
-        await self._note_triggers(seen, armed_now)
+        await self._note_triggers(seen, made)
         s.tables = runtimes  # type: ignore[assignment]
         if self.loading is not None and self.loading.name not in self.reload:
             self.loading = None
@@ -798,9 +800,9 @@ class ReversePipeline:
         tables.name_clashes(decisions, schema.tables, pg_tables, await s.worker.run(tables.sqlite_names))
         return schema, pg_tables, rows, decisions
 
-    async def _arm(self, name: str, tid: int, key: list[str], seen: _Catalog) -> bool:
-        """The table's capture, put back if it was off; True if its triggers or function
-        were written."""
+    async def _arm(self, name: str, tid: int, key: list[str], seen: _Catalog) -> str | None:
+        """The table's capture, put back if it was off; the mark of its triggers if they
+        were created again (capture.capture_triggers)."""
         s = self.session
         off = not capture.armed(seen.triggers.get(name, {}), self.names, tid)
         noted = seen.generation.triggers if seen.generation is not None else None
@@ -815,19 +817,22 @@ class ReversePipeline:
             # as they were, for the next full check to find so again.
             await self._capture_was_off(name)
         if not off and capture.current(seen.bodies, self.names, tid, key):
-            return False
+            return None
         async with s.pg.transaction():
             put_back = await capture.arm(s.pg, self.names, self.source.schema, name, tid, key)
+            # The triggers just made, read before anyone else can touch them.
+            mark = (await capture.capture_triggers(s.pg, self.source.schema, name))[1].get(name) if put_back else None
         if put_back and followed and not off and not moved:
             await self._capture_was_off(name)  # dropped after the catalog was read
-        return True
+        return mark
 
-    async def _note_triggers(self, seen: _Catalog, written: bool) -> None:
-        """The capture triggers' marks as this reconcile leaves them (read again if it
-        wrote any), for the next full check to tell a trigger turned off and on again;
-        written only when they moved."""
+    async def _note_triggers(self, seen: _Catalog, made: dict[str, str]) -> None:
+        """The capture triggers' marks as this reconcile saw them, and as it made those it
+        created again (`made`), for the next full check to tell a trigger turned off and
+        on again; written only when they moved. Not read again: a table turned off and on
+        again meanwhile would be noted as it is, its changes lost."""
         s = self.session
-        marks = (await capture.capture_triggers(s.pg, self.source.schema))[1] if written else seen.marks
+        marks = {**seen.marks, **made}
         noted = self.generation.triggers if self.generation is not None else None
         if marks != noted:
             await capture.note_triggers(s.pg, self.names, marks)
