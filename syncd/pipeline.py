@@ -517,7 +517,7 @@ class Pipeline:
             return True
         if self.needs_reconcile or self.load is not None or self.events or self.pruner.confirmed is not None:
             return True
-        if self.recheck_flags is not None or time.monotonic() - self.last_full_check >= self.recheck_every:
+        if self.recheck_flags is not None or self._full_check_due(time.monotonic()):
             return True
         if not self.fleet_rechecks and (time.monotonic() - self.last_request_check
                                         >= self.settings.stream.held_table_retry_seconds):
@@ -569,7 +569,7 @@ class Pipeline:
 
     async def _postgres_steps(self) -> bool:
         s = self.session
-        self._full_check_due()
+        self._begin_full_check_when_due()
         if self.needs_reconcile:
             await self.ahead.drop()
             await self._close_load()
@@ -905,8 +905,8 @@ class Pipeline:
     async def _maybe_recheck(self) -> None:
         """Reconcile again when something outside SQLite may have changed: an operator
         request (`syncd resync`), a cutover or rollback, a paused table whose Postgres
-        side may have been fixed (and, rarely, just in case: _full_check_due). In the
-        daemon the facts come from one query per target database for every source
+        side may have been fixed (and, rarely, just in case: _begin_full_check_when_due).
+        In the daemon the facts come from one query per target database for every source
         (FleetRechecker); a pipeline run alone asks for its own."""
         now = time.monotonic()
         s = self.session
@@ -926,11 +926,14 @@ class Pipeline:
         if self.needs_reconcile:
             self.wake.set()
 
-    def _full_check_due(self) -> None:
+    def _full_check_due(self, now: float) -> bool:
+        return now - self.last_full_check >= self.recheck_every
+
+    def _begin_full_check_when_due(self) -> None:
         """The just-in-case full check falls due: a reconcile in this step (not in a step of
         its own, which would borrow a pooled connection again)."""
         now = time.monotonic()
-        if now - self.last_full_check >= self.recheck_every:
+        if self._full_check_due(now):
             self.last_full_check = now
             self.needs_reconcile = True
 

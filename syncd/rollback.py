@@ -110,7 +110,7 @@ async def open_way_back(conn: asyncpg.Connection, settings: Settings, source: So
         await capture.arm(conn, names, source.schema, name, tid, key)
     # The triggers as armed here: one turned off and on again before the way back first
     # looks differs from this (its changes meanwhile never recorded).
-    await capture.note_triggers(conn, names, (await capture.capture_triggers(conn, source.schema))[1])
+    await capture.note_triggers(conn, names, await capture.trigger_marks(conn, source.schema))
     if await capture.frozen_tables(conn, names, source.schema):
         # A freeze an older syncd made refuses whatever the direction: its function
         # (no lock on the tables) reads the direction from now on too.

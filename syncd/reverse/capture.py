@@ -434,6 +434,11 @@ async def capture_triggers(conn: asyncpg.Connection, schema: str,
     return out, marks
 
 
+async def trigger_marks(conn: asyncpg.Connection, schema: str, table: str | None = None) -> dict[str, str]:
+    """capture_triggers' marks alone."""
+    return (await capture_triggers(conn, schema, table))[1]
+
+
 async def note_triggers(conn: asyncpg.Connection, names: Names, marks: dict[str, str]) -> None:
     await conn.execute(f"UPDATE {names.registry} SET triggers = $2::text::jsonb WHERE source = $1",
                        names.source, json.dumps(marks))

@@ -805,7 +805,7 @@ class ReversePipeline:
         were created again (capture.capture_triggers)."""
         s = self.session
         off = not capture.armed(seen.triggers.get(name, {}), self.names, tid)
-        noted = seen.generation.triggers if seen.generation is not None else None
+        noted = self.generation.triggers if self.generation is not None else None
         # Armed now, but not as last seen: turned off and on again in between (DISABLE
         # TRIGGER ... ENABLE TRIGGER around a bulk load, say), or dropped and made again.
         moved = not off and noted is not None and name in noted and noted[name] != seen.marks.get(name)
@@ -821,7 +821,7 @@ class ReversePipeline:
         async with s.pg.transaction():
             put_back = await capture.arm(s.pg, self.names, self.source.schema, name, tid, key)
             # The triggers just made, read before anyone else can touch them.
-            mark = (await capture.capture_triggers(s.pg, self.source.schema, name))[1].get(name) if put_back else None
+            mark = (await capture.trigger_marks(s.pg, self.source.schema, name)).get(name) if put_back else None
         if put_back and followed and not off and not moved:
             await self._capture_was_off(name)  # dropped after the catalog was read
         return mark
@@ -1155,8 +1155,7 @@ class ReversePipeline:
             abandoned, files, noted = await self._recheck_reads()
             if abandoned:
                 await self._undo_abandoned_rollback()
-                files = await capture.table_files(self.session.pg, self.source.schema)
-                noted = await capture.noted_files(self.session.pg, self.names)
+                _, files, noted = await self._recheck_reads()  # as the undo left them
             await self._reload_rewritten(files, noted)
         except BaseException:
             # Not done (the application's lock on the file, Postgres away): the next
