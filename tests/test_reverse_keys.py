@@ -141,3 +141,36 @@ async def test_a_unique_column_that_replaces_on_conflict_loses_no_row_on_the_way
         assert typeof(db, "SELECT code, v FROM codes ORDER BY code") == [("a", "2"), ("b", "1")]
         assert await compare_all(str(db), pg_dsn, "app", ["contacts", "codes"]) == []
         assert (await table_states(pg_dsn, "app")) == {"contacts": ("streaming", None), "codes": ("streaming", None)}
+
+
+async def test_a_key_written_again_with_another_scale_keeps_its_row(tmp_path, make_config, pg_dsn):
+    """A numeric key written again in Postgres with another scale (7 deleted and 7.0
+    inserted in one transaction, 8 updated to 8.00) is the same key to SQLite and to
+    syncd's comparison: the row stays in SQLite with its new values, never deleted
+    because the old spelling's entry says the key is gone."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE prices (code NUMERIC PRIMARY KEY, label TEXT)")
+    conn.executemany("INSERT INTO prices VALUES (?, ?)", [(6, "six"), (7, "seven"), (8, "eight")])
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT data_type::text FROM information_schema.columns "
+                                     "WHERE table_schema = 'app' AND table_name = 'prices' "
+                                     "AND column_name = 'code'") == [("numeric",)]
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            async with pg.transaction():
+                await pg.execute("DELETE FROM app.prices WHERE code = 7")
+                await pg.execute("INSERT INTO app.prices VALUES (7.0, 'seven again')")
+            await pg.execute("UPDATE app.prices SET code = 8.00, label = 'eight rescaled' WHERE code = 8")
+        finally:
+            await pg.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT code, label FROM prices ORDER BY code") == \
+            [(6, "six"), (7, "seven again"), (8, "eight rescaled")]
+        assert await compare_all(str(db), pg_dsn, "app", ["prices"]) == []
+        assert d.stop() == 0

@@ -371,8 +371,12 @@ class TableWriter:
         t = self.t
         existing = find_existing(self.conn, t, [tuple(r[i] for i in self.spec.key_indexes) for r in t.rows]
                                  + list(t.deletes), self.index)
+        # A key gone in one spelling and present in another that is the same value to
+        # SQLite (numeric 7 deleted, 7.0 inserted) is one row: upserted, never deleted.
+        present = {_tokens_pg(self.kshapes, tuple(r[i] for i in self.spec.key_indexes)) for r in t.rows}
         for key in t.deletes:
-            found = existing.get(_tokens_pg(self.kshapes, key))
+            tok = _tokens_pg(self.kshapes, key)
+            found = existing.get(tok) if tok not in present else None
             if found is not None:
                 self.delete(found)
         for raw in t.raw_deletes:
