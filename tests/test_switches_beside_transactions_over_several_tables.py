@@ -19,7 +19,7 @@ import subprocess
 import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.sync import pg_rows, pg_statements, wait_caught_up
 from tests.support.way_back import backup_and_config, cut_over, wait_back
 
 TABLES = ["alpha", "beta", "gamma"]
@@ -145,3 +145,38 @@ async def test_a_report_reading_several_tables_is_never_failed_by_the_cutovers_l
                                                    "BEGIN ISOLATION LEVEL REPEATABLE READ", read)
     assert outcome == "done", f"the report failed: {outcome}\nsyncd cutover said:\n{out}"
     assert code == 0, out
+
+
+async def test_a_transaction_whose_snapshot_is_older_than_the_rollback_cannot_write_postgres_after_it(
+        tmp_path, make_config, pg_dsn):
+    """A REPEATABLE READ transaction of the application's that took its snapshot while
+    Postgres was its database, and writes once `syncd rollback` is done, is refused with
+    syncd's message, as a fresh session's write is: its snapshot still sees the source
+    cut over, and its write must not land in a Postgres nobody mirrors to SQLite any
+    more (the application would take it for committed, SQLite would never have it)."""
+    db = tmp_path / "app.db"
+    make_app(db, "v TEXT", "seed")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        # a table of the application's own in Postgres, outside the source's schema
+        await pg_statements(pg_dsn, "CREATE TABLE public.sessions (id int)", "INSERT INTO public.sessions VALUES (1)")
+        stale = await asyncpg.connect(pg_dsn)
+        try:
+            tx = stale.transaction(isolation="repeatable_read")
+            await tx.start()
+            assert await stale.fetchval("SELECT count(*) FROM public.sessions") == 1  # the snapshot is taken here
+            r = run_cli(cfg, "rollback")
+            assert r.returncode == 0, r.stdout + r.stderr
+            try:
+                await stale.execute("INSERT INTO app.alpha VALUES (2, 'written after the rollback')")
+                await tx.commit()
+                outcome = "committed"
+            except asyncpg.PostgresError as e:
+                outcome = str(e)
+                await tx.rollback()
+        finally:
+            await stale.close()
+        assert "moved back to SQLite by syncd" in outcome, outcome
+        assert await pg_rows(pg_dsn, "SELECT id FROM app.alpha ORDER BY id") == [(1,)]
+        assert d.stop() == 0

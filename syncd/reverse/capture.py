@@ -498,13 +498,19 @@ async def take_in_tries(conn: asyncpg.Connection, schema: str, tables: list[str]
 # --- the freeze ---------------------------------------------------------------------------------
 
 
-def freeze_function_sql(names: Names, message: str) -> str:
+def freeze_function_sql(names: Names, message: str, since: int | None = None) -> str:
+    """`since`: the txid of the freeze's transaction. The bookkeeping is read in the
+    writer's snapshot: a REPEATABLE READ transaction whose snapshot was taken before
+    the freeze committed still sees the source cut over and no rollback open, so it is
+    refused for its snapshot alone (its write would land in a Postgres nobody mirrors
+    to SQLite once the rollback is done)."""
     source = quote_literal(names.source)
     followed = (f"EXISTS (SELECT 1 FROM {qualified(names.bk, 'sources')} WHERE source = {source} "
                 f"AND direction = {quote_literal(TO_SQLITE)})")
     rolling_back = (f"EXISTS (SELECT 1 FROM {qualified(names.bk, 'switches')} WHERE source = {source} "
                     "AND kind = 'rollback' AND state IN ('started', 'frozen'))")
-    return refusing_function_sql(names.freeze_function, message, f"(NOT {followed} OR {rolling_back})",
+    stale = "" if since is None else f"NOT txid_visible_in_snapshot({int(since)}, txid_current_snapshot()) OR "
+    return refusing_function_sql(names.freeze_function, message, f"({stale}NOT {followed} OR {rolling_back})",
                                  definer=True)
 
 
@@ -538,7 +544,7 @@ async def freeze(conn: asyncpg.Connection, names: Names, schema: str, tables: li
     have passed (then LockNotAvailableError). A freeze that held one table while waiting
     long for another would deadlock an application transaction writing both."""
     await take_in_tries(conn, schema, tables, "SHARE ROW EXCLUSIVE")
-    await conn.execute(freeze_function_sql(names, message))
+    await conn.execute(freeze_function_sql(names, message, await conn.fetchval("SELECT txid_current()")))
     for table in tables:
         t = qualified(schema, table)
         await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(FREEZE_TRIGGER)} ON {t}")
