@@ -174,3 +174,27 @@ async def test_a_key_written_again_with_another_scale_keeps_its_row(tmp_path, ma
             [(6, "six"), (7, "seven again"), (8, "eight rescaled")]
         assert await compare_all(str(db), pg_dsn, "app", ["prices"]) == []
         assert d.stop() == 0
+
+
+async def test_a_table_copied_again_takes_a_nocase_key_postgres_spells_otherwise(tmp_path, make_config, pg_dsn):
+    """A table of NOCASE keys emptied and filled again in Postgres ('Sales' now 'SALES')
+    is copied again: SQLite's 'Sales' is a key Postgres no longer has (its case-insensitive
+    collation finding 'SALES' for it does not make it one), so it goes and 'SALES' comes,
+    instead of the table being held for a conflict Postgres does not have."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            async with pg.transaction():  # a refresh of the list, as a nightly job does it
+                await pg.execute("TRUNCATE app.tags")
+                await pg.execute("INSERT INTO app.tags VALUES ('SALES', 5), ('crm', 2)")
+        finally:
+            await pg.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d, timeout=60)
+        assert typeof(db, "SELECT name, uses FROM tags ORDER BY name COLLATE BINARY") == [("SALES", 5), ("crm", 2)]
+        assert await compare_all(str(db), pg_dsn, "app", ["tags"]) == []
+        assert (await table_states(pg_dsn, "app"))["tags"] == ("streaming", None)
+        assert d.stop() == 0

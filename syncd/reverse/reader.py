@@ -22,7 +22,7 @@ from syncd.identifiers import qualified, quote_pg_ident
 from syncd.model import TableSpec, entries_within_values
 from syncd.reverse.capture import OP_INSERT, OP_TRUNCATE, REPAIR_COPY, Names
 from syncd.reverse.checkpoint import ReverseCheckpoint
-from syncd.reverse.values import OutOfRange
+from syncd.reverse.values import OutOfRange, pg_token
 from syncd.types import VARIABLE_WIDTH, PgType
 
 # Output settings a session reading keys back needs (the capture functions use the same).
@@ -399,11 +399,22 @@ async def read_keys(conn: asyncpg.Connection, schema: str, st: SourceTable,
            f"FROM unnest({arrays}) AS c({cols}) LEFT JOIN {qualified(schema, spec.name)} AS t ON {on}")
     rows, missing = [], []
     nkey = len(spec.key)
+    families = st.families or tuple(c.pgtype for c in spec.columns)
+    kfam = [families[i] or spec.columns[i].pgtype for i in spec.key_indexes]
+
+    def token(key) -> tuple:
+        return tuple(pg_token(f, v) for f, v in zip(kfam, key))
+
     for r in await conn.fetch(sql, *[list(col) for col in zip(*keys)]):
-        if r[0]:
-            rows.append(sel.values(r[1 + nkey:]))
+        asked = tuple(r[1:1 + nkey])
+        row = sel.values(r[1 + nkey:]) if r[0] else None
+        # A case-insensitive collation (a cutover's NOCASE) or citext finds the row of
+        # another spelling ('SALES' for 'Sales'): to SQLite that is another key, and this
+        # one is gone.
+        if row is not None and token(tuple(row[i] for i in spec.key_indexes)) == token(asked):
+            rows.append(row)
         else:
-            missing.append(tuple(r[1:1 + nkey]))
+            missing.append(asked)
     return rows, missing
 
 
