@@ -166,3 +166,42 @@ async def test_a_guard_left_by_a_cutover_killed_once_done_passes_writes_and_the_
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert typeof(db, "SELECT id, item FROM orders WHERE id = 3") == [(3, "c, new in Postgres")]
         assert d.stop() == 0
+
+
+async def test_a_transaction_whose_snapshot_is_older_than_the_cutover_is_refused_while_it_runs(
+        tmp_path, make_config, pg_dsn):
+    """A REPEATABLE READ transaction in Postgres that took its snapshot before `syncd
+    cutover` began still sees no cutover open in the bookkeeping: its write while the
+    cutover runs is refused all the same (else it would commit where the drain may
+    overwrite it, or after the verification and before the way back captures, never
+    reaching SQLite)."""
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify", "--source", "app").returncode == 0
+        stale = await asyncpg.connect(pg_dsn)
+        try:
+            await stale.execute("CREATE TABLE public.sessions (id int)")  # the application's own, beside syncd's
+            tx = stale.transaction(isolation="repeatable_read")
+            await tx.start()
+            await stale.fetchval("SELECT count(*) FROM public.sessions")  # the snapshot is taken here
+            with held_at(cfg, "cutover", "verified", resume_on=tmp_path / "go") as proc:
+                try:
+                    await stale.execute(UPDATE)
+                    await tx.commit()
+                    outcome = "committed"
+                except asyncpg.PostgresError as e:
+                    outcome = str(e)
+                    await tx.rollback()
+                (tmp_path / "go").touch()
+                out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
+            assert proc.returncode == 0, out
+        finally:
+            await stale.close()
+        assert "syncd cutover in progress" in outcome, outcome
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT id, item FROM orders ORDER BY id") == [(1, "a"), (2, "b")]
+        assert await pg_rows(pg_dsn, "SELECT id, item FROM app.orders ORDER BY id") == [(1, "a"), (2, "b")]
+        assert d.stop() == 0

@@ -33,10 +33,14 @@ def function_name(bk: str, key: int) -> str:
     return qualified(bk, f"cguard_{key:08x}")
 
 
-def guard_function_sql(bk: str, source: str, key: int, message: str) -> str:
+def guard_function_sql(bk: str, source: str, key: int, message: str, since: int) -> str:
+    """`since`: the txid of the guard's transaction. The record is read in the writer's
+    snapshot: a REPEATABLE READ transaction whose snapshot was taken before the guard
+    committed sees no cutover open, so it is refused for its snapshot alone."""
     open_cutover = (f"EXISTS (SELECT 1 FROM {qualified(bk, 'switches')} WHERE source = {quote_literal(source)} "
                     "AND kind = 'cutover' AND state IN ('started', 'frozen'))")
-    return refusing_function_sql(function_name(bk, key), message, open_cutover, definer=True)
+    stale = f"NOT txid_visible_in_snapshot({int(since)}, txid_current_snapshot())"
+    return refusing_function_sql(function_name(bk, key), message, f"({stale} OR {open_cutover})", definer=True)
 
 
 async def guard(conn: asyncpg.Connection, bk: str, source: str, key: int, schema: str, tables: list[str],
@@ -48,7 +52,7 @@ async def guard(conn: asyncpg.Connection, bk: str, source: str, key: int, schema
     present = [t for t in tables
                if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified(schema, t))]
     await take_in_tries(conn, schema, present, "SHARE ROW EXCLUSIVE")
-    await conn.execute(guard_function_sql(bk, source, key, message))
+    await conn.execute(guard_function_sql(bk, source, key, message, await conn.fetchval("SELECT txid_current()")))
     for table in present:
         t = qualified(schema, table)
         await conn.execute(f"DROP TRIGGER IF EXISTS {quote_pg_ident(GUARD_TRIGGER)} ON {t}")
