@@ -181,6 +181,11 @@ def connect_kwargs(password: str | None, settings: PostgresSettings, **server_se
         "tcp_keepalives_interval": "5",
         "tcp_keepalives_count": "3",
         "idle_in_transaction_session_timeout": str(max(statement_ms * 2, 10_000)),
+        # Row-level security a team turns on for a table (FORCEd on its owner, or the
+        # table owned by another role) would hide rows from syncd's reads without a
+        # word: the way back would delete them from SQLite, a check would find them
+        # missing. Off, a query a policy would filter fails instead, naming the table.
+        "row_security": "off",
     }
     if settings.pooler == "transaction":
         kwargs["statement_cache_size"] = 0  # a named statement would not survive the pooler's switching
@@ -197,17 +202,25 @@ def connect_kwargs(password: str | None, settings: PostgresSettings, **server_se
 
 async def open_raw(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """asyncpg.connect, with connect_kwargs; the pool's connect too. A pooler that refuses
-    the statement_timeout backstop as a startup parameter (PgBouncer in session mode, which
-    passes only those it is told to ignore, and the list syncd needed before did not name
-    it) is asked again without it: the role's own statement_timeout applies there."""
-    try:
-        return await asyncpg.connect(dsn, **kwargs)
-    except asyncpg.ProtocolViolationError as e:
-        settings = kwargs.get("server_settings") or {}
-        if "statement_timeout" not in settings or "startup parameter: statement_timeout" not in str(e):
-            raise
-        rest = {k: v for k, v in settings.items() if k != "statement_timeout"}
-        return await asyncpg.connect(dsn, **{**kwargs, "server_settings": rest})
+    the statement_timeout backstop or row_security as a startup parameter (PgBouncer in
+    session mode, which passes only those it is told to ignore, and the list syncd needed
+    before did not name them) is asked again without it: the role's own setting applies
+    there."""
+    settings = dict(kwargs.get("server_settings") or {})
+    while True:
+        try:
+            return await asyncpg.connect(dsn, **{**kwargs, "server_settings": settings})
+        except asyncpg.ProtocolViolationError as e:
+            refused = next((k for k in OPTIONAL_AT_CONNECT if k in settings
+                            and f"startup parameter: {k}" in str(e)), None)
+            if refused is None:
+                raise
+            del settings[refused]
+
+
+# Startup parameters asked again without where a pooler refuses them (PgBouncer, unless
+# listed in its ignore_startup_parameters): the role's own settings apply there.
+OPTIONAL_AT_CONNECT = ("statement_timeout", "row_security")
 
 
 async def connect(dsn: str, password: str | None, settings: PostgresSettings, **server_settings: str) -> asyncpg.Connection:
