@@ -4,12 +4,14 @@ the column, at the load as in the stream, so the row can be found and fixed."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import asyncpg
 
 from tests.support.daemon import DaemonProcess
 from tests.support.sync import eventually, pg_rows, table_states
+from tests.support.verifying import found, sync_and_stop, tables, verify, verify_json
 
 
 async def test_the_hold_names_the_column_of_text_that_is_not_utf8(tmp_path, make_config, pg_dsn):
@@ -44,3 +46,45 @@ async def test_the_hold_names_the_column_of_text_that_is_not_utf8(tmp_path, make
         assert 'table "notes" key 3' in why and 'column "title"' in why and "not valid UTF-8" in why, why
         assert d.stop() == 0
     conn.close()
+
+
+async def test_verify_names_text_that_is_not_utf8_written_past_capture(tmp_path, make_config, pg_dsn):
+    """Text SQLite holds that no capture trigger saw (its changelog entry lost) and that is
+    not UTF-8: `syncd verify` reports the row by key and column, and says why, instead of
+    failing the whole table's check."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT, body TEXT)")
+    conn.execute("CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID")
+    conn.execute("CREATE TABLE labels (name TEXT PRIMARY KEY COLLATE NOCASE, v TEXT)")  # no index in byte order
+    conn.executemany("INSERT INTO labels VALUES (?, ?)", [(f"label{i:03d}", "v") for i in range(300)])
+    conn.executemany("INSERT INTO notes VALUES (?, ?, ?)", [(i, f"t{i}", f"b{i}") for i in range(1, 51)])
+    conn.executemany("INSERT INTO tags VALUES (?, ?)", [(f"tag{i:02d}", i) for i in range(1, 51)])
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0, "chunk_rows": 64}})
+    await sync_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    # The daemon stopped, rows change and their changelog entries are lost.
+    conn.execute("BEGIN")
+    conn.execute("UPDATE notes SET body = CAST(x'61ff62' AS TEXT) WHERE id = 7")
+    conn.execute("UPDATE notes SET title = 'changed' WHERE id = 9")
+    conn.execute("INSERT INTO tags VALUES (CAST(x'74ff' AS TEXT), 99)")
+    conn.execute("UPDATE labels SET v = CAST(x'76ff' AS TEXT) WHERE name = 'label150'")
+    (applied,), = await pg_rows(pg_dsn, "SELECT applied_seq FROM syncd.sources WHERE source = 'app'")
+    conn.execute("DELETE FROM _syncd_changelog WHERE seq > ?", (applied,))
+    conn.execute("COMMIT")
+    conn.close()
+
+    rc, doc = verify_json(cfg, "--wait", "2")
+    got = tables(doc)
+    assert rc == 1, json.dumps(doc)[:3000]
+    assert got["notes"]["error"] is None and got["tags"]["error"] is None, (got["notes"]["error"], got["tags"]["error"])
+    assert found(doc, "notes") == {("different", (7,), ("body",)), ("different", (9,), ("title",))}
+    note = next(d["note"] for d in got["notes"]["differences"] if d["key"] == [7])
+    assert note is not None and "not valid UTF-8" in note and '"body"' in note, note
+    assert (got["tags"]["missing"], got["tags"]["extra"], got["tags"]["different"]) == (1, 0, 0)
+    assert found(doc, "labels") == {("different", ("label150",), ("v",))}
+    assert "not valid UTF-8" in (got["tags"]["differences"][0]["note"] or ""), got["tags"]["differences"]
+    out = verify(cfg, "--wait", "2")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert 'app: "notes" different: key 7: column "body" (column "body": text' in out.stdout, out.stdout
+    assert 'app: "tags" missing in Postgres: key ' in out.stdout and "Traceback" not in out.stderr, out.stdout + out.stderr

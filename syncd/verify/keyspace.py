@@ -25,6 +25,7 @@ from syncd.identifiers import quote_ident, quote_pg_ident
 from syncd.model import Column, TableSpec
 from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import PgType, converter
+from syncd.verify.rowhash import not_utf8
 
 # Key types whose SQLite order (for the storage classes the converter accepts) is
 # their Postgres order.
@@ -138,6 +139,8 @@ class KeySpace:
 
     def from_sqlite(self, raw: Sequence[Any]) -> Bound | None:
         """A SQLite key as a bound, or None if a value does not fit its type."""
+        if any(not_utf8(v) for v in raw):  # text that is not UTF-8: no Postgres value
+            return None
         try:
             pg = tuple(converter(t)(v) for t, v in zip(self.key_types, raw))
         except ValueError:

@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - interpreters built without it
 from syncd.identifiers import quote_pg_ident
 from syncd.model import Column, TableSpec
 from syncd.sqlite_sql import Affinity, affinity
-from syncd.types import SEP, PgType, ValueMismatch, canonical, converter, converter_of, pg_canonical_expr
+from syncd.types import SEP, PgType, ValueMismatch, _describe, canonical, converter, converter_of, pg_canonical_expr
 
 MOD = 1 << 64
 # The token of a value syncd's converter rejects. No Postgres token starts with "!",
@@ -42,9 +42,23 @@ MAX_FUNCTION_ARGS = 127
 # --- the reference: converter, then canonical ------------------------------------------
 
 
+def not_utf8(value: Any) -> bool:
+    """Text SQLite holds that is not valid UTF-8 (read with its bytes kept as surrogates):
+    Postgres can hold no such value."""
+    if type(value) is not str or value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def value_token(pgtype: PgType, value: Any, conv: Callable[[Any], Any] | None = None) -> str:
     """The token of a SQLite value; `conv` is the column's converter when it is not
     converter(pgtype) (types.column_converter)."""
+    if not_utf8(value):
+        return MISFIT
     try:
         return canonical(pgtype, (conv or converter(pgtype))(value))
     except (ValueMismatch, ValueError, OverflowError, TypeError):
@@ -53,6 +67,8 @@ def value_token(pgtype: PgType, value: Any, conv: Callable[[Any], Any] | None = 
 
 def misfit_reason(pgtype: PgType, value: Any, conv: Callable[[Any], Any] | None = None) -> str | None:
     """Why the converter rejects `value`, or None when it fits."""
+    if not_utf8(value):
+        return str(ValueMismatch(f"{_describe(value)} does not fit {pgtype.value}: not valid UTF-8"))
     try:
         (conv or converter(pgtype))(value)
     except ValueMismatch as e:
@@ -92,7 +108,10 @@ class RowTokens:
         """The same tokens, with the aggregate's fast cases (generated once per table)."""
         if self._fast is None:
             self._fast = _compile("tokens", _tokens_source(self.types), self.types, self.convs)
-        return self._fast(*row)
+        try:
+            return self._fast(*row)
+        except UnicodeEncodeError:  # text that is not UTF-8: the reference says MISFIT
+            return self.row(row)
 
     def key_of_row(self, tokens: Sequence[str]) -> tuple[str, ...]:
         return tuple(tokens[i] for i in self.key_idx)
@@ -106,7 +125,10 @@ class RowTokens:
         """The same as key(), with the fast cases."""
         if self._fast_key is None:
             self._fast_key = _compile("tokens", _tokens_source(self.key_types), self.key_types, self.key_convs)
-        out = self._fast_key(*raw_key)
+        try:
+            out = self._fast_key(*raw_key)
+        except UnicodeEncodeError:  # text that is not UTF-8
+            return self.key(raw_key)
         return None if MISFIT in out else out
 
 
@@ -226,6 +248,13 @@ class SqliteRowHash:
             args = ", ".join(f"{name}_g{k}({', '.join(cols[a:b])})" for k, (a, b) in enumerate(self.groups))
         self.sql = f"{name}({args})"  # aggregate: the sum of the rows' hashes
         self.row_sql = f"{name}_row({args})"  # scalar: one row's hash
+        self.columns_sql = ", ".join(cols)  # the row's values, for python_hash
+
+    def python_hash(self, row: Sequence[Any]) -> int:
+        """One row's hash (unsigned) from its values read with fetchall_text_safe: for rows
+        holding text that is not UTF-8, which SQLite cannot hand to the functions above
+        (Python decodes their arguments strictly); the reference tokens call it a misfit."""
+        return row_hash(tuple(value_token(t, v, f) for t, v, f in zip(self.types, row, self.convs)))
 
     def register(self, conn: sqlite3.Connection) -> None:
         if not self.groups:

@@ -24,7 +24,7 @@ from syncd.sqlite.capture import CHANGELOG, slot
 from syncd.sqlite.connection import fetchall_text_safe
 from syncd.sqlite.hold import HOLD_SECONDS
 from syncd.verify.keyspace import Bound, KeyRange, KeySpace, cell_case, quoted_sqlite_table
-from syncd.verify.rowhash import SqliteRowHash
+from syncd.verify.rowhash import SqliteRowHash, not_utf8
 
 CL = f"main.{quote_ident(CHANGELOG)}"
 LOOKUP_BATCH = 500  # keys per lookup statement
@@ -70,6 +70,33 @@ class ReadHold:
         self.conn.execute("ROLLBACK")
         self.conn.execute("BEGIN")
         self.began = time.monotonic()
+
+
+# What a statement calling the row hash functions raises when SQLite hands them text
+# that is not UTF-8: Python decodes a function's arguments strictly, and says so either
+# as the decoding error or as SQLite's error for the function that failed.
+HASH_FAILED = (UnicodeDecodeError, sqlite3.OperationalError)
+
+
+def _not_decoded(e: Exception) -> None:
+    """Raise `e` again unless it is the row hash functions' failure on undecodable text."""
+    if isinstance(e, sqlite3.OperationalError) and not str(e).startswith("user-defined "):
+        raise e
+
+
+def bound_key(raw: Sequence[Any]) -> tuple[str, list[Any]]:
+    """Placeholders and parameters for a raw key, as ks.sqlite_marks() lays them out. Text
+    that is not UTF-8 (read with its bytes kept as surrogates), which Python cannot bind
+    as text, is bound as its bytes and cast back: the very value SQLite holds."""
+    marks, params = [], []
+    for v in raw:
+        if not_utf8(v):
+            marks.append("CAST(? AS TEXT)")
+            params.append(v.encode("utf-8", "surrogateescape"))
+        else:
+            marks.append("?")
+            params.append(v)
+    return (marks[0] if len(marks) == 1 else "(" + ", ".join(marks) + ")"), params
 
 
 def count_rows(conn: sqlite3.Connection, spec: TableSpec) -> int:
@@ -118,13 +145,16 @@ def chunk_bounds(conn: sqlite3.Connection, ks: KeySpace, lo: Bound | None, cells
         keys = ", ".join(ks.sqlite_refs())
         table, order = quoted_sqlite_table(ks.spec), ks.sqlite_order()
         first = f"SELECT {keys} FROM {table} ORDER BY {order} LIMIT 1 OFFSET ?"
-        after = (f"SELECT {keys} FROM {table} WHERE {ks.sqlite_key()} >= {ks.sqlite_marks()} "
-                 f"ORDER BY {order} LIMIT 1 OFFSET ?")
         found = []
         raw = lo.raw if lo is not None else None
         with read_transaction(conn):
             for _ in range(cells):
-                rows = fetchall_text_safe(conn, first if raw is None else after, (*(raw or ()), cell_rows))
+                if raw is None:
+                    rows = fetchall_text_safe(conn, first, (cell_rows,))
+                else:
+                    marks, params = bound_key(raw)
+                    rows = fetchall_text_safe(conn, f"SELECT {keys} FROM {table} WHERE {ks.sqlite_key()} >= {marks} "
+                                                    f"ORDER BY {order} LIMIT 1 OFFSET ?", (*params, cell_rows))
                 if not rows:
                     break
                 raw = tuple(rows[0])
@@ -140,9 +170,10 @@ def chunk_bounds(conn: sqlite3.Connection, ks: KeySpace, lo: Bound | None, cells
 
 def _next_fitting(conn: sqlite3.Connection, ks: KeySpace, raw: tuple) -> Bound | None:
     keys = ", ".join(ks.sqlite_refs())
-    sql = (f"SELECT {keys} FROM {quoted_sqlite_table(ks.spec)} WHERE {ks.sqlite_key()} > {ks.sqlite_marks()} "
+    marks, params = bound_key(raw)
+    sql = (f"SELECT {keys} FROM {quoted_sqlite_table(ks.spec)} WHERE {ks.sqlite_key()} > {marks} "
            f"ORDER BY {ks.sqlite_order()} LIMIT ?")
-    for row in fetchall_text_safe(conn, sql, (*raw, MISFIT_STEPS)):
+    for row in fetchall_text_safe(conn, sql, (*params, MISFIT_STEPS)):
         b = ks.from_sqlite(tuple(row))
         if b is not None:
             return b
@@ -163,7 +194,13 @@ def cell_sums(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, r: 
                 if hold.due():
                     hold.renew()  # 10,000 rows of 16 KB hashed under one lock held a writer 0.6 s
                 where, params = ks.sqlite_where(cell)
-                n, total = conn.execute(f"SELECT count(*), {hasher.sql} FROM {table} WHERE {where}", params).fetchone()
+                try:
+                    n, total = conn.execute(f"SELECT count(*), {hasher.sql} FROM {table} WHERE {where}",
+                                            params).fetchone()
+                except HASH_FAILED as e:  # text that is not UTF-8: hashed in Python instead
+                    _not_decoded(e)
+                    rows = fetchall_text_safe(conn, f"SELECT {hasher.columns_sql} FROM {table} WHERE {where}", params)
+                    n, total = len(rows), sum(hasher.python_hash(r) for r in rows)
                 out.append((n, total or 0))  # over no rows SQLite never calls finalize: NULL
         return out
     cell_params: list[Any] = []
@@ -177,8 +214,21 @@ def cell_sums(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, r: 
     sql = (f"SELECT {cell} AS _syncd_cell, count(*), {hasher.sql} "
            f"FROM {table} WHERE {where} GROUP BY _syncd_cell")
     out = [(0, 0)] * (len(bounds) + 1)
-    for cell, n, total in conn.execute(sql, (*cell_params, *params)):
-        out[cell] = (n, total)
+    try:
+        for i, n, total in conn.execute(sql, (*cell_params, *params)).fetchall():
+            out[i] = (n, total)
+    except HASH_FAILED as e:  # text that is not UTF-8: hashed in Python instead
+        _not_decoded(e)
+        sums: dict[int, list[int]] = {}
+        rows = fetchall_text_safe(conn, f"SELECT {cell} AS _syncd_cell, {hasher.columns_sql} FROM {table} "
+                                        f"WHERE {where}", (*cell_params, *params))
+        for row in rows:
+            got = sums.setdefault(row[0], [0, 0])
+            got[0] += 1
+            got[1] += hasher.python_hash(row[1:])
+        out = [(0, 0)] * (len(bounds) + 1)
+        for c, (n, total) in sums.items():
+            out[c] = (n, total)
     return out
 
 
@@ -191,8 +241,14 @@ def range_hashes(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, 
     """(key values..., row hash) of every row in range `r`."""
     keys = ", ".join(ks.sqlite_refs())
     where, params = ks.sqlite_where(r)
-    return fetchall_text_safe(conn, f"SELECT {keys}, {hasher.row_sql} FROM {quoted_sqlite_table(ks.spec)} "
-                                    f"WHERE {where}", params)
+    table = quoted_sqlite_table(ks.spec)
+    try:
+        return fetchall_text_safe(conn, f"SELECT {keys}, {hasher.row_sql} FROM {table} WHERE {where}", params)
+    except HASH_FAILED as e:  # text that is not UTF-8: hashed in Python instead
+        _not_decoded(e)
+        n = len(ks.key)
+        rows = fetchall_text_safe(conn, f"SELECT {keys}, {hasher.columns_sql} FROM {table} WHERE {where}", params)
+        return [(*row[:n], hasher.python_hash(row[n:])) for row in rows]
 
 
 def _rows_by_key(conn: sqlite3.Connection, spec: TableSpec, keys: Sequence[tuple]) -> list[tuple]:
@@ -202,13 +258,13 @@ def _rows_by_key(conn: sqlite3.Connection, spec: TableSpec, keys: Sequence[tuple
     nkey = len(spec.key)
     refs = [spec.sqlite_ref(k) for k in spec.key]
     key_cols = refs[0] if nkey == 1 else "(" + ", ".join(refs) + ")"
-    row_marks = "(" + ", ".join(["?"] * nkey) + ")"
     out: list[tuple] = []
     for i in range(0, len(keys), LOOKUP_BATCH):
-        chunk = keys[i : i + LOOKUP_BATCH]
+        chunk = [bound_key(k) for k in keys[i : i + LOOKUP_BATCH]]
+        row_marks = [marks if nkey > 1 else f"({marks})" for marks, _ in chunk]
         sql = (f"SELECT {cols} FROM {quoted_sqlite_table(spec)} "
-               f"WHERE {key_cols} IN (VALUES {', '.join([row_marks] * len(chunk))})")
-        out += fetchall_text_safe(conn, sql, [v for k in chunk for v in k])
+               f"WHERE {key_cols} IN (VALUES {', '.join(row_marks)})")
+        out += fetchall_text_safe(conn, sql, [v for _, params in chunk for v in params])
     return out
 
 
