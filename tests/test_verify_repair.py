@@ -118,3 +118,31 @@ def test_only_what_a_replay_can_fix_is_queued():
     entries, skipped = changelog_entries(diffs)
     assert entries == [(OP_UPDATE, (1,)), (OP_UPDATE, ("k",)), (OP_DELETE, (9,)), (OP_UPDATE, (3,))]
     assert [d.key for d in skipped] == [("2024-01-31",), (None,), (5,)]
+
+
+async def test_a_postgres_key_sqlite_cannot_hold_is_named_as_postgres_holds_it(app_db, make_config, pg_dsn, tmp_path):
+    """A row only Postgres has, under a numeric key no SQLite value converts to (more digits
+    than a REAL keeps): it is listed under its own key, not under the nearest REAL (a key
+    SQLite does hold), and a repair, which replays SQLite's keys, says it cannot fix it
+    instead of replaying that other key and counting the row as repaired."""
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE prices (k NUMERIC PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO prices VALUES (?, ?)", [(1.5, "a"), (2, "b"), (2.25, "c")])
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_execute(pg_dsn, "INSERT INTO app.prices VALUES (1.5000000000000000001, 'extra')")
+
+    rc, doc = verify_json(cfg, "--wait", "2")
+    assert rc == 1
+    listed = tables(doc)["prices"]["differences"]
+    assert [(d["kind"], d["key"]) for d in listed] == [("extra", ["1.5000000000000000001"])], listed
+
+    out = verify(cfg, "--repair", "--wait", "2")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "replayed" not in out.stdout and "not repaired" in out.stdout, out.stdout
+    assert 'app: "prices" DIFFERS' in out.stdout and "after repairing" not in out.stdout, out.stdout
+    rows = await pg_fetch(pg_dsn, "SELECT k::text, v FROM app.prices ORDER BY k")
+    assert [tuple(r) for r in rows] == [("1.5", "a"), ("1.5000000000000000001", "extra"), ("2", "b"),
+                                        ("2.25", "c")]

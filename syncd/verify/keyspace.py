@@ -188,7 +188,9 @@ def sqlite_value(pgtype: PgType, v: Any, col: Column | None = None) -> Any:
         if v.is_finite() and v == v.to_integral_value() and abs(v) < 2**63:
             return int(v)  # NUMERIC affinity stores an integral value as an integer
         f = float(v)
-        return f if not math.isnan(f) else _UNKNOWN
+        if math.isnan(f) or converter(PgType.NUMERIC)(f) != v:
+            return _UNKNOWN  # no REAL is this number (more digits than a double keeps): no SQLite key is
+        return f
     return _UNKNOWN
 
 
