@@ -61,3 +61,34 @@ async def test_a_row_under_a_key_postgres_cannot_hold_is_removed_from_sqlite(tmp
         assert "not repaired" not in out.stdout, out.stdout
         assert typeof(db, "SELECT name, n FROM tags ORDER BY name") == [("a", 1), ("b", 2)]
         assert verify(cfg, "--wait", "2").returncode == 0
+
+
+async def test_text_that_is_not_utf8_is_written_over_from_postgres(tmp_path, make_config, pg_dsn):
+    """Text that is not UTF-8, as a value and as a key, written to SQLite behind syncd's
+    back after the cutover: verify names both rows, and `--repair` writes Postgres's row over
+    the one and removes the other (no Postgres key is such text)."""
+    db = tmp_path / "app.db"
+    orders_app(db)
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER); INSERT INTO tags VALUES ('a', 1), ('b', 2);")
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        tamper_sqlite(db, "UPDATE orders SET item = CAST(x'61ff' AS TEXT) WHERE id = 1")
+        tamper_sqlite(db, "INSERT INTO tags VALUES (CAST(x'74ff' AS TEXT), 3)")
+
+        out = verify(cfg, "--wait", "2")
+        assert out.returncode == 1, out.stdout + out.stderr
+        lines = out.stdout.splitlines()
+        assert any(line.startswith('app: "orders" different: key 1: column "item" (column "item": text')
+                   and "not valid UTF-8" in line for line in lines), out.stdout
+        assert any(line.startswith('app: "tags" only in SQLite: key ') for line in lines), out.stdout
+
+        out = verify(cfg, "--wait", "5", "--repair")
+        assert out.returncode == 0, out.stdout + out.stderr
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT id, item, typeof(item) FROM orders ORDER BY id") == [(1, "a", "text"), (2, "b", "text")]
+        assert typeof(db, "SELECT name, n FROM tags ORDER BY name") == [("a", 1), ("b", 2)]
+        assert verify(cfg, "--wait", "2").returncode == 0

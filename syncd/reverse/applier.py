@@ -39,7 +39,7 @@ from syncd.reverse.checkpoint import META_KEY, RELOAD_KEY
 from syncd.reverse.values import ColumnShape, NotExpressible
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import CHANGELOG, META, _own_schema_change, write_transaction
-from syncd.sqlite.connection import fetchall_text_safe, no_such_table
+from syncd.sqlite.connection import bound_value, fetchall_text_safe, no_such_table
 from syncd.sqlite.reader import rowid_name
 from syncd.types import PgType
 
@@ -380,8 +380,10 @@ class TableWriter:
             if found is not None:
                 self.delete(found)
         for raw in t.raw_deletes:
-            where = " AND ".join(f"{self.spec.sqlite_ref(k)} = ?" for k in self.spec.key)
-            self.written += self.conn.execute(f"DELETE FROM {self.table} WHERE {where}", raw).rowcount
+            bound = [bound_value(v) for v in raw]
+            where = " AND ".join(f"{self.spec.sqlite_ref(k)} = {mark}" for k, (mark, _) in zip(self.spec.key, bound))
+            self.written += self.conn.execute(f"DELETE FROM {self.table} WHERE {where}",
+                                              [param for _, param in bound]).rowcount
             self.index.forget(self.spec.name)
         plans = []
         for pg_row in t.rows:

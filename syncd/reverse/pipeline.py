@@ -42,7 +42,7 @@ from syncd.reverse.values import ColumnShape, NotExpressible, OutOfRange, to_sql
 from syncd.session import SourceSession, changed, new_row
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import ROWIDS_MOVED_REASON, clear_rearmed, contended
-from syncd.sqlite.connection import FileMoved, SourceFileError
+from syncd.sqlite.connection import FileMoved, SourceFileError, not_utf8
 from syncd.sqlite.hold import RowsPerHold, step_aside
 from syncd.types import ValueMismatch, converter
 
@@ -1104,6 +1104,9 @@ class ReversePipeline:
         keys = []
         kshapes = [t.shapes[i] for i in t.spec.key_indexes]
         for raw in stale:
+            if any(map(not_utf8, raw)):  # text that is not UTF-8: no Postgres key is such text
+                ta.raw_deletes.append(raw)
+                continue
             try:
                 keys.append(tuple(converter(sh.family)(v) for sh, v in zip(kshapes, raw)))
             except (ValueMismatch, ValueError):

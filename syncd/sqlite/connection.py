@@ -85,6 +85,27 @@ def surrogate_text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def not_utf8(value: Any) -> bool:
+    """Text SQLite holds that is not valid UTF-8 (read with its bytes kept as surrogates,
+    surrogate_text): no Postgres value is such text."""
+    if type(value) is not str or value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def bound_value(v: Any) -> tuple[str, Any]:
+    """The placeholder and parameter for one value read from SQLite. Text that is not
+    UTF-8, which Python cannot bind as text, is bound as its bytes and cast back: the very
+    value SQLite holds."""
+    if not_utf8(v):
+        return "CAST(? AS TEXT)", v.encode("utf-8", "surrogateescape")
+    return "?", v
+
+
 # Prepared statements kept per connection. Each costs a few KB of SQLite memory, and
 # Python's default keeps 128: with a connection per source that was most of a fleet
 # daemon's memory. syncd's hot statements per connection (a batch's reads, the poll)

@@ -23,9 +23,9 @@ import asyncpg
 
 from syncd.identifiers import quote_ident, quote_pg_ident
 from syncd.model import Column, TableSpec
+from syncd.sqlite.connection import not_utf8
 from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import PgType, converter
-from syncd.verify.rowhash import not_utf8
 
 # Key types whose SQLite order (for the storage classes the converter accepts) is
 # their Postgres order.

@@ -25,6 +25,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.postgres.bookkeeping import SourceLocked, source_key, try_lock_source, unlock_source
 from syncd.postgres.connect import close_quietly, connect
 from syncd.sqlite.capture import OP_DELETE, OP_UPDATE
+from syncd.sqlite.connection import not_utf8
 from syncd.verify import sqlite_side
 from syncd.verify.postgres_side import checkpoint, lock_holder
 from syncd.verify.result import EXTRA, Difference
@@ -53,11 +54,11 @@ def way_back_keys(differences: list[Difference], key_types: list[PgType]) -> tup
     it finds there, so a key known in either form will do (a SQLite key is converted as
     the stream converts it), and a SQLite value that does not fit is overwritten like any
     other; only rows a replay cannot fix (SQLite rows that are one key in Postgres) and
-    keys Postgres cannot hold are left."""
+    keys Postgres cannot hold (text that is not UTF-8 among them) are left."""
     keys, skipped = [], []
     for d in differences:
         key = d.pg_key
-        if key is None and d.raw_key is not None and None not in d.raw_key:
+        if key is None and d.raw_key is not None and None not in d.raw_key and not any(map(not_utf8, d.raw_key)):
             try:
                 key = tuple(converter(t)(v) for t, v in zip(key_types, d.raw_key))
             except ValueError:

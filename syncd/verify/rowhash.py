@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - interpreters built without it
 
 from syncd.identifiers import quote_pg_ident
 from syncd.model import Column, TableSpec
+from syncd.sqlite.connection import not_utf8
 from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import SEP, PgType, ValueMismatch, _describe, canonical, converter, converter_of, pg_canonical_expr
 
@@ -40,18 +41,6 @@ MAX_FUNCTION_ARGS = 127
 
 
 # --- the reference: converter, then canonical ------------------------------------------
-
-
-def not_utf8(value: Any) -> bool:
-    """Text SQLite holds that is not valid UTF-8 (read with its bytes kept as surrogates):
-    Postgres can hold no such value."""
-    if type(value) is not str or value.isascii():
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def value_token(pgtype: PgType, value: Any, conv: Callable[[Any], Any] | None = None) -> str:

@@ -21,10 +21,10 @@ from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite import capture
 from syncd.sqlite.capture import CHANGELOG, slot
-from syncd.sqlite.connection import fetchall_text_safe
+from syncd.sqlite.connection import bound_value, fetchall_text_safe
 from syncd.sqlite.hold import HOLD_SECONDS
 from syncd.verify.keyspace import Bound, KeyRange, KeySpace, cell_case, quoted_sqlite_table
-from syncd.verify.rowhash import SqliteRowHash, not_utf8
+from syncd.verify.rowhash import SqliteRowHash
 
 CL = f"main.{quote_ident(CHANGELOG)}"
 LOOKUP_BATCH = 500  # keys per lookup statement
@@ -85,17 +85,13 @@ def _not_decoded(e: Exception) -> None:
 
 
 def bound_key(raw: Sequence[Any]) -> tuple[str, list[Any]]:
-    """Placeholders and parameters for a raw key, as ks.sqlite_marks() lays them out. Text
-    that is not UTF-8 (read with its bytes kept as surrogates), which Python cannot bind
-    as text, is bound as its bytes and cast back: the very value SQLite holds."""
+    """Placeholders and parameters for a raw key, as ks.sqlite_marks() lays them out
+    (bound_value for each value)."""
     marks, params = [], []
     for v in raw:
-        if not_utf8(v):
-            marks.append("CAST(? AS TEXT)")
-            params.append(v.encode("utf-8", "surrogateescape"))
-        else:
-            marks.append("?")
-            params.append(v)
+        mark, param = bound_value(v)
+        marks.append(mark)
+        params.append(param)
     return (marks[0] if len(marks) == 1 else "(" + ", ".join(marks) + ")"), params
 
 
