@@ -167,6 +167,19 @@ async def test_failures_are_one_line_without_secrets(app_db, make_config, tmp_pa
     assert "no table 'nosuch' in source 'app'" in out.stdout
 
 
+def test_a_wait_that_is_no_number_of_seconds_is_refused(make_config, tmp_path):
+    """--wait bounds how long in-flight changes are waited for: a negative, infinite or NaN
+    value is refused by name (NaN and a negative value gave up at once, reporting changes in
+    flight as pending; infinity never gave up on a stopped daemon)."""
+    cfg = make_config([{"name": "app", "path": str(tmp_path / "app.db")}])
+    for bad in ("nan", "-1", "inf", "soon"):
+        out = verify(cfg, "--wait", bad)
+        assert out.returncode == 2 and out.stdout == "", (bad, out.stdout, out.stderr)
+        assert f"argument --wait: {bad!r} is not a number of seconds" in out.stderr, (bad, out.stderr)
+    out = verify(cfg, "--wait", "0")
+    assert "argument --wait" not in out.stderr, out.stderr
+
+
 async def test_every_run_is_kept_per_table(synced, pg_dsn):
     assert verify(synced).returncode == 0
     await pg_execute(pg_dsn, "DELETE FROM app.textkey WHERE k = 'key-7'; UPDATE app.items SET v = 'x' WHERE id = 9")

@@ -3,7 +3,9 @@ content, and say which keys differ. Exit 0 equal, 1 differences, 2 the check fai
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import math
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
@@ -28,9 +30,20 @@ def register(sub, parent) -> None:
                    help="replay the differing keys through the stream, then verify again: Postgres is made to "
                         "match SQLite, or once cut over SQLite to match Postgres")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--wait", metavar="SECONDS", type=float, default=DEFAULT_WAIT_SECONDS,
+    p.add_argument("--wait", metavar="SECONDS", type=_seconds, default=DEFAULT_WAIT_SECONDS,
                    help=f"how long to wait for in-flight changes to be applied (default {DEFAULT_WAIT_SECONDS:g})")
     p.set_defaults(func=main)
+
+
+def _seconds(text: str) -> float:
+    """--wait's value: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
 
 
 def main(args) -> int:
