@@ -146,3 +146,29 @@ async def test_a_postgres_key_sqlite_cannot_hold_is_named_as_postgres_holds_it(a
     rows = await pg_fetch(pg_dsn, "SELECT k::text, v FROM app.prices ORDER BY k")
     assert [tuple(r) for r in rows] == [("1.5", "a"), ("1.5000000000000000001", "extra"), ("2", "b"),
                                         ("2.25", "c")]
+
+
+async def test_a_nan_key_only_postgres_holds_is_not_replayed_as_if_sqlite_could_hold_it(app_db, make_config, pg_dsn,
+                                                                                      tmp_path):
+    """SQLite stores NaN as NULL: a Postgres row keyed by NaN in a REAL key (alone or in a
+    composite key) is one no SQLite row can be. The repair, which replays SQLite's keys, says
+    it cannot fix it instead of replaying a key SQLite records as NULL (which replays nothing)
+    and counting the row as replayed."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE readings (k REAL PRIMARY KEY, v TEXT);
+        CREATE TABLE points (a TEXT, r REAL, v INTEGER, PRIMARY KEY (a, r)) WITHOUT ROWID;
+    """)
+    conn.executemany("INSERT INTO readings VALUES (?, ?)", [(0.5, "a"), (1.5, "b")])
+    conn.executemany("INSERT INTO points VALUES (?, ?, ?)", [("a", 1.5, 1), ("b", 2.5, 2)])
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_execute(pg_dsn, "INSERT INTO app.readings VALUES ('NaN', 'n'); INSERT INTO app.points VALUES ('c', 'NaN', 7)")
+
+    out = verify(cfg, "--repair", "--wait", "2")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "replayed" not in out.stdout, out.stdout
+    assert out.stdout.count("not repaired") == 2, out.stdout
+    assert 'app: "readings" DIFFERS' in out.stdout and 'app: "points" DIFFERS' in out.stdout, out.stdout

@@ -181,7 +181,7 @@ def sqlite_value(pgtype: PgType, v: Any, col: Column | None = None) -> Any:
     if pgtype is PgType.BIGINT or pgtype is PgType.TEXT or pgtype is PgType.BYTEA:
         return v
     if pgtype is PgType.DOUBLE:
-        return float(v)
+        return _UNKNOWN if math.isnan(v) else float(v)  # SQLite stores NaN as NULL
     if pgtype is PgType.BOOLEAN:
         return 1 if v else 0
     if pgtype is PgType.NUMERIC and isinstance(v, Decimal):
