@@ -138,7 +138,15 @@ def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming
             continue
         kept, gone = key_identity.survivors(conn, t.spec, ch.deletes)
         if kept:
-            ch.upserts.extend(kept)
+            # A row another spelling leads to may be one the batch upserts already (1
+            # deleted, '1' written): sent twice, Postgres would refuse the batch.
+            idx = t.spec.key_indexes
+            have = {tuple((type(r[i]), r[i]) for i in idx) for r in ch.upserts}
+            for row in kept:
+                exact = tuple((type(row[i]), row[i]) for i in idx)
+                if exact not in have:
+                    have.add(exact)
+                    ch.upserts.append(row)
             ch.deletes = gone
         ch.deletes.extend(key_identity.older_texts(conn, t.spec, ch.upserts, ch.deletes))
         try:

@@ -143,3 +143,25 @@ async def test_a_real_key_an_older_syncd_wrote_in_pythons_spelling_leaves_no_gho
         assert await pg_rows(pg_dsn, "SELECT id FROM app.k ORDER BY id") == [("1.0e+16",), ("1e+16",), ("x",)]
         assert d.stop() == 0
     assert run_cli(cfg, "verify").returncode == 0
+
+
+async def test_a_key_deleted_and_written_again_in_another_class_in_one_batch(app_db, make_config, pg_dsn, tmp_path):
+    """Integer 1 deleted and text '1' inserted (one key to Postgres) reach syncd in one
+    batch: the row goes to Postgres once, as SQLite now holds it, and the table streams on."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE kv (key PRIMARY KEY, value TEXT);"  # mixed classes: text in Postgres
+                       "INSERT INTO kv VALUES (1, 'int one'), ('a', 'letter');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("BEGIN")
+        conn.execute("DELETE FROM kv WHERE key = 1")
+        conn.execute("INSERT INTO kv VALUES ('1', 'text one')")
+        conn.execute("INSERT INTO kv VALUES ('b', 'after it')")
+        conn.execute("COMMIT")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert (await table_states(pg_dsn, "app"))["kv"][0] == "streaming"
+        assert await pg_rows(pg_dsn, "SELECT key, value FROM app.kv ORDER BY key") == [
+            ("1", "text one"), ("a", "letter"), ("b", "after it")]
+        assert d.stop() == 0
+    assert run_cli(cfg, "verify").returncode == 0
