@@ -111,13 +111,17 @@ async def lookup_indexes(conn: asyncpg.Connection, schema: str) -> dict[str, dic
 
 
 async def ensure_indexes(conn: asyncpg.Connection, schema: str, spec: TableSpec, applied_seq: int,
-                         top_seq: int, have: dict[str, str | None] | None = None) -> tuple[tuple[UniqueSet, int], ...]:
+                         top_seq: int, have: dict[str, str | None] | None = None,
+                         columns: frozenset[str] | None = None) -> tuple[tuple[UniqueSet, int], ...]:
     """The lookup indexes `spec`'s unique column sets need. A set SQLite no longer has
     (the application dropped the index) is kept, with its index, until the stream has
     applied every change captured before the drop (up to `top_seq`, the changelog's end
     when the drop was noticed): a REPLACE made while the index stood removed rows
     through it. Returns those retired sets with their end positions. `have`: the
-    table's lookup indexes (lookup_indexes), when the caller has read them already."""
+    table's lookup indexes (lookup_indexes), when the caller has read them already.
+    `columns`: the Postgres table's columns, when it may lack some of SQLite's (a table
+    about to be loaded again, which the load reshapes): a set over a column it does not
+    hold yet gets its index at a later reconcile (the lookup works without it)."""
     wanted = {index_name(spec, u): u for u in spec.unique_sets}
     if have is None:
         have = {r[1]: r[2] for r in await conn.fetch(_LOOKUP_INDEXES + " AND t.relname = $2", schema, spec.name)}
@@ -133,6 +137,8 @@ async def ensure_indexes(conn: asyncpg.Connection, schema: str, spec: TableSpec,
             continue
         await conn.execute(f"DROP INDEX IF EXISTS {qualified(schema, name)}")
     for name, u in wanted.items():
+        if columns is not None and not set(u.columns) <= columns:
+            continue
         if name not in have:
             try:
                 await conn.execute(index_sql(schema, spec, u))

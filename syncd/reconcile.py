@@ -317,8 +317,12 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
                     # What was read before this table's DDL, if it had none: a column dropped
                     # (an index over it goes with it) or a table created reads its own again.
                     have = indexes.get(name, {}) if pgt is not None and ddl.diff_shape(spec, pgt).same else None
+                    columns = None
+                    if have is None and pgt is not None:  # reshaped: one to be loaded again may lack columns yet
+                        now = (await ddl.read_tables(conn, target)).get(name)
+                        columns = frozenset(c.name for c in now.columns) if now is not None else frozenset()
                     retired = await collisions.ensure_indexes(conn, target, spec, session.applied_seq,
-                                                              state.max_seq, have)
+                                                              state.max_seq, have, columns)
                     pgt = pg_tables.get(name) or (await ddl.read_tables(conn, target)).get(name)
                     if pgt is not None:
                         await ddl.ensure_identity(conn, target, spec, pgt)
@@ -329,7 +333,8 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
                       "`syncd resync` rebuilds it from SQLite")
             if row is None or row.state != bk.PAUSED or row.reason != reason:  # once, not every recheck
                 session.error(f"table paused: {reason}", table=name, event="table_paused")
-            new = _paused(row or new_row(name, tid), reason, session.applied_seq)
+            # A capture gap's mark is cleared below: the pause keeps the reload it asked for.
+            new = _paused(row or new_row(name, tid), reason, session.applied_seq, force_reload=name in result.gaps)
             await session.save_row(conn, new)
         runtimes[name] = _runtime(session, spec, tid, new, await _computed(conn, target, spec, pgt))
         runtimes[name].retired_unique = retired

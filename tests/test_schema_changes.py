@@ -138,6 +138,32 @@ async def test_rebuilt_table_is_rearmed_and_resnapshotted(tmp_path, make_config,
     assert triggers == {"deals", "contacts"}
 
 
+async def test_a_rebuild_adding_a_unique_column_is_resnapshotted(tmp_path, make_config, pg_dsn):
+    """The migration tools' way to add a UNIQUE column (SQLite cannot ALTER one in):
+    a rebuild whose copy also rewrites rows. The rows it copied went unrecorded; the
+    table is loaded again, the new column's values with it, and streams on."""
+    db = tmp_path / "app.db"
+    conn = app(db)
+    cfg = make_config([{"name": "crm", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        conn.executescript("""
+            BEGIN;
+            CREATE TABLE contacts_new (id INTEGER PRIMARY KEY, name TEXT, phone TEXT, email TEXT UNIQUE);
+            INSERT INTO contacts_new SELECT id, upper(name), phone, 'c' || id || '@example.com' FROM contacts;
+            DROP TABLE contacts;
+            ALTER TABLE contacts_new RENAME TO contacts;
+            COMMIT;
+        """)
+        wait_for(lambda: "re-armed them and re-snapshotting" in d.log(), 30, "re-arm", d)
+        conn.execute("UPDATE contacts SET phone = '555-0' WHERE id = 3")  # captured again
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        assert (await table_states(pg_dsn, "crm"))["contacts"][0] == "streaming"
+        assert await compare_table(str(db), pg_dsn, "crm", "contacts") == []
+        assert await pg_rows(pg_dsn, "SELECT name, email FROM crm.contacts WHERE id = 7") == [("C7", "c7@example.com")]
+        assert d.stop() == 0
+
+
 def rebuild_copying_triggers(conn, *, transform: bool, commit_between: bool = False, between=None) -> None:
     """The 12-step rebuild by a tool that copies every trigger of the table, syncd's
     included, from sqlite_master onto the new table."""
