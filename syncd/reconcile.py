@@ -321,7 +321,11 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
                     if have is None and pgt is not None:  # reshaped: one to be loaded again may lack columns yet
                         now = (await ddl.read_tables(conn, target)).get(name)
                         columns = frozenset(c.name for c in now.columns) if now is not None else frozenset()
-                    retired = await collisions.ensure_indexes(conn, target, spec, session.applied_seq,
+                    # A held or catching-up table applies changes from its own position: a unique
+                    # set dropped since stays while that is behind the drop too.
+                    position = session.applied_seq if new.from_seq is None else min(session.applied_seq,
+                                                                                   new.from_seq)
+                    retired = await collisions.ensure_indexes(conn, target, spec, position,
                                                               state.max_seq, have, columns)
                     pgt = pg_tables.get(name) or (await ddl.read_tables(conn, target)).get(name)
                     if pgt is not None:

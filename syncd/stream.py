@@ -170,7 +170,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
     conn = session.pg
     assert conn is not None
     started = time.monotonic()
-    await _add_replaced(session, converted, misfits)
+    await _add_replaced(session, converted, misfits, batch.after_seq)
     held = dict(misfits)
     quieted: list[app_triggers.Trigger] = []
     try:
@@ -218,7 +218,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                         # A UNIQUE constraint of schema parity: the batch's rows and those read
                         # again were read at different moments of a busy file; read them all
                         # again at one moment. Still broken: SQLite's rows cannot meet it.
-                        if violated and attempt == 1 and await _reread_together(session, c):
+                        if violated and attempt == 1 and await _reread_together(session, c, batch.after_seq):
                             continue
                         if violated:
                             await parity.release(conn, session, c.t.spec, violated, e2)
@@ -241,14 +241,17 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
 COLLISION_LINKS = 64
 
 
-async def _add_replaced(session: SourceSession, converted: dict[int, Converted], misfits: dict[int, str]) -> None:
+async def _add_replaced(session: SourceSession, converted: dict[int, Converted], misfits: dict[int, str],
+                        after_seq: int) -> None:
     """Rows a REPLACE removed through a unique index (no trigger tells of them): found
     by their collision with an upserted row, read again from SQLite, and added to the
-    batch as the upserts or deletes they now are (see collisions.py)."""
+    batch as the upserts or deletes they now are (see collisions.py). A unique set the
+    application has dropped counts for a batch starting before the drop (`after_seq`:
+    where the batch starts, a held table's own position in its catch-up)."""
     assert session.pg is not None
     for tid, c in list(converted.items()):
         spec = c.t.spec
-        sets = spec.unique_sets + tuple(u for u, until in c.t.retired_unique if session.applied_seq < until)
+        sets = spec.unique_sets + tuple(u for u, until in c.t.retired_unique if after_seq < until)
         if not sets or not c.records:
             continue
         # A row read again may collide in turn with another stale one (values that moved
@@ -272,13 +275,13 @@ async def _add_replaced(session: SourceSession, converted: dict[int, Converted],
             c.deletes.extend(gone)
 
 
-async def _reread_together(session: SourceSession, c: Converted) -> bool:
+async def _reread_together(session: SourceSession, c: Converted, after_seq: int) -> bool:
     """Read the table's rows of the batch, and every row they collide with in Postgres,
     again in one SQLite read transaction each round, until no new collision appears: the
     rows then all come from one moment. False when that does not settle."""
     assert session.pg is not None
     spec = c.t.spec
-    sets = spec.unique_sets + tuple(u for u, until in c.t.retired_unique if session.applied_seq < until)
+    sets = spec.unique_sets + tuple(u for u, until in c.t.retired_unique if after_seq < until)
     key_idx = spec.key_indexes
     keys = {tuple(r[i] for i in key_idx) for r in c.records} | set(c.deletes)
     for _link in range(COLLISION_LINKS):

@@ -326,3 +326,39 @@ def test_application_writes_with_capture_never_scan_a_table(tmp_path, make_confi
     writes += [("UPDATE u SET email = ? WHERE id = ?", (f"m{i}@x", i)) for i in range(100, 200)]
     extra = vm_steps(captured, writes) - vm_steps(plain, writes)
     assert extra < len(writes) * 400, f"{extra / len(writes):.0f} extra instructions per statement"
+
+
+async def test_replace_through_a_unique_index_dropped_while_the_table_is_held(app_db, make_config, pg_dsn,
+                                                                              tmp_path):
+    """A REPLACE made while its table is held, through a unique index the application
+    drops before the table resumes: the stream of the other tables moves on meanwhile,
+    and the row the REPLACE removed still goes once the table catches up."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE acct (id INTEGER PRIMARY KEY, email TEXT, note TEXT);
+        CREATE UNIQUE INDEX acct_email ON acct(email);
+        CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO acct VALUES (1, 'a@x', 'first'), (2, 'b@x', 'second');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("UPDATE acct SET note = ? WHERE id = 2", ("NUL \x00 inside",))  # Postgres text cannot hold it
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app"))["acct"][0] == "held"
+
+        await eventually(held, 30, "acct held", d)
+        conn.execute("INSERT OR REPLACE INTO acct VALUES (3, 'a@x', 'replaces 1')")  # removes id 1, no trigger
+        conn.execute("DROP INDEX acct_email")
+        d.wait_log("dropped constraint acct_email")  # the drop followed
+        conn.execute("INSERT INTO other VALUES (1, 'the stream moves on')")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d, settled=("streaming", "held"))
+        assert d.stop() == 0
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:  # its full check finds the stream past the drop
+        conn.execute("INSERT INTO other VALUES (2, 'and on')")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d, settled=("streaming", "held"))
+        conn.execute("UPDATE acct SET note = 'fixed' WHERE id = 2")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(app_db), pg_dsn, "app", "acct") == []
+        assert d.stop() == 0
