@@ -56,6 +56,10 @@ def privilege_refused(exc: BaseException, dsn: str | None = None) -> str | None:
     operator's to fix, not a bug."""
     if sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
         return None
+    if "row-level security" in str(exc):  # syncd's sessions read with row_security off (connect_kwargs)
+        return (f"Postgres refused {_role(dsn)}: {describe(exc)}; syncd never reads through a policy that would "
+                "hide rows from it: give the role BYPASSRLS, or keep the policy from applying to it (not FORCEd "
+                "on the table's owner)")
     return (f"Postgres refused {_role(dsn)}: {describe(exc)}; grant it what docs/operations.md lists "
             'under "The Postgres role"')
 
