@@ -181,3 +181,32 @@ async def test_a_dropped_or_renamed_table_leaves_no_series_behind(tmp_path, pg_d
         left = lambda: [k for k in scrape(port) if 'table="bad"' in k or 'table="old_name"' in k]  # noqa: E731
         wait_for(lambda: not left(), 30, "the old series gone", d)
         assert d.stop() == 0
+
+
+async def test_a_mismatch_found_stays_shown_while_the_table_cannot_be_compared(tmp_path, pg_dsn):
+    """A check that cannot compare a table (held here) knows no better than the last one
+    that did: the rows that differed then are not shown as 0 because the counts agree."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=20)
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}],
+                       metrics_listen=f"127.0.0.1:{port}",
+                       sections={"verify": {"interval_seconds": 1, "repair": False}})
+    mismatch = 'syncd_consistency_mismatched_rows{source="app",table="items"}'
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn = await asyncpg.connect(pg_dsn)
+        await conn.execute("UPDATE app.items SET v = 'tampered' WHERE id = 5")
+        await conn.close()
+        wait_for(lambda: value(port, mismatch) == 1, 30, "the mismatch reported", d)
+        # The table is held by a value Postgres's integer column refuses; both sides keep
+        # 20 rows, so the row counts agree while row 5 still differs.
+        lite = sqlite3.connect(db)
+        lite.execute("UPDATE items SET n = 'lots of people' WHERE id = 7")
+        lite.commit()
+        wait_for(lambda: "table held" in d.log(), 30, "hold", d)
+        held_at = d.log().count("consistency check")
+        # A new outcome is logged after the check's metrics are set.
+        wait_for(lambda: d.log().count("consistency check") > held_at, 30, "a check of the held table", d)
+        assert value(port, mismatch) == 1, d.log()[-2000:]
+        assert d.stop() == 0

@@ -10,8 +10,10 @@ def publish_metrics(result: SourceVerifyResult) -> None:
     syncd_consistency_mismatched_rows and the check's time. A table that could not be
     compared (held, paused, loading, refused, or the check failed) keeps its previous
     check time, so `time() - syncd_consistency_last_check_timestamp_seconds` grows (the
-    halted-table alert covers held and paused ones); its mismatch gauge shows the
-    row-count gap, a lower bound of the rows that differ. Rows replayed by a repair
+    halted-table alert covers held and paused ones); its mismatch gauge keeps what the
+    last check that compared it found, raised to the row-count gap (a lower bound of the
+    rows that differ) when that is larger: a difference found is never read as gone
+    because a later check could not look. Rows replayed by a repair
     count in syncd_repaired_rows_total."""
     from syncd import metrics  # here: `syncd verify` and `syncd report` never serve them
 
@@ -28,4 +30,5 @@ def publish_metrics(result: SourceVerifyResult) -> None:
             metrics.consistency_last_check_timestamp_seconds.labels(t.source, t.table).set(t.finished_at)
         elif t.rows_sqlite is not None and t.rows_postgres is not None:
             gap = abs(t.rows_sqlite - t.rows_postgres)
-            metrics.consistency_mismatched_rows.labels(t.source, t.table).set(gap)
+            gauge = metrics.consistency_mismatched_rows.labels(t.source, t.table)
+            gauge.set(max(gap, gauge._value.get()))  # noqa: SLF001 - prometheus_client has no public read
