@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.test_status_page import Page
 from tests.support.sync import wait_caught_up
 from tests.support.verifying import pg_execute, sync_and_stop, verify, verify_section
@@ -664,3 +664,26 @@ async def test_changes_pending_with_no_daemon_running_are_never_caught_up(ready,
         _, md, _, _ = report(ready)  # pending or applied by now: a daemon runs either way
         assert "no daemon runs" not in md and marks(md)["lag"] is True, section(md, "lag")
         assert d.stop() == 0
+
+
+async def test_a_held_tables_queued_change_is_pending_in_the_lag_item(ready, app_db, pg_dsn, tmp_path):
+    """A held table's changes wait in the changelog behind the checkpoint, which moves on
+    with the other tables. The daemon stopped, the report counts them pending (as `syncd
+    status` does): not "every captured change is applied" at lag 0."""
+    with DaemonProcess(ready, tmp_path / "again.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn = sqlite3.connect(app_db)
+        conn.execute("UPDATE items SET r = 'not a number' WHERE id = 1")  # Postgres's real column refuses it
+        conn.commit()
+        wait_for(lambda: "table held" in d.log(), 30, "hold", d)
+        conn.execute("INSERT INTO notes VALUES ('later', 'x')")  # another table moves the checkpoint on
+        conn.commit()
+        conn.close()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d, settled=("streaming", "held"))
+        assert d.stop() == 0
+    _, md, _, doc = report(ready)
+    lag = section(md, "lag")
+    assert "every captured change is applied" not in lag, lag
+    assert marks(md)["lag"] is False, lag
+    assert "1 change(s) pending" in lag and "no daemon runs to apply them" in lag, lag
+    assert doc["sources"][0]["lag"]["pending_changes"] == 1

@@ -23,13 +23,14 @@ from syncd.config import Settings, SourceSettings
 from syncd.endpoint_client import fetch_status, own_sources, unanswered
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.postgres import ddl
-from syncd.postgres.bookkeeping import STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping, source_key
+from syncd.postgres.bookkeeping import (HELD, PAUSED, STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping,
+                                       source_key)
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
 from syncd.redact import scrub
 from syncd.rehearsal import table_definitions
 from syncd.report import backups
 from syncd.report.backups import BackupFacts
-from syncd.sqlite import capture, disk_guard, leftout
+from syncd.sqlite import capture, disk_guard, leftout, reader
 from syncd.sqlite.connection import SourceFileError, file_problem, open_readonly
 from syncd.sqlite.introspect import introspect
 from syncd.sqlite.leftout import LeftOut
@@ -443,12 +444,15 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     # snapshot with the changes it holds past that checkpoint (see TableFacts.in_flight).
     side = None
     held: dict[str, int] = {}  # table -> how many of its keys on their way Postgres holds (counted snapshot)
+    # Held or paused tables, each with the position its queued changes start after: the
+    # checkpoint moves past them with the other tables, their changes wait all the same.
+    halted = {n: r.from_seq or 0 for n, r in rows.items() if r.state in (HELD, PAUSED)}
     for _try in range(COUNT_TRIES):  # again if syncd pruned past Postgres's count meanwhile (seldom)
         async with pg.transaction(isolation="repeatable_read", readonly=True):
             counted_at, pg_counts = await _pg_counts(pg, bk, source, sorted(pg_tables))
             try:
                 side = await asyncio.to_thread(_sqlite_side, source, sticky, counted_at, retyped,
-                                               settings.sqlite.read_busy_timeout_ms)
+                                               settings.sqlite.read_busy_timeout_ms, halted)
             except SourceFileError as e:  # it names the file
                 if facts.way_back_ended and not source.path.exists():
                     facts.file_archived = True  # retired: nothing of SQLite is judged any more, Postgres still is
@@ -619,7 +623,7 @@ def _defaults_left_out(specs: dict[str, TableSpec]) -> list[LeftOut]:
 
 
 def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped: dict | None,
-                 busy_timeout_ms: int) -> _SqliteSide:
+                 busy_timeout_ms: int, halted: dict[str, int] | None = None) -> _SqliteSide:
     """What the report measures in the SQLite file; its application's lock is waited for
     `busy_timeout_ms` at most ([sqlite] read_busy_timeout_ms), then sqlite3.OperationalError."""
     problem = file_problem(source.path)
@@ -659,6 +663,9 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
         if state.key_slots:
             pending = conn.execute(f"SELECT count(*) FROM main.{quote_ident(capture.CHANGELOG)} WHERE seq > ?",
                                    (applied_seq,)).fetchone()[0]
+            # a held or paused table's changes queued behind the checkpoint: pending all the same
+            tids = {state.tid_of(n): after for n, after in (halted or {}).items() if state.tid_of(n) is not None}
+            pending += sum(reader.queued_behind(conn, tids, applied_seq).values())
         left_out = sorted(schema.left_out.values(), key=lambda lo: lo.name) + _defaults_left_out(schema.tables)
         left_out = [dataclasses.replace(lo, rows=leftout.count_rows(conn, lo.name)) if lo.kind == leftout.EXCLUDED
                     else lo for lo in left_out]  # how much the operator chose to leave behind, said as measured
