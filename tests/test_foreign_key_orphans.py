@@ -6,6 +6,7 @@ are fixed."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import sqlite3
@@ -60,4 +61,61 @@ async def test_orphans_are_counted_in_the_metric_and_the_report(app_db, make_con
         doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
         fk = next(i for i in doc["checklist"] if i["key"] == "foreign_keys")
         assert fk["ok"] is True and fk["evidence"] == ["app: 2 foreign key(s), no orphan rows"]
+        assert d.stop() == 0
+
+
+async def test_orphans_not_counted_this_time_keep_their_last_count(app_db, make_config, pg_dsn, tmp_path):
+    """A count that fails (here: the parent table locked, and the database's lock_timeout
+    ends the count's wait) knows nothing new: the orphans counted before stay in the
+    metric and in `syncd status`, not dropped as if they were gone."""
+    import asyncpg
+
+    admin = await asyncpg.connect(pg_dsn)
+    await admin.execute("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET lock_timeout = 1000', "
+                        "current_database()); END $$")
+    await admin.close()
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE org (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE person (id INTEGER PRIMARY KEY, org_id INTEGER REFERENCES org(id));
+        INSERT INTO org VALUES (1, 'a');
+        INSERT INTO person VALUES (1, 1), (2, 7);
+    """)
+    port = free_port()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], metrics_listen=f"127.0.0.1:{port}",
+                      sections={"cutover": {"orphan_check_interval_seconds": 0.5}})
+    org = SERIES % ("person_org_id_fkey", "person")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        wait_for(lambda: scrape(port).get(org) == 1, 30, "the orphan counted", d)
+        locker = await asyncpg.connect(pg_dsn)
+        watcher = await asyncpg.connect(pg_dsn)
+        try:
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute("LOCK TABLE app.org IN ACCESS EXCLUSIVE MODE")
+            waiting = ("SELECT query_start FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       "AND query LIKE '%person%' AND pid <> pg_backend_pid()")
+            seen: list = []
+
+            async def counts_waited(n: int) -> bool:
+                for _ in range(600):
+                    at = await watcher.fetchval(waiting)
+                    if at is not None and at not in seen:
+                        seen.append(at)
+                    if len(seen) >= n:
+                        return True
+                    await asyncio.sleep(0.05)
+                return False
+
+            # A count waits on the lock until lock_timeout ends it; the next
+            # count waiting means the failed one's outcome has been published.
+            assert await counts_waited(2), d.log()[-2000:]
+            assert scrape(port).get(org) == 1, d.log()[-2000:]
+            status = run_cli(cfg, "status")
+            assert "REFERENCES org (id): 1 orphan row(s)" in status.stdout, status.stdout
+            await tx.rollback()
+        finally:
+            await locker.close()
+            await watcher.close()
         assert d.stop() == 0

@@ -140,7 +140,9 @@ async def watch(settings_fn, pipelines_fn, targets) -> None:
                 log.info(f"foreign-key orphans not counted: {describe(e)}", extra={"source": name,
                                                                                   "event": "orphans_unknown"})
                 continue
-            now = {(o.table, o.constraint) for o in counts if o.orphans is not None}
+            # A foreign key gone from the plan leaves the metric; one whose count failed this
+            # time keeps its last count (its orphans are not known to be gone).
+            now = {(o.table, o.constraint) for o in counts}
             for table, constraint in shown.get(name, set()) - now:
                 try:
                     metrics.foreign_key_orphans.remove(name, table, constraint)
@@ -149,7 +151,12 @@ async def watch(settings_fn, pipelines_fn, targets) -> None:
             for o in counts:
                 if o.orphans is not None:
                     metrics.foreign_key_orphans.labels(name, o.table, o.constraint).set(o.orphans)
-            st.orphans = {f"{o.table}: {o.what}": o.orphans for o in counts if o.orphans is not None}
-            shown[name] = now
+            before, st.orphans = st.orphans or {}, {}
+            for o in counts:
+                key = f"{o.table}: {o.what}"
+                if o.orphans is not None or key in before:
+                    st.orphans[key] = o.orphans if o.orphans is not None else before[key]
+            counted = {(o.table, o.constraint) for o in counts if o.orphans is not None}
+            shown[name] = (shown.get(name, set()) & now) | counted
         await asyncio.sleep(max(WATCH_TICK_MIN_SECONDS, min(WATCH_TICK_SECONDS, interval)) if interval > 0
                             else WATCH_TICK_SECONDS)
