@@ -450,3 +450,37 @@ async def test_a_last_check_that_could_not_confirm_rows_in_flight_is_no_clean_ch
         r = run_cli(cfg, "status")
         assert r.returncode == 0, r.stdout
         assert d.stop() == 0
+
+
+async def test_a_table_left_half_loaded_is_no_consistency_ok(tmp_path, make_config, pg_dsn):
+    """The daemon killed while it loads a table: the tables checked before are equal, the
+    half-loaded one was never compared. The CONSISTENCY column names it, not "ok"."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(db)}],
+                      sections={"verify": {"interval_seconds": 86400}, "stream": {"snapshot_chunk_rows": 100}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        conn.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.executemany("INSERT INTO big VALUES (?, ?)", ((i, "x" * 50) for i in range(300_000)))
+        conn.commit()
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            async def loading() -> bool:
+                return await pg.fetchval("SELECT count(*) FROM syncd.tables WHERE table_name = 'big' "
+                                         "AND state = 'loading' AND snapshot_rows > 0") == 1
+            for _ in range(600):
+                if await loading():
+                    break
+                await asyncio.sleep(0.05)
+            assert await loading(), d.log()[-3000:]
+            d.kill9()
+            assert await loading(), "the load finished before the kill; make the table bigger"
+        finally:
+            await pg.close()
+    r = run_cli(cfg, "status")
+    row = next(line for line in r.stdout.splitlines() if line.startswith("app "))
+    assert "ok (" not in row and "1 loading" in row, r.stdout

@@ -124,6 +124,10 @@ def _consistency(st: SourceStatus) -> str:
     checked = [t for t in streaming if t.last_compared_at]
     if len(checked) < len(streaming):
         return f"{len(streaming) - len(checked)} unchecked"
+    # A table still (or again) being copied was not compared: "ok" is for every table.
+    loading = sum(1 for t in st.tables if t.state != "streaming")
+    if loading:
+        return f"{loading} loading"
     oldest = min(t.last_compared_at for t in checked)
     return f"ok ({_ago(oldest)})"
 
