@@ -687,3 +687,29 @@ async def test_a_held_tables_queued_change_is_pending_in_the_lag_item(ready, app
     assert marks(md)["lag"] is False, lag
     assert "1 change(s) pending" in lag and "no daemon runs to apply them" in lag, lag
     assert doc["sources"][0]["lag"]["pending_changes"] == 1
+
+
+async def test_a_change_held_for_minutes_is_no_lag_below_30_s(ready, app_db, pg_dsn, tmp_path):
+    """The daemon runs (no endpoint to ask) and a table has been held for ten minutes with
+    a change queued, while the other tables stream: the checkpoint's own lag is a moment,
+    the held change is ten minutes old. The lag item fails, naming the held table."""
+    with DaemonProcess(ready, tmp_path / "again.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn = sqlite3.connect(app_db)
+        conn.execute("UPDATE items SET r = 'not a number' WHERE id = 1")  # Postgres's real column refuses it
+        conn.commit()
+        wait_for(lambda: "table held" in d.log(), 30, "hold", d)
+        await pg_execute(pg_dsn, "UPDATE syncd.events SET at = at - interval '10 minutes' "
+                                 "WHERE kind = 'held' AND table_name = 'items'")
+        await pg_execute(pg_dsn, "UPDATE syncd.tables SET updated_at = updated_at - interval '10 minutes' "
+                                 "WHERE table_name = 'items'")
+        conn.execute("INSERT INTO notes VALUES ('later', 'x')")  # another table moves the checkpoint on
+        conn.commit()
+        conn.close()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d, settled=("streaming", "held"))
+        _, md, _, doc = report(ready)
+        lag = section(md, "lag")
+        assert marks(md)["lag"] is False, lag
+        assert doc["sources"][0]["lag"]["seconds"] >= 600, lag
+        assert "items" in lag and "1 change(s) pending" in lag, lag
+        assert d.stop() == 0

@@ -510,7 +510,8 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.left_out = [lo for lo in facts.left_out if lo.kind != "view"] + \
                 summary.left_out_entries(facts.parity.items) + facts.parity.missing_entries()
     facts.capture_suspended = side.suspended if side else None
-    facts.lag = _lag(live, facts, side.pending if side else None, now, way_back, unanswered(settings.metrics))
+    facts.lag = _lag(live, facts, side.pending if side else None, now, way_back, unanswered(settings.metrics),
+                     await _held_since(pg, bk, rows, side, offset) if live is None and side is not None else {})
     if live is None and way_back is None and facts.registered and (facts.lag.pending_changes or 0) > 0:
         # No endpoint answered: a daemon may run without one. Its source lock says.
         key = await source_key(pg, bk_schema, source.name, assign=False)
@@ -563,6 +564,7 @@ class _SqliteSide:
     # read with its count; absent for a table with more than KEYS_LOOKED_UP of them.
     keys_in_flight: dict[str, tuple[list[tuple], int]] = field(default_factory=dict)
     definitions: dict[str, str] = field(default_factory=dict)  # table -> rehearsal.table_definitions
+    halted_queued: dict[str, int] = field(default_factory=dict)  # held or paused table -> its changes queued
 
 
 COUNT_TRIES = 3
@@ -659,20 +661,22 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
                 captured[name] = (False, "capture triggers missing or not the ones this syncd version installs")
         for name, refusal in schema.refused.items():
             captured[name] = (False, f"not captured: refused ({refusal.reason})")
-        pending = None
+        pending, queued, names = None, {}, {}
         if state.key_slots:
             pending = conn.execute(f"SELECT count(*) FROM main.{quote_ident(capture.CHANGELOG)} WHERE seq > ?",
                                    (applied_seq,)).fetchone()[0]
             # a held or paused table's changes queued behind the checkpoint: pending all the same
-            tids = {state.tid_of(n): after for n, after in (halted or {}).items() if state.tid_of(n) is not None}
-            pending += sum(reader.queued_behind(conn, tids, applied_seq).values())
+            names = {state.tid_of(n): n for n in (halted or {}) if state.tid_of(n) is not None}
+            queued = reader.queued_behind(conn, {tid: halted[n] for tid, n in names.items()}, applied_seq)
+            pending += sum(queued.values())
         left_out = sorted(schema.left_out.values(), key=lambda lo: lo.name) + _defaults_left_out(schema.tables)
         left_out = [dataclasses.replace(lo, rows=leftout.count_rows(conn, lo.name)) if lo.kind == leftout.EXCLUDED
                     else lo for lo in left_out]  # how much the operator chose to leave behind, said as measured
         return _SqliteSide(tables, captured, pending, left_out,
                            disk_guard.suspended(conn), dict(schema.tables),
                            [n for n, lo in schema.left_out.items() if lo.kind == "view"], in_flight, pruned_past,
-                           keys_in_flight, table_definitions(conn))
+                           keys_in_flight, table_definitions(conn),
+                           {names[tid]: n for tid, n in queued.items() if n})
     finally:
         conn.close()
 
@@ -709,8 +713,22 @@ def _daemon_status(settings: Settings) -> dict[str, dict]:
     return own_sources(status.get("sources") or {}, settings.sources) if isinstance(status, dict) else {}
 
 
+async def _held_since(pg: asyncpg.Connection, bk: Bookkeeping | None, rows: dict, side: "_SqliteSide",
+                      offset: dt.timedelta) -> dict[str, dt.datetime]:
+    """Each held table with changes queued -> a time its oldest queued change existed by
+    (the one Postgres refused: it was there when the table was held, and at each later
+    save of the table's row), on this host's clock."""
+    held = [n for n in side.halted_queued if rows[n].state == HELD]
+    if bk is None or not held:
+        return {}
+    events = dict(await pg.fetch(f"SELECT table_name, max(at) FROM {bk.s}.events WHERE source = $1 "
+                                 "AND kind = 'held' AND table_name = ANY($2::text[]) GROUP BY table_name",
+                                 bk.source, held))
+    return {n: min(t for t in (events.get(n), rows[n].updated_at) if t is not None) + offset for n in held}
+
+
 def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.datetime, way_back=None,
-         silent: str = "no daemon endpoint answered") -> Lag:
+         silent: str = "no daemon endpoint answered", held_since: dict[str, dt.datetime] | None = None) -> Lag:
     if live is not None and live.get("lag_seconds") is not None:
         # Pending as counted in the file now (as `syncd status` counts it), else the daemon's figure.
         return Lag(float(live["lag_seconds"]), f"the running daemon ({live.get('health', '?')})",
@@ -728,6 +746,16 @@ def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.dat
         return Lag(None, "unknown (no changelog in the SQLite file)", None)
     if pending == 0:
         return Lag(0.0, f"computed: every captured change is applied ({silent})", 0)
+    if held_since:
+        # A held table's queued change is older than the checkpoint's bound says: its age is
+        # known from below only, by when the table was held (or its row saved since).
+        name, since = min(held_since.items(), key=lambda kv: kv[1])
+        seconds = (now - since).total_seconds()
+        if facts.lag_from is not None:
+            seconds = max(seconds, (now - facts.lag_from).total_seconds())
+        return Lag(seconds, f"computed: at least the age of held table \"{name}\"'s oldest queued change, "
+                   f"queued since {since.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC or earlier "
+                   f"({pending} change(s) pending; {silent})", pending)
     if facts.lag_from is None:
         return Lag(None, f"unknown: {pending} change(s) pending and the source is not registered", pending)
     # The oldest pending change was committed after the checkpoint last covered the whole
