@@ -145,8 +145,10 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
             if held and capture.REGISTRY in tables:
                 tids = dict(conn.execute(f"SELECT name, tid FROM main.{quote_ident(capture.REGISTRY)}"))
                 # queued behind the checkpoint: pending all the same
-                out["pending"] += sum(reader.queued_behind(
-                    conn, {tids[name]: after for name, after in held.items() if name in tids}, applied_seq).values())
+                queued = reader.queued_behind(
+                    conn, {tids[name]: after for name, after in held.items() if name in tids}, applied_seq)
+                out["pending"] += sum(queued.values())
+                out["held_queued"] = [name for name in held if queued.get(tids.get(name), 0)]
             # An empty changelog is its root page; one with entries is measured.
             out["bytes"] = reader.changelog_bytes(conn) if out["max_seq"] else page
         return out
@@ -192,6 +194,8 @@ class _PgSide:
     switching: str | None = None  # who holds the source's switch lock: a cutover or rollback runs
     failing: tuple | None = None  # the daemon's note (health_note.py): detail, since, confirmed at
     shared_key: str | None = None  # the source shares its key with another (bookkeeping.shared_key_line)
+    # held table -> a time its oldest queued change existed by (held then, or its row saved)
+    held_since: dict[str, dt.datetime] = field(default_factory=dict)
 
 
 async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict[str, _PgSide]:
@@ -246,6 +250,12 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
                                   f"snapshot_finished_at, to_jsonb(t) ->> 'request' FROM {q}.tables t "
                                   f"WHERE source = ANY($1::text[])", names):
             out[r[0]].tables.append(tuple(r[1:]))
+        # The change a held table's queue starts with is the one Postgres refused: it was
+        # there when the table was held, and at each later save of the table's row.
+        held_at = await conn.fetch(
+            f"""SELECT t.source, t.table_name, least(t.updated_at, (SELECT max(e.at) FROM {q}.events e
+                    WHERE e.source = t.source AND e.table_name = t.table_name AND e.kind = 'held'))
+                FROM {q}.tables t WHERE t.source = ANY($1::text[]) AND t.state = $2""", names, bk.HELD)
         # The last run (the one that began last: its comparison is the newest, though a run
         # begun before it may finish after it), and the last that compared (a run that
         # compared nothing, a table not streaming when it ran, is no check: its time does
@@ -256,6 +266,8 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
         # a recent check, they would stand above the checks made since until that time came.
         # Runs are dated by Postgres's clock (history.record): judged and shown on this host's.
         offset = await host_clock_offset(conn)
+        for r in held_at:
+            out[r[0]].held_since[r[1]] = r[2] + offset
         for r in await conn.fetch(
                 f"""SELECT t.source, t.table_name, v.finished_at, v.missing + v.extra + v.different, v.error,
                            CASE WHEN v.full_check THEN NULL
@@ -448,6 +460,12 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
             st.state, st.daemon_detail = "failing", f"{detail} (since {_iso(since)})"
     if st.lag_seconds is None:
         st.lag_seconds = _lag_without_daemon(st, src)
+        queued = [pg.held_since[n] for n in (lite.get("held_queued", []) if isinstance(lite, dict) else [])
+                  if n in pg.held_since]
+        if st.lag_seconds is not None and queued and st.direction == TO_POSTGRES:
+            # A held table's change waits behind the checkpoint the other tables moved on: at
+            # least as old as the time it was known to be there.
+            st.lag_seconds = max(st.lag_seconds, time.time() - min(queued).timestamp())
     if st.state == "unknown":
         st.state = _derive_state(st)
         st._derived = True  # not the daemon's word (an attribute, not a field: not in --json)

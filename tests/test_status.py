@@ -484,3 +484,34 @@ async def test_a_table_left_half_loaded_is_no_consistency_ok(tmp_path, make_conf
     r = run_cli(cfg, "status")
     row = next(line for line in r.stdout.splitlines() if line.startswith("app "))
     assert "ok (" not in row and "1 loading" in row, r.stdout
+
+
+async def test_a_change_held_for_minutes_is_the_lag_without_the_daemons_figure(tmp_path, make_config, pg_dsn):
+    """No endpoint to ask the daemon: the lag is computed from the bookkeeping and the file.
+    A table held for ten minutes with a change queued, while another table moves the
+    checkpoint on: the lag is at least those ten minutes, not the checkpoint's moment."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER); INSERT INTO t VALUES (1, 1);"
+                       "CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);")
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO t VALUES (2, 'lots of people')")  # Postgres's integer column refuses it
+        conn.commit()
+        wait_for(lambda: "table held" in d.log(), 30, "hold", d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            await pg.execute("UPDATE syncd.events SET at = at - interval '10 minutes' WHERE kind = 'held'")
+            await pg.execute("UPDATE syncd.tables SET updated_at = updated_at - interval '10 minutes' "
+                             "WHERE table_name = 't'")
+        finally:
+            await pg.close()
+        conn.execute("INSERT INTO other VALUES (1, 'x')")  # the checkpoint moves past the held change
+        conn.commit()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("streaming", "held"))
+        src = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
+        assert src["pending_changes"] == 1 and src["daemon_running"] is True, src
+        assert src["lag_seconds"] >= 600, src
+        assert d.stop() == 0
