@@ -206,7 +206,9 @@ def _glance(ov: Overview, facts: dict[str, SourceFacts], statuses: dict[str, Sou
         if f is not None:
             rows_s, rows_p = _sum(t.rows_sqlite for t in f.tables), _sum(t.rows_postgres for t in f.tables)
             rows = f"{number(rows_s)} / {number(rows_p)}"
-            rows = f'<span class="mismatch">{e(rows)}</span>' if rows_s != rows_p or rows_s is None else e(rows)
+            # Totals that agree say nothing of each table's: one table short and another over cancel out.
+            differ = rows_s != rows_p or rows_s is None or any(not t.counts_match for t in f.tables)
+            rows = f'<span class="mismatch">{e(rows)}</span>' if differ else e(rows)
         counts: dict[str, int] = {}
         for t in (f.tables if f else st.tables if st else []):
             counts[t.state or "not registered"] = counts.get(t.state or "not registered", 0) + 1
