@@ -210,3 +210,32 @@ async def test_a_mismatch_found_stays_shown_while_the_table_cannot_be_compared(t
         wait_for(lambda: d.log().count("consistency check") > held_at, 30, "a check of the held table", d)
         assert value(port, mismatch) == 1, d.log()[-2000:]
         assert d.stop() == 0
+
+
+async def test_a_mismatch_found_before_a_restart_stays_shown_while_the_table_cannot_be_compared(tmp_path, pg_dsn):
+    """The daemon restarted, and its first check of a table cannot compare it (held): the
+    rows the last comparing check found different (kept in syncd.verify_runs) are what
+    the gauge shows, not 0 because the row counts agree."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=20)
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}],
+                       metrics_listen=f"127.0.0.1:{port}",
+                       sections={"verify": {"interval_seconds": 1, "repair": False}})
+    mismatch = 'syncd_consistency_mismatched_rows{source="app",table="items"}'
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn = await asyncpg.connect(pg_dsn)
+        await conn.execute("UPDATE app.items SET v = 'tampered' WHERE id = 5")
+        await conn.close()
+        wait_for(lambda: value(port, mismatch) == 1, 30, "the mismatch reported", d)
+        assert d.stop() == 0
+    # Meanwhile a value Postgres's integer column refuses: the next daemon holds the table.
+    lite = sqlite3.connect(db)
+    lite.execute("UPDATE items SET n = 'lots of people' WHERE id = 7")
+    lite.commit()
+    with DaemonProcess(cfg, tmp_path / "again.log") as d:
+        wait_for(lambda: "table held" in d.log() and "consistency check" in d.log(), 30,
+                 "the hold and a check of the held table", d)
+        assert value(port, mismatch) == 1, d.log()[-2000:]
+        assert d.stop() == 0

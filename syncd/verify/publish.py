@@ -5,7 +5,7 @@ from __future__ import annotations
 from syncd.verify.result import SourceVerifyResult
 
 
-def publish_metrics(result: SourceVerifyResult) -> None:
+def publish_metrics(result: SourceVerifyResult, earlier: dict[str, int] | None = None) -> None:
     """syncd_rows{side} for every table counted; for every table compared in full,
     syncd_consistency_mismatched_rows and the check's time. A table that could not be
     compared (held, paused, loading, refused, or the check failed) keeps its previous
@@ -13,7 +13,8 @@ def publish_metrics(result: SourceVerifyResult) -> None:
     halted-table alert covers held and paused ones); its mismatch gauge keeps what the
     last check that compared it found, raised to the row-count gap (a lower bound of the
     rows that differ) when that is larger: a difference found is never read as gone
-    because a later check could not look. Rows replayed by a repair
+    because a later check could not look (`earlier`: table -> what the last comparing
+    check recorded, for a gauge this process has not set yet). Rows replayed by a repair
     count in syncd_repaired_rows_total."""
     from syncd import metrics  # here: `syncd verify` and `syncd report` never serve them
 
@@ -30,5 +31,7 @@ def publish_metrics(result: SourceVerifyResult) -> None:
             metrics.consistency_last_check_timestamp_seconds.labels(t.source, t.table).set(t.finished_at)
         elif t.rows_sqlite is not None and t.rows_postgres is not None:
             gap = abs(t.rows_sqlite - t.rows_postgres)
+            shown = (t.source, t.table) in metrics.consistency_mismatched_rows._metrics  # noqa: SLF001
             gauge = metrics.consistency_mismatched_rows.labels(t.source, t.table)
-            gauge.set(max(gap, gauge._value.get()))  # noqa: SLF001 - prometheus_client has no public read
+            before = gauge._value.get() if shown else (earlier or {}).get(t.table, 0)  # noqa: SLF001 - no public read
+            gauge.set(max(gap, before))
