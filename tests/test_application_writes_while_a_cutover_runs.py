@@ -205,3 +205,36 @@ async def test_a_transaction_whose_snapshot_is_older_than_the_cutover_is_refused
         assert typeof(db, "SELECT id, item FROM orders ORDER BY id") == [(1, "a"), (2, "b")]
         assert await pg_rows(pg_dsn, "SELECT id, item FROM app.orders ORDER BY id") == [(1, "a"), (2, "b")]
         assert d.stop() == 0
+
+
+async def test_a_guard_left_on_a_busy_table_passes_every_write_once_the_cutover_is_over(pg_dsn):
+    """A guard trigger a busy table kept after its cutover's record closed passes every
+    write, a REPEATABLE READ transaction's whose snapshot is older than the guard too: its
+    function no longer tells the snapshot's age once the guard is being dropped (it
+    refused such a snapshot only while the cutover could run)."""
+    from syncd.postgres import cutover_guard
+
+    bk, key = "guard_bk", 7
+    admin = await asyncpg.connect(pg_dsn)
+    stale = await asyncpg.connect(pg_dsn)
+    busy = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(f"CREATE SCHEMA {bk}; CREATE TABLE {bk}.switches (source text, kind text, state text); "
+                            "CREATE SCHEMA app; CREATE TABLE app.orders (id int)")
+        tx = stale.transaction(isolation="repeatable_read")
+        await tx.start()
+        await stale.fetchval("SELECT count(*) FROM app.orders")  # the snapshot is taken here
+        async with admin.transaction():
+            await admin.execute(f"INSERT INTO {bk}.switches VALUES ('app', 'cutover', 'started')")
+            await cutover_guard.guard(admin, bk, "app", key, "app", ["orders"], "syncd cutover in progress")
+        await admin.execute(f"UPDATE {bk}.switches SET state = 'done'")  # the cutover's last transaction
+        held = busy.transaction()
+        await held.start()
+        await busy.execute("LOCK app.orders IN ROW EXCLUSIVE MODE")  # a writer keeps the table busy
+        assert await cutover_guard.unguard(admin, bk, key, "app") == 1  # its trigger is left for later
+        await held.rollback()
+        assert await stale.execute("INSERT INTO app.orders VALUES (1)") == "INSERT 0 1"
+        await tx.commit()
+    finally:
+        for c in (stale, busy, admin):
+            await c.close()

@@ -73,7 +73,13 @@ async def guarded_tables(conn: asyncpg.Connection, bk: str, key: int, schema: st
 async def unguard(conn: asyncpg.Connection, bk: str, key: int, schema: str) -> int:
     """Once the cutover's record is closed (the guard passes every write then): drop its
     triggers (capture.drop_in_tries). Not on a connection inside a transaction. Returns
-    how many are left."""
+    how many are left. Its function first passes every write, whatever the writer's
+    snapshot (CREATE OR REPLACE takes no table lock): a trigger left on a busy table would
+    otherwise refuse a REPEATABLE READ transaction older than the guard for as long as it
+    stays, and every write after the database is restored into a cluster whose
+    transaction ids start lower than the one the function names."""
+    await conn.execute(f"CREATE OR REPLACE FUNCTION {function_name(bk, key)}() RETURNS trigger LANGUAGE plpgsql "
+                       "AS $$BEGIN RETURN NULL; END$$")
     left = await drop_in_tries(conn, schema, await guarded_tables(conn, bk, key, schema), GUARD_TRIGGER)
     if not left:
         await conn.execute(f"DROP FUNCTION IF EXISTS {function_name(bk, key)}()")
