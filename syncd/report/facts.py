@@ -751,11 +751,14 @@ def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.dat
         # known from below only, by when the table was held (or its row saved since).
         name, since = min(held_since.items(), key=lambda kv: kv[1])
         seconds = (now - since).total_seconds()
-        if facts.lag_from is not None:
-            seconds = max(seconds, (now - facts.lag_from).total_seconds())
-        return Lag(seconds, f"computed: at least the age of held table \"{name}\"'s oldest queued change, "
-                   f"queued since {since.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC or earlier "
-                   f"({pending} change(s) pending; {silent})", pending)
+        held_age = (f"the age of held table \"{name}\"'s oldest queued change (at least: queued since "
+                    f"{since.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC or earlier)")
+        if facts.lag_from is not None and (now - facts.lag_from).total_seconds() > seconds:
+            # The other tables' changes are bounded from above only: the larger figure is said as such.
+            return Lag((now - facts.lag_from).total_seconds(),
+                       f"computed: the larger of {held_age} and the time since Postgres last held every other "
+                       f"captured change (at most that) ({pending} change(s) pending; {silent})", pending)
+        return Lag(seconds, f"computed: at least {held_age} ({pending} change(s) pending; {silent})", pending)
     if facts.lag_from is None:
         return Lag(None, f"unknown: {pending} change(s) pending and the source is not registered", pending)
     # The oldest pending change was committed after the checkpoint last covered the whole

@@ -373,7 +373,8 @@ class TableWriter:
                                  + list(t.deletes), self.index)
         # A key gone in one spelling and present in another that is the same value to
         # SQLite (numeric 7 deleted, 7.0 inserted) is one row: upserted, never deleted.
-        present = {_tokens_pg(self.kshapes, tuple(r[i] for i in self.spec.key_indexes)) for r in t.rows}
+        present = {_tokens_pg(self.kshapes, tuple(r[i] for i in self.spec.key_indexes)) for r in t.rows} \
+            if t.deletes else set()
         for key in t.deletes:
             tok = _tokens_pg(self.kshapes, key)
             found = existing.get(tok) if tok not in present else None

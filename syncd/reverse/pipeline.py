@@ -400,6 +400,7 @@ class ReversePipeline:
             self._enter(FAILING, cancelled, kind="postgres", level="warning")
         elif refused := privilege_refused(exc, self.settings.dsn_for(self.source)):
             self._enter(FAILING, f"{refused}; tried again", kind="postgres", level="error")
+            self.needs_reconcile = True  # a grant changed with the schema is met afresh
         elif is_transient(exc):
             self.pg_ok = False
             self.lag.unreachable = True
