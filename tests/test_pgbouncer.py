@@ -145,4 +145,6 @@ async def test_syncd_streams_through_pgbouncer_in_session_mode_that_refuses_stat
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert await compare_table(str(db), pg_dsn, "app", "items") == []
         assert run_cli(cfg, "verify").returncode == 0
+        # row_security = off refused too: said once, as what a policy could then hide.
+        assert d.log().count("event=row_security_refused") == 1, d.log()[-3000:]
         assert d.stop() == 0

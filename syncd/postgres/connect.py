@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import getpass
+import logging
 import os
 import socket
 from typing import Any
@@ -220,6 +221,22 @@ async def open_raw(dsn: str, **kwargs: Any) -> asyncpg.Connection:
             if refused is None:
                 raise
             del settings[refused]
+            if refused == "row_security" and not _said_row_security:
+                _say_row_security()
+
+
+_said_row_security = False
+
+
+def _say_row_security() -> None:
+    """Once a process: a pooler refused row_security = off, so a row-level security
+    policy applying to syncd's role would hide rows from it without a word."""
+    global _said_row_security
+    _said_row_security = True
+    logging.getLogger("syncd").warning(
+        "the Postgres pooler refused row_security = off: a row-level security policy that applies to syncd's role "
+        "would hide rows from syncd without an error; give the role BYPASSRLS, or keep policies from applying to it "
+        "(docs/operations.md, PgBouncer)", extra={"event": "row_security_refused"})
 
 
 # Startup parameters asked again without where a pooler refuses them (PgBouncer, unless
