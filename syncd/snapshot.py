@@ -67,6 +67,12 @@ class TableLoad:
         # (sqlite/hold.py); None in WAL mode, where a reader holds no writer back.
         self.reads = None if session.journal_mode == "wal" else \
             RowsPerHold(session.settings.stream.snapshot_chunk_rows)
+        # A load walked by a rowid VACUUM may renumber ([sources.keys]) in a transaction per
+        # chunk: a row it passed, deleted and written again under its key, comes back at a new
+        # rowid ahead of it. Rows of keys changed since the load's position (`since`) are
+        # left to the catch-up, which replays every such key with its current row.
+        self.since: int | None = None
+        self.changed_keys: set[tuple] = set()
 
     @property
     def chunk_rows(self) -> int:
@@ -123,6 +129,12 @@ class TableLoad:
             # Asked of the rows read: fewer than `limit` when their bytes cut the chunk short.
             unchanged = bool(rows) and (self.plain or
                                         not reader.snapshot_chunk_needs_conversion(conn, self.t.spec, after, len(rows)))
+            if self.since is not None and rows:
+                self.since = reader.changed_keys_since(conn, self.t.tid, len(self.t.spec.key), self.since,
+                                                       self.changed_keys)
+                if self.changed_keys:
+                    idx = self.t.spec.key_indexes
+                    rows = [r for r in rows if tuple((type(r[i]), r[i]) for i in idx) not in self.changed_keys]
         finally:
             if not self.single_txn:
                 conn.execute("COMMIT")
@@ -201,6 +213,8 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
     conn = session.pg
     assert conn is not None
     from_seq = await load.open()
+    if not load.single_txn and reader.snapshot_position_kind(t.spec) == "rowid-unstable":
+        load.since = from_seq
     if load.plain:
         session.debug("loading rows as read: the table is as its audit found it, every value already of its "
                       "column's storage class", table=t.name, event="load_as_read")
@@ -251,7 +265,7 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
     records, pos, misfit = await load.next_chunk(t.row.snapshot_key)
     if misfit is not None:
         raise misfit
-    if not records:
+    if not records and pos == t.row.snapshot_key:
         return await _finish(session, t, load)
     load.read_ahead(pos)
     writer = session.writer(t)
@@ -261,7 +275,8 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
         async with conn.transaction():
             if into is None:
                 quieted = await session.quiet_triggers([t.name])
-            await writer.copy_in(conn, records, into)
+            if records:  # none: every row read was of a key changed since (TableLoad.since)
+                await writer.copy_in(conn, records, into)
             row = changed(t.row, snapshot_key=pos, snapshot_rows=t.row.snapshot_rows + len(records), reason=None)
             await session.save_row(conn, row, applied=into is None)
     except app_triggers.TriggersKept as e:

@@ -603,6 +603,19 @@ def read_chunk_apart(conn: sqlite3.Connection, spec: TableSpec, after: tuple | N
     return bool(rows), pos
 
 
+def changed_keys_since(conn: sqlite3.Connection, tid: int, nkey: int, after_seq: int,
+                       keys: set[tuple]) -> int:
+    """Add to `keys` the exact keys ((storage type, value) per column) of table `tid`'s
+    changelog entries after `after_seq`; returns the newest seq read (`after_seq` if none)."""
+    slots = ", ".join(slot(i) for i in range(nkey))
+    top = after_seq
+    for r in fetchall_text_safe(conn, f"SELECT seq, {slots} FROM main.{CL} WHERE seq > ? AND tid = ?",
+                                (after_seq, tid)):
+        top = max(top, r[0])
+        keys.add(tuple((type(v), v) for v in r[1:]))
+    return top
+
+
 def snapshot_chunk_needs_conversion(conn: sqlite3.Connection, spec: TableSpec, after: tuple | None,
                                     limit: int) -> bool:
     """Whether any value of the chunk read_snapshot_chunk reads (same arguments, same
