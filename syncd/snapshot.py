@@ -31,7 +31,7 @@ from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.connect import describe, is_data_error, is_shape_error
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
-from syncd.sqlite import key_identity, reader
+from syncd.sqlite import introspect, key_identity, reader
 from syncd.sqlite.audit import (audit_position, audit_scan, audit_still_holds, misfits_text, note_audit_passed,
                                 passed_note, unchanged_since)
 from syncd.sqlite.connection import SqliteWorker
@@ -87,6 +87,12 @@ class TableLoad:
 
     async def open(self) -> int:
         """Open the read side; returns the changelog position the read starts at."""
+        mode = await self.session.worker.run(introspect.journal_mode)
+        if mode != self.session.journal_mode:
+            # Switched by the application since syncd last looked (it can only while syncd has
+            # the file closed, idle): a read of the whole table would hold its writers off.
+            self.session.journal_mode = mode
+            self.reads = None if mode == "wal" else RowsPerHold(self.session.settings.stream.snapshot_chunk_rows)
         if self.session.journal_mode == "wal" and \
                 await self.session.worker.run(reader.has_more_rows, self.t.name, self.chunk_rows):
             self.worker = SqliteWorker(self.session.source.path, f"{self.session.name}-snapshot",

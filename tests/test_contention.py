@@ -168,3 +168,52 @@ async def test_verifying_heavy_rows_never_holds_a_rollback_journal_writer_off(tm
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 of 1 table(s) equal" in done.stdout, done.stdout
     assert writer.transactions > 5 and writer.errors == [], (writer.transactions, writer.errors[:5])
+
+
+async def test_a_file_switched_to_a_rollback_journal_while_syncd_had_it_closed_is_loaded_a_chunk_at_a_time(
+        tmp_path, make_config, pg_dsn):
+    """A WAL file's table waits, held by its audit, while syncd gives the idle file's
+    connection back. The application switches the file to a rollback journal meanwhile
+    (it can only then) and fixes the value: the load that follows reads a chunk per
+    transaction, as in any rollback-journal file, not the whole table in one read that
+    holds every writer off until it ends."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, n INTEGER, s TEXT)")
+    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO big VALUES (?, ?, ?)", ((i, i, f"row {i} {'z' * 60}") for i in range(1, 1_200_001)))
+    conn.execute("UPDATE big SET n = 'abc' WHERE id = 7")  # no bigint: the audit holds the table
+    conn.execute("COMMIT")
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db)}],
+                      sections={"stream": {"held_table_retry_seconds": 2}, "sqlite": {"idle_close_seconds": 0.3},
+                                "verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("table=big event=table_held", timeout=120)
+        app = sqlite3.connect(db, isolation_level=None, timeout=0.05)
+        deadline = time.monotonic() + 60
+        while True:  # refused while syncd has the WAL file open
+            try:
+                if app.execute("PRAGMA journal_mode=delete").fetchone()[0] == "delete":
+                    break
+            except sqlite3.OperationalError:
+                pass
+            assert time.monotonic() < deadline, "syncd never gave the idle file's connection back"
+            time.sleep(0.02)
+        app.execute("UPDATE big SET n = 7 WHERE id = 7")
+        app.close()
+        writer = ShortTimeoutWriter(db, timeout=0.5)
+        writer.start()
+        try:
+            d.wait_log("table=big event=snapshot_finished", timeout=180)
+        finally:
+            writer.stop.set()
+            writer.join(30)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=120)
+        assert d.stop() == 0
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert writer.transactions > 5 and writer.errors == [], (writer.transactions, writer.errors[:5])
+    assert await compare_table(str(db), pg_dsn, "app", "big") == []
