@@ -639,7 +639,7 @@ async def _reconcile_table(
     if diff.extra_in_pg:
         try:
             async with conn.transaction():  # a savepoint
-                followed = await _follow_columns(session, spec, pgt)
+                followed = await _follow_columns(session, spec, pgt, _position(row, session.applied_seq))
         except asyncpg.PostgresError as e:
             if is_transient(e) or not diff.key_changed:
                 raise
@@ -721,10 +721,12 @@ def _log_default_notes(session: SourceSession, spec: TableSpec, columns) -> None
                          event="type_from_no_values")
 
 
-async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable) -> bool | None:
+async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable,
+                          since: int | None = None) -> bool | None:
     """Make Postgres follow SQLite's RENAME COLUMN (a column keeps its place; at the end
     of the table, where a rename and a drop followed by an add look alike, the data
-    decides) and DROP COLUMN (the Postgres column is kept aside under a new name, its
+    decides, from rows unchanged since `since`, the position the table's rows in Postgres
+    are at) and DROP COLUMN (the Postgres column is kept aside under a new name, its
     values intact). Returns True, or None when the change cannot be told for sure (the
     table then pauses)."""
     conn = session.pg
@@ -738,7 +740,7 @@ async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTa
     for old, new, must in plan.guesses:
         # Postgres's name for each key column, should the key be among the renamed
         renamed = {**{n: o for o, n in plan.renames}, new: old}
-        if await _looks_renamed(session, spec, old, new, tuple(renamed.get(k, k) for k in spec.key), pg_names):
+        if await _looks_renamed(session, spec, old, new, tuple(renamed.get(k, k) for k in spec.key), pg_names, since):
             plan.renames.append((old, new))
         elif must:
             return None  # mid-table it can only be a rename, yet the data says otherwise
@@ -847,11 +849,13 @@ def _same(pgtype: PgType, ours, theirs) -> bool:
 
 
 async def _looks_renamed(session: SourceSession, spec: TableSpec, old: str, new: str, pg_key: tuple[str, ...],
-                         pg_names: set[str]) -> bool:
+                         pg_names: set[str], since: int | None = None) -> bool:
     """At the end of a table a rename and a drop followed by an add look alike; the data
     tells them apart: after a rename, SQLite's `new` holds what Postgres's `old` holds
-    for the same keys (bar the few rows changed since). An empty table has nothing to lose."""
-    share = await _evidence(session, spec, [(old, new)], pg_key, pg_names)
+    for the same keys (bar the rows changed since `since`, which Postgres has yet to
+    see: a table held or catching up is behind the stream). An empty table has nothing
+    to lose."""
+    share = await _evidence(session, spec, [(old, new)], pg_key, pg_names, since)
     if share is None:
         return True
     if share[0] is None:  # no value in the rows sampled: renamed, unless SQLite's column holds none anywhere
