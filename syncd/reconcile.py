@@ -770,7 +770,8 @@ EVIDENCE_ROWS = 200
 async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[str, str]],
                     pg_key: tuple[str, ...], pg_names: set[str], since: int | None = None) -> list[float | None] | None:
     """For each (Postgres column, SQLite column) pair, the share of up to EVIDENCE_ROWS
-    rows (sampled across the table, rows changed since Postgres last saw them left out)
+    rows (sampled across the table, rows changed since Postgres last saw them left out;
+    where those leave too few, the first rows by key that were not changed)
     where the two hold the same value, counting only rows where either holds one (a
     mostly-NULL column dropped and added again agrees on its NULLs and says nothing by
     them): None for a pair no such row tells; None for all when there is no evidence
@@ -796,32 +797,56 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
         # 1.5 x EVIDENCE_ROWS of them, spread over the whole table.
         pg_rows = await conn.fetch(f"SELECT {keys}, {wanted} FROM {table} TABLESAMPLE BERNOULLI ($1) "
                                    f"LIMIT {2 * EVIDENCE_ROWS}", min(100.0, 150.0 * EVIDENCE_ROWS / estimate))
-    if len(pg_rows) < EVIDENCE_ROWS // 4:
-        pg_rows = await conn.fetch(f"SELECT {keys}, {wanted} FROM {table} ORDER BY {keys} LIMIT {EVIDENCE_ROWS}")
-    if not pg_rows:
-        return None
-    current, _gone = await session.worker.run(collisions.read_current, spec, [tuple(r)[:nkey] for r in pg_rows])
     tid = session.capture.tid_of(spec.name) if session.capture else None
     moving = set() if tid is None else await session.worker.run(reader.changed_keys, tid, nkey,
                                                                    session.applied_seq if since is None else since)
     conv = RowConverter(spec)
     idx = [spec.column_names.index(sq) for _, sq in pairs]
     types = [spec.column(sq).pgtype for _, sq in pairs]
-    mine = {}
-    for row in current:
-        if tuple(row[i] for i in spec.key_indexes) in moving:
-            continue  # changed since Postgres last saw it: no evidence either way
-        try:
-            converted = conv.row(row)
-        except RowMisfit:
-            continue
-        mine[tuple(converted[i] for i in spec.key_indexes)] = [converted[i] for i in idx]
-    seen = [(mine[tuple(r)[:nkey]], tuple(r)[nkey:]) for r in pg_rows if tuple(r)[:nkey] in mine]
+    seen: dict[tuple, tuple] = {}
+
+    async def unchanged(rows) -> None:
+        """Add to `seen` the rows of `rows` not changed since `since`, with SQLite's values."""
+        current, _gone = await session.worker.run(collisions.read_current, spec, [tuple(r)[:nkey] for r in rows])
+        mine = {}
+        for row in current:
+            if tuple(row[i] for i in spec.key_indexes) in moving:
+                continue  # changed since Postgres last saw it: no evidence either way
+            try:
+                converted = conv.row(row)
+            except RowMisfit:
+                continue
+            mine[tuple(converted[i] for i in spec.key_indexes)] = [converted[i] for i in idx]
+        for r in rows:
+            if tuple(r)[:nkey] in mine:
+                seen[tuple(r)[:nkey]] = (mine[tuple(r)[:nkey]], tuple(r)[nkey:])
+
+    if len(pg_rows) >= EVIDENCE_ROWS // 4:
+        await unchanged(pg_rows)
+    if len(seen) < EVIDENCE_ROWS // 4:
+        # The first rows by key, past those changed since (a bulk UPDATE before the
+        # migration, queued behind it): the rows left alone are the ones that tell.
+        after: tuple | None = None
+        scanned = 0
+        while True:
+            if after is None:
+                page = await conn.fetch(f"SELECT {keys}, {wanted} FROM {table} ORDER BY {keys} LIMIT {EVIDENCE_ROWS}")
+            else:
+                marks = ", ".join(f"${i + 1}" for i in range(nkey))
+                page = await conn.fetch(f"SELECT {keys}, {wanted} FROM {table} WHERE ({keys}) > ({marks}) "
+                                        f"ORDER BY {keys} LIMIT {EVIDENCE_ROWS}", *after)
+            await unchanged(page)
+            scanned += len(page)
+            if len(page) < EVIDENCE_ROWS or len(seen) >= EVIDENCE_ROWS or \
+                    scanned >= len(moving) + 2 * EVIDENCE_ROWS:
+                break
+            after = tuple(page[-1])[:nkey]
     if not seen:
         return None
     shares: list[float | None] = []
     for j in range(len(pairs)):
-        told = [(ours[j], theirs[j]) for ours, theirs in seen if ours[j] is not None or theirs[j] is not None]
+        told = [(ours[j], theirs[j]) for ours, theirs in seen.values()
+                if ours[j] is not None or theirs[j] is not None]
         shares.append(sum(1 for a, b in told if _same(types[j], a, b)) / len(told) if told else None)
     return shares
 

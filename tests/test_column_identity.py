@@ -152,3 +152,26 @@ async def test_a_schema_change_elsewhere_in_the_file_reloads_no_table(app_db, ma
 
 async def _state(dsn: str, table: str, state: str) -> bool:
     return (await table_states(dsn, "app")).get(table, ("",))[0] == state
+
+
+async def test_columns_swapped_behind_a_bulk_update_are_reloaded(app_db, make_config, pg_dsn, tmp_path):
+    """The rows changed since Postgres last saw them say nothing about a column's meaning
+    and are left out of the comparison; when a bulk UPDATE queued before the migration
+    covers every row the comparison looked at first, the rows it left alone must still
+    be compared: otherwise they keep the swapped values in Postgres."""
+    make_tables(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "first.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.execute(f"UPDATE swap SET c = 'changed' WHERE id < {N - 100}")  # queued: every row but the last 100
+    conn.executescript(MIGRATIONS["swap"])
+    conn.close()
+    with DaemonProcess(cfg, tmp_path / "second.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    problems = await compare_table(str(app_db), pg_dsn, "app", "swap")
+    assert problems == [], f"{len(problems)} differences, e.g. {problems[:2]}"
+    assert "table=swap event=table_reloading" in log and "no longer hold what Postgres holds" in log
