@@ -5,6 +5,7 @@ Postgres holds that SQLite's unique index forbids (held, named, resumed once fix
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import asyncpg
@@ -197,4 +198,100 @@ async def test_a_table_copied_again_takes_a_nocase_key_postgres_spells_otherwise
         assert typeof(db, "SELECT name, uses FROM tags ORDER BY name COLLATE BINARY") == [("SALES", 5), ("crm", 2)]
         assert await compare_all(str(db), pg_dsn, "app", ["tags"]) == []
         assert (await table_states(pg_dsn, "app"))["tags"] == ("streaming", None)
+        assert d.stop() == 0
+
+
+def make_dated_app(db) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE terms (until DATE PRIMARY KEY, code TEXT UNIQUE, note TEXT);
+        CREATE TABLE rates (sku TEXT, until DATE, code TEXT UNIQUE, rate INTEGER, PRIMARY KEY (sku, until));
+    """)
+    conn.executemany("INSERT INTO terms VALUES (?, ?, ?)",
+                     [("2024-01-01", "a", "old"), ("9999-12-31", "b", "valid until further notice")])
+    conn.executemany("INSERT INTO rates VALUES (?, ?, ?, ?)",
+                     [("x", "2024-01-01", "a", 1), ("x", "9999-12-31", "b", 2)])
+    conn.commit()
+    conn.close()
+
+
+async def _swap_codes(pg_dsn, infinity_too: bool = False) -> None:
+    """A unique value moving between rows across transactions, taken one change per batch:
+    the way back meets the row standing in its way and looks its key (9999-12-31) up in
+    Postgres. `infinity_too`: Postgres holds an infinity row of the same key beside it."""
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        for table, last, open_ended in (
+                ("terms", "until = '9999-12-31'", "('infinity', 'c', 'open-ended')"),
+                ("rates", "sku = 'x' AND until = '9999-12-31'", "('x', 'infinity', 'c', 3)")):
+            first = last.replace("9999-12-31", "2024-01-01")
+            async with pg.transaction():
+                await pg.execute(f"UPDATE app.{table} SET code = 'tmp' WHERE {first}")
+                if infinity_too:  # after the change that meets the 9999-12-31 row
+                    await pg.execute(f"INSERT INTO app.{table} VALUES {open_ended}")
+            await pg.execute(f"UPDATE app.{table} SET code = 'a' WHERE {last}")
+            await pg.execute(f"UPDATE app.{table} SET code = 'b' WHERE {first}")
+    finally:
+        await pg.close()
+
+
+async def test_a_valid_until_9999_12_31_key_looked_up_in_postgres_keeps_its_row(tmp_path, make_config, pg_dsn):
+    """A key 9999-12-31 (a "valid until" day, alone or in a composite key) that the way
+    back looks up in Postgres (the row standing in a unique value's way) is that day,
+    never Postgres's infinity: the row Postgres holds stays in SQLite with its new values."""
+    db = tmp_path / "app.db"
+    make_dated_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"batch_size": 1})  # one change per batch
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await _swap_codes(pg_dsn)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT until, code FROM terms ORDER BY until") == \
+            [("2024-01-01", "b"), ("9999-12-31", "a")]
+        assert typeof(db, "SELECT sku, until, code FROM rates ORDER BY until") == \
+            [("x", "2024-01-01", "b"), ("x", "9999-12-31", "a")]
+        # (compare_all matches keys as stored: a date key is compared by its spelling here)
+        assert await pg_rows(pg_dsn, "SELECT until::text, code FROM app.terms ORDER BY until") == \
+            [("2024-01-01", "b"), ("9999-12-31", "a")]
+        assert await pg_rows(pg_dsn, "SELECT until::text, code FROM app.rates ORDER BY until") == \
+            [("2024-01-01", "b"), ("9999-12-31", "a")]
+        assert (await table_states(pg_dsn, "app")) == {"terms": ("streaming", None), "rates": ("streaming", None)}
+        assert d.stop() == 0
+
+
+async def test_a_9999_12_31_key_beside_an_infinity_row_is_never_deleted(tmp_path, make_config, pg_dsn):
+    """Postgres holds both 9999-12-31 and infinity (which SQLite cannot hold): looking
+    9999-12-31 up finds that day's row, never the infinity one, and the table is held for
+    the infinity alone; SQLite's 9999-12-31 row is never deleted."""
+    db = tmp_path / "app.db"
+    make_dated_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"batch_size": 1})  # one change per batch
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await _swap_codes(pg_dsn, infinity_too=True)
+
+        async def held() -> bool:
+            states = await table_states(pg_dsn, "app")
+            return states["terms"][0] == "held" and states["rates"][0] == "held"
+
+        await eventually(held, 30, "both tables held for their infinity", d)
+        await asyncio.sleep(3)  # a while longer held: nothing deletes the row meanwhile
+        assert ("9999-12-31",) in typeof(db, "SELECT until FROM terms")
+        assert ("x", "9999-12-31") in typeof(db, "SELECT sku, until FROM rates")
+        for table in ("terms", "rates"):
+            assert "infinity" in (await table_states(pg_dsn, "app"))[table][1]
+        # fixed in Postgres: both tables follow it again, every row as Postgres holds it
+        await pg_rows(pg_dsn, "DELETE FROM app.terms WHERE until = 'infinity'")
+        await pg_rows(pg_dsn, "DELETE FROM app.rates WHERE until = 'infinity'")
+        await wait_back(cfg, db, pg_dsn, daemon=d, timeout=60)
+        assert typeof(db, "SELECT until, code FROM terms ORDER BY until") == \
+            [("2024-01-01", "b"), ("9999-12-31", "a")]
+        assert typeof(db, "SELECT sku, until, code FROM rates ORDER BY until") == \
+            [("x", "2024-01-01", "b"), ("x", "9999-12-31", "a")]
+        # (compare_all matches keys as stored: a date key is compared by its spelling here)
+        assert await pg_rows(pg_dsn, "SELECT until::text, code FROM app.terms ORDER BY until") == \
+            [("2024-01-01", "b"), ("9999-12-31", "a")]
+        assert await pg_rows(pg_dsn, "SELECT until::text, code FROM app.rates ORDER BY until") == \
+            [("2024-01-01", "b"), ("9999-12-31", "a")]
         assert d.stop() == 0
