@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -183,22 +184,36 @@ async def test_a_dropped_or_renamed_table_leaves_no_series_behind(tmp_path, pg_d
         assert d.stop() == 0
 
 
-async def test_a_mismatch_found_stays_shown_while_the_table_cannot_be_compared(tmp_path, pg_dsn):
-    """A check that cannot compare a table (held here) knows no better than the last one
-    that did: the rows that differed then are not shown as 0 because the counts agree."""
+MISMATCH = 'syncd_consistency_mismatched_rows{source="app",table="items"}'
+
+
+def checked_every_second(tmp_path, pg_dsn) -> tuple[Path, Path, int]:
+    """A 20-row items file, checked every second without repair: (file, config, metrics port)."""
     db = tmp_path / "app.db"
     create_items(db, rows=20)
     port = free_port()
     cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}],
                        metrics_listen=f"127.0.0.1:{port}",
                        sections={"verify": {"interval_seconds": 1, "repair": False}})
-    mismatch = 'syncd_consistency_mismatched_rows{source="app",table="items"}'
+    return db, cfg, port
+
+
+async def tamper_until_reported(db, pg_dsn, port, d) -> None:
+    """Change row 5 in Postgres behind syncd's back, until a check reports it."""
+    await wait_caught_up(db, pg_dsn, "app", daemon=d)
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute("UPDATE app.items SET v = 'tampered' WHERE id = 5")
+    await conn.close()
+    wait_for(lambda: value(port, MISMATCH) == 1, 30, "the mismatch reported", d)
+
+
+async def test_a_mismatch_found_stays_shown_while_the_table_cannot_be_compared(tmp_path, pg_dsn):
+    """A check that cannot compare a table (held here) knows no better than the last one
+    that did: the rows that differed then are not shown as 0 because the counts agree."""
+    db, cfg, port = checked_every_second(tmp_path, pg_dsn)
+    mismatch = MISMATCH
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        conn = await asyncpg.connect(pg_dsn)
-        await conn.execute("UPDATE app.items SET v = 'tampered' WHERE id = 5")
-        await conn.close()
-        wait_for(lambda: value(port, mismatch) == 1, 30, "the mismatch reported", d)
+        await tamper_until_reported(db, pg_dsn, port, d)
         # The table is held by a value Postgres's integer column refuses; both sides keep
         # 20 rows, so the row counts agree while row 5 still differs.
         lite = sqlite3.connect(db)
@@ -216,19 +231,10 @@ async def test_a_mismatch_found_before_a_restart_stays_shown_while_the_table_can
     """The daemon restarted, and its first check of a table cannot compare it (held): the
     rows the last comparing check found different (kept in syncd.verify_runs) are what
     the gauge shows, not 0 because the row counts agree."""
-    db = tmp_path / "app.db"
-    create_items(db, rows=20)
-    port = free_port()
-    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}],
-                       metrics_listen=f"127.0.0.1:{port}",
-                       sections={"verify": {"interval_seconds": 1, "repair": False}})
-    mismatch = 'syncd_consistency_mismatched_rows{source="app",table="items"}'
+    db, cfg, port = checked_every_second(tmp_path, pg_dsn)
+    mismatch = MISMATCH
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        conn = await asyncpg.connect(pg_dsn)
-        await conn.execute("UPDATE app.items SET v = 'tampered' WHERE id = 5")
-        await conn.close()
-        wait_for(lambda: value(port, mismatch) == 1, 30, "the mismatch reported", d)
+        await tamper_until_reported(db, pg_dsn, port, d)
         assert d.stop() == 0
     # Meanwhile a value Postgres's integer column refuses: the next daemon holds the table.
     lite = sqlite3.connect(db)

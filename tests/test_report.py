@@ -666,16 +666,23 @@ async def test_changes_pending_with_no_daemon_running_are_never_caught_up(ready,
         assert d.stop() == 0
 
 
+async def hold_items(app_db, pg_dsn, d) -> sqlite3.Connection:
+    """Caught up, then `items` held by a value Postgres's real column refuses; returns the
+    application's connection to the file, for what the test writes next."""
+    await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+    conn = sqlite3.connect(app_db)
+    conn.execute("UPDATE items SET r = 'not a number' WHERE id = 1")
+    conn.commit()
+    wait_for(lambda: "table held" in d.log(), 30, "hold", d)
+    return conn
+
+
 async def test_a_held_tables_queued_change_is_pending_in_the_lag_item(ready, app_db, pg_dsn, tmp_path):
     """A held table's changes wait in the changelog behind the checkpoint, which moves on
     with the other tables. The daemon stopped, the report counts them pending (as `syncd
     status` does): not "every captured change is applied" at lag 0."""
     with DaemonProcess(ready, tmp_path / "again.log") as d:
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        conn = sqlite3.connect(app_db)
-        conn.execute("UPDATE items SET r = 'not a number' WHERE id = 1")  # Postgres's real column refuses it
-        conn.commit()
-        wait_for(lambda: "table held" in d.log(), 30, "hold", d)
+        conn = await hold_items(app_db, pg_dsn, d)
         conn.execute("INSERT INTO notes VALUES ('later', 'x')")  # another table moves the checkpoint on
         conn.commit()
         conn.close()
@@ -694,11 +701,7 @@ async def test_a_change_held_for_minutes_is_no_lag_below_30_s(ready, app_db, pg_
     a change queued, while the other tables stream: the checkpoint's own lag is a moment,
     the held change is ten minutes old. The lag item fails, naming the held table."""
     with DaemonProcess(ready, tmp_path / "again.log") as d:
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        conn = sqlite3.connect(app_db)
-        conn.execute("UPDATE items SET r = 'not a number' WHERE id = 1")  # Postgres's real column refuses it
-        conn.commit()
-        wait_for(lambda: "table held" in d.log(), 30, "hold", d)
+        conn = await hold_items(app_db, pg_dsn, d)
         await pg_execute(pg_dsn, "UPDATE syncd.events SET at = at - interval '10 minutes' "
                                  "WHERE kind = 'held' AND table_name = 'items'")
         await pg_execute(pg_dsn, "UPDATE syncd.tables SET updated_at = updated_at - interval '10 minutes' "
