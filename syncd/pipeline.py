@@ -811,15 +811,9 @@ class Pipeline:
             # Nothing read ahead: a batch of the configured size gets Postgres busy soonest;
             # the larger ones follow, each read while the one before it applies.
             got = await s.worker.run(read_and_convert, s.applied_seq, self.settings.stream.batch_size, streaming,
-                                     by_tid, None, s.schema_version, None, s.capture.pruned_seq if s.capture else 0)
+                                     by_tid, None, s.schema_version)
         batch, converted, misfits = got
         if batch.schema_changed:
-            self.needs_reconcile = True
-            return True
-        if batch.pruned_beyond:
-            s.warning(f"the SQLite file's changelog was pruned up to position {batch.pruned_beyond} by another syncd "
-                      f"(this one has applied up to {batch.after_seq}): changes it had not read are gone from the "
-                      "file; one file is one source: re-snapshotting every table", event="pruned_elsewhere")
             self.needs_reconcile = True
             return True
         if batch.empty:
@@ -850,8 +844,7 @@ class Pipeline:
 
     async def _read_ahead(self, after: int, limit: int, streaming: dict, by_tid: dict):
         s = self.session
-        got = await s.worker.run(read_and_convert, after, limit, streaming, by_tid, None, s.schema_version, None,
-                                 s.capture.pruned_seq if s.capture else 0)
+        got = await s.worker.run(read_and_convert, after, limit, streaming, by_tid, None, s.schema_version)
         if not got[0].empty:
             s.debug(f"batch read ahead: changelog entries {after + 1}..{got[0].last_seq}, "
                     f"while the batch up to {after} is applied", event="batch_read_ahead")

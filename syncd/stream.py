@@ -112,11 +112,10 @@ def hold_row(t: TableRuntime, reason: str, from_seq: int | None, resume_to: str)
 
 
 def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming: dict, tables: dict[int, TableRuntime],
-                     only_tid: int | None = None, schema_version: int | None = None, upto: int | None = None,
-                     pruned_note: int | None = None):
+                     only_tid: int | None = None, schema_version: int | None = None, upto: int | None = None):
     """Worker-thread half of a batch: read it and convert every value."""
     batch = reader.read_changes(conn, after, limit, streaming, only_tid=only_tid, upto_seq=upto,
-                                schema_version=schema_version, pruned_note=pruned_note)
+                                schema_version=schema_version)
     converted: dict[int, Converted] = {}
     misfits: dict[int, str] = {}
     for tid, ch in batch.tables.items():

@@ -581,10 +581,7 @@ def record_pruned(conn: sqlite3.Connection, seq: int) -> None:
     to `seq` reached Postgres. The file's lineage is then provable: a copy restored from
     a backup carries an older note, and syncd resumes from the note, never from a
     position only Postgres remembers."""
-    meta = f"main.{quote_ident(META)}"
-    # Never lowered: a note past this prune's is another syncd's (read_changes), which must stay seen.
-    conn.execute(f"INSERT OR REPLACE INTO {meta}(key, value) VALUES ('pruned_seq', CAST(max(?, coalesce("
-                 f"(SELECT CAST(value AS INTEGER) FROM {meta} WHERE key = 'pruned_seq'), 0)) AS TEXT))", (seq,))
+    conn.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES ('pruned_seq', ?)", (str(seq),))
 
 
 def clear_rearmed(conn: sqlite3.Connection, names: list[str], busy_timeout_ms: int) -> None:

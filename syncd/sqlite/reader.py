@@ -56,9 +56,6 @@ class ChangeBatch:
     fingerprint: str = ""  # of every entry in (after_seq, last_seq]: see fingerprint()
     max_seq: int = 0  # the changelog's newest entry when the batch was read: what is still queued
     read_at: float = 0.0  # time.time() just before the read: the changelog held nothing past max_seq then
-    # The file's prune note when it lies past after_seq: entries this stream has not read were
-    # pruned by another syncd following the same file (see read_changes). Nothing is read.
-    pruned_beyond: int = 0
 
     @property
     def empty(self) -> bool:
@@ -327,7 +324,6 @@ def read_changes(
     only_tid: int | None = None,
     upto_seq: int | None = None,
     schema_version: int | None = None,
-    pruned_note: int | None = None,
 ) -> ChangeBatch:
     """Read up to `limit` changelog entries after `after_seq` and the current rows
     they point at, in one read transaction.
@@ -335,9 +331,7 @@ def read_changes(
     Entries of tables not in `streaming` are counted in `skipped` and left queued.
     With `only_tid`, only that table's entries are read (a table catching up alone).
     With `schema_version`, nothing is read if the schema moved since: rows read with
-    a stale column list would lose the new columns' values. With `pruned_note` (the
-    file's prune note when the stream last reconciled), nothing is read if the file's
-    note has moved past both it and `after_seq` (ChangeBatch.pruned_beyond).
+    a stale column list would lose the new columns' values.
     """
     read_at = time.time()
     conn.execute("BEGIN")
@@ -345,15 +339,6 @@ def read_changes(
         if schema_version is not None:
             if conn.execute("PRAGMA main.schema_version").fetchone()[0] != schema_version:
                 return ChangeBatch(after_seq=after_seq, last_seq=after_seq, schema_changed=True, read_at=read_at)
-        if pruned_note is not None:
-            # This stream's own prunes note at most what it has applied; a note past it, and
-            # past the one reconcile accounted for, is another syncd's (a second configuration
-            # streaming the same file), which may have deleted entries this stream has not
-            # read yet: streaming on would skip them.
-            noted = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = 'pruned_seq'").fetchone()
-            if noted is not None and int(noted[0]) > max(after_seq, pruned_note):
-                return ChangeBatch(after_seq=after_seq, last_seq=after_seq, pruned_beyond=int(noted[0]),
-                                   read_at=read_at)
         where = "seq > ?"
         params: list[Any] = [after_seq]
         if upto_seq is not None:
