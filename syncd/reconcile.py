@@ -639,8 +639,7 @@ async def _reconcile_table(
     if diff.extra_in_pg:
         try:
             async with conn.transaction():  # a savepoint
-                followed = await _follow_columns(session, spec, pgt, _position(row, session.applied_seq),
-                                                 reordered=not gap and row.state != bk.PAUSED)
+                followed = await _follow_columns(session, spec, pgt, _position(row, session.applied_seq))
         except asyncpg.PostgresError as e:
             if is_transient(e) or not diff.key_changed:
                 raise
@@ -723,21 +722,18 @@ def _log_default_notes(session: SourceSession, spec: TableSpec, columns) -> None
 
 
 async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable,
-                          since: int | None = None, reordered: bool = False) -> bool | None:
+                          since: int | None = None) -> bool | None:
     """Make Postgres follow SQLite's RENAME COLUMN (a column keeps its place; at the end
     of the table, where a rename and a drop followed by an add look alike, the data
     decides, from rows unchanged since `since`, the position the table's rows in Postgres
     are at) and DROP COLUMN (the Postgres column is kept aside under a new name, its
     values intact). Returns True, or None when the change cannot be told for sure (the
-    table then pauses). `reordered`: the table was not rebuilt (nor paused on a rebuild
-    since), so common columns Postgres lists in another order are where a reload after a
-    swap left them (ddl.plan_columns)."""
+    table then pauses)."""
     conn = session.pg
     assert conn is not None
     plan = ddl.plan_columns([(c.name, c.pgtype) for c in spec.stored_columns],
                             [(c.name, c.pgtype) for c in pgt.columns
-                             if not ddl.is_aside(c.name) and not _synthetic(spec, c.name)],
-                            reordered)
+                             if not ddl.is_aside(c.name) and not _synthetic(spec, c.name)])
     if plan is None:
         return None
     pg_names = {c.name for c in pgt.columns}

@@ -332,19 +332,10 @@ class ColumnPlan:
     drops: list[str]  # Postgres columns SQLite no longer has: kept aside
 
 
-def plan_columns(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[str, PgType | None]],
-                 reordered: bool = False) -> ColumnPlan | None:
+def plan_columns(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[str, PgType | None]]) -> ColumnPlan | None:
     """Match SQLite's columns to Postgres's (aside columns excluded), or None when the
     change cannot be told (common columns out of order, a column appearing mid-table
     with no same-typed column gone from its place).
-
-    With `reordered`, SQLite's table was not rebuilt, so its columns kept their order,
-    and Postgres's may be the one a reload left after two names were swapped (the rows
-    move into the live table, which keeps its columns where they were): common columns
-    out of order are read in SQLite's order, in the places Postgres has them; and where
-    places still cannot tell, as many columns only Postgres has as only SQLite has, of
-    the same types in the same order, are guesses that must be renames (the caller
-    checks each against the data, and pauses the table if one is not).
 
     Between two columns both sides share, a column only SQLite has cannot have been
     added (ADD COLUMN appends): it is a rename of a column only Postgres has there, of
@@ -353,27 +344,8 @@ def plan_columns(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[str,
     followed by an add look alike: guesses again, and what is not renamed is added."""
     s_types, p_types = dict(sqlite_cols), dict(pg_cols)
     common = [n for n, _ in pg_cols if n in s_types]
-    in_sqlite_order = [n for n, _ in sqlite_cols if n in p_types]
-    if common != in_sqlite_order:
-        if not reordered:
-            return None
-        slots = iter(in_sqlite_order)
-        pg_cols = [(n, t) if n not in s_types else (m := next(slots), p_types[m]) for n, t in pg_cols]
-    plan = _plan_by_place(sqlite_cols, pg_cols, s_types, p_types)
-    if plan is None and reordered:
-        pg_only = [(n, t) for n, t in pg_cols if n not in s_types]
-        s_only = [(n, t) for n, t in sqlite_cols if n not in p_types]
-        if len(pg_only) == len(s_only) and all(_fits(pt, st) for (_, pt), (_, st) in zip(pg_only, s_only)):
-            return ColumnPlan([], [(pn, sn, True) for (pn, _), (sn, _) in zip(pg_only, s_only)], [])
-    return plan
-
-
-def _fits(pt: PgType | None, st: PgType) -> bool:
-    return pt is None or pt is st
-
-
-def _plan_by_place(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[str, PgType | None]],
-                   s_types: dict, p_types: dict) -> ColumnPlan | None:
+    if common != [n for n, _ in sqlite_cols if n in p_types]:
+        return None
 
     def gaps(cols: list[tuple[str, PgType | None]], other: dict) -> list[list[tuple[str, PgType | None]]]:
         out: list[list] = [[]]
@@ -384,16 +356,19 @@ def _plan_by_place(sqlite_cols: list[tuple[str, PgType]], pg_cols: list[tuple[st
                 out[-1].append((name, t))
         return out
 
+    def fits(pt: PgType | None, st: PgType) -> bool:
+        return pt is None or pt is st
+
     p_gaps, s_gaps = gaps(pg_cols, s_types), gaps(sqlite_cols, p_types)
     plan = ColumnPlan([], [], [])
     for k, (pg_gap, s_gap) in enumerate(zip(p_gaps, s_gaps)):
         inner = k < len(p_gaps) - 1
-        if inner and len(s_gap) == len(pg_gap) and all(_fits(pt, st) for (_, pt), (_, st) in zip(pg_gap, s_gap)):
+        if inner and len(s_gap) == len(pg_gap) and all(fits(pt, st) for (_, pt), (_, st) in zip(pg_gap, s_gap)):
             plan.renames += [(pn, sn) for (pn, _), (sn, _) in zip(pg_gap, s_gap)]
             continue
         rest = list(pg_gap)
         for sn, st in s_gap:
-            match = next((i for i, (_, pt) in enumerate(rest) if _fits(pt, st)), None)
+            match = next((i for i, (_, pt) in enumerate(rest) if fits(pt, st)), None)
             if match is None:
                 if inner:
                     return None  # mid-table, yet no column it could have been renamed from
