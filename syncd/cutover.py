@@ -777,7 +777,7 @@ async def _unguard(pg: asyncpg.Connection | None, b: Bookkeeping, source: Source
     if pg is None or b.key is None:
         return
     try:
-        left = await cutover_guard.unguard(pg, b.schema, b.key, source.schema)
+        left = await cutover_guard.unguard(pg, b.schema, source.name, b.key, source.schema)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError, TimeoutError) as e:
         log.info(f"the cutover's guard triggers are left for later (they pass every write now): {describe(e)}",
                  extra={"source": source.name, "event": "cutover_guard_left"})

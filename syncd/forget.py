@@ -49,7 +49,7 @@ async def forget(settings: Settings, source: SourceSettings) -> str:
             # A cutover that stopped before finishing: its record is closed and its guard,
             # which would refuse the application's writes in Postgres, goes.
             await cutover.close_abandoned(pg, b, "the source's file is gone")
-            if await cutover_guard.unguard(pg, bk_schema, key, source.schema):
+            if await cutover_guard.unguard(pg, bk_schema, source.name, key, source.schema):
                 notes.append("the cutover's guard trigger is left on a busy table (it passes every write now)")
         else:
             undone = await rollback.undo_abandoned(settings, source, pg)

@@ -231,10 +231,14 @@ async def test_a_guard_left_on_a_busy_table_passes_every_write_once_the_cutover_
         held = busy.transaction()
         await held.start()
         await busy.execute("LOCK app.orders IN ROW EXCLUSIVE MODE")  # a writer keeps the table busy
-        assert await cutover_guard.unguard(admin, bk, key, "app") == 1  # its trigger is left for later
+        assert await cutover_guard.unguard(admin, bk, "app", key, "app") == 1  # its trigger is left for later
         await held.rollback()
         assert await stale.execute("INSERT INTO app.orders VALUES (1)") == "INSERT 0 1"
         await tx.commit()
+        # A cutover of the source begun since is still guarded by the trigger left.
+        await admin.execute(f"INSERT INTO {bk}.switches VALUES ('app', 'cutover', 'started')")
+        refused = await postgres(pg_dsn, "INSERT INTO app.orders VALUES (2)")
+        assert refused[1] is not None and "syncd cutover in progress" in refused[1], refused
     finally:
         for c in (stale, busy, admin):
             await c.close()

@@ -33,14 +33,21 @@ def function_name(bk: str, key: int) -> str:
     return qualified(bk, f"cguard_{key:08x}")
 
 
-def guard_function_sql(bk: str, source: str, key: int, message: str, since: int) -> str:
+def guard_function_sql(bk: str, source: str, key: int, message: str, since: int | None) -> str:
     """`since`: the txid of the guard's transaction. The record is read in the writer's
     snapshot: a REPEATABLE READ transaction whose snapshot was taken before the guard
-    committed sees no cutover open, so it is refused for its snapshot alone."""
+    committed sees no cutover open, so it is refused for its snapshot alone. None: the
+    record alone decides (a guard being dropped, its cutover over)."""
     open_cutover = (f"EXISTS (SELECT 1 FROM {qualified(bk, 'switches')} WHERE source = {quote_literal(source)} "
                     "AND kind = 'cutover' AND state IN ('started', 'frozen'))")
+    if since is None:
+        return refusing_function_sql(function_name(bk, key), message, open_cutover, definer=True)
     stale = f"NOT txid_visible_in_snapshot({int(since)}, txid_current_snapshot())"
     return refusing_function_sql(function_name(bk, key), message, f"({stale} OR {open_cutover})", definer=True)
+
+
+# What a guard being dropped says, should a cutover of its source open meanwhile.
+DROPPED_GUARD_MESSAGE = "syncd cutover in progress: the application writes here once it has finished"
 
 
 async def guard(conn: asyncpg.Connection, bk: str, source: str, key: int, schema: str, tables: list[str],
@@ -70,16 +77,16 @@ async def guarded_tables(conn: asyncpg.Connection, bk: str, key: int, schema: st
     return [r[0] for r in rows]
 
 
-async def unguard(conn: asyncpg.Connection, bk: str, key: int, schema: str) -> int:
+async def unguard(conn: asyncpg.Connection, bk: str, source: str, key: int, schema: str) -> int:
     """Once the cutover's record is closed (the guard passes every write then): drop its
     triggers (capture.drop_in_tries). Not on a connection inside a transaction. Returns
-    how many are left. Its function first passes every write, whatever the writer's
-    snapshot (CREATE OR REPLACE takes no table lock): a trigger left on a busy table would
+    how many are left. Its function first stops telling the writer's snapshot's age
+    (CREATE OR REPLACE takes no table lock): a trigger left on a busy table would
     otherwise refuse a REPEATABLE READ transaction older than the guard for as long as it
     stays, and every write after the database is restored into a cluster whose
-    transaction ids start lower than the one the function names."""
-    await conn.execute(f"CREATE OR REPLACE FUNCTION {function_name(bk, key)}() RETURNS trigger LANGUAGE plpgsql "
-                       "AS $$BEGIN RETURN NULL; END$$")
+    transaction ids start lower than the one the function names. It still refuses while
+    a cutover of the source is open (one begun since, should this run beside it)."""
+    await conn.execute(guard_function_sql(bk, source, key, DROPPED_GUARD_MESSAGE, None))
     left = await drop_in_tries(conn, schema, await guarded_tables(conn, bk, key, schema), GUARD_TRIGGER)
     if not left:
         await conn.execute(f"DROP FUNCTION IF EXISTS {function_name(bk, key)}()")

@@ -564,7 +564,7 @@ class ReversePipeline:
         key = self.names.key
         if not guarded:
             return
-        left = await cutover_guard.unguard(pg, self.names.bk, key, self.source.schema)
+        left = await cutover_guard.unguard(pg, self.names.bk, self.source.name, key, self.source.schema)
         later = f" ({left} left for later: table busy)" if left else ""
         self.session.info(f"dropped the cutover's guard triggers{later}", event="cutover_guard_dropped")
 
