@@ -335,6 +335,16 @@ class Daemon:
             log.error(f"reload failed, keeping the running configuration: {e}", extra={"event": "reload_failed"})
             self.notifier.ready(self._summary())
             return
+        if new.patterns and new is not self.settings:
+            # The globs expanded again as the running daemon's discovery does: a file it
+            # carries keeps the name it runs under (one of its hard links sorting first
+            # would otherwise take it over, stopping the source that follows it).
+            from syncd import discovery
+
+            configured = {s.name for s in self.settings.configured}
+            carried = [s for s in self.settings.sources if s.name not in configured
+                       and any(fnmatch.fnmatch(str(s.path), str(g.path)) for g in new.patterns)]
+            new = discovery.expand(new.model_copy(update={"sources": [*new.configured, *carried]}))
         old_by_name = {s.name: s for s in self.settings.sources}
         # A glob's source whose file is gone is no file the globs match now: kept, shown
         # as missing, as at start-up (until `syncd uninstall --forget` forgets it).

@@ -212,3 +212,37 @@ async def test_a_fleet_can_keep_only_per_source_series(tmp_path, pg_dsn):
         wait_for(lambda: scrape(port).get('syncd_source_tables_halted{source="t_acme"}') == 1, 30,
                  "the held table counted", d)
         assert d.stop() == 0
+
+
+async def test_a_sighup_keeps_the_name_a_running_source_has_for_its_file(tmp_path, make_config, pg_dsn):
+    """A hard link to a file the daemon streams, appearing in the glob under a name that
+    sorts first, stays "not picked up" through a SIGHUP: the reload keeps the source
+    on the name it runs under. Taken up under the new name, the source would be stopped
+    as removed from the configuration, its replica left behind unfollowed, and the file
+    read through a name the application does not write by (its -wal beside the other)."""
+    import os
+    import signal
+
+    d = tmp_path / "tenants"
+    d.mkdir()
+    tenant(d / "initech.db")
+    conn = sqlite3.connect(d / "initech.db")
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.close()
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*.db")}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(d / "initech.db", pg_dsn, "t_initech", daemon=dp)
+        os.link(d / "initech.db", d / "aaa.db")
+        dp.wait_log(f"{d / 'aaa.db'} (from")
+        dp.proc.send_signal(signal.SIGHUP)
+        dp.wait_log("configuration reloaded")
+        conn = sqlite3.connect(d / "initech.db")
+        conn.executemany("INSERT INTO notes VALUES (?, 'written after the reload')", [(i,) for i in range(2, 52)])
+        conn.commit()
+        conn.close()
+        await wait_caught_up(d / "initech.db", pg_dsn, "t_initech", daemon=dp)
+        assert "source removed from the configuration" not in dp.log()
+        assert "t_aaa" not in dp.log()
+        assert await compare_table(str(d / "initech.db"), pg_dsn, "t_initech", "notes") == []
+        assert dp.stop() == 0
