@@ -189,3 +189,42 @@ async def gone_sources(settings: Settings, selected: str | list[str] | None = No
         names = [selected] if isinstance(selected, str) else list(selected)
         out = [s for s in out if any(fnmatch.fnmatchcase(s.name, n) for n in names)]
     return out
+
+
+async def as_registered(settings: Settings) -> Settings:
+    """`settings` expanded again where one file has several names the globs match (hard
+    links): the name syncd registered it under keeps it, as in the daemon that ran it,
+    not whichever name sorts first (which would start a second source on the file by a
+    name the application may not write by, and leave the registered one out). Postgres
+    away: `settings` as they are."""
+    import fnmatch
+
+    from syncd.identifiers import quote_pg_ident
+    from syncd.postgres.connect import close_quietly, connect
+
+    if not settings.patterns or not settings.discovery_problems:
+        return settings
+    carried = []
+    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
+        try:
+            conn = await connect(dsn, settings.password(), settings.postgres)
+        except Exception:  # noqa: BLE001 - Postgres away: the globs' own order
+            continue
+        try:
+            rows = await conn.fetch(f"SELECT source, sqlite_path FROM "
+                                    f"{quote_pg_ident(settings.postgres.bookkeeping_schema)}.sources")
+        except Exception:  # noqa: BLE001 - no bookkeeping yet: nothing registered
+            rows = []
+        finally:
+            await close_quietly(conn)
+        for name, path in rows:
+            if not path or not Path(path).is_file():
+                continue
+            for pattern in settings.patterns:
+                if fnmatch.fnmatch(path, str(pattern.path)) and settings.dsn_for(pattern) == dsn \
+                        and _fill(pattern.name, Path(path)) == name:
+                    carried.append(pattern.model_copy(update={"name": name, "path": Path(path)}))
+                    break
+    if not carried:
+        return settings
+    return expand(settings.model_copy(update={"sources": [*settings.configured, *carried]}))

@@ -246,3 +246,34 @@ async def test_a_sighup_keeps_the_name_a_running_source_has_for_its_file(tmp_pat
         assert "t_aaa" not in dp.log()
         assert await compare_table(str(d / "initech.db"), pg_dsn, "t_initech", "notes") == []
         assert dp.stop() == 0
+
+
+async def test_a_restart_keeps_the_name_a_source_was_registered_under(tmp_path, make_config, pg_dsn):
+    """A hard link to a streamed file, under a name that sorts first, made while the
+    daemon was stopped: the restarted daemon and `syncd status` keep the source on the
+    name it was registered under, and say the link is not picked up. Taken by sort
+    order, the registered source was left out of both (its file exists, so it was not
+    even shown as missing) and its replica was no longer followed."""
+    import os
+
+    d = tmp_path / "tenants"
+    d.mkdir()
+    tenant(d / "initech.db")
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*.db")}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(d / "initech.db", pg_dsn, "t_initech", daemon=dp)
+        assert dp.stop() == 0
+    os.link(d / "initech.db", d / "aaa.db")
+    conn = sqlite3.connect(d / "initech.db")
+    conn.executemany("INSERT INTO notes VALUES (?, 'written while syncd was stopped')", [(i,) for i in range(2, 52)])
+    conn.commit()
+    conn.close()
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as dp:
+        await wait_caught_up(d / "initech.db", pg_dsn, "t_initech", daemon=dp)
+        doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+        assert [s["name"] for s in doc["sources"]] == ["t_initech"], doc["sources"]
+        assert any(f"{d / 'aaa.db'} (from" in p and "hard links" in p for p in doc["not_picked_up"])
+        assert "t_aaa" not in dp.log()
+        assert await compare_table(str(d / "initech.db"), pg_dsn, "t_initech", "notes") == []
+        assert dp.stop() == 0

@@ -15,8 +15,16 @@ from syncd.redact import scrub, scrub_obj
 
 
 def load(args: argparse.Namespace) -> Settings:
-    """Load the configuration named on the command line; raises ConfigError."""
-    return load_settings(resolve_config_path(getattr(args, "config", None)))
+    """Load the configuration named on the command line; raises ConfigError. A file the
+    globs match by several names keeps the one syncd registered it under."""
+    import asyncio
+
+    from syncd.discovery import as_registered
+
+    settings = load_settings(resolve_config_path(getattr(args, "config", None)))
+    if settings.patterns and settings.discovery_problems:
+        settings = asyncio.run(as_registered(settings))
+    return settings
 
 
 def setup_logging(args: argparse.Namespace, settings: Settings | None) -> None:
