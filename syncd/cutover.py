@@ -391,11 +391,30 @@ async def filled_only_in_sqlite(conn: asyncpg.Connection, schema: str, specs: di
             continue
         then = ("fails there (the column is NOT NULL in Postgres)" if notnull
                 else "stores NULL there, where SQLite stores the default")
+        if _insert_time_call(col):
+            then += (" unless the cutover types the column from its values in the spelling of this DEFAULT "
+                     "(then it sets the same time of the insert as the column's DEFAULT)")
         out.append(f'warning: SQLite fills "{table}"."{column}" in a row that leaves it out '
                    f"(DEFAULT {shorten(col.default_sql or '', 80)}) and Postgres does not (not carried: {why}): "
                    f"after the cutover such an INSERT {then}; set the column's DEFAULT in Postgres, or have "
                    "the application always write the column")
     return out
+
+
+def _insert_time_call(col) -> bool:
+    """Whether a date column's SQLite DEFAULT is a call of SQLite's date functions on
+    'now', which the cutover carries where it types the column in that spelling
+    (parity.dates.now_default)."""
+    from syncd import sqlite_sql
+    from syncd.parity import dates
+
+    if not dates.is_candidate(col.declared or "") or col.default_sql is None:
+        return False
+    try:
+        call = sqlite_sql.date_call(col.default_sql)
+    except sqlite_sql.SqlSyntaxError:
+        return False
+    return call is not None and ("now" in call[1] or call == ("unixepoch", ()))
 
 
 async def trial_inserts(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec],

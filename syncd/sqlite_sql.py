@@ -266,6 +266,14 @@ _NOW_CALLS = {
 
 def _now_call(sql: str) -> ConstKind | None:
     """The kind of a call in _NOW_CALLS `sql` consists of (in any parentheses), or None."""
+    call = date_call(sql)
+    return None if call is None else _NOW_CALLS.get(call)
+
+
+def date_call(sql: str) -> tuple[str, tuple[str, ...]] | None:
+    """(function name in lower case, its string arguments, 'now' in lower case) of the one
+    call `sql` consists of (in any parentheses) whose arguments are all string literals,
+    or None: strftime('%Y-%m-%dT%H:%M:%SZ', 'now') -> ('strftime', ('%Y-%m-%dT%H:%M:%SZ', 'now'))."""
     tokens = _unwrapped(sql)  # a call starts with its name: its own parentheses stay
     if len(tokens) < 3 or tokens[0].kind is not Kind.WORD or tokens[1].text != "(" or tokens[-1].text != ")":
         return None
@@ -281,7 +289,7 @@ def _now_call(sql: str) -> ConstKind | None:
     if args and expect_arg:
         return None  # a trailing comma
     args = [a.lower() if a.lower() == "now" else a for a in args]
-    return _NOW_CALLS.get((tokens[0].text.lower(), tuple(args)))
+    return tokens[0].text.lower(), tuple(args)
 
 
 def _constant(sign: int, tok: Token) -> Constant:

@@ -6,8 +6,11 @@ than lose its default without a word."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import sqlite3
+
+import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import pg_rows, wait_caught_up
@@ -51,3 +54,58 @@ async def test_a_default_the_new_type_cannot_hold_keeps_the_column_text(tmp_path
         for column, default in (("day", "CURRENT_TIMESTAMP"), ("at", "CURRENT_DATE"), ("n", "'none'")):
             assert any(f'column "{column}"' in line and "kept as text" in line and default in line
                        for line in text.splitlines()), (column, text)
+
+
+# The time of the insert in the column's own spelling: the epoch SQLite's strftime('%s')
+# and unixepoch() give, or an ISO 8601 spelling with a T and a Z.
+NOW_TABLE = ("CREATE TABLE stamps (id INTEGER PRIMARY KEY, "
+             "ep DATETIME DEFAULT (strftime('%s', 'now')), "
+             "ep2 DATETIME DEFAULT (unixepoch()), "
+             "iso DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')), "
+             "iso_ms TIMESTAMP DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), "
+             "wall DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%S', 'now')), note TEXT)")
+NOW_COLUMNS = {"ep": "timestamp with time zone", "ep2": "timestamp with time zone",
+               "iso": "timestamp with time zone", "iso_ms": "timestamp with time zone",
+               "wall": "timestamp without time zone"}
+
+
+async def test_a_default_of_the_insert_time_in_the_columns_spelling_is_kept_when_typed(tmp_path, make_config,
+                                                                                        pg_dsn):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute(NOW_TABLE)
+    conn.execute("INSERT INTO stamps (note) VALUES ('a'), ('b')")  # every date column from its default
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    types = dict(await pg_rows(pg_dsn, "SELECT column_name, data_type FROM information_schema.columns "
+                                       "WHERE table_schema = 'app' AND table_name = 'stamps'"))
+    assert {c: types[c] for c in NOW_COLUMNS} == NOW_COLUMNS, out
+    for line in out.splitlines():  # the warning before the freeze says the DEFAULT may be kept
+        if "stores NULL there" in line and any(f'"stamps"."{c}"' in line for c in NOW_COLUMNS):
+            assert "unless the cutover types the column" in line, line
+
+    # What SQLite stores for an INSERT leaving them out, and what Postgres stores now,
+    # read back through the way back's own spelling of each column.
+    (in_sqlite,) = sqlite3.connect(":memory:").execute(NOW_TABLE).execute(
+        "INSERT INTO stamps (note) VALUES ('c') RETURNING ep, ep2, iso, iso_ms, wall").fetchall()
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        row = await pg.fetchrow("INSERT INTO app.stamps (note) VALUES ('c') RETURNING ep, ep2, iso, iso_ms, wall")
+    finally:
+        await pg.close()
+    assert all(v is not None for v in row.values()), (dict(row), out)
+    assert isinstance(in_sqlite[0], int) and isinstance(in_sqlite[1], int)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", in_sqlite[2])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", in_sqlite[3])
+    # Whole seconds where SQLite's spelling has them, milliseconds for %f: the same
+    # instant SQLite would have stored, to its precision, not later than now.
+    utc = dt.timezone.utc
+    assert row["ep"].microsecond == 0 and row["ep2"].microsecond == 0 and row["iso"].microsecond == 0
+    assert row["iso_ms"].microsecond % 1000 == 0 and row["wall"].microsecond == 0 and row["wall"].tzinfo is None
+    sqlite_at = dt.datetime.fromtimestamp(in_sqlite[0], utc)
+    for value in (row["ep"], row["ep2"], row["iso"], row["iso_ms"], row["wall"].replace(tzinfo=utc)):
+        assert sqlite_at <= value <= dt.datetime.now(utc), (value, in_sqlite)

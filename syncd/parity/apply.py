@@ -332,7 +332,10 @@ async def retype(conn: asyncpg.Connection, source: str, bk_schema: str, schema: 
         using = (numbers.pg_using(item.column or "", pgtype) if fmt is None
                  else dates.pg_using(item.column or "", fmt, pgtype))
         parts.append(f"ALTER COLUMN {col} TYPE {pgtype.value} USING {using}")
-        default = translate_default(spec.column(item.column or "").default_sql, pgtype)
+        default_sql = spec.column(item.column or "").default_sql
+        default = translate_default(default_sql, pgtype)
+        if default is None and fmt is not None:
+            default = dates.now_default(default_sql, fmt, pgtype)
         if default is not None:
             parts.append(f"ALTER COLUMN {col} SET DEFAULT {default}")
     done: list[Retyped] = []

@@ -444,6 +444,38 @@ def pg_render(expr: str, fmt: Format, pgtype: PgType) -> str:
     return f"({body})"
 
 
+def now_default(default_sql: str | None, fmt: Format, pgtype: PgType) -> str | None:
+    """The Postgres DEFAULT for a column typed `pgtype` from spelling `fmt` whose SQLite
+    DEFAULT is the time of the insert in that very spelling (strftime('%s', 'now') or
+    unixepoch() in an epoch column, strftime('%Y-%m-%dT%H:%M:%SZ', 'now') in one spelled
+    so): the same instant, to the spelling's precision. None for any other default (the
+    literals and CURRENT_* that types.pg_default carries included)."""
+    from syncd import sqlite_sql
+
+    if default_sql is None or pgtype not in (PgType.TIMESTAMP, PgType.TIMESTAMPTZ):
+        return None
+    try:
+        call = sqlite_sql.date_call(default_sql)
+    except sqlite_sql.SqlSyntaxError:
+        return None
+    if call is None:
+        return None
+    if fmt.kind == "epoch":
+        wanted = {("strftime", ("%s", "now")), ("unixepoch", ()), ("unixepoch", ("now",))}
+        unit = "second"
+    elif fmt.kind == "datetime" and fmt.zone in (None, "Z") and not fmt.optional_frac and fmt.frac in (0, 3):
+        clock = "%H:%M:%f" if fmt.frac == 3 else "%H:%M:%S" if fmt.seconds else "%H:%M"
+        wanted = {("strftime", (f"%Y-%m-%d{fmt.sep}{clock}{fmt.zone or ''}", "now"))}
+        unit = "milliseconds" if fmt.frac == 3 else "second" if fmt.seconds else "minute"
+    else:
+        return None
+    if call not in wanted:
+        return None
+    # SQLite's 'now' is UTC: a naive column holds the UTC wall-clock time, as pg_using reads it.
+    now = "now()" if pgtype is PgType.TIMESTAMPTZ else "(now() AT TIME ZONE 'UTC')"
+    return f"date_trunc('{unit}', {now})"
+
+
 # --- reading the values ------------------------------------------------------------------
 
 
