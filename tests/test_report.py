@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.test_status_page import Page
-from tests.support.sync import wait_caught_up
+from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.verifying import pg_execute, sync_and_stop, verify, verify_section
 
 ITEMS = ["migrated", "dual_write", "lag", "halted", "capture", "backup", "performance", "foreign_keys",
@@ -702,6 +702,12 @@ async def test_a_change_held_for_minutes_is_no_lag_below_30_s(ready, app_db, pg_
     the held change is ten minutes old. The lag item fails, naming the held table."""
     with DaemonProcess(ready, tmp_path / "again.log") as d:
         conn = await hold_items(app_db, pg_dsn, d)
+
+        async def hold_recorded() -> bool:  # the daemon records its events after logging them
+            return (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.events WHERE kind = 'held' "
+                                          "AND table_name = 'items'"))[0][0] > 0
+
+        await eventually(hold_recorded, 30, "the hold recorded in syncd.events", d)
         await pg_execute(pg_dsn, "UPDATE syncd.events SET at = at - interval '10 minutes' "
                                  "WHERE kind = 'held' AND table_name = 'items'")
         await pg_execute(pg_dsn, "UPDATE syncd.tables SET updated_at = updated_at - interval '10 minutes' "

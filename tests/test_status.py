@@ -19,7 +19,7 @@ from syncd.status import CRITICAL, OK, UNKNOWN, WARNING, SourceStatus, TableStat
 from tests.conftest import _admin, with_database, write_config
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
-from tests.support.sync import wait_caught_up
+from tests.support.sync import eventually, pg_rows, wait_caught_up
 
 
 def metric(port: int, series: str) -> float | None:
@@ -501,6 +501,11 @@ async def test_a_change_held_for_minutes_is_the_lag_without_the_daemons_figure(t
         conn.execute("INSERT INTO t VALUES (2, 'lots of people')")  # Postgres's integer column refuses it
         conn.commit()
         wait_for(lambda: "table held" in d.log(), 30, "hold", d)
+
+        async def hold_recorded() -> bool:  # the daemon records its events after logging them
+            return (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.events WHERE kind = 'held'"))[0][0] > 0
+
+        await eventually(hold_recorded, 30, "the hold recorded in syncd.events", d)
         pg = await asyncpg.connect(pg_dsn)
         try:
             await pg.execute("UPDATE syncd.events SET at = at - interval '10 minutes' WHERE kind = 'held'")
