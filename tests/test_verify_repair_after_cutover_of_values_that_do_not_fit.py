@@ -6,6 +6,7 @@ row is the truth."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 from tests.support.daemon import DaemonProcess
@@ -13,16 +14,31 @@ from tests.support.verifying import verify
 from tests.support.way_back import backup_and_config, cut_over, orders_app, tamper_sqlite, typeof, wait_back
 
 
-async def test_values_that_do_not_fit_are_written_over_from_postgres(tmp_path, make_config, pg_dsn):
+TAGS = "CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER); INSERT INTO tags VALUES ('a', 1), ('b', 2);"
+
+
+@contextlib.asynccontextmanager
+async def cut_over_with(tmp_path, make_config, pg_dsn, script: str, orders: bool = True):
+    """The orders app (`orders`) and what `script` makes beside it, cut over and followed
+    back by a running daemon: yields (file, config, daemon)."""
     db = tmp_path / "app.db"
-    orders_app(db)
+    if orders:
+        orders_app(db)
     conn = sqlite3.connect(db)
-    conn.executescript("CREATE TABLE stock (id INTEGER PRIMARY KEY, qty INTEGER); INSERT INTO stock VALUES (1, 5), (2, 6);")
+    if not orders:
+        conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript(script)
     conn.close()
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
+        yield db, cfg, d
+
+
+async def test_values_that_do_not_fit_are_written_over_from_postgres(tmp_path, make_config, pg_dsn):
+    async with cut_over_with(tmp_path, make_config, pg_dsn, "CREATE TABLE stock (id INTEGER PRIMARY KEY, qty INTEGER); "
+                             "INSERT INTO stock VALUES (1, 5), (2, 6);") as (db, cfg, d):
         tamper_sqlite(db, "UPDATE orders SET item = x'00ff' WHERE id = 1")
         tamper_sqlite(db, "UPDATE stock SET qty = 'five' WHERE id = 1")
 
@@ -45,15 +61,7 @@ async def test_a_row_under_a_key_postgres_cannot_hold_is_removed_from_sqlite(tmp
     """A row whose key does not fit the key column (a blob in a TEXT key) can be no
     Postgres key, so no replay by key reaches it: `--repair` has the way back copy the
     table again from Postgres, which removes it, as verify says it will."""
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.executescript("CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER); INSERT INTO tags VALUES ('a', 1), ('b', 2);")
-    conn.close()
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
+    async with cut_over_with(tmp_path, make_config, pg_dsn, TAGS, orders=False) as (db, cfg, d):
         tamper_sqlite(db, "INSERT INTO tags VALUES (x'00ff', 3)")
 
         out = verify(cfg, "--wait", "5", "--repair")
@@ -67,15 +75,7 @@ async def test_text_that_is_not_utf8_is_written_over_from_postgres(tmp_path, mak
     """Text that is not UTF-8, as a value and as a key, written to SQLite behind syncd's
     back after the cutover: verify names both rows, and `--repair` writes Postgres's row over
     the one and removes the other (no Postgres key is such text)."""
-    db = tmp_path / "app.db"
-    orders_app(db)
-    conn = sqlite3.connect(db)
-    conn.executescript("CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER); INSERT INTO tags VALUES ('a', 1), ('b', 2);")
-    conn.close()
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
+    async with cut_over_with(tmp_path, make_config, pg_dsn, TAGS) as (db, cfg, d):
         tamper_sqlite(db, "UPDATE orders SET item = CAST(x'61ff' AS TEXT) WHERE id = 1")
         tamper_sqlite(db, "INSERT INTO tags VALUES (CAST(x'74ff' AS TEXT), 3)")
 
