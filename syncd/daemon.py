@@ -432,7 +432,7 @@ class Daemon:
                                              repair=self.settings.verify.repair, in_daemon=True, connection=conn)
                 # A table not compared now keeps what the last comparing check found, across restarts.
                 unseen = [t.table for t in result.tables if not (t.compared and t.error is None)
-                          and (name, t.table) not in metrics.consistency_mismatched_rows._metrics]  # noqa: SLF001
+                          and metrics.shown_value(metrics.consistency_mismatched_rows, name, t.table) is None]
                 earlier = await _last_compared(conn, self.settings.postgres.bookkeeping_schema, name, unseen) \
                     if unseen else {}
         except PostgresUnavailable:

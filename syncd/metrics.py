@@ -164,6 +164,12 @@ def forget_source(source: str) -> None:
                 metric.remove(*labels)
 
 
+def shown_value(gauge: Gauge, *labels: str) -> float | None:
+    """What `gauge` shows for `labels`, or None while it has no such series."""
+    child = gauge._metrics.get(tuple(str(v) for v in labels))  # noqa: SLF001 - no public read of one series
+    return None if child is None else child._value.get()  # noqa: SLF001
+
+
 def table_gauges(source: str, tables: dict[str, str], states: tuple[str, ...], halted: tuple[str, ...]) -> None:
     """Each table's halted flag and state, from {name: state}; the series of a table
     no longer there (dropped, renamed) go, so no alert fires for it for ever."""

@@ -31,7 +31,7 @@ def publish_metrics(result: SourceVerifyResult, earlier: dict[str, int] | None =
             metrics.consistency_last_check_timestamp_seconds.labels(t.source, t.table).set(t.finished_at)
         elif t.rows_sqlite is not None and t.rows_postgres is not None:
             gap = abs(t.rows_sqlite - t.rows_postgres)
-            shown = (t.source, t.table) in metrics.consistency_mismatched_rows._metrics  # noqa: SLF001
-            gauge = metrics.consistency_mismatched_rows.labels(t.source, t.table)
-            before = gauge._value.get() if shown else (earlier or {}).get(t.table, 0)  # noqa: SLF001 - no public read
-            gauge.set(max(gap, before))
+            before = metrics.shown_value(metrics.consistency_mismatched_rows, t.source, t.table)
+            if before is None:
+                before = (earlier or {}).get(t.table, 0)
+            metrics.consistency_mismatched_rows.labels(t.source, t.table).set(max(gap, before))
