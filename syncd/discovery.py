@@ -16,6 +16,7 @@ import glob
 import os
 import re
 import stat
+import time
 from pathlib import Path
 
 from syncd.config import Settings, SourceSettings, _file_id, is_glob
@@ -28,16 +29,29 @@ def _fill(template: str, file: Path) -> str:
     return template.replace("{stem}", file.stem).replace("{name}", file.name).replace("{parent}", file.parent.name)
 
 
+# A directory's modification time moves in ticks, coarse ones on older kernels (a
+# jiffy, up to 10 ms) and on some network filesystems: one this recent may yet be the
+# time of a file created after the look.
+RECENT_NS = 2_000_000_000
+
+
 def signature(settings: Settings) -> tuple:
     """Changes whenever a file is added to or removed from a directory a glob looks in
-    (its modification time moves): the daemon expands the globs again only then."""
-    out = []
+    (its modification time moves): the daemon expands the globs again only then. While a
+    directory's time is within RECENT_NS of now, every signature differs: a file created
+    in the tick of the last look leaves the time as it was, and is found by looking again."""
+    out: list[tuple] = []
+    now = time.time_ns()
     for pattern in settings.patterns:
         for d in sorted({Path(p) for p in glob.glob(str(pattern.path.parent))} or {pattern.path.parent}):
             try:
-                out.append((str(d), d.stat().st_mtime_ns))
+                mtime = d.stat().st_mtime_ns
             except OSError:
                 out.append((str(d), None))
+                continue
+            out.append((str(d), mtime))
+            if mtime > now - RECENT_NS:
+                out.append(("recent", time.monotonic_ns()))
     return tuple(out)
 
 

@@ -4,7 +4,9 @@ per-source commands take globs, and a fleet can drop its per-table metric series
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sqlite3
 import urllib.request
 
@@ -277,3 +279,26 @@ async def test_a_restart_keeps_the_name_a_source_was_registered_under(tmp_path, 
         assert "t_aaa" not in dp.log()
         assert await compare_table(str(d / "initech.db"), pg_dsn, "t_initech", "notes") == []
         assert dp.stop() == 0
+
+
+async def test_a_file_created_in_the_tick_the_daemon_last_looked_in_is_found(tmp_path, make_config, pg_dsn):
+    """A directory's modification time moves in ticks (coarse ones on older kernels and
+    some network filesystems): a file created in the tick the daemon last looked in leaves the time where
+    it was then. While a directory's time is that recent, the daemon looks again, so
+    such a file is found all the same."""
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    tenant(tenants / "acme.db")
+    cfg = make_config([{"name": "t_{stem}", "path": str(tenants / "*.db")}],
+                      sections={"stream": {"discover_interval_seconds": 0.1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(tenants / "acme.db", pg_dsn, "t_acme", daemon=d)
+        tenant(tenants / "globex.db")
+        await wait_caught_up(tenants / "globex.db", pg_dsn, "t_globex", daemon=d)
+        await asyncio.sleep(0.3)  # the daemon looks at the directory (every 0.1 s) as it is now
+        tick = tenants.stat().st_mtime_ns
+        tenant(tenants / "initech.db")
+        os.utime(tenants, ns=(tenants.stat().st_atime_ns, tick))  # a coarse clock: the same tick
+        await wait_caught_up(tenants / "initech.db", pg_dsn, "t_initech", daemon=d, timeout=30)
+        assert await compare_table(str(tenants / "initech.db"), pg_dsn, "t_initech", "notes") == []
+        assert d.stop() == 0
