@@ -65,14 +65,16 @@ class TableLoad:
         self.divisor = 1  # chunks this many times smaller: one ran over the statement timeout
         # Rows per read in rollback-journal mode, where a read holds the writers back
         # (sqlite/hold.py); None in WAL mode, where a reader holds no writer back.
-        self.reads = None if session.journal_mode == "wal" else \
-            RowsPerHold(session.settings.stream.snapshot_chunk_rows)
+        self.reads = self._reads(session.journal_mode)
         # A load walked by a rowid VACUUM may renumber ([sources.keys]) in a transaction per
         # chunk: a row it passed, deleted and written again under its key, comes back at a new
         # rowid ahead of it. Rows of keys changed since the load's position (`since`) are
         # left to the catch-up, which replays every such key with its current row.
         self.since: int | None = None
         self.changed_keys: set[tuple] = set()
+
+    def _reads(self, journal_mode: str) -> RowsPerHold | None:
+        return None if journal_mode == "wal" else RowsPerHold(self.session.settings.stream.snapshot_chunk_rows)
 
     @property
     def chunk_rows(self) -> int:
@@ -92,7 +94,7 @@ class TableLoad:
             # Switched by the application since syncd last looked (it can only while syncd has
             # the file closed, idle): a read of the whole table would hold its writers off.
             self.session.journal_mode = mode
-            self.reads = None if mode == "wal" else RowsPerHold(self.session.settings.stream.snapshot_chunk_rows)
+            self.reads = self._reads(mode)
         if self.session.journal_mode == "wal" and \
                 await self.session.worker.run(reader.has_more_rows, self.t.name, self.chunk_rows):
             self.worker = SqliteWorker(self.session.source.path, f"{self.session.name}-snapshot",
@@ -140,7 +142,7 @@ class TableLoad:
                                                        self.changed_keys)
                 if self.changed_keys:
                     idx = self.t.spec.key_indexes
-                    rows = [r for r in rows if tuple((type(r[i]), r[i]) for i in idx) not in self.changed_keys]
+                    rows = [r for r in rows if reader.exact_key(r[i] for i in idx) not in self.changed_keys]
         finally:
             if not self.single_txn:
                 conn.execute("COMMIT")

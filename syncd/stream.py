@@ -141,9 +141,9 @@ def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming
             # A row another spelling leads to may be one the batch upserts already (1
             # deleted, '1' written): sent twice, Postgres would refuse the batch.
             idx = t.spec.key_indexes
-            have = {tuple((type(r[i]), r[i]) for i in idx) for r in ch.upserts}
+            have = {reader.exact_key(r[i] for i in idx) for r in ch.upserts}
             for row in kept:
-                exact = tuple((type(row[i]), row[i]) for i in idx)
+                exact = reader.exact_key(row[i] for i in idx)
                 if exact not in have:
                     have.add(exact)
                     ch.upserts.append(row)

@@ -603,16 +603,22 @@ def read_chunk_apart(conn: sqlite3.Connection, spec: TableSpec, after: tuple | N
     return bool(rows), pos
 
 
+def exact_key(values) -> tuple:
+    """A key as SQLite tells its values apart: (storage type, value) per column, so that
+    integer 1, text '1' and real 1.0 are three keys, as Python's equality would not have them."""
+    return tuple((type(v), v) for v in values)
+
+
 def changed_keys_since(conn: sqlite3.Connection, tid: int, nkey: int, after_seq: int,
                        keys: set[tuple]) -> int:
-    """Add to `keys` the exact keys ((storage type, value) per column) of table `tid`'s
-    changelog entries after `after_seq`; returns the newest seq read (`after_seq` if none)."""
+    """Add to `keys` the exact keys (exact_key) of table `tid`'s changelog entries after
+    `after_seq`; returns the newest seq read (`after_seq` if none)."""
     slots = ", ".join(slot(i) for i in range(nkey))
     top = after_seq
     for r in fetchall_text_safe(conn, f"SELECT seq, {slots} FROM main.{CL} WHERE seq > ? AND tid = ?",
                                 (after_seq, tid)):
         top = max(top, r[0])
-        keys.add(tuple((type(v), v) for v in r[1:]))
+        keys.add(exact_key(r[1:]))
     return top
 
 
