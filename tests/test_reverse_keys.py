@@ -236,6 +236,19 @@ async def _swap_codes(pg_dsn, infinity_too: bool = False) -> None:
         await pg.close()
 
 
+async def _codes_swapped_on_both_sides(db, pg_dsn) -> None:
+    """SQLite and Postgres both hold the two codes swapped, the 9999-12-31 rows with theirs."""
+    assert typeof(db, "SELECT until, code FROM terms ORDER BY until") == \
+        [("2024-01-01", "b"), ("9999-12-31", "a")]
+    assert typeof(db, "SELECT sku, until, code FROM rates ORDER BY until") == \
+        [("x", "2024-01-01", "b"), ("x", "9999-12-31", "a")]
+    # (compare_all matches keys as stored: a date key is compared by its spelling here)
+    assert await pg_rows(pg_dsn, "SELECT until::text, code FROM app.terms ORDER BY until") == \
+        [("2024-01-01", "b"), ("9999-12-31", "a")]
+    assert await pg_rows(pg_dsn, "SELECT until::text, code FROM app.rates ORDER BY until") == \
+        [("2024-01-01", "b"), ("9999-12-31", "a")]
+
+
 async def test_a_valid_until_9999_12_31_key_looked_up_in_postgres_keeps_its_row(tmp_path, make_config, pg_dsn):
     """A key 9999-12-31 (a "valid until" day, alone or in a composite key) that the way
     back looks up in Postgres (the row standing in a unique value's way) is that day,
@@ -247,15 +260,7 @@ async def test_a_valid_until_9999_12_31_key_looked_up_in_postgres_keeps_its_row(
         await cut_over(cfg, db, pg_dsn, daemon=d)
         await _swap_codes(pg_dsn)
         await wait_back(cfg, db, pg_dsn, daemon=d)
-        assert typeof(db, "SELECT until, code FROM terms ORDER BY until") == \
-            [("2024-01-01", "b"), ("9999-12-31", "a")]
-        assert typeof(db, "SELECT sku, until, code FROM rates ORDER BY until") == \
-            [("x", "2024-01-01", "b"), ("x", "9999-12-31", "a")]
-        # (compare_all matches keys as stored: a date key is compared by its spelling here)
-        assert await pg_rows(pg_dsn, "SELECT until::text, code FROM app.terms ORDER BY until") == \
-            [("2024-01-01", "b"), ("9999-12-31", "a")]
-        assert await pg_rows(pg_dsn, "SELECT until::text, code FROM app.rates ORDER BY until") == \
-            [("2024-01-01", "b"), ("9999-12-31", "a")]
+        await _codes_swapped_on_both_sides(db, pg_dsn)
         assert (await table_states(pg_dsn, "app")) == {"terms": ("streaming", None), "rates": ("streaming", None)}
         assert d.stop() == 0
 
@@ -285,13 +290,5 @@ async def test_a_9999_12_31_key_beside_an_infinity_row_is_never_deleted(tmp_path
         await pg_rows(pg_dsn, "DELETE FROM app.terms WHERE until = 'infinity'")
         await pg_rows(pg_dsn, "DELETE FROM app.rates WHERE until = 'infinity'")
         await wait_back(cfg, db, pg_dsn, daemon=d, timeout=60)
-        assert typeof(db, "SELECT until, code FROM terms ORDER BY until") == \
-            [("2024-01-01", "b"), ("9999-12-31", "a")]
-        assert typeof(db, "SELECT sku, until, code FROM rates ORDER BY until") == \
-            [("x", "2024-01-01", "b"), ("x", "9999-12-31", "a")]
-        # (compare_all matches keys as stored: a date key is compared by its spelling here)
-        assert await pg_rows(pg_dsn, "SELECT until::text, code FROM app.terms ORDER BY until") == \
-            [("2024-01-01", "b"), ("9999-12-31", "a")]
-        assert await pg_rows(pg_dsn, "SELECT until::text, code FROM app.rates ORDER BY until") == \
-            [("2024-01-01", "b"), ("9999-12-31", "a")]
+        await _codes_swapped_on_both_sides(db, pg_dsn)
         assert d.stop() == 0

@@ -28,8 +28,9 @@ async def loaded(dsn) -> int:
         await conn.close()
 
 
-async def test_load_resumed_after_vacuum_of_a_configured_key_table(tmp_path, make_config, pg_dsn):
-    db = tmp_path / "app.db"
+def configured_key_log(db, make_config):
+    """A rollback-journal file whose `log` table has no key or index, keyed by
+    [sources.keys] on `a`, loaded 100 rows a chunk: (the application's connection, config)."""
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=delete")
     conn.execute("CREATE TABLE log (a INTEGER NOT NULL, b TEXT)")  # no key, no index
@@ -38,6 +39,12 @@ async def test_load_resumed_after_vacuum_of_a_configured_key_table(tmp_path, mak
     conn.execute("COMMIT")
     cfg = make_config([{"name": "app", "path": str(db), "keys": {"log": ["a"]}}],
                       sections={"stream": {"snapshot_chunk_rows": 100}, "verify": {"interval_seconds": 0}})
+    return conn, cfg
+
+
+async def test_load_resumed_after_vacuum_of_a_configured_key_table(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn, cfg = configured_key_log(db, make_config)
     with DaemonProcess(cfg, tmp_path / "one.log") as d:
         await eventually(lambda: _past(pg_dsn, 15_000), 120, "the load to pass 15000 rows", d)
         assert d.stop() == 0  # a clean stop mid-load: the table stays loading
@@ -64,14 +71,7 @@ async def test_a_row_written_again_mid_load_of_a_configured_key_table_is_loaded_
     # the load has passed, deleted and written again under the same key, comes back at a
     # new rowid ahead of the load: it must not be copied a second time.
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=delete")
-    conn.execute("CREATE TABLE log (a INTEGER NOT NULL, b TEXT)")  # no key, no index
-    conn.execute("BEGIN")
-    conn.executemany("INSERT INTO log VALUES (?, ?)", ((i, f"row {i}") for i in range(1, ROWS + 1)))
-    conn.execute("COMMIT")
-    cfg = make_config([{"name": "app", "path": str(db), "keys": {"log": ["a"]}}],
-                      sections={"stream": {"snapshot_chunk_rows": 100}, "verify": {"interval_seconds": 0}})
+    conn, cfg = configured_key_log(db, make_config)
     with DaemonProcess(cfg, tmp_path / "one.log") as d:
         await eventually(lambda: _past(pg_dsn, 2_000), 120, "the load to pass 2000 rows", d)
         conn.execute("BEGIN IMMEDIATE")

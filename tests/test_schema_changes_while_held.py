@@ -22,6 +22,10 @@ async def followed_version(dsn: str) -> int | None:
     return rows[0][0] if rows else None
 
 
+async def people_held(pg_dsn) -> bool:
+    return (await table_states(pg_dsn, "app"))["people"][0] == "held"
+
+
 async def test_columns_swapped_while_the_table_is_held_are_reloaded(app_db, make_config, pg_dsn, tmp_path):
     conn = sqlite3.connect(app_db, isolation_level=None)
     conn.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, first_name TEXT, last_name TEXT, age INTEGER)")
@@ -32,11 +36,7 @@ async def test_columns_swapped_while_the_table_is_held_are_reloaded(app_db, make
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         # A value Postgres cannot take holds the table (test_bad_rows.py) until it is fixed.
         conn.execute("INSERT INTO people VALUES (9999, 'Ada', 'Lovelace', 'thirty-six')")
-
-        async def held() -> bool:
-            return (await table_states(pg_dsn, "app"))["people"][0] == "held"
-
-        await eventually(held, 30, "the table held on the bad value", d)
+        await eventually(lambda: people_held(pg_dsn), 30, "the table held on the bad value", d)
         # Meanwhile the application fixes names that were stored the wrong way round.
         conn.executescript("BEGIN; ALTER TABLE people RENAME COLUMN first_name TO tmp; "
                            "ALTER TABLE people RENAME COLUMN last_name TO first_name; "
@@ -69,11 +69,7 @@ async def test_a_last_column_renamed_while_the_table_is_held_is_renamed(app_db, 
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         conn.execute("INSERT INTO people VALUES (9999, 'Ada', 'thirty-six')")
-
-        async def held() -> bool:
-            return (await table_states(pg_dsn, "app"))["people"][0] == "held"
-
-        await eventually(held, 30, "the table held on the bad value", d)
+        await eventually(lambda: people_held(pg_dsn), 30, "the table held on the bad value", d)
         # Half the rows change while the table is held; the stream goes on past them.
         conn.execute(f"UPDATE people SET score = score + 1000 WHERE id <= {N // 2}")
         conn.execute("INSERT INTO notes VALUES (1, 'the stream moves on')")
