@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncpg
 
 from syncd.identifiers import qualified, quote_literal, quote_pg_ident
-from syncd.reverse.capture import drop_in_tries, refusing_function_sql, take_in_tries
+from syncd.reverse.capture import drop_in_tries, refusing_function_sql, snapshot_older_than, take_in_tries
 
 GUARD_TRIGGER = "_syncd_cutover_guard"
 
@@ -40,10 +40,8 @@ def guard_function_sql(bk: str, source: str, key: int, message: str, since: int 
     record alone decides (a guard being dropped, its cutover over)."""
     open_cutover = (f"EXISTS (SELECT 1 FROM {qualified(bk, 'switches')} WHERE source = {quote_literal(source)} "
                     "AND kind = 'cutover' AND state IN ('started', 'frozen'))")
-    if since is None:
-        return refusing_function_sql(function_name(bk, key), message, open_cutover, definer=True)
-    stale = f"NOT txid_visible_in_snapshot({int(since)}, txid_current_snapshot())"
-    return refusing_function_sql(function_name(bk, key), message, f"({stale} OR {open_cutover})", definer=True)
+    when = open_cutover if since is None else f"({snapshot_older_than(since)} OR {open_cutover})"
+    return refusing_function_sql(function_name(bk, key), message, when, definer=True)
 
 
 # What a guard being dropped says, should a cutover of its source open meanwhile.

@@ -509,9 +509,16 @@ def freeze_function_sql(names: Names, message: str, since: int | None = None) ->
                 f"AND direction = {quote_literal(TO_SQLITE)})")
     rolling_back = (f"EXISTS (SELECT 1 FROM {qualified(names.bk, 'switches')} WHERE source = {source} "
                     "AND kind = 'rollback' AND state IN ('started', 'frozen'))")
-    stale = "" if since is None else f"NOT txid_visible_in_snapshot({int(since)}, txid_current_snapshot()) OR "
+    stale = "" if since is None else f"{snapshot_older_than(since)} OR "
     return refusing_function_sql(names.freeze_function, message, f"({stale}NOT {followed} OR {rolling_back})",
                                  definer=True)
+
+
+def snapshot_older_than(txid: int) -> str:
+    """An SQL condition true in a session whose snapshot does not see transaction `txid`
+    committed (a REPEATABLE READ transaction begun before it): what such a session reads
+    of syncd's bookkeeping is older than that transaction's writes."""
+    return f"NOT txid_visible_in_snapshot({int(txid)}, txid_current_snapshot())"
 
 
 def refusing_function_sql(function: str, message: str, when: str = "", definer: bool = False) -> str:
