@@ -158,14 +158,9 @@ async def remembered(settings: Settings, conn, bk_schema: str, dsn: str) -> list
     never dropped in silence. Read from the bookkeeping of one target database."""
     import fnmatch
 
-    from syncd.identifiers import quote_pg_ident
-
     if not settings.patterns:
         return []
-    try:
-        rows = await conn.fetch(f"SELECT source, sqlite_path, target_schema FROM {quote_pg_ident(bk_schema)}.sources")
-    except Exception:  # noqa: BLE001 - no bookkeeping yet: nothing remembered
-        return []
+    rows = await _registered_rows(conn, bk_schema)
     known = {s.name for s in settings.sources}
     out = []
     for name, path, schema in rows:
@@ -185,20 +180,9 @@ async def gone_sources(settings: Settings, selected: str | list[str] | None = No
     away: none (each source's own line says Postgres is unreachable)."""
     import fnmatch
 
-    from syncd.postgres.connect import close_quietly, connect
-
-    if not settings.patterns:
-        return []
     out = []
-    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
-        try:
-            conn = await connect(dsn, settings.password(), settings.postgres)
-        except Exception:  # noqa: BLE001 - Postgres away: each source's line says so
-            continue
-        try:
-            out += await remembered(settings, conn, settings.postgres.bookkeeping_schema, dsn)
-        finally:
-            await close_quietly(conn)
+    async for dsn, conn in _each_target(settings):  # Postgres away: each source's line says so
+        out += await remembered(settings, conn, settings.postgres.bookkeeping_schema, dsn)
     if selected:
         names = [selected] if isinstance(selected, str) else list(selected)
         out = [s for s in out if any(fnmatch.fnmatchcase(s.name, n) for n in names)]
@@ -213,25 +197,12 @@ async def as_registered(settings: Settings) -> Settings:
     away: `settings` as they are."""
     import fnmatch
 
-    from syncd.identifiers import quote_pg_ident
-    from syncd.postgres.connect import close_quietly, connect
-
     if not settings.patterns or not settings.discovery_problems:
         return settings
     carried = []
-    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
-        try:
-            conn = await connect(dsn, settings.password(), settings.postgres)
-        except Exception:  # noqa: BLE001 - Postgres away: the globs' own order
-            continue
-        try:
-            rows = await conn.fetch(f"SELECT source, sqlite_path FROM "
-                                    f"{quote_pg_ident(settings.postgres.bookkeeping_schema)}.sources")
-        except Exception:  # noqa: BLE001 - no bookkeeping yet: nothing registered
-            rows = []
-        finally:
-            await close_quietly(conn)
-        for name, path in rows:
+    async for dsn, conn in _each_target(settings):  # Postgres away: the globs' own order
+        rows = await _registered_rows(conn, settings.postgres.bookkeeping_schema)
+        for name, path, _schema in rows:
             if not path or not Path(path).is_file():
                 continue
             for pattern in settings.patterns:
@@ -242,3 +213,30 @@ async def as_registered(settings: Settings) -> Settings:
     if not carried:
         return settings
     return expand(settings.model_copy(update={"sources": [*settings.configured, *carried]}))
+
+
+async def _registered_rows(conn, bk_schema: str) -> list:
+    """(source, its SQLite path, its target schema) of every source one target database's
+    bookkeeping holds; none before there is bookkeeping."""
+    from syncd.identifiers import quote_pg_ident
+
+    try:
+        return await conn.fetch(f"SELECT source, sqlite_path, target_schema FROM {quote_pg_ident(bk_schema)}.sources")
+    except Exception:  # noqa: BLE001 - no bookkeeping yet: nothing registered
+        return []
+
+
+async def _each_target(settings: Settings):
+    """(dsn, connection) for each target database the globs load into, one at a time,
+    closed after; a database that cannot be reached is passed over."""
+    from syncd.postgres.connect import close_quietly, connect
+
+    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
+        try:
+            conn = await connect(dsn, settings.password(), settings.postgres)
+        except Exception:  # noqa: BLE001 - Postgres away
+            continue
+        try:
+            yield dsn, conn
+        finally:
+            await close_quietly(conn)
