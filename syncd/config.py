@@ -413,8 +413,11 @@ class SourceSettings(_Strict):
         return parse_override(name) if name else None
 
     def wants_table(self, table: str) -> bool:
-        included = any(fnmatch.fnmatchcase(table, p) for p in self.tables)
-        return included and not any(fnmatch.fnmatchcase(table, p) for p in self.exclude)
+        """Whether `tables` and `exclude` take `table`, their patterns matched as SQLite
+        names tables (A-Z in any case): `exclude = ["Secrets"]` leaves out secrets."""
+        name = sqlite_folded(table)
+        included = any(fnmatch.fnmatchcase(name, sqlite_folded(p)) for p in self.tables)
+        return included and not any(fnmatch.fnmatchcase(name, sqlite_folded(p)) for p in self.exclude)
 
 
 def is_glob(path: Path) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import asyncpg
+
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import wait_caught_up
 
@@ -222,3 +224,35 @@ def test_an_empty_virtual_table_holds_no_data(app_db, make_config):
     assert "| `notes_search` | an FTS5 full-text table that stores its own text | no |" in r.stdout, r.stdout
     assert "| `places` | an rtree spatial index table (its boxes are its own data) | no |" in r.stdout
     assert "| `more_places` | an rtree spatial index table (its boxes are its own data) | ❌ yes, 1 row(s) |" in r.stdout
+
+
+async def test_table_patterns_name_tables_as_sqlite_does_in_any_case(tmp_path, make_config, pg_dsn):
+    """SQLite names tables ignoring the case of A-Z: `exclude = ["Secrets"]` leaves out the
+    table secrets (never copies it into Postgres), and `tables = ["NOTES*"]` takes notes."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+        CREATE TABLE secrets (id INTEGER PRIMARY KEY, password TEXT);
+        CREATE TABLE other (id INTEGER PRIMARY KEY);
+        INSERT INTO notes VALUES (1, 'kept');
+        INSERT INTO secrets VALUES (1, 'hunter2');
+    """)
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db), "tables": ["NOTES*", "Secret?"], "exclude": ["SeCrEtS"]}])
+    r = run_cli(cfg, "init")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "capture installed on 1 table(s)" in r.stdout, r.stdout
+    r = run_cli(cfg, "schema")
+    lines = {line.split("'")[1]: line for line in r.stdout.splitlines() if line.startswith("-- skipped")}
+    assert "include/exclude settings leave out" in lines["secrets"], r.stdout
+    assert "include/exclude settings leave out" in lines["other"], r.stdout
+    assert "notes" not in lines, r.stdout
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        tables = {r[0] for r in await conn.fetch("SELECT table_name FROM information_schema.tables "
+                                                 "WHERE table_schema = 'app'")}
+    finally:
+        await conn.close()
+    assert tables == {"notes"}
