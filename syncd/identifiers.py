@@ -46,6 +46,8 @@ def pg_name_problem(name: str, what: str = "name") -> str | None:
                 "(it would cut the name short), so rename it to replicate it")
     if "\x00" in name:
         return f"{what} contains a NUL character, which Postgres names cannot hold"
+    if not name:
+        return f"{what} is empty, which SQLite allows and Postgres names cannot be, so rename it to replicate it"
     return None
 
 

@@ -140,3 +140,35 @@ async def test_resync_of_a_refused_table_says_why_it_cannot(tmp_path, pg_dsn):
     assert f"'{LONG_TABLE}' is not replicated: its name is 64 bytes long" in out and "requested" not in out, out
     r = run_cli(cfg, "resync", "--source", "app", "--table", "good")
     assert r.returncode == 0 and "resync of 'good' requested" in r.stdout, r.stdout + r.stderr
+
+
+async def test_an_empty_table_or_column_name_is_a_refusal_of_that_table(tmp_path, pg_dsn):
+    """SQLite takes `CREATE TABLE "" (...)` and a column named "", Postgres holds no
+    empty name: each such table is refused, saying why, with no promise that `syncd
+    resync` rebuilds it; the file's other tables replicate."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute('CREATE TABLE "" (a TEXT)')
+    conn.execute('CREATE TABLE nameless_column ("" TEXT, b INTEGER)')
+    conn.execute("CREATE TABLE good (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute('INSERT INTO "" VALUES (1)')
+    conn.execute("INSERT INTO nameless_column VALUES ('x', 2)")
+    conn.execute("INSERT INTO good VALUES (1, 'one')")
+    conn.commit()
+    conn.close()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
+    schema = run_cli(cfg, "schema")
+    assert "-- refused '': its name is empty" in schema.stdout, schema.stdout
+    assert "-- refused 'nameless_column': column '' is empty" in schema.stdout, schema.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    states = await table_states(pg_dsn, "app")
+    assert states[""][0] == "refused" and "its name is empty" in states[""][1], states
+    assert states["nameless_column"][0] == "refused" and "column '' is empty" in states["nameless_column"][1], states
+    assert states["good"][0] == "streaming"
+    assert await compare_table(str(db), pg_dsn, "app", "good") == []
+    r = run_cli(cfg, "verify")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and '"" not comparable (refused)' in out and "resync" not in out, out
