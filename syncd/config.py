@@ -409,7 +409,9 @@ class SourceSettings(_Strict):
         return self._for_table(self.columns, table) or {}
 
     def column_override(self, table: str, column: str) -> PgType | None:
-        name = self.columns_for(table).get(column)
+        """The type [sources.columns] sets for `column`, named as SQLite names columns
+        (A-Z in any case, as tables: _for_table)."""
+        name = self._for_table(self.columns_for(table), column)
         return parse_override(name) if name else None
 
     def wants_table(self, table: str) -> bool:

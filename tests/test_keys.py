@@ -235,6 +235,29 @@ def test_keys_and_types_set_for_a_table_name_cased_otherwise_apply_as_in_sqlite(
     assert '"doc" jsonb' in r.stdout and "_syncd_rowid" not in r.stdout, r.stdout
 
 
+async def test_keys_and_types_naming_columns_cased_otherwise_apply_as_in_sqlite(tmp_path, make_config, pg_dsn):
+    """SQLite's column names ignore case (A-Z) too: [sources.keys] "orders" = ["REF"] keys
+    the table on its column ref, and [sources.columns] "DOC" types doc, where the whole
+    table was refused as naming unknown columns; Postgres keeps SQLite's spelling."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE orders (ref TEXT NOT NULL, doc TEXT)")
+    conn.execute("""INSERT INTO orders VALUES ('a', '{"n": 1}')""")
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db), "keys": {"orders": ["REF"]},
+                        "columns": {"orders": {"DOC": "jsonb"}}}])
+    r = run_cli(cfg, "schema")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "-- table 'orders': key ref (configured)" in r.stdout, r.stdout
+    assert '"doc" jsonb' in r.stdout and "refused" not in r.stdout, r.stdout
+    r = run_cli(cfg, "init")
+    assert r.returncode == 0, r.stdout + r.stderr
+    cols = await pg_rows(pg_dsn, "SELECT column_name, data_type FROM information_schema.columns "
+                                 "WHERE table_schema = 'app' AND table_name = 'orders' ORDER BY ordinal_position")
+    assert cols == [("ref", "text"), ("doc", "jsonb")], cols
+
+
 def test_keys_and_types_set_for_a_table_the_file_does_not_hold_are_named(tmp_path, make_config):
     """A [sources.keys] or [sources.columns] entry for a table the file does not hold (a
     typo, "ordrs") would leave the setting unused without a word. The table may yet appear

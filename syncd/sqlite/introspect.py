@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from syncd.config import SourceSettings
-from syncd.identifiers import pg_name_problem, quote_ident
+from syncd.identifiers import pg_name_problem, quote_ident, sqlite_folded
 from syncd.model import (ROWID_ALIASES, ROWID_COLUMN, Column, Refusal, SourceSchema, TableSpec, UniqueSet,
                          unshadowed_rowid_name)
 from syncd.sqlite import leftout, windows
@@ -164,7 +164,9 @@ def describe_table(
         return Refusal(table, "has no columns syncd can read")
     sticky = sticky_types or {}
     typed = retyped or {}
-    overrides = source.columns_for(table)
+    # Column names as SQLite compares them (A-Z in any case): "Email" names column email.
+    actual = {sqlite_folded(r[1]): r[1] for r in raw}
+    overrides = {actual.get(sqlite_folded(c), c): t for c, t in source.columns_for(table).items()}
     unknown = set(overrides) - {r[1] for r in raw}
     if unknown:
         return Refusal(table, f"[sources.columns] names unknown column(s) {sorted(unknown)}")
@@ -221,6 +223,8 @@ def describe_table(
     notnull = {c.name for c in columns if c.notnull}
 
     configured = source.keys_for(table)
+    if configured is not None:
+        configured = [actual.get(sqlite_folded(k), k) for k in configured]
     # [sources.keys] "t" = ["rowid"] (or another of its names no column shadows): keyed
     # on the rowid as a table without a key is, the way out for a primary key holding
     # NULLs, which SQLite allows in a rowid table and Postgres does not.
