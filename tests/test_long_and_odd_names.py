@@ -10,11 +10,12 @@ error naming the file and the key.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 
 from tests.conftest import write_config
-from tests.support.compare import compare_table
+from tests.support.compare import compare_keyless, compare_table
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.sync import table_states, wait_caught_up
 
@@ -172,3 +173,33 @@ async def test_an_empty_table_or_column_name_is_a_refusal_of_that_table(tmp_path
     r = run_cli(cfg, "verify")
     out = r.stdout + r.stderr
     assert r.returncode == 1 and '"" not comparable (refused)' in out and "resync" not in out, out
+
+
+async def test_a_column_named_like_a_column_kept_aside_is_the_applications(tmp_path, pg_dsn):
+    """syncd keeps a column dropped in SQLite aside in Postgres as <name>__dropped_<time>.
+    An application column of such a name is the application's all the same: a reload of
+    its keyless table after a VACUUM renumbered the rowids leaves each row's value as
+    SQLite holds it, never the value of the row that had its rowid before."""
+    column = "note__dropped_20240101T000000"
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute(f"CREATE TABLE log (a TEXT, {q(column)} TEXT)")
+    conn.executemany("INSERT INTO log VALUES (?, ?)", [(f"r{i}", f"n{i}") for i in range(10)])
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute(f"UPDATE log SET {q(column)} = 'changed' WHERE a = 'r5'")
+        conn.execute("DELETE FROM log WHERE a IN ('r0', 'r2')")
+        conn.execute("VACUUM")  # renumbers the rowids: the table is reloaded
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        for _ in range(100):
+            if not await compare_keyless(str(db), pg_dsn, "app", "log"):
+                break
+            await asyncio.sleep(0.1)
+        assert d.stop() == 0
+        log = d.log()
+    assert "ERROR" not in log, log[-3000:]
+    assert await compare_keyless(str(db), pg_dsn, "app", "log") == []
+    r = run_cli(cfg, "verify")
+    assert r.returncode == 0 and 'app: "log" equal' in r.stdout, r.stdout + r.stderr

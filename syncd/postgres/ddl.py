@@ -145,14 +145,20 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
     table = qualified(schema, spec.name)
     pgt = (await read_tables(conn, schema)).get(spec.name)
     # Columns kept aside after a drop in SQLite keep their values, row by row.
-    kept = [c.name for c in pgt.columns if is_aside(c.name)] if pgt is not None else []
+    # (A column SQLite has is the application's, whatever its name looks like.)
+    kept = [c.name for c in pgt.columns if is_aside(c.name) and c.name not in spec.column_names] \
+        if pgt is not None else []
     if pgt is not None and any(pgt.column(k) is None for k in spec.key):
         kept = []  # keyed anew: no row of the new load can be matched to its kept values
     key = ", ".join(quote_pg_ident(k) for k in spec.key)
+    # A keyless table's rowids may have been renumbered (VACUUM): its rows are matched to
+    # their kept values by their content too (_match_kept), never by the rowid alone.
+    carried = [c.name for c in spec.columns if c.name not in spec.key and pgt is not None
+               and pgt.column(c.name) is not None] if spec.rowid_keyed else []
     if kept:
         await conn.execute("DROP TABLE IF EXISTS pg_temp._syncd_kept")
         await conn.execute(f"CREATE TEMP TABLE _syncd_kept ON COMMIT DROP AS SELECT {key}, "
-                           f"{', '.join(quote_pg_ident(c) for c in kept)} FROM {table}")
+                           f"{', '.join(quote_pg_ident(c) for c in kept + carried)} FROM {table}")
     await conn.execute(f"DELETE FROM {table}")
     set_aside = []
     if pgt is not None and not diff_shape(spec, pgt).same:
@@ -172,9 +178,42 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
     if kept:
         sets = ", ".join(f"{quote_pg_ident(c)} = k.{quote_pg_ident(c)}" for c in kept)
         match = " AND ".join(f"t.{quote_pg_ident(k)} = k.{quote_pg_ident(k)}" for k in spec.key)
-        await conn.execute(f"UPDATE {table} AS t SET {sets} FROM pg_temp._syncd_kept AS k WHERE {match}")
+        if spec.rowid_keyed:
+            await _match_kept(conn, table, spec.key[0], kept, carried)
+        else:
+            await conn.execute(f"UPDATE {table} AS t SET {sets} FROM pg_temp._syncd_kept AS k WHERE {match}")
     await conn.execute(f"DROP TABLE {qualified(aside_schema, aside)}")
     return set_aside
+
+
+async def _match_kept(conn: asyncpg.Connection, table: str, rowid: str, kept: list[str], carried: list[str]) -> None:
+    """The kept values of a keyless table's rows (pg_temp._syncd_kept: the old rows' rowid,
+    kept columns and carried columns), each set on the reloaded row it belongs to. A row
+    keeps its rowid unless VACUUM renumbered it (in rowid order), so a row takes the kept
+    values of the old row under its rowid when every carried column agrees, and else
+    those of the old row with the same carried values at the same place in rowid order
+    among the rows left unmatched. A row matching none keeps its kept columns empty."""
+    r = quote_pg_ident(rowid)
+    sets = ", ".join(f"{quote_pg_ident(c)} = m.{quote_pg_ident(c)}" for c in kept)
+    values = [f"{quote_pg_ident(c)}::text" for c in carried]
+    same = " AND ".join(f"t.{v} IS NOT DISTINCT FROM k.{v}" for v in values) or "true"
+    await conn.execute("ALTER TABLE pg_temp._syncd_kept ADD COLUMN _syncd_used boolean NOT NULL DEFAULT false")
+    await conn.execute(f"UPDATE pg_temp._syncd_kept AS k SET _syncd_used = true FROM {table} AS t "
+                       f"WHERE t.{r} = k.{r} AND {same}")
+    await conn.execute(f"UPDATE {table} AS t SET {sets} FROM pg_temp._syncd_kept AS m "
+                       f"WHERE m._syncd_used AND t.{r} = m.{r}")
+    part = f"PARTITION BY {', '.join(values)} " if values else ""
+    rank = f"row_number() OVER ({part}ORDER BY {r})"
+    joined = " AND ".join(f"n.{v} IS NOT DISTINCT FROM o.{v}" for v in values)
+    on = f"{joined} AND n._syncd_rank = o._syncd_rank" if joined else "n._syncd_rank = o._syncd_rank"
+    cols = ", ".join(quote_pg_ident(c) for c in carried)
+    await conn.execute(
+        f"UPDATE {table} AS t SET {sets} FROM ("
+        f"SELECT n.{r} AS _syncd_new, {', '.join(f'o.{quote_pg_ident(c)}' for c in kept)} FROM "
+        f"(SELECT {r}, {cols + ', ' if cols else ''}{rank} AS _syncd_rank FROM {table} AS t "
+        f"WHERE NOT EXISTS (SELECT 1 FROM pg_temp._syncd_kept AS k WHERE k._syncd_used AND t.{r} = k.{r})) AS n "
+        f"JOIN (SELECT *, {rank} AS _syncd_rank FROM pg_temp._syncd_kept WHERE NOT _syncd_used) AS o ON {on}"
+        f") AS m WHERE t.{r} = m._syncd_new")
 
 
 async def ensure_identity(conn: asyncpg.Connection, schema: str, spec: TableSpec, pg: PgTable) -> bool:
