@@ -161,3 +161,62 @@ async def test_a_trigger_naming_its_table_in_another_case_does_not_run_again_on_
         assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = 'deals_audit'").fetchall()
         r = run_cli(cfg, "rollback")
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+async def test_uninstall_leaves_an_application_trigger_whose_name_starts_like_syncds(tmp_path, make_config, pg_dsn):
+    """syncd's capture triggers are named _syncd_t<table id>_<kind>. An application
+    trigger whose name merely begins the same way (_syncd_touch) is the application's:
+    `syncd uninstall` removes syncd's triggers and leaves it working."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("""
+        PRAGMA journal_mode=wal;
+        CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, touched TEXT);
+        CREATE TRIGGER _syncd_touch AFTER UPDATE OF v ON items BEGIN
+            UPDATE items SET touched = 'yes' WHERE id = NEW.id;
+        END;
+        INSERT INTO items VALUES (1, 'a', NULL);
+    """)
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    r = run_cli(cfg, "uninstall")
+    assert r.returncode == 0 and "removed 4 trigger(s)" in r.stdout, r.stdout + r.stderr
+    assert [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")] == ["_syncd_touch"]
+    conn.execute("UPDATE items SET v = 'b' WHERE id = 1")
+    assert conn.execute("SELECT touched FROM items").fetchall() == [("yes",)]
+
+
+async def test_a_capture_suspension_leaves_an_application_trigger_whose_name_starts_like_syncds(outage, tmp_path):
+    """Capture suspended to protect the disk ([sqlite] max_changelog_mb) drops syncd's
+    capture triggers only: the application's _syncd_touch stays and keeps working."""
+    from tests.conftest import FAST_FAILOVER, write_config
+
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("""
+        PRAGMA journal_mode=wal;
+        CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, touched TEXT);
+        CREATE TRIGGER _syncd_touch AFTER UPDATE OF v ON items BEGIN
+            UPDATE items SET touched = 'yes' WHERE id = NEW.id;
+        END;
+        INSERT INTO items VALUES (0, 'a', NULL);
+    """)
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
+                       sections={**FAST_FAILOVER, "sqlite": {"max_changelog_mb": 0.25}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        wait_for(lambda: "every table is streaming" in d.log(), 60, "the first load", d)
+        proxy.refuse()
+        conn.execute("INSERT INTO items VALUES (1, 'b', NULL)")  # work, so the idle pipeline asks Postgres
+        d.wait_log("Postgres unreachable")
+        for first in range(2, 40_002, 2_000):  # about 0.8 MB of changelog
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO items (id, v) VALUES (?, 'x')", [(i,) for i in range(first, first + 2_000)])
+            conn.execute("COMMIT")
+        d.wait_log("CAPTURE SUSPENDED", timeout=30)
+        assert d.stop() == 0
+    assert [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")] == ["_syncd_touch"]
+    conn.execute("UPDATE items SET v = 'c' WHERE id = 0")
+    assert conn.execute("SELECT touched FROM items WHERE id = 0").fetchall() == [("yes",)]

@@ -67,6 +67,15 @@ def slot(i: int) -> str:
     return f"k{i}"
 
 
+# The names trigger_names gives: an application trigger that merely begins with the
+# prefix (_syncd_touch) is the application's, and never dropped.
+_CAPTURE_TRIGGER = re.compile(re.escape(TRIGGER_PREFIX) + r"[0-9]+_(?:ins|upd|key|del|rep|repu)")
+
+
+def is_capture_trigger(name: str) -> bool:
+    return _CAPTURE_TRIGGER.fullmatch(name) is not None
+
+
 def trigger_names(tid: int) -> dict[str, str]:
     return {
         "ins": f"{TRIGGER_PREFIX}{tid}_ins",
@@ -630,7 +639,8 @@ def _empty_changelog(conn: sqlite3.Connection, busy_timeout_ms: int) -> int:
 
     def stop(c: sqlite3.Connection) -> tuple[int, int]:
         names = [r[0] for r in c.execute("SELECT name FROM main.sqlite_master WHERE type = 'trigger' "
-                                         "AND substr(name, 1, ?) = ?", (len(TRIGGER_PREFIX), TRIGGER_PREFIX))]
+                                         "AND substr(name, 1, ?) = ?", (len(TRIGGER_PREFIX), TRIGGER_PREFIX))
+                 if is_capture_trigger(r[0])]
         for name in names:
             c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
         if _table_exists(c, REGISTRY) and _has_column(c, REGISTRY, "reload_reason"):
@@ -675,6 +685,7 @@ def uninstall(conn: sqlite3.Connection, busy_timeout_ms: int) -> tuple[int, int]
                 "SELECT name FROM main.sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
                 (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
             )
+            if is_capture_trigger(r[0])
         ]
         for name in names:
             c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
