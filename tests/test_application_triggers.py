@@ -220,3 +220,35 @@ async def test_a_capture_suspension_leaves_an_application_trigger_whose_name_sta
     assert [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")] == ["_syncd_touch"]
     conn.execute("UPDATE items SET v = 'c' WHERE id = 0")
     assert conn.execute("SELECT touched FROM items WHERE id = 0").fetchall() == [("yes",)]
+
+
+async def test_an_application_trigger_whose_name_starts_like_syncds_does_not_run_again_on_the_way_back(
+        tmp_path, make_config, pg_dsn):
+    """The way back lifts the application's triggers off a table while it writes the rows
+    Postgres holds; one named _syncd_audit is the application's too (syncd's own are
+    _syncd_t<id>_<kind> and _syncd_freeze_<n>_<op>), so it writes no second audit row."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("""
+        PRAGMA journal_mode=wal;
+        CREATE TABLE deals (id INTEGER PRIMARY KEY, title TEXT);
+        CREATE TABLE audit (id INTEGER PRIMARY KEY, deal_id INTEGER, what TEXT);
+        CREATE TRIGGER _syncd_audit AFTER INSERT ON deals BEGIN
+            INSERT INTO audit (deal_id, what) VALUES (NEW.id, 'created in SQLite');
+        END;
+        INSERT INTO deals (title) VALUES ('first');
+    """)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            await pg.execute("INSERT INTO app.deals (id, title) VALUES (2, 'from postgres')")
+        finally:
+            await pg.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert conn.execute("SELECT deal_id, what FROM audit ORDER BY id").fetchall() == [(1, "created in SQLite")]
+        assert await compare_table(str(db), pg_dsn, "app", "audit") == []
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = '_syncd_audit'").fetchall()
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr

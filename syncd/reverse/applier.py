@@ -27,6 +27,7 @@ once it fits (reload); the other tables go on.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from syncd.reverse import values
 from syncd.reverse.checkpoint import META_KEY, RELOAD_KEY
 from syncd.reverse.values import ColumnShape, NotExpressible
 from syncd.sqlite import freeze
-from syncd.sqlite.capture import CHANGELOG, META, _own_schema_change, write_transaction
+from syncd.sqlite.capture import CHANGELOG, META, _own_schema_change, is_capture_trigger, write_transaction
 from syncd.sqlite.connection import bound_value, fetchall_text_safe, no_such_table
 from syncd.sqlite.reader import rowid_name
 from syncd.types import PgType
@@ -257,7 +258,12 @@ def _app_triggers(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]
 
 
 def _own_trigger(name: str) -> bool:
-    return name[:7] == "_syncd_"
+    """syncd's capture and freeze triggers, by their exact names: an application trigger
+    that merely begins with _syncd_ (_syncd_audit) is the application's, and lifted."""
+    return is_capture_trigger(name) or _FREEZE_TRIGGER.fullmatch(name) is not None
+
+
+_FREEZE_TRIGGER = re.compile(re.escape(freeze.FREEZE_PREFIX) + r"[0-9]+_(?:insert|update|delete)")
 
 
 def _lift(c: sqlite3.Connection, triggers: list[tuple[str, str]]) -> None:
