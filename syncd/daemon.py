@@ -84,6 +84,9 @@ class Daemon:
         self.verifier = VerifyScheduler(self)
         self._outcomes: dict[str, str] = {}  # source -> last consistency outcome logged
         self._stopped_at: float | None = None  # monotonic time the first pipeline not collected yet stopped
+        # Set once every configured source is launched: a SIGHUP while the daemon starts
+        # (its locks taken, Postgres slow to answer) is reloaded after that, not meanwhile.
+        self.launched = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -107,6 +110,7 @@ class Daemon:
             await self._check_locks()
             for p in self.pipelines.values():
                 self._launch(p)
+            self.launched.set()
             log.info(f"syncd running: {len(self.pipelines)} source(s)", extra={"event": "started"})
             if not self.pipelines:
                 log.warning(f"{self.settings.no_sources()}: nothing to stream until one is found",
@@ -328,6 +332,10 @@ class Daemon:
     async def reload(self) -> None:
         """SIGHUP: re-read the configuration; start added sources, stop removed ones,
         restart changed ones, leave the rest alone."""
+        if not self.launched.is_set():
+            log.info("reload requested while starting: the configuration is read again once every source is "
+                     "launched", extra={"event": "reload"})
+            await self.launched.wait()
         self.notifier.reloading()
         try:
             new = load_settings(self.config_path) if self.config_path else self.settings

@@ -8,6 +8,8 @@ import signal
 
 import asyncpg
 
+from syncd.postgres.bookkeeping import LOCK_CLASS
+
 from tests.conftest import _admin, with_database, write_config
 from tests.support.app import create_items
 from tests.support.compare import compare_table
@@ -115,3 +117,39 @@ async def test_sighup_applies_a_new_log_level_and_format(tmp_path, pg_dsn):
         d.proc.send_signal(signal.SIGTERM)
         assert d.proc.wait(15) == 0
         assert "DEBUG" not in d.log()
+
+
+async def test_sighup_while_the_daemon_starts_runs_an_added_source_once(tmp_path, pg_dsn):
+    """A SIGHUP that lands while the daemon is still starting (Postgres slow to answer:
+    here its bookkeeping lock held by another session) adds the new source once: it ran
+    twice at the same time, on one session, failing with errors that were no outage."""
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    create_items(a, rows=100)
+    create_items(b, rows=100)
+    cfg = tmp_path / "syncd.toml"
+    write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}])
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            async with blocker.transaction():
+                await blocker.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS)
+
+                async def waiting() -> bool:  # the daemon's start waits for the lock
+                    return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                                       "AND NOT granted"))
+
+                await eventually(waiting, 60, "the daemon's start to wait for the bookkeeping lock", d)
+                write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}])
+                d.proc.send_signal(signal.SIGHUP)
+                wait_for(lambda: "configuration reloaded" in d.log() or "reload requested while starting" in d.log(),
+                         30, "the reload", d)
+            await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            await wait_caught_up(b, pg_dsn, "b", daemon=d)
+            assert d.stop() == 0
+            log = d.log()
+    finally:
+        await blocker.close()
+    assert "unexpected error" not in log and "Postgres unreachable" not in log, log[-3000:]
+    assert log.count("source=b table=items event=snapshot_started") == 1, log[-3000:]
+    for db, name in ((a, "a"), (b, "b")):
+        assert await compare_table(str(db), pg_dsn, name, "items") == []
