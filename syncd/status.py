@@ -98,6 +98,7 @@ class SourceStatus:
     endpoint_refused: str | None = None  # the daemon runs, its endpoint answered but gave no figures: why
     file_names: int | None = None  # directory entries (hard links) the SQLite file has
     sqlite_frozen: bool = False  # the file refuses the application's writes (a cutover's freeze)
+    postgres_frozen: bool = False  # cut over, Postgres refuses the application's writes (a rollback's freeze)
     switching: str | None = None  # a cutover or rollback of the source runs: who holds its lock
     shared_key: str | None = None  # shares its key in Postgres with another source: what that means
     problems: list[Problem] = field(default_factory=list)
@@ -192,6 +193,7 @@ class _PgSide:
     holder: str | None = None
     holder_since: dt.datetime | None = None  # when the lock holder's connection began
     switching: str | None = None  # who holds the source's switch lock: a cutover or rollback runs
+    postgres_frozen: bool = False  # a rollback's record is open and its freeze is on the source's tables
     failing: tuple | None = None  # the daemon's note (health_note.py): detail, since, confirmed at
     shared_key: str | None = None  # the source shares its key with another (bookkeeping.shared_key_line)
     # held table -> a time its oldest queued change existed by (held then, or its row saved)
@@ -250,6 +252,17 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
                                   f"snapshot_finished_at, to_jsonb(t) ->> 'request' FROM {q}.tables t "
                                   f"WHERE source = ANY($1::text[])", names):
             out[r[0]].tables.append(tuple(r[1:]))
+        # A rollback's record open with its freeze on the tables: Postgres refuses the
+        # application's writes (reverse.capture.freeze_function_sql) until it is undone.
+        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{q}.switches"):
+            for r in await conn.fetch(f"SELECT DISTINCT w.source, coalesce(s.target_schema, w.source) "
+                                      f"FROM {q}.switches w JOIN {q}.sources s ON s.source = w.source "
+                                      f"WHERE w.source = ANY($1::text[]) AND w.kind = 'rollback' "
+                                      f"AND w.state IN ('started', 'frozen')", names):
+                from syncd.reverse import capture as way_back  # a rare path: a rollback open
+
+                frozen = await way_back.frozen_tables(conn, await way_back.names_of(conn, schema, r[0]), r[1])
+                out[r[0]].postgres_frozen = bool(frozen)
         # The change a held table's queue starts with is the one Postgres refused: it was
         # there when the table was held, and at each later save of the table's row.
         held_at = await conn.fetch(
@@ -409,6 +422,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
             st.direction, st.pending_changes = TO_SQLITE, None
 
     st.switching = pg.switching
+    st.postgres_frozen = pg.postgres_frozen
     way_back_since = None
     if st.direction == TO_SQLITE and st.postgres_reachable:
         way_back_since = await _way_back(settings, source, st, way_back)
@@ -593,6 +607,12 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                                      "or rollback that stopped before finishing (Postgres is not the application's "
                                      "database): a running daemon undoes it, as does `syncd cutover` or "
                                      "`syncd rollback` run again"))
+    elif st.postgres_frozen and st.direction == TO_SQLITE and st.postgres_reachable:
+        # Cut over, and nothing is switching: a rollback stopped before its turn left its
+        # freeze on Postgres, while the SQLite file stays frozen too.
+        p.append(Problem("critical", "Postgres refuses the application's writes, left frozen by a rollback that "
+                                     "stopped before finishing (the SQLite file is not the application's database "
+                                     "either): a running daemon undoes it, as does `syncd rollback` run again"))
     if st.way_back_error:
         p.append(Problem("critical", f"the way back's position could not be read: {st.way_back_error}; what SQLite "
                                      "lacks of Postgres's changes is not known"))
