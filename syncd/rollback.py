@@ -676,8 +676,11 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     STARTED_SWITCHES.append(switch_id)
     await _hold("started")
     stamp = dt.datetime.now(dt.timezone.utc)
-    message = (f"moved back to SQLite by syncd at {stamp:%Y-%m-%d %H:%M:%S} UTC (syncd rollback); the application "
-               "writes its SQLite file again")
+    # Told while the rollback runs too (and after one killed there, until it is undone),
+    # while the file still refuses the application: said as the cutover's freeze says it.
+    message = (f"moved back to SQLite by syncd, or being moved (`syncd rollback` begun at {stamp:%Y-%m-%d %H:%M:%S} "
+               "UTC): the application writes its SQLite file once `syncd rollback` has finished, not before (the "
+               "file refuses its writes until then)")
     try:
         async with conn.transaction():
             await capture.freeze(conn, names, source.schema, tables, message)

@@ -398,6 +398,28 @@ async def test_an_interrupted_rollback_undoes_itself_and_says_so(tmp_path, make_
         assert not sqlite_writable(db)
 
 
+
+async def test_while_a_rollback_runs_postgres_does_not_send_the_application_to_the_frozen_file(
+        tmp_path, make_config, pg_dsn):
+    """Postgres's refusal while a rollback runs (or after one was killed there): it said
+    "the application writes its SQLite file again" while that file still refused every
+    write, sending the application to a database that would not take it either."""
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
+    with held_at(cfg, "rollback", "verified") as proc:
+        refusal = await postgres_refusal(pg_dsn)
+        assert refusal is not None and "moved back to SQLite by syncd" in refusal, refusal
+        assert not sqlite_writable(db)
+        assert "writes its SQLite file again" not in refusal, refusal
+        assert "once `syncd rollback` has finished, not before" in refusal, refusal
+        proc.kill()
+        proc.wait(10)
+    refusal = await postgres_refusal(pg_dsn)  # killed: so it stays, until undone
+    assert refusal is not None and "once `syncd rollback` has finished, not before" in refusal, refusal
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sqlite_writable(db) and await direction(pg_dsn) == "to_postgres"
+
+
 async def test_a_signal_while_the_rollback_stops_its_own_stream_still_undoes_it(tmp_path, make_config, pg_dsn):
     """With no daemon, the rollback brings SQLite up to date with its own reverse stream; a
     SIGTERM that lands while that stream winds down interrupts the rollback."""
