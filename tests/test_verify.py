@@ -12,9 +12,12 @@ from prometheus_client import REGISTRY
 from syncd.config import load_settings
 from syncd.verify import Difference, SourceVerifyResult, TableVerifyResult, exit_code, publish_metrics, verify_source
 from syncd.verify.table import TableCheck
+from tests.support.app import create_items
+from tests.support.daemon import DaemonProcess
 from tests.support.verifying import (
     found, pg_execute, pg_fetch, sync_and_stop, tables, verify, verify_json, verify_section,
 )
+from tests.test_kill9 import wait_loading
 
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, n INTEGER, r REAL, b BLOB, u);
@@ -333,3 +336,21 @@ async def test_a_table_named_without_a_source_is_verified_in_the_sources_that_ha
     assert none.returncode == 2 and "no table 'nosuch' in any source" in none.stderr, none.stdout + none.stderr
     one = run_cli(cfg, "verify", "--source", "metrics", "--table", "orders")  # a source named: its own tables only
     assert one.returncode == 2 and "no table 'orders' in source 'metrics'" in one.stdout, one.stdout + one.stderr
+
+
+async def test_a_load_whose_daemon_was_killed_is_not_said_to_be_in_progress(tmp_path, make_config, pg_dsn):
+    """A first load stopped by a kill of its daemon (or a crash): verify said "its initial
+    snapshot is in progress" of a load nothing was running, which a user would wait on."""
+    db = tmp_path / "app.db"
+    create_items(db, table="bulk", rows=200_000)
+    cfg = make_config([{"name": "app", "path": str(db)}], extra=verify_section(),
+                      sections={"stream": {"snapshot_chunk_rows": 5000}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("syncd running")
+        await wait_loading(pg_dsn, "bulk", d)
+        d.kill9()
+    out = verify(cfg)
+    assert out.returncode == 1, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if '"bulk" not comparable (loading)' in x)
+    assert "in progress" not in line, line
+    assert "no daemon runs the source" in line, line

@@ -28,7 +28,7 @@ from syncd.parity.apply import retyped_columns
 from syncd.sqlite.introspect import introspect, schema_version
 from syncd.verify import history, repair, sqlite_side
 from syncd.verify.keyspace import key_space
-from syncd.verify.postgres_side import stores_utf8
+from syncd.verify.postgres_side import lock_holder, stores_utf8
 from syncd.verify.result import Difference, SourceVerifyResult, TableVerifyResult
 from syncd.verify.table import TableCheck
 from syncd.model import TO_POSTGRES, TO_SQLITE
@@ -47,6 +47,14 @@ _STATE_TEXT = {
     bk.PENDING: "waiting for its initial snapshot",
     bk.LOADING: "its initial snapshot is in progress",
     bk.CATCHUP: "snapshot done; applying the changes queued meanwhile",
+}
+# The same states with no daemon running the source (stopped, killed, crashed): nothing is
+# under way, and the user is told what takes it up again.
+_STOPPED_TEXT = {
+    bk.PENDING: "waiting for its initial snapshot; no daemon runs the source (`syncd run` loads it)",
+    bk.LOADING: "its initial snapshot stopped part-way: no daemon runs the source (`syncd run` resumes it)",
+    bk.CATCHUP: "snapshot done; the changes queued meanwhile wait: no daemon runs the source (`syncd run` applies "
+                "them)",
 }
 
 
@@ -229,6 +237,9 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
             raise NoSuchTable(f"no table {unknown[0]!r} in source {s.source.name!r} "
                               "(neither in the SQLite file nor in syncd's bookkeeping)")
         names = [n for n in names if n in only]
+    # A table on its way (loading, say) is only under way while a daemon runs the source.
+    running = (s.direction != TO_POSTGRES or not any(r.state in _STATE_TEXT for r in rows.values())
+               or await lock_holder(s.pg, s.bk.key) is not None)
     plans = []
     for name in names:
         spec, row = schema.tables.get(name), rows.get(name)
@@ -241,7 +252,7 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
             why = f"not replicated: {lo.describe()} (then exclude it from the source)"
             plans.append(TablePlan(name, None, tid, row, why, schema.version, lo.rows))
             continue
-        why = _why_not(s, state, src, name, spec, tid, row, schema.refused, pg_tables, schema.version)
+        why = _why_not(s, state, src, name, spec, tid, row, schema.refused, pg_tables, schema.version, running)
         if why is None and spec is not None:
             spec = _as_read_from(spec, pg_tables[name])
         plans.append(TablePlan(name, spec, tid, row, why, schema.version))
@@ -259,8 +270,8 @@ def _as_read_from(spec: TableSpec, pgt: ddl.PgTable) -> TableSpec:
 
 def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str, spec: TableSpec | None,
              tid: int | None, row: TableRow | None, refused: dict, pg_tables: dict[str, ddl.PgTable],
-             sqlite_schema: int | None = None) -> str | None:
-    """Why this table cannot be compared now, or None."""
+             sqlite_schema: int | None = None, running: bool = True) -> str | None:
+    """Why this table cannot be compared now, or None. `running`: a daemon runs the source."""
     if not s.has_bookkeeping or src is None:
         return "syncd has not set this source up in Postgres yet; run `syncd init` or start the daemon"
     if not state.installed:
@@ -271,7 +282,7 @@ def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str,
     if row is None:
         return "not registered in syncd's bookkeeping yet; run `syncd init` or start the daemon"
     if row.state != bk.STREAMING:
-        return row.reason or _STATE_TEXT.get(row.state, row.state)
+        return row.reason or (_STATE_TEXT if running else _STOPPED_TEXT).get(row.state, row.state)
     if spec is None:
         if name in refused:
             return refused[name].reason
