@@ -98,7 +98,15 @@ class Daemon:
         if early_signals.requested:
             self.request_stop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        self._start_endpoint()
+        try:
+            self._start_endpoint()
+        except StartupError:
+            # The address is taken by a syncd running these sources, most likely (a second
+            # `syncd run` of the same configuration): refused as such, naming it.
+            running = await _run_elsewhere(self.settings)
+            if running is not None:
+                raise StartupError(running, 1) from None
+            raise
         THREADS.resize(self.settings.sqlite.threads)
         metrics.PER_TABLE = self.settings.metrics.per_table
         _raise_open_files_limit()
@@ -588,6 +596,31 @@ class Daemon:
             }
         return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources,
                 "verify_behind_seconds": round(self.verifier.behind_seconds, 1)}
+
+
+async def _run_elsewhere(settings: Settings) -> str | None:
+    """Which of `settings`' sources another process runs (holds its lock), said as a second
+    daemon's start says it; None when none does or Postgres cannot be asked."""
+    from syncd.postgres.connect import close_quietly, connect
+    from syncd.verify.postgres_side import lock_holder
+
+    for dsn in dict.fromkeys(settings.direct_dsn_for(s) for s in settings.sources):
+        names = [s.name for s in settings.sources if settings.direct_dsn_for(s) == dsn]
+        try:
+            conn = await connect(dsn, settings.password(), settings.postgres)
+        except Exception:  # noqa: BLE001 - Postgres away: the address's own error is said
+            continue
+        try:
+            keys = await bk.source_keys(conn, settings.postgres.bookkeeping_schema, names, assign=False)
+            for name in names:
+                holder = await lock_holder(conn, keys[name])
+                if holder is not None:
+                    return f"source {name!r} is already being run by {holder}"
+        except Exception:  # noqa: BLE001 - no bookkeeping yet, say: nothing runs them
+            continue
+        finally:
+            await close_quietly(conn)
+    return None
 
 
 async def _let_go(target, name: str) -> None:
