@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from syncd.model import TableSpec
 from syncd.sqlite.audit import format_key
+from syncd.sqlite.connection import not_utf8
 from syncd.types import PgType, ValueMismatch, converter_of
 
 # Types whose converter returns these Python values unchanged: a row whose values
@@ -83,9 +84,12 @@ class RowConverter:
 
     def deleted_keys(self, keys: list[tuple]) -> list[tuple]:
         """Keys of rows gone from SQLite, as Postgres holds them. A key that does not
-        fit its Postgres type cannot be in Postgres, so there is nothing to delete."""
+        fit its Postgres type (or is text that is not UTF-8) cannot be in Postgres, so
+        there is nothing to delete."""
         out = []
         for key in keys:
+            if any(not_utf8(v) for v in key):
+                continue
             try:
                 out.append(tuple(f(v) for f, v in zip(self._key_convs, key)))
             except ValueMismatch:

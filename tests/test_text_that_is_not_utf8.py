@@ -9,8 +9,9 @@ import sqlite3
 
 import asyncpg
 
+from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess
-from tests.support.sync import eventually, pg_rows, table_states
+from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
 from tests.support.verifying import found, sync_and_stop, tables, verify, verify_json
 
 
@@ -88,3 +89,30 @@ async def test_verify_names_text_that_is_not_utf8_written_past_capture(tmp_path,
     assert out.returncode == 1, out.stdout + out.stderr
     assert 'app: "notes" different: key 7: column "body" (column "body": text' in out.stdout, out.stdout
     assert 'app: "tags" missing in Postgres: key ' in out.stdout and "Traceback" not in out.stderr, out.stdout + out.stderr
+
+
+async def test_a_key_that_is_not_utf8_deleted_in_sqlite_lets_its_table_resume(tmp_path, make_config, pg_dsn):
+    """A row whose key is text that is not UTF-8 holds its table: it never reached
+    Postgres. Once the application deletes it, there is nothing to delete in Postgres,
+    and the table resumes with its queued changes."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER)")
+    conn.execute("INSERT INTO tags VALUES ('fine', 1)")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO tags VALUES (CAST(x'74ff' AS TEXT), 2)")
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app"))["tags"][0] == "held"
+
+        await eventually(held, 30, "tags held", d)
+        conn.execute("UPDATE tags SET n = 10 WHERE name = 'fine'")  # queued behind the row
+        conn.execute("DELETE FROM tags WHERE n = 2")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT name, n FROM app.tags") == [("fine", 10)]
+        assert d.stop() == 0
+    conn.close()
+    assert await compare_table(str(db), pg_dsn, "app", "tags") == []
