@@ -266,3 +266,43 @@ def test_schema_names_text_columns_that_hold_only_dates_and_the_override_that_ty
     out = run_cli(make_config([source]), "schema")
     assert out.returncode == 0 and "stays text in Postgres" not in out.stdout, out.stdout
     assert '"created_at" timestamp' in out.stdout, out.stdout
+
+
+async def test_a_utc_offset_postgres_cannot_read_keeps_the_column_text_from_the_dry_run_on(tmp_path, make_config,
+                                                                                             pg_dsn):
+    """Postgres reads UTC offsets up to 15:59 either way. A column spelled with a wider
+    one (+16:00) cannot become timestamptz: the dry run and `syncd schema` say so, with
+    the reason, as the cutover does, instead of promising the type; a column at +15:59
+    is typed."""
+    from tests.support.way_back import backup_and_config
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE ev (id INTEGER PRIMARY KEY, far DATETIME, near DATETIME);
+        INSERT INTO ev VALUES (1, '2024-01-02 10:00:00+16:00', '2024-01-02 10:00:00+15:59'),
+                              (2, '2024-01-02 11:00:00+16:00', '2024-01-02 11:00:00+15:59');
+    """)
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0  # the cutover's checklist wants a clean verification
+        schema = run_cli(cfg, "schema")
+        assert schema.returncode == 0, schema.stdout + schema.stderr
+        assert '-- cutover: column "near" DATETIME' in schema.stdout, schema.stdout
+        assert '-- cutover: column "far"' not in schema.stdout, schema.stdout
+        assert '-- NOT CARRIED: column "far" DATETIME: kept as text' in schema.stdout and "+16:00" in schema.stdout
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert 'will type ev: column "near" DATETIME as timestamptz' in dry.stdout, dry.stdout
+        assert 'will type ev: column "far"' not in dry.stdout, dry.stdout
+        assert 'will not carry ev: column "far" DATETIME: kept as text' in dry.stdout, dry.stdout
+        cut = run_cli(cfg, "cutover")
+        assert cut.returncode == 0, cut.stdout + cut.stderr
+        assert 'NOT created: ev: column "far" DATETIME as "far": kept as text' in cut.stdout, cut.stdout
+        assert d.stop() == 0
+    assert await pg_rows(pg_dsn, "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
+                                 "attrelid = 'app.ev'::regclass AND attname IN ('far', 'near') ORDER BY attname") == [
+        ("far", "text"), ("near", "timestamp with time zone")]

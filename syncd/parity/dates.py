@@ -37,6 +37,8 @@ from syncd.types import PgType, ValueMismatch, converter
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 SAMPLE_KEYS = 5
+# The widest UTC offset Postgres reads in a timestamp's text (its MAX_TZDISP_HOUR: 15 hours).
+PG_MAX_OFFSET_HOURS = 15
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ def parse(value: Any, fmt: Format) -> dt.date | dt.datetime:
     got = shape(value)
     if not isinstance(got, Format):
         raise ValueError(got)
+    if got.zone not in (None, "Z") and (int(got.zone[1:3]) > PG_MAX_OFFSET_HOURS or int(got.zone[4:6]) > 59):
+        raise ValueError(f"a UTC offset of {got.zone}, beyond the -15:59 to +15:59 Postgres reads")
     if got.kind != fmt.kind or (fmt.kind == "datetime" and (got.sep, got.seconds, got.zone) != (
             fmt.sep, fmt.seconds, fmt.zone)):
         raise ValueError(f"spelled {got.spec}, not {fmt.spec}")
