@@ -293,6 +293,10 @@ def _json_converter(pgtype: PgType) -> Callable[[Any], Any]:
             json.loads(v, parse_constant=_reject_constant)
         except ValueError as e:
             raise _misfit(v, pgtype, f"invalid JSON ({e})") from None
+        except RecursionError:
+            # Python's parser, which syncd checks and compares JSON with, ends at about
+            # a thousand levels of nesting.
+            raise _misfit(v, pgtype, "JSON nested too deep for syncd to check") from None
         return v
 
     return convert

@@ -7,8 +7,10 @@ from __future__ import annotations
 import sqlite3
 import urllib.request
 
+import asyncpg
+
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
 from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
 
@@ -110,3 +112,39 @@ async def test_postgres_side_rejection_is_held_with_postgres_message(tmp_path, m
         await wait_caught_up(db, pg_dsn, "a", daemon=d)
         assert d.stop() == 0
     assert await compare_table(str(db), pg_dsn, "a", "companies") == []
+
+
+async def test_json_nested_too_deep_to_check_holds_only_its_table(tmp_path, make_config, pg_dsn):
+    """A column carried as jsonb holding a document nested thousands of levels deep:
+    syncd cannot check it, so the value holds its table, named in `syncd schema` and in
+    the hold, while the other tables stream on; fixed, the table loads."""
+    db = tmp_path / "a.db"
+    conn = make_db(db)
+    conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("INSERT INTO docs VALUES (1, '{\"a\": [1, 2]}'), (2, ?)", ("[" * 3000 + "]" * 3000,))
+    conn.commit()
+    cfg = make_config([{"name": "a", "path": str(db), "columns": {"docs": {"body": "jsonb"}}}])
+    schema = run_cli(cfg, "schema")
+    assert schema.returncode == 0 and "Traceback" not in schema.stderr, schema.stdout + schema.stderr
+    assert '-- HELD: table "docs" column "body": 1 value(s) do not fit jsonb' in schema.stdout, schema.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        async def held() -> bool:
+            try:
+                state, why = (await table_states(pg_dsn, "a")).get("docs", (None, None))
+            except asyncpg.UndefinedTableError:
+                return False
+            return state == "held" and 'column "body"' in (why or "") and "keys: 2" in why
+
+        await eventually(held, 30, "docs held", d)
+        conn.execute("UPDATE companies SET name = 'streams on' WHERE rank = 1")
+        conn.commit()
+
+        async def streamed() -> bool:
+            return await pg_rows(pg_dsn, "SELECT name FROM a.companies WHERE rank = 1") == [("streams on",)]
+
+        await eventually(streamed, 30, "companies streaming", d)
+        conn.execute("UPDATE docs SET body = '[[]]' WHERE id = 2")
+        conn.commit()
+        await wait_caught_up(db, pg_dsn, "a", daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "a", "docs") == []
