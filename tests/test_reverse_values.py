@@ -246,3 +246,48 @@ def test_numbers_read_back_as_the_numeric_they_came_from_or_are_refused(n):
         return
     back = converter(PgType.NUMERIC)(out)
     assert back == d
+
+
+async def test_json_nested_too_deep_to_check_holds_its_table_on_the_way_back(tmp_path, make_config, pg_dsn):
+    """A jsonb document the application writes in Postgres nested thousands of levels
+    deep (Postgres takes it; syncd cannot compare it) holds its table on the way back,
+    naming key and column, while the other tables follow Postgres; fixed, it is copied."""
+    import sqlite3
+
+    from tests.support.compare import compare_table
+    from tests.support.daemon import DaemonProcess
+    from tests.support.sync import eventually, pg_rows, table_states
+    from tests.support.way_back import backup_and_config, cut_over, typeof, wait_back
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO docs VALUES (1, '[]');"
+                       "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);")
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db,
+                            sources=[{"name": "app", "path": str(db), "columns": {"docs": {"body": "jsonb"}}}])
+    deep = "[" * 3000 + "]" * 3000
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "UPDATE app.docs SET body = $1::jsonb WHERE id = 1", deep)
+        await pg_rows(pg_dsn, "INSERT INTO app.docs VALUES (2, $1::jsonb)", deep)
+        await pg_rows(pg_dsn, "INSERT INTO app.notes VALUES (1, 'the other tables go on')")
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app"))["docs"][0] == "held"
+
+        await eventually(held, 30, "docs held", d)
+        why = (await table_states(pg_dsn, "app"))["docs"][1]
+        assert 'table "docs" key 1 column "body"' in why and "nested too deep" in why, why
+
+        async def notes_followed() -> bool:
+            return typeof(db, "SELECT body FROM notes") == [("the other tables go on",)]
+
+        await eventually(notes_followed, 30, "notes following Postgres", d)
+        await pg_rows(pg_dsn, "UPDATE app.docs SET body = '[[1]]'")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert "unexpected error" not in d.log()
+        assert d.stop() == 0
+    assert typeof(db, "SELECT id, body FROM docs ORDER BY id") == [(1, "[[1]]"), (2, "[[1]]")]
+    assert await compare_table(str(db), pg_dsn, "app", "docs") == []

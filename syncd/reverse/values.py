@@ -190,7 +190,10 @@ def normalize(fam: PgType, value: Any) -> Any:
 def pg_token(fam: PgType, value: Any) -> str:
     if isinstance(value, OutOfRange):
         return f"!{value.text}"  # no SQLite value's token starts with "!"
-    return canonical(fam, normalize(fam, value))
+    try:
+        return canonical(fam, normalize(fam, value))
+    except RecursionError:  # Python's JSON parser ends at about a thousand levels of nesting
+        raise NotExpressible(f"{fam.value} nested too deep for syncd to check") from None
 
 
 def sqlite_token(fam: PgType, value: Any) -> str | None:
@@ -204,7 +207,10 @@ def sqlite_token(fam: PgType, value: Any) -> str | None:
 def keeps(shape: ColumnShape, existing: Any, value: Any) -> bool:
     """Whether the stored SQLite value already is `value` to syncd: then it stays as it
     is, spelling and storage class included."""
-    return sqlite_token(shape.family, existing) == pg_token(shape.family, value)
+    try:
+        return sqlite_token(shape.family, existing) == pg_token(shape.family, value)
+    except NotExpressible:
+        return False  # to_sqlite says why
 
 
 # --- the conversion ---------------------------------------------------------------------
@@ -220,7 +226,7 @@ def to_sqlite(shape: ColumnShape, value: Any) -> Any:
     if fam in (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE):
         return _instant(shape, value)
     out = stored(shape.affinity, _plain(fam, value))
-    if sqlite_token(fam, out) != canonical(fam, value):
+    if sqlite_token(fam, out) != pg_token(fam, value):
         raise NotExpressible(_why(shape, value, out))
     return out
 
