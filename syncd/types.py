@@ -338,12 +338,21 @@ def _parse_datetime(v: Any, pgtype: PgType) -> dt.datetime:
     return parsed
 
 
+def _in_utc(v: Any, d: dt.datetime, pgtype: PgType) -> dt.datetime:
+    """An aware `d` (read from `v`) in UTC, which the instant it names may lie outside the
+    years 1 to 9999 in (0001-01-01T00:30+01:00): Python, so asyncpg, has no value for it."""
+    try:
+        return d.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise _misfit(v, pgtype, "in UTC the instant lies outside the years 1 to 9999") from None
+
+
 def _to_timestamp(v: Any) -> Any:
     if v is None:
         return None
     d = _parse_datetime(v, PgType.TIMESTAMP)
     if d.tzinfo is not None:
-        d = d.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        d = _in_utc(v, d, PgType.TIMESTAMP).replace(tzinfo=None)
     return d
 
 
@@ -353,6 +362,8 @@ def _to_timestamptz(v: Any) -> Any:
     d = _parse_datetime(v, PgType.TIMESTAMPTZ)
     if d.tzinfo is None:
         d = d.replace(tzinfo=dt.timezone.utc)  # SQLite's date functions work in UTC
+    else:
+        _in_utc(v, d, PgType.TIMESTAMPTZ)  # asyncpg sends it in UTC
     return d
 
 

@@ -70,3 +70,32 @@ async def test_a_julian_day_is_not_read_as_seconds_since_1970(app_db, make_confi
     assert why is None, why
     if state[0] == "held":
         assert "julian" in (state[1] or ""), state
+
+
+async def test_an_offset_that_takes_the_instant_past_the_years_python_holds_holds_only_its_table(
+        app_db, make_config, pg_dsn, tmp_path):
+    # 0001-01-01T00:30+01:00 is 31 December of the year 0 in UTC, 9999-12-31T23:30-01:00
+    # the year 10000: no Python datetime holds either instant. Each holds its table,
+    # naming key and column, and the other tables stream on.
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE events (id INTEGER PRIMARY KEY, at DATETIME, atz DATETIME);
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+        INSERT INTO events VALUES (1, '2026-11-23T10:00:00+01:00', '2026-11-23T10:00:00+01:00');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db),
+                        "columns": {"events": {"at": "timestamp", "atz": "timestamptz"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        for column, value in (("at", "0001-01-01T00:30:00+01:00"), ("atz", "9999-12-31T23:30:00-01:00")):
+            conn.execute(f"UPDATE events SET {column} = ? WHERE id = 1", (value,))
+            conn.execute("INSERT INTO notes (body) VALUES (?)", (column,))
+            await wait_caught_up(app_db, pg_dsn, "app", daemon=d, settled=SETTLED)
+            state, why = (await table_states(pg_dsn, "app"))["events"]
+            assert state == "held" and f'column "{column}"' in why and "key 1" in why, (state, why)
+            assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.notes WHERE body = $1", column) == [(1,)]
+            conn.execute(f"UPDATE events SET {column} = '2026-11-24T10:00:00+01:00' WHERE id = 1")
+            await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert "unexpected error" not in d.own_log()
+        assert d.stop() == 0
+    assert run_cli(cfg, "verify").returncode == 0
