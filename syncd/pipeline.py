@@ -26,7 +26,7 @@ from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
-from syncd.postgres.connect import (PostgresUnavailable, describe, is_transient, privilege_refused,
+from syncd.postgres.connect import (PostgresUnavailable, describe, is_transient, lock_given_up, privilege_refused,
                                     sqlstate, statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
@@ -337,6 +337,9 @@ class Pipeline:
             self._smaller_chunks()
             self.session.drop_postgres()  # the step starts again on a fresh connection
             self._enter(FAILING, cancelled, kind="postgres", level="warning")
+        elif locked := lock_given_up(exc, self.settings.dsn_for(self.source)):
+            self.session.drop_postgres()  # the step starts again on a fresh connection
+            self._enter(FAILING, locked, kind="postgres", level="warning")
         elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             self._smaller_chunks()
             self._pg_down(exc, f"a statement ran over [postgres] statement_timeout_seconds "

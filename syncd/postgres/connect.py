@@ -83,6 +83,20 @@ def statement_cancelled(exc: BaseException, dsn: str | None, timeout_seconds: fl
             "server); tried again")
 
 
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def lock_given_up(exc: BaseException, dsn: str | None) -> str | None:
+    """Postgres's end of a lock wait of one of syncd's statements (SQLSTATE 55P03) as one
+    line saying what ended it, or None. Postgres answered: it is not unreachable."""
+    if sqlstate(exc) != LOCK_NOT_AVAILABLE:
+        return None
+    if "lock timeout" not in str(exc):
+        return f"Postgres could not give syncd a lock another session holds ({describe(exc)}); tried again"
+    return (f"Postgres gave up a lock wait at its lock_timeout ({describe(exc)}): a lock_timeout set on {_role(dsn)} "
+            "or its database ended it while another session held the table; tried again until the lock is free")
+
+
 def login_refused(exc: BaseException, dsn: str) -> str | None:
     """Postgres's refusal of syncd's role at login (LoginRefused) as one line naming the
     role, never its password; else None. Postgres answered: it is not unreachable."""

@@ -29,7 +29,7 @@ from syncd.pipeline import lock_met
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import cutover_guard, ddl
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
-from syncd.postgres.connect import describe, is_transient, privilege_refused, statement_cancelled
+from syncd.postgres.connect import describe, is_transient, lock_given_up, privilege_refused, statement_cancelled
 from syncd.postgres.pool import Target
 from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import install_capture
@@ -398,6 +398,9 @@ class ReversePipeline:
                                               self.settings.postgres.statement_timeout_seconds):
             self.session.drop_postgres()  # the step starts again on a fresh connection
             self._enter(FAILING, cancelled, kind="postgres", level="warning")
+        elif locked := lock_given_up(exc, self.settings.dsn_for(self.source)):
+            self.session.drop_postgres()  # the step starts again on a fresh connection
+            self._enter(FAILING, locked, kind="postgres", level="warning")
         elif refused := privilege_refused(exc, self.settings.dsn_for(self.source)):
             self._enter(FAILING, f"{refused}; tried again", kind="postgres", level="error")
             self.needs_reconcile = True  # a grant changed with the schema is met afresh
