@@ -27,6 +27,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings.exceptions import SettingsError
 
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, sqlite_folded
 from syncd.printable import escape_controls
@@ -683,6 +684,21 @@ def _misspelt_environment(path: Path) -> str | None:
     return None
 
 
+def _not_json(message: str, path: Path) -> str:
+    """pydantic-settings' "error parsing value for field "sources" from source
+    "EnvSettingsSource"" said as syncd's errors are: naming the variable (or credential
+    file) at fault, never its value (it may hold a password)."""
+    m = re.search(r'field "([^"]+)" from source "([^"]+)"', message)
+    if m is None:
+        return f"config {path}: {redact_dsn(message)}"
+    field, source = m.groups()
+    if source.startswith("Env"):
+        return (f"environment variable SYNCD_{field.upper()} (over config {path}): not valid JSON "
+                "(a list or table set from the environment is written as JSON)")
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY", "")
+    return f"credential file {os.path.join(cred_dir, field)} (over config {path}): not valid JSON"
+
+
 def load_settings(path: Path) -> Settings:
     """Load and validate the configuration, or raise ConfigError with one line."""
     if not path.exists():
@@ -697,6 +713,8 @@ def load_settings(path: Path) -> Settings:
         settings = Settings()
     except ValidationError as e:
         raise ConfigError(_error_text(e, path)) from None
+    except SettingsError as e:  # a list or table from the environment (or a credential file) that is not JSON
+        raise ConfigError(escape_controls(_not_json(str(e), path))) from None
     except ValueError as e:  # TOML syntax errors surface as ValueError subclasses
         raise ConfigError(f"config {path}: {redact_dsn(str(e))}") from None
     except OSError as e:

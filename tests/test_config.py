@@ -231,3 +231,19 @@ def test_an_empty_endpoint_credential_is_refused(tmp_path, name):
     r = run_cli(write(tmp_path, GOOD), "init", env=env)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
     assert f"environment variable {name}" in r.stderr and "is empty" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name, value", [
+    ("SYNCD_SOURCES", "sales.db"),  # a list is JSON in the environment
+    ("SYNCD_POSTGRES", '{"dsn": "postgresql://syncd:hunter2@127.0.0.1:5432/other"'),  # a table, its brace left out
+])
+def test_an_environment_variable_that_is_not_the_json_its_setting_needs_is_named(tmp_path, name, value):
+    """A list or a table set from the environment is JSON: one that is not is one line
+    naming the variable (not the config file, nor pydantic's "EnvSettingsSource"), exit 2,
+    its value (which may hold a password) never shown."""
+    cfg = write(tmp_path, GOOD)
+    r = run_cli(cfg, "init", env={name: value})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: environment variable {name} (over config {cfg}): "), r.stderr
+    assert "JSON" in r.stderr and "SettingsSource" not in r.stderr, r.stderr
+    assert "hunter2" not in r.stdout + r.stderr
