@@ -111,12 +111,21 @@ async def _hold(step: str) -> None:
     await hold_at("CUTOVER", step)
 
 
+def on_postgres(e: BaseException) -> bool:
+    """`e` is Postgres's, or its connection's (lost, no answer in time): not a file's."""
+    if isinstance(e, OSError) and e.filename is not None:
+        return False
+    return isinstance(e, (asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError, TimeoutError))
+
+
 def undo_reason(e: BaseException) -> str:
     """Why a switch (cutover or rollback) was undone, for its record and the operator."""
     if isinstance(e, (Refused, TablesBusy)):
         return str(e)
     if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
         return "interrupted (Ctrl-C or a stop signal) before the switch was done"
+    if on_postgres(e):
+        return f"Postgres: {describe(e)}"  # the connection lost, no answer in time, or Postgres's refusal
     return f"{type(e).__name__}: {describe(e)}"
 
 

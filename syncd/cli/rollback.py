@@ -15,6 +15,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.sqlite.connection import SourceFileError
 from syncd.sqlite.capture import LockTimeout
+from syncd.cutover import on_postgres
 from syncd.rollback import RollbackResult, rollback
 
 
@@ -56,7 +57,8 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool)
             out.append(RollbackResult(source=s.name, problems=[str(e)]))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error, LockTimeout) as e:
             # Whatever froze stays recorded: the daemon (or the next run) undoes it.
-            what = f"SQLite file {s.path}: {describe(e)}" if isinstance(e, sqlite3.Error) else describe(e)
+            what = (f"SQLite file {s.path}: {describe(e)}" if isinstance(e, (sqlite3.Error, LockTimeout))
+                    else f"Postgres: {describe(e)}" if on_postgres(e) else describe(e))
             out.append(RollbackResult(source=s.name, problems=[what if dry_run else (
                 f"{what}; anything left frozen is undone by the daemon at its next check ([stream] "
                 "held_table_retry_seconds), or by the next `syncd rollback`")]))  # a dry run freezes nothing

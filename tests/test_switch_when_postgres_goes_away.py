@@ -1,0 +1,76 @@
+"""Postgres going away in the middle of a cutover or a rollback (its connections reset,
+new ones refused): the switch is undone and its line names Postgres as what failed, in
+words, not as asyncpg's class ("InterfaceError: connection is closed")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd
+from tests.support.proxy import FaultProxy
+from tests.support.sync import wait_caught_up
+from tests.support.way_back import backup_and_config, cut_over, orders_app
+
+
+@pytest.fixture
+def proxy(pg_dsn):
+    parts = urlsplit(pg_dsn)
+    p = FaultProxy(parts.hostname, parts.port or 5432)
+    yield p, pg_dsn.replace(f":{parts.port}/", f":{p.port}/")
+    p.close()
+
+
+def switch_cut_off_at(cfg, verb: str, step: str, proxy: FaultProxy, via: str, tmp_path) -> str:
+    """`syncd <verb>` through the proxy, held at `step`; there Postgres goes away (every
+    connection reset, new ones refused), then the switch goes on. Its output."""
+    resume = tmp_path / f"resume-{verb}-{step}"
+    env = {**os.environ, "SYNCD_POSTGRES__DSN": via, f"SYNCD_{verb.upper()}_HOLD_AT": step,
+           f"SYNCD_{verb.upper()}_RESUME_ON": str(resume)}
+    proc = subprocess.Popen(syncd_cmd(cfg, verb), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=str(cfg.parent), env=env)
+    try:
+        assert proc.stdout.readline().strip() == f"holding at {step}"
+        proxy.refuse()
+        resume.touch()
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proxy.heal()
+    return f"rc={proc.returncode}\n{out}"
+
+
+@pytest.mark.parametrize("step", ["started", "verified", "finishing"])
+async def test_a_cutover_that_loses_postgres_names_postgres(tmp_path, make_config, pg_dsn, proxy, step):
+    p, via = proxy
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        out = switch_cut_off_at(cfg, "cutover", step, p, via, tmp_path)
+    assert out.startswith("rc=1"), out
+    [line] = [x for x in out.splitlines() if x.startswith("app: ")]
+    assert line.startswith("app: UNDONE: Postgres: "), line
+    assert "Error:" not in line and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("step", ["started", "frozen", "finishing"])
+async def test_a_rollback_that_loses_postgres_names_postgres(tmp_path, make_config, pg_dsn, proxy, step):
+    p, via = proxy
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        out = switch_cut_off_at(cfg, "rollback", step, p, via, tmp_path)
+    assert out.startswith("rc=1"), out
+    [line] = [x for x in out.splitlines() if x.startswith("app: ")]
+    assert line.startswith(("app: UNDONE: Postgres: ", "app: REFUSED: Postgres: ")), line
+    assert "Error:" not in line and "Traceback" not in out, out
