@@ -115,7 +115,9 @@ def on_postgres(e: BaseException) -> bool:
     """`e` is Postgres's, or its connection's (lost, no answer in time): not a file's."""
     if isinstance(e, OSError) and e.filename is not None:
         return False
-    return isinstance(e, (asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError, TimeoutError))
+    if isinstance(e, TimeoutError):
+        return not str(e)  # a statement's (asyncpg's, unworded); syncd's own waits say what they waited for
+    return isinstance(e, (asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError))
 
 
 def undo_reason(e: BaseException) -> str:
@@ -334,6 +336,8 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
     try:
         return await repair.apply_through_stream(settings, source, conn, target, DRAIN_SECONDS)
     except TimeoutError as e:
+        if not str(e):
+            raise  # a statement Postgres did not answer in time, not the drain's wait
         raise Refused(f"the last changes did not reach Postgres within {DRAIN_SECONDS:g} s "
                       f"({str(e).replace('the repair', 'them')})") from None
 

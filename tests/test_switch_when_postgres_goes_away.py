@@ -24,9 +24,9 @@ def proxy(pg_dsn):
     p.close()
 
 
-def switch_cut_off_at(cfg, verb: str, step: str, proxy: FaultProxy, via: str, tmp_path) -> str:
-    """`syncd <verb>` through the proxy, held at `step`; there Postgres goes away (every
-    connection reset, new ones refused), then the switch goes on. Its output."""
+def switch_cut_off_at(cfg, verb: str, step: str, proxy: FaultProxy, via: str, tmp_path, fault=None) -> str:
+    """`syncd <verb>` through the proxy, held at `step`; there Postgres goes away (by
+    default every connection reset, new ones refused), then the switch goes on. Its output."""
     resume = tmp_path / f"resume-{verb}-{step}"
     env = {**os.environ, "SYNCD_POSTGRES__DSN": via, f"SYNCD_{verb.upper()}_HOLD_AT": step,
            f"SYNCD_{verb.upper()}_RESUME_ON": str(resume)}
@@ -34,7 +34,7 @@ def switch_cut_off_at(cfg, verb: str, step: str, proxy: FaultProxy, via: str, tm
                             cwd=str(cfg.parent), env=env)
     try:
         assert proc.stdout.readline().strip() == f"holding at {step}"
-        proxy.refuse()
+        (fault or proxy.refuse)()
         resume.touch()
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -74,3 +74,23 @@ async def test_a_rollback_that_loses_postgres_names_postgres(tmp_path, make_conf
     [line] = [x for x in out.splitlines() if x.startswith("app: ")]
     assert line.startswith(("app: UNDONE: Postgres: ", "app: REFUSED: Postgres: ")), line
     assert "Error:" not in line and "Traceback" not in out, out
+
+
+async def test_a_cutover_whose_postgres_stops_answering_while_it_drains_says_so(tmp_path, make_config, pg_dsn, proxy):
+    """Postgres stops answering (the connection hangs) as the cutover waits for the last
+    changes: its statement times out within seconds, and the line says Postgres did not
+    answer; it claimed the changes "did not reach Postgres within 120 s", a wait that never
+    happened, with "()" for a reason."""
+    p, via = proxy
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db,
+                            postgres={"connect_timeout_seconds": 2, "statement_timeout_seconds": 3})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        out = switch_cut_off_at(cfg, "cutover", "frozen", p, via, tmp_path, fault=p.stall)
+    assert out.startswith("rc=1"), out
+    [line] = [x for x in out.splitlines() if x.startswith("app: ")]
+    assert line.startswith("app: UNDONE: Postgres: timed out"), line
+    assert "within 120 s" not in line and "()" not in line, line
