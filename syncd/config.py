@@ -607,7 +607,20 @@ def _problem(error: dict, path: Path) -> tuple[str, str]:
     # Never echo the offending input: it may be a DSN with a password in it.
     if from_env:
         return f"environment variable {env} (over config {path})", msg
+    credential = _credential_file(loc)
+    if credential is not None:
+        return f"credential file {credential} (over config {path})", msg
     return f"config {path}", f"{where}: {msg}"
+
+
+def _credential_file(loc: tuple) -> str | None:
+    """The file in $CREDENTIALS_DIRECTORY the value at `loc` was read from, if any
+    (postgres__dsn for ("postgres", "dsn")): over the config file's."""
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not cred_dir or not loc or any(isinstance(p, int) for p in loc):
+        return None
+    candidate = os.path.join(cred_dir, "__".join(str(p) for p in loc))
+    return candidate if os.path.isfile(candidate) else None
 
 
 def _error_text(err: ValidationError, path: Path) -> str:

@@ -247,3 +247,21 @@ def test_an_environment_variable_that_is_not_the_json_its_setting_needs_is_named
     assert r.stderr.startswith(f"syncd: environment variable {name} (over config {cfg}): "), r.stderr
     assert "JSON" in r.stderr and "SettingsSource" not in r.stderr, r.stderr
     assert "hunter2" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name, value, said", [
+    ("postgres__dsn", "mysql://syncd:hunter2@127.0.0.1:5432/other", "must be a postgresql:// URL"),
+    ("stream__batch_size", "many", "valid integer"),
+])
+def test_a_bad_credential_file_is_named_not_blamed_on_the_config_file(tmp_path, name, value, said):
+    """A setting from systemd's credentials (LoadCredential=, say the DSN with its password)
+    that syncd cannot use: the line names that credential file, whose value is over the
+    config file's; the file's own, good value was blamed. Exit 2, the value never shown."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / name).write_text(value)
+    cfg = write(tmp_path, GOOD)
+    r = run_cli(cfg, "init", env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: credential file {creds / name} (over config {cfg}): "), r.stderr
+    assert said in r.stderr and "hunter2" not in r.stdout + r.stderr, r.stderr
