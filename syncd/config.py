@@ -721,6 +721,10 @@ def load_settings(path: Path) -> Settings:
     misspelt = _misspelt_environment(path)
     if misspelt:
         raise ConfigError(escape_controls(misspelt))
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and os.path.exists(cred_dir) and not os.path.isdir(cred_dir):
+        raise ConfigError(escape_controls(f"environment variable CREDENTIALS_DIRECTORY ({cred_dir}): not a directory "
+                                          "(systemd's LoadCredential= sets it to one, holding a file per credential)"))
     token = _toml_path.set(path)
     try:
         settings = Settings()

@@ -265,3 +265,17 @@ def test_a_bad_credential_file_is_named_not_blamed_on_the_config_file(tmp_path, 
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
     assert r.stderr.startswith(f"syncd: credential file {creds / name} (over config {cfg}): "), r.stderr
     assert said in r.stderr and "hunter2" not in r.stdout + r.stderr, r.stderr
+
+
+def test_a_credentials_directory_that_is_a_file_is_named(tmp_path):
+    """CREDENTIALS_DIRECTORY naming a file, not a directory: one line naming the variable
+    and the file, exit 2; pydantic's "secrets_dir must reference a directory" was blamed
+    on the config file."""
+    creds = tmp_path / "password.txt"
+    creds.write_text("hunter2")
+    cfg = write(tmp_path, GOOD)
+    r = run_cli(cfg, "init", env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: environment variable CREDENTIALS_DIRECTORY ({creds}): not a directory"), \
+        r.stderr
+    assert "secrets_dir" not in r.stderr and "hunter2" not in r.stdout + r.stderr, r.stderr
