@@ -596,6 +596,8 @@ def _problem(error: dict, path: Path) -> tuple[str, str]:
     msg = error["msg"]
     env = "SYNCD_" + "__".join(str(p) for p in loc).upper()
     from_env = bool(loc) and any(k.upper() == env for k in os.environ)
+    # SYNCD_POSTGRES='{"dsn": ...}': the key is in a section (or list) set whole from the environment.
+    holding = None if from_env or not loc else _env_holding(loc)
     if error["type"] in ("extra_forbidden", "worked_out"):
         close = _close_key(loc)
         if close and from_env:
@@ -607,10 +609,39 @@ def _problem(error: dict, path: Path) -> tuple[str, str]:
     # Never echo the offending input: it may be a DSN with a password in it.
     if from_env:
         return f"environment variable {env} (over config {path})", msg
+    if holding is not None:
+        return f"environment variable {holding} (over config {path})", f"{where}: {msg}"
     credential = _credential_file(loc)
     if credential is not None:
         return f"credential file {credential} (over config {path})", msg
     return f"config {path}", f"{where}: {msg}"
+
+
+def _env_holding(loc: tuple) -> str | None:
+    """The variable that set a section (or list) whole as JSON and holds the key at `loc`
+    (SYNCD_POSTGRES='{"dsn": ...}' for ("postgres", "dsn")), if any."""
+    import json
+
+    for i in range(len(loc) - 1, 0, -1):
+        if any(isinstance(p, int) for p in loc[:i]):
+            continue
+        name = "SYNCD_" + "__".join(str(p) for p in loc[:i]).upper()
+        value = next((v for k, v in os.environ.items() if k.upper() == name), None)
+        if value is None:
+            continue
+        try:
+            node = json.loads(value)
+        except ValueError:
+            return None
+        for part in loc[i:]:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                return None
+        return name
+    return None
 
 
 def _credential_file(loc: tuple) -> str | None:

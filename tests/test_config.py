@@ -279,3 +279,18 @@ def test_a_credentials_directory_that_is_a_file_is_named(tmp_path):
     assert r.stderr.startswith(f"syncd: environment variable CREDENTIALS_DIRECTORY ({creds}): not a directory"), \
         r.stderr
     assert "secrets_dir" not in r.stderr and "hunter2" not in r.stdout + r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("value, said", [
+    ('{"dsn": "mysql://syncd:hunter2@127.0.0.1:5432/other"}', "postgres.dsn: must be a postgresql:// URL"),
+    ('{"dsn": "postgresql://syncd:hunter2@127.0.0.1:5432/other", "bogus": 1}', "postgres.bogus: unknown key"),
+])
+def test_a_bad_key_of_a_section_set_whole_from_the_environment_is_named_there(tmp_path, value, said):
+    """SYNCD_POSTGRES='{"dsn": ...}' sets the section from the environment: a key in it
+    that syncd cannot use is said under that variable, not blamed on the config file (whose
+    own keys were fine)."""
+    cfg = write(tmp_path, GOOD)
+    r = run_cli(cfg, "init", env={"SYNCD_POSTGRES": value})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: environment variable SYNCD_POSTGRES (over config {cfg}): {said}"), r.stderr
+    assert "hunter2" not in r.stdout + r.stderr
