@@ -59,3 +59,33 @@ def test_os_errors_about_the_file_or_its_directory_are_the_files():
     assert not is_sqlite_file_error(ConnectionRefusedError(111, "Connection refused"), db)
     assert not is_sqlite_file_error(OSError(113, "No route to host"), db)
     assert not is_sqlite_file_error(PermissionError(13, "Permission denied", "/etc/ssl/key.pem"), db)
+
+
+async def test_every_verb_that_writes_names_a_read_only_target_in_one_line(tmp_path, make_config, pg_dsn):
+    """`syncd init`, `syncd resync` and `syncd uninstall` on a database that takes no
+    writes: one line saying so (a standby, or default_transaction_read_only), exit 1; they
+    printed asyncpg's traceback, as for a bug."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.commit()
+    conn.close()
+    name = pg_dsn.rsplit("/", 1)[1]
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    await pg_rows(pg_dsn, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    try:
+        for verb in (["init"], ["resync", "--source", "app", "--table", "t"], ["uninstall"]):
+            r = run_cli(cfg, *verb)
+            out = r.stdout + r.stderr
+            assert r.returncode == 1 and "Traceback" not in out, (verb, out)
+            assert "Postgres takes no writes in this database" in out, (verb, out)
+            assert len(r.stderr.splitlines()) <= 1, (verb, out)
+    finally:
+        admin = await asyncpg.connect(pg_dsn.rsplit("/", 1)[0] + "/postgres")
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        finally:
+            await admin.close()

@@ -65,6 +65,18 @@ def privilege_refused(exc: BaseException, dsn: str | None = None) -> str | None:
             'under "The Postgres role"')
 
 
+READ_ONLY_TRANSACTION = "25006"
+
+
+def read_only_refused(exc: BaseException) -> str | None:
+    """Postgres's refusal of a write in a database that takes none (SQLSTATE 25006), as
+    one line; else None. The server's to change, not a bug."""
+    if sqlstate(exc) != READ_ONLY_TRANSACTION:
+        return None
+    return (f"Postgres takes no writes in this database ({describe(exc)}): a standby, or "
+            "default_transaction_read_only; run this again once it takes writes")
+
+
 QUERY_CANCELED = "57014"
 
 
