@@ -113,8 +113,10 @@ async def _hold(step: str) -> None:
 
 def on_postgres(e: BaseException) -> bool:
     """`e` is Postgres's, or its connection's (lost, no answer in time): not a file's."""
-    if isinstance(e, OSError) and e.filename is not None:
-        return False
+    from syncd.report.facts import SourceNotMeasured
+
+    if isinstance(e, OSError) and e.filename is not None or isinstance(e, SourceNotMeasured):
+        return False  # a file's; or a measure of the report's, which names Postgres itself
     if isinstance(e, TimeoutError):
         return not str(e)  # a statement's (asyncpg's, unworded); syncd's own waits say what they waited for
     return isinstance(e, (asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError))

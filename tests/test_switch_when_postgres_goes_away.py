@@ -94,3 +94,29 @@ async def test_a_cutover_whose_postgres_stops_answering_while_it_drains_says_so(
     [line] = [x for x in out.splitlines() if x.startswith("app: ")]
     assert line.startswith("app: UNDONE: Postgres: timed out"), line
     assert "within 120 s" not in line and "()" not in line, line
+
+
+async def test_a_cutover_whose_checks_time_out_before_it_starts_names_postgres_once(tmp_path, make_config, pg_dsn):
+    """A statement of the cutover's checks before the freeze runs over the statement
+    timeout (a session keeps syncd's bookkeeping locked): refused, nothing changed, the
+    line naming the source's database and Postgres once."""
+    import asyncpg
+
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, postgres={"statement_timeout_seconds": 1})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        assert d.stop() == 0
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE syncd.tables IN ACCESS EXCLUSIVE MODE")
+            r = run_cli(cfg, "cutover")
+    finally:
+        await holder.close()
+    assert r.returncode == 1, r.stdout + r.stderr
+    [line] = [x for x in r.stdout.splitlines() if x.startswith("app: ")]
+    assert line.startswith("app: REFUSED: ") and line.count("Postgres: ") == 1, line
+    assert "timed out" in line and "Traceback" not in r.stdout + r.stderr, line
