@@ -178,3 +178,28 @@ async def test_a_role_refused_at_login_is_named_once_and_retried_until_it_is_let
     [back] = [x for x in log.splitlines() if "event=recovered" in x]
     assert "Postgres accepts syncd's login again" in back, back
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_a_verb_whose_statement_postgres_does_not_answer_in_time_says_so_in_one_line(tmp_path, make_config,
+                                                                                         pg_dsn):
+    """`syncd init` and `syncd resync` whose statement runs over [postgres]
+    statement_timeout_seconds (a session keeps syncd's bookkeeping locked): one line naming
+    Postgres and the timeout, exit 1; they printed a traceback ending in a bare TimeoutError."""
+    import asyncpg
+
+    db = tmp_path / "app.db"
+    create_items(db, rows=10)
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"postgres": {"statement_timeout_seconds": 1}})
+    assert run_cli(cfg, "init").returncode == 0
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE syncd.tables IN ACCESS EXCLUSIVE MODE")
+            runs = [run_cli(cfg, *verb) for verb in (["init"], ["resync", "--source", "app", "--table", "items"])]
+    finally:
+        await holder.close()
+    for r in runs:
+        out = r.stdout + r.stderr
+        assert r.returncode == 1 and "Traceback" not in out, out
+        [line] = r.stderr.splitlines()
+        assert "Postgres" in line and "timed out" in line and "statement_timeout_seconds" in line, line

@@ -105,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:  # a bug: show the traceback, but never a secret it may quote
-        from syncd.postgres.connect import privilege_refused, read_only_refused
+        from syncd.postgres.connect import postgres_lost, privilege_refused, read_only_refused
 
-        # Not a bug: a grant the operator has to give, or a database that takes no writes, said in one line.
-        refused = privilege_refused(e) or read_only_refused(e)
+        # Not a bug: a grant the operator has to give, a database that takes no writes, or
+        # Postgres not answering in time or gone, said in one line.
+        refused = privilege_refused(e) or read_only_refused(e) or postgres_lost(e)
         if refused is not None:
             return common.fail(refused, 1)
         import traceback

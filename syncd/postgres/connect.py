@@ -65,6 +65,17 @@ def privilege_refused(exc: BaseException, dsn: str | None = None) -> str | None:
             'under "The Postgres role"')
 
 
+def postgres_lost(exc: BaseException) -> str | None:
+    """A statement Postgres did not answer in time, or a connection lost under one, as
+    one line; else None. An outage or a slow server, not a bug."""
+    if isinstance(exc, TimeoutError) and not str(exc):  # asyncpg's command timeout says nothing
+        return ("Postgres: timed out: a statement got no answer within [postgres] statement_timeout_seconds (a "
+                "lock another session holds, a busy server, or the server gone); try again")
+    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError)) or lost_track(exc):
+        return f"Postgres: the connection was lost ({describe(exc)}); try again"
+    return None
+
+
 READ_ONLY_TRANSACTION = "25006"
 
 
