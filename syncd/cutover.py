@@ -524,6 +524,9 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         res.already = await _cut_over_at(conn, b)
         if res.already is not None:
             return res
+        if await conn.fetchval("SELECT current_setting('transaction_read_only') = 'on'"):
+            raise Refused("Postgres takes no writes in this database (a standby, or default_transaction_read_only): "
+                          "the application could not write it after a cutover; cut over once it takes writes")
         b.key = await source_key(conn, b.schema, source.name)
         await _not_sharing_a_way_back(conn, b)
         if not await take_switch_lock(conn, b.key):

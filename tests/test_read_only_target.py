@@ -89,3 +89,35 @@ async def test_every_verb_that_writes_names_a_read_only_target_in_one_line(tmp_p
             await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
         finally:
             await admin.close()
+
+
+async def test_a_cutover_dry_run_on_a_read_only_target_is_refused(tmp_path, make_config, pg_dsn):
+    """`syncd cutover --dry-run` on a database that takes no writes (a standby,
+    default_transaction_read_only): refused, saying so; it said "ready to cut over", and
+    the application would have been switched to a database it cannot write."""
+    from tests.support.way_back import backup_and_config
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.commit()
+    conn.close()
+    name = pg_dsn.rsplit("/", 1)[1]
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        assert d.stop() == 0
+    await pg_rows(pg_dsn, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    try:
+        for args in (["--dry-run"], []):
+            r = run_cli(cfg, "cutover", *args)
+            out = r.stdout + r.stderr
+            assert r.returncode == 1 and "ready to cut over" not in out, out
+            assert "app: REFUSED: Postgres takes no writes in this database" in out, out
+    finally:
+        admin = await asyncpg.connect(pg_dsn.rsplit("/", 1)[0] + "/postgres")
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        finally:
+            await admin.close()
