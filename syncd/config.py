@@ -555,6 +555,9 @@ def register_secrets(settings: Settings) -> None:
 
 
 def resolve_config_path(cli_path: str | None) -> Path:
+    if cli_path is not None and not cli_path.strip():
+        # `--config "$CONFIG"` with $CONFIG unset: a file was meant, not ./syncd.toml.
+        raise ConfigError("--config: is empty; name the configuration file (or leave the option out)")
     if cli_path:
         return Path(cli_path)
     env = os.environ.get("SYNCD_CONFIG")

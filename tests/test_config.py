@@ -294,3 +294,17 @@ def test_a_bad_key_of_a_section_set_whole_from_the_environment_is_named_there(tm
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
     assert r.stderr.startswith(f"syncd: environment variable SYNCD_POSTGRES (over config {cfg}): {said}"), r.stderr
     assert "hunter2" not in r.stdout + r.stderr
+
+
+def test_an_empty_config_option_is_refused_not_taken_for_the_default_file(tmp_path):
+    """`syncd --config "$CONFIG" run` with $CONFIG unset: the operator named a file, and
+    syncd silently used ./syncd.toml (or $SYNCD_CONFIG) instead, say another database's.
+    One line naming --config, exit 2."""
+    import subprocess
+    import sys
+
+    write(tmp_path, GOOD)  # ./syncd.toml, which must not be used in its place
+    r = subprocess.run([sys.executable, "-m", "syncd", "--config", "", "schema"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert "--config" in r.stderr and "empty" in r.stderr and "sales" not in r.stdout, r.stdout + r.stderr
