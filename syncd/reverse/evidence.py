@@ -103,8 +103,10 @@ class ReverseEvidence:
             self._uncovered_sql(spec, f"count(*), bool_or(c.op = {OP_TRUNCATE})"), *args)
         if truncated or n > MAX_CHANGED_KEYS:
             return None, n, None
+        as_text = check.ks.pg_as_text or tuple(False for _ in casts)  # keys verify reads as text (a uuid)
+        values = ", ".join(f"({c})::text" if t else c for c, t in zip(casts, as_text))
         rows = await check.pg.fetch(self._uncovered_sql(
-            spec, f"DISTINCT ARRAY[{tokens}]::text[], {', '.join(casts)}") + f" AND c.op <> {OP_TRUNCATE}", *args)
+            spec, f"DISTINCT ARRAY[{tokens}]::text[], {values}") + f" AND c.op <> {OP_TRUNCATE}", *args)
         return {tuple(r[0]) for r in rows}, n, [tuple(r[1:]) for r in rows]
 
     # --- deciding candidates -------------------------------------------------------------------

@@ -67,6 +67,9 @@ class KeySpace:
     sqlite_indexed: bool  # SQLite can walk the key in BINARY order (rowid or an index)
     pg_collate_c: tuple[bool, ...]  # key column needs COLLATE "C" in Postgres
     pg_indexed: bool
+    # Key column Postgres holds in a type text has no operators with (a TEXT key the
+    # application made uuid after a cutover): compared and read as its text.
+    pg_as_text: tuple[bool, ...] = ()
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -110,8 +113,13 @@ class KeySpace:
 
     # --- Postgres --------------------------------------------------------------------
 
+    def pg_ref(self, i: int) -> str:
+        """Key column i as Postgres SQL reads it (a value of the key's own type)."""
+        ref = quote_pg_ident(self.key[i])
+        return f"{ref}::text" if self.pg_as_text and self.pg_as_text[i] else ref
+
     def pg_columns(self) -> list[str]:
-        return [quote_pg_ident(k) + (' COLLATE "C"' if c else "") for k, c in zip(self.key, self.pg_collate_c)]
+        return [self.pg_ref(i) + (' COLLATE "C"' if c else "") for i, c in enumerate(self.pg_collate_c)]
 
     def pg_key(self) -> str:
         parts = self.pg_columns()
@@ -267,6 +275,8 @@ async def key_space(conn_sqlite_run, pg: asyncpg.Connection, schema: str, spec: 
     """Build the KeySpace; `conn_sqlite_run(fn, *args)` runs fn on the SQLite thread."""
     binary, sqlite_indexed = await conn_sqlite_run(sqlite_key_access, spec)
     collate_c = await pg_key_access(pg, schema, spec)
+    as_text = await pg_keys_as_text(pg, schema, spec)
+    collate_c = tuple(c or t for c, t in zip(collate_c, as_text))  # text's own collation may be any
     return KeySpace(
         spec=spec,
         orderable=orderable(spec),
@@ -274,7 +284,22 @@ async def key_space(conn_sqlite_run, pg: asyncpg.Connection, schema: str, spec: 
         sqlite_indexed=sqlite_indexed,
         pg_collate_c=collate_c,
         pg_indexed=not any(collate_c),
+        pg_as_text=as_text,
     )
+
+
+async def pg_keys_as_text(conn: asyncpg.Connection, schema: str, spec: TableSpec) -> tuple[bool, ...]:
+    """Key columns of type TEXT that Postgres holds as uuid (its text is the lowercase form
+    the way back writes, which orders as the uuid does)."""
+    rows = await conn.fetch(
+        """SELECT a.attname FROM pg_attribute a
+           JOIN pg_class c ON c.oid = a.attrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = ANY($3::text[]) AND a.atttypid = 'uuid'::regtype""",
+        schema, spec.name, list(spec.key),
+    )
+    uuids = {r[0] for r in rows}
+    return tuple(k in uuids and spec.column(k).pgtype is PgType.TEXT for k in spec.key)
 
 
 def cell_case(key_sql: str, n_bounds: int, mark: Callable[[int], str]) -> str:

@@ -29,7 +29,7 @@ class PostgresTable:
         self.spec = ks.spec
         self.table = qualified(schema, ks.spec.name)
         self.hash = pg_row_hash_sql(ks.spec, utf8_database)
-        self.key_cols = ", ".join(quote_pg_ident(k) for k in ks.key)
+        self.key_cols = ", ".join(ks.pg_ref(i) for i in range(len(ks.key)))
         self.tokens = f"ARRAY[{', '.join(pg_token_exprs(ks.spec))}]::text[]"
         self.key_tokens = pg_key_token_exprs(ks.spec)
 
@@ -84,7 +84,7 @@ class PostgresTable:
         types = [t.value for t in self.ks.key_types]
         arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
         if nkey == 1:
-            cond = f"{quote_pg_ident(self.ks.key[0])} = ANY({arrays})"
+            cond = f"{self.ks.pg_ref(0)} = ANY({arrays})"
         else:
             cond = f"({self.key_cols}) IN (SELECT * FROM unnest({arrays}))"
         sql = f"SELECT {self.key_cols}, {self.tokens} FROM {self.table} WHERE {cond}"
@@ -102,7 +102,7 @@ class PostgresTable:
         types = [t.value for t in self.ks.key_types]
         arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
         if nkey == 1:
-            cond = f"{quote_pg_ident(self.ks.key[0])} = ANY({arrays})"
+            cond = f"{self.ks.pg_ref(0)} = ANY({arrays})"
         else:
             cond = f"({self.key_cols}) IN (SELECT * FROM unnest({arrays}))"
         unique = list(dict.fromkeys(tuple(k) for k in keys))
