@@ -147,6 +147,22 @@ async def test_tables_not_streaming_count_as_differences(app_db, make_config, pg
     assert out.stdout.startswith('app: "flags" not comparable (held) (3 rows in SQLite, 0 in Postgres')
 
 
+async def test_a_table_the_configuration_now_leaves_out_is_named_so(app_db, make_config, pg_dsn, tmp_path):
+    """Excluded from its source after it was copied, a table is still in SQLite: verify
+    says the configuration leaves it out, with its rows, not that the table is gone."""
+    seed(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    cfg = make_config([{"name": "app", "path": str(app_db), "exclude": ["textkey"]}], extra=verify_section())
+
+    rc, doc = verify_json(cfg)
+    assert rc == 1
+    got = tables(doc)["textkey"]
+    assert not got["compared"] and (got["rows_sqlite"], got["rows_postgres"]) == (102, 102)
+    assert "no longer exists" not in got["reason"], got["reason"]
+    assert "a table the source's include/exclude settings leave out" in got["reason"], got["reason"]
+
+
 async def test_failures_are_one_line_without_secrets(app_db, make_config, tmp_path, pg_dsn):
     missing = make_config([{"name": "app", "path": str(tmp_path / "nope.db")}], name="missing.toml")
     out = verify(missing)

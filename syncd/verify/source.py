@@ -21,7 +21,7 @@ from syncd.postgres.bookkeeping import (Bookkeeping, SourceRow, TableRow, bookke
                                        source_key)
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
 from syncd.postgres.target import UnsupportedTarget, check_target
-from syncd.sqlite import capture
+from syncd.sqlite import capture, leftout
 from syncd.sqlite.capture import CaptureState, LockTimeout
 from syncd.sqlite.connection import SourceFileError, SqliteWorker, is_busy
 from syncd.parity.apply import retyped_columns
@@ -251,6 +251,14 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
             lo = holding[name]
             why = f"not replicated: {lo.describe()} (then exclude it from the source)"
             plans.append(TablePlan(name, None, tid, row, why, schema.version, lo.rows))
+            continue
+        excluded = name in schema.left_out and schema.left_out[name].kind == leftout.EXCLUDED
+        if spec is None and row is not None and excluded:
+            # Copied before, left out by the configuration now: still in SQLite, no longer kept current.
+            why = (f"not replicated any more: {schema.left_out[name].why}; its rows in Postgres are no longer "
+                   "kept current (the daemon forgets the table once it runs with this configuration)")
+            plans.append(TablePlan(name, None, tid, row, why, schema.version,
+                                   await s.run(leftout.count_rows, name)))
             continue
         why = _why_not(s, state, src, name, spec, tid, row, schema.refused, pg_tables, schema.version, running)
         if why is None and spec is not None:
