@@ -62,8 +62,12 @@ class PostgresTable:
         """(position, key) of the rows at positions step+1, 2*step+1, ... of range `r`."""
         where, params = self.ks.pg_where(r)
         order = self.ks.pg_order()
-        sql = (f"SELECT rn, {self.key_cols} FROM (SELECT {self.key_cols}, row_number() OVER (ORDER BY {order}) AS rn "
-               f"FROM {self.table} WHERE {where}) s WHERE rn > 1 AND (rn - 1) % ${len(params) + 1} = 0 ORDER BY rn")
+        # The subquery's columns get names of their own: a key column may be called rn.
+        aliases = [f"_syncd_k{i}" for i in range(len(self.ks.key))]
+        named = ", ".join(f"{self.ks.pg_ref(i)} AS {a}" for i, a in enumerate(aliases))
+        sql = (f"SELECT _syncd_rn, {', '.join(aliases)} FROM (SELECT {named}, row_number() OVER (ORDER BY {order}) "
+               f"AS _syncd_rn FROM {self.table} WHERE {where}) s "
+               f"WHERE _syncd_rn > 1 AND (_syncd_rn - 1) % ${len(params) + 1} = 0 ORDER BY _syncd_rn")
         return [(row[0], tuple(row[1:])) for row in await self.conn.fetch(sql, *params, step)]
 
     async def range_hashes(self, ranges: Sequence[KeyRange]) -> list[tuple]:
