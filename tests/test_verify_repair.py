@@ -104,6 +104,29 @@ async def test_tables_not_streaming_are_not_repaired(app_db, make_config, pg_dsn
     assert (await table_states(pg_dsn, "app"))["flags"][0] == "held"
 
 
+async def test_a_repair_does_not_call_tables_it_could_not_compare_nothing_to_repair(app_db, make_config, pg_dsn,
+                                                                                      tmp_path):
+    """A table held by a value Postgres refuses, and one whose Postgres table was dropped
+    by hand: neither was compared, so `--repair` repaired nothing there and says so,
+    not that there was nothing to repair."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO items VALUES (1, 'a'), (2, 'b');
+        CREATE TABLE flags (id INTEGER PRIMARY KEY, ok BOOLEAN);
+        INSERT INTO flags VALUES (1, 0), (2, 7);
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_execute(pg_dsn, "DROP TABLE app.items")
+    out = verify(cfg, "--repair", "--wait", "5")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "nothing to repair" not in out.stdout, out.stdout
+    assert '"flags" not repaired: not compared (held)' in out.stdout, out.stdout
+    assert '"items" not repaired: not compared (streaming)' in out.stdout, out.stdout
+
+
 def test_only_what_a_replay_can_fix_is_queued():
     diffs = [
         Difference("different", (1,), ("v",), raw_key=(1,)),
