@@ -1,9 +1,11 @@
 """After a cutover the application shapes Postgres: a TEXT key holding UUIDs may become a
-`uuid` column (a type of the text family the way back follows, reverse/values.family).
-`syncd verify` goes on comparing the table, finds a row changed in SQLite under such a
-key and `--repair` writes Postgres's row over it; Postgres has no operator between uuid
-and text, and a check that compared the key as text failed on every run (and with it
-the verification `syncd rollback` makes)."""
+`uuid` column, a code a `character(n)` one (types of the text family the way back
+follows, reverse/values.family). `syncd verify` goes on comparing the table, names a row
+changed in SQLite under such a key for what it is, and `--repair` writes Postgres's row
+over it. Postgres has no operator between uuid and text: a check that compared the key
+as text failed on every run (and with it the verification `syncd rollback` makes). And
+character(n) compared as text drops the padding the way back writes into SQLite: a key
+shorter than n was looked up in vain, its row called only in SQLite."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ async def test_a_key_retyped_to_uuid_is_compared_and_repaired(tmp_path, make_con
         await cut_over(cfg, db, pg_dsn, daemon=d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
         await pg_execute(pg_dsn, "ALTER TABLE app.devices ALTER COLUMN id TYPE uuid USING id::uuid")
+        d.wait_log("table copied again from Postgres")  # rewritten: the way back copies it again
         await pg_execute(pg_dsn, "UPDATE app.devices SET name = 'renamed' WHERE id = $1::uuid", key(5))
 
         async def arrived() -> bool:
@@ -64,3 +67,37 @@ async def test_a_key_retyped_to_uuid_is_compared_and_repaired(tmp_path, make_con
     out = verify(cfg, "--wait", "1")
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"app: \"devices\" pending: key '{key(9)}'" in out.stdout, out.stdout
+
+
+async def test_a_key_retyped_to_character_is_looked_up_padded(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE codes (code TEXT PRIMARY KEY, name TEXT)")
+    conn.executemany("INSERT INTO codes VALUES (?, ?)", [(f"c{i:07d}", f"code {i}") for i in range(ROWS)])
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_execute(pg_dsn, "ALTER TABLE app.codes ALTER COLUMN code TYPE character(8)")
+        d.wait_log("table copied again from Postgres")  # rewritten: the way back copies it again
+        await pg_execute(pg_dsn, "INSERT INTO app.codes VALUES ('ab', 'short')")
+
+        async def arrived() -> bool:
+            return typeof(db, "SELECT code FROM codes WHERE name = 'short'") == [("ab      ",)]
+
+        await eventually(arrived, 30, "the new row to reach SQLite", daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert verify(cfg, "--wait", "5").returncode == 0
+
+        tamper_sqlite(db, "UPDATE codes SET name = 'tampered' WHERE code = 'ab      '")
+        out = verify(cfg, "--wait", "2")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "app: \"codes\" different: key 'ab      ': column \"name\"" in out.stdout.splitlines(), out.stdout
+
+        out = verify(cfg, "--wait", "5", "--repair")
+        assert out.returncode == 0, out.stdout + out.stderr
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT name FROM codes WHERE code = 'ab      '") == [("short",)]

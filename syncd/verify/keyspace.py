@@ -116,6 +116,8 @@ class KeySpace:
     def pg_ref(self, i: int) -> str:
         """Key column i as Postgres SQL reads it (a value of the key's own type)."""
         ref = quote_pg_ident(self.key[i])
+        if self.spec.column(self.key[i]).pg_padded:
+            return f"textin(bpcharout({ref}))"  # character(n) with its padding, as SQLite holds it (rowhash.pg_token)
         return f"{ref}::text" if self.pg_as_text and self.pg_as_text[i] else ref
 
     def pg_columns(self) -> list[str]:
@@ -276,7 +278,8 @@ async def key_space(conn_sqlite_run, pg: asyncpg.Connection, schema: str, spec: 
     binary, sqlite_indexed = await conn_sqlite_run(sqlite_key_access, spec)
     collate_c = await pg_key_access(pg, schema, spec)
     as_text = await pg_keys_as_text(pg, schema, spec)
-    collate_c = tuple(c or t for c, t in zip(collate_c, as_text))  # text's own collation may be any
+    # Read as text (pg_ref): that text's collation may be any.
+    collate_c = tuple(c or t or spec.column(k).pg_padded for c, t, k in zip(collate_c, as_text, spec.key))
     return KeySpace(
         spec=spec,
         orderable=orderable(spec),
