@@ -19,7 +19,7 @@ import asyncpg
 
 from tests.support.app import create_items
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import eventually, wait_caught_up
 
 
@@ -98,3 +98,28 @@ async def test_kill9_inside_the_capture_reset(tmp_path, make_config, pg_dsn):
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert d.stop() == 0
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_verify_of_a_file_put_back_from_a_backup_says_so(tmp_path, make_config, pg_dsn):
+    """Restored with syncd stopped, the file is older than what Postgres holds: verify,
+    run before the daemon starts again, says the file is not the one Postgres followed,
+    not that changes are pending for a daemon that is not running (there are none)."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=100, journal="delete")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "one.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        backup(db, tmp_path / "backup.db")
+        conn = sqlite3.connect(db, isolation_level=None)
+        for i in range(1, 6):
+            conn.execute("UPDATE items SET v = 'after the backup' WHERE id = ?", (i,))
+        conn.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    os.replace(tmp_path / "backup.db", db)
+
+    out = run_cli(cfg, "verify", "--wait", "1")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "pending" not in out.stdout and "is the daemon running" not in out.stdout, out.stdout
+    assert 'app: "items" not comparable (streaming)' in out.stdout, out.stdout
+    assert "the file was restored from an older copy or replaced" in out.stdout, out.stdout

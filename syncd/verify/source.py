@@ -223,6 +223,7 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
     if s.has_bookkeeping:
         src = await s.bk.load_source(s.pg)
         rows = await s.bk.load_tables(s.pg)
+    put_back = await _put_back(s, state, src)
     # Virtual tables storing rows of their own (FTS5 without content=, R*Tree) cannot be
     # replicated: their rows are nowhere in Postgres, so the source is not equal.
     holding = {n: lo for n, lo in schema.left_out.items() if lo.holds_data and lo.rows != 0}
@@ -260,7 +261,8 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
             plans.append(TablePlan(name, None, tid, row, why, schema.version,
                                    await s.run(leftout.count_rows, name)))
             continue
-        why = _why_not(s, state, src, name, spec, tid, row, schema.refused, pg_tables, schema.version, running)
+        why = _why_not(s, state, src, name, spec, tid, row, schema.refused, pg_tables, schema.version, running,
+                       put_back)
         if why is None and spec is not None:
             spec = _as_read_from(spec, pg_tables[name])
         plans.append(TablePlan(name, spec, tid, row, why, schema.version))
@@ -276,9 +278,26 @@ def _as_read_from(spec: TableSpec, pgt: ddl.PgTable) -> TableSpec:
     return replace(spec, columns=tuple(replace(c, pg_padded=True) if c.name in padded else c for c in spec.columns))
 
 
+async def _put_back(s: _Session, state: CaptureState, src: SourceRow | None) -> str | None:
+    """Why the file is not the one whose changes Postgres applied (an older copy put back,
+    or another file put in its place), or None: the changelog ends before the checkpoint,
+    or the file notes a position Postgres never applied (reconcile._resume_position, which
+    then copies every table again). Compared, its rows would read as changes in flight."""
+    if src is None or s.direction != TO_POSTGRES or not state.installed or src.capture_id != state.capture_id:
+        return None
+    top = state.max_seq
+    if top < src.applied_seq:  # read before the checkpoint: the stream may have moved on since; read again
+        top = (await s.run(capture.read_state)).max_seq
+    if top >= src.applied_seq and state.pruned_seq <= src.applied_seq:
+        return None
+    return (f"the SQLite file's changelog (noted position {state.pruned_seq}, ending at {top}) is not the one "
+            f"Postgres applied (up to {src.applied_seq}): the file was restored from an older copy or replaced; "
+            "the daemon copies every table again from it when it next runs")
+
+
 def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str, spec: TableSpec | None,
              tid: int | None, row: TableRow | None, refused: dict, pg_tables: dict[str, ddl.PgTable],
-             sqlite_schema: int | None = None, running: bool = True) -> str | None:
+             sqlite_schema: int | None = None, running: bool = True, put_back: str | None = None) -> str | None:
     """Why this table cannot be compared now, or None. `running`: a daemon runs the source."""
     if not s.has_bookkeeping or src is None:
         return "syncd has not set this source up in Postgres yet; run `syncd init` or start the daemon"
@@ -287,6 +306,8 @@ def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str,
     if src.capture_id != state.capture_id:
         return ("capture in the SQLite file was reinstalled (or the file replaced) since Postgres was loaded; "
                 "the daemon re-snapshots every table")
+    if put_back is not None:
+        return put_back
     if row is None:
         return "not registered in syncd's bookkeeping yet; run `syncd init` or start the daemon"
     if row.state != bk.STREAMING:
