@@ -541,35 +541,46 @@ def audit_quick(conn, spec, columns: list[str], override: PgType | None = None) 
     """The cutover's reading, in a frozen file: the spelling from a sample, then every
     value checked against it in SQL (SQLite's own speed, not Python's). Values spelled
     right that name no real date are left to Postgres's proof before the column changes."""
-    from syncd.identifiers import quote_ident
+    from syncd.sqlite import windows
 
     out: dict[str, Verdict] = {}
-    table = f"main.{quote_ident(spec.name)}"
     keys = ", ".join(spec.sqlite_ref(k) for k in spec.key)
     declared = {c.name: c.declared for c in spec.columns}
+    # Window by window, as every scan of the file: the freeze leaves the tables the source
+    # does not carry writable, and in rollback-journal mode one statement over the whole
+    # table would hold their writers back for as long as it reads.
+    order = windows.table_ordering(spec)
     old = conn.text_factory
     conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
     try:
         for name in columns:
             col = spec.sqlite_ref(name)
             sample = ColumnAudit(spec.name, name, declared.get(name, ""))
-            for row in conn.execute(f"SELECT {keys}, {col} FROM {table} WHERE {col} IS NOT NULL LIMIT ?",
-                                    (QUICK_SAMPLE,)):
-                sample.add(tuple(row[:-1]), row[-1])
+            for got in windows.scan(conn, spec.name, order, f"{keys}, {col}", f"{col} IS NOT NULL"):
+                for row in got[:QUICK_SAMPLE - sample.values]:
+                    sample.add(tuple(row[:-1]), row[-1])
+                if sample.values >= QUICK_SAMPLE:
+                    break
             first = sample.verdict(override)
             if first.format is None or sample.values < QUICK_SAMPLE:
                 out[name] = first  # the sample is every value, or no spelling: its verdict stands
                 continue
             fmt = first.format
             match = sqlite_match(col, fmt)
-            total, bad = conn.execute(f"SELECT count({col}), count({col}) - coalesce(sum({match}), 0) "
-                                      f"FROM {table}").fetchone()
+            total = bad = 0
+            counts = f"count({col}), count({col}) - coalesce(sum({match}), 0)"
+            for (window_total, window_bad), in windows.scan(conn, spec.name, order, counts):
+                total, bad = total + window_total, bad + window_bad
             audit = ColumnAudit(spec.name, name, declared.get(name, ""), values=total)
             if not bad:
                 out[name] = Verdict(audit, fmt, _flavour(fmt, override), 0)
                 continue
-            rows = conn.execute(f"SELECT {keys}, {col} FROM {table} WHERE {col} IS NOT NULL AND NOT ({match}) "
-                                f"LIMIT {SAMPLE_KEYS}").fetchall()
+            rows: list[tuple] = []
+            misspelled = f"{col} IS NOT NULL AND NOT ({match})"
+            for got in windows.scan(conn, spec.name, order, f"{keys}, {col}", misspelled):
+                rows += got[:SAMPLE_KEYS - len(rows)]
+                if len(rows) >= SAMPLE_KEYS:
+                    break
             example = rows[0][-1] if rows else None
             got = shape(example) if rows else None
             why = (f"spelled {got.spec}, not {fmt.spec}" if isinstance(got, Format) else got) or "not spelled so"
