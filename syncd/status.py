@@ -23,7 +23,7 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe, login_refused, privilege_refused
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
-from syncd.sqlite.connection import file_problem, hard_links, is_busy, open_readonly
+from syncd.sqlite.connection import file_problem, hard_links, is_busy, left_mid_transaction, open_readonly
 from syncd.sqlite.introspect import is_internal, list_tables
 from syncd.verify.history import host_clock_offset
 
@@ -337,7 +337,7 @@ def _read_files(jobs: list[tuple[SourceSettings, int, dict[str, int]]], wait_ms:
         except (sqlite3.Error, OSError) as e:  # OSError: its directory unreadable, say
             if first and is_busy(e):
                 return _LOCKED
-            return f"cannot read {source.path}: {e}"
+            return left_mid_transaction(e, source.path) or f"cannot read {source.path}: {e}"
 
     out = [read(job, first=True) for job in jobs]
     again = [i for i, got in enumerate(out) if got is _LOCKED]
@@ -542,7 +542,9 @@ def _derive_state(st: SourceStatus) -> str:
     if st.sqlite_error is not None:
         # The file is there but cannot be read as a database (emptied, a directory, not
         # SQLite): what the daemon calls it too. Locked by the application: only that.
-        return "file_locked" if "database is locked" in st.sqlite_error else "source_missing"
+        # Left mid-transaction by its writer: whole, and readable once rolled back.
+        locked = "database is locked" in st.sqlite_error or "was left mid-transaction" in st.sqlite_error
+        return "file_locked" if locked else "source_missing"
     if not st.postgres_reachable:
         return "postgres_refused" if st.postgres_refused else "postgres_unreachable"
     if not st.initialized:

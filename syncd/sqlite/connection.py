@@ -141,6 +141,21 @@ def cannot_write(exc: BaseException, path) -> str | None:
             "syncd's user write access to the file, its -wal and -shm files and its directory")
 
 
+def left_mid_transaction(exc: BaseException, path) -> str | None:
+    """SQLite's word that a read-only connection cannot read the file until a read-write
+    one has recovered it: a writer stopped mid-transaction (killed, crashed) left its
+    rollback journal, or a WAL file, that only a connection able to write plays back. As
+    one line naming the file and what ends it; else None."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or code not in (sqlite3.SQLITE_READONLY_ROLLBACK,
+                                                          sqlite3.SQLITE_READONLY_RECOVERY):
+        return None
+    journal = f"{path}-journal" if code == sqlite3.SQLITE_READONLY_ROLLBACK else f"{path}-wal"
+    return (f"the SQLite file {path} was left mid-transaction by a writer that stopped ({journal} holds its "
+            "unfinished changes): SQLite rolls it back at the file's next read-write open (the application's, "
+            "or the syncd daemon's); until then a read-only reader such as this one cannot read the file")
+
+
 def _emptied(path: Path) -> bool:
     try:
         return os.stat(path).st_size == 0
