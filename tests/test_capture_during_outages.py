@@ -172,3 +172,50 @@ async def test_suspending_capture_never_holds_the_writers_off(outage, tmp_path, 
         assert d.stop() == 0
     conn.close()
     assert writer.transactions > 50 and writer.errors == [], (writer.transactions, writer.errors[:5])
+
+
+def changelog_gauge(port: int) -> float | None:
+    try:
+        return scrape(port).get('syncd_changelog_bytes{source="app"}')
+    except OSError:
+        return None
+
+
+async def test_measuring_a_long_changelog_during_an_outage_never_holds_the_writers_off(outage, tmp_path, pg_dsn):
+    """While Postgres is away the daemon measures the changelog every few seconds. In a
+    rollback-journal file a long one is sized from its first and last positions, not
+    walked, since a read holds the application's commits back while it runs; but those
+    two positions were read in one statement, which SQLite answers by walking every
+    entry: 10 million of them held a writer with a half-second busy_timeout off."""
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = delete")
+    conn.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER)")
+    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO counters VALUES (?, 0)", ((i,) for i in range(1, 1001)))
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
+                       metrics_listen=f"127.0.0.1:{port}", sections=FAST_FAILOVER)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        proxy.refuse()
+        conn.execute("UPDATE counters SET n = -1 WHERE id = 1")  # work, so the idle pipeline asks Postgres
+        d.wait_log("Postgres unreachable")
+        conn.execute("BEGIN")  # the application goes on writing: 10 million changes wait
+        for _ in range(10_000):
+            conn.execute("UPDATE counters SET n = n + 1")
+        conn.execute("COMMIT")
+        writer = ShortTimeoutWriter(db, timeout=0.5)  # its own rows are captured: the changelog moves
+        writer.start()
+        try:
+            seen = [changelog_gauge(port)]
+            for _ in range(2):  # two measurements since the writer started: one whole one beside it
+                wait_for(lambda: changelog_gauge(port) not in seen, 60, "the changelog measured again", d)
+                seen.append(changelog_gauge(port))
+        finally:
+            writer.stop.set()
+            writer.join(30)
+        assert seen[-1] > 100 * 1024 * 1024, seen
+        assert d.stop() == 0
+    assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])

@@ -450,7 +450,10 @@ def changelog_bytes(conn: sqlite3.Connection) -> int:
     application's commits, so a changelog above MEASURE_BELOW_ENTRIES (Postgres away
     for a while) is sized from its entry count and the last measured bytes per entry."""
     try:
-        low, high = conn.execute(f"SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM main.{CL}").fetchone()
+        # Two subqueries, each a lookup at one end of the table: SQLite answers min() and
+        # max() side by side in one SELECT by walking every entry.
+        low, high = conn.execute(f"SELECT (SELECT coalesce(min(seq), 0) FROM main.{CL}), "
+                                 f"(SELECT coalesce(max(seq), 0) FROM main.{CL})").fetchone()
     except sqlite3.OperationalError as e:
         if "no such table" in str(e):
             return 0  # capture not installed (yet, or any more)
