@@ -13,7 +13,7 @@ import pytest
 from tests.support.app import ShortTimeoutWriter, Writer, create_items, heavy_file
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.verifying import verify
 from tests.support.way_back import backup_and_config, cut_over, wait_back
 
@@ -252,3 +252,44 @@ async def test_the_cutover_never_holds_a_rollback_journal_writer_of_a_table_it_l
     assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])
     assert (await pg_rows(pg_dsn, "SELECT data_type FROM information_schema.columns WHERE table_schema = 'app' "
                                   "AND table_name = 'docs' AND column_name = 'at'"))[0][0].startswith("timestamp")
+
+
+async def test_following_a_schema_change_behind_a_long_backlog_never_holds_a_rollback_journal_writer_off(
+        tmp_path, make_config, pg_dsn):
+    """After the application changes its schema, syncd compares a sample of each table's
+    rows with Postgres, leaving out the rows changed since Postgres last saw them, which
+    it finds in the changelog. Behind a long backlog (here 10 million changes of a
+    thousand busy rows, made while the daemon was stopped) that read of the changelog in
+    one statement held a rollback-journal writer with a half-second busy_timeout off."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = delete")
+    conn.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER, note TEXT)")
+    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO counters VALUES (?, 0, 'x')", ((i,) for i in range(1, 1001)))
+    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}],
+                      sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    [(applied,)] = await pg_rows(pg_dsn, "SELECT applied_seq FROM syncd.sources WHERE source = 'app'")
+    conn.execute("BEGIN")
+    for _ in range(10_000):
+        conn.execute("UPDATE counters SET n = n + 1")
+    conn.execute("COMMIT")
+    conn.execute("CREATE INDEX counters_n ON counters (n)")
+    conn.close()
+    writer = ShortTimeoutWriter(db, timeout=0.5)
+    writer.start()
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+            async def streaming_again() -> bool:
+                return (await pg_rows(pg_dsn, "SELECT applied_seq FROM syncd.sources WHERE source = 'app'"))[0][0] \
+                    > applied + 100_000
+
+            await eventually(streaming_again, 180, "the backlog streaming after the schema change", d)
+            assert d.stop() == 0
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])

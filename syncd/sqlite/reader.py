@@ -494,12 +494,26 @@ def prune_window(conn: sqlite3.Connection, start: int, size: int, below_seq: int
     return cur.rowcount, end
 
 
+# Changelog positions changed_keys reads per statement: behind a long backlog (Postgres
+# away, the daemon stopped) one statement over all of it held a rollback-journal file's
+# writers back for seconds; this many take a few tens of milliseconds.
+CHANGED_KEYS_WINDOW = 100_000
+
+
 def changed_keys(conn: sqlite3.Connection, tid: int, nkey: int, after_seq: int, limit: int = 100_000) -> set[tuple]:
-    """Keys (SQLite form) of table `tid` with changes after `after_seq`, at most `limit`."""
+    """Keys (SQLite form) of table `tid` with changes after `after_seq`, at most `limit`,
+    read a window of positions per statement (outside a transaction: each its own)."""
     slots = ", ".join(slot(i) for i in range(nkey))
-    rows = fetchall_text_safe(conn, f"SELECT DISTINCT {slots} FROM main.{CL} WHERE tid = ? AND seq > ? LIMIT ?",
-                              (tid, after_seq, limit))
-    return {tuple(r) for r in rows}
+    top = max_seq(conn)
+    keys: set[tuple] = set()
+    lo = after_seq
+    while lo < top and len(keys) < limit:
+        hi = min(top, lo + CHANGED_KEYS_WINDOW)
+        rows = fetchall_text_safe(conn, f"SELECT DISTINCT {slots} FROM main.{CL} WHERE tid = ? AND seq > ? "
+                                        "AND seq <= ? LIMIT ?", (tid, lo, hi, limit))
+        keys.update(tuple(r) for r in rows)
+        lo = hi
+    return set(list(keys)[:limit]) if len(keys) > limit else keys
 
 
 def min_seq(conn: sqlite3.Connection) -> int:
