@@ -12,6 +12,7 @@ import re
 import sqlite3
 
 import asyncpg
+import pytest
 
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
@@ -275,3 +276,49 @@ async def test_a_table_made_in_postgres_that_sqlite_does_not_follow_yet_refuses_
         r = run_cli(cfg, "rollback")
         assert r.returncode == 0, r.stdout + r.stderr
         assert "verified equal: 3 row(s) in 2 table(s)" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("action", ["ON DELETE CASCADE", "ON DELETE SET NULL", "ON DELETE NO ACTION"])
+async def test_a_table_loaded_again_after_a_rollback_keeps_the_rows_of_tables_whose_foreign_keys_point_at_it(
+        tmp_path, make_config, pg_dsn, action):
+    """A table the application made in Postgres after the cutover has a foreign key to one
+    of SQLite's tables. After the rollback a schema change in SQLite has that table loaded
+    again (a NOT NULL column whose default Postgres cannot give): its rows, the same keys
+    as before, are replaced without the foreign key's action firing. Before, every row of
+    the other table was deleted with them (ON DELETE CASCADE) or lost its reference (SET
+    NULL) in Postgres only, or the load failed on them and held the table for good."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "CREATE TABLE app.notes (id bigint PRIMARY KEY, "
+                              f"company_id bigint REFERENCES app.companies (id) {action}, body text)")
+        await pg_rows(pg_dsn, "INSERT INTO app.notes VALUES (1, 1, 'call back'), (2, 2, 'send the offer')")
+
+        async def notes_copied() -> bool:
+            return (await table_states(pg_dsn, "app")).get("notes", ("",))[0] == "streaming"
+
+        await eventually(notes_copied, 60, "the new table copied into SQLite", daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        conn = sqlite3.connect(db)
+        conn.execute("ALTER TABLE companies ADD COLUMN currency TEXT NOT NULL DEFAULT 1.50")
+        conn.execute("INSERT INTO companies (name, revenue) VALUES ('Umbrella', 3.5)")
+        conn.commit()
+        conn.close()
+        d.wait_log("reloading the table")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, company_id, body FROM app.notes ORDER BY id") == [
+            (1, 1, "call back"), (2, 2, "send the offer")]
+        conn = sqlite3.connect(db)
+        in_sqlite = conn.execute("SELECT id, name, currency FROM companies ORDER BY id").fetchall()
+        conn.close()
+        assert len(in_sqlite) == 3
+        assert await pg_rows(pg_dsn, "SELECT id, name, currency FROM app.companies ORDER BY id") == in_sqlite
+        states = await table_states(pg_dsn, "app")
+        assert all(state == "streaming" for state, _ in states.values()), states
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr

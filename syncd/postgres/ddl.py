@@ -159,15 +159,22 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
         await conn.execute("DROP TABLE IF EXISTS pg_temp._syncd_kept")
         await conn.execute(f"CREATE TEMP TABLE _syncd_kept ON COMMIT DROP AS SELECT {key}, "
                            f"{', '.join(quote_pg_ident(c) for c in kept + carried)} FROM {table}")
-    await conn.execute(f"DELETE FROM {table}")
-    set_aside = []
-    if pgt is not None and not diff_shape(spec, pgt).same:
-        set_aside = await reshape_empty_table(conn, schema, spec, pgt)
     # A column Postgres computes takes no value: it computes it from the row, as for the
     # stream's rows (the aside table holds NULL there: the load left it out).
     left = computed(pgt, spec)
     cols = ", ".join(quote_pg_ident(c) for c in spec.column_names if c not in left)
-    await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {qualified(aside_schema, aside)}")
+    set_aside = []
+    if pgt is not None and diff_shape(spec, pgt).same and await referenced_elsewhere(conn, table):
+        # Another table's foreign key points at these rows (the application's, made in
+        # Postgres after a cutover): deleting them all would fire its action (ON DELETE
+        # CASCADE empties that table, SET NULL clears it) or fail. A row whose key stays
+        # is rewritten in place; only the rows SQLite no longer has are deleted.
+        await _refill_in_place(conn, table, spec, left, qualified(aside_schema, aside))
+    else:
+        await conn.execute(f"DELETE FROM {table}")
+        if pgt is not None and not diff_shape(spec, pgt).same:
+            set_aside = await reshape_empty_table(conn, schema, spec, pgt)
+        await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {qualified(aside_schema, aside)}")
     # A NOT NULL column added while the table held rows went in nullable (its rows had no
     # value yet): now that each has one, it is NOT NULL as a fresh load would make it.
     # (Columns the reshape added are made as spec says already.)
@@ -214,6 +221,30 @@ async def _match_kept(conn: asyncpg.Connection, table: str, rowid: str, kept: li
         f"WHERE NOT EXISTS (SELECT 1 FROM pg_temp._syncd_kept AS k WHERE k._syncd_used AND t.{r} = k.{r})) AS n "
         f"JOIN (SELECT *, {rank} AS _syncd_rank FROM pg_temp._syncd_kept WHERE NOT _syncd_used) AS o ON {on}"
         f") AS m WHERE t.{r} = m._syncd_new")
+
+
+async def referenced_elsewhere(conn: asyncpg.Connection, table: str) -> bool:
+    """Whether a foreign key of another table points at `table`."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND "
+                                    "confrelid = $1::regclass AND conrelid <> confrelid)", table))
+
+
+async def _refill_in_place(conn: asyncpg.Connection, table: str, spec: TableSpec, computed_cols: frozenset[str],
+                           src: str) -> None:
+    """The live rows become `src`'s, matched by key (text compared byte for byte, as
+    SQLite's keys are told apart): the others deleted, the matched ones updated, the new
+    ones inserted. A key matched by no row is deleted and inserted again, as before."""
+    match = " AND ".join(f"t.{quote_pg_ident(k)} = a.{quote_pg_ident(k)}"
+                         + (' COLLATE "C"' if spec.column(k).pgtype is PgType.TEXT else "") for k in spec.key)
+    await conn.execute(f"DELETE FROM {table} AS t WHERE NOT EXISTS (SELECT 1 FROM {src} AS a WHERE {match})")
+    others = [c for c in spec.column_names if c not in spec.key and c not in computed_cols]
+    if others:
+        sets = ", ".join(f"{quote_pg_ident(c)} = a.{quote_pg_ident(c)}" for c in others)
+        await conn.execute(f"UPDATE {table} AS t SET {sets} FROM {src} AS a WHERE {match}")
+    cols = ", ".join(f"a.{quote_pg_ident(c)}" for c in spec.column_names if c not in computed_cols)
+    names = ", ".join(quote_pg_ident(c) for c in spec.column_names if c not in computed_cols)
+    await conn.execute(f"INSERT INTO {table} ({names}) SELECT {cols} FROM {src} AS a "
+                       f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {match})")
 
 
 async def ensure_identity(conn: asyncpg.Connection, schema: str, spec: TableSpec, pg: PgTable) -> bool:
