@@ -202,8 +202,8 @@ async def reconcile(session: SourceSession) -> CaptureResult:
 async def _widen_in_place(session: SourceSession, target: str, name: str,
                           retyped: list[tuple[str, str, str]]) -> bool:
     """A column type the application narrowed in Postgres after a cutover (varchar(10),
-    numeric(12,2)) turned back into syncd's own in place, when Postgres does that without
-    rewriting anything and every value stays as it is (ddl.widens_in_place): no reload,
+    numeric(12,2), or an integer column of a table it made there) turned back into syncd's
+    own in place, every value staying as it is (ddl.widens_in_place): no reload,
     which would replace rows the application's own foreign keys may point at. False
     (reload as for any other type change) when a column is not such a case, the table
     stays busy past the lock wait, or Postgres refuses (a view uses the column)."""

@@ -322,3 +322,42 @@ async def test_a_table_loaded_again_after_a_rollback_keeps_the_rows_of_tables_wh
         assert all(state == "streaming" for state, _ in states.values()), states
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_integer_columns_of_a_table_made_in_postgres_are_widened_in_place_after_a_rollback(
+        tmp_path, make_config, pg_dsn):
+    """The application made two tables in Postgres after the cutover, one keyed `serial`
+    (an integer, where syncd's type is bigint) and one whose foreign key ON DELETE CASCADE
+    points at it. After the rollback the integer column is widened in place, every value
+    as it was. Before, the table was loaded again to retype it, and the reload's delete
+    emptied the other table in Postgres, with no write of the application's."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "CREATE TABLE app.projects (id serial PRIMARY KEY, name text, budget smallint)")
+        await pg_rows(pg_dsn, "CREATE TABLE app.tasks (id bigint PRIMARY KEY, "
+                              "project_id bigint REFERENCES app.projects ON DELETE CASCADE, title text)")
+        await pg_rows(pg_dsn, "INSERT INTO app.projects (name, budget) VALUES ('launch', 10), ('audit', 20)")
+        await pg_rows(pg_dsn, "INSERT INTO app.tasks VALUES (1, 1, 'book the hall'), (2, 2, 'count the cash')")
+
+        async def copied() -> bool:
+            states = await table_states(pg_dsn, "app")
+            return all(states.get(t, ("",))[0] == "streaming" for t in ("projects", "tasks"))
+
+        await eventually(copied, 60, "the new tables copied into SQLite", daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        d.wait_log("turned back in place, every value as it was")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        types = await column_types(pg_dsn, "app.projects")
+        assert (types["id"], types["budget"]) == ("bigint", "bigint")
+        assert await pg_rows(pg_dsn, "SELECT id, project_id, title FROM app.tasks ORDER BY id") == [
+            (1, 1, "book the hall"), (2, 2, "count the cash")]
+        after_rollback = d.log().split("rolled back to SQLite")[-1]
+        assert "reloading the table" not in after_rollback, after_rollback
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
