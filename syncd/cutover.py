@@ -345,8 +345,16 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
 
 
 async def identity_sequence(conn: asyncpg.Connection, table: str, col: str) -> str | None:
-    """The sequence behind `table`.`col`'s identity (a quoted regclass text), or None."""
-    return await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, col)
+    """The sequence behind `table`.`col`'s identity (a quoted regclass text), or None.
+    The identity's own first: a `serial` column the application made in Postgres still
+    owns its old sequence once syncd has made it an identity (after a rollback), and
+    pg_get_serial_sequence may name that one, which no INSERT draws from any more."""
+    own = await conn.fetchval(
+        "SELECT format('%I.%I', n.nspname, s.relname) FROM pg_depend d JOIN pg_class s ON s.oid = d.objid "
+        "JOIN pg_namespace n ON n.oid = s.relnamespace JOIN pg_attribute a ON a.attrelid = d.refobjid "
+        "AND a.attnum = d.refobjsubid WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+        "AND d.deptype = 'i' AND s.relkind = 'S' AND d.refobjid = $1::regclass AND a.attname = $2", table, col)
+    return own or await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, col)
 
 
 async def sequence_tops(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec]) -> dict[str, int]:

@@ -361,3 +361,46 @@ async def test_integer_columns_of_a_table_made_in_postgres_are_widened_in_place_
         assert "reloading the table" not in after_rollback, after_rollback
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_a_table_made_in_postgres_with_a_serial_key_is_cut_over_again_after_a_rollback(
+        tmp_path, make_config, pg_dsn):
+    """The application made a table keyed `bigserial` in Postgres after the cutover. After
+    the rollback syncd makes its key an identity (the serial's sequence stays beside it),
+    and the next cutover moves that identity past SQLite's ids: an INSERT without an id
+    gets the next one. Before, the cutover moved the serial's old sequence instead, its
+    trial INSERT got an id SQLite holds, and every cutover of the source was undone."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "CREATE TABLE app.tickets (id bigserial PRIMARY KEY, title text)")
+        await pg_rows(pg_dsn, "INSERT INTO app.tickets (title) VALUES ('first'), ('second')")
+
+        async def copied() -> bool:
+            return (await table_states(pg_dsn, "app")).get("tickets", ("",))[0] == "streaming"
+
+        await eventually(copied, 60, "the new table copied into SQLite", daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO tickets (title) VALUES ('third, in SQLite')")
+        conn.commit()
+        conn.close()
+
+        async def identity_given() -> bool:
+            return await pg_rows(pg_dsn, "SELECT is_identity FROM information_schema.columns WHERE "
+                                         "table_schema = 'app' AND table_name = 'tickets' AND column_name = 'id'") \
+                == [("YES",)]
+
+        await eventually(identity_given, 90, "the key of tickets made an identity", daemon=d)
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert "tickets.id continues after 3" in out, out
+        assert await pg_rows(pg_dsn, "INSERT INTO app.tickets (title) VALUES ('fourth, in Postgres') "
+                                     "RETURNING id") == [(4,)]
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
