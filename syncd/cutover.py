@@ -469,6 +469,10 @@ async def trial_inserts(conn: asyncpg.Connection, schema: str, specs: dict[str, 
             got = await _next_identity(conn, table, col, taken=True)
             notes.append(f"{name}: trial INSERT met unique index {e.constraint_name} (expected for a copied row) "
                          f"after its identity gave it {got}")
+        except asyncpg.ExclusionViolationError as e:  # the application's EXCLUDE, kept through a rollback
+            got = await _next_identity(conn, table, col, taken=True)
+            notes.append(f"{name}: trial INSERT met exclusion constraint {e.constraint_name} (expected for a copied "
+                         f"row) after its identity gave it {got}")
         except asyncpg.ForeignKeyViolationError as e:  # the newest row, copied, is an orphan (--allow-orphans)
             got = await _next_identity(conn, table, col, taken=True)
             notes.append(f"{name}: trial INSERT copied an orphan row (foreign key {e.constraint_name}, NOT VALID) "

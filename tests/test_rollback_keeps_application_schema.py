@@ -404,3 +404,29 @@ async def test_a_table_made_in_postgres_with_a_serial_key_is_cut_over_again_afte
         await wait_back(cfg, db, pg_dsn, daemon=d)
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_an_exclusion_constraint_made_in_postgres_does_not_refuse_the_next_cutover(tmp_path, make_config, pg_dsn):
+    """The application made an EXCLUDE constraint in Postgres after the cutover, which the
+    rollback names and keeps. The next cutover's trial INSERT (a copy of the newest row,
+    rolled back) meets it as it meets a unique index: the identity gave the copy its
+    number all the same, and the switch goes on. Before, it was undone each time."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.companies ADD CONSTRAINT one_name EXCLUDE USING btree (name WITH =)")
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert 'Postgres holds "one_name" on "companies"' in r.stdout, r.stdout
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO companies (name, revenue) VALUES ('Initech', 7)")
+        conn.commit()
+        conn.close()
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert "trial INSERT met exclusion constraint one_name" in out, out
+        assert await pg_rows(pg_dsn, "INSERT INTO app.companies (name) VALUES ('Umbrella') RETURNING id") == [(4,)]
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
