@@ -612,6 +612,8 @@ async def _reconcile_table(
     target = session.target_schema
     name = spec.name
     if pgt is None:
+        # A table created a moment ago may have given its primary key index this name.
+        await ownership.make_room(conn, session.bk, target, name)
         await ddl.run_ddl(conn, ddl.create_table_sql(target, spec))
         await session.bk.record_created(conn, target, name)
         _log_default_notes(session, spec, spec.columns)

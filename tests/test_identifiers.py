@@ -6,9 +6,9 @@ import sqlite3
 
 import asyncpg
 
-from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess
-from tests.support.sync import wait_caught_up
+from tests.support.compare import compare_keyless, compare_table
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import table_states, wait_caught_up
 
 ODD_TABLES = ["order", "Order Details", 'weird "name"; DROP TABLE x;--', "MixedCase", "ünïcødé 表", "with.dot"]
 
@@ -45,3 +45,43 @@ async def test_odd_identifiers_replicate(app_db, make_config, pg_dsn, tmp_path):
         await pg.close()
     assert names == set(ODD_TABLES)
     assert cols == ["select", "emoji 🚀", 'Col"Quote']
+
+
+async def test_tables_named_as_postgres_names_a_tables_key_index_and_sequence(tmp_path, make_config, pg_dsn):
+    """Postgres names the primary key index of syncd's table "log" `log_pkey`, and the
+    identity of its rowid column `log__syncd_rowid_seq`, in the namespace tables share.
+    SQLite tables of those names replicate all the same, whether the file holds them at
+    the first start or the application creates them while syncd streams: syncd's own
+    index and sequence make room, and no one is told syncd did not create them."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    later = ["log_pkey", "log__syncd_rowid_seq"]
+    for t in ["log_pkey", "log__syncd_rowid_seq"]:  # before "log" in the file: created after it in Postgres
+        conn.execute(f"CREATE TABLE {q(t)} (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.execute(f"INSERT INTO {q(t)} VALUES (1, 'first')")
+    conn.execute("CREATE TABLE log (at TEXT, what TEXT)")
+    conn.execute("CREATE TABLE notes (at TEXT)")
+    conn.executemany("INSERT INTO log VALUES (?, ?)", [("t1", "dup")] * 2)
+    conn.execute("INSERT INTO notes VALUES ('n')")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        for t in ["notes_pkey", "notes__syncd_rowid_seq"]:  # created while syncd streams
+            conn.execute(f"CREATE TABLE {q(t)} (id INTEGER PRIMARY KEY, v TEXT)")
+            conn.execute(f"INSERT INTO {q(t)} VALUES (1, 'later')")
+        conn.execute("INSERT INTO log VALUES ('t2', 'after')")
+        conn.execute("INSERT INTO notes VALUES ('m')")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    assert "ERROR" not in log and "did not create" not in log, log[-3000:]
+    later += ["notes_pkey", "notes__syncd_rowid_seq"]
+    states = await table_states(pg_dsn, "app")
+    assert {t: s[0] for t, s in states.items()} == {t: "streaming" for t in [*later, "log", "notes"]}, states
+    for t in later:
+        assert await compare_table(str(db), pg_dsn, "app", t) == [], t
+    for t in ("log", "notes"):
+        assert await compare_keyless(str(db), pg_dsn, "app", t) == [], t
+    r = run_cli(cfg, "verify")
+    assert r.returncode == 0 and "6 of 6 table(s) equal" in r.stdout, r.stdout + r.stderr
