@@ -252,3 +252,28 @@ async def test_an_application_trigger_whose_name_starts_like_syncds_does_not_run
         assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = '_syncd_audit'").fetchall()
         r = run_cli(cfg, "rollback")
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+async def test_an_application_trigger_whose_name_starts_like_syncds_cannot_silence_capture(
+        app_db, make_config, pg_dsn, tmp_path):
+    """An application trigger ending with RAISE(IGNORE), created after syncd's, is caught
+    whatever its name: one named _syncd_trail_update is the application's, not syncd's
+    (_syncd_t<table id>_<kind>)."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        PRAGMA journal_mode=wal;
+        CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO items VALUES (1, 'one'), (2, 'two');
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("CREATE TRIGGER _syncd_trail_update AFTER UPDATE ON items BEGIN SELECT RAISE(IGNORE); END")
+        conn.execute("UPDATE items SET v = 'changed' WHERE id = 1")  # ended before syncd's triggers run
+        d.wait_log('the application\'s trigger "_syncd_trail_update"', timeout=30)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        await eventually(lambda: _equal(app_db, pg_dsn), 60, "the table loaded again", d)
+        conn.execute("UPDATE items SET v = 'again' WHERE id = 2")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(app_db), pg_dsn, "app", "items") == []
+        assert d.stop() == 0

@@ -295,14 +295,16 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
     # an AFTER trigger matters: RAISE(IGNORE) in a BEFORE trigger skips the change itself.
     # RAISE(FAIL) ends the statement keeping the rows it changed before; ABORT and
     # ROLLBACK undo the change, capture included.
-    for tbl, app, sql in conn.execute(
-        "SELECT DISTINCT s.tbl_name, a.name, a.sql FROM main.sqlite_master s JOIN main.sqlite_master a "
+    # (Told by their exact names: an application trigger may begin with the prefix too.)
+    for own, tbl, app, sql in conn.execute(
+        "SELECT DISTINCT s.name, s.tbl_name, a.name, a.sql FROM main.sqlite_master s JOIN main.sqlite_master a "
         "ON a.type = 'trigger' AND a.tbl_name = s.tbl_name COLLATE NOCASE AND a.rowid > s.rowid "
-        "AND substr(a.name, 1, ?1) <> ?2 AND (a.sql LIKE '%raise%(%ignore%' OR a.sql LIKE '%raise%(%fail%') "
+        "AND (a.sql LIKE '%raise%(%ignore%' OR a.sql LIKE '%raise%(%fail%') "
         "WHERE s.type = 'trigger' AND substr(s.name, 1, ?1) = ?2 ORDER BY a.name",
         (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
     ):
-        if _ENDS_TRIGGERS.search(sql or "") and not _BEFORE_TRIGGER.match(sql or ""):
+        if (is_capture_trigger(own) and not is_capture_trigger(app) and _ENDS_TRIGGERS.search(sql or "")
+                and not _BEFORE_TRIGGER.match(sql or "")):
             state.outrun.setdefault(tbl, app)
     if _table_exists(conn, CHANGELOG):
         cols = [r[1] for r in conn.execute(f"PRAGMA main.table_info({quote_ident(CHANGELOG)})")]
