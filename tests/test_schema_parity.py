@@ -309,3 +309,21 @@ def test_the_cutover_preview_lists_what_finalize_would_do(app_db, make_config):
             "unique (a plain index during dual-write)") in lines, lines
     assert any(line.startswith('schema: will not carry view "crazy": not translated exactly') for line in lines)
     assert 'schema: will type ev: column "at" DATETIME as timestamp' in lines, lines
+
+
+def test_an_application_trigger_whose_name_starts_like_syncds_is_named_as_left_out(app_db, make_config, pg_dsn):
+    """An application trigger named _syncd_audit is the application's (syncd's own are
+    _syncd_t<table id>_<kind>): `syncd schema` names it as not carried, and not syncd's."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE deals (id INTEGER PRIMARY KEY, title TEXT);
+        CREATE TABLE audit (id INTEGER PRIMARY KEY, deal_id INTEGER);
+        CREATE TRIGGER _syncd_audit AFTER INSERT ON deals BEGIN INSERT INTO audit (deal_id) VALUES (NEW.id); END;
+    """)
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    assert run_cli(cfg, "init").returncode == 0
+    out = run_cli(cfg, "schema")
+    assert out.returncode == 0, out.stderr
+    assert '-- NOT CARRIED: trigger "_syncd_audit" on "deals": an application trigger is never copied' in out.stdout
+    assert "_syncd_t1_ins" not in out.stdout and "_syncd_t2_ins" not in out.stdout, out.stdout
