@@ -279,6 +279,23 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# The deepest nesting of a jsonb document the comparison's reading (canonical, recursive
+# in Python, two calls a level) follows with room to spare; a document with fewer brackets
+# cannot nest deeper, and only the others are measured.
+_MAX_JSONB_NESTING = 300
+
+
+def _nesting(doc: Any) -> int:
+    """How deep lists and objects nest in a parsed JSON document (without recursing)."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def _json_converter(pgtype: PgType) -> Callable[[Any], Any]:
     def convert(v: Any) -> Any:
         if v is None:
@@ -290,7 +307,10 @@ def _json_converter(pgtype: PgType) -> Callable[[Any], Any]:
             raise _misfit(v, pgtype)
         _check_text(v, pgtype)
         try:
-            json.loads(v, parse_constant=_reject_constant)
+            doc = json.loads(v, parse_constant=_reject_constant)
+            if (pgtype is PgType.JSONB and v.count("[") + v.count("{") > _MAX_JSONB_NESTING
+                    and _nesting(doc) > _MAX_JSONB_NESTING):
+                raise RecursionError  # deeper than the comparison reads: it would fail there
         except ValueError as e:
             raise _misfit(v, pgtype, f"invalid JSON ({e})") from None
         except RecursionError:

@@ -148,3 +148,33 @@ async def test_json_nested_too_deep_to_check_holds_only_its_table(tmp_path, make
         await wait_caught_up(db, pg_dsn, "a", daemon=d)
         assert d.stop() == 0
     assert await compare_table(str(db), pg_dsn, "a", "docs") == []
+
+
+async def test_json_nested_deeper_than_syncd_compares_is_held_and_verify_goes_on(tmp_path, make_config, pg_dsn):
+    """A jsonb document a few hundred levels deep parses, but is deeper than syncd's
+    comparison can follow: it holds its table at the load, named, instead of loading a
+    row `syncd verify` would then fail on (an internal error for the whole source)."""
+    db = tmp_path / "a.db"
+    conn = make_db(db)
+    conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("INSERT INTO docs VALUES (1, '{\"a\": [1, 2]}'), (2, ?)", ("[" * 500 + "]" * 500,))
+    conn.commit()
+    cfg = make_config([{"name": "a", "path": str(db), "columns": {"docs": {"body": "jsonb"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        async def held() -> bool:
+            try:
+                state, why = (await table_states(pg_dsn, "a")).get("docs", (None, None))
+            except asyncpg.UndefinedTableError:
+                return False
+            return state == "held" and 'column "body"' in (why or "") and "keys: 2" in why
+
+        await eventually(held, 30, "docs held", d)
+        out = run_cli(cfg, "verify")
+        assert "internal error" not in out.stdout + out.stderr, out.stdout + out.stderr
+        assert '"companies" equal' in out.stdout and '"docs" not comparable (held)' in out.stdout, out.stdout
+        conn.execute("UPDATE docs SET body = '[[]]' WHERE id = 2")
+        conn.commit()
+        await wait_caught_up(db, pg_dsn, "a", daemon=d)
+        out = run_cli(cfg, "verify")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert d.stop() == 0

@@ -50,7 +50,7 @@ def value_token(pgtype: PgType, value: Any, conv: Callable[[Any], Any] | None = 
         return MISFIT
     try:
         return canonical(pgtype, (conv or converter(pgtype))(value))
-    except (ValueMismatch, ValueError, OverflowError, TypeError):
+    except (ValueMismatch, ValueError, OverflowError, TypeError, RecursionError):
         return MISFIT
 
 
