@@ -285,6 +285,15 @@ def _reject_constant(name: str) -> Any:
 _MAX_JSONB_NESTING = 300
 
 
+def _json_loads(v: str) -> Any:
+    """Parse JSON text, or raise ValueError. A number is JSON whatever its length; int()
+    refuses 4300 digits on, so a document it fails on is read again keeping numbers as text."""
+    try:
+        return json.loads(v, parse_constant=_reject_constant)
+    except ValueError:
+        return json.loads(v, parse_constant=_reject_constant, parse_int=str)
+
+
 def _nesting(doc: Any) -> int:
     """How deep lists and objects nest in a parsed JSON document (without recursing)."""
     deepest, stack = 0, [(doc, 1)]
@@ -307,7 +316,7 @@ def _json_converter(pgtype: PgType) -> Callable[[Any], Any]:
             raise _misfit(v, pgtype)
         _check_text(v, pgtype)
         try:
-            doc = json.loads(v, parse_constant=_reject_constant)
+            doc = _json_loads(v)
             if (pgtype is PgType.JSONB and v.count("[") + v.count("{") > _MAX_JSONB_NESTING
                     and _nesting(doc) > _MAX_JSONB_NESTING):
                 raise RecursionError  # deeper than the comparison reads: it would fail there

@@ -48,3 +48,25 @@ async def test_overrides_to_jsonb_timestamptz_date_and_text(app_db, make_config,
         (2, "[]", 1763892000, "2026-01-01", "large"),  # an epoch number read as UTC seconds
         (3, '{"k": "v"}', int(dt.datetime(2026, 11, 24, 8, 30, tzinfo=utc).timestamp()), "2026-11-24", "7"),
     ]
+
+
+async def test_a_json_number_longer_than_python_reads_by_default_is_valid_json(app_db, make_config, pg_dsn, tmp_path):
+    """Postgres takes a JSON number of any length (a 5000-digit integer); so does syncd's
+    check of the document, instead of holding the table as invalid JSON."""
+    big = "9" * 5000
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, j TEXT, jb TEXT)")
+    conn.execute("INSERT INTO docs VALUES (1, ?, ?)", (f'{{"n": {big}}}', f"[{big}, 1.5]"))
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"docs": {"j": "json", "jb": "jsonb"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    r = run_cli(cfg, "verify")
+    assert r.returncode == 0, r.stdout + r.stderr
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        assert await pg.fetchval("SELECT length(j->>'n') FROM app.docs") == 5000
+        assert await pg.fetchval("SELECT length(jb->>0) FROM app.docs") == 5000
+    finally:
+        await pg.close()
