@@ -306,3 +306,40 @@ async def test_a_utc_offset_postgres_cannot_read_keeps_the_column_text_from_the_
     assert await pg_rows(pg_dsn, "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
                                  "attrelid = 'app.ev'::regclass AND attname IN ('far', 'near') ORDER BY attname") == [
         ("far", "text"), ("near", "timestamp with time zone")]
+
+
+async def test_a_date_column_a_unique_index_reads_ignoring_case_stays_text_and_the_others_are_typed(
+        tmp_path, make_config, pg_dsn):
+    """A unique index over a date column under NOCASE (CREATE UNIQUE INDEX ... (z COLLATE
+    NOCASE)) needs the column to stay text: Postgres compares ignoring case only text.
+    The dry run says so instead of promising a type, and the table's other date columns
+    are typed at cutover as promised, the index made unique."""
+    from tests.support.way_back import backup_and_config
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE ev (id INTEGER PRIMARY KEY, day DATE, at DATETIME);
+        CREATE UNIQUE INDEX ev_at ON ev (at COLLATE NOCASE);
+        INSERT INTO ev VALUES (1, '2024-01-02', '2024-01-02T10:00:00Z'), (2, '2024-01-03', '2024-01-03T10:00:00Z');
+    """)
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0  # the cutover's checklist wants a clean verification
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert 'will type ev: column "day" DATE as date' in dry.stdout, dry.stdout
+        assert 'will type ev: column "at"' not in dry.stdout, dry.stdout
+        assert 'will not carry ev: column "at" DATETIME: kept as text' in dry.stdout and "NOCASE" in dry.stdout
+        cut = run_cli(cfg, "cutover")
+        assert cut.returncode == 0, cut.stdout + cut.stderr
+        assert "Postgres refused" not in cut.stdout, cut.stdout
+        assert d.stop() == 0
+    assert await pg_rows(pg_dsn, "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
+                                 "attrelid = 'app.ev'::regclass AND attname IN ('day', 'at') ORDER BY attname") == [
+        ("at", "text"), ("day", "date")]
+    assert await pg_rows(pg_dsn, "SELECT indisunique FROM pg_index WHERE indexrelid = 'app.ev_at'::regclass") == [
+        (True,)]

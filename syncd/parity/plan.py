@@ -181,7 +181,7 @@ def plan_source(schema: str, specs: dict[str, TableSpec], objects: SourceObjects
         obj = objects.table(tname)
         if obj.problem:
             plan.items.append(Item("check", tname, f'the CREATE TABLE text of "{tname}"', left_out=obj.problem))
-        _plan_types(plan, spec, obj.collations, options, verdicts)
+        _plan_types(plan, spec, obj.collations, options, verdicts, _unique_under_collation(obj))
     for tname, spec in specs.items():
         obj = objects.table(tname)
         _plan_nocase(plan, spec, obj.collations, options)
@@ -216,11 +216,24 @@ def _final_types(plan: SourcePlan, table: str) -> dict[str, PgType]:
     return plan.retyped.get(table, {})
 
 
+def _unique_under_collation(obj) -> dict[str, str]:
+    """Columns a unique index reads under another collation than the column's own
+    (UNIQUE (z COLLATE NOCASE) on a BINARY column): Postgres can compare them so only as
+    text, so such a column keeps its text type."""
+    out: dict[str, str] = {}
+    for index in obj.indexes:
+        for c in index.columns:
+            if index.unique and c.name is not None and c.collation != obj.collations.get(c.name, "BINARY"):
+                out.setdefault(c.name, c.collation)
+    return out
+
+
 def _plan_types(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], options: Options,
-                verdicts: dict[tuple[str, str], dates.Verdict] | None) -> None:
+                verdicts: dict[tuple[str, str], dates.Verdict] | None,
+                unique_under: dict[str, str] | None = None) -> None:
     for col in spec.stored_columns:
         if numbers.is_candidate(col):
-            _plan_number(plan, spec, col, collations, options, verdicts)
+            _plan_number(plan, spec, col, collations, options, verdicts, unique_under)
             continue
         if not dates.is_candidate(col.declared):
             if "TIME" in col.declared.upper() and col.pgtype is PgType.TEXT:
@@ -232,7 +245,7 @@ def _plan_types(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], o
             plan.items.append(Item("type", spec.name, what, column=col.name,
                                    why=f"already {col.pgtype.value} ({col.type_note or 'from the start'})"))
             continue
-        if _kept_text(plan, spec, col, what, collations, options):
+        if _kept_text(plan, spec, col, what, collations, options, unique_under):
             continue
         verdict = (verdicts or {}).get((spec.name, col.name))
         if verdict is None:
@@ -270,12 +283,15 @@ def _plan_types(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], o
 
 
 def _kept_text(plan: SourcePlan, spec: TableSpec, col, what: str, collations: dict[str, str],
-               options: Options) -> bool:
+               options: Options, unique_under: dict[str, str] | None = None) -> bool:
     """A text column the options or its collation keep text, listed as such: True."""
     if options.typed_columns == "never":
         why = 'kept as text: [cutover] typed_columns = "never"'
     elif col.name in collations:
         why = f"kept as text: it has the {collations[col.name]} collation"
+    elif col.name in (unique_under or {}):
+        why = (f"kept as text: a unique index compares it under the {(unique_under or {})[col.name]} "
+               "collation, which Postgres applies to text only")
     else:
         return False
     plan.items.append(Item("type", spec.name, what, column=col.name, left_out=why))
@@ -283,12 +299,13 @@ def _kept_text(plan: SourcePlan, spec: TableSpec, col, what: str, collations: di
 
 
 def _plan_number(plan: SourcePlan, spec: TableSpec, col, collations: dict[str, str], options: Options,
-                 verdicts: dict[tuple[str, str], dates.Verdict] | None) -> None:
+                 verdicts: dict[tuple[str, str], dates.Verdict] | None,
+                 unique_under: dict[str, str] | None = None) -> None:
     """A column without a usable declared type carried as text (syncd first saw it with no
     values, say): typed at cutover when every value is an integer, or every one a real."""
     untyped = "no declared type" if not col.declared.strip() else f"declared {col.declared}, which names no type"
     what = f'column "{col.name}" ({untyped})'
-    if _kept_text(plan, spec, col, what, collations, options):
+    if _kept_text(plan, spec, col, what, collations, options, unique_under):
         return
     verdict = (verdicts or {}).get((spec.name, col.name))
     if verdict is None:
