@@ -343,3 +343,36 @@ async def test_a_date_column_a_unique_index_reads_ignoring_case_stays_text_and_t
         ("at", "text"), ("day", "date")]
     assert await pg_rows(pg_dsn, "SELECT indisunique FROM pg_index WHERE indexrelid = 'app.ev_at'::regclass") == [
         (True,)]
+
+
+async def test_a_column_postgres_refuses_to_retype_leaves_the_tables_other_columns_typed(tmp_path, make_config,
+                                                                                          pg_dsn):
+    """A view the team made in Postgres during dual-write reads one date column: Postgres
+    refuses to change that column's type. The cutover says so for that column, and types
+    the table's other date columns as its dry run promised."""
+    from tests.support.way_back import backup_and_config
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE ev (id INTEGER PRIMARY KEY, day DATE, at DATETIME);
+        INSERT INTO ev VALUES (1, '2024-01-02', '2024-01-02 10:00:00'), (2, '2024-01-03', '2024-01-03 11:00:00');
+    """)
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        await pg_rows(pg_dsn, "CREATE VIEW app.days_seen AS SELECT DISTINCT day FROM app.ev")
+        assert run_cli(cfg, "verify").returncode == 0  # the cutover's checklist wants a clean verification
+        cut = run_cli(cfg, "cutover")
+        assert cut.returncode == 0, cut.stdout + cut.stderr
+        assert 'created: ev: column "at" DATETIME as "at": timestamp' in cut.stdout, cut.stdout
+        assert 'NOT created: ev: column "day" DATE as "day": kept as text: Postgres refused the new type' in cut.stdout
+        assert 'NOT created: ev: column "at"' not in cut.stdout, cut.stdout
+        assert d.stop() == 0
+    assert await pg_rows(pg_dsn, "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
+                                 "attrelid = 'app.ev'::regclass AND attname IN ('day', 'at') ORDER BY attname") == [
+        ("at", "timestamp without time zone"), ("day", "text")]
+    assert await pg_rows(pg_dsn, "SELECT sqlite_format FROM syncd.columns WHERE column_name = 'at'") == [
+        ("%Y-%m-%d %H:%M:%S",)]

@@ -325,8 +325,10 @@ async def retype(conn: asyncpg.Connection, source: str, bk_schema: str, schema: 
         ready.append((item, v.format, v.pgtype))
     if not ready:
         return [], refused
-    parts = []
+    parts_of: list[list[str]] = []
     for item, fmt, pgtype in ready:
+        parts: list[str] = []
+        parts_of.append(parts)
         col = quote_pg_ident(item.column or "")
         parts.append(f"ALTER COLUMN {col} DROP DEFAULT")
         using = (numbers.pg_using(item.column or "", pgtype) if fmt is None
@@ -338,19 +340,38 @@ async def retype(conn: asyncpg.Connection, source: str, bk_schema: str, schema: 
             default = dates.now_default(default_sql, fmt, pgtype)
         if default is not None:
             parts.append(f"ALTER COLUMN {col} SET DEFAULT {default}")
-    done: list[Retyped] = []
-    try:
+    async def alter(group: list[int]) -> list[Retyped]:
+        out = []
         async with conn.transaction():
-            await run(conn, f"ALTER TABLE {table} " + ", ".join(parts))
-            for item, fmt, pgtype in ready:
+            await run(conn, f"ALTER TABLE {table} " + ", ".join(p for i in group for p in parts_of[i]))
+            for i in group:
+                item, fmt, pgtype = ready[i]
                 spec_ = fmt.spec if fmt is not None else None
                 await _record_column(conn, bk_schema, source, spec.name, item.column or "", pgtype, spec_)
-                done.append(Retyped(spec.name, item.column or "", pgtype, spec_))
+                out.append(Retyped(spec.name, item.column or "", pgtype, spec_))
+        return out
+
+    try:
+        return await alter(list(range(len(ready)))), refused
     except passes:
         raise
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-        refused += [(item, f"Postgres refused the new type: {describe(e)}") for item, _f, _t in ready]
-        done = []
+        if len(ready) == 1 or conn.is_closed() or isinstance(e, asyncpg.QueryCanceledError):
+            refused += [(item, f"Postgres refused the new type: {describe(e)}") for item, _f, _t in ready]
+            return [], refused
+    # Postgres refused one of them (an object of the application's reads the column, say):
+    # each column on its own, so that the others get their type.
+    done: list[Retyped] = []
+    for i, (item, _f, _t) in enumerate(ready):
+        try:
+            done += await alter([i])
+        except passes:
+            raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            refused.append((item, f"Postgres refused the new type: {describe(e)}"))
+            if conn.is_closed() or isinstance(e, asyncpg.QueryCanceledError):
+                refused += [(it, f"Postgres refused the new type: {describe(e)}") for it, _f2, _t2 in ready[i + 1:]]
+                break
     return done, refused
 
 
