@@ -163,6 +163,23 @@ async def test_a_table_the_configuration_now_leaves_out_is_named_so(app_db, make
     assert "a table the source's include/exclude settings leave out" in got["reason"], got["reason"]
 
 
+async def test_a_table_left_out_and_named_is_said_to_be_left_out(app_db, make_config, pg_dsn, tmp_path):
+    """`--table` naming a table the source leaves out (excluded, or a view): the file has
+    it, and the error says why it is not verified, not that no such table exists."""
+    seed(app_db)
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE VIEW textkeys AS SELECT k FROM textkey")
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db), "exclude": ["textkey"]}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    for name, why in (("textkey", "a table the source's include/exclude settings leave out"), ("textkeys", "a view")):
+        out = verify(cfg, "--table", name)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "neither in the SQLite file" not in out.stdout, out.stdout
+        assert f"app: ERROR table {name!r} of source 'app' is not replicated: {why}" in out.stdout, out.stdout
+
+
 async def test_failures_are_one_line_without_secrets(app_db, make_config, tmp_path, pg_dsn):
     missing = make_config([{"name": "app", "path": str(tmp_path / "nope.db")}], name="missing.toml")
     out = verify(missing)

@@ -235,6 +235,10 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
     if only:
         unknown = [n for n in only if n not in names]
         if unknown and not (others_ok and len(unknown) < len(only)):
+            lo = schema.left_out.get(unknown[0])
+            if lo is not None:  # in the file, and not replicated: say why, not that it is not there
+                raise NoSuchTable(f"table {unknown[0]!r} of source {s.source.name!r} is not replicated: "
+                                  f"{lo.describe()}")
             raise NoSuchTable(f"no table {unknown[0]!r} in source {s.source.name!r} "
                               "(neither in the SQLite file nor in syncd's bookkeeping)")
         names = [n for n in names if n in only]
