@@ -163,6 +163,23 @@ async def test_a_table_the_configuration_now_leaves_out_is_named_so(app_db, make
     assert "a table the source's include/exclude settings leave out" in got["reason"], got["reason"]
 
 
+async def test_a_check_of_a_table_the_configuration_now_leaves_out_is_no_consistency_error(app_db, make_config,
+                                                                                            pg_dsn, tmp_path):
+    """Verified after the table was excluded and before the daemon forgot it: the table is
+    named, and no run is recorded for it, which `syncd report` would count as a
+    consistency error in the dual-write window for [cutover] min_days."""
+    seed(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    cfg = make_config([{"name": "app", "path": str(app_db), "exclude": ["textkey"]}], extra=verify_section())
+
+    out = verify(cfg)
+    assert out.returncode == 1 and "include/exclude settings leave out" in out.stdout, out.stdout
+    runs = await pg_fetch(pg_dsn, "SELECT table_name, full_check FROM syncd.verify_runs ORDER BY id")
+    assert ("textkey", False) not in [tuple(r) for r in runs], runs
+    assert ("items", True) in [tuple(r) for r in runs], runs
+
+
 async def test_a_table_left_out_and_named_is_said_to_be_left_out(app_db, make_config, pg_dsn, tmp_path):
     """`--table` naming a table the source leaves out (excluded, or a view): the file has
     it, and the error says why it is not verified, not that no such table exists."""

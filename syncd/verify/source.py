@@ -79,6 +79,7 @@ class TablePlan:
     reason: str | None  # None: compare it
     schema_version: int = 0  # SQLite's, when the table's shape was read
     rows_sqlite: int | None = None  # its rows, for a table with no spec (left out, holding data)
+    excluded: bool = False  # copied before, left out by the configuration now: no check of it is recorded
 
     @property
     def state(self) -> str | None:
@@ -171,7 +172,7 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
         run_ids: dict[str, int] = {}
         for plan in plans:
             tr = await _check(s, plan, wait_seconds)
-            if record and s.has_bookkeeping:
+            if record and s.has_bookkeeping and not plan.excluded:  # not replicated by choice: no consistency error
                 run_ids[tr.table] = await history.record(s.pg, s.bk.schema, tr, s.direction == TO_SQLITE)
             result.tables.append(tr)
         if repair:
@@ -263,7 +264,7 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
             why = (f"not replicated any more: {schema.left_out[name].why}; its rows in Postgres are no longer "
                    "kept current (the daemon forgets the table once it runs with this configuration)")
             plans.append(TablePlan(name, None, tid, row, why, schema.version,
-                                   await s.run(leftout.count_rows, name)))
+                                   await s.run(leftout.count_rows, name), excluded=True))
             continue
         why = _why_not(s, state, src, name, spec, tid, row, schema.refused, pg_tables, schema.version, running,
                        put_back)
