@@ -404,3 +404,30 @@ async def test_a_load_whose_daemon_was_killed_is_not_said_to_be_in_progress(tmp_
     line = next(x for x in out.stdout.splitlines() if '"bulk" not comparable (loading)' in x)
     assert "in progress" not in line, line
     assert "no daemon runs the source" in line, line
+
+
+async def test_a_table_named_without_a_source_and_left_out_where_it_is_is_said_to_be_left_out(tmp_path, make_config,
+                                                                                             pg_dsn):
+    from tests.support.daemon import DaemonProcess, run_cli
+    from tests.support.sync import wait_caught_up
+
+    dbs = {}
+    for name in ("shop", "metrics"):
+        dbs[name] = tmp_path / f"{name}.db"
+        conn = sqlite3.connect(dbs[name])
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, v TEXT)")
+        if name == "shop":
+            conn.execute("CREATE TABLE audit (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.commit()
+        conn.close()
+    cfg = make_config([{"name": "shop", "path": str(dbs["shop"]), "exclude": ["audit"]},
+                       {"name": "metrics", "path": str(dbs["metrics"])}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for name, db in dbs.items():
+            await wait_caught_up(db, pg_dsn, name, daemon=d)
+        assert d.stop() == 0
+    out = run_cli(cfg, "verify", "--table", "audit")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "neither in their SQLite files" not in out.stderr, out.stderr
+    assert ("table 'audit' of source 'shop' is not replicated: a table the source's include/exclude settings "
+            "leave out") in out.stderr, out.stdout + out.stderr

@@ -57,10 +57,15 @@ def main(args) -> int:
     others_ok = bool(args.table) and args.source is None and len(sources) > 1
     results = asyncio.run(_verify(settings, sources, args.table, args.repair, args.wait, others_ok))
     if others_ok:
+        # A source whose file holds the table and leaves it out says so (source._plan): not "no such table".
+        left_out = [r.error for r in results if r.no_such_table and r.error and " is not replicated: " in r.error]
         results = [r for r in results if not r.no_such_table]
         found = {t.table for r in results for t in r.tables} | {n for r in results for n in r.not_compared}
         missing = [t for t in args.table if t not in found and not any(r.error for r in results)]
         if missing:
+            why = next((e for e in left_out if e.startswith(f"table {missing[0]!r} of source ")), None)
+            if why is not None:
+                return common.fail(why, 2)
             return common.fail(f"no table {missing[0]!r} in any source (neither in their SQLite files nor in "
                                "syncd's bookkeeping)", 2)
     # Files a glob matches and syncd does not replicate: their rows are nowhere in Postgres.
