@@ -98,3 +98,26 @@ async def test_pending_when_the_daemon_is_not_running(tmp_path, make_config, pg_
         assert d.stop() == 0
     assert rc == 1, (doc["sources"][0]["error"], tables(doc)["items"]["error"])
     assert found(doc, "items") == {("different", (40,), ("v",))}
+
+
+async def test_keys_whose_case_changed_are_pending_however_many(tmp_path, make_config, pg_dsn):
+    """A NOCASE key's spelling changed in SQLite and not applied yet: its old spelling is in
+    Postgres, its new one in SQLite, both looked up, and both find the one SQLite row.
+    Looked up in several batches (hundreds of keys), each row is still one row: pending,
+    never "two SQLite rows that are one key in Postgres"."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE tags (name TEXT PRIMARY KEY COLLATE NOCASE, note TEXT)")
+    conn.executemany("INSERT INTO tags VALUES (?, ?)", [(f"tag{i:04d}", f"note {i}") for i in range(1200)])
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(db)}], extra=verify_section())
+    await sync_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    conn.execute("UPDATE tags SET name = upper(name) WHERE rowid <= 700")  # no daemon runs: not applied
+    conn.commit()
+    conn.close()
+
+    rc, doc = verify_json(cfg, "--wait", "1")
+    tags = tables(doc)["tags"]
+    assert rc == 1 and tags["error"] is None
+    assert [d for d in tags["differences"] if d["kind"] != "pending"] == []
+    assert (tags["missing"], tags["extra"], tags["different"], tags["pending"]) == (0, 0, 0, 1400)

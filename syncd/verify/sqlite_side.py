@@ -247,10 +247,26 @@ def range_hashes(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, 
         return [(*row[:n], hasher.python_hash(row[n:])) for row in rows]
 
 
-def _rows_by_key(conn: sqlite3.Connection, spec: TableSpec, keys: Sequence[tuple]) -> list[tuple]:
+def _rowid_ref(spec: TableSpec) -> str | None:
+    """A name reaching the rowid of a table that has one (not shadowed by a column)."""
+    if spec.without_rowid:
+        return None
+    names = {c.lower() for c in spec.column_names}
+    return next((a for a in ("_rowid_", "rowid", "oid") if a not in names), None)
+
+
+def _rows_by_key(conn: sqlite3.Connection, spec: TableSpec, keys: Sequence[tuple],
+                 seen: set | None = None) -> list[tuple]:
     """Rows for raw keys, by the key's own comparison (so a NOCASE key also finds a
-    row whose case changed: the caller matches rows to keys exactly)."""
+    row whose case changed: the caller matches rows to keys exactly). Each row once:
+    two spellings of a NOCASE key looked up in different batches find the same row, which
+    would read as two rows under one key. `seen` carries the rows found by earlier calls
+    (by rowid; a WITHOUT ROWID table's by its primary key, which no two rows share)."""
+    seen = set() if seen is None else seen
+    rowid = _rowid_ref(spec)
     cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
+    if rowid is not None:
+        cols = f"{rowid}, {cols}"
     nkey = len(spec.key)
     refs = [spec.sqlite_ref(k) for k in spec.key]
     key_cols = refs[0] if nkey == 1 else "(" + ", ".join(refs) + ")"
@@ -260,7 +276,14 @@ def _rows_by_key(conn: sqlite3.Connection, spec: TableSpec, keys: Sequence[tuple
         row_marks = [marks if nkey > 1 else f"({marks})" for marks, _ in chunk]
         sql = (f"SELECT {cols} FROM {quoted_sqlite_table(spec)} "
                f"WHERE {key_cols} IN (VALUES {', '.join(row_marks)})")
-        out += fetchall_text_safe(conn, sql, [v for _, params in chunk for v in params])
+        for row in fetchall_text_safe(conn, sql, [v for _, params in chunk for v in params]):
+            if rowid is not None:
+                ident, row = row[0], tuple(row[1:])
+            else:
+                ident = tuple(row[j] for j in spec.key_indexes)
+            if ident not in seen:
+                seen.add(ident)
+                out.append(row)
     return out
 
 
@@ -286,6 +309,7 @@ def rows_with_evidence(conn: sqlite3.Connection, spec: TableSpec, tid: int, keys
     nkey = len(spec.key)
     slots = ", ".join(slot(i) for i in range(nkey))
     rows: list[tuple] = []
+    seen: set = set()  # the rows found so far, each taken once (_rows_by_key)
     views: list[tuple[int, int, list[tuple] | None]] = []
     with ReadHold(conn) as hold:
         if scan:
@@ -296,7 +320,7 @@ def rows_with_evidence(conn: sqlite3.Connection, spec: TableSpec, tid: int, keys
                 if i and hold.due():
                     views.append(_changelog_view(conn, tid, after_seq, slots))
                     hold.renew()
-                rows += _rows_by_key(conn, spec, keys[i : i + LOOKUP_BATCH])
+                rows += _rows_by_key(conn, spec, keys[i : i + LOOKUP_BATCH], seen)
         views.append(_changelog_view(conn, tid, after_seq, slots))
     max_seq, after, changed = views[-1]
     for seen_max, seen_after, seen_changed in views[:-1]:
