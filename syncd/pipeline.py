@@ -32,7 +32,7 @@ from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
 from syncd.reconcile import SameFileAsAnotherSource, install_capture, reconcile
 from syncd.rows import RowMisfit
-from syncd.session import SourceSession, TableRuntime, changed
+from syncd.session import STEP_WRITE_SECONDS, SourceSession, TableRuntime, changed
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
 from syncd.sqlite import disk_guard, freeze, introspect, reader
 from syncd.sqlite.capture import CaptureStateError, contended
@@ -483,7 +483,14 @@ class Pipeline:
                 self.needs_reconcile = True
             else:
                 # Capture first, even with Postgres down: from here on nothing goes unrecorded.
-                await install_capture(s)
+                # Its writes wait for a file its application keeps locked a moment at a time:
+                # the step ends (LockTimeout), is tried again and, held long, reported, and a
+                # stop is not held up by a wait of minutes.
+                s.worker.write_wait = STEP_WRITE_SECONDS
+                try:
+                    await install_capture(s)
+                finally:
+                    s.worker.write_wait = None
             self.captured_once = True
         if await s.connect_postgres(lock=True):
             self.needs_reconcile = True

@@ -25,6 +25,7 @@ import asyncpg
 
 from syncd.pipeline import FILE_LOCKED_AFTER_SECONDS
 from tests.conftest import FAST_FAILOVER, write_config
+from tests.support.app import create_items
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.ports import free_port
 from tests.support.proxy import FaultProxy
@@ -262,3 +263,30 @@ async def test_on_the_way_back_locks_either_side_of_a_postgres_outage_are_not_re
             assert d.stop() == 0
             log = d.log()
     assert log.count("is locked by its application") == 1, log[-3000:]
+
+
+async def test_a_file_locked_from_the_daemons_first_start_is_reported_and_a_stop_is_prompt(tmp_path, make_config,
+                                                                                             pg_dsn):
+    """The application holds a write transaction open as syncd first starts on its file:
+    capture waits for the lock. That wait went on in one call for two minutes: no report
+    of the lock in that time, and a SIGTERM took the daemon's whole grace period to end it."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=100, journal="wal")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+    app = sqlite3.connect(db, isolation_level=None)
+    try:
+        app.execute("BEGIN IMMEDIATE")
+        app.execute("INSERT INTO items (v) VALUES ('not committed yet')")
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            d.wait_log("syncd running")
+            wait_for(lambda: "locked by its application" in d.own_log(), FILE_LOCKED_AFTER_SECONDS + 30,
+                     "the lock reported", d)
+            began = time.monotonic()
+            assert d.stop(timeout=30) == 0
+            assert time.monotonic() - began < 10, d.own_log()[-2000:]
+    finally:
+        app.execute("ROLLBACK")
+        app.close()
+    with DaemonProcess(cfg, tmp_path / "again.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
