@@ -98,6 +98,8 @@ class Daemon:
         if early_signals.requested:
             self.request_stop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        if early_signals.reload_requested:  # a SIGHUP while starting: reloaded once started
+            asyncio.ensure_future(self.reload())
         try:
             self._start_endpoint()
         except StartupError:

@@ -3,6 +3,7 @@ the others untouched."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 
@@ -153,3 +154,23 @@ async def test_sighup_while_the_daemon_starts_runs_an_added_source_once(tmp_path
     assert log.count("source=b table=items event=snapshot_started") == 1, log[-3000:]
     for db, name in ((a, "a"), (b, "b")):
         assert await compare_table(str(db), pg_dsn, name, "items") == []
+
+
+async def test_sighup_before_the_daemon_has_started_reloads_once_it_has(tmp_path, outage):
+    """A SIGHUP while `syncd run` is still reading its configuration (here the glob's
+    registered names, asked of a Postgres slow to answer): it ended the daemon at once,
+    without a word, as a signal nobody handles does."""
+    proxy, dsn = outage
+    d = tmp_path / "tenants"
+    d.mkdir()
+    create_items(d / "a.db", rows=10)
+    os.link(d / "a.db", d / "b.db")  # one file, two names: its registered name is asked of Postgres
+    cfg = tmp_path / "syncd.toml"
+    write_config(cfg, dsn, [{"name": "t_{stem}", "path": str(d / "*.db")}])
+    proxy.stall()
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as daemon:
+        wait_for(lambda: proxy.accepted > 0, 60, "the daemon asking Postgres", daemon)
+        daemon.proc.send_signal(signal.SIGHUP)
+        proxy.heal()
+        wait_for(lambda: "configuration reloaded" in daemon.log(), 60, "the reload", daemon)
+        assert daemon.stop() == 0

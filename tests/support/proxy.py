@@ -28,6 +28,7 @@ class FaultProxy:
         self.reply_lost = threading.Event()
         self.bytes_up = 0  # bytes passed on towards Postgres, every connection together
         self.refused = 0  # connections refused (while refuse() holds): the client's tries
+        self.accepted = 0  # connections accepted (stalled ones too): the client's tries
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
     # --- control -------------------------------------------------------------------
@@ -95,6 +96,7 @@ class FaultProxy:
                     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     client.close()
                 continue
+            self.accepted += 1
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
