@@ -614,6 +614,13 @@ def _problem(error: dict, path: Path) -> tuple[str, str]:
         return f"environment variable {env} (over config {path})", msg
     if holding is not None:
         return f"environment variable {holding} (over config {path})", f"{where}: {msg}"
+    under = "SYNCD_" + "__".join(str(p) for p in loc).upper() + "__"
+    item = next((k for k in sorted(os.environ) if loc and k.upper().startswith(under)), None)
+    if item is not None and error["type"] in ("list_type", "dict_type", "model_type"):
+        # SYNCD_SOURCES__0__PATH: the environment made `sources` a table of its own.
+        return (f"environment variable {item} (over config {path})",
+                f"{where} cannot be set item by item from the environment: set {under[:-2]} to the whole value as "
+                "JSON, or change the config file")
     credential = _credential_file(loc)
     if credential is not None:
         return f"credential file {credential} (over config {path})", msg

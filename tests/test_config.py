@@ -308,3 +308,13 @@ def test_an_empty_config_option_is_refused_not_taken_for_the_default_file(tmp_pa
                        cwd=tmp_path, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
     assert "--config" in r.stderr and "empty" in r.stderr and "sales" not in r.stdout, r.stdout + r.stderr
+
+
+def test_a_source_set_item_by_item_from_the_environment_is_named(tmp_path):
+    """SYNCD_SOURCES__0__PATH=... (a source's path meant to be overridden): one line
+    naming that variable, exit 2; the config file's [[sources]], a valid list, was blamed
+    ("sources: Input should be a valid list")."""
+    cfg = write(tmp_path, GOOD)
+    r = run_cli(cfg, "schema", env={"SYNCD_SOURCES__0__PATH": "other.db"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: environment variable SYNCD_SOURCES__0__PATH (over config {cfg}): "), r.stderr
