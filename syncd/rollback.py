@@ -622,6 +622,10 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
             if undone:
                 res.plan.append(undone)
             return res
+        if await conn.fetchval("SELECT current_setting('transaction_read_only') = 'on'"):
+            raise Refused("Postgres takes no writes in this database (a standby, or default_transaction_read_only): "
+                          "a rollback freezes it for the application and records the switch there; roll back once it "
+                          "takes writes")
         undone = await undo_abandoned(settings, source, conn)
         if undone:
             res.plan.append(undone)

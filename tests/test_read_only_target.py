@@ -121,3 +121,34 @@ async def test_a_cutover_dry_run_on_a_read_only_target_is_refused(tmp_path, make
             await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
         finally:
             await admin.close()
+
+
+async def test_a_rollback_dry_run_on_a_read_only_target_is_refused(tmp_path, make_config, pg_dsn):
+    """`syncd rollback --dry-run` once Postgres takes no writes: refused, saying so (the
+    rollback freezes Postgres and records the switch there, neither of which it can do);
+    it said "ready to roll back"."""
+    from tests.support.way_back import backup_and_config, cut_over
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.commit()
+    conn.close()
+    name = pg_dsn.rsplit("/", 1)[1]
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    await pg_rows(pg_dsn, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    try:
+        for args in (["--dry-run"], []):
+            r = run_cli(cfg, "rollback", *args)
+            out = r.stdout + r.stderr
+            assert r.returncode == 1 and "ready to roll back" not in out, out
+            assert "app: REFUSED: Postgres takes no writes in this database" in out, out
+    finally:
+        admin = await asyncpg.connect(pg_dsn.rsplit("/", 1)[0] + "/postgres")
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        finally:
+            await admin.close()
