@@ -738,6 +738,14 @@ def _misspelt_environment(path: Path) -> str | None:
     return None
 
 
+def _starts_with_bom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(3) == b"\xef\xbb\xbf"
+    except OSError:
+        return False
+
+
 def _not_json(message: str, path: Path) -> str:
     """pydantic-settings' "error parsing value for field "sources" from source
     "EnvSettingsSource"" said as syncd's errors are: naming the variable (or credential
@@ -774,6 +782,9 @@ def load_settings(path: Path) -> Settings:
     except SettingsError as e:  # a list or table from the environment (or a credential file) that is not JSON
         raise ConfigError(escape_controls(_not_json(str(e), path))) from None
     except ValueError as e:  # TOML syntax errors surface as ValueError subclasses
+        if _starts_with_bom(path):  # invisible: "Invalid statement (at line 1, column 1)" of a line that reads right
+            raise ConfigError(f"config {path}: starts with a byte order mark (U+FEFF), which TOML does not allow; save "
+                              "it as UTF-8 without one") from None
         raise ConfigError(f"config {path}: {redact_dsn(str(e))}") from None
     except OSError as e:
         raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None

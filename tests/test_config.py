@@ -318,3 +318,14 @@ def test_a_source_set_item_by_item_from_the_environment_is_named(tmp_path):
     r = run_cli(cfg, "schema", env={"SYNCD_SOURCES__0__PATH": "other.db"})
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
     assert r.stderr.startswith(f"syncd: environment variable SYNCD_SOURCES__0__PATH (over config {cfg}): "), r.stderr
+
+
+def test_a_config_file_saved_with_a_byte_order_mark_is_said_so(tmp_path):
+    """A file saved by an editor that puts a UTF-8 byte order mark first (invisible):
+    one line saying so and how to save it; it said "Invalid statement (at line 1, column
+    1)" of a first line that reads right."""
+    cfg = tmp_path / "syncd.toml"
+    cfg.write_bytes(b"\xef\xbb\xbf" + GOOD.lstrip().encode())
+    r = run_cli(cfg, "init")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: config {cfg}: ") and "byte order mark" in r.stderr, r.stderr
