@@ -738,12 +738,16 @@ def _misspelt_environment(path: Path) -> str | None:
     return None
 
 
-def _starts_with_bom(path: Path) -> bool:
+def _starts_with_bom(path: Path) -> str | None:
+    """The encoding a byte order mark at the start of `path` names ("UTF-8", "UTF-16"), or None."""
     try:
         with open(path, "rb") as f:
-            return f.read(3) == b"\xef\xbb\xbf"
+            head = f.read(3)
     except OSError:
-        return False
+        return None
+    if head == b"\xef\xbb\xbf":
+        return "UTF-8"
+    return "UTF-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else None
 
 
 def _not_json(message: str, path: Path) -> str:
@@ -782,9 +786,13 @@ def load_settings(path: Path) -> Settings:
     except SettingsError as e:  # a list or table from the environment (or a credential file) that is not JSON
         raise ConfigError(escape_controls(_not_json(str(e), path))) from None
     except ValueError as e:  # TOML syntax errors surface as ValueError subclasses
-        if _starts_with_bom(path):  # invisible: "Invalid statement (at line 1, column 1)" of a line that reads right
+        bom = _starts_with_bom(path)
+        if bom == "UTF-8":  # invisible: "Invalid statement (at line 1, column 1)" of a line that reads right
             raise ConfigError(f"config {path}: starts with a byte order mark (U+FEFF), which TOML does not allow; save "
                               "it as UTF-8 without one") from None
+        if bom == "UTF-16":
+            raise ConfigError(f"config {path}: is UTF-16 text; TOML is UTF-8: save it as UTF-8 (without a byte "
+                              "order mark)") from None
         raise ConfigError(f"config {path}: {redact_dsn(str(e))}") from None
     except OSError as e:
         raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None

@@ -329,3 +329,14 @@ def test_a_config_file_saved_with_a_byte_order_mark_is_said_so(tmp_path):
     r = run_cli(cfg, "init")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
     assert r.stderr.startswith(f"syncd: config {cfg}: ") and "byte order mark" in r.stderr, r.stderr
+
+
+def test_a_config_file_saved_as_utf16_is_said_so(tmp_path):
+    """A file saved as UTF-16 (PowerShell's `>` does, say): one line saying so and how to
+    save it; it said "'utf-8' codec can't decode byte 0xff in position 0"."""
+    cfg = tmp_path / "syncd.toml"
+    cfg.write_bytes(GOOD.encode("utf-16"))
+    r = run_cli(cfg, "init")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: config {cfg}: ") and "UTF-16" in r.stderr and "codec" not in r.stderr, \
+        r.stderr
