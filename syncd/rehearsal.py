@@ -136,6 +136,11 @@ async def _leftovers(conn: asyncpg.Connection, schema: str, bk_schema: str) -> N
                                   "replicates the copy there; rename or drop that schema first")
         await _keep_extensions_in_use(conn, [schema, bk_schema])
         await conn.execute(f"DROP SCHEMA {quote_pg_ident(schema)} CASCADE")
+    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", owned):
+        # The rehearsal's own bookkeeping (it made that table), holding the earlier copy's
+        # switch: kept, the new copy's load would find its source cut over and never stream.
+        await _keep_extensions_in_use(conn, [schema, bk_schema])
+        await conn.execute(f"DROP SCHEMA {quote_pg_ident(bk_schema)} CASCADE")
 
 
 async def _keep_extensions_in_use(conn: asyncpg.Connection, schemas: list[str]) -> None:
