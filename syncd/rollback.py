@@ -468,6 +468,24 @@ async def not_computed_in_postgres(conn: asyncpg.Connection, schema: str, specs:
     return out
 
 
+async def computed_only_in_postgres(conn: asyncpg.Connection, schema: str, specs: dict) -> list[str]:
+    """Generated columns of Postgres (GENERATED ALWAYS AS (...) STORED, the application's,
+    made there after the cutover) that SQLite holds as plain columns: after the rollback
+    a row the application writes to SQLite holds what it writes there (NULL if none),
+    where Postgres computes its own value, and each such row differs."""
+    out = []
+    for table, column in await _columns(conn, schema, "a.attgenerated <> ''"):
+        spec = specs.get(table)
+        if spec is None or column not in spec.column_names or spec.column(column).generated:
+            continue
+        out.append(f'warning: Postgres computes "{table}"."{column}" (GENERATED, set in Postgres) and SQLite does '
+                   "not: after the rollback a row the application writes to SQLite holds what it writes there (NULL "
+                   "if none), and differs wherever that is not what Postgres computes; have the application write "
+                   "the same value, or drop the expression in Postgres (ALTER TABLE ... ALTER COLUMN "
+                   f'"{column}" DROP EXPRESSION)')
+    return out
+
+
 async def filled_only_in_postgres(conn: asyncpg.Connection, schema: str, specs: dict) -> list[str]:
     """Columns Postgres fills when a row leaves them out (a DEFAULT or an identity the
     application gave them there) and SQLite does not (no default; the rowid fills an
@@ -638,6 +656,7 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
         stricter = await stricter_in_postgres(conn, source.schema, specs)
         stricter += await not_computed_in_postgres(conn, source.schema, specs)
         stricter += await filled_only_in_postgres(conn, source.schema, specs)
+        stricter += await computed_only_in_postgres(conn, source.schema, specs)
         stricter += [generated_always_note(t, c, False) for t, c in await generated_always(conn, source.schema, specs)]
         rows = await worker.run(_row_count, tables)
         pending, _ = await reverse_position(worker, conn, Names(b.schema, source.name, b.key))

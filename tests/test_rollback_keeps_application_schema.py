@@ -430,3 +430,33 @@ async def test_an_exclusion_constraint_made_in_postgres_does_not_refuse_the_next
         await wait_back(cfg, db, pg_dsn, daemon=d)
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_a_column_postgres_computes_and_sqlite_does_not_is_named_before_the_rollback(tmp_path, make_config,
+                                                                                           pg_dsn):
+    """The application added a GENERATED ALWAYS AS (...) STORED column in Postgres after
+    the cutover; SQLite holds it as a plain column. After the rollback a row the
+    application writes to SQLite holds NULL there where Postgres computes a value, and
+    every such row is a difference: `syncd rollback` (and --dry-run) says so first, as
+    for a DEFAULT only Postgres has. Before, nothing was said until the first check."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.companies ADD COLUMN shout text "
+                              "GENERATED ALWAYS AS (upper(name)) STORED")
+
+        async def followed() -> bool:
+            conn = sqlite3.connect(db)
+            try:
+                return any(r[1] == "shout" for r in conn.execute("PRAGMA table_info(companies)"))
+            finally:
+                conn.close()
+
+        await eventually(followed, 60, "the column added in SQLite too", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        for args in (("rollback", "--dry-run"), ("rollback",)):
+            r = run_cli(cfg, *args)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert 'warning: Postgres computes "companies"."shout"' in r.stdout, r.stdout
