@@ -363,6 +363,42 @@ async def test_integer_columns_of_a_table_made_in_postgres_are_widened_in_place_
         assert v.returncode == 0, v.stdout + v.stderr
 
 
+async def test_a_real_column_of_a_table_made_in_postgres_is_widened_in_place_after_a_rollback(
+        tmp_path, make_config, pg_dsn):
+    """As an integer column: a `real` column (where syncd's type is double precision) of a
+    table another table's foreign key ON DELETE CASCADE points at is made double precision
+    in place after the rollback, every value as it was, instead of loading the table
+    again, whose delete emptied the other table in Postgres."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "CREATE TABLE app.products (id bigint PRIMARY KEY, name text, weight real)")
+        await pg_rows(pg_dsn, "CREATE TABLE app.lines (id bigint PRIMARY KEY, "
+                              "product_id bigint REFERENCES app.products ON DELETE CASCADE, qty bigint)")
+        await pg_rows(pg_dsn, "INSERT INTO app.products VALUES (1, 'bolt', 0.25), (2, 'nut', 0.1)")
+        await pg_rows(pg_dsn, "INSERT INTO app.lines VALUES (1, 1, 10), (2, 2, 20)")
+
+        async def copied() -> bool:
+            states = await table_states(pg_dsn, "app")
+            return all(states.get(t, ("",))[0] == "streaming" for t in ("products", "lines"))
+
+        await eventually(copied, 60, "the new tables copied into SQLite", daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        d.wait_log("turned back in place, every value as it was")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert (await column_types(pg_dsn, "app.products"))["weight"] == "double precision"
+        assert await pg_rows(pg_dsn, "SELECT id, product_id, qty FROM app.lines ORDER BY id") == [(1, 1, 10), (2, 2, 20)]
+        after_rollback = d.log().split("rolled back to SQLite")[-1]
+        assert "reloading the table" not in after_rollback, after_rollback
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
+
+
 async def test_a_table_made_in_postgres_with_a_serial_key_is_cut_over_again_after_a_rollback(
         tmp_path, make_config, pg_dsn):
     """The application made a table keyed `bigserial` in Postgres after the cutover. After

@@ -45,8 +45,9 @@ _IN_PLACE = {
     "timestamp without time zone": re.compile(r"timestamp\(\d\) without time zone"),
     "timestamp with time zone": re.compile(r"timestamp\(\d\) with time zone"),
     # Postgres rewrites the table for these, every value staying as it is: a table the
-    # application made in Postgres after the cutover (`serial`, `integer` columns).
+    # application made in Postgres after the cutover (`serial`, `integer`, `real` columns).
     "bigint": re.compile(r"integer|smallint"),
+    "double precision": re.compile(r"real"),
 }
 
 
@@ -55,7 +56,8 @@ def widens_in_place(have: str, want: str) -> bool:
     every value staying as it is and no row deleted: a length, scale or precision limit
     dropped (varchar(n) to text, numeric(p,s) to numeric, timestamp(p) to timestamp),
     without rewriting the table or its indexes, as an application may set on a column
-    after the cutover; or a narrower integer made bigint (a rewrite of the table)."""
+    after the cutover; or a narrower integer made bigint, a real double precision (a
+    rewrite of the table)."""
     pattern = _IN_PLACE.get(want)
     return pattern is not None and pattern.fullmatch(have) is not None
 
