@@ -399,6 +399,42 @@ async def test_a_real_column_of_a_table_made_in_postgres_is_widened_in_place_aft
         assert v.returncode == 0, v.stdout + v.stderr
 
 
+async def test_a_table_made_in_postgres_loaded_again_to_retype_it_keeps_the_rows_pointing_at_it(
+        tmp_path, make_config, pg_dsn):
+    """A table the application made in Postgres with a `char(2)` column (syncd's type is
+    text, and Postgres cannot make it so without changing values: it is loaded again
+    after the rollback) while another table's foreign key ON DELETE CASCADE points at it.
+    The column is retyped on the rows as they are and the load then rewrites them in
+    place. Before, the load deleted every row and the cascade emptied the other table."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "CREATE TABLE app.countries (id bigint PRIMARY KEY, code char(2), name text)")
+        await pg_rows(pg_dsn, "CREATE TABLE app.cities (id bigint PRIMARY KEY, "
+                              "country_id bigint REFERENCES app.countries ON DELETE CASCADE, name text)")
+        await pg_rows(pg_dsn, "INSERT INTO app.countries VALUES (1, 'fr', 'France'), (2, 'x', 'Nowhere')")
+        await pg_rows(pg_dsn, "INSERT INTO app.cities VALUES (1, 1, 'Paris'), (2, 2, 'Atlantis')")
+
+        async def copied() -> bool:
+            states = await table_states(pg_dsn, "app")
+            return all(states.get(t, ("",))[0] == "streaming" for t in ("countries", "cities"))
+
+        await eventually(copied, 60, "the new tables copied into SQLite", daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        d.wait_log("reloading the table")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert (await column_types(pg_dsn, "app.countries"))["code"] == "text"
+        assert await pg_rows(pg_dsn, "SELECT id, country_id, name FROM app.cities ORDER BY id") == [
+            (1, 1, "Paris"), (2, 2, "Atlantis")]
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
+
+
 async def test_a_table_made_in_postgres_with_a_serial_key_is_cut_over_again_after_a_rollback(
         tmp_path, make_config, pg_dsn):
     """The application made a table keyed `bigserial` in Postgres after the cutover. After

@@ -165,12 +165,15 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
         await conn.execute("DROP TABLE IF EXISTS pg_temp._syncd_kept")
         await conn.execute(f"CREATE TEMP TABLE _syncd_kept ON COMMIT DROP AS SELECT {key}, "
                            f"{', '.join(quote_pg_ident(c) for c in kept + carried)} FROM {table}")
+    referenced = pgt is not None and await referenced_elsewhere(conn, table)
+    if referenced and not diff_shape(spec, pgt).same:
+        pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt)
     # A column Postgres computes takes no value: it computes it from the row, as for the
     # stream's rows (the aside table holds NULL there: the load left it out).
     left = computed(pgt, spec)
     cols = ", ".join(quote_pg_ident(c) for c in spec.column_names if c not in left)
     set_aside = []
-    if pgt is not None and diff_shape(spec, pgt).same and await referenced_elsewhere(conn, table):
+    if referenced and diff_shape(spec, pgt).same:
         # Another table's foreign key points at these rows (the application's, made in
         # Postgres after a cutover): deleting them all would fire its action (ON DELETE
         # CASCADE empties that table, SET NULL clears it) or fail. A row whose key stays
@@ -233,6 +236,31 @@ async def referenced_elsewhere(conn: asyncpg.Connection, table: str) -> bool:
     """Whether a foreign key of another table points at `table`."""
     return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND "
                                     "confrelid = $1::regclass AND conrelid <> confrelid)", table))
+
+
+async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: TableSpec,
+                                   pgt: PgTable) -> PgTable:
+    """Where only column types differ, each column made `spec`'s type on the rows as they
+    are (their values cast, then rewritten from the load), so that a table another
+    table's foreign key points at is not emptied to be reshaped. Postgres refusing (a
+    view or a generated column uses the column, a foreign key's type) changes nothing:
+    the table is reshaped empty as any other."""
+    diff = diff_shape(spec, pgt)
+    if diff.missing_in_pg or diff.extra_in_pg or diff.key_changed:
+        return pgt
+    table = qualified(schema, spec.name)
+    try:
+        async with conn.transaction():  # a savepoint
+            for name, _have, _want in diff.retyped:
+                q, want = quote_pg_ident(name), spec.column(name).pgtype.value
+                await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} TYPE {want} USING {q}::{want}")
+    except asyncpg.PostgresError as e:
+        from syncd.postgres.connect import is_transient
+
+        if is_transient(e):  # tried again as a whole, never emptied for want of a lock
+            raise
+        return pgt
+    return (await read_tables(conn, schema)).get(spec.name) or pgt
 
 
 async def _refill_in_place(conn: asyncpg.Connection, table: str, spec: TableSpec, computed_cols: frozenset[str],
