@@ -435,6 +435,45 @@ async def test_a_table_made_in_postgres_loaded_again_to_retype_it_keeps_the_rows
         assert v.returncode == 0, v.stdout + v.stderr
 
 
+async def test_a_view_keeping_a_column_from_its_type_holds_only_its_table_and_names_the_view(
+        tmp_path, make_config, pg_dsn):
+    """A table the application made in Postgres with an integer column, and a view over
+    that column: Postgres retypes no column a view uses, so after the rollback the column
+    cannot become syncd's bigint. The table is held with that reason, naming the view, and
+    goes on once the view is dropped. Before, the source reported "failing: unexpected
+    error" and retried the load every second, for good."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"held_table_retry_seconds": 1})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "CREATE TABLE app.lines (id bigint PRIMARY KEY, qty integer)")
+        await pg_rows(pg_dsn, "CREATE VIEW app.big_lines AS SELECT id, qty FROM app.lines WHERE qty > 1")
+        await pg_rows(pg_dsn, "INSERT INTO app.lines VALUES (1, 2), (2, 1)")
+
+        async def copied() -> bool:
+            return (await table_states(pg_dsn, "app")).get("lines", ("",))[0] == "streaming"
+
+        await eventually(copied, 60, "the new table copied into SQLite", daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app")).get("lines", ("",))[0] == "held"
+
+        await eventually(held, 60, "the table held", daemon=d)
+        reason = (await table_states(pg_dsn, "app"))["lines"][1]
+        assert "view app.big_lines" in reason, reason
+        status = run_cli(cfg, "status")
+        assert "unexpected error" not in status.stdout and "failing" not in status.stdout, status.stdout
+        await pg_rows(pg_dsn, "DROP VIEW app.big_lines")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert (await column_types(pg_dsn, "app.lines"))["qty"] == "bigint"
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
+
+
 async def test_a_table_made_in_postgres_with_a_serial_key_is_cut_over_again_after_a_rollback(
         tmp_path, make_config, pg_dsn):
     """The application made a table keyed `bigserial` in Postgres after the cutover. After
