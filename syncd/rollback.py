@@ -429,23 +429,29 @@ async def stricter_in_postgres(conn: asyncpg.Connection, schema: str, specs: dic
     # not make (each of its own carries the parity comment): the application's, in Postgres
     # only. A row SQLite takes that breaks one holds its table after the rollback.
     made = await conn.fetch(
-        "SELECT c.relname, con.conname, pg_get_constraintdef(con.oid) FROM pg_constraint con "
+        "SELECT c.relname, con.conname, pg_get_constraintdef(con.oid), "
+        "con.contype = 'f' AND (con.confdeltype IN ('c', 'n', 'd') OR con.confupdtype IN ('c', 'n', 'd')) "
+        "FROM pg_constraint con "
         "JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = $1 AND con.contype IN ('c', 'u', 'f', 'x') "
         "AND coalesce(obj_description(con.oid, 'pg_constraint'), '') NOT LIKE $2 "
         "UNION ALL "
-        "SELECT c.relname, i.relname, pg_get_indexdef(i.oid) FROM pg_index x "
+        "SELECT c.relname, i.relname, pg_get_indexdef(i.oid), false FROM pg_index x "
         "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = $1 AND x.indisunique AND NOT x.indisprimary "
         "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.oid AND k.contype IN ('p', 'u', 'x')) "
         "AND coalesce(obj_description(i.oid, 'pg_class'), '') NOT LIKE $2 ORDER BY 1, 2",
         schema, MARK + "%")
-    for table, name, definition in made:
+    for table, name, definition, acts in made:
         if table not in specs:
             continue
+        # A foreign key with an action (CASCADE, SET NULL, SET DEFAULT) breaks nothing when a
+        # row it points at goes: Postgres changes the rows pointing at it, there only.
+        also = ("; deleting or re-keying in SQLite a row it points at deletes or changes the rows pointing at it in "
+                "Postgres only (its ON DELETE/ON UPDATE action), which then differ from SQLite's" if acts else "")
         out.append(f'warning: Postgres holds "{name}" on "{table}" ({definition}), which SQLite does not: '
-                   "after the rollback a row the application writes to SQLite that breaks it holds the table; "
+                   f"after the rollback a row the application writes to SQLite that breaks it holds the table{also}; "
                    "drop it in Postgres or keep the application within it")
     return out
 

@@ -136,6 +136,28 @@ async def test_constraints_made_in_postgres_only_are_named_before_the_rollback(t
         assert 'Postgres holds "revenue_positive" on "companies" (CHECK ((revenue >= ' in warnings[1]
 
 
+async def test_a_cascading_foreign_key_made_in_postgres_is_named_for_what_it_deletes_there(tmp_path, make_config,
+                                                                                           pg_dsn):
+    """A foreign key ON DELETE CASCADE the application made in Postgres after the cutover
+    holds no table after the rollback: deleting in SQLite a row it points at deletes the
+    rows pointing at it in Postgres only. The rollback says so, not only that a row
+    breaking it holds its table (which was all it said)."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "CREATE TABLE app.notes (id bigint PRIMARY KEY, "
+                              "company_id bigint REFERENCES app.companies (id) ON DELETE CASCADE, body text)")
+        await pg_rows(pg_dsn, "INSERT INTO app.notes VALUES (1, 1, 'call back')")
+        await eventually(lambda: _followed(db, "notes"), 60, "notes in SQLite", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback", "--dry-run")
+        assert r.returncode == 0, r.stdout + r.stderr
+        line = next(x for x in r.stdout.splitlines() if '"notes_company_id_fkey"' in x)
+        assert "deletes or changes the rows pointing at it in Postgres only" in line, line
+
+
 async def test_an_identity_generated_always_in_postgres_takes_sqlite_rows_after_a_rollback(
         tmp_path, make_config, pg_dsn):
     """A table the application made in Postgres after the cutover with `GENERATED ALWAYS
