@@ -56,3 +56,34 @@ def test_uninstalling_a_large_changelog_never_holds_a_writer_off(tmp_path, make_
     conn.close()
     assert left == []
     assert writer.transactions > 20 and writer.errors == [], (writer.transactions, writer.errors[:5])
+
+
+def test_uninstalling_a_long_changelog_never_holds_a_writer_with_a_short_busy_timeout_off(tmp_path, make_config):
+    """Before it empties a long changelog in short transactions, the uninstall reads
+    where it begins and ends. Read in one statement, SQLite walks every entry for the
+    two: 10 million entries of a thousand busy rows held a rollback-journal writer with
+    a half-second busy_timeout off."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=delete")
+    conn.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER)")
+    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO counters VALUES (?, 0)", ((i,) for i in range(1, 1001)))
+    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}])
+    done = run_cli(cfg, "init")
+    assert done.returncode == 0, done.stdout + done.stderr
+    conn.execute("BEGIN")  # the application's writes, with no daemon streaming them
+    for _ in range(10_000):
+        conn.execute("UPDATE counters SET n = n + 1")
+    conn.execute("COMMIT")
+    conn.close()
+    writer = ShortTimeoutWriter(db, timeout=0.5)
+    writer.start()
+    try:
+        done = run_cli(cfg, "uninstall", "--force", timeout=600)
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "removed 4 trigger(s), the changelog and the registry" in done.stdout, done.stdout
+    assert writer.transactions > 20 and writer.errors == [], (writer.transactions, writer.errors[:5])

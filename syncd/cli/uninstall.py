@@ -117,8 +117,7 @@ async def _uninstall(settings: Settings, source: SourceSettings, force: bool) ->
                 note += await _settle_switch(settings, source, pg, conn, key)
             if row is not None and row.capture_id == state.capture_id:
                 applied = row.applied_seq
-            pending = conn.execute(f"SELECT count(*) FROM main.{reader.CL} WHERE seq > ?", (applied,)).fetchone()[0] \
-                if state.key_slots else 0
+            pending = reader.entries_after(conn, applied) if state.key_slots else 0
             if pending and not force:
                 raise Refused(f"{pending} captured change(s) are not yet applied to Postgres; run the daemon "
                               "until it catches up, or pass --force to discard them")

@@ -634,8 +634,10 @@ def _empty_changelog(conn: sqlite3.Connection, busy_timeout_ms: int) -> int:
     Returns the capture triggers dropped."""
     if not _table_exists(conn, CHANGELOG):
         return 0
-    low, high = conn.execute(f"SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) "
-                             f"FROM main.{quote_ident(CHANGELOG)}").fetchone()
+    # Two subqueries, each a lookup at one end: min() and max() side by side in one
+    # SELECT walk every entry, under a read lock that holds the writers back.
+    low, high = conn.execute(f"SELECT (SELECT coalesce(min(seq), 0) FROM main.{quote_ident(CHANGELOG)}), "
+                             f"(SELECT coalesce(max(seq), 0) FROM main.{quote_ident(CHANGELOG)})").fetchone()
     if high - low < EMPTY_BELOW_ENTRIES:
         return 0
 
