@@ -293,3 +293,38 @@ async def test_following_a_schema_change_behind_a_long_backlog_never_holds_a_rol
         writer.stop.set()
         writer.join(30)
     assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])
+
+
+async def test_verifying_behind_a_long_backlog_never_holds_a_rollback_journal_writer_off(tmp_path, make_config,
+                                                                                         pg_dsn):
+    """`syncd verify` takes a table's row totals at one checkpoint, with what the
+    changelog holds past it read in the same transaction: the end of the changelog, how
+    many entries lie past the checkpoint and which keys they name. Behind a long backlog
+    (here 10 million changes of a thousand busy rows, made while the daemon was stopped)
+    reading those took one statement over every entry, and held a rollback-journal
+    writer with a half-second busy_timeout off."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = delete")
+    conn.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER, note TEXT)")
+    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO counters VALUES (?, 0, 'x')", ((i,) for i in range(1, 1001)))
+    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}],
+                      sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn.execute("BEGIN")
+    for _ in range(10_000):
+        conn.execute("UPDATE counters SET n = n + 1")
+    conn.execute("COMMIT")
+    conn.close()
+    writer = ShortTimeoutWriter(db, timeout=0.5)
+    writer.start()
+    try:
+        done = verify(cfg)
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    assert "not equal" not in done.stdout, done.stdout  # rows in flight are pending, not different
+    assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])
