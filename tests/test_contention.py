@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.app import ShortTimeoutWriter, Writer, create_items, heavy_file
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.verifying import verify
 from tests.support.way_back import backup_and_config, cut_over, wait_back
@@ -327,4 +327,39 @@ async def test_verifying_behind_a_long_backlog_never_holds_a_rollback_journal_wr
         writer.stop.set()
         writer.join(30)
     assert "not equal" not in done.stdout, done.stdout  # rows in flight are pending, not different
+    assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])
+
+
+async def test_reporting_behind_a_long_backlog_never_holds_a_rollback_journal_writer_off(tmp_path, make_config,
+                                                                                         pg_dsn):
+    """`syncd report` (and the status page, which measures the same facts) counts each
+    table's rows with the changes on their way in one read transaction, to tell a count
+    the changes account for from a real difference. Behind a long backlog (10 million
+    changes of a thousand busy rows, made while the daemon was stopped) listing those
+    changes walked every entry inside that read, and held a rollback-journal writer with
+    a half-second busy_timeout off; so did counting the entries past the checkpoint."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = delete")
+    conn.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER, note TEXT)")
+    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO counters VALUES (?, 0, 'x')", ((i,) for i in range(1, 1001)))
+    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}],
+                      sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn.execute("BEGIN")
+    for _ in range(10_000):
+        conn.execute("UPDATE counters SET n = n + 1")
+    conn.execute("COMMIT")
+    conn.close()
+    writer = ShortTimeoutWriter(db, timeout=0.5)
+    writer.start()
+    try:
+        done = run_cli(cfg, "report", "--format", "json")
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    assert done.returncode in (0, 1) and "counters" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])

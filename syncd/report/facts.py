@@ -478,8 +478,9 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             captured, note = False, "unknown: the SQLite file could not be read"  # facts.error says why
         else:
             captured, note = side.capture.get(name, (False, "not in the SQLite file"))
-        in_flight = None if side is None or side.pruned_past else side.in_flight.get(name, (0, 0))
-        keys = side.keys_in_flight.get(name) if side is not None and not side.pruned_past else None
+        unknown = side is None or side.pruned_past or side.long_backlog
+        in_flight = None if unknown else side.in_flight.get(name, (0, 0))
+        keys = None if unknown else side.keys_in_flight.get(name)
         facts.tables.append(TableFacts(
             name=name, state=row.state if row else None, reason=row.reason if row else None,
             rows_sqlite=side.tables.get(name) if side else None, rows_postgres=pg_counts.get(name),
@@ -565,10 +566,12 @@ class _SqliteSide:
     keys_in_flight: dict[str, tuple[list[tuple], int]] = field(default_factory=dict)
     definitions: dict[str, str] = field(default_factory=dict)  # table -> rehearsal.table_definitions
     halted_queued: dict[str, int] = field(default_factory=dict)  # held or paused table -> its changes queued
+    long_backlog: bool = False  # more than IN_FLIGHT_ENTRIES after the checkpoint: in_flight unknown
 
 
 COUNT_TRIES = 3
 KEYS_LOOKED_UP = 10_000  # a table's keys on their way looked up one by one on both sides, at most
+IN_FLIGHT_ENTRIES = 500_000  # changelog entries past the checkpoint walked for the changes on their way, at most
 
 
 async def _pg_counts(pg: asyncpg.Connection, bk: Bookkeeping | None, source: SourceSettings,
@@ -637,13 +640,17 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
         state = capture.read_state(conn)
         tables, captured, in_flight, keys_in_flight = {}, {}, {}, {}
         pruned_past = bool(state.key_slots) and (state.pruned_seq or 0) > applied_seq + 1
+        # A long backlog (Postgres away, the daemon stopped) is not walked inside a table's
+        # read, which in rollback-journal mode holds the application's writers back for as
+        # long as it runs: the changes on their way are then unknown, as when pruned past.
+        long_backlog = bool(state.key_slots) and state.max_seq - applied_seq > IN_FLIGHT_ENTRIES
         for name in list(schema.tables) + list(schema.refused):
             # Its count and its changes in flight from one snapshot, one short read
             # transaction per table (in rollback-journal mode a read holds writers off).
             conn.execute("BEGIN")
             try:
                 tables[name] = conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0]
-                if name in state.registry and state.key_slots and not pruned_past:
+                if name in state.registry and state.key_slots and not pruned_past and not long_backlog:
                     in_flight[name] = _in_flight(conn, *state.registry[name], applied_seq)
                     if name in schema.tables:
                         keys = _keys_in_flight(conn, schema.tables[name], state.registry[name][0], applied_seq)
@@ -663,8 +670,7 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
             captured[name] = (False, f"not captured: refused ({refusal.reason})")
         pending, queued, names = None, {}, {}
         if state.key_slots:
-            pending = conn.execute(f"SELECT count(*) FROM main.{quote_ident(capture.CHANGELOG)} WHERE seq > ?",
-                                   (applied_seq,)).fetchone()[0]
+            pending = reader.entries_after(conn, applied_seq)
             # a held or paused table's changes queued behind the checkpoint: pending all the same
             names = {state.tid_of(n): n for n in (halted or {}) if state.tid_of(n) is not None}
             queued = reader.queued_behind(conn, {tid: halted[n] for tid, n in names.items()}, applied_seq)
@@ -676,7 +682,7 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
                            disk_guard.suspended(conn), dict(schema.tables),
                            [n for n, lo in schema.left_out.items() if lo.kind == "view"], in_flight, pruned_past,
                            keys_in_flight, table_definitions(conn),
-                           {names[tid]: n for tid, n in queued.items() if n})
+                           {names[tid]: n for tid, n in queued.items() if n}, long_backlog)
     finally:
         conn.close()
 
