@@ -60,3 +60,23 @@ async def test_a_file_left_mid_transaction_is_not_shown_missing(tmp_path, make_c
     r = run_cli(cfg, "status", "--json")
     src = json.loads(r.stdout)["sources"][0]
     assert src["state"] == "daemon_not_running" and src["sqlite_error"] is None, src
+
+
+async def test_schema_and_report_say_why_they_cannot_read_a_file_left_mid_transaction(tmp_path, make_config, pg_dsn):
+    """`syncd schema` and `syncd report` read the file read-only too: they say what
+    status says, not "attempt to write a readonly database" of a command that writes
+    nothing."""
+    db = tmp_path / "app.db"
+    journal = tmp_path / "app.db-journal"
+    create_items(db, rows=2000, journal="delete")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    killed_mid_transaction(db)
+    for verb in ("schema", "report"):
+        r = run_cli(cfg, verb)
+        assert r.returncode != 0, r.stdout
+        assert "was left mid-transaction" in r.stdout and str(journal) in r.stdout, (verb, r.stdout[-2000:])
+        assert "readonly" not in r.stdout + r.stderr, (verb, r.stdout[-2000:])
+    assert journal.exists()  # they only read

@@ -19,7 +19,7 @@ from syncd.postgres import app_triggers, ddl
 from syncd.postgres.connect import close_quietly, connect, describe
 from syncd.sqlite import key_identity
 from syncd.sqlite.audit import audit_table, misfits_text
-from syncd.sqlite.connection import file_problem, open_readonly
+from syncd.sqlite.connection import file_problem, left_mid_transaction, open_readonly
 from syncd.sqlite.introspect import introspect
 from syncd.types import PgType
 
@@ -59,7 +59,8 @@ def main(args) -> int:
             held = {name: why for name, spec in schema.tables.items() if (why := _held_at_load(conn, spec))}
             text_dates = {name: _dates_kept_text(conn, spec, source) for name, spec in schema.tables.items()}
         except sqlite3.DatabaseError as e:
-            common.say(f"-- source {source.name}: ERROR cannot read {source.path}: {e}", "")
+            common.say(f"-- source {source.name}: ERROR "
+                       f"{left_mid_transaction(e, source.path) or f'cannot read {source.path}: {e}'}", "")
             rc = 1
             continue
         finally:

@@ -31,7 +31,7 @@ from syncd.rehearsal import table_definitions
 from syncd.report import backups
 from syncd.report.backups import BackupFacts
 from syncd.sqlite import capture, disk_guard, leftout, reader
-from syncd.sqlite.connection import SourceFileError, file_problem, open_readonly
+from syncd.sqlite.connection import SourceFileError, file_problem, left_mid_transaction, open_readonly
 from syncd.sqlite.introspect import introspect
 from syncd.sqlite.leftout import LeftOut
 from syncd.types import ValueMismatch, converter
@@ -461,7 +461,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                 side = None
                 break
             except (sqlite3.Error, OSError) as e:
-                facts.error = f"cannot read SQLite file {source.path}: {e}"
+                facts.error = left_mid_transaction(e, source.path) or f"cannot read SQLite file {source.path}: {e}"
                 side = None
                 break
             if not side.pruned_past:
