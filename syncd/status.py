@@ -140,9 +140,12 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
             # Counted, not subtracted: without a checkpoint (Postgres away, never set up)
             # max_seq would count every change ever captured, pruned ones included.
             cl = f"main.{quote_ident(capture.CHANGELOG)}"
-            out["pending"], out["max_seq"], page = conn.execute(
-                f"SELECT (SELECT count(*) FROM {cl} WHERE seq > ?), (SELECT coalesce(max(seq), 0) FROM {cl}), "
-                f"(SELECT page_size FROM pragma_page_size())", (applied_seq,)).fetchone()
+            out["max_seq"], page = conn.execute(
+                f"SELECT (SELECT coalesce(max(seq), 0) FROM {cl}), (SELECT page_size FROM pragma_page_size())"
+            ).fetchone()
+            # Counted a window at a time: one count over a long changelog (up to
+            # [sqlite] max_changelog_mb) held a rollback-journal file's writers back.
+            out["pending"] = reader.entries_after(conn, applied_seq)
             if held and capture.REGISTRY in tables:
                 tids = dict(conn.execute(f"SELECT name, tid FROM main.{quote_ident(capture.REGISTRY)}"))
                 # queued behind the checkpoint: pending all the same

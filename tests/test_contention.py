@@ -363,3 +363,36 @@ async def test_reporting_behind_a_long_backlog_never_holds_a_rollback_journal_wr
         writer.join(30)
     assert done.returncode in (0, 1) and "counters" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])
+
+
+async def test_status_of_a_changelog_at_its_cap_never_holds_a_rollback_journal_writer_off(tmp_path, make_config,
+                                                                                          pg_dsn):
+    """`syncd status` (a monitoring check, run every minute) counts the changes waiting in
+    each file. A changelog may grow to [sqlite] max_changelog_mb, a gigabyte by default,
+    about 25 million entries, while the daemon is stopped or Postgres away: one count over
+    all of them held a rollback-journal writer with a half-second busy_timeout off."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = delete")
+    conn.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER)")
+    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO counters VALUES (?, 0)", ((i,) for i in range(1, 1001)))
+    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}],
+                      sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn.execute("BEGIN")
+    for _ in range(25_000):
+        conn.execute("UPDATE counters SET n = n + 1")
+    conn.execute("COMMIT")
+    conn.close()
+    writer = ShortTimeoutWriter(db, timeout=0.5)
+    writer.start()
+    try:
+        runs = [run_cli(cfg, "status", "--json") for _ in range(3)]
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    assert all('"pending_changes": 25000000' in r.stdout for r in runs), runs[-1].stdout
+    assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])
