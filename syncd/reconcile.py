@@ -187,6 +187,9 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     async with conn.transaction():
         runtimes = await _reconcile_postgres(session, result, checked)
     session.tables = runtimes
+    if any(c not in tables[t].column_names for t, cols in retyped.items() if t in tables for c in cols) and \
+            await parity.retyped_columns(conn, session.bk.schema, session.name) != retyped:
+        return await reconcile(session)  # a typed column followed a rename: read it with its type
     if result.state.rearmed and session.direction == TO_POSTGRES:
         # Postgres now has those tables scheduled for a re-snapshot (committed above).
         # Cut over, nothing was scheduled: the marks stay for the way back (a keyless
@@ -657,6 +660,9 @@ async def _reconcile_table(
             if gap and row.state != bk.PAUSED:
                 session.warning(gap, table=name, event="capture_rearmed")
             return _paused(row, reason, session.applied_seq, force_reload=gap is not None)
+        # A typed column renamed: introspection read it untyped (reconcile reads the table
+        # again with its type); compared as typed here, it is not taken for a type change.
+        spec = _typed_as(spec, followed)
         pgt = (await ddl.read_tables(conn, target))[name]
         diff = ddl.diff_shape(spec, pgt)
     if gap:
@@ -729,30 +735,45 @@ async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTa
     of the table, where a rename and a drop followed by an add look alike, the data
     decides, from rows unchanged since `since`, the position the table's rows in Postgres
     are at) and DROP COLUMN (the Postgres column is kept aside under a new name, its
-    values intact). Returns True, or None when the change cannot be told for sure (the
-    table then pauses)."""
+    values intact). A column schema parity typed keeps its type under its new name
+    (bookkeeping follows). Returns those columns with their types (column -> (type,
+    SQLite spelling)), or None when the change cannot be told for sure (the table then
+    pauses)."""
     conn = session.pg
     assert conn is not None
+    pg_names = {c.name for c in pgt.columns}
+    # Columns schema parity typed that SQLite no longer names: SQLite's renamed column
+    # reads as its untyped self (bookkeeping knows the old name only), so its type tells
+    # nothing; its values, read as the typed column reads them, tell.
+    typed = (await parity.retyped_columns(conn, session.bk.schema, session.name)).get(spec.name, {})
+    gone = {n: t for n, t in typed.items()
+            if n in pg_names and n not in {c.name for c in spec.stored_columns}}
     plan = ddl.plan_columns([(c.name, c.pgtype) for c in spec.stored_columns],
-                            [(c.name, c.pgtype) for c in pgt.columns
+                            [(c.name, None if c.name in gone else c.pgtype) for c in pgt.columns
                              if not ddl.is_aside(c.name) and not _synthetic(spec, c.name)])
     if plan is None:
         return None
-    pg_names = {c.name for c in pgt.columns}
     for old, new, must in plan.guesses:
         # Postgres's name for each key column, should the key be among the renamed
         renamed = {**{n: o for o, n in plan.renames}, new: old}
-        if await _looks_renamed(session, spec, old, new, tuple(renamed.get(k, k) for k in spec.key), pg_names, since):
+        told = _typed_as(spec, {new: gone[old]}) if old in gone else spec
+        if await _looks_renamed(session, told, old, new, tuple(renamed.get(k, k) for k in spec.key), pg_names, since):
             plan.renames.append((old, new))
         elif must:
             return None  # mid-table it can only be a rename, yet the data says otherwise
         else:
             plan.drops.append(old)  # dropped, and `new` added at the end: the caller adds it
     table = qualified(session.target_schema, spec.name)
+    kept: dict[str, tuple[PgType, str | None]] = {}
     for old, new in plan.renames:
         await conn.execute(f"ALTER TABLE {table} RENAME COLUMN {quote_pg_ident(old)} TO {quote_pg_ident(new)}")
         session.info(f'column "{old}" was renamed to "{new}" in SQLite: renamed in Postgres too', table=spec.name,
                      event="column_renamed")
+        if old in gone:  # typed under its new name from now on
+            await conn.execute(f"UPDATE {session.bk.s}.columns SET column_name = $4 "
+                               "WHERE source = $1 AND table_name = $2 AND column_name = $3",
+                               session.name, spec.name, old, new)
+            kept[new] = gone[old]
     taken = {c.name for c in pgt.columns}
     for col in plan.drops:
         aside = ddl.aside_name(col, dt.datetime.now(dt.timezone.utc), taken)
@@ -763,7 +784,13 @@ async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTa
                         "it had (new rows leave it empty); drop it there once nothing needs it", table=spec.name,
                         event="column_dropped")
         await session.bk.event(conn, "column_dropped", spec.name, f'"{col}" kept aside as "{aside}"')
-    return True
+    return kept
+
+
+def _typed_as(spec: TableSpec, types: dict[str, tuple[PgType, str | None]]) -> TableSpec:
+    """`spec` with `types` (column -> (type, SQLite spelling)) given the columns it names."""
+    return replace(spec, columns=tuple(replace(c, pgtype=types[c.name][0], sqlite_format=types[c.name][1])
+                                       if c.name in types else c for c in spec.columns))
 
 
 EVIDENCE_ROWS = 200

@@ -376,3 +376,38 @@ async def test_a_column_postgres_refuses_to_retype_leaves_the_tables_other_colum
         ("at", "timestamp without time zone"), ("day", "text")]
     assert await pg_rows(pg_dsn, "SELECT sqlite_format FROM syncd.columns WHERE column_name = 'at'") == [
         ("%Y-%m-%d %H:%M:%S",)]
+
+
+async def test_a_typed_column_renamed_in_sqlite_keeps_its_values_and_its_type(app_db, make_config, pg_dsn, tmp_path):
+    """A column syncd typed during dual-write, renamed in SQLite (twice, the last column
+    of the table): Postgres renames it too, values and type kept, as it does an untyped
+    column, rather than keep it aside and add an empty one."""
+    from tests.support.compare import compare_table
+    from tests.support.sync import table_states
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME);"
+                       "INSERT INTO ev VALUES (1, '2024-05-01 10:00:00'), (2, '2024-05-02 11:30:00');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      sections={"cutover": {"typed_columns": "dual-write"},
+                                "stream": {"schema_check_interval_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log('column "happened" is timestamp now')
+        conn.execute('ALTER TABLE ev RENAME COLUMN happened TO "Happened"')
+        d.wait_log('column "happened" was renamed to "Happened"')
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute('ALTER TABLE ev RENAME COLUMN "Happened" TO occurred')
+        conn.execute("INSERT INTO ev VALUES (3, '2024-05-03 09:15:00')")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert (await table_states(pg_dsn, "app"))["ev"][0] == "streaming"
+        assert await pg_rows(pg_dsn, "SELECT id, occurred FROM app.ev ORDER BY id") == [
+            (1, dt.datetime(2024, 5, 1, 10, 0)), (2, dt.datetime(2024, 5, 2, 11, 30)),
+            (3, dt.datetime(2024, 5, 3, 9, 15))]
+        assert await pg_rows(pg_dsn, "SELECT column_name FROM syncd.columns WHERE source = 'app' "
+                                     "AND table_name = 'ev'") == [("occurred",)]
+        assert await compare_table(str(app_db), pg_dsn, "app", "ev") == []
+        assert "was dropped" not in d.log(), d.log()
+        assert d.stop() == 0
+    out = run_cli(cfg, "verify")
+    assert out.returncode == 0, out.stdout + out.stderr
