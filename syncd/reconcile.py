@@ -187,9 +187,9 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     async with conn.transaction():
         runtimes = await _reconcile_postgres(session, result, checked)
     session.tables = runtimes
-    if any(c not in tables[t].column_names for t, cols in retyped.items() if t in tables for c in cols) and \
+    if any(t not in tables or c not in tables[t].column_names for t, cols in retyped.items() for c in cols) and \
             await parity.retyped_columns(conn, session.bk.schema, session.name) != retyped:
-        return await reconcile(session)  # a typed column followed a rename: read it with its type
+        return await reconcile(session)  # a typed column (or its table) followed a rename: read it with its type
     if result.state.rearmed and session.direction == TO_POSTGRES:
         # Postgres now has those tables scheduled for a re-snapshot (committed above).
         # Cut over, nothing was scheduled: the marks stay for the way back (a keyless
@@ -270,7 +270,10 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
     rows = await session.bk.load_tables(conn)
     requests = await _resync_requests(session)
     pg_tables = await ddl.read_tables(conn, target)
-    await _follow_renames(session, state, schema, rows, pg_tables)
+    renamed = await _follow_renames(session, state, schema, rows, pg_tables)
+    # Columns schema parity typed in a renamed table: introspection read them untyped
+    # (bookkeeping named the old table; reconcile reads them again with their types).
+    typed = await parity.retyped_columns(conn, session.bk.schema, session.name) if renamed else {}
     followed = src.schema_version if src is not None else None
     moved = followed is not None and followed != schema.version  # the application changed the schema
     if followed != schema.version:
@@ -285,6 +288,9 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
     for name, spec in schema.tables.items():
         if name in session.refused:
             continue
+        if name in renamed:
+            spec = _typed_as(spec, {c: t for c, t in typed.get(name, {}).items()
+                                    if session.source.column_override(name, c) is None})
         tid = state.tid_of(name)
         assert tid is not None
         row = rows.get(name)
@@ -376,11 +382,13 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
 
 
 async def _follow_renames(session: SourceSession, state: CaptureState, schema: SourceSchema,
-                          rows: dict[str, TableRow], pg_tables: dict[str, ddl.PgTable]) -> None:
+                          rows: dict[str, TableRow], pg_tables: dict[str, ddl.PgTable]) -> set[str]:
     """A table renamed in SQLite keeps its id in the registry (install_capture moves
     it), so a bookkeeping row under the old name with that id is the same table:
     rename the Postgres copy and the row, and it streams on without a reload. Derived
-    from what both sides hold durably, so a crash in between is simply redone."""
+    from what both sides hold durably, so a crash in between is simply redone. Returns
+    the new names of the tables renamed."""
+    followed: set[str] = set()
     conn = session.pg
     assert conn is not None
     by_tid = {row.tid: name for name, row in rows.items() if row.tid is not None}
@@ -395,6 +403,12 @@ async def _follow_renames(session: SourceSession, state: CaptureState, schema: S
         await session.bk.record_renamed(conn, session.target_schema, old, name)
         await conn.execute(f"UPDATE {session.bk.s}.tables SET table_name = $3 WHERE source = $1 AND table_name = $2",
                            session.name, old, name)
+        # Its typed columns too (any left under the new name are a dropped table's).
+        await conn.execute(f"DELETE FROM {session.bk.s}.columns WHERE source = $1 AND table_name = $2",
+                           session.name, name)
+        await conn.execute(f"UPDATE {session.bk.s}.columns SET table_name = $3 WHERE source = $1 AND table_name = $2",
+                           session.name, old, name)
+        followed.add(name)
         # The same table: its verification history (errors found under the old name too)
         # goes on under the new one, as the report's dual-write window judges it.
         await conn.execute(f"UPDATE {session.bk.s}.verify_runs SET table_name = $3 "
@@ -404,6 +418,7 @@ async def _follow_renames(session: SourceSession, state: CaptureState, schema: S
         pg_tables[name] = pg_tables.pop(old)
         session.info(f'table "{old}" was renamed to "{name}" in SQLite: renamed in Postgres too, streaming on',
                      table=name, event="table_renamed")
+    return followed
 
 
 async def _keep_dropped_aside(session: SourceSession, name: str, in_postgres: bool) -> None:

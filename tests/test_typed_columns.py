@@ -411,3 +411,39 @@ async def test_a_typed_column_renamed_in_sqlite_keeps_its_values_and_its_type(ap
         assert d.stop() == 0
     out = run_cli(cfg, "verify")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_a_table_renamed_in_sqlite_keeps_its_typed_columns(app_db, make_config, pg_dsn, tmp_path):
+    """A table whose column syncd typed during dual-write, renamed in SQLite: it streams
+    on under its new name with the column still typed (no reload, values as they were),
+    and syncd.columns names the table by its new name."""
+    from tests.support.compare import compare_table
+    from tests.support.sync import eventually, table_states
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME);"
+                       "INSERT INTO ev VALUES (1, '2024-05-01 10:00:00'), (2, '2024-05-02 11:30:00');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      sections={"cutover": {"typed_columns": "dual-write"},
+                                "stream": {"schema_check_interval_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log('column "happened" is timestamp now')
+        conn.execute("ALTER TABLE ev RENAME TO events")
+        conn.execute("INSERT INTO events VALUES (3, '2024-05-03 09:15:00')")
+
+        async def followed() -> bool:
+            return (await table_states(pg_dsn, "app")).get("events", ("",))[0] == "streaming"
+
+        await eventually(followed, 30, "the renamed table streaming", d)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, happened FROM app.events ORDER BY id") == [
+            (1, dt.datetime(2024, 5, 1, 10, 0)), (2, dt.datetime(2024, 5, 2, 11, 30)),
+            (3, dt.datetime(2024, 5, 3, 9, 15))]
+        assert await pg_rows(pg_dsn, "SELECT table_name, column_name FROM syncd.columns "
+                                     "WHERE source = 'app'") == [("events", "happened")]
+        assert await compare_table(str(app_db), pg_dsn, "app", "events") == []
+        assert "reloading" not in d.log() and "snapshot_started: snapshot started: 3 rows" not in d.log(), d.log()
+        assert d.stop() == 0
+    out = run_cli(cfg, "verify")
+    assert out.returncode == 0, out.stdout + out.stderr
