@@ -799,6 +799,10 @@ async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTa
                         "it had (new rows leave it empty); drop it there once nothing needs it", table=spec.name,
                         event="column_dropped")
         await session.bk.event(conn, "column_dropped", spec.name, f'"{col}" kept aside as "{aside}"')
+        if col in typed:  # a column added later under its name is another column, typed as its own
+            await conn.execute(f"DELETE FROM {session.bk.s}.columns "
+                               "WHERE source = $1 AND table_name = $2 AND column_name = $3",
+                               session.name, spec.name, col)
     return kept
 
 
