@@ -436,6 +436,8 @@ async def _keep_dropped_aside(session: SourceSession, name: str, in_postgres: bo
         await session.bk.record_renamed(conn, session.target_schema, name, aside)
         where = f'; its Postgres copy is kept as "{aside}" (drop it there once nothing needs it)'
     await conn.execute(f"DELETE FROM {session.bk.s}.tables WHERE source = $1 AND table_name = $2", session.name, name)
+    # Its typed columns too: a table created later under its name is another table.
+    await conn.execute(f"DELETE FROM {session.bk.s}.columns WHERE source = $1 AND table_name = $2", session.name, name)
     await session.bk.event(conn, "table_dropped", name, f"dropped in SQLite{where}")
     session.warning(f"table was dropped in SQLite{where}", table=name, event="table_dropped")
 

@@ -477,3 +477,32 @@ async def test_a_column_added_under_the_name_of_a_dropped_typed_column_is_not_ty
         assert d.stop() == 0
     out = run_cli(cfg, "verify")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_a_table_created_under_the_name_of_a_dropped_one_does_not_inherit_its_typed_columns(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A table whose column syncd typed, dropped in SQLite (kept aside in Postgres), then a
+    table of the same name created: its columns are read as their own declared types,
+    not held for not being spelled as the dropped table's dates were."""
+    from tests.support.compare import compare_table
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME);"
+                       "INSERT INTO ev VALUES (1, '2024-05-01 10:00:00'), (2, '2024-05-02 11:30:00');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      sections={"cutover": {"typed_columns": "dual-write"},
+                                "stream": {"schema_check_interval_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log('column "happened" is timestamp now')
+        conn.execute("DROP TABLE ev")
+        d.wait_log("table was dropped in SQLite")
+        conn.execute("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened TEXT)")
+        conn.execute("INSERT INTO ev VALUES (3, 'soon')")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, happened FROM app.ev ORDER BY id") == [(3, "soon")]
+        assert await pg_rows(pg_dsn, "SELECT column_name FROM syncd.columns WHERE source = 'app'") == []
+        assert await compare_table(str(app_db), pg_dsn, "app", "ev") == []
+        assert d.stop() == 0
+    out = run_cli(cfg, "verify")
+    assert out.returncode == 0, out.stdout + out.stderr
