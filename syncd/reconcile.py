@@ -187,9 +187,9 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     async with conn.transaction():
         runtimes = await _reconcile_postgres(session, result, checked)
     session.tables = runtimes
-    if any(t not in tables or c not in tables[t].column_names for t, cols in retyped.items() for c in cols) and \
-            await parity.retyped_columns(conn, session.bk.schema, session.name) != retyped:
-        return await reconcile(session)  # a typed column (or its table) followed a rename: read it with its type
+    if retyped and await parity.retyped_columns(conn, session.bk.schema, session.name) != retyped:
+        # a typed column (or its table) followed a rename, or is another column now: read it with its type
+        return await reconcile(session)
     if result.state.rearmed and session.direction == TO_POSTGRES:
         # Postgres now has those tables scheduled for a re-snapshot (committed above).
         # Cut over, nothing was scheduled: the marks stay for the way back (a keyless
@@ -702,6 +702,10 @@ async def _reconcile_table(
             session.warning(f"column(s) {cols} no longer hold what Postgres holds for the same rows (renamed, "
                             "swapped, or dropped and added again in SQLite): reloading the table", table=name,
                             event="table_reloading")
+            # Another column under a typed one's name: read as its own type (reconcile reads it again)
+            await conn.execute(f"DELETE FROM {session.bk.s}.columns "
+                               "WHERE source = $1 AND table_name = $2 AND column_name = ANY($3::text[])",
+                               session.name, name, strangers)
             return _pending(row, None)
     if diff.missing_in_pg:
         inexact = []

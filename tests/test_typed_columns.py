@@ -506,3 +506,34 @@ async def test_a_table_created_under_the_name_of_a_dropped_one_does_not_inherit_
         assert d.stop() == 0
     out = run_cli(cfg, "verify")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_a_typed_column_dropped_and_added_again_while_syncd_was_stopped_is_not_typed(
+        app_db, make_config, pg_dsn, tmp_path):
+    """The same as a column added after a typed one was dropped, both done while the
+    daemon was stopped: the column of the same name holds other values, so the table is
+    loaded again, its new column read as its own declared type, not held for ever."""
+    from tests.support.compare import compare_table
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME);"
+                       "INSERT INTO ev VALUES (1, '2024-05-01 10:00:00'), (2, '2024-05-02 11:30:00');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      sections={"cutover": {"typed_columns": "dual-write"},
+                                "stream": {"schema_check_interval_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "one.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log('column "happened" is timestamp now')
+        assert d.stop() == 0
+    conn.execute("ALTER TABLE ev DROP COLUMN happened")
+    conn.execute("ALTER TABLE ev ADD COLUMN happened TEXT")
+    conn.execute("INSERT INTO ev VALUES (3, 'soon')")
+    with DaemonProcess(cfg, tmp_path / "two.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, happened FROM app.ev ORDER BY id") == [
+            (1, None), (2, None), (3, "soon")]
+        assert await pg_rows(pg_dsn, "SELECT column_name FROM syncd.columns WHERE source = 'app'") == []
+        assert await compare_table(str(app_db), pg_dsn, "app", "ev") == []
+        assert d.stop() == 0
+    out = run_cli(cfg, "verify")
+    assert out.returncode == 0, out.stdout + out.stderr
