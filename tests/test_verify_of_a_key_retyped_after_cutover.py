@@ -101,3 +101,36 @@ async def test_a_key_retyped_to_character_is_looked_up_padded(tmp_path, make_con
         assert out.returncode == 0, out.stdout + out.stderr
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert typeof(db, "SELECT name FROM codes WHERE code = 'ab      '") == [("short",)]
+
+
+async def test_rows_under_the_old_spelling_of_a_retyped_key_leave_sqlite(tmp_path, make_config, pg_dsn):
+    """The application's TEXT key held UUIDs in capitals (or codes shorter than the
+    character(n) they become): Postgres now spells every key its own way, and the way back
+    copies the table again in that spelling. The rows under the old spelling are keys
+    Postgres no longer has: they leave SQLite, which ends with exactly Postgres's rows."""
+    db = tmp_path / "app.db"
+    upper = [key(i).upper() for i in range(10)]
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE codes (code TEXT PRIMARY KEY, name TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(k, f"v{i}") for i, k in enumerate(upper)])
+    conn.executemany("INSERT INTO codes VALUES (?, ?)", [("c1", "short"), ("c2345678", "full")])
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_execute(pg_dsn, "ALTER TABLE app.t ALTER COLUMN id TYPE uuid USING id::uuid")
+        d.wait_log('table copied again from Postgres: 10 row(s)')
+        await pg_execute(pg_dsn, "ALTER TABLE app.codes ALTER COLUMN code TYPE character(8)")
+        d.wait_log('table copied again from Postgres: 2 row(s)')
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+
+        assert sorted(typeof(db, "SELECT id, v FROM t")) == sorted((k.lower(), f"v{i}") for i, k in enumerate(upper))
+        assert sorted(typeof(db, "SELECT code, name FROM codes")) == [("c1      ", "short"), ("c2345678", "full")]
+        out = verify(cfg, "--wait", "5")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert 'app: "t" equal (10 rows in SQLite, 10 in Postgres' in out.stdout, out.stdout
+        assert d.stop() == 0

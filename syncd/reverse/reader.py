@@ -389,16 +389,17 @@ async def prune(conn: asyncpg.Connection, names: Names, done: str, n: int) -> in
 
 async def read_keys(conn: asyncpg.Connection, schema: str, st: SourceTable,
                     keys: list[tuple]) -> tuple[list[tuple], list[tuple]]:
-    """Current rows for keys given as Postgres values: (rows found, keys with no row)."""
+    """Current rows for keys given as Postgres values: (rows found, keys with no row),
+    each key of the second list as given."""
     spec = st.spec
     arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(st.key_types))
     cols = ", ".join(f"k{i}" for i in range(len(spec.key)))
     on = " AND ".join(f"t.{quote_pg_ident(k)} = c.k{i}" for i, k in enumerate(spec.key))
     sel = select_list([f"t.{quote_pg_ident(c)}" for c in spec.column_names], st.families)
-    sql = (f"SELECT t.ctid IS NOT NULL, {', '.join(f'c.k{i}' for i in range(len(spec.key)))}, {sel.sql} "
-           f"FROM unnest({arrays}) AS c({cols}) LEFT JOIN {qualified(schema, spec.name)} AS t ON {on}")
+    sql = (f"SELECT t.ctid IS NOT NULL, c.ord, {sel.sql} "
+           f"FROM unnest({arrays}) WITH ORDINALITY AS c({cols}, ord) "
+           f"LEFT JOIN {qualified(schema, spec.name)} AS t ON {on}")
     rows, missing = [], []
-    nkey = len(spec.key)
     families = st.families or tuple(c.pgtype for c in spec.columns)
     kfam = [families[i] or spec.columns[i].pgtype for i in spec.key_indexes]
 
@@ -406,11 +407,14 @@ async def read_keys(conn: asyncpg.Connection, schema: str, st: SourceTable,
         return tuple(pg_token(f, v) for f, v in zip(kfam, key))
 
     for r in await conn.fetch(sql, *[list(col) for col in zip(*keys)]):
-        asked = tuple(r[1:1 + nkey])
-        row = sel.values(r[1 + nkey:]) if r[0] else None
+        asked = tuple(keys[r[1] - 1])
+        row = sel.values(r[2:]) if r[0] else None
         # A case-insensitive collation (a cutover's NOCASE) or citext finds the row of
         # another spelling ('SALES' for 'Sales'): to SQLite that is another key, and this
-        # one is gone.
+        # one is gone. So does a key passed through the column's type (a TEXT key Postgres
+        # retyped to uuid or character(n)): 'ABC…'::uuid finds the row the way back writes
+        # as 'abc…', and 'c1'::character(8) the one it writes as 'c1      '. The key is
+        # compared as given, never as Postgres's type spells it back.
         if row is not None and token(tuple(row[i] for i in spec.key_indexes)) == token(asked):
             rows.append(row)
         else:
