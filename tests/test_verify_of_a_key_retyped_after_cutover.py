@@ -134,3 +134,44 @@ async def test_rows_under_the_old_spelling_of_a_retyped_key_leave_sqlite(tmp_pat
         assert out.returncode == 0, out.stdout + out.stderr
         assert 'app: "t" equal (10 rows in SQLite, 10 in Postgres' in out.stdout, out.stdout
         assert d.stop() == 0
+
+
+async def test_repair_removes_rows_under_the_old_spelling_of_a_retyped_key(tmp_path, make_config, pg_dsn):
+    """Rows under a spelling Postgres's type no longer gives a key (a uuid in capitals, a
+    code without the padding of its character(n)) are only in SQLite: `--repair` removes
+    them, and leaves the row Postgres's spelling names."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE codes (code TEXT PRIMARY KEY, name TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(key(i), f"v{i}") for i in range(10)])
+    conn.executemany("INSERT INTO codes VALUES (?, ?)", [("c1", "short"), ("c2345678", "full")])
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_execute(pg_dsn, "ALTER TABLE app.t ALTER COLUMN id TYPE uuid USING id::uuid")
+        d.wait_log('table copied again from Postgres: 10 row(s)')
+        await pg_execute(pg_dsn, "ALTER TABLE app.codes ALTER COLUMN code TYPE character(8)")
+        d.wait_log('table copied again from Postgres: 2 row(s)')
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert verify(cfg, "--wait", "5").returncode == 0
+
+        tamper_sqlite(db, f"INSERT INTO t VALUES ('{key(3).upper()}', 'stale')")
+        tamper_sqlite(db, "INSERT INTO codes VALUES ('c1', 'stale')")
+        out = verify(cfg, "--wait", "2")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert f'app: "t" only in SQLite: key \'{key(3).upper()}\'' in out.stdout.splitlines(), out.stdout
+        assert 'app: "codes" only in SQLite: key \'c1\'' in out.stdout.splitlines(), out.stdout
+
+        out = verify(cfg, "--wait", "5", "--repair")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "copied again in full from Postgres by the way back" in out.stdout, out.stdout
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert sorted(typeof(db, "SELECT id, v FROM t")) == sorted((key(i), f"v{i}") for i in range(10))
+        assert sorted(typeof(db, "SELECT code, name FROM codes")) == [("c1      ", "short"), ("c2345678", "full")]
+        assert verify(cfg, "--wait", "2").returncode == 0
+        assert d.stop() == 0

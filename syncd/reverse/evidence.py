@@ -242,6 +242,26 @@ async def for_table(pg, names: Names, schema: str, spec: TableSpec) -> ReverseEv
     return ReverseEvidence(names, gen.id if gen else None, [types[k] for k in spec.key])
 
 
+async def respelled(pg, ev: ReverseEvidence, keys: list[tuple]) -> list[bool]:
+    """For each key (Postgres values, repair.way_back_keys): whether Postgres's key type
+    gives it back in another spelling ('ABC…'::uuid is 'abc…', 'c1'::character(8) is
+    'c1      '). A replay of such a key reaches the row of Postgres's spelling, never the
+    SQLite row under this one."""
+    from syncd.reverse.values import family, normalize
+    from syncd.types import PgType
+
+    if not keys:
+        return []
+    fams = [family(t) for t in ev.key_types]
+    cols = ", ".join(f"k{i}" for i in range(len(fams)))
+    arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(ev.key_types))
+    got = await pg.fetch(f"SELECT {cols} FROM unnest({arrays}) WITH ORDINALITY AS u({cols}, ord) ORDER BY ord",
+                         *[list(c) for c in zip(*keys)])
+    # The text family only: there the spelling is the value (a number or an instant has none).
+    return [any(f is PgType.TEXT and isinstance(asked, str) and normalize(f, back) != asked
+                for f, back, asked in zip(fams, r, k)) for r, k in zip(got, keys)]
+
+
 async def enqueue(pg, names: Names, ev: ReverseEvidence, spec: TableSpec, tid: int, keys: list[tuple]) -> int:
     """Record changelog entries in Postgres for keys (Postgres values, repair.way_back_keys),
     as if the application had touched those rows: the way back then copies each key's
