@@ -175,3 +175,35 @@ async def test_repair_removes_rows_under_the_old_spelling_of_a_retyped_key(tmp_p
         assert sorted(typeof(db, "SELECT code, name FROM codes")) == [("c1      ", "short"), ("c2345678", "full")]
         assert verify(cfg, "--wait", "2").returncode == 0
         assert d.stop() == 0
+
+
+async def test_repair_removes_a_row_whose_key_postgres_type_cannot_hold(tmp_path, make_config, pg_dsn):
+    """A SQLite row whose key is no uuid at all, in a table whose key Postgres made uuid:
+    no Postgres row can have it, and `--repair` removes it (the way back copies the table
+    again, and that copy asks Postgres about every SQLite key)."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(key(i), f"v{i}") for i in range(10)])
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_execute(pg_dsn, "ALTER TABLE app.t ALTER COLUMN id TYPE uuid USING id::uuid")
+        d.wait_log('table copied again from Postgres: 10 row(s)')
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+
+        tamper_sqlite(db, "INSERT INTO t VALUES ('not-a-uuid', 'stale')")
+        out = verify(cfg, "--wait", "2")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "app: \"t\" only in SQLite: key 'not-a-uuid'" in out.stdout.splitlines(), out.stdout
+
+        out = verify(cfg, "--wait", "5", "--repair")
+        assert out.returncode == 0, out.stdout + out.stderr
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert sorted(typeof(db, "SELECT id, v FROM t")) == sorted((key(i), f"v{i}") for i in range(10))
+        assert verify(cfg, "--wait", "2").returncode == 0
+        assert d.stop() == 0

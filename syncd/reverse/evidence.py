@@ -250,13 +250,21 @@ async def respelled(pg, ev: ReverseEvidence, keys: list[tuple]) -> list[bool]:
     from syncd.reverse.values import family, normalize
     from syncd.types import PgType
 
+    import asyncpg
+
     if not keys:
         return []
     fams = [family(t) for t in ev.key_types]
     cols = ", ".join(f"k{i}" for i in range(len(fams)))
     arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(ev.key_types))
-    got = await pg.fetch(f"SELECT {cols} FROM unnest({arrays}) WITH ORDINALITY AS u({cols}, ord) ORDER BY ord",
-                         *[list(c) for c in zip(*keys)])
+    try:
+        got = await pg.fetch(f"SELECT {cols} FROM unnest({arrays}) WITH ORDINALITY AS u({cols}, ord) ORDER BY ord",
+                             *[list(c) for c in zip(*keys)])
+    except asyncpg.DataError:  # a key Postgres's type cannot hold ('not-a-uuid'): no Postgres key is it
+        if len(keys) == 1:
+            return [True]
+        half = len(keys) // 2
+        return await respelled(pg, ev, keys[:half]) + await respelled(pg, ev, keys[half:])
     # The text family only: there the spelling is the value (a number or an instant has none).
     return [any(f is PgType.TEXT and isinstance(asked, str) and normalize(f, back) != asked
                 for f, back, asked in zip(fams, r, k)) for r, k in zip(got, keys)]

@@ -406,7 +406,15 @@ async def read_keys(conn: asyncpg.Connection, schema: str, st: SourceTable,
     def token(key) -> tuple:
         return tuple(pg_token(f, v) for f, v in zip(kfam, key))
 
-    for r in await conn.fetch(sql, *[list(col) for col in zip(*keys)]):
+    try:
+        got = await conn.fetch(sql, *[list(col) for col in zip(*keys)])
+    except asyncpg.DataError:  # a key Postgres's type cannot hold ('not-a-uuid' for a uuid key)
+        if len(keys) == 1:
+            return [], [tuple(keys[0])]  # no Postgres row can have it
+        half = len(keys) // 2
+        first, second = await read_keys(conn, schema, st, keys[:half]), await read_keys(conn, schema, st, keys[half:])
+        return first[0] + second[0], first[1] + second[1]
+    for r in got:
         asked = tuple(keys[r[1] - 1])
         row = sel.values(r[2:]) if r[0] else None
         # A case-insensitive collation (a cutover's NOCASE) or citext finds the row of
