@@ -188,6 +188,35 @@ async def test_uninstall_leaves_an_application_trigger_whose_name_starts_like_sy
     assert conn.execute("SELECT touched FROM items").fetchall() == [("yes",)]
 
 
+
+async def test_uninstall_removes_the_triggers_an_earlier_release_of_syncd_made(tmp_path, make_config, pg_dsn):
+    """An earlier release of syncd also made _syncd_t<table id>_rid and _ridu triggers
+    (later releases make them no more, and leave those a file already has). They write to
+    syncd's changelog: `syncd uninstall` removes them with it, and the application's
+    inserts go on working."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("""
+        PRAGMA journal_mode=wal;
+        CREATE TABLE items (code TEXT PRIMARY KEY, v TEXT);
+        INSERT INTO items VALUES ('a', 'x');
+    """)
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    tid = conn.execute("SELECT tid FROM _syncd_tables WHERE name = 'items'").fetchone()[0]
+    for kind, event in (("rid", "INSERT"), ("ridu", "UPDATE")):
+        conn.execute(f'CREATE TRIGGER "_syncd_t{tid}_{kind}" BEFORE {event} ON items BEGIN '
+                     f"INSERT INTO _syncd_changelog(tid, op, k0) SELECT {tid}, 3, code FROM items "
+                     f"WHERE rowid = NEW.rowid AND code IS NOT NEW.code COLLATE BINARY; END")
+    r = run_cli(cfg, "uninstall")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall() == []
+    conn.execute("INSERT INTO items VALUES ('b', 'y')")
+    conn.execute("UPDATE items SET v = 'z' WHERE code = 'a'")
+    assert conn.execute("SELECT code, v FROM items ORDER BY code").fetchall() == [("a", "z"), ("b", "y")]
+
 async def test_a_capture_suspension_leaves_an_application_trigger_whose_name_starts_like_syncds(outage, tmp_path):
     """Capture suspended to protect the disk ([sqlite] max_changelog_mb) drops syncd's
     capture triggers only: the application's _syncd_touch stays and keeps working."""

@@ -67,9 +67,10 @@ def slot(i: int) -> str:
     return f"k{i}"
 
 
-# The names trigger_names gives: an application trigger that merely begins with the
-# prefix (_syncd_touch) is the application's, and never dropped.
-_CAPTURE_TRIGGER = re.compile(re.escape(TRIGGER_PREFIX) + r"[0-9]+_(?:ins|upd|key|del|rep|repu)")
+# The names trigger_names gives, and gave in earlier releases (rid, ridu: a file armed
+# then still has them, writing to the changelog): an application trigger that merely
+# begins with the prefix (_syncd_touch) is the application's, and never dropped.
+_CAPTURE_TRIGGER = re.compile(re.escape(TRIGGER_PREFIX) + r"[0-9]+_(?:ins|upd|key|del|rep|repu|rid|ridu)")
 
 
 def is_capture_trigger(name: str) -> bool:
