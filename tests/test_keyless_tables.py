@@ -280,3 +280,33 @@ async def test_a_dropped_columns_values_stay_with_their_rows_when_vacuum_renumbe
         assert d.stop() == 0
     rows = await pg_rows(pg_dsn, f'SELECT a, "{kept}" FROM app.log ORDER BY _syncd_rowid')
     assert rows == [(f"r{i}", f"s{i}") for i in (1, 2, 4, 5, 6, 8, 9)] + [("dup", "d1"), ("dup", "d2"), ("last", "z")]
+
+
+async def test_a_dropped_columns_values_stay_with_a_row_changed_before_the_reload(tmp_path, make_config, pg_dsn):
+    """A keyless table is loaded again after other schema changes too (a column added
+    with a default syncd cannot take from Postgres). A row the application changed in
+    the same transaction keeps its rowid, and with it the value of a column dropped
+    earlier, kept in Postgres only: matched by rowid where its content no longer is."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("PRAGMA journal_mode=wal; CREATE TABLE log (a TEXT, secret TEXT);")
+    conn.executemany("INSERT INTO log VALUES (?, ?)", [(f"r{i}", f"s{i}") for i in range(5)])
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("ALTER TABLE log DROP COLUMN secret")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    (kept,) = [c for (c,) in await pg_rows(pg_dsn, "SELECT column_name FROM information_schema.columns WHERE "
+                                                   "table_schema = 'app' AND table_name = 'log'")
+               if c.startswith("secret__dropped_")]
+    conn.execute("BEGIN")
+    conn.execute("ALTER TABLE log ADD COLUMN c TEXT NOT NULL DEFAULT 1.50")
+    conn.execute("UPDATE log SET a = 'r2 edited' WHERE a = 'r2'")
+    conn.execute("COMMIT")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        d.wait_log("reloading", timeout=60)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    rows = await pg_rows(pg_dsn, f'SELECT a, "{kept}" FROM app.log ORDER BY _syncd_rowid')
+    assert rows == [("r0", "s0"), ("r1", "s1"), ("r2 edited", "s2"), ("r3", "s3"), ("r4", "s4")]

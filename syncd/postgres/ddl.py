@@ -206,30 +206,34 @@ async def _match_kept(conn: asyncpg.Connection, table: str, rowid: str, kept: li
     """The kept values of a keyless table's rows (pg_temp._syncd_kept: the old rows' rowid,
     kept columns and carried columns), each set on the reloaded row it belongs to. A row
     keeps its rowid unless VACUUM renumbered it (in rowid order), so a row takes the kept
-    values of the old row under its rowid when every carried column agrees, and else
-    those of the old row with the same carried values at the same place in rowid order
-    among the rows left unmatched. A row matching none keeps its kept columns empty."""
+    values of the old row under its rowid when every carried column agrees, else those
+    of the old row with the same carried values at the same place in rowid order among
+    the rows left unmatched, else (the application changed the row since) those of the
+    old row under its rowid, if no other row took them. A row matching none keeps its
+    kept columns empty."""
     r = quote_pg_ident(rowid)
-    sets = ", ".join(f"{quote_pg_ident(c)} = m.{quote_pg_ident(c)}" for c in kept)
+    sets = ", ".join(f"{quote_pg_ident(c)} = k.{quote_pg_ident(c)}" for c in kept)
     values = [f"{quote_pg_ident(c)}::text" for c in carried]
     same = " AND ".join(f"t.{v} IS NOT DISTINCT FROM k.{v}" for v in values) or "true"
-    await conn.execute("ALTER TABLE pg_temp._syncd_kept ADD COLUMN _syncd_used boolean NOT NULL DEFAULT false")
-    await conn.execute(f"UPDATE pg_temp._syncd_kept AS k SET _syncd_used = true FROM {table} AS t "
-                       f"WHERE t.{r} = k.{r} AND {same}")
-    await conn.execute(f"UPDATE {table} AS t SET {sets} FROM pg_temp._syncd_kept AS m "
-                       f"WHERE m._syncd_used AND t.{r} = m.{r}")
+    pairs = "pg_temp._syncd_kept_pairs"  # (reloaded row's rowid, old row's rowid)
+    unpaired_new = f"NOT EXISTS (SELECT 1 FROM {pairs} AS p WHERE p.new = t.{r})"
+    unpaired_old = f"NOT EXISTS (SELECT 1 FROM {pairs} AS p WHERE p.old = k.{r})"
+    await conn.execute(f"DROP TABLE IF EXISTS {pairs}")
+    await conn.execute(f"CREATE TEMP TABLE _syncd_kept_pairs ON COMMIT DROP AS SELECT t.{r} AS new, k.{r} AS old "
+                       f"FROM {table} AS t JOIN pg_temp._syncd_kept AS k ON t.{r} = k.{r} AND {same}")
     part = f"PARTITION BY {', '.join(values)} " if values else ""
     rank = f"row_number() OVER ({part}ORDER BY {r})"
     joined = " AND ".join(f"n.{v} IS NOT DISTINCT FROM o.{v}" for v in values)
     on = f"{joined} AND n._syncd_rank = o._syncd_rank" if joined else "n._syncd_rank = o._syncd_rank"
     cols = ", ".join(quote_pg_ident(c) for c in carried)
     await conn.execute(
-        f"UPDATE {table} AS t SET {sets} FROM ("
-        f"SELECT n.{r} AS _syncd_new, {', '.join(f'o.{quote_pg_ident(c)}' for c in kept)} FROM "
-        f"(SELECT {r}, {cols + ', ' if cols else ''}{rank} AS _syncd_rank FROM {table} AS t "
-        f"WHERE NOT EXISTS (SELECT 1 FROM pg_temp._syncd_kept AS k WHERE k._syncd_used AND t.{r} = k.{r})) AS n "
-        f"JOIN (SELECT *, {rank} AS _syncd_rank FROM pg_temp._syncd_kept WHERE NOT _syncd_used) AS o ON {on}"
-        f") AS m WHERE t.{r} = m._syncd_new")
+        f"INSERT INTO {pairs} SELECT n.{r}, o.{r} FROM "
+        f"(SELECT {r}, {cols + ', ' if cols else ''}{rank} AS _syncd_rank FROM {table} AS t WHERE {unpaired_new}) AS n "
+        f"JOIN (SELECT *, {rank} AS _syncd_rank FROM pg_temp._syncd_kept AS k WHERE {unpaired_old}) AS o ON {on}")
+    await conn.execute(f"INSERT INTO {pairs} SELECT t.{r}, k.{r} FROM {table} AS t JOIN pg_temp._syncd_kept AS k "
+                       f"ON t.{r} = k.{r} WHERE {unpaired_new} AND {unpaired_old}")
+    await conn.execute(f"UPDATE {table} AS t SET {sets} FROM {pairs} AS p JOIN pg_temp._syncd_kept AS k "
+                       f"ON k.{r} = p.old WHERE t.{r} = p.new")
 
 
 async def referenced_elsewhere(conn: asyncpg.Connection, table: str) -> bool:
