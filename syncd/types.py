@@ -294,6 +294,40 @@ def _json_loads(v: str) -> Any:
         return json.loads(v, parse_constant=_reject_constant, parse_int=str)
 
 
+class _PastNumeric(ValueError):
+    pass
+
+
+# Postgres's numeric, which jsonb keeps its numbers as: digits before the point and after.
+_NUMERIC_INTEGER_DIGITS, _NUMERIC_SCALE = 131_072, 16_383
+# Only a document longer than _SHORT_DOCUMENT, or with an exponent of four digits or more,
+# can hold a number past numeric's range (a shorter one's numbers reach 15,999 digits at
+# most on either side): only such documents are read again number by number.
+_SHORT_DOCUMENT = 15_000
+_LONG_EXPONENT = re.compile(r"[0-9.][eE][+-]?0*[1-9][0-9]{3}")
+_JSON_NUMBER = re.compile(r"-?([0-9]+)(?:\.([0-9]+))?(?:[eE]([+-]?[0-9]+))?")
+
+
+def _within_numeric(text: str) -> str:
+    """`text`, a JSON number, if Postgres's numeric holds it; else _PastNumeric."""
+    whole, frac, exp = _JSON_NUMBER.fullmatch(text).groups()
+    frac, exp = frac or "", int(exp or 0)
+    digits = (whole + frac).lstrip("0")
+    if digits:
+        # The first significant digit's place: 1 for 9.5, 0 for 0.5, -1 for 0.05.
+        first = len(whole.lstrip("0")) or -(len(frac) - len(frac.lstrip("0")))
+        if first + exp > _NUMERIC_INTEGER_DIGITS:
+            raise _PastNumeric(f"{_NUMERIC_INTEGER_DIGITS:,} digits before the point")
+    if len(frac) - exp > _NUMERIC_SCALE:
+        raise _PastNumeric(f"{_NUMERIC_SCALE:,} digits after the point")
+    return text
+
+
+def _check_jsonb_numbers(v: str) -> None:
+    if len(v) > _SHORT_DOCUMENT or _LONG_EXPONENT.search(v):
+        json.loads(v, parse_constant=_reject_constant, parse_int=_within_numeric, parse_float=_within_numeric)
+
+
 def _nesting(doc: Any) -> int:
     """How deep lists and objects nest in a parsed JSON document (without recursing)."""
     deepest, stack = 0, [(doc, 1)]
@@ -320,6 +354,10 @@ def _json_converter(pgtype: PgType) -> Callable[[Any], Any]:
             if (pgtype is PgType.JSONB and v.count("[") + v.count("{") > _MAX_JSONB_NESTING
                     and _nesting(doc) > _MAX_JSONB_NESTING):
                 raise RecursionError  # deeper than the comparison reads: it would fail there
+            if pgtype is PgType.JSONB:
+                _check_jsonb_numbers(v)
+        except _PastNumeric as e:
+            raise _misfit(v, pgtype, f"a number past what Postgres's numeric holds ({e})") from None
         except ValueError as e:
             raise _misfit(v, pgtype, f"invalid JSON ({e})") from None
         except RecursionError:

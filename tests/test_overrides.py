@@ -9,7 +9,7 @@ import sqlite3
 import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import wait_caught_up
+from tests.support.sync import eventually, table_states, wait_caught_up
 
 
 async def test_overrides_to_jsonb_timestamptz_date_and_text(app_db, make_config, pg_dsn, tmp_path):
@@ -70,3 +70,35 @@ async def test_a_json_number_longer_than_python_reads_by_default_is_valid_json(a
         assert await pg.fetchval("SELECT length(jb->>0) FROM app.docs") == 5000
     finally:
         await pg.close()
+
+
+async def test_a_jsonb_number_past_what_postgres_numeric_holds_holds_its_table_naming_the_column(
+        app_db, make_config, pg_dsn, tmp_path):
+    """Postgres's jsonb keeps numbers as numeric: at most 131,072 digits before the point
+    and 16,383 after (1e131072 and 1e-16384 are past it too). Such a number is named
+    with its column and key before loading and its table held, the others loading;
+    a json column (kept as text) takes the same document."""
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, jb TEXT)")
+    conn.execute("CREATE TABLE texts (id INTEGER PRIMARY KEY, j TEXT)")
+    past = [f"[{'9' * 131_073}]", '{"n": 1e131072}', '[1e-16384]']
+    conn.executemany("INSERT INTO docs VALUES (?, ?)", [(i + 1, doc) for i, doc in enumerate(past)])
+    conn.execute("INSERT INTO docs VALUES (9, ?)", (f"[{'9' * 131_072}, 1e-16383]",))
+    conn.executemany("INSERT INTO texts VALUES (?, ?)", [(i + 1, doc) for i, doc in enumerate(past)])
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db),
+                        "columns": {"docs": {"jb": "jsonb"}, "texts": {"j": "json"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("syncd running")
+
+        async def settled() -> bool:
+            states = await table_states(pg_dsn, "app")
+            return states.get("docs", ("",))[0] == "held" and states.get("texts", ("",))[0] == "streaming"
+
+        await eventually(settled, 60, "docs held, texts streaming", d)
+        reason = (await table_states(pg_dsn, "app"))["docs"][1] or ""
+        assert d.stop() == 0
+    assert 'column "jb"' in reason and "3 value(s)" in reason and "numeric" in reason, reason
+    assert "invalid JSON" not in reason, reason
+
