@@ -133,6 +133,28 @@ async def test_a_connection_asyncpg_lost_track_of_counts_as_an_outage_and_nothin
     assert not is_transient(no_encoder.value)
 
 
+
+async def test_a_command_calls_only_a_lost_connection_lost_not_a_fault_of_its_own(pg_dsn):
+    """A verb ending on a connection Postgres closed under it says "the connection was
+    lost; try again". asyncpg raises its InterfaceError for faults of the caller's too (two
+    operations at once on one connection): those are not called a lost connection, and
+    the command's own report of an unexpected error stays."""
+    import asyncpg
+
+    from syncd.postgres.connect import postgres_lost
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        with pytest.raises(asyncpg.InterfaceError) as busy:
+            await asyncio.gather(conn.fetch("SELECT pg_sleep(0.2)"), conn.fetch("SELECT 1"))
+        await asyncio.sleep(0.3)
+    finally:
+        await conn.close()
+    with pytest.raises(asyncpg.InterfaceError) as closed:
+        await conn.fetch("SELECT 1")
+    assert postgres_lost(closed.value) is not None
+    assert postgres_lost(busy.value) is None, busy.value
+
 async def test_a_role_refused_at_login_is_named_once_and_retried_until_it_is_let_in(pg_dsn, tmp_path):
     """The role syncd logs in as stops being let in while the daemon runs (its password
     rotated; here NOLOGIN, as this server trusts every password): the log says Postgres

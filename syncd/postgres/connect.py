@@ -71,9 +71,15 @@ def postgres_lost(exc: BaseException) -> str | None:
     if isinstance(exc, TimeoutError) and not str(exc):  # asyncpg's command timeout says nothing
         return ("Postgres: timed out: a statement got no answer within [postgres] statement_timeout_seconds (a "
                 "lock another session holds, a busy server, or the server gone); try again")
-    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError)) or lost_track(exc):
+    if isinstance(exc, (asyncpg.PostgresConnectionError, ConnectionError)) or lost_track(exc) or closed_under(exc):
         return f"Postgres: the connection was lost ({describe(exc)}); try again"
     return None
+
+
+def closed_under(exc: BaseException) -> bool:
+    """asyncpg's InterfaceError for a connection closed under its caller; the same class
+    also says a caller's own fault (two operations at once on one connection)."""
+    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
 
 
 READ_ONLY_TRANSACTION = "25006"
