@@ -23,7 +23,8 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe, login_refused, privilege_refused
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
-from syncd.sqlite.connection import file_problem, hard_links, is_busy, left_mid_transaction, open_readonly
+from syncd.sqlite.connection import (AWAITS_RECOVERY, file_problem, hard_links, is_busy, left_mid_transaction,
+                                    open_readonly)
 from syncd.sqlite.introspect import is_internal, list_tables
 from syncd.verify.history import host_clock_offset
 
@@ -546,7 +547,7 @@ def _derive_state(st: SourceStatus) -> str:
         # The file is there but cannot be read as a database (emptied, a directory, not
         # SQLite): what the daemon calls it too. Locked by the application: only that.
         # Left mid-transaction by its writer: whole, and readable once rolled back.
-        locked = "database is locked" in st.sqlite_error or "was left mid-transaction" in st.sqlite_error
+        locked = "database is locked" in st.sqlite_error or AWAITS_RECOVERY in st.sqlite_error
         return "file_locked" if locked else "source_missing"
     if not st.postgres_reachable:
         return "postgres_refused" if st.postgres_refused else "postgres_unreachable"

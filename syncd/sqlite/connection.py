@@ -141,6 +141,9 @@ def cannot_write(exc: BaseException, path) -> str | None:
             "syncd's user write access to the file, its -wal and -shm files and its directory")
 
 
+AWAITS_RECOVERY = "at the file's next read-write open"  # in every left_mid_transaction() line
+
+
 def left_mid_transaction(exc: BaseException, path) -> str | None:
     """SQLite's word that a read-only connection cannot read the file until a read-write
     one has recovered it: a writer stopped mid-transaction (killed, crashed) left its
@@ -150,10 +153,14 @@ def left_mid_transaction(exc: BaseException, path) -> str | None:
     if not isinstance(exc, sqlite3.Error) or code not in (sqlite3.SQLITE_READONLY_ROLLBACK,
                                                           sqlite3.SQLITE_READONLY_RECOVERY):
         return None
-    journal = f"{path}-journal" if code == sqlite3.SQLITE_READONLY_ROLLBACK else f"{path}-wal"
-    return (f"the SQLite file {path} was left mid-transaction by a writer that stopped ({journal} holds its "
-            "unfinished changes): SQLite rolls it back at the file's next read-write open (the application's, "
-            "or the syncd daemon's); until then a read-only reader such as this one cannot read the file")
+    if code == sqlite3.SQLITE_READONLY_ROLLBACK:
+        left = (f"was left mid-transaction by a writer that stopped ({path}-journal holds its unfinished "
+                "changes): SQLite rolls it back")
+    else:
+        left = (f"has a write-ahead log ({path}-wal) that a read-write connection must recover first: SQLite "
+                "plays its committed transactions back")
+    return (f"the SQLite file {path} {left} {AWAITS_RECOVERY} (the application's, or the syncd daemon's); until "
+            "then a read-only reader such as this one cannot read the file")
 
 
 def _emptied(path: Path) -> bool:
