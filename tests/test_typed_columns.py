@@ -268,6 +268,22 @@ def test_schema_names_text_columns_that_hold_only_dates_and_the_override_that_ty
     assert '"created_at" timestamp' in out.stdout, out.stdout
 
 
+
+def test_schema_says_nothing_of_a_date_column_set_to_text_under_another_case(tmp_path, make_config):
+    """[sources.columns] names columns as SQLite does, A-Z in any case: a column of
+    dates the user set to text as "DAY" is the user's choice, not a column to name."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE events (id INTEGER PRIMARY KEY, day TEXT);
+        INSERT INTO events (day) VALUES ('2026-11-01'), ('2026-11-02');
+    """)
+    conn.close()
+    source = {"name": "app", "path": str(db), "columns": {"events": {"DAY": "text"}}}
+    out = run_cli(make_config([source]), "schema")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert '"day" text' in out.stdout and "stays text in Postgres" not in out.stdout, out.stdout
+
 async def test_a_utc_offset_postgres_cannot_read_keeps_the_column_text_from_the_dry_run_on(tmp_path, make_config,
                                                                                              pg_dsn):
     """Postgres reads UTC offsets up to 15:59 either way. A column spelled with a wider

@@ -10,7 +10,7 @@ import re
 import sqlite3
 
 from syncd.cli import common
-from syncd.identifiers import quote_pg_ident
+from syncd.identifiers import quote_pg_ident, sqlite_folded
 from syncd.parity import dates
 from syncd.parity.apply import read_sqlite, retyped_columns
 from syncd.parity.plan import Options, plan_source
@@ -100,9 +100,9 @@ def _dates_kept_text(conn: sqlite3.Connection, spec, source) -> list[str]:
     """A note for each column carried as text whose every value is a date or timestamp
     of one spelling: only a column declared DATE, DATETIME or TIMESTAMP is typed, so the
     application would meet these as text in Postgres unless an override types them."""
-    configured = source.columns_for(spec.name)
+    configured = {sqlite_folded(n) for n in source.columns_for(spec.name)}  # named as SQLite does
     names = [c.name for c in spec.columns if c.pgtype is PgType.TEXT and not c.generated
-             and not dates.is_candidate(c.declared) and c.name not in configured]
+             and not dates.is_candidate(c.declared) and sqlite_folded(c.name) not in configured]
     if not names:
         return []
     try:
