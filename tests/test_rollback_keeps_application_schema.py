@@ -30,6 +30,22 @@ def make_app(db) -> None:
     conn.close()
 
 
+async def rolled_back_with(cfg, db, pg_dsn: str, daemon, statements: list[str], tables: tuple[str, ...]) -> None:
+    """After the cutover the application makes `tables` in Postgres (`statements`); once
+    SQLite follows them, `syncd rollback` switches back."""
+    for sql in statements:
+        await pg_rows(pg_dsn, sql)
+
+    async def copied() -> bool:
+        states = await table_states(pg_dsn, "app")
+        return all(states.get(t, ("",))[0] == "streaming" for t in tables)
+
+    await eventually(copied, 60, "the new tables copied into SQLite", daemon=daemon)
+    await wait_back(cfg, db, pg_dsn, daemon=daemon)
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 async def column_types(dsn: str, table: str) -> dict[str, str]:
     return dict(await pg_rows(dsn, "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
                                    "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped", table))
@@ -314,17 +330,11 @@ async def test_a_table_loaded_again_after_a_rollback_keeps_the_rows_of_tables_wh
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
-        await pg_rows(pg_dsn, "CREATE TABLE app.notes (id bigint PRIMARY KEY, "
-                              f"company_id bigint REFERENCES app.companies (id) {action}, body text)")
-        await pg_rows(pg_dsn, "INSERT INTO app.notes VALUES (1, 1, 'call back'), (2, 2, 'send the offer')")
-
-        async def notes_copied() -> bool:
-            return (await table_states(pg_dsn, "app")).get("notes", ("",))[0] == "streaming"
-
-        await eventually(notes_copied, 60, "the new table copied into SQLite", daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        r = run_cli(cfg, "rollback")
-        assert r.returncode == 0, r.stdout + r.stderr
+        await rolled_back_with(cfg, db, pg_dsn, d, [
+            "CREATE TABLE app.notes (id bigint PRIMARY KEY, "
+              f"company_id bigint REFERENCES app.companies (id) {action}, body text)",
+            "INSERT INTO app.notes VALUES (1, 1, 'call back'), (2, 2, 'send the offer')",
+        ], ("notes",))
 
         conn = sqlite3.connect(db)
         conn.execute("ALTER TABLE companies ADD COLUMN currency TEXT NOT NULL DEFAULT 1.50")
@@ -358,20 +368,13 @@ async def test_integer_columns_of_a_table_made_in_postgres_are_widened_in_place_
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
-        await pg_rows(pg_dsn, "CREATE TABLE app.projects (id serial PRIMARY KEY, name text, budget smallint)")
-        await pg_rows(pg_dsn, "CREATE TABLE app.tasks (id bigint PRIMARY KEY, "
-                              "project_id bigint REFERENCES app.projects ON DELETE CASCADE, title text)")
-        await pg_rows(pg_dsn, "INSERT INTO app.projects (name, budget) VALUES ('launch', 10), ('audit', 20)")
-        await pg_rows(pg_dsn, "INSERT INTO app.tasks VALUES (1, 1, 'book the hall'), (2, 2, 'count the cash')")
-
-        async def copied() -> bool:
-            states = await table_states(pg_dsn, "app")
-            return all(states.get(t, ("",))[0] == "streaming" for t in ("projects", "tasks"))
-
-        await eventually(copied, 60, "the new tables copied into SQLite", daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        r = run_cli(cfg, "rollback")
-        assert r.returncode == 0, r.stdout + r.stderr
+        await rolled_back_with(cfg, db, pg_dsn, d, [
+            "CREATE TABLE app.projects (id serial PRIMARY KEY, name text, budget smallint)",
+            "CREATE TABLE app.tasks (id bigint PRIMARY KEY, "
+              "project_id bigint REFERENCES app.projects ON DELETE CASCADE, title text)",
+            "INSERT INTO app.projects (name, budget) VALUES ('launch', 10), ('audit', 20)",
+            "INSERT INTO app.tasks VALUES (1, 1, 'book the hall'), (2, 2, 'count the cash')",
+        ], ("projects", "tasks"))
 
         d.wait_log("turned back in place, every value as it was")
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
@@ -396,20 +399,13 @@ async def test_a_real_column_of_a_table_made_in_postgres_is_widened_in_place_aft
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
-        await pg_rows(pg_dsn, "CREATE TABLE app.products (id bigint PRIMARY KEY, name text, weight real)")
-        await pg_rows(pg_dsn, "CREATE TABLE app.lines (id bigint PRIMARY KEY, "
-                              "product_id bigint REFERENCES app.products ON DELETE CASCADE, qty bigint)")
-        await pg_rows(pg_dsn, "INSERT INTO app.products VALUES (1, 'bolt', 0.25), (2, 'nut', 0.1)")
-        await pg_rows(pg_dsn, "INSERT INTO app.lines VALUES (1, 1, 10), (2, 2, 20)")
-
-        async def copied() -> bool:
-            states = await table_states(pg_dsn, "app")
-            return all(states.get(t, ("",))[0] == "streaming" for t in ("products", "lines"))
-
-        await eventually(copied, 60, "the new tables copied into SQLite", daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        r = run_cli(cfg, "rollback")
-        assert r.returncode == 0, r.stdout + r.stderr
+        await rolled_back_with(cfg, db, pg_dsn, d, [
+            "CREATE TABLE app.products (id bigint PRIMARY KEY, name text, weight real)",
+            "CREATE TABLE app.lines (id bigint PRIMARY KEY, "
+              "product_id bigint REFERENCES app.products ON DELETE CASCADE, qty bigint)",
+            "INSERT INTO app.products VALUES (1, 'bolt', 0.25), (2, 'nut', 0.1)",
+            "INSERT INTO app.lines VALUES (1, 1, 10), (2, 2, 20)",
+        ], ("products", "lines"))
 
         d.wait_log("turned back in place, every value as it was")
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
@@ -433,20 +429,13 @@ async def test_a_table_made_in_postgres_loaded_again_to_retype_it_keeps_the_rows
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
-        await pg_rows(pg_dsn, "CREATE TABLE app.countries (id bigint PRIMARY KEY, code char(2), name text)")
-        await pg_rows(pg_dsn, "CREATE TABLE app.cities (id bigint PRIMARY KEY, "
-                              "country_id bigint REFERENCES app.countries ON DELETE CASCADE, name text)")
-        await pg_rows(pg_dsn, "INSERT INTO app.countries VALUES (1, 'fr', 'France'), (2, 'x', 'Nowhere')")
-        await pg_rows(pg_dsn, "INSERT INTO app.cities VALUES (1, 1, 'Paris'), (2, 2, 'Atlantis')")
-
-        async def copied() -> bool:
-            states = await table_states(pg_dsn, "app")
-            return all(states.get(t, ("",))[0] == "streaming" for t in ("countries", "cities"))
-
-        await eventually(copied, 60, "the new tables copied into SQLite", daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        r = run_cli(cfg, "rollback")
-        assert r.returncode == 0, r.stdout + r.stderr
+        await rolled_back_with(cfg, db, pg_dsn, d, [
+            "CREATE TABLE app.countries (id bigint PRIMARY KEY, code char(2), name text)",
+            "CREATE TABLE app.cities (id bigint PRIMARY KEY, "
+              "country_id bigint REFERENCES app.countries ON DELETE CASCADE, name text)",
+            "INSERT INTO app.countries VALUES (1, 'fr', 'France'), (2, 'x', 'Nowhere')",
+            "INSERT INTO app.cities VALUES (1, 1, 'Paris'), (2, 2, 'Atlantis')",
+        ], ("countries", "cities"))
 
         d.wait_log("reloading the table")
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
@@ -469,17 +458,11 @@ async def test_a_view_keeping_a_column_from_its_type_holds_only_its_table_and_na
     cfg = backup_and_config(make_config, tmp_path, db, stream={"held_table_retry_seconds": 1})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
-        await pg_rows(pg_dsn, "CREATE TABLE app.lines (id bigint PRIMARY KEY, qty integer)")
-        await pg_rows(pg_dsn, "CREATE VIEW app.big_lines AS SELECT id, qty FROM app.lines WHERE qty > 1")
-        await pg_rows(pg_dsn, "INSERT INTO app.lines VALUES (1, 2), (2, 1)")
-
-        async def copied() -> bool:
-            return (await table_states(pg_dsn, "app")).get("lines", ("",))[0] == "streaming"
-
-        await eventually(copied, 60, "the new table copied into SQLite", daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        r = run_cli(cfg, "rollback")
-        assert r.returncode == 0, r.stdout + r.stderr
+        await rolled_back_with(cfg, db, pg_dsn, d, [
+            "CREATE TABLE app.lines (id bigint PRIMARY KEY, qty integer)",
+            "CREATE VIEW app.big_lines AS SELECT id, qty FROM app.lines WHERE qty > 1",
+            "INSERT INTO app.lines VALUES (1, 2), (2, 1)",
+        ], ("lines",))
 
         async def held() -> bool:
             return (await table_states(pg_dsn, "app")).get("lines", ("",))[0] == "held"
@@ -508,16 +491,10 @@ async def test_a_table_made_in_postgres_with_a_serial_key_is_cut_over_again_afte
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
-        await pg_rows(pg_dsn, "CREATE TABLE app.tickets (id bigserial PRIMARY KEY, title text)")
-        await pg_rows(pg_dsn, "INSERT INTO app.tickets (title) VALUES ('first'), ('second')")
-
-        async def copied() -> bool:
-            return (await table_states(pg_dsn, "app")).get("tickets", ("",))[0] == "streaming"
-
-        await eventually(copied, 60, "the new table copied into SQLite", daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        r = run_cli(cfg, "rollback")
-        assert r.returncode == 0, r.stdout + r.stderr
+        await rolled_back_with(cfg, db, pg_dsn, d, [
+            "CREATE TABLE app.tickets (id bigserial PRIMARY KEY, title text)",
+            "INSERT INTO app.tickets (title) VALUES ('first'), ('second')",
+        ], ("tickets",))
 
         conn = sqlite3.connect(db)
         conn.execute("INSERT INTO tickets (title) VALUES ('third, in SQLite')")
