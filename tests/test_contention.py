@@ -18,6 +18,32 @@ from tests.support.verifying import verify
 from tests.support.way_back import backup_and_config, cut_over, wait_back
 
 
+async def counters_copied(tmp_path, make_config, pg_dsn: str, note: bool = True):
+    """A rollback-journal file of 1,000 `counters` rows, copied into Postgres, the daemon
+    stopped; `hits`, left out of the source, for a writer. (file, connection, config)"""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = delete")
+    cols, values = (", note TEXT", ", 'x'") if note else ("", "")
+    conn.execute(f"CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER{cols})")
+    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany(f"INSERT INTO counters VALUES (?, 0{values})", ((i,) for i in range(1, 1001)))
+    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}],
+                      sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    return db, conn, cfg
+
+
+def update_every_row(conn: sqlite3.Connection, rounds: int) -> None:
+    """A backlog of `rounds` x 1,000 changes, in one transaction."""
+    conn.execute("BEGIN")
+    for _ in range(rounds):
+        conn.execute("UPDATE counters SET n = n + 1")
+    conn.execute("COMMIT")
+
+
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 async def test_no_lock_errors_for_the_application(tmp_path, make_config, pg_dsn, journal):
     db = tmp_path / "app.db"
@@ -261,22 +287,9 @@ async def test_following_a_schema_change_behind_a_long_backlog_never_holds_a_rol
     it finds in the changelog. Behind a long backlog (here 10 million changes of a
     thousand busy rows, made while the daemon was stopped) that read of the changelog in
     one statement held a rollback-journal writer with a half-second busy_timeout off."""
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = delete")
-    conn.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER, note TEXT)")
-    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.executemany("INSERT INTO counters VALUES (?, 0, 'x')", ((i,) for i in range(1, 1001)))
-    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}],
-                      sections={"verify": {"interval_seconds": 0}})
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
+    db, conn, cfg = await counters_copied(tmp_path, make_config, pg_dsn)
     [(applied,)] = await pg_rows(pg_dsn, "SELECT applied_seq FROM syncd.sources WHERE source = 'app'")
-    conn.execute("BEGIN")
-    for _ in range(10_000):
-        conn.execute("UPDATE counters SET n = n + 1")
-    conn.execute("COMMIT")
+    update_every_row(conn, 10_000)
     conn.execute("CREATE INDEX counters_n ON counters (n)")
     conn.close()
     writer = ShortTimeoutWriter(db, timeout=0.5)
@@ -303,21 +316,8 @@ async def test_verifying_behind_a_long_backlog_never_holds_a_rollback_journal_wr
     (here 10 million changes of a thousand busy rows, made while the daemon was stopped)
     reading those took one statement over every entry, and held a rollback-journal
     writer with a half-second busy_timeout off."""
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = delete")
-    conn.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER, note TEXT)")
-    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.executemany("INSERT INTO counters VALUES (?, 0, 'x')", ((i,) for i in range(1, 1001)))
-    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}],
-                      sections={"verify": {"interval_seconds": 0}})
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
-    conn.execute("BEGIN")
-    for _ in range(10_000):
-        conn.execute("UPDATE counters SET n = n + 1")
-    conn.execute("COMMIT")
+    db, conn, cfg = await counters_copied(tmp_path, make_config, pg_dsn)
+    update_every_row(conn, 10_000)
     conn.close()
     writer = ShortTimeoutWriter(db, timeout=0.5)
     writer.start()
@@ -338,21 +338,8 @@ async def test_reporting_behind_a_long_backlog_never_holds_a_rollback_journal_wr
     changes of a thousand busy rows, made while the daemon was stopped) listing those
     changes walked every entry inside that read, and held a rollback-journal writer with
     a half-second busy_timeout off; so did counting the entries past the checkpoint."""
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = delete")
-    conn.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER, note TEXT)")
-    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.executemany("INSERT INTO counters VALUES (?, 0, 'x')", ((i,) for i in range(1, 1001)))
-    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}],
-                      sections={"verify": {"interval_seconds": 0}})
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
-    conn.execute("BEGIN")
-    for _ in range(10_000):
-        conn.execute("UPDATE counters SET n = n + 1")
-    conn.execute("COMMIT")
+    db, conn, cfg = await counters_copied(tmp_path, make_config, pg_dsn)
+    update_every_row(conn, 10_000)
     conn.close()
     writer = ShortTimeoutWriter(db, timeout=0.5)
     writer.start()
@@ -371,21 +358,8 @@ async def test_status_of_a_changelog_at_its_cap_never_holds_a_rollback_journal_w
     each file. A changelog may grow to [sqlite] max_changelog_mb, a gigabyte by default,
     about 25 million entries, while the daemon is stopped or Postgres away: one count over
     all of them held a rollback-journal writer with a half-second busy_timeout off."""
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = delete")
-    conn.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER)")
-    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.executemany("INSERT INTO counters VALUES (?, 0)", ((i,) for i in range(1, 1001)))
-    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}],
-                      sections={"verify": {"interval_seconds": 0}})
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
-    conn.execute("BEGIN")
-    for _ in range(25_000):
-        conn.execute("UPDATE counters SET n = n + 1")
-    conn.execute("COMMIT")
+    db, conn, cfg = await counters_copied(tmp_path, make_config, pg_dsn, note=False)
+    update_every_row(conn, 25_000)
     conn.close()
     writer = ShortTimeoutWriter(db, timeout=0.5)
     writer.start()
