@@ -394,6 +394,18 @@ async def test_a_column_postgres_refuses_to_retype_leaves_the_tables_other_colum
         ("%Y-%m-%d %H:%M:%S",)]
 
 
+def typed_ev(app_db, make_config):
+    """`ev (id, happened DATETIME)` of two rows, and a configuration that types its dates
+    in Postgres during dual-write and looks at the schema every second: (connection, config)."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME);"
+                       "INSERT INTO ev VALUES (1, '2024-05-01 10:00:00'), (2, '2024-05-02 11:30:00');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      sections={"cutover": {"typed_columns": "dual-write"},
+                                "stream": {"schema_check_interval_seconds": 1}})
+    return conn, cfg
+
+
 async def test_a_typed_column_renamed_in_sqlite_keeps_its_values_and_its_type(app_db, make_config, pg_dsn, tmp_path):
     """A column syncd typed during dual-write, renamed in SQLite (twice, the last column
     of the table): Postgres renames it too, values and type kept, as it does an untyped
@@ -401,12 +413,7 @@ async def test_a_typed_column_renamed_in_sqlite_keeps_its_values_and_its_type(ap
     from tests.support.compare import compare_table
     from tests.support.sync import table_states
 
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME);"
-                       "INSERT INTO ev VALUES (1, '2024-05-01 10:00:00'), (2, '2024-05-02 11:30:00');")
-    cfg = make_config([{"name": "app", "path": str(app_db)}],
-                      sections={"cutover": {"typed_columns": "dual-write"},
-                                "stream": {"schema_check_interval_seconds": 1}})
+    conn, cfg = typed_ev(app_db, make_config)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         d.wait_log('column "happened" is timestamp now')
@@ -436,12 +443,7 @@ async def test_a_table_renamed_in_sqlite_keeps_its_typed_columns(app_db, make_co
     from tests.support.compare import compare_table
     from tests.support.sync import eventually, table_states
 
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME);"
-                       "INSERT INTO ev VALUES (1, '2024-05-01 10:00:00'), (2, '2024-05-02 11:30:00');")
-    cfg = make_config([{"name": "app", "path": str(app_db)}],
-                      sections={"cutover": {"typed_columns": "dual-write"},
-                                "stream": {"schema_check_interval_seconds": 1}})
+    conn, cfg = typed_ev(app_db, make_config)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         d.wait_log('column "happened" is timestamp now')
@@ -472,12 +474,7 @@ async def test_a_column_added_under_the_name_of_a_dropped_typed_column_is_not_ty
     for not being spelled as the dropped one's dates were."""
     from tests.support.compare import compare_table
 
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME);"
-                       "INSERT INTO ev VALUES (1, '2024-05-01 10:00:00'), (2, '2024-05-02 11:30:00');")
-    cfg = make_config([{"name": "app", "path": str(app_db)}],
-                      sections={"cutover": {"typed_columns": "dual-write"},
-                                "stream": {"schema_check_interval_seconds": 1}})
+    conn, cfg = typed_ev(app_db, make_config)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         d.wait_log('column "happened" is timestamp now')
@@ -502,12 +499,7 @@ async def test_a_table_created_under_the_name_of_a_dropped_one_does_not_inherit_
     not held for not being spelled as the dropped table's dates were."""
     from tests.support.compare import compare_table
 
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME);"
-                       "INSERT INTO ev VALUES (1, '2024-05-01 10:00:00'), (2, '2024-05-02 11:30:00');")
-    cfg = make_config([{"name": "app", "path": str(app_db)}],
-                      sections={"cutover": {"typed_columns": "dual-write"},
-                                "stream": {"schema_check_interval_seconds": 1}})
+    conn, cfg = typed_ev(app_db, make_config)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         d.wait_log('column "happened" is timestamp now')
@@ -531,12 +523,7 @@ async def test_a_typed_column_dropped_and_added_again_while_syncd_was_stopped_is
     loaded again, its new column read as its own declared type, not held for ever."""
     from tests.support.compare import compare_table
 
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME);"
-                       "INSERT INTO ev VALUES (1, '2024-05-01 10:00:00'), (2, '2024-05-02 11:30:00');")
-    cfg = make_config([{"name": "app", "path": str(app_db)}],
-                      sections={"cutover": {"typed_columns": "dual-write"},
-                                "stream": {"schema_check_interval_seconds": 1}})
+    conn, cfg = typed_ev(app_db, make_config)
     with DaemonProcess(cfg, tmp_path / "one.log") as d:
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         d.wait_log('column "happened" is timestamp now')
