@@ -103,6 +103,30 @@ async def test_a_key_retyped_to_character_is_looked_up_padded(tmp_path, make_con
         assert typeof(db, "SELECT name FROM codes WHERE code = 'ab      '") == [("short",)]
 
 
+def keys_and_codes(db, keys: list[str]) -> None:
+    """`t`, keyed by `keys` as TEXT, and `codes`, keyed by a short code and a full one."""
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE codes (code TEXT PRIMARY KEY, name TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(k, f"v{i}") for i, k in enumerate(keys)])
+    conn.executemany("INSERT INTO codes VALUES (?, ?)", [("c1", "short"), ("c2345678", "full")])
+    conn.commit()
+    conn.close()
+
+
+async def cut_over_and_retype(cfg, db, pg_dsn: str, d) -> None:
+    """The cutover; then the application makes t's key uuid and codes' key character(8)
+    in Postgres, and the way back copies each table again."""
+    await cut_over(cfg, db, pg_dsn, daemon=d)
+    await wait_back(cfg, db, pg_dsn, daemon=d)
+    await pg_execute(pg_dsn, "ALTER TABLE app.t ALTER COLUMN id TYPE uuid USING id::uuid")
+    d.wait_log('table copied again from Postgres: 10 row(s)')
+    await pg_execute(pg_dsn, "ALTER TABLE app.codes ALTER COLUMN code TYPE character(8)")
+    d.wait_log('table copied again from Postgres: 2 row(s)')
+    await wait_back(cfg, db, pg_dsn, daemon=d)
+
+
 async def test_rows_under_the_old_spelling_of_a_retyped_key_leave_sqlite(tmp_path, make_config, pg_dsn):
     """The application's TEXT key held UUIDs in capitals (or codes shorter than the
     character(n) they become): Postgres now spells every key its own way, and the way back
@@ -110,23 +134,10 @@ async def test_rows_under_the_old_spelling_of_a_retyped_key_leave_sqlite(tmp_pat
     Postgres no longer has: they leave SQLite, which ends with exactly Postgres's rows."""
     db = tmp_path / "app.db"
     upper = [key(i).upper() for i in range(10)]
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
-    conn.execute("CREATE TABLE codes (code TEXT PRIMARY KEY, name TEXT)")
-    conn.executemany("INSERT INTO t VALUES (?, ?)", [(k, f"v{i}") for i, k in enumerate(upper)])
-    conn.executemany("INSERT INTO codes VALUES (?, ?)", [("c1", "short"), ("c2345678", "full")])
-    conn.commit()
-    conn.close()
+    keys_and_codes(db, upper)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        await pg_execute(pg_dsn, "ALTER TABLE app.t ALTER COLUMN id TYPE uuid USING id::uuid")
-        d.wait_log('table copied again from Postgres: 10 row(s)')
-        await pg_execute(pg_dsn, "ALTER TABLE app.codes ALTER COLUMN code TYPE character(8)")
-        d.wait_log('table copied again from Postgres: 2 row(s)')
-        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await cut_over_and_retype(cfg, db, pg_dsn, d)
 
         assert sorted(typeof(db, "SELECT id, v FROM t")) == sorted((k.lower(), f"v{i}") for i, k in enumerate(upper))
         assert sorted(typeof(db, "SELECT code, name FROM codes")) == [("c1      ", "short"), ("c2345678", "full")]
@@ -141,23 +152,10 @@ async def test_repair_removes_rows_under_the_old_spelling_of_a_retyped_key(tmp_p
     code without the padding of its character(n)) are only in SQLite: `--repair` removes
     them, and leaves the row Postgres's spelling names."""
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
-    conn.execute("CREATE TABLE codes (code TEXT PRIMARY KEY, name TEXT)")
-    conn.executemany("INSERT INTO t VALUES (?, ?)", [(key(i), f"v{i}") for i in range(10)])
-    conn.executemany("INSERT INTO codes VALUES (?, ?)", [("c1", "short"), ("c2345678", "full")])
-    conn.commit()
-    conn.close()
+    keys_and_codes(db, [key(i) for i in range(10)])
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        await pg_execute(pg_dsn, "ALTER TABLE app.t ALTER COLUMN id TYPE uuid USING id::uuid")
-        d.wait_log('table copied again from Postgres: 10 row(s)')
-        await pg_execute(pg_dsn, "ALTER TABLE app.codes ALTER COLUMN code TYPE character(8)")
-        d.wait_log('table copied again from Postgres: 2 row(s)')
-        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await cut_over_and_retype(cfg, db, pg_dsn, d)
         assert verify(cfg, "--wait", "5").returncode == 0
 
         tamper_sqlite(db, f"INSERT INTO t VALUES ('{key(3).upper()}', 'stale')")
