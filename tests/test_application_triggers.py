@@ -131,18 +131,18 @@ async def test_the_way_back_keeps_syncd_triggers_firing_first_so_the_rollback_go
         assert "re-snapshotting" not in d.log()
 
 
-async def test_a_trigger_naming_its_table_in_another_case_does_not_run_again_on_the_way_back(tmp_path, make_config,
-                                                                                              pg_dsn):
-    """SQLite keeps a trigger's table as its CREATE TRIGGER spelled it ("ON Deals" for
-    the table deals): the way back lifts it off the table all the same, so the rows it
-    brings from Postgres do not make the application's trigger write SQLite again."""
+async def audit_trigger_through_the_way_back(tmp_path, make_config, pg_dsn: str, trigger: str, on: str) -> None:
+    """The application's audit trigger `trigger` (AFTER INSERT ON `on`, the table deals as
+    the trigger spells it) writes no audit row for a row the way back brings from
+    Postgres (the application on Postgres writes its audit rows itself, or not at all);
+    it stays on the table, and the rollback goes through."""
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db, isolation_level=None)
-    conn.executescript("""
+    conn.executescript(f"""
         PRAGMA journal_mode=wal;
         CREATE TABLE deals (id INTEGER PRIMARY KEY, title TEXT);
         CREATE TABLE audit (id INTEGER PRIMARY KEY, deal_id INTEGER, what TEXT);
-        CREATE TRIGGER deals_audit AFTER INSERT ON Deals BEGIN
+        CREATE TRIGGER {trigger} AFTER INSERT ON {on} BEGIN
             INSERT INTO audit (deal_id, what) VALUES (NEW.id, 'created in SQLite');
         END;
         INSERT INTO deals (title) VALUES ('first');
@@ -151,16 +151,24 @@ async def test_a_trigger_naming_its_table_in_another_case_does_not_run_again_on_
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         pg = await asyncpg.connect(pg_dsn)
-        try:  # the application on Postgres writes its audit rows itself, or not at all
+        try:
             await pg.execute("INSERT INTO app.deals (id, title) VALUES (2, 'from postgres')")
         finally:
             await pg.close()
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert conn.execute("SELECT deal_id, what FROM audit ORDER BY id").fetchall() == [(1, "created in SQLite")]
         assert await compare_table(str(db), pg_dsn, "app", "audit") == []
-        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = 'deals_audit'").fetchall()
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = ?", (trigger,)).fetchall()
         r = run_cli(cfg, "rollback")
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+async def test_a_trigger_naming_its_table_in_another_case_does_not_run_again_on_the_way_back(tmp_path, make_config,
+                                                                                              pg_dsn):
+    """SQLite keeps a trigger's table as its CREATE TRIGGER spelled it ("ON Deals" for
+    the table deals): the way back lifts it off the table all the same, so the rows it
+    brings from Postgres do not make the application's trigger write SQLite again."""
+    await audit_trigger_through_the_way_back(tmp_path, make_config, pg_dsn, "deals_audit", "Deals")
 
 
 async def test_uninstall_leaves_an_application_trigger_whose_name_starts_like_syncds(tmp_path, make_config, pg_dsn):
@@ -256,31 +264,7 @@ async def test_an_application_trigger_whose_name_starts_like_syncds_does_not_run
     """The way back lifts the application's triggers off a table while it writes the rows
     Postgres holds; one named _syncd_audit is the application's too (syncd's own are
     _syncd_t<id>_<kind> and _syncd_freeze_<n>_<op>), so it writes no second audit row."""
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.executescript("""
-        PRAGMA journal_mode=wal;
-        CREATE TABLE deals (id INTEGER PRIMARY KEY, title TEXT);
-        CREATE TABLE audit (id INTEGER PRIMARY KEY, deal_id INTEGER, what TEXT);
-        CREATE TRIGGER _syncd_audit AFTER INSERT ON deals BEGIN
-            INSERT INTO audit (deal_id, what) VALUES (NEW.id, 'created in SQLite');
-        END;
-        INSERT INTO deals (title) VALUES ('first');
-    """)
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        pg = await asyncpg.connect(pg_dsn)
-        try:
-            await pg.execute("INSERT INTO app.deals (id, title) VALUES (2, 'from postgres')")
-        finally:
-            await pg.close()
-        await wait_back(cfg, db, pg_dsn, daemon=d)
-        assert conn.execute("SELECT deal_id, what FROM audit ORDER BY id").fetchall() == [(1, "created in SQLite")]
-        assert await compare_table(str(db), pg_dsn, "app", "audit") == []
-        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = '_syncd_audit'").fetchall()
-        r = run_cli(cfg, "rollback")
-        assert r.returncode == 0, r.stdout + r.stderr
+    await audit_trigger_through_the_way_back(tmp_path, make_config, pg_dsn, "_syncd_audit", "deals")
 
 
 async def test_an_application_trigger_whose_name_starts_like_syncds_cannot_silence_capture(

@@ -5,6 +5,7 @@ about the SQLite file or its directory is the file's, not a Postgres outage."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -20,6 +21,31 @@ from tests.support.sync import pg_rows, wait_caught_up
 def state(cfg) -> tuple[str, str]:
     src = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
     return src["state"], src["daemon_detail"] or ""
+
+
+def one_row_app(tmp_path) -> Path:
+    """app.db, `t` of one row."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.commit()
+    conn.close()
+    return db
+
+
+@contextlib.asynccontextmanager
+async def read_only_database(pg_dsn: str):
+    """The test's database takes no writes (default_transaction_read_only) until the block ends."""
+    name = pg_dsn.rsplit("/", 1)[1]
+    await pg_rows(pg_dsn, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    try:
+        yield
+    finally:
+        admin = await asyncpg.connect(pg_dsn.rsplit("/", 1)[0] + "/postgres")
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        finally:
+            await admin.close()
 
 
 async def test_a_read_only_target_is_named_and_left_behind_once_writable(tmp_path, make_config, pg_dsn):
@@ -65,30 +91,18 @@ async def test_every_verb_that_writes_names_a_read_only_target_in_one_line(tmp_p
     """`syncd init`, `syncd resync` and `syncd uninstall` on a database that takes no
     writes: one line saying so (a standby, or default_transaction_read_only), exit 1; they
     printed asyncpg's traceback, as for a bug."""
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db)
-    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
-    conn.commit()
-    conn.close()
-    name = pg_dsn.rsplit("/", 1)[1]
+    db = one_row_app(tmp_path)
     cfg = make_config([{"name": "app", "path": str(db)}])
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert d.stop() == 0
-    await pg_rows(pg_dsn, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
-    try:
+    async with read_only_database(pg_dsn):
         for verb in (["init"], ["resync", "--source", "app", "--table", "t"], ["uninstall"]):
             r = run_cli(cfg, *verb)
             out = r.stdout + r.stderr
             assert r.returncode == 1 and "Traceback" not in out, (verb, out)
             assert "Postgres takes no writes in this database" in out, (verb, out)
             assert len(r.stderr.splitlines()) <= 1, (verb, out)
-    finally:
-        admin = await asyncpg.connect(pg_dsn.rsplit("/", 1)[0] + "/postgres")
-        try:
-            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
-        finally:
-            await admin.close()
 
 
 async def test_a_cutover_dry_run_on_a_read_only_target_is_refused(tmp_path, make_config, pg_dsn):
@@ -97,30 +111,18 @@ async def test_a_cutover_dry_run_on_a_read_only_target_is_refused(tmp_path, make
     the application would have been switched to a database it cannot write."""
     from tests.support.way_back import backup_and_config
 
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db)
-    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
-    conn.commit()
-    conn.close()
-    name = pg_dsn.rsplit("/", 1)[1]
+    db = one_row_app(tmp_path)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert run_cli(cfg, "verify").returncode == 0
         assert d.stop() == 0
-    await pg_rows(pg_dsn, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
-    try:
+    async with read_only_database(pg_dsn):
         for args in (["--dry-run"], []):
             r = run_cli(cfg, "cutover", *args)
             out = r.stdout + r.stderr
             assert r.returncode == 1 and "ready to cut over" not in out, out
             assert "app: REFUSED: Postgres takes no writes in this database" in out, out
-    finally:
-        admin = await asyncpg.connect(pg_dsn.rsplit("/", 1)[0] + "/postgres")
-        try:
-            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
-        finally:
-            await admin.close()
 
 
 async def test_a_rollback_dry_run_on_a_read_only_target_is_refused(tmp_path, make_config, pg_dsn):
@@ -129,26 +131,14 @@ async def test_a_rollback_dry_run_on_a_read_only_target_is_refused(tmp_path, mak
     it said "ready to roll back"."""
     from tests.support.way_back import backup_and_config, cut_over
 
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db)
-    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
-    conn.commit()
-    conn.close()
-    name = pg_dsn.rsplit("/", 1)[1]
+    db = one_row_app(tmp_path)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         assert d.stop() == 0
-    await pg_rows(pg_dsn, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
-    try:
+    async with read_only_database(pg_dsn):
         for args in (["--dry-run"], []):
             r = run_cli(cfg, "rollback", *args)
             out = r.stdout + r.stderr
             assert r.returncode == 1 and "ready to roll back" not in out, out
             assert "app: REFUSED: Postgres takes no writes in this database" in out, out
-    finally:
-        admin = await asyncpg.connect(pg_dsn.rsplit("/", 1)[0] + "/postgres")
-        try:
-            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
-        finally:
-            await admin.close()
