@@ -77,6 +77,22 @@ def is_capture_trigger(name: str) -> bool:
     return _CAPTURE_TRIGGER.fullmatch(name) is not None
 
 
+def capture_triggers(conn: sqlite3.Connection) -> list[str]:
+    """The names of syncd's capture triggers in the file (is_capture_trigger)."""
+    return [name for (name,) in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'trigger' "
+                                             "AND substr(name, 1, ?) = ?", (len(TRIGGER_PREFIX), TRIGGER_PREFIX))
+            if is_capture_trigger(name)]
+
+
+def changelog_ends(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The changelog's lowest and highest seq (0, 0 when empty). Two subqueries, each a
+    lookup at one end: min() and max() side by side in one SELECT walk every entry,
+    under a read lock that holds a rollback-journal file's writers back."""
+    cl = f"main.{quote_ident(CHANGELOG)}"
+    return conn.execute(f"SELECT (SELECT coalesce(min(seq), 0) FROM {cl}), "
+                        f"(SELECT coalesce(max(seq), 0) FROM {cl})").fetchone()
+
+
 def trigger_names(tid: int) -> dict[str, str]:
     return {
         "ins": f"{TRIGGER_PREFIX}{tid}_ins",
@@ -635,17 +651,12 @@ def _empty_changelog(conn: sqlite3.Connection, busy_timeout_ms: int) -> int:
     Returns the capture triggers dropped."""
     if not _table_exists(conn, CHANGELOG):
         return 0
-    # Two subqueries, each a lookup at one end: min() and max() side by side in one
-    # SELECT walk every entry, under a read lock that holds the writers back.
-    low, high = conn.execute(f"SELECT (SELECT coalesce(min(seq), 0) FROM main.{quote_ident(CHANGELOG)}), "
-                             f"(SELECT coalesce(max(seq), 0) FROM main.{quote_ident(CHANGELOG)})").fetchone()
+    low, high = changelog_ends(conn)
     if high - low < EMPTY_BELOW_ENTRIES:
         return 0
 
     def stop(c: sqlite3.Connection) -> tuple[int, int]:
-        names = [r[0] for r in c.execute("SELECT name FROM main.sqlite_master WHERE type = 'trigger' "
-                                         "AND substr(name, 1, ?) = ?", (len(TRIGGER_PREFIX), TRIGGER_PREFIX))
-                 if is_capture_trigger(r[0])]
+        names = capture_triggers(c)
         for name in names:
             c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
         if _table_exists(c, REGISTRY) and _has_column(c, REGISTRY, "reload_reason"):
@@ -684,14 +695,7 @@ def uninstall(conn: sqlite3.Connection, busy_timeout_ms: int) -> tuple[int, int]
 
     def drop(c: sqlite3.Connection) -> tuple[int, int]:
         frozen = outlive_syncd(c)
-        names = [
-            r[0]
-            for r in c.execute(
-                "SELECT name FROM main.sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
-                (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
-            )
-            if is_capture_trigger(r[0])
-        ]
+        names = capture_triggers(c)
         for name in names:
             c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
         for table in (CHANGELOG, REGISTRY, META):

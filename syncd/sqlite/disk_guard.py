@@ -20,8 +20,7 @@ import sqlite3
 import time
 
 from syncd.identifiers import quote_ident
-from syncd.sqlite.capture import (CHANGELOG, META, REGISTRY, TRIGGER_PREFIX, _own_schema_change, is_capture_trigger,
-                                  write_transaction)
+from syncd.sqlite.capture import (CHANGELOG, META, REGISTRY, _own_schema_change, capture_triggers, write_transaction)
 from syncd.sqlite.connection import no_such_table
 
 CL = f"main.{quote_ident(CHANGELOG)}"
@@ -67,10 +66,8 @@ def suspend(conn: sqlite3.Connection, after_seq: int, reason: str, busy_timeout_
     """Stop capturing in this file until Postgres is back (see the module's docstring)."""
 
     def stop(c: sqlite3.Connection) -> int:
-        for (name,) in c.execute("SELECT name FROM main.sqlite_master WHERE type = 'trigger' "
-                                 "AND substr(name, 1, ?) = ?", (len(TRIGGER_PREFIX), TRIGGER_PREFIX)).fetchall():
-            if is_capture_trigger(name):  # not the application's _syncd_touch
-                c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
+        for name in capture_triggers(c):  # not the application's _syncd_touch
+            c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
         c.execute(f"UPDATE main.{quote_ident(REGISTRY)} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), "
                   "reload_reason = ?", ("capture was suspended to protect the disk (" + reason + "): changes made "
                                         "meanwhile were not recorded, so the table is snapshotted again",))

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from syncd.identifiers import quote_ident
 from syncd.model import BATCH_VALUE_BYTES, TableSpec, entries_within_values, unshadowed_rowid_name
 from syncd.sqlite import windows
-from syncd.sqlite.capture import CHANGELOG, META, OP_INSERT, slot
+from syncd.sqlite.capture import CHANGELOG, META, OP_INSERT, changelog_ends, slot
 from syncd.sqlite.connection import empty_file, fetch_within, fetchall_text_safe, no_such_table, weigher
 from syncd.sqlite.hold import RowsPerHold
 from syncd.types import needs_conversion_filter
@@ -450,10 +450,7 @@ def changelog_bytes(conn: sqlite3.Connection) -> int:
     application's commits, so a changelog above MEASURE_BELOW_ENTRIES (Postgres away
     for a while) is sized from its entry count and the last measured bytes per entry."""
     try:
-        # Two subqueries, each a lookup at one end of the table: SQLite answers min() and
-        # max() side by side in one SELECT by walking every entry.
-        low, high = conn.execute(f"SELECT (SELECT coalesce(min(seq), 0) FROM main.{CL}), "
-                                 f"(SELECT coalesce(max(seq), 0) FROM main.{CL})").fetchone()
+        low, high = changelog_ends(conn)
     except sqlite3.OperationalError as e:
         if "no such table" in str(e):
             return 0  # capture not installed (yet, or any more)
