@@ -20,7 +20,7 @@ import sqlite3
 import time
 
 from syncd.identifiers import quote_ident
-from syncd.sqlite.capture import (CHANGELOG, META, REGISTRY, _own_schema_change, capture_triggers, write_transaction)
+from syncd.sqlite.capture import CHANGELOG, META, REGISTRY, _own_schema_change, capture_triggers, write_transaction
 from syncd.sqlite.connection import no_such_table
 
 CL = f"main.{quote_ident(CHANGELOG)}"
