@@ -285,9 +285,13 @@ def _reject_constant(name: str) -> Any:
 _MAX_JSONB_NESTING = 300
 
 
-def _json_loads(v: str) -> Any:
+def _json_loads(v: str, numeric: bool = False) -> Any:
     """Parse JSON text, or raise ValueError. A number is JSON whatever its length; int()
-    refuses 4300 digits on, so a document it fails on is read again keeping numbers as text."""
+    refuses 4300 digits on, so a document it fails on is read again keeping numbers as text.
+    `numeric`: every number is read as text and checked against what Postgres's numeric
+    (jsonb's) holds, _PastNumeric if one is past it."""
+    if numeric:
+        return json.loads(v, parse_constant=_reject_constant, parse_int=_within_numeric, parse_float=_within_numeric)
     try:
         return json.loads(v, parse_constant=_reject_constant)
     except ValueError:
@@ -323,9 +327,8 @@ def _within_numeric(text: str) -> str:
     return text
 
 
-def _check_jsonb_numbers(v: str) -> None:
-    if len(v) > _SHORT_DOCUMENT or _LONG_EXPONENT.search(v):
-        json.loads(v, parse_constant=_reject_constant, parse_int=_within_numeric, parse_float=_within_numeric)
+def _may_pass_numeric(v: str) -> bool:
+    return len(v) > _SHORT_DOCUMENT or _LONG_EXPONENT.search(v) is not None
 
 
 def _nesting(doc: Any) -> int:
@@ -350,12 +353,10 @@ def _json_converter(pgtype: PgType) -> Callable[[Any], Any]:
             raise _misfit(v, pgtype)
         _check_text(v, pgtype)
         try:
-            doc = _json_loads(v)
-            if (pgtype is PgType.JSONB and v.count("[") + v.count("{") > _MAX_JSONB_NESTING
-                    and _nesting(doc) > _MAX_JSONB_NESTING):
+            jsonb = pgtype is PgType.JSONB
+            doc = _json_loads(v, numeric=jsonb and _may_pass_numeric(v))
+            if jsonb and v.count("[") + v.count("{") > _MAX_JSONB_NESTING and _nesting(doc) > _MAX_JSONB_NESTING:
                 raise RecursionError  # deeper than the comparison reads: it would fail there
-            if pgtype is PgType.JSONB:
-                _check_jsonb_numbers(v)
         except _PastNumeric as e:
             raise _misfit(v, pgtype, f"a number past what Postgres's numeric holds ({e})") from None
         except ValueError as e:
