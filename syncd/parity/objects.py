@@ -10,14 +10,12 @@ ever parsed again (translate.py) or shown escaped; it never reaches Postgres.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from syncd.identifiers import quote_ident, sqlite_folded
-from syncd.sqlite.capture import is_capture_trigger
-from syncd.sqlite.freeze import FREEZE_PREFIX
+from syncd.sqlite.freeze import is_syncd_trigger
 from syncd.sqlite_sql import Kind, SqlSyntaxError, Token, identifier_value, significant, tokenize
 
 SYNCD_PREFIX = "_syncd_"
@@ -130,20 +128,12 @@ def read_objects(conn: sqlite3.Connection, tables: Iterable[str], views: Iterabl
         # matched as SQLite matches names, ignoring the case of A-Z.
         named = {sqlite_folded(n): n for n in [*wanted, *views]}
         for (kind, name), (tbl, sql) in sorted(master.items()):
-            if kind == "trigger" and not _syncds(name) and sql and sqlite_folded(tbl) in named:
+            if kind == "trigger" and not is_syncd_trigger(name) and sql and sqlite_folded(tbl) in named:
                 out.triggers.append(Trigger(name, named[sqlite_folded(tbl)], sql))
     finally:
         conn.execute("COMMIT")
     return out
 
-
-def _syncds(trigger: str) -> bool:
-    """One of syncd's own triggers (capture, freeze), by its exact name: an application
-    trigger that merely begins with _syncd_ (_syncd_audit) is listed as the application's."""
-    return is_capture_trigger(trigger) or _FREEZE_TRIGGER.fullmatch(trigger) is not None
-
-
-_FREEZE_TRIGGER = re.compile(re.escape(FREEZE_PREFIX) + r"[0-9]+_(?:insert|update|delete)")
 
 
 def _table(conn: sqlite3.Connection, table: str, sql: str | None, master: dict) -> TableObjects:

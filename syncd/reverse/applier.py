@@ -27,7 +27,6 @@ once it fits (reload); the other tables go on.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from syncd.reverse import values
 from syncd.reverse.checkpoint import META_KEY, RELOAD_KEY
 from syncd.reverse.values import ColumnShape, NotExpressible
 from syncd.sqlite import freeze
-from syncd.sqlite.capture import CHANGELOG, META, _own_schema_change, is_capture_trigger, write_transaction
+from syncd.sqlite.capture import CHANGELOG, META, _own_schema_change, write_transaction
 from syncd.sqlite.connection import bound_value, fetchall_text_safe, no_such_table
 from syncd.sqlite.reader import rowid_name
 from syncd.types import PgType
@@ -253,23 +252,15 @@ def _app_triggers(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]
     as its CREATE TRIGGER spelled it ("ON Deals" for deals): matched as SQLite matches names."""
     rows = conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' "
                         "AND tbl_name = ? COLLATE NOCASE ORDER BY rowid", (table,)).fetchall()
-    first = next((i for i, (name, _) in enumerate(rows) if not _own_trigger(name)), len(rows))
+    first = next((i for i, (name, _) in enumerate(rows) if not freeze.is_syncd_trigger(name)), len(rows))
     return rows[first:]
 
-
-def _own_trigger(name: str) -> bool:
-    """syncd's capture and freeze triggers, by their exact names: an application trigger
-    that merely begins with _syncd_ (_syncd_audit) is the application's, and lifted."""
-    return is_capture_trigger(name) or _FREEZE_TRIGGER.fullmatch(name) is not None
-
-
-_FREEZE_TRIGGER = re.compile(re.escape(freeze.FREEZE_PREFIX) + r"[0-9]+_(?:insert|update|delete)")
 
 
 def _lift(c: sqlite3.Connection, triggers: list[tuple[str, str]]) -> None:
     """Drop the application's triggers among `triggers` (syncd's stay and fire)."""
     for name, _ in triggers:
-        if not _own_trigger(name):
+        if not freeze.is_syncd_trigger(name):
             c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
 
 
@@ -277,7 +268,7 @@ def _restore(c: sqlite3.Connection, triggers: list[tuple[str, str]]) -> None:
     """Create `triggers` again in their order: syncd's among them are dropped first, so
     that each keeps its place relative to the application's (capture fires first)."""
     for name, _ in triggers:
-        if _own_trigger(name):
+        if freeze.is_syncd_trigger(name):
             c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
     for _, sql in triggers:
         c.execute(sql)

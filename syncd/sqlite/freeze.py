@@ -17,15 +17,23 @@ and are listed where syncd reports the freeze.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from syncd.identifiers import quote_ident, quote_literal
-from syncd.sqlite.capture import META, _own_schema_change, ensure_meta, write_transaction
+from syncd.sqlite.capture import META, _own_schema_change, ensure_meta, is_capture_trigger, write_transaction
 from syncd.sqlite.connection import no_such_table
 
 FREEZE_PREFIX = "_syncd_freeze_"
+_FREEZE_TRIGGER = re.compile(re.escape(FREEZE_PREFIX) + r"[0-9]+_(?:insert|update|delete)")
+
+
+def is_syncd_trigger(name: str) -> bool:
+    """One of syncd's own triggers (capture, freeze), by its exact name: an application
+    trigger that merely begins with _syncd_ (_syncd_audit) is the application's."""
+    return is_capture_trigger(name) or _FREEZE_TRIGGER.fullmatch(name) is not None
 FROZEN_KEY = "frozen"  # _syncd_meta: the message, while the file is frozen
 WRITING_KEY = "syncd_writing"  # _syncd_meta: present only inside syncd's own write transactions
 
