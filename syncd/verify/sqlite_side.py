@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.identifiers import quote_ident
-from syncd.model import TableSpec
+from syncd.model import TableSpec, unshadowed_rowid_name
 from syncd.sqlite import capture
 from syncd.sqlite.capture import CHANGELOG, slot
 from syncd.sqlite.connection import bound_value, fetchall_text_safe
@@ -250,10 +250,7 @@ def range_hashes(conn: sqlite3.Connection, ks: KeySpace, hasher: SqliteRowHash, 
 
 def _rowid_ref(spec: TableSpec) -> str | None:
     """A name reaching the rowid of a table that has one (not shadowed by a column)."""
-    if spec.without_rowid:
-        return None
-    names = {c.lower() for c in spec.column_names}
-    return next((a for a in ("_rowid_", "rowid", "oid") if a not in names), None)
+    return None if spec.without_rowid else unshadowed_rowid_name(spec.column_names)
 
 
 def _rows_by_key(conn: sqlite3.Connection, spec: TableSpec, keys: Sequence[tuple],
