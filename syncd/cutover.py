@@ -38,7 +38,8 @@ from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
 from syncd.postgres import app_triggers, cutover_guard, ddl
 from syncd.postgres.bookkeeping import (SWITCH_CLASS, Bookkeeping, bookkeeping_exists, ensure_bookkeeping,
                                        shared_key_line, sharing, source_key)
-from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
+from syncd.postgres.connect import (ASYNCPG_FAULT, READ_ONLY_DATABASE, close_quietly, connect, describe,
+                                    takes_no_writes)
 from syncd.printable import listed, shorten
 from syncd.reverse.capture import FREEZE_LOCK_STEP
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
@@ -536,9 +537,9 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         res.already = await _cut_over_at(conn, b)
         if res.already is not None:
             return res
-        if await conn.fetchval("SELECT current_setting('transaction_read_only') = 'on'"):
-            raise Refused("Postgres takes no writes in this database (a standby, or default_transaction_read_only): "
-                          "the application could not write it after a cutover; cut over once it takes writes")
+        if await takes_no_writes(conn):
+            raise Refused(f"{READ_ONLY_DATABASE}: the application could not write it after a cutover; cut over once "
+                          "it takes writes")
         b.key = await source_key(conn, b.schema, source.name)
         await _not_sharing_a_way_back(conn, b)
         if not await take_switch_lock(conn, b.key):

@@ -49,7 +49,8 @@ from syncd.postgres import app_triggers, ddl
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import (Bookkeeping, SourceLocked, bookkeeping_exists, ensure_bookkeeping, source_key,
                                        try_lock_source, unlock_source)
-from syncd.postgres.connect import ASYNCPG_FAULT, close_quietly, connect, describe
+from syncd.postgres.connect import (ASYNCPG_FAULT, READ_ONLY_DATABASE, close_quietly, connect, describe,
+                                    takes_no_writes)
 from syncd.printable import listed
 from syncd.reverse import applier, capture, reader
 from syncd.reverse.capture import Names
@@ -646,10 +647,9 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
             if undone:
                 res.plan.append(undone)
             return res
-        if await conn.fetchval("SELECT current_setting('transaction_read_only') = 'on'"):
-            raise Refused("Postgres takes no writes in this database (a standby, or default_transaction_read_only): "
-                          "a rollback freezes it for the application and records the switch there; roll back once it "
-                          "takes writes")
+        if await takes_no_writes(conn):
+            raise Refused(f"{READ_ONLY_DATABASE}: a rollback freezes it for the application and records the switch "
+                          "there; roll back once it takes writes")
         undone = await undo_abandoned(settings, source, conn)
         if undone:
             res.plan.append(undone)

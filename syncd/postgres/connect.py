@@ -83,6 +83,13 @@ def closed_under(exc: BaseException) -> bool:
 
 
 READ_ONLY_TRANSACTION = "25006"
+READ_ONLY_DATABASE = "Postgres takes no writes in this database (a standby, or default_transaction_read_only)"
+
+
+async def takes_no_writes(conn: asyncpg.Connection) -> bool:
+    """Whether `conn`'s transactions are read-only (a standby, default_transaction_read_only):
+    asked before a switch that would send the application there, or freeze it."""
+    return await conn.fetchval("SELECT current_setting('transaction_read_only') = 'on'")
 
 
 def read_only_refused(exc: BaseException) -> str | None:
