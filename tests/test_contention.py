@@ -187,7 +187,7 @@ async def test_verifying_heavy_rows_never_holds_a_rollback_journal_writer_off(tm
     writer = ShortTimeoutWriter(db, timeout=0.5)
     writer.start()
     try:
-        done = verify(cfg)
+        done = verify(cfg, "--wait", "1")  # no daemon applies the backlog: waiting longer shows nothing more
     finally:
         writer.stop.set()
         writer.join(30)
@@ -322,7 +322,7 @@ async def test_verifying_behind_a_long_backlog_never_holds_a_rollback_journal_wr
     writer = ShortTimeoutWriter(db, timeout=0.5)
     writer.start()
     try:
-        done = verify(cfg)
+        done = verify(cfg, "--wait", "1")  # no daemon applies the backlog: waiting longer shows nothing more
     finally:
         writer.stop.set()
         writer.join(30)
