@@ -29,7 +29,7 @@ from syncd.pipeline import SNAPSHOTTING, SOURCE_MISSING, STREAMING, Pipeline
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import SourceLocked
 from syncd.postgres.connect import PostgresUnavailable, describe
-from syncd.postgres.pool import Targets
+from syncd.postgres.pool import Targets, stats as pool_stats
 from syncd.postgres.target import UnsupportedTarget
 from syncd.sdnotify import Notifier
 from syncd.sqlite.audit import format_key
@@ -475,6 +475,7 @@ class Daemon:
                 self.page.sample(now, {p.name: _or_nan(p.lag_figure(now)) for p in list(self.pipelines.values())})
             up = [p.pg_ok for p in self.pipelines.values()]
             metrics.postgres_up.set(1 if all(x is True for x in up) else 0)
+            metrics.connection_gauges(pool_stats(self.targets))
             if not self.ready_sent and all(p.ready.is_set() for p in self.pipelines.values()):
                 self.notifier.ready(self._summary())
                 self.ready_sent = True

@@ -131,6 +131,18 @@ verify_behind_seconds = Gauge(
 postgres_connections = Gauge(
     "syncd_postgres_connections", "Connections the daemon holds open to a target database.", ["target"]
 )
+
+
+def connection_gauges(held: dict[str, int]) -> None:
+    """The connections held per target database, from {target as shown: count}; the
+    series of a target no source uses any more (a reload moved them) go."""
+    for target, n in held.items():
+        postgres_connections.labels(target).set(n)
+    for labels in list(postgres_connections._metrics):  # noqa: SLF001 - prometheus_client has no public listing
+        if labels[0] not in held:
+            postgres_connections.remove(*labels)
+
+
 build_info = Gauge("syncd_build_info", "Always 1; the version label says which syncd runs.", ["version"])
 build_info.labels(version=__version__).set(1)
 

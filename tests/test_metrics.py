@@ -245,3 +245,33 @@ async def test_a_mismatch_found_before_a_restart_stays_shown_while_the_table_can
                  "the hold and a check of the held table", d)
         assert value(port, mismatch) == 1, d.log()[-2000:]
         assert d.stop() == 0
+
+
+async def test_the_connections_held_to_postgres_are_shown_without_the_password(tmp_path, pg_dsn):
+    """syncd_postgres_connections shows, per target database, the connections the daemon
+    holds there (pg_stat_activity's count of them), labelled with the DSN as syncd shows
+    it: its password masked."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=5)
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace("postgres@", "postgres:s3cret@"),
+                       [{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}",
+                       sections={"verify": {"interval_seconds": 0}})
+    parts = urlsplit(pg_dsn)
+    series = f'syncd_postgres_connections{{target="postgresql://postgres:***@{parts.netloc.split("@")[1]}{parts.path}"}}'
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(db, pg_dsn, "app", daemon=d)
+            held = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() " \
+                   "AND application_name LIKE 'syncd%'"
+            for _ in range(300):  # the count as both see it at one moment
+                shown, counted = value(port, series), await pg.fetchval(held)
+                if shown == counted:
+                    break
+                time.sleep(0.1)
+            assert shown == counted and counted >= 2, (shown, counted, [k for k in scrape(port) if "connections" in k])
+            assert "s3cret" not in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            assert d.stop() == 0
+    finally:
+        await pg.close()
