@@ -3,7 +3,8 @@
 
 Each file matched becomes an ordinary source: {stem} is the file name without its
 extension, {name} the file name, {parent} its directory's name. A file whose name
-would make an invalid or duplicate source name is not picked up, and says so (the
+would make an invalid or duplicate source name, or a schema a configured source may
+not have (syncd's bookkeeping schema, Postgres's own), is not picked up, and says so (the
 daemon logs it, `syncd status` lists it): nothing is skipped in silence. The daemon
 expands the globs again every [stream] discover_interval_seconds, so files that appear
 are snapshotted and streamed without a restart; a file that disappears keeps its
@@ -143,6 +144,10 @@ def expand(settings: Settings) -> Settings:
                 why = f"its source name {name!r} is already taken"
             elif len(schema.encode()) > PG_MAX_IDENTIFIER_BYTES:
                 why = f"its schema {schema!r} is longer than {PG_MAX_IDENTIFIER_BYTES} bytes"
+            elif schema == settings.postgres.bookkeeping_schema:
+                why = f"its schema {schema!r} is syncd's own bookkeeping schema ([postgres] bookkeeping_schema)"
+            elif schema.startswith("pg_") or schema == "information_schema":
+                why = f"its schema {schema!r} is reserved by Postgres"
             if why:
                 problems.append(f"{file} (from {pattern.path}) is not picked up: {why}")
                 continue

@@ -10,6 +10,8 @@ import os
 import sqlite3
 import urllib.request
 
+import asyncpg
+
 from syncd.config import load_settings
 from syncd.metrics import ROLLUPS
 from tests.conftest import write_config
@@ -302,3 +304,33 @@ async def test_a_file_created_in_the_tick_the_daemon_last_looked_in_is_found(tmp
         await wait_caught_up(tenants / "initech.db", pg_dsn, "t_initech", daemon=d, timeout=30)
         assert await compare_table(str(tenants / "initech.db"), pg_dsn, "t_initech", "notes") == []
         assert d.stop() == 0
+
+
+def test_a_file_whose_schema_would_be_reserved_is_not_picked_up(tmp_path, pg_dsn):
+    """A file whose name makes a schema of Postgres's own (pg_*, information_schema) or
+    syncd's bookkeeping schema is not picked up, and says so, as a configured source
+    with that schema is refused: nothing is replicated there, and the other files are."""
+    d = tmp_path / "tenants"
+    d.mkdir()
+    for stem in ("acme", "syncd", "pg_temp", "information_schema"):
+        tenant(d / f"{stem}.db")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn,
+                       [{"name": "t_{stem}", "path": str(d / "*.db"), "schema": "{stem}"}])
+    r = run_cli(cfg, "init")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+    assert [s["name"] for s in doc["sources"]] == ["t_acme"]
+    for stem, why in (("syncd", "bookkeeping schema"), ("pg_temp", "reserved by Postgres"),
+                      ("information_schema", "reserved by Postgres")):
+        assert any(f"{stem}.db (from" in p and "is not picked up" in p and why in p for p in doc["not_picked_up"]), \
+            doc["not_picked_up"]
+
+    async def schemas_holding_notes() -> list[str]:
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            return [r[0] for r in await pg.fetch("SELECT n.nspname FROM pg_class c JOIN pg_namespace n "
+                                                 "ON n.oid = c.relnamespace WHERE c.relname = 'notes'")]
+        finally:
+            await pg.close()
+
+    assert asyncio.run(schemas_holding_notes()) == ["acme"]
