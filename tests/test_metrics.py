@@ -275,3 +275,32 @@ async def test_the_connections_held_to_postgres_are_shown_without_the_password(t
             assert d.stop() == 0
     finally:
         await pg.close()
+
+
+async def test_a_file_that_cannot_be_read_does_not_say_postgres_is_down(tmp_path, pg_dsn):
+    """A file the glob finds that is no database (and so never reaches Postgres) is shown
+    as such (syncd_source_up 0); syncd_postgres_up stays 1 while Postgres answers every
+    source that asks it, or the SyncdPostgresDown alert pages for a healthy Postgres."""
+    from tests.test_fleet import make_tenant
+
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    for stem in ("a", "b"):
+        make_tenant(tenants / f"{stem}.db")
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(tenants / "*.db")}],
+                       metrics_listen=f"127.0.0.1:{port}",
+                       sections={"stream": {"discover_interval_seconds": 0.5}, "verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for stem in ("a", "b"):
+            await wait_caught_up(tenants / f"{stem}.db", pg_dsn, f"t_{stem}", daemon=d)
+        wait_for(lambda: value(port, "syncd_postgres_up") == 1, 30, "syncd_postgres_up 1", d)
+        (tenants / "junk.db").write_bytes(b"not a database " * 100)
+        wait_for(lambda: value(port, 'syncd_source_up{source="t_junk"}') == 0, 30, "the junk file found", d)
+        seen = []
+        t = time.monotonic()
+        while time.monotonic() - t < 3:  # several of the daemon's once-a-second looks
+            seen.append(value(port, "syncd_postgres_up"))
+            time.sleep(0.2)
+        assert set(seen) == {1}, seen
+        assert d.stop() == 0
