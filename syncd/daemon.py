@@ -257,10 +257,10 @@ class Daemon:
         first = True
         seen = None
         while True:
-            if not first:
+            if not first or not self.settings.patterns:
                 await asyncio.sleep(self.settings.stream.discover_interval_seconds)
             if not self.settings.patterns:
-                return
+                continue  # none yet: a reload may bring one
             await self._drop_forgotten()
             now = discovery.signature(self.settings)
             if now == seen:

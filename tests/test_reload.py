@@ -174,3 +174,25 @@ async def test_sighup_before_the_daemon_has_started_reloads_once_it_has(tmp_path
         proxy.heal()
         wait_for(lambda: "configuration reloaded" in daemon.log(), 60, "the reload", daemon)
         assert daemon.stop() == 0
+
+
+async def test_a_glob_added_by_sighup_picks_up_files_that_appear_later(tmp_path, pg_dsn):
+    """A daemon started without a path glob, given one by SIGHUP: the files it matches
+    then stream, and so do files that appear afterwards, as when it starts with one."""
+    a = tmp_path / "a.db"
+    create_items(a, rows=5)
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    create_items(tenants / "first.db", rows=5)
+    cfg = tmp_path / "syncd.toml"
+    stream = {"stream": {"discover_interval_seconds": 0.5}}
+    write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}], sections=stream)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}, {"name": "t_{stem}", "path": str(tenants / "*.db")}],
+                     sections=stream)
+        d.proc.send_signal(signal.SIGHUP)
+        await wait_caught_up(tenants / "first.db", pg_dsn, "t_first", daemon=d)
+        create_items(tenants / "later.db", rows=5)
+        await wait_caught_up(tenants / "later.db", pg_dsn, "t_later", timeout=30, daemon=d)
+        assert d.stop() == 0
