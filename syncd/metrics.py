@@ -226,7 +226,24 @@ ROLLUPS = {
     "syncd_consistency_last_check_timestamp_seconds": (
         "syncd_source_consistency_oldest_check_timestamp_seconds", min,
         "Unix time of the oldest of the source's tables' last completed consistency checks."),
+    "syncd_table_state": (
+        "syncd_source_tables_on_the_way", sum,
+        "Tables of the source still being loaded: pending, loading or catching up (per_table = false: "
+        "syncd_table_state of those states summed)."),
+    "syncd_repaired_rows": (
+        "syncd_source_repaired_rows", sum,
+        "Rows the consistency check repaired since syncd started, all tables of the source (per_table = false: "
+        "syncd_repaired_rows_total summed)."),
 }
+ON_THE_WAY = ("pending", "loading", "catchup")  # bookkeeping.ON_THE_WAY
+
+
+def _folded(family, sample) -> bool:
+    """Whether a rollup counts `sample`: a counter's total (not its _created time), and of
+    the table states those on the way."""
+    if sample.name not in (family.name, family.name + "_total"):
+        return False
+    return family.name != "syncd_table_state" or sample.labels.get("state") in ON_THE_WAY
 
 
 class _SourceLevel(Collector):
@@ -240,7 +257,8 @@ class _SourceLevel(Collector):
             if rollup is not None:
                 by_source: dict[str, list[float]] = {}
                 for sample in family.samples:
-                    by_source.setdefault(sample.labels.get("source", ""), []).append(sample.value)
+                    if _folded(family, sample):
+                        by_source.setdefault(sample.labels.get("source", ""), []).append(sample.value)
                 name, fold, doc = rollup
                 out = GaugeMetricFamily(name, doc, labels=["source"])
                 for source, values in sorted(by_source.items()):

@@ -208,6 +208,9 @@ async def test_a_fleet_can_keep_only_per_source_series(tmp_path, pg_dsn):
         assert not any('table="' in name for name in scrape(port))
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert all(f"# TYPE {name} gauge" in page for name, _fold, _doc in ROLLUPS.values())
+        # Its tables loaded (the changelog alert's exception for a load), repairs counted from 0.
+        wait_for(lambda: scrape(port).get('syncd_source_tables_on_the_way{source="t_acme"}') == 0, 30,
+                 "no table on its way", d)
         # A held table still shows, rolled up per source (the halted alert fires on it).
         conn = sqlite3.connect(tmp_path / "tenants" / "acme.db")
         conn.execute("INSERT INTO notes VALUES (2, x'00ff')")  # a BLOB where Postgres has text
