@@ -256,6 +256,7 @@ class Daemon:
         told = set(self.settings.discovery_problems)
         first = True
         seen = None
+        remembered_in: set[str] = set()  # target databases whose gone sources were read
         while True:
             if not first or not self.settings.patterns:
                 await asyncio.sleep(self.settings.stream.discover_interval_seconds)
@@ -263,7 +264,8 @@ class Daemon:
                 continue  # none yet: a reload may bring one
             await self._drop_forgotten()
             now = discovery.signature(self.settings)
-            if now == seen:
+            unread = [t for t in self.targets.all if t.dsn not in remembered_in]
+            if now == seen and not unread:
                 continue  # no file added or removed in the globs' directories
             seen = now
             found = discovery.expand(self.settings)
@@ -272,15 +274,15 @@ class Daemon:
                     told.add(problem)
                     log.warning(problem, extra={"event": "discovery"})
             added = [s for s in found.sources if s.name not in self.pipelines]
-            if first:
-                for target in self.targets.all:
-                    try:
-                        async with target.connection() as conn:
-                            added += [s for s in await discovery.remembered(
-                                found, conn, self.settings.postgres.bookkeeping_schema, target.dsn)
-                                      if s.name not in self.pipelines and s not in added]
-                    except Exception:  # noqa: BLE001 - Postgres away: the next start remembers
-                        pass
+            for target in unread:
+                try:
+                    async with target.connection() as conn:
+                        added += [s for s in await discovery.remembered(
+                            found, conn, self.settings.postgres.bookkeeping_schema, target.dsn)
+                                  if s.name not in self.pipelines and s not in added]
+                    remembered_in.add(target.dsn)
+                except Exception:  # noqa: BLE001 - Postgres away: asked again at the next look
+                    pass
             first = False
             for source in added:
                 self.settings = self.settings.model_copy(update={"sources": [*self.settings.sources, source]})

@@ -337,3 +337,36 @@ def test_a_file_whose_schema_would_be_reserved_is_not_picked_up(tmp_path, pg_dsn
             await pg.close()
 
     assert asyncio.run(schemas_holding_notes()) == ["acme"]
+
+
+async def test_a_gone_file_is_shown_missing_when_postgres_was_away_at_the_start(tmp_path, outage, pg_dsn):
+    """The daemon learns from Postgres which of a glob's sources have lost their file; away
+    when the daemon starts, it is asked once it is back: the gone file's source is shown
+    as missing (/status, syncd_source_up 0), not left out until the next restart."""
+    proxy, dsn = outage
+    d_ = tmp_path / "tenants"
+    d_.mkdir()
+    for stem in ("acme", "globex"):
+        tenant(d_ / f"{stem}.db")
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}],
+                       metrics_listen=f"127.0.0.1:{port}",
+                       sections={"postgres": {"connect_timeout_seconds": 2},
+                                 "stream": {"discover_interval_seconds": 0.5, "retry_max_backoff_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for stem in ("acme", "globex"):
+            await wait_caught_up(d_ / f"{stem}.db", pg_dsn, f"t_{stem}", daemon=d)
+        assert d.stop() == 0
+    (d_ / "globex.db").unlink()
+    proxy.refuse()
+    with DaemonProcess(cfg, tmp_path / "again.log") as d:
+        d.wait_log("syncd running")
+        wait_for(lambda: "Postgres unreachable" in d.own_log(), 30, "the outage seen", d)
+        proxy.heal()
+        tenant_status = lambda: json.loads(  # noqa: E731
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read())["sources"]
+        wait_for(lambda: tenant_status().get("t_acme", {}).get("health") == "streaming", 30, "t_acme streaming", d)
+        wait_for(lambda: tenant_status().get("t_globex", {}).get("health") == "source_missing", 30,
+                 "t_globex shown missing", d)
+        assert scrape(port).get('syncd_source_up{source="t_globex"}') == 0
+        assert d.stop() == 0
