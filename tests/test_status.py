@@ -105,6 +105,22 @@ def test_consistency_checks_are_behind_only_when_later_than_scheduling_explains(
     assert behind_note(31, 300) is not None
 
 
+def test_a_fleets_summary_lists_only_the_sources_it_shows():
+    """Past LIST_ALL_UP_TO sources `syncd status` is a summary: a fleet loading its files,
+    or cut over with the way back running, does not print a line for each of them."""
+    from syncd.cli.status import LIST_ALL_UP_TO, render
+
+    until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=7)).isoformat()
+    fleet = [healthy(name=f"t{i:03d}", lag_seconds=0.0, state="snapshotting", rollback_until=until,
+                     tables=[TableStatus("items", "loading", snapshot_rows=5, snapshot_total=10)])
+             for i in range(LIST_ALL_UP_TO * 5)]
+    fleet[7].lag_seconds = 42.0  # the one furthest behind: shown
+    out = render(OK, fleet, every=False)
+    assert "t007" in out and "t008" not in out, out
+    assert len(out.splitlines()) < 20, out
+    assert f"SQLite follows Postgres for {len(fleet)} source(s): `syncd rollback` possible until" in out, out
+
+
 def test_unreadable_config_is_unknown(tmp_path):
     cfg = tmp_path / "syncd.toml"
     cfg.write_text("[postgres\n")

@@ -149,6 +149,11 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
         shown = list({id(st): st for st in [*worst, *troubled]}.values())
         summary.append(f"shown: the {len(worst)} furthest behind and the {len(troubled)} with a problem "
                        "(--all lists every source)")
+        open_until = [dt.datetime.fromisoformat(st.rollback_until) for st in statuses
+                      if st.rollback_until and not st.way_back_ended]
+        if open_until:
+            summary.append(f"SQLite follows Postgres for {len(open_until)} source(s): `syncd rollback` possible until "
+                           f"{min(open_until).astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC at the earliest")
     for st in shown:
         counts: dict[str, int] = {}
         for t in st.tables:
@@ -163,13 +168,13 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
     rows = [tuple(escape_controls(c) for c in r) for r in rows]  # one table row, one line
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = summary + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    for st in statuses:
+    for st in shown:
         for t in st.tables:
             if t.state == "loading" and t.snapshot_total:
                 pct = 100 * (t.snapshot_rows or 0) / t.snapshot_total
                 lines.append(escape_controls(f"  {st.name}/{t.name}: snapshot {t.snapshot_rows}/{t.snapshot_total} "
                                              f"rows ({pct:.0f}%)"))
-    for st in statuses:
+    for st in shown:
         if st.rollback_until and not st.way_back_ended:
             until = dt.datetime.fromisoformat(st.rollback_until)
             passed = (", a time now passed: the daemon ends the way back at its next check"
