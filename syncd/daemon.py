@@ -457,6 +457,8 @@ class Daemon:
                     if unseen else {}
         except PostgresUnavailable:
             return  # the pipeline says so; the check runs again next interval
+        if name not in self.pipelines:
+            return  # removed meanwhile (a reload, forgotten): its series were dropped and stay so
         publish_metrics(result, earlier)
         _log_repairs(name, result)
         outcome = _outcome(result)

@@ -304,3 +304,42 @@ async def test_a_file_that_cannot_be_read_does_not_say_postgres_is_down(tmp_path
             time.sleep(0.2)
         assert set(seen) == {1}, seen
         assert d.stop() == 0
+
+
+async def test_a_source_removed_during_its_consistency_check_leaves_no_series_behind(tmp_path, pg_dsn):
+    """A source removed by SIGHUP while its periodic check waits for its file (locked by
+    the application): the check ends after the source's series were dropped, and brings
+    none of them back (row counts and check times of a source no longer run)."""
+    import signal
+
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    create_items(a, rows=5, journal="delete")
+    create_items(b, rows=5)
+    port = free_port()
+    cfg = tmp_path / "syncd.toml"
+    sections = {"verify": {"interval_seconds": 1, "repair": False}}
+    write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}],
+                 metrics_listen=f"127.0.0.1:{port}", sections=sections)
+    of_a = lambda: [k for k in scrape(port) if 'source="a"' in k]  # noqa: E731
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        checked = 'syncd_consistency_last_check_timestamp_seconds{source="a",table="items"}'
+        first = wait_for(lambda: value(port, checked), 30, "a first check of a", d)
+        app = sqlite3.connect(a, isolation_level=None)
+        app.execute("BEGIN EXCLUSIVE")  # the next check of a waits for the file
+        try:
+            time.sleep(2)  # the next check (every second) under way
+            assert value(port, checked) == first  # ...and waiting
+            write_config(cfg, pg_dsn, [{"name": "b", "path": str(b)}], metrics_listen=f"127.0.0.1:{port}",
+                         sections=sections)
+            d.proc.send_signal(signal.SIGHUP)
+            d.wait_log("source removed from the configuration")
+            wait_for(lambda: not of_a(), 30, "a's series dropped", d)
+        finally:
+            app.execute("COMMIT")
+            app.close()
+        t = time.monotonic()
+        while time.monotonic() - t < 3:  # the check that waited ends meanwhile
+            assert of_a() == [], of_a()
+            time.sleep(0.2)
+        assert d.stop() == 0
