@@ -161,8 +161,6 @@ def expand(settings: Settings) -> Settings:
 async def remembered(settings: Settings, conn, bk_schema: str, dsn: str) -> list[SourceSettings]:
     """Sources syncd ran from a glob whose file is gone now: still shown (as missing),
     never dropped in silence. Read from the bookkeeping of one target database."""
-    import fnmatch
-
     if not settings.patterns:
         return []
     rows = await _registered_rows(conn, bk_schema)
@@ -172,7 +170,11 @@ async def remembered(settings: Settings, conn, bk_schema: str, dsn: str) -> list
         if name in known or not path or Path(path).exists():
             continue
         for pattern in settings.patterns:
-            if fnmatch.fnmatch(path, str(pattern.path)) and settings.dsn_for(pattern) == dsn:
+            # Matched as the glob matches files (its * takes no '/'), under the name its
+            # template makes: a source another configuration runs from the same database
+            # (a glob in a folder of this one's, say) is not this one's.
+            if (Path(path).match(str(pattern.path)) and _fill(pattern.name, Path(path)) == name
+                    and settings.dsn_for(pattern) == dsn):
                 out.append(pattern.model_copy(update={"name": name, "path": Path(path),
                                                       "schema_": schema or name}))
                 break

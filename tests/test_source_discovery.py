@@ -370,3 +370,24 @@ async def test_a_gone_file_is_shown_missing_when_postgres_was_away_at_the_start(
                  "t_globex shown missing", d)
         assert scrape(port).get('syncd_source_up{source="t_globex"}') == 0
         assert d.stop() == 0
+
+
+def test_a_gone_file_of_another_configurations_glob_is_not_taken_for_ours(tmp_path, pg_dsn):
+    """Two configurations (two daemons, two hosts) sharing a database, one glob in a
+    folder of the other's: a file gone from the inner one is the inner configuration's
+    missing source, not a source of the outer one's, whose glob does not match it (`*`
+    matches no '/') and whose name template does not make its name."""
+    d_ = tmp_path / "tenants"
+    (d_ / "eu").mkdir(parents=True)
+    tenant(d_ / "a.db")
+    tenant(d_ / "eu" / "b.db")
+    outer = write_config(tmp_path / "outer.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}])
+    inner = write_config(tmp_path / "inner.toml", pg_dsn, [{"name": "eu_{stem}", "path": str(d_ / "eu" / "*.db")}])
+    for cfg in (outer, inner):
+        r = run_cli(cfg, "init")
+        assert r.returncode == 0, r.stdout + r.stderr
+    (d_ / "eu" / "b.db").unlink()
+    doc = json.loads(run_cli(outer, "status", "--json").stdout)
+    assert [s["name"] for s in doc["sources"]] == ["t_a"], doc["sources"]
+    doc = json.loads(run_cli(inner, "status", "--json").stdout)
+    assert [(s["name"], s["state"]) for s in doc["sources"]] == [("eu_b", "source_missing")]
