@@ -119,3 +119,65 @@ async def test_orphans_not_counted_this_time_keep_their_last_count(app_db, make_
             await locker.close()
             await watcher.close()
         assert d.stop() == 0
+
+
+async def test_a_source_removed_while_its_orphans_are_counted_leaves_no_series_behind(app_db, pg_dsn, tmp_path):
+    """A source removed by SIGHUP while its orphan count waits in Postgres (a lock on its
+    table): the count ends after the source's series were dropped, and brings none back."""
+    import signal
+
+    import asyncpg
+
+    from tests.conftest import write_config
+    from tests.support.app import create_items
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE org (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE person (id INTEGER PRIMARY KEY, org_id INTEGER REFERENCES org(id));
+        INSERT INTO org VALUES (1, 'a');
+        INSERT INTO person VALUES (1, 1), (2, 7);
+    """)
+    conn.close()
+    other = tmp_path / "other.db"
+    create_items(other, rows=3)
+    port = free_port()
+    cfg = tmp_path / "syncd.toml"
+    sections = {"cutover": {"orphan_check_interval_seconds": 0.5}, "verify": {"interval_seconds": 0}}
+    write_config(cfg, pg_dsn, [{"name": "app", "path": str(app_db)}, {"name": "other", "path": str(other)}],
+                 metrics_listen=f"127.0.0.1:{port}", sections=sections)
+    of_app = lambda: [k for k in scrape(port) if 'source="app"' in k]  # noqa: E731
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+            wait_for(lambda: scrape(port).get(SERIES % ("person_org_id_fkey", "person")) == 1, 30, "the count", d)
+            tx = pg.transaction()
+            await tx.start()
+            await pg.execute("LOCK TABLE app.person IN ACCESS EXCLUSIVE MODE")
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'syncd%' " \
+                      "AND wait_event_type = 'Lock' AND datname = current_database()"
+            watcher = await asyncpg.connect(pg_dsn)
+            try:
+                for _ in range(300):  # the next count waits for the lock
+                    if await watcher.fetchval(waiting):
+                        break
+                    await asyncio.sleep(0.1)
+                assert await watcher.fetchval(waiting), "no count waiting for the table"
+                write_config(cfg, pg_dsn, [{"name": "other", "path": str(other)}],
+                             metrics_listen=f"127.0.0.1:{port}", sections=sections)
+                d.proc.send_signal(signal.SIGHUP)
+                d.wait_log("source removed from the configuration")
+                wait_for(lambda: not of_app(), 30, "app's series dropped", d)
+                await tx.rollback()
+                for _ in range(300):  # the count that waited has ended
+                    if not await watcher.fetchval(waiting):
+                        break
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(1)  # and its result was taken in
+            finally:
+                await watcher.close()
+            assert of_app() == [], of_app()
+            assert d.stop() == 0
+    finally:
+        await pg.close()

@@ -140,6 +140,9 @@ async def watch(settings_fn, pipelines_fn, targets) -> None:
                 log.info(f"foreign-key orphans not counted: {describe(e)}", extra={"source": name,
                                                                                   "event": "orphans_unknown"})
                 continue
+            if name not in pipelines_fn():
+                shown.pop(name, None)
+                continue  # removed meanwhile (a reload, forgotten): its series were dropped and stay so
             # A foreign key gone from the plan leaves the metric; one whose count failed this
             # time keeps its last count (its orphans are not known to be gone).
             now = {(o.table, o.constraint) for o in counts}
