@@ -343,6 +343,9 @@ class VerifyScheduler:
                     self.deferred.pop(p.name, None)
                     self.last_run[p.name] = now
                     asyncio.create_task(self._one(p), name=f"verify-{p.name}")
+            elif self.behind_seconds:  # checks turned off (a reload): none is behind
+                self.behind_seconds = 0.0
+                metrics.verify_behind_seconds.set(0)
             # Once every source has started (the first loads' work comes first), then hourly.
             if time.monotonic() - self.thinned_at >= THIN_EVERY_SECONDS and not d.stop_event.is_set() \
                     and (self._thinning is None or self._thinning.done()) \

@@ -51,3 +51,38 @@ async def test_a_source_that_cannot_be_checked_is_no_check_falling_behind(tmp_pa
         out = run_cli(cfg, "status").stdout
         assert "consistency checks are" not in out and "gone.db is empty" in out, out
         assert d.stop() == 0
+
+
+async def test_checks_turned_off_by_sighup_are_not_behind(tmp_path, make_config, pg_dsn):
+    """A check held up (a lock on its table in Postgres) puts the checks behind; [verify]
+    interval_seconds = 0 by SIGHUP turns them off: nothing is behind any more, in
+    syncd_verify_behind_seconds and `syncd status`, rather than the last figure for ever."""
+    import signal
+
+    db = tmp_path / "app.db"
+    create_items(db, rows=5)
+    port = free_port()
+    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}",
+                      sections={"verify": {"interval_seconds": 1, "repair": False}})
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(db, pg_dsn, "app", daemon=d)
+            d.wait_log("consistency check: equal")
+            tx = pg.transaction()
+            await tx.start()
+            await pg.execute("LOCK TABLE app.items IN ACCESS EXCLUSIVE MODE")  # the next check waits
+            try:
+                wait_for(lambda: value(port, "syncd_verify_behind_seconds") > 1, 30, "the checks behind", d)
+                make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}",
+                            sections={"verify": {"interval_seconds": 0}})
+                d.proc.send_signal(signal.SIGHUP)
+                d.wait_log("configuration reloaded")
+                wait_for(lambda: value(port, "syncd_verify_behind_seconds") == 0, 30, "nothing behind", d)
+                doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+                assert doc["verify_behind_seconds"] == 0, doc["verify_behind_seconds"]
+            finally:
+                await tx.rollback()
+            assert d.stop() == 0
+    finally:
+        await pg.close()
