@@ -178,7 +178,26 @@ async def remembered(settings: Settings, conn, bk_schema: str, dsn: str) -> list
                 out.append(pattern.model_copy(update={"name": name, "path": Path(path),
                                                       "schema_": schema or name}))
                 break
-    return out
+    return [s for s in out if s.name not in await _run_elsewhere(conn, bk_schema, [s.name for s in out])]
+
+
+async def _run_elsewhere(conn, bk_schema: str, sources: list[str]) -> set[str]:
+    """Of `sources`, those whose lock a daemon holds: run where their file is (another
+    host of a fleet sharing the database), not gone. A daemon lets a gone file's lock go."""
+    from syncd.postgres.bookkeeping import LOCK_CLASS, source_keys
+
+    if not sources:
+        return set()
+    try:
+        keys = await source_keys(conn, bk_schema, sources, assign=False)
+        rows = await conn.fetch(
+            "SELECT k.source FROM unnest($2::text[], $3::int[]) AS k (source, key) WHERE EXISTS (SELECT 1 FROM "
+            "pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid AND l.objid = k.key::oid "
+            "AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            LOCK_CLASS, list(keys), list(keys.values()))
+    except Exception:  # noqa: BLE001 - not known: each shown as missing, as before
+        return set()
+    return {r[0] for r in rows}
 
 
 async def gone_sources(settings: Settings, selected: str | list[str] | None = None) -> list[SourceSettings]:

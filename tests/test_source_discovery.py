@@ -391,3 +391,28 @@ def test_a_gone_file_of_another_configurations_glob_is_not_taken_for_ours(tmp_pa
     assert [s["name"] for s in doc["sources"]] == ["t_a"], doc["sources"]
     doc = json.loads(run_cli(inner, "status", "--json").stdout)
     assert [(s["name"], s["state"]) for s in doc["sources"]] == [("eu_b", "source_missing")]
+
+
+async def test_a_source_another_daemon_runs_is_not_missing_here(tmp_path, pg_dsn):
+    """Two hosts run one configuration against one database, each with its own files in
+    the same folder: a source the other host's daemon runs (its lock held) has no file
+    here, and is that daemon's, not a missing source of this host's."""
+    from syncd.postgres.bookkeeping import LOCK_CLASS
+
+    d_ = tmp_path / "tenants"
+    d_.mkdir()
+    for stem in ("acme", "globex"):
+        tenant(d_ / f"{stem}.db")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}])
+    assert run_cli(cfg, "init").returncode == 0
+    (d_ / "globex.db").unlink()  # on the other host only
+    elsewhere = await asyncpg.connect(pg_dsn)  # the other host's daemon, running t_globex
+    try:
+        key = await elsewhere.fetchval("SELECT key FROM syncd.source_keys WHERE source = 't_globex'")
+        assert await elsewhere.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, key)
+        doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+        assert [s["name"] for s in doc["sources"]] == ["t_acme"], doc["sources"]
+    finally:
+        await elsewhere.close()
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)  # nobody runs it: missing, as ever
+    assert {s["name"]: s["state"] for s in doc["sources"]}["t_globex"] == "source_missing"
