@@ -45,7 +45,7 @@ def make_app(db) -> sqlite3.Connection:
     return conn
 
 
-def ready_config(make_config, tmp_path, db, postgres: dict | None = None, **verify):
+def ready_config(make_config, tmp_path, db, postgres: dict | None = None, name: str = "app", **verify):
     backups = tmp_path / "backups"
     backups.mkdir(exist_ok=True)
     src = sqlite3.connect(db)
@@ -53,7 +53,7 @@ def ready_config(make_config, tmp_path, db, postgres: dict | None = None, **veri
     src.backup(dst)
     src.close()
     dst.close()
-    return make_config([{"name": "app", "path": str(db)}], sections={
+    return make_config([{"name": name, "path": str(db)}], sections={
         "cutover": {"min_days": 0, "backup_glob": str(backups / "*.db")},
         "verify": {"interval_seconds": 0, **verify}, **({"postgres": postgres} if postgres else {})})
 
@@ -251,6 +251,25 @@ async def test_an_interrupted_cutover_undoes_itself_and_says_so(tmp_path, make_c
         assert "syncd cutover: interrupted" in out and "app: UNDONE: interrupted" in out, out
         assert writable(db) and await direction(pg_dsn) == "to_postgres"  # undone before it stopped
         assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE source = 'app'") == [("undone",)]
+        assert d.stop() == 0
+
+
+async def test_ctrl_c_stops_the_cutover_of_a_source_named_run(tmp_path, make_config, pg_dsn):
+    """`syncd cutover --source run`: Ctrl-C did nothing, the word "run" on the command line
+    taken for `syncd run` (whose start only notes a signal, to act on it once started);
+    the cutover of a source so named is interrupted and undone like any other."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = ready_config(make_config, tmp_path, db, name="run")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "run", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        with held_at(cfg, "cutover", "frozen", args=("--source", "run")) as proc:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130, out
+        assert "run: UNDONE: interrupted" in out, out
+        assert writable(db)
         assert d.stop() == 0
 
 

@@ -81,10 +81,10 @@ GC_THRESHOLDS = (200_000, 20, 20)
 
 def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
-    if "run" in (sys.argv[1:] if argv is None else argv):
-        early_signals.install()  # before the heavy imports below
     args_in = sys.argv[1:] if argv is None else argv
     verb = invoked_verb(args_in)
+    if verb == "run":  # the verb, not a source or file named so (`syncd cutover --source run`)
+        early_signals.install()  # before the heavy imports below
     if verb is None and "--version" in args_in:  # without loading the configuration or any verb
         from syncd import __version__
 

@@ -26,17 +26,17 @@ def run_cli(config: Path, *args: str, env: dict | None = None, timeout: float = 
 
 @contextlib.contextmanager
 def held_at(config: Path, verb: str, step: str, resume_on: Path | None = None,
-            nohup: bool = False) -> Iterator[subprocess.Popen]:
+            nohup: bool = False, args: tuple[str, ...] = ()) -> Iterator[subprocess.Popen]:
     """`syncd <verb>` (cutover or rollback) started and paused at `step` by its test hook
     (SYNCD_<VERB>_HOLD_AT), for a test to kill or interrupt there, or to let go on by
     creating `resume_on`; killed on the way out if still running. With `nohup`, started
-    with SIGHUP ignored, as `nohup` starts a command."""
+    with SIGHUP ignored, as `nohup` starts a command; `args` follow the verb."""
     env = {**os.environ, f"SYNCD_{verb.upper()}_HOLD_AT": step}
     if resume_on is not None:
         env[f"SYNCD_{verb.upper()}_RESUME_ON"] = str(resume_on)
     ignore_hup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
-    proc = subprocess.Popen(syncd_cmd(config, verb), stdout=subprocess.PIPE, text=True, cwd=str(config.parent),
-                            env=env, preexec_fn=ignore_hup)
+    proc = subprocess.Popen(syncd_cmd(config, verb, *args), stdout=subprocess.PIPE, text=True,
+                            cwd=str(config.parent), env=env, preexec_fn=ignore_hup)
     try:
         line = proc.stdout.readline().strip()
         assert line == f"holding at {step}", line
