@@ -87,6 +87,9 @@ class Daemon:
         # Set once every configured source is launched: a SIGHUP while the daemon starts
         # (its locks taken, Postgres slow to answer) is reloaded after that, not meanwhile.
         self.launched = asyncio.Event()
+        # One reload at a time: a SIGHUP during a reload (stopping a source can take a
+        # while) reloads once it is over, against the configuration it left.
+        self.reload_lock = asyncio.Lock()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -349,6 +352,10 @@ class Daemon:
                      "launched", extra={"event": "reload"})
             await self.launched.wait()
         self.notifier.reloading()
+        async with self.reload_lock:
+            await self._reload()
+
+    async def _reload(self) -> None:
         try:
             new = load_settings(self.config_path) if self.config_path else self.settings
         except ConfigError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import sqlite3
 
 import asyncpg
 
@@ -196,3 +197,49 @@ async def test_a_glob_added_by_sighup_picks_up_files_that_appear_later(tmp_path,
         create_items(tenants / "later.db", rows=5)
         await wait_caught_up(tenants / "later.db", pg_dsn, "t_later", timeout=30, daemon=d)
         assert d.stop() == 0
+
+
+async def test_a_sighup_during_a_reload_is_reloaded_after_it(tmp_path, pg_dsn):
+    """A second SIGHUP while the first reload still stopped a source (its change waiting
+    for a row Postgres had locked) reloaded at the same time, against the configuration
+    the first was replacing: the source the first removed and the second put back was
+    started again beside its pipeline still stopping, then logged as removed. Reloads run
+    one after the other: removed, then added."""
+    from tests.test_systemd import NotifySocket
+
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    create_items(a, rows=10)
+    create_items(b, rows=10)
+    cfg = tmp_path / "syncd.toml"
+    write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}])
+    sock = NotifySocket(tmp_path / "notify.sock")
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log", env={"NOTIFY_SOCKET": str(sock.path)}) as d:
+            await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            async with blocker.transaction():
+                await blocker.execute("SELECT 1 FROM a.items WHERE id = 1 FOR UPDATE")
+                with sqlite3.connect(a) as app:
+                    app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+
+                async def waiting() -> bool:  # a's change waits for the row
+                    return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+                await eventually(waiting, 30, "a's change to wait for the locked row", d)
+                write_config(cfg, pg_dsn, [{"name": "b", "path": str(b)}])
+                d.proc.send_signal(signal.SIGHUP)
+                wait_for(lambda: len(sock.lines("RELOADING=1")) == 1, 30, "the first reload", d)
+                write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}])
+                d.proc.send_signal(signal.SIGHUP)
+                wait_for(lambda: len(sock.lines("RELOADING=1")) == 2, 30, "the second reload", d)
+            wait_for(lambda: d.log().count("configuration reloaded") == 2, 30, "both reloads", d)
+            await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            await wait_caught_up(b, pg_dsn, "b", daemon=d)
+            assert d.stop() == 0
+    finally:
+        await blocker.close()
+        sock.close()
+    log = d.log()
+    said = [line.split("source=a event=reload: ")[1] for line in log.splitlines() if "source=a event=reload: " in line]
+    assert said == ["source removed from the configuration: stopped", "source added"], log[-3000:]
+    assert "another process is writing this source" not in log, log[-3000:]
