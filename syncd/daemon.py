@@ -392,7 +392,8 @@ class Daemon:
             if name not in new_by_name or new_by_name[name] != old_by_name[name] or shared_changed:
                 stopped.append(name)
         for name in stopped:
-            await self._stop_pipeline(name)
+            if name not in self.switching:  # turning around: the switch runs it with the settings then current
+                await self._stop_pipeline(name)
             if name not in new_by_name:
                 metrics.forget_source(name)
                 self.page.history.forget(name)
@@ -400,7 +401,7 @@ class Daemon:
         self.settings = new
         await self.targets.renew(new)  # a changed DSN or [postgres] setting is used from now on
         for name, source in new_by_name.items():
-            if name not in self.pipelines:
+            if name not in self.pipelines and name not in self.switching:
                 p = self._make(source, directions.get(name, TO_POSTGRES))
                 self.pipelines[name] = p
                 self._launch(p)
@@ -526,7 +527,15 @@ class Daemon:
     async def _switch(self, name: str, direction: str) -> None:
         """A cutover or rollback turned the source around: the pipeline for the other
         way takes over (the old one finishes its step and hands it the source's lock: held
-        throughout, so status never says meanwhile that no daemon runs the source)."""
+        throughout, so status never says meanwhile that no daemon runs the source). Never
+        beside a reload: the pipeline runs the source as configured once the reload is over."""
+        try:
+            async with self.reload_lock:
+                await self._switch_now(name, direction)
+        finally:
+            self.switching.discard(name)
+
+    async def _switch_now(self, name: str, direction: str) -> None:
         old = None
         try:
             old = self.pipelines.get(name)
@@ -539,10 +548,11 @@ class Daemon:
             way = "Postgres -> SQLite (the way back, after a cutover)" if direction == TO_SQLITE \
                 else "SQLite -> Postgres (after a rollback)"
             log.info(f"the source now flows {way}", extra={"source": name, "event": "direction_switched"})
-            if self.stop_event.is_set() or not any(s.name == name for s in self.settings.sources):
+            source = next((s for s in self.settings.sources if s.name == name), None)
+            if self.stop_event.is_set() or source is None:
                 await _let_go(old.session.target, name)
                 return
-            p = self._make(old.source, direction)
+            p = self._make(source, direction)
             self.pipelines[name] = p
             self._launch(p)
         except Exception as e:  # noqa: BLE001 - housekeeping tries again next tick
@@ -550,8 +560,6 @@ class Daemon:
                       extra={"source": name, "event": "direction_switch_failed"})
             if name not in self.pipelines and old is not None:
                 await _let_go(old.session.target, name)  # nothing runs the source: status must say so
-        finally:
-            self.switching.discard(name)
 
     def _alive(self, window: float) -> bool:
         """No pipeline is stuck in one step for the whole window (a wedged loop)."""

@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import sqlite3
+import time
 
 import asyncpg
 
@@ -15,8 +16,9 @@ from syncd.postgres.bookkeeping import LOCK_CLASS
 from tests.conftest import _admin, with_database, write_config
 from tests.support.app import create_items
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.daemon import DaemonProcess, held_at, run_cli, wait_for
 from tests.support.sync import eventually, wait_caught_up
+from tests.support.way_back import TURNED_BACK, back_up, order_in_sqlite, orders_app, postgres_write
 
 
 async def lock_holders(dsn) -> dict[int, int]:
@@ -243,3 +245,63 @@ async def test_a_sighup_during_a_reload_is_reloaded_after_it(tmp_path, pg_dsn):
     said = [line.split("source=a event=reload: ")[1] for line in log.splitlines() if "source=a event=reload: " in line]
     assert said == ["source removed from the configuration: stopped", "source added"], log[-3000:]
     assert "another process is writing this source" not in log, log[-3000:]
+
+
+async def test_a_sighup_while_a_source_turns_around_leaves_it_one_pipeline(tmp_path, pg_dsn):
+    """A cutover noticed while a reload was still stopping another source (its change
+    waiting for a row Postgres had locked): the switch to the way back ran beside the
+    reload, which then stopped the way back just started and ran the source forward again
+    from the direction it had read before, or, the switch still under way, started a
+    forward pipeline the switch then lost track of. The switch waits for the reload and
+    runs the source's reloaded settings: one pipeline, turned once."""
+    from tests.test_systemd import NotifySocket
+
+    db, c = tmp_path / "app.db", tmp_path / "c.db"
+    orders_app(db)
+    create_items(c, rows=10)
+    back_up(db, tmp_path / "backups")
+    sections = {"cutover": {"min_days": 0, "backup_glob": str(tmp_path / "backups" / "*.db")},
+                "verify": {"interval_seconds": 0}}
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "c", "path": str(c)},
+                                                          {"name": "app", "path": str(db)}], sections=sections)
+    sock = NotifySocket(tmp_path / "notify.sock")
+    resume = tmp_path / "resume"
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log", env={"NOTIFY_SOCKET": str(sock.path)}) as d:
+            await wait_caught_up(c, pg_dsn, "c", daemon=d)
+            await wait_caught_up(db, pg_dsn, "app", daemon=d)
+            assert run_cli(cfg, "verify", "--source", "app").returncode == 0
+            with held_at(cfg, "cutover", "turned", resume_on=resume, args=("--source", "app")) as cutover:
+                async with blocker.transaction():
+                    await blocker.execute("SELECT 1 FROM c.items WHERE id = 1 FOR UPDATE")
+                    with sqlite3.connect(c) as app:
+                        app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+
+                    async def waiting() -> bool:  # c's change waits for the row
+                        return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                                           "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"))
+
+                    await eventually(waiting, 30, "c's change to wait for the locked row", d)
+                    write_config(cfg, pg_dsn, [{"name": "app", "path": str(db), "dsn": pg_dsn}], sections=sections)
+                    d.proc.send_signal(signal.SIGHUP)
+                    wait_for(lambda: sock.lines("RELOADING=1"), 30, "the reload", d)
+                    resume.touch()
+                    out, _ = cutover.communicate(timeout=60)
+                    assert cutover.returncode == 0, out
+                    d.wait_log("source=app event=cut_over")
+                    seen = time.monotonic()
+                    # two housekeeping rounds: the switch is under way (or waits for the reload)
+                    wait_for(lambda: len([t for t, _ in sock.lines("STATUS=") if t > seen]) >= 2, 30,
+                             "housekeeping", d)
+            wait_for(lambda: "configuration reloaded" in d.log() and TURNED_BACK in d.log(), 30, "the reload and "
+                     "the switch", d)
+            assert await postgres_write(pg_dsn, "after the reload") is None
+            wait_for(lambda: order_in_sqlite(db, "after the reload"), 30, "the order back in SQLite", d)
+            assert d.stop() == 0
+    finally:
+        await blocker.close()
+        sock.close()
+    log = d.log()
+    assert log.count("source=app event=cut_over") == 1, log[-4000:]
+    assert log.count(f"source=app {TURNED_BACK}") == 1, log[-4000:]
