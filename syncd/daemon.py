@@ -120,7 +120,9 @@ class Daemon:
         try:
             for source in self.settings.sources:
                 self.pipelines[source.name] = self._make(source)
-            await self._check_locks()
+            if not await self._unless_stopped(self._check_locks()):
+                log.info("syncd stopped", extra={"event": "stopped"})
+                return 0
             for p in self.pipelines.values():
                 self._launch(p)
             self.launched.set()
@@ -148,6 +150,23 @@ class Daemon:
                 self.watcher.stop()
             if self.endpoint:
                 self.endpoint.stop()
+
+    async def _unless_stopped(self, work) -> bool:
+        """Await `work` unless a stop comes first (SIGTERM while Postgres keeps the start
+        waiting: its bookkeeping locked by another session, a server slow to answer):
+        then `work` is cancelled, and False returned."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()  # its StartupError, if any
+            return True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
 
     def request_stop(self) -> None:
         if not self.stop_event.is_set():

@@ -7,13 +7,15 @@ import signal
 import socket
 import time
 
+import asyncpg
 import pytest
 
 from syncd.endpoint import Endpoint
+from syncd.postgres.bookkeeping import LOCK_CLASS
 from tests.support.app import Writer, create_items
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess
-from tests.support.sync import wait_caught_up
+from tests.support.sync import eventually, wait_caught_up
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -76,3 +78,28 @@ async def test_a_stopped_daemon_has_closed_the_file_it_streams(tmp_path, make_co
         assert d.stop() == 0
     assert not (tmp_path / "app.db-wal").exists()
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_a_stop_while_postgres_keeps_the_start_waiting(tmp_path, make_config, pg_dsn):
+    """SIGTERM while the daemon's start waits on Postgres (here for the bookkeeping's lock,
+    held by another session): the daemon went on waiting, up to the statement timeout,
+    before it even began to stop. It stops at once, exit 0, within the promised 10 s."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=10)
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            async with blocker.transaction():
+                await blocker.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS)
+
+                async def waiting() -> bool:  # the daemon's start waits for the lock
+                    return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                                       "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"))
+
+                await eventually(waiting, 60, "the daemon's start to wait for the bookkeeping lock", d)
+                d.proc.send_signal(signal.SIGTERM)
+                assert d.proc.wait(10) == 0, d.log()[-3000:]
+            assert "syncd stopped" in d.log()
+    finally:
+        await blocker.close()
