@@ -370,9 +370,19 @@ class Daemon:
             log.info("reload requested while starting: the configuration is read again once every source is "
                      "launched", extra={"event": "reload"})
             await self.launched.wait()
+        if self._stopping_anyway():
+            return
         self.notifier.reloading()
         async with self.reload_lock:
-            await self._reload()
+            if not self._stopping_anyway():  # a stop requested while the reload before ran
+                await self._reload()
+
+    def _stopping_anyway(self) -> bool:
+        """A SIGHUP once a stop is requested: nothing is started that the stop would not see."""
+        if self.stop_event.is_set():
+            log.info("reload requested while stopping: the configuration is not read again",
+                     extra={"event": "reload"})
+        return self.stop_event.is_set()
 
     async def _reload(self) -> None:
         try:

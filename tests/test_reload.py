@@ -17,7 +17,7 @@ from tests.conftest import _admin, with_database, write_config
 from tests.support.app import create_items
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, held_at, run_cli, wait_for
-from tests.support.sync import eventually, wait_caught_up
+from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.way_back import TURNED_BACK, back_up, order_in_sqlite, orders_app, postgres_write
 
 
@@ -305,3 +305,40 @@ async def test_a_sighup_while_a_source_turns_around_leaves_it_one_pipeline(tmp_p
     log = d.log()
     assert log.count("source=app event=cut_over") == 1, log[-4000:]
     assert log.count(f"source=app {TURNED_BACK}") == 1, log[-4000:]
+
+
+async def test_a_sighup_while_the_daemon_stops_starts_nothing(tmp_path, pg_dsn):
+    """A SIGHUP while the daemon was stopping (finishing a batch that waited for a row
+    Postgres had locked) reloaded: a source added to the configuration meanwhile was
+    started, and snapshotted, by a daemon on its way out, whose stop never stopped it.
+    The configuration is not read again once a stop is requested."""
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    create_items(a, rows=10)
+    create_items(b, rows=10)
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "a", "path": str(a)}])
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            async with blocker.transaction():
+                await blocker.execute("SELECT 1 FROM a.items WHERE id = 1 FOR UPDATE")
+                with sqlite3.connect(a) as app:
+                    app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+
+                async def waiting() -> bool:  # a's change waits for the row
+                    return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                                       "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"))
+
+                await eventually(waiting, 30, "a's change to wait for the locked row", d)
+                d.proc.send_signal(signal.SIGTERM)
+                d.wait_log("stop requested")
+                write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}])
+                d.proc.send_signal(signal.SIGHUP)
+                wait_for(lambda: "event=reload" in d.log(), 30, "the SIGHUP taken", d)
+            assert d.proc.wait(15) == 0
+    finally:
+        await blocker.close()
+    log = d.log()
+    assert "source=b" not in log and "configuration reloaded" not in log, log[-3000:]
+    assert "reload requested while stopping: the configuration is not read again" in log, log[-3000:]
+    assert await pg_rows(pg_dsn, "SELECT source FROM syncd.sources ORDER BY 1") == [("a",)]
