@@ -90,6 +90,7 @@ class Daemon:
         # One reload at a time: a SIGHUP during a reload (stopping a source can take a
         # while) reloads once it is over, against the configuration it left.
         self.reload_lock = asyncio.Lock()
+        self.fleet_loops: list[asyncio.Task] = []  # FleetPoller, FleetRechecker, WayBackWatch
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -134,11 +135,10 @@ class Daemon:
                 log.warning(problem, extra={"event": "discovery"})
             loops = [asyncio.create_task(c) for c in (
                 self._housekeeping(), self.verifier.run(), self.page.run(), self._discover(),
-                FleetPoller(self.settings, lambda: self.pipelines).run(),
-                FleetRechecker(self.settings, self.targets, lambda: self.pipelines).run(),
-                WayBackWatch(self.settings, lambda: self.pipelines).run(),
                 orphans.watch(lambda: self.settings, lambda: self.pipelines, self.targets))]
+            self._start_fleet_loops()
             await self.stop_event.wait()
+            loops += self.fleet_loops
             for t in loops:
                 t.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
@@ -150,6 +150,14 @@ class Daemon:
                 self.watcher.stop()
             if self.endpoint:
                 self.endpoint.stop()
+
+    def _start_fleet_loops(self) -> None:
+        """The fleet-wide polls and looks at Postgres, with the settings of now (a reload
+        that changes [stream], [postgres] or [sqlite] starts them again)."""
+        self.fleet_loops = [asyncio.create_task(c) for c in (
+            FleetPoller(self.settings, lambda: self.pipelines).run(),
+            FleetRechecker(self.settings, self.targets, lambda: self.pipelines).run(),
+            WayBackWatch(self.settings, lambda: self.pipelines).run())]
 
     async def _unless_stopped(self, work) -> bool:
         """Await `work` unless a stop comes first (SIGTERM while Postgres keeps the start
@@ -429,6 +437,12 @@ class Daemon:
                 log.info("source removed from the configuration: stopped", extra={"source": name, "event": "reload"})
         self.settings = new
         await self.targets.renew(new)  # a changed DSN or [postgres] setting is used from now on
+        if shared_changed:  # the fleet-wide loops' intervals and timeouts too
+            for t in self.fleet_loops:
+                t.cancel()
+            await asyncio.gather(*self.fleet_loops, return_exceptions=True)
+            if not self.stop_event.is_set():
+                self._start_fleet_loops()
         for name, source in new_by_name.items():
             if name not in self.pipelines and name not in self.switching:
                 p = self._make(source, directions.get(name, TO_POSTGRES))

@@ -342,3 +342,26 @@ async def test_a_sighup_while_the_daemon_stops_starts_nothing(tmp_path, pg_dsn):
     assert "source=b" not in log and "configuration reloaded" not in log, log[-3000:]
     assert "reload requested while stopping: the configuration is not read again" in log, log[-3000:]
     assert await pg_rows(pg_dsn, "SELECT source FROM syncd.sources ORDER BY 1") == [("a",)]
+
+
+async def test_a_reloaded_recheck_interval_is_the_fleets_too(tmp_path, pg_dsn):
+    """[stream] held_table_retry_seconds changed and reloaded: the sources restarted with
+    it, but the daemon's fleet-wide look at Postgres (resync requests, switches, paused
+    tables) kept the interval it started with, a `syncd resync` waiting out the old one
+    (an hour here). It takes the reloaded settings too."""
+    a = tmp_path / "a.db"
+    create_items(a, rows=10)
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "a", "path": str(a)}],
+                       sections={"stream": {"held_table_retry_seconds": 3600}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}])  # 0.5 s
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("configuration reloaded")
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        r = run_cli(cfg, "resync", "--source", "a", "--table", "items")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: d.log().count("source=a table=items event=snapshot_started") == 2, 30, "the resync", d)
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        assert d.stop() == 0
+    assert await compare_table(str(a), pg_dsn, "a", "items") == []
