@@ -380,7 +380,8 @@ class Daemon:
             await self.launched.wait()
         if self._stopping_anyway():
             return
-        self.notifier.reloading()
+        if self.ready_sent:  # before, systemd is still waiting for the start to finish
+            self.notifier.reloading()
         async with self.reload_lock:
             if not self._stopping_anyway():  # a stop requested while the reload before ran
                 await self._reload()
@@ -397,7 +398,7 @@ class Daemon:
             new = load_settings(self.config_path) if self.config_path else self.settings
         except ConfigError as e:
             log.error(f"reload failed, keeping the running configuration: {e}", extra={"event": "reload_failed"})
-            self.notifier.ready(self._summary())
+            self._reloaded()
             return
         if new.patterns and new is not self.settings:
             # The globs expanded again as the running daemon's discovery does: a file it
@@ -451,7 +452,15 @@ class Daemon:
                 what = "restarted with new settings" if name in old_by_name else "added"
                 log.info(f"source {what}", extra={"source": name, "event": "reload"})
         log.info(f"configuration reloaded: {len(self.pipelines)} source(s)", extra={"event": "reloaded"})
-        self.notifier.ready(self._summary())
+        self._reloaded()
+
+    def _reloaded(self) -> None:
+        """A reload over, said to systemd: READY=1, as after RELOADING=1; before the start
+        has said it (every source streaming), only the status."""
+        if self.ready_sent:
+            self.notifier.ready(self._summary())
+        else:
+            self.notifier.status(self._summary())
 
     async def _stop_pipeline(self, name: str) -> None:
         p = self.pipelines.pop(name, None)

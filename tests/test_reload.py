@@ -219,6 +219,7 @@ async def test_a_sighup_during_a_reload_is_reloaded_after_it(tmp_path, pg_dsn):
     try:
         with DaemonProcess(cfg, tmp_path / "syncd.log", env={"NOTIFY_SOCKET": str(sock.path)}) as d:
             await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            wait_for(lambda: sock.lines("READY=1"), 30, "READY=1", d)  # RELOADING=1 only once started
             async with blocker.transaction():
                 await blocker.execute("SELECT 1 FROM a.items WHERE id = 1 FOR UPDATE")
                 with sqlite3.connect(a) as app:
@@ -271,6 +272,7 @@ async def test_a_sighup_while_a_source_turns_around_leaves_it_one_pipeline(tmp_p
         with DaemonProcess(cfg, tmp_path / "syncd.log", env={"NOTIFY_SOCKET": str(sock.path)}) as d:
             await wait_caught_up(c, pg_dsn, "c", daemon=d)
             await wait_caught_up(db, pg_dsn, "app", daemon=d)
+            wait_for(lambda: sock.lines("READY=1"), 30, "READY=1", d)  # RELOADING=1 only once started
             assert run_cli(cfg, "verify", "--source", "app").returncode == 0
             with held_at(cfg, "cutover", "turned", resume_on=resume, args=("--source", "app")) as cutover:
                 async with blocker.transaction():

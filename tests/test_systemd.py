@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -17,7 +19,7 @@ from tests.conftest import write_config
 from tests.support.app import create_items
 from tests.support.daemon import ROOT, DaemonProcess, wait_for
 from tests.support.proxy import FaultProxy
-from tests.support.sync import bookkeeping
+from tests.support.sync import bookkeeping, eventually, wait_caught_up
 
 UNIT = ROOT / "systemd" / "syncd.service"
 
@@ -123,3 +125,41 @@ async def test_notify_protocol_and_watchdog(tmp_path, pg_dsn):
     finally:
         sock.close()
         proxy.close()
+
+
+async def test_a_reload_before_the_sources_stream_does_not_say_ready(tmp_path, pg_dsn):
+    """SIGHUP while the start still waits for a source (its first changes waiting for a row
+    Postgres had locked): the reload said READY=1, so systemd took the start as finished
+    before any source streamed. READY=1 comes once every source streams, reload or not."""
+    import asyncpg
+
+    db = tmp_path / "app.db"
+    create_items(db, rows=10)
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "first.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    with sqlite3.connect(db) as app:
+        app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+    sock = NotifySocket(tmp_path / "notify.sock")
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        row_lock = blocker.transaction()
+        await row_lock.start()
+        await blocker.execute("SELECT 1 FROM app.items WHERE id = 1 FOR UPDATE")
+        with DaemonProcess(cfg, tmp_path / "syncd.log", env={"NOTIFY_SOCKET": str(sock.path)}) as d:
+
+            async def waiting() -> bool:  # the change waits for the row
+                return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                                   "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"))
+
+            await eventually(waiting, 30, "the change to wait for the locked row", d)
+            d.proc.send_signal(signal.SIGHUP)
+            d.wait_log("configuration reloaded")
+            assert not sock.lines("READY=1"), sock.messages
+            await row_lock.rollback()
+            wait_for(lambda: sock.lines("READY=1"), 30, "READY=1", d)
+            assert d.stop() == 0
+    finally:
+        await blocker.close()
+        sock.close()
