@@ -303,13 +303,16 @@ class Daemon:
                 if problem not in told:
                     told.add(problem)
                     log.warning(problem, extra={"event": "discovery"})
-            added = [s for s in found.sources if s.name not in self.pipelines]
+            # A source of the daemon's whose pipeline a reload or a switch has stopped meanwhile
+            # is theirs to start again, not a file found.
+            known = {s.name for s in self.settings.sources}
+            added = [s for s in found.sources if s.name not in self.pipelines and s.name not in known]
             for target in unread:
                 try:
                     async with target.connection() as conn:
                         added += [s for s in await discovery.remembered(
                             found, conn, self.settings.postgres.bookkeeping_schema, target.dsn)
-                                  if s.name not in self.pipelines and s not in added]
+                                  if s.name not in self.pipelines and s.name not in known and s not in added]
                     remembered_in.add(target.dsn)
                 except Exception:  # noqa: BLE001 - Postgres away: asked again at the next look
                     pass
@@ -436,6 +439,11 @@ class Daemon:
                 metrics.forget_source(name)
                 self.page.history.forget(name)
                 log.info("source removed from the configuration: stopped", extra={"source": name, "event": "reload"})
+        # Files discovery found while this reload stopped sources: the daemon's sources too.
+        meanwhile = [p.source for name, p in self.pipelines.items()
+                     if name not in old_by_name and name not in new_by_name]
+        if meanwhile:
+            new = new.model_copy(update={"sources": [*new.sources, *meanwhile]})
         self.settings = new
         await self.targets.renew(new)  # a changed DSN or [postgres] setting is used from now on
         if shared_changed:  # the fleet-wide loops' intervals and timeouts too

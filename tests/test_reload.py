@@ -367,3 +367,60 @@ async def test_a_reloaded_recheck_interval_is_the_fleets_too(tmp_path, pg_dsn):
         await wait_caught_up(a, pg_dsn, "a", daemon=d)
         assert d.stop() == 0
     assert await compare_table(str(a), pg_dsn, "a", "items") == []
+
+
+async def test_a_file_found_while_a_reload_stops_a_source_stays_a_source(tmp_path, pg_dsn):
+    """A file the glob matched while a reload was still stopping a source (its change
+    waiting for a row Postgres had locked): discovery started it, then the reload's
+    configuration, read before the file came, replaced the daemon's, so the source ran
+    without being one of the daemon's sources: absent from the status page (and let go
+    at a cutover) until the next reload. It stays among them. And the source being
+    stopped was taken for a file found: started again beside its pipeline still
+    stopping ("another process is writing this source"), and kept running once removed."""
+    import json
+    import urllib.request
+
+    from tests.support.ports import free_port
+
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    c = tmp_path / "c.db"
+    create_items(c, rows=10)
+    port = free_port()
+    glob = {"name": "t_{stem}", "path": str(tenants / "*.db")}
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "c", "path": str(c)}, glob],
+                       metrics_listen=f"127.0.0.1:{port}", sections={"stream": {"discover_interval_seconds": 0.2}})
+
+    def get(path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+            return r.read().decode()
+
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(c, pg_dsn, "c", daemon=d)
+            async with blocker.transaction():
+                await blocker.execute("SELECT 1 FROM c.items WHERE id = 1 FOR UPDATE")
+                with sqlite3.connect(c) as app:
+                    app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+
+                async def waiting() -> bool:  # c's change waits for the row
+                    return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                                       "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"))
+
+                await eventually(waiting, 30, "c's change to wait for the locked row", d)
+                write_config(cfg, pg_dsn, [glob], metrics_listen=f"127.0.0.1:{port}",
+                             sections={"stream": {"discover_interval_seconds": 0.2}})
+                d.proc.send_signal(signal.SIGHUP)
+                wait_for(lambda: "c" not in json.loads(get("/status"))["sources"], 30, "the reload stopping c", d)
+                create_items(tenants / "x.db", rows=10)
+                d.wait_log("source=t_x event=discovered")
+            d.wait_log("configuration reloaded")
+            await wait_caught_up(tenants / "x.db", pg_dsn, "t_x", daemon=d)
+            assert "t_x" in get("/"), d.log()[-3000:]
+            assert list(json.loads(get("/status"))["sources"]) == ["t_x"]
+            assert d.stop() == 0
+    finally:
+        await blocker.close()
+    log = d.log()
+    assert "source=c event=discovered" not in log and "another process is writing" not in log, log[-3000:]
