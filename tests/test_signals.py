@@ -12,9 +12,10 @@ import pytest
 
 from syncd.endpoint import Endpoint
 from syncd.postgres.bookkeeping import LOCK_CLASS
+from tests.conftest import write_config
 from tests.support.app import Writer, create_items
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.sync import eventually, wait_caught_up
 
 
@@ -103,3 +104,25 @@ async def test_a_stop_while_postgres_keeps_the_start_waiting(tmp_path, make_conf
             assert "syncd stopped" in d.log()
     finally:
         await blocker.close()
+
+
+async def test_a_stop_while_the_configuration_waits_on_postgres(tmp_path, outage):
+    """SIGTERM while `syncd run` still reads its configuration (a file the glob matches by
+    two names, whose registered one is asked of a Postgres that does not answer): the
+    daemon waited out the connection's timeout (a minute here) before it even began to
+    stop. It stops at once, exit 0, within the promised 10 s."""
+    import os
+
+    proxy, dsn = outage
+    d = tmp_path / "tenants"
+    d.mkdir()
+    create_items(d / "a.db", rows=10)
+    os.link(d / "a.db", d / "b.db")  # one file, two names: its registered name is asked of Postgres
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "t_{stem}", "path": str(d / "*.db")}],
+                       sections={"postgres": {"connect_timeout_seconds": 60}})
+    proxy.stall()
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as daemon:
+        wait_for(lambda: proxy.accepted > 0, 60, "the daemon asking Postgres", daemon)
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(10) == 0, daemon.log()[-3000:]
+    assert "syncd stopped" in daemon.log()

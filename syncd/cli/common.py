@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from syncd import log
+from syncd.cli import early_signals
 from syncd.config import Settings, SourceSettings, load_settings, resolve_config_path, ConfigError
 from syncd.printable import escape_controls
 from syncd.redact import scrub, scrub_obj
@@ -23,7 +24,8 @@ def load(args: argparse.Namespace) -> Settings:
 
     settings = load_settings(resolve_config_path(getattr(args, "config", None)))
     if settings.patterns and settings.discovery_problems:
-        settings = asyncio.run(as_registered(settings))
+        with early_signals.interruptible():  # `syncd run`: a stop meanwhile ends the wait
+            settings = asyncio.run(as_registered(settings))
     return settings
 
 

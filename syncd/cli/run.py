@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from syncd.cli import common
+from syncd.cli import common, early_signals
 from syncd.daemon import Daemon, StartupError
 
 
@@ -16,7 +17,13 @@ def register(sub, parent) -> None:
 
 
 def main(args) -> int:
-    settings = common.load(args)
+    try:
+        settings = common.load(args)
+    except early_signals.Stopped:  # SIGTERM or SIGINT while the configuration waited on Postgres
+        common.setup_logging(args, None)
+        logging.getLogger("syncd").info("stop requested before the daemon started: syncd stopped",
+                                        extra={"event": "stopped"})
+        return 0
     common.setup_logging(args, settings)
     daemon = Daemon(settings, settings.config_path,
                     (getattr(args, "log_format", None), getattr(args, "log_level", None)))
