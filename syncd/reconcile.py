@@ -22,7 +22,7 @@ from syncd.model import TO_POSTGRES, SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl, ownership
 from syncd.postgres.bookkeeping import TableRow
-from syncd.postgres.connect import describe, is_transient
+from syncd.postgres.connect import QUERY_CANCELED, describe, is_transient, sqlstate
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
@@ -202,6 +202,11 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     return result
 
 
+class WideningTooSlow(Exception):
+    """Turning a column type back in place rewrote the table past the statement timeout:
+    the table pauses, saying so (str), instead of the source trying it for good."""
+
+
 async def _widen_in_place(session: SourceSession, target: str, name: str,
                           retyped: list[tuple[str, str, str]]) -> bool:
     """A column type the application narrowed in Postgres after a cutover (varchar(10),
@@ -209,24 +214,45 @@ async def _widen_in_place(session: SourceSession, target: str, name: str,
     own in place, every value staying as it is (ddl.widens_in_place): no reload,
     which would replace rows the application's own foreign keys may point at. False
     (reload as for any other type change) when a column is not such a case, the table
-    stays busy past the lock wait, or Postgres refuses (a view uses the column)."""
+    stays busy past the lock wait, or Postgres refuses (a view uses the column).
+    WideningTooSlow when the rewrite ran over the statement timeout (the table pauses)."""
     if not all(ddl.widens_in_place(have, want) for _c, have, want in retyped):
         return False
     conn = session.pg
     assert conn is not None
     table = qualified(target, name)
+    what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in retyped)
+    timed_out = session.widening_timed_out.get(name)
+    if timed_out is not None and timed_out[0] == what:
+        raise WideningTooSlow(timed_out[1])
     prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
     wait_ms = parity.lock_wait_ms(session.settings.postgres.statement_timeout_seconds)
     await conn.execute(f"SET LOCAL lock_timeout = '{wait_ms}ms'")
+    over: str | None = None
     try:
         async with conn.transaction():
             for c, _have, want in retyped:
                 await ddl.run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(c)} TYPE {want}")
-    except asyncpg.PostgresError:  # busy past the lock wait, or refused (a view uses the column, say)
-        return False
+    except TimeoutError:
+        if conn.is_closed():
+            raise  # an outage: the step ends and is retried
+        over = f"[postgres] statement_timeout_seconds ({session.settings.postgres.statement_timeout_seconds:g} s)"
+    except asyncpg.PostgresError as e:  # busy past the lock wait, or refused (a view uses the column, say)
+        if sqlstate(e) != QUERY_CANCELED or "statement timeout" not in str(e):
+            return False
+        over = f"the statement_timeout Postgres has for syncd's role or database ({describe(e)})"
     finally:
         await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
-    what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in retyped)
+    if over is not None:
+        # The rewrite (the table under an exclusive lock all along) would run as long, and
+        # over, at every try: tried again after a restart of the daemon (a longer timeout).
+        alters = "; ".join(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(c)} TYPE {want}"
+                           for c, _have, want in retyped)
+        reason = (f"column types changed in Postgres ({what}): turning them back in place rewrites the table, and "
+                  f"that ran over {over}; its changes stay queued. Raise the timeout and restart the daemon, or run "
+                  f"{alters} in Postgres: the table resumes")
+        session.widening_timed_out[name] = (what, reason)
+        raise WideningTooSlow(reason)
     session.info(f"column types changed in Postgres ({what}): turned back in place, every value as it was",
                  table=name, event="table_retyped")
     return True
@@ -687,7 +713,11 @@ async def _reconcile_table(
             session.warning(gap, table=name,
                             event="capture_rearmed" if gap == capture.GAP_REASON else "table_reloading")
         return _pending(row, None)
-    if diff.retyped and not diff.key_changed and await _widen_in_place(session, target, name, diff.retyped):
+    try:
+        widened = diff.retyped and not diff.key_changed and await _widen_in_place(session, target, name, diff.retyped)
+    except WideningTooSlow as e:
+        return _paused(row, str(e), session.applied_seq)
+    if widened:
         pgt = (await ddl.read_tables(conn, target))[name]
         diff = ddl.diff_shape(spec, pgt)
     if diff.retyped or diff.key_changed:

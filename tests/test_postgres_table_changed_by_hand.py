@@ -10,7 +10,7 @@ import sqlite3
 import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
-from tests.support.sync import eventually, pg_rows, wait_caught_up
+from tests.support.sync import eventually, pg_rows, pg_statements, table_states, wait_caught_up
 from tests.support.verifying import sync_and_stop, verify, verify_section
 
 
@@ -101,3 +101,56 @@ async def test_a_change_in_sqlite_the_daemon_is_still_applying_is_not_called_a_c
         assert "the daemon reconciles schema changes within seconds" in line, line
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         assert verify(cfg, "--table", "added").returncode == 0
+
+
+async def test_a_column_made_narrower_whose_widening_runs_over_the_statement_timeout_pauses_only_its_table(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A column made integer in Postgres by hand is turned back into bigint in place, a
+    rewrite of the table. A rewrite that runs over [postgres] statement_timeout_seconds
+    (here an index calling a slow function) pauses its table, naming the timeout; the
+    source's other tables stream on, and once the column is widened by hand the table
+    resumes with the changes queued meanwhile. Before, the source failed ("Postgres
+    unreachable") and repeated the rewrite at every retry, for good."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE counts (id INTEGER PRIMARY KEY, n INTEGER);
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO counts VALUES (1, 1), (2, 2), (3, 3);
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"statement_timeout_seconds": 2}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "ALTER TABLE app.counts ALTER COLUMN n TYPE integer",
+        "CREATE FUNCTION app.slow(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END'",
+        "CREATE INDEX counts_slow ON app.counts (app.slow(n))",
+        # Each row rebuilt into the index now takes a second: the rewrite of 3 rows, 3 s.
+        "CREATE OR REPLACE FUNCTION app.slow(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql "
+        "AS 'BEGIN PERFORM pg_sleep(1); RETURN $1; END'")
+    conn.execute("UPDATE counts SET n = 40 WHERE id = 1")
+    conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
+    conn.commit()
+    conn.close()
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def paused() -> bool:
+            return (await table_states(pg_dsn, "app")).get("counts", ("",))[0] == "paused"
+
+        await eventually(paused, 60, "the table paused", d)
+        await eventually(lambda: _rows(pg_dsn, "SELECT v FROM app.notes", [("still streaming",)]), 30,
+                         "the other table streamed", d)
+        reason = (await table_states(pg_dsn, "app"))["counts"][1]
+        assert "statement_timeout_seconds (2 s)" in reason and 'ALTER TABLE "app"."counts"' in reason, reason
+        line = next(x for x in d.log().splitlines() if "table=counts" in x and "statement_timeout_seconds" in x)
+        assert "paused" in line, line
+        # Widened by hand (the slow index gone first): the table resumes with its queued change.
+        await pg_statements(pg_dsn, "DROP INDEX app.counts_slow",
+                            "ALTER TABLE app.counts ALTER COLUMN n TYPE bigint")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, n FROM app.counts ORDER BY id") == [(1, 40), (2, 2), (3, 3)]
+        assert d.stop() == 0
+    assert "unreachable" not in d.log(), d.log()
+
+
+async def _rows(dsn: str, sql: str, want: list[tuple]) -> bool:
+    return await pg_rows(dsn, sql) == want
