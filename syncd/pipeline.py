@@ -26,8 +26,8 @@ from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
-from syncd.postgres.connect import (PostgresUnavailable, describe, is_transient, lock_given_up, privilege_refused,
-                                    sqlstate, statement_cancelled)
+from syncd.postgres.connect import (PostgresUnavailable, describe, is_transient, lock_given_up, plan_outdated,
+                                    privilege_refused, sqlstate, statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
 from syncd.reconcile import SameFileAsAnotherSource, install_capture, reconcile
@@ -340,6 +340,9 @@ class Pipeline:
         elif locked := lock_given_up(exc, self.settings.dsn_for(self.source)):
             self.session.drop_postgres()  # the step starts again on a fresh connection
             self._enter(FAILING, locked, kind="postgres", level="warning")
+        elif plan_outdated(exc):
+            self._enter(FAILING, f"Postgres refused a statement syncd prepared before a table changed there "
+                        f"({describe(exc)}); tried again, prepared anew", kind="postgres", level="warning")
         elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             self._smaller_chunks()
             self._pg_down(exc, f"a statement ran over [postgres] statement_timeout_seconds "

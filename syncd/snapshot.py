@@ -28,7 +28,7 @@ from syncd.model import SIZED_FOR_COLUMNS
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import app_triggers, ddl, ownership
 from syncd.postgres.apply import locate_bad_row
-from syncd.postgres.connect import describe, is_data_error, is_shape_error, sqlstate
+from syncd.postgres.connect import describe, is_data_error, is_shape_error, plan_outdated, sqlstate
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.sqlite import introspect, key_identity, reader
@@ -347,7 +347,8 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     except Exception as e:
         # FEATURE_NOT_SUPPORTED: a column the reshape retypes is used by a view or a generated
         # column of the application's; tried again, it fails again until that is dropped.
-        if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000"):
+        # (Not a statement prepared before a table changed: tried again, it goes through.)
+        if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000" and not plan_outdated(e)):
             raise
         # The reloaded rows do not fit the live table (a key Postgres holds once that
         # SQLite holds twice, say): the old rows stay, the table is held until it fits.

@@ -154,3 +154,33 @@ async def test_a_column_made_narrower_whose_widening_runs_over_the_statement_tim
 
 async def _rows(dsn: str, sql: str, want: list[tuple]) -> bool:
     return await pg_rows(dsn, sql) == want
+
+
+
+async def test_a_reload_whose_statement_postgres_must_prepare_anew_holds_no_table(
+        app_db, make_config, pg_dsn, tmp_path, outage):
+    """A column made char(n) in Postgres by hand: the table is loaded again, aside, and its
+    rows then replace the live ones. Postgres refusing that statement as prepared before
+    a table changed ("cached plan must not change result type", SQLSTATE 0A000, as for a
+    view over a retyped column) is a statement to prepare anew, not rows that do not fit:
+    the reload is tried again and no table is held. Before, the table was held, its
+    reload "rejected"."""
+    proxy, dsn = outage
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO items VALUES (1, 'a');")
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"dsn": dsn}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(pg_dsn, "ALTER TABLE app.items ALTER COLUMN v TYPE char(5)")
+    proxy.fail_reply_to(b'INSERT INTO "app"."items" ("id", "v") SELECT', {
+        "S": "ERROR", "V": "ERROR", "C": "0A000", "M": "cached plan must not change result type",
+        "F": "plancache.c", "R": "RevalidateCachedQuery"})
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        d.wait_log("snapshot finished")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert proxy.reply_failed.is_set()
+        assert await pg_rows(pg_dsn, "SELECT id, v, pg_typeof(v)::text FROM app.items") == [(1, "a", "text")]
+        assert d.stop() == 0
+    assert "event=table_held" not in d.log() and "unexpected error" not in d.log(), d.log()

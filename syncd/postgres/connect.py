@@ -191,6 +191,13 @@ def lost_track(exc: BaseException) -> bool:
     return isinstance(exc, ASYNCPG_FAULT) and str(exc).startswith("cannot switch to state")
 
 
+def plan_outdated(exc: BaseException) -> bool:
+    """Postgres refused a statement prepared before a table it names changed ("cached plan
+    must not change result type": SQLSTATE 0A000, as a feature Postgres refuses for good).
+    asyncpg has dropped the connection's prepared statements: tried again, it goes through."""
+    return isinstance(exc, asyncpg.exceptions.InvalidCachedStatementError)
+
+
 def is_data_error(exc: BaseException) -> bool:
     if isinstance(exc, (_CLIENT_DATA_ERROR, UnicodeEncodeError)):
         return True  # refused before it left: a value asyncpg cannot encode (e.g. invalid UTF-8)

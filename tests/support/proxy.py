@@ -26,6 +26,8 @@ class FaultProxy:
         self._closed = False
         self._lose: tuple[bytes, bytes, bool] | None = None
         self.reply_lost = threading.Event()
+        self._fail: tuple[bytes, bytes] | None = None
+        self.reply_failed = threading.Event()
         self.bytes_up = 0  # bytes passed on towards Postgres, every connection together
         self.refused = 0  # connections refused (while refuse() holds): the client's tries
         self.accepted = 0  # connections accepted (stalled ones too): the client's tries
@@ -65,6 +67,14 @@ class FaultProxy:
         the reply comes back (a commit whose reply is lost). With `refuse_after`, new
         connections are refused from then on. `reply_lost` is set once it happened."""
         self._lose = (trigger, then, refuse_after)
+
+    def fail_reply_to(self, trigger: bytes, fields: dict[str, str]) -> None:
+        """On the first connection that sends `trigger` (a simple query): let Postgres act
+        on it, and hand the client an ErrorResponse of `fields` (code letter -> value, as
+        Postgres sends them) with its transaction marked failed in the reply's place.
+        `reply_failed` is set once it happened."""
+        body = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
+        self._fail = (trigger, b"E" + struct.pack("!i", len(body) + 4) + body + b"Z" + struct.pack("!i", 5) + b"E")
 
     def heal(self) -> None:
         self.mode = "pass"
@@ -114,6 +124,22 @@ class FaultProxy:
         threading.Thread(target=self._pump, args=(client, upstream, state, True), daemon=True).start()
         self._pump(upstream, client, state, False)
 
+    def _replace_reply(self, state: dict, data: bytes) -> bytes:
+        """Postgres's messages in `data`, held back up to the reply's ReadyForQuery, which
+        goes out as the ErrorResponse of fail_reply_to; what follows it passes."""
+        buf = state["fail"] + data
+        at = 0
+        while len(buf) - at >= 5:
+            kind, size = buf[at:at + 1], struct.unpack("!i", buf[at + 1:at + 5])[0]
+            if len(buf) - at < 1 + size:
+                break
+            at += 1 + size
+            if kind == b"Z":
+                del state["fail"]
+                return self._fail[1] + buf[at:]
+        state["fail"] = buf[at:]
+        return b""
+
     def _pump(self, src: socket.socket, dst: socket.socket, state: dict, upward: bool) -> None:
         try:
             while True:
@@ -123,6 +149,11 @@ class FaultProxy:
                 self._stalled.wait()
                 if state["cut"]:
                     break  # the reply that is lost
+                if upward and self._fail is not None and not self.reply_failed.is_set() and self._fail[0] in data:
+                    self.reply_failed.set()
+                    state["fail"] = b""  # the reply to come, until its ReadyForQuery, is replaced
+                if not upward and "fail" in state:
+                    data = self._replace_reply(state, data)
                 if upward and self._lose is not None and not self.reply_lost.is_set():
                     trigger, then, refuse_after = self._lose
                     state["armed"] = state["armed"] or trigger in data
