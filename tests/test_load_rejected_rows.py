@@ -4,12 +4,13 @@ chunk is bisected by COPY into the table it was loaded into, as it was sent."""
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 
 import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import eventually
+from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
 
 
 def make_file(path, rows: int) -> None:
@@ -59,3 +60,39 @@ async def test_a_row_postgres_refuses_mid_load_is_named(tmp_path, make_config, p
         assert "key ('r3', 1606.5)" in reason and "no_refunds" in reason, reason
         assert reason.count("Failing row contains") == 1, reason  # Postgres's detail, once
         assert d.stop() == 0
+
+
+async def test_a_key_too_long_for_postgres_s_index_holds_only_its_table(app_db, make_config, pg_dsn, tmp_path):
+    """A TEXT key SQLite holds that is longer than a Postgres index entry may be (SQLSTATE
+    54000, "index row requires ... bytes"): the load holds that table, naming the row,
+    and the source's other tables stream on; once the row is gone from SQLite the table
+    loads. Before, the source failed ("unexpected error") and retried the load for good."""
+    long_key = secrets.token_urlsafe(8000)  # incompressible: the index entry is as long
+    app = sqlite3.connect(app_db, isolation_level=None)
+    app.executescript("CREATE TABLE codes (code TEXT PRIMARY KEY, v TEXT); "
+                      "CREATE TABLE notes (id INTEGER PRIMARY KEY, v TEXT);")
+    app.execute("INSERT INTO codes VALUES ('short', 'a'), (?, 'b')", (long_key,))
+    app.execute("INSERT INTO notes VALUES (1, 'streams on')")
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        async def held() -> bool:
+            try:
+                return (await table_states(pg_dsn, "app")).get("codes", ("",))[0] == "held"
+            except asyncpg.UndefinedTableError:
+                return False  # no bookkeeping yet
+
+        await eventually(held, 60, "the table to be held", d)
+        reason = (await table_states(pg_dsn, "app"))["codes"][1]
+        assert "54000" in reason and long_key[:20] in reason, reason
+        await eventually(lambda: _rows(pg_dsn, "SELECT v FROM app.notes", [("streams on",)]), 30,
+                         "the other table loaded", d)
+        app.execute("DELETE FROM codes WHERE code = ?", (long_key,))
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT code, v FROM app.codes") == [("short", "a")]
+        assert d.stop() == 0
+    app.close()
+    assert "unexpected error" not in d.log(), d.log()
+
+
+async def _rows(dsn: str, sql: str, want: list[tuple]) -> bool:
+    return await pg_rows(dsn, sql) == want

@@ -22,8 +22,9 @@ from syncd.redact import scrub
 # changing data (https://www.postgresql.org/docs/current/errcodes-appendix.html).
 _TRANSIENT_CLASSES = ("08", "53", "57", "58")  # connection, resources, operator intervention, system
 _TRANSIENT_CODES = {"40001", "40P01", "55P03", "55006", "25P03", "25P04"}  # serialization, deadlock, lock/idle timeouts
-# Class 22 (data exception) and 23 (integrity constraint): this row cannot go in as is.
-_DATA_CLASSES = ("22", "23")
+# Class 22 (data exception) and 23 (integrity constraint): this row cannot go in as is;
+# nor can one past a limit of Postgres's (54: a key longer than an index entry may be).
+_DATA_CLASSES = ("22", "23", "54")
 # The table or column is not what syncd expects: its shape drifted.
 _SHAPE_CODES = {"42P01", "42703", "42804", "42P10"}
 
