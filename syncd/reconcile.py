@@ -222,7 +222,7 @@ async def _widen_in_place(session: SourceSession, target: str, name: str,
     assert conn is not None
     table = qualified(target, name)
     what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in retyped)
-    timed_out = session.widening_timed_out.get(name)
+    timed_out = session.rewrite_timed_out.get(name)
     if timed_out is not None and timed_out[0] == what:
         raise WideningTooSlow(timed_out[1])
     prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
@@ -251,7 +251,7 @@ async def _widen_in_place(session: SourceSession, target: str, name: str,
         reason = (f"column types changed in Postgres ({what}): turning them back in place rewrites the table, and "
                   f"that ran over {over}; its changes stay queued. Raise the timeout and restart the daemon, or run "
                   f"{alters} in Postgres: the table resumes")
-        session.widening_timed_out[name] = (what, reason)
+        session.rewrite_timed_out[name] = (what, reason)
         raise WideningTooSlow(reason)
     session.info(f"column types changed in Postgres ({what}): turned back in place, every value as it was",
                  table=name, event="table_retyped")

@@ -99,9 +99,9 @@ class SourceSession:
         self.tables: dict[str, TableRuntime] = {}
         self.refused: dict[str, str] = {}
         self.resync_held: dict[str, str] = {}  # a resync request left pending: why, as last logged
-        # A column type turned back in place past the statement timeout: (the change, why its table
-        # is paused), not tried again by this daemon (reconcile._widen_in_place)
-        self.widening_timed_out: dict[str, tuple[str, str]] = {}
+        # A table's column types rewritten past the statement timeout: (the change, why the table
+        # stopped), not tried again by this daemon (reconcile._widen_in_place, snapshot._finish)
+        self.rewrite_timed_out: dict[str, tuple[str, str]] = {}
         self.skipped: dict[str, str] = {}
         self.unmatched: list[str] = []  # [sources.keys]/[sources.columns] lines for tables the file lacks
         self.capture: CaptureState | None = None

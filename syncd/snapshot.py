@@ -337,13 +337,27 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
         async with conn.transaction():
             if t.row.load_aside:
                 quieted = await session.quiet_triggers([t.name])
+                slow = session.rewrite_timed_out.get(t.name)
                 set_aside = await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,
-                                                   session.bk.aside_table(t.tid))
+                                                   session.bk.aside_table(t.tid), slow[0] if slow else None)
                 await _say_set_aside(session, conn, t.name, set_aside)
             await session.save_row(conn, row, applied=True)
             await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")
     except app_triggers.TriggersKept as e:
         raise SnapshotRejected(t.name, None, str(e)) from None
+    except ddl.RewriteTooSlow as e:
+        # The rewrite (the table under an exclusive lock all along) would run as long, and
+        # over, at every try: tried again after a restart of the daemon (a longer timeout).
+        slow = session.rewrite_timed_out.get(t.name)
+        if slow is None or slow[0] != e.alters:
+            over = (f"the statement_timeout Postgres has for syncd's role or database ({e.server})" if e.server else
+                    f"[postgres] statement_timeout_seconds ({session.settings.postgres.statement_timeout_seconds:g} s)")
+            slow = (e.alters, f"another table's foreign key points at its rows, so they are retyped as they are "
+                              f"before the reloaded ones replace them, a rewrite of the table that ran over {over}; "
+                              f"raise the timeout and restart the daemon, or run {e.alters} in Postgres: the load "
+                              "then goes on")
+            session.rewrite_timed_out[t.name] = slow
+        raise SnapshotRejected(t.name, None, slow[1]) from None
     except Exception as e:
         # FEATURE_NOT_SUPPORTED: a column the reshape retypes is used by a view or a generated
         # column of the application's; tried again, it fails again until that is dropped.

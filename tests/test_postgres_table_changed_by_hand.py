@@ -152,6 +152,56 @@ async def test_a_column_made_narrower_whose_widening_runs_over_the_statement_tim
     assert "unreachable" not in d.log(), d.log()
 
 
+
+async def test_a_reload_of_a_referenced_table_whose_retype_runs_over_the_statement_timeout_holds_only_it(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A table another table's foreign key points at, a column of it made char(n) in
+    Postgres by hand: it is loaded again, and its rows are retyped as they are before the
+    reloaded ones replace them (none deleted). A retype (a rewrite of the table) that runs
+    over [postgres] statement_timeout_seconds (here an index calling a slow function)
+    holds the table, naming the timeout, and the other tables stream on; once the column
+    is retyped by hand it loads. Before, the source failed ("Postgres unreachable") and
+    repeated the rewrite at every retry, for good."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT);
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c');
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"statement_timeout_seconds": 2}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "CREATE TABLE public.orders (id bigint PRIMARY KEY, item_id bigint REFERENCES app.items)",
+        "INSERT INTO public.orders VALUES (1, 1)",
+        "ALTER TABLE app.items ALTER COLUMN v TYPE char(5)",
+        "CREATE FUNCTION app.slow(text) RETURNS text IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END'",
+        "CREATE INDEX items_slow ON app.items (app.slow(v))",
+        # Each row rebuilt into the index now takes a second: the rewrite of 3 rows, 3 s.
+        "CREATE OR REPLACE FUNCTION app.slow(text) RETURNS text IMMUTABLE LANGUAGE plpgsql "
+        "AS 'BEGIN PERFORM pg_sleep(1); RETURN $1; END'")
+    conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
+    conn.commit()
+    conn.close()
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app")).get("items", ("",))[0] == "held"
+
+        await eventually(held, 60, "the table held", d)
+        await eventually(lambda: _rows(pg_dsn, "SELECT v FROM app.notes", [("still streaming",)]), 30,
+                         "the other table streamed", d)
+        reason = (await table_states(pg_dsn, "app"))["items"][1]
+        assert "statement_timeout_seconds (2 s)" in reason, reason
+        # Retyped by hand (the slow index gone first): the table loads, no row deleted.
+        await pg_statements(pg_dsn, "DROP INDEX app.items_slow", "ALTER TABLE app.items ALTER COLUMN v TYPE text")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.items ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]
+        assert await pg_rows(pg_dsn, "SELECT id, item_id FROM public.orders") == [(1, 1)]
+        assert d.stop() == 0
+    assert "unreachable" not in d.log(), d.log()
+
+
 async def _rows(dsn: str, sql: str, want: list[tuple]) -> bool:
     return await pg_rows(dsn, sql) == want
 

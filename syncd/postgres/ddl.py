@@ -143,11 +143,12 @@ def create_aside_sql(schema: str, name: str, spec: TableSpec) -> str:
 
 
 async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, aside_schema: str,
-                       aside: str) -> list[tuple[str, str]]:
+                       aside: str, too_slow: str | None = None) -> list[tuple[str, str]]:
     """Inside the caller's transaction: the live table's rows become the aside table's,
     reshaped first if the shape moved. Readers see the old rows until the commit, then
     the new ones, never an empty or half-filled table. Returns the columns the reshape
-    kept aside (reshape_empty_table)."""
+    kept aside (reshape_empty_table). `too_slow`: the retype of the rows as they are that
+    ran over the statement timeout before (RewriteTooSlow), raised again without a try."""
     table = qualified(schema, spec.name)
     pgt = (await read_tables(conn, schema)).get(spec.name)
     # Columns kept aside after a drop in SQLite keep their values, row by row.
@@ -167,7 +168,7 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
                            f"{', '.join(quote_pg_ident(c) for c in kept + carried)} FROM {table}")
     referenced = pgt is not None and await referenced_elsewhere(conn, table)
     if referenced and not diff_shape(spec, pgt).same:
-        pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt)
+        pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt, too_slow)
     # A column Postgres computes takes no value: it computes it from the row, as for the
     # stream's rows (the aside table holds NULL there: the load left it out).
     left = computed(pgt, spec)
@@ -242,25 +243,45 @@ async def referenced_elsewhere(conn: asyncpg.Connection, table: str) -> bool:
                                     "confrelid = $1::regclass AND conrelid <> confrelid)", table))
 
 
+class RewriteTooSlow(Exception):
+    """Retyping a table's rows as they are (a rewrite of the table) ran over the statement
+    timeout: `alters`, the statements to run by hand; `server`, Postgres's cancel (its
+    statement_timeout for syncd's role), or None (syncd's own)."""
+
+    def __init__(self, alters: str, server: str | None):
+        super().__init__(alters)
+        self.alters, self.server = alters, server
+
+
 async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: TableSpec,
-                                   pgt: PgTable) -> PgTable:
+                                   pgt: PgTable, too_slow: str | None = None) -> PgTable:
     """Where only column types differ, each column made `spec`'s type on the rows as they
     are (their values cast, then rewritten from the load), so that a table another
     table's foreign key points at is not emptied to be reshaped. Postgres refusing (a
     view or a generated column uses the column, a foreign key's type) changes nothing:
-    the table is reshaped empty as any other."""
+    the table is reshaped empty as any other. RewriteTooSlow when the rewrite runs over
+    the statement timeout."""
     diff = diff_shape(spec, pgt)
     if diff.missing_in_pg or diff.extra_in_pg or diff.key_changed:
         return pgt
     table = qualified(schema, spec.name)
+    alters = [f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(name)} TYPE {spec.column(name).pgtype.value} "
+              f"USING {quote_pg_ident(name)}::{spec.column(name).pgtype.value}" for name, _have, _want in diff.retyped]
+    if "; ".join(alters) == too_slow:
+        raise RewriteTooSlow(too_slow, None)
     try:
         async with conn.transaction():  # a savepoint
-            for name, _have, _want in diff.retyped:
-                q, want = quote_pg_ident(name), spec.column(name).pgtype.value
-                await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} TYPE {want} USING {q}::{want}")
+            for sql in alters:
+                await run_ddl(conn, sql)
+    except TimeoutError:
+        if conn.is_closed():
+            raise  # an outage: tried again as a whole
+        raise RewriteTooSlow("; ".join(alters), None) from None
     except asyncpg.PostgresError as e:
-        from syncd.postgres.connect import is_transient
+        from syncd.postgres.connect import QUERY_CANCELED, describe, is_transient, sqlstate
 
+        if sqlstate(e) == QUERY_CANCELED and "statement timeout" in str(e):
+            raise RewriteTooSlow("; ".join(alters), describe(e)) from None
         if is_transient(e):  # tried again as a whole, never emptied for want of a lock
             raise
         return pgt
