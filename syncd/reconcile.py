@@ -335,8 +335,22 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
                                   event="resync_held")
                 session.resync_held[name] = problem
         if name in requests and pgt is not None:
+            try:
+                async with conn.transaction():  # a savepoint
+                    await conn.execute(f"DROP TABLE IF EXISTS {qualified(target, name)}")
+            except asyncpg.DependentObjectsStillExistError as e:
+                # A view (or a foreign key) of someone's over the table: kept, and the request
+                # stays pending until nothing depends on the table.
+                requests.discard(name)
+                what = "; ".join(" ".join(x.split()) for x in (e.detail or "").splitlines() if x.strip())
+                problem = f"Postgres keeps the table while other objects depend on it ({what or describe(e)})"
+                if session.resync_held.get(name) != problem:  # once, not every recheck
+                    session.error(f"resync requested but not done: {problem}; the Postgres copy streams on as it is "
+                                  "and the request stays pending until they are dropped", table=name,
+                                  event="resync_held")
+                session.resync_held[name] = problem
+        if name in requests and pgt is not None:
             session.resync_held.pop(name, None)
-            await conn.execute(f"DROP TABLE IF EXISTS {qualified(target, name)}")
             await conn.execute(f"DROP TABLE IF EXISTS {qualified(session.bk.schema, session.bk.aside_table(tid))}")
             session.info("resync requested: Postgres table dropped, rebuilding it from SQLite", table=name,
                          event="resync")

@@ -202,6 +202,47 @@ async def test_a_reload_of_a_referenced_table_whose_retype_runs_over_the_stateme
     assert "unreachable" not in d.log(), d.log()
 
 
+
+async def test_a_resync_of_a_table_a_view_depends_on_waits_for_the_view_and_stops_nothing_else(
+        app_db, make_config, pg_dsn, tmp_path):
+    """`syncd resync` rebuilds a table by dropping its Postgres copy; a view of someone's
+    over it keeps Postgres from dropping it. The request waits, said once with the view's
+    name, while the table and the others stream on; once the view is gone the table is
+    rebuilt. Before, the source failed ("unexpected error") and retried for good, every
+    table stopped."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT);
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO items VALUES (1, 'a');
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        await pg_statements(pg_dsn, "CREATE VIEW public.item_names AS SELECT v FROM app.items")
+        assert run_cli(cfg, "resync", "--source", "app", "--table", "items").returncode == 0
+        d.wait_log("resync requested but not done")
+        conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
+        conn.execute("INSERT INTO items VALUES (2, 'b')")
+        conn.commit()
+        await eventually(lambda: _rows(pg_dsn, "SELECT v FROM app.notes", [("still streaming",)]), 30,
+                         "the other table streamed", d)
+        await eventually(lambda: _rows(pg_dsn, "SELECT id FROM app.items ORDER BY id", [(1,), (2,)]), 30,
+                         "the table streamed", d)
+        line = next(x for x in d.log().splitlines() if "resync requested but not done" in x)
+        assert "table=items" in line and "item_names" in line, line
+        await pg_statements(pg_dsn, "DROP VIEW public.item_names")
+        d.wait_log("resync requested: Postgres table dropped")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.items ORDER BY id") == [(1, "a"), (2, "b")]
+        assert await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.tables WHERE request IS NOT NULL") == [(0,)]
+        assert d.stop() == 0
+    conn.close()
+    assert "unexpected error" not in d.log(), d.log()
+    assert d.log().count("resync requested but not done") == 1, d.log()
+
+
 async def _rows(dsn: str, sql: str, want: list[tuple]) -> bool:
     return await pg_rows(dsn, sql) == want
 
