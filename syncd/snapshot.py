@@ -245,7 +245,9 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
         if aside:
             await ddl.run_ddl(conn, ddl.create_aside_sql(session.bk.schema, name, t.spec))
         else:
-            await conn.execute(f"TRUNCATE {ddl.qualified(target, t.name)}")
+            # Empty as it is: a DELETE, which Postgres runs also on a table another table's
+            # foreign key points at (a TRUNCATE it refuses there).
+            await conn.execute(f"DELETE FROM {ddl.qualified(target, t.name)}")
             if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
                 set_aside = await ddl.reshape_empty_table(conn, target, t.spec, pgt)
                 await _say_set_aside(session, conn, t.name, set_aside)

@@ -243,6 +243,41 @@ async def test_a_resync_of_a_table_a_view_depends_on_waits_for_the_view_and_stop
     assert d.log().count("resync requested but not done") == 1, d.log()
 
 
+
+async def test_an_empty_table_another_table_s_foreign_key_points_at_is_loaded_again(
+        app_db, make_config, pg_dsn, tmp_path):
+    """An empty table, a column of it made char(n) in Postgres by hand, and a table of
+    someone's in Postgres whose foreign key points at it: the table is loaded again, and
+    the other table keeps its foreign key. Before, Postgres refused to empty it ("cannot
+    truncate a table referenced in a foreign key constraint") and the source failed
+    ("unexpected error"), retrying for good, every table of it stopped."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, v TEXT);
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(pg_dsn, "CREATE TABLE public.tagged (id bigint PRIMARY KEY, tag_id bigint REFERENCES app.tags)",
+                        "ALTER TABLE app.tags ALTER COLUMN name TYPE char(5)")
+    conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
+    conn.commit()
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        d.wait_log("reloading the table")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT v FROM app.notes") == [("still streaming",)]
+        assert await pg_rows(pg_dsn, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                                     "WHERE attrelid = 'app.tags'::regclass AND attname = 'name'") == [("text",)]
+        conn.execute("INSERT INTO tags VALUES (1, 'red')")
+        conn.commit()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        await pg_statements(pg_dsn, "INSERT INTO public.tagged VALUES (1, 1)")  # its foreign key stands
+        assert d.stop() == 0
+    conn.close()
+    assert "unexpected error" not in d.log(), d.log()
+
+
 async def _rows(dsn: str, sql: str, want: list[tuple]) -> bool:
     return await pg_rows(dsn, sql) == want
 
