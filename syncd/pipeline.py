@@ -702,7 +702,8 @@ class Pipeline:
                 await self._close_load()
         except (RowMisfit, SnapshotRejected) as e:
             await self._close_load()
-            await self._hold(t, str(e), bk.LOADING, t.row.from_seq)
+            # A load not started (its table could not be made ready) starts afresh.
+            await self._hold(t, str(e), bk.LOADING if t.row.state == bk.LOADING else bk.PENDING, t.row.from_seq)
             return False
         except SchemaMoved:
             await self._close_load()

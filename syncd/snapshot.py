@@ -231,32 +231,41 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
     load.read_ahead(None)
     total = await load.count()
     target = session.target_schema
-    async with conn.transaction():
-        pgt = (await ddl.read_tables(conn, target)).get(t.name)
-        if pgt is None:
-            await ddl.run_ddl(conn, ddl.create_table_sql(target, t.spec))
-            await session.bk.record_created(conn, target, t.name)
-        elif not await ownership.owns(conn, session.bk, target, t.name):
-            raise SchemaMoved()  # not syncd's table (any more): reconcile refuses it
-        aside = pgt is not None and bool(
-            await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {ddl.qualified(target, t.name)})"))
-        name = session.bk.aside_table(t.tid)
-        await conn.execute(f"DROP TABLE IF EXISTS {ddl.qualified(session.bk.schema, name)}")  # an earlier try's
-        if aside:
-            await ddl.run_ddl(conn, ddl.create_aside_sql(session.bk.schema, name, t.spec))
-        else:
-            # Empty as it is: a DELETE, which Postgres runs also on a table another table's
-            # foreign key points at (a TRUNCATE it refuses there).
-            await conn.execute(f"DELETE FROM {ddl.qualified(target, t.name)}")
-            if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
-                set_aside = await ddl.reshape_empty_table(conn, target, t.spec, pgt)
-                await _say_set_aside(session, conn, t.name, set_aside)
-        row = changed(
-            t.row, state=bk.LOADING, resume_to=None, from_seq=from_seq, snapshot_key=None, snapshot_rows=0,
-            snapshot_total=total, snapshot_started_at=dt.datetime.now(dt.timezone.utc), snapshot_finished_at=None,
-            reason=None, load_aside=aside,
-        )
-        await session.save_row(conn, row)
+    try:
+        async with conn.transaction():
+            pgt = (await ddl.read_tables(conn, target)).get(t.name)
+            if pgt is None:
+                await ddl.run_ddl(conn, ddl.create_table_sql(target, t.spec))
+                await session.bk.record_created(conn, target, t.name)
+            elif not await ownership.owns(conn, session.bk, target, t.name):
+                raise SchemaMoved()  # not syncd's table (any more): reconcile refuses it
+            aside = pgt is not None and bool(
+                await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {ddl.qualified(target, t.name)})"))
+            name = session.bk.aside_table(t.tid)
+            await conn.execute(f"DROP TABLE IF EXISTS {ddl.qualified(session.bk.schema, name)}")  # an earlier try's
+            if aside:
+                await ddl.run_ddl(conn, ddl.create_aside_sql(session.bk.schema, name, t.spec))
+            else:
+                # Empty as it is: a DELETE, which Postgres runs also on a table another table's
+                # foreign key points at (a TRUNCATE it refuses there).
+                await conn.execute(f"DELETE FROM {ddl.qualified(target, t.name)}")
+                if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
+                    set_aside = await ddl.reshape_empty_table(conn, target, t.spec, pgt)
+                    await _say_set_aside(session, conn, t.name, set_aside)
+            row = changed(
+                t.row, state=bk.LOADING, resume_to=None, from_seq=from_seq, snapshot_key=None, snapshot_rows=0,
+                snapshot_total=total, snapshot_started_at=dt.datetime.now(dt.timezone.utc), snapshot_finished_at=None,
+                reason=None, load_aside=aside,
+            )
+            await session.save_row(conn, row)
+    except Exception as e:
+        # A column the reshape retypes is used by a view or a generated column of the
+        # application's (FEATURE_NOT_SUPPORTED), say: tried again, it fails again until
+        # that is dropped. The table is held, to be loaded from the start then.
+        if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000" and not plan_outdated(e)):
+            raise
+        raise SnapshotRejected(t.name, None, f"the table could not be made ready to be loaded: {describe(e)}") \
+            from None
     t.row = row
     t.writer = None
     t.computed = ddl.computed(pgt, t.spec)

@@ -278,6 +278,44 @@ async def test_an_empty_table_another_table_s_foreign_key_points_at_is_loaded_ag
     assert "unexpected error" not in d.log(), d.log()
 
 
+
+async def test_an_empty_table_whose_column_a_view_uses_holds_only_itself_until_the_view_goes(
+        app_db, make_config, pg_dsn, tmp_path):
+    """An empty table, a column of it made char(n) in Postgres by hand and used by a view
+    of someone's: the table is to be loaded again in syncd's types, which the view keeps
+    Postgres from doing. The table is held, naming the view, the others stream on, and
+    once the view is dropped it loads. Before, the source failed ("unexpected error") and
+    retried for good, every table of it stopped."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, v TEXT);
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(pg_dsn, "ALTER TABLE app.tags ALTER COLUMN name TYPE char(5)",
+                        "CREATE VIEW public.tag_names AS SELECT name FROM app.tags")
+    conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
+    conn.execute("INSERT INTO tags VALUES (1, 'red')")
+    conn.commit()
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app")).get("tags", ("",))[0] == "held"
+
+        await eventually(held, 60, "the table held", d)
+        await eventually(lambda: _rows(pg_dsn, "SELECT v FROM app.notes", [("still streaming",)]), 30,
+                         "the other table streamed", d)
+        reason = (await table_states(pg_dsn, "app"))["tags"][1]
+        assert "tag_names" in reason, reason
+        await pg_statements(pg_dsn, "DROP VIEW public.tag_names")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, name FROM app.tags") == [(1, "red")]
+        assert d.stop() == 0
+    conn.close()
+    assert "unexpected error" not in d.log(), d.log()
+
+
 async def _rows(dsn: str, sql: str, want: list[tuple]) -> bool:
     return await pg_rows(dsn, sql) == want
 
