@@ -178,3 +178,36 @@ async def test_json_nested_deeper_than_syncd_compares_is_held_and_verify_goes_on
         out = run_cli(cfg, "verify")
         assert out.returncode == 0, out.stdout + out.stderr
         assert d.stop() == 0
+
+
+async def test_a_value_too_long_for_an_index_is_said_once_however_often_it_is_tried(tmp_path, make_config, pg_dsn):
+    """A UNIQUE TEXT value longer than a Postgres index entry may be (SQLSTATE 54000): the
+    table is held, said in one line, however many times the change is tried again. Before,
+    Postgres's detail named where the refused row sat in the table, another place at each
+    try, so every retry logged the hold again and recorded another hold event."""
+    import secrets
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE links (id INTEGER PRIMARY KEY, url TEXT UNIQUE); "
+                       "INSERT INTO links VALUES (1, 'short');")
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO links VALUES (2, ?)", ("https://example.com/" + secrets.token_urlsafe(3000),))
+        conn.commit()
+        saved = []
+
+        async def tried_again() -> bool:  # each try saves the held table's row anew
+            rows = await pg_rows(pg_dsn, "SELECT state, updated_at FROM syncd.tables WHERE table_name = 'links'")
+            if rows and rows[0][0] == "held" and rows[0][1] not in saved:
+                saved.append(rows[0][1])
+            return len(saved) >= 3
+
+        await eventually(tried_again, 60, "the held change tried three times", d)
+        assert d.stop() == 0
+    conn.close()
+    held = [x for x in d.log().splitlines() if "event=table_held" in x]
+    assert len(held) == 1 and "54000" in held[0], held
+    assert await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.events WHERE kind = 'held'") == [(1,)]

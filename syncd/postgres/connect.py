@@ -221,6 +221,10 @@ def describe(exc: BaseException) -> str:
     else:
         text = str(exc) or type(exc).__name__
     detail = getattr(exc, "detail", None)
+    if detail and detail.startswith("Index row references tuple"):
+        # Where the refused row sat in the table: another place at each try, and nothing to
+        # act on; a hold naming it would read as a new one every time.
+        text, detail = text.replace(f"\nDETAIL:  {detail}", ""), None
     if detail and detail not in text:  # a COPY's error text carries its DETAIL already
         text = f"{text} ({detail})"
     code = sqlstate(exc)
