@@ -93,6 +93,8 @@ class Pipeline:
         self.failing_note = FailingNote()  # FAILING, told to Postgres for `syncd status` (health_note.py)
         self.renew_connections = False  # the next step first replaces the pooled connections
         self.chunk_divisors: dict[str, int] = {}  # table -> how much smaller its load's chunks are (timeouts)
+        self.batch_divisor = 1  # how much smaller the stream's batches are (timeouts), until it catches up
+        self.applying = False  # a batch of changes is being applied
         self.detail = ""
         self.pg_ok: bool | None = None
         self.step_started: float | None = None  # monotonic start of the step in progress, if any
@@ -298,6 +300,7 @@ class Pipeline:
     def _before_retry(self, retry_state) -> None:
         exc = retry_state.outcome.exception()
         s = self.session
+        applying, self.applying = self.applying, False
         self.ahead.discard()  # read before the failure: read again once it is over
         metrics.retries_total.labels(self.name).inc()
         if not contended(exc):
@@ -335,6 +338,7 @@ class Pipeline:
         elif cancelled := statement_cancelled(exc, self.settings.dsn_for(self.source),
                                               self.settings.postgres.statement_timeout_seconds):
             self._smaller_chunks()
+            self._smaller_batches(applying)
             self.session.drop_postgres()  # the step starts again on a fresh connection
             self._enter(FAILING, cancelled, kind="postgres", level="warning")
         elif locked := lock_given_up(exc, self.settings.dsn_for(self.source)):
@@ -345,6 +349,7 @@ class Pipeline:
                         f"({describe(exc)}); tried again, prepared anew", kind="postgres", level="warning")
         elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             self._smaller_chunks()
+            self._smaller_batches(applying)
             self._pg_down(exc, f"a statement ran over [postgres] statement_timeout_seconds "
                                f"({self.settings.postgres.statement_timeout_seconds:g} s): Postgres is slow or busy, a "
                                "lock holds the table, or the server is gone")
@@ -383,6 +388,22 @@ class Pipeline:
             self.session.warning(f"a snapshot chunk ran over [postgres] statement_timeout_seconds: chunks of "
                                  f"{load.chunk_rows} rows from now on (were {before})", table=load.t.name,
                                  event="snapshot_chunks_smaller")
+
+    def _batch(self, size: int) -> int:
+        """`size` changes a batch, or fewer while batches ran over the statement timeout."""
+        return max(1, size // self.batch_divisor)
+
+    def _smaller_batches(self, applying: bool) -> None:
+        """A batch of changes being applied when a statement ran over the timeout: the
+        stream goes on in batches half as large (down to one change) until it catches up;
+        the same batch would time out again, for ever, on a slow server."""
+        before = self._batch(self.settings.stream.batch_size)
+        if not applying or before == 1:
+            return
+        self.batch_divisor *= 2
+        self.session.warning(f"a batch of changes ran over [postgres] statement_timeout_seconds: batches 1/"
+                             f"{self.batch_divisor} of their size from now on, until the stream catches up",
+                             event="stream_batches_smaller")
 
     def _mark_retry(self) -> None:
         self.ready.set()  # clearly reported as failing counts as "ready" for systemd
@@ -746,14 +767,16 @@ class Pipeline:
             # Never past the stream's checkpoint: every change applied then lies in a
             # range Postgres has fingerprinted (see reconcile._resume_position).
             batch, converted, misfits = await s.worker.run(
-                read_and_convert, from_seq, self.settings.stream.batch_size, {t.tid: t.spec}, s.by_tid(), t.tid,
-                s.schema_version, s.applied_seq,
+                read_and_convert, from_seq, self._batch(self.settings.stream.batch_size), {t.tid: t.spec}, s.by_tid(),
+                t.tid, s.schema_version, s.applied_seq,
             )
             if batch.schema_changed:
                 self.needs_reconcile = True
                 return True
             if not batch.empty:
+                self.applying = True
                 held = await apply(s, batch, converted, misfits, catchup=t)
+                self.applying = False
                 if t.tid in held:
                     self._held_logged(t)
                     return False
@@ -824,13 +847,14 @@ class Pipeline:
         if got is None:
             # Nothing read ahead: a batch of the configured size gets Postgres busy soonest;
             # the larger ones follow, each read while the one before it applies.
-            got = await s.worker.run(read_and_convert, s.applied_seq, self.settings.stream.batch_size, streaming,
-                                     by_tid, None, s.schema_version)
+            got = await s.worker.run(read_and_convert, s.applied_seq, self._batch(self.settings.stream.batch_size),
+                                     streaming, by_tid, None, s.schema_version)
         batch, converted, misfits = got
         if batch.schema_changed:
             self.needs_reconcile = True
             return True
         if batch.empty:
+            self.batch_divisor = 1  # caught up: the next backlog starts at full size again
             return False
         # Timed by the read itself: a batch read ahead was read before this step began.
         self.lag.observe(batch.max_seq, batch.read_at)
@@ -840,11 +864,14 @@ class Pipeline:
             # is applied. It is used only if this apply leaves the tables as they are.
             # Only in WAL mode: in rollback-journal mode a read holds back the
             # application's commits, so syncd reads only between applies there.
-            limit = batch_limit(batch.max_seq - batch.last_seq, self.settings.stream.batch_size, s.journal_mode)
+            limit = self._batch(batch_limit(batch.max_seq - batch.last_seq, self.settings.stream.batch_size,
+                                            s.journal_mode))
             self.ahead.start(self._read_ahead(batch.last_seq, limit, streaming, by_tid),
                              ReadAhead.key_for(batch.last_seq, by_tid, streaming, s.schema_version))
         first_seen = self.lag.first_seen(batch.after_seq + 1) or batch.read_at
+        self.applying = True
         held = await apply(s, batch, converted, misfits, caught_up_at=self.lag.covered_at(batch.last_seq))
+        self.applying = False
         now = time.time()
         self.lag.applied(s.applied_seq)
         if batch.tables:
