@@ -260,9 +260,11 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
             await session.save_row(conn, row)
     except Exception as e:
         # A column the reshape retypes is used by a view or a generated column of the
-        # application's (FEATURE_NOT_SUPPORTED), say: tried again, it fails again until
-        # that is dropped. The table is held, to be loaded from the start then.
-        if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000" and not plan_outdated(e)):
+        # application's (FEATURE_NOT_SUPPORTED), say, or a foreign key of its points at the
+        # key the reshape drops (DEPENDENT_OBJECTS): tried again, it fails again until that
+        # is dropped. The table is held, to be loaded from the start then.
+        if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000" and not plan_outdated(e)
+                or sqlstate(e) == DEPENDENT_OBJECTS):
             raise
         raise SnapshotRejected(t.name, None, f"the table could not be made ready to be loaded: {describe(e)}") \
             from None
@@ -371,9 +373,11 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
         raise SnapshotRejected(t.name, None, slow[1]) from None
     except Exception as e:
         # FEATURE_NOT_SUPPORTED: a column the reshape retypes is used by a view or a generated
-        # column of the application's; tried again, it fails again until that is dropped.
-        # (Not a statement prepared before a table changed: tried again, it goes through.)
-        if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000" and not plan_outdated(e)):
+        # column of the application's; DEPENDENT_OBJECTS: a foreign key of its points at the
+        # key the reshape drops. Tried again, it fails again until that is dropped. (Not a
+        # statement prepared before a table changed: tried again, it goes through.)
+        if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000" and not plan_outdated(e)
+                or sqlstate(e) == DEPENDENT_OBJECTS):
             raise
         # The reloaded rows do not fit the live table (a key Postgres holds once that
         # SQLite holds twice, say): the old rows stay, the table is held until it fits.
@@ -400,6 +404,9 @@ async def _say_set_aside(session: SourceSession, conn, table: str, set_aside: li
                         f'as "{aside}", empty (the table was loaded again); drop it there once nothing needs it',
                         table=table, event="column_dropped")
         await session.bk.event(conn, "column_dropped", table, f'"{col}" kept aside as "{aside}"')
+
+
+DEPENDENT_OBJECTS = "2BP01"  # dependent_objects_still_exist
 
 
 class SchemaMoved(Exception):

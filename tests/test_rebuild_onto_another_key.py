@@ -52,3 +52,43 @@ async def test_a_table_rebuilt_onto_another_key_streams_on(app_db, make_config, 
         assert d.stop() == 0
     v = run_cli(cfg, "verify")
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_a_table_rebuilt_onto_another_key_that_a_foreign_key_points_at_holds_only_itself(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A table of someone's in Postgres has a foreign key onto the table's old key, which
+    keeps Postgres from dropping that key: the table is held, naming the foreign key,
+    and the others stream on; once the foreign key is dropped the table loads on its new
+    key. Before, the source failed ("unexpected error") and retried for good, every table
+    of it stopped."""
+    from tests.support.sync import eventually, pg_rows, pg_statements
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, code TEXT NOT NULL); "
+                       "CREATE TABLE notes (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO items VALUES (1, 'a');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        await pg_statements(pg_dsn, "CREATE TABLE public.refs (item_id bigint REFERENCES app.items)")
+        conn.executescript("BEGIN; CREATE TABLE items_new (id INTEGER NOT NULL, code TEXT PRIMARY KEY) WITHOUT ROWID; "
+                           "INSERT INTO items_new SELECT id, code FROM items; DROP TABLE items; "
+                           "ALTER TABLE items_new RENAME TO items; COMMIT;")
+        conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app")).get("items", ("",))[0] == "held"
+
+        await eventually(held, 60, "the table held", d)
+        reason = (await table_states(pg_dsn, "app"))["items"][1]
+        assert "refs_item_id_fkey" in reason, reason
+
+        async def streamed() -> bool:
+            return await pg_rows(pg_dsn, "SELECT v FROM app.notes") == [("still streaming",)]
+
+        await eventually(streamed, 30, "the other table streamed", d)
+        await pg_statements(pg_dsn, "ALTER TABLE public.refs DROP CONSTRAINT refs_item_id_fkey")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, code FROM app.items") == [(1, "a")]
+        assert d.stop() == 0
+    conn.close()
+    assert "unexpected error" not in d.log(), d.log()
