@@ -25,6 +25,7 @@ import sqlite3
 import time
 
 from syncd.model import SIZED_FOR_COLUMNS
+from syncd.parity.apply import lock_wait_ms
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import app_triggers, ddl, ownership
 from syncd.postgres.apply import locate_bad_row
@@ -352,7 +353,8 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
                 quieted = await session.quiet_triggers([t.name])
                 slow = session.rewrite_timed_out.get(t.name)
                 set_aside = await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,
-                                                   session.bk.aside_table(t.tid), slow[0] if slow else None)
+                                                   session.bk.aside_table(t.tid), slow[0] if slow else None,
+                                                   lock_wait_ms(session.settings.postgres.statement_timeout_seconds))
                 await _say_set_aside(session, conn, t.name, set_aside)
             await session.save_row(conn, row, applied=True)
             await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")

@@ -10,7 +10,7 @@ import sqlite3
 import asyncpg
 
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
-from tests.support.sync import eventually, pg_rows, pg_statements, table_states, wait_caught_up
+from tests.support.sync import eventually, long_read, pg_rows, pg_statements, table_states, wait_caught_up
 from tests.support.verifying import sync_and_stop, verify, verify_section
 
 
@@ -314,6 +314,31 @@ async def test_an_empty_table_whose_column_a_view_uses_holds_only_itself_until_t
         assert d.stop() == 0
     conn.close()
     assert "unexpected error" not in d.log(), d.log()
+
+
+
+async def test_a_reload_of_a_referenced_table_waiting_for_a_reader_loads_once_the_reader_is_done(
+        app_db, make_config, pg_dsn, tmp_path):
+    """The same reload, its retype of the rows waiting for a long reader of the table: a
+    wait for a lock, no rewrite too slow. It is tried again until the reader is done,
+    and then the table loads, no row deleted; nothing holds it until the daemon restarts."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO items VALUES (1, 'a');")
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"statement_timeout_seconds": 2}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "CREATE TABLE public.orders (id bigint PRIMARY KEY, item_id bigint REFERENCES app.items)",
+        "INSERT INTO public.orders VALUES (1, 1)", "ALTER TABLE app.items ALTER COLUMN v TYPE char(5)")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async with long_read(pg_dsn, "app.items"):
+            d.wait_log("another Postgres session holds the table")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, v, pg_typeof(v)::text FROM app.items") == [(1, "a", "text")]
+        assert await pg_rows(pg_dsn, "SELECT id, item_id FROM public.orders") == [(1, 1)]
+        assert d.stop() == 0
 
 
 async def _rows(dsn: str, sql: str, want: list[tuple]) -> bool:

@@ -142,13 +142,14 @@ def create_aside_sql(schema: str, name: str, spec: TableSpec) -> str:
     return f"CREATE TABLE {qualified(schema, name)} ({cols})"
 
 
-async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, aside_schema: str,
-                       aside: str, too_slow: str | None = None) -> list[tuple[str, str]]:
+async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, aside_schema: str, aside: str,
+                       too_slow: str | None = None, lock_wait_ms: int | None = None) -> list[tuple[str, str]]:
     """Inside the caller's transaction: the live table's rows become the aside table's,
     reshaped first if the shape moved. Readers see the old rows until the commit, then
     the new ones, never an empty or half-filled table. Returns the columns the reshape
     kept aside (reshape_empty_table). `too_slow`: the retype of the rows as they are that
-    ran over the statement timeout before (RewriteTooSlow), raised again without a try."""
+    ran over the statement timeout before (RewriteTooSlow), raised again without a try;
+    `lock_wait_ms`: how long that retype waits for the table's lock (LockNotAvailable)."""
     table = qualified(schema, spec.name)
     pgt = (await read_tables(conn, schema)).get(spec.name)
     # Columns kept aside after a drop in SQLite keep their values, row by row.
@@ -168,7 +169,7 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
                            f"{', '.join(quote_pg_ident(c) for c in kept + carried)} FROM {table}")
     referenced = pgt is not None and await referenced_elsewhere(conn, table)
     if referenced and not diff_shape(spec, pgt).same:
-        pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt, too_slow)
+        pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt, too_slow, lock_wait_ms)
     # A column Postgres computes takes no value: it computes it from the row, as for the
     # stream's rows (the aside table holds NULL there: the load left it out).
     left = computed(pgt, spec)
@@ -254,7 +255,8 @@ class RewriteTooSlow(Exception):
 
 
 async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: TableSpec,
-                                   pgt: PgTable, too_slow: str | None = None) -> PgTable:
+                                   pgt: PgTable, too_slow: str | None = None,
+                                   lock_wait_ms: int | None = None) -> PgTable:
     """Where only column types differ, each column made `spec`'s type on the rows as they
     are (their values cast, then rewritten from the load), so that a table another
     table's foreign key points at is not emptied to be reshaped. Postgres refusing (a
@@ -269,6 +271,9 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
               f"USING {quote_pg_ident(name)}::{spec.column(name).pgtype.value}" for name, _have, _want in diff.retyped]
     if "; ".join(alters) == too_slow:
         raise RewriteTooSlow(too_slow, None)
+    prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
+    if lock_wait_ms is not None:  # a wait for the lock is no rewrite over the statement timeout
+        await conn.execute(f"SET LOCAL lock_timeout = '{lock_wait_ms}ms'")
     try:
         async with conn.transaction():  # a savepoint
             for sql in alters:
@@ -282,9 +287,18 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
 
         if sqlstate(e) == QUERY_CANCELED and "statement timeout" in str(e):
             raise RewriteTooSlow("; ".join(alters), describe(e)) from None
+        if lock_wait_ms is not None and isinstance(e, asyncpg.LockNotAvailableError):
+            from syncd.parity import LockNotHad
+
+            raise LockNotHad(f'table "{spec.name}": its rows are retyped as they are before the reloaded ones replace '
+                             "them, and another Postgres session holds the table (a long query or transaction) past "
+                             f"{lock_wait_ms} ms; trying again with backoff, changes stay captured in SQLite") from None
         if is_transient(e):  # tried again as a whole, never emptied for want of a lock
             raise
         return pgt
+    finally:
+        if lock_wait_ms is not None and not conn.is_closed():
+            await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
     return (await read_tables(conn, schema)).get(spec.name) or pgt
 
 
