@@ -22,7 +22,7 @@ from syncd.model import TO_POSTGRES, SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl, ownership
 from syncd.postgres.bookkeeping import TableRow
-from syncd.postgres.connect import QUERY_CANCELED, describe, is_transient, sqlstate
+from syncd.postgres.connect import QUERY_CANCELED, describe, is_transient, plan_outdated, sqlstate
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
@@ -380,7 +380,7 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
                     if pgt is not None:
                         await ddl.ensure_identity(conn, target, spec, pgt)
         except asyncpg.PostgresError as e:
-            if is_transient(e):
+            if is_transient(e) or plan_outdated(e):  # the latter prepared anew, the step goes through
                 raise
             reason = (f"could not follow the table's schema in Postgres ({describe(e)}); its changes stay queued: "
                       "`syncd resync` rebuilds it from SQLite")

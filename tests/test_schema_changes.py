@@ -240,3 +240,35 @@ async def test_vacuum_reloads_no_keyed_table(tmp_path, make_config, pg_dsn):
 async def _state_is(dsn, source, table, state) -> bool:
     states = await table_states(dsn, source)
     return states.get(table, ("",))[0] == state
+
+
+async def test_a_statement_postgres_must_prepare_anew_while_following_a_change_pauses_no_table(
+        tmp_path, make_config, outage):
+    """Following a schema change, syncd reads rows of Postgres's copy to tell what became of
+    a column. Postgres refusing that read as prepared before a table changed ("cached
+    plan must not change result type", SQLSTATE 0A000) is a statement to prepare anew:
+    it is read again at once, and the table streams on. Before, the table was paused as
+    one whose schema syncd could not follow, with `syncd resync` for a remedy."""
+    from tests.conftest import write_config
+
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    conn = app(db)
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
+                       sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, dsn, "app", daemon=d)
+        proxy.fail_reply_to(b'ORDER BY "id" LIMIT 200', {
+            "S": "ERROR", "V": "ERROR", "C": "0A000", "M": "cached plan must not change result type",
+            "F": "plancache.c", "R": "RevalidateCachedQuery"})
+        conn.execute("CREATE INDEX deals_title ON deals (title)")  # the schema moved: its columns are read again
+        conn.execute("INSERT INTO deals VALUES (101, 'deal 101', 1.0)")
+        await eventually(lambda: _has_row(dsn, 101), 30, "the change streamed", d)
+        assert proxy.reply_failed.is_set()
+        assert d.stop() == 0
+    conn.close()
+    assert "table paused" not in d.log() and "unexpected error" not in d.log(), d.log()
+
+
+async def _has_row(dsn: str, key: int) -> bool:
+    return await pg_rows(dsn, "SELECT 1 FROM app.deals WHERE id = $1", key) == [(1,)]

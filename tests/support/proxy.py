@@ -69,12 +69,12 @@ class FaultProxy:
         self._lose = (trigger, then, refuse_after)
 
     def fail_reply_to(self, trigger: bytes, fields: dict[str, str]) -> None:
-        """On the first connection that sends `trigger` (a simple query): let Postgres act
-        on it, and hand the client an ErrorResponse of `fields` (code letter -> value, as
-        Postgres sends them) with its transaction marked failed in the reply's place.
-        `reply_failed` is set once it happened."""
+        """On the first connection that sends `trigger` (a simple query, or the Parse of a
+        statement prepared): let Postgres act on it, and hand the client an ErrorResponse
+        of `fields` (code letter -> value, as Postgres sends them) in the reply's place, a
+        simple query's transaction marked failed. `reply_failed` is set once it happened."""
         body = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
-        self._fail = (trigger, b"E" + struct.pack("!i", len(body) + 4) + body + b"Z" + struct.pack("!i", 5) + b"E")
+        self._fail = (trigger, b"E" + struct.pack("!i", len(body) + 4) + body)
 
     def heal(self) -> None:
         self.mode = "pass"
@@ -125,8 +125,10 @@ class FaultProxy:
         self._pump(upstream, client, state, False)
 
     def _replace_reply(self, state: dict, data: bytes) -> bytes:
-        """Postgres's messages in `data`, held back up to the reply's ReadyForQuery, which
-        goes out as the ErrorResponse of fail_reply_to; what follows it passes."""
+        """Postgres's messages in `data`, held back up to the end of the reply (a simple
+        query's ReadyForQuery, a prepare's row description), which goes out as the
+        ErrorResponse of fail_reply_to; what follows it passes (the client syncs after
+        a prepare's error, and the ReadyForQuery it gets then is Postgres's)."""
         buf = state["fail"] + data
         at = 0
         while len(buf) - at >= 5:
@@ -134,7 +136,10 @@ class FaultProxy:
             if len(buf) - at < 1 + size:
                 break
             at += 1 + size
-            if kind == b"Z":
+            if kind == b"Z" and state["fail_kind"] == b"Q":
+                del state["fail"]
+                return self._fail[1] + b"Z" + struct.pack("!i", 5) + b"E" + buf[at:]
+            if kind in (b"T", b"n") and state["fail_kind"] != b"Q":
                 del state["fail"]
                 return self._fail[1] + buf[at:]
         state["fail"] = buf[at:]
@@ -151,7 +156,8 @@ class FaultProxy:
                     break  # the reply that is lost
                 if upward and self._fail is not None and not self.reply_failed.is_set() and self._fail[0] in data:
                     self.reply_failed.set()
-                    state["fail"] = b""  # the reply to come, until its ReadyForQuery, is replaced
+                    state["fail"] = b""  # the reply to come is replaced
+                    state["fail_kind"] = data[:1]  # Q: a simple query's; else a prepare's (ends at its Describe)
                 if not upward and "fail" in state:
                     data = self._replace_reply(state, data)
                 if upward and self._lose is not None and not self.reply_lost.is_set():
