@@ -29,7 +29,8 @@ from syncd.parity.apply import lock_wait_ms
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import app_triggers, ddl, ownership
 from syncd.postgres.apply import locate_bad_row
-from syncd.postgres.connect import describe, is_data_error, is_shape_error, plan_outdated, sqlstate
+from syncd.postgres.connect import (INSUFFICIENT_PRIVILEGE, describe, is_data_error, is_shape_error, plan_outdated,
+                                    sqlstate)
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.sqlite import introspect, key_identity, reader
@@ -265,7 +266,7 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
         # key the reshape drops (DEPENDENT_OBJECTS): tried again, it fails again until that
         # is dropped. The table is held, to be loaded from the start then.
         if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000" and not plan_outdated(e)
-                or sqlstate(e) == DEPENDENT_OBJECTS):
+                or sqlstate(e) in (DEPENDENT_OBJECTS, INSUFFICIENT_PRIVILEGE)):
             raise
         raise SnapshotRejected(t.name, None, f"the table could not be made ready to be loaded: {describe(e)}") \
             from None
@@ -304,7 +305,8 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
     except app_triggers.TriggersKept as e:
         raise SnapshotRejected(t.name, None, str(e)) from None
     except Exception as e:
-        if not (is_data_error(e) or is_shape_error(e)):
+        # (A table syncd's role may not write, its grant revoked: held as a row refused is.)
+        if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == INSUFFICIENT_PRIVILEGE):
             raise
         async with conn.transaction():
             bad = await locate_bad_row(conn, writer, records, [], copy_into=into or (session.target_schema, t.name))
@@ -379,7 +381,7 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
         # key the reshape drops. Tried again, it fails again until that is dropped. (Not a
         # statement prepared before a table changed: tried again, it goes through.)
         if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000" and not plan_outdated(e)
-                or sqlstate(e) == DEPENDENT_OBJECTS):
+                or sqlstate(e) in (DEPENDENT_OBJECTS, INSUFFICIENT_PRIVILEGE)):
             raise
         # The reloaded rows do not fit the live table (a key Postgres holds once that
         # SQLite holds twice, say): the old rows stay, the table is held until it fits.

@@ -194,3 +194,56 @@ async def test_every_verb_names_a_privilege_the_role_lacks_in_one_line(tmp_path,
         assert "unreachable" not in out.lower(), out
     finally:
         await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
+
+
+async def test_a_table_the_role_may_not_write_holds_only_that_table(tmp_path, pg_dsn):
+    """syncd's role not allowed to write one table (its INSERT revoked there, say): that
+    table is held, naming the refusal, while the source's other tables stream on; once the
+    grant is back it loads, as a change refused so is held and resumes. Before, a load of
+    it made the whole source fail, every table of it stopped, retried for good."""
+    from tests.support.sync import eventually, pg_rows, table_states
+
+    role = f"syncd_role_{secrets.token_hex(4)}"
+    database = pg_dsn.rsplit("/", 1)[1]
+    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN", f'ALTER DATABASE "{database}" OWNER TO {role}')
+    try:
+        db = tmp_path / "app.db"
+        conn = sqlite3.connect(db)
+        conn.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE tags (id INTEGER "
+                           "PRIMARY KEY, v TEXT); CREATE TABLE notes (id INTEGER PRIMARY KEY, v TEXT); "
+                           "INSERT INTO items VALUES (1, 'a');")
+        conn.commit()
+        cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace("postgres@", f"{role}@"),
+                           [{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(db, pg_dsn, "app", daemon=d)
+            assert d.stop() == 0
+        # Loaded again (a column retyped in Postgres by hand), into tables it may not write:
+        # one whose rows are replaced once loaded aside, one empty, loaded in place.
+        await pg_statements(pg_dsn, *(f"ALTER TABLE app.{t} ALTER COLUMN v TYPE char(5)" for t in ("items", "tags")),
+                            f"REVOKE INSERT ON app.items, app.tags FROM {role}")
+        conn.execute("INSERT INTO tags VALUES (1, 'red')")
+        conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
+        conn.commit()
+        with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+            async def held() -> bool:
+                states = await table_states(pg_dsn, "app")
+                return all(states.get(t, ("",))[0] == "held" for t in ("items", "tags"))
+
+            await eventually(held, 60, "the tables held", d)
+            states = await table_states(pg_dsn, "app")
+            assert all("permission denied" in states[t][1] for t in ("items", "tags")), states
+
+            async def streamed() -> bool:
+                return await pg_rows(pg_dsn, "SELECT v FROM app.notes") == [("still streaming",)]
+
+            await eventually(streamed, 30, "the other table streamed", d)
+            await pg_statements(pg_dsn, f"GRANT INSERT ON app.items, app.tags TO {role}")
+            await wait_caught_up(db, pg_dsn, "app", daemon=d)
+            assert await pg_rows(pg_dsn, "SELECT id, v FROM app.items") == [(1, "a")]
+            assert await pg_rows(pg_dsn, "SELECT id, v FROM app.tags") == [(1, "red")]
+            assert d.stop() == 0
+        conn.close()
+    finally:
+        await pg_statements(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres', f'DROP OWNED BY "{role}" CASCADE',
+                            f'DROP ROLE "{role}"')
