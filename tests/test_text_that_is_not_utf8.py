@@ -9,8 +9,9 @@ import sqlite3
 
 import asyncpg
 
+from syncd.sqlite.hold import FIRST_ROWS
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
 from tests.support.verifying import found, sync_and_stop, tables, verify, verify_json
 
@@ -116,3 +117,40 @@ async def test_a_key_that_is_not_utf8_deleted_in_sqlite_lets_its_table_resume(tm
         assert d.stop() == 0
     conn.close()
     assert await compare_table(str(db), pg_dsn, "app", "tags") == []
+
+
+async def test_a_key_that_is_not_utf8_where_a_scan_window_ends_holds_only_its_table(tmp_path, make_config, pg_dsn):
+    """Scans of a file go window by window, the next window starting past the key the
+    last one ended on. A key that is not UTF-8 there is bound as SQLite holds it: the
+    scan goes on, the table is held naming the key, the source's other tables load, and
+    `syncd schema` reads the file through."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE tags (name TEXT PRIMARY KEY, at TEXT) WITHOUT ROWID")
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("BEGIN")
+    # The first window of a scan is FIRST_ROWS rows: the key that is not UTF-8 ends it.
+    conn.executemany("INSERT INTO tags VALUES (?, '2026-11-01')", [(f"a{i:05d}",) for i in range(FIRST_ROWS - 1)])
+    conn.execute("INSERT INTO tags VALUES (CAST(x'61ff' AS TEXT), '2026-11-02')")
+    conn.executemany("INSERT INTO tags VALUES (?, '2026-11-03')", [(f"b{i}",) for i in range(5)])
+    conn.execute("INSERT INTO notes VALUES (1, 'fine')")
+    conn.execute("COMMIT")
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    out = run_cli(cfg, "schema")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert "every one of its 1005 value(s) is a date" in out.stdout, out.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        async def settled() -> bool:
+            try:
+                states = await table_states(pg_dsn, "app")
+            except asyncpg.UndefinedTableError:  # syncd has not set the source up yet
+                return False
+            return states.get("tags", (None,))[0] == "held" and states.get("notes", (None,))[0] == "streaming"
+
+        await eventually(settled, 60, "tags held, notes loaded", d)
+        why = (await table_states(pg_dsn, "app"))["tags"][1]
+        assert 'table "tags" key ' in why and 'column "name"' in why and "not valid UTF-8" in why, why
+        assert await pg_rows(pg_dsn, "SELECT id, body FROM app.notes") == [(1, "fine")]
+        assert d.stop() == 0

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from syncd.identifiers import quote_ident
+from syncd.sqlite.connection import bound_value
 from syncd.sqlite.hold import RowsPerHold
 
 if TYPE_CHECKING:
@@ -62,11 +63,20 @@ def ordered_by(order: list[str]) -> str:
     return ", ".join(f"{t} COLLATE {t.collation}" if getattr(t, "collation", None) else t for t in order)
 
 
-def past(order: list[str], op: str = ">") -> str:
+def past(order: list[str], op: str = ">", values: tuple | None = None) -> str:
     """`(columns) <op> (?, ...)`, each ? under its column's collation. The collation goes on
-    the parameter's side: SQLite walks the key's index for a row value only so."""
-    marks = ", ".join(f"? COLLATE {t.collation}" if getattr(t, "collation", None) else "?" for t in order)
+    the parameter's side: SQLite walks the key's index for a row value only so. Given the
+    `values` to be bound (as bound(values)), a text that is not UTF-8 is bound as its bytes
+    cast back to text (connection.bound_value)."""
+    plain = ["?"] * len(order) if values is None else [bound_value(v)[0] for v in values]
+    marks = ", ".join(f"{m} COLLATE {t.collation}" if getattr(t, "collation", None) else m
+                      for m, t in zip(plain, order))
     return f"({', '.join(order)}) {op} ({marks})"
+
+
+def bound(values: tuple) -> tuple:
+    """The parameters for past(order, op, values): each value as SQLite holds it."""
+    return tuple(bound_value(v)[1] for v in values)
 
 
 def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int | RowsPerHold = WINDOW_ROWS
@@ -82,7 +92,7 @@ def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int | 
     after: tuple | None = None
     while True:
         rows = size.rows if isinstance(size, RowsPerHold) else size
-        where, params = ("1", ()) if after is None else (past(order), after)
+        where, params = ("1", ()) if after is None else (past(order, ">", after), bound(after))
         boundary = conn.execute(
             f"SELECT {cols} FROM main.{quote_ident(table)} WHERE {where} ORDER BY {ordered_by(order)} "
             "LIMIT 1 OFFSET ?",
@@ -91,7 +101,7 @@ def windows(conn: sqlite3.Connection, table: str, order: list[str], size: int | 
         if boundary is None:
             yield where, params
             return
-        yield f"{where} AND {past(order, '<=')}", (*params, *boundary)
+        yield f"{where} AND {past(order, '<=', boundary)}", (*params, *bound(boundary))
         after = tuple(boundary)
 
 
