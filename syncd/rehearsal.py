@@ -35,7 +35,7 @@ from syncd.postgres.bookkeeping import OWNED_TABLES, Bookkeeping, ensure_bookkee
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
 from syncd.postgres.target import UnsupportedTarget
 from syncd.sqlite import capture
-from syncd.sqlite.connection import SourceFileError, file_problem, is_busy
+from syncd.sqlite.connection import SourceFileError, file_problem, is_busy, surrogate_text
 
 log = logging.getLogger("syncd")
 
@@ -344,9 +344,14 @@ async def _steps(settings: Settings, source: SourceSettings, workdir: Path, conn
 def table_definitions(conn: sqlite3.Connection) -> dict[str, str]:
     """Each table's CREATE statement as SQLite keeps it (an ALTER TABLE rewrites it), as a
     short fingerprint: a table whose definition changed since a rehearsal was not rehearsed."""
-    return {name: hashlib.sha256(sql.encode()).hexdigest()[:16]
-            for name, sql in conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'table'")
-            if sql is not None}
+    old = conn.text_factory
+    conn.text_factory = surrogate_text  # SQLite keeps whatever bytes a definition was given
+    try:
+        return {name: hashlib.sha256(sql.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+                for name, sql in conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'table'")
+                if sql is not None}
+    finally:
+        conn.text_factory = old
 
 
 def _definitions_of(path: Path, names: list[str]) -> dict[str, str | None]:

@@ -126,7 +126,9 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
     past the checkpoint and its size."""
     conn = open_readonly(source.path, wait_ms)
     try:
-        tables = dict(conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'table'").fetchall())
+        # Whether each is a virtual table, asked of SQLite: a table's text may be any bytes.
+        tables = dict(conn.execute("SELECT name, sql LIKE 'CREATE VIRTUAL TABLE%' FROM main.sqlite_master "
+                                   "WHERE type = 'table'").fetchall())
         meta = capture.read_meta(conn) if capture.META in tables else {}
         if capture.REGISTRY in tables:  # a damaged row is UNKNOWN here, as it stops the daemon
             for name, key in conn.execute(f"SELECT name, key_columns FROM main.{quote_ident(capture.REGISTRY)}"):
@@ -135,7 +137,7 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
                "names": os.stat(source.path).st_nlink,
                "not_migrated": [], "suspended": meta.get(disk_guard.SUSPENDED_KEY),
                "frozen": meta.get(freeze.FROZEN_KEY) is not None}
-        if any((sql or "").upper().startswith("CREATE VIRTUAL TABLE") for sql in tables.values()):
+        if any(tables.values()):
             out["not_migrated"] = _holding_data(conn, source)
         if capture.CHANGELOG in tables:
             # Counted, not subtracted: without a checkpoint (Postgres away, never set up)

@@ -12,6 +12,7 @@ import asyncpg
 from syncd.sqlite.hold import FIRST_ROWS
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.ports import free_port
 from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
 from tests.support.verifying import found, sync_and_stop, tables, verify, verify_json
 
@@ -154,3 +155,61 @@ async def test_a_key_that_is_not_utf8_where_a_scan_window_ends_holds_only_its_ta
         assert 'table "tags" key ' in why and 'column "name"' in why and "not valid UTF-8" in why, why
         assert await pg_rows(pg_dsn, "SELECT id, body FROM app.notes") == [(1, "fine")]
         assert d.stop() == 0
+
+
+def with_bytes_not_utf8(conn: sqlite3.Connection, name: str) -> None:
+    """Object `name`'s CREATE text and name as SQLite keeps them, each '#' made the byte 0xff
+    (SQLite keeps whatever bytes an application's schema was given)."""
+    sql, = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET sql = CAST(? AS TEXT), name = CAST(? AS TEXT) WHERE name = ?",
+                 (sql.encode().replace(b"#", b"\xff"), name.encode().replace(b"#", b"\xff"), name))
+    conn.execute("PRAGMA writable_schema = OFF")
+
+
+async def test_schema_text_that_is_not_utf8_names_its_table_and_the_others_go_on(tmp_path, make_config, pg_dsn):
+    """A table whose DEFAULT, CHECK or column name is text that is not UTF-8 is refused,
+    the part at fault named; a view, an index or a trigger of such text is said not
+    carried; the source's other tables load, and syncd schema, status and report read
+    the file through."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE good (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE dflt (id INTEGER PRIMARY KEY, v TEXT DEFAULT 'a#b')")
+    conn.execute("CREATE TABLE chk (id INTEGER PRIMARY KEY, v TEXT CHECK (v <> 'a#b'))")
+    conn.execute('CREATE TABLE named (id INTEGER PRIMARY KEY, "v#" TEXT)')
+    conn.execute("CREATE TABLE indexed (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute('CREATE INDEX "indexed_v#" ON indexed (v)')
+    conn.execute("CREATE INDEX good_v ON good (v) WHERE v <> 'a#b'")
+    conn.execute("CREATE VIEW good_view AS SELECT * FROM good WHERE v <> 'a#b'")
+    conn.execute("CREATE TRIGGER good_trigger AFTER INSERT ON good BEGIN SELECT 'a#b'; END")
+    conn.execute("INSERT INTO good VALUES (1, 'fine')")
+    for name in ("dflt", "chk", "named", "indexed_v#", "good_v", "good_view", "good_trigger"):
+        with_bytes_not_utf8(conn, name)
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{free_port()}")
+    refused = {"dflt": """-- refused 'dflt': the DEFAULT 'a\\xffb' of column "v" is text that is not valid UTF-8""",
+               "chk": "-- refused 'chk': its CREATE TABLE text (a CHECK constraint, say) is text that is not valid "
+                      "UTF-8",
+               "named": """-- refused 'named': the name of column "v\\xff" is text that is not valid UTF-8""",
+               "indexed": """-- refused 'indexed': the name of index "indexed_v\\xff" is text that is not valid """
+                          "UTF-8"}
+    out = run_cli(cfg, "schema")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert all(line in out.stdout for line in refused.values()), out.stdout
+    assert 'index "good_v" on (v): its CREATE INDEX text is not valid UTF-8' in out.stdout, out.stdout
+    assert 'view "good_view": its text is not valid UTF-8' in out.stdout, out.stdout
+    assert 'CREATE TABLE IF NOT EXISTS "app"."good"' in out.stdout, out.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        states = await table_states(pg_dsn, "app")
+        assert {n: s for n, (s, _) in states.items()} == {"good": "streaming", "dflt": "refused", "chk": "refused",
+                                                          "named": "refused", "indexed": "refused"}, states
+        assert all(line.split(": ", 1)[1] in states[n][1] for n, line in refused.items()), states
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.good") == [(1, "fine")]
+        status = run_cli(cfg, "status")
+        assert "cannot read" not in status.stdout and "4 refused, 1 streaming" in status.stdout, status.stdout
+        assert d.stop() == 0
+    report = run_cli(cfg, "report")
+    assert "cannot read" not in report.stdout and "Traceback" not in report.stderr, report.stdout + report.stderr

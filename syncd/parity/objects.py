@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from syncd.identifiers import quote_ident, sqlite_folded
+from syncd.sqlite.connection import not_utf8, surrogate_text
 from syncd.sqlite.freeze import is_syncd_trigger
 from syncd.sqlite_sql import Kind, SqlSyntaxError, Token, identifier_value, significant, tokenize
 
@@ -116,9 +117,16 @@ def read_objects(conn: sqlite3.Connection, tables: Iterable[str], views: Iterabl
     conn.execute("BEGIN")
     try:
         out.version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
-        master = {(r[0], r[1]): (r[2], r[3]) for r in conn.execute(
-            "SELECT type, name, tbl_name, sql FROM main.sqlite_master WHERE type IN ('table', 'index', 'view', "
-            "'trigger')")}
+        # SQLite keeps whatever bytes a schema was given: an object's text that is not UTF-8
+        # is read with those bytes kept (surrogates), and said of the object it is in.
+        old = conn.text_factory
+        conn.text_factory = surrogate_text
+        try:
+            master = {(r[0], r[1]): (r[2], r[3]) for r in conn.execute(
+                "SELECT type, name, tbl_name, sql FROM main.sqlite_master WHERE type IN ('table', 'index', 'view', "
+                "'trigger')")}
+        finally:
+            conn.text_factory = old
         for name in wanted:
             out.tables[name] = _table(conn, name, (master.get(("table", name)) or (None, None))[1], master)
         for name in views:
@@ -178,7 +186,9 @@ def _index(conn: sqlite3.Connection, table: str, name: str, unique: bool, origin
     exprs: list[str] = []
     where = None
     problem = None
-    if sql and (partial or any(r[1] == -2 for r in xinfo)):
+    if sql and not_utf8(sql):
+        problem = "its CREATE INDEX text is not valid UTF-8"
+    elif sql and (partial or any(r[1] == -2 for r in xinfo)):
         try:
             exprs, where = parse_create_index(sql)
         except SqlSyntaxError as e:
@@ -205,6 +215,8 @@ def _view(conn: sqlite3.Connection, name: str, sql: str | None) -> View:
         names = tuple(r[1] for r in conn.execute(f"PRAGMA main.table_info({quote_ident(name)})"))
     except sqlite3.Error as e:
         return View(name, None, (), f"SQLite cannot read it: {e}")
+    if sql and not_utf8(sql):
+        return View(name, None, names, "its text is not valid UTF-8")
     try:
         body = view_body(sql or "")
     except SqlSyntaxError as e:

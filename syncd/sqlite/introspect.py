@@ -13,6 +13,7 @@ from syncd.model import (ROWID_ALIASES, ROWID_COLUMN, Column, Refusal, SourceSch
                          unshadowed_rowid_name)
 from syncd.sqlite import leftout, windows
 from syncd.sqlite.capture import CHANGELOG, META, REGISTRY
+from syncd.sqlite.connection import not_utf8, surrogate_text
 from syncd.types import NO_VALUES_YET, TYPED_AT_CUTOVER, PgType, infer_from_values, map_declared_type
 
 log = logging.getLogger(__name__)
@@ -310,6 +311,51 @@ def describe_table(
     )
 
 
+def _not_utf8_tables(conn: sqlite3.Connection) -> set[str]:
+    """The tables whose CREATE TABLE text, as SQLite keeps it, is not valid UTF-8 (a CHECK,
+    a DEFAULT or a name in it): SQLite keeps whatever bytes it was given."""
+    old = conn.text_factory
+    conn.text_factory = surrogate_text
+    try:
+        return {name for name, sql in conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'table'")
+                if not_utf8(sql)}
+    finally:
+        conn.text_factory = old
+
+
+def _not_utf8_schema(conn: sqlite3.Connection, table: str) -> str:
+    """Why a table whose schema holds text that is not valid UTF-8 (a column's name,
+    declared type or DEFAULT, an index's name, a CHECK) cannot be carried, naming the
+    part at fault."""
+    old = conn.text_factory
+    conn.text_factory = surrogate_text
+    try:
+        columns = _columns(conn, table)
+        indexes = conn.execute(f"PRAGMA main.index_list({quote_ident(table)})").fetchall()
+    finally:
+        conn.text_factory = old
+    what = "its CREATE TABLE text (a CHECK constraint, say)"
+    for r in columns:
+        if not_utf8(r[1]):
+            what = f"the name of column {_shown(r[1])}"
+        elif not_utf8(r[2]):
+            what = f"the declared type of column {_shown(r[1])}"
+        elif not_utf8(r[4]):
+            what = f"the DEFAULT {_shown(r[4], '')} of column {_shown(r[1])}"
+        else:
+            continue
+        break
+    else:
+        what = next((f"the name of index {_shown(r[1])}" for r in indexes if not_utf8(r[1])), what)
+    return (f"{what} is text that is not valid UTF-8, which Postgres cannot hold; give the table a definition "
+            "in valid UTF-8 in SQLite to replicate it")
+
+
+def _shown(text: str, quote: str = '"') -> str:
+    """`text` quoted, each of its bytes that is not UTF-8 written as an escape (\\xff)."""
+    return quote + text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") + quote
+
+
 def introspect(
     conn: sqlite3.Connection,
     source: SourceSettings,
@@ -325,6 +371,7 @@ def introspect(
     try:
         schema.version = schema_version(conn)
         virtual = leftout.virtual_tables(conn)
+        not_utf8_sql = _not_utf8_tables(conn)
         for name, kind, without_rowid, strict in list_tables(conn):
             if is_internal(name):
                 continue
@@ -341,9 +388,16 @@ def introspect(
                 schema.left_out[name] = leftout.classify(conn, name, kind, virtual)
             elif kind != "table":
                 schema.left_out[name] = leftout.LeftOut(name, kind, f"a {kind} object", "nothing syncd can carry")
+            elif name in not_utf8_sql:
+                schema.refused[name] = Refusal(name, _not_utf8_schema(conn, name))
             else:
-                raws.append(RawTable(name, without_rowid, _columns(conn, name, strict), _unique_indexes(conn, name),
-                                     _pk_indexed(conn, name)))
+                try:  # an index's name may be bytes that are not UTF-8 too
+                    raws.append(RawTable(name, without_rowid, _columns(conn, name, strict),
+                                         _unique_indexes(conn, name), _pk_indexed(conn, name)))
+                except sqlite3.OperationalError as e:
+                    if "decode" not in str(e):
+                        raise
+                    schema.refused[name] = Refusal(name, _not_utf8_schema(conn, name))
     finally:
         conn.execute("COMMIT")
     for raw in raws:  # type inference scans data: outside the schema's transaction
