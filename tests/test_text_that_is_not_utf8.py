@@ -170,8 +170,8 @@ def with_bytes_not_utf8(conn: sqlite3.Connection, name: str) -> None:
 async def test_schema_text_that_is_not_utf8_names_its_table_and_the_others_go_on(tmp_path, make_config, pg_dsn):
     """A table whose DEFAULT, CHECK or column name is text that is not UTF-8 is refused,
     the part at fault named; a view, an index or a trigger of such text is said not
-    carried; the source's other tables load, and syncd schema, status and report read
-    the file through."""
+    carried, one the application makes while syncd runs too; the source's other tables
+    load, and syncd schema, status and report read the file through."""
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=wal")
@@ -210,6 +210,15 @@ async def test_schema_text_that_is_not_utf8_names_its_table_and_the_others_go_on
         assert await pg_rows(pg_dsn, "SELECT id, v FROM app.good") == [(1, "fine")]
         status = run_cli(cfg, "status")
         assert "cannot read" not in status.stdout and "4 refused, 1 streaming" in status.stdout, status.stdout
+        # A trigger of the application's made after syncd's, that may end a write.
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("CREATE TRIGGER good_ends AFTER INSERT ON good BEGIN SELECT RAISE(IGNORE) WHERE NEW.v = 'a#b'; "
+                     "END")
+        with_bytes_not_utf8(conn, "good_ends")
+        conn.execute("INSERT INTO good VALUES (2, 'fine')")
+        conn.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.good ORDER BY id") == [(1, "fine"), (2, "fine")]
         assert d.stop() == 0
     report = run_cli(cfg, "report")
     assert "cannot read" not in report.stdout and "Traceback" not in report.stderr, report.stdout + report.stderr

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
-from syncd.sqlite.connection import is_busy, write_wait
+from syncd.sqlite.connection import is_busy, surrogate_text, write_wait
 from syncd.sqlite.hold import RowsPerHold
 
 CHANGELOG = "_syncd_changelog"
@@ -313,13 +313,21 @@ def read_state(conn: sqlite3.Connection) -> CaptureState:
     # RAISE(FAIL) ends the statement keeping the rows it changed before; ABORT and
     # ROLLBACK undo the change, capture included.
     # (Told by their exact names: an application trigger may begin with the prefix too.)
-    for own, tbl, app, sql in conn.execute(
-        "SELECT DISTINCT s.name, s.tbl_name, a.name, a.sql FROM main.sqlite_master s JOIN main.sqlite_master a "
-        "ON a.type = 'trigger' AND a.tbl_name = s.tbl_name COLLATE NOCASE AND a.rowid > s.rowid "
-        "AND (a.sql LIKE '%raise%(%ignore%' OR a.sql LIKE '%raise%(%fail%') "
-        "WHERE s.type = 'trigger' AND substr(s.name, 1, ?1) = ?2 ORDER BY a.name",
-        (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
-    ):
+    # An application trigger's text is whatever bytes it was given: read with any that are
+    # not UTF-8 kept (surrogates).
+    old_factory = conn.text_factory
+    conn.text_factory = surrogate_text
+    try:
+        later = conn.execute(
+            "SELECT DISTINCT s.name, s.tbl_name, a.name, a.sql FROM main.sqlite_master s JOIN main.sqlite_master a "
+            "ON a.type = 'trigger' AND a.tbl_name = s.tbl_name COLLATE NOCASE AND a.rowid > s.rowid "
+            "AND (a.sql LIKE '%raise%(%ignore%' OR a.sql LIKE '%raise%(%fail%') "
+            "WHERE s.type = 'trigger' AND substr(s.name, 1, ?1) = ?2 ORDER BY a.name",
+            (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
+        ).fetchall()
+    finally:
+        conn.text_factory = old_factory
+    for own, tbl, app, sql in later:
         if (is_capture_trigger(own) and not is_capture_trigger(app) and _ENDS_TRIGGERS.search(sql or "")
                 and not _BEFORE_TRIGGER.match(sql or "")):
             state.outrun.setdefault(tbl, app)
