@@ -19,6 +19,17 @@ def _escape(m: re.Match) -> str:
     return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
 
 
+# A byte of SQLite text that is not UTF-8, read as a surrogate (connection.surrogate_text),
+# as repr() spells it: \udc80 to \udcff, after an even number of backslashes.
+_BYTE_READ_AS_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def text_repr(text: str) -> str:
+    """repr() of `text`, each byte SQLite holds that is not UTF-8 written as the byte it
+    is (\\xff), not as the surrogate Python read it as (\\udcff)."""
+    return _BYTE_READ_AS_SURROGATE.sub(r"\1\\x\2", repr(text))
+
+
 def escape_controls(text: str) -> str:
     """`text` with every control character written as an escape (\\n, \\x1b, \\u2028)."""
     return _UNSAFE.sub(_escape, text)

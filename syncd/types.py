@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from syncd import sqlite_sql
 from syncd.identifiers import pg_string_literal
+from syncd.printable import text_repr
 
 
 class PgType(str, Enum):
@@ -154,7 +155,7 @@ def _describe(value: Any) -> str:
         return f"blob x'{shown}{'…' if len(value) > 16 else ''}'"
     if isinstance(value, str):
         shown = value if len(value) <= 40 else value[:40] + "…"
-        return f"text {shown!r}"
+        return f"text {text_repr(shown)}"
     if isinstance(value, float):
         return f"real {value!r}"
     return f"integer {value!r}"

@@ -89,7 +89,9 @@ async def test_verify_names_text_that_is_not_utf8_written_past_capture(tmp_path,
     assert "not valid UTF-8" in (got["tags"]["differences"][0]["note"] or ""), got["tags"]["differences"]
     out = verify(cfg, "--wait", "2")
     assert out.returncode == 1, out.stdout + out.stderr
-    assert 'app: "notes" different: key 7: column "body" (column "body": text' in out.stdout, out.stdout
+    assert """app: "notes" different: key 7: column "body" (column "body": text 'a\\xffb' does not fit""" \
+        in out.stdout, out.stdout
+    assert """app: "tags" missing in Postgres: key 't\\xff'""" in out.stdout, out.stdout
     assert 'app: "tags" missing in Postgres: key ' in out.stdout and "Traceback" not in out.stderr, out.stdout + out.stderr
 
 
@@ -152,7 +154,7 @@ async def test_a_key_that_is_not_utf8_where_a_scan_window_ends_holds_only_its_ta
 
         await eventually(settled, 60, "tags held, notes loaded", d)
         why = (await table_states(pg_dsn, "app"))["tags"][1]
-        assert 'table "tags" key ' in why and 'column "name"' in why and "not valid UTF-8" in why, why
+        assert """table "tags" key 'a\\xff'""" in why and 'column "name"' in why and "not valid UTF-8" in why, why
         assert await pg_rows(pg_dsn, "SELECT id, body FROM app.notes") == [(1, "fine")]
         assert d.stop() == 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
+from syncd.printable import text_repr
 from syncd.sqlite import windows
 from syncd.sqlite.connection import SourceFileError, no_such_table, open_connection, surrogate_text
 from syncd.types import PgType, ValueMismatch, audit_prefilter, converter_of, needs_conversion_filter
@@ -51,6 +52,8 @@ def format_key(key: tuple) -> str:
             parts.append(repr(str(v)))
         elif isinstance(v, Decimal):
             parts.append(str(v))
+        elif isinstance(v, str):
+            parts.append(text_repr(v))
         else:
             parts.append(repr(v))
     return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
