@@ -13,8 +13,9 @@ from syncd.sqlite.hold import FIRST_ROWS
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.ports import free_port
-from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
+from tests.support.sync import eventually, pg_rows, pg_statements, table_states, wait_caught_up
 from tests.support.verifying import found, sync_and_stop, tables, verify, verify_json
+from tests.support.way_back import backup_and_config, cut_over, wait_back
 
 
 async def test_the_hold_names_the_column_of_text_that_is_not_utf8(tmp_path, make_config, pg_dsn):
@@ -224,3 +225,53 @@ async def test_schema_text_that_is_not_utf8_names_its_table_and_the_others_go_on
         assert d.stop() == 0
     report = run_cli(cfg, "report")
     assert "cannot read" not in report.stdout and "Traceback" not in report.stderr, report.stdout + report.stderr
+
+
+async def test_the_way_back_holds_a_table_whose_trigger_is_not_utf8_until_it_is(tmp_path, make_config, pg_dsn):
+    """After a cutover, Postgres's rows reach SQLite with the application's triggers set
+    aside and made again. One whose text is not UTF-8 cannot be made again: its table
+    waits on the way back, named with the trigger, while the others follow; once the
+    application gives it a definition in UTF-8, the table is copied again."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE deals (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT)")
+    conn.execute("CREATE TRIGGER deals_audit AFTER INSERT ON deals WHEN NEW.v <> 'a#b' "
+                 "BEGIN INSERT INTO audit (what) VALUES ('made in SQLite'); END")
+    with_bytes_not_utf8(conn, "deals_audit")
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_statements(pg_dsn, "INSERT INTO app.deals VALUES (1, 'in Postgres')",
+                            "INSERT INTO app.audit VALUES (7, 'in Postgres')")
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app"))["deals"][0] == "held"
+
+        await eventually(held, 60, "deals held on the way back", d)
+        why = (await table_states(pg_dsn, "app"))["deals"][1]
+        assert "trigger 'deals_audit'" in why and "not valid UTF-8" in why, why
+
+        def sqlite_rows(table: str) -> list[tuple]:
+            c = sqlite3.connect(db)
+            try:
+                return c.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+            finally:
+                c.close()
+
+        async def audit_back() -> bool:
+            return sqlite_rows("audit") == [(7, "in Postgres")]
+
+        await eventually(audit_back, 60, "audit's row in SQLite", d)
+        assert sqlite_rows("deals") == []
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("DROP TRIGGER deals_audit")
+        conn.execute("CREATE TRIGGER deals_audit AFTER INSERT ON deals BEGIN "
+                     "INSERT INTO audit (what) VALUES ('made in SQLite'); END")
+        conn.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert sqlite_rows("deals") == [(1, "in Postgres")]
+        assert sqlite_rows("audit") == [(7, "in Postgres")]  # its effect is Postgres's, not made again
+        assert d.stop() == 0

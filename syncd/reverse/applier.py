@@ -34,12 +34,13 @@ from typing import Any
 
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
+from syncd.printable import text_repr
 from syncd.reverse import values
 from syncd.reverse.checkpoint import META_KEY, RELOAD_KEY
 from syncd.reverse.values import ColumnShape, NotExpressible
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import CHANGELOG, META, _own_schema_change, write_transaction
-from syncd.sqlite.connection import bound_value, fetchall_text_safe, no_such_table
+from syncd.sqlite.connection import bound_value, fetchall_text_safe, no_such_table, not_utf8, surrogate_text
 from syncd.sqlite.reader import rowid_name
 from syncd.types import PgType
 
@@ -250,11 +251,30 @@ def _app_triggers(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]
     them (capture's, which the forward daemon keeps newest so that they fire first, and
     the freeze's). Empty when the application has none. SQLite keeps a trigger's table
     as its CREATE TRIGGER spelled it ("ON Deals" for deals): matched as SQLite matches names."""
-    rows = conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' "
-                        "AND tbl_name = ? COLLATE NOCASE ORDER BY rowid", (table,)).fetchall()
+    old = conn.text_factory
+    conn.text_factory = surrogate_text  # a trigger's text is whatever bytes the application gave it
+    try:
+        rows = conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' "
+                            "AND tbl_name = ? COLLATE NOCASE ORDER BY rowid", (table,)).fetchall()
+    finally:
+        conn.text_factory = old
     first = next((i for i, (name, _) in enumerate(rows) if not freeze.is_syncd_trigger(name)), len(rows))
     return rows[first:]
 
+
+
+def _not_made_again(table: str, triggers: list[tuple[str, str]]) -> str | None:
+    """Why the table is held when one of the application's `triggers` is text that is not
+    UTF-8: it could be set aside while Postgres's rows are written, but not made again
+    (a statement syncd runs is UTF-8), so the table waits with its trigger in place."""
+    name = next((n for n, sql in triggers if not freeze.is_syncd_trigger(n) and (not_utf8(sql) or not_utf8(n))),
+                None)
+    if name is None:
+        return None
+    return (f'table "{table}": the application\'s trigger {text_repr(name)} on it is text that is not valid UTF-8: '
+            "syncd sets the application's triggers aside while it writes Postgres's rows (their effects are in "
+            "Postgres already) and cannot make this one again; give it a definition in valid UTF-8 (the table is "
+            "copied again once it has one)")
 
 
 def _lift(c: sqlite3.Connection, triggers: list[tuple[str, str]]) -> None:
@@ -513,6 +533,10 @@ class SqliteSink:
                 if not t.rows and not t.deletes and not t.raw_deletes:
                     continue
                 triggers = _app_triggers(conn, t.spec.name)
+                unmade = _not_made_again(t.spec.name, triggers)
+                if unmade is not None:
+                    out.held[t.tid] = reload[t.spec.name] = unmade
+                    continue
                 if triggers:
                     _own_schema_change(conn, lambda c: _lift(c, triggers))
                 try:
