@@ -94,6 +94,12 @@ async def test_verify_names_text_that_is_not_utf8_written_past_capture(tmp_path,
         in out.stdout, out.stdout
     assert """app: "tags" missing in Postgres: key 't\\xff'""" in out.stdout, out.stdout
     assert 'app: "tags" missing in Postgres: key ' in out.stdout and "Traceback" not in out.stderr, out.stdout + out.stderr
+    # The key's bytes, where JSON (and Postgres's json, which keeps each run's differences) holds no such text.
+    assert got["tags"]["differences"][0]["key"] == [{"text_bytes": "74ff"}], got["tags"]["differences"]
+    status = run_cli(cfg, "status")
+    assert "Postgres unreachable" not in status.stdout and '"tags": 1 row(s) differed' in status.stdout, status.stdout
+    report = run_cli(cfg, "report")
+    assert """missing ({"text_bytes": "74ff"})""" in report.stdout, report.stdout
 
 
 async def test_a_key_that_is_not_utf8_deleted_in_sqlite_lets_its_table_resume(tmp_path, make_config, pg_dsn):

@@ -10,6 +10,7 @@ from typing import Any
 
 from syncd.identifiers import quote_ident
 from syncd.sqlite.audit import format_key
+from syncd.sqlite.connection import not_utf8
 
 MISSING = "missing"  # in SQLite, not in Postgres
 EXTRA = "extra"  # in Postgres, not in SQLite
@@ -185,6 +186,8 @@ def exit_code(results: list[SourceVerifyResult]) -> int:
 def json_value(v: Any) -> Any:
     if isinstance(v, bytes):
         return {"blob": v.hex()}
+    if not_utf8(v):  # JSON holds no such text (Postgres's json refuses it): its bytes, as a blob's
+        return {"text_bytes": v.encode("utf-8", "surrogateescape").hex()}
     if isinstance(v, float) and not math.isfinite(v):
         return repr(v)
     if isinstance(v, Decimal):
