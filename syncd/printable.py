@@ -24,10 +24,10 @@ def _escape(m: re.Match) -> str:
 _BYTE_READ_AS_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
 
 
-def text_repr(text: str) -> str:
-    """repr() of `text`, each byte SQLite holds that is not UTF-8 written as the byte it
-    is (\\xff), not as the surrogate Python read it as (\\udcff)."""
-    return _BYTE_READ_AS_SURROGATE.sub(r"\1\\x\2", repr(text))
+def text_repr(value: object) -> str:
+    """repr() of `value`, each byte of SQLite text that is not UTF-8 written as the byte
+    it is (\\xff), not as the surrogate Python read it as (\\udcff)."""
+    return _BYTE_READ_AS_SURROGATE.sub(r"\1\\x\2", repr(value))
 
 
 def escape_controls(text: str) -> str:

@@ -281,3 +281,19 @@ async def test_the_way_back_holds_a_table_whose_trigger_is_not_utf8_until_it_is(
         assert sqlite_rows("deals") == [(1, "in Postgres")]
         assert sqlite_rows("audit") == [(7, "in Postgres")]  # its effect is Postgres's, not made again
         assert d.stop() == 0
+
+
+def test_schema_names_text_that_is_not_utf8_by_its_bytes(tmp_path, make_config):
+    """syncd schema's notes on a column kept as text name a value and key that are not
+    UTF-8 by the bytes SQLite holds (\\xff), as the hold lines do."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE ev (code TEXT PRIMARY KEY, at DATE, n)")
+    conn.execute("INSERT INTO ev VALUES ('a', '2026-01-01', 1), ('b', '2026-01-02', 2)")
+    conn.execute("INSERT INTO ev VALUES (CAST(x'63ff' AS TEXT), CAST(x'323032362dff' AS TEXT), CAST(x'31ff' AS TEXT))")
+    conn.close()
+    out = run_cli(make_config([{"name": "app", "path": str(db)}]), "schema")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert """(e.g. '2026-\\xff'); keys 'c\\xff'.""" in out.stdout, out.stdout
+    assert """(e.g. '1\\xff'); keys 'c\\xff'.""" in out.stdout, out.stdout
+    assert "udc" not in out.stdout, out.stdout

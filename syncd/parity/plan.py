@@ -27,7 +27,7 @@ from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_pg_ident
 from syncd.model import TableSpec
 from syncd.parity import dates, numbers
 from syncd.parity.objects import ForeignKey, Index, SourceObjects
-from syncd.printable import shorten
+from syncd.printable import shorten, text_repr
 from syncd.types import PgType, pg_default
 
 if TYPE_CHECKING:
@@ -255,7 +255,7 @@ def _plan_types(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], o
             continue
         if not verdict.typed:
             keys = ", ".join(_key(k) for k in verdict.keys)
-            example = f" (e.g. {shorten(repr(verdict.example), 60)})" if verdict.example is not None else ""
+            example = f" (e.g. {shorten(text_repr(verdict.example), 60)})" if verdict.example is not None else ""
             plan.items.append(Item(
                 "type", spec.name, what, column=col.name, verdict=verdict,
                 left_out=f"kept as text: {verdict.misfits} of {verdict.audit.values} value(s) do not convert "
@@ -319,7 +319,7 @@ def _plan_number(plan: SourcePlan, spec: TableSpec, col, collations: dict[str, s
                         "writes after the switch as text")
         else:
             keys = ", ".join(_key(k) for k in verdict.keys)
-            example = f" (e.g. {shorten(repr(verdict.example), 60)})" if verdict.example is not None else ""
+            example = f" (e.g. {shorten(text_repr(verdict.example), 60)})" if verdict.example is not None else ""
             left_out = (f"kept as text: {verdict.misfits} of {verdict.audit.values} value(s) are not of one "
                         f"numeric storage class: {verdict.why}{example}; keys {keys}. The application will meet "
                         "these values as text after the switch")
@@ -368,7 +368,7 @@ def _flavour_why(fmt: dates.Format, options: Options) -> str:
 
 
 def _key(k: tuple) -> str:
-    return repr(k[0]) if len(k) == 1 else repr(k)
+    return text_repr(k[0]) if len(k) == 1 else text_repr(k)
 
 
 def _plan_nocase(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], options: Options) -> None:
