@@ -22,6 +22,7 @@ from pathlib import Path
 
 from syncd.config import Settings, SourceSettings, _file_id, is_glob
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES
+from syncd.sqlite.connection import not_utf8
 
 NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -114,6 +115,13 @@ def expand(settings: Settings) -> Settings:
     problems: list[str] = []
     for pattern in settings.patterns:
         for file, real, key in matches(pattern):
+            if not_utf8(str(file)):
+                # Postgres keeps every source's path, and SQLite opens a file by a URI:
+                # neither holds a name that is not UTF-8. Said with its bytes as escapes.
+                shown = str(file).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                problems.append(f"{shown} (from {pattern.path}) is not picked up: its path is not valid UTF-8; "
+                                "rename the file (or its folder) to carry it")
+                continue
             if real in taken_paths:
                 holder, other_glob = taken_paths[real]
                 if other_glob is not None and other_glob != pattern.path:

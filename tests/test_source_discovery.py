@@ -70,6 +70,28 @@ def test_a_glob_names_every_file_and_says_which_it_cannot_take(tmp_path, pg_dsn)
         assert v.returncode == 2 and "t_globex: ERROR" in v.stdout and "globex.db" in v.stdout, v.stdout + v.stderr
 
 
+def test_a_file_whose_path_is_not_utf8_is_named_and_not_picked_up(tmp_path, pg_dsn):
+    """A file name, or a folder's, of bytes that are not UTF-8 (Postgres keeps each
+    source's path, SQLite opens a file by a URI: neither holds one) is not picked up, and
+    said with those bytes as escapes; the glob's other files are sources as ever."""
+    root = os.fsencode(tmp_path / "tenants")
+    for folder, stem in ((b"ok", b"acme"), (b"ok", b"bad\xff"), (b"x\xff", b"globex")):
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+        tenant(tmp_path / "made.db")  # SQLite is given a UTF-8 name: the file is renamed after
+        os.rename(tmp_path / "made.db", os.path.join(root, folder, stem + b".db"))
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn,
+                       [{"name": "t_{stem}", "path": str(tmp_path / "tenants" / "*" / "*.db")}])
+    status = run_cli(cfg, "status")
+    assert "Traceback" not in status.stderr, status.stderr
+    for shown in ("ok/bad\\xff.db", "x\\xff/globex.db"):
+        assert f"{tmp_path}/tenants/{shown} (from {tmp_path}/tenants/*/*.db) is not picked up: its path is not " \
+               "valid UTF-8" in status.stdout, status.stdout
+    assert "t_acme" in status.stdout and "t_globex" not in status.stdout, status.stdout
+    report = run_cli(cfg, "report")
+    assert "matched by a glob and not replicated: " + f"{tmp_path}/tenants/ok/bad\\xff.db" in report.stdout, \
+        report.stdout
+
+
 def test_a_file_is_one_source_however_many_ways_it_is_named(tmp_path, pg_dsn):
     """A file configured by itself and matched by a glob, or reached through a symlink,
     is one source; a directory or a dangling link the glob matches is no source."""
