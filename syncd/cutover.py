@@ -40,7 +40,7 @@ from syncd.postgres.bookkeeping import (SWITCH_CLASS, Bookkeeping, bookkeeping_e
                                        shared_key_line, sharing, source_key)
 from syncd.postgres.connect import (ASYNCPG_FAULT, READ_ONLY_DATABASE, close_quietly, connect, describe,
                                     takes_no_writes)
-from syncd.printable import listed, shorten
+from syncd.printable import listed, shorten, text_repr
 from syncd.reverse.capture import FREEZE_LOCK_STEP
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
 from syncd.sqlite import freeze
@@ -569,7 +569,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
             res.plan.append(f"{len(specs)} table(s), {rows} row(s) to verify, {pending} change(s) to drain")
             left = await worker.run(freeze.left_writable, source.wants_table)
             if left:
-                res.plan.append(f"left writable in SQLite, not frozen: {listed([repr(t) for t in left])} "
+                res.plan.append(f"left writable in SQLite, not frozen: {listed([text_repr(t) for t in left])} "
                                 "(not replicated by this source's tables/exclude, so not in Postgres)")
             res.plan += await filled_only_in_sqlite(conn, source.schema, specs)
             if dry_run:

@@ -24,7 +24,7 @@ from syncd.postgres.connect import close_quietly, connect, describe, login_refus
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
 from syncd.sqlite.connection import (AWAITS_RECOVERY, file_problem, hard_links, is_busy, left_mid_transaction,
-                                    open_readonly)
+                                    open_readonly, surrogate_text)
 from syncd.sqlite.introspect import is_internal, list_tables
 from syncd.verify.history import host_clock_offset
 
@@ -127,8 +127,10 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
     conn = open_readonly(source.path, wait_ms)
     try:
         # Whether each is a virtual table, asked of SQLite: a table's text may be any bytes.
+        conn.text_factory = surrogate_text  # a table's name is whatever bytes the application gave SQLite
         tables = dict(conn.execute("SELECT name, sql LIKE 'CREATE VIRTUAL TABLE%' FROM main.sqlite_master "
                                    "WHERE type = 'table'").fetchall())
+        conn.text_factory = str
         meta = capture.read_meta(conn) if capture.META in tables else {}
         if capture.REGISTRY in tables:  # a damaged row is UNKNOWN here, as it stops the daemon
             for name, key in conn.execute(f"SELECT name, key_columns FROM main.{quote_ident(capture.REGISTRY)}"):

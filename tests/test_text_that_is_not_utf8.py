@@ -297,3 +297,44 @@ def test_schema_names_text_that_is_not_utf8_by_its_bytes(tmp_path, make_config):
     assert """(e.g. '2026-\\xff'); keys 'c\\xff'.""" in out.stdout, out.stdout
     assert """(e.g. '1\\xff'); keys 'c\\xff'.""" in out.stdout, out.stdout
     assert "udc" not in out.stdout, out.stdout
+
+
+async def test_a_table_whose_name_is_not_utf8_is_said_not_migrated_and_the_others_go_on(tmp_path, make_config,
+                                                                                        pg_dsn):
+    """No statement syncd runs can name a table whose name is not UTF-8, nor Postgres hold
+    the name: the table is left in SQLite and said to hold data not migrated, its name's
+    bytes as escapes, wherever the objects left out are; the source's other tables load,
+    and the cutover is refused while it holds rows (it is left writable, not frozen)."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE good (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute('CREATE TABLE "t#" (id INTEGER PRIMARY KEY, v TEXT)')
+    conn.execute("INSERT INTO good VALUES (1, 'fine')")
+    conn.execute("""INSERT INTO "t#" VALUES (1, 'left in SQLite')""")
+    conn.execute('CREATE VIEW "v#" AS SELECT * FROM good')
+    with_bytes_not_utf8(conn, "t#")
+    with_bytes_not_utf8(conn, "v#")
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET tbl_name = name WHERE type IN ('table', 'view')")
+    conn.execute("PRAGMA writable_schema = OFF")
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    said = "a table whose name is not valid UTF-8 (no statement syncd runs can name it, and Postgres cannot hold"
+    out = run_cli(cfg, "schema")
+    assert out.returncode == 0 and f"-- skipped 't\\\\xff': HOLDS rows OF APPLICATION DATA THAT IS NOT MIGRATED: " \
+        f"{said}" in out.stdout, out.stdout + out.stderr
+    assert "-- skipped 'v\\\\xff': a view whose name is not valid UTF-8" in out.stdout, out.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert await pg_rows(pg_dsn, "SELECT id, v FROM app.good") == [(1, "fine")]
+    v = run_cli(cfg, "verify")
+    assert """app: "good" equal""" in v.stdout and """app: "t\\xff" not comparable""" in v.stdout, v.stdout
+    status = run_cli(cfg, "status")
+    assert "cannot read" not in status.stdout and "Traceback" not in status.stderr, status.stdout + status.stderr
+    report = run_cli(cfg, "report")
+    assert f"app.t\\xff: rows of application data in {said}" in report.stdout, report.stdout
+    dry = run_cli(cfg, "cutover", "--dry-run")
+    assert dry.returncode != 0 and f"app.t\\xff: rows of application data in {said}" in dry.stdout, dry.stdout
+    assert "left writable in SQLite, not frozen: 't\\xff'" in dry.stdout and "no plan" not in dry.stdout, dry.stdout

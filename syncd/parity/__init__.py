@@ -334,13 +334,15 @@ def preview(settings, source, specs, present: dict[str, str | None] | None = Non
     name -> comment (a dual-write index missing there, or not as planned, is built by
     finalize). Orphans are the report's (`foreign_keys` item)."""
     from syncd.parity.apply import CUTOVER_BUSY_TIMEOUT_MS
-    from syncd.sqlite.connection import open_readonly
+    from syncd.sqlite.connection import not_utf8, open_readonly, surrogate_text
 
     options = Options.from_settings(settings)
     conn = open_readonly(source.path, CUTOVER_BUSY_TIMEOUT_MS)
     try:
+        conn.text_factory = surrogate_text  # a name that is not UTF-8 is left out (introspect): no SQL names it
         views = [r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'view'")
-                 if source.wants_table(r[0])]
+                 if source.wants_table(r[0]) and not not_utf8(r[0])]
+        conn.text_factory = str
         objects, verdicts = read_sqlite(conn, specs, views, options, audit_types=True)
     finally:
         conn.close()

@@ -30,7 +30,7 @@ from syncd.parity.plan import (CUTOVER, DUAL_WRITE, FK_CASE_TODO, ICU_LOCALE, MA
                                SourcePlan, plan_source)
 from syncd.postgres.connect import describe
 from syncd.postgres.ddl import run_ddl
-from syncd.sqlite.connection import open_readonly
+from syncd.sqlite.connection import not_utf8, open_readonly, surrogate_text
 from syncd.types import PgType, translate_default
 
 log = logging.getLogger("syncd")
@@ -794,11 +794,12 @@ async def _citext(conn: asyncpg.Connection, schema: str) -> tuple[str, str | Non
 def _view_names(path, source) -> list[str]:
     """Views of the file the source's configuration wants."""
     c = open_readonly(path, CUTOVER_BUSY_TIMEOUT_MS)
+    c.text_factory = surrogate_text  # a name that is not UTF-8 is left out (introspect): no SQL names it
     try:
         names = [r[0] for r in c.execute("SELECT name FROM main.sqlite_master WHERE type = 'view'")]
     finally:
         c.close()
-    return [n for n in names if source.wants_table(n)]
+    return [n for n in names if source.wants_table(n) and not not_utf8(n)]
 
 
 def now_utc() -> dt.datetime:

@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 from syncd.identifiers import quote_ident
 from syncd.sqlite.capture import META
+from syncd.sqlite.connection import surrogate_text
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -89,7 +90,9 @@ def _read_identity(path: str | Path, mode: str, busy_timeout_ms: int) -> Identit
     except sqlite3.Error:
         return None
     try:
+        conn.text_factory = surrogate_text  # a table's name is whatever bytes the application gave SQLite
         names = [r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")]
+        conn.text_factory = str
         capture_id = None
         if META in names:
             row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = 'capture_id'").fetchone()

@@ -34,6 +34,7 @@ from syncd.reverse.applier import _write_meta, read_reload
 from syncd.reverse.checkpoint import RELOAD_KEY
 from syncd.reverse.values import ColumnShape
 from syncd.sqlite.capture import _own_schema_change, write_transaction
+from syncd.sqlite.connection import surrogate_text
 from syncd.sqlite_sql import affinity
 from syncd.types import PgType
 
@@ -258,7 +259,12 @@ def renamed(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg_tabl
 def sqlite_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:
     """(type, name) of everything in the file's schema: tables, indexes, views and
     triggers share one namespace."""
-    return [(r[0], r[1]) for r in conn.execute("SELECT type, name FROM main.sqlite_master")]
+    old = conn.text_factory
+    conn.text_factory = surrogate_text  # a name is whatever bytes the application gave SQLite
+    try:
+        return [(r[0], r[1]) for r in conn.execute("SELECT type, name FROM main.sqlite_master")]
+    finally:
+        conn.text_factory = old
 
 
 def name_clashes(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg_tables: dict[str, PgTableInfo],

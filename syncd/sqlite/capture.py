@@ -497,7 +497,12 @@ ROWIDS_KEY = "table_rowids"
 
 
 def _schema_rowids(conn: sqlite3.Connection) -> dict[str, int]:
-    return dict(conn.execute("SELECT name, rowid FROM main.sqlite_master WHERE type = 'table'").fetchall())
+    old = conn.text_factory
+    conn.text_factory = surrogate_text  # a table's name is whatever bytes the application gave SQLite
+    try:
+        return dict(conn.execute("SELECT name, rowid FROM main.sqlite_master WHERE type = 'table'").fetchall())
+    finally:
+        conn.text_factory = old
 
 
 def _remembered_rowids(conn: sqlite3.Connection) -> dict[str, int]:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 from syncd.identifiers import quote_ident, quote_literal
 from syncd.sqlite.capture import META, _own_schema_change, ensure_meta, is_capture_trigger, write_transaction
-from syncd.sqlite.connection import no_such_table
+from syncd.sqlite.connection import no_such_table, not_utf8, surrogate_text
 
 FREEZE_PREFIX = "_syncd_freeze_"
 _FREEZE_TRIGGER = re.compile(re.escape(FREEZE_PREFIX) + r"[0-9]+_(?:insert|update|delete)")
@@ -39,16 +39,22 @@ WRITING_KEY = "syncd_writing"  # _syncd_meta: present only inside syncd's own wr
 
 
 def _user_tables(conn: sqlite3.Connection) -> list[str]:
-    """Ordinary tables (not virtual or shadow ones, not SQLite's or syncd's own)."""
-    return sorted(r[1] for r in conn.execute("PRAGMA main.table_list")
-                  if r[0] == "main" and r[2] == "table" and not r[1].startswith(("sqlite_", "_syncd_")))
+    """Ordinary tables (not virtual or shadow ones, not SQLite's or syncd's own). A name
+    that is not UTF-8 is read with its bytes kept (surrogates)."""
+    old = conn.text_factory
+    conn.text_factory = surrogate_text
+    try:
+        return sorted(r[1] for r in conn.execute("PRAGMA main.table_list")
+                      if r[0] == "main" and r[2] == "table" and not r[1].startswith(("sqlite_", "_syncd_")))
+    finally:
+        conn.text_factory = old
 
 
 def left_writable(conn: sqlite3.Connection, wanted: Callable[[str], bool]) -> list[str]:
     """The file's tables a freeze leaves alone: those the source does not replicate
     (`[[sources]] tables`/`exclude`). They are not in Postgres, so the application has
-    nowhere else to write them."""
-    return [t for t in _user_tables(conn) if not wanted(t)]
+    nowhere else to write them. A table whose name is not UTF-8 too: no trigger can name it."""
+    return [t for t in _user_tables(conn) if not wanted(t) or not_utf8(t)]
 
 
 def freeze_triggers(conn: sqlite3.Connection, message: str, wanted: Callable[[str], bool]) -> list[str]:
@@ -56,7 +62,7 @@ def freeze_triggers(conn: sqlite3.Connection, message: str, wanted: Callable[[st
     out = []
     msg = quote_literal(message)
     guard = _guard()
-    for i, table in enumerate(t for t in _user_tables(conn) if wanted(t)):
+    for i, table in enumerate(t for t in _user_tables(conn) if wanted(t) and not not_utf8(t)):
         for op in ("INSERT", "UPDATE", "DELETE"):
             name = quote_ident(f"{FREEZE_PREFIX}{i}_{op.lower()}")
             out.append(f"CREATE TRIGGER {name} BEFORE {op} ON {quote_ident(table)} {guard} "

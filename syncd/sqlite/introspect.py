@@ -372,7 +372,22 @@ def introspect(
         schema.version = schema_version(conn)
         virtual = leftout.virtual_tables(conn)
         not_utf8_sql = _not_utf8_tables(conn)
-        for name, kind, without_rowid, strict in list_tables(conn):
+        old = conn.text_factory
+        conn.text_factory = surrogate_text  # an object's name is whatever bytes the application gave SQLite
+        try:
+            objects = list_tables(conn)
+        finally:
+            conn.text_factory = old
+        for name, kind, without_rowid, strict in objects:
+            if not_utf8(name):
+                # No statement syncd runs can name it (they are UTF-8), nor Postgres hold its
+                # name: left where it is, said with its bytes as escapes.
+                shown = _shown(name, "")
+                schema.left_out[shown] = leftout.LeftOut(
+                    shown, "not_utf8", f"a {kind} whose name is not valid UTF-8 (no statement syncd runs can name "
+                                       "it, and Postgres cannot hold the name)", "rename it in SQLite to carry it",
+                    holds_data=kind in ("table", "virtual"))
+                continue
             if is_internal(name):
                 continue
             if not source.wants_table(name):

@@ -22,7 +22,7 @@ SPATIAL = ("rtree", "rtree_i32", "geopoly")
 @dataclass(frozen=True)
 class LeftOut:
     name: str
-    kind: str  # view, fts5, rtree, virtual (another module), shadow
+    kind: str  # view, fts5, rtree, virtual (another module), shadow, not_utf8 (its name)
     why: str  # why syncd does not carry it
     todo: str  # what to do in Postgres instead
     holds_data: bool = False  # rows of application data live only in it
