@@ -21,10 +21,11 @@ from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import close_quietly, connect, describe, login_refused, privilege_refused
+from syncd.printable import text_repr
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
 from syncd.sqlite.connection import (AWAITS_RECOVERY, file_problem, hard_links, is_busy, left_mid_transaction,
-                                    open_readonly, surrogate_text)
+                                    not_utf8, open_readonly, surrogate_text)
 from syncd.sqlite.introspect import is_internal, list_tables
 from syncd.verify.history import host_clock_offset
 
@@ -139,7 +140,7 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
                "names": os.stat(source.path).st_nlink,
                "not_migrated": [], "suspended": meta.get(disk_guard.SUSPENDED_KEY),
                "frozen": meta.get(freeze.FROZEN_KEY) is not None}
-        if any(tables.values()):
+        if any(tables.values()) or any(not_utf8(n) for n in tables):
             out["not_migrated"] = _holding_data(conn, source)
         if capture.CHANGELOG in tables:
             # Counted, not subtracted: without a checkpoint (Postgres away, never set up)
@@ -169,8 +170,16 @@ def _holding_data(conn: sqlite3.Connection, source: SourceSettings) -> list[str]
     """Virtual tables with application data of their own that syncd cannot carry."""
     virtual = leftout.virtual_tables(conn)
     out = []
-    for name, kind, _, _ in list_tables(conn):
-        if kind == "virtual" and not is_internal(name) and source.wants_table(name):
+    conn.text_factory = surrogate_text  # a name is whatever bytes the application gave SQLite
+    try:
+        names = list_tables(conn)
+    finally:
+        conn.text_factory = str
+    for name, kind, _, _ in names:
+        if not_utf8(name) and kind in ("table", "virtual"):  # left out (introspect): no statement can name it
+            out.append(f"{text_repr(name)} HOLDS rows OF APPLICATION DATA THAT IS NOT MIGRATED: its name is not "
+                       "valid UTF-8; rename it in SQLite to carry it")
+        elif kind == "virtual" and not is_internal(name) and source.wants_table(name):
             lo = leftout.classify(conn, name, kind, virtual)
             if lo.holds_data:
                 out.append(f'"{name}" {lo.describe()}')

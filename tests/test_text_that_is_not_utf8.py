@@ -333,6 +333,7 @@ async def test_a_table_whose_name_is_not_utf8_is_said_not_migrated_and_the_other
     assert """app: "good" equal""" in v.stdout and """app: "t\\xff" not comparable""" in v.stdout, v.stdout
     status = run_cli(cfg, "status")
     assert "cannot read" not in status.stdout and "Traceback" not in status.stderr, status.stdout + status.stderr
+    assert """WARNING: app: not migrated: 't\\xff' HOLDS rows OF APPLICATION DATA""" in status.stdout, status.stdout
     report = run_cli(cfg, "report")
     assert f"app.t\\xff: rows of application data in {said}" in report.stdout, report.stdout
     dry = run_cli(cfg, "cutover", "--dry-run")
