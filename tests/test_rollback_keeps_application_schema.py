@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import uuid
 
 import asyncpg
 import pytest
@@ -570,3 +571,49 @@ async def test_a_column_postgres_computes_and_sqlite_does_not_is_named_before_th
             r = run_cli(cfg, *args)
             assert r.returncode == 0, r.stdout + r.stderr
             assert 'warning: Postgres computes "companies"."shout"' in r.stdout, r.stdout
+
+
+async def test_tables_linked_by_a_foreign_key_on_a_key_retyped_to_uuid_follow_sqlite_after_a_rollback(
+        tmp_path, make_config, pg_dsn):
+    """After the cutover the application made a TEXT key holding UUIDs `uuid` in Postgres,
+    the column of another table pointing at it too, and a foreign key between them. After
+    the rollback both columns are turned back into text together, the foreign key kept,
+    and SQLite's writes to both tables reach Postgres. Before, Postgres refused to retype
+    either column alone ("foreign key ... cannot be implemented ... uuid and text"): both
+    tables were held for good, and the next cutover was refused."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript(f"""
+        CREATE TABLE accounts (id TEXT PRIMARY KEY, name TEXT);
+        CREATE TABLE logins (id INTEGER PRIMARY KEY, account_id TEXT, at TEXT);
+        INSERT INTO accounts VALUES ('{uuid.UUID(int=1)}', 'ann'), ('{uuid.UUID(int=2)}', 'bob');
+        INSERT INTO logins (account_id, at) VALUES ('{uuid.UUID(int=1)}', 'mon'), ('{uuid.UUID(int=2)}', 'tue');
+    """)
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.accounts ALTER COLUMN id TYPE uuid USING id::uuid")
+        await pg_rows(pg_dsn, "ALTER TABLE app.logins ALTER COLUMN account_id TYPE uuid USING account_id::uuid")
+        await pg_rows(pg_dsn, "ALTER TABLE app.logins ADD CONSTRAINT logins_account FOREIGN KEY (account_id) "
+                              "REFERENCES app.accounts (id) ON DELETE CASCADE")
+        for table in ("accounts", "logins"):  # rewritten: the way back copies each again
+            d.wait_log(f"table={table} event=reload_done")
+        await rolled_back_with(cfg, db, pg_dsn, d, [], ("accounts", "logins"))
+
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO accounts VALUES (?, 'cid')", (str(uuid.UUID(int=3)),))
+        conn.execute("INSERT INTO logins (account_id, at) VALUES (?, 'wed')", (str(uuid.UUID(int=3)),))
+        conn.commit()
+        conn.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT account_id, at FROM app.logins ORDER BY id") == [
+            (str(uuid.UUID(int=1)), "mon"), (str(uuid.UUID(int=2)), "tue"), (str(uuid.UUID(int=3)), "wed")]
+        assert await pg_rows(pg_dsn, "SELECT confdeltype::text FROM pg_constraint WHERE conname = 'logins_account'") == [
+            ("c",)]
+        assert (await column_types(pg_dsn, "app.accounts"))["id"] == "text"
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr

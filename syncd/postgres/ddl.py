@@ -168,7 +168,8 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
         await conn.execute(f"CREATE TEMP TABLE _syncd_kept ON COMMIT DROP AS SELECT {key}, "
                            f"{', '.join(quote_pg_ident(c) for c in kept + carried)} FROM {table}")
     referenced = pgt is not None and await referenced_elsewhere(conn, table)
-    if referenced and not diff_shape(spec, pgt).same:
+    if pgt is not None and not diff_shape(spec, pgt).same and (
+            referenced or await _linked_by_foreign_keys(conn, table, [n for n, _, _ in diff_shape(spec, pgt).retyped])):
         pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt, too_slow, lock_wait_ms)
     # A column Postgres computes takes no value: it computes it from the row, as for the
     # stream's rows (the aside table holds NULL there: the load left it out).
@@ -276,8 +277,25 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
         await conn.execute(f"SET LOCAL lock_timeout = '{lock_wait_ms}ms'")
     try:
         async with conn.transaction():  # a savepoint
-            for sql in alters:
+            links = await _foreign_keys_on(conn, table, [n for n, _, _ in diff.retyped])
+            for link in links:  # each made again once both ends have the new type
+                await run_ddl(conn, f"ALTER TABLE {link.table} DROP CONSTRAINT {quote_pg_ident(link.name)}")
+            for (name, have, _want), sql in zip(diff.retyped, alters):
                 await run_ddl(conn, sql)
+                # The other end of a foreign key on the column (the application made both
+                # uuid, say) takes the same type, its values as they are: Postgres keeps no
+                # foreign key between two types it cannot compare.
+                want = spec.column(name).pgtype.value
+                for other, column in {(link.other_table, c) for link in links for c in link.other_columns(name)}:
+                    if await _type_of(conn, other, column) == have:
+                        oq = quote_pg_ident(column)
+                        await run_ddl(conn, f"ALTER TABLE {other} ALTER COLUMN {oq} TYPE {want} USING {oq}::{want}")
+            for link in links:
+                await run_ddl(conn, f"ALTER TABLE {link.table} ADD CONSTRAINT {quote_pg_ident(link.name)} "
+                                    f"{link.definition}")
+                if link.comment is not None:
+                    await run_ddl(conn, f"COMMENT ON CONSTRAINT {quote_pg_ident(link.name)} ON {link.table} "
+                                        f"IS {quote_literal(link.comment)}")
     except TimeoutError:
         if conn.is_closed():
             raise  # an outage: tried again as a whole
@@ -300,6 +318,55 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
         if lock_wait_ms is not None and not conn.is_closed():
             await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
     return (await read_tables(conn, schema)).get(spec.name) or pgt
+
+
+@dataclass(frozen=True)
+class _ForeignKey:
+    """A foreign key with one end on a table being retyped in place: `table` holds the
+    constraint; `pairs` are its (column here, column at the other end) on that table."""
+
+    name: str
+    table: str  # qualified: the referencing table
+    definition: str  # pg_get_constraintdef
+    comment: str | None
+    other_table: str  # qualified: the end that is not the table being retyped
+    pairs: tuple[tuple[str, str], ...]
+
+    def other_columns(self, column: str) -> list[str]:
+        return [o for c, o in self.pairs if c == column]
+
+
+async def _foreign_keys_on(conn: asyncpg.Connection, table: str, columns: list[str]) -> list[_ForeignKey]:
+    """The foreign keys, either way, with `table`'s end on one of `columns`."""
+    rows = await conn.fetch(
+        """
+        SELECT k.conname, k.conrelid::regclass::text, pg_get_constraintdef(k.oid),
+               obj_description(k.oid, 'pg_constraint'), k.conrelid = $1::regclass AS referencing,
+               k.confrelid::regclass::text, k.conrelid::regclass::text,
+               ARRAY(SELECT a.attname FROM unnest(k.conkey) WITH ORDINALITY AS u(n, i)
+                     JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i),
+               ARRAY(SELECT a.attname FROM unnest(k.confkey) WITH ORDINALITY AS u(n, i)
+                     JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i)
+        FROM pg_constraint k
+        WHERE k.contype = 'f' AND (k.conrelid = $1::regclass OR k.confrelid = $1::regclass)
+        """, table)
+    out = []
+    for name, holder, definition, comment, referencing, referenced, referencer, conkey, confkey in rows:
+        here, there = (conkey, confkey) if referencing else (confkey, conkey)
+        pairs = tuple(zip(here, there))
+        if any(c in columns for c, _ in pairs):
+            out.append(_ForeignKey(name, holder, definition, comment, referenced if referencing else referencer,
+                                   pairs))
+    return out
+
+
+async def _linked_by_foreign_keys(conn: asyncpg.Connection, table: str, columns: list[str]) -> bool:
+    return bool(columns) and bool(await _foreign_keys_on(conn, table, columns))
+
+
+async def _type_of(conn: asyncpg.Connection, table: str, column: str) -> str | None:
+    return await conn.fetchval("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                               "$1::regclass AND attname = $2 AND NOT attisdropped", table, column)
 
 
 async def _refill_in_place(conn: asyncpg.Connection, table: str, spec: TableSpec, computed_cols: frozenset[str],
