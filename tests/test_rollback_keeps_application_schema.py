@@ -617,3 +617,48 @@ async def test_tables_linked_by_a_foreign_key_on_a_key_retyped_to_uuid_follow_sq
         assert (await column_types(pg_dsn, "app.accounts"))["id"] == "text"
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_a_character_key_other_tables_point_at_is_loaded_again_without_their_action_firing(
+        tmp_path, make_config, pg_dsn):
+    """After the cutover the application made a TEXT key `character(3)` in Postgres, some
+    codes shorter than 3 (SQLite's copy holds them padded, as Postgres hands them out),
+    and a table of another schema whose foreign key ON DELETE CASCADE points at it. After
+    the rollback the key, and the column pointing at it, are turned back into text with
+    their padding, and the load rewrites every row in place: the other table keeps its
+    rows. Before, the cast to text dropped the padding, no key matched the load's, and
+    every row was deleted and inserted again: the cascade emptied the other table."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT);
+        INSERT INTO countries VALUES ('fra', 'France'), ('x', 'Nowhere');
+    """)
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.countries ALTER COLUMN code TYPE character(3)")
+        d.wait_log("table=countries event=reload_done")  # rewritten: the way back copies it again
+        await rolled_back_with(cfg, db, pg_dsn, d, [
+            "CREATE SCHEMA reports",
+            "CREATE TABLE reports.visits (id bigint PRIMARY KEY, "
+              "country character(3) REFERENCES app.countries ON DELETE CASCADE)",
+            "INSERT INTO reports.visits VALUES (1, 'fra'), (2, 'x')",
+        ], ("countries",))
+
+        await eventually(lambda: _text_key(pg_dsn), 60, "the key of countries turned back into text", daemon=d)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, country FROM reports.visits ORDER BY id") == [
+            (1, "fra"), (2, "x  ")]
+        assert await pg_rows(pg_dsn, "SELECT code, name FROM app.countries ORDER BY code") == [
+            ("fra", "France"), ("x  ", "Nowhere")]
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def _text_key(dsn: str) -> bool:
+    return (await column_types(dsn, "app.countries"))["code"] == "text"

@@ -268,56 +268,85 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
     if diff.missing_in_pg or diff.extra_in_pg or diff.key_changed:
         return pgt
     table = qualified(schema, spec.name)
-    alters = [f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(name)} TYPE {spec.column(name).pgtype.value} "
-              f"USING {quote_pg_ident(name)}::{spec.column(name).pgtype.value}" for name, _have, _want in diff.retyped]
-    if "; ".join(alters) == too_slow:
+    # A character(n) value is cast to text without the padding SQLite's copy holds (the
+    # way back writes it as Postgres hands it out): padded again, the key of every row
+    # still matches the load's, and no row is deleted and inserted again. Where that does
+    # not hold (a foreign key from a column of another type), the plain cast is tried.
+    tries = (True, False) if any(_padded_width(have) for _, have, _ in diff.retyped) else (False,)
+
+    def alters_for(padded: bool) -> list[str]:
+        return [f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(name)} TYPE {spec.column(name).pgtype.value} "
+                f"USING {_cast(quote_pg_ident(name), have, spec.column(name).pgtype.value, padded)}"
+                for name, have, _want in diff.retyped]
+
+    if "; ".join(alters_for(tries[0])) == too_slow:
         raise RewriteTooSlow(too_slow, None)
     prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
     if lock_wait_ms is not None:  # a wait for the lock is no rewrite over the statement timeout
         await conn.execute(f"SET LOCAL lock_timeout = '{lock_wait_ms}ms'")
     try:
-        async with conn.transaction():  # a savepoint
-            links = await _foreign_keys_on(conn, table, [n for n, _, _ in diff.retyped])
-            for link in links:  # each made again once both ends have the new type
-                await run_ddl(conn, f"ALTER TABLE {link.table} DROP CONSTRAINT {quote_pg_ident(link.name)}")
-            for (name, have, _want), sql in zip(diff.retyped, alters):
-                await run_ddl(conn, sql)
-                # The other end of a foreign key on the column (the application made both
-                # uuid, say) takes the same type, its values as they are: Postgres keeps no
-                # foreign key between two types it cannot compare.
-                want = spec.column(name).pgtype.value
-                for other, column in {(link.other_table, c) for link in links for c in link.other_columns(name)}:
-                    if await _type_of(conn, other, column) == have:
-                        oq = quote_pg_ident(column)
-                        await run_ddl(conn, f"ALTER TABLE {other} ALTER COLUMN {oq} TYPE {want} USING {oq}::{want}")
-            for link in links:
-                await run_ddl(conn, f"ALTER TABLE {link.table} ADD CONSTRAINT {quote_pg_ident(link.name)} "
-                                    f"{link.definition}")
-                if link.comment is not None:
-                    await run_ddl(conn, f"COMMENT ON CONSTRAINT {quote_pg_ident(link.name)} ON {link.table} "
-                                        f"IS {quote_literal(link.comment)}")
-    except TimeoutError:
-        if conn.is_closed():
-            raise  # an outage: tried again as a whole
-        raise RewriteTooSlow("; ".join(alters), None) from None
-    except asyncpg.PostgresError as e:
-        from syncd.postgres.connect import QUERY_CANCELED, describe, is_transient, sqlstate
+        for padded in tries:
+            alters = alters_for(padded)
+            try:
+                async with conn.transaction():  # a savepoint
+                    links = await _foreign_keys_on(conn, table, [n for n, _, _ in diff.retyped])
+                    for link in links:  # each made again once both ends have the new type
+                        await run_ddl(conn, f"ALTER TABLE {link.table} DROP CONSTRAINT {quote_pg_ident(link.name)}")
+                    for (name, have, _want), sql in zip(diff.retyped, alters):
+                        await run_ddl(conn, sql)
+                        # The other end of a foreign key on the column (the application made both
+                        # uuid, say) takes the same type, its values as they are: Postgres keeps no
+                        # foreign key between two types it cannot compare.
+                        want = spec.column(name).pgtype.value
+                        for other, column in {(link.other_table, c) for link in links
+                                              for c in link.other_columns(name)}:
+                            if await _type_of(conn, other, column) == have:
+                                oq = quote_pg_ident(column)
+                                await run_ddl(conn, f"ALTER TABLE {other} ALTER COLUMN {oq} TYPE {want} "
+                                                    f"USING {_cast(oq, have, want, padded)}")
+                    for link in links:
+                        await run_ddl(conn, f"ALTER TABLE {link.table} ADD CONSTRAINT {quote_pg_ident(link.name)} "
+                                            f"{link.definition}")
+                        if link.comment is not None:
+                            await run_ddl(conn, f"COMMENT ON CONSTRAINT {quote_pg_ident(link.name)} ON {link.table} "
+                                                f"IS {quote_literal(link.comment)}")
+            except TimeoutError:
+                if conn.is_closed():
+                    raise  # an outage: tried again as a whole
+                raise RewriteTooSlow("; ".join(alters), None) from None
+            except asyncpg.PostgresError as e:
+                from syncd.postgres.connect import QUERY_CANCELED, describe, is_transient, sqlstate
 
-        if sqlstate(e) == QUERY_CANCELED and "statement timeout" in str(e):
-            raise RewriteTooSlow("; ".join(alters), describe(e)) from None
-        if lock_wait_ms is not None and isinstance(e, asyncpg.LockNotAvailableError):
-            from syncd.parity import LockNotHad
+                if sqlstate(e) == QUERY_CANCELED and "statement timeout" in str(e):
+                    raise RewriteTooSlow("; ".join(alters), describe(e)) from None
+                if lock_wait_ms is not None and isinstance(e, asyncpg.LockNotAvailableError):
+                    from syncd.parity import LockNotHad
 
-            raise LockNotHad(f'table "{spec.name}": its rows are retyped as they are before the reloaded ones replace '
-                             "them, and another Postgres session holds the table (a long query or transaction) past "
-                             f"{lock_wait_ms} ms; trying again with backoff, changes stay captured in SQLite") from None
-        if is_transient(e):  # tried again as a whole, never emptied for want of a lock
-            raise
+                    raise LockNotHad(f'table "{spec.name}": its rows are retyped as they are before the reloaded ones '
+                                     "replace them, and another Postgres session holds the table (a long query or "
+                                     f"transaction) past {lock_wait_ms} ms; trying again with backoff, changes stay "
+                                     "captured in SQLite") from None
+                if is_transient(e):  # tried again as a whole, never emptied for want of a lock
+                    raise
+                continue
+            return (await read_tables(conn, schema)).get(spec.name) or pgt
         return pgt
     finally:
         if lock_wait_ms is not None and not conn.is_closed():
             await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
-    return (await read_tables(conn, schema)).get(spec.name) or pgt
+
+
+def _padded_width(type_name: str) -> int | None:
+    """n of a character(n) column (format_type), whose values Postgres hands out padded to n."""
+    m = re.fullmatch(r"character\((\d+)\)", type_name)
+    return int(m[1]) if m else None
+
+
+def _cast(q: str, have: str, want: str, padded: bool) -> str:
+    """The USING expression turning column `q` of type `have` into `want`: a character(n)
+    made text keeps its padding when `padded`."""
+    width = _padded_width(have) if padded and want == "text" else None
+    return f"rpad({q}::text, {width})" if width else f"{q}::{want}"
 
 
 @dataclass(frozen=True)
