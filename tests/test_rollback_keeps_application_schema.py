@@ -662,3 +662,39 @@ async def test_a_character_key_other_tables_point_at_is_loaded_again_without_the
 
 async def _text_key(dsn: str) -> bool:
     return (await column_types(dsn, "app.countries"))["code"] == "text"
+
+
+async def test_an_empty_table_another_table_points_at_is_loaded_again_after_a_rollback(tmp_path, make_config, pg_dsn):
+    """A table empty in Postgres that a table the application made there after the cutover
+    points at (a foreign key) must be loaded again after the rollback (a column SQLite
+    added whose default Postgres cannot give): it is emptied row by row and loaded, and the
+    source streams on. Before, Postgres refused to TRUNCATE a table a foreign key points
+    at, empty or not: the source failed with an unexpected error, every one of its tables
+    at a standstill, for good."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await rolled_back_with(cfg, db, pg_dsn, d, [
+            "CREATE TABLE app.notes (id bigint PRIMARY KEY, tag_id bigint REFERENCES app.tags ON DELETE CASCADE, "
+              "body text)",
+            "INSERT INTO app.notes VALUES (1, NULL, 'untagged')",
+        ], ("notes",))
+
+        conn = sqlite3.connect(db)
+        conn.execute("ALTER TABLE tags ADD COLUMN color TEXT NOT NULL DEFAULT 1.50")
+        conn.execute("INSERT INTO tags (name) VALUES ('red')")
+        conn.commit()
+        conn.close()
+        d.wait_log("reloading the table")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, name, color FROM app.tags") == [(1, "red", "1.5")]
+        assert await pg_rows(pg_dsn, "SELECT id, tag_id, body FROM app.notes") == [(1, None, "untagged")]
+        assert "unexpected error" not in d.log()
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
