@@ -252,6 +252,8 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
                 # foreign key points at (a TRUNCATE it refuses there).
                 await conn.execute(f"DELETE FROM {ddl.qualified(target, t.name)}")
                 if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
+                    pgt = await ddl.retype_linked_columns(conn, target, t.spec, pgt)
+                if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
                     set_aside = await ddl.reshape_empty_table(conn, target, t.spec, pgt)
                     await _say_set_aside(session, conn, t.name, set_aside)
             row = changed(

@@ -580,7 +580,9 @@ async def test_tables_linked_by_a_foreign_key_on_a_key_retyped_to_uuid_follow_sq
     the rollback both columns are turned back into text together, the foreign key kept,
     and SQLite's writes to both tables reach Postgres. Before, Postgres refused to retype
     either column alone ("foreign key ... cannot be implemented ... uuid and text"): both
-    tables were held for good, and the next cutover was refused."""
+    tables were held for good, and the next cutover was refused. Two such tables still
+    empty (teams, members) are turned back the same way before they are loaded; before,
+    the source failed with an unexpected error, every one of its tables at a standstill."""
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=wal")
@@ -589,6 +591,8 @@ async def test_tables_linked_by_a_foreign_key_on_a_key_retyped_to_uuid_follow_sq
         CREATE TABLE logins (id INTEGER PRIMARY KEY, account_id TEXT, at TEXT);
         INSERT INTO accounts VALUES ('{uuid.UUID(int=1)}', 'ann'), ('{uuid.UUID(int=2)}', 'bob');
         INSERT INTO logins (account_id, at) VALUES ('{uuid.UUID(int=1)}', 'mon'), ('{uuid.UUID(int=2)}', 'tue');
+        CREATE TABLE teams (id TEXT PRIMARY KEY);
+        CREATE TABLE members (id INTEGER PRIMARY KEY, team_id TEXT);
     """)
     conn.commit()
     conn.close()
@@ -600,13 +604,18 @@ async def test_tables_linked_by_a_foreign_key_on_a_key_retyped_to_uuid_follow_sq
         await pg_rows(pg_dsn, "ALTER TABLE app.logins ALTER COLUMN account_id TYPE uuid USING account_id::uuid")
         await pg_rows(pg_dsn, "ALTER TABLE app.logins ADD CONSTRAINT logins_account FOREIGN KEY (account_id) "
                               "REFERENCES app.accounts (id) ON DELETE CASCADE")
-        for table in ("accounts", "logins"):  # rewritten: the way back copies each again
+        await pg_rows(pg_dsn, "ALTER TABLE app.teams ALTER COLUMN id TYPE uuid USING id::uuid")
+        await pg_rows(pg_dsn, "ALTER TABLE app.members ALTER COLUMN team_id TYPE uuid USING team_id::uuid")
+        await pg_rows(pg_dsn, "ALTER TABLE app.members ADD FOREIGN KEY (team_id) REFERENCES app.teams (id)")
+        for table in ("accounts", "logins", "teams", "members"):  # rewritten: the way back copies each again
             d.wait_log(f"table={table} event=reload_done")
-        await rolled_back_with(cfg, db, pg_dsn, d, [], ("accounts", "logins"))
+        await rolled_back_with(cfg, db, pg_dsn, d, [], ("accounts", "logins", "teams", "members"))
 
         conn = sqlite3.connect(db)
         conn.execute("INSERT INTO accounts VALUES (?, 'cid')", (str(uuid.UUID(int=3)),))
         conn.execute("INSERT INTO logins (account_id, at) VALUES (?, 'wed')", (str(uuid.UUID(int=3)),))
+        conn.execute("INSERT INTO teams VALUES (?)", (str(uuid.UUID(int=4)),))
+        conn.execute("INSERT INTO members (team_id) VALUES (?)", (str(uuid.UUID(int=4)),))
         conn.commit()
         conn.close()
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
@@ -615,6 +624,7 @@ async def test_tables_linked_by_a_foreign_key_on_a_key_retyped_to_uuid_follow_sq
         assert await pg_rows(pg_dsn, "SELECT confdeltype::text FROM pg_constraint WHERE conname = 'logins_account'") == [
             ("c",)]
         assert (await column_types(pg_dsn, "app.accounts"))["id"] == "text"
+        assert await pg_rows(pg_dsn, "SELECT team_id FROM app.members") == [(str(uuid.UUID(int=4)),)]
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
 

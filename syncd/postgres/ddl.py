@@ -389,6 +389,17 @@ async def _foreign_keys_on(conn: asyncpg.Connection, table: str, columns: list[s
     return out
 
 
+async def retype_linked_columns(conn: asyncpg.Connection, schema: str, spec: TableSpec, pgt: PgTable) -> PgTable:
+    """Inside the caller's transaction, a table emptied to be loaded again: its columns at
+    one end of a foreign key (both ends made uuid, say) made `spec`'s type together with
+    the other end, which reshape_empty_table cannot do (Postgres refuses the retype of
+    either end alone). Returns the table as it is now."""
+    if not await _linked_by_foreign_keys(conn, qualified(schema, spec.name),
+                                         [n for n, _, _ in diff_shape(spec, pgt).retyped]):
+        return pgt
+    return await _retype_rows_as_they_are(conn, schema, spec, pgt)
+
+
 async def _linked_by_foreign_keys(conn: asyncpg.Connection, table: str, columns: list[str]) -> bool:
     return bool(columns) and bool(await _foreign_keys_on(conn, table, columns))
 
