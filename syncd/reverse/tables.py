@@ -68,7 +68,7 @@ def made_by_the_application(name: str, source, owners: dict[str, str]) -> bool:
     """Whether a table of the source's schema in Postgres is one the way back takes up
     as the application's own (created there after the cutover): the source wants it,
     it is not syncd's or SQLite's, and it is no other source's replica."""
-    return (source.wants_table(name) and not name.startswith(("_syncd_", "sqlite_"))
+    return (source.wants_table(name) and not name.startswith("_syncd_")
             and owners.get(name) in (None, source.name))
 
 
@@ -280,6 +280,11 @@ def name_clashes(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg
             have.setdefault(sqlite_folded(name), []).append(("new", name))
     for name, d in decisions.items():
         clash = None
+        if d.kind == CREATE and sqlite_folded(name).startswith("sqlite_"):
+            decisions[name] = Decision(PAUSE, f'the table "{name}" created in Postgres after the cutover has a name '
+                                              'SQLite keeps for its own tables (beginning with "sqlite_"), so SQLite '
+                                              "cannot follow; rename it in Postgres to resume")
+            continue
         if d.kind == CREATE:
             # a table of exactly its name is the one create_table made already
             other = next((n for kind, n in have[sqlite_folded(name)]
