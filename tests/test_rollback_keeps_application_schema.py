@@ -708,3 +708,58 @@ async def test_an_empty_table_another_table_points_at_is_loaded_again_after_a_ro
         assert "unexpected error" not in d.log()
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_a_table_rebuilt_onto_another_key_while_a_foreign_key_points_at_it_holds_only_its_table(
+        tmp_path, make_config, pg_dsn):
+    """After the rollback the application rebuilds a table in SQLite onto another key
+    while a foreign key it made in Postgres after the cutover points at the old one:
+    Postgres cannot drop that key. The table is held, naming the foreign key, its rows
+    untouched in Postgres; the other tables stream on, and once the foreign key is
+    dropped the table is loaded again. Before, the source failed with an unexpected
+    error, every one of its tables at a standstill, retried for good."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"held_table_retry_seconds": 1})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await rolled_back_with(cfg, db, pg_dsn, d, [
+            "CREATE TABLE app.notes (id bigint PRIMARY KEY, "
+              "company_id bigint REFERENCES app.companies ON DELETE CASCADE, body text)",
+            "INSERT INTO app.notes VALUES (1, 1, 'call back')",
+        ], ("notes",))
+
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.executescript("""
+            BEGIN;
+            CREATE TABLE companies_new (id INTEGER NOT NULL, name TEXT NOT NULL, revenue NUMERIC,
+                                        PRIMARY KEY (id, name));
+            INSERT INTO companies_new SELECT * FROM companies;
+            DROP TABLE companies;
+            ALTER TABLE companies_new RENAME TO companies;
+            COMMIT;
+        """)
+        conn.close()
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app")).get("companies", ("",))[0] == "held"
+
+        await eventually(held, 60, "the table held", daemon=d)
+        reason = (await table_states(pg_dsn, "app"))["companies"][1]
+        assert "notes_company_id_fkey" in reason, reason
+        assert await pg_rows(pg_dsn, "SELECT id, company_id FROM app.notes") == [(1, 1)]
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO notes VALUES (2, 2, 'send the offer')")
+        conn.commit()
+        conn.close()
+
+        async def note_arrived() -> bool:
+            return len(await pg_rows(pg_dsn, "SELECT 1 FROM app.notes")) == 2
+
+        await eventually(note_arrived, 30, "the other table streaming on", daemon=d)
+        assert "unexpected error" not in d.log()
+        await pg_rows(pg_dsn, "ALTER TABLE app.notes DROP CONSTRAINT notes_company_id_fkey")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, name FROM app.companies ORDER BY id") == [(1, "Acme"), (2, "Globex")]
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr
