@@ -47,6 +47,11 @@ STATS_IDLE_SECONDS = 60.0
 # leaving every size as it was. A thousand idle files re-opened once a minute each cost
 # the daemon 3% of a core (bench/fleet.py); every five minutes, a fifth of that.
 IDLE_RELOOK_SECONDS = 300.0
+# Why Postgres refuses to reshape an emptied table, for what the application made there after
+# a cutover: FEATURE_NOT_SUPPORTED (a view or generated column uses the column),
+# DEPENDENT_OBJECTS_STILL_EXIST (a foreign key depends on the key), DATATYPE_MISMATCH (a
+# foreign key's other end keeps its type).
+RESHAPE_REFUSED = ("0A000", "2BP01", "42804")
 
 # Health states, as status and sd_notify report them (and POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED:
 # syncd.health_note, whose note leaves them out).
@@ -703,7 +708,19 @@ class Pipeline:
                     return False
                 await self._close_load()  # a start that failed before: its read side and read-ahead go
                 self.load = self._table_load(t)
-                await start(s, t, self.load)
+                try:
+                    await start(s, t, self.load)
+                except Exception as e:
+                    # An emptied table Postgres cannot reshape for what the application made
+                    # there after a cutover: a view or generated column keeping a column's
+                    # type, a foreign key on its key. Tried again, it fails again until that
+                    # is dropped: the table waits, its rows untouched, the others go on.
+                    if sqlstate(e) not in RESHAPE_REFUSED:
+                        raise
+                    await self._close_load()
+                    await self._hold(t, f'table "{t.name}": Postgres cannot reshape it as SQLite\'s table is now: '
+                                        f"{describe(e)}", bk.PENDING, t.row.from_seq)
+                    return False
             elif self.load is None and reader.snapshot_position_kind(t.spec) == "rowid-unstable":
                 s.info("a table keyed by [sources.keys] cannot resume a load (VACUUM may renumber its rows): "
                        "loading it again from the start", table=t.name, event="snapshot_restarted")

@@ -717,16 +717,22 @@ async def test_a_table_rebuilt_onto_another_key_while_a_foreign_key_points_at_it
     Postgres cannot drop that key. The table is held, naming the foreign key, its rows
     untouched in Postgres; the other tables stream on, and once the foreign key is
     dropped the table is loaded again. Before, the source failed with an unexpected
-    error, every one of its tables at a standstill, retried for good."""
+    error, every one of its tables at a standstill, retried for good. So for a table still
+    empty (tags), which the load reshapes before it starts."""
     db = tmp_path / "app.db"
     make_app(db)
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
     cfg = backup_and_config(make_config, tmp_path, db, stream={"held_table_retry_seconds": 1})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         await rolled_back_with(cfg, db, pg_dsn, d, [
             "CREATE TABLE app.notes (id bigint PRIMARY KEY, "
-              "company_id bigint REFERENCES app.companies ON DELETE CASCADE, body text)",
-            "INSERT INTO app.notes VALUES (1, 1, 'call back')",
+              "company_id bigint REFERENCES app.companies ON DELETE CASCADE, "
+              "tag_id bigint REFERENCES app.tags, body text)",
+            "INSERT INTO app.notes VALUES (1, 1, NULL, 'call back')",
         ], ("notes",))
 
         conn = sqlite3.connect(db, isolation_level=None)
@@ -737,19 +743,23 @@ async def test_a_table_rebuilt_onto_another_key_while_a_foreign_key_points_at_it
             INSERT INTO companies_new SELECT * FROM companies;
             DROP TABLE companies;
             ALTER TABLE companies_new RENAME TO companies;
+            DROP TABLE tags;
+            CREATE TABLE tags (id INTEGER NOT NULL, name TEXT NOT NULL, PRIMARY KEY (id, name));
             COMMIT;
         """)
         conn.close()
 
         async def held() -> bool:
-            return (await table_states(pg_dsn, "app")).get("companies", ("",))[0] == "held"
+            states = await table_states(pg_dsn, "app")
+            return all(states.get(t, ("",))[0] == "held" for t in ("companies", "tags"))
 
-        await eventually(held, 60, "the table held", daemon=d)
-        reason = (await table_states(pg_dsn, "app"))["companies"][1]
-        assert "notes_company_id_fkey" in reason, reason
+        await eventually(held, 60, "the tables held", daemon=d)
+        states = await table_states(pg_dsn, "app")
+        assert "notes_company_id_fkey" in states["companies"][1], states
+        assert "notes_tag_id_fkey" in states["tags"][1], states
         assert await pg_rows(pg_dsn, "SELECT id, company_id FROM app.notes") == [(1, 1)]
         conn = sqlite3.connect(db)
-        conn.execute("INSERT INTO notes VALUES (2, 2, 'send the offer')")
+        conn.execute("INSERT INTO notes VALUES (2, 2, NULL, 'send the offer')")
         conn.commit()
         conn.close()
 
@@ -759,6 +769,7 @@ async def test_a_table_rebuilt_onto_another_key_while_a_foreign_key_points_at_it
         await eventually(note_arrived, 30, "the other table streaming on", daemon=d)
         assert "unexpected error" not in d.log()
         await pg_rows(pg_dsn, "ALTER TABLE app.notes DROP CONSTRAINT notes_company_id_fkey")
+        await pg_rows(pg_dsn, "ALTER TABLE app.notes DROP CONSTRAINT notes_tag_id_fkey")
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert await pg_rows(pg_dsn, "SELECT id, name FROM app.companies ORDER BY id") == [(1, "Acme"), (2, "Globex")]
         v = run_cli(cfg, "verify")
