@@ -454,6 +454,23 @@ async def stricter_in_postgres(conn: asyncpg.Connection, schema: str, specs: dic
         out.append(f'warning: Postgres holds "{name}" on "{table}" ({definition}), which SQLite does not: '
                    f"after the rollback a row the application writes to SQLite that breaks it holds the table{also}; "
                    "drop it in Postgres or keep the application within it")
+    # Foreign keys of tables outside the schema (another application's) pointing at the
+    # source's tables: SQLite knows nothing of them, nor of the rows they guard.
+    elsewhere = await conn.fetch(
+        "SELECT t.relname, con.conname, cn.nspname, c.relname, pg_get_constraintdef(con.oid), "
+        "con.confdeltype IN ('c', 'n', 'd') OR con.confupdtype IN ('c', 'n', 'd') "
+        "FROM pg_constraint con JOIN pg_class t ON t.oid = con.confrelid "
+        "JOIN pg_namespace n ON n.oid = t.relnamespace JOIN pg_class c ON c.oid = con.conrelid "
+        "JOIN pg_namespace cn ON cn.oid = c.relnamespace "
+        "WHERE con.contype = 'f' AND n.nspname = $1 AND cn.nspname <> $1 ORDER BY 1, 2", schema)
+    for table, name, holder_schema, holder, definition, acts in elsewhere:
+        if table not in specs:
+            continue
+        what = ("deletes or changes the rows pointing at it in Postgres only (its ON DELETE/ON UPDATE action)"
+                if acts else "is refused by Postgres while a row points at it, and holds the table")
+        out.append(f'warning: Postgres holds "{name}" of "{holder_schema}"."{holder}" ({definition}), which points at '
+                   f'"{table}" and which SQLite does not: after the rollback deleting or re-keying in SQLite a row it '
+                   f"points at {what}; drop it in Postgres or keep the application within it")
     return out
 
 

@@ -158,7 +158,9 @@ async def test_a_cascading_foreign_key_made_in_postgres_is_named_for_what_it_del
     """A foreign key ON DELETE CASCADE the application made in Postgres after the cutover
     holds no table after the rollback: deleting in SQLite a row it points at deletes the
     rows pointing at it in Postgres only. The rollback says so, not only that a row
-    breaking it holds its table (which was all it said)."""
+    breaking it holds its table (which was all it said). So for a foreign key of a table
+    in another schema (another application's) pointing at the source's table, which was
+    not named at all: the rows it deletes there are in no SQLite file."""
     db = tmp_path / "app.db"
     make_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
@@ -167,11 +169,17 @@ async def test_a_cascading_foreign_key_made_in_postgres_is_named_for_what_it_del
         await pg_rows(pg_dsn, "CREATE TABLE app.notes (id bigint PRIMARY KEY, "
                               "company_id bigint REFERENCES app.companies (id) ON DELETE CASCADE, body text)")
         await pg_rows(pg_dsn, "INSERT INTO app.notes VALUES (1, 1, 'call back')")
+        await pg_rows(pg_dsn, "CREATE SCHEMA crm")
+        await pg_rows(pg_dsn, "CREATE TABLE crm.deals (id bigint PRIMARY KEY, "
+                              "company_id bigint REFERENCES app.companies (id) ON DELETE CASCADE)")
         await eventually(lambda: _followed(db, "notes"), 60, "notes in SQLite", d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
         r = run_cli(cfg, "rollback", "--dry-run")
         assert r.returncode == 0, r.stdout + r.stderr
         line = next(x for x in r.stdout.splitlines() if '"notes_company_id_fkey"' in x)
+        assert "deletes or changes the rows pointing at it in Postgres only" in line, line
+        line = next((x for x in r.stdout.splitlines() if '"deals_company_id_fkey"' in x), r.stdout)
+        assert 'of "crm"."deals"' in line and 'points at "companies"' in line, line
         assert "deletes or changes the rows pointing at it in Postgres only" in line, line
 
 
