@@ -554,3 +554,32 @@ async def test_a_capture_function_an_earlier_syncd_wrote_is_rewritten_when_the_d
 
 class _Undo(Exception):
     pass
+
+
+async def test_a_table_dropped_in_sqlite_before_the_cutover_stays_out_of_sqlite(tmp_path, make_config, pg_dsn):
+    """A table the application dropped in SQLite during dual-write is kept aside in
+    Postgres (notes__dropped_<time>), with its rows. The way back leaves it there: SQLite
+    follows the application's tables only. Before, it took the kept table for one the
+    application made in Postgres after the cutover, created it in the SQLite file and
+    copied every row of it back there."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO notes VALUES (1, 'kept aside')")
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn = sqlite3.connect(db)
+        conn.execute("DROP TABLE notes")
+        conn.commit()
+        conn.close()
+        d.wait_log("event=table_dropped")
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "UPDATE app.contacts SET email = 'moved@x' WHERE id = 1")
+        await eventually(lambda: _email_is(db, 1, "moved@x"), 30, "the change in SQLite", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert [n for (n,) in typeof(db, "SELECT name FROM sqlite_master WHERE name LIKE '%dropped%'")] == []
+        assert [n for (n,) in await pg_rows(pg_dsn, "SELECT table_name FROM syncd.tables")] == ["contacts"]
+        assert d.stop() == 0

@@ -67,8 +67,9 @@ class PgTableInfo:
 def made_by_the_application(name: str, source, owners: dict[str, str]) -> bool:
     """Whether a table of the source's schema in Postgres is one the way back takes up
     as the application's own (created there after the cutover): the source wants it,
-    it is not syncd's or SQLite's, and it is no other source's replica."""
-    return (source.wants_table(name) and not name.startswith("_syncd_")
+    it is not syncd's or SQLite's, nor one a drop in SQLite left in Postgres (kept aside
+    there, never the application's table again), and it is no other source's replica."""
+    return (source.wants_table(name) and not name.startswith("_syncd_") and not ddl.is_aside(name)
             and owners.get(name) in (None, source.name))
 
 
