@@ -437,10 +437,10 @@ async def test_a_key_column_renamed_in_postgres_never_fails_the_applications_wri
 async def test_names_sqlite_takes_for_one_it_has_pause_only_their_table(tmp_path, make_config, pg_dsn):
     """SQLite ignores case in names, Postgres does not: a column "Email" added beside
     "email", or a table "Notes" created beside "notes", cannot be made in SQLite, nor one
-    named as SQLite names its own ("SQLite_stats"). That table is paused, naming both (or
-    why), and a rollback waits; every other table goes on following Postgres, and renaming
-    it in Postgres resumes it. Before, a table named so was passed over without a word:
-    the rollback went through without its rows."""
+    named as SQLite names its own ("SQLite_stats") or syncd its own there ("_syncd_log").
+    That table is paused, naming both (or why), and a rollback waits; every other table
+    goes on following Postgres, and renaming it in Postgres resumes it. Before, a table
+    named so was passed over without a word: the rollback went through without its rows."""
     db = tmp_path / "app.db"
     make_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
@@ -451,6 +451,8 @@ async def test_names_sqlite_takes_for_one_it_has_pause_only_their_table(tmp_path
         await pg_rows(pg_dsn, "INSERT INTO app.\"Notes\" VALUES (1, 'upper case')")
         await pg_rows(pg_dsn, 'CREATE TABLE app."SQLite_stats" (id bigint PRIMARY KEY, body text)')
         await pg_rows(pg_dsn, "INSERT INTO app.\"SQLite_stats\" VALUES (1, 'reserved')")
+        await pg_rows(pg_dsn, "CREATE TABLE app._syncd_log (id bigint PRIMARY KEY, body text)")
+        await pg_rows(pg_dsn, "INSERT INTO app._syncd_log VALUES (1, 'syncd''s')")
         await eventually(lambda: paused(pg_dsn, "contacts"), 30, "contacts paused", d)
         await eventually(lambda: paused(pg_dsn, "Notes"), 30, "Notes paused", d)
         assert ('the column "Email" added in Postgres after the cutover and "email" are one name to SQLite'
@@ -459,6 +461,9 @@ async def test_names_sqlite_takes_for_one_it_has_pause_only_their_table(tmp_path
         await eventually(lambda: paused(pg_dsn, "SQLite_stats"), 30, "SQLite_stats paused", d)
         assert 'has a name SQLite keeps for its own tables (beginning with "sqlite_")' in \
             await paused(pg_dsn, "SQLite_stats")
+        await eventually(lambda: paused(pg_dsn, "_syncd_log"), 30, "_syncd_log paused", d)
+        assert 'a name syncd keeps for its own tables in SQLite (beginning with "_syncd_")' in \
+            await paused(pg_dsn, "_syncd_log")
         await pg_rows(pg_dsn, "INSERT INTO app.notes VALUES (1, 'still followed')")
         await eventually(lambda: _body(db), 30, "notes followed meanwhile", d)
         status = run_cli(cfg, "status")
@@ -466,13 +471,16 @@ async def test_names_sqlite_takes_for_one_it_has_pause_only_their_table(tmp_path
         r = run_cli(cfg, "rollback")
         assert r.returncode == 1 and 'table "Notes" does not follow Postgres (paused)' in r.stdout, r.stdout
         assert 'table "SQLite_stats" does not follow Postgres (paused)' in r.stdout, r.stdout
+        assert 'table "_syncd_log" does not follow Postgres (paused)' in r.stdout, r.stdout
         await pg_rows(pg_dsn, 'ALTER TABLE app.contacts RENAME COLUMN "Email" TO email2')
         await pg_rows(pg_dsn, 'ALTER TABLE app."Notes" RENAME TO notes2')
         await pg_rows(pg_dsn, 'ALTER TABLE app."SQLite_stats" RENAME TO stats')
+        await pg_rows(pg_dsn, "ALTER TABLE app._syncd_log RENAME TO log")
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert typeof(db, "SELECT body FROM notes2") == [("upper case",)]
         assert typeof(db, "SELECT body FROM stats") == [("reserved",)]
-        assert await compare_all(str(db), pg_dsn, "app", ["contacts", "notes", "notes2", "stats"]) == []
+        assert typeof(db, "SELECT body FROM log") == [("syncd's",)]
+        assert await compare_all(str(db), pg_dsn, "app", ["contacts", "notes", "notes2", "stats", "log"]) == []
         assert d.stop() == 0
 
 

@@ -67,9 +67,10 @@ class PgTableInfo:
 def made_by_the_application(name: str, source, owners: dict[str, str]) -> bool:
     """Whether a table of the source's schema in Postgres is one the way back takes up
     as the application's own (created there after the cutover): the source wants it,
-    it is not syncd's or SQLite's, nor one a drop in SQLite left in Postgres (kept aside
-    there, never the application's table again), and it is no other source's replica."""
-    return (source.wants_table(name) and not name.startswith("_syncd_") and not ddl.is_aside(name)
+    it is not one a drop in SQLite left in Postgres (kept aside there, never the
+    application's table again), and it is no other source's replica. (One named as
+    SQLite's or syncd's own tables are is paused: name_clashes.)"""
+    return (source.wants_table(name) and not ddl.is_aside(name)
             and owners.get(name) in (None, source.name))
 
 
@@ -285,6 +286,11 @@ def name_clashes(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg
             decisions[name] = Decision(PAUSE, f'the table "{name}" created in Postgres after the cutover has a name '
                                               'SQLite keeps for its own tables (beginning with "sqlite_"), so SQLite '
                                               "cannot follow; rename it in Postgres to resume")
+            continue
+        if d.kind == CREATE and name.startswith("_syncd_"):
+            decisions[name] = Decision(PAUSE, f'the table "{name}" created in Postgres after the cutover has a name '
+                                              'syncd keeps for its own tables in SQLite (beginning with "_syncd_"), so '
+                                              "SQLite cannot follow; rename it in Postgres to resume")
             continue
         if d.kind == CREATE:
             # a table of exactly its name is the one create_table made already
