@@ -243,3 +243,21 @@ async def test_a_source_that_cannot_be_measured_ends_a_report_over_several_datab
         assert out.returncode == 2 and "timed out" in out.stderr, out.stdout[-2000:] + out.stderr[-2000:]
     finally:
         fresh_databases.give_back(other)
+
+
+async def test_lookups_that_find_no_row_in_postgres_are_no_evidence(app_db, make_config, pg_dsn, tmp_path):
+    """Postgres's tables emptied (a copy that moved none of the rows, say): every lookup of a
+    row sampled from SQLite finds nothing there, in no time. The item fails, naming the
+    lookups, rather than passing on timings of tables that hold none of the user's data."""
+    from tests.support.verifying import pg_execute
+
+    cfg = await synced(app_db, make_config, pg_dsn, tmp_path)
+    await pg_execute(pg_dsn, "DELETE FROM app.person")
+    out = run_cli(cfg, "report", "--format", "json")
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr
+    doc = json.loads(out.stdout)
+    perf = item(doc, "performance")
+    assert perf["ok"] is False, perf
+    pk = next(p for p in perf["problems"] if p.startswith("app.person: primary key (id):"))
+    assert "none of the 3 row(s) sampled from SQLite is in Postgres" in pk, pk
+    assert not any(e.startswith("app.person:") for e in perf["evidence"]), perf

@@ -63,7 +63,8 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
             "bound).",
             f"- *Performance*: per table, a primary-key lookup and a lookup through each index syncd created, "
             f"on rows sampled from SQLite, timed in both (the median of {RUNS} runs, at most 100 rows fetched); "
-            f"a lookup slower in Postgres than `[cutover] max_query_ms` ({f.max_query_ms:g} ms) fails the item.",
+            f"a lookup slower in Postgres than `[cutover] max_query_ms` ({f.max_query_ms:g} ms) fails the item, "
+            "and so does one that finds none of its sampled rows in Postgres (it timed no data).",
             "- *Foreign keys*: rows whose foreign key names no parent row, counted in Postgres per foreign key "
             "SQLite declares (SQLite enforces them only when the application turns them on).",
             "- *Backup*: files matching `[cutover] backup_glob` (relative to the configuration file, `{source}` "
