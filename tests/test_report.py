@@ -727,7 +727,8 @@ async def test_a_change_held_for_minutes_is_no_lag_below_30_s(ready, app_db, pg_
 async def test_the_glance_row_flags_tables_whose_counts_differ_though_the_totals_agree(ready, pg_dsn):
     """A row gone from one table in Postgres and a row only Postgres has in another: the
     source's totals agree (1,050 on each side), its tables' counts do not. The page's
-    at-a-glance row shows the counts as a mismatch, as the migrated item fails."""
+    at-a-glance row and the source's own figure show the counts as a mismatch, as the
+    migrated item fails."""
     await pg_execute(pg_dsn, "DELETE FROM app.items WHERE id = 1")
     await pg_execute(pg_dsn, "INSERT INTO app.notes VALUES ('only in postgres', 'x')")
     rc, text, _ = html_report(ready)
@@ -735,3 +736,6 @@ async def test_the_glance_row_flags_tables_whose_counts_differ_though_the_totals
     row = re.search(r'<tr data-source="app">.*?</tr>', text, re.S).group(0)
     assert "1,050 / 1,050" in row, row
     assert '<span class="mismatch">1,050 / 1,050</span>' in row, row
+    source = re.search(r'<article class="source" id="source-0".*?</article>', text, re.S).group(0)
+    figure = re.search(r"<dt>Rows \(SQLite / Postgres\)</dt><dd>.*?</dd>", source).group(0)
+    assert '<span class="mismatch">1,050 / 1,050</span>' in figure, figure

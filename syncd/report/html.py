@@ -303,7 +303,9 @@ def _figures(f: SourceFacts | None, st: SourceStatus | None) -> list[str]:
     if f is not None:
         rows_s = _sum(t.rows_sqlite for t in f.tables)
         rows_p = _sum(t.rows_postgres for t in f.tables)
-        cls = "" if rows_s == rows_p and rows_s is not None else ' class="mismatch"'
+        # As the glance row: agreeing totals may hide one table short and another over.
+        differ = rows_s != rows_p or rows_s is None or any(not t.counts_match for t in f.tables)
+        cls = ' class="mismatch"' if differ else ""
         out.append(_figure("Rows (SQLite / Postgres)", None, None,
                            f"<span{cls}>{e(number(rows_s))} / {e(number(rows_p))}</span>"))
         runs = [t.last_run for t in f.tables if t.last_run]
