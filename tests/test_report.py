@@ -739,3 +739,24 @@ async def test_the_glance_row_flags_tables_whose_counts_differ_though_the_totals
     source = re.search(r'<article class="source" id="source-0".*?</article>', text, re.S).group(0)
     figure = re.search(r"<dt>Rows \(SQLite / Postgres\)</dt><dd>.*?</dd>", source).group(0)
     assert '<span class="mismatch">1,050 / 1,050</span>' in figure, figure
+
+
+async def test_a_verification_from_before_a_column_was_added_is_no_evidence_for_it(ready, app_db, pg_dsn,
+                                                                                  tmp_path):
+    """A column added in SQLite (and by the daemon in Postgres) after the table's last
+    verification was never compared: that run does not make the table verified equal,
+    the more so as Postgres holds other values in it."""
+    conn = sqlite3.connect(app_db)
+    conn.execute("ALTER TABLE notes ADD COLUMN tag TEXT DEFAULT 'x'")
+    conn.commit()
+    conn.close()
+    await sync_and_stop(ready, app_db, pg_dsn, tmp_path / "again.log")
+    await pg_execute(pg_dsn, "UPDATE app.notes SET tag = 'not what SQLite holds'")
+    rc, md, _, doc = report(ready)
+    assert rc == 1, md
+    assert marks(md)["migrated"] is False
+    text = section(md, "migrated")
+    assert re.search(r'❌ app\.notes: not verified since its columns changed \(column "tag" added\): the last '
+                     r"verification, \S+ \S+ UTC \(\d+ s ago\), compared the columns it had then", text), text
+    assert "app.items: 1,000 rows on both sides; verified equal" in text
+    assert not any(e.startswith("app.notes:") for e in item(doc, "migrated")["evidence"])

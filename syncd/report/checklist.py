@@ -125,6 +125,10 @@ def migrated(f: MigrationFacts) -> CheckItem:
             elif not last.clean:
                 problems.append(f"last verification {_when(last.finished_at, f.generated_at)}: {last.outcome()}"
                                 + future)
+            elif changed := _columns_changed(last, t):
+                problems.append(f"not verified since its columns changed ({changed}): the last verification, "
+                                f"{_when(last.finished_at, f.generated_at)}, compared the columns it had then"
+                                + future)
             elif _age_seconds(last.finished_at, f.generated_at) > f.verify_max_age_seconds:
                 problems.append(f"last verification is {_ago(last.finished_at, f.generated_at)} old, more than "
                                 f"[status] verify_max_age_seconds ({_duration(f.verify_max_age_seconds)})" + future)
@@ -522,6 +526,19 @@ def _source_unusable(s: SourceFacts, bad: list[str]) -> bool:
         bad.append(f"{s.name}: syncd has not set this source up in Postgres (run `syncd init` or the daemon)")
         return True
     return False
+
+
+def _columns_changed(run: VerifyRun, t: TableFacts) -> str:
+    """How the table's columns now differ from those `run` compared ('' alike, or not
+    known: a run recorded by an earlier syncd, a file not read)."""
+    then = run.detail.get("columns")
+    if not isinstance(then, list) or t.columns is None or then == t.columns:
+        return ""
+    added = [c for c in t.columns if c not in then]
+    gone = [c for c in then if c not in t.columns]
+    named = lambda cols: _some([f'column "{c}"' for c in cols])  # noqa: E731
+    said = ([f"{named(added)} added"] if added else []) + ([f"{named(gone)} gone"] if gone else [])
+    return "; ".join(said) or "reordered"
 
 
 def _state_text(t: TableFacts) -> str:

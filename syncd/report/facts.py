@@ -67,6 +67,7 @@ class TableFacts:
     # When it was first copied into Postgres (the earliest of its loads recorded): before
     # that it was not replicated, so not verified either. None: not known.
     replicated_since: dt.datetime | None = None
+    columns: list[str] | None = None  # its columns in the SQLite file now; None: not read
 
     @property
     def last_run(self) -> VerifyRun | None:
@@ -488,6 +489,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             in_flight_difference=keys[1] - held[name] if keys is not None and name in held else None,
             copied_at=copied_at,
             definition=side.definitions.get(name) if side else None,
+            columns=list(side.specs[name].column_names) if side and name in side.specs else None,
             # The bookkeeping's load time too: bookkeeping older than the events has only that.
             replicated_since=min((t for t in (first_loads.get(name), copied_at) if t is not None), default=None),
         ))

@@ -51,7 +51,8 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
     out += ["## How the checklist is judged", "",
             "- *Migrated and validated*: every table streams, has the same row count on both sides now, and "
             "its most recent verification compared it in full and found it equal, no longer ago than "
-            "`[status] verify_max_age_seconds` and after the table was last copied (a reload).",
+            "`[status] verify_max_age_seconds`, after the table was last copied (a reload) and with the columns it has "
+            "now (a column added or renamed since was never compared).",
             f"- *Dual-write*: each source has streamed for at least `[cutover] min_days` ({days(f.min_days)}) and "
             "every verification of every table in that window was clean (a difference, a pending row, a table "
             "that could not be compared, or a failed check each count as an error); a table never verified in "

@@ -47,6 +47,8 @@ async def record(conn: asyncpg.Connection, bk_schema: str, r: TableVerifyResult,
     detail = {"reason": r.reason, "differences": [d.as_json() for d in r.differences[:DETAIL_DIFFERENCES]]}
     if cut_over:
         detail["cut_over"] = True
+    if r.columns is not None:  # a column added or renamed since was not compared (the report says so)
+        detail["columns"] = r.columns
     # Dated by Postgres's clock, where every run is recorded as it ends (its length kept),
     # not by the host that ran it: a host whose clock is behind would date a finding into
     # the past, below the checks since and out of the report's window.

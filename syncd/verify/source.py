@@ -380,6 +380,7 @@ async def _check(s: _Session, plan: TablePlan, wait_seconds: float) -> TableVeri
                                bk_schema=s.bk.schema, chunk_rows=s.settings.verify.chunk_rows, utf8_database=s.utf8)
             if s.direction == TO_SQLITE:
                 check.reverse = await way_back.for_table(s.pg, _names(s), s.source.schema, plan.spec)
+            tr.columns = list(plan.spec.column_names)
             await check.check(tr, wait_seconds)
             await _still_streaming(s, plan, tr)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
