@@ -760,3 +760,32 @@ async def test_a_verification_from_before_a_column_was_added_is_no_evidence_for_
                      r"verification, \S+ \S+ UTC \(\d+ s ago\), compared the columns it had then", text), text
     assert "app.items: 1,000 rows on both sides; verified equal" in text
     assert not any(e.startswith("app.notes:") for e in item(doc, "migrated")["evidence"])
+
+
+async def test_a_daemon_failing_every_step_fails_the_lag_item(ready, app_db, pg_dsn, tmp_path):
+    """The daemon runs (no endpoint to ask) and fails every step, as `syncd status` says
+    from the note it leaves in Postgres: the change it cannot apply is pending, its lag
+    only beginning to grow. The report names the failure in the lag item rather than
+    count a lag under the limit as replication keeping up."""
+    from tests.test_status_failing_daemon import BLOCK, UNBLOCK
+
+    with DaemonProcess(ready, tmp_path / "again.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        await pg_execute(pg_dsn, BLOCK)
+        conn = sqlite3.connect(app_db)
+        conn.execute("INSERT INTO notes VALUES ('later', 'x')")
+        conn.commit()
+        conn.close()
+
+        async def noted() -> bool:
+            return (await pg_rows(pg_dsn, "SELECT failing IS NOT NULL FROM syncd.sources"))[0][0]
+
+        await eventually(noted, 60, "the failing note", d)
+        _, md, _, doc = report(ready)
+        await pg_execute(pg_dsn, UNBLOCK)
+        assert d.stop() == 0
+    lag = section(md, "lag")
+    assert marks(md)["lag"] is False, lag
+    assert re.search(r"❌ app: the daemon reports failing: unexpected error: bookkeeping refused by a test trigger "
+                     r".*\(since \S+ \S+ UTC\); changes wait until the failing step succeeds", lag), lag
+    assert "bookkeeping refused by a test trigger" in doc["sources"][0]["daemon_failing"]

@@ -281,6 +281,10 @@ def lag(f: MigrationFacts) -> CheckItem:
                         "flows, no lag")
             continue
         pending = "" if s.lag.pending_changes is None else f"; {s.lag.pending_changes} change(s) pending"
+        if s.daemon_failing:
+            # Whatever the figure now, it grows while every step fails.
+            bad.append(f"{s.name}: the daemon reports failing: {s.daemon_failing}; changes wait until the failing "
+                       "step succeeds")
         if s.lag.seconds is None and s.unmeasured:
             bad.append(f"{s.name}: lag unknown: {s.error}")
         elif s.lag.seconds is None:
@@ -290,7 +294,7 @@ def lag(f: MigrationFacts) -> CheckItem:
                        "apply them")
         elif s.lag.seconds >= f.warn_lag_seconds:
             bad.append(f"{s.name}: lag {s.lag.seconds:.1f} s, from {s.lag.source}{pending}")
-        else:
+        elif not s.daemon_failing:
             good.append(f"{s.name}: lag {s.lag.seconds:.1f} s, from {s.lag.source}{pending}")
     item.ok = not bad and bool(f.sources)
     item.problems, item.evidence = bad, good

@@ -21,10 +21,11 @@ from syncd.parity.plan import DUAL_WRITE
 from syncd.parity.summary import ParityFacts
 from syncd.config import Settings, SourceSettings
 from syncd.endpoint_client import fetch_status, own_sources, unanswered
+from syncd.health_note import FAILING
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.postgres import ddl
-from syncd.postgres.bookkeeping import (HELD, PAUSED, STREAMING, Bookkeeping, bookkeeping_exists, ensure_bookkeeping,
-                                       source_key)
+from syncd.postgres.bookkeeping import (HELD, LOCK_CLASS, PAUSED, STREAMING, Bookkeeping, bookkeeping_exists,
+                                       ensure_bookkeeping, source_key)
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
 from syncd.redact import scrub
 from syncd.rehearsal import table_definitions
@@ -145,6 +146,9 @@ class SourceFacts:
     way_back_ended: str | None = None  # cut over: why SQLite stopped following Postgres, once it has
     file_archived: bool = False  # the way back ended and the SQLite file is gone from its path, as it may be
     rehearsal: RehearsalFacts | None = None  # the latest `syncd rehearse`
+    # The running daemon fails a step again and again: why, and since when (its endpoint's
+    # word, or the note it leaves in Postgres, as `syncd status` reads it). None: it does not.
+    daemon_failing: str | None = None
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
         if self.streaming_since is None:
@@ -519,7 +523,31 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         # No endpoint answered: a daemon may run without one. Its source lock says.
         key = await source_key(pg, bk_schema, source.name, assign=False)
         facts.lag.no_daemon = await lock_holder(pg, key) is None
+    if live is not None:
+        facts.daemon_failing = (live.get("detail") or "no reason given") if live.get("health") == FAILING else None
+    elif facts.registered:
+        facts.daemon_failing = await _failing_note(pg, bk_schema, source.name)
     return facts
+
+
+async def _failing_note(pg: asyncpg.Connection, bk_schema: str, name: str) -> str | None:
+    """The failing note (health_note.py) of the daemon holding the source's lock now: one
+    written since the lock's connection began (a note a daemon killed while failing left
+    is not today's). Read as an earlier bookkeeping may lack its columns."""
+    r = await pg.fetchrow(f"SELECT to_jsonb(s) ->> 'failing', (to_jsonb(s) ->> 'failing_since')::timestamptz, "
+                          f"(to_jsonb(s) ->> 'failing_at')::timestamptz FROM {quote_pg_ident(bk_schema)}.sources s "
+                          "WHERE source = $1", name)
+    if r is None or r[0] is None or r[2] is None:
+        return None
+    key = await source_key(pg, bk_schema, name, assign=False)
+    began = await pg.fetchval(
+        """SELECT a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2
+             AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
+        LOCK_CLASS, key)
+    if began is None or r[2] < began:
+        return None
+    return r[0] + ("" if r[1] is None else f" (since {r[1].astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC)")
 
 
 async def _all_or_none(work: list) -> None:

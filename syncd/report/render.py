@@ -61,7 +61,7 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
             "daemon stopped, say): errors there would not show.",
             "- *Lag*: the daemon's live figure when its endpoint answers; otherwise computed from the checkpoint "
             "(when changes are pending, the time since Postgres last held every captured change, an upper "
-            "bound).",
+            "bound); a daemon that reports failing (as `syncd status` reads it) fails the item whatever the figure.",
             f"- *Performance*: per table, a primary-key lookup and a lookup through each index syncd created, "
             f"on rows sampled from SQLite, timed in both (the median of {RUNS} runs, at most 100 rows fetched); "
             f"a lookup slower in Postgres than `[cutover] max_query_ms` ({f.max_query_ms:g} ms) fails the item, "
@@ -97,6 +97,8 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
                + (f" ({days(dual)})" if dual is not None else " (not every table has streamed yet)"))
     lag = "unknown" if s.lag.seconds is None else f"{s.lag.seconds:.1f} s"
     out.append(f"- Lag now: {lag}, from {s.lag.source}")
+    if s.daemon_failing:
+        out.append(f"- **The daemon reports failing: {s.daemon_failing}**")
     out.append(f"- Checkpoint: change {s.applied_seq if s.applied_seq is not None else '-'} applied "
                f"{when(s.applied_at, now) if s.applied_at else 'never'}")
     out += ["", "| Table | State | Rows in SQLite | Rows in Postgres | Capture | Last verification | Result |",
@@ -219,6 +221,7 @@ def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
         "file_archived": s.file_archived, "dual_write_since": _iso(s.streaming_since), "dual_write_days": s.dual_write_days(now),
         "applied_seq": s.applied_seq, "applied_at": _iso(s.applied_at),
         "lag": {"seconds": s.lag.seconds, "source": s.lag.source, "pending_changes": s.lag.pending_changes},
+        "daemon_failing": s.daemon_failing,
         "backup": None if s.backup is None else vars(s.backup),
         "rehearsal": None if s.rehearsal is None else {**vars(s.rehearsal), "at": _iso(s.rehearsal.at)},
         "not_migrated": [{"name": lo.name, "kind": lo.kind, "why": lo.why, "todo": lo.todo,
