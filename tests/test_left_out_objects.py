@@ -98,6 +98,9 @@ async def test_report_and_status_name_data_left_behind(app_db, make_config, pg_d
     doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
     migrated = next(i for i in doc["checklist"] if i["key"] == "migrated")
     assert not any("application data" in p for p in migrated["problems"])
+    # the item on all data migrated says how much of it is not, by that decision
+    assert "app.notes_search: 2 row(s) not migrated: the source's include/exclude settings leave it out" in \
+        migrated["evidence"], migrated
     # and it stays named, with what is left behind, wherever what is not migrated is
     excluded = {o["name"]: (o["kind"], o["holds_data"], o["rows"]) for o in doc["sources"][0]["not_migrated"]
                 if o["kind"] == "excluded"}
