@@ -65,12 +65,15 @@ class RehearsalResult:
     # The tables its copy held, verified, each with its definition's fingerprint
     # (table_definitions): what the rehearsal is evidence for.
     tables: dict[str, str | None] | None = None
+    path: str | None = None  # the file its copy was made of (resolved): a rehearsal of another file is not this one's
 
     def as_json(self) -> dict:
         out = {"steps": [{"step": s, "seconds": round(t, 3), "note": n} for s, t, n in self.steps],
                "problems": self.problems}
         if self.tables is not None:
             out["tables"] = self.tables
+        if self.path is not None:
+            out["path"] = self.path
         return out
 
 
@@ -221,7 +224,7 @@ def _sweep_workdirs() -> None:
 
 
 async def rehearse(settings: Settings, source: SourceSettings, *, allow_orphans: bool = False) -> RehearsalResult:
-    res = RehearsalResult(source=source.name)
+    res = RehearsalResult(source=source.name, path=str(source.path.resolve()))
     started = dt.datetime.now(dt.timezone.utc)
     schema, bk_schema = rehearsal_schemas(settings, source)
     _sweep_workdirs()

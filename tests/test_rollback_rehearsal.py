@@ -237,3 +237,26 @@ async def test_a_table_whose_definition_changed_after_the_rehearsal_was_not_rehe
     out = run_cli(cfg, "rehearse", timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert report_item(cfg)["ok"]
+
+
+async def test_a_rehearsal_of_another_file_is_not_one_of_this_source(app_db, make_config, pg_dsn, tmp_path):
+    """The source once named a staging copy (same tables, other rows) and was rehearsed
+    then; it names the live file now. What was cut over and rolled back was the copy: the
+    item fails, naming both files, until the live one is rehearsed."""
+    staging = tmp_path / "staging.db"
+    for path, rows in ((staging, "(1, 'test')"), (app_db, "(1, 'ada'), (2, 'grace'), (3, 'linus')")):
+        conn = sqlite3.connect(path)
+        conn.executescript(f"CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);"
+                           f"INSERT INTO customers VALUES {rows};")
+        conn.close()
+    cfg = make_config([{"name": "app", "path": str(staging)}])
+    await sync_and_stop(cfg, staging, pg_dsn, tmp_path / "syncd.log")
+    out = run_cli(cfg, "rehearse", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert report_item(cfg)["ok"]
+
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    item = report_item(cfg)
+    assert not item["ok"], item
+    problem = next(p for p in item["problems"] if p.startswith("app: the last rehearsal"))
+    assert f"copied another file ({staging}), not {app_db}" in problem and "syncd rehearse" in problem, problem

@@ -407,6 +407,9 @@ def rehearsed(f: MigrationFacts) -> CheckItem:
         elif _age_seconds(r.at, f.generated_at) > limit * 86400:
             bad.append(f"{s.name}: last rehearsed {_when(r.at, f.generated_at)}, longer ago than {_days(limit)}: "
                        "run `syncd rehearse` again")
+        elif r.other_file is not None:
+            bad.append(f"{s.name}: the last rehearsal, {_when(r.at, f.generated_at)}, copied another file "
+                       f"({r.other_file}), not {s.path}: run `syncd rehearse --source {s.name}` again")
         elif not_rehearsed := _not_rehearsed(s, r):
             # Its copy did not hold them as they are now: never cut over and rolled back so.
             bad.append(f"{s.name}: the last rehearsal, {_when(r.at, f.generated_at)}, did not cover "

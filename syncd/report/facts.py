@@ -120,6 +120,8 @@ class RehearsalFacts:
     # table_definitions; None: not recorded, by an earlier syncd): a table created or
     # altered since was never cut over and rolled back as it is now.
     tables: dict[str, str | None] | None = None
+    path: str | None = None  # the file its copy was made of (None: not recorded, by an earlier syncd)
+    other_file: str | None = None  # that file, where it is not the source's file now
 
 
 @dataclass
@@ -395,9 +397,11 @@ async def _rehearsal(pg: asyncpg.Connection, bk: Bookkeeping, source: str) -> Re
         tables = detail.get("tables")
         tables = {str(t): (None if d is None else str(d)) for t, d in tables.items()} \
             if isinstance(tables, dict) else None
+        path = detail.get("path")
+        path = str(path) if path is not None else None
     except (ValueError, AttributeError, TypeError):
-        problems, tables = [], None
-    return RehearsalFacts(r[0], r[1], r[2], r[3], r[4], problems[0] if problems else None, tables)
+        problems, tables, path = [], None, None
+    return RehearsalFacts(r[0], r[1], r[2], r[3], r[4], problems[0] if problems else None, tables, path)
 
 
 async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connection, db: _Database,
@@ -439,6 +443,8 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             f"SELECT at, detail FROM {bk.s}.events WHERE source = $1 AND kind = 'capture_suspended' ORDER BY at",
             source.name)]
         facts.rehearsal = await _rehearsal(pg, bk, source.name) if db.rehearsals else None
+        if facts.rehearsal is not None and facts.rehearsal.path not in (None, str(source.path.resolve())):
+            facts.rehearsal.other_file = facts.rehearsal.path  # the source named another file then
         first_loads = dict(await pg.fetch(
             f"SELECT table_name, min(at) FROM {bk.s}.events WHERE source = $1 AND kind = 'snapshot_finished' "
             "GROUP BY table_name", source.name))
