@@ -325,6 +325,20 @@ async def test_a_backup_or_rehearsal_dated_in_the_future_is_not_recent(ready, tm
         section(md, "rollback_rehearsed")
 
 
+async def test_a_rehearsal_of_an_empty_copy_is_no_test_of_the_data_there_now(ready, pg_dsn):
+    """A rehearsal that verified no row (the file was empty then, before its data came) cut
+    over and rolled back none of the rows the file holds now: no value of theirs went
+    through the switch and back, so the item is not met on it."""
+    await pg_execute(pg_dsn, "UPDATE syncd.rehearsals SET rows_verified = 0")
+    out = run_cli(ready, "report", "--format", "json")
+    doc = json.loads(out.stdout)
+    assert out.returncode == 1 and doc["not_done"] == ["rollback_rehearsed"], doc["not_done"]
+    problems = item(doc, "rollback_rehearsed")["problems"]
+    assert len(problems) == 1 and re.match(r"app: the last rehearsal, \S+ \S+ UTC \(3\.0 days ago\), verified no row "
+                                           r"\(its copy was empty\); the file holds 1,050 row\(s\) now: run `syncd "
+                                           r"rehearse --source app` again$", problems[0]), problems
+
+
 async def test_lag_from_the_running_daemon(ready, app_db, make_config, pg_dsn, tmp_path):
     port = 19000 + os.getpid() % 1000
     cfg = make_config([{"name": "app", "path": str(app_db)}], name="live.toml", metrics_listen=f"127.0.0.1:{port}",

@@ -410,6 +410,10 @@ def rehearsed(f: MigrationFacts) -> CheckItem:
         elif r.other_file is not None:
             bad.append(f"{s.name}: the last rehearsal, {_when(r.at, f.generated_at)}, copied another file "
                        f"({r.other_file}), not {s.path}: run `syncd rehearse --source {s.name}` again")
+        elif r.rows == 0 and (held := sum(t.rows_sqlite or 0 for t in s.tables)):
+            # None of the rows there now went through the switch and back.
+            bad.append(f"{s.name}: the last rehearsal, {_when(r.at, f.generated_at)}, verified no row (its copy was "
+                       f"empty); the file holds {_n(held)} row(s) now: run `syncd rehearse --source {s.name}` again")
         elif not_rehearsed := _not_rehearsed(s, r):
             # Its copy did not hold them as they are now: never cut over and rolled back so.
             bad.append(f"{s.name}: the last rehearsal, {_when(r.at, f.generated_at)}, did not cover "
