@@ -438,6 +438,26 @@ async def test_a_table_name_cannot_forge_cells_of_the_markdown_tables(app_db, ma
     assert cells(rows[0]) == cells(header), (header, rows[0])
 
 
+async def test_a_table_name_is_no_markup_in_the_markdown(app_db, make_config, pg_dsn, tmp_path):
+    """The Markdown goes into tickets and mails, rendered to HTML by whatever renders it:
+    a table named as an HTML element or a link is text there, in the checklist's lines as
+    in the tables' code spans, whatever the renderer lets through."""
+    conn = sqlite3.connect(app_db)
+    for name in ("<script>alert(1)</script>", "[x](javascript:alert(1))"):
+        q = '"' + name.replace('"', '""') + '"'
+        conn.executescript(f"CREATE TABLE {q} (id INTEGER PRIMARY KEY); INSERT INTO {q} VALUES (1);")
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    md = run_cli(cfg, "report").stdout
+    assert r"app.\<script>alert(1)\</script>: never verified" in section(md, "migrated"), section(md, "migrated")
+    assert r"app.[x]\(javascript:alert(1)): never verified" in section(md, "migrated"), section(md, "migrated")
+    for line in md.splitlines():
+        text = re.sub(r"(`+).*?\1", "", line)  # code spans hold names as they are, as text
+        assert not re.search(r"(?<!\\)<[a-z/]|(?<!\\)\]\(", text), line
+
+
 def test_short_spans_are_not_rounded_to_zero_days():
     """`[cutover] min_days = 0.001` (a trial run) must not read as "0.0 days" required."""
     from syncd.report.checklist import days

@@ -37,13 +37,13 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
         out += ["## Not done", ""]
         for i in failing:
             out.append(f"- ❌ **{i.title}**")
-            out += [f"  - {p}" for p in i.problems or ["nothing measured to show it is done"]]
+            out += [f"  - {_text(p)}" for p in i.problems or ["nothing measured to show it is done"]]
         out.append("")
     out += ["## Cutover checklist", ""]
     for i in items:
         out.append(f"### {'✅' if i.ok else '❌'} {i.title}")
         out.append("")
-        out += [f"- ❌ {p}" for p in i.problems] + [f"- {e}" for e in i.evidence]
+        out += [f"- ❌ {_text(p)}" for p in i.problems] + [f"- {_text(e)}" for e in i.evidence]
         out.append("")
     for s in f.sources:
         out += _source_section(s, now)
@@ -91,14 +91,14 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
         out.append(f"- Retired: the SQLite file is archived (no longer at {_code(str(s.path))}), as it may be once "
                    "the way back has ended; Postgres alone holds the data")
     if s.error:
-        out.append(f"- **{s.error}**")
+        out.append(f"- **{_text(s.error)}**")
     dual = s.dual_write_days(now)
     out.append(f"- Dual-write since: {timestamp(s.streaming_since)}"
                + (f" ({days(dual)})" if dual is not None else " (not every table has streamed yet)"))
     lag = "unknown" if s.lag.seconds is None else f"{s.lag.seconds:.1f} s"
-    out.append(f"- Lag now: {lag}, from {s.lag.source}")
+    out.append(f"- Lag now: {lag}, from {_text(s.lag.source)}")
     if s.daemon_failing:
-        out.append(f"- **The daemon reports failing: {s.daemon_failing}**")
+        out.append(f"- **The daemon reports failing: {_text(s.daemon_failing)}**")
     out.append(f"- Checkpoint: change {s.applied_seq if s.applied_seq is not None else '-'} applied "
                f"{when(s.applied_at, now) if s.applied_at else 'never'}")
     out += ["", "| Table | State | Rows in SQLite | Rows in Postgres | Capture | Last verification | Result |",
@@ -174,7 +174,17 @@ def _key(d: dict) -> str:
     return f"{d.get('kind', '?')} ({shown})"
 
 
+def _text(line: str) -> str:
+    """Prose as Markdown shows it: a name or a reason in it holding '<' or '](' stays text,
+    not an HTML element or a link, whatever renders the document (a ticket, a mail)."""
+    return line.replace("<", "\\<").replace("](", "]\\(")
+
+
 def _cell(text: str) -> str:
+    return _in_cell(_text(text))
+
+
+def _in_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -185,7 +195,7 @@ def _code(name: str) -> str:
     runs = [len(r) for r in re.findall("`+", name)]
     fence = "`" * (max(runs, default=0) + 1)
     pad = " " if name.startswith("`") or name.endswith("`") else ""
-    return f"{fence}{pad}{_cell(name)}{pad}{fence}"
+    return f"{fence}{pad}{_in_cell(name)}{pad}{fence}"  # a code span shows '<' as it is
 
 
 # --- JSON -----------------------------------------------------------------------------
