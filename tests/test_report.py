@@ -156,6 +156,9 @@ async def test_ready_migration_every_item_met(ready):
     assert "SQLite backups kept for 30 days after the switch (the backup item sees only the newest backup's age)" \
         in not_judged
     assert [i["key"] for i in doc["checklist"]] == ITEMS
+    # every threshold the items are judged by, as the Markdown states each beside its item
+    assert {k: doc["settings"][k] for k in ("max_query_ms", "rehearsal_max_age_days")} == \
+        {"max_query_ms": 50, "rehearsal_max_age_days": 30}, doc["settings"]
     assert all(i["ok"] and not i["problems"] and i["evidence"] for i in doc["checklist"])
     src = doc["sources"][0]
     assert src["postgres_schema"] == "app" and "objects" in src["schema"]  # the schema's name, its parity

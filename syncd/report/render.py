@@ -216,7 +216,8 @@ def as_json(f: MigrationFacts, items: list[CheckItem]) -> dict[str, Any]:
                       for i in items],
         "settings": {"min_days": f.min_days, "warn_lag_seconds": f.warn_lag_seconds,
                      "verify_max_age_seconds": f.verify_max_age_seconds, "backup_glob": f.backup_glob,
-                     "backup_max_age_days": f.backup_max_age_days, "max_verify_gap_hours": f.max_verify_gap_hours},
+                     "backup_max_age_days": f.backup_max_age_days, "max_verify_gap_hours": f.max_verify_gap_hours,
+                     "max_query_ms": f.max_query_ms, "rehearsal_max_age_days": f.rehearsal_max_age_days},
         "sources": [_source_json(s, now) for s in f.sources],
         "consistency_errors": [{**_run_json(r), "runs": r.count, "first_at": _iso(r.began)}
                                for r in f.runs if not r.clean],
