@@ -342,6 +342,25 @@ async def test_a_rehearsal_of_an_empty_copy_is_no_test_of_the_data_there_now(rea
                                            r"rehearse --source app` again$", problems[0]), problems
 
 
+async def test_a_file_left_frozen_for_the_application_is_a_halt(ready, app_db):
+    """A cutover stopped before finishing (killed, say; tests/test_status_of_a_frozen_file.py)
+    leaves the file refusing the application's writes while SQLite is still its database.
+    The report does not call that ready with every table streaming: the halted item fails,
+    saying so and what undoes it."""
+    from syncd.sqlite import freeze
+
+    conn = sqlite3.connect(app_db)
+    freeze.freeze(conn, "frozen by a cutover", 5000, lambda table: True)
+    conn.close()
+    out = run_cli(ready, "report", "--format", "json")
+    doc = json.loads(out.stdout)
+    assert out.returncode == 1 and doc["not_done"] == ["halted"], doc["not_done"]
+    assert item(doc, "halted")["problems"] == [
+        "app: the SQLite file refuses the application's writes, left frozen by a cutover or rollback that stopped "
+        "before finishing (Postgres is not the application's database): a running daemon undoes it, as does "
+        "`syncd cutover` or `syncd rollback` run again"]
+
+
 async def test_lag_from_the_running_daemon(ready, app_db, make_config, pg_dsn, tmp_path):
     port = 19000 + os.getpid() % 1000
     cfg = make_config([{"name": "app", "path": str(app_db)}], name="live.toml", metrics_listen=f"127.0.0.1:{port}",

@@ -31,7 +31,7 @@ from syncd.redact import scrub
 from syncd.rehearsal import table_definitions
 from syncd.report import backups
 from syncd.report.backups import BackupFacts
-from syncd.sqlite import capture, disk_guard, leftout, reader
+from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
 from syncd.sqlite.connection import SourceFileError, file_problem, left_mid_transaction, open_readonly
 from syncd.sqlite.introspect import introspect
 from syncd.sqlite.leftout import LeftOut
@@ -151,6 +151,9 @@ class SourceFacts:
     # The running daemon fails a step again and again: why, and since when (its endpoint's
     # word, or the note it leaves in Postgres, as `syncd status` reads it). None: it does not.
     daemon_failing: str | None = None
+    # The file refuses the application's writes while SQLite is still its database, and no
+    # switch runs: a cutover or rollback stopped before finishing left the freeze behind.
+    left_frozen: bool = False
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
         if self.streaming_since is None:
@@ -523,6 +526,10 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.left_out = [lo for lo in facts.left_out if lo.kind != "view"] + \
                 summary.left_out_entries(facts.parity.items) + facts.parity.missing_entries()
     facts.capture_suspended = side.suspended if side else None
+    if side is not None and side.frozen is not None and facts.direction == TO_POSTGRES and facts.registered:
+        from syncd.cutover import switch_holder  # a rare path: a freeze in place
+
+        facts.left_frozen = await switch_holder(pg, await source_key(pg, bk_schema, source.name, assign=False)) is None
     facts.lag = _lag(live, facts, side.pending if side else None, now, way_back, unanswered(settings.metrics),
                      await _held_since(pg, bk, rows, side, offset) if live is None and side is not None else {})
     if live is None and way_back is None and facts.registered and (facts.lag.pending_changes or 0) > 0:
@@ -603,6 +610,7 @@ class _SqliteSide:
     definitions: dict[str, str] = field(default_factory=dict)  # table -> rehearsal.table_definitions
     halted_queued: dict[str, int] = field(default_factory=dict)  # held or paused table -> its changes queued
     long_backlog: bool = False  # more than IN_FLIGHT_ENTRIES after the checkpoint: in_flight unknown
+    frozen: str | None = None  # the freeze's message while the file refuses the application's writes
 
 
 COUNT_TRIES = 3
@@ -718,7 +726,7 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
                            disk_guard.suspended(conn), dict(schema.tables),
                            [n for n, lo in schema.left_out.items() if lo.kind == "view"], in_flight, pruned_past,
                            keys_in_flight, table_definitions(conn),
-                           {names[tid]: n for tid, n in queued.items() if n}, long_backlog)
+                           {names[tid]: n for tid, n in queued.items() if n}, long_backlog, freeze.frozen(conn))
     finally:
         conn.close()
 

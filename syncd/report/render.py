@@ -92,6 +92,9 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
                    "the way back has ended; Postgres alone holds the data")
     if s.error:
         out.append(f"- **{_text(s.error)}**")
+    if s.left_frozen:
+        out.append("- **The SQLite file refuses the application's writes** (left frozen by a cutover or rollback "
+                   "that stopped before finishing)")
     dual = s.dual_write_days(now)
     out.append(f"- Dual-write since: {timestamp(s.streaming_since)}"
                + (f" ({days(dual)})" if dual is not None else " (not every table has streamed yet)"))
@@ -232,7 +235,7 @@ def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
         "file_archived": s.file_archived, "dual_write_since": _iso(s.streaming_since), "dual_write_days": s.dual_write_days(now),
         "applied_seq": s.applied_seq, "applied_at": _iso(s.applied_at),
         "lag": {"seconds": s.lag.seconds, "source": s.lag.source, "pending_changes": s.lag.pending_changes},
-        "daemon_failing": s.daemon_failing,
+        "daemon_failing": s.daemon_failing, "left_frozen": s.left_frozen,
         "backup": None if s.backup is None else vars(s.backup),
         "rehearsal": None if s.rehearsal is None else {**vars(s.rehearsal), "at": _iso(s.rehearsal.at)},
         "not_migrated": [{"name": lo.name, "kind": lo.kind, "why": lo.why, "todo": lo.todo,
