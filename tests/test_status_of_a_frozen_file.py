@@ -5,6 +5,8 @@ cannot write its database, and "daemon not running" alone does not say so)."""
 
 from __future__ import annotations
 
+import json
+
 from tests.support.daemon import DaemonProcess, held_at, run_cli
 from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.way_back import backup_and_config, cut_over, orders_app, postgres_write, sqlite_write
@@ -71,6 +73,12 @@ async def test_postgres_left_frozen_by_a_killed_rollback_is_critical(tmp_path, m
     left = run_cli(cfg, "status")
     assert left.returncode == CRITICAL, left.stdout
     assert "Postgres refuses the application's writes" in left.stdout, left.stdout
+    # and the report does not call the source cut over with every item met
+    report = run_cli(cfg, "report", "--format", "json")
+    halted = next(i for i in json.loads(report.stdout)["checklist"] if i["key"] == "halted")
+    assert report.returncode == 1 and not halted["ok"], halted
+    assert any(p.startswith("app: Postgres refuses the application's writes, left frozen by a rollback") for p in
+               halted["problems"]), halted
 
     # The daemon undoes the abandoned freeze; status says nothing of it then.
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:

@@ -312,10 +312,8 @@ def halted(f: MigrationFacts) -> CheckItem:
     bad = [f"{s.name}.{t.name}: {t.state}: {t.reason or 'no reason recorded'}"
            for s in f.sources for t in s.tables if t.state in HALTED]
     bad += [f"{s.name}: {s.error}" for s in f.sources if s.unmeasured]  # its tables' states are not known
-    # Every table, for the application: its writes fail (the words of `syncd status`).
-    bad += [f"{s.name}: the SQLite file refuses the application's writes, left frozen by a cutover or rollback that "
-            "stopped before finishing (Postgres is not the application's database): a running daemon undoes it, as "
-            "does `syncd cutover` or `syncd rollback` run again" for s in f.sources if s.left_frozen]
+    # Every table, for the application: its writes fail.
+    bad += [f"{s.name}: {s.left_frozen}" for s in f.sources if s.left_frozen]
     n = sum(len(s.tables) for s in f.sources)
     item.ok = not bad
     item.problems, item.evidence = bad, ([] if bad else [f"none of the {n} table(s) is held or paused"])

@@ -151,9 +151,9 @@ class SourceFacts:
     # The running daemon fails a step again and again: why, and since when (its endpoint's
     # word, or the note it leaves in Postgres, as `syncd status` reads it). None: it does not.
     daemon_failing: str | None = None
-    # The file refuses the application's writes while SQLite is still its database, and no
-    # switch runs: a cutover or rollback stopped before finishing left the freeze behind.
-    left_frozen: bool = False
+    # The application's database refuses its writes and no switch runs: a cutover or
+    # rollback stopped before finishing left its freeze behind. What `syncd status` says of it.
+    left_frozen: str | None = None
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
         if self.streaming_since is None:
@@ -526,10 +526,8 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.left_out = [lo for lo in facts.left_out if lo.kind != "view"] + \
                 summary.left_out_entries(facts.parity.items) + facts.parity.missing_entries()
     facts.capture_suspended = side.suspended if side else None
-    if side is not None and side.frozen is not None and facts.direction == TO_POSTGRES and facts.registered:
-        from syncd.cutover import switch_holder  # a rare path: a freeze in place
-
-        facts.left_frozen = await switch_holder(pg, await source_key(pg, bk_schema, source.name, assign=False)) is None
+    if facts.registered:
+        facts.left_frozen = await _left_frozen(pg, bk, source, facts, side)
     facts.lag = _lag(live, facts, side.pending if side else None, now, way_back, unanswered(settings.metrics),
                      await _held_since(pg, bk, rows, side, offset) if live is None and side is not None else {})
     if live is None and way_back is None and facts.registered and (facts.lag.pending_changes or 0) > 0:
@@ -541,6 +539,38 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     elif facts.registered:
         facts.daemon_failing = await _failing_note(pg, bk_schema, source.name)
     return facts
+
+
+SQLITE_LEFT_FROZEN = ("the SQLite file refuses the application's writes, left frozen by a cutover or rollback that "
+                      "stopped before finishing (Postgres is not the application's database): a running daemon "
+                      "undoes it, as does `syncd cutover` or `syncd rollback` run again")
+POSTGRES_LEFT_FROZEN = ("Postgres refuses the application's writes, left frozen by a rollback that stopped before "
+                        "finishing (the SQLite file is not the application's database either): a running daemon "
+                        "undoes it, as does `syncd rollback` run again")
+
+
+async def _left_frozen(pg: asyncpg.Connection, bk: Bookkeeping, source: SourceSettings, facts: SourceFacts,
+                       side: "_SqliteSide | None") -> str | None:
+    """SQLITE_LEFT_FROZEN or POSTGRES_LEFT_FROZEN where the application's database refuses its
+    writes with no switch running (as `syncd status` judges it), else None."""
+    if facts.direction == TO_POSTGRES:
+        if side is None or side.frozen is None:
+            return None
+        what = SQLITE_LEFT_FROZEN
+    else:  # cut over: a rollback's record open with its freeze on Postgres's tables
+        if not await pg.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{bk.s}.switches") or not await pg.fetchval(
+                f"SELECT 1 FROM {bk.s}.switches WHERE source = $1 AND kind = 'rollback' "
+                "AND state IN ('started', 'frozen')", source.name):
+            return None
+        from syncd.reverse import capture as way_back  # a rare path: a rollback open
+
+        if not await way_back.frozen_tables(pg, await way_back.names_of(pg, bk.schema, source.name), source.schema):
+            return None
+        what = POSTGRES_LEFT_FROZEN
+    from syncd.cutover import switch_holder  # a switch running now holds its freeze on purpose
+
+    return what if await switch_holder(pg, await source_key(pg, bk.schema, source.name, assign=False)) is None \
+        else None
 
 
 async def _failing_note(pg: asyncpg.Connection, bk_schema: str, name: str) -> str | None:

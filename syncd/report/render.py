@@ -93,8 +93,7 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
     if s.error:
         out.append(f"- **{_text(s.error)}**")
     if s.left_frozen:
-        out.append("- **The SQLite file refuses the application's writes** (left frozen by a cutover or rollback "
-                   "that stopped before finishing)")
+        out.append(f"- **{s.left_frozen}**")
     dual = s.dual_write_days(now)
     out.append(f"- Dual-write since: {timestamp(s.streaming_since)}"
                + (f" ({days(dual)})" if dual is not None else " (not every table has streamed yet)"))
