@@ -20,7 +20,8 @@ from syncd.endpoint_client import fetch_status, own_sources, unanswered
 from syncd.identifiers import quote_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
-from syncd.postgres.connect import close_quietly, connect, describe, login_refused, privilege_refused
+from syncd.postgres.connect import (LOCK_NOT_AVAILABLE, QUERY_CANCELED, close_quietly, connect, describe,
+                                    login_refused, privilege_refused, sqlstate)
 from syncd.printable import text_repr
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
@@ -79,6 +80,7 @@ class SourceStatus:
     postgres_reachable: bool = False
     postgres_error: str | None = None
     postgres_refused: bool = False  # reached, and a privilege or the login refused: postgres_error names the role
+    postgres_timed_out: bool = False  # reached, and status's queries got no answer in time: postgres_error says so
     initialized: bool = False
     lag_seconds: float | None = None
     pending_changes: int | None = None
@@ -203,6 +205,7 @@ class _PgSide:
 
     error: str | None = None
     refused: bool = False  # Postgres answered and refused a privilege: `error` names the role
+    timed_out: bool = False  # Postgres answered, and status's queries did not finish in time: `error` says so
     bookkeeping: bool = False
     src: tuple | None = None  # applied_seq, applied_at, streaming_since, direction, lag_from (bookkeeping)
     tables: list[tuple] = field(default_factory=list)  # name, state, reason, snapshot_rows, snapshot_total, from_seq, copied at, request
@@ -319,13 +322,28 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
             at, compared_at = r[2], r[6]
             out[r[0]].verify[r[1]] = (at + offset, *r[3:6], None if compared_at is None else compared_at + offset,
                                       *r[7:])
-    except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable", bar a refusal
+    except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable", bar a refusal or a slow answer
         refused = privilege_refused(e, dsn) or login_refused(e, dsn)
+        slow = None if refused or conn is None else _answered_slowly(e, settings.postgres.statement_timeout_seconds)
         for side in out.values():
-            side.error, side.refused = refused or describe(e), refused is not None
+            side.error, side.refused, side.timed_out = refused or slow or describe(e), refused is not None, bool(slow)
     finally:
         await close_quietly(conn)
     return out
+
+
+def _answered_slowly(exc: BaseException, timeout_seconds: float) -> str | None:
+    """A status query on a connection Postgres accepted that got no answer in time (or
+    that Postgres ended at a statement or lock timeout of its own), as one line; else
+    None. Postgres answered: it is not unreachable."""
+    if isinstance(exc, TimeoutError) and not str(exc):  # asyncpg's command timeout says nothing
+        why = f"got no answer within [postgres] statement_timeout_seconds ({timeout_seconds:g} s)"
+    elif sqlstate(exc) in (QUERY_CANCELED, LOCK_NOT_AVAILABLE):
+        why = f"was ended by Postgres ({describe(exc)})"
+    else:
+        return None
+    return (f"Postgres answered, but reading syncd's bookkeeping {why}: a lock another session holds on "
+            "syncd's tables, or a busy server; the source's state is not known, try again")
 
 
 def _applied_seq(pg: _PgSide) -> int:
@@ -404,7 +422,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
     applied_seq = 0
     src = pg.src
     if pg.error is not None:
-        st.postgres_error, st.postgres_refused = pg.error, pg.refused
+        st.postgres_error, st.postgres_refused, st.postgres_timed_out = pg.error, pg.refused, pg.timed_out
     else:
         st.postgres_reachable = True
         st.shared_key = pg.shared_key
@@ -563,6 +581,8 @@ def _derive_state(st: SourceStatus) -> str:
         locked = "database is locked" in st.sqlite_error or AWAITS_RECOVERY in st.sqlite_error
         return "file_locked" if locked else "source_missing"
     if not st.postgres_reachable:
+        if st.postgres_timed_out:
+            return "postgres_timed_out"
         return "postgres_refused" if st.postgres_refused else "postgres_unreachable"
     if not st.initialized:
         return "not_initialized"
@@ -584,7 +604,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
         p.append(Problem("unknown", st.sqlite_error))
     if not st.sqlite_exists and not _archived(st):
         p.append(Problem("critical", f"SQLite file {st.path} does not exist"))
-    if not st.postgres_reachable:
+    if st.postgres_timed_out:
+        p.append(Problem("unknown", st.postgres_error))  # Postgres answered: what it holds is not known
+    elif not st.postgres_reachable:
         p.append(Problem("critical", st.postgres_error if st.postgres_refused
                          else f"Postgres unreachable: {st.postgres_error}"))
     elif not st.initialized:

@@ -536,3 +536,27 @@ async def test_a_change_held_for_minutes_is_the_lag_without_the_daemons_figure(t
         assert src["pending_changes"] == 1 and src["daemon_running"] is True, src
         assert src["lag_seconds"] >= 600, src
         assert d.stop() == 0
+
+
+async def test_a_status_query_postgres_answers_too_slowly_is_not_called_unreachable(tmp_path, pg_dsn):
+    """Postgres accepts status's connection and holds its reading of syncd's bookkeeping
+    past [postgres] statement_timeout_seconds (another session locks the table): status
+    says Postgres answered and what it waited for, UNKNOWN, not that Postgres is unreachable."""
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}],
+                       sections={"postgres": {"statement_timeout_seconds": 1}})
+    assert run_cli(cfg, "init").returncode == 0
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        async with pg.transaction():
+            await pg.execute("LOCK TABLE syncd.sources IN ACCESS EXCLUSIVE MODE")
+            r = await asyncio.to_thread(run_cli, cfg, "status")
+    finally:
+        await pg.close()
+    out = r.stdout + r.stderr
+    assert r.returncode == UNKNOWN and "unreachable" not in out.lower(), out
+    line = next(x for x in out.splitlines() if x.startswith("UNKNOWN: app:"))
+    assert "Postgres answered" in line and "statement_timeout_seconds (1 s)" in line, line
+    [row] = [x for x in r.stdout.splitlines() if x.startswith("app ")]
+    assert row.split()[1:4] == ["postgres", "timed", "out"], row
