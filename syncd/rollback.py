@@ -743,7 +743,13 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     try:  # from the freeze on, anything stopping the switch (an error, Ctrl-C) undoes it
         await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
         await _hold("frozen")
-        how = await drain(settings, source, conn, worker, DRAIN_SECONDS)
+        try:
+            how = await drain(settings, source, conn, worker, DRAIN_SECONDS)
+        except TimeoutError as e:
+            if not str(e):
+                raise  # a statement Postgres did not answer in time, not the drain's wait
+            raise Refused(f"the last changes did not reach SQLite: {e}; find what holds the way back up "
+                          "(`syncd status`, the daemon's log), then run `syncd rollback` again") from None
         late = await not_followed_yet(conn, source, b)  # made while Postgres was frozen for the old ones
         if late:
             raise Refused(late[0])

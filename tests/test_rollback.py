@@ -843,3 +843,38 @@ async def test_a_difference_found_after_a_cutover_made_on_a_host_whose_clock_is_
         assert "still there when checked again now" in r.stdout, r.stdout
         assert (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.switches WHERE kind = 'rollback'")) == [(0,)]
         assert d.stop() == 0
+
+
+async def test_a_drain_that_does_not_finish_in_time_says_what_it_waited_for_and_what_to_do(
+        tmp_path, make_config, pg_dsn, monkeypatch):
+    """The application holds the SQLite file locked while the rollback drains the last
+    change (its wait shortened to 2 s here): the rollback is undone with one line saying
+    what did not happen, within how long, and what to do, not a bare exception name."""
+    from syncd import rollback as rb
+    from syncd.cli.rollback import render
+    from syncd.config import load_settings
+
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
+    await pg_rows(pg_dsn, "UPDATE app.settings SET value = 'light' WHERE key = 'theme'")  # nothing streams back
+    resume = tmp_path / "resume"
+    monkeypatch.setattr(rb, "DRAIN_SECONDS", 2.0)
+    monkeypatch.setenv("SYNCD_ROLLBACK_HOLD_AT", "frozen")
+    monkeypatch.setenv("SYNCD_ROLLBACK_RESUME_ON", str(resume))
+    settings = load_settings(cfg)
+    task = asyncio.ensure_future(rb.rollback(settings, settings.source("app")))
+    holder = sqlite3.connect(db, isolation_level=None, timeout=30)
+    try:
+        async def frozen() -> bool:
+            return bool(await pg_rows(pg_dsn, "SELECT 1 FROM syncd.switches WHERE kind = 'rollback' "
+                                              "AND state = 'frozen'"))
+
+        await eventually(frozen, 60, "the rollback's freeze")
+        holder.execute("BEGIN IMMEDIATE")  # the application's write transaction: the way back cannot write
+        resume.touch()
+        result = await asyncio.wait_for(task, 60)
+    finally:
+        holder.close()
+    [line, *_] = render(result)
+    assert line.startswith("app: UNDONE: the last changes did not reach SQLite: "), line
+    assert "TimeoutError" not in line and "within 2 s" in line and "`syncd rollback` again" in line, line
+    assert await direction(pg_dsn) == "to_sqlite"
