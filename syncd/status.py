@@ -527,6 +527,8 @@ def _lag_without_daemon(st: SourceStatus, src: tuple | None) -> float | None:
     (_way_back): its oldest pending change's age."""
     if st.direction == TO_SQLITE or st.pending_changes is None:
         return None
+    if any(t.state in bk.ON_THE_WAY for t in st.tables):
+        return None  # a table not copied in full: Postgres lacks rows no changelog entry counts
     if st.pending_changes == 0:
         return 0.0
     if src is None:
@@ -631,7 +633,19 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
         p.append(Problem("warning", f"the daemon's current step has run for {st.step_seconds:.0f} s (it waits on "
                                     "Postgres or the SQLite file; a server gone without a word is given up on "
                                     "within about 25 s, a statement at [postgres] statement_timeout_seconds)"))
-    if st.daemon_running is False and (st.pending_changes or 0) > 0:
+    unloaded = [t for t in st.tables if t.state in bk.ON_THE_WAY]
+    if st.daemon_running is False and unloaded:
+        # A load stopped part-way (the daemon killed, say): the changelog may be empty while
+        # the target lacks most of the rows.
+        target = "SQLite" if st.direction == TO_SQLITE else "Postgres"
+        copied = [f'"{t.name}" {t.snapshot_rows or 0} of {t.snapshot_total} row(s) copied'
+                  if t.state == bk.LOADING and t.snapshot_total is not None
+                  else f'"{t.name}" {"catching up after its copy" if t.state == bk.CATCHUP else "not copied yet"}'
+                  for t in unloaded]
+        waits = f" and {st.pending_changes} change(s) wait to be applied" if st.pending_changes else ""
+        p.append(Problem("critical", f"daemon not running: the load did not finish, {target} lacks rows of "
+                                     f"{len(unloaded)} table(s) until it runs ({', '.join(copied)}){waits}"))
+    elif st.daemon_running is False and (st.pending_changes or 0) > 0:
         p.append(Problem("critical", f"daemon not running and {st.pending_changes} change(s) wait to be applied"))
     elif st.daemon_running is False:
         p.append(Problem("warning", "daemon not running"))

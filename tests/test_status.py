@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -17,9 +18,11 @@ import asyncpg
 from syncd.config import StatusSettings
 from syncd.status import CRITICAL, OK, UNKNOWN, WARNING, SourceStatus, TableStatus, evaluate
 from tests.conftest import _admin, with_database, write_config
+from tests.support.app import create_items
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
 from tests.support.sync import eventually, pg_rows, wait_caught_up
+from tests.test_kill9 import wait_loading
 
 
 def metric(port: int, series: str) -> float | None:
@@ -560,3 +563,21 @@ async def test_a_status_query_postgres_answers_too_slowly_is_not_called_unreacha
     assert "Postgres answered" in line and "statement_timeout_seconds (1 s)" in line, line
     [row] = [x for x in r.stdout.splitlines() if x.startswith("app ")]
     assert row.split()[1:4] == ["postgres", "timed", "out"], row
+
+
+async def test_a_first_load_killed_part_way_is_critical_with_the_rows_copied(tmp_path, make_config, pg_dsn):
+    """The daemon killed (kill -9) during the first copy of a table, its changelog empty:
+    status says the load did not finish and how many rows were copied, CRITICAL, with no
+    lag figure, not a lag of 0 and a mere "daemon not running"."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=20_000)
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"stream": {"snapshot_chunk_rows": 100}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_loading(pg_dsn, "items", d)
+        d.kill9()
+    r = run_cli(cfg, "status")
+    assert r.returncode == CRITICAL, r.stdout + r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("CRITICAL: app:"))
+    assert "the load did not finish" in line and re.search(r'"items" \d+ of 20000 row\(s\) copied', line), line
+    [row] = [x for x in r.stdout.splitlines() if x.startswith("app ")]
+    assert row.split()[6:8] == ["-", "0"], row  # LAG unknown, PENDING: no change waits in the changelog
