@@ -38,8 +38,8 @@ from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
 from syncd.postgres import app_triggers, cutover_guard, ddl
 from syncd.postgres.bookkeeping import (SWITCH_CLASS, Bookkeeping, bookkeeping_exists, ensure_bookkeeping,
                                        shared_key_line, sharing, source_key)
-from syncd.postgres.connect import (ASYNCPG_FAULT, READ_ONLY_DATABASE, close_quietly, connect, describe,
-                                    takes_no_writes)
+from syncd.postgres.connect import (ASYNCPG_FAULT, READ_ONLY_DATABASE, PostgresUnavailable, close_quietly, connect,
+                                    describe, takes_no_writes)
 from syncd.printable import listed, shorten, text_repr
 from syncd.reverse.capture import FREEZE_LOCK_STEP
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
@@ -338,6 +338,10 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
 
     try:
         return await repair.apply_through_stream(settings, source, conn, target, DRAIN_SECONDS)
+    except (repair.StreamCannotConnect, PostgresUnavailable) as e:  # the drain's own connections
+        raise Refused(f"the last changes cannot reach Postgres: {e}; find why syncd cannot connect (a CONNECTION "
+                      "LIMIT of its role or database reached, max_connections, the network), then cut over "
+                      "again") from None
     except TimeoutError as e:
         if not str(e):
             raise  # a statement Postgres did not answer in time, not the drain's wait

@@ -5,7 +5,9 @@ words, not as asyncpg's class ("InterfaceError: connection is closed")."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -120,3 +122,35 @@ async def test_a_cutover_whose_checks_time_out_before_it_starts_names_postgres_o
     [line] = [x for x in r.stdout.splitlines() if x.startswith("app: ")]
     assert line.startswith("app: REFUSED: ") and line.count("Postgres: ") == 1, line
     assert "timed out" in line and "Traceback" not in r.stdout + r.stderr, line
+
+
+@pytest.mark.parametrize("slots", [0, 1])
+async def test_a_cutover_whose_stream_cannot_connect_says_so_without_waiting_out_the_drain(
+        tmp_path, make_config, pg_dsn, proxy, slots):
+    """No daemon runs, and once the file is frozen Postgres takes `slots` new connections
+    and no more (a CONNECTION LIMIT reached; the cutover's own connection stays): the
+    stream the cutover runs to bring the last change cannot connect, and within seconds
+    the cutover is undone saying so; it waited out its 120 s drain for a stream that never
+    started, or, refused at its first connection, was called refused (nothing changed)
+    though the file had been frozen."""
+    p, via = proxy
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        assert d.stop() == 0
+    lite = sqlite3.connect(db)
+    lite.execute("UPDATE orders SET item = 'a2' WHERE item = 'a'")  # the last change, for the drain to bring
+    lite.commit()
+    lite.close()
+    started = time.monotonic()
+    out = switch_cut_off_at(cfg, "cutover", "frozen", p, via, tmp_path, fault=lambda: p.refuse_new_after(slots))
+    took = time.monotonic() - started
+    assert out.startswith("rc=1"), out
+    [line] = [x for x in out.splitlines() if x.startswith("app: ")]
+    assert line.startswith("app: UNDONE: the last changes cannot reach Postgres: "), line
+    assert "cannot connect to" in line and "CONNECTION LIMIT" in line and "undone: " in line, line
+    assert "within 120 s" not in line and "retrying" not in line and "Traceback" not in out, out
+    assert took < 100, took  # the drain's 120 s were not waited out

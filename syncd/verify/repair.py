@@ -22,6 +22,7 @@ import asyncpg
 
 from syncd import in_process
 from syncd.config import Settings, SourceSettings
+from syncd.health_note import POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED
 from syncd.postgres.bookkeeping import SourceLocked, source_key, try_lock_source, unlock_source
 from syncd.postgres.connect import close_quietly, connect
 from syncd.sqlite.capture import OP_DELETE, OP_UPDATE
@@ -32,6 +33,13 @@ from syncd.verify.result import EXTRA, Difference
 from syncd.types import PgType, converter
 
 POLL_SECONDS = 0.1
+# The pipeline run here failing to reach Postgres this long (while the caller's own
+# connection works: a CONNECTION LIMIT reached, say) is given up on: waiting on is no use.
+CANNOT_CONNECT_SECONDS = 5.0
+
+
+class StreamCannotConnect(TimeoutError):
+    """The pipeline run here could not connect to Postgres for CANNOT_CONNECT_SECONDS."""
 
 
 def changelog_entries(differences: list[Difference]) -> tuple[list[tuple[int, tuple]], list[Difference]]:
@@ -108,13 +116,13 @@ async def apply_through_stream(settings: Settings, source: SourceSettings, pg: a
 
 
 async def _wait_checkpoint(pg: asyncpg.Connection, bk_schema: str, source: str, target: int, timeout: float,
-                           task: asyncio.Task | None = None) -> bool:
+                           task: asyncio.Task | None = None, given_up: Callable[[], bool] | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         applied = await checkpoint(pg, bk_schema, source)
         if applied is not None and applied >= target:
             return True
-        if task is not None and task.done():
+        if task is not None and task.done() or given_up is not None and given_up():
             return False
         await asyncio.sleep(POLL_SECONDS)
     return False
@@ -125,11 +133,26 @@ async def _run_pipeline_until(settings: Settings, source: SourceSettings, pg: as
     from syncd.pipeline import Pipeline  # the daemon's own apply path
 
     pipeline = Pipeline(settings, source)
+    outage_since: list[float] = []  # since when the pipeline has not reached Postgres
+
+    def cannot_connect() -> bool:
+        if pipeline.health not in (POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED):
+            outage_since.clear()
+            return False
+        outage_since[:] = outage_since or [time.monotonic()]
+        return time.monotonic() - outage_since[0] >= CANNOT_CONNECT_SECONDS
+
     task = in_process.start(pipeline, f"repair-{source.name}", "CUTOVER")
     try:
-        ok = await _wait_checkpoint(pg, settings.postgres.bookkeeping_schema, source.name, target, timeout, task)
+        ok = await _wait_checkpoint(pg, settings.postgres.bookkeeping_schema, source.name, target, timeout, task,
+                                    cannot_connect)
+        why = pipeline.detail.partition("; retrying with backoff")[0]  # given up on here, not retried
+        gave_up = not ok and cannot_connect()
     finally:
         await in_process.stop(pipeline, task)
+    if gave_up:
+        raise StreamCannotConnect(f"syncd's pipeline run in this process could not connect to Postgres for "
+                                  f"{CANNOT_CONNECT_SECONDS:g} s ({why})")
     if not ok:
         detail = f": {pipeline.detail}" if pipeline.detail else ""
         raise TimeoutError(f"syncd's pipeline did not apply the repair within {timeout:g} s ({pipeline.health}{detail})")

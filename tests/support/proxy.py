@@ -31,6 +31,7 @@ class FaultProxy:
         self.bytes_up = 0  # bytes passed on towards Postgres, every connection together
         self.refused = 0  # connections refused (while refuse() holds): the client's tries
         self.accepted = 0  # connections accepted (stalled ones too): the client's tries
+        self.accept_left: int | None = None  # new connections still let through (None: no limit)
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
     # --- control -------------------------------------------------------------------
@@ -76,8 +77,14 @@ class FaultProxy:
         body = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
         self._fail = (trigger, b"E" + struct.pack("!i", len(body) + 4) + body)
 
+    def refuse_new_after(self, n: int) -> None:
+        """Keep the open connections, let `n` new ones through, refuse the rest (a
+        CONNECTION LIMIT with `n` slots left)."""
+        self.accept_left = n
+
     def heal(self) -> None:
         self.mode = "pass"
+        self.accept_left = None
         self._stalled.set()
 
     def close(self) -> None:
@@ -100,13 +107,15 @@ class FaultProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            if self.mode == "refuse":
+            if self.mode == "refuse" or self.accept_left == 0:
                 self.refused += 1
                 with suppress(OSError):
                     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     client.close()
                 continue
             self.accepted += 1
+            if self.accept_left is not None:
+                self.accept_left -= 1
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
