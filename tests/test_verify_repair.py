@@ -123,8 +123,8 @@ async def test_a_repair_does_not_call_tables_it_could_not_compare_nothing_to_rep
     out = verify(cfg, "--repair", "--wait", "5")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "nothing to repair" not in out.stdout, out.stdout
-    assert '"flags" not repaired: not compared (held)' in out.stdout, out.stdout
-    assert '"items" not repaired: not compared (streaming)' in out.stdout, out.stdout
+    assert '"flags" not repaired: it was not compared: audit before load: ' in out.stdout, out.stdout
+    assert '"items" not repaired: it was not compared: the table does not exist in Postgres' in out.stdout, out.stdout
 
 
 def test_only_what_a_replay_can_fix_is_queued():
@@ -195,3 +195,29 @@ async def test_a_nan_key_only_postgres_holds_is_not_replayed_as_if_sqlite_could_
     assert "replayed" not in out.stdout, out.stdout
     assert out.stdout.count("not repaired") == 2, out.stdout
     assert 'app: "readings" DIFFERS' in out.stdout and 'app: "points" DIFFERS' in out.stdout, out.stdout
+
+
+async def test_the_repair_note_gives_why_a_table_was_not_compared_and_leaves_out_excluded_tables(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A table copied before and excluded by the configuration now is not the repair's
+    (not replicated by choice): the note leaves it out. A table the repair passes over
+    because it could not be compared is named with why, not with its state as if that were
+    the reason ("not compared (streaming)")."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT);"
+                       "CREATE TABLE secrets (id INTEGER PRIMARY KEY, v TEXT);"
+                       "INSERT INTO items VALUES (1, 'a'); INSERT INTO secrets VALUES (1, 's');")
+    conn.commit()
+    source = {"name": "app", "path": str(app_db)}
+    cfg = make_config([source], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, v TEXT)")  # no daemon has taken it up
+    conn.commit()
+    conn.close()
+    await pg_execute(pg_dsn, "UPDATE app.items SET v = 'tampered' WHERE id = 1")
+    cfg = make_config([{**source, "exclude": ["secrets"]}], extra=verify_section())
+    out = verify(cfg, "--repair")
+    [note] = [x for x in out.stdout.splitlines() if x.startswith("app: repair: ")]
+    assert "secrets" not in note, out.stdout
+    assert '"notes" not repaired: it was not compared: ' in note and "(not registered)" not in note, note
+    assert 'app: "items" equal' in out.stdout and "after repairing 1 row(s)" in out.stdout, out.stdout

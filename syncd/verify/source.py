@@ -456,9 +456,10 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
     skipped_notes = []
     copying: set[str] = set()  # tables the way back copies again in full (cut over, too many to replay by key)
     target = 0
+    excluded = {p.name for p in plans if p.excluded}  # not replicated by choice: no repair is owed to them
     for tr in result.tables:
-        if not tr.compared and not tr.error:  # its rows may differ all the same: nothing says they do not
-            skipped_notes.append(f'"{tr.table}" not repaired: not compared ({tr.state or "not registered"})')
+        if not tr.compared and not tr.error and tr.table not in excluded:  # its rows may differ all the same
+            skipped_notes.append(f'"{tr.table}" not repaired: it was not compared: {tr.reason or "no reason recorded"}')
         if not tr.compared or tr.equal or tr.error:
             continue
         if s.direction == TO_SQLITE:  # the way back replays keys as Postgres holds them
