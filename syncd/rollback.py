@@ -49,8 +49,8 @@ from syncd.postgres import app_triggers, ddl
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import (Bookkeeping, SourceLocked, bookkeeping_exists, ensure_bookkeeping, source_key,
                                        try_lock_source, unlock_source)
-from syncd.postgres.connect import (ASYNCPG_FAULT, READ_ONLY_DATABASE, close_quietly, connect, describe,
-                                    takes_no_writes)
+from syncd.postgres.connect import (ASYNCPG_FAULT, READ_ONLY_DATABASE, PostgresUnavailable, close_quietly, connect,
+                                    describe, takes_no_writes)
 from syncd.printable import listed
 from syncd.reverse import applier, capture, reader
 from syncd.reverse.capture import Names
@@ -60,6 +60,7 @@ from syncd.sqlite.capture import CHANGELOG, META, LockTimeout, write_transaction
 from syncd.sqlite.connection import SourceFileError, SqliteWorker, is_busy
 from syncd.table_locks import TablesBusy, long_holders, table_holders, while_tables_busy
 from syncd.verify.postgres_side import lock_holder
+from syncd.verify.repair import CANNOT_CONNECT_SECONDS, StreamCannotConnect, cut_off
 
 log = logging.getLogger("syncd")
 
@@ -259,11 +260,17 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
     from syncd.reverse.pipeline import ReversePipeline
 
     pipeline = ReversePipeline(settings, source)
+    cannot_connect = cut_off(pipeline)
     task = in_process.start(pipeline, f"drain-{source.name}", "ROLLBACK")
     try:
-        ok = await _wait(drained, timeout, task)
+        ok = await _wait(drained, timeout, task, cannot_connect)
+        why = pipeline.detail.partition("; retrying with backoff")[0]  # given up on here, not retried
+        gave_up = not ok and cannot_connect()
     finally:
         await in_process.stop(pipeline, task)
+    if gave_up:
+        raise StreamCannotConnect(f"syncd's reverse stream run in this process could not connect to Postgres for "
+                                  f"{CANNOT_CONNECT_SECONDS:g} s ({why})")
     if not ok:
         detail = f": {pipeline.detail}" if pipeline.detail else ""
         raise TimeoutError(f"syncd's reverse stream did not bring SQLite up to date within {timeout:g} s "
@@ -295,7 +302,7 @@ async def _after_the_turn(conn: asyncpg.Connection, worker: SqliteWorker, b: Boo
         res.plan.append(f"the write downtime is not in Postgres's record of the rollback: {describe(e)}")
 
 
-async def _wait(cond, timeout: float, task: asyncio.Task | None = None) -> bool:
+async def _wait(cond, timeout: float, task: asyncio.Task | None = None, given_up=None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -304,7 +311,7 @@ async def _wait(cond, timeout: float, task: asyncio.Task | None = None) -> bool:
         except sqlite3.OperationalError as e:
             if not is_busy(e):
                 raise  # busy: the application holds the file a moment; not drained yet, look again
-        if task is not None and task.done():
+        if task is not None and task.done() or given_up is not None and given_up():
             return False
         await asyncio.sleep(POLL_SECONDS)
     return False
@@ -745,6 +752,10 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         await _hold("frozen")
         try:
             how = await drain(settings, source, conn, worker, DRAIN_SECONDS)
+        except (StreamCannotConnect, PostgresUnavailable) as e:  # the drain's own connections
+            raise Refused(f"the last changes cannot reach SQLite: {e}; find why syncd cannot connect (a CONNECTION "
+                          "LIMIT of its role or database reached, max_connections, the network), then run "
+                          "`syncd rollback` again") from None
         except TimeoutError as e:
             if not str(e):
                 raise  # a statement Postgres did not answer in time, not the drain's wait

@@ -14,8 +14,8 @@ import pytest
 
 from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd
 from tests.support.proxy import FaultProxy
-from tests.support.sync import wait_caught_up
-from tests.support.way_back import backup_and_config, cut_over, orders_app
+from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, orders_app
 
 
 @pytest.fixture
@@ -151,6 +151,30 @@ async def test_a_cutover_whose_stream_cannot_connect_says_so_without_waiting_out
     assert out.startswith("rc=1"), out
     [line] = [x for x in out.splitlines() if x.startswith("app: ")]
     assert line.startswith("app: UNDONE: the last changes cannot reach Postgres: "), line
+    assert "cannot connect to" in line and "CONNECTION LIMIT" in line and "undone: " in line, line
+    assert "within 120 s" not in line and "retrying" not in line and "Traceback" not in out, out
+    assert took < 100, took  # the drain's 120 s were not waited out
+
+
+@pytest.mark.parametrize("slots", [0, 1])
+async def test_a_rollback_whose_stream_cannot_connect_says_so_without_waiting_out_the_drain(
+        tmp_path, make_config, pg_dsn, proxy, slots):
+    """The rollback's mirror of the cutover's: no daemon runs, and once Postgres is frozen
+    it takes `slots` new connections and no more: the rollback is undone within seconds
+    saying the last changes cannot reach SQLite, not called refused (nothing changed) nor
+    left to wait out its 120 s drain."""
+    p, via = proxy
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    await pg_rows(pg_dsn, "UPDATE app.orders SET item = 'a2' WHERE item = 'a'")  # the last change, for the drain
+    started = time.monotonic()
+    out = switch_cut_off_at(cfg, "rollback", "frozen", p, via, tmp_path, fault=lambda: p.refuse_new_after(slots))
+    took = time.monotonic() - started
+    assert out.startswith("rc=1"), out
+    [line] = [x for x in out.splitlines() if x.startswith("app: ")]
+    assert line.startswith("app: UNDONE: the last changes cannot reach SQLite: "), line
     assert "cannot connect to" in line and "CONNECTION LIMIT" in line and "undone: " in line, line
     assert "within 120 s" not in line and "retrying" not in line and "Traceback" not in out, out
     assert took < 100, took  # the drain's 120 s were not waited out

@@ -42,6 +42,21 @@ class StreamCannotConnect(TimeoutError):
     """The pipeline run here could not connect to Postgres for CANNOT_CONNECT_SECONDS."""
 
 
+def cut_off(stream) -> Callable[[], bool]:
+    """Asked as a stream run here is waited for: whether it has not reached Postgres
+    (its health an outage) for CANNOT_CONNECT_SECONDS on end."""
+    since: list[float] = []
+
+    def gone() -> bool:
+        if stream.health not in (POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED):
+            since.clear()
+            return False
+        since[:] = since or [time.monotonic()]
+        return time.monotonic() - since[0] >= CANNOT_CONNECT_SECONDS
+
+    return gone
+
+
 def changelog_entries(differences: list[Difference]) -> tuple[list[tuple[int, tuple]], list[Difference]]:
     """(op, SQLite key) entries for the differences a replay can fix, and the rest:
     keys whose SQLite form is unknown and rows whose value does not fit (replaying
@@ -133,15 +148,7 @@ async def _run_pipeline_until(settings: Settings, source: SourceSettings, pg: as
     from syncd.pipeline import Pipeline  # the daemon's own apply path
 
     pipeline = Pipeline(settings, source)
-    outage_since: list[float] = []  # since when the pipeline has not reached Postgres
-
-    def cannot_connect() -> bool:
-        if pipeline.health not in (POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED):
-            outage_since.clear()
-            return False
-        outage_since[:] = outage_since or [time.monotonic()]
-        return time.monotonic() - outage_since[0] >= CANNOT_CONNECT_SECONDS
-
+    cannot_connect = cut_off(pipeline)
     task = in_process.start(pipeline, f"repair-{source.name}", "CUTOVER")
     try:
         ok = await _wait_checkpoint(pg, settings.postgres.bookkeeping_schema, source.name, target, timeout, task,
