@@ -431,3 +431,33 @@ async def test_a_table_named_without_a_source_and_left_out_where_it_is_is_said_t
     assert "neither in their SQLite files" not in out.stderr, out.stderr
     assert ("table 'audit' of source 'shop' is not replicated: a table the source's include/exclude settings "
             "leave out") in out.stderr, out.stdout + out.stderr
+
+
+async def test_a_check_postgres_does_not_answer_in_time_says_what_it_waited_for(app_db, make_config, pg_dsn):
+    """A session keeps syncd's bookkeeping locked past [postgres] statement_timeout_seconds:
+    the check's line says no answer came within that setting, what may hold it and to try
+    again, not a bare "Postgres: timed out"."""
+    import asyncio
+
+    import asyncpg
+
+    from tests.support.daemon import run_cli
+
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"postgres": {"statement_timeout_seconds": 1}})
+    assert run_cli(cfg, "init").returncode == 0
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE syncd.sources IN ACCESS EXCLUSIVE MODE")
+            out = await asyncio.to_thread(verify, cfg)
+    finally:
+        await holder.close()
+    assert out.returncode == 2, out.stdout + out.stderr
+    [line] = out.stdout.splitlines()
+    assert line.startswith("app: ERROR Postgres: timed out: a statement got no answer within [postgres] "
+                           "statement_timeout_seconds"), line
+    assert "try again" in line, line

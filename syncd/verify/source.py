@@ -19,7 +19,7 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import (Bookkeeping, SourceRow, TableRow, bookkeeping_exists, ensure_bookkeeping,
                                        source_key)
-from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
+from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe, postgres_lost
 from syncd.postgres.target import UnsupportedTarget, check_target
 from syncd.sqlite import capture, leftout
 from syncd.sqlite.capture import CaptureState, LockTimeout
@@ -182,7 +182,7 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
     except (SourceFileError, PostgresUnavailable, UnsupportedTarget, VerifyError) as e:
         result.error = str(e)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
-        result.error = f"Postgres: {describe(e)}"
+        result.error = postgres_lost(e) or f"Postgres: {describe(e)}"  # no answer in time: what was waited for
     except (sqlite3.Error, LockTimeout) as e:
         result.error = f"SQLite file {source.path}: {e}"
     except Exception as e:  # a check that failed must say so, not take its caller down
@@ -386,7 +386,7 @@ async def _check(s: _Session, plan: TablePlan, wait_seconds: float) -> TableVeri
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
         if isinstance(e, (ConnectionError, asyncpg.InterfaceError)) or s.pg.is_closed():
             raise
-        tr.error = f"Postgres: {describe(e)}"
+        tr.error = postgres_lost(e) or f"Postgres: {describe(e)}"  # no answer in time: what was waited for
     except (sqlite3.Error, LockTimeout) as e:
         tr.error = f"SQLite: {e}"
     except (ValueError, TypeError, KeyError, ArithmeticError) as e:  # this table's shape or data defeated the check
