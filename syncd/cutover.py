@@ -39,7 +39,7 @@ from syncd.postgres import app_triggers, cutover_guard, ddl
 from syncd.postgres.bookkeeping import (SWITCH_CLASS, Bookkeeping, bookkeeping_exists, ensure_bookkeeping,
                                        shared_key_line, sharing, source_key)
 from syncd.postgres.connect import (ASYNCPG_FAULT, READ_ONLY_DATABASE, PostgresUnavailable, close_quietly, connect,
-                                    describe, takes_no_writes)
+                                    describe, postgres_lost, takes_no_writes)
 from syncd.printable import listed, shorten, text_repr
 from syncd.reverse.capture import FREEZE_LOCK_STEP
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
@@ -130,7 +130,8 @@ def undo_reason(e: BaseException) -> str:
     if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
         return "interrupted (Ctrl-C or a stop signal) before the switch was done"
     if on_postgres(e):
-        return f"Postgres: {describe(e)}"  # the connection lost, no answer in time, or Postgres's refusal
+        # the connection lost, no answer in time (what was waited for), or Postgres's refusal
+        return postgres_lost(e) or f"Postgres: {describe(e)}"
     return f"{type(e).__name__}: {describe(e)}"
 
 

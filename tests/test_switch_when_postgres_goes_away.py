@@ -178,3 +178,31 @@ async def test_a_rollback_whose_stream_cannot_connect_says_so_without_waiting_ou
     assert "cannot connect to" in line and "CONNECTION LIMIT" in line and "undone: " in line, line
     assert "within 120 s" not in line and "retrying" not in line and "Traceback" not in out, out
     assert took < 100, took  # the drain's 120 s were not waited out
+
+
+async def test_a_switch_whose_checks_postgres_does_not_answer_in_time_says_what_it_waited_for(tmp_path, make_config,
+                                                                                               pg_dsn):
+    """A session keeps syncd's bookkeeping locked past [postgres] statement_timeout_seconds
+    while a dry run of the cutover and of the rollback read it: each line says no answer
+    came within that setting and to try again, not a bare "Postgres: timed out"."""
+    import asyncio
+
+    import asyncpg
+
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"postgres": {"statement_timeout_seconds": 1}})
+    assert run_cli(cfg, "init").returncode == 0
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE syncd.sources IN ACCESS EXCLUSIVE MODE")
+            outs = [await asyncio.to_thread(run_cli, cfg, verb, "--dry-run") for verb in ("cutover", "rollback")]
+    finally:
+        await holder.close()
+    for out in outs:
+        assert out.returncode == 1, out.stdout + out.stderr
+        [line] = [x for x in out.stdout.splitlines() if x.startswith("app: ")]
+        assert line.startswith("app: REFUSED: Postgres: timed out: a statement got no answer within [postgres] "
+                               "statement_timeout_seconds"), line
+        assert line.endswith("try again"), line

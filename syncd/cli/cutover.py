@@ -13,7 +13,7 @@ import asyncpg
 from syncd.cli import common, interrupted
 from syncd.config import Settings, SourceSettings
 from syncd.cutover import CutoverResult, cutover, on_postgres
-from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.postgres.connect import PostgresUnavailable, describe, postgres_lost
 from syncd.sqlite.capture import LockTimeout
 from syncd.sqlite.connection import SourceFileError
 
@@ -60,7 +60,7 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool,
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error, LockTimeout) as e:
             # Before the freeze nothing changed; after it, _run settles the switch itself.
             what = (f"SQLite file {s.path}: {describe(e)}" if isinstance(e, (sqlite3.Error, LockTimeout))
-                    else f"Postgres: {describe(e)}" if on_postgres(e) else describe(e))
+                    else postgres_lost(e) or f"Postgres: {describe(e)}" if on_postgres(e) else describe(e))
             out.append(CutoverResult(source=s.name, problems=[what if dry_run else (
                 f"{what}; anything left frozen is undone by the daemon at its next check ([stream] "
                 "held_table_retry_seconds), or by the next `syncd cutover`")]))  # a dry run freezes nothing

@@ -12,7 +12,7 @@ import asyncpg
 
 from syncd.cli import common, interrupted
 from syncd.config import Settings, SourceSettings
-from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.postgres.connect import PostgresUnavailable, describe, postgres_lost
 from syncd.sqlite.connection import SourceFileError
 from syncd.sqlite.capture import LockTimeout
 from syncd.cutover import on_postgres
@@ -58,7 +58,7 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error, LockTimeout) as e:
             # Whatever froze stays recorded: the daemon (or the next run) undoes it.
             what = (f"SQLite file {s.path}: {describe(e)}" if isinstance(e, (sqlite3.Error, LockTimeout))
-                    else f"Postgres: {describe(e)}" if on_postgres(e) else describe(e))
+                    else postgres_lost(e) or f"Postgres: {describe(e)}" if on_postgres(e) else describe(e))
             out.append(RollbackResult(source=s.name, problems=[what if dry_run else (
                 f"{what}; anything left frozen is undone by the daemon at its next check ([stream] "
                 "held_table_retry_seconds), or by the next `syncd rollback`")]))  # a dry run freezes nothing
