@@ -581,3 +581,22 @@ async def test_a_first_load_killed_part_way_is_critical_with_the_rows_copied(tmp
     assert "the load did not finish" in line and re.search(r'"items" \d+ of 20000 row\(s\) copied', line), line
     [row] = [x for x in r.stdout.splitlines() if x.startswith("app ")]
     assert row.split()[6:8] == ["-", "0"], row  # LAG unknown, PENDING: no change waits in the changelog
+
+
+async def test_a_role_at_its_connection_limit_is_named_as_refused_not_unreachable(tmp_path, pg_dsn):
+    """Postgres answers and refuses the login of a role whose CONNECTION LIMIT is reached:
+    status names the refusal and the limit, never "Postgres unreachable"."""
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    role = f"syncd_limited_{secrets.token_hex(4)}"
+    await _admin(pg_dsn, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    try:
+        cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace("postgres@", f"{role}:hunter2@"),
+                           [{"name": "app", "path": str(db)}])
+        r = run_cli(cfg, "status")
+    finally:
+        await _admin(pg_dsn, f"DROP ROLE {role}")
+    out = r.stdout + r.stderr
+    assert r.returncode == CRITICAL and "unreachable" not in out.lower() and "hunter2" not in out, out
+    line = next(x for x in out.splitlines() if x.startswith("CRITICAL: app:"))
+    assert f"refused syncd's role {role} at login" in line and "too many connections" in line, line

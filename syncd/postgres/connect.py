@@ -42,7 +42,10 @@ class LoginRefused(PostgresUnavailable):
         self.reason = reason
 
 
-LOGIN_REFUSED = ("28000", "28P01")  # invalid_authorization_specification, invalid_password
+# invalid_authorization_specification, invalid_password; too_many_connections (a CONNECTION
+# LIMIT of the role or database, max_connections) and invalid_catalog_name (no such
+# database): Postgres answered each, and refused the login.
+LOGIN_REFUSED = ("28000", "28P01", "53300", "3D000")
 
 
 def sqlstate(exc: BaseException) -> str | None:
