@@ -845,3 +845,25 @@ async def test_a_daemon_failing_every_step_fails_the_lag_item(ready, app_db, pg_
     assert re.search(r"❌ app: the daemon reports failing: unexpected error: bookkeeping refused by a test trigger "
                      r".*\(since \S+ \S+ UTC\); changes wait until the failing step succeeds", lag), lag
     assert "bookkeeping refused by a test trigger" in doc["sources"][0]["daemon_failing"]
+
+
+
+
+async def test_a_first_load_killed_part_way_has_no_lag_figure(tmp_path, make_config, pg_dsn):
+    """The daemon killed (kill -9) during the first copy of a table, its changelog empty:
+    the report's lag is unknown, naming the table not copied in full, not 0.0 s "every
+    captured change is applied" while Postgres lacks most of the rows."""
+    from tests.support.app import create_items
+    from tests.test_kill9 import wait_loading
+
+    db = tmp_path / "app.db"
+    create_items(db, rows=20_000)
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"stream": {"snapshot_chunk_rows": 100}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_loading(pg_dsn, "items", d)
+        d.kill9()
+    md = run_cli(cfg, "report")
+    assert md.returncode == 1, md.stdout + md.stderr
+    [line] = [x for x in md.stdout.splitlines() if x.startswith("- Lag now: ")]
+    assert line.startswith("- Lag now: unknown, from unknown: 1 table(s) not copied in full yet (items)"), line
+    assert "every captured change is applied" not in md.stdout, md.stdout

@@ -24,8 +24,8 @@ from syncd.endpoint_client import fetch_status, own_sources, unanswered
 from syncd.health_note import FAILING
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.postgres import ddl
-from syncd.postgres.bookkeeping import (HELD, LOCK_CLASS, PAUSED, STREAMING, Bookkeeping, bookkeeping_exists,
-                                       ensure_bookkeeping, source_key)
+from syncd.postgres.bookkeeping import (HELD, LOCK_CLASS, ON_THE_WAY, PAUSED, STREAMING, Bookkeeping,
+                                        bookkeeping_exists, ensure_bookkeeping, source_key)
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
 from syncd.redact import scrub
 from syncd.rehearsal import table_definitions
@@ -824,6 +824,11 @@ def _lag(live: dict | None, facts: SourceFacts, pending: int | None, now: dt.dat
         return Lag(None, "unknown (the SQLite file could not be read)", None)
     if pending is None:
         return Lag(None, "unknown (no changelog in the SQLite file)", None)
+    unloaded = [t.name for t in facts.tables if t.state in ON_THE_WAY]
+    if unloaded:  # a copy not finished (a daemon killed mid-load, say): rows no changelog entry counts
+        return Lag(None, f"unknown: {len(unloaded)} table(s) not copied in full yet ({', '.join(unloaded)}), "
+                   f"Postgres lacks rows the changelog does not count ({pending} change(s) pending; {silent})",
+                   pending)
     if pending == 0:
         return Lag(0.0, f"computed: every captured change is applied ({silent})", 0)
     if held_since:
