@@ -125,13 +125,15 @@ def on_postgres(e: BaseException) -> bool:
 
 def undo_reason(e: BaseException) -> str:
     """Why a switch (cutover or rollback) was undone, for its record and the operator."""
-    if isinstance(e, (Refused, TablesBusy)):
-        return str(e)
+    if isinstance(e, (Refused, TablesBusy, SourceFileError)) or isinstance(e, TimeoutError) and str(e):
+        return str(e)  # each says what it is (syncd's own waits, what they waited for)
     if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
         return "interrupted (Ctrl-C or a stop signal) before the switch was done"
     if on_postgres(e):
         # the connection lost, no answer in time (what was waited for), or Postgres's refusal
         return postgres_lost(e) or f"Postgres: {describe(e)}"
+    if isinstance(e, (sqlite3.Error, LockTimeout)):
+        return f"the SQLite file: {describe(e)}"
     return f"{type(e).__name__}: {describe(e)}"
 
 

@@ -759,3 +759,19 @@ async def test_a_dry_run_on_a_file_its_application_holds_locked_names_the_file(t
     out = r.stdout + r.stderr
     assert r.returncode == 1 and f"app: REFUSED: SQLite file {db}: database is locked" in out, out
     assert "frozen" not in out and "Traceback" not in out, out
+
+
+def test_the_reason_a_switch_was_undone_is_said_in_words():
+    """What undid a cutover or a rollback is said as it reads, not as an exception's class
+    name: a wait of syncd's own with what it waited for, a file gone, SQLite's error."""
+    from syncd.cutover import undo_reason
+    from syncd.sqlite.capture import LockTimeout
+    from syncd.sqlite.connection import SourceFileError
+
+    waited = "the daemon did not bring SQLite up to date within 120 s"
+    assert undo_reason(TimeoutError(waited)) == waited
+    assert undo_reason(SourceFileError("SQLite file /x/app.db does not exist")) == "SQLite file /x/app.db does not exist"
+    assert undo_reason(sqlite3.OperationalError("disk I/O error")) == "the SQLite file: disk I/O error"
+    assert undo_reason(LockTimeout("a write lock was not had within 2 s")) == \
+        "the SQLite file: a write lock was not had within 2 s"
+    assert undo_reason(TimeoutError()).startswith("Postgres: timed out: a statement got no answer within ")
