@@ -75,3 +75,36 @@ async def test_the_way_back_rides_out_a_postgres_outage(tmp_path, make_config, p
         assert await compare_table(str(db), pg_dsn, "app", "items") == []
     finally:
         proxy.close()
+
+
+async def test_a_way_back_statement_past_the_statement_timeout_says_what_it_waited_for(tmp_path, make_config,
+                                                                                       pg_dsn):
+    """A session keeps the way back's changelog in Postgres locked past [postgres]
+    statement_timeout_seconds: the daemon's line says a statement ran over that setting
+    and what may hold it, not a bare "Postgres unreachable: timed out"."""
+    import asyncpg
+
+    from tests.support.sync import eventually
+    from tests.support.way_back import orders_app, way_back_changelog
+
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, postgres={"statement_timeout_seconds": 2})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        holder = await asyncpg.connect(pg_dsn)
+        try:
+            async with holder.transaction():
+                await holder.execute(f"LOCK TABLE {await way_back_changelog(pg_dsn)} IN ACCESS EXCLUSIVE MODE")
+
+                async def said() -> bool:
+                    return "event=postgres_unreachable" in d.own_log()
+
+                await eventually(said, 60, "the way back's timed-out statement", d)
+        finally:
+            await holder.close()
+        [line] = [x for x in d.own_log().splitlines() if "event=postgres_unreachable" in x][:1]
+        assert "a statement ran over [postgres] statement_timeout_seconds (2 s)" in line, line
+        assert "Postgres unreachable: timed out" not in d.own_log()
+        assert d.stop() == 0

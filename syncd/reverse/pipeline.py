@@ -408,7 +408,12 @@ class ReversePipeline:
             self.pg_ok = False
             self.lag.unreachable = True
             self.session.drop_postgres()
-            health, what = outage(exc, self.settings.dsn_for(self.source), f"Postgres unreachable: {describe(exc)}")
+            why = describe(exc)
+            if isinstance(exc, TimeoutError) and not str(exc):  # asyncpg's command timeout says nothing
+                why = (f"a statement ran over [postgres] statement_timeout_seconds "
+                       f"({self.settings.postgres.statement_timeout_seconds:g} s): Postgres is slow or busy, a lock "
+                       "holds the table, or the server is gone")
+            health, what = outage(exc, self.settings.dsn_for(self.source), f"Postgres unreachable: {why}")
             self._enter(health, f"{what}; retrying with backoff, the application's changes wait in Postgres's changelog",
                         kind="postgres", level="warning")
         elif contended(exc):
