@@ -19,7 +19,7 @@ from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd, wait_for
 from tests.support.sync import wait_caught_up
 from tests.support.way_back import back_up
 
-FILES = 30  # a cutover takes about half a second a file here; enough to have a middle
+FILES = 10  # files cut over before the locked one in the middle and after it (half a second a file)
 
 # The application's write transaction on its file, held until told: readers go on
 # (WAL mode), but no other writer gets the file's write lock meanwhile.
