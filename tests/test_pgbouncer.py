@@ -41,6 +41,9 @@ def pgbouncer_in_session_mode(pg_dsn):
 
 
 def _pgbouncer(pg_dsn: str, mode: str):
+    # In session mode a client keeps its server connection for its whole life, and the
+    # daemon keeps up to [postgres] max_connections (8) open for a minute after their last
+    # use: a smaller pool makes a `syncd` command wait that minute for a server connection.
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     assert Path(binary).exists(), "pgbouncer is not installed: apt-get install pgbouncer"
     parts = urlsplit(pg_dsn)
@@ -57,7 +60,7 @@ unix_socket_dir =
 auth_type = trust
 auth_file = {home / 'users.txt'}
 pool_mode = {mode}
-default_pool_size = 4
+default_pool_size = {4 if mode == "transaction" else 16}
 max_client_conn = 100
 ignore_startup_parameters = {IGNORED}
 logfile = {home / 'pgbouncer.log'}
