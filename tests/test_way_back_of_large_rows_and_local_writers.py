@@ -85,8 +85,9 @@ async def test_local_writers_are_not_held_off_while_large_rows_come_back(tmp_pat
 async def test_local_writers_are_not_held_off_while_a_table_emptied_in_postgres_is_emptied_in_sqlite(
         tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
+    # 250k rows: deleted in one transaction, they hold the file for several busy timeouts
     cfg = local_writer_beside(db, make_config, tmp_path, "CREATE TABLE events (id INTEGER PRIMARY KEY, note TEXT)",
-                              "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400000) "
+                              "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 250000) "
                               "INSERT INTO events SELECT i, 'event ' || i FROM n")
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
