@@ -1,7 +1,7 @@
 """After a cutover, a table the source does not replicate (`exclude`) stays writable in
 SQLite (docs/cutover.md, step 2), and the application keeps writing it: the way back
 must not hold SQLite's write lock long enough for such a writer's busy_timeout of 2 s
-to run out, even when one Postgres transaction writes many large rows (150 attachments
+to run out, even when one Postgres transaction writes many large rows (100 attachments
 of 8 MB), or empties a large table (its copy again then deletes every row SQLite holds).
 A batch of the way back was once sized by its number of values, whatever their size,
 and written in one transaction, and the copy again deleted every row Postgres no longer
@@ -74,7 +74,7 @@ async def test_local_writers_are_not_held_off_while_large_rows_come_back(tmp_pat
         await cut_over(cfg, db, pg_dsn, daemon=d)
         writes, failures = await writes_beside(
             db, cfg, pg_dsn, d, "INSERT INTO app.attachments SELECT g, decode(repeat(md5(g::text), 8 * 1024 * 1024 / 32), "
-                                "'hex') FROM generate_series(1, 150) AS g")  # one transaction, 1.2 GB
+                                "'hex') FROM generate_series(1, 100) AS g")  # one transaction, 800 MB
         verify = run_cli(cfg, "verify", timeout=600)
         assert d.stop() == 0
     assert writes, "the application never wrote"
