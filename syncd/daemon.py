@@ -292,30 +292,39 @@ class Daemon:
                 await asyncio.sleep(self.settings.stream.discover_interval_seconds)
             if not self.settings.patterns:
                 continue  # none yet: a reload may bring one
-            await self._drop_forgotten()
+            if await self._drop_forgotten():
+                seen = None  # its name is free: a file the template gives it is picked up now
             now = discovery.signature(self.settings)
+            # The globs' target databases: with every file of a glob gone, no source made one yet.
+            for pattern in self.settings.patterns:
+                self.targets.for_source(pattern)
             unread = [t for t in self.targets.all if t.dsn not in remembered_in]
             if now == seen and not unread:
                 continue  # no file added or removed in the globs' directories
             seen = now
-            found = discovery.expand(self.settings)
+            # A source of the daemon's whose pipeline a reload or a switch has stopped meanwhile
+            # is theirs to start again, not a file found.
+            known = {s.name for s in self.settings.sources}
+            back: list[SourceSettings] = []
+            for target in unread:
+                try:
+                    async with target.connection() as conn:
+                        back += [s for s in await discovery.remembered(
+                            self.settings, conn, self.settings.postgres.bookkeeping_schema, target.dsn)
+                                 if s.name not in self.pipelines and s.name not in known and s not in back]
+                    remembered_in.add(target.dsn)
+                except Exception:  # noqa: BLE001 - Postgres away: asked again at the next look
+                    pass
+            # Expanded with the gone files' sources known: each keeps its name from a file
+            # the template gives it since (that file is not picked up, and says so).
+            found = discovery.expand(self.settings.model_copy(update={"sources": [*self.settings.sources, *back]}))
             for problem in found.discovery_problems:
                 if problem not in told:
                     told.add(problem)
                     log.warning(problem, extra={"event": "discovery"})
-            # A source of the daemon's whose pipeline a reload or a switch has stopped meanwhile
-            # is theirs to start again, not a file found.
-            known = {s.name for s in self.settings.sources}
-            added = [s for s in found.sources if s.name not in self.pipelines and s.name not in known]
-            for target in unread:
-                try:
-                    async with target.connection() as conn:
-                        added += [s for s in await discovery.remembered(
-                            found, conn, self.settings.postgres.bookkeeping_schema, target.dsn)
-                                  if s.name not in self.pipelines and s.name not in known and s not in added]
-                    remembered_in.add(target.dsn)
-                except Exception:  # noqa: BLE001 - Postgres away: asked again at the next look
-                    pass
+            held = {s.name for s in back}
+            added = back + [s for s in found.sources
+                            if s.name not in self.pipelines and s.name not in held and s.name not in known]
             first = False
             for source in added:
                 self.settings = self.settings.model_copy(update={"sources": [*self.settings.sources, source]})
@@ -332,12 +341,14 @@ class Daemon:
         return [p for p in self.pipelines.values()
                 if p.name not in configured and p.health == SOURCE_MISSING and not p.source.path.exists()]
 
-    async def _drop_forgotten(self) -> None:
+    async def _drop_forgotten(self) -> bool:
         """A glob's source whose file is gone, and whose bookkeeping `syncd uninstall
-        --forget` removed since, is no longer followed (no longer shown as missing)."""
+        --forget` removed since, is no longer followed (no longer shown as missing).
+        True when one was dropped."""
         gone = self._gone()
         if not gone:
-            return
+            return False
+        dropped = False
         kept: set[str] = set()
         for target in {id(p.session.target): p.session.target for p in gone}.values():
             names = [p.name for p in gone if p.session.target is target]
@@ -351,6 +362,7 @@ class Daemon:
         for p in gone:
             if p.name in kept:
                 continue
+            dropped = True
             await self._stop_pipeline(p.name)
             metrics.forget_source(p.name)
             self.page.history.forget(p.name)
@@ -359,6 +371,7 @@ class Daemon:
             log.warning(f"the source's file {p.source.path} is gone and Postgres records nothing of it (forgotten by "
                         "syncd uninstall --forget, or never registered): no longer followed",
                         extra={"source": p.name, "event": "source_forgotten"})
+        return dropped
 
     # --- reload ----------------------------------------------------------------------
 

@@ -111,6 +111,10 @@ def expand(settings: Settings) -> Settings:
     # A running daemon's sources keep their files: a name found since for one of them
     # (a symlink from another folder the glob matches) is no second source.
     running = {s.path.resolve(): s.path for s in settings.sources if not is_glob(s.path)}
+    # A glob's source whose file is gone (shown as missing) keeps its name until it is
+    # forgotten: a file the template gives that name meanwhile is another file, not it.
+    gone = {s.name: s.path for s in settings.sources
+            if not is_glob(s.path) and s.name not in taken and not s.path.exists()}
     found: list[SourceSettings] = []
     problems: list[str] = []
     for pattern in settings.patterns:
@@ -150,6 +154,10 @@ def expand(settings: Settings) -> Settings:
                 why = f"its source name {name!r} may only use letters, digits, '_', '.' and '-'"
             elif name in taken:
                 why = f"its source name {name!r} is already taken"
+            elif name in gone:
+                why = (f"its source name {name!r} is the source of {gone[name]}, whose file is gone (shown as "
+                       f"missing); if that file is gone for good, `syncd uninstall --forget --source {name}` and "
+                       "this file is picked up as a new source")
             elif len(schema.encode()) > PG_MAX_IDENTIFIER_BYTES:
                 why = f"its schema {schema!r} is longer than {PG_MAX_IDENTIFIER_BYTES} bytes"
             elif schema == settings.postgres.bookkeeping_schema:
@@ -227,24 +235,32 @@ async def as_registered(settings: Settings) -> Settings:
     """`settings` expanded again where one file has several names the globs match (hard
     links): the name syncd registered it under keeps it, as in the daemon that ran it,
     not whichever name sorts first (which would start a second source on the file by a
-    name the application may not write by, and leave the registered one out). Postgres
-    away: `settings` as they are."""
+    name the application may not write by, and leave the registered one out). A source
+    whose file is gone keeps its name from a file the template gives it since, as in the
+    daemon that shows it missing. Postgres away: `settings` as they are."""
     import fnmatch
 
-    if not settings.patterns or not settings.discovery_problems:
+    if not settings.patterns:
         return settings
     carried = []
+    found = {s.name for s in settings.sources}
+    held = False
     async for dsn, conn in _each_target(settings):  # Postgres away: the globs' own order
         rows = await _registered_rows(conn, settings.postgres.bookkeeping_schema)
         for name, path, _schema in rows:
-            if not path or not Path(path).is_file():
+            if not path:
+                continue
+            # A gone file's source holds its name (expand): matched as the glob matches files.
+            there = Path(path).is_file()
+            if not there and (Path(path).exists() or name not in found):
                 continue
             for pattern in settings.patterns:
-                if fnmatch.fnmatch(path, str(pattern.path)) and settings.dsn_for(pattern) == dsn \
-                        and _fill(pattern.name, Path(path)) == name:
+                if (fnmatch.fnmatch(path, str(pattern.path)) if there else Path(path).match(str(pattern.path))) \
+                        and settings.dsn_for(pattern) == dsn and _fill(pattern.name, Path(path)) == name:
                     carried.append(pattern.model_copy(update={"name": name, "path": Path(path)}))
+                    held = held or not there
                     break
-    if not carried:
+    if not carried or not (held or settings.discovery_problems):
         return settings
     return expand(settings.model_copy(update={"sources": [*settings.configured, *carried]}))
 

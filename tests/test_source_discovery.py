@@ -438,3 +438,39 @@ async def test_a_source_another_daemon_runs_is_not_missing_here(tmp_path, pg_dsn
         await elsewhere.close()
     doc = json.loads(run_cli(cfg, "status", "--json").stdout)  # nobody runs it: missing, as ever
     assert {s["name"]: s["state"] for s in doc["sources"]}["t_globex"] == "source_missing"
+
+
+async def test_a_file_given_the_name_of_a_gone_files_source_is_said_and_taken_once_that_is_forgotten(
+        tmp_path, make_config, pg_dsn):
+    """x.db streams as source x and is deleted (x is missing); x.sqlite, whose name the
+    template makes x too, appears. Source x is still x.db's (shown as missing) for the
+    daemon and for `syncd status`: the new file is not followed, and the daemon says so
+    once, naming the file, the reason and what to do. Once x is forgotten, x.sqlite is
+    picked up as a new source."""
+    d = tmp_path / "tenants"
+    d.mkdir()
+    tenant(d / "x.db")
+    cfg = make_config([{"name": "{stem}", "path": str(d / "*")}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(d / "x.db", pg_dsn, "x", daemon=dp)
+        (d / "x.db").unlink()
+        dp.wait_log("waiting for it to come back")
+        tenant(d / "x.sqlite")
+        dp.wait_log(f"{d / 'x.sqlite'} (from")
+        said = [line for line in dp.own_log().splitlines() if f"{d / 'x.sqlite'} (from" in line]
+        assert len(said) == 1 and "not picked up" in said[0] and "uninstall --forget --source x" in said[0], said
+        doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+        assert [(s["name"], s["path"], s["state"]) for s in doc["sources"]] == [
+            ("x", str(d / "x.db"), "source_missing")], doc["sources"]
+        assert any(f"{d / 'x.sqlite'} (from" in p for p in doc["not_picked_up"]), doc["not_picked_up"]
+        assert dp.stop() == 0
+    with DaemonProcess(cfg, tmp_path / "again.log") as dp:  # a restart: the same
+        dp.wait_log(f"{d / 'x.sqlite'} (from")
+        wait_for(lambda: "waiting for it to come back" in dp.own_log(), 30, "x shown missing", dp)
+        assert "source found at" not in dp.own_log() and "snapshot" not in dp.own_log(), dp.own_log()
+        r = run_cli(cfg, "uninstall", "--source", "x", "--forget")
+        assert r.returncode == 0, r.stdout + r.stderr
+        await wait_caught_up(d / "x.sqlite", pg_dsn, "x", daemon=dp)
+        assert await compare_table(str(d / "x.sqlite"), pg_dsn, "x", "notes") == []
+        assert dp.stop() == 0

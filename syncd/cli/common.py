@@ -17,13 +17,14 @@ from syncd.redact import scrub, scrub_obj
 
 def load(args: argparse.Namespace) -> Settings:
     """Load the configuration named on the command line; raises ConfigError. A file the
-    globs match by several names keeps the one syncd registered it under."""
+    globs match by several names keeps the one syncd registered it under, a gone file's
+    source its name."""
     import asyncio
 
     from syncd.discovery import as_registered
 
     settings = load_settings(resolve_config_path(getattr(args, "config", None)))
-    if settings.patterns and settings.discovery_problems:
+    if settings.patterns:
         with early_signals.interruptible():  # `syncd run`: a stop meanwhile ends the wait
             settings = asyncio.run(as_registered(settings))
     return settings
