@@ -133,6 +133,7 @@ class Daemon:
                             extra={"event": "discovery"})
             for problem in self.settings.discovery_problems:
                 log.warning(problem, extra={"event": "discovery"})
+            metrics.not_picked_up(self.settings.discovery_problems)
             loops = [asyncio.create_task(c) for c in (
                 self._housekeeping(), self.verifier.run(), self.page.run(), self._discover(),
                 orphans.watch(lambda: self.settings, lambda: self.pipelines, self.targets))]
@@ -322,6 +323,7 @@ class Daemon:
                 if problem not in told:
                     told.add(problem)
                     log.warning(problem, extra={"event": "discovery"})
+            metrics.not_picked_up(found.discovery_problems)
             held = {s.name for s in back}
             added = back + [s for s in found.sources
                             if s.name not in self.pipelines and s.name not in held and s.name not in known]
@@ -458,6 +460,7 @@ class Daemon:
         if meanwhile:
             new = new.model_copy(update={"sources": [*new.sources, *meanwhile]})
         self.settings = new
+        metrics.not_picked_up(new.discovery_problems)
         await self.targets.renew(new)  # a changed DSN or [postgres] setting is used from now on
         if shared_changed:  # the fleet-wide loops' intervals and timeouts too
             for t in self.fleet_loops:

@@ -27,6 +27,18 @@ from syncd.sqlite.connection import not_utf8
 NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
+class NotPickedUp(str):
+    """A line saying why a file a glob matches is not picked up, with its reason as
+    syncd_files_not_picked_up counts it (metrics.NOT_PICKED_UP)."""
+
+    reason = "name"
+
+    def __new__(cls, text: str, reason: str) -> "NotPickedUp":
+        out = super().__new__(cls, text)
+        out.reason = reason
+        return out
+
+
 def _fill(template: str, file: Path) -> str:
     return template.replace("{stem}", file.stem).replace("{name}", file.name).replace("{parent}", file.parent.name)
 
@@ -131,21 +143,21 @@ def expand(settings: Settings) -> Settings:
                 if other_glob is not None and other_glob != pattern.path:
                     # Two globs on one file: the first keeps it, the second's settings never
                     # apply to it, which its user may not expect.
-                    problems.append(
+                    problems.append(NotPickedUp(
                         f"{file} (from {pattern.path}) is not picked up as {_fill(pattern.name, file)!r}: it is "
                         f"source {holder!r} already (from {other_glob}); one file is one source: make the globs "
-                        "match different files")
+                        "match different files", "same_file"))
                 continue  # configured by itself, found by an earlier glob, or a link to a file found
             if running.get(real, file) != file:
                 continue  # the same file as a source syncd runs under its own name
             taken_paths[real] = ("", None)  # one look at each file: not picked up here, by no later glob either
             other = carried.get(key)
             if other is not None and other != file and other.resolve() != real:
-                problems.append(
+                problems.append(NotPickedUp(
                     f"{file} (from {pattern.path}) is not picked up: it is the same file as {other} (hard links: "
                     f"one file, two names), which syncd carries. SQLite keeps a file's -wal and -journal beside "
                     f"the name it is opened by: the application must open it as {other} too, or syncd may miss "
-                    "its changes")
+                    "its changes", "same_file"))
                 continue
             name = _fill(pattern.name, file)
             schema = _fill(pattern.schema_, file) if pattern.schema_ else name
@@ -165,7 +177,8 @@ def expand(settings: Settings) -> Settings:
             elif schema.startswith("pg_") or schema == "information_schema":
                 why = f"its schema {schema!r} is reserved by Postgres"
             if why:
-                problems.append(f"{file} (from {pattern.path}) is not picked up: {why}")
+                problems.append(NotPickedUp(f"{file} (from {pattern.path}) is not picked up: {why}",
+                                            "schema" if why.startswith("its schema") else "name"))
                 continue
             taken.add(name)
             taken_paths[real] = (name, pattern.path)

@@ -128,6 +128,22 @@ verify_behind_seconds = Gauge(
     "syncd_verify_behind_seconds",
     "How far the oldest periodic consistency check is past [verify] interval_seconds; 0 when the fleet keeps up.",
 )
+files_not_picked_up = Gauge(
+    "syncd_files_not_picked_up",
+    "Files a source's path glob matches that syncd does not pick up, by reason: name (no valid or free source name), "
+    "schema (a schema a source may not have), same_file (another name of a file syncd carries); the log and syncd "
+    "status name each.",
+    ["reason"],
+)
+NOT_PICKED_UP = ("name", "schema", "same_file")
+
+
+def not_picked_up(problems: list) -> None:
+    """syncd_files_not_picked_up from the discovery's problems (discovery.NotPickedUp)."""
+    for reason in NOT_PICKED_UP:
+        files_not_picked_up.labels(reason).set(sum(1 for p in problems if getattr(p, "reason", "name") == reason))
+
+
 postgres_connections = Gauge(
     "syncd_postgres_connections", "Connections the daemon holds open to a target database.", ["target"]
 )

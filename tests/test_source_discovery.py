@@ -474,3 +474,29 @@ async def test_a_file_given_the_name_of_a_gone_files_source_is_said_and_taken_on
         await wait_caught_up(d / "x.sqlite", pg_dsn, "x", daemon=dp)
         assert await compare_table(str(d / "x.sqlite"), pg_dsn, "x", "notes") == []
         assert dp.stop() == 0
+
+
+async def test_files_not_picked_up_are_counted_for_alerting(tmp_path, pg_dsn):
+    """A file a glob matches but syncd does not pick up is counted, by reason, in
+    syncd_files_not_picked_up (SyncdFilesNotPickedUp fires on it), from the daemon's
+    start and as files come and go."""
+    d_ = tmp_path / "tenants"
+    d_.mkdir()
+    for stem in ("acme", "bad name"):
+        tenant(d_ / f"{stem}.db")
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db"),
+                                                          "schema": "{stem}"}],
+                       metrics_listen=f"127.0.0.1:{port}", sections={"stream": {"discover_interval_seconds": 0.2}})
+    counted = lambda: {r: scrape(port).get(f'syncd_files_not_picked_up{{reason="{r}"}}')  # noqa: E731
+                       for r in ("name", "schema", "same_file")}
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("syncd running")
+        wait_for(lambda: counted() == {"name": 1, "schema": 0, "same_file": 0}, 30, "the bad name counted", d)
+        tenant(d_ / "pg_x.db")
+        os.link(d_ / "acme.db", d_ / "zeta.db")
+        wait_for(lambda: counted() == {"name": 1, "schema": 1, "same_file": 1}, 30, "each reason counted", d)
+        for stem in ("bad name", "pg_x", "zeta"):
+            (d_ / f"{stem}.db").unlink()
+        wait_for(lambda: counted() == {"name": 0, "schema": 0, "same_file": 0}, 30, "none left", d)
+        assert d.stop() == 0
