@@ -519,6 +519,9 @@ class Settings(BaseSettings):
         """Why there is no source to work on, naming the globs that match no file."""
         if self.patterns:
             globs = ", ".join(str(p.path) for p in self.patterns)
+            if self.discovery_problems:  # each named on a line of its own
+                return (f"no source: the [[sources]] path glob {globs} matches no file syncd picks up "
+                        f"({len(self.discovery_problems)} not picked up)")
             return f"no source: the [[sources]] path glob {globs} matches no file"
         return "no [[sources]] in the configuration"
 

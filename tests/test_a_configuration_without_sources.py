@@ -22,3 +22,18 @@ def test_every_command_says_there_is_no_source(tmp_path, pg_dsn, kind):
         assert said in r.stdout + r.stderr, (verb, r.stdout, r.stderr)
         assert r.returncode == code, (verb, r.returncode, r.stdout, r.stderr)
     assert "WARNING: 0 source(s), 1 problem(s)" in run_cli(cfg, "status").stdout
+
+
+def test_a_glob_whose_every_file_is_not_picked_up_is_not_said_to_match_none(tmp_path, pg_dsn):
+    """A glob matching only files syncd does not pick up is not said to match no file:
+    status and init say it matches none syncd picks up, and name each such file (init
+    named none, and said the glob matched no file)."""
+    import sqlite3
+
+    (tmp_path / "tenants").mkdir()
+    sqlite3.connect(tmp_path / "tenants" / "bad name.db").close()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(tmp_path / "tenants" / "*.db")}])
+    for verb in ("status", "init"):
+        r = run_cli(cfg, verb)
+        said = r.stdout + r.stderr
+        assert "matches no file syncd picks up (1 not picked up)" in said and "bad name.db" in said, (verb, said)

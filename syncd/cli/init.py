@@ -34,6 +34,8 @@ def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
     sources = common.selected_sources(settings, args.source)
+    if args.source is None and settings.discovery_problems:  # not set up: said, never skipped in silence
+        common.say(*settings.discovery_problems)
     none = common.said_no_sources(settings, sources)
     if none is not None:
         return none
