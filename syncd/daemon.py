@@ -432,8 +432,12 @@ class Daemon:
         # A glob's source whose file is gone is no file the globs match now: kept, shown
         # as missing, as at start-up (until `syncd uninstall --forget` forgets it).
         taken = {s.name for s in new.sources}
+        # Its own glob's: matched as the glob matches files (its * takes no '/'), under the name it makes.
+        from syncd.discovery import _fill
+
         gone = [next((g.model_copy(update={"name": p.name, "path": p.source.path, "schema_": p.source.schema_})
-                      for g in new.patterns if fnmatch.fnmatch(str(p.source.path), str(g.path))), None)
+                      for g in new.patterns if p.source.path.match(str(g.path)) and _fill(g.name, p.source.path) ==
+                      p.name), None)
                 for p in self._gone() if p.name not in taken]
         new = new.model_copy(update={"sources": [*new.sources, *(g for g in gone if g is not None)]})
         new_by_name = {s.name: s for s in new.sources}

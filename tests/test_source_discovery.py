@@ -500,3 +500,26 @@ async def test_files_not_picked_up_are_counted_for_alerting(tmp_path, pg_dsn):
             (d_ / f"{stem}.db").unlink()
         wait_for(lambda: counted() == {"name": 0, "schema": 0, "same_file": 0}, 30, "none left", d)
         assert d.stop() == 0
+
+
+async def test_a_sighup_keeps_a_gone_files_source_on_its_own_glob(tmp_path, make_config, pg_dsn):
+    """Two globs, one in a folder of the other's: a source of the inner one whose file is
+    gone stays that glob's through a SIGHUP that changes nothing (its settings, its
+    target database), not taken for the outer glob's (whose `*` matches no '/')."""
+    import signal
+
+    d_ = tmp_path / "tenants"
+    (d_ / "eu").mkdir(parents=True)
+    tenant(d_ / "a.db")
+    tenant(d_ / "eu" / "b.db")
+    cfg = make_config([{"name": "t_{stem}", "path": str(d_ / "*.db")},
+                       {"name": "eu_{stem}", "path": str(d_ / "eu" / "*.db"), "exclude": ["secrets"]}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(d_ / "eu" / "b.db", pg_dsn, "eu_b", daemon=dp)
+        (d_ / "eu" / "b.db").unlink()
+        dp.wait_log("waiting for it to come back")
+        dp.proc.send_signal(signal.SIGHUP)
+        dp.wait_log("configuration reloaded")
+        assert "restarted with new settings" not in dp.own_log(), dp.own_log()
+        assert dp.stop() == 0
