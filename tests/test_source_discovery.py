@@ -38,6 +38,8 @@ def test_a_glob_names_every_file_and_says_which_it_cannot_take(tmp_path, pg_dsn)
                        [{"name": "t_{stem}", "path": str(tmp_path / "tenants" / "*.db"), "schema": "tenant_{stem}"}])
     r = run_cli(cfg, "schema")
     assert '-- source t_acme:' in r.stdout and 'CREATE SCHEMA IF NOT EXISTS "tenant_globex"' in r.stdout
+    assert any(line.startswith("-- ") and "bad name.db (from" in line and "is not picked up" in line
+               for line in r.stdout.splitlines()), r.stdout  # the file left out is named, as a comment
     r = run_cli(cfg, "init", "--source", "t_*")
     assert r.returncode == 0, r.stdout + r.stderr
     status = run_cli(cfg, "status", "--json")

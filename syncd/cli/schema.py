@@ -39,6 +39,8 @@ def register(sub, parent) -> None:
 def main(args) -> int:
     settings = common.load(args)
     sources = common.selected_sources(settings, args.source)
+    if args.source is None and settings.discovery_problems:  # left out: said, as comments in the SQL
+        common.say(*(f"-- {problem}" for problem in settings.discovery_problems), "")
     none = common.said_no_sources(settings, sources)
     if none is not None:
         return none
