@@ -54,6 +54,10 @@ def test_a_glob_names_every_file_and_says_which_it_cannot_take(tmp_path, pg_dsn)
     migrated = next(i for i in json.loads(run_cli(cfg, "report", "--format", "json").stdout)["checklist"]
                     if i["key"] == "migrated")
     assert not migrated["ok"] and any("bad name.db" in p and "not replicated" in p for p in migrated["problems"])
+    # ...and a fleet's cutover names it among those not cut over
+    c = run_cli(cfg, "cutover", "--dry-run")
+    assert c.returncode == 1 and any("bad name.db (from" in line and "not cut over" in line
+                                     for line in c.stdout.splitlines()), c.stdout + c.stderr
     # a file syncd ran is gone: the glob no longer matches it, status still shows it
     (tmp_path / "tenants" / "globex.db").unlink()
     doc = json.loads(run_cli(cfg, "status", "--json").stdout)
