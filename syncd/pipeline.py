@@ -26,8 +26,8 @@ from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
-from syncd.postgres.connect import (PostgresUnavailable, describe, is_transient, lock_given_up, plan_outdated,
-                                    privilege_refused, sqlstate, statement_cancelled)
+from syncd.postgres.connect import (PostgresUnavailable, describe, is_connect_failure, is_transient, lock_given_up,
+                                    plan_outdated, privilege_refused, sqlstate, statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
 from syncd.reconcile import SameFileAsAnotherSource, install_capture, reconcile
@@ -83,6 +83,7 @@ def lock_met(locked_since: float | None, path, exc: BaseException, waiting: str)
 
 class Pipeline:
     direction = TO_POSTGRES  # which way this pipeline carries changes (the way back: reverse/pipeline.py)
+    cannot_connect = False  # its last outage a connection not opened (not a statement failing on one)
 
     def __init__(self, settings: Settings, source: SourceSettings, target: Target | None = None):
         self.settings = settings
@@ -417,6 +418,7 @@ class Pipeline:
 
     def _pg_down(self, exc: BaseException, why: str | None = None) -> None:
         self.pg_ok = False
+        self.cannot_connect = is_connect_failure(exc)
         self.session.drop_postgres()
         # Postgres answered and refused the role (a password rotated): said so, retried as an outage is.
         health, what = outage(exc, self.settings.dsn_for(self.source), f"Postgres unreachable: {why or describe(exc)}")

@@ -4,6 +4,7 @@ words, not as asyncpg's class ("InterfaceError: connection is closed")."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd
 from tests.support.proxy import FaultProxy
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.sync import pg_rows, pg_statements, wait_caught_up
 from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, orders_app
 
 
@@ -154,6 +155,46 @@ async def test_a_cutover_whose_stream_cannot_connect_says_so_without_waiting_out
     assert "cannot connect to" in line and "CONNECTION LIMIT" in line and "undone: " in line, line
     assert "within 120 s" not in line and "retrying" not in line and "Traceback" not in out, out
     assert took < 100, took  # the drain's 120 s were not waited out
+
+
+async def test_a_cutover_whose_drain_runs_over_the_statement_timeout_waits_for_it(tmp_path, make_config, pg_dsn):
+    """The stream the cutover runs to bring the last change connects, but its statements
+    run over the statement timeout for a while (an application trigger in Postgres slow
+    for half a minute): that is a slow Postgres, not one syncd cannot reach, and the drain
+    waits for it. It was undone within seconds, said to be unable to connect."""
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, postgres={"statement_timeout_seconds": 2})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        assert d.stop() == 0
+    await pg_statements(pg_dsn, """
+        CREATE TABLE public.slow_for_now (on_ boolean);
+        INSERT INTO public.slow_for_now VALUES (true);
+        CREATE FUNCTION public.slow_for_now() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM public.slow_for_now) THEN PERFORM pg_sleep(3); END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER slow_for_now AFTER UPDATE ON app.orders FOR EACH STATEMENT EXECUTE FUNCTION public.slow_for_now();
+        ALTER TABLE app.orders ENABLE ALWAYS TRIGGER slow_for_now;""")
+    lite = sqlite3.connect(db)
+    lite.execute("UPDATE orders SET item = 'a2' WHERE item = 'a'")  # the last change, for the drain to bring
+    lite.commit()
+    lite.close()
+
+    async def fast_again():
+        await asyncio.sleep(30)
+        await pg_statements(pg_dsn, "DELETE FROM public.slow_for_now")
+
+    healing = asyncio.create_task(fast_again())
+    done = await asyncio.to_thread(run_cli, cfg, "cutover", timeout=180)
+    await healing
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot connect" not in done.stdout + done.stderr, done.stdout + done.stderr
+    [(item,)] = await pg_rows(pg_dsn, "SELECT item FROM app.orders WHERE item LIKE 'a%'")
+    assert item == "a2"
 
 
 @pytest.mark.parametrize("slots", [0, 1])

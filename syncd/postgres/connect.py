@@ -153,6 +153,12 @@ def cannot_connect(dsn: str, exc: BaseException) -> PostgresUnavailable:
     return PostgresUnavailable(f"cannot connect to {scrub(dsn)}: {describe(exc)}")
 
 
+def is_connect_failure(exc: BaseException) -> bool:
+    """A connection not opened (refused, unreachable, the role refused at login), as
+    cannot_connect raises it: not a statement failing or timing out on an open one."""
+    return isinstance(exc, PostgresUnavailable) and str(exc).startswith("cannot connect to ")
+
+
 def _role(dsn: str | None) -> str:
     """syncd's role as libpq names it from `dsn` ("syncd's role" where `dsn` is unknown)."""
     who = "syncd's role"

@@ -44,11 +44,14 @@ class StreamCannotConnect(TimeoutError):
 
 def cut_off(stream) -> Callable[[], bool]:
     """Asked as a stream run here is waited for: whether it has not reached Postgres
-    (its health an outage) for CANNOT_CONNECT_SECONDS on end."""
+    (its health an outage, its last try failing to connect) for CANNOT_CONNECT_SECONDS
+    on end."""
     since: list[float] = []
 
     def gone() -> bool:
-        if stream.health not in (POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED):
+        # Only a connection not opened: a statement timing out on an open one (a slow
+        # server, a lock) is waited for as long as the drain may take.
+        if stream.health not in (POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED) or not stream.cannot_connect:
             since.clear()
             return False
         since[:] = since or [time.monotonic()]
