@@ -634,7 +634,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                                     "Postgres or the SQLite file; a server gone without a word is given up on "
                                     "within about 25 s, a statement at [postgres] statement_timeout_seconds)"))
     unloaded = [t for t in st.tables if t.state in bk.ON_THE_WAY]
-    if st.daemon_running is False and unloaded:
+    # A copy begun (not one still to begin, as after `syncd init`: a step of the set-up)
+    started = any(t.state in (bk.LOADING, bk.CATCHUP) for t in unloaded)
+    if st.daemon_running is False and started:
         # A load stopped part-way (the daemon killed, say): the changelog may be empty while
         # the target lacks most of the rows.
         target = "SQLite" if st.direction == TO_SQLITE else "Postgres"
@@ -647,6 +649,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                                      f"{len(unloaded)} table(s) until it runs ({', '.join(copied)}){waits}"))
     elif st.daemon_running is False and (st.pending_changes or 0) > 0:
         p.append(Problem("critical", f"daemon not running and {st.pending_changes} change(s) wait to be applied"))
+    elif st.daemon_running is False and unloaded:
+        p.append(Problem("warning", f"daemon not running: {len(unloaded)} table(s) not copied yet, the load begins "
+                                    "when it runs"))
     elif st.daemon_running is False:
         p.append(Problem("warning", "daemon not running"))
     if st.endpoint_refused:

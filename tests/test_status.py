@@ -583,6 +583,20 @@ async def test_a_first_load_killed_part_way_is_critical_with_the_rows_copied(tmp
     assert row.split()[6:8] == ["-", "0"], row  # LAG unknown, PENDING: no change waits in the changelog
 
 
+def test_a_load_not_begun_yet_is_a_warning_not_a_load_that_did_not_finish(tmp_path, make_config):
+    """Right after `syncd init`, before the daemon first runs, no copy has begun: status
+    says the daemon is not running and the load begins when it does, a WARNING, not the
+    CRITICAL "the load did not finish" of a copy stopped part-way."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=10)
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    assert run_cli(cfg, "init").returncode == 0
+    r = run_cli(cfg, "status")
+    assert r.returncode == WARNING, r.stdout + r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("WARNING: app:"))
+    assert "not copied yet, the load begins when it runs" in line and "did not finish" not in r.stdout, r.stdout
+
+
 async def test_a_role_at_its_connection_limit_is_named_as_refused_not_unreachable(tmp_path, pg_dsn):
     """Postgres answers and refuses the login of a role whose CONNECTION LIMIT is reached:
     status names the refusal and the limit, never "Postgres unreachable"."""
