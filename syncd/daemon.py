@@ -545,8 +545,10 @@ class Daemon:
                     if unseen else {}
         except PostgresUnavailable:
             return  # the pipeline says so; the check runs again next interval
-        if name not in self.pipelines:
-            return  # removed meanwhile (a reload, forgotten): its series were dropped and stay so
+        if all(s.name != name for s in self.settings.sources):
+            # Removed meanwhile (a reload, forgotten): its series were dropped and stay so. (Not
+            # its pipeline missing: a reload or a switch restarting it takes it out a while.)
+            return
         publish_metrics(result, earlier)
         _log_repairs(name, result)
         outcome = _outcome(result)
