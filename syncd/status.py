@@ -178,7 +178,8 @@ def _holding_data(conn: sqlite3.Connection, source: SourceSettings) -> list[str]
     finally:
         conn.text_factory = str
     for name, kind, _, _ in names:
-        if not_utf8(name) and kind in ("table", "virtual"):  # left out (introspect): no statement can name it
+        if not_utf8(name) and kind in ("table", "virtual") and source.wants_table(name):
+            # left out (introspect): no statement can name it
             out.append(f"{text_repr(name)} HOLDS rows OF APPLICATION DATA THAT IS NOT MIGRATED: its name is not "
                        "valid UTF-8; rename it in SQLite to carry it")
         elif kind == "virtual" and not is_internal(name) and source.wants_table(name):

@@ -299,6 +299,30 @@ def test_schema_names_text_that_is_not_utf8_by_its_bytes(tmp_path, make_config):
     assert "udc" not in out.stdout, out.stdout
 
 
+def test_a_table_whose_name_is_not_utf8_left_out_by_the_source_is_said_excluded(tmp_path, make_config):
+    """The source's `exclude` leaves such a table out as any other: said excluded, the
+    operator's choice, not "rows of application data not migrated" in status, nor a
+    refused cutover (whose own advice is to list it in `exclude`)."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE good (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute('CREATE TABLE "scratch#" (id INTEGER PRIMARY KEY)')
+    conn.execute("INSERT INTO good VALUES (1, 'fine')")
+    with_bytes_not_utf8(conn, "scratch#")
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET tbl_name = name WHERE type = 'table'")
+    conn.execute("PRAGMA writable_schema = OFF")
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db,
+                            sources=[{"name": "app", "path": str(db), "exclude": ["scratch*"]}])
+    out = run_cli(cfg, "schema")
+    assert out.returncode == 0 and "-- skipped 'scratch\\\\xff': a table the source's include/exclude settings " \
+        "leave out" in out.stdout and "HOLDS rows" not in out.stdout, out.stdout + out.stderr
+    status = run_cli(cfg, "status")
+    assert "HOLDS rows" not in status.stdout, status.stdout
+
+
 async def test_a_table_whose_name_is_not_utf8_is_said_not_migrated_and_the_others_go_on(tmp_path, make_config,
                                                                                         pg_dsn):
     """No statement syncd runs can name a table whose name is not UTF-8, nor Postgres hold

@@ -379,7 +379,7 @@ def introspect(
         finally:
             conn.text_factory = old
         for name, kind, without_rowid, strict in objects:
-            if not_utf8(name):
+            if not_utf8(name) and source.wants_table(name):
                 # No statement syncd runs can name it (they are UTF-8), nor Postgres hold its
                 # name: left where it is, said with its bytes as escapes.
                 shown = _shown(name, "")
@@ -392,8 +392,9 @@ def introspect(
                 continue
             if not source.wants_table(name):
                 # A virtual table's shadow goes with it, left out either way: said as a shadow.
-                schema.left_out[name] = (leftout.classify(conn, name, kind, virtual) if kind == "shadow"
-                                         else leftout.excluded(name, kind))
+                shown = _shown(name, "") if not_utf8(name) else name
+                schema.left_out[shown] = (leftout.classify(conn, name, kind, virtual) if kind == "shadow"
+                                          and not not_utf8(name) else leftout.excluded(shown, kind))
                 continue
             if name.startswith(SYNCD_PREFIX) and kind == "table":
                 schema.refused[name] = Refusal(name, f"its name starts with {SYNCD_PREFIX}, which syncd reserves for "
