@@ -480,7 +480,6 @@ async def test_a_table_the_source_leaves_out_stays_writable_and_is_named(tmp_pat
         assert d.stop() == 0
 
 
-
 async def cutover_while_held(cfg, pg_dsn: str, *held: tuple[str, float | None]) -> tuple[int, str, list[int]]:
     """`syncd cutover` with other sessions, each (sql, seconds) of `held` one that, once the
     checks are done, runs `BEGIN; sql` (a report's read, a table taken) and ends its

@@ -152,7 +152,6 @@ async def test_a_column_made_narrower_whose_widening_runs_over_the_statement_tim
     assert "unreachable" not in d.log(), d.log()
 
 
-
 async def test_a_reload_of_a_referenced_table_whose_retype_runs_over_the_statement_timeout_holds_only_it(
         app_db, make_config, pg_dsn, tmp_path):
     """A table another table's foreign key points at, a column of it made char(n) in
@@ -202,7 +201,6 @@ async def test_a_reload_of_a_referenced_table_whose_retype_runs_over_the_stateme
     assert "unreachable" not in d.log(), d.log()
 
 
-
 async def test_a_resync_of_a_table_a_view_depends_on_waits_for_the_view_and_stops_nothing_else(
         app_db, make_config, pg_dsn, tmp_path):
     """`syncd resync` rebuilds a table by dropping its Postgres copy; a view of someone's
@@ -243,7 +241,6 @@ async def test_a_resync_of_a_table_a_view_depends_on_waits_for_the_view_and_stop
     assert d.log().count("resync requested but not done") == 1, d.log()
 
 
-
 async def test_an_empty_table_another_table_s_foreign_key_points_at_is_loaded_again(
         app_db, make_config, pg_dsn, tmp_path):
     """An empty table, a column of it made char(n) in Postgres by hand, and a table of
@@ -276,7 +273,6 @@ async def test_an_empty_table_another_table_s_foreign_key_points_at_is_loaded_ag
         assert d.stop() == 0
     conn.close()
     assert "unexpected error" not in d.log(), d.log()
-
 
 
 async def test_an_empty_table_whose_column_a_view_uses_holds_only_itself_until_the_view_goes(
@@ -316,7 +312,6 @@ async def test_an_empty_table_whose_column_a_view_uses_holds_only_itself_until_t
     assert "unexpected error" not in d.log(), d.log()
 
 
-
 async def test_a_reload_of_a_referenced_table_waiting_for_a_reader_loads_once_the_reader_is_done(
         app_db, make_config, pg_dsn, tmp_path):
     """The same reload, its retype of the rows waiting for a long reader of the table: a
@@ -343,7 +338,6 @@ async def test_a_reload_of_a_referenced_table_waiting_for_a_reader_loads_once_th
 
 async def _rows(dsn: str, sql: str, want: list[tuple]) -> bool:
     return await pg_rows(dsn, sql) == want
-
 
 
 async def test_a_reload_whose_statement_postgres_must_prepare_anew_holds_no_table(

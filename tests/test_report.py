@@ -186,7 +186,6 @@ async def test_a_target_that_cannot_be_reached_leaves_the_other_sources_measured
     assert not item(doc, "migrated")["ok"] and "hunter2" not in md + json.dumps(doc)
 
 
-
 async def test_a_source_not_measured_passes_no_item_and_fails_each_for_that_reason(ready, tmp_path):
     """A source whose Postgres cannot be reached was measured in nothing: no item is met for
     it ("no halted tables", "foreign keys hold", lookups under the limit), and where an item
@@ -845,8 +844,6 @@ async def test_a_daemon_failing_every_step_fails_the_lag_item(ready, app_db, pg_
     assert re.search(r"❌ app: the daemon reports failing: unexpected error: bookkeeping refused by a test trigger "
                      r".*\(since \S+ \S+ UTC\); changes wait until the failing step succeeds", lag), lag
     assert "bookkeeping refused by a test trigger" in doc["sources"][0]["daemon_failing"]
-
-
 
 
 async def test_a_first_load_killed_part_way_has_no_lag_figure(tmp_path, make_config, pg_dsn):

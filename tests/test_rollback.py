@@ -398,7 +398,6 @@ async def test_an_interrupted_rollback_undoes_itself_and_says_so(tmp_path, make_
         assert not sqlite_writable(db)
 
 
-
 async def test_while_a_rollback_runs_postgres_does_not_send_the_application_to_the_frozen_file(
         tmp_path, make_config, pg_dsn):
     """Postgres's refusal while a rollback runs (or after one was killed there): it said
@@ -817,7 +816,6 @@ async def test_a_cutover_after_a_rollback_passes_a_report_reading_postgres_all_a
         finally:
             conn.close()
         assert d.stop() == 0
-
 
 
 async def test_a_difference_found_after_a_cutover_made_on_a_host_whose_clock_is_ahead_refuses_the_rollback(

@@ -14,7 +14,6 @@ from tests.support.way_back import backup_and_config, cut_over, orders_app, post
 CRITICAL, WARNING = 2, 1
 
 
-
 async def test_a_file_left_frozen_by_a_killed_cutover_is_critical(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     orders_app(db)

@@ -51,7 +51,6 @@ def main(args) -> int:
     return 0 if all(r.ok for r in results) and not left else 1
 
 
-
 async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool,
                allow_orphans: bool) -> list[CutoverResult]:
     common.stop_like_ctrl_c()  # a switch in progress undoes itself before the command stops

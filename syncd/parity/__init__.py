@@ -326,7 +326,6 @@ async def _log(session, st: _State, report) -> None:
                 pass  # Postgres away: the log line above says it; tried again at the next failure
 
 
-
 def preview(settings, source, specs, present: dict[str, str | None] | None = None) -> list[str]:
     """What finalize would create and leave out for `source` now, one line each, for
     `syncd cutover --dry-run` (reads the SQLite file read-only, every date value in full;

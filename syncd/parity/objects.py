@@ -143,7 +143,6 @@ def read_objects(conn: sqlite3.Connection, tables: Iterable[str], views: Iterabl
     return out
 
 
-
 def _table(conn: sqlite3.Connection, table: str, sql: str | None, master: dict) -> TableObjects:
     obj = TableObjects()
     q = quote_ident(table)

@@ -262,7 +262,6 @@ def _app_triggers(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]
     return rows[first:]
 
 
-
 def _not_made_again(table: str, triggers: list[tuple[str, str]]) -> str | None:
     """Why the table is held when one of the application's `triggers` is text that is not
     UTF-8: it could be set aside while Postgres's rows are written, but not made again
