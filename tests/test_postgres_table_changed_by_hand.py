@@ -103,6 +103,16 @@ async def test_a_change_in_sqlite_the_daemon_is_still_applying_is_not_called_a_c
         assert verify(cfg, "--table", "added").returncode == 0
 
 
+def slow_index_on(table: str, column: str, of: str) -> tuple[str, ...]:
+    """Statements giving app.<table> an index on <column> (of type <of>) through a function
+    made slow once the index is built: each row rebuilt into it then takes a second (a
+    rewrite of 3 rows, 3 s)."""
+    return (f"CREATE FUNCTION app.slow({of}) RETURNS {of} IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END'",
+            f"CREATE INDEX {table}_slow ON app.{table} (app.slow({column}))",
+            f"CREATE OR REPLACE FUNCTION app.slow({of}) RETURNS {of} IMMUTABLE LANGUAGE plpgsql "
+            "AS 'BEGIN PERFORM pg_sleep(1); RETURN $1; END'")
+
+
 async def test_a_column_made_narrower_whose_widening_runs_over_the_statement_timeout_pauses_only_its_table(
         app_db, make_config, pg_dsn, tmp_path):
     """A column made integer in Postgres by hand is turned back into bigint in place, a
@@ -123,11 +133,7 @@ async def test_a_column_made_narrower_whose_widening_runs_over_the_statement_tim
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     await pg_statements(
         pg_dsn, "ALTER TABLE app.counts ALTER COLUMN n TYPE integer",
-        "CREATE FUNCTION app.slow(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END'",
-        "CREATE INDEX counts_slow ON app.counts (app.slow(n))",
-        # Each row rebuilt into the index now takes a second: the rewrite of 3 rows, 3 s.
-        "CREATE OR REPLACE FUNCTION app.slow(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql "
-        "AS 'BEGIN PERFORM pg_sleep(1); RETURN $1; END'")
+        *slow_index_on("counts", "n", "bigint"))
     conn.execute("UPDATE counts SET n = 40 WHERE id = 1")
     conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
     conn.commit()
@@ -175,11 +181,7 @@ async def test_a_reload_of_a_referenced_table_whose_retype_runs_over_the_stateme
         pg_dsn, "CREATE TABLE public.orders (id bigint PRIMARY KEY, item_id bigint REFERENCES app.items)",
         "INSERT INTO public.orders VALUES (1, 1)",
         "ALTER TABLE app.items ALTER COLUMN v TYPE char(5)",
-        "CREATE FUNCTION app.slow(text) RETURNS text IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END'",
-        "CREATE INDEX items_slow ON app.items (app.slow(v))",
-        # Each row rebuilt into the index now takes a second: the rewrite of 3 rows, 3 s.
-        "CREATE OR REPLACE FUNCTION app.slow(text) RETURNS text IMMUTABLE LANGUAGE plpgsql "
-        "AS 'BEGIN PERFORM pg_sleep(1); RETURN $1; END'")
+        *slow_index_on("items", "v", "text"))
     conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
     conn.commit()
     conn.close()

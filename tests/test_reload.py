@@ -3,6 +3,7 @@ the others untouched."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -30,6 +31,23 @@ async def lock_holders(dsn) -> dict[int, int]:
         return {r[0]: r[1] for r in rows}
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def a_change_waiting_for_a_locked_row(blocker: asyncpg.Connection, db, source: str, d: DaemonProcess):
+    """Row 1 of `source`'s items held FOR UPDATE by `blocker` while the application changes
+    it in `db`: inside the block, the daemon's batch waits for the row."""
+    async with blocker.transaction():
+        await blocker.execute(f"SELECT 1 FROM {source}.items WHERE id = 1 FOR UPDATE")
+        with sqlite3.connect(db) as app:
+            app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+
+        async def waiting() -> bool:
+            return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                               "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"))
+
+        await eventually(waiting, 30, f"{source}'s change to wait for the locked row", d)
+        yield
 
 
 async def test_sighup_adds_and_removes_sources(tmp_path, pg_dsn):
@@ -220,15 +238,7 @@ async def test_a_sighup_during_a_reload_is_reloaded_after_it(tmp_path, pg_dsn):
         with DaemonProcess(cfg, tmp_path / "syncd.log", env={"NOTIFY_SOCKET": str(sock.path)}) as d:
             await wait_caught_up(a, pg_dsn, "a", daemon=d)
             wait_for(lambda: sock.lines("READY=1"), 30, "READY=1", d)  # RELOADING=1 only once started
-            async with blocker.transaction():
-                await blocker.execute("SELECT 1 FROM a.items WHERE id = 1 FOR UPDATE")
-                with sqlite3.connect(a) as app:
-                    app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
-
-                async def waiting() -> bool:  # a's change waits for the row
-                    return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
-
-                await eventually(waiting, 30, "a's change to wait for the locked row", d)
+            async with a_change_waiting_for_a_locked_row(blocker, a, "a", d):
                 write_config(cfg, pg_dsn, [{"name": "b", "path": str(b)}])
                 d.proc.send_signal(signal.SIGHUP)
                 wait_for(lambda: len(sock.lines("RELOADING=1")) == 1, 30, "the first reload", d)
@@ -275,16 +285,7 @@ async def test_a_sighup_while_a_source_turns_around_leaves_it_one_pipeline(tmp_p
             wait_for(lambda: sock.lines("READY=1"), 30, "READY=1", d)  # RELOADING=1 only once started
             assert run_cli(cfg, "verify", "--source", "app").returncode == 0
             with held_at(cfg, "cutover", "turned", resume_on=resume, args=("--source", "app")) as cutover:
-                async with blocker.transaction():
-                    await blocker.execute("SELECT 1 FROM c.items WHERE id = 1 FOR UPDATE")
-                    with sqlite3.connect(c) as app:
-                        app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
-
-                    async def waiting() -> bool:  # c's change waits for the row
-                        return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
-                                                           "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"))
-
-                    await eventually(waiting, 30, "c's change to wait for the locked row", d)
+                async with a_change_waiting_for_a_locked_row(blocker, c, "c", d):
                     write_config(cfg, pg_dsn, [{"name": "app", "path": str(db), "dsn": pg_dsn}], sections=sections)
                     d.proc.send_signal(signal.SIGHUP)
                     wait_for(lambda: sock.lines("RELOADING=1"), 30, "the reload", d)
@@ -322,16 +323,7 @@ async def test_a_sighup_while_the_daemon_stops_starts_nothing(tmp_path, pg_dsn):
     try:
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
             await wait_caught_up(a, pg_dsn, "a", daemon=d)
-            async with blocker.transaction():
-                await blocker.execute("SELECT 1 FROM a.items WHERE id = 1 FOR UPDATE")
-                with sqlite3.connect(a) as app:
-                    app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
-
-                async def waiting() -> bool:  # a's change waits for the row
-                    return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
-                                                       "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"))
-
-                await eventually(waiting, 30, "a's change to wait for the locked row", d)
+            async with a_change_waiting_for_a_locked_row(blocker, a, "a", d):
                 d.proc.send_signal(signal.SIGTERM)
                 d.wait_log("stop requested")
                 write_config(cfg, pg_dsn, [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}])
@@ -399,16 +391,7 @@ async def test_a_file_found_while_a_reload_stops_a_source_stays_a_source(tmp_pat
     try:
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
             await wait_caught_up(c, pg_dsn, "c", daemon=d)
-            async with blocker.transaction():
-                await blocker.execute("SELECT 1 FROM c.items WHERE id = 1 FOR UPDATE")
-                with sqlite3.connect(c) as app:
-                    app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
-
-                async def waiting() -> bool:  # c's change waits for the row
-                    return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
-                                                       "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"))
-
-                await eventually(waiting, 30, "c's change to wait for the locked row", d)
+            async with a_change_waiting_for_a_locked_row(blocker, c, "c", d):
                 write_config(cfg, pg_dsn, [glob], metrics_listen=f"127.0.0.1:{port}",
                              sections={"stream": {"discover_interval_seconds": 0.2}})
                 d.proc.send_signal(signal.SIGHUP)

@@ -27,6 +27,26 @@ def proxy(pg_dsn):
     p.close()
 
 
+async def orders_verified_and_stopped(tmp_path, make_config, pg_dsn: str, **config):
+    """The orders file, followed into Postgres and verified, the daemon stopped: (file, config)."""
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, **config)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        assert d.stop() == 0
+    return db, cfg
+
+
+def a_last_change(db) -> None:
+    """An application change no daemon has carried: the last change, for a drain to bring."""
+    lite = sqlite3.connect(db)
+    lite.execute("UPDATE orders SET item = 'a2' WHERE item = 'a'")
+    lite.commit()
+    lite.close()
+
+
 def switch_cut_off_at(cfg, verb: str, step: str, proxy: FaultProxy, via: str, tmp_path, fault=None) -> str:
     """`syncd <verb>` through the proxy, held at `step`; there Postgres goes away (by
     default every connection reset, new ones refused), then the switch goes on. Its output."""
@@ -105,13 +125,7 @@ async def test_a_cutover_whose_checks_time_out_before_it_starts_names_postgres_o
     line naming the source's database and Postgres once."""
     import asyncpg
 
-    db = tmp_path / "app.db"
-    orders_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db, postgres={"statement_timeout_seconds": 1})
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert run_cli(cfg, "verify").returncode == 0
-        assert d.stop() == 0
+    db, cfg = await orders_verified_and_stopped(tmp_path, make_config, pg_dsn, postgres={"statement_timeout_seconds": 1})
     holder = await asyncpg.connect(pg_dsn)
     try:
         async with holder.transaction():
@@ -135,17 +149,8 @@ async def test_a_cutover_whose_stream_cannot_connect_says_so_without_waiting_out
     started, or, refused at its first connection, was called refused (nothing changed)
     though the file had been frozen."""
     p, via = proxy
-    db = tmp_path / "app.db"
-    orders_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert run_cli(cfg, "verify").returncode == 0
-        assert d.stop() == 0
-    lite = sqlite3.connect(db)
-    lite.execute("UPDATE orders SET item = 'a2' WHERE item = 'a'")  # the last change, for the drain to bring
-    lite.commit()
-    lite.close()
+    db, cfg = await orders_verified_and_stopped(tmp_path, make_config, pg_dsn)
+    a_last_change(db)
     started = time.monotonic()
     out = switch_cut_off_at(cfg, "cutover", "frozen", p, via, tmp_path, fault=lambda: p.refuse_new_after(slots))
     took = time.monotonic() - started
@@ -162,13 +167,7 @@ async def test_a_cutover_whose_drain_runs_over_the_statement_timeout_waits_for_i
     run over the statement timeout for a while (an application trigger in Postgres slow
     for half a minute): that is a slow Postgres, not one syncd cannot reach, and the drain
     waits for it. It was undone within seconds, said to be unable to connect."""
-    db = tmp_path / "app.db"
-    orders_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db, postgres={"statement_timeout_seconds": 2})
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert run_cli(cfg, "verify").returncode == 0
-        assert d.stop() == 0
+    db, cfg = await orders_verified_and_stopped(tmp_path, make_config, pg_dsn, postgres={"statement_timeout_seconds": 2})
     await pg_statements(pg_dsn, """
         CREATE TABLE public.slow_for_now (on_ boolean);
         INSERT INTO public.slow_for_now VALUES (true);
@@ -179,10 +178,7 @@ async def test_a_cutover_whose_drain_runs_over_the_statement_timeout_waits_for_i
         END $$;
         CREATE TRIGGER slow_for_now AFTER UPDATE ON app.orders FOR EACH STATEMENT EXECUTE FUNCTION public.slow_for_now();
         ALTER TABLE app.orders ENABLE ALWAYS TRIGGER slow_for_now;""")
-    lite = sqlite3.connect(db)
-    lite.execute("UPDATE orders SET item = 'a2' WHERE item = 'a'")  # the last change, for the drain to bring
-    lite.commit()
-    lite.close()
+    a_last_change(db)
 
     async def fast_again():
         await asyncio.sleep(30)
