@@ -41,13 +41,17 @@ def capture_id(db: Path) -> str | None:
         conn.close()
 
 
-async def bookkeeping(dsn: str, source: str, db: Path | None = None) -> tuple[int | None, dict[str, str]]:
+async def bookkeeping(dsn: str, source: str, db: Path | None = None,
+                      conn: asyncpg.Connection | None = None) -> tuple[int | None, dict[str, str]]:
     """(checkpoint, table states); with `db`, (None, {}) until syncd has reconciled the
-    file's current schema version (an application's DDL is followed first)."""
-    try:
-        conn = await asyncpg.connect(dsn, timeout=5)
-    except Exception:
-        return None, {}
+    file's current schema version (an application's DDL is followed first). On `conn`,
+    or a connection of its own."""
+    own = conn is None
+    if own:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+        except Exception:
+            return None, {}
     try:
         seq, followed, cid = await conn.fetchrow(
             "SELECT applied_seq, schema_version, capture_id FROM syncd.sources WHERE source = $1",
@@ -59,16 +63,18 @@ async def bookkeeping(dsn: str, source: str, db: Path | None = None) -> tuple[in
     except asyncpg.UndefinedTableError:
         return None, {}
     finally:
-        await conn.close()
+        if own:
+            await conn.close()
 
 
 SETTLED = ("streaming", "refused")
 
 
-async def caught_up(db: Path, dsn: str, source: str, settled: tuple[str, ...] = SETTLED) -> bool:
+async def caught_up(db: Path, dsn: str, source: str, settled: tuple[str, ...] = SETTLED,
+                    conn: asyncpg.Connection | None = None) -> bool:
     """Every table settled (by default: streaming or refused) and the checkpoint at
     the end of the changelog."""
-    seq, states = await bookkeeping(dsn, source, db)
+    seq, states = await bookkeeping(dsn, source, db, conn)
     if seq is None or not states:
         return False
     if any(s not in settled for s in states.values()):
@@ -79,19 +85,36 @@ async def caught_up(db: Path, dsn: str, source: str, settled: tuple[str, ...] = 
 async def wait_caught_up(db: Path, dsn: str, source: str, timeout: float = 60, daemon=None,
                          settled: tuple[str, ...] = SETTLED) -> None:
     deadline = time.monotonic() + timeout
-    while True:
-        if await caught_up(db, dsn, source, settled):
-            return
-        if daemon is not None and not daemon.alive():
-            raise AssertionError(f"syncd exited ({daemon.proc.returncode}):\n{daemon.log()[-4000:]}")
-        if time.monotonic() > deadline:
-            seq, states = await bookkeeping(dsn, source)
-            tail = daemon.log()[-3000:] if daemon else ""
-            raise AssertionError(
-                f"syncd did not catch up in {timeout}s: applied {seq}, changelog max {changelog_max(db)}, "
-                f"tables {states}\n{tail}"
-            )
-        await asyncio.sleep(0.1)
+    # One connection for the wait's polls, not one a poll (a backend started and ended ten
+    # times a second, the suite over, is much of Postgres's work in it); opened again if lost.
+    conn = None
+    try:
+        while True:
+            if conn is None:
+                try:
+                    conn = await asyncpg.connect(dsn, timeout=5)
+                except Exception:
+                    conn = None
+            if conn is not None:
+                try:
+                    if await caught_up(db, dsn, source, settled, conn):
+                        return
+                except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError):
+                    conn.terminate()
+                    conn = None
+            if daemon is not None and not daemon.alive():
+                raise AssertionError(f"syncd exited ({daemon.proc.returncode}):\n{daemon.log()[-4000:]}")
+            if time.monotonic() > deadline:
+                seq, states = await bookkeeping(dsn, source)
+                tail = daemon.log()[-3000:] if daemon else ""
+                raise AssertionError(
+                    f"syncd did not catch up in {timeout}s: applied {seq}, changelog max {changelog_max(db)}, "
+                    f"tables {states}\n{tail}"
+                )
+            await asyncio.sleep(0.1)
+    finally:
+        if conn is not None:
+            conn.terminate()
 
 
 async def table_states(dsn: str, source: str) -> dict[str, tuple[str, str | None]]:
