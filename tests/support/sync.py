@@ -85,8 +85,8 @@ async def caught_up(db: Path, dsn: str, source: str, settled: tuple[str, ...] = 
 async def wait_caught_up(db: Path, dsn: str, source: str, timeout: float = 60, daemon=None,
                          settled: tuple[str, ...] = SETTLED) -> None:
     deadline = time.monotonic() + timeout
-    # One connection for the wait's polls, not one a poll (a backend started and ended ten
-    # times a second, the suite over, is much of Postgres's work in it); opened again if lost.
+    # One connection for the wait's polls, not a backend started and ended ten times a
+    # second; opened again if lost.
     conn = None
     try:
         while True:
