@@ -26,7 +26,7 @@ from syncd.model import TO_POSTGRES
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
-from syncd.postgres.connect import (PostgresUnavailable, describe, is_connect_failure, is_transient, lock_given_up,
+from syncd.postgres.connect import (CannotConnect, PostgresUnavailable, describe, is_transient, lock_given_up,
                                     plan_outdated, privilege_refused, sqlstate, statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
@@ -418,7 +418,7 @@ class Pipeline:
 
     def _pg_down(self, exc: BaseException, why: str | None = None) -> None:
         self.pg_ok = False
-        self.cannot_connect = is_connect_failure(exc)
+        self.cannot_connect = isinstance(exc, CannotConnect)
         self.session.drop_postgres()
         # Postgres answered and refused the role (a password rotated): said so, retried as an outage is.
         health, what = outage(exc, self.settings.dsn_for(self.source), f"Postgres unreachable: {why or describe(exc)}")

@@ -33,7 +33,12 @@ class PostgresUnavailable(Exception):
     """Postgres could not be reached or dropped the connection; retried."""
 
 
-class LoginRefused(PostgresUnavailable):
+class CannotConnect(PostgresUnavailable):
+    """A connection not opened (refused, unreachable, the role refused at login), not a
+    statement failing or timing out on an open one."""
+
+
+class LoginRefused(CannotConnect):
     """Postgres answered and refused syncd's role at login (no role of that name, a wrong
     password, no pg_hba.conf line for it); retried as an outage is. `reason`: Postgres's words."""
 
@@ -150,13 +155,7 @@ def cannot_connect(dsn: str, exc: BaseException) -> PostgresUnavailable:
     Postgres refused the role, else PostgresUnavailable; no password in either."""
     if sqlstate(exc) in LOGIN_REFUSED:
         return LoginRefused(f"cannot connect to {scrub(dsn)}: {describe(exc)}", describe(exc))
-    return PostgresUnavailable(f"cannot connect to {scrub(dsn)}: {describe(exc)}")
-
-
-def is_connect_failure(exc: BaseException) -> bool:
-    """A connection not opened (refused, unreachable, the role refused at login), as
-    cannot_connect raises it: not a statement failing or timing out on an open one."""
-    return isinstance(exc, PostgresUnavailable) and str(exc).startswith("cannot connect to ")
+    return CannotConnect(f"cannot connect to {scrub(dsn)}: {describe(exc)}")
 
 
 def _role(dsn: str | None) -> str:

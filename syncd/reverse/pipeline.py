@@ -29,7 +29,7 @@ from syncd.pipeline import lock_met
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import cutover_guard, ddl
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
-from syncd.postgres.connect import (describe, is_connect_failure, is_transient, lock_given_up, privilege_refused,
+from syncd.postgres.connect import (CannotConnect, describe, is_transient, lock_given_up, privilege_refused,
                                     statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.postgres.target import UnsupportedTarget
@@ -408,7 +408,7 @@ class ReversePipeline:
             self.needs_reconcile = True  # a grant changed with the schema is met afresh
         elif is_transient(exc):
             self.pg_ok = False
-            self.cannot_connect = is_connect_failure(exc)
+            self.cannot_connect = isinstance(exc, CannotConnect)
             self.lag.unreachable = True
             self.session.drop_postgres()
             why = describe(exc)
