@@ -263,12 +263,8 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
             )
             await session.save_row(conn, row)
     except Exception as e:
-        # A column the reshape retypes is used by a view or a generated column of the
-        # application's (FEATURE_NOT_SUPPORTED), say, or a foreign key of its points at the
-        # key the reshape drops (DEPENDENT_OBJECTS): tried again, it fails again until that
-        # is dropped. The table is held, to be loaded from the start then.
-        if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000" and not plan_outdated(e)
-                or sqlstate(e) in (DEPENDENT_OBJECTS, INSUFFICIENT_PRIVILEGE)):
+        # The table is held, to be loaded from the start once what stops it is changed.
+        if not _fails_again(e):
             raise
         raise SnapshotRejected(t.name, None, f"the table could not be made ready to be loaded: {describe(e)}") \
             from None
@@ -378,12 +374,7 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
             session.rewrite_timed_out[t.name] = slow
         raise SnapshotRejected(t.name, None, slow[1]) from None
     except Exception as e:
-        # FEATURE_NOT_SUPPORTED: a column the reshape retypes is used by a view or a generated
-        # column of the application's; DEPENDENT_OBJECTS: a foreign key of its points at the
-        # key the reshape drops. Tried again, it fails again until that is dropped. (Not a
-        # statement prepared before a table changed: tried again, it goes through.)
-        if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000" and not plan_outdated(e)
-                or sqlstate(e) in (DEPENDENT_OBJECTS, INSUFFICIENT_PRIVILEGE)):
+        if not _fails_again(e):
             raise
         # The reloaded rows do not fit the live table (a key Postgres holds once that
         # SQLite holds twice, say): the old rows stay, the table is held until it fits.
@@ -413,6 +404,17 @@ async def _say_set_aside(session: SourceSession, conn, table: str, set_aside: li
 
 
 DEPENDENT_OBJECTS = "2BP01"  # dependent_objects_still_exist
+
+
+def _fails_again(e: BaseException) -> bool:
+    """Whether Postgres's refusal to make a table ready for its load, or to take the loaded
+    rows in, comes again at every try until the application changes something there: a
+    row or shape that does not fit; a column the reshape retypes used by a view or a
+    generated column of the application's (FEATURE_NOT_SUPPORTED, but not a statement
+    prepared before a table changed: tried again, that goes through); a foreign key of its
+    on the key the reshape drops (DEPENDENT_OBJECTS); a table syncd's role may not write."""
+    return (is_data_error(e) or is_shape_error(e) or sqlstate(e) == "0A000" and not plan_outdated(e)
+            or sqlstate(e) in (DEPENDENT_OBJECTS, INSUFFICIENT_PRIVILEGE))
 
 
 class SchemaMoved(Exception):
