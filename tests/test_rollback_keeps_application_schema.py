@@ -8,6 +8,7 @@ rollback switches."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 import uuid
@@ -45,6 +46,19 @@ async def rolled_back_with(cfg, db, pg_dsn: str, daemon, statements: list[str], 
     await wait_back(cfg, db, pg_dsn, daemon=daemon)
     r = run_cli(cfg, "rollback")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@contextlib.asynccontextmanager
+async def rolled_back_app(tmp_path, make_config, pg_dsn: str, statements: list[str], tables: tuple[str, ...]):
+    """The application's file cut over, `tables` made in Postgres after it (`statements`),
+    then rolled back: (file, config, the daemon still running) inside the block."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await rolled_back_with(cfg, db, pg_dsn, d, statements, tables)
+        yield db, cfg, d
 
 
 async def column_types(dsn: str, table: str) -> dict[str, str]:
@@ -334,17 +348,11 @@ async def test_a_table_loaded_again_after_a_rollback_keeps_the_rows_of_tables_wh
     as before, are replaced without the foreign key's action firing. Before, every row of
     the other table was deleted with them (ON DELETE CASCADE) or lost its reference (SET
     NULL) in Postgres only, or the load failed on them and held the table for good."""
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await rolled_back_with(cfg, db, pg_dsn, d, [
-            "CREATE TABLE app.notes (id bigint PRIMARY KEY, "
-              f"company_id bigint REFERENCES app.companies (id) {action}, body text)",
-            "INSERT INTO app.notes VALUES (1, 1, 'call back'), (2, 2, 'send the offer')",
-        ], ("notes",))
-
+    async with rolled_back_app(tmp_path, make_config, pg_dsn, [
+        "CREATE TABLE app.notes (id bigint PRIMARY KEY, "
+          f"company_id bigint REFERENCES app.companies (id) {action}, body text)",
+        "INSERT INTO app.notes VALUES (1, 1, 'call back'), (2, 2, 'send the offer')",
+    ], ("notes",)) as (db, cfg, d):
         conn = sqlite3.connect(db)
         conn.execute("ALTER TABLE companies ADD COLUMN currency TEXT NOT NULL DEFAULT 1.50")
         conn.execute("INSERT INTO companies (name, revenue) VALUES ('Umbrella', 3.5)")
@@ -372,19 +380,13 @@ async def test_integer_columns_of_a_table_made_in_postgres_are_widened_in_place_
     points at it. After the rollback the integer column is widened in place, every value
     as it was. Before, the table was loaded again to retype it, and the reload's delete
     emptied the other table in Postgres, with no write of the application's."""
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await rolled_back_with(cfg, db, pg_dsn, d, [
-            "CREATE TABLE app.projects (id serial PRIMARY KEY, name text, budget smallint)",
-            "CREATE TABLE app.tasks (id bigint PRIMARY KEY, "
-              "project_id bigint REFERENCES app.projects ON DELETE CASCADE, title text)",
-            "INSERT INTO app.projects (name, budget) VALUES ('launch', 10), ('audit', 20)",
-            "INSERT INTO app.tasks VALUES (1, 1, 'book the hall'), (2, 2, 'count the cash')",
-        ], ("projects", "tasks"))
-
+    async with rolled_back_app(tmp_path, make_config, pg_dsn, [
+        "CREATE TABLE app.projects (id serial PRIMARY KEY, name text, budget smallint)",
+        "CREATE TABLE app.tasks (id bigint PRIMARY KEY, "
+          "project_id bigint REFERENCES app.projects ON DELETE CASCADE, title text)",
+        "INSERT INTO app.projects (name, budget) VALUES ('launch', 10), ('audit', 20)",
+        "INSERT INTO app.tasks VALUES (1, 1, 'book the hall'), (2, 2, 'count the cash')",
+    ], ("projects", "tasks")) as (db, cfg, d):
         d.wait_log("turned back in place, every value as it was")
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         types = await column_types(pg_dsn, "app.projects")
@@ -403,19 +405,13 @@ async def test_a_real_column_of_a_table_made_in_postgres_is_widened_in_place_aft
     table another table's foreign key ON DELETE CASCADE points at is made double precision
     in place after the rollback, every value as it was, instead of loading the table
     again, whose delete emptied the other table in Postgres."""
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await rolled_back_with(cfg, db, pg_dsn, d, [
-            "CREATE TABLE app.products (id bigint PRIMARY KEY, name text, weight real)",
-            "CREATE TABLE app.lines (id bigint PRIMARY KEY, "
-              "product_id bigint REFERENCES app.products ON DELETE CASCADE, qty bigint)",
-            "INSERT INTO app.products VALUES (1, 'bolt', 0.25), (2, 'nut', 0.1)",
-            "INSERT INTO app.lines VALUES (1, 1, 10), (2, 2, 20)",
-        ], ("products", "lines"))
-
+    async with rolled_back_app(tmp_path, make_config, pg_dsn, [
+        "CREATE TABLE app.products (id bigint PRIMARY KEY, name text, weight real)",
+        "CREATE TABLE app.lines (id bigint PRIMARY KEY, "
+          "product_id bigint REFERENCES app.products ON DELETE CASCADE, qty bigint)",
+        "INSERT INTO app.products VALUES (1, 'bolt', 0.25), (2, 'nut', 0.1)",
+        "INSERT INTO app.lines VALUES (1, 1, 10), (2, 2, 20)",
+    ], ("products", "lines")) as (db, cfg, d):
         d.wait_log("turned back in place, every value as it was")
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert (await column_types(pg_dsn, "app.products"))["weight"] == "double precision"
@@ -433,19 +429,13 @@ async def test_a_table_made_in_postgres_loaded_again_to_retype_it_keeps_the_rows
     after the rollback) while another table's foreign key ON DELETE CASCADE points at it.
     The column is retyped on the rows as they are and the load then rewrites them in
     place. Before, the load deleted every row and the cascade emptied the other table."""
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await rolled_back_with(cfg, db, pg_dsn, d, [
-            "CREATE TABLE app.countries (id bigint PRIMARY KEY, code char(2), name text)",
-            "CREATE TABLE app.cities (id bigint PRIMARY KEY, "
-              "country_id bigint REFERENCES app.countries ON DELETE CASCADE, name text)",
-            "INSERT INTO app.countries VALUES (1, 'fr', 'France'), (2, 'x', 'Nowhere')",
-            "INSERT INTO app.cities VALUES (1, 1, 'Paris'), (2, 2, 'Atlantis')",
-        ], ("countries", "cities"))
-
+    async with rolled_back_app(tmp_path, make_config, pg_dsn, [
+        "CREATE TABLE app.countries (id bigint PRIMARY KEY, code char(2), name text)",
+        "CREATE TABLE app.cities (id bigint PRIMARY KEY, "
+          "country_id bigint REFERENCES app.countries ON DELETE CASCADE, name text)",
+        "INSERT INTO app.countries VALUES (1, 'fr', 'France'), (2, 'x', 'Nowhere')",
+        "INSERT INTO app.cities VALUES (1, 1, 'Paris'), (2, 2, 'Atlantis')",
+    ], ("countries", "cities")) as (db, cfg, d):
         d.wait_log("reloading the table")
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert (await column_types(pg_dsn, "app.countries"))["code"] == "text"
@@ -495,16 +485,10 @@ async def test_a_table_made_in_postgres_with_a_serial_key_is_cut_over_again_afte
     and the next cutover moves that identity past SQLite's ids: an INSERT without an id
     gets the next one. Before, the cutover moved the serial's old sequence instead, its
     trial INSERT got an id SQLite holds, and every cutover of the source was undone."""
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await rolled_back_with(cfg, db, pg_dsn, d, [
-            "CREATE TABLE app.tickets (id bigserial PRIMARY KEY, title text)",
-            "INSERT INTO app.tickets (title) VALUES ('first'), ('second')",
-        ], ("tickets",))
-
+    async with rolled_back_app(tmp_path, make_config, pg_dsn, [
+        "CREATE TABLE app.tickets (id bigserial PRIMARY KEY, title text)",
+        "INSERT INTO app.tickets (title) VALUES ('first'), ('second')",
+    ], ("tickets",)) as (db, cfg, d):
         conn = sqlite3.connect(db)
         conn.execute("INSERT INTO tickets (title) VALUES ('third, in SQLite')")
         conn.commit()
