@@ -211,19 +211,22 @@ async def remembered(settings: Settings, conn, bk_schema: str, dsn: str) -> list
 
 
 async def _run_elsewhere(conn, bk_schema: str, sources: list[str]) -> set[str]:
-    """Of `sources`, those whose lock a daemon holds: run where their file is (another
-    host of a fleet sharing the database), not gone. A daemon lets a gone file's lock go."""
-    from syncd.postgres.bookkeeping import LOCK_CLASS, source_keys
+    """Of `sources`, those whose lock a daemon of another host holds: run where their file
+    is (a fleet of hosts sharing the database), not gone. A daemon of this host lets a gone
+    file's lock go, but only after it notices: until then the file is gone all the same."""
+    from syncd.postgres.bookkeeping import LOCK_CLASS, application_name, source_keys
 
     if not sources:
         return set()
+    here = application_name().rsplit(" pid ", 1)[0] + " pid "  # `syncd <this host> pid `
     try:
         keys = await source_keys(conn, bk_schema, sources, assign=False)
         rows = await conn.fetch(
             "SELECT k.source FROM unnest($2::text[], $3::int[]) AS k (source, key) WHERE EXISTS (SELECT 1 FROM "
             "pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid AND l.objid = k.key::oid "
-            "AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-            LOCK_CLASS, list(keys), list(keys.values()))
+            "AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.pid AND left(a.application_name, $4) = $5))",
+            LOCK_CLASS, list(keys), list(keys.values()), len(here), here)
     except Exception:  # noqa: BLE001 - not known: each shown as missing, as before
         return set()
     return {r[0] for r in rows}

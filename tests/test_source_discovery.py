@@ -529,3 +529,28 @@ async def test_a_sighup_keeps_a_gone_files_source_on_its_own_glob(tmp_path, make
         dp.wait_log("configuration reloaded")
         assert "restarted with new settings" not in dp.own_log(), dp.own_log()
         assert dp.stop() == 0
+
+
+async def test_a_gone_file_whose_lock_a_daemon_of_this_host_still_holds_is_missing(tmp_path, pg_dsn):
+    """The file of a source this host's daemon runs is deleted: until the daemon notices
+    and lets the source's lock go, the lock is held, but by a daemon of this host, where
+    the file is gone. Status (and a fleet's cutover or rollback, which read the same) shows
+    the source missing in that moment too, instead of leaving it out without a word."""
+    from syncd.postgres.bookkeeping import LOCK_CLASS, application_name
+
+    d_ = tmp_path / "tenants"
+    d_.mkdir()
+    for stem in ("acme", "globex"):
+        tenant(d_ / f"{stem}.db")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}])
+    assert run_cli(cfg, "init").returncode == 0
+    (d_ / "globex.db").unlink()
+    # this host's daemon, not yet aware: its session named as every syncd session is
+    daemon = await asyncpg.connect(pg_dsn, server_settings={"application_name": application_name() + "0"})
+    try:
+        key = await daemon.fetchval("SELECT key FROM syncd.source_keys WHERE source = 't_globex'")
+        assert await daemon.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, key)
+        doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+        assert {s["name"]: s["state"] for s in doc["sources"]}.get("t_globex") == "source_missing", doc["sources"]
+    finally:
+        await daemon.close()
