@@ -5,7 +5,9 @@ A change made in SQLite that the daemon has not followed yet is still the daemon
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import uuid
 
 import asyncpg
 
@@ -201,6 +203,46 @@ async def test_a_reload_of_a_referenced_table_whose_retype_runs_over_the_stateme
         assert await pg_rows(pg_dsn, "SELECT id, item_id FROM public.orders") == [(1, 1)]
         assert d.stop() == 0
     assert "unreachable" not in d.log(), d.log()
+
+
+async def test_a_too_slow_retype_of_a_key_linked_by_a_foreign_key_names_statements_postgres_takes(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A TEXT key holding UUIDs made uuid in Postgres by hand, and a table of someone's
+    there whose uuid column points at it (a foreign key): the table is loaded again, its
+    key retyped as it is together with the other end. A rewrite that runs over [postgres]
+    statement_timeout_seconds holds the table naming what to run by hand, and those
+    statements, run in Postgres, go through: the table loads, the other table keeps its
+    rows and its foreign key. Before, only the table's own ALTER TABLE was named, which
+    Postgres refuses ("foreign key constraint ... cannot be implemented"): the table
+    stayed held."""
+    ids = [str(uuid.UUID(int=n)) for n in (1, 2, 3)]
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE accounts (id TEXT PRIMARY KEY, name TEXT)")
+    conn.executemany("INSERT INTO accounts VALUES (?, ?)", [(i, f"n{k}") for k, i in enumerate(ids)])
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"statement_timeout_seconds": 2}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "ALTER TABLE app.accounts ALTER COLUMN id TYPE uuid USING id::uuid",
+        "CREATE TABLE public.logins (id bigint PRIMARY KEY, account_id uuid CONSTRAINT logins_account "
+        "REFERENCES app.accounts)", f"INSERT INTO public.logins VALUES (1, '{ids[0]}')",
+        *slow_index_on("accounts", "name", "text"))
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app")).get("accounts", ("",))[0] == "held"
+
+        await eventually(held, 60, "the table held", d)
+        reason = (await table_states(pg_dsn, "app"))["accounts"][1]
+        assert "statement_timeout_seconds (2 s)" in reason, reason
+        named = re.search(r"or run (.*) in Postgres: the load then goes on", reason)
+        assert named is not None, reason
+        await pg_statements(pg_dsn, "DROP INDEX app.accounts_slow", named[1])
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, account_id FROM public.logins") == [(1, ids[0])]
+        assert await pg_rows(pg_dsn, "SELECT count(*) FROM pg_constraint WHERE conname = 'logins_account'") == [(1,)]
+        assert d.stop() == 0
 
 
 async def test_a_resync_of_a_table_a_view_depends_on_waits_for_the_view_and_stops_nothing_else(

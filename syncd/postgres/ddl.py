@@ -274,42 +274,46 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
     # not hold (a foreign key from a column of another type), the plain cast is tried.
     tries = (True, False) if any(_padded_width(have) for _, have, _ in diff.retyped) else (False,)
 
-    def alters_for(padded: bool) -> list[str]:
-        return [f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(name)} TYPE {spec.column(name).pgtype.value} "
-                f"USING {_cast(quote_pg_ident(name), have, spec.column(name).pgtype.value, padded)}"
-                for name, have, _want in diff.retyped]
+    retyped = [n for n, _, _ in diff.retyped]
+    links = await _foreign_keys_on(conn, table, retyped)
+    here = await conn.fetchval("SELECT $1::regclass::text", table)  # as _foreign_keys_on names it
 
-    if "; ".join(alters_for(tries[0])) == too_slow:
+    async def alters_for(padded: bool) -> list[str]:
+        """Every statement of the retype, in order: each foreign key on a retyped column
+        dropped, the columns retyped, the other end of each (the application made both
+        uuid, say) made the same type, its values as they are (Postgres keeps no foreign
+        key between two types it cannot compare), and the foreign keys made again."""
+        out = [f"ALTER TABLE {link.table} DROP CONSTRAINT {quote_pg_ident(link.name)}" for link in links]
+        done = {(here, n) for n in retyped}  # a foreign key of the table's onto itself: retyped already
+        for name, have, _want in diff.retyped:
+            want = spec.column(name).pgtype.value
+            out.append(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(name)} TYPE {want} "
+                       f"USING {_cast(quote_pg_ident(name), have, want, padded)}")
+            for other, column in sorted({(link.other_table, c) for link in links for c in link.other_columns(name)}):
+                if (other, column) not in done and await _type_of(conn, other, column) == have:
+                    done.add((other, column))
+                    oq = quote_pg_ident(column)
+                    out.append(f"ALTER TABLE {other} ALTER COLUMN {oq} TYPE {want} "
+                               f"USING {_cast(oq, have, want, padded)}")
+        for link in links:
+            out.append(f"ALTER TABLE {link.table} ADD CONSTRAINT {quote_pg_ident(link.name)} {link.definition}")
+            if link.comment is not None:
+                out.append(f"COMMENT ON CONSTRAINT {quote_pg_ident(link.name)} ON {link.table} "
+                           f"IS {quote_literal(link.comment)}")
+        return out
+
+    plans = [await alters_for(padded) for padded in tries]
+    if "; ".join(plans[0]) == too_slow:
         raise RewriteTooSlow(too_slow, None)
     prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
     if lock_wait_ms is not None:  # a wait for the lock is no rewrite over the statement timeout
         await conn.execute(f"SET LOCAL lock_timeout = '{lock_wait_ms}ms'")
     try:
-        for padded in tries:
-            alters = alters_for(padded)
+        for alters in plans:
             try:
                 async with conn.transaction():  # a savepoint
-                    links = await _foreign_keys_on(conn, table, [n for n, _, _ in diff.retyped])
-                    for link in links:  # each made again once both ends have the new type
-                        await run_ddl(conn, f"ALTER TABLE {link.table} DROP CONSTRAINT {quote_pg_ident(link.name)}")
-                    for (name, have, _want), sql in zip(diff.retyped, alters):
+                    for sql in alters:
                         await run_ddl(conn, sql)
-                        # The other end of a foreign key on the column (the application made both
-                        # uuid, say) takes the same type, its values as they are: Postgres keeps no
-                        # foreign key between two types it cannot compare.
-                        want = spec.column(name).pgtype.value
-                        for other, column in {(link.other_table, c) for link in links
-                                              for c in link.other_columns(name)}:
-                            if await _type_of(conn, other, column) == have:
-                                oq = quote_pg_ident(column)
-                                await run_ddl(conn, f"ALTER TABLE {other} ALTER COLUMN {oq} TYPE {want} "
-                                                    f"USING {_cast(oq, have, want, padded)}")
-                    for link in links:
-                        await run_ddl(conn, f"ALTER TABLE {link.table} ADD CONSTRAINT {quote_pg_ident(link.name)} "
-                                            f"{link.definition}")
-                        if link.comment is not None:
-                            await run_ddl(conn, f"COMMENT ON CONSTRAINT {quote_pg_ident(link.name)} ON {link.table} "
-                                                f"IS {quote_literal(link.comment)}")
             except TimeoutError:
                 if conn.is_closed():
                     raise  # an outage: tried again as a whole
