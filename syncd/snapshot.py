@@ -252,7 +252,10 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
                 # foreign key points at (a TRUNCATE it refuses there).
                 await conn.execute(f"DELETE FROM {ddl.qualified(target, t.name)}")
                 if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
-                    pgt = await ddl.retype_linked_columns(conn, target, t.spec, pgt)
+                    slow = session.rewrite_timed_out.get(t.name)
+                    pgt = await ddl.retype_linked_columns(
+                        conn, target, t.spec, pgt, slow[0] if slow else None,
+                        lock_wait_ms(session.settings.postgres.statement_timeout_seconds))
                 if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
                     set_aside = await ddl.reshape_empty_table(conn, target, t.spec, pgt)
                     await _say_set_aside(session, conn, t.name, set_aside)
@@ -262,6 +265,10 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
                 reason=None, load_aside=aside,
             )
             await session.save_row(conn, row)
+    except ddl.RewriteTooSlow as e:
+        raise SnapshotRejected(t.name, None, _too_slow(
+            session, t.name, e, "a foreign key links its columns to another table's, so both ends are retyped "
+                                "together before it is loaded")) from None
     except Exception as e:
         # The table is held, to be loaded from the start once what stops it is changed.
         if not _fails_again(e):
@@ -361,18 +368,9 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     except app_triggers.TriggersKept as e:
         raise SnapshotRejected(t.name, None, str(e)) from None
     except ddl.RewriteTooSlow as e:
-        # The rewrite (the table under an exclusive lock all along) would run as long, and
-        # over, at every try: tried again after a restart of the daemon (a longer timeout).
-        slow = session.rewrite_timed_out.get(t.name)
-        if slow is None or slow[0] != e.alters:
-            over = (f"the statement_timeout Postgres has for syncd's role or database ({e.server})" if e.server else
-                    f"[postgres] statement_timeout_seconds ({session.settings.postgres.statement_timeout_seconds:g} s)")
-            slow = (e.alters, f"another table's foreign key points at its rows, so they are retyped as they are "
-                              f"before the reloaded ones replace them, a rewrite of the table that ran over {over}; "
-                              f"raise the timeout and restart the daemon, or run {e.alters} in Postgres: the load "
-                              "then goes on")
-            session.rewrite_timed_out[t.name] = slow
-        raise SnapshotRejected(t.name, None, slow[1]) from None
+        raise SnapshotRejected(t.name, None, _too_slow(
+            session, t.name, e, "another table's foreign key points at its rows, so they are retyped as they are "
+                                "before the reloaded ones replace them")) from None
     except Exception as e:
         if not _fails_again(e):
             raise
@@ -393,6 +391,20 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
                  table=t.name, event="snapshot_finished")
     _count_loaded(session, t)
     return True
+
+
+def _too_slow(session: SourceSession, table: str, e: ddl.RewriteTooSlow, why: str) -> str:
+    """Why the table is held: its retype (`why` it is done), a rewrite of the table under
+    an exclusive lock all along, would run as long, and over, at every try: tried again
+    after a restart of the daemon (a longer timeout)."""
+    slow = session.rewrite_timed_out.get(table)
+    if slow is None or slow[0] != e.alters:
+        over = (f"the statement_timeout Postgres has for syncd's role or database ({e.server})" if e.server else
+                f"[postgres] statement_timeout_seconds ({session.settings.postgres.statement_timeout_seconds:g} s)")
+        slow = (e.alters, f"{why}, a rewrite of the table that ran over {over}; raise the timeout and restart the "
+                          f"daemon, or run {e.alters} in Postgres: the load then goes on")
+        session.rewrite_timed_out[table] = slow
+    return slow[1]
 
 
 async def _say_set_aside(session: SourceSession, conn, table: str, set_aside: list[tuple[str, str]]) -> None:

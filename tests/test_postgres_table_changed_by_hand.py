@@ -380,6 +380,82 @@ async def test_a_reload_of_a_referenced_table_waiting_for_a_reader_loads_once_th
         assert d.stop() == 0
 
 
+async def test_an_empty_table_linked_by_a_foreign_key_waiting_for_a_reader_loads_once_the_reader_is_done(
+        app_db, make_config, pg_dsn, tmp_path):
+    """An empty table, its TEXT key made uuid in Postgres by hand, and a table of
+    someone's there whose uuid column points at it (a foreign key): before it is loaded
+    again both ends are retyped together, which waits for a long reader of the table past
+    [postgres] statement_timeout_seconds: a wait for a lock, no rewrite too slow. It is
+    tried again until the reader is done, and then the table loads. Before, the source
+    failed ("unexpected error"), retried for good."""
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE teams (id TEXT PRIMARY KEY)")
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"statement_timeout_seconds": 2}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(pg_dsn, "ALTER TABLE app.teams ALTER COLUMN id TYPE uuid USING id::uuid",
+                        "CREATE TABLE public.members (id bigint PRIMARY KEY, team_id uuid REFERENCES app.teams)")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async with long_read(pg_dsn, "app.teams"):
+            d.wait_log("another Postgres session holds the table")
+        team = str(uuid.UUID(int=1))
+        conn.execute("INSERT INTO teams VALUES (?)", (team,))
+        conn.commit()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, pg_typeof(id)::text FROM app.teams") == [(team, "text")]
+        await pg_statements(pg_dsn, f"INSERT INTO public.members VALUES (1, '{team}')")  # its foreign key stands
+        assert d.stop() == 0
+    conn.close()
+    assert "unexpected error" not in d.log(), d.log()
+
+
+async def test_an_empty_table_linked_by_a_foreign_key_whose_retype_runs_over_the_statement_timeout_holds_only_it(
+        app_db, make_config, pg_dsn, tmp_path):
+    """The same empty table, the table of someone's pointing at it holding rows (no team
+    yet) and an index calling a slow function: retyping that other end with it is a
+    rewrite that runs over [postgres] statement_timeout_seconds. The table is held,
+    naming the timeout and the statements to run by hand, the source's other tables
+    stream on, and once those statements are run the table loads. Before, the source
+    failed ("unexpected error") and repeated the rewrite at every retry, for good."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE teams (id TEXT PRIMARY KEY);
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, v TEXT);
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"statement_timeout_seconds": 2}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "ALTER TABLE app.teams ALTER COLUMN id TYPE uuid USING id::uuid",
+        "CREATE TABLE public.members (id bigint PRIMARY KEY, team_id uuid REFERENCES app.teams)",
+        "INSERT INTO public.members VALUES (1, NULL), (2, NULL), (3, NULL)",
+        "CREATE FUNCTION public.slow(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END'",
+        "CREATE INDEX members_slow ON public.members (public.slow(id))",
+        "CREATE OR REPLACE FUNCTION public.slow(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql "
+        "AS 'BEGIN PERFORM pg_sleep(1); RETURN $1; END'")
+    conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
+    conn.commit()
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app")).get("teams", ("",))[0] == "held"
+
+        await eventually(held, 60, "the table held", d)
+        await eventually(lambda: _rows(pg_dsn, "SELECT v FROM app.notes", [("still streaming",)]), 30,
+                         "the other table streamed", d)
+        reason = (await table_states(pg_dsn, "app"))["teams"][1]
+        assert "statement_timeout_seconds (2 s)" in reason, reason
+        named = re.search(r"or run (.*) in Postgres: the load then goes on", reason)
+        assert named is not None, reason
+        await pg_statements(pg_dsn, "DROP INDEX public.members_slow", named[1])
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT pg_typeof(team_id)::text FROM public.members LIMIT 1") == [("text",)]
+        assert d.stop() == 0
+    conn.close()
+    assert "unexpected error" not in d.log(), d.log()
+
+
 async def _rows(dsn: str, sql: str, want: list[tuple]) -> bool:
     return await pg_rows(dsn, sql) == want
 

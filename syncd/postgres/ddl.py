@@ -326,8 +326,8 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
                 if lock_wait_ms is not None and isinstance(e, asyncpg.LockNotAvailableError):
                     from syncd.parity import LockNotHad
 
-                    raise LockNotHad(f'table "{spec.name}": its rows are retyped as they are before the reloaded ones '
-                                     "replace them, and another Postgres session holds the table (a long query or "
+                    raise LockNotHad(f'table "{spec.name}": its columns are retyped in place before it is loaded '
+                                     "again, and another Postgres session holds the table (a long query or "
                                      f"transaction) past {lock_wait_ms} ms; trying again with backoff, changes stay "
                                      "captured in SQLite") from None
                 if is_transient(e):  # tried again as a whole, never emptied for want of a lock
@@ -393,15 +393,17 @@ async def _foreign_keys_on(conn: asyncpg.Connection, table: str, columns: list[s
     return out
 
 
-async def retype_linked_columns(conn: asyncpg.Connection, schema: str, spec: TableSpec, pgt: PgTable) -> PgTable:
+async def retype_linked_columns(conn: asyncpg.Connection, schema: str, spec: TableSpec, pgt: PgTable,
+                                too_slow: str | None = None, lock_wait_ms: int | None = None) -> PgTable:
     """Inside the caller's transaction, a table emptied to be loaded again: its columns at
     one end of a foreign key (both ends made uuid, say) made `spec`'s type together with
     the other end, which reshape_empty_table cannot do (Postgres refuses the retype of
-    either end alone). Returns the table as it is now."""
+    either end alone). Returns the table as it is now. `too_slow`, `lock_wait_ms` and
+    RewriteTooSlow as for replace_rows."""
     if not await _linked_by_foreign_keys(conn, qualified(schema, spec.name),
                                          [n for n, _, _ in diff_shape(spec, pgt).retyped]):
         return pgt
-    return await _retype_rows_as_they_are(conn, schema, spec, pgt)
+    return await _retype_rows_as_they_are(conn, schema, spec, pgt, too_slow, lock_wait_ms)
 
 
 async def _linked_by_foreign_keys(conn: asyncpg.Connection, table: str, columns: list[str]) -> bool:
