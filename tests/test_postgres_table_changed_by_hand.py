@@ -245,6 +245,50 @@ async def test_a_too_slow_retype_of_a_key_linked_by_a_foreign_key_names_statemen
         assert d.stop() == 0
 
 
+async def test_a_held_retype_too_slow_after_its_padded_cast_was_refused_is_not_run_again_at_every_retry(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A column made char(n) in Postgres by hand, with a CHECK its values padded to n fail,
+    in a table another table's foreign key points at: the padded cast is refused, the
+    plain one is tried and runs over [postgres] statement_timeout_seconds (an index
+    calling a slow function). The table is held naming that plain ALTER TABLE, and the
+    retries until a restart do not run the rewrite again: the table is not locked for a
+    whole statement timeout each time. Before, only the padded cast counted as already
+    too slow, and the rewrite ran again at every retry."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE items (id INTEGER PRIMARY KEY, code TEXT);
+        INSERT INTO items VALUES (1, 'ab'), (2, 'x'), (3, 'abc');
+    """)
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"statement_timeout_seconds": 2}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "CREATE TABLE public.orders (id bigint PRIMARY KEY, item_id bigint REFERENCES app.items)",
+        "INSERT INTO public.orders VALUES (1, 1)",
+        "ALTER TABLE app.items ALTER COLUMN code TYPE char(3)",
+        "ALTER TABLE app.items ADD CONSTRAINT trimmed CHECK (code::text NOT LIKE '% ')",
+        "CREATE SEQUENCE public.slow_calls",
+        "CREATE FUNCTION app.slow(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END'",
+        "CREATE INDEX items_slow ON app.items (app.slow(id))",
+        "CREATE OR REPLACE FUNCTION app.slow(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql "
+        "AS 'BEGIN PERFORM nextval(''public.slow_calls''); PERFORM pg_sleep(1); RETURN $1; END'")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app")).get("items", ("",))[0] == "held"
+
+        await eventually(held, 60, "the table held", d)
+        reason = (await table_states(pg_dsn, "app"))["items"][1]
+        assert 'USING "code"::text' in reason, reason
+        calls = await pg_rows(pg_dsn, "SELECT last_value FROM public.slow_calls")
+        tries = d.log().count("event=snapshot_resumed")
+        wait_for(lambda: d.log().count("event=snapshot_resumed") >= tries + 2, 30, "two more tries", d)
+        assert await pg_rows(pg_dsn, "SELECT last_value FROM public.slow_calls") == calls
+        assert await pg_rows(pg_dsn, "SELECT id, item_id FROM public.orders") == [(1, 1)]
+        assert d.stop() == 0
+
+
 async def test_a_resync_of_a_table_a_view_depends_on_waits_for_the_view_and_stops_nothing_else(
         app_db, make_config, pg_dsn, tmp_path):
     """`syncd resync` rebuilds a table by dropping its Postgres copy; a view of someone's

@@ -303,7 +303,7 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
         return out
 
     plans = [await alters_for(padded) for padded in tries]
-    if "; ".join(plans[0]) == too_slow:
+    if too_slow is not None and too_slow in ("; ".join(p) for p in plans):  # the try that ran over, whichever
         raise RewriteTooSlow(too_slow, None)
     prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
     if lock_wait_ms is not None:  # a wait for the lock is no rewrite over the statement timeout
