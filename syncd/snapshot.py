@@ -369,8 +369,9 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
         raise SnapshotRejected(t.name, None, str(e)) from None
     except ddl.RewriteTooSlow as e:
         raise SnapshotRejected(t.name, None, _too_slow(
-            session, t.name, e, "another table's foreign key points at its rows, so they are retyped as they are "
-                                "before the reloaded ones replace them")) from None
+            session, t.name, e, ("another table's foreign key points at its rows" if e.referenced else
+                                 "its foreign key points at another table's rows")
+            + ", so they are retyped as they are before the reloaded ones replace them")) from None
     except Exception as e:
         if not _fails_again(e):
             raise

@@ -289,6 +289,40 @@ async def test_a_held_retype_too_slow_after_its_padded_cast_was_refused_is_not_r
         assert d.stop() == 0
 
 
+async def test_a_too_slow_retype_of_a_column_pointing_at_another_table_says_which_way_the_foreign_key_goes(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A TEXT column holding UUIDs made uuid in Postgres by hand, with a foreign key from
+    it to a table of someone's there keyed uuid: the table is loaded again, its column
+    retyped as it is together with the other end, and a rewrite that runs over [postgres]
+    statement_timeout_seconds holds it. The hold says the table's foreign key points at
+    another table. Before, it said another table's foreign key pointed at its rows,
+    sending the reader to look for a table that does not exist."""
+    team = str(uuid.UUID(int=1))
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE members (id INTEGER PRIMARY KEY, team_id TEXT)")
+    conn.executemany("INSERT INTO members VALUES (?, ?)", [(n, team) for n in (1, 2, 3)])
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"statement_timeout_seconds": 2}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, f"CREATE TABLE public.teams (id uuid PRIMARY KEY); INSERT INTO public.teams VALUES ('{team}')",
+        "ALTER TABLE app.members ALTER COLUMN team_id TYPE uuid USING team_id::uuid",
+        "ALTER TABLE app.members ADD FOREIGN KEY (team_id) REFERENCES public.teams",
+        *slow_index_on("members", "id", "bigint"))
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app")).get("members", ("",))[0] == "held"
+
+        await eventually(held, 60, "the table held", d)
+        reason = (await table_states(pg_dsn, "app"))["members"][1]
+        assert "statement_timeout_seconds (2 s)" in reason, reason
+        assert "another table's foreign key points at its rows" not in reason, reason
+        assert "its foreign key points at another table's rows" in reason, reason
+        assert d.stop() == 0
+
+
 async def test_a_resync_of_a_table_a_view_depends_on_waits_for_the_view_and_stops_nothing_else(
         app_db, make_config, pg_dsn, tmp_path):
     """`syncd resync` rebuilds a table by dropping its Postgres copy; a view of someone's

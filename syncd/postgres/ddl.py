@@ -170,7 +170,11 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
     referenced = pgt is not None and await referenced_elsewhere(conn, table)
     if pgt is not None and not diff_shape(spec, pgt).same and (
             referenced or await _linked_by_foreign_keys(conn, table, [n for n, _, _ in diff_shape(spec, pgt).retyped])):
-        pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt, too_slow, lock_wait_ms)
+        try:
+            pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt, too_slow, lock_wait_ms)
+        except RewriteTooSlow as e:
+            e.referenced = referenced
+            raise
     # A column Postgres computes takes no value: it computes it from the row, as for the
     # stream's rows (the aside table holds NULL there: the load left it out).
     left = computed(pgt, spec)
@@ -248,11 +252,14 @@ async def referenced_elsewhere(conn: asyncpg.Connection, table: str) -> bool:
 class RewriteTooSlow(Exception):
     """Retyping a table's rows as they are (a rewrite of the table) ran over the statement
     timeout: `alters`, the statements to run by hand; `server`, Postgres's cancel (its
-    statement_timeout for syncd's role), or None (syncd's own)."""
+    statement_timeout for syncd's role), or None (syncd's own); `referenced`, whether
+    another table's foreign key points at the table's rows (else only a foreign key of
+    its own links it to another table)."""
 
     def __init__(self, alters: str, server: str | None):
         super().__init__(alters)
         self.alters, self.server = alters, server
+        self.referenced = True
 
 
 async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: TableSpec,
