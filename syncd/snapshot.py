@@ -367,6 +367,11 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
             await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")
     except app_triggers.TriggersKept as e:
         raise SnapshotRejected(t.name, None, str(e)) from None
+    except ddl.RetypeRefused as e:
+        # Emptied to be reshaped, the other table's rows would go with its foreign key's action.
+        raise SnapshotRejected(t.name, None, f"another table's foreign key points at its rows, so they are retyped "
+                                             f"as they are before the reloaded ones replace them, and Postgres "
+                                             f"refused: {e}; the load goes on once that is changed") from None
     except ddl.RewriteTooSlow as e:
         raise SnapshotRejected(t.name, None, _too_slow(
             session, t.name, e, ("another table's foreign key points at its rows" if e.referenced else

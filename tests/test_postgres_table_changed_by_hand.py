@@ -323,6 +323,44 @@ async def test_a_too_slow_retype_of_a_column_pointing_at_another_table_says_whic
         assert d.stop() == 0
 
 
+async def test_a_reload_of_a_referenced_table_whose_retype_postgres_refuses_deletes_no_row_of_the_other_table(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A TEXT key made char(n) in Postgres by hand, a table of someone's there whose
+    char(n) column points at it (a foreign key ON DELETE CASCADE), and a view over that
+    column: the key cannot be retyped together with the other end (Postgres retypes no
+    column a view uses). The table is held naming the view, the other table keeps every
+    row, and once the view is dropped the table loads. Before, the table was emptied to
+    be reshaped, and the cascade deleted every row of the other table."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT);
+        INSERT INTO countries VALUES ('fra', 'France'), ('ita', 'Italy');
+    """)
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "ALTER TABLE app.countries ALTER COLUMN code TYPE char(3)",
+        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
+        "country char(3) REFERENCES app.countries ON DELETE CASCADE)",
+        "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'ita')",
+        "CREATE VIEW public.visit_countries AS SELECT country FROM public.visits")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def settled() -> bool:  # held, or (before) loaded
+            held = (await table_states(pg_dsn, "app")).get("countries", ("",))[0] == "held"
+            return held or "event=snapshot_finished" in d.log()
+
+        await eventually(settled, 60, "the table held", d)
+        assert await pg_rows(pg_dsn, "SELECT id FROM public.visits ORDER BY id") == [(1,), (2,)]
+        state, reason = (await table_states(pg_dsn, "app"))["countries"]
+        assert state == "held" and "visit_countries" in reason, (state, reason)
+        await pg_statements(pg_dsn, "DROP VIEW public.visit_countries")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, country FROM public.visits ORDER BY id") == [(1, "fra"), (2, "ita")]
+        assert d.stop() == 0
+
+
 async def test_a_resync_of_a_table_a_view_depends_on_waits_for_the_view_and_stops_nothing_else(
         app_db, make_config, pg_dsn, tmp_path):
     """`syncd resync` rebuilds a table by dropping its Postgres copy; a view of someone's

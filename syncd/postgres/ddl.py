@@ -171,7 +171,7 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
     if pgt is not None and not diff_shape(spec, pgt).same and (
             referenced or await _linked_by_foreign_keys(conn, table, [n for n, _, _ in diff_shape(spec, pgt).retyped])):
         try:
-            pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt, too_slow, lock_wait_ms)
+            pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt, too_slow, lock_wait_ms, strict=referenced)
         except RewriteTooSlow as e:
             e.referenced = referenced
             raise
@@ -249,6 +249,12 @@ async def referenced_elsewhere(conn: asyncpg.Connection, table: str) -> bool:
                                     "confrelid = $1::regclass AND conrelid <> confrelid)", table))
 
 
+class RetypeRefused(Exception):
+    """Postgres refused to retype the rows of a table another table's foreign key points
+    at as they are: emptying the table to reshape it instead would fire that foreign
+    key's action on the other table's rows (ON DELETE CASCADE deletes them)."""
+
+
 class RewriteTooSlow(Exception):
     """Retyping a table's rows as they are (a rewrite of the table) ran over the statement
     timeout: `alters`, the statements to run by hand; `server`, Postgres's cancel (its
@@ -264,13 +270,14 @@ class RewriteTooSlow(Exception):
 
 async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: TableSpec,
                                    pgt: PgTable, too_slow: str | None = None,
-                                   lock_wait_ms: int | None = None) -> PgTable:
+                                   lock_wait_ms: int | None = None, strict: bool = False) -> PgTable:
     """Where only column types differ, each column made `spec`'s type on the rows as they
     are (their values cast, then rewritten from the load), so that a table another
     table's foreign key points at is not emptied to be reshaped. Postgres refusing (a
     view or a generated column uses the column, a foreign key's type) changes nothing:
-    the table is reshaped empty as any other. RewriteTooSlow when the rewrite runs over
-    the statement timeout."""
+    the table is reshaped empty as any other, or, `strict` (another table's foreign key
+    points at its rows), RetypeRefused. RewriteTooSlow when the rewrite runs over the
+    statement timeout."""
     diff = diff_shape(spec, pgt)
     if diff.missing_in_pg or diff.extra_in_pg or diff.key_changed:
         return pgt
@@ -315,6 +322,7 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
     prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
     if lock_wait_ms is not None:  # a wait for the lock is no rewrite over the statement timeout
         await conn.execute(f"SET LOCAL lock_timeout = '{lock_wait_ms}ms'")
+    refused: str | None = None
     try:
         for alters in plans:
             try:
@@ -339,8 +347,11 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
                                      "captured in SQLite") from None
                 if is_transient(e):  # tried again as a whole, never emptied for want of a lock
                     raise
+                refused = describe(e)
                 continue
             return (await read_tables(conn, schema)).get(spec.name) or pgt
+        if strict and refused is not None:
+            raise RetypeRefused(refused)
         return pgt
     finally:
         if lock_wait_ms is not None and not conn.is_closed():
