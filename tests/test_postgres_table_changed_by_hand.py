@@ -361,6 +361,37 @@ async def test_a_reload_of_a_referenced_table_whose_retype_postgres_refuses_dele
         assert d.stop() == 0
 
 
+async def test_a_key_made_char_n_by_hand_keeps_the_rows_pointing_at_its_shorter_codes(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A TEXT key made char(3) in Postgres by hand, some codes shorter than 3 (SQLite holds
+    them as they were, without padding), and a table of someone's there whose foreign
+    key ON DELETE CASCADE points at them: the table is loaded again, its key turned back
+    into text as SQLite holds it, and every row is rewritten in place: the other table
+    keeps its rows. Before, the key was turned back padded to 3, as Postgres hands it
+    out, no such key matched SQLite's, and the cascade deleted the rows pointing at it."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT);
+        INSERT INTO countries VALUES ('fra', 'France'), ('x', 'Nowhere');
+    """)
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "ALTER TABLE app.countries ALTER COLUMN code TYPE char(3)",
+        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
+        "country char(3) REFERENCES app.countries ON DELETE CASCADE)",
+        "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'x')")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        d.wait_log("reloading the table")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT code, name FROM app.countries ORDER BY code") == [
+            ("fra", "France"), ("x", "Nowhere")]
+        assert await pg_rows(pg_dsn, "SELECT id, country FROM public.visits ORDER BY id") == [(1, "fra"), (2, "x")]
+        assert d.stop() == 0
+
+
 async def test_a_resync_of_a_table_a_view_depends_on_waits_for_the_view_and_stops_nothing_else(
         app_db, make_config, pg_dsn, tmp_path):
     """`syncd resync` rebuilds a table by dropping its Postgres copy; a view of someone's

@@ -171,7 +171,8 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
     if pgt is not None and not diff_shape(spec, pgt).same and (
             referenced or await _linked_by_foreign_keys(conn, table, [n for n, _, _ in diff_shape(spec, pgt).retyped])):
         try:
-            pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt, too_slow, lock_wait_ms, strict=referenced)
+            pgt = await _retype_rows_as_they_are(conn, schema, spec, pgt, too_slow, lock_wait_ms, strict=referenced,
+                                                 loaded=qualified(aside_schema, aside))
         except RewriteTooSlow as e:
             e.referenced = referenced
             raise
@@ -270,14 +271,15 @@ class RewriteTooSlow(Exception):
 
 async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: TableSpec,
                                    pgt: PgTable, too_slow: str | None = None,
-                                   lock_wait_ms: int | None = None, strict: bool = False) -> PgTable:
+                                   lock_wait_ms: int | None = None, strict: bool = False,
+                                   loaded: str | None = None) -> PgTable:
     """Where only column types differ, each column made `spec`'s type on the rows as they
     are (their values cast, then rewritten from the load), so that a table another
     table's foreign key points at is not emptied to be reshaped. Postgres refusing (a
     view or a generated column uses the column, a foreign key's type) changes nothing:
     the table is reshaped empty as any other, or, `strict` (another table's foreign key
     points at its rows), RetypeRefused. RewriteTooSlow when the rewrite runs over the
-    statement timeout."""
+    statement timeout. `loaded`: the table holding the rows about to replace these."""
     diff = diff_shape(spec, pgt)
     if diff.missing_in_pg or diff.extra_in_pg or diff.key_changed:
         return pgt
@@ -287,6 +289,20 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
     # still matches the load's, and no row is deleted and inserted again. Where that does
     # not hold (a foreign key from a column of another type), the plain cast is tried.
     tries = (True, False) if any(_padded_width(have) for _, have, _ in diff.retyped) else (False,)
+    if len(tries) == 2 and loaded is not None and any(_padded_width(have) for n, have, _ in diff.retyped
+                                                      if n in spec.key):
+        # A key SQLite holds unpadded (a column made character(n) in Postgres by hand, the
+        # file never cut over): the plain cast first, where more keys then match the load's.
+        have_of = {n: have for n, have, _ in diff.retyped}
+
+        async def matching(padded: bool) -> int:
+            on = " AND ".join(f"a.{quote_pg_ident(k)} = " + (
+                _cast(f"t.{quote_pg_ident(k)}", have_of[k], spec.column(k).pgtype.value, padded)
+                if k in have_of else f"t.{quote_pg_ident(k)}") for k in spec.key)
+            return await conn.fetchval(f"SELECT count(*) FROM {table} AS t JOIN {loaded} AS a ON {on}")
+
+        if await matching(False) > await matching(True):
+            tries = (False, True)
 
     retyped = [n for n, _, _ in diff.retyped]
     links = await _foreign_keys_on(conn, table, retyped)
