@@ -268,13 +268,13 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
     except ddl.RewriteTooSlow as e:
         raise SnapshotRejected(t.name, None, _too_slow(
             session, t.name, e, "a foreign key links its columns to another table's, so both ends are retyped "
-                                "together before it is loaded")) from None
+                                "together before it is loaded"), row=False) from None
     except Exception as e:
         # The table is held, to be loaded from the start once what stops it is changed.
         if not _fails_again(e):
             raise
-        raise SnapshotRejected(t.name, None, f"the table could not be made ready to be loaded: {describe(e)}") \
-            from None
+        raise SnapshotRejected(t.name, None, f"the table could not be made ready to be loaded: {describe(e)}",
+                               row=False) from None
     t.row = row
     t.writer = None
     t.computed = ddl.computed(pgt, t.spec)
@@ -371,12 +371,13 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
         # Emptied to be reshaped, the other table's rows would go with its foreign key's action.
         raise SnapshotRejected(t.name, None, f"another table's foreign key points at its rows, so they are retyped "
                                              f"as they are before the reloaded ones replace them, and Postgres "
-                                             f"refused: {e}; the load goes on once that is changed") from None
+                                             f"refused: {e}; the load goes on once that is changed", row=False) \
+            from None
     except ddl.RewriteTooSlow as e:
         raise SnapshotRejected(t.name, None, _too_slow(
             session, t.name, e, ("another table's foreign key points at its rows" if e.referenced else
                                  "its foreign key points at another table's rows")
-            + ", so they are retyped as they are before the reloaded ones replace them")) from None
+            + ", so they are retyped as they are before the reloaded ones replace them"), row=False) from None
     except Exception as e:
         if not _fails_again(e):
             raise
@@ -440,9 +441,12 @@ class SchemaMoved(Exception):
 
 
 class SnapshotRejected(Exception):
-    def __init__(self, table: str, key: tuple | None, message: str):
+    """The table is held: Postgres rejected a row of the load, or (`row` False) the table
+    itself, as `message` says (a retype Postgres refused or that ran too long)."""
+
+    def __init__(self, table: str, key: tuple | None, message: str, row: bool = True):
         from syncd.sqlite.audit import format_key
 
         self.table, self.key, self.message = table, key, message
         where = f" key {format_key(key)}" if key is not None else ""
-        super().__init__(f'table "{table}"{where}: Postgres rejected the row: {message}')
+        super().__init__(f'table "{table}"{where}: {"Postgres rejected the row: " if row else ""}{message}')

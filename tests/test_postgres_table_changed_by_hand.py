@@ -295,8 +295,9 @@ async def test_a_too_slow_retype_of_a_column_pointing_at_another_table_says_whic
     it to a table of someone's there keyed uuid: the table is loaded again, its column
     retyped as it is together with the other end, and a rewrite that runs over [postgres]
     statement_timeout_seconds holds it. The hold says the table's foreign key points at
-    another table. Before, it said another table's foreign key pointed at its rows,
-    sending the reader to look for a table that does not exist."""
+    another table, and no longer that "Postgres rejected the row": no row was. Before, it
+    said another table's foreign key pointed at its rows, sending the reader to look for
+    a table that does not exist."""
     team = str(uuid.UUID(int=1))
     conn = sqlite3.connect(app_db)
     conn.execute("CREATE TABLE members (id INTEGER PRIMARY KEY, team_id TEXT)")
@@ -319,6 +320,7 @@ async def test_a_too_slow_retype_of_a_column_pointing_at_another_table_says_whic
         reason = (await table_states(pg_dsn, "app"))["members"][1]
         assert "statement_timeout_seconds (2 s)" in reason, reason
         assert "another table's foreign key points at its rows" not in reason, reason
+        assert "rejected the row" not in reason, reason  # no row was
         assert "its foreign key points at another table's rows" in reason, reason
         assert d.stop() == 0
 
