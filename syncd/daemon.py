@@ -466,6 +466,7 @@ class Daemon:
         self.settings = new
         metrics.not_picked_up(new.discovery_problems)
         await self.targets.renew(new)  # a changed DSN or [postgres] setting is used from now on
+        THREADS.resize(new.sqlite.threads)  # [sqlite] threads: the pool's size from now on
         if shared_changed:  # the fleet-wide loops' intervals and timeouts too
             for t in self.fleet_loops:
                 t.cancel()

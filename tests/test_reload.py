@@ -407,3 +407,30 @@ async def test_a_file_found_while_a_reload_stops_a_source_stays_a_source(tmp_pat
         await blocker.close()
     log = d.log()
     assert "source=c event=discovered" not in log and "another process is writing" not in log, log[-3000:]
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+async def test_a_reloaded_sqlite_threads_setting_is_applied(tmp_path, pg_dsn):
+    """[sqlite] threads raised and reloaded: the sources restarted, but every file's calls
+    still ran on the threads the daemon started with (one here), without a word. The
+    reloaded number is the pool's from then on."""
+    dbs = [tmp_path / f"s{i}.db" for i in range(8)]
+    for db in dbs:
+        create_items(db, rows=5)
+    sources = [{"name": db.stem, "path": str(db)} for db in dbs]
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, sources, sections={"sqlite": {"threads": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for db in dbs:
+            await wait_caught_up(db, pg_dsn, db.stem, daemon=d)
+        before = _threads(d.pid)
+        write_config(cfg, pg_dsn, sources, sections={"sqlite": {"threads": 8}})
+        d.proc.send_signal(signal.SIGHUP)  # every source restarts, all calling SQLite at once
+        d.wait_log("configuration reloaded")
+        for db in dbs:
+            await wait_caught_up(db, pg_dsn, db.stem, daemon=d)
+        assert _threads(d.pid) >= before + 2, d.log()[-2000:]
+        assert d.stop() == 0

@@ -311,3 +311,29 @@ async def test_a_worker_bounds_its_writes_wait_for_the_write_lock(tmp_path):
         app.close()
         await w.close()
         w.shutdown()
+
+
+async def test_threads_past_a_lowered_size_end_once_idle(tmp_path, monkeypatch):
+    """[sqlite] threads lowered (a reload): the threads the pool had before past the new
+    number end once idle, as those started for stuck calls do; they stayed for good."""
+    from syncd.sqlite import connection
+
+    monkeypatch.setattr(connection, "EXTRA_IDLE_SECONDS", 0.5)
+    await _no_extra_threads_left()
+    size = THREADS.size
+    workers = [SqliteWorker(new_file(tmp_path / f"f{i}.db"), f"f{i}", 1000) for i in range(8)]
+    try:
+        THREADS.resize(size + 4)
+        calls = []
+        for w in workers:
+            calls.append(asyncio.ensure_future(w.run(lambda c: time.sleep(0.2))))
+            await asyncio.sleep(0.01)  # each call on a thread before the next comes
+        await asyncio.gather(*calls)
+        assert THREADS.threads > size  # every worker at once: the pool grew to the larger number
+        THREADS.resize(size)
+        await _no_extra_threads_left(10)
+    finally:
+        THREADS.resize(size)
+        for w in workers:
+            await w.close()
+            w.shutdown()

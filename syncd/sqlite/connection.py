@@ -317,7 +317,7 @@ class SqliteThreads:
     def put(self, worker: "SqliteWorker") -> None:
         with self._lock:
             if not any(since is None for since in self._threads.values()) and len(self._threads) < self.size:
-                self._start(extra=False)
+                self._start()
             if self._watch is None or not self._watch.is_alive():
                 self._watch = threading.Thread(target=self._watch_stuck, name="watch-sqlite-threads", daemon=True)
                 self._watch.start()
@@ -329,19 +329,21 @@ class SqliteThreads:
         with self._lock:
             return len(self._threads)
 
-    def _start(self, extra: bool) -> None:
+    def _start(self) -> None:
         """Under the lock."""
-        t = threading.Thread(target=self._serve, args=(extra,), name=f"sqlite-{len(self._threads)}", daemon=True)
+        t = threading.Thread(target=self._serve, name=f"sqlite-{len(self._threads)}", daemon=True)
         self._threads[t] = None
         t.start()
 
-    def _serve(self, extra: bool) -> None:
+    def _serve(self) -> None:
         me = threading.current_thread()
         while True:
-            if extra and self._surplus(me):
+            # A thread past [sqlite] threads ends once not needed: one started for stuck
+            # calls, or, [sqlite] threads lowered by a reload, one the pool had before.
+            if self._surplus(me):
                 return
             try:
-                worker = self._calls.get(timeout=1.0 if extra else None)
+                worker = self._calls.get(timeout=1.0)
             except queue.Empty:
                 continue
             with self._lock:
@@ -390,7 +392,7 @@ class SqliteThreads:
                     # fleet's first catch-up on a slow disk) must not start a thread per file
                     # at once; only threads that stay stuck double the pool again.
                     for _ in range(min(max(1, self._calls.qsize()), len(busy))):
-                        self._start(extra=True)
+                        self._start()
                     self._needed_at = now
 
 
