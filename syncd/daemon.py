@@ -361,18 +361,24 @@ class Daemon:
                         "WHERE source = ANY($1::text[])", names)}
             except Exception:  # noqa: BLE001 - Postgres away: asked again at the next look
                 kept |= set(names)
-        for p in gone:
-            if p.name in kept:
-                continue
-            dropped = True
-            await self._stop_pipeline(p.name)
-            metrics.forget_source(p.name)
-            self.page.history.forget(p.name)
-            self.settings = self.settings.model_copy(
-                update={"sources": [s for s in self.settings.sources if s.name != p.name]})
-            log.warning(f"the source's file {p.source.path} is gone and Postgres records nothing of it (forgotten by "
-                        "syncd uninstall --forget, or never registered): no longer followed",
-                        extra={"source": p.name, "event": "source_forgotten"})
+        forgotten = [p for p in gone if p.name not in kept]
+        if not forgotten:
+            return False
+        # Never beside a reload: one reading the configuration meanwhile would keep the
+        # source (a gone file's) and start it again once it is let go here.
+        async with self.reload_lock:
+            for p in forgotten:
+                if p.name not in {s.name for s in self.settings.sources} or p.source.path.exists():
+                    continue  # removed by a reload meanwhile, or its file is back
+                dropped = True
+                await self._stop_pipeline(p.name)
+                metrics.forget_source(p.name)
+                self.page.history.forget(p.name)
+                self.settings = self.settings.model_copy(
+                    update={"sources": [s for s in self.settings.sources if s.name != p.name]})
+                log.warning(f"the source's file {p.source.path} is gone and Postgres records nothing of it (forgotten "
+                            "by syncd uninstall --forget, or never registered): no longer followed",
+                            extra={"source": p.name, "event": "source_forgotten"})
         return dropped
 
     # --- reload ----------------------------------------------------------------------

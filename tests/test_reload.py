@@ -434,3 +434,54 @@ async def test_a_reloaded_sqlite_threads_setting_is_applied(tmp_path, pg_dsn):
             await wait_caught_up(db, pg_dsn, db.stem, daemon=d)
         assert _threads(d.pid) >= before + 2, d.log()[-2000:]
         assert d.stop() == 0
+
+
+async def test_a_source_forgotten_while_a_reload_stops_another_stays_forgotten(tmp_path, pg_dsn):
+    """A glob's file gone for good, forgotten (`syncd uninstall --forget`) while a reload
+    was still stopping another source (its change waiting for a row Postgres had locked):
+    the daemon let the forgotten source go, then the reload, which had read it as a gone
+    file's source to keep, started it again, shown as missing, its series back. It stays
+    forgotten."""
+    import json
+    import urllib.request
+
+    from tests.support.ports import free_port
+
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    c, gone = tmp_path / "c.db", tenants / "globex.db"
+    for db in (c, tenants / "acme.db", gone):
+        create_items(db, rows=5)
+    port = free_port()
+    glob = {"name": "t_{stem}", "path": str(tenants / "*.db")}
+    sections = {"stream": {"discover_interval_seconds": 0.2}}
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "c", "path": str(c)}, glob],
+                       metrics_listen=f"127.0.0.1:{port}", sections=sections)
+
+    def status() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as r:
+            return json.loads(r.read().decode())["sources"]
+
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            for db, name in ((c, "c"), (tenants / "acme.db", "t_acme"), (gone, "t_globex")):
+                await wait_caught_up(db, pg_dsn, name, daemon=d)
+            gone.unlink()
+            wait_for(lambda: status().get("t_globex", {}).get("health") == "source_missing", 30, "missing", d)
+            async with a_change_waiting_for_a_locked_row(blocker, c, "c", d):
+                write_config(cfg, pg_dsn, [glob], metrics_listen=f"127.0.0.1:{port}", sections=sections)
+                d.proc.send_signal(signal.SIGHUP)
+                wait_for(lambda: "c" not in status(), 30, "the reload stopping c", d)
+                r = run_cli(cfg, "uninstall", "--source", "t_globex", "--forget")
+                assert r.returncode == 0, r.stdout + r.stderr
+                time.sleep(0.6)  # three looks of discovery
+            d.wait_log("configuration reloaded")
+            d.wait_log("source=t_globex event=source_forgotten")
+            assert list(status()) == ["t_acme"], d.log()[-3000:]
+            assert d.stop() == 0
+    finally:
+        await blocker.close()
+    log = d.log()
+    assert log.count("source=t_globex event=source_forgotten") == 1, log[-3000:]
+    assert "source=t_globex event=reload" not in log, log[-3000:]
