@@ -140,8 +140,8 @@ class SourceSession:
         fresh = False
         if not self.target.prepared:  # first: the lock's key is recorded in the bookkeeping
             await self._prepare_target()
-        if lock and not self.target.holds(self.name):
-            await self.target.lock(self.name)
+        if lock and not self.target.holds(self.name, self):
+            await self.target.lock(self.name, self)
             fresh = True
             if not self.target.prepared:  # the lock's session is new: the database may be too (pool.py)
                 await self._prepare_target()
@@ -194,8 +194,8 @@ class SourceSession:
     async def let_go_if_gone(self) -> None:
         """The source's file is gone: so is its lock, which `syncd uninstall --forget` takes
         (nothing runs until the file is back, and the lock is taken again first)."""
-        if self.target.holds(self.name) and not self.source.path.exists():
-            await self.target.unlock(self.name)
+        if self.target.holds(self.name, self) and not self.source.path.exists():
+            await self.target.unlock(self.name, self)
 
     def drop_postgres(self) -> None:
         """After a failure that may mean the lock is gone (or held by another process):
@@ -208,7 +208,7 @@ class SourceSession:
         elif self.handing_over:
             self.target.forget(self.name)  # still held: the next pipeline's lock() finds it its own
         else:
-            await self.target.unlock(self.name)
+            await self.target.unlock(self.name, self)  # unless the source's next session took it over
         await self.worker.close()
         self.worker.shutdown()
 

@@ -81,6 +81,10 @@ async def test_sighup_adds_and_removes_sources(tmp_path, pg_dsn):
         assert await compare_table(str(db), pg_dsn, name, "items") == []
 
 
+async def _held(dsn, key: int) -> bool:
+    return key in await lock_holders(dsn)
+
+
 async def _count_is(dsn, n) -> bool:
     return len(await lock_holders(dsn)) == n
 
@@ -485,3 +489,39 @@ async def test_a_source_forgotten_while_a_reload_stops_another_stays_forgotten(t
     log = d.log()
     assert log.count("source=t_globex event=source_forgotten") == 1, log[-3000:]
     assert "source=t_globex event=reload" not in log, log[-3000:]
+
+
+
+
+async def test_a_source_restarted_past_its_stop_grace_keeps_its_lock(tmp_path, pg_dsn, outage):
+    """A reload restarting a source whose step would not end (its change waiting for a row
+    Postgres had locked, past the daemon's 8 s grace): the step was cancelled and the new
+    pipeline started at once, running under the source's lock, which the old one, on its
+    way out (here its unlock slow to answer), then let go of: the daemon ran the source
+    with its lock free, and another syncd could take it beside it. The lock stays held by
+    the daemon that runs the source."""
+    from syncd.postgres.bookkeeping import source_key
+
+    proxy, slow = outage
+    a = tmp_path / "a.db"
+    create_items(a, rows=10)
+    slow_locks = {"postgres": {"lock_dsn": slow}}
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "a", "path": str(a)}], sections=slow_locks)
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            key = await source_key(blocker, "syncd", "a")
+            async with a_change_waiting_for_a_locked_row(blocker, a, "a", d):
+                proxy.stall()  # the session holding the locks answers late from here on
+                write_config(cfg, pg_dsn, [{"name": "a", "path": str(a), "exclude": ["other"]}], sections=slow_locks)
+                d.proc.send_signal(signal.SIGHUP)
+                d.wait_log("configuration reloaded")  # past the grace: the old step cancelled
+                time.sleep(0.5)  # the new pipeline's change waits for the row too
+                proxy.heal()
+                await eventually(lambda: _held(pg_dsn, key), 5, "the source's lock held", d)
+            await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            assert await _held(pg_dsn, key)
+            assert d.stop() == 0
+    finally:
+        await blocker.close()

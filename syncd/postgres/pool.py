@@ -48,6 +48,9 @@ class Target:
         self._holder: asyncpg.Connection | None = None
         self._holder_lock = asyncio.Lock()
         self._locked: set[str] = set()  # sources whose lock the holder has
+        # source -> the session running under its lock: one stopping (cancelled past its
+        # grace) that lets go late must not release the lock its successor runs under.
+        self._owners: dict[str, object] = {}
         self._keys: dict[str, int] = {}  # source -> its recorded key (bookkeeping.source_keys), never changes
         self._told: set[frozenset[str]] = set()  # sources sharing a key, logged once
         self.prepared = False  # the target checked and its bookkeeping made sure of, once
@@ -108,8 +111,11 @@ class Target:
 
     # --- the sources' advisory locks ------------------------------------------------------
 
-    def holds(self, source: str) -> bool:
-        return source in self._locked and self._holder is not None and not self._holder.is_closed()
+    def holds(self, source: str, owner: object | None = None) -> bool:
+        """Whether the source's lock is held (for `owner`, if given: a lock taken for an
+        earlier session of the source is taken over by lock())."""
+        return (source in self._locked and self._holder is not None and not self._holder.is_closed()
+                and (owner is None or self._owners.get(source) is owner))
 
     def key(self, source: str) -> int:
         """The source's key (bookkeeping.source_keys), known once its lock was taken."""
@@ -131,12 +137,16 @@ class Target:
             self._keys.update(got)
         return [self._keys[s] for s in sources]
 
-    async def lock(self, source: str) -> None:
+    async def lock(self, source: str, owner: object | None = None) -> None:
         """Take `source`'s advisory lock on the holder connection, or raise SourceLocked
-        naming whoever holds it (PostgresUnavailable if the server cannot be reached)."""
+        naming whoever holds it (PostgresUnavailable if the server cannot be reached);
+        for `owner`, whose unlock() alone releases it from then on."""
         async with self._holder_lock:
             await self._ensure_holder()
             assert self._holder is not None
+            if owner is not None and source in self._locked:
+                self._owners[source] = owner  # held for the session before (a restart): its own now
+                return
             try:
                 key, = await self._resolve([source])
             except Exception as e:
@@ -151,6 +161,7 @@ class Target:
                         "AND pid = pg_backend_pid() AND classid = $1::oid AND objid = $2::oid AND objsubid = 2)",
                         LOCK_CLASS, key):
                     self._locked.add(source)  # still ours: taking it again would only count it twice
+                    self._owners[source] = owner
                     return
             try:
                 await try_lock_source(self._holder, source, key)
@@ -162,6 +173,7 @@ class Target:
                     raise PostgresUnavailable(f"cannot lock source {source!r}: {describe(e)}") from None
                 raise
             self._locked.add(source)
+            self._owners[source] = owner
 
     async def lock_many(self, sources: list[str]) -> dict[str, bool]:
         """Try every lock in one round trip (start-up of a big fleet); name -> taken."""
@@ -182,8 +194,13 @@ class Target:
         self._locked.discard(source)
         self._suspect.add(source)
 
-    async def unlock(self, source: str) -> None:
+    async def unlock(self, source: str, owner: object | None = None) -> None:
+        """Release the source's lock; for `owner`, only while it is that session's (not
+        taken over by the source's next session meanwhile)."""
         async with self._holder_lock:
+            if owner is not None and self._owners.get(source, owner) is not owner:
+                return
+            self._owners.pop(source, None)
             if source in self._locked and self._holder is not None and not self._holder.is_closed():
                 with contextlib.suppress(Exception):
                     await self._holder.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, self._keys[source])
@@ -249,6 +266,7 @@ class Target:
     async def close(self) -> None:
         holder, self._holder = self._holder, None
         self._locked.clear()
+        self._owners.clear()
         await close_quietly(holder)
         pool, self._pool = self._pool, None
         if pool is not None:
