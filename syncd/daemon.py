@@ -457,9 +457,16 @@ class Daemon:
         for name in old_by_name:
             if name not in new_by_name or new_by_name[name] != old_by_name[name] or shared_changed:
                 stopped.append(name)
+        # Together: a source slow to stop (a step waiting for a lock) holds up no other's stop.
+        # One turning around is left to the switch, which runs it with the settings then current.
+        stopping = {name: self.pipelines.get(name) for name in stopped if name not in self.switching}
+        await asyncio.gather(*(self._stop_pipeline(name) for name in stopping))
+        for name, p in stopping.items():
+            if p is not None and p.session.direction != p.direction and name in new_by_name:
+                # Turned around while it stopped (a cutover or rollback it saw): restarted the other way.
+                directions[name] = p.session.direction
+                self._turned(name, p.direction, p.session.direction)
         for name in stopped:
-            if name not in self.switching:  # turning around: the switch runs it with the settings then current
-                await self._stop_pipeline(name)
             if name not in new_by_name:
                 metrics.forget_source(name)
                 self.page.history.forget(name)
@@ -632,11 +639,7 @@ class Daemon:
                 return
             old.session.handing_over = True  # the source's lock stays held for the next pipeline
             await self._stop_pipeline(name)
-            metrics.replication_lag_seconds.labels(name, direction=old.direction).set(0)
-            metrics.pending_changes.labels(name, direction=old.direction).set(0)
-            way = "Postgres -> SQLite (the way back, after a cutover)" if direction == TO_SQLITE \
-                else "SQLite -> Postgres (after a rollback)"
-            log.info(f"the source now flows {way}", extra={"source": name, "event": "direction_switched"})
+            self._turned(name, old.direction, direction)
             source = next((s for s in self.settings.sources if s.name == name), None)
             if self.stop_event.is_set() or source is None:
                 await _let_go(old.session.target, name)
@@ -649,6 +652,15 @@ class Daemon:
                       extra={"source": name, "event": "direction_switch_failed"})
             if name not in self.pipelines and old is not None:
                 await _let_go(old.session.target, name)  # nothing runs the source: status must say so
+
+    def _turned(self, name: str, old_direction: str, direction: str) -> None:
+        """A source's pipeline for one way stopped, the other's to start: said, and the
+        old way's gauges zeroed."""
+        metrics.replication_lag_seconds.labels(name, direction=old_direction).set(0)
+        metrics.pending_changes.labels(name, direction=old_direction).set(0)
+        way = "Postgres -> SQLite (the way back, after a cutover)" if direction == TO_SQLITE \
+            else "SQLite -> Postgres (after a rollback)"
+        log.info(f"the source now flows {way}", extra={"source": name, "event": "direction_switched"})
 
     def _alive(self, window: float) -> bool:
         """No pipeline is stuck in one step for the whole window (a wedged loop)."""

@@ -525,3 +525,44 @@ async def test_a_source_restarted_past_its_stop_grace_keeps_its_lock(tmp_path, p
             assert d.stop() == 0
     finally:
         await blocker.close()
+
+
+async def test_a_reload_stops_the_sources_it_restarts_together(tmp_path, pg_dsn):
+    """A reload restarting several sources (a changed [stream] setting) stopped them one
+    after another: each whose step was slow to end (a change waiting for a row Postgres
+    had locked) kept the next from being told to stop, so the fleet came back after the
+    sum of their waits (up to 8 s each) instead of the longest. They are stopped together."""
+    import json
+    import urllib.request
+
+    from tests.support.ports import free_port
+
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    create_items(a, rows=10)
+    create_items(b, rows=10)
+    port = free_port()
+    sources = [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}]
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, sources, metrics_listen=f"127.0.0.1:{port}")
+
+    def running() -> set[str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as r:
+            return set(json.loads(r.read().decode())["sources"])
+
+    blocker_a, blocker_b = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            await wait_caught_up(b, pg_dsn, "b", daemon=d)
+            async with a_change_waiting_for_a_locked_row(blocker_a, a, "a", d), \
+                    a_change_waiting_for_a_locked_row(blocker_b, b, "b", d):
+                write_config(cfg, pg_dsn, sources, metrics_listen=f"127.0.0.1:{port}",
+                             sections={"stream": {"poll_interval_seconds": 0.3}})
+                d.proc.send_signal(signal.SIGHUP)
+                wait_for(lambda: not running(), 4, "both sources told to stop", d)
+            d.wait_log("configuration reloaded")
+            await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            await wait_caught_up(b, pg_dsn, "b", daemon=d)
+            assert d.stop() == 0
+    finally:
+        await blocker_a.close()
+        await blocker_b.close()
