@@ -453,9 +453,13 @@ class Daemon:
         if new.log != self.settings.log:
             self._relog(new)
         directions = {name: p.direction for name, p in self.pipelines.items()}
+        # The way back ends with the rollback window ([cutover] keep_sqlite_days): its
+        # pipelines run with the reloaded one.
+        window_changed = new.cutover != self.settings.cutover
         stopped = []
         for name in old_by_name:
-            if name not in new_by_name or new_by_name[name] != old_by_name[name] or shared_changed:
+            if name not in new_by_name or new_by_name[name] != old_by_name[name] or shared_changed \
+                    or (window_changed and directions.get(name) == TO_SQLITE):
                 stopped.append(name)
         # Together: a source slow to stop (a step waiting for a lock) holds up no other's stop.
         # One turning around is left to the switch, which runs it with the settings then current.

@@ -19,7 +19,8 @@ from tests.support.app import create_items
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, held_at, run_cli, wait_for
 from tests.support.sync import eventually, pg_rows, wait_caught_up
-from tests.support.way_back import TURNED_BACK, back_up, order_in_sqlite, orders_app, postgres_write
+from tests.support.way_back import (TURNED_BACK, back_up, backup_and_config, cut_over, order_in_sqlite, orders_app,
+                                    postgres_write)
 
 
 async def lock_holders(dsn) -> dict[int, int]:
@@ -566,3 +567,21 @@ async def test_a_reload_stops_the_sources_it_restarts_together(tmp_path, pg_dsn)
     finally:
         await blocker_a.close()
         await blocker_b.close()
+
+
+async def test_a_reloaded_rollback_window_is_the_way_backs(tmp_path, make_config, pg_dsn):
+    """[cutover] keep_sqlite_days changed and reloaded while a source runs its way back:
+    the daemon said the configuration was reloaded and kept ending the way back at the
+    window it started with (a window lengthened to keep a rollback possible still closed
+    on the old day, for good), while `syncd report` read the new one. The way back runs
+    with the reloaded window: here shortened, it ends at once."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=5)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 0.00001})  # 0.864 s
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("configuration reloaded")
+        d.wait_log("source=app event=reverse_retired", timeout=15)
+        assert d.stop() == 0
