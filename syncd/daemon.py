@@ -475,6 +475,9 @@ class Daemon:
                 metrics.forget_source(name)
                 self.page.history.forget(name)
                 log.info("source removed from the configuration: stopped", extra={"source": name, "event": "reload"})
+        if self.stop_event.is_set():  # requested while the reload stopped sources: its stop would not see them
+            log.info("stop requested during the reload: no source is started", extra={"event": "reload"})
+            return
         # Files discovery found while this reload stopped sources: the daemon's sources too.
         meanwhile = [p.source for name, p in self.pipelines.items()
                      if name not in old_by_name and name not in new_by_name]

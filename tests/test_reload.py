@@ -585,3 +585,39 @@ async def test_a_reloaded_rollback_window_is_the_way_backs(tmp_path, make_config
         d.wait_log("configuration reloaded")
         d.wait_log("source=app event=reverse_retired", timeout=15)
         assert d.stop() == 0
+
+
+
+async def test_a_stop_during_a_reload_starts_nothing(tmp_path, pg_dsn):
+    """SIGTERM while a reload was still stopping a source (its change waiting for a row
+    Postgres had locked), the stop itself waiting for another source's batch: once the
+    first source stopped, the reload went on to start the sources it added or restarted,
+    on a daemon on its way out whose stop did not see them: a source added to the
+    configuration was set up and snapshotted by the stopping daemon. Nothing is started
+    once a stop is requested."""
+    a, k, b = tmp_path / "a.db", tmp_path / "k.db", tmp_path / "b.db"
+    for db in (a, k, b):
+        create_items(db, rows=10)
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "a", "path": str(a)}, {"name": "k", "path": str(k)}])
+    blocker_a, blocker_k = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            await wait_caught_up(k, pg_dsn, "k", daemon=d)
+            async with a_change_waiting_for_a_locked_row(blocker_k, k, "k", d):
+                async with a_change_waiting_for_a_locked_row(blocker_a, a, "a", d):
+                    write_config(cfg, pg_dsn, [{"name": "a", "path": str(a), "exclude": ["other"]},
+                                               {"name": "k", "path": str(k)}, {"name": "b", "path": str(b)}])
+                    d.proc.send_signal(signal.SIGHUP)
+                    time.sleep(0.5)  # the reload waits for a's batch
+                    d.proc.send_signal(signal.SIGTERM)
+                    d.wait_log("stop requested")  # the stop waits for k's batch
+                time.sleep(1)  # a's batch over: its pipeline stopped
+            assert d.proc.wait(15) == 0
+    finally:
+        await blocker_a.close()
+        await blocker_k.close()
+    log = d.log()
+    assert "source=b" not in log and "restarted with new settings" not in log, log[-3000:]
+    assert "stop requested during the reload: no source is started" in log, log[-3000:]
+    assert await pg_rows(pg_dsn, "SELECT source FROM syncd.sources ORDER BY 1") == [("a",), ("k",)]
