@@ -698,14 +698,15 @@ def _file_of_two_sources(sources: list[SourceSettings]) -> str | None:
     for i, s in enumerate(sources):
         if is_glob(s.path):
             continue
-        real = s.path.resolve()
+        real = Path(os.path.realpath(s.path))  # resolve() raises on a symlink leading back to itself
         for key in (real, _file_id(s.path)):
             if key is None:
                 continue
             if key in seen:
                 j, first = seen[key]
+                link = real == Path(os.path.realpath(first.path))
                 how = ("" if os.path.normpath(first.path) == os.path.normpath(s.path) else
-                       f" ({s.path} is that file too: {'a symlink' if real == first.path.resolve() else 'hard links'})")
+                       f" ({s.path} is that file too: {'a symlink' if link else 'hard links'})")
                 return (f"sources[{i}].path: source {s.name!r} names the file of source {first.name!r} "
                         f"(sources[{j}]), {first.path}{how}; one file is one source: remove one of them")
             seen[key] = (i, s)

@@ -39,6 +39,12 @@ class NotPickedUp(str):
         return out
 
 
+def _real(path: Path) -> Path:
+    """The file `path` names, symlinks followed as far as they lead: Path.resolve() raises
+    on a link that leads back to itself (a link made wrong), which would end every look."""
+    return Path(os.path.realpath(path))
+
+
 def _fill(template: str, file: Path) -> str:
     return template.replace("{stem}", file.stem).replace("{name}", file.name).replace("{parent}", file.parent.name)
 
@@ -112,7 +118,7 @@ def expand(settings: Settings) -> Settings:
     taken = {s.name for s in fixed}
     # real path -> the source that has it and the glob it came from (None: configured
     # by itself, which keeps its file whatever glob matches it too).
-    taken_paths: dict[Path, tuple[str, Path | None]] = {s.path.resolve(): (s.name, None) for s in fixed}
+    taken_paths: dict[Path, tuple[str, Path | None]] = {_real(s.path): (s.name, None) for s in fixed}
     # One file under several names (hard links) is one source too: the name configured,
     # or carried already (a running daemon's sources), or else the first found, keeps it.
     carried: dict[tuple[int, int], Path] = {}
@@ -122,7 +128,7 @@ def expand(settings: Settings) -> Settings:
             carried.setdefault(key, s.path)
     # A running daemon's sources keep their files: a name found since for one of them
     # (a symlink from another folder the glob matches) is no second source.
-    running = {s.path.resolve(): s.path for s in settings.sources if not is_glob(s.path)}
+    running = {_real(s.path): s.path for s in settings.sources if not is_glob(s.path)}
     # A glob's source whose file is gone (shown as missing) keeps its name until it is
     # forgotten: a file the template gives that name meanwhile is another file, not it.
     gone = {s.name: s.path for s in settings.sources
@@ -152,7 +158,7 @@ def expand(settings: Settings) -> Settings:
                 continue  # the same file as a source syncd runs under its own name
             taken_paths[real] = ("", None)  # one look at each file: not picked up here, by no later glob either
             other = carried.get(key)
-            if other is not None and other != file and other.resolve() != real:
+            if other is not None and other != file and _real(other) != real:
                 problems.append(NotPickedUp(
                     f"{file} (from {pattern.path}) is not picked up: it is the same file as {other} (hard links: "
                     f"one file, two names), which syncd carries. SQLite keeps a file's -wal and -journal beside "

@@ -554,3 +554,26 @@ async def test_a_gone_file_whose_lock_a_daemon_of_this_host_still_holds_is_missi
         assert {s["name"]: s["state"] for s in doc["sources"]}.get("t_globex") == "source_missing", doc["sources"]
     finally:
         await daemon.close()
+
+
+async def test_a_file_replaced_by_a_symlink_loop_leaves_discovery_running(tmp_path, make_config, pg_dsn):
+    """A streamed file replaced by a symlink that leads back to itself (a link made
+    wrong): the daemon's look at the glob ended in a traceback nobody saw, and no file
+    that appeared from then on was picked up. The link's source is shown as missing;
+    new files are found."""
+    d = tmp_path / "tenants"
+    d.mkdir()
+    tenant(d / "acme.db")
+    tenant(d / "globex.db")
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*.db")}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(d / "acme.db", pg_dsn, "t_acme", daemon=dp)
+        await wait_caught_up(d / "globex.db", pg_dsn, "t_globex", daemon=dp)
+        (d / "globex.db").unlink()
+        (d / "globex.db").symlink_to("globex.db")
+        dp.wait_log("source=t_globex event=source_missing")
+        tenant(d / "zeta.db")
+        await wait_caught_up(d / "zeta.db", pg_dsn, "t_zeta", timeout=15, daemon=dp)
+        assert "Traceback" not in dp.log(), dp.log()[-3000:]
+        assert dp.stop() == 0
