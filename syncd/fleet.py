@@ -261,6 +261,7 @@ class VerifyScheduler:
         self.behind_seconds = 0.0  # how far the oldest check is past its interval
         self.thinned_at = -math.inf
         self._thinning: asyncio.Task | None = None
+        self._checks: set[asyncio.Task] = set()  # the checks running: they end with the daemon's stop
         self._no_room: set[int] = set()  # targets whose pool leaves no connection for a check (told once)
 
     def due(self, now: float) -> list["Pipeline"]:
@@ -322,8 +323,11 @@ class VerifyScheduler:
         try:
             await self._run()
         finally:
-            if self._thinning is not None:
-                self._thinning.cancel()
+            # Ended with the stop, not left holding a connection the daemon's close waits for.
+            checks = list(self._checks) + ([self._thinning] if self._thinning is not None else [])
+            for t in checks:
+                t.cancel()
+            await asyncio.gather(*checks, return_exceptions=True)
 
     async def _run(self) -> None:
         d = self.daemon
@@ -342,7 +346,9 @@ class VerifyScheduler:
                     self.running.add(p.name)
                     self.deferred.pop(p.name, None)
                     self.last_run[p.name] = now
-                    asyncio.create_task(self._one(p), name=f"verify-{p.name}")
+                    check = asyncio.create_task(self._one(p), name=f"verify-{p.name}")
+                    self._checks.add(check)
+                    check.add_done_callback(self._checks.discard)
             elif self.behind_seconds:  # checks turned off (a reload): none is behind
                 self.behind_seconds = 0.0
                 metrics.verify_behind_seconds.set(0)

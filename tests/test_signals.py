@@ -126,3 +126,35 @@ async def test_a_stop_while_the_configuration_waits_on_postgres(tmp_path, outage
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(10) == 0, daemon.log()[-3000:]
     assert "syncd stopped" in daemon.log()
+
+
+async def test_a_stop_during_a_consistency_check_ends_it(tmp_path, make_config, pg_dsn):
+    """SIGTERM while the daemon's periodic consistency check waited on Postgres (a table
+    locked by another session): the daemon said "syncd stopped", then went on waiting 5 s
+    for the check's connection before it exited (past the 10 s promised, after a batch
+    that was slow to finish). The check ends with the stop, before it is said."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=10)
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0.5}})
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(db, pg_dsn, "app", daemon=d)
+            d.wait_log("consistency check: equal")
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE app.items IN ACCESS EXCLUSIVE MODE")
+
+                async def waiting() -> bool:  # the next check waits for the table
+                    return bool(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                                       "AND relation = 'app.items'::regclass"))
+
+                await eventually(waiting, 30, "the check to wait for the table", d)
+                started = time.monotonic()
+                d.proc.send_signal(signal.SIGTERM)
+                assert d.proc.wait(15) == 0
+                took = time.monotonic() - started
+    finally:
+        await blocker.close()
+    log = d.log()
+    assert "failed" not in log.split("syncd stopped")[-1] and log.rstrip().endswith("syncd stopped"), log[-2000:]
+    assert took < 4, f"{took:.1f} s to stop"
