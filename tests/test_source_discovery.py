@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import time
 import urllib.request
 
 import asyncpg
@@ -577,3 +578,26 @@ async def test_a_file_replaced_by_a_symlink_loop_leaves_discovery_running(tmp_pa
         await wait_caught_up(d / "zeta.db", pg_dsn, "t_zeta", timeout=15, daemon=dp)
         assert "Traceback" not in dp.log(), dp.log()[-3000:]
         assert dp.stop() == 0
+def test_a_fleets_command_waits_for_a_postgres_that_does_not_answer_once(tmp_path, outage):
+    """Postgres drops every packet (a firewall, a host gone): `syncd status` and `syncd
+    verify` of a glob's sources wait [postgres] connect_timeout_seconds once, then say in a
+    line per source that Postgres did not answer. They waited once for the lookup of the
+    names syncd registered, again for the gone files' sources, and again for each source."""
+    proxy, dsn = outage
+    d_ = tmp_path / "tenants"
+    d_.mkdir()
+    for stem in ("acme", "globex", "initech"):
+        tenant(d_ / f"{stem}.db")
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}],
+                       sections={"postgres": {"connect_timeout_seconds": 1}})
+    proxy.stall()
+    for verb, says in (("status", "CRITICAL: t_{}: Postgres unreachable: cannot connect to"),
+                       ("verify", "t_{}: ERROR cannot connect to")):
+        started = time.monotonic()
+        r = run_cli(cfg, verb)
+        took = time.monotonic() - started
+        assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+        for stem in ("acme", "globex", "initech"):
+            [line] = [x for x in r.stdout.splitlines() if x.startswith(says.format(stem))]
+            assert line.endswith("timed out"), line
+        assert took < 3.2, f"{verb} took {took:.1f} s"  # one timeout and the command's own start

@@ -22,8 +22,12 @@ def load(args: argparse.Namespace) -> Settings:
     import asyncio
 
     from syncd.discovery import as_registered
+    from syncd.postgres.connect import remember_unanswered
 
     settings = load_settings(resolve_config_path(getattr(args, "config", None)))
+    # A target that does not answer is waited for once in a command, not again for each
+    # lookup and each source; the daemon tries again every time.
+    remember_unanswered(getattr(args, "command", None) != "run")
     if settings.patterns:
         with early_signals.interruptible():  # `syncd run`: a stop meanwhile ends the wait
             settings = asyncio.run(as_registered(settings))
@@ -82,6 +86,12 @@ def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSetti
     settings = load(args)
     setup_logging(args, settings)
     settings = with_gone_sources(settings)
+    if not getattr(args, "dry_run", False):
+        # A switch that lost Postgres tries it again to settle what it froze: every
+        # connection of its waits for an answer.
+        from syncd.postgres.connect import remember_unanswered
+
+        remember_unanswered(False)
     sources = selected_sources(settings, args.source)
     if not sources:
         raise ConfigError(settings.no_sources())

@@ -314,12 +314,32 @@ def _say_row_security() -> None:
 OPTIONAL_AT_CONNECT = ("statement_timeout", "row_security")
 
 
+# The targets that let a login time out (dsn -> the words it failed with), kept while a
+# command asks for it (remember_unanswered): its later connections there fail at once in
+# the same words, instead of each waiting [postgres] connect_timeout_seconds again (a
+# fleet's status waited for the glob's lookups, then for each target). None: not kept (the
+# daemon, and a switch settling what it froze, try again every time).
+_unanswered: dict[str, str] | None = None
+
+
+def remember_unanswered(on: bool) -> None:
+    """From now on (`on`), a target that let a login time out is not waited for again in
+    this process; off, every connection tries (and what was kept is forgotten)."""
+    global _unanswered
+    _unanswered = {} if on else None
+
+
 async def connect(dsn: str, password: str | None, settings: PostgresSettings, **server_settings: str) -> asyncpg.Connection:
     """Open a connection with bounded connect and statement times."""
+    if _unanswered is not None and dsn in _unanswered:
+        raise CannotConnect(_unanswered[dsn])
     try:
         conn = await open_raw(dsn, **connect_kwargs(password, settings, **server_settings))
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
-        raise cannot_connect(dsn, e) from None
+        failed = cannot_connect(dsn, e)
+        if _unanswered is not None and isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+            _unanswered[dsn] = str(failed)
+        raise failed from None
     try:
         await prepare(conn)
     except BaseException:
