@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_config
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.test_status_page import Page
 from tests.support.sync import eventually, pg_rows, wait_caught_up
@@ -385,6 +386,24 @@ def test_postgres_unreachable_is_one_line(tmp_path, app_db):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith("syncd: cannot connect to postgresql://syncd:***@127.0.0.1:9/x")
     assert len(out.stderr.strip().splitlines()) == 1 and "s3cret" not in out.stderr
+
+
+def test_a_connection_postgres_drops_part_way_is_an_error_not_a_migration_not_ready(tmp_path, app_db, outage):
+    """Postgres goes away while the report reads the verification history: one line saying
+    the connection was lost, and exit 2 (the report could not be made), never exit 1,
+    which tells a script the migration is not ready."""
+    proxy, dsn = outage
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.close()
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(app_db)}])
+    assert run_cli(cfg, "init").returncode == 0
+    proxy.lose_reply_after(b"verify_runs", then=b"verify_runs", refuse_after=True)
+    out = run_cli(cfg, "report")
+    assert proxy.reply_lost.is_set()
+    assert out.returncode == 2 and out.stdout == "", out.stdout[-2000:] + out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith("syncd: Postgres: the connection was lost"), line
 
 
 def html_report(cfg: Path) -> tuple[int, str, Page]:

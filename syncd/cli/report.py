@@ -10,7 +10,7 @@ from syncd.cli import common
 from syncd.endpoint_client import fetch_json
 from syncd.config import Settings
 from syncd.page.history import HistoryView
-from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.postgres.connect import PostgresUnavailable, describe, postgres_lost
 from syncd.redact import scrub
 from syncd.report import as_json, evaluate, gather, markdown, ready
 from syncd.report.facts import SourceNotMeasured
@@ -48,6 +48,11 @@ def main(args) -> int:
         return common.fail(str(e), 2)
     except OSError as e:
         return common.fail(f"Postgres: {describe(e)}", 2)
+    except Exception as e:  # the connection lost, or a statement unanswered: no report, not "not ready"
+        lost = postgres_lost(e)
+        if lost is None:
+            raise
+        return common.fail(lost, 2)
     items = evaluate(facts)
     if args.format == "json":
         common.say_json(as_json(facts, items), indent=2, ensure_ascii=False, default=str)
