@@ -173,6 +173,29 @@ def test_init_reports_a_missing_file_and_an_unreachable_postgres(tmp_path):
     assert "hunter2" not in r.stdout + r.stderr
 
 
+def test_init_of_several_sources_waits_for_a_postgres_that_does_not_answer_once(tmp_path, outage):
+    """Postgres drops every packet: `syncd init` of four sources waits [postgres]
+    connect_timeout_seconds once and names each source as not set up, in a line of its
+    own; it waited the whole timeout again for each source."""
+    from tests.conftest import write_config
+
+    proxy, dsn = outage
+    sources = []
+    for name in ("a", "b", "c", "d"):
+        make_app(tmp_path / f"{name}.db")
+        sources.append({"name": name, "path": str(tmp_path / f"{name}.db")})
+    cfg = write_config(tmp_path / "syncd.toml", dsn, sources, sections={"postgres": {"connect_timeout_seconds": 1}})
+    proxy.stall()
+    started = time.monotonic()
+    r = run_cli(cfg, "init")
+    took = time.monotonic() - started
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    for name in ("a", "b", "c", "d"):
+        [line] = [x for x in r.stdout.splitlines() if x.startswith(f"{name}: ERROR cannot connect to")]
+        assert line.endswith("timed out"), line
+    assert took < 3.2, f"init took {took:.1f} s"  # one timeout and the command's own start
+
+
 async def test_uninstall_removes_capture_and_keeps_app_tables(app_db, make_config, pg_dsn, tmp_path):
     make_app(app_db)
     with sqlite3.connect(app_db) as conn:

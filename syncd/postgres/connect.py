@@ -329,17 +329,28 @@ def remember_unanswered(on: bool) -> None:
     _unanswered = {} if on else None
 
 
-async def connect(dsn: str, password: str | None, settings: PostgresSettings, **server_settings: str) -> asyncpg.Connection:
-    """Open a connection with bounded connect and statement times."""
+def unanswered_before(dsn: str) -> None:
+    """Raise CannotConnect, in the words it failed with, where `dsn` let a login time out
+    earlier in this command (remember_unanswered)."""
     if _unanswered is not None and dsn in _unanswered:
         raise CannotConnect(_unanswered[dsn])
+
+
+def login_failed(dsn: str, exc: BaseException) -> PostgresUnavailable:
+    """cannot_connect(dsn, exc), kept where the login timed out (remember_unanswered)."""
+    failed = cannot_connect(dsn, exc)
+    if _unanswered is not None and isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        _unanswered[dsn] = str(failed)
+    return failed
+
+
+async def connect(dsn: str, password: str | None, settings: PostgresSettings, **server_settings: str) -> asyncpg.Connection:
+    """Open a connection with bounded connect and statement times."""
+    unanswered_before(dsn)
     try:
         conn = await open_raw(dsn, **connect_kwargs(password, settings, **server_settings))
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
-        failed = cannot_connect(dsn, e)
-        if _unanswered is not None and isinstance(e, (asyncio.TimeoutError, TimeoutError)):
-            _unanswered[dsn] = str(failed)
-        raise failed from None
+        raise login_failed(dsn, e) from None
     try:
         await prepare(conn)
     except BaseException:

@@ -27,7 +27,8 @@ from syncd.config import Settings, SourceSettings
 from syncd.postgres.bookkeeping import (LOCK_CLASS, SourceLocked, shared_key_line, sharing, source_keys,
                                        try_lock_source)
 from syncd.postgres.connect import (ASYNCPG_FAULT, PostgresUnavailable, cannot_connect, close_quietly, connect,
-                                    connect_kwargs, describe, is_transient, open_raw, prepare)
+                                    connect_kwargs, describe, is_transient, login_failed, open_raw, prepare,
+                                    unanswered_before)
 from syncd.redact import scrub
 
 log = logging.getLogger("syncd")
@@ -75,12 +76,13 @@ class Target:
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection for one step, given back afterwards. A connection that failed
         (dropped, hung) is ended, never handed to the next step."""
+        unanswered_before(self.dsn)
         pool = await self._get_pool()
         try:
             conn = await pool.acquire(timeout=self.settings.postgres.connect_timeout_seconds
                                       + self.settings.postgres.statement_timeout_seconds)
         except Exception as e:
-            raise cannot_connect(self.dsn, e) from None
+            raise login_failed(self.dsn, e) from None
         broken = False
         try:
             yield conn
