@@ -326,8 +326,10 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
     except Exception as e:  # noqa: BLE001 - any failure here is "Postgres unreachable", bar a refusal or a slow answer
         refused = privilege_refused(e, dsn) or login_refused(e, dsn)
         slow = None if refused or conn is None else _answered_slowly(e, settings.postgres.statement_timeout_seconds)
-        for side in out.values():
-            side.error, side.refused, side.timed_out = refused or slow or describe(e), refused is not None, bool(slow)
+        # Nothing read before the failure is judged (a table's state without its checks
+        # would read as a table never checked).
+        out = {n: _PgSide(error=refused or slow or describe(e), refused=refused is not None, timed_out=bool(slow))
+               for n in names}
     finally:
         await close_quietly(conn)
     return out

@@ -213,6 +213,29 @@ async def test_postgres_down_is_critical_and_redacted(tmp_path):
     assert "unknown" in row and "never" not in row, row  # Postgres away: when it last applied is unknown
 
 
+async def test_postgres_lost_part_way_leaves_no_half_read_tables_judged(tmp_path, outage, pg_dsn):
+    """The connection drops while status reads the consistency checks, after it read the
+    tables: Postgres unreachable, CRITICAL, and nothing said of the tables' checks, which
+    were not read; it said the streaming table had not been checked since it was copied."""
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}])
+    assert run_cli(cfg, "init").returncode == 0
+    pg = await asyncpg.connect(pg_dsn)
+    try:  # as the daemon leaves it once the table is copied
+        await pg.execute("UPDATE syncd.tables SET state = 'streaming', snapshot_finished_at = now()")
+    finally:
+        await pg.close()
+    proxy.lose_reply_after(b"verify_runs", then=b"verify_runs", refuse_after=True)
+    r = run_cli(cfg, "status")
+    assert proxy.reply_lost.is_set()
+    assert r.returncode == CRITICAL, r.stdout + r.stderr
+    problems = [x for x in r.stdout.splitlines() if x.startswith(("CRITICAL: app:", "WARNING: app:"))]
+    assert len(problems) == 1 and "Postgres unreachable" in problems[0], r.stdout
+    [row] = [x for x in r.stdout.splitlines() if x.startswith("app ")]
+    assert "streaming" not in row and "unchecked" not in row, row
+
 async def test_a_role_postgres_does_not_know_is_named_as_refused_with_the_files_pending_changes(tmp_path, pg_dsn):
     """Postgres answers and refuses the DSN's role (none of that name): status says the role
     was refused, naming it and never its password, not that Postgres is unreachable; the
