@@ -291,6 +291,37 @@ async def test_an_interrupted_cutover_of_several_counts_a_source_it_cannot_ask_a
         assert d.stop() == 0
 
 
+def test_ctrl_c_while_postgres_does_not_answer_says_at_once_that_nothing_changed(tmp_path, outage):
+    """Ctrl-C while `syncd cutover` of three sources waits for a Postgres that drops every
+    packet: no switch had started, and it says so at once, exit 130. It asked each
+    source's Postgres what had become of a switch it never started, waiting [postgres]
+    connect_timeout_seconds for each, to say of each that it could not tell."""
+    from tests.conftest import write_config
+
+    proxy, dsn = outage
+    sources = []
+    for name in ("a", "b", "c"):
+        make_app(tmp_path / f"{name}.db").close()
+        sources.append({"name": name, "path": str(tmp_path / f"{name}.db")})
+    cfg = write_config(tmp_path / "syncd.toml", dsn, sources, sections={"postgres": {"connect_timeout_seconds": 2}})
+    proxy.stall()
+    proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=str(tmp_path))
+    try:
+        wait_for(lambda: proxy.accepted >= 1, 30, "the cutover waiting for Postgres")
+        proc.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - interrupted
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, out
+    assert "syncd cutover: interrupted" in out and "no switch had started: nothing changed" in out, out
+    assert "cannot tell" not in out and "Traceback" not in out, out
+    assert took < 1.5, f"{took:.1f} s after Ctrl-C"
+
 async def test_a_cutover_started_under_nohup_runs_on_when_the_terminal_goes(tmp_path, make_config, pg_dsn):
     """`nohup syncd cutover`: SIGHUP (the SSH session dropped) stays ignored, as the
     operator asked; the cutover is not undone by it."""

@@ -13,7 +13,7 @@ from syncd.cli import common
 from syncd.config import Settings, SourceSettings
 from syncd.cutover import STARTED_SWITCHES
 from syncd.identifiers import quote_pg_ident
-from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
+from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe, remember_unanswered
 
 DONE = {"cutover": "cut over to Postgres before the interrupt", "rollback": "rolled back to SQLite before the interrupt"}
 WORD = {"cutover": "cut over", "rollback": "rolled back"}
@@ -22,7 +22,11 @@ WORD = {"cutover": "cut over", "rollback": "rolled back"}
 def report(settings: Settings, sources: list[SourceSettings], kind: str) -> int:
     """Print each source's outcome; exit code 130, as for any Ctrl-C (whichever of the three
     signals stopped it: one code for "interrupted, see what it said")."""
-    lines = asyncio.run(_outcomes(settings, sources, kind, list(STARTED_SWITCHES)))
+    # No switch started: nothing changed, and no Postgres is asked (one that does not
+    # answer kept the Ctrl-C waiting for each source, to say it could not tell). Asked, a
+    # target that does not answer is waited for once.
+    remember_unanswered(True)
+    lines = asyncio.run(_outcomes(settings, sources, kind, list(STARTED_SWITCHES))) if STARTED_SWITCHES else []
     common.say(f"syncd {kind}: interrupted", *(lines or ["no switch had started: nothing changed"]))
     if len(sources) > 1:  # a fleet: where it stands, those not reached counted too
         done = sum(1 for ln in lines if ln.endswith(DONE[kind]))
