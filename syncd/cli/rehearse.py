@@ -13,7 +13,7 @@ import asyncpg
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
-from syncd.postgres.connect import PostgresUnavailable, describe
+from syncd.postgres.connect import PostgresUnavailable, describe, remember_unanswered
 from syncd.rehearsal import RehearsalResult, left_behind, rehearse
 
 
@@ -37,6 +37,7 @@ def main(args) -> int:
     try:
         results = asyncio.run(_all(settings, sources, args.allow_orphans))
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM, SIGHUP
+        remember_unanswered(True)  # what is left is asked of a Postgres that does not answer once, not per source
         common.say("syncd rehearse: interrupted", *asyncio.run(_after_interrupt(settings, sources)))
         return 130
     for r in results:
