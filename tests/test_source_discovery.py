@@ -601,3 +601,27 @@ def test_a_fleets_command_waits_for_a_postgres_that_does_not_answer_once(tmp_pat
             [line] = [x for x in r.stdout.splitlines() if x.startswith(says.format(stem))]
             assert line.endswith("timed out"), line
         assert took < 3.2, f"{verb} took {took:.1f} s"  # one timeout and the command's own start
+
+
+def test_a_glob_whose_files_are_all_gone_with_postgres_unreachable_is_critical(tmp_path, outage):
+    """Every file of a glob syncd ran is gone (a volume not mounted) and Postgres, which
+    knows their sources, is unreachable: status is CRITICAL and says Postgres is
+    unreachable, as with a single missing file; it said only that the glob matches no
+    file, a WARNING, with no word of Postgres."""
+    proxy, dsn = outage
+    d_ = tmp_path / "tenants"
+    d_.mkdir()
+    for stem in ("acme", "globex"):
+        tenant(d_ / f"{stem}.db")
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}])
+    assert run_cli(cfg, "init").returncode == 0
+    for stem in ("acme", "globex"):
+        (d_ / f"{stem}.db").unlink()
+    proxy.refuse()
+    r = run_cli(cfg, "status")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert any(x.startswith("CRITICAL: fleet: Postgres unreachable: cannot connect to") for x in r.stdout.splitlines()), \
+        r.stdout
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+    assert doc["exit_code"] == 2, doc
+    assert doc["postgres_unreachable"][0].startswith("Postgres unreachable: cannot connect to"), doc

@@ -13,7 +13,7 @@ from syncd.config import ConfigError
 from syncd.discovery import gone_sources
 from syncd.model import TO_SQLITE
 from syncd.printable import escape_controls
-from syncd.status import UNKNOWN, VERDICTS, WARNING, SourceStatus, as_json, gather, worse
+from syncd.status import CRITICAL, UNKNOWN, VERDICTS, WARNING, SourceStatus, as_json, gather, worse
 
 
 def register(sub, parent) -> None:
@@ -53,10 +53,12 @@ def main(args) -> int:
         else:
             common.say(*f"UNKNOWN: {e}".split("\n"))
         return UNKNOWN
-    verdict, statuses, live = asyncio.run(_collect(settings, sources, args.source))
+    verdict, statuses, live, away = asyncio.run(_collect(settings, sources, args.source))
     notes = list(settings.discovery_problems)
     if not statuses:  # a check that watches nothing is no green check
         notes.append(settings.no_sources())
+    if away:
+        verdict = worse(verdict, CRITICAL)
     behind = (live or {}).get("verify_behind_seconds") or 0
     note = behind_note(behind, settings.verify.interval_seconds)
     if note:
@@ -68,17 +70,37 @@ def main(args) -> int:
         doc["not_picked_up"] = list(settings.discovery_problems)
         if not statuses:
             doc["no_sources"] = settings.no_sources()
+        if away:
+            doc["postgres_unreachable"] = away
         doc["verify_behind_seconds"] = behind
         common.say_json(doc, indent=2, ensure_ascii=False)
     else:
         common.say(*render(verdict, statuses, every=args.all or len(statuses) <= LIST_ALL_UP_TO,
-                           not_picked_up=notes).split("\n"))
+                           not_picked_up=notes, fleet_critical=away).split("\n"))
     return verdict
 
 
 async def _collect(settings, sources: list, selected):
     gone = await gone_sources(settings, selected)
-    return await gather(settings, sources + gone, with_live=True)
+    verdict, statuses, live = await gather(settings, sources + gone, with_live=True)
+    # No source at all: the sources of a glob's files that are gone are known from Postgres
+    # alone, and one that cannot be asked would go unsaid (a source's line says it otherwise).
+    away = await _not_asked(settings) if not statuses and settings.patterns else []
+    return verdict, statuses, live, away
+
+
+async def _not_asked(settings) -> list[str]:
+    """Why each Postgres the globs replicate into could not be asked (none: all answer)."""
+    from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, login_refused
+
+    out = []
+    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
+        try:
+            await close_quietly(await connect(dsn, settings.password(), settings.postgres))
+        except PostgresUnavailable as e:
+            out.append(f"{login_refused(e, dsn) or f'Postgres unreachable: {e}'}; the sources of the glob's files "
+                       "that are gone are not known")
+    return out
 
 
 def _ago(iso: str | None) -> str:
@@ -132,7 +154,8 @@ def _consistency(st: SourceStatus) -> str:
     return f"ok ({_ago(oldest)})"
 
 
-def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_picked_up: list[str] = ()) -> str:
+def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_picked_up: list[str] = (),
+           fleet_critical: list[str] = ()) -> str:
     head = ("SOURCE", "STATE", "FLOW", "LAG", "PENDING", "LAST APPLIED", "TABLES", "CONSISTENCY")
     rows = [head]
     shown = statuses
@@ -182,6 +205,7 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
             lines.append(escape_controls(f"  {st.name}: SQLite follows Postgres; `syncd rollback` possible until "
                                          f"{until.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC{passed}"))
     problems = [(p.severity, st.name, p.message) for st in statuses for p in st.problems]
+    problems += [("critical", "fleet", text) for text in fleet_critical]
     problems += [("warning", "fleet", text) for text in not_picked_up]
     if problems:
         lines.append("")
