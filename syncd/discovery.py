@@ -287,6 +287,21 @@ async def as_registered(settings: Settings) -> Settings:
     return expand(settings.model_copy(update={"sources": [*settings.configured, *carried]}))
 
 
+async def not_asked(settings: Settings) -> list[tuple[str, Exception]]:
+    """(dsn, why) for each target database the globs load into that cannot be asked now:
+    the sources of the globs' files that are gone are not known there. With no source to
+    show, nothing else would say so (a source's own line says Postgres is unreachable)."""
+    from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
+
+    out = []
+    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
+        try:
+            await close_quietly(await connect(dsn, settings.password(), settings.postgres))
+        except PostgresUnavailable as e:
+            out.append((dsn, e))
+    return out
+
+
 async def _registered_rows(conn, bk_schema: str) -> list:
     """(source, its SQLite path, its target schema) of every source one target database's
     bookkeeping holds; none before there is bookkeeping."""

@@ -406,6 +406,28 @@ def test_a_connection_postgres_drops_part_way_is_an_error_not_a_migration_not_re
     assert line.startswith("syncd: Postgres: the connection was lost"), line
 
 
+def test_a_glob_whose_files_are_all_gone_with_postgres_unreachable_is_no_report(tmp_path, outage):
+    """Every file of a glob syncd ran is gone and Postgres, which knows their sources, is
+    unreachable: one line saying Postgres cannot be reached, exit 2, as with the files
+    there; it wrote a report of no source at all, "nothing measured", with no word of
+    Postgres, and exit 1."""
+    proxy, dsn = outage
+    d_ = tmp_path / "tenants"
+    d_.mkdir()
+    for stem in ("acme", "globex"):
+        conn = sqlite3.connect(d_ / f"{stem}.db")
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.close()
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}])
+    assert run_cli(cfg, "init").returncode == 0
+    for stem in ("acme", "globex"):
+        (d_ / f"{stem}.db").unlink()
+    proxy.refuse()
+    out = run_cli(cfg, "report")
+    assert out.returncode == 2 and out.stdout == "", out.stdout[-2000:] + out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith("syncd: cannot connect to"), line
+
 def html_report(cfg: Path) -> tuple[int, str, Page]:
     r = run_cli(cfg, "report", "--format", "html")
     assert r.returncode in (0, 1), r.stdout + r.stderr

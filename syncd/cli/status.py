@@ -10,8 +10,9 @@ import datetime as dt
 
 from syncd.cli import common
 from syncd.config import ConfigError
-from syncd.discovery import gone_sources
+from syncd.discovery import gone_sources, not_asked
 from syncd.model import TO_SQLITE
+from syncd.postgres.connect import login_refused
 from syncd.printable import escape_controls
 from syncd.status import CRITICAL, UNKNOWN, VERDICTS, WARNING, SourceStatus, as_json, gather, worse
 
@@ -85,22 +86,9 @@ async def _collect(settings, sources: list, selected):
     verdict, statuses, live = await gather(settings, sources + gone, with_live=True)
     # No source at all: the sources of a glob's files that are gone are known from Postgres
     # alone, and one that cannot be asked would go unsaid (a source's line says it otherwise).
-    away = await _not_asked(settings) if not statuses and settings.patterns else []
-    return verdict, statuses, live, away
-
-
-async def _not_asked(settings) -> list[str]:
-    """Why each Postgres the globs replicate into could not be asked (none: all answer)."""
-    from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, login_refused
-
-    out = []
-    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
-        try:
-            await close_quietly(await connect(dsn, settings.password(), settings.postgres))
-        except PostgresUnavailable as e:
-            out.append(f"{login_refused(e, dsn) or f'Postgres unreachable: {e}'}; the sources of the glob's files "
-                       "that are gone are not known")
-    return out
+    away = await not_asked(settings) if not statuses and settings.patterns else []
+    return verdict, statuses, live, [f"{login_refused(e, dsn) or f'Postgres unreachable: {e}'}; the sources of the "
+                                     "glob's files that are gone are not known" for dsn, e in away]
 
 
 def _ago(iso: str | None) -> str:
