@@ -162,7 +162,7 @@ ASK_SECONDS = 5.0  # how long a switch that failed waits for Postgres to say wha
 # Failures a switch reports in its result (settled: done, undone or unknown, said in one
 # line); anything else (Ctrl-C, a bug) is raised after the switch is settled.
 SETTLED = (Refused, TablesBusy, asyncpg.PostgresError, asyncpg.InterfaceError, ASYNCPG_FAULT, OSError, sqlite3.Error,
-           SourceFileError, TimeoutError)
+           LockTimeout, SourceFileError, TimeoutError)
 
 
 async def answering(settings: Settings, source: SourceSettings,

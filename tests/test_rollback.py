@@ -876,3 +876,43 @@ async def test_a_drain_that_does_not_finish_in_time_says_what_it_waited_for_and_
     assert line.startswith("app: UNDONE: the last changes did not reach SQLite: "), line
     assert "TimeoutError" not in line and "within 2 s" in line and "`syncd rollback` again" in line, line
     assert await direction(pg_dsn) == "to_sqlite"
+
+
+async def test_a_write_lock_not_had_after_the_freeze_says_the_rollback_was_undone(
+        tmp_path, make_config, pg_dsn, monkeypatch):
+    """The application keeps its SQLite file locked once Postgres is frozen, so the rollback
+    cannot move AUTOINCREMENT past Postgres's ids (its wait shortened to 1 s here): the
+    rollback is undone, and says so (UNDONE, with why), not REFUSED as if nothing had been
+    frozen."""
+    from syncd.cli.rollback import _all, render
+    from syncd.config import load_settings
+    from syncd.sqlite import capture
+
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
+    # An id Postgres handed out that left no row (an INSERT rolled back): SQLite's
+    # AUTOINCREMENT must go past it, a write after the freeze.
+    await pg_rows(pg_dsn, "SELECT nextval(pg_get_serial_sequence('app.deals', 'id'))")
+    resume = tmp_path / "resume"
+    monkeypatch.setattr(capture, "write_wait", lambda: 1.0)
+    monkeypatch.setenv("SYNCD_ROLLBACK_HOLD_AT", "verified")
+    monkeypatch.setenv("SYNCD_ROLLBACK_RESUME_ON", str(resume))
+    settings = load_settings(cfg)
+    task = asyncio.ensure_future(_all(settings, [settings.source("app")], False))
+    holder = sqlite3.connect(db, isolation_level=None, timeout=30)
+    try:
+        async def verified() -> bool:
+            return bool(await pg_rows(pg_dsn, "SELECT 1 FROM syncd.verify_runs WHERE source = 'app' AND started_at > "
+                                              "(SELECT max(frozen_at) FROM syncd.switches WHERE kind = 'rollback')"))
+
+        await eventually(verified, 60, "the rollback's verification")
+        holder.execute("BEGIN IMMEDIATE")  # the application's write transaction
+        resume.touch()
+        [result] = await asyncio.wait_for(task, 60)
+    finally:
+        holder.close()
+    [line, *_] = render(result)
+    assert line.startswith("app: UNDONE: the SQLite file: could not get a write lock"), line
+    assert "undone: Postgres takes the application's writes again" in line, line
+    assert result.undone and not result.done
+    assert await direction(pg_dsn) == "to_sqlite" and await postgres_refusal(pg_dsn) is None
+    assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'rollback'") == [("undone",)]
