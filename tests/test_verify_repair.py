@@ -221,3 +221,35 @@ async def test_the_repair_note_gives_why_a_table_was_not_compared_and_leaves_out
     assert "secrets" not in note, out.stdout
     assert '"notes" not repaired: it was not compared: ' in note and "(not registered)" not in note, note
     assert 'app: "items" equal' in out.stdout and "after repairing 1 row(s)" in out.stdout, out.stdout
+
+
+async def test_a_replay_queued_when_no_stream_can_connect_is_said_queued_not_hidden_behind_an_error(
+        tmp_path, make_config, pg_dsn):
+    """No daemon runs, and syncd's role may hold one connection only (its CONNECTION LIMIT,
+    taken by the check itself): the replay is queued in the SQLite file, and the repair
+    says so (the rows queued, not applied, and why), beside each table's differences; it
+    said only "ERROR" with the connection's refusal, hiding the changes that wait."""
+    import secrets
+
+    db = tmp_path / "app.db"
+    create_items(db, rows=20, journal="wal")
+    role = f"syncd_one_conn_{secrets.token_hex(4)}"
+    database = pg_dsn.rsplit("/", 1)[1]
+    await pg_execute(pg_dsn, f'CREATE ROLE {role} LOGIN; ALTER DATABASE "{database}" OWNER TO {role}')
+    try:
+        cfg = make_config([{"name": "app", "path": str(db)}],
+                          sections={"postgres": {"dsn": pg_dsn.replace("postgres@", f"{role}@")}})
+        await sync_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+        await pg_execute(pg_dsn, f"ALTER ROLE {role} CONNECTION LIMIT 1; "
+                                 "UPDATE app.items SET v = 'tampered' WHERE id = 3")
+        queued = changelog_max(db)
+        out = verify(cfg, "--repair", "--wait", "1")
+    finally:
+        await pg_execute(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres; DROP OWNED BY {role} CASCADE; '
+                                 f"DROP ROLE {role}")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "ERROR" not in out.stdout and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert 'app: "items"' in out.stdout and "1 different" in out.stdout, out.stdout
+    line = next(x for x in out.stdout.splitlines() if x.startswith("app: repair: "))
+    assert "1 row(s) queued for replay but not applied" in line and "too many connections" in line, line
+    assert changelog_max(db) == queued + 1  # waiting in the file for the stream

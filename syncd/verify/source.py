@@ -19,7 +19,7 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl
 from syncd.postgres.bookkeeping import (Bookkeeping, SourceRow, TableRow, bookkeeping_exists, ensure_bookkeeping,
                                        source_key)
-from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe, postgres_lost
+from syncd.postgres.connect import CannotConnect, PostgresUnavailable, close_quietly, connect, describe, postgres_lost
 from syncd.postgres.target import UnsupportedTarget, check_target
 from syncd.sqlite import capture, leftout
 from syncd.sqlite.capture import CaptureState, LockTimeout
@@ -524,7 +524,7 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         else:
             how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0),
                                                     own_pipeline=not in_daemon)
-    except TimeoutError as e:
+    except (TimeoutError, CannotConnect) as e:  # no stream got there, or none could connect: the replay waits
         result.repair_note = "; ".join([f"{sum(queued.values())} row(s) queued for replay but not applied: {e}",
                                         *skipped_notes])
         return
