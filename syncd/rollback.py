@@ -856,11 +856,11 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                     res.undone = True
                     res.problems.append(f"{reason}; undone: Postgres takes the application's writes again and "
                                         "SQLite keeps following it")
-            else:
-                res.undone = True
-                res.problems.append(f"{reason}; undone: SQLite keeps following Postgres, which cannot be reached "
-                                    "now: the daemon unfreezes it for the application once it answers (or the next "
-                                    "`syncd rollback` does)")
+            else:  # Postgres cannot be reached to undo the freeze: it stays frozen until someone can
+                res.undo_pending = True
+                res.problems.append(f"{reason}; not undone yet: Postgres cannot be reached now, and stays frozen for "
+                                    "the application (SQLite keeps following it) until the daemon undoes the "
+                                    "rollback once it answers (`syncd rollback` again settles it too)")
         finally:
             if own:
                 await close_quietly(pg)

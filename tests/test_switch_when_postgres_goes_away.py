@@ -16,7 +16,7 @@ import pytest
 from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd
 from tests.support.proxy import FaultProxy
 from tests.support.sync import pg_rows, pg_statements, wait_caught_up
-from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, orders_app
+from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, orders_app, postgres_write
 
 
 @pytest.fixture
@@ -95,8 +95,31 @@ async def test_a_rollback_that_loses_postgres_names_postgres(tmp_path, make_conf
         out = switch_cut_off_at(cfg, "rollback", step, p, via, tmp_path)
     assert out.startswith("rc=1"), out
     [line] = [x for x in out.splitlines() if x.startswith("app: ")]
-    assert line.startswith(("app: UNDONE: Postgres: ", "app: REFUSED: Postgres: ")), line
+    assert line.startswith(("app: UNDO PENDING: Postgres: ", "app: REFUSED: Postgres: ")), line
     assert "Error:" not in line and "Traceback" not in out, out
+
+
+async def test_a_rollback_that_cannot_reach_postgres_to_undo_its_freeze_says_the_undo_is_pending(
+        tmp_path, make_config, pg_dsn, proxy):
+    """Postgres goes away once the rollback has frozen it, and cannot be reached to undo
+    the freeze: Postgres stays frozen for the application (its record of the rollback
+    open) until the daemon, or `syncd rollback` again, undoes it. The line says UNDO
+    PENDING, as `syncd status` calls it CRITICAL; it said UNDONE."""
+    p, via = proxy
+    db = tmp_path / "app.db"
+    orders_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    out = switch_cut_off_at(cfg, "rollback", "frozen", p, via, tmp_path)
+    assert out.startswith("rc=1"), out
+    [line] = [x for x in out.splitlines() if x.startswith("app: ")]
+    assert line.startswith("app: UNDO PENDING: Postgres: "), line
+    assert "undone:" not in line and "`syncd rollback` again" in line, line
+    refusal = await postgres_write(pg_dsn, "c")
+    assert refusal is not None and "moved back to SQLite by syncd" in refusal, refusal
+    again = run_cli(cfg, "rollback", "--dry-run")
+    assert "unfroze Postgres, which a rollback left frozen" in again.stdout, again.stdout
+    assert await postgres_write(pg_dsn, "c") is None
 
 
 async def test_a_cutover_whose_postgres_stops_answering_while_it_drains_says_so(tmp_path, make_config, pg_dsn, proxy):
