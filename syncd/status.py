@@ -661,8 +661,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
         p.append(Problem("warning", f"the daemon runs, but {st.endpoint_refused}: lag and pending are computed "
                                     "from the checkpoint instead of the daemon's own figures"))
     if st.switching:
-        p.append(Problem("warning", f"a cutover or rollback of this source is running ({st.switching}): the "
-                                    "application's writes wait until it ends"))
+        p.append(Problem("warning", f"a cutover or rollback of this source is running ({st.switching}): from "
+                                    "its freeze until it ends, the application's writes fail at once, with a "
+                                    "message naming syncd (retry them once it has ended)"))
     elif st.sqlite_frozen and st.direction == TO_POSTGRES and st.postgres_reachable and st.initialized:
         # Postgres is not the application's database, and nothing is switching: a cutover
         # stopped before its turn, or a rollback after it, left the freeze behind.

@@ -29,8 +29,10 @@ async def test_a_file_left_frozen_by_a_killed_cutover_is_critical(tmp_path, make
     assert sqlite_write(db, "c") is not None
     assert await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources") == [("to_postgres",)]
 
-    # While the cutover ran, status said so rather than alarm.
+    # While the cutover ran, status said so rather than alarm, and that the application's
+    # writes fail meanwhile (they are refused, not held until it ends).
     assert "cutover or rollback of this source is running" in running.stdout, running.stdout
+    assert "fail at once" in running.stdout and "wait until it ends" not in running.stdout, running.stdout
     assert running.returncode != CRITICAL, running.stdout
 
     left = run_cli(cfg, "status")
