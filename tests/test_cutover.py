@@ -215,6 +215,26 @@ async def test_a_cutover_of_several_sources_ends_with_where_they_stand(tmp_path,
     assert none.stdout.rstrip().endswith("syncd cutover: dry run: 0 of 2 source(s) ready, 2 not"), none.stdout
 
 
+def test_a_file_a_glob_matches_and_syncd_does_not_pick_up_is_counted_in_the_cutovers_last_line(
+        tmp_path, make_config):
+    """Two tenants' files a glob picks up, and a third it matches whose name makes no
+    source name: the cutover's last line, where a fleet's operator reads where it stands,
+    counts that file as not cut over; it said "2 not" of two, as if every file were there."""
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    for stem in ("acme", "globex", "bad name"):
+        conn = sqlite3.connect(tenants / f"{stem}.db")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        conn.close()
+    cfg = make_config([{"name": "t_{stem}", "path": str(tenants / "*.db")}])
+    dry = run_cli(cfg, "cutover", "--dry-run")
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    lines = dry.stdout.rstrip().splitlines()
+    assert any(x.startswith(f"not cut over: {tenants / 'bad name.db'}") for x in lines), dry.stdout
+    assert lines[-1] == ("syncd cutover: dry run: 0 of 2 source(s) ready, 2 not; 1 file a glob matches not picked "
+                         "up, not cut over (said above)"), dry.stdout
+
+
 @pytest.mark.parametrize("step", ["started", "frozen", "drained", "verified", "finishing"])
 async def test_a_cutover_killed_at_any_step_never_leaves_the_file_frozen(tmp_path, make_config, pg_dsn, step):
     async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):

@@ -42,12 +42,16 @@ def main(args) -> int:
         return interrupted.report(settings, sources, "cutover")
     for r in results:
         common.say(*render(r))
-    if len(results) > 1:  # a script, or an operator scrolling back, reads where each source stands
-        common.say(common.switch_summary(results, "cutover", "cut over", args.dry_run))
     # A file a glob matches but syncd does not pick up: its rows are nowhere in Postgres.
     left = list(settings.discovery_problems) if args.source is None else []
     for problem in left:
         common.say(f"not cut over: {problem}")
+    if len(results) + len(left) > 1:  # a script, or an operator scrolling back, reads where each source stands
+        summary = common.switch_summary(results, "cutover", "cut over", args.dry_run)
+        if left:  # counted too: the last line is where a fleet stands
+            summary += (f"; {len(left)} file{'s' if len(left) > 1 else ''} a glob matches not picked up, not cut "
+                        "over (said above)")
+        common.say(summary)
     return 0 if all(r.ok for r in results) and not left else 1
 
 
