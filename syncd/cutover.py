@@ -686,9 +686,14 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     frozen_at = time.monotonic()
     committing = False  # the switch's transaction is being committed: its outcome is Postgres's to tell
     never_frozen = False  # the freeze's write transaction never got the file's lock
+    unguarded = False  # Postgres could not be guarded: the switch was refused with nothing changed
     still_frozen = None  # why an undo could not unfreeze the file
     try:  # from the freeze on (it may be waiting for the file), anything stopping the switch undoes it
-        await _guard(conn, b, source, list(specs), guard_message)
+        try:
+            await _guard(conn, b, source, list(specs), guard_message)
+        except Refused:  # rolled back: nothing guarded, nothing frozen, nothing to undo
+            never_frozen = unguarded = True
+            raise
         try:
             await worker.run(freeze.freeze, message, busy, source.wants_table)
         except LockTimeout as e:  # locked since the check before: nothing frozen
@@ -799,7 +804,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                     still_frozen = (f"the SQLite file {source.path} is still frozen for now ({describe(u)}): the "
                                     "daemon unfreezes it at its next check ([stream] held_table_retry_seconds), or "
                                     "the next `syncd cutover` of it")
-                res.undone = True
+                res.undone = not unguarded
                 await _record_undone(pg, b, switch_id, reason)
                 await _unguard(pg, b, source)
         finally:
@@ -809,6 +814,8 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             res.problems.append(f"{reason}; undone, but {still_frozen}")
         elif res.undone:
             res.problems.append(f"{reason}; undone: the SQLite file takes the application's writes again")
+        elif unguarded:
+            res.problems.append(f"{reason}; nothing changed")
         if isinstance(e, SETTLED):
             return
         raise

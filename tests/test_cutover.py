@@ -618,6 +618,30 @@ async def cutover_with_a_table_kept(tmp_path, make_config, pg_dsn, held_seconds:
     return rc, out, pids
 
 
+async def test_a_table_kept_from_the_guard_refuses_the_cutover_with_nothing_changed(tmp_path, make_config, pg_dsn):
+    """A Postgres session begins writing a table once the checks are done, and keeps it
+    past the guard's short lock wait: Postgres could not be guarded, nothing was frozen,
+    and the cutover says REFUSED (nothing changed), its record closed; it said UNDONE, and
+    that the file "takes the application's writes again", which it had never stopped."""
+    async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
+        resume = tmp_path / "resume"
+        other = await asyncpg.connect(pg_dsn)
+        try:
+            with held_at(cfg, "cutover", "started", resume_on=resume) as proc:
+                await other.execute("BEGIN; UPDATE app.settings SET value = value WHERE key = 'theme'")
+                resume.touch()
+                out, _ = proc.communicate(timeout=60)
+        finally:
+            await other.close()
+        assert proc.returncode == 1, out
+        [line] = [x for x in out.splitlines() if x.startswith("app: ")]
+        assert line.startswith("app: REFUSED: Postgres could not be guarded against the application's writes: "), line
+        assert "undone" not in line and "takes the application's writes again" not in line, line
+        assert writable(db) and await direction(pg_dsn) == "to_postgres"
+        assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'cutover'") == [("undone",)]
+        assert d.stop() == 0
+
+
 async def test_a_table_kept_past_one_lock_wait_delays_the_switch_instead_of_undoing_it(tmp_path, make_config, pg_dsn):
     """Kept past one try's short wait for the table (2 s): the try gives up before schema
     parity's work and is rolled back whole, and the next begins once that session has
