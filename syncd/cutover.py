@@ -686,20 +686,20 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
     frozen_at = time.monotonic()
     committing = False  # the switch's transaction is being committed: its outcome is Postgres's to tell
     never_frozen = False  # the freeze's write transaction never got the file's lock
-    unguarded = False  # Postgres could not be guarded: the switch was refused with nothing changed
+    unchanged = False  # refused before the freeze took (Postgres not guarded, or the file not had): nothing changed
     still_frozen = None  # why an undo could not unfreeze the file
     try:  # from the freeze on (it may be waiting for the file), anything stopping the switch undoes it
         try:
             await _guard(conn, b, source, list(specs), guard_message)
         except Refused:  # rolled back: nothing guarded, nothing frozen, nothing to undo
-            never_frozen = unguarded = True
+            never_frozen = unchanged = True
             raise
         try:
             await worker.run(freeze.freeze, message, busy, source.wants_table)
-        except LockTimeout as e:  # locked since the check before: nothing frozen
-            never_frozen = True
-            raise Refused(f"the SQLite file {source.path}: {e}; nothing frozen: try again once the file is "
-                          "free") from None
+        except LockTimeout as e:  # locked since the check before: nothing frozen (the guard is lifted below)
+            never_frozen = unchanged = True
+            raise Refused(f"the SQLite file {source.path}: {e}; nothing frozen, nothing changed: try again once the "
+                          "file is free") from None
         await record_step(conn, b, switch_id, "frozen", frozen_at=dt.datetime.now(dt.timezone.utc))
         await _hold("frozen")
         target = await worker.run(lambda c: c.execute("SELECT coalesce(max(seq), 0) FROM main._syncd_changelog")
@@ -804,7 +804,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                     still_frozen = (f"the SQLite file {source.path} is still frozen for now ({describe(u)}): the "
                                     "daemon unfreezes it at its next check ([stream] held_table_retry_seconds), or "
                                     "the next `syncd cutover` of it")
-                res.undone = not unguarded
+                res.undone = not unchanged
                 await _record_undone(pg, b, switch_id, reason)
                 await _unguard(pg, b, source)
         finally:
@@ -814,8 +814,8 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             res.problems.append(f"{reason}; undone, but {still_frozen}")
         elif res.undone:
             res.problems.append(f"{reason}; undone: the SQLite file takes the application's writes again")
-        elif unguarded:
-            res.problems.append(f"{reason}; nothing changed")
+        elif unchanged:
+            res.problems.append(reason)
         if isinstance(e, SETTLED):
             return
         raise
@@ -832,7 +832,7 @@ async def _guard(conn: asyncpg.Connection, b: Bookkeeping, source: SourceSetting
     except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):  # rolled back: nothing guarded
         raise Refused(f"Postgres could not be guarded against the application's writes: "
                       f"{await table_holders(conn, source.schema, tables)} kept a table busy past the lock wait "
-                      "(an open transaction that wrote it); try again once it is free") from None
+                      "(an open transaction that wrote it); nothing changed: try again once it is free") from None
 
 
 async def _unguard(pg: asyncpg.Connection | None, b: Bookkeeping, source: SourceSettings) -> None:

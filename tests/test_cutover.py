@@ -642,6 +642,43 @@ async def test_a_table_kept_from_the_guard_refuses_the_cutover_with_nothing_chan
         assert d.stop() == 0
 
 
+async def test_a_file_locked_again_before_the_freeze_refuses_the_cutover_with_nothing_changed(
+        tmp_path, make_config, pg_dsn, monkeypatch):
+    """The application takes its file's write lock again between the cutover's check that
+    the file is free and the freeze, and keeps it past the freeze's wait (1 s here): nothing
+    was frozen, and the cutover says REFUSED, naming the file; it said UNDONE, and that the
+    file "takes the application's writes again", which it had never stopped."""
+    from syncd.cli.cutover import render
+    from syncd.config import load_settings
+    from syncd.cutover import cutover
+    from syncd.sqlite import capture
+
+    async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
+        resume = tmp_path / "resume"
+        monkeypatch.setattr(capture, "write_wait", lambda: 1.0)
+        monkeypatch.setenv("SYNCD_CUTOVER_HOLD_AT", "started")
+        monkeypatch.setenv("SYNCD_CUTOVER_RESUME_ON", str(resume))
+        settings = load_settings(cfg)
+        task = asyncio.ensure_future(cutover(settings, settings.source("app")))
+        holder = sqlite3.connect(db, isolation_level=None, timeout=30)
+        try:
+            async def started() -> bool:
+                return bool(await pg_rows(pg_dsn, "SELECT 1 FROM syncd.switches WHERE kind = 'cutover'"))
+
+            await eventually(started, 60, "the cutover's start")
+            holder.execute("BEGIN IMMEDIATE")  # the application's write transaction
+            resume.touch()
+            result = await asyncio.wait_for(task, 60)
+        finally:
+            holder.close()
+        [line, *_] = render(result)
+        assert line.startswith(f"app: REFUSED: the SQLite file {db}: could not get a write lock"), line
+        assert "nothing changed" in line and "undone" not in line, line
+        assert writable(db) and await direction(pg_dsn) == "to_postgres"
+        assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'cutover'") == [("undone",)]
+        assert d.stop() == 0
+
+
 async def test_a_table_kept_past_one_lock_wait_delays_the_switch_instead_of_undoing_it(tmp_path, make_config, pg_dsn):
     """Kept past one try's short wait for the table (2 s): the try gives up before schema
     parity's work and is rolled back whole, and the next begins once that session has
