@@ -543,6 +543,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
             raise Refused("syncd has not set this source up in Postgres yet; run `syncd init` or start the daemon")
         res.already = await _cut_over_at(conn, b)
         if res.already is not None:
+            await _undo_abandoned_rollback(settings, source, conn, b, res)
             return res
         if await takes_no_writes(conn):
             raise Refused(f"{READ_ONLY_DATABASE}: the application could not write it after a cutover; cut over once "
@@ -609,6 +610,24 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
         await close_quietly(conn)
         await worker.close()
         worker.shutdown()
+
+
+async def _undo_abandoned_rollback(settings: Settings, source: SourceSettings, conn: asyncpg.Connection,
+                                   b: Bookkeeping, res: CutoverResult) -> None:
+    """Cut over already: a rollback that froze Postgres and stopped before finishing is
+    undone, as the daemon or `syncd rollback` would, so that Postgres takes the
+    application's writes again; left alone while a cutover or rollback runs."""
+    from syncd.rollback import undo_abandoned
+
+    b.key = await source_key(conn, b.schema, source.name)
+    if not await take_switch_lock(conn, b.key):
+        return
+    try:
+        undone = await undo_abandoned(settings, source, conn)
+    finally:
+        await release_switch_lock(conn, b.key)
+    if undone:
+        res.plan.append(undone)
 
 
 async def _cut_over_at(conn: asyncpg.Connection, b: Bookkeeping) -> str | None:
