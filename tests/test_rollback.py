@@ -936,3 +936,19 @@ async def test_a_cutover_run_after_a_killed_rollback_gives_postgres_back_to_the_
     assert await postgres_refusal(pg_dsn) is None and not sqlite_writable(db)
     assert await direction(pg_dsn) == "to_sqlite"
     assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'rollback'") == [("undone",)]
+
+
+async def test_a_rollback_interrupted_after_its_turn_says_the_file_is_still_frozen(tmp_path, make_config, pg_dsn):
+    """Ctrl-C once the rollback's turn has committed, before the SQLite file was unfrozen
+    (its write waiting for the application's open write transaction, say): the rollback is
+    done, and the interrupted command says so and that the file is STILL FROZEN, with who
+    unfreezes it; it said only "rolled back to SQLite", while the file refused every write."""
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
+    with held_at(cfg, "rollback", "turned") as proc:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert await direction(pg_dsn) == "to_postgres" and not sqlite_writable(db)
+    [line] = [x for x in out.splitlines() if x.startswith("app: ")]
+    assert line.startswith("app: rolled back to SQLite before the interrupt, but the SQLite file is STILL FROZEN"), out
+    assert "`syncd rollback` again" in line, line

@@ -6,6 +6,9 @@ Postgres recorded of this run's switch."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
+from urllib.parse import quote
 
 import asyncpg
 
@@ -14,6 +17,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.cutover import STARTED_SWITCHES
 from syncd.identifiers import quote_pg_ident
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe, remember_unanswered
+from syncd.sqlite import freeze
 
 DONE = {"cutover": "cut over to Postgres before the interrupt", "rollback": "rolled back to SQLite before the interrupt"}
 WORD = {"cutover": "cut over", "rollback": "rolled back"}
@@ -29,7 +33,7 @@ def report(settings: Settings, sources: list[SourceSettings], kind: str) -> int:
     lines = asyncio.run(_outcomes(settings, sources, kind, list(STARTED_SWITCHES))) if STARTED_SWITCHES else []
     common.say(f"syncd {kind}: interrupted", *(lines or ["no switch had started: nothing changed"]))
     if len(sources) > 1:  # a fleet: where it stands, those not reached counted too
-        done = sum(1 for ln in lines if ln.endswith(DONE[kind]))
+        done = sum(1 for ln in lines if f": {DONE[kind]}" in ln)
         unsettled = sum(1 for ln in lines if ": interrupted at step " in ln)
         unknown = sum(1 for ln in lines if ": cannot tell what became" in ln)  # its Postgres did not answer
         common.say(f"syncd {kind}: interrupted: {done} of {len(sources)} source(s) {WORD[kind]} before it; "
@@ -58,7 +62,13 @@ async def _outcomes(settings: Settings, sources: list[SourceSettings], kind: str
         if row is None:
             continue  # not reached before the interrupt: nothing changed
         state, reason = row
-        if state == "done":
+        if state == "done" and kind == "rollback" and _still_frozen(s.path):
+            # Interrupted after its turn, before the file was unfrozen: done, and the file
+            # still refuses the application's writes until someone unfreezes it.
+            lines.append(f"{s.name}: {DONE[kind]}, but the SQLite file is STILL FROZEN for the application: the "
+                         "daemon unfreezes it at its next check ([stream] held_table_retry_seconds), or run "
+                         "`syncd rollback` again")
+        elif state == "done":
             lines.append(f"{s.name}: {DONE[kind]}")
         elif state == "undone":
             lines.append(f"{s.name}: UNDONE: {reason or 'interrupted'}; nothing changed")
@@ -66,3 +76,18 @@ async def _outcomes(settings: Settings, sources: list[SourceSettings], kind: str
             lines.append(f"{s.name}: interrupted at step {state!r}: a running daemon undoes it at its next check "
                          f"([stream] held_table_retry_seconds); without one, the next `syncd {kind}` does")
     return lines
+
+
+def _still_frozen(path: Path) -> bool:
+    """Whether the SQLite file still refuses the application's writes (read only; a
+    file that cannot be read is not said to be frozen)."""
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return False
+    try:
+        return freeze.frozen(conn) is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
