@@ -590,9 +590,10 @@ class Daemon:
                 self.page.sample(now, {p.name: _or_nan(p.lag_figure(now)) for p in list(self.pipelines.values())})
             up = [p.pg_ok for p in self.pipelines.values()]
             # A source that has not asked Postgres (its file unreadable since it was found)
-            # has no say, unless none has asked yet.
+            # has no say, unless none has asked yet. With no source at all, nothing asked
+            # Postgres: not known (NaN), as a lag not known yet.
             known = [x for x in up if x is not None]
-            metrics.postgres_up.set(1 if all(known) and (known or not up) else 0)
+            metrics.postgres_up.set(metrics.UNKNOWN if not up else 1 if known and all(known) else 0)
             metrics.connection_gauges(pool_stats(self.targets))
             if not self.ready_sent and all(p.ready.is_set() for p in self.pipelines.values()):
                 self.notifier.ready(self._summary())

@@ -83,7 +83,8 @@ commit_to_apply_seconds = Directional(Histogram(
     ["source", "direction"],
     buckets=LATENCY_BUCKETS,
 ))
-postgres_up = Gauge("syncd_postgres_up", "1 when every target Postgres database answers and accepts syncd's login.")
+postgres_up = Gauge("syncd_postgres_up", "1 when every target Postgres database answers and accepts syncd's login; "
+                    "NaN while the daemon has no source (nothing asked Postgres).")
 source_up = Gauge("syncd_source_up", "1 when the source SQLite file is readable and captured.", ["source"])
 retries_total = Counter("syncd_retries", "Retries after transient Postgres or SQLite failures.", ["source"])
 errors_total = Directional(Counter(

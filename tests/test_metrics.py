@@ -343,3 +343,20 @@ async def test_a_source_removed_during_its_consistency_check_leaves_no_series_be
             assert of_a() == [], of_a()
             time.sleep(0.2)
         assert d.stop() == 0
+
+
+def test_a_daemon_with_no_source_does_not_say_postgres_is_up(tmp_path):
+    """A daemon whose glob matches no file yet has asked Postgres nothing: syncd_postgres_up
+    is not known (NaN), not 1, even with Postgres unreachable (it said 1, so a dashboard
+    showed Postgres up for a daemon that never reached it)."""
+    import math
+
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+                       [{"name": "t_{stem}", "path": str(tmp_path / "tenants" / "*.db")}],
+                       metrics_listen=f"127.0.0.1:{port}")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("syncd running")
+        time.sleep(1.2)  # the daemon's once-a-second look
+        assert math.isnan(value(port, "syncd_postgres_up")), value(port, "syncd_postgres_up")
+        assert d.stop() == 0
