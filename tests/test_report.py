@@ -905,3 +905,27 @@ async def test_a_first_load_killed_part_way_has_no_lag_figure(tmp_path, make_con
     [line] = [x for x in md.stdout.splitlines() if x.startswith("- Lag now: ")]
     assert line.startswith("- Lag now: unknown, from unknown: 1 table(s) not copied in full yet (items)"), line
     assert "every captured change is applied" not in md.stdout, md.stdout
+
+
+async def test_the_pages_last_verification_does_not_count_a_run_of_a_table_changed_since_as_equal(ready, app_db,
+                                                                                                pg_dsn, tmp_path):
+    """The source's "Last verification" figure says a table whose last run compared
+    columns it no longer has, or a table no longer in the SQLite file, is not verified
+    as it is now, rather than counting that run among the tables found equal."""
+    def figure() -> str:
+        rc, text, _ = html_report(ready)
+        assert rc == 1, text
+        source = re.search(r'<article class="source" id="source-0".*?</article>', text, re.S).group(0)
+        return re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", source).group(1)
+
+    conn = sqlite3.connect(app_db)
+    conn.execute("ALTER TABLE notes ADD COLUMN tag TEXT DEFAULT 'x'")
+    conn.commit()
+    await sync_and_stop(ready, app_db, pg_dsn, tmp_path / "again.log")
+    shown = figure()
+    assert "equal (1 table(s)); 1 not verified since it changed" in shown and "sev-warning" in shown, shown
+    conn.execute("DROP TABLE items")  # no daemon runs: syncd still tracks it
+    conn.commit()
+    conn.close()
+    shown = figure()
+    assert "2 of 2 table(s) not verified since they changed" in shown and "equal" not in shown, shown

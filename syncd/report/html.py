@@ -16,7 +16,8 @@ from html import escape
 from syncd import __version__
 from syncd.page.history import HistoryView
 from syncd.redact import scrub
-from syncd.report.checklist import CheckItem, cut_over, days, headline, not_judged_text, number, ready, timestamp
+from syncd.report.checklist import (CheckItem, _columns_changed, cut_over, days, headline, not_judged_text, number,
+                                    ready, timestamp)
 from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts, history_totals
 from syncd.report.overview import Overview
 from syncd.report.page_assets import CONTENT_SECURITY_POLICY, CSS, JS
@@ -312,15 +313,32 @@ def _figures(f: SourceFacts | None, st: SourceStatus | None) -> list[str]:
         if runs:
             latest = max(r.finished_at for r in runs)
             bad = [t.name for t in f.tables if t.last_run and not t.last_run.clean]
+            # A clean run that compared the table as it was (columns since changed, rows copied
+            # again, the table gone from the file) is no evidence it is equal now.
+            stale = [t.name for t in f.tables if t.last_run and t.last_run.clean and _changed_since(f, t)]
             never = len(f.tables) - len(runs)
-            result = (f"{len(bad)} of {len(f.tables)} table(s) not clean" if bad else
-                      f"equal ({len(runs)} table(s))" + (f"; {never} never verified" if never else ""))
+            since = "it changed" if len(stale) == 1 else "they changed"
+            if bad:
+                result = f"{len(bad)} of {len(f.tables)} table(s) not clean"
+            elif len(stale) == len(runs):
+                result = f"{len(stale)} of {len(f.tables)} table(s) not verified since {since}"
+            else:
+                result = (f"equal ({len(runs) - len(stale)} table(s))"
+                          + (f"; {len(stale)} not verified since {since}" if stale else "")
+                          + (f"; {never} never verified" if never else ""))
+            cls = "sev-critical" if bad else "sev-warning" if stale else "sev-ok"
             out.append(_figure("Last verification", None, None,
-                               f"{_time(latest)}: <span class=\"{'sev-critical' if bad else 'sev-ok'}\">"
-                               f"{e(result)}</span>"))
+                               f"{_time(latest)}: <span class=\"{cls}\">{e(result)}</span>"))
         else:
             out.append(_figure("Last verification", None, None, "never"))
     return out
+
+
+def _changed_since(f: SourceFacts, t: TableFacts) -> bool:
+    """The table's last verification compared it as it no longer is: its columns changed
+    since, its rows were copied again, or the SQLite file (read) holds it no more."""
+    gone = f.error is None and not f.file_archived and t.columns is None
+    return t.checked_before_copy or bool(_columns_changed(t.last_run, t)) or gone
 
 
 def _where(f: SourceFacts | None, st: SourceStatus | None) -> str:
