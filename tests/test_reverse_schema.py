@@ -437,7 +437,8 @@ async def test_a_key_column_renamed_in_postgres_never_fails_the_applications_wri
 async def test_names_sqlite_takes_for_one_it_has_pause_only_their_table(tmp_path, make_config, pg_dsn):
     """SQLite ignores case in names, Postgres does not: a column "Email" added beside
     "email", or a table "Notes" created beside "notes", cannot be made in SQLite, nor one
-    named as SQLite names its own ("SQLite_stats") or syncd its own there ("_syncd_log").
+    named as SQLite names its own ("SQLite_stats") or syncd its own there ("_syncd_log", and
+    "_SYNCD_Copy", one name to SQLite with "_syncd_copy").
     That table is paused, naming both (or why), and a rollback waits; every other table
     goes on following Postgres, and renaming it in Postgres resumes it. Before, a table
     named so was passed over without a word: the rollback went through without its rows."""
@@ -453,6 +454,7 @@ async def test_names_sqlite_takes_for_one_it_has_pause_only_their_table(tmp_path
         await pg_rows(pg_dsn, "INSERT INTO app.\"SQLite_stats\" VALUES (1, 'reserved')")
         await pg_rows(pg_dsn, "CREATE TABLE app._syncd_log (id bigint PRIMARY KEY, body text)")
         await pg_rows(pg_dsn, "INSERT INTO app._syncd_log VALUES (1, 'syncd''s')")
+        await pg_rows(pg_dsn, 'CREATE TABLE app."_SYNCD_Copy" (id bigint PRIMARY KEY, body text)')
         await eventually(lambda: paused(pg_dsn, "contacts"), 30, "contacts paused", d)
         await eventually(lambda: paused(pg_dsn, "Notes"), 30, "Notes paused", d)
         assert ('the column "Email" added in Postgres after the cutover and "email" are one name to SQLite'
@@ -464,6 +466,9 @@ async def test_names_sqlite_takes_for_one_it_has_pause_only_their_table(tmp_path
         await eventually(lambda: paused(pg_dsn, "_syncd_log"), 30, "_syncd_log paused", d)
         assert 'a name syncd keeps for its own tables in SQLite (beginning with "_syncd_")' in \
             await paused(pg_dsn, "_syncd_log")
+        await eventually(lambda: paused(pg_dsn, "_SYNCD_Copy"), 30, "_SYNCD_Copy paused", d)
+        assert 'a name syncd keeps for its own tables in SQLite (beginning with "_syncd_")' in \
+            await paused(pg_dsn, "_SYNCD_Copy")
         await pg_rows(pg_dsn, "INSERT INTO app.notes VALUES (1, 'still followed')")
         await eventually(lambda: _body(db), 30, "notes followed meanwhile", d)
         status = run_cli(cfg, "status")
@@ -476,11 +481,13 @@ async def test_names_sqlite_takes_for_one_it_has_pause_only_their_table(tmp_path
         await pg_rows(pg_dsn, 'ALTER TABLE app."Notes" RENAME TO notes2')
         await pg_rows(pg_dsn, 'ALTER TABLE app."SQLite_stats" RENAME TO stats')
         await pg_rows(pg_dsn, "ALTER TABLE app._syncd_log RENAME TO log")
+        await pg_rows(pg_dsn, 'ALTER TABLE app."_SYNCD_Copy" RENAME TO copy')
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert typeof(db, "SELECT body FROM notes2") == [("upper case",)]
         assert typeof(db, "SELECT body FROM stats") == [("reserved",)]
         assert typeof(db, "SELECT body FROM log") == [("syncd's",)]
-        assert await compare_all(str(db), pg_dsn, "app", ["contacts", "notes", "notes2", "stats", "log"]) == []
+        assert await compare_all(str(db), pg_dsn, "app",
+                                 ["contacts", "notes", "notes2", "stats", "log", "copy"]) == []
         assert d.stop() == 0
 
 

@@ -287,7 +287,7 @@ def name_clashes(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg
                                               'SQLite keeps for its own tables (beginning with "sqlite_"), so SQLite '
                                               "cannot follow; rename it in Postgres to resume")
             continue
-        if d.kind == CREATE and name.startswith("_syncd_"):
+        if d.kind == CREATE and sqlite_folded(name).startswith("_syncd_"):
             decisions[name] = Decision(PAUSE, f'the table "{name}" created in Postgres after the cutover has a name '
                                               'syncd keeps for its own tables in SQLite (beginning with "_syncd_"), so '
                                               "SQLite cannot follow; rename it in Postgres to resume")
