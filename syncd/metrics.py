@@ -15,7 +15,7 @@ sites read as before.
 from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from syncd import __version__
@@ -168,16 +168,22 @@ build_info.labels(version=__version__).set(1)
 # the status page samples a fleet's rates every few seconds, and collecting every
 # per-table series for that (6,000 at 1,000 two-table files) was half an idle fleet's CPU.
 applied_by_source: dict[str, float] = {}
+# And per (source, op, direction), for [metrics] per_table = false: a sum of the per-table
+# series would go back when a table's series go (dropped), which Prometheus takes for a reset.
+applied_by_op: dict[tuple[str, str, str], float] = {}
 
 
 def count_applied(source: str, table: str, op: str, n: int, direction: str = TO_POSTGRES) -> None:
     changes_applied_total.labels(source, table, op, direction=direction).inc(n)
     applied_by_source[source] = applied_by_source.get(source, 0.0) + n
+    applied_by_op[(source, op, direction)] = applied_by_op.get((source, op, direction), 0.0) + n
 
 
 def forget_source(source: str) -> None:
     """Drop every series of a source removed from the configuration."""
     applied_by_source.pop(source, None)
+    for key in [k for k in list(applied_by_op) if k[0] == source]:
+        applied_by_op.pop(key, None)
     _tables_shown.pop(source, None)
     for metric in (last_check_timestamp_seconds, source_up, retries_total, changelog_bytes, capture_suspended):
         try:
@@ -270,6 +276,15 @@ class _SourceLevel(Collector):
 
     def collect(self):
         for family in registry.collect():
+            if family.name == "syncd_changes_applied":  # kept, all tables of the source summed
+                out = CounterMetricFamily(family.name, family.documentation + " All tables of the source "
+                                          "(per_table = false).", labels=["source", "op", "direction"])
+                # Each source's series from its first scrape, 0 until a change is applied (as per table).
+                keys = {(x.labels["source"], x.labels["op"], x.labels["direction"]) for x in family.samples}
+                for source, op, direction in sorted(keys | set(list(applied_by_op))):
+                    out.add_metric([source, op, direction], applied_by_op.get((source, op, direction), 0.0))
+                yield out
+                continue
             rollup = ROLLUPS.get(family.name)
             if rollup is not None:
                 by_source: dict[str, list[float]] = {}

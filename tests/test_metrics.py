@@ -360,3 +360,33 @@ def test_a_daemon_with_no_source_does_not_say_postgres_is_up(tmp_path):
         time.sleep(1.2)  # the daemon's once-a-second look
         assert math.isnan(value(port, "syncd_postgres_up")), value(port, "syncd_postgres_up")
         assert d.stop() == 0
+
+
+async def test_changes_applied_are_counted_per_source_without_per_table_series(tmp_path, pg_dsn):
+    """[metrics] per_table = false drops the series labelled by table, not the count of
+    changes applied: syncd_changes_applied_total is exported per source, operation and
+    direction (all its tables summed), so the dashboard's apply rate still shows (before,
+    no series said how many changes a source applied)."""
+    a = tmp_path / "app.db"
+    create_items(a, rows=3)
+    create_items(a, table="other")
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(a)}],
+                       metrics_listen=f"127.0.0.1:{port}")
+    cfg.write_text(cfg.read_text().replace("[metrics]\n", "[metrics]\nper_table = false\n"))
+    conn = sqlite3.connect(a)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(a, pg_dsn, "app", daemon=d)
+        assert value(port, 'syncd_changes_applied_total{direction="to_postgres",op="delete",source="app"}') == 0
+        conn.execute("INSERT INTO items (id, n) VALUES (10, 0), (11, 0)")
+        conn.execute("INSERT INTO other (id, n) VALUES (10, 0)")
+        conn.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+        conn.commit()
+        await wait_caught_up(a, pg_dsn, "app", daemon=d)
+        inserted = 'syncd_changes_applied_total{direction="to_postgres",op="insert",source="app"}'
+        wait_for(lambda: value(port, inserted) == 3, 10, "the inserts counted", d)
+        m = scrape(port)
+        assert m.get('syncd_changes_applied_total{direction="to_postgres",op="update",source="app"}') == 1, m
+        assert not any('table="' in name for name in m)
+        assert d.stop() == 0
+    conn.close()
