@@ -363,3 +363,24 @@ async def test_a_table_whose_name_is_not_utf8_is_said_not_migrated_and_the_other
     dry = run_cli(cfg, "cutover", "--dry-run")
     assert dry.returncode != 0 and f"app.t\\xff: rows of application data in {said}" in dry.stdout, dry.stdout
     assert "left writable in SQLite, not frozen: 't\\xff'" in dry.stdout and "no plan" not in dry.stdout, dry.stdout
+
+
+async def test_a_repair_names_a_key_it_leaves_that_is_not_utf8_by_its_bytes(tmp_path, make_config, pg_dsn):
+    """`syncd verify --repair` leaves a row whose key is text that is not UTF-8 (Postgres
+    cannot hold it; fixing the row in SQLite is the way), and names its key as syncd names
+    such text everywhere, 't\\xff', not as the Python surrogate 't\\udcff'."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID")
+    conn.execute("INSERT INTO tags VALUES ('fine', 1)")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+    await sync_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    conn.execute("BEGIN")  # written past capture: its changelog entry lost
+    conn.execute("INSERT INTO tags VALUES (CAST(x'74ff' AS TEXT), 2)")
+    (applied,), = await pg_rows(pg_dsn, "SELECT applied_seq FROM syncd.sources WHERE source = 'app'")
+    conn.execute("DELETE FROM _syncd_changelog WHERE seq > ?", (applied,))
+    conn.execute("COMMIT")
+    conn.close()
+    out = verify(cfg, "--repair", "--wait", "2")
+    assert """"tags" key 't\\xff' not repaired""" in out.stdout, out.stdout
+    assert "udcff" not in out.stdout, out.stdout

@@ -50,7 +50,7 @@ async def test_integer_and_text_spellings_of_one_key_are_not_merged(app_db, make
 
     out = verify(cfg, "--repair", "--wait", "2")  # a replay would merge them again: not attempted
     assert out.returncode == 1
-    assert "app: repair: \"k\" key (1,) not repaired: 2 SQLite rows" in out.stdout
+    assert "app: repair: \"k\" key 1 not repaired: 2 SQLite rows" in out.stdout
     assert (await pg_fetch(pg_dsn, "SELECT v FROM app.k WHERE id = '1'"))[0][0] == "bob-balance=0"
 
 

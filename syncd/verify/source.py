@@ -22,6 +22,7 @@ from syncd.postgres.bookkeeping import (Bookkeeping, SourceRow, TableRow, bookke
 from syncd.postgres.connect import CannotConnect, PostgresUnavailable, close_quietly, connect, describe, postgres_lost
 from syncd.postgres.target import UnsupportedTarget, check_target
 from syncd.sqlite import capture, leftout
+from syncd.sqlite.audit import format_key
 from syncd.sqlite.capture import CaptureState, LockTimeout
 from syncd.sqlite.connection import SourceFileError, SqliteWorker, is_busy
 from syncd.parity.apply import retyped_columns
@@ -501,7 +502,7 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
                                  f"the row totals show them); run `syncd resync` for it instead")
             continue
         for d in skipped:
-            skipped_notes.append(f'"{tr.table}" key {d.key!r} not repaired: {d.note or "its SQLite form is unknown"}')
+            skipped_notes.append(f'"{tr.table}" key {format_key(d.key)} not repaired: {d.note or "its SQLite form is unknown"}')
         if entries:
             plan = by_name[tr.table]
             assert plan.tid is not None
