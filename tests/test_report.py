@@ -856,6 +856,11 @@ async def test_a_verification_from_before_a_column_was_added_is_no_evidence_for_
                      r"verification, \S+ \S+ UTC \(\d+ s ago\), compared the columns it had then", text), text
     assert "app.items: 1,000 rows on both sides; verified equal" in text
     assert not any(e.startswith("app.notes:") for e in item(doc, "migrated")["evidence"])
+    # The table's row says which columns its last verification did not compare, in both forms.
+    row = next(line for line in md.splitlines() if line.startswith("| `notes` |"))
+    assert 'equal (before its columns changed: column "tag" added)' in row, row
+    _, _, page = html_report(ready)
+    assert 'equal (before its columns changed: column "tag" added)' in page.all_text, page.all_text
 
 
 async def test_a_daemon_failing_every_step_fails_the_lag_item(ready, app_db, pg_dsn, tmp_path):

@@ -437,7 +437,10 @@ def _table_row(t: TableFacts, start: dt.datetime, end: dt.datetime, compared: bo
 
 
 def _before_copy(t: TableFacts) -> str:
-    return f" (before the table was copied again, {_time(t.copied_at)})" if t.checked_before_copy else ""
+    if t.checked_before_copy:
+        return f" (before the table was copied again, {_time(t.copied_at)})"
+    changed = _columns_changed(t.last_run, t) if t.last_run else ""
+    return f" (before its columns changed: {m(changed)})" if changed else ""
 
 
 def _status_row(t: TableStatus) -> str:

@@ -10,8 +10,8 @@ from typing import Any
 from syncd import __version__
 from syncd.parity.speed import RUNS
 from syncd.printable import escape_controls
-from syncd.report.checklist import (NOT_JUDGED, CheckItem, cut_over, days, headline, not_judged_text, number,
-                                   ready, timestamp, when)
+from syncd.report.checklist import (NOT_JUDGED, CheckItem, _columns_changed, cut_over, days, headline,
+                                   not_judged_text, number, ready, timestamp, when)
 from syncd.report.facts import TO_POSTGRES, TO_SQLITE, MigrationFacts, SourceFacts, TableFacts, history_totals
 from syncd.verify.history import VerifyRun
 
@@ -144,6 +144,8 @@ def _table_row(t: TableFacts, now: dt.datetime, compared: bool = True) -> str:
     result = last.outcome() if last else "-"
     if t.checked_before_copy:
         result += f" (before the table was copied again, {when(t.copied_at, now)})"
+    elif last is not None and (changed := _columns_changed(last, t)):
+        result += f" (before its columns changed: {changed})"
     mark = "" if t.counts_match or not compared else " ❌"
     return (f"| {_code(t.name)} | {_cell(state)} | {number(t.rows_sqlite)} | {number(t.rows_postgres)}{mark} | "
             f"{'✅' if t.captured else '❌ ' + _cell(t.capture_note)} | {verified} | {_cell(result)} |")
