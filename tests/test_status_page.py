@@ -223,6 +223,19 @@ def test_a_cut_over_source_shows_its_direction():
     assert "PostgreSQL → SQLite (after cutover)" in to_sqlite.all_text
 
 
+def test_a_cut_over_source_shows_its_direction_when_the_facts_could_not_be_measured():
+    """The migration's facts not measured (a statement timeout, say), a cut-over source's
+    direction is still the one `syncd status` found, at a glance and on its card; before,
+    both said SQLite → PostgreSQL for a source SQLite now follows."""
+    ov = overview("to_sqlite")
+    ov.facts, ov.facts_error = None, "Postgres: canceling statement due to statement timeout"
+    ov.statuses[0].direction = "to_sqlite"
+    shown = Page(page(ov, None, live=True))
+    assert shown.sources["app"]["direction"] == "to_sqlite", shown.sources
+    assert "SQLite → PostgreSQL" not in shown.all_text, shown.all_text
+    assert shown.all_text.count("PostgreSQL → SQLite (after cutover)") == 2, shown.all_text
+
+
 def test_charts_draw_the_daemon_history():
     now = time.time()
     times = [now - 300 + i * 5 for i in range(61)]

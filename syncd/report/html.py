@@ -216,7 +216,7 @@ def _glance(ov: Overview, facts: dict[str, SourceFacts], statuses: dict[str, Sou
         tables = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "-"
         bad = state != "streaming" or any(k in HALTED or k == "refused" for k in counts)
         out.append(f'<tr data-source="{e(name)}"><td><a href="#source-{i}"><code>{e(name)}</code></a></td>'
-                   f"<td>{e(direction_text(f.direction if f else 'to_postgres'))}</td>"
+                   f"<td>{e(direction_text(_direction(f, st)))}</td>"
                    f'<td class="{"sev-critical" if state != "streaming" else "sev-ok"}">{e(state.replace("_", " "))}'
                    f'</td><td class="num">{e(lag)}</td><td class="num">{e(pending)}</td>'
                    f"<td>{_iso_time(st.last_applied_at) if st else '-'}</td><td class=\"num\">{rows}</td>"
@@ -225,13 +225,18 @@ def _glance(ov: Overview, facts: dict[str, SourceFacts], statuses: dict[str, Sou
     return out
 
 
+def _direction(f: SourceFacts | None, st: SourceStatus | None) -> str:
+    """Which way the source flows: as measured for the report, else as `syncd status` found it."""
+    return f.direction if f else st.direction if st else "to_postgres"
+
+
 # --- a source -------------------------------------------------------------------------
 
 
 def _source(i: int, name: str, f: SourceFacts | None, st: SourceStatus | None, ov: Overview,
             history: HistoryView | None) -> list[str]:
     state = st.state if st else "unknown"
-    direction = f.direction if f else "to_postgres"
+    direction = _direction(f, st)
     good = state == "streaming"
     out = [f'<article class="source" id="source-{i}" data-source="{e(name)}">', "<header>",
            f"<h3><code>{e(name)}</code></h3>",
