@@ -84,3 +84,15 @@ def test_verification_slots_count_every_run_once_and_errors_as_the_checklist_doe
     svg = verification_strip(slots, 'table "x"')
     assert 'data-checks="58"' in svg and 'data-errors="2"' in svg and svg.count('class="error"') == 2
     assert "table &quot;x&quot;" in svg
+
+
+def test_a_chart_whose_latest_samples_are_missing_gives_no_figure_for_now():
+    """A source whose lag is not known since a while (it stopped, or is starting again):
+    the chart's "now" is not the last figure it had minutes ago; it says there is none now
+    and which figure was the last."""
+    times = [float(t) for t in range(0, 100, 5)]
+    values = [4.0] * 10 + [math.nan] * 10
+    svg = line_chart(times, values, 95.0, 100.0, label="Lag", unit="s")
+    assert "now 4 s" not in svg, svg
+    assert "no figure now (the last, 50 s ago: 4 s)" in svg, svg
+    assert "now 3 s" in line_chart(times, [4.0] * 19 + [3.0], 95.0, 100.0, label="Lag", unit="s")

@@ -74,8 +74,12 @@ def line_chart(times: list[float], values: list[float], end: float, window: floa
             current.append(f"{x(t):.1f},{y(v):.1f}")
     if current:
         lines.append(current)
-    last = real[-1] if real else None
-    title = f"{label}: " + (f"now {_fmt(last)} {unit}, highest {_fmt(max(real))} {unit} in the last "
+    # "now" is the latest sample's: after samples with no figure (the source stopped, or
+    # not knowing its lag), the last figure is said with its age, not as now's.
+    last_t, last = next(((t, v) for t, v in reversed(pts) if not math.isnan(v)), (end, math.nan))
+    now = (f"now {_fmt(last)} {unit}" if not math.isnan(pts[-1][1]) else
+           f"no figure now (the last, {_age(end - last_t)} ago: {_fmt(last)} {unit})") if real else ""
+    title = f"{label}: " + (f"{now}, highest {_fmt(max(real))} {unit} in the last "
                             f"{window / 60:.0f} min" if real else f"no samples yet in the last {window / 60:.0f} min")
     parts = [f'<svg class="chart {escape(css)}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
              f'aria-label="{escape(title)}" data-points="{len(real)}">',
@@ -99,6 +103,10 @@ def line_chart(times: list[float], values: list[float], end: float, window: floa
                      f'text-anchor="middle">no samples yet</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 @dataclass
