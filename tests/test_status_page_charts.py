@@ -96,3 +96,15 @@ def test_a_chart_whose_latest_samples_are_missing_gives_no_figure_for_now():
     assert "now 4 s" not in svg, svg
     assert "no figure now (the last, 50 s ago: 4 s)" in svg, svg
     assert "now 3 s" in line_chart(times, [4.0] * 19 + [3.0], 95.0, 100.0, label="Lag", unit="s")
+
+
+def test_a_charts_highest_and_now_are_samples_not_averages_of_them():
+    """An hour of apply rates (720 samples, drawn as 180 points, each the mean of four):
+    the chart says the highest rate sampled and the latest one, not the highest or the
+    last of those means (a burst read a quarter of what it was)."""
+    times = [float(t) for t in range(0, 3600, 5)]
+    values = [0.0] * 720
+    values[100] = 1000.0
+    values[-1] = 8.0
+    svg = line_chart(times, values, times[-1], 3600.0, label="Apply rate", unit="changes/s", keep="mean")
+    assert "now 8 changes/s, highest 1,000 changes/s in the last 60 min" in svg, svg

@@ -74,13 +74,16 @@ def line_chart(times: list[float], values: list[float], end: float, window: floa
             current.append(f"{x(t):.1f},{y(v):.1f}")
     if current:
         lines.append(current)
-    # "now" is the latest sample's: after samples with no figure (the source stopped, or
-    # not knowing its lag), the last figure is said with its age, not as now's.
-    last_t, last = next(((t, v) for t, v in reversed(pts) if not math.isnan(v)), (end, math.nan))
-    now = (f"now {_fmt(last)} {unit}" if not math.isnan(pts[-1][1]) else
-           f"no figure now (the last, {_age(end - last_t)} ago: {_fmt(last)} {unit})") if real else ""
-    title = f"{label}: " + (f"{now}, highest {_fmt(max(real))} {unit} in the last "
-                            f"{window / 60:.0f} min" if real else f"no samples yet in the last {window / 60:.0f} min")
+    # Now and the highest are the samples', not the drawn points' (a rate's point is the mean
+    # of a few samples). "Now" is the latest sample's: after samples with no figure (the
+    # source stopped, or not knowing its lag), the last figure is said with its age.
+    samples = [(t, v) for t, v in zip(times, values) if t >= start]
+    seen = [v for _, v in samples if not math.isnan(v)]
+    last_t, last = next(((t, v) for t, v in reversed(samples) if not math.isnan(v)), (end, math.nan))
+    now = (f"now {_fmt(last)} {unit}" if not math.isnan(samples[-1][1]) else
+           f"no figure now (the last, {_age(end - last_t)} ago: {_fmt(last)} {unit})") if seen else ""
+    title = f"{label}: " + (f"{now}, highest {_fmt(max(seen))} {unit} in the last "
+                            f"{window / 60:.0f} min" if seen else f"no samples yet in the last {window / 60:.0f} min")
     parts = [f'<svg class="chart {escape(css)}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
              f'aria-label="{escape(title)}" data-points="{len(real)}">',
              f"<title>{escape(title)}</title>",
