@@ -11,12 +11,13 @@ nothing compared them for ten hours, ten times `[status] verify_max_age_seconds`
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
 from tests.support.daemon import run_cli
 from tests.support.verifying import pg_execute, verify, verify_section
-from tests.test_report import item, ready_migration, report, section
+from tests.test_report import html_report, item, ready_migration, report, section
 from tests.test_verification_gaps import days, history
 
 
@@ -46,6 +47,12 @@ async def test_a_check_stamped_by_a_clock_ahead_is_not_the_recent_check_the_chec
         migrated
     assert all("in the future" in p for p in migrated["problems"]), migrated["problems"]
     assert "verified equal" not in section(md, "migrated")
+    # The tables' rows, in the Markdown and on the page, date that run as in the future, not "0 s ago".
+    row = next(line for line in md.splitlines() if line.startswith("| `items` |"))
+    assert "(in the future by 10.0 h" in row and "0 s ago" not in row, row
+    _, text, page = html_report(cfg)
+    cells = re.search(r'<tr data-table="items".*?</tr>', text, re.S).group(0)
+    assert "(in the future by 10.0 h" in cells and "0 s ago" not in cells, cells
 
     dry = run_cli(cfg, "cutover", "--dry-run")
     assert dry.returncode == 1 and "app: REFUSED" in dry.stdout, dry.stdout

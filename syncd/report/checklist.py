@@ -600,6 +600,8 @@ def _some(items: list[str], shown: int = 5) -> str:
 
 
 def _when(t: dt.datetime, now: dt.datetime) -> str:
+    if _ahead(t, now):  # not "0 s ago": when it happened is not known
+        return f"{_ts(t)} (in the future by {_duration(-_age_seconds(t, now))}: the clock that dated it ahead?)"
     return f"{_ts(t)} ({_ago(t, now)} ago)"
 
 

@@ -425,6 +425,8 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.registered = True
             facts.streaming_since, facts.applied_seq, facts.applied_at, facts.lag_from = \
                 src.streaming_since, src.applied_seq, src.applied_at, src.lag_from
+            if facts.applied_at is not None:  # stamped by Postgres's clock: read on this host's, as the runs are
+                facts.applied_at += db.clock_offset
             if db.direction_column:  # older bookkeeping: to Postgres
                 facts.direction = await pg.fetchval(f"SELECT direction FROM {bk.s}.sources WHERE source = $1",
                                                     source.name) or facts.direction

@@ -16,8 +16,9 @@ from html import escape
 from syncd import __version__
 from syncd.page.history import HistoryView
 from syncd.redact import scrub
-from syncd.report.checklist import (CheckItem, _columns_changed, cut_over, days, headline, not_judged_text, number,
-                                    ready, timestamp)
+from syncd.report.backups import FUTURE_SECONDS
+from syncd.report.checklist import (CheckItem, _columns_changed, _duration, cut_over, days, headline,
+                                    not_judged_text, number, ready, timestamp)
 from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts, history_totals
 from syncd.report.overview import Overview
 from syncd.report.page_assets import CONTENT_SECURITY_POLICY, CSS, JS
@@ -85,8 +86,10 @@ def _time(t: dt.datetime | None, never: str = "never") -> str:
     if t is None:
         return e(never)
     iso = t.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
-    ago = _ago((dt.datetime.now(dt.timezone.utc) - t).total_seconds())
-    return f'{e(timestamp(t))} (<time datetime="{e(iso)}" data-since>{e(ago)}</time>)'
+    age = (dt.datetime.now(dt.timezone.utc) - t).total_seconds()
+    if age < -FUTURE_SECONDS:  # not "0 s ago" (nor kept so by the script): when it happened is not known
+        return f"{e(timestamp(t))} (in the future by {e(_duration(-age))}: the clock that dated it ahead?)"
+    return f'{e(timestamp(t))} (<time datetime="{e(iso)}" data-since>{e(_ago(age))}</time>)'
 
 
 def _iso_time(iso: str | None) -> str:
