@@ -236,6 +236,18 @@ def test_a_cut_over_source_shows_its_direction_when_the_facts_could_not_be_measu
     assert shown.all_text.count("PostgreSQL → SQLite (after cutover)") == 2, shown.all_text
 
 
+def test_a_source_whose_way_back_ended_has_no_row_counts_marked_as_differing():
+    """Once SQLite no longer follows Postgres (the way back ended), the file is kept as it
+    was and Postgres moves on: their counts are not expected to agree. The table rows
+    never marked them; the glance row and the source's rows figure do not either (they
+    showed the counts as a mismatch, in red, as for a table replication failed)."""
+    ov = overview("to_sqlite")
+    src = ov.facts.sources[0]
+    src.way_back_ended, src.tables[0].rows_postgres = "the window is over", 7
+    text = page(ov, None, live=True)
+    assert "5 / 7" in text and 'class="mismatch"' not in text and "num mismatch" not in text, text
+
+
 def test_charts_draw_the_daemon_history():
     now = time.time()
     times = [now - 300 + i * 5 for i in range(61)]

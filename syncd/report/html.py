@@ -211,7 +211,9 @@ def _glance(ov: Overview, facts: dict[str, SourceFacts], statuses: dict[str, Sou
             rows_s, rows_p = _sum(t.rows_sqlite for t in f.tables), _sum(t.rows_postgres for t in f.tables)
             rows = f"{number(rows_s)} / {number(rows_p)}"
             # Totals that agree say nothing of each table's: one table short and another over cancel out.
-            differ = rows_s != rows_p or rows_s is None or any(not t.counts_match for t in f.tables)
+            # Once the way back has ended, the file is kept as it was: no count is expected to agree.
+            differ = (rows_s != rows_p or rows_s is None or any(not t.counts_match for t in f.tables)) \
+                and not f.way_back_ended
             rows = f'<span class="mismatch">{e(rows)}</span>' if differ else e(rows)
         counts: dict[str, int] = {}
         for t in (f.tables if f else st.tables if st else []):
@@ -313,7 +315,8 @@ def _figures(f: SourceFacts | None, st: SourceStatus | None) -> list[str]:
         rows_s = _sum(t.rows_sqlite for t in f.tables)
         rows_p = _sum(t.rows_postgres for t in f.tables)
         # As the glance row: agreeing totals may hide one table short and another over.
-        differ = rows_s != rows_p or rows_s is None or any(not t.counts_match for t in f.tables)
+        differ = (rows_s != rows_p or rows_s is None or any(not t.counts_match for t in f.tables)) \
+            and not f.way_back_ended  # as the table rows: the file is kept as it was, no longer compared
         cls = ' class="mismatch"' if differ else ""
         out.append(_figure("Rows (SQLite / Postgres)", None, None,
                            f"<span{cls}>{e(number(rows_s))} / {e(number(rows_p))}</span>"))
