@@ -384,3 +384,31 @@ async def test_a_repair_names_a_key_it_leaves_that_is_not_utf8_by_its_bytes(tmp_
     out = verify(cfg, "--repair", "--wait", "2")
     assert """"tags" key 't\\xff' not repaired""" in out.stdout, out.stdout
     assert "udcff" not in out.stdout, out.stdout
+
+
+async def test_the_report_times_lookups_of_a_table_holding_text_that_is_not_utf8(tmp_path, make_config, pg_dsn):
+    """Values that are not UTF-8 (written past capture: the tables stream on) do not keep
+    the report from sampling their tables' rows for the lookup timings: the performance
+    item times each table's key as any other's (a key that is not UTF-8 is no sample),
+    instead of failing with Python's "Could not decode to UTF-8 column 'body' with text
+    'a\ufffdb'"."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO notes VALUES (?, ?)", [(i, f"b{i}") for i in range(1, 21)])
+    conn.execute("CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER)")
+    conn.executemany("INSERT INTO tags VALUES (?, ?)", [(f"t{i:02d}", i) for i in range(1, 21)])
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+    await sync_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    conn.execute("BEGIN")
+    conn.execute("UPDATE notes SET body = CAST(x'61ff62' AS TEXT) WHERE id % 2 = 1")
+    conn.execute("UPDATE tags SET name = CAST(x'74ff' || n AS TEXT) WHERE n % 2 = 1")
+    (applied,), = await pg_rows(pg_dsn, "SELECT applied_seq FROM syncd.sources WHERE source = 'app'")
+    conn.execute("DELETE FROM _syncd_changelog WHERE seq > ?", (applied,))
+    conn.execute("COMMIT")
+    conn.close()
+    r = run_cli(cfg, "report", "--format", "json")
+    performance = next(i for i in json.loads(r.stdout)["checklist"] if i["key"] == "performance")
+    assert performance["ok"] and not performance["problems"], performance
+    assert any(e.startswith("app.notes: primary key (id): ") for e in performance["evidence"]), performance
+    assert any(e.startswith("app.tags: primary key (name): ") for e in performance["evidence"]), performance

@@ -22,6 +22,7 @@ from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TableSpec
 from syncd.parity.plan import Item
 from syncd.postgres.connect import describe
+from syncd.sqlite.connection import not_utf8
 from syncd.types import ValueMismatch, converter
 
 NO_VALUE = "no row holds a value there: nothing to look up"  # the note of an index no row is in
@@ -142,9 +143,12 @@ async def measure(pg: asyncpg.Connection, sqlite_path, schema: str, specs: dict[
     looked up through); `budget`: how many lookups may be timed; `busy_timeout_ms`: how
     long a SQLite read waits for the application's lock ([sqlite] read_busy_timeout_ms)."""
     facts = SpeedFacts(max_ms)
-    from syncd.sqlite.connection import open_readonly
+    from syncd.sqlite.connection import open_readonly, surrogate_text
 
     sq = await asyncio.to_thread(open_readonly, sqlite_path, busy_timeout_ms)
+    # A value that is not UTF-8 is read with its bytes kept: a row holding one (in any
+    # column) is still a sample, and as a lookup value the converter leaves it out.
+    sq.text_factory = surrogate_text
     try:
         samples: dict[str, list[tuple]] = {}
         for name, spec in specs.items():
@@ -201,7 +205,7 @@ async def _one(pg: asyncpg.Connection, sq: sqlite3.Connection, schema: str, spec
                 values = [f(r[i]) for f, i in zip(convs, idx)]
             except ValueMismatch:
                 continue
-            if any(v is None for v in values):
+            if any(v is None or not_utf8(v) for v in values):  # text that is not UTF-8: no Postgres value
                 continue
             pg_params.append(values)
             sq_params.append([r[i] for i in idx])
@@ -248,6 +252,8 @@ async def _expression(pg: asyncpg.Connection, schema: str, spec: TableSpec, item
         try:
             kv = [f(r[i]) for f, i in zip(kconv, kidx)]
         except ValueMismatch:
+            continue
+        if any(not_utf8(v) for v in kv):
             continue
         looked_up += 1
         row = await pg.fetchrow(f"SELECT {expr} FROM {table} WHERE {kwhere}", *kv)
