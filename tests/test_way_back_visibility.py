@@ -318,3 +318,14 @@ async def test_a_file_archived_after_the_way_back_ended_is_a_retired_source_in_t
     st = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
     assert st["state"] == "cut_over" and not [p for p in st["problems"] if p["severity"] == "critical"], st
     assert any("its SQLite file is archived" in p["message"] for p in st["problems"]), st
+    # A daemon running the retired source says so too: not a missing file it waits for.
+    port = free_port()
+    cfg.write_text(cfg.read_text().replace('listen = ""', f'listen = "127.0.0.1:{port}"'))
+    with DaemonProcess(cfg, tmp_path / "again.log") as d:
+        d.wait_log("syncd running")
+        time.sleep(2)  # a few of the source's cycles
+        st = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
+        assert st["state"] != "source_missing" and not [p for p in st["problems"] if p["severity"] == "critical"], st
+        assert "source_missing" not in d.own_log() and 'syncd_source_up{source="app"} 0' not in \
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode(), d.own_log()
+        assert d.stop() == 0

@@ -463,7 +463,14 @@ class ReversePipeline:
             return False
         self.wake.clear()
         s = self.session
-        if s.worker.conn is None:
+        if await self._archived():
+            # The way back has ended and the file is archived, as it may be then: SQLite is
+            # not read any more (what is left, syncd's lookup indexes, is Postgres's), and no
+            # file is missing: no source-down alert fires for it.
+            await s.worker.close()
+            with contextlib.suppress(KeyError):
+                metrics.source_up.remove(self.name)
+        elif s.worker.conn is None:
             await s.worker.open()
             self.inode = s.worker.inode
             self.needs_reconcile = True
@@ -524,6 +531,24 @@ class ReversePipeline:
 
     def _notified(self, *_args) -> None:
         self.wake.set()
+
+    async def _archived(self) -> bool:
+        """The file is gone from its path after the way back ended (known here, or, for a
+        daemon started since, recorded in Postgres): archived, not missing."""
+        if self.source.path.exists():
+            return False
+        if self.retired is None:
+            try:
+                async with self.session.target.connection() as conn:  # its key may not be taken yet
+                    names = await capture.names_of(conn, self.settings.postgres.bookkeeping_schema, self.name)
+                    gen = await capture.generation(conn, names)
+            except Exception:  # noqa: BLE001 - Postgres away or not set up: the cycle says what
+                return False
+            if gen is None or gen.retired_at is None:
+                return False
+            self.generation = gen
+            self.retired = gen.retired_reason or "the rollback window is over"
+        return True
 
     def _file_replaced(self) -> bool:
         try:
