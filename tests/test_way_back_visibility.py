@@ -313,6 +313,8 @@ async def test_a_file_archived_after_the_way_back_ended_is_a_retired_source_in_t
     assert (src["file_archived"], src["error"], src["way_back_ended"] is not None) == (True, None, True), src
     text = run_cli(cfg, "report").stdout
     assert "Retired: the SQLite file is archived" in text and "does not exist" not in text, text
+    row = next(line for line in text.splitlines() if line.startswith("| `items` |"))
+    assert "the SQLite file is archived" in row and "❌" not in row and "could not be read" not in row, row
     page = run_cli(cfg, "report", "--format", "html").stdout
     assert "Retired: the SQLite file is archived" in page and "does not exist" not in page
     st = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]

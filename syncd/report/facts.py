@@ -490,7 +490,9 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
     for name in names:
         row = rows.get(name)
         copied_at = row.snapshot_finished_at + offset if row and row.snapshot_finished_at else None
-        if side is None:
+        if side is None and facts.file_archived:
+            captured, note = False, "not looked at: the SQLite file is archived, the way back having ended"
+        elif side is None:
             captured, note = False, "unknown: the SQLite file could not be read"  # facts.error says why
         else:
             captured, note = side.capture.get(name, (False, "not in the SQLite file"))

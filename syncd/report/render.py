@@ -106,7 +106,7 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
     out += ["", "| Table | State | Rows in SQLite | Rows in Postgres | Capture | Last verification | Result |",
             "|---|---|---:|---:|---|---|---|"]
     for t in s.tables:
-        out.append(_table_row(t, now, compared=not s.way_back_ended))
+        out.append(_table_row(t, now, compared=not s.way_back_ended, archived=s.file_archived))
     out.append("")
     if s.left_out:
         out += ["Not migrated (the application will miss these after the switch):", "",
@@ -134,8 +134,9 @@ def direction_text(direction: str) -> str:
                                                                                                       direction)
 
 
-def _table_row(t: TableFacts, now: dt.datetime, compared: bool = True) -> str:
-    """`compared`: False once the way back has ended (the file is kept as it was then)."""
+def _table_row(t: TableFacts, now: dt.datetime, compared: bool = True, archived: bool = False) -> str:
+    """`compared`: False once the way back has ended (the file is kept as it was then);
+    `archived`: the file is gone from its path since, as it may be (no capture is owed)."""
     state = t.state or "not registered"
     if t.reason and t.state != "streaming":
         state += f": {t.reason}"
@@ -148,7 +149,8 @@ def _table_row(t: TableFacts, now: dt.datetime, compared: bool = True) -> str:
         result += f" (before its columns changed: {changed})"
     mark = "" if t.counts_match or not compared else " ❌"
     return (f"| {_code(t.name)} | {_cell(state)} | {number(t.rows_sqlite)} | {number(t.rows_postgres)}{mark} | "
-            f"{'✅' if t.captured else '❌ ' + _cell(t.capture_note)} | {verified} | {_cell(result)} |")
+            f"{'✅' if t.captured else ('' if archived else '❌ ') + _cell(t.capture_note)} | {verified} | "
+            f"{_cell(result)} |")
 
 
 def _history_section(f: MigrationFacts) -> list[str]:
