@@ -53,6 +53,14 @@ EXTEND_EVERY_SECONDS = 10.0
 # Seconds after a pipeline stopped (a reload, a switch, a file gone) before the stopped
 # ones' leftovers are collected, once for all that stopped meanwhile (_collect_stopped).
 COLLECT_AFTER_STOP_SECONDS = 2.0
+# One of the daemon's loops (discovery, housekeeping, the checks' scheduler, ...) that
+# ended on an unexpected error is started again after this long, doubled at each failure
+# in a row up to LOOP_RESTART_MAX_SECONDS; a loop that ran LOOP_HEALTHY_SECONDS before it
+# failed starts its streak afresh. `syncd status` says so for LOOP_FAILURE_SHOWN_SECONDS.
+LOOP_RESTART_SECONDS = 1.0
+LOOP_RESTART_MAX_SECONDS = 30.0
+LOOP_HEALTHY_SECONDS = 60.0
+LOOP_FAILURE_SHOWN_SECONDS = 300.0
 
 
 class StartupError(Exception):
@@ -91,6 +99,8 @@ class Daemon:
         # while) reloads once it is over, against the configuration it left.
         self.reload_lock = asyncio.Lock()
         self.fleet_loops: list[asyncio.Task] = []  # FleetPoller, FleetRechecker, WayBackWatch
+        # loop -> (wall time, what went wrong) of its last unexpected failure (_supervised)
+        self.loop_failures: dict[str, tuple[float, str]] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -134,9 +144,11 @@ class Daemon:
             for problem in self.settings.discovery_problems:
                 log.warning(problem, extra={"event": "discovery"})
             metrics.not_picked_up(self.settings.discovery_problems)
-            loops = [asyncio.create_task(c) for c in (
-                self._housekeeping(), self.verifier.run(), self.page.run(), self._discover(),
-                orphans.watch(lambda: self.settings, lambda: self.pipelines, self.targets))]
+            loops = [asyncio.create_task(self._supervised(name, start), name=name) for name, start in (
+                ("housekeeping", self._housekeeping), ("consistency checks", self.verifier.run),
+                ("status page", self.page.run), ("discovery", self._discover),
+                ("foreign-key orphan counts",
+                 lambda: orphans.watch(lambda: self.settings, lambda: self.pipelines, self.targets)))]
             self._start_fleet_loops()
             await self.stop_event.wait()
             loops += self.fleet_loops
@@ -155,10 +167,38 @@ class Daemon:
     def _start_fleet_loops(self) -> None:
         """The fleet-wide polls and looks at Postgres, with the settings of now (a reload
         that changes [stream], [postgres] or [sqlite] starts them again)."""
-        self.fleet_loops = [asyncio.create_task(c) for c in (
-            FleetPoller(self.settings, lambda: self.pipelines).run(),
-            FleetRechecker(self.settings, self.targets, lambda: self.pipelines).run(),
-            WayBackWatch(self.settings, lambda: self.pipelines).run())]
+        self.fleet_loops = [asyncio.create_task(self._supervised(name, start), name=name) for name, start in (
+            ("polls", lambda: FleetPoller(self.settings, lambda: self.pipelines).run()),
+            ("rechecks", lambda: FleetRechecker(self.settings, self.targets, lambda: self.pipelines).run()),
+            ("way back watch", lambda: WayBackWatch(self.settings, lambda: self.pipelines).run()))]
+
+    async def _supervised(self, name: str, start) -> None:
+        """Run one of the daemon's loops (`start()` makes it), and start it again after an
+        unexpected error: said as an error naming the loop and what went wrong (once for
+        failures alike in a row), counted in syncd_daemon_loop_restarts_total and shown
+        by `syncd status`. Without it, the loop ended without a word and its work (new
+        files found, failed sources restarted, the watchdog's ping) stopped for good."""
+        delay = LOOP_RESTART_SECONDS
+        said = None
+        while True:
+            began = time.monotonic()
+            try:
+                await start()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the loop runs again; the error is said
+                why = describe(e)
+                if time.monotonic() - began >= LOOP_HEALTHY_SECONDS:
+                    delay, said = LOOP_RESTART_SECONDS, None  # ran a while: a new streak
+                self.loop_failures[name] = (time.time(), why)
+                metrics.loop_restarts_total.labels(name).inc()
+                if why != said:
+                    said = why
+                    log.error(f"the daemon's {name} loop failed: {why}; started again in {delay:g} s",
+                              exc_info=True, extra={"event": "loop_failed"})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LOOP_RESTART_MAX_SECONDS)
 
     async def _unless_stopped(self, work) -> bool:
         """Await `work` unless a stop comes first (SIGTERM while Postgres keeps the start
@@ -728,8 +768,10 @@ class Daemon:
                 "skipped": dict(list(s.skipped.items())),
                 "foreign_key_orphans": parity.orphan_counts(s),
             }
+        failed = {name: {"failed_at": at, "error": why} for name, (at, why) in list(self.loop_failures.items())
+                  if now - at < LOOP_FAILURE_SHOWN_SECONDS}
         return {"pid": os.getpid(), "started_at": self.started_at, "sources": sources,
-                "verify_behind_seconds": round(self.verifier.behind_seconds, 1)}
+                "verify_behind_seconds": round(self.verifier.behind_seconds, 1), "loops_failed": failed}
 
 
 async def _run_elsewhere(settings: Settings) -> str | None:

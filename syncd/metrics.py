@@ -137,6 +137,12 @@ files_not_picked_up = Gauge(
     ["reason"],
 )
 NOT_PICKED_UP = ("name", "schema", "same_file")
+loop_restarts_total = Counter(
+    "syncd_daemon_loop_restarts",
+    "Times one of the daemon's loops (discovery, housekeeping, consistency checks, ...) ended on an unexpected "
+    "error and was started again; the log names the error.",
+    ["loop"],
+)
 
 
 def not_picked_up(problems: list) -> None:

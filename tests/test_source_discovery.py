@@ -625,3 +625,54 @@ def test_a_glob_whose_files_are_all_gone_with_postgres_unreachable_is_critical(t
     doc = json.loads(run_cli(cfg, "status", "--json").stdout)
     assert doc["exit_code"] == 2, doc
     assert doc["postgres_unreachable"][0].startswith("Postgres unreachable: cannot connect to"), doc
+
+
+# Loaded by the daemon's interpreter (sitecustomize): its look at the globs fails while
+# the file SYNCD_LOOK_FAILS names exists, as an error syncd did not foresee would.
+FAILING_LOOK = '''
+import os
+import syncd.discovery
+
+_signature = syncd.discovery.signature
+
+
+def signature(settings):
+    if os.path.exists(os.environ["SYNCD_LOOK_FAILS"]):
+        raise RuntimeError("the look at the globs went wrong")
+    return _signature(settings)
+
+
+syncd.discovery.signature = signature
+'''
+
+
+async def test_discovery_that_fails_is_said_and_started_again(tmp_path, make_config, pg_dsn):
+    """An unexpected error in the daemon's discovery loop ended it without a word (its
+    exception was read only at the stop), and no file that appeared from then on was
+    picked up. It is logged once as an error naming the loop, the loop is started again
+    after a short pause, and `syncd status` warns meanwhile."""
+    d = tmp_path / "tenants"
+    d.mkdir()
+    tenant(d / "acme.db")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FAILING_LOOK)
+    fails = tmp_path / "fail"
+    port = free_port()
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*.db")}], metrics_listen=f"127.0.0.1:{port}",
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    env = {"PYTHONPATH": str(tmp_path / "site"), "SYNCD_LOOK_FAILS": str(fails)}
+    with DaemonProcess(cfg, tmp_path / "syncd.log", env=env) as dp:
+        await wait_caught_up(d / "acme.db", pg_dsn, "t_acme", daemon=dp)
+        fails.touch()
+        tenant(d / "globex.db")  # the directory changed: discovery looks again, and fails
+        dp.wait_log("the daemon's discovery loop failed: the look at the globs went wrong; started again in 1 s")
+        wait_for(lambda: 'syncd_daemon_loop_restarts_total{loop="discovery"} 2.0'
+                 in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode(), 10,
+                 "a second failure", dp)
+        r = run_cli(cfg, "status", "--json")
+        doc = json.loads(r.stdout)
+        assert r.returncode >= 1 and doc["loops_failed"]["discovery"]["error"] == "the look at the globs went wrong"
+        assert dp.own_log().count("discovery loop failed") == 1, dp.own_log()  # the same error, said once
+        fails.unlink()
+        await wait_caught_up(d / "globex.db", pg_dsn, "t_globex", timeout=15, daemon=dp)
+        assert dp.stop() == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 
 from syncd.cli import common
 from syncd.config import ConfigError
@@ -64,6 +65,11 @@ def main(args) -> int:
     note = behind_note(behind, settings.verify.interval_seconds)
     if note:
         notes.append(note)
+    failed = (live or {}).get("loops_failed") or {}
+    for loop, f in failed.items():
+        ago = max(0.0, time.time() - f["failed_at"])
+        notes.append(f"the daemon's {loop} loop failed {ago:.0f} s ago ({f['error']}); it was started again, "
+                     "see the daemon's log")
     if notes:
         verdict = worse(verdict, WARNING)  # a file a glob matches but syncd cannot pick up, checks behind
     if args.json:
@@ -74,6 +80,7 @@ def main(args) -> int:
         if away:
             doc["postgres_unreachable"] = away
         doc["verify_behind_seconds"] = behind
+        doc["loops_failed"] = failed
         common.say_json(doc, indent=2, ensure_ascii=False)
     else:
         common.say(*render(verdict, statuses, every=args.all or len(statuses) <= LIST_ALL_UP_TO,
