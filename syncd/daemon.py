@@ -373,15 +373,16 @@ class Daemon:
                 p = self._make(source)
                 self.pipelines[source.name] = p
                 self._launch(p)
-                log.info(f"source found at {source.path}" if source.path.exists() else
+                log.info(f"source found at {source.path}" if os.path.exists(source.path) else
                          f"source's file {source.path} is gone: kept, shown as missing",
                          extra={"source": source.name, "event": "discovered"})
 
     def _gone(self) -> list[Pipeline]:
-        """Sources from a glob whose file is gone (shown as missing)."""
+        """Sources from a glob whose file is gone (shown as missing), or out of syncd's
+        reach (in a folder it may not enter: os.path.exists, where Path.exists raises)."""
         configured = {s.name for s in self.settings.configured}
         return [p for p in self.pipelines.values()
-                if p.name not in configured and p.health == SOURCE_MISSING and not p.source.path.exists()]
+                if p.name not in configured and p.health == SOURCE_MISSING and not os.path.exists(p.source.path)]
 
     async def _drop_forgotten(self) -> bool:
         """A glob's source whose file is gone, and whose bookkeeping `syncd uninstall
@@ -408,7 +409,7 @@ class Daemon:
         # source (a gone file's) and start it again once it is let go here.
         async with self.reload_lock:
             for p in forgotten:
-                if p.name not in {s.name for s in self.settings.sources} or p.source.path.exists():
+                if p.name not in {s.name for s in self.settings.sources} or os.path.exists(p.source.path):
                     continue  # removed by a reload meanwhile, or its file is back
                 dropped = True
                 await self._stop_pipeline(p.name)

@@ -131,8 +131,10 @@ def expand(settings: Settings) -> Settings:
     running = {_real(s.path): s.path for s in settings.sources if not is_glob(s.path)}
     # A glob's source whose file is gone (shown as missing) keeps its name until it is
     # forgotten: a file the template gives that name meanwhile is another file, not it.
+    # (os.path.exists: a file in a folder syncd may not enter is out of reach, as gone;
+    # Path.exists raises "Permission denied" there, which ended every look.)
     gone = {s.name: s.path for s in settings.sources
-            if not is_glob(s.path) and s.name not in taken and not s.path.exists()}
+            if not is_glob(s.path) and s.name not in taken and not os.path.exists(s.path)}
     found: list[SourceSettings] = []
     problems: list[str] = []
     for pattern in settings.patterns:
@@ -202,7 +204,7 @@ async def remembered(settings: Settings, conn, bk_schema: str, dsn: str) -> list
     known = {s.name for s in settings.sources}
     out = []
     for name, path, schema in rows:
-        if name in known or not path or Path(path).exists():
+        if name in known or not path or os.path.exists(path):
             continue
         for pattern in settings.patterns:
             # Matched as the glob matches files (its * takes no '/'), under the name its
@@ -273,8 +275,8 @@ async def as_registered(settings: Settings) -> Settings:
             if not path:
                 continue
             # A gone file's source holds its name (expand): matched as the glob matches files.
-            there = Path(path).is_file()
-            if not there and (Path(path).exists() or name not in found):
+            there = os.path.isfile(path)
+            if not there and (os.path.exists(path) or name not in found):
                 continue
             for pattern in settings.patterns:
                 if (fnmatch.fnmatch(path, str(pattern.path)) if there else Path(path).match(str(pattern.path))) \

@@ -9,6 +9,7 @@ file-system events and what keeps the lag figure honest while Postgres is down.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sqlite3
 import time
@@ -1083,7 +1084,7 @@ class Pipeline:
         except FileMoved:  # nothing read from the file the connection holds: opened afresh
             self.file_changed = True
             self.wake.set()
-            if not self.source.path.exists():
+            if not os.path.exists(self.source.path):
                 metrics.source_up.labels(self.name).set(0)
         except sqlite3.OperationalError as e:
             if not contended(e):  # busy: the application holds a lock; poll again later

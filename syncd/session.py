@@ -194,7 +194,11 @@ class SourceSession:
     async def let_go_if_gone(self) -> None:
         """The source's file is gone: so is its lock, which `syncd uninstall --forget` takes
         (nothing runs until the file is back, and the lock is taken again first)."""
-        if self.target.holds(self.name, self) and not self.source.path.exists():
+        try:
+            gone = not self.source.path.exists()
+        except OSError:  # in a folder syncd may not enter: not known to be gone, the lock is kept
+            return
+        if gone and self.target.holds(self.name, self):
             await self.target.unlock(self.name, self)
 
     def drop_postgres(self) -> None:

@@ -47,7 +47,7 @@ class FileWatcher:
     def add(self, db_path: Path, callback: Callable[[], None]) -> bool:
         """Call `callback` (on the event loop) whenever the database or its journal
         changes. Returns False if the directory cannot be watched (polling still works)."""
-        db = str(db_path.resolve()) if db_path.exists() else str(db_path.absolute())
+        db = str(db_path.resolve()) if os.path.exists(db_path) else str(db_path.absolute())
         for suffix in SUFFIXES:
             self._targets[db + suffix].append(callback)
         directory = os.path.dirname(db)

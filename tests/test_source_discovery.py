@@ -676,3 +676,36 @@ async def test_discovery_that_fails_is_said_and_started_again(tmp_path, make_con
         fails.unlink()
         await wait_caught_up(d / "globex.db", pg_dsn, "t_globex", timeout=15, daemon=dp)
         assert dp.stop() == 0
+
+
+async def test_a_tenant_folder_syncd_may_not_enter_leaves_the_daemon_running(tmp_path, make_config, pg_dsn,
+                                                                           monkeypatch):
+    """A tenant's folder syncd may not enter any more (its owner changed, mode 0700): the
+    daemon's look at whether the file was still there raised "Permission denied", which
+    ended its discovery (no file found from then on) and, when the source restarted,
+    its housekeeping too (failed sources no longer restarted, the watchdog no longer
+    pinged). The source is shown as missing, waiting for its file to be readable again;
+    new files are found, the other sources stream on, nothing ends in a traceback."""
+    from tests.support import daemon as support
+
+    d = tmp_path / "tenants"
+    for stem in ("acme", "globex"):
+        (d / stem).mkdir(parents=True)
+        tenant(d / stem / "app.db")
+    cfg = make_config([{"name": "t_{parent}", "path": str(d / "*" / "app.db")}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    # syncd as its unit runs it, held out by a folder's mode: root without the capabilities that pass over it.
+    cmd = support.syncd_cmd
+    monkeypatch.setattr(support, "syncd_cmd", lambda config, *args: [
+        "setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd(config, *args)])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(d / "acme" / "app.db", pg_dsn, "t_acme", daemon=dp)
+        await wait_caught_up(d / "globex" / "app.db", pg_dsn, "t_globex", daemon=dp)
+        os.chown(d / "globex", 65534, 65534)
+        os.chmod(d / "globex", 0o700)
+        dp.wait_log("source=t_globex event=source_missing")
+        (d / "zeta").mkdir()
+        tenant(d / "zeta" / "app.db")
+        await wait_caught_up(d / "zeta" / "app.db", pg_dsn, "t_zeta", timeout=15, daemon=dp)
+        assert "Traceback" not in dp.own_log() and "ended unexpectedly" not in dp.own_log(), dp.own_log()[-3000:]
+        assert dp.stop() == 0
