@@ -771,9 +771,13 @@ def _not_json(message: str, path: Path) -> str:
 
 def load_settings(path: Path) -> Settings:
     """Load and validate the configuration, or raise ConfigError with one line."""
-    if not path.exists():
+    try:
+        there, regular = path.exists(), path.is_file()
+    except OSError as e:  # a folder syncd may not enter: Path.exists raises "Permission denied"
+        raise ConfigError(f"config file {path}: cannot read: {e.strerror}") from None
+    if not there:
         raise ConfigError(f"config file {path} does not exist (use --config FILE or set SYNCD_CONFIG)")
-    if not path.is_file():
+    if not regular:
         raise ConfigError(f"config file {path} is not a regular file")
     misspelt = _misspelt_environment(path)
     if misspelt:

@@ -449,7 +449,11 @@ class Daemon:
             self.notifier.reloading()
         async with self.reload_lock:
             if not self._stopping_anyway():  # a stop requested while the reload before ran
-                await self._reload()
+                try:
+                    await self._reload()
+                except Exception as e:  # noqa: BLE001 - run from a signal: nobody else would read it
+                    log.error(f"reload failed: {describe(e)}", exc_info=True, extra={"event": "reload_failed"})
+                    self._reloaded()  # systemd is not left waiting for the reload's end
 
     def _stopping_anyway(self) -> bool:
         """A SIGHUP once a stop is requested: nothing is started that the stop would not see."""

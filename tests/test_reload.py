@@ -621,3 +621,34 @@ async def test_a_stop_during_a_reload_starts_nothing(tmp_path, pg_dsn):
     assert "source=b" not in log and "restarted with new settings" not in log, log[-3000:]
     assert "stop requested during the reload: no source is started" in log, log[-3000:]
     assert await pg_rows(pg_dsn, "SELECT source FROM syncd.sources ORDER BY 1") == [("a",), ("k",)]
+
+
+async def test_a_sighup_with_the_configuration_out_of_reach_keeps_the_running_one(tmp_path, pg_dsn, monkeypatch):
+    """A SIGHUP while the configuration's folder is one syncd may not enter (its mode
+    tightened to 0700 by another owner): the reload ended in a traceback nobody read
+    ("Permission denied" looking whether the file exists), without saying that the
+    configuration was not reloaded, and left systemd waiting for the reload's end. It
+    is said as a reload failed, keeping the running configuration, as for a bad file."""
+    from tests.support import daemon as support
+
+    a = tmp_path / "a.db"
+    create_items(a, rows=10)
+    (tmp_path / "etc").mkdir()
+    cfg = write_config(tmp_path / "etc" / "syncd.toml", pg_dsn, [{"name": "a", "path": str(a)}])
+    # syncd as its unit runs it, held out by a folder's mode: root without the capabilities that pass over it.
+    cmd = support.syncd_cmd
+    monkeypatch.setattr(support, "syncd_cmd", lambda config, *args: [
+        "setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd(config, *args)])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        os.chown(cfg.parent, 65534, 65534)
+        os.chmod(cfg.parent, 0o700)
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("reload failed, keeping the running configuration")
+        assert "Permission denied" in d.own_log() and "Traceback" not in d.own_log(), d.own_log()[-3000:]
+        conn = sqlite3.connect(a)
+        conn.execute("UPDATE items SET v = 'after the reload' WHERE id = 1")
+        conn.commit()
+        conn.close()
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        assert d.stop() == 0
