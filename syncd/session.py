@@ -198,7 +198,9 @@ class SourceSession:
             gone = not self.source.path.exists()
         except OSError:  # in a folder syncd may not enter: not known to be gone, the lock is kept
             return
-        if gone and self.target.holds(self.name, self):
+        # Held for this session, or for none yet (taken at start, the file gone before this
+        # session's first step in Postgres); not for a session of the source after this one.
+        if gone and self.target.holds(self.name) and self.target.owner(self.name) in (None, self):
             await self.target.unlock(self.name, self)
 
     def drop_postgres(self) -> None:

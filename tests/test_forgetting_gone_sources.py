@@ -124,3 +124,23 @@ def test_forgetting_with_postgres_unreachable_says_so(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 1 and "no source named" not in out, out
     assert "t_globex" in out and "cannot connect" in out and "Traceback" not in out, out
+
+
+async def test_a_file_gone_before_the_daemon_starts_can_be_forgotten_while_it_runs(tmp_path, make_config, pg_dsn):
+    """A source's file deleted while no daemon ran: the daemon started since shows it missing
+    and lets its lock go, as it does for a file deleted under it, so `syncd uninstall
+    --forget` need not stop the daemon. Before, the lock the daemon took for every source at
+    start was never let go: the forget said the source was "already being run"."""
+    db = tmp_path / "app.db"
+    tenant(db, "acme")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    for f in tmp_path.glob("app.db*"):
+        f.unlink()
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        d.wait_log("does not exist")
+        wait_for(lambda: run_cli(cfg, "uninstall", "--source", "app", "--forget").returncode == 0, 30,
+                 "the gone file's source forgotten while the daemon runs", d)
+        assert d.stop() == 0

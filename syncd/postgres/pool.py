@@ -119,6 +119,11 @@ class Target:
         return (source in self._locked and self._holder is not None and not self._holder.is_closed()
                 and (owner is None or self._owners.get(source) is owner))
 
+    def owner(self, source: str) -> object | None:
+        """The session the source's lock is held for; None for one taken for no session yet
+        (lock_many at start), which any session of the source may let go."""
+        return self._owners.get(source)
+
     def key(self, source: str) -> int:
         """The source's key (bookkeeping.source_keys), known once its lock was taken."""
         return self._keys[source]
