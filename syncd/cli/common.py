@@ -85,13 +85,15 @@ def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSetti
     out of a fleet's switch in silence."""
     settings = load(args)
     setup_logging(args, settings)
-    settings = with_gone_sources(settings)
     if not getattr(args, "dry_run", False):
         # A switch that lost Postgres tries it again to settle what it froze: every
-        # connection of its waits for an answer.
+        # connection of its waits for an answer, the gone files' lookup first (a login
+        # that timed out in the glob's lookup would leave them out of a switch that then
+        # reached Postgres).
         from syncd.postgres.connect import remember_unanswered
 
         remember_unanswered(False)
+    settings = with_gone_sources(settings)
     sources = selected_sources(settings, args.source)
     if not sources:
         raise ConfigError(settings.no_sources())

@@ -49,11 +49,11 @@ def _seconds(text: str) -> float:
 def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
-    settings = common.with_gone_sources(settings)  # checked (and failing), never left out in silence
     if args.repair:  # the stream a repair runs tries Postgres again, however long it did not answer
         from syncd.postgres.connect import remember_unanswered
 
-        remember_unanswered(False)
+        remember_unanswered(False)  # the gone files' lookup first: none left out of a repair that reaches it
+    settings = common.with_gone_sources(settings)  # checked (and failing), never left out in silence
     sources = common.selected_sources(settings, args.source)
     if not sources:
         return common.fail(settings.no_sources(), 2)
