@@ -331,3 +331,32 @@ async def test_a_file_archived_after_the_way_back_ended_is_a_retired_source_in_t
         assert "source_missing" not in d.own_log() and 'syncd_source_up{source="app"} 0' not in \
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode(), d.own_log()
         assert d.stop() == 0
+
+
+async def test_a_cut_over_files_folder_syncd_may_not_enter_is_no_postgres_outage(tmp_path, make_config, pg_dsn,
+                                                                                  monkeypatch):
+    """After the cutover, the SQLite file's folder becomes one syncd may not enter (its owner
+    changed, mode 0700): the way back says the file cannot be reached and waits for it, as
+    the forward stream does. Before, "Permission denied" was taken for Postgres failing:
+    "Postgres unreachable", syncd_postgres_up 0, while Postgres was fine."""
+    from tests.support import daemon as support
+
+    (tmp_path / "app").mkdir()
+    db = tmp_path / "app" / "app.db"
+    create_items(db, rows=5)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    # syncd as its unit runs it, held out by a folder's mode: root without the capabilities that pass over it.
+    cmd = support.syncd_cmd
+    monkeypatch.setattr(support, "syncd_cmd", lambda config, *args: [
+        "setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd(config, *args)])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        os.chown(db.parent, 65534, 65534)
+        os.chmod(db.parent, 0o700)
+        try:
+            d.wait_log("source=app event=source_missing")
+        finally:
+            os.chown(db.parent, 0, 0)
+        assert "Postgres unreachable" not in d.own_log(), d.own_log()[-3000:]
+        assert d.stop() == 0

@@ -535,7 +535,7 @@ class ReversePipeline:
     async def _archived(self) -> bool:
         """The file is gone from its path after the way back ended (known here, or, for a
         daemon started since, recorded in Postgres): archived, not missing."""
-        if self.source.path.exists():
+        if os.path.exists(self.source.path):  # in a folder syncd may not enter: out of reach, not here
             return False
         if self.retired is None:
             try:
@@ -555,6 +555,8 @@ class ReversePipeline:
             st = os.stat(self.source.path)
         except FileNotFoundError:
             raise SourceFileError(f"SQLite file {self.source.path} does not exist") from None
+        except OSError as e:  # a folder syncd may not enter: the file is out of reach, Postgres is not at fault
+            raise SourceFileError(f"SQLite file {self.source.path} cannot be reached: {e.strerror}") from None
         return (st.st_dev, st.st_ino) != self.inode
 
     async def _refreeze(self, message: str) -> bool:
