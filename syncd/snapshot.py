@@ -373,6 +373,13 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
                                              f"as they are before the reloaded ones replace them, and Postgres "
                                              f"refused: {e}; the load goes on once that is changed", row=False) \
             from None
+    except ddl.ReshapeRefused as e:
+        raise SnapshotRejected(t.name, None, f"another table's foreign key points at its rows, and its shape changed "
+                                             f"in a way they cannot follow as they are ({e}): emptied to be reshaped, "
+                                             f"that foreign key's action (ON DELETE CASCADE, SET NULL) would reach the "
+                                             f"other table's rows; change the table in Postgres as SQLite has it, or "
+                                             f"drop that foreign key: the load goes on once that is changed",
+                               row=False) from None
     except ddl.RewriteTooSlow as e:
         raise SnapshotRejected(t.name, None, _too_slow(
             session, t.name, e, ("another table's foreign key points at its rows" if e.referenced else

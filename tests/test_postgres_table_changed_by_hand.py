@@ -394,6 +394,75 @@ async def test_a_key_made_char_n_by_hand_keeps_the_rows_pointing_at_its_shorter_
         assert d.stop() == 0
 
 
+async def test_a_key_made_char_n_by_hand_in_a_table_given_a_column_in_sqlite_keeps_the_rows_pointing_at_it(
+        app_db, make_config, pg_dsn, tmp_path):
+    """As above, and a column added to the table in SQLite while the daemon was stopped:
+    the table is loaded again, the column added to its rows as they are, its key turned
+    back into text, and every row rewritten in place: the other table keeps its rows.
+    Before, a column SQLite has and Postgres has not yet sent the table to be emptied
+    and reshaped, and the cascade deleted every row of the other table, silently."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT);
+        INSERT INTO countries VALUES ('fra', 'France'), ('x', 'Nowhere');
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "ALTER TABLE app.countries ALTER COLUMN code TYPE char(3)",
+        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
+        "country char(3) REFERENCES app.countries ON DELETE CASCADE)",
+        "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'x')")
+    conn.execute("ALTER TABLE countries ADD COLUMN pop INTEGER")
+    conn.execute("UPDATE countries SET pop = 68 WHERE code = 'fra'")
+    conn.commit()
+    conn.close()
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT code, name, pop FROM app.countries ORDER BY code") == [
+            ("fra", "France", 68), ("x", "Nowhere", None)]
+        assert await pg_rows(pg_dsn, "SELECT id, country FROM public.visits ORDER BY id") == [(1, "fra"), (2, "x")]
+        assert d.stop() == 0
+
+
+async def test_a_table_keyed_anew_in_sqlite_keeps_the_rows_of_another_table_pointing_at_it(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A table rebuilt in SQLite on another key (a column another table of someone's in
+    Postgres points at, ON DELETE CASCADE, through a unique constraint made there): the
+    table is loaded again, keyed anew on its rows as they are and rewritten in place by
+    the new key: the other table keeps its rows. Before, the table was emptied to be
+    reshaped, and the cascade deleted every row of the other table, silently."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE countries (id INTEGER PRIMARY KEY, code TEXT NOT NULL, name TEXT);
+        INSERT INTO countries VALUES (1, 'fra', 'France'), (2, 'ita', 'Italy');
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "ALTER TABLE app.countries ADD CONSTRAINT countries_code UNIQUE (code)",
+        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
+        "country text REFERENCES app.countries (code) ON DELETE CASCADE)",
+        "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'ita')")
+    conn.executescript("""
+        CREATE TABLE countries_new (id INTEGER NOT NULL, code TEXT PRIMARY KEY, name TEXT);
+        INSERT INTO countries_new SELECT id, code, name FROM countries;
+        DROP TABLE countries;
+        ALTER TABLE countries_new RENAME TO countries;
+        UPDATE countries SET name = 'Italia' WHERE code = 'ita';
+    """)
+    conn.commit()
+    conn.close()
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT code, id, name FROM app.countries ORDER BY code") == [
+            ("fra", 1, "France"), ("ita", 2, "Italia")]
+        assert await pg_rows(pg_dsn, "SELECT id, country FROM public.visits ORDER BY id") == [(1, "fra"), (2, "ita")]
+        assert d.stop() == 0
+
+
 async def test_a_resync_of_a_table_a_view_depends_on_waits_for_the_view_and_stops_nothing_else(
         app_db, make_config, pg_dsn, tmp_path):
     """`syncd resync` rebuilds a table by dropping its Postgres copy; a view of someone's

@@ -256,6 +256,13 @@ class RetypeRefused(Exception):
     key's action on the other table's rows (ON DELETE CASCADE deletes them)."""
 
 
+class ReshapeRefused(Exception):
+    """A table another table's foreign key points at must be loaded again, and its shape
+    moved in a way its rows cannot follow as they are (a column SQLite no longer has):
+    emptying it to reshape it would fire that foreign key's action on the
+    other table's rows (ON DELETE CASCADE deletes them)."""
+
+
 class RewriteTooSlow(Exception):
     """Retyping a table's rows as they are (a rewrite of the table) ran over the statement
     timeout: `alters`, the statements to run by hand; `server`, Postgres's cancel (its
@@ -281,9 +288,17 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
     points at its rows), RetypeRefused. RewriteTooSlow when the rewrite runs over the
     statement timeout. `loaded`: the table holding the rows about to replace these."""
     diff = diff_shape(spec, pgt)
-    if diff.missing_in_pg or diff.extra_in_pg or diff.key_changed:
-        return pgt
     table = qualified(schema, spec.name)
+    if diff.extra_in_pg or (diff.key_changed and not strict):
+        if strict:
+            # Emptied to be reshaped, the other table's rows would go with its foreign
+            # key's action: the table is held instead, naming what to change by hand.
+            raise ReshapeRefused(f"column(s) {', '.join(quote_pg_ident(c) for c in diff.extra_in_pg)} "
+                                 "no longer in SQLite's table")
+        return pgt
+    # A key changed (`strict`): made anew on the rows as they are, where they fit it.
+    pkey = await conn.fetchval("SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'",
+                               table) if diff.key_changed else None
     # A character(n) value is cast to text without the padding SQLite's copy holds (the
     # way back writes it as Postgres hands it out): padded again, the key of every row
     # still matches the load's, and no row is deleted and inserted again. Where that does
@@ -309,11 +324,14 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
     here = await conn.fetchval("SELECT $1::regclass::text", table)  # as _foreign_keys_on names it
 
     async def alters_for(padded: bool) -> list[str]:
-        """Every statement of the retype, in order: each foreign key on a retyped column
-        dropped, the columns retyped, the other end of each (the application made both
-        uuid, say) made the same type, its values as they are (Postgres keeps no foreign
-        key between two types it cannot compare), and the foreign keys made again."""
-        out = [f"ALTER TABLE {link.table} DROP CONSTRAINT {quote_pg_ident(link.name)}" for link in links]
+        """Every statement of the retype, in order: the columns SQLite added since added
+        to the rows as they are (nullable: the reloaded rows fill them), each foreign key
+        on a retyped column dropped, the columns retyped, the other end of each (the
+        application made both uuid, say) made the same type, its values as they are
+        (Postgres keeps no foreign key between two types it cannot compare), the key
+        made anew where SQLite's changed, and the foreign keys made again."""
+        out = [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column_sql(col, True)}" for col in diff.missing_in_pg]
+        out += [f"ALTER TABLE {link.table} DROP CONSTRAINT {quote_pg_ident(link.name)}" for link in links]
         done = {(here, n) for n in retyped}  # a foreign key of the table's onto itself: retyped already
         for name, have, _want in diff.retyped:
             want = spec.column(name).pgtype.value
@@ -325,6 +343,12 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
                     oq = quote_pg_ident(column)
                     out.append(f"ALTER TABLE {other} ALTER COLUMN {oq} TYPE {want} "
                                f"USING {_cast(oq, have, want, padded)}")
+        if diff.key_changed:  # as reshape_empty_table does it, on the rows as they are
+            if pkey is not None:
+                out.append(f"ALTER TABLE {table} DROP CONSTRAINT {quote_pg_ident(pkey)}")
+            out += [f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(n)} DROP NOT NULL" for n in pgt.key
+                    if n not in spec.key and n in spec.column_names and not spec.column(n).notnull]
+            out.append(f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(quote_pg_ident(k) for k in spec.key)})")
         for link in links:
             out.append(f"ALTER TABLE {link.table} ADD CONSTRAINT {quote_pg_ident(link.name)} {link.definition}")
             if link.comment is not None:
