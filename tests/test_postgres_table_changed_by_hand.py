@@ -5,6 +5,7 @@ A change made in SQLite that the daemon has not followed yet is still the daemon
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import uuid
@@ -460,6 +461,46 @@ async def test_a_table_keyed_anew_in_sqlite_keeps_the_rows_of_another_table_poin
         assert await pg_rows(pg_dsn, "SELECT code, id, name FROM app.countries ORDER BY code") == [
             ("fra", 1, "France"), ("ita", 2, "Italia")]
         assert await pg_rows(pg_dsn, "SELECT id, country FROM public.visits ORDER BY id") == [(1, "fra"), (2, "ita")]
+        assert d.stop() == 0
+
+
+async def test_a_held_retype_of_a_char_n_key_too_slow_does_not_compare_its_keys_again_at_every_retry(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A key made char(3) in Postgres by hand in a table another table's foreign key points
+    at, whose retype runs over [postgres] statement_timeout_seconds (an index calling a
+    slow function): the table is held, and the retries until a restart read none of its
+    rows. Before, each retry first compared every key with the load's (two queries over
+    the whole table, without the retype's lock wait or savepoint, a timeout there failing
+    the source), only to find the retype remembered too slow."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT);
+        INSERT INTO countries VALUES ('fra', 'France'), ('x', 'Nowhere'), ('ita', 'Italy');
+    """)
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"statement_timeout_seconds": 2}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "ALTER TABLE app.countries ALTER COLUMN code TYPE char(3)",
+        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
+        "country char(3) REFERENCES app.countries ON DELETE CASCADE)",
+        "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'x')", *slow_index_on("countries", "name", "text"))
+    scans = "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relid = 'app.countries'::regclass"
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app")).get("countries", ("",))[0] == "held"
+
+        await eventually(held, 60, "the table held", d)
+        await asyncio.sleep(1.1)  # Postgres counts a session's scans at most once a second
+        before = await pg_rows(pg_dsn, scans)
+        tries = d.log().count("event=snapshot_resumed")
+        wait_for(lambda: d.log().count("event=snapshot_resumed") >= tries + 2, 30, "two more tries", d)
+        await asyncio.sleep(1.1)
+        assert await pg_rows(pg_dsn, scans) == before
+        assert (await table_states(pg_dsn, "app"))["countries"][0] == "held"
+        assert await pg_rows(pg_dsn, "SELECT id FROM public.visits ORDER BY id") == [(1,), (2,)]
         assert d.stop() == 0
 
 

@@ -304,20 +304,19 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
     # still matches the load's, and no row is deleted and inserted again. Where that does
     # not hold (a foreign key from a column of another type), the plain cast is tried.
     tries = (True, False) if any(_padded_width(have) for _, have, _ in diff.retyped) else (False,)
-    if len(tries) == 2 and loaded is not None and any(_padded_width(have) for n, have, _ in diff.retyped
-                                                      if n in spec.key):
-        # A key SQLite holds unpadded (a column made character(n) in Postgres by hand, the
-        # file never cut over): the plain cast first, where more keys then match the load's.
-        have_of = {n: have for n, have, _ in diff.retyped}
+    # A key SQLite may hold unpadded (a column made character(n) in Postgres by hand, the
+    # file never cut over): the plain cast first where more keys then match the load's.
+    # Compared on the table's rows under the retype's own lock wait, in a savepoint, once
+    # a retype remembered too slow is not to run again.
+    compare = len(tries) == 2 and loaded is not None and any(_padded_width(have) for n, have, _ in diff.retyped
+                                                             if n in spec.key)
+    have_of = {n: have for n, have, _ in diff.retyped}
 
-        async def matching(padded: bool) -> int:
-            on = " AND ".join(f"a.{quote_pg_ident(k)} = " + (
-                _cast(f"t.{quote_pg_ident(k)}", have_of[k], spec.column(k).pgtype.value, padded)
-                if k in have_of else f"t.{quote_pg_ident(k)}") for k in spec.key)
-            return await conn.fetchval(f"SELECT count(*) FROM {table} AS t JOIN {loaded} AS a ON {on}")
-
-        if await matching(False) > await matching(True):
-            tries = (False, True)
+    async def matching(padded: bool) -> int:
+        on = " AND ".join(f"a.{quote_pg_ident(k)} = " + (
+            _cast(f"t.{quote_pg_ident(k)}", have_of[k], spec.column(k).pgtype.value, padded)
+            if k in have_of else f"t.{quote_pg_ident(k)}") for k in spec.key)
+        return await conn.fetchval(f"SELECT count(*) FROM {table} AS t JOIN {loaded} AS a ON {on}")
 
     retyped = [n for n, _, _ in diff.retyped]
     links = await _foreign_keys_on(conn, table, retyped)
@@ -364,11 +363,19 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
         await conn.execute(f"SET LOCAL lock_timeout = '{lock_wait_ms}ms'")
     refused: str | None = None
     try:
-        for alters in plans:
+        while plans:
+            alters = plans[0]
+            comparing, compare = compare, False
             try:
                 async with conn.transaction():  # a savepoint
-                    for sql in alters:
-                        await run_ddl(conn, sql)
+                    if comparing:
+                        if await matching(False) > await matching(True):
+                            plans.reverse()
+                    else:
+                        for sql in alters:
+                            await run_ddl(conn, sql)
+                if comparing:
+                    continue
             except TimeoutError:
                 if conn.is_closed():
                     raise  # an outage: tried again as a whole
@@ -385,9 +392,10 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
                                      "again, and another Postgres session holds the table (a long query or "
                                      f"transaction) past {lock_wait_ms} ms; trying again with backoff, changes stay "
                                      "captured in SQLite") from None
-                if is_transient(e):  # tried again as a whole, never emptied for want of a lock
+                if is_transient(e) or comparing:  # tried again as a whole, never emptied for want of a lock
                     raise
                 refused = describe(e)
+                plans.pop(0)
                 continue
             return (await read_tables(conn, schema)).get(spec.name) or pgt
         if strict and refused is not None:
