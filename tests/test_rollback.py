@@ -922,8 +922,9 @@ async def test_a_cutover_run_after_a_killed_rollback_gives_postgres_back_to_the_
         tmp_path, make_config, pg_dsn):
     """A rollback killed once it froze Postgres, no daemon running: the source is still cut
     over, and `syncd cutover` run to stay on Postgres undoes the rollback's freeze, as
-    `syncd rollback` run again would, and says so; it said "already cut over; nothing to
-    do", exit 0, while Postgres went on refusing the application's writes."""
+    `syncd rollback` run again would, and says so from its first line; it said "already cut
+    over; nothing to do", exit 0, while Postgres went on refusing the application's writes,
+    and then kept that headline above the line saying what it undid."""
     db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
     with held_at(cfg, "rollback", "frozen") as proc:
         proc.kill()
@@ -931,8 +932,10 @@ async def test_a_cutover_run_after_a_killed_rollback_gives_postgres_back_to_the_
     assert await postgres_refusal(pg_dsn) is not None
     r = run_cli(cfg, "cutover")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "app: already cut over" in r.stdout, r.stdout
-    assert "unfroze Postgres, which a rollback left frozen when it stopped before finishing" in r.stdout, r.stdout
+    [head, *rest] = [line for line in r.stdout.splitlines() if line.startswith(("app:", "  ."))]
+    assert head.startswith("app: already cut over (") and "nothing to do" not in head, r.stdout
+    assert "undid a rollback that stopped before finishing" in head, r.stdout
+    assert rest == ["  . unfroze Postgres, which a rollback left frozen when it stopped before finishing"], r.stdout
     assert await postgres_refusal(pg_dsn) is None and not sqlite_writable(db)
     assert await direction(pg_dsn) == "to_sqlite"
     assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'rollback'") == [("undone",)]

@@ -76,7 +76,9 @@ async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool,
 
 def render(r: CutoverResult) -> list[str]:
     if r.already:
-        return [f"{r.source}: already cut over ({r.already}); nothing to do", *(f"  . {p}" for p in r.plan)]
+        done = ("undid a rollback that stopped before finishing (below)" if r.plan  # said first: it changed things
+                else "nothing to do")
+        return [f"{r.source}: already cut over ({r.already}); {done}", *(f"  . {p}" for p in r.plan)]
     if r.problems:
         head = "UNDONE" if r.undone else "OUTCOME UNKNOWN" if r.unknown else "REFUSED"
         return [f"{r.source}: {head}: {r.problems[0]}", *(f"  - {p}" for p in r.problems[1:]),
