@@ -390,8 +390,10 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
             raise
         # The reloaded rows do not fit the live table (a key Postgres holds once that
         # SQLite holds twice, say): the old rows stay, the table is held until it fits.
-        raise SnapshotRejected(t.name, None, f"the reloaded rows could not replace the live ones: {describe(e)}") \
-            from None
+        # A refusal of the table itself (a view over a column its reshape retypes, say)
+        # rejected no row.
+        raise SnapshotRejected(t.name, None, f"the reloaded rows could not replace the live ones: {describe(e)}",
+                               row=is_data_error(e)) from None
     app_triggers.say(session.name, quieted, disabled=True)
     t.row = row
     session.loaded(t.name)

@@ -326,6 +326,38 @@ async def test_a_too_slow_retype_of_a_column_pointing_at_another_table_says_whic
         assert d.stop() == 0
 
 
+async def test_a_refused_retype_of_a_column_pointing_at_another_table_and_used_by_a_view_claims_no_rejected_row(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A TEXT column holding UUIDs made uuid in Postgres by hand, with a foreign key from
+    it to a table of someone's there keyed uuid, and a view over that column: Postgres
+    retypes no column a view uses, so the table is held naming the view, and the hold no
+    longer says "Postgres rejected the row": no row was. Once the view is dropped it loads."""
+    team = str(uuid.UUID(int=1))
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE members (id INTEGER PRIMARY KEY, team_id TEXT)")
+    conn.executemany("INSERT INTO members VALUES (?, ?)", [(n, team) for n in (1, 2)])
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, f"CREATE TABLE public.teams (id uuid PRIMARY KEY); INSERT INTO public.teams VALUES ('{team}')",
+        "ALTER TABLE app.members ALTER COLUMN team_id TYPE uuid USING team_id::uuid",
+        "ALTER TABLE app.members ADD FOREIGN KEY (team_id) REFERENCES public.teams",
+        "CREATE VIEW public.member_teams AS SELECT team_id FROM app.members")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app")).get("members", ("",))[0] == "held"
+
+        await eventually(held, 60, "the table held", d)
+        reason = (await table_states(pg_dsn, "app"))["members"][1]
+        assert "used by a view" in reason, reason
+        assert "rejected the row" not in reason, reason  # no row was
+        await pg_statements(pg_dsn, "DROP VIEW public.member_teams")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+
+
 async def test_a_reload_of_a_referenced_table_whose_retype_postgres_refuses_deletes_no_row_of_the_other_table(
         app_db, make_config, pg_dsn, tmp_path):
     """A TEXT key made char(n) in Postgres by hand, a table of someone's there whose
