@@ -327,8 +327,10 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
         refused = privilege_refused(e, dsn) or login_refused(e, dsn)
         slow = None if refused or conn is None else _answered_slowly(e, settings.postgres.statement_timeout_seconds)
         # Nothing read before the failure is judged (a table's state without its checks
-        # would read as a table never checked).
-        out = {n: _PgSide(error=refused or slow or describe(e), refused=refused is not None, timed_out=bool(slow))
+        # would read as a table never checked), bar a switch running: read whole, it says
+        # the application's writes fail meanwhile.
+        out = {n: _PgSide(error=refused or slow or describe(e), refused=refused is not None, timed_out=bool(slow),
+                          switching=out[n].switching)
                for n in names}
     finally:
         await close_quietly(conn)

@@ -236,6 +236,35 @@ async def test_postgres_lost_part_way_leaves_no_half_read_tables_judged(tmp_path
     [row] = [x for x in r.stdout.splitlines() if x.startswith("app ")]
     assert "streaming" not in row and "unchecked" not in row, row
 
+async def test_postgres_lost_part_way_during_a_cutover_still_warns_that_the_application_s_writes_fail(
+        tmp_path, outage, pg_dsn):
+    """A cutover or rollback runs (it holds the source's switch lock) and the connection
+    drops while status reads the consistency checks: Postgres unreachable, and status still
+    says the switch runs and that the application's writes fail at once meanwhile, which it
+    had read before the failure; it dropped that warning with everything else it had read."""
+    from syncd.cutover import take_switch_lock
+    from syncd.postgres import bookkeeping as bk
+
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}])
+    assert run_cli(cfg, "init").returncode == 0
+    pg = await asyncpg.connect(pg_dsn, server_settings={"application_name": "syncd cutover"})
+    try:  # as a running cutover holds it
+        key = (await bk.recorded_keys(pg, "syncd")).get("app") or bk.lock_key("app")
+        assert await take_switch_lock(pg, key)
+        proxy.lose_reply_after(b"verify_runs", then=b"verify_runs", refuse_after=True)
+        r = run_cli(cfg, "status")
+    finally:
+        await pg.close()
+    assert proxy.reply_lost.is_set()
+    assert r.returncode == CRITICAL, r.stdout + r.stderr
+    assert "Postgres unreachable" in r.stdout, r.stdout
+    assert "a cutover or rollback of this source is running (syncd cutover)" in r.stdout, r.stdout
+    assert "fail at once" in r.stdout, r.stdout
+
+
 async def test_a_role_postgres_does_not_know_is_named_as_refused_with_the_files_pending_changes(tmp_path, pg_dsn):
     """Postgres answers and refuses the DSN's role (none of that name): status says the role
     was refused, naming it and never its password, not that Postgres is unreachable; the
