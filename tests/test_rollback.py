@@ -955,3 +955,26 @@ async def test_a_rollback_interrupted_after_its_turn_says_the_file_is_still_froz
     [line] = [x for x in out.splitlines() if x.startswith("app: ")]
     assert line.startswith("app: rolled back to SQLite before the interrupt, but the SQLite file is STILL FROZEN"), out
     assert "`syncd rollback` again" in line, line
+
+
+async def test_a_rollback_interrupted_after_its_turn_with_its_file_out_of_reach_says_it_may_still_be_frozen(
+        tmp_path, make_config, pg_dsn):
+    """Ctrl-C once the rollback's turn has committed, before the SQLite file was unfrozen,
+    and the file cannot be opened to look (moved away meanwhile): the rollback is done, and
+    the interrupted command says the file may still be frozen and why it cannot tell; it
+    said only "rolled back to SQLite before the interrupt", as if the file took writes."""
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
+    away = tmp_path / "away.db"
+    with held_at(cfg, "rollback", "turned") as proc:
+        db.rename(away)
+        try:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            away.rename(db)
+    assert proc.returncode == 130, out
+    assert await direction(pg_dsn) == "to_postgres" and not sqlite_writable(db)
+    [line] = [x for x in out.splitlines() if x.startswith("app: ")]
+    assert line.startswith("app: rolled back to SQLite before the interrupt, but the SQLite file MAY STILL BE "
+                           "FROZEN for the application: it could not be read ("), out
+    assert "`syncd rollback` again" in line, line

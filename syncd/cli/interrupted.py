@@ -62,12 +62,15 @@ async def _outcomes(settings: Settings, sources: list[SourceSettings], kind: str
         if row is None:
             continue  # not reached before the interrupt: nothing changed
         state, reason = row
-        if state == "done" and kind == "rollback" and _still_frozen(s.path):
+        frozen = _still_frozen(s.path) if state == "done" and kind == "rollback" else False
+        if frozen:
             # Interrupted after its turn, before the file was unfrozen: done, and the file
-            # still refuses the application's writes until someone unfreezes it.
-            lines.append(f"{s.name}: {DONE[kind]}, but the SQLite file is STILL FROZEN for the application: the "
-                         "daemon unfreezes it at its next check ([stream] held_table_retry_seconds), or run "
-                         "`syncd rollback` again")
+            # still refuses the application's writes until someone unfreezes it (or, not
+            # read, may: it is not said to take them).
+            what = ("is STILL FROZEN for the application: the" if frozen is True
+                    else f"MAY STILL BE FROZEN for the application: it could not be read ({frozen}); if it is, the")
+            lines.append(f"{s.name}: {DONE[kind]}, but the SQLite file {what} daemon unfreezes it at its next check "
+                         "([stream] held_table_retry_seconds), or run `syncd rollback` again")
         elif state == "done":
             lines.append(f"{s.name}: {DONE[kind]}")
         elif state == "undone":
@@ -78,16 +81,16 @@ async def _outcomes(settings: Settings, sources: list[SourceSettings], kind: str
     return lines
 
 
-def _still_frozen(path: Path) -> bool:
-    """Whether the SQLite file still refuses the application's writes (read only; a
-    file that cannot be read is not said to be frozen)."""
+def _still_frozen(path: Path) -> bool | str:
+    """Whether the SQLite file still refuses the application's writes (read only), or,
+    where the file cannot be read (busy, gone), why: it may be."""
     try:
         conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
-        return False
+    except sqlite3.Error as e:
+        return describe(e)
     try:
         return freeze.frozen(conn) is not None
-    except sqlite3.Error:
-        return False
+    except sqlite3.Error as e:
+        return describe(e)
     finally:
         conn.close()
