@@ -358,6 +358,21 @@ async def test_a_refused_retype_of_a_column_pointing_at_another_table_and_used_b
         assert d.stop() == 0
 
 
+# A TEXT key made char(3) in Postgres by hand, and a table of someone's there whose foreign
+# key points at it ON DELETE CASCADE: a reload deleting a row SQLite still has deletes theirs.
+CHAR3_KEY_POINTED_AT = ("ALTER TABLE app.countries ALTER COLUMN code TYPE char(3)",
+                        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
+                        "country char(3) REFERENCES app.countries ON DELETE CASCADE)")
+
+
+def countries(app_db, values: str) -> sqlite3.Connection:
+    """The application's `countries` (code TEXT PRIMARY KEY, name) holding `values`; its connection, still open."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript(f"CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT); INSERT INTO countries VALUES {values};")
+    conn.commit()
+    return conn
+
+
 async def test_a_reload_of_a_referenced_table_whose_retype_postgres_refuses_deletes_no_row_of_the_other_table(
         app_db, make_config, pg_dsn, tmp_path):
     """A TEXT key made char(n) in Postgres by hand, a table of someone's there whose
@@ -366,19 +381,11 @@ async def test_a_reload_of_a_referenced_table_whose_retype_postgres_refuses_dele
     column a view uses). The table is held naming the view, the other table keeps every
     row, and once the view is dropped the table loads. Before, the table was emptied to
     be reshaped, and the cascade deleted every row of the other table."""
-    conn = sqlite3.connect(app_db)
-    conn.executescript("""
-        CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT);
-        INSERT INTO countries VALUES ('fra', 'France'), ('ita', 'Italy');
-    """)
-    conn.commit()
-    conn.close()
+    countries(app_db, "('fra', 'France'), ('ita', 'Italy')").close()
     cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     await pg_statements(
-        pg_dsn, "ALTER TABLE app.countries ALTER COLUMN code TYPE char(3)",
-        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
-        "country char(3) REFERENCES app.countries ON DELETE CASCADE)",
+        pg_dsn, *CHAR3_KEY_POINTED_AT,
         "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'ita')",
         "CREATE VIEW public.visit_countries AS SELECT country FROM public.visits")
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
@@ -404,19 +411,11 @@ async def test_a_key_made_char_n_by_hand_keeps_the_rows_pointing_at_its_shorter_
     into text as SQLite holds it, and every row is rewritten in place: the other table
     keeps its rows. Before, the key was turned back padded to 3, as Postgres hands it
     out, no such key matched SQLite's, and the cascade deleted the rows pointing at it."""
-    conn = sqlite3.connect(app_db)
-    conn.executescript("""
-        CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT);
-        INSERT INTO countries VALUES ('fra', 'France'), ('x', 'Nowhere');
-    """)
-    conn.commit()
-    conn.close()
+    countries(app_db, "('fra', 'France'), ('x', 'Nowhere')").close()
     cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     await pg_statements(
-        pg_dsn, "ALTER TABLE app.countries ALTER COLUMN code TYPE char(3)",
-        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
-        "country char(3) REFERENCES app.countries ON DELETE CASCADE)",
+        pg_dsn, *CHAR3_KEY_POINTED_AT,
         "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'x')")
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
         d.wait_log("reloading the table")
@@ -434,18 +433,11 @@ async def test_a_key_made_char_n_by_hand_in_a_table_given_a_column_in_sqlite_kee
     back into text, and every row rewritten in place: the other table keeps its rows.
     Before, a column SQLite has and Postgres has not yet sent the table to be emptied
     and reshaped, and the cascade deleted every row of the other table, silently."""
-    conn = sqlite3.connect(app_db)
-    conn.executescript("""
-        CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT);
-        INSERT INTO countries VALUES ('fra', 'France'), ('x', 'Nowhere');
-    """)
-    conn.commit()
+    conn = countries(app_db, "('fra', 'France'), ('x', 'Nowhere')")
     cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     await pg_statements(
-        pg_dsn, "ALTER TABLE app.countries ALTER COLUMN code TYPE char(3)",
-        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
-        "country char(3) REFERENCES app.countries ON DELETE CASCADE)",
+        pg_dsn, *CHAR3_KEY_POINTED_AT,
         "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'x')")
     conn.execute("ALTER TABLE countries ADD COLUMN pop INTEGER")
     conn.execute("UPDATE countries SET pop = 68 WHERE code = 'fra'")
@@ -504,20 +496,12 @@ async def test_a_held_retype_of_a_char_n_key_too_slow_does_not_compare_its_keys_
     rows. Before, each retry first compared every key with the load's (two queries over
     the whole table, without the retype's lock wait or savepoint, a timeout there failing
     the source), only to find the retype remembered too slow."""
-    conn = sqlite3.connect(app_db)
-    conn.executescript("""
-        CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT);
-        INSERT INTO countries VALUES ('fra', 'France'), ('x', 'Nowhere'), ('ita', 'Italy');
-    """)
-    conn.commit()
-    conn.close()
+    countries(app_db, "('fra', 'France'), ('x', 'Nowhere'), ('ita', 'Italy')").close()
     cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
                       sections={"postgres": {"statement_timeout_seconds": 2}})
     await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
     await pg_statements(
-        pg_dsn, "ALTER TABLE app.countries ALTER COLUMN code TYPE char(3)",
-        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
-        "country char(3) REFERENCES app.countries ON DELETE CASCADE)",
+        pg_dsn, *CHAR3_KEY_POINTED_AT,
         "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'x')", *slow_index_on("countries", "name", "text"))
     scans = "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relid = 'app.countries'::regclass"
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
