@@ -148,12 +148,15 @@ async def test_a_row_replace_deleted_whose_replacement_took_another_unique_value
         async def repaired() -> bool:
             return [r[0] for r in await pg.fetch("SELECT id FROM app.t ORDER BY id")] == [2, 3]
 
+        async def recorded() -> bool:  # the check that repaired it marks its run once it has checked again
+            return await pg.fetchval("SELECT count(*) FROM syncd.verify_runs WHERE source = 'app' AND "
+                                     "table_name = 't' AND extra = 1 AND repaired = 1") >= 1
+
         with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
             await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
             await eventually(repaired, 60, "the periodic verification's repair", d)
+            await eventually(recorded, 60, "the repair recorded on the run that found the row", d)
             assert d.stop() == 0
-        assert await pg.fetchval("SELECT count(*) FROM syncd.verify_runs WHERE source = 'app' AND "
-                                 "table_name = 't' AND extra = 1 AND repaired = 1") >= 1
     finally:
         await pg.close()
     assert await compare_table(str(app_db), pg_dsn, "app", "t") == []
