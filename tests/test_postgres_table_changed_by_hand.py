@@ -106,13 +106,18 @@ async def test_a_change_in_sqlite_the_daemon_is_still_applying_is_not_called_a_c
         assert verify(cfg, "--table", "added").returncode == 0
 
 
-def slow_index_on(table: str, column: str, of: str) -> tuple[str, ...]:
-    """Statements giving app.<table> an index on <column> (of type <of>) through a function
-    made slow once the index is built: each row rebuilt into it then takes a second (a
-    rewrite of 3 rows, 3 s)."""
-    return (f"CREATE FUNCTION app.slow({of}) RETURNS {of} IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END'",
-            f"CREATE INDEX {table}_slow ON app.{table} (app.slow({column}))",
-            f"CREATE OR REPLACE FUNCTION app.slow({of}) RETURNS {of} IMMUTABLE LANGUAGE plpgsql "
+async def held(dsn: str, table: str) -> bool:
+    """Whether app.<table> is held."""
+    return (await table_states(dsn, "app")).get(table, ("",))[0] == "held"
+
+
+def slow_index_on(table: str, column: str, of: str, schema: str = "app") -> tuple[str, ...]:
+    """Statements giving <schema>.<table> an index on <column> (of type <of>) through a
+    function made slow once the index is built: each row rebuilt into it then takes a
+    second (a rewrite of 3 rows, 3 s)."""
+    return (f"CREATE FUNCTION {schema}.slow({of}) RETURNS {of} IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END'",
+            f"CREATE INDEX {table}_slow ON {schema}.{table} ({schema}.slow({column}))",
+            f"CREATE OR REPLACE FUNCTION {schema}.slow({of}) RETURNS {of} IMMUTABLE LANGUAGE plpgsql "
             "AS 'BEGIN PERFORM pg_sleep(1); RETURN $1; END'")
 
 
@@ -189,10 +194,7 @@ async def test_a_reload_of_a_referenced_table_whose_retype_runs_over_the_stateme
     conn.commit()
     conn.close()
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
-        async def held() -> bool:
-            return (await table_states(pg_dsn, "app")).get("items", ("",))[0] == "held"
-
-        await eventually(held, 60, "the table held", d)
+        await eventually(lambda: held(pg_dsn, "items"), 60, "the table held", d)
         await eventually(lambda: _rows(pg_dsn, "SELECT v FROM app.notes", [("still streaming",)]), 30,
                          "the other table streamed", d)
         reason = (await table_states(pg_dsn, "app"))["items"][1]
@@ -231,10 +233,7 @@ async def test_a_too_slow_retype_of_a_key_linked_by_a_foreign_key_names_statemen
         "REFERENCES app.accounts)", f"INSERT INTO public.logins VALUES (1, '{ids[0]}')",
         *slow_index_on("accounts", "name", "text"))
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
-        async def held() -> bool:
-            return (await table_states(pg_dsn, "app")).get("accounts", ("",))[0] == "held"
-
-        await eventually(held, 60, "the table held", d)
+        await eventually(lambda: held(pg_dsn, "accounts"), 60, "the table held", d)
         reason = (await table_states(pg_dsn, "app"))["accounts"][1]
         assert "statement_timeout_seconds (2 s)" in reason, reason
         named = re.search(r"or run (.*) in Postgres: the load then goes on", reason)
@@ -276,10 +275,7 @@ async def test_a_held_retype_too_slow_after_its_padded_cast_was_refused_is_not_r
         "CREATE OR REPLACE FUNCTION app.slow(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql "
         "AS 'BEGIN PERFORM nextval(''public.slow_calls''); PERFORM pg_sleep(1); RETURN $1; END'")
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
-        async def held() -> bool:
-            return (await table_states(pg_dsn, "app")).get("items", ("",))[0] == "held"
-
-        await eventually(held, 60, "the table held", d)
+        await eventually(lambda: held(pg_dsn, "items"), 60, "the table held", d)
         reason = (await table_states(pg_dsn, "app"))["items"][1]
         assert 'USING "code"::text' in reason, reason
         calls = await pg_rows(pg_dsn, "SELECT last_value FROM public.slow_calls")
@@ -314,10 +310,7 @@ async def test_a_too_slow_retype_of_a_column_pointing_at_another_table_says_whic
         "ALTER TABLE app.members ADD FOREIGN KEY (team_id) REFERENCES public.teams",
         *slow_index_on("members", "id", "bigint"))
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
-        async def held() -> bool:
-            return (await table_states(pg_dsn, "app")).get("members", ("",))[0] == "held"
-
-        await eventually(held, 60, "the table held", d)
+        await eventually(lambda: held(pg_dsn, "members"), 60, "the table held", d)
         reason = (await table_states(pg_dsn, "app"))["members"][1]
         assert "statement_timeout_seconds (2 s)" in reason, reason
         assert "another table's foreign key points at its rows" not in reason, reason
@@ -346,10 +339,7 @@ async def test_a_refused_retype_of_a_column_pointing_at_another_table_and_used_b
         "ALTER TABLE app.members ADD FOREIGN KEY (team_id) REFERENCES public.teams",
         "CREATE VIEW public.member_teams AS SELECT team_id FROM app.members")
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
-        async def held() -> bool:
-            return (await table_states(pg_dsn, "app")).get("members", ("",))[0] == "held"
-
-        await eventually(held, 60, "the table held", d)
+        await eventually(lambda: held(pg_dsn, "members"), 60, "the table held", d)
         reason = (await table_states(pg_dsn, "app"))["members"][1]
         assert "used by a view" in reason, reason
         assert "rejected the row" not in reason, reason  # no row was
@@ -390,8 +380,7 @@ async def test_a_reload_of_a_referenced_table_whose_retype_postgres_refuses_dele
         "CREATE VIEW public.visit_countries AS SELECT country FROM public.visits")
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
         async def settled() -> bool:  # held, or (before) loaded
-            held = (await table_states(pg_dsn, "app")).get("countries", ("",))[0] == "held"
-            return held or "event=snapshot_finished" in d.log()
+            return await held(pg_dsn, "countries") or "event=snapshot_finished" in d.log()
 
         await eventually(settled, 60, "the table held", d)
         assert await pg_rows(pg_dsn, "SELECT id FROM public.visits ORDER BY id") == [(1,), (2,)]
@@ -505,10 +494,7 @@ async def test_a_held_retype_of_a_char_n_key_too_slow_does_not_compare_its_keys_
         "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'x')", *slow_index_on("countries", "name", "text"))
     scans = "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relid = 'app.countries'::regclass"
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
-        async def held() -> bool:
-            return (await table_states(pg_dsn, "app")).get("countries", ("",))[0] == "held"
-
-        await eventually(held, 60, "the table held", d)
+        await eventually(lambda: held(pg_dsn, "countries"), 60, "the table held", d)
         await asyncio.sleep(1.1)  # Postgres counts a session's scans at most once a second
         before = await pg_rows(pg_dsn, scans)
         tries = d.log().count("event=snapshot_resumed")
@@ -620,10 +606,7 @@ async def test_an_empty_table_whose_column_a_view_uses_holds_only_itself_until_t
     conn.execute("INSERT INTO tags VALUES (1, 'red')")
     conn.commit()
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
-        async def held() -> bool:
-            return (await table_states(pg_dsn, "app")).get("tags", ("",))[0] == "held"
-
-        await eventually(held, 60, "the table held", d)
+        await eventually(lambda: held(pg_dsn, "tags"), 60, "the table held", d)
         await eventually(lambda: _rows(pg_dsn, "SELECT v FROM app.notes", [("still streaming",)]), 30,
                          "the other table streamed", d)
         reason = (await table_states(pg_dsn, "app"))["tags"][1]
@@ -711,17 +694,11 @@ async def test_an_empty_table_linked_by_a_foreign_key_whose_retype_runs_over_the
         pg_dsn, "ALTER TABLE app.teams ALTER COLUMN id TYPE uuid USING id::uuid",
         "CREATE TABLE public.members (id bigint PRIMARY KEY, team_id uuid REFERENCES app.teams)",
         "INSERT INTO public.members VALUES (1, NULL), (2, NULL), (3, NULL)",
-        "CREATE FUNCTION public.slow(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END'",
-        "CREATE INDEX members_slow ON public.members (public.slow(id))",
-        "CREATE OR REPLACE FUNCTION public.slow(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql "
-        "AS 'BEGIN PERFORM pg_sleep(1); RETURN $1; END'")
+        *slow_index_on("members", "id", "bigint", schema="public"))
     conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
     conn.commit()
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
-        async def held() -> bool:
-            return (await table_states(pg_dsn, "app")).get("teams", ("",))[0] == "held"
-
-        await eventually(held, 60, "the table held", d)
+        await eventually(lambda: held(pg_dsn, "teams"), 60, "the table held", d)
         await eventually(lambda: _rows(pg_dsn, "SELECT v FROM app.notes", [("still streaming",)]), 30,
                          "the other table streamed", d)
         reason = (await table_states(pg_dsn, "app"))["teams"][1]
