@@ -19,7 +19,7 @@ import time
 import asyncpg
 import pytest
 
-from tests.support.daemon import DaemonProcess, held_at, run_cli, syncd_cmd, wait_for
+from tests.support.daemon import DaemonProcess, held_at, interrupted_waiting, run_cli, syncd_cmd, wait_for
 from tests.support.sync import eventually, pg_rows, wait_caught_up
 from tests.support.way_back import backup_and_config
 
@@ -325,19 +325,8 @@ def test_ctrl_c_while_postgres_does_not_answer_says_at_once_that_nothing_changed
         sources.append({"name": name, "path": str(tmp_path / f"{name}.db")})
     cfg = write_config(tmp_path / "syncd.toml", dsn, sources, sections={"postgres": {"connect_timeout_seconds": 2}})
     proxy.stall()
-    proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=str(tmp_path))
-    try:
-        wait_for(lambda: proxy.accepted >= 1, 30, "the cutover waiting for Postgres")
-        proc.send_signal(signal.SIGINT)
-        interrupted = time.monotonic()
-        out, _ = proc.communicate(timeout=30)
-        took = time.monotonic() - interrupted
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 130, out
+    code, out, took = interrupted_waiting(cfg, "cutover", proxy)
+    assert code == 130, out
     assert "syncd cutover: interrupted" in out and "no switch had started: nothing changed" in out, out
     assert "cannot tell" not in out and "Traceback" not in out, out
     assert took < 1.5, f"{took:.1f} s after Ctrl-C"

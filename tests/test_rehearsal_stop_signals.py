@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
-from tests.support.daemon import syncd_cmd, wait_for
+from tests.support.daemon import interrupted_waiting, syncd_cmd
 from tests.support.verifying import sync_and_stop, verify
 from tests.test_rollback_rehearsal import make_app, schemas, sqlite_state
 
@@ -59,19 +58,8 @@ def test_ctrl_c_while_postgres_does_not_answer_waits_for_it_once(tmp_path, outag
         sources.append({"name": name, "path": str(tmp_path / f"{name}.db")})
     cfg = write_config(tmp_path / "syncd.toml", dsn, sources, sections={"postgres": {"connect_timeout_seconds": 1}})
     proxy.stall()
-    proc = subprocess.Popen(syncd_cmd(cfg, "rehearse"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=str(tmp_path))
-    try:
-        wait_for(lambda: proxy.accepted >= 1, 30, "the rehearsal waiting for Postgres")
-        proc.send_signal(signal.SIGINT)
-        interrupted = time.monotonic()
-        out, _ = proc.communicate(timeout=30)
-        took = time.monotonic() - interrupted
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 130 and "syncd rehearse: interrupted" in out and "Traceback" not in out, out
+    code, out, took = interrupted_waiting(cfg, "rehearse", proxy)
+    assert code == 130 and "syncd rehearse: interrupted" in out and "Traceback" not in out, out
     for name in ("a", "b", "c"):
         assert f"{name}: cannot tell whether a rehearsal schema is left: cannot connect to" in out, out
     assert took < 2.3, f"{took:.1f} s after Ctrl-C"  # one timeout

@@ -130,3 +130,21 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, daemon: Daem
             tail = daemon.log()[-4000:] if daemon else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
         time.sleep(interval)
+
+
+def interrupted_waiting(config: Path, verb: str, proxy) -> tuple[int, str, float]:
+    """`syncd <verb>` started against a Postgres reached through `proxy` (stalled: it drops
+    every packet), Ctrl-C once it waits there: (exit code, output, seconds from the Ctrl-C
+    to its end)."""
+    proc = subprocess.Popen(syncd_cmd(config, verb), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=str(config.parent))
+    try:
+        wait_for(lambda: proxy.accepted >= 1, 30, f"syncd {verb} waiting for Postgres")
+        proc.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        return proc.returncode, out, time.monotonic() - interrupted
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
