@@ -422,23 +422,35 @@ def test_a_gone_file_of_another_configurations_glob_is_not_taken_for_ours(tmp_pa
     assert [(s["name"], s["state"]) for s in doc["sources"]] == [("eu_b", "source_missing")]
 
 
-async def test_a_source_another_daemon_runs_is_not_missing_here(tmp_path, pg_dsn):
-    """Two hosts run one configuration against one database, each with its own files in
-    the same folder: a source the other host's daemon runs (its lock held) has no file
-    here, and is that daemon's, not a missing source of this host's."""
-    from syncd.postgres.bookkeeping import LOCK_CLASS
-
+def globex_gone_here(tmp_path, pg_dsn):
+    """A glob's two tenants set up (acme, globex), then globex.db gone from this host: the configuration."""
     d_ = tmp_path / "tenants"
     d_.mkdir()
     for stem in ("acme", "globex"):
         tenant(d_ / f"{stem}.db")
     cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}])
     assert run_cli(cfg, "init").returncode == 0
-    (d_ / "globex.db").unlink()  # on the other host only
-    elsewhere = await asyncpg.connect(pg_dsn)  # the other host's daemon, running t_globex
+    (d_ / "globex.db").unlink()
+    return cfg
+
+
+async def holding_lock(pg_dsn: str, source: str, **server_settings: str) -> asyncpg.Connection:
+    """A session holding `source`'s lock, as a daemon running it does (its connection, to close)."""
+    from syncd.postgres.bookkeeping import LOCK_CLASS
+
+    conn = await asyncpg.connect(pg_dsn, server_settings=server_settings or None)
+    key = await conn.fetchval("SELECT key FROM syncd.source_keys WHERE source = $1", source)
+    assert await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, key)
+    return conn
+
+
+async def test_a_source_another_daemon_runs_is_not_missing_here(tmp_path, pg_dsn):
+    """Two hosts run one configuration against one database, each with its own files in
+    the same folder: a source the other host's daemon runs (its lock held) has no file
+    here, and is that daemon's, not a missing source of this host's."""
+    cfg = globex_gone_here(tmp_path, pg_dsn)  # on the other host only
+    elsewhere = await holding_lock(pg_dsn, "t_globex")  # the other host's daemon, running t_globex
     try:
-        key = await elsewhere.fetchval("SELECT key FROM syncd.source_keys WHERE source = 't_globex'")
-        assert await elsewhere.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, key)
         doc = json.loads(run_cli(cfg, "status", "--json").stdout)
         assert [s["name"] for s in doc["sources"]] == ["t_acme"], doc["sources"]
     finally:
@@ -537,20 +549,12 @@ async def test_a_gone_file_whose_lock_a_daemon_of_this_host_still_holds_is_missi
     and lets the source's lock go, the lock is held, but by a daemon of this host, where
     the file is gone. Status (and a fleet's cutover or rollback, which read the same) shows
     the source missing in that moment too, instead of leaving it out without a word."""
-    from syncd.postgres.bookkeeping import LOCK_CLASS, application_name
+    from syncd.postgres.bookkeeping import application_name
 
-    d_ = tmp_path / "tenants"
-    d_.mkdir()
-    for stem in ("acme", "globex"):
-        tenant(d_ / f"{stem}.db")
-    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}])
-    assert run_cli(cfg, "init").returncode == 0
-    (d_ / "globex.db").unlink()
+    cfg = globex_gone_here(tmp_path, pg_dsn)
     # this host's daemon, not yet aware: its session named as every syncd session is
-    daemon = await asyncpg.connect(pg_dsn, server_settings={"application_name": application_name() + "0"})
+    daemon = await holding_lock(pg_dsn, "t_globex", application_name=application_name() + "0")
     try:
-        key = await daemon.fetchval("SELECT key FROM syncd.source_keys WHERE source = 't_globex'")
-        assert await daemon.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, key)
         doc = json.loads(run_cli(cfg, "status", "--json").stdout)
         assert {s["name"]: s["state"] for s in doc["sources"]}.get("t_globex") == "source_missing", doc["sources"]
     finally:
