@@ -198,10 +198,8 @@ class SourceSession:
             gone = not self.source.path.exists()
         except OSError:  # in a folder syncd may not enter: not known to be gone, the lock is kept
             return
-        # Held for this session, or for none yet (taken at start, the file gone before this
-        # session's first step in Postgres); not for a session of the source after this one.
-        if gone and self.target.holds(self.name) and self.target.owner(self.name) in (None, self):
-            await self.target.unlock(self.name, self)
+        if gone and self.target.holds(self.name):
+            await self.target.unlock(self.name, self)  # unless a session of the source after this one took it
 
     def drop_postgres(self) -> None:
         """After a failure that may mean the lock is gone (or held by another process):

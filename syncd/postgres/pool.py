@@ -119,11 +119,6 @@ class Target:
         return (source in self._locked and self._holder is not None and not self._holder.is_closed()
                 and (owner is None or self._owners.get(source) is owner))
 
-    def owner(self, source: str) -> object | None:
-        """The session the source's lock is held for; None for one taken for no session yet
-        (lock_many at start), which any session of the source may let go."""
-        return self._owners.get(source)
-
     def key(self, source: str) -> int:
         """The source's key (bookkeeping.source_keys), known once its lock was taken."""
         return self._keys[source]
@@ -202,10 +197,10 @@ class Target:
         self._suspect.add(source)
 
     async def unlock(self, source: str, owner: object | None = None) -> None:
-        """Release the source's lock; for `owner`, only while it is that session's (not
-        taken over by the source's next session meanwhile)."""
+        """Release the source's lock; for `owner`, only while it is that session's or no
+        session's yet (taken at start), not taken over by the source's next session meanwhile."""
         async with self._holder_lock:
-            if owner is not None and self._owners.get(source, owner) is not owner:
+            if owner is not None and self._owners.get(source) not in (None, owner):
                 return
             self._owners.pop(source, None)
             if source in self._locked and self._holder is not None and not self._holder.is_closed():
