@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
-from urllib.parse import quote
 
 import asyncpg
 
@@ -18,6 +17,7 @@ from syncd.cutover import STARTED_SWITCHES
 from syncd.identifiers import quote_pg_ident
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe, remember_unanswered
 from syncd.sqlite import freeze
+from syncd.sqlite.connection import open_readonly
 
 DONE = {"cutover": "cut over to Postgres before the interrupt", "rollback": "rolled back to SQLite before the interrupt"}
 WORD = {"cutover": "cut over", "rollback": "rolled back"}
@@ -85,7 +85,7 @@ def _still_frozen(path: Path) -> bool | str:
     """Whether the SQLite file still refuses the application's writes (read only), or,
     where the file cannot be read (busy, gone), why: it may be."""
     try:
-        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
+        conn = open_readonly(path, 5000)
     except sqlite3.Error as e:
         return describe(e)
     try:
