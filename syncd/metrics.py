@@ -170,24 +170,21 @@ build_info = Gauge("syncd_build_info", "Always 1; the version label says which s
 build_info.labels(version=__version__).set(1)
 
 
-# Changes applied per source (every table, op and direction), kept beside the counter:
+# Changes applied per (source, op, direction), every table summed, kept beside the counter:
 # the status page samples a fleet's rates every few seconds, and collecting every
-# per-table series for that (6,000 at 1,000 two-table files) was half an idle fleet's CPU.
-applied_by_source: dict[str, float] = {}
-# And per (source, op, direction), for [metrics] per_table = false: a sum of the per-table
-# series would go back when a table's series go (dropped), which Prometheus takes for a reset.
+# per-table series for that (6,000 at 1,000 two-table files) was half an idle fleet's CPU;
+# and [metrics] per_table = false exports it, where a sum of the per-table series would go
+# back when a table's series go (dropped), which Prometheus takes for a reset.
 applied_by_op: dict[tuple[str, str, str], float] = {}
 
 
 def count_applied(source: str, table: str, op: str, n: int, direction: str = TO_POSTGRES) -> None:
     changes_applied_total.labels(source, table, op, direction=direction).inc(n)
-    applied_by_source[source] = applied_by_source.get(source, 0.0) + n
     applied_by_op[(source, op, direction)] = applied_by_op.get((source, op, direction), 0.0) + n
 
 
 def forget_source(source: str) -> None:
     """Drop every series of a source removed from the configuration."""
-    applied_by_source.pop(source, None)
     for key in [k for k in list(applied_by_op) if k[0] == source]:
         applied_by_op.pop(key, None)
     _tables_shown.pop(source, None)

@@ -38,7 +38,10 @@ JSON = "application/json"
 
 def applied_totals() -> dict[str, float]:
     """Changes applied per source since the daemon started (syncd_changes_applied_total)."""
-    return dict(metrics.applied_by_source)
+    out: dict[str, float] = {}
+    for (source, _op, _direction), n in list(metrics.applied_by_op.items()):
+        out[source] = out.get(source, 0.0) + n
+    return out
 
 
 class LivePage:
