@@ -617,15 +617,10 @@ async def _undo_abandoned_rollback(settings: Settings, source: SourceSettings, c
     """Cut over already: a rollback that froze Postgres and stopped before finishing is
     undone, as the daemon or `syncd rollback` would, so that Postgres takes the
     application's writes again; left alone while a cutover or rollback runs."""
-    from syncd.rollback import undo_abandoned
+    from syncd.rollback import undo_abandoned_unless_switching
 
     b.key = await source_key(conn, b.schema, source.name)
-    if not await take_switch_lock(conn, b.key):
-        return
-    try:
-        undone = await undo_abandoned(settings, source, conn)
-    finally:
-        await release_switch_lock(conn, b.key)
+    undone = await undo_abandoned_unless_switching(settings, source, conn, b.key)
     if undone:
         res.plan.append(undone)
 

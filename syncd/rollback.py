@@ -168,6 +168,18 @@ async def drop_lookup_indexes(conn: asyncpg.Connection, settings: Settings, sour
 # --- an abandoned rollback --------------------------------------------------------------------
 
 
+async def undo_abandoned_unless_switching(settings: Settings, source: SourceSettings, conn: asyncpg.Connection,
+                                          key: int) -> str | None:
+    """undo_abandoned under the source's switch lock (`key`); None, nothing done, while a
+    cutover or rollback holds it."""
+    if not await take_switch_lock(conn, key):
+        return None
+    try:
+        return await undo_abandoned(settings, source, conn)
+    finally:
+        await release_switch_lock(conn, key)
+
+
 async def undo_abandoned(settings: Settings, source: SourceSettings, conn: asyncpg.Connection) -> str | None:
     """With the switch lock held: a rollback that froze Postgres and died (the direction
     still to SQLite) is undone: its record closed, which lifts the freeze, and the freeze's

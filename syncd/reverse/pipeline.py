@@ -1310,15 +1310,9 @@ class ReversePipeline:
         """A rollback that froze Postgres and died leaves the application locked out of
         the database it writes: with nobody holding the switch, syncd lifts the freeze
         (_rollback_abandoned found it open or on)."""
-        from syncd import cutover, rollback
+        from syncd.rollback import undo_abandoned_unless_switching
 
-        s = self.session
-        if not await cutover.take_switch_lock(s.pg, s.key):
-            return
-        try:
-            await rollback.undo_abandoned(self.settings, self.source, s.pg)
-        finally:
-            await cutover.release_switch_lock(s.pg, s.key)
+        await undo_abandoned_unless_switching(self.settings, self.source, self.session.pg, self.session.key)
 
     def _window_end(self) -> dt.datetime | None:
         """When the rollback window ([cutover] keep_sqlite_days after the cutover) ends."""
