@@ -680,6 +680,12 @@ def _error_text(err: ValidationError, path: Path) -> str:
     return "\n".join(escape_controls(line) for line in lines)  # a key holding a line break forges no line
 
 
+def _real(path: Path) -> Path:
+    """The file `path` names, symlinks followed as far as they lead: Path.resolve() raises
+    on a link that leads back to itself (a link made wrong), which would end every look."""
+    return Path(os.path.realpath(path))
+
+
 def _file_id(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -698,13 +704,13 @@ def _file_of_two_sources(sources: list[SourceSettings]) -> str | None:
     for i, s in enumerate(sources):
         if is_glob(s.path):
             continue
-        real = Path(os.path.realpath(s.path))  # resolve() raises on a symlink leading back to itself
+        real = _real(s.path)
         for key in (real, _file_id(s.path)):
             if key is None:
                 continue
             if key in seen:
                 j, first = seen[key]
-                link = real == Path(os.path.realpath(first.path))
+                link = real == _real(first.path)
                 how = ("" if os.path.normpath(first.path) == os.path.normpath(s.path) else
                        f" ({s.path} is that file too: {'a symlink' if link else 'hard links'})")
                 return (f"sources[{i}].path: source {s.name!r} names the file of source {first.name!r} "

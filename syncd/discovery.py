@@ -20,7 +20,7 @@ import stat
 import time
 from pathlib import Path
 
-from syncd.config import Settings, SourceSettings, _file_id, is_glob
+from syncd.config import Settings, SourceSettings, _file_id, _real, is_glob
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES
 from syncd.sqlite.connection import not_utf8
 
@@ -37,12 +37,6 @@ class NotPickedUp(str):
         out = super().__new__(cls, text)
         out.reason = reason
         return out
-
-
-def _real(path: Path) -> Path:
-    """The file `path` names, symlinks followed as far as they lead: Path.resolve() raises
-    on a link that leads back to itself (a link made wrong), which would end every look."""
-    return Path(os.path.realpath(path))
 
 
 def _fill(template: str, file: Path) -> str:
