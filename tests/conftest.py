@@ -32,6 +32,31 @@ def compiled_syncd(tmp_path_factory):
                    cwd=tmp_path_factory.getbasetemp(), timeout=300, check=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def forked_syncd(compiled_syncd, tmp_path_factory):
+    """The tests' `python -m syncd` processes forked from one that has imported syncd
+    (tests/support/forked.py): real processes, without a quarter of a second of imports
+    each. SYNCD_TEST_FORK=0 starts every one from a fresh interpreter instead."""
+    from tests.support import forked
+
+    if os.environ.get("SYNCD_TEST_FORK", "1") == "0":  # every process from a fresh interpreter
+        yield
+        return
+    forked.install(tmp_path_factory.mktemp("forker"))
+    yield
+    forked.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def reaped_orphans(forked_syncd):
+    """After each test, the exited processes the worker adopted (it is their subreaper for
+    the forked syncd processes' sake) reaped, as init would have."""
+    yield
+    from tests.support import forked
+
+    forked.reap_adopted()
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """The DSN of a server the tests may create databases in."""

@@ -54,11 +54,12 @@ class DemoProcess:
 
 
 def alive(pid: int) -> bool:
+    """Running: not gone, nor exited and waiting to be reaped (a zombie)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 def listening(port: int) -> bool:
