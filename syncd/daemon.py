@@ -101,6 +101,11 @@ class Daemon:
         self.fleet_loops: list[asyncio.Task] = []  # FleetPoller, FleetRechecker, WayBackWatch
         # loop -> (wall time, what went wrong) of its last unexpected failure (_supervised)
         self.loop_failures: dict[str, tuple[float, str]] = {}
+        # Monotonic time housekeeping last went through a whole tick (set at its first start):
+        # failing again and again, it stops pinging systemd's watchdog past the watchdog's
+        # interval, so that systemd restarts the daemon (_housekeeping).
+        self.housekept_at: float | None = None
+        self.watchdog_withheld = False
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -629,6 +634,8 @@ class Daemon:
 
     async def _housekeeping(self) -> None:
         last_ping = last_extend = 0.0
+        if self.housekept_at is None:
+            self.housekept_at = time.monotonic()
         while True:
             now = time.time()
             if self.page.history.due(now):
@@ -651,7 +658,7 @@ class Daemon:
                 self.notifier.extend_start_timeout(EXTEND_WINDOW_SECONDS)
                 last_extend = time.monotonic()
             wd = self.notifier.watchdog_seconds
-            if wd and time.monotonic() - last_ping >= wd / 2 and self._alive(wd):
+            if wd and time.monotonic() - last_ping >= wd / 2 and self._alive(wd) and self._housekept(wd):
                 self.notifier.watchdog()
                 last_ping = time.monotonic()
             self._collect_stopped()
@@ -670,8 +677,27 @@ class Daemon:
                 if p.session.direction != p.direction and name not in self.switching and not self.stop_event.is_set():
                     self.switching.add(name)
                     asyncio.ensure_future(self._switch(name, p.session.direction))
+            self.housekept_at = time.monotonic()
+            self.watchdog_withheld = False
             # Look often enough that a ping is never late by a whole tick.
             await asyncio.sleep(min(HOUSEKEEPING_SECONDS, wd / 4) if wd else HOUSEKEEPING_SECONDS)
+
+    def _housekept(self, wd: float) -> bool:
+        """Housekeeping went through a whole tick within the watchdog's interval. One that
+        fails every time it is started again (its supervisor pings on each start) no longer
+        pings past that: failed sources are no longer restarted, switches no longer run, and
+        systemd, its watchdog no longer pinged, restarts the daemon; said once, with why."""
+        assert self.housekept_at is not None
+        since = time.monotonic() - self.housekept_at
+        if since < wd:
+            return True
+        if not self.watchdog_withheld:
+            self.watchdog_withheld = True
+            why = self.loop_failures.get("housekeeping", (0.0, "it did not finish a round"))[1]
+            log.error(f"the daemon's housekeeping has not finished a round for {since:.1f} s, longer than systemd's "
+                      f"watchdog interval ({wd:g} s): no longer pinging the watchdog, so that systemd restarts "
+                      f"syncd (housekeeping: {why})", extra={"event": "watchdog_withheld"})
+        return False
 
     async def _switch(self, name: str, direction: str) -> None:
         """A cutover or rollback turned the source around: the pipeline for the other

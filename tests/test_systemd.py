@@ -163,3 +163,59 @@ async def test_a_reload_before_the_sources_stream_does_not_say_ready(tmp_path, p
     finally:
         await blocker.close()
         sock.close()
+
+
+# Loaded by the daemon's interpreter (sitecustomize): its housekeeping fails, after the
+# watchdog's ping, while the file SYNCD_HOUSEKEEPING_FAILS names exists, as an error
+# syncd did not foresee would.
+FAILING_HOUSEKEEPING = '''
+import os
+import syncd.daemon
+
+_collect = syncd.daemon.Daemon._collect_stopped
+
+
+def _collect_stopped(self):
+    if os.path.exists(os.environ["SYNCD_HOUSEKEEPING_FAILS"]):
+        raise RuntimeError("housekeeping went wrong")
+    return _collect(self)
+
+
+syncd.daemon.Daemon._collect_stopped = _collect_stopped
+'''
+
+
+async def test_housekeeping_that_keeps_failing_stops_the_watchdog_pings(tmp_path, pg_dsn):
+    """Housekeeping that failed at every start (its supervisor starting it again) still
+    pinged systemd's watchdog at each start, so systemd never restarted a daemon that no
+    longer restarted failed sources nor switched them. Once housekeeping has not finished
+    a round for longer than the watchdog's interval, the pings stop, and the log says why."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=10)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FAILING_HOUSEKEEPING)
+    fails = tmp_path / "fail"
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}])
+    sock = NotifySocket(tmp_path / "notify.sock")
+    wd = 1.0
+    env = {"NOTIFY_SOCKET": str(sock.path), "WATCHDOG_USEC": str(int(wd * 1e6)),
+           "PYTHONPATH": str(tmp_path / "site"), "SYNCD_HOUSEKEEPING_FAILS": str(fails)}
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log", env=env) as d:
+            wait_for(lambda: sock.lines("READY=1"), 60, "READY=1", d)
+            wait_for(lambda: len(sock.lines("WATCHDOG=1")) >= 2, 30, "watchdog pings", d)
+            fails.touch()
+            failing_since = time.monotonic()
+            d.wait_log("the daemon's housekeeping loop failed: housekeeping went wrong; started again in 1 s")
+            # started again after 1 s, then 2 s: each start used to ping
+            wait_for(lambda: time.monotonic() - failing_since > 4 * wd + 1.5, 10, "two restarts", d)
+            late = [t - failing_since for t, _ in sock.lines("WATCHDOG=1") if t > failing_since + 2 * wd]
+            assert late == [], f"pings {late} s after housekeeping began failing, at each of its restarts"
+            d.wait_log("the daemon's housekeeping has not finished a round for")
+            line = next(x for x in d.own_log().splitlines() if "has not finished a round" in x)
+            assert "no longer pinging the watchdog, so that systemd restarts syncd" in line, line
+            assert "housekeeping went wrong" in line, line
+            assert d.own_log().count("has not finished a round") == 1
+            assert d.stop() == 0
+    finally:
+        sock.close()
