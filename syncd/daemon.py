@@ -98,6 +98,7 @@ class Daemon:
         # One reload at a time: a SIGHUP during a reload (stopping a source can take a
         # while) reloads once it is over, against the configuration it left.
         self.reload_lock = asyncio.Lock()
+        self._reload_stopped: dict[str, Pipeline | None] = {}  # the sources the reload in progress stopped
         self.fleet_loops: list[asyncio.Task] = []  # FleetPoller, FleetRechecker, WayBackWatch
         # loop -> (wall time, what went wrong) of its last unexpected failure (_supervised)
         self.loop_failures: dict[str, tuple[float, str]] = {}
@@ -454,11 +455,37 @@ class Daemon:
             self.notifier.reloading()
         async with self.reload_lock:
             if not self._stopping_anyway():  # a stop requested while the reload before ran
+                self._reload_stopped = {}
                 try:
                     await self._reload()
                 except Exception as e:  # noqa: BLE001 - run from a signal: nobody else would read it
                     log.error(f"reload failed: {describe(e)}", exc_info=True, extra={"event": "reload_failed"})
+                    self._start_stopped(describe(e))
                     self._reloaded()  # systemd is not left waiting for the reload's end
+
+    def _start_stopped(self, why: str) -> None:
+        """A reload that failed after it stopped sources (to restart them with new settings,
+        or to remove them) left them stopped, said only as "reload failed": each is started
+        again with the configuration the daemon runs now (the one before the reload unless
+        the reload got as far as taking the new one), and said, one line each."""
+        for name, old in self._reload_stopped.items():
+            if self.stop_event.is_set() or old is None or name in self.pipelines or name in self.switching:
+                continue
+            source = next((s for s in self.settings.sources if s.name == name), None)
+            if source is None:
+                continue  # removed from the configuration, which the daemon runs now
+            same = source == old.source and _shared(self.settings) == _shared(old.settings)
+            how = "as before the reload" if same else "with the new settings"
+            try:
+                p = self._make(source, old.session.direction)
+                self.pipelines[name] = p
+                self._launch(p)
+            except Exception as e:  # noqa: BLE001 - said, with the reload's own error
+                log.error(f"the source the failed reload stopped could not be started again: {describe(e)} "
+                          f"(the reload failed: {why})", exc_info=True, extra={"source": name, "event": "reload_failed"})
+                continue
+            log.warning(f"the source the failed reload stopped is started again, {how} (the reload failed: {why})",
+                        extra={"source": name, "event": "reload_failed"})
 
     def _stopping_anyway(self) -> bool:
         """A SIGHUP once a stop is requested: nothing is started that the stop would not see."""
@@ -514,6 +541,7 @@ class Daemon:
         # Together: a source slow to stop (a step waiting for a lock) holds up no other's stop.
         # One turning around is left to the switch, which runs it with the settings then current.
         stopping = {name: self.pipelines.get(name) for name in stopped if name not in self.switching}
+        self._reload_stopped = stopping  # started again if the reload fails from here on
         await asyncio.gather(*(self._stop_pipeline(name) for name in stopping))
         for name, p in stopping.items():
             if p is not None and p.session.direction != p.direction and name in new_by_name:

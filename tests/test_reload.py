@@ -652,3 +652,53 @@ async def test_a_sighup_with_the_configuration_out_of_reach_keeps_the_running_on
         conn.close()
         await wait_caught_up(a, pg_dsn, "a", daemon=d)
         assert d.stop() == 0
+
+
+# Loaded by the daemon's interpreter (sitecustomize): a reload fails once it has stopped
+# the sources it restarts, while the file SYNCD_RELOAD_FAILS names exists, as an error
+# syncd did not foresee would.
+FAILING_RELOAD = '''
+import os
+import syncd.postgres.pool
+
+_renew = syncd.postgres.pool.Targets.renew
+
+
+async def renew(self, settings):
+    if os.path.exists(os.environ["SYNCD_RELOAD_FAILS"]):
+        raise RuntimeError("the reload went wrong")
+    return await _renew(self, settings)
+
+
+syncd.postgres.pool.Targets.renew = renew
+'''
+
+
+async def test_a_reload_that_fails_late_starts_the_sources_it_stopped_again(tmp_path, pg_dsn):
+    """A reload that failed after it had stopped the sources it was to restart with new
+    settings left them stopped, said only as "reload failed": nothing streamed until the
+    next restart. Each is started again, and said so, one line each, with why."""
+    dbs = [tmp_path / f"s{i}.db" for i in range(2)]
+    for db in dbs:
+        create_items(db, rows=5)
+    sources = [{"name": db.stem, "path": str(db)} for db in dbs]
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FAILING_RELOAD)
+    fails = tmp_path / "fail"
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, sources, sections={"sqlite": {"threads": 1}})
+    env = {"PYTHONPATH": str(tmp_path / "site"), "SYNCD_RELOAD_FAILS": str(fails)}
+    with DaemonProcess(cfg, tmp_path / "syncd.log", env=env) as d:
+        for db in dbs:
+            await wait_caught_up(db, pg_dsn, db.stem, daemon=d)
+        write_config(cfg, pg_dsn, sources, sections={"sqlite": {"threads": 2}})  # every source restarts
+        fails.touch()
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("reload failed: the reload went wrong")
+        for db in dbs:
+            with sqlite3.connect(db) as app:
+                app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+            await wait_caught_up(db, pg_dsn, db.stem, timeout=15, daemon=d)
+        lines = [x for x in d.own_log().splitlines() if "the failed reload stopped" in x]
+        assert len(lines) == 2 and all("the reload failed: the reload went wrong" in x for x in lines), lines
+        assert {db.stem for db in dbs} == {next(s for s in ("s0", "s1") if f"source={s}" in x) for x in lines}, lines
+        assert d.stop() == 0
