@@ -91,6 +91,8 @@ class Daemon:
         self.admission = asyncio.Semaphore(STARTING_AT_ONCE)
         self.verifier = VerifyScheduler(self)
         self._outcomes: dict[str, str] = {}  # source -> last consistency outcome logged
+        # Files not picked up, said once (at start, or by discovery): kept across discovery's restarts.
+        self.told_discovery: set[str] = set(settings.discovery_problems)
         self._stopped_at: float | None = None  # monotonic time the first pipeline not collected yet stopped
         # Set once every configured source is launched: a SIGHUP while the daemon starts
         # (its locks taken, Postgres slow to answer) is reloaded after that, not meanwhile.
@@ -330,7 +332,7 @@ class Daemon:
         whose file is gone (from bookkeeping, after a restart) kept, shown as missing."""
         from syncd import discovery
 
-        told = set(self.settings.discovery_problems)
+        told = self.told_discovery
         first = True
         seen = None
         remembered_in: set[str] = set()  # target databases whose gone sources were read

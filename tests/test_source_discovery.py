@@ -682,6 +682,33 @@ async def test_discovery_that_fails_is_said_and_started_again(tmp_path, make_con
         assert dp.stop() == 0
 
 
+async def test_a_file_not_picked_up_is_said_once_across_a_restart_of_discovery(tmp_path, make_config, pg_dsn):
+    """A file found but not picked up (its source name not allowed) was said again each
+    time the discovery loop was started again after an unexpected error, though the file
+    had not changed: it is said once, as discovery says it at each look."""
+    d = tmp_path / "tenants"
+    d.mkdir()
+    tenant(d / "acme.db")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FAILING_LOOK)
+    fails = tmp_path / "fail"
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*.db")}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    env = {"PYTHONPATH": str(tmp_path / "site"), "SYNCD_LOOK_FAILS": str(fails)}
+    with DaemonProcess(cfg, tmp_path / "syncd.log", env=env) as dp:
+        await wait_caught_up(d / "acme.db", pg_dsn, "t_acme", daemon=dp)
+        tenant(d / "bad name.db")
+        said = "bad name.db (from"
+        dp.wait_log(said)
+        fails.touch()
+        dp.wait_log("the daemon's discovery loop failed: the look at the globs went wrong")
+        fails.unlink()
+        tenant(d / "globex.db")  # found by the discovery started again
+        await wait_caught_up(d / "globex.db", pg_dsn, "t_globex", timeout=15, daemon=dp)
+        assert dp.own_log().count(said) == 1, dp.own_log()[-3000:]
+        assert dp.stop() == 0
+
+
 async def test_a_tenant_folder_syncd_may_not_enter_leaves_the_daemon_running(tmp_path, make_config, pg_dsn,
                                                                            monkeypatch):
     """A tenant's folder syncd may not enter any more (its owner changed, mode 0700): the
