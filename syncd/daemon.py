@@ -638,7 +638,8 @@ class Daemon:
                                                                                           "event": "verify_skipped"})
                     return
                 result = await verify_source(self.settings, p.source, record=True,
-                                             repair=self.settings.verify.repair, in_daemon=True, connection=conn)
+                                             repair=self.settings.verify.repair, in_daemon=True, connection=conn,
+                                             replaying=lambda: self.verifier.replaying.add(name))
                 # A table not compared now keeps what the last comparing check found, across restarts.
                 unseen = [t.table for t in result.tables if not (t.compared and t.error is None)
                           and metrics.shown_value(metrics.consistency_mismatched_rows, name, t.table) is None]

@@ -42,6 +42,10 @@ log = logging.getLogger("syncd")
 
 TICK_SECONDS = 0.1
 THIN_EVERY_SECONDS = 3600.0  # how often VerifyScheduler thins the verification history (verify/history.py)
+# At the daemon's stop, how long a check whose repair is replaying (its rows queued in the
+# changelog, which the stream applies meanwhile) may go on to see it applied and put it
+# on the run that found the rows; then it is cancelled, as every other check at once.
+REPLAY_GRACE_SECONDS = 2.0
 
 
 def by_target(pipelines) -> list[list["Pipeline"]]:
@@ -263,6 +267,7 @@ class VerifyScheduler:
         self._thinning: asyncio.Task | None = None
         self._checks: set[asyncio.Task] = set()  # the checks running: they end with the daemon's stop
         self._no_room: set[int] = set()  # targets whose pool leaves no connection for a check (told once)
+        self.replaying: set[str] = set()  # sources whose check is replaying its repair
 
     def due(self, now: float) -> list["Pipeline"]:
         from syncd.pipeline import STREAMING
@@ -323,6 +328,11 @@ class VerifyScheduler:
         try:
             await self._run()
         finally:
+            # A check replaying its repair finishes it, a moment at most: cancelled, it left
+            # the run that found the rows without the repair the stream applied.
+            replaying = [t for t in self._checks if t.get_name().removeprefix("verify-") in self.replaying]
+            if replaying:
+                await asyncio.wait(replaying, timeout=REPLAY_GRACE_SECONDS)
             # Ended with the stop, not left holding a connection the daemon's close waits for.
             checks = list(self._checks) + ([self._thinning] if self._thinning is not None else [])
             for t in checks:
@@ -386,6 +396,7 @@ class VerifyScheduler:
             await self.daemon.verify_one(p)
         finally:
             self.running.discard(p.name)
+            self.replaying.discard(p.name)
 
     def forget(self, name: str) -> None:
         self.last_run.pop(name, None)

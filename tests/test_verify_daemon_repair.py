@@ -7,6 +7,8 @@ consistency error. With `repair = false` the rows are reported and left alone.""
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 from tests.conftest import write_config
 from tests.support.app import create_items
@@ -85,3 +87,50 @@ async def test_with_repair_off_drift_is_reported_and_left(tmp_path, pg_dsn):
         assert "repaired" not in d.log()
         assert d.stop() == 0
     assert len(await compare_table(str(db), pg_dsn, "app", "items")) == 4
+
+
+# Loaded by the daemon's interpreter (sitecustomize): the check's replay waits a moment
+# for the stream (as behind a busy one), having said so in the file SYNCD_REPLAYING names.
+SLOW_REPLAY = '''
+import asyncio
+import os
+import syncd.verify.repair
+
+_apply = syncd.verify.repair.apply_through_stream
+
+
+async def apply_through_stream(*args, **kwargs):
+    open(os.environ["SYNCD_REPLAYING"], "w").close()
+    await asyncio.sleep(0.5)
+    return await _apply(*args, **kwargs)
+
+
+syncd.verify.repair.apply_through_stream = apply_through_stream
+'''
+
+
+async def test_a_stop_while_the_check_replays_its_repair_keeps_the_repair_on_record(tmp_path, pg_dsn):
+    """SIGTERM while the periodic check waited for the stream to apply its replay: the
+    check was cancelled at once, and the run that found the rows was left without its
+    repair, though the stream applied the replay. A check in its repair is given a
+    moment at the stop to see it applied and keep it on record; the stop stays quick."""
+    db, port, cfg = start(tmp_path, pg_dsn, repair=True)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_REPLAY)
+    replaying = tmp_path / "replaying"
+    env = {"PYTHONPATH": str(tmp_path / "site"), "SYNCD_REPLAYING": str(replaying)}
+    with DaemonProcess(cfg, tmp_path / "syncd.log", env=env) as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        wait_for(lambda: scrape(port).get(CHECKED), 30, "a first consistency check", d)
+        await pg_execute(pg_dsn, DRIFT)
+        wait_for(replaying.exists, 30, "the check to replay its repair", d)
+        started = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(15) == 0, d.log()[-3000:]
+        took = time.monotonic() - started
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+    runs = await pg_fetch(pg_dsn, "SELECT missing, extra, different, repaired FROM syncd.verify_runs "
+                                  "WHERE table_name = 'items' AND missing + extra + different > 0")
+    assert [(r["missing"], r["extra"], r["different"], r["repaired"]) for r in runs] == [(1, 1, 2, 4)], \
+        d.log()[-3000:]
+    assert took < 4, f"{took:.1f} s to stop"

@@ -8,6 +8,7 @@ import logging
 import shlex
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import asyncpg
@@ -140,7 +141,8 @@ class _Session:
 async def verify_source(settings: Settings, source: SourceSettings, tables: list[str] | None = None, *,
                         repair: bool = False, wait_seconds: float = DEFAULT_WAIT_SECONDS,
                         record: bool = True, in_daemon: bool = False,
-                        connection: asyncpg.Connection | None = None, others_ok: bool = False) -> SourceVerifyResult:
+                        connection: asyncpg.Connection | None = None, others_ok: bool = False,
+                        replaying: Callable[[], None] | None = None) -> SourceVerifyResult:
     """Compare every replicated table of `source` (or only `tables`) between SQLite
     and Postgres, record each table's result in syncd.verify_runs, and return them.
 
@@ -151,7 +153,8 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
     started here). Never raises for an unreachable Postgres or a missing file: the
     result's `error` says what went wrong, in one line. `others_ok`: of `tables`, those
     the source does not have are another source's (`syncd verify --table` without --source);
-    result.no_such_table says when it has none of them."""
+    result.no_such_table says when it has none of them. `replaying` is called once a repair's
+    replay is queued, before waiting for the stream to apply it."""
     result = SourceVerifyResult(source=source.name, path=str(source.path), schema=source.schema)
     s = _Session(settings, source, connection)
     try:
@@ -177,7 +180,7 @@ async def verify_source(settings: Settings, source: SourceSettings, tables: list
                 run_ids[tr.table] = await history.record(s.pg, s.bk.schema, tr, s.direction == TO_SQLITE)
             result.tables.append(tr)
         if repair:
-            await _repair(s, result, plans, run_ids, wait_seconds, record, in_daemon)
+            await _repair(s, result, plans, run_ids, wait_seconds, record, in_daemon, replaying)
     except NoSuchTable as e:
         result.error, result.no_such_table = str(e), True
     except (SourceFileError, PostgresUnavailable, UnsupportedTarget, VerifyError) as e:
@@ -449,7 +452,8 @@ async def way_back_generation(s: _Session) -> str | None:
 
 
 async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan], run_ids: dict[str, int],
-                  wait_seconds: float, record: bool, in_daemon: bool) -> None:
+                  wait_seconds: float, record: bool, in_daemon: bool,
+                  replaying: Callable[[], None] | None = None) -> None:
     assert s.pg is not None
     by_name = {p.name: p for p in plans}
     queued: dict[str, int] = {}
@@ -517,6 +521,8 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
     if not queued:
         result.repair_note = "; ".join(skipped_notes) or "nothing to repair"
         return
+    if replaying is not None:
+        replaying()
     try:
         if s.direction == TO_SQLITE:
             how = await way_back.apply_through_way_back(
