@@ -325,6 +325,28 @@ class Daemon:
                     self.watcher.remove(p.wakeup)
                 self.pipelines[name] = self._make(p.source, direction)
 
+    async def _bookkept_directions(self, sources: list[SourceSettings]) -> dict[str, str]:
+        """The way each of `sources` flows as bookkeeping has it, for a source started
+        while the daemon runs (a reload, discovery): one cut over starts with the way back,
+        as at start-up, not forward (which opened and wrote the file of a way back that
+        has ended, and said the source was cut over just now). A source Postgres cannot
+        tell of now is left out: it starts forward and turns around once Postgres answers."""
+        groups: dict[int, tuple] = {}
+        for source in sources:
+            target = self.targets.for_source(source)
+            groups.setdefault(id(target), (target, []))[1].append(source.name)
+        q = quote_pg_ident(self.settings.postgres.bookkeeping_schema)
+        out: dict[str, str] = {}
+        for target, names in groups.values():
+            try:
+                async with target.connection() as conn:
+                    rows = await conn.fetch(f"SELECT source, direction FROM {q}.sources "
+                                            "WHERE source = ANY($1::text[])", names)
+            except Exception:  # noqa: BLE001 - Postgres away, or no bookkeeping yet: started forward
+                continue
+            out.update({name: direction for name, direction in rows if direction})
+        return out
+
     # --- discovery ---------------------------------------------------------------------
 
     async def _discover(self) -> None:
@@ -376,9 +398,12 @@ class Daemon:
             added = back + [s for s in found.sources
                             if s.name not in self.pipelines and s.name not in held and s.name not in known]
             first = False
+            ways = await self._bookkept_directions(added) if added else {}
             for source in added:
+                if source.name in self.pipelines or source.name in {s.name for s in self.settings.sources}:
+                    continue  # a reload started it meanwhile
                 self.settings = self.settings.model_copy(update={"sources": [*self.settings.sources, source]})
-                p = self._make(source)
+                p = self._make(source, ways.get(source.name, TO_POSTGRES))
                 self.pipelines[source.name] = p
                 self._launch(p)
                 log.info(f"source found at {source.path}" if os.path.exists(source.path) else
@@ -573,6 +598,12 @@ class Daemon:
             await asyncio.gather(*self.fleet_loops, return_exceptions=True)
             if not self.stop_event.is_set():
                 self._start_fleet_loops()
+        # A source not running before (added, or added back): as bookkeeping has it.
+        directions.update(await self._bookkept_directions(
+            [s for name, s in new_by_name.items() if name not in directions and name not in self.pipelines]))
+        if self.stop_event.is_set():  # requested while Postgres was asked: its stop would not see them
+            log.info("stop requested during the reload: no source is started", extra={"event": "reload"})
+            return
         for name, source in new_by_name.items():
             if name not in self.pipelines and name not in self.switching:
                 p = self._make(source, directions.get(name, TO_POSTGRES))
