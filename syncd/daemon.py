@@ -109,6 +109,8 @@ class Daemon:
         # interval, so that systemd restarts the daemon (_housekeeping).
         self.housekept_at: float | None = None
         self.watchdog_withheld = False
+        # source -> the target database whose lock on it a reload holds while it restarts it
+        self._handed_over: dict[str, object] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -489,6 +491,18 @@ class Daemon:
                     log.error(f"reload failed: {describe(e)}", exc_info=True, extra={"event": "reload_failed"})
                     self._start_stopped(describe(e))
                     self._reloaded()  # systemd is not left waiting for the reload's end
+                finally:
+                    await self._let_go_of_handed_over()
+
+    async def _let_go_of_handed_over(self) -> None:
+        """The locks a reload held for the sources it restarts: let go of each whose source
+        was not started again on the same target database (a stop, a failure, another DSN).
+        A target the reload closed let go of its locks with its session."""
+        handed, self._handed_over = self._handed_over, {}
+        for name, target in handed.items():
+            p = self.pipelines.get(name)
+            if (p is None or p.session.target is not target) and target in self.targets.all:
+                await _let_go(target, name)
 
     def _start_stopped(self, why: str) -> None:
         """A reload that failed after it stopped sources (to restart them with new settings,
@@ -569,6 +583,12 @@ class Daemon:
         # One turning around is left to the switch, which runs it with the settings then current.
         stopping = {name: self.pipelines.get(name) for name in stopped if name not in self.switching}
         self._reload_stopped = stopping  # started again if the reload fails from here on
+        for name, p in stopping.items():
+            if p is not None and name in new_by_name:
+                # Restarted below, either way: its lock stays held meanwhile (another source slow
+                # to stop holds the restart up), so no daemon is said to be missing from it.
+                p.session.handing_over = True
+                self._handed_over[name] = p.session.target
         await asyncio.gather(*(self._stop_pipeline(name) for name in stopping))
         for name, p in stopping.items():
             if p is not None and p.session.direction != p.direction and name in new_by_name:

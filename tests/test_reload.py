@@ -702,3 +702,54 @@ async def test_a_reload_that_fails_late_starts_the_sources_it_stopped_again(tmp_
         assert len(lines) == 2 and all("the reload failed: the reload went wrong" in x for x in lines), lines
         assert {db.stem for db in dbs} == {next(s for s in ("s0", "s1") if f"source={s}" in x) for x in lines}, lines
         assert d.stop() == 0
+async def test_a_source_a_reload_restarts_stays_run_while_another_is_slow_to_stop(tmp_path, pg_dsn):
+    """A reload restarting a cut-over source let its lock go as it stopped, and took it
+    again only once every source the reload stopped had stopped (another's change waiting
+    for a row Postgres had locked, up to 8 s): meanwhile `syncd status` said no daemon ran
+    the source, and a `syncd rollback` then would have drained SQLite itself, beside the
+    daemon about to start the source again. The lock stays held across the restart."""
+    import json
+    import urllib.request
+
+    from tests.support.ports import free_port
+
+    db, c = tmp_path / "app.db", tmp_path / "c.db"
+    orders_app(db)
+    create_items(c, rows=10)
+    port = free_port()
+    back_up(db, tmp_path / "backups")
+    sections = {"cutover": {"min_days": 0, "backup_glob": str(tmp_path / "backups" / "*.db")},
+                "verify": {"interval_seconds": 0}}
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "c", "path": str(c)},
+                                                          {"name": "app", "path": str(db)}],
+                       metrics_listen=f"127.0.0.1:{port}", sections=sections)
+
+    def running() -> set[str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as r:
+            return set(json.loads(r.read().decode())["sources"])
+
+    def app_run_by_a_daemon() -> bool:
+        st = json.loads(run_cli(cfg, "status", "--json", "--source", "app").stdout)["sources"][0]
+        return st["daemon_running"]
+
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(c, pg_dsn, "c", daemon=d)
+            await cut_over(cfg, db, pg_dsn, daemon=d)
+            async with a_change_waiting_for_a_locked_row(blocker, c, "c", d):
+                write_config(cfg, pg_dsn, [{"name": "c", "path": str(c), "dsn": pg_dsn},
+                                           {"name": "app", "path": str(db), "dsn": pg_dsn}],
+                             metrics_listen=f"127.0.0.1:{port}", sections=sections)
+                d.proc.send_signal(signal.SIGHUP)
+                wait_for(lambda: "app" not in running(), 10, "the way back stopped for its restart", d)
+                assert "configuration reloaded" not in d.own_log()  # c's stop holds the reload up
+                assert all(app_run_by_a_daemon() for _ in range(3))
+            d.wait_log("configuration reloaded")
+            assert await postgres_write(pg_dsn, "after the reload") is None
+            wait_for(lambda: order_in_sqlite(db, "after the reload"), 30, "the order back in SQLite", d)
+            assert app_run_by_a_daemon()
+            assert d.stop() == 0
+    finally:
+        await blocker.close()
+    assert not app_run_by_a_daemon()  # nothing left holding the source
