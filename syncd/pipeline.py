@@ -321,6 +321,12 @@ class Pipeline:
         elif isinstance(exc, FileMoved):
             self.file_changed = True  # the file at the path is opened afresh and looked at again
         elif isinstance(exc, SourceFileError):
+            flags = self.recheck_flags
+            if flags is not None and flags.direction != TO_POSTGRES and s.direction == TO_POSTGRES:
+                # Cut over, as the daemon's look at Postgres found (started while Postgres did not
+                # answer), and no file to reconcile with (archived once the way back ended, say):
+                # the daemon hands the source to the way back, which tells such a file from a missing one.
+                s.direction = flags.direction
             self._enter(SOURCE_MISSING, f"{exc}; waiting for it to come back", kind="sqlite", level="error")
             metrics.source_up.labels(self.name).set(0)
             self.file_changed = True  # whatever comes back is opened afresh and looked at again

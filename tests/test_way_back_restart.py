@@ -1,6 +1,7 @@
 """A source cut over to Postgres that the running daemon starts again (added back to the
 configuration by a reload, found by a glob): it starts with its way back, as at start-up,
-never forward first."""
+never forward first; one started forward (Postgres not answering at start-up) is handed
+to its way back once Postgres tells, even with its file archived."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import json
 import signal
 import time
 
+from tests.conftest import write_config
 from tests.support.app import create_items
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
-from tests.support.way_back import (backup_and_config, cut_over, order_in_sqlite, orders_app, postgres_write,
-                                    wait_back)
+from tests.support.way_back import (back_up, backup_and_config, cut_over, order_in_sqlite, orders_app,
+                                    postgres_write, wait_back)
 
 
 async def test_a_cut_over_source_added_back_by_a_reload_starts_on_its_way_back(tmp_path, make_config, pg_dsn):
@@ -73,4 +75,40 @@ async def test_a_glob_source_retired_and_archived_is_run_as_such_by_a_daemon_sta
         time.sleep(1)  # a few of the source's cycles
         assert "event=source_missing" not in d.own_log(), d.own_log()
         assert st["state"] != "source_missing" and st["way_back_ended"] is not None, st
+        assert d.stop() == 0
+
+
+async def test_a_retired_source_whose_file_is_archived_is_run_as_such_after_a_start_without_postgres(
+        tmp_path, outage):
+    """A daemon started while Postgres did not answer yet (a host starting up) runs every
+    source forward until Postgres tells which are cut over. A source whose way back had
+    ended and whose file was archived never got that far: the forward pipeline waited for
+    the file for good, saying so as an error, holding no lock (`syncd status`: no daemon
+    runs it). Told by the daemon's look at Postgres that the source is cut over, it hands
+    the source to the way back, which runs it as retired."""
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    create_items(db, rows=5, journal="wal")
+    back_up(db, tmp_path / "backups")
+    sections = {"cutover": {"min_days": 0, "backup_glob": str(tmp_path / "backups" / "*.db"),
+                            "keep_sqlite_days": 3 / 86400}, "verify": {"interval_seconds": 0}}
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}], sections=sections)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, dsn, daemon=d)
+        d.wait_log("the way back ends", timeout=60)
+        assert d.stop() == 0
+    (tmp_path / "archive").mkdir()
+    for f in tmp_path.glob("app.db*"):
+        f.rename(tmp_path / "archive" / f.name)
+    proxy.refuse()
+    with DaemonProcess(cfg, tmp_path / "again.log") as d:
+        d.wait_log("source=app event=source_missing")  # forward, Postgres not asked yet
+        proxy.heal()
+
+        def running() -> dict | None:
+            st = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
+            return st if st["daemon_running"] else None
+
+        st = wait_for(running, 30, "the daemon to run the retired source", d)
+        assert st["way_back_ended"] is not None, st
         assert d.stop() == 0
