@@ -234,19 +234,43 @@ async def _run_elsewhere(conn, bk_schema: str, sources: list[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
-async def gone_sources(settings: Settings, selected: str | list[str] | None = None) -> list[SourceSettings]:
+async def gone_sources(settings: Settings, selected: str | list[str] | None = None,
+                       unknown: list[str] | None = None) -> list[SourceSettings]:
     """Sources syncd ran from a glob whose file is gone, from every target database's
-    bookkeeping (`remembered`), those `selected` names (glob patterns) only. Postgres
-    away: none (each source's own line says Postgres is unreachable)."""
+    bookkeeping (`remembered`), those `selected` names (glob patterns) only. A database
+    that cannot be reached or asked adds a line saying so to `unknown` (its sources of
+    gone files are not known: never none in silence)."""
     import fnmatch
 
     out = []
-    async for dsn, conn in _each_target(settings):  # Postgres away: each source's line says so
-        out += await remembered(settings, conn, settings.postgres.bookkeeping_schema, dsn)
+    async for dsn, conn in _each_target(settings, unknown):
+        try:
+            out += await remembered(settings, conn, settings.postgres.bookkeeping_schema, dsn)
+        except Exception as e:  # noqa: BLE001 - refused, timed out, the connection lost: said, not "none"
+            if unknown is None:
+                raise
+            unknown.append(not_looked_up(dsn, e, settings))
     if selected:
         names = [selected] if isinstance(selected, str) else list(selected)
         out = [s for s in out if any(fnmatch.fnmatchcase(s.name, n) for n in names)]
     return out
+
+
+def not_looked_up(dsn: str, exc: BaseException, settings: Settings) -> str:
+    """One line: the glob's registered sources could not be looked up in `dsn` (shown
+    without its password), and why."""
+    from syncd.postgres.connect import (PostgresUnavailable, describe, login_refused, postgres_lost,
+                                        privilege_refused, statement_cancelled)
+    from syncd.redact import scrub
+
+    if isinstance(exc, PostgresUnavailable):
+        why = login_refused(exc, dsn) or f"Postgres unreachable: {exc}"
+    else:
+        why = (privilege_refused(exc, dsn) or postgres_lost(exc)
+               or statement_cancelled(exc, dsn, settings.postgres.statement_timeout_seconds)
+               or f"Postgres: {describe(exc)}")
+        why = f"could not look up the glob's registered sources in {scrub(dsn)}: {why}"
+    return f"{why}; the sources of the glob's files that are gone are not known"
 
 
 async def as_registered(settings: Settings) -> Settings:
@@ -264,7 +288,10 @@ async def as_registered(settings: Settings) -> Settings:
     found = {s.name for s in settings.sources}
     held = False
     async for dsn, conn in _each_target(settings):  # Postgres away: the globs' own order
-        rows = await _registered_rows(conn, settings.postgres.bookkeeping_schema)
+        try:
+            rows = await _registered_rows(conn, settings.postgres.bookkeeping_schema)
+        except Exception:  # noqa: BLE001 - not asked: the globs' own order (the gone files' lookup says so)
+            continue
         for name, path, _schema in rows:
             if not path:
                 continue
@@ -283,41 +310,31 @@ async def as_registered(settings: Settings) -> Settings:
     return expand(settings.model_copy(update={"sources": [*settings.configured, *carried]}))
 
 
-async def not_asked(settings: Settings) -> list[tuple[str, Exception]]:
-    """(dsn, why) for each target database the globs load into that cannot be asked now:
-    the sources of the globs' files that are gone are not known there. With no source to
-    show, nothing else would say so (a source's own line says Postgres is unreachable)."""
-    from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
-
-    out = []
-    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
-        try:
-            await close_quietly(await connect(dsn, settings.password(), settings.postgres))
-        except PostgresUnavailable as e:
-            out.append((dsn, e))
-    return out
-
-
 async def _registered_rows(conn, bk_schema: str) -> list:
     """(source, its SQLite path, its target schema) of every source one target database's
-    bookkeeping holds; none before there is bookkeeping."""
+    bookkeeping holds; none before there is bookkeeping. Any other failure (a privilege
+    refused, a statement timed out, the connection lost) is raised: not "none"."""
+    import asyncpg
+
     from syncd.identifiers import quote_pg_ident
 
     try:
         return await conn.fetch(f"SELECT source, sqlite_path, target_schema FROM {quote_pg_ident(bk_schema)}.sources")
-    except Exception:  # noqa: BLE001 - no bookkeeping yet: nothing registered
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):  # no bookkeeping yet: nothing registered
         return []
 
 
-async def _each_target(settings: Settings):
+async def _each_target(settings: Settings, unknown: list[str] | None = None):
     """(dsn, connection) for each target database the globs load into, one at a time,
-    closed after; a database that cannot be reached is passed over."""
+    closed after; a database that cannot be reached is passed over, said in `unknown`."""
     from syncd.postgres.connect import close_quietly, connect
 
     for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
         try:
             conn = await connect(dsn, settings.password(), settings.postgres)
-        except Exception:  # noqa: BLE001 - Postgres away
+        except Exception as e:  # noqa: BLE001 - Postgres away
+            if unknown is not None:
+                unknown.append(not_looked_up(dsn, e, settings))
             continue
         try:
             yield dsn, conn

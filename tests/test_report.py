@@ -426,7 +426,7 @@ def test_a_glob_whose_files_are_all_gone_with_postgres_unreachable_is_no_report(
     out = run_cli(cfg, "report")
     assert out.returncode == 2 and out.stdout == "", out.stdout[-2000:] + out.stderr
     [line] = out.stderr.splitlines()
-    assert line.startswith("syncd: cannot connect to"), line
+    assert line.startswith("syncd: Postgres unreachable: cannot connect to"), line
 
 def html_report(cfg: Path) -> tuple[int, str, Page]:
     r = run_cli(cfg, "report", "--format", "html")

@@ -19,7 +19,7 @@ from tests.conftest import write_config
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.sync import wait_caught_up
-from tests.support.pgcluster import free_port
+from tests.support.pgcluster import free_port, with_database
 from tests.test_metrics import scrape
 
 
@@ -629,6 +629,46 @@ def test_a_glob_whose_files_are_all_gone_with_postgres_unreachable_is_critical(t
     doc = json.loads(run_cli(cfg, "status", "--json").stdout)
     assert doc["exit_code"] == 2, doc
     assert doc["postgres_unreachable"][0].startswith("Postgres unreachable: cannot connect to"), doc
+
+
+async def test_a_glob_whose_sources_cannot_be_looked_up_is_said_by_every_command(tmp_path, pg_dsn, pg_server,
+                                                                              fresh_databases):
+    """A glob loading into a database of its own whose files are all gone, and the lookup
+    of the sources syncd registered there failing (the table locked past the statement
+    timeout; a privilege refused or a connection lost alike): every command left those
+    sources out as if none were registered, and `syncd status` said only the other
+    source's state, `syncd rollback` "nothing to do" with exit 0. Each says in a line
+    naming the database (no password) that it could not look them up, and none succeeds."""
+    other = fresh_databases.take()
+    try:
+        glob_dsn = with_database(pg_server, other).replace("://postgres@", "://postgres:hunter2@")
+        tenant(tmp_path / "app.db")
+        d_ = tmp_path / "tenants"
+        d_.mkdir()
+        for stem in ("acme", "globex"):
+            tenant(d_ / f"{stem}.db")
+        cfg = write_config(tmp_path / "syncd.toml", pg_dsn,
+                           [{"name": "main", "path": str(tmp_path / "app.db")},
+                            {"name": "t_{stem}", "path": str(d_ / "*.db"), "dsn": glob_dsn}],
+                           sections={"postgres": {"statement_timeout_seconds": 0.5}})
+        assert run_cli(cfg, "init").returncode == 0
+        for stem in ("acme", "globex"):
+            (d_ / f"{stem}.db").unlink()
+        locker = await asyncpg.connect(with_database(pg_server, other))
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE syncd.sources IN ACCESS EXCLUSIVE MODE")
+                for verb, code in ((("status",), 2), (("verify",), 2), (("report",), 2), (("rollback", "--dry-run"), 1),
+                                   (("uninstall", "--forget", "--source", "t_globex"), 1)):
+                    r = run_cli(cfg, *verb)
+                    out = r.stdout + r.stderr
+                    assert r.returncode == code and "Traceback" not in out, (verb, out)
+                    [line] = [x for x in out.splitlines() if "could not look up the glob's registered sources in" in x]
+                    assert f"/{other}" in line and "hunter2" not in out and "timed out" in line, (verb, line)
+        finally:
+            await locker.close()
+    finally:
+        fresh_databases.give_back(other)
 
 
 # Loaded by the daemon's interpreter (sitecustomize): its look at the globs fails while

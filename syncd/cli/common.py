@@ -78,11 +78,13 @@ def fail(message: str, code: int) -> int:
     return code
 
 
-def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSettings]]:
-    """The settings, logging set up, and the sources a switching verb (cutover, rollback,
-    rehearse) works on: --source, else all; ConfigError when there are none. A glob's
-    file syncd ran that is gone is one of them (refused, naming its file), never left
-    out of a fleet's switch in silence."""
+def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSettings], list[str]]:
+    """The settings, logging set up, the sources a switching verb (cutover, rollback,
+    rehearse) works on (--source, else all; ConfigError when there are none), and a line
+    for each target database where the glob's sources whose file is gone could not be
+    looked up (for the verb to say, and fail on). A glob's file syncd ran that is gone is
+    one of the sources (refused, naming its file), never left out of a fleet's switch in
+    silence."""
     settings = load(args)
     setup_logging(args, settings)
     if not getattr(args, "dry_run", False):
@@ -93,11 +95,17 @@ def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSetti
         from syncd.postgres.connect import remember_unanswered
 
         remember_unanswered(False)
-    settings = with_gone_sources(settings)
-    sources = selected_sources(settings, args.source)
-    if not sources:
+    unknown: list[str] = []
+    settings = with_gone_sources(settings, unknown)
+    try:
+        sources = selected_sources(settings, args.source)
+    except ConfigError:
+        if not unknown:
+            raise
+        sources = []  # the source named may be one whose file is gone: the lookup's failure is said instead
+    if not sources and not unknown:
         raise ConfigError(settings.no_sources())
-    return settings, sources
+    return settings, sources, unknown
 
 
 def switch_summary(results: list, verb: str, done_word: str, dry_run: bool) -> str:
@@ -138,14 +146,16 @@ def selected_sources(settings: Settings, name: str | list[str] | None) -> list[S
     return [s for s in settings.sources if s in chosen]
 
 
-def with_gone_sources(settings: Settings) -> Settings:
+def with_gone_sources(settings: Settings, unknown: list[str] | None = None) -> Settings:
     """`settings` with the glob sources syncd ran whose file is gone now added back
-    (discovery.gone_sources), for a command that must not leave them out in silence."""
+    (discovery.gone_sources), for a command that must not leave them out in silence: a
+    target database where they could not be looked up adds a line saying so to `unknown`."""
     import asyncio
 
     from syncd.discovery import gone_sources
 
-    return settings.model_copy(update={"sources": [*settings.sources, *asyncio.run(gone_sources(settings))]})
+    found = asyncio.run(gone_sources(settings, unknown=[] if unknown is None else unknown))
+    return settings.model_copy(update={"sources": [*settings.sources, *found]})
 
 
 def add_source_option(p: argparse.ArgumentParser) -> None:

@@ -33,7 +33,7 @@ def register(sub, parent) -> None:
 
 
 def main(args) -> int:
-    settings, sources = common.switch_sources(args)
+    settings, sources, unknown = common.switch_sources(args)
     try:
         results = asyncio.run(_all(settings, sources, args.allow_orphans))
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM, SIGHUP
@@ -42,7 +42,9 @@ def main(args) -> int:
         return 130
     for r in results:
         common.say(*render(r))
-    return 0 if all(r.ok for r in results) else 1
+    for why in unknown:  # a glob's sources whose file is gone, not known: none of them is rehearsed
+        common.say(f"not rehearsed: {why}")
+    return 0 if all(r.ok for r in results) and not unknown else 1
 
 
 async def _all(settings: Settings, sources: list[SourceSettings], allow_orphans: bool) -> list[RehearsalResult]:

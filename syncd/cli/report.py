@@ -9,7 +9,6 @@ import asyncio
 from syncd.cli import common
 from syncd.endpoint_client import fetch_json
 from syncd.config import Settings
-from syncd.discovery import not_asked
 from syncd.page.history import HistoryView
 from syncd.postgres.connect import PostgresUnavailable, describe, postgres_lost
 from syncd.redact import scrub
@@ -38,13 +37,12 @@ def register(sub, parent) -> None:
 def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
-    settings = common.with_gone_sources(settings)  # judged (missing), never left out in silence
-    if not settings.sources and settings.patterns:
-        # Not a report of no source: the sources of the globs' files that are gone are
-        # known from Postgres alone, and it cannot be asked.
-        away = asyncio.run(not_asked(settings))
-        if away:
-            return common.fail(str(away[0][1]), 2)
+    unknown: list[str] = []
+    settings = common.with_gone_sources(settings, unknown)  # judged (missing), never left out in silence
+    if unknown:
+        # No report without them: the sources of the globs' files that are gone are known
+        # from Postgres alone, and it could not be asked (a report without them could say READY).
+        return common.fail("\n".join(unknown), 2)
     if args.source:
         settings = settings.model_copy(update={"sources": common.selected_sources(settings, args.source)})
     if args.format == "html":

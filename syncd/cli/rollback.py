@@ -34,16 +34,19 @@ def register(sub, parent) -> None:
 
 
 def main(args) -> int:
-    settings, sources = common.switch_sources(args)
+    settings, sources, unknown = common.switch_sources(args)
     try:
         results = asyncio.run(_all(settings, sources, args.dry_run))
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM, SIGHUP
         return interrupted.report(settings, sources, "rollback")
     for r in results:
         common.say(*render(r))
+    for why in unknown:  # a glob's sources whose file is gone, not known: none of them is rolled back
+        common.say(f"not rolled back: {why}")
     if len(results) > 1:  # a script, or an operator scrolling back, reads where each source stands
-        common.say(common.switch_summary(results, "rollback", "rolled back", args.dry_run))
-    return 0 if all(r.ok for r in results) else 1
+        common.say(common.switch_summary(results, "rollback", "rolled back", args.dry_run)
+                   + ("; the sources of the glob's files that are gone not known (said above)" if unknown else ""))
+    return 0 if all(r.ok for r in results) and not unknown else 1
 
 
 async def _all(settings: Settings, sources: list[SourceSettings], dry_run: bool) -> list[RollbackResult]:

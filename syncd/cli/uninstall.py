@@ -65,18 +65,21 @@ def _forget_each(settings: Settings, selected) -> int:
 
     if selected is None:
         raise common.ConfigError("--forget needs --source: name the sources whose file is gone for good")
+    unknown: list[str] = []  # where the sources of a glob's gone files could not be looked up
     try:
-        chosen = common.selected_sources(common.with_gone_sources(settings), selected)
+        chosen = common.selected_sources(common.with_gone_sources(settings, unknown), selected)
     except common.ConfigError:
         # A glob's source whose file is gone is known from Postgres's bookkeeping alone:
-        # with that Postgres unreachable, the name is not unknown, only not to be looked up.
-        away = asyncio.run(_unreachable(settings))
-        if not away:
+        # with that Postgres unreachable (or not answering), the name is not unknown, only
+        # not to be looked up.
+        if not unknown:
             raise
         for name in [selected] if isinstance(selected, str) else selected:
-            common.say(f"{name}: ERROR cannot look up a source whose file is gone: {away[0]}")
+            common.say(f"{name}: ERROR cannot look up a source whose file is gone: {unknown[0]}")
         return 1
-    rc = 0
+    rc = 1 if unknown else 0
+    for why in unknown:  # a name's glob may match sources not known there: not forgotten
+        common.say(f"ERROR {why}")
     for source in chosen:
         try:
             common.say(asyncio.run(forget(settings, source)))
@@ -84,17 +87,6 @@ def _forget_each(settings: Settings, selected) -> int:
             common.say(f"{source.name}: ERROR {e}")
             rc = 1
     return rc
-
-
-async def _unreachable(settings: Settings) -> list[str]:
-    """Why each Postgres the configuration's globs replicate into cannot be reached (none: all answer)."""
-    out = []
-    for dsn in dict.fromkeys(settings.dsn_for(p) for p in settings.patterns):
-        try:
-            await close_quietly(await connect(dsn, settings.password(), settings.postgres))
-        except PostgresUnavailable as e:
-            out.append(str(e))
-    return out
 
 
 async def _uninstall(settings: Settings, source: SourceSettings, force: bool) -> str:

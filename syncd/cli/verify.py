@@ -53,8 +53,16 @@ def main(args) -> int:
         from syncd.postgres.connect import remember_unanswered
 
         remember_unanswered(False)  # the gone files' lookup first: none left out of a repair that reaches it
-    settings = common.with_gone_sources(settings)  # checked (and failing), never left out in silence
-    sources = common.selected_sources(settings, args.source)
+    unknown: list[str] = []  # where the sources of a glob's gone files could not be looked up
+    settings = common.with_gone_sources(settings, unknown)  # checked (and failing), never left out in silence
+    try:
+        sources = common.selected_sources(settings, args.source)
+    except common.ConfigError:
+        if not unknown:
+            raise
+        return common.fail("\n".join(unknown), 2)  # the source named may be one of them
+    if not sources and unknown:
+        return common.fail("\n".join(unknown), 2)
     if not sources:
         return common.fail(settings.no_sources(), 2)
     # --table without --source: each table is verified in the sources that have it.
@@ -74,15 +82,17 @@ def main(args) -> int:
                                "syncd's bookkeeping)", 2)
     # Files a glob matches and syncd does not replicate: their rows are nowhere in Postgres.
     left = list(settings.discovery_problems) if args.source is None else []
-    code = max(exit_code(results), 1 if left else 0)
+    code = max(exit_code(results), 1 if left else 0, 2 if unknown else 0)  # not compared: the check failed
     if args.json:
-        common.say_json({"exit_code": code, "sources": [r.as_json() for r in results], "not_picked_up": left},
-                        indent=2)
+        common.say_json({"exit_code": code, "sources": [r.as_json() for r in results], "not_picked_up": left,
+                         "gone_sources_not_known": unknown}, indent=2)
     else:
         for r in results:
             common.say(*render(r))
         for why in left:
             common.say(f"NOT REPLICATED: {why}")
+        for why in unknown:
+            common.say(f"ERROR {why}")
     return code
 
 
