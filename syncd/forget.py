@@ -29,7 +29,12 @@ async def forget(settings: Settings, source: SourceSettings) -> str:
     from syncd import cutover, rollback
     from syncd.postgres import app_triggers, cutover_guard
 
-    if source.path.exists():
+    try:
+        there = source.path.exists()
+    except OSError as e:  # a folder syncd may not enter: the file may be there still, not known to be gone
+        raise Refused(f"SQLite file {source.path} cannot be reached: {e.strerror}; --forget is for a source whose "
+                      "file is gone for good: let syncd into its folder to tell") from None
+    if there:
         raise Refused(f"{source.path} exists: --forget is for a source whose file is gone for good (without it, "
                       "`syncd uninstall` removes capture from the file)")
     bk_schema = settings.postgres.bookkeeping_schema

@@ -144,3 +144,37 @@ async def test_a_file_gone_before_the_daemon_starts_can_be_forgotten_while_it_ru
         wait_for(lambda: run_cli(cfg, "uninstall", "--source", "app", "--forget").returncode == 0, 30,
                  "the gone file's source forgotten while the daemon runs", d)
         assert d.stop() == 0
+
+
+def test_a_file_in_a_folder_syncd_may_not_enter_is_not_forgotten_and_the_others_are(tmp_path, pg_dsn, monkeypatch):
+    """A tenant's folder syncd may not enter (its owner changed, mode 0700): the file may
+    be there still. `syncd uninstall --forget` ended in a traceback ("Permission denied")
+    and forgot none; it refuses that source in one line saying its file cannot be reached,
+    and forgets the one whose file is gone."""
+    import os
+
+    from tests.support import daemon as support
+
+    d = tmp_path / "tenants"
+    for stem in ("acme", "globex", "zeta"):
+        (d / stem).mkdir(parents=True)
+        tenant(d / stem / "app.db", stem)
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{parent}", "path": str(d / "*" / "app.db")}])
+    assert run_cli(cfg, "init").returncode == 0
+    (d / "zeta" / "app.db").unlink()
+    os.chown(d / "globex", 65534, 65534)
+    os.chmod(d / "globex", 0o700)
+    # syncd as its unit runs it, held out by a folder's mode: root without the capabilities that pass over it.
+    cmd = support.syncd_cmd
+    monkeypatch.setattr(support, "syncd_cmd", lambda config, *args: [
+        "setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd(config, *args)])
+    r = run_cli(cfg, "uninstall", "--source", "t_*", "--forget")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out, out
+    [line] = [x for x in r.stdout.splitlines() if x.startswith("t_globex: ")]
+    assert line.startswith(f"t_globex: ERROR SQLite file {d / 'globex' / 'app.db'} cannot be reached: Permission "
+                           "denied"), line
+    assert "t_zeta: forgot the source" in r.stdout, r.stdout
+    monkeypatch.setattr(support, "syncd_cmd", cmd)
+    os.chmod(d / "globex", 0o755)
+    assert sources(cfg) == {"t_acme": "daemon_not_running", "t_globex": "daemon_not_running"}
