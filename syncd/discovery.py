@@ -234,6 +234,13 @@ async def _run_elsewhere(conn, bk_schema: str, sources: list[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
+# Target databases whose registered sources got no answer in this command (a statement
+# timed out, a slow server): the gone files' lookup says so at once instead of waiting
+# [postgres] statement_timeout_seconds again, while the command keeps what got no answer
+# (postgres.connect.remember_unanswered; a switch and the daemon ask again).
+_lookup_unanswered: dict[str, BaseException] = {}
+
+
 async def gone_sources(settings: Settings, selected: str | list[str] | None = None,
                        unknown: list[str] | None = None) -> list[SourceSettings]:
     """Sources syncd ran from a glob whose file is gone, from every target database's
@@ -242,9 +249,13 @@ async def gone_sources(settings: Settings, selected: str | list[str] | None = No
     gone files are not known: never none in silence)."""
     import fnmatch
 
+    from syncd.postgres.connect import remembering_unanswered
+
     out = []
     async for dsn, conn in _each_target(settings, unknown):
         try:
+            if dsn in _lookup_unanswered and remembering_unanswered():
+                raise _lookup_unanswered[dsn]  # waited for once in this command (as_registered): not again
             out += await remembered(settings, conn, settings.postgres.bookkeeping_schema, dsn)
         except Exception as e:  # noqa: BLE001 - refused, timed out, the connection lost: said, not "none"
             if unknown is None:
@@ -282,6 +293,8 @@ async def as_registered(settings: Settings) -> Settings:
     daemon that shows it missing. Postgres away: `settings` as they are."""
     import fnmatch
 
+    from syncd.postgres.connect import QUERY_CANCELED, remembering_unanswered, sqlstate
+
     if not settings.patterns:
         return settings
     carried = []
@@ -290,7 +303,9 @@ async def as_registered(settings: Settings) -> Settings:
     async for dsn, conn in _each_target(settings):  # Postgres away: the globs' own order
         try:
             rows = await _registered_rows(conn, settings.postgres.bookkeeping_schema)
-        except Exception:  # noqa: BLE001 - not asked: the globs' own order (the gone files' lookup says so)
+        except Exception as e:  # noqa: BLE001 - not asked: the globs' own order (the gone files' lookup says so)
+            if remembering_unanswered() and (isinstance(e, TimeoutError) or sqlstate(e) == QUERY_CANCELED):
+                _lookup_unanswered[dsn] = e
             continue
         for name, path, _schema in rows:
             if not path:

@@ -671,6 +671,35 @@ async def test_a_glob_whose_sources_cannot_be_looked_up_is_said_by_every_command
         fresh_databases.give_back(other)
 
 
+async def test_a_fleets_command_waits_once_for_a_lookup_of_its_sources_that_gets_no_answer(tmp_path, pg_dsn):
+    """Three globs into one database whose bookkeeping does not answer (a lock held on it,
+    a busy server): `syncd report` waited [postgres] statement_timeout_seconds for the
+    names syncd registered, then again for the gone files' sources. It waits once (one
+    lookup per database, however many globs), then says it could not look them up."""
+    timeout = 3
+    globs = []
+    for g in ("eu", "us", "ap"):
+        (tmp_path / g).mkdir()
+        tenant(tmp_path / g / "acme.db")
+        globs.append({"name": g + "_{stem}", "path": str(tmp_path / g / "*.db")})
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, globs,
+                       sections={"postgres": {"statement_timeout_seconds": timeout}})
+    assert run_cli(cfg, "init").returncode == 0
+    locker = await asyncpg.connect(pg_dsn)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE syncd.sources IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            r = run_cli(cfg, "report")
+            took = time.monotonic() - started
+    finally:
+        await locker.close()
+    assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    [line] = r.stderr.splitlines()
+    assert "could not look up the glob's registered sources in" in line and "timed out" in line, line
+    assert took < 2 * timeout, f"report took {took:.1f} s"  # one wait and the command's own start
+
+
 # Loaded by the daemon's interpreter (sitecustomize): its look at the globs fails while
 # the file SYNCD_LOOK_FAILS names exists, as an error syncd did not foresee would.
 FAILING_LOOK = '''

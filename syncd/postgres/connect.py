@@ -329,6 +329,11 @@ def remember_unanswered(on: bool) -> None:
     _unanswered = {} if on else None
 
 
+def remembering_unanswered() -> bool:
+    """Whether this command keeps what got no answer (remember_unanswered)."""
+    return _unanswered is not None
+
+
 def unanswered_before(dsn: str) -> None:
     """Raise CannotConnect, in the words it failed with, where `dsn` let a login time out
     earlier in this command (remember_unanswered)."""
