@@ -809,3 +809,31 @@ async def test_a_tenant_folder_syncd_may_not_enter_leaves_the_daemon_running(tmp
         await wait_caught_up(d / "zeta" / "app.db", pg_dsn, "t_zeta", timeout=15, daemon=dp)
         assert "Traceback" not in dp.own_log() and "ended unexpectedly" not in dp.own_log(), dp.own_log()[-3000:]
         assert dp.stop() == 0
+
+
+def test_a_tenant_folder_syncd_may_not_enter_is_named_by_the_commands(tmp_path, pg_dsn, monkeypatch):
+    """A tenant's folder syncd may not enter (mode 0700, another owner): `syncd verify`
+    said "ERROR Postgres: Permission denied", sending the operator to a Postgres that was
+    fine, and `syncd cutover` refused with a bare "Permission denied". Each names the file
+    in the daemon's words (cannot be reached), and carries on with the other tenant."""
+    from tests.support import daemon as support
+
+    d = tmp_path / "tenants"
+    for stem in ("acme", "globex"):
+        (d / stem).mkdir(parents=True)
+        tenant(d / stem / "app.db")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{parent}", "path": str(d / "*" / "app.db")}])
+    assert run_cli(cfg, "init").returncode == 0
+    os.chown(d / "globex", 65534, 65534)
+    os.chmod(d / "globex", 0o700)
+    cmd = support.syncd_cmd  # root without the capabilities that pass over a folder's mode, as its unit runs it
+    monkeypatch.setattr(support, "syncd_cmd", lambda config, *args: [
+        "setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd(config, *args)])
+    says = f"SQLite file {d / 'globex' / 'app.db'} cannot be reached: Permission denied"
+    for verb, code in ((("verify",), 2), (("cutover", "--dry-run"), 1), (("report",), 1)):
+        r = run_cli(cfg, *verb)
+        out = r.stdout + r.stderr
+        assert r.returncode == code and "Traceback" not in out, (verb, out[-3000:])
+        assert any(x.startswith("t_acme") or "- t_acme" in x for x in out.splitlines()), (verb, out[-3000:])
+        [line] = [x for x in out.splitlines() if "t_globex" in x and "Permission denied" in x][:1]
+        assert says in line and "Postgres: Permission denied" not in line, (verb, line)

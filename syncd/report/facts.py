@@ -8,6 +8,7 @@ import collections
 import dataclasses
 import datetime as dt
 import json
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -470,7 +471,7 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                 side = await asyncio.to_thread(_sqlite_side, source, sticky, counted_at, retyped,
                                                settings.sqlite.read_busy_timeout_ms, halted)
             except SourceFileError as e:  # it names the file
-                if facts.way_back_ended and not source.path.exists():
+                if facts.way_back_ended and not os.path.exists(source.path):  # out of reach: as gone, as the daemon has it
                     facts.file_archived = True  # retired: nothing of SQLite is judged any more, Postgres still is
                 else:
                     facts.error = str(e)

@@ -181,7 +181,11 @@ def open_readonly(path, busy_timeout_ms: int) -> sqlite3.Connection:
 def file_problem(path: Path) -> SourceFileError | None:
     """What keeps the file at `path` from being opened as a source's database before
     SQLite is asked (which would say "disk I/O error" of a directory), or None."""
-    if not path.exists():
+    try:
+        there = path.exists()
+    except OSError as e:  # a folder syncd may not enter: Path.exists raises "Permission denied"
+        return SourceFileError(f"SQLite file {path} cannot be reached: {e.strerror}")
+    if not there:
         return SourceFileError(f"SQLite file {path} does not exist")
     if path.is_dir():
         return SourceFileError(f"SQLite file {path} is a directory, not a file: point the source's path at the "
