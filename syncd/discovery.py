@@ -251,6 +251,9 @@ async def gone_sources(settings: Settings, selected: str | list[str] | None = No
 
     from syncd.postgres.connect import remembering_unanswered
 
+    names = [selected] if isinstance(selected, str) else list(selected or [])
+    if names and all(not glob.has_magic(n) and n in {s.name for s in settings.sources} for n in names):
+        return []  # sources with files (a gone file's source is none of them): nothing to look up
     out = []
     async for dsn, conn in _each_target(settings, unknown):
         try:
@@ -261,8 +264,7 @@ async def gone_sources(settings: Settings, selected: str | list[str] | None = No
             if unknown is None:
                 raise
             unknown.append(not_looked_up(dsn, e, settings))
-    if selected:
-        names = [selected] if isinstance(selected, str) else list(selected)
+    if names:
         out = [s for s in out if any(fnmatch.fnmatchcase(s.name, n) for n in names)]
     return out
 

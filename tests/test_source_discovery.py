@@ -638,7 +638,8 @@ async def test_a_glob_whose_sources_cannot_be_looked_up_is_said_by_every_command
     timeout; a privilege refused or a connection lost alike): every command left those
     sources out as if none were registered, and `syncd status` said only the other
     source's state, `syncd rollback` "nothing to do" with exit 0. Each says in a line
-    naming the database (no password) that it could not look them up, and none succeeds."""
+    naming the database (no password) that it could not look them up, and none succeeds;
+    a command about a source with its file (--source main) does not look them up."""
     other = fresh_databases.take()
     try:
         glob_dsn = with_database(pg_server, other).replace("://postgres@", "://postgres:hunter2@")
@@ -665,6 +666,8 @@ async def test_a_glob_whose_sources_cannot_be_looked_up_is_said_by_every_command
                     assert r.returncode == code and "Traceback" not in out, (verb, out)
                     [line] = [x for x in out.splitlines() if "could not look up the glob's registered sources in" in x]
                     assert f"/{other}" in line and "hunter2" not in out and "timed out" in line, (verb, line)
+                r = run_cli(cfg, "status", "--source", "main")  # a source with its file: no lookup concerns it
+                assert r.returncode == 1 and "could not look up" not in r.stdout, r.stdout
         finally:
             await locker.close()
     finally:

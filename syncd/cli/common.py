@@ -96,7 +96,7 @@ def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSetti
 
         remember_unanswered(False)
     unknown: list[str] = []
-    settings = with_gone_sources(settings, unknown)
+    settings = with_gone_sources(settings, unknown, args.source)
     try:
         sources = selected_sources(settings, args.source)
     except ConfigError:
@@ -146,15 +146,17 @@ def selected_sources(settings: Settings, name: str | list[str] | None) -> list[S
     return [s for s in settings.sources if s in chosen]
 
 
-def with_gone_sources(settings: Settings, unknown: list[str] | None = None) -> Settings:
+def with_gone_sources(settings: Settings, unknown: list[str] | None = None,
+                      selected: str | list[str] | None = None) -> Settings:
     """`settings` with the glob sources syncd ran whose file is gone now added back
-    (discovery.gone_sources), for a command that must not leave them out in silence: a
-    target database where they could not be looked up adds a line saying so to `unknown`."""
+    (discovery.gone_sources; those `selected` names only), for a command that must not
+    leave them out in silence: a target database where they could not be looked up adds a
+    line saying so to `unknown`."""
     import asyncio
 
     from syncd.discovery import gone_sources
 
-    found = asyncio.run(gone_sources(settings, unknown=[] if unknown is None else unknown))
+    found = asyncio.run(gone_sources(settings, selected, [] if unknown is None else unknown))
     return settings.model_copy(update={"sources": [*settings.sources, *found]})
 
 

@@ -38,7 +38,7 @@ def main(args) -> int:
     settings = common.load(args)
     common.setup_logging(args, settings)
     unknown: list[str] = []
-    settings = common.with_gone_sources(settings, unknown)  # judged (missing), never left out in silence
+    settings = common.with_gone_sources(settings, unknown, args.source)  # judged (missing), never left out in silence
     if unknown:
         # No report without them: the sources of the globs' files that are gone are known
         # from Postgres alone, and it could not be asked (a report without them could say READY).

@@ -67,7 +67,7 @@ def _forget_each(settings: Settings, selected) -> int:
         raise common.ConfigError("--forget needs --source: name the sources whose file is gone for good")
     unknown: list[str] = []  # where the sources of a glob's gone files could not be looked up
     try:
-        chosen = common.selected_sources(common.with_gone_sources(settings, unknown), selected)
+        chosen = common.selected_sources(common.with_gone_sources(settings, unknown, selected), selected)
     except common.ConfigError:
         # A glob's source whose file is gone is known from Postgres's bookkeeping alone:
         # with that Postgres unreachable (or not answering), the name is not unknown, only

@@ -54,7 +54,7 @@ def main(args) -> int:
 
         remember_unanswered(False)  # the gone files' lookup first: none left out of a repair that reaches it
     unknown: list[str] = []  # where the sources of a glob's gone files could not be looked up
-    settings = common.with_gone_sources(settings, unknown)  # checked (and failing), never left out in silence
+    settings = common.with_gone_sources(settings, unknown, args.source)  # checked (and failing), never left out in silence
     try:
         sources = common.selected_sources(settings, args.source)
     except common.ConfigError:
