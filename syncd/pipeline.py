@@ -846,7 +846,7 @@ class Pipeline:
         t.queued, t.queued_since = 0, None
         self._update_gauges()
         if t.logged_reason is not None:
-            self.session.info("table resumed: the held value now fits", table=t.name, event="table_resumed")
+            self.session.info("table resumed: what held it is gone", table=t.name, event="table_resumed")
             self.events.append((t.name, "resumed", None))
         t.logged_reason = None
         t.retry_at = 0.0

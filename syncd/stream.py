@@ -13,12 +13,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from syncd import collisions, metrics, parity
+from syncd import collisions, metrics, parity, table_locks
 from syncd.postgres import app_triggers
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.apply import locate_bad_row
 from syncd.postgres.bookkeeping import TableRow
-from syncd.postgres.connect import describe, is_data_error, is_shape_error, is_transient, sqlstate
+from syncd.postgres.connect import (LOCK_NOT_AVAILABLE, describe, is_data_error, is_shape_error, is_transient,
+                                    lock_given_up, sqlstate)
 from syncd.rows import RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.sqlite import key_identity, reader
@@ -32,6 +33,11 @@ class Converted:
     records: list[tuple]
     deletes: list[tuple]
 
+
+# A change waiting this long for a lock another session holds (LOCK TABLE in an open
+# transaction, a long ALTER TABLE) holds its table, named with who holds the lock: the
+# source's other tables go on, not the whole source waiting out the statement timeout.
+LOCK_WAIT = "2s"
 
 LARGE_BATCH_FACTOR = 4  # a backlog is read in batches this many times [stream] batch_size
 
@@ -175,6 +181,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
     quieted: list[app_triggers.Trigger] = []
     try:
         async with conn.transaction():
+            prior, wait = await _short_lock_waits(conn)
             quieted = await session.quiet_triggers([c.t.name for c in converted.values()])
             for c in converted.values():
                 w = session.writer(c.t)
@@ -183,20 +190,25 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
             # Deferred UNIQUE constraints (schema parity) are checked here, not at COMMIT,
             # so a violation is this batch's and is narrowed to its table below.
             await parity.check_deferred(conn, session, [c.t.name for c in converted.values()])
+            await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)  # syncd's own tables: as before
             updates = await _bookkeep(session, batch, held, catchup, caught_up_at)
     except Exception as e:
-        if not _table_specific(e):
+        if not (_table_specific(e) or sqlstate(e) == LOCK_NOT_AVAILABLE):
             raise
-        # Find which table(s) Postgres refuses, each in its own savepoint.
+        # Find which table(s) Postgres refuses, or another session keeps locked, each in its own savepoint.
         held = dict(misfits)
         quieted = []
         async with conn.transaction():
+            prior, wait = await _short_lock_waits(conn)
             for tid, c in converted.items():
                 w = session.writer(c.t)
                 try:
                     async with conn.transaction():
                         quieted += await session.quiet_triggers([c.t.name])
                 except Exception as e2:
+                    if sqlstate(e2) == LOCK_NOT_AVAILABLE:
+                        held[tid] = await _locked(session, c.t.name, e2, wait)
+                        continue
                     if not _table_specific(e2):
                         raise
                     why = str(e2) if isinstance(e2, app_triggers.TriggersKept) else \
@@ -212,6 +224,9 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                             await parity.check_deferred(conn, session, [c.t.name])
                         break
                     except Exception as e2:
+                        if sqlstate(e2) == LOCK_NOT_AVAILABLE:
+                            held[tid] = await _locked(session, c.t.name, e2, wait)
+                            break
                         if not _table_specific(e2):
                             raise
                         violated = await parity.violated(conn, session, c.t.spec, e2) if attempt < 3 else None
@@ -228,6 +243,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                         msg = bad.message if bad else describe(e2)
                         held[tid] = f'table "{c.t.name}"{where}: Postgres rejected the change: {msg}'
                         break
+            await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
             updates = await _bookkeep(session, batch, held, catchup, caught_up_at)
     app_triggers.say(session.name, quieted, disabled=True)
     _adopt(session, batch, updates, catchup)
@@ -296,6 +312,29 @@ async def _reread_together(session: SourceSession, c: Converted, after_seq: int)
             return True
         keys |= stale
     return False
+
+
+async def _short_lock_waits(conn) -> tuple[str, str]:
+    """For the application's tables, in the caller's transaction: each lock waited for
+    LOCK_WAIT at most, or less where the session's own lock_timeout (syncd's role's)
+    already says so. Returns the lock_timeout it had (to be set back for syncd's own
+    tables) and the one now in force."""
+    return tuple(await conn.fetchrow(
+        "SELECT prior, set_config('lock_timeout', CASE WHEN prior::interval > interval '0' "
+        "AND prior::interval < $1::text::interval THEN prior ELSE $1::text END, true) "
+        "FROM (SELECT current_setting('lock_timeout') AS prior) p", LOCK_WAIT))
+
+
+async def _locked(session: SourceSession, table: str, exc: BaseException, wait: str) -> str:
+    """Why a table whose change waited `wait` (LOCK_WAIT, or the lock_timeout of syncd's
+    role where shorter) for a lock another session holds is held: the table, and the
+    sessions holding a lock on it, as a user finds them in pg_stat_activity."""
+    assert session.pg is not None
+    holders = await table_locks.table_holders(session.pg, session.target_schema, [table])
+    said = (lock_given_up(exc, session.settings.dsn_for(session.source)) if wait != LOCK_WAIT else None) \
+        or f"tried again until the lock is gone ({describe(exc)})"
+    return (f'table "{table}": another session holds a lock on it in Postgres: {holders} (an open transaction, '
+            f"a long ALTER TABLE); {said}")
 
 
 def _table_specific(exc: BaseException) -> bool:

@@ -1,0 +1,60 @@
+"""Another Postgres session holding a lock on one replicated table (LOCK TABLE in an
+open transaction, a long ALTER of a DBA's): Postgres is up, and only that table waits.
+The daemon holds the table, naming it and the backend that holds the lock, never
+"Postgres unreachable"; the source's other tables keep streaming meanwhile, and the
+held table catches up once the lock is gone, losing nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg
+
+from tests.support.compare import compare_table
+from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
+
+
+async def test_a_table_another_session_locks_is_held_by_name_while_the_others_stream(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    conn.execute("INSERT INTO free VALUES (1, 'x')")
+    cfg = make_config([{"name": "app", "path": str(db)}],
+                      sections={"verify": {"interval_seconds": 0}, "stream": {"held_table_retry_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        holder = await asyncpg.connect(pg_dsn)
+        try:
+            pid = holder.get_server_pid()
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE app.locked IN ACCESS EXCLUSIVE MODE")
+                conn.execute("UPDATE locked SET v = 'changed' WHERE id = 1")
+                conn.execute("INSERT INTO locked VALUES (2, 'new')")
+                conn.execute("INSERT INTO free VALUES (2, 'meanwhile')")
+
+                async def free_streamed():
+                    return await pg_rows(pg_dsn, "SELECT v FROM app.free WHERE id = 2") == [("meanwhile",)]
+
+                # Well within [postgres] statement_timeout_seconds (60 s): not waited out.
+                await eventually(free_streamed, 30, "the other table's change, while the lock is held", d)
+                wait_for(lambda: "table held" in d.log(), 30, "the held table in the log", d)
+                held = next(line for line in d.log().splitlines() if "table held" in line)
+                assert "table=locked" in held and f"backend {pid}" in held, held
+                assert (await table_states(pg_dsn, "app"))["locked"][0] == "held"
+                status = run_cli(cfg, "status")
+                assert '"locked"' in status.stdout + status.stderr and "held" in status.stdout, status.stdout
+        finally:
+            await holder.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO locked VALUES (3, 'after')")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    assert "unreachable" not in log and "event=failing" not in log, log
+    assert "table resumed" in log, log
+    for table in ("locked", "free"):
+        assert await compare_table(str(db), pg_dsn, "app", table) == []
