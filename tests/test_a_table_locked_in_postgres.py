@@ -2,20 +2,43 @@
 open transaction, a long ALTER of a DBA's): Postgres is up, and only that table waits.
 The daemon holds the table, naming it and the backend that holds the lock, never
 "Postgres unreachable"; the source's other tables keep streaming meanwhile, and the
-held table catches up once the lock is gone, losing nothing."""
+held table catches up once the lock is gone, losing nothing. The holder is named
+whether or not syncd's role may read other roles' session details (pg_read_all_stats)."""
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import sqlite3
 
 import asyncpg
+import pytest
 
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
-from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
+from tests.support.sync import eventually, pg_rows, pg_statements, table_states, wait_caught_up
 
 
-async def test_a_table_another_session_locks_is_held_by_name_while_the_others_stream(tmp_path, make_config, pg_dsn):
+@contextlib.asynccontextmanager
+async def syncd_dsn(pg_dsn: str, superuser: bool):
+    """The DSN syncd connects with: the test's superuser, or a login role of its own
+    owning the test's database (dropped with what it owns afterwards)."""
+    if superuser:
+        yield pg_dsn
+        return
+    role = f"syncd_plain_{secrets.token_hex(4)}"
+    database = pg_dsn.rsplit("/", 1)[1]
+    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN", f'ALTER DATABASE "{database}" OWNER TO {role}')
+    try:
+        yield pg_dsn.replace("postgres@", f"{role}@")
+    finally:
+        await pg_statements(pg_dsn, f'ALTER DATABASE "{database}" OWNER TO postgres', f"DROP OWNED BY {role} CASCADE",
+                            f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("superuser", [True, False], ids=["superuser", "role_of_its_own"])
+async def test_a_table_another_session_locks_is_held_by_name_while_the_others_stream(tmp_path, make_config, pg_dsn,
+                                                                                   superuser):
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=wal")
@@ -23,8 +46,13 @@ async def test_a_table_another_session_locks_is_held_by_name_while_the_others_st
     conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
     conn.execute("INSERT INTO locked VALUES (1, 'x')")
     conn.execute("INSERT INTO free VALUES (1, 'x')")
-    cfg = make_config([{"name": "app", "path": str(db)}],
-                      sections={"verify": {"interval_seconds": 0}, "stream": {"held_table_retry_seconds": 1}})
+    async with syncd_dsn(pg_dsn, superuser) as dsn:
+        cfg = make_config([{"name": "app", "path": str(db)}], sections={
+            "postgres": {"dsn": dsn}, "verify": {"interval_seconds": 0}, "stream": {"held_table_retry_seconds": 1}})
+        await locked_and_freed(cfg, db, conn, tmp_path, pg_dsn)
+
+
+async def locked_and_freed(cfg, db, conn, tmp_path, pg_dsn) -> None:
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         holder = await asyncpg.connect(pg_dsn)
