@@ -25,6 +25,8 @@ import sqlite3
 import time
 
 from syncd.model import SIZED_FOR_COLUMNS
+from syncd import table_locks
+from syncd.parity import LockNotHad
 from syncd.parity.apply import lock_wait_ms
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import app_triggers, ddl, ownership
@@ -269,6 +271,8 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
         raise SnapshotRejected(t.name, None, _too_slow(
             session, t.name, e, "a foreign key links its columns to another table's, so both ends are retyped "
                                 "together before it is loaded"), row=False) from None
+    except LockNotHad:
+        raise await _waits_for_lock(session, t.name) from None
     except Exception as e:
         # The table is held, to be loaded from the start once what stops it is changed.
         if not _fails_again(e):
@@ -385,6 +389,8 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
             session, t.name, e, ("another table's foreign key points at its rows" if e.referenced else
                                  "its foreign key points at another table's rows")
             + ", so they are retyped as they are before the reloaded ones replace them"), row=False) from None
+    except LockNotHad:
+        raise await _waits_for_lock(session, t.name) from None
     except Exception as e:
         if not _fails_again(e):
             raise
@@ -407,6 +413,19 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
                  table=t.name, event="snapshot_finished")
     _count_loaded(session, t)
     return True
+
+
+async def _waits_for_lock(session: SourceSession, table: str) -> SnapshotRejected:
+    """The table is held (tried again every [stream] held_table_retry_seconds, the
+    source's other tables going on): its rows are retyped as they are before its load
+    (ddl.replace_rows, ddl.retype_linked_columns), and another session kept a lock on
+    it past the retype's lock wait; those holding one are named."""
+    assert session.pg is not None
+    holders = await table_locks.table_holders(session.pg, session.target_schema, [table])
+    wait = lock_wait_ms(session.settings.postgres.statement_timeout_seconds)
+    return SnapshotRejected(table, None, f"its rows are changed in place before it is loaded again, and another "
+                                         f"Postgres session holds the table past {wait} ms: {holders} (a long query "
+                                         "or transaction); tried again until the lock is gone", row=False)
 
 
 def _too_slow(session: SourceSession, table: str, e: ddl.RewriteTooSlow, why: str) -> str:

@@ -643,6 +643,46 @@ async def test_a_reload_of_a_referenced_table_waiting_for_a_reader_loads_once_th
         assert d.stop() == 0
 
 
+async def test_a_reload_of_a_referenced_table_waiting_for_a_reader_holds_only_it_naming_the_reader(
+        app_db, make_config, pg_dsn, tmp_path):
+    """The same reload, the reader staying: the table waiting for it is held, named in
+    the log and in `syncd status` with the reader's backend, while the source's other
+    tables stream on; once the reader is done it loads, no row deleted. Before, the
+    whole source backed off and retried, its other tables waiting with it."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO items VALUES (1, 'a');"
+                       "CREATE TABLE notes (id INTEGER PRIMARY KEY, v TEXT);")
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"statement_timeout_seconds": 2}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "CREATE TABLE public.orders (id bigint PRIMARY KEY, item_id bigint REFERENCES app.items)",
+        "INSERT INTO public.orders VALUES (1, 1)", "ALTER TABLE app.items ALTER COLUMN v TYPE char(5)")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        reader = await asyncpg.connect(pg_dsn)
+        try:
+            async with reader.transaction():
+                await reader.fetch("SELECT * FROM app.items")
+                await eventually(lambda: held(pg_dsn, "items"), 30, "the table held", d)
+                conn.execute("INSERT INTO notes VALUES (1, 'still streaming')")
+                conn.commit()
+                await eventually(lambda: _rows(pg_dsn, "SELECT v FROM app.notes", [("still streaming",)]), 30,
+                                 "the other table streamed", d)
+                line = next(x for x in d.log().splitlines() if "table held" in x)
+                assert "table=items" in line and f"backend {reader.get_server_pid()}" in line, line
+                status = run_cli(cfg, "status")
+                assert 'table "items" held' in status.stdout, status.stdout
+        finally:
+            await reader.close()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, v, pg_typeof(v)::text FROM app.items") == [(1, "a", "text")]
+        assert await pg_rows(pg_dsn, "SELECT id, item_id FROM public.orders") == [(1, 1)]
+        assert d.stop() == 0
+    conn.close()
+    assert "unreachable" not in d.log(), d.log()
+
+
 async def test_an_empty_table_linked_by_a_foreign_key_waiting_for_a_reader_loads_once_the_reader_is_done(
         app_db, make_config, pg_dsn, tmp_path):
     """An empty table, its TEXT key made uuid in Postgres by hand, and a table of
