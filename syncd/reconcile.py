@@ -735,8 +735,11 @@ async def _reconcile_table(
         pgt = (await ddl.read_tables(conn, target))[name]
         diff = ddl.diff_shape(spec, pgt)
     if diff.retyped or diff.key_changed:
-        what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in diff.retyped) or "primary key changed"
-        session.info(f"column types changed ({what}): reloading the table", table=name, event="table_retyped")
+        what = ", ".join(f"{c}: {have} -> {want}" for c, have, want in diff.retyped)
+        key = f"primary key changed ({', '.join(pgt.key) or 'none'} in Postgres -> {', '.join(spec.key)})"
+        said = (f"column types changed ({what}) and {key}" if what and diff.key_changed else
+                f"column types changed ({what})" if what else key)
+        session.info(f"{said}: reloading the table", table=name, event="table_retyped")
         return _pending(row, None)
     since = _position(row, session.applied_seq)
     if moved and since is not None:

@@ -388,7 +388,7 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
         raise SnapshotRejected(t.name, None, _too_slow(
             session, t.name, e, ("another table's foreign key points at its rows" if e.referenced else
                                  "its foreign key points at another table's rows")
-            + ", so they are retyped as they are before the reloaded ones replace them"), row=False) from None
+            + f", so {_changed_as_they_are(e)} before the reloaded ones replace them"), row=False) from None
     except LockNotHad:
         raise await _waits_for_lock(session, t.name) from None
     except Exception as e:
@@ -415,6 +415,14 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     return True
 
 
+def _changed_as_they_are(e: ddl.RewriteTooSlow) -> str:
+    """What is done to the table's rows as they are before its reload, as the statements
+    that ran over the timeout do it."""
+    if e.retyped and e.keyed_anew:
+        return "they are retyped and keyed anew as they are"
+    return "they are keyed anew as they are" if e.keyed_anew else "they are retyped as they are"
+
+
 async def _waits_for_lock(session: SourceSession, table: str) -> SnapshotRejected:
     """The table is held (tried again every [stream] held_table_retry_seconds, the
     source's other tables going on): its rows are retyped as they are before its load
@@ -436,7 +444,8 @@ def _too_slow(session: SourceSession, table: str, e: ddl.RewriteTooSlow, why: st
     if slow is None or slow[0] != e.alters:
         over = (f"the statement_timeout Postgres has for syncd's role or database ({e.server})" if e.server else
                 f"[postgres] statement_timeout_seconds ({session.settings.postgres.statement_timeout_seconds:g} s)")
-        slow = (e.alters, f"{why}, a rewrite of the table that ran over {over}; raise the timeout and restart the "
+        change = "a rewrite of the table" if e.retyped else "a change of the table under an exclusive lock"
+        slow = (e.alters, f"{why}, {change} that ran over {over}; raise the timeout and restart the "
                           f"daemon, or run {e.alters} in Postgres: the load then goes on")
         session.rewrite_timed_out[table] = slow
     return slow[1]

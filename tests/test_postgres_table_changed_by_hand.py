@@ -477,6 +477,78 @@ async def test_a_table_keyed_anew_in_sqlite_keeps_the_rows_of_another_table_poin
         assert d.stop() == 0
 
 
+async def test_a_table_keyed_anew_whose_rewrite_runs_over_the_statement_timeout_is_said_to_be_keyed_anew(
+        app_db, make_config, pg_dsn, tmp_path):
+    """The same table keyed anew, someone's slow event trigger on its ALTER TABLE making
+    the change of its key run over [postgres] statement_timeout_seconds: the log and the
+    held table's reason (in `syncd status`) say its key changed, as it did, never that
+    its column types changed or that it is retyped (none was)."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("""
+        CREATE TABLE countries (id INTEGER PRIMARY KEY, code TEXT NOT NULL, name TEXT);
+        INSERT INTO countries VALUES (1, 'fra', 'France'), (2, 'ita', 'Italy'), (3, 'esp', 'Spain');
+    """)
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
+                      sections={"postgres": {"statement_timeout_seconds": 2}})
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "ALTER TABLE app.countries ADD CONSTRAINT countries_code UNIQUE (code)",
+        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
+        "country text REFERENCES app.countries (code) ON DELETE CASCADE)",
+        "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'ita')",
+        "CREATE FUNCTION public.slow_ddl() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN "
+        "IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() WHERE object_identity = ''app.countries'') "
+        "THEN PERFORM pg_sleep(3); END IF; END'",
+        "CREATE EVENT TRIGGER slow_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION public.slow_ddl()")
+    conn.executescript("""
+        CREATE TABLE countries_new (id INTEGER NOT NULL, code TEXT PRIMARY KEY, name TEXT);
+        INSERT INTO countries_new SELECT id, code, name FROM countries;
+        DROP TABLE countries;
+        ALTER TABLE countries_new RENAME TO countries;
+    """)
+    conn.commit()
+    conn.close()
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+            await eventually(lambda: held(pg_dsn, "countries"), 60, "the table held", d)
+            reason = (await table_states(pg_dsn, "app"))["countries"][1]
+            status = run_cli(cfg, "status")
+            assert d.stop() == 0
+    finally:
+        await pg_statements(pg_dsn, "DROP EVENT TRIGGER slow_ddl")
+    assert "statement_timeout_seconds (2 s)" in reason and "key" in reason, reason
+    assert "retype" not in reason, reason
+    assert 'table "countries" held' in status.stdout and "retype" not in status.stdout, status.stdout
+    lines = [x for x in d.log().splitlines() if "table=countries" in x]
+    assert not any("column types changed" in x or "retype" in x for x in lines), "\n".join(lines)
+    assert await pg_rows(pg_dsn, "SELECT id, country FROM public.visits ORDER BY id") == [(1, "fra"), (2, "ita")]
+
+
+async def test_a_key_changed_in_postgres_by_hand_is_said_to_be_a_key_change(app_db, make_config, pg_dsn, tmp_path):
+    """A table's primary key made on another column in Postgres by hand: the table is
+    loaded again keyed as SQLite keys it, and the log says its key changed, never that
+    its column types changed (none did)."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE countries (id INTEGER PRIMARY KEY, code TEXT NOT NULL, name TEXT);"
+                       "INSERT INTO countries VALUES (1, 'fra', 'France'), (2, 'ita', 'Italy');")
+    conn.commit()
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(pg_dsn, "ALTER TABLE app.countries DROP CONSTRAINT countries_pkey",
+                        "ALTER TABLE app.countries ADD PRIMARY KEY (code)")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        d.wait_log("snapshot finished")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    [line] = [x for x in d.log().splitlines() if "reloading the table" in x]
+    assert "key" in line and "column types changed" not in line, line
+    assert await pg_rows(pg_dsn, "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                                 "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'app.countries'::regclass "
+                                 "AND i.indisprimary") == [("id",)]
+
+
 async def test_a_held_retype_of_a_char_n_key_too_slow_does_not_compare_its_keys_again_at_every_retry(
         app_db, make_config, pg_dsn, tmp_path):
     """A key made char(3) in Postgres by hand in a table another table's foreign key points

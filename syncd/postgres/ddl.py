@@ -268,12 +268,14 @@ class RewriteTooSlow(Exception):
     timeout: `alters`, the statements to run by hand; `server`, Postgres's cancel (its
     statement_timeout for syncd's role), or None (syncd's own); `referenced`, whether
     another table's foreign key points at the table's rows (else only a foreign key of
-    its own links it to another table)."""
+    its own links it to another table); `retyped`, `keyed_anew`: what the statements change
+    (column types, the primary key)."""
 
-    def __init__(self, alters: str, server: str | None):
+    def __init__(self, alters: str, server: str | None, retyped: bool = True, keyed_anew: bool = False):
         super().__init__(alters)
         self.alters, self.server = alters, server
         self.referenced = True
+        self.retyped, self.keyed_anew = retyped, keyed_anew
 
 
 async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: TableSpec,
@@ -356,8 +358,9 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
         return out
 
     plans = [await alters_for(padded) for padded in tries]
+    changes = {"retyped": bool(diff.retyped), "keyed_anew": diff.key_changed}
     if too_slow is not None and too_slow in ("; ".join(p) for p in plans):  # the try that ran over, whichever
-        raise RewriteTooSlow(too_slow, None)
+        raise RewriteTooSlow(too_slow, None, **changes)
     prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
     if lock_wait_ms is not None:  # a wait for the lock is no rewrite over the statement timeout
         await conn.execute(f"SET LOCAL lock_timeout = '{lock_wait_ms}ms'")
@@ -379,12 +382,12 @@ async def _retype_rows_as_they_are(conn: asyncpg.Connection, schema: str, spec: 
             except TimeoutError:
                 if conn.is_closed():
                     raise  # an outage: tried again as a whole
-                raise RewriteTooSlow("; ".join(alters), None) from None
+                raise RewriteTooSlow("; ".join(alters), None, **changes) from None
             except asyncpg.PostgresError as e:
                 from syncd.postgres.connect import QUERY_CANCELED, describe, is_transient, sqlstate
 
                 if sqlstate(e) == QUERY_CANCELED and "statement timeout" in str(e):
-                    raise RewriteTooSlow("; ".join(alters), describe(e)) from None
+                    raise RewriteTooSlow("; ".join(alters), describe(e), **changes) from None
                 if lock_wait_ms is not None and isinstance(e, asyncpg.LockNotAvailableError):
                     from syncd.parity import LockNotHad
 
