@@ -181,7 +181,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
     quieted: list[app_triggers.Trigger] = []
     try:
         async with conn.transaction():
-            prior, wait = await _short_lock_waits(conn)
+            prior, role_s = await _short_lock_waits(conn)
             quieted = await session.quiet_triggers([c.t.name for c in converted.values()])
             for c in converted.values():
                 w = session.writer(c.t)
@@ -199,7 +199,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
         held = dict(misfits)
         quieted = []
         async with conn.transaction():
-            prior, wait = await _short_lock_waits(conn)
+            prior, role_s = await _short_lock_waits(conn)
             for tid, c in converted.items():
                 w = session.writer(c.t)
                 try:
@@ -207,7 +207,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                         quieted += await session.quiet_triggers([c.t.name])
                 except Exception as e2:
                     if sqlstate(e2) == LOCK_NOT_AVAILABLE:
-                        held[tid] = await _locked(session, c.t.name, e2, wait)
+                        held[tid] = await _locked(session, c.t.name, e2, role_s)
                         continue
                     if not _table_specific(e2):
                         raise
@@ -225,7 +225,7 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
                         break
                     except Exception as e2:
                         if sqlstate(e2) == LOCK_NOT_AVAILABLE:
-                            held[tid] = await _locked(session, c.t.name, e2, wait)
+                            held[tid] = await _locked(session, c.t.name, e2, role_s)
                             break
                         if not _table_specific(e2):
                             raise
@@ -275,20 +275,29 @@ async def _add_replaced(session: SourceSession, converted: dict[int, Converted],
         key_idx = spec.key_indexes
         seen = {tuple(r[i] for i in key_idx) for r in c.records}
         fresh = c.records
-        for _link in range(COLLISION_LINKS):
-            stale = await collisions.stale_keys(session.pg, session.target_schema, spec, fresh, sets) - seen
-            if not stale:
-                break
-            seen |= stale
-            rows, gone = await session.worker.run(collisions.read_current, spec, sorted(stale, key=repr))
-            try:
-                fresh = c.t.conv.rows(rows)
-            except RowMisfit as m:
-                misfits[tid] = str(m)
-                del converted[tid]
-                break
-            c.records.extend(fresh)
-            c.deletes.extend(gone)
+        role_s = False
+        try:
+            async with session.pg.transaction():  # its reads wait for another session's lock as the writes do
+                _prior, role_s = await _short_lock_waits(session.pg)
+                for _link in range(COLLISION_LINKS):
+                    stale = await collisions.stale_keys(session.pg, session.target_schema, spec, fresh, sets) - seen
+                    if not stale:
+                        break
+                    seen |= stale
+                    rows, gone = await session.worker.run(collisions.read_current, spec, sorted(stale, key=repr))
+                    try:
+                        fresh = c.t.conv.rows(rows)
+                    except RowMisfit as m:
+                        misfits[tid] = str(m)
+                        del converted[tid]
+                        break
+                    c.records.extend(fresh)
+                    c.deletes.extend(gone)
+        except Exception as e:
+            if sqlstate(e) != LOCK_NOT_AVAILABLE:
+                raise
+            misfits[tid] = await _locked(session, spec.name, e, role_s)
+            converted.pop(tid, None)
 
 
 async def _reread_together(session: SourceSession, c: Converted, after_seq: int) -> bool:
@@ -314,24 +323,25 @@ async def _reread_together(session: SourceSession, c: Converted, after_seq: int)
     return False
 
 
-async def _short_lock_waits(conn) -> tuple[str, str]:
+async def _short_lock_waits(conn) -> tuple[str, bool]:
     """For the application's tables, in the caller's transaction: each lock waited for
     LOCK_WAIT at most, or less where the session's own lock_timeout (syncd's role's)
     already says so. Returns the lock_timeout it had (to be set back for syncd's own
-    tables) and the one now in force."""
-    return tuple(await conn.fetchrow(
-        "SELECT prior, set_config('lock_timeout', CASE WHEN prior::interval > interval '0' "
-        "AND prior::interval < $1::text::interval THEN prior ELSE $1::text END, true) "
-        "FROM (SELECT current_setting('lock_timeout') AS prior) p", LOCK_WAIT))
+    tables), and whether the session's own is the one in force."""
+    row = await conn.fetchrow(
+        "SELECT prior, shorter, set_config('lock_timeout', CASE WHEN shorter THEN prior ELSE $1::text END, true) "
+        "FROM (SELECT prior, prior::interval > interval '0' AND prior::interval < $1::text::interval AS shorter "
+        "FROM (SELECT current_setting('lock_timeout') AS prior) p) q", LOCK_WAIT)
+    return row[0], row[1]
 
 
-async def _locked(session: SourceSession, table: str, exc: BaseException, wait: str) -> str:
-    """Why a table whose change waited `wait` (LOCK_WAIT, or the lock_timeout of syncd's
-    role where shorter) for a lock another session holds is held: the table, and the
+async def _locked(session: SourceSession, table: str, exc: BaseException, role_s: bool) -> str:
+    """Why a table whose change waited LOCK_WAIT (or, `role_s`, the shorter lock_timeout
+    of syncd's role) for a lock another session holds is held: the table, and the
     sessions holding a lock on it, as a user finds them in pg_stat_activity."""
     assert session.pg is not None
     holders = await table_locks.table_holders(session.pg, session.target_schema, [table])
-    said = (lock_given_up(exc, session.settings.dsn_for(session.source)) if wait != LOCK_WAIT else None) \
+    said = (lock_given_up(exc, session.settings.dsn_for(session.source)) if role_s else None) \
         or f"tried again until the lock is gone ({describe(exc)})"
     return (f'table "{table}": another session holds a lock on it in Postgres: {holders} (an open transaction, '
             f"a long ALTER TABLE); {said}")

@@ -86,3 +86,38 @@ async def locked_and_freed(cfg, db, conn, tmp_path, pg_dsn) -> None:
     assert "table resumed" in log, log
     for table in ("locked", "free"):
         assert await compare_table(str(db), pg_dsn, "app", table) == []
+
+
+async def test_a_locked_table_with_a_unique_column_is_held_while_the_others_stream(tmp_path, make_config, pg_dsn):
+    """The same lock on a table with a UNIQUE column, whose rows a REPLACE may have
+    removed through it (looked for in Postgres before the batch is written): held as
+    well, the other table streaming, and caught up once the lock is gone."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
+    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        holder = await asyncpg.connect(pg_dsn)
+        try:
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE app.locked IN ACCESS EXCLUSIVE MODE")
+                conn.execute("REPLACE INTO locked VALUES (2, 'x')")
+                conn.execute("INSERT INTO free VALUES (1, 'meanwhile')")
+
+                async def free_streamed():
+                    return await pg_rows(pg_dsn, "SELECT v FROM app.free") == [("meanwhile",)]
+
+                await eventually(free_streamed, 30, "the other table's change, while the lock is held", d)
+                assert (await table_states(pg_dsn, "app"))["locked"][0] == "held"
+        finally:
+            await holder.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    assert "unreachable" not in log and "event=failing" not in log, log
+    for table in ("locked", "free"):
+        assert await compare_table(str(db), pg_dsn, "app", table) == []
