@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import asyncpg
 
-from syncd import collisions, parity
+from syncd import collisions, parity, table_locks
 from syncd.identifiers import qualified, quote_literal, quote_pg_ident
 from syncd.model import TO_POSTGRES, SourceSchema, TableSpec
 from syncd.postgres import bookkeeping as bk
@@ -335,9 +335,23 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
                                   event="resync_held")
                 session.resync_held[name] = problem
         if name in requests and pgt is not None:
+            # Waited for a while at most: a session keeping the table (an open transaction
+            # that used it) would otherwise hold up the whole source for a statement timeout.
+            wait_ms = parity.lock_wait_ms(session.settings.postgres.statement_timeout_seconds)
             try:
                 async with conn.transaction():  # a savepoint
+                    prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
+                    await table_locks.shorten_lock_waits(conn, f"{wait_ms}ms")
                     await conn.execute(f"DROP TABLE IF EXISTS {qualified(target, name)}")
+                    await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
+            except asyncpg.LockNotAvailableError:
+                requests.discard(name)
+                holders = await table_locks.table_holders(conn, target, [name])
+                problem = f"another Postgres session holds the table past {wait_ms} ms: {holders}"
+                if session.resync_held.get(name) != problem:  # once, not every recheck
+                    session.error(f"resync requested but not done: {problem}; the Postgres copy is kept and the "
+                                  "request stays pending until the lock is gone", table=name, event="resync_held")
+                session.resync_held[name] = problem
             except asyncpg.DependentObjectsStillExistError as e:
                 # A view (or a foreign key) of someone's over the table: kept, and the request
                 # stays pending until nothing depends on the table.

@@ -121,3 +121,49 @@ async def test_a_locked_table_with_a_unique_column_is_held_while_the_others_stre
     assert "unreachable" not in log and "event=failing" not in log, log
     for table in ("locked", "free"):
         assert await compare_table(str(db), pg_dsn, "app", table) == []
+
+
+async def test_a_resync_of_a_locked_table_waits_for_the_lock_naming_it_and_stops_nothing_else(
+        tmp_path, make_config, pg_dsn):
+    """`syncd resync` of a table another session keeps locked: the request waits, said
+    with the session holding the lock, never as "Postgres unreachable", while the other
+    tables stream on; once the lock is gone the table is rebuilt."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={
+        "postgres": {"statement_timeout_seconds": 4}, "verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        holder = await asyncpg.connect(pg_dsn)
+        try:
+            pid = holder.get_server_pid()
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE app.locked IN ACCESS EXCLUSIVE MODE")
+                assert run_cli(cfg, "resync", "--source", "app", "--table", "locked").returncode == 0
+                wait_for(lambda: "resync requested but not done" in d.log(), 30, "the resync waiting", d)
+                conn.execute("INSERT INTO free VALUES (1, 'meanwhile')")
+
+                async def free_streamed():
+                    return await pg_rows(pg_dsn, "SELECT v FROM app.free") == [("meanwhile",)]
+
+                await eventually(free_streamed, 30, "the other table's change, while the lock is held", d)
+                line = next(x for x in d.log().splitlines() if "resync requested but not done" in x)
+                assert "table=locked" in line and f"backend {pid}" in line, line
+        finally:
+            await holder.close()
+        d.wait_log("resync requested: Postgres table dropped")
+        await eventually(lambda: _no_request(pg_dsn), 30, "the resync done", d)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    assert "unreachable" not in log and "event=failing" not in log, log
+    for table in ("locked", "free"):
+        assert await compare_table(str(db), pg_dsn, "app", table) == []
+
+
+async def _no_request(dsn: str) -> bool:
+    return await pg_rows(dsn, "SELECT count(*) FROM syncd.tables WHERE request IS NOT NULL") == [(0,)]
