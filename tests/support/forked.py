@@ -1,24 +1,27 @@
 """The suite's `python -m syncd ...` processes, forked from a process that has imported
-syncd already instead of started from nothing.
+syncd's libraries already instead of started from nothing.
 
 Every test starts syncd as real processes: daemons, and commands such as `syncd verify`.
-A new interpreter spent about a quarter of a second of CPU importing syncd and its
-libraries before doing anything, over four thousand times a run: half of the suite's CPU.
-Here one process per test worker (the "forker") imports syncd once; each
-`subprocess.Popen([sys.executable, "-m", "syncd", ...])` of the tests is then a fork of
-it that runs syncd's `__main__` as `python -m syncd` would, with the test's argv,
-environment, working directory and standard streams.
+A new interpreter spent about a quarter of a second of CPU importing Python's asyncio,
+pydantic, asyncpg and the rest before syncd did anything, over four thousand times a run:
+half of the suite's CPU. Here one process per test worker (the "forker") imports those
+libraries once, and each `subprocess.Popen([sys.executable, "-m", "syncd", ...])` of the
+tests is a fork of it that then does what `python -m syncd` does: import syncd (only what
+the verb imports, as in production) and run its `__main__`, with the test's argv,
+environment, working directory and standard streams, ending as the interpreter ends
+(threads joined, atexit, teardown, the exit code of an uncaught exception or signal).
 
 The process a test gets is still a real child of the test's worker: its own pid, which
 the test signals, kills with SIGKILL, reads in /proc and waits for through the same Popen
 object (the forker forks twice and the worker is the children's subreaper, so the
-process is re-parented to the worker at once). What differs from a fresh interpreter is
-only what was done before syncd's code ran: the imports. Tests about the interpreter's
-own start (what is imported, the environment Python reads at start: PYTHON*, locales)
-get a fresh interpreter: a command line other than `-m syncd`, any PYTHON*/LC_*/LANG/TZ
+process is re-parented to the worker before its pid is answered). What differs from a
+fresh interpreter: the libraries were imported before (their import-time warnings go to
+the forker's log), the children of one worker share the forker's hash seed, and
+/proc/PID/cmdline shows the forker's command line. Tests about the interpreter's own
+start get a fresh one: a command line other than `-m syncd`, a PYTHON*/LC_*/LANG/TZ
 variable that differs from the worker's, a preexec_fn, pass_fds, another user or group,
-a umask or a shell all take subprocess's own path, as does everything while the forker
-is not running."""
+a umask or a shell all take subprocess's own path, as does every Popen while the forker
+is not running, and all of them with SYNCD_TEST_FORK=0."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -36,10 +40,14 @@ from pathlib import Path
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 _ENV_AT_START = ("PYTHON", "LC_", "LANG", "TZ")  # read by the interpreter at its start
+_MAX_REQUEST = 100_000  # bytes: a larger environment takes the fresh path
 
 _original_execute_child = subprocess.Popen._execute_child
 _forker: "Forker | None" = None
 _popens: "weakref.WeakSet[subprocess.Popen]" = weakref.WeakSet()  # every Popen of this worker
+# Held from a Popen's start until its pid is known, and while adopted processes are reaped:
+# a child that exits at once is never taken for an adopted one.
+_spawning = threading.Lock()
 
 
 class Forker:
@@ -53,39 +61,46 @@ class Forker:
             [sys.executable, "-c", "import sys; from tests.support.forked import serve; serve(sys.argv[1])", self.path],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(directory / "forker.log", "ab"),
             cwd=str(Path(__file__).resolve().parents[2]))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not os.path.exists(self.path):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the tests' syncd forker did not start: see {directory / 'forker.log'}")
             time.sleep(0.02)
 
-    def takes(self, args, executable, preexec_fn, pass_fds, env, shell, gid, gids, uid, umask, process_group,
-              cwd) -> bool:
+    def request(self, args, executable, preexec_fn, pass_fds, env, shell, gid, gids, uid, umask, process_group,
+                cwd, start_new_session) -> bytes | None:
+        """The forker's request for this Popen, or None where a fresh interpreter is needed."""
         if self.proc.poll() is not None or shell or executable is not None or preexec_fn is not None or pass_fds:
-            return False
+            return None
         if (gid, gids, uid, process_group) != (None, None, None, -1) or umask != -1:
-            return False
-        if not isinstance(args, (list, tuple)) or len(args) < 3:
-            return False
-        if os.fspath(args[0]) != sys.executable or [os.fspath(a) for a in args[1:3]] != ["-m", "syncd"]:
-            return False
-        if cwd is not None and not os.path.isdir(cwd):
-            return False  # subprocess's own error
+            return None
+        if not isinstance(args, (list, tuple)) or len(args) < 3 or not all(isinstance(a, str) for a in args):
+            return None
+        if args[0] != sys.executable or list(args[1:3]) != ["-m", "syncd"]:
+            return None
+        cwd = os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())
+        if not os.path.isdir(cwd):
+            return None  # subprocess's own error
         given = os.environ if env is None else env
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
+            return None
         at_start = {k for k in (*given, *self.env) if k.startswith(_ENV_AT_START)}
-        return all(given.get(k) == self.env.get(k) for k in at_start)
+        if any(given.get(k) != self.env.get(k) for k in at_start):
+            return None
+        message = json.dumps({"argv": list(args[3:]), "cwd": cwd, "env": dict(given),
+                              "new_session": bool(start_new_session)}).encode()
+        return message if len(message) <= _MAX_REQUEST else None
 
-    def spawn(self, args, cwd, env, new_session: bool, fds: list[int]) -> int:
-        request = {"argv": [os.fspath(a) for a in args[3:]], "cwd": None if cwd is None else os.fspath(cwd),
-                   "env": {os.fsdecode(k): os.fsdecode(v) for k, v in (os.environ if env is None else env).items()},
-                   "new_session": bool(new_session)}
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-            s.connect(self.path)
-            socket.send_fds(s, [json.dumps(request).encode()], fds)
-            reply = s.recv(64)
-        if not reply:
-            raise RuntimeError("the tests' syncd forker did not answer")
-        return int(reply)
+    def spawn(self, message: bytes, fds: list[int]) -> int | None:
+        """The pid of the forked child; None if the forker did not answer."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+                s.connect(self.path)
+                socket.send_fds(s, [message], fds)
+                reply = s.recv(64)
+        except OSError:
+            return None
+        return int(reply) if reply else None
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -101,40 +116,49 @@ def _prctl(option: int, value: int) -> None:
 def _execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo, creationflags,
                    shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, restore_signals, gid, gids, uid,
                    umask, start_new_session, process_group):
-    _popens.add(self)
-    forker = _forker
-    if forker is None or not forker.takes(args, executable, preexec_fn, pass_fds, env, shell, gid, gids, uid, umask,
-                                          process_group, cwd):
-        return _original_execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env,
-                                       startupinfo, creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite,
-                                       errread, errwrite, restore_signals, gid, gids, uid, umask,
-                                       start_new_session, process_group)
-    fds = [p2cread if p2cread != -1 else 0, c2pwrite if c2pwrite != -1 else 1, errwrite if errwrite != -1 else 2]
-    try:
-        self.pid = forker.spawn(args, cwd, env, start_new_session, fds)
+    with _spawning:
+        _popens.add(self)
+        forker = _forker
+        message = None if forker is None else forker.request(
+            args, executable, preexec_fn, pass_fds, env, shell, gid, gids, uid, umask, process_group, cwd,
+            start_new_session)
+        pid = None
+        if message is not None:
+            fds = [p2cread if p2cread != -1 else 0, c2pwrite if c2pwrite != -1 else 1,
+                   errwrite if errwrite != -1 else 2]
+            pid = forker.spawn(message, fds)
+        if pid is None:
+            return _original_execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env,
+                                           startupinfo, creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite,
+                                           errread, errwrite, restore_signals, gid, gids, uid, umask,
+                                           start_new_session, process_group)
+        self.pid = pid
         self._child_created = True
-    finally:
         self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
 
 
 def reap_adopted() -> None:
     """Reap the exited processes this worker adopted as subreaper (a server a test's syncd
-    started and left, a browser's helpers), not the children its Popen objects wait for."""
-    waited_for = {p.pid for p in subprocess._active} | {p.pid for p in list(_popens) if p.returncode is None}
-    me = str(os.getpid())
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in waited_for:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                state, parent = f.read().rsplit(")", 1)[1].split()[:2]
-        except OSError:
-            continue
-        if state == "Z" and parent == me:
+    started and left, a browser's helpers): never a child a Popen of this worker (or the
+    forker's own) waits for."""
+    with _spawning:
+        waited_for = {p.pid for p in subprocess._active} | {p.pid for p in list(_popens) if p.returncode is None}
+        if _forker is not None:
+            waited_for.add(_forker.proc.pid)
+        me = str(os.getpid())
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in waited_for:
+                continue
             try:
-                os.waitpid(int(entry), os.WNOHANG)
-            except ChildProcessError:
-                pass
+                with open(f"/proc/{entry}/stat") as f:
+                    state, parent = f.read().rsplit(")", 1)[1].split()[:2]
+            except OSError:
+                continue
+            if state == "Z" and parent == me:
+                try:
+                    os.waitpid(int(entry), os.WNOHANG)
+                except ChildProcessError:
+                    pass
 
 
 def install(directory: Path) -> None:
@@ -154,13 +178,18 @@ def uninstall() -> None:
 # The forker's side.
 
 def serve(path: str) -> None:
-    """Import syncd (every verb), then fork a child per request until the worker goes."""
+    """Import the libraries syncd imports, then fork a child per request until the worker
+    goes. In a child, this returns nothing: it runs syncd as `python -m syncd` would, its
+    exceptions and exit left to the interpreter."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     import gc
+    import importlib
 
-    import syncd.cli
-
-    syncd.cli.build_parser()  # imports every verb's module, and through them the rest of syncd
+    for name in _libraries():
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - one a fresh interpreter imports its own way: left to it
+            pass
     gc.collect()
     gc.freeze()  # the children's collections leave the inherited objects alone (and unshared pages unwritten)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -170,26 +199,46 @@ def serve(path: str) -> None:
     while True:
         conn, _ = server.accept()
         with conn:
-            message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            message, fds, _, _ = socket.recv_fds(conn, _MAX_REQUEST, 3)
+            pid = _fork()
+            if pid == 0:
+                break  # the child
             try:
-                conn.sendall(str(_fork(server, conn, json.loads(message), fds)).encode())
+                conn.sendall(str(pid).encode())
             finally:
                 for fd in fds:
                     os.close(fd)
+    server.close()
+    _become(json.loads(message), fds)
+    import runpy
+
+    runpy.run_module("syncd", run_name="__main__", alter_sys=True)
 
 
-def _fork(server: socket.socket, conn: socket.socket, request: dict, fds: list[int]) -> int:
-    """The pid of a grandchild running syncd, its parent gone (so re-parented to the
-    worker, the subreaper) before the pid is answered."""
+def _libraries() -> list[str]:
+    """The modules other than syncd's that a syncd process of any verb has imported: asked
+    of a fresh interpreter, so that this one imports no syncd module itself."""
+    probe = ("import sys, syncd.cli; syncd.cli.build_parser(); "
+             "print('\\n'.join(m for m in sys.modules if m.split('.')[0] not in ('syncd', 'tests', '__main__')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/", timeout=120)
+    return out.stdout.split()
+
+
+def _fork() -> int:
+    """0 in the grandchild; in the forker, the grandchild's pid, answered once its parent
+    is gone (so it is the worker's, the subreaper's, child)."""
     read, write = os.pipe()
     middle = os.fork()
     if middle == 0:
+        os.close(read)
         try:
-            os.close(read)
             child = os.fork()
-            if child == 0:
-                os.close(write)
-                _run_syncd(server, conn, request, fds)  # never returns
+        except BaseException:  # noqa: BLE001 - no pid: the worker's Popen fails on the empty answer
+            os._exit(1)
+        if child == 0:
+            os.close(write)
+            return 0
+        try:
             os.write(write, str(child).encode())
         finally:
             os._exit(0)
@@ -197,62 +246,34 @@ def _fork(server: socket.socket, conn: socket.socket, request: dict, fds: list[i
     with os.fdopen(read, "rb") as r:
         pid = r.read()
     os.waitpid(middle, 0)
-    return int(pid)
+    return int(pid) if pid else -1
 
 
-def _run_syncd(server: socket.socket, conn: socket.socket, request: dict, fds: list[int]):
-    code = 1
-    try:
-        server.close()
-        conn.close()
-        if request["new_session"]:
-            os.setsid()
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        os.closerange(3, 1 << 20)  # close_fds, as subprocess does
-        os.environ.clear()
-        os.environ.update(request["env"])
-        if request["cwd"] is not None:
-            os.chdir(request["cwd"])
-        import runpy
+def _become(request: dict, fds: list[int]) -> None:
+    """This process made into the one `python -m syncd ARGV` started by the test's Popen."""
+    import io
 
-        sys.argv = ["-m", *request["argv"]]
-        code = 0
-        runpy.run_module("syncd", run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        if e.code is None:
-            code = 0
-        elif isinstance(e.code, int):
-            code = e.code
-        else:
-            print(e.code, file=sys.stderr)
-            code = 1
-    except KeyboardInterrupt:
-        _flush()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)  # as the interpreter ends on one not caught
-    except BaseException:  # noqa: BLE001 - the interpreter's own report of an uncaught error
-        sys.excepthook(*sys.exc_info())
-        code = 1
-    finally:
-        try:
-            import atexit
-            import threading
-
-            threading._shutdown()  # the interpreter's exit: non-daemon threads, then atexit
-            atexit._run_exitfuncs()
-        finally:
-            if not _flush() and code == 0:
-                code = 120
-            os._exit(code)
-
-
-def _flush() -> bool:
-    ok = True
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:  # noqa: BLE001 - as at the interpreter's exit
-            ok = False
-    return ok
+    if request["new_session"]:
+        os.setsid()
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    os.closerange(3, 1 << 20)  # close_fds, as subprocess does
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    sys.path[0] = request["cwd"]  # as `-m` sets it
+    sys.argv = ["-m", *request["argv"]]
+    # The standard streams as the interpreter makes them at its start, on what the
+    # descriptors now are (the forker's were made on /dev/null).
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        old = getattr(sys, name)
+        if old is None:
+            continue
+        unbuffered = fd and getattr(old, "write_through", False)
+        raw = io.FileIO(fd, "rb" if fd == 0 else "wb", closefd=False)
+        buffer = raw if unbuffered else (io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw))
+        stream = io.TextIOWrapper(buffer, encoding=old.encoding, errors=old.errors, newline=None if fd == 0 else "\n",
+                                  line_buffering=fd != 0 and not unbuffered and (fd == 2 or raw.isatty()),
+                                  write_through=bool(unbuffered))
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
