@@ -440,6 +440,26 @@ async def test_a_key_made_char_n_by_hand_in_a_table_given_a_column_in_sqlite_kee
         assert d.stop() == 0
 
 
+# The application rebuilds countries (id INTEGER PRIMARY KEY, code, name) keyed by code.
+COUNTRIES_KEYED_BY_CODE = """
+    CREATE TABLE countries_new (id INTEGER NOT NULL, code TEXT PRIMARY KEY, name TEXT);
+    INSERT INTO countries_new SELECT id, code, name FROM countries;
+    DROP TABLE countries;
+    ALTER TABLE countries_new RENAME TO countries;
+"""
+
+
+async def visits_pointing_at_countries(cfg, app_db, pg_dsn, tmp_path, *more: str) -> None:
+    """countries replicated, then someone's table in Postgres pointing at its code (unique
+    there), ON DELETE CASCADE, with a row for 'fra' and one for 'ita'; then `more`."""
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_statements(
+        pg_dsn, "ALTER TABLE app.countries ADD CONSTRAINT countries_code UNIQUE (code)",
+        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
+        "country text REFERENCES app.countries (code) ON DELETE CASCADE)",
+        "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'ita')", *more)
+
+
 async def test_a_table_keyed_anew_in_sqlite_keeps_the_rows_of_another_table_pointing_at_it(
         app_db, make_config, pg_dsn, tmp_path):
     """A table rebuilt in SQLite on another key (a column another table of someone's in
@@ -454,19 +474,8 @@ async def test_a_table_keyed_anew_in_sqlite_keeps_the_rows_of_another_table_poin
     """)
     conn.commit()
     cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
-    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
-    await pg_statements(
-        pg_dsn, "ALTER TABLE app.countries ADD CONSTRAINT countries_code UNIQUE (code)",
-        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
-        "country text REFERENCES app.countries (code) ON DELETE CASCADE)",
-        "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'ita')")
-    conn.executescript("""
-        CREATE TABLE countries_new (id INTEGER NOT NULL, code TEXT PRIMARY KEY, name TEXT);
-        INSERT INTO countries_new SELECT id, code, name FROM countries;
-        DROP TABLE countries;
-        ALTER TABLE countries_new RENAME TO countries;
-        UPDATE countries SET name = 'Italia' WHERE code = 'ita';
-    """)
+    await visits_pointing_at_countries(cfg, app_db, pg_dsn, tmp_path)
+    conn.executescript(COUNTRIES_KEYED_BY_CODE + "UPDATE countries SET name = 'Italia' WHERE code = 'ita';")
     conn.commit()
     conn.close()
     with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
@@ -491,22 +500,13 @@ async def test_a_table_keyed_anew_whose_rewrite_runs_over_the_statement_timeout_
     conn.commit()
     cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section(),
                       sections={"postgres": {"statement_timeout_seconds": 2}})
-    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
-    await pg_statements(
-        pg_dsn, "ALTER TABLE app.countries ADD CONSTRAINT countries_code UNIQUE (code)",
-        "CREATE TABLE public.visits (id bigint PRIMARY KEY, "
-        "country text REFERENCES app.countries (code) ON DELETE CASCADE)",
-        "INSERT INTO public.visits VALUES (1, 'fra'), (2, 'ita')",
+    await visits_pointing_at_countries(
+        cfg, app_db, pg_dsn, tmp_path,
         "CREATE FUNCTION public.slow_ddl() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN "
         "IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() WHERE object_identity = ''app.countries'') "
         "THEN PERFORM pg_sleep(3); END IF; END'",
         "CREATE EVENT TRIGGER slow_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION public.slow_ddl()")
-    conn.executescript("""
-        CREATE TABLE countries_new (id INTEGER NOT NULL, code TEXT PRIMARY KEY, name TEXT);
-        INSERT INTO countries_new SELECT id, code, name FROM countries;
-        DROP TABLE countries;
-        ALTER TABLE countries_new RENAME TO countries;
-    """)
+    conn.executescript(COUNTRIES_KEYED_BY_CODE)
     conn.commit()
     conn.close()
     try:
