@@ -101,6 +101,7 @@ class Daemon:
         # while) reloads once it is over, against the configuration it left.
         self.reload_lock = asyncio.Lock()
         self._reload_stopped: dict[str, Pipeline | None] = {}  # the sources the reload in progress stopped
+        self._reload_took = False  # the reload in progress has taken the new configuration
         self.fleet_loops: list[asyncio.Task] = []  # FleetPoller, FleetRechecker, WayBackWatch
         # loop -> (wall time, what went wrong) of its last unexpected failure (_supervised)
         self.loop_failures: dict[str, tuple[float, str]] = {}
@@ -485,10 +486,12 @@ class Daemon:
         async with self.reload_lock:
             if not self._stopping_anyway():  # a stop requested while the reload before ran
                 self._reload_stopped = {}
+                self._reload_took = False
                 try:
                     await self._reload()
                 except Exception as e:  # noqa: BLE001 - run from a signal: nobody else would read it
-                    log.error(f"reload failed: {describe(e)}", exc_info=True, extra={"event": "reload_failed"})
+                    kept = "" if self._reload_took else "; the configuration before the reload is kept"
+                    log.error(f"reload failed: {describe(e)}{kept}", exc_info=True, extra={"event": "reload_failed"})
                     self._start_stopped(describe(e))
                     self._reloaded()  # systemd is not left waiting for the reload's end
                 finally:
@@ -568,8 +571,7 @@ class Daemon:
         shared_changed = _shared(self.settings) != _shared(new)
         if new.metrics != self.settings.metrics:
             log.warning("metrics settings changed; they take effect at the next restart")
-        if new.log != self.settings.log:
-            self._relog(new)
+        log_changed = new.log != self.settings.log  # applied once the new configuration is taken
         directions = {name: p.direction for name, p in self.pipelines.items()}
         # The way back ends with the rollback window ([cutover] keep_sqlite_days): its
         # pipelines run with the reloaded one.
@@ -603,15 +605,24 @@ class Daemon:
         if self.stop_event.is_set():  # requested while the reload stopped sources: its stop would not see them
             log.info("stop requested during the reload: no source is started", extra={"event": "reload"})
             return
+        # The new configuration is taken once the connections and threads follow it: a failure
+        # before keeps the one the daemon ran, whole (its sources started again as before).
+        THREADS.resize(new.sqlite.threads)  # [sqlite] threads: the pool's size from now on
+        try:
+            await self.targets.renew(new)  # a changed DSN or [postgres] setting is used from now on
+        except Exception:
+            THREADS.resize(self.settings.sqlite.threads)
+            raise
         # Files discovery found while this reload stopped sources: the daemon's sources too.
         meanwhile = [p.source for name, p in self.pipelines.items()
                      if name not in old_by_name and name not in new_by_name]
         if meanwhile:
             new = new.model_copy(update={"sources": [*new.sources, *meanwhile]})
         self.settings = new
+        self._reload_took = True
+        if log_changed:
+            self._relog(new)
         metrics.not_picked_up(new.discovery_problems)
-        await self.targets.renew(new)  # a changed DSN or [postgres] setting is used from now on
-        THREADS.resize(new.sqlite.threads)  # [sqlite] threads: the pool's size from now on
         if shared_changed:  # the fleet-wide loops' intervals and timeouts too
             for t in self.fleet_loops:
                 t.cancel()

@@ -753,3 +753,55 @@ async def test_a_source_a_reload_restarts_stays_run_while_another_is_slow_to_sto
     finally:
         await blocker.close()
     assert not app_run_by_a_daemon()  # nothing left holding the source
+
+
+async def test_a_reload_that_fails_late_keeps_the_configuration_it_ran(tmp_path, pg_dsn, pg_server):
+    """A reload moving the sources to another database and adding one failed once it had
+    taken the new configuration, before the connections followed: the source it stopped
+    was said to be started again "with the new settings" yet wrote to the database it
+    started with, the added source was not run, without a word, and the next reload of the
+    same file, seeing no change, closed the connections under the running source (its lock
+    let go) and left it writing to the first database for good. A reload that fails keeps
+    the configuration the daemon ran, says so, and the next one applies the file whole."""
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    create_items(a, rows=5)
+    create_items(b, rows=5)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FAILING_RELOAD)
+    fails = tmp_path / "fail"
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "a", "path": str(a)}])
+    env = {"PYTHONPATH": str(tmp_path / "site"), "SYNCD_RELOAD_FAILS": str(fails)}
+    other = f"syncd_test_{secrets.token_hex(6)}"
+    await _admin(pg_server, f'CREATE DATABASE "{other}"')
+    other_dsn = with_database(pg_server, other)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log", env=env) as d:
+            await wait_caught_up(a, pg_dsn, "a", daemon=d)
+            write_config(cfg, other_dsn, [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}],
+                         extra='[log]\nlevel = "warning"\n')
+            fails.touch()
+            d.proc.send_signal(signal.SIGHUP)
+            d.wait_log("reload failed: the reload went wrong")
+            d.wait_log("the failed reload stopped")
+            lines = [x for x in d.own_log().splitlines() if "reload failed" in x or "the failed reload" in x]
+            assert any("the configuration before the reload is kept" in x for x in lines), lines
+            assert any("source=a" in x and "as before the reload" in x for x in lines), lines
+            with sqlite3.connect(a) as app:
+                app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+            await wait_caught_up(a, pg_dsn, "a", timeout=15, daemon=d)
+            wait_for(lambda: d.own_log().count("source=a event=streaming") == 2, 15,
+                     "a's restart logged at the level of before (INFO)", d)
+            assert "event=reload: logging" not in d.own_log()
+
+            fails.unlink()
+            d.proc.send_signal(signal.SIGHUP)  # the same file again: applied whole
+            d.wait_log("event=reload: logging: format text, level warning")
+            with sqlite3.connect(a) as app:
+                app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+            await wait_caught_up(a, other_dsn, "a", timeout=15, daemon=d)
+            await wait_caught_up(b, other_dsn, "b", timeout=15, daemon=d)
+            await eventually(lambda: _count_is(pg_dsn, 0), 30, "the first database's lock released", d)
+            assert len(await lock_holders(other_dsn)) == 2
+            assert d.stop() == 0
+    finally:
+        await _admin(pg_server, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
