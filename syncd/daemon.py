@@ -637,9 +637,14 @@ class Daemon:
             return
         for name, source in new_by_name.items():
             if name not in self.pipelines and name not in self.switching:
-                p = self._make(source, directions.get(name, TO_POSTGRES))
-                self.pipelines[name] = p
-                self._launch(p)
+                try:
+                    p = self._make(source, directions.get(name, TO_POSTGRES))
+                    self.pipelines[name] = p
+                    self._launch(p)
+                except Exception as e:  # noqa: BLE001 - the others start; this one at the next reload
+                    log.error(f"the source could not be started: {describe(e)} (tried again at the next reload)",
+                              exc_info=True, extra={"source": name, "event": "reload_failed"})
+                    continue
                 what = "restarted with new settings" if name in old_by_name else "added"
                 log.info(f"source {what}", extra={"source": name, "event": "reload"})
         log.info(f"configuration reloaded: {len(self.pipelines)} source(s)", extra={"event": "reloaded"})

@@ -805,3 +805,44 @@ async def test_a_reload_that_fails_late_keeps_the_configuration_it_ran(tmp_path,
             assert d.stop() == 0
     finally:
         await _admin(pg_server, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+
+
+# Loaded by the daemon's interpreter (sitecustomize): the pipeline of the source
+# SYNCD_SOURCE_FAILS names cannot be made, as an error syncd did not foresee would.
+FAILING_SOURCE = '''
+import os
+import syncd.daemon
+
+_make = syncd.daemon.Daemon._make
+
+
+def _make_or_fail(self, source, *args, **kwargs):
+    if source.name == os.environ.get("SYNCD_SOURCE_FAILS"):
+        raise RuntimeError("this source went wrong")
+    return _make(self, source, *args, **kwargs)
+
+
+syncd.daemon.Daemon._make = _make_or_fail
+'''
+
+
+async def test_a_source_a_reload_cannot_start_holds_up_no_other_it_adds(tmp_path, pg_dsn):
+    """A reload adding two sources, the first of which could not be started: the reload
+    ended there, said only as "reload failed", and the second was never started, without
+    a word, until the next SIGHUP. The others start; the one that cannot is named, with why."""
+    a, x, y = tmp_path / "a.db", tmp_path / "x.db", tmp_path / "y.db"
+    for db in (a, x, y):
+        create_items(db, rows=5)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FAILING_SOURCE)
+    sources = [{"name": "a", "path": str(a)}]
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, sources)
+    env = {"PYTHONPATH": str(tmp_path / "site"), "SYNCD_SOURCE_FAILS": "x"}
+    with DaemonProcess(cfg, tmp_path / "syncd.log", env=env) as d:
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        write_config(cfg, pg_dsn, [*sources, {"name": "x", "path": str(x)}, {"name": "y", "path": str(y)}])
+        d.proc.send_signal(signal.SIGHUP)
+        await wait_caught_up(y, pg_dsn, "y", timeout=15, daemon=d)
+        lines = [line for line in d.own_log().splitlines() if "source=x" in line]
+        assert any("this source went wrong" in line for line in lines), d.own_log()[-3000:]
+        assert d.stop() == 0
