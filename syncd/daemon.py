@@ -623,6 +623,17 @@ class Daemon:
         if log_changed:
             self._relog(new)
         metrics.not_picked_up(new.discovery_problems)
+        # Sources discovery started while this reload ran, with the settings of before: on
+        # connections the new [postgres] settings closed, they would write on through them
+        # (to the database of before) unseen. Started again with the new ones, as the others.
+        stale = {name: p for name, p in self.pipelines.items() if name not in self.switching and (
+            _shared(p.settings) != _shared(new) or p.session.target not in self.targets.all)}
+        for name, p in stale.items():
+            if p.session.target in self.targets.all:  # its lock stays held across the restart
+                p.session.handing_over = True
+                self._handed_over[name] = p.session.target
+        await asyncio.gather(*(self._stop_pipeline(name) for name in stale))
+        directions.update({name: p.session.direction for name, p in stale.items()})
         if shared_changed:  # the fleet-wide loops' intervals and timeouts too
             for t in self.fleet_loops:
                 t.cancel()
@@ -635,7 +646,7 @@ class Daemon:
         if self.stop_event.is_set():  # requested while Postgres was asked: its stop would not see them
             log.info("stop requested during the reload: no source is started", extra={"event": "reload"})
             return
-        for name, source in new_by_name.items():
+        for name, source in {**new_by_name, **{name: p.source for name, p in stale.items()}}.items():
             if name not in self.pipelines and name not in self.switching:
                 try:
                     p = self._make(source, directions.get(name, TO_POSTGRES))
@@ -645,7 +656,7 @@ class Daemon:
                     log.error(f"the source could not be started: {describe(e)} (tried again at the next reload)",
                               exc_info=True, extra={"source": name, "event": "reload_failed"})
                     continue
-                what = "restarted with new settings" if name in old_by_name else "added"
+                what = "restarted with new settings" if name in old_by_name or name in stale else "added"
                 log.info(f"source {what}", extra={"source": name, "event": "reload"})
         log.info(f"configuration reloaded: {len(self.pipelines)} source(s)", extra={"event": "reloaded"})
         self._reloaded()

@@ -846,3 +846,55 @@ async def test_a_source_a_reload_cannot_start_holds_up_no_other_it_adds(tmp_path
         lines = [line for line in d.own_log().splitlines() if "source=x" in line]
         assert any("this source went wrong" in line for line in lines), d.own_log()[-3000:]
         assert d.stop() == 0
+
+
+async def test_a_file_found_while_a_reload_moves_to_another_database_follows_it(tmp_path, pg_dsn, pg_server):
+    """A file the glob matched while a reload moving the sources to another database was
+    still stopping a source: discovery started it on the connections of before, which the
+    reload then closed under it; it took them up again on its own and wrote on to the
+    database of before, for good, on connections the daemon no longer counted. It is
+    started again on the new ones, as the sources the reload stopped are."""
+    import json
+    import urllib.request
+
+    from tests.support.ports import free_port
+
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    c = tmp_path / "c.db"
+    create_items(c, rows=10)
+    port = free_port()
+    glob = {"name": "t_{stem}", "path": str(tenants / "*.db")}
+    fast = {"stream": {"discover_interval_seconds": 0.2}}
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "c", "path": str(c)}, glob],
+                       metrics_listen=f"127.0.0.1:{port}", sections=fast)
+
+    def running() -> set[str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as r:
+            return set(json.loads(r.read().decode())["sources"])
+
+    other = f"syncd_test_{secrets.token_hex(6)}"
+    await _admin(pg_server, f'CREATE DATABASE "{other}"')
+    other_dsn = with_database(pg_server, other)
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(c, pg_dsn, "c", daemon=d)
+            async with a_change_waiting_for_a_locked_row(blocker, c, "c", d):
+                write_config(cfg, other_dsn, [{"name": "c", "path": str(c)}, glob],
+                             metrics_listen=f"127.0.0.1:{port}", sections=fast)
+                d.proc.send_signal(signal.SIGHUP)
+                wait_for(lambda: "c" not in running(), 30, "the reload stopping c", d)
+                create_items(tenants / "x.db", rows=10)
+                d.wait_log("source=t_x event=discovered")
+            d.wait_log("configuration reloaded")
+            with sqlite3.connect(tenants / "x.db") as app:
+                app.execute("UPDATE items SET n = n + 1 WHERE id = 1")
+            await wait_caught_up(tenants / "x.db", other_dsn, "t_x", timeout=15, daemon=d)
+            await wait_caught_up(c, other_dsn, "c", daemon=d)
+            await eventually(lambda: _count_is(pg_dsn, 0), 30, "the first database's locks released", d)
+            assert running() == {"c", "t_x"}
+            assert d.stop() == 0
+    finally:
+        await blocker.close()
+        await _admin(pg_server, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
