@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd import collisions, metrics, parity, table_locks
+from syncd.identifiers import qualified
 from syncd.postgres import app_triggers
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.apply import locate_bad_row
@@ -179,14 +180,18 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
     await _add_replaced(session, converted, misfits, batch.after_seq)
     held = dict(misfits)
     quieted: list[app_triggers.Trigger] = []
+    waiting: list[int] = []  # the tables the statement under way takes locks on
     try:
         async with conn.transaction():
             prior, role_s = await _short_lock_waits(conn)
+            waiting = list(converted)
             quieted = await session.quiet_triggers([c.t.name for c in converted.values()])
-            for c in converted.values():
+            for tid, c in converted.items():
+                waiting = [tid]
                 w = session.writer(c.t)
                 await w.delete(conn, c.deletes)
                 await w.upsert(conn, c.records)
+            waiting = []
             # Deferred UNIQUE constraints (schema parity) are checked here, not at COMMIT,
             # so a violation is this batch's and is narrowed to its table below.
             await parity.check_deferred(conn, session, [c.t.name for c in converted.values()])
@@ -196,18 +201,29 @@ async def apply(session: SourceSession, batch: ChangeBatch, converted: dict[int,
         if not (_table_specific(e) or sqlstate(e) == LOCK_NOT_AVAILABLE):
             raise
         # Find which table(s) Postgres refuses, or another session keeps locked, each in its own savepoint.
+        # A table the lock wait was for is not waited for again (a held table's retry would
+        # stall the other tables twice as long): held at once, or, of several the statement
+        # locked, those another session keeps locked now are.
+        if sqlstate(e) != LOCK_NOT_AVAILABLE:
+            waiting = []
         held = dict(misfits)
         quieted = []
         async with conn.transaction():
             prior, role_s = await _short_lock_waits(conn)
             for tid, c in converted.items():
                 w = session.writer(c.t)
+                if waiting == [tid]:
+                    held[tid] = await _locked(session, c.t.name, e, role_s)
+                    continue
                 try:
                     async with conn.transaction():
+                        if tid in waiting:
+                            await conn.execute(f"LOCK TABLE {qualified(session.target_schema, c.t.name)} "
+                                               "IN ROW EXCLUSIVE MODE NOWAIT")
                         quieted += await session.quiet_triggers([c.t.name])
                 except Exception as e2:
                     if sqlstate(e2) == LOCK_NOT_AVAILABLE:
-                        held[tid] = await _locked(session, c.t.name, e2, role_s)
+                        held[tid] = await _locked(session, c.t.name, e if tid in waiting else e2, role_s)
                         continue
                     if not _table_specific(e2):
                         raise

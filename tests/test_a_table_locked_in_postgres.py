@@ -7,9 +7,11 @@ whether or not syncd's role may read other roles' session details (pg_read_all_s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import sqlite3
+from typing import Any
 
 import asyncpg
 import pytest
@@ -167,3 +169,67 @@ async def test_a_resync_of_a_locked_table_waits_for_the_lock_naming_it_and_stops
 
 async def _no_request(dsn: str) -> bool:
     return await pg_rows(dsn, "SELECT count(*) FROM syncd.tables WHERE request IS NOT NULL") == [(0,)]
+
+
+async def test_each_retry_of_a_locked_table_waits_for_the_lock_once_while_the_others_stream(
+        tmp_path, make_config, pg_dsn):
+    """While the lock lasts, the held table is tried again every
+    [stream] held_table_retry_seconds; each try stalls the source's stream for one lock
+    wait, not two (the try of the whole batch, then its table alone): Postgres's own
+    record of syncd's lock waits shows each stall made of one wait, and the other
+    table's rows, written all along, arrive meanwhile."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={
+        "verify": {"interval_seconds": 0}, "stream": {"held_table_retry_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        holder = await asyncpg.connect(pg_dsn)
+        watch = await asyncpg.connect(pg_dsn)
+        waits: dict[tuple, Any] = {}  # (backend, statement start) -> last seen waiting (server clock)
+        try:
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE app.locked IN ACCESS EXCLUSIVE MODE")
+                conn.execute("INSERT INTO locked VALUES (2, 'new')")
+                written = 0
+                loop = asyncio.get_running_loop()
+                until = loop.time() + 9  # the first meeting, then a few retries
+                while loop.time() < until:
+                    written += 1
+                    conn.execute("INSERT INTO free VALUES (?, 'meanwhile')", (written,))
+                    for pid, started, seen in await watch.fetch(
+                            "SELECT pid, query_start, clock_timestamp() FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                            "AND starts_with(application_name, 'syncd ')"):
+                        waits[(pid, started)] = seen
+                    await asyncio.sleep(0.05)
+
+                async def free_streamed():
+                    return await pg_rows(pg_dsn, "SELECT count(*) FROM app.free") == [(written,)]
+
+                await eventually(free_streamed, 30, "the other table's rows, while the lock is held", d)
+                assert (await table_states(pg_dsn, "app"))["locked"][0] == "held"
+        finally:
+            await holder.close()
+            await watch.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    # Lock waits one right after the other (the next begun before a poll could see the
+    # last one end, well under the retry interval) are one stall of the stream.
+    stalls: list[list[tuple]] = []
+    for key in sorted(waits, key=lambda k: k[1]):
+        if stalls and (key[1] - waits[stalls[-1][-1]]).total_seconds() < 0.5:
+            stalls[-1].append(key)
+        else:
+            stalls.append([key])
+    assert len(stalls) >= 2, waits  # the first meeting and a retry at least
+    assert all(len(s) == 1 for s in stalls), [[(k[0], f"{(waits[k] - k[1]).total_seconds():.1f} s") for k in s]
+                                              for s in stalls]
+    assert "unreachable" not in log and "event=failing" not in log, log
+    for table in ("locked", "free"):
+        assert await compare_table(str(db), pg_dsn, "app", table) == []
