@@ -39,6 +39,7 @@ from syncd.sqlite import disk_guard, freeze, introspect, reader
 from syncd.sqlite.capture import CaptureStateError, contended
 from syncd.sqlite.connection import FileMoved, SourceFileError, cannot_write, hard_links, is_sqlite_file_error
 from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
+from syncd.table_locks import said_once
 
 STATS_EVERY_SECONDS = 5.0
 STATS_IDLE_SECONDS = 60.0
@@ -835,7 +836,7 @@ class Pipeline:
         if t.queued_since is None:
             t.queued_since = self.lag.first_seen((t.row.from_seq or 0) + 1) or time.time()
         self._update_gauges()
-        if t.logged_reason != t.row.reason:
+        if said_once(t.logged_reason) != said_once(t.row.reason):
             t.logged_reason = t.row.reason
             metrics.errors_total.labels(self.name, "data").inc()
             self.session.error(f"table held, its changes stay queued: {t.row.reason}", table=t.name,
@@ -860,7 +861,7 @@ class Pipeline:
             self.events.pop(0)
 
     def _log_table_state(self, t: TableRuntime) -> None:
-        if t.state in (bk.PAUSED, bk.HELD) and t.logged_reason != t.row.reason:
+        if t.state in (bk.PAUSED, bk.HELD) and said_once(t.logged_reason) != said_once(t.row.reason):
             t.logged_reason = t.row.reason
             self.session.warning(f"table {t.state}: {t.row.reason}", table=t.name, event=f"table_{t.state}")
 

@@ -347,8 +347,9 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
             except asyncpg.LockNotAvailableError:
                 requests.discard(name)
                 holders = await table_locks.table_holders(conn, target, [name])
-                problem = f"another Postgres session holds the table past {wait_ms} ms: {holders}"
-                if session.resync_held.get(name) != problem:  # once, not every recheck
+                problem = f"{table_locks.LOCK_HELD[1]}{wait_ms} ms: {holders}"
+                # Once while the lock lasts, not at every recheck (whoever holds it, in whatever state).
+                if table_locks.said_once(session.resync_held.get(name)) != table_locks.said_once(problem):
                     session.error(f"resync requested but not done: {problem}; the Postgres copy is kept and the "
                                   "request stays pending until the lock is gone", table=name, event="resync_held")
                 session.resync_held[name] = problem

@@ -356,10 +356,11 @@ async def _locked(session: SourceSession, table: str, exc: BaseException, role_s
     of syncd's role) for a lock another session holds is held: the table, and the
     sessions holding a lock on it, as a user finds them in pg_stat_activity."""
     assert session.pg is not None
-    holders = await table_locks.table_holders(session.pg, session.target_schema, [table])
+    holders = await table_locks.table_holders(session.pg, session.target_schema, [table],
+                                              table_locks.IN_THE_WAY_OF_WRITES)
     said = (lock_given_up(exc, session.settings.dsn_for(session.source)) if role_s else None) \
         or f"tried again until the lock is gone ({describe(exc)})"
-    return (f'table "{table}": another session holds a lock on it in Postgres: {holders} (an open transaction, '
+    return (f'table "{table}": {table_locks.LOCK_HELD[0]}{holders} (an open transaction, '
             f"a long ALTER TABLE); {said}")
 
 

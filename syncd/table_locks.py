@@ -173,10 +173,37 @@ async def shorten_lock_waits(conn: asyncpg.Connection, wait: str) -> None:
                        "THEN current_setting('lock_timeout') ELSE $1::text END, true)", wait)
 
 
-async def table_holders(conn: asyncpg.Connection, schema: str, tables: list[str]) -> str:
+# The lock modes that keep syncd's writes (ROW EXCLUSIVE) waiting: a LOCK TABLE, an ALTER
+# TABLE, a CREATE INDEX; a plain reader's ACCESS SHARE does not.
+IN_THE_WAY_OF_WRITES = ("ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
+
+# How a hold's reason names the sessions holding its table's lock (followed by them).
+LOCK_HELD = ("another session holds a lock on it in Postgres: ", "another Postgres session holds the table past ")
+
+
+def said_once(reason: str | None) -> str | None:
+    """A hold's reason as it is said once: one naming the sessions holding its table's
+    lock (LOCK_HELD) is the same hold while the lock lasts, whoever holds it, in
+    whatever state (syncd status shows them as they are now)."""
+    for marker in LOCK_HELD:
+        if reason and marker in reason:
+            return reason[:reason.index(marker) + len(marker)]
+    return reason
+
+
+async def table_holders(conn: asyncpg.Connection, schema: str, tables: list[str],
+                        in_the_way: tuple[str, ...] = ()) -> str:
     """The other sessions holding a lock on any of `tables`, as a user finds them in
-    pg_stat_activity (to end or wait for): writers in a long transaction, say."""
-    return _named(await _locks(conn, schema, tables))
+    pg_stat_activity (to end or wait for): writers in a long transaction, say. Those
+    holding one of the lock modes `in_the_way` are named first (a plain reader beside
+    them keeps nothing waiting)."""
+    first: set[int] = set()
+    if in_the_way:
+        first = {r[0] for r in await conn.fetch(
+            "SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) "
+            "AND l.granted AND l.mode = ANY($3::text[])", schema, tables, list(in_the_way))}
+    return _named(await _locks(conn, schema, tables), first)
 
 
 async def _running(conn: asyncpg.Connection, transactions: set[tuple[int, str]]) -> set[tuple[int, str]]:
@@ -188,9 +215,10 @@ async def _running(conn: asyncpg.Connection, transactions: set[tuple[int, str]])
     return {(r[0], r[1]) for r in rows} & transactions
 
 
-def _named(locks) -> str:
-    """The first few sessions holding `locks` (as _locks reads them), with their tables."""
-    held = sorted(_by_backend(locks).items())[:5]
+def _named(locks, first: frozenset[int] | set[int] = frozenset()) -> str:
+    """The first few sessions holding `locks` (as _locks reads them), with their tables;
+    the backends `first` before the others."""
+    held = sorted(_by_backend(locks).items(), key=lambda item: (item[0] not in first, item[0]))[:5]
     return "; ".join(f"{_backend(pid, name, state)} on {_tables(rels)}" for pid, (name, state, rels) in held) \
         or "another session"
 

@@ -233,3 +233,55 @@ async def test_each_retry_of_a_locked_table_waits_for_the_lock_once_while_the_ot
     assert "unreachable" not in log and "event=failing" not in log, log
     for table in ("locked", "free"):
         assert await compare_table(str(db), pg_dsn, "app", table) == []
+
+
+async def test_the_session_in_the_way_is_named_first_and_the_hold_said_once(tmp_path, make_config, pg_dsn):
+    """Beside the session keeping the table from syncd's writes (a SHARE lock: CREATE
+    INDEX, say), plain readers hold a lock on it too, busy one moment and idle the
+    next. The hold names the session in the way, however many readers came before it,
+    and is said once while the lock lasts, not again at a retry that finds the readers
+    in another state."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={
+        "verify": {"interval_seconds": 0}, "stream": {"held_table_retry_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        readers = [await asyncpg.connect(pg_dsn) for _ in range(6)]  # before the holder: named first by pid
+        holder = await asyncpg.connect(pg_dsn)
+        pid = holder.get_server_pid()
+        try:
+            for r in readers:
+                await r.execute("BEGIN; SELECT count(*) FROM app.locked")
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE app.locked IN SHARE MODE")
+                conn.execute("INSERT INTO locked VALUES (2, 'new')")
+                wait_for(lambda: "table held" in d.log(), 30, "the held table in the log", d)
+                # Idle when the hold was said, busy through the next retries.
+                await asyncio.gather(*(r.execute("SELECT pg_sleep(4)") for r in readers))
+                conn.execute("INSERT INTO free VALUES (1, 'meanwhile')")
+
+                async def free_streamed():
+                    return await pg_rows(pg_dsn, "SELECT v FROM app.free") == [("meanwhile",)]
+
+                await eventually(free_streamed, 30, "the other table's change, while the lock is held", d)
+                assert (await table_states(pg_dsn, "app"))["locked"][0] == "held"
+                reason = (await table_states(pg_dsn, "app"))["locked"]
+        finally:
+            await holder.close()
+            for r in readers:
+                await r.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    said = [line for line in log.splitlines() if "table held" in line and "table=locked" in line]
+    assert len(said) == 1, said
+    assert f"backend {pid}" in said[0], said[0]
+    assert f"backend {pid}" in str(reason), reason
+    assert "unreachable" not in log and "event=failing" not in log, log
+    for table in ("locked", "free"):
+        assert await compare_table(str(db), pg_dsn, "app", table) == []
