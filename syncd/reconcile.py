@@ -334,6 +334,13 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
                                   "request stays pending until the table reads whole", table=name,
                                   event="resync_held")
                 session.resync_held[name] = problem
+        if name in requests and pgt is not None and name in session.resync_blockers:
+            # The transactions that kept the drop waiting at the last recheck keep the table
+            # still: not waited for again (each wait stalls the source's stream), said already.
+            still = await table_locks.holding(conn, target, name, session.resync_blockers.pop(name))
+            if still:
+                requests.discard(name)
+                session.resync_blockers[name] = still
         if name in requests and pgt is not None:
             # Waited for a while at most: a session keeping the table (an open transaction
             # that used it) would otherwise hold up the whole source for a statement timeout.
@@ -346,6 +353,7 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
                     await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
             except asyncpg.LockNotAvailableError:
                 requests.discard(name)
+                session.resync_blockers[name] = await table_locks.holding(conn, target, name)
                 holders = await table_locks.table_holders(conn, target, [name])
                 problem = f"{table_locks.LOCK_HELD[1]}{wait_ms} ms: {holders}"
                 # Once while the lock lasts, not at every recheck (whoever holds it, in whatever state).

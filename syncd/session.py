@@ -99,6 +99,9 @@ class SourceSession:
         self.tables: dict[str, TableRuntime] = {}
         self.refused: dict[str, str] = {}
         self.resync_held: dict[str, str] = {}  # a resync request left pending: why, as last logged
+        # A resync request left pending for a lock: the transactions holding the table then
+        # (backend pid, virtual transaction), not waited for again while they keep it.
+        self.resync_blockers: dict[str, set[tuple[int, str]]] = {}
         # A table's column types rewritten past the statement timeout: (the change, why the table
         # stopped), not tried again by this daemon (reconcile._widen_in_place, snapshot._finish)
         self.rewrite_timed_out: dict[str, tuple[str, str]] = {}

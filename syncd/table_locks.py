@@ -206,6 +206,14 @@ async def table_holders(conn: asyncpg.Connection, schema: str, tables: list[str]
     return _named(await _locks(conn, schema, tables), first)
 
 
+async def holding(conn: asyncpg.Connection, schema: str, table: str,
+                  among: set[tuple[int, str]] | None = None) -> set[tuple[int, str]]:
+    """The transactions ((backend pid, virtual transaction), as pg_locks names them) of
+    others' sessions holding a lock on `table` (of those `among`, if given)."""
+    held = {(r[0], r[1]) for r in await _locks(conn, schema, [table])}
+    return held if among is None else held & among
+
+
 async def _running(conn: asyncpg.Connection, transactions: set[tuple[int, str]]) -> set[tuple[int, str]]:
     """Those of `transactions` ((backend pid, virtual transaction), as pg_locks names
     them) still running: each holds the lock on its own virtual transaction id until it

@@ -285,3 +285,59 @@ async def test_the_session_in_the_way_is_named_first_and_the_hold_said_once(tmp_
     assert "unreachable" not in log and "event=failing" not in log, log
     for table in ("locked", "free"):
         assert await compare_table(str(db), pg_dsn, "app", table) == []
+
+
+async def test_a_resync_waiting_for_a_lock_does_not_wait_for_it_again_at_each_recheck(tmp_path, make_config, pg_dsn):
+    """A resync request pending while another session keeps its table locked is looked
+    at again at every recheck ([stream] held_table_retry_seconds): the drop of the table
+    waits for the lock once, and while the same transaction keeps it, the rechecks do
+    not wait again (each wait stalled the source's stream): Postgres's own record of
+    syncd's lock waits shows one. The other table's rows arrive meanwhile, and the
+    table is rebuilt once the lock is gone."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={
+        "postgres": {"statement_timeout_seconds": 4}, "verify": {"interval_seconds": 0},
+        "stream": {"held_table_retry_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        holder = await asyncpg.connect(pg_dsn)
+        watch = await asyncpg.connect(pg_dsn)
+        waits: set[tuple] = set()  # (backend, statement start) of syncd's lock waits
+        try:
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE app.locked IN ACCESS SHARE MODE")  # a long report, say
+                assert run_cli(cfg, "resync", "--source", "app", "--table", "locked").returncode == 0
+                written = 0
+                loop = asyncio.get_running_loop()
+                until = loop.time() + 8  # several rechecks
+                while loop.time() < until:
+                    written += 1
+                    conn.execute("INSERT INTO free VALUES (?, 'meanwhile')", (written,))
+                    waits |= {tuple(r) for r in await watch.fetch(
+                        "SELECT pid, query_start FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock' AND starts_with(application_name, 'syncd ')")}
+                    await asyncio.sleep(0.05)
+
+                async def free_streamed():
+                    return await pg_rows(pg_dsn, "SELECT count(*) FROM app.free") == [(written,)]
+
+                await eventually(free_streamed, 30, "the other table's rows, while the lock is held", d)
+                assert "resync requested but not done" in d.log()
+                assert not await _no_request(pg_dsn)
+        finally:
+            await holder.close()
+            await watch.close()
+        await eventually(lambda: _no_request(pg_dsn), 30, "the resync done", d)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    assert len(waits) == 1, sorted(waits)
+    assert log.count("resync requested but not done") == 1, log
+    assert "unreachable" not in log and "event=failing" not in log, log
+    for table in ("locked", "free"):
+        assert await compare_table(str(db), pg_dsn, "app", table) == []
