@@ -36,7 +36,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
 from syncd.postgres import app_triggers, cutover_guard, ddl
-from syncd.postgres.bookkeeping import (SWITCH_CLASS, Bookkeeping, bookkeeping_exists, ensure_bookkeeping,
+from syncd.postgres.bookkeeping import (HELD, PAUSED, SWITCH_CLASS, Bookkeeping, bookkeeping_exists, ensure_bookkeeping,
                                        shared_key_line, sharing, source_key)
 from syncd.postgres.connect import (ASYNCPG_FAULT, READ_ONLY_DATABASE, PostgresUnavailable, close_quietly, connect,
                                     describe, postgres_lost, takes_no_writes)
@@ -928,6 +928,12 @@ def _judge(checked) -> None:
     if checked.error:
         raise Refused(f"the final verification could not run: {checked.error}")
     bad = [t for t in checked.tables if not (t.compared and t.equal) or t.error]
+    halted = [t for t in bad if not t.compared and t.state in (HELD, PAUSED) and t.reason]
+    if halted:  # its last changes are not applied: said as what stops them (a lock another session holds, say)
+        first = halted[0]
+        why = first.reason.removeprefix(f'table "{first.table}": ')
+        raise Refused(f'table "{first.table}" is {first.state}, its last changes not applied: {why} (the final '
+                      f"verification found {len(bad)} table(s) not equal)")
     if bad:
         first = bad[0]
         what = first.error or first.reason or f"{first.missing} missing, {first.extra} extra, {first.different} different"

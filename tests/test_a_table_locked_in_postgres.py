@@ -17,8 +17,9 @@ import asyncpg
 import pytest
 
 from tests.support.compare import compare_table
-from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.daemon import DaemonProcess, held_at, run_cli, wait_for
 from tests.support.sync import eventually, pg_rows, pg_statements, table_states, wait_caught_up
+from tests.support.way_back import backup_and_config
 
 
 @contextlib.asynccontextmanager
@@ -339,5 +340,47 @@ async def test_a_resync_waiting_for_a_lock_does_not_wait_for_it_again_at_each_re
     assert len(waits) == 1, sorted(waits)
     assert log.count("resync requested but not done") == 1, log
     assert "unreachable" not in log and "event=failing" not in log, log
+    for table in ("locked", "free"):
+        assert await compare_table(str(db), pg_dsn, "app", table) == []
+
+
+async def test_a_cutover_whose_drain_meets_a_table_held_for_a_lock_names_it(tmp_path, make_config, pg_dsn):
+    """A table another session locks while `syncd cutover` runs (after the freeze) is held
+    by the drain, its last changes queued: the cutover refuses, saying that table is
+    held for a lock and by whom, not that the final verification found its rows
+    different; it undoes the freeze, and the table catches up once the lock is gone."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    conn.execute("INSERT INTO free VALUES (1, 'x')")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify", "--source", "app").returncode == 0
+        assert d.stop() == 0
+    # The last changes, for the cutover's drain to apply (no daemon runs the source).
+    conn.execute("INSERT INTO locked VALUES (2, 'new')")
+    conn.execute("INSERT INTO free VALUES (2, 'new')")
+    holder = await asyncpg.connect(pg_dsn)
+    pid = holder.get_server_pid()
+    try:
+        with held_at(cfg, "cutover", "frozen", resume_on=tmp_path / "go") as proc:
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE app.locked IN SHARE MODE")  # readers go on, writes wait
+                (tmp_path / "go").touch()
+                out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
+    finally:
+        await holder.close()
+    assert proc.returncode != 0, out
+    refused = next(line for line in out.splitlines() if "REFUSED" in line or "UNDONE" in line)
+    assert 'table "locked" is held' in refused and f"backend {pid}" in refused, out
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO free VALUES (3, 'after')")  # the freeze undone
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
     for table in ("locked", "free"):
         assert await compare_table(str(db), pg_dsn, "app", table) == []
