@@ -105,6 +105,7 @@ class Daemon:
         self.fleet_loops: list[asyncio.Task] = []  # FleetPoller, FleetRechecker, WayBackWatch
         # loop -> (wall time, what went wrong) of its last unexpected failure (_supervised)
         self.loop_failures: dict[str, tuple[float, str]] = {}
+        self.reloads_taken = 0  # configurations a reload has taken (a discovery pass checks it)
         # Monotonic time housekeeping last went through a whole tick (set at its first start):
         # failing again and again, it stops pinging systemd's watchdog past the watchdog's
         # interval, so that systemd restarts the daemon (_housekeeping).
@@ -366,6 +367,7 @@ class Daemon:
                 await asyncio.sleep(self.settings.stream.discover_interval_seconds)
             if not self.settings.patterns:
                 continue  # none yet: a reload may bring one
+            reloads_taken = self.reloads_taken  # what this pass found is started only if none took meanwhile
             if await self._drop_forgotten():
                 seen = None  # its name is free: a file the template gives it is picked up now
             now = discovery.signature(self.settings)
@@ -402,6 +404,9 @@ class Daemon:
                             if s.name not in self.pipelines and s.name not in held and s.name not in known]
             first = False
             ways = await self._bookkept_directions(added) if added else {}
+            if self.reloads_taken != reloads_taken or self.reload_lock.locked():
+                seen = None  # a reload took (or is taking) a new configuration meanwhile: looked at again
+                continue
             for source in added:
                 if source.name in self.pipelines or source.name in {s.name for s in self.settings.sources}:
                     continue  # a reload started it meanwhile
@@ -613,12 +618,17 @@ class Daemon:
         except Exception:
             THREADS.resize(self.settings.sqlite.threads)
             raise
-        # Files discovery found while this reload stopped sources: the daemon's sources too.
-        meanwhile = [p.source for name, p in self.pipelines.items()
-                     if name not in old_by_name and name not in new_by_name]
+        # Files discovery found while this reload stopped sources: the daemon's sources too,
+        # as the new globs give them (their own dsn, schema...), else as discovery made them.
+        from syncd import discovery
+
+        found_now = {s.name: s for s in discovery.expand(new).sources}
+        meanwhile = {name: found_now.get(name, p.source) for name, p in self.pipelines.items()
+                     if name not in old_by_name and name not in new_by_name}
         if meanwhile:
-            new = new.model_copy(update={"sources": [*new.sources, *meanwhile]})
+            new = new.model_copy(update={"sources": [*new.sources, *meanwhile.values()]})
         self.settings = new
+        self.reloads_taken += 1  # a discovery pass begun before does not start what it found then
         self._reload_took = True
         if log_changed:
             self._relog(new)
@@ -626,8 +636,11 @@ class Daemon:
         # Sources discovery started while this reload ran, with the settings of before: on
         # connections the new [postgres] settings closed, they would write on through them
         # (to the database of before) unseen. Started again with the new ones, as the others.
+        wanted = {**meanwhile, **new_by_name}
         stale = {name: p for name, p in self.pipelines.items() if name not in self.switching and (
-            _shared(p.settings) != _shared(new) or p.session.target not in self.targets.all)}
+            _shared(p.settings) != _shared(new) or p.session.target not in self.targets.all
+            or p.source != wanted.get(name, p.source))}
+        self._reload_stopped.update(stale)  # started again if the reload fails from here on
         for name, p in stale.items():
             if p.session.target in self.targets.all:  # its lock stays held across the restart
                 p.session.handing_over = True
@@ -646,7 +659,7 @@ class Daemon:
         if self.stop_event.is_set():  # requested while Postgres was asked: its stop would not see them
             log.info("stop requested during the reload: no source is started", extra={"event": "reload"})
             return
-        for name, source in {**new_by_name, **{name: p.source for name, p in stale.items()}}.items():
+        for name, source in {**{name: p.source for name, p in stale.items()}, **wanted}.items():
             if name not in self.pipelines and name not in self.switching:
                 try:
                     p = self._make(source, directions.get(name, TO_POSTGRES))

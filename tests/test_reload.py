@@ -11,6 +11,7 @@ import sqlite3
 import time
 
 import asyncpg
+import pytest
 
 from syncd.postgres.bookkeeping import LOCK_CLASS
 
@@ -848,12 +849,16 @@ async def test_a_source_a_reload_cannot_start_holds_up_no_other_it_adds(tmp_path
         assert d.stop() == 0
 
 
-async def test_a_file_found_while_a_reload_moves_to_another_database_follows_it(tmp_path, pg_dsn, pg_server):
+@pytest.mark.parametrize("moved_by", ["postgres_dsn", "sources_dsn"])
+async def test_a_file_found_while_a_reload_moves_to_another_database_follows_it(tmp_path, pg_dsn, pg_server,
+                                                                                 moved_by):
     """A file the glob matched while a reload moving the sources to another database was
     still stopping a source: discovery started it on the connections of before, which the
     reload then closed under it; it took them up again on its own and wrote on to the
     database of before, for good, on connections the daemon no longer counted. It is
-    started again on the new ones, as the sources the reload stopped are."""
+    started again on the new ones, as the sources the reload stopped are. Moved by the
+    sources' own `dsn` ([postgres] unchanged), it ran on with the glob's settings of
+    before, writing to the database of before."""
     import json
     import urllib.request
 
@@ -881,8 +886,13 @@ async def test_a_file_found_while_a_reload_moves_to_another_database_follows_it(
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
             await wait_caught_up(c, pg_dsn, "c", daemon=d)
             async with a_change_waiting_for_a_locked_row(blocker, c, "c", d):
-                write_config(cfg, other_dsn, [{"name": "c", "path": str(c)}, glob],
-                             metrics_listen=f"127.0.0.1:{port}", sections=fast)
+                if moved_by == "postgres_dsn":
+                    write_config(cfg, other_dsn, [{"name": "c", "path": str(c)}, glob],
+                                 metrics_listen=f"127.0.0.1:{port}", sections=fast)
+                else:
+                    write_config(cfg, pg_dsn, [{"name": "c", "path": str(c), "dsn": other_dsn},
+                                               {**glob, "dsn": other_dsn}],
+                                 metrics_listen=f"127.0.0.1:{port}", sections=fast)
                 d.proc.send_signal(signal.SIGHUP)
                 wait_for(lambda: "c" not in running(), 30, "the reload stopping c", d)
                 create_items(tenants / "x.db", rows=10)
