@@ -461,8 +461,6 @@ class SqliteWorker:
             here: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except FileNotFoundError:
             here = None
-        except OSError as e:  # its folder became one syncd may not enter: the file is out of reach, not Postgres
-            raise SourceFileError(f"SQLite file {self.path} cannot be reached: {e.strerror}") from None
         if self.inode is not None and here != self.inode:
             gone = "deleted" if here is None else "replaced by another file"
             raise FileMoved(f"SQLite file {self.path} was {gone} since syncd opened it")
