@@ -37,7 +37,8 @@ from syncd.session import STEP_WRITE_SECONDS, SourceSession, TableRuntime, chang
 from syncd.snapshot import SchemaMoved, SnapshotRejected, TableLoad, audit, load_chunk, start
 from syncd.sqlite import disk_guard, freeze, introspect, reader
 from syncd.sqlite.capture import CaptureStateError, contended
-from syncd.sqlite.connection import FileMoved, SourceFileError, cannot_write, hard_links, is_sqlite_file_error
+from syncd.sqlite.connection import (FileMoved, SourceFileError, cannot_write, hard_links, is_sqlite_file_error,
+                                    out_of_reach)
 from syncd.stream import ReadAhead, apply, batch_limit, read_and_convert
 from syncd.table_locks import said_once
 
@@ -307,6 +308,7 @@ class Pipeline:
 
     def _before_retry(self, retry_state) -> None:
         exc = retry_state.outcome.exception()
+        exc = out_of_reach(exc) or exc  # its folder made one syncd may not enter between two looks
         s = self.session
         applying, self.applying = self.applying, False
         self.ahead.discard()  # read before the failure: read again once it is over

@@ -43,7 +43,7 @@ from syncd.reverse.values import ColumnShape, NotExpressible, OutOfRange, to_sql
 from syncd.session import SourceSession, changed, new_row
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import ROWIDS_MOVED_REASON, clear_rearmed, contended
-from syncd.sqlite.connection import FileMoved, SourceFileError, not_utf8
+from syncd.sqlite.connection import FileMoved, SourceFileError, not_utf8, out_of_reach
 from syncd.sqlite.hold import RowsPerHold, step_aside
 from syncd.types import ValueMismatch, converter
 
@@ -383,6 +383,7 @@ class ReversePipeline:
 
     def _before_retry(self, retry_state) -> None:
         exc = retry_state.outcome.exception()
+        exc = out_of_reach(exc) or exc  # its folder made one syncd may not enter between two looks
         metrics.retries_total.labels(self.name).inc()
         if not contended(exc):
             self.locked_since = None  # a lock met after another failure is counted from then

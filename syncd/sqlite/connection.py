@@ -178,6 +178,14 @@ def open_readonly(path, busy_timeout_ms: int) -> sqlite3.Connection:
                            isolation_level=None, check_same_thread=False)
 
 
+def out_of_reach(exc: BaseException) -> SourceFileError | None:
+    """A look at a source's file that its folder refused (one syncd may not enter, made so
+    while syncd ran): the file is out of reach, not Postgres failing."""
+    if isinstance(exc, PermissionError) and exc.filename is not None:
+        return SourceFileError(f"SQLite file {exc.filename} cannot be reached: {exc.strerror}")
+    return None
+
+
 def file_problem(path: Path) -> SourceFileError | None:
     """What keeps the file at `path` from being opened as a source's database before
     SQLite is asked (which would say "disk I/O error" of a directory), or None."""
