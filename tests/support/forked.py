@@ -1,22 +1,23 @@
 """The suite's `python -m syncd ...` processes, forked from a process that has imported
-syncd's libraries already instead of started from nothing.
+what every syncd command imports, instead of started from nothing.
 
 Every test starts syncd as real processes: daemons, and commands such as `syncd verify`.
 A new interpreter spent about a quarter of a second of CPU importing Python's asyncio,
-pydantic, asyncpg and the rest before syncd did anything, over four thousand times a run:
-half of the suite's CPU. Here one process per test worker (the "forker") imports those
-libraries once, and each `subprocess.Popen([sys.executable, "-m", "syncd", ...])` of the
-tests is a fork of it that then does what `python -m syncd` does: import syncd (only what
-the verb imports, as in production) and run its `__main__`, with the test's argv,
-environment, working directory and standard streams, ending as the interpreter ends
-(threads joined, atexit, teardown, the exit code of an uncaught exception or signal).
+pydantic, asyncpg, syncd's configuration and the rest before syncd did anything, over
+four thousand times a run: half of the suite's CPU. Here one process per test worker (the
+"forker") imports once the modules that every verb imports (none that only some verbs
+do), and each `subprocess.Popen([sys.executable, "-m", "syncd", ...])` of the tests is a
+fork of it that then does what `python -m syncd` does: import the rest of what its verb
+imports, as in production, and run syncd's `__main__`, with the test's argv, environment,
+working directory and standard streams, ending as the interpreter ends (threads joined,
+atexit, teardown, the exit code of an uncaught exception or signal).
 
 The process a test gets is still a real child of the test's worker: its own pid, which
 the test signals, kills with SIGKILL, reads in /proc and waits for through the same Popen
 object (the forker forks twice and the worker is the children's subreaper, so the
 process is re-parented to the worker before its pid is answered). What differs from a
-fresh interpreter: the libraries were imported before (their import-time warnings go to
-the forker's log), the children of one worker share the forker's hash seed, and
+fresh interpreter: those modules were imported before (their import-time warnings go
+to the forker's log), the children of one worker share the forker's hash seed, and
 /proc/PID/cmdline shows the forker's command line. Tests about the interpreter's own
 start get a fresh one: a command line other than `-m syncd`, a PYTHON*/LC_*/LANG/TZ
 variable that differs from the worker's, a preexec_fn, pass_fds, another user or group,
@@ -178,9 +179,9 @@ def uninstall() -> None:
 # The forker's side.
 
 def serve(path: str) -> None:
-    """Import the libraries syncd imports, then fork a child per request until the worker
-    goes. In a child, this returns nothing: it runs syncd as `python -m syncd` would, its
-    exceptions and exit left to the interpreter."""
+    """Import what every verb of syncd imports, then fork a child per request until the
+    worker goes. In a child, this returns nothing: it runs syncd as `python -m syncd`
+    would, its exceptions and exit left to the interpreter."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     import gc
     import importlib
@@ -216,12 +217,19 @@ def serve(path: str) -> None:
 
 
 def _libraries() -> list[str]:
-    """The modules other than syncd's that a syncd process of any verb has imported: asked
-    of a fresh interpreter, so that this one imports no syncd module itself."""
-    probe = ("import sys, syncd.cli; syncd.cli.build_parser(); "
-             "print('\\n'.join(m for m in sys.modules if m.split('.')[0] not in ('syncd', 'tests', '__main__')))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/", timeout=120)
-    return out.stdout.split()
+    """The modules every verb of syncd imports before it runs (syncd's configuration and
+    what all verbs share, with their libraries), asked of fresh interpreters, one per verb:
+    none that only some verbs import, so a verb relying on a module it does not import
+    itself fails here as it would in production."""
+    verbs = subprocess.run([sys.executable, "-c", "from syncd.cli import VERBS; print(*VERBS)"],
+                           capture_output=True, text=True, cwd="/", timeout=120).stdout.split()
+    probes = [subprocess.Popen(
+        [sys.executable, "-c", f"import sys, syncd.cli; syncd.cli.build_parser({verb!r}); print(*sys.modules)"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/") for verb in verbs]
+    imported = [p.communicate(timeout=120)[0].split() for p in probes]
+    common = set.intersection(*map(set, imported)) if imported else set()
+    # In the order they were imported (the other order upset asyncio's C half in the children).
+    return [m for m in imported[0] if m in common and m.split(".")[0] not in ("tests", "__main__")] if imported else []
 
 
 def _fork() -> int:
