@@ -20,22 +20,6 @@ from tests.support.pgcluster import DEFAULT_DSN, Cluster, answers, with_database
 from tests.support.proxy import FaultProxy
 
 
-# Test files holding the suite's longest tests (30-60 s each, from `--durations`), run
-# first: started last, one of them kept a worker busy for its last minute while the
-# others had nothing left. Only an order; a file named here that is gone changes nothing.
-LONGEST_FIRST = (
-    "test_changes_of_large_rows_adding_up_past_a_gigabyte.py", "test_uninstall_of_a_large_changelog.py",
-    "test_switching_back_and_forth.py", "test_kill9.py", "test_switch_when_postgres_goes_away.py",
-    "test_idle_sources.py", "test_reloads_over_a_long_life.py", "test_reverse_kill9.py", "test_contention.py",
-    "test_way_back_memory_of_large_rows.py", "test_way_back_capture_triggers_changed_by_hand.py",
-    "test_locked_files_in_a_fleet.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: the rest keep their order
-
-
 @pytest.fixture(scope="session", autouse=True)
 def compiled_syncd(tmp_path_factory):
     """The syncd the tests' subprocesses import (from outside the checkout, as they run),
