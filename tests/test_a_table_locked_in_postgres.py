@@ -22,6 +22,19 @@ from tests.support.sync import eventually, pg_rows, pg_statements, table_states,
 from tests.support.way_back import backup_and_config
 
 
+def locked_and_free(db, unique: bool = False, free_row: bool = False) -> sqlite3.Connection:
+    """An application's file (WAL, autocommit) with tables `locked` (a row; `v` UNIQUE with
+    `unique`) and `free` (a row too with `free_row`); the connection to write to it."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute(f"CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT{' UNIQUE' if unique else ''})")
+    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    if free_row:
+        conn.execute("INSERT INTO free VALUES (1, 'x')")
+    return conn
+
+
 @contextlib.asynccontextmanager
 async def syncd_dsn(pg_dsn: str, superuser: bool):
     """The DSN syncd connects with: the test's superuser, or a login role of its own
@@ -43,12 +56,7 @@ async def syncd_dsn(pg_dsn: str, superuser: bool):
 async def test_a_table_another_session_locks_is_held_by_name_while_the_others_stream(tmp_path, make_config, pg_dsn,
                                                                                    superuser):
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("INSERT INTO locked VALUES (1, 'x')")
-    conn.execute("INSERT INTO free VALUES (1, 'x')")
+    conn = locked_and_free(db, free_row=True)
     async with syncd_dsn(pg_dsn, superuser) as dsn:
         cfg = make_config([{"name": "app", "path": str(db)}], sections={
             "postgres": {"dsn": dsn}, "verify": {"interval_seconds": 0}, "stream": {"held_table_retry_seconds": 1}})
@@ -96,11 +104,7 @@ async def test_a_locked_table_with_a_unique_column_is_held_while_the_others_stre
     removed through it (looked for in Postgres before the batch is written): held as
     well, the other table streaming, and caught up once the lock is gone."""
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
-    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    conn = locked_and_free(db, unique=True)
     cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
@@ -132,11 +136,7 @@ async def test_a_resync_of_a_locked_table_waits_for_the_lock_naming_it_and_stops
     with the session holding the lock, never as "Postgres unreachable", while the other
     tables stream on; once the lock is gone the table is rebuilt."""
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    conn = locked_and_free(db)
     cfg = make_config([{"name": "app", "path": str(db)}], sections={
         "postgres": {"statement_timeout_seconds": 4}, "verify": {"interval_seconds": 0}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
@@ -180,11 +180,7 @@ async def test_each_retry_of_a_locked_table_waits_for_the_lock_once_while_the_ot
     record of syncd's lock waits shows each stall made of one wait, and the other
     table's rows, written all along, arrive meanwhile."""
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    conn = locked_and_free(db)
     cfg = make_config([{"name": "app", "path": str(db)}], sections={
         "verify": {"interval_seconds": 0}, "stream": {"held_table_retry_seconds": 1}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
@@ -243,11 +239,7 @@ async def test_the_session_in_the_way_is_named_first_and_the_hold_said_once(tmp_
     and is said once while the lock lasts, not again at a retry that finds the readers
     in another state."""
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    conn = locked_and_free(db)
     cfg = make_config([{"name": "app", "path": str(db)}], sections={
         "verify": {"interval_seconds": 0}, "stream": {"held_table_retry_seconds": 1}})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
@@ -296,11 +288,7 @@ async def test_a_resync_waiting_for_a_lock_does_not_wait_for_it_again_at_each_re
     syncd's lock waits shows one. The other table's rows arrive meanwhile, and the
     table is rebuilt once the lock is gone."""
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("INSERT INTO locked VALUES (1, 'x')")
+    conn = locked_and_free(db)
     cfg = make_config([{"name": "app", "path": str(db)}], sections={
         "postgres": {"statement_timeout_seconds": 4}, "verify": {"interval_seconds": 0},
         "stream": {"held_table_retry_seconds": 1}})
@@ -350,12 +338,7 @@ async def test_a_cutover_whose_drain_meets_a_table_held_for_a_lock_names_it(tmp_
     held for a lock and by whom, not that the final verification found its rows
     different; it undoes the freeze, and the table catches up once the lock is gone."""
     db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE locked (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("CREATE TABLE free (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("INSERT INTO locked VALUES (1, 'x')")
-    conn.execute("INSERT INTO free VALUES (1, 'x')")
+    conn = locked_and_free(db, free_row=True)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
