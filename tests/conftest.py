@@ -42,7 +42,9 @@ def forked_syncd(compiled_syncd, tmp_path_factory):
     if os.environ.get("SYNCD_TEST_FORK", "1") == "0":  # every process from a fresh interpreter
         yield
         return
-    forked.install(tmp_path_factory.mktemp("forker"))
+    # One file for the run's workers (xdist gives each a folder in the run's own).
+    run = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else tmp_path_factory.getbasetemp()
+    forked.install(tmp_path_factory.mktemp("forker"), run / "forker-modules.json")
     yield
     forked.uninstall()
 

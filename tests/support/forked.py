@@ -54,12 +54,13 @@ _spawning = threading.Lock()
 class Forker:
     """The forking process of this test worker, and how to ask it for a child."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, modules: Path):
         self.path = str(directory / "forker.sock")
         self.env = dict(os.environ)
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from tests.support.forked import serve; serve(sys.argv[1])", self.path],
+            [sys.executable, "-c", "import sys; from tests.support.forked import serve; serve(*sys.argv[1:])", self.path,
+             str(modules)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(directory / "forker.log", "ab"),
             cwd=str(Path(__file__).resolve().parents[2]))
         deadline = time.monotonic() + 120
@@ -162,9 +163,10 @@ def reap_adopted() -> None:
                     pass
 
 
-def install(directory: Path) -> None:
+def install(directory: Path, modules: Path) -> None:
+    """`modules`: the file where the modules to import are kept, shared by the run's workers."""
     global _forker
-    _forker = Forker(directory)
+    _forker = Forker(directory, modules)
     subprocess.Popen._execute_child = _execute_child
 
 
@@ -178,7 +180,7 @@ def uninstall() -> None:
 
 # The forker's side.
 
-def serve(path: str) -> None:
+def serve(path: str, modules: str) -> None:
     """Import what every verb of syncd imports, then fork a child per request until the
     worker goes. In a child, this returns nothing: it runs syncd as `python -m syncd`
     would, its exceptions and exit left to the interpreter."""
@@ -186,7 +188,7 @@ def serve(path: str) -> None:
     import gc
     import importlib
 
-    for name in _libraries():
+    for name in _libraries(modules):
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - one a fresh interpreter imports its own way: left to it
@@ -216,11 +218,27 @@ def serve(path: str) -> None:
     runpy.run_module("syncd", run_name="__main__", alter_sys=True)
 
 
-def _libraries() -> list[str]:
+def _libraries(modules: str) -> list[str]:
     """The modules every verb of syncd imports before it runs (syncd's configuration and
     what all verbs share, with their libraries), asked of fresh interpreters, one per verb:
     none that only some verbs import, so a verb relying on a module it does not import
-    itself fails here as it would in production."""
+    itself fails here as it would in production. Asked by the run's first forker and kept
+    in `modules` for the others (a dozen interpreters' start each, at the busiest moment)."""
+    import fcntl
+
+    with open(modules + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(modules):
+            with open(modules) as f:
+                return json.load(f)
+        found = _asked_of_each_verb()
+        with open(modules + ".new", "w") as f:
+            json.dump(found, f)
+        os.rename(modules + ".new", modules)
+        return found
+
+
+def _asked_of_each_verb() -> list[str]:
     verbs = subprocess.run([sys.executable, "-c", "from syncd.cli import VERBS; print(*VERBS)"],
                            capture_output=True, text=True, cwd="/", timeout=120).stdout.split()
     probes = [subprocess.Popen(
