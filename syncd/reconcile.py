@@ -990,7 +990,10 @@ async def _emptied(session: SourceSession, spec: TableSpec, pg_col: str, sqlite_
 def _same(pgtype: PgType, ours, theirs) -> bool:
     """One value, as verify tells values apart (types.canonical: jsonb by its value, a
     numeric without its trailing zeros); plain equality where the two do not take the
-    column's type's shape (a column renamed onto another type)."""
+    column's type's shape (a column renamed onto another type). A real zero is one value
+    whatever its sign: a REAL column of SQLite holds Postgres's -0.0 as 0.0."""
+    if pgtype is PgType.DOUBLE and isinstance(ours, float) and isinstance(theirs, float):
+        ours, theirs = ours + 0.0, theirs + 0.0
     try:
         return canonical(pgtype, ours) == canonical(pgtype, theirs)
     except (TypeError, ValueError, AttributeError, struct.error):

@@ -978,3 +978,27 @@ async def test_a_rollback_interrupted_after_its_turn_with_its_file_out_of_reach_
     assert line.startswith("app: rolled back to SQLite before the interrupt, but the SQLite file MAY STILL BE "
                            "FROZEN for the application: it could not be read ("), out
     assert "`syncd rollback` again" in line, line
+
+
+async def test_a_negative_zero_written_in_postgres_does_not_reload_its_table_after_a_rollback(
+        tmp_path, make_config, pg_dsn):
+    """Postgres's -0 (round(-0.4), say) in a REAL column reaches SQLite as 0.0, the value a
+    REAL column holds for it. After the rollback the forward stream resumes on the table as
+    it is: the zero is no sign that the column was renamed, swapped, or dropped and added
+    again in SQLite, and no reason to copy the whole table into Postgres once more."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "UPDATE app.deals SET amount = round(-0.4::float8) WHERE id = 3")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert sqlite3.connect(db).execute("SELECT amount FROM deals WHERE id = 3").fetchone() == (0.0,)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert "event=table_reloading" not in d.own_log() and "snapshot_started" not in d.own_log().split(
+            "now flows SQLite -> Postgres")[-1], d.own_log()[-3000:]
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0 and "3 of 3 table(s) equal" in v.stdout, v.stdout + v.stderr
+        assert d.stop() == 0
