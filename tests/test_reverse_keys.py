@@ -292,3 +292,33 @@ async def test_a_9999_12_31_key_beside_an_infinity_row_is_never_deleted(tmp_path
         await wait_back(cfg, db, pg_dsn, daemon=d, timeout=60)
         await _codes_swapped_on_both_sides(db, pg_dsn)
         assert d.stop() == 0
+
+
+async def test_a_negative_zero_key_survives_its_table_copied_again(tmp_path, make_config, pg_dsn):
+    """A REAL key Postgres holds as -0 (SQLite and Postgres hold -0 and 0 as one key, and
+    SQLite's REAL column stores it as 0.0) in a table copied again from Postgres (emptied
+    and filled again in one transaction), larger than one write transaction of the copy:
+    its row stays in SQLite, never taken for a row Postgres no longer has."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE weights (w REAL PRIMARY KEY, note TEXT)")
+    conn.execute("INSERT INTO weights VALUES (1.5, 'before')")
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            async with pg.transaction():
+                await pg.execute("TRUNCATE app.weights")
+                await pg.execute("INSERT INTO app.weights VALUES (round(-0.4::float8), 'zero')")
+                await pg.execute("INSERT INTO app.weights SELECT g, 'bulk' FROM generate_series(1, 1500) g")
+        finally:
+            await pg.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert "event=reload_done" in d.own_log()
+        assert typeof(db, "SELECT w, note FROM weights WHERE w < 1") == [(0.0, "zero")]
+        assert typeof(db, "SELECT count(*) FROM weights") == [(1501,)]
+        assert d.stop() == 0

@@ -495,14 +495,22 @@ def _apply_table(conn: sqlite3.Connection, t: TableApply, index: KeyIndex) -> tu
         raise
 
 
+def reload_key_token(shapes: list[ColumnShape], key: tuple, pg: bool) -> tuple:
+    """A key's tokens as a reload tells keys apart (`pg`: as Postgres returned it, else as
+    stored in SQLite): a real zero is one key whatever its sign, in SQLite and Postgres
+    alike, and a REAL column of SQLite stores Postgres's -0.0 as 0.0."""
+    key = tuple(v + 0.0 if s.family is PgType.DOUBLE and isinstance(v, float) else v for s, v in zip(shapes, key))
+    return _tokens_pg(shapes, key) if pg else _tokens_sqlite(shapes, key)
+
+
 def keys_not_in(conn: sqlite3.Connection, spec: TableSpec, shapes: tuple[ColumnShape, ...],
                 keep: set[tuple]) -> list[tuple]:
-    """Stored keys whose Postgres tokens are not in `keep` (a reload's last step)."""
+    """Stored keys whose tokens (reload_key_token) are not in `keep` (a reload's last step)."""
     kshapes = [shapes[i] for i in spec.key_indexes]
     keys = ", ".join(spec.sqlite_ref(k) for k in spec.key)
     out = []
     for raw in fetchall_text_safe(conn, f"SELECT {keys} FROM main.{quote_ident(spec.name)}"):
-        if _tokens_sqlite(kshapes, tuple(raw)) not in keep:
+        if reload_key_token(kshapes, tuple(raw), pg=False) not in keep:
             out.append(tuple(raw))
     return out
 

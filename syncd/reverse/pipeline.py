@@ -1060,8 +1060,7 @@ class ReversePipeline:
             chunk, read_all = await reader.read_chunk(s.pg, self.source.schema, st, load.after, size)
             kshapes = [t.shapes[i] for i in t.spec.key_indexes]
             for r in chunk:
-                load.keep.add(tuple(tables.values.pg_token(sh.family, r[i])
-                                    for sh, i in zip(kshapes, t.spec.key_indexes)))
+                load.keep.add(applier.reload_key_token(kshapes, tuple(r[i] for i in t.spec.key_indexes), pg=True))
             ta = TableApply(t.tid, t.spec, t.shapes, chunk)
             if read_all:
                 load.gone = await s.worker.run(applier.keys_not_in, t.spec, t.shapes, load.keep)
