@@ -322,3 +322,31 @@ async def test_a_negative_zero_key_survives_its_table_copied_again(tmp_path, mak
         assert typeof(db, "SELECT w, note FROM weights WHERE w < 1") == [(0.0, "zero")]
         assert typeof(db, "SELECT count(*) FROM weights") == [(1501,)]
         assert d.stop() == 0
+
+
+async def test_a_row_keyed_by_a_negative_zero_is_updated_and_deleted_in_sqlite_as_in_postgres(
+        tmp_path, make_config, pg_dsn):
+    """A REAL key the application writes in Postgres as -0 (round(-0.4), say) is 0.0 in
+    SQLite's REAL column, the same key to both: the row's later update and its delete in
+    Postgres reach that row in SQLite."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE weights (w REAL PRIMARY KEY, note TEXT)")
+    conn.execute("INSERT INTO weights VALUES (1.5, 'before')")
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "INSERT INTO app.weights VALUES (round(-0.4::float8), 'zero')")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT w, note FROM weights ORDER BY w") == [(0.0, "zero"), (1.5, "before")]
+        await pg_rows(pg_dsn, "UPDATE app.weights SET note = 'changed' WHERE w = 0")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT w, note FROM weights ORDER BY w") == [(0.0, "changed"), (1.5, "before")]
+        await pg_rows(pg_dsn, "DELETE FROM app.weights WHERE w = 0")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT w, note FROM weights") == [(1.5, "before")]
+        assert (await table_states(pg_dsn, "app")) == {"weights": ("streaming", None)}
+        assert d.stop() == 0

@@ -123,12 +123,18 @@ def _key_shapes(t: TableApply) -> list[ColumnShape]:
     return [t.shapes[i] for i in t.spec.key_indexes]
 
 
+def _key_value(shape: ColumnShape, v: Any) -> Any:
+    """A real zero is one key whatever its sign, in SQLite and Postgres alike, and a REAL
+    column of SQLite stores Postgres's -0.0 as 0.0."""
+    return v + 0.0 if shape.family is PgType.DOUBLE and isinstance(v, float) else v
+
+
 def _tokens_pg(shapes: list[ColumnShape], key: tuple) -> tuple:
-    return tuple(values.pg_token(s.family, v) for s, v in zip(shapes, key))
+    return tuple(values.pg_token(s.family, _key_value(s, v)) for s, v in zip(shapes, key))
 
 
 def _tokens_sqlite(shapes: list[ColumnShape], raw: tuple) -> tuple:
-    return tuple(values.sqlite_token(s.family, v) for s, v in zip(shapes, raw))
+    return tuple(values.sqlite_token(s.family, _key_value(s, v)) for s, v in zip(shapes, raw))
 
 
 # One value, many stored spellings; and families a column without affinity may hold
@@ -497,9 +503,7 @@ def _apply_table(conn: sqlite3.Connection, t: TableApply, index: KeyIndex) -> tu
 
 def reload_key_token(shapes: list[ColumnShape], key: tuple, pg: bool) -> tuple:
     """A key's tokens as a reload tells keys apart (`pg`: as Postgres returned it, else as
-    stored in SQLite): a real zero is one key whatever its sign, in SQLite and Postgres
-    alike, and a REAL column of SQLite stores Postgres's -0.0 as 0.0."""
-    key = tuple(v + 0.0 if s.family is PgType.DOUBLE and isinstance(v, float) else v for s, v in zip(shapes, key))
+    stored in SQLite)."""
     return _tokens_pg(shapes, key) if pg else _tokens_sqlite(shapes, key)
 
 
