@@ -28,14 +28,14 @@ async def loaded(dsn) -> int:
         await conn.close()
 
 
-def configured_key_log(db, make_config):
+def configured_key_log(db, make_config, rows: int = ROWS):
     """A rollback-journal file whose `log` table has no key or index, keyed by
     [sources.keys] on `a`, loaded 100 rows a chunk: (the application's connection, config)."""
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=delete")
     conn.execute("CREATE TABLE log (a INTEGER NOT NULL, b TEXT)")  # no key, no index
     conn.execute("BEGIN")
-    conn.executemany("INSERT INTO log VALUES (?, ?)", ((i, f"row {i}") for i in range(1, ROWS + 1)))
+    conn.executemany("INSERT INTO log VALUES (?, ?)", ((i, f"row {i}") for i in range(1, rows + 1)))
     conn.execute("COMMIT")
     cfg = make_config([{"name": "app", "path": str(db), "keys": {"log": ["a"]}}],
                       sections={"stream": {"snapshot_chunk_rows": 100}, "verify": {"interval_seconds": 0}})
@@ -44,13 +44,14 @@ def configured_key_log(db, make_config):
 
 async def test_load_resumed_after_vacuum_of_a_configured_key_table(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
-    conn, cfg = configured_key_log(db, make_config)
+    rows = 20_000  # the load stopped past 7,500 of them, 2,500 deleted: thousands renumbered below its position
+    conn, cfg = configured_key_log(db, make_config, rows)
     with DaemonProcess(cfg, tmp_path / "one.log") as d:
-        await eventually(lambda: _past(pg_dsn, 15_000), 120, "the load to pass 15000 rows", d)
+        await eventually(lambda: _past(pg_dsn, 7_500), 120, "the load to pass 7500 rows", d)
         assert d.stop() == 0  # a clean stop mid-load: the table stays loading
-    assert 0 < await loaded(pg_dsn) < ROWS
+    assert 0 < await loaded(pg_dsn) < rows
     # While syncd is stopped the application deletes old rows and vacuums.
-    conn.execute("DELETE FROM log WHERE a <= 5000")
+    conn.execute("DELETE FROM log WHERE a <= 2500")
     conn.execute("VACUUM")
     conn.close()
     with DaemonProcess(cfg, tmp_path / "two.log") as d:
