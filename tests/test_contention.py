@@ -208,8 +208,8 @@ async def test_a_file_switched_to_a_rollback_journal_while_syncd_had_it_closed_i
     conn.execute("PRAGMA journal_mode=wal")
     conn.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, n INTEGER, s TEXT)")
     conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("BEGIN")
-    conn.executemany("INSERT INTO big VALUES (?, ?, ?)", ((i, i, f"row {i} {'z' * 60}") for i in range(1, 1_200_001)))
+    conn.execute("BEGIN")  # 600k rows: loaded in one read, they hold the writer off for seconds
+    conn.executemany("INSERT INTO big VALUES (?, ?, ?)", ((i, i, f"row {i} {'z' * 60}") for i in range(1, 600_001)))
     conn.execute("UPDATE big SET n = 'abc' WHERE id = 7")  # no bigint: the audit holds the table
     conn.execute("COMMIT")
     conn.close()
