@@ -92,7 +92,7 @@ async def test_a_change_made_while_a_capture_trigger_was_off_during_a_copy_reach
     is disabled and a row already copied is changed: the copy starts over once the
     trigger is back (or, had the copy ended first, the table is copied again)."""
     db = tmp_path / "app.db"
-    make_app(db, rows=300_000)
+    make_app(db, rows=150_000)  # copied again 5,000 rows a step, each step followed by 0.1 s at least: seconds
     cfg = backup_and_config(make_config, tmp_path, db, stream={"schema_check_interval_seconds": 2})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
