@@ -294,11 +294,8 @@ async def test_a_9999_12_31_key_beside_an_infinity_row_is_never_deleted(tmp_path
         assert d.stop() == 0
 
 
-async def test_a_negative_zero_key_survives_its_table_copied_again(tmp_path, make_config, pg_dsn):
-    """A REAL key Postgres holds as -0 (SQLite and Postgres hold -0 and 0 as one key, and
-    SQLite's REAL column stores it as 0.0) in a table copied again from Postgres (emptied
-    and filled again in one transaction), larger than one write transaction of the copy:
-    its row stays in SQLite, never taken for a row Postgres no longer has."""
+def weights_file(tmp_path):
+    """A WAL file of one table keyed by a REAL, holding one row."""
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=wal")
@@ -306,6 +303,15 @@ async def test_a_negative_zero_key_survives_its_table_copied_again(tmp_path, mak
     conn.execute("INSERT INTO weights VALUES (1.5, 'before')")
     conn.commit()
     conn.close()
+    return db
+
+
+async def test_a_negative_zero_key_survives_its_table_copied_again(tmp_path, make_config, pg_dsn):
+    """A REAL key Postgres holds as -0 (SQLite and Postgres hold -0 and 0 as one key, and
+    SQLite's REAL column stores it as 0.0) in a table copied again from Postgres (emptied
+    and filled again in one transaction), larger than one write transaction of the copy:
+    its row stays in SQLite, never taken for a row Postgres no longer has."""
+    db = weights_file(tmp_path)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
@@ -329,13 +335,7 @@ async def test_a_row_keyed_by_a_negative_zero_is_updated_and_deleted_in_sqlite_a
     """A REAL key the application writes in Postgres as -0 (round(-0.4), say) is 0.0 in
     SQLite's REAL column, the same key to both: the row's later update and its delete in
     Postgres reach that row in SQLite."""
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE weights (w REAL PRIMARY KEY, note TEXT)")
-    conn.execute("INSERT INTO weights VALUES (1.5, 'before')")
-    conn.commit()
-    conn.close()
+    db = weights_file(tmp_path)
     cfg = backup_and_config(make_config, tmp_path, db)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
