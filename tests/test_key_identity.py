@@ -165,3 +165,24 @@ async def test_a_key_deleted_and_written_again_in_another_class_in_one_batch(app
             ("1", "text one"), ("a", "letter"), ("b", "after it")]
         assert d.stop() == 0
     assert run_cli(cfg, "verify").returncode == 0
+
+
+async def test_an_instant_with_a_fraction_is_not_the_whole_second_before_it(app_db, make_config, pg_dsn, tmp_path):
+    """'10:00:00.5' and '10:00:00' are two instants: deleting the first deletes it in
+    Postgres (it was taken for a spelling of the second, which stayed, and the row was
+    left behind for good, `syncd verify --repair` replaying it to no effect), and writing
+    one next to the other holds nothing."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ticks (at TEXT PRIMARY KEY, n INTEGER);"
+                       "INSERT INTO ticks VALUES ('2024-01-01 10:00:00', 1), ('2024-01-01 10:00:00.500', 2);")
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"ticks": {"at": "timestamp"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("DELETE FROM ticks WHERE at = '2024-01-01 10:00:00.500'")
+        conn.execute("INSERT INTO ticks VALUES ('2024-01-02 10:00:00', 3), ('2024-01-02 10:00:00.250', 4)")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert (await table_states(pg_dsn, "app"))["ticks"][0] == "streaming"
+        assert await pg_rows(pg_dsn, "SELECT n FROM app.ticks ORDER BY at") == [(1,), (3,), (4,)]
+        assert d.stop() == 0
+    out = run_cli(cfg, "verify")
+    assert out.returncode == 0, out.stdout + out.stderr

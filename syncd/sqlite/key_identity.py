@@ -47,7 +47,7 @@ def _date_spellings(pgtype: PgType, value: Any) -> list[Any]:
         moment = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
     out = []
     base = moment.strftime("%Y-%m-%d{}%H:%M:%S")
-    fractions = [""]
+    fractions = [""] if moment.microsecond == 0 else []  # none: the whole second, another instant
     if moment.microsecond % 1000 == 0:
         fractions.append(f".{moment.microsecond // 1000:03d}")
     fractions.append(f".{moment.microsecond:06d}")
