@@ -186,3 +186,20 @@ async def test_an_instant_with_a_fraction_is_not_the_whole_second_before_it(app_
         assert d.stop() == 0
     out = run_cli(cfg, "verify")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_a_date_key_written_again_as_the_bare_day_holds_the_table(app_db, make_config, pg_dsn, tmp_path):
+    """Under a `date` override '2024-02-01 00:00:00' and '2024-02-01' are one day: the
+    second written next to the first holds the table, as the other way round does; it
+    was upserted over the first row in Postgres, one of the two rows lost in silence."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE days (d TEXT PRIMARY KEY, n INTEGER);"
+                       "INSERT INTO days VALUES ('2024-02-01 00:00:00', 1), ('2024-02-02', 2);")
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"days": {"d": "date"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO days VALUES ('2024-02-01', 3)")
+        state, reason = await wait_state(pg_dsn, "days", "held", d)
+        assert "'2024-02-01' (text) and '2024-02-01 00:00:00' (text) as two rows" in reason, reason
+        assert await pg_rows(pg_dsn, "SELECT n FROM app.days ORDER BY d") == [(1,), (2,)]  # nothing merged
+        assert d.stop() == 0

@@ -41,7 +41,9 @@ def lossy_key_columns(spec: TableSpec) -> list[str]:
 def _date_spellings(pgtype: PgType, value: Any) -> list[Any]:
     """The usual spellings of the instant `value` (a converted date/time) stands for."""
     if pgtype is PgType.DATE:
-        return [value.isoformat()]
+        # The date converter reads a date/time at midnight as its day, too.
+        midnight = dt.datetime(value.year, value.month, value.day)
+        return [value.isoformat(), *_date_spellings(PgType.TIMESTAMP, midnight)]
     moment = value
     if pgtype is PgType.TIMESTAMPTZ:
         moment = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
