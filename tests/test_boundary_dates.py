@@ -95,3 +95,31 @@ async def test_the_last_day_travels_as_itself_and_infinity_is_held(tmp_path, mak
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
         assert "unexpected error" not in d.log()
+
+
+async def test_verify_names_a_postgres_row_keyed_by_infinity_and_leaves_it_to_the_user(app_db, make_config, pg_dsn,
+                                                                                      tmp_path):
+    """A row whose date key is infinity, only in Postgres (written there by hand), beside
+    the row of the last day: `syncd verify` names it by that key, and `--repair` says it
+    cannot remove it. Postgres's infinity reads as the last day in Python, so looked up it
+    found the last day's row (or none), the key was dropped as equal, and only the row
+    totals said something was wrong; the repair replayed the last day to no effect."""
+    from tests.support.verifying import sync_and_stop, verify, verify_json, verify_section, found
+
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE periods (last_day TEXT PRIMARY KEY, note TEXT);"
+                       "INSERT INTO periods VALUES ('2024-01-01', 'new year'), ('9999-12-31', 'open end');")
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"periods": {"last_day": "date"}}}],
+                      extra=verify_section())
+    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
+    await pg_rows(pg_dsn, "INSERT INTO app.periods VALUES ('infinity', 'by hand'), ('-infinity', 'by hand')")
+
+    rc, doc = verify_json(cfg, "--wait", "1")
+    assert rc == 1
+    assert found(doc, "periods") == {("extra", ("infinity",), ()), ("extra", ("-infinity",), ())}
+    out = verify(cfg, "--wait", "1", "--repair")
+    assert out.returncode == 1
+    assert "key 'infinity' not repaired" in out.stdout and "replayed" not in out.stdout, out.stdout
+    assert await in_postgres(pg_dsn, "SELECT last_day::text FROM app.periods ORDER BY last_day") == [
+        ("-infinity",), ("2024-01-01",), ("9999-12-31",), ("infinity",)]

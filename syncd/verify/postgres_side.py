@@ -3,6 +3,7 @@ it never blocks the stream (MVCC) and takes no lock a writer would wait for."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import asyncpg
 
 from syncd.identifiers import qualified, quote_pg_ident
 from syncd.postgres.bookkeeping import LOCK_CLASS
+from syncd.types import PgType
 from syncd.verify.keyspace import Bound, KeyRange, KeySpace, cell_case
 from syncd.verify.rowhash import pg_key_token_exprs, pg_row_hash_sql, pg_token_exprs
 
@@ -83,7 +85,10 @@ class PostgresTable:
             f"FROM {self.table} WHERE {' OR '.join(conds)}", *params)
 
     async def rows_by_key(self, keys: Sequence[tuple]) -> list[PgRow]:
-        """Rows for keys given as Postgres values (exact match, one statement per batch)."""
+        """Rows for keys given as Postgres values (exact match, one statement per batch).
+        Postgres's infinity reads as the first or last day (instant) in Python: where a key
+        holds one of those, the rows keyed by an infinity are read too (the caller matches
+        rows to keys by their tokens, which tell them apart)."""
         nkey = len(self.ks.key)
         types = [t.value for t in self.ks.key_types]
         arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
@@ -91,12 +96,15 @@ class PostgresTable:
             cond = f"{self.ks.pg_ref(0)} = ANY({arrays})"
         else:
             cond = f"({self.key_cols}) IN (SELECT * FROM unnest({arrays}))"
+        infinite = [f"NOT isfinite({self.ks.pg_ref(i)})" for i, t in enumerate(self.ks.key_types)
+                    if t in _INSTANTS and any(_extreme(k[i]) for k in keys)]
         sql = f"SELECT {self.key_cols}, {self.tokens} FROM {self.table} WHERE {cond}"
+        first = f"{sql} OR {' OR '.join(infinite)}" if infinite else sql  # once, not with every batch
         out: list[PgRow] = []
         for i in range(0, len(keys), LOOKUP_BATCH):
             chunk = keys[i : i + LOOKUP_BATCH]
             columns = [list(col) for col in zip(*chunk)]
-            for row in await self.conn.fetch(sql, *columns):
+            for row in await self.conn.fetch(first if i == 0 else sql, *columns):
                 out.append(PgRow(tuple(row[:-1]), tuple(row[-1])))
         return out
 
@@ -115,6 +123,16 @@ class PostgresTable:
             columns = [list(col) for col in zip(*unique[i : i + LOOKUP_BATCH])]
             total += await self.conn.fetchval(f"SELECT count(*) FROM {self.table} WHERE {cond}", *columns)
         return total
+
+
+_INSTANTS = (PgType.DATE, PgType.TIMESTAMP, PgType.TIMESTAMPTZ)
+
+
+def _extreme(v: object) -> bool:
+    """Whether a date or instant read from Postgres may have been an infinity."""
+    if isinstance(v, dt.datetime):
+        return v.replace(tzinfo=None) in (dt.datetime.min, dt.datetime.max)
+    return isinstance(v, dt.date) and v in (dt.date.min, dt.date.max)
 
 
 async def stores_utf8(conn: asyncpg.Connection) -> bool:
