@@ -203,3 +203,21 @@ async def test_a_date_key_written_again_as_the_bare_day_holds_the_table(app_db, 
         assert "'2024-02-01' (text) and '2024-02-01 00:00:00' (text) as two rows" in reason, reason
         assert await pg_rows(pg_dsn, "SELECT n FROM app.days ORDER BY d") == [(1,), (2,)]  # nothing merged
         assert d.stop() == 0
+
+
+async def test_an_instant_written_again_with_more_fraction_digits_holds_the_table(app_db, make_config, pg_dsn,
+                                                                                   tmp_path):
+    """'10:00:00.5' and '10:00:00.500' are one instant: the second written next to the
+    first holds the table; it was upserted over the first row in Postgres, one of two
+    SQLite rows lost in silence."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ticks (at TEXT PRIMARY KEY, n INTEGER);"
+                       "INSERT INTO ticks VALUES ('2024-01-01 10:00:00.5', 1), ('2024-01-01 10:00:01', 2);")
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"ticks": {"at": "timestamp"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO ticks VALUES ('2024-01-01 10:00:00.500', 3)")
+        state, reason = await wait_state(pg_dsn, "ticks", "held", d)
+        assert "'2024-01-01 10:00:00.500' (text) and '2024-01-01 10:00:00.5' (text) as two rows" in reason, reason
+        assert await pg_rows(pg_dsn, "SELECT n FROM app.ticks ORDER BY at") == [(1,), (2,)]  # nothing merged
+        assert d.stop() == 0

@@ -49,12 +49,11 @@ def _date_spellings(pgtype: PgType, value: Any) -> list[Any]:
         moment = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
     out = []
     base = moment.strftime("%Y-%m-%d{}%H:%M:%S")
-    fractions = [""] if moment.microsecond == 0 else []  # none: the whole second, another instant
-    if moment.microsecond % 1000 == 0:
-        fractions.append(f".{moment.microsecond // 1000:03d}")
-    fractions.append(f".{moment.microsecond:06d}")
-    if moment.microsecond == 0:
-        fractions.append(".0")
+    # The fraction in every number of digits that keeps all of it ('.5' to '.500000'); none
+    # only for the whole second, another instant otherwise.
+    digits = f"{moment.microsecond:06d}"
+    fractions = [""] if moment.microsecond == 0 else []
+    fractions += ["." + digits[:n] for n in range(max(1, len(digits.rstrip("0"))), 7)]
     zones = ["", "Z", "+00:00"]
     for sep in (" ", "T"):
         for frac in fractions:
