@@ -112,8 +112,7 @@ def stream_collision(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple
     key_idx = spec.key_indexes
     convs = [converter_of(spec.column(k)) for k in spec.key]
     seen: dict[tuple, tuple] = {}
-    where = " AND ".join(f"{spec.key_sql(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
-    sql = f"SELECT {', '.join(spec.sqlite_ref(k) for k in spec.key)} FROM main.{quote_ident(spec.name)} WHERE {where}"
+    keys = ", ".join(spec.sqlite_ref(k) for k in spec.key)
     for row in rows:
         raw = tuple(row[i] for i in key_idx)
         try:
@@ -126,14 +125,34 @@ def stream_collision(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple
         for i, k in enumerate(spec.key):
             if k not in lossy:
                 continue
-            for alt in other_spellings(spec.column(k).pgtype, raw[i], pg[i]):
-                probe = list(raw)
-                probe[i] = alt
-                params = [p for v in probe for p in (v, _typeof(v))]
-                found = conn.execute(sql, params).fetchone()
-                if found is not None:
-                    return collision_reason(spec, raw, tuple(found))
+            found = _spelled_otherwise(conn, spec, keys, raw, i, other_spellings(spec.column(k).pgtype, raw[i], pg[i]))
+            if found is not None:
+                return collision_reason(spec, raw, tuple(found))
     return None
+
+
+def _spelled_otherwise(conn: sqlite3.Connection, spec: TableSpec, cols: str, raw: tuple, i: int,
+                       alts: list[Any]) -> tuple | None:
+    """`cols` of a row whose key is `raw` but for key column i, which holds one of `alts`
+    in that value's own storage class; None if there is none. One lookup for them all."""
+    if not alts:
+        return None
+    conds, params = [], []
+    for j, k in enumerate(spec.key):
+        if j != i:
+            conds.append(f"{spec.key_sql(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?")
+            params += [raw[j], _typeof(raw[j])]
+    by_class: dict[str, list[Any]] = {}
+    for alt in alts:
+        by_class.setdefault(_typeof(alt), []).append(alt)
+    k = spec.key[i]
+    either = []
+    for cls, values in by_class.items():
+        either.append(f"({spec.key_sql(k)} IN ({', '.join('?' * len(values))}) AND typeof({spec.sqlite_ref(k)}) = ?)")
+        params += [*values, cls]
+    conds.append("(" + " OR ".join(either) + ")")
+    return conn.execute(f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE {' AND '.join(conds)} LIMIT 1",
+                        params).fetchone()
 
 
 def survivors(conn: sqlite3.Connection, spec: TableSpec, deletes: list[tuple]) -> tuple[list[tuple], list[tuple]]:
@@ -145,8 +164,6 @@ def survivors(conn: sqlite3.Connection, spec: TableSpec, deletes: list[tuple]) -
         return [], deletes
     convs = [converter_of(spec.column(k)) for k in spec.key]
     cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
-    where = " AND ".join(f"{spec.key_sql(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
-    sql = f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE {where}"
     rows, gone = [], []
     for raw in deletes:
         try:
@@ -158,12 +175,7 @@ def survivors(conn: sqlite3.Connection, spec: TableSpec, deletes: list[tuple]) -
         for i, k in enumerate(spec.key):
             if k not in lossy or found is not None:
                 continue
-            for alt in other_spellings(spec.column(k).pgtype, raw[i], pg[i]):
-                probe = list(raw)
-                probe[i] = alt
-                found = conn.execute(sql, [p for v in probe for p in (v, _typeof(v))]).fetchone()
-                if found is not None:
-                    break
+            found = _spelled_otherwise(conn, spec, cols, raw, i, other_spellings(spec.column(k).pgtype, raw[i], pg[i]))
         if found is None:
             gone.append(raw)
         else:
