@@ -221,3 +221,27 @@ async def test_an_instant_written_again_with_more_fraction_digits_holds_the_tabl
         assert "'2024-01-01 10:00:00.500' (text) and '2024-01-01 10:00:00.5' (text) as two rows" in reason, reason
         assert await pg_rows(pg_dsn, "SELECT n FROM app.ticks ORDER BY at") == [(1,), (2,)]  # nothing merged
         assert d.stop() == 0
+
+
+async def test_an_instant_written_again_with_its_zero_seconds_or_as_midnight_holds_the_table(app_db, make_config,
+                                                                                            pg_dsn, tmp_path):
+    """To a timestamp '10:00' is '10:00:00', and the bare day '2024-01-02' its midnight:
+    with the short spelling in SQLite, writing the long one next to it holds the table; it
+    was upserted over the first row in Postgres, one of two SQLite rows lost in silence."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ticks (at TEXT PRIMARY KEY, n INTEGER);"
+                       "CREATE TABLE days (at TEXT PRIMARY KEY, n INTEGER);"
+                       "INSERT INTO ticks VALUES ('2024-01-01 10:00', 1);"
+                       "INSERT INTO days VALUES ('2024-01-02', 1);")
+    cfg = make_config([{"name": "app", "path": str(app_db),
+                        "columns": {"ticks": {"at": "timestamp"}, "days": {"at": "timestamptz"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO ticks VALUES ('2024-01-01 10:00:00', 2)")
+        conn.execute("INSERT INTO days VALUES ('2024-01-02T00:00:00Z', 2)")
+        _, reason = await wait_state(pg_dsn, "ticks", "held", d)
+        assert "'2024-01-01 10:00:00' (text) and '2024-01-01 10:00' (text) as two rows" in reason, reason
+        _, reason = await wait_state(pg_dsn, "days", "held", d)
+        assert "'2024-01-02T00:00:00Z' (text) and '2024-01-02' (text) as two rows" in reason, reason
+        assert await pg_rows(pg_dsn, "SELECT n FROM app.ticks UNION ALL SELECT n FROM app.days") == [(1,), (1,)]
+        assert d.stop() == 0

@@ -41,9 +41,8 @@ def lossy_key_columns(spec: TableSpec) -> list[str]:
 def _date_spellings(pgtype: PgType, value: Any) -> list[Any]:
     """The usual spellings of the instant `value` (a converted date/time) stands for."""
     if pgtype is PgType.DATE:
-        # The date converter reads a date/time at midnight as its day, too.
-        midnight = dt.datetime(value.year, value.month, value.day)
-        return [value.isoformat(), *_date_spellings(PgType.TIMESTAMP, midnight)]
+        # The date converter reads a date/time at midnight as its day, too (the bare day among them).
+        return _date_spellings(PgType.TIMESTAMP, dt.datetime(value.year, value.month, value.day))
     moment = value
     if pgtype is PgType.TIMESTAMPTZ:
         moment = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
@@ -59,6 +58,10 @@ def _date_spellings(pgtype: PgType, value: Any) -> list[Any]:
         for frac in fractions:
             for zone in zones:
                 out.append(base.format(sep) + frac + zone)
+        if moment.second == 0 and moment.microsecond == 0:  # a whole minute needs no seconds
+            out += [moment.strftime(f"%Y-%m-%d{sep}%H:%M") + zone for zone in zones]
+    if moment.time() == dt.time():
+        out.append(moment.strftime("%Y-%m-%d"))  # midnight: the bare day
     epoch = (moment - dt.datetime(1970, 1, 1)).total_seconds()
     out.append(epoch)
     if epoch.is_integer():
