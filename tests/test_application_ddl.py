@@ -183,13 +183,18 @@ REBUILDS = {
     "integer_key_retyped_text": """
         CREATE TABLE products_new (id TEXT PRIMARY KEY, code TEXT NOT NULL, name TEXT);
         INSERT INTO products_new SELECT CAST(id AS TEXT), code, name FROM products;""",
+    "integer_key_kept_as_a_plain_column": """
+        CREATE TABLE products_new (id INTEGER, code TEXT NOT NULL, name TEXT);
+        INSERT INTO products_new SELECT id, code, name FROM products;
+        INSERT INTO products_new VALUES (NULL, 'p3', 'three');""",
 }
 
 
 @pytest.mark.parametrize("rebuild", REBUILDS)
 async def test_a_rebuild_off_an_integer_primary_key_is_reloaded(app_db, make_config, pg_dsn, tmp_path, rebuild):
     """The INTEGER PRIMARY KEY is an identity column in Postgres, which Postgres will not
-    keep aside nor retype: a rebuild dropping it or retyping it reloads the table."""
+    keep aside nor retype: a rebuild dropping it, retyping it or keeping it as a plain
+    column of a table without a key (NULL allowed) reloads the table."""
     await migrated(app_db, make_config, pg_dsn, tmp_path,
                    "CREATE TABLE products (id INTEGER PRIMARY KEY, code TEXT NOT NULL, name TEXT); "
                    "INSERT INTO products VALUES (1, 'p1', 'one'), (2, 'p2', 'two');",

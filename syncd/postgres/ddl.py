@@ -777,9 +777,13 @@ async def reshape_empty_table(conn: asyncpg.Connection, schema: str, spec: Table
             await run_ddl(conn, f"ALTER TABLE {table} DROP CONSTRAINT {quote_pg_ident(conname)}")
         # Postgres keeps the NOT NULL its primary key gave the old key's columns: one that
         # SQLite lets hold NULL (a rowid table's TEXT PRIMARY KEY, now keyed on the rowid)
-        # would refuse those rows.
+        # would refuse those rows. An INTEGER PRIMARY KEY kept as a plain column is an
+        # identity column no longer (Postgres would number rows SQLite leaves NULL, and
+        # refuses DROP NOT NULL on one).
         for name in pg.key:
             col = next((c for c in spec.columns if c.name == name), None)
+            if col is not None and name not in spec.key and getattr(pg.column(name), "identity", False):
+                await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(name)} DROP IDENTITY IF EXISTS")
             if col is not None and name not in spec.key and not col.notnull:
                 await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(name)} DROP NOT NULL")
         await run_ddl(conn, f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(quote_pg_ident(k) for k in spec.key)})")
