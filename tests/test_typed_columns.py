@@ -62,6 +62,32 @@ def test_a_value_that_does_not_come_back_exactly_keeps_the_column_text(values, w
     assert v.keys == keys
 
 
+def test_integers_that_are_all_yyyymmdd_dates_are_not_read_as_seconds_since_1970():
+    v = verdict([20240105, 19991231, None], declared="DATE")
+    assert (v.pgtype, v.format, v.why, v.keys, v.example) == (None, None, dates.YYYYMMDD, [(1,), (2,)], 20240105)
+    # one integer that is no YYYYMMDD date (a real epoch, Feb 29 of 2023): the column is an epoch
+    for other in (1714557600, 20230229):
+        v = verdict([20240105, other], declared="DATE")
+        assert (v.format.spec, v.pgtype) == ("unixepoch", PgType.TIMESTAMPTZ)
+
+
+def test_the_cutovers_reading_of_a_column_past_its_sample_finds_an_epoch_among_yyyymmdd_integers(tmp_path):
+    from syncd.config import SourceSettings
+    from syncd.sqlite.introspect import introspect
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, day DATE, at DATE)")
+    conn.executemany("INSERT INTO t VALUES (?, 20240105, 20240105)", [(i,) for i in range(dates.QUICK_SAMPLE)])
+    conn.execute("INSERT INTO t VALUES (?, 20231231, 1714557600)", (dates.QUICK_SAMPLE,))  # past the sample
+    conn.commit()
+    conn.isolation_level = None  # introspect opens its own transaction
+    spec = introspect(conn, SourceSettings(name="app", path=str(db))).tables["t"]
+    got = dates.audit_quick(conn, spec, ["day", "at"])
+    assert (got["day"].pgtype, got["day"].why) == (None, dates.YYYYMMDD)
+    assert (got["at"].format.spec, got["at"].pgtype, got["at"].misfits) == ("unixepoch", PgType.TIMESTAMPTZ, 0)
+
+
 def test_the_timestamp_flavour_can_be_overridden():
     assert verdict(["2024-01-02 10:00:00"], override=PgType.TIMESTAMPTZ).pgtype is PgType.TIMESTAMPTZ
     assert verdict(["2024-01-02T10:00:00Z"], override=PgType.TIMESTAMP).pgtype is PgType.TIMESTAMP
@@ -540,3 +566,43 @@ async def test_a_typed_column_dropped_and_added_again_while_syncd_was_stopped_is
         assert d.stop() == 0
     out = run_cli(cfg, "verify")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_integers_that_read_as_yyyymmdd_dates_keep_their_column_untyped_through_the_cutover(
+        tmp_path, make_config, pg_dsn):
+    """An application storing dates as YYYYMMDD integers (20240105) in a DATE column:
+    read as seconds since 1970 they would be instants of 1970-08-23, and the application
+    switched to Postgres would read those. Integers that are all valid YYYYMMDD dates are
+    ambiguous: the column keeps its dual-write type (text), the application reads the
+    value it stored, and `syncd schema` says why and which override types it. A single
+    integer that is no YYYYMMDD date (a real epoch) keeps the column an epoch."""
+    from tests.test_cutover import ready_config
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE orders (id INTEGER PRIMARY KEY, due DATE, paid DATETIME);
+        INSERT INTO orders VALUES (1, 20240105, 20240229), (2, 19991231, 1714557600);
+    """)
+    cfg = ready_config(make_config, tmp_path, db)
+    out = run_cli(cfg, "schema")
+    assert out.returncode == 0, out.stdout + out.stderr
+    due = [line for line in out.stdout.splitlines() if '"due"' in line]
+    assert any("integers that read as YYYYMMDD dates as well as seconds since 1970" in line
+               and '[sources.columns."orders"] due = ' in line for line in due), out.stdout
+    overridden = make_config([{"name": "app", "path": str(db), "columns": {"orders": {"due": "bigint"}}}],
+                             name="overridden.toml")
+    out = run_cli(overridden, "schema")
+    assert out.returncode == 0 and '"due" bigint' in out.stdout and "YYYYMMDD" not in out.stdout, out.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        assert d.stop() == 0
+    r = run_cli(cfg, "cutover")
+    assert r.returncode == 0, r.stdout + r.stderr
+    types = dict(await pg_rows(pg_dsn, "SELECT column_name, data_type FROM information_schema.columns "
+                                       "WHERE table_schema = 'app' AND table_name = 'orders'"))
+    assert (types["due"], types["paid"]) == ("text", "timestamp with time zone"), types
+    assert await pg_rows(pg_dsn, "SELECT due, paid FROM app.orders ORDER BY id") == [
+        ("20240105", dt.datetime(1970, 8, 23, 6, 17, 9, tzinfo=dt.timezone.utc)),
+        ("19991231", dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.timezone.utc))]

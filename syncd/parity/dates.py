@@ -99,6 +99,22 @@ def parse_spec(spec: str) -> Format:
 _VALUE = re.compile(r"(\d{4})-(\d\d)-(\d\d)(?:([ T])(\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)?(Z|[+-]\d\d:\d\d)?)?")
 
 
+# Why a column of such integers is not typed (see is_yyyymmdd).
+YYYYMMDD = "integers that read as YYYYMMDD dates as well as seconds since 1970"
+
+
+def is_yyyymmdd(value: Any) -> bool:
+    """An integer of 8 digits naming a real date as YYYYMMDD (20240105): also an epoch of
+    1970-04-26 to 1973-03-03, so a column of nothing else may hold either."""
+    if type(value) is not int or not 10000101 <= value <= 99991231:
+        return False
+    try:
+        dt.date(value // 10000, value // 100 % 100, value % 100)
+    except ValueError:
+        return False
+    return True
+
+
 def shape(value: Any) -> Format | str:
     """The spelling one stored value has, or why it has none ("real", "other")."""
     if type(value) is int:
@@ -268,6 +284,10 @@ def strict_converter(pgtype: PgType, spec: str, declared: str = "") -> Callable[
 # --- one column, all its values -------------------------------------------------------
 
 
+# Counts kept beside the spellings' own, of values some spelling holds.
+MARKS = ("zero-fraction", YYYYMMDD)
+
+
 @dataclass
 class ColumnAudit:
     """Every stored value of one column against the spelling most of them use."""
@@ -295,6 +315,12 @@ class ColumnAudit:
         if len(keys) < SAMPLE_KEYS:
             keys.append(key)
         self.examples.setdefault(name, value)
+        if is_yyyymmdd(value):
+            self.shapes[YYYYMMDD] += 1
+            keys = self.samples.setdefault(YYYYMMDD, [])
+            if len(keys) < SAMPLE_KEYS:
+                keys.append(key)
+            self.examples.setdefault(YYYYMMDD, value)
         if isinstance(got, Format):
             if got.frac == 6 and value[20:26] == "000000":
                 if len(self.zero_fraction) < SAMPLE_KEYS:
@@ -310,7 +336,7 @@ class ColumnAudit:
 
     def verdict(self, override: PgType | None = None) -> "Verdict":
         """The type and spelling the column can take, or why it stays text."""
-        formats = [s for s in self.shapes if s != "zero-fraction"]
+        formats = [s for s in self.shapes if s not in MARKS]
         if not self.values:
             fmt = Format("date") if "DATE" in self.declared.upper() and "TIME" not in self.declared.upper() \
                 else Format("datetime")
@@ -318,7 +344,7 @@ class ColumnAudit:
                            f"spelling ({fmt.spec}) is assumed")
         fmt = _choose(self.shapes)
         if fmt is None:
-            top = self.shapes.most_common(1)[0][0]
+            top = next(s for s, _n in self.shapes.most_common() if s not in MARKS)
             return Verdict(self, None, None, self.values, why=top, keys=self.samples[top][:SAMPLE_KEYS],
                            example=self.examples.get(top))
         ok_specs = {fmt.spec}
@@ -350,6 +376,9 @@ class ColumnAudit:
             why = why or "six zero fraction digits (the spelling drops a zero fraction)"
         if count:
             return Verdict(self, fmt, None, count, why=why, keys=misfit_keys[:SAMPLE_KEYS], example=example)
+        if fmt.kind == "epoch" and self.shapes[YYYYMMDD] == self.shapes[fmt.spec]:
+            return Verdict(self, None, None, 0, why=YYYYMMDD, keys=self.samples[YYYYMMDD][:SAMPLE_KEYS],
+                           example=self.examples[YYYYMMDD])
         return Verdict(self, fmt, _flavour(fmt, override), 0)
 
 
@@ -362,7 +391,7 @@ def _flavour(fmt: Format, override: PgType | None) -> PgType:
 def _choose(shapes: Counter) -> Format | None:
     """The spelling most values use (a mix of none and six fraction digits is Python's
     isoformat()), or None when the most common is no date at all."""
-    specs = [(n, s) for s, n in shapes.most_common() if s != "zero-fraction"]
+    specs = [(n, s) for s, n in shapes.most_common() if s not in MARKS]
     for _n, s in specs:
         try:
             fmt = parse_spec(s)
@@ -562,6 +591,13 @@ def audit_quick(conn, spec, columns: list[str], override: PgType | None = None) 
                 if sample.values >= QUICK_SAMPLE:
                     break
             first = sample.verdict(override)
+            if first.format is None and first.why == YYYYMMDD and sample.values >= QUICK_SAMPLE:
+                # The sample reads both ways; the column does unless an integer past it is no YYYYMMDD date.
+                d = f"printf('%04d-%02d-%02d', {col} / 10000, {col} / 100 % 100, {col} % 100)"
+                other = (f"typeof({col}) = 'integer' AND NOT ({col} BETWEEN 10000101 AND 99991231 "
+                         f"AND date({d}, '+0 days') IS {d})")
+                if any(n for (n,), in windows.scan(conn, spec.name, order, f"coalesce(sum({other}), 0)")):
+                    first = Verdict(sample, Format("epoch"), _flavour(Format("epoch"), override), 0)
             if first.format is None or sample.values < QUICK_SAMPLE:
                 out[name] = first  # the sample is every value, or no spelling: its verdict stands
                 continue

@@ -20,6 +20,8 @@ nothing (`left_out`).
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -252,6 +254,15 @@ def _plan_types(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], o
             plan.items.append(Item("type", spec.name, what, column=col.name,
                                    why="becomes date/timestamp/timestamptz at cutover if every stored value "
                                        "converts exactly and back (checked then, value by value)"))
+            continue
+        if not verdict.typed and verdict.why == dates.YYYYMMDD:
+            key = col.name if re.fullmatch(r"[A-Za-z0-9_-]+", col.name) else json.dumps(col.name)
+            todo = (f'a [sources.columns] override types them: [sources.columns.{json.dumps(spec.name)}] {key} = '
+                    '"timestamptz" if they are seconds since 1970, "bigint" to keep the integers')
+            plan.items.append(Item(
+                "type", spec.name, what, column=col.name, verdict=verdict, todo=todo,
+                left_out=f"kept as text: its {verdict.audit.values} value(s) are all {dates.YYYYMMDD} "
+                         f"(e.g. {verdict.example}); {todo}"))
             continue
         if not verdict.typed:
             keys = ", ".join(_key(k) for k in verdict.keys)
