@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import pg_rows, table_states, wait_caught_up
 
@@ -244,4 +246,59 @@ async def test_an_instant_written_again_with_its_zero_seconds_or_as_midnight_hol
         _, reason = await wait_state(pg_dsn, "days", "held", d)
         assert "'2024-01-02T00:00:00Z' (text) and '2024-01-02' (text) as two rows" in reason, reason
         assert await pg_rows(pg_dsn, "SELECT n FROM app.ticks UNION ALL SELECT n FROM app.days") == [(1,), (1,)]
+        assert d.stop() == 0
+
+
+@pytest.mark.parametrize("pgtype, spelling, usual", [
+    ("timestamp", " 2024-01-01 10:00:00", "2024-01-01 10:00:00"),  # surrounding whitespace
+    ("timestamp", "2024-01-01 10:00:00+0000", "2024-01-01 10:00:00"),  # an offset of zero spelled otherwise
+    ("timestamptz", "2024-01-01 10:00:00-00:00", "2024-01-01 10:00:00Z"),
+    ("timestamp", "2024-01-01 11:00:00+01:00", "2024-01-01 10:00:00"),  # the instant at another offset
+    ("timestamp", "2024-01-01 10", "2024-01-01 10:00:00"),  # the hour alone
+    ("timestamp", "2024-01-01t10:00:00z", "2024-01-01 10:00:00"),  # lower case, or another separator
+    ("timestamp", "2024-01-01 10:00:00,5", "2024-01-01 10:00:00.5"),  # a comma as decimal sign
+    ("timestamp", "20240101T100000", "2024-01-01 10:00:00"),  # ISO 8601's basic format (and week dates)
+    ("date", "2024-W01-1", "2024-01-01"),
+    ("date", " 2024-01-01 ", "2024-01-01"),
+    ("date", "0999-01-01T00:00:00", "0999-01-01"),  # a year before 1000 (it was looked up as '999-01-01')
+])
+async def test_a_key_in_a_spelling_syncd_cannot_look_up_holds_the_table(app_db, make_config, pg_dsn, tmp_path,
+                                                                       pgtype, spelling, usual):
+    """The converter reads more spellings of an instant than syncd can look up in SQLite
+    (any whitespace, any offset, any separator): with such a key in SQLite, writing the
+    usual spelling next to it upserted it over that row in Postgres while the table kept
+    streaming, one of two SQLite rows lost in silence. A key so spelled holds its
+    table, named, when it is written; before a load, the audit holds it too."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ticks (at TEXT PRIMARY KEY, n INTEGER);"
+                       "INSERT INTO ticks VALUES ('2023-06-01', 0);")
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"ticks": {"at": pgtype}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO ticks VALUES (?, 1)", (spelling,))
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d, settled=("streaming", "held"))
+        conn.execute("INSERT INTO ticks VALUES (?, 2)", (usual,))  # in a batch of its own
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d, settled=("streaming", "held"))
+        state, reason = (await table_states(pg_dsn, "app"))["ticks"]
+        assert state == "held" and 'table "ticks"' in reason and repr(spelling) in reason, (state, reason)
+        # Nothing merged: the first held (or, a spelling looked up, kept), the second not written over it.
+        assert await pg_rows(pg_dsn, "SELECT n FROM app.ticks ORDER BY n") in ([(0,)], [(0,), (1,)])
+        conn.execute("DELETE FROM ticks WHERE n = 1")
+        await wait_state(pg_dsn, "ticks", "streaming", d)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT n FROM app.ticks ORDER BY n") == [(0,), (2,)]
+        assert d.stop() == 0
+
+
+async def test_a_key_in_a_spelling_syncd_cannot_look_up_is_held_before_a_load(app_db, make_config, pg_dsn, tmp_path):
+    """Loaded, the key ' 2024-01-01 10:00:00' was overwritten in Postgres by a later
+    '2024-01-01 10:00:00', the table streaming on: the audit before a load holds it."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ticks (at TEXT PRIMARY KEY, n INTEGER);"
+                       "INSERT INTO ticks VALUES (' 2024-01-01 10:00:00', 1);")
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"ticks": {"at": "timestamp"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d, settled=("streaming", "held"))
+        state, reason = (await table_states(pg_dsn, "app"))["ticks"]
+        assert state == "held" and "audit before load" in reason and "' 2024-01-01 10:00:00'" in reason, reason
         assert d.stop() == 0

@@ -11,6 +11,7 @@ before each apply (a lookup of the other spellings of each upserted key).
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 from typing import Any
 
@@ -22,6 +23,9 @@ from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import PgType, ValueMismatch, converter_of, real_text
 
 _DATES = (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE)
+# A text so spelled is among the _date_spellings of the instant it converts to.
+_USUAL_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                         r"(?:[ T][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?(?:Z|\+00:00)?)?")
 
 
 def lossy_key_columns(spec: TableSpec) -> list[str]:
@@ -47,7 +51,9 @@ def _date_spellings(pgtype: PgType, value: Any) -> list[Any]:
     if pgtype is PgType.TIMESTAMPTZ:
         moment = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
     out = []
-    base = moment.strftime("%Y-%m-%d{}%H:%M:%S")
+    # The year in four digits (strftime's %Y writes year 999 as '999', which no converter reads).
+    day = f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+    base = day + f"{{}}{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
     # The fraction in every number of digits that keeps all of it ('.5' to '.500000'); none
     # only for the whole second, another instant otherwise.
     digits = f"{moment.microsecond:06d}"
@@ -59,9 +65,9 @@ def _date_spellings(pgtype: PgType, value: Any) -> list[Any]:
             for zone in zones:
                 out.append(base.format(sep) + frac + zone)
         if moment.second == 0 and moment.microsecond == 0:  # a whole minute needs no seconds
-            out += [moment.strftime(f"%Y-%m-%d{sep}%H:%M") + zone for zone in zones]
+            out += [f"{day}{sep}{moment.hour:02d}:{moment.minute:02d}" + zone for zone in zones]
     if moment.time() == dt.time():
-        out.append(moment.strftime("%Y-%m-%d"))  # midnight: the bare day
+        out.append(day)  # midnight: the bare day
     epoch = (moment - dt.datetime(1970, 1, 1)).total_seconds()
     out.append(epoch)
     if epoch.is_integer():
@@ -105,6 +111,32 @@ def collision_reason(spec: TableSpec, a: tuple, b: tuple) -> str:
             "in SQLite (or give the key column a type that tells them apart) and the table resumes")
 
 
+def unusual_spelling(spec: TableSpec, raw: tuple, pg: tuple) -> str | None:
+    """The hold reason when a date key of `raw` (converted: `pg`) is spelled other than
+    the usual spellings (_date_spellings), else None. The converter reads an open-ended
+    set ('2024-01-01x10', any whitespace, any offset): another row spelling the instant
+    so could not be looked up, and would be merged with this one in Postgres in silence."""
+    for i, k in enumerate(spec.key):
+        col = spec.column(k)
+        pgtype = col.pgtype
+        if pgtype not in _DATES or pg[i] is None or col.sqlite_expr is not None:
+            continue
+        if col.sqlite_format is not None:
+            continue  # a column schema parity typed converts one spelling of each instant only
+        if type(raw[i]) is str and _USUAL_TEXT.fullmatch(raw[i]):
+            continue  # one parse of the usual ones, not a list of them for every key of a table
+        usual = _date_spellings(pgtype, pg[i])
+        if type(raw[i]) is not str and any(type(f) is type(raw[i]) and f == raw[i] for f in usual):
+            continue
+        write = pg[i].isoformat() if pgtype is PgType.DATE else usual[0]
+        return (f'table "{spec.name}": SQLite holds the key {_describe(raw[i])} in "{k}", which Postgres holds as '
+                f"{format_key((write,))} ({pgtype.value}), but which syncd cannot look up among the other spellings "
+                "of that instant: a row under another one would be merged with it in Postgres; nothing is written: "
+                f"write it as {format_key((write,))} in SQLite (or give the key column a type that tells the "
+                "spellings apart) and the table resumes")
+    return None
+
+
 def stream_collision(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple]) -> str | None:
     """Before an apply: does any upserted row (SQLite form) share its Postgres key with
     another row? Checked within the batch, then by looking up the key's other spellings
@@ -122,6 +154,9 @@ def stream_collision(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple
             pg = tuple(f(v) for f, v in zip(convs, raw))
         except ValueMismatch:
             continue  # the converter holds the table with its own message
+        odd = unusual_spelling(spec, raw, pg)
+        if odd is not None:
+            return odd
         other = seen.setdefault(pg, raw)
         if _differs(other, raw):
             return collision_reason(spec, other, raw)
@@ -235,6 +270,9 @@ def audit_collisions(conn: sqlite3.Connection, spec: TableSpec) -> str | None:
                 continue  # reported by the value audit
             if any(v is None for v in pg):
                 continue
+            odd = unusual_spelling(spec, tuple(raw), pg)
+            if odd is not None:
+                return odd
             other = seen.setdefault(pg, tuple(raw))
             if _differs(other, tuple(raw)):
                 return collision_reason(spec, other, tuple(raw))
