@@ -302,3 +302,25 @@ async def test_a_key_in_a_spelling_syncd_cannot_look_up_is_held_before_a_load(ap
         state, reason = (await table_states(pg_dsn, "app"))["ticks"]
         assert state == "held" and "audit before load" in reason and "' 2024-01-01 10:00:00'" in reason, reason
         assert d.stop() == 0
+
+
+def test_the_lookup_of_a_keys_other_spellings_seeks_on_every_key_column(tmp_path):
+    """A date key column after another key column (PRIMARY KEY (dev, at)): its other
+    spellings are looked up by seeking on both columns in the key's index, never by reading
+    every row of the first column's value (a lookup per written row)."""
+    from syncd.config import SourceSettings
+    from syncd.sqlite import key_identity
+    from syncd.sqlite.introspect import introspect
+
+    conn = sqlite3.connect(tmp_path / "app.db")
+    conn.execute("CREATE TABLE u (dev TEXT, at TEXT, v INTEGER, PRIMARY KEY (dev, at))")
+    spec = introspect(conn, SourceSettings(name="app", path=str(tmp_path / "app.db"),
+                                           columns={"u": {"at": "timestamp"}})).tables["u"]
+    lookups: list[str] = []
+    conn.set_trace_callback(lambda sql: lookups.append(sql) if sql.startswith("SELECT") else None)
+    assert key_identity.stream_collision(conn, spec, [("d", "2024-01-02 10:00:00", 2)]) is None
+    assert key_identity.survivors(conn, spec, [("d", "2024-01-02 10:00:00")]) == ([], [("d", "2024-01-02 10:00:00")])
+    conn.set_trace_callback(None)
+    plans = [row[3] for sql in lookups for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+    conn.close()
+    assert lookups and all("(dev=? AND at=?)" in p for p in plans), plans

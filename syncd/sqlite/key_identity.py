@@ -172,9 +172,9 @@ def stream_collision(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple
 def _spelled_otherwise(conn: sqlite3.Connection, spec: TableSpec, cols: str, raw: tuple, i: int,
                        alts: list[Any]) -> tuple | None:
     """`cols` of a row whose key is `raw` but for key column i, which holds one of `alts`
-    in that value's own storage class; None if there is none. One lookup for them all."""
-    if not alts:
-        return None
+    in that value's own storage class; None if there is none. One lookup per storage class
+    (text, integer, real), each an IN list that seeks on every key column in the key's index
+    (an OR of the classes would seek on the columns before column i only)."""
     conds, params = [], []
     for j, k in enumerate(spec.key):
         if j != i:
@@ -184,13 +184,14 @@ def _spelled_otherwise(conn: sqlite3.Connection, spec: TableSpec, cols: str, raw
     for alt in alts:
         by_class.setdefault(_typeof(alt), []).append(alt)
     k = spec.key[i]
-    either = []
     for cls, values in by_class.items():
-        either.append(f"({spec.key_sql(k)} IN ({', '.join('?' * len(values))}) AND typeof({spec.sqlite_ref(k)}) = ?)")
-        params += [*values, cls]
-    conds.append("(" + " OR ".join(either) + ")")
-    return conn.execute(f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE {' AND '.join(conds)} LIMIT 1",
-                        params).fetchone()
+        where = " AND ".join([*conds, f"{spec.key_sql(k)} IN ({', '.join('?' * len(values))})",
+                              f"typeof({spec.sqlite_ref(k)}) = ?"])
+        found = conn.execute(f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE {where} LIMIT 1",
+                             [*params, *values, cls]).fetchone()
+        if found is not None:
+            return found
+    return None
 
 
 def survivors(conn: sqlite3.Connection, spec: TableSpec, deletes: list[tuple]) -> tuple[list[tuple], list[tuple]]:
