@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import json
 import os
 import sqlite3
 import time
@@ -58,6 +59,9 @@ class TableStatus:
     last_verify_pending: tuple[int, str] | None = None
     last_compared_at: str | None = None  # the last check that compared the table (and did not fail)
     copied_at: str | None = None  # its rows last copied (a load, a reload, either way): older checks do not count
+    # How its columns in the SQLite file now differ from those the last check compared (a
+    # column added since was never compared): that check is not the table's consistency now.
+    columns_changed: str | None = None
     resync_requested: bool = False  # `syncd resync` asked for it; the daemon has not taken it up yet
 
 
@@ -133,13 +137,22 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
         conn.text_factory = surrogate_text  # a table's name is whatever bytes the application gave SQLite
         tables = dict(conn.execute("SELECT name, sql LIKE 'CREATE VIRTUAL TABLE%' FROM main.sqlite_master "
                                    "WHERE type = 'table'").fetchall())
+        # Each table's columns as a consistency check compares them (introspect: hidden
+        # columns of virtual tables left out), in one statement; virtual tables not asked
+        # (their module may not be loaded here).
+        columns: dict[str, list[str]] = {}
+        for table, column in conn.execute(
+                "SELECT m.name, p.name FROM main.sqlite_master m, pragma_table_xinfo(m.name, 'main') p "
+                "WHERE m.type = 'table' AND m.sql NOT LIKE 'CREATE VIRTUAL TABLE%' AND p.hidden IN (0, 2, 3) "
+                "ORDER BY m.name, p.cid"):
+            columns.setdefault(table, []).append(column)
         conn.text_factory = str
         meta = capture.read_meta(conn) if capture.META in tables else {}
         if capture.REGISTRY in tables:  # a damaged row is UNKNOWN here, as it stops the daemon
             for name, key in conn.execute(f"SELECT name, key_columns FROM main.{quote_ident(capture.REGISTRY)}"):
                 capture.registry_key(conn, name, key)
         out = {"installed": meta.get("capture_id") is not None, "max_seq": 0, "pending": 0, "bytes": 0,
-               "names": os.stat(source.path).st_nlink,
+               "names": os.stat(source.path).st_nlink, "columns": columns,
                "not_migrated": [], "suspended": meta.get(disk_guard.SUSPENDED_KEY),
                "frozen": meta.get(freeze.FROZEN_KEY) is not None}
         if any(tables.values()) or any(not_utf8(n) for n in tables):
@@ -310,7 +323,8 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
                             AND c.table_name = t.table_name AND c.full_check AND c.error IS NULL
                             AND c.started_at >= coalesce(t.snapshot_finished_at, '-infinity')
                             AND c.finished_at <= $2),
-                           v.pending, coalesce(v.detail::json->>'reason', 'no reason recorded')
+                           v.pending, coalesce(v.detail::json->>'reason', 'no reason recorded'),
+                           (v.detail::json->'columns')::text
                     FROM {q}.tables t CROSS JOIN LATERAL (
                         SELECT finished_at, missing, extra, different, pending, error, full_check, detail
                         FROM {q}.verify_runs r
@@ -475,10 +489,12 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         if state in (bk.LOADING, bk.PENDING):
             t.snapshot_rows, t.snapshot_total = snap_rows, snap_total
         if name in pg.verify:
-            at, diffs, err, uncompared, compared_at, pending, why = pg.verify[name]
+            at, diffs, err, uncompared, compared_at, pending, why, compared = pg.verify[name]
             t.last_verify_at, t.last_verify_differences, t.last_verify_error = _iso(at), diffs, err
             t.last_verify_uncompared, t.last_compared_at = uncompared, _iso(compared_at)
             t.last_verify_pending = (pending, why) if pending else None
+            if compared is not None and isinstance(lite, dict):
+                t.columns_changed = _columns_changed(json.loads(compared), lite["columns"].get(name))
         st.tables.append(t)
 
     mine = (live or {}).get("sources", {}).get(source.name)
@@ -524,6 +540,22 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         st.state = _derive_state(st)
         st._derived = True  # not the daemon's word (an attribute, not a field: not in --json)
     return st
+
+
+def _columns_changed(then: object, now: list[str] | None) -> str | None:
+    """How a table's columns `now` differ from those a check compared `then`, as the
+    report says it (None: alike, or not known)."""
+    if not isinstance(then, list) or now is None or then == now:
+        return None
+    added = [c for c in now if c not in then]
+    gone = [c for c in then if c not in now]
+
+    def named(cols: list[str]) -> str:
+        shown = ", ".join(f'column "{c}"' for c in cols[:5])
+        return shown + (f" and {len(cols) - 5} more" if len(cols) > 5 else "")
+
+    said = ([f"{named(added)} added"] if added else []) + ([f"{named(gone)} gone"] if gone else [])
+    return "; ".join(said) or "reordered"
 
 
 def _lag_without_daemon(st: SourceStatus, src: tuple | None) -> float | None:
@@ -729,6 +761,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
             p.append(Problem("warning", f'table "{t.name}": last consistency check could not confirm '
                                         f"{t.last_verify_pending[0]} row(s) still changing: "
                                         f"{t.last_verify_pending[1]}"))
+        elif t.columns_changed:
+            p.append(Problem("warning", f'table "{t.name}": consistency not checked since its columns changed '
+                                        f"({t.columns_changed})"))
         elif t.last_compared_at is None:
             since = f" since the table was copied ({t.copied_at})" if t.copied_at else " yet"
             p.append(Problem("warning", f'table "{t.name}": consistency not checked{since}'))

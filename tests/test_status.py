@@ -453,6 +453,49 @@ async def test_a_check_made_before_a_table_was_copied_again_is_not_its_consisten
         assert "before the table was copied again" not in run_cli(cfg, "report").stdout
 
 
+async def test_a_check_made_before_a_tables_columns_changed_is_not_its_consistency(tmp_path, make_config, pg_dsn):
+    """A column added since the last consistency check was never compared: its values
+    may all differ in Postgres. `syncd status` says the table is not checked since its
+    columns changed, as the report does, not "ok" from the check before, until a check
+    compares the table as it is."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.close()
+    # Checked by `syncd verify` alone: no check of the daemon's repairs the column meanwhile.
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+
+    def status():
+        r = run_cli(cfg, "status", "--json")
+        return r.returncode, [p["message"] for p in json.loads(r.stdout)["sources"][0]["problems"]]
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        assert status() == (0, [])
+
+        conn = sqlite3.connect(db)
+        conn.execute("ALTER TABLE t ADD COLUMN tag TEXT")
+        conn.execute("UPDATE t SET tag = 'x'")
+        conn.commit()
+        conn.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            await pg.execute("UPDATE app.t SET tag = 'not what SQLite holds'")  # the column never compared
+        finally:
+            await pg.close()
+        code, problems = status()
+        assert 'table "t": consistency not checked since its columns changed (column "tag" added)' in problems, \
+            problems
+        assert code == WARNING, problems
+
+        assert run_cli(cfg, "verify").returncode != 0  # compared as it is now: the difference shows
+        code, problems = status()
+        assert code == CRITICAL and any('table "t": 1 row(s) differed' in m for m in problems), problems
+        assert not any("columns changed" in m for m in problems), problems
+
+
 async def test_status_waits_for_a_locked_file_as_long_as_read_busy_timeout_ms(tmp_path, pg_dsn):
     """A file its application holds locked is read again after the first look, waited for
     [sqlite] read_busy_timeout_ms as every syncd reader waits: a lock let go within it is
