@@ -29,7 +29,7 @@ from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
 from syncd.sqlite.connection import (AWAITS_RECOVERY, file_problem, hard_links, is_busy, left_mid_transaction,
                                     not_utf8, open_readonly, surrogate_text)
 from syncd.sqlite.introspect import is_internal, list_tables
-from syncd.verify.history import host_clock_offset
+from syncd.verify.history import columns_changed, host_clock_offset
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 VERDICTS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -494,7 +494,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
             t.last_verify_uncompared, t.last_compared_at = uncompared, _iso(compared_at)
             t.last_verify_pending = (pending, why) if pending else None
             if compared is not None and isinstance(lite, dict):
-                t.columns_changed = _columns_changed(json.loads(compared), lite["columns"].get(name))
+                t.columns_changed = columns_changed(json.loads(compared), lite["columns"].get(name)) or None
         st.tables.append(t)
 
     mine = (live or {}).get("sources", {}).get(source.name)
@@ -540,22 +540,6 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         st.state = _derive_state(st)
         st._derived = True  # not the daemon's word (an attribute, not a field: not in --json)
     return st
-
-
-def _columns_changed(then: object, now: list[str] | None) -> str | None:
-    """How a table's columns `now` differ from those a check compared `then`, as the
-    report says it (None: alike, or not known)."""
-    if not isinstance(then, list) or now is None or then == now:
-        return None
-    added = [c for c in now if c not in then]
-    gone = [c for c in then if c not in now]
-
-    def named(cols: list[str]) -> str:
-        shown = ", ".join(f'column "{c}"' for c in cols[:5])
-        return shown + (f" and {len(cols) - 5} more" if len(cols) > 5 else "")
-
-    said = ([f"{named(added)} added"] if added else []) + ([f"{named(gone)} gone"] if gone else [])
-    return "; ".join(said) or "reordered"
 
 
 def _lag_without_daemon(st: SourceStatus, src: tuple | None) -> float | None:

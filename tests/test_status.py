@@ -457,10 +457,12 @@ async def test_a_check_made_before_a_tables_columns_changed_is_not_its_consisten
     """A column added since the last consistency check was never compared: its values
     may all differ in Postgres. `syncd status` says the table is not checked since its
     columns changed, as the report does, not "ok" from the check before, until a check
-    compares the table as it is."""
+    compares the table as it is. A table without a key, whose check compares the rowid
+    column syncd keys it on in Postgres, changed nothing."""
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db)
-    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');"
+                       "CREATE TABLE events (msg TEXT); INSERT INTO events VALUES ('started');")
     conn.close()
     # Checked by `syncd verify` alone: no check of the daemon's repairs the column meanwhile.
     cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})

@@ -14,7 +14,7 @@ from syncd.postgres.bookkeeping import REFUSED
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.report.facts import TO_SQLITE, MigrationFacts, RehearsalFacts, SourceFacts, TableFacts
 from syncd.sqlite.leftout import EXCLUDED
-from syncd.verify.history import VerifyRun
+from syncd.verify.history import VerifyRun, columns_changed
 
 HALTED = ("held", "paused")
 
@@ -547,16 +547,8 @@ def _source_unusable(s: SourceFacts, bad: list[str]) -> bool:
 
 
 def _columns_changed(run: VerifyRun, t: TableFacts) -> str:
-    """How the table's columns now differ from those `run` compared ('' alike, or not
-    known: a run recorded by an earlier syncd, a file not read)."""
-    then = run.detail.get("columns")
-    if not isinstance(then, list) or t.columns is None or then == t.columns:
-        return ""
-    added = [c for c in t.columns if c not in then]
-    gone = [c for c in then if c not in t.columns]
-    named = lambda cols: _some([f'column "{c}"' for c in cols])  # noqa: E731
-    said = ([f"{named(added)} added"] if added else []) + ([f"{named(gone)} gone"] if gone else [])
-    return "; ".join(said) or "reordered"
+    """How the table's columns now differ from those `run` compared (verify.history)."""
+    return columns_changed(run.detail.get("columns"), t.columns)
 
 
 def _state_text(t: TableFacts) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass
 
 import asyncpg
@@ -39,6 +40,30 @@ def on_host_clock(runs: list["VerifyRun"], offset: dt.timedelta) -> list["Verify
             if r.first_at is not None:
                 r.first_at += offset
     return runs
+
+
+_ROWID_COLUMN = re.compile(r"_syncd_rowid(_\d+)?")  # introspect.rowid_column_name: syncd's, not the file's
+
+
+def columns_changed(then: object, now: list[str] | None) -> str:
+    """How a table's columns `now` (in the SQLite file) differ from those a check compared
+    `then` (its record's "columns"), as status and the report say it: '' alike, or not known
+    (a run recorded by an earlier syncd, a file not read). The rowid column syncd keys a
+    table without a key on in Postgres is compared by a check but is no column of the file."""
+    if not isinstance(then, list) or now is None:
+        return ""
+    then = [c for c in then if c in now or not _ROWID_COLUMN.fullmatch(c)]
+    if then == now:
+        return ""
+    added = [c for c in now if c not in then]
+    gone = [c for c in then if c not in now]
+
+    def named(cols: list[str]) -> str:
+        shown = ", ".join(f'column "{c}"' for c in cols[:5])
+        return shown + (f" and {len(cols) - 5} more" if len(cols) > 5 else "")
+
+    said = ([f"{named(added)} added"] if added else []) + ([f"{named(gone)} gone"] if gone else [])
+    return "; ".join(said) or "reordered"
 
 
 async def record(conn: asyncpg.Connection, bk_schema: str, r: TableVerifyResult, cut_over: bool = False) -> int:
