@@ -6,6 +6,7 @@ named, since SQLite has no spelling for it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 
 from tests.support.daemon import DaemonProcess, run_cli
@@ -123,3 +124,61 @@ async def test_verify_names_a_postgres_row_keyed_by_infinity_and_leaves_it_to_th
     assert "key 'infinity' not repaired" in out.stdout and "replayed" not in out.stdout, out.stdout
     assert await in_postgres(pg_dsn, "SELECT last_day::text FROM app.periods ORDER BY last_day") == [
         ("-infinity",), ("2024-01-01",), ("9999-12-31",), ("infinity",)]
+
+
+async def test_looking_up_a_last_day_key_reads_its_infinity_through_the_index_not_the_whole_table(pg_dsn):
+    """Keys at 9999-12-31 or 0001-01-01 (a common open end) are looked up with their
+    infinity twins (both read as that day in Python) through the key's index: the lookup
+    read every row of the table, once per lookup and per re-check round of every verify."""
+    import asyncpg
+
+    from syncd.postgres.connect import exact_instants
+    from syncd.verify.keyspace import key_space
+    from syncd.verify.postgres_side import PostgresTable
+    from tests.support import inprocess_verify as iv
+
+    lite = iv.sqlite_file()
+    lite.executescript("CREATE TABLE periods (last_day TEXT PRIMARY KEY, note TEXT);"
+                       "CREATE TABLE slots (day TEXT, n INTEGER, note TEXT, PRIMARY KEY (day, n));")
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        await exact_instants(pg)
+
+        async def run(fn, *args):
+            return fn(lite, *args)
+
+        async def lookup(spec, keys: list[tuple]) -> tuple[list[tuple], int]:
+            pt = PostgresTable(pg, "lookup", await key_space(run, pg, "lookup", spec), True)
+            scans = f"SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = 'lookup.{spec.name}'::regclass"
+            async with pg.transaction():
+                await pg.execute("SET LOCAL enable_seqscan = off")  # a scan is then only taken if nothing else can
+                before = await pg.fetchval(scans)
+                rows = await pt.rows_by_key(keys)
+                return sorted(r.tokens[-1].split(":", 1)[1] for r in rows), await pg.fetchval(scans) - before
+
+        periods = iv.spec_of(lite, "periods", {"last_day": "date"})
+        slots = iv.spec_of(lite, "slots", {"day": "date"})
+        await pg.execute("CREATE SCHEMA lookup")
+        for spec in (periods, slots):
+            await pg.execute(iv.create_table_sql("lookup", spec))
+        await pg.execute("INSERT INTO lookup.periods SELECT d::date, 'day' FROM generate_series("
+                         "'2000-01-01'::date, '2010-01-01', '1 day') d")
+        await pg.execute("INSERT INTO lookup.periods VALUES ('9999-12-31', 'open end'), ('infinity', 'infinity'), "
+                         "('0001-01-01', 'open start'), ('-infinity', '-infinity')")
+        await pg.execute("INSERT INTO lookup.slots SELECT '2024-01-01'::date + i, i, 'day' FROM generate_series(1, 3000) i")
+        await pg.execute("INSERT INTO lookup.slots VALUES ('9999-12-31', 1, 'open end'), ('infinity', 1, 'infinity'), "
+                         "('infinity', 2, 'another infinity'), ('2024-01-02', 7, 'seventh')")
+        await pg.execute("ANALYZE lookup.periods; ANALYZE lookup.slots")
+
+        rows, scans = await lookup(periods, [(dt.date.max,), (dt.date(2004, 2, 29),)])
+        assert scans == 0
+        assert rows == ["day", "infinity", "open end"], rows
+        rows, scans = await lookup(periods, [(dt.date.min,)])
+        assert scans == 0
+        assert rows == ["-infinity", "open start"], rows
+        rows, scans = await lookup(slots, [(dt.date.max, 1), (dt.date(2024, 1, 2), 7)])
+        assert scans == 0
+        assert rows == ["infinity", "open end", "seventh"], rows
+    finally:
+        await pg.close()
+        lite.close()

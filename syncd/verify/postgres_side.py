@@ -4,6 +4,7 @@ it never blocks the stream (MVCC) and takes no lock a writer would wait for."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -87,26 +88,35 @@ class PostgresTable:
     async def rows_by_key(self, keys: Sequence[tuple]) -> list[PgRow]:
         """Rows for keys given as Postgres values (exact match, one statement per batch).
         Postgres's infinity reads as the first or last day (instant) in Python: where a key
-        holds one of those, the rows keyed by an infinity are read too (the caller matches
-        rows to keys by their tokens, which tell them apart)."""
-        nkey = len(self.ks.key)
+        holds one of those, the row keyed by the infinity in its place is read too, by the
+        key's index (the caller matches rows to keys by their tokens, which tell them apart)."""
         types = [t.value for t in self.ks.key_types]
-        arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
-        if nkey == 1:
-            cond = f"{self.ks.pg_ref(0)} = ANY({arrays})"
-        else:
-            cond = f"({self.key_cols}) IN (SELECT * FROM unnest({arrays}))"
-        infinite = [f"NOT isfinite({self.ks.pg_ref(i)})" for i, t in enumerate(self.ks.key_types)
-                    if t in _INSTANTS and any(_extreme(k[i]) for k in keys)]
-        sql = f"SELECT {self.key_cols}, {self.tokens} FROM {self.table} WHERE {cond}"
-        first = f"{sql} OR {' OR '.join(infinite)}" if infinite else sql  # once, not with every batch
         out: list[PgRow] = []
-        for i in range(0, len(keys), LOOKUP_BATCH):
-            chunk = keys[i : i + LOOKUP_BATCH]
-            columns = [list(col) for col in zip(*chunk)]
-            for row in await self.conn.fetch(first if i == 0 else sql, *columns):
-                out.append(PgRow(tuple(row[:-1]), tuple(row[-1])))
+        await self._fetch_by_key(keys, [f"${i + 1}::{t}[]" for i, t in enumerate(types)], out)
+        # The infinity twins, grouped by the key columns holding an infinity (sent as text).
+        instants = [i for i, t in enumerate(self.ks.key_types) if t in _INSTANTS]
+        twins: dict[tuple[int, ...], dict[tuple, None]] = {}
+        for k in keys:
+            ext = [i for i in instants if _extreme(k[i])]
+            for n in range(1, len(ext) + 1):
+                for cols in itertools.combinations(ext, n):
+                    twin = tuple(_infinity(v) if i in cols else v for i, v in enumerate(k))
+                    twins.setdefault(cols, {})[twin] = None
+        for cols, group in twins.items():
+            arrays = [f"${i + 1}::text[]::{t}[]" if i in cols else f"${i + 1}::{t}[]" for i, t in enumerate(types)]
+            await self._fetch_by_key(list(group), arrays, out)
         return out
+
+    async def _fetch_by_key(self, keys: Sequence[tuple], arrays: list[str], out: list[PgRow]) -> None:
+        if len(self.ks.key) == 1:
+            cond = f"{self.ks.pg_ref(0)} = ANY({arrays[0]})"
+        else:
+            cond = f"({self.key_cols}) IN (SELECT * FROM unnest({', '.join(arrays)}))"
+        sql = f"SELECT {self.key_cols}, {self.tokens} FROM {self.table} WHERE {cond}"
+        for i in range(0, len(keys), LOOKUP_BATCH):
+            columns = [list(col) for col in zip(*keys[i : i + LOOKUP_BATCH])]
+            for row in await self.conn.fetch(sql, *columns):
+                out.append(PgRow(tuple(row[:-1]), tuple(row[-1])))
 
     async def count_by_key(self, keys: Sequence[tuple]) -> int:
         """How many rows have one of `keys` (Postgres values; each counted once)."""
@@ -133,6 +143,12 @@ def _extreme(v: object) -> bool:
     if isinstance(v, dt.datetime):
         return v.replace(tzinfo=None) in (dt.datetime.min, dt.datetime.max)
     return isinstance(v, dt.date) and v in (dt.date.min, dt.date.max)
+
+
+def _infinity(v: dt.date) -> str:
+    """The infinity an extreme date or instant stands for, as Postgres spells it."""
+    first = v.replace(tzinfo=None) == dt.datetime.min if isinstance(v, dt.datetime) else v == dt.date.min
+    return "-infinity" if first else "infinity"
 
 
 async def stores_utf8(conn: asyncpg.Connection) -> bool:
