@@ -65,10 +65,17 @@ def test_a_value_that_does_not_come_back_exactly_keeps_the_column_text(values, w
 def test_integers_that_are_all_yyyymmdd_dates_are_not_read_as_seconds_since_1970():
     v = verdict([20240105, 19991231, None], declared="DATE")
     assert (v.pgtype, v.format, v.why, v.keys, v.example) == (None, None, dates.YYYYMMDD, [(1,), (2,)], 20240105)
-    # one integer that is no YYYYMMDD date (a real epoch, Feb 29 of 2023): the column is an epoch
-    for other in (1714557600, 20230229):
-        v = verdict([20240105, other], declared="DATE")
-        assert (v.format.spec, v.pgtype) == ("unixepoch", PgType.TIMESTAMPTZ)
+    # sentinels and typos kept beside YYYYMMDD dates are no seconds since 1970 either
+    for other in (0, 99999999, 19000000, 20240230, 20230229, 7, -1):
+        v = verdict([20240105, other, 19991231], declared="DATE")
+        assert (v.pgtype, v.format, v.why, v.example) == (None, None, dates.YYYYMMDD, 20240105), other
+    # one integer beyond 8 digits (an epoch after 1973-03-03 or before 1966-10-31): the column is an epoch
+    for other in (1714557600, 100000000, -100000000):
+        v = verdict([20240105, 0, other], declared="DATE")
+        assert (v.format.spec, v.pgtype) == ("unixepoch", PgType.TIMESTAMPTZ), other
+    # no YYYYMMDD date at all: integers are read as seconds since 1970, as ever
+    v = verdict([0, 99999999, 20240230], declared="DATE")
+    assert (v.format.spec, v.pgtype) == ("unixepoch", PgType.TIMESTAMPTZ)
 
 
 def test_the_cutovers_reading_of_a_column_past_its_sample_finds_an_epoch_among_yyyymmdd_integers(tmp_path):
@@ -77,15 +84,22 @@ def test_the_cutovers_reading_of_a_column_past_its_sample_finds_an_epoch_among_y
 
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, day DATE, at DATE)")
-    conn.executemany("INSERT INTO t VALUES (?, 20240105, 20240105)", [(i,) for i in range(dates.QUICK_SAMPLE)])
-    conn.execute("INSERT INTO t VALUES (?, 20231231, 1714557600)", (dates.QUICK_SAMPLE,))  # past the sample
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, day DATE, at DATE, due DATE, far DATE)")
+    conn.executemany("INSERT INTO t VALUES (?, 20240105, 20240105, 20240105, 20240105)",
+                     [(i,) for i in range(dates.QUICK_SAMPLE)])
+    # past the sample: an epoch in "at" and "far", sentinels and a typo (no epochs) in "due"
+    conn.executemany("INSERT INTO t VALUES (?, 20231231, ?, ?, ?)", [
+        (dates.QUICK_SAMPLE, 1714557600, 0, -9223372036854775808),
+        (dates.QUICK_SAMPLE + 1, 20231231, 99999999, 20231231),
+        (dates.QUICK_SAMPLE + 2, 20231231, 20240230, 20231231)])
     conn.commit()
     conn.isolation_level = None  # introspect opens its own transaction
     spec = introspect(conn, SourceSettings(name="app", path=str(db))).tables["t"]
-    got = dates.audit_quick(conn, spec, ["day", "at"])
+    got = dates.audit_quick(conn, spec, ["day", "at", "due", "far"])
     assert (got["day"].pgtype, got["day"].why) == (None, dates.YYYYMMDD)
-    assert (got["at"].format.spec, got["at"].pgtype, got["at"].misfits) == ("unixepoch", PgType.TIMESTAMPTZ, 0)
+    assert (got["due"].pgtype, got["due"].why) == (None, dates.YYYYMMDD)
+    for name in ("at", "far"):
+        assert (got[name].format.spec, got[name].pgtype, got[name].misfits) == ("unixepoch", PgType.TIMESTAMPTZ, 0)
 
 
 def test_the_timestamp_flavour_can_be_overridden():
@@ -574,21 +588,23 @@ async def test_integers_that_read_as_yyyymmdd_dates_keep_their_column_untyped_th
     read as seconds since 1970 they would be instants of 1970-08-23, and the application
     switched to Postgres would read those. Integers that are all valid YYYYMMDD dates are
     ambiguous: the column keeps its dual-write type (text), the application reads the
-    value it stored, and `syncd schema` says why and which override types it. A single
-    integer that is no YYYYMMDD date (a real epoch) keeps the column an epoch."""
+    value it stored, and `syncd schema` says why and which override types it. A sentinel
+    such as 0 beside them changes nothing; a single integer of more than 8 digits (a real
+    epoch) keeps the column an epoch."""
     from tests.test_cutover import ready_config
 
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.executescript("""
         CREATE TABLE orders (id INTEGER PRIMARY KEY, due DATE, paid DATETIME);
-        INSERT INTO orders VALUES (1, 20240105, 20240229), (2, 19991231, 1714557600);
+        INSERT INTO orders VALUES (1, 20240105, 20240229), (2, 19991231, 1714557600), (3, 0, NULL);
     """)
     cfg = ready_config(make_config, tmp_path, db)
     out = run_cli(cfg, "schema")
     assert out.returncode == 0, out.stdout + out.stderr
     due = [line for line in out.stdout.splitlines() if '"due"' in line]
-    assert any("integers that read as YYYYMMDD dates as well as seconds since 1970" in line
+    assert any("integers that read as YYYYMMDD dates as well as seconds since 1970 (e.g. 20240105) and no "
+               "integer of more than 8 digits" in line
                and '[sources.columns."orders"] due = ' in line for line in due), out.stdout
     overridden = make_config([{"name": "app", "path": str(db), "columns": {"orders": {"due": "bigint"}}}],
                              name="overridden.toml")
@@ -605,4 +621,4 @@ async def test_integers_that_read_as_yyyymmdd_dates_keep_their_column_untyped_th
     assert (types["due"], types["paid"]) == ("text", "timestamp with time zone"), types
     assert await pg_rows(pg_dsn, "SELECT due, paid FROM app.orders ORDER BY id") == [
         ("20240105", dt.datetime(1970, 8, 23, 6, 17, 9, tzinfo=dt.timezone.utc)),
-        ("19991231", dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.timezone.utc))]
+        ("19991231", dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.timezone.utc)), ("0", None)]

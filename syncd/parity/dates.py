@@ -103,6 +103,11 @@ _VALUE = re.compile(r"(\d{4})-(\d\d)-(\d\d)(?:([ T])(\d\d):(\d\d)(?::(\d\d)(?:\.
 YYYYMMDD = "integers that read as YYYYMMDD dates as well as seconds since 1970"
 
 
+# An integer beyond 8 digits is seconds since 1970 after 1973-03-03 or before 1966-10-31, no
+# YYYYMMDD date: evidence of epochs. Others (0, 99999999, 20240230) are evidence of neither.
+EPOCH_EVIDENCE = 100_000_000
+
+
 def is_yyyymmdd(value: Any) -> bool:
     """An integer of 8 digits naming a real date as YYYYMMDD (20240105): also an epoch of
     1970-04-26 to 1973-03-03, so a column of nothing else may hold either."""
@@ -303,6 +308,7 @@ class ColumnAudit:
     failed: dict[str, list[tuple]] = field(default_factory=dict)  # spec -> keys that name no real date
     failed_count: Counter = field(default_factory=Counter)
     failed_example: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    epochs: int = 0  # integers of more than 8 digits (see EPOCH_EVIDENCE)
 
     def add(self, key: tuple, value: Any) -> None:
         if value is None:
@@ -321,6 +327,8 @@ class ColumnAudit:
             if len(keys) < SAMPLE_KEYS:
                 keys.append(key)
             self.examples.setdefault(YYYYMMDD, value)
+        elif type(value) is int and abs(value) >= EPOCH_EVIDENCE:
+            self.epochs += 1
         if isinstance(got, Format):
             if got.frac == 6 and value[20:26] == "000000":
                 if len(self.zero_fraction) < SAMPLE_KEYS:
@@ -376,7 +384,7 @@ class ColumnAudit:
             why = why or "six zero fraction digits (the spelling drops a zero fraction)"
         if count:
             return Verdict(self, fmt, None, count, why=why, keys=misfit_keys[:SAMPLE_KEYS], example=example)
-        if fmt.kind == "epoch" and self.shapes[YYYYMMDD] == self.shapes[fmt.spec]:
+        if fmt.kind == "epoch" and self.shapes[YYYYMMDD] and not self.epochs:
             return Verdict(self, None, None, 0, why=YYYYMMDD, keys=self.samples[YYYYMMDD][:SAMPLE_KEYS],
                            example=self.examples[YYYYMMDD])
         return Verdict(self, fmt, _flavour(fmt, override), 0)
@@ -592,10 +600,9 @@ def audit_quick(conn, spec, columns: list[str], override: PgType | None = None) 
                     break
             first = sample.verdict(override)
             if first.format is None and first.why == YYYYMMDD and sample.values >= QUICK_SAMPLE:
-                # The sample reads both ways; the column does unless an integer past it is no YYYYMMDD date.
-                d = f"printf('%04d-%02d-%02d', {col} / 10000, {col} / 100 % 100, {col} % 100)"
-                other = (f"typeof({col}) = 'integer' AND NOT ({col} BETWEEN 10000101 AND 99991231 "
-                         f"AND date({d}, '+0 days') IS {d})")
+                # The sample reads both ways; the column does unless an integer past it is an epoch's.
+                other = (f"typeof({col}) = 'integer' AND ({col} >= {EPOCH_EVIDENCE} "
+                         f"OR {col} <= -{EPOCH_EVIDENCE})")  # abs() overflows on the smallest integer
                 if any(n for (n,), in windows.scan(conn, spec.name, order, f"coalesce(sum({other}), 0)")):
                     first = Verdict(sample, Format("epoch"), _flavour(Format("epoch"), override), 0)
             if first.format is None or sample.values < QUICK_SAMPLE:
