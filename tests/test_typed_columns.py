@@ -102,6 +102,26 @@ def test_the_cutovers_reading_of_a_column_past_its_sample_finds_an_epoch_among_y
         assert (got[name].format.spec, got[name].pgtype, got[name].misfits) == ("unixepoch", PgType.TIMESTAMPTZ, 0)
 
 
+def test_the_cutovers_reading_finds_yyyymmdd_dates_past_a_sample_of_sentinels(tmp_path):
+    """Old rows holding a sentinel (0) fill the cutover's sample; the YYYYMMDD dates after
+    them make the column as ambiguous as the full audit finds it, not an epoch."""
+    from syncd.config import SourceSettings
+    from syncd.sqlite.introspect import introspect
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, day DATE, at DATE)")
+    conn.executemany("INSERT INTO t VALUES (?, 0, 0)", [(i,) for i in range(dates.QUICK_SAMPLE)])
+    conn.execute("INSERT INTO t VALUES (?, 20240105, 20240105)", (dates.QUICK_SAMPLE,))
+    conn.execute("INSERT INTO t VALUES (?, 20240230, 1714557600)", (dates.QUICK_SAMPLE + 1,))
+    conn.commit()
+    conn.isolation_level = None  # introspect opens its own transaction
+    spec = introspect(conn, SourceSettings(name="app", path=str(db))).tables["t"]
+    got = dates.audit_quick(conn, spec, ["day", "at"])
+    assert (got["day"].pgtype, got["day"].why, got["day"].example) == (None, dates.YYYYMMDD, 20240105)
+    assert (got["at"].format.spec, got["at"].pgtype, got["at"].misfits) == ("unixepoch", PgType.TIMESTAMPTZ, 0)
+
+
 def test_the_timestamp_flavour_can_be_overridden():
     assert verdict(["2024-01-02 10:00:00"], override=PgType.TIMESTAMPTZ).pgtype is PgType.TIMESTAMPTZ
     assert verdict(["2024-01-02T10:00:00Z"], override=PgType.TIMESTAMP).pgtype is PgType.TIMESTAMP

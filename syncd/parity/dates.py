@@ -599,12 +599,30 @@ def audit_quick(conn, spec, columns: list[str], override: PgType | None = None) 
                 if sample.values >= QUICK_SAMPLE:
                     break
             first = sample.verdict(override)
-            if first.format is None and first.why == YYYYMMDD and sample.values >= QUICK_SAMPLE:
+            # Integers in the sample that are no evidence of epochs (0, 99999999): a YYYYMMDD
+            # date past it makes the column ambiguous, as the full audit finds it.
+            undecided = first.typed and first.format.kind == "epoch" and not sample.epochs
+            if sample.values >= QUICK_SAMPLE and (undecided or first.format is None and first.why == YYYYMMDD):
                 # The sample reads both ways; the column does unless an integer past it is an epoch's.
                 other = (f"typeof({col}) = 'integer' AND ({col} >= {EPOCH_EVIDENCE} "
                          f"OR {col} <= -{EPOCH_EVIDENCE})")  # abs() overflows on the smallest integer
-                if any(n for (n,), in windows.scan(conn, spec.name, order, f"coalesce(sum({other}), 0)")):
+                d = f"printf('%04d-%02d-%02d', {col} / 10000, {col} / 100 % 100, {col} % 100)"
+                ymd = (f"typeof({col}) = 'integer' AND {col} BETWEEN 10000101 AND 99991231 "
+                       f"AND date({d}, '+0 days') IS {d}")
+                sums = f"coalesce(sum({other}), 0), " + (f"coalesce(sum({ymd}), 0)" if undecided else "0")
+                epochs = days = 0
+                for (window_epochs, window_days), in windows.scan(conn, spec.name, order, sums):
+                    epochs, days = epochs + window_epochs, days + window_days
+                if epochs:
                     first = Verdict(sample, Format("epoch"), _flavour(Format("epoch"), override), 0)
+                elif days:
+                    dated: list[tuple] = []
+                    for got in windows.scan(conn, spec.name, order, f"{keys}, {col}", ymd):
+                        dated += got[:SAMPLE_KEYS - len(dated)]
+                        if len(dated) >= SAMPLE_KEYS:
+                            break
+                    first = Verdict(sample, None, None, 0, why=YYYYMMDD, keys=[tuple(r[:-1]) for r in dated],
+                                    example=dated[0][-1])
             if first.format is None or sample.values < QUICK_SAMPLE:
                 out[name] = first  # the sample is every value, or no spelling: its verdict stands
                 continue
