@@ -110,7 +110,8 @@ EPOCH_EVIDENCE = 100_000_000
 
 def is_yyyymmdd(value: Any) -> bool:
     """An integer of 8 digits naming a real date as YYYYMMDD (20240105): also an epoch of
-    1970-04-26 to 1973-03-03, so a column of nothing else may hold either."""
+    1970-04-26 to 1973-03-03, so a column of such dates, beside no integer of more than 8
+    digits (an epoch after 1973), may hold either."""
     if type(value) is not int or not 10000101 <= value <= 99991231:
         return False
     try:
