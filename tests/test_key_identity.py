@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import asyncpg
 import pytest
 
 from tests.support.daemon import DaemonProcess, run_cli
@@ -324,3 +325,63 @@ def test_the_lookup_of_a_keys_other_spellings_seeks_on_every_key_column(tmp_path
     plans = [row[3] for sql in lookups for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
     conn.close()
     assert lookups and all("(dev=? AND at=?)" in p for p in plans), plans
+
+
+async def test_a_json_type_on_a_key_column_is_refused(app_db, make_config, pg_dsn, tmp_path):
+    """jsonb holds '{"a":1}' and '{"a": 1}' (and keys in another order, or twice) as one
+    value: a key column of that type would merge rows SQLite tells apart, in silence; json
+    has no equality in Postgres at all. Either type on a key column is refused, naming the
+    column and the way out; the same type on a column outside the key is carried."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE docs (doc TEXT PRIMARY KEY, n INTEGER);"
+                       "CREATE TABLE raw (doc TEXT PRIMARY KEY, n INTEGER);"
+                       "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);"
+                       """INSERT INTO docs VALUES ('{"a":1}', 1); INSERT INTO raw VALUES ('{"a":1}', 1);"""
+                       """INSERT INTO notes VALUES (1, '{"b":2}');""")
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {
+        "docs": {"doc": "jsonb"}, "raw": {"doc": "json"}, "notes": {"body": "jsonb"}}}])
+    r = run_cli(cfg, "schema")
+    assert """refused 'docs': key column "doc" is jsonb (configured override (jsonb))""" in r.stdout, r.stdout
+    assert """refused 'raw': key column "doc" is json (configured override (json))""" in r.stdout, r.stdout
+    assert "refused 'notes'" not in r.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("""INSERT INTO docs VALUES ('{"a": 1}', 2)""")  # another spelling of the same JSON value
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        states = await table_states(pg_dsn, "app")
+        assert states["docs"][0] == "refused" and '[sources.columns]' in states["docs"][1], states
+        assert states["raw"][0] == "refused" and states["notes"][0] == "streaming", states
+        assert await pg_rows(pg_dsn, "SELECT body::text FROM app.notes") == [('{"b": 2}',)]
+        assert d.stop() == 0
+
+
+async def test_a_key_column_jsonb_in_postgres_is_refused_not_kept(app_db, make_config, pg_dsn, tmp_path):
+    """A key column without a declared type keeps the type its Postgres column has: made
+    jsonb there (by the application after a cutover, say), it would merge two spellings
+    of one JSON value in silence. It is refused as a jsonb override is."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""CREATE TABLE docs (doc PRIMARY KEY, n INTEGER); INSERT INTO docs VALUES ('{"a":1}', 1);""")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    pg = await asyncpg.connect(pg_dsn)
+    try:  # syncd's key is COLLATE "C", which jsonb takes no part of: the key made anew
+        pk = await pg.fetchval("SELECT conname FROM pg_constraint WHERE conrelid = 'app.docs'::regclass "
+                               "AND contype = 'p'")
+        await pg.execute(f'ALTER TABLE app.docs DROP CONSTRAINT "{pk}"')
+        for (idx,) in await pg.fetch("SELECT indexrelid::regclass::text FROM pg_index "
+                                     "WHERE indrelid = 'app.docs'::regclass"):
+            await pg.execute(f"DROP INDEX {idx}")
+        await pg.execute("ALTER TABLE app.docs ALTER doc TYPE jsonb USING doc::jsonb, ADD PRIMARY KEY (doc)")
+    finally:
+        await pg.close()
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("""INSERT INTO docs VALUES ('{"a": 1}', 2)""")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        state, reason = (await table_states(pg_dsn, "app"))["docs"]
+        assert state == "refused", reason
+        assert 'key column "doc" is jsonb (type kept from the existing Postgres column)' in reason, reason
+        assert await pg_rows(pg_dsn, "SELECT doc::text, n FROM app.docs") == [('{"a": 1}', 1)]  # not overwritten
+        assert d.stop() == 0

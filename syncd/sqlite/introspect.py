@@ -272,6 +272,15 @@ def describe_table(
                 columns = (*columns, rid)
                 key, origin = (rid.name,), "rowid ([sources.keys])" if by_rowid else "rowid (no primary key)"
 
+    for k in key:
+        col = next((c for c in columns if c.name == k), None)
+        if col is not None and col.pgtype in (PgType.JSON, PgType.JSONB):
+            why = ("which Postgres cannot compare, so cannot key a table on" if col.pgtype is PgType.JSON else
+                   """which holds '{"a":1}' and '{"a": 1}' (or keys in another order, or twice) as one value: rows """
+                   "SQLite tells apart would be merged in Postgres in silence")
+            return Refusal(table, f'key column "{k}" is {col.pgtype.value} ({col.type_note}), {why}; give it text '
+                                  "in [sources.columns] (or key the table on other columns in [sources.keys])")
+
     notes = []
     if origin.startswith("rowid"):
         why = "keyed on the rowid by [sources.keys]" if by_rowid else "no primary key"
