@@ -196,6 +196,7 @@ async def test_an_instant_with_a_fraction_is_not_the_whole_second_before_it(app_
     ("timestamp", "2024-01-01 10:00:00.5", "2024-01-01 10:00:00.500"),  # more fraction digits
     ("timestamp", "2024-01-01 10:00", "2024-01-01 10:00:00"),  # its zero seconds
     ("timestamptz", "2024-01-02", "2024-01-02T00:00:00Z"),  # the bare day at midnight, as an instant
+    ("timestamp", "2024-01-01T10:00:00.0000000Z", "2024-01-01 10:00:00"),  # .NET's round trip: seven digits
 ])
 async def test_an_instant_written_again_in_another_usual_spelling_holds_the_table(app_db, make_config, pg_dsn,
                                                                                  tmp_path, pgtype, first, second):
@@ -349,4 +350,21 @@ async def test_a_key_column_jsonb_in_postgres_is_refused_not_kept(app_db, make_c
         assert state == "refused", reason
         assert 'key column "doc" is jsonb (type kept from the existing Postgres column)' in reason, reason
         assert await pg_rows(pg_dsn, "SELECT doc::text, n FROM app.docs") == [('{"a": 1}', 1)]  # not overwritten
+        assert d.stop() == 0
+
+
+async def test_a_real_epoch_key_finer_than_a_microsecond_streams(app_db, make_config, pg_dsn, tmp_path):
+    """A REAL key of time.time() under a timestamp override (finer than Postgres's
+    microsecond): its instant's other spellings are looked up as an epoch's are, and the
+    table streams; it is not held as a spelling syncd cannot look up."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.execute("CREATE TABLE samples (at REAL PRIMARY KEY, v INTEGER)")
+    conn.execute("INSERT INTO samples VALUES (1796621448.8040054, 1)")
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"samples": {"at": "timestamp"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO samples VALUES (1796621449.2500071, 2)")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert (await table_states(pg_dsn, "app"))["samples"][0] == "streaming"
+        assert await pg_rows(pg_dsn, "SELECT v FROM app.samples ORDER BY at") == [(1,), (2,)]
         assert d.stop() == 0

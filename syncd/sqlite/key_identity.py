@@ -25,7 +25,7 @@ from syncd.types import PgType, ValueMismatch, converter_of, real_text
 _DATES = (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE)
 # A text so spelled is among the _date_spellings of the instant it converts to.
 _USUAL_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
-                         r"(?:[ T][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?(?:Z|\+00:00)?)?")
+                         r"(?:[ T][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,7})?)?(?:Z|\+00:00)?)?")
 
 
 def lossy_key_columns(spec: TableSpec) -> list[str]:
@@ -59,6 +59,7 @@ def _date_spellings(pgtype: PgType, value: Any) -> list[Any]:
     digits = f"{moment.microsecond:06d}"
     fractions = [""] if moment.microsecond == 0 else []
     fractions += ["." + digits[:n] for n in range(max(1, len(digits.rstrip("0"))), 7)]
+    fractions.append(f".{digits}0")  # seven digits, as .NET writes them (the converter refuses a finer seventh)
     zones = ["", "Z", "+00:00"]
     for sep in (" ", "T"):
         for frac in fractions:
@@ -123,11 +124,11 @@ def unusual_spelling(spec: TableSpec, raw: tuple, pg: tuple) -> str | None:
             continue
         if col.sqlite_format is not None:
             continue  # a column schema parity typed converts one spelling of each instant only
-        if type(raw[i]) is str and _USUAL_TEXT.fullmatch(raw[i]):
+        if type(raw[i]) is not str:
+            continue  # an epoch (time.time() finer than Postgres's microsecond too): looked up as one
+        if _USUAL_TEXT.fullmatch(raw[i]):
             continue  # one parse of the usual ones, not a list of them for every key of a table
         usual = _date_spellings(pgtype, pg[i])
-        if type(raw[i]) is not str and any(type(f) is type(raw[i]) and f == raw[i] for f in usual):
-            continue
         write = pg[i].isoformat() if pgtype is PgType.DATE else usual[0]
         return (f'table "{spec.name}": SQLite holds the key {_describe(raw[i])} in "{k}", which Postgres holds as '
                 f"{format_key((write,))} ({pgtype.value}), but which syncd cannot look up among the other spellings "
