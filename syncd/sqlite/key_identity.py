@@ -133,8 +133,8 @@ def unusual_spelling(spec: TableSpec, raw: tuple, pg: tuple) -> str | None:
         return (f'table "{spec.name}": SQLite holds the key {_describe(raw[i])} in "{k}", which Postgres holds as '
                 f"{format_key((write,))} ({pgtype.value}), but which syncd cannot look up among the other spellings "
                 "of that instant: a row under another one would be merged with it in Postgres; nothing is written: "
-                f"write it as {format_key((write,))} in SQLite (or give the key column a type that tells the "
-                "spellings apart) and the table resumes")
+                f"write it (and every key so spelled) as {format_key((write,))} in SQLite, or take the "
+                f'[sources.columns] type off "{k}" (as text each spelling is a key of its own), and the table resumes')
     return None
 
 
