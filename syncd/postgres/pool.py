@@ -93,9 +93,14 @@ class Target:
                       or conn.is_in_transaction())
             raise
         finally:
-            if broken or conn.is_closed():
-                # asyncpg may have taken a lost connection back already: then terminate()
-                # raises its own complaint, which must not replace the step's real error.
+            # asyncpg may have taken a lost connection back already: then is_closed() and
+            # terminate() raise their own complaint ("connection has been released back to
+            # the pool"), which must not replace the step's real error (a login refused).
+            try:
+                lost = conn.is_closed()
+            except asyncpg.InterfaceError:
+                lost = True
+            if broken or lost:
                 with contextlib.suppress(Exception):
                     conn.terminate()
             try:
