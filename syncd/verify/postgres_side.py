@@ -107,12 +107,14 @@ class PostgresTable:
             await self._fetch_by_key(list(group), arrays, out)
         return out
 
-    async def _fetch_by_key(self, keys: Sequence[tuple], arrays: list[str], out: list[PgRow]) -> None:
+    def _key_in(self, arrays: list[str]) -> str:
+        """The condition: the row's key is one of those the arrays (one per key column) hold."""
         if len(self.ks.key) == 1:
-            cond = f"{self.ks.pg_ref(0)} = ANY({arrays[0]})"
-        else:
-            cond = f"({self.key_cols}) IN (SELECT * FROM unnest({', '.join(arrays)}))"
-        sql = f"SELECT {self.key_cols}, {self.tokens} FROM {self.table} WHERE {cond}"
+            return f"{self.ks.pg_ref(0)} = ANY({arrays[0]})"
+        return f"({self.key_cols}) IN (SELECT * FROM unnest({', '.join(arrays)}))"
+
+    async def _fetch_by_key(self, keys: Sequence[tuple], arrays: list[str], out: list[PgRow]) -> None:
+        sql = f"SELECT {self.key_cols}, {self.tokens} FROM {self.table} WHERE {self._key_in(arrays)}"
         for i in range(0, len(keys), LOOKUP_BATCH):
             columns = [list(col) for col in zip(*keys[i : i + LOOKUP_BATCH])]
             for row in await self.conn.fetch(sql, *columns):
@@ -120,13 +122,7 @@ class PostgresTable:
 
     async def count_by_key(self, keys: Sequence[tuple]) -> int:
         """How many rows have one of `keys` (Postgres values; each counted once)."""
-        nkey = len(self.ks.key)
-        types = [t.value for t in self.ks.key_types]
-        arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
-        if nkey == 1:
-            cond = f"{self.ks.pg_ref(0)} = ANY({arrays})"
-        else:
-            cond = f"({self.key_cols}) IN (SELECT * FROM unnest({arrays}))"
+        cond = self._key_in([f"${i + 1}::{t.value}[]" for i, t in enumerate(self.ks.key_types)])
         unique = list(dict.fromkeys(tuple(k) for k in keys))
         total = 0
         for i in range(0, len(unique), LOOKUP_BATCH):
