@@ -34,7 +34,7 @@ async def test_no_false_differences_while_the_application_writes(tmp_path, make_
     cfg = make_config([{"name": "app", "path": str(db)}], extra=verify_section(chunk_rows=64))
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        writer = Writer(db, seconds=40, seed=11, ids=WRITER_IDS, rate=RATE[journal])
+        writer = Writer(db, seconds=120, seed=11, ids=WRITER_IDS, rate=RATE[journal])
         writing(db, writer)
         for _ in range(2):
             rc, doc = verify_json(cfg, "--wait", "20")
@@ -55,7 +55,7 @@ async def test_real_difference_found_while_the_application_writes(tmp_path, make
     cfg = make_config([{"name": "app", "path": str(db)}], extra=verify_section(chunk_rows=64))
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        writer = Writer(db, seconds=40, seed=12, ids=WRITER_IDS, rate=RATE["wal"])
+        writer = Writer(db, seconds=120, seed=12, ids=WRITER_IDS, rate=RATE["wal"])
         writing(db, writer)
         # Rows the writer never touches, changed in Postgres behind syncd's back.
         await pg_execute(pg_dsn, "UPDATE app.items SET n = -n WHERE id = 4100; DELETE FROM app.items WHERE id = 4200;"

@@ -28,7 +28,7 @@ async def test_repair_through_the_running_daemon_while_the_application_writes(tm
     cfg = make_config([{"name": "app", "path": str(db)}], extra=verify_section())
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        writer = Writer(db, seconds=40, seed=21, ids=1000, rate=300)
+        writer = Writer(db, seconds=120, seed=21, ids=1000, rate=300)
         start = changelog_max(db)
         wait_for(lambda: changelog_max(db) > start + 100, 30, "the writer")
         # Rows nobody touches, and rows the application keeps changing: a repair that
