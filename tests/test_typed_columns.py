@@ -69,10 +69,15 @@ def test_integers_that_are_all_yyyymmdd_dates_are_not_read_as_seconds_since_1970
     for other in (0, 99999999, 19000000, 20240230, 20230229, 7, -1):
         v = verdict([20240105, other, 19991231], declared="DATE")
         assert (v.pgtype, v.format, v.why, v.example) == (None, None, dates.YYYYMMDD, 20240105), other
-    # one integer beyond 8 digits (an epoch after 1973-03-03 or before 1966-10-31): the column is an epoch
+    # integers beyond 8 digits (epochs after 1973-03-03 or before 1966-10-31) ten times as many
+    # as the YYYYMMDD dates: the column is an epoch (an 8-digit epoch, 1970-1973, may read as a date)
     for other in (1714557600, 100000000, -100000000):
-        v = verdict([20240105, 0, other], declared="DATE")
+        v = verdict([20240105, 0] + [other] * 10, declared="DATE")
         assert (v.format.spec, v.pgtype) == ("unixepoch", PgType.TIMESTAMPTZ), other
+    # fewer: a stray sentinel beyond 8 digits (2147483647) among dates is no epoch column
+    for stray in ([2147483647], [-100000000] * 9, [1714557600] * 19):
+        v = verdict([20240105, 19991231] + stray, declared="DATE")
+        assert (v.pgtype, v.format, v.why, v.example) == (None, None, dates.YYYYMMDD, 20240105), stray
     # no YYYYMMDD date at all: integers are read as seconds since 1970, as ever
     v = verdict([0, 99999999, 20240230], declared="DATE")
     assert (v.format.spec, v.pgtype) == ("unixepoch", PgType.TIMESTAMPTZ)
@@ -87,11 +92,15 @@ def test_the_cutovers_reading_of_a_column_past_its_sample_finds_an_epoch_among_y
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, day DATE, at DATE, due DATE, far DATE)")
     conn.executemany("INSERT INTO t VALUES (?, 20240105, 20240105, 20240105, 20240105)",
                      [(i,) for i in range(dates.QUICK_SAMPLE)])
-    # past the sample: an epoch in "at" and "far", sentinels and a typo (no epochs) in "due"
-    conn.executemany("INSERT INTO t VALUES (?, 20231231, ?, ?, ?)", [
-        (dates.QUICK_SAMPLE, 1714557600, 0, -9223372036854775808),
-        (dates.QUICK_SAMPLE + 1, 20231231, 99999999, 20231231),
-        (dates.QUICK_SAMPLE + 2, 20231231, 20240230, 20231231)])
+    # past the sample: epochs ten times as many as the dates in "at" and "far", one stray
+    # integer beyond 8 digits in "day", sentinels and a typo (no epochs) in "due"
+    n = dates.QUICK_SAMPLE
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?)", [
+        (n, 2147483647, 1714557600, 0, -9223372036854775808),
+        (n + 1, 20231231, 20231231, 99999999, 20231231),
+        (n + 2, 20231231, 20231231, 20240230, 20231231)])
+    conn.executemany("INSERT INTO t (id, at, far) VALUES (?, ?, ?)",
+                     [(i, 1714557600 + i, -100000000 - i) for i in range(n + 3, n + 3 + 10 * (n + 2))])
     conn.commit()
     conn.isolation_level = None  # introspect opens its own transaction
     spec = introspect(conn, SourceSettings(name="app", path=str(db))).tables["t"]
@@ -114,6 +123,7 @@ def test_the_cutovers_reading_finds_yyyymmdd_dates_past_a_sample_of_sentinels(tm
     conn.executemany("INSERT INTO t VALUES (?, 0, 0)", [(i,) for i in range(dates.QUICK_SAMPLE)])
     conn.execute("INSERT INTO t VALUES (?, 20240105, 20240105)", (dates.QUICK_SAMPLE,))
     conn.execute("INSERT INTO t VALUES (?, 20240230, 1714557600)", (dates.QUICK_SAMPLE + 1,))
+    conn.executemany("INSERT INTO t VALUES (?, 0, ?)", [(dates.QUICK_SAMPLE + i, 1714557600 + i) for i in range(2, 11)])
     conn.commit()
     conn.isolation_level = None  # introspect opens its own transaction
     spec = introspect(conn, SourceSettings(name="app", path=str(db))).tables["t"]
@@ -609,22 +619,23 @@ async def test_integers_that_read_as_yyyymmdd_dates_keep_their_column_untyped_th
     switched to Postgres would read those. Integers that are all valid YYYYMMDD dates are
     ambiguous: the column keeps its dual-write type (text), the application reads the
     value it stored, and `syncd schema` says why and which override types it. A sentinel
-    such as 0 beside them changes nothing; a single integer of more than 8 digits (a real
-    epoch) keeps the column an epoch."""
+    such as 0 beside them changes nothing, nor does a stray integer of more than 8 digits;
+    ten times as many such integers (real epochs) as dates keep the column an epoch."""
     from tests.test_cutover import ready_config
 
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.executescript("""
         CREATE TABLE orders (id INTEGER PRIMARY KEY, due DATE, paid DATETIME);
-        INSERT INTO orders VALUES (1, 20240105, 20240229), (2, 19991231, 1714557600), (3, 0, NULL);
+        INSERT INTO orders VALUES (1, 20240105, 20240229), (2, 19991231, 1714557600), (3, 2147483647, NULL);
     """)
+    conn.executemany("INSERT INTO orders VALUES (?, NULL, ?)", [(i, 1714557600 + i) for i in range(4, 13)])
     cfg = ready_config(make_config, tmp_path, db)
     out = run_cli(cfg, "schema")
     assert out.returncode == 0, out.stdout + out.stderr
     due = [line for line in out.stdout.splitlines() if '"due"' in line]
-    assert any("integers that read as YYYYMMDD dates as well as seconds since 1970 (e.g. 20240105) and no "
-               "integer of more than 8 digits" in line
+    assert any("integers that read as YYYYMMDD dates as well as seconds since 1970 (e.g. 20240105), and "
+               "integers of more than 8 digits (seconds since 1970 only) are not ten times as many" in line
                and '[sources.columns."orders"] due = ' in line for line in due), out.stdout
     overridden = make_config([{"name": "app", "path": str(db), "columns": {"orders": {"due": "bigint"}}}],
                              name="overridden.toml")
@@ -639,6 +650,6 @@ async def test_integers_that_read_as_yyyymmdd_dates_keep_their_column_untyped_th
     types = dict(await pg_rows(pg_dsn, "SELECT column_name, data_type FROM information_schema.columns "
                                        "WHERE table_schema = 'app' AND table_name = 'orders'"))
     assert (types["due"], types["paid"]) == ("text", "timestamp with time zone"), types
-    assert await pg_rows(pg_dsn, "SELECT due, paid FROM app.orders ORDER BY id") == [
+    assert await pg_rows(pg_dsn, "SELECT due, paid FROM app.orders WHERE id <= 3 ORDER BY id") == [
         ("20240105", dt.datetime(1970, 8, 23, 6, 17, 9, tzinfo=dt.timezone.utc)),
-        ("19991231", dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.timezone.utc)), ("0", None)]
+        ("19991231", dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.timezone.utc)), ("2147483647", None)]

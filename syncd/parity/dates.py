@@ -108,6 +108,14 @@ YYYYMMDD = "integers that read as YYYYMMDD dates as well as seconds since 1970"
 EPOCH_EVIDENCE = 100_000_000
 
 
+def reads_as_yyyymmdd(days: int, epochs: int) -> bool:
+    """A column of `days` YYYYMMDD integers and `epochs` integers beyond 8 digits may hold
+    either unless the epochs are ten times as many: of a column of seconds since 1970, at
+    most the instants of 1970-04-26 to 1973-03-03 have 8 digits, and one in 27 of those
+    reads as a real YYYYMMDD date; one stray 2147483647 among dates is no epoch column."""
+    return days > 0 and epochs < 10 * days
+
+
 def is_yyyymmdd(value: Any) -> bool:
     """An integer of 8 digits naming a real date as YYYYMMDD (20240105): also an epoch of
     1970-04-26 to 1973-03-03, so a column of such dates, beside no integer of more than 8
@@ -385,7 +393,7 @@ class ColumnAudit:
             why = why or "six zero fraction digits (the spelling drops a zero fraction)"
         if count:
             return Verdict(self, fmt, None, count, why=why, keys=misfit_keys[:SAMPLE_KEYS], example=example)
-        if fmt.kind == "epoch" and self.shapes[YYYYMMDD] and not self.epochs:
+        if fmt.kind == "epoch" and reads_as_yyyymmdd(self.shapes[YYYYMMDD], self.epochs):
             return Verdict(self, None, None, 0, why=YYYYMMDD, keys=self.samples[YYYYMMDD][:SAMPLE_KEYS],
                            example=self.examples[YYYYMMDD])
         return Verdict(self, fmt, _flavour(fmt, override), 0)
@@ -600,23 +608,24 @@ def audit_quick(conn, spec, columns: list[str], override: PgType | None = None) 
                 if sample.values >= QUICK_SAMPLE:
                     break
             first = sample.verdict(override)
-            # Integers in the sample that are no evidence of epochs (0, 99999999): a YYYYMMDD
-            # date past it makes the column ambiguous, as the full audit finds it.
-            undecided = first.typed and first.format.kind == "epoch" and not sample.epochs
+            # Integers the sample reads as seconds since 1970 beside YYYYMMDD dates or sentinels
+            # (0, 99999999), or as YYYYMMDD dates: the whole column's counts of both decide, as
+            # the full audit's do. A sample of epochs alone decides (no scan in the freeze).
+            undecided = (first.typed and first.format.kind == "epoch"
+                         and (sample.shapes[YYYYMMDD] or not sample.epochs))
             if sample.values >= QUICK_SAMPLE and (undecided or first.format is None and first.why == YYYYMMDD):
-                # The sample reads both ways; the column does unless an integer past it is an epoch's.
                 other = (f"typeof({col}) = 'integer' AND ({col} >= {EPOCH_EVIDENCE} "
                          f"OR {col} <= -{EPOCH_EVIDENCE})")  # abs() overflows on the smallest integer
                 d = f"printf('%04d-%02d-%02d', {col} / 10000, {col} / 100 % 100, {col} % 100)"
                 ymd = (f"typeof({col}) = 'integer' AND {col} BETWEEN 10000101 AND 99991231 "
                        f"AND date({d}, '+0 days') IS {d}")
-                sums = f"coalesce(sum({other}), 0), " + (f"coalesce(sum({ymd}), 0)" if undecided else "0")
+                sums = f"coalesce(sum({other}), 0), coalesce(sum({ymd}), 0)"
                 epochs = days = 0
                 for (window_epochs, window_days), in windows.scan(conn, spec.name, order, sums):
                     epochs, days = epochs + window_epochs, days + window_days
-                if epochs:
+                if not reads_as_yyyymmdd(days, epochs):
                     first = Verdict(sample, Format("epoch"), _flavour(Format("epoch"), override), 0)
-                elif days:
+                else:
                     dated: list[tuple] = []
                     for got in windows.scan(conn, spec.name, order, f"{keys}, {col}", ymd):
                         dated += got[:SAMPLE_KEYS - len(dated)]

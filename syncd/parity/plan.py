@@ -261,8 +261,9 @@ def _plan_types(plan: SourcePlan, spec: TableSpec, collations: dict[str, str], o
                     '"timestamptz" if they are seconds since 1970, "bigint" to keep the integers')
             plan.items.append(Item(
                 "type", spec.name, what, column=col.name, verdict=verdict, todo=todo,
-                left_out=f"kept as text: it holds {dates.YYYYMMDD} (e.g. {verdict.example}) and no integer "
-                         f"of more than 8 digits (seconds since 1970 only); {todo}"))
+                left_out=f"kept as text: it holds {dates.YYYYMMDD} (e.g. {verdict.example}), and integers "
+                         "of more than 8 digits (seconds since 1970 only) are not ten times as many; "
+                         f"{todo}"))
             continue
         if not verdict.typed:
             keys = ", ".join(_key(k) for k in verdict.keys)
