@@ -590,10 +590,16 @@ async def _resume_position(session: SourceSession, src, state: CaptureState, clo
             position = last
         covered = position == applied
     if diverged:
+        if seen <= noted and top >= applied and noted > applied:
+            # The file is the one Postgres followed, and noted as applied what Postgres lacks.
+            why = ("Postgres went back to an older copy of itself (restored from a backup, or it lost "
+                   "transactions it had confirmed, as with synchronous_commit = off), and the file's changelog "
+                   "no longer holds the changes in between")
+        else:
+            why = "the file was restored or replaced"
         session.warning(
             f"the SQLite file's changelog (noted position {noted}, ending at {top}) is not the one Postgres "
-            f"applied (up to {applied}, noted {seen}): the file was restored or replaced; "
-            "re-snapshotting every table",
+            f"applied (up to {applied}, noted {seen}): {why}; re-snapshotting every table",
             event="capture_reset",
         )
         await session.bk.reset_source(conn, state.capture_id, top)
