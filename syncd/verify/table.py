@@ -31,6 +31,7 @@ after it set aside); a table is equal only if they agree too.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import math
 import time
@@ -48,10 +49,10 @@ from syncd.verify import sqlite_side
 from syncd.verify.keyspace import _UNKNOWN as _UNKNOWN_FORM
 from syncd.verify.keyspace import EVERYTHING, Bound, KeyRange, KeySpace, sqlite_value
 from syncd.sqlite.audit import format_key
-from syncd.verify.postgres_side import PgRow, PostgresTable, checkpoint, counts_at_checkpoint, lock_holder, rows_at_checkpoint
+from syncd.verify.postgres_side import PgRow, PostgresTable, _extreme, checkpoint, counts_at_checkpoint, lock_holder, rows_at_checkpoint
 from syncd.verify.result import DIFFERENT, EXTRA, MISSING, PENDING, Difference, TableVerifyResult
 from syncd.verify.rowhash import MISFIT, RowTokens, SqliteRowHash, fold, misfit_reason
-from syncd.types import converter_of
+from syncd.types import canonical, converter_of
 
 CELLS = 64  # cells a chunk is summarised in: a differing row costs reading one cell (156 rows by default)
 SPLIT = 16  # how many parts a differing range too big to read is cut into
@@ -380,6 +381,29 @@ class TableCheck:
         b = self.ks.from_postgres(c.pg) if c.pg is not None else None
         return b.raw if b is not None else None
 
+    def _replay_key(self, pg: tuple | None) -> tuple | None:
+        """For a row only Postgres holds under a key with no one SQLite form (a date or
+        timestamp an override types: many spellings read as one instant), a spelling the
+        stream reads as that very key, or None. Replayed, it deletes the row: the stream
+        first looks the key up under its other spellings (key_identity.survivors)."""
+        if pg is None:
+            return None
+        raw = []
+        for k, v in zip(self.ks.key, pg):
+            col = self.spec.column(k)
+            r = sqlite_value(col.pgtype, v, col)
+            if r is _UNKNOWN_FORM:
+                if not isinstance(v, (dt.date, dt.datetime)) or _extreme(v):
+                    return None  # asyncpg sends the first and last day (instant) as an infinity
+                r = v.isoformat(sep=" ") if isinstance(v, dt.datetime) else v.isoformat()
+                try:
+                    if canonical(col.pgtype, converter_of(col)(r)) != canonical(col.pgtype, v):
+                        return None
+                except ValueError:
+                    return None
+            raw.append(r)
+        return tuple(raw)
+
     def _raws_from_pg(self, c: Candidate) -> list[tuple]:
         raw = self._raw_key(c)
         return [] if raw is None else [raw]
@@ -412,7 +436,7 @@ class TableCheck:
                 return Difference(EXTRA, key, raw_key=None, pg_key=c.pg, repairable=False,
                                   note="no SQLite value is infinity, and a replay cannot remove the row: "
                                        "delete it in Postgres")
-            return Difference(EXTRA, key, raw_key=self._raw_key(c), pg_key=c.pg)
+            return Difference(EXTRA, key, raw_key=self._raw_key(c) or self._replay_key(c.pg), pg_key=c.pg)
         cols = tuple(name for name, a, b in zip(self.spec.column_names, s.tokens, p.tokens) if a != b)
         return Difference(DIFFERENT, key, cols, note=self._misfits(s), raw_key=self._raw_key(c), pg_key=c.pg)
 
