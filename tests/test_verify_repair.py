@@ -166,6 +166,7 @@ async def test_a_postgres_key_sqlite_cannot_hold_is_named_as_postgres_holds_it(a
     assert out.returncode == 1, out.stdout + out.stderr
     assert "replayed" not in out.stdout and "not repaired" in out.stdout, out.stdout
     assert 'app: "prices" DIFFERS' in out.stdout and "after repairing" not in out.stdout, out.stdout
+    assert "delete the row in Postgres" in out.stdout, out.stdout
     rows = await pg_fetch(pg_dsn, "SELECT k::text, v FROM app.prices ORDER BY k")
     assert [tuple(r) for r in rows] == [("1.5", "a"), ("1.5000000000000000001", "extra"), ("2", "b"),
                                         ("2.25", "c")]
@@ -195,6 +196,9 @@ async def test_a_nan_key_only_postgres_holds_is_not_replayed_as_if_sqlite_could_
     assert "replayed" not in out.stdout, out.stdout
     assert out.stdout.count("not repaired") == 2, out.stdout
     assert 'app: "readings" DIFFERS' in out.stdout and 'app: "points" DIFFERS' in out.stdout, out.stdout
+    # The way out, not only that the repair could not take it.
+    repair_line = next(line for line in out.stdout.splitlines() if line.startswith("app: repair: "))
+    assert repair_line.count("delete the row in Postgres") == 2, repair_line
 
 
 async def test_the_repair_note_gives_why_a_table_was_not_compared_and_leaves_out_excluded_tables(

@@ -31,7 +31,7 @@ from syncd.sqlite.introspect import introspect, schema_version
 from syncd.verify import history, repair, sqlite_side
 from syncd.verify.keyspace import key_space
 from syncd.verify.postgres_side import lock_holder, stores_utf8
-from syncd.verify.result import MISSING, Difference, SourceVerifyResult, TableVerifyResult
+from syncd.verify.result import EXTRA, MISSING, Difference, SourceVerifyResult, TableVerifyResult
 from syncd.verify.table import TableCheck
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.reverse import capture as reverse_capture
@@ -506,7 +506,10 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
                                  f"the row totals show them); run `syncd resync` for it instead")
             continue
         for d in skipped:
-            skipped_notes.append(f'"{tr.table}" key {format_key(d.key)} not repaired: {d.note or "its SQLite form is unknown"}')
+            why = d.note or "its SQLite form is unknown"
+            if d.note is None and d.kind == EXTRA and s.direction == TO_POSTGRES:
+                why += ", so no replay reaches it: delete the row in Postgres"
+            skipped_notes.append(f'"{tr.table}" key {format_key(d.key)} not repaired: {why}')
         if entries:
             plan = by_name[tr.table]
             assert plan.tid is not None
