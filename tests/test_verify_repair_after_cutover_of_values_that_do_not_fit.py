@@ -92,3 +92,30 @@ async def test_text_that_is_not_utf8_is_written_over_from_postgres(tmp_path, mak
         assert typeof(db, "SELECT id, item, typeof(item) FROM orders ORDER BY id") == [(1, "a", "text"), (2, "b", "text")]
         assert typeof(db, "SELECT name, n FROM tags ORDER BY name") == [("a", 1), ("b", 2)]
         assert verify(cfg, "--wait", "2").returncode == 0
+
+
+async def test_a_date_in_another_spelling_than_its_columns_is_written_over_from_postgres(tmp_path, make_config, pg_dsn):
+    """A DATETIME (or DATE key) column schema parity typed at cutover holds one spelling: a
+    value written behind syncd's back in another (the same instant with a T, or with
+    milliseconds) is a difference to verify, and the repair writes it in the column's
+    spelling, not only says it replayed the row."""
+    async with cut_over_with(tmp_path, make_config, pg_dsn,
+                             "CREATE TABLE visits (id INTEGER PRIMARY KEY, at DATETIME); INSERT INTO visits VALUES "
+                             "(1, '2026-01-02 10:00:00'), (2, '2026-01-03 11:00:00'), (3, '2026-01-04 12:00:00'); "
+                             "CREATE TABLE daily (day DATE PRIMARY KEY, n INTEGER); INSERT INTO daily VALUES "
+                             "('2026-01-01', 1), ('2026-01-02', 2);",
+                             orders=False) as (db, cfg, d):
+        tamper_sqlite(db, "UPDATE visits SET at = '2026-01-02T10:00:00' WHERE id = 1")
+        tamper_sqlite(db, "UPDATE visits SET at = '2026-01-03 11:00:00.000' WHERE id = 2")
+        tamper_sqlite(db, "UPDATE daily SET day = '2026-01-01T00:00:00' WHERE n = 1")  # a key
+        out = verify(cfg, "--wait", "2")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "`syncd verify --repair` writes Postgres's row over it" in out.stdout, out.stdout
+
+        out = verify(cfg, "--wait", "5", "--repair")
+        assert out.returncode == 0, out.stdout + out.stderr
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert typeof(db, "SELECT id, at FROM visits ORDER BY id") == [
+            (1, "2026-01-02 10:00:00"), (2, "2026-01-03 11:00:00"), (3, "2026-01-04 12:00:00")]
+        assert typeof(db, "SELECT day, n FROM daily ORDER BY n") == [("2026-01-01", 1), ("2026-01-02", 2)]
+        assert verify(cfg, "--wait", "2").returncode == 0

@@ -42,7 +42,7 @@ from syncd.sqlite import freeze
 from syncd.sqlite.capture import CHANGELOG, META, _own_schema_change, write_transaction
 from syncd.sqlite.connection import bound_value, fetchall_text_safe, no_such_table, not_utf8, surrogate_text
 from syncd.sqlite.reader import rowid_name
-from syncd.types import PgType
+from syncd.types import PgType, ValueMismatch, column_converter
 
 LOOKUP_BATCH = 400  # keys per lookup statement (bound parameters stay well under SQLite's limit)
 
@@ -344,7 +344,7 @@ class TableWriter:
             if i in self.generated:  # SQLite's own value: never written
                 out.append(existing.row[i] if existing is not None else None)
                 continue
-            if existing is not None and values.keeps(shape, existing.row[i], v):
+            if existing is not None and values.keeps(shape, existing.row[i], v) and self._spelled(i, existing.row[i]):
                 out.append(existing.row[i])
                 continue
             try:
@@ -355,6 +355,19 @@ class TableWriter:
                             "fix the value in Postgres (the table is copied again once it fits)", key) from None
             changed.append(i)
         return out, changed
+
+    def _spelled(self, i: int, stored: Any) -> bool:
+        """Whether column i's stored value is in the spelling schema parity recorded for the
+        column, as `syncd verify` requires (types.column_converter): the same instant spelled
+        otherwise (written behind syncd's back) is written again, not kept."""
+        shape = self.t.shapes[i]
+        if not shape.recorded or stored is None:
+            return True
+        try:
+            column_converter(shape.family, shape.fmt, shape.affinity)(stored)
+        except ValueMismatch:
+            return False
+        return True
 
     def delete(self, found: _Found) -> None:
         self.conn.execute(f"DELETE FROM {self.table} WHERE {self.handle_where}", found.handle[1:])

@@ -418,7 +418,8 @@ def shapes_for(spec: TableSpec, pgt: PgTableInfo, formats: dict[str, str],
             fam = c.pgtype  # judge() pauses such a table before any value is converted
         aff = values.INTEGER if c.sqlite_expr is not None else affinity(c.declared)  # the rowid
         fmt = formats.get(c.name)
+        recorded = fmt is not None
         if fmt is None and fam in SPELLED:
             fmt = values.most_common_format(samples.get(c.name, []))
-        out.append(ColumnShape(c.name, fam, aff, fmt))
+        out.append(ColumnShape(c.name, fam, aff, fmt, recorded))
     return tuple(out)

@@ -89,6 +89,7 @@ class ColumnShape:
     family: PgType
     affinity: str
     fmt: str | None = None
+    recorded: bool = False  # fmt is the spelling schema parity recorded at cutover (Column.sqlite_format)
 
 
 def family(type_name: str) -> PgType | None:
