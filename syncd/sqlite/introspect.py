@@ -67,6 +67,24 @@ def _unique_indexes(conn: sqlite3.Connection, table: str) -> list[tuple[str, boo
     return sorted(out)
 
 
+def _foreign_collation(conn: sqlite3.Connection, table: str) -> str | None:
+    """Why `table` cannot be carried when its key or an index orders a column by a
+    collation the application defines for itself (sqlite3's create_collation): syncd's
+    connections lack it, and SQLite reads no row through such an index without it (a
+    count, a lookup by key). A column merely declared with one is read as it is."""
+    for _seq, index, _unique, origin, _partial in conn.execute(f"PRAGMA main.index_list({quote_ident(table)})"):
+        for r in conn.execute(f"PRAGMA main.index_xinfo({quote_ident(index)})"):
+            if not r[5] or (r[4] or "BINARY").upper() in BUILTIN_COLLATIONS:
+                continue
+            what = {"pk": "its primary key", "u": f"its UNIQUE constraint ({index})"}.get(origin, f'index "{index}"')
+            column = f'column "{r[2]}"' if r[2] is not None else "an expression"
+            return (f"{what} orders {column} by the collation {r[4]}, which the application defines for itself "
+                    "(create_collation): syncd's connections lack it, and SQLite reads no row through that "
+                    "index without it; order it by one of SQLite's (BINARY, NOCASE, RTRIM), or leave the table "
+                    "out with exclude in its [[sources]]")
+    return None
+
+
 def _pk_indexed(conn: sqlite3.Connection, table: str) -> bool:
     """Whether the table's primary key is kept in an index of its own. A single INTEGER
     PRIMARY KEY column is the rowid itself and has none, except when declared
@@ -417,6 +435,10 @@ def introspect(
                 schema.refused[name] = Refusal(name, _not_utf8_schema(conn, name))
             else:
                 try:  # an index's name may be bytes that are not UTF-8 too
+                    foreign = _foreign_collation(conn, name)
+                    if foreign is not None:
+                        schema.refused[name] = Refusal(name, foreign)
+                        continue
                     raws.append(RawTable(name, without_rowid, _columns(conn, name, strict),
                                          _unique_indexes(conn, name), _pk_indexed(conn, name)))
                 except sqlite3.OperationalError as e:

@@ -663,7 +663,9 @@ def snapshot_chunk_needs_conversion(conn: sqlite3.Connection, spec: TableSpec, a
     conds = [needs_conversion_filter(c.pgtype, f"c{i}") for i, c in enumerate(spec.columns)]
     if any(c is None for c in conds):
         return True
-    cols = ", ".join(f"s.{spec.sqlite_ref(c.name)} AS c{i}" for i, c in enumerate(spec.columns))
+    # COLLATE BINARY: a column of the subquery keeps its own collation, which SQLite looks
+    # up to read it there, and the application may define one syncd's connection lacks.
+    cols = ", ".join(f"s.{spec.sqlite_ref(c.name)} COLLATE BINARY AS c{i}" for i, c in enumerate(spec.columns))
     sql, params, _ = _chunk_query(spec, after, limit, cols)
     hit = conn.execute(f"SELECT 1 FROM ({sql}) WHERE {' OR '.join(conds)} LIMIT 1", params).fetchone()
     return hit is not None
