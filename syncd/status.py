@@ -729,6 +729,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                                         "file say, its log names)"))
         if t.state in HALTED:
             p.append(Problem("critical", f'table "{t.name}" {t.state}: {t.reason}'))
+        elif t.state == bk.LOADING and t.reason:
+            # A held table's retry: copied again with its reason kept until the copy has gone through.
+            p.append(Problem("critical", f'table "{t.name}" held, being copied again to retry: {t.reason}'))
         elif t.state == bk.REFUSED:
             p.append(Problem("warning", f'table "{t.name}" not replicated: {t.reason}'))
         if t.state != bk.STREAMING or st.way_back_ended:

@@ -160,6 +160,42 @@ async def test_a_table_held_and_retried_keeps_its_age_in_the_lag(tmp_path, make_
     assert src["lag_seconds"] >= 3.5, src
 
 
+async def test_status_names_a_held_table_while_a_retry_copies_it_again(tmp_path, make_config, pg_dsn):
+    """A table held on the way back for rows SQLite refuses is copied again from Postgres
+    at each retry, and held again while Postgres still holds them. While a retry's copy
+    runs the table follows Postgres no more than before: `syncd status` names it and why,
+    as while it waits, where before it said OK (a table being loaded) for as long as each
+    copy ran, while `syncd rollback` refused the source for that very table."""
+    from tests.support.sync import eventually, table_states
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE deals (id INTEGER PRIMARY KEY, code TEXT UNIQUE);"
+                       "INSERT INTO deals VALUES (1, 'a'), (2, 'b');")
+    conn.commit()
+    conn.close()
+    # Retries every 0.1 s: the table is being copied again much of the time.
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"held_table_retry_seconds": 0.1})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.deals DROP CONSTRAINT deals_code_key")
+        await pg_rows(pg_dsn, "UPDATE app.deals SET code = 'a' WHERE id = 2")
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app"))["deals"][0] == "held"
+
+        await eventually(held, 30, "deals held", d)
+        states = []
+        for _ in range(8):
+            r = run_cli(cfg, "status", "--json")
+            src = json.loads(r.stdout)["sources"][0]
+            states.append(next(t["state"] for t in src["tables"] if t["name"] == "deals"))
+            named = [p for p in src["problems"] if 'table "deals"' in p["message"] and "UNIQUE" in p["message"]]
+            assert r.returncode == 2 and named, (states, src["problems"])
+        assert d.stop() == 0
+
+
 async def test_status_names_a_way_back_it_cannot_measure(tmp_path, make_config, pg_dsn):
     """The way back's changelog gone from Postgres (dropped by hand): `syncd status`
     cannot count what SQLite lacks, and says so with Postgres's error, where before it
