@@ -61,6 +61,9 @@ async def test_a_value_in_another_spelling_holds_its_typed_table(tmp_path, make_
         await eventually(held, 30, "ev held", d)
         reason = (await table_states(pg_dsn, "app"))["ev"][1]
         assert 'column "at"' in reason and "is not spelled %Y-%m-%d %H:%M:%S" in reason, reason
+        # The way out names the column's own configuration line, no placeholder to fill in.
+        assert '[sources.columns."ev"] "at"' in reason and '"<table>"' not in reason and '"<column>"' not in reason, \
+            reason
         assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.ev WHERE id >= 10") == [(0,)]
 
         async def notes_followed() -> bool:

@@ -289,8 +289,8 @@ def strict_converter(pgtype: PgType, spec: str, declared: str = "") -> Callable[
             return out  # as the way back writes this instant
         raise ValueMismatch(
             f"{value!r} is not spelled {spec} as this column's values are since schema parity made it "
-            f"{pgtype.value} ({why}): write it in that spelling, or carry the column as text again with "
-            '[sources.columns."<table>"] "<column>" = "text"')
+            f"{pgtype.value} ({why}): write it in that spelling, or carry the column as text again (\"text\" as "
+            "its [sources.columns] type)")
 
     return convert
 
