@@ -445,7 +445,10 @@ def _insert_time_call(col) -> bool:
         call = sqlite_sql.date_call(col.default_sql)
     except sqlite_sql.SqlSyntaxError:
         return False
-    return call is not None and ("now" in call[1] or call == ("unixepoch", ()))
+    # Only those now_default carries: strftime(spelling, 'now') and unixepoch(); a modifier
+    # ('localtime', '+1 day') has no Postgres form, whatever the column is typed as.
+    return call is not None and (call[0] == "strftime" and call[1][1:] == ("now",)
+                                 or call in (("unixepoch", ()), ("unixepoch", ("now",))))
 
 
 async def trial_inserts(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec],

@@ -57,3 +57,32 @@ async def test_defaults_postgres_lacks_are_named_before_and_at_the_switch(tmp_pa
         assert await pg.fetchrow("SELECT seen, stage, owner FROM app.deals WHERE id = 'k2'") == (None, "new", "team-a")
     finally:
         await pg.close()
+
+
+async def test_a_local_time_default_is_named_as_lost_where_the_cutover_types_its_column(tmp_path, make_config,
+                                                                                       pg_dsn):
+    """A DATETIME column filled with the local time of the insert: the cutover types it
+    (its values are timestamps), and Postgres has no form of SQLite's local time. The
+    warning says plainly that an INSERT leaving it out stores NULL, where before it said
+    this was so "unless the cutover types the column" (it then would set the DEFAULT), and
+    the cutover typed it without one."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE visits (id INTEGER PRIMARY KEY, at DATETIME DEFAULT (datetime('now', 'localtime')));
+        INSERT INTO visits (id) VALUES (1), (2);
+    """)
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    assert 'created: visits: column "at" DATETIME as "at": timestamp' in out, out
+    (warned,) = [line for line in out.splitlines() if "warning:" in line and '"visits"."at"' in line]
+    assert "stores NULL" in warned and "unless" not in warned, warned
+    pg = await asyncpg.connect(pg_dsn)
+    try:  # what the warning says is what the application meets
+        assert await pg.fetchval("INSERT INTO app.visits (id) VALUES (3) RETURNING at") is None
+    finally:
+        await pg.close()
