@@ -584,9 +584,16 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
                                 "(not replicated by this source's tables/exclude, so not in Postgres)")
             res.plan += await filled_only_in_sqlite(conn, source.schema, specs)
             if dry_run:
-                # The run itself says where each identity continues, from the high marks after the drain.
-                res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} would continue after {top} "
-                             "(today's high mark; the drain may raise it)" for name, top in sorted(marks.items())]
+                # The run itself says where each identity continues, from the high marks after the drain;
+                # never below a number Postgres's sequence handed out already (before a rollback), as it sets.
+                tables_there = {r[0] for r in await conn.fetch(
+                    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')", source.schema)}
+                handed_out = await sequence_tops(conn, source.schema,
+                                                 {name: specs[name] for name in marks if name in tables_there})
+                res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} would continue after "
+                             f"{max(top, handed_out.get(name, 0))} (today's high mark; the drain may raise it)"
+                             for name, top in sorted(marks.items())]
                 objects = await parity.read_pg_objects(conn, source.schema)
                 present = {key[2]: obj.comment for key, obj in objects.items() if key[0] == "relation"}
                 res.plan += await asyncio.to_thread(parity.preview, settings, source, specs, present)

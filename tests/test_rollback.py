@@ -549,6 +549,38 @@ async def test_no_id_is_handed_out_twice_across_a_rollback(tmp_path, make_config
         assert d.stop() == 0
 
 
+async def test_the_dry_run_of_a_cutover_after_a_rollback_says_where_each_identity_will_continue(
+        tmp_path, make_config, pg_dsn):
+    """Ids Postgres handed out before a rollback, whose rows are gone, keep its identity
+    past them at the next cutover; the dry run, which the change ticket takes its numbers
+    from, says the same number the cutover then sets, where before it said SQLite's
+    highest id alone."""
+    db = tmp_path / "app.db"
+    app = make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            for i in range(3):
+                await pg.execute("INSERT INTO app.contacts (email) VALUES ($1)", f"pg{i}@x")
+            await pg.execute("DELETE FROM app.contacts WHERE id > 16")
+        finally:
+            await pg.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert app.execute("SELECT max(id) FROM contacts").fetchone()[0] == 16
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert "identity contacts.id would continue after 19 " in dry.stdout, dry.stdout
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert "contacts.id continues after 19" in out, out
+        assert d.stop() == 0
+
+
 async def test_a_lock_of_a_few_seconds_while_the_rollback_drains_only_delays_it(tmp_path, make_config, pg_dsn):
     """The application holds its rollback-journal file for 3 s (past syncd's 2 s busy
     timeout) while `syncd rollback` drains the last changes: the drain waits for it,
