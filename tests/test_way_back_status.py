@@ -196,6 +196,44 @@ async def test_status_names_a_held_table_while_a_retry_copies_it_again(tmp_path,
         assert d.stop() == 0
 
 
+async def test_a_row_sqlite_refuses_on_the_way_back_is_named_by_its_key(tmp_path, make_config, pg_dsn):
+    """A row the application wrote in Postgres that breaks a CHECK of SQLite's syncd could
+    not carry (json_valid() has no Postgres form), or a unique index Postgres no longer
+    has, holds its table on the way back; the reason names the row's key, as for a value
+    SQLite cannot hold, where before it said "a row" and left the operator to find which
+    one in Postgres breaks a SQLite function or index."""
+    from tests.support.sync import eventually, table_states
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT CHECK (json_valid(body)));"
+                       "INSERT INTO docs VALUES (1, '{}'), (2, '[]');"
+                       "CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT UNIQUE);"
+                       "INSERT INTO tags VALUES (1, 'a');")
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "INSERT INTO app.docs VALUES (7, 'not json'), (8, '{\"a\": 1}')")
+
+        # A unique index Postgres no longer has (dropped there): the row that breaks SQLite's.
+        await pg_rows(pg_dsn, "ALTER TABLE app.tags DROP CONSTRAINT tags_name_key")
+        await pg_rows(pg_dsn, "INSERT INTO app.tags VALUES (9, 'a')")
+
+        async def held() -> bool:
+            states = await table_states(pg_dsn, "app")
+            return states["docs"][0] == "held" and states["tags"][0] == "held"
+
+        await eventually(held, 30, "docs and tags held", d)
+        reason = (await table_states(pg_dsn, "app"))["docs"][1]
+        assert "json_valid(body)" in reason and "key 7" in reason, reason
+        reason = (await table_states(pg_dsn, "app"))["tags"][1]
+        assert "UNIQUE constraint failed: tags.name" in reason and "key 9" in reason, reason
+        assert d.stop() == 0
+
+
 async def test_status_names_a_way_back_it_cannot_measure(tmp_path, make_config, pg_dsn):
     """The way back's changelog gone from Postgres (dropped by hand): `syncd status`
     cannot count what SQLite lacks, and says so with Postgres's error, where before it

@@ -336,6 +336,7 @@ class TableWriter:
         self.kshapes = _key_shapes(t)
         self.indexed = not simple_keys(spec, t.shapes)
         self.written = self.kept = 0
+        self.at: tuple | None = None  # the key of the row last inserted or updated: the one a refusal is about
 
     def convert(self, pg_row: tuple, existing: _Found | None) -> tuple[list[Any], list[int]]:
         """The SQLite values for a Postgres row, and which columns change."""
@@ -375,6 +376,7 @@ class TableWriter:
         self.written += 1
 
     def update(self, found: _Found, new: list[Any], changed: list[int]) -> None:
+        self.at = tuple(new[i] for i in self.spec.key_indexes)
         names = [self.insert_cols[i] for i in changed]
         sets = ", ".join(f"{n} = ?" for n in names)
         self.conn.execute(f"UPDATE OR ABORT {self.table} SET {sets} WHERE {self.handle_where}",
@@ -385,6 +387,7 @@ class TableWriter:
         self.written += 1
 
     def insert(self, new: list[Any]) -> None:
+        self.at = tuple(new[i] for i in self.spec.key_indexes)
         self.conn.execute(self.insert_sql, [new[i] for i in self.writable])
         self._remember(new)
         self.written += 1
@@ -495,14 +498,15 @@ def _apply_table(conn: sqlite3.Connection, t: TableApply, index: KeyIndex) -> tu
             except sqlite3.IntegrityError as e:
                 conn.execute("ROLLBACK TO syncd_table")
                 index.forget(t.spec.name)
+                row = f"the row of key {_show(w.at)}" if w.at is not None else "a row"
                 if "UNIQUE" not in str(e).upper():
-                    raise _Held(f'table "{t.spec.name}": SQLite refuses a row Postgres holds ({e}); make the '
+                    raise _Held(f'table "{t.spec.name}": SQLite refuses {row} Postgres holds ({e}); make the '
                                 "row valid for SQLite in Postgres, or relax the SQLite constraint "
                                 "(the table is copied again once it fits)") from None
                 blockers = TableWriter(conn, t, index).blockers()
                 if blockers:
                     raise NeedKeys(t.tid, blockers, str(e)) from None
-                raise _Held(f'table "{t.spec.name}": SQLite refuses a row Postgres holds ({e}): Postgres holds '
+                raise _Held(f'table "{t.spec.name}": SQLite refuses {row} Postgres holds ({e}): Postgres holds '
                             "rows a unique index of SQLite forbids (it lacks that constraint); fix the rows in "
                             "Postgres (the table is copied again once it fits)") from None
         conn.execute("RELEASE syncd_table")
