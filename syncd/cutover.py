@@ -432,6 +432,42 @@ async def filled_only_in_sqlite(conn: asyncpg.Connection, schema: str, specs: di
     return out
 
 
+def null_taken_in_sqlite(conn: sqlite3.Connection, specs: dict[str, TableSpec]) -> list[str]:
+    """NOT NULL columns whose ON CONFLICT clause has SQLite take a NULL written there
+    without an error (REPLACE stores the column's DEFAULT, IGNORE skips the row), where
+    Postgres refuses the statement: said before the switch, as filled_only_in_sqlite."""
+    from syncd.parity.objects import parse_create_table
+    from syncd.sqlite_sql import SqlSyntaxError
+
+    out = []
+    for table in sorted(specs):
+        spec = specs[table]
+        try:
+            row = conn.execute("SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?",
+                               (table,)).fetchone()
+            parsed = parse_create_table(row[0]) if row and row[0] else None
+        except (sqlite3.Error, SqlSyntaxError):
+            continue  # text syncd cannot read: schema parity names the table's CREATE TABLE already
+        if parsed is None:
+            continue
+        names = {c.lower(): c for c in spec.column_names}
+        for written, action in sorted(parsed.null_conflicts.items()):
+            column = names.get(written.lower())
+            if column is None:
+                continue
+            col = spec.column(column)
+            if action == "REPLACE" and col.default_sql is not None:
+                what = f"stores its DEFAULT ({shorten(col.default_sql, 80)}) instead"
+            elif action == "IGNORE":
+                what = "skips the row (INSERT) or leaves it as it was (UPDATE), without an error"
+            else:
+                continue  # REPLACE without a DEFAULT, ABORT, FAIL, ROLLBACK: SQLite refuses it too
+            out.append(f'warning: a NULL written in "{table}"."{column}" is taken by SQLite without an error '
+                       f"(NOT NULL ON CONFLICT {action}: it {what}) and refused by Postgres (NOT NULL): after "
+                       "the cutover such an INSERT or UPDATE fails; have the application write a value there")
+    return out
+
+
 def _insert_time_call(col) -> bool:
     """Whether a date column's SQLite DEFAULT is a call of SQLite's date functions on
     'now', which the cutover carries where it types the column in that spelling
@@ -583,6 +619,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
                 res.plan.append(f"left writable in SQLite, not frozen: {listed([text_repr(t) for t in left])} "
                                 "(not replicated by this source's tables/exclude, so not in Postgres)")
             res.plan += await filled_only_in_sqlite(conn, source.schema, specs)
+            res.plan += await worker.run(null_taken_in_sqlite, specs)
             if dry_run:
                 # The run itself says where each identity continues, from the high marks after the drain;
                 # never below a number Postgres's sequence handed out already (before a rollback), as it sets.

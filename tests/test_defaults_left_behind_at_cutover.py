@@ -86,3 +86,44 @@ async def test_a_local_time_default_is_named_as_lost_where_the_cutover_types_its
         assert await pg.fetchval("INSERT INTO app.visits (id) VALUES (3) RETURNING at") is None
     finally:
         await pg.close()
+
+
+async def test_a_null_sqlite_takes_without_an_error_is_named_before_the_switch(tmp_path, make_config, pg_dsn):
+    """NOT NULL ON CONFLICT REPLACE has SQLite store the column's DEFAULT where a row writes
+    NULL there, and ON CONFLICT IGNORE skip such a row, both without an error; Postgres
+    refuses the statement. The dry run and the cutover name each such column, where
+    before nothing said that the application's writes of NULL would start failing."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT NOT NULL ON CONFLICT REPLACE DEFAULT 'anon',
+                             team TEXT NOT NULL ON CONFLICT IGNORE, mail TEXT NOT NULL ON CONFLICT REPLACE);
+        INSERT INTO people (name, team, mail) VALUES (NULL, 'a', 'm');
+    """)
+    assert conn.execute("SELECT name FROM people").fetchall() == [("anon",)]
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    for said in (dry.stdout, out):
+        warned = [line for line in said.splitlines() if "warning:" in line and "ON CONFLICT" in line]
+        (name,) = [w for w in warned if '"people"."name"' in w]
+        assert "REPLACE" in name and "'anon'" in name and "fails" in name, name
+        (team,) = [w for w in warned if '"people"."team"' in w]
+        assert "IGNORE" in team and "fails" in team, team
+        assert not [w for w in warned if '"people"."mail"' in w], said  # no DEFAULT: SQLite refuses it too
+    pg = await asyncpg.connect(pg_dsn)
+    try:  # what the warning says is what the application meets
+        try:
+            await pg.execute("INSERT INTO app.people (name, team, mail) VALUES (NULL, 'b', 'm')")
+            raise AssertionError("Postgres took a NULL name")
+        except asyncpg.NotNullViolationError:
+            pass
+    finally:
+        await pg.close()

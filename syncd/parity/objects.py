@@ -233,6 +233,7 @@ class ParsedTable:
     checks: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # body, name, column
     collations: dict[str, str] = field(default_factory=dict)
     fks: list[tuple[tuple[str, ...], str, bool, str | None]] = field(default_factory=list)  # cols, parent, deferred, name
+    null_conflicts: dict[str, str] = field(default_factory=dict)  # column -> its NOT NULL's ON CONFLICT action
 
     def fk_options(self, columns: tuple[str, ...], parent: str) -> tuple[bool, str | None]:
         want = (tuple(c.lower() for c in columns), parent.lower())
@@ -361,6 +362,11 @@ def _column_def(sql: str, tokens: list[Token], a: int, b: int, out: ParsedTable)
             end = _close(tokens, j + 1)
             out.checks.append((_text(sql, tokens, j + 2, end), name, column))
             j, name = end + 1, None
+            continue
+        if (w == "NOT" and j + 4 < b and _word(tokens[j + 1]) == "NULL" and _word(tokens[j + 2]) == "ON"
+                and _word(tokens[j + 3]) == "CONFLICT"):
+            out.null_conflicts[column] = _word(tokens[j + 4]) or ""
+            j, name = j + 5, None
             continue
         if w == "COLLATE" and j + 1 < b:
             out.collations[column] = identifier_value(tokens[j + 1])
