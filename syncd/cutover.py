@@ -465,6 +465,18 @@ def null_taken_in_sqlite(conn: sqlite3.Connection, specs: dict[str, TableSpec]) 
             out.append(f'warning: a NULL written in "{table}"."{column}" is taken by SQLite without an error '
                        f"(NOT NULL ON CONFLICT {action}: it {what}) and refused by Postgres (NOT NULL): after "
                        "the cutover such an INSERT or UPDATE fails; have the application write a value there")
+        for cols, kind, action in parsed.key_conflicts:
+            if action == "REPLACE":
+                what = "deletes the other row and writes this one"
+            elif action == "IGNORE":
+                what = "skips the row (INSERT) or leaves it as it was (UPDATE)"
+            else:
+                continue  # ABORT, FAIL, ROLLBACK: SQLite refuses it too
+            shown = ", ".join(names.get(c.lower(), c) for c in cols)
+            out.append(f'warning: a row written in "{table}" with the ({shown}) of another row is taken by SQLite '
+                       f"without an error ({kind} ON CONFLICT {action}: it {what}) and refused by Postgres: after "
+                       "the cutover such an INSERT or UPDATE fails; have the application say what it means (INSERT "
+                       "... ON CONFLICT DO UPDATE, or DO NOTHING)")
     return out
 
 

@@ -127,3 +127,50 @@ async def test_a_null_sqlite_takes_without_an_error_is_named_before_the_switch(t
             pass
     finally:
         await pg.close()
+
+
+async def test_a_row_sqlite_takes_over_another_on_a_key_conflict_is_named_before_the_switch(tmp_path, make_config,
+                                                                                           pg_dsn):
+    """A PRIMARY KEY or UNIQUE ON CONFLICT REPLACE has SQLite delete the row holding the
+    value a new row writes, ON CONFLICT IGNORE skip the new row, both without an error;
+    Postgres refuses the statement. The dry run and the cutover name each such
+    constraint, where before nothing said the application's writes would start failing."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("""
+        CREATE TABLE prefs (k TEXT PRIMARY KEY ON CONFLICT REPLACE, v TEXT);
+        CREATE TABLE seats (id INTEGER PRIMARY KEY, badge TEXT UNIQUE ON CONFLICT IGNORE, room TEXT, desk TEXT,
+                            UNIQUE (room, desk) ON CONFLICT REPLACE, UNIQUE (desk, badge) ON CONFLICT ABORT);
+        INSERT INTO prefs VALUES ('theme', 'dark');
+        INSERT INTO prefs VALUES ('theme', 'light');
+        INSERT INTO seats VALUES (1, 'b1', 'r1', 'd1');
+    """)
+    assert conn.execute("SELECT * FROM prefs").fetchall() == [("theme", "light")]
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    for said in (dry.stdout, out):
+        warned = [line for line in said.splitlines() if "warning:" in line and "ON CONFLICT" in line]
+        assert len(warned) == 3, said
+        (prefs,) = [w for w in warned if '"prefs" with the (k)' in w]
+        assert "PRIMARY KEY ON CONFLICT REPLACE" in prefs and "fails" in prefs, prefs
+        (badge,) = [w for w in warned if '"seats" with the (badge)' in w]
+        assert "UNIQUE ON CONFLICT IGNORE" in badge, badge
+        (place,) = [w for w in warned if '"seats" with the (room, desk)' in w]
+        assert "UNIQUE ON CONFLICT REPLACE" in place, place
+    pg = await asyncpg.connect(pg_dsn)
+    try:  # what the warning says is what the application meets
+        try:
+            await pg.execute("INSERT INTO app.prefs VALUES ('theme', 'blue')")
+            raise AssertionError("Postgres took a second row of one key")
+        except asyncpg.UniqueViolationError:
+            pass
+    finally:
+        await pg.close()

@@ -234,6 +234,8 @@ class ParsedTable:
     collations: dict[str, str] = field(default_factory=dict)
     fks: list[tuple[tuple[str, ...], str, bool, str | None]] = field(default_factory=list)  # cols, parent, deferred, name
     null_conflicts: dict[str, str] = field(default_factory=dict)  # column -> its NOT NULL's ON CONFLICT action
+    # (columns, "PRIMARY KEY" or "UNIQUE", the ON CONFLICT action) of each such constraint that has one
+    key_conflicts: list[tuple[tuple[str, ...], str, str]] = field(default_factory=list)
 
     def fk_options(self, columns: tuple[str, ...], parent: str) -> tuple[bool, str | None]:
         want = (tuple(c.lower() for c in columns), parent.lower())
@@ -332,6 +334,19 @@ def _table_constraint(sql: str, tokens: list[Token], a: int, b: int, out: Parsed
     elif w == "FOREIGN" and j + 2 < b:
         cols, k = _names(tokens, j + 2)
         out.fks.append(_references(tokens, k, b, tuple(cols), name))
+    elif w in ("PRIMARY", "UNIQUE"):
+        at = j + (2 if w == "PRIMARY" else 1)
+        if at < b and tokens[at].text == "(":
+            cols, k = _names(tokens, at)
+            _key_conflict(tokens, k, b, tuple(cols), w, out)
+
+
+def _key_conflict(tokens: list[Token], k: int, b: int, cols: tuple[str, ...], w: str, out: ParsedTable) -> int | None:
+    """An ON CONFLICT clause at tokens[k] of a PRIMARY KEY or UNIQUE: recorded; the index after it, or None."""
+    if k + 2 < b and _word(tokens[k]) == "ON" and _word(tokens[k + 1]) == "CONFLICT":
+        out.key_conflicts.append((cols, "PRIMARY KEY" if w == "PRIMARY" else "UNIQUE", _word(tokens[k + 2]) or ""))
+        return k + 3
+    return None
 
 
 def _references(tokens: list[Token], k: int, b: int, cols: tuple[str, ...], name: str | None):
@@ -368,6 +383,14 @@ def _column_def(sql: str, tokens: list[Token], a: int, b: int, out: ParsedTable)
             out.null_conflicts[column] = _word(tokens[j + 4]) or ""
             j, name = j + 5, None
             continue
+        if w in ("PRIMARY", "UNIQUE"):
+            k = j + 1
+            while k < b and _word(tokens[k]) in ("KEY", "ASC", "DESC"):
+                k += 1
+            after = _key_conflict(tokens, k, b, (column,), w, out)
+            if after is not None:
+                j, name = after, None
+                continue
         if w == "COLLATE" and j + 1 < b:
             out.collations[column] = identifier_value(tokens[j + 1])
             j, name = j + 2, None
