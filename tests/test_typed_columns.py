@@ -112,23 +112,28 @@ def test_the_cutovers_reading_of_a_column_past_its_sample_finds_an_epoch_among_y
 
 
 def test_the_cutovers_reading_finds_yyyymmdd_dates_past_a_sample_of_sentinels(tmp_path):
-    """Old rows holding a sentinel (0) fill the cutover's sample; the YYYYMMDD dates after
-    them make the column as ambiguous as the full audit finds it, not an epoch."""
+    """Old rows holding a sentinel (0, or 2147483647 for "never") fill the cutover's
+    sample; the YYYYMMDD dates after them make the column as ambiguous as the full audit
+    finds it, not an epoch."""
     from syncd.config import SourceSettings
     from syncd.sqlite.introspect import introspect
 
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, day DATE, at DATE)")
-    conn.executemany("INSERT INTO t VALUES (?, 0, 0)", [(i,) for i in range(dates.QUICK_SAMPLE)])
-    conn.execute("INSERT INTO t VALUES (?, 20240105, 20240105)", (dates.QUICK_SAMPLE,))
-    conn.execute("INSERT INTO t VALUES (?, 20240230, 1714557600)", (dates.QUICK_SAMPLE + 1,))
-    conn.executemany("INSERT INTO t VALUES (?, 0, ?)", [(dates.QUICK_SAMPLE + i, 1714557600 + i) for i in range(2, 11)])
+    n = dates.QUICK_SAMPLE
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, day DATE, at DATE, never DATE)")
+    conn.executemany("INSERT INTO t VALUES (?, 0, 0, 2147483647)", [(i,) for i in range(n)])
+    conn.execute("INSERT INTO t VALUES (?, 20240105, 20240105, NULL)", (n,))
+    conn.execute("INSERT INTO t VALUES (?, 20240230, 1714557600, NULL)", (n + 1,))
+    conn.executemany("INSERT INTO t VALUES (?, 0, ?, NULL)", [(n + i, 1714557600 + i) for i in range(2, 11)])
+    # more dates past the sample than a tenth of its sentinels
+    conn.executemany("INSERT INTO t (id, never) VALUES (?, 20240105)", [(i,) for i in range(n + 11, n + 12 + n // 10)])
     conn.commit()
     conn.isolation_level = None  # introspect opens its own transaction
     spec = introspect(conn, SourceSettings(name="app", path=str(db))).tables["t"]
-    got = dates.audit_quick(conn, spec, ["day", "at"])
+    got = dates.audit_quick(conn, spec, ["day", "at", "never"])
     assert (got["day"].pgtype, got["day"].why, got["day"].example) == (None, dates.YYYYMMDD, 20240105)
+    assert (got["never"].pgtype, got["never"].why, got["never"].example) == (None, dates.YYYYMMDD, 20240105)
     assert (got["at"].format.spec, got["at"].pgtype, got["at"].misfits) == ("unixepoch", PgType.TIMESTAMPTZ, 0)
 
 

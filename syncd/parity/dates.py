@@ -608,40 +608,39 @@ def audit_quick(conn, spec, columns: list[str], override: PgType | None = None) 
                 if sample.values >= QUICK_SAMPLE:
                     break
             first = sample.verdict(override)
-            # Integers the sample reads as seconds since 1970 beside YYYYMMDD dates or sentinels
-            # (0, 99999999), or as YYYYMMDD dates: the whole column's counts of both decide, as
-            # the full audit's do. A sample of epochs alone decides (no scan in the freeze).
-            undecided = (first.typed and first.format.kind == "epoch"
-                         and (sample.shapes[YYYYMMDD] or not sample.epochs))
-            if sample.values >= QUICK_SAMPLE and (undecided or first.format is None and first.why == YYYYMMDD):
+            # Integers, read as seconds since 1970 or as YYYYMMDD dates: the whole column's counts
+            # of both decide, as the full audit's do (a sample of sentinels says nothing of the
+            # dates past it). Counted in the same scan as the values not spelled so; CASE, not
+            # AND, so that only 8-digit integers pay for the date check.
+            integers = first.typed and first.format.kind == "epoch" or first.format is None and first.why == YYYYMMDD
+            if first.format is None and not integers or sample.values < QUICK_SAMPLE:
+                out[name] = first  # the sample is every value, or no spelling: its verdict stands
+                continue
+            fmt = first.format or Format("epoch")
+            match = sqlite_match(col, fmt)
+            counts = f"count({col}), count({col}) - coalesce(sum({match}), 0)"
+            if integers:
                 other = (f"typeof({col}) = 'integer' AND ({col} >= {EPOCH_EVIDENCE} "
                          f"OR {col} <= -{EPOCH_EVIDENCE})")  # abs() overflows on the smallest integer
                 d = f"printf('%04d-%02d-%02d', {col} / 10000, {col} / 100 % 100, {col} % 100)"
-                ymd = (f"typeof({col}) = 'integer' AND {col} BETWEEN 10000101 AND 99991231 "
-                       f"AND date({d}, '+0 days') IS {d}")
-                sums = f"coalesce(sum({other}), 0), coalesce(sum({ymd}), 0)"
-                epochs = days = 0
-                for (window_epochs, window_days), in windows.scan(conn, spec.name, order, sums):
-                    epochs, days = epochs + window_epochs, days + window_days
-                if not reads_as_yyyymmdd(days, epochs):
-                    first = Verdict(sample, Format("epoch"), _flavour(Format("epoch"), override), 0)
-                else:
-                    dated: list[tuple] = []
-                    for got in windows.scan(conn, spec.name, order, f"{keys}, {col}", ymd):
-                        dated += got[:SAMPLE_KEYS - len(dated)]
-                        if len(dated) >= SAMPLE_KEYS:
-                            break
-                    first = Verdict(sample, None, None, 0, why=YYYYMMDD, keys=[tuple(r[:-1]) for r in dated],
+                eight = f"typeof({col}) = 'integer' AND {col} BETWEEN 10000101 AND 99991231"
+                counts += (f", coalesce(sum({other}), 0), "
+                           f"coalesce(sum(CASE WHEN {eight} THEN date({d}, '+0 days') IS {d} ELSE 0 END), 0)")
+            total = bad = epochs = days = 0
+            for got in windows.scan(conn, spec.name, order, counts):
+                total, bad = total + got[0][0], bad + got[0][1]
+                if integers:
+                    epochs, days = epochs + got[0][2], days + got[0][3]
+            if integers and reads_as_yyyymmdd(days, epochs):
+                dated: list[tuple] = []
+                ymd = f"{eight} AND date({d}, '+0 days') IS {d}"
+                for got in windows.scan(conn, spec.name, order, f"{keys}, {col}", ymd):
+                    dated += got[:SAMPLE_KEYS - len(dated)]
+                    if len(dated) >= SAMPLE_KEYS:
+                        break
+                out[name] = Verdict(sample, None, None, 0, why=YYYYMMDD, keys=[tuple(r[:-1]) for r in dated],
                                     example=dated[0][-1])
-            if first.format is None or sample.values < QUICK_SAMPLE:
-                out[name] = first  # the sample is every value, or no spelling: its verdict stands
                 continue
-            fmt = first.format
-            match = sqlite_match(col, fmt)
-            total = bad = 0
-            counts = f"count({col}), count({col}) - coalesce(sum({match}), 0)"
-            for (window_total, window_bad), in windows.scan(conn, spec.name, order, counts):
-                total, bad = total + window_total, bad + window_bad
             audit = ColumnAudit(spec.name, name, declared.get(name, ""), values=total)
             if not bad:
                 out[name] = Verdict(audit, fmt, _flavour(fmt, override), 0)
