@@ -750,6 +750,8 @@ async def _reconcile_table(
         # again with its type); compared as typed here, it is not taken for a type change.
         spec = _typed_as(spec, followed)
         pgt = (await ddl.read_tables(conn, target))[name]
+        if await _move_rowid_column(session, spec, pgt):
+            pgt = (await ddl.read_tables(conn, target))[name]
         diff = ddl.diff_shape(spec, pgt)
     if gap:
         if row.state != bk.PENDING:
@@ -845,16 +847,22 @@ async def _follow_columns(session: SourceSession, spec: TableSpec, pgt: ddl.PgTa
     typed = (await parity.retyped_columns(conn, session.bk.schema, session.name)).get(spec.name, {})
     gone = {n: t for n, t in typed.items()
             if n in pg_names and n not in {c.name for c in spec.stored_columns}}
+    # A keyless table's rowid column in Postgres, under the name it had: a column of SQLite's
+    # that held the name the rowid column takes now ("_syncd_rowid", renamed or dropped since)
+    # is the application's, and follows as any other (_move_rowid_column gives the name back).
+    rowid = ddl.rowid_key(spec, pgt) if spec.rowid_keyed else None
     plan = ddl.plan_columns([(c.name, c.pgtype) for c in spec.stored_columns],
                             [(c.name, None if c.name in gone else c.pgtype) for c in pgt.columns
-                             if not ddl.is_aside(c.name) and not _synthetic(spec, c.name)])
+                             if not ddl.is_aside(c.name)
+                             and not (c.name == rowid if rowid is not None else _synthetic(spec, c.name))])
     if plan is None:
         return None
     for old, new, must in plan.guesses:
         # Postgres's name for each key column, should the key be among the renamed
         renamed = {**{n: o for o, n in plan.renames}, new: old}
         told = _typed_as(spec, {new: gone[old]}) if old in gone else spec
-        if await _looks_renamed(session, told, old, new, tuple(renamed.get(k, k) for k in spec.key), pg_names, since):
+        pg_key = (rowid,) if rowid is not None else tuple(renamed.get(k, k) for k in spec.key)
+        if await _looks_renamed(session, told, old, new, pg_key, pg_names, since):
             plan.renames.append((old, new))
         elif must:
             return None  # mid-table it can only be a rename, yet the data says otherwise
@@ -1066,16 +1074,23 @@ async def _move_rowid_column(session: SourceSession, spec: TableSpec, pgt: ddl.P
         return False
     old, new = pgt.key[0], spec.key[0]
     pg_names = {c.name for c in pgt.columns}
-    if (ddl.rowid_key(spec, pgt) is not None or not ddl.is_rowid_name(old) or new in pg_names
-            or old not in {c.name for c in spec.stored_columns}):
+    if not ddl.is_rowid_name(old) or new in pg_names:
+        return False
+    if ddl.rowid_key(spec, pgt) == old:
+        # The column of SQLite's that held the name was renamed or dropped (followed in
+        # Postgres already): the rowid column takes its usual name again.
+        said = (f'no column of SQLite\'s table is named "{new}" any more: the column syncd keeps this keyless '
+                f'table\'s rowids in is "{new}" in Postgres again (it was "{old}")')
+    elif old in {c.name for c in spec.stored_columns}:
+        said = (f'a column of SQLite\'s table is named "{old}" now, the name of the column syncd keeps this keyless '
+                f'table\'s rowids in: that column is "{new}" in Postgres now')
+    else:
         return False
     conn = session.pg
     assert conn is not None
     await conn.execute(f"ALTER TABLE {qualified(session.target_schema, spec.name)} RENAME COLUMN "
                        f"{quote_pg_ident(old)} TO {quote_pg_ident(new)}")
-    session.info(f'a column of SQLite\'s table is named "{old}" now, the name of the column syncd keeps this keyless '
-                 f'table\'s rowids in: that column is "{new}" in Postgres now', table=spec.name,
-                 event="column_renamed")
+    session.info(said, table=spec.name, event="column_renamed")
     return True
 
 

@@ -195,6 +195,37 @@ async def test_a_column_renamed_to_the_rowid_columns_name_moves_the_rowid_column
     assert run_cli(cfg, "verify").returncode == 0
 
 
+@pytest.mark.parametrize("how", ["renamed", "dropped"])
+async def test_a_column_leaving_the_rowid_columns_name_gives_it_back(tmp_path, make_config, pg_dsn, how):
+    """A keyless table's own column named "_syncd_rowid" (syncd's rowid column is then
+    "_syncd_rowid_1") renamed to another name, or dropped: the column follows in Postgres
+    (renamed with its values, or kept aside with them), the rowid column takes its usual
+    name again, and the table streams on."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript('PRAGMA journal_mode=wal; CREATE TABLE log ("_syncd_rowid" TEXT, b INTEGER);'
+                       "INSERT INTO log VALUES ('x', 1), ('y', 2), ('y', 2);")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute('ALTER TABLE log RENAME COLUMN "_syncd_rowid" TO a' if how == "renamed" else
+                     'ALTER TABLE log DROP COLUMN "_syncd_rowid"')
+        conn.execute("INSERT INTO log (b) VALUES (3)")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert await table_states(pg_dsn, "app") == {"log": ("streaming", None)}
+    cols = await pg_rows(pg_dsn, "SELECT column_name FROM information_schema.columns "
+                                 "WHERE table_schema = 'app' AND table_name = 'log' ORDER BY ordinal_position")
+    first = cols[0][0]
+    assert first == "a" if how == "renamed" else first.startswith("_syncd_rowid__dropped_"), cols
+    assert [c for (c,) in cols[1:]] == ["b", "_syncd_rowid"]
+    assert await pg_rows(pg_dsn, f'SELECT "{first}", b FROM app.log ORDER BY _syncd_rowid') == \
+        [("x", 1), ("y", 2), ("y", 2), (None, 3)]
+    assert await compare_keyless(str(db), pg_dsn, "app", "log") == []
+    v = run_cli(cfg, "verify")
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
 @pytest.mark.parametrize("how", ["rebuilt_key_last", "rebuilt_key_first", "unique_index"])
 async def test_a_keyless_table_given_a_key_is_reloaded_on_it(tmp_path, make_config, pg_dsn, how):
     """The application gives a keyless table a key: a 12-step rebuild adding an INTEGER
