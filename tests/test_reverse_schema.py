@@ -9,6 +9,7 @@ import re
 import sqlite3
 
 import asyncpg
+import pytest
 
 from tests.support.compare import compare_all, compare_keyless
 from tests.support.daemon import DaemonProcess, run_cli
@@ -120,6 +121,26 @@ async def test_what_sqlite_cannot_follow_pauses_the_table_with_what_to_do(tmp_pa
         await eventually(lambda: _streaming(pg_dsn, "contacts"), 30, "contacts resumed", d)
         await eventually(lambda: _email(db), 30, "the change made while paused", d)
         assert await compare_all(str(db), pg_dsn, "app", ["contacts"]) == []
+
+
+@pytest.mark.parametrize("change", ["RENAME COLUMN email TO mail", "DROP COLUMN email"])
+async def test_a_column_renamed_or_dropped_in_postgres_pauses_its_table_without_an_error(tmp_path, make_config,
+                                                                                         pg_dsn, change):
+    """The application's migration renames or drops a column in Postgres after the
+    cutover, then writes the table: the way back pauses the table saying what to do; it
+    never reads the column that is gone and fails the source with an unexpected error."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, f"ALTER TABLE app.contacts {change}")
+        await pg_rows(pg_dsn, "INSERT INTO app.contacts (id) VALUES (100)")
+        await eventually(lambda: paused(pg_dsn, "contacts"), 30, "contacts paused", d)
+        assert 'column(s) "email" exist in SQLite but no longer in Postgres' in await paused(pg_dsn, "contacts")
+        assert d.stop() == 0
+        log = d.log()
+    assert "unexpected error" not in log and " ERROR " not in log, log[-3000:]
 
 
 async def test_a_table_renamed_in_postgres_is_named_as_renamed(tmp_path, make_config, pg_dsn):

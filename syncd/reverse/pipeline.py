@@ -29,8 +29,8 @@ from syncd.pipeline import lock_met
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import cutover_guard, ddl
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
-from syncd.postgres.connect import (CannotConnect, describe, is_transient, lock_given_up, privilege_refused,
-                                    statement_cancelled)
+from syncd.postgres.connect import (CannotConnect, describe, is_shape_error, is_transient, lock_given_up,
+                                    privilege_refused, statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import install_capture
@@ -195,6 +195,7 @@ class ReversePipeline:
         self.pg_ok: bool | None = None
         self.step_started: float | None = None
         self.needs_reconcile = True
+        self.shape_met = False  # the last read met a table or column gone from Postgres (see _stream_step)
         self.checkpoint: ReverseCheckpoint | None = None
         self.file_checkpoint: str | None = None  # as the file holds it (encoded), which each apply expects
         self.pruned: str | None = None
@@ -916,7 +917,17 @@ class ReversePipeline:
         assert self.checkpoint is not None
         followed = self._followed()
         limit = self.writes.rows
-        batch = await reader.read_batch(s.pg, self.names, self.source.schema, followed, self.checkpoint, limit)
+        try:
+            batch = await reader.read_batch(s.pg, self.names, self.source.schema, followed, self.checkpoint, limit)
+        except asyncpg.PostgresError as e:
+            if not is_shape_error(e) or self.shape_met:
+                raise
+            # A column or table the application renamed or dropped in Postgres since its
+            # catalog was read (a migration, then a write): read again, the table is judged
+            # (paused, saying what to do). Met again right after, it is a failure.
+            self.shape_met = self.needs_reconcile = True
+            return True
+        self.shape_met = False
         if batch.empty and batch.before.target is None:
             if self.pruned != batch.before.done:
                 # Applied before a restart, not pruned: the daemon's watch would take
