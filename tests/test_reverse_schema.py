@@ -173,6 +173,30 @@ async def _email(db) -> bool:
     return typeof(db, "SELECT email FROM contacts WHERE id = 1") == [("changed while paused",)]
 
 
+async def test_a_table_dropped_in_postgres_is_not_said_renamed_to_a_table_alike_it_had_before(tmp_path, make_config,
+                                                                                             pg_dsn):
+    """A table dropped in Postgres after the cutover, beside another of the same columns
+    and key that SQLite has had all along (tags and categories, id and name each): its
+    pause says it was dropped, never that it was renamed to the other table."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE categories (id INTEGER PRIMARY KEY, name TEXT);"
+                       "CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT);"
+                       "INSERT INTO categories VALUES (1, 'books'); INSERT INTO tags VALUES (1, 'new');")
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "DROP TABLE app.tags")
+        await eventually(lambda: paused(pg_dsn, "tags"), 30, "tags paused", d)
+        reason = await paused(pg_dsn, "tags")
+        assert "dropped in Postgres after the cutover; SQLite keeps its rows" in reason and "renamed" not in reason, \
+            reason
+        assert d.stop() == 0
+
+
 async def test_a_type_changed_to_another_kind_of_value_says_how_to_compare_again(tmp_path, make_config, pg_dsn):
     """email becomes a boolean in Postgres (every value rewritten, no row trigger fires):
     verify cannot compare the table and says what would let it, instead of promising a

@@ -839,7 +839,13 @@ class ReversePipeline:
                              typed=frozenset(typed.get(name, ())))
             if d.kind != tables.IGNORE:
                 decisions[name] = d
-        tables.renamed(decisions, schema.tables, pg_tables)
+        # Tables syncd made in Postgres before this stretch of the way back began (SQLite's
+        # own, replicated before the cutover): no rename in Postgres made one of them.
+        dropped = any(d.kind == tables.PAUSE and d.reason == tables.DROPPED for d in decisions.values())
+        made = frozenset() if self.generation is None or not dropped else frozenset(r[0] for r in await s.pg.fetch(
+            f"SELECT table_name FROM {s.bk.s}.{bk.OWNED_TABLES} WHERE schema_name = $1 AND source = $2 "
+            "AND created_at < $3", self.source.schema, s.name, self.generation.started_at))
+        tables.renamed(decisions, schema.tables, pg_tables, made)
         tables.name_clashes(decisions, schema.tables, pg_tables, await s.worker.run(tables.sqlite_names))
         return schema, pg_tables, rows, decisions
 

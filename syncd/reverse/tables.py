@@ -237,10 +237,12 @@ DROPPED = ("the table was dropped in Postgres after the cutover; SQLite keeps it
            "(or drop it in SQLite yourself) to resume")
 
 
-def renamed(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg_tables: dict[str, PgTableInfo]) -> None:
+def renamed(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg_tables: dict[str, PgTableInfo],
+            made: frozenset[str] = frozenset()) -> None:
     """A table gone from Postgres while one table there has just its columns and key
     was renamed there, most likely: its pause says so (the new name is followed as a
-    table of its own)."""
+    table of its own). `made`: the tables syncd created in Postgres under their names
+    (SQLite's own, replicated before the cutover), none of which a rename made."""
     kept = (FOLLOW, ADD_COLUMNS, CREATE)
     for name, d in decisions.items():
         spec = specs.get(name)
@@ -248,7 +250,7 @@ def renamed(decisions: dict[str, Decision], specs: dict[str, TableSpec], pg_tabl
             continue
         shape = ([c.lower() for c in spec.column_names], [k.lower() for k in spec.key])
         alike = [other for other, o in decisions.items()
-                 if other != name and o.kind in kept and other in pg_tables
+                 if other != name and o.kind in kept and other in pg_tables and other not in made
                  and ([c.name.lower() for c in pg_tables[other].columns if not ddl.is_aside(c.name)],
                       [k.lower() for k in pg_tables[other].key]) == shape]
         if len(alike) == 1:
