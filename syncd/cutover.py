@@ -43,7 +43,7 @@ from syncd.postgres.connect import (ASYNCPG_FAULT, READ_ONLY_DATABASE, PostgresU
 from syncd.printable import listed, shorten, text_repr
 from syncd.reverse.capture import FREEZE_LOCK_STEP
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
-from syncd.sqlite import freeze
+from syncd.sqlite import capture, freeze
 from syncd.sqlite.capture import LockTimeout
 from syncd.sqlite.connection import SourceFileError, SqliteWorker
 from syncd.sqlite.introspect import introspect
@@ -332,6 +332,26 @@ def topped(specs: dict[str, TableSpec], marks: dict[str, int]) -> None:
         raise Refused(f'table "{name}": its highest "{col}" is {top}, the largest SQLite has, and Postgres could '
                       f'number no row the application adds without a "{col}": give that row a smaller "{col}" in '
                       "SQLite and cut over again")
+
+
+def renumbered_unseen(conn: sqlite3.Connection, specs: dict[str, TableSpec]) -> None:
+    """Refuse, before the freeze, while tables without a key may be under other rowids in
+    SQLite than in Postgres: the file's schema moved since syncd last followed it (a VACUUM
+    renumbers their rowids; capture.note_schema), or such a table is marked for the copy
+    that follows, not yet begun. Frozen, the drain would start that copy and the final
+    verification could only undo the switch."""
+    keyless = sorted(n for n, spec in specs.items() if spec.rowid_keyed)
+    if not keyless:
+        return
+    state = capture.read_state(conn)
+    version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+    moved = keyless if state.schema_seen is not None and state.schema_seen != version else \
+        [n for n in keyless if state.rearmed.get(n) == capture.ROWIDS_MOVED_REASON]
+    if moved:
+        raise Refused(f"{listed([f'table {quote_pg_ident(n)}' for n in moved])}: SQLite's schema changed since syncd "
+                      "last followed it (the application's DDL, or a VACUUM, which renumbers the rowids a table "
+                      "without a key is kept by in Postgres): the daemon copies such a table again on seeing that; "
+                      "start it if it is not running, and cut over once the table streams again")
 
 
 async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, target: int) -> str:
@@ -623,6 +643,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
             specs = await asyncio.to_thread(read_specs, source, await kept_types(conn, source))
             marks = await worker.run(high_marks, specs)
             topped(specs, marks)
+            await worker.run(renumbered_unseen, specs)
             pending = await worker.run(_pending, (await b.load_source(conn)).applied_seq)
             rows = await worker.run(_row_count, list(specs))
             res.plan.append(f"{len(specs)} table(s), {rows} row(s) to verify, {pending} change(s) to drain")

@@ -875,3 +875,36 @@ def test_the_reason_a_switch_was_undone_is_said_in_words():
     assert undo_reason(LockTimeout("a write lock was not had within 2 s")) == \
         "the SQLite file: a write lock was not had within 2 s"
     assert undo_reason(TimeoutError()).startswith("Postgres: timed out: a statement got no answer within ")
+
+
+async def test_a_vacuum_the_daemon_has_not_seen_refuses_the_cutover_before_the_freeze(tmp_path, make_config, pg_dsn):
+    """A VACUUM since the daemon last followed SQLite's schema (it ran while the daemon
+    was stopped) may have renumbered the rowids a table without a key is kept by in
+    Postgres: the cutover refuses before freezing the file, saying the daemon copies the
+    table again first, instead of freezing the application's writes for a switch whose
+    final verification could only undo it; once the daemon has, the switch goes through."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE touches (contact_id INTEGER, at TEXT)")
+    conn.executemany("INSERT INTO touches VALUES (?, ?)", [(i, f"2026-11-{i % 28 + 1:02d}") for i in range(30)])
+    conn.execute("DELETE FROM touches WHERE rowid % 3 = 0")  # gaps: a VACUUM closes them
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert run_cli(cfg, "verify").returncode == 0
+    conn.execute("VACUUM")
+    r = run_cli(cfg, "cutover", "--source", "app")
+    assert r.returncode == 1 and "app: REFUSED" in r.stdout and '"touches"' in r.stdout and "VACUUM" in r.stdout, \
+        r.stdout + r.stderr
+    assert "UNDONE" not in r.stdout and "drained" not in r.stdout, r.stdout
+    conn.execute("INSERT INTO touches VALUES (99, 'the application still writes')")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        d.wait_log("reloading the table aside")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "cutover", "--source", "app")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert d.stop() == 0
+    conn.close()
