@@ -334,12 +334,12 @@ def topped(specs: dict[str, TableSpec], marks: dict[str, int]) -> None:
                       "SQLite and cut over again")
 
 
-def renumbered_unseen(conn: sqlite3.Connection, specs: dict[str, TableSpec]) -> None:
+def renumbered_unseen(conn: sqlite3.Connection, specs: dict[str, TableSpec], switch: str = "cut over") -> None:
     """Refuse, before the freeze, while tables without a key may be under other rowids in
     SQLite than in Postgres: the file's schema moved since syncd last followed it (a VACUUM
     renumbers their rowids; capture.note_schema), or such a table is marked for the copy
     that follows, not yet begun. Frozen, the drain would start that copy and the final
-    verification could only undo the switch."""
+    verification could only undo the switch. `switch`: the command's verb, as said."""
     keyless = sorted(n for n, spec in specs.items() if spec.rowid_keyed)
     if not keyless:
         return
@@ -351,7 +351,7 @@ def renumbered_unseen(conn: sqlite3.Connection, specs: dict[str, TableSpec]) -> 
         raise Refused(f"{listed([f'table {quote_pg_ident(n)}' for n in moved])}: SQLite's schema changed since syncd "
                       "last followed it (the application's DDL, or a VACUUM, which renumbers the rowids a table "
                       "without a key is kept by in Postgres): the daemon copies such a table again on seeing that; "
-                      "start it if it is not running, and cut over once the table streams again")
+                      f"start it if it is not running, and {switch} once the table streams again")
 
 
 async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, target: int) -> str:

@@ -39,8 +39,8 @@ import asyncpg
 from syncd import collisions, in_process
 from syncd.config import Settings, SourceSettings
 from syncd.cutover import (SETTLED, STARTED_SWITCHES, Refused, answering, hold_at, read_specs, record_step,
-                           recorded_direction, release_switch_lock, sequence_tops, switch_holder, take_switch_lock,
-                           undo_reason, who)
+                           recorded_direction, release_switch_lock, renumbered_unseen, sequence_tops, switch_holder,
+                           take_switch_lock, undo_reason, who)
 from syncd.identifiers import quote_ident, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.parity.apply import lock_wait_ms
@@ -695,6 +695,7 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
             return res
         tables = [n for n, r in (await b.load_tables(conn)).items() if r.state == bk.STREAMING]
         specs = await asyncio.to_thread(read_specs, source)
+        await worker.run(renumbered_unseen, specs, "roll back")
         stricter = await stricter_in_postgres(conn, source.schema, specs)
         stricter += await not_computed_in_postgres(conn, source.schema, specs)
         stricter += await filled_only_in_postgres(conn, source.schema, specs)

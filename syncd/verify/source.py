@@ -352,11 +352,12 @@ def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str,
                     f"{shlex.quote(s.source.name)} --table {shlex.quote(name)}` rebuilds it from SQLite")
         return ("Postgres table does not match the SQLite schema (" + "; ".join(what) +
                 "); the daemon reconciles schema changes within seconds of seeing them")
-    if s.direction == TO_POSTGRES and spec.rowid_keyed and (
+    if spec.rowid_keyed and (
             (state.schema_seen is not None and sqlite_schema is not None and state.schema_seen != sqlite_schema)
             or state.rearmed.get(name) == capture.ROWIDS_MOVED_REASON):
         # Keyed by its rowid, which a VACUUM renumbers (moving the schema version, as any DDL does,
         # without syncd: capture.note_schema): compared now, rows still there would show under other rowids.
+        # Cut over alike: a VACUUM of the frozen file renumbers them until the way back copies the table again.
         return ("SQLite's schema changed without syncd, and a VACUUM renumbers the rowids this table without a "
                 "key is keyed by: its rows may be under other rowids in Postgres until the daemon copies the "
                 "table again (it does on seeing the change); check it again then")
