@@ -38,8 +38,14 @@ def make_app(db, refused: bool) -> None:
             CREATE TABLE tags (code TEXT COLLATE UNICODE PRIMARY KEY, v TEXT);
             CREATE TABLE cities (id INTEGER PRIMARY KEY, name TEXT);
             CREATE INDEX cities_by_name ON cities (name COLLATE UNICODE);
+            CREATE TABLE pets (id INTEGER PRIMARY KEY, name TEXT COLLATE UNICODE CHECK (name <> ''));
+            CREATE TABLE visits (id INTEGER PRIMARY KEY, name TEXT COLLATE UNICODE, seen INTEGER);
+            CREATE TRIGGER visits_seen AFTER UPDATE ON visits WHEN NEW.name <> OLD.name
+            BEGIN UPDATE visits SET seen = 0 WHERE id = NEW.id; END;
             INSERT INTO tags VALUES ('a', '1'), ('B', '2');
             INSERT INTO cities VALUES (1, 'Oslo');
+            INSERT INTO pets VALUES (1, 'Rex');
+            INSERT INTO visits VALUES (1, 'Ann', 1);
         """)
     conn.close()
 
@@ -77,6 +83,10 @@ async def test_a_key_or_index_in_the_applications_collation_refuses_its_table_by
     assert ('refused "tags": its primary key orders column "code" by the collation UNICODE, which the application '
             "defines for itself") in out, out
     assert 'refused "cities": index "cities_by_name" orders column "name" by the collation UNICODE' in out, out
+    for table, verb in (("pets", "an INSERT"), ("visits", "an UPDATE")):
+        assert (f'refused "{table}": a CHECK constraint or trigger of the table compares a column by the collation '
+                f"UNICODE, which the application defines for itself (create_collation): syncd's connections lack it, "
+                f"and SQLite refuses {verb} of the table without it") in out, out
     assert "people" not in out.split("refused", 1)[1], out
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
@@ -87,7 +97,8 @@ async def test_a_key_or_index_in_the_applications_collation_refuses_its_table_by
         assert "unexpected error" not in d.log(), d.log()[-3000:]
         assert d.stop() == 0
     states = dict(await pg_rows(pg_dsn, "SELECT table_name, state FROM syncd.tables"))
-    assert states == {"people": "streaming", "other": "streaming", "tags": "refused", "cities": "refused"}, states
+    assert states == {"people": "streaming", "other": "streaming", "tags": "refused", "cities": "refused",
+                      "pets": "refused", "visits": "refused"}, states
     assert await compare_table(str(db), pg_dsn, "app", "other") == []
     r = run_cli(cfg, "schema")
     assert "-- refused 'tags': its primary key orders column \"code\" by the collation UNICODE" in r.stdout, r.stdout
