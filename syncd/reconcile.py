@@ -9,6 +9,7 @@ on syncd's own initiative, and when capture had a gap, re-snapshot.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sqlite3
 import struct
@@ -928,7 +929,10 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
     table = qualified(session.target_schema, spec.name)
     # Rows from all over the table, not its first ones by key: a column dropped and
     # another added can agree on a run of rows (an old default) and nowhere else.
-    estimate = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = $1::regclass", table) or 0
+    # The planner's estimate, not pg_class.reltuples: that is -1 for a table no ANALYZE
+    # has counted yet (one syncd has just loaded), and stale for one grown since.
+    plan = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table}"))
+    estimate = plan[0]["Plan"]["Plan Rows"]
     pg_rows = []
     if estimate > 4 * EVIDENCE_ROWS:
         # BERNOULLI picks rows, not pages (SYSTEM's few pages sit together): about
