@@ -910,8 +910,8 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
                     pg_key: tuple[str, ...], pg_names: set[str], since: int | None = None) -> list[float | None] | None:
     """For each (Postgres column, SQLite column) pair, the share of up to EVIDENCE_ROWS
     rows (sampled across the table, rows changed since Postgres last saw them left out;
-    where those leave too few, the first rows by key that were not changed)
-    where the two hold the same value, counting only rows where either holds one (a
+    where those leave too few, the first rows by key that were not changed; every row
+    of a table too small to sample) where the two hold the same value, counting only rows where either holds one (a
     mostly-NULL column dropped and added again agrees on its NULLs and says nothing by
     them): None for a pair no such row tells; None for all when there is no evidence
     (no row, or a key SQLite does not store or Postgres does not have). `pg_key`:
@@ -970,6 +970,9 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
         # migration, queued behind it): the rows left alone are the ones that tell.
         after: tuple | None = None
         scanned = 0
+        # A table too small to sample is read whole: a run of its first rows by key may
+        # agree where the rest does not.
+        enough = EVIDENCE_ROWS if estimate > 4 * EVIDENCE_ROWS else 4 * EVIDENCE_ROWS
         while True:
             if after is None:
                 page = await conn.fetch(f"SELECT {keys}, {wanted} FROM {table} ORDER BY {keys} LIMIT {EVIDENCE_ROWS}")
@@ -979,8 +982,8 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
                                         f"ORDER BY {keys} LIMIT {EVIDENCE_ROWS}", *after)
             await unchanged(page)
             scanned += len(page)
-            if len(page) < EVIDENCE_ROWS or len(seen) >= EVIDENCE_ROWS or \
-                    scanned >= len(moving) + 2 * EVIDENCE_ROWS:
+            if len(page) < EVIDENCE_ROWS or len(seen) >= enough or \
+                    scanned >= len(moving) + max(enough, 2 * EVIDENCE_ROWS):
                 break
             after = tuple(page[-1])[:nkey]
     if not seen:
