@@ -102,3 +102,27 @@ async def test_a_jsonb_number_past_what_postgres_numeric_holds_holds_its_table_n
     assert 'column "jb"' in reason and "3 value(s)" in reason and "numeric" in reason, reason
     assert "invalid JSON" not in reason, reason
 
+
+
+async def test_a_column_an_override_names_renamed_by_the_application_is_named_with_the_way_out(
+        app_db, make_config, pg_dsn, tmp_path):
+    """The application renames a column a `[sources.columns]` override names: the table is
+    no longer replicated until the setting names it again, and its reason says so, with
+    the columns the table has now. Before, it said only "names unknown column(s) ['day']"."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.execute("CREATE TABLE ev (id INTEGER PRIMARY KEY, day TEXT, v TEXT)")
+    conn.executemany("INSERT INTO ev VALUES (?, ?, ?)", [(i, f"2026-01-{i:02d}", "v") for i in range(1, 21)])
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"ev": {"day": "date"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("ALTER TABLE ev RENAME COLUMN day TO happened_on")
+
+        async def refused() -> bool:
+            return (await table_states(pg_dsn, "app"))["ev"][0] == "refused"
+
+        await eventually(refused, 30, "the table refused", d)
+        reason = (await table_states(pg_dsn, "app"))["ev"][1]
+        assert d.stop() == 0
+    assert reason == ('[sources.columns] names column(s) "day" the table does not have (renamed or dropped in '
+                      'SQLite?); its columns are "id", "happened_on", "v": name them as they are now to replicate '
+                      "the table"), reason

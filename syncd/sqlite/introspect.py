@@ -208,7 +208,11 @@ def describe_table(
     overrides = {actual.get(sqlite_folded(c), c): t for c, t in source.columns_for(table).items()}
     unknown = set(overrides) - {r[1] for r in raw}
     if unknown:
-        return Refusal(table, f"[sources.columns] names unknown column(s) {sorted(unknown)}")
+        named = ", ".join(f'"{c}"' for c in sorted(unknown))
+        have = ", ".join(f'"{r[1]}"' for r in raw)
+        return Refusal(table, f"[sources.columns] names column(s) {named} the table does not have (renamed or "
+                              f"dropped in SQLite?); its columns are {have}: name them as they are now to "
+                              "replicate the table")
 
     chosen: dict[str, tuple[PgType, str | None]] = {}
     formats: dict[str, str | None] = {}
