@@ -80,8 +80,11 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
         moved = False
         for name, (tid, _key) in list(state.registry.items()):
             owner = capture.describe_trigger_owner(state, tid)
+            # The name may be a dropped table's (its triggers went with it): renamed onto it.
+            dropped = (owner in state.registry
+                       and capture.describe_trigger_owner(state, state.registry[owner][0]) is None)
             if (owner is not None and owner != name and name not in schema.tables and owner in schema.tables
-                    and owner not in state.registry):
+                    and (owner not in state.registry or dropped)):
                 await w.run(capture.rename_registered, tid, owner, busy)
                 renamed[name] = owner
                 moved = True
@@ -460,6 +463,13 @@ async def _follow_renames(session: SourceSession, state: CaptureState, schema: S
     owners = await session.bk.owners(conn, session.target_schema)
     for name in schema.tables:
         old = by_tid.get(state.tid_of(name))
+        if old is not None and old != name and old not in schema.tables and name in rows \
+                and rows[name].tid is not None and capture.dropped_name(rows[name].tid) in state.registry:
+            # Renamed onto the name of a table dropped meanwhile: that one is kept aside first.
+            ours = owners.get(name) == session.name
+            await _keep_dropped_aside(session, name, name in pg_tables and rows[name].state != bk.REFUSED and ours)
+            del rows[name]
+            pg_tables.pop(name, None)
         if old is None or old == name or name in rows or old in schema.tables:
             continue
         if name in pg_tables or old not in pg_tables or owners.get(old) != session.name:

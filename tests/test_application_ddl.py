@@ -234,3 +234,46 @@ async def test_long_names_dropped_together_are_kept_aside_under_names_of_their_o
     cols = await pg_columns(pg_dsn, "t")
     assert len([c for c in cols if "__dropped_" in c]) == 2, cols
     assert len([t for t in await pg_tables(pg_dsn) if "__dropped_" in t]) == 2
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["one_transaction", "renamed_later"])
+async def test_a_table_renamed_onto_the_name_of_one_dropped_is_followed(app_db, make_config, pg_dsn, tmp_path, later):
+    """The application drops a table and renames another into its name (in one
+    transaction, or once syncd has followed the drop): the dropped table's Postgres copy
+    is kept aside with its rows, and the renamed one is renamed there too and streams on.
+    Before, the renamed table was said dropped (kept aside under its old name) and loaded
+    again under the new name; in one transaction, over the dropped one's copy, whose own
+    rows were gone from Postgres."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE plans (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE plans_v2 (id INTEGER PRIMARY KEY, name TEXT, price REAL);
+        INSERT INTO plans VALUES (1, 'old basic'), (2, 'old pro');
+        INSERT INTO plans_v2 VALUES (1, 'basic', 5.0), (2, 'pro', 20.0), (3, 'team', 50.0);
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        seen = len(d.log())
+        if later:
+            conn.execute("DROP TABLE plans")
+            await eventually(lambda: _no_row(pg_dsn, "plans"), 30, "the drop followed", d)
+            conn.execute("ALTER TABLE plans_v2 RENAME TO plans")
+        else:
+            conn.executescript("BEGIN; DROP TABLE plans; ALTER TABLE plans_v2 RENAME TO plans; COMMIT;")
+        conn.execute("UPDATE plans SET price = 25.0 WHERE id = 2")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await table_states(pg_dsn, "app") == {"plans": ("streaming", None)}
+        assert await compare_table(str(app_db), pg_dsn, "app", "plans") == []
+        assert d.stop() == 0
+        since = d.log()[seen:]
+    assert 'table "plans_v2" was renamed to "plans" in SQLite' in since, since
+    assert "snapshot started" not in since and "plans_v2__dropped" not in since, since
+    kept = [t for t in await pg_tables(pg_dsn) if t.startswith("plans__dropped_")]
+    assert len(kept) == 1, await pg_tables(pg_dsn)
+    assert await pg_rows(pg_dsn, f'SELECT id, name FROM app."{kept[0]}" ORDER BY id') == [(1, "old basic"),
+                                                                                       (2, "old pro")]
+
+
+async def _no_row(dsn: str, table: str) -> bool:
+    return table not in await table_states(dsn, "app")

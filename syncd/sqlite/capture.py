@@ -610,11 +610,32 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
     return write_transaction(conn, lambda c: _own_schema_change(c, arm), busy_timeout_ms=busy_timeout_ms)
 
 
+def dropped_name(tid: int) -> str:
+    """The registry's name for a dropped table whose name another table was renamed to:
+    syncd's own prefix, which no replicated table has (introspect refuses such tables)."""
+    return f"_syncd_dropped_{tid}"
+
+
 def rename_registered(conn: sqlite3.Connection, tid: int, name: str, busy_timeout_ms: int) -> None:
     """The table `tid` was renamed to `name` (its triggers moved with it): so does its
-    registry entry, which keeps its id and its queued changes."""
-    write_transaction(conn, lambda c: c.execute(f"UPDATE main.{quote_ident(REGISTRY)} SET name = ? WHERE tid = ?",
-                                                (name, tid)), busy_timeout_ms=busy_timeout_ms)
+    registry entry, which keeps its id and its queued changes. A table registered under
+    `name` before was dropped: its entry keeps its id (no new table takes it, nor its
+    queued changes) under a name no table of the application's has (dropped_name), and
+    the sqlite_master row remembered for the name is the renamed table's (ROWIDS_KEY)."""
+
+    def rename(c: sqlite3.Connection) -> None:
+        reg = quote_ident(REGISTRY)
+        old = c.execute(f"SELECT name FROM main.{reg} WHERE tid = ?", (tid,)).fetchone()
+        gone = c.execute(f"SELECT tid FROM main.{reg} WHERE name = ? AND tid <> ?", (name, tid)).fetchone()
+        if gone is not None:
+            c.execute(f"UPDATE main.{reg} SET name = ? WHERE tid = ?", (dropped_name(gone[0]), gone[0]))
+        c.execute(f"UPDATE main.{reg} SET name = ? WHERE tid = ?", (name, tid))
+        rowids = _remembered_rowids(c)
+        if old is not None and old[0] in rowids:
+            rowids[name] = rowids.pop(old[0])
+            _remember_rowids(c, rowids)
+
+    write_transaction(conn, rename, busy_timeout_ms=busy_timeout_ms)
 
 
 def record_pruned(conn: sqlite3.Connection, seq: int) -> None:
