@@ -605,8 +605,8 @@ async def _resume_position(session: SourceSession, src, state: CaptureState, clo
         if seen <= noted and top >= applied and noted > applied:
             # The file is the one Postgres followed, and noted as applied what Postgres lacks.
             why = ("Postgres went back to an older copy of itself (restored from a backup, or it lost "
-                   "transactions it had confirmed, as with synchronous_commit = off), and the file's changelog "
-                   "no longer holds the changes in between")
+                   "transactions it had confirmed, as with synchronous_commit = off), or the file is a copy that "
+                   "went further than this Postgres; the file's changelog no longer holds the changes in between")
         else:
             why = "the file was restored or replaced"
         session.warning(
