@@ -168,31 +168,34 @@ async def test_status_names_a_held_table_while_a_retry_copies_it_again(tmp_path,
     copy ran, while `syncd rollback` refused the source for that very table."""
     from tests.support.sync import eventually, table_states
 
+    rows = 20_000
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=wal")
-    conn.executescript("CREATE TABLE deals (id INTEGER PRIMARY KEY, code TEXT UNIQUE);"
-                       "INSERT INTO deals VALUES (1, 'a'), (2, 'b');")
+    conn.execute("CREATE TABLE deals (id INTEGER PRIMARY KEY, code TEXT UNIQUE)")
+    conn.executemany("INSERT INTO deals VALUES (?, ?)", [(i, f"c{i}") for i in range(1, rows + 1)])
     conn.commit()
     conn.close()
-    # Retries every 0.1 s: the table is being copied again much of the time.
+    # Retries every 0.1 s, each copying every row before it meets the last one, which
+    # SQLite refuses: the table is being copied again much of the time.
     cfg = backup_and_config(make_config, tmp_path, db, stream={"held_table_retry_seconds": 0.1})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         await pg_rows(pg_dsn, "ALTER TABLE app.deals DROP CONSTRAINT deals_code_key")
-        await pg_rows(pg_dsn, "UPDATE app.deals SET code = 'a' WHERE id = 2")
+        await pg_rows(pg_dsn, f"UPDATE app.deals SET code = 'c1' WHERE id = {rows}")
 
         async def held() -> bool:
             return (await table_states(pg_dsn, "app"))["deals"][0] == "held"
 
         await eventually(held, 30, "deals held", d)
-        states = []
-        for _ in range(8):
+        states: list[str] = []
+        while "loading" not in states and len(states) < 40:
             r = run_cli(cfg, "status", "--json")
             src = json.loads(r.stdout)["sources"][0]
             states.append(next(t["state"] for t in src["tables"] if t["name"] == "deals"))
             named = [p for p in src["problems"] if 'table "deals"' in p["message"] and "UNIQUE" in p["message"]]
             assert r.returncode == 2 and named, (states, src["problems"])
+        assert "loading" in states, states  # a status taken while a retry copied the table
         assert d.stop() == 0
 
 
