@@ -27,12 +27,11 @@ from syncd.postgres.connect import QUERY_CANCELED, describe, is_transient, plan_
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, reader
-from syncd.sqlite.audit import format_key
 from syncd.sqlite.capture import CaptureState, trigger_names
 from syncd.sqlite.connection import damaged
 from syncd.sqlite.hold import RowsPerHold
 from syncd.sqlite.introspect import introspect, journal_mode
-from syncd.types import NO_VALUES_YET, PgType, ValueMismatch, canonical, converter
+from syncd.types import NO_VALUES_YET, PgType, canonical
 
 
 @dataclass
@@ -786,13 +785,7 @@ async def _reconcile_table(
         return _pending(row, None)
     since = _position(row, session.applied_seq)
     if moved and since is not None:
-        lost: list[tuple] = []
-        strangers = await _columns_changed_meaning(session, spec, pgt, since, lost)
-        if lost and not strangers:
-            session.warning(f"{len(lost)} row(s) Postgres holds (e.g. key {format_key(lost[0])}) are no longer in "
-                            "SQLite, and no change recorded says so (a rebuild that copied syncd's triggers, then a "
-                            "VACUUM?): reloading the table", table=name, event="table_reloading")
-            return _pending(row, None)
+        strangers = await _columns_changed_meaning(session, spec, pgt, since)
         if strangers:
             cols = ", ".join(f'"{c}"' for c in strangers)
             session.warning(f"column(s) {cols} no longer hold what Postgres holds for the same rows (renamed, "
@@ -924,18 +917,16 @@ EVIDENCE_ROWS = 200
 
 
 async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[str, str]],
-                    pg_key: tuple[str, ...], pg_names: set[str], since: int | None = None,
-                    lost: list[tuple] | None = None) -> list[float | None] | None:
+                    pg_key: tuple[str, ...], pg_names: set[str], since: int | None = None) -> list[float | None] | None:
     """For each (Postgres column, SQLite column) pair, the share of up to EVIDENCE_ROWS
     rows (sampled across the table, rows changed since Postgres last saw them left out;
     where those leave too few, the first rows by key that were not changed; every row
-    of a table too small to sample) where the two hold the same value, counting only
-    rows where either holds one (a mostly-NULL column dropped and added again agrees on
-    its NULLs and says nothing by them): None for a pair no such row tells; None for all
-    when there is no evidence (no row, or a key SQLite does not store or Postgres does
-    not have). `pg_key`: Postgres's names of spec.key; `since`: the position the
-    table's rows are at (the stream's by default); `lost`, if given, gets the keys of
-    the rows read that SQLite no longer holds, though no change since says so."""
+    of a table too small to sample) where the two hold the same value, counting only rows where either holds one (a
+    mostly-NULL column dropped and added again agrees on its NULLs and says nothing by
+    them): None for a pair no such row tells; None for all when there is no evidence
+    (no row, or a key SQLite does not store or Postgres does not have). `pg_key`:
+    Postgres's names of spec.key; `since`: the position the table's rows are at (the
+    stream's by default)."""
     conn = session.pg
     assert conn is not None
     if any(k not in {c.name for c in spec.stored_columns} for k in spec.key) and not spec.rowid_keyed:
@@ -968,15 +959,7 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
 
     async def unchanged(rows) -> None:
         """Add to `seen` the rows of `rows` not changed since `since`, with SQLite's values."""
-        current, gone = await session.worker.run(collisions.read_current, spec, [tuple(r)[:nkey] for r in rows])
-        if lost is not None and gone:
-            moved = set()
-            for key in moving:  # as Postgres holds them
-                try:
-                    moved.add(tuple(converter(spec.column(k).pgtype)(v) for k, v in zip(spec.key, key)))
-                except ValueMismatch:
-                    continue
-            lost.extend(k for k in gone if k not in moved)
+        current, _gone = await session.worker.run(collisions.read_current, spec, [tuple(r)[:nkey] for r in rows])
         mine = {}
         for row in current:
             if tuple(row[i] for i in spec.key_indexes) in moving:
@@ -1077,19 +1060,16 @@ def _position(row: TableRow, applied_seq: int) -> int | None:
 
 
 async def _columns_changed_meaning(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable,
-                                   since: int, lost: list[tuple] | None = None) -> list[str]:
+                                   since: int) -> list[str]:
     """Columns both sides name alike whose values no longer agree: a name alone does not
     say a column is the one Postgres copied (renamed away and added again, two names
     swapped, dropped and added back: the shapes can look unchanged). The data says, from
-    rows unchanged since `since`, the position the table's rows in Postgres are at.
-    `lost` gets the keys of rows read that SQLite lost with no change recorded."""
+    rows unchanged since `since`, the position the table's rows in Postgres are at."""
     have = {c.name for c in pgt.columns}
     shared = [c.name for c in spec.stored_columns if c.name in have and c.name not in spec.key]
     if not shared:
-        if lost is not None and all(k in have for k in spec.key):  # a table of key columns only: its rows tell
-            await _evidence(session, spec, [(k, k) for k in spec.key], spec.key, have, since, lost)
         return []
-    share = await _evidence(session, spec, [(c, c) for c in shared], spec.key, have, since, lost)
+    share = await _evidence(session, spec, [(c, c) for c in shared], spec.key, have, since)
     if share is None:
         return []
     changed = []

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
-import pytest
-
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
@@ -274,45 +272,3 @@ async def test_a_statement_postgres_must_prepare_anew_while_following_a_change_p
 
 async def _has_row(dsn: str, key: int) -> bool:
     return await pg_rows(dsn, "SELECT 1 FROM app.deals WHERE id = $1", key) == [(1,)]
-
-
-@pytest.mark.parametrize("columns", ["id INTEGER PRIMARY KEY, title TEXT, amount REAL",
-                                     "id INTEGER, title TEXT, amount REAL, PRIMARY KEY (id, title, amount)"],
-                         ids=["values", "key_only"])
-async def test_a_rebuild_that_copies_syncds_triggers_and_a_vacuum_after_it_are_seen(
-        app_db, make_config, pg_dsn, tmp_path, columns):
-    """While syncd is stopped, a rebuild copying syncd's triggers leaves out some rows,
-    and a VACUUM follows: it numbers the schema's rows anew, so the rebuilt table's row
-    is no newer than the one remembered. Rows Postgres holds that SQLite lost without a
-    change recorded tell: the table is loaded again, a table of key columns only too.
-    Before, the 10 rows left out stayed in Postgres, every table said streaming."""
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.executescript("""
-        CREATE TABLE notes (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c TEXT);
-        CREATE INDEX notes_a ON notes (a); CREATE INDEX notes_b ON notes (b); CREATE INDEX notes_c ON notes (c);
-        CREATE INDEX notes_ab ON notes (a, b); CREATE INDEX notes_bc ON notes (b, c);
-    """)
-    conn.execute(f"CREATE TABLE deals ({columns})")
-    conn.executemany("INSERT INTO deals VALUES (?, ?, ?)", [(i, f"deal {i}", i * 1.0) for i in range(1, 101)])
-    cfg = make_config([{"name": "crm", "path": str(app_db)}], sections={"verify": {"interval_seconds": 0}})
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(app_db, pg_dsn, "crm", daemon=d)
-        assert d.stop() == 0
-    before = conn.execute("SELECT rowid FROM sqlite_master WHERE name = 'deals'").fetchone()[0]
-    triggers = [r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' "
-                                           "AND tbl_name = 'deals'")]
-    conn.execute("BEGIN")
-    conn.execute(f"CREATE TABLE deals_new ({columns})")
-    conn.execute("INSERT INTO deals_new SELECT * FROM deals WHERE id % 10 <> 0")
-    conn.execute("DROP TABLE deals")
-    conn.execute("ALTER TABLE deals_new RENAME TO deals")
-    for sql in triggers:
-        conn.execute(sql)
-    conn.execute("COMMIT")
-    conn.execute("VACUUM")
-    assert conn.execute("SELECT rowid FROM sqlite_master WHERE name = 'deals'").fetchone()[0] <= before
-    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
-        await wait_caught_up(app_db, pg_dsn, "crm", daemon=d)
-        assert d.stop() == 0
-        assert "10 row(s) Postgres holds (e.g. key " in d.log() and "are no longer in SQLite" in d.log()
-    assert await compare_table(str(app_db), pg_dsn, "crm", "deals") == []
