@@ -24,7 +24,6 @@ import asyncpg
 
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
 from syncd.model import TableSpec, UniqueSet
-from syncd.sqlite import key_identity
 from syncd.sqlite.connection import fetchall_text_safe
 from syncd.types import PgType, ValueMismatch, converter, real_text
 
@@ -256,9 +255,6 @@ def _raw_forms(pgtype: PgType, v: Any) -> list[Any] | None:
         return _sqlite_int(int(v)) or ([float(v)] if Decimal(float(v)) == v else [])
     if pgtype is PgType.BOOLEAN:
         return [1 if v else 0]
-    if pgtype in (PgType.DATE, PgType.TIMESTAMP, PgType.TIMESTAMPTZ):
-        # The spellings a streaming table's key may have (one spelled otherwise holds the table).
-        return key_identity._date_spellings(pgtype, v)
     return None
 
 

@@ -7,7 +7,6 @@ every value ends equal; a schema change that keeps the meaning reloads nothing."
 
 from __future__ import annotations
 
-import datetime as dt
 import sqlite3
 
 import pytest
@@ -222,26 +221,3 @@ async def test_a_column_dropped_and_added_again_is_told_from_every_row_of_a_smal
         await wait_caught_up(db, pg_dsn, "crm", daemon=d)
         assert d.stop() == 0
     assert await compare_table(str(db), pg_dsn, "crm", "accounts") == []
-
-
-async def test_a_column_dropped_and_added_again_in_a_table_keyed_on_a_date_is_told(tmp_path, make_config, pg_dsn):
-    """The rows that tell a column's meaning changed are found in SQLite by Postgres's key:
-    a date there (a `[sources.columns]` override), looked up by its spellings. Before, no
-    row was found, the change passed for none, and 150 rows kept the dropped column's
-    values in Postgres."""
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("CREATE TABLE daily (day TEXT PRIMARY KEY, total INTEGER, status TEXT)")
-    first = dt.date(2020, 1, 1)
-    conn.executemany("INSERT INTO daily VALUES (?, ?, ?)", [((first + dt.timedelta(days=i)).isoformat(), i,
-                                                             "open" if i % 2 else "closed") for i in range(300)])
-    cfg = make_config([{"name": "crm", "path": str(db), "columns": {"daily": {"day": "date"}}}],
-                      sections={"verify": {"interval_seconds": 0}})
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
-        conn.executescript("BEGIN; ALTER TABLE daily DROP COLUMN status; "
-                           "ALTER TABLE daily ADD COLUMN status TEXT DEFAULT 'open'; COMMIT;")
-        wait_for(lambda: "no longer hold what Postgres holds" in d.log(), 30, "the change told", d)
-        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
-        assert d.stop() == 0
-    assert await pg_rows(pg_dsn, "SELECT status, count(*) FROM crm.daily GROUP BY status") == [("open", 300)]

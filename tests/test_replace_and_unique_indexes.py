@@ -365,29 +365,3 @@ async def test_replace_through_a_unique_index_dropped_while_the_table_is_held(ap
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         assert await compare_table(str(app_db), pg_dsn, "app", "acct") == []
         assert d.stop() == 0
-
-
-async def test_replace_through_a_unique_column_of_a_table_keyed_on_a_date(app_db, make_config, pg_dsn, tmp_path):
-    """A table whose key is a date in Postgres (a `[sources.columns]` override): the rows a
-    REPLACE removed through a unique column are found in SQLite by their key's spellings,
-    and deleted in Postgres; the rows that replaced them arrive. Before, Postgres's date
-    could not be looked up in SQLite: the removed rows stayed in Postgres, and the row
-    inserted and the row updated never arrived, the table said streaming all along."""
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.execute("CREATE TABLE daily (day TEXT PRIMARY KEY, code TEXT UNIQUE, total INTEGER)")
-    conn.executemany("INSERT INTO daily VALUES (?, ?, ?)", [(f"2026-01-{i:02d}", f"c{i}", i) for i in range(1, 31)])
-    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"daily": {"day": "date"}}}],
-                      sections={"verify": {"interval_seconds": 0}})
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        conn.execute("INSERT OR REPLACE INTO daily VALUES ('2026-02-01', 'c3', 99)")  # replaces 2026-01-03
-        conn.execute("UPDATE OR REPLACE daily SET code = 'c5' WHERE day = '2026-01-07'")  # replaces 2026-01-05
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        assert (await table_states(pg_dsn, "app"))["daily"][0] == "streaming"
-        assert d.stop() == 0
-    pg = await asyncpg.connect(pg_dsn)
-    try:
-        rows = {(r[0], r[1], r[2]) for r in await pg.fetch("SELECT day::text, code, total FROM app.daily")}
-    finally:
-        await pg.close()
-    assert rows == set(conn.execute("SELECT day, code, total FROM daily").fetchall())
