@@ -540,8 +540,8 @@ async def filled_only_in_postgres(conn: asyncpg.Connection, schema: str, specs: 
             continue
         col = spec.column(column)
         # An INTEGER PRIMARY KEY, or syncd's column of a table without a key: the rowid fills it
-        rowid = (spec.key == (column,) and not spec.without_rowid and col.declared.upper() == "INTEGER") or \
-            col.sqlite_expr is not None
+        # (not an INTEGER PRIMARY KEY DESC, nor a key INTEGER UNIQUE: ordinary columns there)
+        rowid = (spec.rowid_alias and spec.key == (column,)) or col.sqlite_expr is not None
         if col.default_sql is not None or col.generated or rowid:
             continue
         out.append(f'warning: Postgres fills "{table}"."{column}" in a row that leaves it out ({what}, set in '
