@@ -216,6 +216,29 @@ async def test_a_null_key_met_while_streaming_names_the_rowid_as_the_way_out(tmp
     assert await compare_keyless(str(db), pg_dsn, "app", "accounts") == []
 
 
+async def test_a_null_key_in_a_table_without_rowid_never_names_the_rowid_as_the_way_out(tmp_path, make_config, pg_dsn):
+    """A WITHOUT ROWID table keyed in [sources.keys] on a column holding NULLs has no
+    rowid to key it on instead: its hold, before the load as while streaming, says to
+    give those rows a key, not to set [sources.keys] "t" = ["rowid"] (refused there as
+    an unknown column)."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("CREATE TABLE parts (id INTEGER PRIMARY KEY, code TEXT, v TEXT) WITHOUT ROWID;"
+                       "CREATE TABLE tools (id INTEGER PRIMARY KEY, code TEXT, v TEXT) WITHOUT ROWID;"
+                       "INSERT INTO parts VALUES (1, 'p1', 'a'), (2, NULL, 'b');"
+                       "INSERT INTO tools VALUES (1, 't1', 'a');")
+    cfg = make_config([{"name": "app", "path": str(db), "keys": {"parts": ["code"], "tools": ["code"]}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held", "streaming"))
+        conn.execute("INSERT INTO tools VALUES (2, NULL, 'b')")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held",))
+        states = await table_states(pg_dsn, "app")
+        assert d.stop() == 0
+    for table in ("parts", "tools"):
+        state, reason = states[table]
+        assert state == "held" and "NULL" in reason and "rowid" not in reason, (table, reason)
+
+
 def test_keys_and_types_set_for_a_table_name_cased_otherwise_apply_as_in_sqlite(tmp_path, make_config):
     """SQLite's table names ignore case (A-Z): [sources.keys] and [sources.columns] set for
     "Orders" are the table orders' settings, not settings of no table, silently ignored

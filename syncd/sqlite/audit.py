@@ -29,13 +29,15 @@ class Misfit:
     count: int = 0
     sample_keys: list[tuple] = field(default_factory=list)
     example: str = ""
+    rowid: bool = True  # the table has a rowid to key it on (not WITHOUT ROWID)
 
     def describe(self, table: str) -> str:
         keys = ", ".join(format_key(k) for k in self.sample_keys)
         if self.pgtype == NULL_KEY:
             return (f'table "{table}": {self.count} row(s) with a NULL in the key ({self.column}), which Postgres '
-                    "cannot store: give those rows a key value in SQLite, or key the table on its rowid (as a table "
-                    f'without a key) with [sources.keys] "{table}" = ["rowid"]')
+                    "cannot store: give those rows a key value in SQLite"
+                    + ("" if not self.rowid else ", or key the table on its rowid (as a table without a key) with "
+                       f'[sources.keys] "{table}" = ["rowid"]'))
         return (
             f'table "{table}" column "{self.column}": {self.count} value(s) do not fit {self.pgtype} '
             f"(e.g. {self.example}; keys: {keys}); fix the rows or set "
@@ -151,7 +153,8 @@ def audit_scan(conn: sqlite3.Connection, spec: TableSpec,
             key = row[:nkey]
             values = row[nkey:]
             if any(v is None for v in key):
-                m = misfits.setdefault("\x00key", Misfit(", ".join(spec.key), NULL_KEY))
+                m = misfits.setdefault("\x00key", Misfit(", ".join(spec.key), NULL_KEY,
+                                                                rowid=not spec.without_rowid))
                 m.count += 1
                 m.example = "NULL key"
                 if len(m.sample_keys) < SAMPLE_KEYS:
