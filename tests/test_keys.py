@@ -239,6 +239,35 @@ async def test_a_null_key_in_a_table_without_rowid_never_names_the_rowid_as_the_
         assert state == "held" and "NULL" in reason and "rowid" not in reason, (table, reason)
 
 
+async def test_a_null_key_names_the_rowid_by_a_name_no_column_of_the_table_takes(tmp_path, make_config, pg_dsn):
+    """A table whose own column is named rowid: [sources.keys] "t" = ["rowid"] would key
+    it on that column, not on the rowid. Its hold for a NULL key, before the load as
+    while streaming, names the rowid as SQLite still reaches it there (_rowid_), and with
+    that the table loads on its rowid, every row included."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("CREATE TABLE notes (title TEXT PRIMARY KEY, rowid INTEGER, body TEXT);"
+                       "CREATE TABLE cards (code TEXT PRIMARY KEY, rowid TEXT);"
+                       "INSERT INTO notes VALUES ('a', NULL, 'x'), (NULL, NULL, 'y');"
+                       "INSERT INTO cards VALUES ('c1', NULL);")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held", "streaming"))
+        conn.execute("INSERT INTO cards VALUES (NULL, NULL)")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held",))
+        states = await table_states(pg_dsn, "app")
+        assert d.stop() == 0
+    for table in ("notes", "cards"):
+        state, reason = states[table]
+        assert state == "held" and f'[sources.keys] "{table}" = ["_rowid_"]' in reason, (table, reason)
+    cfg = make_config([{"name": "app", "path": str(db), "keys": {"notes": ["_rowid_"], "cards": ["_rowid_"]}}])
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.notes") == [(2,)]
+    assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.cards") == [(2,)]
+
+
 def test_keys_and_types_set_for_a_table_name_cased_otherwise_apply_as_in_sqlite(tmp_path, make_config):
     """SQLite's table names ignore case (A-Z): [sources.keys] and [sources.columns] set for
     "Orders" are the table orders' settings, not settings of no table, silently ignored

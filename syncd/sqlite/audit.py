@@ -16,6 +16,7 @@ from syncd.model import TableSpec
 from syncd.printable import text_repr
 from syncd.sqlite import windows
 from syncd.sqlite.connection import SourceFileError, no_such_table, open_connection, surrogate_text
+from syncd.sqlite.reader import rowid_key_name
 from syncd.types import PgType, ValueMismatch, audit_prefilter, converter_of, needs_conversion_filter
 
 SAMPLE_KEYS = 5
@@ -29,7 +30,7 @@ class Misfit:
     count: int = 0
     sample_keys: list[tuple] = field(default_factory=list)
     example: str = ""
-    rowid: bool = True  # the table has a rowid to key it on (not WITHOUT ROWID)
+    rowid: str | None = "rowid"  # a name reaching the table's rowid, to key it on; None: WITHOUT ROWID, or shadowed
 
     def describe(self, table: str) -> str:
         keys = ", ".join(format_key(k) for k in self.sample_keys)
@@ -37,7 +38,7 @@ class Misfit:
             return (f'table "{table}": {self.count} row(s) with a NULL in the key ({self.column}), which Postgres '
                     "cannot store: give those rows a key value in SQLite"
                     + ("" if not self.rowid else ", or key the table on its rowid (as a table without a key) with "
-                       f'[sources.keys] "{table}" = ["rowid"]'))
+                       f'[sources.keys] "{table}" = ["{self.rowid}"]'))
         return (
             f'table "{table}" column "{self.column}": {self.count} value(s) do not fit {self.pgtype} '
             f"(e.g. {self.example}; keys: {keys}); fix the rows or set "
@@ -154,7 +155,7 @@ def audit_scan(conn: sqlite3.Connection, spec: TableSpec,
             values = row[nkey:]
             if any(v is None for v in key):
                 m = misfits.setdefault("\x00key", Misfit(", ".join(spec.key), NULL_KEY,
-                                                                rowid=not spec.without_rowid))
+                                                                rowid=rowid_key_name(spec)))
                 m.count += 1
                 m.example = "NULL key"
                 if len(m.sample_keys) < SAMPLE_KEYS:

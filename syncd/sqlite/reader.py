@@ -550,6 +550,13 @@ def rowid_name(spec: TableSpec) -> str | None:
     return None if spec.without_rowid else unshadowed_rowid_name(c.name for c in spec.stored_columns)
 
 
+def rowid_key_name(spec: TableSpec) -> str | None:
+    """What [sources.keys] names to key the table on its rowid: "rowid", or the name that
+    reaches it when a column of the table takes that one; None when none can (WITHOUT ROWID)."""
+    name = rowid_name(spec)
+    return "rowid" if name is not None and "rowid" not in {c.name.lower() for c in spec.stored_columns} else name
+
+
 def snapshot_position_kind(spec: TableSpec) -> str:
     """How a load remembers where it is.
 
