@@ -466,9 +466,11 @@ async def _follow_renames(session: SourceSession, state: CaptureState, schema: S
                 and rows[name].tid is not None and capture.dropped_name(rows[name].tid) in state.registry:
             # Renamed onto the name of a table dropped meanwhile: that one is kept aside first.
             ours = owners.get(name) == session.name
-            await _keep_dropped_aside(session, name, name in pg_tables and rows[name].state != bk.REFUSED and ours)
+            aside = name in pg_tables and rows[name].state != bk.REFUSED and ours
+            await _keep_dropped_aside(session, name, aside)
             del rows[name]
-            pg_tables.pop(name, None)
+            if aside:  # a relation not syncd's keeps the name: the rename below then stops, as ever
+                pg_tables.pop(name, None)
         if old is None or old == name or name in rows or old in schema.tables:
             continue
         if name in pg_tables or old not in pg_tables or owners.get(old) != session.name:
