@@ -15,6 +15,19 @@ from tests.support.sync import wait_caught_up
 from tests.support.way_back import backup_and_config, cut_over
 
 
+async def dry_run_and_cutover(tmp_path, make_config, pg_dsn, db) -> tuple[str, str]:
+    """What `syncd cutover --dry-run`, then `syncd cutover`, of a caught-up file print."""
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    return dry.stdout, out
+
+
 async def test_defaults_postgres_lacks_are_named_before_and_at_the_switch(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db, isolation_level=None)
@@ -103,15 +116,7 @@ async def test_a_null_sqlite_takes_without_an_error_is_named_before_the_switch(t
     """)
     assert conn.execute("SELECT name FROM people").fetchall() == [("anon",)]
     conn.close()
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert run_cli(cfg, "verify").returncode == 0
-        dry = run_cli(cfg, "cutover", "--dry-run")
-        assert dry.returncode == 0, dry.stdout + dry.stderr
-        out = await cut_over(cfg, db, pg_dsn, daemon=d)
-        assert d.stop() == 0
-    for said in (dry.stdout, out):
+    for said in await dry_run_and_cutover(tmp_path, make_config, pg_dsn, db):
         warned = [line for line in said.splitlines() if "warning:" in line and "ON CONFLICT" in line]
         (name,) = [w for w in warned if '"people"."name"' in w]
         assert "REPLACE" in name and "'anon'" in name and "fails" in name, name
@@ -148,15 +153,7 @@ async def test_a_row_sqlite_takes_over_another_on_a_key_conflict_is_named_before
     """)
     assert conn.execute("SELECT * FROM prefs").fetchall() == [("theme", "light")]
     conn.close()
-    cfg = backup_and_config(make_config, tmp_path, db)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert run_cli(cfg, "verify").returncode == 0
-        dry = run_cli(cfg, "cutover", "--dry-run")
-        assert dry.returncode == 0, dry.stdout + dry.stderr
-        out = await cut_over(cfg, db, pg_dsn, daemon=d)
-        assert d.stop() == 0
-    for said in (dry.stdout, out):
+    for said in await dry_run_and_cutover(tmp_path, make_config, pg_dsn, db):
         warned = [line for line in said.splitlines() if "warning:" in line and "ON CONFLICT" in line]
         assert len(warned) == 3, said
         (prefs,) = [w for w in warned if '"prefs" with the (k)' in w]

@@ -596,6 +596,16 @@ def audit_quick(conn, spec, columns: list[str], override: PgType | None = None) 
     # does not carry writable, and in rollback-journal mode one statement over the whole
     # table would hold their writers back for as long as it reads.
     order = windows.table_ordering(spec)
+
+    def first_rows(col: str, where: str) -> list[tuple]:
+        """The keys and values of `col` of the first SAMPLE_KEYS rows `where` holds."""
+        rows: list[tuple] = []
+        for got in windows.scan(conn, spec.name, order, f"{keys}, {col}", where):
+            rows += got[:SAMPLE_KEYS - len(rows)]
+            if len(rows) >= SAMPLE_KEYS:
+                break
+        return rows
+
     old = conn.text_factory
     conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
     try:
@@ -632,12 +642,7 @@ def audit_quick(conn, spec, columns: list[str], override: PgType | None = None) 
                 if integers:
                     epochs, days = epochs + got[0][2], days + got[0][3]
             if integers and reads_as_yyyymmdd(days, epochs):
-                dated: list[tuple] = []
-                ymd = f"{eight} AND date({d}, '+0 days') IS {d}"
-                for got in windows.scan(conn, spec.name, order, f"{keys}, {col}", ymd):
-                    dated += got[:SAMPLE_KEYS - len(dated)]
-                    if len(dated) >= SAMPLE_KEYS:
-                        break
+                dated = first_rows(col, f"{eight} AND date({d}, '+0 days') IS {d}")
                 out[name] = Verdict(sample, None, None, 0, why=YYYYMMDD, keys=[tuple(r[:-1]) for r in dated],
                                     example=dated[0][-1])
                 continue
@@ -645,12 +650,7 @@ def audit_quick(conn, spec, columns: list[str], override: PgType | None = None) 
             if not bad:
                 out[name] = Verdict(audit, fmt, _flavour(fmt, override), 0)
                 continue
-            rows: list[tuple] = []
-            misspelled = f"{col} IS NOT NULL AND NOT ({match})"
-            for got in windows.scan(conn, spec.name, order, f"{keys}, {col}", misspelled):
-                rows += got[:SAMPLE_KEYS - len(rows)]
-                if len(rows) >= SAMPLE_KEYS:
-                    break
+            rows = first_rows(col, f"{col} IS NOT NULL AND NOT ({match})")
             example = rows[0][-1] if rows else None
             got = shape(example) if rows else None
             why = (f"spelled {got.spec}, not {fmt.spec}" if isinstance(got, Format) else got) or "not spelled so"
