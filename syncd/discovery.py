@@ -131,8 +131,15 @@ def expand(settings: Settings) -> Settings:
             if not is_glob(s.path) and s.name not in taken and not os.path.exists(s.path)}
     found: list[SourceSettings] = []
     problems: list[str] = []
-    for pattern in settings.patterns:
-        for file, real, key in matches(pattern):
+    looked = [(pattern, matches(pattern)) for pattern in settings.patterns]
+    # A running source's file the globs still match keeps the source's name: a file the
+    # template gives that name too (another tenant's, in a folder that sorts first) is not
+    # picked up, rather than taking the source over and loading its rows in place of these.
+    matched = {real for _pattern, files in looked for _file, real, _key in files}
+    holding = {s.name: s.path for s in settings.sources
+               if not is_glob(s.path) and s.name not in taken and _real(s.path) in matched}
+    for pattern, files in looked:
+        for file, real, key in files:
             if not_utf8(str(file)):
                 # Postgres keeps every source's path, and SQLite opens a file by a URI:
                 # neither holds a name that is not UTF-8. Said with its bytes as escapes.
@@ -168,6 +175,8 @@ def expand(settings: Settings) -> Settings:
                 why = f"its source name {name!r} may only use letters, digits, '_', '.' and '-'"
             elif name in taken:
                 why = f"its source name {name!r} is already taken"
+            elif name in holding and _real(holding[name]) != real:
+                why = f"its source name {name!r} is already taken by {holding[name]}"
             elif name in gone:
                 why = (f"its source name {name!r} is the source of {gone[name]}, whose file is gone (shown as "
                        f"missing); if that file is gone for good, `syncd uninstall --forget --source {name}` and "

@@ -840,3 +840,39 @@ def test_a_tenant_folder_syncd_may_not_enter_is_named_by_the_commands(tmp_path, 
         assert any(x.startswith("t_acme") or "- t_acme" in x for x in out.splitlines()), (verb, out[-3000:])
         [line] = [x for x in out.splitlines() if "t_globex" in x and "Permission denied" in x][:1]
         assert says in line and "Postgres: Permission denied" not in line, (verb, line)
+
+
+async def test_a_file_given_a_running_sources_name_in_another_folder_does_not_take_it_over(
+        tmp_path, make_config, pg_dsn):
+    """A glob over several folders whose template gives two files one name: the file the
+    daemon streams keeps its source, and the one that appeared since (another tenant's,
+    in a folder that sorts first) is the one said as not picked up, by the daemon, by
+    `syncd status` and across a restart. Before, the daemon named the file it streamed as
+    not picked up, status read the newcomer as the source (no capture installed), and a
+    restart loaded the newcomer's rows in place of the streamed tenant's."""
+    d = tmp_path / "regions"
+    (d / "eu").mkdir(parents=True)
+    (d / "asia").mkdir()
+    tenant(d / "eu" / "acme.db")
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*" / "*.db")}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    newcomer = f"{d / 'asia' / 'acme.db'} (from {d / '*' / '*.db'}) is not picked up: its source name 't_acme' is " \
+               f"already taken by {d / 'eu' / 'acme.db'}"
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(d / "eu" / "acme.db", pg_dsn, "t_acme", daemon=dp)
+        tenant(d / "asia" / "acme.db")
+        dp.wait_log(newcomer)
+        assert f"{d / 'eu' / 'acme.db'} (from" not in dp.log()
+        doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+        assert [(s["name"], s["path"]) for s in doc["sources"]] == [("t_acme", str(d / "eu" / "acme.db"))], doc
+        assert doc["not_picked_up"] == [newcomer]
+        assert dp.stop() == 0
+    conn = sqlite3.connect(d / "eu" / "acme.db")
+    conn.executemany("INSERT INTO notes VALUES (?, 'eu')", [(i,) for i in range(2, 22)])
+    conn.commit()
+    conn.close()
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as dp:
+        await wait_caught_up(d / "eu" / "acme.db", pg_dsn, "t_acme", daemon=dp)
+        assert "re-snapshotting" not in dp.own_log()
+        assert await compare_table(str(d / "eu" / "acme.db"), pg_dsn, "t_acme", "notes") == []
+        assert dp.stop() == 0
