@@ -554,9 +554,17 @@ async def _own_capture_id(session: SourceSession, state: CaptureState) -> bool:
             f"{session.source.path} is the SQLite file of source {other!r} too, which runs: one file is one source; "
             f"{session.name} is not streamed (nor re-snapshotted) until its path names another file")
     state.capture_id = await session.worker.run(capture.new_capture_id, session.settings.sqlite.write_busy_timeout_ms)
+    row = await session.pg.fetchrow(f"SELECT sqlite_path FROM {session.bk.s}.sources WHERE source = $1", other)
+    how, after = " (a copy of its file)", ""
+    if row is not None and row[0] and not os.path.exists(row[0]):
+        # The other's file is gone: most likely this very file, renamed or moved, which
+        # leaves the other source missing, where "a copy" sent the operator looking for it.
+        how = f", whose file {row[0]} is gone (renamed or moved to this name, or copied here and deleted)"
+        after = (f"; {other} stays shown as missing: if its file is gone for good, "
+                 f"`syncd uninstall --forget --source {other}`")
     session.warning(
-        f"the SQLite file of {session.name} carries the capture id of source {other} (a copy of its file): "
-        f"gave it a capture id of its own; re-snapshotting every table of {session.name} from this file",
+        f"the SQLite file of {session.name} carries the capture id of source {other}{how}: "
+        f"gave it a capture id of its own; re-snapshotting every table of {session.name} from this file{after}",
         event="capture_cloned",
     )
     return True

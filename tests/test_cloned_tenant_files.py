@@ -130,3 +130,29 @@ async def test_tenants_cloned_from_one_file_each_get_a_capture_id_of_their_own(t
         assert daemon.stop() == 0
     assert capture_id(d / "acme.db") == original and capture_id(d / "c1.db") not in (original, ids[1])
     assert daemon.log().count("carries the capture id of source") == 1
+
+
+async def test_a_tenant_file_renamed_while_streamed_is_said_renamed_not_copied(tmp_path, make_config, pg_dsn):
+    """`mv acme.db acme-corp.db` while the daemon streams it: the file under its new name
+    is another source, given a capture id of its own and loaded again, and the old name's
+    source is missing. The warning says the old source's file is gone and how to forget
+    it, where it called the file "a copy", sending the operator to look for the original."""
+    d = tmp_path / "tenants"
+    d.mkdir()
+    tenant(d / "acme.db")
+    tenant(d / "initech.db")
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*.db")}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}, "verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as daemon:
+        await wait_caught_up(d / "acme.db", pg_dsn, "t_acme", daemon=daemon)
+        await wait_caught_up(d / "initech.db", pg_dsn, "t_initech", daemon=daemon)
+        (d / "acme.db").rename(d / "acme-corp.db")
+        await wait_caught_up(d / "acme-corp.db", pg_dsn, "t_acme-corp", daemon=daemon)
+        daemon.wait_log(f"the SQLite file of t_acme-corp carries the capture id of source t_acme, whose file "
+                        f"{d / 'acme.db'} is gone (renamed or moved to this name, or copied here and deleted): gave "
+                        "it a capture id of its own; re-snapshotting every table of t_acme-corp from this file; "
+                        "t_acme stays shown as missing: if its file is gone for good, "
+                        "`syncd uninstall --forget --source t_acme`")
+        assert "(a copy of its file)" not in daemon.log()
+        assert daemon.stop() == 0
+    assert await compare_table(str(d / "acme-corp.db"), pg_dsn, "t_acme-corp", "items") == []
