@@ -14,6 +14,7 @@ import os
 import sqlite3
 import struct
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import asyncpg
 
@@ -278,6 +279,8 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
     # cutover's transaction or sees its new direction (and never reloads over its types).
     session.direction = await conn.fetchval(
         f"SELECT direction FROM {session.bk.s}.sources WHERE source = $1 FOR SHARE", session.name) or TO_POSTGRES
+    if session.direction == TO_POSTGRES:
+        await _registered_file_still_there(session)
     # Before anything else is locked: another source's reconcile may hold the id's lock.
     cloned = session.direction == TO_POSTGRES and await _own_capture_id(session, state)
     await bk.ensure_schema(conn, target)
@@ -523,6 +526,34 @@ class SameFileAsAnotherSource(Exception):
     appeared after the configuration was checked, or a second daemon's configuration):
     taking a capture id of its own would make the other take one back, re-snapshotting
     both forever. The source that runs it keeps it."""
+
+
+async def _registered_file_still_there(session: SourceSession) -> None:
+    """A glob's source whose file is another file than the one it is registered for,
+    while that one is there and the glob gives it this name too (two tenants' files the
+    template names alike, the daemon started while Postgres was away, which left it to
+    the globs' own order): loading this file would put its rows in place of the other's."""
+    import fnmatch
+
+    from syncd.discovery import _fill
+
+    if session.name in {c.name for c in session.settings.configured}:
+        return  # configured by itself: a path changed in the configuration is the operator's
+    registered = await session.pg.fetchval(f"SELECT sqlite_path FROM {session.bk.s}.sources WHERE source = $1",
+                                           session.name)
+    if not registered or registered == str(session.source.path) or not os.path.isfile(registered):
+        return
+    try:
+        if os.path.samefile(registered, session.source.path):
+            return
+    except OSError:
+        return
+    if any(fnmatch.fnmatch(registered, str(g.path)) and _fill(g.name, Path(registered)) == session.name
+           for g in session.settings.patterns):
+        raise SameFileAsAnotherSource(
+            f"source {session.name!r} is registered for {registered}, which is there still: "
+            f"{session.source.path} (given the same name by the glob) is not loaded in its place; restart "
+            f"syncd to follow {registered} again, and rename the other file to carry it")
 
 
 async def _same_file_as_running(session: SourceSession, other: str) -> bool:

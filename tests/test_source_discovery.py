@@ -876,3 +876,40 @@ async def test_a_file_given_a_running_sources_name_in_another_folder_does_not_ta
         assert "re-snapshotting" not in dp.own_log()
         assert await compare_table(str(d / "eu" / "acme.db"), pg_dsn, "t_acme", "notes") == []
         assert dp.stop() == 0
+
+
+async def test_a_file_given_a_registered_sources_name_does_not_take_it_over_while_postgres_is_away(
+        tmp_path, outage, pg_dsn):
+    """Another tenant's file that the glob's template gives a registered source's name,
+    appearing while the daemon is stopped, with Postgres away when the daemon starts (the
+    names registered cannot be read, and the globs' own order decides): the source is
+    refused on the newcomer once Postgres answers, in one line naming both files, and its
+    rows in Postgres stay the registered file's. Before, the newcomer's rows were loaded
+    in their place."""
+    proxy, dsn = outage
+    d = tmp_path / "regions"
+    (d / "eu").mkdir(parents=True)
+    (d / "asia").mkdir()
+    tenant(d / "eu" / "acme.db")
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "t_{stem}", "path": str(d / "*" / "*.db")}],
+                       sections={"postgres": {"connect_timeout_seconds": 2},
+                                 "stream": {"discover_interval_seconds": 0.5, "retry_max_backoff_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(d / "eu" / "acme.db", pg_dsn, "t_acme", daemon=dp)
+        assert dp.stop() == 0
+    tenant(d / "asia" / "acme.db")
+    conn = sqlite3.connect(d / "asia" / "acme.db")
+    conn.executemany("INSERT INTO notes VALUES (?, 'asia')", [(i,) for i in range(2, 22)])
+    conn.commit()
+    conn.close()
+    proxy.refuse()
+    with DaemonProcess(cfg, tmp_path / "again.log") as dp:
+        dp.wait_log("syncd running")
+        wait_for(lambda: "Postgres unreachable" in dp.own_log(), 30, "the outage seen", dp)
+        proxy.heal()
+        dp.wait_log(f"source 't_acme' is registered for {d / 'eu' / 'acme.db'}, which is there still: "
+                    f"{d / 'asia' / 'acme.db'} (given the same name by the glob) is not loaded in its place")
+        await asyncio.sleep(2)
+        assert "re-snapshotting" not in dp.own_log()
+        assert await compare_table(str(d / "eu" / "acme.db"), pg_dsn, "t_acme", "notes") == []
+        assert dp.stop() == 0
