@@ -110,25 +110,28 @@ def expand(settings: Settings) -> Settings:
     fixed = list(settings.configured) if settings.configured or settings.patterns else \
         [s for s in settings.sources if not is_glob(s.path)]
     taken = {s.name for s in fixed}
+    # The globs themselves, by their text: a source found by one has a file's path, which
+    # may hold '[' or '?' (a folder `eu[1]`) and is no pattern for all that.
+    globs = {str(p.path) for p in settings.patterns}
     # real path -> the source that has it and the glob it came from (None: configured
     # by itself, which keeps its file whatever glob matches it too).
     taken_paths: dict[Path, tuple[str, Path | None]] = {_real(s.path): (s.name, None) for s in fixed}
     # One file under several names (hard links) is one source too: the name configured,
     # or carried already (a running daemon's sources), or else the first found, keeps it.
     carried: dict[tuple[int, int], Path] = {}
-    for s in [*fixed, *(s for s in settings.sources if not is_glob(s.path))]:
+    for s in [*fixed, *(s for s in settings.sources if str(s.path) not in globs)]:
         key = _file_id(s.path)
         if key is not None:
             carried.setdefault(key, s.path)
     # A running daemon's sources keep their files: a name found since for one of them
     # (a symlink from another folder the glob matches) is no second source.
-    running = {_real(s.path): s.path for s in settings.sources if not is_glob(s.path)}
+    running = {_real(s.path): s.path for s in settings.sources if str(s.path) not in globs}
     # A glob's source whose file is gone (shown as missing) keeps its name until it is
     # forgotten: a file the template gives that name meanwhile is another file, not it.
     # (os.path.exists: a file in a folder syncd may not enter is out of reach, as gone;
     # Path.exists raises "Permission denied" there, which ended every look.)
     gone = {s.name: s.path for s in settings.sources
-            if not is_glob(s.path) and s.name not in taken and not os.path.exists(s.path)}
+            if str(s.path) not in globs and s.name not in taken and not os.path.exists(s.path)}
     found: list[SourceSettings] = []
     problems: list[str] = []
     looked = [(pattern, matches(pattern)) for pattern in settings.patterns]
@@ -137,7 +140,7 @@ def expand(settings: Settings) -> Settings:
     # picked up, rather than taking the source over and loading its rows in place of these.
     matched = {real for _pattern, files in looked for _file, real, _key in files}
     holding = {s.name: s.path for s in settings.sources
-               if not is_glob(s.path) and s.name not in taken and _real(s.path) in matched}
+               if str(s.path) not in globs and s.name not in taken and _real(s.path) in matched}
     for pattern, files in looked:
         for file, real, key in files:
             if not_utf8(str(file)):

@@ -913,3 +913,23 @@ async def test_a_file_given_a_registered_sources_name_does_not_take_it_over_whil
         assert "re-snapshotting" not in dp.own_log()
         assert await compare_table(str(d / "eu" / "acme.db"), pg_dsn, "t_acme", "notes") == []
         assert dp.stop() == 0
+
+
+async def test_a_source_in_a_folder_named_with_brackets_keeps_its_name(tmp_path, make_config, pg_dsn):
+    """A tenant's folder whose name holds '[' (`eu[1]`): the file the daemon streams from
+    it is a file, not a pattern, and keeps its source's name when another tenant's file
+    that the template names alike appears. Its path was taken for a glob, so the newcomer
+    took the name and the streamed file was said as not picked up."""
+    d = tmp_path / "regions"
+    (d / "eu[1]").mkdir(parents=True)
+    (d / "asia").mkdir()
+    tenant(d / "eu[1]" / "acme.db")
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*" / "*.db")}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(d / "eu[1]" / "acme.db", pg_dsn, "t_acme", daemon=dp)
+        tenant(d / "asia" / "acme.db")
+        dp.wait_log(f"{d / 'asia' / 'acme.db'} (from {d / '*' / '*.db'}) is not picked up: its source name 't_acme' "
+                    f"is already taken by {d / 'eu[1]' / 'acme.db'}")
+        assert f"{d / 'eu[1]' / 'acme.db'} (from" not in dp.log()
+        assert dp.stop() == 0
