@@ -556,6 +556,17 @@ async def _registered_file_still_there(session: SourceSession) -> None:
             f"syncd to follow {registered} again, and rename the other file to carry it")
 
 
+def _configured_here(session: SourceSession, other: str, path: str) -> bool:
+    """Whether `other`, registered for the file at `path`, is a source of this
+    configuration: configured by that name, or a glob matching `path` gives it that name."""
+    import fnmatch
+
+    from syncd.discovery import _fill
+
+    return other in {c.name for c in session.settings.configured} or any(
+        fnmatch.fnmatch(path, str(g.path)) and _fill(g.name, Path(path)) == other for g in session.settings.patterns)
+
+
 async def _same_file_as_running(session: SourceSession, other: str) -> bool:
     row = await session.pg.fetchrow(f"SELECT sqlite_path FROM {session.bk.s}.sources WHERE source = $1", other)
     try:
@@ -584,6 +595,20 @@ async def _own_capture_id(session: SourceSession, state: CaptureState) -> bool:
         raise SameFileAsAnotherSource(
             f"{session.source.path} is the SQLite file of source {other!r} too, which runs: one file is one source; "
             f"{session.name} is not streamed (nor re-snapshotted) until its path names another file")
+    row = await session.pg.fetchrow(f"SELECT sqlite_path FROM {session.bk.s}.sources WHERE source = $1", other)
+    try:
+        same = bool(row and row[0]) and os.path.samefile(row[0], session.source.path)
+    except OSError:
+        same = False
+    if same and session.name not in {c.name for c in session.settings.configured} \
+            and _configured_here(session, other, row[0]):
+        # Not running here (yet): the daemon started while Postgres was away, and the globs'
+        # order gave the file another of its names. The file is still the source's that
+        # syncd registered it under, whose capture id it keeps: it is no copy.
+        raise SameFileAsAnotherSource(
+            f"{session.source.path} is the SQLite file of source {other!r} too (another name of it), "
+            f"which syncd registered it under: one file is one source; {session.name} is not streamed (nor "
+            f"re-snapshotted); restart syncd to follow the file as {other!r} again")
     state.capture_id = await session.worker.run(capture.new_capture_id, session.settings.sqlite.write_busy_timeout_ms)
     row = await session.pg.fetchrow(f"SELECT sqlite_path FROM {session.bk.s}.sources WHERE source = $1", other)
     how, after = " (a copy of its file)", ""

@@ -933,3 +933,41 @@ async def test_a_source_in_a_folder_named_with_brackets_keeps_its_name(tmp_path,
                     f"is already taken by {d / 'eu[1]' / 'acme.db'}")
         assert f"{d / 'eu[1]' / 'acme.db'} (from" not in dp.log()
         assert dp.stop() == 0
+
+
+async def test_a_hard_link_sorting_first_takes_no_file_from_its_source_while_postgres_is_away(tmp_path, outage, pg_dsn):
+    """A hard link to a streamed file, under a name that sorts first, made while the
+    daemon was stopped, and Postgres away when it starts (the name registered cannot be
+    read, and the globs' own order decides): once Postgres answers, the link's source is
+    refused in one line naming the registered one, and the file keeps its capture id.
+    Before, the link's source took the file for a copy, wrote a capture id of its own into
+    it and loaded it again, leaving the registered source's replica unfollowed."""
+    from tests.support.sync import capture_id
+
+    proxy, dsn = outage
+    d = tmp_path / "tenants"
+    d.mkdir()
+    tenant(d / "initech.db")
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "t_{stem}", "path": str(d / "*.db")}],
+                       sections={"postgres": {"connect_timeout_seconds": 2},
+                                 "stream": {"discover_interval_seconds": 0.5, "retry_max_backoff_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(d / "initech.db", pg_dsn, "t_initech", daemon=dp)
+        assert dp.stop() == 0
+    registered = capture_id(d / "initech.db")
+    os.link(d / "initech.db", d / "aaa.db")
+    proxy.refuse()
+    with DaemonProcess(cfg, tmp_path / "again.log") as dp:
+        dp.wait_log("syncd running")
+        wait_for(lambda: "Postgres unreachable" in dp.own_log(), 30, "the outage seen", dp)
+        proxy.heal()
+        dp.wait_log(f"{d / 'aaa.db'} is the SQLite file of source 't_initech' too (another name of it), which syncd "
+                    "registered it under: one file is one source; t_aaa is not streamed (nor re-snapshotted); "
+                    "restart syncd to follow the file as 't_initech' again")
+        assert capture_id(d / "initech.db") == registered
+        assert "re-snapshotting" not in dp.own_log()
+        assert dp.stop() == 0
+    with DaemonProcess(cfg, tmp_path / "third.log") as dp:  # Postgres there: the registered name keeps the file
+        await wait_caught_up(d / "initech.db", pg_dsn, "t_initech", daemon=dp)
+        assert "re-snapshotting" not in dp.own_log()
+        assert dp.stop() == 0
