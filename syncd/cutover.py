@@ -354,6 +354,37 @@ def renumbered_unseen(conn: sqlite3.Connection, specs: dict[str, TableSpec], swi
                       f"start it if it is not running, and {switch} once the table streams again")
 
 
+def writes_refused(conn: sqlite3.Connection, specs: dict[str, TableSpec]) -> None:
+    """Refuse, before the freeze, a table the way back could write no row of: SQLite
+    compiles a statement only with every collation it compares by, and syncd's connections
+    lack one the application defines for itself (create_collation) that a CHECK constraint,
+    a trigger or the key compares by. Each write compiled, not run (EXPLAIN)."""
+    for name, spec in sorted(specs.items()):
+        q = f"main.{quote_ident(name)}"
+        where = " AND ".join(f"{spec.key_sql(k)} = ?" for k in spec.key)
+        cols = [spec.sqlite_ref(c.name) for c in spec.columns if c.sqlite_expr is None and not c.generated]
+        nkey = len(spec.key)
+        writes = [("a lookup by key", f"SELECT 1 FROM {q} WHERE {where}", nkey),
+                  ("a DELETE", f"DELETE FROM {q} WHERE {where}", nkey)]
+        if cols:
+            writes += [("an INSERT", f"INSERT INTO {q} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+                        len(cols)),
+                       ("an UPDATE", f"UPDATE {q} SET {', '.join(f'{c} = ?' for c in cols)} WHERE {where}",
+                        len(cols) + nkey)]
+        for what, sql, n in writes:
+            try:
+                conn.execute(f"EXPLAIN {sql}", [None] * n).close()
+            except sqlite3.OperationalError as e:
+                if not str(e).startswith("no such collation sequence: "):
+                    continue  # not this check's to say: the way back names what it meets
+                raise Refused(
+                    f"table {quote_pg_ident(name)}: SQLite compiles {what} of it only with the collation "
+                    f"{str(e).split(': ', 1)[1]}, which the application defines for itself (create_collation) and "
+                    "syncd's connections lack (a CHECK constraint, a trigger or the key compares by it): after the "
+                    "cutover the way back could write none of its rows; compare by one of SQLite's collations "
+                    "(BINARY, NOCASE, RTRIM) there, or leave the table out with exclude in its [[sources]]") from None
+
+
 async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, target: int) -> str:
     """Until the forward checkpoint covers every change up to `target` (the frozen
     file's last one): by the daemon if it runs the source, else by a pipeline here."""
@@ -644,6 +675,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
             marks = await worker.run(high_marks, specs)
             topped(specs, marks)
             await worker.run(renumbered_unseen, specs)
+            await worker.run(writes_refused, specs)
             pending = await worker.run(_pending, (await b.load_source(conn)).applied_seq)
             rows = await worker.run(_row_count, list(specs))
             res.plan.append(f"{len(specs)} table(s), {rows} row(s) to verify, {pending} change(s) to drain")

@@ -82,26 +82,6 @@ def _foreign_collation(conn: sqlite3.Connection, table: str) -> str | None:
                     "(create_collation): syncd's connections lack it, and SQLite reads no row through that "
                     "index without it; order it by one of SQLite's (BINARY, NOCASE, RTRIM), or leave the table "
                     "out with exclude in its [[sources]]")
-    # A CHECK constraint or trigger comparing such a column: the way back's writes after a
-    # cutover would each fail. Compiled, not run (EXPLAIN), as the way back writes.
-    q = f"main.{quote_ident(table)}"
-    names = [quote_ident(r[1]) for r in conn.execute(f"PRAGMA main.table_xinfo({quote_ident(table)})") if r[6] == 0]
-    writes = [("a DELETE", f"DELETE FROM {q} WHERE 0")]
-    if names:
-        writes[:0] = [("an INSERT", f"INSERT INTO {q} ({', '.join(names)}) VALUES ({', '.join('NULL' for _ in names)})"),
-                      ("an UPDATE", f"UPDATE {q} SET {', '.join(f'{n} = {n}' for n in names)} WHERE 0")]
-    for verb, sql in writes:
-        try:
-            conn.execute(f"EXPLAIN {sql}").close()
-        except sqlite3.OperationalError as e:
-            if not str(e).startswith("no such collation sequence: "):
-                continue  # not this check's to say (the way back names what it meets)
-            coll = str(e).split(": ", 1)[1]
-            return (f"a CHECK constraint or trigger of the table compares a column by the collation {coll}, which "
-                    "the application defines for itself (create_collation): syncd's connections lack it, and "
-                    f"SQLite refuses {verb} of the table without it (the way back writes the table after a "
-                    "cutover); compare by one of SQLite's collations (BINARY, NOCASE, RTRIM) there, or leave the "
-                    "table out with exclude in its [[sources]]")
     return None
 
 
