@@ -533,8 +533,6 @@ async def _registered_file_still_there(session: SourceSession) -> None:
     while that one is there and the glob gives it this name too (two tenants' files the
     template names alike, the daemon started while Postgres was away, which left it to
     the globs' own order): loading this file would put its rows in place of the other's."""
-    import fnmatch
-
     from syncd.discovery import _fill
 
     if session.name in {c.name for c in session.settings.configured}:
@@ -548,12 +546,21 @@ async def _registered_file_still_there(session: SourceSession) -> None:
             return
     except OSError:
         return
-    if any(fnmatch.fnmatch(registered, str(g.path)) and _fill(g.name, Path(registered)) == session.name
+    if any(_glob_matches(registered, str(g.path)) and _fill(g.name, Path(registered)) == session.name
            for g in session.settings.patterns):
         raise SameFileAsAnotherSource(
             f"source {session.name!r} is registered for {registered}, which is there still: "
             f"{session.source.path} (given the same name by the glob) is not loaded in its place; restart "
             f"syncd to follow {registered} again, and rename the other file to carry it")
+
+
+def _glob_matches(path: str, pattern: str) -> bool:
+    """Whether glob.glob(`pattern`) finds `path`: name by name, a * never spanning a /
+    (fnmatch on the whole path lets it: /srv/t/*.db would match /srv/t/eu/acme.db)."""
+    import fnmatch
+
+    parts, pats = Path(path).parts, Path(pattern).parts
+    return len(parts) == len(pats) and all(fnmatch.fnmatchcase(a, p) for a, p in zip(parts, pats))
 
 
 def _configured_here(session: SourceSession, other: str, path: str) -> bool:
@@ -610,9 +617,14 @@ async def _own_capture_id(session: SourceSession, state: CaptureState) -> bool:
             f"which syncd registered it under: one file is one source; {session.name} is not streamed (nor "
             f"re-snapshotted); restart syncd to follow the file as {other!r} again")
     state.capture_id = await session.worker.run(capture.new_capture_id, session.settings.sqlite.write_busy_timeout_ms)
+    from syncd.discovery import _run_elsewhere  # a rare path: a file carrying another's capture id
+
     row = await session.pg.fetchrow(f"SELECT sqlite_path FROM {session.bk.s}.sources WHERE source = $1", other)
     how, after = " (a copy of its file)", ""
-    if row is not None and row[0] and not os.path.exists(row[0]):
+    # Not there on this host, and no other host's daemon runs it (a fleet of hosts sharing
+    # the database: there it may be where it was).
+    if (row is not None and row[0] and not os.path.exists(row[0])
+            and other not in await _run_elsewhere(session.pg, session.bk.schema, [other])):
         # The other's file is gone: most likely this very file, renamed or moved, which
         # leaves the other source missing, where "a copy" sent the operator looking for it.
         how = f", whose file {row[0]} is gone (renamed or moved to this name, or copied here and deleted)"
