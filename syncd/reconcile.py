@@ -566,12 +566,10 @@ def _glob_matches(path: str, pattern: str) -> bool:
 def _configured_here(session: SourceSession, other: str, path: str) -> bool:
     """Whether `other`, registered for the file at `path`, is a source of this
     configuration: configured by that name, or a glob matching `path` gives it that name."""
-    import fnmatch
-
     from syncd.discovery import _fill
 
     return other in {c.name for c in session.settings.configured} or any(
-        fnmatch.fnmatch(path, str(g.path)) and _fill(g.name, Path(path)) == other for g in session.settings.patterns)
+        _glob_matches(path, str(g.path)) and _fill(g.name, Path(path)) == other for g in session.settings.patterns)
 
 
 async def _same_file_as_running(session: SourceSession, other: str) -> bool:
