@@ -118,20 +118,21 @@ def expand(settings: Settings) -> Settings:
     taken_paths: dict[Path, tuple[str, Path | None]] = {_real(s.path): (s.name, None) for s in fixed}
     # One file under several names (hard links) is one source too: the name configured,
     # or carried already (a running daemon's sources), or else the first found, keeps it.
+    # The sources found before (a running daemon's), each with its file's real path.
+    before = [(s, _real(s.path)) for s in settings.sources if str(s.path) not in globs]
     carried: dict[tuple[int, int], Path] = {}
-    for s in [*fixed, *(s for s in settings.sources if str(s.path) not in globs)]:
+    for s in [*fixed, *(s for s, _real_path in before)]:
         key = _file_id(s.path)
         if key is not None:
             carried.setdefault(key, s.path)
     # A running daemon's sources keep their files: a name found since for one of them
     # (a symlink from another folder the glob matches) is no second source.
-    running = {_real(s.path): s.path for s in settings.sources if str(s.path) not in globs}
+    running = {real: s.path for s, real in before}
     # A glob's source whose file is gone (shown as missing) keeps its name until it is
     # forgotten: a file the template gives that name meanwhile is another file, not it.
     # (os.path.exists: a file in a folder syncd may not enter is out of reach, as gone;
     # Path.exists raises "Permission denied" there, which ended every look.)
-    gone = {s.name: s.path for s in settings.sources
-            if str(s.path) not in globs and s.name not in taken and not os.path.exists(s.path)}
+    gone = {s.name: s.path for s, _real_path in before if s.name not in taken and not os.path.exists(s.path)}
     found: list[SourceSettings] = []
     problems: list[str] = []
     looked = [(pattern, matches(pattern)) for pattern in settings.patterns]
@@ -139,8 +140,7 @@ def expand(settings: Settings) -> Settings:
     # template gives that name too (another tenant's, in a folder that sorts first) is not
     # picked up, rather than taking the source over and loading its rows in place of these.
     matched = {real for _pattern, files in looked for _file, real, _key in files}
-    holding = {s.name: s.path for s in settings.sources
-               if str(s.path) not in globs and s.name not in taken and _real(s.path) in matched}
+    holding = {s.name: (s.path, real) for s, real in before if s.name not in taken and real in matched}
     for pattern, files in looked:
         for file, real, key in files:
             if not_utf8(str(file)):
@@ -178,8 +178,8 @@ def expand(settings: Settings) -> Settings:
                 why = f"its source name {name!r} may only use letters, digits, '_', '.' and '-'"
             elif name in taken:
                 why = f"its source name {name!r} is already taken"
-            elif name in holding and _real(holding[name]) != real:
-                why = f"its source name {name!r} is already taken by {holding[name]}"
+            elif name in holding and holding[name][1] != real:
+                why = f"its source name {name!r} is already taken by {holding[name][0]}"
             elif name in gone:
                 why = (f"its source name {name!r} is the source of {gone[name]}, whose file is gone (shown as "
                        f"missing); if that file is gone for good, `syncd uninstall --forget --source {name}` and "

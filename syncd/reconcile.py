@@ -533,8 +533,6 @@ async def _registered_file_still_there(session: SourceSession) -> None:
     while that one is there and the glob gives it this name too (two tenants' files the
     template names alike, the daemon started while Postgres was away, which left it to
     the globs' own order): loading this file would put its rows in place of the other's."""
-    from syncd.discovery import _fill
-
     if session.name in {c.name for c in session.settings.configured}:
         return  # configured by itself: a path changed in the configuration is the operator's
     registered = await session.pg.fetchval(f"SELECT sqlite_path FROM {session.bk.s}.sources WHERE source = $1",
@@ -546,8 +544,7 @@ async def _registered_file_still_there(session: SourceSession) -> None:
             return
     except OSError:
         return
-    if any(_glob_matches(registered, str(g.path)) and _fill(g.name, Path(registered)) == session.name
-           for g in session.settings.patterns):
+    if _globbed_as(session, registered, session.name):
         raise SameFileAsAnotherSource(
             f"source {session.name!r} is registered for {registered}, which is there still: "
             f"{session.source.path} (given the same name by the glob) is not loaded in its place; restart "
@@ -563,13 +560,18 @@ def _glob_matches(path: str, pattern: str) -> bool:
     return len(parts) == len(pats) and all(fnmatch.fnmatchcase(a, p) for a, p in zip(parts, pats))
 
 
+def _globbed_as(session: SourceSession, path: str, name: str) -> bool:
+    """Whether a glob of the configuration matches the file at `path` and gives it `name`."""
+    from syncd.discovery import _fill
+
+    return any(_glob_matches(path, str(g.path)) and _fill(g.name, Path(path)) == name
+               for g in session.settings.patterns)
+
+
 def _configured_here(session: SourceSession, other: str, path: str) -> bool:
     """Whether `other`, registered for the file at `path`, is a source of this
     configuration: configured by that name, or a glob matching `path` gives it that name."""
-    from syncd.discovery import _fill
-
-    return other in {c.name for c in session.settings.configured} or any(
-        _glob_matches(path, str(g.path)) and _fill(g.name, Path(path)) == other for g in session.settings.patterns)
+    return other in {c.name for c in session.settings.configured} or _globbed_as(session, path, other)
 
 
 async def _same_file_as_running(session: SourceSession, other: str) -> bool:
@@ -617,7 +619,6 @@ async def _own_capture_id(session: SourceSession, state: CaptureState) -> bool:
     state.capture_id = await session.worker.run(capture.new_capture_id, session.settings.sqlite.write_busy_timeout_ms)
     from syncd.discovery import _run_elsewhere  # a rare path: a file carrying another's capture id
 
-    row = await session.pg.fetchrow(f"SELECT sqlite_path FROM {session.bk.s}.sources WHERE source = $1", other)
     how, after = " (a copy of its file)", ""
     # Not there on this host, and no other host's daemon runs it (a fleet of hosts sharing
     # the database: there it may be where it was).

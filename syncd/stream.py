@@ -131,8 +131,8 @@ def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming
             misfits[tid] = (
                 f'table "{t.name}": {ch.null_keys} change(s) to rows whose key ({", ".join(t.spec.key)}) is NULL; '
                 "Postgres cannot hold a NULL key. Give those rows a key in SQLite"
-                + ("" if reader.rowid_key_name(t.spec) is None else ", or key the table on its rowid (as a table "
-                   f'without a key) with [sources.keys] "{t.name}" = ["{reader.rowid_key_name(t.spec)}"]')
+                + ("" if (rowid := reader.rowid_key_name(t.spec)) is None else ", or key the table on its rowid "
+                   f'(as a table without a key) with [sources.keys] "{t.name}" = ["{rowid}"]')
             )
             continue
         if ch.duplicate is not None:
