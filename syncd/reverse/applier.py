@@ -336,7 +336,11 @@ class TableWriter:
         self.kshapes = _key_shapes(t)
         self.indexed = not simple_keys(spec, t.shapes)
         self.written = self.kept = 0
-        self.at: tuple | None = None  # the key of the row last inserted or updated: the one a refusal is about
+        self.last: list[Any] | None = None  # the row last inserted or updated: the one a refusal is about
+        # The converters of the columns whose spelling schema parity recorded: a stored value
+        # not in it is written again (_spelled).
+        self.spellings = {i: column_converter(shape.family, shape.fmt, shape.affinity)
+                          for i, shape in enumerate(t.shapes) if shape.recorded}
 
     def convert(self, pg_row: tuple, existing: _Found | None) -> tuple[list[Any], list[int]]:
         """The SQLite values for a Postgres row, and which columns change."""
@@ -361,11 +365,11 @@ class TableWriter:
         """Whether column i's stored value is in the spelling schema parity recorded for the
         column, as `syncd verify` requires (types.column_converter): the same instant spelled
         otherwise (written behind syncd's back) is written again, not kept."""
-        shape = self.t.shapes[i]
-        if not shape.recorded or stored is None:
+        conv = self.spellings.get(i)
+        if conv is None or stored is None:
             return True
         try:
-            column_converter(shape.family, shape.fmt, shape.affinity)(stored)
+            conv(stored)
         except ValueMismatch:
             return False
         return True
@@ -376,7 +380,7 @@ class TableWriter:
         self.written += 1
 
     def update(self, found: _Found, new: list[Any], changed: list[int]) -> None:
-        self.at = tuple(new[i] for i in self.spec.key_indexes)
+        self.last = new
         names = [self.insert_cols[i] for i in changed]
         sets = ", ".join(f"{n} = ?" for n in names)
         self.conn.execute(f"UPDATE OR ABORT {self.table} SET {sets} WHERE {self.handle_where}",
@@ -387,7 +391,7 @@ class TableWriter:
         self.written += 1
 
     def insert(self, new: list[Any]) -> None:
-        self.at = tuple(new[i] for i in self.spec.key_indexes)
+        self.last = new
         self.conn.execute(self.insert_sql, [new[i] for i in self.writable])
         self._remember(new)
         self.written += 1
@@ -498,7 +502,8 @@ def _apply_table(conn: sqlite3.Connection, t: TableApply, index: KeyIndex) -> tu
             except sqlite3.IntegrityError as e:
                 conn.execute("ROLLBACK TO syncd_table")
                 index.forget(t.spec.name)
-                row = f"the row of key {_show(w.at)}" if w.at is not None else "a row"
+                row = "a row" if w.last is None else \
+                    f"the row of key {_show(tuple(w.last[i] for i in t.spec.key_indexes))}"
                 if "UNIQUE" not in str(e).upper():
                     raise _Held(f'table "{t.spec.name}": SQLite refuses {row} Postgres holds ({e}); make the '
                                 "row valid for SQLite in Postgres, or relax the SQLite constraint "
