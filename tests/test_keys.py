@@ -216,6 +216,18 @@ async def test_a_null_key_met_while_streaming_names_the_rowid_as_the_way_out(tmp
     assert await compare_keyless(str(db), pg_dsn, "app", "accounts") == []
 
 
+async def held_at_load_and_while_streaming(cfg, db, conn, pg_dsn, tmp_path, insert: str) -> dict:
+    """The tables' states once one table is held at its load and `insert` (a NULL key
+    written while the other streams) has held the other."""
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held", "streaming"))
+        conn.execute(insert)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held",))
+        states = await table_states(pg_dsn, "app")
+        assert d.stop() == 0
+    return states
+
+
 async def test_a_null_key_in_a_table_without_rowid_never_names_the_rowid_as_the_way_out(tmp_path, make_config, pg_dsn):
     """A WITHOUT ROWID table keyed in [sources.keys] on a column holding NULLs has no
     rowid to key it on instead: its hold, before the load as while streaming, says to
@@ -228,12 +240,8 @@ async def test_a_null_key_in_a_table_without_rowid_never_names_the_rowid_as_the_
                        "INSERT INTO parts VALUES (1, 'p1', 'a'), (2, NULL, 'b');"
                        "INSERT INTO tools VALUES (1, 't1', 'a');")
     cfg = make_config([{"name": "app", "path": str(db), "keys": {"parts": ["code"], "tools": ["code"]}}])
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held", "streaming"))
-        conn.execute("INSERT INTO tools VALUES (2, NULL, 'b')")
-        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held",))
-        states = await table_states(pg_dsn, "app")
-        assert d.stop() == 0
+    states = await held_at_load_and_while_streaming(cfg, db, conn, pg_dsn, tmp_path,
+                                                    "INSERT INTO tools VALUES (2, NULL, 'b')")
     for table in ("parts", "tools"):
         state, reason = states[table]
         assert state == "held" and "NULL" in reason and "rowid" not in reason, (table, reason)
@@ -251,12 +259,8 @@ async def test_a_null_key_names_the_rowid_by_a_name_no_column_of_the_table_takes
                        "INSERT INTO notes VALUES ('a', NULL, 'x'), (NULL, NULL, 'y');"
                        "INSERT INTO cards VALUES ('c1', NULL);")
     cfg = make_config([{"name": "app", "path": str(db)}])
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held", "streaming"))
-        conn.execute("INSERT INTO cards VALUES (NULL, NULL)")
-        await wait_caught_up(db, pg_dsn, "app", daemon=d, settled=("held",))
-        states = await table_states(pg_dsn, "app")
-        assert d.stop() == 0
+    states = await held_at_load_and_while_streaming(cfg, db, conn, pg_dsn, tmp_path,
+                                                    "INSERT INTO cards VALUES (NULL, NULL)")
     for table in ("notes", "cards"):
         state, reason = states[table]
         assert state == "held" and f'[sources.keys] "{table}" = ["_rowid_"]' in reason, (table, reason)
