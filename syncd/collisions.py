@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 import time
 from decimal import Decimal
@@ -23,8 +24,10 @@ from typing import Any
 import asyncpg
 
 from syncd.identifiers import qualified, quote_ident, quote_pg_ident
-from syncd.model import TableSpec, UniqueSet
+from syncd.model import Column, TableSpec, UniqueSet
+from syncd.sqlite import key_identity, windows
 from syncd.sqlite.connection import fetchall_text_safe
+from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import PgType, ValueMismatch, converter, real_text
 
 LOOKUP_BATCH = 500
@@ -258,10 +261,52 @@ def _raw_forms(pgtype: PgType, v: Any) -> list[Any] | None:
     return None
 
 
+def _date_lookups(col: Column, v: Any) -> list[tuple[str, list[Any]]] | None:
+    """How SQLite is asked for the row of date key value `v` (a date or timestamp in
+    Postgres): conditions on the key column (the SQL after it, and its parameters), or
+    None where the SQLite value cannot be told exactly. A column schema parity typed holds
+    one SQLite value per instant, the one the way back writes (its recorded spelling);
+    a `[sources.columns]` override holds an instant in one of its usual text spellings
+    (the stream holds a table with any other, key_identity.unusual_spelling) or as seconds
+    since 1970, an integer or a real that rounds to `v`'s microsecond."""
+    if col.sqlite_format is not None:
+        from syncd.reverse.values import ColumnShape, NotExpressible, to_sqlite  # the way back's own spelling
+
+        try:
+            shape = ColumnShape(col.name, col.pgtype, affinity(col.declared), col.sqlite_format)
+            return [("= ?", [to_sqlite(shape, v)])]
+        except (NotExpressible, ValueError, OverflowError):
+            return None
+    try:
+        spellings = key_identity._date_spellings(col.pgtype, v)
+    except (ValueError, OverflowError):
+        return None
+    texts = [s for s in spellings if type(s) is str]
+    out: list[tuple[str, list[Any]]] = [(f"IN ({', '.join('?' * len(texts))})", texts)]
+    if affinity(col.declared) is not Affinity.TEXT:  # a TEXT column stores no number
+        epoch = next(s for s in spellings if type(s) is float)
+        # Every real within half a microsecond of it (and the integer, a whole second)
+        # reads as `v`; the doubles either side of that are found too, and told apart
+        # by their conversion below.
+        margin = 1e-6 + 4 * math.ulp(epoch)
+        out.append(("BETWEEN ? AND ?", [epoch - margin, epoch + margin]))
+    return out
+
+
+def _lookups(col: Column, v: Any) -> list[tuple[str, list[Any]]] | None:
+    """Conditions on key column `col` that find the SQLite rows whose key there converts
+    to Postgres value `v`, or None where they cannot be known."""
+    if v is not None and col.pgtype in (PgType.DATE, PgType.TIMESTAMP, PgType.TIMESTAMPTZ):
+        return _date_lookups(col, v)
+    forms = _raw_forms(col.pgtype, v)
+    return None if forms is None else [("= ?", [f]) for f in forms]
+
+
 def read_current(conn: sqlite3.Connection, spec: TableSpec, pg_keys: list[tuple]) -> tuple[list[tuple], list[tuple]]:
     """On the SQLite thread, in one read transaction: the current rows of `pg_keys`
     (SQLite rows, spec column order) and the keys SQLite no longer holds. A key whose
-    SQLite form cannot be known is left alone (the periodic verify sees it)."""
+    SQLite form cannot be known is looked for among every key of the table
+    (_scan_for): never called gone unless no SQLite row has it."""
     types = [spec.column(k).pgtype for k in spec.key]
     convs = [converter(t) for t in types]
     cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
@@ -269,21 +314,24 @@ def read_current(conn: sqlite3.Connection, spec: TableSpec, pg_keys: list[tuple]
     key_idx = spec.key_indexes
     rows: list[tuple] = []
     gone: list[tuple] = []
+    unknown: list[tuple] = []
     conn.execute("BEGIN")
     try:
         for pg_key in pg_keys:
-            forms = [_raw_forms(t, v) for t, v in zip(types, pg_key)]
+            forms = [_lookups(spec.column(k), v) for k, v in zip(spec.key, pg_key)]
             if any(f is None for f in forms):
+                unknown.append(pg_key)
                 continue
-            combos: list[tuple] = [()]
+            combos: list[tuple[tuple[str, list[Any]], ...]] = [()]
             for f in forms:
                 combos = [c + (x,) for c in combos for x in f]  # type: ignore[union-attr]
             hit = None
-            # The key's own index answers `=` (under its collation, key_sql, and the column's
-            # affinity); which row it found is then decided on the converted key, exactly.
-            where = " AND ".join(f"{spec.key_sql(k)} = ?" for k in spec.key)
-            for raw in combos:
-                for row in fetchall_text_safe(conn, f"SELECT {cols} FROM {table} WHERE {where}", list(raw)):
+            for combo in combos:
+                # The key's own index answers (under its collation, key_sql, and the column's
+                # affinity); which row it found is then decided on the converted key, exactly.
+                where = " AND ".join(f"{spec.key_sql(k)} {op}" for k, (op, _) in zip(spec.key, combo))
+                params = [p for _, ps in combo for p in ps]
+                for row in fetchall_text_safe(conn, f"SELECT {cols} FROM {table} WHERE {where}", params):
                     try:
                         if tuple(f(row[i]) for f, i in zip(convs, key_idx)) == pg_key:
                             hit = row
@@ -297,4 +345,48 @@ def read_current(conn: sqlite3.Connection, spec: TableSpec, pg_keys: list[tuple]
                 rows.append(hit)
     finally:
         conn.execute("COMMIT")
+    if unknown:
+        found, missing = _scan_for(conn, spec, unknown)
+        rows += found
+        gone += missing
     return rows, gone
+
+
+def _scan_for(conn: sqlite3.Connection, spec: TableSpec, pg_keys: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """read_current for keys whose SQLite form cannot be known: every key of the table
+    converted, window by window (the file is not held for the whole scan), then the rows
+    of those that convert to one of `pg_keys` read by their SQLite key. A key no SQLite
+    key converts to is gone; so is one whose row went between the scan and the read (its
+    delete is in the changelog after the batch)."""
+    wanted = set(pg_keys)
+    convs = [converter(spec.column(k).pgtype) for k in spec.key]
+    raw_of: dict[tuple, tuple] = {}
+    key_cols = ", ".join(spec.sqlite_ref(k) for k in spec.key)
+    for window in windows.scan(conn, spec.name, windows.table_ordering(spec), key_cols):
+        for raw in window:
+            try:
+                pg = tuple(f(v) for f, v in zip(convs, raw))
+            except (ValueMismatch, TypeError):
+                continue
+            if pg in wanted:
+                raw_of.setdefault(pg, tuple(raw))
+    cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
+    where = " AND ".join(f"{spec.key_sql(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?" for k in spec.key)
+    rows: list[tuple] = []
+    gone = [k for k in pg_keys if k not in raw_of]
+    conn.execute("BEGIN")
+    try:
+        for pg_key, raw in raw_of.items():
+            params = [p for v in raw for p in (v, _storage_class(v))]
+            found = fetchall_text_safe(conn, f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE {where}", params)
+            if found:
+                rows.append(found[0])
+            else:
+                gone.append(pg_key)
+    finally:
+        conn.execute("COMMIT")
+    return rows, gone
+
+
+def _storage_class(v: Any) -> str:
+    return {int: "integer", float: "real", str: "text", bytes: "blob"}.get(type(v), "null")

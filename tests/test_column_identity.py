@@ -7,6 +7,7 @@ every value ends equal; a schema change that keeps the meaning reloads nothing."
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 
 import pytest
@@ -221,3 +222,33 @@ async def test_a_column_dropped_and_added_again_is_told_from_every_row_of_a_smal
         await wait_caught_up(db, pg_dsn, "crm", daemon=d)
         assert d.stop() == 0
     assert await compare_table(str(db), pg_dsn, "crm", "accounts") == []
+
+
+async def test_a_column_dropped_and_added_again_in_a_table_keyed_on_a_date_is_told(tmp_path, make_config, pg_dsn):
+    """The rows that tell a column's meaning changed are found in SQLite by Postgres's key,
+    a date there (a `[sources.columns]` override): ISO days as text, and real epochs finer
+    than Postgres's microsecond. Before, no row was found, the change passed for none, and
+    every row kept the dropped column's values in Postgres."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("CREATE TABLE daily (day TEXT PRIMARY KEY, total INTEGER, status TEXT);"
+                       "CREATE TABLE ticks (at REAL PRIMARY KEY, total INTEGER, status TEXT);")
+    first = dt.date(2020, 1, 1)
+    conn.executemany("INSERT INTO daily VALUES (?, ?, ?)", [((first + dt.timedelta(days=i)).isoformat(), i,
+                                                             "open" if i % 2 else "closed") for i in range(300)])
+    conn.executemany("INSERT INTO ticks VALUES (?, ?, ?)", [(1767225600 + i + 0.1234567, i,
+                                                             "open" if i % 2 else "closed") for i in range(300)])
+    cfg = make_config([{"name": "crm", "path": str(db),
+                        "columns": {"daily": {"day": "date"}, "ticks": {"at": "timestamptz"}}}],
+                      sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        conn.executescript("BEGIN; ALTER TABLE daily DROP COLUMN status; "
+                           "ALTER TABLE daily ADD COLUMN status TEXT DEFAULT 'open'; "
+                           "ALTER TABLE ticks DROP COLUMN status; "
+                           "ALTER TABLE ticks ADD COLUMN status TEXT DEFAULT 'open'; COMMIT;")
+        wait_for(lambda: d.log().count("no longer hold what Postgres holds") >= 2, 30, "the changes told", d)
+        await wait_caught_up(db, pg_dsn, "crm", daemon=d)
+        assert d.stop() == 0
+    for table in ("daily", "ticks"):
+        assert await pg_rows(pg_dsn, f"SELECT status, count(*) FROM crm.{table} GROUP BY status") == [("open", 300)]

@@ -6,16 +6,22 @@ them, and no application write turns into a table scan."""
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
+from decimal import Decimal
 from urllib.parse import urlsplit
 
 import asyncpg
 
+from syncd import collisions
+from syncd.config import SourceSettings
+from syncd.sqlite.introspect import introspect
+from syncd.types import PgType, converter_of
 from tests.conftest import FAST_FAILOVER, write_config
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.proxy import FaultProxy
-from tests.support.sync import eventually, table_states, wait_caught_up
+from tests.support.sync import eventually, pg_rows, table_states, wait_caught_up
 
 
 def syncd_triggers(db) -> dict[str, str]:
@@ -365,3 +371,112 @@ async def test_replace_through_a_unique_index_dropped_while_the_table_is_held(ap
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         assert await compare_table(str(app_db), pg_dsn, "app", "acct") == []
         assert d.stop() == 0
+
+
+async def test_replace_through_a_unique_column_of_a_table_keyed_on_a_date(app_db, make_config, pg_dsn, tmp_path):
+    """Tables whose key is a date in Postgres (a `[sources.columns]` override) and text
+    (ISO days, ISO timestamps with a T and a fraction), integer epochs or real epochs finer
+    than Postgres's microsecond in SQLite: the rows a REPLACE removed through a unique
+    column are found gone in SQLite and deleted in Postgres, the rows that replaced them
+    arrive, and a row the REPLACE left in place stays."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE daily (day TEXT PRIMARY KEY, code TEXT UNIQUE, total INTEGER);
+        CREATE TABLE stamps (at TEXT PRIMARY KEY, code TEXT UNIQUE, total INTEGER);
+        CREATE TABLE epochs (at BIGINT PRIMARY KEY, code TEXT UNIQUE, total INTEGER);
+        CREATE TABLE reals (at REAL PRIMARY KEY, code TEXT UNIQUE, total INTEGER);
+    """)
+    day0 = 1767225600  # 2026-01-01 00:00:00 UTC
+    conn.executemany("INSERT INTO daily VALUES (?, ?, ?)", [(f"2026-01-{i:02d}", f"c{i}", i) for i in range(1, 11)])
+    conn.executemany("INSERT INTO stamps VALUES (?, ?, ?)",
+                     [(f"2026-01-01T10:00:0{i}.25", f"c{i}", i) for i in range(1, 10)])
+    conn.executemany("INSERT INTO epochs VALUES (?, ?, ?)", [(day0 + i, f"c{i}", i) for i in range(1, 11)])
+    # time.time() values: finer than a microsecond, which Postgres's timestamptz rounds to
+    conn.executemany("INSERT INTO reals VALUES (?, ?, ?)",
+                     [(day0 + i + 0.1234567, f"c{i}", i) for i in range(1, 11)])
+    overrides = {"daily": {"day": "date"}, "stamps": {"at": "timestamp"}, "epochs": {"at": "timestamptz"},
+                 "reals": {"at": "timestamptz"}}
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": overrides}],
+                      sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("BEGIN")
+        conn.execute("INSERT OR REPLACE INTO daily VALUES ('2026-02-01', 'c3', 99)")  # removes 2026-01-03
+        conn.execute("UPDATE OR REPLACE daily SET code = 'c5' WHERE day = '2026-01-07'")  # removes 2026-01-05
+        conn.execute("INSERT OR REPLACE INTO stamps VALUES ('2026-02-01T00:00:00.5', 'c3', 99)")
+        conn.execute("UPDATE OR REPLACE stamps SET code = 'c5' WHERE code = 'c7'")
+        conn.execute("INSERT OR REPLACE INTO epochs VALUES (?, 'c3', 99)", (day0 + 100,))
+        conn.execute("UPDATE OR REPLACE epochs SET code = 'c5' WHERE code = 'c7'")
+        conn.execute("INSERT OR REPLACE INTO reals VALUES (?, 'c3', 99)", (day0 + 100.7654321,))
+        conn.execute("UPDATE OR REPLACE reals SET code = 'c5' WHERE code = 'c7'")
+        conn.execute("COMMIT")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        states = await table_states(pg_dsn, "app")
+        assert d.stop() == 0
+    for table in overrides:
+        assert states[table][0] == "streaming", (table, states[table])
+        want = conn.execute(f"SELECT code, total FROM {table} ORDER BY code").fetchall()
+        assert await pg_rows(pg_dsn, f"SELECT code, total FROM app.{table} ORDER BY code") == want, table
+        assert await pg_rows(pg_dsn, f"SELECT count(*) FROM app.{table}") == [(len(want),)], table
+
+
+async def test_replace_through_a_unique_column_of_a_table_keyed_on_a_date_in_its_recorded_spelling(
+        app_db, make_config, pg_dsn, tmp_path):
+    """A date key schema parity typed (`typed_columns = "dual-write"`), spelled with a UTC
+    offset other than UTC's: the rows a REPLACE removed are found gone by the key in that
+    very spelling (the one the way back writes), and no row SQLite still holds is deleted."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.execute("CREATE TABLE visit (at DATETIME PRIMARY KEY, code TEXT UNIQUE, total INTEGER)")
+    conn.executemany("INSERT INTO visit VALUES (?, ?, ?)",
+                     [(f"2026-01-01T1{i}:00:00+02:00", f"c{i}", i) for i in range(1, 10)])
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      sections={"cutover": {"typed_columns": "dual-write"}, "verify": {"interval_seconds": 0},
+                                "stream": {"schema_check_interval_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log('column "at" is timestamptz now')
+        conn.execute("BEGIN")
+        conn.execute("INSERT OR REPLACE INTO visit VALUES ('2026-02-01T00:00:00+02:00', 'c3', 99)")  # removes c3
+        conn.execute("UPDATE OR REPLACE visit SET code = 'c5' WHERE code = 'c7'")  # removes c5
+        conn.execute("COMMIT")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        state = (await table_states(pg_dsn, "app"))["visit"]
+        assert d.stop() == 0
+    assert state[0] == "streaming", state
+    want = conn.execute("SELECT code, total FROM visit ORDER BY code").fetchall()
+    assert await pg_rows(pg_dsn, "SELECT code, total FROM app.visit ORDER BY code") == want
+    assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.visit") == [(len(want),)]
+
+
+def test_rows_read_again_by_a_date_key_are_found_in_the_spelling_sqlite_holds(tmp_path):
+    """The read again behind a REPLACE (and behind a batch read again together) finds each
+    row SQLite holds by its Postgres key, whatever the key's SQLite form: a recorded
+    spelling with a UTC offset, an ISO text, a real epoch finer than a microsecond, a key
+    whose SQLite form cannot be listed (found among every key of the table). Only a key
+    no row has is called gone: one called gone is deleted in Postgres."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE visit (at DATETIME PRIMARY KEY, v INTEGER);
+        CREATE TABLE daily (day TEXT PRIMARY KEY, v INTEGER);
+        CREATE TABLE reals (at REAL PRIMARY KEY, v INTEGER);
+        CREATE TABLE measure (m NUMERIC PRIMARY KEY, v INTEGER);
+    """)
+    conn.executemany("INSERT INTO visit VALUES (?, ?)", [(f"2026-01-01T1{i}:00:00+02:00", i) for i in range(5)])
+    conn.executemany("INSERT INTO daily VALUES (?, ?)", [("2026-01-01", 1), ("2026-01-02T00:00:00Z", 2)])
+    conn.executemany("INSERT INTO reals VALUES (?, ?)", [(1767225600 + i + 0.1234567, i) for i in range(5)])
+    conn.executemany("INSERT INTO measure VALUES (?, ?)", [(float("inf"), 1), (2.5, 2)])
+    source = SourceSettings(name="app", path=str(db), columns={"daily": {"day": "date"},
+                                                                "reals": {"at": "timestamptz"}})
+    schema = introspect(conn, source, retyped={"visit": {"at": (PgType.TIMESTAMPTZ, "%Y-%m-%dT%H:%M:%S+02:00")}})
+    utc = dt.timezone.utc
+    absent = {"visit": dt.datetime(2026, 1, 1, 7, 0, tzinfo=utc), "daily": dt.date(2026, 1, 3),
+              "reals": dt.datetime(2026, 1, 1, 0, 0, 1, 123458, tzinfo=utc), "measure": Decimal("3.5")}
+    for name, missing in absent.items():
+        spec = schema.tables[name]
+        conv = converter_of(spec.column(spec.key[0]))
+        held = [(conv(k),) for (k,) in conn.execute(f"SELECT {spec.key[0]} FROM {name}")]
+        assert (missing,) not in held
+        rows, gone = collisions.read_current(conn, spec, [*held, (missing,)])
+        assert sorted(r[1] for r in rows) == sorted(v for (v,) in conn.execute(f"SELECT v FROM {name}")), name
+        assert gone == [(missing,)], name
