@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sqlite3
 import time
 from decimal import Decimal
@@ -284,12 +283,9 @@ def _date_lookups(col: Column, v: Any) -> list[tuple[str, list[Any]]] | None:
     texts = [s for s in spellings if type(s) is str]
     out: list[tuple[str, list[Any]]] = [(f"IN ({', '.join('?' * len(texts))})", texts)]
     if affinity(col.declared) is not Affinity.TEXT:  # a TEXT column stores no number
-        epoch = next(s for s in spellings if type(s) is float)
-        # Every real within half a microsecond of it (and the integer, a whole second)
-        # reads as `v`; the doubles either side of that are found too, and told apart
-        # by their conversion below.
-        margin = 1e-6 + 4 * math.ulp(epoch)
-        out.append(("BETWEEN ? AND ?", [epoch - margin, epoch + margin]))
+        # The integer of a whole second, and the reals that read as `v`: told apart from
+        # the doubles either side by their conversion below.
+        out.append(("BETWEEN ? AND ?", list(key_identity.epoch_window(col.pgtype, v))))
     return out
 
 

@@ -368,3 +368,27 @@ async def test_a_real_epoch_key_finer_than_a_microsecond_streams(app_db, make_co
         assert (await table_states(pg_dsn, "app"))["samples"][0] == "streaming"
         assert await pg_rows(pg_dsn, "SELECT v FROM app.samples ORDER BY at") == [(1,), (2,)]
         assert d.stop() == 0
+
+
+@pytest.mark.parametrize("second", [1796621448.8040047, "2026-12-07 05:30:48.804005"])
+async def test_a_real_epoch_key_finer_than_a_microsecond_is_never_merged(app_db, make_config, pg_dsn, tmp_path,
+                                                                        second):
+    """A REAL key of time.time() under a timestamp override, and another key Postgres
+    rounds to the same microsecond (another real, the ISO text of that microsecond): the
+    second written next to the first holds the table, naming both keys. It was upserted
+    over the first row in Postgres, one of two SQLite rows lost in silence."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.execute("CREATE TABLE samples (at REAL PRIMARY KEY, v INTEGER)")
+    conn.execute("INSERT INTO samples VALUES (1796621448.8040051, 1)")
+    cfg = make_config([{"name": "app", "path": str(app_db), "columns": {"samples": {"at": "timestamp"}}}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("INSERT INTO samples VALUES (?, 2)", (second,))
+        _, reason = await wait_state(pg_dsn, "samples", "held", d)
+        assert "1796621448.8040051 (real)" in reason and "as two rows" in reason, reason
+        assert await pg_rows(pg_dsn, "SELECT v FROM app.samples") == [(1,)]  # nothing merged
+        conn.execute("DELETE FROM samples WHERE v = 1")  # fixed in SQLite: the table resumes
+        await wait_state(pg_dsn, "samples", "streaming", d)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT v FROM app.samples") == [(2,)]
+        assert d.stop() == 0

@@ -11,6 +11,7 @@ before each apply (a lookup of the other spellings of each upserted key).
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import sqlite3
 from typing import Any
@@ -20,7 +21,7 @@ from syncd.model import TableSpec
 from syncd.sqlite import windows
 from syncd.sqlite.audit import format_key
 from syncd.sqlite_sql import Affinity, affinity
-from syncd.types import PgType, ValueMismatch, converter_of, real_text
+from syncd.types import PgType, ValueMismatch, converter, converter_of, real_text
 
 _DATES = (PgType.TIMESTAMP, PgType.TIMESTAMPTZ, PgType.DATE)
 # A text so spelled is among the _date_spellings of the instant it converts to.
@@ -76,6 +77,16 @@ def _date_spellings(pgtype: PgType, value: Any) -> list[Any]:
     return out
 
 
+def epoch_window(pgtype: PgType, value: Any) -> tuple[float, float]:
+    """Bounds around the instant `value` (a converted date/time) stands for, in seconds
+    since 1970, holding every real that converts to it: time.time() is finer than
+    Postgres's microsecond, and a real within half a microsecond of the instant is read as
+    it. A few doubles either side of those are inside too: a caller converts what it finds."""
+    epoch = next(s for s in _date_spellings(pgtype, value) if type(s) is float)
+    margin = 1e-6 + 4 * math.ulp(epoch)
+    return epoch - margin, epoch + margin
+
+
 def other_spellings(pgtype: PgType, raw: Any, converted: Any) -> list[Any]:
     """SQLite values other than `raw` that convert to the same Postgres value."""
     if converted is None:
@@ -94,7 +105,8 @@ def other_spellings(pgtype: PgType, raw: Any, converted: Any) -> list[Any]:
         except ValueError:
             pass
     elif pgtype in _DATES:
-        forms = _date_spellings(pgtype, converted)
+        # Reals: every one within half a microsecond reads as the instant (_epochs_near).
+        forms = [f for f in _date_spellings(pgtype, converted) if type(f) is not float]
     else:
         return []
     return [f for f in forms if not (type(f) is type(raw) and f == raw)]
@@ -164,7 +176,8 @@ def stream_collision(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple
         for i, k in enumerate(spec.key):
             if k not in lossy:
                 continue
-            found = _spelled_otherwise(conn, spec, keys, raw, i, other_spellings(spec.column(k).pgtype, raw[i], pg[i]))
+            alts = other_spellings(spec.column(k).pgtype, raw[i], pg[i])
+            found = _spelled_otherwise(conn, spec, keys, raw, i, alts) or _epochs_near(conn, spec, keys, raw, i, pg[i])
             if found is not None:
                 return collision_reason(spec, raw, tuple(found))
     return None
@@ -195,6 +208,33 @@ def _spelled_otherwise(conn: sqlite3.Connection, spec: TableSpec, cols: str, raw
     return None
 
 
+def _epochs_near(conn: sqlite3.Connection, spec: TableSpec, cols: str, raw: tuple, i: int, value: Any) -> tuple | None:
+    """`cols` of a row whose key is `raw` but for date key column i, which holds a real
+    other than raw[i] that converts to `value` (epoch_window: one range lookup on the key's
+    index); None if there is none, or the column holds no number (a TEXT column)."""
+    col = spec.column(spec.key[i])
+    if col.pgtype not in _DATES or value is None or affinity(col.declared) is Affinity.TEXT:
+        return None
+    conds, params = [], []
+    for j, k in enumerate(spec.key):
+        if j != i:
+            conds.append(f"{spec.key_sql(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?")
+            params += [raw[j], _typeof(raw[j])]
+    ref = spec.sqlite_ref(col.name)
+    where = " AND ".join([*conds, f"{spec.key_sql(col.name)} BETWEEN ? AND ?", f"typeof({ref}) = 'real'"])
+    conv = converter(col.pgtype)
+    for found in conn.execute(f"SELECT {ref}, {cols} FROM main.{quote_ident(spec.name)} WHERE {where}",
+                              [*params, *epoch_window(col.pgtype, value)]):
+        if type(raw[i]) is float and found[0] == raw[i]:
+            continue  # the row itself
+        try:
+            if conv(found[0]) == value:
+                return tuple(found[1:])
+        except ValueMismatch:
+            continue
+    return None
+
+
 def survivors(conn: sqlite3.Connection, spec: TableSpec, deletes: list[tuple]) -> tuple[list[tuple], list[tuple]]:
     """Deleted SQLite keys whose Postgres key another spelling still holds in SQLite
     (integer 1 deleted, text '1' still there): that row is upserted instead of the key
@@ -215,7 +255,8 @@ def survivors(conn: sqlite3.Connection, spec: TableSpec, deletes: list[tuple]) -
         for i, k in enumerate(spec.key):
             if k not in lossy or found is not None:
                 continue
-            found = _spelled_otherwise(conn, spec, cols, raw, i, other_spellings(spec.column(k).pgtype, raw[i], pg[i]))
+            alts = other_spellings(spec.column(k).pgtype, raw[i], pg[i])
+            found = _spelled_otherwise(conn, spec, cols, raw, i, alts) or _epochs_near(conn, spec, cols, raw, i, pg[i])
         if found is None:
             gone.append(raw)
         else:
