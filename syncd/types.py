@@ -343,6 +343,27 @@ def _nesting(doc: Any) -> int:
     return deepest
 
 
+def _jsonb_refused_string(doc: Any) -> str | None:
+    """What Postgres's jsonb refuses in a string (a key or a value) of the parsed `doc`:
+    a \\u0000 escape (its strings are text, which holds no NUL), or a \\u escape of half
+    a surrogate pair (Python's parser joins a whole pair into one character, and keeps
+    a lone half as it is)."""
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str):
+            if "\x00" in node:
+                return "a \\u0000 escape, which jsonb's text cannot hold"
+            if not node.isascii() and any("\ud800" <= ch <= "\udfff" for ch in node):
+                return "a \\u escape of half a surrogate pair, which jsonb refuses"
+    return None
+
+
 def _json_converter(pgtype: PgType) -> Callable[[Any], Any]:
     def convert(v: Any) -> Any:
         if v is None:
@@ -366,6 +387,8 @@ def _json_converter(pgtype: PgType) -> Callable[[Any], Any]:
             # Python's parser, which syncd checks and compares JSON with, ends at about
             # a thousand levels of nesting.
             raise _misfit(v, pgtype, "JSON nested too deep for syncd to check") from None
+        if jsonb and "\\u" in v and (why := _jsonb_refused_string(doc)) is not None:
+            raise _misfit(v, pgtype, why)
         return v
 
     return convert

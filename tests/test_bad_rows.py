@@ -150,6 +150,40 @@ async def test_json_nested_too_deep_to_check_holds_only_its_table(tmp_path, make
     assert await compare_table(str(db), pg_dsn, "a", "docs") == []
 
 
+async def test_jsonb_strings_postgres_refuses_are_found_before_the_load(tmp_path, make_config, pg_dsn):
+    """A column carried as jsonb holding a string Postgres's jsonb refuses, a \\u0000 escape
+    or half of a surrogate pair (Python's JSON reads both): `syncd schema` names the values
+    and the load's audit holds the table with every such key, as for any value that does
+    not fit; fixed, the table loads. Before, both called the values fitting, and the load
+    failed at the first of them on Postgres's message."""
+    db = tmp_path / "a.db"
+    conn = make_db(db)
+    conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO docs VALUES (?, ?)", [
+        (1, '{"a": "\\ud83d\\ude00 \\\\u0000"}'),  # a whole pair, and an escaped backslash: fine
+        (2, '{"a": "x\\u0000y"}'), (3, '["\\ud800"]'), (4, '{"\\udc00": 1}')])
+    conn.commit()
+    cfg = make_config([{"name": "a", "path": str(db), "columns": {"docs": {"body": "jsonb"}}}])
+    schema = run_cli(cfg, "schema")
+    assert '-- HELD: table "docs" column "body": 3 value(s) do not fit jsonb' in schema.stdout, schema.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        async def held() -> bool:
+            try:
+                state, why = (await table_states(pg_dsn, "a")).get("docs", (None, None))
+            except asyncpg.UndefinedTableError:
+                return False
+            return state == "held" and 'column "body"' in (why or "") and "keys: 2, 3, 4" in why
+
+        await eventually(held, 30, "docs held", d)
+        await wait_caught_up(db, pg_dsn, "a", daemon=d, settled=("streaming", "held"))
+        conn.executemany("UPDATE docs SET body = ? WHERE id = ?", [('{"a": "xy"}', 2), ("[]", 3), ("{}", 4)])
+        conn.commit()
+        await wait_caught_up(db, pg_dsn, "a", daemon=d)
+        assert d.stop() == 0
+    assert await pg_rows(pg_dsn, "SELECT id, body::text FROM a.docs ORDER BY id") == [
+        (1, '{"a": "\U0001f600 \\\\u0000"}'), (2, '{"a": "xy"}'), (3, "[]"), (4, "{}")]
+
+
 async def test_json_nested_deeper_than_syncd_compares_is_held_and_verify_goes_on(tmp_path, make_config, pg_dsn):
     """A jsonb document a few hundred levels deep parses, but is deeper than syncd's
     comparison can follow: it holds its table at the load, named, instead of loading a
