@@ -305,6 +305,8 @@ class _PastNumeric(ValueError):
 
 # Postgres's numeric, which jsonb keeps its numbers as: digits before the point and after.
 _NUMERIC_INTEGER_DIGITS, _NUMERIC_SCALE = 131_072, 16_383
+# The exponent Postgres's numeric input refuses from, whatever the digits (0e1073741823).
+_NUMERIC_EXPONENT = (2**31 - 1) // 2  # INT_MAX / 2
 # Only a document longer than _SHORT_DOCUMENT, or with an exponent of four digits or more,
 # can hold a number past numeric's range (a shorter one's numbers reach 15,999 digits at
 # most on either side): only such documents are read again number by number.
@@ -325,6 +327,8 @@ def _within_numeric(text: str) -> str:
             raise _PastNumeric(f"{_NUMERIC_INTEGER_DIGITS:,} digits before the point")
     if len(frac) - exp > _NUMERIC_SCALE:
         raise _PastNumeric(f"{_NUMERIC_SCALE:,} digits after the point")
+    if exp >= _NUMERIC_EXPONENT:
+        raise _PastNumeric(f"an exponent of {_NUMERIC_EXPONENT:,} or more, whatever the digits")
     return text
 
 

@@ -75,15 +75,16 @@ async def test_a_json_number_longer_than_python_reads_by_default_is_valid_json(a
 async def test_a_jsonb_number_past_what_postgres_numeric_holds_holds_its_table_naming_the_column(
         app_db, make_config, pg_dsn, tmp_path):
     """Postgres's jsonb keeps numbers as numeric: at most 131,072 digits before the point
-    and 16,383 after (1e131072 and 1e-16384 are past it too). Such a number is named
-    with its column and key before loading and its table held, the others loading;
-    a json column (kept as text) takes the same document."""
+    and 16,383 after (1e131072 and 1e-16384 are past it too), and its input refuses an
+    exponent of 1,073,741,823 or more even on a zero (0e2000000000, which syncd took for
+    a zero that fits). Such a number is named with its column and key before loading and
+    its table held, the others loading; a json column (kept as text) takes the same document."""
     conn = sqlite3.connect(app_db)
     conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, jb TEXT)")
     conn.execute("CREATE TABLE texts (id INTEGER PRIMARY KEY, j TEXT)")
-    past = [f"[{'9' * 131_073}]", '{"n": 1e131072}', '[1e-16384]']
+    past = [f"[{'9' * 131_073}]", '{"n": 1e131072}', '[1e-16384]', '[0e1073741823]']
     conn.executemany("INSERT INTO docs VALUES (?, ?)", [(i + 1, doc) for i, doc in enumerate(past)])
-    conn.execute("INSERT INTO docs VALUES (9, ?)", (f"[{'9' * 131_072}, 1e-16383]",))
+    conn.execute("INSERT INTO docs VALUES (9, ?)", (f"[{'9' * 131_072}, 1e-16383, 0e1073741822]",))
     conn.executemany("INSERT INTO texts VALUES (?, ?)", [(i + 1, doc) for i, doc in enumerate(past)])
     conn.commit()
     conn.close()
@@ -99,7 +100,7 @@ async def test_a_jsonb_number_past_what_postgres_numeric_holds_holds_its_table_n
         await eventually(settled, 60, "docs held, texts streaming", d)
         reason = (await table_states(pg_dsn, "app"))["docs"][1] or ""
         assert d.stop() == 0
-    assert 'column "jb"' in reason and "3 value(s)" in reason and "numeric" in reason, reason
+    assert 'column "jb"' in reason and "4 value(s)" in reason and "numeric" in reason, reason
     assert "invalid JSON" not in reason, reason
 
 
