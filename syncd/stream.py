@@ -136,12 +136,7 @@ def read_and_convert(conn: sqlite3.Connection, after: int, limit: int, streaming
             )
             continue
         if ch.duplicate is not None:
-            key, n = ch.duplicate
-            misfits[tid] = (
-                f'table "{t.name}": its [sources.keys] columns ({", ".join(t.spec.key)}) are not unique in SQLite: '
-                f"{n} rows have the key {format_key(key)}, and Postgres holds one row per key. Make the key unique "
-                "in SQLite, or name columns that are"
-            )
+            misfits[tid] = key_identity.duplicate_reason(t.spec, *ch.duplicate)
             continue
         kept, gone = key_identity.survivors(conn, t.spec, ch.deletes)
         if kept:

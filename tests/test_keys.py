@@ -109,6 +109,41 @@ async def test_a_configured_key_two_rows_share_holds_the_table(app_db, make_conf
     assert await compare_table(str(app_db), pg_dsn, "app", "log", key=["code"]) == []
 
 
+async def test_a_configured_key_two_rows_share_before_the_load_is_named_and_not_loaded(
+        app_db, make_config, pg_dsn, tmp_path):
+    """Rows already sharing a [sources.keys] key when the table is first seen: syncd schema
+    and syncd init name the key as the stream does, and the daemon holds the table before
+    loading it. Before, both called the table fine, and the daemon loaded every row, met
+    Postgres's duplicate key error at the end, and loaded the whole table again at each
+    retry while it was held."""
+    conn = sqlite3.connect(app_db)
+    conn.executescript("CREATE TABLE log (code TEXT, v INTEGER); CREATE TABLE other (id INTEGER PRIMARY KEY);")
+    conn.executemany("INSERT INTO log VALUES (?, ?)", [(f"c{i}", i) for i in range(50)] + [("c7", 99), ("c7", 98)])
+    conn.commit()
+    cfg = make_config([{"name": "app", "path": str(app_db), "keys": {"log": ["code"]}}],
+                      sections={"stream": {"held_table_retry_seconds": 0.5}})
+    named = "[sources.keys] columns (code) are not unique in SQLite: 3 rows have the key 'c7'"
+    schema = run_cli(cfg, "schema")
+    assert f'-- HELD: table "log": its {named}' in schema.stdout, schema.stdout
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        async def held() -> bool:
+            try:
+                return (await table_states(pg_dsn, "app")).get("log", ("",))[0] == "held"
+            except Exception:
+                return False  # no bookkeeping yet
+
+        await eventually(held, what="log held", daemon=d)
+        assert named in (await table_states(pg_dsn, "app"))["log"][1]
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d, settled=("streaming", "held"))
+        conn.execute("DELETE FROM log WHERE code = 'c7' AND v > 90")
+        conn.commit()
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    loads = [x for x in d.log().splitlines() if "table=log" in x and "event=snapshot_started" in x]
+    assert len(loads) == 1, d.log()  # once, after the fix
+    assert await compare_table(str(app_db), pg_dsn, "app", "log", key=["code"]) == []
+
+
 async def test_an_integer_primary_key_declared_desc_is_not_the_rowid(tmp_path, make_config, pg_dsn):
     """`id INTEGER PRIMARY KEY DESC` is, by a quirk SQLite keeps for compatibility, an
     ordinary key with an index of its own, not the rowid: ids and rowids run apart. A

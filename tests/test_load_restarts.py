@@ -1,8 +1,8 @@
 """When a first load resumes where it stopped and when it starts over: a load held by a
 row Postgres refuses resumes after a restart from the chunk it stopped at; a key that
 SQLite changes mid-load starts the load over under the new key (resuming from a
-position of the old key would skip rows); rows a configured key cannot tell apart hold
-the table with Postgres's words naming the key."""
+position of the old key would skip rows); rows Postgres refuses only together hold the
+table with Postgres's words naming the second one's key."""
 
 from __future__ import annotations
 
@@ -128,15 +128,19 @@ async def test_a_held_load_resumes_after_a_restart(tmp_path, make_config, pg_dsn
 
 
 async def test_rows_that_cannot_take_the_key_are_named(tmp_path, make_config, pg_dsn):
-    # A key named in [sources.keys] that SQLite does not hold unique: the chunk holding
-    # the second row is refused, and the hold names that row (the two rows fail only
-    # together, far apart in the chunk) with Postgres's words.
+    # Two rows Postgres refuses only together, far apart in one chunk (a UNIQUE index of
+    # the user's own on syncd's table, which two SQLite rows break): the chunk holding
+    # the second row is refused, and the hold names that row with Postgres's words. (Rows
+    # sharing a [sources.keys] key are named before the load: tests/test_keys.py.)
     db = tmp_path / "app.db"
     app = make_file(db, "CREATE TABLE t (a INTEGER NOT NULL, b TEXT, v TEXT);", rows=3_000)
-    app.execute("UPDATE t SET a = 7 WHERE a = 2500")
+    app.execute("UPDATE t SET b = 'twice' WHERE a IN (7, 2500)")
     app.close()
     cfg = make_config([{"name": "app", "path": str(db), "keys": {"t": ["a"]}}],  # both rows in one chunk
                       sections={"stream": {"snapshot_chunk_rows": 5000}, "verify": {"interval_seconds": 0}})
+    out = run_cli(cfg, "init")
+    assert out.returncode == 0, out.stdout + out.stderr
+    await pg_rows(pg_dsn, "CREATE UNIQUE INDEX users_own ON app.t (b)")
 
     async def held() -> bool:
         return (await load_row(pg_dsn)).get("state") == "held"
@@ -144,7 +148,7 @@ async def test_rows_that_cannot_take_the_key_are_named(tmp_path, make_config, pg
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await eventually(held, 120, "the table to be held", d)
         r = await load_row(pg_dsn)
-        assert r["reason"].startswith('table "t" key 7: '), r
-        assert "Key (a)=(7) already exists" in r["reason"], r
+        assert r["reason"].startswith('table "t" key 2500: '), r
+        assert "Key (b)=(twice) already exists" in r["reason"], r
         assert d.stop() == 0
     assert await pg_key(pg_dsn) == ["a"]

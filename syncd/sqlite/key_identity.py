@@ -20,6 +20,7 @@ from syncd.identifiers import quote_ident
 from syncd.model import TableSpec
 from syncd.sqlite import windows
 from syncd.sqlite.audit import format_key
+from syncd.sqlite.connection import bound_value
 from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import PgType, ValueMismatch, converter, converter_of, real_text
 
@@ -298,9 +299,12 @@ def _typeof(v: Any) -> str:
 
 def audit_collisions(conn: sqlite3.Connection, spec: TableSpec) -> str | None:
     """Before a load: every key converted, window by window; the first two rows that
-    share a Postgres key, or None."""
-    if not lossy_key_columns(spec):
-        return None
+    share a Postgres key, or None. A key [sources.keys] names is no constraint in
+    SQLite: two rows holding it byte for byte are such rows too."""
+    configured = spec.key_origin == "configured"
+    lossy = bool(lossy_key_columns(spec))
+    if not lossy:
+        return _configured_key_shared(conn, spec) if configured else None
     key_cols = ", ".join(spec.sqlite_ref(k) for k in spec.key)
     convs = [converter_of(spec.column(k)) for k in spec.key]
     order = windows.table_ordering(spec)
@@ -316,10 +320,59 @@ def audit_collisions(conn: sqlite3.Connection, spec: TableSpec) -> str | None:
             odd = unusual_spelling(spec, tuple(raw), pg)
             if odd is not None:
                 return odd
-            other = seen.setdefault(pg, tuple(raw))
-            if _differs(other, tuple(raw)):
-                return collision_reason(spec, other, tuple(raw))
+            key = tuple(raw)
+            other = seen.setdefault(pg, key)
+            if _differs(other, key):
+                return collision_reason(spec, other, key)
+            if other is not key and configured:
+                return duplicate_reason(spec, key, _rows_holding(conn, spec, key))
     return None
+
+
+def _configured_key_shared(conn: sqlite3.Connection, spec: TableSpec) -> str | None:
+    """The hold reason when two rows hold a [sources.keys] key byte for byte (of the same
+    storage classes, as the stream's duplicated_key groups them), else None. Each key is
+    read as SQLite holds it (a text as its bytes) and compared in sets, window by window."""
+    refs = [spec.sqlite_ref(k) for k in spec.key]
+    # The storage class as a small number: Python keeps one object of each, not one per row.
+    select = ", ".join(f"CASE typeof({r}) WHEN 'text' THEN CAST({r} AS BLOB) ELSE {r} END, "
+                       f"CASE typeof({r}) WHEN 'integer' THEN 1 WHEN 'real' THEN 2 WHEN 'text' THEN 3 ELSE 4 END"
+                       for r in refs)
+    not_null = " AND ".join(f"{r} IS NOT NULL" for r in refs)  # a NULL key is the value audit's
+    seen: set[tuple] = set()
+    for rows in windows.scan(conn, spec.name, windows.table_ordering(spec), select, not_null):
+        window = set(rows)
+        if len(window) == len(rows) and seen.isdisjoint(window):
+            seen |= window
+            continue
+        if len(window) < len(rows):
+            once: set[tuple] = set()
+            shared = next(r for r in rows if r in once or once.add(r))
+        else:
+            shared = next(iter(seen & window))
+        key = tuple(v.decode("utf-8", "surrogateescape") if kind == 3 else v
+                    for v, kind in zip(shared[::2], shared[1::2]))
+        return duplicate_reason(spec, key, _rows_holding(conn, spec, key))
+    return None
+
+
+def duplicate_reason(spec: TableSpec, key: tuple, rows: int) -> str:
+    """Why a table whose [sources.keys] columns hold `key` in `rows` rows is held."""
+    return (f'table "{spec.name}": its [sources.keys] columns ({", ".join(spec.key)}) are not unique in SQLite: '
+            f"{rows} rows have the key {format_key(key)}, and Postgres holds one row per key. Make the key unique "
+            "in SQLite, or name columns that are")
+
+
+def _rows_holding(conn: sqlite3.Connection, spec: TableSpec, key: tuple) -> int:
+    """How many rows hold `key`, value for value and storage class for storage class."""
+    where, params = [], []
+    for k, v in zip(spec.key, key):
+        ref = spec.sqlite_ref(k)
+        mark, bound = bound_value(v)
+        where.append(f"{ref} = {mark} COLLATE BINARY AND typeof({ref}) = ?")
+        params += [bound, _typeof(v)]
+    return conn.execute(f"SELECT count(*) FROM main.{quote_ident(spec.name)} WHERE {' AND '.join(where)}",
+                        params).fetchone()[0]
 
 
 def _differs(a: tuple, b: tuple) -> bool:
