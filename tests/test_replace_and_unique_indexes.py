@@ -461,22 +461,35 @@ def test_rows_read_again_by_a_date_key_are_found_in_the_spelling_sqlite_holds(tm
         CREATE TABLE daily (day TEXT PRIMARY KEY, v INTEGER);
         CREATE TABLE reals (at REAL PRIMARY KEY, v INTEGER);
         CREATE TABLE measure (m NUMERIC PRIMARY KEY, v INTEGER);
+        CREATE TABLE events (created DATETIME PRIMARY KEY, v INTEGER);
+        CREATE TABLE shifts (day DATE, who TEXT, v INTEGER, PRIMARY KEY (day, who));
     """)
     conn.executemany("INSERT INTO visit VALUES (?, ?)", [(f"2026-01-01T1{i}:00:00+02:00", i) for i in range(5)])
     conn.executemany("INSERT INTO daily VALUES (?, ?)", [("2026-01-01", 1), ("2026-01-02T00:00:00Z", 2)])
     conn.executemany("INSERT INTO reals VALUES (?, ?)", [(1767225600 + i + 0.1234567, i) for i in range(5)])
     conn.executemany("INSERT INTO measure VALUES (?, ?)", [(float("inf"), 1), (2.5, 2)])
+    # A DATETIME column (numeric affinity) holding epochs, integer and real, beside texts.
+    conn.executemany("INSERT INTO events VALUES (?, ?)", [(1767225600, 1), (1767225601.5, 2),
+                                                          ("2026-01-01 00:00:02", 3), ("2026-01-01T00:00:03.25Z", 4)])
+    # A key of a day (an integer epoch at midnight among them) and a text.
+    conn.executemany("INSERT INTO shifts VALUES (?, ?, ?)", [(1767225600, "a", 1), ("2026-01-02", "a", 2),
+                                                             ("2026-01-02 00:00:00", "b", 3)])
     source = SourceSettings(name="app", path=str(db), columns={"daily": {"day": "date"},
-                                                                "reals": {"at": "timestamptz"}})
+                                                                "reals": {"at": "timestamptz"},
+                                                                "events": {"created": "timestamp"},
+                                                                "shifts": {"day": "date"}})
     schema = introspect(conn, source, retyped={"visit": {"at": (PgType.TIMESTAMPTZ, "%Y-%m-%dT%H:%M:%S+02:00")}})
     utc = dt.timezone.utc
-    absent = {"visit": dt.datetime(2026, 1, 1, 7, 0, tzinfo=utc), "daily": dt.date(2026, 1, 3),
-              "reals": dt.datetime(2026, 1, 1, 0, 0, 1, 123458, tzinfo=utc), "measure": Decimal("3.5")}
+    absent = {"visit": (dt.datetime(2026, 1, 1, 7, 0, tzinfo=utc),), "daily": (dt.date(2026, 1, 3),),
+              "reals": (dt.datetime(2026, 1, 1, 0, 0, 1, 123458, tzinfo=utc),), "measure": (Decimal("3.5"),),
+              "events": (dt.datetime(2026, 1, 1, 0, 0, 4),), "shifts": (dt.date(2026, 1, 2), "c")}
     for name, missing in absent.items():
         spec = schema.tables[name]
-        conv = converter_of(spec.column(spec.key[0]))
-        held = [(conv(k),) for (k,) in conn.execute(f"SELECT {spec.key[0]} FROM {name}")]
-        assert (missing,) not in held
-        rows, gone = collisions.read_current(conn, spec, [*held, (missing,)])
-        assert sorted(r[1] for r in rows) == sorted(v for (v,) in conn.execute(f"SELECT v FROM {name}")), name
-        assert gone == [(missing,)], name
+        convs = [converter_of(spec.column(k)) for k in spec.key]
+        held = [tuple(c(v) for c, v in zip(convs, key))
+                for key in conn.execute(f"SELECT {', '.join(spec.key)} FROM {name}")]
+        assert missing not in held and len(set(held)) == len(held), name
+        rows, gone = collisions.read_current(conn, spec, [*held, missing])
+        assert sorted(r[spec.column_names.index("v")] for r in rows) == \
+            sorted(v for (v,) in conn.execute(f"SELECT v FROM {name}")), name
+        assert gone == [missing], name

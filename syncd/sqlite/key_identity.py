@@ -71,11 +71,23 @@ def _date_spellings(pgtype: PgType, value: Any) -> list[Any]:
             out += [f"{day}{sep}{moment.hour:02d}:{moment.minute:02d}" + zone for zone in zones]
     if moment.time() == dt.time():
         out.append(day)  # midnight: the bare day
-    epoch = (moment - dt.datetime(1970, 1, 1)).total_seconds()
+    epoch = _epoch(pgtype, value)
     out.append(epoch)
     if epoch.is_integer():
         out.append(int(epoch))
     return out
+
+
+def _epoch(pgtype: PgType, value: Any) -> float:
+    """The instant `value` (a converted date/time) stands for, in seconds since 1970 (a
+    date: its midnight; a timestamptz: in UTC), as _date_spellings spells it."""
+    if pgtype is PgType.DATE:
+        moment = dt.datetime(value.year, value.month, value.day)
+    elif pgtype is PgType.TIMESTAMPTZ:
+        moment = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    else:
+        moment = value
+    return (moment - dt.datetime(1970, 1, 1)).total_seconds()
 
 
 def epoch_window(pgtype: PgType, value: Any) -> tuple[float, float]:
@@ -83,7 +95,7 @@ def epoch_window(pgtype: PgType, value: Any) -> tuple[float, float]:
     since 1970, holding every real that converts to it: time.time() is finer than
     Postgres's microsecond, and a real within half a microsecond of the instant is read as
     it. A few doubles either side of those are inside too: a caller converts what it finds."""
-    epoch = next(s for s in _date_spellings(pgtype, value) if type(s) is float)
+    epoch = _epoch(pgtype, value)
     margin = 1e-6 + 4 * math.ulp(epoch)
     return epoch - margin, epoch + margin
 
