@@ -351,20 +351,24 @@ def _configured_key_shared(conn: sqlite3.Connection, spec: TableSpec) -> str | N
                        f"CASE typeof({r}) WHEN 'integer' THEN 1 WHEN 'real' THEN 2 WHEN 'text' THEN 3 ELSE 4 END"
                        for r in refs)
     not_null = " AND ".join(f"{r} IS NOT NULL" for r in refs)  # a NULL key is the value audit's
-    seen: set[tuple] = set()
+    # The keys' hashes, not the keys: a table of millions of rows is held in a set of
+    # numbers. A hash met twice is told by counting the rows holding the key (two keys'
+    # hashes may meet).
+    seen: set[int] = set()
     for rows in windows.scan(conn, spec.name, windows.table_ordering(spec), select, not_null):
-        window = set(rows)
-        if len(window) == len(rows) and seen.isdisjoint(window):
-            seen |= window
-            continue
-        if len(window) < len(rows):
-            once: set[tuple] = set()
-            shared = next(r for r in rows if r in once or once.add(r))
-        else:
-            shared = next(iter(seen & window))
-        key = tuple(v.decode("utf-8", "surrogateescape") if kind == 3 else v
-                    for v, kind in zip(shared[::2], shared[1::2]))
-        return duplicate_reason(spec, key, _rows_holding(conn, spec, key))
+        hashes = [hash(r) for r in rows]
+        window = set(hashes)
+        if len(window) < len(rows) or not seen.isdisjoint(window):
+            once: set[int] = set()
+            for row, h in zip(rows, hashes):
+                if h in seen or h in once:
+                    key = tuple(v.decode("utf-8", "surrogateescape") if kind == 3 else v
+                                for v, kind in zip(row[::2], row[1::2]))
+                    n = _rows_holding(conn, spec, key)
+                    if n > 1:
+                        return duplicate_reason(spec, key, n)
+                once.add(h)
+        seen |= window
     return None
 
 
