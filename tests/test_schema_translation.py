@@ -173,6 +173,9 @@ CONDITIONS = [
     "CASE WHEN qty > 10 THEN 'big' ELSE 'small' END = 'big'", "name || 'x' = 'abcx'", "abs(qty) = 3",
     "nullif(qty, 5) IS NULL", "qty & 1 = 1", "name COLLATE BINARY < 'b'", "ifnull(name, 'none') = 'none'",
     "CASE WHEN qty THEN NULL ELSE NULL END IN (qty, qty)",  # NULL in every branch: no type of its own
+    # IS TRUE / IS FALSE test a value's truth (5 IS TRUE), not its equality with 1 or 0
+    "qty IS TRUE", "qty IS NOT TRUE", "price IS FALSE", "price IS NOT FALSE", "flag IS TRUE", "qty IS (TRUE)",
+    "qty IS NOT DISTINCT FROM TRUE", "qty IS DISTINCT FROM FALSE", "qty IS NOT FALSE AND qty IS +TRUE",
 ]
 
 

@@ -69,6 +69,13 @@ class NullTest(Node):
 
 
 @dataclass(frozen=True)
+class TruthTest(Node):
+    operand: Node
+    value: bool  # IS TRUE / IS FALSE: SQLite tests the operand's truth, not its equality with 1 or 0
+    negated: bool  # IS NOT TRUE / IS NOT FALSE
+
+
+@dataclass(frozen=True)
 class Between(Node):
     operand: Node
     low: Node
@@ -338,9 +345,12 @@ class Parser:
                 if self.take_word("DISTINCT"):
                     self.expect_word("FROM")
                     negated = not negated  # IS DISTINCT FROM is IS NOT
+                start = self.i
                 right = self._relational()
                 if isinstance(right, Literal) and right.kind == "null":
                     left = NullTest(left, negated)
+                elif self._true_or_false(start):
+                    left = TruthTest(left, right == Literal("integer", 1), negated)
                 else:
                     left = Binary("ISNOT" if negated else "IS", left, right)
                 continue
@@ -392,6 +402,12 @@ class Parser:
                 items.append(self.expr())
             self.expect_punct(")")
         return InList(left, tuple(items), negated)
+
+    def _true_or_false(self, start: int) -> bool:
+        """The tokens from `start` to here are the word TRUE or FALSE alone, in any
+        parentheses: after IS, SQLite reads them as a truth test (5 IS TRUE)."""
+        words = [t for t in self.tokens[start:self.i] if not (t.kind is Kind.PUNCT and t.text in ("(", ")"))]
+        return len(words) == 1 and words[0].kind is Kind.WORD and words[0].text.upper() in ("TRUE", "FALSE")
 
     def _relational(self) -> Node:
         left = self._bitwise()

@@ -327,6 +327,11 @@ class Translator:
         inner = self.expr(n.operand)
         return Typed(f"({inner.sql} IS {'NOT ' if n.negated else ''}NULL)", BOOL)
 
+    def _truthtest(self, n: ex.TruthTest) -> Typed:
+        """x IS [NOT] TRUE / FALSE: SQLite's truth of x (5 IS TRUE), NULL neither."""
+        test = f"{'NOT ' if n.negated else ''}{'TRUE' if n.value else 'FALSE'}"
+        return Typed(f"({self._truth(self.expr(n.operand))} IS {test})", BOOL)
+
     def _between(self, n: ex.Between) -> Typed:
         x, lo, hi = self.expr(n.operand), self.expr(n.low), self.expr(n.high)
         x1, lo = self._comparable("BETWEEN", x, lo)
