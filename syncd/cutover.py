@@ -560,7 +560,11 @@ async def trial_inserts(conn: asyncpg.Connection, schema: str, specs: dict[str, 
         spec = specs[name]
         col = ddl.identity_column(spec)
         table = qualified(schema, name)
-        others = [quote_pg_ident(c) for c in spec.column_names if c != col]
+        # A column Postgres computes (the application made it GENERATED there) takes no value.
+        computed = {r[0] for r in await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped "
+            "AND attgenerated <> ''", table)}
+        others = [quote_pg_ident(c) for c in spec.column_names if c != col and c not in computed]
         if others:
             sql = (f"INSERT INTO {table} ({', '.join(others)}) SELECT {', '.join(others)} FROM {table} "
                    f"ORDER BY {quote_pg_ident(col)} DESC LIMIT 1 RETURNING {quote_pg_ident(col)}")

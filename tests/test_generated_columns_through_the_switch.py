@@ -112,6 +112,13 @@ async def test_rows_written_to_sqlite_after_a_rollback_reach_a_column_postgres_g
         assert v.returncode == 0, v.stdout + v.stderr
         assert 'app: "lines" equal (7 rows in SQLite, 7 in Postgres' in v.stdout, v.stdout
 
+        # The cutover again: its trial INSERT leaves the column Postgres computes to Postgres,
+        # and so does the application's next row.
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert "lines.id continues after 7" in out, out
+        assert await pg_rows(pg_dsn, "INSERT INTO app.lines (qty, price) VALUES (2, 4.0) RETURNING id, total") == [
+            (8, 8.0)]
+
 
 async def test_a_reload_after_the_rollback_leaves_the_column_to_postgres(tmp_path, make_config, pg_dsn):
     """A column added in SQLite that the rows already there cannot take from a Postgres
