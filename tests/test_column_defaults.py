@@ -18,7 +18,8 @@ from syncd.sqlite_sql import (Constant, ConstKind, NotAConstant, SqlSyntaxError,
                               parse_constant, significant, stored_value, tokenize)
 from syncd.types import PgType, converter, pg_default
 from tests.conftest import write_config
-from tests.support.daemon import run_cli
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.sync import eventually, pg_rows, wait_caught_up
 
 
 def kinds(sql: str) -> list[tuple[str, str]]:
@@ -226,3 +227,46 @@ async def test_a_key_syncd_numbers_as_identity_keeps_no_default(tmp_path, pg_dsn
     finally:
         await pg.close()
     assert [tuple(r) for r in rows] == [("id", "YES", None), ("v", "NO", "'x'::text")]
+
+
+
+async def test_defaults_a_rebuilt_table_gained_reach_postgres(tmp_path, make_config, pg_dsn):
+    """SQLite gives a column a DEFAULT only by rebuilding its table (create the new one,
+    copy the rows, drop the old, rename): Postgres's copy, kept through the reload that
+    follows, takes them as a fresh load would. It kept the NOT NULL and lost the DEFAULT,
+    so that after a cutover an INSERT leaving the column out failed, or stored NULL, where
+    SQLite stored the default."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript("CREATE TABLE deals (id INTEGER PRIMARY KEY, owner TEXT, stage TEXT, amount INTEGER);"
+                       "INSERT INTO deals VALUES (1, 'ann', 'won', 5);")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.executescript("""
+            BEGIN;
+            CREATE TABLE deals_new (id INTEGER PRIMARY KEY, owner TEXT NOT NULL DEFAULT 'nobody',
+                                    stage TEXT DEFAULT 'new', amount INTEGER DEFAULT 0);
+            INSERT INTO deals_new SELECT * FROM deals;
+            DROP TABLE deals;
+            ALTER TABLE deals_new RENAME TO deals;
+            COMMIT;
+        """)
+        sqlite_row = conn.execute("INSERT INTO deals (id) VALUES (2) RETURNING *").fetchone()
+
+        async def reloaded() -> bool:
+            return await pg_rows(pg_dsn, "SELECT id, owner FROM app.deals ORDER BY id") == [(1, "ann"), (2, "nobody")]
+
+        await eventually(reloaded, 30, "the rebuilt table in Postgres", d)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn.close()
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        tr = pg.transaction()
+        await tr.start()
+        pg_row = await pg.fetchrow("INSERT INTO app.deals (id) VALUES (3) RETURNING owner, stage, amount")
+        await tr.rollback()
+    finally:
+        await pg.close()
+    assert tuple(pg_row) == sqlite_row[1:] == ("nobody", "new", 0)

@@ -199,6 +199,19 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
         had = pgt.column(col.name) if pgt is not None else None
         if col.notnull and col.name not in spec.key and had is not None and not had.notnull:
             await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col.name)} SET NOT NULL")
+    # Likewise a DEFAULT SQLite's table has and Postgres's copy lacks: SQLite gives a column
+    # one only by rebuilding its table, which this reload follows. Without it, an INSERT of
+    # the application's after a cutover stores NULL there (or fails) where SQLite stores it.
+    if pgt is not None:
+        lacking = {r[0] for r in await conn.fetch(
+            "SELECT a.attname FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid "
+            "AND d.adnum = a.attnum WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+            "AND a.attidentity = '' AND a.attgenerated = '' AND d.adbin IS NULL", table)}
+        for col in spec.columns:
+            default = column_default(col).sql
+            if default is not None and col.name in lacking and pgt.column(col.name) is not None:
+                await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col.name)} "
+                                    f"SET DEFAULT {default}")
     if kept:
         sets = ", ".join(f"{quote_pg_ident(c)} = k.{quote_pg_ident(c)}" for c in kept)
         match = " AND ".join(f"t.{quote_pg_ident(k)} = k.{quote_pg_ident(k)}" for k in spec.key)
