@@ -207,6 +207,8 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
     stale = [obj for key, obj in have.items() if obj.owned_by(source) and (obj.table in specs or obj.kind == "view")
              and key not in keep and (key not in wanted or wanted[key][1] != obj.comment)]
     stale.sort(key=lambda o: (o.kind != "view", o.contype not in ("f", "c"), o.kind != "constraint"))
+    if any(o.kind == "view" for o in stale):  # a view another reads goes after it (Postgres refuses it before)
+        stale = _readers_first(stale, await _view_readers(conn, schema))
     now = time.monotonic()
     locked: set[str | None] = {t for (src, t), until in _locked_until.items() if src == source and until > now}
     for obj in stale:
@@ -265,6 +267,31 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
                 # later call, so that one step of the daemon spends one timeout at most.
                 break
     return report
+
+
+async def _view_readers(conn: asyncpg.Connection, schema: str) -> dict[str, set[str]]:
+    """Each view of `schema` that other views read -> the names of those views."""
+    out: dict[str, set[str]] = {}
+    for read, reader in await conn.fetch(
+            "SELECT DISTINCT t.relname, v.relname FROM pg_rewrite r JOIN pg_depend d ON d.classid = "
+            "'pg_rewrite'::regclass AND d.objid = r.oid AND d.refclassid = 'pg_class'::regclass "
+            "JOIN pg_class v ON v.oid = r.ev_class JOIN pg_class t ON t.oid = d.refobjid "
+            "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relkind = 'v' "
+            "AND v.oid <> t.oid", schema):
+        out.setdefault(read, set()).add(reader)
+    return out
+
+
+def _readers_first(stale: list[PgObject], readers: dict[str, set[str]]) -> list[PgObject]:
+    """`stale` with each view after the views among them that read it."""
+    left = [o for o in stale if o.kind == "view"]
+    ordered: list[PgObject] = []
+    while left:
+        names = {o.name for o in left}
+        ready = [o for o in left if not readers.get(o.name, set()) & names] or left
+        ordered += ready
+        left = [o for o in left if o not in ready]
+    return ordered + [o for o in stale if o.kind != "view"]
 
 
 def _failed(memo: tuple[str, str, str], e: BaseException) -> None:
@@ -627,7 +654,7 @@ async def _drop_earlier_cutover(conn: asyncpg.Connection, source: str, schema: s
     have = await read_pg_objects(conn, schema)
     mine = [o for o in have.values() if o.owned_by(source) and o.stage == CUTOVER
             and (o.kind == "view" or (o.kind == "constraint" and o.contype in ("f", "c") and o.table in specs))]
-    for obj in sorted(mine, key=lambda o: o.kind != "view"):
+    for obj in _readers_first(mine, await _view_readers(conn, schema) if mine else {}):
         await run(conn, _drop_sql(schema, obj))
 
 
