@@ -549,7 +549,11 @@ class Translator:
             elif len(ks) != len(kinds):
                 raise Untranslatable("compound SELECT parts with different column counts")
             else:
-                kinds = [_common_kind([a, b], "compound SELECT") for a, b in zip(kinds, ks)]
+                op = sel.compounds[i - 1]
+                if op != "UNION ALL" and any(k.kind == OTHER or (k.kind == TEXT and k.collation not in (None, "BINARY"))
+                                             for k in kinds + ks):  # it compares rows as DISTINCT does
+                    raise Untranslatable(f"{op} over text under another collation or mixed values")
+                kinds = [_compound_column(a, b) for a, b in zip(kinds, ks)]
             if i > 0:
                 parts.append(sel.compounds[i - 1])
             parts.append(sql if len(sel.cores) == 1 else f"({sql})")
@@ -730,6 +734,14 @@ def _common_kind(values: list[Typed], what: str) -> str:
     if kinds <= {INT, REAL}:
         return REAL
     raise Untranslatable(f"{what} mixes {' and '.join(sorted(kinds))} values")
+
+
+def _compound_column(a: Typed, b: Typed) -> Typed:
+    """A compound SELECT's output column from the same column of two of its SELECTs: one
+    kind for both, and a collation other than BINARY where either has one (a comparison
+    of the view's readers under it is refused)."""
+    coll = next((t.collation for t in (a, b) if t.collation not in (None, "BINARY")), a.collation)
+    return Typed("", _common_kind([a, b], "compound SELECT"), coll)
 
 
 def _text(value: str) -> str:
