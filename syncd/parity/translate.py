@@ -532,18 +532,22 @@ class Translator:
             raise Untranslatable("a subquery cannot appear here (only in a view)")
         inner = Translator(Scope([], self.scope), self.aggregates, self.relations)
         inner.aggregates = True
-        sql, kinds, _names = inner.select(sel, None)
+        sql, kinds, _names = inner.select(sel, None, named=False)
         return sql, [k.kind for k in kinds]
 
-    def select(self, sel: ex.Select, names: list[str] | None) -> tuple[str, list[Typed], list[str]]:
+    def select(self, sel: ex.Select, names: list[str] | None, named: bool = True
+               ) -> tuple[str, list[Typed], list[str]]:
         """(SQL, each output column's kind and collation, output names). `names`: the names SQLite
-        gives the output columns (PRAGMA table_info of the view), written as aliases."""
+        gives the output columns (PRAGMA table_info of the view), written as aliases. `named`:
+        whether the output columns are read by name (a view's, a subquery's in FROM), not
+        those of a subquery in a condition (EXISTS (SELECT 1 ...))."""
         parts = []
         kinds: list[Typed] = []
         out_names: list[str] = []
         first_scope: Scope | None = None
         for i, core in enumerate(sel.cores):
-            sql, ks, ns, scope = self._core(core, names if i == 0 else None)
+            # Only the first SELECT of a compound names the columns.
+            sql, ks, ns, scope = self._core(core, names if i == 0 else None, named and i == 0)
             if i == 0:
                 kinds, out_names, first_scope = ks, ns, scope
             elif len(ks) != len(kinds):
@@ -604,7 +608,7 @@ class Translator:
         nulls = term.nulls or ("LAST" if term.descending else "FIRST")  # SQLite: NULL is the smallest value
         return f"{sql} {'DESC' if term.descending else 'ASC'} NULLS {nulls}"
 
-    def _core(self, core: ex.SelectCore, names: list[str] | None):
+    def _core(self, core: ex.SelectCore, names: list[str] | None, named: bool = True):
         scope = Scope([], self.scope)
         from_sql = self._from(core.from_, scope) if core.from_ is not None else None
         t = Translator(scope, True, self.relations)
@@ -632,14 +636,14 @@ class Translator:
                 raise Untranslatable(f"the view has {len(names)} columns, its SELECT {len(cols)}")
             cols = [(v, name) for (v, _), name in zip(cols, names)]
         for v, name in cols:
-            if not name:
+            if not name and named:
                 raise Untranslatable("an output column without a name")
             if core.distinct and (v.kind == OTHER or (v.kind == TEXT and v.collation not in (None, "BINARY"))):
                 raise Untranslatable("DISTINCT over text under another collation or mixed values")
         select = ["SELECT"]
         if core.distinct:
             select.append("DISTINCT")
-        select.append(", ".join(f"{v.sql} AS {_ident(name)}" for v, name in cols))
+        select.append(", ".join(f"{v.sql} AS {_ident(name)}" if name else v.sql for v, name in cols))
         if from_sql:
             select.append(f"FROM {from_sql}")
         if core.where is not None:
