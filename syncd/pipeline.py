@@ -299,6 +299,11 @@ class Pipeline:
         """Backoff sleep that a stop request cuts short."""
         if self.health == SOURCE_MISSING:
             await self.session.let_go_if_gone()
+        if self.pg_ok is False:
+            # Postgres away: a load's read of the file (one transaction in WAL mode) would keep
+            # the application's WAL from being checkpointed for as long as the outage lasts,
+            # growing with every commit. Given up; the load resumes from its position.
+            await self._close_load()
         try:
             await asyncio.wait_for(self.stop_event.wait(), seconds)
         except asyncio.TimeoutError:

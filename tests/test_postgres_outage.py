@@ -5,11 +5,14 @@ catches up by itself."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import sqlite3
 import time
 import urllib.request
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 from tests.conftest import FAST_FAILOVER, write_config
@@ -225,3 +228,49 @@ async def test_a_verb_whose_statement_postgres_does_not_answer_in_time_says_so_i
         assert r.returncode == 1 and "Traceback" not in out, out
         [line] = r.stderr.splitlines()
         assert "Postgres" in line and "timed out" in line and "statement_timeout_seconds" in line, line
+
+
+async def test_a_load_cut_short_by_an_outage_lets_the_application_checkpoint_its_wal(pg_dsn, tmp_path):
+    """A first load in WAL mode reads the table in one read transaction of its own. Postgres
+    gone mid-load, that read is given up: the application's WAL checkpoints in full while
+    Postgres is away (a read kept open pins it, and it grows with every commit for as long
+    as the outage lasts); the load resumes where it was once Postgres is back."""
+    parts = urlsplit(pg_dsn)
+    proxy = FaultProxy(parts.hostname, parts.port or 5432)
+    db = tmp_path / "app.db"
+    create_items(db, rows=50_000, journal="wal")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace(f":{parts.port}/", f":{proxy.port}/"),
+                       [{"name": "app", "path": str(db)}],
+                       sections={**FAST_FAILOVER, "stream": {"retry_max_backoff_seconds": 1,
+                                                              "snapshot_chunk_rows": 500}})
+    app = sqlite3.connect(db, timeout=0.1, isolation_level=None)
+
+    def checkpointed() -> bool:
+        app.execute("UPDATE items SET n = n + 1 WHERE id <= 100")
+        return app.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0 and \
+            os.path.getsize(f"{db}-wal") == 0
+
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            conn = await asyncpg.connect(pg_dsn)
+            try:
+                loaded = 0
+                started = time.monotonic()
+                while loaded < 2000 and time.monotonic() - started < 60:
+                    await asyncio.sleep(0.02)
+                    if await conn.fetchval("SELECT to_regclass('app.items')") is not None:
+                        loaded = await conn.fetchval("SELECT count(*) FROM app.items")
+            finally:
+                await conn.close()
+            assert 2000 <= loaded < 50_000, loaded
+            proxy.refuse()
+            wait_for(lambda: "Postgres unreachable" in d.log(), 30, "outage logged", d)
+            wait_for(checkpointed, 10, "the application's WAL checkpointed in full", d)
+            proxy.heal()
+            await wait_caught_up(db, pg_dsn, "app", daemon=d)
+            assert "snapshot resuming after" in d.log()
+            assert d.stop() == 0
+    finally:
+        proxy.close()
+        app.close()
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
