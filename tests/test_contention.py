@@ -370,3 +370,31 @@ async def test_status_of_a_changelog_at_its_cap_never_holds_a_rollback_journal_w
         writer.join(30)
     assert all('"pending_changes": 25000000' in r.stdout for r in runs), runs[-1].stdout
     assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])
+
+
+async def test_counting_a_large_table_never_holds_a_rollback_journal_writer_off(tmp_path, make_config, pg_dsn):
+    """A load starts by counting the table's rows, as a verification does: count(*) walks
+    every page of the table, and 500,000 rows of 1 KB (half a gigabyte) in one read held a
+    writer with a half-second busy_timeout off past it in rollback-journal mode. The rows
+    are counted a window at a time there, each window its own read, as short as a chunk's."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = delete")
+    conn.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, s TEXT)")
+    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500000) "
+                 "INSERT INTO big SELECT i, printf('%.*c', 1000, 'z') FROM n")
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db), "exclude": ["hits"]}],
+                      sections={"verify": {"interval_seconds": 0}})
+    writer = ShortTimeoutWriter(db, timeout=0.5)
+    writer.start()
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            d.wait_log("snapshot started: 500000 rows", timeout=120)
+            time.sleep(1)
+            assert d.stop() == 0
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    assert writer.transactions > 20 and writer.errors == [], (writer.transactions, writer.errors[:5])

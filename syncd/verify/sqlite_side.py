@@ -19,7 +19,7 @@ from typing import Any
 
 from syncd.identifiers import quote_ident
 from syncd.model import TableSpec, unshadowed_rowid_name
-from syncd.sqlite import capture
+from syncd.sqlite import capture, reader
 from syncd.sqlite.capture import CHANGELOG, slot
 from syncd.sqlite.connection import bound_value, fetchall_text_safe
 from syncd.sqlite.hold import HOLD_SECONDS
@@ -97,7 +97,7 @@ def bound_key(raw: Sequence[Any]) -> tuple[str, list[Any]]:
 
 
 def count_rows(conn: sqlite3.Connection, spec: TableSpec) -> int:
-    return conn.execute(f"SELECT count(*) FROM {quoted_sqlite_table(spec)}").fetchone()[0]
+    return reader.count_rows(conn, spec.name)  # a window at a time in rollback-journal mode
 
 
 def null_key_rows(conn: sqlite3.Connection, spec: TableSpec) -> int:
