@@ -76,6 +76,18 @@ def test_evaluate_verdicts():
     assert evaluate(st, LIMITS, NOW) == WARNING and "current step has run for 95 s" in st.problems[0].message
 
 
+def test_the_consistency_column_is_no_ok_from_a_check_made_before_a_tables_columns_changed():
+    """A column added since the last check was never compared: the table of `syncd status`
+    says so in its CONSISTENCY column, as the problem under it does, not "ok" from that check."""
+    from syncd.cli.status import render
+    st = healthy(tables=[checked("t", NOW - dt.timedelta(minutes=5), columns_changed='column "tag" added')])
+    verdict = evaluate(st, LIMITS, NOW)
+    assert verdict == WARNING
+    text = render(verdict, [st])
+    row = text.splitlines()[1]
+    assert "ok (" not in row and row.endswith("1 changed since checked"), text
+
+
 def test_the_rollback_deadline_reads_as_the_report_writes_it():
     """`syncd status` gives the rollback deadline as the report does (UTC, to the minute),
     and says so once it has passed (the daemon ends the way back at its next check)."""

@@ -136,6 +136,10 @@ def _consistency(st: SourceStatus) -> str:
     unconfirmed = sum(1 for t in streaming if t.last_verify_pending)
     if unconfirmed:
         return f"{unconfirmed} unconfirmed"
+    # A column added or renamed since the last check was never compared: that check says nothing of it.
+    changed = sum(1 for t in streaming if t.columns_changed)
+    if changed:
+        return f"{changed} changed since checked"
     checked = [t for t in streaming if t.last_compared_at]
     if len(checked) < len(streaming):
         return f"{len(streaming) - len(checked)} unchecked"
