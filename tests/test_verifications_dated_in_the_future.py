@@ -11,6 +11,7 @@ nothing compared them for ten hours, ten times `[status] verify_max_age_seconds`
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 
 import pytest
@@ -162,3 +163,30 @@ async def test_a_load_by_a_daemon_whose_clock_is_ahead_does_not_hide_the_checks_
     assert verify(cfg).returncode == 0
     st = run_cli(cfg, "status")
     assert "consistency not checked" not in st.stdout and " ok (" in st.stdout, st.stdout
+
+
+async def test_dual_write_on_a_host_whose_clock_is_ahead_is_not_counted_longer_than_it_ran(ready, pg_dsn, tmp_path):
+    """Dual-write began 13 days ago, by Postgres's clock, which stamped it: on a host whose
+    clock runs two days ahead the report counted 15 days (that host's now less Postgres's
+    stamp) and met the 14-day item, and `syncd cutover` would have gone ahead. Read on the
+    host's clock, as the checks are, it began 13 days ago: 1 day to go."""
+    await pg_execute(pg_dsn, "UPDATE syncd.sources SET streaming_since = now() - interval '13 days'")
+    env = _clock_behind(tmp_path, -48)
+    rc, md, rc_json, doc = report_with(ready, env)
+    dual = item(doc, "dual_write")
+    assert not dual["ok"] and rc == rc_json == 1, dual
+    assert any(re.search(r"app: dual-write since \S+ \S+ UTC, 13\.0 days; 14 days required \(1\.0 days to go\)", p)
+               for p in dual["problems"]), dual
+    assert round(doc["sources"][0]["dual_write_days"]) == 13, doc["sources"][0]
+
+    # A rehearsal Postgres stamped a moment ago, read on a host whose clock runs an hour
+    # behind: made now, not "in the future".
+    await pg_execute(pg_dsn, "UPDATE syncd.rehearsals SET finished_at = now()")
+    doc = json.loads(run_cli(ready, "report", "--format", "json", env=_clock_behind(tmp_path, 1)).stdout)
+    assert item(doc, "rollback_rehearsed")["ok"], item(doc, "rollback_rehearsed")
+
+
+def report_with(cfg, env: dict) -> tuple[int, str, int, dict]:
+    """`syncd report` in Markdown and JSON, run with `env`."""
+    md, js = run_cli(cfg, "report", env=env), run_cli(cfg, "report", "--format", "json", env=env)
+    return md.returncode, md.stdout, js.returncode, json.loads(js.stdout)

@@ -426,8 +426,12 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             facts.registered = True
             facts.streaming_since, facts.applied_seq, facts.applied_at, facts.lag_from = \
                 src.streaming_since, src.applied_seq, src.applied_at, src.lag_from
-            if facts.applied_at is not None:  # stamped by Postgres's clock: read on this host's, as the runs are
+            # Stamped by Postgres's clock (now()): read on this host's, as the runs are. Dual-write
+            # since then, by a host clock ahead, counted days that had not passed.
+            if facts.applied_at is not None:
                 facts.applied_at += db.clock_offset
+            if facts.streaming_since is not None:
+                facts.streaming_since += db.clock_offset
             if db.direction_column:  # older bookkeeping: to Postgres
                 facts.direction = await pg.fetchval(f"SELECT direction FROM {bk.s}.sources WHERE source = $1",
                                                     source.name) or facts.direction
@@ -445,10 +449,12 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
                 refused[(str(d["object"]), d.get("marker"))] = str(d["why"])  # the latest reason per definition
             except (ValueError, KeyError, TypeError):
                 continue
-        facts.suspensions = [(r[0], r[1] or "") for r in await pg.fetch(
+        facts.suspensions = [(r[0] + db.clock_offset, r[1] or "") for r in await pg.fetch(
             f"SELECT at, detail FROM {bk.s}.events WHERE source = $1 AND kind = 'capture_suspended' ORDER BY at",
             source.name)]
         facts.rehearsal = await _rehearsal(pg, bk, source.name) if db.rehearsals else None
+        if facts.rehearsal is not None:  # finished_at is Postgres's now(), as above
+            facts.rehearsal.at += db.clock_offset
         if facts.rehearsal is not None and facts.rehearsal.path not in (None, str(source.path.resolve())):
             facts.rehearsal.other_file = facts.rehearsal.path  # the source named another file then
         first_loads = dict(await pg.fetch(
