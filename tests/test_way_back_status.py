@@ -320,3 +320,40 @@ async def test_the_daemon_holds_the_source_while_it_turns_it_around_to_the_way_b
         assert (src["direction"], src["daemon_running"], src["state"]) == ("to_sqlite", True, "streaming"), src
         assert d.stop() == 0
     wait_for(lambda: status(cfg)["state"] == "daemon_not_running", 30, "a stopped daemon shown as not running")
+
+
+async def test_the_report_counts_a_table_held_on_the_way_back_as_halted_while_a_retry_copies_it(
+        tmp_path, make_config, pg_dsn):
+    """The report's "no halted tables" item, while a retry copies a held table again from
+    Postgres: the table is held all the same (as `syncd status` says), not "none of the 1
+    table(s) is held or paused"."""
+    from tests.support.sync import eventually, table_states
+
+    rows = 20_000
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE deals (id INTEGER PRIMARY KEY, code TEXT UNIQUE)")
+    conn.executemany("INSERT INTO deals VALUES (?, ?)", [(i, f"c{i}") for i in range(1, rows + 1)])
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"held_table_retry_seconds": 0.1})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.deals DROP CONSTRAINT deals_code_key")
+        await pg_rows(pg_dsn, f"UPDATE app.deals SET code = 'c1' WHERE id = {rows}")
+
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app"))["deals"][0] == "held"
+
+        await eventually(held, 30, "deals held", d)
+        states: list[str] = []
+        while "loading" not in states and len(states) < 30:
+            r = run_cli(cfg, "report", "--format", "json")
+            doc = json.loads(r.stdout)
+            states.append(next(t["state"] for t in doc["sources"][0]["tables"] if t["table"] == "deals"))
+            halted = next(i for i in doc["checklist"] if i["key"] == "halted")
+            assert not halted["ok"] and any(p.startswith("app.deals: held") and "UNIQUE" in p
+                                            for p in halted["problems"]), (states, halted)
+        assert "loading" in states, states  # a report made while a retry copied the table
+        assert d.stop() == 0
