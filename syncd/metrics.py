@@ -208,11 +208,13 @@ def shown_value(gauge: Gauge, *labels: str) -> float | None:
     return None if child is None else child._value.get()  # noqa: SLF001
 
 
-def table_gauges(source: str, tables: dict[str, str], states: tuple[str, ...], halted: tuple[str, ...]) -> None:
+def table_gauges(source: str, tables: dict[str, str], states: tuple[str, ...], halted: tuple[str, ...],
+                 held: frozenset[str] | set[str] = frozenset()) -> None:
     """Each table's halted flag and state, from {name: state}; the series of a table
-    no longer there (dropped, renamed) go, so no alert fires for it for ever."""
+    no longer there (dropped, renamed) go, so no alert fires for it for ever. `held`:
+    tables halted whatever their state says (one the way back copies again to retry)."""
     for name, state in tables.items():
-        table_halted.labels(source, name).set(1 if state in halted else 0)
+        table_halted.labels(source, name).set(1 if state in halted or name in held else 0)
         for s in states:
             table_state.labels(source, name, s).set(1 if state == s else 0)
     gone = _tables_shown.get(source, set()) - set(tables)

@@ -322,11 +322,16 @@ async def test_the_daemon_holds_the_source_while_it_turns_it_around_to_the_way_b
     wait_for(lambda: status(cfg)["state"] == "daemon_not_running", 30, "a stopped daemon shown as not running")
 
 
-async def test_the_report_counts_a_table_held_on_the_way_back_as_halted_while_a_retry_copies_it(
+async def test_a_table_held_on_the_way_back_is_halted_in_the_report_and_metrics_while_a_retry_copies_it(
         tmp_path, make_config, pg_dsn):
-    """The report's "no halted tables" item, while a retry copies a held table again from
-    Postgres: the table is held all the same (as `syncd status` says), not "none of the 1
-    table(s) is held or paused"."""
+    """The report's "no halted tables" item and `syncd_table_halted`, while a retry copies a
+    held table again from Postgres: the table is held all the same (as `syncd status` says),
+    not "none of the 1 table(s) is held or paused", nor 0, which kept SyncdTableHalted (5
+    minutes of 1) from firing for a table whose copies take much of the time."""
+    import functools
+    import urllib.request
+
+    from tests.support.pgcluster import free_port
     from tests.support.sync import eventually, table_states
 
     rows = 20_000
@@ -337,7 +342,9 @@ async def test_the_report_counts_a_table_held_on_the_way_back_as_halted_while_a_
     conn.executemany("INSERT INTO deals VALUES (?, ?)", [(i, f"c{i}") for i in range(1, rows + 1)])
     conn.commit()
     conn.close()
-    cfg = backup_and_config(make_config, tmp_path, db, stream={"held_table_retry_seconds": 0.1})
+    port = free_port()
+    cfg = backup_and_config(functools.partial(make_config, metrics_listen=f"127.0.0.1:{port}"), tmp_path, db,
+                            stream={"held_table_retry_seconds": 0.1})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
         await pg_rows(pg_dsn, "ALTER TABLE app.deals DROP CONSTRAINT deals_code_key")
@@ -356,4 +363,14 @@ async def test_the_report_counts_a_table_held_on_the_way_back_as_halted_while_a_
             assert not halted["ok"] and any(p.startswith("app.deals: held") and "UNIQUE" in p
                                             for p in halted["problems"]), (states, halted)
         assert "loading" in states, states  # a report made while a retry copied the table
+        scraped: list[tuple[float, float]] = []  # (loading, halted) of "deals" in one scrape
+        while not any(loading for loading, _ in scraped) and len(scraped) < 200:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            series = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                      if 'table="deals"' in line}
+            scraped.append((series['syncd_table_state{source="app",state="loading",table="deals"}'],
+                            series['syncd_table_halted{source="app",table="deals"}']))
+            time.sleep(0.05)
+        assert any(loading for loading, _ in scraped), scraped  # a scrape while a retry copied the table
+        assert all(halted == 1 for _, halted in scraped), scraped
         assert d.stop() == 0
