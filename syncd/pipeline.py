@@ -235,6 +235,10 @@ class Pipeline:
         """The age of the oldest change not applied: the stream's, or a held or paused
         table's oldest queued change."""
         ages = [now - t.queued_since for t in self._halted() if t.queued and t.queued_since is not None]
+        if self.health == FILE_LOCKED and self.lag.caught_up_at is not None:
+            # The application holds the file: what it commits meanwhile waits unseen, since the
+            # changelog was last read whole at most (0 would say nothing waits).
+            ages.append(now - self.lag.caught_up_at)
         return max([self.lag.lag(now), *ages])
 
     def _halted(self) -> list[TableRuntime]:
@@ -430,6 +434,7 @@ class Pipeline:
         self.ready.set()  # clearly reported as failing counts as "ready" for systemd
         self._leave_admission()
         metrics.source_up.labels(self.name).set(1 if self.health not in (SOURCE_MISSING,) else 0)
+        metrics.set_lag(self.name, self.lag_figure(time.time()))  # the poll may wait on the file as the step did
 
     def _pg_down(self, exc: BaseException, why: str | None = None) -> None:
         self.pg_ok = False

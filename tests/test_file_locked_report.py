@@ -290,3 +290,56 @@ async def test_a_file_locked_from_the_daemons_first_start_is_reported_and_a_stop
     with DaemonProcess(cfg, tmp_path / "again.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert d.stop() == 0
+
+
+# An application holding its file in SQLite's exclusive locking mode: every commit is
+# durable, and no other process reads the file until it lets go.
+EXCLUSIVE_WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+conn.execute("INSERT INTO items (v) VALUES ('first under the lock')")
+print("locked", flush=True)
+while not sys.stdin.readline().strip():
+    conn.execute("INSERT INTO items (v) VALUES ('committed under the lock')")
+conn.close()
+print("released", flush=True)
+"""
+
+
+async def test_changes_committed_under_a_long_lock_are_no_lag_of_0(tmp_path, make_config, pg_dsn):
+    """The application commits for longer than FILE_LOCKED_AFTER_SECONDS under a lock no
+    reader gets past: its changes wait in the file, unseen. The lag the daemon shows
+    (syncd_replication_lag_seconds, its /status) is the time since it last read the whole
+    changelog, at most, not 0 (SyncdLagHigh could never fire for such a file)."""
+    path = tmp_path / "app.db"
+    make_file(path)
+    port = free_port()
+    cfg = make_config([{"name": "app", "path": str(path)}], metrics_listen=f"127.0.0.1:{port}",
+                      sections={"verify": {"interval_seconds": 0}})
+    holder = None
+    try:
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            await wait_caught_up(path, pg_dsn, "app", daemon=d)
+            holder = subprocess.Popen([sys.executable, "-c", EXCLUSIVE_WRITER, str(path)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert holder.stdout.readline().strip() == "locked"
+            locked = time.monotonic()
+            for _ in range(3):  # commits the daemon cannot see
+                holder.stdin.write("\n")
+                holder.stdin.flush()
+            d.wait_log("is locked by its application", timeout=FILE_LOCKED_AFTER_SECONDS + 10)
+            lag = metric(port, 'syncd_replication_lag_seconds{direction="to_postgres",source="app"}')
+            live = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read())
+            assert lag is not None and FILE_LOCKED_AFTER_SECONDS - 1 <= lag <= time.monotonic() - locked + 2, lag
+            assert live["sources"]["app"]["lag_seconds"] >= FILE_LOCKED_AFTER_SECONDS - 1, live["sources"]["app"]
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "released"
+            await wait_caught_up(path, pg_dsn, "app", daemon=d)
+            wait_for(lambda: metric(port, 'syncd_replication_lag_seconds{direction="to_postgres",source="app"}')
+                     == 0, 10, "no lag once the changes are applied", d)
+            assert d.stop() == 0
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
