@@ -137,6 +137,7 @@ class Daemon:
             raise
         THREADS.resize(self.settings.sqlite.threads)
         metrics.PER_TABLE = self.settings.metrics.per_table
+        metrics.STARTED_AT = time.time()
         _raise_open_files_limit()
         self.watcher = FileWatcher(loop)
         self.watcher.start()

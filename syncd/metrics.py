@@ -14,6 +14,8 @@ sites read as before.
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -253,7 +255,8 @@ ROLLUPS = {
         "Rows that differed at the last consistency check, all tables of the source."),
     "syncd_consistency_last_check_timestamp_seconds": (
         "syncd_source_consistency_oldest_check_timestamp_seconds", min,
-        "Unix time of the oldest of the source's tables' last completed consistency checks."),
+        "Unix time of the oldest of the source's tables' last completed consistency checks (a streaming table no "
+        "check has compared since syncd started: syncd's start, as SyncdVerificationStale counts it per table)."),
     "syncd_table_state": (
         "syncd_source_tables_on_the_way", sum,
         "Tables of the source still being loaded: pending, loading or catching up (per_table = false: "
@@ -296,6 +299,9 @@ class _SourceLevel(Collector):
                 for sample in family.samples:
                     if _folded(family, sample):
                         by_source.setdefault(sample.labels.get("source", ""), []).append(sample.value)
+                if family.name == "syncd_consistency_last_check_timestamp_seconds":
+                    for source in _unchecked_sources():
+                        by_source.setdefault(source, []).append(STARTED_AT)
                 name, fold, doc = rollup
                 out = GaugeMetricFamily(name, doc, labels=["source"])
                 for source, values in sorted(by_source.items()):
@@ -306,11 +312,19 @@ class _SourceLevel(Collector):
                 yield family
 
 
+def _unchecked_sources() -> set[str]:
+    """Sources with a streaming table that has no check time since syncd started."""
+    checked = set(list(consistency_last_check_timestamp_seconds._metrics))  # noqa: SLF001 - no public listing
+    return {source for (source, table, state), child in list(table_state._metrics.items())  # noqa: SLF001
+            if state == "streaming" and child._value.get() == 1 and (source, table) not in checked}  # noqa: SLF001
+
+
 _source_level_registry = CollectorRegistry(auto_describe=False)
 _source_level_registry.register(_SourceLevel())
 
 # Set by the daemon from [metrics] per_table.
 PER_TABLE = True
+STARTED_AT = time.time()  # set by the daemon as it starts (this module may be imported long before)
 
 
 def exposition() -> bytes:

@@ -366,17 +366,23 @@ async def test_changes_applied_are_counted_per_source_without_per_table_series(t
     """[metrics] per_table = false drops the series labelled by table, not the count of
     changes applied: syncd_changes_applied_total is exported per source, operation and
     direction (all its tables summed), so the dashboard's apply rate still shows (before,
-    no series said how many changes a source applied)."""
+    no series said how many changes a source applied). A streaming table no consistency
+    check has compared since syncd started counts in the source's oldest check time from
+    syncd's start, as SyncdVerificationStale counts it per table: with the checks off, the
+    source had no such series and the alert could not fire for it."""
     a = tmp_path / "app.db"
     create_items(a, rows=3)
     create_items(a, table="other")
     port = free_port()
     cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(a)}],
-                       metrics_listen=f"127.0.0.1:{port}")
+                       metrics_listen=f"127.0.0.1:{port}", sections={"verify": {"interval_seconds": 0}})
     cfg.write_text(cfg.read_text().replace("[metrics]\n", "[metrics]\nper_table = false\n"))
     conn = sqlite3.connect(a)
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(a, pg_dsn, "app", daemon=d)
+        m = scrape(port)
+        oldest = m.get('syncd_source_consistency_oldest_check_timestamp_seconds{source="app"}')
+        assert oldest is not None and abs(oldest - m["process_start_time_seconds"]) < 5, (oldest, m)
         assert value(port, 'syncd_changes_applied_total{direction="to_postgres",op="delete",source="app"}') == 0
         conn.execute("INSERT INTO items (id, n) VALUES (10, 0), (11, 0)")
         conn.execute("INSERT INTO other (id, n) VALUES (10, 0)")
