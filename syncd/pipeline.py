@@ -228,8 +228,9 @@ class Pipeline:
 
     def lag_figure(self, now: float) -> float | None:
         """The lag to show, None until known: before its first reconcile the pipeline knows
-        neither the checkpoint nor since when changes wait (0 would say nothing waits)."""
-        return self.lag_seconds(now) if self.reconciled else None
+        neither the checkpoint nor since when changes wait (0 would say nothing waits), nor
+        while it cannot read the file (gone, unreadable: what is written meanwhile is unseen)."""
+        return self.lag_seconds(now) if self.reconciled and self.health != SOURCE_MISSING else None
 
     def lag_seconds(self, now: float) -> float:
         """The age of the oldest change not applied: the stream's, or a held or paused

@@ -723,3 +723,28 @@ async def test_a_role_at_its_connection_limit_is_named_as_refused_not_unreachabl
     assert r.returncode == CRITICAL and "unreachable" not in out.lower() and "hunter2" not in out, out
     line = next(x for x in out.splitlines() if x.startswith("CRITICAL: app:"))
     assert f"refused syncd's role {role} at login" in line and "too many connections" in line, line
+
+
+async def test_a_file_gone_under_the_running_daemon_shows_no_lag_of_0(tmp_path, make_config, pg_dsn):
+    """The daemon cannot read a source whose file is gone: what the application writes
+    meanwhile (to a file moved elsewhere, say) is not seen. Its lag is not known: NaN in
+    syncd_replication_lag_seconds, none in `syncd status` (as without the daemon), and the
+    report's lag item names it, where all three said 0.0 s, and the report counted it met."""
+    import math
+
+    db = tmp_path / "app.db"
+    create_items(db, rows=3)
+    port = free_port()
+    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}")
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        db.rename(tmp_path / "moved.db")
+        d.wait_log("event=source_missing")
+        lag = 'syncd_replication_lag_seconds{direction="to_postgres",source="app"}'
+        wait_for(lambda: math.isnan(metric(port, lag)), 10, "the lag not known", d)
+        st = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]
+        assert st["state"] == "source_missing" and st["lag_seconds"] is None, st
+        doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+        item = next(i for i in doc["checklist"] if i["key"] == "lag")
+        assert not item["ok"] and any(p.startswith("app: lag unknown") for p in item["problems"]), item
+        assert d.stop() == 0
