@@ -232,6 +232,7 @@ class _PgSide:
     shared_key: str | None = None  # the source shares its key with another (bookkeeping.shared_key_line)
     # held table -> a time its oldest queued change existed by (held then, or its row saved)
     held_since: dict[str, dt.datetime] = field(default_factory=dict)
+    offset: dt.timedelta = dt.timedelta(0)  # host_clock_offset: what Postgres's clock stamped, on this host's
 
 
 async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict[str, _PgSide]:
@@ -313,6 +314,8 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
         # a recent check, they would stand above the checks made since until that time came.
         # Runs are dated by Postgres's clock (history.record): judged and shown on this host's.
         offset = await host_clock_offset(conn)
+        for side in out.values():
+            side.offset = offset
         for r in held_at:
             out[r[0]].held_since[r[1]] = r[2] + offset
         for r in await conn.fetch(
@@ -452,8 +455,10 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
             st.initialized = True
             applied_seq, applied_at, streaming_since, direction, _lag_from = src
             st.direction = direction or TO_POSTGRES
-            st.last_applied_at = _iso(applied_at)
-            st.dual_write_since = _iso(streaming_since)
+            # Stamped by Postgres's clock: read on this host's, as the checks are (a host behind
+            # it read an apply an hour old as "0s ago").
+            st.last_applied_at = _iso(applied_at + pg.offset if applied_at else None)
+            st.dual_write_since = _iso(streaming_since + pg.offset if streaming_since else None)
 
     if isinstance(lite, str):
         st.sqlite_error = lite

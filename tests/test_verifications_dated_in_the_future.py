@@ -190,3 +190,16 @@ def report_with(cfg, env: dict) -> tuple[int, str, int, dict]:
     """`syncd report` in Markdown and JSON, run with `env`."""
     md, js = run_cli(cfg, "report", env=env), run_cli(cfg, "report", "--format", "json", env=env)
     return md.returncode, md.stdout, js.returncode, json.loads(js.stdout)
+
+
+async def test_the_last_apply_is_read_on_the_hosts_clock(ready, pg_dsn, tmp_path):
+    """Postgres stamps the last apply: on a host whose clock runs an hour behind, `syncd
+    status` read an apply ten minutes old as "0s ago" (a moment ahead of that host's now),
+    and the status page as "in the future by 50 min"."""
+    await pg_execute(pg_dsn, "UPDATE syncd.sources SET applied_at = now() - interval '10 minutes'")
+    env = _clock_behind(tmp_path, 1)
+    st = run_cli(ready, "status", env=env).stdout
+    row = next(line for line in st.splitlines() if line.startswith("app "))
+    assert " 10m ago " in row, st
+    text = run_cli(ready, "report", "--format", "html", env=env).stdout
+    assert "Last apply" in text and "in the future" not in text, re.findall(r".{80}in the future.{80}", text)
