@@ -145,7 +145,10 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
                 "SELECT m.name, p.name FROM main.sqlite_master m, pragma_table_xinfo(m.name, 'main') p "
                 "WHERE m.type = 'table' AND m.sql NOT LIKE 'CREATE VIRTUAL TABLE%' AND p.hidden IN (0, 2, 3) "
                 "ORDER BY m.name, p.cid"):
-            columns.setdefault(table, []).append(column)
+            # A name that is not UTF-8 by its bytes ("v\xff"), as syncd schema names it: printed and
+            # in JSON, a surrogate is no text any reader takes.
+            columns.setdefault(table, []).append(column.encode("utf-8", "surrogateescape").decode("utf-8",
+                                                                                                  "backslashreplace"))
         conn.text_factory = str
         meta = capture.read_meta(conn) if capture.META in tables else {}
         if capture.REGISTRY in tables:  # a damaged row is UNKNOWN here, as it stops the daemon

@@ -412,3 +412,34 @@ async def test_the_report_times_lookups_of_a_table_holding_text_that_is_not_utf8
     assert performance["ok"] and not performance["problems"], performance
     assert any(e.startswith("app.notes: primary key (id): ") for e in performance["evidence"]), performance
     assert any(e.startswith("app.tags: primary key (name): ") for e in performance["evidence"]), performance
+
+
+async def test_a_column_renamed_to_text_that_is_not_utf8_since_the_last_check_is_said_by_its_bytes(
+        tmp_path, make_config, pg_dsn):
+    """A column renamed, after the last consistency check, to a name that is not UTF-8:
+    `syncd status` says the table is not checked since its columns changed, naming the
+    column by its bytes ("v\\xff"), in UTF-8 text and JSON a monitoring check can read. It
+    printed the raw byte, and no UTF-8 reader could read the JSON (`json.loads` of its
+    output failed)."""
+    import subprocess
+
+    from tests.support.daemon import syncd_cmd
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO t VALUES (1, 'a')")
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+    await sync_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    assert verify(cfg).returncode == 0
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute('ALTER TABLE t RENAME COLUMN v TO "v#"')
+    with_bytes_not_utf8(conn, "t")
+    conn.close()
+    for args in (("status", "--json"), ("status",)):
+        out = subprocess.run(syncd_cmd(cfg, *args), capture_output=True, cwd=str(cfg.parent), timeout=120)
+        assert b"Traceback" not in out.stderr, out.stderr
+        text = out.stdout.decode("utf-8")  # raises on a byte that is not UTF-8
+        assert 'column "v\\xff" added' in (json.loads(text)["sources"][0]["tables"][0]["columns_changed"]
+                                          if args[-1] == "--json" else text), text
