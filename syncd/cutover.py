@@ -33,7 +33,7 @@ import asyncpg
 
 from syncd import parity
 from syncd.config import Settings, SourceSettings
-from syncd.identifiers import qualified, quote_ident, quote_pg_ident
+from syncd.identifiers import qualified, quote_ident, quote_pg_ident, sqlite_folded
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
 from syncd.postgres import app_triggers, cutover_guard, ddl
 from syncd.postgres.bookkeeping import (HELD, PAUSED, SWITCH_CLASS, Bookkeeping, bookkeeping_exists, ensure_bookkeeping,
@@ -501,9 +501,9 @@ def null_taken_in_sqlite(conn: sqlite3.Connection, specs: dict[str, TableSpec]) 
             continue  # text syncd cannot read: schema parity names the table's CREATE TABLE already
         if parsed is None:
             continue
-        names = {c.lower(): c for c in spec.column_names}
+        names = {sqlite_folded(c): c for c in spec.column_names}
         for written, action in sorted(parsed.null_conflicts.items()):
-            column = names.get(written.lower())
+            column = names.get(sqlite_folded(written))
             if column is None:
                 continue
             col = spec.column(column)
@@ -523,7 +523,7 @@ def null_taken_in_sqlite(conn: sqlite3.Connection, specs: dict[str, TableSpec]) 
                 what = "skips the row (INSERT) or leaves it as it was (UPDATE)"
             else:
                 continue  # ABORT, FAIL, ROLLBACK: SQLite refuses it too
-            shown = ", ".join(names.get(c.lower(), c) for c in cols)
+            shown = ", ".join(names.get(sqlite_folded(c), c) for c in cols)
             out.append(f'warning: a row written in "{table}" with the ({shown}) of another row is taken by SQLite '
                        f"without an error ({kind} ON CONFLICT {action}: it {what}) and refused by Postgres: after "
                        "the cutover such an INSERT or UPDATE fails; have the application say what it means (INSERT "

@@ -183,6 +183,35 @@ async def test_the_cutover_makes_postgres_the_applications_database(app_db, make
         await pg.close()
 
 
+async def test_names_differing_only_in_the_case_of_a_letter_beyond_a_to_z_are_two_names(
+        app_db, make_config, pg_dsn, tmp_path):
+    """SQLite folds the case of A-Z only: "É" and "é" are two columns, "Ü" and "ü" two
+    tables. Each object the cutover makes is on the one SQLite's schema names."""
+    app_file(app_db, """
+        CREATE TABLE "Ü" (id INTEGER PRIMARY KEY, a TEXT);
+        CREATE TABLE "ü" (id INTEGER PRIMARY KEY, b TEXT);
+        CREATE TABLE person (id INTEGER PRIMARY KEY, "É" TEXT COLLATE NOCASE, "é" TEXT,
+                             "Ä" INTEGER, "ä" INTEGER, FOREIGN KEY ("Ä") REFERENCES "ü" (id));
+        CREATE VIEW both_sides AS SELECT x.a, "ü".b FROM "Ü" x JOIN "ü" ON x.id = "ü".id;
+        INSERT INTO "Ü" VALUES (1, 'upper');
+        INSERT INTO "ü" VALUES (1, 'lower');
+        INSERT INTO person VALUES (1, 'Ann', 'Bo', 1, 99);
+    """).close()
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    schema = run_cli(cfg, "schema").stdout
+    assert 'column "É" COLLATE NOCASE' in schema and 'column "é" COLLATE NOCASE' not in schema
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    result = await finalize(cfg, pg_dsn)
+    assert ("view", "both_sides") in {(o.kind, o.name) for o in result.created}
+    fks = [c[2] for c in (await constraints(pg_dsn)).values() if c[0] == "f"]
+    assert fks == ['FOREIGN KEY ("Ä") REFERENCES app."ü"(id)'], fks
+    assert await pg_rows(pg_dsn, 'SELECT id FROM app.person WHERE "É" = \'ANN\'') == [(1,)]
+    assert await pg_rows(pg_dsn, 'SELECT id FROM app.person WHERE "é" = \'BO\'') == []
+    assert await pg_rows(pg_dsn, "SELECT a, b FROM app.both_sides") == [("upper", "lower")]
+
+
 async def test_what_postgres_refuses_at_cutover_is_listed_with_its_reason(app_db, make_config, pg_dsn, tmp_path):
     conn = sqlite3.connect(app_db, isolation_level=None)
     conn.executescript("""

@@ -154,9 +154,10 @@ def _table(conn: sqlite3.Connection, table: str, sql: str | None, master: dict) 
     if parsed is not None:
         obj.checks = [Check(table, body, name, column) for body, name, column in parsed.checks]
         obj.collations = {c: coll for c, coll in parsed.collations.items() if coll.upper() != "BINARY"}
-    columns = {r[1].lower(): r[1] for r in conn.execute(f"PRAGMA main.table_xinfo({q})")}
+    # As SQLite names columns, A-Z in any case: "É" and "é" are two columns (str.lower() made them one).
+    columns = {sqlite_folded(r[1]): r[1] for r in conn.execute(f"PRAGMA main.table_xinfo({q})")}
     for col, coll in list(obj.collations.items()):
-        real = columns.get(col.lower())
+        real = columns.get(sqlite_folded(col))
         del obj.collations[col]
         if real is not None:
             obj.collations[real] = coll.upper()
@@ -169,7 +170,7 @@ def _table(conn: sqlite3.Connection, table: str, sql: str | None, master: dict) 
     for fid in sorted(fks):
         rows = sorted(fks[fid], key=lambda r: r[1])
         parent = rows[0][2]
-        cols = tuple(columns.get(r[3].lower(), r[3]) for r in rows)
+        cols = tuple(columns.get(sqlite_folded(r[3]), r[3]) for r in rows)
         to = tuple(r[4] for r in rows)
         deferrable, cname = (parsed.fk_options(cols, parent) if parsed else (False, None))
         obj.foreign_keys.append(ForeignKey(table, cols, parent, None if all(t is None for t in to) else
@@ -238,9 +239,9 @@ class ParsedTable:
     key_conflicts: list[tuple[tuple[str, ...], str, str]] = field(default_factory=list)
 
     def fk_options(self, columns: tuple[str, ...], parent: str) -> tuple[bool, str | None]:
-        want = (tuple(c.lower() for c in columns), parent.lower())
+        want = (tuple(sqlite_folded(c) for c in columns), sqlite_folded(parent))
         for cols, par, deferred, name in self.fks:
-            if (tuple(c.lower() for c in cols), par.lower()) == want:
+            if (tuple(sqlite_folded(c) for c in cols), sqlite_folded(par)) == want:
                 return deferred, name
         return False, None
 

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_pg_ident
+from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_pg_ident, sqlite_folded
 from syncd.model import TableSpec
 from syncd.parity import dates, numbers
 from syncd.parity.objects import ForeignKey, Index, SourceObjects
@@ -597,7 +597,8 @@ def _plan_fk(schema: str, spec: TableSpec, fk: ForeignKey, specs: dict[str, Tabl
     pcols = ", ".join(fk.parent_columns) if fk.parent_columns else "its primary key"
     item = Item("foreign key", spec.name, f"FOREIGN KEY ({cols}) REFERENCES {fk.parent} ({pcols})",
                 object_kind="constraint", fk=fk)
-    parent = specs.get(fk.parent) or next((s for n, s in specs.items() if n.lower() == fk.parent.lower()), None)
+    parent = specs.get(fk.parent) or next((s for n, s in specs.items()
+                                           if sqlite_folded(n) == sqlite_folded(fk.parent)), None)
     if parent is None:
         item.left_out = f'the parent table "{fk.parent}" is not replicated to this schema'
         return item
@@ -725,7 +726,7 @@ def _column_named(spec: TableSpec, name: str) -> str | None:
     for c in spec.columns:
         if c.name == name:
             return c.name
-    folded = [c.name for c in spec.columns if c.name.lower() == name.lower()]
+    folded = [c.name for c in spec.columns if sqlite_folded(c.name) == sqlite_folded(name)]
     return folded[0] if len(folded) == 1 else None
 
 
@@ -738,7 +739,7 @@ def _plan_views(plan: SourcePlan, specs: dict[str, TableSpec], objects: SourceOb
 
     relations: dict[str, tuple[str, str, list[ColumnInfo]]] = {}
     for tname, spec in specs.items():
-        relations[tname.lower()] = (plan.schema, tname, columns_info(spec, objects.table(tname).collations,
+        relations[sqlite_folded(tname)] = (plan.schema, tname, columns_info(spec, objects.table(tname).collations,
                                                                       _final_types(plan, tname)))
     pending = list(objects.views)
     # A view reading another view is created after it: translate in rounds until none moves.
@@ -755,7 +756,7 @@ def _plan_views(plan: SourcePlan, specs: dict[str, TableSpec], objects: SourceOb
             try:
                 sql, kinds = translate.view_select_typed(view.select, list(view.columns), relations)
             except translate.UnknownRelation as e:
-                if any(v.name.lower() == e.name.lower() for v in pending if v is not view):
+                if any(sqlite_folded(v.name) == sqlite_folded(e.name) for v in pending if v is not view):
                     continue  # reads a view not translated yet: next round
                 failures[view.name] = f"not translated exactly: {e}"
                 pending.remove(view)
@@ -778,7 +779,7 @@ def _plan_views(plan: SourcePlan, specs: dict[str, TableSpec], objects: SourceOb
             if name is None:
                 failures[view.name] = f"its name is longer than Postgres's {PG_MAX_IDENTIFIER_BYTES} bytes"
                 continue
-            relations[view.name.lower()] = (plan.schema, view.name, [
+            relations[sqlite_folded(view.name)] = (plan.schema, view.name, [
                 ColumnInfo(n, translate.kind_type(k.kind), translate.kind_declared(k.kind), k.collation or "BINARY")
                 for n, k in zip(view.columns, kinds)])
             plan.items.append(Item("view", None, f'view "{view.name}"', name=view.name, object_kind="view",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from syncd.identifiers import IdentifierError, pg_string_literal, quote_pg_ident
+from syncd.identifiers import IdentifierError, pg_string_literal, quote_pg_ident, sqlite_folded
 from syncd.parity import expressions as ex
 from syncd.sqlite_sql import Affinity, affinity
 from syncd.types import PgType
@@ -118,7 +118,7 @@ class Scope:
     def _here(self, ref: ex.ColumnRef) -> Typed | None:
         hits = []
         for src in self.sources:
-            if ref.table is not None and ref.table.lower() not in src.names:
+            if ref.table is not None and sqlite_folded(ref.table) not in src.names:
                 continue
             col = _find(src.columns, ref.name)
             if col is not None:
@@ -137,7 +137,7 @@ def _find(columns: list[ColumnInfo], name: str) -> ColumnInfo | None:
     exact = [c for c in columns if c.name == name]
     if exact:
         return exact[0]
-    folded = [c for c in columns if c.name.lower() == name.lower()]  # SQLite names ignore ASCII case
+    folded = [c for c in columns if sqlite_folded(c.name) == sqlite_folded(name)]  # SQLite names ignore A-Z's case only
     return folded[0] if len(folded) == 1 else None
 
 
@@ -201,8 +201,8 @@ class Translator:
         raise Untranslatable(f"literal of kind {n.kind}")
 
     def _columnref(self, n: ex.ColumnRef) -> Typed:
-        if n.table is None and n.name.lower() in self.scope.aliases and self._in_order_by:
-            return self.scope.aliases[n.name.lower()]
+        if n.table is None and sqlite_folded(n.name) in self.scope.aliases and self._in_order_by:
+            return self.scope.aliases[sqlite_folded(n.name)]
         return self.scope.resolve(n)
 
     _in_order_by = False
@@ -617,10 +617,11 @@ class Translator:
             if isinstance(rc.expr, ex.Star):
                 if _has_using(core.from_):
                     raise Untranslatable("* over a join USING columns")
-                if rc.expr.table is not None and not any(rc.expr.table.lower() in s.names for s in scope.sources):
+                if rc.expr.table is not None and not any(sqlite_folded(rc.expr.table) in s.names
+                                                         for s in scope.sources):
                     raise Untranslatable(f"no table {rc.expr.table} for {rc.expr.table}.*")
                 for src in scope.sources:
-                    if rc.expr.table is not None and rc.expr.table.lower() not in src.names:
+                    if rc.expr.table is not None and sqlite_folded(rc.expr.table) not in src.names:
                         continue
                     for c in src.columns:
                         cols.append((Typed(f"{_ident(src.alias)}.{_ident(c.name)}", c.kind, c.collation.upper(),
@@ -630,7 +631,7 @@ class Translator:
             name = rc.alias or (rc.expr.name if isinstance(rc.expr, ex.ColumnRef) else "")
             cols.append((v, name))
             if rc.alias:
-                scope.aliases[rc.alias.lower()] = v
+                scope.aliases[sqlite_folded(rc.alias)] = v
         if names is not None:
             if len(names) != len(cols):
                 raise Untranslatable(f"the view has {len(names)} columns, its SELECT {len(cols)}")
@@ -663,12 +664,13 @@ class Translator:
 
     def _from(self, item: ex.FromItem, scope: Scope) -> str:
         if isinstance(item, ex.TableRef):
-            rel = self.relations.get(item.name.lower())
+            rel = self.relations.get(sqlite_folded(item.name))
             if rel is None:
                 raise UnknownRelation(item.name)
             schema, name, columns = rel
             alias = item.alias or name
-            src = Source(alias, columns, {alias.lower()} | ({item.name.lower()} if not item.alias else set()))
+            src = Source(alias, columns,
+                         {sqlite_folded(alias)} | ({sqlite_folded(item.name)} if not item.alias else set()))
             if any(src.names & s.names for s in scope.sources):
                 raise Untranslatable(f"{alias} appears twice in FROM")
             scope.sources.append(src)
@@ -680,7 +682,7 @@ class Translator:
             sql, kinds, names = inner.select(item.select, None)
             columns = [ColumnInfo(n, kind_type(k.kind), kind_declared(k.kind), k.collation or "BINARY")
                        for n, k in zip(names, kinds)]
-            scope.sources.append(Source(item.alias, columns, {item.alias.lower()}))
+            scope.sources.append(Source(item.alias, columns, {sqlite_folded(item.alias)}))
             return f"({sql}) AS {_ident(item.alias)}"
         assert isinstance(item, ex.Join)
         left = self._from(item.left, scope)
@@ -689,7 +691,7 @@ class Translator:
             return f"({left} CROSS JOIN {right})"
         if item.using:
             for u in item.using:
-                hits = [c for s in scope.sources for c in s.columns if c.name.lower() == u.lower()]
+                hits = [c for s in scope.sources for c in s.columns if sqlite_folded(c.name) == sqlite_folded(u)]
                 if any(c.kind in (TEXT, OTHER) and (c.kind == OTHER or c.collation.upper() != "BINARY")
                        for c in hits):
                     raise Untranslatable(f"USING ({u}) compares under a non-BINARY collation or mixed types")
@@ -953,19 +955,19 @@ def index_expression(node: ex.Node, columns: list[ColumnInfo], unique: bool = Fa
     except RecursionError:
         raise Untranslatable("nested too deeply") from None
     if unique and v.kind == TEXT and any(c.collation.upper() != "BINARY" for c in columns
-                                         if c.name.lower() in _column_names(node)):
+                                         if sqlite_folded(c.name) in _column_names(node)):
         return f'(({v.sql}) COLLATE "C")'
     return f"({v.sql})"
 
 
 def _column_names(node: object) -> set[str]:
-    """Lower-cased names of every column an expression tree reads."""
+    """The names of every column an expression tree reads, A-Z folded (sqlite_folded)."""
     out: set[str] = set()
     stack = [node]
     while stack:
         n = stack.pop()
         if isinstance(n, ex.ColumnRef):
-            out.add(n.name.lower())
+            out.add(sqlite_folded(n.name))
         elif isinstance(n, (list, tuple)):
             stack.extend(n)
         elif isinstance(n, ex.Node):
