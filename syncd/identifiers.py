@@ -29,6 +29,16 @@ def sqlite_folded(name: str) -> str:
     return name.translate(_FOLD)
 
 
+def as_named(name: str, names) -> str:
+    """`name` as one of `names` spells it, matched as SQLite matches names (A-Z in any
+    case): a table asked for as ORDERS is the file's orders. `name` itself where it is
+    one of them, or where none (or more than one) matches."""
+    if name in names:
+        return name
+    matches = [n for n in names if sqlite_folded(n) == sqlite_folded(name)]
+    return matches[0] if len(matches) == 1 else name
+
+
 def quote_pg_ident(name: str) -> str:
     """Quote a Postgres identifier, refusing names Postgres would truncate."""
     if len(name.encode("utf-8")) > PG_MAX_IDENTIFIER_BYTES:

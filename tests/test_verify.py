@@ -461,3 +461,40 @@ async def test_a_check_postgres_does_not_answer_in_time_says_what_it_waited_for(
     assert line.startswith("app: ERROR Postgres: timed out: a statement got no answer within [postgres] "
                            "statement_timeout_seconds"), line
     assert "try again" in line, line
+
+
+async def test_a_table_named_in_another_case_of_a_to_z_is_the_files_table(tmp_path, make_config, pg_dsn):
+    """SQLite names tables A-Z in any case (ORDERS is orders), as [sources] tables and
+    exclude match them: `--table ORDERS` said there was no such table in the file, and
+    `syncd resync --table ORDERS` that no such table was replicated."""
+    from tests.support.daemon import DaemonProcess, run_cli
+    from tests.support.sync import wait_caught_up
+
+    dbs = {}
+    for name, tables in (("shop", ("Orders",)), ("metrics", ("samples", "ORDERS"))):
+        dbs[name] = tmp_path / f"{name}.db"
+        conn = sqlite3.connect(dbs[name])
+        for table in tables:
+            conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT)")
+            conn.execute(f"INSERT INTO {table} VALUES (1, 'a')")
+        conn.execute("CREATE TABLE audit (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.commit()
+        conn.close()
+    cfg = make_config([{"name": "shop", "path": str(dbs["shop"]), "exclude": ["audit"]},
+                       {"name": "metrics", "path": str(dbs["metrics"]), "exclude": ["audit"]}],
+                      sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for name, db in dbs.items():
+            await wait_caught_up(db, pg_dsn, name, daemon=d)
+        assert d.stop() == 0
+    one = run_cli(cfg, "verify", "--source", "shop", "--table", "ORDERS")
+    assert one.returncode == 0 and 'shop: "Orders" equal' in one.stdout, one.stdout + one.stderr
+    every = run_cli(cfg, "verify", "--table", "orders", "--table", "SAMPLES")
+    assert every.returncode == 0, every.stdout + every.stderr
+    assert "shop: 1 of 1 table(s) equal" in every.stdout and "metrics: 2 of 2 table(s) equal" in every.stdout
+    for args in (("--source", "shop", "--table", "AUDIT"), ("--table", "AUDIT")):
+        left = run_cli(cfg, "verify", *args)
+        assert left.returncode == 2, left.stdout + left.stderr
+        assert "is not replicated: a table the source's include/exclude settings leave out" in left.stdout + left.stderr
+    resync = run_cli(cfg, "resync", "--source", "shop", "--table", "ORDERS")
+    assert resync.returncode == 0 and "resync of 'Orders' requested" in resync.stdout, resync.stdout + resync.stderr

@@ -12,6 +12,7 @@ import sqlite3
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
+from syncd.identifiers import as_named
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.postgres.bookkeeping import REFUSED, Bookkeeping, bookkeeping_exists
 from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect
@@ -89,6 +90,10 @@ async def _request(settings: Settings, source: SourceSettings, tables: list[str]
             "and constraints it built). `syncd verify --repair` mends SQLite from Postgres instead")
         if initialized and await bk.direction(conn) == TO_SQLITE:
             return common.fail(cut_over, 1)
+        if initialized:  # a table named as SQLite names it, A-Z in any case: ORDERS is the file's orders
+            known = [r[0] for r in await conn.fetch(f"SELECT table_name FROM {bk.s}.tables WHERE source = $1",
+                                                    source.name)]
+            tables = [as_named(t, known) for t in tables]
         wrong = _not_a_database(source, settings.sqlite.read_busy_timeout_ms, tables,
                                 settings.stream.snapshot_chunk_rows)
         if wrong is not None:  # before "no replicated table": the file is what is at fault

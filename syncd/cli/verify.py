@@ -9,7 +9,7 @@ import math
 
 from syncd.cli import common
 from syncd.config import Settings, SourceSettings
-from syncd.identifiers import quote_ident
+from syncd.identifiers import quote_ident, sqlite_folded
 from syncd.verify import DEFAULT_WAIT_SECONDS, SourceVerifyResult, exit_code, verify_source
 
 LISTED = 20  # differences printed per table; --json has up to 1000
@@ -73,9 +73,11 @@ def main(args) -> int:
         left_out = [r.error for r in results if r.no_such_table and r.error and " is not replicated: " in r.error]
         results = [r for r in results if not r.no_such_table]
         found = {t.table for r in results for t in r.tables} | {n for r in results for n in r.not_compared}
-        missing = [t for t in args.table if t not in found and not any(r.error for r in results)]
+        folded = {sqlite_folded(t) for t in found}  # each source's own spelling (Orders in one, ORDERS in another)
+        missing = [t for t in args.table if sqlite_folded(t) not in folded and not any(r.error for r in results)]
         if missing:
-            why = next((e for e in left_out if e.startswith(f"table {missing[0]!r} of source ")), None)
+            why = next((e for e in left_out if sqlite_folded(e).startswith(f"table {sqlite_folded(missing[0])!r} "
+                                                                           "of source ")), None)
             if why is not None:
                 return common.fail(why, 2)
             return common.fail(f"no table {missing[0]!r} in any source (neither in their SQLite files nor in "

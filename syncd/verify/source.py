@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import asyncpg
 
 from syncd.config import Settings, SourceSettings
-from syncd.identifiers import pg_name_problem, qualified
+from syncd.identifiers import as_named, pg_name_problem, qualified
 from syncd.model import TableSpec
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import ddl
@@ -238,6 +238,7 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
             if s.has_bookkeeping and s.direction == TO_SQLITE else set())
     names = sorted(set(schema.tables) | set(schema.refused) | set(rows) | set(holding) | late)
     if only:
+        only = [as_named(n, [*names, *schema.left_out]) for n in only]
         unknown = [n for n in only if n not in names]
         if unknown and not (others_ok and len(unknown) < len(only)):
             lo = schema.left_out.get(unknown[0])
