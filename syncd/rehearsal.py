@@ -32,7 +32,7 @@ from syncd.config import Settings, SourceSettings
 from syncd.identifiers import quote_pg_ident
 from syncd.model import TO_SQLITE
 from syncd.postgres.bookkeeping import OWNED_TABLES, Bookkeeping, ensure_bookkeeping
-from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe
+from syncd.postgres.connect import PostgresUnavailable, close_quietly, connect, describe, privilege_refused
 from syncd.postgres.target import UnsupportedTarget
 from syncd.sqlite import capture
 from syncd.sqlite.connection import SourceFileError, file_problem, is_busy, surrogate_text
@@ -259,7 +259,8 @@ async def rehearse(settings: Settings, source: SourceSettings, *, allow_orphans:
             if not isinstance(e, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error,
                                   SourceFileError, UnsupportedTarget, PostgresUnavailable)):  # each names what failed
                 log.error("rehearsal step failed", exc_info=True, extra={"source": source.name})
-            res.problems.insert(0, f"{res.steps[-1][0] if res.steps else 'copy'}: {describe(e)}")
+            res.problems.insert(0, f"{res.steps[-1][0] if res.steps else 'copy'}: "
+                                   f"{await _refused(conn, e, settings.dsn_for(source), schema, bk_schema) or describe(e)}")
         finally:
             await _clean_up(conn, schema, bk_schema)
         await _record(conn, settings.postgres.bookkeeping_schema, res, started)
@@ -267,6 +268,22 @@ async def rehearse(settings: Settings, source: SourceSettings, *, allow_orphans:
         await close_quietly(conn)
         shutil.rmtree(workdir, ignore_errors=True)
     return res
+
+
+async def _refused(conn: asyncpg.Connection, exc: BaseException, dsn: str, schema: str, bk_schema: str) -> str | None:
+    """A privilege Postgres refused the rehearsal, in one line naming the role and the grant,
+    or None. Its schemas are its own, made and dropped by each rehearsal: the tightest role
+    docs/operations.md lists (its schemas made for it) lacks the CREATE on the database that takes."""
+    refused = privilege_refused(exc, dsn)
+    if refused is None or "permission denied for database" not in str(exc):
+        return refused
+    try:
+        database, role = await conn.fetchrow("SELECT current_database(), current_user")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        return refused
+    return (f"Postgres refused syncd's role {role}: {describe(exc)}; a rehearsal makes schemas of its own "
+            f"(\"{schema}\", \"{bk_schema}\") and drops them after, which takes GRANT CREATE ON DATABASE "
+            f"{quote_pg_ident(database)} TO {quote_pg_ident(role)} (docs/operations.md, \"The Postgres role\")")
 
 
 async def _steps(settings: Settings, source: SourceSettings, workdir: Path, conn: asyncpg.Connection,

@@ -196,6 +196,37 @@ async def test_every_verb_names_a_privilege_the_role_lacks_in_one_line(tmp_path,
         await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
 
 
+async def test_a_rehearsal_names_the_grant_it_needs_beyond_the_tightest_one(tmp_path, pg_dsn):
+    """The tightest role docs/operations.md lists (its schemas made for it) runs everything
+    but `syncd rehearse`, which makes schemas of its own and drops them after: the refusal
+    named neither the role nor the grant ("load: permission denied for database ...");
+    it names both now, and the grant it names is the one the rehearsal needs."""
+    role = f"syncd_role_{secrets.token_hex(4)}"
+    database = pg_dsn.rsplit("/", 1)[1]
+    await pg_statements(pg_dsn, *(for_test(g, role, database, "app") for g in documented_grants()))
+    try:
+        db = tmp_path / "app.db"
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.execute("INSERT INTO items VALUES (1, 'a')")
+        conn.commit()
+        conn.close()
+        cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace("postgres@", f"{role}@"),
+                           [{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+        assert run_cli(cfg, "init").returncode == 0
+        r = run_cli(cfg, "rehearse")
+        out = r.stdout + r.stderr
+        assert r.returncode == 1 and "Traceback" not in out, out
+        line = next(x for x in out.splitlines() if "permission denied for database" in x)
+        assert f"refused syncd's role {role}" in line and f'GRANT CREATE ON DATABASE "{database}" TO "{role}"' in line \
+            and '"app_rehearsal"' in line and '"syncd_rehearsal"' in line, line
+        await pg_statements(pg_dsn, f"GRANT CREATE ON DATABASE {database} TO {role}")
+        r = run_cli(cfg, "rehearse")
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
+
+
 async def test_a_table_the_role_may_not_write_holds_only_that_table(tmp_path, pg_dsn):
     """syncd's role not allowed to write one table (its INSERT revoked there, say): that
     table is held, naming the refusal, while the source's other tables stream on; once the
