@@ -427,6 +427,8 @@ def is_glob(path: Path) -> bool:
     return any(c in str(path) for c in "*?[")
 
 
+# Of the schemas `syncd rehearse` makes and drops: its replica's, its bookkeeping's (rehearsal.py).
+REHEARSAL_SUFFIX = "_rehearsal"
 _WORKED_OUT = ("config_path", "patterns", "configured", "discovery_problems")  # Settings' fields load_settings fills
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
 
@@ -504,6 +506,10 @@ class Settings(BaseSettings):
                     f"sources[{i}].schema: {s.schema!r} is syncd's own bookkeeping schema "
                     "([postgres] bookkeeping_schema); replicate this source into another schema "
                     '(schema = "...")')
+            if s.schema == self.postgres.bookkeeping_schema + REHEARSAL_SUFFIX:
+                raise ValueError(
+                    f"sources[{i}].schema: {s.schema!r} is where `syncd rehearse` keeps its bookkeeping, dropped with "
+                    "all it holds after each rehearsal; replicate this source into another schema (schema = \"...\")")
             if s.lock_dsn is not None and s.dsn is None:
                 raise ValueError(f"sources[{i}].lock_dsn: only for a source with a dsn of its own "
                                  "([postgres] lock_dsn serves the others)")

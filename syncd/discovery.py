@@ -20,7 +20,7 @@ import stat
 import time
 from pathlib import Path
 
-from syncd.config import Settings, SourceSettings, _file_id, _real, is_glob
+from syncd.config import REHEARSAL_SUFFIX, Settings, SourceSettings, _file_id, _real, is_glob
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES
 from syncd.sqlite.connection import not_utf8
 
@@ -188,6 +188,8 @@ def expand(settings: Settings) -> Settings:
                 why = f"its schema {schema!r} is longer than {PG_MAX_IDENTIFIER_BYTES} bytes"
             elif schema == settings.postgres.bookkeeping_schema:
                 why = f"its schema {schema!r} is syncd's own bookkeeping schema ([postgres] bookkeeping_schema)"
+            elif schema == settings.postgres.bookkeeping_schema + REHEARSAL_SUFFIX:
+                why = f"its schema {schema!r} is where `syncd rehearse` keeps its bookkeeping (dropped after each)"
             elif schema.startswith("pg_") or schema == "information_schema":
                 why = f"its schema {schema!r} is reserved by Postgres"
             if why:

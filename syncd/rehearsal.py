@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import asyncpg
 
-from syncd.config import Settings, SourceSettings
+from syncd.config import REHEARSAL_SUFFIX, Settings, SourceSettings
 from syncd.identifiers import quote_pg_ident
 from syncd.model import TO_SQLITE
 from syncd.postgres.bookkeeping import OWNED_TABLES, Bookkeeping, ensure_bookkeeping
@@ -39,7 +39,7 @@ from syncd.sqlite.connection import SourceFileError, file_problem, is_busy, surr
 
 log = logging.getLogger("syncd")
 
-SUFFIX = "_rehearsal"  # of the schemas a rehearsal makes (its replica, its bookkeeping)
+SUFFIX = REHEARSAL_SUFFIX  # of the schemas a rehearsal makes (its replica, its bookkeeping)
 STREAM_SECONDS = 3600.0  # the copy's first load and catch-up, at the most
 COPY_SECONDS = 300.0  # SQLite's backup restarts whenever the application writes: give up after this
 CHANGED_ROWS = 100  # rows per table the rehearsal writes in Postgres after its cutover

@@ -33,7 +33,9 @@ def test_a_source_cannot_replicate_into_the_bookkeeping_schema(tmp_path, pg_dsn)
     db = tmp_path / "app.db"
     _app(db)
     for source in ({"name": "syncd", "path": str(db)}, {"name": "app", "path": str(db), "schema": "syncd"},
-                   {"name": "app", "path": str(db), "schema": "pg_catalog"}):
+                   {"name": "app", "path": str(db), "schema": "pg_catalog"},
+                   # where `syncd rehearse` keeps its bookkeeping, dropped after each rehearsal with all it holds
+                   {"name": "syncd_rehearsal", "path": str(db)}):
         cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [source])
         r = run_cli(cfg, "init")
         assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
