@@ -4,6 +4,8 @@ and none creates the file."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.support.daemon import run_cli
@@ -12,12 +14,15 @@ VERBS = [("cutover", "--dry-run"), ("cutover",), ("rollback", "--dry-run"), ("ro
          ("rehearse",), ("status",), ("report",), ("verify",), ("init",), ("resync", "--source", "app", "--table", "t")]
 
 
-@pytest.mark.parametrize("kind", ["missing", "directory", "not-sqlite"])
+@pytest.mark.parametrize("kind", ["missing", "directory", "not-sqlite", "named-pipe"])
 def test_every_command_names_a_source_file_that_cannot_be_a_database(tmp_path, make_config, kind):
     path = tmp_path / "app.db"
     if kind == "directory":
         path.mkdir()
         said = [f"SQLite file {path} is a directory, not a file"]
+    elif kind == "named-pipe":  # it was said to be "empty (0 bytes): not a database yet, or being replaced"
+        os.mkfifo(path)
+        said = [f"SQLite file {path} is a named pipe, not a file"]
     elif kind == "not-sqlite":
         path.write_text("not a database, just text that is long enough to have a header page\n" * 20)
         said = [str(path), ": file is not a database"]  # SQLite's words, after the file's name

@@ -198,6 +198,10 @@ def file_problem(path: Path) -> SourceFileError | None:
     if path.is_dir():
         return SourceFileError(f"SQLite file {path} is a directory, not a file: point the source's path at the "
                                "database file in it")
+    if not path.is_file():  # it has no size of its own: it was said to be empty, as a file being replaced is
+        kind = "named pipe" if path.is_fifo() else "socket" if path.is_socket() else "device"
+        return SourceFileError(f"SQLite file {path} is a {kind}, not a file: point the source's path at the "
+                               "database file")
     if _emptied(path):
         return empty_file(path)
     return None
