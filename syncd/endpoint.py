@@ -86,6 +86,8 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address, handler, max_connections: int):
         self.slots = threading.BoundedSemaphore(max_connections)
+        if ":" in address[0]:  # an IPv6 address ([::1]:9464 in [metrics] listen)
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
 
     def process_request(self, request, client_address) -> None:

@@ -94,6 +94,21 @@ def test_on_loopback_only_loopback_host_names_are_served(endpoint):
     assert get(ep.port, headers={"Host": f"localhost:{ep.port}"})[0] == 200
 
 
+def test_the_ipv6_loopback_is_served_as_loopback():
+    """listen = "[::1]:9464" is the IPv6 loopback, which the configuration takes and
+    `syncd status` asks: the daemon did not start ("cannot listen on [::1]:9464: Address
+    family for hostname not supported")."""
+    settings = MetricsSettings(listen=f"[::1]:{free_port()}")
+    ep = Endpoint.from_settings(settings, lambda: {"sources": {"app": {"health": "streaming"}}})
+    ep.start()
+    try:
+        assert ep.exposure_warning() is None
+        assert fetch_status(settings) == {"sources": {"app": {"health": "streaming"}}}
+        assert get(ep.port, host="[::1]", headers={"Host": "attacker.example"})[0] == 421
+    finally:
+        ep.stop()
+
+
 def test_half_sent_requests_are_dropped_and_capped(endpoint):
     threads = threading.active_count()  # what this test process runs already (earlier tests' too)
     ep = endpoint(max_connections=4, read_timeout_seconds=1.5)
