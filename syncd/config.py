@@ -429,6 +429,21 @@ def is_glob(path: Path) -> bool:
 
 # Of the schemas `syncd rehearse` makes and drops: its replica's, its bookkeeping's (rehearsal.py).
 REHEARSAL_SUFFIX = "_rehearsal"
+# Of the name a rehearsal runs a source's copy under (its lock is taken under that name).
+REHEARSAL_NAME_SUFFIX = ".rehearsal"
+
+
+def rehearsal_name_problem(name: str, taken: typing.Container[str]) -> str | None:
+    """Why source name `name` would be the name `syncd rehearse` runs another source's copy
+    under (or that source's copy this one's), beside the sources `taken`, or None: the
+    rehearsal, or the source, finds its lock held by the other."""
+    if name.endswith(REHEARSAL_NAME_SUFFIX) and name.removesuffix(REHEARSAL_NAME_SUFFIX) in taken:
+        return (f"{name!r} is the name `syncd rehearse` gives the copy of source "
+                f"{name.removesuffix(REHEARSAL_NAME_SUFFIX)!r} it rehearses with")
+    if name + REHEARSAL_NAME_SUFFIX in taken:
+        return (f"the name `syncd rehearse` gives the copy of source {name!r} it rehearses with, "
+                f"{name + REHEARSAL_NAME_SUFFIX!r}, is another source's")
+    return None
 _WORKED_OUT = ("config_path", "patterns", "configured", "discovery_problems")  # Settings' fields load_settings fills
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
 
@@ -498,6 +513,9 @@ class Settings(BaseSettings):
         for i, s in enumerate(self.sources):
             if s.name in seen:
                 raise ValueError(f"sources[{i}].name: duplicate source name {s.name!r}")
+            rehearsal = rehearsal_name_problem(s.name, seen)
+            if rehearsal is not None:
+                raise ValueError(f"sources[{i}].name: {rehearsal}; name this source otherwise")
             seen.add(s.name)
             if len(s.schema.encode()) > PG_MAX_IDENTIFIER_BYTES:
                 raise ValueError(f"sources[{i}].schema: longer than {PG_MAX_IDENTIFIER_BYTES} bytes")

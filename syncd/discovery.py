@@ -20,7 +20,7 @@ import stat
 import time
 from pathlib import Path
 
-from syncd.config import REHEARSAL_SUFFIX, Settings, SourceSettings, _file_id, _real, is_glob
+from syncd.config import REHEARSAL_SUFFIX, Settings, SourceSettings, _file_id, _real, is_glob, rehearsal_name_problem
 from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES
 from syncd.sqlite.connection import not_utf8
 
@@ -178,6 +178,8 @@ def expand(settings: Settings) -> Settings:
                 why = f"its source name {name!r} may only use letters, digits, '_', '.' and '-'"
             elif name in taken:
                 why = f"its source name {name!r} is already taken"
+            elif (rehearsal := rehearsal_name_problem(name, taken)) is not None:
+                why = f"its source name {rehearsal}"
             elif name in holding and holding[name][1] != real:
                 why = f"its source name {name!r} is already taken by {holding[name][0]}"
             elif name in gone:

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import asyncpg
 
-from syncd.config import REHEARSAL_SUFFIX, Settings, SourceSettings
+from syncd.config import REHEARSAL_NAME_SUFFIX, REHEARSAL_SUFFIX, Settings, SourceSettings
 from syncd.identifiers import quote_pg_ident
 from syncd.model import TO_SQLITE
 from syncd.postgres.bookkeeping import OWNED_TABLES, Bookkeeping, ensure_bookkeeping
@@ -85,7 +85,7 @@ def rehearsal_schemas(settings: Settings, source: SourceSettings) -> tuple[str, 
 def rehearsal_settings(settings: Settings, source: SourceSettings, copy: Path,
                        backups: Path) -> tuple[Settings, SourceSettings]:
     schema, bk_schema = rehearsal_schemas(settings, source)
-    rs = source.model_copy(update={"name": source.name + ".rehearsal", "path": copy, "schema_": schema})
+    rs = source.model_copy(update={"name": source.name + REHEARSAL_NAME_SUFFIX, "path": copy, "schema_": schema})
     c = settings.cutover.model_copy(update={"min_days": 0.0, "backup_glob": str(backups / "{source}-*.db"),
                                             "backup_max_age_days": max(settings.cutover.backup_max_age_days, 1.0)})
     return settings.model_copy(update={

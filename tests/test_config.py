@@ -78,6 +78,9 @@ def test_password_from_a_credentials_directory(tmp_path, monkeypatch):
         (GOOD.replace("postgresql://syncd@", "mysql://syncd@"), "postgres.dsn: must be a postgresql:// URL"),
         (GOOD.replace(":5432/", ":notaport/"), "postgres.dsn: not a valid postgresql:// URL"),
         (GOOD + '\n[[sources]]\nname = "sales"\npath = "b.db"\n', "duplicate source name 'sales'"),
+        # the name `syncd rehearse` runs the copy of source sales under: the rehearsal found it locked
+        (GOOD + '\n[[sources]]\nname = "sales.rehearsal"\npath = "b.db"\n',
+         "sources[1].name: 'sales.rehearsal' is the name `syncd rehearse` gives the copy of source 'sales'"),
         (GOOD + '\n[metrics]\nlisten = "nonsense"\n', "metrics.listen: must be HOST:PORT"),
         (GOOD.replace('name = "sales"', 'name = "sales"\ncolumns = { t = { c = "varchar" } }'),
          "unsupported Postgres type 'varchar'"),

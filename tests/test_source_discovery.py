@@ -344,7 +344,7 @@ def test_a_file_whose_schema_would_be_reserved_is_not_picked_up(tmp_path, pg_dsn
     with that schema is refused: nothing is replicated there, and the other files are."""
     d = tmp_path / "tenants"
     d.mkdir()
-    for stem in ("acme", "syncd", "syncd_rehearsal", "pg_temp", "information_schema"):
+    for stem in ("acme", "acme.rehearsal", "syncd", "syncd_rehearsal", "pg_temp", "information_schema"):
         tenant(d / f"{stem}.db")
     cfg = write_config(tmp_path / "syncd.toml", pg_dsn,
                        [{"name": "t_{stem}", "path": str(d / "*.db"), "schema": "{stem}"}])
@@ -352,7 +352,8 @@ def test_a_file_whose_schema_would_be_reserved_is_not_picked_up(tmp_path, pg_dsn
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
     doc = json.loads(run_cli(cfg, "status", "--json").stdout)
     assert [s["name"] for s in doc["sources"]] == ["t_acme"]
-    for stem, why in (("syncd", "bookkeeping schema"), ("syncd_rehearsal", "`syncd rehearse` keeps its bookkeeping"),
+    for stem, why in (("acme.rehearsal", "the name `syncd rehearse` gives the copy of source 't_acme'"),
+                      ("syncd", "bookkeeping schema"), ("syncd_rehearsal", "`syncd rehearse` keeps its bookkeeping"),
                       ("pg_temp", "reserved by Postgres"),
                       ("information_schema", "reserved by Postgres")):
         assert any(f"{stem}.db (from" in p and "is not picked up" in p and why in p for p in doc["not_picked_up"]), \
