@@ -537,6 +537,13 @@ class Settings(BaseSettings):
                                  "locks")
             if s.schema.startswith("pg_") or s.schema == "information_schema":
                 raise ValueError(f"sources[{i}].schema: {s.schema!r} is reserved by Postgres; choose another schema")
+        for i, s in enumerate(self.sources):
+            other = next((o for o in self.sources if o.schema + REHEARSAL_SUFFIX == s.schema
+                          and self.dsn_for(o) == self.dsn_for(s)), None)
+            if other is not None:
+                raise ValueError(
+                    f"sources[{i}].schema: {s.schema!r} is where `syncd rehearse` replicates the copy of source "
+                    f"{other.name!r}, and drops it after; replicate this source into another schema (schema = \"...\")")
         return self
 
     def no_sources(self) -> str:

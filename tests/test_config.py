@@ -81,6 +81,9 @@ def test_password_from_a_credentials_directory(tmp_path, monkeypatch):
         # the name `syncd rehearse` runs the copy of source sales under: the rehearsal found it locked
         (GOOD + '\n[[sources]]\nname = "sales.rehearsal"\npath = "b.db"\n',
          "sources[1].name: 'sales.rehearsal' is the name `syncd rehearse` gives the copy of source 'sales'"),
+        # where it replicates that copy, and drops it after: the rehearsal said to drop this source's replica
+        (GOOD + '\n[[sources]]\nname = "sales2"\npath = "b.db"\nschema = "sales_rehearsal"\n',
+         "sources[1].schema: 'sales_rehearsal' is where `syncd rehearse` replicates the copy of source 'sales'"),
         (GOOD + '\n[metrics]\nlisten = "nonsense"\n', "metrics.listen: must be HOST:PORT"),
         (GOOD.replace('name = "sales"', 'name = "sales"\ncolumns = { t = { c = "varchar" } }'),
          "unsupported Postgres type 'varchar'"),
