@@ -161,6 +161,25 @@ async def test_a_privilege_the_role_lacks_is_one_line(tmp_path, pg_dsn):
         await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
 
 
+async def test_a_role_given_in_the_dsns_query_is_the_one_named(tmp_path, pg_dsn):
+    """postgresql://host/db?user=R: Postgres refused R, and the line named the user syncd
+    runs as on this host instead ("syncd's role root")."""
+    role = f"syncd_role_{secrets.token_hex(4)}"
+    await pg_statements(pg_dsn, f"CREATE ROLE {role} LOGIN")
+    try:
+        db = tmp_path / "app.db"
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+        conn.commit()
+        conn.close()
+        dsn = pg_dsn.replace("postgres@", "") + f"?user={role}"
+        r = run_cli(write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}]), "init")
+        line = next(x for x in (r.stdout + r.stderr).splitlines() if "permission denied for database" in x)
+        assert f"refused syncd's role {role}:" in line, line
+    finally:
+        await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
+
+
 async def test_every_verb_names_a_privilege_the_role_lacks_in_one_line(tmp_path, pg_dsn):
     """syncd set up by a superuser, then run as a role not granted the bookkeeping schema
     (another operator's DSN, a role changed in the unit): each verb says what Postgres

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
@@ -163,10 +163,12 @@ def _role(dsn: str | None) -> str:
     who = "syncd's role"
     if dsn is not None:
         try:
-            role = urlsplit(dsn).username
+            parts = urlsplit(dsn)
+            # ?user=R (decoded already), as asyncpg reads it: where the URL names no user before the host
+            role = unquote(parts.username) if parts.username else parse_qs(parts.query).get("user", [None])[-1]
         except ValueError:
             role = None
-        who += " " + (unquote(role) if role else os.environ.get("PGUSER") or getpass.getuser())  # as libpq has it
+        who += " " + (role or os.environ.get("PGUSER") or getpass.getuser())  # as libpq has it
     return who
 
 
