@@ -105,6 +105,8 @@ def check_dsn(dsn: str) -> str:
                              "SYNCD_POSTGRES__PASSWORD)") from None
     if any(c in dsn for c in "\r\n\t"):
         raise ValueError("holds a line break or tab; percent-encode it (%0A, %0D, %09)")
+    if "\x00" in dsn or "%00" in dsn:  # Postgres's startup message ends each name and value at a NUL
+        raise ValueError("holds a NUL character (\\u0000 or %00), which no Postgres name or value can hold")
     try:
         parts = urlsplit(dsn)
         parts.port  # noqa: B018 - raises on a non-numeric port
@@ -153,6 +155,8 @@ class PostgresSettings(_Strict):
         """A schema Postgres lets syncd create, as a source's schema must be."""
         if not v:
             raise ValueError("is empty")
+        if "\x00" in v:
+            raise ValueError("holds a NUL character, which Postgres names cannot")
         if len(v.encode()) > PG_MAX_IDENTIFIER_BYTES:
             raise ValueError(f"longer than {PG_MAX_IDENTIFIER_BYTES} bytes")
         if v.startswith("pg_") or v == "information_schema":
@@ -323,6 +327,15 @@ class SourceSettings(_Strict):
     def _path(cls, v):
         if isinstance(v, str) and not v.strip():
             raise ValueError("is empty")  # Path("") is ".", the config's own directory
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError("holds a NUL character, which no file name can")
+        return v
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, v: str | None) -> str | None:
+        if v is not None and "\x00" in v:
+            raise ValueError("holds a NUL character, which Postgres names cannot")
         return v
 
     @field_validator("name")

@@ -91,6 +91,13 @@ def test_password_from_a_credentials_directory(tmp_path, monkeypatch):
          "sources[0].keys: t: names column 'v' twice"),  # else Postgres refuses the key, and the table pauses
         (GOOD + "\n[stream]\nbatch_size = true\n", "stream.batch_size: must be a number, not true or false"),
         (GOOD + "\n[verify]\ninterval_seconds = false\n", "verify.interval_seconds: must be a number"),
+        # a NUL character: a traceback (realpath, quoting), or a DSN naming another database to Postgres
+        (GOOD.replace('path = "sales.db"', 'path = "sales\\u0000.db"'), "sources[0].path: holds a NUL character"),
+        (GOOD.replace('name = "sales"', 'name = "sales"\nschema = "s\\u0000"'), "sources[0].schema: holds a NUL"),
+        (GOOD.replace("[postgres]", '[postgres]\nbookkeeping_schema = "s\\u0000"'),
+         "postgres.bookkeeping_schema: holds a NUL character"),
+        (GOOD.replace("/synapse", "/syn\\u0000apse"), "postgres.dsn: holds a NUL character"),
+        (GOOD.replace("/synapse", "/syn%00apse"), "postgres.dsn: holds a NUL character"),
         ("[postgres\n", "config"),
         ("[[sources]]\nname = 'a'\npath = 'a.db'\n", "postgres: required key is missing"),
     ],
