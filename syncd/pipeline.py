@@ -131,6 +131,13 @@ class Pipeline:
         self.last_request_check = 0.0
         self.last_full_check = time.monotonic()
         self.captured_once = False
+        # The changelog position Postgres may hold applied past the checkpoint known here: a
+        # batch whose commit's reply never came, and, until the checkpoint is first read,
+        # whatever the file held when this run began capturing. Compaction leaves the entries
+        # up to it as they are: the fingerprints of the batches applied from them prove the
+        # file on the next reconcile (reconcile._resume_position). (A suspension deletes them:
+        # every table is snapshotted again after it anyway, and the disk comes first.)
+        self.may_have_applied = 0
         self.own_poller = True  # the daemon turns it off and polls from its FleetPoller
         self.admission: asyncio.Semaphore | None = None  # the daemon's: at most so many sources starting at once
         self._admitted = False
@@ -543,6 +550,8 @@ class Pipeline:
                     await install_capture(s)
                 finally:
                     s.worker.write_wait = None
+            if not self.reconciled:
+                self.may_have_applied = max(self.may_have_applied, await s.worker.run(reader.max_seq))
             self.captured_once = True
         if await s.connect_postgres(lock=True):
             self.needs_reconcile = True
@@ -687,6 +696,7 @@ class Pipeline:
                 # first. A lower bound: when the hold began is not recorded.
                 t.queued_since = min(since, t.row.updated_at.timestamp())
         self.max_seq_seen = max_seq  # the file as it is now: a restore may have moved it back
+        self.may_have_applied = s.applied_seq  # the checkpoint, as Postgres holds it
         self.pruner.rewind(s.applied_seq)
         for t in s.tables.values():
             self._log_table_state(t)
@@ -910,6 +920,7 @@ class Pipeline:
                              ReadAhead.key_for(batch.last_seq, by_tid, streaming, s.schema_version))
         first_seen = self.lag.first_seen(batch.after_seq + 1) or batch.read_at
         self.applying = True
+        self.may_have_applied = max(self.may_have_applied, batch.last_seq)
         held = await apply(s, batch, converted, misfits, caught_up_at=self.lag.covered_at(batch.last_seq))
         self.applying = False
         now = time.time()
@@ -965,7 +976,8 @@ class Pipeline:
         s = self.session
         busy = self.settings.sqlite.write_busy_timeout_ms
         self.ahead.discard()  # it may hold entries the compaction removes
-        dropped = await s.worker.run(disk_guard.compact, s.applied_seq, busy)
+        after_seq = max(s.applied_seq, self.may_have_applied)
+        dropped = await s.worker.run(disk_guard.compact, after_seq, busy)
         after = await s.worker.run(reader.changelog_bytes)
         metrics.changelog_bytes.labels(self.name).set(after)
         s.warning(f"changelog at {size / 1048576:.1f} MB, over [sqlite] max_changelog_mb "

@@ -136,6 +136,55 @@ async def test_a_changelog_over_its_cap_is_compacted_then_capture_suspended(outa
         assert d.stop() == 0
 
 
+
+def applied_entries_left(db, applied: int) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT count(*) FROM _syncd_changelog WHERE seq <= ?", (applied,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+async def test_a_daemon_started_during_an_outage_compacts_no_change_postgres_may_hold(outage, tmp_path, pg_dsn):
+    """Restarted while Postgres is away (a reboot, an upgrade), the daemon does not know
+    how far Postgres got: entries it applied, not yet pruned, are the proof that the
+    file is the one Postgres followed. Compacted with the rest, they were not there when
+    Postgres answered: the file was said to have been restored or replaced, and every
+    table was snapshotted again."""
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE hot (id INTEGER PRIMARY KEY, n INTEGER); INSERT INTO hot VALUES (1, 0);")
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
+                       sections={**FAST_FAILOVER, "sqlite": {"max_changelog_mb": 0.25}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        for i in range(20):  # applied in several batches, which the next prune (10 s on) would remove
+            conn.execute("UPDATE hot SET n = ? WHERE id = 1", (i,))
+            time.sleep(0.02)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    applied = changelog_max(db)
+    assert applied_entries_left(db, applied) > 1  # the batches' entries are still in the file
+    proxy.refuse()
+    with DaemonProcess(cfg, tmp_path / "restarted.log") as d:
+        d.wait_log("Postgres unreachable")
+        for start in range(0, 20_000, 100):  # one key over and over: compaction brings it under the cap
+            conn.execute("BEGIN")
+            for i in range(start, start + 100):
+                conn.execute("UPDATE hot SET n = ? WHERE id = 1", (i,))
+            conn.execute("COMMIT")
+        d.wait_log("kept one entry per key", timeout=60)
+        assert applied_entries_left(db, applied) > 1
+        proxy.heal()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(db), pg_dsn, "app", "hot") == []
+        log = d.own_log()
+        assert "re-snapshotting" not in log and "snapshot started" not in log, log[-3000:]
+        assert d.stop() == 0
+    conn.close()
+
 async def test_suspending_capture_never_holds_the_writers_off(outage, tmp_path, pg_dsn):
     """Suspension deletes the unapplied entries in short windows, after one short
     transaction that drops the triggers: at the default cap of a gigabyte one DELETE
@@ -219,3 +268,37 @@ async def test_measuring_a_long_changelog_during_an_outage_never_holds_the_write
         assert seen[-1] > 100 * 1024 * 1024, seen
         assert d.stop() == 0
     assert writer.transactions > 10 and writer.errors == [], (writer.transactions, writer.errors[:5])
+
+
+async def test_a_batch_whose_commit_reply_was_lost_is_not_compacted_away(outage, tmp_path, pg_dsn):
+    """Postgres committed a batch and went away before its reply came: the daemon's
+    checkpoint is short of Postgres's. Compacted past the daemon's checkpoint, the batch's
+    entries were not there when Postgres answered: the file was said to have been restored
+    or replaced, and every table was snapshotted again."""
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE hot (id INTEGER PRIMARY KEY, n INTEGER); INSERT INTO hot VALUES (1, 0);")
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
+                       sections={**FAST_FAILOVER, "sqlite": {"max_changelog_mb": 0.25}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        proxy.lose_reply_after(b"applied_batches(source, after_seq", b"COMMIT", refuse_after=True)
+        for i in range(5):
+            conn.execute("UPDATE hot SET n = ? WHERE id = 1", (i,))
+        wait_for(proxy.reply_lost.is_set, 30, "a batch's commit whose reply is lost", d)
+        d.wait_log("Postgres unreachable")
+        for start in range(0, 20_000, 100):  # one key over and over: compaction brings it under the cap
+            conn.execute("BEGIN")
+            for i in range(start, start + 100):
+                conn.execute("UPDATE hot SET n = ? WHERE id = 1", (i,))
+            conn.execute("COMMIT")
+        d.wait_log("kept one entry per key", timeout=60)
+        proxy.heal()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(db), pg_dsn, "app", "hot") == []
+        log = d.own_log()
+        assert "restored or replaced" not in log and log.count("snapshot started") == 1, log[-3000:]
+        assert d.stop() == 0
+    conn.close()
