@@ -3,6 +3,8 @@ does not answer (disabled, or unreachable from where status runs).
 
 The daemon's other states need no note: status sees an unreachable Postgres, a missing
 file and another lock holder for itself, and held or paused tables are in bookkeeping.
+A file that is there and that the daemon cannot read (pages damaged) is noted too: status
+reads its changelog, which may be whole, and saw nothing wrong.
 A note is trusted only while the daemon that wrote it holds the source's lock, and only
 if written since that lock's connection began (status compares the two): a note left by
 a daemon killed while failing is never shown as today's.
@@ -16,6 +18,7 @@ import time
 from syncd.postgres.connect import describe, login_refused
 
 FAILING = "failing"
+SOURCE_MISSING = "source_missing"  # the pipeline's state of a file it cannot read, there or not
 POSTGRES_DOWN = "postgres_unreachable"
 # Postgres answered and refused syncd's role at login (a password rotated, the role gone):
 # retried as an outage is, but named for what it is, in the log, status and sd_notify.
@@ -44,7 +47,8 @@ class FailingNote:
         effort: a note not written is tried again at the next step, and never fails one."""
         if health in (POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED):
             return  # nothing to write to; status sees the outage itself
-        want = (detail or "failing") if health == FAILING else None
+        want = (detail or "failing") if health == FAILING or (health == SOURCE_MISSING
+                                                              and _there(session.source.path)) else None
         now = time.monotonic()
         if want == self.published and (want is None or now - self.at < REFRESH_SECONDS):
             return
@@ -58,3 +62,10 @@ class FailingNote:
             session.debug(f"could not note the health in Postgres: {describe(e)}")
             return
         self.published, self.at = want, now
+
+
+def _there(path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # in a folder syncd may not enter: status cannot tell either
+        return True

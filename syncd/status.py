@@ -533,7 +533,7 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         silent = unanswered(settings.metrics)
         if live is None and st.daemon_running and silent.startswith("the endpoint"):
             st.endpoint_refused = silent
-        if _failing_now(pg):
+        if _failing_now(pg) and st.sqlite_exists and st.sqlite_error is None:  # else the file's own word
             detail, since, _ = pg.failing
             st.state, st.daemon_detail = "failing", f"{detail} (since {_iso(since)})"
     if st.lag_seconds is None:

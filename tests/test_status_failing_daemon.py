@@ -5,6 +5,7 @@ status trusts the note only while that daemon holds the source."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 
 import asyncpg
@@ -78,3 +79,34 @@ async def test_a_failing_daemon_is_reported_without_its_endpoint(tmp_path, make_
         code, src = status(cfg)
         assert (src["state"], src["daemon_detail"], src["daemon_running"]) == ("streaming", None, True)
         assert not any("failing" in p["message"] for p in src["problems"]), src["problems"]
+
+
+async def test_a_file_damaged_while_streamed_is_reported_without_the_endpoint(tmp_path, make_config, pg_dsn):
+    """Pages of the file overwritten while the daemon streams it (a bad disk): the daemon
+    stops streaming the file and waits for it, which status could not see for itself (the
+    file is there, its changelog reads): it said the source was streaming."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, timeout=10)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, "x" * 200) for i in range(2000)])
+    conn.commit()
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    cfg = make_config([{"name": "app", "path": str(db)}])  # no metrics listener: no endpoint to ask
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        d.proc.send_signal(signal.SIGSTOP)  # the changes are met only once the pages are damaged
+        try:
+            conn.execute("UPDATE t SET v = 'y'")
+            conn.commit()
+            conn.close()
+            with open(db, "r+b") as f:  # leaf pages of t, past sqlite_master (page 1) and t's root
+                f.seek(page * 5)
+                f.write(b"\xff" * page * 3)
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        d.wait_log(f"SQLite file {db} is damaged")
+        wait_for(lambda: status(cfg)[1]["state"] != "streaming", 30, "status to see the file not streamed", daemon=d)
+        code, src = status(cfg)
+        assert code == 2 and src["state"] == "failing", src
+        assert f"SQLite file {db} is damaged" in src["daemon_detail"], src
+        assert d.stop() == 0
