@@ -158,6 +158,38 @@ async def test_a_command_calls_only_a_lost_connection_lost_not_a_fault_of_its_ow
     assert postgres_lost(closed.value) is not None
     assert postgres_lost(busy.value) is None, busy.value
 
+async def test_a_pooled_connection_lost_is_called_lost(outage):
+    """The daemon's consistency check runs on a connection of its pool. Lost under it (the
+    network, a server restart), asyncpg takes it back into the pool and says so for every
+    call after: the check failed "Postgres: cannot call Connection.fetchval(): connection
+    has been released back to the pool", which reads as a fault of syncd's, not an outage."""
+    import asyncpg
+
+    from syncd.postgres.connect import postgres_lost
+
+    proxy, dsn = outage
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+            proxy.reset()
+            lost = None
+            for _ in range(100):  # until asyncpg has seen the connection go
+                await asyncio.sleep(0.05)
+                try:
+                    await conn.fetchval("SELECT 1")
+                except asyncpg.ConnectionDoesNotExistError:
+                    continue  # the call the loss met: asyncpg takes the connection back after it
+                except asyncpg.InterfaceError as e:
+                    lost = e
+                    break
+    finally:
+        pool.terminate()
+    assert lost is not None and "released back to the pool" in str(lost), lost
+    said = postgres_lost(lost)
+    assert said is not None and said.startswith("Postgres: the connection was lost"), said
+
+
 async def test_a_role_refused_at_login_is_named_once_and_retried_until_it_is_let_in(pg_dsn, tmp_path):
     """The role syncd logs in as stops being let in while the daemon runs (its password
     rotated; here NOLOGIN, as this server trusts every password): the log says Postgres

@@ -86,9 +86,11 @@ def postgres_lost(exc: BaseException) -> str | None:
 
 
 def closed_under(exc: BaseException) -> bool:
-    """asyncpg's InterfaceError for a connection closed under its caller; the same class
-    also says a caller's own fault (two operations at once on one connection)."""
-    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
+    """asyncpg's InterfaceError for a connection closed under its caller (one of a pool's
+    is taken back into the pool as it is lost, and says so); the same class also says a
+    caller's own fault (two operations at once on one connection)."""
+    return isinstance(exc, asyncpg.InterfaceError) and (
+        "connection is closed" in str(exc) or "connection has been released back to the pool" in str(exc))
 
 
 READ_ONLY_TRANSACTION = "25006"
