@@ -677,6 +677,13 @@ async def _resume_position(session: SourceSession, src, state: CaptureState, clo
                 break
             position = last
         covered = position == applied
+    if diverged and any(r.startswith(capture.SUSPENDED_RELOAD) for r in state.rearmed.values()):
+        # Capture was suspended to protect the disk, which deleted the entries queued past the
+        # checkpoint the daemon knew, those Postgres had applied with them where it knew none
+        # (started while Postgres was away): every table is snapshotted again, as said then.
+        await session.bk.reset_source(conn, state.capture_id, top)
+        src.caught_up_at = None
+        return top
     if diverged:
         if seen <= noted and top >= applied and noted > applied:
             # The file is the one Postgres followed, and noted as applied what Postgres lacks.

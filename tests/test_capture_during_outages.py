@@ -185,6 +185,45 @@ async def test_a_daemon_started_during_an_outage_compacts_no_change_postgres_may
         assert d.stop() == 0
     conn.close()
 
+
+async def test_a_suspension_by_a_daemon_started_during_an_outage_is_no_file_restored(outage, tmp_path, pg_dsn):
+    """Suspended by a daemon started while Postgres is away, capture deletes the queued
+    entries, those Postgres holds (applied, not yet pruned) with the rest: the daemon
+    cannot tell them apart without Postgres, and every table is snapshotted again anyway.
+    Once Postgres answered, the file was also said to have been restored or replaced."""
+    proxy, dsn = outage
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.executescript("CREATE TABLE wide (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO wide VALUES (0, 'a');")
+    cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
+                       sections={**FAST_FAILOVER, "sqlite": {"max_changelog_mb": 0.25}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        for i in range(1, 21):  # applied in several batches, which the next prune (10 s on) would remove
+            conn.execute("INSERT INTO wide VALUES (?, 'b')", (i,))
+            time.sleep(0.02)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    applied = changelog_max(db)
+    assert applied_entries_left(db, applied) > 1
+    proxy.refuse()
+    with DaemonProcess(cfg, tmp_path / "restarted.log") as d:
+        d.wait_log("Postgres unreachable")
+        for start in range(100, 20_100, 2_000):  # distinct keys: nothing to compact
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO wide VALUES (?, 'x')", [(i,) for i in range(start, start + 2_000)])
+            conn.execute("COMMIT")
+        d.wait_log("CAPTURE SUSPENDED", timeout=60)
+        proxy.heal()
+        d.wait_log("capture resumed")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(db), pg_dsn, "app", "wide") == []
+        log = d.own_log()
+        assert "restored or replaced" not in log, log[-3000:]
+        assert d.stop() == 0
+    conn.close()
+
 async def test_suspending_capture_never_holds_the_writers_off(outage, tmp_path, pg_dsn):
     """Suspension deletes the unapplied entries in short windows, after one short
     transaction that drops the triggers: at the default cap of a gigabyte one DELETE

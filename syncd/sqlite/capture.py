@@ -93,6 +93,10 @@ def changelog_ends(conn: sqlite3.Connection) -> tuple[int, int]:
                         f"(SELECT coalesce(max(seq), 0) FROM {cl})").fetchone()
 
 
+# Every table's reload reason from a suspension of capture (disk_guard.suspend) begins so.
+SUSPENDED_RELOAD = "capture was suspended to protect the disk"
+
+
 def trigger_names(tid: int) -> dict[str, str]:
     return {
         "ins": f"{TRIGGER_PREFIX}{tid}_ins",
@@ -584,8 +588,12 @@ def arm_table(conn: sqlite3.Connection, spec: TableSpec, busy_timeout_ms: int, g
             if row[1] != key_json:
                 c.execute(f"UPDATE main.{reg} SET key_columns = ? WHERE tid = ?", (key_json, tid))
         if gap:
+            # Capture suspended to protect the disk (its triggers dropped), not yet scheduled
+            # by Postgres: that reason stays where this gap says no other.
             c.execute(f"UPDATE main.{reg} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), "
-                      "reload_reason = ? WHERE tid = ?", (gap if isinstance(gap, str) else None, tid))
+                      "reload_reason = CASE WHEN ?1 IS NULL AND rearmed_at IS NOT NULL AND "
+                      "substr(reload_reason, 1, length(?3)) = ?3 THEN reload_reason ELSE ?1 END WHERE tid = ?2",
+                      (gap if isinstance(gap, str) else None, tid, SUSPENDED_RELOAD))
         cols = [r[1] for r in c.execute(f"PRAGMA main.table_info({quote_ident(CHANGELOG)})")]
         have = sum(1 for n in cols if n.startswith("k") and n[1:].isdigit())
         for i in range(have, len(spec.key)):

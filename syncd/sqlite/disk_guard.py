@@ -20,7 +20,8 @@ import sqlite3
 import time
 
 from syncd.identifiers import quote_ident
-from syncd.sqlite.capture import CHANGELOG, META, REGISTRY, _own_schema_change, capture_triggers, write_transaction
+from syncd.sqlite.capture import (CHANGELOG, META, REGISTRY, SUSPENDED_RELOAD, _own_schema_change, capture_triggers,
+                                  write_transaction)
 from syncd.sqlite.connection import no_such_table
 
 CL = f"main.{quote_ident(CHANGELOG)}"
@@ -69,7 +70,7 @@ def suspend(conn: sqlite3.Connection, after_seq: int, reason: str, busy_timeout_
         for name in capture_triggers(c):  # not the application's _syncd_touch
             c.execute(f"DROP TRIGGER main.{quote_ident(name)}")
         c.execute(f"UPDATE main.{quote_ident(REGISTRY)} SET rearmed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), "
-                  "reload_reason = ?", ("capture was suspended to protect the disk (" + reason + "): changes made "
+                  "reload_reason = ?", (f"{SUSPENDED_RELOAD} (" + reason + "): changes made "
                                         "meanwhile were not recorded, so the table is snapshotted again",))
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         c.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES (?, ?)",
