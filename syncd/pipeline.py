@@ -1102,9 +1102,15 @@ class Pipeline:
         if self.idle_closed:
             # Closed for idleness: a commit moves a file's size or time; look again with
             # a connection when one did, and every IDLE_RELOOK_SECONDS regardless.
-            if (reader.file_signature(str(self.source.path)) != self.closed_stat
-                    or time.monotonic() - self.closed_at >= IDLE_RELOOK_SECONDS):
+            looked = time.time()
+            unchanged = reader.file_signature(str(self.source.path)) == self.closed_stat
+            if not unchanged or time.monotonic() - self.closed_at >= IDLE_RELOOK_SECONDS:
                 self.wake.set()
+            elif self.max_seq_seen <= s.applied_seq:
+                # Nothing committed since the connection was given back, all applied then:
+                # the changelog still holds nothing Postgres lacks (a lock the application
+                # takes next bounds the lag from here, not from before the idle spell).
+                self.lag.observe(s.applied_seq, looked)
             metrics.last_check_timestamp_seconds.labels(self.name).set(time.time())
             metrics.set_lag(self.name, self.lag_figure(time.time()))
             return

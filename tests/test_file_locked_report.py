@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
+import pytest
 
 from syncd.pipeline import FILE_LOCKED_AFTER_SECONDS
 from tests.conftest import FAST_FAILOVER, write_config
@@ -307,20 +308,27 @@ print("released", flush=True)
 """
 
 
-async def test_changes_committed_under_a_long_lock_are_no_lag_of_0(tmp_path, make_config, pg_dsn):
+@pytest.mark.parametrize("idle_first", [False, True], ids=["busy", "idle-first"])
+async def test_changes_committed_under_a_long_lock_are_no_lag_of_0(tmp_path, make_config, pg_dsn, idle_first):
     """The application commits for longer than FILE_LOCKED_AFTER_SECONDS under a lock no
     reader gets past: its changes wait in the file, unseen. The lag the daemon shows
     (syncd_replication_lag_seconds, its /status) is the time since it last read the whole
-    changelog, at most, not 0 (SyncdLagHigh could never fire for such a file)."""
+    changelog, at most, not 0 (SyncdLagHigh could never fire for such a file). A file idle
+    before the lock (its connection given back) counts from the last look at it, not from
+    before its idle spell."""
     path = tmp_path / "app.db"
     make_file(path)
     port = free_port()
-    cfg = make_config([{"name": "app", "path": str(path)}], metrics_listen=f"127.0.0.1:{port}",
-                      sections={"verify": {"interval_seconds": 0}})
+    sections = {"verify": {"interval_seconds": 0}}
+    if idle_first:
+        sections["sqlite"] = {"idle_close_seconds": 1}
+    cfg = make_config([{"name": "app", "path": str(path)}], metrics_listen=f"127.0.0.1:{port}", sections=sections)
     holder = None
     try:
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
             await wait_caught_up(path, pg_dsn, "app", daemon=d)
+            if idle_first:
+                time.sleep(8)  # idle, its connection given back, looked at without one
             holder = subprocess.Popen([sys.executable, "-c", EXCLUSIVE_WRITER, str(path)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert holder.stdout.readline().strip() == "locked"
