@@ -97,6 +97,10 @@ def test_index_expressions_and_views():
                    'ORDER BY "t"."name" COLLATE "C" ASC NULLS FIRST')
     with pytest.raises(Untranslatable, match="not replicated"):
         view_select("SELECT 1 AS x FROM elsewhere", ["x"], rel)
+    # A compound SELECT keeps each column's class: integers beside reals would all be reals.
+    assert "UNION ALL" in view_select("SELECT qty FROM t UNION ALL SELECT qty FROM t", ["qty"], rel)
+    with pytest.raises(Untranslatable, match="mixes integer and real"):
+        view_select("SELECT qty FROM t UNION ALL SELECT price FROM t", ["qty"], rel)
 
 
 # --- hostile text -------------------------------------------------------------------------------

@@ -747,6 +747,11 @@ def _compound_column(a: Typed, b: Typed) -> Typed:
     kind for both, and a collation other than BINARY where either has one (a comparison
     of the view's readers under it is refused)."""
     coll = next((t.collation for t in (a, b) if t.collation not in (None, "BINARY")), a.collation)
+    if {a.kind, b.kind} == {INT, REAL}:
+        # Postgres makes the whole column double precision: its integers would come back
+        # as reals (past 2**53 not even the same number), and UNION would merge rows
+        # SQLite keeps apart.
+        raise Untranslatable("compound SELECT mixes integer and real values in one column")
     return Typed("", _common_kind([a, b], "compound SELECT"), coll)
 
 
