@@ -347,6 +347,9 @@ def _nesting(doc: Any) -> int:
     return deepest
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _jsonb_refused_string(doc: Any) -> str | None:
     """What Postgres's jsonb refuses in a string (a key or a value) of the parsed `doc`:
     a \\u0000 escape (its strings are text, which holds no NUL), or a \\u escape of half
@@ -363,7 +366,7 @@ def _jsonb_refused_string(doc: Any) -> str | None:
         elif isinstance(node, str):
             if "\x00" in node:
                 return "a \\u0000 escape, which jsonb's text cannot hold"
-            if not node.isascii() and any("\ud800" <= ch <= "\udfff" for ch in node):
+            if not node.isascii() and _SURROGATE.search(node):
                 return "a \\u escape of half a surrogate pair, which jsonb refuses"
     return None
 
