@@ -389,3 +389,22 @@ def test_keys_and_types_set_for_a_table_the_file_does_not_hold_are_named(tmp_pat
         assert d.stop() == 0
     assert sum(keys_line in ln for ln in d.log().splitlines()) == 1, d.log()
     conn.close()
+
+
+def test_configured_keys_whose_hashes_meet_are_told_apart_from_keys_two_rows_share(tmp_path):
+    """The check before a load keeps the keys' hashes: keys whose hashes meet (Python hashes
+    -1 and -2 alike) are not taken for one, and a key two rows do share is named."""
+    from syncd.config import SourceSettings
+    from syncd.sqlite.introspect import introspect
+    from syncd.sqlite.key_identity import audit_collisions
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE versions (host TEXT, v INTEGER, note TEXT)")
+    conn.executemany("INSERT INTO versions VALUES (?, ?, 'x')", [(h, v) for h in "abc" for v in (-1, -2, 1)])
+    spec = introspect(conn, SourceSettings(name="app", path=str(db), keys={"versions": ["host", "v"]})).tables["versions"]
+    assert hash(("a", -1)) == hash(("a", -2))
+    assert audit_collisions(conn, spec) is None
+    conn.execute("INSERT INTO versions VALUES ('b', -2, 'again')")
+    said = audit_collisions(conn, spec)
+    assert said is not None and "2 rows have the key" in said and "-2" in said, said

@@ -337,7 +337,9 @@ def audit_collisions(conn: sqlite3.Connection, spec: TableSpec) -> str | None:
             if _differs(other, key):
                 return collision_reason(spec, other, key)
             if other is not key and configured:
-                return duplicate_reason(spec, key, _rows_holding(conn, spec, key))
+                n = _rows_holding(conn, spec, key)  # read window by window: one row moved is met twice
+                if n > 1:
+                    return duplicate_reason(spec, key, n)
     return None
 
 
@@ -352,23 +354,38 @@ def _configured_key_shared(conn: sqlite3.Connection, spec: TableSpec) -> str | N
                        for r in refs)
     not_null = " AND ".join(f"{r} IS NOT NULL" for r in refs)  # a NULL key is the value audit's
     # The keys' hashes, not the keys: a table of millions of rows is held in a set of
-    # numbers. A hash met twice is told by counting the rows holding the key (two keys'
-    # hashes may meet).
+    # numbers. Hashes met twice are suspects (two keys' hashes may meet: hash(-1) is
+    # hash(-2)); a second scan keeps the keys of those alone, and a key met twice there is
+    # counted (read window by window, a row the application moved meanwhile is met twice).
+    order = windows.table_ordering(spec)
     seen: set[int] = set()
-    for rows in windows.scan(conn, spec.name, windows.table_ordering(spec), select, not_null):
+    suspects: set[int] = set()
+    for rows in windows.scan(conn, spec.name, order, select, not_null):
         hashes = [hash(r) for r in rows]
         window = set(hashes)
         if len(window) < len(rows) or not seen.isdisjoint(window):
             once: set[int] = set()
-            for row, h in zip(rows, hashes):
+            for h in hashes:
                 if h in seen or h in once:
-                    key = tuple(v.decode("utf-8", "surrogateescape") if kind == 3 else v
-                                for v, kind in zip(row[::2], row[1::2]))
-                    n = _rows_holding(conn, spec, key)
-                    if n > 1:
-                        return duplicate_reason(spec, key, n)
+                    suspects.add(h)
                 once.add(h)
         seen |= window
+    if not suspects:
+        return None
+    del seen
+    keys: set[tuple] = set()
+    for rows in windows.scan(conn, spec.name, order, select, not_null):
+        for row in rows:
+            if hash(row) not in suspects:
+                continue
+            if row not in keys:
+                keys.add(row)
+                continue
+            key = tuple(v.decode("utf-8", "surrogateescape") if kind == 3 else v
+                        for v, kind in zip(row[::2], row[1::2]))
+            n = _rows_holding(conn, spec, key)
+            if n > 1:
+                return duplicate_reason(spec, key, n)
     return None
 
 
