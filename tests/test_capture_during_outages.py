@@ -145,6 +145,22 @@ def applied_entries_left(db, applied: int) -> int:
         conn.close()
 
 
+async def applied_not_pruned(cfg, tmp_path, db, pg_dsn, writes, conn) -> int:
+    """The daemon applies `writes` (statement, parameters), one commit each, in several
+    batches, and stops before the next prune (10 s on) would remove their entries: the
+    changelog position they end at, its entries still in the file."""
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        for sql, params in writes:
+            conn.execute(sql, params)
+            time.sleep(0.02)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    applied = changelog_max(db)
+    assert applied_entries_left(db, applied) > 1
+    return applied
+
+
 async def test_a_daemon_started_during_an_outage_compacts_no_change_postgres_may_hold(outage, tmp_path, pg_dsn):
     """Restarted while Postgres is away (a reboot, an upgrade), the daemon does not know
     how far Postgres got: entries it applied, not yet pruned, are the proof that the
@@ -158,15 +174,8 @@ async def test_a_daemon_started_during_an_outage_compacts_no_change_postgres_may
     conn.executescript("CREATE TABLE hot (id INTEGER PRIMARY KEY, n INTEGER); INSERT INTO hot VALUES (1, 0);")
     cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
                        sections={**FAST_FAILOVER, "sqlite": {"max_changelog_mb": 0.25}})
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        for i in range(20):  # applied in several batches, which the next prune (10 s on) would remove
-            conn.execute("UPDATE hot SET n = ? WHERE id = 1", (i,))
-            time.sleep(0.02)
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
-    applied = changelog_max(db)
-    assert applied_entries_left(db, applied) > 1  # the batches' entries are still in the file
+    applied = await applied_not_pruned(cfg, tmp_path, db, pg_dsn, [
+        ("UPDATE hot SET n = ? WHERE id = 1", (i,)) for i in range(20)], conn)
     proxy.refuse()
     with DaemonProcess(cfg, tmp_path / "restarted.log") as d:
         d.wait_log("Postgres unreachable")
@@ -198,15 +207,8 @@ async def test_a_suspension_by_a_daemon_started_during_an_outage_is_no_file_rest
     conn.executescript("CREATE TABLE wide (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO wide VALUES (0, 'a');")
     cfg = write_config(tmp_path / "syncd.toml", dsn, [{"name": "app", "path": str(db)}],
                        sections={**FAST_FAILOVER, "sqlite": {"max_changelog_mb": 0.25}})
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        for i in range(1, 21):  # applied in several batches, which the next prune (10 s on) would remove
-            conn.execute("INSERT INTO wide VALUES (?, 'b')", (i,))
-            time.sleep(0.02)
-        await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        assert d.stop() == 0
-    applied = changelog_max(db)
-    assert applied_entries_left(db, applied) > 1
+    await applied_not_pruned(cfg, tmp_path, db, pg_dsn, [
+        ("INSERT INTO wide VALUES (?, 'b')", (i,)) for i in range(1, 21)], conn)
     proxy.refuse()
     with DaemonProcess(cfg, tmp_path / "restarted.log") as d:
         d.wait_log("Postgres unreachable")
