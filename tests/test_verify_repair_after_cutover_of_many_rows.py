@@ -6,9 +6,12 @@ source refuses (pointing back at `syncd verify --repair`)."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+
+import asyncpg
 
 from tests.support.compare import compare_all
-from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd
 from tests.support.sync import eventually
 from tests.support.way_back import backup_and_config, cut_over, cut_over_and_stop, tamper_sqlite, typeof, wait_back
 from tests.support.verifying import verify
@@ -111,3 +114,42 @@ def test_a_copy_again_with_no_row_listed_by_key_is_logged_without_an_empty_key_l
     assert lines[0] == 'consistency check repaired 5 row(s) of "orders" (5 not listed by key); now equal', lines
     assert lines[1].startswith('consistency check repaired 2 row(s) of "items" (2 only in SQLite): keys 1, 2; '), \
         lines
+
+
+async def test_a_copy_again_whose_process_was_killed_is_not_said_to_be_in_progress(tmp_path, make_config, pg_dsn):
+    """`syncd verify --repair` killed while its way back copied the table again (no daemon
+    running the source): verify then said "its initial snapshot is in progress" of a copy
+    nothing was running, and a repair run again left the table alone on that ground."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL)")
+    conn.executemany("INSERT INTO orders (item) VALUES (?)", [(f"item {i} " + "x" * 100,) for i in range(100_000)])
+    conn.commit()
+    conn.close()
+    cfg = backup_and_config(make_config, tmp_path, db)
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    tamper_sqlite(db, "DELETE FROM orders WHERE id > 1000")
+    repair = subprocess.Popen(syncd_cmd(cfg, "verify", "--repair", "--wait", "60"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, cwd=str(cfg.parent))
+    try:
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            async def copying() -> bool:
+                state = await pg.fetchval("SELECT state FROM syncd.tables WHERE table_name = 'orders'")
+                return state == "loading" and typeof(db, "SELECT count(*) FROM orders")[0][0] > 6000
+
+            await eventually(copying, 60, "the way back's copy under way")
+        finally:
+            await pg.close()
+        repair.kill()
+    finally:
+        repair.kill()
+        repair.wait(10)
+    assert typeof(db, "SELECT count(*) FROM orders")[0][0] < 100_000, "the copy was not cut short"
+    for args in ((), ("--repair",)):
+        out = verify(cfg, "--wait", "2", *args)
+        assert out.returncode == 1, out.stdout + out.stderr
+        line = next(x for x in out.stdout.splitlines() if '"orders" not comparable (loading)' in x)
+        assert "in progress" not in line, line
+        assert "no daemon runs the source" in line and "`syncd run` resumes it" in line, line

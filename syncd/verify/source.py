@@ -58,6 +58,10 @@ _STOPPED_TEXT = {
     bk.CATCHUP: "snapshot done; the changes queued meanwhile wait: no daemon runs the source (`syncd run` applies "
                 "them)",
 }
+# Cut over, a table is on its way only while the way back copies it again from Postgres.
+_WAY_BACK_TEXT = {bk.LOADING: "being copied again from Postgres (by the way back)"}
+_WAY_BACK_STOPPED_TEXT = {bk.LOADING: "its copy from Postgres stopped part-way: no daemon runs the source "
+                                      "(`syncd run` resumes it)"}
 
 
 class VerifyError(Exception):
@@ -249,7 +253,7 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
                               "(neither in the SQLite file nor in syncd's bookkeeping)")
         names = [n for n in names if n in only]
     # A table on its way (loading, say) is only under way while a daemon runs the source.
-    running = (s.direction != TO_POSTGRES or not any(r.state in _STATE_TEXT for r in rows.values())
+    running = (not any(r.state in _STATE_TEXT for r in rows.values())
                or await lock_holder(s.pg, s.bk.key) is not None)
     plans = []
     for name in names:
@@ -321,7 +325,10 @@ def _why_not(s: _Session, state: CaptureState, src: SourceRow | None, name: str,
     if row is None:
         return "not registered in syncd's bookkeeping yet; run `syncd init` or start the daemon"
     if row.state != bk.STREAMING:
-        return row.reason or (_STATE_TEXT if running else _STOPPED_TEXT).get(row.state, row.state)
+        texts = _STATE_TEXT if running else _STOPPED_TEXT
+        if s.direction == TO_SQLITE:
+            texts = {**texts, **(_WAY_BACK_TEXT if running else _WAY_BACK_STOPPED_TEXT)}
+        return row.reason or texts.get(row.state, row.state)
     if spec is None:
         if name in refused:
             return refused[name].reason
