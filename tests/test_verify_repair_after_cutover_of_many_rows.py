@@ -119,7 +119,8 @@ def test_a_copy_again_with_no_row_listed_by_key_is_logged_without_an_empty_key_l
 async def test_a_copy_again_whose_process_was_killed_is_not_said_to_be_in_progress(tmp_path, make_config, pg_dsn):
     """`syncd verify --repair` killed while its way back copied the table again (no daemon
     running the source): verify then said "its initial snapshot is in progress" of a copy
-    nothing was running, and a repair run again left the table alone on that ground."""
+    nothing was running, and a repair run again left the table alone on that ground; it
+    now says the copy stopped, and a repair run again takes the copy up and finishes it."""
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=wal")
@@ -147,9 +148,15 @@ async def test_a_copy_again_whose_process_was_killed_is_not_said_to_be_in_progre
         repair.kill()
         repair.wait(10)
     assert typeof(db, "SELECT count(*) FROM orders")[0][0] < 100_000, "the copy was not cut short"
-    for args in ((), ("--repair",)):
-        out = verify(cfg, "--wait", "2", *args)
-        assert out.returncode == 1, out.stdout + out.stderr
-        line = next(x for x in out.stdout.splitlines() if '"orders" not comparable (loading)' in x)
-        assert "in progress" not in line, line
-        assert "no daemon runs the source" in line and "`syncd run` resumes it" in line, line
+    out = verify(cfg, "--wait", "2")
+    assert out.returncode == 1, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if '"orders" not comparable (loading)' in x)
+    assert "in progress" not in line, line
+    assert "no daemon runs the source" in line and "`syncd run` or `syncd verify --repair` resumes it" in line, line
+    # Run again, the repair takes the copy up again and sees it through.
+    out = verify(cfg, "--wait", "60", "--repair")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert 'app: "orders" equal (100000 rows in SQLite, 100000 in Postgres' in out.stdout, out.stdout
+    assert "taken up again and finished by the way back" in out.stdout, out.stdout
+    assert await compare_all(str(db), pg_dsn, "app", ["orders"]) == []
+    assert verify(cfg, "--wait", "2").returncode == 0

@@ -61,7 +61,7 @@ _STOPPED_TEXT = {
 # Cut over, a table is on its way only while the way back copies it again from Postgres.
 _WAY_BACK_TEXT = {bk.LOADING: "being copied again from Postgres (by the way back)"}
 _WAY_BACK_STOPPED_TEXT = {bk.LOADING: "its copy from Postgres stopped part-way: no daemon runs the source "
-                                      "(`syncd run` resumes it)"}
+                                      "(`syncd run` or `syncd verify --repair` resumes it)"}
 
 
 class VerifyError(Exception):
@@ -471,7 +471,20 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
     copying: set[str] = set()  # tables the way back copies again in full (cut over, too many to replay by key)
     target = 0
     excluded = {p.name for p in plans if p.excluded}  # not replicated by choice: no repair is owed to them
+    resumed: set[str] = set()  # cut over: copies again from Postgres cut short, taken up again here
     for tr in result.tables:
+        plan = by_name.get(tr.table)
+        if (s.direction == TO_SQLITE and not in_daemon and not tr.compared and not tr.error
+                and tr.state == bk.LOADING and plan is not None and plan.tid is not None and plan.row is not None
+                and plan.row.reason is None and await lock_holder(s.pg, s.bk.key) is None):
+            # Its copy again from Postgres stopped part-way (the process running it killed) and no
+            # daemon runs the source: the way back run here takes the copy up again.
+            target = max(target, await way_back.copy_again(s.pg, _names(s), plan.tid))
+            queued[tr.table] = 0
+            replayed[tr.table] = []
+            copying.add(tr.table)
+            resumed.add(tr.table)
+            continue
         if not tr.compared and not tr.error and tr.table not in excluded:  # its rows may differ all the same
             skipped_notes.append(f'"{tr.table}" not repaired: it was not compared: {tr.reason or "no reason recorded"}')
         if not tr.compared or tr.equal or tr.error:
@@ -544,8 +557,9 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
             how = await repair.apply_through_stream(s.settings, s.source, s.pg, target, max(wait_seconds, 5.0),
                                                     own_pipeline=not in_daemon)
     except (TimeoutError, CannotConnect) as e:  # no stream got there, or none could connect: the replay waits
-        result.repair_note = "; ".join([f"{sum(queued.values())} row(s) queued for replay but not applied: {e}",
-                                        *skipped_notes])
+        waiting = [f"{sum(queued.values())} row(s) queued for replay"] if set(queued) - resumed else []
+        waiting += [f"copy from Postgres of {', '.join(sorted(resumed))} taken up again"] if resumed else []
+        result.repair_note = "; ".join([f"{' and '.join(waiting)} but not applied: {e}", *skipped_notes])
         return
     again = []
     confirmed = 0
@@ -563,7 +577,8 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         if not tr2.compared:
             # Held, paused or reloading: the replay may wait behind it (a change applied
             # before it held the table); nothing says the rows were repaired.
-            unconfirmed.append(f'"{tr.table}": {queued[tr.table]} row(s) replayed, not confirmed: the table is '
+            what = "copy from Postgres taken up again" if tr.table in resumed else f"{queued[tr.table]} row(s) replayed"
+            unconfirmed.append(f'"{tr.table}": {what}, not confirmed: the table is '
                                f'{tr2.state or "not registered"} ({tr2.error or tr2.reason})')
             continue
         if record and tr.table in run_ids:
@@ -575,5 +590,9 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
     copied = sorted(copying.intersection(t.table for t in again if t.repaired))
     if copied:
         done.append(f"copied again in full from Postgres by the way back, {how}: {', '.join(copied)}")
+    finished = sorted(resumed.intersection(t.table for t in again if t.compared))
+    if finished:
+        done.append(f"copy from Postgres, stopped part-way before, taken up again and finished by the way back, "
+                    f"{how}: {', '.join(finished)}")
     result.repair_note = "; ".join([*done, *unconfirmed, *skipped_notes])
     result.tables = again
