@@ -328,7 +328,7 @@ async def test_changes_committed_under_a_long_lock_are_no_lag_of_0(tmp_path, mak
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
             await wait_caught_up(path, pg_dsn, "app", daemon=d)
             if idle_first:
-                time.sleep(8)  # idle, its connection given back, looked at without one
+                time.sleep(12)  # idle, its connection given back, looked at without one
             holder = subprocess.Popen([sys.executable, "-c", EXCLUSIVE_WRITER, str(path)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert holder.stdout.readline().strip() == "locked"
@@ -339,7 +339,8 @@ async def test_changes_committed_under_a_long_lock_are_no_lag_of_0(tmp_path, mak
             d.wait_log("is locked by its application", timeout=FILE_LOCKED_AFTER_SECONDS + 10)
             lag = metric(port, 'syncd_replication_lag_seconds{direction="to_postgres",source="app"}')
             live = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read())
-            assert lag is not None and FILE_LOCKED_AFTER_SECONDS - 1 <= lag <= time.monotonic() - locked + 2, lag
+            # At most since its last read, a poll or two before the lock (5 s: a loaded machine).
+            assert lag is not None and FILE_LOCKED_AFTER_SECONDS - 1 <= lag <= time.monotonic() - locked + 5, lag
             assert live["sources"]["app"]["lag_seconds"] >= FILE_LOCKED_AFTER_SECONDS - 1, live["sources"]["app"]
             holder.stdin.write("go\n")
             holder.stdin.flush()
