@@ -45,6 +45,8 @@ log = logging.getLogger("syncd")
 
 STARTING_AT_ONCE = 32
 SHUTDOWN_GRACE_SECONDS = 8.0  # systemd's default stop timeout is 90 s; the promise is 10 s
+# A stop's end: the target databases are closed by then, however many do not answer.
+STOP_SECONDS = 9.5
 HOUSEKEEPING_SECONDS = 1.0
 FULL_CHECK_SPACING_SECONDS = 1.0  # between two sources' just-in-case full checks, fleet-wide
 SUMMARY_CHARS = 400  # systemd's STATUS= line (`systemctl status`)
@@ -78,6 +80,7 @@ class Daemon:
         self.pipelines: dict[str, Pipeline] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self.stop_event = asyncio.Event()
+        self._stop_requested_at: float | None = None
         self.notifier = Notifier()
         self.endpoint: Endpoint | None = None
         self.watcher: FileWatcher | None = None
@@ -171,7 +174,10 @@ class Daemon:
             await self._shutdown()
             return 0
         finally:
-            await self.targets.close()
+            left = None
+            if self._stop_requested_at is not None:
+                left = max(STOP_SECONDS - (time.monotonic() - self._stop_requested_at), 0.5)
+            await self.targets.close(within=left)
             if self.watcher:
                 self.watcher.stop()
             if self.endpoint:
@@ -233,6 +239,7 @@ class Daemon:
     def request_stop(self) -> None:
         if not self.stop_event.is_set():
             log.info("stop requested: finishing the batch in flight", extra={"event": "stopping"})
+            self._stop_requested_at = time.monotonic()
             self.notifier.stopping()
             self.stop_event.set()
 
@@ -245,7 +252,7 @@ class Daemon:
             for t in pending:
                 t.cancel()  # a hung Postgres call: the server rolls the transaction back
             if pending:
-                await asyncio.wait(pending, timeout=2.0)
+                await asyncio.wait(pending, timeout=1.0)
         log.info("syncd stopped", extra={"event": "stopped"})
 
     def _start_endpoint(self) -> None:

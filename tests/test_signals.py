@@ -158,3 +158,50 @@ async def test_a_stop_during_a_consistency_check_ends_it(tmp_path, make_config, 
     log = d.log()
     assert "failed" not in log.split("syncd stopped")[-1] and log.rstrip().endswith("syncd stopped"), log[-2000:]
     assert took < 4, f"{took:.1f} s to stop"
+
+
+async def test_a_stop_while_postgres_does_not_answer_ends_in_time_whatever_the_databases(tmp_path, pg_server,
+                                                                                         fresh_databases):
+    """SIGTERM while the network to Postgres drops every packet, the sources landing in
+    three databases (as the worked example's do), with the default timeouts: the daemon
+    closed the databases' connections one after the other, each waiting for an answer
+    that never came, and exited 16 s after the signal (10 s and 2 s a database; past
+    the unit's TimeoutStopSec=20s from six databases on). It exits 0 within 10 s."""
+    from urllib.parse import urlsplit
+
+    from tests.conftest import with_database
+    from tests.support.proxy import FaultProxy
+
+    parts = urlsplit(pg_server)
+    proxy = FaultProxy(parts.hostname, parts.port or 5432)
+    names = [fresh_databases.take() for _ in range(3)]
+    try:
+        sources = []
+        for i, name in enumerate(names):
+            create_items(tmp_path / f"app{i}.db", rows=10)
+            sources.append({"name": f"app{i}", "path": str(tmp_path / f"app{i}.db"),
+                            "dsn": with_database(pg_server, name).replace(f":{parts.port}/", f":{proxy.port}/")})
+        cfg = write_config(tmp_path / "syncd.toml", sources[0]["dsn"], sources)
+        with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+            for i, name in enumerate(names):
+                await wait_caught_up(tmp_path / f"app{i}.db", with_database(pg_server, name), f"app{i}", daemon=d)
+            proxy.stall()
+            for i in range(3):
+                Writer(tmp_path / f"app{i}.db", seconds=0.3, seed=i).result()
+            time.sleep(1.0)  # each source's batch waits on Postgres
+            started = time.monotonic()
+            assert d.stop(timeout=30) == 0
+            assert time.monotonic() - started < 10, d.log()[-2000:]
+            assert "syncd stopped" in d.log()
+        proxy.heal()
+        with DaemonProcess(cfg, tmp_path / "again.log") as d:
+            for i, name in enumerate(names):
+                await wait_caught_up(tmp_path / f"app{i}.db", with_database(pg_server, name), f"app{i}", daemon=d)
+            assert d.stop() == 0
+        for i, name in enumerate(names):
+            assert await compare_table(str(tmp_path / f"app{i}.db"), with_database(pg_server, name), f"app{i}",
+                                       "items") == []
+    finally:
+        proxy.close()
+        for name in names:
+            fresh_databases.give_back(name)

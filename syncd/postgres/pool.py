@@ -274,13 +274,22 @@ class Target:
         holder, self._holder = self._holder, None
         self._locked.clear()
         self._owners.clear()
-        await close_quietly(holder)
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), RELEASE_SECONDS)
-            except Exception:  # noqa: BLE001
+        pool = None
+        try:
+            await close_quietly(holder)
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                try:
+                    await asyncio.wait_for(pool.close(), RELEASE_SECONDS)
+                except Exception:  # noqa: BLE001
+                    pool.terminate()
+        except asyncio.CancelledError:  # a stop that cannot wait on a Postgres that does not answer
+            if holder is not None and not holder.is_closed():
+                holder.terminate()
+            pool, self._pool = pool or self._pool, None
+            if pool is not None:
                 pool.terminate()
+            raise
 
 
 class Targets:
@@ -314,10 +323,17 @@ class Targets:
                 await self._by_dsn.pop(dsn).close()
         self.settings = settings
 
-    async def close(self) -> None:
-        for t in list(self._by_dsn.values()):
-            await t.close()
+    async def close(self, within: float | None = None) -> None:
+        """Close every target, together; those not closed `within` seconds (a Postgres
+        that does not answer) have their connections dropped."""
+        closing = [asyncio.ensure_future(t.close()) for t in self._by_dsn.values()]
         self._by_dsn.clear()
+        if closing:
+            done, pending = await asyncio.wait(closing, timeout=within)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending)
 
 
 def stats(targets: Targets) -> dict[str, Any]:
