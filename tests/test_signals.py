@@ -166,7 +166,8 @@ async def test_a_stop_while_postgres_does_not_answer_ends_in_time_whatever_the_d
     three databases (as the worked example's do), with the default timeouts: the daemon
     closed the databases' connections one after the other, each waiting for an answer
     that never came, and exited 16 s after the signal (10 s and 2 s a database; past
-    the unit's TimeoutStopSec=20s from six databases on). It exits 0 within 10 s."""
+    the unit's TimeoutStopSec=20s from six databases on). It exits 0 within 10 s, and
+    says which sources stopped without finishing their batch."""
     from urllib.parse import urlsplit
 
     from tests.conftest import with_database
@@ -193,6 +194,9 @@ async def test_a_stop_while_postgres_does_not_answer_ends_in_time_whatever_the_d
             assert d.stop(timeout=30) == 0
             assert time.monotonic() - started < 10, d.log()[-2000:]
             assert "syncd stopped" in d.log()
+            # The log said it finished the batch in flight, and then only that it stopped.
+            assert "3 source(s) did not finish the batch in flight within 8 s: stopped " \
+                   "without it, their changes stay in SQLite for the next start: app0, app1, app2" in d.log(), d.log()
         proxy.heal()
         with DaemonProcess(cfg, tmp_path / "again.log") as d:
             for i, name in enumerate(names):
