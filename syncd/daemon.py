@@ -269,7 +269,8 @@ class Daemon:
         except OSError as e:
             raise StartupError(f"metrics.listen: cannot listen on {self.settings.metrics.listen}: {e.strerror}", 1)
         self.endpoint.start()
-        log.info(f"status page on http://{self.settings.metrics.listen}/ (metrics at /metrics)",
+        host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]  # ":9464" listens on loopback
+        log.info(f"status page on http://{host}:{addr[1]}/ (metrics at /metrics)",
                  extra={"event": "metrics"})
 
     def _make(self, source: SourceSettings, direction: str = TO_POSTGRES) -> Pipeline | ReversePipeline:

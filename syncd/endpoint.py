@@ -254,7 +254,8 @@ class Endpoint:
             return None
         who = ("anyone who can reach it and holds the configured token or password"
                if self.access.required else "ANYONE who can reach it, without credentials")
-        return (f"the metrics and status endpoint listens on {self.host}:{self.port}, beyond loopback: {who} can "
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (f"the metrics and status endpoint listens on {host}:{self.port}, beyond loopback: {who} can "
                 "read source and table names, states and error details. Bind it to 127.0.0.1, or set "
                 "[metrics] auth_token / basic_auth_password and restrict the port in the firewall")
 

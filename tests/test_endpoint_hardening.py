@@ -109,6 +109,33 @@ def test_the_ipv6_loopback_is_served_as_loopback():
         ep.stop()
 
 
+@pytest.mark.parametrize("listen, url_host", [(":{port}", "127.0.0.1"), ("[::1]:{port}", "[::1]")])
+async def test_a_listen_address_without_a_host_or_ipv6_is_listened_on(tmp_path, pg_dsn, listen, url_host):
+    """listen = "[::1]:PORT", a loopback address the configuration takes: the daemon
+    serves its endpoint there, as syncd status reads it (it ended at start with 'cannot
+    listen on [::1]:PORT: Address family for hostname not supported'). listen = ":PORT"
+    listens on loopback, and the log gives the page's address there (it gave
+    http://:PORT/, an address no browser opens)."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO items VALUES (1, 'a')")
+    conn.commit()
+    conn.close()
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "app", "path": str(db)}],
+                       metrics_listen=listen.format(port=port))
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert f"status page on http://{url_host}:{port}/ " in d.log(), d.log()
+        assert "beyond loopback" not in d.log()
+        assert get(port, host=url_host)[0] == 200
+        assert get(port, host=url_host, headers={"Host": "evil.example"})[0] != 200
+        status = run_cli(cfg, "status")
+        assert "daemon not running" not in status.stdout and "streaming" in status.stdout, status.stdout
+        assert d.stop() == 0
+
+
 def test_half_sent_requests_are_dropped_and_capped(endpoint):
     threads = threading.active_count()  # what this test process runs already (earlier tests' too)
     ep = endpoint(max_connections=4, read_timeout_seconds=1.5)
