@@ -386,12 +386,6 @@ class Pipeline:
             self._pg_down(exc, f"a statement ran over [postgres] statement_timeout_seconds "
                                f"({self.settings.postgres.statement_timeout_seconds:g} s): Postgres is slow or busy, a "
                                "lock holds the table, or the server is gone")
-        elif (sqlstate(exc) or "").startswith("53") and not isinstance(exc, CannotConnect):
-            # Postgres answered, short of a resource (its disk full, its memory): no outage,
-            # and nothing the network mends. Tried again as an outage is.
-            self._enter(FAILING, f"Postgres is short of a resource (its disk, its memory, a limit of its "
-                        f"configuration): {describe(exc)}; tried again, changes stay captured in SQLite",
-                        kind="postgres", level="error")
         elif is_transient(exc):
             self._pg_down(exc)
         elif contended(exc):
