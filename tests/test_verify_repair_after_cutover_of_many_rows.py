@@ -152,7 +152,7 @@ async def test_a_copy_again_whose_process_was_killed_is_not_said_to_be_in_progre
     assert out.returncode == 1, out.stdout + out.stderr
     line = next(x for x in out.stdout.splitlines() if '"orders" not comparable (loading)' in x)
     assert "in progress" not in line, line
-    assert "no daemon runs the source" in line and "`syncd run` or `syncd verify --repair` resumes it" in line, line
+    assert "no daemon runs the source" in line and "copies it again from its first row" in line, line
     # Run again, the repair takes the copy up again and sees it through.
     out = verify(cfg, "--wait", "60", "--repair")
     assert out.returncode == 0, out.stdout + out.stderr

@@ -61,7 +61,8 @@ _STOPPED_TEXT = {
 # Cut over, a table is on its way only while the way back copies it again from Postgres.
 _WAY_BACK_TEXT = {bk.LOADING: "being copied again from Postgres (by the way back)"}
 _WAY_BACK_STOPPED_TEXT = {bk.LOADING: "its copy from Postgres stopped part-way: no daemon runs the source "
-                                      "(`syncd run` or `syncd verify --repair` resumes it)"}
+                                      "(`syncd run`, or `syncd verify --repair` with a --wait long enough for the "
+                                      "table, copies it again from its first row)"}
 
 
 class VerifyError(Exception):
@@ -476,7 +477,8 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         plan = by_name.get(tr.table)
         if (s.direction == TO_SQLITE and not in_daemon and not tr.compared and not tr.error
                 and tr.state == bk.LOADING and plan is not None and plan.tid is not None and plan.row is not None
-                and plan.row.reason is None and await lock_holder(s.pg, s.bk.key) is None):
+                and plan.row.reason is None and not plan.excluded and plan.spec is not None
+                and await lock_holder(s.pg, s.bk.key) is None):
             # Its copy again from Postgres stopped part-way (the process running it killed) and no
             # daemon runs the source: the way back run here takes the copy up again.
             target = max(target, await way_back.copy_again(s.pg, _names(s), plan.tid))
@@ -558,7 +560,8 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
                                                     own_pipeline=not in_daemon)
     except (TimeoutError, CannotConnect) as e:  # no stream got there, or none could connect: the replay waits
         waiting = [f"{sum(queued.values())} row(s) queued for replay"] if set(queued) - resumed else []
-        waiting += [f"copy from Postgres of {', '.join(sorted(resumed))} taken up again"] if resumed else []
+        waiting += [f"copy from Postgres of {', '.join(sorted(resumed))} started again from its first row (`syncd run` "
+                    "sees it through; a --repair waits only --wait seconds)"] if resumed else []
         result.repair_note = "; ".join([f"{' and '.join(waiting)} but not applied: {e}", *skipped_notes])
         return
     again = []
