@@ -367,3 +367,17 @@ async def test_init_on_a_file_its_application_holds_locked_says_so(app_db, make_
     assert f"app: ERROR {app_db} is locked by another connection" in r.stdout, r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     assert run_cli(cfg, "init").returncode == 0  # once free, it goes through
+
+
+def test_an_sqlite_older_than_syncd_needs_is_said_in_one_line(tmp_path):
+    """An SQLite before 3.37 ignores PRAGMA table_list without an error: syncd would see no
+    table and carry none. Every command ends with one line naming the SQLite it found."""
+    from syncd.cli import sqlite_too_old
+
+    assert sqlite_too_old(sqlite3.sqlite_version_info) is None
+    said = sqlite_too_old((3, 34, 1))
+    assert said is not None and "SQLite 3.34.1" in said and "3.37.0 or newer" in said
+    run = subprocess.run([sys.executable, "-c", "import sys, syncd.cli as c; c.sqlite_version_info = lambda: (3, 34, 1); "
+                          "sys.exit(c.main(['--config', sys.argv[1], 'status']))", str(tmp_path / "none.toml")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [f"syncd: {said}"], run.stderr

@@ -17,6 +17,10 @@ from syncd.cli import early_signals
 VERBS = ("demo", "init", "run", "status", "verify", "report", "schema", "resync", "cutover", "rollback", "rehearse",
          "uninstall")
 _VALUED_OPTIONS = ("--config", "--log-format", "--log-level")
+# The SQLite syncd needs of Python's sqlite3 module: PRAGMA table_list (3.37), which an
+# older SQLite ignores without an error (no table would be seen, none carried), and the
+# capture's RETURNING (3.35).
+MIN_SQLITE = (3, 37, 0)
 # Verbs that, once main() returned 0, have closed every connection (SQLite's and
 # Postgres's) and left no thread with work: Python's own teardown, 60-90 ms of freeing
 # objects one by one, then does nothing a user needs, and entry() skips it. A daemon
@@ -79,6 +83,22 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 GC_THRESHOLDS = (200_000, 20, 20)
 
 
+def sqlite_version_info() -> tuple[int, ...]:
+    import sqlite3
+
+    return sqlite3.sqlite_version_info
+
+
+def sqlite_too_old(version: tuple[int, ...]) -> str | None:
+    """The line syncd ends with where Python's sqlite3 module runs an SQLite older than
+    MIN_SQLITE, else None."""
+    if tuple(version) >= MIN_SQLITE:
+        return None
+    have, need = ".".join(map(str, version)), ".".join(map(str, MIN_SQLITE))
+    return (f"Python's sqlite3 module here runs SQLite {have}; syncd needs SQLite {need} or newer (an older one "
+            "lists no tables to syncd); use a Python built with a newer SQLite")
+
+
 def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     args_in = sys.argv[1:] if argv is None else argv
@@ -93,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     from syncd.cli import common
     from syncd.config import ConfigError
 
+    too_old = sqlite_too_old(sqlite_version_info())
+    if too_old is not None:
+        return common.fail(too_old, 2)
     parser = build_parser(verb)
     args = parser.parse_args(argv)
     try:
