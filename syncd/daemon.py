@@ -253,10 +253,10 @@ class Daemon:
                 t.cancel()  # a hung Postgres call: the server rolls the transaction back
             if pending:
                 late = sorted(name for name, t in self.tasks.items() if t in pending)
-                log.warning(f"{len(late)} source(s) did not finish the batch in flight within "
-                            f"{SHUTDOWN_GRACE_SECONDS:g} s: stopped without it, their "
-                            f"changes stay in SQLite for the next start: {', '.join(late)}",
-                            extra={"event": "stopping"})
+                log.warning(f"{len(late)} source(s) had not stopped within {SHUTDOWN_GRACE_SECONDS:g} s, waiting "
+                            "on Postgres: stopped without waiting further; what they had not applied stays "
+                            "captured (in SQLite, or in Postgres for a cut-over source) for the next start: "
+                            f"{', '.join(late)}", extra={"event": "stopping"})
                 await asyncio.wait(pending, timeout=1.0)
         log.info("syncd stopped", extra={"event": "stopped"})
 
