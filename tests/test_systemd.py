@@ -10,6 +10,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -49,6 +50,19 @@ def test_unit_hardening_and_credentials():
         assert line in text, line
     env_lines = [l for l in text.splitlines() if l.startswith("Environment")]
     assert not any("PASSWORD" in l.upper() or "DSN" in l.upper() for l in env_lines)  # secrets only via LoadCredential
+
+
+def test_a_configuration_syncd_refuses_is_not_restarted_forever(tmp_path):
+    """Restart=on-failure restarted a daemon whose configuration it refuses every 5 s, the
+    same line each time, for ever: the exit status syncd gives such a configuration is one
+    the unit does not restart on."""
+    bad = tmp_path / "syncd.toml"
+    bad.write_text("[postgres]\ndsn = 'postgresql://x@127.0.0.1:1/db'\n[[sources]]\nname = \n")
+    code = subprocess.run([sys.executable, "-m", "syncd", "--config", str(bad), "run"], capture_output=True,
+                          text=True, timeout=60).returncode
+    [prevent] = [l.split("=", 1)[1].split() for l in UNIT.read_text().splitlines()
+                 if l.startswith("RestartPreventExitStatus=")]
+    assert code != 0 and str(code) in prevent, (code, prevent)
 
 
 class NotifySocket:
