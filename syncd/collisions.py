@@ -373,7 +373,7 @@ def _scan_for(conn: sqlite3.Connection, spec: TableSpec, pg_keys: list[tuple]) -
     conn.execute("BEGIN")
     try:
         for pg_key, raw in raw_of.items():
-            params = [p for v in raw for p in (v, _storage_class(v))]
+            params = [p for v in raw for p in (v, key_identity.storage_class(v))]
             found = fetchall_text_safe(conn, f"SELECT {cols} FROM main.{quote_ident(spec.name)} WHERE {where}", params)
             if found:
                 rows.append(found[0])
@@ -383,6 +383,3 @@ def _scan_for(conn: sqlite3.Connection, spec: TableSpec, pg_keys: list[tuple]) -
         conn.execute("COMMIT")
     return rows, gone
 
-
-def _storage_class(v: Any) -> str:
-    return {int: "integer", float: "real", str: "text", bytes: "blob"}.get(type(v), "null")

@@ -206,10 +206,10 @@ def _spelled_otherwise(conn: sqlite3.Connection, spec: TableSpec, cols: str, raw
     for j, k in enumerate(spec.key):
         if j != i:
             conds.append(f"{spec.key_sql(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?")
-            params += [raw[j], _typeof(raw[j])]
+            params += [raw[j], storage_class(raw[j])]
     by_class: dict[str, list[Any]] = {}
     for alt in alts:
-        by_class.setdefault(_typeof(alt), []).append(alt)
+        by_class.setdefault(storage_class(alt), []).append(alt)
     k = spec.key[i]
     for cls, values in by_class.items():
         where = " AND ".join([*conds, f"{spec.key_sql(k)} IN ({', '.join('?' * len(values))})",
@@ -232,7 +232,7 @@ def _epochs_near(conn: sqlite3.Connection, spec: TableSpec, cols: str, raw: tupl
     for j, k in enumerate(spec.key):
         if j != i:
             conds.append(f"{spec.key_sql(k)} = ? AND typeof({spec.sqlite_ref(k)}) = ?")
-            params += [raw[j], _typeof(raw[j])]
+            params += [raw[j], storage_class(raw[j])]
     ref = spec.sqlite_ref(col.name)
     where = " AND ".join([*conds, f"{spec.key_sql(col.name)} BETWEEN ? AND ?", f"typeof({ref}) = 'real'"])
     conv = converter(col.pgtype)
@@ -300,12 +300,13 @@ def older_texts(conn: sqlite3.Connection, spec: TableSpec, rows: list[tuple], de
                 old[i] = repr(raw[i])
         if old == list(raw) or tuple(old) in out:
             continue
-        if conn.execute(sql, [p for v in old for p in (v, _typeof(v))]).fetchone() is None:
+        if conn.execute(sql, [p for v in old for p in (v, storage_class(v))]).fetchone() is None:
             out[tuple(old)] = None
     return list(out)
 
 
-def _typeof(v: Any) -> str:
+def storage_class(v: Any) -> str:
+    """What SQLite's typeof() says of Python value `v` bound as a parameter."""
     return {int: "integer", float: "real", str: "text", bytes: "blob"}.get(type(v), "null")
 
 
@@ -403,7 +404,7 @@ def _rows_holding(conn: sqlite3.Connection, spec: TableSpec, key: tuple) -> int:
         ref = spec.sqlite_ref(k)
         mark, bound = bound_value(v)
         where.append(f"{ref} = {mark} COLLATE BINARY AND typeof({ref}) = ?")
-        params += [bound, _typeof(v)]
+        params += [bound, storage_class(v)]
     return conn.execute(f"SELECT count(*) FROM main.{quote_ident(spec.name)} WHERE {' AND '.join(where)}",
                         params).fetchone()[0]
 
