@@ -688,8 +688,6 @@ def count_rows(conn: sqlite3.Connection, table: str) -> int:
     writers back for as long as it runs, a rowid table is counted a window of rows at a
     time, each its own read, as long as sqlite/hold.py lets one hold the file."""
     t = f"main.{quote_ident(table)}"
-    if sqlite3.sqlite_version_info < (3, 37):  # no pragma_table_list to tell a WITHOUT ROWID table by
-        return conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
     kind = conn.execute("SELECT type, wr FROM pragma_table_list WHERE schema = 'main' AND name = ?",
                         (table,)).fetchone()
     rowid = unshadowed_rowid_name(r[1] for r in conn.execute(f"PRAGMA main.table_info({quote_ident(table)})"))
