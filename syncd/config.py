@@ -457,6 +457,8 @@ def rehearsal_name_problem(name: str, taken: typing.Container[str]) -> str | Non
         return (f"the name `syncd rehearse` gives the copy of source {name!r} it rehearses with, "
                 f"{name + REHEARSAL_NAME_SUFFIX!r}, is another source's")
     return None
+
+
 _WORKED_OUT = ("config_path", "patterns", "configured", "discovery_problems")  # Settings' fields load_settings fills
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
 
