@@ -740,7 +740,7 @@ def _plan_views(plan: SourcePlan, specs: dict[str, TableSpec], objects: SourceOb
     relations: dict[str, tuple[str, str, list[ColumnInfo]]] = {}
     for tname, spec in specs.items():
         relations[sqlite_folded(tname)] = (plan.schema, tname, columns_info(spec, objects.table(tname).collations,
-                                                                      _final_types(plan, tname)))
+                                                                            _final_types(plan, tname)))
     pending = list(objects.views)
     # A view reading another view is created after it: translate in rounds until none moves.
     done: set[str] = set()
