@@ -19,6 +19,7 @@ from syncd.printable import listed
 from syncd.cli import early_signals
 from syncd.config import ConfigError, Settings, SourceSettings, load_settings
 from syncd.endpoint import Endpoint
+from syncd.endpoint_client import url_host
 from syncd.fleet import FleetPoller, FleetRechecker, VerifyScheduler, WayBackWatch
 from syncd.health_note import outage
 from syncd.identifiers import quote_pg_ident
@@ -269,8 +270,8 @@ class Daemon:
         except OSError as e:
             raise StartupError(f"metrics.listen: cannot listen on {self.settings.metrics.listen}: {e.strerror}", 1)
         self.endpoint.start()
-        host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]  # ":9464" listens on loopback
-        log.info(f"status page on http://{host}:{addr[1]}/ (metrics at /metrics)",
+        # addr, not the listen text: ":9464" listens on loopback
+        log.info(f"status page on http://{url_host(addr[0])}:{addr[1]}/ (metrics at /metrics)",
                  extra={"event": "metrics"})
 
     def _make(self, source: SourceSettings, direction: str = TO_POSTGRES) -> Pipeline | ReversePipeline:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from syncd.endpoint_client import Access
+from syncd.endpoint_client import Access, url_host
 from syncd.redact import scrub, scrub_obj
 
 log = logging.getLogger("syncd")
@@ -254,9 +254,8 @@ class Endpoint:
             return None
         who = ("anyone who can reach it and holds the configured token or password"
                if self.access.required else "ANYONE who can reach it, without credentials")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (f"the metrics and status endpoint listens on {host}:{self.port}, beyond loopback: {who} can "
-                "read source and table names, states and error details. Bind it to 127.0.0.1, or set "
+        return (f"the metrics and status endpoint listens on {url_host(self.host)}:{self.port}, beyond loopback: "
+                f"{who} can read source and table names, states and error details. Bind it to 127.0.0.1, or set "
                 "[metrics] auth_token / basic_auth_password and restrict the port in the firewall")
 
     def start(self) -> None:

@@ -57,6 +57,11 @@ class Access:
 _unanswered: dict[tuple, str] = {}  # address -> why the last fetch from it got nothing
 
 
+def url_host(host: str) -> str:
+    """`host` as a URL (or a host:port) writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def fetch_json(metrics, path: str, timeout: float = 1.5):
     """A JSON document from the running daemon's endpoint (asked with the configured
     credentials), or None when none answers (`unanswered` then says why)."""
@@ -67,8 +72,7 @@ def fetch_json(metrics, path: str, timeout: float = 1.5):
     import urllib.request
 
     host = addr[0] if addr[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    url_host = f"[{host}]" if ":" in host else host
-    req = urllib.request.Request(f"http://{url_host}:{addr[1]}{path}", headers=metrics.access().header())
+    req = urllib.request.Request(f"http://{url_host(host)}:{addr[1]}{path}", headers=metrics.access().header())
     _unanswered.pop(addr, None)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
