@@ -303,8 +303,8 @@ def read_current(conn: sqlite3.Connection, spec: TableSpec, pg_keys: list[tuple]
     (SQLite rows, spec column order) and the keys SQLite no longer holds. A key whose
     SQLite form cannot be known is looked for among every key of the table
     (_scan_for): never called gone unless no SQLite row has it."""
-    types = [spec.column(k).pgtype for k in spec.key]
-    convs = [converter(t) for t in types]
+    key_cols = [spec.column(k) for k in spec.key]
+    convs = [converter(c.pgtype) for c in key_cols]
     cols = ", ".join(spec.sqlite_ref(c) for c in spec.column_names)
     table = f"main.{quote_ident(spec.name)}"
     key_idx = spec.key_indexes
@@ -314,7 +314,7 @@ def read_current(conn: sqlite3.Connection, spec: TableSpec, pg_keys: list[tuple]
     conn.execute("BEGIN")
     try:
         for pg_key in pg_keys:
-            forms = [_lookups(spec.column(k), v) for k, v in zip(spec.key, pg_key)]
+            forms = [_lookups(c, v) for c, v in zip(key_cols, pg_key)]
             if any(f is None for f in forms):
                 unknown.append(pg_key)
                 continue
