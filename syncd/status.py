@@ -737,8 +737,7 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                                         "file say, its log names)"))
         if t.state in HALTED:
             p.append(Problem("critical", f'table "{t.name}" {t.state}: {t.reason}'))
-        elif t.state == bk.LOADING and t.reason:
-            # A held table's retry: copied again with its reason kept until the copy has gone through.
+        elif bk.held_in_a_retry(t.state, t.reason):
             p.append(Problem("critical", f'table "{t.name}" held, being copied again to retry: {t.reason}'))
         elif t.state == bk.REFUSED:
             p.append(Problem("warning", f'table "{t.name}" not replicated: {t.reason}'))

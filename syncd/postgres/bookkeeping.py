@@ -39,6 +39,12 @@ STATES = (PENDING, LOADING, CATCHUP, STREAMING, HELD, PAUSED, REFUSED)
 ON_THE_WAY = frozenset((PENDING, LOADING, CATCHUP))  # not streaming yet, nothing wrong
 
 
+def held_in_a_retry(state: str, reason: str | None) -> bool:
+    """A held table whose retry copies it again: LOADING, the hold's reason kept until the
+    copy has gone through. Held all the same meanwhile (status, report, metrics)."""
+    return state == LOADING and bool(reason)
+
+
 def _ddl(bk: str) -> list[str]:
     s = quote_pg_ident(bk)
     return [

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from syncd.parity.speed import NO_VALUE, RUNS
-from syncd.postgres.bookkeeping import LOADING, REFUSED
+from syncd.postgres.bookkeeping import REFUSED, held_in_a_retry
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.report.facts import TO_SQLITE, MigrationFacts, RehearsalFacts, SourceFacts, TableFacts
 from syncd.sqlite.leftout import EXCLUDED
@@ -311,10 +311,8 @@ def halted(f: MigrationFacts) -> CheckItem:
                                "change)", True)
     bad = [f"{s.name}.{t.name}: {t.state}: {t.reason or 'no reason recorded'}"
            for s in f.sources for t in s.tables if t.state in HALTED]
-    # A held table the way back copies again to retry keeps its reason until the copy has
-    # gone through: held all the same meanwhile (as `syncd status` says).
     bad += [f"{s.name}.{t.name}: held, being copied again to retry: {t.reason}"
-            for s in f.sources for t in s.tables if t.state == LOADING and t.reason]
+            for s in f.sources for t in s.tables if held_in_a_retry(t.state, t.reason)]
     bad += [f"{s.name}: {s.error}" for s in f.sources if s.unmeasured]  # its tables' states are not known
     # Every table, for the application: its writes fail.
     bad += [f"{s.name}: {s.left_frozen}" for s in f.sources if s.left_frozen]

@@ -1384,10 +1384,9 @@ class ReversePipeline:
 
     def _update_gauges(self) -> None:
         self._source_gauges()
-        # A held table copied again to retry keeps its reason until the copy has gone through: held all the same.
         metrics.table_gauges(self.name, {t.name: t.state for t in self.tables.values()}, bk.STATES,
                              (bk.HELD, bk.PAUSED),
-                             held={t.name for t in self.tables.values() if t.state == bk.LOADING and t.row.reason})
+                             held={t.name for t in self.tables.values() if bk.held_in_a_retry(t.state, t.row.reason)})
 
     def _source_gauges(self) -> None:
         """The source's own series: pending, lag, and when they were last measured."""
