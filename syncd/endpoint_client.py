@@ -72,21 +72,22 @@ def fetch_json(metrics, path: str, timeout: float = 1.5):
     import urllib.request
 
     host = addr[0] if addr[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    req = urllib.request.Request(f"http://{url_host(host)}:{addr[1]}{path}", headers=metrics.access().header())
+    where = f"{url_host(host)}:{addr[1]}"
+    req = urllib.request.Request(f"http://{where}{path}", headers=metrics.access().header())
     _unanswered.pop(addr, None)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:  # something answers, and says no
         refused = " (it refused the credentials in this configuration's [metrics])" if e.code in (401, 403) else ""
-        _unanswered[addr] = f"the endpoint at {url_host}:{addr[1]} answered HTTP {e.code}{refused}"
+        _unanswered[addr] = f"the endpoint at {where} answered HTTP {e.code}{refused}"
     except ValueError:
-        _unanswered[addr] = f"the endpoint at {url_host}:{addr[1]} answered with something other than syncd's JSON"
+        _unanswered[addr] = f"the endpoint at {where} answered with something other than syncd's JSON"
     except OSError as e:
         if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
             # Something took the connection and said nothing: a daemon stopped (SIGSTOP) or
             # wedged, not one that is gone (that refuses the connection).
-            _unanswered[addr] = f"the endpoint at {url_host}:{addr[1]} did not answer within {timeout:g} s"
+            _unanswered[addr] = f"the endpoint at {where} did not answer within {timeout:g} s"
         else:
             _unanswered[addr] = "no daemon endpoint answered"
     return None
