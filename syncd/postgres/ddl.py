@@ -199,19 +199,14 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
         had = pgt.column(col.name) if pgt is not None else None
         if col.notnull and col.name not in spec.key and had is not None and not had.notnull:
             await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col.name)} SET NOT NULL")
-    # Likewise a DEFAULT SQLite's table has and Postgres's copy lacks: SQLite gives a column
-    # one only by rebuilding its table, which this reload follows. Without it, an INSERT of
-    # the application's after a cutover stores NULL there (or fails) where SQLite stores it.
+    # Likewise each column's DEFAULT: SQLite gives, changes or removes one only by
+    # rebuilding its table, which this reload follows. Without it, an INSERT of the
+    # application's after a cutover stores what SQLite no longer gives (or NULL, or
+    # fails). Identity and generated columns, a column Postgres holds in another type
+    # than syncd streams (typed at a cutover, or by the application: its DEFAULT is
+    # theirs), and a sequence's nextval are left as they are.
     if pgt is not None:
-        lacking = {r[0] for r in await conn.fetch(
-            "SELECT a.attname FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid "
-            "AND d.adnum = a.attnum WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped "
-            "AND a.attidentity = '' AND a.attgenerated = '' AND d.adbin IS NULL", table)}
-        for col in spec.columns:
-            default = column_default(col).sql
-            if default is not None and col.name in lacking and pgt.column(col.name) is not None:
-                await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col.name)} "
-                                    f"SET DEFAULT {default}")
+        await _follow_defaults(conn, table, spec, pgt)
     if kept:
         sets = ", ".join(f"{quote_pg_ident(c)} = k.{quote_pg_ident(c)}" for c in kept)
         match = " AND ".join(f"t.{quote_pg_ident(k)} = k.{quote_pg_ident(k)}" for k in spec.key)
@@ -221,6 +216,38 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
             await conn.execute(f"UPDATE {table} AS t SET {sets} FROM pg_temp._syncd_kept AS k WHERE {match}")
     await conn.execute(f"DROP TABLE {qualified(aside_schema, aside)}")
     return set_aside
+
+
+async def _follow_defaults(conn: asyncpg.Connection, table: str, spec: TableSpec, pgt: PgTable) -> None:
+    """Set each column's DEFAULT in Postgres to SQLite's (column_default), dropping one
+    SQLite no longer has; a DEFAULT already equal to it (as Postgres prints both) is not
+    touched, so a reload takes no lock for it."""
+    have = {r[0]: r[1] for r in await conn.fetch(
+        "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a LEFT JOIN pg_attrdef d "
+        "ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE a.attrelid = $1::regclass AND a.attnum > 0 "
+        "AND NOT a.attisdropped AND a.attidentity = '' AND a.attgenerated = ''", table)}
+    for col in spec.columns:
+        had = pgt.column(col.name)
+        if col.name not in have or had is None or col.sqlite_format is not None or had.pgtype is not col.pgtype:
+            continue
+        current, want = have[col.name], column_default(col).sql
+        if current is not None and current.startswith("nextval("):
+            continue
+        q = quote_pg_ident(col.name)
+        if want is None:
+            if current is not None:
+                await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} DROP DEFAULT")
+        elif current is None or current != await _printed_default(conn, had.type_name, want):
+            await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} SET DEFAULT {want}")
+
+
+async def _printed_default(conn: asyncpg.Connection, type_name: str, default: str) -> str | None:
+    """`default` as Postgres prints a column's DEFAULT (pg_get_expr), for a column of
+    `type_name`: a temporary table's column takes it and says it."""
+    await conn.execute("DROP TABLE IF EXISTS pg_temp._syncd_default")
+    await run_ddl(conn, f"CREATE TEMP TABLE _syncd_default (c {type_name} DEFAULT {default}) ON COMMIT DROP")
+    return await conn.fetchval("SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
+                               "WHERE d.adrelid = 'pg_temp._syncd_default'::regclass")
 
 
 async def _match_kept(conn: asyncpg.Connection, table: str, rowid: str, kept: list[str], carried: list[str]) -> None:
