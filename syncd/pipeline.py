@@ -28,7 +28,8 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import CheckpointConflict, DirectionChanged, SourceLocked
 from syncd.postgres.target import UnsupportedTarget
 from syncd.postgres.connect import (CannotConnect, PostgresUnavailable, describe, is_transient, lock_given_up,
-                                    plan_outdated, privilege_refused, sqlstate, statement_cancelled)
+                                    plan_outdated, privilege_refused, short_of_resource, sqlstate,
+                                    statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.pruner import Pruner
 from syncd.reconcile import SameFileAsAnotherSource, install_capture, reconcile
@@ -449,7 +450,8 @@ class Pipeline:
         self.cannot_connect = isinstance(exc, CannotConnect)
         self.session.drop_postgres()
         # Postgres answered and refused the role (a password rotated): said so, retried as an outage is.
-        health, what = outage(exc, self.settings.dsn_for(self.source), f"Postgres unreachable: {why or describe(exc)}")
+        health, what = outage(exc, self.settings.dsn_for(self.source),
+                              short_of_resource(exc) or f"Postgres unreachable: {why or describe(exc)}")
         self._enter(health, f"{what}; retrying with backoff, changes stay captured in SQLite", kind="postgres",
                     level="warning")
 

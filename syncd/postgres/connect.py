@@ -130,6 +130,17 @@ def statement_cancelled(exc: BaseException, dsn: str | None, timeout_seconds: fl
             "server); tried again")
 
 
+def short_of_resource(exc: BaseException) -> str | None:
+    """Postgres's refusal of a write for want of a resource (SQLSTATE class 53: its disk
+    full, its memory) as one line saying so, or None. Still an outage to syncd (retried,
+    syncd_postgres_up 0, so SyncdPostgresDown fires), but what to mend is the server's
+    disk, not the network: it is not called unreachable."""
+    if isinstance(exc, CannotConnect) or not (sqlstate(exc) or "").startswith("53"):
+        return None
+    return (f"Postgres answers but is short of a resource (its disk, its memory, a limit of its configuration): "
+            f"{describe(exc)}")
+
+
 LOCK_NOT_AVAILABLE = "55P03"
 
 
