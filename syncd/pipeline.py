@@ -88,6 +88,9 @@ def lock_met(locked_since: float | None, path, exc: BaseException, waiting: str)
 class Pipeline:
     direction = TO_POSTGRES  # which way this pipeline carries changes (the way back: reverse/pipeline.py)
     cannot_connect = False  # its last outage a connection not opened (not a statement failing on one)
+    # Its last outage Postgres refusing writes for want of a resource (its disk full): a
+    # new connection proves nothing, only a step that goes through ends it.
+    writes_refused = False
 
     def __init__(self, settings: Settings, source: SourceSettings, target: Target | None = None):
         self.settings = settings
@@ -448,10 +451,12 @@ class Pipeline:
     def _pg_down(self, exc: BaseException, why: str | None = None) -> None:
         self.pg_ok = False
         self.cannot_connect = isinstance(exc, CannotConnect)
+        short = short_of_resource(exc)
+        self.writes_refused = short is not None
         self.session.drop_postgres()
         # Postgres answered and refused the role (a password rotated): said so, retried as an outage is.
         health, what = outage(exc, self.settings.dsn_for(self.source),
-                              short_of_resource(exc) or f"Postgres unreachable: {why or describe(exc)}")
+                              short or f"Postgres unreachable: {why or describe(exc)}")
         self._enter(health, f"{what}; retrying with backoff, changes stay captured in SQLite", kind="postgres",
                     level="warning")
 
@@ -479,6 +484,7 @@ class Pipeline:
             self.session.info(f"recovered: {what}", event="recovered")
         if self.pg_ok is not True:
             self.pg_ok = True
+        self.writes_refused = False
         self._last_error = None
 
     # --- one step --------------------------------------------------------------------
@@ -557,7 +563,7 @@ class Pipeline:
             self.captured_once = True
         if await s.connect_postgres(lock=True):
             self.needs_reconcile = True
-            if self.health in (POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED):
+            if self.health in (POSTGRES_DOWN, POSTGRES_LOGIN_REFUSED) and not self.writes_refused:
                 # Postgres answered, taking the source's lock again (an outage let it go): said
                 # now, not only once a step goes through, which a lock on the file may hold up.
                 self._recovered()

@@ -527,8 +527,8 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
             elif st.state == "postgres_login_refused":  # the daemon's own name: status's one for a role refused
                 st.state = "postgres_refused"
                 st.daemon_detail = mine.get("detail") or None
-        if st.state in ("failing", "file_locked"):
-            st.daemon_detail = mine.get("detail") or None
+        if st.state in ("failing", "file_locked", "postgres_unreachable"):
+            st.daemon_detail = mine.get("detail") or None  # an outage's: what the daemon's writes met
     else:
         silent = unanswered(settings.metrics)
         if live is None and st.daemon_running and silent.startswith("the endpoint"):
