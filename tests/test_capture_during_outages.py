@@ -329,6 +329,7 @@ async def test_a_batch_whose_commit_reply_was_lost_is_not_compacted_away(outage,
         for i in range(5):
             conn.execute("UPDATE hot SET n = ? WHERE id = 1", (i,))
         wait_for(proxy.reply_lost.is_set, 30, "a batch's commit whose reply is lost", d)
+        proxy.refuse()  # Postgres gone: the daemon's other connections too (its lock's, the pool's)
         d.wait_log("Postgres unreachable")
         for start in range(0, 20_000, 100):  # one key over and over: compaction brings it under the cap
             conn.execute("BEGIN")
