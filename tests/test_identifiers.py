@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import asyncpg
@@ -85,3 +86,42 @@ async def test_tables_named_as_postgres_names_a_tables_key_index_and_sequence(tm
         assert await compare_keyless(str(db), pg_dsn, "app", t) == [], t
     r = run_cli(cfg, "verify")
     assert r.returncode == 0 and "6 of 6 table(s) equal" in r.stdout, r.stdout + r.stderr
+
+
+async def test_an_index_named_as_postgres_names_a_tables_identity_sequence(tmp_path, make_config, pg_dsn):
+    """Postgres names the identity sequence of syncd's table "orders" (its INTEGER PRIMARY
+    KEY `id`) `orders_id_seq`, and a long table's `<table cut short>_<column>_seq`, in the
+    namespace indexes share. A SQLite index of such a name is built all the same, under a
+    name of its own, and no one is told syncd did not create the sequence."""
+    long_table = "t" * 58
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT)")
+    conn.execute("CREATE INDEX orders_id_seq ON orders (customer)")
+    conn.execute(f"CREATE TABLE {long_table} (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute(f"CREATE UNIQUE INDEX {long_table[:56]}_id_seq ON {long_table} (v)")
+    conn.execute("INSERT INTO orders VALUES (1, 'ada')")
+    conn.execute(f"INSERT INTO {long_table} VALUES (1, 'x')")
+    cfg = make_config([{"name": "app", "path": str(db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            async def built() -> list:
+                return sorted(tuple(r) for r in await pg.fetch(
+                    "SELECT t.relname::text, a.attname::text, x.indisunique FROM pg_index x "
+                    "JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+                    "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0] "
+                    "JOIN pg_class i ON i.oid = x.indexrelid "  # syncd's own lookup indexes aside
+                    "WHERE n.nspname = 'app' AND NOT x.indisprimary AND i.relname NOT LIKE '\\_syncd\\_%'"))
+
+            deadline = asyncio.get_running_loop().time() + 30
+            while await built() != [("orders", "customer", False), (long_table, "v", True)]:
+                assert asyncio.get_running_loop().time() < deadline, (await built(), d.log()[-3000:])
+                await asyncio.sleep(0.2)
+        finally:
+            await pg.close()
+        assert d.stop() == 0
+        log = d.log()
+    assert "did not create" not in log and "not created" not in log, log[-3000:]

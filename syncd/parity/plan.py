@@ -29,6 +29,7 @@ from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_pg_ident
 from syncd.model import TableSpec
 from syncd.parity import dates, numbers
 from syncd.parity.objects import ForeignKey, Index, SourceObjects
+from syncd.postgres.ddl import identity_column
 from syncd.printable import shorten, text_repr
 from syncd.types import PgType, pg_default
 
@@ -141,12 +142,30 @@ def _fit(name: str) -> str:
     return f"{head}_{digest}"
 
 
+def _named_by_postgres(table: str, column: str | None, label: str) -> str:
+    """The name Postgres gives an object it makes for a table (its makeObjectName): the
+    primary key's index `<table>_pkey`, an identity's sequence `<table>_<column>_seq`,
+    the longer of table and column cut short until it fits in 63 bytes."""
+    one, two = table.encode("utf-8"), (column or "").encode("utf-8")
+    room = PG_MAX_IDENTIFIER_BYTES - len(label) - 1 - (1 if column is not None else 0)
+    n1, n2 = len(one), len(two)
+    while n1 + n2 > room:
+        if n1 > n2:
+            n1 -= 1
+        else:
+            n2 -= 1
+    parts = [one[:n1].decode("utf-8", "ignore")] + ([two[:n2].decode("utf-8", "ignore")] if column is not None else [])
+    return "_".join([*parts, label])
+
+
 class Names:
     """Postgres names for the objects of one schema, none used twice and none taken by
-    a table or a primary key's index."""
+    a table, a primary key's index or an identity's sequence."""
 
-    def __init__(self, tables: list[str]):
-        self.taken = set(tables) | {_fit(f"{t}_pkey") for t in tables}
+    def __init__(self, tables: list[str], identities: dict[str, str] | None = None):
+        self.taken = (set(tables) | {_fit(f"{t}_pkey") for t in tables}
+                      | {_named_by_postgres(t, None, "pkey") for t in tables}
+                      | {_named_by_postgres(t, c, "seq") for t, c in (identities or {}).items()})
 
     def claim(self, wanted: str) -> str:
         name = _fit(wanted)
@@ -178,7 +197,8 @@ def plan_source(schema: str, specs: dict[str, TableSpec], objects: SourceObjects
     typed-column audits (dates.ColumnAudit.verdict) per (table, column); without them,
     typed columns are planned from the declared types only (`syncd schema` shows that)."""
     plan = SourcePlan(schema)
-    names = Names(list(specs) + [v.name for v in objects.views])
+    names = Names(list(specs) + [v.name for v in objects.views],
+                  {t: c for t, spec in specs.items() if (c := identity_column(spec)) is not None})
     for tname, spec in specs.items():
         obj = objects.table(tname)
         if obj.problem:
