@@ -244,6 +244,10 @@ async def rehearse(settings: Settings, source: SourceSettings, *, allow_orphans:
             res.problems.append(f'the rehearsal\'s schema name "{schema}" is longer than Postgres\'s 63 bytes; '
                                 "rehearse with a shorter schema for the source")
             return res
+        if len(bk_schema.encode()) > 63:
+            res.problems.append(f'the rehearsal\'s bookkeeping schema name "{bk_schema}" is longer than Postgres\'s '
+                                "63 bytes; rehearse with a shorter [postgres] bookkeeping_schema")
+            return res
         try:
             await _leftovers(conn, schema, bk_schema)
         except RehearsalFailed as e:  # nothing of the rehearsal's own there to clean up: touch nothing

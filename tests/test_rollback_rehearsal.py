@@ -260,3 +260,17 @@ async def test_a_rehearsal_of_another_file_is_not_one_of_this_source(app_db, mak
     assert not item["ok"], item
     problem = next(p for p in item["problems"] if p.startswith("app: the last rehearsal"))
     assert f"copied another file ({staging}), not {app_db}" in problem and "syncd rehearse" in problem, problem
+
+
+async def test_a_bookkeeping_schema_too_long_for_the_rehearsals_own_is_said(app_db, make_config, pg_dsn, tmp_path):
+    """The rehearsal keeps its bookkeeping in [postgres] bookkeeping_schema + "_rehearsal":
+    a bookkeeping schema a few bytes short of Postgres's 63 makes that name too long. The
+    rehearsal fails with one line saying so, not a traceback, and makes nothing."""
+    make_app(app_db)
+    cfg = make_config([{"name": "app", "path": str(app_db)}], sections={"postgres": {"bookkeeping_schema": "b" * 60}})
+    before_schemas = await schemas(pg_dsn)
+    out = run_cli(cfg, "rehearse", timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert f'"{"b" * 60}_rehearsal" is longer than' in out.stdout, out.stdout + out.stderr
+    assert await schemas(pg_dsn) - before_schemas <= {"b" * 60}  # syncd's own bookkeeping, nothing of the rehearsal's
