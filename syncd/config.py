@@ -74,6 +74,9 @@ def _meant_userinfo(rest: str) -> str | None:
     return rest[:at]
 
 
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify_ca", "verify_full")  # asyncpg's, '-' read as '_'
+
+
 def check_dsn(dsn: str) -> str:
     """A postgresql:// URL every client reads the same way. The messages never quote
     the DSN: it may hold a password."""
@@ -98,11 +101,14 @@ def check_dsn(dsn: str) -> str:
     query = rest.split("#", 1)[0].split("?", 1)[1] if "?" in rest.split("#", 1)[0] else ""
     if query:
         try:  # what asyncpg does with the query: a part it cannot read fails every connection
-            parse_qs(query, strict_parsing=True)
+            params = parse_qs(query, strict_parsing=True)
         except ValueError:
             raise ValueError("its query (after '?') is not key=value pairs joined by '&'; a '?' in the user name or "
                              "password must be percent-encoded as %3F (or leave the password out and set "
                              "SYNCD_POSTGRES__PASSWORD)") from None
+        # asyncpg takes the last sslmode given, and refuses every connection with one it does not know.
+        if "sslmode" in params and params["sslmode"][-1].replace("-", "_") not in SSL_MODES:
+            raise ValueError("its sslmode is not one of disable, allow, prefer, require, verify-ca, verify-full")
     if any(c in dsn for c in "\r\n\t"):
         raise ValueError("holds a line break or tab; percent-encode it (%0A, %0D, %09)")
     if "\x00" in dsn or "%00" in dsn:  # Postgres's startup message ends each name and value at a NUL

@@ -98,6 +98,10 @@ def test_password_from_a_credentials_directory(tmp_path, monkeypatch):
          "postgres.bookkeeping_schema: holds a NUL character"),
         (GOOD.replace("/synapse", "/syn\\u0000apse"), "postgres.dsn: holds a NUL character"),
         (GOOD.replace("/synapse", "/syn%00apse"), "postgres.dsn: holds a NUL character"),
+        # asyncpg refuses every connection with it: not "Postgres unreachable" for ever
+        (GOOD.replace("/synapse", "/synapse?sslmode=required"), "postgres.dsn: its sslmode is not one of"),
+        (GOOD.replace("/synapse", "/synapse?target_session_attrs=primary&sslmode=verify"),
+         "postgres.dsn: its sslmode is not one of"),
         ("[postgres\n", "config"),
         ("[[sources]]\nname = 'a'\npath = 'a.db'\n", "postgres: required key is missing"),
     ],
@@ -107,6 +111,12 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
         load_settings(write(tmp_path, text))
     assert expected in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("mode", ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"])
+def test_every_sslmode_clients_know_is_taken(tmp_path, mode):
+    s = load_settings(write(tmp_path, GOOD.replace("/synapse", f"/synapse?sslmode={mode}")))
+    assert s.postgres.dsn.endswith(f"sslmode={mode}")
 
 
 def test_cli_exit_code_2_and_no_password_echoed(tmp_path):
