@@ -9,6 +9,7 @@ other's tables.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import asyncpg
@@ -167,3 +168,33 @@ async def test_a_schema_another_session_creates_meanwhile_is_taken_as_there(tmp_
         await other.close()
     assert proc.returncode == 0 and "Traceback" not in out + err, out + err
     assert "capture installed on 1 table(s)" in out, out
+
+
+async def test_an_index_name_another_source_of_the_schema_holds_is_said_so(tmp_path, pg_dsn):
+    """SQLite index names are each file's own: two files replicated into one schema may both
+    have an `idx_v`. Postgres holds one; the other source's is not created, and the reason
+    names the source whose index holds the name, not "an object syncd did not create"."""
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    _app(a, ("users",))
+    _app(b, ("orders",))
+    for path, table in ((a, "users"), (b, "orders")):
+        conn = sqlite3.connect(path)
+        conn.execute(f"CREATE INDEX idx_v ON {table} (v)")
+        conn.commit()
+        conn.close()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "a", "path": str(a), "schema": "shared"},
+                                                          {"name": "b", "path": str(b), "schema": "shared"}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(a, pg_dsn, "a", daemon=d)
+        await wait_caught_up(b, pg_dsn, "b", daemon=d)
+        for _ in range(300):
+            if "not created:" in d.log():
+                break
+            await asyncio.sleep(0.1)
+        assert d.stop() == 0
+        log = d.log()
+    line = next((ln for ln in log.splitlines() if "not created:" in ln), None)
+    assert line is not None, log[-3000:]
+    holder = "a" if "source=b " in line else "b"
+    assert f'the name "idx_v" is taken in Postgres by source {holder}\'s index' in line, line
+    assert "did not create" not in log, log[-3000:]

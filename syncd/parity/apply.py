@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -111,6 +112,17 @@ async def read_pg_objects(conn: asyncpg.Connection, schema: str) -> dict[tuple[s
             "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1", schema):
         out[("constraint", r[1], r[0])] = PgObject("constraint", r[0], r[1], r[3], r[2])
     return out
+
+
+def _name_taken(name: str, existing: PgObject) -> str:
+    """Why an object syncd plans cannot be made under `name`: another source replicating
+    into the same schema made one of that name (SQLite index names are each file's own),
+    or someone else did."""
+    other = re.match(rf"{re.escape(MARK)} \S+ \S+ \[([^\]]+)\]: ", existing.comment or "")
+    if other is not None:
+        return (f'the name "{name}" is taken in Postgres by source {other.group(1)}\'s {existing.kind} (both '
+                "replicate into this schema); rename one of the two in SQLite, or give one source a schema of its own")
+    return f'the name "{name}" is taken in Postgres by an object syncd did not create'
 
 
 def _key(item: Item) -> tuple[str, str | None, str]:
@@ -235,9 +247,7 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
         existing = have.get(key) or have.get(("relation", None, key[2]))
         if existing is not None:
             if not existing.owned_by(source):
-                report.failed.append((f"{item.table}: {item.what}",
-                                      f'the name "{item.name}" is taken in Postgres by an object syncd did not '
-                                      "create", None, None))
+                report.failed.append((f"{item.table}: {item.what}", _name_taken(item.name or "", existing), None, None))
             continue
         memo = (source, item.name or "", marker)
         if _retry_at.get(memo, 0.0) > time.monotonic():
@@ -689,8 +699,7 @@ async def _missing_indexes(conn: asyncpg.Connection, source: str, schema: str, p
             continue
         if existing is not None and not existing.owned_by(source):
             result.not_created.append(Outcome(item.kind, item.table, item.what, item.name,
-                                              f'the name "{item.name}" is taken in Postgres by an object syncd '
-                                              "did not create"))
+                                              _name_taken(item.name, existing)))
             continue
         stmts = ([_drop_sql(schema, existing)] if existing is not None else []) + list(item.dual_write)
         try:
@@ -721,8 +730,7 @@ async def _create(conn: asyncpg.Connection, source: str, schema: str, item: Item
         if existing is not None:
             if not existing.owned_by(source):
                 result.not_created.append(Outcome(item.kind, item.table, item.what, item.name,
-                                                  f'the name "{item.name}" is taken in Postgres by an object syncd '
-                                                  "did not create"))
+                                                  _name_taken(item.name, existing)))
                 return
             stmts = [_drop_sql(schema, existing), *stmts]
     try:
