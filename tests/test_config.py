@@ -363,3 +363,65 @@ def test_a_config_file_saved_as_utf16_is_said_so(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
     assert r.stderr.startswith(f"syncd: config {cfg}: ") and "UTF-16" in r.stderr and "codec" not in r.stderr, \
         r.stderr
+
+
+@pytest.fixture(scope="module")
+def password_server(tmp_path_factory):
+    """A private server that wants a password over TCP (scram-sha-256): 'right'."""
+    import asyncio
+    import shutil
+
+    import asyncpg
+
+    from tests.support.pgcluster import Cluster, with_database
+
+    c = Cluster.create()
+    c.start()
+    try:
+        async def setup():
+            conn = await asyncpg.connect(c.dsn)
+            await conn.execute("ALTER ROLE postgres PASSWORD 'right'")
+            await conn.execute("CREATE DATABASE target")
+            await conn.close()
+        asyncio.run(setup())
+        hba = c.datadir / "pg_hba.conf"
+        hba.write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+        if c.owner:
+            shutil.chown(hba, c.owner)
+        c.stop()
+        c.start()
+        yield with_database(c.dsn, "target")
+    finally:
+        c.destroy()
+
+
+@pytest.mark.parametrize("where, works", [
+    ({"toml": "right", "PGPASSWORD": "wrong", "pgpass": "wrong"}, True),   # the TOML's over libpq's
+    ({"toml": "wrong", "SYNCD_POSTGRES__PASSWORD": "right"}, True),      # the environment's over the TOML's
+    ({"toml": "right", "dsn": "wrong"}, True),                           # the TOML's over the DSN's own
+    ({"dsn": "right", "PGPASSWORD": "wrong"}, True),                     # the DSN's over libpq's
+    ({"PGPASSWORD": "right", "pgpass": "wrong"}, True),                  # PGPASSWORD over ~/.pgpass
+    ({"pgpass": "right"}, True),
+    ({"toml": "wrong", "PGPASSWORD": "right", "pgpass": "right"}, False),
+], ids=lambda v: "-".join(v) if isinstance(v, dict) else str(v))
+def test_the_password_is_taken_in_the_documented_order(password_server, tmp_path, monkeypatch, where, works):
+    """docs/operations.md, "Credentials": where syncd takes the Postgres password from,
+    in order; a place higher in the list wins over every one below it."""
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "app.db").execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    dsn = password_server
+    if "dsn" in where:
+        dsn = dsn.replace("postgresql://postgres@", f"postgresql://postgres:{where['dsn']}@")
+    cfg = f'[postgres]\ndsn = "{dsn}"\n' + (f'password = "{where["toml"]}"\n' if "toml" in where else "")
+    cfg += '[metrics]\nlisten = ""\n[[sources]]\nname = "app"\npath = "app.db"\n'
+    home = tmp_path / "home"
+    home.mkdir()
+    if "pgpass" in where:
+        (home / ".pgpass").write_text(f"*:*:*:postgres:{where['pgpass']}\n")
+        (home / ".pgpass").chmod(0o600)
+    for name in ("PGPASSWORD", "PGPASSFILE", "SYNCD_POSTGRES__PASSWORD", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    env = {"HOME": str(home), **{k: v for k, v in where.items() if k.isupper()}}
+    r = run_cli(write(tmp_path, cfg), "init", env=env)
+    assert (r.returncode == 0) == works, r.stdout + r.stderr

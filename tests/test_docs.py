@@ -98,3 +98,14 @@ def test_config_example_lists_every_setting_with_its_default():
                         f"[{section}] {key} = {shown[key]!r}: its default is {setting.default!r}"
             else:
                 assert re.search(rf"^# *{key}\b", body, re.M), f"[{section}] {key} is not in config.example.toml"
+
+
+def test_the_credentials_section_lists_the_password_places_in_the_order_syncd_takes_them():
+    """operations.md's "Credentials" list is syncd's order, first place first
+    (tests/test_config.py's test_the_password_is_taken_in_the_documented_order runs it)."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    listed = re.search(r"## Credentials\n.*?\n\n(1\. .*?)\n\n", text, re.S).group(1)
+    places = ["SYNCD_POSTGRES__PASSWORD", "$CREDENTIALS_DIRECTORY/postgres__password", "[postgres] password",
+              "the DSN's own password", "PGPASSWORD", "~/.pgpass"]
+    at = [listed.find(p) for p in places]
+    assert -1 not in at and at == sorted(at), dict(zip(places, at))
