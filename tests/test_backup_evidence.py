@@ -15,6 +15,7 @@ from syncd.report.backups import find_backups, live_identity
 from syncd.report.checklist import backup
 from syncd.report.facts import MigrationFacts, SourceFacts
 from syncd.sqlite import capture
+from tests.test_file_permissions import portable_syncd  # noqa: F401 - a fixture
 
 SCHEMAS = {
     "sales": "CREATE TABLE deals (id INTEGER PRIMARY KEY, amount REAL); CREATE TABLE contacts (id INTEGER PRIMARY KEY);"
@@ -177,3 +178,45 @@ def test_another_sources_live_file_is_no_backup_and_a_long_list_is_cut_short(tmp
     item = backup(MigrationFacts(now, None, sources, [], 14, 30, 3600, "data/*.db", 30))
     sales = next(line for line in item.problems if line.startswith("sales:"))
     assert sales.endswith(" and 5 more"), sales  # ten files not counted: five named
+
+
+def test_a_backup_folder_syncd_may_not_read_is_named_not_taken_for_no_backup(tmp_path, portable_syncd):
+    """The runbook's nightly job makes its folder as root (`install -d -m 0750`): the daemon's
+    status page and a report run as syncd's user could not list it and said "no backup
+    matches" beside a fresh backup. Now the item names the folder syncd may not read."""
+    import inspect
+    import json
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from tests.test_file_permissions import SYNCD_GID, SYNCD_UID, SYSTEM_PYTHON
+
+    base = Path(tempfile.mkdtemp(prefix="syncd-backups-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        make_source(base / "sales.db", "sales", installed=True)
+        os.chmod(base / "sales.db", 0o644)
+        (base / "backups").mkdir(mode=0o750)  # root's, as `install -d -m 0750` as root makes it
+        take_backup(base / "sales.db", base / "backups" / "sales-nightly.db", 1)
+        item, _ = judged(base, "backups/{source}-*.db", names=("sales",))
+        assert item.ok, item.problems  # root reads it: the backup counts
+        script = ("import json, sys; from pathlib import Path; from tests_judged import judged; "
+                  "print(json.dumps(judged(Path(sys.argv[1]), 'backups/{source}-*.db', names=('sales',))[0].problems))")
+        (base / "tests_judged.py").write_text(
+            "import datetime as dt\n"
+            "from syncd.report.backups import find_backups, live_identity\n"
+            "from syncd.report.checklist import backup\n"
+            "from syncd.report.facts import MigrationFacts, SourceFacts\n"
+            + "\n\n" + inspect.getsource(judged))
+        os.chmod(base / "tests_judged.py", 0o644)
+        r = subprocess.run([SYSTEM_PYTHON, "-c", script, str(base)], user=SYNCD_UID, group=SYNCD_GID, extra_groups=[],
+                           capture_output=True, text=True, timeout=60, cwd=base,
+                           env={"PYTHONPATH": f"{portable_syncd}:{base}", "HOME": str(base)})
+        assert r.returncode == 0, r.stderr
+        problems = json.loads(r.stdout)
+        assert len(problems) == 1 and problems[0].startswith("sales: "), problems
+        assert "no backup matches" not in problems[0], problems
+        assert f"{base}/backups" in problems[0] and "may not read" in problems[0], problems
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import os
+import pwd
 import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class BackupFacts:
     oldest_age_days: float | None
     not_counted: list[str] = field(default_factory=list)  # matched, yet no backup of this source, and why
     others: int = 0  # matched a pattern without {source}: plainly other sources' backups (not listed)
+    unreadable: str | None = None  # the pattern's folder, which this user may not list: why nothing matched
 
 
 # (realpath, mtime_ns, size) -> identity, the least recently used dropped past IDENTITIES_KEPT
@@ -199,11 +201,33 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
         else:
             files.append((st.st_mtime, st.st_size, p))
     if not files:
-        return BackupFacts(full, 0, None, None, None, None, None, not_counted, others)
+        return BackupFacts(full, 0, None, None, None, None, None, not_counted, others, _unreadable(full))
     files.sort()
     mtime, size, newest = files[-1]
     age = lambda t: (now.timestamp() - t) / 86400  # noqa: E731
     return BackupFacts(full, len(files), newest, age(mtime), size, _is_sqlite(newest), age(files[0][0]), not_counted, others)
+
+
+def _unreadable(pattern: str) -> str | None:
+    """The folder of `pattern` (its part before any wildcard), said when this process may
+    not list it, nor enter a folder above it: glob then finds nothing there, which is no
+    evidence that no backup exists."""
+    parts = Path(pattern).parts[:-1]
+    for i in range(1, len(parts) + 1):
+        if glob.has_magic(parts[i - 1]):
+            break
+        folder = os.path.join(*parts[:i])
+        if not os.path.isdir(folder):
+            return None
+        last = i == len(parts) or glob.has_magic(parts[i])
+        if not os.access(folder, os.R_OK | os.X_OK if last else os.X_OK):
+            try:
+                user = pwd.getpwuid(os.geteuid()).pw_name
+            except KeyError:
+                user = f"uid {os.geteuid()}"
+            return (f"syncd may not read the folder {folder} (running as {user}), so it sees no backup there: "
+                    "let it read the folder (its group, or its mode)")
+    return None
 
 
 def _damaged(path: str, size: int) -> str | None:

@@ -367,6 +367,9 @@ def backup(f: MigrationFacts) -> CheckItem:
         skipped = f"; not counted: {_some(b.not_counted)}" if b is not None and b.not_counted else ""
         if b is not None and b.others:
             skipped += f"; {b.others} other file(s) matched hold other sources' backups"
+        if b is not None and b.count == 0 and b.unreadable:
+            bad.append(f"{s.name}: {b.unreadable}{skipped}")
+            continue
         if b is None or b.count == 0:
             bad.append(f"{s.name}: no backup matches {b.pattern if b else f.backup_glob}{skipped}")
             continue
