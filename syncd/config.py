@@ -679,6 +679,8 @@ def _problem(error: dict, path: Path) -> tuple[str, str]:
     credential = _credential_file(loc)
     if credential is not None:
         return f"credential file {credential} (over config {path})", msg
+    if not loc and re.match(r"[a-z_]+(\[\d+\])?(\.[a-z_]+)*: ", msg):
+        return f"config {path}", msg  # a problem between keys, said naming the key at fault first
     return f"config {path}", f"{where}: {msg}"
 
 

@@ -119,6 +119,19 @@ def test_every_sslmode_clients_know_is_taken(tmp_path, mode):
     assert s.postgres.dsn.endswith(f"sslmode={mode}")
 
 
+@pytest.mark.parametrize("text, key", [
+    (GOOD + '\n[[sources]]\nname = "sales"\npath = "b.db"\n', "sources[1].name"),
+    (GOOD.replace('name = "sales"', 'name = "sales"\nschema = "syncd"'), "sources[0].schema"),
+])
+def test_a_problem_between_keys_is_named_by_its_key_not_as_the_top_level(tmp_path, text, key):
+    """The line names the key at fault first, as every other problem's does: it read
+    "config syncd.toml: (top level): sources[1].name: duplicate source name 'sales'"."""
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, text))
+    assert str(e.value).startswith(f"config {tmp_path / 'syncd.toml'}: {key}: "), str(e.value)
+    assert "(top level)" not in str(e.value)
+
+
 def test_cli_exit_code_2_and_no_password_echoed(tmp_path):
     cfg = write(tmp_path, GOOD.replace("syncd@", "syncd:hunter2@") + "\n[bogus]\n")
     r = run_cli(cfg, "init")
