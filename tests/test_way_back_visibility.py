@@ -129,6 +129,8 @@ async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_p
         status = run_cli(cfg, "status")
         assert "a rollback is no longer possible" in status.stdout
         assert status.stdout.splitlines()[1].split()[:4] == ["app", "cut", "over", "none"], status.stdout  # FLOW
+        # TABLES: nothing flows any more, so none of them is "streaming"
+        assert "streaming" not in status.stdout.splitlines()[1] and "2 not followed" in status.stdout, status.stdout
         assert "Rollback no longer possible" in run_cli(cfg, "report").stdout
 
 

@@ -179,6 +179,8 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
         for t in st.tables:
             counts[t.state] = counts.get(t.state, 0) + 1
         tables = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-"
+        if st.way_back_ended and st.tables:
+            tables = f"{len(st.tables)} not followed"  # nothing flows any more: none of them streams
         lag = "-" if st.lag_seconds is None else f"{st.lag_seconds:.1f}s"
         pending = "-" if st.pending_changes is None else str(st.pending_changes)
         flow = ("none" if st.way_back_ended else "to sqlite") if st.direction == TO_SQLITE else "to postgres"
