@@ -261,7 +261,7 @@ async def preflight(settings: Settings, source: SourceSettings, allow_orphans: b
     from syncd.report import evaluate, gather
 
     one = settings.model_copy(update={"sources": [source]})
-    facts = await gather(one)
+    facts = await gather(one, peers=settings.sources)
     for s in facts.sources:
         # Changes waiting with no daemon to apply them are no reason to refuse: the switch
         # freezes the file and drains them itself (the report still calls the source behind).

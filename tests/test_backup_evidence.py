@@ -220,3 +220,30 @@ def test_a_backup_folder_syncd_may_not_read_is_named_not_taken_for_no_backup(tmp
         assert f"{base}/backups" in problems[0] and "may not read" in problems[0], problems
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_report_or_cutover_of_one_source_tells_its_backups_from_the_other_sources(tmp_path, make_config):
+    """`syncd report --source` and `syncd cutover` judge one source, yet the files the
+    pattern matches are told apart by every source configured: crm's nightly backup, in
+    the folder both share, is no backup of sales, whose own job never ran."""
+    import json
+
+    from tests.support.daemon import run_cli
+
+    sources_and_folder(tmp_path, ("sales", "crm"))
+    take_backup(tmp_path / "crm.db", tmp_path / "backups" / "nightly-crm.db", 1)
+    cfg = make_config([{"name": n, "path": str(tmp_path / f"{n}.db")} for n in ("sales", "crm")],
+                      extra='[cutover]\nbackup_glob = "backups/*.db"\n')
+
+    def backup_item(*args: str) -> dict:
+        out = run_cli(cfg, "report", "--format", "json", *args)
+        assert out.returncode in (0, 1), out.stderr
+        return next(i for i in json.loads(out.stdout)["checklist"] if i["key"] == "backup")
+
+    whole = backup_item()
+    assert any(p.startswith("sales: no backup matches") for p in whole["problems"]), whole
+    alone = backup_item("--source", "sales")
+    assert not alone["ok"] and alone["problems"] == [p for p in whole["problems"] if p.startswith("sales:")], alone
+    assert run_cli(cfg, "init").returncode == 0
+    out = run_cli(cfg, "cutover", "--dry-run", "--source", "sales")
+    assert "A recent SQLite backup exists" in out.stdout and "sales: no backup matches" in out.stdout, out.stdout

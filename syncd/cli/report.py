@@ -8,7 +8,7 @@ import asyncio
 
 from syncd.cli import common
 from syncd.endpoint_client import fetch_json
-from syncd.config import Settings
+from syncd.config import Settings, SourceSettings
 from syncd.page.history import HistoryView
 from syncd.postgres.connect import PostgresUnavailable, describe, postgres_lost
 from syncd.redact import scrub
@@ -43,12 +43,13 @@ def main(args) -> int:
         # No report without them: the sources of the globs' files that are gone are known
         # from Postgres alone, and it could not be asked (a report without them could say READY).
         return common.fail("\n".join(unknown), 2)
+    peers = settings.sources  # a backup is told apart by every source configured, not only those reported on
     if args.source:
         settings = settings.model_copy(update={"sources": common.selected_sources(settings, args.source)})
     if args.format == "html":
-        return _html(settings)
+        return _html(settings, peers)
     try:
-        facts = asyncio.run(gather(settings))
+        facts = asyncio.run(gather(settings, peers=peers))
     except (PostgresUnavailable, SourceNotMeasured) as e:
         return common.fail(str(e), 2)
     except OSError as e:
@@ -66,8 +67,8 @@ def main(args) -> int:
     return 0 if ready(items) else 1
 
 
-def _html(settings: Settings) -> int:
-    ov = asyncio.run(gather_overview(settings))
+def _html(settings: Settings, peers: list[SourceSettings]) -> int:
+    ov = asyncio.run(gather_overview(settings, peers=peers))
     if ov.facts is None:
         return common.fail(ov.facts_error or "the facts could not be measured", 2)
     print(page(ov, _daemon_history(settings), live=False), end="")

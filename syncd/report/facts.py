@@ -277,13 +277,16 @@ class _Turn:
 
 
 async def gather(settings: Settings, live: dict[str, dict] | None = None,
-                 upgrade_bookkeeping: bool = True, connections: int = REPORT_CONNECTIONS) -> MigrationFacts:
+                 upgrade_bookkeeping: bool = True, connections: int = REPORT_CONNECTIONS,
+                 peers: list[SourceSettings] | None = None) -> MigrationFacts:
     """Measure every source now. `live` is the daemon's per-source /status (the daemon
     passes its own); None asks the daemon's endpoint, if one answers. The daemon passes
     upgrade_bookkeeping=False: it completed the bookkeeping when it started, and the
     DDL's table locks would queue its own writes behind each page refresh. `connections`:
     how many sources of one target database are measured at once, each on a connection
-    of its own (at most [postgres] max_connections)."""
+    of its own (at most [postgres] max_connections). `peers`: every source configured,
+    where `settings` holds only some (`--source`, a cutover's check): each backup is told
+    apart by them all."""
     now = dt.datetime.now(dt.timezone.utc)
     status = live if live is not None else await asyncio.to_thread(_daemon_status, settings)
     conns: dict[str, list[asyncpg.Connection]] = {}  # target DSN -> its connections, the first kept for the history
@@ -355,7 +358,7 @@ async def gather(settings: Settings, live: dict[str, dict] | None = None,
                 dsn = settings.dsn_for(source)
                 await (unmeasured(i, unreachable[dsn]) if dsn in unreachable else one(i, conns[dsn][0]))
         sources = [facts for facts in measured if facts is not None]
-        await asyncio.to_thread(_backups, settings, sources, now)
+        await asyncio.to_thread(_backups, settings, sources, now, peers or settings.sources)
         c = settings.cutover
         window_start = history_window(sources, now, c.min_days)
         runs: list[VerifyRun] = []
@@ -616,14 +619,15 @@ async def _all_or_none(work: list) -> None:
         raise
 
 
-def _backups(settings: Settings, sources: list[SourceFacts], now: dt.datetime) -> None:
-    """Each source's backups, told apart by what the files hold (every source's live
-    file read once)."""
+def _backups(settings: Settings, sources: list[SourceFacts], now: dt.datetime,
+             peers: list[SourceSettings]) -> None:
+    """Each source's backups, told apart by what the files hold (every configured
+    source's live file, `peers`, read once)."""
     if not settings.cutover.backup_glob:
         return
     base = settings.config_path.parent if settings.config_path else Path.cwd()
-    live = {s.name: backups.live_identity(s.path, settings.sqlite.read_busy_timeout_ms) for s in settings.sources}
-    files = {s.name: s.path for s in settings.sources}
+    live = {s.name: backups.live_identity(s.path, settings.sqlite.read_busy_timeout_ms) for s in peers}
+    files = {s.name: s.path for s in peers}
     for facts, source in zip(sources, settings.sources):
         facts.backup = backups.find_backups(settings.cutover.backup_glob, source.name, base, now, source.path, live,
                                             files)

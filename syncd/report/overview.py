@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from syncd import status as health
-from syncd.config import Settings
+from syncd.config import Settings, SourceSettings
 from syncd.postgres.connect import PostgresUnavailable, describe
 from syncd.report.checklist import CheckItem, evaluate
 from syncd.report.facts import REPORT_CONNECTIONS, MigrationFacts, SourceNotMeasured, gather
@@ -29,10 +29,12 @@ class Overview:
     sources: list[str] = field(default_factory=list)  # configured source names, in order
 
 
-async def gather_overview(settings: Settings, live: dict | None = None, row_keys: bool = True) -> Overview:
+async def gather_overview(settings: Settings, live: dict | None = None, row_keys: bool = True,
+                          peers: list[SourceSettings] | None = None) -> Overview:
     """Measure now. `live` is the daemon's own /status document (the daemon passes it);
     None asks the daemon's endpoint, as `syncd status` and `syncd report` do. Without
-    `row_keys` (the served page) no row's key appears, as in `syncd status`."""
+    `row_keys` (the served page) no row's key appears, as in `syncd status`. `peers`: as
+    for report.facts.gather."""
     now = dt.datetime.now(dt.timezone.utc)
     in_daemon = live is not None
     if live is None:
@@ -43,7 +45,7 @@ async def gather_overview(settings: Settings, live: dict | None = None, row_keys
         # The daemon's page measures one source at a time, on one connection per target
         # database, its timings kept for summary.CACHE_SECONDS; `syncd report` several at once.
         facts = await gather(settings, live=(live or {}).get("sources", {}), upgrade_bookkeeping=not in_daemon,
-                             connections=1 if in_daemon else REPORT_CONNECTIONS)
+                             connections=1 if in_daemon else REPORT_CONNECTIONS, peers=peers)
         if not row_keys:
             for s in facts.sources:
                 for o in (s.parity.orphans if s.parity is not None else []):
