@@ -145,6 +145,13 @@ def migrated(f: MigrationFacts) -> CheckItem:
                 rows = f"{lo.rows} row(s)" if lo.rows is not None else "rows"
                 bad.append(f"{s.name}.{lo.name}: {rows} of application data in {lo.why}, not migrated: {lo.todo} "
                            "(or list it in the source's `exclude` once handled)")
+            elif lo.kind == EXCLUDED and lo.name in s.left_in_postgres and s.direction != TO_SQLITE:
+                # Replicated before it was left out: Postgres keeps the rows it had then.
+                bad.append(f"{s.name}.{lo.name}: {_n(lo.rows)} row(s) in SQLite, {_n(s.left_in_postgres[lo.name])} "
+                           "in Postgres, no longer replicated: the source's include/exclude settings leave it out, "
+                           "yet Postgres keeps its copy as it was when syncd stopped following it, and the "
+                           "application would read that copy after the switch: drop the table in Postgres (or "
+                           "replicate it again)")
             elif lo.kind == EXCLUDED and lo.rows:
                 # The operator's choice, not a failure; but "all data" is said with what it leaves out.
                 good.append(f"{s.name}.{lo.name}: {_n(lo.rows)} row(s) not migrated: the source's include/exclude "

@@ -155,6 +155,9 @@ class SourceFacts:
     # The application's database refuses its writes and no switch runs: a cutover or
     # rollback stopped before finishing left its freeze behind. What `syncd status` says of it.
     left_frozen: str | None = None
+    # Tables the configuration leaves out that Postgres still holds (replicated before they
+    # were left out, no longer followed since) -> their rows there.
+    left_in_postgres: dict[str, int] = field(default_factory=dict)
 
     def dual_write_days(self, now: dt.datetime) -> float | None:
         if self.streaming_since is None:
@@ -521,6 +524,17 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             replicated_since=min((t for t in (first_loads.get(name), copied_at) if t is not None), default=None),
         ))
     facts.left_out = side.left_out if side else []
+    # Only syncd's own copies: a table the operator made there (as the left-out entry says to) is theirs.
+    owned = await bk.owners(pg, source.schema) if bk is not None else {}
+    facts.left_in_postgres = {lo.name: pg_counts[lo.name] for lo in facts.left_out
+                              if lo.kind == leftout.EXCLUDED and lo.name in pg_counts
+                              and owned.get(lo.name) == source.name}
+    if facts.direction == TO_POSTGRES:  # not "the application will not find it in Postgres": it would, as it was
+        facts.left_out = [dataclasses.replace(lo, todo="Postgres keeps a copy of it as it was when syncd stopped "
+                                              "following it, which the application would read after the switch: "
+                                              "drop the table in Postgres (or replicate it again)")
+                          if lo.kind == leftout.EXCLUDED and lo.name in facts.left_in_postgres else lo
+                          for lo in facts.left_out]
     if side is not None:
         # The daemon's page measures at most every CACHE_SECONDS; the report every time.
         facts.parity = await summary.gather(settings, source, pg, side.specs, side.views, max_age=parity_max_age,
