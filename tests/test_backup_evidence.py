@@ -247,3 +247,20 @@ def test_a_report_or_cutover_of_one_source_tells_its_backups_from_the_other_sour
     assert run_cli(cfg, "init").returncode == 0
     out = run_cli(cfg, "cutover", "--dry-run", "--source", "sales")
     assert "A recent SQLite backup exists" in out.stdout and "sales: no backup matches" in out.stdout, out.stdout
+
+
+def test_a_hard_link_to_the_live_file_is_no_backup(tmp_path):
+    """A "backup" made with `ln` (or `cp -l`) is the live file under another name: the
+    same data on the same disk, as fresh as the file always. It is not counted, as the
+    live file itself is not, nor is a hard link to another source's live file."""
+    sources_and_folder(tmp_path)
+    os.link(tmp_path / "sales.db", tmp_path / "backups" / "sales-today.db")
+    os.link(tmp_path / "markets.db", tmp_path / "backups" / "markets-today.db")
+    now = dt.datetime.now(dt.timezone.utc)
+    files = {n: tmp_path / f"{n}.db" for n in ("sales", "markets")}
+    live = {n: live_identity(p, 2000) for n, p in files.items()}
+    found = find_backups("backups/{source}-*.db", "sales", tmp_path, now, files["sales"], live, files)
+    assert found.count == 0 and found.not_counted == [f"{tmp_path}/backups/sales-today.db (the live database)"], found
+    found = find_backups("backups/*.db", "sales", tmp_path, now, files["sales"], live, files)
+    assert found.count == 0 and f"{tmp_path}/backups/markets-today.db (the live database of markets)" in \
+        found.not_counted, found

@@ -172,6 +172,7 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
     theirs = {os.path.realpath(path) + s: name for name, path in (live_files or {}).items() if name != source
               for s in ("", "-wal", "-shm", "-journal")}
     files, not_counted, others = [], [], 0
+    links: dict[tuple[int, int], str] | None = None  # the live files' inodes, read once a hard link is met
     for p in sorted(glob.glob(full, recursive=True)):
         try:
             st = os.stat(p)
@@ -180,6 +181,10 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
         if not os.path.isfile(p):
             continue
         real = os.path.realpath(p)
+        if st.st_nlink > 1:  # a hard link (`ln`, `cp -l`) may be a live file under another name: its inode tells
+            if links is None:
+                links = {i: path for path in (*itself, *theirs) if (i := _inode(path)) is not None}
+            real = links.get((st.st_dev, st.st_ino), real)
         if real in itself:
             not_counted.append(f"{p} (the live database)")
         elif real in theirs:
@@ -228,6 +233,14 @@ def _unreadable(pattern: str) -> str | None:
             return (f"syncd may not read the folder {folder} (running as {user}), so it sees no backup there: "
                     "let it read the folder (its group, or its mode)")
     return None
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _damaged(path: str, size: int) -> str | None:
