@@ -195,3 +195,58 @@ def test_a_resync_requested_before_the_file_was_damaged_keeps_the_postgres_copy(
         wait_for(lambda: count() == 2000, 60, "the table loaded again", d)
         assert d.stop() == 0
         assert "Traceback" not in d.log() and "unexpected error" not in d.log(), d.log()
+
+
+@pytest.mark.parametrize("kind", ["not-sqlite", "damaged"])
+def test_a_file_that_cannot_be_opened_holds_no_more_open_files_the_longer_it_waits(tmp_path, make_config, kind):
+    """A fleet's file that is no database (or whose pages were overwritten) is tried
+    again and again while the daemon waits for it: each try leaves nothing open, so the
+    daemon's open files do not grow with the time the file stays bad."""
+    import re
+    import sqlite3
+    import urllib.request
+
+    from tests.support.app import create_items
+    from tests.support.daemon import DaemonProcess, wait_for
+    from tests.support.pgcluster import free_port
+
+    (tmp_path / "t").mkdir()
+    create_items(tmp_path / "t" / "good.db", rows=5)
+    bad = tmp_path / "t" / "bad.db"
+    if kind == "not-sqlite":
+        bad.write_text("not a database, just text long enough for a header page\n" * 20)
+    else:
+        conn = sqlite3.connect(bad)
+        conn.execute("PRAGMA journal_mode=wal")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.commit()
+        conn.close()
+        with open(bad, "r+b") as f:  # the header past its magic string: every open fails
+            f.seek(100)
+            f.write(b"\xff" * 2000)
+    port = free_port()
+    cfg = make_config([{"name": "t_{stem}", "path": str(tmp_path / "t" / "*.db")}],
+                      metrics_listen=f"127.0.0.1:{port}",
+                      sections={"stream": {"discover_interval_seconds": 0.5, "retry_max_backoff_seconds": 0.1}})
+
+    def tries() -> int:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        m = re.search(r'^syncd_retries_total\{source="t_bad"\} (\S+)$', text, re.M)
+        return int(float(m.group(1))) if m else 0
+
+    def open_on_bad(pid: int) -> int:
+        n = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(bad))
+            except OSError:
+                pass
+        return n
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("every table is streaming", 60)
+        wait_for(lambda: tries() >= 5, 60, "five tries of the bad file", d)
+        first = open_on_bad(d.pid)
+        wait_for(lambda: tries() >= 40, 60, "forty tries of the bad file", d)
+        assert open_on_bad(d.pid) <= max(first, 3), (first, open_on_bad(d.pid), tries())
+        assert d.stop() == 0

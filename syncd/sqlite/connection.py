@@ -219,13 +219,13 @@ def open_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
                                timeout=busy_timeout_ms / 1000, cached_statements=STATEMENT_CACHE)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("SELECT count(*) FROM main.sqlite_master").fetchone()
-    except sqlite3.OperationalError as e:
-        if is_busy(e):
-            if conn is not None:
-                conn.close()
-            raise  # the application holds a lock: a reason to wait, not a missing file
-        raise SourceFileError(f"cannot open SQLite file {path}: {e}") from None
     except sqlite3.DatabaseError as e:
+        # Closed here, not left to the cyclic collector (which syncd runs rarely): a file
+        # tried again while it stays bad would hold one more open file at every try.
+        if conn is not None:
+            conn.close()
+        if isinstance(e, sqlite3.OperationalError) and is_busy(e):
+            raise  # the application holds a lock: a reason to wait, not a missing file
         raise SourceFileError(f"cannot open SQLite file {path}: {e}") from None
     return conn
 
