@@ -260,7 +260,9 @@ async def preflight(settings: Settings, source: SourceSettings, allow_orphans: b
     rows are no reason with `allow_orphans`: their foreign keys are made NOT VALID)."""
     from syncd.report import evaluate, gather
 
-    one = settings.model_copy(update={"sources": [source]})
+    # This source's own checklist: a file a glob matches and syncd does not pick up is
+    # another's (the fleet's cutover names it as not cut over), no reason to refuse this one.
+    one = settings.model_copy(update={"sources": [source], "discovery_problems": []})
     facts = await gather(one, peers=settings.sources)
     for s in facts.sources:
         # Changes waiting with no daemon to apply them are no reason to refuse: the switch

@@ -299,3 +299,37 @@ async def test_a_file_archived_after_its_cutover_is_cut_over_already_to_the_flee
             assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "syncd cutover: 3 of 3 source(s) cut over (or already)" in r.stdout, r.stdout[-3000:]
         assert d.stop() == 0
+
+
+async def test_a_file_not_picked_up_holds_back_no_other_tenants_switch(tmp_path, make_config, pg_dsn):
+    """A file the glob matches and syncd does not pick up (a name that makes no source
+    name) holds rows that are nowhere in Postgres: the fleet's cutover names it as not cut
+    over and exits 1, but cuts over every tenant that is ready, and a tenant's own cutover
+    (`--source`) or rehearsal is not about that file at all. Each was refused, every
+    tenant of the fleet, for the one file beside them."""
+    cfg, paths = fleet(tmp_path, make_config, 3)
+    stray = paths[0].parent / "bad name.db"
+    make_tenant(stray)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        for p in paths:
+            await wait_caught_up(p, pg_dsn, f"tenant_{p.stem}", timeout=120, daemon=d)
+        assert run_cli(cfg, "verify", "--source", "tenant_*").returncode == 0
+        backed_up(paths, tmp_path / "backups")
+        rehearsal = run_cli(cfg, "rehearse", "--source", f"tenant_{paths[0].stem}", timeout=300)
+        assert "bad name.db" not in rehearsal.stdout and "REHEARSAL FAILED" not in rehearsal.stdout, \
+            rehearsal.stdout[-3000:]
+        one = run_cli(cfg, "cutover", "--source", f"tenant_{paths[0].stem}", timeout=300)
+        assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+        assert "bad name.db" not in one.stdout, one.stdout[-3000:]
+        rest = run_cli(cfg, "cutover", timeout=300)
+        assert rest.returncode == 1, rest.stdout[-3000:] + rest.stderr[-3000:]
+        assert any(ln.startswith(f"not cut over: {stray}") for ln in rest.stdout.splitlines()), rest.stdout[-3000:]
+        for p in paths[1:]:
+            line = next((ln for ln in rest.stdout.splitlines() if ln.startswith(f"tenant_{p.stem}: ")), "")
+            assert "bad name.db" not in line and "REFUSED" not in line, rest.stdout[-3000:]
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            went = await directions(pg)
+        finally:
+            await pg.close()
+        assert {went[f"tenant_{p.stem}"] for p in paths} == {"to_sqlite"}, went
