@@ -422,6 +422,9 @@ class Daemon:
             if self.reloads_taken != reloads_taken or self.reload_lock.locked():
                 seen = None  # a reload took (or is taking) a new configuration meanwhile: looked at again
                 continue
+            # The files not picked up as of this look, for what judges the fleet (the status
+            # page's checklist): not those of the daemon's start.
+            self.settings = self.settings.model_copy(update={"discovery_problems": list(found.discovery_problems)})
             for source in added:
                 if source.name in self.pipelines or source.name in {s.name for s in self.settings.sources}:
                     continue  # a reload started it meanwhile

@@ -374,3 +374,40 @@ async def test_a_stuck_measurement_never_stalls_the_page_or_the_daemon(tmp_path,
             await locker.close()
         fresh_page(url, time.time())  # measured again once the lock is gone
         assert d.stop() == 0
+
+
+async def test_a_file_not_picked_up_since_the_start_is_on_the_page(tmp_path, make_config, pg_dsn):
+    """A file a glob matches and syncd does not pick up, appearing while the daemon runs
+    (a name that makes no source name): the page's checklist fails its 'migrated' item on
+    it, as `syncd report` does, and once the file is renamed to a name syncd takes the
+    page no longer names it. The page judged the files of the daemon's start (or its last
+    reload): it called a fleet with such a file migrated, and went on naming a file that
+    had been carried for long."""
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+
+    def tenant(path) -> None:
+        c = sqlite3.connect(path)
+        c.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+        c.execute("INSERT INTO items VALUES (1, 'a')")
+        c.commit()
+        c.close()
+
+    tenant(tenants / "acme.db")
+    port = free_port()
+    cfg = make_config([{"name": "t_{stem}", "path": str(tenants / "*.db")}], metrics_listen=f"127.0.0.1:{port}",
+                      sections={"stream": {"discover_interval_seconds": 0.5}, "verify": {"interval_seconds": 0}})
+    url = f"http://127.0.0.1:{port}"
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(tenants / "acme.db", pg_dsn, "t_acme", daemon=d)
+        bad = tenants / "bad name.db"
+        tenant(bad)
+        d.wait_log(f"{bad} (from {tenants / '*.db'}) is not picked up", 30)
+        _text, _headers, p = fresh_page(url, time.time())
+        assert "bad name.db" in p.all_text, p.all_text[-3000:]
+        assert "bad name.db" in run_cli(cfg, "report").stdout  # as the report says
+        bad.rename(tenants / "globex.db")
+        await wait_caught_up(tenants / "globex.db", pg_dsn, "t_globex", daemon=d)
+        _text, _headers, p = fresh_page(url, time.time())
+        assert "bad name.db" not in p.all_text, p.all_text[-3000:]
+        assert d.stop() == 0
