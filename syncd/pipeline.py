@@ -312,7 +312,10 @@ class Pipeline:
             self.step_started = None
 
     async def _sleep(self, seconds: float) -> None:
-        """Backoff sleep that a stop request cuts short."""
+        """Backoff sleep that a stop request cuts short, and, while the file is gone, the
+        poll finding it there again (poll_once wakes the pipeline): a file put back is
+        followed at once, not at the end of a backoff grown to minutes' worth."""
+        gone = self.health == SOURCE_MISSING and not os.path.exists(self.source.path)
         if self.health == SOURCE_MISSING:
             await self.session.let_go_if_gone()
         if self.pg_ok is False:
@@ -320,6 +323,15 @@ class Pipeline:
             # the application's WAL from being checkpointed for as long as the outage lasts,
             # growing with every commit. Given up; the load resumes from its position.
             await self._close_load()
+        if gone:
+            self.wake.clear()
+            waits = [asyncio.ensure_future(self.stop_event.wait()), asyncio.ensure_future(self.wake.wait())]
+            try:
+                await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            return
         try:
             await asyncio.wait_for(self.stop_event.wait(), seconds)
         except asyncio.TimeoutError:

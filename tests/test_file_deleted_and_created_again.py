@@ -71,3 +71,30 @@ async def test_a_file_deleted_and_created_again_fails_none_of_the_applications_w
         await wait_caught_up(db, pg_dsn, "t_acme", timeout=60, daemon=daemon)
         assert daemon.stop() == 0
     assert await compare_table(str(db), pg_dsn, "t_acme", "items") == []
+
+
+async def test_a_file_put_back_after_a_while_is_followed_again_within_seconds(tmp_path, make_config, pg_dsn):
+    """A tenant's file moved away for half a minute (a restore, a move gone wrong) and put
+    back: the daemon's poll finds it there and follows it again at once, as it finds a new
+    file, not at the end of a retry's backoff, which by then had grown to half a minute
+    (the file's changes waiting all that while)."""
+    import time
+
+    from tests.support.daemon import wait_for
+
+    db = tmp_path / "app.db"
+    tenant(db)
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        db.rename(tmp_path / "away.db")
+        d.wait_log(f"SQLite file {db} does not exist; waiting for it to come back", 30)
+        gone_at = time.monotonic()
+        # Past the retries a backoff of 0.2 s doubling makes within 30 s: the next is 25 s on.
+        time.sleep(max(0.0, gone_at + 31 - time.monotonic()))
+        (tmp_path / "away.db").rename(db)
+        back_at = time.monotonic()
+        wait_for(lambda: "recovered: the SQLite file is back" in d.log(), 60, "the file followed again", d)
+        took = time.monotonic() - back_at
+        assert took < 10, took
+        assert d.stop() == 0
