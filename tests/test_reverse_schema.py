@@ -643,3 +643,27 @@ async def test_a_table_dropped_in_sqlite_before_the_cutover_stays_out_of_sqlite(
         assert [n for (n,) in typeof(db, "SELECT name FROM sqlite_master WHERE name LIKE '%dropped%'")] == []
         assert [n for (n,) in await pg_rows(pg_dsn, "SELECT table_name FROM syncd.tables")] == ["contacts"]
         assert d.stop() == 0
+
+
+async def test_a_column_retyped_in_postgres_between_two_writes_is_read_again_without_an_error(
+        tmp_path, make_config, pg_dsn):
+    """The application writes a table in Postgres (the way back prepares its read of the
+    table's rows), its migration turns a text column into varchar(100), and it writes the
+    table again: Postgres refuses the statement prepared before ("cached plan must not
+    change result type"). It is prepared anew and the row reaches SQLite; the daemon never
+    calls it an unexpected error with a traceback, as it did."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "INSERT INTO app.contacts VALUES (100, 'before@x')")
+        await eventually(lambda: _email_is(db, 100, "before@x"), 30, "the first row back in SQLite", d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.contacts ALTER COLUMN email TYPE varchar(100)")
+        await pg_rows(pg_dsn, "INSERT INTO app.contacts VALUES (101, 'after@x')")
+        await eventually(lambda: _email_is(db, 101, "after@x"), 30, "the row written after the migration in SQLite", d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert await compare_all(str(db), pg_dsn, "app", ["contacts", "notes"]) == []
+        assert d.stop() == 0
+        log = d.own_log()
+    assert "unexpected error" not in log and " ERROR " not in log, log[-3000:]

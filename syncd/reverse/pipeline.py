@@ -30,7 +30,7 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres import cutover_guard, ddl
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
 from syncd.postgres.connect import (CannotConnect, describe, is_shape_error, is_transient, lock_given_up,
-                                    privilege_refused, statement_cancelled)
+                                    plan_outdated, privilege_refused, statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import install_capture
@@ -408,6 +408,10 @@ class ReversePipeline:
         elif refused := privilege_refused(exc, self.settings.dsn_for(self.source)):
             self._enter(FAILING, f"{refused}; tried again", kind="postgres", level="error")
             self.needs_reconcile = True  # a grant changed with the schema is met afresh
+        elif plan_outdated(exc):
+            self._enter(FAILING, f"Postgres refused a statement syncd prepared before a table changed there "
+                        f"({describe(exc)}); tried again, prepared anew", kind="postgres", level="warning")
+            self.needs_reconcile = True  # the table's change is followed
         elif is_transient(exc):
             self.pg_ok = False
             self.cannot_connect = isinstance(exc, CannotConnect)
