@@ -549,6 +549,10 @@ async def ensure_identity(conn: asyncpg.Connection, schema: str, spec: TableSpec
     col = pg.column(ident) if ident else None
     if col is None or col.identity or ident not in pg.key:
         return False
+    if await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", qualified(schema, spec.name), ident):
+        # The application's serial (a table it made in Postgres after a cutover): its own
+        # sequence, which it may name, numbers the rows; a cutover moves it past SQLite's ids.
+        return False
     column = f"ALTER TABLE {qualified(schema, spec.name)} ALTER COLUMN {quote_pg_ident(ident)}"
     await conn.execute(f"{column} DROP DEFAULT")  # an older syncd may have carried SQLite's default
     await conn.execute(f"{column} ADD {IDENTITY}")
