@@ -12,6 +12,8 @@ import sqlite3
 import threading
 import time
 
+import asyncpg
+
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.sync import pg_rows
 from tests.support.way_back import backup_and_config, cut_over, wait_back
@@ -402,3 +404,36 @@ async def test_a_table_paused_on_the_way_back_counts_its_age_from_the_pause(tmp_
         assert d.stop() == 0
     src = status(cfg)  # the database alone, the daemon stopped
     assert src["lag_seconds"] <= time.monotonic() - dropped_at + 1, src
+
+
+async def test_a_table_copied_again_on_the_way_back_claims_no_total_of_an_earlier_copy(tmp_path, make_config, pg_dsn):
+    """A table emptied in Postgres (TRUNCATE) and filled again is copied again into SQLite.
+    While that copy runs, status says nothing of the rows an earlier copy of the table
+    counted: it showed "snapshot 0/1 rows (0%)" for the whole copy of thousands of rows,
+    the total of the copy before, as if it had not begun."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        pg = await asyncpg.connect(pg_dsn)
+        try:  # each in one transaction: the copy reads the table filled
+            await pg.execute("BEGIN; TRUNCATE app.deals; INSERT INTO app.deals VALUES (1, 'alone'); COMMIT")
+            await wait_back(cfg, db, pg_dsn, daemon=d)  # copied again: 1 row
+            await pg.execute("BEGIN; TRUNCATE app.deals; "
+                             "INSERT INTO app.deals SELECT g, 'bulk' FROM generate_series(1, 20000) g; COMMIT")
+        finally:
+            await pg.close()
+        seen = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            table = next(t for t in status(cfg)["tables"] if t["name"] == "deals")
+            if table["state"] == "loading":
+                seen.append((table["snapshot_rows"], table["snapshot_total"]))
+            elif seen:
+                break
+            await asyncio.sleep(0.2)
+        assert seen, "the copy was never seen under way"
+        assert all(total is None or total >= 20000 for _rows, total in seen), seen
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0

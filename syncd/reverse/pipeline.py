@@ -1066,7 +1066,8 @@ class ReversePipeline:
                 return False
             await self._note_file(pick.name)
             self.loading = _Reload(pick.name)
-            pick.row = changed(pick.row, state=bk.LOADING, snapshot_rows=0, snapshot_key=None,
+            # No total: the one there is an earlier copy's (Postgres's rows are not counted).
+            pick.row = changed(pick.row, state=bk.LOADING, snapshot_rows=0, snapshot_total=None, snapshot_key=None,
                                snapshot_started_at=dt.datetime.now(dt.timezone.utc),
                                reason=pick.row.reason if pick.state == bk.HELD else None)
             await s.bk.save_table(s.pg, pick.row)
