@@ -544,8 +544,9 @@ async def filled_only_in_postgres(conn: asyncpg.Connection, schema: str, specs: 
         rowid = (spec.rowid_alias and spec.key == (column,)) or col.sqlite_expr is not None
         if col.default_sql is not None or col.generated or rowid:
             continue
+        gets = "SQLite refuses such a row (NOT NULL there)" if col.notnull else "such a row gets NULL there"
         out.append(f'warning: Postgres fills "{table}"."{column}" in a row that leaves it out ({what}, set in '
-                   "Postgres) and SQLite does not: after the rollback such a row gets NULL there; have the "
+                   f"Postgres) and SQLite does not: after the rollback {gets}; have the "
                    "application always write the column")
     return out
 

@@ -822,3 +822,29 @@ async def test_the_sequence_of_a_serial_key_made_in_postgres_goes_on_numbering_i
         await wait_back(cfg, db, pg_dsn, daemon=d)
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_a_column_postgres_fills_and_sqlite_holds_not_null_is_said_to_refuse_the_row(
+        tmp_path, make_config, pg_dsn):
+    """A table the application made in Postgres keyed by a text id that Postgres fills
+    (DEFAULT gen_random_uuid()) is NOT NULL in SQLite too, as its key: the rollback says
+    that SQLite refuses a row the application writes without it, as SQLite does. It said
+    such a row got NULL there."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await made_after_the_cutover(cfg, db, pg_dsn, d, "tokens",
+                                     "CREATE TABLE app.tokens (id text PRIMARY KEY DEFAULT gen_random_uuid()::text, "
+                                     "note text DEFAULT md5(random()::text))",
+                                     "INSERT INTO app.tokens (note) VALUES ('a')")
+        r = run_cli(cfg, "rollback", "--dry-run")
+        assert r.returncode == 0, r.stdout + r.stderr
+        filled = {line.split('"tokens"."')[1].split('"')[0]: line for line in r.stdout.splitlines()
+                  if 'warning: Postgres fills "tokens"' in line}
+        assert set(filled) == {"id", "note"}, r.stdout
+        assert "gets NULL there" in filled["note"], filled
+        assert "gets NULL there" not in filled["id"] and "SQLite refuses such a row" in filled["id"], filled
+        notnull = sqlite3.connect(db).execute("SELECT \"notnull\" FROM pragma_table_info('tokens') "
+                                              "WHERE name = 'id'").fetchone()
+        assert notnull == (1,)  # as SQLite holds it
