@@ -74,6 +74,10 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
     renamed: dict[str, str] = {}
     for _round in range(ARM_ROUNDS):
         schema = await w.run(introspect, session.source, sticky, retyped)
+        # Capture read after the schema, never before: a table renamed in between would
+        # look new (its triggers where they were), be registered anew and lose its id.
+        # Read after, what moved since is armed against a version that moved, and read again.
+        state = await w.run(capture.read_state)
         # Where do each registered table's triggers sit now? They follow an ALTER TABLE
         # RENAME: the registry follows too, so the table keeps its id and its queued
         # changes, and Postgres renames its copy (see _follow_renames).
@@ -117,9 +121,9 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
             if name not in schema.tables and any(n in state.triggers for n in trigger_names(tid).values()):
                 armed = True
                 version = await w.run(capture.disarm_table, tid, busy, version)
-        state = await w.run(capture.read_state)
         if not armed:
-            break
+            break  # the state read above is the schema's
+        state = await w.run(capture.read_state)
     keyless = sorted(n for n, spec in schema.tables.items() if spec.rowid_keyed)
     if await w.run(capture.note_schema, keyless, busy):
         state = await w.run(capture.read_state)

@@ -277,3 +277,55 @@ async def test_a_table_renamed_onto_the_name_of_one_dropped_is_followed(app_db, 
 
 async def _no_row(dsn: str, table: str) -> bool:
     return table not in await table_states(dsn, "app")
+
+
+async def test_a_table_renamed_while_syncd_brings_capture_in_line_is_followed(app_db, make_config, pg_dsn, tmp_path,
+                                                                               monkeypatch):
+    """The application renames a table while syncd brings capture in line with the schema
+    (as each of its schema checks does first), after syncd read where capture's triggers
+    sat and before it read the tables: the table was taken for a new one, registered
+    anew, and Postgres's copy was said dropped (kept aside) and loaded again under the
+    new name, a column syncd had typed coming back as text. It is followed as a rename."""
+    from syncd.config import Settings
+    from syncd.reconcile import install_capture
+    from syncd.session import SourceSession
+    from syncd.sqlite import capture
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE orders (ref TEXT PRIMARY KEY, total REAL);"
+                       "INSERT INTO orders VALUES ('o1', 9.5), ('o2', 20.0);")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    tid = conn.execute("SELECT tid FROM _syncd_tables WHERE name = 'orders'").fetchone()[0]
+
+    read_where_triggers_sit = capture.install_base
+
+    def then_the_application_renames(c: sqlite3.Connection, busy_timeout_ms: int):
+        state = read_where_triggers_sit(c, busy_timeout_ms)
+        app = sqlite3.connect(app_db, isolation_level=None)
+        app.execute("ALTER TABLE orders RENAME TO purchases")
+        app.close()
+        return state
+
+    monkeypatch.setattr(capture, "install_base", then_the_application_renames)
+    settings = Settings(postgres={"dsn": pg_dsn}, metrics={"listen": ""}, sources=[{"name": "app", "path": str(app_db)}])
+    session = SourceSession(settings, settings.sources[0])
+    try:
+        await install_capture(session)
+    finally:
+        await session.close()
+    monkeypatch.undo()
+    assert conn.execute("SELECT name FROM _syncd_tables WHERE tid = ?", (tid,)).fetchall() == [("purchases",)]
+
+    conn.execute("INSERT INTO purchases VALUES ('o3', 1.0)")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await table_states(pg_dsn, "app") == {"purchases": ("streaming", None)}
+        assert await compare_table(str(app_db), pg_dsn, "app", "purchases") == []
+        assert d.stop() == 0
+        log = d.log()
+    assert 'table "orders" was renamed to "purchases" in SQLite' in log, log
+    assert "snapshot started" not in log and "dropped" not in log, log
+    assert not [t for t in await pg_tables(pg_dsn) if "__dropped_" in t]
