@@ -56,6 +56,8 @@ def capture_gap(state: CaptureState, tid: int, spec: TableSpec) -> bool:
 
 
 ARM_ROUNDS = 5
+ANOTHER_TABLE_REASON = ("a new table took the name of one renamed in SQLite, whose rows Postgres holds under that "
+                        "name: loading the new table in their place")
 
 
 async def install_capture(session: SourceSession, sticky: dict[str, dict[str, PgType]] | None = None,
@@ -81,21 +83,29 @@ async def install_capture(session: SourceSession, sticky: dict[str, dict[str, Pg
         # Where do each registered table's triggers sit now? They follow an ALTER TABLE
         # RENAME: the registry follows too, so the table keeps its id and its queued
         # changes, and Postgres renames its copy (see _follow_renames).
-        moved = False
+        moved = retyped_moved = False
         for name, (tid, _key) in list(state.registry.items()):
             owner = capture.describe_trigger_owner(state, tid)
             # The name may be a dropped table's (its triggers went with it): renamed onto it.
             dropped = (owner in state.registry
                        and capture.describe_trigger_owner(state, state.registry[owner][0]) is None)
-            if (owner is not None and owner != name and name not in schema.tables and owner in schema.tables
+            # The name may have a new table already (renamed and created again in one
+            # transaction): the triggers did not move to it, the renamed table has them.
+            if (owner is not None and owner != name and owner in schema.tables
                     and (owner not in state.registry or dropped)):
                 await w.run(capture.rename_registered, tid, owner, busy)
                 renamed[name] = owner
                 moved = True
+                if retyped and name in retyped:
+                    # Its typed columns go with it: a table under its old name now is another.
+                    retyped = {**{t: c for t, c in retyped.items() if t != name}, owner: retyped[name]}
+                    retyped_moved = True
         if _round == 0 and await w.run(capture.note_rebuilt, busy):
             moved = True  # rebuilt tables are marked for a re-snapshot, as a capture gap is
         if moved:
             state = await w.run(capture.read_state)
+        if retyped_moved:
+            continue  # read again with the types where they are now
         armed = False
         version: int | None = schema.version
         for name, spec in schema.tables.items():
@@ -332,6 +342,10 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
         assert tid is not None
         row = rows.get(name)
         pgt = pg_tables.get(name)
+        if row is not None and row.tid is not None and row.tid != tid and name not in result.gaps:
+            # Postgres's copy is of another table: one renamed away (whose new name Postgres
+            # could not give it); the table under its old name now is a new one, loaded anew.
+            result.gaps[name] = ANOTHER_TABLE_REASON
         if name in requests and pgt is not None:
             problem = checked.get(name)
             if name not in checked:  # requested since the check: the next recheck takes it up
@@ -469,7 +483,7 @@ async def _follow_renames(session: SourceSession, state: CaptureState, schema: S
     owners = await session.bk.owners(conn, session.target_schema)
     for name in schema.tables:
         old = by_tid.get(state.tid_of(name))
-        if old is not None and old != name and old not in schema.tables and name in rows \
+        if old is not None and old != name and name in rows \
                 and rows[name].tid is not None and capture.dropped_name(rows[name].tid) in state.registry:
             # Renamed onto the name of a table dropped meanwhile: that one is kept aside first.
             ours = owners.get(name) == session.name
@@ -478,8 +492,8 @@ async def _follow_renames(session: SourceSession, state: CaptureState, schema: S
             del rows[name]
             if aside:  # a relation not syncd's keeps the name: the rename below then stops, as ever
                 pg_tables.pop(name, None)
-        if old is None or old == name or name in rows or old in schema.tables:
-            continue
+        if old is None or old == name or name in rows:
+            continue  # (a table under the old name again is a new one: the registry gave it another id)
         if name in pg_tables or old not in pg_tables or owners.get(old) != session.name:
             continue  # something else already holds the new name: the old copy is kept aside below
         await conn.execute(f"ALTER TABLE {qualified(session.target_schema, old)} RENAME TO {quote_pg_ident(name)}")

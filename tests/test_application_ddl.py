@@ -329,3 +329,109 @@ async def test_a_table_renamed_while_syncd_brings_capture_in_line_is_followed(ap
     assert 'table "orders" was renamed to "purchases" in SQLite' in log, log
     assert "snapshot started" not in log and "dropped" not in log, log
     assert not [t for t in await pg_tables(pg_dsn) if "__dropped_" in t]
+
+
+async def test_a_table_renamed_and_created_again_under_its_old_name_is_followed(app_db, make_config, pg_dsn, tmp_path):
+    """A migration renames a table away and creates a new one under its old name, in one
+    transaction: the new table was taken for the old one (its column said renamed, the
+    column syncd had typed during dual-write handed to it, where its own values did not
+    fit: held for good), and the renamed table was loaded again, as a new one. Now the
+    renamed one streams on under its new name, typed, without a reload, and the new one
+    is a table of its own."""
+    import datetime as dt
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME);"
+                       "INSERT INTO ev VALUES (1, '2024-05-01 10:00:00'), (2, '2024-05-02 11:30:00');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}],
+                      sections={"cutover": {"typed_columns": "dual-write"},
+                                "stream": {"schema_check_interval_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        d.wait_log('column "happened" is timestamp now')
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        seen = len(d.log())
+        conn.executescript("BEGIN; ALTER TABLE ev RENAME TO ev_2024;"
+                           "CREATE TABLE ev (id INTEGER PRIMARY KEY, happened DATETIME, what TEXT);"
+                           "INSERT INTO ev VALUES (9, 'not yet', 'new'); COMMIT;")
+        conn.execute("INSERT INTO ev_2024 VALUES (3, '2024-05-03 09:15:00')")
+
+        async def both() -> bool:
+            states = await table_states(pg_dsn, "app")
+            return states == {"ev": ("streaming", None), "ev_2024": ("streaming", None)}
+
+        await eventually(both, 30, "both tables streaming", d)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, happened FROM app.ev_2024 ORDER BY id") == [
+            (1, dt.datetime(2024, 5, 1, 10, 0)), (2, dt.datetime(2024, 5, 2, 11, 30)),
+            (3, dt.datetime(2024, 5, 3, 9, 15))]
+        assert await compare_table(str(app_db), pg_dsn, "app", "ev_2024") == []
+        assert await compare_table(str(app_db), pg_dsn, "app", "ev") == []
+        assert d.stop() == 0
+        since = d.log()[seen:]
+    assert 'table "ev" was renamed to "ev_2024" in SQLite' in since, since
+    assert "table=ev_2024 event=snapshot_started" not in since and "dropped" not in since, since
+    assert "was renamed to \"what\"" not in since, since
+
+
+async def test_a_table_renamed_onto_a_dropped_ones_name_and_created_again_is_followed(app_db, make_config, pg_dsn,
+                                                                                    tmp_path):
+    """One transaction drops a table, renames another into its name and creates a new
+    table under the renamed one's old name (the next version's, empty): the dropped
+    table's copy is kept aside, the renamed one streams on under its new name without a
+    reload, and the new table is loaded as one of its own, with no row of another's."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE plans (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE plans_v2 (id INTEGER PRIMARY KEY, name TEXT, price REAL);
+        INSERT INTO plans VALUES (1, 'old basic'), (2, 'old pro');
+        INSERT INTO plans_v2 VALUES (1, 'basic', 5.0), (2, 'pro', 20.0), (3, 'team', 50.0);
+    """)
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        seen = len(d.log())
+        conn.executescript("BEGIN; DROP TABLE plans; ALTER TABLE plans_v2 RENAME TO plans;"
+                           "CREATE TABLE plans_v2 (id INTEGER PRIMARY KEY, name TEXT, price REAL, tier TEXT);"
+                           "INSERT INTO plans_v2 VALUES (7, 'next', 1.0, 'gold'); COMMIT;")
+        conn.execute("UPDATE plans SET price = 25.0 WHERE id = 2")
+
+        async def both() -> bool:
+            return await table_states(pg_dsn, "app") == {"plans": ("streaming", None),
+                                                         "plans_v2": ("streaming", None)}
+
+        await eventually(both, 30, "both tables streaming", d)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(app_db), pg_dsn, "app", "plans") == []
+        assert await compare_table(str(app_db), pg_dsn, "app", "plans_v2") == []
+        assert d.stop() == 0
+        since = d.log()[seen:]
+    assert 'table "plans_v2" was renamed to "plans" in SQLite' in since, since
+    assert "table=plans event=snapshot_started" not in since, since
+    kept = [t for t in await pg_tables(pg_dsn) if t.startswith("plans__dropped_")]
+    assert len(kept) == 1, await pg_tables(pg_dsn)
+    assert await pg_rows(pg_dsn, f'SELECT id, name FROM app."{kept[0]}" ORDER BY id') == [(1, "old basic"),
+                                                                                       (2, "old pro")]
+
+
+async def test_a_new_table_under_a_renamed_ones_name_never_streams_on_its_rows(app_db, make_config, pg_dsn, tmp_path):
+    """The same migration (a table renamed away and a new one created under its old name)
+    while the new name is taken in Postgres by a table syncd did not create: the renamed
+    table is refused there, and the new one is loaded in place of the rows Postgres holds
+    under its name (the renamed table's), never streamed on over them."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE ev (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO ev VALUES (1, 'a'), (2, 'b');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        await pg_rows(pg_dsn, "CREATE TABLE app.ev_2024 (x integer)")
+        conn.executescript("BEGIN; ALTER TABLE ev RENAME TO ev_2024;"
+                           "CREATE TABLE ev (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO ev VALUES (9, 'new'); COMMIT;")
+
+        async def refused() -> bool:
+            return (await table_states(pg_dsn, "app")).get("ev_2024", ("",))[0] == "refused"
+
+        await eventually(refused, 30, "the renamed table refused", d)
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT id, v FROM app.ev ORDER BY id") == [(9, "new")]
+        assert d.stop() == 0
