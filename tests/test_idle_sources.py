@@ -219,3 +219,42 @@ async def test_a_source_whose_way_back_ended_idles_as_a_cut_over_one(tmp_path, m
         assert made[-1] <= 80, made
     finally:
         await pg.close()
+
+
+async def test_a_source_reached_through_a_symlink_sees_commits_while_closed_for_idleness(tmp_path, make_config,
+                                                                                      pg_dsn):
+    """A source's path that is a symlink (a release directory, a mounted volume): SQLite
+    keeps the -wal file beside the file the link leads to, so a commit the application
+    makes while syncd's connection is closed for idleness moves that file, not one
+    beside the link. syncd looks there and streams the commit at once, instead of
+    minutes later with a lag of 0 said meanwhile."""
+    real = tmp_path / "releases" / "42"
+    real.mkdir(parents=True)
+    db = real / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO items VALUES (1, 'before')")
+    conn.close()
+    link = tmp_path / "current.db"
+    link.symlink_to(db)
+    cfg = make_config([{"name": "app", "path": str(link)}], sections={"sqlite": {"idle_close_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as daemon:
+        await eventually(lambda: _count(pg_dsn), 60, "the first load", daemon)
+        await asyncio.sleep(6)  # idle: syncd's connection is given back (its close checkpoints the WAL)
+        app = sqlite3.connect(db, isolation_level=None)  # the application keeps its connection open
+        try:
+            app.execute("SELECT count(*) FROM items").fetchone()  # opens the -wal file beside app.db
+            await asyncio.sleep(3)  # syncd looks, finds nothing new and gives its connection back again
+            app.execute("INSERT INTO items VALUES (2, 'while idle')")
+            await eventually(lambda: _count(pg_dsn, 2), 20, "the commit made while syncd was idle", daemon)
+        finally:
+            app.close()
+        assert daemon.stop() == 0
+
+
+async def _count(dsn: str, want: int = 1) -> bool:
+    try:
+        return (await pg_rows(dsn, "SELECT count(*) FROM app.items"))[0][0] == want
+    except asyncpg.UndefinedTableError:
+        return False

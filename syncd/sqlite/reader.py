@@ -388,7 +388,10 @@ class PollInfo:
 
 def file_signature(path: str) -> tuple:
     """Inode, size and modification time of the database and its -wal file: any commit
-    moves one of them (a check that needs no connection)."""
+    moves one of them (a check that needs no connection). SQLite keeps the -wal file
+    beside the file a symlink leads to, not beside the link."""
+    if os.path.islink(path):
+        path = os.path.realpath(path)
     out = []
     for p in (path, path + "-wal"):
         try:
