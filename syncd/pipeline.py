@@ -534,6 +534,10 @@ class Pipeline:
                 # and filled: nothing captured, so no changelog entry tells): followed now, not
                 # at the next full schema check, while the periodic check finds it unregistered.
                 self.needs_reconcile = True
+            if self.idle_closed:
+                # Woken by the files moving: the commit that moved them may land just after
+                # the read below; closed again at once, its files would look unchanged since.
+                self.idle_since = time.monotonic()
             self.idle_closed = False
             metrics.source_up.labels(self.name).set(1)
             if s.worker.names != self.names_told:

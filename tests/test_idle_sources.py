@@ -253,6 +253,33 @@ async def test_a_source_reached_through_a_symlink_sees_commits_while_closed_for_
         assert daemon.stop() == 0
 
 
+async def test_a_commit_that_wakes_a_source_closed_for_idleness_is_streamed(tmp_path, make_config, pg_dsn):
+    """An application that opens the file and commits at once, while syncd's connection is
+    closed for idleness: the -wal file it opens wakes syncd, which looks a moment before
+    the commit lands. syncd keeps its connection open for a while from there, so the
+    commit is streamed at once, not left unseen for minutes (the files looked unchanged
+    since syncd closed again) with a lag of 0 said meanwhile."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO items VALUES (1, 'before')")
+    conn.close()
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={"sqlite": {"idle_close_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as daemon:
+        await eventually(lambda: _count(pg_dsn), 60, "the first load", daemon)
+        apps = []
+        try:
+            for n, pause in enumerate((3.0, 2.6, 3.4, 3.0), start=2):
+                await asyncio.sleep(pause)  # idle: syncd's connection is given back
+                apps.append(sqlite3.connect(db, isolation_level=None))  # each kept open, as applications do
+                apps[-1].execute("INSERT INTO items VALUES (?, 'while idle')", (n,))
+                await eventually(lambda: _count(pg_dsn, n), 20, f"commit {n - 1} made while syncd was idle", daemon)
+        finally:
+            for app in apps:
+                app.close()
+        assert daemon.stop() == 0
+
 async def _count(dsn: str, want: int = 1) -> bool:
     try:
         return (await pg_rows(dsn, "SELECT count(*) FROM app.items"))[0][0] == want
