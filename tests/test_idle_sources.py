@@ -91,8 +91,11 @@ async def test_idle_cut_over_sources_cost_postgres_a_few_transactions(tmp_path, 
         back_up(db, tmp_path / "backups")
     # The default rechecks (tests' are every 0.5 s); full checks (one source a second at
     # most, each a reconcile) kept out of the window.
+    # Each file's backup told by its name: the files share their tables, and a backup taken
+    # before capture carries nothing else that tells whose it is.
     cfg = backup_and_config(make_config, tmp_path, dbs[0], [{"name": db.stem, "path": str(db)} for db in dbs],
-                            stream={"schema_check_interval_seconds": 3600, "held_table_retry_seconds": 10})
+                            stream={"schema_check_interval_seconds": 3600, "held_table_retry_seconds": 10},
+                            cutover={"backup_glob": str(tmp_path / "backups" / "{source}-*.db")})
     pg = await asyncpg.connect(pg_dsn)
     try:
         with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
