@@ -259,20 +259,3 @@ async def test_table_patterns_name_tables_as_sqlite_does_in_any_case(tmp_path, m
     finally:
         await conn.close()
     assert tables == {"notes"}
-
-
-def test_init_does_not_call_a_file_done_while_a_virtual_table_holds_data_it_leaves_behind(app_db, make_config):
-    """`syncd init` exits 0 only when every table is carried (README; `syncd init && systemctl
-    start syncd` reads it so): a virtual table storing rows of its own (an FTS5 table without
-    content=, an R*Tree) is not, and its rows are nowhere in Postgres, so init exits 1 saying
-    so, as `syncd verify` does. Excluded in the configuration (a decision), it passes."""
-    make_app(app_db)
-    cfg = make_config([{"name": "app", "path": str(app_db)}])
-    r = run_cli(cfg, "init")
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "HOLDS 2 row(s) OF APPLICATION DATA" in r.stdout and "HOLDS 1 row(s) OF APPLICATION DATA" in r.stdout
-    assert "2 virtual table(s) hold application data syncd does not carry" in r.stdout, r.stdout
-    cfg = make_config([{"name": "app", "path": str(app_db), "exclude": ["notes_search", "places"]}])
-    r = run_cli(cfg, "init")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "virtual table(s) hold" not in r.stdout

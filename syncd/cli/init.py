@@ -45,10 +45,9 @@ def main(args) -> int:
 async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
     rc = 0
     stopped = 0  # tables held, paused or refused: not carried until fixed
-    stranded = 0  # virtual tables holding rows of their own, which are nowhere in Postgres
     for source in sources:
         try:
-            lines, not_carried, holding = await init_source(settings, source)
+            lines, not_carried = await init_source(settings, source)
         except SourceLocked as e:
             common.say(f"{source.name}: {e}; nothing to do, the running daemon keeps it initialized")
             continue
@@ -76,28 +75,22 @@ async def _init(settings: Settings, sources: list[SourceSettings]) -> int:
             continue
         common.say(*lines)
         stopped += not_carried
-        stranded += holding
     if stopped:
         # Exit 1, as `syncd verify` does for differences: `syncd init && systemctl start
         # syncd` must not read a table that will not be carried as done.
         common.say(f"{stopped} table(s) held, paused or refused (above): not replicated until fixed")
         rc = 1
-    if stranded:
-        common.say(f"{stranded} virtual table(s) hold application data syncd does not carry (above): move it into "
-                   "Postgres yourself, or leave the table out with `exclude` once nothing needs it")
-        rc = 1
     return rc
 
 
-async def init_source(settings: Settings, source: SourceSettings) -> tuple[list[str], int, int]:
-    """The summary's lines, how many tables are held, paused or refused, and how many
-    virtual tables hold rows of their own (left behind, as `syncd verify` counts them)."""
+async def init_source(settings: Settings, source: SourceSettings) -> tuple[list[str], int]:
+    """The summary's lines, and how many tables are held, paused or refused."""
     session = SourceSession(settings, source)
     try:
         await session.worker.open()  # first: a missing file must not leave half an install
         await session.connect_postgres(lock=True)
         async with session.step():
-            result = await reconcile(session)
+            await reconcile(session)
             for t in session.tables.values():
                 if t.state == bk.PENDING:
                     reason = await audit(session, t, note=True)
@@ -106,8 +99,7 @@ async def init_source(settings: Settings, source: SourceSettings) -> tuple[list[
                         await session.save_row(session.pg, row)
                         t.row = row
         stopped = sum(t.state in (bk.HELD, bk.PAUSED) for t in session.tables.values()) + len(session.refused)
-        holding = sum(lo.holds_data and lo.rows != 0 for lo in result.schema.left_out.values())
-        return _summary(session), stopped, holding
+        return _summary(session), stopped
     finally:
         await session.close()
 
