@@ -324,13 +324,20 @@ class Pipeline:
             # growing with every commit. Given up; the load resumes from its position.
             await self._close_load()
         if gone:
-            self.wake.clear()
-            waits = [asyncio.ensure_future(self.stop_event.wait()), asyncio.ensure_future(self.wake.wait())]
-            try:
-                await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
+            # Only the file's return ends the wait early: the poll also wakes a source closed
+            # for idleness at each look while its file is gone (its signature moved), which
+            # would make every poll a retry (a fleet's archived tenants, the error counters).
+            deadline = time.monotonic() + seconds
+            while not self.stop_event.is_set() and (left := deadline - time.monotonic()) > 0:
+                self.wake.clear()
+                waits = [asyncio.ensure_future(self.stop_event.wait()), asyncio.ensure_future(self.wake.wait())]
+                try:
+                    await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                if os.path.exists(self.source.path):
+                    return
             return
         try:
             await asyncio.wait_for(self.stop_event.wait(), seconds)

@@ -98,3 +98,49 @@ async def test_a_file_put_back_after_a_while_is_followed_again_within_seconds(tm
         took = time.monotonic() - back_at
         assert took < 10, took
         assert d.stop() == 0
+
+
+async def test_a_file_gone_while_closed_for_idleness_is_retried_at_the_backoff_pace(tmp_path, make_config, pg_dsn):
+    """The poll wakes a source closed for idleness whenever its file looks changed, and
+    a gone file looks changed at every look: the wait between two retries must still
+    end only when the file is back, else every poll is a retry (hundreds of archived
+    tenants retried every second, and syncd_retries_total counting each)."""
+    import os
+    import re
+    import time
+    import urllib.request
+
+    from tests.support.daemon import wait_for
+    from tests.support.ports import free_port
+
+    db = tmp_path / "app.db"
+    tenant(db)
+    port = free_port()
+    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}",
+                      sections={"verify": {"interval_seconds": 0}, "sqlite": {"idle_close_seconds": 0.5}})
+
+    def open_on(path, pid: int) -> bool:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(path)):
+                    return True
+            except OSError:
+                pass
+        return False
+
+    def retries() -> int:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        m = re.search(r'^syncd_retries_total\{source="app"\} (\S+)$', text, re.M)
+        return int(float(m.group(1))) if m else 0
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        wait_for(lambda: not open_on(db, d.pid), 30, "the idle source's file closed", d)
+        db.rename(tmp_path / "away.db")
+        d.wait_log(f"SQLite file {db} does not exist; waiting for it to come back", 30)
+        time.sleep(4)  # the backoff past its first steps (0.2 s doubling: the next is seconds away)
+        before = retries()
+        time.sleep(10)
+        # At the backoff's pace two or three more; a retry at every poll made dozens.
+        assert retries() - before <= 6, retries() - before
+        assert d.stop() == 0
