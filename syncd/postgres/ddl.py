@@ -199,10 +199,9 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
         had = pgt.column(col.name) if pgt is not None else None
         if col.notnull and col.name not in spec.key and had is not None and not had.notnull:
             await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col.name)} SET NOT NULL")
-    # Likewise each column's DEFAULT: SQLite gives, changes or removes one only by
-    # rebuilding its table, which this reload follows. Without it, an INSERT of the
-    # application's after a cutover stores what SQLite no longer gives (or NULL, or
-    # fails). Identity and generated columns, a column Postgres holds in another type
+    # Likewise each column's DEFAULT: SQLite gives or changes one only by rebuilding its
+    # table, which this reload follows. Without it, an INSERT of the application's after
+    # a cutover stores what SQLite no longer gives (or NULL, or fails). Identity and generated columns, a column Postgres holds in another type
     # than syncd streams (typed at a cutover, or by the application: its DEFAULT is
     # theirs), and a sequence's nextval are left as they are.
     if pgt is not None:
@@ -219,9 +218,11 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
 
 
 async def _follow_defaults(conn: asyncpg.Connection, table: str, spec: TableSpec, pgt: PgTable) -> None:
-    """Set each column's DEFAULT in Postgres to SQLite's (column_default), dropping one
-    SQLite no longer has; a DEFAULT already equal to it (as Postgres prints both) is not
-    touched, so a reload takes no lock for it."""
+    """Set each column's DEFAULT in Postgres to SQLite's (column_default) where SQLite has
+    one syncd carries; a DEFAULT already equal to it (as Postgres prints both) is not
+    touched, so a reload takes no lock for it. A DEFAULT Postgres has where SQLite has none
+    syncd carries is kept: it may be the one the cutover asks the operator to set by hand
+    (SQLite's not carried), or the application's own, made while it was cut over."""
     have = {r[0]: r[1] for r in await conn.fetch(
         "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a LEFT JOIN pg_attrdef d "
         "ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE a.attrelid = $1::regclass AND a.attnum > 0 "
@@ -233,12 +234,8 @@ async def _follow_defaults(conn: asyncpg.Connection, table: str, spec: TableSpec
         current, want = have[col.name], column_default(col).sql
         if current is not None and current.startswith("nextval("):
             continue
-        q = quote_pg_ident(col.name)
-        if want is None:
-            if current is not None:
-                await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} DROP DEFAULT")
-        elif current is None or current != await _printed_default(conn, had.type_name, want):
-            await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {q} SET DEFAULT {want}")
+        if want is not None and (current is None or current != await _printed_default(conn, had.type_name, want)):
+            await run_ddl(conn, f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col.name)} SET DEFAULT {want}")
 
 
 async def _printed_default(conn: asyncpg.Connection, type_name: str, default: str) -> str | None:
