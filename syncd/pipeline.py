@@ -597,7 +597,8 @@ class Pipeline:
             return False  # idle: no connection borrowed, no query sent
         self.idle_since = time.monotonic()
         async with s.pipeline_step():  # a write held up by the application ends the step
-            self.pg_ok = True
+            if not self.writes_refused:  # else only the step's success says Postgres takes writes again
+                self.pg_ok = True
             return await self._postgres_steps()
 
     async def _postgres_work_due(self) -> bool:

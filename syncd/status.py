@@ -652,7 +652,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
             and st.daemon_running:
         why = f": {st.daemon_detail}" if st.daemon_detail else ""
         who = "the daemon cannot be asked; the file says" if getattr(st, "_derived", False) else "the daemon reports"
-        p.append(Problem("critical", f"{who} {st.state.replace('_', ' ')}{why}"))
+        # An outage the daemon names itself (Postgres answering but short of a resource, say).
+        what = "an outage" if st.state == "postgres_unreachable" and st.daemon_detail else st.state.replace('_', ' ')
+        p.append(Problem("critical", f"{who} {what}{why}"))
     if st.state == "file_locked" and st.daemon_running:
         why = f": {st.daemon_detail}" if st.daemon_detail else ""
         said = ("the daemon cannot be asked; the SQLite file is locked" if getattr(st, "_derived", False)

@@ -6,8 +6,10 @@ Postgres said: what to mend is its disk, not the network."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
+import urllib.request
 
 import asyncpg
 
@@ -50,7 +52,9 @@ async def test_status_says_what_the_daemon_meets_while_postgres_refuses_writes(t
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
-    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{free_port()}")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cfg = make_config([{"name": "app", "path": str(db)}], metrics_listen=f"127.0.0.1:{port}")
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         pg = await asyncpg.connect(pg_dsn)
@@ -73,6 +77,9 @@ async def test_status_says_what_the_daemon_meets_while_postgres_refuses_writes(t
                 [src] = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"]
                 assert src["state"] == "postgres_unreachable", src
                 assert "short of a resource" in src["daemon_detail"], src
+                up = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+                assert re.search(r"^syncd_postgres_up 0(\.0)?$", up, re.M), up  # never 1 between two retries
+            assert "recovered" not in d.own_log()
             await pg.execute("DROP TRIGGER full_disk ON syncd.applied_batches")
         finally:
             await pg.close()

@@ -30,7 +30,7 @@ from syncd.postgres import bookkeeping as bk
 from syncd.postgres import cutover_guard, ddl
 from syncd.postgres.bookkeeping import CheckpointConflict, SourceLocked, TableRow
 from syncd.postgres.connect import (CannotConnect, describe, is_shape_error, is_transient, lock_given_up,
-                                    plan_outdated, privilege_refused, statement_cancelled)
+                                    plan_outdated, privilege_refused, short_of_resource, statement_cancelled)
 from syncd.postgres.pool import Target
 from syncd.postgres.target import UnsupportedTarget
 from syncd.reconcile import install_capture
@@ -426,7 +426,8 @@ class ReversePipeline:
                 why = (f"a statement ran over [postgres] statement_timeout_seconds "
                        f"({self.settings.postgres.statement_timeout_seconds:g} s): Postgres is slow or busy, a lock "
                        "holds the table, or the server is gone")
-            health, what = outage(exc, self.settings.dsn_for(self.source), f"Postgres unreachable: {why}")
+            health, what = outage(exc, self.settings.dsn_for(self.source),
+                                  short_of_resource(exc) or f"Postgres unreachable: {why}")
             self._enter(health, f"{what}; retrying with backoff, the application's changes wait in Postgres's changelog",
                         kind="postgres", level="warning")
         elif contended(exc):
