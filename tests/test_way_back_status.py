@@ -378,34 +378,6 @@ async def test_a_table_held_on_the_way_back_is_halted_in_the_report_and_metrics_
         assert d.stop() == 0
 
 
-async def test_a_table_paused_on_the_way_back_counts_its_age_from_the_pause(tmp_path, make_config, pg_dsn):
-    """A table the application's migration pauses on the way back (a column dropped in
-    Postgres) follows Postgres no more from then on: the lag counts from the pause, not
-    from the last time syncd saved the table's row (its cutover, minutes or days before),
-    which made status call a table paused a moment ago minutes behind, CRITICAL."""
-    from tests.support.sync import eventually, table_states
-
-    db = tmp_path / "app.db"
-    make_app(db)
-    cfg = backup_and_config(make_config, tmp_path, db)  # no metrics listener: status asks the database
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        await cut_over(cfg, db, pg_dsn, daemon=d)
-        await asyncio.sleep(6)  # the table's row, saved at the cutover, is visibly older
-        dropped_at = time.monotonic()
-        await pg_rows(pg_dsn, "ALTER TABLE app.deals DROP COLUMN stage")
-        await pg_rows(pg_dsn, "INSERT INTO app.deals VALUES (3)")
-
-        async def paused() -> bool:
-            return (await table_states(pg_dsn, "app"))["deals"][0] == "paused"
-
-        await eventually(paused, 30, "deals paused", d)
-        src = status(cfg)
-        assert src["lag_seconds"] is not None and src["lag_seconds"] <= time.monotonic() - dropped_at + 1, src
-        assert d.stop() == 0
-    src = status(cfg)  # the database alone, the daemon stopped
-    assert src["lag_seconds"] <= time.monotonic() - dropped_at + 1, src
-
-
 async def test_a_table_copied_again_on_the_way_back_claims_no_total_of_an_earlier_copy(tmp_path, make_config, pg_dsn):
     """A table emptied in Postgres (TRUNCATE) and filled again is copied again into SQLite.
     While that copy runs, status says nothing of the rows an earlier copy of the table

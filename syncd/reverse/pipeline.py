@@ -88,10 +88,9 @@ class ReverseTable:
     held_key: tuple | None = None  # held for this row's value: looked at before copying the table again
     behind_since: float | None = None  # held or paused (then copied again) since: SQLite's copy is that old
 
-    def behind(self, row: TableRow, old: "ReverseTable | None", saved: TableRow | None = None) -> None:
+    def behind(self, row: TableRow, old: "ReverseTable | None") -> None:
         """Carry or start the time this table stopped following Postgres, for its new
-        bookkeeping row: kept while it is held, paused or being copied again. `saved`:
-        its row as saved before this reconcile."""
+        bookkeeping row: kept while it is held, paused or being copied again."""
         if row.state not in (bk.HELD, bk.PAUSED, bk.LOADING):
             self.behind_since = None
         elif old is not None and old.behind_since is not None:
@@ -100,10 +99,7 @@ class ReverseTable:
             self.behind_since = row.behind_since.timestamp()  # as saved (also across a restart)
         elif row.state != bk.LOADING:
             # Held or paused before this reconcile: since its row's last save at the latest.
-            # Streaming there, it stops now (its row's last save was the cutover's, say).
-            streamed = saved is not None and saved.state == bk.STREAMING
-            self.behind_since = row.updated_at.timestamp() if row.updated_at is not None and not streamed \
-                else time.time()
+            self.behind_since = row.updated_at.timestamp() if row.updated_at is not None else time.time()
 
     @property
     def state(self) -> str:
@@ -787,7 +783,7 @@ class ReversePipeline:
             if old is not None:
                 runtimes[name].retry_at, runtimes[name].logged_reason = old.retry_at, old.logged_reason
                 runtimes[name].held_key = old.held_key
-            runtimes[name].behind(new, old, rows.get(name))
+            runtimes[name].behind(new, old)
             new = runtimes[name].row = runtimes[name].behind_row(new)
             if rows.get(name) != new:
                 await s.bk.save_table(pg, new)
