@@ -261,8 +261,11 @@ async def preflight(settings: Settings, source: SourceSettings, allow_orphans: b
     from syncd.report import evaluate, gather
 
     # This source's own checklist: a file a glob matches and syncd does not pick up is
-    # another's (the fleet's cutover names it as not cut over), no reason to refuse this one.
-    one = settings.model_copy(update={"sources": [source], "discovery_problems": []})
+    # another's (the fleet's cutover names it as not cut over), no reason to refuse this
+    # one; unless it is this source's own file under a second name (a hard link), whose
+    # changes the application may make where syncd does not look.
+    own = [p for p in settings.discovery_problems if getattr(p, "same_as", None) == str(source.path)]
+    one = settings.model_copy(update={"sources": [source], "discovery_problems": own})
     facts = await gather(one, peers=settings.sources)
     for s in facts.sources:
         # Changes waiting with no daemon to apply them are no reason to refuse: the switch

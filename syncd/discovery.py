@@ -32,10 +32,12 @@ class NotPickedUp(str):
     syncd_files_not_picked_up counts it (metrics.NOT_PICKED_UP)."""
 
     reason = "name"
+    same_as: str | None = None  # the carried file this one is a hard link of
 
-    def __new__(cls, text: str, reason: str) -> "NotPickedUp":
+    def __new__(cls, text: str, reason: str, same_as: str | None = None) -> "NotPickedUp":
         out = super().__new__(cls, text)
         out.reason = reason
+        out.same_as = same_as
         return out
 
 
@@ -169,7 +171,7 @@ def expand(settings: Settings) -> Settings:
                     f"{file} (from {pattern.path}) is not picked up: it is the same file as {other} (hard links: "
                     f"one file, two names), which syncd carries. SQLite keeps a file's -wal and -journal beside "
                     f"the name it is opened by: the application must open it as {other} too, or syncd may miss "
-                    "its changes", "same_file"))
+                    "its changes", "same_file", same_as=str(other)))
                 continue
             name = _fill(pattern.name, file)
             schema = _fill(pattern.schema_, file) if pattern.schema_ else name

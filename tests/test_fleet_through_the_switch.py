@@ -333,3 +333,28 @@ async def test_a_file_not_picked_up_holds_back_no_other_tenants_switch(tmp_path,
         finally:
             await pg.close()
         assert {went[f"tenant_{p.stem}"] for p in paths} == {"to_sqlite"}, went
+
+
+async def test_a_sources_own_file_under_a_second_name_holds_back_its_switch(tmp_path, make_config, pg_dsn):
+    """A file a glob matches that is a source's own file under another name (a hard link):
+    the application may write through that name, whose -wal syncd never reads. The
+    source's own cutover is refused on it, as the fleet's is; files not picked up for
+    any other reason are other tenants' and hold back no one else's switch."""
+    import os
+
+    db = tmp_path / "app.db"
+    make_tenant(db)
+    links = tmp_path / "links"
+    links.mkdir()
+    os.link(db, links / "alias.db")
+    cfg = make_config([{"name": "app", "path": str(db)}, {"name": "t_{stem}", "path": str(links / "*.db")}],
+                      sections={"cutover": {"min_days": 0, "backup_glob": str(tmp_path / "backups" / "{source}-*.db")},
+                                "verify": {"interval_seconds": 0}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", timeout=120, daemon=d)
+        assert run_cli(cfg, "verify", "--source", "app").returncode == 0
+        back_up(db, tmp_path / "backups")
+        one = run_cli(cfg, "cutover", "--source", "app", timeout=300)
+        assert one.returncode != 0, one.stdout[-3000:] + one.stderr[-3000:]
+        assert "alias.db" in one.stdout and "hard links" in one.stdout, one.stdout[-3000:]
+        assert d.stop() == 0
