@@ -20,7 +20,8 @@ def register(sub, parent) -> None:
     p = sub.add_parser("uninstall", parents=[parent], help="remove syncd's triggers and changelog from SQLite",
                        description="Remove the capture triggers, changelog and registry syncd installed in each "
                                    "SQLite file. Refuses while a daemon runs the source, and while changes are "
-                                   "still waiting to be applied unless --force.")
+                                   "still waiting to be applied unless --force (with Postgres unreachable, --force "
+                                   "goes ahead without either check: stop the daemon first).")
     common.add_source_option(p)
     p.add_argument("--force", action="store_true",
                    help="uninstall even with unapplied changes or Postgres unreachable")
