@@ -454,6 +454,11 @@ async def set_identities(conn: asyncpg.Connection, schema: str, specs: dict[str,
         if seq is None:
             raise Refused(f'table "{name}": column "{col}" is not an identity column in Postgres; start the '
                           "daemon once (it adds it) and run the cutover again")
+        if high > 2**31 - 1 and await conn.fetchval(
+                "SELECT seqtypid <> 'bigint'::regtype FROM pg_sequence WHERE seqrelid = $1::regclass", seq):
+            # A serial's sequence (the application's, kept through a rollback) stays 32-bit
+            # when its column is widened to bigint, as SQLite's integers are 64-bit.
+            await conn.execute(f"ALTER SEQUENCE {seq} AS bigint")
         if high > 0:
             await conn.fetchval("SELECT setval($1::regclass, $2, true)", seq, high)
         else:

@@ -848,3 +848,26 @@ async def test_a_column_postgres_fills_and_sqlite_holds_not_null_is_said_to_refu
         notnull = sqlite3.connect(db).execute("SELECT \"notnull\" FROM pragma_table_info('tokens') "
                                               "WHERE name = 'id'").fetchone()
         assert notnull == (1,)  # as SQLite holds it
+
+
+async def test_a_serial_key_made_in_postgres_takes_sqlite_ids_past_its_32_bits_after_a_rollback(
+        tmp_path, make_config, pg_dsn):
+    """A `serial` (32-bit) key made in Postgres is widened to bigint after a rollback, as
+    SQLite's integers are 64-bit; its sequence, which Postgres leaves 32-bit, is widened
+    with it: SQLite's ids past 2^31 - 1 refused the next cutover's move of the sequence
+    ('out of bounds'), and every later cutover was undone the same way."""
+    async with rolled_back_app(tmp_path, make_config, pg_dsn, [
+        "CREATE TABLE app.tickets (id serial PRIMARY KEY, title text)",
+        "INSERT INTO app.tickets (title) VALUES ('first')",
+    ], ("tickets",)) as (db, cfg, d):
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO tickets (id, title) VALUES (3000000000, 'past 32 bits, in SQLite')")
+        conn.commit()
+        conn.close()
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert "tickets.id continues after 3000000000" in out, out
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            assert await pg.fetchval("INSERT INTO app.tickets (title) VALUES ('next') RETURNING id") == 3000000001
+        finally:
+            await pg.close()
