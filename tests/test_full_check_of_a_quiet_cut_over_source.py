@@ -64,9 +64,12 @@ async def test_a_full_check_of_a_quiet_cut_over_source_costs_the_same_few_statem
     tenant(small, 3)
     tenant(wide, 12)
     back_up(wide, tmp_path / "backups")
+    # Each backup told by its name: the two files share their tables, and a backup taken
+    # before capture carries nothing else that tells whose it is.
     cfg = backup_and_config(make_config, tmp_path, small, [{"name": db.stem, "path": str(db)} for db in (small, wide)],
                             stream={"schema_check_interval_seconds": CHECK_SECONDS,
-                                    "held_table_retry_seconds": CHECK_SECONDS})
+                                    "held_table_retry_seconds": CHECK_SECONDS},
+                            cutover={"backup_glob": str(tmp_path / "backups" / "{source}-*.db")})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         for db in (small, wide):
             await cut_over(cfg, db, pg_dsn, db.stem, daemon=d)

@@ -36,7 +36,9 @@ async def test_a_rehearsal_does_not_take_citext_from_a_source_cut_over_meanwhile
         src.close()
         dst.close()
     cfg = make_config([{"name": "crm", "path": str(crm)}, {"name": "shop", "path": str(shop)}], sections={
-        "cutover": {"min_days": 0, "backup_glob": str(backups / "*.db"), "nocase": "citext"},
+        # Each backup told by its name: the files share their tables, and a backup taken
+        # before capture carries nothing else that tells whose it is.
+        "cutover": {"min_days": 0, "backup_glob": str(backups / "{source}-*.db"), "nocase": "citext"},
         "verify": {"interval_seconds": 0}})
     go = tmp_path / "go"
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:

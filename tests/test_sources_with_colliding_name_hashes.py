@@ -43,7 +43,10 @@ async def test_two_tenants_whose_names_hash_alike_each_get_their_own_way_back(tm
     dbs = {A: tmp_path / f"{A}.db", B: tmp_path / f"{B}.db"}
     for name, db in dbs.items():
         _tenant(db, name)
-    cfg = backup_and_config(make_config, tmp_path, dbs[A], sources=[{"name": n, "path": str(p)} for n, p in dbs.items()])
+    # Each backup told by its name: the two files share their tables, and a backup taken
+    # before capture carries nothing else that tells whose it is.
+    cfg = backup_and_config(make_config, tmp_path, dbs[A], sources=[{"name": n, "path": str(p)} for n, p in dbs.items()],
+                            cutover={"backup_glob": str(tmp_path / "backups" / "{source}-*.db")})
     back_up(dbs[B], tmp_path / "backups")
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         for name, db in dbs.items():
@@ -79,7 +82,10 @@ async def test_two_tenants_an_older_syncd_set_up_under_one_key_are_named_by_the_
     dbs = {A: tmp_path / f"{A}.db", B: tmp_path / f"{B}.db"}
     for name, db in dbs.items():
         _tenant(db, name)
-    cfg = backup_and_config(make_config, tmp_path, dbs[A], sources=[{"name": n, "path": str(p)} for n, p in dbs.items()])
+    # Each backup told by its name: the two files share their tables, and a backup taken
+    # before capture carries nothing else that tells whose it is.
+    cfg = backup_and_config(make_config, tmp_path, dbs[A], sources=[{"name": n, "path": str(p)} for n, p in dbs.items()],
+                            cutover={"backup_glob": str(tmp_path / "backups" / "{source}-*.db")})
     back_up(dbs[B], tmp_path / "backups")
     # The bookkeeping of a syncd that named both by the hash of their names, and recorded no keys.
     pg = await asyncpg.connect(pg_dsn)
