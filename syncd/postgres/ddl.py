@@ -201,9 +201,10 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
             await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col.name)} SET NOT NULL")
     # Likewise each column's DEFAULT: SQLite gives or changes one only by rebuilding its
     # table, which this reload follows. Without it, an INSERT of the application's after
-    # a cutover stores what SQLite no longer gives (or NULL, or fails). Identity and generated columns, a column Postgres holds in another type
-    # than syncd streams (typed at a cutover, or by the application: its DEFAULT is
-    # theirs), and a sequence's nextval are left as they are.
+    # a cutover stores what SQLite no longer gives (or NULL, or fails). Identity and
+    # generated columns, a column Postgres holds in another type than syncd streams (typed
+    # at a cutover, or by the application: its DEFAULT is theirs), and a sequence's
+    # nextval are left as they are.
     if pgt is not None:
         await _follow_defaults(conn, table, spec, pgt)
     if kept:
