@@ -230,6 +230,32 @@ async def test_a_key_syncd_numbers_as_identity_keeps_no_default(tmp_path, pg_dsn
 
 
 
+def rebuild(conn: sqlite3.Connection, columns: str) -> None:
+    """Table deals made anew with `columns`, the way SQLite changes a column's DEFAULT:
+    create the new table, copy the rows, drop the old, rename."""
+    conn.executescript(f"""
+        BEGIN;
+        CREATE TABLE deals_new ({columns});
+        INSERT INTO deals_new SELECT * FROM deals;
+        DROP TABLE deals;
+        ALTER TABLE deals_new RENAME TO deals;
+        COMMIT;
+    """)
+
+
+async def inserted_in_postgres(pg_dsn: str, insert: str) -> asyncpg.Record:
+    """What an INSERT ... RETURNING gives in Postgres, rolled back."""
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        tr = pg.transaction()
+        await tr.start()
+        row = await pg.fetchrow(insert)
+        await tr.rollback()
+    finally:
+        await pg.close()
+    return row
+
+
 async def test_defaults_a_rebuilt_table_gained_reach_postgres(tmp_path, make_config, pg_dsn):
     """SQLite gives a column a DEFAULT only by rebuilding its table (create the new one,
     copy the rows, drop the old, rename): Postgres's copy, kept through the reload that
@@ -243,15 +269,8 @@ async def test_defaults_a_rebuilt_table_gained_reach_postgres(tmp_path, make_con
     cfg = make_config([{"name": "app", "path": str(db)}])
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        conn.executescript("""
-            BEGIN;
-            CREATE TABLE deals_new (id INTEGER PRIMARY KEY, owner TEXT NOT NULL DEFAULT 'nobody',
-                                    stage TEXT DEFAULT 'new', amount INTEGER DEFAULT 0);
-            INSERT INTO deals_new SELECT * FROM deals;
-            DROP TABLE deals;
-            ALTER TABLE deals_new RENAME TO deals;
-            COMMIT;
-        """)
+        rebuild(conn, "id INTEGER PRIMARY KEY, owner TEXT NOT NULL DEFAULT 'nobody', stage TEXT DEFAULT 'new', "
+                      "amount INTEGER DEFAULT 0")
         sqlite_row = conn.execute("INSERT INTO deals (id) VALUES (2) RETURNING *").fetchone()
 
         async def reloaded() -> bool:
@@ -261,14 +280,7 @@ async def test_defaults_a_rebuilt_table_gained_reach_postgres(tmp_path, make_con
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert d.stop() == 0
     conn.close()
-    pg = await asyncpg.connect(pg_dsn)
-    try:
-        tr = pg.transaction()
-        await tr.start()
-        pg_row = await pg.fetchrow("INSERT INTO app.deals (id) VALUES (3) RETURNING owner, stage, amount")
-        await tr.rollback()
-    finally:
-        await pg.close()
+    pg_row = await inserted_in_postgres(pg_dsn, "INSERT INTO app.deals (id) VALUES (3) RETURNING owner, stage, amount")
     assert tuple(pg_row) == sqlite_row[1:] == ("nobody", "new", 0)
 
 
@@ -290,15 +302,8 @@ async def test_defaults_a_rebuilt_table_changed_follow_in_postgres(tmp_path, mak
             await pg.execute("ALTER TABLE app.deals ALTER COLUMN token SET DEFAULT 'by hand'")
         finally:
             await pg.close()
-        conn.executescript("""
-            BEGIN;
-            CREATE TABLE deals_new (id INTEGER PRIMARY KEY, stage TEXT DEFAULT 'new',
-                                    token TEXT DEFAULT (lower(hex(randomblob(4)))), owner TEXT DEFAULT 'ann');
-            INSERT INTO deals_new SELECT * FROM deals;
-            DROP TABLE deals;
-            ALTER TABLE deals_new RENAME TO deals;
-            COMMIT;
-        """)
+        rebuild(conn, "id INTEGER PRIMARY KEY, stage TEXT DEFAULT 'new', "
+                      "token TEXT DEFAULT (lower(hex(randomblob(4)))), owner TEXT DEFAULT 'ann'")
         sqlite_row = conn.execute("INSERT INTO deals (id) VALUES (2) RETURNING stage, owner").fetchone()
 
         async def reloaded() -> bool:
@@ -308,13 +313,6 @@ async def test_defaults_a_rebuilt_table_changed_follow_in_postgres(tmp_path, mak
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert d.stop() == 0
     conn.close()
-    pg = await asyncpg.connect(pg_dsn)
-    try:
-        tr = pg.transaction()
-        await tr.start()
-        pg_row = await pg.fetchrow("INSERT INTO app.deals (id) VALUES (3) RETURNING stage, owner, token")
-        await tr.rollback()
-    finally:
-        await pg.close()
+    pg_row = await inserted_in_postgres(pg_dsn, "INSERT INTO app.deals (id) VALUES (3) RETURNING stage, owner, token")
     assert tuple(pg_row)[:2] == sqlite_row == ("new", "ann")
     assert pg_row["token"] == "by hand"
