@@ -90,8 +90,12 @@ async def test_shutdown_cancels_queued_calls(tmp_path):
         await w.run(lambda c: None)
 
 
-async def test_a_thousand_workers_share_a_few_threads(tmp_path):
+async def test_a_thousand_workers_share_a_few_threads(tmp_path, monkeypatch):
     await _no_extra_threads_left()  # threads an earlier test's stuck calls started
+    # Calls slowed only by a loaded machine must not count as stuck here (company for
+    # stuck calls has its own test below): 0.2 s behind a thousand queued calls is not rare
+    from syncd.sqlite import connection
+    monkeypatch.setattr(connection, "STUCK_SECONDS", 60.0)
     workers = []
     for i in range(1000):
         db = tmp_path / f"t{i}.db"

@@ -394,7 +394,7 @@ class SqliteThreads:
         locked file, mostly)."""
         while True:
             self._queued.wait()
-            time.sleep(STUCK_SECONDS / 4)
+            time.sleep(WATCH_SECONDS)
             if self._calls.empty():
                 self._queued.clear()
                 if self._calls.empty():
@@ -416,6 +416,7 @@ class SqliteThreads:
 # besides [sqlite] threads end once not needed for this long.
 STUCK_SECONDS = 0.2
 EXTRA_IDLE_SECONDS = 10.0
+WATCH_SECONDS = STUCK_SECONDS / 4  # how often the watch looks, while calls queue
 
 DEFAULT_THREADS = 4
 THREADS = SqliteThreads(DEFAULT_THREADS)
