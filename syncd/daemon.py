@@ -324,7 +324,10 @@ class Daemon:
                 await self.targets.close()
                 for q in self.pipelines.values():
                     await q.session.close()
-                raise StartupError(str(e), 1) from None
+                # A database in an encoding syncd refuses is refused again at every start:
+                # exit status 2, which systemd does not restart on (RestartPreventExitStatus=2),
+                # like a configuration refused. Another syncd holding a source may let go: 1.
+                raise StartupError(str(e), 2 if isinstance(e, UnsupportedTarget) else 1) from None
             except PostgresUnavailable as e:
                 health, what = outage(e, target.dsn, str(e))
                 log.warning(f"{what}; starting anyway, capture continues and syncd retries", extra={"event": health})
