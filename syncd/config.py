@@ -77,6 +77,60 @@ def _meant_userinfo(rest: str) -> str | None:
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify_ca", "verify_full")  # asyncpg's, '-' read as '_'
 
 
+def _port_numbers(value: str) -> bool:
+    try:
+        [int(p) for p in value.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+def _tls_version(value: str) -> bool:
+    import ssl
+
+    return not value.startswith("SSL") and value.replace(".", "_") in ssl.TLSVersion.__members__
+
+
+# The libpq settings asyncpg reads from the environment where a DSN's query does not give
+# them, and refuses every connection with when it does not know the value: (variable, the
+# DSN's query key that wins over it, whether asyncpg takes a value, what it takes). Left
+# to the connection, such a value read as Postgres being unreachable, retried for ever.
+LIBPQ_ENVIRONMENT = (
+    ("PGSSLMODE", "sslmode", lambda v: v.replace("-", "_") in SSL_MODES,
+     "not one of disable, allow, prefer, require, verify-ca, verify-full"),
+    ("PGTARGETSESSIONATTRS", "target_session_attrs",
+     lambda v: v in ("any", "primary", "standby", "prefer-standby", "read-write", "read-only"),
+     "not one of any, primary, standby, prefer-standby, read-write, read-only"),
+    ("PGSSLNEGOTIATION", "sslnegotiation", lambda v: v in ("postgres", "direct"), "not one of postgres, direct"),
+    ("PGGSSLIB", "gsslib", lambda v: v in ("gssapi", "sspi"), "not one of gssapi, sspi"),
+    ("PGPORT", "port", _port_numbers, "not a port number (or a comma-separated list of them)"),
+    ("PGSSLMINPROTOCOLVERSION", "ssl_min_protocol_version", _tls_version,
+     "not a TLS version (TLSv1, TLSv1.1, TLSv1.2, TLSv1.3)"),
+    ("PGSSLMAXPROTOCOLVERSION", "ssl_max_protocol_version", _tls_version,
+     "not a TLS version (TLSv1, TLSv1.1, TLSv1.2, TLSv1.3)"),
+)
+_TLS_ONLY = ("PGSSLMINPROTOCOLVERSION", "PGSSLMAXPROTOCOLVERSION")  # read only where the sslmode is not disable
+
+
+def libpq_environment_refused(dsns: list[str]) -> str | None:
+    """The line naming a libpq environment variable whose value asyncpg refuses every
+    connection to one of `dsns` with (the DSN's own query does not give the setting), or
+    None. The value is not secret (none of these variables holds a password)."""
+    for dsn in dsns:
+        query = parse_qs(urlsplit(dsn).query)
+        sslmode = (query.get("sslmode") or [os.environ.get("PGSSLMODE") or "prefer"])[-1]
+        for name, key, takes, said in LIBPQ_ENVIRONMENT:
+            value = os.environ.get(name)
+            if value is None or key in query or (name in _TLS_ONLY and sslmode == "disable"):
+                continue
+            if not value and (name == "PGPORT" or name in _TLS_ONLY):
+                continue  # empty: asyncpg takes it as not set (an empty PGSSLMODE, say, it refuses)
+            if not takes(value):
+                return escape_controls(f"environment variable {name} ({value}): {said}; Postgres clients refuse "
+                                       "every connection with it: correct it or unset it")
+    return None
+
+
 def check_dsn(dsn: str) -> str:
     """A postgresql:// URL every client reads the same way. The messages never quote
     the DSN: it may hold a password."""
@@ -867,6 +921,11 @@ def load_settings(path: Path) -> Settings:
     finally:
         _toml_path.reset(token)
     register_secrets(settings)
+    refused = libpq_environment_refused(
+        [d for d in (settings.postgres.dsn, settings.postgres.lock_dsn) if d]
+        + [d for s in settings.sources for d in (s.dsn, s.lock_dsn) if d])
+    if refused:
+        raise ConfigError(refused)
     base = path.resolve().parent
     sources = [
         s if s.path.is_absolute() else s.model_copy(update={"path": (base / s.path)}) for s in settings.sources

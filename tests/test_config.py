@@ -438,3 +438,50 @@ def test_the_password_is_taken_in_the_documented_order(password_server, tmp_path
     env = {"HOME": str(home), **{k: v for k, v in where.items() if k.isupper()}}
     r = run_cli(write(tmp_path, cfg), "init", env=env)
     assert (r.returncode == 0) == works, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name, value, said", [
+    ("PGSSLMODE", "", "not one of disable, allow, prefer, require, verify-ca, verify-full"),
+    ("PGSSLMODE", "required", "not one of disable, allow, prefer, require, verify-ca, verify-full"),
+    ("PGTARGETSESSIONATTRS", "primary-only", "not one of any, primary, standby, prefer-standby, read-write, "
+                                             "read-only"),
+    ("PGSSLNEGOTIATION", "tls", "not one of postgres, direct"),
+    ("PGGSSLIB", "kerberos", "not one of gssapi, sspi"),
+    ("PGPORT", "5432a", "not a port number (or a comma-separated list of them)"),
+    ("PGSSLMAXPROTOCOLVERSION", "TLS1.3", "not a TLS version (TLSv1, TLSv1.1, TLSv1.2, TLSv1.3)"),
+])
+def test_a_libpq_environment_setting_postgres_clients_refuse_is_named_not_taken_for_an_outage(
+        tmp_path, pg_dsn, app_db, name, value, said):
+    """An invalid PGSSLMODE (or another libpq setting from the environment that syncd's
+    Postgres client refuses every connection with) kept the daemon retrying for ever,
+    saying Postgres could not be reached: it is one line naming the variable, exit 2,
+    which the unit does not restart on."""
+    import os
+    import subprocess
+
+    from tests.support.daemon import syncd_cmd
+
+    cfg = write(tmp_path, f'[postgres]\ndsn = "{pg_dsn}"\n[metrics]\nlisten = ""\n'
+                          f'[[sources]]\nname = "app"\npath = "{app_db}"\n')
+    proc = subprocess.Popen(syncd_cmd(cfg, "run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, name: value}, cwd=str(tmp_path))
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"syncd run kept running with {name}={value}: {err[-600:]}")
+    assert proc.returncode == 2, err
+    assert err == f"syncd: environment variable {name} ({value}): {said}; Postgres clients refuse every " \
+                  f"connection with it: correct it or unset it\n", err
+
+
+def test_a_libpq_environment_setting_the_dsn_overrides_is_not_refused(tmp_path, monkeypatch):
+    """asyncpg reads PGSSLMODE (and the others) only where the DSN does not say: a DSN's own
+    sslmode wins, and a value clients take is taken."""
+    monkeypatch.setenv("PGSSLMODE", "required")
+    load_settings(write(tmp_path, GOOD.replace("/synapse", "/synapse?sslmode=disable")))
+    monkeypatch.setenv("PGSSLMODE", "verify-full")
+    monkeypatch.setenv("PGPORT", "5433")
+    monkeypatch.setenv("PGSSLMINPROTOCOLVERSION", "TLSv1.3")
+    load_settings(write(tmp_path, GOOD))
