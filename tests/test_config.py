@@ -485,3 +485,31 @@ def test_a_libpq_environment_setting_the_dsn_overrides_is_not_refused(tmp_path, 
     monkeypatch.setenv("PGPORT", "5433")
     monkeypatch.setenv("PGSSLMINPROTOCOLVERSION", "TLSv1.3")
     load_settings(write(tmp_path, GOOD))
+
+
+def test_a_command_run_by_hand_without_the_services_password_says_how_to_give_it(password_server, tmp_path,
+                                                                                  monkeypatch):
+    """The service gets its Postgres password from systemd (LoadCredential=, as
+    $CREDENTIALS_DIRECTORY/postgres__password); `syncd status` or `syncd verify` run by
+    hand gets none, and said only that the password was wrong. The line says how to run
+    it with the service's credential, or give the password; a wrong password given is
+    said as before."""
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "app.db").execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    for name in ("PGPASSWORD", "PGPASSFILE", "SYNCD_POSTGRES__PASSWORD", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = write(tmp_path, f'[postgres]\ndsn = "{password_server}"\n[metrics]\nlisten = ""\n'
+                          '[[sources]]\nname = "app"\npath = "app.db"\n')
+    how = ("syncd was given no Postgres password: the service gets it from systemd (LoadCredential=, as "
+           "$CREDENTIALS_DIRECTORY/postgres__password), which a command run by hand does not; run it as "
+           "`sudo systemd-run --pipe --wait --quiet -p User=syncd -p LoadCredential=postgres__password:"
+           "/etc/syncd/postgres-password syncd --config ... COMMAND` (docs/operations.md, \"Commands by hand\"), "
+           "or give it as SYNCD_POSTGRES__PASSWORD")
+    home = {"HOME": str(tmp_path)}
+    for verb in ("status", "verify"):
+        r = run_cli(cfg, verb, env=home)
+        assert r.returncode == 2 and how in r.stdout, r.stdout + r.stderr
+        wrong = run_cli(cfg, verb, env={**home, "SYNCD_POSTGRES__PASSWORD": "wrong"})
+        assert wrong.returncode == 2 and "password authentication failed" in wrong.stdout, wrong.stdout
+        assert "given no Postgres password" not in wrong.stdout + wrong.stderr

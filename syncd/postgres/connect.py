@@ -163,11 +163,35 @@ def login_refused(exc: BaseException, dsn: str) -> str | None:
     return f"Postgres refused {_role(dsn)} at login to {scrub(dsn)}: {exc.reason}"
 
 
-def cannot_connect(dsn: str, exc: BaseException) -> PostgresUnavailable:
+# Said after Postgres's refusal of a password where syncd was given none: the service
+# gets it from systemd (the unit's LoadCredential=), a command run by hand does not.
+NO_PASSWORD_GIVEN = ("syncd was given no Postgres password: the service gets it from systemd (LoadCredential=, as "
+                     "$CREDENTIALS_DIRECTORY/postgres__password), which a command run by hand does not; run it as "
+                     "`sudo systemd-run --pipe --wait --quiet -p User=syncd -p LoadCredential=postgres__password:"
+                     "/etc/syncd/postgres-password syncd --config ... COMMAND` (docs/operations.md, \"Commands by "
+                     "hand\"), or give it as SYNCD_POSTGRES__PASSWORD")
+
+
+def _no_password_given(dsn: str, password_given: bool) -> bool:
+    """No password from syncd's settings, the DSN or PGPASSWORD (~/.pgpass may still have one)."""
+    if password_given or os.environ.get("PGPASSWORD"):
+        return False
+    try:
+        parts = urlsplit(dsn)
+        return not parts.password and "password" not in parse_qs(parts.query)
+    except ValueError:
+        return False
+
+
+def cannot_connect(dsn: str, exc: BaseException, password_given: bool = True) -> PostgresUnavailable:
     """What a failed login to `dsn` is raised as, single or pooled: LoginRefused where
-    Postgres refused the role, else PostgresUnavailable; no password in either."""
+    Postgres refused the role, else PostgresUnavailable; no password in either. A wrong
+    password where syncd was given none (`password_given`) says how to give it."""
     if sqlstate(exc) in LOGIN_REFUSED:
-        return LoginRefused(f"cannot connect to {scrub(dsn)}: {describe(exc)}", describe(exc))
+        reason = describe(exc)
+        if sqlstate(exc) == "28P01" and _no_password_given(dsn, password_given):
+            reason = f"{reason}; {NO_PASSWORD_GIVEN}"
+        return LoginRefused(f"cannot connect to {scrub(dsn)}: {reason}", reason)
     return CannotConnect(f"cannot connect to {scrub(dsn)}: {describe(exc)}")
 
 
@@ -356,9 +380,9 @@ def unanswered_before(dsn: str) -> None:
         raise CannotConnect(_unanswered[dsn])
 
 
-def login_failed(dsn: str, exc: BaseException) -> PostgresUnavailable:
+def login_failed(dsn: str, exc: BaseException, password_given: bool = True) -> PostgresUnavailable:
     """cannot_connect(dsn, exc), kept where the login timed out (remember_unanswered)."""
-    failed = cannot_connect(dsn, exc)
+    failed = cannot_connect(dsn, exc, password_given)
     if _unanswered is not None and isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         _unanswered[dsn] = str(failed)
     return failed
@@ -370,7 +394,7 @@ async def connect(dsn: str, password: str | None, settings: PostgresSettings, **
     try:
         conn = await open_raw(dsn, **connect_kwargs(password, settings, **server_settings))
     except Exception as e:  # refused, timed out, auth failed, no such database: all "unavailable"
-        raise login_failed(dsn, e) from None
+        raise login_failed(dsn, e, password is not None) from None
     try:
         await prepare(conn)
     except BaseException:

@@ -69,7 +69,7 @@ class Target:
                         self.dsn, min_size=0, max_size=self.size, max_inactive_connection_lifetime=60.0,
                         init=prepare, connect=open_raw, **connect_kwargs(self.settings.password(), self.settings.postgres))
                 except Exception as e:
-                    raise cannot_connect(self.dsn, e) from None
+                    raise cannot_connect(self.dsn, e, self.settings.password() is not None) from None
             return self._pool
 
     @contextlib.asynccontextmanager
@@ -82,7 +82,7 @@ class Target:
             conn = await pool.acquire(timeout=self.settings.postgres.connect_timeout_seconds
                                       + self.settings.postgres.statement_timeout_seconds)
         except Exception as e:
-            raise login_failed(self.dsn, e) from None
+            raise login_failed(self.dsn, e, self.settings.password() is not None) from None
         broken = False
         try:
             yield conn
