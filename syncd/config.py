@@ -163,6 +163,14 @@ def check_dsn(dsn: str) -> str:
         # asyncpg takes the last sslmode given, and refuses every connection with one it does not know.
         if "sslmode" in params and params["sslmode"][-1].replace("-", "_") not in SSL_MODES:
             raise ValueError("its sslmode is not one of disable, allow, prefer, require, verify-ca, verify-full")
+        # So does it with the other settings it checks (the libpq environment's, given in the DSN).
+        for name, key, takes, said in LIBPQ_ENVIRONMENT:
+            if key in ("sslmode", "port") or key not in params:
+                continue  # sslmode: above; a port in the query is read only where the host names none
+            if name in _TLS_ONLY and params.get("sslmode", [""])[-1] == "disable":
+                continue  # read only for a TLS connection
+            if not takes(params[key][-1]):
+                raise ValueError(f"its {key} is {said}")
     if any(c in dsn for c in "\r\n\t"):
         raise ValueError("holds a line break or tab; percent-encode it (%0A, %0D, %09)")
     if "\x00" in dsn or "%00" in dsn:  # Postgres's startup message ends each name and value at a NUL

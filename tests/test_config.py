@@ -102,6 +102,14 @@ def test_password_from_a_credentials_directory(tmp_path, monkeypatch):
         (GOOD.replace("/synapse", "/synapse?sslmode=required"), "postgres.dsn: its sslmode is not one of"),
         (GOOD.replace("/synapse", "/synapse?target_session_attrs=primary&sslmode=verify"),
          "postgres.dsn: its sslmode is not one of"),
+        (GOOD.replace("/synapse", "/synapse?target_session_attrs=primary-only"),
+         "postgres.dsn: its target_session_attrs is not one of any, primary, standby, prefer-standby, read-write, "
+         "read-only"),
+        (GOOD.replace("/synapse", "/synapse?gsslib=kerberos"), "postgres.dsn: its gsslib is not one of gssapi, sspi"),
+        (GOOD.replace("/synapse", "/synapse?sslnegotiation=tls"),
+         "postgres.dsn: its sslnegotiation is not one of postgres, direct"),
+        (GOOD.replace("/synapse", "/synapse?ssl_max_protocol_version=1.3"),
+         "postgres.dsn: its ssl_max_protocol_version is not a TLS version"),
         ("[postgres\n", "config"),
         ("[[sources]]\nname = 'a'\npath = 'a.db'\n", "postgres: required key is missing"),
     ],
@@ -117,6 +125,13 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
 def test_every_sslmode_clients_know_is_taken(tmp_path, mode):
     s = load_settings(write(tmp_path, GOOD.replace("/synapse", f"/synapse?sslmode={mode}")))
     assert s.postgres.dsn.endswith(f"sslmode={mode}")
+
+
+@pytest.mark.parametrize("query", ["target_session_attrs=read-write", "gsslib=gssapi", "sslnegotiation=direct&"
+                                   "sslmode=require", "ssl_min_protocol_version=TLSv1.3", "sslmode=disable&"
+                                   "ssl_max_protocol_version=anything"])
+def test_connection_settings_clients_take_in_the_dsn_are_taken(tmp_path, query):
+    assert load_settings(write(tmp_path, GOOD.replace("/synapse", f"/synapse?{query}"))).postgres.dsn.endswith(query)
 
 
 @pytest.mark.parametrize("text, key", [
