@@ -412,13 +412,16 @@ async def identity_sequence(conn: asyncpg.Connection, table: str, col: str) -> s
     """The sequence behind `table`.`col`'s identity (a quoted regclass text), or None.
     The identity's own first: a `serial` column the application made in Postgres still
     owns its old sequence once syncd has made it an identity (after a rollback), and
-    pg_get_serial_sequence may name that one, which no INSERT draws from any more."""
+    pg_get_serial_sequence may name that one, which no INSERT draws from any more. Then
+    the one its DEFAULT draws from (nextval), owned by the column or not: a sequence the
+    application shares between tables numbers this one's rows too."""
     own = await conn.fetchval(
         "SELECT format('%I.%I', n.nspname, s.relname) FROM pg_depend d JOIN pg_class s ON s.oid = d.objid "
         "JOIN pg_namespace n ON n.oid = s.relnamespace JOIN pg_attribute a ON a.attrelid = d.refobjid "
         "AND a.attnum = d.refobjsubid WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
         "AND d.deptype = 'i' AND s.relkind = 'S' AND d.refobjid = $1::regclass AND a.attname = $2", table, col)
-    return own or await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, col)
+    return own or await ddl.default_sequence(conn, table, col) \
+        or await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, col)
 
 
 async def sequence_tops(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec]) -> dict[str, int]:
@@ -463,8 +466,33 @@ async def set_identities(conn: asyncpg.Connection, schema: str, specs: dict[str,
             await conn.fetchval("SELECT setval($1::regclass, $2, true)", seq, high)
         else:
             await conn.fetchval("SELECT setval($1::regclass, 1, false)", seq)
+        shared = await _drawn_by_default(conn, table, col)
+        if shared is not None:
+            line = (f"{name}.{col} keeps its DEFAULT {shared} (a sequence the column does not own, or shares with "
+                    f"another column: neither made an identity nor dropped), moved to continue after {high}")
+            done.append(line)
+            continue
         done.append(f"{name}.{col} continues after {high}")
     return done
+
+
+async def _drawn_by_default(conn: asyncpg.Connection, table: str, col: str) -> str | None:
+    """`table`.`col`'s DEFAULT (as Postgres prints it) where it draws from a sequence the
+    column does not own alone: one no column owns, another column owns, or another
+    column's DEFAULT draws from too. None otherwise (an identity, a serial of its own)."""
+    seq = await ddl.default_sequence(conn, table, col)
+    if seq is None:
+        return None
+    owned = await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, col)
+    if owned is not None and await conn.fetchval("SELECT $1::regclass = $2::regclass", owned, seq):
+        users = await conn.fetchval(
+            "SELECT count(*) FROM pg_depend WHERE classid = 'pg_attrdef'::regclass AND refclassid = "
+            "'pg_class'::regclass AND refobjid = $1::regclass", seq)
+        if users <= 1:
+            return None
+    return await conn.fetchval(
+        "SELECT pg_get_expr(ad.adbin, ad.adrelid) FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid "
+        "AND a.attnum = ad.adnum WHERE ad.adrelid = $1::regclass AND a.attname = $2", table, col)
 
 
 async def filled_only_in_sqlite(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec]) -> list[str]:
@@ -707,9 +735,13 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
                     "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')", source.schema)}
                 handed_out = await sequence_tops(conn, source.schema,
                                                  {name: specs[name] for name in marks if name in tables_there})
-                res.plan += [f"identity {name}.{ddl.identity_column(specs[name])} would continue after "
-                             f"{max(top, handed_out.get(name, 0))} (today's high mark; the drain may raise it)"
-                             for name, top in sorted(marks.items())]
+                for name, top in sorted(marks.items()):
+                    col = ddl.identity_column(specs[name])
+                    kept = await _drawn_by_default(conn, qualified(source.schema, name), col) \
+                        if name in tables_there else None
+                    what = f"identity {name}.{col}" if kept is None else f"{name}.{col} keeps its DEFAULT {kept}:"
+                    res.plan.append(f"{what} would continue after {max(top, handed_out.get(name, 0))} (today's "
+                                    "high mark; the drain may raise it)")
                 objects = await parity.read_pg_objects(conn, source.schema)
                 present = {key[2]: obj.comment for key, obj in objects.items() if key[0] == "relation"}
                 res.plan += await asyncio.to_thread(parity.preview, settings, source, specs, present)
@@ -916,6 +948,9 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         await _unguard(conn, b, source)
         await _drop_rollback_freeze(conn, settings, source)
         app_triggers.say(source.name, enabled, disabled=False)
+        for line in res.plan:
+            if " keeps its DEFAULT " in line:
+                log.info(line, extra={"source": source.name, "event": "cutover_default_kept"})
         log.info(f"cut over to Postgres: write downtime {res.downtime_seconds:.2f} s",
                  extra={"source": source.name, "event": "cutover_done"})
     except BaseException as e:

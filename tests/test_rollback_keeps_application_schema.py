@@ -871,3 +871,46 @@ async def test_a_serial_key_made_in_postgres_takes_sqlite_ids_past_its_32_bits_a
             assert await pg.fetchval("INSERT INTO app.tickets (title) VALUES ('next') RETURNING id") == 3000000001
         finally:
             await pg.close()
+
+
+async def test_a_key_numbered_by_a_sequence_shared_with_another_table_keeps_its_default_after_a_rollback(
+        tmp_path, make_config, pg_dsn):
+    """The application made two tables in Postgres after the cutover whose keys both draw
+    from one sequence (DEFAULT nextval('app.ids'), owned by neither). After a rollback and
+    the next cutover each key still draws from it, moved past SQLite's ids, and the
+    cutover says so. Before, syncd made each key an identity of its own sequence after the
+    rollback (the shared sequence owned by no column was taken for a DEFAULT an older
+    syncd had carried): the DEFAULT was gone and the application's numbering with it."""
+    async with rolled_back_app(tmp_path, make_config, pg_dsn, [
+        "CREATE SEQUENCE app.ids",
+        "CREATE TABLE app.tickets (id bigint PRIMARY KEY DEFAULT nextval('app.ids'), title text)",
+        "CREATE TABLE app.notes (id bigint PRIMARY KEY DEFAULT nextval('app.ids'), body text)",
+        "INSERT INTO app.tickets (title) VALUES ('first'), ('second')",
+        "INSERT INTO app.notes (body) VALUES ('third')",
+    ], ("tickets", "notes")) as (db, cfg, d):
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO tickets (id, title) VALUES (10, 'tenth, in SQLite')")
+        conn.commit()
+        conn.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        assert "tickets.id keeps its DEFAULT nextval('app.ids'::regclass): would continue after 10" in dry.stdout, \
+            dry.stdout + dry.stderr
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert "tickets.id keeps its DEFAULT nextval('app.ids'::regclass)" in out, out
+        assert "notes.id keeps its DEFAULT nextval('app.ids'::regclass)" in out, out
+        fills = dict(await pg_rows(pg_dsn, "SELECT c.relname, a.attidentity::text || coalesce(pg_get_expr(d.adbin, "
+                                           "d.adrelid), '') FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                                           "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+                                           "WHERE c.relname IN ('tickets', 'notes') AND c.relnamespace = 'app'::regnamespace "
+                                           "AND a.attname = 'id'"))
+        assert fills == {"tickets": "nextval('app.ids'::regclass)", "notes": "nextval('app.ids'::regclass)"}, fills
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            assert await pg.fetchval("INSERT INTO app.tickets (title) VALUES ('next') RETURNING id") == 11
+            assert await pg.fetchval("INSERT INTO app.notes (body) VALUES ('next') RETURNING id") == 12
+        finally:
+            await pg.close()
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        v = run_cli(cfg, "verify")
+        assert v.returncode == 0, v.stdout + v.stderr

@@ -547,14 +547,29 @@ async def ensure_identity(conn: asyncpg.Connection, schema: str, spec: TableSpec
     col = pg.column(ident) if ident else None
     if col is None or col.identity or ident not in pg.key:
         return False
-    if await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", qualified(schema, spec.name), ident):
-        # The application's serial (a table it made in Postgres after a cutover): its own
-        # sequence, which it may name, numbers the rows; a cutover moves it past SQLite's ids.
+    if await conn.fetchval("SELECT pg_get_serial_sequence($1, $2)", qualified(schema, spec.name), ident) \
+            or await default_sequence(conn, qualified(schema, spec.name), ident):
+        # The application's serial (a table it made in Postgres after a cutover), or its
+        # DEFAULT nextval() of a sequence the column does not own (one several tables share,
+        # or another table's): that sequence, which it may name, numbers the rows; a cutover
+        # moves it past SQLite's ids, never back. Dropping the DEFAULT would take the
+        # application's numbering away from the column.
         return False
     column = f"ALTER TABLE {qualified(schema, spec.name)} ALTER COLUMN {quote_pg_ident(ident)}"
     await conn.execute(f"{column} DROP DEFAULT")  # an older syncd may have carried SQLite's default
     await conn.execute(f"{column} ADD {IDENTITY}")
     return True
+
+
+async def default_sequence(conn: asyncpg.Connection, table: str, col: str) -> str | None:
+    """The sequence `table`.`col`'s DEFAULT draws from (nextval), as a quoted regclass
+    text, whoever owns it (the column, another table's column, nobody), or None."""
+    return await conn.fetchval(
+        "SELECT format('%I.%I', n.nspname, s.relname) FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = "
+        "ad.adrelid AND a.attnum = ad.adnum JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
+        "AND d.refclassid = 'pg_class'::regclass JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S' "
+        "JOIN pg_namespace n ON n.oid = s.relnamespace WHERE ad.adrelid = $1::regclass AND a.attname = $2 "
+        "ORDER BY 1 LIMIT 1", table, col)
 
 
 def add_column_sql(schema: str, spec: TableSpec, col: Column) -> str:
