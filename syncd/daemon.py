@@ -25,7 +25,7 @@ from syncd.health_note import outage
 from syncd.identifiers import quote_pg_ident
 from syncd.log import loop_exception_handler
 from syncd.page.live import LivePage
-from syncd.model import TO_POSTGRES, TO_SQLITE
+from syncd.model import NOT_FOLLOWED, TO_POSTGRES, TO_SQLITE
 from syncd.pipeline import SNAPSHOTTING, SOURCE_MISSING, STREAMING, Pipeline
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.bookkeeping import SourceLocked
@@ -918,6 +918,7 @@ class Daemon:
         now = time.time()
         for p in list(self.pipelines.values()):
             s = p.session
+            ended = getattr(p, "retired", None) is not None  # the way back has ended: nothing flows any more
             sources[p.name] = {
                 "path": str(p.source.path),  # which file: another daemon may run a source of the same name
                 "health": p.health,
@@ -931,7 +932,7 @@ class Daemon:
                 "step_seconds": round(p.busy_for(time.monotonic()), 1),
                 "tables": {
                     t.name: {
-                        "state": t.state,
+                        "state": NOT_FOLLOWED if ended else t.state,
                         "reason": t.row.reason,
                         "snapshot_rows": t.row.snapshot_rows,
                         "snapshot_total": t.row.snapshot_total,

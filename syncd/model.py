@@ -22,6 +22,10 @@ ROWID_COLUMN = "_syncd_rowid"
 # Which way a source replicates: SQLite -> Postgres until `syncd cutover`, then back from
 # Postgres into the (frozen) SQLite file until `syncd rollback` turns it around again.
 TO_POSTGRES, TO_SQLITE = "to_postgres", "to_sqlite"
+# Each table of a cut-over source once its way back has ended, in every view (syncd status,
+# --json, the report, the status page): nothing flows any more, none of them streams.
+NOT_FOLLOWED = "not followed"
+NO_FLOW = "none (cut over; SQLite no longer follows PostgreSQL)"  # the direction then, as the views write it
 
 ROWID_ALIASES = ("_rowid_", "rowid", "oid")
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from syncd.config import Settings, SourceSettings, StatusSettings
 from syncd.endpoint_client import fetch_status, own_sources, unanswered
 from syncd.identifiers import quote_ident
-from syncd.model import TO_POSTGRES, TO_SQLITE
+from syncd.model import NOT_FOLLOWED, TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import (LOCK_NOT_AVAILABLE, QUERY_CANCELED, close_quietly, connect, describe,
                                     login_refused, privilege_refused, sqlstate)
@@ -814,5 +814,13 @@ def as_json(verdict: int, statuses: list[SourceStatus]) -> dict:
         "status": VERDICTS[verdict],
         "exit_code": verdict,
         "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "sources": [asdict(s) for s in statuses],
+        "sources": [_source_json(s) for s in statuses],
     }
+
+
+def _source_json(st: SourceStatus) -> dict:
+    doc = asdict(st)
+    if st.way_back_ended:  # as `syncd status` shows it: nothing flows any more, none of them streams
+        for t in doc["tables"]:
+            t["state"] = NOT_FOLLOWED
+    return doc

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 import urllib.request
@@ -107,7 +108,10 @@ async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_p
     app.close()
     lookup = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'app' AND starts_with(indexname, '_syncd_uq_')"
     # 5 s of rollback window: the cutover's report and lookup check take about 1.5 s of it
-    cfg = backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 5 / 86400},
+    port = free_port()
+    cfg = backup_and_config(lambda sources, sections: make_config(sources, sections=sections,
+                                                                  metrics_listen=f"127.0.0.1:{port}"),
+                            tmp_path, db, cutover={"keep_sqlite_days": 5 / 86400},
                             stream={"schema_check_interval_seconds": 1})
     with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
         await cut_over(cfg, db, pg_dsn, daemon=d)
@@ -128,10 +132,29 @@ async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_p
         assert r.returncode == 1 and "the rollback window is over" in r.stdout
         status = run_cli(cfg, "status")
         assert "a rollback is no longer possible" in status.stdout
-        assert status.stdout.splitlines()[1].split()[:4] == ["app", "cut", "over", "none"], status.stdout  # FLOW
+        # STATE as the daemon (its endpoint answers) or the database tells it; FLOW: none
+        assert re.match(r"app +(cut over|rollback window over) +none ", status.stdout.splitlines()[1]), status.stdout
         # TABLES: nothing flows any more, so none of them is "streaming"
         assert "streaming" not in status.stdout.splitlines()[1] and "2 not followed" in status.stdout, status.stdout
-        assert "Rollback no longer possible" in run_cli(cfg, "report").stdout
+        report = run_cli(cfg, "report").stdout
+        assert "Rollback no longer possible" in report
+        # Every other view tells the same: no table streams, nothing flows
+        assert "| streaming |" not in report and report.count("| not followed |") == 2, report
+        assert "PostgreSQL → SQLite (after cutover)" not in report, report
+        tables = json.loads(run_cli(cfg, "status", "--json").stdout)["sources"][0]["tables"]
+        assert sorted((t["name"], t["state"]) for t in tables) == [("items", "not followed"),
+                                                                    ("tags", "not followed")], tables
+        tables = json.loads(run_cli(cfg, "report", "--format", "json").stdout)["sources"][0]["tables"]
+        assert sorted((t["table"], t["state"]) for t in tables) == [("items", "not followed"),
+                                                                     ("tags", "not followed")], tables
+        html = run_cli(cfg, "report", "--format", "html").stdout
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read().decode()
+        for shown in (html, page):
+            assert 'data-state="streaming"' not in shown and ">2 not followed<" in shown, shown
+            assert shown.count('data-state="not followed"') == 2, shown
+            assert "PostgreSQL → SQLite (after cutover)" not in shown, shown
+        tables = live(port)["sources"]["app"]["tables"]  # the daemon's own /status
+        assert {n: t["state"] for n, t in tables.items()} == {"items": "not followed", "tags": "not followed"}, tables
 
 
 async def test_once_the_way_back_has_ended_sqlite_is_no_longer_compared_with_postgres(tmp_path, make_config,

@@ -12,7 +12,7 @@ import time
 from syncd.cli import common
 from syncd.config import ConfigError
 from syncd.discovery import gone_sources
-from syncd.model import TO_SQLITE
+from syncd.model import NOT_FOLLOWED, TO_SQLITE
 from syncd.printable import escape_controls
 from syncd.status import CRITICAL, UNKNOWN, VERDICTS, WARNING, SourceStatus, as_json, gather, worse
 
@@ -180,7 +180,7 @@ def render(verdict: int, statuses: list[SourceStatus], every: bool = True, not_p
             counts[t.state] = counts.get(t.state, 0) + 1
         tables = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-"
         if st.way_back_ended and st.tables:
-            tables = f"{len(st.tables)} not followed"  # nothing flows any more: none of them streams
+            tables = f"{len(st.tables)} {NOT_FOLLOWED}"  # nothing flows any more: none of them streams
         lag = "-" if st.lag_seconds is None else f"{st.lag_seconds:.1f}s"
         pending = "-" if st.pending_changes is None else str(st.pending_changes)
         flow = ("none" if st.way_back_ended else "to sqlite") if st.direction == TO_SQLITE else "to postgres"

@@ -15,6 +15,7 @@ from html import escape
 
 from syncd import __version__
 from syncd.page.history import HistoryView
+from syncd.model import NOT_FOLLOWED
 from syncd.redact import scrub
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.report.checklist import (CheckItem, _columns_changed, _duration, cut_over, days, headline,
@@ -216,12 +217,14 @@ def _glance(ov: Overview, facts: dict[str, SourceFacts], statuses: dict[str, Sou
                 and not f.way_back_ended
             rows = f'<span class="mismatch">{e(rows)}</span>' if differ else e(rows)
         counts: dict[str, int] = {}
+        ended = f.way_back_ended if f else st.way_back_ended if st else None
         for t in (f.tables if f else st.tables if st else []):
-            counts[t.state or "not registered"] = counts.get(t.state or "not registered", 0) + 1
+            shown = NOT_FOLLOWED if ended else t.state or "not registered"  # as `syncd status` counts them
+            counts[shown] = counts.get(shown, 0) + 1
         tables = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "-"
         bad = state != "streaming" or any(k in HALTED or k == "refused" for k in counts)
         out.append(f'<tr data-source="{e(name)}"><td><a href="#source-{i}"><code>{e(name)}</code></a></td>'
-                   f"<td>{e(direction_text(_direction(f, st)))}</td>"
+                   f"<td>{e(direction_text(_direction(f, st), ended))}</td>"
                    f'<td class="{"sev-critical" if state != "streaming" else "sev-ok"}">{e(state.replace("_", " "))}'
                    f'</td><td class="num">{e(lag)}</td><td class="num">{e(pending)}</td>'
                    f"<td>{_iso_time(st.last_applied_at) if st else '-'}</td><td class=\"num\">{rows}</td>"
@@ -242,11 +245,12 @@ def _source(i: int, name: str, f: SourceFacts | None, st: SourceStatus | None, o
             history: HistoryView | None) -> list[str]:
     state = st.state if st else "unknown"
     direction = _direction(f, st)
+    ended = f.way_back_ended if f else st.way_back_ended if st else None
     good = state == "streaming"
     out = [f'<article class="source" id="source-{i}" data-source="{e(name)}">', "<header>",
            f"<h3><code>{e(name)}</code></h3>",
            f'<span class="badge direction" data-field="direction" data-value="{e(direction)}">'
-           f"{e(direction_text(direction))}</span>",
+           f"{e(direction_text(direction, ended))}</span>",
            f'<span class="badge {"good" if good else "bad"}" data-field="state" data-value="{e(state)}">'
            f"{e(state.replace('_', ' '))}</span>", "</header>"]
     out.append('<dl class="figures">')
@@ -398,7 +402,7 @@ def _tables(f: SourceFacts | None, st: SourceStatus | None, ov: Overview) -> lis
     if f is None:
         if st is None or not st.tables:
             return []
-        rows = "".join(_status_row(t) for t in st.tables)
+        rows = "".join(_status_row(t, ended=bool(st.way_back_ended)) for t in st.tables)
         return ['<div class="scroll"><table class="tables"><thead><tr><th>Table</th><th>State</th>'
                 "<th>Last verification</th></tr></thead><tbody>", rows, "</tbody></table></div>"]
     facts = ov.facts
@@ -434,6 +438,8 @@ def _table_row(t: TableFacts, start: dt.datetime, end: dt.datetime, compared: bo
     state = t.state or "not registered"
     halted = t.state in HALTED
     shown = e(state) + (f": {m(t.reason)}" if t.reason and t.state != "streaming" else "")
+    if not compared:  # nothing flows any more: none of them streams, as `syncd status` says
+        state, halted, shown = NOT_FOLLOWED, False, e(NOT_FOLLOWED)
     last = t.last_run
     pg_cls = "num" if t.counts_match or not compared else "num mismatch"
     window = [r for r in t.runs if r.finished_at >= start]
@@ -454,10 +460,12 @@ def _before_copy(t: TableFacts) -> str:
     return f" (before its columns changed: {m(changed)})" if changed else ""
 
 
-def _status_row(t: TableStatus) -> str:
-    shown = e(t.state) + (f": {m(t.reason)}" if t.reason and t.state != "streaming" else "")
-    return (f'<tr data-table="{e(t.name)}" data-state="{e(t.state)}"'
-            + (' class="halted"' if t.state in HALTED else "") + f"><td><code>{e(t.name)}</code></td>"
+def _status_row(t: TableStatus, ended: bool = False) -> str:
+    """`ended`: the way back has ended (nothing flows any more, none of them streams)."""
+    state = NOT_FOLLOWED if ended else t.state
+    shown = e(state) + (f": {m(t.reason)}" if t.reason and state != "streaming" and not ended else "")
+    return (f'<tr data-table="{e(t.name)}" data-state="{e(state)}"'
+            + (' class="halted"' if state in HALTED else "") + f"><td><code>{e(t.name)}</code></td>"
             f"<td>{shown}</td><td>{_iso_time(t.last_verify_at)}</td></tr>")
 
 

@@ -12,6 +12,7 @@ from syncd.parity.speed import RUNS
 from syncd.printable import escape_controls
 from syncd.report.checklist import (NOT_JUDGED, CheckItem, _columns_changed, cut_over, days, headline,
                                    not_judged_text, number, ready, timestamp, when)
+from syncd.model import NO_FLOW, NOT_FOLLOWED
 from syncd.report.facts import TO_POSTGRES, TO_SQLITE, MigrationFacts, SourceFacts, TableFacts, history_totals
 from syncd.verify.history import VerifyRun
 
@@ -81,7 +82,7 @@ def markdown(f: MigrationFacts, items: list[CheckItem]) -> str:
 def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
     out = [f"## Source {_code(s.name)}", "",
            f"- SQLite file: {_code(str(s.path))}; Postgres schema: {_code(s.schema)}",
-           f"- Direction: {direction_text(s.direction)}"]
+           f"- Direction: {direction_text(s.direction, s.way_back_ended)}"]
     if s.way_back_ended:
         out.append(f"- **Rollback no longer possible**: SQLite no longer follows Postgres ({s.way_back_ended})")
     elif s.rollback_until is not None:
@@ -129,7 +130,10 @@ def _source_section(s: SourceFacts, now: dt.datetime) -> list[str]:
     return out
 
 
-def direction_text(direction: str) -> str:
+def direction_text(direction: str, way_back_ended: str | None = None) -> str:
+    """`way_back_ended`: cut over and SQLite no longer follows (why): nothing flows, as `syncd status` says."""
+    if direction == TO_SQLITE and way_back_ended:
+        return NO_FLOW
     return {TO_POSTGRES: "SQLite → PostgreSQL", TO_SQLITE: "PostgreSQL → SQLite (after cutover)"}.get(direction,
                                                                                                       direction)
 
@@ -140,6 +144,8 @@ def _table_row(t: TableFacts, now: dt.datetime, compared: bool = True, archived:
     state = t.state or "not registered"
     if t.reason and t.state != "streaming":
         state += f": {t.reason}"
+    if not compared:  # the way back has ended: nothing flows any more, none of them streams
+        state = NOT_FOLLOWED
     last = t.last_run
     verified = when(last.finished_at, now) if last else "never"
     result = last.outcome() if last else "-"
@@ -245,7 +251,7 @@ def _source_json(s: SourceFacts, now: dt.datetime) -> dict[str, Any]:
                           "holds_data": lo.holds_data, "rows": lo.rows} for lo in s.left_out],
         "schema": _parity_json(s),
         "tables": [{
-            "table": t.name, "state": t.state, "reason": t.reason, "rows_sqlite": t.rows_sqlite,
+            "table": t.name, "state": NOT_FOLLOWED if s.way_back_ended else t.state, "reason": t.reason, "rows_sqlite": t.rows_sqlite,
             "rows_postgres": t.rows_postgres, "counts_match": t.counts_match, "captured": t.captured,
             "capture_note": t.capture_note,
             "last_verification": _run_json(t.last_run) if t.last_run else None,
