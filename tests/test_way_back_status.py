@@ -409,3 +409,88 @@ async def test_a_table_copied_again_on_the_way_back_claims_no_total_of_an_earlie
         assert all(total is None or total >= 20000 for _rows, total in seen), seen
         await wait_back(cfg, db, pg_dsn, daemon=d)
         assert d.stop() == 0
+
+
+async def test_a_table_paused_on_the_way_back_is_as_old_as_its_oldest_change_not_applied(tmp_path, make_config,
+                                                                                          pg_dsn):
+    """A table the application's migration pauses on the way back (a column dropped in
+    Postgres) is as far behind as the oldest of its changes SQLite has not applied: not
+    the time since syncd last saved its row (the cutover's, here 4 s before that change:
+    status called a table minutes behind that had missed one change a moment ago), nor
+    the time since the pause (3 s after that change, here: a backlog would be hidden)."""
+    from tests.support.pgcluster import free_port
+    from tests.support.sync import eventually, table_states
+
+    db = tmp_path / "app.db"
+    make_app(db)
+    port = free_port()
+    cfg = backup_and_config(lambda sources, sections: make_config(sources, metrics_listen=f"127.0.0.1:{port}",
+                                                                  sections=sections), tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "cutover.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    await asyncio.sleep(4)  # the table's row, saved at the cutover, is visibly older than its change
+    await pg_rows(pg_dsn, "INSERT INTO app.deals VALUES (3, 'lead')")
+    written = time.monotonic()
+    await asyncio.sleep(3)  # the pause, at the daemon's start, is visibly younger than the change
+    await pg_rows(pg_dsn, "ALTER TABLE app.deals DROP COLUMN stage")
+
+    def within(lag: float | None, before: float) -> bool:
+        """The change's age, measured between `before` and now (a second either way)."""
+        return lag is not None and before - 1 <= lag <= time.monotonic() - written + 1
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        async def paused_and_passed() -> bool:  # the checkpoint past the change: pending counts it no more
+            return (await table_states(pg_dsn, "app"))["deals"][0] == "paused" and status(cfg)["pending_changes"] == 0
+
+        await eventually(paused_and_passed, 30, "deals paused, its change passed", d)
+        before = time.monotonic() - written
+        src = status(cfg)  # the daemon's endpoint answers
+        assert within(src["lag_seconds"], before), (src, before)
+        before = time.monotonic() - written
+        assert within(lag_metric(port), before), before
+        assert d.stop() == 0
+    before = time.monotonic() - written
+    src = status(cfg)  # the database alone
+    assert within(src["lag_seconds"], before), (src, before)
+    before = time.monotonic() - written
+    assert within(report_lag(cfg)["seconds"], before), before
+
+
+async def test_a_table_paused_before_it_misses_a_change_is_behind_from_its_first_change_missed(tmp_path, make_config,
+                                                                                             pg_dsn):
+    """Paused by a column dropped in Postgres with no write yet, the table has missed
+    nothing: no lag (not the age of its row's last save, the cutover's). The first
+    change it misses after the pause is its age from then on, from the daemon and from
+    the database alone, though the checkpoint passes it at once."""
+    from tests.support.pgcluster import free_port
+    from tests.support.sync import eventually, table_states
+
+    db = tmp_path / "app.db"
+    make_app(db)
+    port = free_port()
+    cfg = backup_and_config(lambda sources, sections: make_config(sources, metrics_listen=f"127.0.0.1:{port}",
+                                                                  sections=sections),
+                            tmp_path, db, stream={"schema_check_interval_seconds": 1})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await asyncio.sleep(3)  # the table's row, saved at the cutover, is visibly older
+        await pg_rows(pg_dsn, "ALTER TABLE app.deals DROP COLUMN stage")
+
+        async def paused() -> bool:
+            return (await table_states(pg_dsn, "app"))["deals"][0] == "paused"
+
+        await eventually(paused, 30, "deals paused", d)
+        assert status(cfg)["lag_seconds"] < 1.5  # nothing missed yet
+        await pg_rows(pg_dsn, "INSERT INTO app.deals VALUES (3)")
+        written = time.monotonic()
+        await eventually(lambda: asyncio.to_thread(lambda: status(cfg)["pending_changes"] == 0), 30,
+                         "the change passed", d)
+        await asyncio.sleep(2)
+        before = time.monotonic() - written
+        src = status(cfg)  # the daemon's endpoint answers
+        assert before - 1 <= src["lag_seconds"] <= time.monotonic() - written + 1, (src, before)
+        assert d.stop() == 0
+    before = time.monotonic() - written
+    src = status(cfg)  # the database alone
+    assert before - 1 <= src["lag_seconds"] <= time.monotonic() - written + 1, (src, before)

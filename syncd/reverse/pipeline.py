@@ -86,19 +86,22 @@ class ReverseTable:
     retry_at: float = 0.0
     logged_reason: str | None = None
     held_key: tuple | None = None  # held for this row's value: looked at before copying the table again
-    behind_since: float | None = None  # held or paused (then copied again) since: SQLite's copy is that old
+    # Held (then copied again) since, paused: its oldest change not applied (None while it
+    # has missed none): SQLite's copy is that old.
+    behind_since: float | None = None
 
     def behind(self, row: TableRow, old: "ReverseTable | None") -> None:
         """Carry or start the time this table stopped following Postgres, for its new
-        bookkeeping row: kept while it is held, paused or being copied again."""
+        bookkeeping row: kept while it is held, paused or being copied again. A paused
+        table without one is given its oldest change not applied by the reconcile."""
         if row.state not in (bk.HELD, bk.PAUSED, bk.LOADING):
             self.behind_since = None
         elif old is not None and old.behind_since is not None:
             self.behind_since = old.behind_since
         elif row.behind_since is not None:
             self.behind_since = row.behind_since.timestamp()  # as saved (also across a restart)
-        elif row.state != bk.LOADING:
-            # Held or paused before this reconcile: since its row's last save at the latest.
+        elif row.state == bk.HELD:
+            # Held before this reconcile: since its row's last save at the latest.
             self.behind_since = row.updated_at.timestamp() if row.updated_at is not None else time.time()
 
     @property
@@ -784,6 +787,11 @@ class ReversePipeline:
                 runtimes[name].retry_at, runtimes[name].logged_reason = old.retry_at, old.logged_reason
                 runtimes[name].held_key = old.held_key
             runtimes[name].behind(new, old)
+            if new.state == bk.PAUSED and runtimes[name].behind_since is None and tid is not None:
+                # Its changes the checkpoint has not passed yet are the oldest it will miss
+                # (the later ones are noted as the stream passes them: _stream_step).
+                age = await reader.oldest_uncovered(pg, self.names, self.checkpoint, tid)
+                runtimes[name].behind_since = None if age is None else time.time() - age
             new = runtimes[name].row = runtimes[name].behind_row(new)
             if rows.get(name) != new:
                 await s.bk.save_table(pg, new)
@@ -947,6 +955,14 @@ class ReversePipeline:
                 self.pruned = batch.before.done
             return False  # nothing new: the checkpoint need not be written
         by_tid = {t.tid: t for t in self.tables.values() if t.tid is not None}
+        for tid, at in batch.skipped_since.items():
+            t = by_tid.get(tid)
+            if t is not None and t.state == bk.PAUSED and t.behind_since is None:
+                # Its first change missed since the pause: its age is the table's from now on.
+                # Saved before the checkpoint passes it, as nothing else will remember it.
+                t.behind_since = at - batch.clock_offset
+                t.row = t.behind_row(t.row)
+                await s.bk.save_table(s.pg, t.row)
         plan = ApplyPlan([], checkpoint=batch.after.encode(), expect=self.file_checkpoint,
                          schema_version=s.schema_version)
         for tid, tb in batch.tables.items():

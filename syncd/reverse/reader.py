@@ -119,6 +119,7 @@ class ReverseBatch:
     entries: int = 0
     tables: dict[int, TableBatch] = field(default_factory=dict)
     skipped: Counter = field(default_factory=Counter)  # tid -> entries of tables not followed now
+    skipped_since: dict[int, float] = field(default_factory=dict)  # tid -> its oldest skipped entry's time (Postgres clock)
     oldest_at: float | None = None  # when the oldest entry taken was written (Postgres clock)
     newest_at: float | None = None
     clock_offset: float = 0.0  # Postgres clock minus this host's, when the batch was read
@@ -304,9 +305,10 @@ async def _fill(conn: asyncpg.Connection, schema: str, wanted: dict[int, _Wanted
     """Put the rows of `entries` (the batch's, read by _read_sized or now) into `batch`."""
     stamps = [float(e[5]) for e in entries]
     batch.oldest_at, batch.newest_at = min(stamps), max(stamps)
-    for _txid, _seq, tid, _op, _key, _at in entries:
+    for _txid, _seq, tid, _op, _key, at in entries:
         if tid not in wanted:
             batch.skipped[tid] += 1
+            batch.skipped_since[tid] = min(float(at), batch.skipped_since.get(tid, float(at)))
         elif tid not in batch.tables:
             batch.tables[tid] = TableBatch(tid, wanted[tid].st.spec.name)
     cut = len(entries)
@@ -355,6 +357,16 @@ async def pending(conn: asyncpg.Connection, names: Names, cp: ReverseCheckpoint)
     return int(row[0]), max(0.0, float(row[1] or 0.0))
 
 
+async def oldest_uncovered(conn: asyncpg.Connection, names: Names, cp: ReverseCheckpoint, tid: int) -> float | None:
+    """Seconds since the oldest of a table's entries the checkpoint does not cover was
+    written; None when it has none."""
+    after = cp.after or (0, 0)
+    age = await conn.fetchval(
+        f"SELECT extract(epoch FROM clock_timestamp() - min(at)) FROM {names.changelog} WHERE {UNCOVERED} "
+        "AND tid = $5", cp.done, cp.target, after[0], after[1], tid)
+    return None if age is None else max(0.0, float(age))
+
+
 async def truncated_tids(conn: asyncpg.Connection, names: Names, cp: ReverseCheckpoint) -> set[int]:
     """Tables with a TRUNCATE the checkpoint does not cover yet: the stream copies each
     again once it reads that entry."""
@@ -368,10 +380,12 @@ async def behind_seconds(conn: asyncpg.Connection, names: Names) -> float:
     """Seconds since the oldest of the source's held or paused tables (also one being
     copied again after its hold) stopped following Postgres: its behind_since, as the
     daemon noted it (kept across its retries), or its bookkeeping row's last save where a
-    syncd before that column left none; 0 when none is."""
+    syncd before that column left none; 0 when none is. A paused table's behind_since is
+    its oldest change not applied: none yet while it has missed none."""
     age = await conn.fetchval(
         "SELECT extract(epoch FROM clock_timestamp() - min(coalesce((to_jsonb(t)->>'behind_since')::timestamptz, "
-        "CASE WHEN t.state IN ('held', 'paused') THEN t.updated_at END))) "
+        "CASE WHEN t.state = 'held' OR (t.state = 'paused' AND NOT to_jsonb(t) ? 'behind_since') "
+        "THEN t.updated_at END))) "
         f"FROM {quote_pg_ident(names.bk)}.tables t WHERE t.source = $1 AND t.state IN ('held', 'paused', 'loading')",
         names.source)
     return max(0.0, float(age or 0.0))
