@@ -494,3 +494,33 @@ async def test_a_table_paused_before_it_misses_a_change_is_behind_from_its_first
     before = time.monotonic() - written
     src = status(cfg)  # the database alone
     assert before - 1 <= src["lag_seconds"] <= time.monotonic() - written + 1, (src, before)
+
+
+async def test_a_table_held_after_a_restart_is_as_old_as_the_change_it_could_not_take(tmp_path, make_config,
+                                                                                        pg_dsn):
+    """A change SQLite cannot take, written while the daemon was away, holds its table
+    once the daemon is back: the table is as far behind as that change, not as the hold
+    (which hid the seconds or hours the change had waited, once the stream caught up)."""
+    from tests.support.sync import eventually, table_states
+
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)  # no endpoint: status asks the database
+    with DaemonProcess(cfg, tmp_path / "cutover.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "ALTER TABLE app.deals ADD COLUMN closed date")
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    await pg_rows(pg_dsn, "UPDATE app.deals SET closed = '0044-03-15 BC' WHERE id = 1")
+    written = time.monotonic()
+    await asyncio.sleep(4)  # the change waits for the daemon
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        async def held() -> bool:
+            return (await table_states(pg_dsn, "app"))["deals"][0] == "held"
+
+        await eventually(held, 30, "deals held", d)
+        before = time.monotonic() - written
+        src = status(cfg)
+        assert src["pending_changes"] == 0 and before - 1 <= src["lag_seconds"] <= time.monotonic() - written + 1, \
+            (src, before)
+        assert d.stop() == 0

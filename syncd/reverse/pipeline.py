@@ -955,7 +955,7 @@ class ReversePipeline:
                 self.pruned = batch.before.done
             return False  # nothing new: the checkpoint need not be written
         by_tid = {t.tid: t for t in self.tables.values() if t.tid is not None}
-        for tid, at in batch.skipped_since.items():
+        for tid, at in batch.first_at.items():
             t = by_tid.get(tid)
             if t is not None and t.state == bk.PAUSED and t.behind_since is None:
                 # Its first change missed since the pause: its age is the table's from now on.
@@ -987,7 +987,7 @@ class ReversePipeline:
         self.session.applied_at = time.time()
         self.reload.update(plan.reload_add)
         self._start_over(plan.reload_add)
-        await self._held(outcome)
+        await self._held(outcome, {tid: at - batch.clock_offset for tid, at in batch.first_at.items()})
         self._count(batch, outcome, elapsed)
         if batch.after.done != self.pruned and batch.after.target is None:
             await reader.prune(s.pg, self.names, batch.after.done, batch.after.n)
@@ -1030,13 +1030,15 @@ class ReversePipeline:
         s.schema_version = out.schema_version
         return out
 
-    async def _held(self, outcome: ApplyOutcome) -> None:
+    async def _held(self, outcome: ApplyOutcome, first_at: dict[int, float] | None = None) -> None:
+        """`first_at`: when the oldest of each table's changes in the batch was written (this
+        host's clock): a held table's changes there are not applied, it is that far behind."""
         s = self.session
         by_tid = {t.tid: t for t in self.tables.values() if t.tid is not None}
         for tid, reason in outcome.held.items():
             t = by_tid[tid]
             self.reload[t.name] = reason
-            t.behind_since = t.behind_since or time.time()
+            t.behind_since = t.behind_since or min(time.time(), (first_at or {}).get(tid, time.time()))
             t.row = t.behind_row(changed(t.row, state=bk.HELD, reason=reason))
             t.retry_at = time.monotonic() + self.settings.stream.held_table_retry_seconds
             key = outcome.held_keys.get(tid)

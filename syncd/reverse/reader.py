@@ -119,7 +119,7 @@ class ReverseBatch:
     entries: int = 0
     tables: dict[int, TableBatch] = field(default_factory=dict)
     skipped: Counter = field(default_factory=Counter)  # tid -> entries of tables not followed now
-    skipped_since: dict[int, float] = field(default_factory=dict)  # tid -> its oldest skipped entry's time (Postgres clock)
+    first_at: dict[int, float] = field(default_factory=dict)  # tid -> when its oldest entry was written (Postgres clock)
     oldest_at: float | None = None  # when the oldest entry taken was written (Postgres clock)
     newest_at: float | None = None
     clock_offset: float = 0.0  # Postgres clock minus this host's, when the batch was read
@@ -306,9 +306,10 @@ async def _fill(conn: asyncpg.Connection, schema: str, wanted: dict[int, _Wanted
     stamps = [float(e[5]) for e in entries]
     batch.oldest_at, batch.newest_at = min(stamps), max(stamps)
     for _txid, _seq, tid, _op, _key, at in entries:
+        batch.first_at.setdefault(tid, float(at))  # in (txid, seq) order: commits of one table may come out of time order
+        batch.first_at[tid] = min(batch.first_at[tid], float(at))
         if tid not in wanted:
             batch.skipped[tid] += 1
-            batch.skipped_since[tid] = min(float(at), batch.skipped_since.get(tid, float(at)))
         elif tid not in batch.tables:
             batch.tables[tid] = TableBatch(tid, wanted[tid].st.spec.name)
     cut = len(entries)
