@@ -225,12 +225,21 @@ def _glance(ov: Overview, facts: dict[str, SourceFacts], statuses: dict[str, Sou
         bad = state != "streaming" or any(k in HALTED or k == "refused" for k in counts)
         out.append(f'<tr data-source="{e(name)}"><td><a href="#source-{i}"><code>{e(name)}</code></a></td>'
                    f"<td>{e(direction_text(_direction(f, st), ended))}</td>"
-                   f'<td class="{"sev-critical" if state != "streaming" else "sev-ok"}">{e(state.replace("_", " "))}'
+                   f'<td class="sev-{_severity(st)}">{e(state.replace("_", " "))}'
                    f'</td><td class="num">{e(lag)}</td><td class="num">{e(pending)}</td>'
                    f"<td>{_iso_time(st.last_applied_at) if st else '-'}</td><td class=\"num\">{rows}</td>"
                    f'<td class="{"sev-warning" if bad else ""}">{e(tables)}</td></tr>')
     out += ["</tbody></table></div>", "</section>"]
     return out
+
+
+def _severity(st: SourceStatus | None) -> str:
+    """The source's state coloured as `syncd status` judges it (its worst problem): a
+    load under way, or a way back ended, is no outage."""
+    if st is None:
+        return "unknown"
+    rank = {"warning": 1, "unknown": 2, "critical": 3}
+    return max((p.severity for p in st.problems), key=rank.__getitem__, default="ok")
 
 
 def _direction(f: SourceFacts | None, st: SourceStatus | None) -> str:
