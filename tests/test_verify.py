@@ -116,6 +116,22 @@ async def test_every_kind_of_difference_is_reported_by_key_and_column(synced, pg
     assert any(line.startswith('app: "items" DIFFERS (200 rows in SQLite, 200 in Postgres') for line in lines)
 
 
+async def test_a_negative_zero_in_postgres_where_sqlite_holds_zero_is_a_difference_before_the_cutover(synced, pg_dsn):
+    # Item 8 was written -0.0 to SQLite, whose REAL column holds it as 0.0 (so does the copy);
+    # item 14 was written 0.0. A -0.0 written in Postgres behind syncd's back is what the
+    # application would read after the switch (str() gives '-0.0', 1/x gives -inf in
+    # some languages): a value it never read from SQLite.
+    await pg_execute(pg_dsn, "UPDATE app.items SET r = '-0'::float8 WHERE id IN (8, 14)")
+    rc, doc = verify_json(synced)
+    assert rc == 1
+    assert found(doc, "items") == {("different", (8,), ("r",)), ("different", (14,), ("r",))}
+
+    out = verify(synced, "--repair")
+    assert out.returncode == 0, out.stdout + out.stderr
+    signs = await pg_fetch(pg_dsn, "SELECT id, r::text FROM app.items WHERE id IN (8, 14) ORDER BY id")
+    assert [tuple(r) for r in signs] == [(8, "0"), (14, "0")]
+
+
 async def test_tables_not_streaming_count_as_differences(app_db, make_config, pg_dsn, tmp_path):
     seed(app_db)
     conn = sqlite3.connect(app_db)

@@ -26,14 +26,16 @@ class PgRow:
 
 
 class PostgresTable:
-    def __init__(self, conn: asyncpg.Connection, schema: str, ks: KeySpace, utf8_database: bool = False):
+    def __init__(self, conn: asyncpg.Connection, schema: str, ks: KeySpace, utf8_database: bool = False,
+                 cut_over: bool = False):
         self.conn = conn
         self.ks = ks
         self.spec = ks.spec
         self.table = qualified(schema, ks.spec.name)
-        self.hash = pg_row_hash_sql(ks.spec, utf8_database)
+        # Cut over, a REAL's -0.0 is the 0.0 SQLite holds; before, it differs (rowhash.pg_token).
+        self.hash = pg_row_hash_sql(ks.spec, utf8_database, cut_over)
         self.key_cols = ", ".join(ks.pg_ref(i) for i in range(len(ks.key)))
-        self.tokens = f"ARRAY[{', '.join(pg_token_exprs(ks.spec))}]::text[]"
+        self.tokens = f"ARRAY[{', '.join(pg_token_exprs(ks.spec, cut_over))}]::text[]"
         self.key_tokens = pg_key_token_exprs(ks.spec)
 
     async def count(self) -> int:

@@ -90,7 +90,7 @@ class SqliteRow:
 
 class TableCheck:
     def __init__(self, run: SqliteRun, pg: asyncpg.Connection, ks: KeySpace, tid: int, *, source: str,
-                 target_schema: str, bk_schema: str, chunk_rows: int, utf8_database: bool = False):
+                 target_schema: str, bk_schema: str, chunk_rows: int, utf8_database: bool = False, cut_over: bool = False):
         self.run = run
         self.pg = pg
         self.ks = ks
@@ -99,7 +99,7 @@ class TableCheck:
         self.source = source
         self.bk_schema = bk_schema
         self.chunk_rows = chunk_rows
-        self.pt = PostgresTable(pg, target_schema, ks, utf8_database)
+        self.pt = PostgresTable(pg, target_schema, ks, utf8_database, cut_over)
         self.hasher = SqliteRowHash(self.spec, f"_syncd_verify_{tid}")
         self.tokens = RowTokens(self.spec)
         self.candidates: dict[tuple, Candidate] = {}
