@@ -137,6 +137,21 @@ def test_a_compressed_backup_counts_only_where_the_pattern_names_the_source(tmp_
     assert item.ok and found["sales"].count == 1
 
 
+def test_a_file_that_holds_no_sqlite_database_compressed_or_not_is_no_backup(tmp_path):
+    """A file the pattern matches that is neither a SQLite database nor a compressed one
+    (a job's log beside its backups, a gzip of an error page) showed nothing syncd could
+    read as a backup, yet counted as the fresh one: it is named instead, as not counted."""
+    sources_and_folder(tmp_path, names=("sales",))
+    take_backup(tmp_path / "sales.db", tmp_path / "backups" / "sales-1.db", 40)
+    (tmp_path / "backups" / "sales-2.db").write_text("backup failed: disk full\n")
+    with gzip.open(tmp_path / "backups" / "sales-3.db.gz", "wb") as g:
+        g.write(b"<html>502 Bad Gateway</html>")
+    item, found = judged(tmp_path, "backups/{source}-*", names=("sales",))
+    assert not item.ok and found["sales"].count == 1 and found["sales"].newest.endswith("sales-1.db"), item.problems
+    for name in ("sales-2.db", "sales-3.db.gz"):
+        assert any(f"{name} (holds no SQLite database" in line for line in item.problems), item.problems
+
+
 def test_sources_sharing_tables_are_told_apart_only_by_name_or_capture_id(tmp_path):
     """Two sources of one schema (crm gained a table since its backup): without a
     capture id in the backup, its tables say nothing about whose it is."""
@@ -218,6 +233,54 @@ def test_a_backup_folder_syncd_may_not_read_is_named_not_taken_for_no_backup(tmp
         assert len(problems) == 1 and problems[0].startswith("sales: "), problems
         assert "no backup matches" not in problems[0], problems
         assert f"{base}/backups" in problems[0] and "may not read" in problems[0], problems
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_backup_file_syncd_may_not_read_is_named_not_counted(tmp_path, portable_syncd):
+    """A backup job running as root writes its files 0600 into a folder anyone may list:
+    syncd's user sees the file and its date but cannot read a byte of it, so nothing
+    shows it is a backup (of this source, or a database at all). It was credited as the
+    fresh backup; now it is named as one syncd could not read, and only the backup syncd
+    reads counts (here a month old: too old)."""
+    import inspect
+    import json
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from tests.test_file_permissions import SYNCD_GID, SYNCD_UID, SYSTEM_PYTHON
+
+    base = Path(tempfile.mkdtemp(prefix="syncd-backups-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        make_source(base / "sales.db", "sales", installed=True)
+        os.chmod(base / "sales.db", 0o644)
+        (base / "backups").mkdir(mode=0o755)
+        take_backup(base / "sales.db", base / "backups" / "sales-old.db", 31)
+        os.chmod(base / "backups" / "sales-old.db", 0o644)
+        take_backup(base / "sales.db", base / "backups" / "sales-nightly.db", 1)
+        os.chmod(base / "backups" / "sales-nightly.db", 0o600)  # root's alone
+        item, found = judged(base, "backups/{source}-*.db", names=("sales",))
+        assert item.ok and found["sales"].newest.endswith("sales-nightly.db"), item.problems  # root reads it
+        script = ("import json, sys; from pathlib import Path; from tests_judged import judged; "
+                  "item, found = judged(Path(sys.argv[1]), 'backups/{source}-*.db', names=('sales',)); "
+                  "print(json.dumps([item.ok, item.problems, found['sales'].count, found['sales'].newest]))")
+        (base / "tests_judged.py").write_text(
+            "import datetime as dt\n"
+            "from syncd.report.backups import find_backups, live_identity\n"
+            "from syncd.report.checklist import backup\n"
+            "from syncd.report.facts import MigrationFacts, SourceFacts\n"
+            + "\n\n" + inspect.getsource(judged))
+        os.chmod(base / "tests_judged.py", 0o644)
+        r = subprocess.run([SYSTEM_PYTHON, "-c", script, str(base)], user=SYNCD_UID, group=SYNCD_GID, extra_groups=[],
+                           capture_output=True, text=True, timeout=60, cwd=base,
+                           env={"PYTHONPATH": f"{portable_syncd}:{base}", "HOME": str(base)})
+        assert r.returncode == 0, r.stderr
+        ok, problems, count, newest = json.loads(r.stdout)
+        assert not ok and count == 1 and newest.endswith("sales-old.db"), (ok, problems, count, newest)
+        assert len(problems) == 1 and problems[0].startswith("sales: too old: "), problems
+        assert f"{base}/backups/sales-nightly.db (syncd may not read it" in problems[0], problems
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

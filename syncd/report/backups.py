@@ -6,11 +6,13 @@ recent when the newest matching file credited to the source was modified less th
 `[cutover] backup_max_age_days` ago: the runbook keeps backups for that long, so an
 older newest file means the backup job stopped.
 
+A file syncd may not read (its mode) is never credited, nor one that holds no SQLite
+database, plain or compressed with gzip, bzip2 or xz: each is named, as not counted.
 A file is credited by what it holds, not by its name alone: a copy of another source
 (the capture id syncd wrote into that file, or the other source's tables) is never
-evidence for this one, whatever the pattern says. A file syncd cannot open as a plain
-SQLite database (compressed, say) is credited only where the pattern names `{source}`
-or there is one source; otherwise nothing tells whose it is.
+evidence for this one, whatever the pattern says. A compressed backup, which syncd does
+not open as a database, is credited only where the pattern names `{source}` or there is
+one source; otherwise nothing tells whose it is.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class BackupFacts:
     newest: str | None
     newest_age_days: float | None
     newest_bytes: int | None
-    newest_is_sqlite: bool | None  # False: compressed or not a database (still counted)
+    newest_is_sqlite: bool | None  # False: a compressed database (still counted)
     oldest_age_days: float | None
     not_counted: list[str] = field(default_factory=list)  # matched, yet no backup of this source, and why
     others: int = 0  # matched a pattern without {source}: plainly other sources' backups (not listed)
@@ -196,8 +198,12 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
             # when it was taken is not known, so it is not the recent backup.
             when = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             not_counted.append(f"{p} (dated in the future, {when}: a clock ahead?)")
+        elif (unread := _unreadable_file(p)) is not None:
+            not_counted.append(f"{p} ({unread})")  # nothing shows it is a backup, nor whose
         elif (broken := _damaged(p, st.st_size)) is not None:
             not_counted.append(f"{p} ({broken})")
+        elif (empty := _holds_no_database(p)) is not None:
+            not_counted.append(f"{p} ({empty})")
         elif (no := whose(identity(p), source, sources, named)) is not None:
             if not named and no.of is not None:
                 others += 1  # a shared folder: the other sources' own backups, each credited there
@@ -235,6 +241,22 @@ def _unreadable(pattern: str) -> str | None:
     return None
 
 
+def _unreadable_file(path: str) -> str | None:
+    """Why this process cannot read the file `path` (its mode, say: a backup job's 0600
+    as root), or None. Such a file tells nothing of what it holds, so it is no evidence."""
+    try:
+        with open(path, "rb") as f:
+            f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        try:
+            user = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            user = f"uid {os.geteuid()}"
+        return (f"syncd may not read it (running as {user}: {e.strerror or e}), so nothing shows it is a backup: "
+                "let it read the file (its group, or its mode)")
+    return None
+
+
 def _inode(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -267,6 +289,41 @@ def _damaged(path: str, size: int) -> str | None:
         return f"cut short: {size:,} bytes, not a whole number of {page}-byte pages"
     if identity(path) is None:
         return "damaged: it begins as a SQLite database and cannot be read as one"
+    return None
+
+
+# Compressed backups syncd can look into (Python's own modules), by their first bytes.
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "lzma"}
+
+
+def _holds_no_database(path: str) -> str | None:
+    """Why a file that does not begin as a SQLite database holds none (a job's log, an
+    error page, compressed or not), or None: it is one, or a gzip, bzip2 or xz stream that
+    begins as one (only its first bytes are unpacked). Another compression syncd cannot
+    look into is said so."""
+    import bz2
+    import gzip
+    import lzma
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return None  # _unreadable_file has said it
+    if head.startswith(SQLITE_HEADER):
+        return None
+    kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
+    if kind is None:
+        return ("holds no SQLite database: it neither begins as one nor is a gzip, bzip2 or xz file syncd can look "
+                "into")
+    opener = {"gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}[kind]
+    try:
+        with opener(path, "rb") as f:
+            inner = f.read(len(SQLITE_HEADER))
+    except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
+        return f"holds no SQLite database syncd can read: a damaged {kind} file ({e})"
+    if not inner.startswith(SQLITE_HEADER):
+        return f"holds no SQLite database: a {kind} file of something else"
     return None
 
 
