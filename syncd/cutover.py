@@ -744,8 +744,7 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
                                     "high mark; the drain may raise it)")
                 objects = await parity.read_pg_objects(conn, source.schema)
                 present = {key[2]: obj.comment for key, obj in objects.items() if key[0] == "relation"}
-                others = await parity.held_by_others(conn, source.schema, source.name)
-                res.plan += await asyncio.to_thread(parity.preview, settings, source, specs, present, others)
+                res.plan += await asyncio.to_thread(parity.preview, settings, source, specs, present)
                 res.plan += [f"would enable {t} again (syncd disabled it while it wrote the rows from SQLite)"
                              for t in await app_triggers.quieted(conn, b.schema, source.name)]
                 res.plan.append(f"expected write downtime: about {_estimate(rows, pending):.1f} s "

@@ -12,7 +12,7 @@ import sqlite3
 from syncd.cli import common
 from syncd.identifiers import quote_pg_ident, sqlite_folded
 from syncd.parity import dates
-from syncd.parity.apply import held_by_others, read_sqlite, retyped_columns
+from syncd.parity.apply import read_sqlite, retyped_columns
 from syncd.parity.plan import Options, plan_source
 from syncd.parity.summary import explain_source, explain_table
 from syncd.postgres import app_triggers, ddl
@@ -51,7 +51,7 @@ def main(args) -> int:
             common.say(f"-- source {source.name}: ERROR {problem}", "")
             rc = 1
             continue
-        sticky, retyped, where, quieted, others = asyncio.run(_types_in_postgres(settings, source))
+        sticky, retyped, where, quieted = asyncio.run(_types_in_postgres(settings, source))
         conn = open_readonly(source.path, settings.sqlite.read_busy_timeout_ms)
         try:
             schema = introspect(conn, source, sticky, retyped)
@@ -67,7 +67,7 @@ def main(args) -> int:
             continue
         finally:
             conn.close()
-        plan = plan_source(source.schema, schema.tables, objects, options, verdicts, others)
+        plan = plan_source(source.schema, schema.tables, objects, options, verdicts)
         common.say(f"-- source {source.name}: {source.path}", f"-- {where}")
         print(f"CREATE SCHEMA IF NOT EXISTS {quote_pg_ident(source.schema)};\n")
         for spec in schema.tables.values():
@@ -125,23 +125,20 @@ def _dates_kept_text(conn: sqlite3.Connection, spec, source) -> list[str]:
     return out
 
 
-async def _types_in_postgres(settings, source) -> tuple[dict, dict, str, list, dict]:
+async def _types_in_postgres(settings, source) -> tuple[dict, dict, str, list]:
     """The column types Postgres already has for the source's tables (syncd keeps them,
     as it keeps the ones schema parity gave), so the DDL shown is what is there; a line
-    saying where the types come from; the application's Postgres triggers syncd
-    disabled (app_triggers.py); and the names other sources' objects hold in the schema
-    (held_by_others), which this source's are named around. Postgres unreachable: the
-    SQLite file alone."""
+    saying where the types come from; and the application's Postgres triggers syncd
+    disabled (app_triggers.py). Postgres unreachable: the SQLite file alone."""
     conn = None
     try:
         conn = await connect(settings.dsn_for(source), settings.password(), settings.postgres)
         sticky = ddl.kept_types(await ddl.read_tables(conn, source.schema))
         retyped = await retyped_columns(conn, settings.postgres.bookkeeping_schema, source.name)
         quieted = await app_triggers.quieted(conn, settings.postgres.bookkeeping_schema, source.name)
-        others = await held_by_others(conn, source.schema, source.name)
         return sticky, retyped, ("types as the tables already in Postgres have them" if sticky
-                                 else "no table in Postgres yet: types as syncd would create them"), quieted, others
+                                 else "no table in Postgres yet: types as syncd would create them"), quieted
     except Exception as e:  # noqa: BLE001 - the SQLite file alone still answers
-        return {}, {}, f"Postgres not reached ({describe(e)}): types chosen from the SQLite file alone", [], {}
+        return {}, {}, f"Postgres not reached ({describe(e)}): types chosen from the SQLite file alone", []
     finally:
         await close_quietly(conn)

@@ -31,7 +31,7 @@ import asyncpg
 
 from syncd.parity.apply import (BUILD_BUDGET_SHARE, CONTENTION, LOCK_WAIT, FinalizeResult, OrphanRows, Outcome,
                                 ParityRefused, PgObject, Retyped, _drop_sql, ensure_dual_write, finalize,
-                                held_by_others, lock_wait_ms, read_pg_objects, read_sqlite, retype, retyped_columns,
+                                lock_wait_ms, read_pg_objects, read_sqlite, retype, retyped_columns,
                                 run)
 from syncd.parity.orphans import OrphanCount
 from syncd.parity.plan import DUAL_WRITE, Options, SourcePlan, plan_source
@@ -126,9 +126,7 @@ async def ensure(session, schema) -> bool:
         return False
     if early and all(state == "streaming" for state in states.values()):
         st.audited = (schema.version, time.monotonic())  # every table could be retyped on this reading
-    # Named around the objects other sources replicating into the schema hold there.
-    others = await held_by_others(session.pg, session.target_schema, session.name)
-    plan = plan_source(session.target_schema, specs, objects, options, verdicts if early else None, others)
+    plan = plan_source(session.target_schema, specs, objects, options, verdicts if early else None)
     st.plan = plan
     st.deferred = {i.table for i in plan.items if i.needs_streaming and not i.left_out and i.table}
     waiting = Counter(i.table for i in plan.items if i.after_load and not i.left_out and i.table)
@@ -328,8 +326,7 @@ async def _log(session, st: _State, report) -> None:
                 pass  # Postgres away: the log line above says it; tried again at the next failure
 
 
-def preview(settings, source, specs, present: dict[str, str | None] | None = None,
-            others: dict[str, str] | None = None) -> list[str]:
+def preview(settings, source, specs, present: dict[str, str | None] | None = None) -> list[str]:
     """What finalize would create and leave out for `source` now, one line each, for
     `syncd cutover --dry-run` (reads the SQLite file read-only, every date value in full;
     touches nothing). `present`: the objects Postgres holds in the source's schema now,
@@ -348,7 +345,7 @@ def preview(settings, source, specs, present: dict[str, str | None] | None = Non
         objects, verdicts = read_sqlite(conn, specs, views, options, audit_types=True)
     finally:
         conn.close()
-    plan = plan_source(source.schema, specs, objects, options, verdicts, others)
+    plan = plan_source(source.schema, specs, objects, options, verdicts)
     out = []
     for i in plan.items:
         where = f"{i.table}: " if i.table else ""

@@ -114,24 +114,6 @@ async def read_pg_objects(conn: asyncpg.Connection, schema: str) -> dict[tuple[s
     return out
 
 
-async def held_by_others(conn: asyncpg.Connection, schema: str, source: str) -> dict[str, str]:
-    """The relation names (indexes, a UNIQUE constraint's index, views) another source
-    replicating into `schema` holds there, as its marker says, whose each: what this
-    source's plan names its own indexes around (plan.Names), read from Postgres."""
-    out = {}
-    for name, kind, comment in await conn.fetch(
-            "SELECT c.relname, c.relkind::text, coalesce(obj_description(c.oid, 'pg_class'), "
-            "(SELECT obj_description(con.oid, 'pg_constraint') FROM pg_constraint con WHERE con.conindid = c.oid "
-            "AND con.conrelid = x.indrelid AND con.contype IN ('u', 'x', 'p') LIMIT 1)) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_index x ON x.indexrelid = c.oid "
-            "WHERE n.nspname = $1", schema):
-        other = re.match(rf"{re.escape(MARK)} \S+ \S+ \[([^\]]+)\]: ", comment or "")
-        if other is not None and other.group(1) != source:
-            what = {"i": "index", "v": "view"}.get(kind, "object")
-            out[name] = f"source {other.group(1)}'s {what}"
-    return out
-
-
 def _name_taken(name: str, existing: PgObject) -> str:
     """Why an object syncd plans cannot be made under `name`: another source replicating
     into the same schema made one of that name (SQLite index names are each file's own),
@@ -278,8 +260,7 @@ async def ensure_dual_write(conn: asyncpg.Connection, source: str, plan: SourceP
                 for sql in item.dual_write:
                     await run(conn, sql)
                 await run(conn, _comment_sql(schema, item, key[0] if key[0] == "constraint" else "index", marker))
-            report.created.append(f"{item.table}: {item.what}"
-                                  + (f" as {quote_pg_ident(item.name or '')} ({item.renamed})" if item.renamed else ""))
+            report.created.append(f"{item.table}: {item.what}")
             _retry_at.pop(memo, None)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             _failed(memo, e)
@@ -576,7 +557,7 @@ async def finalize(conn: asyncpg.Connection, settings, source, specs: dict[str, 
             c.close()
 
     objects, verdicts = await asyncio.to_thread(read)
-    plan = plan_source(schema, specs, objects, options, verdicts, await held_by_others(conn, schema, source.name))
+    plan = plan_source(schema, specs, objects, options, verdicts)
     result = FinalizeResult()
     lap = _Lap(result, started)
     lap("read SQLite")

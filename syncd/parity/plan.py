@@ -97,7 +97,6 @@ class Item:
     # flag per column: counted that way, and carried only with both columns case-insensitive.
     fk_nocase: tuple[bool, ...] = ()
     todo: str = ""  # what to do instead, when it says more than its kind's (summary._todo)
-    renamed: str = ""  # why its Postgres name is not SQLite's (another source holds that one: Names.why_not)
     stage_note: str = ""  # a note on what happens when (for `syncd schema`)
 
     @property
@@ -161,36 +160,21 @@ def _named_by_postgres(table: str, column: str | None, label: str) -> str:
 
 class Names:
     """Postgres names for the objects of one schema, none used twice and none taken by
-    a table, a primary key's index or an identity's sequence, nor by an object another
-    source replicating into the same schema made there (`others`: name -> whose, as
-    Postgres holds them now, parity.apply.held_by_others)."""
+    a table, a primary key's index or an identity's sequence."""
 
-    def __init__(self, tables: list[str], identities: dict[str, str] | None = None,
-                 others: dict[str, str] | None = None):
-        self.others = dict(others or {})
+    def __init__(self, tables: list[str], identities: dict[str, str] | None = None):
         self.taken = (set(tables) | {_fit(f"{t}_pkey") for t in tables}
                       | {_named_by_postgres(t, None, "pkey") for t in tables}
                       | {_named_by_postgres(t, c, "seq") for t, c in (identities or {}).items()})
 
-    def claim(self, wanted: str, relation: bool = True) -> str:
-        """`relation`: the object's name is a relation's in Postgres (an index, a UNIQUE
-        constraint's index), which must be clear of other sources' too; a CHECK's or a
-        foreign key's is its table's own."""
+    def claim(self, wanted: str) -> str:
         name = _fit(wanted)
         n = 2
-        while name in self.taken or relation and name in self.others:
+        while name in self.taken:
             name = _fit(f"{wanted}_{n}")
             n += 1
         self.taken.add(name)
         return name
-
-    def why_not(self, wanted: str, got: str) -> str:
-        """Why `got` was claimed for `wanted`, where another source holds `wanted`."""
-        held = self.others.get(_fit(wanted))
-        if held is None or got == _fit(wanted):
-            return ""
-        return (f'named "{got}" in Postgres: "{_fit(wanted)}" is taken in Postgres by {held} (both replicate into '
-                "this schema)")
 
 
 # --- building the plan --------------------------------------------------------------------
@@ -208,16 +192,13 @@ def columns_info(spec: TableSpec, collations: dict[str, str], types: dict[str, P
 
 
 def plan_source(schema: str, specs: dict[str, TableSpec], objects: SourceObjects, options: Options,
-                verdicts: dict[tuple[str, str], dates.Verdict] | None = None,
-                others: dict[str, str] | None = None) -> SourcePlan:
+                verdicts: dict[tuple[str, str], dates.Verdict] | None = None) -> SourcePlan:
     """Everything syncd will and will not carry for one source. `verdicts` are the
     typed-column audits (dates.ColumnAudit.verdict) per (table, column); without them,
-    typed columns are planned from the declared types only (`syncd schema` shows that).
-    `others`: the names other sources' objects hold in the schema (held_by_others),
-    which this source's objects are named around."""
+    typed columns are planned from the declared types only (`syncd schema` shows that)."""
     plan = SourcePlan(schema)
     names = Names(list(specs) + [v.name for v in objects.views],
-                  {t: c for t, spec in specs.items() if (c := identity_column(spec)) is not None}, others)
+                  {t: c for t, spec in specs.items() if (c := identity_column(spec)) is not None})
     for tname, spec in specs.items():
         obj = objects.table(tname)
         if obj.problem:
@@ -566,9 +547,6 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
     item.lookup_columns = tuple(lead)
     base = index.name if index.origin == "c" else f"{spec.name}_{'_'.join(plain_cols) or 'expr'}_key"
     item.name = names.claim(base)
-    item.renamed = names.why_not(base, item.name)
-    if item.renamed:
-        notes.append(item.renamed)
     qname = quote_pg_ident(item.name)
     note = ("; " + "; ".join(notes)) if notes else ""
     constraint_able = (index.unique and index.plain
@@ -588,7 +566,7 @@ def _plan_index(schema: str, spec: TableSpec, index: Index, collations: dict[str
                         f"ALTER TABLE {table} ADD CONSTRAINT {qname} UNIQUE ({cols_sql})")
         item.why = ("UNIQUE DEFERRABLE INITIALLY DEFERRED once the table streams (a batch applying rows that "
                     "swapped values must not trip it), made immediate at cutover (ON CONFLICT and foreign keys "
-                    "need that)") + (f"; {item.renamed}" if item.renamed else "")
+                    "need that)")
         if any(collations.get(c) == "NOCASE" for c in plain_cols):
             item.why += ("; its column ignores case in SQLite: so does the constraint once the column is made "
                          "case-insensitive at cutover" if options.nocase != "none" else
@@ -624,7 +602,7 @@ def _plan_check(schema: str, spec: TableSpec, check, collations: dict[str, str],
         item.left_out = f"not translated exactly: {e}"
         return item
     base = check.name or (f"{spec.name}_{check.column}_check" if check.column else f"{spec.name}_check")
-    item.name = names.claim(base, relation=False)
+    item.name = names.claim(base)
     item.check_sql = cond
     item.cutover = (f"ALTER TABLE {qualified(schema, spec.name)} ADD CONSTRAINT {quote_pg_ident(item.name)} "
                     f"CHECK ({cond})",)
@@ -682,7 +660,7 @@ def _plan_fk(schema: str, spec: TableSpec, fk: ForeignKey, specs: dict[str, Tabl
         item.left_out = f"{why}: {todo}"
         item.todo = todo
         return item
-    item.name = names.claim(fk.name or f"{spec.name}_{'_'.join(fk.columns)}_fkey", relation=False)
+    item.name = names.claim(fk.name or f"{spec.name}_{'_'.join(fk.columns)}_fkey")
     defer = " DEFERRABLE INITIALLY DEFERRED" if fk.deferrable else ""
     item.parent_key = pkey
     item.fk_parent = parent.name

@@ -15,7 +15,7 @@ import asyncpg
 from syncd.config import Settings, SourceSettings
 from syncd.model import TableSpec
 from syncd.parity import orphans, speed
-from syncd.parity.apply import held_by_others, read_pg_objects, read_sqlite
+from syncd.parity.apply import read_pg_objects, read_sqlite
 from syncd.parity.plan import CUTOVER, DUAL_WRITE, Item, Options, plan_source
 from syncd.postgres.connect import describe
 from syncd.sqlite.leftout import LeftOut
@@ -147,11 +147,7 @@ async def gather(settings: Settings, source: SourceSettings, pg: asyncpg.Connect
     except (sqlite3.Error, OSError) as e:
         facts.error = f"cannot read the indexes and constraints of {source.path}: {e}"
         return facts
-    try:  # named around other sources' objects in the schema, as the daemon names them
-        others = await held_by_others(pg, source.schema, source.name)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-        others = {}  # Postgres's failure is said below
-    plan = plan_source(source.schema, specs, objects, options, verdicts, others)
+    plan = plan_source(source.schema, specs, objects, options, verdicts)
     facts.items = plan.items
     try:
         have = await read_pg_objects(pg, source.schema)
