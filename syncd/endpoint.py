@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from syncd.endpoint_client import CHALLENGE_HEADER, PROOF_HEADER, Access, url_host
+from syncd.endpoint_client import Access, url_host
 from syncd.redact import scrub, scrub_obj
 
 log = logging.getLogger("syncd")
@@ -221,11 +221,7 @@ class Endpoint:
             return Response(b"Misdirected Request: this endpoint answers to loopback names only\n", status=421)
         if not self.access.allows(req.headers.get("authorization")):
             challenge = 'Basic realm="syncd"' if self.access.basic_password else 'Bearer realm="syncd"'
-            headers = {"WWW-Authenticate": challenge}
-            proofs = self.access.proofs(req.headers.get(CHALLENGE_HEADER.lower()))
-            if proofs:  # `syncd status` asking, before it sends its credentials, whether this is its daemon
-                headers[PROOF_HEADER] = ", ".join(proofs)
-            return Response(b"Unauthorized\n", status=401, headers=headers)
+            return Response(b"Unauthorized\n", status=401, headers={"WWW-Authenticate": challenge})
         handler = self.routes.get(req.path)
         if handler is None:
             return Response(b"Not Found\n", status=404)

@@ -7,25 +7,10 @@ configured."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import os
-import re
 from dataclasses import dataclass
-
-# `syncd status` (and the report) send the endpoint's credentials only to a listener that
-# shows it holds them already: their first request carries a random challenge and no
-# credentials, and the daemon's 401 answers it with an HMAC of it keyed by each secret it
-# holds. Anything else on the port (the daemon down, another user's process bound it)
-# cannot answer so, and is sent nothing.
-CHALLENGE_HEADER = "X-Syncd-Challenge"
-PROOF_HEADER = "X-Syncd-Proof"
-_CHALLENGE = re.compile(r"[0-9a-f]{32,128}")
-
-
-def _proof(secret: str, challenge: str) -> str:
-    return hmac.new(secret.encode(), b"syncd endpoint proof\0" + challenge.encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -59,18 +44,6 @@ class Access:
             return ok_user and ok_password
         return False
 
-    def proofs(self, challenge: str | None) -> list[str]:
-        """The daemon's answer to a client's challenge (PROOF_HEADER): one HMAC per secret
-        it holds, none for a challenge that is not one."""
-        if not challenge or not _CHALLENGE.fullmatch(challenge):
-            return []
-        return [_proof(secret, challenge) for secret in (self.token, self.basic_password) if secret]
-
-    def proven(self, challenge: str, answer: str | None) -> bool:
-        """Whether `answer` (a listener's PROOF_HEADER) shows it holds the secret header() sends."""
-        mine = _proof(self.token or self.basic_password or "", challenge)
-        return any(hmac.compare_digest(mine.encode(), p.strip().encode()) for p in (answer or "").split(","))
-
     def header(self) -> dict[str, str]:
         """The Authorization header a client of this endpoint sends (`syncd status`)."""
         if self.token:
@@ -100,28 +73,10 @@ def fetch_json(metrics, path: str, timeout: float = 1.5):
 
     host = addr[0] if addr[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
     where = f"{url_host(host)}:{addr[1]}"
-    url = f"http://{where}{path}"
-    access = metrics.access()
-    # Straight to the address: never through an http_proxy of the environment, never
-    # redirected elsewhere (a 3xx is an answer that is not syncd's).
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _no_redirect())
+    req = urllib.request.Request(f"http://{where}{path}", headers=metrics.access().header())
     _unanswered.pop(addr, None)
     try:
-        if access.required:
-            import secrets
-
-            challenge = secrets.token_hex(16)
-            try:
-                with opener.open(urllib.request.Request(url, headers={CHALLENGE_HEADER: challenge}),
-                                 timeout=timeout) as r:
-                    return json.loads(r.read())  # served without credentials: none of ours went
-            except urllib.error.HTTPError as e:
-                e.close()
-                if e.code != 401 or not access.proven(challenge, e.headers.get(PROOF_HEADER)):
-                    _unanswered[addr] = (f"the endpoint at {where} did not show it holds the credentials in this "
-                                         "configuration's [metrics]: they were not sent to it")
-                    return None
-        with opener.open(urllib.request.Request(url, headers=access.header()), timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:  # something answers, and says no
         refused = " (it refused the credentials in this configuration's [metrics])" if e.code in (401, 403) else ""
@@ -136,17 +91,6 @@ def fetch_json(metrics, path: str, timeout: float = 1.5):
         else:
             _unanswered[addr] = "no daemon endpoint answered"
     return None
-
-
-def _no_redirect():
-    """A handler that follows no redirect (urllib's own would send the credentials on)."""
-    import urllib.request
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):
-            return None  # the 3xx is raised as the answer
-
-    return NoRedirect()
 
 
 def unanswered(metrics) -> str:
