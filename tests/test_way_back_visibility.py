@@ -156,6 +156,8 @@ async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_p
             # the source's state coloured as syncd status judges it (a warning), not as an outage
             row = re.search(r'<tr data-source="app">.*?</tr>', shown, re.S).group(0)
             assert re.search(r'<td class="sev-warning">[a-z ]+</td>', row) and "sev-critical" not in row, row
+            badge = re.search(r'<span class="badge (\w+)" data-field="state"', shown).group(1)
+            assert badge == "warn", badge
         tables = live(port)["sources"]["app"]["tables"]  # the daemon's own /status
         assert {n: t["state"] for n, t in tables.items()} == {"items": "not followed", "tags": "not followed"}, tables
 

@@ -255,12 +255,12 @@ def _source(i: int, name: str, f: SourceFacts | None, st: SourceStatus | None, o
     state = st.state if st else "unknown"
     direction = _direction(f, st)
     ended = f.way_back_ended if f else st.way_back_ended if st else None
-    good = state == "streaming"
+    badge = {"ok": "good", "warning": "warn", "unknown": "warn"}.get(_severity(st), "bad")  # as at a glance
     out = [f'<article class="source" id="source-{i}" data-source="{e(name)}">', "<header>",
            f"<h3><code>{e(name)}</code></h3>",
            f'<span class="badge direction" data-field="direction" data-value="{e(direction)}">'
            f"{e(direction_text(direction, ended))}</span>",
-           f'<span class="badge {"good" if good else "bad"}" data-field="state" data-value="{e(state)}">'
+           f'<span class="badge {badge}" data-field="state" data-value="{e(state)}">'
            f"{e(state.replace('_', ' '))}</span>", "</header>"]
     out.append('<dl class="figures">')
     out += _figures(f, st)

@@ -43,6 +43,7 @@ details summary { cursor: pointer; color: var(--muted); }
 .badge { font-size: 0.8rem; border: 1px solid var(--line); border-radius: 99px; padding: 1px 9px; white-space: nowrap; }
 .badge.direction { color: var(--accent); border-color: var(--accent); }
 .badge.good { color: var(--ok); border-color: var(--ok); } .badge.bad { color: var(--bad); border-color: var(--bad); }
+.badge.warn { color: var(--warn); border-color: var(--warn); }
 .figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 6px 14px; margin: 0 0 8px; }
 .figures dt { color: var(--muted); font-size: 0.8rem; } .figures dd { margin: 0; font-variant-numeric: tabular-nums; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); gap: 10px; margin: 8px 0; }
