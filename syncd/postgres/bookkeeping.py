@@ -568,21 +568,6 @@ class Bookkeeping:
                                 schema)
         return {r[0]: r[1] for r in rows}
 
-    async def made_since(self, conn: asyncpg.Connection, schema: str) -> set[str]:
-        """Tables of `schema` recorded as syncd's whose table of that name was created after
-        syncd last wrote its record (each table is recorded in the transaction creating it):
-        syncd's own was dropped and another made in its place, by hand. A table's system
-        columns keep the transaction that created it (their pg_attribute rows are never
-        updated), whatever was altered since; a record renamed or adopted later makes
-        syncd's table look older, never newer, so it is never taken for another."""
-        rows = await conn.fetch(
-            f"SELECT o.table_name FROM {self.s}.{OWNED_TABLES} o "
-            "JOIN pg_namespace n ON n.nspname = o.schema_name "
-            "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = o.table_name "
-            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'ctid' AND a.attnum < 0 "
-            "WHERE o.schema_name = $1 AND age(a.xmin) < age(o.xmin)", schema)
-        return {r[0] for r in rows}
-
     async def record_renamed(self, conn: asyncpg.Connection, schema: str, old: str, new: str) -> None:
         """syncd has just renamed its table `old` to `new` (same transaction)."""
         await conn.execute(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from syncd.parity.speed import NO_VALUE, RUNS
 from syncd.postgres.bookkeeping import REFUSED, held_in_a_retry
 from syncd.report.backups import FUTURE_SECONDS
-from syncd.report.facts import STALE_COPY_TODO, TO_SQLITE, MigrationFacts, RehearsalFacts, SourceFacts, TableFacts
+from syncd.report.facts import TO_SQLITE, MigrationFacts, RehearsalFacts, SourceFacts, TableFacts
 from syncd.sqlite.leftout import EXCLUDED
 from syncd.verify.history import VerifyRun, columns_changed
 
@@ -150,7 +150,8 @@ def migrated(f: MigrationFacts) -> CheckItem:
                 bad.append(f"{s.name}.{lo.name}: {_n(lo.rows)} row(s) in SQLite, {_n(s.left_in_postgres[lo.name])} "
                            "in Postgres, no longer replicated: the source's include/exclude settings leave it out, "
                            "yet Postgres keeps its copy as it was when syncd stopped following it, and the "
-                           f"application would read that copy after the switch: {STALE_COPY_TODO}")
+                           "application would read that copy after the switch: drop the table in Postgres (or "
+                           "replicate it again)")
             elif lo.kind == EXCLUDED and lo.rows:
                 # The operator's choice, not a failure; but "all data" is said with what it leaves out.
                 good.append(f"{s.name}.{lo.name}: {_n(lo.rows)} row(s) not migrated: the source's include/exclude "

@@ -125,11 +125,6 @@ class RehearsalFacts:
     other_file: str | None = None  # that file, where it is not the source's file now
 
 
-# What to do about a stale copy of a table left out (the report's migrated item says it too).
-STALE_COPY_TODO = ("drop the table in Postgres (or replicate it again); a table made in Postgres after syncd's copy "
-                   "was dropped is the application's own, and passes")
-
-
 @dataclass
 class SourceFacts:
     name: str
@@ -529,17 +524,15 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
             replicated_since=min((t for t in (first_loads.get(name), copied_at) if t is not None), default=None),
         ))
     facts.left_out = side.left_out if side else []
-    # Only syncd's own copies: a table the operator made there (as the left-out entry says to) is theirs,
-    # also one made in place of syncd's copy once that was dropped.
+    # Only syncd's own copies: a table the operator made there (as the left-out entry says to) is theirs.
     owned = await bk.owners(pg, source.schema) if bk is not None else {}
-    remade = await bk.made_since(pg, source.schema) if bk is not None else set()
     facts.left_in_postgres = {lo.name: pg_counts[lo.name] for lo in facts.left_out
                               if lo.kind == leftout.EXCLUDED and lo.name in pg_counts
-                              and owned.get(lo.name) == source.name and lo.name not in remade}
+                              and owned.get(lo.name) == source.name}
     if facts.direction == TO_POSTGRES:  # not "the application will not find it in Postgres": it would, as it was
         facts.left_out = [dataclasses.replace(lo, todo="Postgres keeps a copy of it as it was when syncd stopped "
                                               "following it, which the application would read after the switch: "
-                                              f"{STALE_COPY_TODO}")
+                                              "drop the table in Postgres (or replicate it again)")
                           if lo.kind == leftout.EXCLUDED and lo.name in facts.left_in_postgres else lo
                           for lo in facts.left_out]
     if side is not None:
