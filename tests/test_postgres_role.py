@@ -215,6 +215,38 @@ async def test_every_verb_names_a_privilege_the_role_lacks_in_one_line(tmp_path,
         await pg_statements(pg_dsn, f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
 
 
+async def test_a_schema_the_tightest_role_may_not_create_is_named_with_how_to_make_it(tmp_path, pg_dsn):
+    """The tightest role docs/operations.md lists, with the source's schema made under
+    another name than the source's (its `schema`, else its name): `syncd init` said only
+    "permission denied for database D", naming no schema; the line names the schema syncd
+    was creating and the statement that makes it for the role, and once it is run, init
+    goes through."""
+    role = f"syncd_role_{secrets.token_hex(4)}"
+    database = pg_dsn.rsplit("/", 1)[1]
+    await pg_statements(pg_dsn, *(for_test(g, role, database, "app_made_by_hand") for g in documented_grants()))
+    try:
+        db = tmp_path / "app.db"
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+        conn.commit()
+        conn.close()
+        cfg = write_config(tmp_path / "syncd.toml", pg_dsn.replace("postgres@", f"{role}@"),
+                           [{"name": "app", "path": str(db)}], sections={"verify": {"interval_seconds": 0}})
+        r = run_cli(cfg, "init")
+        out = r.stdout + r.stderr
+        assert r.returncode == 1 and "Traceback" not in out, out
+        line = next(x for x in out.splitlines() if "permission denied for database" in x)
+        assert line.startswith("app: ERROR ") and f"refused syncd's role {role}" in line, line
+        make = f'CREATE SCHEMA "app" AUTHORIZATION "{role}"'
+        assert 'schema "app"' in line and make in line and "password" not in line.lower(), line
+        await pg_statements(pg_dsn, make)
+        r = run_cli(cfg, "init")
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        await pg_statements(pg_dsn, 'DROP SCHEMA IF EXISTS "app_made_by_hand" CASCADE',
+                            'DROP SCHEMA IF EXISTS "app" CASCADE', f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"')
+
+
 async def test_a_rehearsal_names_the_grant_it_needs_beyond_the_tightest_one(tmp_path, pg_dsn):
     """The tightest role docs/operations.md lists (its schemas made for it) runs everything
     but `syncd rehearse`, which makes schemas of its own and drops them after: the refusal

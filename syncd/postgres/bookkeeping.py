@@ -225,6 +225,14 @@ async def ensure_schema(conn: asyncpg.Connection, schema: str) -> None:
             # Created meanwhile by another session (another source's sharing the schema, at
             # the daemon's start), which IF NOT EXISTS does not cover: it is there.
             pass
+        except asyncpg.InsufficientPrivilegeError as e:
+            # No CREATE on the database (the tightest role, its schemas made for it): name
+            # the schema wanted, and the statement that makes it for the role.
+            role = await conn.fetchval("SELECT current_user")
+            raise asyncpg.InsufficientPrivilegeError(
+                f"{e.args[0] if e.args else e}, to create schema {quote_pg_ident(schema)}: make it for syncd's role "
+                f"(CREATE SCHEMA {quote_pg_ident(schema)} AUTHORIZATION {quote_pg_ident(role)}) or grant it CREATE "
+                "on the database") from e
 
 
 def _ddl_version(bk: str) -> str:
