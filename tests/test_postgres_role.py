@@ -33,7 +33,24 @@ def documented_grants() -> list[str]:
 def for_test(stmt: str, role: str, database: str, schema: str) -> str:
     stmt = re.sub(r"\bsynapse_core\b", database, stmt)
     stmt = re.sub(r"\b(ROLE|TO|AUTHORIZATION) syncd\b", rf"\1 {role}", stmt)
-    return re.sub(r"\bepic7_sales\b", schema, stmt)
+    stmt = re.sub(r"\bsynapse_system_infrastructure\b", schema, stmt)
+    return re.sub(r"\bepic18_global_expansion\b", f"{schema}_2", stmt)
+
+
+def test_the_documented_schemas_are_the_sources_of_that_database_in_the_example():
+    """The grants create one schema per source replicating into the database they name, as
+    config.example.toml has them: they named a schema no source had ("epic7_sales", a
+    source of another database besides), and a role set up so was refused at init."""
+    import tomllib
+
+    grants = documented_grants()
+    database = next(re.search(r"ON DATABASE (\w+)", g).group(1) for g in grants if " ON DATABASE " in g)
+    example = tomllib.loads((ROOT / "config.example.toml").read_text())
+    default = example["postgres"]["dsn"]
+    sources = {s.get("schema", s["name"]) for s in example["sources"]
+               if s.get("dsn", default).rsplit("/", 1)[1] == database}
+    made = {re.match(r"CREATE SCHEMA (\w+)", g).group(1) for g in grants if g.startswith("CREATE SCHEMA")}
+    assert made == sources | {"syncd"}, (made, sources)
 
 
 async def test_syncd_needs_only_the_documented_privileges(tmp_path, pg_dsn):
