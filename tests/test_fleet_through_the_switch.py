@@ -232,7 +232,7 @@ async def test_a_file_gone_from_the_glob_is_named_by_the_switch_not_left_out(tmp
         # Gone before its cutover: SQLite was its database all along, nothing to roll back.
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith(f"tenant_{before.stem}: ")), "")
         assert line == f"tenant_{before.stem}: not cut over (never cut over); nothing to do", r.stdout[-3000:]
-        assert "syncd rollback: 5 of 6 source(s) rolled back (or already), 1 not" in r.stdout, r.stdout[-3000:]
+        assert "syncd rollback: 5 of 6 source(s) rolled back (or on SQLite already), 1 not" in r.stdout, r.stdout[-3000:]
         pg = await asyncpg.connect(pg_dsn)
         try:
             went = await directions(pg)

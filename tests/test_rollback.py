@@ -344,6 +344,26 @@ async def test_a_source_never_cut_over_whose_file_is_gone_has_nothing_to_roll_ba
         assert "does not exist" not in r.stdout + r.stderr, r.stdout
 
 
+async def test_sources_never_cut_over_are_not_counted_as_rolled_back(tmp_path, make_config, pg_dsn):
+    """`syncd rollback` over every source, most of them never cut over: its last line
+    counted them "rolled back already", which none of them ever was; it says they are on
+    SQLite already, as each one's own line does."""
+    sources = []
+    for name in ("app", "crm"):
+        make_app(tmp_path / f"{name}.db").close()
+        sources.append({"name": name, "path": str(tmp_path / f"{name}.db")})
+    cfg = make_config(sources)
+    assert run_cli(cfg, "init").returncode == 0
+    dry = run_cli(cfg, "rollback", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.count("not cut over (never cut over); nothing to do") == 2, dry.stdout
+    assert dry.stdout.rstrip().endswith(
+        "syncd rollback: dry run: 0 of 2 source(s) ready, 2 on SQLite already, 0 not"), dry.stdout
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 0 and r.stdout.rstrip().endswith(
+        "syncd rollback: 2 of 2 source(s) rolled back (or on SQLite already), 0 not: see each above"), r.stdout
+    assert "rolled back already" not in dry.stdout + r.stdout
+
+
 async def _state(dsn: str, table: str, state: str) -> bool:
     rows = await pg_rows(dsn, "SELECT state FROM syncd.tables WHERE table_name = $1", table)
     return rows == [(state,)]

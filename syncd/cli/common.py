@@ -108,17 +108,20 @@ def switch_sources(args: argparse.Namespace) -> tuple[Settings, list[SourceSetti
     return settings, sources, unknown
 
 
-def switch_summary(results: list, verb: str, done_word: str, dry_run: bool) -> str:
+def switch_summary(results: list, verb: str, done_word: str, dry_run: bool, already_word: str = "") -> str:
     """The last line of `syncd cutover` or `syncd rollback` over several sources: how many
-    switched (or had already), how many did not, each said above."""
+    switched (or had already), how many did not, each said above. `already_word`: what a
+    source with nothing to do is ("{done_word} already" unless said: a rollback's may never
+    have been cut over)."""
     if dry_run:
         ready = sum(1 for r in results if r.ok and not r.already)
         already = sum(1 for r in results if r.ok and r.already)
         return (f"syncd {verb}: dry run: {ready} of {len(results)} source(s) ready, "
-                + (f"{already} {done_word} already, " if already else "") + f"{len(results) - ready - already} not")
+                + (f"{already} {already_word or done_word + ' already'}, " if already else "")
+                + f"{len(results) - ready - already} not")
     done = sum(1 for r in results if r.done or r.already)
-    return (f"syncd {verb}: {done} of {len(results)} source(s) {done_word} (or already), {len(results) - done} not: "
-            "see each above")
+    return (f"syncd {verb}: {done} of {len(results)} source(s) {done_word} (or {already_word or 'already'}), "
+            f"{len(results) - done} not: see each above")
 
 
 def said_no_sources(settings: Settings, sources: list[SourceSettings]) -> int | None:

@@ -44,7 +44,7 @@ def main(args) -> int:
     for why in unknown:  # a glob's sources whose file is gone, not known: none of them is rolled back
         common.say(f"not rolled back: {why}")
     if len(results) > 1:  # a script, or an operator scrolling back, reads where each source stands
-        common.say(common.switch_summary(results, "rollback", "rolled back", args.dry_run)
+        common.say(common.switch_summary(results, "rollback", "rolled back", args.dry_run, "on SQLite already")
                    + ("; the sources of the glob's files that are gone not known (said above)" if unknown else ""))
     return 0 if all(r.ok for r in results) and not unknown else 1
 
