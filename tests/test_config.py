@@ -528,3 +528,28 @@ def test_a_command_run_by_hand_without_the_services_password_says_how_to_give_it
         wrong = run_cli(cfg, verb, env={**home, "SYNCD_POSTGRES__PASSWORD": "wrong"})
         assert wrong.returncode == 2 and "password authentication failed" in wrong.stdout, wrong.stdout
         assert "given no Postgres password" not in wrong.stdout + wrong.stderr
+
+
+def test_a_password_left_in_postgres_password_is_named_with_the_variable_syncd_reads(password_server, tmp_path,
+                                                                                      monkeypatch):
+    """A setup that keeps the Postgres password in POSTGRES_PASSWORD (as the postgres
+    container image and the Synapse plan do): syncd does not read that variable, and a
+    command run with it alone said only that no password was given, pointing at systemd.
+    The line names POSTGRES_PASSWORD and how to hand it to syncd, never its value; given
+    so, the command goes through."""
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "app.db").execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    for name in ("PGPASSWORD", "PGPASSFILE", "SYNCD_POSTGRES__PASSWORD", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("POSTGRES_PASSWORD", "right")
+    cfg = write(tmp_path, f'[postgres]\ndsn = "{password_server}"\n[metrics]\nlisten = ""\n'
+                          '[[sources]]\nname = "app"\npath = "app.db"\n')
+    r = run_cli(cfg, "status")
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "password authentication failed" in out, out
+    assert 'POSTGRES_PASSWORD is set, which syncd does not read: export SYNCD_POSTGRES__PASSWORD="$POSTGRES_PASSWORD"' \
+        in out and "right" not in out, out
+    r = run_cli(cfg, "init", env={"SYNCD_POSTGRES__PASSWORD": "right"})
+    assert r.returncode == 0, r.stdout + r.stderr

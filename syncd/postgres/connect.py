@@ -191,6 +191,9 @@ def cannot_connect(dsn: str, exc: BaseException, password_given: bool = True) ->
         reason = describe(exc)
         if sqlstate(exc) == "28P01" and _no_password_given(dsn, password_given):
             reason = f"{reason}; {NO_PASSWORD_GIVEN}"
+            if os.environ.get("POSTGRES_PASSWORD"):  # the postgres image's variable, which many setups keep it in
+                reason += ('; POSTGRES_PASSWORD is set, which syncd does not read: '
+                           'export SYNCD_POSTGRES__PASSWORD="$POSTGRES_PASSWORD"')
         return LoginRefused(f"cannot connect to {scrub(dsn)}: {reason}", reason)
     return CannotConnect(f"cannot connect to {scrub(dsn)}: {describe(exc)}")
 
