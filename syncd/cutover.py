@@ -426,7 +426,8 @@ async def identity_sequence(conn: asyncpg.Connection, table: str, col: str) -> s
 
 async def sequence_tops(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec]) -> dict[str, int]:
     """Per identity table, the highest number Postgres's sequence has handed out (rows
-    deleted since and transactions rolled back included); tables whose sequence has
+    deleted since and transactions rolled back included), or the one below the number it
+    gives next where none was drawn since its setval or START; tables whose sequence has
     handed out none are left out."""
     out = {}
     for name, spec in specs.items():
@@ -439,33 +440,63 @@ async def sequence_tops(conn: asyncpg.Connection, schema: str, specs: dict[str, 
         last, called = await conn.fetchrow(f"SELECT last_value, is_called FROM {seq}")
         if called:
             out[name] = int(last)
+        elif last > 1:
+            # Not called: `last` is the next number it gives (setval(..., false), a START WITH),
+            # so the cutover moves it no lower than that.
+            out[name] = int(last) - 1
+    return out
+
+
+async def identity_highs(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec],
+                         marks: dict[str, int], handed_out: dict[str, int]) -> dict[str, tuple[str, str | None, int]]:
+    """Per identity table: its column, its sequence (None where it has none) and the number
+    the sequence continues after: past SQLite's high mark, Postgres's rows and `handed_out`
+    of every table drawing from that sequence, so a sequence several tables share is set
+    once, past the highest of them all, never back below one table's ids for another's."""
+    found = {}
+    for name, top in sorted(marks.items()):
+        col = ddl.identity_column(specs[name])
+        table = qualified(schema, name)
+        pg_top = await conn.fetchval(f"SELECT max({quote_pg_ident(col)}) FROM {table}") or 0
+        # Never backwards: a number Postgres handed out before (an earlier cutover) stays used.
+        found[name] = (col, await identity_sequence(conn, table, col), max(top, int(pg_top), handed_out.get(name, 0)))
+    by_seq: dict[str, int] = {}
+    for col, seq, high in found.values():
+        if seq is not None:
+            key = await conn.fetchval("SELECT $1::regclass::oid", seq)
+            by_seq[key] = max(by_seq.get(key, 0), high)
+    out = {}
+    for name, (col, seq, high) in found.items():
+        if seq is not None:
+            high = by_seq[await conn.fetchval("SELECT $1::regclass::oid", seq)]
+        out[name] = (col, seq, high)
     return out
 
 
 async def set_identities(conn: asyncpg.Connection, schema: str, specs: dict[str, TableSpec],
                          marks: dict[str, int], handed_out: dict[str, int]) -> list[str]:
     """Each identity past SQLite's high mark, Postgres's rows, and `handed_out` (what
-    `sequence_tops` read before the trial inserts, whose numbers are taken back)."""
+    `sequence_tops` read before the trial inserts, whose numbers are taken back); a
+    sequence several tables draw from is set once, past the highest of them."""
     done = []
-    for name, top in sorted(marks.items()):
-        col = ddl.identity_column(specs[name])
+    set_already = set()
+    for name, (col, seq, high) in (await identity_highs(conn, schema, specs, marks, handed_out)).items():
         table = qualified(schema, name)
-        pg_top = await conn.fetchval(f"SELECT max({quote_pg_ident(col)}) FROM {table}") or 0
-        # Never backwards: a number Postgres handed out before (an earlier cutover) stays used.
-        high = max(top, int(pg_top), handed_out.get(name, 0))
-        seq = await identity_sequence(conn, table, col)
         if seq is None:
             raise Refused(f'table "{name}": column "{col}" is not an identity column in Postgres; start the '
                           "daemon once (it adds it) and run the cutover again")
-        if high > 2**31 - 1 and await conn.fetchval(
-                "SELECT seqtypid <> 'bigint'::regtype FROM pg_sequence WHERE seqrelid = $1::regclass", seq):
-            # A serial's sequence (the application's, kept through a rollback) stays 32-bit
-            # when its column is widened to bigint, as SQLite's integers are 64-bit.
-            await conn.execute(f"ALTER SEQUENCE {seq} AS bigint")
-        if high > 0:
-            await conn.fetchval("SELECT setval($1::regclass, $2, true)", seq, high)
-        else:
-            await conn.fetchval("SELECT setval($1::regclass, 1, false)", seq)
+        oid = await conn.fetchval("SELECT $1::regclass::oid", seq)
+        if oid not in set_already:
+            set_already.add(oid)
+            if high > 2**31 - 1 and await conn.fetchval(
+                    "SELECT seqtypid <> 'bigint'::regtype FROM pg_sequence WHERE seqrelid = $1::regclass", seq):
+                # A serial's sequence (the application's, kept through a rollback) stays 32-bit
+                # when its column is widened to bigint, as SQLite's integers are 64-bit.
+                await conn.execute(f"ALTER SEQUENCE {seq} AS bigint")
+            if high > 0:
+                await conn.fetchval("SELECT setval($1::regclass, $2, true)", seq, high)
+            else:
+                await conn.fetchval("SELECT setval($1::regclass, 1, false)", seq)
         shared = await _drawn_by_default(conn, table, col)
         if shared is not None:
             line = (f"{name}.{col} keeps its DEFAULT {shared} (a sequence the column does not own, or shares with "
@@ -735,13 +766,17 @@ async def cutover(settings: Settings, source: SourceSettings, *, dry_run: bool =
                     "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')", source.schema)}
                 handed_out = await sequence_tops(conn, source.schema,
                                                  {name: specs[name] for name in marks if name in tables_there})
+                # As set_identities does: a sequence several tables draw from continues past the highest of them.
+                highs = await identity_highs(conn, source.schema, specs,
+                                             {name: top for name, top in marks.items() if name in tables_there},
+                                             handed_out)
                 for name, top in sorted(marks.items()):
                     col = ddl.identity_column(specs[name])
                     kept = await _drawn_by_default(conn, qualified(source.schema, name), col) \
                         if name in tables_there else None
                     what = f"identity {name}.{col}" if kept is None else f"{name}.{col} keeps its DEFAULT {kept}:"
-                    res.plan.append(f"{what} would continue after {max(top, handed_out.get(name, 0))} (today's "
-                                    "high mark; the drain may raise it)")
+                    high = highs[name][2] if name in highs else max(top, handed_out.get(name, 0))
+                    res.plan.append(f"{what} would continue after {high} (today's high mark; the drain may raise it)")
                 objects = await parity.read_pg_objects(conn, source.schema)
                 present = {key[2]: obj.comment for key, obj in objects.items() if key[0] == "relation"}
                 res.plan += await asyncio.to_thread(parity.preview, settings, source, specs, present)

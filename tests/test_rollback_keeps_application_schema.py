@@ -914,3 +914,38 @@ async def test_a_key_numbered_by_a_sequence_shared_with_another_table_keeps_its_
         await wait_back(cfg, db, pg_dsn, daemon=d)
         v = run_cli(cfg, "verify")
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+async def test_a_sequence_shared_by_tables_is_moved_past_the_highest_id_of_all_of_them(
+        tmp_path, make_config, pg_dsn):
+    """Two tables the application made in Postgres draw from one sequence; after a
+    rollback SQLite gives the one whose name sorts first (notes) the highest id. The
+    cutover moves the sequence past it, once, and the dry run says so for both tables.
+    Before, the sequence was set table by table in name order, and the last (tickets, whose
+    own highest id is 3) set it back below notes's 10: the trial INSERT got 4 and refused
+    the cutover every time, while the dry run said notes would continue after 10."""
+    async with rolled_back_app(tmp_path, make_config, pg_dsn, [
+        "CREATE SEQUENCE app.ids",
+        "CREATE TABLE app.tickets (id bigint PRIMARY KEY DEFAULT nextval('app.ids'), title text)",
+        "CREATE TABLE app.notes (id bigint PRIMARY KEY DEFAULT nextval('app.ids'), body text)",
+        "INSERT INTO app.tickets (title) VALUES ('first'), ('second')",
+        "INSERT INTO app.notes (body) VALUES ('third')",
+    ], ("tickets", "notes")) as (db, cfg, d):
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO notes (id, body) VALUES (10, 'tenth, in SQLite')")
+        conn.commit()
+        conn.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        dry = run_cli(cfg, "cutover", "--dry-run")
+        for table in ("notes", "tickets"):
+            assert f"{table}.id keeps its DEFAULT nextval('app.ids'::regclass): would continue after 10" \
+                in dry.stdout, dry.stdout + dry.stderr
+        out = await cut_over(cfg, db, pg_dsn, daemon=d)
+        assert "notes.id keeps its DEFAULT nextval('app.ids'::regclass)" in out, out
+        assert "moved to continue after 10" in out, out
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            assert await pg.fetchval("INSERT INTO app.tickets (title) VALUES ('next') RETURNING id") == 11
+            assert await pg.fetchval("INSERT INTO app.notes (body) VALUES ('next') RETURNING id") == 12
+        finally:
+            await pg.close()
