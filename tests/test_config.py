@@ -517,10 +517,9 @@ def test_a_command_run_by_hand_without_the_services_password_says_how_to_give_it
     cfg = write(tmp_path, f'[postgres]\ndsn = "{password_server}"\n[metrics]\nlisten = ""\n'
                           '[[sources]]\nname = "app"\npath = "app.db"\n')
     how = ("syncd was given no Postgres password: the service gets it from systemd (LoadCredential=, as "
-           "$CREDENTIALS_DIRECTORY/postgres__password), which a command run by hand does not; run it as "
-           "`sudo systemd-run --pipe --wait --quiet -p User=syncd -p LoadCredential=postgres__password:"
-           "/etc/syncd/postgres-password syncd --config ... COMMAND` (docs/operations.md, \"Commands by hand\"), "
-           "or give it as SYNCD_POSTGRES__PASSWORD")
+           "$CREDENTIALS_DIRECTORY/postgres__password), which a command run by hand does not; run it as the "
+           "service's user with its credential and umask (the systemd-run command in docs/operations.md, "
+           "\"Commands by hand\"), or give it as SYNCD_POSTGRES__PASSWORD or in ~/.pgpass")
     home = {"HOME": str(tmp_path)}
     for verb in ("status", "verify"):
         r = run_cli(cfg, verb, env=home)
@@ -540,7 +539,7 @@ def test_a_password_left_in_postgres_password_is_named_with_the_variable_syncd_r
     import sqlite3
 
     sqlite3.connect(tmp_path / "app.db").execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-    for name in ("PGPASSWORD", "PGPASSFILE", "SYNCD_POSTGRES__PASSWORD", "CREDENTIALS_DIRECTORY"):
+    for name in ("PGPASSWORD", "PGPASSFILE", "SYNCD_POSTGRES__PASSWORD", "CREDENTIALS_DIRECTORY", "INVOCATION_ID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("POSTGRES_PASSWORD", "right")
@@ -553,3 +552,46 @@ def test_a_password_left_in_postgres_password_is_named_with_the_variable_syncd_r
         in out and "right" not in out, out
     r = run_cli(cfg, "init", env={"SYNCD_POSTGRES__PASSWORD": "right"})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_wrong_pgpass_entry_is_not_said_to_be_no_password(password_server, tmp_path, monkeypatch):
+    """A password given in ~/.pgpass (or the file PGPASSFILE names) that Postgres refuses is
+    a wrong password, said as one; before, the line said syncd was given none."""
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "app.db").execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    for name in ("PGPASSWORD", "PGPASSFILE", "SYNCD_POSTGRES__PASSWORD", "CREDENTIALS_DIRECTORY", "INVOCATION_ID"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = write(tmp_path, f'[postgres]\ndsn = "{password_server}"\n[metrics]\nlisten = ""\n'
+                          '[[sources]]\nname = "app"\npath = "app.db"\n')
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".pgpass").write_text("*:*:*:postgres:wrong\n")
+    (home / ".pgpass").chmod(0o600)
+    elsewhere = tmp_path / "passfile"
+    elsewhere.write_text("*:*:*:postgres:wrong\n")
+    elsewhere.chmod(0o600)
+    for env in ({"HOME": str(home)}, {"HOME": str(tmp_path), "PGPASSFILE": str(elsewhere)}):
+        r = run_cli(cfg, "status", env=env)
+        assert r.returncode == 2 and "password authentication failed" in r.stdout, r.stdout + r.stderr
+        assert "given no Postgres password" not in r.stdout + r.stderr, r.stdout
+
+
+def test_the_service_without_a_password_does_not_say_how_to_run_a_command_by_hand(password_server, tmp_path,
+                                                                                   monkeypatch):
+    """Under systemd (INVOCATION_ID, CREDENTIALS_DIRECTORY set, the credential missing) the
+    daemon is no command run by hand: it says Postgres refused the password, not how to
+    run a command by hand."""
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "app.db").execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    for name in ("PGPASSWORD", "PGPASSFILE", "SYNCD_POSTGRES__PASSWORD", "CREDENTIALS_DIRECTORY", "INVOCATION_ID"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = write(tmp_path, f'[postgres]\ndsn = "{password_server}"\n[metrics]\nlisten = ""\n'
+                          '[[sources]]\nname = "app"\npath = "app.db"\n')
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for env in ({"INVOCATION_ID": "0123456789abcdef0123456789abcdef"}, {"CREDENTIALS_DIRECTORY": str(creds)}):
+        r = run_cli(cfg, "status", env={"HOME": str(tmp_path), **env})
+        assert r.returncode == 2 and "password authentication failed" in r.stdout, r.stdout + r.stderr
+        assert "given no Postgres password" not in r.stdout + r.stderr, r.stdout

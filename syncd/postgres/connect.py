@@ -9,6 +9,7 @@ import getpass
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -167,18 +168,34 @@ def login_refused(exc: BaseException, dsn: str) -> str | None:
 # gets it from systemd (the unit's LoadCredential=), a command run by hand does not.
 NO_PASSWORD_GIVEN = ("syncd was given no Postgres password: the service gets it from systemd (LoadCredential=, as "
                      "$CREDENTIALS_DIRECTORY/postgres__password), which a command run by hand does not; run it as "
-                     "`sudo systemd-run --pipe --wait --quiet -p User=syncd -p LoadCredential=postgres__password:"
-                     "/etc/syncd/postgres-password syncd --config ... COMMAND` (docs/operations.md, \"Commands by "
-                     "hand\"), or give it as SYNCD_POSTGRES__PASSWORD")
+                     "the service's user with its credential and umask (the systemd-run command in "
+                     "docs/operations.md, \"Commands by hand\"), or give it as SYNCD_POSTGRES__PASSWORD or in "
+                     "~/.pgpass")
+
+
+def _pgpass_given(query: dict[str, list[str]]) -> bool:
+    """A password file asyncpg reads (the DSN's passfile, PGPASSFILE, else ~/.pgpass): a
+    plain file syncd's user may read, closed to group and others."""
+    path = (query.get("passfile") or [None])[-1] or os.environ.get("PGPASSFILE")
+    try:
+        file = Path(path) if path else Path.home() / ".pgpass"
+        return file.is_file() and os.access(file, os.R_OK) and not file.stat().st_mode & 0o077
+    except (OSError, RuntimeError, KeyError):
+        return False
 
 
 def _no_password_given(dsn: str, password_given: bool) -> bool:
-    """No password from syncd's settings, the DSN or PGPASSWORD (~/.pgpass may still have one)."""
+    """No password from syncd's settings, the DSN, PGPASSWORD or a password file, in a
+    command run by hand: the service (under systemd: INVOCATION_ID, CREDENTIALS_DIRECTORY)
+    is not one."""
     if password_given or os.environ.get("PGPASSWORD"):
+        return False
+    if os.environ.get("INVOCATION_ID") or os.environ.get("CREDENTIALS_DIRECTORY"):
         return False
     try:
         parts = urlsplit(dsn)
-        return not parts.password and "password" not in parse_qs(parts.query)
+        query = parse_qs(parts.query)
+        return not parts.password and "password" not in query and not _pgpass_given(query)
     except ValueError:
         return False
 
