@@ -15,7 +15,7 @@ import re
 import typing
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -109,7 +109,33 @@ LIBPQ_ENVIRONMENT = (
     ("PGSSLMAXPROTOCOLVERSION", "ssl_max_protocol_version", _tls_version,
      "not a TLS version (TLSv1, TLSv1.1, TLSv1.2, TLSv1.3)"),
 )
-_TLS_ONLY = ("PGSSLMINPROTOCOLVERSION", "PGSSLMAXPROTOCOLVERSION")  # read only where the sslmode is not disable
+_TLS_ONLY = ("PGSSLMINPROTOCOLVERSION", "PGSSLMAXPROTOCOLVERSION")  # read only where TLS may be used (_tls_read)
+
+
+def _tls_read(dsn: str, query: dict[str, list[str]]) -> bool:
+    """Whether asyncpg reads the TLS protocol versions for `dsn` (its parsed `query`): only
+    where the sslmode in effect (the DSN's last, else PGSSLMODE, else prefer where a host
+    is reached over TCP, none where every host is a Unix socket's directory) is not
+    disable. An sslmode asyncpg does not know is refused on its own."""
+    if "sslmode" in query:
+        mode = query["sslmode"][-1]
+    elif os.environ.get("PGSSLMODE") is not None:
+        mode = os.environ["PGSSLMODE"]
+    else:
+        netloc = urlsplit(dsn).netloc
+        spec = netloc.partition("@")[2] if "@" in netloc else netloc
+        if spec:
+            hosts = [unquote(h) for h in spec.split(",")]
+        elif (query.get("host") or [""])[-1]:
+            hosts = query["host"][-1].split(",")
+        elif os.environ.get("PGHOST"):
+            hosts = os.environ["PGHOST"].split(",")
+        else:
+            hosts = ["localhost"]  # asyncpg's defaults include localhost
+        if all(h.startswith("/") for h in hosts):
+            return False
+        mode = "prefer"
+    return mode != "disable"
 
 
 def libpq_environment_refused(dsns: list[str]) -> str | None:
@@ -118,10 +144,10 @@ def libpq_environment_refused(dsns: list[str]) -> str | None:
     None. The value is not secret (none of these variables holds a password)."""
     for dsn in dsns:
         query = parse_qs(urlsplit(dsn).query)
-        sslmode = (query.get("sslmode") or [os.environ.get("PGSSLMODE") or "prefer"])[-1]
+        tls = _tls_read(dsn, query)
         for name, key, takes, said in LIBPQ_ENVIRONMENT:
             value = os.environ.get(name)
-            if value is None or key in query or (name in _TLS_ONLY and sslmode == "disable"):
+            if value is None or key in query or (name in _TLS_ONLY and not tls):
                 continue
             if not value and (name == "PGPORT" or name in _TLS_ONLY):
                 continue  # empty: asyncpg takes it as not set (an empty PGSSLMODE, say, it refuses)
@@ -167,8 +193,8 @@ def check_dsn(dsn: str) -> str:
         for name, key, takes, said in LIBPQ_ENVIRONMENT:
             if key in ("sslmode", "port") or key not in params:
                 continue  # sslmode: above; a port in the query is read only where the host names none
-            if name in _TLS_ONLY and params.get("sslmode", [""])[-1] == "disable":
-                continue  # read only for a TLS connection
+            if name in _TLS_ONLY and not _tls_read(dsn, params):
+                continue  # read only where TLS may be used
             if not takes(params[key][-1]):
                 raise ValueError(f"its {key} is {said}")
     if any(c in dsn for c in "\r\n\t"):

@@ -134,6 +134,62 @@ def test_connection_settings_clients_take_in_the_dsn_are_taken(tmp_path, query):
     assert load_settings(write(tmp_path, GOOD.replace("/synapse", f"/synapse?{query}"))).postgres.dsn.endswith(query)
 
 
+def _asyncpg_takes(dsn: str) -> bool:
+    """Whether asyncpg's own parser takes `dsn` in this environment (no connection made)."""
+    from asyncpg import connect_utils, exceptions
+
+    try:
+        connect_utils._parse_connect_dsn_and_args(
+            dsn=dsn, host=None, port=None, user=None, password=None, passfile=None, database=None, ssl=None,
+            service=None, servicefile=None, direct_tls=None, server_settings=None, target_session_attrs=None,
+            krbsrvname=None, gsslib=None)
+    except (exceptions.ClientConfigurationError, ValueError):
+        return False
+    return True
+
+
+SOCKET = "postgresql://syncd@%2Frun%2Fpostgresql/synapse"
+
+
+@pytest.mark.parametrize("dsn, env", [
+    (f"{SOCKET}?ssl_max_protocol_version=1.3", {}),
+    ("postgresql://syncd@/synapse?host=/run/postgresql&ssl_min_protocol_version=TLS1.3", {}),
+    (SOCKET, {"PGSSLMAXPROTOCOLVERSION": "TLS1.3"}),
+    ("postgresql://syncd@127.0.0.1:5432/synapse?ssl_max_protocol_version=1.3", {"PGSSLMODE": "disable"}),
+    ("postgresql://syncd@127.0.0.1:5432/synapse", {"PGSSLMODE": "disable", "PGSSLMINPROTOCOLVERSION": "TLS1.3"}),
+], ids=["socket-dsn", "socket-host-query", "socket-env", "pgsslmode-disable-dsn", "pgsslmode-disable-env"])
+def test_a_tls_version_postgres_clients_never_read_is_not_refused(tmp_path, monkeypatch, dsn, env):
+    """A TLS protocol version is read only for a connection that may use TLS: not over a
+    Unix socket (every host a path, no sslmode asking for TLS), nor where the sslmode in
+    effect (the DSN's, else PGSSLMODE) is disable. Such a setup connects, yet syncd
+    refused to start with it."""
+    for name in ("PGSSLMODE", "PGSSLMINPROTOCOLVERSION", "PGSSLMAXPROTOCOLVERSION", "PGHOST", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _asyncpg_takes(dsn)
+    cfg = GOOD.replace("postgresql://syncd@127.0.0.1:5432/synapse", dsn)
+    assert load_settings(write(tmp_path, cfg)).postgres.dsn == dsn
+
+
+@pytest.mark.parametrize("dsn, env", [
+    (f"{SOCKET}?sslmode=require&ssl_max_protocol_version=1.3", {}),
+    (f"{SOCKET}?ssl_max_protocol_version=1.3", {"PGSSLMODE": "require"}),
+    ("postgresql://syncd@%2Frun%2Fpostgresql,127.0.0.1/synapse?ssl_max_protocol_version=1.3", {}),
+    ("postgresql://syncd@127.0.0.1:5432/synapse?sslmode=prefer&ssl_max_protocol_version=1.3",
+     {"PGSSLMODE": "disable"}),
+], ids=["socket-sslmode-require", "socket-pgsslmode-require", "socket-and-tcp", "dsn-sslmode-wins"])
+def test_a_tls_version_read_for_a_tls_connection_is_still_refused(tmp_path, monkeypatch, dsn, env):
+    for name in ("PGSSLMODE", "PGSSLMINPROTOCOLVERSION", "PGSSLMAXPROTOCOLVERSION", "PGHOST", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert not _asyncpg_takes(dsn)
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, GOOD.replace("postgresql://syncd@127.0.0.1:5432/synapse", dsn)))
+    assert "ssl_max_protocol_version is not a TLS version" in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("text, key", [
     (GOOD + '\n[[sources]]\nname = "sales"\npath = "b.db"\n', "sources[1].name"),
     (GOOD.replace('name = "sales"', 'name = "sales"\nschema = "syncd"'), "sources[0].schema"),
