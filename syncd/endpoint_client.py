@@ -75,12 +75,24 @@ def fetch_json(metrics, path: str, timeout: float = 1.5):
     where = f"{url_host(host)}:{addr[1]}"
     req = urllib.request.Request(f"http://{where}{path}", headers=metrics.access().header())
     _unanswered.pop(addr, None)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None  # the daemon never redirects: the 3xx is raised, the credentials go nowhere else
+
+    # Straight to the configured address: no proxy from http_proxy (it would get the
+    # credentials), no redirect followed (urllib sends the Authorization header along).
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with opener.open(req, timeout=timeout) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:  # something answers, and says no
-        refused = " (it refused the credentials in this configuration's [metrics])" if e.code in (401, 403) else ""
-        _unanswered[addr] = f"the endpoint at {where} answered HTTP {e.code}{refused}"
+        if 300 <= e.code < 400:
+            _unanswered[addr] = (f"the endpoint at {where} answered with a redirect (HTTP {e.code}), not the "
+                                 "daemon's endpoint")
+        else:
+            refused = " (it refused the credentials in this configuration's [metrics])" if e.code in (401, 403) else ""
+            _unanswered[addr] = f"the endpoint at {where} answered HTTP {e.code}{refused}"
     except ValueError:
         _unanswered[addr] = f"the endpoint at {where} answered with something other than syncd's JSON"
     except OSError as e:

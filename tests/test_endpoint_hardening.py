@@ -208,3 +208,84 @@ async def test_the_daemon_warns_beyond_loopback_and_survives_idle_connections(tm
     assert await compare_table(str(db), pg_dsn, "app", "later") == []
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
     conn.close()
+
+
+class _Listener:
+    """A real HTTP listener on 127.0.0.1 that records every connection and every request's
+    headers, and answers each request with `status` and `headers`."""
+
+    def __init__(self, status: int = 200, headers: dict | None = None, body: bytes = b"{}"):
+        import http.server
+
+        listener = self
+        self.connections = 0
+        self.requests: list[dict] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                listener.requests.append({k.lower(): v for k, v in self.headers.items()})
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            def verify_request(self, request, client_address):
+                listener.connections += 1
+                return True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_syncd_status_follows_no_redirect_and_sends_the_credentials_nowhere_else(monkeypatch, code):
+    """Whatever answers on the configured address and redirects (a stale process, another
+    service on the port) is not the daemon's endpoint: syncd status says so and goes no
+    further. Before, urllib followed the redirect and sent the endpoint's token to
+    wherever it pointed."""
+    from syncd.endpoint_client import unanswered
+
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)
+    body = json.dumps({"sources": {}}).encode()
+    with _Listener(body=body) as elsewhere, \
+            _Listener(code, {"Location": f"http://127.0.0.1:{elsewhere.port}/status"}) as redirecting:
+        metrics = MetricsSettings(listen=f"127.0.0.1:{redirecting.port}", auth_token="t0k3n-Secret")
+        assert fetch_status(metrics) is None
+        assert len(redirecting.requests) == 1 and redirecting.requests[0]["authorization"] == "Bearer t0k3n-Secret"
+        assert elsewhere.requests == [], elsewhere.requests
+        assert not any("authorization" in r for r in elsewhere.requests)
+        assert unanswered(metrics) == (f"the endpoint at 127.0.0.1:{redirecting.port} answered with a redirect "
+                                       f"(HTTP {code}), not the daemon's endpoint"), unanswered(metrics)
+
+
+def test_syncd_status_reads_the_endpoint_directly_whatever_http_proxy_says(endpoint, monkeypatch):
+    """The endpoint is on this host (or one the configuration names): syncd status asks it
+    directly. Before, urllib sent the request, token and all, to the proxy http_proxy
+    names in the environment."""
+    ep = endpoint(access=Access(token="t0k3n-Secret"))
+    metrics = MetricsSettings(listen=f"127.0.0.1:{ep.port}", auth_token="t0k3n-Secret")
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen's own reads the environment when first built
+    with _Listener() as proxy:
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        for name in ("http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+        assert fetch_status(metrics) == {"sources": {"app": {"health": "streaming"}}}
+        assert proxy.connections == 0 and proxy.requests == [], proxy.requests
