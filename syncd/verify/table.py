@@ -286,8 +286,8 @@ class TableCheck:
                 if None not in x.row.raw_key:
                     mine.setdefault(x.tokens_key, []).append(x.row)
             theirs: dict[tuple, list[PgRow]] = {}
-            for p in prows:
-                theirs.setdefault(self.tokens.key_of_row(p.tokens), []).append(p)
+            for p in prows:  # by the key as both databases match it: a -0.0 key is the 0.0 one
+                theirs.setdefault(p.key_tokens, []).append(p)
             still: dict[tuple, Candidate] = {}
             for ident, c in open_.items():
                 ss, ps = mine.get(ident, []), theirs.get(ident, [])
@@ -428,7 +428,7 @@ class TableCheck:
             assert s is not None
             return Difference(MISSING, key, note=self._misfits(s), raw_key=self._raw_key(c), pg_key=c.pg)
         if s is None:
-            tokens = self.tokens.key_of_row(p.tokens)
+            tokens = p.key_tokens
             if any(t[1:].lstrip("-") == "infinity" for t in tokens):
                 # An infinity reads as the first or last day in Python: no SQLite key is it,
                 # and a replay by key would reach the day's row instead.
