@@ -152,6 +152,15 @@ def test_a_file_that_holds_no_sqlite_database_compressed_or_not_is_no_backup(tmp
         assert any(f"{name} (holds no SQLite database" in line for line in item.problems), item.problems
 
 
+def test_a_backup_gone_before_syncd_could_read_it_is_said_to_be_gone(tmp_path):
+    """A backup job rotating its files removes one between the listing and the reading:
+    it was said to be one syncd may not read, to be fixed by its group or mode."""
+    from syncd.report.backups import _unreadable_file
+
+    why = _unreadable_file(str(tmp_path / "sales-1.db"))
+    assert why == "gone before syncd could read it (removed or renamed meanwhile: a backup job rotating its files?)"
+
+
 def test_sources_sharing_tables_are_told_apart_only_by_name_or_capture_id(tmp_path):
     """Two sources of one schema (crm gained a table since its backup): without a
     capture id in the backup, its tables say nothing about whose it is."""

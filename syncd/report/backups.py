@@ -18,6 +18,7 @@ one source; otherwise nothing tells whose it is.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import glob
 import os
 import pwd
@@ -248,13 +249,22 @@ def _unreadable_file(path: str) -> str | None:
         with open(path, "rb") as f:
             f.read(len(SQLITE_HEADER))
     except OSError as e:
+        return _unread(e)
+    return None
+
+
+def _unread(e: OSError) -> str:
+    """Why a file listed a moment ago could not be read: its mode, or it is gone."""
+    if e.errno in (errno.EACCES, errno.EPERM):
         try:
             user = pwd.getpwuid(os.geteuid()).pw_name
         except KeyError:
             user = f"uid {os.geteuid()}"
         return (f"syncd may not read it (running as {user}: {e.strerror or e}), so nothing shows it is a backup: "
                 "let it read the file (its group, or its mode)")
-    return None
+    if e.errno == errno.ENOENT:
+        return "gone before syncd could read it (removed or renamed meanwhile: a backup job rotating its files?)"
+    return f"syncd could not read it ({e.strerror or e}), so nothing shows it is a backup"
 
 
 def _inode(path: str) -> tuple[int, int] | None:
@@ -308,8 +318,8 @@ def _holds_no_database(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
             head = f.read(len(SQLITE_HEADER))
-    except OSError:
-        return None  # _unreadable_file has said it
+    except OSError as e:
+        return _unread(e)  # gone since _unreadable_file read it, say: still no backup
     if head.startswith(SQLITE_HEADER):
         return None
     kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
