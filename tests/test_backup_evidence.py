@@ -152,6 +152,54 @@ def test_a_file_that_holds_no_sqlite_database_compressed_or_not_is_no_backup(tmp
         assert any(f"{name} (holds no SQLite database" in line for line in item.problems), item.problems
 
 
+def test_a_backup_in_a_tar_archive_counts_where_the_database_is_its_first_member(tmp_path):
+    """`tar czf sales.tar.gz sales.db` (or a plain tar) holds the database behind a 512-byte
+    header: it was named "a gzip file of something else". The first member's header is
+    read through the archive: a database there counts; another first member is named."""
+    import tarfile
+
+    sources_and_folder(tmp_path, names=("sales",))
+    take_backup(tmp_path / "sales.db", tmp_path / "sales-copy.db", 0)
+    (tmp_path / "notes.txt").write_text("nightly\n")
+    with tarfile.open(tmp_path / "backups" / "sales-1.tar.gz", "w:gz") as t:
+        t.add(tmp_path / "sales-copy.db", "sales.db")
+    with tarfile.open(tmp_path / "backups" / "sales-2.tar", "w") as t:
+        t.add(tmp_path / "sales-copy.db", "sales.db")
+    with tarfile.open(tmp_path / "backups" / "sales-3.tar.gz", "w:gz") as t:
+        t.add(tmp_path / "notes.txt", "notes.txt")
+        t.add(tmp_path / "sales-copy.db", "sales.db")
+    for name, days in (("sales-1.tar.gz", 2), ("sales-2.tar", 1), ("sales-3.tar.gz", 0)):
+        os.utime(tmp_path / "backups" / name, (time.time() - days * 86400,) * 2)
+
+    item, found = judged(tmp_path, "backups/{source}-*", names=("sales",))
+    assert item.ok and found["sales"].count == 2 and found["sales"].newest.endswith("sales-2.tar"), item.problems
+    assert found["sales"].not_counted == [
+        f"{tmp_path}/backups/sales-3.tar.gz (holds no SQLite database syncd can find: a gzip tar archive whose first "
+        "file, notes.txt, is none (syncd looks only at the first): put the database first in the archive, or keep "
+        "a plain, gzip, bzip2 or xz copy)"], found["sales"].not_counted
+
+
+def test_a_backup_in_a_form_syncd_cannot_look_into_is_named_for_what_it_is(tmp_path):
+    """zstd, gpg, age and zip backups hold a database syncd cannot see: they were said to
+    hold none at all. Each is named for its form, and what to keep instead."""
+    sources_and_folder(tmp_path, names=("sales",))
+    take_backup(tmp_path / "sales.db", tmp_path / "backups" / "sales-0.db", 3)
+    forms = {
+        "sales-1.db.zst": (b"\x28\xb5\x2f\xfd" + bytes(40), "a zstd file"),
+        "sales-2.db.gpg": (b"\x8c\x0d\x04\x09\x03\x08" + bytes(40), "an OpenPGP (gpg) encrypted file"),
+        "sales-3.db.asc": (b"-----BEGIN PGP MESSAGE-----\n\nhQEMA\n", "an OpenPGP (gpg) encrypted file"),
+        "sales-4.db.age": (b"age-encryption.org/v1\n-> X25519 abc\n", "an age encrypted file"),
+        "sales-5.zip": (b"PK\x03\x04" + bytes(40), "a zip archive"),
+    }
+    for name, (data, _) in forms.items():
+        (tmp_path / "backups" / name).write_bytes(data)
+    item, found = judged(tmp_path, "backups/{source}-*", names=("sales",))
+    assert item.ok and found["sales"].count == 1 and found["sales"].newest.endswith("sales-0.db"), item.problems
+    for name, (_, what) in forms.items():
+        assert (f"{tmp_path}/backups/{name} ({what} syncd cannot look into: keep a plain, gzip, bzip2 or xz copy "
+                "(or a tar of one, the database first) it can read)") in found["sales"].not_counted, found["sales"]
+
+
 def test_a_backup_gone_before_syncd_could_read_it_is_said_to_be_gone(tmp_path):
     """A backup job rotating its files removes one between the listing and the reading:
     it was said to be one syncd may not read, to be fixed by its group or mode."""

@@ -7,7 +7,8 @@ recent when the newest matching file credited to the source was modified less th
 older newest file means the backup job stopped.
 
 A file syncd may not read (its mode) is never credited, nor one that holds no SQLite
-database, plain or compressed with gzip, bzip2 or xz: each is named, as not counted.
+database, plain or compressed with gzip, bzip2 or xz, or first in a tar archive: each is
+named, as not counted (a zstd, zip, gpg or age file for what it is: syncd cannot look into it).
 A file is credited by what it holds, not by its name alone: a copy of another source
 (the capture id syncd wrote into that file, or the other source's tables) is never
 evidence for this one, whatever the pattern says. A compressed backup, which syncd does
@@ -304,37 +305,108 @@ def _damaged(path: str, size: int) -> str | None:
 
 # Compressed backups syncd can look into (Python's own modules), by their first bytes.
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "lzma"}
+# Forms syncd cannot look into, by their first bytes: named for what they are.
+_OPAQUE = {
+    b"\x28\xb5\x2f\xfd": "a zstd file",
+    b"PK\x03\x04": "a zip archive",
+    b"age-encryption.org/": "an age encrypted file",
+    b"-----BEGIN AGE ENCRYPTED FILE-----": "an age encrypted file",
+    b"-----BEGIN PGP MESSAGE-----": "an OpenPGP (gpg) encrypted file",
+}
+_KEEP = "keep a plain, gzip, bzip2 or xz copy (or a tar of one, the database first) it can read"
+_TAR_MAGIC = (257, b"ustar")  # where a tar archive's first header says it is one (POSIX and GNU)
+_TAR_DIRECTORIES = 100  # directory entries passed over to reach an archive's first file
 
 
 def _holds_no_database(path: str) -> str | None:
-    """Why a file that does not begin as a SQLite database holds none (a job's log, an
-    error page, compressed or not), or None: it is one, or a gzip, bzip2 or xz stream that
-    begins as one (only its first bytes are unpacked). Another compression syncd cannot
-    look into is said so."""
+    """Why a file that does not begin as a SQLite database holds none syncd can see (a
+    job's log, an error page, compressed or not; a zstd, zip, gpg or age file it cannot
+    look into), or None: it is one, or a gzip, bzip2 or xz stream that begins as one, or
+    a tar archive (plain or so compressed) whose first file does (only first bytes are
+    unpacked, and the archive's first headers read)."""
     import bz2
     import gzip
     import lzma
 
     try:
         with open(path, "rb") as f:
-            head = f.read(len(SQLITE_HEADER))
+            head = f.read(512)
     except OSError as e:
         return _unread(e)  # gone since _unreadable_file read it, say: still no backup
     if head.startswith(SQLITE_HEADER):
         return None
     kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
     if kind is None:
-        return ("holds no SQLite database: it neither begins as one nor is a gzip, bzip2 or xz file syncd can look "
-                "into")
+        if _is_tar(head):
+            return _tar_without_database(path, "", "a tar archive")
+        opaque = next((what for magic, what in _OPAQUE.items() if head.startswith(magic)), None)
+        if opaque is None and _openpgp(head):
+            opaque = "an OpenPGP (gpg) encrypted file"
+        if opaque is not None:
+            return f"{opaque} syncd cannot look into: {_KEEP}"
+        return ("holds no SQLite database: it neither begins as one nor is a tar, gzip, bzip2 or xz file syncd can "
+                "look into")
     opener = {"gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}[kind]
     try:
         with opener(path, "rb") as f:
-            inner = f.read(len(SQLITE_HEADER))
+            inner = f.read(512)
     except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
         return f"holds no SQLite database syncd can read: a damaged {kind} file ({e})"
-    if not inner.startswith(SQLITE_HEADER):
-        return f"holds no SQLite database: a {kind} file of something else"
-    return None
+    if inner.startswith(SQLITE_HEADER):
+        return None
+    if _is_tar(inner):
+        return _tar_without_database(path, {"gzip": "gz", "bz2": "bz2", "lzma": "xz"}[kind], f"a {kind} tar archive")
+    return f"holds no SQLite database: a {kind} file of something else"
+
+
+def _is_tar(head: bytes) -> bool:
+    at, magic = _TAR_MAGIC
+    return head[at : at + len(magic)] == magic
+
+
+def _tar_without_database(path: str, compression: str, what: str) -> str | None:
+    """Why the tar archive `path` shows no SQLite database, or None: its first file
+    (directories passed over) begins as one. Only the archive's first headers and that
+    file's first bytes are read."""
+    import tarfile
+
+    try:
+        with tarfile.open(path, f"r:{compression}") as t:
+            for _ in range(_TAR_DIRECTORIES):
+                m = t.next()
+                if m is None or not m.isdir():
+                    break
+            else:
+                m = None
+            if m is None:
+                return f"holds no SQLite database: {what} with no file in its first entries"
+            if not m.isfile():
+                return (f"holds no SQLite database syncd can find: {what} whose first entry, {m.name}, is no file: "
+                        f"put the database first in the archive, or keep a plain, gzip, bzip2 or xz copy")
+            f = t.extractfile(m)
+            first = f.read(len(SQLITE_HEADER)) if f is not None else b""
+    except (OSError, EOFError, ValueError, tarfile.TarError) as e:
+        return f"holds no SQLite database syncd can read: a damaged {what.removeprefix('a ')} ({e})"
+    if first.startswith(SQLITE_HEADER):
+        return None
+    return (f"holds no SQLite database syncd can find: {what} whose first file, {m.name}, is none (syncd looks only "
+            "at the first): put the database first in the archive, or keep a plain, gzip, bzip2 or xz copy")
+
+
+def _openpgp(head: bytes) -> bool:
+    """Whether `head` begins an OpenPGP message encrypted to a key or a passphrase (gpg
+    --encrypt, gpg --symmetric): its first packet, a session key's, and that packet's version."""
+    if len(head) < 3 or not head[0] & 0x80:
+        return False
+    b = head[0]
+    if b & 0x40:  # the new packet format
+        tag, lengths = b & 0x3F, 1 if head[1] < 192 else 2 if head[1] < 224 else 5 if head[1] == 255 else 0
+    else:
+        tag, lengths = (b >> 2) & 0x0F, {0: 1, 1: 2, 2: 4}.get(b & 3, 0)
+    if not lengths or len(head) <= 1 + lengths:
+        return False
+    version = head[1 + lengths]
+    return (tag == 1 and version in (3, 6)) or (tag == 3 and version in (4, 5, 6))
 
 
 def _is_sqlite(path: str) -> bool | None:
