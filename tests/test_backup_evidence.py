@@ -130,8 +130,9 @@ def test_a_compressed_backup_counts_only_where_the_pattern_names_the_source(tmp_
 
     item, found = judged(tmp_path, "backups/*.db.gz")
     assert not item.ok and found["sales"].count == 0 and found["markets"].count == 0
-    assert any("sales-1.db.gz (not a plain SQLite file (compressed?), so nothing tells which source it backs up; "
-               "put {source} in backup_glob)" in line for line in item.problems), item.problems
+    assert any(f"2 files ({tmp_path}/backups/markets-1.db.gz and {tmp_path}/backups/sales-1.db.gz): not a plain "
+               "SQLite file (compressed?), so nothing tells which source it backs up; put {source} in backup_glob"
+               in line for line in item.problems), item.problems
 
     item, found = judged(tmp_path, "backups/sales-*.db.gz", names=("sales",))  # one source: nothing to tell apart
     assert item.ok and found["sales"].count == 1
@@ -209,6 +210,23 @@ def test_a_backup_gone_before_syncd_could_read_it_is_said_to_be_gone(tmp_path):
     assert why == "gone before syncd could read it (removed or renamed meanwhile: a backup job rotating its files?)"
 
 
+def test_many_files_not_counted_for_one_reason_are_one_entry(tmp_path):
+    """Thirty nightly zstd backups made the item a wall of five identical lines and "25
+    more": the files one reason holds back are counted in one entry."""
+    sources_and_folder(tmp_path, names=("sales",))
+    for i in range(30):
+        (tmp_path / "backups" / f"sales-{i:02}.db.zst").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(20))
+    (tmp_path / "backups" / "sales-job.db").write_text("backup failed: disk full\n")
+    item, found = judged(tmp_path, "backups/{source}-*", names=("sales",))
+    assert not item.ok and found["sales"].count == 0 and len(found["sales"].not_counted) == 31
+    assert len(item.problems) == 1, item.problems
+    problem = item.problems[0]
+    assert problem.count("syncd cannot look into") == 1, problem
+    assert (f"30 files ({tmp_path}/backups/sales-00.db.zst, {tmp_path}/backups/sales-01.db.zst and 28 more): "
+            "a zstd file syncd cannot look into" in problem), problem
+    assert f"{tmp_path}/backups/sales-job.db (holds no SQLite database" in problem, problem
+
+
 def test_sources_sharing_tables_are_told_apart_only_by_name_or_capture_id(tmp_path):
     """Two sources of one schema (crm gained a table since its backup): without a
     capture id in the backup, its tables say nothing about whose it is."""
@@ -238,8 +256,8 @@ def test_another_sources_live_file_is_no_backup_and_a_long_list_is_cut_short(tmp
     (tmp_path / "data").mkdir()
     for name in ("sales", "markets"):
         make_source(tmp_path / "data" / f"{name}.db", name, installed=True)
-    for i in range(8):
-        (tmp_path / "data" / f"junk-{i}.db").write_bytes(b"not a database at all")
+    for i in range(8):  # each cut short at its own size: eight reasons, not one
+        (tmp_path / "data" / f"junk-{i}.db").write_bytes(b"SQLite format 3\x00" + bytes(i + 1))
     now = dt.datetime.now(dt.timezone.utc)
     files = {n: tmp_path / "data" / f"{n}.db" for n in ("sales", "markets")}
     live = {n: live_identity(p, 2000) for n, p in files.items()}

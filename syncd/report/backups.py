@@ -55,6 +55,18 @@ class BackupFacts:
     not_counted: list[str] = field(default_factory=list)  # matched, yet no backup of this source, and why
     others: int = 0  # matched a pattern without {source}: plainly other sources' backups (not listed)
     unreadable: str | None = None  # the pattern's folder, which this user may not list: why nothing matched
+    not_counted_by_reason: dict[str, list[str]] = field(default_factory=dict)  # why -> the files not counted so
+
+    def not_counted_grouped(self) -> list[str]:
+        """`not_counted` with the files one reason holds back in one entry (thirty nightly
+        backups in a form syncd cannot read are one line, not thirty)."""
+        def files(paths: list[str]) -> str:
+            if len(paths) == 2:
+                return f"{paths[0]} and {paths[1]}"
+            return f"{paths[0]}, {paths[1]} and {len(paths) - 2} more"
+
+        return [f"{paths[0]} ({why})" if len(paths) == 1 else f"{len(paths)} files ({files(paths)}): {why}"
+                for why, paths in self.not_counted_by_reason.items()]
 
 
 # (realpath, mtime_ns, size) -> identity, the least recently used dropped past IDENTITIES_KEPT
@@ -176,6 +188,12 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
     theirs = {os.path.realpath(path) + s: name for name, path in (live_files or {}).items() if name != source
               for s in ("", "-wal", "-shm", "-journal")}
     files, not_counted, others = [], [], 0
+    by_reason: dict[str, list[str]] = {}
+
+    def skip(path: str, why: str) -> None:
+        not_counted.append(f"{path} ({why})")
+        by_reason.setdefault(why, []).append(path)
+
     links: dict[tuple[int, int], str] | None = None  # the live files' inodes, read once a hard link is met
     for p in sorted(glob.glob(full, recursive=True)):
         try:
@@ -190,35 +208,36 @@ def find_backups(pattern: str, source: str, base: Path, now: dt.datetime, live: 
                 links = {i: path for path in (*itself, *theirs) if (i := _inode(path)) is not None}
             real = links.get((st.st_dev, st.st_ino), real)
         if real in itself:
-            not_counted.append(f"{p} (the live database)")
+            skip(p, "the live database")
         elif real in theirs:
-            not_counted.append(f"{p} (the live database of {theirs[real]})")
+            skip(p, f"the live database of {theirs[real]}")
         elif st.st_size == 0:
-            not_counted.append(f"{p} (empty)")
+            skip(p, "empty")
         elif st.st_mtime > now.timestamp() + FUTURE_SECONDS:
             # Written by a host whose clock runs ahead, or unpacked with another's dates:
             # when it was taken is not known, so it is not the recent backup.
             when = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            not_counted.append(f"{p} (dated in the future, {when}: a clock ahead?)")
+            skip(p, f"dated in the future, {when}: a clock ahead?")
         elif (unread := _unreadable_file(p)) is not None:
-            not_counted.append(f"{p} ({unread})")  # nothing shows it is a backup, nor whose
+            skip(p, unread)  # nothing shows it is a backup, nor whose
         elif (broken := _damaged(p, st.st_size)) is not None:
-            not_counted.append(f"{p} ({broken})")
+            skip(p, broken)
         elif (empty := _holds_no_database(p)) is not None:
-            not_counted.append(f"{p} ({empty})")
+            skip(p, empty)
         elif (no := whose(identity(p), source, sources, named)) is not None:
             if not named and no.of is not None:
                 others += 1  # a shared folder: the other sources' own backups, each credited there
             else:
-                not_counted.append(f"{p} ({no.why})")
+                skip(p, no.why)
         else:
             files.append((st.st_mtime, st.st_size, p))
     if not files:
-        return BackupFacts(full, 0, None, None, None, None, None, not_counted, others, _unreadable(full))
+        return BackupFacts(full, 0, None, None, None, None, None, not_counted, others, _unreadable(full), by_reason)
     files.sort()
     mtime, size, newest = files[-1]
     age = lambda t: (now.timestamp() - t) / 86400  # noqa: E731
-    return BackupFacts(full, len(files), newest, age(mtime), size, _is_sqlite(newest), age(files[0][0]), not_counted, others)
+    return BackupFacts(full, len(files), newest, age(mtime), size, _is_sqlite(newest), age(files[0][0]), not_counted,
+                       others, None, by_reason)
 
 
 def _unreadable(pattern: str) -> str | None:

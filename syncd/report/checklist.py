@@ -371,7 +371,7 @@ def backup(f: MigrationFacts) -> CheckItem:
                         "is kept as it was then and needs no new backup")
             continue
         b = s.backup
-        skipped = f"; not counted: {_some(b.not_counted)}" if b is not None and b.not_counted else ""
+        skipped = f"; not counted: {_some(b.not_counted_grouped())}" if b is not None and b.not_counted else ""
         if b is not None and b.others:
             skipped += f"; {b.others} other file(s) matched hold other sources' backups"
         if b is not None and b.count == 0 and b.unreadable:
