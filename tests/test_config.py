@@ -568,7 +568,7 @@ def test_a_command_run_by_hand_without_the_services_password_says_how_to_give_it
     import sqlite3
 
     sqlite3.connect(tmp_path / "app.db").execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-    for name in ("PGPASSWORD", "PGPASSFILE", "SYNCD_POSTGRES__PASSWORD", "CREDENTIALS_DIRECTORY"):
+    for name in ("PGPASSWORD", "PGPASSFILE", "SYNCD_POSTGRES__PASSWORD", "CREDENTIALS_DIRECTORY", "INVOCATION_ID"):
         monkeypatch.delenv(name, raising=False)
     cfg = write(tmp_path, f'[postgres]\ndsn = "{password_server}"\n[metrics]\nlisten = ""\n'
                           '[[sources]]\nname = "app"\npath = "app.db"\n')
