@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from syncd.identifiers import quote_ident
+from syncd.sqlite import reader
 
 FULL_TEXT = ("fts3", "fts4", "fts5")
 SPATIAL = ("rtree", "rtree_i32", "geopoly")
@@ -76,7 +77,9 @@ def count_rows(conn: sqlite3.Connection, name: str) -> int | None:
 
 def _count(conn: sqlite3.Connection, name: str) -> int | None:
     try:
-        return conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0]
+        # A window of rows at a time in rollback-journal mode, each its own read: one
+        # count(*) of a large table held the application's writers back while it ran.
+        return reader.count_rows(conn, name)
     except sqlite3.Error:  # the module is not available to this SQLite build
         return None
 
