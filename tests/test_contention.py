@@ -4,6 +4,7 @@ transaction makes syncd wait, not fail."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -439,5 +440,50 @@ async def test_reporting_a_large_table_left_out_never_holds_a_rollback_journal_w
         writer.stop.set()
         writer.join(30)
     assert done.returncode in (0, 1) and "1000000" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert writer.transactions > 5 and writer.errors == [], (writer.transactions, writer.errors[:5])
+
+
+async def a_large_table_made_while_stopped(tmp_path, make_config, pg_dsn):
+    """A rollback-journal file whose `docs` was copied into Postgres with 100 rows, the
+    daemon stopped, then 50 rows added to `docs` (on their way) and `events` made with
+    1,000,000 rows of one 512-byte page each: counting those in one read takes past a
+    0.5 s busy_timeout. (file, config)"""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA page_size = 512")
+    conn.execute("PRAGMA journal_mode = delete")
+    conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO docs VALUES (?, 'x')", ((i,) for i in range(1, 101)))
+    cfg = backup_and_config(make_config, tmp_path, db, [{"name": "app", "path": str(db), "exclude": ["hits"]}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn.executemany("INSERT INTO docs VALUES (?, 'x')", ((i,) for i in range(101, 151)))
+    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, line TEXT)")
+    conn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) "
+                 "INSERT INTO events SELECT i, printf('%.*c', 400, 'z') FROM n")
+    conn.close()
+    return db, cfg
+
+async def test_reporting_a_large_table_never_holds_a_rollback_journal_writer_off(tmp_path, make_config, pg_dsn):
+    """`syncd report` (and the cutover's checklist, which reads the same facts) counts each
+    table's rows with the changes on their way. Counted in one read, a table of 1,000,000
+    rows held a rollback-journal writer with a 0.5 s busy_timeout off past it; the rows
+    are counted a window at a time, each window its own short read, and the changes on
+    their way, read after them, still account for the count."""
+    db, cfg = await a_large_table_made_while_stopped(tmp_path, make_config, pg_dsn)
+    writer = ShortTimeoutWriter(db, timeout=0.5)
+    writer.start()
+    try:
+        done = run_cli(cfg, "report", "--format", "json")
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
+    tables = {t["table"]: t for s in json.loads(done.stdout)["sources"] for t in s["tables"]}
+    assert (tables["docs"]["rows_sqlite"], tables["docs"]["rows_postgres"], tables["docs"]["counts_match"]) == \
+        (150, 100, True), tables["docs"]
+    assert tables["events"]["rows_sqlite"] == 1_000_000, tables["events"]
     assert writer.transactions > 5 and writer.errors == [], (writer.transactions, writer.errors[:5])
 

@@ -675,6 +675,7 @@ class _SqliteSide:
 COUNT_TRIES = 3
 KEYS_LOOKED_UP = 10_000  # a table's keys on their way looked up one by one on both sides, at most
 IN_FLIGHT_ENTRIES = 500_000  # changelog entries past the checkpoint walked for the changes on their way, at most
+WINDOWED_COUNT_TRIES = 3  # a table counted a window at a time while changes were captured: counted again this often
 
 
 async def _pg_counts(pg: asyncpg.Connection, bk: Bookkeeping | None, source: SourceSettings,
@@ -747,15 +748,28 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
         # read, which in rollback-journal mode holds the application's writers back for as
         # long as it runs: the changes on their way are then unknown, as when pruned past.
         long_backlog = bool(state.key_slots) and state.max_seq - applied_seq > IN_FLIGHT_ENTRIES
+        wal = conn.execute("PRAGMA main.journal_mode").fetchone()[0].lower() == "wal"
         for name in list(schema.tables) + list(schema.refused):
+            follows = name in state.registry and state.key_slots and not pruned_past and not long_backlog
             # Its count and its changes in flight from one snapshot, one short read
-            # transaction per table (in rollback-journal mode a read holds writers off).
+            # transaction per table. In rollback-journal mode, where a read holds the
+            # application's writers back for as long as it runs, the rows are counted
+            # before it a window at a time (reader.count_rows), each window its own read:
+            # that count is the snapshot's where the changelog's end has not moved since
+            # (no change captured meanwhile), else the changes in flight still bound it.
+            counted, top = None, 0
+            for _ in range(0 if wal else WINDOWED_COUNT_TRIES if follows else 1):
+                top = reader.max_seq(conn) if follows else 0
+                counted = reader.count_rows(conn, name)
+                if not follows or reader.max_seq(conn) == top:
+                    break
             conn.execute("BEGIN")
             try:
-                tables[name] = conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0]
-                if name in state.registry and state.key_slots and not pruned_past and not long_backlog:
+                tables[name] = counted if counted is not None else \
+                    conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0]
+                if follows:
                     in_flight[name] = _in_flight(conn, *state.registry[name], applied_seq)
-                    if name in schema.tables:
+                    if name in schema.tables and (counted is None or reader.max_seq(conn) == top):
                         keys = _keys_in_flight(conn, schema.tables[name], state.registry[name][0], applied_seq)
                         if keys is not None:
                             keys_in_flight[name] = keys
