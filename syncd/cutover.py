@@ -43,7 +43,7 @@ from syncd.postgres.connect import (ASYNCPG_FAULT, READ_ONLY_DATABASE, PostgresU
 from syncd.printable import listed, shorten, text_repr
 from syncd.reverse.capture import FREEZE_LOCK_STEP
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
-from syncd.sqlite import capture, freeze
+from syncd.sqlite import capture, freeze, reader
 from syncd.sqlite.capture import LockTimeout
 from syncd.sqlite.connection import SourceFileError, SqliteWorker
 from syncd.sqlite.introspect import introspect
@@ -858,12 +858,14 @@ async def _writable(settings: Settings, source: SourceSettings, worker: SqliteWo
         raise Refused(_locked_line(source, WRITABLE_WAIT_SECONDS)) from None
 
 
+# Counted a window at a time in rollback-journal mode, each its own read: one count(*)
+# of a large table (or a long backlog) held the application's writers back while it ran.
 def _pending(conn: sqlite3.Connection, applied: int) -> int:
-    return conn.execute("SELECT count(*) FROM main._syncd_changelog WHERE seq > ?", (applied,)).fetchone()[0]
+    return reader.entries_after(conn, applied)
 
 
 def _row_count(conn: sqlite3.Connection, tables: list[str]) -> int:
-    return sum(conn.execute(f"SELECT count(*) FROM main.{quote_ident(t)}").fetchone()[0] for t in tables)
+    return sum(reader.count_rows(conn, t) for t in tables)
 
 
 def _estimate(rows: int, pending: int) -> float:

@@ -58,6 +58,7 @@ from syncd.reverse.checkpoint import META_KEY, ReverseCheckpoint, older
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import CHANGELOG, META, LockTimeout, write_transaction
 from syncd.sqlite.connection import SourceFileError, SqliteWorker, is_busy
+from syncd.sqlite.reader import count_rows
 from syncd.table_locks import TablesBusy, long_holders, table_holders, while_tables_busy
 from syncd.verify.postgres_side import lock_holder
 from syncd.verify.repair import CANNOT_CONNECT_SECONDS, StreamCannotConnect, cut_off
@@ -626,7 +627,7 @@ def keep_autoincrement_past(conn: sqlite3.Connection, tops: dict[str, int], busy
 
 
 def _row_count(conn: sqlite3.Connection, tables: list[str]) -> int:
-    return sum(conn.execute(f"SELECT count(*) FROM main.{quote_ident(t)}").fetchone()[0] for t in tables)
+    return sum(count_rows(conn, t) for t in tables)  # a window at a time, as cutover._row_count
 
 
 def _changelog_top(conn: sqlite3.Connection) -> int:
