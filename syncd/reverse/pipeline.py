@@ -981,6 +981,10 @@ class ReversePipeline:
         self.file_checkpoint = plan.checkpoint
         elapsed = time.monotonic() - started
         self.writes.held(elapsed, limit)
+        # One of many back to back while Postgres's changes wait: the application's writers
+        # waiting in their busy handler go first, as between a table's copies (SQLite keeps
+        # no queue: one looking again every 100 ms missed the gap until the next batch).
+        await asyncio.sleep(step_aside(elapsed))
         if not batch.empty and time.monotonic() - self.applied_written >= APPLIED_AT_EVERY:
             await s.bk.touch_applied(s.pg)  # the source's last apply, as status and the report show it
             self.applied_written = time.monotonic()
