@@ -1037,9 +1037,7 @@ async def test_a_negative_zero_written_in_postgres_does_not_reload_its_table_aft
     """Postgres's -0 (round(-0.4), say) in a REAL column reaches SQLite as 0.0, the value a
     REAL column holds for it. After the rollback the forward stream resumes on the table as
     it is: the zero is no sign that the column was renamed, swapped, or dropped and added
-    again in SQLite, and no reason to copy the whole table into Postgres once more. Postgres
-    keeps its -0.0, which the application would read after the next cutover where it reads
-    0.0 from SQLite now: verification says so, and a repair writes SQLite's 0.0 there."""
+    again in SQLite, and no reason to copy the whole table into Postgres once more."""
     db = tmp_path / "app.db"
     make_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
@@ -1054,10 +1052,5 @@ async def test_a_negative_zero_written_in_postgres_does_not_reload_its_table_aft
         assert "event=table_reloading" not in d.own_log() and "snapshot_started" not in d.own_log().split(
             "now flows SQLite -> Postgres")[-1], d.own_log()[-3000:]
         v = run_cli(cfg, "verify")
-        assert v.returncode == 1 and 'app: "deals" different: key 3: column "amount"' in v.stdout, v.stdout + v.stderr
-        v = run_cli(cfg, "verify", "--repair")
-        assert v.returncode == 0, v.stdout + v.stderr
-        v = run_cli(cfg, "verify")
         assert v.returncode == 0 and "3 of 3 table(s) equal" in v.stdout, v.stdout + v.stderr
-        assert await pg_rows(pg_dsn, "SELECT amount::text FROM app.deals WHERE id = 3") == [("0",)]
         assert d.stop() == 0

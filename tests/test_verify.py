@@ -116,66 +116,6 @@ async def test_every_kind_of_difference_is_reported_by_key_and_column(synced, pg
     assert any(line.startswith('app: "items" DIFFERS (200 rows in SQLite, 200 in Postgres') for line in lines)
 
 
-async def test_a_negative_zero_in_postgres_where_sqlite_holds_zero_is_a_difference_before_the_cutover(synced, pg_dsn):
-    # Item 8 was written -0.0 to SQLite, whose REAL column holds it as 0.0 (so does the copy);
-    # item 14 was written 0.0. A -0.0 written in Postgres behind syncd's back is what the
-    # application would read after the switch (str() gives '-0.0', 1/x gives -inf in
-    # some languages): a value it never read from SQLite.
-    await pg_execute(pg_dsn, "UPDATE app.items SET r = '-0'::float8 WHERE id IN (8, 14)")
-    rc, doc = verify_json(synced)
-    assert rc == 1
-    assert found(doc, "items") == {("different", (8,), ("r",)), ("different", (14,), ("r",))}
-
-    out = verify(synced, "--repair")
-    assert out.returncode == 0, out.stdout + out.stderr
-    signs = await pg_fetch(pg_dsn, "SELECT id, r::text FROM app.items WHERE id IN (8, 14) ORDER BY id")
-    assert [tuple(r) for r in signs] == [(8, "0"), (14, "0")]
-
-
-@pytest.fixture
-async def real_keyed(app_db, make_config, pg_dsn, tmp_path):
-    conn = sqlite3.connect(app_db)
-    conn.executescript("""
-        CREATE TABLE samples (at REAL PRIMARY KEY, v INTEGER);
-        INSERT INTO samples VALUES (0.0, 1), (1.5, 2);
-        CREATE TABLE readings (at REAL PRIMARY KEY, v INTEGER);
-        INSERT INTO readings VALUES (1.5, 2);
-    """)
-    conn.commit()
-    conn.close()
-    cfg = make_config([{"name": "app", "path": str(app_db)}], extra=verify_section())
-    await sync_and_stop(cfg, app_db, pg_dsn, tmp_path / "syncd.log")
-    return cfg
-
-
-async def test_a_real_key_turned_negative_zero_in_postgres_is_a_difference_in_that_column(real_keyed, pg_dsn):
-    # Postgres finds the row under either zero; the application would read -0.0 as its key.
-    await pg_execute(pg_dsn, "UPDATE app.samples SET at = '-0'::float8 WHERE at = 0")
-    rc, doc = verify_json(real_keyed)
-    assert rc == 1
-    assert found(doc, "samples") == {("different", (0.0,), ("at",))}
-
-    out = verify(real_keyed, "--repair")
-    assert out.returncode == 0, out.stdout + out.stderr
-    rows = await pg_fetch(pg_dsn, "SELECT at::text, v FROM app.samples ORDER BY at")
-    assert [tuple(r) for r in rows] == [("0", 1), ("1.5", 2)]
-    assert verify(real_keyed).returncode == 0
-
-
-async def test_an_extra_row_keyed_negative_zero_in_postgres_is_named_and_repaired(real_keyed, pg_dsn):
-    # SQLite holds no zero key in "readings": Postgres's row keyed -0.0 is extra.
-    await pg_execute(pg_dsn, "INSERT INTO app.readings VALUES ('-0'::float8, 9)")
-    out = verify(real_keyed)
-    assert out.returncode == 1
-    assert 'app: "readings" extra in Postgres: key -0.0' in out.stdout.splitlines(), out.stdout + out.stderr
-
-    out = verify(real_keyed, "--repair")
-    assert out.returncode == 0, out.stdout + out.stderr
-    rows = await pg_fetch(pg_dsn, "SELECT at::text, v FROM app.readings ORDER BY at")
-    assert [tuple(r) for r in rows] == [("1.5", 2)]
-    assert verify(real_keyed).returncode == 0
-
-
 async def test_tables_not_streaming_count_as_differences(app_db, make_config, pg_dsn, tmp_path):
     seed(app_db)
     conn = sqlite3.connect(app_db)

@@ -138,7 +138,7 @@ class ReverseEvidence:
                     mine.setdefault(x.tokens_key, []).append(x.row)
             theirs: dict[tuple, list[PgRow]] = {}
             for p in prows:
-                theirs.setdefault(p.key_tokens, []).append(p)
+                theirs.setdefault(check.tokens.key_of_row(p.tokens), []).append(p)
             still = {}
             for ident, c in open_.items():
                 ss, ps = mine.get(ident, []), theirs.get(ident, [])

@@ -22,21 +22,18 @@ LOOKUP_BATCH = 5000
 @dataclass
 class PgRow:
     key: tuple  # the key as Postgres returns it
-    tokens: tuple[str, ...]  # every column's, strict: a REAL's -0.0 differs from 0.0 until the cutover
-    key_tokens: tuple[str, ...]  # the key's as both databases match it (-0.0 is 0.0): which key the row is
+    tokens: tuple[str, ...]
 
 
 class PostgresTable:
-    def __init__(self, conn: asyncpg.Connection, schema: str, ks: KeySpace, utf8_database: bool = False,
-                 cut_over: bool = False):
+    def __init__(self, conn: asyncpg.Connection, schema: str, ks: KeySpace, utf8_database: bool = False):
         self.conn = conn
         self.ks = ks
         self.spec = ks.spec
         self.table = qualified(schema, ks.spec.name)
-        # Cut over, a REAL's -0.0 is the 0.0 SQLite holds; before, it differs (rowhash.pg_token).
-        self.hash = pg_row_hash_sql(ks.spec, utf8_database, cut_over)
+        self.hash = pg_row_hash_sql(ks.spec, utf8_database)
         self.key_cols = ", ".join(ks.pg_ref(i) for i in range(len(ks.key)))
-        self.tokens = f"ARRAY[{', '.join(pg_token_exprs(ks.spec, cut_over))}]::text[]"
+        self.tokens = f"ARRAY[{', '.join(pg_token_exprs(ks.spec))}]::text[]"
         self.key_tokens = pg_key_token_exprs(ks.spec)
 
     async def count(self) -> int:
@@ -117,12 +114,11 @@ class PostgresTable:
         return f"({self.key_cols}) IN (SELECT * FROM unnest({', '.join(arrays)}))"
 
     async def _fetch_by_key(self, keys: Sequence[tuple], arrays: list[str], out: list[PgRow]) -> None:
-        sql = (f"SELECT {self.key_cols}, {self.tokens}, ARRAY[{', '.join(self.key_tokens)}]::text[] "
-               f"FROM {self.table} WHERE {self._key_in(arrays)}")
+        sql = f"SELECT {self.key_cols}, {self.tokens} FROM {self.table} WHERE {self._key_in(arrays)}"
         for i in range(0, len(keys), LOOKUP_BATCH):
             columns = [list(col) for col in zip(*keys[i : i + LOOKUP_BATCH])]
             for row in await self.conn.fetch(sql, *columns):
-                out.append(PgRow(tuple(row[:-2]), tuple(row[-2]), tuple(row[-1])))
+                out.append(PgRow(tuple(row[:-1]), tuple(row[-1])))
 
     async def count_by_key(self, keys: Sequence[tuple]) -> int:
         """How many rows have one of `keys` (Postgres values; each counted once)."""

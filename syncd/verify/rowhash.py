@@ -272,16 +272,12 @@ class SqliteRowHash:
 # --- the Postgres side ------------------------------------------------------------------
 
 
-def pg_token(c: Column, col: str | None = None, zero_as_sqlite_holds_it: bool = True) -> str:
-    """SQL for column `c`'s token in Postgres; `col` reads it (default: the column itself).
-    `zero_as_sqlite_holds_it`: Postgres's -0.0 in a REAL column reads as 0.0 (see below)."""
+def pg_token(c: Column, col: str | None = None) -> str:
+    """SQL for column `c`'s token in Postgres; `col` reads it (default: the column itself)."""
     col = col or quote_pg_ident(c.name)
-    if (zero_as_sqlite_holds_it and c.pgtype is PgType.DOUBLE and c.sqlite_expr is None
-            and affinity(c.declared) is Affinity.REAL):
-        # A REAL column of SQLite stores -0.0 as 0.0: after a cutover, Postgres's -0.0 is
-        # the value SQLite holds (the way back can write no other). Before it, SQLite's 0.0
-        # is what the copy must hold: a -0.0 there is a value the application would read
-        # after the switch and never read from SQLite. Columns without a type keep -0.0.
+    if c.pgtype is PgType.DOUBLE and c.sqlite_expr is None and affinity(c.declared) is Affinity.REAL:
+        # A REAL column of SQLite stores -0.0 as 0.0: Postgres's -0.0 (written there after
+        # a cutover, say) is the value SQLite holds. Columns without a type keep -0.0.
         col = f"({col} + 0::float8)"
     elif c.pg_padded:
         # character(n)'s ::text drops the padding that the application, and so the way back, reads.
@@ -289,17 +285,16 @@ def pg_token(c: Column, col: str | None = None, zero_as_sqlite_holds_it: bool = 
     return pg_canonical_expr(c.pgtype, col)
 
 
-def pg_token_exprs(spec: TableSpec, cut_over: bool = False) -> list[str]:
-    """Every column's token; `cut_over`: SQLite follows Postgres (a REAL's -0.0 is 0.0)."""
-    return [pg_token(c, zero_as_sqlite_holds_it=cut_over) for c in spec.columns]
+def pg_token_exprs(spec: TableSpec) -> list[str]:
+    return [pg_token(c) for c in spec.columns]
 
 
 CONCAT_MAX_COLUMNS = 100  # beyond this, a chain of || nests too deep for comfort: ARRAY[] instead
 
 
-def pg_row_sql(spec: TableSpec, cut_over: bool = False) -> str:
+def pg_row_sql(spec: TableSpec) -> str:
     """SQL for a row's canonical form, as text."""
-    tokens = pg_token_exprs(spec, cut_over)
+    tokens = pg_token_exprs(spec)
     if len(tokens) <= CONCAT_MAX_COLUMNS:
         return " || E'\\x1f' || ".join(tokens)  # a little cheaper per row than building an array
     return f"array_to_string(ARRAY[{', '.join(tokens)}]::text[], E'\\x1f')"
@@ -309,9 +304,9 @@ def pg_key_token_exprs(spec: TableSpec) -> list[str]:
     return [pg_token(spec.column(k)) for k in spec.key]
 
 
-def pg_row_hash_sql(spec: TableSpec, utf8_database: bool = False, cut_over: bool = False) -> str:
+def pg_row_hash_sql(spec: TableSpec, utf8_database: bool = False) -> str:
     """SQL for the row hash as a signed bigint. md5 hashes the text in the database's
     encoding: unless that is UTF-8, convert_to makes it so (at a cost per row)."""
-    row = pg_row_sql(spec, cut_over)
+    row = pg_row_sql(spec)
     data = row if utf8_database else f"convert_to({row}, 'UTF8')"
     return f"('x' || left(md5({data}), 16))::bit(64)::bigint"

@@ -391,8 +391,7 @@ async def _check(s: _Session, plan: TablePlan, wait_seconds: float) -> TableVeri
             assert plan.spec is not None and plan.tid is not None and plan.row is not None
             ks = await key_space(s.run, s.pg, s.source.schema, plan.spec)
             check = TableCheck(s.run, s.pg, ks, plan.tid, source=s.source.name, target_schema=s.source.schema,
-                               bk_schema=s.bk.schema, chunk_rows=s.settings.verify.chunk_rows, utf8_database=s.utf8,
-                               cut_over=s.direction == TO_SQLITE)
+                               bk_schema=s.bk.schema, chunk_rows=s.settings.verify.chunk_rows, utf8_database=s.utf8)
             if s.direction == TO_SQLITE:
                 check.reverse = await way_back.for_table(s.pg, _names(s), s.source.schema, plan.spec)
             tr.columns = list(plan.spec.column_names)

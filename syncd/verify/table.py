@@ -90,7 +90,7 @@ class SqliteRow:
 
 class TableCheck:
     def __init__(self, run: SqliteRun, pg: asyncpg.Connection, ks: KeySpace, tid: int, *, source: str,
-                 target_schema: str, bk_schema: str, chunk_rows: int, utf8_database: bool = False, cut_over: bool = False):
+                 target_schema: str, bk_schema: str, chunk_rows: int, utf8_database: bool = False):
         self.run = run
         self.pg = pg
         self.ks = ks
@@ -99,7 +99,7 @@ class TableCheck:
         self.source = source
         self.bk_schema = bk_schema
         self.chunk_rows = chunk_rows
-        self.pt = PostgresTable(pg, target_schema, ks, utf8_database, cut_over)
+        self.pt = PostgresTable(pg, target_schema, ks, utf8_database)
         self.hasher = SqliteRowHash(self.spec, f"_syncd_verify_{tid}")
         self.tokens = RowTokens(self.spec)
         self.candidates: dict[tuple, Candidate] = {}
@@ -286,8 +286,8 @@ class TableCheck:
                 if None not in x.row.raw_key:
                     mine.setdefault(x.tokens_key, []).append(x.row)
             theirs: dict[tuple, list[PgRow]] = {}
-            for p in prows:  # by the key as both databases match it: a -0.0 key is the 0.0 one
-                theirs.setdefault(p.key_tokens, []).append(p)
+            for p in prows:
+                theirs.setdefault(self.tokens.key_of_row(p.tokens), []).append(p)
             still: dict[tuple, Candidate] = {}
             for ident, c in open_.items():
                 ss, ps = mine.get(ident, []), theirs.get(ident, [])
@@ -428,7 +428,7 @@ class TableCheck:
             assert s is not None
             return Difference(MISSING, key, note=self._misfits(s), raw_key=self._raw_key(c), pg_key=c.pg)
         if s is None:
-            tokens = p.key_tokens
+            tokens = self.tokens.key_of_row(p.tokens)
             if any(t[1:].lstrip("-") == "infinity" for t in tokens):
                 # An infinity reads as the first or last day in Python: no SQLite key is it,
                 # and a replay by key would reach the day's row instead.
