@@ -402,3 +402,44 @@ def test_a_hard_link_to_the_live_file_is_no_backup(tmp_path):
     found = find_backups("backups/*.db", "sales", tmp_path, now, files["sales"], live, files)
     assert found.count == 0 and f"{tmp_path}/backups/markets-today.db (the live database of markets)" in \
         found.not_counted, found
+
+
+def test_a_damaged_or_hostile_tar_backup_is_named_and_never_stops_the_report(tmp_path):
+    """A tar.gz or tar.xz damaged part-way (bytes flipped past its first header), and one
+    whose first header declares a pax record of a gigabyte: the report raised zlib's or
+    lzma's error and stopped, or read the declared gigabyte into memory. Each is named as a
+    damaged archive, not counted, and the backup beside them still counts."""
+    import gzip
+    import tarfile
+
+    sources_and_folder(tmp_path, names=("sales",))
+    take_backup(tmp_path / "sales.db", tmp_path / "sales-copy.db", 0)
+    take_backup(tmp_path / "sales.db", tmp_path / "backups" / "sales-0.db", 1)
+    for name, mode in (("sales-1.tar.gz", "w:gz"), ("sales-2.tar.xz", "w:xz")):
+        with tarfile.open(tmp_path / "backups" / name, mode) as t:
+            t.add(tmp_path, "folder", recursive=False)
+            t.add(tmp_path / "sales-copy.db", "folder/sales.db")
+        data = bytearray((tmp_path / "backups" / name).read_bytes())
+        data[300:364] = bytes(b ^ 0xFF for b in data[300:364])
+        (tmp_path / "backups" / name).write_bytes(bytes(data))
+    # A pax header declaring 1 GiB of records, then zeros: small on disk, huge unpacked.
+    header = bytearray(512)
+    header[0:9] = b"PaxHeader"
+    header[100:108] = b"0000644\0"
+    header[124:136] = b"%011o\0" % (1 << 30)
+    header[156:157] = b"x"
+    header[257:263] = b"ustar\0"
+    header[263:265] = b"00"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    with gzip.open(tmp_path / "backups" / "sales-3.tar.gz", "wb") as f:
+        f.write(bytes(header))
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    started = time.monotonic()
+    item, found = judged(tmp_path, "backups/{source}-*", names=("sales",))
+    assert time.monotonic() - started < 10  # liveness: nothing near the declared gigabyte was read
+    assert found["sales"].count == 1 and found["sales"].newest.endswith("sales-0.db"), found["sales"]
+    shown = " ".join(found["sales"].not_counted)
+    for name in ("sales-1.tar.gz", "sales-2.tar.xz", "sales-3.tar.gz"):
+        assert f"backups/{name} (holds no SQLite database syncd can read: a damaged" in shown, shown

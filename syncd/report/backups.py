@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import glob
+import io
 import os
 import pwd
 import sqlite3
@@ -335,6 +336,10 @@ _OPAQUE = {
 _KEEP = "keep a plain, gzip, bzip2 or xz copy (or a tar of one, the database first) it can read"
 _TAR_MAGIC = (257, b"ustar")  # where a tar archive's first header says it is one (POSIX and GNU)
 _TAR_DIRECTORIES = 100  # directory entries passed over to reach an archive's first file
+# The most of an archive (unpacked) read to find its first file: a tar header declares its own
+# size, and a pax or long-name header is read whole, so a damaged or hostile archive could
+# otherwise have the report read gigabytes into memory.
+_TAR_BUDGET = 1 << 20
 
 
 def _holds_no_database(path: str) -> str | None:
@@ -346,6 +351,7 @@ def _holds_no_database(path: str) -> str | None:
     import bz2
     import gzip
     import lzma
+    import zlib
 
     try:
         with open(path, "rb") as f:
@@ -357,7 +363,7 @@ def _holds_no_database(path: str) -> str | None:
     kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
     if kind is None:
         if _is_tar(head):
-            return _tar_without_database(path, "", "a tar archive")
+            return _tar_without_database(path, None, "a tar archive")
         opaque = next((what for magic, what in _OPAQUE.items() if head.startswith(magic)), None)
         if opaque is None and _openpgp(head):
             opaque = "an OpenPGP (gpg) encrypted file"
@@ -369,12 +375,12 @@ def _holds_no_database(path: str) -> str | None:
     try:
         with opener(path, "rb") as f:
             inner = f.read(512)
-    except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
+    except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError) as e:
         return f"holds no SQLite database syncd can read: a damaged {kind} file ({e})"
     if inner.startswith(SQLITE_HEADER):
         return None
     if _is_tar(inner):
-        return _tar_without_database(path, {"gzip": "gz", "bz2": "bz2", "lzma": "xz"}[kind], f"a {kind} tar archive")
+        return _tar_without_database(path, opener, f"a {kind} tar archive")
     return f"holds no SQLite database: a {kind} file of something else"
 
 
@@ -383,14 +389,34 @@ def _is_tar(head: bytes) -> bool:
     return head[at : at + len(magic)] == magic
 
 
-def _tar_without_database(path: str, compression: str, what: str) -> str | None:
-    """Why the tar archive `path` shows no SQLite database, or None: its first file
-    (directories passed over) begins as one. Only the archive's first headers and that
-    file's first bytes are read."""
+class _Budget(io.RawIOBase):
+    """`raw` read no further than `left` bytes, then at its end."""
+
+    def __init__(self, raw, left: int):
+        self.raw, self.left = raw, left
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.raw.read(min(len(b), self.left)) if self.left > 0 else b""
+        b[: len(data)] = data
+        self.left -= len(data)
+        return len(data)
+
+
+def _tar_without_database(path: str, opener, what: str) -> str | None:
+    """Why the tar archive `path` (unpacked by `opener`, None: a plain one) shows no SQLite
+    database, or None: its first file (directories passed over) begins as one. Only the
+    archive's first headers and that file's first bytes are read, at most _TAR_BUDGET
+    bytes in all."""
+    import lzma
     import tarfile
+    import zlib
 
     try:
-        with tarfile.open(path, f"r:{compression}") as t:
+        with (opener or open)(path, "rb") as raw, \
+                tarfile.open(fileobj=_Budget(raw, _TAR_BUDGET), mode="r|") as t:
             for _ in range(_TAR_DIRECTORIES):
                 m = t.next()
                 if m is None or not m.isdir():
@@ -404,7 +430,7 @@ def _tar_without_database(path: str, compression: str, what: str) -> str | None:
                         f"put the database first in the archive, or keep a plain, gzip, bzip2 or xz copy")
             f = t.extractfile(m)
             first = f.read(len(SQLITE_HEADER)) if f is not None else b""
-    except (OSError, EOFError, ValueError, tarfile.TarError) as e:
+    except (OSError, EOFError, ValueError, tarfile.TarError, zlib.error, lzma.LZMAError) as e:
         return f"holds no SQLite database syncd can read: a damaged {what.removeprefix('a ')} ({e})"
     if first.startswith(SQLITE_HEADER):
         return None
