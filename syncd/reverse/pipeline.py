@@ -44,7 +44,7 @@ from syncd.session import SourceSession, changed, new_row
 from syncd.sqlite import freeze
 from syncd.sqlite.capture import ROWIDS_MOVED_REASON, clear_rearmed, contended
 from syncd.sqlite.connection import FileMoved, SourceFileError, not_utf8, out_of_reach
-from syncd.sqlite.hold import RowsPerHold, step_aside
+from syncd.sqlite.hold import BUSY_POLL_SECONDS, RowsPerHold, step_aside
 from syncd.types import ValueMismatch, converter
 
 # Health states (the forward pipeline's names where they mean the same).
@@ -982,9 +982,11 @@ class ReversePipeline:
         elapsed = time.monotonic() - started
         self.writes.held(elapsed, limit)
         # One of many back to back while Postgres's changes wait: the application's writers
-        # waiting in their busy handler go first, as between a table's copies (SQLite keeps
-        # no queue: one looking again every 100 ms missed the gap until the next batch).
-        await asyncio.sleep(step_aside(elapsed))
+        # waiting in their busy handler go first (SQLite keeps no queue: one looking again
+        # every 100 ms missed the gap until the next batch). One look's worth of time, not
+        # the batch's own (as between a table's copies): a backlog of 400k changes pays
+        # about 8 s for it, where pauses as long as the batches doubled the drain.
+        await asyncio.sleep(BUSY_POLL_SECONDS)
         if not batch.empty and time.monotonic() - self.applied_written >= APPLIED_AT_EVERY:
             await s.bk.touch_applied(s.pg)  # the source's last apply, as status and the report show it
             self.applied_written = time.monotonic()
