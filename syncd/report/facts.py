@@ -756,13 +756,18 @@ def _sqlite_side(source: SourceSettings, sticky: dict, applied_seq: int, retyped
             # application's writers back for as long as it runs, the rows are counted
             # before it a window at a time (reader.count_rows), each window its own read:
             # that count is the snapshot's where the changelog's end has not moved since
-            # (no change captured meanwhile), else the changes in flight still bound it.
+            # (no change captured meanwhile); one written all through is counted in one read.
             counted, top = None, 0
             for _ in range(0 if wal else WINDOWED_COUNT_TRIES if follows else 1):
                 top = reader.max_seq(conn) if follows else 0
                 counted = reader.count_rows(conn, name)
                 if not follows or reader.max_seq(conn) == top:
                     break
+            else:
+                # Written all through its counts (or a WAL file): counted in the read below, one
+                # snapshot with its changes in flight, as a count torn by deletes in windows
+                # already counted could cancel a difference the changes in flight then excuse.
+                counted = None
             conn.execute("BEGIN")
             try:
                 tables[name] = counted if counted is not None else \
