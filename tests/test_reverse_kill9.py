@@ -30,8 +30,14 @@ async def kill_between_commit_and_prune(d: DaemonProcess, db, pg_dsn: str) -> No
             table = await way_back_changelog(pg_dsn)
             await eventually(lambda: conn.fetchval(f"SELECT count(*) > 0 FROM (SELECT 1 FROM {table} FOR UPDATE) x"),
                              timeout=15, what="entries waiting in the changelog", daemon=d)
-            await eventually(lambda: applied_but_unpruned(db, pg_dsn), timeout=15,
-                             what="an apply committed in SQLite and not yet pruned", daemon=d)
+            try:
+                await eventually(lambda: applied_but_unpruned(db, pg_dsn), timeout=15,
+                                 what="an apply committed in SQLite and not yet pruned", daemon=d)
+            except AssertionError as e:
+                if not str(e).startswith("timed out"):
+                    raise  # the daemon exited
+                # No apply in the window on a busy machine: killed all the same, and the loop
+                # aims again (up to AIMED times); the test still asks one kill to have landed.
             d.kill9()
             # The dead daemon's prune still waits in its backend, which Postgres ends only
             # once it notices the lost client: ended here before the locks go.
