@@ -254,13 +254,17 @@ def _unreadable(pattern: str) -> str | None:
             return None
         last = i == len(parts) or glob.has_magic(parts[i])
         if not os.access(folder, os.R_OK | os.X_OK if last else os.X_OK):
-            try:
-                user = pwd.getpwuid(os.geteuid()).pw_name
-            except KeyError:
-                user = f"uid {os.geteuid()}"
-            return (f"syncd may not read the folder {folder} (running as {user}), so it sees no backup there: "
+            return (f"syncd may not read the folder {folder} (running as {_running_as()}), so it sees no backup there: "
                     "let it read the folder (its group, or its mode)")
     return None
+
+
+def _running_as() -> str:
+    """The user syncd runs as, as a message names it."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 def _unreadable_file(path: str) -> str | None:
@@ -277,11 +281,7 @@ def _unreadable_file(path: str) -> str | None:
 def _unread(e: OSError) -> str:
     """Why a file listed a moment ago could not be read: its mode, or it is gone."""
     if e.errno in (errno.EACCES, errno.EPERM):
-        try:
-            user = pwd.getpwuid(os.geteuid()).pw_name
-        except KeyError:
-            user = f"uid {os.geteuid()}"
-        return (f"syncd may not read it (running as {user}: {e.strerror or e}), so nothing shows it is a backup: "
+        return (f"syncd may not read it (running as {_running_as()}: {e.strerror or e}), so nothing shows it is a backup: "
                 "let it read the file (its group, or its mode)")
     if e.errno == errno.ENOENT:
         return "gone before syncd could read it (removed or renamed meanwhile: a backup job rotating its files?)"
