@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 
 import asyncpg
 
-from tests.support.compare import compare_all, compare_keyless
+from tests.support.app import create_items
+from tests.support.compare import compare_all, compare_keyless, compare_table
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.rowcompare import same_rows
 from tests.support.sync import changelog_max, pg_rows
@@ -160,3 +162,28 @@ async def test_concurrent_writers_committing_out_of_order_all_arrive(tmp_path, m
         assert typeof(db, "SELECT count(*) FROM big WHERE id >= 20000") == [(3000,)]
         counted = await pg_rows(pg_dsn, "SELECT count(*) FROM app.big")
         assert typeof(db, "SELECT count(*) FROM big") == counted
+
+
+async def test_a_backlog_in_small_batches_drains_faster_than_a_busy_look_per_batch(tmp_path, make_config, pg_dsn):
+    """syncd leaves the file alone after each batch of the way back, so that the
+    application's writers waiting in their busy handler go first: for up to one look of
+    that handler (0.1 s), and for no more than twice as long as the batch took. A fixed
+    0.1 s after every batch capped the way back at batch_size changes per 0.1 s, below
+    what a busy application writes with a small batch_size: 600 batches of 5 changes
+    could not take less than 60 s."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=3000, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db, stream={"batch_size": 5, "poll_interval_seconds": 0.2})
+    with DaemonProcess(cfg, tmp_path / "cutover.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    await pg_rows(pg_dsn, "UPDATE app.items SET v = v || '!'")  # 3,000 changes: 600 batches of 5
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("syncd running")
+        started = time.monotonic()
+        await wait_back(cfg, db, pg_dsn, daemon=d, timeout=120)
+        took = time.monotonic() - started
+        assert d.stop() == 0
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+    assert took < 40, f"3,000 changes in batches of 5 took {took:.0f} s to reach SQLite"

@@ -983,10 +983,14 @@ class ReversePipeline:
         self.writes.held(elapsed, limit)
         # One of many back to back while Postgres's changes wait: the application's writers
         # waiting in their busy handler go first (SQLite keeps no queue: one looking again
-        # every 100 ms missed the gap until the next batch). One look's worth of time, not
-        # the batch's own (as between a table's copies): a backlog of 400k changes pays
-        # about 8 s for it, where pauses as long as the batches doubled the drain.
-        await asyncio.sleep(BUSY_POLL_SECONDS)
+        # every 100 ms missed the gap until the next batch). One look's worth of time at
+        # most, not the batch's own (as between a table's copies): a backlog of 400k changes
+        # pays about 8 s for it, where pauses as long as the batches doubled the drain. And
+        # no more than twice the batch's own time: small batches (a small batch_size, a
+        # quiet stream) paid 0.1 s each, which capped the way back at batch_size changes
+        # per 0.1 s, below a busy application's writes. A writer looking at any moment
+        # still finds the file free at least two times in three.
+        await asyncio.sleep(min(BUSY_POLL_SECONDS, 2 * elapsed))
         if not batch.empty and time.monotonic() - self.applied_written >= APPLIED_AT_EVERY:
             await s.bk.touch_applied(s.pg)  # the source's last apply, as status and the report show it
             self.applied_written = time.monotonic()
