@@ -31,7 +31,7 @@ DOWNTIME = re.compile(r"^(\S+): cut over to Postgres; write downtime ([0-9.]+) s
 def config(path: Path, dsn: str, sources: list[tuple[str, Path, dict]]) -> Path:
     lines = ["[postgres]", f'dsn = "{dsn}"', "", "[metrics]", 'listen = ""', "",
              "[verify]", "interval_seconds = 0", "",
-             "[cutover]", "min_days = 0", f'backup_glob = "{path.parent / "backups" / "*.db"}"', ""]
+             "[cutover]", "min_days = 0", f'backup_glob = "{path.parent / "backups" / "{source}-*.db"}"', ""]
     for name, db, columns in sources:
         lines += ["[[sources]]", f'name = "{name}"', f'path = "{db}"', ""]
         for table, cols in columns.items():
@@ -82,7 +82,7 @@ async def run(args) -> list[Figure]:
         db = tmp / "big.db"
         create_items(db, n)
         (tmp / "backups").mkdir()
-        subprocess.run(["cp", str(db), str(tmp / "backups" / "big.db")], check=True)
+        subprocess.run(["cp", str(db), str(tmp / "backups" / "big-nightly.db")], check=True)
         downtimes, took, _ = await one_world(tmp, dsn, [("big", db, {})], "big")
         rows.append([f"one file of {n:,} rows", f"{downtimes['big']:.2f} s", f"{downtimes['big']:.2f} s",
                      f"{took:.1f} s"])

@@ -42,7 +42,7 @@ DOWNTIME = re.compile(r"^(\S+): rolled back to SQLite; write downtime ([0-9.]+) 
 def config(path: Path, dsn: str, sources: list[tuple[str, Path, dict]]) -> Path:
     lines = ["[postgres]", f'dsn = "{dsn}"', "", "[metrics]", 'listen = ""', "",
              "[verify]", "interval_seconds = 0", "",
-             "[cutover]", "min_days = 0", f'backup_glob = "{path.parent / "backups" / "*.db"}"', ""]
+             "[cutover]", "min_days = 0", f'backup_glob = "{path.parent / "backups" / "{source}-*.db"}"', ""]
     for name, db, columns in sources:
         lines += ["[[sources]]", f'name = "{name}"', f'path = "{db}"', ""]
         for table, cols in columns.items():
@@ -108,7 +108,7 @@ async def throughput(rows: int, changes: int) -> tuple[float, int]:
         db = tmp / "app.db"
         create_items(db, rows)
         (tmp / "backups").mkdir()
-        subprocess.run(["cp", str(db), str(tmp / "backups" / "app.db")], check=True)
+        subprocess.run(["cp", str(db), str(tmp / "backups" / "app-nightly.db")], check=True)
         cfg = await cut_over(tmp, dsn, [("app", db, {})], "tp")
         conn = await pg_connect(dsn)
         try:
@@ -151,7 +151,7 @@ async def latency(seconds: float, rate: float) -> list[float]:
         db = tmp / "app.db"
         create_items(db, 1000)
         (tmp / "backups").mkdir()
-        subprocess.run(["cp", str(db), str(tmp / "backups" / "app.db")], check=True)
+        subprocess.run(["cp", str(db), str(tmp / "backups" / "app-nightly.db")], check=True)
         cfg = await cut_over(tmp, dsn, [("app", db, {})], "lat")
         committed: dict[int, float] = {}
         seen: dict[int, float] = {}
