@@ -234,8 +234,14 @@ class Pipeline:
     @property
     def pending(self) -> int:
         """Changelog entries seen and not yet applied: past the checkpoint, and held or
-        paused tables' entries the checkpoint moved past (as last counted)."""
-        return max(0, self.max_seq_seen - self.session.applied_seq) + sum(t.queued for t in self._halted())
+        paused tables' entries the checkpoint moved past (as last counted). Before the first
+        reconcile the checkpoint is not known (Postgres away since the start): counted past
+        the position the file notes as applied (its last prune), not from 0, which counted
+        every change ever captured."""
+        applied = self.session.applied_seq
+        if not self.reconciled and self.session.capture is not None:
+            applied = max(applied, self.session.capture.pruned_seq)
+        return max(0, self.max_seq_seen - applied) + sum(t.queued for t in self._halted())
 
     def lag_figure(self, now: float) -> float | None:
         """The lag to show, None until known: before its first reconcile the pipeline knows

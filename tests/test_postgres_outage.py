@@ -5,6 +5,7 @@ catches up by itself."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import sqlite3
@@ -305,4 +306,40 @@ async def test_a_load_cut_short_by_an_outage_lets_the_application_checkpoint_its
     finally:
         proxy.close()
         app.close()
+    assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_a_daemon_started_during_an_outage_counts_only_the_changes_postgres_lacks(proxied, pg_dsn, tmp_path):
+    """A daemon started while Postgres is away (the host rebooted in the outage) does not
+    know the checkpoint yet: syncd_pending_changes and its /status count the changelog's
+    entries past the position the file itself notes as applied, not every change ever
+    captured (the changelog's last position), which said thousands wait where a few do."""
+    proxy, cfg, db, port = proxied
+    with DaemonProcess(cfg, tmp_path / "one.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        app = sqlite3.connect(db)
+        for _ in range(5):
+            app.execute("UPDATE items SET n = n + 1")  # 500 changes each
+            app.commit()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        wait_for(lambda: app.execute("SELECT count(*) FROM _syncd_changelog").fetchone()[0] <= 1, 30,
+                 "the applied changes pruned", d)
+        assert d.stop() == 0
+    assert changelog_max(db) >= 2500
+    proxy.refuse()
+    for i in range(7):
+        app.execute("UPDATE items SET v = ? WHERE id = ?", (f"away{i}", i + 1))
+        app.commit()
+    app.close()
+    with DaemonProcess(cfg, tmp_path / "two.log") as d:
+        wait_for(lambda: "Postgres unreachable" in d.log(), 30, "outage logged", d)
+        wait_for(lambda: (metric(port, "syncd_pending_changes") or 0) > 0, 30, "pending changes visible", d)
+        await asyncio.sleep(1)  # several polls
+        shown = metric(port, "syncd_pending_changes")
+        live = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read())
+        proxy.heal()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    assert shown == 7, shown
+    assert live["sources"]["app"]["pending_changes"] == 7, live["sources"]["app"]
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
