@@ -31,8 +31,8 @@ from syncd.parity.apply import lock_wait_ms
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import app_triggers, ddl, ownership
 from syncd.postgres.apply import locate_bad_row
-from syncd.postgres.connect import (INSUFFICIENT_PRIVILEGE, describe, is_data_error, is_shape_error, plan_outdated,
-                                    sqlstate)
+from syncd.postgres.connect import (INSUFFICIENT_PRIVILEGE, LOCK_NOT_AVAILABLE, describe, is_data_error, is_shape_error,
+                                    plan_outdated, sqlstate)
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.sqlite import introspect, key_identity, reader
@@ -292,6 +292,8 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
 async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -> bool:
     """Load the next chunk. Returns True when the table is fully loaded (now CATCHUP).
     Raises RowMisfit or a Postgres data error for the caller to hold the table."""
+    from syncd.stream import LOCK_WAIT  # the stream's wait for a table's lock (not imported by `syncd init`)
+
     conn = session.pg
     assert conn is not None
     records, pos, misfit = await load.next_chunk(t.row.snapshot_key)
@@ -306,14 +308,26 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
     try:
         async with conn.transaction():
             if into is None:
+                # A lock another session holds on the table (a CREATE INDEX, a LOCK TABLE) is
+                # waited for LOCK_WAIT at most: the table is held by name, the others go on.
+                prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
+                await table_locks.shorten_lock_waits(conn, LOCK_WAIT)
                 quieted = await session.quiet_triggers([t.name])
             if records:  # none: every row read was of a key changed since (TableLoad.since)
                 await writer.copy_in(conn, records, into)
+            if into is None:
+                await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)  # syncd's own tables
             row = changed(t.row, snapshot_key=pos, snapshot_rows=t.row.snapshot_rows + len(records), reason=None)
             await session.save_row(conn, row, applied=into is None)
     except app_triggers.TriggersKept as e:
         raise SnapshotRejected(t.name, None, str(e)) from None
     except Exception as e:
+        if sqlstate(e) == LOCK_NOT_AVAILABLE:
+            holders = await table_locks.table_holders(conn, session.target_schema, [t.name],
+                                                      table_locks.IN_THE_WAY_OF_WRITES)
+            raise SnapshotRejected(t.name, None, f"{table_locks.LOCK_HELD[0]}{holders} (an open transaction, a long "
+                                                 f"ALTER TABLE or CREATE INDEX); its load goes on where it is once the "
+                                                 f"lock is gone ({describe(e)})", row=False) from None
         # (A table syncd's role may not write, its grant revoked: held as a row refused is.)
         if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == INSUFFICIENT_PRIVILEGE):
             raise

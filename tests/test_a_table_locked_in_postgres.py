@@ -367,3 +367,61 @@ async def test_a_cutover_whose_drain_meets_a_table_held_for_a_lock_names_it(tmp_
         assert d.stop() == 0
     for table in ("locked", "free"):
         assert await compare_table(str(db), pg_dsn, "app", table) == []
+
+
+async def test_a_table_another_session_locks_during_its_load_is_held_by_name_while_the_others_stream(
+        tmp_path, make_config, pg_dsn):
+    """The lock met by a table's load (a DBA's CREATE INDEX on it, non-concurrently, in
+    the first hours of the dual-write window): the load waits for it, held by name, while
+    the source's other tables stream on; it was a chunk waiting out the whole statement
+    timeout, over and over, the source stalled and called "Postgres unreachable"."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE a_free (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE z_big (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO z_big VALUES (?, ?)", [(i, f"row {i}") for i in range(1, 40_001)])
+    conn.execute("COMMIT")
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={
+        "postgres": {"statement_timeout_seconds": 20}, "verify": {"interval_seconds": 0},
+        "stream": {"held_table_retry_seconds": 1, "snapshot_chunk_rows": 100}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        watcher = await asyncpg.connect(pg_dsn)
+        try:
+            async def loading():
+                try:
+                    row = await watcher.fetchrow("SELECT state, snapshot_rows FROM syncd.tables WHERE source = 'app' "
+                                                 "AND table_name = 'z_big'")
+                except asyncpg.UndefinedTableError:
+                    return False
+                return row is not None and row["state"] == "loading" and row["snapshot_rows"] > 0
+
+            await eventually(loading, 30, "the big table's load under way", d)
+        finally:
+            await watcher.close()
+        holder = await asyncpg.connect(pg_dsn)
+        try:
+            pid = holder.get_server_pid()
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE app.z_big IN SHARE MODE")  # as CREATE INDEX takes it
+                conn.execute("INSERT INTO a_free VALUES (1, 'meanwhile')")
+
+                async def free_streamed():
+                    return await pg_rows(pg_dsn, "SELECT v FROM app.a_free WHERE id = 1") == [("meanwhile",)]
+
+                # Well within [postgres] statement_timeout_seconds: not waited out.
+                await eventually(free_streamed, 10, "the other table's change, while the lock is held", d)
+                wait_for(lambda: "table held" in d.log(), 10, "the held table in the log", d)
+                held = next(line for line in d.log().splitlines() if "table held" in line)
+                assert "table=z_big" in held and f"backend {pid}" in held, held
+                assert (await table_states(pg_dsn, "app"))["z_big"][0] == "held"
+        finally:
+            await holder.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=120)
+        assert d.stop() == 0
+        log = d.log()
+    assert "unreachable" not in log and "event=failing" not in log, log
+    assert "table resumed" in log, log
+    for table in ("a_free", "z_big"):
+        assert await compare_table(str(db), pg_dsn, "app", table) == []
