@@ -323,11 +323,7 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
         raise SnapshotRejected(t.name, None, str(e)) from None
     except Exception as e:
         if sqlstate(e) == LOCK_NOT_AVAILABLE:
-            holders = await table_locks.table_holders(conn, session.target_schema, [t.name],
-                                                      table_locks.IN_THE_WAY_OF_WRITES)
-            raise SnapshotRejected(t.name, None, f"{table_locks.LOCK_HELD[0]}{holders} (an open transaction, a long "
-                                                 f"ALTER TABLE or CREATE INDEX); its load goes on where it is once the "
-                                                 f"lock is gone ({describe(e)})", row=False) from None
+            raise await _locked_by_another(session, t.name, e) from None
         # (A table syncd's role may not write, its grant revoked: held as a row refused is.)
         if not (is_data_error(e) or is_shape_error(e) or sqlstate(e) == INSUFFICIENT_PRIVILEGE):
             raise
@@ -366,6 +362,8 @@ def _progress(session: SourceSession, t: TableRuntime, load: TableLoad) -> None:
 
 
 async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> bool:
+    from syncd.stream import LOCK_WAIT  # as in load_chunk
+
     conn = session.pg
     assert conn is not None
     # Dated by Postgres's clock, as the checks are (a check begun before it judged rows now gone).
@@ -375,11 +373,15 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     try:
         async with conn.transaction():
             if t.row.load_aside:
+                # As a chunk's: another session's lock on the live table holds it by name (load_chunk).
+                prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
+                await table_locks.shorten_lock_waits(conn, LOCK_WAIT)
                 quieted = await session.quiet_triggers([t.name])
                 slow = session.rewrite_timed_out.get(t.name)
                 set_aside = await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,
                                                    session.bk.aside_table(t.tid), slow[0] if slow else None,
                                                    lock_wait_ms(session.settings.postgres.statement_timeout_seconds))
+                await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)  # syncd's own tables
                 await _say_set_aside(session, conn, t.name, set_aside)
             await session.save_row(conn, row, applied=True)
             await session.bk.event(conn, "snapshot_finished", t.name, f"{row.snapshot_rows} rows")
@@ -406,6 +408,8 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     except LockNotHad:
         raise await _waits_for_lock(session, t.name) from None
     except Exception as e:
+        if sqlstate(e) == LOCK_NOT_AVAILABLE:
+            raise await _locked_by_another(session, t.name, e) from None
         if not _fails_again(e):
             raise
         # The reloaded rows do not fit the live table (a key Postgres holds once that
@@ -435,6 +439,18 @@ def _changed_as_they_are(e: ddl.RewriteTooSlow) -> str:
     if e.retyped and e.keyed_anew:
         return "they are retyped and keyed anew as they are"
     return "they are keyed anew as they are" if e.keyed_anew else "they are retyped as they are"
+
+
+async def _locked_by_another(session: SourceSession, table: str, exc: BaseException) -> SnapshotRejected:
+    """The table is held (tried again every [stream] held_table_retry_seconds, the
+    source's other tables going on): another Postgres session kept a lock on it past the
+    load's wait (LOCK_WAIT); those holding one are named."""
+    assert session.pg is not None
+    holders = await table_locks.table_holders(session.pg, session.target_schema, [table],
+                                              table_locks.IN_THE_WAY_OF_WRITES)
+    return SnapshotRejected(table, None, f"{table_locks.LOCK_HELD[0]}{holders} (an open transaction, a long ALTER "
+                                         f"TABLE or CREATE INDEX); its load goes on where it is once the lock is gone "
+                                         f"({describe(exc)})", row=False)
 
 
 async def _waits_for_lock(session: SourceSession, table: str) -> SnapshotRejected:

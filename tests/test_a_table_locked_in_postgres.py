@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.support.compare import compare_table
+from tests.support.compare import compare_keyless, compare_table
 from tests.support.daemon import DaemonProcess, held_at, run_cli, wait_for
 from tests.support.sync import eventually, pg_rows, pg_statements, table_states, wait_caught_up
 from tests.support.way_back import backup_and_config
@@ -425,3 +425,49 @@ async def test_a_table_another_session_locks_during_its_load_is_held_by_name_whi
     assert "table resumed" in log, log
     for table in ("a_free", "z_big"):
         assert await compare_table(str(db), pg_dsn, "app", table) == []
+
+
+async def test_a_reload_whose_table_another_session_locks_is_held_by_name_while_the_others_stream(
+        tmp_path, make_config, pg_dsn):
+    """A keyless table reloaded aside (a VACUUM renumbered its rowids) whose live table
+    another session keeps locked when the reloaded rows are to replace its rows: the table
+    is held by name while the others stream on, and the reload ends once the lock is gone;
+    it was the replacement waiting out the whole statement timeout, over and over, the
+    source stalled and called "Postgres unreachable"."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE a_free (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE z_log (host TEXT, v INTEGER)")
+    conn.executemany("INSERT INTO z_log VALUES (?, ?)", [(f"h{i % 3}", i) for i in range(200)])
+    cfg = make_config([{"name": "app", "path": str(db)}], sections={
+        "postgres": {"statement_timeout_seconds": 20}, "verify": {"interval_seconds": 0},
+        "stream": {"held_table_retry_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        conn.execute("DELETE FROM z_log WHERE v % 2 = 0")
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        holder = await asyncpg.connect(pg_dsn)
+        try:
+            pid = holder.get_server_pid()
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE app.z_log IN SHARE MODE")  # as CREATE INDEX takes it
+                conn.execute("VACUUM")  # renumbers the rowids: reloaded aside
+                conn.execute("INSERT INTO a_free VALUES (1, 'meanwhile')")
+
+                async def free_streamed():
+                    return await pg_rows(pg_dsn, "SELECT v FROM app.a_free WHERE id = 1") == [("meanwhile",)]
+
+                wait_for(lambda: "table held" in d.log(), 10, "the held table in the log", d)
+                # Well within [postgres] statement_timeout_seconds: not waited out.
+                await eventually(free_streamed, 10, "the other table's change, while the lock is held", d)
+                held = next(line for line in d.log().splitlines() if "table held" in line)
+                assert "table=z_log" in held and f"backend {pid}" in held, held
+        finally:
+            await holder.close()
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+        log = d.log()
+    assert "unreachable" not in log and "event=failing" not in log, log
+    assert await compare_table(str(db), pg_dsn, "app", "a_free") == []
+    assert await compare_keyless(str(db), pg_dsn, "app", "z_log") == []
