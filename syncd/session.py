@@ -105,6 +105,9 @@ class SourceSession:
         # A table's column types rewritten past the statement timeout: (the change, why the table
         # stopped), not tried again by this daemon (reconcile._widen_in_place, snapshot._finish)
         self.rewrite_timed_out: dict[str, tuple[str, str]] = {}
+        # A reload's rows replacing a table's live ones past the statement timeout: why the table
+        # stopped, not tried again by this daemon (snapshot._finish)
+        self.replace_timed_out: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
         self.unmatched: list[str] = []  # [sources.keys]/[sources.columns] lines for tables the file lacks
         self.capture: CaptureState | None = None

@@ -31,8 +31,8 @@ from syncd.parity.apply import lock_wait_ms
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres import app_triggers, ddl, ownership
 from syncd.postgres.apply import locate_bad_row
-from syncd.postgres.connect import (INSUFFICIENT_PRIVILEGE, LOCK_NOT_AVAILABLE, describe, is_data_error, is_shape_error,
-                                    plan_outdated, sqlstate)
+from syncd.postgres.connect import (INSUFFICIENT_PRIVILEGE, LOCK_NOT_AVAILABLE, QUERY_CANCELED, describe, is_data_error,
+                                    is_shape_error, plan_outdated, sqlstate)
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed
 from syncd.sqlite import introspect, key_identity, reader
@@ -367,6 +367,8 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     conn = session.pg
     assert conn is not None
     # Dated by Postgres's clock, as the checks are (a check begun before it judged rows now gone).
+    if t.row.load_aside and t.name in session.replace_timed_out:
+        raise SnapshotRejected(t.name, None, session.replace_timed_out[t.name], row=False)
     row = changed(t.row, state=bk.CATCHUP, snapshot_finished_at=await bk.postgres_clock(conn), reason=None,
                   load_aside=False)
     quieted = []
@@ -410,6 +412,16 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
     except Exception as e:
         if sqlstate(e) == LOCK_NOT_AVAILABLE:
             raise await _locked_by_another(session, t.name, e) from None
+        if t.row.load_aside and (isinstance(e, TimeoutError) or sqlstate(e) == QUERY_CANCELED
+                                 and "statement timeout" in str(e)):
+            # The same replacement would run as long, and over, at every try (a large table, a
+            # slow server): the table waits, its rows in Postgres as they were, the others go on.
+            why = (f"its reloaded rows replace the live ones in one transaction, which ran over [postgres] "
+                   f"statement_timeout_seconds ({session.settings.postgres.statement_timeout_seconds:g} s) or the "
+                   f"statement_timeout Postgres has for syncd's role ({describe(e)}); the rows Postgres holds stay "
+                   f"as they were: raise the timeout and restart the daemon, the reload then ends")
+            session.replace_timed_out[t.name] = why
+            raise SnapshotRejected(t.name, None, why, row=False) from None
         if not _fails_again(e):
             raise
         # The reloaded rows do not fit the live table (a key Postgres holds once that
