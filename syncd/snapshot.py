@@ -414,6 +414,8 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
             raise await _locked_by_another(session, t.name, e) from None
         if t.row.load_aside and (isinstance(e, TimeoutError) or sqlstate(e) == QUERY_CANCELED
                                  and "statement timeout" in str(e)):
+            if conn.is_closed():
+                raise  # an outage, not a slow replacement: retried as one
             # The same replacement would run as long, and over, at every try (a large table, a
             # slow server): the table waits, its rows in Postgres as they were, the others go on.
             why = (f"its reloaded rows replace the live ones in one transaction, which ran over [postgres] "

@@ -70,13 +70,13 @@ async def test_a_reload_whose_rows_replace_the_live_ones_over_the_statement_time
     conn.execute("PRAGMA journal_mode=wal")
     conn.execute("CREATE TABLE a_free (id INTEGER PRIMARY KEY, v TEXT)")
     conn.execute("CREATE TABLE z_log (host TEXT, v INTEGER)")
-    conn.executemany("INSERT INTO z_log VALUES (?, ?)", [(f"h{i % 3}", i) for i in range(300)])
+    conn.executemany("INSERT INTO z_log VALUES (?, ?)", [(f"h{i % 3}", i) for i in range(600)])
     sections = {"verify": {"interval_seconds": 0}, "stream": {"retry_max_backoff_seconds": 1}}
     cfg = make_config([{"name": "app", "path": str(db)}],
-                      sections={**sections, "postgres": {"statement_timeout_seconds": 1}})
+                      sections={**sections, "postgres": {"statement_timeout_seconds": 2}})
     with DaemonProcess(cfg, tmp_path / "one.log") as d:
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
-        # Postgres made slow for the whole table: each row's check takes 10 ms (300 rows: 3 s).
+        # Postgres made slow for the whole table: each row's check takes 10 ms (600 rows: 6 s).
         await pg_rows(pg_dsn, "CREATE FUNCTION public.slow_ok(bigint) RETURNS boolean LANGUAGE sql AS "
                               "'SELECT pg_sleep(0.01) IS NOT NULL'")
         await pg_rows(pg_dsn, "ALTER TABLE app.z_log ADD CONSTRAINT slow CHECK (public.slow_ok(v)) NOT VALID")
@@ -88,11 +88,11 @@ async def test_a_reload_whose_rows_replace_the_live_ones_over_the_statement_time
             return await pg_rows(pg_dsn, "SELECT v FROM app.a_free WHERE id = 1") == [("meanwhile",)]
 
         await eventually(free_streamed, 30, "the other table's change, while the table is held", d)
-        assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.z_log") == [(300,)]  # as they were
+        assert await pg_rows(pg_dsn, "SELECT count(*) FROM app.z_log") == [(600,)]  # as they were
         assert d.stop() == 0
         log = d.log()
     held = next(line for line in log.splitlines() if "table held" in line)
-    assert "table=z_log" in held and "statement_timeout_seconds (1 s)" in held, held
+    assert "table=z_log" in held and "statement_timeout_seconds (2 s)" in held, held
     assert "unreachable" not in log and "snapshot_chunks_smaller" not in log, log
     cfg = make_config([{"name": "app", "path": str(db)}],
                       sections={**sections, "postgres": {"statement_timeout_seconds": 30}})
