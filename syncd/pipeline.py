@@ -142,6 +142,7 @@ class Pipeline:
         # file on the next reconcile (reconcile._resume_position). (A suspension deletes them:
         # every table is snapshotted again after it anyway, and the disk comes first.)
         self.may_have_applied = 0
+        self.kept_unapplied = 0  # before the first reconcile: entries below the file's pruned position (held tables')
         self.own_poller = True  # the daemon turns it off and polls from its FleetPoller
         self.admission: asyncio.Semaphore | None = None  # the daemon's: at most so many sources starting at once
         self._admitted = False
@@ -237,10 +238,12 @@ class Pipeline:
         paused tables' entries the checkpoint moved past (as last counted). Before the first
         reconcile the checkpoint is not known (Postgres away since the start): counted past
         the position the file notes as applied (its last prune), not from 0, which counted
-        every change ever captured."""
+        every change ever captured, with the entries that prune kept below it (held or
+        paused tables', which are not known as such before the reconcile either)."""
         applied = self.session.applied_seq
         if not self.reconciled and self.session.capture is not None:
             applied = max(applied, self.session.capture.pruned_seq)
+            return max(0, self.max_seq_seen - applied) + self.kept_unapplied
         return max(0, self.max_seq_seen - applied) + sum(t.queued for t in self._halted())
 
     def lag_figure(self, now: float) -> float | None:
@@ -589,6 +592,9 @@ class Pipeline:
                     s.worker.write_wait = None
             if not self.reconciled:
                 self.may_have_applied = max(self.may_have_applied, await s.worker.run(reader.max_seq))
+                if s.capture is not None and s.capture.pruned_seq:
+                    # Held or paused tables' entries the last prune kept: they wait too.
+                    self.kept_unapplied = await s.worker.run(reader.entries_below, s.capture.pruned_seq)
             self.captured_once = True
         if await s.connect_postgres(lock=True):
             self.needs_reconcile = True

@@ -22,7 +22,7 @@ from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
 from tests.support.proxy import FaultProxy
-from tests.support.sync import changelog_max, pg_statements, wait_caught_up
+from tests.support.sync import changelog_max, eventually, pg_rows, pg_statements, wait_caught_up
 
 @pytest.fixture
 def proxied(tmp_path, pg_dsn):
@@ -343,3 +343,50 @@ async def test_a_daemon_started_during_an_outage_counts_only_the_changes_postgre
     assert shown == 7, shown
     assert live["sources"]["app"]["pending_changes"] == 7, live["sources"]["app"]
     assert await compare_table(str(db), pg_dsn, "app", "items") == []
+
+
+async def test_a_daemon_started_during_an_outage_counts_a_held_tables_changes_as_pending(proxied, pg_dsn, tmp_path):
+    """The changes of a table held for a row Postgres refuses stay in the changelog,
+    below the position the file notes as applied (the prune keeps them): a daemon started
+    while Postgres is away counts them among the pending changes too."""
+    proxy, cfg, db, port = proxied
+    app = sqlite3.connect(db)
+    app.execute("CREATE TABLE counts (id INTEGER PRIMARY KEY, n INTEGER)")
+    app.commit()
+    with DaemonProcess(cfg, tmp_path / "one.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        app.execute("INSERT INTO counts VALUES (1, 'lots')")  # SQLite takes it, Postgres's bigint does not
+        app.commit()
+        wait_for(lambda: "table held" in d.log(), 30, "the hold", d)
+        for i in range(3):
+            app.execute("UPDATE counts SET n = ? WHERE id = 1", (f"still lots {i}",))
+            app.commit()
+        for i in range(4):
+            app.execute("UPDATE items SET v = ? WHERE id = ?", (f"applied{i}", i + 1))
+            app.commit()
+        top = changelog_max(db)
+
+        async def applied() -> bool:
+            return await pg_rows(pg_dsn, "SELECT v FROM app.items WHERE id = 4") == [("applied3",)]
+
+        await eventually(applied, 30, "the other table's changes applied", d)
+        wait_for(lambda: app.execute("SELECT value FROM _syncd_meta WHERE key = 'pruned_seq'").fetchone()
+                 == (str(top),), 30, "the applied changes pruned", d)
+        assert d.stop() == 0
+    held = app.execute("SELECT count(*) FROM _syncd_changelog WHERE seq < ?", (top,)).fetchone()[0]
+    assert held == 4, held  # the hold's own insert and the three updates behind it
+    proxy.refuse()
+    for i in range(2):
+        app.execute("UPDATE items SET v = ? WHERE id = ?", (f"away{i}", i + 1))
+        app.commit()
+    app.close()
+    with DaemonProcess(cfg, tmp_path / "two.log") as d:
+        wait_for(lambda: "Postgres unreachable" in d.log(), 30, "outage logged", d)
+        wait_for(lambda: (metric(port, "syncd_pending_changes") or 0) > 0, 30, "pending changes visible", d)
+        await asyncio.sleep(1)  # several polls
+        shown = metric(port, "syncd_pending_changes")
+        live = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read())
+        proxy.heal()
+        assert d.stop() == 0
+    assert shown == 2 + held, shown
+    assert live["sources"]["app"]["pending_changes"] == shown, live["sources"]["app"]

@@ -532,6 +532,20 @@ def entries_after(conn: sqlite3.Connection, after_seq: int) -> int:
     return total
 
 
+def entries_below(conn: sqlite3.Connection, below_seq: int) -> int:
+    """Changelog entries before `below_seq`, counted a window of positions per statement
+    (as entries_after)."""
+    first = min_seq(conn)
+    if not first:
+        return 0  # empty
+    total, lo = 0, first - 1
+    while lo < below_seq - 1:
+        hi = min(below_seq - 1, lo + COUNT_WINDOW)
+        total += conn.execute(f"SELECT count(*) FROM main.{CL} WHERE seq > ? AND seq <= ?", (lo, hi)).fetchone()[0]
+        lo = hi
+    return total
+
+
 def min_seq(conn: sqlite3.Connection) -> int:
     return conn.execute(f"SELECT coalesce(min(seq), 0) FROM main.{CL}").fetchone()[0]
 
