@@ -973,3 +973,18 @@ async def test_a_hard_link_sorting_first_takes_no_file_from_its_source_while_pos
         await wait_caught_up(d / "initech.db", pg_dsn, "t_initech", daemon=dp)
         assert "re-snapshotting" not in dp.own_log()
         assert dp.stop() == 0
+
+
+def test_status_of_a_gone_files_source_named_on_the_command_line_shows_it_missing(tmp_path, pg_dsn):
+    """A monitoring check per tenant (`syncd status --source t_globex`) of a glob's source
+    whose file is gone: `syncd status` alone shows it missing (CRITICAL), and `--source
+    't_*'` too, but named by itself it was 'UNKNOWN: no source named 't_globex' in the
+    configuration', as if it had never been one. Named, it is shown missing, as the
+    others show it."""
+    cfg = globex_gone_here(tmp_path, pg_dsn)
+    for args in (("--source", "t_globex"), ("--source", "t_acme", "--source", "t_globex")):
+        r = run_cli(cfg, "status", *args)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "no source named" not in r.stdout and "t_globex: SQLite file" in r.stdout, r.stdout
+    doc = json.loads(run_cli(cfg, "status", "--json", "--source", "t_globex").stdout)
+    assert [(s["name"], s["state"]) for s in doc["sources"]] == [("t_globex", "source_missing")], doc

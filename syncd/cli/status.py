@@ -11,7 +11,6 @@ import time
 
 from syncd.cli import common
 from syncd.config import ConfigError
-from syncd.discovery import gone_sources
 from syncd.model import NOT_FOLLOWED, TO_SQLITE
 from syncd.printable import escape_controls
 from syncd.status import CRITICAL, UNKNOWN, VERDICTS, WARNING, SourceStatus, as_json, gather, worse
@@ -45,16 +44,26 @@ def behind_note(behind: float, interval: float) -> str | None:
 
 
 def main(args) -> int:
+    # The sources of a glob's files that are gone are known from Postgres alone: a database
+    # that cannot be asked is said (a source's own line would not say it of them).
+    away: list[str] = []
     try:
         settings = common.load(args)
-        sources = common.selected_sources(settings, args.source)
+        # Named by itself, a gone file's source is one too (shown missing), not "no source named".
+        settings = common.with_gone_sources(settings, away, args.source)
+        try:
+            sources = common.selected_sources(settings, args.source)
+        except ConfigError:
+            if not away:
+                raise
+            sources = []  # the source named may be one whose file is gone: the lookup's failure is said instead
     except ConfigError as e:
         if args.json:
             common.say_json({"status": "UNKNOWN", "exit_code": UNKNOWN, "error": str(e), "sources": []})
         else:
             common.say(*f"UNKNOWN: {e}".split("\n"))
         return UNKNOWN
-    verdict, statuses, live, away = asyncio.run(_collect(settings, sources, args.source))
+    verdict, statuses, live = asyncio.run(gather(settings, sources, with_live=True))
     notes = list(settings.discovery_problems)
     if not statuses:  # a check that watches nothing is no green check
         notes.append(settings.no_sources())
@@ -85,15 +94,6 @@ def main(args) -> int:
         common.say(*render(verdict, statuses, every=args.all or len(statuses) <= LIST_ALL_UP_TO,
                            not_picked_up=notes, fleet_critical=away).split("\n"))
     return verdict
-
-
-async def _collect(settings, sources: list, selected):
-    # The sources of a glob's files that are gone are known from Postgres alone: a database
-    # that cannot be asked is said (a source's own line would not say it of them).
-    away: list[str] = []
-    gone = await gone_sources(settings, selected, away)
-    verdict, statuses, live = await gather(settings, sources + gone, with_live=True)
-    return verdict, statuses, live, away
 
 
 def _ago(iso: str | None) -> str:
