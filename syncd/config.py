@@ -423,6 +423,11 @@ class SourceSettings(_Strict):
             raise ValueError("is empty")  # Path("") is ".", the config's own directory
         if isinstance(v, str) and "\x00" in v:
             raise ValueError("holds a NUL character, which no file name can")
+        if isinstance(v, str) and "**" in v:
+            # glob.glob reads it as '*' (one folder level): files at any other depth were left out without a word.
+            raise ValueError("'**' matches one folder level here, not any depth, and files at other depths would be "
+                             "left out: name each level with '*' (\"/srv/tenants/*/*.db\"), a [[sources]] entry "
+                             "per depth")
         return v
 
     @field_validator("schema_")

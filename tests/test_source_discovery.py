@@ -988,3 +988,19 @@ def test_status_of_a_gone_files_source_named_on_the_command_line_shows_it_missin
         assert "no source named" not in r.stdout and "t_globex: SQLite file" in r.stdout, r.stdout
     doc = json.loads(run_cli(cfg, "status", "--json", "--source", "t_globex").stdout)
     assert [(s["name"], s["state"]) for s in doc["sources"]] == [("t_globex", "source_missing")], doc
+
+
+def test_a_glob_with_a_double_star_is_refused_not_taken_for_one_folder(tmp_path, pg_dsn):
+    """`path = "/srv/tenants/**/*.db"` reads as every file at any depth (as shells with
+    globstar, and [cutover] backup_glob, read it), but a source's glob matched one folder
+    level with it: of tenants/a.db, tenants/eu/b.db and tenants/eu/de/c.db only b was
+    picked up, the other two left out without a word. Refused naming the key, exit 2."""
+    d_ = tmp_path / "tenants"
+    (d_ / "eu" / "de").mkdir(parents=True)
+    for f in (d_ / "a.db", d_ / "eu" / "b.db", d_ / "eu" / "de" / "c.db"):
+        tenant(f)
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d_ / "**" / "*.db")}])
+    r = run_cli(cfg, "init")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: config {cfg}: sources[0].path: '**'"), r.stderr
+    assert not [f for f in d_.rglob("*.db") if "_syncd_changelog" in f.read_bytes().decode("latin-1")]
