@@ -1004,3 +1004,27 @@ def test_a_glob_with_a_double_star_is_refused_not_taken_for_one_folder(tmp_path,
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
     assert r.stderr.startswith(f"syncd: config {cfg}: sources[0].path: '**'"), r.stderr
     assert not [f for f in d_.rglob("*.db") if "_syncd_changelog" in f.read_bytes().decode("latin-1")]
+
+
+async def test_a_file_not_picked_up_is_no_problem_of_the_source_status_is_asked_about(tmp_path, pg_dsn):
+    """A monitoring check per tenant (`syncd status --source t_acme`) went WARNING for a
+    file of the fleet syncd does not pick up (its name makes no source name), a problem
+    of no source of it: every tenant's check raised the same alert, and t_acme, streaming
+    and checked, was never OK. The file is the fleet's problem, said by `syncd status`
+    over the fleet (as syncd verify and cutover say it only without --source)."""
+    d_ = tmp_path / "tenants"
+    d_.mkdir()
+    for stem in ("acme", "bad name"):
+        tenant(d_ / f"{stem}.db")
+    port = free_port()
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}],
+                       metrics_listen=f"127.0.0.1:{port}", sections={"verify": {"interval_seconds": 1}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        d.wait_log("consistency check: equal", 60)
+        r = run_cli(cfg, "status", "--source", "t_acme")
+        assert r.returncode == 0 and "bad name.db" not in r.stdout, r.stdout + r.stderr
+        doc = json.loads(run_cli(cfg, "status", "--json", "--source", "t_acme").stdout)
+        assert doc["status"] == "OK" and doc["not_picked_up"] == [], doc
+        r = run_cli(cfg, "status")  # the fleet's: the file not picked up is said, a warning
+        assert r.returncode == 1 and "bad name.db" in r.stdout and "is not picked up" in r.stdout, r.stdout
+        assert d.stop() == 0

@@ -64,7 +64,9 @@ def main(args) -> int:
             common.say(*f"UNKNOWN: {e}".split("\n"))
         return UNKNOWN
     verdict, statuses, live = asyncio.run(gather(settings, sources, with_live=True))
-    notes = list(settings.discovery_problems)
+    # Files a glob matches and syncd does not pick up: the fleet's problem, no source's (as verify says them).
+    left = list(settings.discovery_problems) if args.source is None else []
+    notes = list(left)
     if not statuses:  # a check that watches nothing is no green check
         notes.append(settings.no_sources())
     if away:
@@ -82,7 +84,7 @@ def main(args) -> int:
         verdict = worse(verdict, WARNING)  # a file a glob matches but syncd cannot pick up, checks behind
     if args.json:
         doc = as_json(verdict, statuses)
-        doc["not_picked_up"] = list(settings.discovery_problems)
+        doc["not_picked_up"] = left
         if not statuses:
             doc["no_sources"] = settings.no_sources()
         if away:
