@@ -954,6 +954,11 @@ def load_settings(path: Path) -> Settings:
         if bom == "UTF-16":
             raise ConfigError(f"config {path}: is UTF-16 text; TOML is UTF-8: save it as UTF-8 (without a byte "
                               "order mark)") from None
+        if isinstance(e, UnicodeDecodeError):  # "can't decode byte 0xe9 in position 97": a count of bytes
+            head = e.object[:e.start]  # UTF-8 up to the byte at fault
+            line, column = head.count(b"\n") + 1, len(head[head.rfind(b"\n") + 1:].decode()) + 1
+            raise ConfigError(f"config {path}: is not UTF-8 text (at line {line}, column {column}): a letter saved in "
+                              "another encoding (Latin-1, say); TOML is UTF-8: save it as UTF-8") from None
         raise ConfigError(f"config {path}: {redact_dsn(str(e))}") from None
     except OSError as e:
         raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None

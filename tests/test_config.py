@@ -449,6 +449,19 @@ def test_a_config_file_saved_as_utf16_is_said_so(tmp_path):
         r.stderr
 
 
+def test_a_config_file_saved_in_a_legacy_encoding_names_the_line(tmp_path):
+    """A file saved as Latin-1 (an older editor's default) with an accented letter in a
+    comment or a path (/srv/Société/*.db): it said "'utf-8' codec can't decode byte 0xe9
+    in position 97: invalid continuation byte", a byte count into the file. One line
+    naming the line and column and how to save it."""
+    cfg = tmp_path / "syncd.toml"
+    cfg.write_bytes(GOOD.replace("[[sources]]", "# tenants of Soci\xe9t\xe9 G\xe9n\xe9rale\n[[sources]]").encode("latin-1"))
+    r = run_cli(cfg, "init")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: config {cfg}: is not UTF-8 text (at line 4, column 18)"), r.stderr
+    assert "codec" not in r.stderr and "save it as UTF-8" in r.stderr, r.stderr
+
+
 @pytest.fixture(scope="module")
 def password_server(tmp_path_factory):
     """A private server that wants a password over TCP (scram-sha-256): 'right'."""
