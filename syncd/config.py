@@ -774,6 +774,12 @@ def _problem(error: dict, path: Path) -> tuple[str, str]:
         return f"credential file {credential} (over config {path})", msg
     if not loc and re.match(r"[a-z_]+(\[\d+\])?(\.[a-z_]+)*: ", msg):
         return f"config {path}", msg  # a problem between keys, said naming the key at fault first
+    if len(loc) == 1 and error["type"] == "list_type" and isinstance(error.get("input"), dict):
+        msg = f"is one table ([{where}]); write each source as a [[{where}]] table (two brackets)"  # [sources]
+    elif len(loc) == 1 and error["type"] == "model_type" and isinstance(error.get("input"), list):
+        msg = f"is a list of tables ([[{where}]]); write the section as one [{where}] table (one bracket)"
+    elif len(loc) == 1 and error["type"] == "model_type":  # `stream = 5`: the message named syncd's class
+        msg = f"must be a table: a [{where}] line, its keys under it"
     return f"config {path}", f"{where}: {msg}"
 
 

@@ -427,6 +427,25 @@ def test_a_source_set_item_by_item_from_the_environment_is_named(tmp_path):
     assert r.stderr.startswith(f"syncd: environment variable SYNCD_SOURCES__0__PATH (over config {cfg}): "), r.stderr
 
 
+@pytest.mark.parametrize("text, said", [
+    (GOOD.replace("[[sources]]", "[sources]"),
+     "sources: is one table ([sources]); write each source as a [[sources]] table (two brackets)"),
+    (GOOD.replace("[postgres]", "[[postgres]]"),
+     "postgres: is a list of tables ([[postgres]]); write the section as one [postgres] table (one bracket)"),
+    (GOOD + "\n[[stream]]\nbatch_size = 10\n",
+     "stream: is a list of tables ([[stream]]); write the section as one [stream] table (one bracket)"),
+    ('stream = 10\n' + GOOD, "stream: must be a table: a [stream] line, its keys under it"),
+])
+def test_a_section_written_with_the_wrong_brackets_says_how_to_write_it(tmp_path, text, said):
+    """[sources] for [[sources]], [[postgres]] for [postgres]: one bracket too few or too
+    many said "Input should be a valid list", or "... a valid dictionary or instance of
+    PostgresSettings", a name of syncd's code. One line saying how to write it, exit 2."""
+    cfg = write(tmp_path, text)
+    r = run_cli(cfg, "init")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr == f"syncd: config {cfg}: {said}\n", r.stderr
+
+
 def test_a_config_file_saved_with_a_byte_order_mark_is_said_so(tmp_path):
     """A file saved by an editor that puts a UTF-8 byte order mark first (invisible):
     one line saying so and how to save it; it said "Invalid statement (at line 1, column
