@@ -45,7 +45,11 @@ def main(args) -> int:
         return common.fail("\n".join(unknown), 2)
     peers = settings.sources  # a backup is told apart by every source configured, not only those reported on
     if args.source:
-        settings = settings.model_copy(update={"sources": common.selected_sources(settings, args.source)})
+        chosen = common.selected_sources(settings, args.source)
+        # Files not picked up are the fleet's, as `syncd cutover --source` leaves them; another name
+        # (a hard link) of a file reported on stays its own.
+        own = [p for p in settings.discovery_problems if getattr(p, "same_as", None) in {str(c.path) for c in chosen}]
+        settings = settings.model_copy(update={"sources": chosen, "discovery_problems": own})
     if args.format == "html":
         return _html(settings, peers)
     try:
