@@ -252,7 +252,15 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
         if until is not None:
             return await until(conn, worker)
         pending, reloads = await reverse_position(worker, conn, names)
-        return pending == 0 and reloads == 0
+        if pending == 0 and reloads == 0:
+            return True
+        # A table the way back held or paused meanwhile (a value SQLite cannot hold, a
+        # schema change) waits for a fix in Postgres, which is frozen for the application:
+        # no wait brings SQLite up to date, so the table is named now, as the pre-flight would.
+        for name, row in sorted((await Bookkeeping(names.bk, source.name).load_tables(conn)).items()):
+            if row.state in (bk.HELD, bk.PAUSED):
+                raise Refused(f'table "{name}" does not follow Postgres ({row.state}): {row.reason or row.state}')
+        return False
 
     key = await source_key(conn, names.bk, source.name)
     holder = await lock_holder(conn, key)

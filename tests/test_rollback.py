@@ -1054,3 +1054,20 @@ async def test_a_negative_zero_written_in_postgres_does_not_reload_its_table_aft
         v = run_cli(cfg, "verify")
         assert v.returncode == 0 and "3 of 3 table(s) equal" in v.stdout, v.stdout + v.stderr
         assert d.stop() == 0
+
+
+async def test_a_value_sqlite_cannot_hold_written_while_no_daemon_ran_refuses_the_rollback_at_once_naming_it(
+        tmp_path, make_config, pg_dsn):
+    """The application wrote a NaN in Postgres while no daemon ran: the rollback's own
+    stream holds the table at that row. The rollback is undone at once, naming the table,
+    the row and the value, instead of keeping Postgres frozen for the application for the
+    whole drain and then saying only that SQLite was not brought up to date."""
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
+    await pg_rows(pg_dsn, "UPDATE app.deals SET amount = 'NaN' WHERE id = 4")
+    began = time.monotonic()
+    r = run_cli(cfg, "rollback")
+    took = time.monotonic() - began
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "app: UNDONE" in r.stdout and '"deals"' in r.stdout and "NaN" in r.stdout, r.stdout
+    assert took < 60, (took, r.stdout)
+    assert await postgres_refusal(pg_dsn) is None and await direction(pg_dsn) == "to_sqlite"
