@@ -352,6 +352,14 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
                         "once so SQLite catches up from Postgres, then run the rollback again")
     elif gen.retired_at is not None:
         problems.append(f"the rollback window is over: {gen.retired_reason}")
+    elif (until := gen.started_at + dt.timedelta(days=settings.cutover.keep_sqlite_days)) \
+            <= dt.datetime.now(dt.timezone.utc):
+        # Over while no daemon ran: the way back ends at its next look (this rollback's own
+        # stream's first), and SQLite would miss what Postgres took since the daemon stopped.
+        days = settings.cutover.keep_sqlite_days
+        problems.append(f"the rollback window is over: [cutover] keep_sqlite_days = {days:g} after the cutover ended "
+                        f"at {until.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (no daemon ran to end the way "
+                        "back then; it ends it when it starts, and the SQLite file is kept as it is)")
     if await worker.run(freeze.frozen) is None:
         problems.append("the SQLite file is not frozen: something else writes it (it must only follow Postgres "
                         "after a cutover); find that writer first")

@@ -23,7 +23,8 @@ from tests.support.app import create_items
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
 from tests.support.sync import eventually, long_read, pg_rows, wait_caught_up
-from tests.support.way_back import PgWriter, backup_and_config, cut_over, tamper_sqlite, typeof, wait_back
+from tests.support.way_back import (PgWriter, backup_and_config, cut_over, cut_over_and_stop, tamper_sqlite, typeof,
+                                    wait_back)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -98,6 +99,30 @@ async def test_continuous_verification_after_the_cutover_compares_and_repairs(tm
                  "the tampered row repaired", d)
         d.wait_log("consistency check repaired 1 row(s)")
         assert run_cli(cfg, "verify").returncode == 0
+
+
+async def test_a_rollback_after_keep_sqlite_days_with_no_daemon_running_is_refused_and_loses_nothing(
+        tmp_path, make_config, pg_dsn):
+    """The rollback window ended while no daemon ran, so nothing had ended the way back yet,
+    and the application wrote Postgres meanwhile: `syncd rollback` refuses, naming the
+    window, before anything freezes, instead of ending the way back itself halfway (its
+    stream's first look) and switching the application back to a file without that write,
+    "verified equal: 0 row(s) in 0 table(s)"."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=5, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    await pg_rows(pg_dsn, "UPDATE app.items SET n = n + 100")  # the application, on Postgres
+    # The window over since (its days gone by, here its length set to a second): no daemon ended the way back.
+    assert backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 1 / 86400}) == cfg
+    assert (await pg_rows(pg_dsn, "SELECT retired_at FROM syncd.reverse WHERE source = 'app'")) == [(None,)]
+    before = typeof(db, "SELECT sum(n) FROM items")
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 1 and "app: REFUSED: the rollback window is over" in r.stdout, r.stdout + r.stderr
+    assert "keep_sqlite_days" in r.stdout, r.stdout
+    assert (await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources WHERE source = 'app'")) == [("to_sqlite",)]
+    assert (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.switches WHERE kind = 'rollback'")) == [(0,)]
+    assert typeof(db, "SELECT sum(n) FROM items") == before
 
 
 async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_path, make_config, pg_dsn):
