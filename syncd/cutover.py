@@ -330,9 +330,13 @@ def topped(specs: dict[str, TableSpec], marks: dict[str, int]) -> None:
         if top < MAX_ROWID:
             continue
         if specs[name].rowid_keyed:
+            rid, table = specs[name].sqlite_ref(specs[name].key[0]), quote_ident(name)
             raise Refused(f'table "{name}": its highest rowid is {top}, the largest SQLite has, and Postgres could '
-                          "number no row the application adds after it: VACUUM the SQLite file (it renumbers the "
-                          "rowids of a table without a key; syncd loads the table again) and cut over again")
+                          "number no row the application adds after it: give that row a smaller rowid in SQLite "
+                          f"({table} has no key; syncd follows the move): UPDATE {table} SET {rid} = (SELECT max({rid}) "
+                          f"FROM {table} WHERE {rid} < {top}) + 1 WHERE {rid} = {top}; or VACUUM the SQLite file if "
+                          "the table has no index (VACUUM renumbers the rowids only of a table without any); then "
+                          "cut over again")
         col = ddl.identity_column(specs[name])
         raise Refused(f'table "{name}": its highest "{col}" is {top}, the largest SQLite has, and Postgres could '
                       f'number no row the application adds without a "{col}": give that row a smaller "{col}" in '

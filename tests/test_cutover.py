@@ -840,6 +840,40 @@ async def _rowids_followed(dsn: str) -> bool:
     return await pg_rows(dsn, "SELECT max(_syncd_rowid) FROM app.log") == [(3,)]
 
 
+async def test_a_rowid_at_the_top_of_an_indexed_keyless_table_is_refused_with_a_way_out_that_works(
+        tmp_path, make_config, pg_dsn):
+    """A table without a key but with an index (a log indexed on its time, say) holding
+    the largest rowid: SQLite's VACUUM keeps the rowids of a table that has any index,
+    so the refusal tells the user to move that row to a smaller rowid, with the
+    statement that does it; syncd follows the move and the switch then goes through."""
+    top = 2 ** 63 - 1
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE log (at TEXT, what TEXT)")
+    conn.execute("CREATE INDEX log_at ON log (at)")
+    conn.executemany("INSERT INTO log (rowid, at, what) VALUES (?, ?, ?)", [(1, "t1", "first"), (top, "t2", "top")])
+    conn.execute("VACUUM")
+    assert conn.execute("SELECT max(rowid) FROM log").fetchone()[0] == top  # kept: the table has an index
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 1 and f'table "log": its highest rowid is {top}' in r.stdout, r.stdout
+        move = (f'UPDATE "log" SET _rowid_ = (SELECT max(_rowid_) FROM "log" WHERE _rowid_ < {top}) + 1 '
+                f"WHERE _rowid_ = {top}")
+        assert move in r.stdout, r.stdout
+        conn.execute(move)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT _syncd_rowid, what FROM app.log ORDER BY 1") == [(1, "first"), (2, "top")]
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert d.stop() == 0
+    conn.close()
+
+
 async def test_a_dry_run_on_a_file_its_application_holds_locked_names_the_file(tmp_path, make_config, pg_dsn):
     """Nothing is frozen by a dry run: its refusal names the locked file and says nothing
     of undoing a freeze."""
