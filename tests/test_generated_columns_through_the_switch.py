@@ -179,3 +179,32 @@ async def test_a_value_postgres_computes_otherwise_is_a_difference(tmp_path, mak
         v = run_cli(cfg, "verify")
         assert v.returncode == 1, v.stdout + v.stderr
         assert 'app: "lines" different: key 7: column "total"' in v.stdout, v.stdout
+
+
+async def test_a_repair_replays_no_row_whose_only_difference_postgres_computes(tmp_path, make_config, pg_dsn):
+    """A row that differs only in a column Postgres computes by another expression is one
+    no replay can mend (the stream writes the row again and Postgres computes the same
+    value): `syncd verify --repair`, like the daemon's periodic repair, says so and
+    replays nothing, instead of reporting it repaired at every check."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await computed_in_postgres_then_rolled_back(cfg, db, pg_dsn, d,
+                                                    "CASE WHEN qty > 100 THEN 0 ELSE qty * price END")
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO lines (qty, price) VALUES (200, 1.0)")  # id 7
+        conn.commit()
+        conn.close()
+
+        async def arrived() -> bool:
+            return await pg_rows(pg_dsn, "SELECT qty, total FROM app.lines WHERE id = 7") == [(200, 0.0)]
+
+        await eventually(arrived, 30, "the row in Postgres", d)
+        v = run_cli(cfg, "verify", "--repair", "--wait", "5")
+        assert v.returncode == 1, v.stdout + v.stderr
+        assert 'app: "lines" different: key 7: column "total"' in v.stdout, v.stdout
+        assert "replayed" not in v.stdout, v.stdout
+        assert 'key 7 not repaired: Postgres computes column "total" itself' in v.stdout, v.stdout
+        assert await pg_rows(pg_dsn, "SELECT max(repaired) FROM syncd.verify_runs WHERE table_name = 'lines'") == [
+            (0,)]

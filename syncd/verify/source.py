@@ -31,7 +31,7 @@ from syncd.sqlite.introspect import introspect, schema_version
 from syncd.verify import history, repair, sqlite_side
 from syncd.verify.keyspace import key_space
 from syncd.verify.postgres_side import lock_holder, stores_utf8
-from syncd.verify.result import EXTRA, MISSING, Difference, SourceVerifyResult, TableVerifyResult
+from syncd.verify.result import DIFFERENT, EXTRA, MISSING, Difference, SourceVerifyResult, TableVerifyResult
 from syncd.verify.table import TableCheck
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.reverse import capture as reverse_capture
@@ -87,6 +87,7 @@ class TablePlan:
     schema_version: int = 0  # SQLite's, when the table's shape was read
     rows_sqlite: int | None = None  # its rows, for a table with no spec (left out, holding data)
     excluded: bool = False  # copied before, left out by the configuration now: no check of it is recorded
+    pg_computed: frozenset[str] = frozenset()  # columns Postgres computes itself (GENERATED ... STORED)
 
     @property
     def state(self) -> str | None:
@@ -278,9 +279,11 @@ async def _plan(s: _Session, only: list[str] | None, others_ok: bool = False) ->
             continue
         why = _why_not(s, state, src, name, spec, tid, row, schema.refused, pg_tables, schema.version, running,
                        put_back)
+        computed: frozenset[str] = frozenset()
         if why is None and spec is not None:
             spec = _as_read_from(spec, pg_tables[name])
-        plans.append(TablePlan(name, spec, tid, row, why, schema.version))
+            computed = ddl.computed(pg_tables[name], spec)
+        plans.append(TablePlan(name, spec, tid, row, why, schema.version, pg_computed=computed))
     return plans
 
 
@@ -491,6 +494,15 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
             skipped_notes.append(f'"{tr.table}" not repaired: it was not compared: {tr.reason or "no reason recorded"}')
         if not tr.compared or tr.equal or tr.error:
             continue
+        computed = by_name[tr.table].pg_computed if s.direction == TO_POSTGRES else frozenset()
+        for d in tr.differences:
+            if computed and d.kind == DIFFERENT and d.columns and computed.issuperset(d.columns):
+                # Written again, the row gets the same value from Postgres's expression.
+                cols = ", ".join(f'"{c}"' for c in d.columns)
+                d.repairable = False
+                d.note = (f"Postgres computes column{'s' if len(d.columns) > 1 else ''} {cols} itself, by another "
+                          "expression than SQLite's: a replay writes the row again and Postgres computes the same "
+                          "value; only changing one of the two expressions makes them equal")
         if s.direction == TO_SQLITE:  # the way back replays keys as Postgres holds them
             pg_keys, skipped = repair.way_back_keys(tr.differences, [by_name[tr.table].spec.column(k).pgtype
                                                                      for k in by_name[tr.table].spec.key])
