@@ -208,3 +208,26 @@ async def test_a_repair_replays_no_row_whose_only_difference_postgres_computes(t
         assert 'key 7 not repaired: Postgres computes column "total" itself' in v.stdout, v.stdout
         assert await pg_rows(pg_dsn, "SELECT max(repaired) FROM syncd.verify_runs WHERE table_name = 'lines'") == [
             (0,)]
+
+
+async def test_a_repair_after_the_cutover_replays_no_row_whose_only_difference_sqlite_computes(
+        tmp_path, make_config, pg_dsn):
+    """Cut over, the application writes Postgres a row whose value in a column SQLite
+    generates is not what SQLite's expression gives: the way back never writes that
+    column (SQLite computes its own), so no replay can mend the row. `syncd verify
+    --repair` says so and replays nothing, instead of reporting it repaired at every check."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "INSERT INTO app.lines (qty, price, total) VALUES (2, 3.0, 99.0)")  # id 6
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        assert sqlite_totals(db)[-1] == (6, 6.0)
+        v = run_cli(cfg, "verify", "--repair", "--wait", "5")
+        assert v.returncode == 1, v.stdout + v.stderr
+        assert 'app: "lines" different: key 6: column "total"' in v.stdout, v.stdout
+        assert "replayed" not in v.stdout, v.stdout
+        assert 'key 6 not repaired: SQLite computes column "total" itself' in v.stdout, v.stdout
+        assert await pg_rows(pg_dsn, "SELECT max(repaired) FROM syncd.verify_runs WHERE table_name = 'lines'") == [
+            (0,)]

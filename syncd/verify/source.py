@@ -494,15 +494,24 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
             skipped_notes.append(f'"{tr.table}" not repaired: it was not compared: {tr.reason or "no reason recorded"}')
         if not tr.compared or tr.equal or tr.error:
             continue
-        computed = by_name[tr.table].pg_computed if s.direction == TO_POSTGRES else frozenset()
+        plan = by_name[tr.table]
+        if s.direction == TO_POSTGRES:
+            computed, who = plan.pg_computed, "Postgres"
+        else:  # the way back never writes a column SQLite generates
+            computed = frozenset(c.name for c in plan.spec.columns if c.generated) if plan.spec else frozenset()
+            who = "SQLite"
         for d in tr.differences:
             if computed and d.kind == DIFFERENT and d.columns and computed.issuperset(d.columns):
-                # Written again, the row gets the same value from Postgres's expression.
+                # Written again, the row gets the same value from the side's own expression.
                 cols = ", ".join(f'"{c}"' for c in d.columns)
                 d.repairable = False
-                d.note = (f"Postgres computes column{'s' if len(d.columns) > 1 else ''} {cols} itself, by another "
-                          "expression than SQLite's: a replay writes the row again and Postgres computes the same "
-                          "value; only changing one of the two expressions makes them equal")
+                what = f"column{'s' if len(d.columns) > 1 else ''} {cols}"
+                d.note = (f"Postgres computes {what} itself, by another expression than SQLite's: a replay writes "
+                          "the row again and Postgres computes the same value; only changing one of the two "
+                          "expressions makes them equal" if who == "Postgres" else
+                          f"SQLite computes {what} itself, and Postgres holds another value than its expression "
+                          "gives: a replay writes the row again and SQLite computes the same value; only changing "
+                          "the value in Postgres or the expression in SQLite makes them equal")
         if s.direction == TO_SQLITE:  # the way back replays keys as Postgres holds them
             pg_keys, skipped = repair.way_back_keys(tr.differences, [by_name[tr.table].spec.column(k).pgtype
                                                                      for k in by_name[tr.table].spec.key])
