@@ -506,12 +506,22 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
                 cols = ", ".join(f'"{c}"' for c in d.columns)
                 d.repairable = False
                 what = f"column{'s' if len(d.columns) > 1 else ''} {cols}"
-                d.note = (f"Postgres computes {what} itself, by another expression than SQLite's: a replay writes "
-                          "the row again and Postgres computes the same value; only changing one of the two "
-                          "expressions makes them equal" if who == "Postgres" else
-                          f"SQLite computes {what} itself, and Postgres holds another value than its expression "
-                          "gives: a replay writes the row again and SQLite computes the same value; only changing "
-                          "the value in Postgres or the expression in SQLite makes them equal")
+                # Computed on both sides, by two expressions; or on one side only, beside values
+                # the other side's application writes itself.
+                both = plan.spec is not None and all(
+                    (plan.spec.column(c).generated if who == "Postgres" else c in plan.pg_computed) for c in d.columns)
+                if both:
+                    d.note = (f"{who} computes {what} itself, by another expression than the other side's: a replay "
+                              f"writes the row again and {who} computes the same value; only changing one of the "
+                              "two expressions makes them equal")
+                elif who == "Postgres":
+                    d.note = (f"Postgres computes {what} itself, and SQLite holds another value than its expression "
+                              "gives: a replay writes the row again and Postgres computes the same value; only "
+                              "changing the value in SQLite or the expression in Postgres makes them equal")
+                else:
+                    d.note = (f"SQLite computes {what} itself, and Postgres holds another value than its expression "
+                              "gives: a replay writes the row again and SQLite computes the same value; only "
+                              "changing the value in Postgres or the expression in SQLite makes them equal")
         if s.direction == TO_SQLITE:  # the way back replays keys as Postgres holds them
             pg_keys, skipped = repair.way_back_keys(tr.differences, [by_name[tr.table].spec.column(k).pgtype
                                                                      for k in by_name[tr.table].spec.key])
