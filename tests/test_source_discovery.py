@@ -1048,3 +1048,24 @@ def test_the_report_of_a_source_named_is_not_failed_by_a_file_of_the_fleet_not_p
 
     assert not [p for p in migrated("--source", "t_acme") if "bad name.db" in p]
     assert [p for p in migrated() if "bad name.db" in p and "not replicated" in p]
+
+
+def test_status_of_named_sources_while_the_gone_files_lookup_fails_keeps_those_that_match(tmp_path, pg_dsn):
+    """Postgres unreachable, the sources of a glob's gone files cannot be looked up:
+    `syncd status --source t_acme --source t_typo` dropped t_acme without a word and said
+    the glob matches no file (it matches acme.db), and so did `--source t_globex` (a gone
+    file's source). Each name is matched by itself: t_acme is shown, and a name matching
+    no file is said not known because the gone files' lookup failed."""
+    globex_gone_here(tmp_path, pg_dsn)
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    d_ = tmp_path / "tenants"
+    cfg = write_config(tmp_path / "syncd.toml", dead, [{"name": "t_{stem}", "path": str(d_ / "*.db")}])
+    r = run_cli(cfg, "status", "--source", "t_acme", "--source", "t_typo")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "t_acme" in r.stdout and "matches no file" not in r.stdout, r.stdout
+    assert "source 't_typo' not known" in r.stdout, r.stdout
+    r = run_cli(cfg, "status", "--source", "t_globex")
+    assert r.returncode == 2 and "matches no file" not in r.stdout, r.stdout + r.stderr
+    assert "source 't_globex' not known" in r.stdout, r.stdout
+    doc = json.loads(run_cli(cfg, "status", "--json", "--source", "t_acme", "--source", "t_typo").stdout)
+    assert [s["name"] for s in doc["sources"]] == ["t_acme"] and "no_sources" not in doc, doc

@@ -47,6 +47,7 @@ def main(args) -> int:
     # The sources of a glob's files that are gone are known from Postgres alone: a database
     # that cannot be asked is said (a source's own line would not say it of them).
     away: list[str] = []
+    unmatched: list[str] = []  # names on the command line matching no source, the gone files' lookup failed
     try:
         settings = common.load(args)
         # Named by itself, a gone file's source is one too (shown missing), not "no source named".
@@ -56,7 +57,17 @@ def main(args) -> int:
         except ConfigError:
             if not away:
                 raise
-            sources = []  # the source named may be one whose file is gone: the lookup's failure is said instead
+            # A name matching nothing may be a gone file's source: each such name is said not
+            # known (the lookup failed), the names that match are shown.
+            chosen = []
+            for name in args.source:
+                try:
+                    chosen += common.selected_sources(settings, name)
+                except ConfigError:
+                    unmatched.append(name)
+            sources = [s for s in settings.sources if s in chosen]
+            away += [f"source {name!r} not known: it names no source with a file, and the glob's sources "
+                     "whose file is gone could not be looked up" for name in unmatched]
     except ConfigError as e:
         if args.json:
             common.say_json({"status": "UNKNOWN", "exit_code": UNKNOWN, "error": str(e), "sources": []})
@@ -67,7 +78,7 @@ def main(args) -> int:
     # Files a glob matches and syncd does not pick up: the fleet's problem, no source's (as verify says them).
     left = list(settings.discovery_problems) if args.source is None else []
     notes = list(left)
-    if not statuses:  # a check that watches nothing is no green check
+    if not statuses and not unmatched:  # a check that watches nothing is no green check
         notes.append(settings.no_sources())
     if away:
         verdict = worse(verdict, CRITICAL)
@@ -85,7 +96,7 @@ def main(args) -> int:
     if args.json:
         doc = as_json(verdict, statuses)
         doc["not_picked_up"] = left
-        if not statuses:
+        if not statuses and not unmatched:
             doc["no_sources"] = settings.no_sources()
         if away:
             doc["postgres_unreachable"] = away
