@@ -1069,3 +1069,26 @@ def test_status_of_named_sources_while_the_gone_files_lookup_fails_keeps_those_t
     assert "source 't_globex' not known" in r.stdout, r.stdout
     doc = json.loads(run_cli(cfg, "status", "--json", "--source", "t_acme", "--source", "t_typo").stdout)
     assert [s["name"] for s in doc["sources"]] == ["t_acme"] and "no_sources" not in doc, doc
+
+
+def test_status_of_a_source_named_says_another_name_of_its_file(tmp_path, pg_dsn):
+    """`syncd status --source t_acme` where tenants/acme_link.db is a hard link of acme.db:
+    the warning that the application must open the file as acme.db (or syncd may miss its
+    changes) is t_acme's own, and is said with --source, as syncd report and cutover say
+    it; a file of the fleet no source has is left to the fleet's status."""
+    import os
+
+    d_ = tmp_path / "tenants"
+    d_.mkdir()
+    for stem in ("acme", "globex", "bad name"):
+        tenant(d_ / f"{stem}.db")
+    os.link(d_ / "acme.db", d_ / "acme_link.db")
+    os.link(d_ / "globex.db", d_ / "globex_link.db")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}])
+    assert run_cli(cfg, "init").returncode == 0
+    r = run_cli(cfg, "status", "--source", "t_acme")
+    assert "acme_link.db" in r.stdout and f"must open it as {d_ / 'acme.db'}" in r.stdout, r.stdout + r.stderr
+    assert "globex_link.db" not in r.stdout and "bad name.db" not in r.stdout, r.stdout
+    assert r.returncode >= 1, r.stdout
+    doc = json.loads(run_cli(cfg, "status", "--json", "--source", "t_acme").stdout)
+    assert [p for p in doc["not_picked_up"] if "acme_link.db" in p] == doc["not_picked_up"] != [], doc
