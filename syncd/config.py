@@ -928,6 +928,19 @@ def _not_json(message: str, path: Path) -> str:
     return f"credential file {os.path.join(cred_dir, field)} (over config {path}): not valid JSON"
 
 
+def _not_utf8_file(path: Path) -> bool:
+    """Whether `path` is a regular file whose bytes are not UTF-8 text."""
+    try:
+        if not path.is_file():
+            return False
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def load_settings(path: Path) -> Settings:
     """Load and validate the configuration, or raise ConfigError with one line."""
     try:
@@ -960,6 +973,14 @@ def load_settings(path: Path) -> Settings:
         if bom == "UTF-16":
             raise ConfigError(f"config {path}: is UTF-16 text; TOML is UTF-8: save it as UTF-8 (without a byte "
                               "order mark)") from None
+        if isinstance(e, UnicodeDecodeError) and cred_dir and not _not_utf8_file(path):
+            # The config file decodes: a credential file read with it does not (its content never shown).
+            named = [f for f in sorted(Path(cred_dir).iterdir()) if _not_utf8_file(f)] \
+                if os.path.isdir(cred_dir) else []
+            named = [f for f in named if f.read_bytes() == e.object] or named  # the one read, where known
+            where = f"credential file {named[0]}" if named else f"a credential file in {cred_dir}"
+            raise ConfigError(escape_controls(f"{where} (over config {path}): is not UTF-8 text: save it as "
+                                              "UTF-8")) from None
         if isinstance(e, UnicodeDecodeError):  # "can't decode byte 0xe9 in position 97": a count of bytes
             head = e.object[:e.start]  # UTF-8 up to the byte at fault
             line, column = head.count(b"\n") + 1, len(head[head.rfind(b"\n") + 1:].decode()) + 1

@@ -481,6 +481,22 @@ def test_a_config_file_saved_in_a_legacy_encoding_names_the_line(tmp_path):
     assert "codec" not in r.stderr and "save it as UTF-8" in r.stderr, r.stderr
 
 
+def test_a_credential_file_not_utf8_is_named_not_blamed_on_the_config_file(tmp_path):
+    """A valid syncd.toml, and systemd's credential postgres__password holding a letter
+    saved as Latin-1: it said "config .../syncd.toml: is not UTF-8 text (at line 1, column
+    12)", sending the user to a file with nothing wrong. The line says the credential
+    file is not UTF-8, never its content."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "postgres__password").write_bytes("hunter2-soci\xe9t\xe9".encode("latin-1"))
+    cfg = write(tmp_path, GOOD)
+    r = run_cli(cfg, "init", env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: credential file {creds / 'postgres__password'} (over config {cfg}): is not "
+                               "UTF-8 text"), r.stderr
+    assert "hunter2" not in r.stdout + r.stderr and "codec" not in r.stderr, r.stderr
+
+
 @pytest.fixture(scope="module")
 def password_server(tmp_path_factory):
     """A private server that wants a password over TCP (scram-sha-256): 'right'."""
