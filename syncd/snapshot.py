@@ -253,6 +253,8 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
                 # Empty as it is: a DELETE, which Postgres runs also on a table another table's
                 # foreign key points at (a TRUNCATE it refuses there).
                 await conn.execute(f"DELETE FROM {ddl.qualified(target, t.name)}")
+                if pgt is not None:
+                    await ddl.follow_nullable(conn, ddl.qualified(target, t.name), t.spec, pgt)
                 if pgt is not None and not ddl.diff_shape(t.spec, pgt).same:
                     slow = session.rewrite_timed_out.get(t.name)
                     pgt = await ddl.retype_linked_columns(

@@ -435,3 +435,35 @@ async def test_a_new_table_under_a_renamed_ones_name_never_streams_on_its_rows(a
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         assert await pg_rows(pg_dsn, "SELECT id, v FROM app.ev ORDER BY id") == [(9, "new")]
         assert d.stop() == 0
+
+
+async def test_a_rebuild_that_lets_a_column_hold_null_is_followed(app_db, make_config, pg_dsn, tmp_path):
+    """The 12-step rebuild is SQLite's only way to drop a NOT NULL: the table is loaded
+    again, and a row the application then writes with NULL there reaches Postgres, whose
+    column lets it hold NULL too, as SQLite's does now."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT NOT NULL, note TEXT);"
+                       "INSERT INTO items VALUES (1, 'a', 'x'), (2, 'b', 'y');")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.executescript("""
+            BEGIN;
+            CREATE TABLE new_items (id INTEGER PRIMARY KEY, label TEXT, note TEXT);
+            INSERT INTO new_items SELECT * FROM items;
+            DROP TABLE items;
+            ALTER TABLE new_items RENAME TO items;
+            COMMIT;
+        """)
+        conn.execute("INSERT INTO items (id, note) VALUES (3, 'no label')")
+        conn.execute("UPDATE items SET label = NULL WHERE id = 1")
+        await wait_caught_up(app_db, pg_dsn, "app", timeout=30, daemon=d)
+        assert await table_states(pg_dsn, "app") == {"items": ("streaming", None)}
+        assert await compare_table(str(app_db), pg_dsn, "app", "items") == []
+        conn.execute("INSERT INTO items (id, note) VALUES (4, 'streamed without a label')")
+        await wait_caught_up(app_db, pg_dsn, "app", timeout=30, daemon=d)
+        assert await compare_table(str(app_db), pg_dsn, "app", "items") == []
+        assert d.stop() == 0
+    assert await pg_rows(pg_dsn, "SELECT is_nullable FROM information_schema.columns WHERE table_schema = 'app' "
+                                 "AND table_name = 'items' AND column_name = 'label'") == [("YES",)]
+

@@ -176,6 +176,8 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
         except RewriteTooSlow as e:
             e.referenced = referenced
             raise
+    if pgt is not None:
+        await follow_nullable(conn, table, spec, pgt)
     # A column Postgres computes takes no value: it computes it from the row, as for the
     # stream's rows (the aside table holds NULL there: the load left it out).
     left = computed(pgt, spec)
@@ -216,6 +218,18 @@ async def replace_rows(conn: asyncpg.Connection, schema: str, spec: TableSpec, a
             await conn.execute(f"UPDATE {table} AS t SET {sets} FROM pg_temp._syncd_kept AS k WHERE {match}")
     await conn.execute(f"DROP TABLE {qualified(aside_schema, aside)}")
     return set_aside
+
+
+async def follow_nullable(conn: asyncpg.Connection, table: str, spec: TableSpec, pgt: PgTable) -> None:
+    """Let each column SQLite lets hold NULL hold NULL in Postgres too: SQLite drops a
+    column's NOT NULL only by rebuilding its table, which the reload follows; without it,
+    the first row with NULL there (the reloaded ones, or the application's next) is refused
+    and holds the table. Key and identity columns are left as they are."""
+    for col in spec.columns:
+        had = pgt.column(col.name)
+        if not col.notnull and col.name not in spec.key and had is not None and had.notnull \
+                and col.name not in pgt.key and not had.identity:
+            await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col.name)} DROP NOT NULL")
 
 
 async def _follow_defaults(conn: asyncpg.Connection, table: str, spec: TableSpec, pgt: PgTable) -> None:
