@@ -27,7 +27,7 @@ from syncd.postgres.bookkeeping import TableRow
 from syncd.postgres.connect import QUERY_CANCELED, describe, is_transient, plan_outdated, sqlstate
 from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed, new_row
-from syncd.sqlite import capture, reader
+from syncd.sqlite import capture, leftout, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
 from syncd.sqlite.connection import damaged
 from syncd.sqlite.hold import RowsPerHold
@@ -454,8 +454,11 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
     for name, row in rows.items():
         if name in schema.tables or name in session.refused:
             continue
-        if name in schema.skipped or await _exists_in_sqlite(session, name):
-            # Left the configured set (or became a view): stop tracking; Postgres copy stays.
+        left = schema.left_out.get(name)
+        # A view or virtual table under its name now is no table of the configured set: the
+        # table was dropped (kept aside below), and the name is free for what took it.
+        if (left.kind == leftout.EXCLUDED) if left is not None else await _exists_in_sqlite(session, name):
+            # Left the configured set: stop tracking; Postgres copy stays.
             await conn.execute(
                 f"DELETE FROM {session.bk.s}.tables WHERE source = $1 AND table_name = $2", session.name, name
             )

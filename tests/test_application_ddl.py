@@ -467,3 +467,46 @@ async def test_a_rebuild_that_lets_a_column_hold_null_is_followed(app_db, make_c
     assert await pg_rows(pg_dsn, "SELECT is_nullable FROM information_schema.columns WHERE table_schema = 'app' "
                                  "AND table_name = 'items' AND column_name = 'label'") == [("YES",)]
 
+
+
+async def test_a_table_replaced_by_a_view_of_its_name_is_kept_aside_for_the_view(app_db, make_config, pg_dsn,
+                                                                                 tmp_path):
+    """A migration moves a table's rows into a new table and leaves a view under the old
+    name for the code that still reads it: the old table was dropped in SQLite, so its
+    Postgres copy is kept aside as a dropped table's is, and the name is free for the view
+    the cutover creates; the application then reads the rows of today through it, not the
+    copy of the day of the migration."""
+    from tests.support.way_back import back_up, backup_and_config, cut_over
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE contacts (id INTEGER PRIMARY KEY, name TEXT, phone TEXT);"
+                       "INSERT INTO contacts VALUES (1, 'Ada', '555-1'), (2, 'Grace', '555-2');")
+    cfg = backup_and_config(make_config, tmp_path, app_db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        seen = len(d.log())
+        conn.executescript("""
+            BEGIN;
+            CREATE TABLE people (id INTEGER PRIMARY KEY, full_name TEXT, phone TEXT);
+            INSERT INTO people SELECT id, name, phone FROM contacts;
+            DROP TABLE contacts;
+            CREATE VIEW contacts AS SELECT id, full_name AS name, phone FROM people;
+            COMMIT;
+        """)
+        conn.execute("UPDATE people SET phone = '555-9' WHERE id = 1")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await table_states(pg_dsn, "app") == {"people": ("streaming", None)}
+        kept = [t for t in await pg_tables(pg_dsn) if t.startswith("contacts__dropped_")]
+        assert len(kept) == 1, await pg_tables(pg_dsn)
+        assert await pg_rows(pg_dsn, f'SELECT id, phone FROM app."{kept[0]}" ORDER BY id') == [(1, "555-1"),
+                                                                                            (2, "555-2")]
+        since = d.log()[seen:]
+        assert "no longer configured" not in since, since
+        back_up(app_db, tmp_path / "backups")
+        out = await cut_over(cfg, app_db, pg_dsn, daemon=d)
+        assert d.stop() == 0
+    assert 'the name "contacts" is taken' not in out, out
+    assert await pg_rows(pg_dsn, "SELECT table_type FROM information_schema.tables WHERE table_schema = 'app' "
+                                 "AND table_name = 'contacts'") == [("VIEW",)]
+    assert await pg_rows(pg_dsn, "SELECT name, phone FROM app.contacts ORDER BY id") == [("Ada", "555-9"),
+                                                                                        ("Grace", "555-2")]
