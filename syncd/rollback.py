@@ -66,6 +66,9 @@ from syncd.verify.repair import CANNOT_CONNECT_SECONDS, StreamCannotConnect, cut
 log = logging.getLogger("syncd")
 
 DRAIN_SECONDS = 120.0
+# A rollback is refused this close to the end of its window: the way back ends then, and
+# one ended while the rollback drains would leave SQLite without Postgres's last writes.
+WINDOW_MARGIN_SECONDS = 2 * DRAIN_SECONDS + 60.0
 WRITABLE_WAIT_SECONDS = 5.0  # the pre-flight's wait for a write lock on the SQLite file
 VERIFY_WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.05
@@ -353,13 +356,18 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
     elif gen.retired_at is not None:
         problems.append(f"the rollback window is over: {gen.retired_reason}")
     elif (until := gen.started_at + dt.timedelta(days=settings.cutover.keep_sqlite_days)) \
-            <= dt.datetime.now(dt.timezone.utc):
+            <= await conn.fetchval("SELECT now()") + dt.timedelta(seconds=WINDOW_MARGIN_SECONDS):
         # Over while no daemon ran: the way back ends at its next look (this rollback's own
         # stream's first), and SQLite would miss what Postgres took since the daemon stopped.
+        # Or over before this rollback could end (its drain and checks): ended by a stream
+        # halfway, it would switch the application back to a file without Postgres's last
+        # writes. Judged by Postgres's clock, which dated the window's start.
         days = settings.cutover.keep_sqlite_days
-        problems.append(f"the rollback window is over: [cutover] keep_sqlite_days = {days:g} after the cutover ended "
-                        f"at {until.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (no daemon ran to end the way "
-                        "back then; it ends it when it starts, and the SQLite file is kept as it is)")
+        over = "is over" if until <= await conn.fetchval("SELECT now()") else "ends before a rollback could end"
+        problems.append(f"the rollback window {over}: [cutover] keep_sqlite_days = {days:g} after the cutover "
+                        f"ends at {until.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (the way back ends then, "
+                        "and the SQLite file is kept as it is; a longer keep_sqlite_days, set before it ends, keeps "
+                        "it going)")
     if await worker.run(freeze.frozen) is None:
         problems.append("the SQLite file is not frozen: something else writes it (it must only follow Postgres "
                         "after a cutover); find that writer first")

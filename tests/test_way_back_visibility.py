@@ -6,6 +6,7 @@ possible; after `[cutover] keep_sqlite_days` the way back ends and the file stay
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -117,12 +118,29 @@ async def test_a_rollback_after_keep_sqlite_days_with_no_daemon_running_is_refus
     assert backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 1 / 86400}) == cfg
     assert (await pg_rows(pg_dsn, "SELECT retired_at FROM syncd.reverse WHERE source = 'app'")) == [(None,)]
     before = typeof(db, "SELECT sum(n) FROM items")
+    await asyncio.sleep(1.5)  # the window's second over, however soon after its start the test got here
     r = run_cli(cfg, "rollback")
     assert r.returncode == 1 and "app: REFUSED: the rollback window is over" in r.stdout, r.stdout + r.stderr
     assert "keep_sqlite_days" in r.stdout, r.stdout
     assert (await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources WHERE source = 'app'")) == [("to_sqlite",)]
     assert (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.switches WHERE kind = 'rollback'")) == [(0,)]
     assert typeof(db, "SELECT sum(n) FROM items") == before
+
+
+async def test_a_rollback_whose_window_ends_before_it_could_end_is_refused(tmp_path, make_config, pg_dsn):
+    """The way back ends with its window, also while a rollback drains: a rollback begun
+    minutes before the end would switch the application back to a file without Postgres's
+    last writes. It is refused, saying when the window ends, before anything freezes."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=5, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    backup_and_config(make_config, tmp_path, db, cutover={"keep_sqlite_days": 120 / 86400})  # two minutes in all
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 1 and "app: REFUSED: the rollback window ends before a rollback could end" in r.stdout, \
+        r.stdout + r.stderr
+    assert (await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources WHERE source = 'app'")) == [("to_sqlite",)]
+    assert (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.switches WHERE kind = 'rollback'")) == [(0,)]
 
 
 async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_path, make_config, pg_dsn):
