@@ -333,8 +333,12 @@ def topped(specs: dict[str, TableSpec], marks: dict[str, int]) -> None:
             rid, table = specs[name].sqlite_ref(specs[name].key[0]), quote_ident(name)
             raise Refused(f'table "{name}": its highest rowid is {top}, the largest SQLite has, and Postgres could '
                           "number no row the application adds after it: give that row a smaller rowid in SQLite "
-                          f"({table} has no key; syncd follows the move): UPDATE {table} SET {rid} = (SELECT max({rid}) "
-                          f"FROM {table} WHERE {rid} < {top}) + 1 WHERE {rid} = {top}; or VACUUM the SQLite file if "
+                          f"({table} has no key; syncd follows the move): UPDATE {table} SET {rid} = (SELECT CASE "
+                          f"WHEN coalesce(max({rid}), 0) < {top - 1} THEN coalesce(max({rid}), 0) + 1 "
+                          f"WHEN NOT EXISTS (SELECT 1 FROM {table} WHERE {rid} = 1) THEN 1 "
+                          f"ELSE (SELECT min(a.{rid}) + 1 FROM {table} AS a WHERE a.{rid} > 0 AND NOT EXISTS "
+                          f"(SELECT 1 FROM {table} AS b WHERE b.{rid} = a.{rid} + 1)) END "
+                          f"FROM {table} WHERE {rid} < {top}) WHERE {rid} = {top}; or VACUUM the SQLite file if "
                           "the table has no index (VACUUM renumbers the rowids only of a table without any); then "
                           "cut over again")
         col = ddl.identity_column(specs[name])

@@ -861,12 +861,47 @@ async def test_a_rowid_at_the_top_of_an_indexed_keyless_table_is_refused_with_a_
         assert run_cli(cfg, "verify").returncode == 0
         r = run_cli(cfg, "cutover")
         assert r.returncode == 1 and f'table "log": its highest rowid is {top}' in r.stdout, r.stdout
-        move = (f'UPDATE "log" SET _rowid_ = (SELECT max(_rowid_) FROM "log" WHERE _rowid_ < {top}) + 1 '
-                f"WHERE _rowid_ = {top}")
-        assert move in r.stdout, r.stdout
+        move = re.search(rf'(UPDATE "log" SET _rowid_ = .*? WHERE _rowid_ = {top});', r.stdout)
+        assert move, r.stdout
+        move = move.group(1)
         conn.execute(move)
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert await pg_rows(pg_dsn, "SELECT _syncd_rowid, what FROM app.log ORDER BY 1") == [(1, "first"), (2, "top")]
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert d.stop() == 0
+    conn.close()
+
+
+@pytest.mark.parametrize("below", [[], [1, 2 ** 63 - 2]], ids=["the only row", "next to the top"])
+async def test_the_move_advised_for_a_rowid_at_the_top_lets_the_cutover_through(tmp_path, make_config, pg_dsn, below):
+    """The statement the refusal gives moves the row at the largest rowid also when it is
+    the table's only row (no smaller rowid to count from) and when the rowid just below
+    it is taken (one more than the highest below would be the top itself): run as given,
+    it leaves the row under a free smaller rowid, syncd follows the move and the switch
+    goes through."""
+    top = 2 ** 63 - 1
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE log (at TEXT, what TEXT)")
+    conn.execute("CREATE INDEX log_at ON log (at)")
+    conn.executemany("INSERT INTO log (rowid, at, what) VALUES (?, ?, ?)",
+                     [(r, f"t{r}", f"row {r}") for r in [*below, top]])
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 1 and f'table "log": its highest rowid is {top}' in r.stdout, r.stdout
+        move = re.search(rf"(UPDATE .*? WHERE _rowid_ = {top});", r.stdout)
+        assert move, r.stdout
+        conn.execute(move.group(1))
+        rowids = [x[0] for x in conn.execute("SELECT rowid FROM log ORDER BY rowid")]
+        assert len(rowids) == len(below) + 1 and max(rowids) < top, rowids
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert await pg_rows(pg_dsn, "SELECT _syncd_rowid FROM app.log ORDER BY 1") == [(x,) for x in rowids]
         assert run_cli(cfg, "verify").returncode == 0
         r = run_cli(cfg, "cutover")
         assert r.returncode == 0, r.stdout + r.stderr
