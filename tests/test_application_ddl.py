@@ -464,9 +464,10 @@ async def test_a_rebuild_that_lets_a_column_hold_null_is_followed(app_db, make_c
         await wait_caught_up(app_db, pg_dsn, "app", timeout=30, daemon=d)
         assert await compare_table(str(app_db), pg_dsn, "app", "items") == []
         assert d.stop() == 0
+        dropped = [line for line in d.log().splitlines() if "NOT NULL in Postgres is dropped" in line]
     assert await pg_rows(pg_dsn, "SELECT is_nullable FROM information_schema.columns WHERE table_schema = 'app' "
                                  "AND table_name = 'items' AND column_name = 'label'") == [("YES",)]
-
+    assert len(dropped) == 1 and '"label"' in dropped[0], dropped  # said: a NOT NULL set in Postgres goes too
 
 
 async def test_a_table_replaced_by_a_view_of_its_name_is_kept_aside_for_the_view(app_db, make_config, pg_dsn,

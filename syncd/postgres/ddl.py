@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 
@@ -230,6 +231,11 @@ async def follow_nullable(conn: asyncpg.Connection, table: str, spec: TableSpec,
         if not col.notnull and col.name not in spec.key and had is not None and had.notnull \
                 and col.name not in pgt.key and not had.identity:
             await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {quote_pg_ident(col.name)} DROP NOT NULL")
+            # Said, as a NOT NULL the application set in Postgres (after a cutover, kept
+            # through a rollback) goes too: SQLite's rows may hold NULL there now.
+            logging.getLogger("syncd").warning(
+                f"table {table}: column {quote_pg_ident(col.name)} may hold NULL in SQLite now (its table rebuilt "
+                "without NOT NULL): its NOT NULL in Postgres is dropped", extra={"event": "not_null_dropped"})
 
 
 async def _follow_defaults(conn: asyncpg.Connection, table: str, spec: TableSpec, pgt: PgTable) -> None:
