@@ -250,35 +250,17 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
     every table marked for it): by the daemon if it runs the source, else by a reverse
     pipeline run here. `until(conn, worker)` replaces the condition when given."""
     names = await capture.names_of(conn, settings.postgres.bookkeeping_schema, source.name)
-    from syncd.reverse.pipeline import held_row_unfit
-
-    pipeline = None  # the reverse pipeline run here, once started
-    held_since: dict[str, float] = {}  # tables seen held: since when (this host's monotonic clock)
 
     async def drained() -> bool:
         if until is not None:
             return await until(conn, worker)
         pending, reloads = await reverse_position(worker, conn, names)
-        tables = await Bookkeeping(names.bk, source.name).load_tables(conn)
-        # A table copied again is followed once the way back records it so, just after
-        # SQLite holds the copy: the verification that follows compares only such tables.
-        if pending == 0 and reloads == 0 and not any(r.state in (bk.LOADING, bk.HELD) for r in tables.values()):
+        if pending == 0 and reloads == 0:
             return True
         # A table the way back held or paused meanwhile (a value SQLite cannot hold, a
         # schema change) waits for a fix in Postgres, which is frozen for the application:
         # no wait brings SQLite up to date, so the table is named now, as the pre-flight would.
-        # A table held for a row Postgres no longer holds so (corrected as the rollback
-        # began) is copied again at the hold's next retry: waited for, one retry at most.
-        now = time.monotonic()
-        for name, row in sorted(tables.items()):
-            if row.state != bk.HELD:
-                held_since.pop(name, None)
-            else:
-                t = pipeline.tables.get(name) if pipeline is not None else None
-                unfit = t is not None and await held_row_unfit(conn, source.schema, t)
-                retry = settings.stream.held_table_retry_seconds
-                if not unfit and now - held_since.setdefault(name, now) <= 2 * retry:
-                    continue
+        for name, row in sorted((await Bookkeeping(names.bk, source.name).load_tables(conn)).items()):
             if row.state in (bk.HELD, bk.PAUSED):
                 raise Refused(f'table "{name}" does not follow Postgres ({row.state}): {row.reason or row.state}')
         return False

@@ -176,24 +176,6 @@ class ReverseLag:
         return self.seconds + since if self.pending else 0.0
 
 
-async def held_row_unfit(pg: asyncpg.Connection, schema: str, t: ReverseTable) -> bool:
-    """Whether the row a table is held for (t.held_key) still holds, in Postgres now, a
-    value SQLite cannot hold; False for a row gone, or a hold not for one row's value."""
-    if t.held_key is None:
-        return False
-    rows, _ = await reader.read_keys(pg, schema, t.source_table(), [t.held_key])
-    if not rows:
-        return False  # the row is gone: copy the table again
-    for c, shape, v in zip(t.spec.columns, t.shapes, rows[0]):
-        if c.generated:
-            continue
-        try:
-            to_sqlite(shape, v)
-        except NotExpressible:
-            return True
-    return False
-
-
 class ReversePipeline:
     direction = TO_SQLITE
     cannot_connect = False  # its last outage a connection not opened (not a statement failing on one)
@@ -1193,8 +1175,16 @@ class ReversePipeline:
         seconds until someone fixed the value)."""
         if t.held_key is None:
             return False
-        if await held_row_unfit(self.session.pg, self.source.schema, t):
-            return True
+        rows, _ = await reader.read_keys(self.session.pg, self.source.schema, t.source_table(), [t.held_key])
+        if not rows:
+            return False  # the row is gone: copy the table again
+        for c, shape, v in zip(t.spec.columns, t.shapes, rows[0]):
+            if c.generated:
+                continue
+            try:
+                to_sqlite(shape, v)
+            except NotExpressible:
+                return True
         t.held_key = None
         return False
 
