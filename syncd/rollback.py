@@ -356,18 +356,21 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
     elif gen.retired_at is not None:
         problems.append(f"the rollback window is over: {gen.retired_reason}")
     elif (until := gen.started_at + dt.timedelta(days=settings.cutover.keep_sqlite_days)) \
-            <= await conn.fetchval("SELECT now()") + dt.timedelta(seconds=WINDOW_MARGIN_SECONDS):
+            <= (now := max(await conn.fetchval("SELECT now()"), dt.datetime.now(dt.timezone.utc))) \
+            + dt.timedelta(seconds=WINDOW_MARGIN_SECONDS):
         # Over while no daemon ran: the way back ends at its next look (this rollback's own
         # stream's first), and SQLite would miss what Postgres took since the daemon stopped.
         # Or over before this rollback could end (its drain and checks): ended by a stream
         # halfway, it would switch the application back to a file without Postgres's last
-        # writes. Judged by Postgres's clock, which dated the window's start.
+        # writes. Judged by the later of Postgres's clock (which dated the window's start) and
+        # this host's (by which a stream here ends the way back).
         days = settings.cutover.keep_sqlite_days
-        over = "is over" if until <= await conn.fetchval("SELECT now()") else "ends before a rollback could end"
-        problems.append(f"the rollback window {over}: [cutover] keep_sqlite_days = {days:g} after the cutover "
-                        f"ends at {until.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (the way back ends then, "
-                        "and the SQLite file is kept as it is; a longer keep_sqlite_days, set before it ends, keeps "
-                        "it going)")
+        at = f"{until.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+        problems.append(f"the rollback window is over: it ended at {at} ([cutover] keep_sqlite_days = {days:g} after "
+                        "the cutover; the SQLite file is kept as it is)" if until <= now else
+                        f"the rollback window ends before a rollback could end: at {at}, within "
+                        f"{WINDOW_MARGIN_SECONDS / 60:g} minutes ([cutover] keep_sqlite_days = {days:g} after the "
+                        "cutover; a longer keep_sqlite_days, the daemon reloaded, keeps the way back going)")
     if await worker.run(freeze.frozen) is None:
         problems.append("the SQLite file is not frozen: something else writes it (it must only follow Postgres "
                         "after a cutover); find that writer first")
@@ -824,6 +827,13 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             nonlocal committing, quieted
             del res.plan[planned:]
             async with conn.transaction():
+                # The way back ended meanwhile (its window closed while this rollback ran): SQLite
+                # may miss what Postgres took since, and nothing brings it any more. The row is
+                # locked: an end of the way back from now waits for this switch.
+                if await conn.fetchval(f"SELECT retired_at IS NOT NULL FROM {names.registry} WHERE source = $1 "
+                                       "FOR UPDATE", source.name):
+                    raise Refused("the way back ended while the rollback ran (the rollback window closed): SQLite "
+                                  "may miss Postgres's last writes")
                 await _by_default(conn, source.schema, always, settings.postgres.statement_timeout_seconds)
                 # The application's own Postgres triggers would run again on the rows the
                 # forward stream brings, which SQLite's triggers shaped already.

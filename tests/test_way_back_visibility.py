@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
 import time
 import urllib.request
 
@@ -21,7 +22,7 @@ from syncd.config import load_settings
 from syncd.rollback import drop_lookup_indexes
 
 from tests.support.app import create_items
-from tests.support.daemon import DaemonProcess, run_cli, wait_for
+from tests.support.daemon import DaemonProcess, run_cli, syncd_cmd, wait_for
 from tests.support.pgcluster import free_port
 from tests.support.sync import eventually, long_read, pg_rows, wait_caught_up
 from tests.support.way_back import (PgWriter, backup_and_config, cut_over, cut_over_and_stop, tamper_sqlite, typeof,
@@ -141,6 +142,33 @@ async def test_a_rollback_whose_window_ends_before_it_could_end_is_refused(tmp_p
         r.stdout + r.stderr
     assert (await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources WHERE source = 'app'")) == [("to_sqlite",)]
     assert (await pg_rows(pg_dsn, "SELECT count(*) FROM syncd.switches WHERE kind = 'rollback'")) == [(0,)]
+
+
+async def test_a_way_back_ended_while_a_rollback_runs_undoes_the_rollback(tmp_path, make_config, pg_dsn):
+    """The way back ended (its window closed) while a rollback ran, after its drain: SQLite
+    may miss what Postgres took since, and nothing brings it any more. The switch's last
+    transaction sees it and the rollback is undone, the application left on Postgres."""
+    db = tmp_path / "app.db"
+    create_items(db, rows=5, journal="wal")
+    cfg = backup_and_config(make_config, tmp_path, db)
+    await cut_over_and_stop(cfg, db, pg_dsn, tmp_path / "syncd.log")
+    resume = tmp_path / "resume"
+    errors = open(tmp_path / "rollback.err", "w")
+    proc = subprocess.Popen(syncd_cmd(cfg, "rollback"), stdout=subprocess.PIPE, stderr=errors, text=True,
+                            cwd=str(cfg.parent), env={**os.environ, "SYNCD_ROLLBACK_HOLD_AT": "verified",
+                                                      "SYNCD_ROLLBACK_RESUME_ON": str(resume)})
+    try:
+        assert proc.stdout.readline().strip() == "holding at verified"
+        # As the daemon ends it at the window's end (rollback.end_way_back's mark).
+        await pg_rows(pg_dsn, "UPDATE syncd.reverse SET retired_at = now(), retired_reason = 'the window closed' "
+                              "WHERE source = 'app'")
+        resume.write_text("")
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+        errors.close()
+    assert proc.returncode == 1 and "the way back ended while the rollback ran" in out, out
+    assert (await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources WHERE source = 'app'")) == [("to_sqlite",)]
 
 
 async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_path, make_config, pg_dsn):
