@@ -928,6 +928,14 @@ def _not_json(message: str, path: Path) -> str:
     return f"credential file {os.path.join(cred_dir, field)} (over config {path}): not valid JSON"
 
 
+def _bytes_of(path: Path, data: object) -> bool:
+    """Whether `data` (what failed to decode) is the file's content."""
+    try:
+        return isinstance(data, bytes) and path.read_bytes() == data
+    except OSError:
+        return False
+
+
 def _not_utf8_file(path: Path) -> bool:
     """Whether `path` is a regular file whose bytes are not UTF-8 text."""
     try:
@@ -973,9 +981,9 @@ def load_settings(path: Path) -> Settings:
         if bom == "UTF-16":
             raise ConfigError(f"config {path}: is UTF-16 text; TOML is UTF-8: save it as UTF-8 (without a byte "
                               "order mark)") from None
-        if isinstance(e, UnicodeDecodeError) and cred_dir and not _not_utf8_file(path):
-            # The config file decodes: a credential file read with it does not (its content never shown).
-            named = [f for f in sorted(Path(cred_dir).iterdir()) if _not_utf8_file(f)] \
+        if isinstance(e, UnicodeDecodeError) and cred_dir and not _bytes_of(path, e.object):
+            # Not the config file's bytes: a credential file read with it (its content never shown).
+            named = [f for f in sorted(Path(cred_dir).iterdir()) if not f.name.startswith(".") and _not_utf8_file(f)] \
                 if os.path.isdir(cred_dir) else []
             named = [f for f in named if f.read_bytes() == e.object] or named  # the one read, where known
             where = f"credential file {named[0]}" if named else f"a credential file in {cred_dir}"

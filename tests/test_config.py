@@ -495,6 +495,13 @@ def test_a_credential_file_not_utf8_is_named_not_blamed_on_the_config_file(tmp_p
     assert r.stderr.startswith(f"syncd: credential file {creds / 'postgres__password'} (over config {cfg}): is not "
                                "UTF-8 text"), r.stderr
     assert "hunter2" not in r.stdout + r.stderr and "codec" not in r.stderr, r.stderr
+    # The config file saved as Latin-1 too: the credential file, read first, is the one that
+    # failed, named as such (not the config file, at the password's byte positions).
+    cfg.write_bytes(("# soci\xe9t\xe9\n" + GOOD).encode("latin-1"))
+    r = run_cli(cfg, "init", env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"syncd: credential file {creds / 'postgres__password'} (over config"), r.stderr
+    assert "hunter2" not in r.stdout + r.stderr, r.stderr
 
 
 @pytest.fixture(scope="module")
