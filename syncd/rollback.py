@@ -131,6 +131,10 @@ async def lift_freeze(conn: asyncpg.Connection, settings: Settings, source: Sour
     return await capture.drop_freeze(conn, names, source.schema)
 
 
+class WayBackEnded(Refused):
+    """The way back ended while the rollback ran: SQLite no longer follows Postgres."""
+
+
 async def end_way_back(conn: asyncpg.Connection, settings: Settings, source: SourceSettings, reason: str) -> int:
     """Stop capturing the source's tables in Postgres for good (the rollback window is
     over, or capture is uninstalled): triggers and recorded entries go, the SQLite file
@@ -140,6 +144,11 @@ async def end_way_back(conn: asyncpg.Connection, settings: Settings, source: Sou
     if gen is None or gen.retired_at is not None:
         return 0
     async with conn.transaction():
+        # The way back's row first, as a rollback's last transaction locks it (then the
+        # tables): one order, and a rollback that switched meanwhile is seen here.
+        if await conn.fetchval(f"SELECT retired_at IS NOT NULL FROM {names.registry} WHERE source = $1 FOR UPDATE",
+                               names.source):
+            return 0
         n = await capture.disarm_all(conn, names, source.schema)
         await conn.execute(f"TRUNCATE {names.changelog}")
         await capture.retire(conn, names, reason)
@@ -829,11 +838,11 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             async with conn.transaction():
                 # The way back ended meanwhile (its window closed while this rollback ran): SQLite
                 # may miss what Postgres took since, and nothing brings it any more. The row is
-                # locked: an end of the way back from now waits for this switch.
+                # locked first, as end_way_back locks it: an end from now waits for this switch.
                 if await conn.fetchval(f"SELECT retired_at IS NOT NULL FROM {names.registry} WHERE source = $1 "
-                                       "FOR UPDATE", source.name):
-                    raise Refused("the way back ended while the rollback ran (the rollback window closed): SQLite "
-                                  "may miss Postgres's last writes")
+                                       "FOR UPDATE", names.source):
+                    raise WayBackEnded("the way back ended while the rollback ran (the rollback window closed): "
+                                       "SQLite may miss Postgres's last writes")
                 await _by_default(conn, source.schema, always, settings.postgres.statement_timeout_seconds)
                 # The application's own Postgres triggers would run again on the rows the
                 # forward stream brings, which SQLite's triggers shaped already.
@@ -903,8 +912,10 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                                         "rollback (`syncd rollback` again settles it too)")
                 else:
                     res.undone = True
+                    follows = ("the SQLite file is kept as it was (the way back has ended)"
+                               if isinstance(e, WayBackEnded) else "SQLite keeps following it")
                     res.problems.append(f"{reason}; undone: Postgres takes the application's writes again and "
-                                        "SQLite keeps following it")
+                                        f"{follows}")
             else:  # Postgres cannot be reached to undo the freeze: it stays frozen until someone can
                 res.undo_pending = True
                 res.problems.append(f"{reason}; not undone yet: Postgres cannot be reached now, and stays frozen for "

@@ -168,7 +168,10 @@ async def test_a_way_back_ended_while_a_rollback_runs_undoes_the_rollback(tmp_pa
         proc.kill()
         errors.close()
     assert proc.returncode == 1 and "the way back ended while the rollback ran" in out, out
+    assert "the SQLite file is kept as it was (the way back has ended)" in out, out
     assert (await pg_rows(pg_dsn, "SELECT direction FROM syncd.sources WHERE source = 'app'")) == [("to_sqlite",)]
+    assert (await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'rollback'")) == [("undone",)]
+    await pg_rows(pg_dsn, "UPDATE app.items SET v = v WHERE id = 1")  # Postgres takes the application's writes again
 
 
 async def test_after_keep_sqlite_days_the_way_back_ends_and_the_file_stays(tmp_path, make_config, pg_dsn):
