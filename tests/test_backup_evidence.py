@@ -441,5 +441,10 @@ def test_a_damaged_or_hostile_tar_backup_is_named_and_never_stops_the_report(tmp
     assert time.monotonic() - started < 10  # liveness: nothing near the declared gigabyte was read
     assert found["sales"].count == 1 and found["sales"].newest.endswith("sales-0.db"), found["sales"]
     shown = " ".join(found["sales"].not_counted)
-    for name in ("sales-1.tar.gz", "sales-2.tar.xz", "sales-3.tar.gz"):
-        assert f"backups/{name} (holds no SQLite database syncd can read: a damaged" in shown, shown
+    assert "backups/sales-3.tar.gz (holds no SQLite database syncd can read: a damaged" in shown, shown
+    for name in ("sales-1.tar.gz", "sales-2.tar.xz"):
+        # Where the flipped bytes land in the compressed stream varies with the files' times
+        # in the archive: a stream that fails to unpack, or one that unpacks into a first
+        # file that is no database. Either way named, and not counted.
+        assert (f"backups/{name} (holds no SQLite database syncd can read: a damaged" in shown
+                or f"backups/{name} (holds no SQLite database syncd can find: a " in shown), shown
