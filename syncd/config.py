@@ -660,6 +660,12 @@ class Settings(BaseSettings):
                     f"{other.name!r}, and drops it after; replicate this source into another schema (schema = \"...\")")
         return self
 
+    def problems_of(self, sources: list) -> list:
+        """The files not picked up that are another name (a hard link) of one of `sources`'
+        files: theirs, where the rest are the fleet's."""
+        paths = {str(s.path) for s in sources}
+        return [p for p in self.discovery_problems if getattr(p, "same_as", None) in paths]
+
     def no_sources(self) -> str:
         """Why there is no source to work on, naming the globs that match no file."""
         if self.patterns:

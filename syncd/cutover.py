@@ -264,8 +264,7 @@ async def preflight(settings: Settings, source: SourceSettings, allow_orphans: b
     # another's (the fleet's cutover names it as not cut over), no reason to refuse this
     # one; unless it is this source's own file under a second name (a hard link), whose
     # changes the application may make where syncd does not look.
-    own = [p for p in settings.discovery_problems if getattr(p, "same_as", None) == str(source.path)]
-    one = settings.model_copy(update={"sources": [source], "discovery_problems": own})
+    one = settings.model_copy(update={"sources": [source], "discovery_problems": settings.problems_of([source])})
     facts = await gather(one, peers=settings.sources)
     for s in facts.sources:
         # Changes waiting with no daemon to apply them are no reason to refuse: the switch

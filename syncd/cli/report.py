@@ -48,8 +48,7 @@ def main(args) -> int:
         chosen = common.selected_sources(settings, args.source)
         # Files not picked up are the fleet's, as `syncd cutover --source` leaves them; another name
         # (a hard link) of a file reported on stays its own.
-        own = [p for p in settings.discovery_problems if getattr(p, "same_as", None) in {str(c.path) for c in chosen}]
-        settings = settings.model_copy(update={"sources": chosen, "discovery_problems": own})
+        settings = settings.model_copy(update={"sources": chosen, "discovery_problems": settings.problems_of(chosen)})
     if args.format == "html":
         return _html(settings, peers)
     try:

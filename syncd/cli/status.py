@@ -77,9 +77,7 @@ def main(args) -> int:
     verdict, statuses, live = asyncio.run(gather(settings, sources, with_live=True))
     # Files a glob matches and syncd does not pick up: the fleet's problem, no source's (as verify says them);
     # with --source, another name (a hard link) of a chosen source's file stays that source's, as report says it.
-    paths = {str(s.path) for s in sources}
-    left = list(settings.discovery_problems) if args.source is None else \
-        [p for p in settings.discovery_problems if getattr(p, "same_as", None) in paths]
+    left = list(settings.discovery_problems) if args.source is None else settings.problems_of(sources)
     notes = list(left)
     if not statuses and not unmatched:  # a check that watches nothing is no green check
         notes.append(settings.no_sources())
