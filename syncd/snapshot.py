@@ -312,8 +312,7 @@ async def load_chunk(session: SourceSession, t: TableRuntime, load: TableLoad) -
             if into is None:
                 # A lock another session holds on the table (a CREATE INDEX, a LOCK TABLE) is
                 # waited for LOCK_WAIT at most: the table is held by name, the others go on.
-                prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
-                await table_locks.shorten_lock_waits(conn, LOCK_WAIT)
+                prior = await table_locks.shorten_lock_waits(conn, LOCK_WAIT)
                 quieted = await session.quiet_triggers([t.name])
             if records:  # none: every row read was of a key changed since (TableLoad.since)
                 await writer.copy_in(conn, records, into)
@@ -378,8 +377,7 @@ async def _finish(session: SourceSession, t: TableRuntime, load: TableLoad) -> b
         async with conn.transaction():
             if t.row.load_aside:
                 # As a chunk's: another session's lock on the live table holds it by name (load_chunk).
-                prior = await conn.fetchval("SELECT current_setting('lock_timeout')")
-                await table_locks.shorten_lock_waits(conn, LOCK_WAIT)
+                prior = await table_locks.shorten_lock_waits(conn, LOCK_WAIT)
                 quieted = await session.quiet_triggers([t.name])
                 slow = session.rewrite_timed_out.get(t.name)
                 set_aside = await ddl.replace_rows(conn, session.target_schema, t.spec, session.bk.schema,

@@ -164,13 +164,15 @@ async def take_tables(conn: asyncpg.Connection, schema: str, tables: list[str], 
     await conn.execute("SELECT set_config('lock_timeout', $1, true)", prior)
 
 
-async def shorten_lock_waits(conn: asyncpg.Connection, wait: str) -> None:
+async def shorten_lock_waits(conn: asyncpg.Connection, wait: str) -> str:
     """For the rest of the caller's transaction: each lock waited for `wait` at most (then
     LockNotAvailableError, for while_tables_busy), or less where the session's own
-    lock_timeout (syncd's role's, its database's) already says so."""
-    await conn.execute("SELECT set_config('lock_timeout', CASE WHEN current_setting('lock_timeout')::interval "
-                       "> interval '0' AND current_setting('lock_timeout')::interval < $1::text::interval "
-                       "THEN current_setting('lock_timeout') ELSE $1::text END, true)", wait)
+    lock_timeout (syncd's role's, its database's) already says so. Returns the
+    lock_timeout it had, to be set back for syncd's own tables."""
+    return await conn.fetchval(  # the select list's first value read before set_config runs
+        "SELECT prior, set_config('lock_timeout', CASE WHEN prior::interval > interval '0' AND prior::interval < "
+        "$1::text::interval THEN prior ELSE $1::text END, true) FROM (SELECT current_setting('lock_timeout') AS prior) p",
+        wait)
 
 
 # The lock modes that keep syncd's writes (ROW EXCLUSIVE) waiting: a LOCK TABLE, an ALTER
