@@ -524,23 +524,21 @@ def entries_after(conn: sqlite3.Connection, after_seq: int) -> int:
     """Changelog entries after `after_seq`, counted a window of positions per statement
     (outside a transaction: each its own). One count over a long backlog held a
     rollback-journal file's writers back for as long as it ran."""
-    top, total, lo = max_seq(conn), 0, after_seq
-    while lo < top:
-        hi = min(top, lo + COUNT_WINDOW)
-        total += conn.execute(f"SELECT count(*) FROM main.{CL} WHERE seq > ? AND seq <= ?", (lo, hi)).fetchone()[0]
-        lo = hi
-    return total
+    return _entries_between(conn, after_seq, max_seq(conn))
 
 
 def entries_below(conn: sqlite3.Connection, below_seq: int) -> int:
-    """Changelog entries before `below_seq`, counted a window of positions per statement
-    (as entries_after)."""
+    """Changelog entries before `below_seq`, counted as entries_after counts."""
     first = min_seq(conn)
-    if not first:
-        return 0  # empty
-    total, lo = 0, first - 1
-    while lo < below_seq - 1:
-        hi = min(below_seq - 1, lo + COUNT_WINDOW)
+    return _entries_between(conn, first - 1, below_seq - 1) if first else 0  # 0: empty
+
+
+def _entries_between(conn: sqlite3.Connection, lo: int, top: int) -> int:
+    """Entries at positions above `lo` up to `top`, a window of COUNT_WINDOW positions per
+    statement (outside a transaction: each its own)."""
+    total = 0
+    while lo < top:
+        hi = min(top, lo + COUNT_WINDOW)
         total += conn.execute(f"SELECT count(*) FROM main.{CL} WHERE seq > ? AND seq <= ?", (lo, hi)).fetchone()[0]
         lo = hi
     return total
