@@ -464,6 +464,30 @@ async def way_back_generation(s: _Session) -> str | None:
     return gen.id if gen else None
 
 
+def _computed_only(tr: TableVerifyResult, plan: TablePlan, direction: str) -> None:
+    """Mark not repairable each row of `tr` differing only in columns the side a replay
+    writes to computes itself: written again, the row gets the same value from that side's
+    expression (the way back never writes a column SQLite generates)."""
+    sqlite_computed = frozenset(c.name for c in plan.spec.columns if c.generated) if plan.spec else frozenset()
+    computed, who = (plan.pg_computed, "Postgres") if direction == TO_POSTGRES else (sqlite_computed, "SQLite")
+    other = sqlite_computed if who == "Postgres" else plan.pg_computed
+    for d in tr.differences:
+        if not (computed and d.kind == DIFFERENT and d.columns and computed.issuperset(d.columns)):
+            continue
+        d.repairable = False
+        cols = ", ".join(f'"{c}"' for c in d.columns)
+        what = f"column{'s' if len(d.columns) > 1 else ''} {cols}"
+        if plan.spec is not None and other.issuperset(d.columns):  # computed on both sides, by two expressions
+            d.note = (f"{who} computes {what} itself, by another expression than the other side's: a replay "
+                      f"writes the row again and {who} computes the same value; only changing one of the "
+                      "two expressions makes them equal")
+        else:  # on one side only, beside values the other side's application writes itself
+            there = "SQLite" if who == "Postgres" else "Postgres"
+            d.note = (f"{who} computes {what} itself, and {there} holds another value than its expression "
+                      f"gives: a replay writes the row again and {who} computes the same value; only "
+                      f"changing the value in {there} or the expression in {who} makes them equal")
+
+
 async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan], run_ids: dict[str, int],
                   wait_seconds: float, record: bool, in_daemon: bool,
                   replaying: Callable[[], None] | None = None) -> None:
@@ -494,34 +518,7 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
             skipped_notes.append(f'"{tr.table}" not repaired: it was not compared: {tr.reason or "no reason recorded"}')
         if not tr.compared or tr.equal or tr.error:
             continue
-        plan = by_name[tr.table]
-        if s.direction == TO_POSTGRES:
-            computed, who = plan.pg_computed, "Postgres"
-        else:  # the way back never writes a column SQLite generates
-            computed = frozenset(c.name for c in plan.spec.columns if c.generated) if plan.spec else frozenset()
-            who = "SQLite"
-        for d in tr.differences:
-            if computed and d.kind == DIFFERENT and d.columns and computed.issuperset(d.columns):
-                # Written again, the row gets the same value from the side's own expression.
-                cols = ", ".join(f'"{c}"' for c in d.columns)
-                d.repairable = False
-                what = f"column{'s' if len(d.columns) > 1 else ''} {cols}"
-                # Computed on both sides, by two expressions; or on one side only, beside values
-                # the other side's application writes itself.
-                both = plan.spec is not None and all(
-                    (plan.spec.column(c).generated if who == "Postgres" else c in plan.pg_computed) for c in d.columns)
-                if both:
-                    d.note = (f"{who} computes {what} itself, by another expression than the other side's: a replay "
-                              f"writes the row again and {who} computes the same value; only changing one of the "
-                              "two expressions makes them equal")
-                elif who == "Postgres":
-                    d.note = (f"Postgres computes {what} itself, and SQLite holds another value than its expression "
-                              "gives: a replay writes the row again and Postgres computes the same value; only "
-                              "changing the value in SQLite or the expression in Postgres makes them equal")
-                else:
-                    d.note = (f"SQLite computes {what} itself, and Postgres holds another value than its expression "
-                              "gives: a replay writes the row again and SQLite computes the same value; only "
-                              "changing the value in Postgres or the expression in SQLite makes them equal")
+        _computed_only(tr, by_name[tr.table], s.direction)
         if s.direction == TO_SQLITE:  # the way back replays keys as Postgres holds them
             pg_keys, skipped = repair.way_back_keys(tr.differences, [by_name[tr.table].spec.column(k).pgtype
                                                                      for k in by_name[tr.table].spec.key])
