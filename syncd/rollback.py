@@ -146,8 +146,7 @@ async def end_way_back(conn: asyncpg.Connection, settings: Settings, source: Sou
     async with conn.transaction():
         # The way back's row first, as a rollback's last transaction locks it (then the
         # tables): one order, and a rollback that switched meanwhile is seen here.
-        if await conn.fetchval(f"SELECT retired_at IS NOT NULL FROM {names.registry} WHERE source = $1 FOR UPDATE",
-                               names.source):
+        if await capture.retired_locked(conn, names):
             return 0
         n = await capture.disarm_all(conn, names, source.schema)
         await conn.execute(f"TRUNCATE {names.changelog}")
@@ -839,8 +838,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                 # The way back ended meanwhile (its window closed while this rollback ran): SQLite
                 # may miss what Postgres took since, and nothing brings it any more. The row is
                 # locked first, as end_way_back locks it: an end from now waits for this switch.
-                if await conn.fetchval(f"SELECT retired_at IS NOT NULL FROM {names.registry} WHERE source = $1 "
-                                       "FOR UPDATE", names.source):
+                if await capture.retired_locked(conn, names):
                     raise WayBackEnded("the way back ended while the rollback ran (the rollback window closed): "
                                        "SQLite may miss Postgres's last writes")
                 await _by_default(conn, source.schema, always, settings.postgres.statement_timeout_seconds)

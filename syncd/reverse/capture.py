@@ -286,6 +286,13 @@ async def note_files(conn: asyncpg.Connection, names: Names, files: dict[str, li
                        names.source, json.dumps(files))
 
 
+async def retired_locked(conn: asyncpg.Connection, names: Names) -> bool:
+    """Inside the caller's transaction: whether the way back has ended, its row locked
+    first (an end of the way back and a rollback's switch take it before the tables)."""
+    return bool(await conn.fetchval(f"SELECT retired_at IS NOT NULL FROM {names.registry} WHERE source = $1 "
+                                    "FOR UPDATE", names.source))
+
+
 async def retire(conn: asyncpg.Connection, names: Names, reason: str) -> None:
     await conn.execute(f"UPDATE {names.registry} SET retired_at = now(), retired_reason = $2 WHERE source = $1",
                        names.source, reason)
