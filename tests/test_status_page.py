@@ -21,6 +21,7 @@ from syncd.report.facts import Lag, MigrationFacts, SourceFacts, TableFacts
 from syncd.report.html import page
 from syncd.report.overview import Overview
 from syncd.status import OK, SourceStatus
+from syncd.verify.history import VerifyRun
 from tests.support.browser import Browser
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
 from tests.support.pgcluster import free_port
@@ -413,3 +414,28 @@ async def test_a_file_not_picked_up_since_the_start_is_on_the_page(tmp_path, mak
         _text, _headers, p = fresh_page(url, time.time() + 1)
         assert "bad name.db" not in p.all_text, p.all_text[-3000:]
         assert d.stop() == 0
+
+
+def test_a_table_never_verified_keeps_the_sources_last_verification_from_reading_all_clear():
+    """A source with one table found equal and one never verified: its "Last verification"
+    figure names the one never verified, and not in the colour of a source found equal
+    (it showed "equal (1 table(s)); 1 never verified" in green, and with the other
+    table's columns changed since, dropped the one never verified altogether)."""
+    def figure(ov: Overview) -> str:
+        return re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+
+    ov = overview("to_postgres")
+    src = ov.facts.sources[0]
+    now = ov.facts.generated_at
+    checked = src.tables[0]
+    checked.columns = ["id"]
+    checked.runs = [VerifyRun(1, "app", "t", now, now, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming",
+                              {"columns": ["id"]})]
+    src.tables.append(TableFacts("never", "streaming", None, 3, 3, True, "capture triggers installed",
+                                 columns=["id"]))
+    shown = figure(ov)
+    assert "1 never verified" in shown and "sev-ok" not in shown and "sev-warning" in shown, shown
+    checked.columns = ["id", "tag"]  # a column added since its run
+    shown = figure(ov)
+    assert "1 of 2 table(s) not verified since it changed" in shown and "1 never verified" in shown, shown
+    assert "sev-warning" in shown, shown

@@ -345,12 +345,14 @@ def _figures(f: SourceFacts | None, st: SourceStatus | None) -> list[str]:
             if bad:
                 result = f"{len(bad)} of {len(f.tables)} table(s) not clean"
             elif len(stale) == len(runs):
-                result = f"{len(stale)} of {len(f.tables)} table(s) not verified since {since}"
+                result = (f"{len(stale)} of {len(f.tables)} table(s) not verified since {since}"
+                          + (f"; {never} never verified" if never else ""))
             else:
                 result = (f"equal ({len(runs) - len(stale)} table(s))"
                           + (f"; {len(stale)} not verified since {since}" if stale else "")
                           + (f"; {never} never verified" if never else ""))
-            cls = "sev-critical" if bad else "sev-warning" if stale else "sev-ok"
+            # A table never verified is no table found equal: the figure is not all clear.
+            cls = "sev-critical" if bad else "sev-warning" if stale or never else "sev-ok"
             out.append(_figure("Last verification", None, None,
                                f"{_time(latest)}: <span class=\"{cls}\">{e(result)}</span>"))
         else:
