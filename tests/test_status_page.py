@@ -439,3 +439,25 @@ def test_a_table_never_verified_keeps_the_sources_last_verification_from_reading
     shown = figure(ov)
     assert "1 of 2 table(s) not verified since it changed" in shown and "1 never verified" in shown, shown
     assert "sev-warning" in shown, shown
+
+
+def test_a_verification_older_than_verify_max_age_is_not_shown_as_all_clear():
+    """A source whose tables were last found equal longer ago than [status]
+    verify_max_age_seconds: its "Last verification" figure says they are not verified
+    recently, as a warning, as the checklist and `syncd status` judge it (it read
+    "equal (1 table(s))" in the colour of a source found equal, days after the last check)."""
+    ov = overview("to_postgres")
+    src = ov.facts.sources[0]
+    table = src.tables[0]
+    table.columns = ["id"]
+    then = ov.facts.generated_at - dt.timedelta(days=3)
+    table.runs = [VerifyRun(1, "app", "t", then, then, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming",
+                            {"columns": ["id"]})]
+    shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+    assert "1 of 1 table(s) last verified longer ago than 60 min ([status] verify_max_age_seconds)" in shown, shown
+    assert "sev-warning" in shown and "sev-ok" not in shown and "equal" not in shown, shown
+    then = ov.facts.generated_at - dt.timedelta(minutes=5)  # within the hour: equal, as before
+    table.runs = [VerifyRun(1, "app", "t", then, then, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming",
+                            {"columns": ["id"]})]
+    shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+    assert "equal (1 table(s))" in shown and "sev-ok" in shown, shown

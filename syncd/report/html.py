@@ -263,7 +263,7 @@ def _source(i: int, name: str, f: SourceFacts | None, st: SourceStatus | None, o
            f'<span class="badge {badge}" data-field="state" data-value="{e(state)}">'
            f"{e(state.replace('_', ' '))}</span>", "</header>"]
     out.append('<dl class="figures">')
-    out += _figures(f, st)
+    out += _figures(f, st, ov.facts)
     out.append("</dl>")
     out.append(_where(f, st))
     if st and st.problems:
@@ -310,7 +310,7 @@ def _figure(label: str, field: str | None, value: object, shown: str) -> str:
     return f"<div><dt>{e(label)}</dt><dd{attrs}>{shown}</dd></div>"
 
 
-def _figures(f: SourceFacts | None, st: SourceStatus | None) -> list[str]:
+def _figures(f: SourceFacts | None, st: SourceStatus | None, facts: MigrationFacts | None = None) -> list[str]:
     out = []
     if st is not None:
         lag = "unknown" if st.lag_seconds is None else f"{st.lag_seconds:.1f} s"
@@ -340,19 +340,27 @@ def _figures(f: SourceFacts | None, st: SourceStatus | None) -> list[str]:
             # A clean run that compared the table as it was (columns since changed, rows copied
             # again, the table gone from the file) is no evidence it is equal now.
             stale = [t.name for t in f.tables if t.last_run and t.last_run.clean and _changed_since(f, t)]
+            # A clean run longer ago than [status] verify_max_age_seconds is stale, as the
+            # checklist and `syncd status` judge it: no evidence the table is equal now.
+            old = [t.name for t in f.tables if facts is not None and t.last_run and t.last_run.clean
+                   and t.name not in stale
+                   and (facts.generated_at - t.last_run.finished_at).total_seconds() > facts.verify_max_age_seconds]
             never = len(f.tables) - len(runs)
             since = "it changed" if len(stale) == 1 else "they changed"
             if bad:
                 result = f"{len(bad)} of {len(f.tables)} table(s) not clean"
-            elif len(stale) == len(runs):
-                result = (f"{len(stale)} of {len(f.tables)} table(s) not verified since {since}"
-                          + (f"; {never} never verified" if never else ""))
             else:
-                result = (f"equal ({len(runs) - len(stale)} table(s))"
-                          + (f"; {len(stale)} not verified since {since}" if stale else "")
-                          + (f"; {never} never verified" if never else ""))
+                fresh = len(runs) - len(stale) - len(old)
+                parts = [f"equal ({fresh} table(s))"] if fresh else []
+                for n, what in ((len(stale), f"not verified since {since}"),
+                                (len(old), "last verified longer ago than "
+                                 f"{_duration(facts.verify_max_age_seconds) if facts else '?'} "
+                                 "([status] verify_max_age_seconds)")):
+                    if n:
+                        parts.append(f"{n}{'' if parts else f' of {len(f.tables)} table(s)'} {what}")
+                result = "; ".join(parts + ([f"{never} never verified"] if never else []))
             # A table never verified is no table found equal: the figure is not all clear.
-            cls = "sev-critical" if bad else "sev-warning" if stale or never else "sev-ok"
+            cls = "sev-critical" if bad else "sev-warning" if stale or old or never else "sev-ok"
             out.append(_figure("Last verification", None, None,
                                f"{_time(latest)}: <span class=\"{cls}\">{e(result)}</span>"))
         else:
