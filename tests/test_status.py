@@ -88,6 +88,18 @@ def test_the_consistency_column_is_no_ok_from_a_check_made_before_a_tables_colum
     assert "ok (" not in row and row.endswith("1 changed since checked"), text
 
 
+def test_the_consistency_column_counts_a_table_held_while_a_retry_copies_it_as_held():
+    """A held table whose retry copies it again (loading, the hold's reason kept) is held
+    all the same: the CONSISTENCY column of `syncd status` says "1 held", as the problem
+    under it does, not "1 loading" (a table on its first copy, nothing wrong)."""
+    from syncd.cli.status import render
+    st = healthy(tables=[TableStatus("t", "loading", reason="value out of range for type integer")])
+    verdict = evaluate(st, LIMITS, NOW)
+    assert verdict == CRITICAL and "held, being copied again to retry" in st.problems[0].message
+    row = render(verdict, [st]).splitlines()[1]
+    assert row.endswith("1 held"), row
+
+
 def test_the_rollback_deadline_reads_as_the_report_writes_it():
     """`syncd status` gives the rollback deadline as the report does (UTC, to the minute),
     and says so once it has passed (the daemon ends the way back at its next check)."""

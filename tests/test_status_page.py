@@ -461,3 +461,18 @@ def test_a_verification_older_than_verify_max_age_is_not_shown_as_all_clear():
                             {"columns": ["id"]})]
     shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
     assert "equal (1 table(s))" in shown and "sev-ok" in shown, shown
+
+
+def test_a_table_held_while_a_retry_copies_it_is_in_the_held_list():
+    """A held table whose retry copies it again (loading, the hold's reason kept) is held
+    all the same, as the checklist and `syncd status` say: the source's "Held or paused"
+    list names it with its reason and its row is marked halted (while the copy ran, the
+    list left it out and the row read as a table being loaded)."""
+    ov = overview("to_postgres")
+    table = ov.facts.sources[0].tables[0]
+    table.state, table.reason = "loading", "value out of range for type integer"
+    text = page(ov, None, live=True)
+    held = re.search(r'<div class="halted-list">.*?</div>', text, re.S)
+    assert held is not None and 'data-halted="t"' in held.group(0), text
+    assert "value out of range for type integer" in held.group(0), held.group(0)
+    assert '<tr data-table="t" data-state="loading" class="halted">' in text, text

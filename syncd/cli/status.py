@@ -12,6 +12,7 @@ import time
 from syncd.cli import common
 from syncd.config import ConfigError
 from syncd.model import NOT_FOLLOWED, TO_SQLITE
+from syncd.postgres.bookkeeping import held_in_a_retry
 from syncd.printable import escape_controls
 from syncd.status import CRITICAL, UNKNOWN, VERDICTS, WARNING, SourceStatus, as_json, gather, worse
 
@@ -130,7 +131,8 @@ def _consistency(st: SourceStatus) -> str:
     # A table Postgres does not have (refused, or a virtual table's data) or holds out of
     # step (held, paused: its changes queued) is never "ok".
     counts = {"not replicated": sum(1 for t in st.tables if t.state == "refused") + len(st.not_migrated),
-              "held": sum(1 for t in st.tables if t.state == "held"),
+              # a held table whose retry copies it again is held all the same
+              "held": sum(1 for t in st.tables if t.state == "held" or held_in_a_retry(t.state, t.reason)),
               "paused": sum(1 for t in st.tables if t.state == "paused")}
     if any(counts.values()):
         return ", ".join(f"{n} {what}" for what, n in counts.items() if n)

@@ -15,6 +15,7 @@ from html import escape
 
 from syncd import __version__
 from syncd.page.history import HistoryView
+from syncd.postgres.bookkeeping import held_in_a_retry
 from syncd.model import NOT_FOLLOWED
 from syncd.redact import scrub
 from syncd.report.backups import FUTURE_SECONDS
@@ -392,7 +393,9 @@ def _sum(values) -> int | None:
 
 def _halted(f: SourceFacts | None, st: SourceStatus | None) -> list[tuple[str, str, str | None]]:
     tables = f.tables if f else (st.tables if st else [])
-    return [(t.name, t.state, t.reason) for t in tables if t.state in HALTED]
+    # A held table whose retry copies it again is held all the same (as the checklist says it).
+    return [(t.name, "held, being copied again to retry" if held_in_a_retry(t.state, t.reason) else t.state, t.reason)
+            for t in tables if t.state in HALTED or held_in_a_retry(t.state, t.reason)]
 
 
 def _charts(name: str, history: HistoryView | None) -> list[str]:
@@ -455,7 +458,7 @@ def _window(f: SourceFacts, facts: MigrationFacts) -> tuple[dt.datetime, dt.date
 def _table_row(t: TableFacts, start: dt.datetime, end: dt.datetime, compared: bool = True) -> str:
     """`compared`: False once the way back has ended (the file is kept as it was then)."""
     state = t.state or "not registered"
-    halted = t.state in HALTED
+    halted = t.state in HALTED or held_in_a_retry(t.state, t.reason)
     shown = e(state) + (f": {m(t.reason)}" if t.reason and t.state != "streaming" else "")
     if not compared:  # nothing flows any more: none of them streams, as `syncd status` says
         state, halted, shown = NOT_FOLLOWED, False, e(NOT_FOLLOWED)
@@ -484,7 +487,8 @@ def _status_row(t: TableStatus, ended: bool = False) -> str:
     state = NOT_FOLLOWED if ended else t.state
     shown = e(state) + (f": {m(t.reason)}" if t.reason and state != "streaming" and not ended else "")
     return (f'<tr data-table="{e(t.name)}" data-state="{e(state)}"'
-            + (' class="halted"' if state in HALTED else "") + f"><td><code>{e(t.name)}</code></td>"
+            + (' class="halted"' if state in HALTED or (not ended and held_in_a_retry(t.state, t.reason)) else "")
+            + f"><td><code>{e(t.name)}</code></td>"
             f"<td>{shown}</td><td>{_iso_time(t.last_verify_at)}</td></tr>")
 
 
