@@ -48,6 +48,12 @@ class PgColumnInfo:
     type_name: str
     notnull: bool
     default: str | None  # pg_get_expr of the default, if any
+    identity: bool = False  # GENERATED ... AS IDENTITY in Postgres
+
+    @property
+    def numbered(self) -> bool:
+        """Postgres numbers the column's rows itself (an identity, or a serial's nextval DEFAULT)."""
+        return self.identity or (self.default or "").lstrip().lower().startswith("nextval(")
 
 
 @dataclass
@@ -95,8 +101,8 @@ async def read_pg_tables(conn: asyncpg.Connection, schema: str,
         "SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
         "JOIN pg_class c ON c.oid = d.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
         "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE n.nspname = $1", schema)}
-    out = {name: PgTableInfo(name, [PgColumnInfo(c.name, c.type_name, c.notnull, defaults.get((name, c.name)))
-                                    for c in t.columns], tuple(t.key))
+    out = {name: PgTableInfo(name, [PgColumnInfo(c.name, c.type_name, c.notnull, defaults.get((name, c.name)),
+                                                 c.identity) for c in t.columns], tuple(t.key))
            for name, t in base.items()}
     for r in await conn.fetch(
             "SELECT p.relname, pn.nspname, c.relname, cn.nspname FROM pg_inherits i "
@@ -359,8 +365,12 @@ def create_table_sql(pgt: PgTableInfo) -> str:
     cols = [column_ddl(c, c.name in pgt.key) for c in pgt.columns]
     if len(pgt.key) == 1 and values.family(pgt.column(pgt.key[0]).type_name) is PgType.BIGINT:
         # An integer key becomes SQLite's INTEGER PRIMARY KEY (the rowid): new rows get ids as before.
+        # One Postgres numbers (an identity, a serial) is AUTOINCREMENT too: after a rollback SQLite
+        # goes on past every id Postgres handed out (rollback.keep_autoincrement_past), never giving
+        # again the id of a row deleted there.
         i = [c.name for c in pgt.columns].index(pgt.key[0])
-        cols[i] = f"{quote_ident(pgt.key[0])} INTEGER PRIMARY KEY"
+        numbered = " AUTOINCREMENT" if pgt.columns[i].numbered else ""
+        cols[i] = f"{quote_ident(pgt.key[0])} INTEGER PRIMARY KEY{numbered}"
     else:
         cols.append(f"PRIMARY KEY ({', '.join(quote_ident(k) for k in pgt.key)})")
     return f"CREATE TABLE main.{quote_ident(pgt.name)} ({', '.join(cols)})"
