@@ -127,7 +127,7 @@ class Pipeline:
         self.check_postgres = False  # the fleet's recheck could not reach Postgres: see for ourselves
         self.last_stats = 0.0
         self.stats_seq = -1  # the changelog position the last size was measured at
-        self.held_compacted: tuple | None = None  # (held queues, position) the last compaction of them covered
+        self.held_compacted: HeldCompaction | None = None  # the last compaction of held tables' queues
         self.over_cap_said: str | None = None  # the held tables named when the changelog stayed over the cap
         self.over_cap_at: int | None = None  # the checkpoint when held tables' queues were first found over the cap
         self.idle_since = time.monotonic()  # last step with work to do
@@ -1074,11 +1074,21 @@ class Pipeline:
         # Up to where the last prune noted the checkpoint in the file (compact_held reads the
         # note itself too): nothing new there since the last compaction, nothing to compact.
         upto = min(s.applied_seq, self.pruner.pruned_upto)
-        if self.held_compacted != (keep, upto):
+        last = self.held_compacted
+        # Each pass reads the held queues whole, so one is made again only where it may
+        # drop something: the held tables changed, or the last pass dropped entries, or the
+        # changelog grew by a tenth of the cap since (a queue of distinct keys over the cap
+        # is not read again every few seconds), or the pass that says so is still owed.
+        if last is None or last.keep != keep or (upto != last.upto and (
+                last.dropped or size >= last.after + cap / 10
+                or (self.over_cap_at is not None and last.upto < self.over_cap_at))):
             dropped, _top = await s.worker.run(disk_guard.compact_held, keep, upto,
                                                self.settings.sqlite.write_busy_timeout_ms)
-            self.held_compacted = (keep, upto)
+        else:
+            upto = last.upto
         after = await s.worker.run(reader.changelog_bytes) if dropped else size
+        if last is None or upto != last.upto or last.keep != keep:
+            self.held_compacted = HeldCompaction(keep, upto, dropped, after)
         metrics.changelog_bytes.labels(self.name).set(after)
         if dropped:
             self.halted_counted = ({}, 0)  # their queues are counted again in full
@@ -1283,6 +1293,15 @@ class Pipeline:
         if last is not None and last.data_version != info.data_version:
             self.wake.set()
         metrics.pending_changes.labels(self.name).set(self.pending)
+
+
+@dataclass(frozen=True)
+class HeldCompaction:
+    """The last compaction of held tables' queues (Pipeline._protect_disk_held)."""
+    keep: dict[int, int]  # the held tables' tid -> from_seq
+    upto: int  # the position it compacted up to
+    dropped: int  # entries it deleted
+    after: int  # the changelog's bytes after it
 
 
 @dataclass(frozen=True)
