@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import gc
 import logging
 import os
@@ -579,17 +578,17 @@ class Daemon:
 
             configured = {s.name for s in self.settings.configured}
             carried = [s for s in self.settings.sources if s.name not in configured
-                       and any(fnmatch.fnmatch(str(s.path), str(g.path)) for g in new.patterns)]
+                       and any(discovery.glob_matches(s.path, g.path) for g in new.patterns)]
             new = discovery.expand(new.model_copy(update={"sources": [*new.configured, *carried]}))
         old_by_name = {s.name: s for s in self.settings.sources}
         # A glob's source whose file is gone is no file the globs match now: kept, shown
         # as missing, as at start-up (until `syncd uninstall --forget` forgets it).
         taken = {s.name for s in new.sources}
         # Its own glob's: matched as the glob matches files (its * takes no '/'), under the name it makes.
-        from syncd.discovery import _fill
+        from syncd.discovery import _fill, glob_matches
 
         gone = [next((g.model_copy(update={"name": p.name, "path": p.source.path, "schema_": p.source.schema_})
-                      for g in new.patterns if p.source.path.match(str(g.path)) and _fill(g.name, p.source.path) ==
+                      for g in new.patterns if glob_matches(p.source.path, g.path) and _fill(g.name, p.source.path) ==
                       p.name), None)
                 for p in self._gone() if p.name not in taken]
         new = new.model_copy(update={"sources": [*new.sources, *(g for g in gone if g is not None)]})

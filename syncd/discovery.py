@@ -41,6 +41,18 @@ class NotPickedUp(str):
         return out
 
 
+def glob_matches(path: str | Path, pattern: str | Path) -> bool:
+    """Whether glob.glob(`pattern`) finds `path`: name by name, a * never spanning a /
+    (fnmatch on the whole path lets it: /srv/t/*.db would match /srv/t/eu/acme.db), nor
+    taking a name that starts with '.' unless the pattern's name does."""
+    import fnmatch
+
+    parts, pats = Path(path).parts, Path(pattern).parts
+    return len(parts) == len(pats) and all(
+        fnmatch.fnmatchcase(a, p) and not (a.startswith(".") and not p.startswith(".") and glob.has_magic(p))
+        for a, p in zip(parts, pats))
+
+
 def _fill(template: str, file: Path) -> str:
     return template.replace("{stem}", file.stem).replace("{name}", file.name).replace("{parent}", file.parent.name)
 
@@ -222,7 +234,7 @@ async def remembered(settings: Settings, conn, bk_schema: str, dsn: str) -> list
             # Matched as the glob matches files (its * takes no '/'), under the name its
             # template makes: a source another configuration runs from the same database
             # (a glob in a folder of this one's, say) is not this one's.
-            if (Path(path).match(str(pattern.path)) and _fill(pattern.name, Path(path)) == name
+            if (glob_matches(path, pattern.path) and _fill(pattern.name, Path(path)) == name
                     and settings.dsn_for(pattern) == dsn):
                 out.append(pattern.model_copy(update={"name": name, "path": Path(path),
                                                       "schema_": schema or name}))
@@ -311,8 +323,6 @@ async def as_registered(settings: Settings) -> Settings:
     name the application may not write by, and leave the registered one out). A source
     whose file is gone keeps its name from a file the template gives it since, as in the
     daemon that shows it missing. Postgres away: `settings` as they are."""
-    import fnmatch
-
     from syncd.postgres.connect import QUERY_CANCELED, remembering_unanswered, sqlstate
 
     if not settings.patterns:
@@ -335,8 +345,7 @@ async def as_registered(settings: Settings) -> Settings:
             if not there and (os.path.exists(path) or name not in found):
                 continue
             for pattern in settings.patterns:
-                if (fnmatch.fnmatch(path, str(pattern.path)) if there else Path(path).match(str(pattern.path))) \
-                        and settings.dsn_for(pattern) == dsn and _fill(pattern.name, Path(path)) == name:
+                if glob_matches(path, pattern.path) and settings.dsn_for(pattern) == dsn and _fill(pattern.name, Path(path)) == name:
                     carried.append(pattern.model_copy(update={"name": name, "path": Path(path)}))
                     held = held or not there
                     break

@@ -572,20 +572,11 @@ async def _registered_file_still_there(session: SourceSession) -> None:
             f"syncd to follow {registered} again, and rename the other file to carry it")
 
 
-def _glob_matches(path: str, pattern: str) -> bool:
-    """Whether glob.glob(`pattern`) finds `path`: name by name, a * never spanning a /
-    (fnmatch on the whole path lets it: /srv/t/*.db would match /srv/t/eu/acme.db)."""
-    import fnmatch
-
-    parts, pats = Path(path).parts, Path(pattern).parts
-    return len(parts) == len(pats) and all(fnmatch.fnmatchcase(a, p) for a, p in zip(parts, pats))
-
-
 def _globbed_as(session: SourceSession, path: str, name: str) -> bool:
     """Whether a glob of the configuration matches the file at `path` and gives it `name`."""
-    from syncd.discovery import _fill
+    from syncd.discovery import _fill, glob_matches
 
-    return any(_glob_matches(path, str(g.path)) and _fill(g.name, Path(path)) == name
+    return any(glob_matches(path, g.path) and _fill(g.name, Path(path)) == name
                for g in session.settings.patterns)
 
 

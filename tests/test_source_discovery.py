@@ -1092,3 +1092,61 @@ def test_status_of_a_source_named_says_another_name_of_its_file(tmp_path, pg_dsn
     assert r.returncode >= 1, r.stdout
     doc = json.loads(run_cli(cfg, "status", "--json", "--source", "t_acme").stdout)
     assert [p for p in doc["not_picked_up"] if "acme_link.db" in p] == doc["not_picked_up"] != [], doc
+
+
+def test_a_fleet_flattened_by_hard_links_keeps_its_sources_in_the_new_glob(tmp_path, pg_dsn):
+    """A fleet in tenant folders (tenants/*/*.db) moved up one level with hard links
+    (`cp -al`, the old folders not yet removed) and the glob changed to tenants/*.db:
+    with a file of the fleet not picked up (its name makes no source name), `syncd
+    status` dropped t_acme without a word and said tenants/acme.db "is not picked up: it
+    is the same file as tenants/eu/acme.db, which syncd carries", which no glob matches
+    now: the registered path was matched by the new glob with its * spanning a '/'. A
+    file in a folder is not the glob's: t_acme is tenants/acme.db."""
+    import os
+
+    d_ = tmp_path / "tenants"
+    (d_ / "eu").mkdir(parents=True)
+    tenant(d_ / "eu" / "acme.db")
+    before = write_config(tmp_path / "before.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d_ / "*" / "*.db")}])
+    r = run_cli(before, "init")
+    assert r.returncode == 0, r.stdout + r.stderr
+    os.link(d_ / "eu" / "acme.db", d_ / "acme.db")
+    tenant(d_ / "bad name.db")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d_ / "*.db")}])
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+    assert [(s["name"], s.get("path")) for s in doc["sources"]] == [("t_acme", str(d_ / "acme.db"))], doc
+    assert not [p for p in doc["not_picked_up"] if "acme.db" in p and "bad name" not in p], doc["not_picked_up"]
+
+
+async def test_a_sighup_after_a_fleet_is_flattened_by_hard_links_follows_the_new_glob(tmp_path, make_config, pg_dsn):
+    """The daemon streams tenants/eu/acme.db (glob tenants/*/*.db); the fleet is moved up
+    a level with hard links and the glob changed to tenants/*.db, then SIGHUP: the reload
+    kept the running source as one the new glob matched (its * spanning a '/'), so
+    tenants/acme.db was taken for a second name of a file syncd carries: t_acme was
+    stopped as removed from the configuration, the reload said 0 source(s), and the
+    tenant went unstreamed until the next look for files found it. Now the reload moves
+    t_acme to tenants/acme.db."""
+    import os
+    import signal
+
+    d = tmp_path / "tenants"
+    (d / "eu").mkdir(parents=True)
+    tenant(d / "eu" / "acme.db")
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*" / "*.db")}],
+                      sections={"stream": {"discover_interval_seconds": 0.2}})
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        await wait_caught_up(d / "eu" / "acme.db", pg_dsn, "t_acme", daemon=dp)
+        os.link(d / "eu" / "acme.db", d / "acme.db")
+        make_config([{"name": "t_{stem}", "path": str(d / "*.db")}],
+                    sections={"stream": {"discover_interval_seconds": 0.2}})
+        dp.proc.send_signal(signal.SIGHUP)
+        dp.wait_log("configuration reloaded")
+        conn = sqlite3.connect(d / "acme.db")
+        conn.executemany("INSERT INTO notes VALUES (?, 'written after the reload')", [(i,) for i in range(2, 52)])
+        conn.commit()
+        conn.close()
+        await wait_caught_up(d / "acme.db", pg_dsn, "t_acme", daemon=dp)
+        assert "configuration reloaded: 1 source(s)" in dp.log(), dp.log()
+        assert "source removed from the configuration" not in dp.log(), dp.log()
+        assert await compare_table(str(d / "acme.db"), pg_dsn, "t_acme", "notes") == []
+        assert dp.stop() == 0
