@@ -270,7 +270,9 @@ async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connec
         # no wait brings SQLite up to date, so the table is named now, as the pre-flight would.
         for name, row in sorted((await Bookkeeping(names.bk, source.name).load_tables(conn)).items()):
             if row.state in (bk.HELD, bk.PAUSED):
-                raise Refused(f'table "{name}" does not follow Postgres ({row.state}): {row.reason or row.state}')
+                why = row.reason or row.state
+                raise Refused(f'table "{name}" does not follow Postgres ({row.state}): '
+                              f'{why if holder is not None else without_daemon(why)}')
         return False
 
     key = await source_key(conn, names.bk, source.name)
@@ -352,6 +354,14 @@ async def _wait(cond, timeout: float, task: asyncio.Task | None = None, given_up
 # --- pre-flight ---------------------------------------------------------------------------------
 
 
+def without_daemon(reason: str) -> str:
+    """A held table's reason where no daemon runs the source: nothing copies the table
+    again once the row fits (the daemon's retry does), and the rollback does not."""
+    return reason.replace(applier.ONCE_IT_FITS, "(no daemon runs this source, so nothing copies the table again "
+                                                "once it fits: then start the daemon, `syncd run`, and run the "
+                                                "rollback again once `syncd status` shows the table streaming)")
+
+
 async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, worker: SqliteWorker,
                     b: Bookkeeping) -> list[str]:
     """Every reason not to switch this source back now."""
@@ -387,6 +397,8 @@ async def preflight(settings: Settings, source: SourceSettings, conn: asyncpg.Co
         if row.state != bk.STREAMING:
             what = row.reason or {bk.LOADING: "being copied again from Postgres; run the rollback again once "
                                               "`syncd status` shows it streaming"}.get(row.state, row.state)
+            if applier.ONCE_IT_FITS in what and await lock_holder(conn, b.key) is None:
+                what = without_daemon(what)
             problems.append(f'table "{name}" does not follow Postgres ({row.state}): {what}')
     problems += await not_followed_yet(conn, source, b)
     problems += await differences_found(settings, source, conn, b, list(followed))

@@ -1071,3 +1071,46 @@ async def test_a_value_sqlite_cannot_hold_written_while_no_daemon_ran_refuses_th
     assert "app: UNDONE" in r.stdout and '"deals"' in r.stdout and "NaN" in r.stdout, r.stdout
     assert took < 60, (took, r.stdout)
     assert await postgres_refusal(pg_dsn) is None and await direction(pg_dsn) == "to_sqlite"
+
+
+async def test_a_table_held_for_a_value_sqlite_cannot_take_says_to_start_the_daemon_when_none_runs(
+        tmp_path, make_config, pg_dsn):
+    """A table held on the way back for a value SQLite cannot take (NaN in a REAL column),
+    the daemon stopped: the rollback's refusal said "(the table is copied again once it
+    fits)", and a user who fixed the value and ran the rollback again met the same
+    refusal, since nothing copies the table until a daemon runs the source. With no
+    daemon it says to start one; with the daemon running, the copy is the daemon's."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db, stream=RECHECK)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "UPDATE app.deals SET amount = 'NaN' WHERE id = 3")
+        await eventually(lambda: _held(pg_dsn, "deals"), 30, "deals held", d)
+        r = run_cli(cfg, "rollback")
+        assert r.returncode == 1 and 'table "deals" does not follow Postgres (held)' in r.stdout, r.stdout
+        assert "(the table is copied again once it fits)" in r.stdout and "syncd run" not in r.stdout, r.stdout
+        assert d.stop() == 0
+    await pg_rows(pg_dsn, "UPDATE app.deals SET amount = 3000 WHERE id = 3")  # fixed, the daemon stopped
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 1 and 'table "deals" does not follow Postgres (held)' in r.stdout, r.stdout
+    assert "copied again once it fits)" not in r.stdout, r.stdout
+    assert "no daemon runs" in r.stdout and "`syncd run`" in r.stdout, r.stdout
+    assert await direction(pg_dsn) == "to_sqlite" and not sqlite_writable(db)
+
+
+async def test_a_value_sqlite_cannot_take_met_by_the_rollbacks_own_stream_says_to_start_the_daemon(
+        tmp_path, make_config, pg_dsn):
+    """The daemon stopped, the application writes a value SQLite cannot take (NaN in a
+    REAL column) into Postgres, and `syncd rollback` brings the changes back with a
+    stream of its own: the table held there refused the rollback with "(the table is
+    copied again once it fits)", which nothing does once the rollback has ended. It says
+    to fix the value and start the daemon, and the switch is undone."""
+    db, cfg = await cut_over_and_stopped(make_config, tmp_path, pg_dsn)
+    await pg_rows(pg_dsn, "UPDATE app.deals SET amount = 'NaN' WHERE id = 3")
+    r = run_cli(cfg, "rollback")
+    assert r.returncode == 1 and 'table "deals" does not follow Postgres (held)' in r.stdout, r.stdout + r.stderr
+    assert "copied again once it fits)" not in r.stdout, r.stdout
+    assert "no daemon runs" in r.stdout and "`syncd run`" in r.stdout, r.stdout
+    assert await direction(pg_dsn) == "to_sqlite" and not sqlite_writable(db)
+    assert await postgres_refusal(pg_dsn) is None

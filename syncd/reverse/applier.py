@@ -245,6 +245,11 @@ def find_existing(conn: sqlite3.Connection, t: TableApply, keys: list[tuple], in
 # --- writing ----------------------------------------------------------------------------
 
 
+# How a held table's reason ends: the way back copies it again once the row fits (a
+# daemon running the source retries it; with none running, nothing does: rollback.py).
+ONCE_IT_FITS = "(the table is copied again once it fits)"
+
+
 class _Held(Exception):
     def __init__(self, reason: str, key: tuple | None = None):
         super().__init__(reason)
@@ -357,7 +362,7 @@ class TableWriter:
             except NotExpressible as e:
                 key = tuple(pg_row[j] for j in self.spec.key_indexes)
                 raise _Held(f'table "{self.spec.name}" key {_show(key)} column "{shape.name}": {e}; '
-                            "fix the value in Postgres (the table is copied again once it fits)", key) from None
+                            f"fix the value in Postgres {ONCE_IT_FITS}", key) from None
             changed.append(i)
         return out, changed
 
@@ -506,14 +511,13 @@ def _apply_table(conn: sqlite3.Connection, t: TableApply, index: KeyIndex) -> tu
                     f"the row of key {_show(tuple(w.last[i] for i in t.spec.key_indexes))}"
                 if "UNIQUE" not in str(e).upper():
                     raise _Held(f'table "{t.spec.name}": SQLite refuses {row} Postgres holds ({e}); make the '
-                                "row valid for SQLite in Postgres, or relax the SQLite constraint "
-                                "(the table is copied again once it fits)") from None
+                                f"row valid for SQLite in Postgres, or relax the SQLite constraint {ONCE_IT_FITS}") from None
                 blockers = TableWriter(conn, t, index).blockers()
                 if blockers:
                     raise NeedKeys(t.tid, blockers, str(e)) from None
                 raise _Held(f'table "{t.spec.name}": SQLite refuses {row} Postgres holds ({e}): Postgres holds '
                             "rows a unique index of SQLite forbids (it lacks that constraint); fix the rows in "
-                            "Postgres (the table is copied again once it fits)") from None
+                            f"Postgres {ONCE_IT_FITS}") from None
         conn.execute("RELEASE syncd_table")
         return w.written, w.kept
     except BaseException:
