@@ -155,6 +155,7 @@ def expand(settings: Settings) -> Settings:
     # picked up, rather than taking the source over and loading its rows in place of these.
     matched = {real for _pattern, files in looked for _file, real, _key in files}
     holding = {s.name: (s.path, real) for s, real in before if s.name not in taken and real in matched}
+    held_by = {real: name for name, (_path, real) in holding.items()}
     for pattern, files in looked:
         for file, real, key in files:
             if not_utf8(str(file)):
@@ -176,6 +177,16 @@ def expand(settings: Settings) -> Settings:
                 continue  # configured by itself, found by an earlier glob, or a link to a file found
             if running.get(real, file) != file:
                 continue  # the same file as a source syncd runs under its own name
+            keeper = held_by.get(real)
+            later = next((q for q in settings.patterns if q is not pattern and glob_matches(file, q.path)
+                          and _fill(q.name, file) == keeper), None) if keeper is not None else None
+            if later is not None and keeper != _fill(pattern.name, file):
+                # A glob added before the one syncd runs (or registered) the file by: that name keeps it.
+                problems.append(NotPickedUp(
+                    f"{file} (from {pattern.path}) is not picked up as {_fill(pattern.name, file)!r}: it is source "
+                    f"{keeper!r} already (from {later.path}); one file is one source: make the globs match "
+                    "different files", "same_file"))
+                continue
             taken_paths[real] = ("", None)  # one look at each file: not picked up here, by no later glob either
             other = carried.get(key)
             if other is not None and other != file and _real(other) != real:

@@ -80,6 +80,28 @@ def test_two_globs_matching_one_file_give_it_one_source_and_name_the_other(tmp_p
     assert any("is not picked up as 'big_big_globex'" in p for p in doc["not_picked_up"]), doc
 
 
+def test_a_glob_added_before_a_registered_sources_glob_does_not_take_its_file(tmp_path, pg_dsn):
+    """A fleet's region set up with its own glob (eu_{stem}), then a glob over every
+    region (t_{stem}) added above it: eu/acme.db, which syncd registered as eu_acme, was
+    taken by the first glob as t_acme, a source never set up (loaded again from the
+    file into a schema of its own), and eu_acme, its replica and its history left out of
+    `syncd status` without a word of their own. The name syncd registered the file under
+    keeps it, and the new glob's name for it is said not picked up."""
+    d = tmp_path / "tenants"
+    (d / "eu").mkdir(parents=True)
+    app_file(d / "eu" / "acme.db")
+    app_file(d / "eu" / "globex.db")
+    eu = {"name": "eu_{stem}", "path": str(d / "eu" / "*.db")}
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [eu])
+    r = run_cli(cfg, "init", "--source", "eu_acme")
+    assert r.returncode == 0, r.stdout + r.stderr
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d / "*" / "*.db")}, eu])
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+    assert sorted(s["name"] for s in doc["sources"]) == ["eu_acme", "t_globex"], doc["sources"]
+    assert any(f"{d / 'eu' / 'acme.db'} (from {d / '*' / '*.db'}) is not picked up as 't_acme': it is source "
+               f"'eu_acme' already (from {d / 'eu' / '*.db'})" in p for p in doc["not_picked_up"]), doc
+
+
 async def test_a_file_that_becomes_another_running_sources_file_is_not_resnapshotted(tmp_path, make_config, pg_dsn):
     """d2's file does not exist when the configuration is read; it appears as a symlink
     to d1's file while the daemon runs. d1 keeps streaming it; d2 fails naming d1,
