@@ -14,6 +14,7 @@ source, shown as missing.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 import stat
@@ -91,6 +92,12 @@ def matches(pattern: SourceSettings) -> list[tuple[Path, Path, tuple[int, int]]]
     lstat, its directory's real path is looked up once."""
     out, links = [], []
     real_dirs: dict[str, str] = {}
+    linked_dirs: set[str] = set()
+    # The glob's folder up to its first wildcard, and that folder's real path: a file in a
+    # folder the wildcards reach through a symlink (tenants/current -> eu) is reached by a
+    # link too, and left out like one where the glob matches the file by its own path.
+    base = Path(*[part for part in itertools.takewhile(lambda x: not glob.has_magic(x), pattern.path.parent.parts)])
+    real_base = os.path.realpath(base)
     for p in glob.glob(str(pattern.path)):
         if p.endswith(("-wal", "-shm", "-journal")):
             continue
@@ -111,7 +118,12 @@ def matches(pattern: SourceSettings) -> list[tuple[Path, Path, tuple[int, int]]]
             head, tail = os.path.split(p)
             if head not in real_dirs:
                 real_dirs[head] = os.path.realpath(head or ".")
+                if real_dirs[head] != os.path.normpath(os.path.join(real_base, os.path.relpath(head or ".", base))):
+                    linked_dirs.add(head)
             real = os.path.join(real_dirs[head], tail)
+            if head in linked_dirs:
+                links.append((Path(p), Path(real), (st.st_dev, st.st_ino)))
+                continue
         else:
             continue
         out.append((Path(p), Path(real), (st.st_dev, st.st_ino)))
@@ -154,6 +166,9 @@ def expand(settings: Settings) -> Settings:
     # template gives that name too (another tenant's, in a folder that sorts first) is not
     # picked up, rather than taking the source over and loading its rows in place of these.
     matched = {real for _pattern, files in looked for _file, real, _key in files}
+    # The paths the globs list: a running source's path left out (a link, to the file by its
+    # own path) gives the file up to the name the file is listed by.
+    listed = {file for _pattern, files in looked for file, _real_path, _key in files}
     holding = {s.name: (s.path, real) for s, real in before if s.name not in taken and real in matched}
     held_by = {real: name for name, (_path, real) in holding.items()}
     for pattern, files in looked:
@@ -175,7 +190,7 @@ def expand(settings: Settings) -> Settings:
                         f"source {holder!r} already (from {other_glob}); one file is one source: make the globs "
                         "match different files", "same_file"))
                 continue  # configured by itself, found by an earlier glob, or a link to a file found
-            if running.get(real, file) != file:
+            if running.get(real, file) != file and running[real] in listed:
                 continue  # the same file as a source syncd runs under its own name
             keeper = held_by.get(real)
             later = next((q for q in settings.patterns if q is not pattern and glob_matches(file, q.path)

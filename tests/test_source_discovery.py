@@ -119,6 +119,46 @@ def test_a_file_is_one_source_however_many_ways_it_is_named(tmp_path, pg_dsn):
     assert settings.discovery_problems == []
 
 
+def test_a_file_in_a_folder_the_glob_reaches_through_a_symlinked_folder_too_keeps_its_own_path(tmp_path, pg_dsn):
+    """tenants/current, a symlink to tenants/eu (a deploy's pointer), sorting before
+    it: the glob tenants/*/*.db found eu/acme.db under both, and the source took the
+    link's path, which follows the link wherever it is pointed next (another region's
+    acme.db, or nothing). As with a symlink to a file, the file's own path keeps it; a
+    file only a symlinked folder leads to is still found through it."""
+    d = tmp_path / "tenants"
+    (d / "eu").mkdir(parents=True)
+    tenant(d / "eu" / "acme.db")
+    elsewhere = tmp_path / "archive"
+    elsewhere.mkdir()
+    tenant(elsewhere / "globex.db")
+    (d / "current").symlink_to(d / "eu")
+    (d / "archived").symlink_to(elsewhere)
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d / "*" / "*.db")}])
+    settings = load_settings(cfg)
+    assert sorted((s.name, str(s.path)) for s in settings.sources) == [
+        ("t_acme", str(d / "eu" / "acme.db")), ("t_globex", str(d / "archived" / "globex.db"))]
+    assert settings.discovery_problems == []
+
+
+def test_a_source_registered_through_a_symlinked_folder_keeps_its_file_by_its_own_path(tmp_path, pg_dsn):
+    """A source syncd registered through a symlinked folder (glob tenants/current/*.db,
+    current -> eu), its glob widened to tenants/*/*.db: the file is listed by its own
+    path (eu/acme.db) and the source keeps it under its name, with a file of the fleet
+    not picked up beside it; it is not left out as "the same file as a source syncd runs"
+    under the link's path, which no glob lists."""
+    d = tmp_path / "tenants"
+    (d / "eu").mkdir(parents=True)
+    tenant(d / "eu" / "acme.db")
+    (d / "current").symlink_to(d / "eu")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d / "current" / "*.db")}])
+    r = run_cli(cfg, "init")
+    assert r.returncode == 0, r.stdout + r.stderr
+    tenant(d / "eu" / "bad name.db")
+    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d / "*" / "*.db")}])
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+    assert [(s["name"], s["path"]) for s in doc["sources"]] == [("t_acme", str(d / "eu" / "acme.db"))], doc
+
+
 def test_a_file_under_two_names_is_one_source_and_the_other_name_is_said(tmp_path, pg_dsn):
     """Hard links (one file, two directory entries) are one source, not two carrying the
     same file into two schemas: the configured name, or the name a running daemon
