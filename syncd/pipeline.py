@@ -809,7 +809,10 @@ class Pipeline:
             elif self.load is None:
                 self.load = self._table_load(t)
                 await self.load.open()  # resuming: the position stays the one fixed at start
-                s.info(f"snapshot resuming after {t.row.snapshot_rows} rows", table=t.name, event="snapshot_resumed")
+                if not (was_held and t.resume_said):  # once per hold, not at every retry
+                    s.info(f"snapshot resuming after {t.row.snapshot_rows} rows", table=t.name,
+                           event="snapshot_resumed")
+                t.resume_said = was_held
             if t.state == bk.HELD:
                 t.row = changed(t.row, state=bk.LOADING)
             done = await load_chunk(s, t, self.load)
@@ -915,6 +918,7 @@ class Pipeline:
 
     def _resumed(self, t: TableRuntime) -> None:
         t.queued, t.queued_since = 0, None
+        t.resume_said = False
         self._update_gauges()
         if t.logged_reason is not None:
             self.session.info("table resumed: what held it is gone", table=t.name, event="table_resumed")

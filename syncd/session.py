@@ -58,6 +58,8 @@ class TableRuntime:
     # when the oldest of them was first seen (a lower bound after a restart).
     queued: int = 0
     queued_since: float | None = None
+    # Held mid-load: its "snapshot resuming" said for this hold (each retry reopens the load).
+    resume_said: bool = False
 
     def __post_init__(self) -> None:
         self.conv = RowConverter(self.spec)

@@ -6,6 +6,7 @@ table with Postgres's words naming the second one's key."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import asyncpg
@@ -152,3 +153,32 @@ async def test_rows_that_cannot_take_the_key_are_named(tmp_path, make_config, pg
         assert "Key (b)=(twice) already exists" in r["reason"], r
         assert d.stop() == 0
     assert await pg_key(pg_dsn) == ["a"]
+
+
+async def test_a_held_load_says_it_resumes_once_per_hold(tmp_path, make_config, pg_dsn):
+    """A load held by a row Postgres refuses is tried again every
+    held_table_retry_seconds: its "snapshot resuming" is said once, not at every try."""
+    db = tmp_path / "app.db"
+    app = make_file(db, "CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT, v TEXT);", rows=2_000)
+    app.execute("UPDATE t SET v = 'refused' WHERE a = 1500")
+    cfg = make_config([{"name": "app", "path": str(db)}],
+                      sections={"stream": {"snapshot_chunk_rows": 100, "held_table_retry_seconds": 0.2},
+                                "verify": {"interval_seconds": 0}})
+    out = run_cli(cfg, "init")
+    assert out.returncode == 0, out.stdout + out.stderr
+    await refuse(pg_dsn, "refused")
+
+    async def held() -> bool:
+        return (await load_row(pg_dsn)).get("state") == "held"
+
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await eventually(held, 60, "the table to be held", d)
+        d.wait_log("table held")
+        await asyncio.sleep(3)  # about fifteen tries
+        said = d.log().count("snapshot resuming after")
+        assert said <= 1, f"said {said} times in 3 s of one hold"
+        await allow(pg_dsn)
+        await wait_caught_up(db, pg_dsn, "app", daemon=d, timeout=60)
+        assert d.stop() == 0
+    app.close()
+    assert await compare_table(str(db), pg_dsn, "app", "t") == []
