@@ -520,11 +520,11 @@ def changed_keys(conn: sqlite3.Connection, tid: int, nkey: int, after_seq: int, 
 COUNT_WINDOW = 1_000_000
 
 
-def entries_after(conn: sqlite3.Connection, after_seq: int) -> int:
-    """Changelog entries after `after_seq`, counted a window of positions per statement
-    (outside a transaction: each its own). One count over a long backlog held a
-    rollback-journal file's writers back for as long as it ran."""
-    return _entries_between(conn, after_seq, max_seq(conn))
+def entries_after(conn: sqlite3.Connection, after_seq: int, upto: int | None = None) -> int:
+    """Changelog entries after `after_seq` (up to `upto`, else the last), counted a window
+    of positions per statement (outside a transaction: each its own). One count over a
+    long backlog held a rollback-journal file's writers back for as long as it ran."""
+    return _entries_between(conn, after_seq, max_seq(conn) if upto is None else upto)
 
 
 def entries_below(conn: sqlite3.Connection, below_seq: int) -> int:
