@@ -629,7 +629,7 @@ class Pipeline:
                 self.may_have_applied = max(self.may_have_applied, await s.worker.run(reader.max_seq))
                 if s.capture is not None and s.capture.pruned_seq:
                     # Held or paused tables' entries the last prune kept: they wait too.
-                    self.kept_unapplied = await s.worker.run(reader.entries_below, s.capture.pruned_seq)
+                    self.kept_unapplied = await s.worker.run(reader.kept_below, s.capture.pruned_seq)
             self.captured_once = True
         if await s.connect_postgres(lock=True):
             self.needs_reconcile = True
