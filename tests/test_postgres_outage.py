@@ -331,6 +331,9 @@ async def test_a_daemon_started_during_an_outage_counts_only_the_changes_postgre
         app.execute("UPDATE items SET v = ? WHERE id = ?", (f"away{i}", i + 1))
         app.commit()
     app.close()
+    # `syncd status` with neither the daemon nor Postgres to ask: the file alone says it.
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+    assert doc["sources"][0]["pending_changes"] == 7, doc["sources"][0]
     with DaemonProcess(cfg, tmp_path / "two.log") as d:
         wait_for(lambda: "Postgres unreachable" in d.log(), 30, "outage logged", d)
         wait_for(lambda: (metric(port, "syncd_pending_changes") or 0) > 0, 30, "pending changes visible", d)
