@@ -127,9 +127,6 @@ class Pipeline:
         self.check_postgres = False  # the fleet's recheck could not reach Postgres: see for ourselves
         self.last_stats = 0.0
         self.stats_seq = -1  # the changelog position the last size was measured at
-        self.held_compacted: HeldCompaction | None = None  # the last compaction of held tables' queues
-        self.over_cap_said: str | None = None  # the held tables named when the changelog stayed over the cap
-        self.over_cap_at: int | None = None  # the checkpoint when held tables' queues were first found over the cap
         self.idle_since = time.monotonic()  # last step with work to do
         self.idle_pruned_after: float | None = None  # the idle spell whose last entries a prune was started for
         self.idle_closed = False  # the SQLite connection was given back for idleness
@@ -1042,11 +1039,10 @@ class Pipeline:
         size = await s.worker.run(reader.changelog_bytes)
         metrics.changelog_bytes.labels(self.name).set(size)
         cap = self.settings.sqlite.max_changelog_mb * 1024 * 1024
-        # The whole changelog only while Postgres takes no changes (away, or answering but
-        # failing every step: a standby, a read-only database): with it up, the stream drains
-        # the changelog, and compacting entries a batch in flight has read would break its
-        # fingerprint (so, failing, only between two tries: the next may be the one that
-        # succeeds). With it up, only held tables' queues (_protect_disk_held).
+        # Only while Postgres takes no changes (away, or answering but failing every step:
+        # a standby, a read-only database): with it up, the stream drains the changelog,
+        # and compacting entries a batch in flight has read would break its fingerprint
+        # (so, failing, only between two tries: the next may be the one that succeeds).
         if size > cap and self.captured_once:
             if self.pg_ok is False or (self.health == FAILING and self.step_started is None):
                 await self._protect_disk(size, cap)
@@ -1056,20 +1052,6 @@ class Pipeline:
                 # application stopped writing, over the cap all along.
                 self.last_stats -= STATS_EVERY_SECONDS
                 self.stats_seq = None
-            elif self._held_queues():
-                # Postgres takes changes, but held tables keep theirs queued for as long as
-                # the hold lasts, and each write to them adds one: their queues are compacted
-                # between two steps (no catch-up batch of theirs in flight). Measured again
-                # at the next poll while over the cap.
-                if self.step_started is None:
-                    await self._protect_disk_held(size, cap)
-                self.last_stats -= STATS_EVERY_SECONDS
-                self.stats_seq = None
-        if size <= cap:
-            self.over_cap_at = None
-        if size <= cap and self.over_cap_said is not None:
-            self.over_cap_said = None
-            s.info("the changelog is back under [sqlite] max_changelog_mb", event="changelog_under_cap")
 
     async def _protect_disk(self, size: int, cap: float) -> None:
         """The changelog outgrew [sqlite] max_changelog_mb: compact it, and if that is not
@@ -1097,58 +1079,6 @@ class Pipeline:
         metrics.errors_total.labels(self.name, "sqlite").inc()
         s.error(f"CAPTURE SUSPENDED: {reason}. The application's writes are no longer recorded; when Postgres "
                 "answers again syncd installs capture and snapshots every table again", event="capture_suspended")
-
-    def _held_queues(self) -> dict[int, int]:
-        """tid -> from_seq of the held tables whose changes stay queued in the changelog."""
-        return {t.tid: t.row.from_seq for t in self.session.tables.values()
-                if t.state == bk.HELD and t.row.from_seq is not None and t.tid is not None}
-
-    async def _protect_disk_held(self, size: int, cap: float) -> None:
-        """The changelog outgrew [sqlite] max_changelog_mb while Postgres is up, held
-        tables keeping their changes: keep one entry per key of their queues (below the
-        checkpoint and the file's pruned note, see disk_guard.compact_held), and if that
-        is not enough, say so loudly: capture goes on, the held tables must be fixed."""
-        s = self.session
-        keep = self._held_queues()
-        names = listed([f'"{t.name}"' for t in s.tables.values() if t.tid in keep])
-        dropped = 0
-        # Up to where the last prune noted the checkpoint in the file (compact_held reads the
-        # note itself too): nothing new there since the last compaction, nothing to compact.
-        upto = min(s.applied_seq, self.pruner.pruned_upto)
-        last = self.held_compacted
-        # Each pass reads the held queues whole, so one is made again only where it may
-        # drop something: the held tables changed, or the last pass dropped entries, or the
-        # changelog grew by a tenth of the cap since (a queue of distinct keys over the cap
-        # is not read again every few seconds), or the pass that says so is still owed.
-        if last is None or last.keep != keep or (upto != last.upto and (
-                last.dropped or size >= last.after + cap / 10
-                or (self.over_cap_at is not None and last.upto < self.over_cap_at))):
-            dropped, _top = await s.worker.run(disk_guard.compact_held, keep, upto,
-                                               self.settings.sqlite.write_busy_timeout_ms)
-        else:
-            upto = last.upto
-        after = await s.worker.run(reader.changelog_bytes) if dropped else size
-        if last is None or upto != last.upto or last.keep != keep:
-            self.held_compacted = HeldCompaction(keep, upto, dropped, after)
-        metrics.changelog_bytes.labels(self.name).set(after)
-        if dropped:
-            self.halted_counted = ({}, 0)  # their queues are counted again in full
-            s.warning(f"changelog at {size / 1048576:.1f} MB, over [sqlite] max_changelog_mb ({cap / 1048576:g} MB): "
-                      f"kept one entry per key of the held table(s) {names}, {dropped} dropped, "
-                      f"now {after / 1048576:.1f} MB", event="changelog_compacted")
-        if after <= cap:
-            self.over_cap_at = None
-            return
-        if self.over_cap_at is None:
-            self.over_cap_at = s.applied_seq
-        if upto < self.over_cap_at or self.over_cap_said == names:
-            return  # said once compacted up to where the checkpoint stood when found over the cap
-        self.over_cap_said = names
-        metrics.errors_total.labels(self.name, "sqlite").inc()
-        s.error(f"CHANGELOG OVER [sqlite] max_changelog_mb: {after / 1048576:.1f} MB ({cap / 1048576:g} MB allowed), "
-                f"kept by the held table(s) {names}, whose changes stay queued, one entry per key, until they "
-                "resume; it grows with every new key the application writes to them. Fix what holds them "
-                "(`syncd status` says), or give the volume room", event="changelog_over_cap")
 
     async def _maybe_recheck(self) -> None:
         """Reconcile again when something outside SQLite may have changed: an operator
@@ -1334,15 +1264,6 @@ class Pipeline:
         if last is not None and last.data_version != info.data_version:
             self.wake.set()
         metrics.pending_changes.labels(self.name).set(self.pending)
-
-
-@dataclass(frozen=True)
-class HeldCompaction:
-    """The last compaction of held tables' queues (Pipeline._protect_disk_held)."""
-    keep: dict[int, int]  # the held tables' tid -> from_seq
-    upto: int  # the position it compacted up to
-    dropped: int  # entries it deleted
-    after: int  # the changelog's bytes after it
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from syncd.model import NOT_FOLLOWED, TO_POSTGRES, TO_SQLITE
 from syncd.postgres import bookkeeping as bk
 from syncd.postgres.connect import (LOCK_NOT_AVAILABLE, QUERY_CANCELED, close_quietly, connect, describe,
                                     login_refused, privilege_refused, sqlstate)
-from syncd.printable import listed, text_repr
+from syncd.printable import text_repr
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
 from syncd.sqlite.connection import (AWAITS_RECOVERY, file_problem, hard_links, is_busy, left_mid_transaction,
@@ -89,7 +89,6 @@ class SourceStatus:
     lag_seconds: float | None = None
     pending_changes: int | None = None
     changelog_bytes: int | None = None
-    changelog_cap_bytes: float | None = None  # [sqlite] max_changelog_mb
     last_applied_at: str | None = None
     dual_write_since: str | None = None
     tables: list[TableStatus] = field(default_factory=list)
@@ -487,7 +486,6 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         elif lite["installed"] and (src is not None or pg.error is not None):
             st.pending_changes = lite["pending"]
         st.changelog_bytes = lite["bytes"]
-        st.changelog_cap_bytes = settings.sqlite.max_changelog_mb * 1024 * 1024
         if pg.error is not None and lite["frozen"]:
             # Postgres cannot say, the file can: frozen for the application, so cut over (or
             # being cut over). Its changelog is the forward one: what waits is in Postgres.
@@ -736,13 +734,6 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
         since, _, why = st.capture_suspended.partition(" ")
         p.append(Problem("critical", f"capture suspended since {since} to protect the disk: {why}; changes are "
                                      "not recorded until Postgres answers, then every table is snapshotted again"))
-    held = [f'"{t.name}"' for t in st.tables if t.state == bk.HELD]
-    if held and st.changelog_bytes and st.changelog_cap_bytes and st.changelog_bytes > st.changelog_cap_bytes:
-        # Postgres takes changes, but held tables keep theirs: compacted to one entry per key,
-        # still over the cap, and growing with every new key the application writes to them.
-        p.append(Problem("critical", f"the changelog takes {st.changelog_bytes / 1048576:.1f} MB, over [sqlite] "
-                                     f"max_changelog_mb ({st.changelog_cap_bytes / 1048576:g} MB), kept by the held "
-                                     f"table(s) {listed(held)}: fix what holds them, or give the volume room"))
     for text in st.not_migrated:
         p.append(Problem("warning", f"not migrated: {text}"))
     for fk, n in sorted(st.foreign_key_orphans.items()):

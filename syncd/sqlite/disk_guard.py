@@ -55,44 +55,6 @@ def compact(conn: sqlite3.Connection, after_seq: int, busy_timeout_ms: int) -> i
     return deleted
 
 
-def compact_held(conn: sqlite3.Connection, keep: dict[int, int], upto: int, busy_timeout_ms: int) -> tuple[int, int]:
-    """Postgres is up but tables are held (`keep`: tid -> from_seq): delete superseded
-    entries of their queues (an older entry of a key that has a newer one), only up to
-    `upto` (the stream's checkpoint) and the position the file notes as pruned. No batch
-    in flight reads there: the main stream and its read-ahead read past the checkpoint,
-    and the fingerprints of applied batches cover only what lies past that note
-    (reconcile._resume_position). Returns (how many deleted, where it stopped)."""
-    row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = 'pruned_seq'").fetchone()
-    top = min(upto, int(row[0]) if row and str(row[0]).isdigit() else 0)
-    if not keep:
-        return 0, top
-    tids = sorted(keep)
-    marks = ", ".join("?" * len(tids))
-    bottom = min(keep.values())
-    seen: set[tuple] = set()
-    deleted = 0
-    hi = top
-    while hi > bottom:
-        lo = max(bottom, hi - WINDOW)
-        rows = conn.execute(f"SELECT * FROM {CL} WHERE seq > ? AND seq <= ? AND tid IN ({marks}) ORDER BY seq DESC",
-                            (lo, hi, *tids)).fetchall()
-        doomed = []
-        for row in rows:
-            if row[0] <= keep[row[1]]:
-                continue  # already applied for this table
-            ident = (row[1], *((type(v), v) for v in row[3:]))
-            if ident in seen:
-                doomed.append(row[0])
-            else:
-                seen.add(ident)
-        if doomed:
-            _paced(conn, lambda c: c.executemany(f"DELETE FROM {CL} WHERE seq = ?", [(s,) for s in doomed]),
-                   busy_timeout_ms)
-            deleted += len(doomed)
-        hi = lo
-    return deleted, top
-
-
 def _paced(conn: sqlite3.Connection, fn, busy_timeout_ms: int) -> None:
     """fn(conn) in a short write transaction of its own, then a pause twice as long, so
     the application's writers go first between two of them."""
