@@ -283,6 +283,10 @@ async def start(session: SourceSession, t: TableRuntime, load: TableLoad) -> Non
                                row=False) from None
     t.row = row
     t.writer = None
+    # The driver keeps each COPY's column types by the table's name: a table (or its aside
+    # table) made anew since with another type under a column's name would be written as
+    # the old one's. Read again: once per load.
+    await conn.reload_schema_state()
     t.computed = ddl.computed(pgt, t.spec)
     load.started = time.monotonic()
     load.rows_at_start = 0

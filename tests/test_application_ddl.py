@@ -548,3 +548,26 @@ async def test_a_table_dropped_and_created_again_in_one_transaction_keeps_the_dr
     assert len(kept) == 1, await pg_tables(pg_dsn)
     assert await pg_rows(pg_dsn, f'SELECT id, title, secret FROM app."{kept[0]}" ORDER BY id') == [
         (i, f"old {i}", f"s{i}") for i in range(1, 31)]
+
+
+async def test_a_table_dropped_and_created_again_with_another_type_loads_at_once(app_db, make_config, pg_dsn,
+                                                                                  tmp_path):
+    """A table dropped (kept aside) and created again under its name with a column of
+    another type: its load wrote the new values as the old table's types (the Postgres
+    driver remembers a table's columns by its name), failed with an unexpected error
+    ("'str' object cannot be interpreted as an integer") and went through only when the
+    step was tried again. It loads at the first try."""
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.execute("CREATE TABLE products (id INTEGER PRIMARY KEY, code INTEGER)")
+    conn.execute("INSERT INTO products VALUES (1, 10), (2, 20)")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        conn.execute("DROP TABLE products")
+        await eventually(lambda: _no_row(pg_dsn, "products"), 30, "the drop followed", d)
+        conn.execute("CREATE TABLE products (id TEXT PRIMARY KEY, code TEXT)")
+        conn.execute("INSERT INTO products VALUES ('x1', 'ten'), ('x2', 'twenty')")
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(app_db), pg_dsn, "app", "products") == []
+        assert d.stop() == 0
+        assert "event=failing" not in d.log() and "unexpected error" not in d.log(), d.log()
