@@ -31,7 +31,7 @@ from syncd.sqlite import capture, leftout, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
 from syncd.sqlite.connection import damaged
 from syncd.sqlite.hold import RowsPerHold
-from syncd.sqlite.introspect import introspect, journal_mode
+from syncd.sqlite.introspect import introspect, journal_mode, schema_version
 from syncd.types import NO_VALUES_YET, PgType, canonical
 
 
@@ -203,8 +203,16 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     # longer than Postgres lets a transaction sit idle.
     tables = result.schema.tables
     checked = {name: await _unreadable(session, tables[name]) for name in requested if name in tables}
-    async with conn.transaction():
-        runtimes = await _reconcile_postgres(session, result, checked)
+    try:
+        async with conn.transaction():
+            runtimes = await _reconcile_postgres(session, result, checked)
+    except sqlite3.OperationalError as e:
+        # A table or column renamed or dropped in SQLite since its schema was read, while its
+        # rows were read here (to tell a rename from a drop): nothing of this transaction
+        # stays; the schema is read again, and the change followed.
+        if not _schema_moved(e) or await session.worker.run(schema_version) == result.schema.version:
+            raise
+        return await reconcile(session)
     session.tables = runtimes
     if retyped and await parity.retyped_columns(conn, session.bk.schema, session.name) != retyped:
         # a typed column (or its table) followed a rename, or is another column now: read it with its type
@@ -219,6 +227,11 @@ async def reconcile(session: SourceSession) -> CaptureResult:
     if await parity.ensure(session, result.schema):
         return await reconcile(session)  # columns were retyped: read them with their new types
     return result
+
+
+def _schema_moved(e: sqlite3.OperationalError) -> bool:
+    """SQLite's error for a statement naming a table or column its schema no longer has."""
+    return str(e).startswith(("no such table", "no such column"))
 
 
 class WideningTooSlow(Exception):

@@ -571,3 +571,52 @@ async def test_a_table_dropped_and_created_again_with_another_type_loads_at_once
         assert await compare_table(str(app_db), pg_dsn, "app", "products") == []
         assert d.stop() == 0
         assert "event=failing" not in d.log() and "unexpected error" not in d.log(), d.log()
+
+
+async def test_a_table_renamed_while_syncd_compares_its_columns_is_followed(app_db, make_config, pg_dsn, tmp_path,
+                                                                            monkeypatch):
+    """The application renames a table while syncd follows a schema change of it, after
+    syncd read the schema and while it compared the table's rows on both sides (which
+    tells a renamed column from one dropped and added): the read of the table's rows
+    failed ("no such table"), and the whole step with it, an unexpected error logged as
+    one. The schema is read again, and the rename followed."""
+    from syncd import collisions
+    from syncd.config import Settings
+    from syncd.reconcile import reconcile
+    from syncd.session import SourceSession
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.executescript("CREATE TABLE orders (ref TEXT PRIMARY KEY, total REAL);"
+                       "INSERT INTO orders VALUES ('o1', 9.5), ('o2', 20.0);")
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn.execute("ALTER TABLE orders ADD COLUMN note TEXT")  # a schema change syncd follows
+
+    read_rows = collisions.read_current
+
+    def renamed_meanwhile(c: sqlite3.Connection, *args):
+        app = sqlite3.connect(app_db, isolation_level=None)
+        if app.execute("SELECT 1 FROM sqlite_master WHERE name = 'orders'").fetchone():
+            app.execute("ALTER TABLE orders RENAME TO purchases")
+        app.close()
+        return read_rows(c, *args)
+
+    monkeypatch.setattr(collisions, "read_current", renamed_meanwhile)
+    settings = Settings(postgres={"dsn": pg_dsn}, metrics={"listen": ""}, sources=[{"name": "app", "path": str(app_db)}])
+    session = SourceSession(settings, settings.sources[0])
+    try:
+        await session.connect_postgres()
+        async with session.step():
+            await reconcile(session)
+        assert set(session.tables) == {"purchases"}
+    finally:
+        await session.close()
+    monkeypatch.undo()
+    assert "purchases" in await pg_tables(pg_dsn) and "orders" not in await pg_tables(pg_dsn)
+    conn.execute("INSERT INTO purchases VALUES ('o3', 1.0, 'after')")
+    with DaemonProcess(cfg, tmp_path / "syncd2.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert await compare_table(str(app_db), pg_dsn, "app", "purchases") == []
+        assert d.stop() == 0
