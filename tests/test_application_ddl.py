@@ -620,3 +620,45 @@ async def test_a_table_renamed_while_syncd_compares_its_columns_is_followed(app_
         await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
         assert await compare_table(str(app_db), pg_dsn, "app", "purchases") == []
         assert d.stop() == 0
+
+
+async def test_a_row_written_while_syncd_compares_the_columns_reloads_nothing(app_db, make_config, pg_dsn, tmp_path,
+                                                                              monkeypatch):
+    """After a schema change syncd compares the rows both sides hold, leaving out those
+    changed since Postgres saw them: a row the application wrote between syncd's look at
+    what changed and its read of the rows was compared as unchanged, its new value taken
+    for a column that no longer holds what Postgres copied, and the whole table was
+    reloaded (a plain ADD COLUMN, under a steady stream of writes). It is left out too."""
+    from syncd import collisions
+    from syncd.config import Settings
+    from syncd.reconcile import reconcile
+    from syncd.session import SourceSession
+
+    conn = sqlite3.connect(app_db, isolation_level=None)
+    conn.execute("CREATE TABLE orders (ref TEXT PRIMARY KEY, total REAL)")
+    conn.executemany("INSERT INTO orders VALUES (?, ?)", [(f"o{i}", float(i)) for i in range(1, 21)])
+    cfg = make_config([{"name": "app", "path": str(app_db)}])
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
+        assert d.stop() == 0
+    conn.execute("ALTER TABLE orders ADD COLUMN note TEXT")  # a schema change syncd follows
+
+    read_rows = collisions.read_current
+
+    def written_meanwhile(c: sqlite3.Connection, *args):
+        app = sqlite3.connect(app_db, isolation_level=None)
+        app.execute("UPDATE orders SET total = total + 1000 WHERE ref = 'o1'")
+        app.close()
+        return read_rows(c, *args)
+
+    monkeypatch.setattr(collisions, "read_current", written_meanwhile)
+    settings = Settings(postgres={"dsn": pg_dsn}, metrics={"listen": ""}, sources=[{"name": "app", "path": str(app_db)}])
+    session = SourceSession(settings, settings.sources[0])
+    try:
+        await session.connect_postgres()
+        async with session.step():
+            await reconcile(session)
+    finally:
+        await session.close()
+    monkeypatch.undo()
+    assert await table_states(pg_dsn, "app") == {"orders": ("streaming", None)}
