@@ -977,3 +977,24 @@ async def test_a_vacuum_the_daemon_has_not_seen_refuses_the_cutover_before_the_f
         assert r.returncode == 0, r.stdout + r.stderr
         assert d.stop() == 0
     conn.close()
+
+
+async def test_changes_waiting_on_the_way_back_with_no_daemon_running_fail_the_lag_item(tmp_path, make_config,
+                                                                                        pg_dsn):
+    """Cut over, the daemon stopped, and the application writes into Postgres: SQLite
+    lacks that change and nothing will apply it. The report's lag item does not pass on
+    the change's young age: it fails, naming the change pending and that no daemon runs."""
+    async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 0, r.stdout + r.stderr
+        d.wait_log("the source now flows Postgres -> SQLite")
+        assert d.stop() == 0
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        await pg.execute("UPDATE app.settings SET value = 'light' WHERE key = 'theme'")
+    finally:
+        await pg.close()
+    doc = json.loads(run_cli(cfg, "report", "--format", "json").stdout)
+    lag = next(i for i in doc["checklist"] if i["key"] == "lag")
+    assert not lag["ok"], lag
+    assert any("1 change(s) pending" in p and "no daemon runs to apply them" in p for p in lag["problems"]), lag

@@ -558,8 +558,9 @@ async def _source(settings: Settings, source: SourceSettings, pg: asyncpg.Connec
         facts.left_frozen = await _left_frozen(pg, bk, source, facts, side)
     facts.lag = _lag(live, facts, side.pending if side else None, now, way_back, unanswered(settings.metrics),
                      await _held_since(pg, bk, rows, side, offset) if live is None and side is not None else {})
-    if live is None and way_back is None and facts.registered and (facts.lag.pending_changes or 0) > 0:
-        # No endpoint answered: a daemon may run without one. Its source lock says.
+    if live is None and facts.registered and (facts.lag.pending_changes or 0) > 0:
+        # No endpoint answered: a daemon may run without one. Its source lock says (either way:
+        # after a cutover it is the daemon that applies the changes waiting on the way back).
         key = await source_key(pg, bk_schema, source.name, assign=False)
         facts.lag.no_daemon = await lock_holder(pg, key) is None
     if live is not None:
