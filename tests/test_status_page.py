@@ -476,3 +476,15 @@ def test_a_table_held_while_a_retry_copies_it_is_in_the_held_list():
     assert held is not None and 'data-halted="t"' in held.group(0), text
     assert "value out of range for type integer" in held.group(0), held.group(0)
     assert '<tr data-table="t" data-state="loading" class="halted">' in text, text
+
+
+def test_a_table_held_while_a_retry_copies_it_is_counted_held_at_a_glance():
+    """The glance row's Tables column counts a held table whose retry copies it again
+    (loading, the hold's reason kept) as held, in a warning's colour, as the source's
+    held list and `syncd status` do; it read "1 loading", uncoloured, as for a table
+    being loaded for the first time."""
+    ov = overview("to_postgres")
+    table = ov.facts.sources[0].tables[0]
+    table.state, table.reason = "loading", "value out of range for type integer"
+    row = re.search(r'<tr data-source="app">.*?</tr>', page(ov, None, live=True), re.S).group(0)
+    assert '<td class="sev-warning">1 held</td>' in row, row

@@ -221,6 +221,8 @@ def _glance(ov: Overview, facts: dict[str, SourceFacts], statuses: dict[str, Sou
         ended = f.way_back_ended if f else st.way_back_ended if st else None
         for t in (f.tables if f else st.tables if st else []):
             shown = NOT_FOLLOWED if ended else t.state or "not registered"  # as `syncd status` counts them
+            if not ended and held_in_a_retry(t.state, t.reason):
+                shown = "held"  # its retry copies it again: held all the same
             counts[shown] = counts.get(shown, 0) + 1
         tables = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "-"
         bad = state != "streaming" or any(k in HALTED or k == "refused" for k in counts)
