@@ -488,3 +488,20 @@ def test_a_table_held_while_a_retry_copies_it_is_counted_held_at_a_glance():
     table.state, table.reason = "loading", "value out of range for type integer"
     row = re.search(r'<tr data-source="app">.*?</tr>', page(ov, None, live=True), re.S).group(0)
     assert '<td class="sev-warning">1 held</td>' in row, row
+
+
+def test_a_source_whose_file_cannot_be_read_shows_no_verification_as_all_clear():
+    """The SQLite file gone or unreadable, its tables cannot be compared now: the source's
+    "Last verification" figure says so, as a warning, beside its red badge and error (it
+    still read "equal (1 table(s))" in the colour of a source found equal)."""
+    ov = overview("to_postgres")
+    src = ov.facts.sources[0]
+    src.error = "cannot read SQLite file /x.db: unable to open database file"
+    table = src.tables[0]
+    table.columns = ["id"]
+    then = ov.facts.generated_at - dt.timedelta(minutes=5)
+    table.runs = [VerifyRun(1, "app", "t", then, then, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming",
+                            {"columns": ["id"]})]
+    shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+    assert "the SQLite file cannot be read now" in shown, shown
+    assert "sev-warning" in shown and "sev-ok" not in shown, shown

@@ -362,8 +362,10 @@ def _figures(f: SourceFacts | None, st: SourceStatus | None, facts: MigrationFac
                     if n:
                         parts.append(f"{n}{'' if parts else f' of {len(f.tables)} table(s)'} {what}")
                 result = "; ".join(parts + ([f"{never} never verified"] if never else []))
+            if f.error is not None:  # the file gone or unreadable: a check then says nothing of it now
+                result += "; the SQLite file cannot be read now"
             # A table never verified is no table found equal: the figure is not all clear.
-            cls = "sev-critical" if bad else "sev-warning" if stale or old or never else "sev-ok"
+            cls = "sev-critical" if bad else "sev-warning" if stale or old or never or f.error else "sev-ok"
             out.append(_figure("Last verification", None, None,
                                f"{_time(latest)}: <span class=\"{cls}\">{e(result)}</span>"))
         else:
