@@ -505,3 +505,27 @@ def test_a_source_whose_file_cannot_be_read_shows_no_verification_as_all_clear()
     shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
     assert "the SQLite file cannot be read now" in shown, shown
     assert "sev-warning" in shown and "sev-ok" not in shown, shown
+
+
+def test_the_performance_and_foreign_key_items_say_how_old_their_measurement_is():
+    """The live page times lookups and counts orphan rows at most every 10 minutes
+    (summary.CACHE_SECONDS) and shows that measurement meanwhile: those two items say
+    when it was taken, next to them (the page said every figure was measured when it was
+    served). A measurement taken with the page's other figures says nothing more."""
+    from syncd.parity.summary import ParityFacts
+
+    ov = overview("to_postgres")
+    ov.items = [CheckItem("lag", "Lag", True), CheckItem("performance", "Performance", True),
+                CheckItem("foreign_keys", "Foreign keys", True)]
+    parity = ParityFacts()
+    parity.measured_at = ov.measured_at - dt.timedelta(minutes=8)
+    ov.facts.sources[0].parity = parity
+    text = page(ov, None, live=True)
+    items = {k: re.search(rf'<li [^>]*data-key="{k}".*?</li>', text, re.S).group(0)
+             for k in ("lag", "performance", "foreign_keys")}
+    for key in ("performance", "foreign_keys"):
+        assert "8 min ago" in items[key] and "at most every 10 min" in items[key], items[key]
+    assert "ago" not in items["lag"], items["lag"]
+    parity.measured_at = ov.measured_at
+    text = page(ov, None, live=True)
+    assert "at most every" not in text, text

@@ -5,6 +5,7 @@ counts and lookup timings, measured now. One gather, so they cannot disagree."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class ParityFacts:
     streaming: frozenset[str] | None = None  # the tables streaming now, when the caller knows them
     refused: dict[str, str] = field(default_factory=dict)  # object name -> why Postgres refused it last
     cut_over: bool = False  # Postgres is the application's: nothing builds a missing object any more
+    measured_at: dt.datetime | None = None  # when: a measurement reused may be up to CACHE_SECONDS old
 
     @property
     def carried(self) -> list[Item]:
@@ -133,7 +135,7 @@ async def gather(settings: Settings, source: SourceSettings, pg: asyncpg.Connect
     hit = _cache.get(key)
     if max_age > 0 and turn is None and hit is not None and time.monotonic() - hit[0] < max_age:
         return hit[1]
-    facts = ParityFacts()
+    facts = ParityFacts(measured_at=dt.datetime.now(dt.timezone.utc))
     options = Options.from_settings(settings)
     try:
         def read():

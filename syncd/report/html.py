@@ -15,6 +15,7 @@ from html import escape
 
 from syncd import __version__
 from syncd.page.history import HistoryView
+from syncd.parity.summary import CACHE_SECONDS
 from syncd.postgres.bookkeeping import held_in_a_retry
 from syncd.model import NOT_FOLLOWED
 from syncd.redact import scrub
@@ -32,6 +33,8 @@ HALTED = ("held", "paused")
 STRIP_SLOTS = 48
 ERRORS_SHOWN = 20
 PROBLEMS_SHOWN = 5  # per checklist item before "and N more" (every one is on the page)
+# A measurement of lookups and orphans older than the page's own by more than this says when it was taken.
+PARITY_AGE_SHOWN = 5.0
 
 
 def e(text: object) -> str:
@@ -122,7 +125,7 @@ def _body(ov: Overview, history: HistoryView | None, live: bool) -> list[str]:
     iso = ov.measured_at.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
     out.append(f'<p class="measured" id="measured" data-measured-at="{e(iso)}">Measured {_time(ov.measured_at)}{where}'
                f" by syncd {e(__version__)}; {how}. Every figure was measured then, or recorded by syncd as it "
-               "happened.</p>")
+               "happened, unless it says when it was measured.</p>")
     out.append(_health(ov))
     out.append("</header>")
     out += _checklist(ov)
@@ -170,17 +173,26 @@ def _checklist(ov: Overview) -> list[str]:
     if ov.facts is None:
         return out + [f"<p>Not judged: {m(ov.facts_error)}</p>", "</section>"]
     out.append('<ol class="checklist">')
+    # The lookups' timings and the orphan counts are measured at most every CACHE_SECONDS on
+    # the live page, and shown meanwhile: those items say when (the oldest source's).
+    taken = [s.parity.measured_at for s in ov.facts.sources if s.parity and s.parity.measured_at]
+    oldest = min(taken) if taken else None
+    note = ""
+    if oldest is not None and (ov.measured_at - oldest).total_seconds() > PARITY_AGE_SHOWN:
+        note = (f'<p class="measured">Measured {_time(oldest)}: the page measures this at most every '
+                f"{e(_duration(CACHE_SECONDS))}</p>")
     for item in ov.items:
-        out.append(_item(item))
+        out.append(_item(item, note if item.key in ("performance", "foreign_keys") else ""))
     out += ["</ol>", "</section>"]
     return out
 
 
-def _item(i: CheckItem) -> str:
+def _item(i: CheckItem, note: str = "") -> str:
+    """`note`: HTML shown under the title (how old the item's measurement is)."""
     cls, mark = ("ok", "✓") if i.ok else ("not-ok", "✗")
     parts = [f'<li class="{cls}" data-key="{e(i.key)}" data-ok="{str(i.ok).lower()}">',
              f'<span class="mark" aria-label="{"done" if i.ok else "not done"}">{mark}</span>',
-             f"<strong>{e(i.title)}</strong>"]
+             f"<strong>{e(i.title)}</strong>" + note]
     if i.problems:
         shown, rest = i.problems[:PROBLEMS_SHOWN], i.problems[PROBLEMS_SHOWN:]
         if len(rest) == 1:
