@@ -463,6 +463,40 @@ def test_a_verification_older_than_verify_max_age_is_not_shown_as_all_clear():
     assert "equal (1 table(s))" in shown and "sev-ok" in shown, shown
 
 
+def test_a_verification_dated_in_the_future_is_not_shown_as_all_clear():
+    """A table whose last run is dated ahead of the page (the clock of the host that ran it
+    ahead) was verified at a time not known: as the checklist judges it, its "Last
+    verification" figure says so as a warning, not "equal" in the colour of a source found
+    equal."""
+    ov = overview("to_postgres")
+    table = ov.facts.sources[0].tables[0]
+    table.columns = ["id"]
+    then = ov.facts.generated_at + dt.timedelta(days=1)
+    table.runs = [VerifyRun(1, "app", "t", then, then, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming",
+                            {"columns": ["id"]})]
+    shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+    assert "1 of 1 table(s) last verified at a time dated in the future" in shown, shown
+    assert "sev-warning" in shown and "sev-ok" not in shown and "equal" not in shown, shown
+
+
+def test_a_source_whose_way_back_ended_reads_no_longer_compared():
+    """After the rollback window, the way back has ended and the file is kept as it was:
+    the "Last verification" figure says the two are no longer compared, as the table rows
+    and the checklist do, rather than turning a warning for good once its last run is older
+    than [status] verify_max_age_seconds."""
+    ov = overview("to_sqlite")
+    src = ov.facts.sources[0]
+    src.way_back_ended = True
+    table = src.tables[0]
+    table.columns = ["id"]
+    then = ov.facts.generated_at - dt.timedelta(days=3)
+    table.runs = [VerifyRun(1, "app", "t", then, then, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming",
+                            {"columns": ["id"]})]
+    shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+    assert "no longer compared" in shown, shown
+    assert "sev-warning" not in shown and "longer ago" not in shown, shown
+
+
 def test_a_table_held_while_a_retry_copies_it_is_in_the_held_list():
     """A held table whose retry copies it again (loading, the hold's reason kept) is held
     all the same, as the checklist and `syncd status` say: the source's "Held or paused"

@@ -20,7 +20,7 @@ from syncd.postgres.bookkeeping import held_in_a_retry
 from syncd.model import NOT_FOLLOWED
 from syncd.redact import scrub
 from syncd.report.backups import FUTURE_SECONDS
-from syncd.report.checklist import (CheckItem, _columns_changed, _duration, cut_over, days, headline,
+from syncd.report.checklist import (CheckItem, _ahead, _columns_changed, _duration, cut_over, days, headline,
                                     not_judged_text, number, ready, timestamp)
 from syncd.report.facts import MigrationFacts, SourceFacts, TableFacts, history_totals
 from syncd.report.overview import Overview
@@ -349,7 +349,12 @@ def _figures(f: SourceFacts | None, st: SourceStatus | None, facts: MigrationFac
         out.append(_figure("Rows (SQLite / Postgres)", None, None,
                            f"<span{cls}>{e(number(rows_s))} / {e(number(rows_p))}</span>"))
         runs = [t.last_run for t in f.tables if t.last_run]
-        if runs:
+        if runs and f.way_back_ended:
+            # As the table rows and the checklist: the file is kept as it was, no longer compared.
+            out.append(_figure("Last verification", None, None,
+                               f"{_time(max(r.finished_at for r in runs))}: no longer compared (the way back "
+                               "has ended)"))
+        elif runs:
             latest = max(r.finished_at for r in runs)
             bad = [t.name for t in f.tables if t.last_run and not t.last_run.clean]
             # A clean run that compared the table as it was (columns since changed, rows copied
@@ -357,27 +362,33 @@ def _figures(f: SourceFacts | None, st: SourceStatus | None, facts: MigrationFac
             stale = [t.name for t in f.tables if t.last_run and t.last_run.clean and _changed_since(f, t)]
             # A clean run longer ago than [status] verify_max_age_seconds is stale, as the
             # checklist and `syncd status` judge it: no evidence the table is equal now.
+            # A run dated ahead of the page (its host's clock ahead) ran at a time not known: as
+            # the checklist judges it, no evidence of now either.
+            ahead = [t.name for t in f.tables if facts is not None and t.last_run and t.last_run.clean
+                     and t.name not in stale and _ahead(t.last_run.finished_at, facts.generated_at)]
             old = [t.name for t in f.tables if facts is not None and t.last_run and t.last_run.clean
-                   and t.name not in stale
+                   and t.name not in stale and t.name not in ahead
                    and (facts.generated_at - t.last_run.finished_at).total_seconds() > facts.verify_max_age_seconds]
             never = len(f.tables) - len(runs)
             since = "it changed" if len(stale) == 1 else "they changed"
             if bad:
                 result = f"{len(bad)} of {len(f.tables)} table(s) not clean"
             else:
-                fresh = len(runs) - len(stale) - len(old)
+                fresh = len(runs) - len(stale) - len(old) - len(ahead)
                 parts = [f"equal ({fresh} table(s))"] if fresh else []
                 for n, what in ((len(stale), f"not verified since {since}"),
                                 (len(old), "last verified longer ago than "
                                  f"{_duration(facts.verify_max_age_seconds) if facts else '?'} "
-                                 "([status] verify_max_age_seconds)")):
+                                 "([status] verify_max_age_seconds)"),
+                                (len(ahead), "last verified at a time dated in the future (a host's clock "
+                                 "ahead?): when is not known")):
                     if n:
                         parts.append(f"{n}{'' if parts else f' of {len(f.tables)} table(s)'} {what}")
                 result = "; ".join(parts + ([f"{never} never verified"] if never else []))
             if f.error is not None:  # the file gone or unreadable: a check then says nothing of it now
                 result += "; the SQLite file cannot be read now"
             # A table never verified is no table found equal: the figure is not all clear.
-            cls = "sev-critical" if bad else "sev-warning" if stale or old or never or f.error else "sev-ok"
+            cls = "sev-critical" if bad else "sev-warning" if stale or old or ahead or never or f.error else "sev-ok"
             out.append(_figure("Last verification", None, None,
                                f"{_time(latest)}: <span class=\"{cls}\">{e(result)}</span>"))
         else:
