@@ -142,9 +142,6 @@ class Pipeline:
         # file on the next reconcile (reconcile._resume_position). (A suspension deletes them:
         # every table is snapshotted again after it anyway, and the disk comes first.)
         self.may_have_applied = 0
-        # (after, top, entries): changelog positions past `after` up to `top`, which a
-        # compaction or a suspension emptied during an outage, hold `entries` entries.
-        self.emptied: tuple[int, int, int] | None = None
         self.kept_unapplied = 0  # before the first reconcile: entries below the file's pruned position (held tables')
         self.own_poller = True  # the daemon turns it off and polls from its FleetPoller
         self.admission: asyncio.Semaphore | None = None  # the daemon's: at most so many sources starting at once
@@ -246,37 +243,8 @@ class Pipeline:
         applied = self.session.applied_seq
         if not self.reconciled and self.session.capture is not None:
             applied = max(applied, self.session.capture.pruned_seq)
-            return max(0, self.max_seq_seen - applied - self._emptied_past(applied)) + self.kept_unapplied
-        return max(0, self.max_seq_seen - applied - self._emptied_past(applied)) + sum(t.queued for t in self._halted())
-
-    def _emptied_past(self, applied: int) -> int:
-        """Positions past `applied` that a compaction or a suspension emptied: no change
-        waits there (exact up to a batch applied since the last count, _count_emptied)."""
-        if self.emptied is None:
-            return 0
-        after, top, entries = self.emptied
-        return max(0, min(top - after - entries, top - applied))
-
-    async def _count_emptied(self, after: int) -> None:
-        """Count the entries left up to the changelog's end past `after`, and where the
-        emptied positions began (an earlier compaction's, or the checkpoint's)."""
-        s = self.session
-        if self.emptied is not None:
-            after = min(after, self.emptied[0])
-        top = await s.worker.run(reader.max_seq)
-        self.emptied = (after, top, await s.worker.run(reader.entries_after, after, top))
-
-    async def _recount_emptied(self) -> None:
-        """The checkpoint moved into the emptied positions: count what is left past it;
-        past them, nothing is emptied any more."""
-        if self.emptied is None:
-            return
-        after, top, _ = self.emptied
-        applied = self.session.applied_seq
-        if applied >= top:
-            self.emptied = None
-        elif applied > after:
-            self.emptied = (applied, top, await self.session.worker.run(reader.entries_after, applied, top))
+            return max(0, self.max_seq_seen - applied) + self.kept_unapplied
+        return max(0, self.max_seq_seen - applied) + sum(t.queued for t in self._halted())
 
     def lag_figure(self, now: float) -> float | None:
         """The lag to show, None until known: before its first reconcile the pipeline knows
@@ -626,7 +594,7 @@ class Pipeline:
                 self.may_have_applied = max(self.may_have_applied, await s.worker.run(reader.max_seq))
                 if s.capture is not None and s.capture.pruned_seq:
                     # Held or paused tables' entries the last prune kept: they wait too.
-                    self.kept_unapplied = await s.worker.run(reader.kept_below, s.capture.pruned_seq)
+                    self.kept_unapplied = await s.worker.run(reader.entries_below, s.capture.pruned_seq)
             self.captured_once = True
         if await s.connect_postgres(lock=True):
             self.needs_reconcile = True
@@ -748,7 +716,6 @@ class Pipeline:
         await self._flush_events()
         await self._maybe_recheck()
         await self._count_halted()
-        await self._recount_emptied()
         self._recovered()
         self._update_health()
         self._update_gauges()
@@ -773,8 +740,6 @@ class Pipeline:
                 # first. A lower bound: when the hold began is not recorded.
                 t.queued_since = min(since, t.row.updated_at.timestamp())
         self.max_seq_seen = max_seq  # the file as it is now: a restore may have moved it back
-        if self.emptied is not None and max_seq < self.emptied[1]:
-            self.emptied = None  # not the changelog that was compacted
         self.may_have_applied = s.applied_seq  # the checkpoint, as Postgres holds it
         self.pruner.rewind(s.applied_seq)
         for t in s.tables.values():
@@ -1061,7 +1026,6 @@ class Pipeline:
         self.ahead.discard()  # it may hold entries the compaction removes
         after_seq = max(s.applied_seq, self.may_have_applied)
         dropped = await s.worker.run(disk_guard.compact, after_seq, busy)
-        await self._count_emptied(after_seq)
         after = await s.worker.run(reader.changelog_bytes)
         metrics.changelog_bytes.labels(self.name).set(after)
         s.warning(f"changelog at {size / 1048576:.1f} MB, over [sqlite] max_changelog_mb "
@@ -1072,7 +1036,6 @@ class Pipeline:
         reason = (f"the changelog reached {after / 1048576:.1f} MB, over [sqlite] max_changelog_mb "
                   f"({cap / 1048576:g} MB), while Postgres could not take its changes")
         await s.worker.run(disk_guard.suspend, s.applied_seq, reason, busy)
-        await self._count_emptied(s.applied_seq)
         self.captured_once = False  # stays off until Postgres answers (see _cycle)
         self.needs_reconcile = True
         metrics.capture_suspended.labels(self.name).set(1)

@@ -45,7 +45,7 @@ def prune(conn: sqlite3.Connection, below_seq: int, keep: dict[int, int], size: 
 
         def window(c: sqlite3.Connection) -> tuple[int, int]:
             if first:
-                capture.record_pruned(c, below_seq, keep)
+                capture.record_pruned(c, below_seq)
             return reader.prune_window(c, position, size, below_seq, keep)
 
         try:

@@ -169,15 +169,7 @@ def _read_sqlite(source: SourceSettings, applied_seq: int, held: dict[str, int] 
             ).fetchone()
             # Counted a window at a time: one count over a long changelog (up to
             # [sqlite] max_changelog_mb) held a rollback-journal file's writers back.
-            pruned = int(meta.get("pruned_seq") or 0)  # read_meta checked it is a number
-            if pruned > applied_seq:
-                # Postgres not to be asked (away): the file's own note of what it applied, and
-                # of the held tables' entries kept below it, as the daemon counts before its
-                # first reconcile. From 0, the applied entry each prune leaves (and whatever
-                # one stopped part-way left) counted as waiting.
-                out["pending"] = reader.entries_after(conn, pruned) + reader.kept_below(conn, pruned)
-            else:
-                out["pending"] = reader.entries_after(conn, applied_seq)
+            out["pending"] = reader.entries_after(conn, applied_seq)
             if held and capture.REGISTRY in tables:
                 tids = dict(conn.execute(f"SELECT name, tid FROM main.{quote_ident(capture.REGISTRY)}"))
                 # queued behind the checkpoint: pending all the same

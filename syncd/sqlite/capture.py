@@ -646,19 +646,12 @@ def rename_registered(conn: sqlite3.Connection, tid: int, name: str, busy_timeou
     write_transaction(conn, rename, busy_timeout_ms=busy_timeout_ms)
 
 
-PRUNED_KEEP_KEY = "pruned_keep"  # _syncd_meta: the tables whose entries the last prune kept (tid -> from_seq)
-
-
-def record_pruned(conn: sqlite3.Connection, seq: int, keep: dict[int, int] | None = None) -> None:
+def record_pruned(conn: sqlite3.Connection, seq: int) -> None:
     """Inside a prune's write transaction: note in the file itself that every change up
     to `seq` reached Postgres. The file's lineage is then provable: a copy restored from
     a backup carries an older note, and syncd resumes from the note, never from a
-    position only Postgres remembers. With it, the held or paused tables whose entries
-    below `seq` the prune keeps (`keep`): what of those entries still waits is known from
-    the file alone, Postgres away, whatever a prune stopped part-way left besides."""
+    position only Postgres remembers."""
     conn.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES ('pruned_seq', ?)", (str(seq),))
-    conn.execute(f"INSERT OR REPLACE INTO main.{quote_ident(META)}(key, value) VALUES (?, ?)",
-                 (PRUNED_KEEP_KEY, json.dumps({str(tid): after for tid, after in sorted((keep or {}).items())})))
 
 
 def clear_rearmed(conn: sqlite3.Connection, names: list[str], busy_timeout_ms: int) -> None:

@@ -8,7 +8,6 @@ coalesce to that key's current state: present -> upsert, absent -> delete.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 import time
@@ -21,7 +20,7 @@ from typing import Any, Callable
 from syncd.identifiers import quote_ident
 from syncd.model import BATCH_VALUE_BYTES, TableSpec, entries_within_values, unshadowed_rowid_name
 from syncd.sqlite import windows
-from syncd.sqlite.capture import CHANGELOG, META, OP_INSERT, PRUNED_KEEP_KEY, changelog_ends, slot
+from syncd.sqlite.capture import CHANGELOG, META, OP_INSERT, changelog_ends, slot
 from syncd.sqlite.connection import empty_file, fetch_within, fetchall_text_safe, no_such_table, weigher
 from syncd.sqlite.hold import RowsPerHold
 from syncd.types import needs_conversion_filter
@@ -521,34 +520,17 @@ def changed_keys(conn: sqlite3.Connection, tid: int, nkey: int, after_seq: int, 
 COUNT_WINDOW = 1_000_000
 
 
-def entries_after(conn: sqlite3.Connection, after_seq: int, upto: int | None = None) -> int:
-    """Changelog entries after `after_seq` (up to `upto`, else the last), counted a window
-    of positions per statement (outside a transaction: each its own). One count over a
-    long backlog held a rollback-journal file's writers back for as long as it ran."""
-    return _entries_between(conn, after_seq, max_seq(conn) if upto is None else upto)
+def entries_after(conn: sqlite3.Connection, after_seq: int) -> int:
+    """Changelog entries after `after_seq`, counted a window of positions per statement
+    (outside a transaction: each its own). One count over a long backlog held a
+    rollback-journal file's writers back for as long as it ran."""
+    return _entries_between(conn, after_seq, max_seq(conn))
 
 
 def entries_below(conn: sqlite3.Connection, below_seq: int) -> int:
     """Changelog entries before `below_seq`, counted as entries_after counts."""
     first = min_seq(conn)
     return _entries_between(conn, first - 1, below_seq - 1) if first else 0  # 0: empty
-
-
-def kept_below(conn: sqlite3.Connection, below_seq: int) -> int:
-    """Entries before `below_seq` that still wait: those of the tables the last prune
-    noted it kept (capture.record_pruned), past their positions. Entries a prune stopped
-    part-way left are applied ones. A file pruned by a syncd that noted no such tables:
-    every entry before `below_seq`."""
-    row = conn.execute(f"SELECT value FROM main.{quote_ident(META)} WHERE key = ?",
-                       (PRUNED_KEEP_KEY,)).fetchone()
-    if row is None:
-        return entries_below(conn, below_seq)
-    try:
-        keep = {int(tid): int(after) for tid, after in json.loads(row[0]).items()}
-    except (TypeError, ValueError, AttributeError):
-        return entries_below(conn, below_seq)  # a damaged note: counted as before, never fewer
-    return sum(conn.execute(f"SELECT count(*) FROM main.{CL} WHERE tid = ? AND seq > ? AND seq < ?",
-                            (tid, after, below_seq)).fetchone()[0] for tid, after in keep.items())
 
 
 def _entries_between(conn: sqlite3.Connection, lo: int, top: int) -> int:
