@@ -231,3 +231,29 @@ async def test_a_repair_after_the_cutover_replays_no_row_whose_only_difference_s
         assert 'key 6 not repaired: SQLite computes column "total" itself' in v.stdout, v.stdout
         assert await pg_rows(pg_dsn, "SELECT max(repaired) FROM syncd.verify_runs WHERE table_name = 'lines'") == [
             (0,)]
+
+
+async def test_more_rows_than_are_listed_differing_only_in_a_column_sqlite_computes_are_not_copied_again(
+        tmp_path, make_config, pg_dsn):
+    """Past the 1,000 differences a check lists, rows that differ only in a column SQLite
+    generates are still known for what they are: no copy of the table mends them either
+    (SQLite computes its own value again), so `syncd verify --repair`, like the daemon's
+    periodic repair, copies nothing and says why, instead of copying the whole table again
+    from Postgres at every check."""
+    db = tmp_path / "app.db"
+    make_app(db)
+    cfg = backup_and_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await cut_over(cfg, db, pg_dsn, daemon=d)
+        await pg_rows(pg_dsn, "INSERT INTO app.lines (qty, price, total) "
+                              "SELECT 2, 3.0, 99.0 FROM generate_series(1, 1001)")  # ids 6 to 1006
+        await wait_back(cfg, db, pg_dsn, daemon=d)
+        for _ in range(2):
+            v = run_cli(cfg, "verify", "--repair", "--wait", "5")
+            assert v.returncode == 1, v.stdout + v.stderr
+            assert 'app: "lines" DIFFERS' in v.stdout and "1001 different" in v.stdout, v.stdout
+            assert "copied again" not in v.stdout and "replayed" not in v.stdout, v.stdout
+            assert 'key 6 not repaired: SQLite computes column "total" itself' in v.stdout, v.stdout
+            assert '"lines": 1 further row(s) not repaired: SQLite computes' in v.stdout, v.stdout
+        assert await pg_rows(pg_dsn, "SELECT max(repaired) FROM syncd.verify_runs WHERE table_name = 'lines'") == [
+            (0,)]

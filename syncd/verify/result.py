@@ -78,6 +78,9 @@ class TableVerifyResult:
     in_flight: str | None = None  # why unequal totals can go with "equal" (rows the stream had yet to apply)
     error: str | None = None  # the check itself failed
     differences: list[Difference] = field(default_factory=list)
+    # Of the differences past MAX_LISTED, those only in columns computed where a repair
+    # writes (no replay or copy mends them): counted, as they are not listed.
+    computed_unlisted: int = 0
     columns: list[str] | None = None  # the columns compared (the table as it was then); None: not compared
     started_at: float = 0.0
     finished_at: float = 0.0

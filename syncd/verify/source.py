@@ -397,6 +397,8 @@ async def _check(s: _Session, plan: TablePlan, wait_seconds: float) -> TableVeri
                                bk_schema=s.bk.schema, chunk_rows=s.settings.verify.chunk_rows, utf8_database=s.utf8)
             if s.direction == TO_SQLITE:
                 check.reverse = await way_back.for_table(s.pg, _names(s), s.source.schema, plan.spec)
+            computed = _computed_by(plan, s.direction)[0]
+            check.computed_only = lambda d: _is_computed_only(d, computed)
             tr.columns = list(plan.spec.column_names)
             await check.check(tr, wait_seconds)
             await _still_streaming(s, plan, tr)
@@ -464,15 +466,27 @@ async def way_back_generation(s: _Session) -> str | None:
     return gen.id if gen else None
 
 
+def _computed_by(plan: TablePlan, direction: str) -> tuple[frozenset[str], frozenset[str], str]:
+    """(the columns the side a replay writes to computes itself, those the other side
+    computes, the name of the side a replay writes to)."""
+    sqlite_computed = frozenset(c.name for c in plan.spec.columns if c.generated) if plan.spec else frozenset()
+    if direction == TO_POSTGRES:
+        return plan.pg_computed, sqlite_computed, "Postgres"
+    return sqlite_computed, plan.pg_computed, "SQLite"
+
+
+def _is_computed_only(d: Difference, computed: frozenset[str]) -> bool:
+    """Whether `d` differs only in columns of `computed`."""
+    return bool(computed and d.kind == DIFFERENT and d.columns and computed.issuperset(d.columns))
+
+
 def _computed_only(tr: TableVerifyResult, plan: TablePlan, direction: str) -> None:
     """Mark not repairable each row of `tr` differing only in columns the side a replay
     writes to computes itself: written again, the row gets the same value from that side's
     expression (the way back never writes a column SQLite generates)."""
-    sqlite_computed = frozenset(c.name for c in plan.spec.columns if c.generated) if plan.spec else frozenset()
-    computed, who = (plan.pg_computed, "Postgres") if direction == TO_POSTGRES else (sqlite_computed, "SQLite")
-    other = sqlite_computed if who == "Postgres" else plan.pg_computed
+    computed, other, who = _computed_by(plan, direction)
     for d in tr.differences:
-        if not (computed and d.kind == DIFFERENT and d.columns and computed.issuperset(d.columns)):
+        if not _is_computed_only(d, computed):
             continue
         d.repairable = False
         cols = ", ".join(f'"{c}"' for c in d.columns)
@@ -542,7 +556,9 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
         # reaches (a NULL in a key, which a copy does not remove either, is left to the note).
         unkeyed = s.direction == TO_SQLITE and any(d.repairable and d.raw_key is not None and None not in d.raw_key
                                                    for d in skipped)
-        if len(tr.differences) < tr.mismatched or unkeyed:
+        # Rows past the listed ones that differ only in columns computed where a replay writes
+        # are known all the same: neither a replay nor a copy mends them (_computed_only).
+        if len(tr.differences) + tr.computed_unlisted < tr.mismatched or unkeyed:
             if s.direction == TO_SQLITE:
                 # A cut-over source refuses `syncd resync` (it would rebuild Postgres from the frozen
                 # file): the way back copies the whole table again from Postgres instead (its last
@@ -557,6 +573,10 @@ async def _repair(s: _Session, result: SourceVerifyResult, plans: list[TablePlan
             skipped_notes.append(f'"{tr.table}": not every differing row is known by key (too many, or only '
                                  f"the row totals show them); run `syncd resync` for it instead")
             continue
+        if tr.computed_unlisted:
+            who = _computed_by(by_name[tr.table], s.direction)[2]
+            skipped_notes.append(f'"{tr.table}": {tr.computed_unlisted} further row(s) not repaired: {who} computes '
+                                 "the only columns they differ in itself, as for the rows listed")
         for d in skipped:
             why = d.note or "its SQLite form is unknown"
             if d.note is None and d.kind == EXTRA and s.direction == TO_POSTGRES:

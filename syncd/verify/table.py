@@ -50,7 +50,7 @@ from syncd.verify.keyspace import _UNKNOWN as _UNKNOWN_FORM
 from syncd.verify.keyspace import EVERYTHING, Bound, KeyRange, KeySpace, sqlite_value
 from syncd.sqlite.audit import format_key
 from syncd.verify.postgres_side import PgRow, PostgresTable, _extreme, checkpoint, counts_at_checkpoint, lock_holder, rows_at_checkpoint
-from syncd.verify.result import DIFFERENT, EXTRA, MISSING, PENDING, Difference, TableVerifyResult
+from syncd.verify.result import DIFFERENT, EXTRA, MAX_LISTED, MISSING, PENDING, Difference, TableVerifyResult
 from syncd.verify.rowhash import MISFIT, RowTokens, SqliteRowHash, fold, misfit_reason
 from syncd.types import canonical, converter_of
 
@@ -107,6 +107,8 @@ class TableCheck:
         self.rows_sqlite = 0
         self.rows_postgres = 0
         self.reverse = None  # after a cutover: what is in flight comes from the way back (reverse/evidence.py)
+        # Whether a difference is only in columns computed where a repair writes (verify/source.py).
+        self.computed_only: Callable[[Difference], bool] = lambda d: False
 
     # --- finding ---------------------------------------------------------------------
 
@@ -465,6 +467,8 @@ class TableCheck:
                                       note="a row whose key is NULL: Postgres cannot hold it"))
         found, pending, reason = await self.decide(wait_seconds)
         for d in sorted(found + pending, key=key_order):  # listed (and cut at MAX_LISTED) in key order
+            if len(result.differences) >= MAX_LISTED and self.computed_only(d):
+                result.computed_unlisted += 1
             result.add(d)
         if reason:
             result.reason = reason
