@@ -170,10 +170,10 @@ async def test_how_each_key_is_walked(app_db, make_config, pg_dsn, tmp_path):
     specs = introspect(conn, source).tables
     sqlite_access = {t: sqlite_key_access(conn, specs[t]) for t in TABLES}
     assert sqlite_access["ints"] == ((False,), True)  # the rowid
-    assert sqlite_access["texts"] == ((False,), True)  # its primary key index, BINARY
+    assert sqlite_access["texts"] == ((True,), True)  # its primary key index, BINARY (said so, as for any text key)
     assert sqlite_access["nocase"] == ((True,), False)  # its index is NOCASE: COLLATE BINARY, no index
     assert sqlite_access["configured"] == ((True,), False)  # no index at all
-    assert sqlite_access["pairs"] == ((False, False), True)
+    assert sqlite_access["pairs"] == ((False, True), True)
     pg = await asyncpg.connect(pg_dsn)
     try:
         datcollate = (await pg_fetch(pg_dsn, "SELECT datcollate FROM pg_database WHERE datname = current_database()"))[0][0]
@@ -204,3 +204,30 @@ def test_an_empty_cell_sums_to_zero():
     at = lambda k: Bound((k,), (k,))  # noqa: E731
     sums = sqlite_side.cell_sums(conn, ks, hasher, KeyRange(None, at(9)), [at(3), at(5)])
     assert [n for n, _ in sums] == [2, 0, 0] and sums[1] == sums[2] == (0, 0)
+
+
+async def test_a_binary_key_on_a_nocase_column_is_walked_past_its_case_twins(pg_dsn):
+    """PRIMARY KEY (k COLLATE BINARY) on a column declared NOCASE holds 'k07' and 'K07'
+    apart. The chunks are cut in byte order like any text key's: compared under the
+    column's NOCASE, a chunk starting at 'k07' began at 'K07' again and the check never
+    ended. Now it ends, and finds the one row Postgres lost among the twins."""
+    import asyncio
+
+    from tests.support import inprocess_verify as iv
+
+    conn = iv.sqlite_file()
+    conn.execute("CREATE TABLE t (k TEXT COLLATE NOCASE, n INTEGER, PRIMARY KEY (k COLLATE BINARY)) WITHOUT ROWID")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(f"{c}{i:02d}", i) for i in range(60) for c in "kK"])
+    spec = iv.spec_of(conn, "t")
+    assert sqlite_key_access(conn, spec) == ((True,), True)  # COLLATE BINARY, and still its index
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        await iv.prepare(pg)
+        await iv.load(pg, "s", spec, iv.sqlite_rows(conn, spec))
+        assert (await asyncio.wait_for(iv.check(conn, pg, "s", spec, chunk_rows=16), 60)).equal
+        await pg.execute("DELETE FROM s.t WHERE k = 'K30'")
+        result = await asyncio.wait_for(iv.check(conn, pg, "s", spec, chunk_rows=16), 60)
+        assert (result.missing, result.extra, result.different) == (1, 0, 0)
+        assert [d.key for d in result.differences] == [("K30",)]
+    finally:
+        await pg.close()

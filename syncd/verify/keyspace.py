@@ -2,7 +2,7 @@
 
 A range is [lo, hi) over the key in order; either end may be open. Both sides must
 order keys the same way, so text compares byte-wise on both: SQLite BINARY (added
-explicitly where the key's own collation is another, e.g. NOCASE) and Postgres
+explicitly to every text key column, whatever its own collation, e.g. NOCASE) and Postgres
 COLLATE "C" (added where the column's collation is not already C). A table whose
 key values SQLite may store in a class that orders differently from their Postgres
 type (numbers in a text key, dates as text or numbers, an override) is not split:
@@ -90,7 +90,9 @@ class KeySpace:
         return [self.spec.sqlite_ref(k) for k in self.key]
 
     def sqlite_key(self, refs: list[str] | None = None) -> str:
-        parts = [r + (" COLLATE BINARY" if b else "") for r, b in zip(refs or self.sqlite_refs(), self.sqlite_binary)]
+        """The key as compared with sqlite_marks(), which carry the COLLATE BINARY: on the
+        value's side SQLite still walks a row value's whole index."""
+        parts = list(refs or self.sqlite_refs())
         return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
 
     def sqlite_order(self, refs: list[str] | None = None) -> str:
@@ -98,8 +100,8 @@ class KeySpace:
                          for r, b in zip(refs or self.sqlite_refs(), self.sqlite_binary))
 
     def sqlite_marks(self) -> str:
-        n = len(self.key)
-        return "?" if n == 1 else "(" + ", ".join(["?"] * n) + ")"
+        marks = ["?" + (" COLLATE BINARY" if b else "") for b in self.sqlite_binary]
+        return marks[0] if len(marks) == 1 else "(" + ", ".join(marks) + ")"
 
     def sqlite_where(self, r: KeyRange) -> tuple[str, list[Any]]:
         conds, params = [], []
@@ -224,8 +226,10 @@ def sqlite_key_access(conn: sqlite3.Connection, spec: TableSpec) -> tuple[tuple[
         cols = [(r[2], (r[4] or "BINARY").upper()) for r in conn.execute(f"PRAGMA main.index_xinfo({quote_ident(name)})")
                 if r[5]]
         if [c for c, _ in cols[: len(key)]] == key:
-            binary = tuple(is_text and coll != "BINARY" for is_text, (_, coll) in zip(text, cols))
-            return binary, not any(binary)
+            # COLLATE BINARY on every text column, this index's BINARY included: compared
+            # without it, a column declared NOCASE (PRIMARY KEY (k COLLATE BINARY)) compares
+            # 'a' and 'A' as one value, and a range from 'a' would never get past them.
+            return text, all(coll == "BINARY" for is_text, (_, coll) in zip(text, cols) if is_text)
     return text, False  # no index: the declared collation is unknown here, force BINARY
 
 

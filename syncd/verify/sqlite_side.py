@@ -85,13 +85,13 @@ def _not_decoded(e: Exception) -> None:
         raise e
 
 
-def bound_key(raw: Sequence[Any]) -> tuple[str, list[Any]]:
+def bound_key(raw: Sequence[Any], binary: Sequence[bool] = ()) -> tuple[str, list[Any]]:
     """Placeholders and parameters for a raw key, as ks.sqlite_marks() lays them out
-    (bound_value for each value)."""
+    (bound_value for each value; COLLATE BINARY where `binary`, ks.sqlite_binary, says)."""
     marks, params = [], []
-    for v in raw:
+    for i, v in enumerate(raw):
         mark, param = bound_value(v)
-        marks.append(mark)
+        marks.append(mark + (" COLLATE BINARY" if i < len(binary) and binary[i] else ""))
         params.append(param)
     return (marks[0] if len(marks) == 1 else "(" + ", ".join(marks) + ")"), params
 
@@ -149,7 +149,7 @@ def chunk_bounds(conn: sqlite3.Connection, ks: KeySpace, lo: Bound | None, cells
                 if raw is None:
                     rows = fetchall_text_safe(conn, first, (cell_rows,))
                 else:
-                    marks, params = bound_key(raw)
+                    marks, params = bound_key(raw, ks.sqlite_binary)
                     rows = fetchall_text_safe(conn, f"SELECT {keys} FROM {table} WHERE {ks.sqlite_key()} >= {marks} "
                                                     f"ORDER BY {order} LIMIT 1 OFFSET ?", (*params, cell_rows))
                 if not rows:
@@ -167,7 +167,7 @@ def chunk_bounds(conn: sqlite3.Connection, ks: KeySpace, lo: Bound | None, cells
 
 def _next_fitting(conn: sqlite3.Connection, ks: KeySpace, raw: tuple) -> Bound | None:
     keys = ", ".join(ks.sqlite_refs())
-    marks, params = bound_key(raw)
+    marks, params = bound_key(raw, ks.sqlite_binary)
     sql = (f"SELECT {keys} FROM {quoted_sqlite_table(ks.spec)} WHERE {ks.sqlite_key()} > {marks} "
            f"ORDER BY {ks.sqlite_order()} LIMIT ?")
     for row in fetchall_text_safe(conn, sql, (*params, MISFIT_STEPS)):
