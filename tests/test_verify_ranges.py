@@ -231,3 +231,33 @@ async def test_a_binary_key_on_a_nocase_column_is_walked_past_its_case_twins(pg_
         assert [d.key for d in result.differences] == [("K30",)]
     finally:
         await pg.close()
+
+
+@pytest.mark.parametrize("index", [False, True])
+async def test_a_configured_key_more_rows_share_than_a_chunk_holds_is_walked_past(pg_dsn, tmp_path, index):
+    """A [sources.keys] key SQLite does not hold unique: 300 rows share the key '', more than
+    a chunk holds. A chunk starting at '' ended at '' again, and the check never ended; now
+    the chunk takes them all, and the check reports them as rows Postgres holds one of."""
+    import asyncio
+    from pathlib import Path
+
+    from syncd.config import SourceSettings
+    from tests.support import inprocess_verify as iv
+
+    conn = iv.sqlite_file()
+    conn.execute("CREATE TABLE t (email TEXT NOT NULL, v INTEGER)")
+    if index:
+        conn.execute("CREATE INDEX t_email ON t (email)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [("", i) for i in range(300)] + [(f"u{i}@x", i) for i in range(700)])
+    source = SourceSettings(name=iv.SOURCE, path=Path(tmp_path / "x.db"), keys={"t": ["email"]})
+    spec = introspect(conn, source).tables["t"]
+    assert spec.key == ("email",) and sqlite_key_access(conn, spec)[1] is index
+    pg = await asyncpg.connect(pg_dsn)
+    try:
+        await iv.prepare(pg)
+        await iv.load(pg, "s", spec, iv.sqlite_rows(conn, spec))
+        result = await asyncio.wait_for(iv.check(conn, pg, "s", spec, chunk_rows=16), 60)
+        assert (result.missing, result.extra, result.different) == (300, 0, 0)
+        assert {d.key for d in result.differences} == {("",)}
+    finally:
+        await pg.close()

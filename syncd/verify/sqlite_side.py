@@ -162,6 +162,10 @@ def chunk_bounds(conn: sqlite3.Connection, ks: KeySpace, lo: Bound | None, cells
     hi = ks.from_sqlite(found[-1])
     if hi is None:  # a key Postgres cannot hold: end the chunk at the next one that fits
         hi = _next_fitting(conn, ks, found[-1])
+    elif lo is not None and hi.raw == lo.raw:
+        # More rows than the chunk holds share the key it starts at (a [sources.keys] key
+        # SQLite does not hold unique): the chunk takes them all, or the next would start here again.
+        hi = _next_fitting(conn, ks, lo.raw)
     return inner, hi
 
 
