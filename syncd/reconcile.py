@@ -417,18 +417,6 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
                          event="resync")
             pgt = None
             row = _pending(row or new_row(name, tid), "resync requested")
-        if (result.gaps.get(name) == capture.GAP_REASON and moved and row is not None
-                and pgt is not None and row.tid == tid and name not in renamed
-                and await _another_table(session, spec, pgt, _position(row, session.applied_seq))):
-            # Dropped and created again while syncd was not looking (one transaction): the
-            # rows Postgres holds are another table's, kept aside as a dropped table's are.
-            ours = (await session.bk.owners(conn, target)).get(name) == session.name
-            await _keep_dropped_aside(session, name, row.state != bk.REFUSED and ours)
-            if row.state != bk.REFUSED and ours:
-                pgt = None
-                pg_tables.pop(name, None)
-            rows.pop(name, None)
-            row = None
         retired: tuple = ()
         try:
             async with conn.transaction():  # a savepoint: one table that cannot follow stops only itself
@@ -1185,35 +1173,6 @@ def _position(row: TableRow, applied_seq: int) -> int | None:
     if state == bk.CATCHUP or (state == bk.LOADING and not row.load_aside):
         return row.from_seq  # None for a load not started: nothing to compare
     return None
-
-
-async def _another_table(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable, since: int | None) -> bool:
-    """Whether the rows Postgres holds for a table SQLite made anew (its capture triggers
-    gone with the old one, none copied onto it) are another table's: a DROP TABLE and a CREATE TABLE under the
-    same name, which SQLite cannot tell from a rebuild (CREATE, copy, DROP, RENAME). The
-    data tells: after a rebuild, SQLite holds the rows Postgres holds, under the same keys
-    and with the same values, bar the few changed in between; after a drop, none of the
-    rows Postgres holds is there any more, or the columns both name hold other values.
-    False where the data cannot tell (a keyless table, a key changed or retyped, no column
-    the two share, no value in them, or no row in Postgres)."""
-    diff = ddl.diff_shape(spec, pgt)
-    if since is None or spec.rowid_keyed or diff.key_changed or any(c in spec.key for c, _h, _w in diff.retyped):
-        return False  # rows told apart another way now: no key to compare them by
-    have = {c.name for c in pgt.columns}
-    if any(k not in have or k not in {c.name for c in spec.stored_columns} for k in spec.key):
-        return False
-    shared = [c.name for c in spec.stored_columns if c.name in have and c.name not in spec.key]
-    if not shared:
-        return False
-    conn = session.pg
-    assert conn is not None
-    if await conn.fetchval(f"SELECT 1 FROM {qualified(session.target_schema, spec.name)} LIMIT 1") is None:
-        return False  # nothing in Postgres to keep
-    share = await _evidence(session, spec, [(c, c) for c in shared], spec.key, have, since)
-    if share is None:
-        return True  # no row Postgres holds is in SQLite, bar those changed since
-    told = [s for s in share if s is not None]
-    return bool(told) and max(told) < 0.5
 
 
 async def _columns_changed_meaning(session: SourceSession, spec: TableSpec, pgt: ddl.PgTable,

@@ -513,43 +513,6 @@ async def test_a_table_replaced_by_a_view_of_its_name_is_kept_aside_for_the_view
                                                                                         ("Grace", "555-2")]
 
 
-@pytest.mark.parametrize("stopped", [False, True], ids=["daemon_running", "daemon_stopped"])
-async def test_a_table_dropped_and_created_again_in_one_transaction_keeps_the_dropped_ones_rows(
-        app_db, make_config, pg_dsn, tmp_path, stopped):
-    """The application drops a table and creates another under its name in one
-    transaction (or while the daemon is not looking): the dropped table's Postgres copy
-    is kept aside with its rows, as when the daemon sees the drop by itself, and the new
-    table is loaded in a table of its own. Before, the change was followed as a rebuild:
-    the old rows were deleted from Postgres, and the values of a column the new table
-    lacks were kept aside on the new rows that happened to reuse their keys."""
-    conn = sqlite3.connect(app_db, isolation_level=None)
-    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT, secret TEXT)")
-    conn.executemany("INSERT INTO notes VALUES (?, ?, ?)", [(i, f"old {i}", f"s{i}") for i in range(1, 31)])
-    cfg = make_config([{"name": "app", "path": str(app_db)}])
-    change = """BEGIN; DROP TABLE notes; CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT, body TEXT);
-        INSERT INTO notes VALUES (1, 'new 1', 'b1'), (2, 'new 2', 'b2'); COMMIT;"""
-    if stopped:
-        with DaemonProcess(cfg, tmp_path / "first.log") as d:
-            await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-            assert d.stop() == 0
-        conn.executescript(change)
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
-        if not stopped:
-            await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-            conn.executescript(change)
-        conn.execute("INSERT INTO notes VALUES (3, 'new 3', 'b3')")
-        await wait_caught_up(app_db, pg_dsn, "app", daemon=d)
-        assert await table_states(pg_dsn, "app") == {"notes": ("streaming", None)}
-        assert await compare_table(str(app_db), pg_dsn, "app", "notes") == []
-        assert d.stop() == 0
-        assert "table was dropped in SQLite" in d.log(), d.log()
-    assert await pg_columns(pg_dsn, "notes") == ["id", "title", "body"]
-    kept = [t for t in await pg_tables(pg_dsn) if t.startswith("notes__dropped_")]
-    assert len(kept) == 1, await pg_tables(pg_dsn)
-    assert await pg_rows(pg_dsn, f'SELECT id, title, secret FROM app."{kept[0]}" ORDER BY id') == [
-        (i, f"old {i}", f"s{i}") for i in range(1, 31)]
-
-
 async def test_a_table_dropped_and_created_again_with_another_type_loads_at_once(app_db, make_config, pg_dsn,
                                                                                   tmp_path):
     """A table dropped (kept aside) and created again under its name with a column of
