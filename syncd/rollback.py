@@ -922,15 +922,27 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                                         "rollback (`syncd rollback` again settles it too)")
                 else:
                     res.undone = True
+                    # The way back is the daemon's: with none running the source, SQLite misses
+                    # Postgres's writes until one starts (it brings them then, nothing lost).
+                    try:
+                        running = await lock_holder(pg, b.key) is not None
+                    except Exception:  # noqa: BLE001 - not known: the undo is said all the same
+                        running = None
                     follows = ("the SQLite file is kept as it was (the way back has ended)"
-                               if isinstance(e, WayBackEnded) else "SQLite keeps following it")
+                               if isinstance(e, WayBackEnded) else "SQLite keeps following it"
+                               if running else
+                               "no daemon runs this source, so SQLite does not follow Postgres's writes until one "
+                               "does: start it (`syncd run`), which brings them to SQLite" if running is False else
+                               "SQLite follows it while the daemon runs this source (start it, `syncd run`, if none "
+                               "does)")
                     res.problems.append(f"{reason}; undone: Postgres takes the application's writes again and "
                                         f"{follows}")
             else:  # Postgres cannot be reached to undo the freeze: it stays frozen until someone can
                 res.undo_pending = True
                 res.problems.append(f"{reason}; not undone yet: Postgres cannot be reached now, and stays frozen for "
-                                    "the application (SQLite keeps following it) until the daemon undoes the "
-                                    "rollback once it answers (`syncd rollback` again settles it too)")
+                                    "the application until the daemon undoes the rollback once it answers (start "
+                                    "it, `syncd run`, if none runs this source; `syncd rollback` again settles it "
+                                    "too)")
         finally:
             if own:
                 await close_quietly(pg)

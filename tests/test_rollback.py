@@ -935,7 +935,8 @@ async def test_a_write_lock_not_had_after_the_freeze_says_the_rollback_was_undon
     """The application keeps its SQLite file locked once Postgres is frozen, so the rollback
     cannot move AUTOINCREMENT past Postgres's ids (its wait shortened to 1 s here): the
     rollback is undone, and says so (UNDONE, with why), not REFUSED as if nothing had been
-    frozen."""
+    frozen. No daemon runs the source, so nothing brings Postgres's writes to SQLite until
+    one starts: said so, with `syncd run` (it said "SQLite keeps following it")."""
     from syncd.cli.rollback import _all, render
     from syncd.config import load_settings
     from syncd.sqlite import capture
@@ -965,6 +966,8 @@ async def test_a_write_lock_not_had_after_the_freeze_says_the_rollback_was_undon
     [line, *_] = render(result)
     assert line.startswith("app: UNDONE: the SQLite file: could not get a write lock"), line
     assert "undone: Postgres takes the application's writes again" in line, line
+    assert "SQLite keeps following it" not in line, line
+    assert "no daemon runs this source" in line and "`syncd run`" in line, line
     assert result.undone and not result.done
     assert await direction(pg_dsn) == "to_sqlite" and await postgres_refusal(pg_dsn) is None
     assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'rollback'") == [("undone",)]

@@ -104,7 +104,8 @@ async def test_a_rollback_that_cannot_reach_postgres_to_undo_its_freeze_says_the
     """Postgres goes away once the rollback has frozen it, and cannot be reached to undo
     the freeze: Postgres stays frozen for the application (its record of the rollback
     open) until the daemon, or `syncd rollback` again, undoes it. The line says UNDO
-    PENDING, as `syncd status` calls it CRITICAL; it said UNDONE."""
+    PENDING, as `syncd status` calls it CRITICAL; it said UNDONE. No daemon runs the
+    source: the line says to start one (it said "SQLite keeps following it")."""
     p, via = proxy
     db = tmp_path / "app.db"
     orders_app(db)
@@ -115,6 +116,7 @@ async def test_a_rollback_that_cannot_reach_postgres_to_undo_its_freeze_says_the
     [line] = [x for x in out.splitlines() if x.startswith("app: ")]
     assert line.startswith("app: UNDO PENDING: Postgres: "), line
     assert "undone:" not in line and "`syncd rollback` again" in line, line
+    assert "SQLite keeps following it" not in line and "`syncd run`" in line, line
     refusal = await postgres_write(pg_dsn, "c")
     assert refusal is not None and "moved back to SQLite by syncd" in refusal, refusal
     again = run_cli(cfg, "rollback", "--dry-run")
