@@ -178,3 +178,20 @@ def test_a_file_in_a_folder_syncd_may_not_enter_is_not_forgotten_and_the_others_
     monkeypatch.setattr(support, "syncd_cmd", cmd)
     os.chmod(d / "globex", 0o755)
     assert sources(cfg) == {"t_acme": "daemon_not_running", "t_globex": "daemon_not_running"}
+
+
+def test_a_resync_of_a_source_whose_file_is_gone_names_the_file(tmp_path, pg_dsn):
+    """`syncd status` shows a glob's source whose file is gone as missing; `syncd resync`
+    of it said "no source named 't_globex' in the configuration" (exit 2), sending the
+    operator to a configuration that was right. It says the file is gone, naming it."""
+    cfg = fleet(tmp_path, pg_dsn)
+    assert run_cli(cfg, "init").returncode == 0
+    gone = tmp_path / "tenants" / "globex.db"
+    gone.unlink()
+    assert sources(cfg)["t_globex"] == "source_missing"
+    r = run_cli(cfg, "resync", "--source", "t_globex", "--table", "notes")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "no source named" not in out and "Traceback" not in out, out
+    assert f"SQLite file {gone} does not exist" in r.stderr, out
+    r = run_cli(cfg, "resync", "--source", "t_acme", "--table", "notes")  # a file that is there: requested
+    assert r.returncode == 0 and "resync of 'notes' requested" in r.stdout, r.stdout + r.stderr

@@ -35,7 +35,16 @@ def register(sub, parent) -> None:
 
 def main(args) -> int:
     settings = common.load(args)
-    source = settings.source(args.source)
+    # A glob's source whose file is gone (`syncd status` shows it missing) is a source all
+    # the same: refused below naming its file, not as a name the configuration lacks.
+    unknown: list[str] = []
+    try:
+        source = common.with_gone_sources(settings, unknown, args.source).source(args.source)
+    except common.ConfigError:
+        if not unknown:
+            raise
+        return common.fail(f"cannot look up source {args.source!r}, which may be one whose file is gone: "
+                           f"{unknown[0]}", 1)
     try:
         return asyncio.run(_request(settings, source, args.table))
     except PostgresUnavailable as e:
