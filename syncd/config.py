@@ -455,14 +455,6 @@ class SourceSettings(_Strict):
             raise ValueError("name: {stem}, {name} and {parent} need a path glob such as \"/srv/tenants/*.db\"")
         if is_glob(self.path) and "{" not in self.name:
             raise ValueError("name: a path glob needs a name template naming each file, e.g. \"tenant_{stem}\"")
-        if (self.schema_ is not None and not re.search(r"\{(stem|name|parent)\}", self.schema_)
-                and not _one_file_only(self.path)):
-            # Every file's tables in one schema: the first file's loaded, each later
-            # tenant's refused table by table as another source's.
-            raise ValueError(f"schema: {self.schema_!r} of source {self.name!r} puts the tables of every file "
-                             f"{self.path} matches into one schema, where each later file's are refused as "
-                             "another source's: name each file in it (\"tenant_{stem}\"; {name} and {parent} "
-                             "too), or leave schema out (the source's name)")
         return self
 
     @field_validator("dsn", "lock_dsn")
@@ -545,30 +537,6 @@ class SourceSettings(_Strict):
 
 def is_glob(path: Path) -> bool:
     return any(c in str(path) for c in "*?[")
-
-
-def _one_file_only(path: Path) -> bool:
-    """Whether the glob `path` can only ever match one file: no '*' or '?', and each
-    '[...]' one character alone ("eu[1]" matches eu1) or no class at all (a '[' never
-    closed matches itself)."""
-    text = str(path)
-    if "*" in text or "?" in text:
-        return False
-    i = text.find("[")
-    while i != -1:
-        j = i + 1  # as fnmatch reads a class: '!' first negates, ']' first is a member
-        if j < len(text) and text[j] == "!":
-            j += 1
-        if j < len(text) and text[j] == "]":
-            j += 1
-        end = text.find("]", j)
-        if end == -1:
-            return True  # the rest holds no class: each '[' matches itself
-        members = text[i + 1:end]
-        if len(members) != 1 or members == "!":
-            return False
-        i = text.find("[", end + 1)
-    return True
 
 
 # Of the schemas `syncd rehearse` makes and drops: its replica's, its bookkeeping's (rehearsal.py).

@@ -706,28 +706,3 @@ def test_the_service_without_a_password_does_not_say_how_to_run_a_command_by_han
         r = run_cli(cfg, "status", env={"HOME": str(tmp_path), **env})
         assert r.returncode == 2 and "password authentication failed" in r.stdout, r.stdout + r.stderr
         assert "given no Postgres password" not in r.stdout + r.stderr, r.stdout
-
-
-@pytest.mark.parametrize("path", ["tenants/*.db", "tenants/?.db", "eu[12]/app.db", "*/app.db"])
-def test_a_glob_whose_schema_names_no_file_is_refused_naming_the_source(tmp_path, path):
-    """A glob's `schema` without {stem}, {name} or {parent} put every file's tables in one
-    schema: the first file's loaded, each later tenant's refused table by table as owned
-    by another source. Refused at load, in one line naming the source and the key."""
-    cfg = write(tmp_path, GOOD.replace('name = "sales"\npath = "sales.db"',
-                                       f'name = "t_{{parent}}_{{stem}}"\npath = "{path}"\nschema = "tenants"'))
-    with pytest.raises(ConfigError) as e:
-        load_settings(cfg)
-    said = str(e.value)
-    assert "\n" not in said and said.startswith(f"config {cfg}: sources[0]: schema: "), said
-    assert "'t_{parent}_{stem}'" in said and "'tenants'" in said and "{stem}" in said, said
-
-
-@pytest.mark.parametrize("path, schema", [("eu[1]/app.db", "tenants"), ("tenants/*.db", "tenant_{stem}"),
-                                          ("*/app.db", "t_{parent}"), ("tenants/*.db", None)])
-def test_a_glob_whose_schema_keeps_files_apart_is_taken(tmp_path, path, schema):
-    """A schema naming each file, the default (the source's name), or a glob that can only
-    ever match one file (eu[1] matches eu1 alone) keeps each source's tables apart."""
-    line = f'\nschema = "{schema}"' if schema else ""
-    s = load_settings(write(tmp_path, GOOD.replace('name = "sales"\npath = "sales.db"',
-                                                   f'name = "t_{{parent}}_{{stem}}"\npath = "{path}"{line}')))
-    assert s.patterns[0].schema_ == schema
