@@ -8,7 +8,7 @@ verify every row, then in one Postgres transaction turn the direction around (th
 forward checkpoint set to the end of SQLite's changelog: both sides are equal there),
 stop capturing in Postgres and record the switch, and last unfreeze SQLite. Anything
 failing before the turn undoes the freeze: Postgres takes the application's writes
-again and SQLite keeps following it, exit 1.
+again and SQLite follows it while a daemon runs the source, exit 1.
 
 Postgres stays frozen for the application afterwards, as SQLite stays frozen after a
 cutover: a forgotten application instance still pointed at Postgres gets an error
@@ -931,8 +931,9 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                     follows = ("the SQLite file is kept as it was (the way back has ended)"
                                if isinstance(e, WayBackEnded) else "SQLite keeps following it"
                                if running else
-                               "no daemon runs this source, so SQLite does not follow Postgres's writes until one "
-                               "does: start it (`syncd run`), which brings them to SQLite" if running is False else
+                               "no daemon holds this source now (one reconnecting after a Postgres restart takes "
+                               "it back), so SQLite does not follow Postgres's writes until one runs it: if none "
+                               "runs, start it (`syncd run`), which brings them to SQLite" if running is False else
                                "SQLite follows it while the daemon runs this source (start it, `syncd run`, if none "
                                "does)")
                     res.problems.append(f"{reason}; undone: Postgres takes the application's writes again and "

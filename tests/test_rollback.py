@@ -967,7 +967,7 @@ async def test_a_write_lock_not_had_after_the_freeze_says_the_rollback_was_undon
     assert line.startswith("app: UNDONE: the SQLite file: could not get a write lock"), line
     assert "undone: Postgres takes the application's writes again" in line, line
     assert "SQLite keeps following it" not in line, line
-    assert "no daemon runs this source" in line and "`syncd run`" in line, line
+    assert "no daemon holds this source now" in line and "`syncd run`" in line, line
     assert result.undone and not result.done
     assert await direction(pg_dsn) == "to_sqlite" and await postgres_refusal(pg_dsn) is None
     assert await pg_rows(pg_dsn, "SELECT state FROM syncd.switches WHERE kind = 'rollback'") == [("undone",)]
