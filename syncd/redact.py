@@ -32,13 +32,10 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 # passphrase (libpq and asyncpg read both, from a URL's query and in keyword form).
 PASSWORD_KEYS = ("password", "sslpassword")
 # libpq keyword form: password = value, value bare or '..' with \' and \\ escapes.
-# A bare value's last ':' before whitespace is taken as the message's ("...password=zz: Connect
-# call failed"), left after the mask (in a URL's query too).
-_KV_PASSWORD = re.compile(r"(?P<head>(?<![\w-])(?:ssl)?password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?"
-                          r"|[^\s&'](?:[^\s&]*?(?=:\s)|[^\s&]*))",
+_KV_PASSWORD = re.compile(r"(?P<head>(?<![\w-])(?:ssl)?password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|[^\s&'][^\s&]*)",
                           re.IGNORECASE | re.DOTALL)
 # A URL query parameter, its key perhaps percent-encoded (asyncpg decodes it: pass%77ord).
-_QUERY_PARAM = re.compile(r"(?P<head>[?&;](?P<key>[^=&;#\s?]+)=)(?P<value>[^&;#\s]+?(?=:\s)|[^&;#\s]*)")
+_QUERY_PARAM = re.compile(r"(?P<head>[?&;](?P<key>[^=&;#\s?]+)=)(?P<value>[^&;#\s]*)")
 
 
 def _redact_urls(text: str) -> str:
@@ -103,8 +100,7 @@ def dsn_passwords(dsn: str) -> set[str]:
             if _is_password_key(key) and value:
                 found |= {value, unquote(value), unquote(value.replace("+", " "))}
     for kv in _KV_PASSWORD.finditer(dsn if not m else ""):
-        # In a DSN itself, a ':' before whitespace is the password's own (masking leaves it to a message).
-        found.add(_kv_value(kv.group("pw")) + (":" if dsn[kv.end():kv.end() + 1] == ":" else ""))
+        found.add(_kv_value(kv.group("pw")))
     return {p for p in found if p}
 
 

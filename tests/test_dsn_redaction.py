@@ -62,12 +62,6 @@ def assert_no_secret(text: str, passwords, where: str) -> None:
     ("postgresql://u@h/db?sslpassword=K3y-77&x=1", "postgresql://u@h/db?sslpassword=***&x=1"),
     ("host=h sslpassword=K3y-77 user=u", "host=h sslpassword=*** user=u"),
     ("postgresql://u@h/db?pass%77ord=Enc0ded-99", "postgresql://u@h/db?pass%77ord=***"),
-    # The message's own ': ' after a password is left to it (it read "password=*** Connect ...").
-    ("cannot connect to postgresql://u@h/d?password=zz: Connect call failed",
-     "cannot connect to postgresql://u@h/d?password=***: Connect call failed"),
-    ("cannot connect to host=h password=zz: Connect call failed",
-     "cannot connect to host=h password=***: Connect call failed"),
-    ("postgresql://u@h/db?password=a:b:&x=1", "postgresql://u@h/db?password=***&x=1"),
 ])
 def test_dsns_are_shown_without_their_password(dsn, shown):
     assert redact_dsn(dsn) == shown
@@ -77,7 +71,6 @@ def test_a_dsn_yields_its_passwords_raw_and_decoded():
     assert dsn_passwords("postgresql://u:a%20b%40c@h/d") == {"a%20b%40c", "a b@c"}
     assert dsn_passwords("postgresql://u@h/d?password=x%2Fy") == {"x%2Fy", "x/y"}
     assert dsn_passwords("host=h password='it\\'s here'") == {"it's here"}
-    assert dsn_passwords("host=h password=ab:cd: dbname=d") == {"ab:cd:"}  # the ':' is the password's here
     assert dsn_passwords("postgresql://u@h/d?sslpassword=K3y-77&PASS%57ORD=pw-88") == {"K3y-77", "pw-88"}
 
 
