@@ -676,7 +676,9 @@ async def test_a_table_made_in_postgres_with_an_identity_key_never_hands_out_its
     KEY AUTOINCREMENT: after a rollback the application's next row there gets a number
     past every one Postgres handed out, rows deleted since included (SQLite's rowid alone
     took the highest id left plus one: an id Postgres gave a row the application deleted,
-    and whatever still points at it, came back for another row)."""
+    and whatever still points at it, came back for another row). Numbers no row brought
+    to SQLite (a setval, a nextval alone, an INSERT rolled back) count too: only the
+    rollback's own step, from Postgres's sequence, can carry them."""
     db = tmp_path / "app.db"
     make_app(db)
     cfg = backup_and_config(make_config, tmp_path, db)
@@ -700,6 +702,18 @@ async def test_a_table_made_in_postgres_with_an_identity_key_never_hands_out_its
 
         await eventually(followed, 60, "the tables made in SQLite too", d)
         await wait_back(cfg, db, pg_dsn, daemon=d)
+        # Numbers Postgres hands out that no row ever brings to SQLite: only the sequence knows them.
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            await pg.fetchval("SELECT setval(pg_get_serial_sequence('app.invoices', 'id'), 20)")
+            await pg.fetchval("SELECT max(nextval(pg_get_serial_sequence('app.payments', 'id'))) "
+                              "FROM generate_series(1, 10)")  # 13
+            tr = pg.transaction()
+            await tr.start()
+            await pg.execute("INSERT INTO app.tickets (label) SELECT 'gone' FROM generate_series(1, 5)")  # 8
+            await tr.rollback()
+        finally:
+            await pg.close()
         r = run_cli(cfg, "rollback")
         assert r.returncode == 0, r.stdout + r.stderr
         app = sqlite3.connect(db, isolation_level=None)
@@ -710,7 +724,7 @@ async def test_a_table_made_in_postgres_with_an_identity_key_never_hands_out_its
         ddl = {name: app.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
                for name in tables}
         app.close()
-        assert got == {"invoices": 4, "tickets": 4, "payments": 4, "codes": 3}, ddl
+        assert got == {"invoices": 21, "tickets": 9, "payments": 14, "codes": 3}, ddl
         assert "AUTOINCREMENT" not in ddl["codes"]
         await wait_caught_up(db, pg_dsn, "app", daemon=d)
         assert await compare_all(str(db), pg_dsn, "app", list(tables) + ["contacts", "notes"]) == []
