@@ -38,10 +38,10 @@ import asyncpg
 
 from syncd import collisions, in_process
 from syncd.config import Settings, SourceSettings
-from syncd.cutover import (SETTLED, STARTED_SWITCHES, Refused, answering, hold_at, read_specs, record_step,
-                           recorded_direction, release_switch_lock, renumbered_unseen, sequence_tops, switch_holder,
-                           take_switch_lock, undo_reason, who)
-from syncd.identifiers import quote_ident, quote_pg_ident
+from syncd.cutover import (MAX_ROWID, SETTLED, STARTED_SWITCHES, Refused, answering, hold_at, identity_sequence,
+                           read_specs, record_step, recorded_direction, release_switch_lock, renumbered_unseen,
+                           sequence_tops, switch_holder, take_switch_lock, undo_reason, who)
+from syncd.identifiers import qualified, quote_ident, quote_literal, quote_pg_ident
 from syncd.model import TO_POSTGRES, TO_SQLITE
 from syncd.parity.apply import lock_wait_ms
 from syncd.parity.plan import MARK
@@ -645,20 +645,70 @@ def probe_write(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
                       busy_timeout_ms=busy_timeout_ms, deadline_seconds=WRITABLE_WAIT_SECONDS)
 
 
+def _sqlite_sequence(conn: sqlite3.Connection) -> dict[str, int]:
+    if not conn.execute("SELECT 1 FROM main.sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+        return {}
+    return {name: int(seq or 0) for name, seq in conn.execute("SELECT name, seq FROM main.sqlite_sequence")}
+
+
+def _autoincrement(conn: sqlite3.Connection, name: str) -> bool:
+    sql = conn.execute("SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return bool(sql and sql[0] and "AUTOINCREMENT" in sql[0].upper())
+
+
+def autoincrement_tables(conn: sqlite3.Connection, names: list[str]) -> list[str]:
+    """Those of `names` SQLite numbers AUTOINCREMENT."""
+    have = _sqlite_sequence(conn)
+    return [name for name in names if name in have or _autoincrement(conn, name)]
+
+
+async def autoincrement_topped(conn: asyncpg.Connection, worker: SqliteWorker, schema: str,
+                               specs: dict) -> list[str]:
+    """Tables SQLite numbers AUTOINCREMENT where Postgres holds a row at SQLite's largest
+    id, or its sequence handed that id out: the rollback would take the table's
+    sqlite_sequence entry there, and every INSERT without an id would fail after it
+    (SQLITE_FULL; past the largest rowid only a table without AUTOINCREMENT picks an
+    unused one). As the cutover refuses such a table (cutover.topped)."""
+    out = []
+    for name in await worker.run(autoincrement_tables, sorted(specs)):
+        col = ddl.identity_column(specs[name])
+        table = qualified(schema, name)
+        if col is None or await conn.fetchval("SELECT to_regclass($1)", table) is None:
+            continue
+        q = quote_pg_ident(col)
+        seq = await identity_sequence(conn, table, col)
+        then = (f'after a rollback SQLite numbers the table AUTOINCREMENT past it, and every INSERT there without '
+                f'a value for "{col}" would fail ("database or disk is full")')
+        if await conn.fetchval(f"SELECT max({q}) FROM {table}") == MAX_ROWID:
+            fix = (f"UPDATE {table} SET {q} = nextval({quote_literal(seq)}) WHERE {q} = {MAX_ROWID}" if seq else
+                   f"UPDATE {table} SET {q} = ... WHERE {q} = {MAX_ROWID}")
+            out.append(f'table "{name}": Postgres holds a row with "{col}" {MAX_ROWID}, the largest id SQLite has: '
+                       f"{then}; give that row a smaller \"{col}\" in Postgres ({fix}, and whatever points at it), "
+                       "then roll back once SQLite follows (`syncd status`)")
+        elif (await sequence_tops(conn, schema, {name: specs[name]})).get(name, 0) >= MAX_ROWID:
+            out.append(f'table "{name}": Postgres\'s sequence {seq} for "{col}" has handed out {MAX_ROWID}, the '
+                       f"largest id SQLite has: {then}; set the sequence back to the table's highest \"{col}\" "
+                       f"(SELECT setval({quote_literal(seq)}, (SELECT max({q}) FROM {table}))), then roll back")
+    return out
+
+
 def keep_autoincrement_past(conn: sqlite3.Connection, tops: dict[str, int], busy_timeout_ms: int) -> dict[str, int]:
     """An AUTOINCREMENT table never hands out a number twice: its sqlite_sequence entry
     goes past every number Postgres handed out while the application wrote there (a
-    row deleted since, or a transaction rolled back, left no row to carry it back)."""
-    def autoincrement(name: str) -> bool:
-        sql = conn.execute("SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?",
-                           (name,)).fetchone()
-        return bool(sql and sql[0] and "AUTOINCREMENT" in sql[0].upper())
-
-    have = {}
-    if conn.execute("SELECT 1 FROM main.sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
-        have = dict(conn.execute("SELECT name, seq FROM main.sqlite_sequence").fetchall())
+    row deleted since, or a transaction rolled back, left no row to carry it back).
+    An entry at SQLite's largest id (a row the way back brought there, given a smaller
+    id in Postgres since, as the rollback's refusal says) comes back to the highest id
+    Postgres handed out or holds: left there, no INSERT without an id would work."""
+    have = _sqlite_sequence(conn)
     raise_to = {name: top for name, top in tops.items()
-                if top > int(have.get(name) or 0) and (name in have or autoincrement(name))}
+                if top > int(have.get(name) or 0) and (name in have or _autoincrement(conn, name))}
+    for name, seq in have.items():
+        if seq >= MAX_ROWID and name not in raise_to and conn.execute(
+                "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone():
+            rows = conn.execute(f"SELECT max(rowid) FROM main.{quote_ident(name)}").fetchone()[0] or 0
+            high = max(tops.get(name, 0), int(rows))
+            if high < MAX_ROWID:
+                raise_to[name] = high
     if not raise_to:
         return {}
 
@@ -745,6 +795,10 @@ async def rollback(settings: Settings, source: SourceSettings, *, dry_run: bool 
         tables = [n for n, r in (await b.load_tables(conn)).items() if r.state == bk.STREAMING]
         specs = await asyncio.to_thread(read_specs, source)
         await worker.run(renumbered_unseen, specs, "roll back")
+        topped = await autoincrement_topped(conn, worker, source.schema, specs)
+        if topped:
+            res.problems = topped
+            return res
         stricter = await stricter_in_postgres(conn, source.schema, specs)
         stricter += await not_computed_in_postgres(conn, source.schema, specs)
         stricter += await filled_only_in_postgres(conn, source.schema, specs)
@@ -834,6 +888,9 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                         f"{len(checked.tables)} table(s)")
         await _hold("verified")
         specs = await asyncio.to_thread(read_specs, source)
+        topped = await autoincrement_topped(conn, worker, source.schema, specs)  # a row written since the pre-flight
+        if topped:
+            raise Refused("; ".join(topped))
         raised = await worker.run(keep_autoincrement_past, await sequence_tops(conn, source.schema, specs), busy)
         res.plan += [f"{name}: AUTOINCREMENT continues after {n}, the highest id Postgres handed out"
                      for name, n in sorted(raised.items())]
