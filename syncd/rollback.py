@@ -679,31 +679,38 @@ async def autoincrement_topped(conn: asyncpg.Connection, worker: SqliteWorker, s
         seq = await identity_sequence(conn, table, col)
         then = (f'after a rollback SQLite numbers the table AUTOINCREMENT past it, and every INSERT there without '
                 f'a value for "{col}" would fail ("database or disk is full")')
+        handed_out = (await sequence_tops(conn, schema, {name: specs[name]})).get(name, 0)
         if await conn.fetchval(f"SELECT max({q}) FROM {table}") == MAX_ROWID:
             fix = (f"UPDATE {table} SET {q} = nextval({quote_literal(seq)}) WHERE {q} = {MAX_ROWID}" if seq else
                    f"UPDATE {table} SET {q} = ... WHERE {q} = {MAX_ROWID}")
+            if seq and handed_out >= MAX_ROWID:  # the sequence gave that id: nextval has none left to give
+                fix = (f"SELECT setval({quote_literal(seq)}, (SELECT max({q}) FROM {table} WHERE {q} < {MAX_ROWID})"
+                       f"); {fix}")
             out.append(f'table "{name}": Postgres holds a row with "{col}" {MAX_ROWID}, the largest id SQLite has: '
                        f"{then}; give that row a smaller \"{col}\" in Postgres ({fix}, and whatever points at it), "
                        "then roll back once SQLite follows (`syncd status`)")
-        elif (await sequence_tops(conn, schema, {name: specs[name]})).get(name, 0) >= MAX_ROWID:
+        elif handed_out >= MAX_ROWID:
             out.append(f'table "{name}": Postgres\'s sequence {seq} for "{col}" has handed out {MAX_ROWID}, the '
                        f"largest id SQLite has: {then}; set the sequence back to the table's highest \"{col}\" "
                        f"(SELECT setval({quote_literal(seq)}, (SELECT max({q}) FROM {table}))), then roll back")
     return out
 
 
-def keep_autoincrement_past(conn: sqlite3.Connection, tops: dict[str, int], busy_timeout_ms: int) -> dict[str, int]:
+def keep_autoincrement_past(conn: sqlite3.Connection, tops: dict[str, int], busy_timeout_ms: int,
+                            carried: frozenset[str] = frozenset()) -> dict[str, int]:
     """An AUTOINCREMENT table never hands out a number twice: its sqlite_sequence entry
     goes past every number Postgres handed out while the application wrote there (a
     row deleted since, or a transaction rolled back, left no row to carry it back).
     An entry at SQLite's largest id (a row the way back brought there, given a smaller
     id in Postgres since, as the rollback's refusal says) comes back to the highest id
-    Postgres handed out or holds: left there, no INSERT without an id would work."""
+    Postgres handed out or holds: left there, no INSERT without an id would work. Only
+    the `carried` tables' entries are brought back so: a table syncd does not carry is
+    the application's own, its ids never in Postgres."""
     have = _sqlite_sequence(conn)
     raise_to = {name: top for name, top in tops.items()
                 if top > int(have.get(name) or 0) and (name in have or _autoincrement(conn, name))}
     for name, seq in have.items():
-        if seq >= MAX_ROWID and name not in raise_to and conn.execute(
+        if seq >= MAX_ROWID and name in carried and name not in raise_to and conn.execute(
                 "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone():
             rows = conn.execute(f"SELECT max(rowid) FROM main.{quote_ident(name)}").fetchone()[0] or 0
             high = max(tops.get(name, 0), int(rows))
@@ -888,11 +895,14 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                         f"{len(checked.tables)} table(s)")
         await _hold("verified")
         specs = await asyncio.to_thread(read_specs, source)
+        # Read before the check below: a sequence set to SQLite's largest id after this read
+        # is refused there, and one set after the check is not in what SQLite takes.
+        tops = await sequence_tops(conn, source.schema, specs)
         topped = await autoincrement_topped(conn, worker, source.schema, specs)  # a row written since the pre-flight
         if topped:
             raise Refused("; ".join(topped))
-        raised = await worker.run(keep_autoincrement_past, await sequence_tops(conn, source.schema, specs), busy)
-        res.plan += [f"{name}: AUTOINCREMENT continues after {n}, the highest id Postgres handed out"
+        raised = await worker.run(keep_autoincrement_past, tops, busy, frozenset(specs))
+        res.plan += [f"{name}: AUTOINCREMENT continues after {n}, the highest id Postgres handed out or holds"
                      for name, n in sorted(raised.items())]
         top = await worker.run(_changelog_top)
         always = await generated_always(conn, source.schema, specs)

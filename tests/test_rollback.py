@@ -1117,3 +1117,24 @@ async def test_a_value_sqlite_cannot_take_met_by_the_rollbacks_own_stream_says_t
     assert "no daemon runs" in r.stdout and "`syncd run`" in r.stdout, r.stdout
     assert await direction(pg_dsn) == "to_sqlite" and not sqlite_writable(db)
     assert await postgres_refusal(pg_dsn) is None
+
+
+def test_the_rollback_brings_back_only_the_autoincrement_records_of_tables_syncd_carries(tmp_path):
+    """An AUTOINCREMENT record stuck at SQLite's largest id is brought back to the highest
+    id there for a table syncd carries (the way back took it there from a row Postgres has
+    since given a smaller id); a table syncd does not carry is the application's own, its
+    ids never in Postgres: its record is left as it is, whatever rows it holds now (it
+    was set to the highest row, handing out again ids the application had deleted)."""
+    from syncd.rollback import keep_autoincrement_past
+
+    top = 2 ** 63 - 1
+    conn = sqlite3.connect(tmp_path / "app.db", isolation_level=None)
+    for name in ("orders", "audit"):
+        conn.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)")
+        conn.executemany(f"INSERT INTO {name} (id, v) VALUES (?, 'x')", [(i,) for i in range(1, 6)])
+        conn.execute(f"INSERT INTO {name} (id, v) VALUES ({top}, 'sentinel')")
+        conn.execute(f"DELETE FROM {name} WHERE id = {top}")
+    raised = keep_autoincrement_past(conn, {}, 1000, frozenset({"orders"}))
+    assert raised == {"orders": 5}
+    assert dict(conn.execute("SELECT name, seq FROM sqlite_sequence")) == {"orders": 5, "audit": top}
+    conn.close()
