@@ -193,6 +193,13 @@ def expand(settings: Settings) -> Settings:
             if running.get(real, file) != file and running[real] in listed:
                 continue  # the same file as a source syncd runs under its own name
             keeper = held_by.get(real)
+            if (keeper is not None and running[real] != file and glob_matches(running[real], pattern.path)
+                    and _fill(pattern.name, running[real]) == keeper != _fill(pattern.name, file)):
+                # Run (or registered) through a symlinked folder the glob still reaches
+                # (tenants/current -> eu, named {parent}_{stem}) and listed now by its own
+                # path, which the template names otherwise: the source keeps its name, and
+                # the link's path that name stands for (as_registered finds it there again).
+                file = running[real]
             later = next((q for q in settings.patterns if q is not pattern and glob_matches(file, q.path)
                           and _fill(q.name, file) == keeper), None) if keeper is not None else None
             if later is not None and keeper != _fill(pattern.name, file):
@@ -375,7 +382,10 @@ async def as_registered(settings: Settings) -> Settings:
                     carried.append(pattern.model_copy(update={"name": name, "path": Path(path)}))
                     held = held or not there
                     break
-    if not carried or not (held or settings.discovery_problems):
+    # A registered name the globs' own order gave no file (a source registered through a
+    # symlinked folder, its file listed now by its own path under another name): expanded
+    # again with it.
+    if not carried or not (held or settings.discovery_problems or any(c.name not in found for c in carried)):
         return settings
     return expand(settings.model_copy(update={"sources": [*settings.configured, *carried]}))
 
