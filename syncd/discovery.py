@@ -206,8 +206,11 @@ def expand(settings: Settings) -> Settings:
                 # A glob added before the one syncd runs (or registered) the file by: that name keeps it.
                 problems.append(NotPickedUp(
                     f"{file} (from {pattern.path}) is not picked up as {_fill(pattern.name, file)!r}: it is source "
-                    f"{keeper!r} already (from {later.path}); one file is one source: make the globs match "
-                    "different files", "same_file"))
+                    f"{keeper!r} already (from {later.path}); one file is one source, and it keeps the name syncd "
+                    f"runs (or registered) it under: to carry it as {_fill(pattern.name, file)!r}, remove the glob "
+                    f"{later.path} from the configuration (or narrow it to leave this file out): the file is then "
+                    f"loaded anew as {_fill(pattern.name, file)!r}, into that source's schema, and {keeper!r} is no "
+                    "longer followed (its tables stay in Postgres as they are)", "same_file"))
                 continue
             taken_paths[real] = ("", None)  # one look at each file: not picked up here, by no later glob either
             other = carried.get(key)
