@@ -29,7 +29,7 @@ from syncd.rows import RowConverter, RowMisfit
 from syncd.session import SourceSession, TableRuntime, changed, new_row
 from syncd.sqlite import capture, leftout, reader
 from syncd.sqlite.capture import CaptureState, trigger_names
-from syncd.sqlite.connection import damaged
+from syncd.sqlite.connection import another_name_there, damaged, registered_under_another_name
 from syncd.sqlite.hold import RowsPerHold
 from syncd.sqlite.introspect import introspect, journal_mode, schema_version
 from syncd.types import NO_VALUES_YET, PgType, canonical
@@ -321,8 +321,14 @@ async def _reconcile_postgres(session: SourceSession, result: CaptureResult,
         session.applied_seq = 0
     else:
         session.applied_seq = await _resume_position(session, src, state, cloned=cloned)
-        if (src.sqlite_path, src.target_schema) != (str(session.source.path), target):  # written only when moved
-            await session.bk.upsert_source(conn, state.capture_id, str(session.source.path), target)
+        path = str(session.source.path)
+        if another_name_there(src.sqlite_path, path):
+            # Moved to another name of its file (hard links: a fleet flattened with `cp -al`):
+            # followed by this one, registered at the other while it is there, and said.
+            session.warning(registered_under_another_name(path, src.sqlite_path, session.name), event="same_file")
+            path = src.sqlite_path
+        if (src.sqlite_path, src.target_schema) != (path, target):  # written only when moved
+            await session.bk.upsert_source(conn, state.capture_id, path, target)
         if src.applied_at is not None:
             session.applied_at = src.applied_at.timestamp()
         session.lag_from = src.lag_from.timestamp()

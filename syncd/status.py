@@ -26,8 +26,9 @@ from syncd.postgres.connect import (LOCK_NOT_AVAILABLE, QUERY_CANCELED, close_qu
 from syncd.printable import text_repr
 from syncd.report.backups import FUTURE_SECONDS
 from syncd.sqlite import capture, disk_guard, freeze, leftout, reader
-from syncd.sqlite.connection import (AWAITS_RECOVERY, file_problem, hard_links, is_busy, left_mid_transaction,
-                                    not_utf8, open_readonly, surrogate_text)
+from syncd.sqlite.connection import (AWAITS_RECOVERY, another_name_there, file_problem, hard_links, is_busy,
+                                    left_mid_transaction, not_utf8, open_readonly, registered_under_another_name,
+                                    surrogate_text)
 from syncd.sqlite.introspect import is_internal, list_tables
 from syncd.verify.history import columns_changed, host_clock_offset
 
@@ -105,6 +106,7 @@ class SourceStatus:
     way_back_error: str | None = None  # cut over: why what the way back owes SQLite could not be read
     endpoint_refused: str | None = None  # the daemon runs, its endpoint answered but gave no figures: why
     file_names: int | None = None  # directory entries (hard links) the SQLite file has
+    registered_at: str | None = None  # another of those, there still, which syncd registered the source at
     sqlite_frozen: bool = False  # the file refuses the application's writes (a cutover's freeze)
     postgres_frozen: bool = False  # cut over, Postgres refuses the application's writes (a rollback's freeze)
     switching: str | None = None  # a cutover or rollback of the source runs: who holds its lock
@@ -233,6 +235,7 @@ class _PgSide:
     postgres_frozen: bool = False  # a rollback's record is open and its freeze is on the source's tables
     failing: tuple | None = None  # the daemon's note (health_note.py): detail, since, confirmed at
     shared_key: str | None = None  # the source shares its key with another (bookkeeping.shared_key_line)
+    registered_path: str | None = None  # the SQLite path the bookkeeping registers the source at
     # held table -> a time its oldest queued change existed by (held then, or its row saved)
     held_since: dict[str, dt.datetime] = field(default_factory=dict)
     offset: dt.timedelta = dt.timedelta(0)  # host_clock_offset: what Postgres's clock stamped, on this host's
@@ -282,9 +285,10 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
                                   f"to_jsonb(s) ->> 'direction', "
                                   f"coalesce((to_jsonb(s) ->> 'caught_up_at')::timestamptz, created_at), "
                                   f"to_jsonb(s) ->> 'failing', (to_jsonb(s) ->> 'failing_since')::timestamptz, "
-                                  f"(to_jsonb(s) ->> 'failing_at')::timestamptz "
+                                  f"(to_jsonb(s) ->> 'failing_at')::timestamptz, to_jsonb(s) ->> 'sqlite_path' "
                                   f"FROM {q}.sources s WHERE source = ANY($1::text[])", names):
             out[r[0]].src = tuple(r[1:6])
+            out[r[0]].registered_path = r[9]
             out[r[0]].failing = tuple(r[6:]) if r[6] is not None else None
         for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total, from_seq, "
                                   f"snapshot_finished_at, to_jsonb(t) ->> 'request' FROM {q}.tables t "
@@ -470,6 +474,8 @@ async def gather_source(settings: Settings, source: SourceSettings, live: dict |
         st.not_migrated = lite["not_migrated"]
         st.capture_suspended = lite["suspended"]
         st.file_names = lite["names"]
+        if pg.error is None and (st.file_names or 1) > 1 and another_name_there(pg.registered_path, str(source.path)):
+            st.registered_at = pg.registered_path
         st.sqlite_frozen = lite["frozen"]
         # Pending for a source Postgres has set up; for one it has not, nothing is to be
         # applied (set up, it is copied whole) and the lag is not known: "-", not 0.
@@ -720,7 +726,9 @@ def evaluate(st: SourceStatus, limits: StatusSettings, now: dt.datetime | None =
                                     f"longer possible{archived}"))
     if st.shared_key:
         p.append(Problem("critical" if st.direction == TO_SQLITE else "warning", st.shared_key))
-    if (st.file_names or 1) > 1:
+    if st.registered_at:
+        p.append(Problem("warning", registered_under_another_name(st.path, st.registered_at, st.name)))
+    elif (st.file_names or 1) > 1:
         p.append(Problem("warning", hard_links(st.path, st.file_names)))
     if st.capture_suspended:
         since, _, why = st.capture_suspended.partition(" ")

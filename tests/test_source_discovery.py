@@ -1254,3 +1254,44 @@ async def test_a_sighup_after_a_fleet_is_flattened_by_hard_links_follows_the_new
         assert "source removed from the configuration" not in dp.log(), dp.log()
         assert await compare_table(str(d / "acme.db"), pg_dsn, "t_acme", "notes") == []
         assert dp.stop() == 0
+
+
+async def test_a_source_moved_to_another_name_of_its_file_says_which_name_the_application_must_open(
+        tmp_path, make_config, pg_dsn):
+    """A fleet flattened with `cp -al` (tenants/eu/acme.db hard-linked as tenants/acme.db,
+    the old folders not yet removed) and the glob changed to tenants/*.db: t_acme moves to
+    tenants/acme.db. While the name syncd registered it at is there, one file under two
+    names, the application may write it by the old name, its -wal beside that one, out of
+    syncd's sight: `syncd status` and the log say both names and which one to open."""
+    import os
+
+    d = tmp_path / "tenants"
+    (d / "eu").mkdir(parents=True)
+    tenant(d / "eu" / "acme.db")
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*" / "*.db")}])
+    with DaemonProcess(cfg, tmp_path / "before.log") as dp:
+        await wait_caught_up(d / "eu" / "acme.db", pg_dsn, "t_acme", daemon=dp)
+        assert dp.stop() == 0
+    os.link(d / "eu" / "acme.db", d / "acme.db")
+    cfg = make_config([{"name": "t_{stem}", "path": str(d / "*.db")}])
+    said = (f"{d / 'acme.db'} is the same file as {d / 'eu' / 'acme.db'}, which syncd registered t_acme at "
+            f"(hard links: one file, two names)")
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+    assert [(s["name"], s["path"]) for s in doc["sources"]] == [("t_acme", str(d / "acme.db"))], doc
+    assert any(said in p["message"] for p in doc["sources"][0]["problems"]), doc["sources"][0]["problems"]
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
+        conn = sqlite3.connect(d / "acme.db")
+        conn.execute("INSERT INTO notes VALUES (2, 'after the move')")
+        conn.commit()
+        conn.close()
+        await wait_caught_up(d / "acme.db", pg_dsn, "t_acme", daemon=dp)
+        assert said in dp.log(), dp.log()
+        doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+        assert any(said in p["message"] for p in doc["sources"][0]["problems"]), doc["sources"][0]["problems"]
+        assert dp.stop() == 0
+    # The old name removed: one name, nothing to say, and the source registered where it is.
+    os.unlink(d / "eu" / "acme.db")
+    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
+    assert not any("same file as" in p["message"] or "hard links" in p["message"]
+                   for p in doc["sources"][0]["problems"]), doc["sources"][0]["problems"]
+    assert await compare_table(str(d / "acme.db"), pg_dsn, "t_acme", "notes") == []

@@ -80,6 +80,26 @@ def hard_links(path, names: int) -> str:
             "miss its changes (WAL mode) or read it mid-write; configure the name the application uses")
 
 
+def another_name_there(registered: str | None, path: str) -> bool:
+    """Whether `registered` is there, another directory entry (a hard link) of the file at
+    `path`: not that path, nor a symlink to it."""
+    if not registered or registered == path:
+        return False
+    try:
+        return os.path.samefile(registered, path) and os.path.realpath(registered) != os.path.realpath(path)
+    except OSError:
+        return False
+
+
+def registered_under_another_name(path, registered, source: str) -> str:
+    """What a source moved to another name (a hard link) of its file means, while the name
+    syncd registered it at is there still: the application may write it by that one."""
+    return (f"{path} is the same file as {registered}, which syncd registered {source} at (hard links: one file, "
+            f"two names): syncd follows it as {path} now. SQLite keeps a file's -wal and -journal beside the name "
+            f"it is opened by: the application must open it as {path} too, or syncd may miss its changes (WAL mode) "
+            f"or read it mid-write; remove {registered} once it does")
+
+
 def surrogate_text(raw: bytes) -> str:
     # Invalid UTF-8 survives as surrogates; the type converter then reports it.
     return raw.decode("utf-8", "surrogateescape")
