@@ -45,7 +45,7 @@ from syncd.reverse.capture import FREEZE_LOCK_STEP
 from syncd.reverse.capture import LOCK_TIMEOUT as TRIGGER_LOCK_WAIT
 from syncd.sqlite import capture, freeze, reader
 from syncd.sqlite.capture import LockTimeout
-from syncd.sqlite.connection import SourceFileError, SqliteWorker
+from syncd.sqlite.connection import SourceFileError, SqliteWorker, not_utf8
 from syncd.sqlite.introspect import introspect
 from syncd.table_locks import (TablesBusy, blockers_named, long_holders, shorten_lock_waits, table_holders,
                                take_tables, while_tables_busy)
@@ -395,6 +395,13 @@ def writes_refused(conn: sqlite3.Connection, specs: dict[str, TableSpec]) -> Non
                     "syncd's connections lack (a CHECK constraint, a trigger or the key compares by it): after the "
                     "cutover the way back could write none of its rows; compare by one of SQLite's collations "
                     "(BINARY, NOCASE, RTRIM) there, or leave the table out with exclude in its [[sources]]") from None
+
+
+def created_since(conn: sqlite3.Connection, known: list[str], wanted) -> list[str]:
+    """The file's tables the source replicates that are none of `known` (matched as SQLite
+    matches names): created since `known` was read."""
+    seen = {sqlite_folded(t) for t in known}
+    return [t for t in freeze._user_tables(conn) if wanted(t) and not not_utf8(t) and sqlite_folded(t) not in seen]
 
 
 async def drain(settings: Settings, source: SourceSettings, conn: asyncpg.Connection, target: int) -> str:
@@ -925,10 +932,24 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
         await _hold("drained")
         checked = await verify_source(settings, source, record=True, wait_seconds=VERIFY_WAIT_SECONDS)
         _judge(checked)
+        verified = [t.table for t in checked.tables]
+
+        async def none_created_since() -> None:
+            """Refused where the application created a table in the file since the verification
+            (the freeze's triggers cannot stop a CREATE TABLE): its rows verified nowhere, no
+            freeze trigger on it."""
+            unseen = await worker.run(created_since, verified, source.wants_table)
+            if unseen:
+                raise Refused(f"{listed([f'table {quote_pg_ident(t)}' for t in unseen])} created in the SQLite "
+                              "file during the cutover's freeze, after its verification: its rows were not "
+                              "verified and the freeze does not cover it; cut over again once the daemon "
+                              "streams it (and nothing creates tables in the file meanwhile)")
+
         res.plan.append(f"verified equal: {sum(t.rows_sqlite or 0 for t in checked.tables)} row(s) in "
                         f"{len(checked.tables)} table(s)")
         await _hold("verified")
         specs = await asyncio.to_thread(read_specs, source, await kept_types(conn, source))
+        await none_created_since()
         marks = await worker.run(high_marks, specs)
         planned = len(res.plan)
         enabled: list[app_triggers.Trigger] = []
@@ -974,6 +995,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
                 await set_identities(conn, source.schema, specs, marks, handed_out)  # the trials took a number each
                 await _hold("finishing")
                 await _open_way_back(settings, source, conn, worker, specs)
+                await none_created_since()  # last before the switch is recorded
                 await conn.execute(f"UPDATE {b.s}.sources SET direction = $2 WHERE source = $1", source.name, TO_SQLITE)
                 res.downtime_seconds = time.monotonic() - frozen_at
                 await record_step(conn, b, switch_id, "done", finished_at=dt.datetime.now(dt.timezone.utc),
