@@ -1164,4 +1164,5 @@ def _judge(checked) -> None:
     if bad:
         first = bad[0]
         what = first.error or first.reason or f"{first.missing} missing, {first.extra} extra, {first.different} different"
-        raise Refused(f"the final verification found {len(bad)} table(s) not equal (first: \"{first.table}\": {what})")
+        raise Refused(f"the final verification found {len(bad)} table(s) not equal (first: {quote_ident(first.table)}: "
+                      f"{what})")

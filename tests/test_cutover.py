@@ -206,6 +206,23 @@ async def test_a_table_the_application_creates_during_the_freeze_undoes_the_cuto
         assert d.stop() == 0
 
 
+async def test_a_difference_in_a_table_with_a_hostile_name_is_named_unambiguously(tmp_path, make_config, pg_dsn):
+    db = tmp_path / "app.db"
+    conn = make_app(db)
+    conn.execute('CREATE TABLE "weird ""name""; DROP TABLE x;--" (id INTEGER PRIMARY KEY, v TEXT)')
+    conn.execute('INSERT INTO "weird ""name""; DROP TABLE x;--" VALUES (1, \'one\')')
+    cfg = ready_config(make_config, tmp_path, db)
+    with DaemonProcess(cfg, tmp_path / "syncd.log") as d:
+        await wait_caught_up(db, pg_dsn, "app", daemon=d)
+        assert run_cli(cfg, "verify").returncode == 0
+        await pg_rows(pg_dsn, 'UPDATE app."weird ""name""; DROP TABLE x;--" SET v = \'tampered\'')
+        r = run_cli(cfg, "cutover")
+        assert r.returncode == 1, r.stdout
+        assert '(first: "weird ""name""; DROP TABLE x;--": ' in r.stdout, r.stdout
+        assert writable(db)
+        assert d.stop() == 0
+
+
 async def test_cutover_with_the_daemon_stopped(tmp_path, make_config, pg_dsn):
     db = tmp_path / "app.db"
     conn = make_app(db)
