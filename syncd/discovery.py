@@ -14,7 +14,6 @@ source, shown as missing.
 from __future__ import annotations
 
 import glob
-import itertools
 import os
 import re
 import stat
@@ -92,12 +91,6 @@ def matches(pattern: SourceSettings) -> list[tuple[Path, Path, tuple[int, int]]]
     lstat, its directory's real path is looked up once."""
     out, links = [], []
     real_dirs: dict[str, str] = {}
-    linked_dirs: set[str] = set()
-    # The glob's folder up to its first wildcard, and that folder's real path: a file in a
-    # folder the wildcards reach through a symlink (tenants/current -> eu) is reached by a
-    # link too, and left out like one where the glob matches the file by its own path.
-    base = Path(*[part for part in itertools.takewhile(lambda x: not glob.has_magic(x), pattern.path.parent.parts)])
-    real_base = os.path.realpath(base)
     for p in glob.glob(str(pattern.path)):
         if p.endswith(("-wal", "-shm", "-journal")):
             continue
@@ -118,12 +111,7 @@ def matches(pattern: SourceSettings) -> list[tuple[Path, Path, tuple[int, int]]]
             head, tail = os.path.split(p)
             if head not in real_dirs:
                 real_dirs[head] = os.path.realpath(head or ".")
-                if real_dirs[head] != os.path.normpath(os.path.join(real_base, os.path.relpath(head or ".", base))):
-                    linked_dirs.add(head)
             real = os.path.join(real_dirs[head], tail)
-            if head in linked_dirs:
-                links.append((Path(p), Path(real), (st.st_dev, st.st_ino)))
-                continue
         else:
             continue
         out.append((Path(p), Path(real), (st.st_dev, st.st_ino)))
@@ -166,9 +154,6 @@ def expand(settings: Settings) -> Settings:
     # template gives that name too (another tenant's, in a folder that sorts first) is not
     # picked up, rather than taking the source over and loading its rows in place of these.
     matched = {real for _pattern, files in looked for _file, real, _key in files}
-    # The paths the globs list: a running source's path left out (a link, to the file by its
-    # own path) gives the file up to the name the file is listed by.
-    listed = {file for _pattern, files in looked for file, _real_path, _key in files}
     holding = {s.name: (s.path, real) for s, real in before if s.name not in taken and real in matched}
     held_by = {real: name for name, (_path, real) in holding.items()}
     for pattern, files in looked:
@@ -190,27 +175,17 @@ def expand(settings: Settings) -> Settings:
                         f"source {holder!r} already (from {other_glob}); one file is one source: make the globs "
                         "match different files", "same_file"))
                 continue  # configured by itself, found by an earlier glob, or a link to a file found
-            if running.get(real, file) != file and running[real] in listed:
+            if running.get(real, file) != file:
                 continue  # the same file as a source syncd runs under its own name
             keeper = held_by.get(real)
-            if (keeper is not None and running[real] != file and glob_matches(running[real], pattern.path)
-                    and _fill(pattern.name, running[real]) == keeper != _fill(pattern.name, file)):
-                # Run (or registered) through a symlinked folder the glob still reaches
-                # (tenants/current -> eu, named {parent}_{stem}) and listed now by its own
-                # path, which the template names otherwise: the source keeps its name, and
-                # the link's path that name stands for (as_registered finds it there again).
-                file = running[real]
             later = next((q for q in settings.patterns if q is not pattern and glob_matches(file, q.path)
                           and _fill(q.name, file) == keeper), None) if keeper is not None else None
             if later is not None and keeper != _fill(pattern.name, file):
                 # A glob added before the one syncd runs (or registered) the file by: that name keeps it.
                 problems.append(NotPickedUp(
                     f"{file} (from {pattern.path}) is not picked up as {_fill(pattern.name, file)!r}: it is source "
-                    f"{keeper!r} already (from {later.path}); one file is one source, and it keeps the name syncd "
-                    f"runs (or registered) it under: to carry it as {_fill(pattern.name, file)!r}, remove the glob "
-                    f"{later.path} from the configuration (or narrow it to leave this file out): the file is then "
-                    f"loaded anew as {_fill(pattern.name, file)!r}, into that source's schema, and {keeper!r} is no "
-                    "longer followed (its tables stay in Postgres as they are)", "same_file"))
+                    f"{keeper!r} already (from {later.path}); one file is one source: make the globs match "
+                    "different files", "same_file"))
                 continue
             taken_paths[real] = ("", None)  # one look at each file: not picked up here, by no later glob either
             other = carried.get(key)
@@ -385,10 +360,7 @@ async def as_registered(settings: Settings) -> Settings:
                     carried.append(pattern.model_copy(update={"name": name, "path": Path(path)}))
                     held = held or not there
                     break
-    # A registered name the globs' own order gave no file (a source registered through a
-    # symlinked folder, its file listed now by its own path under another name): expanded
-    # again with it.
-    if not carried or not (held or settings.discovery_problems or any(c.name not in found for c in carried)):
+    if not carried or not (held or settings.discovery_problems):
         return settings
     return expand(settings.model_copy(update={"sources": [*settings.configured, *carried]}))
 

@@ -16,7 +16,7 @@ import pytest
 from syncd.config import ConfigError, load_settings
 from tests.conftest import write_config
 from tests.support.daemon import DaemonProcess, run_cli
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.sync import wait_caught_up
 
 
 def app_file(path) -> None:
@@ -100,40 +100,6 @@ def test_a_glob_added_before_a_registered_sources_glob_does_not_take_its_file(tm
     assert sorted(s["name"] for s in doc["sources"]) == ["eu_acme", "t_globex"], doc["sources"]
     assert any(f"{d / 'eu' / 'acme.db'} (from {d / '*' / '*.db'}) is not picked up as 't_acme': it is source "
                f"'eu_acme' already (from {d / 'eu' / '*.db'})" in p for p in doc["not_picked_up"]), doc
-
-
-async def test_the_way_out_named_for_a_glob_added_before_a_registered_sources_glob_works(tmp_path, pg_dsn):
-    """The new glob's name for a file syncd registered under the old glob's cannot take
-    it while the old glob matches it, however the globs are written: the line says to
-    remove (or narrow) the old glob, and what then becomes of the old source. Done so,
-    the file is loaded as the new glob's source, its rows in that source's schema."""
-    d = tmp_path / "tenants"
-    (d / "eu").mkdir(parents=True)
-    app_file(d / "eu" / "acme.db")
-    eu = {"name": "eu_{stem}", "path": str(d / "eu" / "*.db")}
-    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [eu])
-    with DaemonProcess(cfg, tmp_path / "eu.log") as dp:
-        await wait_caught_up(d / "eu" / "acme.db", pg_dsn, "eu_acme", daemon=dp)
-        assert dp.stop() == 0
-    every = {"name": "t_{stem}", "path": str(d / "*" / "*.db")}
-    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [every, eu])
-    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
-    line = next(p for p in doc["not_picked_up"] if "is not picked up as 't_acme'" in p)
-    assert "make the globs match different files" not in line, line
-    assert f"remove the glob {d / 'eu' / '*.db'} from the configuration" in line, line
-    assert "'eu_acme' is no longer followed" in line, line
-    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [every])
-    conn = sqlite3.connect(d / "eu" / "acme.db")
-    conn.execute("INSERT INTO notes VALUES (2, 'second')")
-    conn.commit()
-    conn.close()
-    with DaemonProcess(cfg, tmp_path / "every.log") as dp:
-        await wait_caught_up(d / "eu" / "acme.db", pg_dsn, "t_acme", daemon=dp)
-        doc = json.loads(run_cli(cfg, "status", "--json").stdout)
-        assert [(s["name"], s["path"]) for s in doc["sources"]] == [("t_acme", str(d / "eu" / "acme.db"))], doc
-        assert dp.stop() == 0
-    assert await pg_rows(pg_dsn, "SELECT id, body FROM t_acme.notes ORDER BY id") == [(1, "first"), (2, "second")]
-    assert await pg_rows(pg_dsn, "SELECT id, body FROM eu_acme.notes") == [(1, "first")]  # as it last was
 
 
 async def test_a_file_that_becomes_another_running_sources_file_is_not_resnapshotted(tmp_path, make_config, pg_dsn):

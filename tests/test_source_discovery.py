@@ -18,7 +18,7 @@ from syncd.metrics import ROLLUPS
 from tests.conftest import write_config
 from tests.support.compare import compare_table
 from tests.support.daemon import DaemonProcess, run_cli, wait_for
-from tests.support.sync import pg_rows, wait_caught_up
+from tests.support.sync import wait_caught_up
 from tests.support.pgcluster import free_port, with_database
 from tests.test_metrics import scrape
 
@@ -117,110 +117,6 @@ def test_a_file_is_one_source_however_many_ways_it_is_named(tmp_path, pg_dsn):
     assert sorted((s.name, s.path.name) for s in settings.sources) == [
         ("main", "acme.db"), ("t_globex", "globex.db")]  # its own name, though alias.db sorts before it
     assert settings.discovery_problems == []
-
-
-def test_a_file_in_a_folder_the_glob_reaches_through_a_symlinked_folder_too_keeps_its_own_path(tmp_path, pg_dsn):
-    """tenants/current, a symlink to tenants/eu (a deploy's pointer), sorting before
-    it: the glob tenants/*/*.db found eu/acme.db under both, and the source took the
-    link's path, which follows the link wherever it is pointed next (another region's
-    acme.db, or nothing). As with a symlink to a file, the file's own path keeps it; a
-    file only a symlinked folder leads to is still found through it."""
-    d = tmp_path / "tenants"
-    (d / "eu").mkdir(parents=True)
-    tenant(d / "eu" / "acme.db")
-    elsewhere = tmp_path / "archive"
-    elsewhere.mkdir()
-    tenant(elsewhere / "globex.db")
-    (d / "current").symlink_to(d / "eu")
-    (d / "archived").symlink_to(elsewhere)
-    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d / "*" / "*.db")}])
-    settings = load_settings(cfg)
-    assert sorted((s.name, str(s.path)) for s in settings.sources) == [
-        ("t_acme", str(d / "eu" / "acme.db")), ("t_globex", str(d / "archived" / "globex.db"))]
-    assert settings.discovery_problems == []
-
-
-def test_a_source_registered_through_a_symlinked_folder_keeps_its_file_by_its_own_path(tmp_path, pg_dsn):
-    """A source syncd registered through a symlinked folder (glob tenants/current/*.db,
-    current -> eu), its glob widened to tenants/*/*.db: the file is listed by its own
-    path (eu/acme.db) and the source keeps it under its name, with a file of the fleet
-    not picked up beside it; it is not left out as "the same file as a source syncd runs"
-    under the link's path, which no glob lists."""
-    d = tmp_path / "tenants"
-    (d / "eu").mkdir(parents=True)
-    tenant(d / "eu" / "acme.db")
-    (d / "current").symlink_to(d / "eu")
-    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d / "current" / "*.db")}])
-    r = run_cli(cfg, "init")
-    assert r.returncode == 0, r.stdout + r.stderr
-    tenant(d / "eu" / "bad name.db")
-    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "t_{stem}", "path": str(d / "*" / "*.db")}])
-    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
-    assert [(s["name"], s["path"]) for s in doc["sources"]] == [("t_acme", str(d / "eu" / "acme.db"))], doc
-
-
-def test_a_source_registered_through_a_symlinked_folder_keeps_its_name_when_the_name_is_the_folders(tmp_path, pg_dsn):
-    """{parent}_{stem} over tenants/current/*.db, current -> eu: the source is
-    current_acme. The glob widened to tenants/*/*.db (a restart, or a SIGHUP) lists the
-    file by its own path, eu/acme.db, where the template names it eu_acme: a source never
-    set up, failing on the file's capture id with "restart syncd to follow the file as
-    'current_acme' again" (which no restart did), while current_acme dropped out of
-    `syncd status` unsaid. The source keeps its name and its path through the link."""
-    from syncd.discovery import expand
-
-    d = tmp_path / "tenants"
-    (d / "eu").mkdir(parents=True)
-    tenant(d / "eu" / "acme.db")
-    (d / "current").symlink_to(d / "eu")
-    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "{parent}_{stem}", "path": str(d / "current" / "*.db")}])
-    running = load_settings(cfg)
-    assert [(s.name, str(s.path)) for s in running.sources] == [("current_acme", str(d / "current" / "acme.db"))]
-    r = run_cli(cfg, "init")
-    assert r.returncode == 0, r.stdout + r.stderr
-    cfg = write_config(tmp_path / "syncd.toml", pg_dsn, [{"name": "{parent}_{stem}", "path": str(d / "*" / "*.db")}])
-    doc = json.loads(run_cli(cfg, "status", "--json").stdout)
-    assert [(s["name"], s["path"]) for s in doc["sources"]] == [("current_acme", str(d / "current" / "acme.db"))], doc
-    # The same live: a reload carries the running source over to the widened glob.
-    new = load_settings(cfg)
-    reloaded = expand(new.model_copy(update={"sources": [*new.configured, *running.sources]}))
-    assert [(s.name, str(s.path)) for s in reloaded.sources] == [("current_acme", str(d / "current" / "acme.db"))]
-    assert reloaded.discovery_problems == []
-
-
-async def test_a_sighup_widening_a_glob_over_a_symlinked_folder_keeps_the_source_streaming(tmp_path, make_config, pg_dsn):
-    """The daemon streams current_acme ({parent}_{stem}, tenants/current/*.db, current ->
-    eu); the glob widened to tenants/*/*.db by a SIGHUP, then a restart: the file, listed
-    by its own path as eu_acme, was a source never set up that failed on the file's capture
-    id ("restart syncd to follow the file as 'current_acme' again", which no restart did).
-    current_acme streams on, across the reload and the restart."""
-    import signal
-
-    d = tmp_path / "tenants"
-    (d / "eu").mkdir(parents=True)
-    tenant(d / "eu" / "acme.db")
-    (d / "current").symlink_to(d / "eu")
-    cfg = make_config([{"name": "{parent}_{stem}", "path": str(d / "current" / "*.db")}])
-    with DaemonProcess(cfg, tmp_path / "syncd.log") as dp:
-        await wait_caught_up(d / "current" / "acme.db", pg_dsn, "current_acme", daemon=dp)
-        make_config([{"name": "{parent}_{stem}", "path": str(d / "*" / "*.db")}])
-        dp.proc.send_signal(signal.SIGHUP)
-        dp.wait_log("configuration reloaded")
-        conn = sqlite3.connect(d / "eu" / "acme.db")
-        conn.executemany("INSERT INTO notes VALUES (?, 'after the reload')", [(i,) for i in range(2, 12)])
-        conn.commit()
-        conn.close()
-        await wait_caught_up(d / "current" / "acme.db", pg_dsn, "current_acme", daemon=dp)
-        assert dp.stop() == 0
-    with DaemonProcess(cfg, tmp_path / "again.log") as dp:
-        conn = sqlite3.connect(d / "eu" / "acme.db")
-        conn.execute("INSERT INTO notes VALUES (20, 'after the restart')")
-        conn.commit()
-        conn.close()
-        await wait_caught_up(d / "current" / "acme.db", pg_dsn, "current_acme", daemon=dp)
-        assert "eu_acme" not in dp.log(), dp.log()
-        assert dp.stop() == 0
-    assert await compare_table(str(d / "eu" / "acme.db"), pg_dsn, "current_acme", "notes") == []
-    assert len(await pg_rows(pg_dsn, "SELECT id FROM current_acme.notes")) == 12
 
 
 def test_a_file_under_two_names_is_one_source_and_the_other_name_is_said(tmp_path, pg_dsn):
