@@ -940,7 +940,7 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             freeze trigger on it."""
             unseen = await worker.run(created_since, verified, source.wants_table)
             if unseen:
-                raise Refused(f"{listed([f'table {quote_pg_ident(t)}' for t in unseen])} created in the SQLite "
+                raise Refused(f"{listed([f'table {quote_ident(t)}' for t in unseen])} created in the SQLite "
                               "file during the cutover's freeze, after its verification: its rows were not "
                               "verified and the freeze does not cover it; cut over again once the daemon "
                               "streams it (and nothing creates tables in the file meanwhile)")

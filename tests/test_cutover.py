@@ -177,12 +177,18 @@ async def test_a_difference_found_after_the_freeze_undoes_the_cutover(tmp_path, 
         assert d.stop() == 0
 
 
-@pytest.mark.parametrize("step", ["verified", "finalized"])
+@pytest.mark.parametrize("step,name", [("verified", 'weird "name"; DROP TABLE x;--'),
+                                       ("finalized", 'weird "name"; DROP TABLE x;--'),
+                                       ("verified", "an_orm_made_table_name_" + "x" * 60)],
+                         ids=["verified", "finalized", "longer_than_postgres_names"])
 async def test_a_table_the_application_creates_during_the_freeze_undoes_the_cutover(tmp_path, make_config, pg_dsn,
-                                                                                    step):
+                                                                                    step, name):
     """The freeze's triggers cannot stop a CREATE TABLE: a table the application creates
     (and writes) after the verification was verified nowhere and is frozen by nothing.
-    The switch is undone naming it, not said done with its rows left in SQLite alone."""
+    The switch is undone naming it, not said done with its rows left in SQLite alone; a
+    name longer than Postgres takes is named as SQLite holds it (it ended the command in a
+    traceback)."""
+    quoted = '"' + name.replace('"', '""') + '"'
     async with streaming_and_verified(make_config, tmp_path, pg_dsn) as (db, cfg, d):
         proc = subprocess.Popen(syncd_cmd(cfg, "cutover"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, cwd=str(cfg.parent),
@@ -191,8 +197,8 @@ async def test_a_table_the_application_creates_during_the_freeze_undoes_the_cuto
         try:
             assert proc.stdout.readline().strip() == f"holding at {step}"
             app = sqlite3.connect(db, isolation_level=None)
-            app.execute('CREATE TABLE "weird ""name""; DROP TABLE x;--" (id INTEGER PRIMARY KEY, v TEXT)')
-            app.execute('INSERT INTO "weird ""name""; DROP TABLE x;--" VALUES (1, \'written while frozen\')')
+            app.execute(f"CREATE TABLE {quoted} (id INTEGER PRIMARY KEY, v TEXT)")
+            app.execute(f"INSERT INTO {quoted} VALUES (1, 'written while frozen')")
             app.close()
             (cfg.parent / "go").touch()
             out, _ = proc.communicate(timeout=120)
@@ -201,7 +207,7 @@ async def test_a_table_the_application_creates_during_the_freeze_undoes_the_cuto
                 proc.kill()
         assert proc.returncode == 1, out
         assert "app: UNDONE" in out and \
-            'table "weird ""name""; DROP TABLE x;--" created in the SQLite file during the cutover\'s freeze' in out, out
+            f"table {quoted} created in the SQLite file during the cutover's freeze" in out, out
         assert writable(db) and await direction(pg_dsn) == "to_postgres"
         assert d.stop() == 0
 
