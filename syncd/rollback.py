@@ -684,8 +684,9 @@ async def autoincrement_topped(conn: asyncpg.Connection, worker: SqliteWorker, s
             fix = (f"UPDATE {table} SET {q} = nextval({quote_literal(seq)}) WHERE {q} = {MAX_ROWID}" if seq else
                    f"UPDATE {table} SET {q} = ... WHERE {q} = {MAX_ROWID}")
             if seq and handed_out >= MAX_ROWID:  # the sequence gave that id: nextval has none left to give
-                fix = (f"SELECT setval({quote_literal(seq)}, (SELECT max({q}) FROM {table} WHERE {q} < {MAX_ROWID})"
-                       f"); {fix}")
+                # (No other row: the sequence starts again at 1, as setval of NULL would change nothing.)
+                below = f"(SELECT max({q}) FROM {table} WHERE {q} < {MAX_ROWID})"
+                fix = f"SELECT setval({quote_literal(seq)}, coalesce({below}, 1), {below} IS NOT NULL); {fix}"
             out.append(f'table "{name}": Postgres holds a row with "{col}" {MAX_ROWID}, the largest id SQLite has: '
                        f"{then}; give that row a smaller \"{col}\" in Postgres ({fix}, and whatever points at it), "
                        "then roll back once SQLite follows (`syncd status`)")
@@ -697,7 +698,7 @@ async def autoincrement_topped(conn: asyncpg.Connection, worker: SqliteWorker, s
 
 
 def keep_autoincrement_past(conn: sqlite3.Connection, tops: dict[str, int], busy_timeout_ms: int,
-                            carried: frozenset[str] = frozenset()) -> dict[str, int]:
+                            carried: frozenset[str]) -> dict[str, int]:
     """An AUTOINCREMENT table never hands out a number twice: its sqlite_sequence entry
     goes past every number Postgres handed out while the application wrote there (a
     row deleted since, or a transaction rolled back, left no row to carry it back).
