@@ -33,7 +33,7 @@ import asyncpg
 
 from syncd import parity
 from syncd.config import Settings, SourceSettings
-from syncd.identifiers import qualified, quote_ident, quote_pg_ident, sqlite_folded
+from syncd.identifiers import PG_MAX_IDENTIFIER_BYTES, qualified, quote_ident, quote_pg_ident, sqlite_folded
 from syncd.model import TO_POSTGRES, TO_SQLITE, TableSpec
 from syncd.postgres import app_triggers, cutover_guard, ddl
 from syncd.postgres.bookkeeping import (HELD, PAUSED, SWITCH_CLASS, Bookkeeping, bookkeeping_exists, ensure_bookkeeping,
@@ -940,10 +940,13 @@ async def _run(settings: Settings, source: SourceSettings, conn: asyncpg.Connect
             freeze trigger on it."""
             unseen = await worker.run(created_since, verified, source.wants_table)
             if unseen:
+                long = [t for t in unseen if len(t.encode()) > PG_MAX_IDENTIFIER_BYTES]
                 raise Refused(f"{listed([f'table {quote_ident(t)}' for t in unseen])} created in the SQLite "
                               "file during the cutover's freeze, after its verification: its rows were not "
                               "verified and the freeze does not cover it; cut over again once the daemon "
-                              "streams it (and nothing creates tables in the file meanwhile)")
+                              "streams it (and nothing creates tables in the file meanwhile)"
+                              + (f"; {listed([quote_ident(t) for t in long])} it never streams under a name longer "
+                                 f"than Postgres's {PG_MAX_IDENTIFIER_BYTES} bytes: rename it first" if long else ""))
 
         res.plan.append(f"verified equal: {sum(t.rows_sqlite or 0 for t in checked.tables)} row(s) in "
                         f"{len(checked.tables)} table(s)")

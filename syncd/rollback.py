@@ -662,6 +662,11 @@ def autoincrement_tables(conn: sqlite3.Connection, names: list[str]) -> list[str
     return [name for name in names if name in have or _autoincrement(conn, name)]
 
 
+# A sequence set back to one table's highest id would hand out again the ids of another table
+# that draws from it too.
+SHARED_SEQUENCE = "; where other tables draw from the same sequence, set it back to the highest id among them all"
+
+
 async def autoincrement_topped(conn: asyncpg.Connection, worker: SqliteWorker, schema: str,
                                specs: dict) -> list[str]:
     """Tables SQLite numbers AUTOINCREMENT where Postgres holds a row at SQLite's largest
@@ -689,11 +694,14 @@ async def autoincrement_topped(conn: asyncpg.Connection, worker: SqliteWorker, s
                 fix = f"SELECT setval({quote_literal(seq)}, coalesce({below}, 1), {below} IS NOT NULL); {fix}"
             out.append(f'table "{name}": Postgres holds a row with "{col}" {MAX_ROWID}, the largest id SQLite has: '
                        f"{then}; give that row a smaller \"{col}\" in Postgres ({fix}, and whatever points at it), "
-                       "then roll back once SQLite follows (`syncd status`)")
+                       "then roll back once SQLite follows (`syncd status`)"
+                       + (SHARED_SEQUENCE if seq and handed_out >= MAX_ROWID else ""))
         elif handed_out >= MAX_ROWID:
+            top_row = f"(SELECT max({q}) FROM {table})"
             out.append(f'table "{name}": Postgres\'s sequence {seq} for "{col}" has handed out {MAX_ROWID}, the '
                        f"largest id SQLite has: {then}; set the sequence back to the table's highest \"{col}\" "
-                       f"(SELECT setval({quote_literal(seq)}, (SELECT max({q}) FROM {table}))), then roll back")
+                       f"(SELECT setval({quote_literal(seq)}, coalesce({top_row}, 1), {top_row} IS NOT NULL)), "
+                       f"then roll back{SHARED_SEQUENCE}")
     return out
 
 

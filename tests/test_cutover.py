@@ -208,6 +208,8 @@ async def test_a_table_the_application_creates_during_the_freeze_undoes_the_cuto
         assert proc.returncode == 1, out
         assert "app: UNDONE" in out and \
             f"table {quoted} created in the SQLite file during the cutover's freeze" in out, out
+        # A name longer than Postgres takes is never streamed: the way on is to rename it.
+        assert ("rename it first" in out) == (len(name.encode()) > 63), out
         assert writable(db) and await direction(pg_dsn) == "to_postgres"
         assert d.stop() == 0
 
