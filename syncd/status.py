@@ -289,7 +289,7 @@ async def _postgres_side(settings: Settings, dsn: str, names: list[str]) -> dict
                                   f"FROM {q}.sources s WHERE source = ANY($1::text[])", names):
             out[r[0]].src = tuple(r[1:6])
             out[r[0]].registered_path = r[9]
-            out[r[0]].failing = tuple(r[6:]) if r[6] is not None else None
+            out[r[0]].failing = tuple(r[6:9]) if r[6] is not None else None
         for r in await conn.fetch(f"SELECT source, table_name, state, reason, snapshot_rows, snapshot_total, from_seq, "
                                   f"snapshot_finished_at, to_jsonb(t) ->> 'request' FROM {q}.tables t "
                                   f"WHERE source = ANY($1::text[])", names):
