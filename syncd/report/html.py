@@ -364,11 +364,11 @@ def _figures(f: SourceFacts | None, st: SourceStatus | None, facts: MigrationFac
             # checklist and `syncd status` judge it: no evidence the table is equal now.
             # A run dated ahead of the page (its host's clock ahead) ran at a time not known: as
             # the checklist judges it, no evidence of now either.
-            ahead = [t.name for t in f.tables if facts is not None and t.last_run and t.last_run.clean
-                     and t.name not in stale and _ahead(t.last_run.finished_at, facts.generated_at)]
-            old = [t.name for t in f.tables if facts is not None and t.last_run and t.last_run.clean
-                   and t.name not in stale and t.name not in ahead
-                   and (facts.generated_at - t.last_run.finished_at).total_seconds() > facts.verify_max_age_seconds]
+            dated = [(t.name, t.last_run.finished_at) for t in f.tables if facts is not None and t.last_run
+                     and t.last_run.clean and t.name not in stale]
+            ahead = [name for name, at in dated if _ahead(at, facts.generated_at)]
+            old = [name for name, at in dated if name not in ahead
+                   and (facts.generated_at - at).total_seconds() > facts.verify_max_age_seconds]
             never = len(f.tables) - len(runs)
             since = "it changed" if len(stale) == 1 else "they changed"
             if bad:
@@ -418,11 +418,15 @@ def _sum(values) -> int | None:
     return total
 
 
+def _is_halted(state: str | None, reason: str | None) -> bool:
+    """Held or paused, a held table whose retry copies it again included (as the checklist says it)."""
+    return state in HALTED or held_in_a_retry(state, reason)
+
+
 def _halted(f: SourceFacts | None, st: SourceStatus | None) -> list[tuple[str, str, str | None]]:
     tables = f.tables if f else (st.tables if st else [])
-    # A held table whose retry copies it again is held all the same (as the checklist says it).
     return [(t.name, "held, being copied again to retry" if held_in_a_retry(t.state, t.reason) else t.state, t.reason)
-            for t in tables if t.state in HALTED or held_in_a_retry(t.state, t.reason)]
+            for t in tables if _is_halted(t.state, t.reason)]
 
 
 def _charts(name: str, history: HistoryView | None) -> list[str]:
@@ -485,7 +489,7 @@ def _window(f: SourceFacts, facts: MigrationFacts) -> tuple[dt.datetime, dt.date
 def _table_row(t: TableFacts, start: dt.datetime, end: dt.datetime, compared: bool = True) -> str:
     """`compared`: False once the way back has ended (the file is kept as it was then)."""
     state = t.state or "not registered"
-    halted = t.state in HALTED or held_in_a_retry(t.state, t.reason)
+    halted = _is_halted(t.state, t.reason)
     shown = e(state) + (f": {m(t.reason)}" if t.reason and t.state != "streaming" else "")
     if not compared:  # nothing flows any more: none of them streams, as `syncd status` says
         state, halted, shown = NOT_FOLLOWED, False, e(NOT_FOLLOWED)
@@ -514,7 +518,7 @@ def _status_row(t: TableStatus, ended: bool = False) -> str:
     state = NOT_FOLLOWED if ended else t.state
     shown = e(state) + (f": {m(t.reason)}" if t.reason and state != "streaming" and not ended else "")
     return (f'<tr data-table="{e(t.name)}" data-state="{e(state)}"'
-            + (' class="halted"' if state in HALTED or (not ended and held_in_a_retry(t.state, t.reason)) else "")
+            + (' class="halted"' if not ended and _is_halted(t.state, t.reason) else "")
             + f"><td><code>{e(t.name)}</code></td>"
             f"<td>{shown}</td><td>{_iso_time(t.last_verify_at)}</td></tr>")
 
