@@ -667,6 +667,12 @@ def autoincrement_tables(conn: sqlite3.Connection, names: list[str]) -> list[str
 SHARED_SEQUENCE = "; where other tables draw from the same sequence, set it back to the highest id among them all"
 
 
+def _setval_back(seq: str, top: str) -> str:
+    """SQL setting `seq` back to `top` (a query of one number), so its next is past it; where
+    `top` is NULL (no row), back to its start, as setval of NULL would change nothing."""
+    return f"SELECT setval({quote_literal(seq)}, coalesce({top}, 1), {top} IS NOT NULL)"
+
+
 async def autoincrement_topped(conn: asyncpg.Connection, worker: SqliteWorker, schema: str,
                                specs: dict) -> list[str]:
     """Tables SQLite numbers AUTOINCREMENT where Postgres holds a row at SQLite's largest
@@ -689,19 +695,15 @@ async def autoincrement_topped(conn: asyncpg.Connection, worker: SqliteWorker, s
             fix = (f"UPDATE {table} SET {q} = nextval({quote_literal(seq)}) WHERE {q} = {MAX_ROWID}" if seq else
                    f"UPDATE {table} SET {q} = ... WHERE {q} = {MAX_ROWID}")
             if seq and handed_out >= MAX_ROWID:  # the sequence gave that id: nextval has none left to give
-                # (No other row: the sequence starts again at 1, as setval of NULL would change nothing.)
-                below = f"(SELECT max({q}) FROM {table} WHERE {q} < {MAX_ROWID})"
-                fix = f"SELECT setval({quote_literal(seq)}, coalesce({below}, 1), {below} IS NOT NULL); {fix}"
+                fix = f"{_setval_back(seq, f'(SELECT max({q}) FROM {table} WHERE {q} < {MAX_ROWID})')}; {fix}"
             out.append(f'table "{name}": Postgres holds a row with "{col}" {MAX_ROWID}, the largest id SQLite has: '
                        f"{then}; give that row a smaller \"{col}\" in Postgres ({fix}, and whatever points at it), "
                        "then roll back once SQLite follows (`syncd status`)"
                        + (SHARED_SEQUENCE if seq and handed_out >= MAX_ROWID else ""))
         elif handed_out >= MAX_ROWID:
-            top_row = f"(SELECT max({q}) FROM {table})"
             out.append(f'table "{name}": Postgres\'s sequence {seq} for "{col}" has handed out {MAX_ROWID}, the '
                        f"largest id SQLite has: {then}; set the sequence back to the table's highest \"{col}\" "
-                       f"(SELECT setval({quote_literal(seq)}, coalesce({top_row}, 1), {top_row} IS NOT NULL)), "
-                       f"then roll back{SHARED_SEQUENCE}")
+                       f"({_setval_back(seq, f'(SELECT max({q}) FROM {table})')}), then roll back{SHARED_SEQUENCE}")
     return out
 
 
