@@ -1065,7 +1065,7 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
         pg_rows = await conn.fetch(f"SELECT {keys}, {wanted} FROM {table} TABLESAMPLE BERNOULLI ($1) "
                                    f"LIMIT {2 * EVIDENCE_ROWS}", min(100.0, 150.0 * EVIDENCE_ROWS / estimate))
     tid = session.capture.tid_of(spec.name) if session.capture else None
-    looked = [await session.worker.run(reader.max_seq)] if tid is not None else []  # the changelog read up to
+    looked = await session.worker.run(reader.max_seq) if tid is not None else 0  # the changelog read up to
     moving = set() if tid is None else await session.worker.run(reader.changed_keys, tid, nkey,
                                                                    session.applied_seq if since is None else since)
     conv = RowConverter(spec)
@@ -1075,13 +1075,14 @@ async def _evidence(session: SourceSession, spec: TableSpec, pairs: list[tuple[s
 
     async def unchanged(rows) -> None:
         """Add to `seen` the rows of `rows` not changed since `since`, with SQLite's values."""
+        nonlocal looked
         current, _gone = await session.worker.run(collisions.read_current, spec, [tuple(r)[:nkey] for r in rows])
         if tid is not None:
             # Read after the rows too: a row the application wrote since the look above
             # holds its new value here, and its change is in the changelog by now.
             top = await session.worker.run(reader.max_seq)
-            moving.update(await session.worker.run(reader.changed_keys, tid, nkey, looked[0]))
-            looked[0] = top
+            moving.update(await session.worker.run(reader.changed_keys, tid, nkey, looked))
+            looked = top
         mine = {}
         for row in current:
             if tuple(row[i] for i in spec.key_indexes) in moving:
