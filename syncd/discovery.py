@@ -356,7 +356,8 @@ async def as_registered(settings: Settings) -> Settings:
             if not there and (os.path.exists(path) or name not in found):
                 continue
             for pattern in settings.patterns:
-                if glob_matches(path, pattern.path) and settings.dsn_for(pattern) == dsn and _fill(pattern.name, Path(path)) == name:
+                if (glob_matches(path, pattern.path) and settings.dsn_for(pattern) == dsn
+                        and _fill(pattern.name, Path(path)) == name):
                     carried.append(pattern.model_copy(update={"name": name, "path": Path(path)}))
                     held = held or not there
                     break
