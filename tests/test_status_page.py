@@ -416,13 +416,22 @@ async def test_a_file_not_picked_up_since_the_start_is_on_the_page(tmp_path, mak
         assert d.stop() == 0
 
 
+def last_verification(ov: Overview) -> str:
+    """The source's "Last verification" figure as the live page shows it."""
+    return re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+
+
+def clean_run(then: dt.datetime) -> VerifyRun:
+    """A run of table "t" that found its column "id" equal, finished at `then`."""
+    return VerifyRun(1, "app", "t", then, then, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming", {"columns": ["id"]})
+
+
 def test_a_table_never_verified_keeps_the_sources_last_verification_from_reading_all_clear():
     """A source with one table found equal and one never verified: its "Last verification"
     figure names the one never verified, and not in the colour of a source found equal
     (it showed "equal (1 table(s)); 1 never verified" in green, and with the other
     table's columns changed since, dropped the one never verified altogether)."""
-    def figure(ov: Overview) -> str:
-        return re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+    figure = last_verification
 
     ov = overview("to_postgres")
     src = ov.facts.sources[0]
@@ -451,15 +460,13 @@ def test_a_verification_older_than_verify_max_age_is_not_shown_as_all_clear():
     table = src.tables[0]
     table.columns = ["id"]
     then = ov.facts.generated_at - dt.timedelta(days=3)
-    table.runs = [VerifyRun(1, "app", "t", then, then, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming",
-                            {"columns": ["id"]})]
-    shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+    table.runs = [clean_run(then)]
+    shown = last_verification(ov)
     assert "1 of 1 table(s) last verified longer ago than 60 min ([status] verify_max_age_seconds)" in shown, shown
     assert "sev-warning" in shown and "sev-ok" not in shown and "equal" not in shown, shown
     then = ov.facts.generated_at - dt.timedelta(minutes=5)  # within the hour: equal, as before
-    table.runs = [VerifyRun(1, "app", "t", then, then, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming",
-                            {"columns": ["id"]})]
-    shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+    table.runs = [clean_run(then)]
+    shown = last_verification(ov)
     assert "equal (1 table(s))" in shown and "sev-ok" in shown, shown
 
 
@@ -472,9 +479,8 @@ def test_a_verification_dated_in_the_future_is_not_shown_as_all_clear():
     table = ov.facts.sources[0].tables[0]
     table.columns = ["id"]
     then = ov.facts.generated_at + dt.timedelta(days=1)
-    table.runs = [VerifyRun(1, "app", "t", then, then, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming",
-                            {"columns": ["id"]})]
-    shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+    table.runs = [clean_run(then)]
+    shown = last_verification(ov)
     assert "1 of 1 table(s) last verified at a time dated in the future" in shown, shown
     assert "sev-warning" in shown and "sev-ok" not in shown and "equal" not in shown, shown
 
@@ -490,9 +496,8 @@ def test_a_source_whose_way_back_ended_reads_no_longer_compared():
     table = src.tables[0]
     table.columns = ["id"]
     then = ov.facts.generated_at - dt.timedelta(days=3)
-    table.runs = [VerifyRun(1, "app", "t", then, then, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming",
-                            {"columns": ["id"]})]
-    shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+    table.runs = [clean_run(then)]
+    shown = last_verification(ov)
     assert "no longer compared" in shown, shown
     assert "sev-warning" not in shown and "longer ago" not in shown, shown
 
@@ -534,9 +539,8 @@ def test_a_source_whose_file_cannot_be_read_shows_no_verification_as_all_clear()
     table = src.tables[0]
     table.columns = ["id"]
     then = ov.facts.generated_at - dt.timedelta(minutes=5)
-    table.runs = [VerifyRun(1, "app", "t", then, then, 5, 5, 0, 0, 0, 0, 0, None, True, "streaming",
-                            {"columns": ["id"]})]
-    shown = re.search(r"<dt>Last verification</dt><dd>(.*?)</dd>", page(ov, None, live=True)).group(1)
+    table.runs = [clean_run(then)]
+    shown = last_verification(ov)
     assert "the SQLite file cannot be read now" in shown, shown
     assert "sev-warning" in shown and "sev-ok" not in shown, shown
 
